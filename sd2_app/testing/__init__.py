@@ -1,0 +1,1 @@
+"""Test helpers shipped with the package: real hub configs and tiny random-weight repos."""

@@ -1,0 +1,154 @@
+"""Our UNet / VAE against diffusers' (the reference oracle) with one shared random state dict, fp32 on CPU.
+
+Loading diffusers' safetensors with strict=True also proves that our attribute paths equal the checkpoint keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from sd2_app.nn.config import UNetConfig, VAEConfig
+from sd2_app.nn.unet import UNet
+from sd2_app.nn.vae import AutoencoderKL
+from sd2_app.testing.configs import UNET_CONFIGS, tiny_unet_config, tiny_vae_config
+
+diffusers = pytest.importorskip("diffusers")
+
+log = logging.getLogger(__name__)
+ATOL = 1e-5
+MAX_DIFFS: dict[str, float] = {}  # filled by the tests; printed at the end with -s
+
+
+def _perturb_vectors(model: nn.Module, seed: int) -> None:
+    """Norm weights start at 1 and biases at 0; randomise every 1-D tensor so swapped names would show."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                base = 1.0 if name.endswith("weight") else 0.0
+                p.copy_(base + 0.1 * torch.randn(p.shape, generator=g))
+
+
+def _roundtrip(reference: nn.Module, ours: nn.Module, tmp_path: Path) -> None:
+    path = tmp_path / "diffusion_pytorch_model.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
+    ours.load_state_dict(load_file(str(path)), strict=True)
+
+
+def _record(name: str, ours: torch.Tensor, ref: torch.Tensor) -> float:
+    assert ours.shape == ref.shape, (name, ours.shape, ref.shape)
+    diff = (ours - ref).abs().max().item()
+    MAX_DIFFS[name] = diff
+    log.info("%s: max abs diff %.3g (ref max %.3g)", name, diff, ref.abs().max().item())
+    assert ref.abs().max().item() > 1e-3, f"{name}: reference output is ~0, the comparison would prove nothing"
+    assert diff <= ATOL, f"{name}: max abs diff {diff:.3g} > {ATOL}"
+    return diff
+
+
+UNET_CASES = list(UNET_CONFIGS) + ["sd2-base-conv-proj"]
+
+
+def _tiny_unet(case: str) -> UNetConfig:
+    if case == "sd2-base-conv-proj":  # SD1-style 1x1 conv projections, for robustness
+        d = tiny_unet_config("sd2-base")
+        d["use_linear_projection"] = False
+        return UNetConfig.from_dict(d)
+    return UNetConfig.from_dict(tiny_unet_config(case))
+
+
+@pytest.mark.parametrize("case", UNET_CASES)
+def test_unet_matches_diffusers(case: str, tmp_path: Path) -> None:
+    config = _tiny_unet(case)
+    torch.manual_seed(0)
+    reference = diffusers.UNet2DConditionModel(**config.to_dict()).eval()
+    _perturb_vectors(reference, 1)
+    ours = UNet(config).eval()
+    _roundtrip(reference, ours, tmp_path)
+
+    g = torch.Generator().manual_seed(2)
+    context = torch.randn(2, 77, config.cross_attention_dim, generator=g)
+    labels = torch.tensor([20, 350]) if config.num_class_embeds else None
+    # (latent size, timestep): square, then 5x3 and 10x6 latents that need the explicit upsample sizes;
+    # timesteps as python float, 0-dim tensor and (B,) tensor.
+    cases = [((8, 8), 999.0), ((5, 3), torch.tensor(17.5)), ((10, 6), torch.tensor([1.0, 500.0]))]
+    with torch.no_grad():
+        for (h, w), t in cases:
+            x = torch.randn(2, config.in_channels, h, w, generator=g)
+            want = reference(x, t, context, class_labels=labels).sample
+            got = ours(x, t, context, class_labels=labels)
+            _record(f"unet[{case}] {h}x{w}", got, want)
+
+
+def test_unet_requires_class_labels_for_x4() -> None:
+    ours = UNet(UNetConfig.from_dict(tiny_unet_config("x4-upscaler")))
+    x = torch.zeros(1, 7, 8, 8)
+    with pytest.raises(ValueError, match="class_labels"):
+        ours(x, 1.0, torch.zeros(1, 77, 32))
+
+
+def test_x4_class_embedding_changes_output() -> None:
+    torch.manual_seed(0)
+    ours = UNet(UNetConfig.from_dict(tiny_unet_config("x4-upscaler"))).eval()
+    x = torch.randn(1, 7, 8, 8)
+    ctx = torch.randn(1, 77, 32)
+    with torch.no_grad():
+        a = ours(x, 10.0, ctx, class_labels=torch.tensor([20]))
+        b = ours(x, 10.0, ctx, class_labels=torch.tensor([300]))
+    assert (a - b).abs().max().item() > 1e-4
+
+
+@pytest.mark.parametrize("name", ["sd2", "x4-upscaler"])
+def test_vae_matches_diffusers(name: str, tmp_path: Path) -> None:
+    config = VAEConfig.from_dict(tiny_vae_config(name))
+    torch.manual_seed(0)
+    reference = diffusers.AutoencoderKL(**config.to_dict()).eval()
+    _perturb_vectors(reference, 1)
+    ours = AutoencoderKL(config).eval()
+    _roundtrip(reference, ours, tmp_path)
+
+    g = torch.Generator().manual_seed(3)
+    f = config.spatial_factor
+    # 40x24 px: latent 5x3 (SD2) / 10x6 (x4); 20x12 px for x4 gives 5x3; none are multiples of 8.
+    sizes = [(40, 24), (32, 32)] + ([(20, 12)] if f == 4 else [])
+    with torch.no_grad():
+        for h, w in sizes:
+            x = torch.rand(2, 3, h, w, generator=g) * 2 - 1
+            want = reference.encode(x).latent_dist
+            got = ours.encode(x)
+            tag = f"vae[{name}] {h}x{w}"
+            _record(f"{tag} mean", got.mean, want.mean)
+            _record(f"{tag} logvar", got.logvar, want.logvar)
+            _record(f"{tag} std", got.std, want.std)
+            assert torch.equal(got.mode(), got.mean)
+            z_want = want.sample(generator=torch.Generator().manual_seed(7))
+            z_got = got.sample(generator=torch.Generator().manual_seed(7))
+            _record(f"{tag} sample", z_got, z_want)
+            assert z_got.shape == (2, config.latent_channels, h // f, w // f)
+            _record(f"{tag} decode", ours.decode(z_got), reference.decode(z_want).sample)
+
+
+def test_posterior_logvar_is_clamped() -> None:
+    from sd2_app.nn.vae import DiagonalGaussian
+
+    moments = torch.cat([torch.zeros(1, 4, 2, 2), torch.full((1, 4, 2, 2), 100.0)], dim=1)
+    posterior = DiagonalGaussian(moments)
+    assert posterior.logvar.max().item() == 20.0
+    moments[:, 4:] = -100.0
+    assert DiagonalGaussian(moments).std.min().item() == pytest.approx(torch.exp(torch.tensor(-15.0)).item())
+
+
+def test_report_max_diffs(capsys: pytest.CaptureFixture[str]) -> None:
+    """Runs last in this file: prints the table of measured differences (visible with -s or -rP)."""
+    if not MAX_DIFFS:
+        pytest.skip("no parity test ran before this one")
+    worst = max(MAX_DIFFS.values())
+    with capsys.disabled():
+        for name, diff in sorted(MAX_DIFFS.items()):
+            print(f"{name:40s} {diff:.3g}")  # noqa: T201 (test report)
+    assert worst <= ATOL
