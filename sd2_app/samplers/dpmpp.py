@@ -1,0 +1,98 @@
+"""DPM-Solver++ (Lu et al. 2022): 2M, 2M SDE and the single-step 2S, written in sigma space.
+
+In sigma space lambda = -log(sigma), so e^{-h} is just the sigma ratio of the step and the solvers reduce to
+k-diffusion's form: x_next = r * x + (1 - r) * D with r = sigma_next / sigma and D a corrected x0 estimate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from sd2_app.samplers.base import Denoiser, StepFn, randn_like
+from sd2_app.samplers.schedules import Schedule
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(
+    denoise: Denoiser, x: Tensor, schedule: Schedule, *,
+    generator: torch.Generator | None = None, on_step: StepFn | None = None,
+) -> Tensor:
+    """DPM-Solver++(2M), midpoint form; first order on the first step and on the final step to sigma = 0."""
+    sigmas, timesteps = schedule.sigmas, schedule.timesteps
+    x0_prev: Tensor | None = None
+    for i, t in enumerate(timesteps):
+        x0 = denoise(x, sigmas[i], t)
+        ratio = sigmas[i + 1] / sigmas[i]  # e^{-h}
+        if x0_prev is None or sigmas[i + 1] == 0.0:
+            target = x0
+        else:
+            r = math.log(sigmas[i - 1] / sigmas[i]) / math.log(sigmas[i] / sigmas[i + 1])  # h_last / h
+            target = x0 + (x0 - x0_prev) / (2 * r)
+        x = ratio * x + (1 - ratio) * target
+        x0_prev = x0
+        if on_step is not None:
+            on_step(i, x, x0)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(
+    denoise: Denoiser, x: Tensor, schedule: Schedule, *,
+    generator: torch.Generator | None = None, on_step: StepFn | None = None,
+) -> Tensor:
+    """SDE-DPM-Solver++(2M), midpoint form (diffusers' "sde-dpmsolver++"); one noise draw every step."""
+    sigmas, timesteps = schedule.sigmas, schedule.timesteps
+    x0_prev: Tensor | None = None
+    for i, t in enumerate(timesteps):
+        x0 = denoise(x, sigmas[i], t)
+        noise = randn_like(x, generator)  # drawn before the update, the last step included
+        ratio = sigmas[i + 1] / sigmas[i]  # e^{-h}
+        if x0_prev is None or sigmas[i + 1] == 0.0:
+            target = x0
+        else:
+            r = math.log(sigmas[i - 1] / sigmas[i]) / math.log(sigmas[i] / sigmas[i + 1])
+            target = x0 + (x0 - x0_prev) / (2 * r)
+        x = ratio**2 * x + (1 - ratio**2) * target + noise * (sigmas[i + 1] * math.sqrt(1 - ratio**2))
+        x0_prev = x0
+        if on_step is not None:
+            on_step(i, x, x0)
+    return x
+
+
+def _singlestep_orders(steps: int) -> list[int]:
+    """diffusers' order list for order 2 with lower_order_final: pairs (1, 2), the tail ends on order 1."""
+    if steps % 2 == 0:
+        return [1, 2] * (steps // 2 - 1) + [1, 1]
+    return [1, 2] * (steps // 2) + [1]
+
+
+@torch.no_grad()
+def sample_dpmpp_2s(
+    denoise: Denoiser, x: Tensor, schedule: Schedule, *,
+    generator: torch.Generator | None = None, on_step: StepFn | None = None,
+) -> Tensor:
+    """DPM-Solver++(2S), single-step: a first-order step to the next sigma only to evaluate the model there,
+    then a second-order step over both intervals from the remembered start (diffusers' singlestep scheduler).
+
+    Steps are paired by their index in the full schedule, so an img2img slice keeps diffusers' pairing.
+    """
+    sigmas, timesteps = schedule.sigmas, schedule.timesteps
+    orders = _singlestep_orders(schedule.start_index + len(timesteps))[schedule.start_index:]
+    x_start, x0_start = x, None
+    for i, t in enumerate(timesteps):
+        x0 = denoise(x, sigmas[i], t)
+        if i == 0 or orders[i] == 1:
+            x_start, x0_start = x, x0
+            ratio = sigmas[i + 1] / sigmas[i]
+            x = ratio * x + (1 - ratio) * x0
+        else:  # from sigmas[i-1] over two intervals, with the model at sigmas[i-1] and sigmas[i]
+            ratio = sigmas[i + 1] / sigmas[i - 1]
+            r = math.log(sigmas[i - 1] / sigmas[i]) / math.log(sigmas[i - 1] / sigmas[i + 1])
+            target = x0_start + (x0 - x0_start) / (2 * r)
+            x = ratio * x_start + (1 - ratio) * target
+        if on_step is not None:
+            on_step(i, x, x0)
+    return x
