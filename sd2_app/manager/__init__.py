@@ -1,0 +1,18 @@
+"""The model manager: lazy loading, two memory tiers, content-shared components, one GPU lock.
+
+`core` holds the tier and lock logic, `loader` the repo fallbacks and failure clean-up, `plan` what a
+checkpoint folder is made of, `identity` the content hashes, `memory` sizes, budgets and moves.
+"""
+
+from sd2_app.manager.core import ModelManager, default_cache_dir
+from sd2_app.manager.loader import CheckpointUnavailable, OutOfMemoryDuringLoad
+from sd2_app.manager.state import MemorySummary, ModelStatus
+
+__all__ = [
+    "CheckpointUnavailable",
+    "MemorySummary",
+    "ModelManager",
+    "ModelStatus",
+    "OutOfMemoryDuringLoad",
+    "default_cache_dir",
+]

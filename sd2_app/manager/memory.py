@@ -1,0 +1,128 @@
+"""Sizes, budgets and moves between the two tiers: the device and (pinned) host memory.
+
+Sizes are parameter + buffer bytes. Before a load they are read from the safetensors header (tensor
+shapes, no data), so the manager can make room first instead of finding out through an OOM.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+GIB = 2**30
+_HEADER_LIMIT = 100 * 2**20  # a safetensors header larger than this is not one we wrote or the Hub holds
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+_INT_BYTES = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def module_bytes(module: nn.Module) -> int:
+    """Bytes held by a module's parameters and buffers (shared tensors counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.data_ptr() in seen and tensor.numel() > 0:
+            continue
+        seen.add(tensor.data_ptr())
+        total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def safetensors_bytes(path: Path, dtype: torch.dtype) -> int:
+    """Bytes the tensors in `path` take once loaded with floats cast to `dtype` (reads the header only).
+
+    Raises ValueError when the header is not valid safetensors, which is also our first corruption check.
+    """
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) != 8:
+            raise ValueError(f"{path.name}: truncated safetensors file")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > _HEADER_LIMIT:
+            raise ValueError(f"{path.name}: not a safetensors file (header length {length})")
+        try:
+            header = json.loads(f.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path.name}: unreadable safetensors header ({e})") from e
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    total = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        numel = 1
+        for dim in info["shape"]:
+            numel *= int(dim)
+        kind = info["dtype"]
+        total += numel * (itemsize if kind in _FLOAT_DTYPES else _INT_BYTES.get(kind, itemsize))
+    return total
+
+
+def host_memory_bytes() -> int:
+    """Physical RAM of this machine (POSIX), or 16 GiB when it cannot be read."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 16 * GIB
+
+
+def default_device_budget(device: torch.device, margin: float = 0.25, min_margin: int = 2 * GIB) -> int:
+    """The device memory models may use: total less a margin for activations (the larger of 25% and 2 GiB).
+
+    On CPU the "device" is host memory, so the budget is half the RAM.
+    """
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        return max(total - max(int(total * margin), min_margin), 0)
+    return host_memory_bytes() // 2
+
+
+def default_offload_budget() -> int:
+    """Host memory for models moved off the device: a quarter of the RAM (pinned pages are not swappable)."""
+    return host_memory_bytes() // 4
+
+
+def device_free_bytes(device: torch.device) -> int | None:
+    """Free memory on the device as the driver sees it; None on CPU."""
+    if device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return free
+
+
+def _pin(module: nn.Module) -> None:
+    """Replace every CPU tensor of `module` by a page-locked copy, so the way back is a fast async copy."""
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.device.type == "cpu" and not tensor.is_pinned():
+            tensor.data = tensor.data.pin_memory()
+
+
+def move_module(module: nn.Module, device: torch.device, *, pin: bool) -> None:
+    """Move `module` in place to `device`; when it lands on CPU and `pin`, into pinned memory.
+
+    Pinning can fail when the OS limits locked memory; the module then stays in pageable memory (slower
+    way back, same results), which we log once per move.
+    """
+    if device.type == "cpu":
+        module.to(device)
+        if pin:
+            try:
+                _pin(module)
+            except RuntimeError as e:
+                logger.warning("could not pin %s in host memory (%s); it stays pageable", type(module).__name__, e)
+        return
+    module.to(device, non_blocking=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def empty_device_cache(device: torch.device) -> None:
+    """Give cached blocks back to the driver after models left the device (before a retry or a big load)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
