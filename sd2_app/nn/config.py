@@ -86,10 +86,13 @@ def _log_ignored(d: Mapping[str, Any], known: set[str], what: str) -> None:
 
 def _per_block(value: Any, n: int, name: str, kind: type) -> tuple:
     """Expand diffusers' "one value or one per down block" fields."""
-    if isinstance(value, kind):
+    def ok(v: Any) -> bool:  # bool is an int subclass: a head count of True is a mistake
+        return isinstance(v, kind) and (kind is bool or not isinstance(v, bool))
+
+    if ok(value):
         return (value,) * n
-    values = tuple(value)
-    if len(values) != n or not all(isinstance(v, kind) for v in values):
+    values = tuple(value) if isinstance(value, (list, tuple)) else ()
+    if len(values) != n or not all(ok(v) for v in values):
         raise ValueError(f"UNet config: {name}={value!r} must be one {kind.__name__} or {n} of them")
     return values
 
