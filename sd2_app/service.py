@@ -1,0 +1,319 @@
+"""The API of the UI and the CLI: validate a request, run its pipeline under the model manager, keep the result.
+
+Only this module knows the `ModelManager`. `Service.run` reports progress through a callback (step, total,
+preview image or None) and checks a `should_stop` callable at every step, raising `Cancelled` when it says
+so; the UI runs it in a worker thread and streams the callbacks. Every result is written with its
+parameters to a dated outputs folder (unless saving is off) and kept in a short in-memory history.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.requests import CompareRequest, Request
+from sd2_app.validation import TASK_OF, Catalog, Limits, validate
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int, Image.Image | None], None]  # (steps done, total steps, preview or None)
+TaskFn = Callable[[Any, Any, Callable[[int, int, Any], None]], Any]  # (components, request, on_step) -> output
+
+
+@dataclass
+class Result:
+    """What one run produced; `images` carry their A1111 `parameters` text in `image.info`."""
+
+    task: str  # "txt2img", "img2img", "inpaint", "upscale", "depth" or "compare"
+    request: Request  # the validated request (seed resolved, sizes filled in)
+    images: list[Image.Image]
+    seed: int
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: "load", "run", per sampler in compare
+    mask_image: Image.Image | None = None  # inpaint: the mask actually used
+    depth_image: Image.Image | None = None  # depth: the depth map actually used
+    captions: list[str] = field(default_factory=list)  # one per image (compare: sampler and time)
+    saved: list[Path] = field(default_factory=list)  # files written to the outputs folder
+    created: float = field(default_factory=time.time)
+
+    @property
+    def parameters(self) -> str:
+        """The first image's parameters text ("" when it has none)."""
+        return self.images[0].info.get("parameters", "") if self.images else ""
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One line of the History view."""
+
+    created: float
+    task: str
+    seed: int
+    parameters: str
+    images: tuple[Image.Image, ...]
+    saved: tuple[Path, ...]
+
+
+def _default_catalog(registry: Mapping[str, Any]) -> Catalog:
+    from sd2_app.samplers import SAMPLERS
+
+    return Catalog(
+        samplers={name: bool(spec.supports_karras) for name, spec in SAMPLERS.items()},
+        resolutions={key: spec.resolution for key, spec in registry.items()},
+        tasks={key: tuple(spec.tasks) for key, spec in registry.items()},
+        labels={key: spec.label for key, spec in registry.items()},
+    )
+
+
+def _default_tasks() -> dict[str, TaskFn]:
+    from sd2_app.pipelines import TASKS
+
+    return dict(TASKS)
+
+
+def _default_preview(latents: Any) -> Image.Image | None:
+    from sd2_app.pipelines.preview import preview_images
+
+    return preview_images(latents[:1], upscale=8)[0]  # one latent pixel is 8 image pixels
+
+
+def _out_of_memory_type() -> type[BaseException]:
+    import torch
+
+    return torch.cuda.OutOfMemoryError
+
+
+class Service:
+    """Validation, seeds, progress, cancellation, saving and history around the task pipelines."""
+
+    def __init__(
+        self,
+        manager: Any,
+        *,
+        registry: Mapping[str, Any] | None = None,
+        catalog: Catalog | None = None,
+        tasks: Mapping[str, TaskFn] | None = None,
+        preview: Callable[[Any], Image.Image | None] | None = None,
+        limits: Limits = Limits(),
+        outputs_dir: str | Path | None = "outputs",
+        history_size: int = 50,
+        preview_every: int = 5,
+    ) -> None:
+        self.manager = manager
+        if registry is None:
+            registry = getattr(manager, "registry", None)
+        if registry is None:
+            from sd2_app.registry import REGISTRY
+
+            registry = REGISTRY
+        self.registry = dict(registry)
+        self.catalog = catalog or _default_catalog(self.registry)
+        self._tasks = dict(tasks) if tasks is not None else None
+        self._preview = preview or _default_preview
+        self.limits = limits
+        self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else None
+        self.preview_every = max(1, preview_every)
+        self._history: deque[HistoryEntry] = deque(maxlen=history_size)
+        self._lock = threading.Lock()  # guards the history and the file counter
+        self.last_seed: int | None = None
+
+    # ---- catalog ---------------------------------------------------------------------------------
+    def samplers(self) -> list[str]:
+        """Sampler names in the order the UI lists them."""
+        return list(self.catalog.samplers)
+
+    def supports_karras(self, sampler: str) -> bool:
+        return bool(self.catalog.samplers.get(sampler, False))
+
+    def checkpoints(self, task: str) -> list[tuple[str, str]]:
+        """(label, key) pairs of the checkpoints that can run `task` (a dropdown's choices)."""
+        return [(self.catalog.labels.get(k, k), k) for k, tasks in self.catalog.tasks.items() if task in tasks]
+
+    def resolution(self, checkpoint: str) -> int:
+        """The checkpoint's native side in pixels (the UI's default width and height)."""
+        if checkpoint not in self.catalog.resolutions:
+            raise InvalidRequest(f"Unknown checkpoint {checkpoint!r}.")
+        return self.catalog.resolutions[checkpoint]
+
+    # ---- models ----------------------------------------------------------------------------------
+    def status(self) -> Any:
+        """The manager's report: what is loaded where, memory, the repo used."""
+        return self.manager.status()
+
+    def load(self, checkpoint: str) -> None:
+        if checkpoint not in self.registry:
+            raise InvalidRequest(f"Unknown checkpoint {checkpoint!r}.")
+        self.manager.load(checkpoint)
+
+    def unload(self, checkpoint: str | None = None) -> None:
+        """Unload one checkpoint, or everything when `checkpoint` is None."""
+        if checkpoint is not None and checkpoint not in self.registry:
+            raise InvalidRequest(f"Unknown checkpoint {checkpoint!r}.")
+        self.manager.unload(checkpoint)
+
+    # ---- running ---------------------------------------------------------------------------------
+    def validate(self, request: Request) -> tuple[Request, list[str]]:
+        """The checked request and its warnings (raises `InvalidRequest`)."""
+        return validate(request, self.catalog, self.limits)
+
+    def _task_fn(self, task: str) -> TaskFn:
+        if self._tasks is None:
+            self._tasks = _default_tasks()
+        return self._tasks[task]
+
+    def _step_callback(
+        self, done_before: int, total: int, on_progress: ProgressFn | None, should_stop: Callable[[], bool] | None
+    ) -> Callable[[int, int, Any], None]:
+        """The pipeline's `on_step(step, steps, latents)`: stop check first, then progress and a cheap preview."""
+
+        def on_step(step: int, steps: int, latents: Any) -> None:
+            if should_stop is not None and should_stop():
+                raise Cancelled
+            if on_progress is None:
+                return
+            done = done_before + step
+            wants_preview = latents is not None and step < steps and step % self.preview_every == 0
+            on_progress(done, total, self._preview(latents) if wants_preview else None)
+
+        return on_step
+
+    def _run_pipeline(
+        self, task: str, request: Any, on_step: Callable[[int, int, Any], None], timings: dict[str, float]
+    ) -> Any:
+        oom = _out_of_memory_type()
+        started = time.perf_counter()
+        try:
+            with self.manager.use(request.checkpoint) as components:
+                loaded = time.perf_counter()
+                timings["load"] = timings.get("load", 0.0) + loaded - started
+                output = self._task_fn(task)(components, request, on_step)
+        except oom as error:
+            log.warning("out of memory in %s: %s", task, error)
+            raise InvalidRequest(
+                "The GPU ran out of memory; try a smaller size, fewer images per prompt or fewer loaded models."
+            ) from error
+        timings["run"] = timings.get("run", 0.0) + time.perf_counter() - loaded
+        return output
+
+    def run(
+        self,
+        request: Request,
+        on_progress: ProgressFn | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Result:
+        """Validate, run and keep one request. Raises `InvalidRequest` or `Cancelled`."""
+        if isinstance(request, CompareRequest):
+            return self.compare(request, on_progress, should_stop)
+        checked, warnings = self.validate(request)
+        task = TASK_OF[type(checked)]
+        if should_stop is not None and should_stop():
+            raise Cancelled
+        steps = checked.sampling.steps
+        timings: dict[str, float] = {}
+        log.info("%s on %s: %d steps, seed %d", task, checked.checkpoint, steps, checked.sampling.seed)
+        output = self._run_pipeline(task, checked, self._step_callback(0, steps, on_progress, should_stop), timings)
+        result = Result(
+            task=task,
+            request=checked,
+            images=list(output.images),
+            seed=checked.sampling.seed,
+            warnings=warnings + list(getattr(output, "warnings", []) or []),
+            timings=timings,
+            mask_image=getattr(output, "mask_image", None),
+            depth_image=getattr(output, "depth_image", None),
+        )
+        return self._keep(result)
+
+    def compare(
+        self,
+        request: CompareRequest,
+        on_progress: ProgressFn | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Result:
+        """The same prompt and seed through each sampler in turn, each timed; one image per sampler."""
+        checked, warnings = self.validate(request)
+        base = replace(checked.base, sampling=replace(checked.base.sampling, batch_size=1))
+        steps = base.sampling.steps
+        total = steps * len(checked.samplers)
+        timings: dict[str, float] = {}
+        images: list[Image.Image] = []
+        captions: list[str] = []
+        for index, name in enumerate(checked.samplers):
+            if should_stop is not None and should_stop():
+                raise Cancelled
+            use_karras = base.sampling.use_karras and self.supports_karras(name)
+            one = replace(base, sampling=replace(base.sampling, sampler=name, use_karras=use_karras))
+            run_timings: dict[str, float] = {}
+            output = self._run_pipeline(
+                "txt2img", one, self._step_callback(index * steps, total, on_progress, should_stop), run_timings
+            )
+            timings[name] = run_timings["run"]
+            timings["load"] = timings.get("load", 0.0) + run_timings["load"]
+            warnings.extend(w for w in getattr(output, "warnings", []) or [] if w not in warnings)
+            images.append(output.images[0])
+            captions.append(f"{name}{' Karras' if use_karras else ''}: {run_timings['run']:.2f} s")
+        timings["run"] = sum(timings[name] for name in checked.samplers)
+        result = Result(
+            task="compare",
+            request=checked,
+            images=images,
+            seed=base.sampling.seed,
+            warnings=warnings,
+            timings=timings,
+            captions=captions,
+        )
+        return self._keep(result)
+
+    # ---- keeping results ---------------------------------------------------------------------------
+    def _save(self, result: Result) -> list[Path]:
+        from sd2_app.pipelines.metadata import save_png
+
+        assert self.outputs_dir is not None
+        folder = self.outputs_dir / datetime.fromtimestamp(result.created).strftime("%Y-%m-%d")
+        folder.mkdir(parents=True, exist_ok=True)
+        paths: list[Path] = []
+        with self._lock:
+            number = len(list(folder.glob("*.png")))
+            for index, image in enumerate(result.images):
+                paths.append(save_png(image, folder / f"{number + index:05d}-{result.seed}-{result.task}.png"))
+            extras = (("mask", result.mask_image), ("depth", result.depth_image))
+            for name, image in extras:
+                if image is not None:
+                    paths.append(save_png(image, folder / f"{number:05d}-{result.seed}-{result.task}-{name}.png"))
+        log.info("saved %d file(s) to %s", len(paths), folder)
+        return paths
+
+    def _keep(self, result: Result) -> Result:
+        if self.outputs_dir is not None:
+            result.saved = self._save(result)
+        entry = HistoryEntry(
+            result.created, result.task, result.seed, result.parameters, tuple(result.images), tuple(result.saved)
+        )
+        with self._lock:
+            self._history.appendleft(entry)
+            self.last_seed = result.seed
+        return result
+
+    def history(self) -> list[HistoryEntry]:
+        """Recent results, newest first."""
+        with self._lock:
+            return list(self._history)
+
+    # ---- PNG info ----------------------------------------------------------------------------------
+    @staticmethod
+    def read_parameters(image: Image.Image | str | Path) -> tuple[str | None, dict[str, Any]]:
+        """The A1111 `parameters` text of a PNG and its parsed fields ({} when it has none)."""
+        from sd2_app.pipelines.metadata import parse_parameters, read_png_parameters
+
+        text = read_png_parameters(image)
+        return text, (parse_parameters(text) if text else {})

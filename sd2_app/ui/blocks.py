@@ -1,0 +1,115 @@
+"""`build_ui(service)`: the whole Gradio app, one tab per task, and the wiring between tabs ("send to")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from sd2_app.ui import compare, depth, history, img2img, inpaint, models, pnginfo, txt2img, upscale
+from sd2_app.ui.common import ResultPanel, selected_image
+from sd2_app.ui.runner import StopFlags
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+TITLE = "Stable Diffusion 2"
+
+
+def _examples(assets: Path) -> dict[str, list[list[Any]]]:
+    """Example rows per tab, only for the asset files that exist."""
+
+    def rows(*items: tuple[str, str]) -> list[list[Any]]:
+        return [[str(assets / name), prompt] for name, prompt in items if (assets / name).is_file()]
+
+    return {
+        "img2img": rows(("landscape.png", "a fantasy landscape at sunset, oil painting")),
+        "inpaint": rows(("landscape.png", "a white cat sitting on a rock")),
+        "upscale": rows(("cat_128.png", "a white cat")),
+        "depth": rows(("still_life.png", "two tigers")),
+    }
+
+
+def _wire_send(panel: ResultPanel, source_prompt: gr.Textbox, source_negative: gr.Textbox, tabs: gr.Tabs,
+               targets: dict[str, tuple[Any, gr.Textbox, gr.Textbox]], prefix: str) -> None:
+    """Each "Send to X" button copies the picked result and the prompts into tab X and switches to it."""
+    for target, button in panel.send_buttons.items():
+        image_box, prompt_box, negative_box = targets[target]
+        is_editor = isinstance(image_box, gr.ImageMask)
+
+        def send(gallery: Any, index: Any, text: str, negative: str, is_editor: bool = is_editor,
+                 target: str = target) -> tuple:
+            image = selected_image(gallery, index)
+            value = {"background": image, "layers": [], "composite": image} if is_editor else image
+            return value, text, negative, gr.Tabs(selected=target)
+
+        button.click(send, [panel.gallery, panel.selected, source_prompt, source_negative],
+                     [image_box, prompt_box, negative_box, tabs], api_name=f"{prefix}_send_to_{target}",
+                     api_visibility="private", queue=False)
+
+
+def build_ui(service: Any, *, assets: Path = ASSETS) -> gr.Blocks:
+    """The app. `service` is a `sd2_app.service.Service` (or a test double with the same methods)."""
+    flags = StopFlags()
+    examples = _examples(assets)
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+        gr.Markdown(f"# {TITLE}\nText to image, image to image, inpainting, ×4 upscaling and depth to image.")
+        with gr.Tabs() as tabs:
+            with gr.Tab("Text to image", id="txt2img"):
+                t2i = txt2img.build(service, flags)
+            with gr.Tab("Image to image", id="img2img"):
+                i2i = img2img.build(service, flags, examples["img2img"])
+            with gr.Tab("Inpaint", id="inpaint"):
+                inp = inpaint.build(service, flags, examples["inpaint"])
+            with gr.Tab("Upscale ×4", id="upscale"):
+                up = upscale.build(service, flags, examples["upscale"])
+            with gr.Tab("Depth to image", id="depth"):
+                dep = depth.build(service, flags, examples["depth"])
+            with gr.Tab("Compare samplers", id="compare"):
+                compare.build(service, flags)
+            with gr.Tab("Models", id="models") as models_tab:
+                status = models.build(service)
+            with gr.Tab("History", id="history") as history_tab:
+                refresh_history, history_outputs = history.build(service)
+            with gr.Tab("PNG info", id="pnginfo"):
+                png_image, png_fields, png_send = pnginfo.build(service)
+        targets = {
+            "img2img": (i2i.image, i2i.prompt, i2i.negative),
+            "inpaint": (inp.editor, inp.prompt, inp.negative),
+            "upscale": (up.image, up.prompt, up.negative),
+        }
+        for prefix, tab in (("txt2img", t2i), ("img2img", i2i), ("inpaint", inp), ("upscale", up), ("depth", dep)):
+            _wire_send(tab.panel, tab.prompt, tab.negative, tabs, targets, prefix)
+        models_tab.select(lambda: models._plain(service.status()), None, status, api_name="models_tab",
+                          api_visibility="private", queue=False)
+        history_tab.select(refresh_history, None, history_outputs, api_name="history_tab", api_visibility="private",
+                           queue=False)
+        _wire_png_send(png_send, png_fields, t2i, tabs)
+    return demo
+
+
+def _wire_png_send(button: gr.Button, fields: gr.JSON, t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs) -> None:
+    """PNG info -> text to image: prompt, negative prompt, sampler, steps, CFG, seed and size."""
+    controls = t2i.sampling
+
+    def send(parsed: dict[str, Any] | None) -> tuple:
+        if not parsed:
+            raise gr.Error("Upload a PNG with parameters first.", print_exception=False)
+        size = str(parsed.get("Size", ""))
+        width, _, height = size.partition("x")
+        keep = gr.skip()
+        return (
+            parsed.get("Prompt", ""),
+            parsed.get("Negative prompt", ""),
+            parsed.get("Sampler", keep),
+            parsed.get("Schedule type") == "Karras",
+            parsed.get("Steps", keep),
+            parsed.get("CFG scale", keep),
+            parsed.get("Seed", keep),
+            int(width) if width.isdigit() else keep,
+            int(height) if height.isdigit() else keep,
+            gr.Tabs(selected="txt2img"),
+        )
+
+    outputs = [t2i.prompt, t2i.negative, controls.sampler, controls.karras, controls.steps, controls.cfg,
+               controls.seed, t2i.width, t2i.height, tabs]
+    button.click(send, fields, outputs, api_name="png_info_send", api_visibility="private", queue=False)

@@ -1,0 +1,250 @@
+"""Widgets and handler plumbing shared by the generation tabs: sampling controls, the result panel, streaming.
+
+Each tab builds its inputs, then `sampling_controls` and `result_panel`, and wires its Generate button with
+`wire_run`, which turns widget values into a request (the tab's `make_request`), streams the service's
+progress (bar with the step count, live preview every few steps) and shows the result or a `gr.Error`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.requests import Request, Sampling
+from sd2_app.ui.runner import GPU_QUEUE, StopFlags, gpu, stream, user_message
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SAMPLER = "DPM++ 2M"
+SAMPLING_NAMES = ("sampler", "use_karras", "steps", "cfg_scale", "guidance_rescale", "seed", "batch_size")
+EXAMPLE_PROMPTS = ("High quality photo of an astronaut riding a horse in space", "two tigers", "a white cat")
+
+
+@dataclass
+class SamplingControls:
+    sampler: gr.Dropdown
+    karras: gr.Checkbox
+    steps: gr.Slider
+    cfg: gr.Slider
+    rescale: gr.Slider
+    seed: gr.Number
+    batch: gr.Slider
+
+    def inputs(self) -> list[gr.components.Component]:
+        return [self.sampler, self.karras, self.steps, self.cfg, self.rescale, self.seed, self.batch]
+
+
+def to_sampling(sampler: str, karras: bool, steps: float, cfg: float, rescale: float, seed: Any, batch: float) -> Sampling:
+    """Widget values -> Sampling; the service validates every field (the API bypasses the sliders)."""
+    return Sampling(
+        sampler=sampler,
+        steps=steps,  # type: ignore[arg-type]  # validated (and made int) by the service
+        use_karras=bool(karras),
+        cfg_scale=cfg,
+        guidance_rescale=rescale,
+        seed=None if seed is None or seed == "" else seed,
+        batch_size=batch,  # type: ignore[arg-type]
+    )
+
+
+def sampling_controls(
+    service: Any, prefix: str, *, sampler: str = DEFAULT_SAMPLER, steps: int = 25, cfg: float = 7.5, batch: bool = True
+) -> tuple[SamplingControls, gr.Button, gr.Button]:
+    """The sampler settings, seed row and batch slider; returns them with the (randomize, reuse) seed buttons."""
+    names = service.samplers()
+    with gr.Row():
+        sampler_box = gr.Dropdown(names, value=sampler if sampler in names else names[0], label="Sampler", scale=3)
+        karras = gr.Checkbox(False, label="Karras sigmas", info="where the sampler offers them", scale=2,
+                             interactive=service.supports_karras(sampler))
+    with gr.Row():
+        steps_slider = gr.Slider(1, 150, steps, step=1, label="Steps")
+        cfg_slider = gr.Slider(0, 30, cfg, step=0.5, label="Guidance scale (CFG)")
+    with gr.Accordion("More sampling options", open=False):
+        rescale = gr.Slider(0, 1, 0, step=0.05, label="Guidance rescale", info="0.7 helps the 768-v models; 0 = off")
+    with gr.Row(equal_height=True):
+        seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, scale=3, elem_id=f"{prefix}-seed")
+        randomize = gr.Button("🎲 Random", scale=1, size="sm", elem_id=f"{prefix}-random-seed")
+        reuse = gr.Button("♻️ Reuse last seed", scale=1, size="sm", elem_id=f"{prefix}-reuse-seed")
+    batch_slider = gr.Slider(1, 8, 1, step=1, label="Images per prompt", visible=batch)
+    sampler_box.change(
+        lambda name: gr.update(interactive=service.supports_karras(name), value=False) if not service.supports_karras(name)
+        else gr.update(interactive=True),
+        sampler_box, karras, api_name=f"{prefix}_karras_allowed", api_visibility="private", queue=False,
+    )
+    controls = SamplingControls(sampler_box, karras, steps_slider, cfg_slider, rescale, seed, batch_slider)
+    return controls, randomize, reuse
+
+
+@dataclass
+class ResultPanel:
+    preview: gr.Image
+    gallery: gr.Gallery
+    info: gr.Markdown
+    extra: gr.Image | None
+    last_seed: gr.State
+    selected: gr.State
+    send_buttons: dict[str, gr.Button]
+    run: gr.Button
+    stop: gr.Button
+
+
+def run_buttons(prefix: str) -> tuple[gr.Button, gr.Button]:
+    with gr.Row():
+        run = gr.Button("Generate", variant="primary", scale=3, elem_id=f"{prefix}-run")
+        stop = gr.Button("Stop", variant="stop", scale=1, elem_id=f"{prefix}-stop")
+    return run, stop
+
+
+def _picked(event: gr.SelectData) -> int:
+    return int(event.index)
+
+
+def result_panel(
+    prefix: str,
+    run: gr.Button,
+    stop: gr.Button,
+    *,
+    extra_label: str | None = None,
+    send_to: Sequence[tuple[str, str]] = (),
+) -> ResultPanel:
+    """Live preview, PNG gallery (parameters embedded, downloadable), info text and "send to" buttons."""
+    preview = gr.Image(label="Live preview", type="pil", interactive=False, height=192, format="png",
+                       elem_id=f"{prefix}-preview")
+    gallery = gr.Gallery(label="Results", format="png", columns=2, height="auto", type="pil", interactive=False,
+                         buttons=["download", "fullscreen"], elem_id=f"{prefix}-gallery")
+    extra = None
+    if extra_label:
+        extra = gr.Image(label=extra_label, type="pil", interactive=False, format="png", height=256,
+                         elem_id=f"{prefix}-extra")
+    info = gr.Markdown(elem_id=f"{prefix}-info")
+    buttons: dict[str, gr.Button] = {}
+    if send_to:
+        with gr.Row():
+            for target, label in send_to:
+                buttons[target] = gr.Button(f"Send to {label}", size="sm", elem_id=f"{prefix}-send-{target}")
+    selected = gr.State(0)
+    gallery.select(_picked, None, selected, api_name=f"{prefix}_select", api_visibility="private", queue=False)
+    return ResultPanel(preview, gallery, info, extra, gr.State(None), selected, buttons, run, stop)
+
+
+def describe(result: Any) -> str:
+    """Markdown under the gallery: seed, timings, warnings and the parameters text."""
+    seconds = ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
+    lines = [f"**Seed** {result.seed} · {seconds}"]
+    lines += [f"- ⚠️ {w}" for w in result.warnings]
+    if result.parameters:
+        lines += ["", "```text", result.parameters, "```"]
+    return "\n".join(lines)
+
+
+def stream_result(
+    service: Any,
+    flags: StopFlags,
+    request_fn: Callable[[], Request],
+    session: str,
+    progress: gr.Progress,
+    finish: Callable[[Any], tuple],
+    n_outputs: int,
+) -> Iterator[tuple]:
+    """The body of every Generate handler: yields (preview, status) updates, then the finished outputs.
+
+    Outputs are always (preview, gallery, info, last_seed, *extras); `finish(result)` fills gallery onward.
+    """
+    try:
+        request = request_fn()
+    except InvalidRequest as error:
+        raise gr.Error(str(error), print_exception=False) from error
+    flag = flags.arm(session)
+    progress(0, desc="Loading the model…")
+    keep = (gr.skip(),) * (n_outputs - 3)
+    try:
+        for item in stream(lambda on_progress, should_stop: service.run(request, on_progress, should_stop), flag):
+            if isinstance(item, tuple):
+                done, total, preview = item
+                progress((done, total), desc="Sampling", unit="steps")
+                if preview is not None:
+                    yield (preview, gr.skip(), f"Step {done}/{total}", *keep)
+            else:
+                for warning in item.warnings:
+                    gr.Warning(warning)
+                yield (gr.skip(), *finish(item))
+    except (InvalidRequest, Cancelled) as error:
+        if isinstance(error, Cancelled):
+            yield (gr.skip(), gr.skip(), user_message(error), *keep)
+            return
+        raise gr.Error(user_message(error), print_exception=False) from error
+
+
+def wire_run(
+    service: Any,
+    flags: StopFlags,
+    panel: ResultPanel,
+    inputs: list[gr.components.Component],
+    make_request: Callable[..., Request],
+    api_name: str,
+    names: Sequence[str],
+    *,
+    finish_extra: Callable[[Any], tuple] = lambda result: (),
+) -> Any:
+    """Connect Generate (streaming, on the GPU queue) and Stop; returns the run event."""
+    outputs: list[Any] = [panel.preview, panel.gallery, panel.info, panel.last_seed]
+    if panel.extra is not None:
+        outputs.append(panel.extra)
+
+    def finish(result: Any) -> tuple:
+        gallery = [(image, caption) for image, caption in zip(result.images, result.captions or [None] * len(result.images))]
+        return (gallery, describe(result), result.seed, *finish_extra(result))
+
+    @gpu()
+    def handler(request: gr.Request, *values: Any) -> Iterator[tuple]:
+        # Gradio passes (request, *widget values, progress tracker) by position: see the signature below.
+        *widget_values, progress = values
+        session = getattr(request, "session_hash", None) or "api"
+        yield from stream_result(
+            service, flags, lambda: make_request(*widget_values), session, progress, finish, len(outputs)
+        )
+
+    # Name the API parameters after the request fields (gradio_client users call `prompt=...`, not `param_1=...`).
+    assert len(names) == len(inputs), (api_name, names)
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    handler.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("request", positional, annotation=gr.Request)]
+        + [inspect.Parameter(name, positional, default=None) for name in names]
+        + [inspect.Parameter("progress", positional, default=gr.Progress())]
+    )
+
+    event = panel.run.click(
+        handler, inputs, outputs, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=1,
+    )
+
+    def stop(request: gr.Request) -> str:
+        stopped = flags.stop(getattr(request, "session_hash", None) or "api")
+        return "Stopping at the next step…" if stopped else "Nothing to stop."
+
+    panel.stop.click(stop, None, panel.info, api_name=f"{api_name}_stop", cancels=[event], queue=False)
+    return event
+
+
+def wire_seed_buttons(randomize: gr.Button, reuse: gr.Button, seed: gr.Number, last_seed: gr.State, prefix: str) -> None:
+    randomize.click(lambda: -1, None, seed, api_name=f"{prefix}_random_seed", api_visibility="private", queue=False)
+    reuse.click(lambda last: -1 if last is None else last, last_seed, seed, api_name=f"{prefix}_reuse_seed",
+                api_visibility="private", queue=False)
+
+
+def selected_image(gallery: Any, index: Any) -> Image.Image:
+    """The picked gallery item as a PIL image (Gallery(type="pil") values are (image, caption) pairs)."""
+    if not gallery:
+        raise gr.Error("Generate an image first.", print_exception=False)
+    index = index if isinstance(index, int) and 0 <= index < len(gallery) else 0
+    item = gallery[index]
+    image = item[0] if isinstance(item, (tuple, list)) else item
+    if isinstance(image, str):
+        image = Image.open(image)
+    return image

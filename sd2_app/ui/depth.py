@@ -1,0 +1,67 @@
+"""Depth to image: keep the input's 3-D layout (estimated with DPT, or an uploaded depth map), change the rest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from sd2_app.requests import DepthRequest
+from sd2_app.ui.common import (
+    SAMPLING_NAMES,
+    ResultPanel,
+    SamplingControls,
+    result_panel,
+    run_buttons,
+    sampling_controls,
+    to_sampling,
+    wire_run,
+    wire_seed_buttons,
+)
+from sd2_app.ui.runner import StopFlags
+from sd2_app.ui.txt2img import prompt_boxes
+
+
+@dataclass
+class DepthTab:
+    image: gr.Image
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    sampling: SamplingControls
+    panel: ResultPanel
+
+
+def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> DepthTab:
+    choices = service.checkpoints("depth")
+    with gr.Row():
+        with gr.Column(scale=5):
+            with gr.Row():
+                image = gr.Image(label="Image", type="pil", image_mode=None, sources=["upload", "clipboard"],
+                                 height=280, elem_id="depth-image")
+                depth_map = gr.Image(label="Depth map (optional, white = near)", type="pil", image_mode=None,
+                                     sources=["upload"], height=280, elem_id="depth-map")
+            checkpoint = gr.Dropdown(choices, value=choices[0][1], label="Checkpoint")
+            prompt, negative = prompt_boxes("depth")
+            if examples:
+                gr.Examples(examples, [image, prompt], label="Examples")
+            strength = gr.Slider(0, 1, 0.7, step=0.01, label="Strength")
+            controls, randomize, reuse = sampling_controls(service, "depth")
+            run, stop = run_buttons("depth")
+        with gr.Column(scale=6):
+            panel = result_panel("depth", run, stop, extra_label="Depth map used",
+                                 send_to=(("img2img", "image to image"), ("upscale", "upscale")))
+    wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "depth")
+
+    def make_request(picture: Any, depth: Any, key: str, text: str, negative_text: str, amount: float,
+                     *sampling: Any) -> DepthRequest:
+        return DepthRequest(prompt=text, image=picture, negative_prompt=negative_text, checkpoint=key,
+                            depth_map=depth, strength=amount, sampling=to_sampling(*sampling))
+
+    def depth_used(result: Any) -> tuple:
+        return (result.depth_image if result.depth_image is not None else getattr(result.request, "depth_map", None),)
+
+    inputs = [image, depth_map, checkpoint, prompt, negative, strength, *controls.inputs()]
+    names = ("image", "depth_map", "checkpoint", "prompt", "negative_prompt", "strength", *SAMPLING_NAMES)
+    wire_run(service, flags, panel, inputs, make_request, "depth", names, finish_extra=depth_used)
+    return DepthTab(image, prompt, negative, controls, panel)

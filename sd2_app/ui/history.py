@@ -1,0 +1,32 @@
+"""History: the recent results of this server with their settings (the files are in the outputs folder)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gradio as gr
+
+
+def _rows(service: Any) -> tuple[list[tuple[Any, str]], list[list[Any]]]:
+    images: list[tuple[Any, str]] = []
+    rows: list[list[Any]] = []
+    for entry in service.history():
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.created))
+        images += [(image, f"{entry.task} · seed {entry.seed}") for image in entry.images]
+        saved = ", ".join(str(p) for p in entry.saved) or "(not saved)"
+        rows.append([when, entry.task, entry.seed, len(entry.images), entry.parameters, saved])
+    return images, rows
+
+
+def build(service: Any) -> tuple[Any, list[Any]]:
+    """The History view; returns its refresh function and outputs (the tab refreshes them when selected)."""
+    where = str(service.outputs_dir) if service.outputs_dir is not None else "nowhere (saving is off)"
+    gr.Markdown(f"Recent results, newest first. Every result is also written with its settings to **{where}**.")
+    refresh = gr.Button("Refresh", elem_id="history-refresh")
+    gallery = gr.Gallery(label="Recent images", format="png", columns=6, height="auto", interactive=False,
+                         elem_id="history-gallery")
+    table = gr.Dataframe(headers=["time", "task", "seed", "images", "parameters", "files"], wrap=True,
+                         interactive=False, elem_id="history-table")
+    refresh.click(lambda: _rows(service), None, [gallery, table], api_name="history", queue=False)
+    return (lambda: _rows(service)), [gallery, table]

@@ -1,0 +1,63 @@
+"""Image to image: an init image re-noised to `strength` and denoised towards the prompt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from sd2_app.requests import Img2ImgRequest
+from sd2_app.ui.common import (
+    SAMPLING_NAMES,
+    ResultPanel,
+    SamplingControls,
+    result_panel,
+    run_buttons,
+    sampling_controls,
+    to_sampling,
+    wire_run,
+    wire_seed_buttons,
+)
+from sd2_app.ui.runner import StopFlags
+from sd2_app.ui.txt2img import prompt_boxes
+
+SEND_TO = (("inpaint", "inpaint"), ("upscale", "upscale"))
+
+
+@dataclass
+class Img2ImgTab:
+    image: gr.Image
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    sampling: SamplingControls
+    panel: ResultPanel
+
+
+def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> Img2ImgTab:
+    choices = service.checkpoints("img2img")
+    default = "sd21-base" if any(key == "sd21-base" for _, key in choices) else choices[0][1]
+    with gr.Row():
+        with gr.Column(scale=5):
+            image = gr.Image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
+                             height=320, elem_id="img2img-image")
+            checkpoint = gr.Dropdown(choices, value=default, label="Checkpoint")
+            prompt, negative = prompt_boxes("img2img")
+            if examples:
+                gr.Examples(examples, [image, prompt], label="Examples")
+            strength = gr.Slider(0, 1, 0.75, step=0.01, label="Strength",
+                                 info="1 ignores the image's content, 0 keeps it")
+            controls, randomize, reuse = sampling_controls(service, "img2img")
+            run, stop = run_buttons("img2img")
+        with gr.Column(scale=6):
+            panel = result_panel("img2img", run, stop, send_to=SEND_TO)
+    wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "img2img")
+
+    def make_request(picture: Any, key: str, text: str, negative_text: str, amount: float, *sampling: Any) -> Img2ImgRequest:
+        return Img2ImgRequest(prompt=text, image=picture, negative_prompt=negative_text, checkpoint=key,
+                              strength=amount, sampling=to_sampling(*sampling))
+
+    inputs = [image, checkpoint, prompt, negative, strength, *controls.inputs()]
+    wire_run(service, flags, panel, inputs, make_request, "img2img",
+             ("image", "checkpoint", "prompt", "negative_prompt", "strength", *SAMPLING_NAMES))
+    return Img2ImgTab(image, prompt, negative, controls, panel)

@@ -1,0 +1,114 @@
+"""Inpaint: a sketch pad (upload, paint the mask with a brush, erase, clear), or an uploaded mask image.
+
+The brush layers' alpha is the mask (painted = repaint). The mask the pipeline used is shown beside the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+from PIL import Image, ImageChops
+
+from sd2_app.requests import InpaintRequest
+from sd2_app.ui.common import (
+    SAMPLING_NAMES,
+    ResultPanel,
+    SamplingControls,
+    result_panel,
+    run_buttons,
+    sampling_controls,
+    to_sampling,
+    wire_run,
+    wire_seed_buttons,
+)
+from sd2_app.ui.runner import StopFlags
+from sd2_app.ui.txt2img import prompt_boxes
+
+SEND_TO = (("img2img", "image to image"), ("upscale", "upscale"))
+
+
+@dataclass
+class InpaintTab:
+    editor: gr.ImageMask
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    sampling: SamplingControls
+    panel: ResultPanel
+
+
+def _open(item: Any) -> Image.Image | None:
+    return Image.open(item) if isinstance(item, str) else item
+
+
+def split_editor(value: Any, uploaded_mask: Image.Image | None) -> tuple[Image.Image | None, Image.Image | None]:
+    """ImageMask value -> (image, mask "L"). Painted layers are merged; an uploaded mask wins over the strokes."""
+    if not value:
+        return None, uploaded_mask
+    if not isinstance(value, dict):
+        return _open(value), uploaded_mask
+    image = _open(value.get("background"))
+    if uploaded_mask is not None:
+        return image, uploaded_mask
+    mask: Image.Image | None = None
+    for layer in value.get("layers") or []:
+        alpha = _open(layer).convert("RGBA").getchannel("A")
+        if mask is not None and alpha.size != mask.size:
+            alpha = alpha.resize(mask.size, Image.Resampling.NEAREST)
+        mask = alpha if mask is None else ImageChops.lighter(mask, alpha)
+    if mask is None and image is not None:
+        mask = Image.new("L", image.size, 0)  # refused by the service with "the mask is empty"
+    return image, mask
+
+
+def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> InpaintTab:
+    choices = service.checkpoints("inpaint")
+    with gr.Row():
+        with gr.Column(scale=5):
+            editor = gr.ImageMask(
+                label="Image and mask: upload, then paint over what to repaint",
+                type="pil",
+                image_mode="RGBA",
+                format="png",
+                sources=["upload", "clipboard"],
+                brush=gr.Brush(default_size=24, colors=["#ffffff"], color_mode="fixed"),
+                eraser=gr.Eraser(default_size=24),
+                height=420,
+                elem_id="inpaint-editor",
+            )
+            with gr.Accordion("Or upload a mask image (white = repaint)", open=False):
+                mask_upload = gr.Image(label="Mask", type="pil", image_mode=None, sources=["upload"], height=200)
+            checkpoint = gr.Dropdown(choices, value=choices[0][1], label="Checkpoint")
+            prompt, negative = prompt_boxes("inpaint")
+            if examples:
+                gr.Examples(examples, [editor, prompt], label="Examples")
+            with gr.Row():
+                strength = gr.Slider(0, 1, 1.0, step=0.01, label="Strength")
+                blur = gr.Slider(0, 64, 4, step=1, label="Mask blur (px)")
+            with gr.Row():
+                only_masked = gr.Checkbox(False, label="Only masked area",
+                                          info="work at full resolution on a crop around the mask")
+                padding = gr.Slider(0, 256, 32, step=8, label="Only-masked padding (px)")
+            controls, randomize, reuse = sampling_controls(service, "inpaint")
+            run, stop = run_buttons("inpaint")
+        with gr.Column(scale=6):
+            panel = result_panel("inpaint", run, stop, extra_label="Mask used", send_to=SEND_TO)
+    wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "inpaint")
+
+    def make_request(value: Any, mask: Any, key: str, text: str, negative_text: str, amount: float, blur_px: float,
+                     crop: bool, pad: float, *sampling: Any) -> InpaintRequest:
+        image, mask_image = split_editor(value, mask)
+        return InpaintRequest(prompt=text, image=image, mask=mask_image, negative_prompt=negative_text, checkpoint=key,
+                              strength=amount, mask_blur=blur_px, only_masked=bool(crop),  # type: ignore[arg-type]
+                              only_masked_padding=pad, sampling=to_sampling(*sampling))  # type: ignore[arg-type]
+
+    def mask_used(result: Any) -> tuple:
+        return (result.mask_image if result.mask_image is not None else getattr(result.request, "mask", None),)
+
+    inputs = [editor, mask_upload, checkpoint, prompt, negative, strength, blur, only_masked, padding,
+              *controls.inputs()]
+    names = ("image_and_mask", "mask", "checkpoint", "prompt", "negative_prompt", "strength", "mask_blur", "only_masked",
+             "only_masked_padding", *SAMPLING_NAMES)
+    wire_run(service, flags, panel, inputs, make_request, "inpaint", names, finish_extra=mask_used)
+    return InpaintTab(editor, prompt, negative, controls, panel)

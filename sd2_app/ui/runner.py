@@ -1,0 +1,93 @@
+"""Runs a Service call in a worker thread and streams its progress to a Gradio generator handler.
+
+`Service.run` is blocking and reports progress through callbacks; Gradio streams what a generator yields.
+The bridge is a queue: the worker puts (done, total, preview) events, the handler drains them, moves the
+progress bar and yields previews. Stop sets a per-session flag that the service checks at every step (and the
+Stop button also cancels a job that is still waiting in the queue).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from PIL import Image
+
+from sd2_app.errors import Cancelled, InvalidRequest
+
+log = logging.getLogger(__name__)
+
+GPU_QUEUE = "gpu"  # the one concurrency id of every event that may touch the GPU
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def gpu(duration: int = 120) -> Callable[[F], F]:
+    """`spaces.GPU` on Hugging Face ZeroGPU Spaces (the `spaces` package is installed there), else a no-op."""
+    try:
+        import spaces  # type: ignore[import-not-found]
+    except ImportError:
+        return lambda fn: fn
+    return spaces.GPU(duration=duration)
+
+
+class StopFlags:
+    """One stop flag per browser session: Stop in one tab of the browser must not stop another user's run."""
+
+    def __init__(self) -> None:
+        self._flags: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def arm(self, session: str) -> threading.Event:
+        """A cleared flag for a run that is starting now."""
+        with self._lock:
+            flag = self._flags[session] = threading.Event()
+        return flag
+
+    def stop(self, session: str) -> bool:
+        """Set the session's flag; False when it has no run."""
+        with self._lock:
+            flag = self._flags.get(session)
+        if flag is None:
+            return False
+        flag.set()
+        return True
+
+
+@functools.lru_cache(maxsize=1)
+def _executor() -> ThreadPoolExecutor:
+    # One worker is enough: the GPU events run one at a time (concurrency limit 1), the lock is the manager's.
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="sd2-run")
+
+
+def stream(
+    call: Callable[[Callable[[int, int, Image.Image | None], None], Callable[[], bool]], Any],
+    flag: threading.Event,
+    *,
+    poll_s: float = 0.05,
+) -> Iterator[tuple[int, int, Image.Image | None] | Any]:
+    """Yield (done, total, preview) while `call(on_progress, should_stop)` runs; the last item is its result.
+
+    Raises what the call raised (`InvalidRequest`, `Cancelled`, or a bug with its traceback).
+    """
+    events: queue.Queue[tuple[int, int, Image.Image | None]] = queue.Queue()
+    future: Future[Any] = _executor().submit(call, lambda d, t, p: events.put((d, t, p)), flag.is_set)
+    try:
+        while True:
+            try:
+                yield events.get(timeout=poll_s)
+            except queue.Empty:
+                if future.done() and events.empty():
+                    break
+    finally:
+        flag.set()  # the handler was closed (cancelled or the client left): stop the worker at its next step
+    yield future.result()
+
+
+def user_message(error: InvalidRequest | Cancelled) -> str:
+    """The text the user sees for a refused or stopped run."""
+    return "Stopped." if isinstance(error, Cancelled) else str(error)

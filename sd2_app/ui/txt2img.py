@@ -1,0 +1,79 @@
+"""Text to image: checkpoint, prompts, sampler, size (following the checkpoint), seed, batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from sd2_app.requests import Txt2ImgRequest
+from sd2_app.ui.common import (
+    SAMPLING_NAMES,
+    EXAMPLE_PROMPTS,
+    ResultPanel,
+    SamplingControls,
+    result_panel,
+    run_buttons,
+    sampling_controls,
+    to_sampling,
+    wire_run,
+    wire_seed_buttons,
+)
+from sd2_app.ui.runner import StopFlags
+
+SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
+
+
+@dataclass
+class Txt2ImgTab:
+    checkpoint: gr.Dropdown
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    width: gr.Slider
+    height: gr.Slider
+    sampling: SamplingControls
+    panel: ResultPanel
+
+
+def prompt_boxes(prefix: str, value: str = "") -> tuple[gr.Textbox, gr.Textbox]:
+    prompt = gr.Textbox(value, label="Prompt", lines=2, placeholder="What to draw", elem_id=f"{prefix}-prompt")
+    negative = gr.Textbox("", label="Negative prompt", lines=1, placeholder="What to avoid", elem_id=f"{prefix}-negative")
+    return prompt, negative
+
+
+def build(service: Any, flags: StopFlags) -> Txt2ImgTab:
+    choices = service.checkpoints("txt2img")
+    default = "sd21-base" if any(key == "sd21-base" for _, key in choices) else choices[0][1]
+    side = service.resolution(default)
+    with gr.Row():
+        with gr.Column(scale=5):
+            checkpoint = gr.Dropdown(choices, value=default, label="Checkpoint", elem_id="txt2img-checkpoint")
+            prompt, negative = prompt_boxes("txt2img", EXAMPLE_PROMPTS[0])
+            gr.Examples([[p] for p in EXAMPLE_PROMPTS], [prompt], label="Example prompts")
+            controls, randomize, reuse = sampling_controls(service, "txt2img")
+            with gr.Row():
+                width = gr.Slider(64, service.limits.max_side, side, step=8, label="Width")
+                height = gr.Slider(64, service.limits.max_side, side, step=8, label="Height")
+            run, stop = run_buttons("txt2img")
+        with gr.Column(scale=6):
+            panel = result_panel("txt2img", run, stop, send_to=SEND_TO)
+    wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "txt2img")
+
+    def follow_checkpoint(key: str) -> tuple[int, int]:
+        native = service.resolution(key)
+        return native, native
+
+    checkpoint.change(follow_checkpoint, checkpoint, [width, height], api_name="txt2img_native_size",
+                      api_visibility="private", queue=False)
+
+    def make_request(key: str, text: str, negative_text: str, w: float, h: float, *sampling: Any) -> Txt2ImgRequest:
+        return Txt2ImgRequest(
+            prompt=text, negative_prompt=negative_text, checkpoint=key, width=w, height=h,  # type: ignore[arg-type]
+            sampling=to_sampling(*sampling),
+        )
+
+    inputs = [checkpoint, prompt, negative, width, height, *controls.inputs()]
+    wire_run(service, flags, panel, inputs, make_request, "txt2img",
+             ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES))
+    return Txt2ImgTab(checkpoint, prompt, negative, width, height, controls, panel)

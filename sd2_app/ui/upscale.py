@@ -1,0 +1,71 @@
+"""Upscale x4: the low-res image, prompt, noise level; tiling is automatic. Before and after side by side."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from sd2_app.requests import UpscaleRequest
+from sd2_app.ui.common import (
+    SAMPLING_NAMES,
+    ResultPanel,
+    SamplingControls,
+    result_panel,
+    run_buttons,
+    sampling_controls,
+    to_sampling,
+    wire_run,
+    wire_seed_buttons,
+)
+from sd2_app.ui.runner import StopFlags
+from sd2_app.ui.txt2img import prompt_boxes
+
+SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"))
+
+
+@dataclass
+class UpscaleTab:
+    image: gr.Image
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    sampling: SamplingControls
+    panel: ResultPanel
+
+
+def before_image(result: Any) -> tuple:
+    """The input enlarged x4 with bicubic resampling, the fair "before" next to the model's "after"."""
+    low = result.request.image
+    return (low.resize((low.width * 4, low.height * 4), Image.Resampling.BICUBIC),)
+
+
+def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> UpscaleTab:
+    choices = service.checkpoints("upscale")
+    with gr.Row():
+        with gr.Column(scale=5):
+            image = gr.Image(label="Low-resolution image", type="pil", image_mode=None,
+                             sources=["upload", "clipboard"], height=320, elem_id="upscale-image")
+            checkpoint = gr.Dropdown(choices, value=choices[0][1], label="Checkpoint")
+            prompt, negative = prompt_boxes("upscale")
+            if examples:
+                gr.Examples(examples, [image, prompt], label="Examples")
+            noise = gr.Slider(0, 350, 20, step=1, label="Noise level",
+                              info="noise added to the input; higher lets the model invent more detail")
+            controls, randomize, reuse = sampling_controls(service, "upscale", sampler="DDIM", steps=50, cfg=9.0)
+            gr.Markdown("Large inputs are split into overlapping tiles automatically.")
+            run, stop = run_buttons("upscale")
+        with gr.Column(scale=6):
+            panel = result_panel("upscale", run, stop, extra_label="Before (bicubic x4)", send_to=SEND_TO)
+    wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "upscale")
+
+    def make_request(picture: Any, key: str, text: str, negative_text: str, level: float,
+                     *sampling: Any) -> UpscaleRequest:
+        return UpscaleRequest(prompt=text, image=picture, negative_prompt=negative_text, checkpoint=key,
+                              noise_level=level, sampling=to_sampling(*sampling))  # type: ignore[arg-type]
+
+    inputs = [image, checkpoint, prompt, negative, noise, *controls.inputs()]
+    names = ("image", "checkpoint", "prompt", "negative_prompt", "noise_level", *SAMPLING_NAMES)
+    wire_run(service, flags, panel, inputs, make_request, "upscale", names, finish_extra=before_image)
+    return UpscaleTab(image, prompt, negative, controls, panel)

@@ -1,0 +1,292 @@
+"""Server-side checks of every request field, so the API cannot bypass what the UI's widgets limit.
+
+`validate(request, catalog, limits)` returns a complete request (seed drawn, size filled in and rounded,
+images converted to RGB) and the warnings the user should see; anything it cannot repair becomes an
+`InvalidRequest` whose message is shown to the user as is. It imports no torch: the UI may call it too.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from sd2_app.errors import InvalidRequest
+from sd2_app.requests import (
+    CompareRequest,
+    DepthRequest,
+    Img2ImgRequest,
+    InpaintRequest,
+    Request,
+    Sampling,
+    Txt2ImgRequest,
+    UpscaleRequest,
+)
+
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 2000  # CLIP reads 77 tokens; this only stops abuse (the pipeline warns past 77 tokens)
+MIN_IMAGE_SIDE = 8
+MAX_NOISE_LEVEL = 350  # x4 upscaler's model_index.json
+
+TASK_OF: dict[type, str] = {
+    Txt2ImgRequest: "txt2img",
+    Img2ImgRequest: "img2img",
+    InpaintRequest: "inpaint",
+    UpscaleRequest: "upscale",
+    DepthRequest: "depth",
+    CompareRequest: "txt2img",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the server accepts; configurable so a big GPU can allow more and a Space less."""
+
+    max_side: int = 1024  # width/height of a generated image
+    max_input_pixels: int = 2048 * 2048  # an uploaded image (img2img, inpaint, depth)
+    max_upscale_input_pixels: int = 512 * 512  # the x4 output is 16x this (tiled)
+    max_steps: int = 150
+    max_batch: int = 8
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The names a request may use: samplers (-> supports Karras) and checkpoints (-> resolution, tasks)."""
+
+    samplers: Mapping[str, bool]
+    resolutions: Mapping[str, int]
+    tasks: Mapping[str, tuple[str, ...]]
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def _clean_text(value: Any, what: str) -> str:
+    """Strip control characters (they confuse the tokenizer and the PNG text chunk); keep newlines."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{what} must be text, got {type(value).__name__}.")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(f"{what} is {len(value)} characters long; the limit is {MAX_PROMPT_CHARS}.")
+    kept = [" " if ch == "\t" else ch for ch in value if ch in "\n\t" or unicodedata.category(ch) != "Cc"]
+    return "".join(kept).strip()
+
+
+def _number(value: Any, what: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(f"{what} must be a number, got {value!r}.")
+    if not math.isfinite(value) or not low <= value <= high:
+        raise InvalidRequest(f"{what} must be between {low:g} and {high:g}, got {value!r}.")
+    return float(value)
+
+
+def _integer(value: Any, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+        isinstance(value, float) and not (math.isfinite(value) and value.is_integer())
+    ):
+        raise InvalidRequest(f"{what} must be a whole number, got {value!r}.")
+    if not low <= value <= high:
+        raise InvalidRequest(f"{what} must be between {low} and {high}, got {int(value)}.")
+    return int(value)
+
+
+def resolve_seed(seed: Any) -> int:
+    """None or -1 draws a fresh seed (reported back, so the image can be reproduced)."""
+    if seed is None or (not isinstance(seed, bool) and isinstance(seed, (int, float)) and seed == -1):
+        return random.SystemRandom().randint(0, MAX_SEED)
+    return _integer(seed, "Seed", 0, MAX_SEED)
+
+
+def _sampling(s: Sampling, catalog: Catalog, limits: Limits, *, karras_optional: bool = False) -> Sampling:
+    if not isinstance(s.sampler, str) or s.sampler not in catalog.samplers:
+        raise InvalidRequest(f"Unknown sampler {s.sampler!r}; choose one of: {', '.join(catalog.samplers)}.")
+    use_karras = bool(s.use_karras)
+    if use_karras and not catalog.samplers[s.sampler] and not karras_optional:
+        raise InvalidRequest(f"Karras sigmas are not available for the {s.sampler} sampler; untick Karras.")
+    return replace(
+        s,
+        steps=_integer(s.steps, "Steps", 1, limits.max_steps),
+        use_karras=use_karras,
+        cfg_scale=_number(s.cfg_scale, "Guidance scale", 0.0, 30.0),
+        guidance_rescale=_number(s.guidance_rescale, "Guidance rescale", 0.0, 1.0),
+        eta=_number(s.eta, "Eta", 0.0, 1.0),
+        seed=resolve_seed(s.seed),
+        batch_size=_integer(s.batch_size, "Images per prompt", 1, limits.max_batch),
+    )
+
+
+def _checkpoint(key: Any, task: str, catalog: Catalog) -> str:
+    if not isinstance(key, str) or key not in catalog.tasks:
+        raise InvalidRequest(f"Unknown checkpoint {key!r}; choose one of: {', '.join(catalog.tasks)}.")
+    if task not in catalog.tasks[key]:
+        fits = [k for k, tasks in catalog.tasks.items() if task in tasks]
+        raise InvalidRequest(f"Checkpoint {key!r} cannot do {task}; use one of: {', '.join(fits)}.")
+    return key
+
+
+def _side(value: Any, what: str, limits: Limits, warnings: list[str]) -> int:
+    side = _integer(value, what, 64, limits.max_side)
+    rounded = max(64, min(limits.max_side - limits.max_side % 8, int(round(side / 8)) * 8))
+    if rounded != side:
+        warnings.append(f"{what} {side} was rounded to {rounded} (a multiple of 8).")
+    return rounded
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Upright 8-bit RGB: EXIF rotation applied, transparency flattened on white, 16-bit scaled down."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)  # (H, W)
+        peak = 1.0 if image.mode == "F" and array.max(initial=0) <= 1 else (255.0 if array.max(initial=0) <= 255 else 65535.0)
+        image = Image.fromarray(np.clip(array / peak * 255 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return image.convert("RGB")
+
+
+def _image(value: Any, what: str, max_pixels: int) -> Image.Image:
+    if value is None:
+        raise InvalidRequest(f"Upload {what} first.")
+    if not isinstance(value, Image.Image):
+        raise InvalidRequest(f"{what[0].upper()}{what[1:]} must be an image, got {type(value).__name__}.")
+    width, height = value.size
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise InvalidRequest(f"{what[0].upper()}{what[1:]} is {width}x{height}; each side needs at least {MIN_IMAGE_SIDE} pixels.")
+    if width * height > max_pixels:
+        raise InvalidRequest(
+            f"{what[0].upper()}{what[1:]} is {width}x{height} ({width * height} pixels); the limit is {max_pixels} pixels."
+        )
+    return to_rgb(value)
+
+
+def to_mask(mask: Image.Image) -> Image.Image:
+    """An "L" mask (white = repaint): the alpha channel when it is not opaque (a painted layer), else luminance."""
+    mask = ImageOps.exif_transpose(mask)
+    if mask.mode in ("RGBA", "LA", "PA", "P"):
+        rgba = mask.convert("RGBA")
+        alpha = rgba.getchannel("A")
+        if alpha.getextrema()[0] < 255:
+            return alpha
+        return rgba.convert("L")
+    return to_rgb(mask).convert("L")
+
+
+def _fit_inside(image: Image.Image, max_side: int, warnings: list[str]) -> Image.Image:
+    """Shrink an input that is larger than a generated image may be, and make its sides multiples of 8."""
+    width, height = image.size
+    scale = min(1.0, max_side / max(width, height))
+    new = (max(8, int(width * scale) // 8 * 8), max(8, int(height * scale) // 8 * 8))
+    if new != (width, height):
+        if scale < 1.0:
+            warnings.append(f"The image ({width}x{height}) was resized to {new[0]}x{new[1]} to fit {max_side} pixels.")
+        image = image.resize(new, Image.Resampling.LANCZOS)
+    return image
+
+
+def _strength(value: Any, steps: int) -> float:
+    strength = _number(value, "Strength", 0.0, 1.0)
+    if int(steps * strength) < 1:
+        raise InvalidRequest(
+            f"Strength {strength:g} with {steps} steps runs no denoising step; raise the strength or the steps."
+        )
+    return strength
+
+
+def validate(request: Request, catalog: Catalog, limits: Limits = Limits()) -> tuple[Request, list[str]]:
+    """A complete, in-range copy of `request` and the warnings to show; `InvalidRequest` otherwise."""
+    warnings: list[str] = []
+    if isinstance(request, CompareRequest):
+        return _validate_compare(request, catalog, limits, warnings), warnings
+    task = TASK_OF.get(type(request))
+    if task is None:
+        raise InvalidRequest(f"Unknown request type {type(request).__name__}.")
+    common: dict[str, Any] = {
+        "prompt": _clean_text(request.prompt, "Prompt"),
+        "negative_prompt": _clean_text(request.negative_prompt, "Negative prompt"),
+        "checkpoint": _checkpoint(request.checkpoint, task, catalog),
+        "sampling": _sampling(request.sampling, catalog, limits),
+    }
+    steps = common["sampling"].steps
+    if isinstance(request, Txt2ImgRequest):
+        native = catalog.resolutions[common["checkpoint"]]
+        width = native if request.width is None else request.width
+        height = native if request.height is None else request.height
+        common["width"] = _side(width, "Width", limits, warnings)
+        common["height"] = _side(height, "Height", limits, warnings)
+    elif isinstance(request, Img2ImgRequest):
+        image = _image(request.image, "an init image", limits.max_input_pixels)
+        if request.width is not None or request.height is not None:
+            width = _side(request.width if request.width is not None else image.width, "Width", limits, warnings)
+            height = _side(request.height if request.height is not None else image.height, "Height", limits, warnings)
+            image = image.resize((width, height), Image.Resampling.LANCZOS) if image.size != (width, height) else image
+        else:
+            image = _fit_inside(image, limits.max_side, warnings)
+        common.update(image=image, width=image.width, height=image.height, strength=_strength(request.strength, steps))
+    elif isinstance(request, InpaintRequest):
+        image = _fit_inside(_image(request.image, "an image to inpaint", limits.max_input_pixels), limits.max_side, warnings)
+        if request.mask is None:
+            raise InvalidRequest("Paint a mask over the area to repaint (or upload a mask image).")
+        if not isinstance(request.mask, Image.Image):
+            raise InvalidRequest(f"The mask must be an image, got {type(request.mask).__name__}.")
+        mask = to_mask(request.mask)
+        if mask.size != image.size:
+            warnings.append(f"The mask ({mask.width}x{mask.height}) was resized to the image ({image.width}x{image.height}).")
+            mask = mask.resize(image.size, Image.Resampling.NEAREST)
+        if mask.getextrema()[1] < 128:
+            raise InvalidRequest("The mask is empty: paint over the area to repaint (white = repaint).")
+        common.update(
+            image=image,
+            mask=mask,
+            strength=_strength(request.strength, steps),
+            mask_blur=_integer(request.mask_blur, "Mask blur", 0, 64),
+            only_masked=bool(request.only_masked),
+            only_masked_padding=_integer(request.only_masked_padding, "Only-masked padding", 0, 256),
+            keep_unmasked=bool(request.keep_unmasked),
+        )
+    elif isinstance(request, UpscaleRequest):
+        image = _image(request.image, "an image to upscale", limits.max_upscale_input_pixels)
+        common.update(
+            image=image,
+            noise_level=_integer(request.noise_level, "Noise level", 0, MAX_NOISE_LEVEL),
+            tile_size=_integer(request.tile_size, "Tile size", 32, 512),
+        )
+    elif isinstance(request, DepthRequest):
+        image = _fit_inside(_image(request.image, "an image", limits.max_input_pixels), limits.max_side, warnings)
+        depth = request.depth_map
+        if depth is not None:
+            depth = _image(depth, "the depth map", limits.max_input_pixels).convert("L")
+        common.update(image=image, depth_map=depth, strength=_strength(request.strength, steps))
+    return replace(request, **common), warnings
+
+
+def _validate_compare(request: CompareRequest, catalog: Catalog, limits: Limits, warnings: list[str]) -> CompareRequest:
+    names = tuple(request.samplers)
+    if not names:
+        raise InvalidRequest("Choose at least one sampler to compare.")
+    unknown = [n for n in names if n not in catalog.samplers]
+    if unknown:
+        raise InvalidRequest(f"Unknown sampler(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(catalog.samplers)}.")
+    if len(set(names)) != len(names):
+        names = tuple(dict.fromkeys(names))
+    base = request.base
+    if not isinstance(base, Txt2ImgRequest):
+        raise InvalidRequest("A comparison runs a text-to-image request.")
+    # Validate with the first sampler and no Karras, then keep Karras for the samplers that offer it.
+    plain = replace(base, sampling=replace(base.sampling, sampler=names[0], use_karras=False))
+    checked, base_warnings = validate(plain, catalog, limits)
+    sampling = replace(checked.sampling, use_karras=bool(base.sampling.use_karras))
+    if sampling.use_karras:
+        without = [n for n in names if not catalog.samplers[n]]
+        if without:
+            warnings.append(f"Karras sigmas are not available for {', '.join(without)}; they use their own schedule.")
+    warnings.extend(base_warnings)
+    return replace(request, base=replace(checked, sampling=sampling), samplers=names)
