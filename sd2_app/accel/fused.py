@@ -1,0 +1,103 @@
+"""Fused GroupNorm+SiLU and GEGLU, and the module swaps that put them into a UNet or a VAE.
+
+The Triton kernels (`triton_kernels.py`) run only for contiguous CUDA tensors with triton installed;
+everything else takes the eager path, which is the unfused math itself (so results on CPU are identical).
+The swaps replace `ResnetBlock2D` and `GEGLU` instances by modules that adopt the same child modules under
+the same attribute names, so state-dict keys, weights and the manager's moves are untouched.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from functools import cache
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sd2_app.nn.attention import GEGLU
+from sd2_app.nn.resnet import ResnetBlock2D
+
+logger = logging.getLogger(__name__)
+
+
+@cache
+def triton_available() -> bool:
+    """True when triton can be imported (CUDA builds of torch ship it); checked once per process."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _use_kernel(x: Tensor) -> bool:
+    return x.is_cuda and x.is_contiguous() and triton_available()
+
+
+def group_norm_silu(x: Tensor, norm: nn.GroupNorm) -> Tensor:
+    """silu(norm(x)): one fused kernel on CUDA, the two eager ops elsewhere (channels_last included)."""
+    if _use_kernel(x) and norm.affine and x.dtype == norm.weight.dtype:
+        from sd2_app.accel import triton_kernels
+
+        return triton_kernels.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+    return F.silu(F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps))
+
+
+def geglu(projected: Tensor) -> Tensor:
+    """value * gelu(gate) over the two halves of the last dim (Shazeer 2020), fused on CUDA."""
+    if _use_kernel(projected):
+        from sd2_app.accel import triton_kernels
+
+        return triton_kernels.geglu(projected)
+    value, gate = projected.chunk(2, dim=-1)
+    return value * F.gelu(gate)
+
+
+class FusedResnetBlock2D(nn.Module):
+    """ResnetBlock2D's math with GroupNorm+SiLU fused; adopts the original's children (same keys)."""
+
+    def __init__(self, block: ResnetBlock2D) -> None:
+        super().__init__()
+        self.output_scale_factor = block.output_scale_factor
+        self.norm1 = block.norm1
+        self.conv1 = block.conv1
+        self.time_emb_proj = block.time_emb_proj
+        self.norm2 = block.norm2
+        self.conv2 = block.conv2
+        self.conv_shortcut = block.conv_shortcut
+
+    def forward(self, x: Tensor, emb_act: Tensor | None = None) -> Tensor:
+        # x: (B, Cin, H, W); emb_act: (B, time_dim) already through SiLU, or None in the VAE
+        h = self.conv1(group_norm_silu(x, self.norm1))
+        if self.time_emb_proj is not None:
+            h = h + self.time_emb_proj(emb_act)[:, :, None, None]
+        h = self.conv2(group_norm_silu(h, self.norm2))
+        if self.conv_shortcut is not None:
+            x = self.conv_shortcut(x)
+        out = x + h
+        if self.output_scale_factor != 1.0:
+            out = out / self.output_scale_factor
+        return out  # (B, Cout, H, W)
+
+
+class FusedGEGLU(nn.Module):
+    """GEGLU with the gate product fused; the projection stays a cuBLAS matmul. Adopts `proj`."""
+
+    def __init__(self, block: GEGLU) -> None:
+        super().__init__()
+        self.proj = block.proj
+
+    def forward(self, x: Tensor) -> Tensor:
+        return geglu(self.proj(x))  # (..., inner)
+
+
+def fuse_modules(model: nn.Module) -> int:
+    """Swap every ResnetBlock2D / GEGLU inside `model` for its fused twin, in place; returns the count."""
+    swaps: list[tuple[nn.Module, str, nn.Module]] = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if type(child) is ResnetBlock2D:
+                swaps.append((parent, name, FusedResnetBlock2D(child)))
+            elif type(child) is GEGLU:
+                swaps.append((parent, name, FusedGEGLU(child)))
+    for parent, name, fused in swaps:
+        setattr(parent, name, fused)
+    logger.info("fused ops: swapped %d modules in %s", len(swaps), type(model).__name__)
+    return len(swaps)

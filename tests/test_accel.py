@@ -1,0 +1,233 @@
+"""Speed features (sd2_app.accel): every fallback computes exactly what the plain modules compute.
+
+CPU tests check the eager paths against the unfused math and the Triton kernels in triton's interpreter
+(when triton is installed); the `gpu` tests check graph replay and the kernels on a real device.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sd2_app.accel import AccelOptions, CudaGraphUNet, accelerate_unet, decode_with_fallback, setup_backends
+from sd2_app.accel.compile import compile_blocks
+from sd2_app.accel.fused import FusedGEGLU, FusedResnetBlock2D, fuse_modules, geglu, group_norm_silu
+from sd2_app.nn.attention import GEGLU
+from sd2_app.nn.config import UNetConfig
+from sd2_app.nn.resnet import ResnetBlock2D
+from sd2_app.nn.unet import UNet
+from sd2_app.testing.configs import tiny_unet_config
+from sd2_app.testing.tiny_transformers import fill_deterministic
+
+
+def _tiny_unet(kind: str = "sd2-base") -> UNet:
+    unet = UNet(UNetConfig.from_dict(tiny_unet_config(kind)))
+    fill_deterministic(unet, 1234)
+    return unet.eval()
+
+
+def _inputs(unet: UNet, batch: int = 2, size: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randn(batch, unet.config.in_channels, size, size, generator=g)
+    timestep = torch.full((batch,), 501.0)
+    context = torch.randn(batch, 77, unet.config.cross_attention_dim, generator=g)
+    return sample, timestep, context
+
+
+def test_graph_wrapper_on_cpu_returns_exactly_the_unet_output() -> None:
+    unet = _tiny_unet("x4-upscaler")
+    wrapped = CudaGraphUNet(unet)
+    sample, timestep, context = _inputs(unet)
+    labels = torch.tensor([20, 20])
+    with torch.inference_mode():
+        expected = unet(sample, timestep, context, class_labels=labels)
+        got = wrapped(sample, timestep, context, class_labels=labels)
+    assert torch.equal(got, expected)
+    assert wrapped.graph_count == 0 and wrapped.captures == 0  # nothing captured on CPU
+    # a drop-in for the loop: parameters(), config and submodules come from the UNet
+    assert next(wrapped.parameters()) is next(unet.parameters())
+    assert wrapped.config is unet.config and wrapped.conv_in is unet.conv_in
+
+
+def test_accelerate_unet_default_options_are_exact_on_cpu() -> None:
+    unet = _tiny_unet()
+    sample, timestep, context = _inputs(unet)
+    with torch.inference_mode():
+        expected = unet(sample, timestep, context)
+        accelerated = accelerate_unet(unet, AccelOptions())
+        got = accelerated(sample, timestep, context)
+    assert isinstance(accelerated, CudaGraphUNet)
+    assert torch.equal(got, expected)
+    assert accelerate_unet(unet, AccelOptions.eager()) is unet
+
+
+def test_graph_wrapper_drops_graphs_when_weights_move() -> None:
+    unet = _tiny_unet()
+    wrapped = CudaGraphUNet(unet)
+    wrapped._check_weights()
+    wrapped._graphs[("fake",)] = object()  # stands for a captured graph
+    wrapped._check_weights()
+    assert wrapped.graph_count == 1  # same addresses: kept
+    unet.to(torch.float64)  # new storages, as when the manager offloads and reloads
+    wrapped._check_weights()
+    assert wrapped.graph_count == 0
+
+
+@pytest.mark.parametrize("shape,groups", [((2, 32, 8, 8), 8), ((1, 64, 5, 7), 32), ((3, 16, 4, 4), 1)])
+def test_group_norm_silu_fallback_equals_unfused(shape: tuple[int, ...], groups: int) -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=g) * 3 + 1
+    norm = nn.GroupNorm(groups, shape[1], eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(shape[1], generator=g))
+        norm.bias.copy_(torch.randn(shape[1], generator=g))
+    expected = F.silu(norm(x))
+    got = group_norm_silu(x, norm)
+    assert (got - expected).abs().max().item() <= 1e-6
+    # channels_last input takes the eager path too
+    got_cl = group_norm_silu(x.to(memory_format=torch.channels_last), norm)
+    assert (got_cl - expected).abs().max().item() <= 1e-6
+
+
+def test_geglu_fallback_equals_unfused_module() -> None:
+    torch.manual_seed(2)
+    module = GEGLU(16, 24)
+    x = torch.randn(2, 10, 16)
+    value, gate = module.proj(x).chunk(2, dim=-1)
+    by_hand = value * 0.5 * gate * (1 + torch.erf(gate / 2**0.5))
+    assert (geglu(module.proj(x)) - by_hand).abs().max().item() <= 1e-6
+    assert (FusedGEGLU(module)(x) - module(x)).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize("time_dim", [None, 64])
+def test_fused_resnet_equals_resnet(time_dim: int | None) -> None:
+    torch.manual_seed(3)
+    block = ResnetBlock2D(16, 32, time_dim, groups=8, eps=1e-6)
+    fused = FusedResnetBlock2D(block)
+    x = torch.randn(2, 16, 6, 6)
+    emb = torch.randn(2, time_dim) if time_dim else None
+    assert (fused(x, emb) - block(x, emb)).abs().max().item() <= 1e-6
+    assert list(fused.state_dict()) == list(block.state_dict())
+
+
+def test_fuse_modules_keeps_keys_and_output_of_a_unet() -> None:
+    unet = _tiny_unet()
+    sample, timestep, context = _inputs(unet)
+    keys = list(unet.state_dict())
+    with torch.no_grad():
+        expected = unet(sample, timestep, context)
+        swapped = fuse_modules(unet)
+        got = unet(sample, timestep, context)
+    resnets = 2 * 4 + 2 + 3 * 4  # down, mid, up
+    transformers = 2 * 3 + 1 + 3 * 3
+    assert swapped == resnets + transformers
+    assert list(unet.state_dict()) == keys
+    assert (got - expected).abs().max().item() <= 1e-6
+
+
+def test_regional_compile_wraps_the_repeated_blocks_and_keeps_the_output() -> None:
+    unet = _tiny_unet()
+    keys = list(unet.state_dict())
+    count = compile_blocks(unet, backend="eager")  # lazy: nothing is traced until a call
+    assert count == (2 * 4 + 2 + 3 * 4) + (2 * 3 + 1 + 3 * 3)
+    assert list(unet.state_dict()) == keys
+    block = unet.down_blocks[0].resnets[0]
+    assert block._compiled_call_impl is not None  # module.compile() took effect in place
+    # trace one compiled block (the whole UNet takes too long on CPU)
+    x = torch.randn(1, 32, 8, 8)
+    emb = F.silu(torch.randn(1, unet.config.time_embed_dim))
+    with torch.no_grad():
+        got = block(x, emb)
+        expected = block.forward(x, emb)  # forward() bypasses the compiled __call__
+    assert (got - expected).abs().max().item() <= 1e-6
+    torch._dynamo.reset()
+
+
+class _OverflowingVAE(nn.Module):
+    """Decodes to inf in half precision, like the x4 decoder can; finite in fp32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(2.0))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.scale * 1e5  # > 65504 for |z| > 0.33: inf in fp16
+
+
+def test_vae_decode_retries_in_fp32_when_fp16_overflows() -> None:
+    vae = _OverflowingVAE().half()
+    z = torch.full((1, 4, 2, 2), 0.5)
+    out = decode_with_fallback(vae, z)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert torch.allclose(out, torch.full_like(out, 1e5))
+    assert vae.scale.dtype == torch.float16  # converted back afterwards
+    fp32 = _OverflowingVAE()
+    assert torch.equal(decode_with_fallback(fp32, z), fp32.decode(z))
+
+
+def test_setup_backends_on_cpu_leaves_cudnn_alone() -> None:
+    before = torch.backends.cudnn.benchmark
+    state = setup_backends("cpu")
+    assert torch.backends.cudnn.benchmark == before == state.cudnn_benchmark
+
+
+_INTERPRETED_KERNELS = textwrap.dedent("""
+    import torch, torch.nn.functional as F
+    from sd2_app.accel import triton_kernels as k
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    # 2 groups of 4 channels x 40x40 = 6400 elements: two chunks, the second ragged
+    for shape, groups in [((2, 8, 40, 40), 2), ((1, 32, 3, 5), 8)]:
+        x = torch.randn(shape, generator=g) * 2 + 5
+        w, b = torch.randn(shape[1], generator=g), torch.randn(shape[1], generator=g)
+        got = k.group_norm_silu(x, groups, w, b, 1e-6)
+        worst = max(worst, (got - F.silu(F.group_norm(x, groups, w, b, 1e-6))).abs().max().item())
+    p = torch.randn(3, 7, 2 * 1100, generator=g)
+    value, gate = p.chunk(2, dim=-1)
+    worst = max(worst, (k.geglu(p) - value * F.gelu(gate)).abs().max().item())
+    print(worst)
+""")
+
+
+def test_triton_kernels_match_eager_math_in_the_interpreter() -> None:
+    """The kernels themselves, run on CPU by triton's interpreter (skipped where triton is absent)."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", _INTERPRETED_KERNELS], env=env, capture_output=True,
+                            text=True, timeout=300, check=True)
+    assert float(result.stdout.strip().splitlines()[-1]) < 2e-5
+
+
+@pytest.mark.gpu
+def test_graph_replay_matches_eager_on_cuda() -> None:
+    unet = _tiny_unet("x4-upscaler").cuda().half()
+    wrapped = CudaGraphUNet(unet)
+    sample, timestep, context = (t.cuda() for t in _inputs(unet))
+    labels = torch.tensor([20, 20], device="cuda")
+    with torch.inference_mode():
+        expected = unet(sample.half(), timestep, context.half(), class_labels=labels).float()
+        for scale in (1.0, 0.5):  # a second call replays with new input values
+            got = wrapped(sample.half() * scale, timestep * scale, context.half(), class_labels=labels).float()
+        again = unet(sample.half() * 0.5, timestep * 0.5, context.half(), class_labels=labels).float()
+    assert wrapped.captures == 1
+    assert (got - again).abs().max().item() < 1e-2
+    assert not torch.equal(got, expected)
+
+
+@pytest.mark.gpu
+def test_fused_kernels_match_eager_on_cuda() -> None:
+    pytest.importorskip("triton")
+    x = torch.randn(2, 320, 64, 64, device="cuda", dtype=torch.float16)
+    norm = nn.GroupNorm(32, 320, eps=1e-5).cuda().half()
+    ref = F.silu(norm(x.float().half()))
+    assert (group_norm_silu(x, norm).float() - ref.float()).abs().max().item() < 1e-2
+    p = torch.randn(2, 4096, 2560, device="cuda", dtype=torch.float16)
+    value, gate = p.chunk(2, dim=-1)
+    assert (geglu(p).float() - (value * F.gelu(gate)).float()).abs().max().item() < 1e-2
