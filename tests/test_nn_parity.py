@@ -143,6 +143,25 @@ def test_posterior_logvar_is_clamped() -> None:
     assert DiagonalGaussian(moments).std.min().item() == pytest.approx(torch.exp(torch.tensor(-15.0)).item())
 
 
+@pytest.mark.parametrize("upcast", [False, True])
+def test_upcast_attention_runs_in_fp32(upcast: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SD2.1-768 overflows fp16 in QK^T: with upcast_attention the product must see fp32 q, k, v."""
+    from sd2_app.nn import attention
+
+    seen: list[torch.dtype] = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        seen.append(q.dtype)
+        return original(q, k, v)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
+    block = attention.BasicTransformerBlock(32, 2, 16, 24, upcast=upcast).to(torch.bfloat16)
+    out = block(torch.randn(1, 6, 32, dtype=torch.bfloat16), torch.randn(1, 5, 24, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and out.shape == (1, 6, 32)
+    assert seen == [torch.float32 if upcast else torch.bfloat16] * 2  # attn1 and attn2
+
+
 def test_report_max_diffs(capsys: pytest.CaptureFixture[str]) -> None:
     """Runs last in this file: prints the table of measured differences (visible with -s or -rP)."""
     if not MAX_DIFFS:
