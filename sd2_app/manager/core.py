@@ -259,17 +259,26 @@ class ModelManager:
                     key, _gib(needed), _gib(self._used("device")), self.device, _gib(self.device_budget),
                 )  # fmt: skip
                 return
-            self._offload_entry(min(victims, key=lambda e: e.last_used), keep)
+            self._offload_entry(min(victims, key=lambda e: e.last_used), keep, incoming=key)
 
-    def _offload_entry(self, entry: Entry, keep: set[str]) -> None:
-        """Move `entry` to the host tier, dropping older offloaded checkpoints (or it) to fit the host budget."""
+    def _offload_entry(self, entry: Entry, keep: set[str], incoming: str | None = None) -> None:
+        """Move `entry` to the host tier, dropping older offloaded checkpoints (or it) to fit the host budget.
+
+        `incoming` is the checkpoint being brought to the device (its parts in `keep`): its host bytes are
+        about to leave the host tier, so they do not count and it is never the one dropped.
+        """
         adds = sum(
             p.nbytes
             for p in self._parts_of(entry)
             if p.tier == "device" and p.identity not in keep and not self._other_device_users(p, entry.key)
         )
-        while self._used("offloaded") + adds > self.offload_budget:
-            older = [e for e in self._entries.values() if e.tier == "offloaded" and e.key != entry.key]
+        leaving = sum(self._parts[i].nbytes for i in keep if i in self._parts and self._parts[i].tier == "offloaded")
+        while self._used("offloaded") - leaving + adds > self.offload_budget:
+            older = [
+                e
+                for e in self._entries.values()
+                if e.tier == "offloaded" and e.key not in (entry.key, incoming)
+            ]
             if not older:
                 logger.info("%s does not fit the host budget (%s); dropping it", entry.key, _gib(self.offload_budget))
                 self._drop_entry(entry, keep)
@@ -323,7 +332,7 @@ class ModelManager:
         for entry in list(self._entries.values()):
             if entry.tier == "device" and entry.key != keep:
                 keep_parts = set(self._entries[keep].parts.values()) if keep in self._entries else set()
-                self._offload_entry(entry, keep_parts)
+                self._offload_entry(entry, keep_parts, incoming=keep)
         gc.collect()
         memory.empty_device_cache(self.device)
 

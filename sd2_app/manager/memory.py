@@ -43,14 +43,14 @@ def safetensors_bytes(path: Path, dtype: torch.dtype) -> int:
     with open(path, "rb") as f:
         prefix = f.read(8)
         if len(prefix) != 8:
-            raise ValueError(f"{path.name}: truncated safetensors file")
+            raise ValueError("truncated safetensors file")
         (length,) = struct.unpack("<Q", prefix)
         if length > _HEADER_LIMIT:
-            raise ValueError(f"{path.name}: not a safetensors file (header length {length})")
+            raise ValueError(f"not a safetensors file (header length {length})")
         try:
             header = json.loads(f.read(length))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path.name}: unreadable safetensors header ({e})") from e
+            raise ValueError(f"unreadable safetensors header ({e})") from e
     itemsize = torch.empty((), dtype=dtype).element_size()
     total = 0
     for name, info in header.items():

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sd2_app.errors import LoadError
 from sd2_app.manager.identity import HashCache, component_identity
 from sd2_app.manager.memory import safetensors_bytes
 from sd2_app.registry import CheckpointSpec
@@ -65,7 +66,7 @@ def make_plan(
 ) -> Plan:
     """Identify every module part of the checkpoint in `folder` (hashes files, reads headers only).
 
-    Raises LoadError for missing weights, ValueError for a weight file whose header is not safetensors.
+    Raises LoadError for missing weights or a weight file whose header is not safetensors.
     """
     from sd2_app.loading.hub import choose_weights
 
@@ -80,7 +81,11 @@ def make_plan(
         identity = component_identity(
             folder, files, hashes, repo=repo if is_hub else None, revision=spec.revision if is_hub else None
         )
-        parts.append(PartPlan(name, identity, tuple(files), safetensors_bytes(folder / weights, dtype)))
+        try:
+            estimate = safetensors_bytes(folder / weights, dtype)
+        except ValueError as e:
+            raise LoadError(repo, weights, f"corrupt: {e}") from e
+        parts.append(PartPlan(name, identity, tuple(files), estimate))
     return Plan(repo, folder, tuple(parts))
 
 
