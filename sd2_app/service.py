@@ -76,9 +76,13 @@ def _default_catalog(registry: Mapping[str, Any]) -> Catalog:
 
 
 def _default_tasks() -> dict[str, TaskFn]:
-    from sd2_app.pipelines import TASKS
+    from sd2_app.pipelines.depth import depth2img
+    from sd2_app.pipelines.img2img import img2img
+    from sd2_app.pipelines.inpaint import inpaint
+    from sd2_app.pipelines.txt2img import txt2img
+    from sd2_app.pipelines.upscale import upscale
 
-    return dict(TASKS)
+    return {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint, "upscale": upscale, "depth": depth2img}
 
 
 def _default_preview(latents: Any) -> Image.Image | None:
@@ -90,7 +94,7 @@ def _default_preview(latents: Any) -> Image.Image | None:
 def _out_of_memory_type() -> type[BaseException]:
     import torch
 
-    return torch.cuda.OutOfMemoryError
+    return getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 class Service:
@@ -146,9 +150,10 @@ class Service:
         return self.catalog.resolutions[checkpoint]
 
     # ---- models ----------------------------------------------------------------------------------
-    def status(self) -> Any:
-        """The manager's report: what is loaded where, memory, the repo used."""
-        return self.manager.status()
+    def status(self) -> dict[str, Any]:
+        """The manager's report: per checkpoint where it is loaded and from which repo, and memory per tier."""
+        memory = getattr(self.manager, "memory", None)
+        return {"models": self.manager.status(), "memory": memory() if memory is not None else None}
 
     def load(self, checkpoint: str) -> None:
         if checkpoint not in self.registry:
@@ -159,7 +164,8 @@ class Service:
         """Unload one checkpoint, or everything when `checkpoint` is None."""
         if checkpoint is not None and checkpoint not in self.registry:
             raise InvalidRequest(f"Unknown checkpoint {checkpoint!r}.")
-        self.manager.unload(checkpoint)
+        for key in [checkpoint] if checkpoint is not None else list(self.registry):
+            self.manager.unload(key)
 
     # ---- running ---------------------------------------------------------------------------------
     def validate(self, request: Request) -> tuple[Request, list[str]]:
@@ -196,7 +202,10 @@ class Service:
             with self.manager.use(request.checkpoint) as components:
                 loaded = time.perf_counter()
                 timings["load"] = timings.get("load", 0.0) + loaded - started
-                output = self._task_fn(task)(components, request, on_step)
+                task_fn = self._task_fn(task)
+                retry = getattr(self.manager, "run_with_oom_retry", None)  # offload the others, try once more
+                call = lambda: task_fn(components, request, on_step)  # noqa: E731
+                output = retry(call) if retry is not None else call()
         except oom as error:
             log.warning("out of memory in %s: %s", task, error)
             raise InvalidRequest(

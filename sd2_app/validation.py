@@ -131,7 +131,7 @@ def _checkpoint(key: Any, task: str, catalog: Catalog) -> str:
 
 def _side(value: Any, what: str, limits: Limits, warnings: list[str]) -> int:
     side = _integer(value, what, 64, limits.max_side)
-    rounded = max(64, min(limits.max_side - limits.max_side % 8, int(round(side / 8)) * 8))
+    rounded = max(64, min(limits.max_side - limits.max_side % 8, int(side / 8 + 0.5) * 8))  # halves round up
     if rounded != side:
         warnings.append(f"{what} {side} was rounded to {rounded} (a multiple of 8).")
     return rounded
@@ -143,7 +143,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)  # (H, W)
         peak = 1.0 if image.mode == "F" and array.max(initial=0) <= 1 else (255.0 if array.max(initial=0) <= 255 else 65535.0)
-        image = Image.fromarray(np.clip(array / peak * 255 + 0.5, 0, 255).astype(np.uint8), "L")
+        image = Image.fromarray(np.clip(array / peak * 255 + 0.5, 0, 255).astype(np.uint8))  # "L"
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):

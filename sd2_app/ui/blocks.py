@@ -67,7 +67,7 @@ def build_ui(service: Any, *, assets: Path = ASSETS) -> gr.Blocks:
             with gr.Tab("Compare samplers", id="compare"):
                 compare.build(service, flags)
             with gr.Tab("Models", id="models") as models_tab:
-                status = models.build(service)
+                refresh_models, models_outputs = models.build(service)
             with gr.Tab("History", id="history") as history_tab:
                 refresh_history, history_outputs = history.build(service)
             with gr.Tab("PNG info", id="pnginfo"):
@@ -79,7 +79,7 @@ def build_ui(service: Any, *, assets: Path = ASSETS) -> gr.Blocks:
         }
         for prefix, tab in (("txt2img", t2i), ("img2img", i2i), ("inpaint", inp), ("upscale", up), ("depth", dep)):
             _wire_send(tab.panel, tab.prompt, tab.negative, tabs, targets, prefix)
-        models_tab.select(lambda: models._plain(service.status()), None, status, api_name="models_tab",
+        models_tab.select(refresh_models, None, models_outputs, api_name="models_tab",
                           api_visibility="private", queue=False)
         history_tab.select(refresh_history, None, history_outputs, api_name="history_tab", api_visibility="private",
                            queue=False)

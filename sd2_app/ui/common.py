@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 from sd2_app.requests import Request, Sampling
 from sd2_app.ui.runner import GPU_QUEUE, StopFlags, gpu, stream, user_message
 
@@ -175,11 +175,13 @@ def stream_result(
                 for warning in item.warnings:
                     gr.Warning(warning)
                 yield (gr.skip(), *finish(item))
-    except (InvalidRequest, Cancelled) as error:
-        if isinstance(error, Cancelled):
-            yield (gr.skip(), gr.skip(), user_message(error), *keep)
-            return
+    except Cancelled as error:
+        yield (gr.skip(), gr.skip(), user_message(error), *keep)
+    except InvalidRequest as error:
         raise gr.Error(user_message(error), print_exception=False) from error
+    except LoadError as error:
+        log.warning("load failed: %s", error)
+        raise gr.Error(f"The model could not be loaded: {error}", print_exception=False) from error
 
 
 def wire_run(

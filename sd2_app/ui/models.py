@@ -7,7 +7,7 @@ from typing import Any
 
 import gradio as gr
 
-from sd2_app.errors import InvalidRequest
+from sd2_app.errors import InvalidRequest, LoadError
 from sd2_app.ui.runner import GPU_QUEUE, gpu
 
 
@@ -24,32 +24,58 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def build(service: Any) -> gr.JSON:
-    keys = [(spec_label, key) for key, spec_label in ((k, service.catalog.labels.get(k, k)) for k in service.registry)]
-    with gr.Row():
-        with gr.Column(scale=1):
-            checkpoint = gr.Dropdown(keys, value=keys[0][1], label="Checkpoint")
-            with gr.Row():
-                load = gr.Button("Load", variant="primary", elem_id="models-load")
-                unload = gr.Button("Unload", elem_id="models-unload")
-            with gr.Row():
-                unload_all = gr.Button("Unload all", variant="stop", elem_id="models-unload-all")
-                refresh = gr.Button("Refresh", elem_id="models-refresh")
-        with gr.Column(scale=2):
-            status = gr.JSON(label="Loaded models, devices, memory and repos", elem_id="models-status")
+COLUMNS = ["key", "label", "location", "device", "repo", "revision", "size", "shared", "error"]
 
-    def current() -> Any:
-        return _plain(service.status())
+
+def _size(nbytes: Any) -> str:
+    if not isinstance(nbytes, (int, float)) or nbytes <= 0:
+        return ""
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
+def status_view(service: Any) -> tuple[list[list[Any]], str]:
+    """Manager status -> (table rows, memory line)."""
+    status = _plain(service.status())
+    rows = []
+    for row in status.get("models") or []:
+        row = dict(row, size=_size(row.get("nbytes")), shared=", ".join(row.get("shared") or []))
+        rows.append(["" if row.get(c) is None else row.get(c) for c in COLUMNS])
+    memory = status.get("memory") or {}
+    line = "No memory report." if not memory else (
+        f"**{memory.get('device')}**: models use {_size(memory.get('device_used')) or '0'} of a "
+        f"{_size(memory.get('device_budget'))} budget"
+        + (f" ({_size(memory.get('device_free'))} free)" if memory.get("device_free") else "")
+        + f"; offloaded to host memory: {_size(memory.get('offload_used')) or '0'} of "
+        f"{_size(memory.get('offload_budget'))}."
+    )
+    return rows, line
+
+
+def build(service: Any) -> tuple[Any, list[Any]]:
+    """The Models view; returns its refresh function and outputs (the tab refreshes them when selected)."""
+    keys = [(service.catalog.labels.get(k, k), k) for k in service.registry]
+    with gr.Row():
+        checkpoint = gr.Dropdown(keys, value=keys[0][1], label="Checkpoint", scale=3)
+        load = gr.Button("Load", variant="primary", elem_id="models-load", scale=1)
+        unload = gr.Button("Unload", elem_id="models-unload", scale=1)
+        unload_all = gr.Button("Unload all", variant="stop", elem_id="models-unload-all", scale=1)
+        refresh = gr.Button("Refresh", elem_id="models-refresh", scale=1)
+    memory = gr.Markdown(elem_id="models-memory")
+    table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, elem_id="models-status")
+    outputs = [table, memory]
+
+    def current() -> tuple[list[list[Any]], str]:
+        return status_view(service)
 
     @gpu(duration=300)
-    def do_load(key: str) -> Any:
+    def do_load(key: str) -> tuple[list[list[Any]], str]:
         try:
             service.load(key)
-        except InvalidRequest as error:
+        except (InvalidRequest, LoadError) as error:
             raise gr.Error(str(error), print_exception=False) from error
         return current()
 
-    def do_unload(key: str | None) -> Any:
+    def do_unload(key: str | None) -> tuple[list[list[Any]], str]:
         try:
             service.unload(key)
         except InvalidRequest as error:
@@ -57,8 +83,8 @@ def build(service: Any) -> gr.JSON:
         return current()
 
     gpu_event = {"concurrency_id": GPU_QUEUE, "concurrency_limit": 1}
-    load.click(do_load, checkpoint, status, api_name="load_model", **gpu_event)
-    unload.click(do_unload, checkpoint, status, api_name="unload_model", **gpu_event)
-    unload_all.click(lambda: do_unload(None), None, status, api_name="unload_all", **gpu_event)
-    refresh.click(current, None, status, api_name="models_status", queue=False)
-    return status
+    load.click(do_load, checkpoint, outputs, api_name="load_model", **gpu_event)
+    unload.click(do_unload, checkpoint, outputs, api_name="unload_model", **gpu_event)
+    unload_all.click(lambda: do_unload(None), None, outputs, api_name="unload_all", **gpu_event)
+    refresh.click(current, None, outputs, api_name="models_status", queue=False)
+    return current, outputs

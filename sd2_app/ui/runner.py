@@ -88,6 +88,6 @@ def stream(
     yield future.result()
 
 
-def user_message(error: InvalidRequest | Cancelled) -> str:
+def user_message(error: InvalidRequest | Cancelled) -> str:  # noqa: D103
     """The text the user sees for a refused or stopped run."""
     return "Stopped." if isinstance(error, Cancelled) else str(error)

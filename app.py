@@ -1,0 +1,66 @@
+"""Start the sd2-app web UI: flags -> ModelManager -> Service -> build_ui(service) -> launch.
+
+On a Hugging Face ZeroGPU Space (the `spaces` package is importable) the default checkpoint is loaded at
+start-up, as ZeroGPU expects, and results are not written to disk unless --outputs is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from importlib.util import find_spec
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    on_spaces = find_spec("spaces") is not None and bool(os.environ.get("SPACE_ID"))
+    p = argparse.ArgumentParser(description="Stable Diffusion 2 web app")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to serve the network)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    p.add_argument("--tiny", action="store_true", help="tiny random-weight checkpoints (no download; noise images)")
+    p.add_argument("--preload", nargs="*", default=["sd21-base"] if on_spaces else [], metavar="KEY",
+                   help="checkpoints to load at start-up")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
+                   help="default: float16 on CUDA, float32 on CPU")
+    p.add_argument("--outputs", default=None if on_spaces else "outputs", help="folder for results and metadata")
+    p.add_argument("--no-save", action="store_true", help="do not write results to disk")
+    p.add_argument("--queue-size", type=int, default=16, help="jobs that may wait in the queue")
+    p.add_argument("--max-side", type=int, default=1024, help="largest width/height a user may ask for")
+    p.add_argument("--repo", action="append", default=[], metavar="KEY=REPO[,REPO]", help="override a checkpoint's repos")
+    p.add_argument("--revision", action="append", default=[], metavar="KEY=REV", help="pin a checkpoint's revision")
+    return p.parse_args(argv)
+
+
+def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is imported lazily)
+    import torch
+
+    from sd2_app.manager import ModelManager
+    from sd2_app.registry import apply_overrides, parse_assignments
+    from sd2_app.service import Service
+    from sd2_app.ui import build_ui
+    from sd2_app.validation import Limits
+
+    registry = apply_overrides(repos=parse_assignments(args.repo), revisions=parse_assignments(args.revision))
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, preload=args.preload or ())
+    outputs = None if args.no_save else args.outputs
+    service = Service(manager, limits=Limits(max_side=args.max_side), outputs_dir=outputs)
+    demo = build_ui(service)
+    demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
+    return demo
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    demo = build(args)
+    # No extra allowed paths; errors show our messages (gr.Error), never tracebacks.
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=False,
+                allowed_paths=[], max_file_size="25mb")
+
+
+if __name__ == "__main__":
+    main()
