@@ -55,7 +55,9 @@ REGISTRY: dict[str, CheckpointSpec] = {
         CheckpointSpec("sd2", "SD 2.0 (768-v)", _mirrors("stable-diffusion-2"), None, 768, _TEXT_TASKS),
         CheckpointSpec("sd21-base", "SD 2.1 base (512)", _mirrors("stable-diffusion-2-1-base"), None, 512, _TEXT_TASKS),
         # fp32 attention for 2.1-v comes from its unet/config.json (upcast_attention), not from here.
-        CheckpointSpec("sd21", "SD 2.1 (768-v, fp32 attention)", _mirrors("stable-diffusion-2-1"), None, 768, _TEXT_TASKS),
+        CheckpointSpec(
+            "sd21", "SD 2.1 (768-v, fp32 attention)", _mirrors("stable-diffusion-2-1"), None, 768, _TEXT_TASKS
+        ),
         CheckpointSpec(
             "sd2-inpainting", "SD 2 inpainting", _mirrors("stable-diffusion-2-inpainting"), None, 512, ("inpaint",)
         ),

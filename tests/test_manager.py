@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 import sd2_app.loading as loading
 from sd2_app.manager import CheckpointUnavailable, ModelManager, OutOfMemoryDuringLoad
 from sd2_app.manager.identity import HashCache, component_identity
+from sd2_app.manager import memory
 from sd2_app.manager.memory import module_bytes
 from sd2_app.nn.unet import UNet
 from sd2_app.registry import CheckpointSpec
@@ -302,3 +303,80 @@ def test_local_hashes_are_cached_by_path_size_and_mtime(repos: dict[str, Path], 
         (snapshot / name).symlink_to(blob)
     fresh = HashCache(None)
     assert component_identity(snapshot, files, fresh) == first and fresh.computed == 0
+
+
+def test_out_of_memory_bringing_a_model_back_evicts_then_restores_consistency(
+    repos: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = _manager(repos, tmp_path)
+    for key in ("x", "y"):
+        manager.load(key)
+    manager.offload("x")
+    x_modules = {id(manager._parts[i].module) for i in manager._entries["x"].parts.values()}
+    real = memory.move_module
+    faults = {"left": 1}
+
+    def faulty(module: torch.nn.Module, device: torch.device, *, pin: bool) -> None:
+        coming_back = manager._entries.get("x") is not None and manager._entries["x"].tier == "device"
+        if coming_back and id(module) in x_modules and faults["left"] > 0:
+            faults["left"] -= 1
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        real(module, device, pin=pin)
+
+    monkeypatch.setattr(memory, "move_module", faulty)
+    manager.load("x")
+    assert (_where(manager)["x"], _where(manager)["y"]) == ("device", "offloaded")
+    manager.offload("x")
+    faults["left"] = 10
+    with pytest.raises(OutOfMemoryDuringLoad, match="even when alone"):
+        manager.load("x")
+    assert _where(manager)["x"] == "offloaded"
+    assert {manager._parts[i].tier for i in manager._entries["x"].parts.values()} == {"offloaded"}
+    faults["left"] = 0
+    assert manager.run("x", lambda components: components.key) == "x"
+
+
+def test_hub_metadata_supplies_the_sha256_of_weight_files(
+    repos: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    files = ["vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors"]
+    local = HashCache(None)
+    expected = component_identity(repos["a"], files, local)
+    asked: list[tuple[str, list[str], str | None]] = []
+
+    class _Info:
+        def __init__(self, path: str) -> None:
+            self.path = path
+            self.lfs = type("Lfs", (), {"sha256": local.sha256(repos["a"] / path)})()
+
+    def get_paths_info(self: Any, repo: str, paths: list[str], *, revision: str | None = None) -> list[_Info]:
+        asked.append((repo, list(paths), revision))
+        return [_Info(p) for p in paths]
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "get_paths_info", get_paths_info)
+    cache = HashCache(None)
+    assert component_identity(repos["a"], files, cache, repo="org/model", revision="abc") == expected
+    assert asked == [("org/model", ["vae/diffusion_pytorch_model.fp16.safetensors"], "abc")]
+    assert cache.computed == 1  # only the small config was hashed here
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # offline: no Hub call, local hashing
+    assert component_identity(repos["a"], files, HashCache(None), repo="org/model") == expected
+    assert len(asked) == 1
+
+
+@pytest.mark.gpu
+def test_offload_pins_host_memory_and_comes_back(repos: dict[str, Path], tmp_path: Path) -> None:
+    manager = ModelManager(
+        "cuda", torch.float16, registry={"a": _spec("a", repos["a"])}, cache_dir=tmp_path
+    )
+    with manager.use("a") as before:
+        pass
+    manager.offload("a")
+    assert before.unet.conv_in.weight.device.type == "cpu" and before.unet.conv_in.weight.is_pinned()
+    assert next(r for r in manager.status() if r.key == "a").device == "pinned cpu"
+    with manager.use("a") as after:
+        assert after.unet is before.unet and after.unet.conv_in.weight.device.type == "cuda"
+        assert after.unet.conv_in.weight.dtype == torch.float16

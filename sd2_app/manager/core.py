@@ -26,7 +26,7 @@ from sd2_app.components import Components
 from sd2_app.errors import InvalidRequest, LoadError
 from sd2_app.manager import memory
 from sd2_app.manager.identity import HashCache
-from sd2_app.manager.loader import CheckpointUnavailable, OutOfMemoryDuringLoad, load_checkpoint
+from sd2_app.manager.loader import OutOfMemoryDuringLoad, load_checkpoint
 from sd2_app.manager.state import Entry, MemorySummary, ModelStatus, Part, Tier
 from sd2_app.registry import REGISTRY, CheckpointSpec, tiny_registry
 
@@ -232,7 +232,20 @@ class ModelManager:
             start = time.perf_counter()
             with self._state_lock:
                 entry.tier = "device"
-            self._sync(entry.parts.values())
+            try:
+                self._sync(entry.parts.values())
+            except OOM_ERRORS as first:
+                logger.warning("out of memory bringing %s back (%s); moving everything else off", key, first)
+                self._free_device(keep=key)
+                try:
+                    self._sync(entry.parts.values())
+                except OOM_ERRORS as second:
+                    with self._state_lock:
+                        entry.tier = "offloaded"
+                    self._sync(entry.parts.values())
+                    raise OutOfMemoryDuringLoad(
+                        entry.repo, None, f"out of memory moving {key} back to {self.device}, even when alone there"
+                    ) from second
             logger.info("%s back on %s in %.2f s", key, self.device, time.perf_counter() - start)
             return
         try:
@@ -319,7 +332,12 @@ class ModelManager:
             want: Tier = "device" if identity in keep or any(u.tier == "device" for u in users) else "offloaded"
             if part.tier != want:
                 target = self.device if want == "device" else torch.device("cpu")
-                memory.move_module(part.module, target, pin=self._pin)
+                try:
+                    memory.move_module(part.module, target, pin=self._pin)
+                except OOM_ERRORS:
+                    if want == "device":  # undo a half move, so the part is wholly where its tier says
+                        memory.move_module(part.module, torch.device("cpu"), pin=self._pin)
+                    raise
                 with self._state_lock:
                     part.tier = want
                 released = released or want == "offloaded"

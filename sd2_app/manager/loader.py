@@ -67,7 +67,9 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def _load_plan(manager: ModelManager, spec: CheckpointSpec, plan: Plan, revision: str | None, report: ProgressFn) -> None:
+def _load_plan(
+    manager: ModelManager, spec: CheckpointSpec, plan: Plan, revision: str | None, report: ProgressFn
+) -> None:
     """Make room, load or borrow every part, then register the checkpoint; undo everything on failure."""
     key = spec.key
     identities = [p.identity for p in plan.parts]
@@ -97,7 +99,8 @@ def _load_plan(manager: ModelManager, spec: CheckpointSpec, plan: Plan, revision
                 part.users.add(key)
             taken.append(planned.identity)
         extras = load_extras(spec, plan.folder)
-        entry = Entry(key, plan.repo, revision, plan.folder, {p.name: p.identity for p in plan.parts}, extras, "device", 0)
+        parts = {p.name: p.identity for p in plan.parts}
+        entry = Entry(key, plan.repo, revision, plan.folder, parts, extras, "device", last_used=0)
         with manager._state_lock:
             manager._entries[key] = entry
         manager._sync(identities)  # borrowed parts that were offloaded come back to the device

@@ -96,26 +96,36 @@ def device_free_bytes(device: torch.device) -> int | None:
     return free
 
 
-def _pin(module: nn.Module) -> None:
-    """Replace every CPU tensor of `module` by a page-locked copy, so the way back is a fast async copy."""
+def _to_host(module: nn.Module, pin: bool) -> None:
+    """Copy every device tensor of `module` into a fresh host tensor (page-locked when `pin`) and swap it in.
+
+    Allocating pinned buffers directly avoids a second copy through pageable memory; a pinned source
+    makes the way back an async DMA copy.
+    """
     for tensor in [*module.parameters(), *module.buffers()]:
-        if tensor.device.type == "cpu" and not tensor.is_pinned():
-            tensor.data = tensor.data.pin_memory()
+        if tensor.device.type == "cpu":
+            continue
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pin)
+        host.copy_(tensor.data, non_blocking=pin)
+        tensor.data = host
+    if pin and torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def move_module(module: nn.Module, device: torch.device, *, pin: bool) -> None:
-    """Move `module` in place to `device`; when it lands on CPU and `pin`, into pinned memory.
+    """Move `module` in place to `device`; when it goes to the host and `pin`, into pinned memory.
 
-    Pinning can fail when the OS limits locked memory; the module then stays in pageable memory (slower
-    way back, same results), which we log once per move.
+    Pinning can fail when the OS limits locked memory; the rest of the module then goes to pageable
+    memory (slower way back, same results), which we log.
     """
     if device.type == "cpu":
-        module.to(device)
-        if pin:
-            try:
-                _pin(module)
-            except RuntimeError as e:
-                logger.warning("could not pin %s in host memory (%s); it stays pageable", type(module).__name__, e)
+        try:
+            _to_host(module, pin)
+        except RuntimeError as e:
+            if not pin:
+                raise
+            logger.warning("could not pin %s in host memory (%s); using pageable memory", type(module).__name__, e)
+            _to_host(module, pin=False)
         return
     module.to(device, non_blocking=True)
     if device.type == "cuda":
