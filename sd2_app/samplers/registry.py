@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from sd2_app.samplers import ddim, dpmpp, euler
+from sd2_app.samplers import ddim, deis, dpm2, dpmpp, euler, unipc
 from sd2_app.samplers.schedules import Schedule, ScheduleKind, SchedulerConfig, build_schedule
 
 # How each diffusers scheduler family places its steps (see sd2-reference.md §5.1 and §5.15).
@@ -37,12 +37,16 @@ _SPECS = [
     SamplerSpec("Euler a", euler.sample_euler_ancestral, True, 1, True, K_DISCRETE),
     SamplerSpec("Heun", euler.sample_heun, True, 2, False, K_DISCRETE),
     SamplerSpec("LMS", euler.sample_lms, True, 1, False, K_DISCRETE),
+    SamplerSpec("DPM2", dpm2.sample_dpm_2, True, 2, False, K_DPM2),
+    SamplerSpec("DPM2 a", dpm2.sample_dpm_2_ancestral, True, 2, True, K_DPM2),
     SamplerSpec("DDIM", ddim.sample_ddim, False, 1, False, DDIM),
     SamplerSpec("DDPM", ddim.sample_ddpm, False, 1, True, DDPM),
     SamplerSpec("PNDM", ddim.sample_plms, False, 1, False, DDIM),
     SamplerSpec("DPM++ 2M", dpmpp.sample_dpmpp_2m, True, 1, False, DPM),
     SamplerSpec("DPM++ 2M SDE", dpmpp.sample_dpmpp_2m_sde, True, 1, True, DPM),
     SamplerSpec("DPM++ 2S", dpmpp.sample_dpmpp_2s, True, 1, False, DPM_SINGLESTEP),
+    SamplerSpec("UniPC", unipc.sample_unipc, True, 1, False, DPM),
+    SamplerSpec("DEIS", deis.sample_deis, True, 1, False, DEIS),
 ]
 SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in _SPECS}
 
