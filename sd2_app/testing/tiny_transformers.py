@@ -64,25 +64,28 @@ def write_tokenizer(folder: Path) -> None:
 
 
 def fill_deterministic(module: nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """Overwrite every floating tensor of the state dict from a seeded generator; returns the state dict.
+    """The module's state dict with every floating tensor redrawn from a seeded generator (module untouched).
 
     Scales keep activations O(1) through a deep net: weights ~ N(0, 1/fan_in), norm gains near 1, small biases.
+    One draw for the whole model keeps this fast (hundreds of tensors).
     """
-    generator = torch.Generator().manual_seed(seed)
     state = module.state_dict()
-    for name in sorted(state):
-        tensor = state[name]
-        if not tensor.is_floating_point():
-            continue
-        noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
-        if tensor.dim() >= 2:
-            value = noise / math.sqrt(tensor[0].numel())
+    names = sorted(k for k, v in state.items() if v.is_floating_point())
+    total = sum(state[k].numel() for k in names)
+    noise = torch.randn(total, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+    filled = dict(state)
+    offset = 0
+    for name in names:
+        shape = state[name].shape
+        part = noise[offset : offset + state[name].numel()].view(shape)
+        offset += state[name].numel()
+        if len(shape) >= 2:
+            filled[name] = part / math.sqrt(state[name][0].numel())
         elif name.endswith("weight"):
-            value = 1.0 + 0.1 * noise
+            filled[name] = 1.0 + 0.1 * part
         else:
-            value = 0.1 * noise
-        tensor.copy_(value)
-    return state
+            filled[name] = 0.1 * part
+    return filled
 
 
 def save_weights(state: dict[str, torch.Tensor], folder: Path, stem: str) -> None:
@@ -121,7 +124,12 @@ def write_text_encoder(folder: Path, seed: int) -> None:
     config.architectures = ["CLIPTextModel"]
     model = _build_quietly(CLIPTextModel, config)
     config.save_pretrained(folder)
-    save_weights(fill_deterministic(model, seed), folder, "model")
+    state = fill_deterministic(model, seed)
+    # The Hub files were saved by transformers 4.25: keys under "text_model." and the position_ids buffer
+    # stored too. transformers 5 holds the tower without that prefix and maps the old names on load.
+    state = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state.items()}
+    state["text_model.embeddings.position_ids"] = torch.arange(77)[None]  # (1, 77) int64
+    save_weights(state, folder, "model")
 
 
 def write_depth_estimator(depth_folder: Path, processor_folder: Path, seed: int) -> None:
