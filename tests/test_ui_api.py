@@ -1,0 +1,169 @@
+"""The app's HTTP API through gradio_client, launched in-process on the tiny random-weight checkpoints.
+
+Every generation endpoint returns PNGs of the requested size carrying their parameters; invalid input comes
+back as the service's readable message; the models, history and PNG-info endpoints answer.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+FAST = {"steps": 2, "seed": 7, "cfg_scale": 7.5}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, object, Path]]:
+    from sd2_app.manager import ModelManager
+    from sd2_app.registry import tiny_registry
+    from sd2_app.service import Service
+    from sd2_app.testing.tiny import ensure_tiny_repos
+    from sd2_app.ui import build_ui
+    from tests.pipeline_fixtures import tiny_dir
+
+    cache = tmp_path_factory.mktemp("cache")
+    outputs = tmp_path_factory.mktemp("outputs")
+    registry = tiny_registry(ensure_tiny_repos(tiny_dir()))  # the tiny repos the pipeline tests also use
+    service = Service(ModelManager("cpu", registry=registry, cache_dir=cache), outputs_dir=outputs)
+    demo = build_ui(service)
+    demo.queue(max_size=8, default_concurrency_limit=1)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(), quiet=True,
+                            show_error=False)
+    try:
+        yield Client(url, verbose=False), service, outputs
+    finally:
+        demo.close()
+
+
+def _pngs(gallery: list[dict]) -> list[Image.Image]:
+    images = [Image.open(item["image"]) for item in gallery]
+    for image in images:
+        image.load()
+        assert image.format == "PNG"
+    return images
+
+
+def _small(name: str, size: int, tmp_path: Path) -> str:
+    path = tmp_path / f"{size}-{name}"
+    Image.open(ASSETS / name).convert("RGB").resize((size, size)).save(path)
+    return str(path)
+
+
+def test_txt2img_returns_pngs_of_the_requested_size_with_parameters(app) -> None:
+    client, service, outputs = app
+    _, gallery, info = client.predict(prompt="a white cat", width=64, height=72, batch_size=2, api_name="/txt2img",
+                                      **FAST)
+    images = _pngs(gallery)
+    assert [im.size for im in images] == [(64, 72), (64, 72)]
+    text = images[0].info["parameters"]
+    assert text.startswith("a white cat\n") and "Seed: 7," in text and "Size: 64x72" in text
+    assert "Sampler: DPM++ 2M" in text and "Steps: 2" in text
+    assert "**Seed** 7" in info
+    saved = sorted(outputs.glob("*/*-7-txt2img.png"))
+    assert len(saved) == 2 and Image.open(saved[0]).info["parameters"] == text
+
+
+def test_img2img_inpaint_upscale_depth_endpoints(app, tmp_path: Path) -> None:
+    client, _, _ = app
+    landscape = _small("landscape.png", 64, tmp_path)
+    _, gallery, _ = client.predict(image=handle_file(landscape), prompt="a painting", strength=0.5,
+                                   api_name="/img2img", **FAST)
+    assert [im.size for im in _pngs(gallery)] == [(64, 64)]
+
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    mask.save(tmp_path / "mask.png")
+    editor = {"background": handle_file(landscape), "layers": [], "composite": None}
+    _, gallery, _, mask_used = client.predict(image_and_mask=editor, mask=handle_file(str(tmp_path / "mask.png")),
+                                              prompt="a cat", api_name="/inpaint", **FAST)
+    assert [im.size for im in _pngs(gallery)] == [(64, 64)]
+    assert Image.open(mask_used).size == (64, 64)
+
+    cat = _small("cat_128.png", 16, tmp_path)
+    _, gallery, _, before = client.predict(image=handle_file(cat), prompt="a cat", noise_level=20,
+                                           api_name="/upscale", **FAST)
+    after = _pngs(gallery)
+    assert [im.size for im in after] == [(64, 64)] and "Noise level" in after[0].info["parameters"]
+    assert Image.open(before).size == (64, 64)
+
+    still = _small("still_life.png", 64, tmp_path)
+    _, gallery, _, depth_used = client.predict(image=handle_file(still), prompt="two tigers", strength=0.7,
+                                               api_name="/depth", **FAST)
+    assert [im.size for im in _pngs(gallery)] == [(64, 64)]
+    assert Image.open(depth_used).size == (64, 64)
+
+
+def test_compare_captions_each_sampler_with_its_time(app) -> None:
+    client, _, _ = app
+    _, gallery, _ = client.predict(prompt="two tigers", samplers=["Euler", "DDIM"], steps=2, seed=3, width=64,
+                                   height=64, api_name="/compare")
+    images = _pngs(gallery)
+    assert [im.size for im in images] == [(64, 64), (64, 64)]
+    assert [item["caption"].split(":")[0] for item in gallery] == ["Euler", "DDIM"]
+    assert all(item["caption"].endswith(" s") for item in gallery)
+    assert ["Sampler: Euler," in images[0].info["parameters"], "Sampler: DDIM," in images[1].info["parameters"]] == [
+        True, True]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "kwargs", "message"),
+    [
+        ("/txt2img", {"prompt": "x", "seed": -5, "width": 64, "height": 64}, "Seed must be between 0 and 4294967295, got -5."),
+        ("/txt2img", {"prompt": "x", "checkpoint": "sd2-depth", "width": 64, "height": 64},
+         "Value: sd2-depth is not in the list of choices: ['sd2-base', 'sd2', 'sd21-base', 'sd21']"),  # Gradio's check
+        ("/txt2img", {"prompt": "x", "sampler": "DDIM", "use_karras": True, "width": 64, "height": 64},
+         "Karras sigmas are not available for the DDIM sampler; untick Karras."),
+        ("/img2img", {"prompt": "x"}, "Upload an init image first."),
+        ("/depth", {"prompt": "x"}, "Upload an image first."),
+        ("/upscale", {"prompt": "x"}, "Upload an image to upscale first."),
+        ("/compare", {"prompt": "x", "samplers": []}, "Choose at least one sampler to compare."),
+    ],
+)
+def test_invalid_input_comes_back_as_a_readable_error(app, endpoint: str, kwargs: dict, message: str) -> None:
+    client, _, _ = app
+    with pytest.raises(AppError) as caught:
+        client.predict(api_name=endpoint, **{"steps": 2, **kwargs})
+    assert str(caught.value) == message
+
+
+def test_empty_mask_is_refused(app, tmp_path: Path) -> None:
+    client, _, _ = app
+    editor = {"background": handle_file(_small("landscape.png", 64, tmp_path)), "layers": [], "composite": None}
+    with pytest.raises(AppError) as caught:
+        client.predict(image_and_mask=editor, prompt="x", api_name="/inpaint", **FAST)
+    assert str(caught.value) == "The mask is empty: paint over the area to repaint (white = repaint)."
+
+
+def test_models_history_and_png_info(app) -> None:
+    client, service, outputs = app
+    table, memory = client.predict(key="sd2-base", api_name="/load_model")
+    rows = {row[0]: row for row in table["data"]}
+    assert rows["sd2-base"][2] == "device" and rows["sd2-base"][4].endswith("sd2-base")
+    assert "cpu" in memory
+    table, _ = client.predict(api_name="/unload_all")
+    assert {row[2] for row in table["data"]} == {"none"}
+
+    client.predict(prompt="history check", width=64, height=64, api_name="/txt2img", **FAST)
+    gallery, history = client.predict(api_name="/history")
+    assert history["data"][0][1] == "txt2img" and history["data"][0][4].startswith("history check")
+    assert len(gallery) == sum(row[3] for row in history["data"])
+
+    saved = sorted(outputs.glob("*/*.png"))[-1]
+    text, fields = client.predict(path=handle_file(str(saved)), api_name="/png_info")
+    assert text == Image.open(saved).info["parameters"]
+    assert fields["Steps"] == 2 and fields["Seed"] == 7 and fields["Size"] == "64x64"
