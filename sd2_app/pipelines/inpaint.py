@@ -1,0 +1,124 @@
+"""Inpainting with the 9-channel UNet (reference §4.5): latents + mask + masked-image latents each step.
+
+Beyond the reference: "only masked" (crop around the mask, work at the model's resolution, paste back) and
+`keep_unmasked`, an inward-feathered paste-back that leaves every pixel outside the mask as it was.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sd2_app.components import Components
+from sd2_app.errors import InvalidRequest
+from sd2_app.pipelines.images import floor_size, postprocess, preprocess_image, preprocess_mask
+from sd2_app.pipelines.img2img import noised_init_latents
+from sd2_app.pipelines.loop import Conditioning, ProgressFn, run_sampling
+from sd2_app.pipelines.masks import binarize, crop_box, paste_back
+from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
+from sd2_app.pipelines.prompt import encode_prompts
+from sd2_app.pipelines.sampling import draw_noise, make_generator, plan_sampling
+from sd2_app.pipelines.txt2img import native_size
+from sd2_app.pipelines.vae_io import decode, encode, vae_factor
+from sd2_app.requests import InpaintRequest
+
+
+def _generate(
+    components: Components,
+    request: InpaintRequest,
+    image: Image.Image,
+    mask: Image.Image,
+    size: tuple[int, int],
+    on_step: ProgressFn | None,
+    warnings: list[str],
+) -> tuple[list[Image.Image], torch.Tensor]:
+    """The reference algorithm on (image, mask) resized to `size`: returns decoded images and latents."""
+    sampling = request.sampling
+    assert sampling.seed is not None, "the service resolves the seed before calling a pipeline"
+    factor = vae_factor(components.vae)
+    width, height = size
+    init_image = preprocess_image(image, width, height, factor=factor)  # (1, 3, H, W)
+    mask_tensor = preprocess_mask(mask, width, height, factor=factor)  # (1, 1, H, W) 0/1
+    masked_image = init_image * (mask_tensor < 0.5)  # repainted pixels -> 0 (mid-gray)
+
+    generator = make_generator(components.device, sampling.seed)
+    use_cfg = sampling.cfg_scale > 1.0
+    context, prompt_warnings = encode_prompts(
+        components.text_encoder, components.tokenizer, request.prompt, request.negative_prompt,
+        batch_size=sampling.batch_size, use_cfg=use_cfg, device=components.device,
+    )
+    warnings += prompt_warnings
+    plan = plan_sampling(components.scheduler_config, sampling, strength=request.strength)
+
+    # Draw order (reference §4.9): start latents (posterior + noise when strength < 1), then masked encode.
+    batch = sampling.batch_size
+    h, w = height // factor, width // factor
+    if request.strength >= 1.0:
+        shape = (batch, components.vae.config.latent_channels, h, w)
+        x = draw_noise(shape, generator, components.device, components.dtype) * plan.schedule.init_noise_sigma
+    else:
+        x = noised_init_latents(components, init_image, plan, batch, generator)
+    masked_latents = encode(components.vae, masked_image, generator)  # (1, 4, h, w)
+    mask_latent = F.interpolate(mask_tensor, size=(h, w)).to(masked_latents.device)  # nearest, (1, 1, h, w)
+    concat = torch.cat([mask_latent, masked_latents], dim=1).repeat(batch * (2 if use_cfg else 1), 1, 1, 1)
+
+    latents = run_sampling(
+        components.unet, Conditioning(context=context, concat=concat), x, plan.schedule, plan.spec,
+        cfg_scale=sampling.cfg_scale, guidance_rescale=sampling.guidance_rescale,
+        prediction_type=components.scheduler_config.prediction_type, generator=generator,
+        on_step=on_step, sampler_options=plan.options,
+    )
+    return postprocess(decode(components.vae, latents)), latents
+
+
+@torch.inference_mode()
+def inpaint(components: Components, request: InpaintRequest, on_step: ProgressFn | None = None) -> PipelineOutput:
+    """Repaint the white part of the mask; see the module docstring for the two modes beyond the reference."""
+    if components.unet.config.in_channels != 9:
+        raise InvalidRequest(f"{components.key} is not an inpainting checkpoint (its UNet takes "
+                             f"{components.unet.config.in_channels} channels, inpainting needs 9)")
+    factor = vae_factor(components.vae)
+    warnings: list[str] = []
+    original = request.image.convert("RGB")
+    full_mask = binarize(request.mask, original.size)
+    box = crop_box(full_mask, request.only_masked_padding, aspect=1.0) if request.only_masked else None
+    if request.only_masked and box is None:
+        warnings.append("The mask is empty; inpainted the whole image instead of only the masked area.")
+
+    if box is not None:
+        native = native_size(components)
+        generated, latents = _generate(components, request, original.crop(box), full_mask.crop(box),
+                                       (native, native), on_step, warnings)
+        canvas_size = (box[2] - box[0], box[3] - box[1])
+        images = []
+        for image in generated:
+            canvas = original.copy()
+            canvas.paste(image.resize(canvas_size, Image.Resampling.LANCZOS), box[:2])
+            images.append(paste_back(original, canvas, full_mask, request.mask_blur)
+                          if request.keep_unmasked else canvas)
+        out_size = original.size
+    else:
+        work_size = floor_size(original.width, original.height, factor)
+        if work_size != original.size:
+            warnings.append(f"Size {original.width}x{original.height} is not a multiple of {factor}; "
+                            f"worked at {work_size[0]}x{work_size[1]}.")
+        generated, latents = _generate(components, request, original, request.mask, work_size, on_step, warnings)
+        if request.keep_unmasked:
+            images = [paste_back(original, image.resize(original.size, Image.Resampling.LANCZOS), full_mask,
+                                 request.mask_blur) for image in generated]
+            out_size = original.size
+        else:
+            images, out_size = generated, work_size
+
+    settings = sampling_settings(request.sampling, width=out_size[0], height=out_size[1], model=components.key)
+    settings["Denoising strength"] = request.strength
+    settings["Mask blur"] = request.mask_blur
+    if box is not None:
+        settings["Inpaint area"] = "Only masked"
+        settings["Masked area padding"] = request.only_masked_padding
+    settings["Keep unmasked"] = request.keep_unmasked
+    label_images(images, request.prompt, request.negative_prompt, settings)
+    mask_image = full_mask if out_size == original.size else binarize(request.mask, out_size)
+    return PipelineOutput(images=images, latents=latents, width=out_size[0], height=out_size[1],
+                          warnings=warnings, mask_image=mask_image)

@@ -1,0 +1,143 @@
+"""The one denoising loop every task shares: classifier-free guidance around the UNet, a sampler, progress.
+
+A task only prepares the start latents, the `Conditioning` and the schedule slice; `run_sampling` does the
+rest. The UNet sees `cat([x_in, x_in])` (uncond half first) with the task's extra channels appended after
+the input scaling (reference §4.2, pitfall 9). Latents and sampler arithmetic stay fp32; only the UNet call
+runs in the UNet's dtype. Nothing here reads a tensor back to the host, so steps queue on the GPU unblocked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sd2_app.pipelines.tiling import run_tiled
+
+ProgressFn = Callable[[int, int, torch.Tensor], None]  # (steps done, total steps, x0 latents (B, 4, h, w))
+ModelFn = Callable[[torch.Tensor, float], torch.Tensor]  # (x_in (B, 4, h, w), t) -> eps or v (B, 4, h, w)
+
+
+@dataclass
+class Conditioning:
+    """What the UNet gets besides the latents, already batched for guidance ([uncond; cond] halves)."""
+
+    context: torch.Tensor  # (2B|B, 77, D) text-encoder states, uncond first when guided
+    concat: torch.Tensor | None = None  # (2B|B, k, h, w) extra input channels (mask+masked latents, depth, low-res)
+    class_labels: torch.Tensor | None = None  # (2B|B,) long, the x4 noise level
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Run the UNet over overlapping latent tiles (x4 upscaling of large inputs)."""
+
+    tile: int  # latent pixels per tile side
+    overlap: int  # latent pixels shared by neighbouring tiles
+
+
+def rescale_guidance(pred: torch.Tensor, pred_cond: torch.Tensor, phi: float) -> torch.Tensor:
+    """Guidance rescale (Lin et al. 2023, "Common Diffusion Noise Schedules are Flawed", eq. 15-16).
+
+    Pulls the guided prediction's per-sample std back to the conditional one's, mixed with weight phi.
+    """
+    dims = list(range(1, pred.ndim))
+    std_cond = pred_cond.std(dim=dims, keepdim=True)
+    std_pred = pred.std(dim=dims, keepdim=True)
+    rescaled = pred * (std_cond / std_pred)
+    return phi * rescaled + (1 - phi) * pred
+
+
+def make_guided_model(
+    unet: torch.nn.Module,
+    cond: Conditioning,
+    *,
+    cfg_scale: float,
+    guidance_rescale: float,
+    use_cfg: bool,
+) -> Callable[[torch.Tensor, float, slice | None, slice | None], torch.Tensor]:
+    """Build, once, `model(x_in, t, rows, cols) -> guided eps/v` for the whole latent or one tile of it."""
+    dtype = next(unet.parameters()).dtype
+    context = cond.context.to(dtype)  # (2B|B, 77, D), cast once
+    concat = None if cond.concat is None else cond.concat.to(dtype)
+    labels = cond.class_labels
+
+    def model(x_in: torch.Tensor, t: float, rows: slice | None, cols: slice | None) -> torch.Tensor:
+        batch = torch.cat([x_in, x_in]) if use_cfg else x_in  # (2B|B, 4, h, w)
+        batch = batch.to(dtype)
+        if concat is not None:
+            extra = concat if rows is None or cols is None else concat[:, :, rows, cols]
+            batch = torch.cat([batch, extra], dim=1)  # (2B|B, 4 + k, h, w)
+        timestep = torch.full((batch.shape[0],), t, dtype=torch.float32, device=batch.device)
+        out = unet(batch, timestep, context, class_labels=labels).float()  # (2B|B, 4, h, w)
+        if not use_cfg:
+            return out
+        uncond, cond_out = out.chunk(2)
+        pred = uncond + cfg_scale * (cond_out - uncond)
+        if guidance_rescale > 0:
+            pred = rescale_guidance(pred, cond_out, guidance_rescale)
+        return pred
+
+    return model
+
+
+def _tiled(model: Callable[..., torch.Tensor], tiling: Tiling) -> ModelFn:
+    def tiled_model(x_in: torch.Tensor, t: float) -> torch.Tensor:
+        height, width = x_in.shape[-2:]
+
+        def one_tile(top: int, left: int, h: int, w: int) -> torch.Tensor:
+            rows, cols = slice(top, top + h), slice(left, left + w)
+            return model(x_in[:, :, rows, cols], t, rows, cols)
+
+        return run_tiled(one_tile, height, width, tiling.tile, tiling.overlap)
+
+    return tiled_model
+
+
+def run_sampling(
+    unet: torch.nn.Module,
+    cond: Conditioning,
+    x: torch.Tensor,
+    schedule: Any,
+    sampler: Any,
+    *,
+    cfg_scale: float,
+    guidance_rescale: float,
+    prediction_type: str,
+    generator: torch.Generator | None,
+    on_step: ProgressFn | None = None,
+    tiling: Tiling | None = None,
+    sampler_options: dict[str, Any] | None = None,
+) -> torch.Tensor:
+    """Denoise `x` (B, 4, h, w), fp32, in sigma space at `schedule.sigmas[0]`; return clean latents.
+
+    `sampler` is a `SamplerSpec`; `sampler_options` are extra keyword arguments for its function (DDIM's eta).
+    Guidance is on when `cfg_scale > 1` (as in the reference); then `cond` must hold both halves.
+    `on_step(done, total, x0)` runs after every sampler step with the current clean-latent estimate, for
+    progress and previews; raising `sd2_app.errors.Cancelled` there stops the run (it propagates).
+    The result is converted from sigma space back to the VAE's latent space, ready for decoding.
+    """
+    from sd2_app.samplers.denoiser import make_denoiser
+
+    use_cfg = cfg_scale > 1.0
+    assert cond.context.shape[0] == x.shape[0] * (2 if use_cfg else 1), "context batch does not match guidance"
+    guided = make_guided_model(unet, cond, cfg_scale=cfg_scale, guidance_rescale=guidance_rescale, use_cfg=use_cfg)
+    if tiling is not None and max(x.shape[-2:]) > tiling.tile:
+        model_fn = _tiled(guided, tiling)
+    else:
+
+        def model_fn(x_in: torch.Tensor, t: float) -> torch.Tensor:
+            return guided(x_in, t, None, None)
+
+    denoise = make_denoiser(model_fn, prediction_type)
+    total = len(schedule.sigmas) - 1
+
+    def step_done(i: int, x_now: torch.Tensor, x0: torch.Tensor) -> None:
+        if on_step is not None:
+            on_step(i + 1, total, x0)
+
+    with torch.inference_mode():
+        x = sampler.fn(denoise, x.float(), schedule, generator=generator, on_step=step_done, **(sampler_options or {}))
+    return x / math.sqrt(1.0 + schedule.sigmas[-1] ** 2)

@@ -1,0 +1,136 @@
+"""A1111-style `parameters` text: what every PNG we write carries, and the parser that reads it back.
+
+Format (the one AUTOMATIC1111's web UI writes, so other tools can read our images):
+
+    <prompt>
+    Negative prompt: <negative prompt>
+    Steps: 25, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 1, Size: 512x512, ...
+
+The last line is `key: value` pairs separated by ", "; a value containing a comma, a colon or a quote is
+written as a JSON string. Prompts may span several lines.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+PARAMETERS_KEY = "parameters"
+_NEGATIVE = "Negative prompt: "
+# One `key: value` pair of the settings line: a quoted JSON string or text up to the next ", ".
+_PAIR = re.compile(r'\s*([\w ./+\-()]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+_SETTINGS_LINE = re.compile(r"^(?:[\w ./+\-()]+: (?:\"(?:\\.|[^\\\"])*\"|[^,]*)(?:, |$))+$")
+
+
+def _quote(value: str) -> str:
+    """JSON-quote a string that would not read back as itself (commas, colons, numbers, padding)."""
+    plain = value and value == value.strip() and not any(c in value for c in ',:"\n\\')
+    if plain and _parse_value(value) == value:
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)  # shortest text that reads back to the same float
+    return _quote(str(value))
+
+
+def format_parameters(prompt: str, negative_prompt: str, settings: dict[str, Any]) -> str:
+    """Build the text; `settings` keeps its order (Steps, Sampler, ... first by convention)."""
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(_NEGATIVE + negative_prompt)
+    lines.append(", ".join(f"{key}: {_format_value(value)}" for key, value in settings.items() if value is not None))
+    return "\n".join(lines)
+
+
+def _parse_value(raw: str) -> Any:
+    raw = raw.strip()
+    if raw.startswith('"') and raw.endswith('"') and len(raw) >= 2:
+        return json.loads(raw)
+    if re.fullmatch(r"[+-]?\d+", raw):
+        return int(raw)
+    if re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+|\d+)(e[+-]?\d+)?", raw, re.IGNORECASE):
+        return float(raw)
+    if raw in ("True", "False"):
+        return raw == "True"
+    return raw
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """Inverse of `format_parameters`: {"Prompt", "Negative prompt", then every setting with typed values}.
+
+    Numbers come back as int/float, True/False as bool, quoted strings unquoted. "Size: WxH" stays a string;
+    `size_of(params)` turns it into (width, height).
+    """
+    lines = text.split("\n")
+    settings: dict[str, Any] = {}
+    if lines and _SETTINGS_LINE.match(lines[-1].strip()) and lines[-1].strip():
+        for match in _PAIR.finditer(lines[-1].strip()):
+            key, raw = match.group(1).strip(), match.group(2)
+            if key:
+                settings[key] = _parse_value(raw)
+        lines = lines[:-1]
+    prompt_lines: list[str] = []
+    negative_lines: list[str] = []
+    in_negative = False
+    for line in lines:
+        if not in_negative and line.startswith(_NEGATIVE):
+            in_negative = True
+            negative_lines.append(line[len(_NEGATIVE) :])
+        elif in_negative:
+            negative_lines.append(line)
+        else:
+            prompt_lines.append(line)
+    return {"Prompt": "\n".join(prompt_lines), "Negative prompt": "\n".join(negative_lines), **settings}
+
+
+def size_of(params: dict[str, Any]) -> tuple[int, int] | None:
+    """(width, height) from a parsed "Size: 512x768" entry, or None."""
+    size = params.get("Size")
+    match = re.fullmatch(r"(\d+)x(\d+)", str(size)) if size is not None else None
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def attach_parameters(image: Image.Image, text: str) -> Image.Image:
+    """Store the text in `image.info` so `save_png` (and Gradio's PNG export) writes it as a tEXt chunk."""
+    image.info[PARAMETERS_KEY] = text
+    return image
+
+
+def png_info(image: Image.Image) -> PngInfo:
+    """The PNG text chunks for an image that carries `info["parameters"]`."""
+    info = PngInfo()
+    text = image.info.get(PARAMETERS_KEY)
+    if text is not None:
+        info.add_text(PARAMETERS_KEY, text)
+    return info
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Write a PNG with its `parameters` text chunk (PIL does not write `info` on its own)."""
+    path = Path(path)
+    image.save(path, format="PNG", pnginfo=png_info(image))
+    return path
+
+
+def read_png_parameters(image: Image.Image | str | Path) -> str | None:
+    """The `parameters` text of a PNG (an open image or a path), or None when it has none."""
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as opened:
+            opened.load()
+            return opened.info.get(PARAMETERS_KEY)
+    text = image.info.get(PARAMETERS_KEY)
+    if text is None and hasattr(image, "text"):
+        text = image.text.get(PARAMETERS_KEY)
+    return text

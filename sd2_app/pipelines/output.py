@@ -1,0 +1,55 @@
+"""What every task returns, and the A1111-style parameters text each image carries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from sd2_app.pipelines.metadata import attach_parameters, format_parameters
+from sd2_app.requests import Sampling
+
+
+@dataclass
+class PipelineOutput:
+    """Images (each with `info["parameters"]`), the final latents and what the caller must be told."""
+
+    images: list[Image.Image]
+    latents: torch.Tensor  # (B, 4, h, w) scaled latents before decoding
+    width: int  # effective output size in pixels
+    height: int
+    warnings: list[str] = field(default_factory=list)
+    mask_image: Image.Image | None = None  # inpainting: the binarised mask actually used
+    depth_image: Image.Image | None = None  # depth-to-image: the depth map actually used (white = near)
+
+
+def sampling_settings(sampling: Sampling, *, width: int, height: int, model: str) -> dict[str, Any]:
+    """The settings every task shares, in A1111's order."""
+    settings: dict[str, Any] = {
+        "Steps": sampling.steps,
+        "Sampler": sampling.sampler,
+        "Schedule type": "Karras" if sampling.use_karras else "Automatic",
+        "CFG scale": sampling.cfg_scale,
+        "Seed": sampling.seed,
+        "Size": f"{width}x{height}",
+        "Model": model,
+    }
+    if sampling.guidance_rescale > 0:
+        settings["Guidance rescale"] = sampling.guidance_rescale
+    if sampling.eta > 0:
+        settings["Eta"] = sampling.eta
+    return settings
+
+
+def label_images(
+    images: list[Image.Image], prompt: str, negative_prompt: str, settings: dict[str, Any]
+) -> list[Image.Image]:
+    """Attach the parameters text to each image (with its position when the batch has several)."""
+    for index, image in enumerate(images):
+        extra: dict[str, Any] = {}
+        if len(images) > 1:
+            extra = {"Batch size": len(images), "Batch pos": index}
+        attach_parameters(image, format_parameters(prompt, negative_prompt, {**settings, **extra}))
+    return images

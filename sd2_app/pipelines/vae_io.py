@@ -1,0 +1,79 @@
+"""Pixels <-> scaled latents through the VAE, with the precision and tiling rules of each task."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from sd2_app.pipelines.tiling import run_tiled
+
+X4_SCALING_FACTOR = 0.08333  # reference §1.5: x4 VAE configs that lack it (or say 0.18215) mean this
+
+
+def vae_factor(vae: torch.nn.Module) -> int:
+    """Pixels per latent pixel: 8 for the SD2 VAE (4 levels), 4 for the x4 upscaler's (3 levels)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def scaling_factor(vae: torch.nn.Module) -> float:
+    """The latent scale; the x4 VAE's old configs carry SD's 0.18215 or nothing, diffusers forces 0.08333."""
+    factor = float(vae.config.scaling_factor)
+    if vae_factor(vae) == 4 and factor == 0.18215:
+        return X4_SCALING_FACTOR
+    return factor
+
+
+def _dtype(module: torch.nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
+@contextlib.contextmanager
+def fp32(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run a module in fp32 for a while (the x4 VAE overflows in fp16) and give it its dtype back after."""
+    dtype = _dtype(module)
+    if dtype == torch.float32:
+        yield module
+        return
+    module.float()
+    try:
+        yield module
+    finally:
+        module.to(dtype)
+
+
+def encode(vae: torch.nn.Module, image: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> (B, 4, H/f, W/f) fp32 scaled latents, sampling the posterior like the
+    reference (one draw of the posterior's shape from `generator`)."""
+    posterior = vae.encode(image.to(device=next(vae.parameters()).device, dtype=_dtype(vae)))
+    return (posterior.sample(generator) * scaling_factor(vae)).float()
+
+
+def decode(
+    vae: torch.nn.Module,
+    latents: torch.Tensor,
+    *,
+    force_fp32: bool = False,
+    tile: int | None = None,
+    overlap: int = 0,
+) -> torch.Tensor:
+    """(B, 4, h, w) scaled latents -> (B, 3, h*f, w*f) fp32 in [-1, 1].
+
+    With `tile`, latents larger than a tile are decoded in overlapping tiles and cross-faded, which bounds
+    the decoder's memory (a 512x512 x4 latent would need tens of GB in one pass).
+    """
+    factor = vae_factor(vae)
+    scale = scaling_factor(vae)
+    context = fp32(vae) if force_fp32 else contextlib.nullcontext(vae)
+    with context as model:
+        dtype = _dtype(model)
+        z = (latents / scale).to(dtype)
+
+        def one_tile(top: int, left: int, h: int, w: int) -> torch.Tensor:
+            return model.decode(z[:, :, top : top + h, left : left + w]).float()
+
+        height, width = z.shape[-2:]
+        if tile is None or max(height, width) <= tile:
+            return model.decode(z).float()
+        return run_tiled(one_tile, height, width, tile, overlap, scale=factor)

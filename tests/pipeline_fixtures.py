@@ -1,0 +1,109 @@
+"""Tiny checkpoints for the pipeline tests: our Components and diffusers' pipeline from the same folder.
+
+diffusers is the reference oracle only (tests); both sides read the exact same files.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sd2_app.components import Components
+
+# diffusers scheduler class and extra config per sampler name, as used by the parity tests.
+REFERENCE_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {}),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "Euler": ("EulerDiscreteScheduler", {}),
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}),
+    "DDIM": ("DDIMScheduler", {}),
+    "PNDM": ("PNDMScheduler", {}),
+}
+
+_PIPELINES = {
+    "sd2-base": "StableDiffusionPipeline",
+    "sd2": "StableDiffusionPipeline",
+    "sd21": "StableDiffusionPipeline",
+    "sd2-inpainting": "StableDiffusionInpaintPipeline",
+    "sd2-depth": "StableDiffusionDepth2ImgPipeline",
+    "x4-upscaler": "StableDiffusionUpscalePipeline",
+}
+
+
+def tiny_dir() -> Path:
+    """Where the tiny repos are cached between runs (ensure_tiny_repos rewrites stale ones)."""
+    default = Path(tempfile.gettempdir()) / f"sd2-app-tiny-{os.getuid()}"
+    return Path(os.environ.get("SD2_TINY_DIR", default))
+
+
+def tiny_repo(kind: str) -> Path:
+    from sd2_app.testing.tiny import ensure_tiny_repos
+
+    return ensure_tiny_repos(tiny_dir(), kinds=(kind,))[kind]
+
+
+def load_components(kind: str, folder: Path | None = None) -> Components:
+    """Our side: every component of a tiny repo on CPU in fp32."""
+    from sd2_app import loading
+
+    folder = tiny_repo(kind) if folder is None else folder
+    device, dtype = torch.device("cpu"), torch.float32
+    index = loading.read_model_index(folder)
+    extras: dict[str, Any] = {}
+    if kind == "x4-upscaler":
+        extras["low_res_scheduler_config"] = loading.load_scheduler_config(folder, "low_res_scheduler")
+        extras["max_noise_level"] = int(index.get("max_noise_level", 350))
+    if kind == "sd2-depth":
+        extras["depth_estimator"], extras["depth_processor"] = loading.load_depth_estimator(folder, device, dtype)
+    return Components(
+        key=kind,
+        repo=str(folder),
+        unet=loading.load_unet(folder, device, dtype),
+        vae=loading.load_vae(folder, device, dtype),
+        text_encoder=loading.load_text_encoder(folder, device, dtype),
+        tokenizer=loading.load_tokenizer(folder),
+        scheduler_config=loading.load_scheduler_config(folder),
+        device=device,
+        dtype=dtype,
+        **extras,
+    )
+
+
+def reference_pipeline(kind: str, sampler: str, *, img2img: bool = False) -> Any:
+    """diffusers' pipeline for the same tiny folder, with the scheduler matching `sampler`."""
+    import diffusers
+
+    folder = tiny_repo(kind)
+    pipeline_cls = getattr(diffusers, "StableDiffusionImg2ImgPipeline" if img2img else _PIPELINES[kind])
+    kwargs: dict[str, Any] = {}
+    if kind in ("sd2-base", "sd2", "sd21", "sd2-inpainting"):
+        kwargs = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    # Our loader prefers the fp16 variant files (cast to fp32); read the same files on both sides.
+    pipe = pipeline_cls.from_pretrained(folder, torch_dtype=torch.float32, variant="fp16", **kwargs)
+    class_name, extra = REFERENCE_SCHEDULERS[sampler]
+    pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A smooth, deterministic RGB picture (gradients plus a disc) of the given size."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    r = 0.5 + 0.5 * np.sin(x / max(width, 1) * 6.0 + seed)
+    g = 0.5 + 0.5 * np.cos(y / max(height, 1) * 5.0 - seed)
+    disc = ((x - width / 2) ** 2 + (y - height / 2) ** 2 < (min(width, height) / 3) ** 2).astype(np.float32)
+    b = 0.3 + 0.6 * disc
+    array = (np.stack([r, g, b], axis=-1) * 255).round().astype(np.uint8)
+    return Image.fromarray(array, mode="RGB")
+
+
+def max_pixel_diff(ours: list[Image.Image], reference: np.ndarray) -> float:
+    """Largest |difference| in [0, 1] units between our PIL images and diffusers' output_type="np" array."""
+    array = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in ours])
+    return float(np.abs(array - np.round(reference * 255) / 255).max())
