@@ -205,6 +205,24 @@ def test_missing_and_unexpected_keys_are_refused(repo: Path) -> None:
         load_unet(repo, "cpu", torch.float32)
 
 
+def test_text_encoder_keys_are_strict_too(repo: Path) -> None:
+    file = repo / "text_encoder/model.fp16.safetensors"
+    original = load_file(str(file))
+    _rewrite(file, {"text_model.final_layer_norm.weight": torch.ones(31, dtype=torch.float16)})
+    with pytest.raises(LoadError) as info:
+        load_text_encoder(repo, "cpu", torch.float32)
+    assert info.value.file == "text_encoder/model.fp16.safetensors"
+    assert info.value.reason.startswith("shape mismatch for ")
+    assert info.value.reason.endswith("final_layer_norm.weight: checkpoint (31,), model (32,)")
+    _rewrite(file, {"text_model.final_layer_norm.weight": None})
+    with pytest.raises(LoadError, match="missing keys: .*final_layer_norm.weight"):
+        load_text_encoder(repo, "cpu", torch.float32)
+    _rewrite(file, {"text_model.final_layer_norm.weight": original["text_model.final_layer_norm.weight"],
+                    "text_model.extra.weight": torch.zeros(3)})
+    with pytest.raises(LoadError, match="unexpected keys: .*extra.weight"):
+        load_text_encoder(repo, "cpu", torch.float32)
+
+
 def test_bad_config_is_named(repo: Path) -> None:
     (repo / "unet/config.json").write_text("{not json")
     with pytest.raises(LoadError, match=r"unet/config\.json: not valid JSON"):

@@ -179,7 +179,7 @@ def resolve_repo(
     """
     components = _check_components(components)
     path = Path(repo_or_dir).expanduser()
-    if path.is_dir() or str(repo_or_dir).startswith((".", "/", "~")):
+    if isinstance(repo_or_dir, Path) or path.is_dir() or str(repo_or_dir).startswith((".", "/", "~")):
         return _resolve_folder(path, components, str(path))
     repo = str(repo_or_dir)
     patterns = allow_patterns(components)
