@@ -186,7 +186,10 @@ def resolve_repo(
     if _is_offline():
         logger.info("offline: looking for %s in the local cache", repo)
         snapshot = Path(str(_snapshot(repo, revision, cache_dir, allow_patterns=patterns, local_files_only=True)))
-        return _resolve_folder(snapshot, components, repo)
+        try:
+            return _resolve_folder(snapshot, components, repo)
+        except LoadError as e:
+            raise LoadError(e.repo, e.file, f"{e.reason} in the local cache (offline)") from e
     infos = _snapshot(repo, revision, cache_dir, allow_patterns=patterns, dry_run=True)
     wanted = select_files([info.filename for info in infos], components, repo)  # type: ignore[attr-defined]
     assert all(matches_any(f, patterns) for f in wanted)
