@@ -1,13 +1,14 @@
 """Opt-in speed features: backend flags, CUDA-graph UNet, fused Triton ops, regional compile, safe fp16 VAE decode.
 
 Importing this package touches no GPU and imports no triton; every switch is applied by an explicit call
-(`setup_backends`, `accelerate_unet`, `accelerate_vae`) from whoever owns the models (the manager, the bench).
+(`setup_backends`, then `Accelerator(options).prepare(components)` per job) from whoever owns the models (the manager, the bench).
 """
 
 from sd2_app.accel.backends import BackendState, setup_backends
 from sd2_app.accel.cuda_graph import CudaGraphUNet
+from sd2_app.accel.hooks import Accelerator
 from sd2_app.accel.options import AccelOptions, accelerate_unet, accelerate_vae
 from sd2_app.accel.vae_decode import decode_with_fallback
 
-__all__ = ["AccelOptions", "BackendState", "CudaGraphUNet", "accelerate_unet", "accelerate_vae",
+__all__ = ["AccelOptions", "Accelerator", "BackendState", "CudaGraphUNet", "accelerate_unet", "accelerate_vae",
            "decode_with_fallback", "setup_backends"]

@@ -14,7 +14,8 @@ with autograd on, inside another capture, or after a capture failed (the reason 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,8 +59,10 @@ class CudaGraphUNet:
     """
 
     def __init__(self, unet: nn.Module, *, warmup_steps: int = 2, max_graphs: int = 8,
-                 clone_output: bool = True) -> None:
-        self.unet = unet
+                 clone_output: bool = True, weak: bool = False) -> None:
+        # weak=True: the wrapper does not keep the UNet alive (a cache keyed by the UNet can then let go
+        # of both when the manager frees the UNet).
+        self._unet_ref: Callable[[], nn.Module | None] = weakref.ref(unet) if weak else (lambda: unet)
         self.warmup_steps = warmup_steps
         self.max_graphs = max_graphs
         self.clone_output = clone_output
@@ -71,9 +74,16 @@ class CudaGraphUNet:
         self.captures = 0  # how many graphs were captured so far (the bench reports it)
 
     # -- drop-in surface -------------------------------------------------------------------------------
+    @property
+    def unet(self) -> nn.Module:
+        unet = self._unet_ref()
+        if unet is None:
+            raise ReferenceError("the wrapped UNet was freed")
+        return unet
+
     def __getattr__(self, name: str) -> Any:
         # Only reached for names not set on the wrapper: `config`, `dtype`, `down_blocks`, ...
-        if name == "unet":
+        if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self.unet, name)
 

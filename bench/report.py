@@ -1,0 +1,110 @@
+"""Turn measurements into the JSON record, the issue's targets (met or not) and a markdown table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.cases import Measurement
+
+
+def _find(rows: list[Measurement], case_prefix: str, variant: str) -> Measurement | None:
+    for row in rows:
+        if row.case.startswith(case_prefix) and row.variant == variant and row.s_per_image is not None:
+            return row
+    return None
+
+
+def speedups(rows: list[Measurement], baseline: str = "diffusers") -> list[dict[str, Any]]:
+    """s/image of the baseline divided by each other variant's, per case (> 1: we are faster)."""
+    out = []
+    for row in rows:
+        base = _find(rows, row.case, baseline)
+        if row.variant == baseline or base is None or row.s_per_image is None:
+            continue
+        mem = None
+        if row.peak_allocated_gib is not None and base.peak_allocated_gib:
+            mem = row.peak_allocated_gib / base.peak_allocated_gib
+        out.append({"case": row.case, "variant": row.variant, "baseline": baseline,
+                    "speedup": base.s_per_image / row.s_per_image, "memory_ratio": mem})
+    return out
+
+
+def targets(rows: list[Measurement], swaps: dict[str, Any], *, small: int, large: int,
+            up_small: str, up_large: str) -> list[dict[str, Any]]:
+    """The issue's acceptance numbers; `value` None means not measured in this run."""
+
+    def ratio(prefix: str, ours: str, theirs: str) -> float | None:
+        a, b = _find(rows, prefix, ours), _find(rows, prefix, theirs)
+        return None if a is None or b is None else b.s_per_image / a.s_per_image
+
+    first = _find(rows, f"txt2img-{small}-b1", "ours")
+    peak_ok = None
+    pairs = [(r, _find(rows, r.case, "diffusers")) for r in rows if r.variant == "ours"]
+    pairs = [(a, b) for a, b in pairs if b is not None and a.peak_allocated_gib is not None]
+    if pairs:
+        peak_ok = max(a.peak_allocated_gib / b.peak_allocated_gib for a, b in pairs)
+    big_up = _find(rows, up_large, "ours")
+    items = [
+        ("txt2img 512 b1 vs diffusers eager", ratio(f"txt2img-{small}-b1", "ours", "diffusers"), ">=", 4.0),
+        ("txt2img 768 b1 vs diffusers eager", ratio(f"txt2img-{large}-b1", "ours", "diffusers"), ">=", 1.25),
+        ("loaded -> first image (s)", None if first is None else first.first_s, "<=", 15.0),
+        ("compiled 512 vs diffusers+compile", ratio(f"txt2img-{small}-b1", "ours-compiled", "diffusers-compiled"),
+         ">", 1.0),
+        ("compiled 768 vs diffusers+compile", ratio(f"txt2img-{large}-b1", "ours-compiled", "diffusers-compiled"),
+         ">", 1.0),
+        ("peak memory ours / diffusers (worst case)", peak_ok, "<=", 1.0),
+        ("x4 upscale 128->512 vs diffusers", ratio(up_small, "ours", "diffusers"), ">=", 3.0),
+        ("x4 upscale 512->2048 peak reserved (GiB)", None if big_up is None else big_up.peak_reserved_gib, "<=",
+         16.0),
+        ("checkpoint swap pinned -> GPU (s)", swaps.get("pinned_swap_s"), "<=", 0.25),
+        ("disk (page cache) -> GPU (GB/s)", swaps.get("disk_to_gpu_gb_per_s"), ">=", 3.0),
+    ]
+    result = []
+    for name, value, op, goal in items:
+        met = None
+        if value is not None:
+            met = {">=": value >= goal, "<=": value <= goal, ">": value > goal}[op]
+        result.append({"target": name, "value": value, "goal": f"{op} {goal:g}", "met": met})
+    return result
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(record: dict[str, Any]) -> str:
+    meta = record["meta"]
+    lines = [f"# Benchmark: {meta['device_name']}", "",
+             f"torch {meta['torch']}, diffusers {meta['diffusers']}, {meta['dtype']}, {meta['steps']} steps "
+             f"{meta['sampler']}, CFG on, seed {meta['seed']}{' (quick)' if meta['quick'] else ''}"
+             f"{' (tiny models)' if meta['tiny'] else ''}", "",
+             "| case | variant | s/image | steps/s | first call (s) | peak alloc (GiB) | peak reserved (GiB) "
+             "| speed-up vs diffusers |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    ups = {(u["case"], u["variant"]): u["speedup"] for u in record["speedups"]}
+    for row in record["measurements"]:
+        note = row["error"] or ""
+        lines.append(
+            f"| {row['case']} | {row['variant']} | {_fmt(row['s_per_image'])} | {_fmt(row['steps_per_s'], 2)} "
+            f"| {_fmt(row['first_s'], 2)} | {_fmt(row['peak_allocated_gib'], 2)} "
+            f"| {_fmt(row['peak_reserved_gib'], 2)} | {_fmt(ups.get((row['case'], row['variant'])), 2)} |"
+            + (f" {note}" if note else ""))
+    lines += ["", "## Loads and swaps", "", "| measurement | value |", "| --- | --- |"]
+    for key, value in record["swaps"].items():
+        lines.append(f"| {key} | {_fmt(value) if isinstance(value, float) else value} |")
+    lines += ["", "## Targets (issue \"Speed on the GPU\")", "", "| target | value | goal | met |",
+              "| --- | --- | --- | --- |"]
+    for t in record["targets"]:
+        met = "not measured" if t["met"] is None else ("yes" if t["met"] else "NO")
+        lines.append(f"| {t['target']} | {_fmt(t['value'], 3)} | {t['goal']} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(out: Path, record: dict[str, Any]) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "results.json", out / "results.md"
+    json_path.write_text(json.dumps(record, indent=2) + "\n")
+    md_path.write_text(markdown(record))
+    return json_path, md_path

@@ -1,0 +1,198 @@
+"""Time our pipelines against diffusers' on the same weights, in one process, and write the report.
+
+    python -m bench.run --ckpt /data/sd2-bench --out bench/results            # full run on a GPU
+    python -m bench.run --ckpt /data/sd2-bench --out bench/results --compile  # + both compiled paths
+    python -m bench.run --tiny --quick --out /tmp/bench                       # CPU smoke check, tiny models
+
+Each checkpoint kind is loaded by one variant at a time and freed before the next, so peak memory is the
+variant's own. See bench/README.md for the exact GPU command and docs/PERFORMANCE.md for the table layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import time
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from bench.cases import SEED, Case, Measurement, make_cases, measure, release, synchronize
+from bench.ours import OursRunner
+from bench.report import speedups, targets, write
+from bench.theirs import DiffusersRunner
+from sd2_app.accel import setup_backends
+
+logger = logging.getLogger("bench")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="sd2-app vs diffusers speed benchmark")
+    p.add_argument("--ckpt", type=Path, default=Path.home() / ".cache" / "sd2-app-bench",
+                   help="full-size random checkpoints (written there on first use)")
+    p.add_argument("--tiny", action="store_true", help="tiny random repos and tiny sizes (CPU check)")
+    p.add_argument("--quick", action="store_true", help="few steps, one timed run per case")
+    p.add_argument("--compile", action="store_true", help="add ours-compiled and diffusers-compiled")
+    p.add_argument("--variants", default=None, help="comma list; default ours,diffusers (+compiled ones)")
+    p.add_argument("--only", default=None, help="comma list of case-name prefixes, e.g. txt2img-512,upscale")
+    p.add_argument("--steps", type=int, default=None, help="default 25 (quick: 4; tiny quick: 2)")
+    p.add_argument("--no-swaps", action="store_true", help="skip the load/swap measurements")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    return p.parse_args(argv)
+
+
+def _repos(args: argparse.Namespace, kinds: list[str], device: torch.device) -> dict[str, Path]:
+    if args.tiny:
+        from sd2_app.testing.tiny import ensure_tiny_repos
+
+        return ensure_tiny_repos(args.ckpt / "tiny", tuple(kinds))
+    from bench.write_checkpoints import ensure_checkpoints
+
+    return ensure_checkpoints(args.ckpt / "full", tuple(kinds), device)
+
+
+def _run_cases(cases: list[Case], variants: list[str], repos: dict[str, Path], device: torch.device,
+               dtype: torch.dtype, steps: int, cache_dir: Path,
+               on_kind_done: Callable[[list[Measurement]], None]) -> list[Measurement]:
+    """Every case under every variant; `on_kind_done(rows so far)` after each checkpoint kind (partial reports
+    survive a run cut short by a time limit)."""
+    rows: list[Measurement] = []
+    runners: dict[str, Any] = {}
+    for variant in variants:
+        if variant.startswith("ours"):
+            runners[variant] = OursRunner(repos, device, dtype, variant, cache_dir)
+        else:
+            runners[variant] = DiffusersRunner(repos, device, dtype, variant)
+    kinds = list(dict.fromkeys(case.kind for case in cases))
+    for kind in kinds:
+        for variant, runner in runners.items():
+            kind_cases = [c for c in cases if c.kind == kind]
+            load_s = (runner.load(kind) if isinstance(runner, OursRunner)
+                      else runner.load(kind_cases[0].task, kind, kind_cases[0].sampler))
+            logger.info("%s: %s loaded in %.2f s", variant, kind, load_s)
+            for case in kind_cases:
+                row = measure(case, variant, steps, device, runner.call(case, steps))
+                logger.info("%s %s: %s s/image (first call %s s)%s", case.name, variant, row.s_per_image,
+                            row.first_s, f" [{row.error}]" if row.error else "")
+                rows.append(row)
+            if isinstance(runner, OursRunner):
+                runner.manager.unload(kind)
+            runner_close = getattr(runner, "pipes", None)
+            if runner_close is not None:
+                runner_close.clear()
+            release(device)
+        on_kind_done(rows)
+    for runner in runners.values():
+        runner.close()
+    return rows
+
+
+def _file_bytes(folder: Path, parts: tuple[str, ...]) -> int:
+    return sum(f.stat().st_size for part in parts for f in (folder / part).glob("*.safetensors")
+               if "fp16" in f.name or not any("fp16" in g.name for g in (folder / part).glob("*.safetensors")))
+
+
+def measure_swaps(repos: dict[str, Path], device: torch.device, dtype: torch.dtype, cache_dir: Path,
+                  reps: int) -> dict[str, Any]:
+    """Pinned -> device swap between two checkpoints, and a full load from the (warm) page cache."""
+    from sd2_app.loading.components import load_unet
+
+    result: dict[str, Any] = {}
+    a, b = "sd2-base", "sd2"
+    if a not in repos or b not in repos:
+        return result
+    runner = OursRunner({a: repos[a], b: repos[b]}, device, dtype, "ours", cache_dir)
+    manager = runner.manager
+    runner.load(a)  # first loads also warm the page cache and the hash cache
+    runner.load(b)
+    manager.offload(b)
+    times = []
+    for i in range(reps):
+        src, dst = (a, b) if i % 2 == 0 else (b, a)
+        synchronize(device)
+        start = time.perf_counter()
+        manager.offload(src)
+        manager.load(dst)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    result["pinned_swap_s"] = sorted(times)[len(times) // 2]
+    result["pinned_swap_runs_s"] = ", ".join(f"{t:.3f}" for t in times)
+    runner.close()
+
+    runner = OursRunner({a: repos[a]}, device, dtype, "ours", cache_dir)
+    seconds = runner.load(a)
+    moved = _file_bytes(repos[a], ("unet", "vae", "text_encoder"))
+    result["disk_to_gpu_checkpoint_s"] = seconds
+    result["disk_to_gpu_gb_per_s"] = moved / seconds / 1e9
+    runner.close()
+
+    unet_bytes = _file_bytes(repos[a], ("unet",))
+    synchronize(device)
+    start = time.perf_counter()
+    unet = load_unet(repos[a], device, dtype)
+    synchronize(device)
+    result["disk_to_gpu_unet_gb_per_s"] = unet_bytes / (time.perf_counter() - start) / 1e9
+    del unet
+    release(device)
+    try:
+        import diffusers
+
+        variant = "fp16" if dtype == torch.float16 else None
+        start = time.perf_counter()
+        ref = diffusers.UNet2DConditionModel.from_pretrained(str(repos[a]), subfolder="unet", torch_dtype=dtype,
+                                                             variant=variant).to(device)
+        synchronize(device)
+        result["diffusers_disk_to_gpu_unet_gb_per_s"] = unet_bytes / (time.perf_counter() - start) / 1e9
+        del ref
+    except ImportError:
+        pass
+    release(device)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = _parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    steps = args.steps or (25 if not args.quick else (2 if args.tiny else 4))
+    backends = setup_backends(device)
+    variants = (args.variants.split(",") if args.variants else
+                ["ours", "diffusers"] + (["ours-compiled", "diffusers-compiled"] if args.compile else []))
+    cases = make_cases(tiny=args.tiny, quick=args.quick)
+    if args.only:
+        prefixes = args.only.split(",")
+        cases = [c for c in cases if any(c.name.startswith(p) or c.task == p for p in prefixes)]
+    kinds = list(dict.fromkeys([c.kind for c in cases] + ([] if args.no_swaps else ["sd2-base", "sd2"])))
+    repos = _repos(args, kinds, device)
+    cache_dir = args.ckpt / "app-cache"
+
+    import diffusers
+
+    small, large = (64, 96) if args.tiny else (512, 768)
+    up_small, up_large = ("upscale-16-", "upscale-32-") if args.tiny else ("upscale-128-", "upscale-512-")
+    meta = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or "cpu", "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "dtype": str(dtype).removeprefix("torch."), "steps": steps, "sampler": "DPM++ 2M", "seed": SEED,
+            "quick": args.quick, "tiny": args.tiny, "variants": variants, "backends": backends.__dict__}
+
+    def make_record(rows: list[Measurement], swaps: dict[str, Any], complete: bool) -> dict[str, Any]:
+        return {"meta": {**meta, "complete": complete}, "measurements": [row.to_dict() for row in rows],
+                "speedups": speedups(rows), "swaps": swaps,
+                "targets": targets(rows, swaps, small=small, large=large, up_small=up_small, up_large=up_large)}
+
+    rows = _run_cases(cases, variants, repos, device, dtype, steps, cache_dir,
+                      lambda partial: write(args.out, make_record(partial, {}, complete=False)))
+    swaps = {} if args.no_swaps else measure_swaps(repos, device, dtype, cache_dir, reps=2 if args.quick else 4)
+    record = make_record(rows, swaps, complete=True)
+    json_path, md_path = write(args.out, record)
+    logger.info("wrote %s and %s", json_path, md_path)
+    return record
+
+
+if __name__ == "__main__":
+    main()

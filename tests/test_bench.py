@@ -1,0 +1,56 @@
+"""The benchmark's pieces on CPU: a tiny end-to-end run of one case per side, and the report arithmetic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.cases import Measurement, make_cases
+from bench.report import markdown, speedups, targets
+
+pytest.importorskip("diffusers")
+
+
+def _row(case: str, variant: str, seconds: float, batch: int = 1, peak: float | None = None) -> Measurement:
+    return Measurement(case, variant, "txt2img", 512, batch, 25, first_s=2.0, times_s=[seconds, seconds * 3,
+                       seconds], peak_allocated_gib=peak, peak_reserved_gib=peak)
+
+
+def test_speedups_and_targets_from_measurements() -> None:
+    rows = [_row("txt2img-512-b1", "ours", 0.2, peak=3.0), _row("txt2img-512-b1", "diffusers", 0.9, peak=4.0),
+            _row("txt2img-768-b1", "ours", 1.0), _row("txt2img-768-b1", "diffusers", 1.1)]
+    assert rows[0].call_s == 0.2 and rows[0].steps_per_s == pytest.approx(125.0)  # median of 3 runs
+    ups = {(u["case"], u["variant"]): u for u in speedups(rows)}
+    assert ups[("txt2img-512-b1", "ours")]["speedup"] == pytest.approx(4.5)
+    assert ups[("txt2img-512-b1", "ours")]["memory_ratio"] == pytest.approx(0.75)
+    got = {t["target"]: t for t in targets(rows, {"pinned_swap_s": 0.3}, small=512, large=768,
+                                           up_small="upscale-128-", up_large="upscale-512-")}
+    assert got["txt2img 512 b1 vs diffusers eager"]["met"] is True
+    assert got["txt2img 768 b1 vs diffusers eager"]["met"] is False  # 1.1x < 1.25x
+    assert got["checkpoint swap pinned -> GPU (s)"]["met"] is False
+    assert got["compiled 512 vs diffusers+compile"]["met"] is None  # not run: not claimed
+    assert got["loaded -> first image (s)"]["value"] == 2.0
+
+
+def test_full_cases_are_the_issue_cases() -> None:
+    names = [c.name for c in make_cases(tiny=False, quick=False)]
+    assert names == ["txt2img-512-b1", "txt2img-512-b4", "txt2img-768-b1", "txt2img-768-b4", "inpaint-512",
+                     "depth-512", "upscale-128-512", "upscale-512-2048"]
+
+
+def test_bench_runs_end_to_end_on_tiny_models(tmp_path: Path) -> None:
+    from bench.run import main
+
+    record = main(["--tiny", "--quick", "--only", "txt2img-64-b1", "--no-swaps", "--ckpt", str(tmp_path / "ck"),
+                   "--out", str(tmp_path / "out")])
+    rows = {(m["case"], m["variant"]): m for m in record["measurements"]}
+    assert set(rows) == {("txt2img-64-b1", "ours"), ("txt2img-64-b1", "diffusers")}
+    for row in rows.values():
+        assert row["error"] is None and len(row["times_s"]) == 1 and row["s_per_image"] > 0
+        assert row["steps_per_s"] == pytest.approx(2 / row["call_s"])
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["meta"]["steps"] == 2 and saved["speedups"][0]["variant"] == "ours"
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| txt2img-64-b1 | ours |" in table and markdown(saved) == table
