@@ -1,0 +1,217 @@
+"""Command line: `python -m sd2_app <task> ...` writes PNGs carrying their A1111 `parameters` text.
+
+For scripting and benchmarks; it goes through the same ModelManager and Service as the web UI, so the
+validation, seeds and metadata are identical. Examples:
+
+    python -m sd2_app txt2img --prompt "a lighthouse at dusk" --steps 25 --seed 1 --out outputs/cli
+    python -m sd2_app img2img --image in.png --strength 0.6 --prompt "oil painting"
+    python -m sd2_app inpaint --image in.png --mask mask.png --prompt "a red door" --only-masked
+    python -m sd2_app upscale --image small.png --noise-level 20 --prompt "sharp photo"
+    python -m sd2_app depth --image in.png --prompt "a marble statue" [--depth-map depth.png]
+    python -m sd2_app info outputs/cli/txt2img-1-0.png
+    python -m sd2_app txt2img --tiny --prompt test --steps 2   # tiny random weights, no download
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("sd2_app.cli")
+
+TASKS = ("txt2img", "img2img", "inpaint", "upscale", "depth")
+DEFAULT_CHECKPOINT = {
+    "txt2img": "sd21-base",
+    "img2img": "sd21-base",
+    "inpaint": "sd2-inpainting",
+    "upscale": "x4-upscaler",
+    "depth": "sd2-depth",
+}
+
+
+def _sampling_arguments(parser: argparse.ArgumentParser, task: str) -> None:
+    upscale = task == "upscale"
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--negative-prompt", default="")
+    parser.add_argument("--model", default=DEFAULT_CHECKPOINT[task], metavar="KEY",
+                        help=f"registry key of the checkpoint (default {DEFAULT_CHECKPOINT[task]})")
+    parser.add_argument("--sampler", default="DDIM" if upscale else "DPM++ 2M")
+    parser.add_argument("--steps", type=int, default=50 if upscale else 25)
+    parser.add_argument("--karras", action="store_true", help="Karras sigma spacing (where the sampler has it)")
+    parser.add_argument("--cfg-scale", type=float, default=9.0 if upscale else 7.5)
+    parser.add_argument("--guidance-rescale", type=float, default=0.0)
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity")
+    parser.add_argument("--seed", type=int, default=None, help="default: a random seed, reported")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per prompt")
+
+
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    from sd2_app.registry import add_arguments
+
+    parser.add_argument("--out", type=Path, default=Path("outputs/cli"), help="folder for the PNGs")
+    parser.add_argument("--tiny", action="store_true", help="tiny random-weight checkpoints (no download)")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="the model manager's cache folder (tiny repos, file hashes); default $SD2APP_CACHE")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
+                        help="default: float16 on CUDA, float32 on CPU")
+    parser.add_argument("--json", action="store_true", help="print one JSON line per run instead of paths")
+    add_arguments(parser)  # --repo KEY=REPO[,REPO...] (a bare --repo REPO applies to --model), --revision
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sd2_app", description="Stable Diffusion 2 from the command line")
+    commands = parser.add_subparsers(dest="task", required=True)
+    for task in TASKS:
+        sub = commands.add_parser(task, help=f"{task}; writes PNGs with their parameters")
+        _sampling_arguments(sub, task)
+        _common_arguments(sub)
+        if task == "txt2img":
+            sub.add_argument("--width", type=int, default=None)
+            sub.add_argument("--height", type=int, default=None)
+        if task != "txt2img":
+            sub.add_argument("--image", type=Path, required=True)
+        if task in ("img2img", "inpaint", "depth"):
+            sub.add_argument("--strength", type=float, default={"img2img": 0.75, "inpaint": 1.0, "depth": 0.7}[task])
+        if task == "img2img":
+            sub.add_argument("--width", type=int, default=None)
+            sub.add_argument("--height", type=int, default=None)
+        if task == "inpaint":
+            sub.add_argument("--mask", type=Path, required=True, help="white = repaint")
+            sub.add_argument("--mask-blur", type=int, default=4)
+            sub.add_argument("--only-masked", action="store_true", help="work on a crop around the mask")
+            sub.add_argument("--padding", type=int, default=32, help="context pixels around the mask (only-masked)")
+            sub.add_argument("--no-keep-unmasked", action="store_true",
+                             help="do not paste the input back outside the mask (the reference's behaviour)")
+        if task == "upscale":
+            sub.add_argument("--noise-level", type=int, default=20)
+            sub.add_argument("--tile-size", type=int, default=128)
+        if task == "depth":
+            sub.add_argument("--depth-map", type=Path, default=None, help="grayscale, white = near")
+    info = commands.add_parser("info", help="print the parameters stored in PNGs")
+    info.add_argument("paths", type=Path, nargs="+")
+    return parser
+
+
+def _open(path: Path | None, mode: str | None = None) -> Any:
+    if path is None:
+        return None
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return image.convert(mode) if mode else image.copy()
+
+
+def build_request(args: argparse.Namespace) -> Any:
+    """The typed request for the parsed arguments (validation happens in the service)."""
+    from sd2_app import requests as rq
+
+    sampling = rq.Sampling(
+        sampler=args.sampler, steps=args.steps, use_karras=args.karras, cfg_scale=args.cfg_scale,
+        guidance_rescale=args.guidance_rescale, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
+    )
+    common = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "checkpoint": args.model,
+              "sampling": sampling}
+    if args.task == "txt2img":
+        return rq.Txt2ImgRequest(width=args.width, height=args.height, **common)
+    image = _open(args.image, "RGB")
+    if args.task == "img2img":
+        return rq.Img2ImgRequest(image=image, strength=args.strength, width=args.width, height=args.height, **common)
+    if args.task == "inpaint":
+        return rq.InpaintRequest(
+            image=image, mask=_open(args.mask, "L"), strength=args.strength, mask_blur=args.mask_blur,
+            only_masked=args.only_masked, only_masked_padding=args.padding,
+            keep_unmasked=not args.no_keep_unmasked, **common,
+        )
+    if args.task == "upscale":
+        return rq.UpscaleRequest(image=image, noise_level=args.noise_level, tile_size=args.tile_size, **common)
+    return rq.DepthRequest(image=image, depth_map=_open(args.depth_map, "L"), strength=args.strength, **common)
+
+
+def _repo_assignments(args: argparse.Namespace) -> list[str]:
+    """`--repo REPO` without `KEY=` means the checkpoint chosen with --model."""
+    return [item if "=" in item else f"{args.model}={item}" for item in args.repo]
+
+
+def make_service(args: argparse.Namespace) -> Any:
+    import torch
+
+    from sd2_app.manager import ModelManager
+    from sd2_app.registry import apply_overrides, parse_assignments
+    from sd2_app.service import Service
+
+    registry = apply_overrides(repos=parse_assignments(_repo_assignments(args)),
+                               revisions=parse_assignments(args.revision))
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, cache_dir=args.model_dir)
+    return Service(manager, outputs_dir=None)
+
+
+def run_task(args: argparse.Namespace) -> dict[str, Any]:
+    """Run one task and write its PNGs; returns what was written (also the --json line)."""
+    from sd2_app.pipelines.metadata import save_png
+
+    service = make_service(args)
+    request = build_request(args)
+    started = time.perf_counter()
+
+    def on_progress(done: int, total: int, preview: Any) -> None:
+        log.info("step %d/%d", done, total)
+
+    result = service.run(request, on_progress=on_progress)
+    elapsed = time.perf_counter() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    paths = [save_png(image, args.out / f"{result.task}-{result.seed}-{index}.png")
+             for index, image in enumerate(result.images)]
+    for name, extra in (("mask", result.mask_image), ("depth", result.depth_image)):
+        if extra is not None:
+            paths.append(save_png(extra, args.out / f"{result.task}-{result.seed}-{name}.png"))
+    for warning in result.warnings:
+        log.warning("%s", warning)
+    return {"task": result.task, "seed": result.seed, "paths": [str(p) for p in paths], "seconds": round(elapsed, 3),
+            "timings": result.timings, "warnings": result.warnings}
+
+
+def show_info(paths: list[Path]) -> dict[str, Any]:
+    from sd2_app.pipelines.metadata import parse_parameters, read_png_parameters
+
+    info: dict[str, Any] = {}
+    for path in paths:
+        text = read_png_parameters(path)
+        info[str(path)] = {"text": text, "parsed": parse_parameters(text) if text else None}
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sd2_app.errors import InvalidRequest, LoadError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.task == "info":
+        try:
+            info = show_info(args.paths)
+        except OSError as error:  # missing file, not an image
+            log.error("%s", error)
+            return 2
+        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+        return 0
+    try:
+        summary = run_task(args)
+    except (InvalidRequest, LoadError) as error:
+        log.error("%s", error)
+        return 2
+    if args.json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        sys.stdout.write("\n".join(summary["paths"]) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
