@@ -64,14 +64,14 @@ def sampling_controls(
         karras = gr.Checkbox(False, label="Karras sigmas", info="where the sampler offers them", scale=2,
                              interactive=service.supports_karras(sampler))
     with gr.Row():
-        steps_slider = gr.Slider(1, 150, steps, step=1, label="Steps")
+        steps_slider = gr.Slider(1, 150, steps, step=1, label="Steps", elem_id=f"{prefix}-steps")
         cfg_slider = gr.Slider(0, 30, cfg, step=0.5, label="Guidance scale (CFG)")
     with gr.Accordion("More sampling options", open=False):
         rescale = gr.Slider(0, 1, 0, step=0.05, label="Guidance rescale", info="0.7 helps the 768-v models; 0 = off")
-    with gr.Row(equal_height=True):
+    with gr.Row():
         seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, scale=3, elem_id=f"{prefix}-seed")
-        randomize = gr.Button("🎲 Random", scale=1, size="sm", elem_id=f"{prefix}-random-seed")
-        reuse = gr.Button("♻️ Reuse last seed", scale=1, size="sm", elem_id=f"{prefix}-reuse-seed")
+        randomize = gr.Button("Random seed", scale=1, size="sm", elem_id=f"{prefix}-random-seed")
+        reuse = gr.Button("Reuse last seed", scale=1, size="sm", elem_id=f"{prefix}-reuse-seed")
     batch_slider = gr.Slider(1, 8, 1, step=1, label="Images per prompt", visible=batch)
     sampler_box.change(
         lambda name: gr.update(interactive=service.supports_karras(name), value=False) if not service.supports_karras(name)
@@ -224,6 +224,7 @@ def wire_run(
 
     event = panel.run.click(
         handler, inputs, outputs, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=1,
+        show_progress_on=[panel.gallery],  # the bar covers the results, not the live preview
     )
 
     def stop(request: gr.Request) -> str:

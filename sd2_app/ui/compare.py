@@ -32,10 +32,10 @@ def build(service: Any, flags: StopFlags) -> ResultPanel:
             with gr.Row():
                 width = gr.Slider(64, service.limits.max_side, side, step=8, label="Width")
                 height = gr.Slider(64, service.limits.max_side, side, step=8, label="Height")
-            with gr.Row(equal_height=True):
+            with gr.Row():
                 seed = gr.Number(-1, label="Seed (-1 = random, then shared by all samplers)", precision=0, scale=3)
-                randomize = gr.Button("🎲 Random", scale=1, size="sm")
-                reuse = gr.Button("♻️ Reuse last seed", scale=1, size="sm")
+                randomize = gr.Button("Random seed", scale=1, size="sm")
+                reuse = gr.Button("Reuse last seed", scale=1, size="sm")
             run, stop = run_buttons("compare")
         with gr.Column(scale=6):
             panel = result_panel("compare", run, stop)

@@ -72,8 +72,8 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> InpaintT
                 image_mode="RGBA",
                 format="png",
                 sources=["upload", "clipboard"],
-                brush=gr.Brush(default_size=24, colors=["#ffffff"], color_mode="fixed"),
-                eraser=gr.Eraser(default_size=24),
+                brush=gr.Brush(default_size="auto", colors=["#ffffff"], color_mode="fixed"),
+                eraser=gr.Eraser(default_size="auto"),
                 height=420,
                 elem_id="inpaint-editor",
             )

@@ -53,8 +53,8 @@ def build(service: Any, flags: StopFlags) -> Txt2ImgTab:
             gr.Examples([[p] for p in EXAMPLE_PROMPTS], [prompt], label="Example prompts")
             controls, randomize, reuse = sampling_controls(service, "txt2img")
             with gr.Row():
-                width = gr.Slider(64, service.limits.max_side, side, step=8, label="Width")
-                height = gr.Slider(64, service.limits.max_side, side, step=8, label="Height")
+                width = gr.Slider(64, service.limits.max_side, side, step=8, label="Width", elem_id="txt2img-width")
+                height = gr.Slider(64, service.limits.max_side, side, step=8, label="Height", elem_id="txt2img-height")
             run, stop = run_buttons("txt2img")
         with gr.Column(scale=6):
             panel = result_panel("txt2img", run, stop, send_to=SEND_TO)

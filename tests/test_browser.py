@@ -1,0 +1,143 @@
+"""The app in a real Chromium (Playwright): every tab, a painted inpainting mask, Stop, "send to".
+
+Runs on the tiny checkpoints. Screenshots go to tests/artifacts/ (gitignored) for a person to look at.
+Skipped when /usr/bin/chromium or the playwright package is missing.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.browser
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).parent / "artifacts"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+
+if not CHROMIUM.exists():
+    pytest.skip("no /usr/bin/chromium", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from sd2_app.manager import ModelManager
+    from sd2_app.registry import tiny_registry
+    from sd2_app.service import Service
+    from sd2_app.testing.tiny import ensure_tiny_repos
+    from sd2_app.ui import build_ui
+    from tests.pipeline_fixtures import tiny_dir
+
+    registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
+    manager = ModelManager("cpu", registry=registry, cache_dir=tmp_path_factory.mktemp("cache"))
+    service = Service(manager, outputs_dir=None, preview_every=2)
+    demo = build_ui(service)
+    demo.queue(max_size=8, default_concurrency_limit=1)
+    _, address, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(),
+                                quiet=True, show_error=False)
+    try:
+        yield address
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(url: str) -> Iterator[object]:
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(url)
+        page.get_by_role("tab", name="Text to image").wait_for()
+        yield page
+        browser.close()
+
+
+def _shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _set_number(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+# Each tab and an element that only it shows.
+TABS = {"Text to image": "#txt2img-run", "Image to image": "#img2img-run", "Inpaint": "#inpaint-editor",
+        "Upscale ×4": "#upscale-run", "Depth to image": "#depth-map", "Compare samplers": "#compare-samplers",
+        "Models": "#models-status", "History": "#history-table", "PNG info": "#pnginfo-image"}
+
+
+def test_every_tab_opens(page) -> None:
+    for index, (name, marker) in enumerate(TABS.items()):
+        page.get_by_role("tab", name=name).click()
+        assert page.get_by_role("tab", name=name).get_attribute("aria-selected") == "true"
+        page.locator(marker).wait_for(state="visible")
+        time.sleep(0.3)
+        _shot(page, f"tab-{index}-{name.split()[0].lower()}")
+
+
+def test_inpaint_with_a_painted_mask_then_send_to_img2img(page, tmp_path: Path) -> None:
+    small = tmp_path / "landscape-64.png"
+    Image.open(ASSETS / "landscape.png").convert("RGB").resize((64, 64)).save(small)
+    page.get_by_role("tab", name="Inpaint").click()
+    page.locator("#inpaint-editor input[type=file]").set_input_files(str(small))
+    canvas = page.locator("#inpaint-editor canvas").first
+    canvas.wait_for()
+    time.sleep(1.0)
+    box = canvas.bounding_box()
+    assert box is not None and box["width"] > 100
+    x0, y0 = box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.4
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for k in range(1, 11):
+        page.mouse.move(x0 + k * box["width"] * 0.03, y0 + k * box["height"] * 0.02)
+    page.mouse.up()
+    _shot(page, "inpaint-1-painted")
+    page.locator("#inpaint-prompt textarea").fill("a white cat")
+    _set_number(page, "inpaint-steps", 3)
+    page.locator("#inpaint-run").click()
+    result = page.locator("#inpaint-gallery img").first
+    result.wait_for(timeout=120_000)
+    page.locator("#inpaint-extra img").first.wait_for()
+    _shot(page, "inpaint-2-result")
+    assert "Seed" in page.locator("#inpaint-info").inner_text()
+
+    page.locator("#inpaint-send-img2img").click()
+    sync_api.expect(page.get_by_role("tab", name="Image to image")).to_have_attribute("aria-selected", "true")
+    page.locator("#img2img-image img").first.wait_for()
+    sync_api.expect(page.locator("#img2img-prompt textarea")).to_have_value("a white cat")
+    _shot(page, "img2img-after-send")
+
+
+def test_stop_interrupts_a_running_generation(page) -> None:
+    page.get_by_role("tab", name="Text to image").click()
+    _set_number(page, "txt2img-width", 64)
+    _set_number(page, "txt2img-height", 64)
+    _set_number(page, "txt2img-steps", 150)
+    page.locator("#txt2img-run").click()
+    page.locator("#txt2img-preview img").first.wait_for(timeout=60_000)  # a live preview arrived: it is running
+    page.locator("#txt2img-gallery .progress-text, #txt2img-gallery .meta-text").first.wait_for(timeout=20_000)
+    time.sleep(1.0)
+    _shot(page, "txt2img-1-running")
+    page.locator("#txt2img-stop").click()
+    time.sleep(1.5)
+    _shot(page, "txt2img-2-stopped")
+    assert "Stop" in page.locator("#txt2img-info").inner_text()
+    assert page.locator("#txt2img-gallery img").count() == 0
