@@ -110,16 +110,23 @@ def measure_swaps(repos: dict[str, Path], device: torch.device, dtype: torch.dty
     runner.load(a)  # first loads also warm the page cache and the hash cache
     runner.load(b)
     manager.offload(b)
-    times = []
+    times, offloads, loads = [], [], []
     for i in range(reps):
         src, dst = (a, b) if i % 2 == 0 else (b, a)
         synchronize(device)
         start = time.perf_counter()
         manager.offload(src)
+        synchronize(device)
+        middle = time.perf_counter()
         manager.load(dst)
         synchronize(device)
-        times.append(time.perf_counter() - start)
-    result["pinned_swap_s"] = sorted(times)[len(times) // 2]
+        end = time.perf_counter()
+        times.append(end - start)
+        offloads.append(middle - start)
+        loads.append(end - middle)
+    result["pinned_swap_s"] = sorted(times)[len(times) // 2]  # offload one + bring the other back
+    result["swap_offload_part_s"] = sorted(offloads)[len(offloads) // 2]
+    result["swap_pinned_to_gpu_part_s"] = sorted(loads)[len(loads) // 2]
     result["pinned_swap_runs_s"] = ", ".join(f"{t:.3f}" for t in times)
     runner.close()
 

@@ -231,3 +231,22 @@ def test_fused_kernels_match_eager_on_cuda() -> None:
     p = torch.randn(2, 4096, 2560, device="cuda", dtype=torch.float16)
     value, gate = p.chunk(2, dim=-1)
     assert (geglu(p).float() - (value * F.gelu(gate)).float()).abs().max().item() < 1e-2
+
+
+def test_accelerator_keeps_one_wrapper_per_unet_and_lets_go_with_it() -> None:
+    import gc
+
+    from sd2_app.accel import Accelerator
+
+    accelerator = Accelerator(AccelOptions())
+    unet = _tiny_unet()
+    first = accelerator.unet(unet)
+    assert accelerator.unet(unet) is first and isinstance(first, CudaGraphUNet)
+    sample, timestep, context = _inputs(unet)
+    with torch.inference_mode():
+        assert torch.equal(first(sample, timestep, context), unet(sample, timestep, context))
+    del unet
+    gc.collect()
+    assert len(accelerator._unets) == 0  # the cache does not keep a freed UNet (or its graphs) alive
+    with pytest.raises(ReferenceError):
+        first.config  # noqa: B018
