@@ -95,6 +95,10 @@ class OursRunner:
         wrapper = self.accelerator.graphs(self.components(key).unet)
         return 0 if wrapper is None else wrapper.captures
 
+    def unload(self, key: str) -> None:
+        self.manager.unload(key)
+        release(self.device)
+
     def close(self) -> None:
         for key in list(self.manager.loaded_keys()):
             self.manager.unload(key)

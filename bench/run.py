@@ -79,12 +79,7 @@ def _run_cases(cases: list[Case], variants: list[str], repos: dict[str, Path], d
                 logger.info("%s %s: %s s/image (first call %s s)%s", case.name, variant, row.s_per_image,
                             row.first_s, f" [{row.error}]" if row.error else "")
                 rows.append(row)
-            if isinstance(runner, OursRunner):
-                runner.manager.unload(kind)
-            runner_close = getattr(runner, "pipes", None)
-            if runner_close is not None:
-                runner_close.clear()
-            release(device)
+            runner.unload(kind)
         on_kind_done(rows)
     for runner in runners.values():
         runner.close()

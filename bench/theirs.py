@@ -81,6 +81,11 @@ class DiffusersRunner:
 
         return run
 
+    def unload(self, kind: str) -> None:
+        for key in [k for k in self.pipes if k[1] == kind]:
+            del self.pipes[key]
+        release(self.device)
+
     def close(self) -> None:
         self.pipes.clear()
         torch._dynamo.reset()

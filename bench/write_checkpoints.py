@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -88,7 +89,7 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _link_or_write(target: Path, shared: dict[str, Path], share_key: str, make: callable) -> None:
+def _link_or_write(target: Path, shared: dict[str, Path], share_key: str, make: Callable[[], dict[str, torch.Tensor]]) -> None:
     """Hard-link `target` to an identical file written earlier, or write it and remember it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
