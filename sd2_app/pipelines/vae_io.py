@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
+from sd2_app import guards
 from sd2_app.pipelines.tiling import run_tiled
 
 X4_SCALING_FACTOR = 0.08333  # reference §1.5: x4 VAE configs that lack it (or say 0.18215) mean this
@@ -50,19 +51,9 @@ def encode(vae: torch.nn.Module, image: torch.Tensor, generator: torch.Generator
     return (posterior.sample(generator) * scaling_factor(vae)).float()
 
 
-def decode(
-    vae: torch.nn.Module,
-    latents: torch.Tensor,
-    *,
-    force_fp32: bool = False,
-    tile: int | None = None,
-    overlap: int = 0,
+def _decode_once(
+    vae: torch.nn.Module, latents: torch.Tensor, force_fp32: bool, tile: int | None, overlap: int
 ) -> torch.Tensor:
-    """(B, 4, h, w) scaled latents -> (B, 3, h*f, w*f) fp32 in [-1, 1].
-
-    With `tile`, latents larger than a tile are decoded in overlapping tiles and cross-faded, which bounds
-    the decoder's memory (a 512x512 x4 latent would need tens of GB in one pass).
-    """
     factor = vae_factor(vae)
     scale = scaling_factor(vae)
     context = fp32(vae) if force_fp32 else contextlib.nullcontext(vae)
@@ -77,3 +68,34 @@ def decode(
         if tile is None or max(height, width) <= tile:
             return model.decode(z).float()
         return run_tiled(one_tile, height, width, tile, overlap, scale=factor)
+
+
+def decode(
+    vae: torch.nn.Module,
+    latents: torch.Tensor,
+    *,
+    force_fp32: bool = False,
+    tile: int | None = None,
+    overlap: int = 0,
+) -> torch.Tensor:
+    """(B, 4, h, w) scaled latents -> (B, 3, h*f, w*f) fp32 in [-1, 1].
+
+    With `tile`, latents larger than a tile are decoded in overlapping tiles and cross-faded, which bounds
+    the decoder's memory (a 512x512 x4 latent would need tens of GB in one pass). On the retry after an
+    out-of-memory error (`guards.is_low_memory()`) every decode is tiled in quarters. NaN/inf never becomes
+    pixels: non-finite latents raise `NonFiniteError("latents")`, a non-finite result is decoded again in
+    fp32 (with a warning) and raises `NonFiniteError("image")` if that fails too.
+    """
+    if not guards.is_finite(latents):
+        raise guards.NonFiniteError("latents")
+    if tile is None and guards.is_low_memory():
+        tile = max(2, (max(latents.shape[-2:]) + 1) // 2)  # 2x2 tiles: about a quarter of the activations
+        overlap = tile // 4
+    pixels = _decode_once(vae, latents, force_fp32, tile, overlap)
+    if guards.is_finite(pixels):
+        return pixels
+    pixels = _decode_once(vae, latents, True, tile, overlap)
+    if not guards.is_finite(pixels):
+        raise guards.NonFiniteError("image")
+    guards.warn("The VAE decode gave NaN/inf values; it was decoded again in float32.")
+    return pixels
