@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -109,6 +109,7 @@ class Service:
         tasks: Mapping[str, TaskFn] | None = None,
         preview: Callable[[Any], Image.Image | None] | None = None,
         limits: Limits = Limits(),
+        allowed_repos: Iterable[str] | None = None,  # Hub repos users may pick; None: $SD2APP_ALLOWED_REPOS
         outputs_dir: str | Path | None = "outputs",
         history_size: int = 50,
         preview_every: int = 5,
@@ -121,6 +122,13 @@ class Service:
 
             registry = REGISTRY
         self.registry = dict(registry)
+        from sd2_app.allowlist import allowed_repos as env_allowed_repos, custom_specs
+
+        custom = custom_specs(env_allowed_repos() if allowed_repos is None else allowed_repos, self.registry)
+        if custom:  # the operator's allow-list: the manager must know them too, the UI lists them
+            self.registry.update(custom)
+            if isinstance(getattr(manager, "registry", None), dict):
+                manager.registry.update(custom)
         self.catalog = catalog or _default_catalog(self.registry)
         self._tasks = dict(tasks) if tasks is not None else None
         self._preview = preview or _default_preview
@@ -196,21 +204,41 @@ class Service:
     def _run_pipeline(
         self, task: str, request: Any, on_step: Callable[[int, int, Any], None], timings: dict[str, float]
     ) -> Any:
+        """The task's output, with the guards' warnings (fp32 reruns, low-memory retry) added to its own."""
+        from sd2_app import guards
+
         oom = _out_of_memory_type()
         started = time.perf_counter()
+        attempts: list[int] = []
         try:
             with self.manager.use(request.checkpoint) as components:
                 loaded = time.perf_counter()
                 timings["load"] = timings.get("load", 0.0) + loaded - started
                 task_fn = self._task_fn(task)
                 retry = getattr(self.manager, "run_with_oom_retry", None)  # offload the others, try once more
-                call = lambda: task_fn(components, request, on_step)  # noqa: E731
-                output = retry(call) if retry is not None else call()
+
+                def call() -> tuple[Any, list[str]]:
+                    attempts.append(1)
+                    with guards.low_memory(len(attempts) > 1):  # the out-of-memory retry decodes in tiles
+                        return guards.run_with_fp32_fallback(lambda: task_fn(components, request, on_step), components)
+
+                output, notes = retry(call) if retry is not None else call()
         except oom as error:
             log.warning("out of memory in %s: %s", task, error)
             raise InvalidRequest(
                 "The GPU ran out of memory; try a smaller size, fewer images per prompt or fewer loaded models."
             ) from error
+        except guards.NonFiniteError as error:
+            log.warning("non-finite %s in %s even in float32", error.stage, task)
+            raise InvalidRequest(
+                f"The model produced NaN/inf values in the {error.stage} even when rerun in float32, so no image "
+                "was returned; try another seed or sampler, or a lower guidance scale."
+            ) from error
+        if len(attempts) > 1:
+            notes.insert(0, "Out of memory: other models were moved off the GPU and the run was repeated with "
+                            "a tiled VAE decode.")
+        if notes:
+            output.warnings = list(getattr(output, "warnings", []) or []) + notes
         timings["run"] = timings.get("run", 0.0) + time.perf_counter() - loaded
         return output
 
