@@ -121,6 +121,11 @@ def _sampling(s: Sampling, catalog: Catalog, limits: Limits, *, karras_optional:
 
 
 def _checkpoint(key: Any, task: str, catalog: Catalog) -> str:
+    if isinstance(key, str) and key not in catalog.tasks and "/" in key:
+        raise InvalidRequest(
+            f"Custom model repos such as {key[:100]!r} are not allowed on this server; the operator can allow "
+            "some with SD2APP_ALLOWED_REPOS."
+        )
     if not isinstance(key, str) or key not in catalog.tasks:
         raise InvalidRequest(f"Unknown checkpoint {key!r}; choose one of: {', '.join(catalog.tasks)}.")
     if task not in catalog.tasks[key]:
@@ -153,7 +158,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _image(value: Any, what: str, max_pixels: int) -> Image.Image:
+def _check_size(value: Any, what: str, max_pixels: int) -> Image.Image:
+    """Type and size checks, from the header only: a lazily opened decompression bomb is never decoded."""
     if value is None:
         raise InvalidRequest(f"Upload {what} first.")
     if not isinstance(value, Image.Image):
@@ -165,7 +171,19 @@ def _image(value: Any, what: str, max_pixels: int) -> Image.Image:
         raise InvalidRequest(
             f"{what[0].upper()}{what[1:]} is {width}x{height} ({width * height} pixels); the limit is {max_pixels} pixels."
         )
-    return to_rgb(value)
+    return value
+
+
+def _decoded(convert: Any, image: Image.Image, what: str) -> Image.Image:
+    """`convert(image)`, with a corrupt, truncated or unconvertible file refused in words."""
+    try:
+        return convert(image)
+    except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for broken files and odd modes
+        raise InvalidRequest(f"{what[0].upper()}{what[1:]} could not be read ({error}); upload a PNG or JPEG.") from error
+
+
+def _image(value: Any, what: str, max_pixels: int) -> Image.Image:
+    return _decoded(to_rgb, _check_size(value, what, max_pixels), what)
 
 
 def to_mask(mask: Image.Image) -> Image.Image:
@@ -235,9 +253,7 @@ def validate(request: Request, catalog: Catalog, limits: Limits = Limits()) -> t
         image = _fit_inside(_image(request.image, "an image to inpaint", limits.max_input_pixels), limits.max_side, warnings)
         if request.mask is None:
             raise InvalidRequest("Paint a mask over the area to repaint (or upload a mask image).")
-        if not isinstance(request.mask, Image.Image):
-            raise InvalidRequest(f"The mask must be an image, got {type(request.mask).__name__}.")
-        mask = to_mask(request.mask)
+        mask = _decoded(to_mask, _check_size(request.mask, "the mask", limits.max_input_pixels), "the mask")
         if mask.size != image.size:
             warnings.append(f"The mask ({mask.width}x{mask.height}) was resized to the image ({image.width}x{image.height}).")
             mask = mask.resize(image.size, Image.Resampling.NEAREST)
