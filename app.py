@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is imported lazily)
     import torch
+    from PIL import Image
 
     from sd2_app.manager import ModelManager
     from sd2_app.registry import apply_overrides, parse_assignments
@@ -46,7 +47,11 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
     dtype = getattr(torch, args.dtype) if args.dtype else None
     manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, preload=args.preload or ())
     outputs = None if args.no_save else args.outputs
-    service = Service(manager, limits=Limits(max_side=args.max_side), outputs_dir=outputs)
+    limits = Limits(max_side=args.max_side)
+    # PIL refuses to open images over twice this many pixels (uploads are decoded lazily, and validation
+    # refuses anything over the limit from the header alone, so this only stops bombs PIL would decode).
+    Image.MAX_IMAGE_PIXELS = limits.max_input_pixels
+    service = Service(manager, limits=limits, outputs_dir=outputs)
     demo = build_ui(service)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     return demo
@@ -57,9 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     demo = build(args)
-    # No extra allowed paths; errors show our messages (gr.Error), never tracebacks.
+    # No extra allowed paths; errors show our messages (gr.Error), never tracebacks; no /monitoring endpoint.
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=False,
-                allowed_paths=[], max_file_size="25mb")
+                allowed_paths=[], max_file_size="25mb", enable_monitoring=False)
 
 
 if __name__ == "__main__":
