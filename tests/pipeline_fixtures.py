@@ -92,7 +92,7 @@ def reference_pipeline(kind: str, sampler: str, *, img2img: bool = False) -> Any
     return pipe
 
 
-def test_image(width: int, height: int, seed: int = 0) -> Image.Image:
+def sample_image(width: int, height: int, seed: int = 0) -> Image.Image:
     """A smooth, deterministic RGB picture (gradients plus a disc) of the given size."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     r = 0.5 + 0.5 * np.sin(x / max(width, 1) * 6.0 + seed)
@@ -107,3 +107,37 @@ def max_pixel_diff(ours: list[Image.Image], reference: np.ndarray) -> float:
     """Largest |difference| in [0, 1] units between our PIL images and diffusers' output_type="np" array."""
     array = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in ours])
     return float(np.abs(array - np.round(reference * 255) / 255).max())
+
+
+def reference_run(pipe: Any, seed: int, **kwargs: Any) -> tuple[torch.Tensor, np.ndarray]:
+    """diffusers' final latents and its np images for one call, each run with a fresh seeded CPU generator."""
+    latents = pipe(generator=torch.Generator().manual_seed(seed), output_type="latent", **kwargs).images
+    images = pipe(generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs).images
+    return latents, images
+
+
+def latent_diff(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    """Largest |difference| of the final latents, relative to their scale when that exceeds 1."""
+    assert ours.shape == reference.shape, (ours.shape, reference.shape)
+    return float((ours - reference).abs().max() / max(1.0, float(reference.abs().max())))
+
+
+PIXEL_TOLERANCE = 1.0 / 255 + 1e-6  # one 8-bit level: a rounding flip at most
+LATENT_TOLERANCE = 1e-4
+
+
+class ComponentCache:
+    """Loads each tiny checkpoint once per test module, on one CPU thread (the suite shares 2 cores)."""
+
+    def __init__(self) -> None:
+        self._components: dict[str, Components] = {}
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __call__(self, kind: str) -> Components:
+        if kind not in self._components:
+            self._components[kind] = load_components(kind)
+        return self._components[kind]
+
+    def close(self) -> None:
+        torch.set_num_threads(self._threads)

@@ -22,6 +22,8 @@ def tokenize(tokenizer: Any, text: str) -> tuple[torch.Tensor, str | None]:
     if dropped <= 0:
         return ids, None
     removed = tokenizer.decode(full[MAX_TOKENS - 1 : -1])
+    if len(removed) > 80:
+        removed = removed[:77] + "..."
     return ids, f"{dropped} tokens over the {MAX_TOKENS}-token limit were dropped: {removed!r}"
 
 

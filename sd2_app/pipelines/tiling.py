@@ -17,6 +17,7 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Window starts along one axis: evenly spread, each neighbour pair overlapping by at least `overlap`."""
     if length <= tile:
         return [0]
+    assert 0 <= overlap < tile, "tiles must advance"
     count = math.ceil((length - overlap) / (tile - overlap))
     last = length - tile
     return [round(k * last / (count - 1)) for k in range(count)]

@@ -31,8 +31,9 @@ def augment_low_res(
 
 
 def _tiling(tile: int) -> Tiling:
-    """Overlap a quarter of a tile, rounded to a multiple of 8 so windows stay UNet-friendly."""
-    return Tiling(tile=tile, overlap=max(8, (tile // 4) // 8 * 8))
+    """Overlap a quarter of a tile, rounded down to a multiple of 8 where that leaves any."""
+    quarter = tile // 4
+    return Tiling(tile=tile, overlap=quarter // 8 * 8 or quarter)
 
 
 @torch.inference_mode()

@@ -1,0 +1,122 @@
+"""Text-to-image end to end on the tiny checkpoints: parity with diffusers, progress, cancellation, warnings."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+
+import pytest
+import torch
+from pipeline_fixtures import (
+    LATENT_TOLERANCE,
+    PIXEL_TOLERANCE,
+    ComponentCache,
+    latent_diff,
+    max_pixel_diff,
+    reference_pipeline,
+    reference_run,
+)
+
+from sd2_app.errors import Cancelled
+from sd2_app.pipelines import loop
+from sd2_app.pipelines.metadata import parse_parameters
+from sd2_app.pipelines.txt2img import txt2img
+from sd2_app.requests import Sampling, Txt2ImgRequest
+
+pytest.importorskip("diffusers")
+
+
+@pytest.fixture(scope="module")
+def components() -> Iterator[ComponentCache]:
+    cache = ComponentCache()
+    yield cache
+    cache.close()
+
+
+# (checkpoint kind, sampler, batch, width, height, negative prompt, eta, guidance rescale, cfg)
+CASES = [
+    ("sd2-base", "DPM++ 2M", 2, 64, 48, "blurry", 0.0, 0.0, 7.5),
+    ("sd2", "Euler a", 1, 48, 64, "", 0.0, 0.0, 7.5),  # v-prediction, ancestral noise
+    ("sd21", "DDIM", 2, 64, 64, "low quality", 0.5, 0.0, 7.5),  # DDIM with eta > 0
+    ("sd2-base", "PNDM", 1, 56, 40, "", 0.0, 0.0, 5.0),
+    ("sd2", "DPM++ 2M Karras", 1, 64, 48, "dark", 0.0, 0.7, 7.5),  # guidance rescale on v
+    ("sd2-base", "Euler", 1, 64, 48, "", 0.0, 0.0, 1.0),  # guidance off
+]
+
+
+@pytest.mark.parametrize(("kind", "sampler", "batch", "width", "height", "negative", "eta", "rescale", "cfg"), CASES)
+def test_txt2img_matches_diffusers(
+    components: ComponentCache, kind: str, sampler: str, batch: int, width: int, height: int,
+    negative: str, eta: float, rescale: float, cfg: float,
+) -> None:
+    karras = sampler.endswith(" Karras")
+    sampling = Sampling(sampler=sampler.removesuffix(" Karras"), steps=5, use_karras=karras, cfg_scale=cfg,
+                        guidance_rescale=rescale, eta=eta, seed=1234, batch_size=batch)
+    request = Txt2ImgRequest(prompt="a red fox in snow", negative_prompt=negative, width=width, height=height,
+                             sampling=sampling)
+    ours = txt2img(components(kind), request)
+
+    pipe = reference_pipeline(kind, sampler)
+    extra = {"eta": eta} if sampler == "DDIM" else {}
+    ref_latents, ref_images = reference_run(
+        pipe, 1234, prompt="a red fox in snow", negative_prompt=negative or None, width=width, height=height,
+        num_inference_steps=5, guidance_scale=cfg, guidance_rescale=rescale, num_images_per_prompt=batch, **extra,
+    )
+    assert len(ours.images) == batch and ours.images[0].size == (width, height)
+    assert latent_diff(ours.latents, ref_latents) < LATENT_TOLERANCE
+    assert max_pixel_diff(ours.images, ref_images) <= PIXEL_TOLERANCE
+
+
+def test_progress_and_metadata(components: ComponentCache) -> None:
+    calls: list[tuple[int, int, tuple[int, ...]]] = []
+    request = Txt2ImgRequest(prompt="p", negative_prompt="n", width=64, height=48,
+                             sampling=Sampling(sampler="Euler a", steps=4, seed=7, batch_size=2))
+    out = txt2img(components("sd2-base"), request, on_step=lambda i, n, x: calls.append((i, n, tuple(x.shape))))
+    assert calls == [(i, 4, (2, 4, 6, 8)) for i in range(1, 5)]
+    params = parse_parameters(out.images[1].info["parameters"])
+    assert params["Prompt"] == "p" and params["Negative prompt"] == "n"
+    assert params["Steps"] == 4 and params["Sampler"] == "Euler a" and params["Seed"] == 7
+    assert params["Size"] == "64x48" and params["Model"] == "sd2-base" and params["Batch pos"] == 1
+
+
+def test_cancel_mid_run_propagates_and_models_stay_usable(components: ComponentCache) -> None:
+    request = Txt2ImgRequest(prompt="p", width=64, height=48, sampling=Sampling(steps=6, seed=3))
+    seen: list[int] = []
+
+    def stop_at_three(step: int, total: int, latents: torch.Tensor) -> None:
+        seen.append(step)
+        if step == 3:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        txt2img(components("sd2-base"), request, on_step=stop_at_three)
+    assert seen == [1, 2, 3]  # stopped promptly: no step after the one that cancelled
+    first = txt2img(components("sd2-base"), request)
+    second = txt2img(components("sd2-base"), request)
+    assert torch.equal(first.latents, second.latents)  # same seed, same image after a cancelled run
+
+
+def test_size_is_rounded_with_a_warning(components: ComponentCache) -> None:
+    request = Txt2ImgRequest(prompt="p", width=60, height=43, sampling=Sampling(steps=2, seed=1))
+    out = txt2img(components("sd2-base"), request)
+    assert (out.width, out.height) == (64, 40) and out.images[0].size == (64, 40)
+    assert any("60x43" in w and "64x40" in w for w in out.warnings)
+
+
+def test_long_prompt_is_truncated_with_a_warning(components: ComponentCache) -> None:
+    long_prompt = " ".join(["red"] * 30)
+    tokens = len(components("sd2-base").tokenizer(long_prompt).input_ids)  # with BOS and EOS
+    assert tokens > 77
+    request = Txt2ImgRequest(prompt=long_prompt, width=64, height=48, sampling=Sampling(steps=2, seed=1))
+    out = txt2img(components("sd2-base"), request)
+    assert any(w.startswith(f"Prompt truncated: {tokens - 77} tokens") for w in out.warnings), out.warnings
+    short = txt2img(components("sd2-base"), Txt2ImgRequest(prompt="red", width=64, height=48,
+                                                             sampling=Sampling(steps=2, seed=1)))
+    assert short.warnings == []
+
+
+def test_loop_has_no_host_sync() -> None:
+    """.item()/.cpu()/.tolist() in the loop would stall the GPU every step."""
+    source = inspect.getsource(loop)
+    for call in (".item(", ".cpu(", ".tolist(", ".numpy("):
+        assert call not in source
