@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import torch
 
+from sd2_app.accel import AccelOptions, Accelerator, setup_backends
 from sd2_app.components import Components
 from sd2_app.errors import InvalidRequest, LoadError
 from sd2_app.manager import memory
@@ -63,6 +64,7 @@ class ModelManager:
         tiny: bool = False,
         cache_dir: Path | None = None,
         use_pinned_memory: bool | None = None,
+        accel: AccelOptions | None = None,
     ) -> None:
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda" and self.device.index is None:
@@ -87,6 +89,10 @@ class ModelManager:
         self._errors: dict[str, str] = {}
         self._clock = 0
         self._active: str | None = None  # key of the job holding the lock
+        # Speed switches (CUDA graphs, fused ops, compile) apply on CUDA only; on CPU the modules run as loaded.
+        self._accel = Accelerator(accel) if self.device.type == "cuda" else None
+        if self._accel is not None:
+            setup_backends(self.device, allow_tf32=self._accel.options.tf32)
         for key in preload:
             self.load(key)
 
@@ -205,7 +211,7 @@ class ModelManager:
         entry = self._entries[key]
         value = {name: self._parts[identity].value for name, identity in entry.parts.items()}
         depth_model, depth_processor = value.get("depth_estimator", (None, None))
-        return Components(
+        components = Components(
             key=key,
             repo=entry.repo,
             unet=value["unet"],
@@ -220,6 +226,7 @@ class ModelManager:
             depth_estimator=depth_model,
             depth_processor=depth_processor,
         )
+        return self._accel.prepare(components) if self._accel is not None else components
 
     def _ensure_on_device(self, key: str, on_progress: ProgressFn | None) -> None:
         spec = self._spec(key)
