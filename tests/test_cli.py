@@ -1,0 +1,99 @@
+"""`python -m sd2_app`: PNGs with their parameters on the tiny checkpoints, read back with `info`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pipeline_fixtures import sample_image, tiny_dir, tiny_repo
+from PIL import Image
+
+from sd2_app.__main__ import main
+from sd2_app.pipelines.metadata import parse_parameters, read_png_parameters
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A manager cache whose tiny/ is the shared tiny-repo cache (so nothing is rewritten)."""
+    for kind in ("sd2-base", "sd2-inpainting", "x4-upscaler"):
+        tiny_repo(kind)
+    folder = tmp_path_factory.mktemp("models")
+    (folder / "tiny").symlink_to(tiny_dir(), target_is_directory=True)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_txt2img_writes_pngs_with_parameters(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["txt2img", "--tiny", "--model-dir", str(model_dir), "--prompt", "a lighthouse",
+                 "--negative-prompt", "fog", "--steps", "3", "--seed", "17", "--width", "96", "--height", "64",
+                 "--batch-size", "2", "--sampler", "Euler a", "--out", str(tmp_path), "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["seed"] == 17 and len(summary["paths"]) == 2
+    params = parse_parameters(read_png_parameters(summary["paths"][0]))
+    assert params["Prompt"] == "a lighthouse" and params["Negative prompt"] == "fog"
+    assert params["Steps"] == 3 and params["Sampler"] == "Euler a" and params["Seed"] == 17
+    assert params["Size"] == "96x64" and params["Model"] == "sd21-base"
+    with Image.open(summary["paths"][1]) as image:
+        assert image.size == (96, 64)
+
+    code = main(["info", summary["paths"][0]])
+    info = json.loads(capsys.readouterr().out)
+    assert code == 0 and info[summary["paths"][0]]["parsed"] == params
+
+
+def test_inpaint_and_upscale_from_files(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    sample_image(64, 64).save(tmp_path / "in.png")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (20, 20, 44, 44))
+    mask.save(tmp_path / "mask.png")
+    out = tmp_path / "out"
+    assert main(["inpaint", "--tiny", "--model-dir", str(model_dir), "--image", str(tmp_path / "in.png"),
+                 "--mask", str(tmp_path / "mask.png"), "--prompt", "a door", "--steps", "2", "--seed", "3",
+                 "--out", str(out)]) == 0
+    paths = capsys.readouterr().out.split()
+    assert [Path(p).name for p in paths] == ["inpaint-3-0.png", "inpaint-3-mask.png"]
+    result = np.asarray(Image.open(paths[0]).convert("RGB"))
+    assert np.array_equal(result[:20], np.asarray(sample_image(64, 64))[:20])  # kept outside the mask
+    assert parse_parameters(read_png_parameters(paths[0]))["Denoising strength"] == 1.0
+
+    assert main(["upscale", "--tiny", "--model-dir", str(model_dir), "--image", str(tmp_path / "in.png"),
+                 "--prompt", "sharp", "--steps", "2", "--seed", "4", "--noise-level", "40", "--out", str(out)]) == 0
+    path = capsys.readouterr().out.split()[0]
+    with Image.open(path) as image:
+        assert image.size == (256, 256)
+        assert parse_parameters(read_png_parameters(image))["Noise level"] == 40
+
+
+def test_bad_input_exits_with_a_message(model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    code = main(["txt2img", "--tiny", "--model-dir", str(model_dir), "--prompt", "p", "--steps", "2",
+                 "--sampler", "No Such Sampler", "--out", str(tmp_path)])
+    assert code == 2 and "No Such Sampler" in caplog.text
+    assert main(["info", str(tmp_path / "missing.png")]) == 2
+
+
+def test_module_entry_point_runs(tmp_path: Path) -> None:
+    text = "hello\nSteps: 2, Seed: 5"
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", text)
+    Image.new("RGB", (4, 4)).save(tmp_path / "x.png", pnginfo=info)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "sd2_app", "info", str(tmp_path / "x.png")], capture_output=True,
+                          text=True, env=env, timeout=120, check=True)
+    assert json.loads(done.stdout)[str(tmp_path / "x.png")]["parsed"] == {"Prompt": "hello", "Negative prompt": "",
+                                                                         "Steps": 2, "Seed": 5}
