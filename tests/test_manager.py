@@ -380,3 +380,9 @@ def test_offload_pins_host_memory_and_comes_back(repos: dict[str, Path], tmp_pat
     with manager.use("a") as after:
         assert after.unet is before.unet and after.unet.conv_in.weight.device.type == "cuda"
         assert after.unet.conv_in.weight.dtype == torch.float16
+    manager.offload("a")
+    pinned_ptr = before.unet.conv_in.weight.data_ptr()
+    with manager.use("a"):
+        pass
+    manager.offload("a")  # the second offload re-points at the kept pinned copy: no new host allocation
+    assert before.unet.conv_in.weight.data_ptr() == pinned_ptr and before.unet.conv_in.weight.is_pinned()

@@ -96,13 +96,41 @@ def device_free_bytes(device: torch.device) -> int | None:
     return free
 
 
-def _to_host(module: nn.Module, pin: bool) -> None:
-    """Copy every device tensor of `module` into a fresh host tensor (page-locked when `pin`) and swap it in.
+_SHADOW = "_sd2_pinned_shadow"  # attribute holding a module's pinned host copy (not a parameter or buffer)
 
-    Allocating pinned buffers directly avoids a second copy through pageable memory; a pinned source
-    makes the way back an async DMA copy.
+
+def _tensors(module: nn.Module) -> list[torch.Tensor]:
+    return [*module.parameters(), *module.buffers()]
+
+
+def _shadow(module: nn.Module) -> list[torch.Tensor] | None:
+    """The pinned host copy made the first time `module` left the device, if it still matches its tensors.
+
+    Weights never change during inference, so the copy stays valid: the next offload only re-points the
+    tensors at it (no device-to-host copy), which is what makes a swap between two checkpoints fast.
     """
-    for tensor in [*module.parameters(), *module.buffers()]:
+    shadow = getattr(module, _SHADOW, None)
+    tensors = _tensors(module)
+    if shadow is None or len(shadow) != len(tensors):
+        return None
+    if any(s.shape != t.shape or s.dtype != t.dtype for s, t in zip(shadow, tensors)):
+        return None
+    return shadow
+
+
+def _to_host(module: nn.Module, pin: bool) -> None:
+    """Swap every device tensor of `module` for a host tensor (page-locked when `pin`).
+
+    With a valid pinned shadow this is free; otherwise each tensor is copied into a freshly allocated
+    pinned buffer (directly, not through pageable memory) and the buffers are kept as the shadow.
+    """
+    tensors = _tensors(module)
+    shadow = _shadow(module) if pin else None
+    if shadow is not None:
+        for tensor, host in zip(tensors, shadow):
+            tensor.data = host
+        return
+    for tensor in tensors:
         if tensor.device.type == "cpu":
             continue
         host = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pin)
@@ -110,13 +138,25 @@ def _to_host(module: nn.Module, pin: bool) -> None:
         tensor.data = host
     if pin and torch.cuda.is_available():
         torch.cuda.synchronize()
+    if pin:
+        setattr(module, _SHADOW, [t.data for t in tensors])
+
+
+def _to_device(module: nn.Module, device: torch.device) -> None:
+    """Copy host tensors to `device` without dropping the pinned shadow (the way back stays free)."""
+    for tensor in _tensors(module):
+        if tensor.device != device:
+            target = torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
+            target.copy_(tensor.data, non_blocking=True)
+            tensor.data = target
 
 
 def move_module(module: nn.Module, device: torch.device, *, pin: bool) -> None:
     """Move `module` in place to `device`; when it goes to the host and `pin`, into pinned memory.
 
     Pinning can fail when the OS limits locked memory; the rest of the module then goes to pageable
-    memory (slower way back, same results), which we log.
+    memory (slower way back, same results), which we log. A module brought back to a GPU keeps its
+    pinned host copy (host RAM holds it while the module is on the device; it is freed with the module).
     """
     if device.type == "cpu":
         try:
@@ -127,9 +167,11 @@ def move_module(module: nn.Module, device: torch.device, *, pin: bool) -> None:
             logger.warning("could not pin %s in host memory (%s); using pageable memory", type(module).__name__, e)
             _to_host(module, pin=False)
         return
-    module.to(device, non_blocking=True)
     if device.type == "cuda":
+        _to_device(module, device)
         torch.cuda.synchronize(device)
+    else:
+        module.to(device)
 
 
 def empty_device_cache(device: torch.device) -> None:
