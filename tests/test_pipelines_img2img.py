@@ -67,11 +67,12 @@ def test_img2img_matches_diffusers(
 
 def test_img2img_on_v_prediction_counts_only_the_steps_it_runs(components: ComponentCache) -> None:
     steps: list[tuple[int, int]] = []
-    request = Img2ImgRequest(prompt="p", image=sample_image(48, 40), strength=0.5,
+    request = Img2ImgRequest(prompt="p", image=sample_image(50, 41), strength=0.5,
                              sampling=Sampling(sampler="Euler", steps=8, seed=2))
     out = img2img(components("sd2"), request, on_step=lambda i, n, x: steps.append((i, n)))
     assert steps == [(i, 4) for i in range(1, 5)]  # int(8 * 0.5) steps
-    assert out.images[0].size == (48, 40)
+    assert out.images[0].size == (48, 40) and (out.width, out.height) == (48, 40)
+    assert any("50x41" in w and "48x40" in w for w in out.warnings)
 
 
 @pytest.mark.parametrize(("sampler", "strength", "batch", "box", "eta"), [

@@ -46,6 +46,9 @@ def img2img(components: Components, request: Img2ImgRequest, on_step: ProgressFn
     if request.width or request.height:
         width, height = effective_size(width, height, factor, warnings)
     image = preprocess_image(request.image, width, height, factor=factor)  # (1, 3, H, W), floored to factor
+    if (image.shape[-1], image.shape[-2]) != (width, height):
+        warnings.append(f"Size {width}x{height} is not a multiple of {factor}; "
+                        f"used {image.shape[-1]}x{image.shape[-2]}.")
     height, width = image.shape[-2:]
 
     generator = make_generator(components.device, sampling.seed)

@@ -7,6 +7,7 @@ seam shows. Used by the x4 upscaler for the UNet (per step) and for the VAE deco
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -43,6 +44,20 @@ def blend_weight(
     return rows[:, None] * cols[None, :]
 
 
+@functools.lru_cache(maxsize=128)
+def _device_weight(
+    top: int, left: int, h: int, w: int, height: int, width: int, overlap: int, scale: int, device: torch.device
+) -> torch.Tensor:
+    """The blend weight at output resolution, built once per tile layout and kept on the device (no
+    host-to-device copy every step)."""
+    weight = blend_weight(top, left, h, w, height, width, overlap)
+    if scale > 1:
+        weight = torch.nn.functional.interpolate(
+            weight[None, None], scale_factor=scale, mode="bilinear", align_corners=False
+        )[0, 0]
+    return weight.to(device)
+
+
 def run_tiled(
     fn: Callable[[int, int, int, int], torch.Tensor],
     height: int,
@@ -63,12 +78,7 @@ def run_tiled(
         for left in tile_starts(width, tile, overlap):
             h, w = min(tile, height), min(tile, width)
             piece = fn(top, left, h, w).float()  # (B, C, h*scale, w*scale)
-            weight = blend_weight(top, left, h, w, height, width, overlap)
-            if scale > 1:
-                weight = torch.nn.functional.interpolate(
-                    weight[None, None], scale_factor=scale, mode="bilinear", align_corners=False
-                )[0, 0]
-            weight = weight.to(piece.device)
+            weight = _device_weight(top, left, h, w, height, width, overlap, scale, piece.device)
             if out is None or total is None:
                 out = piece.new_zeros(piece.shape[0], piece.shape[1], height * scale, width * scale)
                 total = piece.new_zeros(height * scale, width * scale)
