@@ -25,7 +25,7 @@ from sd2_app.pipelines.tiling import run_tiled, tile_starts
 from sd2_app.pipelines.upscale import upscale
 from sd2_app.pipelines.vae_io import decode
 from sd2_app.requests import Sampling, UpscaleRequest
-from sd2_app.samplers import SAMPLERS, make_schedule
+from sd2_app.samplers import SAMPLERS, SchedulerConfig, make_schedule
 
 pytest.importorskip("diffusers")
 
@@ -90,9 +90,9 @@ def test_tiled_sampling_equals_untiled_for_a_local_model() -> None:
     unet = _PointwiseUNet()
     cond = Conditioning(context=torch.randn(2, 77, 8), concat=torch.randn(2, 3, 40, 56),
                         class_labels=torch.tensor([20, 20]))
-    schedule = make_schedule(__import__("sd2_app.samplers", fromlist=["x"]).SchedulerConfig(
-        beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02, prediction_type="v_prediction",
-        steps_offset=1), "DDIM", 4)
+    config = SchedulerConfig(beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02,
+                             prediction_type="v_prediction", steps_offset=1)
+    schedule = make_schedule(config, "DDIM", 4)
     x = torch.randn(1, 4, 40, 56)
 
     def run(tiling: Tiling | None) -> torch.Tensor:
