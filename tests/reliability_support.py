@@ -1,0 +1,128 @@
+"""Shared pieces of the reliability tests: a real Service on the tiny checkpoints, fast settings, test files."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sd2_app.requests import Sampling, Txt2ImgRequest
+
+# Fast settings: 64x64, 2 steps, no guidance (one UNet pass per step instead of two).
+FAST = Sampling(sampler="Euler", steps=2, cfg_scale=1.0, seed=1)
+
+
+def fast(seed: int = 1, **changes: object) -> Sampling:
+    return replace(FAST, seed=seed, **changes)  # type: ignore[arg-type]
+
+
+def txt2img(prompt: str = "a cat", seed: int = 1, **changes: object) -> Txt2ImgRequest:
+    return Txt2ImgRequest(prompt, checkpoint="sd21-base", width=64, height=64, sampling=fast(seed), **changes)  # type: ignore[arg-type]
+
+
+def make_service(outputs: Path | None = None, **kwargs: object):  # -> (Service, ModelManager)
+    """A Service over a real ModelManager on CPU whose registry points at the tiny repos."""
+    from sd2_app.manager import ModelManager
+    from sd2_app.registry import tiny_registry
+    from sd2_app.service import Service
+    from sd2_app.testing.tiny import ensure_tiny_repos
+    from tests.pipeline_fixtures import tiny_dir
+
+    registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
+    manager = ModelManager("cpu", registry=registry, cache_dir=Path(tempfile.mkdtemp(prefix="sd2-rel-")))
+    return Service(manager, outputs_dir=outputs, allowed_repos=(), **kwargs), manager
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread: on 2 shared cores, more threads only fight each other (10x slower measured)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(one_thread: None):  # -> (Service, ModelManager)
+    return make_service()
+
+
+def png_bytes(image: Image.Image, fmt: str = "PNG", **save: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save)
+    return buffer.getvalue()
+
+
+def noise_image(width: int = 64, height: int = 64, seed: int = 0) -> Image.Image:
+    array = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(array)
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def app_launch_kwargs(argv: list[str]) -> dict[str, object]:
+    """The keyword arguments app.main passes to `demo.launch` (build is replaced by a recorder)."""
+    import app
+
+    captured: dict[str, object] = {}
+
+    class Recorder:
+        def launch(self, **kwargs: object) -> None:
+            captured.update(kwargs)
+
+    original = app.build
+    app.build = lambda args: Recorder()  # type: ignore[assignment]
+    try:
+        app.main(argv)
+    finally:
+        app.build = original  # type: ignore[assignment]
+    return captured
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    """app.build + app.main's launch settings, in-process on 127.0.0.1 and a free port, on the tiny repos.
+
+    The tiny repos are linked into a fresh cache (app.py's --tiny writes them under $SD2APP_CACHE/tiny).
+    Yields (url, demo); PIL's pixel cap, which app.build sets, is restored afterwards.
+    """
+    import app
+    from sd2_app.testing.tiny import ensure_tiny_repos
+    from tests.pipeline_fixtures import tiny_dir
+
+    ensure_tiny_repos(tiny_dir())
+    cache = tmp_path_factory.mktemp("app-cache")
+    (cache / "tiny").symlink_to(tiny_dir(), target_is_directory=True)
+    argv = ["--tiny", "--device", "cpu", "--no-save", "--queue-size", "8"]
+    kwargs = app_launch_kwargs(argv)
+    pixels_before = Image.MAX_IMAGE_PIXELS
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("SD2APP_CACHE", str(cache))
+    try:
+        demo = app.build(app.parse_args(argv))
+        kwargs.update(server_port=free_port(), prevent_thread_lock=True, quiet=True)
+        _, url, _ = demo.launch(**kwargs)
+        try:
+            yield url, demo
+        finally:
+            demo.close()
+    finally:
+        monkeypatch.undo()
+        Image.MAX_IMAGE_PIXELS = pixels_before
