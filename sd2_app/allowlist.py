@@ -24,8 +24,7 @@ CUSTOM_RESOLUTION = 512  # a custom repo's native side is unknown before loading
 
 
 def allowed_repos(env: Mapping[str, str] | None = None) -> list[str]:
-    """The operator's list from `SD2APP_ALLOWED_REPOS` (comma separated); entries that are not repo ids are
-    dropped with a warning."""
+    """The operator's list from `SD2APP_ALLOWED_REPOS` (comma separated, as written; `custom_specs` checks it)."""
     value = (os.environ if env is None else env).get(ENV_ALLOWED_REPOS, "")
     return [item.strip() for item in value.split(",") if item.strip()]
 
