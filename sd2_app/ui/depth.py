@@ -21,7 +21,7 @@ from sd2_app.ui.common import (
 )
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.txt2img import prompt_boxes
-from sd2_app.ui.uploads import UploadImage
+from sd2_app.ui.uploads import upload_image
 
 
 @dataclass
@@ -38,9 +38,9 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> DepthTab
     with gr.Row():
         with gr.Column(scale=5):
             with gr.Row():
-                image = UploadImage(label="Image", type="pil", image_mode=None, sources=["upload", "clipboard"],
+                image = upload_image(label="Image", type="pil", image_mode=None, sources=["upload", "clipboard"],
                                  height=280, elem_id="depth-image")
-                depth_map = UploadImage(label="Depth map (optional, white = near)", type="pil", image_mode=None,
+                depth_map = upload_image(label="Depth map (optional, white = near)", type="pil", image_mode=None,
                                      sources=["upload"], height=280, elem_id="depth-map")
             checkpoint = gr.Dropdown(choices, value=choices[0][1], label="Checkpoint")
             prompt, negative = prompt_boxes("depth")

@@ -21,7 +21,7 @@ from sd2_app.ui.common import (
 )
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.txt2img import prompt_boxes
-from sd2_app.ui.uploads import UploadImage
+from sd2_app.ui.uploads import upload_image
 
 SEND_TO = (("inpaint", "inpaint"), ("upscale", "upscale"))
 
@@ -40,7 +40,7 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> Img2ImgT
     default = "sd21-base" if any(key == "sd21-base" for _, key in choices) else choices[0][1]
     with gr.Row():
         with gr.Column(scale=5):
-            image = UploadImage(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
+            image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
                              height=320, elem_id="img2img-image")
             checkpoint = gr.Dropdown(choices, value=default, label="Checkpoint")
             prompt, negative = prompt_boxes("img2img")

@@ -25,7 +25,7 @@ from sd2_app.ui.common import (
 )
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.txt2img import prompt_boxes
-from sd2_app.ui.uploads import UploadImage
+from sd2_app.ui.uploads import upload_image
 
 SEND_TO = (("img2img", "image to image"), ("upscale", "upscale"))
 
@@ -79,7 +79,7 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> InpaintT
                 elem_id="inpaint-editor",
             )
             with gr.Accordion("Or upload a mask image (white = repaint)", open=False):
-                mask_upload = UploadImage(label="Mask", type="pil", image_mode=None, sources=["upload"], height=200)
+                mask_upload = upload_image(label="Mask", type="pil", image_mode=None, sources=["upload"], height=200)
             checkpoint = gr.Dropdown(choices, value=choices[0][1], label="Checkpoint")
             prompt, negative = prompt_boxes("inpaint")
             if examples:

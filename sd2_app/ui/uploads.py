@@ -1,8 +1,9 @@
-"""`UploadImage`: gr.Image whose decode failures reach the user in words.
+"""`upload_image(...)`: a gr.Image whose decode failures reach the user in words.
 
 Gradio opens every uploaded image itself (and decodes PNGs to read their EXIF) before our handler runs;
-anything but a `gr.Error` raised there is hidden behind a generic message when show_error is off. This
-subclass turns PIL's refusals into `gr.Error`s that say what was wrong, without paths or tracebacks.
+anything but a `gr.Error` raised there is hidden behind a generic message when show_error is off. The
+image's `preprocess` is wrapped (on the instance: a gr.Image subclass would make Gradio write a .pyi stub
+into the package) so that PIL's refusals become `gr.Error`s saying what was wrong, without paths.
 """
 
 from __future__ import annotations
@@ -10,18 +11,21 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
-from gradio.data_classes import ImageData
 from PIL import Image, UnidentifiedImageError
 
 
-class UploadImage(gr.Image):
-    """A gr.Image (same frontend component) with readable errors for unreadable uploads."""
+def _unreadable(reason: str) -> gr.Error:
+    return gr.Error(f"The uploaded image could not be read: {reason}.", print_exception=False)
 
-    is_template = True  # Gradio then renders it with gr.Image's frontend
 
-    def preprocess(self, payload: ImageData | None) -> Any:
+def upload_image(**kwargs: Any) -> gr.Image:
+    """`gr.Image(**kwargs)` with readable errors for files PIL cannot open or decode."""
+    image = gr.Image(**kwargs)
+    preprocess = image.preprocess
+
+    def readable_preprocess(payload: Any) -> Any:
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except Image.DecompressionBombError as error:
             raise _unreadable(f"it has more than {Image.MAX_IMAGE_PIXELS * 2} pixels") from error
         except UnidentifiedImageError as error:  # its message holds the server's temporary path
@@ -29,6 +33,5 @@ class UploadImage(gr.Image):
         except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for corrupt or truncated data
             raise _unreadable("the file is corrupt or truncated") from error
 
-
-def _unreadable(reason: str) -> gr.Error:
-    return gr.Error(f"The uploaded image could not be read: {reason}.", print_exception=False)
+    image.preprocess = readable_preprocess  # type: ignore[method-assign]
+    return image

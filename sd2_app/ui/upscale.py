@@ -22,7 +22,7 @@ from sd2_app.ui.common import (
 )
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.txt2img import prompt_boxes
-from sd2_app.ui.uploads import UploadImage
+from sd2_app.ui.uploads import upload_image
 
 SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"))
 
@@ -46,7 +46,7 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> UpscaleT
     choices = service.checkpoints("upscale")
     with gr.Row():
         with gr.Column(scale=5):
-            image = UploadImage(label="Low-resolution image", type="pil", image_mode=None,
+            image = upload_image(label="Low-resolution image", type="pil", image_mode=None,
                              sources=["upload", "clipboard"], height=320, elem_id="upscale-image")
             checkpoint = gr.Dropdown(choices, value=choices[0][1], label="Checkpoint")
             prompt, negative = prompt_boxes("upscale")
