@@ -128,8 +128,9 @@ def test_inpaint_with_a_painted_mask_then_send_to_img2img(page, tmp_path: Path) 
 
 def test_stop_interrupts_a_running_generation(page) -> None:
     page.get_by_role("tab", name="Text to image").click()
-    _set_number(page, "txt2img-width", 64)
-    _set_number(page, "txt2img-height", 64)
+    # Large enough that the run lasts many seconds even on an idle machine, so Stop lands mid-run.
+    _set_number(page, "txt2img-width", 384)
+    _set_number(page, "txt2img-height", 384)
     _set_number(page, "txt2img-steps", 150)
     page.locator("#txt2img-run").click()
     page.locator("#txt2img-preview img").first.wait_for(timeout=60_000)  # a live preview arrived: it is running
