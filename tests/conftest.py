@@ -7,10 +7,16 @@ import os
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The test models are tiny: one thread is fastest, and on a shared 2-core machine two OpenMP threads made a
+# tiny UNet call 20x slower. Subprocesses (CLI tests) inherit the variable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    import torch
+
+    torch.set_num_threads(1)
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped unless one is present)")
     config.addinivalue_line("markers", "browser: drives a real Chromium through Playwright")
 
