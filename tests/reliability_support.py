@@ -27,8 +27,8 @@ def txt2img(prompt: str = "a cat", seed: int = 1, **changes: object) -> Txt2ImgR
     return Txt2ImgRequest(prompt, checkpoint="sd21-base", width=64, height=64, sampling=fast(seed), **changes)  # type: ignore[arg-type]
 
 
-def make_service(outputs: Path | None = None, **kwargs: object):  # -> (Service, ModelManager)
-    """A Service over a real ModelManager on CPU whose registry points at the tiny repos."""
+def make_service(outputs: Path | None = None, device: str = "cpu", **kwargs: object):  # -> (Service, ModelManager)
+    """A Service over a real ModelManager (CPU fp32 by default) whose registry points at the tiny repos."""
     from sd2_app.manager import ModelManager
     from sd2_app.registry import tiny_registry
     from sd2_app.service import Service
@@ -36,7 +36,7 @@ def make_service(outputs: Path | None = None, **kwargs: object):  # -> (Service,
     from tests.pipeline_fixtures import tiny_dir
 
     registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
-    manager = ModelManager("cpu", registry=registry, cache_dir=Path(tempfile.mkdtemp(prefix="sd2-rel-")))
+    manager = ModelManager(device, registry=registry, cache_dir=Path(tempfile.mkdtemp(prefix="sd2-rel-")))
     return Service(manager, outputs_dir=outputs, allowed_repos=(), **kwargs), manager
 
 

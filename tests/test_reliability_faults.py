@@ -99,7 +99,7 @@ def test_non_finite_decode_is_redone_in_fp32(tiny, models, baseline, reliability
     result = service.run(txt2img(seed=5))
     assert len(seen) == 2 and result.warnings == ["The VAE decode gave NaN/inf values; it was decoded again in float32."]
     assert np.abs(pixels(result.images[0]) - baseline).max() == 0
-    reliability(NUMERIC, f"{value} from the VAE decoder in the first decode",
+    reliability(NUMERIC, f"{'NaN' if value != value else 'inf'} from the VAE decoder in the first decode",
                 f"decoded again in fp32 (max diff to a clean run 0); warning: {result.warnings[0]}")
 
 
@@ -118,7 +118,7 @@ def test_persistent_nan_gives_a_clear_error_never_an_image(tiny, models, baselin
     assert len(service.history()) == history  # nothing kept, nothing saved
     models.clear()
     assert np.abs(pixels(service.run(txt2img(seed=5)).images[0]) - baseline).max() == 0
-    reliability(NUMERIC, f"NaN from the {where.upper()} on every call", f"no image; error: {caught.value} "
+    reliability(NUMERIC, f"NaN from the {'UNet' if where == 'unet' else 'VAE decoder'} on every call", f"no image; error: {caught.value} "
                 "The next request gives the clean image.")
 
 
@@ -257,3 +257,25 @@ def test_memory_stays_flat_over_100_runs(one_thread: None, tmp_path: Path, relia
     reliability(RESOURCE, "100 consecutive txt2img runs (64x64, 2 steps, saved)",
                 f"RSS {before:.0f} MiB after warm-up, growth {growth:+.1f} MiB (bound {RSS_BOUND_MIB:.0f} MiB); "
                 f"{seconds:.1f} s. GPU memory: not measured (no GPU here)")
+
+
+GPU_BOUND_MIB = 1.0
+
+
+@pytest.mark.gpu
+def test_gpu_memory_stays_flat_over_100_runs(reliability) -> None:
+    service, _ = make_service(device="cuda")  # fp16 on the GPU
+    for seed in range(10):
+        service.run(txt2img(seed=seed))
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    for seed in range(100):
+        service.run(txt2img(seed=1000 + seed))
+    torch.cuda.synchronize()
+    growth = (torch.cuda.memory_allocated() - before) / 2**20
+    peak = (torch.cuda.max_memory_allocated() - before) / 2**20
+    assert growth < GPU_BOUND_MIB, f"GPU memory grew {growth:.2f} MiB over 100 runs"
+    reliability(RESOURCE, "100 consecutive txt2img runs on CUDA (fp16, tiny)",
+                f"allocated {before / 2**20:.1f} MiB after warm-up, growth {growth:+.2f} MiB (bound {GPU_BOUND_MIB} MiB), "
+                f"peak {peak:.1f} MiB above it")

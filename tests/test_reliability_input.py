@@ -233,8 +233,8 @@ _anything = st.one_of(
 
 
 def _maybe(valid: st.SearchStrategy) -> st.SearchStrategy:
-    # One in five draws is junk of any type; the rest stay near the valid range, so some requests pass.
-    return st.integers(0, 4).flatmap(lambda k: _anything if k == 0 else valid)
+    # One in eight draws is junk of any type; the rest stay near the valid range, so some requests pass.
+    return st.integers(0, 7).flatmap(lambda k: _anything if k == 0 else valid)
 
 
 _requests = st.builds(
@@ -248,7 +248,7 @@ _requests = st.builds(
         Sampling,
         sampler=_maybe(st.sampled_from(["DPM++ 2M", "Euler a", "DDIM", "Heun", "UniPC"])),
         steps=_maybe(st.integers(min_value=-1, max_value=160)),
-        use_karras=st.booleans(),
+        use_karras=st.sampled_from([False, False, False, True]),
         cfg_scale=_maybe(st.floats(min_value=-1, max_value=31)),
         guidance_rescale=_maybe(st.floats(min_value=0, max_value=1.1)),
         eta=_maybe(st.floats(min_value=0, max_value=1.1)),
@@ -260,7 +260,7 @@ _requests = st.builds(
 _fuzz_counts = {"accepted": 0, "refused": 0}
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(request=_requests)
 def test_fuzzed_requests_are_refused_in_words_or_normalised(checker, request: Txt2ImgRequest) -> None:
     try:

@@ -101,11 +101,11 @@ def test_hostile_uploads_are_refused_and_the_app_keeps_serving(served_app, relia
         text = _upload(url, path)
         assert text.startswith(message), text
         assert "Traceback" not in text and "/tmp" not in text and "Error:" not in text
-        reliability(AREA, f"{case}, {len(data) // 1024} kB", f"refused: {text[:110]}")
+        reliability("Bad input", f"served app, {case}, {len(data) // 1024} kB", f"refused: {text[:110]}")
 
     _, gallery, _ = Client(url, verbose=False).predict(prompt="still here", seed=3, api_name="/txt2img", **FAST)
     assert Image.open(gallery[0]["image"]).size == (64, 64)
-    reliability(AREA, "after the hostile uploads", "the next request gets its 64x64 image")
+    reliability("Bad input", "served app, after those uploads", "the next request gets its 64x64 image")
 
 
 def _half(data: bytes) -> bytes:
@@ -119,7 +119,8 @@ def test_unknown_names_through_the_api(served_app, reliability) -> None:
         with pytest.raises(AppError) as caught:
             client.predict(prompt="x", seed=1, api_name="/txt2img", **{**FAST, field: value})
         assert str(caught.value).startswith(f"Value: {value} is not in the list of choices:")
-        reliability(AREA, f"API: unknown {field} {value!r}", f"refused by the dropdown check: {str(caught.value)[:90]}")
+        reliability("Bad input", f"served app API: unknown {field} {value!r}",
+                    f"refused by the dropdown check: {str(caught.value)[:90]}")
 
 
 def test_uploads_over_the_file_size_cap_are_refused(served_app, reliability, tmp_path: Path) -> None:
@@ -134,5 +135,5 @@ def test_uploads_over_the_file_size_cap_are_refused(served_app, reliability, tmp
     assert response.status_code == 413, response.text
     with pytest.raises(ValueError, match="exceeds the maximum file size of 26214400 bytes"):
         client.predict(image=handle_file(str(path)), prompt="x", api_name="/img2img", steps=2)
-    reliability(AREA, "upload of 26 MiB (max_file_size 25mb)",
+    reliability("Security", "upload of 26 MiB (max_file_size 25mb)",
                 f"the upload route answers {response.status_code}: {response.text[:80]}")

@@ -160,5 +160,5 @@ def test_no_token_in_logs_or_messages(tiny, reliability, caplog: pytest.LogCaptu
     logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
     assert len(caplog.records) > 3 and "nobody/private-sd2" in logged  # the load was logged, in detail
     assert marker not in logged and not any(marker in m for m in messages) and marker not in caplog.text
-    reliability(AREA, "HF_TOKEN set to a marker; a failed Hub load and a run, logs at DEBUG",
+    reliability(AREA, "HF_TOKEN set to a marker; a failed (offline) Hub load and a run, logs at DEBUG",
                 f"marker absent from {len(caplog.records)} log records, the error and the result")
