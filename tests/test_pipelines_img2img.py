@@ -166,6 +166,19 @@ def test_depth_estimate_is_dpt_on_the_input(components: ComponentCache) -> None:
     assert np.isfinite(out.latents.numpy()).all()
 
 
+def test_depth_estimated_matches_diffusers(components: ComponentCache) -> None:
+    """The DPT path end to end: estimate, resize, normalise, condition, sample, decode."""
+    image = sample_image(64, 48, seed=3)
+    sampling = Sampling(sampler="DPM++ 2M", steps=4, seed=5)
+    ours = depth2img(components("sd2-depth"), DepthRequest(prompt="statue", image=image, strength=0.7,
+                                                           sampling=sampling))
+    pipe = reference_pipeline("sd2-depth", "DPM++ 2M")
+    ref_latents, ref_images = reference_run(pipe, 5, prompt="statue", image=image, strength=0.7,
+                                            num_inference_steps=4, guidance_scale=7.5)
+    assert latent_diff(ours.latents, ref_latents) < LATENT_TOLERANCE
+    assert max_pixel_diff(ours.images, ref_images) <= PIXEL_TOLERANCE
+
+
 def test_depth_cancel(components: ComponentCache) -> None:
     def cancel(step: int, total: int, latents: torch.Tensor) -> None:
         raise Cancelled

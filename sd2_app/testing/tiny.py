@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 KINDS = ("sd2-base", "sd2", "sd21", "sd2-inpainting", "sd2-depth", "x4-upscaler")
 LEGACY_VAE_KIND = "sd2-base"  # written with the pre-0.14 VAE attention names, to exercise that mapping
 _DONE_MARKER = ".tiny-complete"  # written last, so a half-written folder is never reused
-TINY_FORMAT = 1  # bump when the written files change, so ensure_tiny_repos rewrites old caches
+TINY_FORMAT = 2  # bump when the written files change, so ensure_tiny_repos rewrites old caches
 
 # The real scheduler configs (reference §1.7), byte-for-byte values.
 _SD2_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}

@@ -152,7 +152,12 @@ def write_depth_estimator(depth_folder: Path, processor_folder: Path, seed: int)
     config.architectures = ["DPTForDepthEstimation"]
     model = _build_quietly(DPTForDepthEstimation, config)
     config.save_pretrained(depth_folder)
-    save_weights(fill_deterministic(model, seed), depth_folder, "model")
+    state = fill_deterministic(model, seed)
+    # The head ends in a ReLU: random weights leave most of the map at exactly 0, and a flat map has no
+    # min/max normalisation. A positive last bias keeps the tiny depth map varied, like a real one.
+    last_bias = next(key for key in state if key.endswith("head.4.bias"))
+    state[last_bias] = state[last_bias] + 1.0
+    save_weights(state, depth_folder, "model")
     processor = {
         "do_normalize": True,
         "do_rescale": True,
