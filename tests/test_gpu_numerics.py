@@ -1,0 +1,77 @@
+"""fp16 on the GPU, through the app's default path (manager + accelerator: CUDA graphs, fused ops).
+
+Our fp16 images may differ from diffusers' fp32 images by no more than diffusers' own fp16 run does (plus
+one 8-bit level), for the same tiny weights, seed and settings. Skipped without a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sd2_app.manager import ModelManager
+from sd2_app.pipelines import img2img, txt2img
+from sd2_app.registry import REGISTRY
+from sd2_app.requests import Img2ImgRequest, Sampling, Txt2ImgRequest
+from tests.pipeline_fixtures import sample_image, tiny_repo
+
+pytestmark = pytest.mark.gpu
+
+
+def _reference(kind: str, dtype: torch.dtype, *, img2img_pipe: bool = False):
+    import diffusers
+
+    name = "StableDiffusionImg2ImgPipeline" if img2img_pipe else "StableDiffusionPipeline"
+    pipe = getattr(diffusers, name).from_pretrained(tiny_repo(kind), torch_dtype=dtype, variant="fp16")
+    pipe.scheduler = diffusers.DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to("cuda")
+
+
+def _manager(kind: str, tmp_path: Path) -> ModelManager:
+    """The app's manager on CUDA in fp16 (accelerator on), with checkpoint `kind` pointed at its tiny repo."""
+    registry = {kind: replace(REGISTRY[kind], repos=(str(tiny_repo(kind)),), revision=None)}
+    return ModelManager("cuda", torch.float16, registry=registry, cache_dir=tmp_path)
+
+
+def _as_array(images) -> np.ndarray:
+    return np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])
+
+
+def _run_reference(pipe, seed: int, **kwargs) -> np.ndarray:
+    generator = torch.Generator("cuda").manual_seed(seed)
+    return pipe(generator=generator, output_type="np", **kwargs).images
+
+
+@pytest.mark.parametrize("kind", ["sd2-base", "sd21"])  # epsilon, and v-prediction with fp32 attention
+def test_fp16_default_path_is_as_close_to_fp32_as_diffusers_fp16(kind: str, tmp_path: Path) -> None:
+    manager = _manager(kind, tmp_path)
+    request = Txt2ImgRequest(prompt="two tigers", negative_prompt="blurry", width=64, height=48,
+                             sampling=Sampling(sampler="DPM++ 2M", steps=12, seed=7, batch_size=2))
+    with manager.use(kind) as components:
+        ours = _as_array(txt2img(components, request).images)
+        again = _as_array(txt2img(components, request).images)  # second run replays the captured graph
+    settings = dict(prompt=["two tigers"] * 2, negative_prompt=["blurry"] * 2, width=64, height=48,
+                    num_inference_steps=12, guidance_scale=7.5)
+    ref32 = _run_reference(_reference(kind, torch.float32), 7, **settings)
+    ref16 = _run_reference(_reference(kind, torch.float16), 7, **settings)
+    budget = float(np.abs(ref16 - ref32).max()) + 1 / 255
+    assert float(np.abs(ours - ref32).max()) <= budget
+    assert np.array_equal(ours, again)  # graph replay is deterministic and equals the first (captured) run
+
+
+def test_fp16_img2img_matches_diffusers_fp16_budget(tmp_path: Path) -> None:
+    manager = _manager("sd2-base", tmp_path)
+    image = sample_image(64, 64, seed=4)
+    request = Img2ImgRequest(prompt="a white cat", image=image, strength=0.6,
+                             sampling=Sampling(sampler="DPM++ 2M", steps=10, seed=3))
+    with manager.use("sd2-base") as components:
+        ours = _as_array(img2img(components, request).images)
+    settings = dict(prompt="a white cat", image=image, strength=0.6, num_inference_steps=10, guidance_scale=7.5)
+    ref32 = _run_reference(_reference("sd2-base", torch.float32, img2img_pipe=True), 3, **settings)
+    ref16 = _run_reference(_reference("sd2-base", torch.float16, img2img_pipe=True), 3, **settings)
+    assert float(np.abs(ours - ref32).max()) <= float(np.abs(ref16 - ref32).max()) + 1 / 255
