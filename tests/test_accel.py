@@ -80,6 +80,21 @@ def test_graph_wrapper_drops_graphs_when_weights_move() -> None:
     assert wrapped.graph_count == 0
 
 
+def test_graph_key_follows_the_attention_precision_switch() -> None:
+    """The guards' fp32-attention rerun must not replay a graph recorded with fp16 attention."""
+    from sd2_app import guards
+
+    unet = _tiny_unet()
+    wrapped = CudaGraphUNet(unet)
+    sample, timestep, context = _inputs(unet)
+    plain = wrapped.key(sample, timestep, context)
+    with guards.fp32_attention(wrapped):
+        upcast = wrapped.key(sample, timestep, context)
+    assert upcast != plain
+    assert sum(upcast[-1]) == len(upcast[-1]) > 0 and not any(plain[-1])
+    assert wrapped.key(sample, timestep, context) == plain  # switched back after the rerun
+
+
 @pytest.mark.parametrize("shape,groups", [((2, 32, 8, 8), 8), ((1, 64, 5, 7), 32), ((3, 16, 4, 4), 1)])
 def test_group_norm_silu_fallback_equals_unfused(shape: tuple[int, ...], groups: int) -> None:
     g = torch.Generator().manual_seed(1)

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sd2_app.nn.attention import Attention
+
 logger = logging.getLogger(__name__)
 
 _FINGERPRINT_SAMPLES = 32  # parameters whose addresses are checked per call (all change when a module moves)
@@ -41,11 +43,15 @@ class _Captured:
     output: Tensor  # (B, 4, h, w)
 
 
-def _signature(sample: Tensor, timestep: Tensor | float, context: Tensor, class_labels: Tensor | None) -> GraphKey:
+def _signature(sample: Tensor, timestep: Tensor | float, context: Tensor, class_labels: Tensor | None,
+               modes: tuple[bool, ...] = ()) -> GraphKey:
+    """What a captured graph is valid for. `modes` are run-time switches of the UNet's modules (the
+    attention `upcast` flags that `guards.fp32_attention` turns on): a graph replays the kernels it
+    recorded, so a graph captured with fp16 attention must never serve an fp32-attention call."""
     t_dtype = timestep.dtype if isinstance(timestep, Tensor) else torch.float32
     labels = None if class_labels is None else (tuple(class_labels.shape), class_labels.dtype)
     return (tuple(sample.shape), sample.dtype, sample.is_contiguous(memory_format=torch.channels_last),
-            t_dtype, tuple(context.shape), context.dtype, labels, torch.is_inference_mode_enabled())
+            t_dtype, tuple(context.shape), context.dtype, labels, torch.is_inference_mode_enabled(), modes)
 
 
 class CudaGraphUNet:
@@ -71,6 +77,7 @@ class CudaGraphUNet:
         self._pool: Any = None
         self._fingerprint: tuple[int, ...] | None = None
         self._sampled = self._sample_tensors()
+        self._attention = [m for m in self.unet.modules() if isinstance(m, Attention)]
         self.captures = 0  # how many graphs were captured so far (the bench reports it)
 
     # -- drop-in surface -------------------------------------------------------------------------------
@@ -108,7 +115,7 @@ class CudaGraphUNet:
         if not self._can_use_graph(sample):
             return self.unet(sample, timestep, encoder_hidden_states, class_labels=class_labels)
         self._check_weights()
-        key = _signature(sample, timestep, encoder_hidden_states, class_labels)
+        key = self.key(sample, timestep, encoder_hidden_states, class_labels)
         captured = self._graphs.get(key)
         if captured is None:
             if key in self._failed or len(self._graphs) >= self.max_graphs:
@@ -119,6 +126,12 @@ class CudaGraphUNet:
         _copy_inputs(captured, sample, timestep, encoder_hidden_states, class_labels)
         captured.graph.replay()
         return captured.output.clone() if self.clone_output else captured.output
+
+    def key(self, sample: Tensor, timestep: Tensor | float, context: Tensor,
+            class_labels: Tensor | None = None) -> GraphKey:
+        """The graph signature of one call, including the attention precision switches as they are now."""
+        modes = tuple(m.upcast for m in self._attention)
+        return _signature(sample, timestep, context, class_labels, modes)
 
     def _can_use_graph(self, sample: Tensor) -> bool:
         return (sample.is_cuda and not torch.is_grad_enabled()
