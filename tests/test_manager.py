@@ -367,6 +367,31 @@ def test_hub_metadata_supplies_the_sha256_of_weight_files(
     assert len(asked) == 1
 
 
+def test_a_unet_leaving_the_device_drops_its_cuda_graphs(repos: dict[str, Path], tmp_path: Path) -> None:
+    """Captured graphs keep a memory pool on the device and the weights' old addresses: both must go."""
+    from sd2_app.accel import AccelOptions, Accelerator, CudaGraphUNet
+
+    manager = _manager(repos, tmp_path)
+    manager._accel = Accelerator(AccelOptions())  # as on CUDA (on CPU the wrapper runs eagerly)
+
+    def use_and_fake_a_capture() -> CudaGraphUNet:
+        with manager.use("a") as components:
+            wrapper = components.unet
+            assert isinstance(wrapper, CudaGraphUNet)
+            wrapper._graphs[("fake",)] = object()  # stands for a captured graph
+        return wrapper
+
+    wrapper = use_and_fake_a_capture()
+    manager.offload("a")
+    assert wrapper.graph_count == 0
+    assert use_and_fake_a_capture() is wrapper and wrapper.graph_count == 1
+    manager._free_device(keep="a")  # the out-of-memory retry frees the active UNet's other graphs too
+    assert wrapper.graph_count == 0
+    use_and_fake_a_capture()
+    manager.unload("a")
+    assert wrapper.graph_count == 0
+
+
 @pytest.mark.gpu
 def test_offload_pins_host_memory_and_comes_back(repos: dict[str, Path], tmp_path: Path) -> None:
     manager = ModelManager(

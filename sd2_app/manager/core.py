@@ -331,6 +331,7 @@ class ModelManager:
                 continue
             users = [self._entries[u] for u in part.users if u in self._entries]
             if not users and identity not in keep:
+                self._drop_graphs(part.module)
                 with self._state_lock:
                     del self._parts[identity]
                 logger.info("freed %s %s (%s)", part.name, identity[:12], _gib(part.nbytes))
@@ -338,6 +339,8 @@ class ModelManager:
                 continue
             want: Tier = "device" if identity in keep or any(u.tier == "device" for u in users) else "offloaded"
             if part.tier != want:
+                if want == "offloaded":
+                    self._drop_graphs(part.module)
                 target = self.device if want == "device" else torch.device("cpu")
                 try:
                     memory.move_module(part.module, target, pin=self._pin)
@@ -352,12 +355,25 @@ class ModelManager:
             gc.collect()
             memory.empty_device_cache(self.device)
 
+    def _drop_graphs(self, module: object) -> None:
+        """Free the CUDA graphs captured for a UNet (their private memory pool stays on the device otherwise,
+        unseen by the budgets, and their recorded weight addresses are about to go stale)."""
+        graphs = self._accel.graphs(module) if self._accel is not None else None  # type: ignore[arg-type]
+        if graphs is not None and graphs.graph_count:
+            logger.info("dropping %d CUDA graph(s) of a UNet leaving %s", graphs.graph_count, self.device)
+            graphs.reset()
+
     def _free_device(self, keep: str | None) -> None:
-        """Offload every checkpoint but `keep` and return cached blocks to the driver (before an OOM retry)."""
+        """Offload every checkpoint but `keep` and return cached blocks to the driver (before an OOM retry).
+
+        `keep`'s own CUDA graphs are dropped too: graphs of other shapes hold activation memory.
+        """
         for entry in list(self._entries.values()):
             if entry.tier == "device" and entry.key != keep:
                 keep_parts = set(self._entries[keep].parts.values()) if keep in self._entries else set()
                 self._offload_entry(entry, keep_parts, incoming=keep)
+        for identity in self._entries[keep].parts.values() if keep in self._entries else ():
+            self._drop_graphs(self._parts[identity].module)
         gc.collect()
         memory.empty_device_cache(self.device)
 
