@@ -186,9 +186,17 @@ class Service:
         return self._tasks[task]
 
     def _step_callback(
-        self, done_before: int, total: int, on_progress: ProgressFn | None, should_stop: Callable[[], bool] | None
+        self,
+        done_before: int,
+        total: int | None,
+        on_progress: ProgressFn | None,
+        should_stop: Callable[[], bool] | None,
     ) -> Callable[[int, int, Any], None]:
-        """The pipeline's `on_step(step, steps, latents)`: stop check first, then progress and a cheap preview."""
+        """The pipeline's `on_step(step, steps, latents)`: stop check first, then progress and a cheap preview.
+
+        `total` None reports the pipeline's own count: the steps it really runs, e.g. int(N * strength) for
+        img2img, which is fewer than the requested N.
+        """
 
         def on_step(step: int, steps: int, latents: Any) -> None:
             if should_stop is not None and should_stop():
@@ -197,7 +205,7 @@ class Service:
                 return
             done = done_before + step
             wants_preview = latents is not None and step < steps and step % self.preview_every == 0
-            on_progress(done, total, self._preview(latents) if wants_preview else None)
+            on_progress(done, steps if total is None else total, self._preview(latents) if wants_preview else None)
 
         return on_step
 
@@ -255,10 +263,9 @@ class Service:
         task = TASK_OF[type(checked)]
         if should_stop is not None and should_stop():
             raise Cancelled
-        steps = checked.sampling.steps
         timings: dict[str, float] = {}
-        log.info("%s on %s: %d steps, seed %d", task, checked.checkpoint, steps, checked.sampling.seed)
-        output = self._run_pipeline(task, checked, self._step_callback(0, steps, on_progress, should_stop), timings)
+        log.info("%s on %s: %d steps, seed %d", task, checked.checkpoint, checked.sampling.steps, checked.sampling.seed)
+        output = self._run_pipeline(task, checked, self._step_callback(0, None, on_progress, should_stop), timings)
         result = Result(
             task=task,
             request=checked,

@@ -191,6 +191,15 @@ def test_run_reports_progress_previews_seed_and_saves_png_with_parameters(tmp_pa
     assert len(history) == 1 and history[0].seed == result.seed and history[0].saved == tuple(result.saved)
 
 
+def test_progress_total_is_the_steps_the_pipeline_runs() -> None:
+    # img2img at strength 0.5 runs int(8 * 0.5) = 4 of the 8 requested steps: the bar must end at 4/4, not 4/8.
+    service = fake_service(None)
+    events: list[tuple[int, int]] = []
+    service.run(Img2ImgRequest("x", _image(), strength=0.5, sampling=Sampling(steps=8, seed=1)),
+                on_progress=lambda d, t, p: events.append((d, t)))
+    assert events == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
 def test_saving_can_be_turned_off(tmp_path) -> None:
     service = fake_service(None)
     result = service.run(_txt())
