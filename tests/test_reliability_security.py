@@ -122,6 +122,13 @@ def test_launch_settings_are_safe(reliability) -> None:
                 "enable_monitoring=False, max_file_size='25mb', share=False, server_name='127.0.0.1' by default")
 
 
+def test_host_follows_gradio_server_name_as_spaces_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Hugging Face Spaces set GRADIO_SERVER_NAME=0.0.0.0; passing 127.0.0.1 explicitly would make the Space unreachable.
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    assert app_launch_kwargs(["--tiny"])["server_name"] == "0.0.0.0"
+    assert app_launch_kwargs(["--tiny", "--host", "127.0.0.1"])["server_name"] == "127.0.0.1"
+
+
 def test_the_upload_pixel_cap_is_set_before_any_upload(reliability, monkeypatch: pytest.MonkeyPatch) -> None:
     import app
     from PIL import Image
