@@ -18,7 +18,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # Spaces (and Docker images) say where to listen through GRADIO_SERVER_NAME; an explicit server_name would
     # override it, so the app would listen on loopback only and the Space would never come up.
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                   help="address to listen on (0.0.0.0 to serve the network; default: $GRADIO_SERVER_NAME, else loopback)")
+                   help="address to listen on (0.0.0.0 serves the network; default $GRADIO_SERVER_NAME or loopback)")
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     p.add_argument("--tiny", action="store_true", help="tiny random-weight checkpoints (no download; noise images)")
