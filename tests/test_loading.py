@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,17 @@ def test_params_on_meta_skips_allocation_and_restores_nn_module() -> None:
     assert big.weight.is_meta and big.bias.is_meta
     assert nn.Module.register_parameter is original
     assert not nn.Linear(2, 2).weight.is_meta
+
+
+def test_params_on_meta_leaves_other_threads_modules_real() -> None:
+    built: list[nn.Linear] = []
+    with params_on_meta():
+        worker = threading.Thread(target=lambda: built.append(nn.Linear(3, 3)))
+        worker.start()
+        worker.join()
+        mine = nn.Linear(3, 3)
+    assert mine.weight.is_meta
+    assert not built[0].weight.is_meta and not built[0].bias.is_meta
 
 
 # --- errors name the repo, the file and the reason ------------------------------------------------

@@ -41,11 +41,18 @@ _BUILD_LOCK = threading.Lock()  # the meta patch below is process-wide: one buil
 
 @contextmanager
 def params_on_meta() -> Iterator[None]:
-    """Inside, every nn.Parameter registered is moved to the meta device at once (buffers stay real)."""
+    """Inside, every nn.Parameter this thread registers is moved to the meta device at once (buffers stay real).
+
+    The patch is on the class, so it is seen by every thread; only the building thread's modules are affected
+    (a module built elsewhere meanwhile, e.g. by a request thread, keeps real weights).
+    """
     original = nn.Module.register_parameter
+    builder = threading.get_ident()
 
     def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
         original(module, name, param)
+        if threading.get_ident() != builder:
+            return
         if param is not None and param.device.type != "meta":
             module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
 
