@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -95,6 +96,22 @@ def test_text_encoder_prefers_fp16_variant_too(repo: Path) -> None:
 
 
 # --- legacy names and the meta build --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("written", [None, 0.18215, 0.08333])
+def test_x4_vae_scaling_factor_is_forced_like_diffusers(repo: Path, written: float | None) -> None:
+    """Old x4 snapshots have no scaling_factor (or SD's 0.18215); the upscale pipeline means 0.08333."""
+    config_path = repo / "vae" / "config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("scaling_factor", None)
+    if written is not None:
+        config["scaling_factor"] = written
+    config_path.write_text(json.dumps(config))
+    assert load_vae(repo, "cpu", torch.float32).config.scaling_factor == (written or 0.18215)
+    index_path = repo / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index_path.write_text(json.dumps({**index, "_class_name": "StableDiffusionUpscalePipeline"}))
+    assert load_vae(repo, "cpu", torch.float32).config.scaling_factor == 0.08333
 
 
 def test_legacy_vae_attention_names_load(repo: Path) -> None:
