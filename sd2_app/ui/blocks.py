@@ -87,9 +87,23 @@ def build_ui(service: Any, *, assets: Path = ASSETS) -> gr.Blocks:
     return demo
 
 
+def sampler_fields(parsed: dict[str, Any], names: list[str]) -> tuple[str | None, bool]:
+    """(sampler, Karras) from parsed parameters; sampler None when we have no sampler of that name.
+
+    A1111 wrote Karras into the name before it had "Schedule type" ("DPM++ 2M Karras"); a name the dropdown
+    does not list would only fail later, at Generate, with Gradio's "not in the list of choices".
+    """
+    name = str(parsed.get("Sampler", ""))
+    karras = parsed.get("Schedule type") == "Karras"
+    if name not in names and name.endswith(" Karras") and name[: -len(" Karras")] in names:
+        name, karras = name[: -len(" Karras")], True
+    return (name if name in names else None), karras
+
+
 def _wire_png_send(button: gr.Button, fields: gr.JSON, t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs) -> None:
     """PNG info -> text to image: prompt, negative prompt, sampler, steps, CFG, seed and size."""
     controls = t2i.sampling
+    names = [value for _, value in controls.sampler.choices]
 
     def send(parsed: dict[str, Any] | None) -> tuple:
         if not parsed:
@@ -97,11 +111,14 @@ def _wire_png_send(button: gr.Button, fields: gr.JSON, t2i: txt2img.Txt2ImgTab, 
         size = str(parsed.get("Size", ""))
         width, _, height = size.partition("x")
         keep = gr.skip()
+        sampler, karras = sampler_fields(parsed, names)
+        if sampler is None and parsed.get("Sampler"):
+            gr.Warning(f"Sampler {parsed['Sampler']!r} is not available here; the current sampler is kept.")
         return (
             parsed.get("Prompt", ""),
             parsed.get("Negative prompt", ""),
-            parsed.get("Sampler", keep),
-            parsed.get("Schedule type") == "Karras",
+            keep if sampler is None else sampler,
+            karras,
             parsed.get("Steps", keep),
             parsed.get("CFG scale", keep),
             parsed.get("Seed", keep),

@@ -155,7 +155,8 @@ def stream_result(
 ) -> Iterator[tuple]:
     """The body of every Generate handler: yields (preview, status) updates, then the finished outputs.
 
-    Outputs are always (preview, gallery, info, last_seed, *extras); `finish(result)` fills gallery onward.
+    Outputs are always (preview, gallery, info, last_seed, selected, *extras); `finish(result)` fills gallery
+    onward.
     """
     try:
         request = request_fn()
@@ -196,13 +197,15 @@ def wire_run(
     finish_extra: Callable[[Any], tuple] = lambda result: (),
 ) -> Any:
     """Connect Generate (streaming, on the GPU queue) and Stop; returns the run event."""
-    outputs: list[Any] = [panel.preview, panel.gallery, panel.info, panel.last_seed]
+    # `selected` goes back to 0 with every new result: an index picked in the previous gallery must not make
+    # "Send to" carry another image of the new one.
+    outputs: list[Any] = [panel.preview, panel.gallery, panel.info, panel.last_seed, panel.selected]
     if panel.extra is not None:
         outputs.append(panel.extra)
 
     def finish(result: Any) -> tuple:
         gallery = [(image, caption) for image, caption in zip(result.images, result.captions or [None] * len(result.images))]
-        return (gallery, describe(result), result.seed, *finish_extra(result))
+        return (gallery, describe(result), result.seed, 0, *finish_extra(result))
 
     @gpu()
     def handler(request: gr.Request, *values: Any) -> Iterator[tuple]:

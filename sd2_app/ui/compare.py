@@ -15,7 +15,7 @@ MOST_USED = CompareRequest.__dataclass_fields__["samplers"].default  # the six d
 
 
 def build(service: Any, flags: StopFlags) -> ResultPanel:
-    names = service.samplers()
+    sampler_names = service.samplers()
     choices = service.checkpoints("txt2img")
     default = "sd21-base" if any(key == "sd21-base" for _, key in choices) else choices[0][1]
     side = service.resolution(default)
@@ -23,8 +23,8 @@ def build(service: Any, flags: StopFlags) -> ResultPanel:
         with gr.Column(scale=5):
             checkpoint = gr.Dropdown(choices, value=default, label="Checkpoint")
             prompt, negative = prompt_boxes("compare", EXAMPLE_PROMPTS[1])
-            samplers = gr.CheckboxGroup(names, value=[n for n in MOST_USED if n in names], label="Samplers",
-                                        elem_id="compare-samplers")
+            samplers = gr.CheckboxGroup(sampler_names, value=[n for n in MOST_USED if n in sampler_names],
+                                        label="Samplers", elem_id="compare-samplers")
             with gr.Row():
                 steps = gr.Slider(1, 150, 25, step=1, label="Steps")
                 cfg = gr.Slider(0, 30, 7.5, step=0.5, label="Guidance scale (CFG)")
@@ -44,7 +44,8 @@ def build(service: Any, flags: StopFlags) -> ResultPanel:
 
     def make_request(key: str, text: str, negative_text: str, chosen: list[str], n_steps: float, scale: float,
                      use_karras: bool, w: float, h: float, seed_value: Any) -> CompareRequest:
-        sampling = Sampling(sampler=(chosen or names)[0], steps=n_steps, use_karras=bool(use_karras),  # type: ignore[arg-type]
+        sampling = Sampling(sampler=(chosen or sampler_names)[0], steps=n_steps,  # type: ignore[arg-type]
+                            use_karras=bool(use_karras),
                             cfg_scale=scale, seed=None if seed_value is None else seed_value)
         base = Txt2ImgRequest(prompt=text, negative_prompt=negative_text, checkpoint=key, width=w, height=h,  # type: ignore[arg-type]
                               sampling=sampling)

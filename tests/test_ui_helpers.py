@@ -1,0 +1,59 @@
+"""UI helpers that need no server: PNG-info sampler mapping, gallery selection after a new result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sd2_app.ui.blocks import sampler_fields
+from sd2_app.ui.common import selected_image
+
+NAMES = ["Euler", "Euler a", "DPM++ 2M", "DDIM", "DPM2"]
+
+
+@pytest.mark.parametrize(
+    ("parsed", "expected"),
+    [
+        ({"Sampler": "DPM++ 2M", "Schedule type": "Karras"}, ("DPM++ 2M", True)),
+        ({"Sampler": "DPM++ 2M", "Schedule type": "Automatic"}, ("DPM++ 2M", False)),
+        ({"Sampler": "DPM++ 2M Karras"}, ("DPM++ 2M", True)),  # A1111 before "Schedule type"
+        ({"Sampler": "DPM2 Karras"}, ("DPM2", True)),
+        ({"Sampler": "Euler a"}, ("Euler a", False)),
+        ({"Sampler": "PLMS"}, (None, False)),  # not ours: the dropdown keeps its value
+        ({}, (None, False)),
+    ],
+)
+def test_png_info_sampler_maps_to_a_dropdown_choice(parsed: dict, expected: tuple) -> None:
+    assert sampler_fields(parsed, NAMES) == expected
+
+
+def test_selected_image_falls_back_to_the_first_and_reads_paths(tmp_path: Path) -> None:
+    images = [Image.new("RGB", (8, 8), (i * 50, 0, 0)) for i in range(3)]
+    gallery = [(image, None) for image in images]
+    assert selected_image(gallery, 2) is images[2]
+    assert selected_image(gallery, 5) is images[0] and selected_image(gallery, None) is images[0]
+    images[1].save(tmp_path / "b.png")
+    assert selected_image([(str(tmp_path / "b.png"), "c")], 0).getpixel((0, 0)) == (50, 0, 0)
+
+
+def _fn(demo, api_name: str):  # the registered BlockFunction of an event
+    return next(f for f in demo.fns.values() if f.api_name == api_name)
+
+
+def test_a_new_result_resets_the_picked_gallery_index_so_send_to_carries_its_first_image() -> None:
+    import gradio as gr
+
+    from sd2_app.ui import build_ui
+    from tests.ui_doubles import fake_service
+
+    demo = build_ui(fake_service(None))
+    run = _fn(demo, "txt2img")
+    selected = next(f for f in demo.fns.values() if f.api_name == "txt2img_select").outputs[0]
+    assert selected in run.outputs  # the run writes the picked index...
+    values = ["sd2-base", "a cat", "", 64, 64, "Euler", False, 2, 7.5, 0, 5, 2]
+    request = type("Request", (), {"session_hash": "s1"})()
+    *_, last = list(run.fn(request, *values, gr.Progress()))
+    index = run.outputs.index(selected)
+    assert last[index] == 0 and len(last[1]) == 2  # ...back to 0 with the new two-image gallery
