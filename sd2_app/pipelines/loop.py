@@ -65,8 +65,8 @@ def make_guided_model(
     labels = cond.class_labels
 
     def model(x_in: torch.Tensor, t: float, rows: slice | None, cols: slice | None) -> torch.Tensor:
+        x_in = x_in.to(dtype)  # cast before duplicating: no fp32 (2B, 4, h, w) copy per step
         batch = torch.cat([x_in, x_in]) if use_cfg else x_in  # (2B|B, 4, h, w)
-        batch = batch.to(dtype)
         if concat is not None:
             extra = concat if rows is None or cols is None else concat[:, :, rows, cols]
             batch = torch.cat([batch, extra], dim=1)  # (2B|B, 4 + k, h, w)

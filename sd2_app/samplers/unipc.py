@@ -39,12 +39,14 @@ def _update(x: Tensor, x0s: list[Tensor], sigmas: list[float], sigma_t: float, r
     h = math.log(sigma_s / sigma_t)
     phi1 = math.expm1(-h)  # also B(h) for bh2
     m0 = x0s[-1]
-    correction = torch.zeros_like(x)
-    for k in range(1, len(x0s)):
-        r_k = math.log(sigma_s / sigmas[-1 - k]) / h
-        correction = correction + rhos[k - 1] * (x0s[-1 - k] - m0) / r_k
+    terms = [rhos[k - 1] * (x0s[-1 - k] - m0) / (math.log(sigma_s / sigmas[-1 - k]) / h) for k in range(1, len(x0s))]
     if x0_t is not None:
-        correction = correction + rhos[-1] * (x0_t - m0)
+        terms.append(rhos[-1] * (x0_t - m0))
+    if not terms:  # first order: no zeros tensor to add
+        return ratio * x - phi1 * m0
+    correction = terms[0]
+    for term in terms[1:]:
+        correction = correction + term
     return ratio * x - phi1 * m0 - phi1 * correction
 
 
