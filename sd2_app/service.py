@@ -327,7 +327,10 @@ class Service:
         folder.mkdir(parents=True, exist_ok=True)
         paths: list[Path] = []
         with self._lock:
-            number = len(list(folder.glob("*.png")))
+            # One past the highest number in use, not the file count: after a file was deleted the count
+            # points at a number still in use, and a result with the same seed and task would overwrite it.
+            used = [int(p.name[:5]) for p in folder.glob("[0-9][0-9][0-9][0-9][0-9]-*.png")]
+            number = max(used, default=-1) + 1
             for index, image in enumerate(result.images):
                 paths.append(save_png(image, folder / f"{number + index:05d}-{result.seed}-{result.task}.png"))
             extras = (("mask", result.mask_image), ("depth", result.depth_image))
@@ -339,7 +342,11 @@ class Service:
 
     def _keep(self, result: Result) -> Result:
         if self.outputs_dir is not None:
-            result.saved = self._save(result)
+            try:
+                result.saved = self._save(result)
+            except OSError as error:  # a full disk or a read-only folder must not throw the images away
+                log.warning("could not save to %s: %s", self.outputs_dir, error)
+                result.warnings.append(f"The images could not be saved to the outputs folder ({error.strerror}).")
         entry = HistoryEntry(
             result.created, result.task, result.seed, result.parameters, tuple(result.images), tuple(result.saved)
         )

@@ -248,3 +248,21 @@ def test_catalog_views_and_model_operations() -> None:
     assert service.status()["models"]["loaded"] == []
     with pytest.raises(InvalidRequest, match="Unknown checkpoint 'x'."):
         service.load("x")
+
+
+def test_saved_numbers_continue_after_a_deleted_file_instead_of_overwriting(tmp_path) -> None:
+    service = fake_service(tmp_path)
+    first = [service.run(_txt()).saved[0] for _ in range(3)]  # seed 1 each time: the names differ by number only
+    first[0].unlink()
+    again = service.run(_txt()).saved[0]
+    assert [p.name[:5] for p in first] == ["00000", "00001", "00002"] and again.name.startswith("00003-1-")
+    assert len(list(again.parent.glob("*.png"))) == 3
+
+
+def test_a_failed_save_keeps_the_result_and_says_so(tmp_path) -> None:
+    blocker = tmp_path / "outputs"
+    blocker.write_text("a file where the folder should be")
+    service = fake_service(blocker)
+    result = service.run(_txt())
+    assert result.saved == [] and len(result.images) == 1 and len(service.history()) == 1
+    assert len(result.warnings) == 1 and result.warnings[0].startswith("The images could not be saved")
