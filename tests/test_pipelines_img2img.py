@@ -75,17 +75,18 @@ def test_img2img_on_v_prediction_counts_only_the_steps_it_runs(components: Compo
     assert any("50x41" in w and "48x40" in w for w in out.warnings)
 
 
-@pytest.mark.parametrize(("sampler", "strength", "batch", "box", "eta"), [
-    ("DDIM", 1.0, 2, (0, 10, 30, 40), 0.3),  # touches the left border
-    ("Euler a", 0.7, 1, (20, 0, 64, 20), 0.0),  # touches the top and right borders
-    ("DPM++ 2M", 1.0, 1, (16, 16, 40, 32), 0.0),
+@pytest.mark.parametrize(("sampler", "strength", "batch", "box", "eta", "cfg"), [
+    ("DDIM", 1.0, 2, (0, 10, 30, 40), 0.3, 7.5),  # touches the left border
+    ("Euler a", 0.7, 1, (20, 0, 64, 20), 0.0, 7.5),  # touches the top and right borders
+    ("DPM++ 2M", 1.0, 1, (16, 16, 40, 32), 0.0, 7.5),
+    ("Euler", 0.8, 2, (16, 16, 40, 32), 0.0, 1.0),  # guidance off: mask channels not doubled
 ])
 def test_inpaint_matches_diffusers(
     components: ComponentCache, sampler: str, strength: float, batch: int, box: tuple[int, int, int, int],
-    eta: float,
+    eta: float, cfg: float,
 ) -> None:
     image, mask = sample_image(64, 48), _mask(64, 48, box)
-    sampling = Sampling(sampler=sampler, steps=5, seed=7, batch_size=batch, eta=eta)
+    sampling = Sampling(sampler=sampler, steps=5, seed=7, batch_size=batch, eta=eta, cfg_scale=cfg)
     ours = inpaint(components("sd2-inpainting"), InpaintRequest(
         prompt="a door", negative_prompt="wall", image=image, mask=mask, strength=strength, keep_unmasked=False,
         sampling=sampling))
@@ -93,7 +94,7 @@ def test_inpaint_matches_diffusers(
     extra = {"eta": eta} if sampler == "DDIM" else {}
     ref_latents, ref_images = reference_run(
         pipe, 7, prompt="a door", negative_prompt="wall", image=image, mask_image=mask, width=64, height=48,
-        strength=strength, num_inference_steps=5, guidance_scale=7.5, num_images_per_prompt=batch, **extra,
+        strength=strength, num_inference_steps=5, guidance_scale=cfg, num_images_per_prompt=batch, **extra,
     )
     assert latent_diff(ours.latents, ref_latents) < LATENT_TOLERANCE
     assert max_pixel_diff(ours.images, ref_images) <= PIXEL_TOLERANCE

@@ -37,21 +37,23 @@ def components() -> Iterator[ComponentCache]:
     cache.close()
 
 
-@pytest.mark.parametrize(("sampler", "size", "batch", "negative", "noise_level"), [
-    ("DDIM", (22, 13), 2, "blurry", 30),  # sides not multiples of 8 (nor of 4: floored to 20x12)
-    ("Euler a", (24, 16), 1, "", 0),
+@pytest.mark.parametrize(("sampler", "size", "batch", "negative", "noise_level", "cfg"), [
+    ("DDIM", (22, 13), 2, "blurry", 30, 9.0),  # sides not multiples of 8 (nor of 4: floored to 20x12)
+    ("Euler a", (24, 16), 1, "", 0, 9.0),
+    ("DDIM", (24, 16), 2, "", 20, 1.0),  # guidance off: low-res channels and labels not doubled
 ])
 def test_upscale_matches_diffusers(
-    components: ComponentCache, sampler: str, size: tuple[int, int], batch: int, negative: str, noise_level: int
+    components: ComponentCache, sampler: str, size: tuple[int, int], batch: int, negative: str, noise_level: int,
+    cfg: float,
 ) -> None:
     image = sample_image(*size)
-    sampling = Sampling(sampler=sampler, steps=4, seed=11, batch_size=batch, cfg_scale=9.0)
+    sampling = Sampling(sampler=sampler, steps=4, seed=11, batch_size=batch, cfg_scale=cfg)
     ours = upscale(components("x4-upscaler"), UpscaleRequest(
         prompt="sharp photo", negative_prompt=negative, image=image, noise_level=noise_level, sampling=sampling))
     pipe = reference_pipeline("x4-upscaler", sampler)
     ref_latents, ref_images = reference_run(
         pipe, 11, prompt="sharp photo", negative_prompt=negative or None, image=image, noise_level=noise_level,
-        num_inference_steps=4, guidance_scale=9.0, num_images_per_prompt=batch,
+        num_inference_steps=4, guidance_scale=cfg, num_images_per_prompt=batch,
     )
     assert latent_diff(ours.latents, ref_latents) < LATENT_TOLERANCE
     assert max_pixel_diff(ours.images, ref_images) <= PIXEL_TOLERANCE
