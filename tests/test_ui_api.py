@@ -151,7 +151,7 @@ def test_empty_mask_is_refused(app, tmp_path: Path) -> None:
 
 def test_models_history_and_png_info(app) -> None:
     client, service, outputs = app
-    table, memory = client.predict(key="sd2-base", api_name="/load_model")
+    table, memory = client.predict(checkpoint="sd2-base", api_name="/load_model")
     rows = {row[0]: row for row in table["data"]}
     assert rows["sd2-base"][2] == "device" and rows["sd2-base"][4].endswith("sd2-base")
     assert "cpu" in memory

@@ -57,3 +57,17 @@ def test_a_new_result_resets_the_picked_gallery_index_so_send_to_carries_its_fir
     *_, last = list(run.fn(request, *values, gr.Progress()))
     index = run.outputs.index(selected)
     assert last[index] == 0 and len(last[1]) == 2  # ...back to 0 with the new two-image gallery
+
+
+def test_stop_flags_are_per_run_and_forgotten_when_it_ends() -> None:
+    from sd2_app.ui.runner import StopFlags
+
+    flags = StopFlags()
+    first = flags.arm("s1")
+    assert flags.stop("s1") and first.is_set() and not flags.stop("s2")  # another session has nothing to stop
+    second = flags.arm("s1")
+    assert not second.is_set()  # the next run starts clear
+    flags.release("s1", first)  # a stale release keeps the newer run's flag
+    assert flags.stop("s1") and second.is_set()
+    flags.release("s1", second)
+    assert not flags.stop("s1") and flags._flags == {}

@@ -183,6 +183,8 @@ def stream_result(
     except LoadError as error:
         log.warning("load failed: %s", error)
         raise gr.Error(f"The model could not be loaded: {error}", print_exception=False) from error
+    finally:
+        flags.release(session, flag)
 
 
 def wire_run(

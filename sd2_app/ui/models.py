@@ -68,16 +68,16 @@ def build(service: Any) -> tuple[Any, list[Any]]:
         return status_view(service)
 
     @gpu(duration=300)
-    def do_load(key: str) -> tuple[list[list[Any]], str]:
+    def do_load(checkpoint: str) -> tuple[list[list[Any]], str]:  # API parameter names match the requests'
         try:
-            service.load(key)
+            service.load(checkpoint)
         except (InvalidRequest, LoadError) as error:
             raise gr.Error(str(error), print_exception=False) from error
         return current()
 
-    def do_unload(key: str | None) -> tuple[list[list[Any]], str]:
+    def do_unload(checkpoint: str | None) -> tuple[list[list[Any]], str]:
         try:
-            service.unload(key)
+            service.unload(checkpoint)
         except InvalidRequest as error:
             raise gr.Error(str(error), print_exception=False) from error
         return current()

@@ -48,6 +48,12 @@ class StopFlags:
             flag = self._flags[session] = threading.Event()
         return flag
 
+    def release(self, session: str, flag: threading.Event) -> None:
+        """Forget a finished run's flag (unless a newer run replaced it), so sessions do not pile up."""
+        with self._lock:
+            if self._flags.get(session) is flag:
+                del self._flags[session]
+
     def stop(self, session: str) -> bool:
         """Set the session's flag; False when it has no run."""
         with self._lock:
