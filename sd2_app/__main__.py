@@ -99,13 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _open(path: Path | None, mode: str | None = None) -> Any:
+    """Read an input image; a missing or unreadable file is the user's error, reported in words (exit 2)."""
     if path is None:
         return None
     from PIL import Image
 
-    with Image.open(path) as image:
-        image.load()
-        return image.convert(mode) if mode else image.copy()
+    from sd2_app.errors import InvalidRequest
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert(mode) if mode else image.copy()
+    except (OSError, Image.DecompressionBombError) as error:  # missing, not an image, truncated, too large
+        raise InvalidRequest(f"cannot read image {path}: {error}") from error
 
 
 def build_request(args: argparse.Namespace) -> Any:
@@ -157,8 +163,8 @@ def run_task(args: argparse.Namespace) -> dict[str, Any]:
     """Run one task and write its PNGs; returns what was written (also the --json line)."""
     from sd2_app.pipelines.metadata import save_png
 
+    request = build_request(args)  # unreadable inputs fail before any model is set up
     service = make_service(args)
-    request = build_request(args)
     started = time.perf_counter()
 
     def on_progress(done: int, total: int, preview: Any) -> None:

@@ -83,6 +83,12 @@ def test_bad_input_exits_with_a_message(model_dir: Path, tmp_path: Path, caplog:
                  "--sampler", "No Such Sampler", "--out", str(tmp_path)])
     assert code == 2 and "No Such Sampler" in caplog.text
     assert main(["info", str(tmp_path / "missing.png")]) == 2
+    (tmp_path / "not-an-image.png").write_bytes(b"plain text")
+    for name in ("missing.png", "not-an-image.png"):
+        caplog.clear()
+        code = main(["img2img", "--tiny", "--model-dir", str(model_dir), "--prompt", "p", "--steps", "2",
+                     "--image", str(tmp_path / name), "--out", str(tmp_path)])
+        assert code == 2 and f"cannot read image {tmp_path / name}" in caplog.text
 
 
 def test_module_entry_point_runs(tmp_path: Path) -> None:
