@@ -133,3 +133,23 @@ def test_guidance_rescale_matches_its_definition() -> None:
     std_p = pred.std(dim=(1, 2, 3), keepdim=True)
     assert torch.allclose(out, 0.7 * pred * std_c / std_p + 0.3 * pred)
     assert torch.allclose(rescale_guidance(pred, cond, 1.0).std(dim=(1, 2, 3)), cond.std(dim=(1, 2, 3)))
+
+
+def test_plan_sampling_strength_edges() -> None:
+    """Strength 1 runs the whole schedule from its first sigma; a strength that leaves no step is refused in words
+    (the pipelines' own guard, behind the service's validation); eta only reaches DDIM."""
+    from sd2_app.errors import InvalidRequest
+    from sd2_app.pipelines.sampling import plan_sampling
+    from sd2_app.requests import Sampling
+    from sd2_app.samplers import SchedulerConfig, make_schedule
+
+    config = SchedulerConfig.from_dict({"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                                        "set_alpha_to_one": False, "steps_offset": 1})
+    full = make_schedule(config, "DDIM", 10)
+    plan = plan_sampling(config, Sampling(sampler="DDIM", steps=10, eta=0.5), strength=1.0)
+    assert plan.schedule.sigmas == full.sigmas and plan.schedule.timesteps[0] == 901
+    assert plan.options == {"eta": 0.5}
+    assert len(plan_sampling(config, Sampling(steps=10), strength=0.1).schedule) == 1
+    assert plan_sampling(config, Sampling(sampler="Euler", steps=10, eta=0.5)).options == {}
+    with pytest.raises(InvalidRequest, match="leaves no step"):
+        plan_sampling(config, Sampling(steps=10), strength=0.09)
