@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -128,3 +129,13 @@ def test_samplers_without_generator_are_deterministic_and_stochastic_ones_follow
         c = spec.fn(denoise, x, schedule, generator=torch.Generator().manual_seed(6))
         assert torch.equal(a, b), name
         assert (not torch.equal(a, c)) == spec.is_stochastic, name
+
+
+def test_lms_warms_up_again_on_an_img2img_slice() -> None:
+    """The first step of a sliced LMS run is an Euler step (no earlier derivative exists to extrapolate with)."""
+    denoise = make_denoiser(lambda x_in, t: 0.3 * x_in + 0.01 * t, "epsilon")
+    schedule = start_at(make_schedule(SD2, "LMS", 20), 0.5)
+    one_step = replace(schedule, sigmas=schedule.sigmas[:2], timesteps=schedule.timesteps[:1])
+    x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)) * schedule.sigmas[0]
+    lms, euler = SAMPLERS["LMS"].fn(denoise, x, one_step), SAMPLERS["Euler"].fn(denoise, x, one_step)
+    assert torch.allclose(lms, euler, rtol=0, atol=1e-5)  # same step up to the quadrature's rounding

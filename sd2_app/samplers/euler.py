@@ -88,7 +88,10 @@ def sample_lms(
     """Linear multistep in sigma with up to `order` past derivatives (k-diffusion's LMS).
 
     diffusers integrates the Lagrange bases with scipy quad; they are polynomials of degree < 4, so a 4-point
-    Gauss-Legendre rule gives the same numbers exactly.
+    Gauss-Legendre rule gives the same numbers exactly. On an img2img slice the order warms up from 1 again
+    (k-diffusion's rule, the only consistent one: there is no earlier derivative). diffusers' LMSDiscreteScheduler
+    takes the order from its global step index instead, so its first sliced steps weight the one derivative
+    it has with a higher-order coefficient; img2img + LMS differs from diffusers by design.
     """
     sigmas, timesteps = schedule.sigmas, schedule.timesteps
     derivatives: list[Tensor] = []  # newest last
