@@ -62,6 +62,7 @@ class HistoryEntry:
     parameters: str
     images: tuple[Image.Image, ...]
     saved: tuple[Path, ...]
+    owner: str | None = None  # the browser session that made it: History shows a visitor only their own
 
 
 def _default_catalog(registry: Mapping[str, Any]) -> Catalog:
@@ -255,10 +256,15 @@ class Service:
         request: Request,
         on_progress: ProgressFn | None = None,
         should_stop: Callable[[], bool] | None = None,
+        *,
+        owner: str | None = None,
     ) -> Result:
-        """Validate, run and keep one request. Raises `InvalidRequest` or `Cancelled`."""
+        """Validate, run and keep one request. Raises `InvalidRequest` or `Cancelled`.
+
+        `owner` (the UI's session id) tags the history entry, so a public app shows each visitor their own.
+        """
         if isinstance(request, CompareRequest):
-            return self.compare(request, on_progress, should_stop)
+            return self.compare(request, on_progress, should_stop, owner=owner)
         checked, warnings = self.validate(request)
         task = TASK_OF[type(checked)]
         if should_stop is not None and should_stop():
@@ -276,13 +282,15 @@ class Service:
             mask_image=getattr(output, "mask_image", None),
             depth_image=getattr(output, "depth_image", None),
         )
-        return self._keep(result)
+        return self._keep(result, owner)
 
     def compare(
         self,
         request: CompareRequest,
         on_progress: ProgressFn | None = None,
         should_stop: Callable[[], bool] | None = None,
+        *,
+        owner: str | None = None,
     ) -> Result:
         """The same prompt and seed through each sampler in turn, each timed; one image per sampler."""
         checked, warnings = self.validate(request)
@@ -316,7 +324,7 @@ class Service:
             timings=timings,
             captions=captions,
         )
-        return self._keep(result)
+        return self._keep(result, owner)
 
     # ---- keeping results ---------------------------------------------------------------------------
     def _save(self, result: Result) -> list[Path]:
@@ -340,7 +348,7 @@ class Service:
         log.info("saved %d file(s) to %s", len(paths), folder)
         return paths
 
-    def _keep(self, result: Result) -> Result:
+    def _keep(self, result: Result, owner: str | None = None) -> Result:
         if self.outputs_dir is not None:
             try:
                 result.saved = self._save(result)
@@ -348,17 +356,18 @@ class Service:
                 log.warning("could not save to %s: %s", self.outputs_dir, error)
                 result.warnings.append(f"The images could not be saved to the outputs folder ({error.strerror}).")
         entry = HistoryEntry(
-            result.created, result.task, result.seed, result.parameters, tuple(result.images), tuple(result.saved)
+            result.created, result.task, result.seed, result.parameters, tuple(result.images), tuple(result.saved),
+            owner,
         )
         with self._lock:
             self._history.appendleft(entry)
             self.last_seed = result.seed
         return result
 
-    def history(self) -> list[HistoryEntry]:
-        """Recent results, newest first."""
+    def history(self, owner: str | None = None) -> list[HistoryEntry]:
+        """Recent results, newest first; only `owner`'s when one is given (the UI always gives one)."""
         with self._lock:
-            return list(self._history)
+            return [entry for entry in self._history if owner is None or entry.owner == owner]
 
     # ---- PNG info ----------------------------------------------------------------------------------
     @staticmethod

@@ -163,6 +163,12 @@ def test_models_history_and_png_info(app) -> None:
     assert history["data"][0][1] == "txt2img" and history["data"][0][4].startswith("history check")
     assert len(gallery) == sum(row[3] for row in history["data"])
 
+    stranger = Client(client.src, verbose=False)  # another visitor: a different session
+    stranger_gallery, stranger_history = stranger.predict(api_name="/history")
+    assert not stranger_gallery
+    assert not any(str(row[4]).startswith("history check") for row in stranger_history["data"])
+    assert any(entry.parameters.startswith("history check") for entry in service.history())  # kept server-side
+
     saved = sorted(outputs.glob("*/*.png"))[-1]
     text, fields = client.predict(path=handle_file(str(saved)), api_name="/png_info")
     assert text == Image.open(saved).info["parameters"]

@@ -166,7 +166,8 @@ def stream_result(
     progress(0, desc="Loading the model…")
     keep = (gr.skip(),) * (n_outputs - 3)
     try:
-        for item in stream(lambda on_progress, should_stop: service.run(request, on_progress, should_stop), flag):
+        run = lambda on_progress, should_stop: service.run(request, on_progress, should_stop, owner=session)  # noqa: E731
+        for item in stream(run, flag):
             if isinstance(item, tuple):
                 done, total, preview = item
                 progress((done, total), desc="Sampling", unit="steps")

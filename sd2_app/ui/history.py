@@ -1,4 +1,7 @@
-"""History: the recent results of this server with their settings (the files are in the outputs folder)."""
+"""History: this visitor's recent results with their settings (the files are in the outputs folder).
+
+Each browser session sees only what it made: on a public Space, prompts and images stay private.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,11 @@ from typing import Any
 import gradio as gr
 
 
-def _rows(service: Any) -> tuple[list[tuple[Any, str]], list[list[Any]]]:
+def _rows(service: Any, request: gr.Request | None) -> tuple[list[tuple[Any, str]], list[list[Any]]]:
     images: list[tuple[Any, str]] = []
     rows: list[list[Any]] = []
-    for entry in service.history():
+    session = request.session_hash if request is not None else None
+    for entry in service.history(owner=session or "api"):  # the same owner the Generate handlers use
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.created))
         images += [(image, f"{entry.task} · seed {entry.seed}") for image in entry.images]
         saved = ", ".join(str(p) for p in entry.saved) or "(not saved)"
@@ -28,5 +32,8 @@ def build(service: Any) -> tuple[Any, list[Any]]:
                          elem_id="history-gallery")
     table = gr.Dataframe(headers=["time", "task", "seed", "images", "parameters", "files"], wrap=True,
                          interactive=False, elem_id="history-table")
-    refresh.click(lambda: _rows(service), None, [gallery, table], api_name="history", queue=False)
-    return (lambda: _rows(service)), [gallery, table]
+    def rows(request: gr.Request) -> tuple[list[tuple[Any, str]], list[list[Any]]]:
+        return _rows(service, request)
+
+    refresh.click(rows, None, [gallery, table], api_name="history", queue=False)
+    return rows, [gallery, table]
