@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is imported lazily)
+    if find_spec("spaces") is not None:
+        import spaces  # noqa: F401  # ZeroGPU patches torch's CUDA calls: it must be imported before torch
     import torch
     from PIL import Image
 
