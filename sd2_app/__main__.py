@@ -58,6 +58,8 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="the model manager's cache folder (tiny repos, file hashes); default $SD2APP_CACHE")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    parser.add_argument("--speed", choices=("default", "compile", "eager"), default="default",
+                   help="GPU speed path: default (CUDA graphs, fused ops), compile (torch.compile, slow warm-up), eager")
     parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
                         help="default: float16 on CUDA, float32 on CPU")
     parser.add_argument("--json", action="store_true", help="print one JSON line per run instead of paths")
@@ -148,6 +150,7 @@ def _repo_assignments(args: argparse.Namespace) -> list[str]:
 def make_service(args: argparse.Namespace) -> Any:
     import torch
 
+    from sd2_app.accel import options_for
     from sd2_app.manager import ModelManager
     from sd2_app.registry import apply_overrides, parse_assignments
     from sd2_app.service import Service
@@ -155,7 +158,8 @@ def make_service(args: argparse.Namespace) -> Any:
     registry = apply_overrides(repos=parse_assignments(_repo_assignments(args)),
                                revisions=parse_assignments(args.revision))
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, cache_dir=args.model_dir)
+    manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, cache_dir=args.model_dir,
+                           accel=options_for(args.speed))
     return Service(manager, outputs_dir=None)
 
 

@@ -265,3 +265,15 @@ def test_accelerator_keeps_one_wrapper_per_unet_and_lets_go_with_it() -> None:
     assert len(accelerator._unets) == 0  # the cache does not keep a freed UNet (or its graphs) alive
     with pytest.raises(ReferenceError):
         first.config  # noqa: B018
+
+
+def test_speed_modes_map_to_their_switches() -> None:
+    from sd2_app.accel import SPEED_MODES, options_for
+
+    assert SPEED_MODES == ("default", "compile", "eager")
+    default, compiled, eager = (options_for(mode) for mode in SPEED_MODES)
+    assert default.cuda_graphs and default.fused_ops and not default.compile
+    assert compiled.compile and compiled.cuda_graphs and not compiled.fused_ops
+    assert not (eager.cuda_graphs or eager.fused_ops or eager.compile)
+    with pytest.raises(ValueError, match="unknown speed mode 'fast'"):
+        options_for("fast")

@@ -7,8 +7,8 @@ Importing this package touches no GPU and imports no triton; every switch is app
 from sd2_app.accel.backends import BackendState, setup_backends
 from sd2_app.accel.cuda_graph import CudaGraphUNet
 from sd2_app.accel.hooks import Accelerator
-from sd2_app.accel.options import AccelOptions, accelerate_unet, accelerate_vae
+from sd2_app.accel.options import SPEED_MODES, AccelOptions, accelerate_unet, accelerate_vae, options_for
 from sd2_app.accel.vae_decode import decode_with_fallback
 
-__all__ = ["AccelOptions", "Accelerator", "BackendState", "CudaGraphUNet", "accelerate_unet", "accelerate_vae",
+__all__ = ["SPEED_MODES", "options_for", "AccelOptions", "Accelerator", "BackendState", "CudaGraphUNet", "accelerate_unet", "accelerate_vae",
            "decode_with_fallback", "setup_backends"]

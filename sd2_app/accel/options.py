@@ -41,6 +41,17 @@ class AccelOptions:
         return cls(fused_ops=False, compile=True)
 
 
+SPEED_MODES = ("default", "compile", "eager")  # the --speed flag of app.py and the CLI
+
+
+def options_for(mode: str) -> AccelOptions:
+    """The switches behind `--speed`: default (graphs + fused ops, no long warm-up), compile
+    (regional torch.compile + graphs, minutes of warm-up), eager (plain modules, for comparison or debugging)."""
+    if mode not in SPEED_MODES:
+        raise ValueError(f"unknown speed mode {mode!r}; choose one of {', '.join(SPEED_MODES)}")
+    return {"default": AccelOptions, "compile": AccelOptions.compiled, "eager": AccelOptions.eager}[mode]()
+
+
 def accelerate_unet(unet: nn.Module, options: AccelOptions) -> nn.Module | CudaGraphUNet:
     """Apply the UNet switches in place and return what the loop should call (the UNet or its graph wrapper).
 
