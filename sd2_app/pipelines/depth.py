@@ -18,10 +18,9 @@ from sd2_app.components import Components
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.images import grayscale_to_tensor, postprocess, preprocess_image
 from sd2_app.pipelines.img2img import noised_init_latents
-from sd2_app.pipelines.loop import Conditioning, ProgressFn, run_sampling
+from sd2_app.pipelines.loop import ProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
-from sd2_app.pipelines.prompt import encode_prompts
-from sd2_app.pipelines.sampling import make_generator, plan_sampling
+from sd2_app.pipelines.sampling import start_job
 from sd2_app.pipelines.vae_io import decode, vae_factor
 from sd2_app.requests import DepthRequest
 
@@ -68,7 +67,6 @@ def depth2img(components: Components, request: DepthRequest, on_step: ProgressFn
         raise InvalidRequest(f"{components.key} is not a depth checkpoint (its UNet takes "
                              f"{components.unet.config.in_channels} channels, depth-to-image needs 5)")
     sampling = request.sampling
-    assert sampling.seed is not None, "the service resolves the seed before calling a pipeline"
     factor = vae_factor(components.vae)
     warnings: list[str] = []
     original = request.image.convert("RGB")
@@ -86,23 +84,10 @@ def depth2img(components: Components, request: DepthRequest, on_step: ProgressFn
     if (width, height) != original.size:
         warnings.append(f"Size {original.width}x{original.height} is not a multiple of {factor}; "
                         f"used {width}x{height}.")
-    generator = make_generator(components.device, sampling.seed)
-    use_cfg = sampling.cfg_scale > 1.0
-    context, prompt_warnings = encode_prompts(
-        components.text_encoder, components.tokenizer, request.prompt, request.negative_prompt,
-        batch_size=sampling.batch_size, use_cfg=use_cfg, device=components.device,
-    )
-    warnings += prompt_warnings
-    plan = plan_sampling(components.scheduler_config, sampling, strength=request.strength)
-    x = noised_init_latents(components, image, plan, sampling.batch_size, generator)
-    concat = condition.repeat(sampling.batch_size * (2 if use_cfg else 1), 1, 1, 1)  # (2B|B, 1, h, w)
-
-    latents = run_sampling(
-        components.unet, Conditioning(context=context, concat=concat), x, plan.schedule, plan.spec,
-        cfg_scale=sampling.cfg_scale, guidance_rescale=sampling.guidance_rescale,
-        prediction_type=components.scheduler_config.prediction_type, generator=generator,
-        on_step=on_step, sampler_options=plan.options,
-    )
+    job = start_job(components, request, strength=request.strength)
+    warnings += job.warnings
+    x = noised_init_latents(components, image, job.plan, sampling.batch_size, job.generator)
+    latents = job.denoise(x, concat=condition.repeat(job.rows, 1, 1, 1), on_step=on_step)  # (2B|B, 1, h, w)
     images = postprocess(decode(components.vae, latents))
     settings = sampling_settings(sampling, width=width, height=height, model=components.key)
     settings["Denoising strength"] = request.strength

@@ -6,10 +6,9 @@ import torch
 
 from sd2_app.components import Components
 from sd2_app.pipelines.images import postprocess, preprocess_image
-from sd2_app.pipelines.loop import Conditioning, ProgressFn, run_sampling
+from sd2_app.pipelines.loop import ProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
-from sd2_app.pipelines.prompt import encode_prompts
-from sd2_app.pipelines.sampling import SamplingPlan, draw_noise, make_generator, plan_sampling
+from sd2_app.pipelines.sampling import SamplingPlan, draw_noise, start_job
 from sd2_app.pipelines.txt2img import effective_size
 from sd2_app.pipelines.vae_io import decode, encode, vae_factor
 from sd2_app.requests import Img2ImgRequest
@@ -39,7 +38,6 @@ def noised_init_latents(
 def img2img(components: Components, request: Img2ImgRequest, on_step: ProgressFn | None = None) -> PipelineOutput:
     """Re-draw an image: strength 1 keeps only its composition's noise-level trace, 0 would keep it all."""
     sampling = request.sampling
-    assert sampling.seed is not None, "the service resolves the seed before calling a pipeline"
     factor = vae_factor(components.vae)
     warnings: list[str] = []
     width, height = request.width or request.image.width, request.height or request.image.height
@@ -51,21 +49,10 @@ def img2img(components: Components, request: Img2ImgRequest, on_step: ProgressFn
                         f"used {image.shape[-1]}x{image.shape[-2]}.")
     height, width = image.shape[-2:]
 
-    generator = make_generator(components.device, sampling.seed)
-    use_cfg = sampling.cfg_scale > 1.0
-    context, prompt_warnings = encode_prompts(
-        components.text_encoder, components.tokenizer, request.prompt, request.negative_prompt,
-        batch_size=sampling.batch_size, use_cfg=use_cfg, device=components.device,
-    )
-    warnings += prompt_warnings
-    plan = plan_sampling(components.scheduler_config, sampling, strength=request.strength)
-    x = noised_init_latents(components, image, plan, sampling.batch_size, generator)
-    latents = run_sampling(
-        components.unet, Conditioning(context=context), x, plan.schedule, plan.spec,
-        cfg_scale=sampling.cfg_scale, guidance_rescale=sampling.guidance_rescale,
-        prediction_type=components.scheduler_config.prediction_type, generator=generator,
-        on_step=on_step, sampler_options=plan.options,
-    )
+    job = start_job(components, request, strength=request.strength)
+    warnings += job.warnings
+    x = noised_init_latents(components, image, job.plan, sampling.batch_size, job.generator)
+    latents = job.denoise(x, on_step=on_step)
     images = postprocess(decode(components.vae, latents))
     settings = sampling_settings(sampling, width=width, height=height, model=components.key)
     settings["Denoising strength"] = request.strength

@@ -14,11 +14,10 @@ from sd2_app.components import Components
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.images import floor_size, postprocess, preprocess_image, preprocess_mask
 from sd2_app.pipelines.img2img import noised_init_latents
-from sd2_app.pipelines.loop import Conditioning, ProgressFn, run_sampling
+from sd2_app.pipelines.loop import ProgressFn
 from sd2_app.pipelines.masks import binarize, crop_box, paste_back
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
-from sd2_app.pipelines.prompt import encode_prompts
-from sd2_app.pipelines.sampling import draw_noise, make_generator, plan_sampling
+from sd2_app.pipelines.sampling import start_job
 from sd2_app.pipelines.txt2img import native_size
 from sd2_app.pipelines.vae_io import decode, encode, vae_factor
 from sd2_app.requests import InpaintRequest
@@ -35,40 +34,26 @@ def _generate(
 ) -> tuple[list[Image.Image], torch.Tensor]:
     """The reference algorithm on (image, mask) resized to `size`: returns decoded images and latents."""
     sampling = request.sampling
-    assert sampling.seed is not None, "the service resolves the seed before calling a pipeline"
     factor = vae_factor(components.vae)
     width, height = size
     init_image = preprocess_image(image, width, height, factor=factor)  # (1, 3, H, W)
     mask_tensor = preprocess_mask(mask, width, height, factor=factor)  # (1, 1, H, W) 0/1
     masked_image = init_image * (mask_tensor < 0.5)  # repainted pixels -> 0 (mid-gray)
 
-    generator = make_generator(components.device, sampling.seed)
-    use_cfg = sampling.cfg_scale > 1.0
-    context, prompt_warnings = encode_prompts(
-        components.text_encoder, components.tokenizer, request.prompt, request.negative_prompt,
-        batch_size=sampling.batch_size, use_cfg=use_cfg, device=components.device,
-    )
-    warnings += prompt_warnings
-    plan = plan_sampling(components.scheduler_config, sampling, strength=request.strength)
+    job = start_job(components, request, strength=request.strength)
+    warnings += job.warnings
 
     # Draw order (reference §4.9): start latents (posterior + noise when strength < 1), then masked encode.
     batch = sampling.batch_size
     h, w = height // factor, width // factor
     if request.strength >= 1.0:
-        shape = (batch, components.vae.config.latent_channels, h, w)
-        x = draw_noise(shape, generator, components.device, components.dtype) * plan.schedule.init_noise_sigma
+        x = job.start_noise((batch, components.vae.config.latent_channels, h, w))
     else:
-        x = noised_init_latents(components, init_image, plan, batch, generator)
-    masked_latents = encode(components.vae, masked_image, generator)  # (1, 4, h, w)
+        x = noised_init_latents(components, init_image, job.plan, batch, job.generator)
+    masked_latents = encode(components.vae, masked_image, job.generator)  # (1, 4, h, w)
     mask_latent = F.interpolate(mask_tensor, size=(h, w)).to(masked_latents.device)  # nearest, (1, 1, h, w)
-    concat = torch.cat([mask_latent, masked_latents], dim=1).repeat(batch * (2 if use_cfg else 1), 1, 1, 1)
-
-    latents = run_sampling(
-        components.unet, Conditioning(context=context, concat=concat), x, plan.schedule, plan.spec,
-        cfg_scale=sampling.cfg_scale, guidance_rescale=sampling.guidance_rescale,
-        prediction_type=components.scheduler_config.prediction_type, generator=generator,
-        on_step=on_step, sampler_options=plan.options,
-    )
+    concat = torch.cat([mask_latent, masked_latents], dim=1).repeat(job.rows, 1, 1, 1)  # (2B|B, 5, h, w)
+    latents = job.denoise(x, concat=concat, on_step=on_step)
     return postprocess(decode(components.vae, latents)), latents
 
 

@@ -1,4 +1,4 @@
-"""Per-request sampling set-up shared by the tasks: the seeded generator, noise draws, the schedule slice."""
+"""Per-request set-up shared by the tasks: the seeded generator, noise draws, the schedule slice, the `Job`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Any
 import torch
 
 from sd2_app.errors import InvalidRequest
+from sd2_app.pipelines.loop import Conditioning, ProgressFn, Tiling, run_sampling
+from sd2_app.pipelines.prompt import encode_prompts
 from sd2_app.requests import Sampling
 
 
@@ -51,3 +53,59 @@ def plan_sampling(config: Any, sampling: Sampling, strength: float | None = None
     if sampling.eta > 0 and spec.name == "DDIM":  # only DDIM's function takes eta
         options["eta"] = sampling.eta
     return SamplingPlan(spec=spec, schedule=schedule, options=options)
+
+
+@dataclass
+class Job:
+    """What every task sets up the same way; a task adds only its start latents and extra UNet inputs.
+
+    Nothing here draws random numbers, so starting a job first keeps each task's draw order (reference §4.9).
+    """
+
+    components: Any  # sd2_app.components.Components
+    sampling: Sampling
+    generator: torch.Generator
+    context: torch.Tensor  # (2B|B, 77, D), uncond first when guided
+    plan: SamplingPlan
+    warnings: list[str]
+
+    @property
+    def rows(self) -> int:
+        """Batch rows the UNet sees: the images, twice over when guidance is on."""
+        return self.sampling.batch_size * (2 if self.sampling.cfg_scale > 1.0 else 1)
+
+    def start_noise(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """Text-to-image start latents: unit noise scaled to the schedule's first sigma."""
+        device, dtype = self.components.device, self.components.dtype
+        return draw_noise(shape, self.generator, device, dtype) * self.plan.schedule.init_noise_sigma
+
+    def denoise(
+        self,
+        x: torch.Tensor,
+        *,
+        concat: torch.Tensor | None = None,
+        class_labels: torch.Tensor | None = None,
+        on_step: ProgressFn | None = None,
+        tiling: Tiling | None = None,
+    ) -> torch.Tensor:
+        """Run the one loop on `x` (B, 4, h, w) with the task's extra channels; returns VAE-space latents."""
+        c = self.components
+        return run_sampling(
+            c.unet, Conditioning(context=self.context, concat=concat, class_labels=class_labels), x,
+            self.plan.schedule, self.plan.spec, cfg_scale=self.sampling.cfg_scale,
+            guidance_rescale=self.sampling.guidance_rescale, prediction_type=c.scheduler_config.prediction_type,
+            generator=self.generator, on_step=on_step, tiling=tiling, sampler_options=self.plan.options,
+        )
+
+
+def start_job(components: Any, request: Any, *, strength: float | None = None) -> Job:
+    """Seeded generator, encoded prompts ([uncond; cond]) and the sampling plan for `request`."""
+    sampling = request.sampling
+    assert sampling.seed is not None, "the service resolves the seed before calling a pipeline"
+    generator = make_generator(components.device, sampling.seed)
+    context, warnings = encode_prompts(
+        components.text_encoder, components.tokenizer, request.prompt, request.negative_prompt,
+        batch_size=sampling.batch_size, use_cfg=sampling.cfg_scale > 1.0, device=components.device,
+    )
+    plan = plan_sampling(components.scheduler_config, sampling, strength=strength)
+    return Job(components, sampling, generator, context, plan, list(warnings))

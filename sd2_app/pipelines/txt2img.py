@@ -6,10 +6,9 @@ import torch
 
 from sd2_app.components import Components
 from sd2_app.pipelines.images import postprocess, round_size
-from sd2_app.pipelines.loop import Conditioning, ProgressFn, run_sampling
+from sd2_app.pipelines.loop import ProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
-from sd2_app.pipelines.prompt import encode_prompts
-from sd2_app.pipelines.sampling import draw_noise, make_generator, plan_sampling
+from sd2_app.pipelines.sampling import start_job
 from sd2_app.pipelines.vae_io import decode, vae_factor
 from sd2_app.requests import Txt2ImgRequest
 
@@ -32,30 +31,15 @@ def effective_size(width: int, height: int, factor: int, warnings: list[str]) ->
 def txt2img(components: Components, request: Txt2ImgRequest, on_step: ProgressFn | None = None) -> PipelineOutput:
     """Generate `batch_size` images from a prompt; one generator seeded with the request's seed."""
     sampling = request.sampling
-    assert sampling.seed is not None, "the service resolves the seed before calling a pipeline"
     factor = vae_factor(components.vae)
     warnings: list[str] = []
     native = native_size(components)
     width, height = effective_size(request.width or native, request.height or native, factor, warnings)
 
-    generator = make_generator(components.device, sampling.seed)
-    use_cfg = sampling.cfg_scale > 1.0
-    context, prompt_warnings = encode_prompts(
-        components.text_encoder, components.tokenizer, request.prompt, request.negative_prompt,
-        batch_size=sampling.batch_size, use_cfg=use_cfg, device=components.device,
-    )
-    warnings += prompt_warnings
-    plan = plan_sampling(components.scheduler_config, sampling)
-
-    channels = components.vae.config.latent_channels
-    shape = (sampling.batch_size, channels, height // factor, width // factor)
-    x = draw_noise(shape, generator, components.device, components.dtype) * plan.schedule.init_noise_sigma
-    latents = run_sampling(
-        components.unet, Conditioning(context=context), x, plan.schedule, plan.spec,
-        cfg_scale=sampling.cfg_scale, guidance_rescale=sampling.guidance_rescale,
-        prediction_type=components.scheduler_config.prediction_type, generator=generator,
-        on_step=on_step, sampler_options=plan.options,
-    )
+    job = start_job(components, request)
+    warnings += job.warnings
+    shape = (sampling.batch_size, components.vae.config.latent_channels, height // factor, width // factor)
+    latents = job.denoise(job.start_noise(shape), on_step=on_step)
     images = postprocess(decode(components.vae, latents))
     settings = sampling_settings(sampling, width=width, height=height, model=components.key)
     label_images(images, request.prompt, request.negative_prompt, settings)

@@ -12,10 +12,9 @@ import torch
 from sd2_app.components import Components
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.images import BICUBIC, postprocess, preprocess_image
-from sd2_app.pipelines.loop import Conditioning, ProgressFn, Tiling, run_sampling
+from sd2_app.pipelines.loop import ProgressFn, Tiling
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
-from sd2_app.pipelines.prompt import encode_prompts
-from sd2_app.pipelines.sampling import draw_noise, make_generator, plan_sampling
+from sd2_app.pipelines.sampling import draw_noise, start_job
 from sd2_app.pipelines.vae_io import decode, vae_factor
 from sd2_app.requests import UpscaleRequest
 from sd2_app.samplers.schedules import SchedulerConfig, alphas_cumprod
@@ -44,7 +43,6 @@ def upscale(components: Components, request: UpscaleRequest, on_step: ProgressFn
     if not 0 <= request.noise_level <= components.max_noise_level:
         raise InvalidRequest(f"noise level must be within 0..{components.max_noise_level}")
     sampling = request.sampling
-    assert sampling.seed is not None, "the service resolves the seed before calling a pipeline"
     factor = vae_factor(components.vae)  # 4
     warnings: list[str] = []
     original = request.image.convert("RGB")
@@ -53,32 +51,17 @@ def upscale(components: Components, request: UpscaleRequest, on_step: ProgressFn
     if (w, h) != original.size:
         warnings.append(f"Size {original.width}x{original.height} is not a multiple of {factor}; used {w}x{h}.")
 
-    generator = make_generator(components.device, sampling.seed)
-    use_cfg = sampling.cfg_scale > 1.0
-    batch = sampling.batch_size
-    context, prompt_warnings = encode_prompts(
-        components.text_encoder, components.tokenizer, request.prompt, request.negative_prompt,
-        batch_size=batch, use_cfg=use_cfg, device=components.device,
-    )
-    warnings += prompt_warnings
-    plan = plan_sampling(components.scheduler_config, sampling)
+    job = start_job(components, request)
+    warnings += job.warnings
 
     # Draw order (reference §4.9): the augmentation noise, then the start latents.
-    noise = draw_noise(tuple(image.shape), generator, components.device, components.dtype)
+    noise = draw_noise(tuple(image.shape), job.generator, components.device, components.dtype)
     low_res = augment_low_res(image, noise, request.noise_level, components.low_res_scheduler_config)
-    rows = batch * (2 if use_cfg else 1)
-    concat = low_res.repeat(rows, 1, 1, 1)  # (2B|B, 3, h, w)
-    labels = torch.full((rows,), request.noise_level, dtype=torch.long, device=components.device)
-    shape = (batch, components.vae.config.latent_channels, h, w)
-    x = draw_noise(shape, generator, components.device, components.dtype) * plan.schedule.init_noise_sigma
-
+    concat = low_res.repeat(job.rows, 1, 1, 1)  # (2B|B, 3, h, w)
+    labels = torch.full((job.rows,), request.noise_level, dtype=torch.long, device=components.device)
+    x = job.start_noise((sampling.batch_size, components.vae.config.latent_channels, h, w))
     tiling = _tiling(request.tile_size)
-    latents = run_sampling(
-        components.unet, Conditioning(context=context, concat=concat, class_labels=labels), x, plan.schedule,
-        plan.spec, cfg_scale=sampling.cfg_scale, guidance_rescale=sampling.guidance_rescale,
-        prediction_type=components.scheduler_config.prediction_type, generator=generator,
-        on_step=on_step, tiling=tiling, sampler_options=plan.options,
-    )
+    latents = job.denoise(x, concat=concat, class_labels=labels, on_step=on_step, tiling=tiling)
     pixels = decode(components.vae, latents, force_fp32=True, tile=tiling.tile, overlap=tiling.overlap)
     images = postprocess(pixels)
     out_w, out_h = w * factor, h * factor
