@@ -277,3 +277,12 @@ def test_speed_modes_map_to_their_switches() -> None:
     assert not (eager.cuda_graphs or eager.fused_ops or eager.compile)
     with pytest.raises(ValueError, match="unknown speed mode 'fast'"):
         options_for("fast")
+
+
+@pytest.mark.gpu
+def test_triton_kernels_pass_their_start_up_check_on_this_gpu() -> None:
+    from sd2_app.accel.fused import kernels_agree, triton_available
+
+    if not triton_available():
+        pytest.skip("triton is not installed")
+    assert kernels_agree(0, torch.float16) and kernels_agree(0, torch.float32)

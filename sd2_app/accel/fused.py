@@ -12,6 +12,7 @@ import importlib.util
 import logging
 from functools import cache
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -88,8 +89,45 @@ class FusedGEGLU(nn.Module):
         return geglu(self.proj(x))  # (..., inner)
 
 
+@cache
+def kernels_agree(device_index: int, dtype: torch.dtype) -> bool:
+    """Run both Triton kernels once on random data against the eager math (once per device and dtype).
+
+    A kernel that is wrong on some GPU or Triton version would otherwise change every image silently
+    (the CUDA-graph check compares against the same fused modules); a disagreement keeps the eager ops.
+    """
+    from sd2_app.accel import triton_kernels
+
+    device = torch.device("cuda", device_index)
+    generator = torch.Generator(device).manual_seed(0)
+    x = torch.randn(2, 64, 12, 10, device=device, dtype=dtype, generator=generator)
+    norm = nn.GroupNorm(32, 64, eps=1e-5).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        norm.weight.normal_(generator=generator)
+        norm.bias.normal_(generator=generator)
+        projected = torch.randn(2, 77, 2 * 96, device=device, dtype=dtype, generator=generator)
+        fused_norm = triton_kernels.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        eager_norm = F.silu(F.group_norm(x.float(), 32, norm.weight.float(), norm.bias.float(), norm.eps))
+        value, gate = projected.float().chunk(2, dim=-1)
+        fused_geglu, eager_geglu = triton_kernels.geglu(projected), value * F.gelu(gate)
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+    errors = ((fused_norm.float() - eager_norm).abs().max(), (fused_geglu.float() - eager_geglu).abs().max())
+    agree = all(bool(e <= tolerance) for e in errors)  # one host sync, once per process
+    if not agree:
+        logger.warning("Triton kernels disagree with eager math (%s); keeping the eager ops",
+                       ", ".join(f"{float(e):.3g}" for e in errors))
+    return agree
+
+
 def fuse_modules(model: nn.Module) -> int:
-    """Swap every ResnetBlock2D / GEGLU inside `model` for its fused twin, in place; returns the count."""
+    """Swap every ResnetBlock2D / GEGLU inside `model` for its fused twin, in place; returns the count.
+
+    On CUDA the kernels are first checked once against the eager math; if they disagree nothing is swapped.
+    """
+    first = next(model.parameters(), None)
+    if first is not None and first.is_cuda and triton_available():
+        if not kernels_agree(first.device.index or 0, first.dtype):
+            return 0
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
     for parent in model.modules():
         for name, child in parent.named_children():
