@@ -7,7 +7,7 @@ OUT="${OUT:-bench/results}"
 CKPT="${BENCH_CKPT:-/tmp/sd2-bench}"
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
-timeout 300 python -m pytest -q -m gpu tests/test_accel.py tests/test_gpu_numerics.py tests/test_manager.py 2>&1 | tail -20 > "$OUT/gpu_tests.txt"
+timeout 300 python -m pytest -q -m gpu tests/test_accel.py tests/test_gpu_numerics.py tests/test_manager.py tests/test_reliability_faults.py 2>&1 | tail -20 > "$OUT/gpu_tests.txt"
 # shellcheck disable=SC2086
 python -m bench.run --ckpt "$CKPT" --out "$OUT" ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1
 status=$?
