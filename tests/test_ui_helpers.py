@@ -71,3 +71,15 @@ def test_stop_flags_are_per_run_and_forgotten_when_it_ends() -> None:
     assert flags.stop("s1") and second.is_set()
     flags.release("s1", second)
     assert not flags.stop("s1") and flags._flags == {}
+
+
+def test_result_text_fences_prompts_that_contain_backticks() -> None:
+    from types import SimpleNamespace
+
+    from sd2_app.ui.common import describe
+
+    parameters = "a ```quoted``` prompt\nSteps: 2, Seed: 7"
+    text = describe(SimpleNamespace(seed=7, timings={"run": 1.0}, warnings=[], parameters=parameters))
+    lines = text.splitlines()
+    opening = lines.index("````text")  # longer than the prompt's run of three
+    assert lines[opening + 1:opening + 3] == parameters.splitlines() and lines[opening + 3] == "````"

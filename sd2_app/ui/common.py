@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -140,7 +141,10 @@ def describe(result: Any) -> str:
     lines = [f"**Seed** {result.seed} · {seconds}"]
     lines += [f"- ⚠️ {w}" for w in result.warnings]
     if result.parameters:
-        lines += ["", "```text", result.parameters, "```"]
+        # A fence longer than any backtick run in the text, so a prompt with ``` cannot close it early.
+        longest = max((len(run) for run in re.findall(r"`+", result.parameters)), default=0)
+        fence = "`" * max(3, longest + 1)
+        lines += ["", f"{fence}text", result.parameters, fence]
     return "\n".join(lines)
 
 
