@@ -83,3 +83,14 @@ def test_result_text_fences_prompts_that_contain_backticks() -> None:
     lines = text.splitlines()
     opening = lines.index("````text")  # longer than the prompt's run of three
     assert lines[opening + 1:opening + 3] == parameters.splitlines() and lines[opening + 3] == "````"
+
+
+def test_png_info_numbers_are_clamped_into_the_slider_ranges() -> None:
+    import gradio as gr
+
+    from sd2_app.ui.blocks import clamp_to
+
+    steps = gr.Slider(1, 150, 25, step=1)
+    assert clamp_to(500, steps) == 150 and clamp_to(0, steps) == 1 and clamp_to(30, steps) == 30
+    assert clamp_to(7.5, gr.Slider(0, 30, 7.5)) == 7.5
+    assert not isinstance(clamp_to("20", steps), (int, float))  # not a number: the widget keeps its value

@@ -100,6 +100,16 @@ def sampler_fields(parsed: dict[str, Any], names: list[str]) -> tuple[str | None
     return (name if name in names else None), karras
 
 
+def clamp_to(value: Any, slider: Any) -> Any:
+    """A number read from another tool's PNG, clamped into `slider`'s range (gr.skip() when not a number).
+
+    Out-of-range values would otherwise reach the slider as they are and fail later, at Generate.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return gr.skip()
+    return min(max(value, slider.minimum), slider.maximum)
+
+
 def _wire_png_send(button: gr.Button, fields: gr.JSON, t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs) -> None:
     """PNG info -> text to image: prompt, negative prompt, sampler, steps, CFG, seed and size."""
     controls = t2i.sampling
@@ -119,11 +129,11 @@ def _wire_png_send(button: gr.Button, fields: gr.JSON, t2i: txt2img.Txt2ImgTab, 
             parsed.get("Negative prompt", ""),
             keep if sampler is None else sampler,
             karras,
-            parsed.get("Steps", keep),
-            parsed.get("CFG scale", keep),
+            clamp_to(parsed.get("Steps"), controls.steps),
+            clamp_to(parsed.get("CFG scale"), controls.cfg),
             parsed.get("Seed", keep),
-            int(width) if width.isdigit() else keep,
-            int(height) if height.isdigit() else keep,
+            clamp_to(int(width), t2i.width) if width.isdigit() else keep,
+            clamp_to(int(height), t2i.height) if height.isdigit() else keep,
             gr.Tabs(selected="txt2img"),
         )
 
