@@ -358,14 +358,25 @@ class _FakeHub:
         files = [f for f in SD2_LISTING if matches_any(f, patterns)]
         if kwargs.get("dry_run"):
             return [DryRunFileInfo("abc", 10, f, "", False, True) for f in files]
+        bar_class = kwargs.get("tqdm_class")
+        bytes_bar = None if bar_class is None else bar_class(total=0, unit="B", desc="Reconstructing", disable=True)
+        transfer_bar = None if bar_class is None else bar_class(total=0, unit="B", desc="Downloading bytes",
+                                                                disable=True)
         for f in files:
             (self.snapshot / f).parent.mkdir(parents=True, exist_ok=True)
             (self.snapshot / f).write_text("x")
+            if bytes_bar is not None:
+                bytes_bar.update(2**29)  # half a GiB "written" per file
+                transfer_bar.update(2**29)  # the network-side bar must not be counted again
+        if bytes_bar is not None:
+            bytes_bar.close()
+            transfer_bar.close()
         return str(self.snapshot)
 
 
 def test_online_resolution_downloads_exactly_the_chosen_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub
+    import huggingface_hub.constants  # a lazy submodule: import it before patching it
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
@@ -380,12 +391,16 @@ def test_online_resolution_downloads_exactly_the_chosen_files(tmp_path: Path, mo
     assert sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()) == sorted(
         select_files(SD2_LISTING, COMPONENTS, "r")
     )
-    assert messages == ["stabilityai/stable-diffusion-2: fetching 12 files (0.00 GiB to download)"]
+    assert messages[0] == "stabilityai/stable-diffusion-2: fetching 12 files (0.00 GiB to download)"
+    # Byte progress from huggingface_hub's bars: throttled, written bytes only, and a final count at the end.
+    assert messages[-1] == "stabilityai/stable-diffusion-2: downloaded 6.00 of 0.00 GiB"
+    assert 2 <= len(messages) <= 3 and all("downloaded" in m for m in messages[1:])
     assert repo_label(snapshot) == "stabilityai/stable-diffusion-2"
 
 
 def test_hub_errors_name_the_repo(monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub
+    import huggingface_hub.constants  # a lazy submodule: import it before patching it
     from huggingface_hub.errors import RepositoryNotFoundError
 
     httpx = pytest.importorskip("httpx2")  # huggingface_hub's HTTP client

@@ -137,6 +137,46 @@ def _resolve_folder(folder: Path, components: Sequence[str], label: str) -> Path
     return folder
 
 
+def _byte_reporter(on_progress: ProgressFn, repo: str, total: int, every_s: float = 1.0) -> type:
+    """A tqdm class for snapshot_download that turns its byte counts into throttled progress messages.
+
+    huggingface_hub aggregates every file's bytes into bars made from this class (unit "B"); we count the
+    bytes written ("Reconstructing"/plain downloads), not the separate network-transfer bar, so nothing is
+    counted twice. Messages come at most once per `every_s` seconds, plus one when a bar closes.
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    class _Reporter(tqdm):  # type: ignore[misc]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            self._sd2_done = 0
+            self._sd2_last = 0.0
+            self._sd2_counts = kwargs.get("unit") == "B" and not str(kwargs.get("desc", "")).startswith(
+                "Downloading bytes")
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if self._sd2_counts and n:
+                self._sd2_done += int(n)
+                now = time.monotonic()
+                if now - self._sd2_last >= every_s:
+                    self._sd2_last = now
+                    self._sd2_report()
+            return super().update(n)
+
+        def close(self) -> None:
+            if self._sd2_counts and self._sd2_done:
+                self._sd2_report()
+                self._sd2_counts = False
+            super().close()
+
+        def _sd2_report(self) -> None:
+            on_progress(f"{repo}: downloaded {self._sd2_done / 2**30:.2f} of {total / 2**30:.2f} GiB")
+
+    return _Reporter
+
+
 def _snapshot(repo: str, revision: str | None, cache_dir: Path | None, **kwargs: object) -> object:
     """snapshot_download with its errors turned into LoadError naming the repo."""
     from huggingface_hub import snapshot_download
@@ -198,5 +238,6 @@ def resolve_repo(
     logger.info(message)
     if on_progress is not None:
         on_progress(message)
-    snapshot = Path(str(_snapshot(repo, revision, cache_dir, allow_patterns=wanted)))
+    progress = {} if on_progress is None else {"tqdm_class": _byte_reporter(on_progress, repo, size)}
+    snapshot = Path(str(_snapshot(repo, revision, cache_dir, allow_patterns=wanted, **progress)))
     return _resolve_folder(snapshot, components, repo)
