@@ -35,3 +35,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def components():
+    """Our side of the pipeline parity tests: each tiny checkpoint's Components, loaded once per session."""
+    from tests.pipeline_fixtures import ComponentCache
+
+    return ComponentCache()

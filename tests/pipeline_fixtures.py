@@ -127,17 +127,12 @@ LATENT_TOLERANCE = 1e-4
 
 
 class ComponentCache:
-    """Loads each tiny checkpoint once per test module, on one CPU thread (the suite shares 2 cores)."""
+    """Loads each tiny checkpoint once per test session (the `components` fixture in conftest.py)."""
 
     def __init__(self) -> None:
         self._components: dict[str, Components] = {}
-        self._threads = torch.get_num_threads()
-        torch.set_num_threads(1)
 
     def __call__(self, kind: str) -> Components:
         if kind not in self._components:
             self._components[kind] = load_components(kind)
         return self._components[kind]
-
-    def close(self) -> None:
-        torch.set_num_threads(self._threads)

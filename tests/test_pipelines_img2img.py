@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -28,12 +27,6 @@ from sd2_app.requests import DepthRequest, Img2ImgRequest, InpaintRequest, Sampl
 
 pytest.importorskip("diffusers")
 
-
-@pytest.fixture(scope="module")
-def components() -> Iterator[ComponentCache]:
-    cache = ComponentCache()
-    yield cache
-    cache.close()
 
 
 def _mask(width: int, height: int, box: tuple[int, int, int, int]) -> Image.Image:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -25,12 +24,6 @@ from sd2_app.requests import Sampling, Txt2ImgRequest
 
 pytest.importorskip("diffusers")
 
-
-@pytest.fixture(scope="module")
-def components() -> Iterator[ComponentCache]:
-    cache = ComponentCache()
-    yield cache
-    cache.close()
 
 
 # (checkpoint kind, sampler, batch, width, height, negative prompt, eta, guidance rescale, cfg)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -29,12 +28,6 @@ from sd2_app.samplers import SAMPLERS, SchedulerConfig, make_schedule
 
 pytest.importorskip("diffusers")
 
-
-@pytest.fixture(scope="module")
-def components() -> Iterator[ComponentCache]:
-    cache = ComponentCache()
-    yield cache
-    cache.close()
 
 
 @pytest.mark.parametrize(("sampler", "size", "batch", "negative", "noise_level", "cfg"), [
