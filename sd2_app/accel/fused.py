@@ -32,13 +32,22 @@ def _use_kernel(x: Tensor) -> bool:
     return x.is_cuda and x.is_contiguous() and triton_available()
 
 
-def group_norm_silu(x: Tensor, norm: nn.GroupNorm) -> Tensor:
-    """silu(norm(x)): one fused kernel on CUDA, the two eager ops elsewhere (channels_last included)."""
-    if _use_kernel(x) and norm.affine and x.dtype == norm.weight.dtype:
+def _use_norm_kernel(x: Tensor, norm: nn.GroupNorm) -> bool:
+    """NCHW-contiguous or channels_last 4-D CUDA tensors of the norm's dtype (the kernels' layouts)."""
+    layout_ok = x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+    return (x.is_cuda and layout_ok and triton_available() and norm.affine and x.dim() >= 3
+            and x.dtype == norm.weight.dtype)
+
+
+def group_norm_silu(x: Tensor, norm: nn.GroupNorm, *, apply_silu: bool = True) -> Tensor:
+    """silu(norm(x)) (or norm(x)): fused kernels on CUDA in either layout, the eager ops elsewhere."""
+    if _use_norm_kernel(x, norm):
         from sd2_app.accel import triton_kernels
 
-        return triton_kernels.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
-    return F.silu(F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps))
+        return triton_kernels.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps,
+                                              apply_silu=apply_silu)
+    y = F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+    return F.silu(y) if apply_silu else y
 
 
 def geglu(projected: Tensor) -> Tensor:
@@ -78,6 +87,25 @@ class FusedResnetBlock2D(nn.Module):
         return out  # (B, Cout, H, W)
 
 
+class FusedGroupNorm(nn.GroupNorm):
+    """nn.GroupNorm through the Triton kernel (no SiLU): same parameters, same keys.
+
+    Worth it mainly for channels_last activations, which PyTorch's CUDA GroupNorm copies to NCHW and back.
+    """
+
+    @classmethod
+    def adopt(cls, norm: nn.GroupNorm) -> FusedGroupNorm:
+        fused = cls.__new__(cls)
+        nn.Module.__init__(fused)
+        fused.num_groups, fused.num_channels, fused.eps, fused.affine = (norm.num_groups, norm.num_channels,
+                                                                         norm.eps, norm.affine)
+        fused.weight, fused.bias = norm.weight, norm.bias
+        return fused
+
+    def forward(self, x: Tensor) -> Tensor:
+        return group_norm_silu(x, self, apply_silu=False)
+
+
 class FusedGEGLU(nn.Module):
     """GEGLU with the gate product fused; the projection stays a cuBLAS matmul. Adopts `proj`."""
 
@@ -91,7 +119,8 @@ class FusedGEGLU(nn.Module):
 
 @cache
 def kernels_agree(device_index: int, dtype: torch.dtype) -> bool:
-    """Run both Triton kernels once on random data against the eager math (once per device and dtype).
+    """Run the Triton kernels (GroupNorm+SiLU in NCHW, GroupNorm in NHWC, GEGLU) once on random data against
+    the eager math (once per device and dtype).
 
     A kernel that is wrong on some GPU or Triton version would otherwise change every image silently
     (the CUDA-graph check compares against the same fused modules); a disagreement keeps the eager ops.
@@ -106,12 +135,15 @@ def kernels_agree(device_index: int, dtype: torch.dtype) -> bool:
         norm.weight.normal_(generator=generator)
         norm.bias.normal_(generator=generator)
         projected = torch.randn(2, 77, 2 * 96, device=device, dtype=dtype, generator=generator)
-        fused_norm = triton_kernels.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
-        eager_norm = F.silu(F.group_norm(x.float(), 32, norm.weight.float(), norm.bias.float(), norm.eps))
+        eager_norm = F.group_norm(x.float(), 32, norm.weight.float(), norm.bias.float(), norm.eps)
+        nchw = triton_kernels.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        nhwc = triton_kernels.group_norm_silu(x.to(memory_format=torch.channels_last), norm.num_groups,
+                                              norm.weight, norm.bias, norm.eps, apply_silu=False)
         value, gate = projected.float().chunk(2, dim=-1)
         fused_geglu, eager_geglu = triton_kernels.geglu(projected), value * F.gelu(gate)
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2
-    errors = ((fused_norm.float() - eager_norm).abs().max(), (fused_geglu.float() - eager_geglu).abs().max())
+    errors = ((nchw.float() - F.silu(eager_norm)).abs().max(), (nhwc.float() - eager_norm).abs().max(),
+              (fused_geglu.float() - eager_geglu).abs().max())
     agree = all(bool(e <= tolerance) for e in errors)  # one host sync, once per process
     if not agree:
         logger.warning("Triton kernels disagree with eager math (%s); keeping the eager ops",
@@ -120,7 +152,8 @@ def kernels_agree(device_index: int, dtype: torch.dtype) -> bool:
 
 
 def fuse_modules(model: nn.Module) -> int:
-    """Swap every ResnetBlock2D / GEGLU inside `model` for its fused twin, in place; returns the count.
+    """Swap every ResnetBlock2D / GEGLU / standalone GroupNorm inside `model` for its fused twin, in place;
+    returns the count.
 
     On CUDA the kernels are first checked once against the eager math; if they disagree nothing is swapped.
     """
@@ -135,6 +168,8 @@ def fuse_modules(model: nn.Module) -> int:
                 swaps.append((parent, name, FusedResnetBlock2D(child)))
             elif type(child) is GEGLU:
                 swaps.append((parent, name, FusedGEGLU(child)))
+            elif type(child) is nn.GroupNorm and not isinstance(parent, (ResnetBlock2D, FusedResnetBlock2D)):
+                swaps.append((parent, name, FusedGroupNorm.adopt(child)))
     for parent, name, fused in swaps:
         setattr(parent, name, fused)
     logger.info("fused ops: swapped %d modules in %s", len(swaps), type(model).__name__)

@@ -1,4 +1,4 @@
-"""Triton kernels for GroupNorm+SiLU and GEGLU (imported only when triton is installed; CUDA at run time).
+"""Triton kernels for GroupNorm(+SiLU) and GEGLU (imported only when triton is installed; CUDA at run time).
 
 Why: after CUDA graphs remove launch overhead, these element-wise pairs are memory-bound. Fusing them
 saves one full read and write of the activation per pair (GroupNorm then SiLU; GELU then the gate product),
@@ -8,6 +8,12 @@ All arithmetic is fp32 (inputs are upcast on load), as PyTorch's own GroupNorm k
 Statistics use a two-level reduction: each program computes the mean and M2 of one chunk of a group, and
 the apply kernel merges the chunks (Chan et al.'s parallel variance), so there is no E[x^2]-E[x]^2
 cancellation and every SM has work even when batch * groups is small.
+
+GroupNorm comes in two layouts. NCHW: a group is one contiguous run of memory. NHWC (channels_last, where
+cuDNN's tensor-core convolutions need no layout transposes): a group is a few adjacent channels of every
+pixel, so those kernels work on (pixels x channels) tiles, reduce per channel first and merge the channels
+of a group in a small third kernel. PyTorch's own CUDA GroupNorm would copy a channels_last tensor to NCHW
+and back, which is what used to make channels_last a loss.
 """
 
 from __future__ import annotations
@@ -80,6 +86,82 @@ def _group_norm_silu_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, m2_ptr, n_per_
 
 
 @triton.jit
+def _nhwc_partial_kernel(x_ptr, mean_ptr, m2_ptr, hw, channels, rows_per_chunk, num_chunks,
+                         BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    # Per-channel mean and M2 over one chunk of pixels of one image: grid (B, chunks, channel blocks).
+    b = tl.program_id(0)
+    chunk = tl.program_id(1)
+    cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < channels
+    first = chunk * rows_per_chunk
+    end = tl.minimum(first + rows_per_chunk, hw)
+    count = (end - first).to(tl.float32)
+    base = b.to(tl.int64) * hw * channels
+    acc = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
+    for i in range(0, rows_per_chunk, BLOCK_HW):
+        rows = first + i + tl.arange(0, BLOCK_HW)
+        mask = (rows < end)[:, None] & cmask[None, :]
+        acc += tl.load(x_ptr + base + rows.to(tl.int64)[:, None] * channels + cols[None, :], mask=mask,
+                       other=0.0).to(tl.float32)
+    mean = tl.sum(acc, axis=0) / count
+    acc2 = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
+    for i in range(0, rows_per_chunk, BLOCK_HW):
+        rows = first + i + tl.arange(0, BLOCK_HW)
+        mask = (rows < end)[:, None] & cmask[None, :]
+        v = tl.load(x_ptr + base + rows.to(tl.int64)[:, None] * channels + cols[None, :], mask=mask,
+                    other=0.0).to(tl.float32)
+        d = tl.where(mask, v - mean[None, :], 0.0)
+        acc2 += d * d
+    out = (b * num_chunks + chunk) * channels + cols
+    tl.store(mean_ptr + out, mean, mask=cmask)
+    tl.store(m2_ptr + out, tl.sum(acc2, axis=0), mask=cmask)
+
+
+@triton.jit
+def _nhwc_stats_kernel(mean_ptr, m2_ptr, stats_ptr, hw, channels, channels_per_group, num_groups,
+                       rows_per_chunk, num_chunks, eps, CHUNKS_POW2: tl.constexpr, CPG_POW2: tl.constexpr):
+    # Merge (chunk, channel) partials into one mean and 1/std per (image, group): grid (B * G,).
+    pid = tl.program_id(0)
+    b = pid // num_groups
+    g = pid % num_groups
+    j = tl.arange(0, CHUNKS_POW2)[:, None]
+    k = tl.arange(0, CPG_POW2)[None, :]
+    valid = (j < num_chunks) & (k < channels_per_group)
+    offs = (b * num_chunks + j) * channels + g * channels_per_group + k
+    means = tl.load(mean_ptr + offs, mask=valid, other=0.0)
+    m2s = tl.load(m2_ptr + offs, mask=valid, other=0.0)
+    counts = tl.where(valid, tl.minimum(hw - j * rows_per_chunk, rows_per_chunk).to(tl.float32), 0.0)
+    n = (hw * channels_per_group).to(tl.float32)
+    mean = tl.sum(tl.sum(counts * means, axis=1), axis=0) / n
+    d = means - mean
+    m2 = tl.sum(tl.sum(m2s + counts * d * d, axis=1), axis=0)
+    tl.store(stats_ptr + pid * 2, mean)
+    tl.store(stats_ptr + pid * 2 + 1, 1.0 / tl.sqrt(m2 / n + eps))
+
+
+@triton.jit
+def _nhwc_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, stats_ptr, hw, channels, channels_per_group, num_groups,
+                       APPLY_SILU: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    # y = (x - mean) / std * w + b (then SiLU) on one (pixels x channels) tile: grid (B, pixel blocks, channel blocks).
+    b = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < channels
+    mask = (rows < hw)[:, None] & cmask[None, :]
+    stat = (b * num_groups + cols // channels_per_group) * 2
+    mean = tl.load(stats_ptr + stat, mask=cmask, other=0.0)
+    rstd = tl.load(stats_ptr + stat + 1, mask=cmask, other=0.0)
+    scale = rstd * tl.load(w_ptr + cols, mask=cmask, other=1.0).to(tl.float32)
+    shift = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32) - mean * scale
+    offs = b.to(tl.int64) * hw * channels + rows.to(tl.int64)[:, None] * channels + cols[None, :]
+    v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    y = v * scale[None, :] + shift[None, :]
+    if APPLY_SILU:
+        y = y * tl.sigmoid(y)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _geglu_kernel(p_ptr, y_ptr, inner, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -92,8 +174,10 @@ def _geglu_kernel(p_ptr, y_ptr, inner, BLOCK: tl.constexpr):
 
 def group_norm_silu(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float,
                     *, apply_silu: bool = True) -> Tensor:
-    """silu(group_norm(x)) for a contiguous (B, C, *spatial) tensor; same dtype as x."""
-    assert x.is_contiguous() and x.shape[1] % num_groups == 0
+    """silu(group_norm(x)) for a (B, C, *spatial) tensor, contiguous or channels_last; same dtype and layout."""
+    if not x.is_contiguous():
+        return _group_norm_nhwc(x, num_groups, weight, bias, eps, apply_silu)
+    assert x.shape[1] % num_groups == 0
     batch, channels = x.shape[:2]
     hw = x[0, 0].numel()
     n_per_group = channels // num_groups * hw
@@ -107,6 +191,40 @@ def group_norm_silu(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, ep
     _group_norm_silu_kernel[grid](x, y, weight, bias, means, m2s, n_per_group, hw, channels // num_groups,
                                   num_groups, num_chunks, eps, APPLY_SILU=apply_silu, CHUNK=_CHUNK,
                                   BLOCK=_BLOCK, CHUNKS_POW2=triton.next_power_of_2(num_chunks))
+    return y
+
+
+_NHWC_BLOCK_HW = 32  # pixels per tile row block (statistics)
+_NHWC_APPLY_HW = 64  # pixels per tile (apply)
+_NHWC_BLOCK_C = 64  # channels per tile: 128 contiguous bytes in fp16
+_NHWC_MAX_PARTIALS = 8192  # chunks x channels-per-group one merge program holds
+
+
+def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float,
+                     apply_silu: bool) -> Tensor:
+    assert x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    batch, channels, height, width = x.shape
+    assert channels % num_groups == 0
+    hw = height * width
+    cpg = channels // num_groups
+    cpg_pow2 = triton.next_power_of_2(cpg)
+    max_chunks = max(1, min(256, _NHWC_MAX_PARTIALS // cpg_pow2))
+    chunks = min(max_chunks, triton.cdiv(hw, _NHWC_BLOCK_HW))
+    rows_per_chunk = _NHWC_BLOCK_HW * triton.cdiv(triton.cdiv(hw, chunks), _NHWC_BLOCK_HW)
+    chunks = triton.cdiv(hw, rows_per_chunk)
+    means = torch.empty((batch, chunks, channels), dtype=torch.float32, device=x.device)
+    m2s = torch.empty_like(means)
+    stats = torch.empty((batch * num_groups, 2), dtype=torch.float32, device=x.device)
+    y = torch.empty_like(x)  # keeps channels_last
+    c_blocks = triton.cdiv(channels, _NHWC_BLOCK_C)
+    _nhwc_partial_kernel[(batch, chunks, c_blocks)](x, means, m2s, hw, channels, rows_per_chunk, chunks,
+                                                    BLOCK_HW=_NHWC_BLOCK_HW, BLOCK_C=_NHWC_BLOCK_C)
+    _nhwc_stats_kernel[(batch * num_groups,)](means, m2s, stats, hw, channels, cpg, num_groups, rows_per_chunk,
+                                              chunks, eps, CHUNKS_POW2=triton.next_power_of_2(chunks),
+                                              CPG_POW2=cpg_pow2)
+    _nhwc_apply_kernel[(batch, triton.cdiv(hw, _NHWC_APPLY_HW), c_blocks)](
+        x, y, weight, bias, stats, hw, channels, cpg, num_groups, APPLY_SILU=apply_silu,
+        BLOCK_HW=_NHWC_APPLY_HW, BLOCK_C=_NHWC_BLOCK_C)
     return y
 
 

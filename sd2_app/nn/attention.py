@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -122,8 +123,11 @@ class Transformer2D(nn.Module):
             x = x.permute(0, 2, 3, 1).reshape(b, h * w, -1)
         for block in self.transformer_blocks:
             x = block(x, context)
+        # Back to (B, C, H, W) in the residual's layout: channels_last is the token layout already (no copy).
+        layout = (torch.channels_last if not residual.is_contiguous()
+                  and residual.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
         if self.use_linear_projection:
-            x = self.proj_out(x).reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
+            x = self.proj_out(x).reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous(memory_format=layout)
         else:
-            x = self.proj_out(x.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous())
+            x = self.proj_out(x.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous(memory_format=layout))
         return x + residual
