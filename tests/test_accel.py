@@ -141,10 +141,50 @@ def test_fuse_modules_keeps_keys_and_output_of_a_unet() -> None:
         swapped = fuse_modules(unet)
         got = unet(sample, timestep, context)
     resnets = 2 * 4 + 2 + 3 * 4  # down, mid, up
-    transformers = 2 * 3 + 1 + 3 * 3
-    assert swapped == resnets + transformers
+    transformers = 2 * 3 + 1 + 3 * 3  # each: its GEGLU and its GroupNorm
+    assert swapped == resnets + 2 * transformers + 1  # + conv_norm_out
+    assert sum(type(m) is nn.GroupNorm for m in unet.modules()) == 2 * resnets  # the resnets fuse their own
     assert list(unet.state_dict()) == keys
     assert (got - expected).abs().max().item() <= 1e-6
+
+
+def test_channels_last_unet_computes_the_same_and_keeps_the_layout_through_attention() -> None:
+    """The Transformer2D output follows its input's layout (no NCHW copy inside a channels_last UNet)."""
+    unet = _tiny_unet()
+    sample, timestep, context = _inputs(unet)
+    block = unet.down_blocks[0].attentions[0]
+    x = torch.randn(2, block.norm.num_channels, 8, 8)
+    with torch.no_grad():
+        expected = unet(sample, timestep, context)
+        plain = block(x, context)
+        fuse_modules(unet)
+        unet.to(memory_format=torch.channels_last)
+        got = unet(sample, timestep, context)
+        last = block(x.to(memory_format=torch.channels_last), context)
+    assert last.is_contiguous(memory_format=torch.channels_last) and not last.is_contiguous()
+    assert plain.is_contiguous()
+    assert (last - plain).abs().max().item() <= 1e-5
+    assert (got - expected).abs().max().item() <= 1e-5
+
+
+def test_compiled_path_compiles_the_whole_unet_in_place_and_never_fuses_it() -> None:
+    unet = _tiny_unet()
+    keys = list(unet.state_dict())
+    accelerated = accelerate_unet(unet, AccelOptions.compiled())
+    assert isinstance(accelerated, CudaGraphUNet) and accelerated.unet is unet
+    assert unet._compiled_call_impl is not None  # lazy: compiles on the first call of each shape
+    assert not any(type(m).__name__.startswith("Fused") for m in unet.modules())
+    assert list(unet.state_dict()) == keys
+    assert accelerate_unet(accelerated, AccelOptions.compiled()) is accelerated  # applied once
+
+
+def test_whole_unet_traces_as_one_graph() -> None:
+    """fullgraph=True in the compiled path relies on this: no graph break anywhere in the forward."""
+    unet = _tiny_unet()
+    sample, timestep, context = _inputs(unet)
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(unet)(sample, timestep, context)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
 
 
 def test_regional_compile_wraps_the_repeated_blocks_and_keeps_the_output() -> None:
@@ -204,6 +244,15 @@ _INTERPRETED_KERNELS = textwrap.dedent("""
         w, b = torch.randn(shape[1], generator=g), torch.randn(shape[1], generator=g)
         got = k.group_norm_silu(x, groups, w, b, 1e-6)
         worst = max(worst, (got - F.silu(F.group_norm(x, groups, w, b, 1e-6))).abs().max().item())
+    # channels_last: many chunks, chunks of several row blocks, a ragged last chunk, 80 channels per group
+    for shape, groups in [((2, 8, 40, 40), 2), ((1, 8, 100, 100), 2), ((1, 160, 33, 3), 32), ((1, 160, 9, 9), 2)]:
+        for silu in (True, False):
+            x = (torch.randn(shape, generator=g) * 2 + 5).to(memory_format=torch.channels_last)
+            w, b = torch.randn(shape[1], generator=g), torch.randn(shape[1], generator=g)
+            got = k.group_norm_silu(x, groups, w, b, 1e-6, apply_silu=silu)
+            assert got.is_contiguous(memory_format=torch.channels_last)
+            ref = F.group_norm(x.contiguous(), groups, w, b, 1e-6)
+            worst = max(worst, (got - (F.silu(ref) if silu else ref)).abs().max().item())
     p = torch.randn(3, 7, 2 * 1100, generator=g)
     value, gate = p.chunk(2, dim=-1)
     worst = max(worst, (k.geglu(p) - value * F.gelu(gate)).abs().max().item())
@@ -243,6 +292,9 @@ def test_fused_kernels_match_eager_on_cuda() -> None:
     norm = nn.GroupNorm(32, 320, eps=1e-5).cuda().half()
     ref = F.silu(norm(x.float().half()))
     assert (group_norm_silu(x, norm).float() - ref.float()).abs().max().item() < 1e-2
+    last = group_norm_silu(x.to(memory_format=torch.channels_last), norm)
+    assert last.is_contiguous(memory_format=torch.channels_last)
+    assert (last.float() - ref.float()).abs().max().item() < 1e-2
     p = torch.randn(2, 4096, 2560, device="cuda", dtype=torch.float16)
     value, gate = p.chunk(2, dim=-1)
     assert (geglu(p).float() - (value * F.gelu(gate)).float()).abs().max().item() < 1e-2
@@ -273,8 +325,10 @@ def test_speed_modes_map_to_their_switches() -> None:
     assert SPEED_MODES == ("default", "compile", "eager")
     default, compiled, eager = (options_for(mode) for mode in SPEED_MODES)
     assert default.cuda_graphs and default.fused_ops and not default.compile
-    assert compiled.compile and compiled.cuda_graphs and not compiled.fused_ops
-    assert not (eager.cuda_graphs or eager.fused_ops or eager.compile)
+    assert default.channels_last and default.vae_channels_last  # measured faster on an H200 (PERFORMANCE.md)
+    assert compiled.compile and compiled.compile_scope == "unet" and compiled.compile_mode is None
+    assert compiled.cuda_graphs and compiled.fused_ops  # fused kernels stay in the (uncompiled) VAE
+    assert not (eager.cuda_graphs or eager.fused_ops or eager.compile or eager.channels_last)
     with pytest.raises(ValueError, match="unknown speed mode 'fast'"):
         options_for("fast")
 

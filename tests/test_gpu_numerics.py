@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from sd2_app.accel import AccelOptions
 from sd2_app.manager import ModelManager
 from sd2_app.pipelines import img2img, txt2img
 from sd2_app.registry import REGISTRY
@@ -32,10 +33,13 @@ def _reference(kind: str, dtype: torch.dtype, *, img2img_pipe: bool = False):
     return pipe.to("cuda")
 
 
-def _manager(kind: str, tmp_path: Path) -> ModelManager:
+ACCEL = {"default": AccelOptions(), "channels-last": AccelOptions(channels_last=True, vae_channels_last=True)}
+
+
+def _manager(kind: str, tmp_path: Path, accel: str = "default") -> ModelManager:
     """The app's manager on CUDA in fp16 (accelerator on), with checkpoint `kind` pointed at its tiny repo."""
     registry = {kind: replace(REGISTRY[kind], repos=(str(tiny_repo(kind)),), revision=None)}
-    return ModelManager("cuda", torch.float16, registry=registry, cache_dir=tmp_path)
+    return ModelManager("cuda", torch.float16, registry=registry, cache_dir=tmp_path, accel=ACCEL[accel])
 
 
 def _as_array(images) -> np.ndarray:
@@ -47,9 +51,10 @@ def _run_reference(pipe, seed: int, **kwargs) -> np.ndarray:
     return pipe(generator=generator, output_type="np", **kwargs).images
 
 
+@pytest.mark.parametrize("accel", sorted(ACCEL))  # NCHW, and NHWC with the NHWC GroupNorm kernels
 @pytest.mark.parametrize("kind", ["sd2-base", "sd21"])  # epsilon, and v-prediction with fp32 attention
-def test_fp16_default_path_is_as_close_to_fp32_as_diffusers_fp16(kind: str, tmp_path: Path) -> None:
-    manager = _manager(kind, tmp_path)
+def test_fp16_default_path_is_as_close_to_fp32_as_diffusers_fp16(kind: str, accel: str, tmp_path: Path) -> None:
+    manager = _manager(kind, tmp_path, accel)
     request = Txt2ImgRequest(prompt="two tigers", negative_prompt="blurry", width=64, height=48,
                              sampling=Sampling(sampler="DPM++ 2M", steps=12, seed=7, batch_size=2))
     with manager.use(kind) as components:

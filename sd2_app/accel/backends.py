@@ -30,8 +30,11 @@ def setup_backends(device: torch.device | str, *, allow_tf32: bool = True) -> Ba
 
     - cudnn.benchmark: picks the fastest convolution algorithm per input shape once. Our shapes are few and
       fixed per resolution (and replayed by CUDA graphs), so the one-off search pays back within a step.
-    - TF32: only fp32 matmuls/convs change (10-bit mantissa inputs, fp32 accumulation). The fp16 UNet and
+    - TF32 for fp32 matmuls (`allow_tf32`): 10-bit mantissa inputs, fp32 accumulation. The fp16 UNet and
       VAE are unaffected; fp32 runs get ~1e-3 relative differences, which is why it can be turned off.
+      fp32 convolutions keep PyTorch's default (cuDNN may use TF32, `torch.backends.cudnn.allow_tf32`),
+      which is what diffusers runs with: the x4 upscaler's fp32 VAE decode then matches it and is not
+      several times slower than it needs to be.
     - SDPA: flash and memory-efficient attention stay enabled, with the math kernel as the fallback for
       shapes they refuse (e.g. the VAE's single 512-wide head on older torch versions).
     """
@@ -39,7 +42,6 @@ def setup_backends(device: torch.device | str, *, allow_tf32: bool = True) -> Ba
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-        torch.backends.cudnn.allow_tf32 = allow_tf32
         torch.backends.cuda.enable_flash_sdp(True)
         torch.backends.cuda.enable_mem_efficient_sdp(True)
         torch.backends.cuda.enable_math_sdp(True)
