@@ -1,15 +1,72 @@
 #!/usr/bin/env bash
-# One GPU session: the accel GPU tests, then the benchmark; everything lands in $OUT (default bench/results).
-# Extra benchmark flags go in BENCH_ARGS, e.g. BENCH_ARGS="--compile --only txt2img-512-b1,txt2img-768-b1".
+# One GPU lease, one command. Steps (STEPS, in this order): micro (every switch combination on one UNet call
+# and one VAE decode), bench (every case, BENCH_VARIANTS vs diffusers eager, and the swaps), compiled
+# (txt2img 512 b1: our --compile path vs diffusers + torch.compile), tests (the GPU tests). Every step is
+# bounded by the budget (BENCH_BUDGET_S from the start of this script) so results land in $OUT before the
+# lease's limit, and writes as it goes, so a step cut short still leaves its numbers.
+# Files in $OUT (the device tool returns at most 8): env.txt, log.txt (every step's log), micro.json,
+# micro.md, results.json, results.md, compiled.json, compiled.md, tests.txt (the last one only without micro).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/results}"
 CKPT="${BENCH_CKPT:-/tmp/sd2-bench}"
+STEPS="${STEPS:-micro bench tests}"
+START=$(date +%s)
+END=$((START + ${BENCH_BUDGET_S:-520}))
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+TINY="${BENCH_TINY:+--tiny --quick}"  # BENCH_TINY=1: tiny models, a CPU rehearsal of this script's flow
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
-timeout 300 python -m pytest -q -m gpu tests/test_accel.py tests/test_gpu_numerics.py tests/test_manager.py tests/test_reliability_faults.py 2>&1 | tail -20 > "$OUT/gpu_tests.txt"
-# shellcheck disable=SC2086
-python -m bench.run --ckpt "$CKPT" --out "$OUT" ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1
-status=$?
-cat "$OUT/gpu_tests.txt"; tail -5 "$OUT/bench.log"; cat "$OUT/results.md" 2>/dev/null
-exit $status
+left() { echo $((END - $(date +%s))); }
+stamp() { echo "[$(( $(date +%s) - START )) s] $*" | tee -a "$OUT/env.txt"; }
+has() { [[ " $STEPS " == *" $1 "* ]]; }
+# seconds kept back for the steps after the current one
+after() { local s=0; for step in "$@"; do has "$step" && s=$((s + ${RESERVE[$step]})); done; echo $s; }
+declare -A RESERVE=([bench]=130 [compiled]=150 [tests]=45)
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+  python3 -c "import sys, torch, transformers, safetensors, diffusers, triton; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'transformers', transformers.__version__, 'safetensors', safetensors.__version__, 'diffusers', diffusers.__version__, 'triton', triton.__version__)"
+  nproc; free -g | head -2
+} >> "$OUT/env.txt" 2>&1
+stamp "steps: $STEPS"
+
+if [ -z "$TINY" ]; then
+  stamp "writing checkpoints"
+  timeout "$(left)" python3 -m bench.write_checkpoints "$CKPT/full" >> "$OUT/env.txt" 2>&1
+  stamp "checkpoints written (rc $?)"; du -sh "$CKPT/full" >> "$OUT/env.txt" 2>&1
+fi
+
+if has micro; then
+  keep=$(after bench compiled tests)
+  timeout $(( $(left) - keep )) python3 -m bench.micro ${BENCH_TINY:+--tiny} --ckpt "$CKPT" --out "$OUT" \
+    --deadline $((END - keep - 30)) >> "$OUT/log.txt" 2>&1
+  stamp "micro done (rc $?)"
+fi
+
+if has bench; then
+  keep=$(after compiled tests)
+  timeout $(( $(left) - keep )) python3 -m bench.run $TINY --ckpt "$CKPT" --out "$OUT" \
+    --variants "${BENCH_VARIANTS:-ours,diffusers}" --deadline $((END - keep - 40)) >> "$OUT/log.txt" 2>&1
+  stamp "bench done (rc $?)"
+fi
+
+if has compiled; then
+  keep=$(after tests)
+  small=$([ -n "$TINY" ] && echo 64 || echo 512)
+  timeout $(( $(left) - keep )) python3 -m bench.run $TINY --ckpt "$CKPT" --out /tmp/compiled --no-swaps \
+    --only "txt2img-$small-b1" --variants ours-compiled,diffusers-compiled --default-variant ours-compiled \
+    >> "$OUT/log.txt" 2>&1
+  stamp "compiled bench done (rc $?)"
+  cp /tmp/compiled/results.json "$OUT/compiled.json" 2>/dev/null
+  cp /tmp/compiled/results.md "$OUT/compiled.md" 2>/dev/null
+fi
+
+if has tests; then
+  timeout "$(left)" python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_accel.py \
+    tests/test_gpu_numerics.py tests/test_manager.py tests/test_reliability_faults.py > "$OUT/tests.txt" 2>&1
+  stamp "gpu tests done (rc $?)"
+fi
+
+cat "$OUT/micro.md" "$OUT/results.md" "$OUT/compiled.md" 2>/dev/null
+tail -3 "$OUT/tests.txt" 2>/dev/null
+stamp "end"

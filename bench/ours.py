@@ -10,14 +10,15 @@ from pathlib import Path
 import torch
 
 from bench.cases import NEGATIVE, PROMPT, SEED, Case, input_depth, input_image, input_mask, release, synchronize
-from sd2_app.accel import AccelOptions, Accelerator
+from sd2_app.accel import AccelOptions
 from sd2_app.components import Components
 from sd2_app.manager import ModelManager
 from sd2_app.registry import REGISTRY, CheckpointSpec
 from sd2_app.requests import DepthRequest, InpaintRequest, Sampling, Txt2ImgRequest, UpscaleRequest
 
 VARIANTS: dict[str, Callable[[], AccelOptions]] = {
-    "ours": AccelOptions,  # the default path: graphs + fused ops + backends, no long compile
+    "ours": AccelOptions,  # the default path: graphs + fused ops + channels_last, no long compile
+    "ours-nchw": lambda: AccelOptions(channels_last=False, vae_channels_last=False),  # the same in NCHW
     "ours-eager": AccelOptions.eager,  # the same networks with every switch off
     "ours-compiled": AccelOptions.compiled,  # --compile
 }
@@ -67,8 +68,9 @@ class OursRunner:
                  cache_dir: Path) -> None:
         self.device = device
         self.variant = variant
-        self.manager = ModelManager(device, dtype, registry=local_registry(repos), cache_dir=cache_dir)
-        self.accelerator = Accelerator(VARIANTS[variant]())
+        # The manager applies the variant's switches itself (as in the app): one Accelerator, applied once.
+        self.manager = ModelManager(device, dtype, registry=local_registry(repos), cache_dir=cache_dir,
+                                    accel=VARIANTS[variant]())
 
     def load(self, key: str) -> float:
         """Seconds to load `key` onto the device (disk, page cache warm after the first time)."""
@@ -83,7 +85,7 @@ class OursRunner:
 
         def run() -> object:
             with self.manager.use(case.kind) as components:
-                return pipeline(self.accelerator.prepare(components), request).images
+                return pipeline(components, request).images
 
         return run
 
@@ -92,8 +94,8 @@ class OursRunner:
             return components
 
     def graph_captures(self, key: str) -> int:
-        wrapper = self.accelerator.graphs(self.components(key).unet)
-        return 0 if wrapper is None else wrapper.captures
+        unet = self.components(key).unet
+        return getattr(unet, "captures", 0)
 
     def unload(self, key: str) -> None:
         self.manager.unload(key)

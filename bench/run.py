@@ -40,6 +40,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default=None, help="comma list of case-name prefixes, e.g. txt2img-512,upscale")
     p.add_argument("--steps", type=int, default=None, help="default 25 (quick: 4; tiny quick: 2)")
     p.add_argument("--no-swaps", action="store_true", help="skip the load/swap measurements")
+    p.add_argument("--deadline", type=float, default=float("inf"),
+                   help="epoch seconds: cases that would start later are recorded as skipped (GPU leases)")
+    p.add_argument("--default-variant", default="ours", help="the variant the targets are judged on")
     p.add_argument("--device", default=None)
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     return p.parse_args(argv)
@@ -57,32 +60,46 @@ def _repos(args: argparse.Namespace, kinds: list[str], device: torch.device) -> 
 
 def _run_cases(cases: list[Case], variants: list[str], repos: dict[str, Path], device: torch.device,
                dtype: torch.dtype, steps: int, cache_dir: Path,
-               on_kind_done: Callable[[list[Measurement]], None]) -> list[Measurement]:
-    """Every case under every variant; `on_kind_done(rows so far)` after each checkpoint kind (partial reports
-    survive a run cut short by a time limit)."""
+               on_progress: Callable[[list[Measurement]], None],
+               deadline: float = float("inf")) -> list[Measurement]:
+    """Every case under every variant (that the case allows); `on_progress(rows so far)` after each case, so
+    a run cut short by a time limit still leaves a report. Work that would start after `deadline` (epoch s)
+    is recorded as skipped; so is a case whose checkpoint failed to load for that variant."""
     rows: list[Measurement] = []
-    runners: dict[str, Any] = {}
-    for variant in variants:
-        if variant.startswith("ours"):
-            runners[variant] = OursRunner(repos, device, dtype, variant, cache_dir)
-        else:
-            runners[variant] = DiffusersRunner(repos, device, dtype, variant)
     kinds = list(dict.fromkeys(case.kind for case in cases))
     for kind in kinds:
-        for variant, runner in runners.items():
-            kind_cases = [c for c in cases if c.kind == kind]
-            load_s = (runner.load(kind) if isinstance(runner, OursRunner)
-                      else runner.load(kind_cases[0].task, kind, kind_cases[0].sampler))
-            logger.info("%s: %s loaded in %.2f s", variant, kind, load_s)
+        for variant in variants:
+            kind_cases = [c for c in cases if c.kind == kind and (c.variants is None or variant in c.variants)]
+            if not kind_cases:
+                continue
+            skipped = "skipped: device time budget" if time.time() > deadline else None
+            runner: Any = None
+            if skipped is None:
+                try:
+                    runner = (OursRunner(repos, device, dtype, variant, cache_dir) if variant.startswith("ours")
+                              else DiffusersRunner(repos, device, dtype, variant))
+                    load_s = (runner.load(kind) if isinstance(runner, OursRunner)
+                              else runner.load(kind_cases[0].task, kind, kind_cases[0].sampler))
+                    logger.info("%s: %s loaded in %.2f s", variant, kind, load_s)
+                except Exception as e:  # noqa: BLE001 - recorded per case below
+                    logger.exception("%s: loading %s failed", variant, kind)
+                    skipped = f"load failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
             for case in kind_cases:
-                row = measure(case, variant, steps, device, runner.call(case, steps))
+                if skipped is None and time.time() > deadline:
+                    skipped = "skipped: device time budget"
+                if skipped is not None:
+                    row = Measurement(case.name, variant, case.task, case.size, case.batch, steps, error=skipped)
+                else:
+                    row = measure(case, variant, steps, device, runner.call(case, steps))
                 logger.info("%s %s: %s s/image (first call %s s)%s", case.name, variant, row.s_per_image,
                             row.first_s, f" [{row.error}]" if row.error else "")
                 rows.append(row)
-            runner.unload(kind)
-        on_kind_done(rows)
-    for runner in runners.values():
-        runner.close()
+                on_progress(rows)
+            if runner is not None:
+                try:
+                    runner.unload(kind)
+                finally:
+                    runner.close()
     return rows
 
 
@@ -180,16 +197,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     meta = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
             else platform.processor() or "cpu", "torch": torch.__version__, "diffusers": diffusers.__version__,
             "dtype": str(dtype).removeprefix("torch."), "steps": steps, "sampler": "DPM++ 2M", "seed": SEED,
-            "quick": args.quick, "tiny": args.tiny, "variants": variants, "backends": backends.__dict__}
+            "quick": args.quick, "tiny": args.tiny, "variants": variants, "default": args.default_variant, "backends": backends.__dict__}
 
     def make_record(rows: list[Measurement], swaps: dict[str, Any], complete: bool) -> dict[str, Any]:
         return {"meta": {**meta, "complete": complete}, "measurements": [row.to_dict() for row in rows],
                 "speedups": speedups(rows), "swaps": swaps,
-                "targets": targets(rows, swaps, small=small, large=large, up_small=up_small, up_large=up_large)}
+                "targets": targets(rows, swaps, small=small, large=large, up_small=up_small, up_large=up_large,
+                                   default=args.default_variant)}
 
-    rows = _run_cases(cases, variants, repos, device, dtype, steps, cache_dir,
-                      lambda partial: write(args.out, make_record(partial, {}, complete=False)))
-    swaps = {} if args.no_swaps else measure_swaps(repos, device, dtype, cache_dir, reps=2 if args.quick else 4)
+    # The text-to-image and upscale targets first, then the swaps, then the other tasks: a run cut short by
+    # its lease loses the least important numbers.
+    first_kinds = ("sd2-base", "sd2", "x4-upscaler")
+    done: list[Measurement] = []
+    swaps: dict[str, Any] = {}
+
+    def progress(partial: list[Measurement]) -> None:
+        write(args.out, make_record(done + partial, swaps, complete=False))
+
+    done += _run_cases([c for c in cases if c.kind in first_kinds], variants, repos, device, dtype, steps,
+                       cache_dir, progress, args.deadline)
+    if not args.no_swaps:
+        if time.time() > args.deadline:
+            swaps = {"error": "skipped: device time budget"}
+        else:
+            try:
+                swaps = measure_swaps(repos, device, dtype, cache_dir, reps=2 if args.quick else 4)
+            except Exception as e:  # noqa: BLE001
+                logger.exception("swaps failed")
+                swaps = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
+        progress([])
+    done += _run_cases([c for c in cases if c.kind not in first_kinds], variants, repos, device, dtype, steps,
+                       cache_dir, progress, args.deadline)
+    rows = done
     record = make_record(rows, swaps, complete=True)
     json_path, md_path = write(args.out, record)
     logger.info("wrote %s and %s", json_path, md_path)

@@ -35,9 +35,23 @@ def test_speedups_and_targets_from_measurements() -> None:
 
 
 def test_full_cases_are_the_issue_cases() -> None:
-    names = [c.name for c in make_cases(tiny=False, quick=False)]
-    assert names == ["txt2img-512-b1", "txt2img-512-b4", "txt2img-768-b1", "txt2img-768-b4", "inpaint-512",
-                     "depth-512", "upscale-128-512", "upscale-512-2048"]
+    cases = make_cases(tiny=False, quick=False)
+    assert [c.name for c in cases] == ["txt2img-512-b1", "txt2img-512-b4", "txt2img-768-b1", "txt2img-768-b4",
+                                       "upscale-128-512", "upscale-512-2048", "inpaint-512", "depth-512"]
+    big = cases[5]
+    assert (big.input_size, big.tile, big.reps, big.warmup) == (512, 128, 1, False)
+    assert "diffusers" not in big.variants and "ours" in big.variants
+
+
+def test_cases_after_the_deadline_are_recorded_as_skipped(tmp_path: Path) -> None:
+    from bench.run import main
+
+    record = main(["--tiny", "--quick", "--only", "txt2img-64", "--ckpt", str(tmp_path / "ck"),
+                   "--out", str(tmp_path / "out"), "--deadline", "0"])
+    assert {m["case"] for m in record["measurements"]} == {"txt2img-64-b1", "txt2img-64-b4"}
+    assert all(m["error"] == "skipped: device time budget" and m["times_s"] == [] for m in record["measurements"])
+    assert record["swaps"] == {"error": "skipped: device time budget"}
+    assert "skipped: device time budget" in (tmp_path / "out" / "results.md").read_text()
 
 
 def test_bench_runs_end_to_end_on_tiny_models(tmp_path: Path) -> None:
