@@ -256,6 +256,12 @@ _INTERPRETED_KERNELS = textwrap.dedent("""
     p = torch.randn(3, 7, 2 * 1100, generator=g)
     value, gate = p.chunk(2, dim=-1)
     worst = max(worst, (k.geglu(p) - value * F.gelu(gate)).abs().max().item())
+    # the GPU start-up check's own comparison, both layouts
+    from sd2_app.accel.fused import _kernel_errors
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 64, 12, 10, generator=g).to(memory_format=layout)
+        errors = _kernel_errors(k, torch.nn.GroupNorm(32, 64), g, x, torch.float32)
+        worst = max([worst] + [e.item() for e in errors])
     print(worst)
 """)
 
@@ -339,4 +345,5 @@ def test_triton_kernels_pass_their_start_up_check_on_this_gpu() -> None:
 
     if not triton_available():
         pytest.skip("triton is not installed")
-    assert kernels_agree(0, torch.float16) and kernels_agree(0, torch.float32)
+    for channels_last in (False, True):
+        assert kernels_agree(0, torch.float16, channels_last) and kernels_agree(0, torch.float32, channels_last)

@@ -118,48 +118,63 @@ class FusedGEGLU(nn.Module):
 
 
 @cache
-def kernels_agree(device_index: int, dtype: torch.dtype) -> bool:
-    """Run the Triton kernels (GroupNorm+SiLU in NCHW, GroupNorm in NHWC, GEGLU) once on random data against
-    the eager math (once per device and dtype).
+def kernels_agree(device_index: int, dtype: torch.dtype, channels_last: bool = False) -> bool:
+    """Run the Triton kernels of one activation layout (GroupNorm with and without SiLU, and GEGLU) once on
+    random data against the eager math (once per device, dtype and layout).
 
     A kernel that is wrong on some GPU or Triton version would otherwise change every image silently
     (the CUDA-graph check compares against the same fused modules); a disagreement keeps the eager ops.
+    Only the layout in use is checked: each kernel compiled here is a JIT compile the first image waits for.
     """
     from sd2_app.accel import triton_kernels
 
     device = torch.device("cuda", device_index)
     generator = torch.Generator(device).manual_seed(0)
     x = torch.randn(2, 64, 12, 10, device=device, dtype=dtype, generator=generator)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
     norm = nn.GroupNorm(32, 64, eps=1e-5).to(device=device, dtype=dtype)
-    with torch.no_grad():
-        norm.weight.normal_(generator=generator)
-        norm.bias.normal_(generator=generator)
-        projected = torch.randn(2, 77, 2 * 96, device=device, dtype=dtype, generator=generator)
-        eager_norm = F.group_norm(x.float(), 32, norm.weight.float(), norm.bias.float(), norm.eps)
-        nchw = triton_kernels.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
-        nhwc = triton_kernels.group_norm_silu(x.to(memory_format=torch.channels_last), norm.num_groups,
-                                              norm.weight, norm.bias, norm.eps, apply_silu=False)
-        value, gate = projected.float().chunk(2, dim=-1)
-        fused_geglu, eager_geglu = triton_kernels.geglu(projected), value * F.gelu(gate)
+    try:
+        errors = _kernel_errors(triton_kernels, norm, generator, x, dtype)
+    except Exception as e:  # noqa: BLE001 - a kernel that fails to compile or launch: keep the eager ops
+        logger.warning("Triton kernels failed their start-up check (%s: %s); keeping the eager ops",
+                       type(e).__name__, e)
+        return False
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2
-    errors = ((nchw.float() - F.silu(eager_norm)).abs().max(), (nhwc.float() - eager_norm).abs().max(),
-              (fused_geglu.float() - eager_geglu).abs().max())
-    agree = all(bool(e <= tolerance) for e in errors)  # one host sync, once per process
+    agree = all(bool(e <= tolerance) for e in errors)  # one host sync, once per process and layout
     if not agree:
         logger.warning("Triton kernels disagree with eager math (%s); keeping the eager ops",
                        ", ".join(f"{float(e):.3g}" for e in errors))
     return agree
 
 
-def fuse_modules(model: nn.Module) -> int:
+def _kernel_errors(triton_kernels, norm: nn.GroupNorm, generator: torch.Generator, x: Tensor,
+                   dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """Max abs differences of the kernels from the fp32 eager math on random inputs."""
+    with torch.no_grad():
+        norm.weight.normal_(generator=generator)
+        norm.bias.normal_(generator=generator)
+        projected = torch.randn(2, 77, 2 * 96, device=x.device, dtype=dtype, generator=generator)
+        eager_norm = F.group_norm(x.float(), 32, norm.weight.float(), norm.bias.float(), norm.eps)
+        with_silu = triton_kernels.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        plain = triton_kernels.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps,
+                                               apply_silu=False)
+        value, gate = projected.float().chunk(2, dim=-1)
+        fused_geglu, eager_geglu = triton_kernels.geglu(projected), value * F.gelu(gate)
+    return ((with_silu.float() - F.silu(eager_norm)).abs().max(), (plain.float() - eager_norm).abs().max(),
+            (fused_geglu.float() - eager_geglu).abs().max())
+
+
+def fuse_modules(model: nn.Module, *, channels_last: bool = False) -> int:
     """Swap every ResnetBlock2D / GEGLU / standalone GroupNorm inside `model` for its fused twin, in place;
     returns the count.
 
-    On CUDA the kernels are first checked once against the eager math; if they disagree nothing is swapped.
+    On CUDA the kernels of the activation layout (`channels_last`) are first checked once against the eager
+    math; if they disagree nothing is swapped.
     """
     first = next(model.parameters(), None)
     if first is not None and first.is_cuda and triton_available():
-        if not kernels_agree(first.device.index or 0, first.dtype):
+        if not kernels_agree(first.device.index or 0, first.dtype, channels_last):
             return 0
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
     for parent in model.modules():

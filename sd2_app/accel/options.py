@@ -77,7 +77,7 @@ def accelerate_unet(unet: nn.Module, options: AccelOptions) -> nn.Module | CudaG
         else:
             compile_unet(unet, mode=options.compile_mode)
     elif options.fused_ops and on_cuda and triton_available():
-        fuse_modules(unet)
+        fuse_modules(unet, channels_last=options.channels_last)
     if options.cuda_graphs:
         return CudaGraphUNet(unet)
     return unet
@@ -89,5 +89,5 @@ def accelerate_vae(vae: nn.Module, options: AccelOptions) -> nn.Module:
     if options.vae_channels_last and device.type == "cuda":
         vae.to(memory_format=torch.channels_last)
     if options.fused_ops and device.type == "cuda" and triton_available():
-        fuse_modules(vae)
+        fuse_modules(vae, channels_last=options.vae_channels_last)
     return vae

@@ -12,7 +12,9 @@ cancellation and every SM has work even when batch * groups is small.
 GroupNorm comes in two layouts. NCHW: a group is one contiguous run of memory. NHWC (channels_last, where
 cuDNN's tensor-core convolutions need no layout transposes): a group is a few adjacent channels of every
 pixel, so those kernels work on (pixels x channels) tiles, reduce per channel first and merge the channels
-of a group in a small third kernel. PyTorch's own CUDA GroupNorm would copy a channels_last tensor to NCHW
+of a group in a small second kernel. Shape integers that vary between layers are not specialised on, so a
+kernel compiles once per process rather than once per layer shape (Triton's JIT takes about a second per
+compile, which is paid by the first image). PyTorch's own CUDA GroupNorm would copy a channels_last tensor to NCHW
 and back, which is what used to make channels_last a loss.
 """
 
@@ -85,7 +87,7 @@ def _group_norm_silu_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, m2_ptr, n_per_
         tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["hw", "rows_per_chunk", "num_chunks"])
 def _nhwc_partial_kernel(x_ptr, mean_ptr, m2_ptr, hw, channels, rows_per_chunk, num_chunks,
                          BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     # Per-channel mean and M2 over one chunk of pixels of one image: grid (B, chunks, channel blocks).
@@ -118,28 +120,47 @@ def _nhwc_partial_kernel(x_ptr, mean_ptr, m2_ptr, hw, channels, rows_per_chunk, 
 
 
 @triton.jit
+def _nhwc_group_sum(mean_ptr, m2_ptr, b, g, mean, hw, channels, channels_per_group, rows_per_chunk, num_chunks,
+                    SPREAD: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+    # Over a group's (chunk, channel) partials: sum(count * mean_i), or with SPREAD
+    # sum(M2_i + count * (mean_i - mean)^2), i.e. the group's M2 (Chan et al.'s merge).
+    acc = tl.zeros([BLOCK_J, BLOCK_K], dtype=tl.float32)
+    for j0 in range(0, num_chunks, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)[:, None]
+        counts = tl.minimum(hw - j * rows_per_chunk, rows_per_chunk).to(tl.float32)
+        for k0 in range(0, channels_per_group, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)[None, :]
+            valid = (j < num_chunks) & (k < channels_per_group)
+            offs = (b * num_chunks + j) * channels + g * channels_per_group + k
+            means = tl.load(mean_ptr + offs, mask=valid, other=0.0)
+            if SPREAD:
+                d = means - mean
+                term = tl.load(m2_ptr + offs, mask=valid, other=0.0) + counts * d * d
+            else:
+                term = counts * means
+            acc += tl.where(valid, term, 0.0)
+    return tl.sum(tl.sum(acc, axis=1), axis=0)
+
+
+@triton.jit(do_not_specialize=["hw", "channels", "channels_per_group", "num_groups", "rows_per_chunk",
+                               "num_chunks"])
 def _nhwc_stats_kernel(mean_ptr, m2_ptr, stats_ptr, hw, channels, channels_per_group, num_groups,
-                       rows_per_chunk, num_chunks, eps, CHUNKS_POW2: tl.constexpr, CPG_POW2: tl.constexpr):
-    # Merge (chunk, channel) partials into one mean and 1/std per (image, group): grid (B * G,).
+                       rows_per_chunk, num_chunks, eps, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+    # Merge (chunk, channel) partials into one mean and 1/std per (image, group): grid (B * G,). Loops with
+    # fixed tiles, so one compiled kernel serves every shape (compiling per shape cost seconds per first image).
     pid = tl.program_id(0)
     b = pid // num_groups
     g = pid % num_groups
-    j = tl.arange(0, CHUNKS_POW2)[:, None]
-    k = tl.arange(0, CPG_POW2)[None, :]
-    valid = (j < num_chunks) & (k < channels_per_group)
-    offs = (b * num_chunks + j) * channels + g * channels_per_group + k
-    means = tl.load(mean_ptr + offs, mask=valid, other=0.0)
-    m2s = tl.load(m2_ptr + offs, mask=valid, other=0.0)
-    counts = tl.where(valid, tl.minimum(hw - j * rows_per_chunk, rows_per_chunk).to(tl.float32), 0.0)
-    n = (hw * channels_per_group).to(tl.float32)
-    mean = tl.sum(tl.sum(counts * means, axis=1), axis=0) / n
-    d = means - mean
-    m2 = tl.sum(tl.sum(m2s + counts * d * d, axis=1), axis=0)
+    n = hw.to(tl.float32) * channels_per_group
+    mean = _nhwc_group_sum(mean_ptr, m2_ptr, b, g, 0.0, hw, channels, channels_per_group, rows_per_chunk,
+                           num_chunks, False, BLOCK_J, BLOCK_K) / n
+    m2 = _nhwc_group_sum(mean_ptr, m2_ptr, b, g, mean, hw, channels, channels_per_group, rows_per_chunk,
+                         num_chunks, True, BLOCK_J, BLOCK_K)
     tl.store(stats_ptr + pid * 2, mean)
     tl.store(stats_ptr + pid * 2 + 1, 1.0 / tl.sqrt(m2 / n + eps))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["hw", "channels_per_group", "num_groups"])
 def _nhwc_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, stats_ptr, hw, channels, channels_per_group, num_groups,
                        APPLY_SILU: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     # y = (x - mean) / std * w + b (then SiLU) on one (pixels x channels) tile: grid (B, pixel blocks, channel blocks).
@@ -197,7 +218,7 @@ def group_norm_silu(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, ep
 _NHWC_BLOCK_HW = 32  # pixels per tile row block (statistics)
 _NHWC_APPLY_HW = 64  # pixels per tile (apply)
 _NHWC_BLOCK_C = 64  # channels per tile: 128 contiguous bytes in fp16
-_NHWC_MAX_PARTIALS = 8192  # chunks x channels-per-group one merge program holds
+_NHWC_MAX_CHUNKS = 256  # pixel chunks per image: enough programs to fill the GPU, few partials to merge
 
 
 def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float,
@@ -207,9 +228,7 @@ def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, e
     assert channels % num_groups == 0
     hw = height * width
     cpg = channels // num_groups
-    cpg_pow2 = triton.next_power_of_2(cpg)
-    max_chunks = max(1, min(256, _NHWC_MAX_PARTIALS // cpg_pow2))
-    chunks = min(max_chunks, triton.cdiv(hw, _NHWC_BLOCK_HW))
+    chunks = min(_NHWC_MAX_CHUNKS, triton.cdiv(hw, _NHWC_BLOCK_HW))
     rows_per_chunk = _NHWC_BLOCK_HW * triton.cdiv(triton.cdiv(hw, chunks), _NHWC_BLOCK_HW)
     chunks = triton.cdiv(hw, rows_per_chunk)
     means = torch.empty((batch, chunks, channels), dtype=torch.float32, device=x.device)
@@ -220,8 +239,7 @@ def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, e
     _nhwc_partial_kernel[(batch, chunks, c_blocks)](x, means, m2s, hw, channels, rows_per_chunk, chunks,
                                                     BLOCK_HW=_NHWC_BLOCK_HW, BLOCK_C=_NHWC_BLOCK_C)
     _nhwc_stats_kernel[(batch * num_groups,)](means, m2s, stats, hw, channels, cpg, num_groups, rows_per_chunk,
-                                              chunks, eps, CHUNKS_POW2=triton.next_power_of_2(chunks),
-                                              CPG_POW2=cpg_pow2)
+                                              chunks, eps, BLOCK_J=64, BLOCK_K=16)
     _nhwc_apply_kernel[(batch, triton.cdiv(hw, _NHWC_APPLY_HW), c_blocks)](
         x, y, weight, bias, stats, hw, channels, cpg, num_groups, APPLY_SILU=apply_silu,
         BLOCK_HW=_NHWC_APPLY_HW, BLOCK_C=_NHWC_BLOCK_C)
