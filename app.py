@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="checkpoints to load at start-up")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--speed", choices=("default", "compile", "eager"), default="default",
-                   help="GPU speed path: default (CUDA graphs, fused ops), compile (torch.compile, slow warm-up), eager")
+                   help="GPU speed path: default (CUDA graphs, fused ops, channels_last), compile (+ torch.compile of the UNet, about a minute of warm-up per size), eager")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
                    help="default: float16 on CUDA, float32 on CPU")
     p.add_argument("--outputs", default=None if on_spaces else "outputs", help="folder for results and metadata")
