@@ -69,7 +69,7 @@ def _run_cases(cases: list[Case], variants: list[str], repos: dict[str, Path], d
     kinds = list(dict.fromkeys(case.kind for case in cases))
     for kind in kinds:
         for variant in variants:
-            kind_cases = [c for c in cases if c.kind == kind and (c.variants is None or variant in c.variants)]
+            kind_cases = [c for c in cases if c.kind == kind and (variant.startswith("ours") or not c.ours_only)]
             if not kind_cases:
                 continue
             skipped = "skipped: device time budget" if time.time() > deadline else None
@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     meta = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
             else platform.processor() or "cpu", "torch": torch.__version__, "diffusers": diffusers.__version__,
             "dtype": str(dtype).removeprefix("torch."), "steps": steps, "sampler": "DPM++ 2M", "seed": SEED,
-            "quick": args.quick, "tiny": args.tiny, "variants": variants, "default": args.default_variant, "backends": backends.__dict__}
+            "quick": args.quick, "tiny": args.tiny, "variants": variants, "default": args.default_variant,
+            "backends": backends.__dict__}
 
     def make_record(rows: list[Measurement], swaps: dict[str, Any], complete: bool) -> dict[str, Any]:
         return {"meta": {**meta, "complete": complete}, "measurements": [row.to_dict() for row in rows],

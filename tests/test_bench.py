@@ -40,7 +40,7 @@ def test_full_cases_are_the_issue_cases() -> None:
                                        "upscale-128-512", "upscale-512-2048", "inpaint-512", "depth-512"]
     big = cases[5]
     assert (big.input_size, big.tile, big.reps, big.warmup) == (512, 128, 1, False)
-    assert "diffusers" not in big.variants and "ours" in big.variants
+    assert big.ours_only and not any(c.ours_only for c in cases if c is not big)
 
 
 def test_cases_after_the_deadline_are_recorded_as_skipped(tmp_path: Path) -> None:

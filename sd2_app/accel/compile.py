@@ -1,17 +1,17 @@
 """torch.compile of the UNet: whole (the --compile path) or regional (the repeated blocks only).
 
-Whole: one graph per resolution (our UNet traces with no graph break), inductor's default mode; about a
-minute per resolution on an H200 and the fastest UNet call we measured (inductor fuses the norms, the
-residual and time-embedding adds and the attention projections across block boundaries). Its kernels are
-then replayed by our CudaGraphUNet, as diffusers' recipe replays them with mode="reduce-overhead".
+Whole: one graph per resolution (our UNet traces with no graph break), inductor's default mode; its
+kernels are then replayed by our CudaGraphUNet, as diffusers' recipe replays them with
+mode="reduce-overhead". On an H200 it compiled in about a minute at 512 and gave the fastest 512 image we
+measured (0.177 s, vs 0.203 s on the default path): inductor fuses the norms, the residual and time-embedding
+adds and the attention projections across block boundaries.
 
-Regional:
-
-Compiling the whole UNet costs minutes per resolution; the UNet is ~40 copies of a few block types, and
-with dynamo's inlining of nn.Module calls (default since torch 2.5) every instance of one class reuses the
-code compiled for it, as long as the shapes match. So the compile cost scales with the number of distinct
-(block type, shape) pairs, ~20 per resolution for SD2, and each is small. Module.compile() works in place,
-keeping the attribute paths (and so the state-dict keys and the manager's moves) unchanged.
+Regional: the UNet is ~40 copies of a few block types, and with dynamo's inlining of nn.Module calls
+(default since torch 2.5) every instance of one class reuses the code compiled for it, as long as the shapes
+match, so the compile cost scales with the number of distinct (block type, shape) pairs. Measured on the
+H200: 36 s at 512 for a 3% faster UNet call than the default path (6.63 vs 6.80 ms), so it is not the
+--compile path any more. Module.compile() works in place in both cases, keeping the attribute paths (and so
+the state-dict keys and the manager's moves) unchanged.
 """
 
 from __future__ import annotations

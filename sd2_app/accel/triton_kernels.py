@@ -12,10 +12,10 @@ cancellation and every SM has work even when batch * groups is small.
 GroupNorm comes in two layouts. NCHW: a group is one contiguous run of memory. NHWC (channels_last, where
 cuDNN's tensor-core convolutions need no layout transposes): a group is a few adjacent channels of every
 pixel, so those kernels work on (pixels x channels) tiles, reduce per channel first and merge the channels
-of a group in a small second kernel. Shape integers that vary between layers are not specialised on, so a
-kernel compiles once per process rather than once per layer shape (Triton's JIT takes about a second per
-compile, which is paid by the first image). PyTorch's own CUDA GroupNorm would copy a channels_last tensor to NCHW
-and back, which is what used to make channels_last a loss.
+of a group in a small second kernel. PyTorch's own CUDA GroupNorm would copy a channels_last tensor to NCHW
+and back, which is what used to make channels_last a loss. Shape integers that vary between layers are not
+specialised on, so a kernel compiles once per process rather than once per layer shape (each Triton JIT
+compile takes about a second, paid by the first image).
 """
 
 from __future__ import annotations
