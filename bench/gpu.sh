@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # One GPU lease, one command. Steps (STEPS, in this order): micro (every switch combination on one UNet call
-# and one VAE decode), bench (every case, BENCH_VARIANTS vs diffusers eager, and the swaps), compiled
-# (txt2img 512 b1: our --compile path vs diffusers + torch.compile), tests (the GPU tests). Every step is
+# and one VAE decode), bench (every case, BENCH_VARIANTS vs diffusers eager, and the swaps; its first case is
+# the cold "model loaded -> first image", so it runs before anything that fills Triton's kernel cache but
+# micro), profile (phases and kernels of one default-path image, bench/profile.py), compiled (txt2img
+# COMPILED_SIZE b1, default 512: our --compile path vs diffusers + torch.compile), tests (the GPU tests). Every step is
 # bounded by the budget (BENCH_BUDGET_S from the start of this script) so results land in $OUT before the
 # lease's limit, and writes as it goes, so a step cut short still leaves its numbers.
 # Files in $OUT (the device tool returns at most 8): env.txt, log.txt (every step's log), micro.json,
-# micro.md, results.json, results.md, compiled.json, compiled.md, tests.txt (the last one only without micro).
+# micro.md, results.json, results.md, profile.md, compiled.json, compiled.md, tests.txt: pick STEPS so that
+# at most 8 are written.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/results}"
@@ -21,7 +24,7 @@ stamp() { echo "[$(( $(date +%s) - START )) s] $*" | tee -a "$OUT/env.txt"; }
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 # seconds kept back for the steps after the current one
 after() { local s=0; for step in "$@"; do has "$step" && s=$((s + ${RESERVE[$step]})); done; echo $s; }
-declare -A RESERVE=([bench]=130 [compiled]=150 [tests]=45)
+declare -A RESERVE=([bench]=130 [profile]=45 [compiled]=150 [tests]=60)
 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
@@ -37,22 +40,29 @@ if [ -z "$TINY" ]; then
 fi
 
 if has micro; then
-  keep=$(after bench compiled tests)
+  keep=$(after bench profile compiled tests)
   timeout $(( $(left) - keep )) python3 -m bench.micro ${BENCH_TINY:+--tiny} --ckpt "$CKPT" --out "$OUT" \
     --deadline $((END - keep - 30)) >> "$OUT/log.txt" 2>&1
   stamp "micro done (rc $?)"
 fi
 
 if has bench; then
-  keep=$(after compiled tests)
+  keep=$(after profile compiled tests)
   timeout $(( $(left) - keep )) python3 -m bench.run $TINY --ckpt "$CKPT" --out "$OUT" \
     --variants "${BENCH_VARIANTS:-ours,diffusers}" --deadline $((END - keep - 40)) >> "$OUT/log.txt" 2>&1
   stamp "bench done (rc $?)"
 fi
 
+if has profile; then
+  keep=$(after compiled tests)
+  timeout $(( $(left) - keep )) python3 -m bench.profile ${BENCH_TINY:+--tiny} --ckpt "$CKPT" --out "$OUT" \
+    >> "$OUT/log.txt" 2>&1
+  stamp "profile done (rc $?)"
+fi
+
 if has compiled; then
   keep=$(after tests)
-  small=$([ -n "$TINY" ] && echo 64 || echo 512)
+  small=$([ -n "$TINY" ] && echo 64 || echo "${COMPILED_SIZE:-512}")
   timeout $(( $(left) - keep )) python3 -m bench.run $TINY --ckpt "$CKPT" --out /tmp/compiled --no-swaps \
     --only "txt2img-$small-b1" --variants ours-compiled,diffusers-compiled --default-variant ours-compiled \
     >> "$OUT/log.txt" 2>&1
@@ -63,10 +73,12 @@ fi
 
 if has tests; then
   timeout "$(left)" python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_accel.py \
-    tests/test_gpu_numerics.py tests/test_manager.py tests/test_reliability_faults.py > "$OUT/tests.txt" 2>&1
+    tests/test_gpu_numerics.py tests/test_manager.py tests/test_reliability_faults.py tests/test_text_graph.py \
+    tests/test_pipelines_helpers.py > "$OUT/tests.txt" 2>&1
   stamp "gpu tests done (rc $?)"
 fi
 
 cat "$OUT/micro.md" "$OUT/results.md" "$OUT/compiled.md" 2>/dev/null
+sed -n '/phases/,/One unsynchronised/p' "$OUT/profile.md" 2>/dev/null
 tail -3 "$OUT/tests.txt" 2>/dev/null
 stamp "end"

@@ -68,3 +68,17 @@ def test_bench_runs_end_to_end_on_tiny_models(tmp_path: Path) -> None:
     assert saved["meta"]["steps"] == 2 and saved["speedups"][0]["variant"] == "ours"
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| txt2img-64-b1 | ours |" in table and markdown(saved) == table
+
+
+def test_profile_sorts_kernels_into_kinds_and_merges_overlapping_spans() -> None:
+    from bench.profile import _union_ms, kind_of
+
+    assert kind_of("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3") == "attention"
+    assert kind_of("sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc") == "convolution"
+    assert kind_of("nvjet_hsh_128x256_64x4_1x2_h_bz_coopA_NTT") == "matmul"
+    assert kind_of("_nhwc_apply_kernel") == "ours (triton)"
+    assert kind_of("void at::native::vectorized_elementwise_kernel<4, CUDAFunctor_add<c10::Half>>") == (
+        "element-wise / other")
+    # spans in microseconds: [0, 10) and [5, 20) overlap -> 20; [30, 35) -> 5; [35, 40) touches -> 10 more
+    assert _union_ms([(0.0, 10.0), (5.0, 20.0), (30.0, 35.0), (35.0, 40.0)]) == pytest.approx(0.030)
+    assert _union_ms([]) == 0.0

@@ -153,3 +153,29 @@ def test_plan_sampling_strength_edges() -> None:
     assert plan_sampling(config, Sampling(sampler="Euler", steps=10, eta=0.5)).options == {}
     with pytest.raises(InvalidRequest, match="leaves no step"):
         plan_sampling(config, Sampling(steps=10), strength=0.09)
+
+
+def _reference_bytes(x: torch.Tensor) -> np.ndarray:
+    """diffusers' numpy path: denormalize, clamp, to numpy, * 255, round half to even, uint8."""
+    import diffusers
+
+    ref = diffusers.image_processor.VaeImageProcessor(vae_scale_factor=8)
+    return np.stack([np.asarray(a) for a in ref.postprocess(x, output_type="pil")])
+
+
+def test_postprocess_bytes_equal_the_reference_on_a_dense_grid() -> None:
+    """Every fp32 value on a fine grid over [-1.1, 1.1] (rounding ties included) gives the reference's byte."""
+    pytest.importorskip("diffusers")
+    grid = torch.linspace(-1.1, 1.1, 3 * 64 * 256)
+    ties = ((torch.arange(256, dtype=torch.float32) + 0.5) / 255 - 0.5) * 2  # values that land near k + 0.5
+    x = torch.cat([grid, ties.repeat(3 * 64 * 256 // 256)]).reshape(2, 3, 64, 256)
+    ours = np.stack([np.asarray(a) for a in postprocess(x)])
+    assert ours.shape == (2, 64, 256, 3) and ours.dtype == np.uint8
+    assert np.array_equal(ours, _reference_bytes(x))
+
+
+@pytest.mark.gpu
+def test_postprocess_on_the_gpu_gives_the_cpu_bytes() -> None:
+    x = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(3)) * 2.2 - 1.1
+    on_gpu = np.stack([np.asarray(a) for a in postprocess(x.cuda())])
+    assert np.array_equal(on_gpu, np.stack([np.asarray(a) for a in postprocess(x)]))

@@ -1,13 +1,15 @@
-"""Replay the UNet forward as a CUDA graph: one launch per step instead of ~1,500 kernel launches.
+"""Replay the UNet and the text encoder as CUDA graphs: one launch per call instead of hundreds of kernels.
 
 At 512x512 the SD2 UNet in eager mode is launch-bound (the GPU idles between small kernels); a captured
-graph removes the per-kernel CPU cost. A graph replays fixed memory addresses, so every input is copied
-into a static buffer first and the output comes back from a static buffer. One graph is kept per input
-signature (shape, dtype, which optional inputs are present); all graphs share one memory pool, which is
-safe because they run one at a time on the same stream and each graph's output is copied out at once.
+graph removes the per-kernel CPU cost. The text encoder (23 CLIP layers on 77 tokens) is almost all launch
+cost, and it runs before the first step, when the GPU has nothing else queued. A graph replays fixed
+memory addresses, so every input is copied into a static buffer first and the output comes back from a
+static buffer. One graph is kept per input signature (shape, dtype, which optional inputs are present);
+a wrapper's graphs share one memory pool, which is safe because they run one at a time on the same stream
+and each graph's output is copied out at once.
 
-The wrapper is a drop-in for `UNet.__call__` as `run_sampling` uses it (it also forwards `parameters()`,
-`config` and any other attribute), and runs the UNet eagerly whenever a graph cannot be used: on CPU,
+Each wrapper is a drop-in for the module as the pipelines call it (it also forwards `parameters()`,
+`config` and any other attribute), and runs the module eagerly whenever a graph cannot be used: on CPU,
 with autograd on, inside another capture, or after a capture failed (the reason is logged once).
 """
 
@@ -36,16 +38,13 @@ class _Captured:
     """One captured forward and the static tensors it reads and writes."""
 
     graph: torch.cuda.CUDAGraph
-    sample: Tensor  # (B, Cin, h, w)
-    timestep: Tensor  # (B,) float32
-    context: Tensor  # (B, 77, D)
-    class_labels: Tensor | None  # (B,) long
-    output: Tensor  # (B, 4, h, w)
+    inputs: list[Tensor | None]  # static input buffers, in the order the wrapper's `_forward` reads them
+    output: Tensor
 
 
 def _signature(sample: Tensor, timestep: Tensor | float, context: Tensor, class_labels: Tensor | None,
                modes: tuple[bool, ...] = ()) -> GraphKey:
-    """What a captured graph is valid for. `modes` are run-time switches of the UNet's modules (the
+    """What a captured UNet graph is valid for. `modes` are run-time switches of the UNet's modules (the
     attention `upcast` flags that `guards.fp32_attention` turns on): a graph replays the kernels it
     recorded, so a graph captured with fp16 attention must never serve an fp32-attention call."""
     t_dtype = timestep.dtype if isinstance(timestep, Tensor) else torch.float32
@@ -54,21 +53,23 @@ def _signature(sample: Tensor, timestep: Tensor | float, context: Tensor, class_
             t_dtype, tuple(context.shape), context.dtype, labels, torch.is_inference_mode_enabled(), modes)
 
 
-class CudaGraphUNet:
-    """Wraps a UNet; `__call__(sample, timestep, encoder_hidden_states, class_labels=None)` as the UNet's.
+class GraphedModule:
+    """What every graph wrapper shares: one graph per input signature, a shared memory pool, capture with
+    warm-up and a replay check, eager fallback, and re-capture when the wrapped module's weights move.
 
     `warmup_steps` eager forwards run on a side stream before each capture (cuDNN autotuning and lazy
     allocations must not happen inside the capture). `max_graphs` bounds the number of signatures kept;
     further signatures run eagerly (tiled upscaling with ragged edge tiles could otherwise grow without end).
-    If the UNet's weights move (the manager offloads it and brings it back), the graphs point at freed
+    If the module's weights move (the manager offloads it and brings it back), the graphs point at freed
     memory: a sampled fingerprint of parameter addresses detects that and the graphs are re-captured.
+    Subclasses say what a call's inputs are: `_static_inputs`, `_load_inputs` and `_forward`.
     """
 
-    def __init__(self, unet: nn.Module, *, warmup_steps: int = 2, max_graphs: int = 8,
+    def __init__(self, module: nn.Module, *, warmup_steps: int = 2, max_graphs: int = 8,
                  clone_output: bool = True, weak: bool = False) -> None:
-        # weak=True: the wrapper does not keep the UNet alive (a cache keyed by the UNet can then let go
-        # of both when the manager frees the UNet).
-        self._unet_ref: Callable[[], nn.Module | None] = weakref.ref(unet) if weak else (lambda: unet)
+        # weak=True: the wrapper does not keep the module alive (a cache keyed by the module can then let go
+        # of both when the manager frees it).
+        self._module_ref: Callable[[], nn.Module | None] = weakref.ref(module) if weak else (lambda: module)
         self.warmup_steps = warmup_steps
         self.max_graphs = max_graphs
         self.clone_output = clone_output
@@ -77,25 +78,24 @@ class CudaGraphUNet:
         self._pool: Any = None
         self._fingerprint: tuple[int, ...] | None = None
         self._sampled = self._sample_tensors()
-        self._attention = [m for m in self.unet.modules() if isinstance(m, Attention)]
         self.captures = 0  # how many graphs were captured so far (the bench reports it)
 
     # -- drop-in surface -------------------------------------------------------------------------------
     @property
-    def unet(self) -> nn.Module:
-        unet = self._unet_ref()
-        if unet is None:
-            raise ReferenceError("the wrapped UNet was freed")
-        return unet
+    def module(self) -> nn.Module:
+        module = self._module_ref()
+        if module is None:
+            raise ReferenceError("the wrapped module was freed")
+        return module
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names not set on the wrapper: `config`, `dtype`, `down_blocks`, ...
         if name.startswith("_"):
             raise AttributeError(name)
-        return getattr(self.unet, name)
+        return getattr(self.module, name)
 
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
-        return self.unet.parameters(recurse)
+        return self.module.parameters(recurse)
 
     def reset(self) -> None:
         """Forget every graph (and the pool); the next call on the GPU captures again."""
@@ -109,36 +109,40 @@ class CudaGraphUNet:
     def graph_count(self) -> int:
         return len(self._graphs)
 
+    # -- what a subclass defines -----------------------------------------------------------------------
+    def _static_inputs(self, args: tuple[Any, ...]) -> list[Tensor | None]:
+        """Fresh device buffers shaped like one call's inputs (filled by `_load_inputs`)."""
+        raise NotImplementedError
+
+    def _load_inputs(self, static: list[Tensor | None], args: tuple[Any, ...]) -> None:
+        """Copy one call's inputs into the static buffers without a host synchronisation."""
+        raise NotImplementedError
+
+    def _forward(self, static: list[Tensor | None]) -> Tensor:
+        """The module's forward on the static buffers; returns the one tensor the caller needs."""
+        raise NotImplementedError
+
     # -- calls ---------------------------------------------------------------------------------------
-    def __call__(self, sample: Tensor, timestep: Tensor | float, encoder_hidden_states: Tensor,
-                 class_labels: Tensor | None = None) -> Tensor:
-        if not self._can_use_graph(sample):
-            return self.unet(sample, timestep, encoder_hidden_states, class_labels=class_labels)
+    def _graphed(self, key: GraphKey, args: tuple[Any, ...], eager: Callable[[], Tensor]) -> Tensor:
+        """Replay (capturing first if needed) the graph for `key`; `eager()` wherever a graph can't serve."""
         self._check_weights()
-        key = self.key(sample, timestep, encoder_hidden_states, class_labels)
         captured = self._graphs.get(key)
         if captured is None:
             if key in self._failed or len(self._graphs) >= self.max_graphs:
-                return self.unet(sample, timestep, encoder_hidden_states, class_labels=class_labels)
-            captured = self._capture(key, sample, timestep, encoder_hidden_states, class_labels)
+                return eager()
+            captured = self._capture(key, args)
             if captured is None:
-                return self.unet(sample, timestep, encoder_hidden_states, class_labels=class_labels)
-        _copy_inputs(captured, sample, timestep, encoder_hidden_states, class_labels)
+                return eager()
+        self._load_inputs(captured.inputs, args)
         captured.graph.replay()
         return captured.output.clone() if self.clone_output else captured.output
 
-    def key(self, sample: Tensor, timestep: Tensor | float, context: Tensor,
-            class_labels: Tensor | None = None) -> GraphKey:
-        """The graph signature of one call, including the attention precision switches as they are now."""
-        modes = tuple(m.upcast for m in self._attention)
-        return _signature(sample, timestep, context, class_labels, modes)
-
-    def _can_use_graph(self, sample: Tensor) -> bool:
-        return (sample.is_cuda and not torch.is_grad_enabled()
+    def _can_use_graph(self, first_input: Tensor) -> bool:
+        return (first_input.is_cuda and not torch.is_grad_enabled()
                 and not torch.cuda.is_current_stream_capturing())
 
     def _sample_tensors(self) -> list[Tensor]:
-        tensors = [*self.unet.parameters(), *self.unet.buffers()]
+        tensors = [*self.module.parameters(), *self.module.buffers()]
         if len(tensors) <= _FINGERPRINT_SAMPLES:
             return tensors
         stride = len(tensors) / _FINGERPRINT_SAMPLES
@@ -147,51 +151,112 @@ class CudaGraphUNet:
     def _check_weights(self) -> None:
         fingerprint = tuple(t.data_ptr() for t in self._sampled)
         if self._fingerprint is not None and fingerprint != self._fingerprint:
-            logger.info("UNet weights moved since capture; dropping %d CUDA graph(s)", len(self._graphs))
+            logger.info("weights moved since capture; dropping %d CUDA graph(s)", len(self._graphs))
             self.reset()
             fingerprint = tuple(t.data_ptr() for t in self._sampled)
         self._fingerprint = fingerprint
 
-    def _capture(self, key: GraphKey, sample: Tensor, timestep: Tensor | float, context: Tensor,
-                 class_labels: Tensor | None) -> _Captured | None:
-        device = sample.device
-        batch = sample.shape[0]
-        t_dtype = timestep.dtype if isinstance(timestep, Tensor) else torch.float32
-        static = _Captured(
-            graph=torch.cuda.CUDAGraph(),
-            sample=sample.clone(),
-            timestep=torch.zeros(batch, dtype=t_dtype, device=device),
-            context=context.clone(),
-            class_labels=None if class_labels is None else class_labels.to(device).clone(),
-            output=sample,  # placeholder until the capture returns the real output
-        )
-        _copy_inputs(static, sample, timestep, context, class_labels)
+    def _capture(self, key: GraphKey, args: tuple[Any, ...]) -> _Captured | None:
+        device = next(t for t in args if isinstance(t, Tensor)).device
+        static = _Captured(graph=torch.cuda.CUDAGraph(), inputs=self._static_inputs(args), output=torch.empty(0))
+        self._load_inputs(static.inputs, args)
         try:
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
                 for _ in range(self.warmup_steps):
-                    eager = self._run_static(static).clone()
+                    eager = self._forward(static.inputs).clone()
             torch.cuda.current_stream(device).wait_stream(side)
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
             with torch.cuda.graph(static.graph, pool=self._pool, capture_error_mode="thread_local"):
-                static.output = self._run_static(static)
+                static.output = self._forward(static.inputs)
             static.graph.replay()
             reason = _disagreement(static.output, eager)  # one host sync per capture, never per step
         except RuntimeError as e:  # capture refused an op (host sync, CPU tensor, ...); eager still works
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         if reason is not None:
             self._failed[key] = reason
-            logger.warning("CUDA graph capture failed for %s, running eagerly: %s", key[:2], reason)
+            logger.warning("CUDA graph capture of %s failed for %s, running eagerly: %s",
+                           type(self.module).__name__, key[:2], reason)
             return None
         self._graphs[key] = static
         self.captures += 1
-        logger.info("captured a CUDA graph for sample %s %s (%d kept)", key[0], key[1], len(self._graphs))
+        logger.info("captured a CUDA graph of %s for %s %s (%d kept)", type(self.module).__name__, key[0], key[1],
+                    len(self._graphs))
         return static
 
-    def _run_static(self, static: _Captured) -> Tensor:
-        return self.unet(static.sample, static.timestep, static.context, class_labels=static.class_labels)
+
+class CudaGraphUNet(GraphedModule):
+    """Wraps a UNet; `__call__(sample, timestep, encoder_hidden_states, class_labels=None)` as the UNet's.
+
+    The graph key includes the attention precision switches (see `_signature`).
+    """
+
+    def __init__(self, unet: nn.Module, **kwargs: Any) -> None:
+        super().__init__(unet, **kwargs)
+        self._attention = [m for m in self.unet.modules() if isinstance(m, Attention)]
+
+    @property
+    def unet(self) -> nn.Module:
+        return self.module
+
+    def __call__(self, sample: Tensor, timestep: Tensor | float, encoder_hidden_states: Tensor,
+                 class_labels: Tensor | None = None) -> Tensor:
+        def eager() -> Tensor:
+            return self.unet(sample, timestep, encoder_hidden_states, class_labels=class_labels)
+
+        if not self._can_use_graph(sample):
+            return eager()
+        key = self.key(sample, timestep, encoder_hidden_states, class_labels)
+        return self._graphed(key, (sample, timestep, encoder_hidden_states, class_labels), eager)
+
+    def key(self, sample: Tensor, timestep: Tensor | float, context: Tensor,
+            class_labels: Tensor | None = None) -> GraphKey:
+        """The graph signature of one call, including the attention precision switches as they are now."""
+        modes = tuple(m.upcast for m in self._attention)
+        return _signature(sample, timestep, context, class_labels, modes)
+
+    def _static_inputs(self, args: tuple[Any, ...]) -> list[Tensor | None]:
+        sample, timestep, context, class_labels = args
+        t_dtype = timestep.dtype if isinstance(timestep, Tensor) else torch.float32
+        return [sample.clone(), torch.zeros(sample.shape[0], dtype=t_dtype, device=sample.device), context.clone(),
+                None if class_labels is None else class_labels.to(sample.device).clone()]
+
+    def _load_inputs(self, static: list[Tensor | None], args: tuple[Any, ...]) -> None:
+        _copy_inputs(static, *args)
+
+    def _forward(self, static: list[Tensor | None]) -> Tensor:
+        sample, timestep, context, class_labels = static
+        return self.unet(sample, timestep, context, class_labels=class_labels)
+
+
+class CudaGraphTextEncoder(GraphedModule):
+    """Wraps a transformers CLIP text model; `__call__(input_ids)` returns `(last_hidden_state,)`, which is
+    all the pipelines read (`text_encoder(ids)[0]`), graphed or not. A call with any other argument is the
+    module's own call, with its own output type."""
+
+    def __call__(self, input_ids: Tensor, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs:
+            return self.module(input_ids, *args, **kwargs)
+
+        def eager() -> Tensor:
+            return self.module(input_ids)[0]
+
+        if not self._can_use_graph(input_ids):
+            return (eager(),)
+        key = (tuple(input_ids.shape), input_ids.dtype, torch.is_inference_mode_enabled())
+        return (self._graphed(key, (input_ids,), eager),)
+
+    def _static_inputs(self, args: tuple[Any, ...]) -> list[Tensor | None]:
+        return [args[0].clone()]
+
+    def _load_inputs(self, static: list[Tensor | None], args: tuple[Any, ...]) -> None:
+        assert static[0] is not None
+        static[0].copy_(args[0])
+
+    def _forward(self, static: list[Tensor | None]) -> Tensor:
+        return self.module(static[0])[0]  # (B, 77, D) last_hidden_state
 
 
 def _disagreement(replayed: Tensor, eager: Tensor) -> str | None:
@@ -206,18 +271,20 @@ def _disagreement(replayed: Tensor, eager: Tensor) -> str | None:
     return None if ok else f"replay differs from eager by {float(diff):.3g}"
 
 
-def _copy_inputs(static: _Captured, sample: Tensor, timestep: Tensor | float, context: Tensor,
+def _copy_inputs(static: list[Tensor | None], sample: Tensor, timestep: Tensor | float, context: Tensor,
                  class_labels: Tensor | None) -> None:
-    """Copy one call's inputs into the static buffers without a host synchronisation."""
-    static.sample.copy_(sample)
-    static.context.copy_(context)
+    """Copy one UNet call's inputs into the static buffers without a host synchronisation."""
+    s_sample, s_timestep, s_context, s_labels = static
+    assert s_sample is not None and s_timestep is not None and s_context is not None
+    s_sample.copy_(sample)
+    s_context.copy_(context)
     if isinstance(timestep, Tensor) and timestep.is_cuda:
-        static.timestep.copy_(timestep.reshape(-1).expand(static.timestep.shape[0]))
+        s_timestep.copy_(timestep.reshape(-1).expand(s_timestep.shape[0]))
     elif isinstance(timestep, Tensor) and timestep.numel() == 1:
-        static.timestep.fill_(timestep.item())  # a CPU scalar: .item() reads host memory, no GPU sync
+        s_timestep.fill_(timestep.item())  # a CPU scalar: .item() reads host memory, no GPU sync
     elif isinstance(timestep, Tensor):
-        static.timestep.copy_(timestep.reshape(-1), non_blocking=True)
+        s_timestep.copy_(timestep.reshape(-1), non_blocking=True)
     else:
-        static.timestep.fill_(float(timestep))
-    if static.class_labels is not None and class_labels is not None:
-        static.class_labels.copy_(class_labels, non_blocking=True)
+        s_timestep.fill_(float(timestep))
+    if s_labels is not None and class_labels is not None:
+        s_labels.copy_(class_labels, non_blocking=True)

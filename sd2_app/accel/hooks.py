@@ -1,8 +1,9 @@
 """The one call the model manager (or the bench) makes per job: `Accelerator.prepare(components)`.
 
 Switches that change modules in place (fused-op swaps, channels_last, compile) are applied once per
-loaded module; the CUDA-graph wrapper of each UNet is kept here so its graphs survive between jobs.
-The cache is keyed weakly by the module: when the manager frees a UNet, its wrapper and graphs go too.
+loaded module; the CUDA-graph wrapper of each UNet and text encoder is kept here so its graphs survive
+between jobs. The cache is keyed weakly by the module: when the manager frees one, its wrapper and graphs
+go too.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import weakref
 
 from torch import nn
 
-from sd2_app.accel.cuda_graph import CudaGraphUNet
+from sd2_app.accel.cuda_graph import CudaGraphTextEncoder, CudaGraphUNet, GraphedModule
 from sd2_app.accel.options import AccelOptions, accelerate_unet, accelerate_vae
 from sd2_app.components import Components
 
@@ -23,6 +24,7 @@ class Accelerator:
     def __init__(self, options: AccelOptions | None = None) -> None:
         self.options = options or AccelOptions()
         self._unets: weakref.WeakKeyDictionary[nn.Module, nn.Module | CudaGraphUNet] = weakref.WeakKeyDictionary()
+        self._text_encoders: weakref.WeakKeyDictionary[nn.Module, CudaGraphTextEncoder] = weakref.WeakKeyDictionary()
         self._vaes: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
     def unet(self, unet: nn.Module) -> nn.Module | CudaGraphUNet:
@@ -34,6 +36,14 @@ class Accelerator:
             self._unets[unet] = accelerated
         return self._unets[unet]
 
+    def text_encoder(self, text_encoder: nn.Module) -> nn.Module | CudaGraphTextEncoder:
+        """What the prompt encoder should call: a graph wrapper when graphs are on and the module is on CUDA."""
+        if not self.options.cuda_graphs or next(text_encoder.parameters()).device.type != "cuda":
+            return text_encoder
+        if text_encoder not in self._text_encoders:
+            self._text_encoders[text_encoder] = CudaGraphTextEncoder(text_encoder, weak=True)
+        return self._text_encoders[text_encoder]
+
     def vae(self, vae: nn.Module) -> nn.Module:
         if vae not in self._vaes:
             accelerate_vae(vae, self.options)
@@ -41,10 +51,13 @@ class Accelerator:
         return vae
 
     def prepare(self, components: Components) -> Components:
-        """A copy of `components` whose unet (and VAE modules) have the switches applied."""
-        return dataclasses.replace(components, unet=self.unet(components.unet), vae=self.vae(components.vae))
+        """A copy of `components` whose unet, text encoder (and VAE modules) have the switches applied."""
+        return dataclasses.replace(components, unet=self.unet(components.unet), vae=self.vae(components.vae),
+                                   text_encoder=self.text_encoder(components.text_encoder))
 
-    def graphs(self, unet: nn.Module) -> CudaGraphUNet | None:
-        """The graph wrapper of `unet`, if one was made (for reporting captures)."""
-        wrapped = self._unets.get(unet)
-        return wrapped if isinstance(wrapped, CudaGraphUNet) else None
+    def graphs(self, module: nn.Module) -> GraphedModule | None:
+        """The graph wrapper of a UNet or text encoder, if one was made (to drop its graphs, report captures)."""
+        wrapped = self._unets.get(module)
+        if wrapped is None:
+            wrapped = self._text_encoders.get(module)
+        return wrapped if isinstance(wrapped, GraphedModule) else None

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AccelOptions:
-    cuda_graphs: bool = True  # capture the UNet forward per shape (CUDA only)
+    cuda_graphs: bool = True  # capture the UNet and text-encoder forwards per shape (CUDA only)
     fused_ops: bool = True  # Triton GroupNorm+SiLU and GEGLU (CUDA + triton only; eager math otherwise)
     # NHWC activations: cuDNN's tensor-core convolutions need no layout transposes, and with `fused_ops` the
     # GroupNorms run the NHWC Triton kernel (PyTorch's would copy to NCHW and back). Measured on an H200,

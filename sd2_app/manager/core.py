@@ -359,11 +359,11 @@ class ModelManager:
             memory.empty_device_cache(self.device)
 
     def _drop_graphs(self, module: object) -> None:
-        """Free the CUDA graphs captured for a UNet (their private memory pool stays on the device otherwise,
-        unseen by the budgets, and their recorded weight addresses are about to go stale)."""
+        """Free the CUDA graphs captured for a UNet or text encoder (their private memory pool stays on the
+        device otherwise, unseen by the budgets, and their recorded weight addresses are about to go stale)."""
         graphs = self._accel.graphs(module) if self._accel is not None else None  # type: ignore[arg-type]
         if graphs is not None and graphs.graph_count:
-            logger.info("dropping %d CUDA graph(s) of a UNet leaving %s", graphs.graph_count, self.device)
+            logger.info("dropping %d CUDA graph(s) of a part leaving %s", graphs.graph_count, self.device)
             graphs.reset()
 
     def _free_device(self, keep: str | None) -> None:

@@ -66,10 +66,15 @@ def preprocess_mask(mask: Image.Image, width: int, height: int, *, factor: int =
 
 
 def postprocess(images: torch.Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) in [-1, 1] -> RGB PIL images: round(clamp(x/2 + 0.5) * 255)."""
+    """(B, 3, H, W) in [-1, 1] -> RGB PIL images: round(clamp(x/2 + 0.5) * 255).
+
+    The arithmetic runs where the images are (the GPU) and only uint8 crosses to the host: a quarter of
+    the bytes, and no float pass over every pixel in numpy. The same fp32 operations and the same
+    round-half-to-even as the reference's numpy code, so the bytes are identical.
+    """
     x = (images.detach().float() / 2 + 0.5).clamp(0, 1)
-    array = (x.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)  # (B, H, W, 3)
-    return [Image.fromarray(a) for a in array]
+    pixels = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1)  # (B, H, W, 3)
+    return [Image.fromarray(a) for a in pixels.cpu().numpy()]
 
 
 def to_numpy(images: torch.Tensor) -> np.ndarray:
