@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# One GPU lease, one command. Steps (STEPS, in this order): micro (every switch combination on one UNet call
-# and one VAE decode), bench (every case, BENCH_VARIANTS vs diffusers eager, and the swaps; its first case is
-# the cold "model loaded -> first image", so it runs before anything that fills Triton's kernel cache but
-# micro), profile (phases and kernels of one default-path image, bench/profile.py), compiled (txt2img
-# COMPILED_SIZE b1, default 512: our --compile path vs diffusers + torch.compile), tests (the GPU tests). Every step is
-# bounded by the budget (BENCH_BUDGET_S from the start of this script) so results land in $OUT before the
+# One GPU lease, one command. Steps (STEPS, in this order): bench (every case, BENCH_VARIANTS vs diffusers
+# eager, and the swaps; its first case is the cold "model loaded -> first image", so it runs before anything
+# fills Triton's kernel cache), micro (every switch combination, or MICRO_VARIANTS, on one UNet call and one
+# VAE decode), profile (phases and kernels of one default-path image, bench/profile.py), compiled
+# (txt2img COMPILED_SIZE b1, default 512: our --compile path vs diffusers + torch.compile), tests (the GPU
+# tests). Every step is bounded by the budget (BENCH_BUDGET_S from the start of this script) so results land in $OUT before the
 # lease's limit, and writes as it goes, so a step cut short still leaves its numbers.
 # Files in $OUT (the device tool returns at most 8): env.txt, log.txt (every step's log), micro.json,
 # micro.md, results.json, results.md, profile.md, compiled.json, compiled.md, tests.txt: pick STEPS so that
@@ -24,7 +24,7 @@ stamp() { echo "[$(( $(date +%s) - START )) s] $*" | tee -a "$OUT/env.txt"; }
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 # seconds kept back for the steps after the current one
 after() { local s=0; for step in "$@"; do has "$step" && s=$((s + ${RESERVE[$step]})); done; echo $s; }
-declare -A RESERVE=([bench]=130 [profile]=45 [compiled]=150 [tests]=60)
+declare -A RESERVE=([bench]=130 [micro]=60 [profile]=45 [compiled]=150 [tests]=60)
 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
@@ -39,18 +39,19 @@ if [ -z "$TINY" ]; then
   stamp "checkpoints written (rc $?)"; du -sh "$CKPT/full" >> "$OUT/env.txt" 2>&1
 fi
 
-if has micro; then
-  keep=$(after bench profile compiled tests)
-  timeout $(( $(left) - keep )) python3 -m bench.micro ${BENCH_TINY:+--tiny} --ckpt "$CKPT" --out "$OUT" \
-    --deadline $((END - keep - 30)) >> "$OUT/log.txt" 2>&1
-  stamp "micro done (rc $?)"
-fi
-
 if has bench; then
-  keep=$(after profile compiled tests)
+  keep=$(after micro profile compiled tests)
   timeout $(( $(left) - keep )) python3 -m bench.run $TINY --ckpt "$CKPT" --out "$OUT" \
     --variants "${BENCH_VARIANTS:-ours,diffusers}" --deadline $((END - keep - 40)) >> "$OUT/log.txt" 2>&1
   stamp "bench done (rc $?)"
+fi
+
+if has micro; then
+  keep=$(after profile compiled tests)
+  timeout $(( $(left) - keep )) python3 -m bench.micro ${BENCH_TINY:+--tiny} --ckpt "$CKPT" --out "$OUT" \
+    ${MICRO_VARIANTS:+--variants "$MICRO_VARIANTS"} \
+    --deadline $((END - keep - 30)) >> "$OUT/log.txt" 2>&1
+  stamp "micro done (rc $?)"
 fi
 
 if has profile; then

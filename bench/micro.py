@@ -169,7 +169,7 @@ def unet_rows(folder: Path, sizes: list[int], variants: dict[str, AccelOptions],
 
 
 def vae_rows(folder: Path, sizes: list[int], device: torch.device, dtype: torch.dtype,
-             deadline: float) -> list[dict[str, Any]]:
+             deadline: float, variants: dict[str, AccelOptions] | None = None) -> list[dict[str, Any]]:
     from sd2_app.loading.components import load_vae
 
     rows: list[dict[str, Any]] = []
@@ -177,7 +177,7 @@ def vae_rows(folder: Path, sizes: list[int], device: torch.device, dtype: torch.
         g = torch.Generator(device).manual_seed(1)
         z = torch.randn(1, 4, size // 8, size // 8, generator=g, device=device, dtype=dtype)
         reference = None
-        for name, options in VAE_VARIANTS.items():
+        for name, options in (VAE_VARIANTS if variants is None else variants).items():
             row = _new_row(rows, "vae-decode", size, 1, name, deadline)
             if "error" in row:
                 continue
@@ -216,7 +216,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--deadline", type=float, default=float("inf"), help="epoch seconds; later work is skipped")
     p.add_argument("--only-compile", action="store_true", help="with --compile: only eager and compiled rows")
     p.add_argument("--tiny", action="store_true", help="tiny repo, sizes 64,96, float32 (CPU check of the harness)")
+    p.add_argument("--variants", default=None,
+                   help="comma list of UNet and VAE variant names to run (eager, the baseline, always runs)")
     args = p.parse_args(argv)
+    chosen = None if args.variants is None else {"eager", *args.variants.split(",")}
+    unet_variants = {k: v for k, v in UNET_VARIANTS.items() if chosen is None or k in chosen}
+    vae_variants = {k: v for k, v in VAE_VARIANTS.items() if chosen is None or k in chosen}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -241,9 +246,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (args.out / "micro.md").write_text(markdown(record))
 
     if not args.only_compile:
-        record["rows"] += unet_rows(repos["sd2-base"], sizes, UNET_VARIANTS, device, dtype, args.deadline)
+        record["rows"] += unet_rows(repos["sd2-base"], sizes, unet_variants, device, dtype, args.deadline)
         save()
-        record["rows"] += vae_rows(repos["sd2-base"], sizes, device, dtype, args.deadline)
+        record["rows"] += vae_rows(repos["sd2-base"], sizes, device, dtype, args.deadline, vae_variants)
         save()
     if args.compile:
         name, options = COMPILED_VARIANT

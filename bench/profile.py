@@ -34,7 +34,8 @@ logger = logging.getLogger("bench.profile")
 
 KINDS = (  # (kind, substrings of the kernel name), first match wins
     ("attention", ("sdpa", "flash", "fmha", "attention", "attn")),
-    ("ours (triton)", ("_nhwc_", "_group_", "_geglu")),
+    ("ours (triton)", ("_nhwc_partial", "_nhwc_stats", "_nhwc_apply", "_group_partial", "_group_norm_silu",
+                       "_geglu", "_bias_residual")),
     ("convolution", ("fprop", "conv", "implicit", "dgrad", "wgrad", "winograd")),
     ("layout copy", ("nchwtonhwc", "nhwctonchw", "transpose", "copy")),
     ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "matmul")),
@@ -199,7 +200,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     steps = args.steps or (2 if args.tiny else 25)
     setup_backends(device)
-    cases = {c.task: c for c in make_cases(tiny=args.tiny, quick=False) if c.batch == 1 and c.warmup}
+    cases: dict[str, Case] = {}
+    for case in make_cases(tiny=args.tiny, quick=False):  # the first batch-1 case of each task: the small size
+        if case.batch == 1 and case.warmup:
+            cases.setdefault(case.task, case)
     txt2img: Case = cases["txt2img"]
     upscale: Case = cases["upscale"]
     repos = _repos(args, [txt2img.kind, upscale.kind], device)

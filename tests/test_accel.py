@@ -18,8 +18,9 @@ from torch import nn
 
 from sd2_app.accel import AccelOptions, CudaGraphUNet, accelerate_unet, decode_with_fallback, setup_backends
 from sd2_app.accel.compile import compile_blocks
-from sd2_app.accel.fused import FusedGEGLU, FusedResnetBlock2D, fuse_modules, geglu, group_norm_silu
-from sd2_app.nn.attention import GEGLU
+from sd2_app.accel.fused import (FusedGEGLU, FusedResnetBlock2D, FusedTransformerBlock, fuse_modules, geglu,
+                                 group_norm_silu)
+from sd2_app.nn.attention import GEGLU, BasicTransformerBlock
 from sd2_app.nn.config import UNetConfig
 from sd2_app.nn.resnet import ResnetBlock2D
 from sd2_app.nn.unet import UNet
@@ -132,6 +133,16 @@ def test_fused_resnet_equals_resnet(time_dim: int | None) -> None:
     assert list(fused.state_dict()) == list(block.state_dict())
 
 
+def test_fused_transformer_block_off_the_gpu_is_the_block() -> None:
+    torch.manual_seed(4)
+    block = BasicTransformerBlock(32, 2, 16, 24).eval()
+    fused = FusedTransformerBlock(block)
+    x, context = torch.randn(2, 10, 32), torch.randn(2, 7, 24)
+    with torch.no_grad():
+        assert torch.equal(fused(x, context), block(x, context))
+    assert list(fused.state_dict()) == list(block.state_dict())
+
+
 def test_fuse_modules_keeps_keys_and_output_of_a_unet() -> None:
     unet = _tiny_unet()
     sample, timestep, context = _inputs(unet)
@@ -141,9 +152,10 @@ def test_fuse_modules_keeps_keys_and_output_of_a_unet() -> None:
         swapped = fuse_modules(unet)
         got = unet(sample, timestep, context)
     resnets = 2 * 4 + 2 + 3 * 4  # down, mid, up
-    transformers = 2 * 3 + 1 + 3 * 3  # each: its GEGLU and its GroupNorm
-    assert swapped == resnets + 2 * transformers + 1  # + conv_norm_out
+    transformers = 2 * 3 + 1 + 3 * 3  # each: its GEGLU, its GroupNorm and its transformer block
+    assert swapped == resnets + 3 * transformers + 1  # + conv_norm_out
     assert sum(type(m) is nn.GroupNorm for m in unet.modules()) == 2 * resnets  # the resnets fuse their own
+    assert sum(type(m) is FusedTransformerBlock for m in unet.modules()) == transformers
     assert list(unet.state_dict()) == keys
     assert (got - expected).abs().max().item() <= 1e-6
 
@@ -256,6 +268,48 @@ _INTERPRETED_KERNELS = textwrap.dedent("""
     p = torch.randn(3, 7, 2 * 1100, generator=g)
     value, gate = p.chunk(2, dim=-1)
     worst = max(worst, (k.geglu(p) - value * F.gelu(gate)).abs().max().item())
+    # the resnet's channels_last path: conv bias + time embedding into norm2, conv2 bias + shortcut after
+    for shape, groups in [((2, 8, 40, 40), 2), ((1, 160, 33, 3), 32)]:
+        for mode in (1, 2):  # 1: the bias only (VAE resnets), 2: bias + time embedding (UNet resnets)
+            x = (torch.randn(shape, generator=g) * 2 + 5).to(memory_format=torch.channels_last)
+            w, b = torch.randn(shape[1], generator=g), torch.randn(shape[1], generator=g)
+            conv_bias = torch.randn(shape[1], generator=g) * 3
+            temb = torch.randn(shape[0], shape[1], generator=g) * 3 if mode == 2 else None
+            got = k.group_norm_silu(x, groups, w, b, 1e-6, shift_bias=conv_bias, shift_temb=temb)
+            assert got.is_contiguous(memory_format=torch.channels_last)
+            shifted = x + conv_bias[None, :, None, None] + (0 if temb is None else temb[:, :, None, None])
+            worst = max(worst, (got - F.silu(F.group_norm(shifted.contiguous(), groups, w, b, 1e-6))).abs().max().item())
+    for shape in [(2, 8, 40, 40), (3, 7, 5, 5)]:
+        for two in (False, True):
+            a, r = (torch.randn(shape, generator=g).to(memory_format=torch.channels_last) for _ in range(2))
+            b1, b2 = torch.randn(shape[1], generator=g), torch.randn(shape[1], generator=g)
+            got = k.bias_residual(a, b1, r, 0.5, bias2=b2 if two else None)
+            ref = (a + b1[None, :, None, None] + (b2[None, :, None, None] if two else 0) + r) * 0.5
+            worst = max(worst, (got - ref).abs().max().item())
+    # LayerNorm, alone and with the residual add before it
+    for shape in [(2, 37, 320), (1, 5, 100), (3, 64)]:
+        for with_residual in (False, True):
+            x = torch.randn(shape, generator=g) * 3 + 2
+            r = torch.randn(shape, generator=g) if with_residual else None
+            w, b = torch.randn(shape[-1], generator=g), torch.randn(shape[-1], generator=g)
+            total, y = k.layer_norm(x, w, b, 1e-5, residual=r)
+            v = x if r is None else x + r
+            worst = max(worst, (total - v).abs().max().item(),
+                        (y - F.layer_norm(v, shape[-1:], w, b, 1e-5)).abs().max().item())
+    # whole resnet blocks (UNet with a time embedding and a shortcut conv; VAE without either)
+    from sd2_app.accel.fused import FusedResnetBlock2D
+    from sd2_app.nn.resnet import ResnetBlock2D
+    for cin, cout, time_dim in [(32, 64, 16), (64, 64, None)]:
+        block = ResnetBlock2D(cin, cout, time_dim).eval()
+        for param in block.parameters():
+            param.data.normal_(generator=g)
+        x = torch.randn(2, cin, 6, 5, generator=g).to(memory_format=torch.channels_last)
+        emb = None if time_dim is None else torch.randn(2, time_dim, generator=g)
+        with torch.no_grad():
+            got = FusedResnetBlock2D(block)._forward_channels_last(x, emb)
+            ref = block(x, emb)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        worst = max(worst, ((got - ref).abs().max() / ref.abs().max()).item())
     # the GPU start-up check's own comparison, both layouts
     from sd2_app.accel.fused import _kernel_errors
     for layout in (torch.contiguous_format, torch.channels_last):
@@ -304,6 +358,52 @@ def test_fused_kernels_match_eager_on_cuda() -> None:
     p = torch.randn(2, 4096, 2560, device="cuda", dtype=torch.float16)
     value, gate = p.chunk(2, dim=-1)
     assert (geglu(p).float() - (value * F.gelu(gate)).float()).abs().max().item() < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cin,cout,time_dim", [(320, 640, 1280), (128, 128, None)])
+def test_channels_last_resnet_block_matches_eager_on_cuda(cin: int, cout: int, time_dim: int | None) -> None:
+    """The fused block (biases folded into the norm and residual kernels) vs the plain block, both fp16,
+    against an fp32 reference: no further from it than the plain fp16 block is (plus fp16 rounding)."""
+    pytest.importorskip("triton")
+    g = torch.Generator().manual_seed(5)
+    block = ResnetBlock2D(cin, cout, time_dim).eval()
+    for param in block.parameters():
+        param.data.normal_(0.0, 0.05, generator=g)
+    x = torch.randn(2, cin, 48, 40, generator=g)
+    emb = None if time_dim is None else torch.randn(2, time_dim, generator=g)
+    with torch.no_grad():
+        reference = block.cuda()(x.cuda(), None if emb is None else emb.cuda())
+        block = block.half().to(memory_format=torch.channels_last)
+        x16 = x.cuda().half().to(memory_format=torch.channels_last)
+        emb16 = None if emb is None else emb.cuda().half()
+        plain = block(x16, emb16).float()
+        fused = FusedResnetBlock2D(block)(x16, emb16)
+    assert fused.is_contiguous(memory_format=torch.channels_last) and fused.dtype == torch.float16
+    scale = reference.abs().max().item()
+    plain_error = (plain - reference).abs().max().item() / scale
+    fused_error = (fused.float() - reference).abs().max().item() / scale
+    assert fused_error <= 1.5 * plain_error + 1e-3, (fused_error, plain_error)
+
+
+@pytest.mark.gpu
+def test_fused_transformer_block_matches_eager_on_cuda() -> None:
+    """Residual adds fused into the LayerNorms: the fp16 block's output, as close to fp32 as eager fp16's."""
+    pytest.importorskip("triton")
+    g = torch.Generator().manual_seed(6)
+    block = BasicTransformerBlock(320, 5, 64, 1024).eval()
+    for param in block.parameters():
+        param.data.normal_(0.0, 0.05, generator=g)
+    x, context = torch.randn(2, 4096, 320, generator=g), torch.randn(2, 77, 1024, generator=g)
+    with torch.no_grad():
+        reference = block.cuda()(x.cuda(), context.cuda())
+        block = block.half()
+        plain = block(x.cuda().half(), context.cuda().half()).float()
+        fused = FusedTransformerBlock(block)(x.cuda().half(), context.cuda().half()).float()
+    scale = reference.abs().max().item()
+    plain_error = (plain - reference).abs().max().item() / scale
+    fused_error = (fused - reference).abs().max().item() / scale
+    assert fused_error <= 1.5 * plain_error + 1e-3, (fused_error, plain_error)
 
 
 def test_accelerator_keeps_one_wrapper_per_unet_and_lets_go_with_it() -> None:

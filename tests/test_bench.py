@@ -82,3 +82,6 @@ def test_profile_sorts_kernels_into_kinds_and_merges_overlapping_spans() -> None
     # spans in microseconds: [0, 10) and [5, 20) overlap -> 20; [30, 35) -> 5; [35, 40) touches -> 10 more
     assert _union_ms([(0.0, 10.0), (5.0, 20.0), (30.0, 35.0), (35.0, 40.0)]) == pytest.approx(0.030)
     assert _union_ms([]) == 0.0
+    # cuDNN's NHWC convolutions have "_nhwc_" in their names too: not ours
+    assert kind_of("sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize128x128x64_g1") == (
+        "convolution")

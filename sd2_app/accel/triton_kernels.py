@@ -1,8 +1,12 @@
-"""Triton kernels for GroupNorm(+SiLU) and GEGLU (imported only when triton is installed; CUDA at run time).
+"""Triton kernels for GroupNorm(+SiLU), GEGLU and a resnet's bias + residual (imported only when triton is
+installed; CUDA at run time).
 
 Why: after CUDA graphs remove launch overhead, these element-wise pairs are memory-bound. Fusing them
 saves one full read and write of the activation per pair (GroupNorm then SiLU; GELU then the gate product),
-which matters most in the VAE decoder, whose 512x512x128 activations are 64 MB each in fp16.
+which matters most in the VAE decoder, whose 512x512x128 activations are 64 MB each in fp16. PyTorch adds a
+cuDNN convolution's bias in a separate broadcast kernel; in a resnet block the NHWC GroupNorm takes conv1's
+bias and the time embedding as a per-(image, channel) shift, and one kernel adds conv2's bias and the
+shortcut (a profile of a 768 image on an H200 showed 88 such broadcast adds per UNet call, 6% of its time).
 
 All arithmetic is fp32 (inputs are upcast on load), as PyTorch's own GroupNorm kernel does for fp16.
 Statistics use a two-level reduction: each program computes the mean and M2 of one chunk of a group, and
@@ -87,10 +91,25 @@ def _group_norm_silu_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, m2_ptr, n_per_
         tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["hw", "rows_per_chunk", "num_chunks"])
-def _nhwc_partial_kernel(x_ptr, mean_ptr, m2_ptr, hw, channels, rows_per_chunk, num_chunks,
-                         BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+@triton.jit
+def _shift(bias_ptr, temb_ptr, b, channels, cols, cmask, shift_mode, BLOCK_C: tl.constexpr):
+    # The per-(image, channel) term added to x before normalising, fp32: shift_mode 0 none, 1 bias[c]
+    # (a conv's bias), 2 bias[c] + temb[b, c] (and the resnet's time embedding). A run-time switch, not a
+    # constexpr: one compiled kernel serves all three.
+    shift = tl.zeros([BLOCK_C], dtype=tl.float32)
+    if shift_mode > 0:
+        shift += tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    if shift_mode > 1:
+        shift += tl.load(temb_ptr + b * channels + cols, mask=cmask, other=0.0).to(tl.float32)
+    return shift
+
+
+@triton.jit(do_not_specialize=["hw", "rows_per_chunk", "num_chunks", "shift_mode"])
+def _nhwc_partial_kernel(x_ptr, bias_ptr, temb_ptr, mean_ptr, m2_ptr, hw, channels, rows_per_chunk, num_chunks,
+                         shift_mode, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     # Per-channel mean and M2 over one chunk of pixels of one image: grid (B, chunks, channel blocks).
+    # The statistics are those of x + shift (see `_shift`): a conv's bias and the time embedding, added here
+    # instead of in two full passes over the activation.
     b = tl.program_id(0)
     chunk = tl.program_id(1)
     cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -99,12 +118,14 @@ def _nhwc_partial_kernel(x_ptr, mean_ptr, m2_ptr, hw, channels, rows_per_chunk, 
     end = tl.minimum(first + rows_per_chunk, hw)
     count = (end - first).to(tl.float32)
     base = b.to(tl.int64) * hw * channels
+    shift = _shift(bias_ptr, temb_ptr, b, channels, cols, cmask, shift_mode, BLOCK_C)
     acc = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
     for i in range(0, rows_per_chunk, BLOCK_HW):
         rows = first + i + tl.arange(0, BLOCK_HW)
         mask = (rows < end)[:, None] & cmask[None, :]
-        acc += tl.load(x_ptr + base + rows.to(tl.int64)[:, None] * channels + cols[None, :], mask=mask,
-                       other=0.0).to(tl.float32)
+        v = tl.load(x_ptr + base + rows.to(tl.int64)[:, None] * channels + cols[None, :], mask=mask,
+                    other=0.0).to(tl.float32)
+        acc += tl.where(mask, v + shift[None, :], 0.0)
     mean = tl.sum(acc, axis=0) / count
     acc2 = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
     for i in range(0, rows_per_chunk, BLOCK_HW):
@@ -112,7 +133,7 @@ def _nhwc_partial_kernel(x_ptr, mean_ptr, m2_ptr, hw, channels, rows_per_chunk, 
         mask = (rows < end)[:, None] & cmask[None, :]
         v = tl.load(x_ptr + base + rows.to(tl.int64)[:, None] * channels + cols[None, :], mask=mask,
                     other=0.0).to(tl.float32)
-        d = tl.where(mask, v - mean[None, :], 0.0)
+        d = tl.where(mask, v + shift[None, :] - mean[None, :], 0.0)
         acc2 += d * d
     out = (b * num_chunks + chunk) * channels + cols
     tl.store(mean_ptr + out, mean, mask=cmask)
@@ -160,10 +181,12 @@ def _nhwc_stats_kernel(mean_ptr, m2_ptr, stats_ptr, hw, channels, channels_per_g
     tl.store(stats_ptr + pid * 2 + 1, 1.0 / tl.sqrt(m2 / n + eps))
 
 
-@triton.jit(do_not_specialize=["hw", "channels_per_group", "num_groups"])
-def _nhwc_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, stats_ptr, hw, channels, channels_per_group, num_groups,
-                       APPLY_SILU: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
-    # y = (x - mean) / std * w + b (then SiLU) on one (pixels x channels) tile: grid (B, pixel blocks, channel blocks).
+@triton.jit(do_not_specialize=["hw", "channels_per_group", "num_groups", "shift_mode"])
+def _nhwc_apply_kernel(x_ptr, bias_ptr, temb_ptr, y_ptr, w_ptr, b_ptr, stats_ptr, hw, channels,
+                       channels_per_group, num_groups, shift_mode, APPLY_SILU: tl.constexpr,
+                       BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    # y = (x + shift - mean) / std * w + b (then SiLU) on one (pixels x channels) tile:
+    # grid (B, pixel blocks, channel blocks).
     b = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -173,13 +196,80 @@ def _nhwc_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, stats_ptr, hw, channels, chan
     mean = tl.load(stats_ptr + stat, mask=cmask, other=0.0)
     rstd = tl.load(stats_ptr + stat + 1, mask=cmask, other=0.0)
     scale = rstd * tl.load(w_ptr + cols, mask=cmask, other=1.0).to(tl.float32)
-    shift = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32) - mean * scale
+    # (x + s - mean) * scale + bias = x * scale + (bias + (s - mean) * scale)
+    s = _shift(bias_ptr, temb_ptr, b, channels, cols, cmask, shift_mode, BLOCK_C)
+    shift = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32) + (s - mean) * scale
     offs = b.to(tl.int64) * hw * channels + rows.to(tl.int64)[:, None] * channels + cols[None, :]
     v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     y = v * scale[None, :] + shift[None, :]
     if APPLY_SILU:
         y = y * tl.sigmoid(y)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["n", "channels", "two_biases"])
+def _bias_residual_kernel(a_ptr, r_ptr, bias_ptr, bias2_ptr, y_ptr, n, channels, two_biases, scale,
+                          BLOCK: tl.constexpr):
+    # y = (a + bias[c] (+ bias2[c]) + r) * scale over channels-last memory (c = flat index % channels): a
+    # conv's output without its bias, the block's shortcut (a second conv's bias when it is one), and the
+    # output scale, in one pass instead of three or four.
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    c = offs % channels
+    a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    r = tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + c, mask=mask, other=0.0).to(tl.float32)
+    if two_biases > 0:
+        bias += tl.load(bias2_ptr + c, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + offs, ((a + bias + r) * scale).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["rows", "channels", "has_residual"])
+def _layer_norm_kernel(x_ptr, r_ptr, sum_ptr, y_ptr, w_ptr, b_ptr, rows, channels, eps, has_residual,
+                       BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    # y = layer_norm(v) with v = x, or v = x + r rounded to x's dtype (also written to sum_ptr), over
+    # BLOCK_R rows per program; statistics in fp32, two passes (mean, then squared deviations). Passes 2
+    # and 3 recompute v from x and r (cache hits) instead of reading back what other threads stored.
+    rows_idx = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = rows_idx < rows
+    base = rows_idx.to(tl.int64)[:, None] * channels
+    acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+    for c0 in range(0, channels, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        mask = rmask[:, None] & (cols < channels)[None, :]
+        v = tl.load(x_ptr + base + cols[None, :], mask=mask, other=0.0)
+        if has_residual > 0:
+            v = (v.to(tl.float32) + tl.load(r_ptr + base + cols[None, :], mask=mask, other=0.0).to(tl.float32))
+            v = v.to(sum_ptr.dtype.element_ty)
+            tl.store(sum_ptr + base + cols[None, :], v, mask=mask)
+        acc += v.to(tl.float32)
+    mean = tl.sum(acc, axis=1) / channels
+    acc2 = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+    for c0 in range(0, channels, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        mask = rmask[:, None] & (cols < channels)[None, :]
+        v = _layer_norm_input(x_ptr, r_ptr, sum_ptr, base + cols[None, :], mask, has_residual)
+        d = tl.where(mask, v - mean[:, None], 0.0)
+        acc2 += d * d
+    rstd = 1.0 / tl.sqrt(tl.sum(acc2, axis=1) / channels + eps)
+    for c0 in range(0, channels, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        cmask = cols < channels
+        mask = rmask[:, None] & cmask[None, :]
+        v = _layer_norm_input(x_ptr, r_ptr, sum_ptr, base + cols[None, :], mask, has_residual)
+        w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        y = (v - mean[:, None]) * rstd[:, None] * w[None, :] + b[None, :]
+        tl.store(y_ptr + base + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _layer_norm_input(x_ptr, r_ptr, sum_ptr, offs, mask, has_residual):
+    v = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    if has_residual > 0:
+        v = (v.to(tl.float32) + tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32))
+        v = v.to(sum_ptr.dtype.element_ty)
+    return v.to(tl.float32)
 
 
 @triton.jit
@@ -194,10 +284,15 @@ def _geglu_kernel(p_ptr, y_ptr, inner, BLOCK: tl.constexpr):
 
 
 def group_norm_silu(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float,
-                    *, apply_silu: bool = True) -> Tensor:
-    """silu(group_norm(x)) for a (B, C, *spatial) tensor, contiguous or channels_last; same dtype and layout."""
-    if not x.is_contiguous():
-        return _group_norm_nhwc(x, num_groups, weight, bias, eps, apply_silu)
+                    *, apply_silu: bool = True, shift_bias: Tensor | None = None,
+                    shift_temb: Tensor | None = None) -> Tensor:
+    """silu(group_norm(x)) for a (B, C, *spatial) tensor, contiguous or channels_last; same dtype and layout.
+
+    channels_last only: x + shift_bias[c] (+ shift_temb[b, c]) is normalised instead of x, summed in fp32
+    on load (a conv's bias and a time embedding, (C,) and (B, C), any float dtype), never written out.
+    """
+    if not x.is_contiguous() or shift_bias is not None:
+        return _group_norm_nhwc(x, num_groups, weight, bias, eps, apply_silu, shift_bias, shift_temb)
     assert x.shape[1] % num_groups == 0
     batch, channels = x.shape[:2]
     hw = x[0, 0].numel()
@@ -221,10 +316,15 @@ _NHWC_BLOCK_C = 64  # channels per tile: 128 contiguous bytes in fp16
 _NHWC_MAX_CHUNKS = 256  # pixel chunks per image: enough programs to fill the GPU, few partials to merge
 
 
-def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float,
-                     apply_silu: bool) -> Tensor:
+def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float, apply_silu: bool,
+                     shift_bias: Tensor | None = None, shift_temb: Tensor | None = None) -> Tensor:
     assert x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
     batch, channels, height, width = x.shape
+    shift_mode = 0 if shift_bias is None else (1 if shift_temb is None else 2)
+    if shift_bias is not None:
+        assert shift_bias.shape == (channels,) and shift_bias.is_contiguous()
+    if shift_temb is not None:
+        assert shift_temb.shape == (batch, channels) and shift_temb.is_contiguous()
     assert channels % num_groups == 0
     hw = height * width
     cpg = channels // num_groups
@@ -236,13 +336,39 @@ def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, e
     stats = torch.empty((batch * num_groups, 2), dtype=torch.float32, device=x.device)
     y = torch.empty_like(x)  # keeps channels_last
     c_blocks = triton.cdiv(channels, _NHWC_BLOCK_C)
-    _nhwc_partial_kernel[(batch, chunks, c_blocks)](x, means, m2s, hw, channels, rows_per_chunk, chunks,
+    # Unused pointers get x: pointers of x's dtype in every call, so one compiled kernel serves all modes
+    # (Triton compiles per pointer element type).
+    bias_arg = x if shift_bias is None else shift_bias
+    temb_arg = x if shift_temb is None else shift_temb
+    _nhwc_partial_kernel[(batch, chunks, c_blocks)](x, bias_arg, temb_arg, means, m2s, hw, channels,
+                                                    rows_per_chunk, chunks, shift_mode,
                                                     BLOCK_HW=_NHWC_BLOCK_HW, BLOCK_C=_NHWC_BLOCK_C)
     _nhwc_stats_kernel[(batch * num_groups,)](means, m2s, stats, hw, channels, cpg, num_groups, rows_per_chunk,
                                               chunks, eps, BLOCK_J=64, BLOCK_K=16)
     _nhwc_apply_kernel[(batch, triton.cdiv(hw, _NHWC_APPLY_HW), c_blocks)](
-        x, y, weight, bias, stats, hw, channels, cpg, num_groups, APPLY_SILU=apply_silu,
-        BLOCK_HW=_NHWC_APPLY_HW, BLOCK_C=_NHWC_BLOCK_C)
+        x, bias_arg, temb_arg, y, weight, bias, stats, hw, channels, cpg, num_groups, shift_mode,
+        APPLY_SILU=apply_silu, BLOCK_HW=_NHWC_APPLY_HW, BLOCK_C=_NHWC_BLOCK_C)
+    return y
+
+
+_RESIDUAL_BLOCK = 2048
+
+
+def bias_residual(a: Tensor, bias: Tensor, residual: Tensor, scale: float = 1.0,
+                  bias2: Tensor | None = None) -> Tensor:
+    """(a + bias (+ bias2) + residual) * scale, biases broadcast over channels, for channels_last
+    (B, C, H, W) tensors `a` and `residual` of one shape and dtype; (C,) biases of any float dtype. Sums in
+    fp32, one rounding at the end."""
+    channels_last = torch.channels_last
+    assert a.shape == residual.shape and a.dtype == residual.dtype and a.dim() == 4
+    assert a.is_contiguous(memory_format=channels_last) and residual.is_contiguous(memory_format=channels_last)
+    assert bias.shape == (a.shape[1],) and bias.is_contiguous()
+    assert bias2 is None or (bias2.shape == bias.shape and bias2.is_contiguous())
+    y = torch.empty_like(a)
+    n = a.numel()
+    _bias_residual_kernel[(triton.cdiv(n, _RESIDUAL_BLOCK),)](
+        a, residual, bias, bias if bias2 is None else bias2, y, n, a.shape[1], int(bias2 is not None), scale,
+        BLOCK=_RESIDUAL_BLOCK)
     return y
 
 
@@ -254,3 +380,27 @@ def geglu(projected: Tensor) -> Tensor:
     y = projected.new_empty((*projected.shape[:-1], inner))
     _geglu_kernel[(rows, triton.cdiv(inner, _GEGLU_BLOCK))](projected, y, inner, BLOCK=_GEGLU_BLOCK)
     return y
+
+
+_LN_ROWS = 16
+_LN_COLS = 64  # SD2's transformer widths (320, 640, 1280) are multiples of 64: no masked lanes
+
+
+def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float, residual: Tensor | None = None
+               ) -> tuple[Tensor, Tensor]:
+    """(v, layer_norm(v)) over the last dim of a contiguous tensor, with v = x, or v = x + residual (rounded
+    to x's dtype, as the unfused add would be) when a residual is given: the transformer block's residual
+    add and the next norm in one pass."""
+    assert x.is_contiguous() and weight.shape == (x.shape[-1],)
+    channels = x.shape[-1]
+    rows = x.numel() // channels
+    y = torch.empty_like(x)
+    if residual is None:
+        total = x
+    else:
+        assert residual.shape == x.shape and residual.dtype == x.dtype and residual.is_contiguous()
+        total = torch.empty_like(x)
+    _layer_norm_kernel[(triton.cdiv(rows, _LN_ROWS),)](
+        x, x if residual is None else residual, total, y, weight, bias, rows, channels, eps,
+        int(residual is not None), BLOCK_R=_LN_ROWS, BLOCK_C=_LN_COLS)
+    return total, y
