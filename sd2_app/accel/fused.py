@@ -112,7 +112,9 @@ class FusedResnetBlock2D(nn.Module):
     def _forward_channels_last(self, x: Tensor, emb_act: Tensor | None) -> Tensor:
         from sd2_app.accel import triton_kernels
 
-        h = _conv_without_bias(self.conv1, group_norm_silu(x, self.norm1))  # (B, Cout, H, W) channels_last
+        h = _conv_without_bias(self.conv1, group_norm_silu(x, self.norm1))  # (B, Cout, H, W)
+        if not h.is_contiguous(memory_format=torch.channels_last):  # cuDNN keeps the layout; never pay for it
+            h = h.contiguous(memory_format=torch.channels_last)
         temb = None if self.time_emb_proj is None else self.time_emb_proj(emb_act)  # (B, Cout)
         norm2 = self.norm2
         h = triton_kernels.group_norm_silu(h, norm2.num_groups, norm2.weight, norm2.bias, norm2.eps,
