@@ -139,8 +139,8 @@ class FusedTransformerBlock(nn.Module):
     """BasicTransformerBlock's math with each residual add fused into the next LayerNorm (one kernel writes
     the new residual stream and its normalised copy); adopts the original's children (same keys).
 
-    PyTorch's LayerNorm kernel runs one block per 320-1280-wide row and reached about a third of the memory
-    bandwidth in a profile on an H200; this kernel takes 16 rows per program.
+    The kernel holds whole rows in registers (each element read and written once) and saves the separate add's
+    pass and launch: 32 kernels fewer per UNet call.
     """
 
     def __init__(self, block: BasicTransformerBlock) -> None:
@@ -242,11 +242,12 @@ def _kernel_errors(triton_kernels, norm: nn.GroupNorm, generator: torch.Generato
         fused_geglu, eager_geglu = triton_kernels.geglu(projected), value * F.gelu(gate)
         errors = [(with_silu.float() - F.silu(eager_norm)).abs().max(), (plain.float() - eager_norm).abs().max(),
                   (fused_geglu.float() - eager_geglu).abs().max()]
-        tokens, stream = projected[..., :64].contiguous(), projected[..., 64:128].contiguous()  # (2, 77, 64) each
-        ln_weight, ln_bias = norm.weight.repeat(1), norm.bias.repeat(1)  # 64 wide
+        # 320 wide, as the UNet's first level: the kernel compiled here is the one the first image runs
+        tokens, stream, ln_weight, ln_bias = (torch.randn(shape, device=x.device, dtype=dtype, generator=generator)
+                                              for shape in ((2, 77, 320), (2, 77, 320), (320,), (320,)))
         summed, normed = triton_kernels.layer_norm(tokens, ln_weight, ln_bias, 1e-5, residual=stream)
         eager_sum = (tokens.float() + stream.float()).to(dtype).float()
-        eager_ln = F.layer_norm(eager_sum, (64,), ln_weight.float(), ln_bias.float(), 1e-5)
+        eager_ln = F.layer_norm(eager_sum, (320,), ln_weight.float(), ln_bias.float(), 1e-5)
         errors += [(summed.float() - eager_sum).abs().max(), (normed.float() - eager_ln).abs().max()]
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             channels = x.shape[1]

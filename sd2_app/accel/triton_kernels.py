@@ -224,52 +224,30 @@ def _bias_residual_kernel(a_ptr, r_ptr, bias_ptr, bias2_ptr, y_ptr, n, channels,
     tl.store(y_ptr + offs, ((a + bias + r) * scale).to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["rows", "channels", "has_residual"])
+@triton.jit(do_not_specialize=["rows", "has_residual"])
 def _layer_norm_kernel(x_ptr, r_ptr, sum_ptr, y_ptr, w_ptr, b_ptr, rows, channels, eps, has_residual,
                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    # y = layer_norm(v) with v = x, or v = x + r rounded to x's dtype (also written to sum_ptr), over
-    # BLOCK_R rows per program; statistics in fp32, two passes (mean, then squared deviations). Passes 2
-    # and 3 recompute v from x and r (cache hits) instead of reading back what other threads stored.
+    # y = layer_norm(v) with v = x, or v = x + r rounded to x's dtype (also written to sum_ptr), for BLOCK_R
+    # whole rows per program held in registers: each element is read and written once. Statistics in fp32,
+    # two passes over the registers (mean, then squared deviations), as exact as PyTorch's Welford.
     rows_idx = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    rmask = rows_idx < rows
-    base = rows_idx.to(tl.int64)[:, None] * channels
-    acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
-    for c0 in range(0, channels, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
-        mask = rmask[:, None] & (cols < channels)[None, :]
-        v = tl.load(x_ptr + base + cols[None, :], mask=mask, other=0.0)
-        if has_residual > 0:
-            v = (v.to(tl.float32) + tl.load(r_ptr + base + cols[None, :], mask=mask, other=0.0).to(tl.float32))
-            v = v.to(sum_ptr.dtype.element_ty)
-            tl.store(sum_ptr + base + cols[None, :], v, mask=mask)
-        acc += v.to(tl.float32)
-    mean = tl.sum(acc, axis=1) / channels
-    acc2 = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
-    for c0 in range(0, channels, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
-        mask = rmask[:, None] & (cols < channels)[None, :]
-        v = _layer_norm_input(x_ptr, r_ptr, sum_ptr, base + cols[None, :], mask, has_residual)
-        d = tl.where(mask, v - mean[:, None], 0.0)
-        acc2 += d * d
-    rstd = 1.0 / tl.sqrt(tl.sum(acc2, axis=1) / channels + eps)
-    for c0 in range(0, channels, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
-        cmask = cols < channels
-        mask = rmask[:, None] & cmask[None, :]
-        v = _layer_norm_input(x_ptr, r_ptr, sum_ptr, base + cols[None, :], mask, has_residual)
-        w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        y = (v - mean[:, None]) * rstd[:, None] * w[None, :] + b[None, :]
-        tl.store(y_ptr + base + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _layer_norm_input(x_ptr, r_ptr, sum_ptr, offs, mask, has_residual):
+    cols = tl.arange(0, BLOCK_C)
+    cmask = cols < channels
+    mask = (rows_idx < rows)[:, None] & cmask[None, :]
+    offs = rows_idx.to(tl.int64)[:, None] * channels + cols[None, :]
     v = tl.load(x_ptr + offs, mask=mask, other=0.0)
     if has_residual > 0:
         v = (v.to(tl.float32) + tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32))
         v = v.to(sum_ptr.dtype.element_ty)
-    return v.to(tl.float32)
+        tl.store(sum_ptr + offs, v, mask=mask)
+    v = v.to(tl.float32)
+    mean = tl.sum(v, axis=1) / channels
+    d = tl.where(mask, v - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / channels + eps)
+    w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    y = d * rstd[:, None] * w[None, :] + b[None, :]
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -382,25 +360,26 @@ def geglu(projected: Tensor) -> Tensor:
     return y
 
 
-_LN_ROWS = 16
-_LN_COLS = 64  # SD2's transformer widths (320, 640, 1280) are multiples of 64: no masked lanes
+_LN_TILE = 2048  # elements of registers per program: 4 rows of 320, 2 of 640, 1 of 1280
 
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float, residual: Tensor | None = None
                ) -> tuple[Tensor, Tensor]:
     """(v, layer_norm(v)) over the last dim of a contiguous tensor, with v = x, or v = x + residual (rounded
     to x's dtype, as the unfused add would be) when a residual is given: the transformer block's residual
-    add and the next norm in one pass."""
+    add and the next norm in one pass. Compiles once per power-of-two row width (512, 1024, 2048 in SD2)."""
     assert x.is_contiguous() and weight.shape == (x.shape[-1],)
     channels = x.shape[-1]
     rows = x.numel() // channels
+    block_c = triton.next_power_of_2(channels)
+    block_r = max(1, _LN_TILE // block_c)
     y = torch.empty_like(x)
     if residual is None:
         total = x
     else:
         assert residual.shape == x.shape and residual.dtype == x.dtype and residual.is_contiguous()
         total = torch.empty_like(x)
-    _layer_norm_kernel[(triton.cdiv(rows, _LN_ROWS),)](
+    _layer_norm_kernel[(triton.cdiv(rows, block_r),)](
         x, x if residual is None else residual, total, y, weight, bias, rows, channels, eps,
-        int(residual is not None), BLOCK_R=_LN_ROWS, BLOCK_C=_LN_COLS)
+        int(residual is not None), BLOCK_R=block_r, BLOCK_C=block_c)
     return total, y
