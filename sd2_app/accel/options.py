@@ -22,7 +22,9 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class AccelOptions:
     cuda_graphs: bool = True  # capture the UNet and text-encoder forwards per shape (CUDA only)
-    fused_ops: bool = True  # Triton GroupNorm+SiLU and GEGLU (CUDA + triton only; eager math otherwise)
+    # Triton kernels (CUDA + triton only; eager math otherwise): GroupNorm+SiLU, GEGLU, and with channels_last
+    # a resnet's conv biases and time embedding folded into its norm and residual kernels; add+LayerNorm.
+    fused_ops: bool = True
     # NHWC activations: cuDNN's tensor-core convolutions need no layout transposes, and with `fused_ops` the
     # GroupNorms run the NHWC Triton kernel (PyTorch's would copy to NCHW and back). Measured on an H200,
     # fp16, one UNet call at 512 (batch 2): 9.8 ms NCHW -> 6.8 ms; VAE decode at 512: 9.5 -> 7.8 ms.
