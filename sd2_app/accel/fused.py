@@ -4,8 +4,8 @@ them into a UNet or a VAE.
 The Triton kernels (`triton_kernels.py`) run only for contiguous CUDA tensors with triton installed;
 everything else takes the eager path, which is the unfused math itself (so results on CPU are identical).
 The swaps replace `ResnetBlock2D`, `BasicTransformerBlock` and `GEGLU` instances by modules that adopt the
-same child modules under
-the same attribute names, so state-dict keys, weights and the manager's moves are untouched.
+same child modules under the same attribute names, so state-dict keys, weights and the manager's moves are
+untouched.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class FusedResnetBlock2D(nn.Module):
 
     def forward(self, x: Tensor, emb_act: Tensor | None = None) -> Tensor:
         # x: (B, Cin, H, W); emb_act: (B, time_dim) already through SiLU, or None in the VAE
-        if _channels_last_kernels(x, self.norm1):
+        if _channels_last_kernels(x, self.norm1) and self._has_biases():
             return self._forward_channels_last(x, emb_act)
         h = self.conv1(group_norm_silu(x, self.norm1))
         if self.time_emb_proj is not None:
@@ -108,6 +108,11 @@ class FusedResnetBlock2D(nn.Module):
         if self.output_scale_factor != 1.0:
             out = out / self.output_scale_factor
         return out  # (B, Cout, H, W)
+
+    def _has_biases(self) -> bool:
+        """The NHWC path folds the convolutions' biases into other kernels, so it needs them (SD2's have)."""
+        convs = (self.conv1, self.conv2) + (() if self.conv_shortcut is None else (self.conv_shortcut,))
+        return all(conv.bias is not None for conv in convs)
 
     def _forward_channels_last(self, x: Tensor, emb_act: Tensor | None) -> Tensor:
         from sd2_app.accel import triton_kernels
