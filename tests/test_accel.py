@@ -133,6 +133,13 @@ def test_fused_resnet_equals_resnet(time_dim: int | None) -> None:
     assert list(fused.state_dict()) == list(block.state_dict())
 
 
+def test_fused_resnet_folds_biases_only_where_every_conv_has_one() -> None:
+    block = ResnetBlock2D(16, 32, 8, groups=8)
+    assert FusedResnetBlock2D(block)._has_biases()  # SD2's resnets: conv1, conv2 and the shortcut have biases
+    block.conv_shortcut.bias = None
+    assert not FusedResnetBlock2D(block)._has_biases()  # -> the unfolded path, which handles a missing bias
+
+
 def test_fused_transformer_block_off_the_gpu_is_the_block() -> None:
     torch.manual_seed(4)
     block = BasicTransformerBlock(32, 2, 16, 24).eval()
