@@ -85,3 +85,17 @@ def test_profile_sorts_kernels_into_kinds_and_merges_overlapping_spans() -> None
     # cuDNN's NHWC convolutions have "_nhwc_" in their names too: not ours
     assert kind_of("sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize128x128x64_g1") == (
         "convolution")
+
+
+def test_profile_runs_on_tiny_models_and_reports_every_phase(tmp_path: Path) -> None:
+    from bench.profile import main
+
+    record = main(["--tiny", "--ckpt", str(tmp_path / "ck"), "--out", str(tmp_path / "out"), "--reps", "1"])
+    assert record["case"] == "txt2img-64-b1"  # the small size, not the last txt2img case
+    assert len(record["phases"]) == 7 and all(ms > 0 for ms in record["phases"].values())
+    assert any(name.startswith("sampling loop (2 steps)") for name in record["phases"])
+    assert set(record["kernels"]) == {"one txt2img-64-b1 image (default path)",
+                                      "one UNet call, batch 2 (accelerated modules, no graph)",
+                                      "one upscale-16-64 image (default path)"}
+    text = (tmp_path / "out" / "profile.md").read_text()
+    assert "## txt2img-64-b1 phases" in text and "VAE decode (+ NaN checks)" in text
