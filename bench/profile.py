@@ -109,7 +109,8 @@ def kernel_table(call: Callable[[], Any], device: torch.device) -> dict[str, Any
 
     synchronize(device)
     start = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
         call()
         synchronize(device)
     wall_ms = (time.perf_counter() - start) * 1e3
