@@ -1,5 +1,5 @@
-"""Triton kernels for GroupNorm(+SiLU), GEGLU and a resnet's bias + residual (imported only when triton is
-installed; CUDA at run time).
+"""Triton kernels for GroupNorm(+SiLU), GEGLU, a resnet's bias + residual and residual add + LayerNorm
+(imported only when triton is installed; CUDA at run time).
 
 Why: after CUDA graphs remove launch overhead, these element-wise pairs are memory-bound. Fusing them
 saves one full read and write of the activation per pair (GroupNorm then SiLU; GELU then the gate product),
@@ -229,7 +229,7 @@ def _layer_norm_kernel(x_ptr, r_ptr, sum_ptr, y_ptr, w_ptr, b_ptr, rows, channel
                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     # y = layer_norm(v) with v = x, or v = x + r rounded to x's dtype (also written to sum_ptr), for BLOCK_R
     # whole rows per program held in registers: each element is read and written once. Statistics in fp32,
-    # two passes over the registers (mean, then squared deviations), as exact as PyTorch's Welford.
+    # two passes over the registers (mean, then squared deviations): no E[x^2] - E[x]^2 cancellation.
     rows_idx = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_C)
     cmask = cols < channels
