@@ -94,3 +94,33 @@ def test_png_info_numbers_are_clamped_into_the_slider_ranges() -> None:
     assert clamp_to(500, steps) == 150 and clamp_to(0, steps) == 1 and clamp_to(30, steps) == 30
     assert clamp_to(7.5, gr.Slider(0, 30, 7.5)) == 7.5
     assert not isinstance(clamp_to("20", steps), (int, float))  # not a number: the widget keeps its value
+
+
+def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
+    import time
+
+    import gradio as gr
+
+    from sd2_app.errors import Cancelled
+    from sd2_app.ui.common import STOPPING, stream_result
+    from sd2_app.ui.runner import StopFlags
+
+    preview = Image.new("RGB", (8, 8))
+
+    class Service:  # one step, then waits for Stop, reports one more step (late) and ends cancelled
+        def run(self, request, on_progress, should_stop, owner):
+            on_progress(1, 3, preview)
+            for _ in range(500):  # at most 5 s
+                if should_stop():
+                    break
+                time.sleep(0.01)
+            on_progress(2, 3, preview)
+            raise Cancelled("stopped")
+
+    flags = StopFlags()
+    updates = stream_result(Service(), flags, lambda: object(), "s1", gr.Progress(), lambda result: (), 5)
+    first = next(updates)
+    assert first[2] == "Step 1/3"
+    assert flags.stop("s1")
+    infos = [update[2] for update in updates]
+    assert infos == [STOPPING, "Stopped."]

@@ -23,6 +23,7 @@ from sd2_app.ui.runner import GPU_QUEUE, StopFlags, gpu, stream, user_message
 
 log = logging.getLogger(__name__)
 
+STOPPING = "Stopping at the next step…"  # what Stop shows until the run has ended
 DEFAULT_SAMPLER = "DPM++ 2M"
 SAMPLING_NAMES = ("sampler", "use_karras", "steps", "cfg_scale", "guidance_rescale", "seed", "batch_size")
 EXAMPLE_PROMPTS = ("High quality photo of an astronaut riding a horse in space", "two tigers", "a white cat")
@@ -176,7 +177,9 @@ def stream_result(
                 done, total, preview = item
                 progress((done, total), desc="Sampling", unit="steps")
                 if preview is not None:
-                    yield (preview, gr.skip(), f"Step {done}/{total}", *keep)
+                    # After Stop, a late preview must not put "Step n" back over the stop message.
+                    status = STOPPING if flag.is_set() else f"Step {done}/{total}"
+                    yield (preview, gr.skip(), status, *keep)
             else:
                 for warning in item.warnings:
                     gr.Warning(warning)
@@ -239,7 +242,7 @@ def wire_run(
 
     def stop(request: gr.Request) -> str:
         stopped = flags.stop(getattr(request, "session_hash", None) or "api")
-        return "Stopping at the next step…" if stopped else "Nothing to stop."
+        return STOPPING if stopped else "Nothing to stop."
 
     panel.stop.click(stop, None, panel.info, api_name=f"{api_name}_stop", cancels=[event], queue=False)
     return event
