@@ -36,6 +36,8 @@ UNET_VARIANTS: dict[str, AccelOptions] = {
     "graphs+fused": AccelOptions(channels_last=False),
     "graphs+cl": AccelOptions(fused_ops=False, channels_last=True),
     "graphs+cl+fused": AccelOptions(channels_last=True),
+    # the GroupNorms before the one-launch kernel of small groups (three kernels each, at every size)
+    "graphs+cl+fused+gn3": AccelOptions(channels_last=True, group_norm_one_kernel_max=0),
     "graphs+cl+fused+cudnn-attn": AccelOptions(channels_last=True),
     "graphs+cl+fused+flash-attn": AccelOptions(channels_last=True),
 }
@@ -48,6 +50,7 @@ VAE_VARIANTS: dict[str, AccelOptions] = {
     "fused": AccelOptions(vae_channels_last=False),
     "cl": AccelOptions(fused_ops=False, vae_channels_last=True),
     "cl+fused": AccelOptions(vae_channels_last=True),
+    "cl+fused+gn3": AccelOptions(vae_channels_last=True, group_norm_one_kernel_max=0),
 }
 
 

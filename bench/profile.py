@@ -34,8 +34,8 @@ logger = logging.getLogger("bench.profile")
 
 KINDS = (  # (kind, substrings of the kernel name), first match wins
     ("attention", ("sdpa", "flash", "fmha", "attention", "attn")),
-    ("ours (triton)", ("_nhwc_partial", "_nhwc_stats", "_nhwc_apply", "_group_partial", "_group_norm_silu",
-                       "_geglu", "_bias_residual")),
+    ("ours (triton)", ("_nhwc_partial", "_nhwc_stats", "_nhwc_apply", "_nhwc_group", "_group_partial",
+                       "_group_norm_silu", "_geglu", "_bias_residual")),
     ("convolution", ("fprop", "conv", "implicit", "dgrad", "wgrad", "winograd")),
     ("layout copy", ("nchwtonhwc", "nhwctonchw", "transpose", "copy")),
     ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "matmul")),

@@ -18,8 +18,8 @@ from torch import nn
 
 from sd2_app.accel import AccelOptions, CudaGraphUNet, accelerate_unet, decode_with_fallback, setup_backends
 from sd2_app.accel.compile import compile_blocks
-from sd2_app.accel.fused import (FusedGEGLU, FusedResnetBlock2D, FusedTransformerBlock, fuse_modules, geglu,
-                                 group_norm_silu)
+from sd2_app.accel.fused import (GROUP_NORM_ONE_KERNEL_MAX, FusedGEGLU, FusedResnetBlock2D, FusedTransformerBlock,
+                                 fuse_modules, geglu, group_norm_silu)
 from sd2_app.nn.attention import GEGLU, BasicTransformerBlock
 from sd2_app.nn.config import UNetConfig
 from sd2_app.nn.resnet import ResnetBlock2D
@@ -286,6 +286,20 @@ _INTERPRETED_KERNELS = textwrap.dedent("""
             assert got.is_contiguous(memory_format=torch.channels_last)
             shifted = x + conv_bias[None, :, None, None] + (0 if temb is None else temb[:, :, None, None])
             worst = max(worst, (got - F.silu(F.group_norm(shifted.contiguous(), groups, w, b, 1e-6))).abs().max().item())
+    # the one-launch kernel of small groups: one loop iteration, and two with a ragged second (9800 > 8192)
+    for shape, groups in [((2, 160, 8, 8), 32), ((1, 4, 70, 70), 2)]:
+        for mode, silu in [(0, True), (0, False), (1, True), (2, True), (2, False)]:
+            x = (torch.randn(shape, generator=g) * 2 + 5).to(memory_format=torch.channels_last)
+            w, b = torch.randn(shape[1], generator=g), torch.randn(shape[1], generator=g)
+            conv_bias = torch.randn(shape[1], generator=g) * 3 if mode else None
+            temb = torch.randn(shape[0], shape[1], generator=g) * 3 if mode == 2 else None
+            got = k.group_norm_silu(x, groups, w, b, 1e-6, apply_silu=silu, shift_bias=conv_bias, shift_temb=temb,
+                                    one_kernel_max=x[0].numel())
+            assert got.is_contiguous(memory_format=torch.channels_last)
+            shifted = x + (0 if conv_bias is None else conv_bias[None, :, None, None])
+            shifted = shifted + (0 if temb is None else temb[:, :, None, None])
+            ref = F.group_norm(shifted.contiguous(), groups, w, b, 1e-6)
+            worst = max(worst, (got - (F.silu(ref) if silu else ref)).abs().max().item())
     for shape in [(2, 8, 40, 40), (3, 7, 5, 5)]:
         for two in (False, True):
             a, r = (torch.randn(shape, generator=g).to(memory_format=torch.channels_last) for _ in range(2))
@@ -368,10 +382,14 @@ def test_fused_kernels_match_eager_on_cuda() -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("one_kernel_max", [0, GROUP_NORM_ONE_KERNEL_MAX])  # three-kernel GroupNorms / mixed
 @pytest.mark.parametrize("cin,cout,time_dim", [(320, 640, 1280), (128, 128, None)])
-def test_channels_last_resnet_block_matches_eager_on_cuda(cin: int, cout: int, time_dim: int | None) -> None:
+def test_channels_last_resnet_block_matches_eager_on_cuda(cin: int, cout: int, time_dim: int | None,
+                                                          one_kernel_max: int) -> None:
     """The fused block (biases folded into the norm and residual kernels) vs the plain block, both fp16,
-    against an fp32 reference: no further from it than the plain fp16 block is (plus fp16 rounding)."""
+    against an fp32 reference: no further from it than the plain fp16 block is (plus fp16 rounding).
+    At 48x40 the default threshold puts the 320- and 128-channel norms (19200 and 7680 elements per group)
+    on the one-launch kernel and the 640-channel one (38400) on the three-kernel path."""
     pytest.importorskip("triton")
     g = torch.Generator().manual_seed(5)
     block = ResnetBlock2D(cin, cout, time_dim).eval()
@@ -385,7 +403,7 @@ def test_channels_last_resnet_block_matches_eager_on_cuda(cin: int, cout: int, t
         x16 = x.cuda().half().to(memory_format=torch.channels_last)
         emb16 = None if emb is None else emb.cuda().half()
         plain = block(x16, emb16).float()
-        fused = FusedResnetBlock2D(block)(x16, emb16)
+        fused = FusedResnetBlock2D(block, one_kernel_max)(x16, emb16)
     assert fused.is_contiguous(memory_format=torch.channels_last) and fused.dtype == torch.float16
     scale = reference.abs().max().item()
     plain_error = (plain - reference).abs().max().item() / scale

@@ -41,13 +41,21 @@ def _use_norm_kernel(x: Tensor, norm: nn.GroupNorm) -> bool:
             and x.dtype == norm.weight.dtype)
 
 
-def group_norm_silu(x: Tensor, norm: nn.GroupNorm, *, apply_silu: bool = True) -> Tensor:
+# channels_last groups of up to this many elements (at 512 px the UNet's 16x16 and 8x8 levels and most of
+# its 32x32 ones: 43 of 61 GroupNorms per call) take one kernel launch instead of three. There the three
+# kernels are bound by launch and latency (about 13 us per GroupNorm in a UNet call profiled on an H200),
+# not by bandwidth; the one kernel needs at most four loop iterations per pass.
+GROUP_NORM_ONE_KERNEL_MAX = 32768
+
+
+def group_norm_silu(x: Tensor, norm: nn.GroupNorm, *, apply_silu: bool = True,
+                    one_kernel_max: int = GROUP_NORM_ONE_KERNEL_MAX) -> Tensor:
     """silu(norm(x)) (or norm(x)): fused kernels on CUDA in either layout, the eager ops elsewhere."""
     if _use_norm_kernel(x, norm):
         from sd2_app.accel import triton_kernels
 
         return triton_kernels.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps,
-                                              apply_silu=apply_silu)
+                                              apply_silu=apply_silu, one_kernel_max=one_kernel_max)
     y = F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
     return F.silu(y) if apply_silu else y
 
@@ -89,19 +97,20 @@ class FusedResnetBlock2D(nn.Module):
     sums are done in fp32 with one rounding instead of three fp16 roundings: the same math, ~1 fp16 ulp apart.
     """
 
-    def __init__(self, block: ResnetBlock2D) -> None:
+    def __init__(self, block: ResnetBlock2D, one_kernel_max: int = GROUP_NORM_ONE_KERNEL_MAX) -> None:
         super().__init__()
         _adopt(self, block, ("output_scale_factor", "norm1", "conv1", "time_emb_proj", "norm2", "conv2",
                              "conv_shortcut"))
+        self.one_kernel_max = one_kernel_max
 
     def forward(self, x: Tensor, emb_act: Tensor | None = None) -> Tensor:
         # x: (B, Cin, H, W); emb_act: (B, time_dim) already through SiLU, or None in the VAE
         if _channels_last_kernels(x, self.norm1) and self._has_biases():
             return self._forward_channels_last(x, emb_act)
-        h = self.conv1(group_norm_silu(x, self.norm1))
+        h = self.conv1(group_norm_silu(x, self.norm1, one_kernel_max=self.one_kernel_max))
         if self.time_emb_proj is not None:
             h = h + self.time_emb_proj(emb_act)[:, :, None, None]
-        h = self.conv2(group_norm_silu(h, self.norm2))
+        h = self.conv2(group_norm_silu(h, self.norm2, one_kernel_max=self.one_kernel_max))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
         out = x + h
@@ -117,13 +126,14 @@ class FusedResnetBlock2D(nn.Module):
     def _forward_channels_last(self, x: Tensor, emb_act: Tensor | None) -> Tensor:
         from sd2_app.accel import triton_kernels
 
-        h = _conv_without_bias(self.conv1, group_norm_silu(x, self.norm1))  # (B, Cout, H, W)
+        h = _conv_without_bias(self.conv1, group_norm_silu(x, self.norm1, one_kernel_max=self.one_kernel_max))
         if not h.is_contiguous(memory_format=torch.channels_last):  # cuDNN keeps the layout; never pay for it
             h = h.contiguous(memory_format=torch.channels_last)
         temb = None if self.time_emb_proj is None else self.time_emb_proj(emb_act)  # (B, Cout)
         norm2 = self.norm2
         h = triton_kernels.group_norm_silu(h, norm2.num_groups, norm2.weight, norm2.bias, norm2.eps,
-                                           shift_bias=self.conv1.bias, shift_temb=temb)
+                                           shift_bias=self.conv1.bias, shift_temb=temb,
+                                           one_kernel_max=self.one_kernel_max)
         h = _conv_without_bias(self.conv2, h)
         shortcut_bias = None
         if self.conv_shortcut is not None:
@@ -177,16 +187,17 @@ class FusedGroupNorm(nn.GroupNorm):
     """
 
     @classmethod
-    def adopt(cls, norm: nn.GroupNorm) -> FusedGroupNorm:
+    def adopt(cls, norm: nn.GroupNorm, one_kernel_max: int = GROUP_NORM_ONE_KERNEL_MAX) -> FusedGroupNorm:
         fused = cls.__new__(cls)
         nn.Module.__init__(fused)
         fused.num_groups, fused.num_channels, fused.eps, fused.affine = (norm.num_groups, norm.num_channels,
                                                                          norm.eps, norm.affine)
         fused.weight, fused.bias = norm.weight, norm.bias
+        fused.one_kernel_max = one_kernel_max
         return fused
 
     def forward(self, x: Tensor) -> Tensor:
-        return group_norm_silu(x, self, apply_silu=False)
+        return group_norm_silu(x, self, apply_silu=False, one_kernel_max=self.one_kernel_max)
 
 
 class FusedGEGLU(nn.Module):
@@ -234,7 +245,7 @@ def kernels_agree(device_index: int, dtype: torch.dtype, channels_last: bool = F
 def _kernel_errors(triton_kernels, norm: nn.GroupNorm, generator: torch.Generator, x: Tensor,
                    dtype: torch.dtype) -> tuple[Tensor, ...]:
     """Max abs differences of the kernels from the fp32 eager math on random inputs (for channels_last x
-    also the resnet's shifted GroupNorm and its bias + residual kernel)."""
+    also the resnet's shifted GroupNorm, its bias + residual kernel and the one-launch GroupNorm)."""
     with torch.no_grad():
         norm.weight.normal_(generator=generator)
         norm.bias.normal_(generator=generator)
@@ -267,13 +278,20 @@ def _kernel_errors(triton_kernels, norm: nn.GroupNorm, generator: torch.Generato
             summed = triton_kernels.bias_residual(x, conv_bias, residual, 0.5, bias2=temb[0].contiguous())
             eager_sum = (x.float() + (conv_bias.float() + temb[0].float())[None, :, None, None] + residual.float()) * 0.5
             errors += [(shifted.float() - eager_shifted).abs().max(), (summed.float() - eager_sum).abs().max()]
+            # the one-launch kernel of small groups, with the shift and SiLU and with neither
+            whole = x[0].numel()
+            one_shifted = triton_kernels.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps,
+                                                         shift_bias=conv_bias, shift_temb=temb, one_kernel_max=whole)
+            one_plain = triton_kernels.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps,
+                                                       apply_silu=False, one_kernel_max=whole)
+            errors += [(one_shifted.float() - eager_shifted).abs().max(), (one_plain.float() - eager_norm).abs().max()]
     return tuple(errors)
 
 
-def fuse_modules(model: nn.Module, *, channels_last: bool = False) -> int:
+def fuse_modules(model: nn.Module, *, channels_last: bool = False,
+                 one_kernel_max: int = GROUP_NORM_ONE_KERNEL_MAX) -> int:
     """Swap every ResnetBlock2D / BasicTransformerBlock / GEGLU / standalone GroupNorm inside `model` for its
-    fused twin, in place;
-    returns the count.
+    fused twin, in place; returns the count. `one_kernel_max`: see GROUP_NORM_ONE_KERNEL_MAX.
 
     On CUDA the kernels of the activation layout (`channels_last`) are first checked once against the eager
     math; if they disagree nothing is swapped.
@@ -286,13 +304,13 @@ def fuse_modules(model: nn.Module, *, channels_last: bool = False) -> int:
     for parent in model.modules():
         for name, child in parent.named_children():
             if type(child) is ResnetBlock2D:
-                swaps.append((parent, name, FusedResnetBlock2D(child)))
+                swaps.append((parent, name, FusedResnetBlock2D(child, one_kernel_max)))
             elif type(child) is GEGLU:
                 swaps.append((parent, name, FusedGEGLU(child)))
             elif type(child) is BasicTransformerBlock:
                 swaps.append((parent, name, FusedTransformerBlock(child)))
             elif type(child) is nn.GroupNorm and not isinstance(parent, (ResnetBlock2D, FusedResnetBlock2D)):
-                swaps.append((parent, name, FusedGroupNorm.adopt(child)))
+                swaps.append((parent, name, FusedGroupNorm.adopt(child, one_kernel_max)))
     for parent, name, fused in swaps:
         setattr(parent, name, fused)
     logger.info("fused ops: swapped %d modules in %s", len(swaps), type(model).__name__)

@@ -14,7 +14,7 @@ from torch import nn
 
 from sd2_app.accel.compile import compile_blocks, compile_unet
 from sd2_app.accel.cuda_graph import CudaGraphUNet
-from sd2_app.accel.fused import fuse_modules, triton_available
+from sd2_app.accel.fused import GROUP_NORM_ONE_KERNEL_MAX, fuse_modules, triton_available
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,9 @@ class AccelOptions:
     # fp16, one UNet call at 512 (batch 2): 9.8 ms NCHW -> 6.8 ms; VAE decode at 512: 9.5 -> 7.8 ms.
     channels_last: bool = True
     vae_channels_last: bool = True
+    # channels_last GroupNorms whose groups have at most this many elements run as one kernel (0: never);
+    # see fused.GROUP_NORM_ONE_KERNEL_MAX
+    group_norm_one_kernel_max: int = GROUP_NORM_ONE_KERNEL_MAX
     compile: bool = False  # torch.compile of the UNet (about a minute per resolution; see compile.py)
     compile_scope: str = "unet"  # "unet": the whole network; "blocks": the repeated blocks only (regional)
     compile_mode: str | None = None  # inductor's mode; None is its default (max-autotune: many minutes)
@@ -79,7 +82,7 @@ def accelerate_unet(unet: nn.Module, options: AccelOptions) -> nn.Module | CudaG
         else:
             compile_unet(unet, mode=options.compile_mode)
     elif options.fused_ops and on_cuda and triton_available():
-        fuse_modules(unet, channels_last=options.channels_last)
+        fuse_modules(unet, channels_last=options.channels_last, one_kernel_max=options.group_norm_one_kernel_max)
     if options.cuda_graphs:
         return CudaGraphUNet(unet)
     return unet
@@ -91,5 +94,6 @@ def accelerate_vae(vae: nn.Module, options: AccelOptions) -> nn.Module:
     if options.vae_channels_last and device.type == "cuda":
         vae.to(memory_format=torch.channels_last)
     if options.fused_ops and device.type == "cuda" and triton_available():
-        fuse_modules(vae, channels_last=options.vae_channels_last)
+        fuse_modules(vae, channels_last=options.vae_channels_last,
+                     one_kernel_max=options.group_norm_one_kernel_max)
     return vae

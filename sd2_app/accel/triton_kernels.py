@@ -207,6 +207,70 @@ def _nhwc_apply_kernel(x_ptr, bias_ptr, temb_ptr, y_ptr, w_ptr, b_ptr, stats_ptr
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _shift_at(bias_ptr, temb_ptr, b, channels, c, mask, shift_mode):
+    # `_shift` for any tensor of channel indices `c` (a gather per element; L1 holds the few values).
+    shift = tl.zeros(c.shape, dtype=tl.float32)
+    if shift_mode > 0:
+        shift += tl.load(bias_ptr + c, mask=mask, other=0.0).to(tl.float32)
+    if shift_mode > 1:
+        shift += tl.load(temb_ptr + b * channels + c, mask=mask, other=0.0).to(tl.float32)
+    return shift
+
+
+@triton.jit
+def _group_block(x_ptr, bias_ptr, temb_ptr, b, base, start, n, channels, channels_per_group, first_channel,
+                 shift_mode, BLOCK: tl.constexpr):
+    # Elements start..start+BLOCK of one (image, group), numbered i = pixel * cpg + j: their offsets, channels,
+    # mask, and values x + shift in fp32 (0 where masked).
+    i = start + tl.arange(0, BLOCK)
+    mask = i < n
+    pixel = i // channels_per_group
+    c = first_channel + i - pixel * channels_per_group
+    offs = base + pixel * channels + c
+    v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    v = tl.where(mask, v + _shift_at(bias_ptr, temb_ptr, b, channels, c, mask, shift_mode), 0.0)
+    return offs, c, mask, v
+
+
+@triton.jit(do_not_specialize=["hw", "channels", "channels_per_group", "num_groups", "shift_mode", "apply_silu"])
+def _nhwc_group_kernel(x_ptr, bias_ptr, temb_ptr, y_ptr, w_ptr, b_ptr, hw, channels, channels_per_group,
+                       num_groups, eps, shift_mode, apply_silu, BLOCK: tl.constexpr):
+    # The whole GroupNorm of one (image, group) in one program, for groups small enough that a handful of
+    # loop iterations cover them: grid (B * G,). The group's elements are visited BLOCK at a time, three
+    # times (sum, then squared deviations from the mean, then the normalised output): exact two-pass
+    # statistics, and the second and third visits hit the cache. One launch instead of three, and one
+    # compiled kernel for every shape.
+    pid = tl.program_id(0)
+    b = pid // num_groups
+    g = pid % num_groups
+    n = hw * channels_per_group
+    base = b.to(tl.int64) * hw * channels
+    first_channel = g * channels_per_group
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, n, BLOCK):
+        _, _, _, v = _group_block(x_ptr, bias_ptr, temb_ptr, b, base, start, n, channels, channels_per_group,
+                                  first_channel, shift_mode, BLOCK)
+        acc += v
+    count = n.to(tl.float32)
+    mean = tl.sum(acc, axis=0) / count
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, n, BLOCK):
+        _, _, mask, v = _group_block(x_ptr, bias_ptr, temb_ptr, b, base, start, n, channels, channels_per_group,
+                                     first_channel, shift_mode, BLOCK)
+        d = tl.where(mask, v - mean, 0.0)
+        acc += d * d
+    rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / count + eps)
+    for start in range(0, n, BLOCK):
+        offs, c, mask, v = _group_block(x_ptr, bias_ptr, temb_ptr, b, base, start, n, channels,
+                                        channels_per_group, first_channel, shift_mode, BLOCK)
+        scale = rstd * tl.load(w_ptr + c, mask=mask, other=1.0).to(tl.float32)
+        y = (v - mean) * scale + tl.load(b_ptr + c, mask=mask, other=0.0).to(tl.float32)
+        if apply_silu:
+            y = y * tl.sigmoid(y)
+        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
 @triton.jit(do_not_specialize=["n", "channels", "two_biases"])
 def _bias_residual_kernel(a_ptr, r_ptr, bias_ptr, bias2_ptr, y_ptr, n, channels, two_biases, scale,
                           BLOCK: tl.constexpr):
@@ -261,16 +325,26 @@ def _geglu_kernel(p_ptr, y_ptr, inner, BLOCK: tl.constexpr):
     tl.store(y_ptr + row * inner + cols, (value * gelu).to(y_ptr.dtype.element_ty), mask=mask)
 
 
+_NHWC_BLOCK_HW = 32  # pixels per tile row block (statistics)
+_NHWC_APPLY_HW = 64  # pixels per tile (apply)
+_NHWC_BLOCK_C = 64  # channels per tile: 128 contiguous bytes in fp16
+_NHWC_MAX_CHUNKS = 256  # pixel chunks per image: enough programs to fill the GPU, few partials to merge
+_ONE_KERNEL_BLOCK = 8192  # elements per loop iteration of `_nhwc_group_kernel`
+_ONE_KERNEL_WARPS = 16
+
+
 def group_norm_silu(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float,
                     *, apply_silu: bool = True, shift_bias: Tensor | None = None,
-                    shift_temb: Tensor | None = None) -> Tensor:
+                    shift_temb: Tensor | None = None, one_kernel_max: int = 0) -> Tensor:
     """silu(group_norm(x)) for a (B, C, *spatial) tensor, contiguous or channels_last; same dtype and layout.
 
     channels_last only: x + shift_bias[c] (+ shift_temb[b, c]) is normalised instead of x, summed in fp32
-    on load (a conv's bias and a time embedding, (C,) and (B, C), any float dtype), never written out.
+    on load (a conv's bias and a time embedding, (C,) and (B, C), any float dtype), never written out;
+    channels_last groups of at most `one_kernel_max` elements take the one-launch kernel (0: never).
     """
     if not x.is_contiguous() or shift_bias is not None:
-        return _group_norm_nhwc(x, num_groups, weight, bias, eps, apply_silu, shift_bias, shift_temb)
+        return _group_norm_nhwc(x, num_groups, weight, bias, eps, apply_silu, shift_bias, shift_temb,
+                                one_kernel_max)
     assert x.shape[1] % num_groups == 0
     batch, channels = x.shape[:2]
     hw = x[0, 0].numel()
@@ -288,14 +362,9 @@ def group_norm_silu(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, ep
     return y
 
 
-_NHWC_BLOCK_HW = 32  # pixels per tile row block (statistics)
-_NHWC_APPLY_HW = 64  # pixels per tile (apply)
-_NHWC_BLOCK_C = 64  # channels per tile: 128 contiguous bytes in fp16
-_NHWC_MAX_CHUNKS = 256  # pixel chunks per image: enough programs to fill the GPU, few partials to merge
-
-
 def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float, apply_silu: bool,
-                     shift_bias: Tensor | None = None, shift_temb: Tensor | None = None) -> Tensor:
+                     shift_bias: Tensor | None = None, shift_temb: Tensor | None = None,
+                     one_kernel_max: int = 0) -> Tensor:
     assert x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
     batch, channels, height, width = x.shape
     shift_mode = 0 if shift_bias is None else (1 if shift_temb is None else 2)
@@ -306,6 +375,16 @@ def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, e
     assert channels % num_groups == 0
     hw = height * width
     cpg = channels // num_groups
+    # Unused pointers get x: pointers of x's dtype in every call, so one compiled kernel serves all modes
+    # (Triton compiles per pointer element type).
+    bias_arg = x if shift_bias is None else shift_bias
+    temb_arg = x if shift_temb is None else shift_temb
+    if hw * cpg <= one_kernel_max:
+        y = torch.empty_like(x)  # keeps channels_last
+        _nhwc_group_kernel[(batch * num_groups,)](x, bias_arg, temb_arg, y, weight, bias, hw, channels, cpg,
+                                                  num_groups, eps, shift_mode, int(apply_silu),
+                                                  BLOCK=_ONE_KERNEL_BLOCK, num_warps=_ONE_KERNEL_WARPS)
+        return y
     chunks = min(_NHWC_MAX_CHUNKS, triton.cdiv(hw, _NHWC_BLOCK_HW))
     rows_per_chunk = _NHWC_BLOCK_HW * triton.cdiv(triton.cdiv(hw, chunks), _NHWC_BLOCK_HW)
     chunks = triton.cdiv(hw, rows_per_chunk)
@@ -314,10 +393,6 @@ def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, e
     stats = torch.empty((batch * num_groups, 2), dtype=torch.float32, device=x.device)
     y = torch.empty_like(x)  # keeps channels_last
     c_blocks = triton.cdiv(channels, _NHWC_BLOCK_C)
-    # Unused pointers get x: pointers of x's dtype in every call, so one compiled kernel serves all modes
-    # (Triton compiles per pointer element type).
-    bias_arg = x if shift_bias is None else shift_bias
-    temb_arg = x if shift_temb is None else shift_temb
     _nhwc_partial_kernel[(batch, chunks, c_blocks)](x, bias_arg, temb_arg, means, m2s, hw, channels,
                                                     rows_per_chunk, chunks, shift_mode,
                                                     BLOCK_HW=_NHWC_BLOCK_HW, BLOCK_C=_NHWC_BLOCK_C)
