@@ -38,6 +38,8 @@ UNET_VARIANTS: dict[str, AccelOptions] = {
     "graphs+cl+fused": AccelOptions(channels_last=True),
     # the GroupNorms before the one-launch kernel of small groups (three kernels each, at every size)
     "graphs+cl+fused+gn3": AccelOptions(channels_last=True, group_norm_one_kernel_max=0),
+    # one matmul per attention projection (before the stacked q, k, v and k, v)
+    "graphs+cl+fused+sep-proj": AccelOptions(channels_last=True, stack_projections=False),
     "graphs+cl+fused+cudnn-attn": AccelOptions(channels_last=True),
     "graphs+cl+fused+flash-attn": AccelOptions(channels_last=True),
 }

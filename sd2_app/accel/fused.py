@@ -3,9 +3,9 @@ them into a UNet or a VAE.
 
 The Triton kernels (`triton_kernels.py`) run only for contiguous CUDA tensors with triton installed;
 everything else takes the eager path, which is the unfused math itself (so results on CPU are identical).
-The swaps replace `ResnetBlock2D`, `BasicTransformerBlock` and `GEGLU` instances by modules that adopt the
-same child modules under the same attribute names, so state-dict keys, weights and the manager's moves are
-untouched.
+The swaps replace `ResnetBlock2D`, `BasicTransformerBlock`, `GEGLU` (and `Attention`, see
+fused_attention.py) instances by modules that adopt the same child modules under the same attribute names,
+so state-dict keys, weights and the manager's moves are untouched.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sd2_app.nn.attention import GEGLU, BasicTransformerBlock
+from sd2_app.nn.attention import GEGLU, Attention, BasicTransformerBlock
 from sd2_app.nn.resnet import ResnetBlock2D
 
 logger = logging.getLogger(__name__)
@@ -289,9 +289,10 @@ def _kernel_errors(triton_kernels, norm: nn.GroupNorm, generator: torch.Generato
 
 
 def fuse_modules(model: nn.Module, *, channels_last: bool = False,
-                 one_kernel_max: int = GROUP_NORM_ONE_KERNEL_MAX) -> int:
-    """Swap every ResnetBlock2D / BasicTransformerBlock / GEGLU / standalone GroupNorm inside `model` for its
-    fused twin, in place; returns the count. `one_kernel_max`: see GROUP_NORM_ONE_KERNEL_MAX.
+                 one_kernel_max: int = GROUP_NORM_ONE_KERNEL_MAX, stack_projections: bool = True) -> int:
+    """Swap every ResnetBlock2D / BasicTransformerBlock / GEGLU / standalone GroupNorm (and with
+    `stack_projections` every Attention) inside `model` for its fused twin, in place; returns the count.
+    `one_kernel_max`: see GROUP_NORM_ONE_KERNEL_MAX.
 
     On CUDA the kernels of the activation layout (`channels_last`) are first checked once against the eager
     math; if they disagree nothing is swapped.
@@ -301,6 +302,13 @@ def fuse_modules(model: nn.Module, *, channels_last: bool = False,
         if not kernels_agree(first.device.index or 0, first.dtype, channels_last):
             return 0
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
+    if stack_projections:  # first: the transformer blocks' twins below adopt these
+        from sd2_app.accel.fused_attention import FusedAttention
+
+        swaps = [(parent, name, FusedAttention(child)) for parent in model.modules()
+                 for name, child in parent.named_children() if type(child) is Attention]
+        for parent, name, fused in swaps:
+            setattr(parent, name, fused)
     for parent in model.modules():
         for name, child in parent.named_children():
             if type(child) is ResnetBlock2D:
@@ -312,6 +320,6 @@ def fuse_modules(model: nn.Module, *, channels_last: bool = False,
             elif type(child) is nn.GroupNorm and not isinstance(parent, (ResnetBlock2D, FusedResnetBlock2D)):
                 swaps.append((parent, name, FusedGroupNorm.adopt(child, one_kernel_max)))
     for parent, name, fused in swaps:
-        setattr(parent, name, fused)
+        setattr(parent, name, fused)  # (the attention swaps again: a no-op)
     logger.info("fused ops: swapped %d modules in %s", len(swaps), type(model).__name__)
     return len(swaps)

@@ -14,6 +14,7 @@ import weakref
 from torch import nn
 
 from sd2_app.accel.cuda_graph import CudaGraphTextEncoder, CudaGraphUNet, GraphedModule
+from sd2_app.accel.fused_attention import repack
 from sd2_app.accel.options import AccelOptions, accelerate_unet, accelerate_vae
 from sd2_app.components import Components
 
@@ -34,6 +35,8 @@ class Accelerator:
             if isinstance(accelerated, CudaGraphUNet):
                 accelerated = CudaGraphUNet(unet, weak=True)  # the cache must not keep the UNet alive
             self._unets[unet] = accelerated
+        elif self.options.stack_projections:
+            repack(unet)  # a move to the host and back split the stacked projection weights
         return self._unets[unet]
 
     def text_encoder(self, text_encoder: nn.Module) -> nn.Module | CudaGraphTextEncoder:

@@ -33,6 +33,9 @@ class AccelOptions:
     # channels_last GroupNorms whose groups have at most this many elements run as one kernel (0: never);
     # see fused.GROUP_NORM_ONE_KERNEL_MAX
     group_norm_one_kernel_max: int = GROUP_NORM_ONE_KERNEL_MAX
+    # with fused_ops: q, k, v (self-attention) and k, v (cross-attention) projections as one matmul each,
+    # their weights made views into one tensor (see fused_attention.py)
+    stack_projections: bool = True
     compile: bool = False  # torch.compile of the UNet (about a minute per resolution; see compile.py)
     compile_scope: str = "unet"  # "unet": the whole network; "blocks": the repeated blocks only (regional)
     compile_mode: str | None = None  # inductor's mode; None is its default (max-autotune: many minutes)
@@ -82,7 +85,8 @@ def accelerate_unet(unet: nn.Module, options: AccelOptions) -> nn.Module | CudaG
         else:
             compile_unet(unet, mode=options.compile_mode)
     elif options.fused_ops and on_cuda and triton_available():
-        fuse_modules(unet, channels_last=options.channels_last, one_kernel_max=options.group_norm_one_kernel_max)
+        fuse_modules(unet, channels_last=options.channels_last, one_kernel_max=options.group_norm_one_kernel_max,
+                     stack_projections=options.stack_projections)
     if options.cuda_graphs:
         return CudaGraphUNet(unet)
     return unet

@@ -1,0 +1,115 @@
+"""Stacked attention projections (sd2_app/accel/fused_attention.py): the same numbers and keys as Attention,
+weights that stay views into one tensor, and a restack after a move split them (CPU; GPU where marked)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sd2_app.accel.fused import fuse_modules
+from sd2_app.accel.fused_attention import FusedAttention, repack, stacked
+from sd2_app.nn.attention import Attention
+
+
+def _split(module: nn.Module) -> None:
+    """What the manager's moves do: every tensor becomes its own allocation."""
+    for param in module.parameters():
+        param.data = param.data.clone()
+
+
+def _attention(query_dim: int, context_dim: int, *, upcast: bool = False, bias: bool = False) -> Attention:
+    torch.manual_seed(0)
+    attention = Attention(query_dim, context_dim, 4, 16, upcast=upcast, bias=bias).eval()
+    for param in attention.parameters():
+        param.data.normal_(0.0, 0.2)
+    return attention
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_self_attention_is_one_stacked_matmul_with_the_same_output_and_keys(bias: bool) -> None:
+    attention = _attention(64, 64, bias=bias)
+    x = torch.randn(2, 10, 64)
+    before = {k: v.clone() for k, v in attention.state_dict().items()}
+    with torch.no_grad():
+        expected = attention(x)
+        fused = FusedAttention(attention)
+        got = fused(x)
+    assert list(fused.state_dict()) == list(before)
+    assert all(torch.equal(fused.state_dict()[k], v) for k, v in before.items())
+    block = stacked([fused.to_q.weight, fused.to_k.weight, fused.to_v.weight])
+    assert block is not None and block.shape == (3 * 64, 64)
+    assert (bias and stacked([fused.to_q.bias, fused.to_k.bias, fused.to_v.bias]) is not None) or not bias
+    assert torch.equal(block[64:128], fused.to_k.weight)  # the rows are the weights themselves, not copies
+    assert (got - expected).abs().max().item() <= 1e-6 * expected.abs().max().item()
+
+
+def test_cross_attention_stacks_k_and_v_only_and_keeps_upcast() -> None:
+    attention = _attention(64, 96, upcast=True)
+    x, context = torch.randn(2, 10, 64), torch.randn(2, 7, 96)
+    with torch.no_grad():
+        expected = attention(x, context)
+        fused = FusedAttention(attention)
+        got = fused(x, context)
+    assert isinstance(fused, Attention) and fused.upcast  # what the fp32 fallback and the graph key look for
+    assert stacked([fused.to_k.weight, fused.to_v.weight]) is not None
+    assert stacked([fused.to_q.weight, fused.to_k.weight]) is None
+    assert (got - expected).abs().max().item() <= 1e-6 * expected.abs().max().item()
+
+
+def test_a_split_falls_back_to_separate_matmuls_and_repack_restacks() -> None:
+    attention = _attention(64, 64)
+    x = torch.randn(2, 10, 64)
+    with torch.no_grad():
+        expected = attention(x)
+        fused = FusedAttention(attention)
+        _split(fused)
+        assert stacked([fused.to_q.weight, fused.to_k.weight, fused.to_v.weight]) is None
+        split_out = fused(x)
+        assert repack(fused) == 1 and repack(fused) == 0  # restacked once; then nothing to do
+        assert stacked([fused.to_q.weight, fused.to_k.weight, fused.to_v.weight]) is not None
+        again = fused(x)
+    for out in (split_out, again):
+        assert (out - expected).abs().max().item() <= 1e-6 * expected.abs().max().item()
+
+
+def test_stacked_refuses_tensors_that_are_not_back_to_back() -> None:
+    block = torch.arange(24.0).reshape(6, 4)
+    assert torch.equal(stacked([block[0:2], block[2:6]]), block)
+    assert stacked([block[2:4], block[0:2]]) is None  # wrong order
+    assert stacked([block[0:2], block[3:5]]) is None  # a gap
+    assert stacked([block[0:2], block[2:4].clone()]) is None  # another allocation
+    assert stacked([block[:, :2]]) is None  # not contiguous
+
+
+def test_fused_unet_restacks_on_the_next_job_after_a_move() -> None:
+    """The Accelerator restacks what a manager move split, and the UNet's output is unchanged throughout."""
+    from sd2_app.accel import AccelOptions, Accelerator
+    from tests.test_accel import _inputs, _tiny_unet
+
+    unet = _tiny_unet()
+    sample, timestep, context = _inputs(unet)
+    accelerator = Accelerator(AccelOptions())
+    with torch.inference_mode():
+        expected = unet(sample, timestep, context)
+        fuse_modules(unet)  # what accelerate_unet does on a GPU
+        wrapped = accelerator.unet(unet)
+        attentions = [m for m in unet.modules() if isinstance(m, FusedAttention)]
+        assert len(attentions) == 2 * 16  # self and cross in each of the 16 transformer blocks
+        _split(unet)
+        assert accelerator.unet(unet) is wrapped
+        assert all(stacked([a.to_k.weight, a.to_v.weight]) is not None for a in attentions)
+        got = wrapped(sample, timestep, context)
+    assert (got - expected).abs().max().item() <= 1e-5
+
+
+@pytest.mark.gpu
+def test_stacked_projections_match_in_fp16_on_cuda() -> None:
+    attention = _attention(320, 320).cuda().half()
+    cross = _attention(320, 1024).cuda().half()
+    x, context = torch.randn(2, 4096, 320, device="cuda").half(), torch.randn(2, 77, 1024, device="cuda").half()
+    with torch.no_grad():
+        expected, expected_cross = attention(x).float(), cross(x, context).float()
+        got, got_cross = FusedAttention(attention)(x).float(), FusedAttention(cross)(x, context).float()
+    for a, b in ((got, expected), (got_cross, expected_cross)):
+        assert (a - b).abs().max().item() <= 2e-3 * b.abs().max().item()
