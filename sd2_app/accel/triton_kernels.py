@@ -109,7 +109,10 @@ def _nhwc_partial_kernel(x_ptr, bias_ptr, temb_ptr, mean_ptr, m2_ptr, hw, channe
                          shift_mode, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     # Per-channel mean and M2 over one chunk of pixels of one image: grid (B, chunks, channel blocks).
     # The statistics are those of x + shift (see `_shift`): a conv's bias and the time embedding, added here
-    # instead of in two full passes over the activation.
+    # instead of in two full passes over the activation (a per-channel constant: it moves the mean only).
+    # One pass over the chunk: sums of d = x - p and d^2 about a pivot p, the chunk's first pixel, give
+    # mean = p + sum(d) / n and M2 = sum(d^2) - sum(d)^2 / n. A pivot drawn from the data keeps sum(d) near
+    # zero, so the subtraction loses little (unlike sums of x and x^2); the chunks are then merged exactly.
     b = tl.program_id(0)
     chunk = tl.program_id(1)
     cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -118,26 +121,24 @@ def _nhwc_partial_kernel(x_ptr, bias_ptr, temb_ptr, mean_ptr, m2_ptr, hw, channe
     end = tl.minimum(first + rows_per_chunk, hw)
     count = (end - first).to(tl.float32)
     base = b.to(tl.int64) * hw * channels
-    shift = _shift(bias_ptr, temb_ptr, b, channels, cols, cmask, shift_mode, BLOCK_C)
-    acc = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
+    pivot = tl.load(x_ptr + base + first.to(tl.int64) * channels + cols, mask=cmask, other=0.0).to(tl.float32)
+    sum_d = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
+    sum_d2 = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
     for i in range(0, rows_per_chunk, BLOCK_HW):
         rows = first + i + tl.arange(0, BLOCK_HW)
         mask = (rows < end)[:, None] & cmask[None, :]
         v = tl.load(x_ptr + base + rows.to(tl.int64)[:, None] * channels + cols[None, :], mask=mask,
                     other=0.0).to(tl.float32)
-        acc += tl.where(mask, v + shift[None, :], 0.0)
-    mean = tl.sum(acc, axis=0) / count
-    acc2 = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
-    for i in range(0, rows_per_chunk, BLOCK_HW):
-        rows = first + i + tl.arange(0, BLOCK_HW)
-        mask = (rows < end)[:, None] & cmask[None, :]
-        v = tl.load(x_ptr + base + rows.to(tl.int64)[:, None] * channels + cols[None, :], mask=mask,
-                    other=0.0).to(tl.float32)
-        d = tl.where(mask, v + shift[None, :] - mean[None, :], 0.0)
-        acc2 += d * d
+        d = tl.where(mask, v - pivot[None, :], 0.0)
+        sum_d += d
+        sum_d2 += d * d
+    s1 = tl.sum(sum_d, axis=0)
+    m2 = tl.maximum(tl.sum(sum_d2, axis=0) - s1 * s1 / count, 0.0)
+    # the shift moves the mean, not M2: added once here rather than to every element
+    mean = pivot + s1 / count + _shift(bias_ptr, temb_ptr, b, channels, cols, cmask, shift_mode, BLOCK_C)
     out = (b * num_chunks + chunk) * channels + cols
     tl.store(mean_ptr + out, mean, mask=cmask)
-    tl.store(m2_ptr + out, tl.sum(acc2, axis=0), mask=cmask)
+    tl.store(m2_ptr + out, m2, mask=cmask)
 
 
 @triton.jit
