@@ -317,6 +317,21 @@ _INTERPRETED_KERNELS = textwrap.dedent("""
             v = x if r is None else x + r
             worst = max(worst, (total - v).abs().max().item(),
                         (y - F.layer_norm(v, shape[-1:], w, b, 1e-5)).abs().max().item())
+    # the stream plus the next Linear's bias as the first output (the norm still sees the plain stream)
+    x, r, w, b, sb = (torch.randn(shape, generator=g) for shape in ((2, 9, 320), (2, 9, 320), 320, 320, 320))
+    total, y = k.layer_norm(x, w, b, 1e-5, residual=r, sum_bias=sb)
+    worst = max(worst, (total - (x + r + sb)).abs().max().item(),
+                (y - F.layer_norm(x + r, (320,), w, b, 1e-5)).abs().max().item())
+    # a whole transformer block: residual adds in the norms, the last one in the feed-forward's matmul
+    from sd2_app.accel.fused import FusedTransformerBlock
+    from sd2_app.nn.attention import BasicTransformerBlock
+    block = BasicTransformerBlock(64, 2, 32, 48).eval()
+    for param in block.parameters():
+        param.data.normal_(0.0, 0.2, generator=g)
+    x, context = torch.randn(2, 12, 64, generator=g), torch.randn(2, 5, 48, generator=g)
+    with torch.no_grad():
+        got, ref = FusedTransformerBlock(block)._forward_fused(x, context), block(x, context)
+    worst = max(worst, ((got - ref).abs().max() / ref.abs().max()).item())
     # whole resnet blocks (UNet with a time embedding and a shortcut conv; VAE without either)
     from sd2_app.accel.fused import FusedResnetBlock2D
     from sd2_app.nn.resnet import ResnetBlock2D

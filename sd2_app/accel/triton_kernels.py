@@ -289,12 +289,13 @@ def _bias_residual_kernel(a_ptr, r_ptr, bias_ptr, bias2_ptr, y_ptr, n, channels,
     tl.store(y_ptr + offs, ((a + bias + r) * scale).to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["rows", "has_residual"])
-def _layer_norm_kernel(x_ptr, r_ptr, sum_ptr, y_ptr, w_ptr, b_ptr, rows, channels, eps, has_residual,
-                       BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    # y = layer_norm(v) with v = x, or v = x + r rounded to x's dtype (also written to sum_ptr), for BLOCK_R
-    # whole rows per program held in registers: each element is read and written once. Statistics in fp32,
-    # two passes over the registers (mean, then squared deviations): no E[x^2] - E[x]^2 cancellation.
+@triton.jit(do_not_specialize=["rows", "has_residual", "has_sum_bias"])
+def _layer_norm_kernel(x_ptr, r_ptr, sum_ptr, sb_ptr, y_ptr, w_ptr, b_ptr, rows, channels, eps, has_residual,
+                       has_sum_bias, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    # y = layer_norm(v) with v = x, or v = x + r rounded to x's dtype (also written to sum_ptr, plus sb[c]
+    # when has_sum_bias), for BLOCK_R whole rows per program held in registers: each element is read and
+    # written once. Statistics in fp32, two passes over the registers (mean, then squared deviations): no
+    # E[x^2] - E[x]^2 cancellation.
     rows_idx = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_C)
     cmask = cols < channels
@@ -304,7 +305,11 @@ def _layer_norm_kernel(x_ptr, r_ptr, sum_ptr, y_ptr, w_ptr, b_ptr, rows, channel
     if has_residual > 0:
         v = (v.to(tl.float32) + tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32))
         v = v.to(sum_ptr.dtype.element_ty)
-        tl.store(sum_ptr + offs, v, mask=mask)
+        if has_sum_bias > 0:
+            sb = tl.load(sb_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+            tl.store(sum_ptr + offs, (v.to(tl.float32) + sb[None, :]).to(sum_ptr.dtype.element_ty), mask=mask)
+        else:
+            tl.store(sum_ptr + offs, v, mask=mask)
     v = v.to(tl.float32)
     mean = tl.sum(v, axis=1) / channels
     d = tl.where(mask, v - mean[:, None], 0.0)
@@ -439,12 +444,15 @@ def geglu(projected: Tensor) -> Tensor:
 _LN_TILE = 2048  # elements of registers per program: 4 rows of 320, 2 of 640, 1 of 1280
 
 
-def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float, residual: Tensor | None = None
-               ) -> tuple[Tensor, Tensor]:
+def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float, residual: Tensor | None = None,
+               sum_bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(v, layer_norm(v)) over the last dim of a contiguous tensor, with v = x, or v = x + residual (rounded
     to x's dtype, as the unfused add would be) when a residual is given: the transformer block's residual
-    add and the next norm in one pass. Compiles once per power-of-two row width (512, 1024, 2048 in SD2)."""
+    add and the next norm in one pass. With `sum_bias` (needs a residual) the first output is v + sum_bias
+    (the norm still sees v): the stream with the next Linear's bias already in it, which a matmul can then
+    accumulate onto. Compiles once per power-of-two row width (512, 1024, 2048 in SD2)."""
     assert x.is_contiguous() and weight.shape == (x.shape[-1],)
+    assert sum_bias is None or (residual is not None and sum_bias.shape == weight.shape and sum_bias.is_contiguous())
     channels = x.shape[-1]
     rows = x.numel() // channels
     block_c = triton.next_power_of_2(channels)
@@ -456,6 +464,6 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float, residual: Te
         assert residual.shape == x.shape and residual.dtype == x.dtype and residual.is_contiguous()
         total = torch.empty_like(x)
     _layer_norm_kernel[(triton.cdiv(rows, block_r),)](
-        x, x if residual is None else residual, total, y, weight, bias, rows, channels, eps,
-        int(residual is not None), BLOCK_R=block_r, BLOCK_C=block_c)
+        x, x if residual is None else residual, total, weight if sum_bias is None else sum_bias, y, weight, bias,
+        rows, channels, eps, int(residual is not None), int(sum_bias is not None), BLOCK_R=block_r, BLOCK_C=block_c)
     return total, y
