@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sd2_app.accel.stacking import SharedInputProjections, pack, stacked_linear
 from sd2_app.nn.attention import GEGLU, Attention, BasicTransformerBlock
 from sd2_app.nn.resnet import ResnetBlock2D
 
@@ -102,6 +103,17 @@ class FusedResnetBlock2D(nn.Module):
         _adopt(self, block, ("output_scale_factor", "norm1", "conv1", "time_emb_proj", "norm2", "conv2",
                              "conv_shortcut"))
         self.one_kernel_max = one_kernel_max
+        # (the UNet's shared time projections, this block's index) when `stack_time_projections` set it
+        self.time_projection: tuple[SharedInputProjections, int] | None = None
+
+    def _time(self, emb_act: Tensor | None) -> Tensor | None:
+        """time_emb_proj(emb_act), (B, Cout), possibly a column view of the shared projection."""
+        if self.time_emb_proj is None:
+            return None
+        if self.time_projection is not None:
+            shared, index = self.time_projection
+            return shared(emb_act, index)
+        return self.time_emb_proj(emb_act)
 
     def forward(self, x: Tensor, emb_act: Tensor | None = None) -> Tensor:
         # x: (B, Cin, H, W); emb_act: (B, time_dim) already through SiLU, or None in the VAE
@@ -109,7 +121,7 @@ class FusedResnetBlock2D(nn.Module):
             return self._forward_channels_last(x, emb_act)
         h = self.conv1(group_norm_silu(x, self.norm1, one_kernel_max=self.one_kernel_max))
         if self.time_emb_proj is not None:
-            h = h + self.time_emb_proj(emb_act)[:, :, None, None]
+            h = h + self._time(emb_act)[:, :, None, None]
         h = self.conv2(group_norm_silu(h, self.norm2, one_kernel_max=self.one_kernel_max))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
@@ -129,7 +141,7 @@ class FusedResnetBlock2D(nn.Module):
         h = _conv_without_bias(self.conv1, group_norm_silu(x, self.norm1, one_kernel_max=self.one_kernel_max))
         if not h.is_contiguous(memory_format=torch.channels_last):  # cuDNN keeps the layout; never pay for it
             h = h.contiguous(memory_format=torch.channels_last)
-        temb = None if self.time_emb_proj is None else self.time_emb_proj(emb_act)  # (B, Cout)
+        temb = self._time(emb_act)  # (B, Cout) or None
         norm2 = self.norm2
         h = triton_kernels.group_norm_silu(h, norm2.num_groups, norm2.weight, norm2.bias, norm2.eps,
                                            shift_bias=self.conv1.bias, shift_temb=temb,
@@ -307,7 +319,8 @@ def fuse_modules(model: nn.Module, *, channels_last: bool = False,
                  one_kernel_max: int = GROUP_NORM_ONE_KERNEL_MAX, stack_projections: bool = True) -> int:
     """Swap every ResnetBlock2D / BasicTransformerBlock / GEGLU / standalone GroupNorm (and with
     `stack_projections` every Attention) inside `model` for its fused twin, in place; returns the count.
-    `one_kernel_max`: see GROUP_NORM_ONE_KERNEL_MAX.
+    `one_kernel_max`: see GROUP_NORM_ONE_KERNEL_MAX. `stack_projections` also makes the resnets' time
+    embedding projections one shared matmul (see stacking.SharedInputProjections).
 
     On CUDA the kernels of the activation layout (`channels_last`) are first checked once against the eager
     math; if they disagree nothing is swapped.
@@ -336,5 +349,29 @@ def fuse_modules(model: nn.Module, *, channels_last: bool = False,
                 swaps.append((parent, name, FusedGroupNorm.adopt(child, one_kernel_max)))
     for parent, name, fused in swaps:
         setattr(parent, name, fused)  # (the attention swaps again: a no-op)
+    if stack_projections:
+        timed = [m for m in model.modules() if isinstance(m, FusedResnetBlock2D) and m.time_emb_proj is not None]
+        if len(timed) > 1 and len({m.time_emb_proj.in_features for m in timed}) == 1:
+            shared = SharedInputProjections([m.time_emb_proj for m in timed])
+            for index, block in enumerate(timed):
+                block.time_projection = (shared, index)
     logger.info("fused ops: swapped %d modules in %s", len(swaps), type(model).__name__)
     return len(swaps)
+
+
+def restack(model: nn.Module) -> int:
+    """Stack again the projection weights (attention, time embedding) that a move of `model` split; returns
+    how many groups were. Called before each job: the manager moves tensors one by one."""
+    from sd2_app.accel.fused_attention import FusedAttention
+
+    groups: dict[int, list[nn.Linear]] = {}
+    for module in model.modules():
+        if isinstance(module, FusedAttention):
+            groups[id(module)] = module.packed_group()
+        elif isinstance(module, FusedResnetBlock2D) and module.time_projection is not None:
+            shared = module.time_projection[0]
+            groups[id(shared)] = shared.linears
+    split = [group for group in groups.values() if stacked_linear(group) is None]
+    for group in split:
+        pack(group)
+    return len(split)

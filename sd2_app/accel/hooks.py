@@ -14,7 +14,7 @@ import weakref
 from torch import nn
 
 from sd2_app.accel.cuda_graph import CudaGraphTextEncoder, CudaGraphUNet, GraphedModule
-from sd2_app.accel.fused_attention import repack
+from sd2_app.accel.fused import restack
 from sd2_app.accel.options import AccelOptions, accelerate_unet, accelerate_vae
 from sd2_app.components import Components
 
@@ -36,7 +36,7 @@ class Accelerator:
                 accelerated = CudaGraphUNet(unet, weak=True)  # the cache must not keep the UNet alive
             self._unets[unet] = accelerated
         elif self.options.stack_projections:
-            repack(unet)  # a move to the host and back split the stacked projection weights
+            restack(unet)  # a move to the host and back split the stacked projection weights
         return self._unets[unet]
 
     def text_encoder(self, text_encoder: nn.Module) -> nn.Module | CudaGraphTextEncoder:

@@ -92,7 +92,7 @@ def _group_norm_silu_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, m2_ptr, n_per_
 
 
 @triton.jit
-def _shift(bias_ptr, temb_ptr, b, channels, cols, cmask, shift_mode, BLOCK_C: tl.constexpr):
+def _shift(bias_ptr, temb_ptr, temb_stride, b, cols, cmask, shift_mode, BLOCK_C: tl.constexpr):
     # The per-(image, channel) term added to x before normalising, fp32: shift_mode 0 none, 1 bias[c]
     # (a conv's bias), 2 bias[c] + temb[b, c] (and the resnet's time embedding). A run-time switch, not a
     # constexpr: one compiled kernel serves all three.
@@ -100,13 +100,13 @@ def _shift(bias_ptr, temb_ptr, b, channels, cols, cmask, shift_mode, BLOCK_C: tl
     if shift_mode > 0:
         shift += tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     if shift_mode > 1:
-        shift += tl.load(temb_ptr + b * channels + cols, mask=cmask, other=0.0).to(tl.float32)
+        shift += tl.load(temb_ptr + b * temb_stride + cols, mask=cmask, other=0.0).to(tl.float32)
     return shift
 
 
-@triton.jit(do_not_specialize=["hw", "rows_per_chunk", "num_chunks", "shift_mode"])
-def _nhwc_partial_kernel(x_ptr, bias_ptr, temb_ptr, mean_ptr, m2_ptr, hw, channels, rows_per_chunk, num_chunks,
-                         shift_mode, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+@triton.jit(do_not_specialize=["temb_stride", "hw", "rows_per_chunk", "num_chunks", "shift_mode"])
+def _nhwc_partial_kernel(x_ptr, bias_ptr, temb_ptr, temb_stride, mean_ptr, m2_ptr, hw, channels, rows_per_chunk,
+                         num_chunks, shift_mode, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     # Per-channel mean and M2 over one chunk of pixels of one image: grid (B, chunks, channel blocks).
     # The statistics are those of x + shift (see `_shift`): a conv's bias and the time embedding, added here
     # instead of in two full passes over the activation (a per-channel constant: it moves the mean only).
@@ -135,7 +135,7 @@ def _nhwc_partial_kernel(x_ptr, bias_ptr, temb_ptr, mean_ptr, m2_ptr, hw, channe
     s1 = tl.sum(sum_d, axis=0)
     m2 = tl.maximum(tl.sum(sum_d2, axis=0) - s1 * s1 / count, 0.0)
     # the shift moves the mean, not M2: added once here rather than to every element
-    mean = pivot + s1 / count + _shift(bias_ptr, temb_ptr, b, channels, cols, cmask, shift_mode, BLOCK_C)
+    mean = pivot + s1 / count + _shift(bias_ptr, temb_ptr, temb_stride, b, cols, cmask, shift_mode, BLOCK_C)
     out = (b * num_chunks + chunk) * channels + cols
     tl.store(mean_ptr + out, mean, mask=cmask)
     tl.store(m2_ptr + out, m2, mask=cmask)
@@ -182,8 +182,8 @@ def _nhwc_stats_kernel(mean_ptr, m2_ptr, stats_ptr, hw, channels, channels_per_g
     tl.store(stats_ptr + pid * 2 + 1, 1.0 / tl.sqrt(m2 / n + eps))
 
 
-@triton.jit(do_not_specialize=["hw", "channels_per_group", "num_groups", "shift_mode"])
-def _nhwc_apply_kernel(x_ptr, bias_ptr, temb_ptr, y_ptr, w_ptr, b_ptr, stats_ptr, hw, channels,
+@triton.jit(do_not_specialize=["temb_stride", "hw", "channels_per_group", "num_groups", "shift_mode"])
+def _nhwc_apply_kernel(x_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_ptr, b_ptr, stats_ptr, hw, channels,
                        channels_per_group, num_groups, shift_mode, APPLY_SILU: tl.constexpr,
                        BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     # y = (x + shift - mean) / std * w + b (then SiLU) on one (pixels x channels) tile:
@@ -198,7 +198,7 @@ def _nhwc_apply_kernel(x_ptr, bias_ptr, temb_ptr, y_ptr, w_ptr, b_ptr, stats_ptr
     rstd = tl.load(stats_ptr + stat + 1, mask=cmask, other=0.0)
     scale = rstd * tl.load(w_ptr + cols, mask=cmask, other=1.0).to(tl.float32)
     # (x + s - mean) * scale + bias = x * scale + (bias + (s - mean) * scale)
-    s = _shift(bias_ptr, temb_ptr, b, channels, cols, cmask, shift_mode, BLOCK_C)
+    s = _shift(bias_ptr, temb_ptr, temb_stride, b, cols, cmask, shift_mode, BLOCK_C)
     shift = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32) + (s - mean) * scale
     offs = b.to(tl.int64) * hw * channels + rows.to(tl.int64)[:, None] * channels + cols[None, :]
     v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -209,18 +209,18 @@ def _nhwc_apply_kernel(x_ptr, bias_ptr, temb_ptr, y_ptr, w_ptr, b_ptr, stats_ptr
 
 
 @triton.jit
-def _shift_at(bias_ptr, temb_ptr, b, channels, c, mask, shift_mode):
+def _shift_at(bias_ptr, temb_ptr, temb_stride, b, c, mask, shift_mode):
     # `_shift` for any tensor of channel indices `c` (a gather per element; L1 holds the few values).
     shift = tl.zeros(c.shape, dtype=tl.float32)
     if shift_mode > 0:
         shift += tl.load(bias_ptr + c, mask=mask, other=0.0).to(tl.float32)
     if shift_mode > 1:
-        shift += tl.load(temb_ptr + b * channels + c, mask=mask, other=0.0).to(tl.float32)
+        shift += tl.load(temb_ptr + b * temb_stride + c, mask=mask, other=0.0).to(tl.float32)
     return shift
 
 
 @triton.jit
-def _group_block(x_ptr, bias_ptr, temb_ptr, b, base, start, n, channels, channels_per_group, first_channel,
+def _group_block(x_ptr, bias_ptr, temb_ptr, temb_stride, b, base, start, n, channels, channels_per_group, first_channel,
                  shift_mode, BLOCK: tl.constexpr):
     # Elements start..start+BLOCK of one (image, group), numbered i = pixel * cpg + j: their offsets, channels,
     # mask, and values x + shift in fp32 (0 where masked).
@@ -230,12 +230,13 @@ def _group_block(x_ptr, bias_ptr, temb_ptr, b, base, start, n, channels, channel
     c = first_channel + i - pixel * channels_per_group
     offs = base + pixel * channels + c
     v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    v = tl.where(mask, v + _shift_at(bias_ptr, temb_ptr, b, channels, c, mask, shift_mode), 0.0)
+    v = tl.where(mask, v + _shift_at(bias_ptr, temb_ptr, temb_stride, b, c, mask, shift_mode), 0.0)
     return offs, c, mask, v
 
 
-@triton.jit(do_not_specialize=["hw", "channels", "channels_per_group", "num_groups", "shift_mode", "apply_silu"])
-def _nhwc_group_kernel(x_ptr, bias_ptr, temb_ptr, y_ptr, w_ptr, b_ptr, hw, channels, channels_per_group,
+@triton.jit(do_not_specialize=["temb_stride", "hw", "channels", "channels_per_group", "num_groups", "shift_mode",
+                               "apply_silu"])
+def _nhwc_group_kernel(x_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_ptr, b_ptr, hw, channels, channels_per_group,
                        num_groups, eps, shift_mode, apply_silu, BLOCK: tl.constexpr):
     # The whole GroupNorm of one (image, group) in one program, for groups small enough that a handful of
     # loop iterations cover them: grid (B * G,). The group's elements are visited BLOCK at a time, three
@@ -250,20 +251,20 @@ def _nhwc_group_kernel(x_ptr, bias_ptr, temb_ptr, y_ptr, w_ptr, b_ptr, hw, chann
     first_channel = g * channels_per_group
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, n, BLOCK):
-        _, _, _, v = _group_block(x_ptr, bias_ptr, temb_ptr, b, base, start, n, channels, channels_per_group,
-                                  first_channel, shift_mode, BLOCK)
+        _, _, _, v = _group_block(x_ptr, bias_ptr, temb_ptr, temb_stride, b, base, start, n, channels,
+                                  channels_per_group, first_channel, shift_mode, BLOCK)
         acc += v
     count = n.to(tl.float32)
     mean = tl.sum(acc, axis=0) / count
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, n, BLOCK):
-        _, _, mask, v = _group_block(x_ptr, bias_ptr, temb_ptr, b, base, start, n, channels, channels_per_group,
-                                     first_channel, shift_mode, BLOCK)
+        _, _, mask, v = _group_block(x_ptr, bias_ptr, temb_ptr, temb_stride, b, base, start, n, channels,
+                                     channels_per_group, first_channel, shift_mode, BLOCK)
         d = tl.where(mask, v - mean, 0.0)
         acc += d * d
     rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / count + eps)
     for start in range(0, n, BLOCK):
-        offs, c, mask, v = _group_block(x_ptr, bias_ptr, temb_ptr, b, base, start, n, channels,
+        offs, c, mask, v = _group_block(x_ptr, bias_ptr, temb_ptr, temb_stride, b, base, start, n, channels,
                                         channels_per_group, first_channel, shift_mode, BLOCK)
         scale = rstd * tl.load(w_ptr + c, mask=mask, other=1.0).to(tl.float32)
         y = (v - mean) * scale + tl.load(b_ptr + c, mask=mask, other=0.0).to(tl.float32)
@@ -377,7 +378,8 @@ def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, e
     if shift_bias is not None:
         assert shift_bias.shape == (channels,) and shift_bias.is_contiguous()
     if shift_temb is not None:
-        assert shift_temb.shape == (batch, channels) and shift_temb.is_contiguous()
+        # a (B, C) view of a wider (B, N) tensor is fine: the kernels index rows by stride
+        assert shift_temb.shape == (batch, channels) and shift_temb.stride(1) == 1
     assert channels % num_groups == 0
     hw = height * width
     cpg = channels // num_groups
@@ -385,10 +387,11 @@ def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, e
     # (Triton compiles per pointer element type).
     bias_arg = x if shift_bias is None else shift_bias
     temb_arg = x if shift_temb is None else shift_temb
+    temb_stride = channels if shift_temb is None else shift_temb.stride(0)
     if hw * cpg <= one_kernel_max:
         y = torch.empty_like(x)  # keeps channels_last
-        _nhwc_group_kernel[(batch * num_groups,)](x, bias_arg, temb_arg, y, weight, bias, hw, channels, cpg,
-                                                  num_groups, eps, shift_mode, int(apply_silu),
+        _nhwc_group_kernel[(batch * num_groups,)](x, bias_arg, temb_arg, temb_stride, y, weight, bias, hw,
+                                                  channels, cpg, num_groups, eps, shift_mode, int(apply_silu),
                                                   BLOCK=_ONE_KERNEL_BLOCK, num_warps=_ONE_KERNEL_WARPS)
         return y
     chunks = min(_NHWC_MAX_CHUNKS, triton.cdiv(hw, _NHWC_BLOCK_HW))
@@ -399,13 +402,13 @@ def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, e
     stats = torch.empty((batch * num_groups, 2), dtype=torch.float32, device=x.device)
     y = torch.empty_like(x)  # keeps channels_last
     c_blocks = triton.cdiv(channels, _NHWC_BLOCK_C)
-    _nhwc_partial_kernel[(batch, chunks, c_blocks)](x, bias_arg, temb_arg, means, m2s, hw, channels,
+    _nhwc_partial_kernel[(batch, chunks, c_blocks)](x, bias_arg, temb_arg, temb_stride, means, m2s, hw, channels,
                                                     rows_per_chunk, chunks, shift_mode,
                                                     BLOCK_HW=_NHWC_BLOCK_HW, BLOCK_C=_NHWC_BLOCK_C)
     _nhwc_stats_kernel[(batch * num_groups,)](means, m2s, stats, hw, channels, cpg, num_groups, rows_per_chunk,
                                               chunks, eps, BLOCK_J=64, BLOCK_K=16)
     _nhwc_apply_kernel[(batch, triton.cdiv(hw, _NHWC_APPLY_HW), c_blocks)](
-        x, bias_arg, temb_arg, y, weight, bias, stats, hw, channels, cpg, num_groups, shift_mode,
+        x, bias_arg, temb_arg, temb_stride, y, weight, bias, stats, hw, channels, cpg, num_groups, shift_mode,
         APPLY_SILU=apply_silu, BLOCK_HW=_NHWC_APPLY_HW, BLOCK_C=_NHWC_BLOCK_C)
     return y
 

@@ -1,5 +1,6 @@
-"""Stacked attention projections (sd2_app/accel/fused_attention.py): the same numbers and keys as Attention,
-weights that stay views into one tensor, and a restack after a move split them (CPU; GPU where marked)."""
+"""Stacked projection weights (stacking.py, fused_attention.py, the resnets' shared time projections): the
+same numbers and keys as the separate layers, weights that stay views into one tensor, and a restack after a
+move split them (CPU; GPU where marked)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from sd2_app.accel.fused import fuse_modules
-from sd2_app.accel.fused_attention import FusedAttention, repack, stacked
+from sd2_app.accel.fused import FusedResnetBlock2D, fuse_modules, restack
+from sd2_app.accel.fused_attention import FusedAttention
+from sd2_app.accel.stacking import SharedInputProjections, stacked, stacked_linear
 from sd2_app.nn.attention import Attention
 
 
@@ -57,7 +59,7 @@ def test_cross_attention_stacks_k_and_v_only_and_keeps_upcast() -> None:
     assert (got - expected).abs().max().item() <= 1e-6 * expected.abs().max().item()
 
 
-def test_a_split_falls_back_to_separate_matmuls_and_repack_restacks() -> None:
+def test_a_split_falls_back_to_separate_matmuls_and_restack_stacks_again() -> None:
     attention = _attention(64, 64)
     x = torch.randn(2, 10, 64)
     with torch.no_grad():
@@ -66,7 +68,7 @@ def test_a_split_falls_back_to_separate_matmuls_and_repack_restacks() -> None:
         _split(fused)
         assert stacked([fused.to_q.weight, fused.to_k.weight, fused.to_v.weight]) is None
         split_out = fused(x)
-        assert repack(fused) == 1 and repack(fused) == 0  # restacked once; then nothing to do
+        assert restack(fused) == 1 and restack(fused) == 0  # restacked once; then nothing to do
         assert stacked([fused.to_q.weight, fused.to_k.weight, fused.to_v.weight]) is not None
         again = fused(x)
     for out in (split_out, again):
@@ -96,11 +98,39 @@ def test_fused_unet_restacks_on_the_next_job_after_a_move() -> None:
         wrapped = accelerator.unet(unet)
         attentions = [m for m in unet.modules() if isinstance(m, FusedAttention)]
         assert len(attentions) == 2 * 16  # self and cross in each of the 16 transformer blocks
+        resnets = [m for m in unet.modules() if isinstance(m, FusedResnetBlock2D)]
+        shared = {id(m.time_projection[0]) for m in resnets}
+        assert len(resnets) == 22 and len(shared) == 1  # one time projection matmul for all 22
+        stacked_out = wrapped(sample, timestep, context)
         _split(unet)
+        split_out = wrapped(sample, timestep, context)  # each layer's own matmul
         assert accelerator.unet(unet) is wrapped
         assert all(stacked([a.to_k.weight, a.to_v.weight]) is not None for a in attentions)
+        assert stacked_linear(resnets[0].time_projection[0].linears) is not None
         got = wrapped(sample, timestep, context)
-    assert (got - expected).abs().max().item() <= 1e-5
+    for out in (stacked_out, split_out, got):
+        assert (out - expected).abs().max().item() <= 1e-5
+
+
+def test_shared_projections_run_one_matmul_per_input_tensor() -> None:
+    torch.manual_seed(0)
+    linears = [nn.Linear(16, width) for width in (8, 12, 8)]
+    x, y = torch.randn(2, 16), torch.randn(2, 16)
+    with torch.no_grad():
+        expected = [[linear(v) for linear in linears] for v in (x, y)]
+        shared = SharedInputProjections(linears)
+        calls = []
+        handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: calls.append(m))
+        try:
+            got = [[shared(v, index) for index in range(3)] for v in (x, y)]
+        finally:
+            handle.remove()
+    assert calls == []  # the stacked matmul, not the layers' own forwards
+    assert stacked_linear(linears)[0].shape == (28, 16)
+    for want_row, got_row in zip(expected, got):
+        for want, out in zip(want_row, got_row):
+            assert out.shape == want.shape and (out - want).abs().max().item() <= 1e-6
+    assert got[0][2].data_ptr() == got[0][0].data_ptr() + 20 * got[0][0].element_size()  # views of one output
 
 
 @pytest.mark.gpu
