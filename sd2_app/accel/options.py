@@ -15,6 +15,7 @@ from torch import nn
 from sd2_app.accel.compile import compile_blocks, compile_unet
 from sd2_app.accel.cuda_graph import CudaGraphUNet
 from sd2_app.accel.fused import GROUP_NORM_ONE_KERNEL_MAX, fuse_modules, triton_available
+from sd2_app.accel.vae_attention import use_half_products
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +42,15 @@ class AccelOptions:
     compile_mode: str | None = None  # inductor's mode; None is its default (max-autotune: many minutes)
     tf32: bool = False  # fp32 matmuls in TF32: faster, ~1e-3 relative error; off so fp32 matmuls (upcast attention) stay exact
     vae_fp16_fallback: bool = True  # decode in fp16, retry in fp32 on inf/NaN
+    # in an fp32 VAE decode (the x4 upscaler's), the mid-block attention product from fp16 inputs with fp32
+    # accumulation, unless they would overflow (see vae_attention.py)
+    vae_attention_fp16: bool = True
 
     @classmethod
     def eager(cls) -> AccelOptions:
         """Everything off: the plain modules (the baseline the bench compares against)."""
         return cls(cuda_graphs=False, fused_ops=False, channels_last=False, vae_channels_last=False,
-                   compile=False, tf32=False, vae_fp16_fallback=False)
+                   compile=False, tf32=False, vae_fp16_fallback=False, vae_attention_fp16=False)
 
     @classmethod
     def compiled(cls) -> AccelOptions:
@@ -93,11 +97,14 @@ def accelerate_unet(unet: nn.Module, options: AccelOptions) -> nn.Module | CudaG
 
 
 def accelerate_vae(vae: nn.Module, options: AccelOptions) -> nn.Module:
-    """Fused GroupNorm(+SiLU) in the VAE (its largest memory-bound ops), and NHWC if asked for."""
+    """Fused GroupNorm(+SiLU) in the VAE (its largest memory-bound ops), NHWC if asked for, and the fp16
+    attention product of fp32 decodes."""
     device = next(vae.parameters()).device
     if options.vae_channels_last and device.type == "cuda":
         vae.to(memory_format=torch.channels_last)
     if options.fused_ops and device.type == "cuda" and triton_available():
         fuse_modules(vae, channels_last=options.vae_channels_last,
                      one_kernel_max=options.group_norm_one_kernel_max)
+    if options.vae_attention_fp16 and device.type == "cuda":
+        use_half_products(vae)
     return vae
