@@ -40,6 +40,8 @@ UNET_VARIANTS: dict[str, AccelOptions] = {
     "graphs+cl+fused+gn3": AccelOptions(channels_last=True, group_norm_one_kernel_max=0),
     # one matmul per attention projection (before the stacked q, k, v and k, v)
     "graphs+cl+fused+sep-proj": AccelOptions(channels_last=True, stack_projections=False),
+    # the experiment: GEGLU's projection and gate in one Triton matmul
+    "graphs+cl+fused+geglu-mm": AccelOptions(channels_last=True, geglu_matmul=True),
     "graphs+cl+fused+cudnn-attn": AccelOptions(channels_last=True),
     "graphs+cl+fused+flash-attn": AccelOptions(channels_last=True),
 }

@@ -318,6 +318,13 @@ _INTERPRETED_KERNELS = textwrap.dedent("""
             v = x if r is None else x + r
             worst = max(worst, (total - v).abs().max().item(),
                         (y - F.layer_norm(v, shape[-1:], w, b, 1e-5)).abs().max().item())
+    # GEGLU's projection and gate in one matmul: ragged row, column and k tiles
+    from sd2_app.accel.triton_geglu import geglu_matmul
+    for rows, k_dim, inner in [(200, 96, 80), (37, 130, 70)]:
+        x = torch.randn(2, rows, k_dim, generator=g)
+        weight, bias = torch.randn(2 * inner, k_dim, generator=g) * 0.1, torch.randn(2 * inner, generator=g)
+        value, gate = F.linear(x, weight, bias).chunk(2, dim=-1)
+        worst = max(worst, (geglu_matmul(x, weight, bias) - value * F.gelu(gate)).abs().max().item())
     # the stream plus the next Linear's bias as the first output (the norm still sees the plain stream)
     x, r, w, b, sb = (torch.randn(shape, generator=g) for shape in ((2, 9, 320), (2, 9, 320), 320, 320, 320))
     total, y = k.layer_norm(x, w, b, 1e-5, residual=r, sum_bias=sb)
@@ -425,6 +432,36 @@ def test_channels_last_resnet_block_matches_eager_on_cuda(cin: int, cout: int, t
     plain_error = (plain - reference).abs().max().item() / scale
     fused_error = (fused.float() - reference).abs().max().item() / scale
     assert fused_error <= 1.5 * plain_error + 1e-3, (fused_error, plain_error)
+
+
+@pytest.mark.gpu
+def test_geglu_matmul_matches_the_two_kernel_path_on_cuda() -> None:
+    """The experiment's kernel at the 64x64 level's shape: as close to fp32 as cuBLAS + the gate kernel."""
+    pytest.importorskip("triton")
+    from sd2_app.accel.fused import geglu_matmul_agrees
+    from sd2_app.accel.triton_geglu import geglu_matmul
+
+    g = torch.Generator(device="cuda").manual_seed(7)
+    x = torch.randn(2, 4096, 320, device="cuda", generator=g)
+    weight = torch.randn(2 * 1280, 320, device="cuda", generator=g) * 0.05
+    bias = torch.randn(2 * 1280, device="cuda", generator=g) * 0.1
+    value, gate = F.linear(x, weight, bias).chunk(2, dim=-1)
+    reference = value * F.gelu(gate)
+    x16, w16, b16 = x.half(), weight.half(), bias.half()
+    plain = geglu(F.linear(x16, w16, b16)).float()
+    fused = geglu_matmul(x16, w16, b16).float()
+    scale = reference.abs().max().item()
+    plain_error = (plain - reference).abs().max().item() / scale
+    fused_error = (fused - reference).abs().max().item() / scale
+    assert fused_error <= 1.5 * plain_error + 1e-3, (fused_error, plain_error)
+    assert geglu_matmul_agrees(torch.cuda.current_device(), torch.float16)
+
+
+def test_fused_geglu_with_the_matmul_switch_is_exact_off_the_gpu() -> None:
+    block = GEGLU(32, 48)
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        assert torch.equal(FusedGEGLU(block, matmul=True)(x), FusedGEGLU(block)(x))
 
 
 @pytest.mark.gpu

@@ -226,14 +226,47 @@ class FusedGroupNorm(nn.GroupNorm):
 
 
 class FusedGEGLU(nn.Module):
-    """GEGLU with the gate product fused; the projection stays a cuBLAS matmul. Adopts `proj`."""
+    """GEGLU with the gate product fused; the projection stays a cuBLAS matmul unless `matmul` (the
+    experiment in triton_geglu.py: projection and gate in one Triton matmul). Adopts `proj`."""
 
-    def __init__(self, block: GEGLU) -> None:
+    def __init__(self, block: GEGLU, matmul: bool = False) -> None:
         super().__init__()
         self.proj = block.proj
+        self.matmul = matmul
 
     def forward(self, x: Tensor) -> Tensor:
+        if (self.matmul and _use_kernel(x) and x.dtype in (torch.float16, torch.bfloat16)
+                and self.proj.bias is not None and x.dtype == self.proj.weight.dtype):
+            from sd2_app.accel.triton_geglu import geglu_matmul
+
+            return geglu_matmul(x, self.proj.weight, self.proj.bias)
         return geglu(self.proj(x))  # (..., inner)
+
+
+@cache
+def geglu_matmul_agrees(device_index: int, dtype: torch.dtype) -> bool:
+    """The GEGLU matmul kernel against cuBLAS + the eager gate on random data (once per device and dtype);
+    a kernel that fails or disagrees keeps the two-kernel path."""
+    from sd2_app.accel.triton_geglu import geglu_matmul
+
+    device = torch.device("cuda", device_index)
+    generator = torch.Generator(device).manual_seed(0)
+    x = torch.randn(2, 77, 320, device=device, dtype=dtype, generator=generator)
+    weight = torch.randn(2 * 96, 320, device=device, dtype=dtype, generator=generator) * 0.05
+    bias = torch.randn(2 * 96, device=device, dtype=dtype, generator=generator)
+    try:
+        with torch.no_grad():
+            value, gate = F.linear(x.float(), weight.float(), bias.float()).chunk(2, dim=-1)
+            error = (geglu_matmul(x, weight, bias).float() - value * F.gelu(gate)).abs().max()
+    except Exception as e:  # noqa: BLE001 - a kernel that fails to compile or launch
+        logger.warning("GEGLU matmul kernel failed its start-up check (%s: %s); keeping cuBLAS + the gate kernel",
+                       type(e).__name__, e)
+        return False
+    if not bool(error <= 2e-2):
+        logger.warning("GEGLU matmul kernel disagrees with the eager math (%.3g); keeping cuBLAS + the gate kernel",
+                       float(error))
+        return False
+    return True
 
 
 @cache
@@ -316,11 +349,13 @@ def _kernel_errors(triton_kernels, norm: nn.GroupNorm, generator: torch.Generato
 
 
 def fuse_modules(model: nn.Module, *, channels_last: bool = False,
-                 one_kernel_max: int = GROUP_NORM_ONE_KERNEL_MAX, stack_projections: bool = True) -> int:
+                 one_kernel_max: int = GROUP_NORM_ONE_KERNEL_MAX, stack_projections: bool = True,
+                 geglu_matmul: bool = False) -> int:
     """Swap every ResnetBlock2D / BasicTransformerBlock / GEGLU / standalone GroupNorm (and with
     `stack_projections` every Attention) inside `model` for its fused twin, in place; returns the count.
     `one_kernel_max`: see GROUP_NORM_ONE_KERNEL_MAX. `stack_projections` also makes the resnets' time
-    embedding projections one shared matmul (see stacking.SharedInputProjections).
+    embedding projections one shared matmul (see stacking.SharedInputProjections); `geglu_matmul` the
+    GEGLU projections Triton matmuls with the gate inside (checked once on CUDA; see triton_geglu.py).
 
     On CUDA the kernels of the activation layout (`channels_last`) are first checked once against the eager
     math; if they disagree nothing is swapped.
@@ -329,6 +364,9 @@ def fuse_modules(model: nn.Module, *, channels_last: bool = False,
     if first is not None and first.is_cuda and triton_available():
         if not kernels_agree(first.device.index or 0, first.dtype, channels_last):
             return 0
+        if geglu_matmul:  # (fp16/bf16 only: the kernel's inputs for tensor cores)
+            geglu_matmul = (first.dtype in (torch.float16, torch.bfloat16)
+                            and geglu_matmul_agrees(first.device.index or 0, first.dtype))
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
     if stack_projections:  # first: the transformer blocks' twins below adopt these
         from sd2_app.accel.fused_attention import FusedAttention
@@ -342,7 +380,7 @@ def fuse_modules(model: nn.Module, *, channels_last: bool = False,
             if type(child) is ResnetBlock2D:
                 swaps.append((parent, name, FusedResnetBlock2D(child, one_kernel_max)))
             elif type(child) is GEGLU:
-                swaps.append((parent, name, FusedGEGLU(child)))
+                swaps.append((parent, name, FusedGEGLU(child, geglu_matmul)))
             elif type(child) is BasicTransformerBlock:
                 swaps.append((parent, name, FusedTransformerBlock(child)))
             elif type(child) is nn.GroupNorm and not isinstance(parent, (ResnetBlock2D, FusedResnetBlock2D)):

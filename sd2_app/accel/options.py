@@ -37,6 +37,8 @@ class AccelOptions:
     # with fused_ops: q, k, v (self-attention) and k, v (cross-attention) projections as one matmul each,
     # their weights made views into one tensor (see fused_attention.py)
     stack_projections: bool = True
+    # an experiment, off until timed: GEGLU's projection and gate as one Triton matmul (triton_geglu.py)
+    geglu_matmul: bool = False
     compile: bool = False  # torch.compile of the UNet (about a minute per resolution; see compile.py)
     compile_scope: str = "unet"  # "unet": the whole network; "blocks": the repeated blocks only (regional)
     compile_mode: str | None = None  # inductor's mode; None is its default (max-autotune: many minutes)
@@ -90,7 +92,7 @@ def accelerate_unet(unet: nn.Module, options: AccelOptions) -> nn.Module | CudaG
             compile_unet(unet, mode=options.compile_mode)
     elif options.fused_ops and on_cuda and triton_available():
         fuse_modules(unet, channels_last=options.channels_last, one_kernel_max=options.group_norm_one_kernel_max,
-                     stack_projections=options.stack_projections)
+                     stack_projections=options.stack_projections, geglu_matmul=options.geglu_matmul)
     if options.cuda_graphs:
         return CudaGraphUNet(unet)
     return unet
