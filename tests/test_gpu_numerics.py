@@ -80,3 +80,23 @@ def test_fp16_img2img_matches_diffusers_fp16_budget(tmp_path: Path) -> None:
     ref32 = _run_reference(_reference("sd2-base", torch.float32, img2img_pipe=True), 3, **settings)
     ref16 = _run_reference(_reference("sd2-base", torch.float16, img2img_pipe=True), 3, **settings)
     assert float(np.abs(ours - ref32).max()) <= float(np.abs(ref16 - ref32).max()) + 1 / 255
+
+
+def test_offload_and_back_restacks_the_projections_and_gives_the_same_image(tmp_path: Path) -> None:
+    """A manager round trip splits the stacked projection weights (tensor-by-tensor moves); the next job
+    stacks them again, recaptures its graphs, and makes the identical image."""
+    from sd2_app.accel.fused_attention import FusedAttention
+    from sd2_app.accel.stacking import stacked_linear
+
+    manager = _manager("sd2-base", tmp_path)
+    request = Txt2ImgRequest(prompt="two tigers", width=64, height=64,
+                             sampling=Sampling(sampler="DPM++ 2M", steps=6, seed=3))
+    with manager.use("sd2-base") as components:
+        first = _as_array(txt2img(components, request).images)
+    manager.offload("sd2-base")
+    with manager.use("sd2-base") as components:
+        attentions = [m for m in components.unet.modules() if isinstance(m, FusedAttention)]
+        assert len(attentions) == 32
+        assert all(stacked_linear(a.packed_group()) is not None for a in attentions)
+        second = _as_array(txt2img(components, request).images)
+    assert np.array_equal(first, second)
