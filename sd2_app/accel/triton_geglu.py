@@ -28,7 +28,7 @@ _WARPS = 8
 _STAGES = 3
 
 
-@triton.jit(do_not_specialize=["rows", "k_dim", "inner"])
+@triton.jit  # integers specialised (divisible by 16 or not): aligned, vectorised, pipelined tile loads
 def _geglu_matmul_kernel(x_ptr, w_ptr, b_ptr, y_ptr, rows, k_dim, inner, BLOCK_M: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     # x: (rows, k) row-major; w: (2 * inner, k) row-major (value rows, then gate rows); y: (rows, inner)
