@@ -4,8 +4,8 @@ triton's interpreter (test_accel) checks what the kernels compute, but not that 
 fails to compile on the device would make the start-up check fall back to the eager ops, silently slow.
 Triton ships ptxas, so the whole compile to a cubin runs here. Each kernel is compiled with the constants and
 integer specialisations (divisible by 16, as every SD shape is) that the wrappers launch it with, and its
-cubin's resources are checked: no more than a few bytes of stack (register spills), and the GEGLU matmul
-pipelined (cp.async) on tensor cores (wgmma).
+cubin's resources are checked: no more than a few bytes of stack (register spills), 16-byte vector memory
+accesses in the memory-bound kernels, and the GEGLU matmul pipelined (cp.async) on tensor cores (wgmma).
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 _FP32_POINTERS = {"mean_ptr", "m2_ptr", "stats_ptr"}
+# the memory-bound kernels over whole activations: 16-byte vector loads and stores (8 fp16 per instruction),
+# not one 2-byte access per element (an integer excluded from specialisation can silently prevent them)
+_VECTORISED = {"nhwc_apply", "bias_residual", "layer_norm_1280", "layer_norm_320", "geglu", "group_partial"}
 _FLOATS = {"eps", "scale"}
 
 
@@ -88,7 +91,13 @@ def test_kernel_compiles_for_the_gpu_without_spilling(name: str, capability: int
     kernel, constexprs, options = _kernels()[name]
     compiled = _compile(kernel, constexprs, options, capability)
     assert _stack_bytes(compiled.asm["cubin"]) <= 32, name  # a few spilled registers at most
+    ptx = compiled.asm["ptx"]
+    if name in _VECTORISED:
+        assert "ld.global.v4" in ptx and ("st.global.v4" in ptx or name == "group_partial"), name
+    if name == "bias_residual":
+        assert "ld.global.b16" not in ptx  # the biases too: every access is a vector
+    if name == "nhwc_partial":
+        assert "ld.global.v4" in ptx  # the tile loads (the pivot and shift loads are per channel)
     if name == "geglu_matmul":
-        ptx = compiled.asm["ptx"]
         assert "cp.async" in ptx  # tile loads pipelined (needs the specialised, aligned shapes)
         assert ("wgmma" in ptx) == (capability == 90)  # Hopper's warpgroup tensor-core instructions

@@ -273,7 +273,7 @@ def _nhwc_group_kernel(x_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_ptr, b_p
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["n", "channels", "two_biases"])
+@triton.jit(do_not_specialize=["two_biases"])  # n, channels: specialised (divisible by 16) for vector loads
 def _bias_residual_kernel(a_ptr, r_ptr, bias_ptr, bias2_ptr, y_ptr, n, channels, two_biases, scale,
                           BLOCK: tl.constexpr):
     # y = (a + bias[c] (+ bias2[c]) + r) * scale over channels-last memory (c = flat index % channels): a
