@@ -82,6 +82,34 @@ def test_fp16_img2img_matches_diffusers_fp16_budget(tmp_path: Path) -> None:
     assert float(np.abs(ours - ref32).max()) <= float(np.abs(ref16 - ref32).max()) + 1 / 255
 
 
+def test_fp16_upscale_with_the_half_product_vae_attention_matches_diffusers_budget(tmp_path: Path) -> None:
+    """x4: our fp16 UNet and fp32 VAE decode (its attention product from fp16 inputs) vs diffusers fp32,
+    within diffusers' own fp16-vs-fp32 difference plus one 8-bit level."""
+    import diffusers
+
+    from sd2_app.accel.vae_attention import HalfProductVAEAttention
+    from sd2_app.pipelines import upscale
+    from sd2_app.requests import UpscaleRequest
+
+    manager = _manager("x4-upscaler", tmp_path)
+    image = sample_image(32, 24, seed=2)
+    request = UpscaleRequest(prompt="sharp photo", image=image, noise_level=20,
+                             sampling=Sampling(sampler="DDIM", steps=8, seed=5, cfg_scale=9.0))
+    with manager.use("x4-upscaler") as components:
+        assert any(isinstance(m, HalfProductVAEAttention) for m in components.vae.modules())
+        ours = _as_array(upscale(components, request).images)
+    refs = []
+    for dtype in (torch.float32, torch.float16):
+        pipe = diffusers.StableDiffusionUpscalePipeline.from_pretrained(tiny_repo("x4-upscaler"), torch_dtype=dtype,
+                                                                       variant="fp16")
+        pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        refs.append(_run_reference(pipe.to("cuda"), 5, prompt="sharp photo", image=image, noise_level=20,
+                                   num_inference_steps=8, guidance_scale=9.0))
+    ref32, ref16 = refs
+    assert float(np.abs(ours - ref32).max()) <= float(np.abs(ref16 - ref32).max()) + 1 / 255
+
+
 def test_offload_and_back_restacks_the_projections_and_gives_the_same_image(tmp_path: Path) -> None:
     """A manager round trip splits the stacked projection weights (tensor-by-tensor moves); the next job
     stacks them again, recaptures its graphs, and makes the identical image."""
