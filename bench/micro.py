@@ -42,6 +42,8 @@ UNET_VARIANTS: dict[str, AccelOptions] = {
     "graphs+cl+fused+sep-proj": AccelOptions(channels_last=True, stack_projections=False),
     # the experiment: GEGLU's projection and gate in one Triton matmul
     "graphs+cl+fused+geglu-mm": AccelOptions(channels_last=True, geglu_matmul=True),
+    # nearest x2 then the 3x3 conv (before the sub-pixel upsampling)
+    "graphs+cl+fused+nearest-up": AccelOptions(channels_last=True, subpixel_upsample=False),
     "graphs+cl+fused+cudnn-attn": AccelOptions(channels_last=True),
     "graphs+cl+fused+flash-attn": AccelOptions(channels_last=True),
 }
@@ -55,6 +57,7 @@ VAE_VARIANTS: dict[str, AccelOptions] = {
     "cl": AccelOptions(fused_ops=False, vae_channels_last=True),
     "cl+fused": AccelOptions(vae_channels_last=True),
     "cl+fused+gn3": AccelOptions(vae_channels_last=True, group_norm_one_kernel_max=0),
+    "cl+fused+nearest-up": AccelOptions(vae_channels_last=True, subpixel_upsample=False),
 }
 
 

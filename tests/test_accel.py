@@ -160,7 +160,7 @@ def test_fuse_modules_keeps_keys_and_output_of_a_unet() -> None:
         got = unet(sample, timestep, context)
     resnets = 2 * 4 + 2 + 3 * 4  # down, mid, up
     transformers = 2 * 3 + 1 + 3 * 3  # each: its GEGLU, its GroupNorm and its transformer block
-    assert swapped == resnets + (3 + 2) * transformers + 1  # + two attentions each, + conv_norm_out
+    assert swapped == resnets + (3 + 2) * transformers + 1 + 3  # + two attentions each, conv_norm_out, upsamplers
     assert sum(type(m) is nn.GroupNorm for m in unet.modules()) == 2 * resnets  # the resnets fuse their own
     assert sum(type(m) is FusedTransformerBlock for m in unet.modules()) == transformers
     assert list(unet.state_dict()) == keys

@@ -4,8 +4,8 @@ them into a UNet or a VAE.
 The Triton kernels (`triton_kernels.py`) run only for contiguous CUDA tensors with triton installed;
 everything else takes the eager path, which is the unfused math itself (so results on CPU are identical).
 The swaps replace `ResnetBlock2D`, `BasicTransformerBlock`, `GEGLU` (and `Attention`, see
-fused_attention.py) instances by modules that adopt the same child modules under the same attribute names,
-so state-dict keys, weights and the manager's moves are untouched.
+fused_attention.py; `Upsample2D`, see upsample.py) instances by modules that adopt the same child modules
+under the same attribute names, so state-dict keys, weights and the manager's moves are untouched.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from sd2_app.accel.stacking import SharedInputProjections, pack, stacked_linear
 from sd2_app.nn.attention import GEGLU, Attention, BasicTransformerBlock
-from sd2_app.nn.resnet import ResnetBlock2D
+from sd2_app.nn.resnet import ResnetBlock2D, Upsample2D
 
 logger = logging.getLogger(__name__)
 
@@ -350,12 +350,13 @@ def _kernel_errors(triton_kernels, norm: nn.GroupNorm, generator: torch.Generato
 
 def fuse_modules(model: nn.Module, *, channels_last: bool = False,
                  one_kernel_max: int = GROUP_NORM_ONE_KERNEL_MAX, stack_projections: bool = True,
-                 geglu_matmul: bool = False) -> int:
+                 geglu_matmul: bool = False, subpixel_upsample: bool = True) -> int:
     """Swap every ResnetBlock2D / BasicTransformerBlock / GEGLU / standalone GroupNorm (and with
     `stack_projections` every Attention) inside `model` for its fused twin, in place; returns the count.
     `one_kernel_max`: see GROUP_NORM_ONE_KERNEL_MAX. `stack_projections` also makes the resnets' time
     embedding projections one shared matmul (see stacking.SharedInputProjections); `geglu_matmul` the
-    GEGLU projections Triton matmuls with the gate inside (checked once on CUDA; see triton_geglu.py).
+    GEGLU projections Triton matmuls with the gate inside (checked once on CUDA; see triton_geglu.py);
+    `subpixel_upsample` every Upsample2D four 2x2 convs on its small input (see upsample.py).
 
     On CUDA the kernels of the activation layout (`channels_last`) are first checked once against the eager
     math; if they disagree nothing is swapped.
@@ -383,6 +384,10 @@ def fuse_modules(model: nn.Module, *, channels_last: bool = False,
                 swaps.append((parent, name, FusedGEGLU(child, geglu_matmul)))
             elif type(child) is BasicTransformerBlock:
                 swaps.append((parent, name, FusedTransformerBlock(child)))
+            elif type(child) is Upsample2D and subpixel_upsample:
+                from sd2_app.accel.upsample import SubpixelUpsample2D
+
+                swaps.append((parent, name, SubpixelUpsample2D(child)))
             elif type(child) is nn.GroupNorm and not isinstance(parent, (ResnetBlock2D, FusedResnetBlock2D)):
                 swaps.append((parent, name, FusedGroupNorm.adopt(child, one_kernel_max)))
     for parent, name, fused in swaps:

@@ -39,6 +39,8 @@ class AccelOptions:
     stack_projections: bool = True
     # an experiment, off until timed: GEGLU's projection and gate as one Triton matmul (triton_geglu.py)
     geglu_matmul: bool = False
+    # with fused_ops: nearest x2 + 3x3 conv as four 2x2 convs on the small input (upsample.py), UNet and VAE
+    subpixel_upsample: bool = True
     compile: bool = False  # torch.compile of the UNet (about a minute per resolution; see compile.py)
     compile_scope: str = "unet"  # "unet": the whole network; "blocks": the repeated blocks only (regional)
     compile_mode: str | None = None  # inductor's mode; None is its default (max-autotune: many minutes)
@@ -92,7 +94,8 @@ def accelerate_unet(unet: nn.Module, options: AccelOptions) -> nn.Module | CudaG
             compile_unet(unet, mode=options.compile_mode)
     elif options.fused_ops and on_cuda and triton_available():
         fuse_modules(unet, channels_last=options.channels_last, one_kernel_max=options.group_norm_one_kernel_max,
-                     stack_projections=options.stack_projections, geglu_matmul=options.geglu_matmul)
+                     stack_projections=options.stack_projections, geglu_matmul=options.geglu_matmul,
+                     subpixel_upsample=options.subpixel_upsample)
     if options.cuda_graphs:
         return CudaGraphUNet(unet)
     return unet
@@ -106,7 +109,7 @@ def accelerate_vae(vae: nn.Module, options: AccelOptions) -> nn.Module:
         vae.to(memory_format=torch.channels_last)
     if options.fused_ops and device.type == "cuda" and triton_available():
         fuse_modules(vae, channels_last=options.vae_channels_last,
-                     one_kernel_max=options.group_norm_one_kernel_max)
+                     one_kernel_max=options.group_norm_one_kernel_max, subpixel_upsample=options.subpixel_upsample)
     if options.vae_attention_fp16 and device.type == "cuda":
         use_half_products(vae)
     return vae
