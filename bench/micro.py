@@ -38,6 +38,9 @@ UNET_VARIANTS: dict[str, AccelOptions] = {
     "graphs+cl+fused": AccelOptions(channels_last=True),
     # the GroupNorms before the one-launch kernel of small groups (three kernels each, at every size)
     "graphs+cl+fused+gn3": AccelOptions(channels_last=True, group_norm_one_kernel_max=0),
+    # the one-kernel GroupNorm's threshold (default 32768 elements per group) halved and doubled
+    "graphs+cl+fused+gn1-16k": AccelOptions(channels_last=True, group_norm_one_kernel_max=16384),
+    "graphs+cl+fused+gn1-64k": AccelOptions(channels_last=True, group_norm_one_kernel_max=65536),
     # one matmul per attention projection (before the stacked q, k, v and k, v)
     "graphs+cl+fused+sep-proj": AccelOptions(channels_last=True, stack_projections=False),
     # the experiment: GEGLU's projection and gate in one Triton matmul
