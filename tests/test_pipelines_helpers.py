@@ -179,3 +179,40 @@ def test_postprocess_on_the_gpu_gives_the_cpu_bytes() -> None:
     x = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(3)) * 2.2 - 1.1
     on_gpu = np.stack([np.asarray(a) for a in postprocess(x.cuda())])
     assert np.array_equal(on_gpu, np.stack([np.asarray(a) for a in postprocess(x)]))
+
+
+class _RecordingVAE(torch.nn.Module):
+    """Just enough of a VAE for `decode`: records its calls; decodes to 8x the size (NaN when asked)."""
+
+    def __init__(self, events: list[str], nan: bool = False) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.config = type("Config", (), {"block_out_channels": [1, 1, 1, 1], "scaling_factor": 0.18215})()
+        self.events, self.nan = events, nan
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        self.events.append("decode")
+        out = torch.zeros(z.shape[0], 3, z.shape[2] * 8, z.shape[3] * 8)
+        return out.fill_(float("nan")) if self.nan else out
+
+
+def test_decode_reads_the_device_once_after_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No host read before the decode (it would let the GPU idle while the decoder's kernels are launched):
+    one read of both checks after it. Non-finite latents are still refused, after the (wasted) decode."""
+    from sd2_app import guards
+    from sd2_app.pipelines.vae_io import decode
+
+    events: list[str] = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: events.append("read") or tolist(self))
+    monkeypatch.setattr(guards, "is_finite", lambda x: events.append("read") or bool(torch.isfinite(x).all()))
+    pixels = decode(_RecordingVAE(events), torch.zeros(1, 4, 3, 2))
+    assert pixels.shape == (1, 3, 24, 16) and events == ["decode", "read"]
+    events.clear()
+    with pytest.raises(guards.NonFiniteError, match="latents"):
+        decode(_RecordingVAE(events), torch.full((1, 4, 3, 2), float("nan")))
+    assert events == ["decode", "read"]
+    events.clear()
+    with pytest.raises(guards.NonFiniteError, match="image"):  # finite latents, NaN even in fp32
+        decode(_RecordingVAE(events, nan=True), torch.zeros(1, 4, 3, 2))
+    assert events == ["decode", "read", "decode", "read"]
