@@ -3,10 +3,11 @@
 fp16 overflows show up as inf/NaN either in the sampled latents (attention logits; SD2.1-768 is known for
 it) or in the decoded pixels (the VAE decoder). Postprocessing would turn NaN into black pixels silently, so
 the decode checks its input and output, read together after decoding (one host synchronisation per image,
-which the copy to the host needs anyway): non-finite output is decoded again in fp32, non-finite latents raise `NonFiniteError` and the
-service reruns the sampling with fp32 attention. What was repaired reaches the user as a warning; the
-warnings travel through a per-thread list (the service runs one job per thread), so no task signature
-changes. `low_memory()` marks the retry after an out-of-memory error: the decode then works in tiles.
+which the copy to the host needs anyway): non-finite output is decoded again in fp32, non-finite latents
+raise `NonFiniteError` and the service reruns the sampling with fp32 attention. What was repaired reaches
+the user as a warning; the warnings travel through a per-thread list (the service runs one job per thread),
+so no task signature changes. `low_memory()` marks the retry after an out-of-memory error: the decode then
+works in tiles.
 """
 
 from __future__ import annotations

@@ -355,7 +355,7 @@ _INTERPRETED_KERNELS = textwrap.dedent("""
         assert got.is_contiguous(memory_format=torch.channels_last)
         worst = max(worst, ((got - ref).abs().max() / ref.abs().max()).item())
     # the GPU start-up check's own comparison, both layouts
-    from sd2_app.accel.fused import _kernel_errors
+    from sd2_app.accel.kernel_checks import _kernel_errors
     for layout in (torch.contiguous_format, torch.channels_last):
         x = torch.randn(2, 64, 12, 10, generator=g).to(memory_format=layout)
         errors = _kernel_errors(k, torch.nn.GroupNorm(32, 64), g, x, torch.float32)
@@ -438,7 +438,7 @@ def test_channels_last_resnet_block_matches_eager_on_cuda(cin: int, cout: int, t
 def test_geglu_matmul_matches_the_two_kernel_path_on_cuda() -> None:
     """The experiment's kernel at the 64x64 level's shape: as close to fp32 as cuBLAS + the gate kernel."""
     pytest.importorskip("triton")
-    from sd2_app.accel.fused import geglu_matmul_agrees
+    from sd2_app.accel.kernel_checks import geglu_matmul_agrees
     from sd2_app.accel.triton_geglu import geglu_matmul
 
     g = torch.Generator(device="cuda").manual_seed(7)
@@ -519,7 +519,8 @@ def test_speed_modes_map_to_their_switches() -> None:
 
 @pytest.mark.gpu
 def test_triton_kernels_pass_their_start_up_check_on_this_gpu() -> None:
-    from sd2_app.accel.fused import kernels_agree, triton_available
+    from sd2_app.accel.fused import triton_available
+    from sd2_app.accel.kernel_checks import kernels_agree
 
     if not triton_available():
         pytest.skip("triton is not installed")

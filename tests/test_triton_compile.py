@@ -33,17 +33,19 @@ _FLOATS = {"eps", "scale"}
 def _kernels() -> dict[str, tuple[object, dict[str, object], dict[str, int]]]:
     """name -> (kernel, constexpr values, launch options), as the wrappers launch them."""
     from sd2_app.accel import triton_geglu as gg
+    from sd2_app.accel import triton_group_norm as gn
     from sd2_app.accel import triton_kernels as k
 
     return {
-        "group_partial": (k._group_partial_kernel, {"CHUNK": k._CHUNK, "BLOCK": k._BLOCK}, {}),
-        "group_norm_silu": (k._group_norm_silu_kernel, {"APPLY_SILU": True, "CHUNK": k._CHUNK, "BLOCK": k._BLOCK,
-                                                       "CHUNKS_POW2": 16}, {}),
-        "nhwc_partial": (k._nhwc_partial_kernel, {"BLOCK_HW": k._NHWC_BLOCK_HW, "BLOCK_C": k._NHWC_BLOCK_C}, {}),
-        "nhwc_stats": (k._nhwc_stats_kernel, {"BLOCK_J": 64, "BLOCK_K": 16}, {}),
-        "nhwc_apply": (k._nhwc_apply_kernel, {"APPLY_SILU": True, "BLOCK_HW": k._NHWC_APPLY_HW,
-                                              "BLOCK_C": k._NHWC_BLOCK_C}, {}),
-        "nhwc_group": (k._nhwc_group_kernel, {"BLOCK": k._ONE_KERNEL_BLOCK}, {"num_warps": k._ONE_KERNEL_WARPS}),
+        "group_partial": (gn._group_partial_kernel, {"CHUNK": gn._CHUNK, "BLOCK": gn._BLOCK}, {}),
+        "group_norm_silu": (gn._group_norm_silu_kernel, {"APPLY_SILU": True, "CHUNK": gn._CHUNK, "BLOCK": gn._BLOCK,
+                                                        "CHUNKS_POW2": 16}, {}),
+        "nhwc_partial": (gn._nhwc_partial_kernel, {"BLOCK_HW": gn._NHWC_BLOCK_HW, "BLOCK_C": gn._NHWC_BLOCK_C}, {}),
+        "nhwc_stats": (gn._nhwc_stats_kernel, {"BLOCK_J": 64, "BLOCK_K": 16}, {}),
+        "nhwc_apply": (gn._nhwc_apply_kernel, {"APPLY_SILU": True, "BLOCK_HW": gn._NHWC_APPLY_HW,
+                                               "BLOCK_C": gn._NHWC_BLOCK_C}, {}),
+        "nhwc_group": (gn._nhwc_group_kernel, {"BLOCK": gn._ONE_KERNEL_BLOCK},
+                       {"num_warps": gn._ONE_KERNEL_WARPS}),
         "bias_residual": (k._bias_residual_kernel, {"BLOCK": k._RESIDUAL_BLOCK}, {}),
         "layer_norm_1280": (k._layer_norm_kernel, {"BLOCK_R": 1, "BLOCK_C": 2048}, {}),
         "layer_norm_320": (k._layer_norm_kernel, {"BLOCK_R": 4, "BLOCK_C": 512}, {}),

@@ -4,10 +4,11 @@ cross-attention.
 Why: an SD2 UNet call makes 80 such projection matmuls (q, k, v of 16 self-attentions, k, v of 16
 cross-attentions); the ones of the 16x16 level and of the 77 text tokens are too small to fill an
 H100/H200, so three (or two) launches cost about what one launch of the stacked weight does: 32 instead of
-80. Stacking the weights must not copy them (a second copy of 63M parameters) nor change the state-dict keys: `pack` makes each Linear's weight a view into one new tensor of consecutive rows, so
-the keys, the shapes and the manager's per-tensor moves all stay as they were (see stacking.py). A move
-splits the views into separate tensors again; the module then runs one matmul per projection (the same
-numbers) until `fused.restack` restores the block before the next job.
+80. Stacking the weights must not copy them (a second copy of 63M parameters) nor change the state-dict
+keys: `pack` makes each Linear's weight a view into one new tensor of consecutive rows, so the keys, the
+shapes and the manager's per-tensor moves all stay as they were (see stacking.py). A move splits the views
+into separate tensors again; the module then runs one matmul per projection (the same numbers) until
+`fused.restack` restores the block before the next job.
 """
 
 from __future__ import annotations

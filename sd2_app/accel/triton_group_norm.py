@@ -1,0 +1,353 @@
+"""Triton GroupNorm(+SiLU) kernels, NCHW and channels_last (imported only when triton is installed; CUDA at
+run time).
+
+Why: after CUDA graphs remove launch overhead, GroupNorm then SiLU is memory-bound; one kernel saves a full
+read and write of the activation, which matters most in the VAE decoder, whose 512x512x128 activations are
+64 MB each in fp16. In a resnet block the NHWC kernels also take conv1's bias and the time embedding as a
+per-(image, channel) shift (PyTorch adds a cuDNN convolution's bias in a separate broadcast kernel: a
+profile of a 768 image on an H200 showed 88 such adds per UNet call, 6% of its time).
+
+All arithmetic is fp32 (inputs are upcast on load), as PyTorch's own GroupNorm kernel does for fp16.
+Statistics use a two-level reduction: each program computes the mean and M2 of one chunk of a group, and
+the apply kernel merges the chunks (Chan et al.'s parallel variance), so there is no E[x^2]-E[x]^2
+cancellation and every SM has work even when batch * groups is small. Groups small enough for a few loop
+iterations instead run whole in one program (`_nhwc_group_kernel`): one launch instead of three.
+
+NCHW: a group is one contiguous run of memory. NHWC (channels_last, where cuDNN's tensor-core convolutions
+need no layout transposes): a group is a few adjacent channels of every pixel, so those kernels work on
+(pixels x channels) tiles, reduce per channel first and merge the channels of a group in a small second
+kernel. PyTorch's own CUDA GroupNorm would copy a channels_last tensor to NCHW and back, which is what used
+to make channels_last a loss. Shape integers that vary between layers and do not address vector loads are
+not specialised on, so a kernel compiles once per process rather than once per layer shape (each Triton JIT
+compile takes about a second, paid by the first image).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+_CHUNK = 4096  # elements of one group handled by one program
+_BLOCK = 1024  # elements loaded per loop iteration
+
+
+@triton.jit
+def _group_partial_kernel(x_ptr, mean_ptr, m2_ptr, n_per_group, num_chunks,
+                          CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    group = tl.program_id(0)  # b * G + g
+    chunk = tl.program_id(1)
+    base = group.to(tl.int64) * n_per_group
+    start = chunk * CHUNK
+    count = tl.minimum(n_per_group - start, CHUNK).to(tl.float32)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for i in range(0, CHUNK, BLOCK):
+        offs = start + i + tl.arange(0, BLOCK)
+        mask = offs < n_per_group
+        acc += tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(acc, axis=0) / count
+    acc2 = tl.zeros([BLOCK], dtype=tl.float32)
+    for i in range(0, CHUNK, BLOCK):
+        offs = start + i + tl.arange(0, BLOCK)
+        mask = offs < n_per_group
+        v = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
+        d = tl.where(mask, v - mean, 0.0)
+        acc2 += d * d
+    tl.store(mean_ptr + group * num_chunks + chunk, mean)
+    tl.store(m2_ptr + group * num_chunks + chunk, tl.sum(acc2, axis=0))
+
+
+@triton.jit
+def _group_norm_silu_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, m2_ptr, n_per_group, hw, channels_per_group,
+                            num_groups, num_chunks, eps, APPLY_SILU: tl.constexpr, CHUNK: tl.constexpr,
+                            BLOCK: tl.constexpr, CHUNKS_POW2: tl.constexpr):
+    group = tl.program_id(0)
+    chunk = tl.program_id(1)
+    # Merge the per-chunk statistics of this group (tiny: at most a few hundred chunks).
+    j = tl.arange(0, CHUNKS_POW2)
+    valid = j < num_chunks
+    means = tl.load(mean_ptr + group * num_chunks + j, mask=valid, other=0.0)
+    m2s = tl.load(m2_ptr + group * num_chunks + j, mask=valid, other=0.0)
+    counts = tl.where(valid, tl.minimum(n_per_group - j * CHUNK, CHUNK).to(tl.float32), 0.0)
+    n = n_per_group.to(tl.float32)
+    mean = tl.sum(counts * means, axis=0) / n
+    d = means - mean
+    m2 = tl.sum(m2s, axis=0) + tl.sum(counts * d * d, axis=0)
+    rstd = 1.0 / tl.sqrt(m2 / n + eps)
+    first_channel = (group % num_groups) * channels_per_group
+    base = group.to(tl.int64) * n_per_group
+    for i in range(0, CHUNK, BLOCK):
+        offs = chunk * CHUNK + i + tl.arange(0, BLOCK)
+        mask = offs < n_per_group
+        v = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
+        c = first_channel + offs // hw
+        w = tl.load(w_ptr + c, mask=mask, other=1.0).to(tl.float32)
+        b = tl.load(b_ptr + c, mask=mask, other=0.0).to(tl.float32)
+        y = (v - mean) * rstd * w + b
+        if APPLY_SILU:
+            y = y * tl.sigmoid(y)
+        tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _shift(bias_ptr, temb_ptr, temb_stride, b, cols, cmask, shift_mode, BLOCK_C: tl.constexpr):
+    # The per-(image, channel) term added to x before normalising, fp32: shift_mode 0 none, 1 bias[c]
+    # (a conv's bias), 2 bias[c] + temb[b, c] (and the resnet's time embedding). A run-time switch, not a
+    # constexpr: one compiled kernel serves all three.
+    shift = tl.zeros([BLOCK_C], dtype=tl.float32)
+    if shift_mode > 0:
+        shift += tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    if shift_mode > 1:
+        shift += tl.load(temb_ptr + b * temb_stride + cols, mask=cmask, other=0.0).to(tl.float32)
+    return shift
+
+
+@triton.jit(do_not_specialize=["temb_stride", "hw", "rows_per_chunk", "num_chunks", "shift_mode"])
+def _nhwc_partial_kernel(x_ptr, bias_ptr, temb_ptr, temb_stride, mean_ptr, m2_ptr, hw, channels, rows_per_chunk,
+                         num_chunks, shift_mode, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    # Per-channel mean and M2 over one chunk of pixels of one image: grid (B, chunks, channel blocks).
+    # The statistics are those of x + shift (see `_shift`): a conv's bias and the time embedding, added here
+    # instead of in two full passes over the activation (a per-channel constant: it moves the mean only).
+    # One pass over the chunk: sums of d = x - p and d^2 about a pivot p, the chunk's first pixel, give
+    # mean = p + sum(d) / n and M2 = sum(d^2) - sum(d)^2 / n. A pivot drawn from the data keeps sum(d) near
+    # zero, so the subtraction loses little (unlike sums of x and x^2); the chunks are then merged exactly.
+    b = tl.program_id(0)
+    chunk = tl.program_id(1)
+    cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < channels
+    first = chunk * rows_per_chunk
+    end = tl.minimum(first + rows_per_chunk, hw)
+    count = (end - first).to(tl.float32)
+    base = b.to(tl.int64) * hw * channels
+    pivot = tl.load(x_ptr + base + first.to(tl.int64) * channels + cols, mask=cmask, other=0.0).to(tl.float32)
+    sum_d = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
+    sum_d2 = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
+    for i in range(0, rows_per_chunk, BLOCK_HW):
+        rows = first + i + tl.arange(0, BLOCK_HW)
+        mask = (rows < end)[:, None] & cmask[None, :]
+        v = tl.load(x_ptr + base + rows.to(tl.int64)[:, None] * channels + cols[None, :], mask=mask,
+                    other=0.0).to(tl.float32)
+        d = tl.where(mask, v - pivot[None, :], 0.0)
+        sum_d += d
+        sum_d2 += d * d
+    s1 = tl.sum(sum_d, axis=0)
+    m2 = tl.maximum(tl.sum(sum_d2, axis=0) - s1 * s1 / count, 0.0)
+    # the shift moves the mean, not M2: added once here rather than to every element
+    mean = pivot + s1 / count + _shift(bias_ptr, temb_ptr, temb_stride, b, cols, cmask, shift_mode, BLOCK_C)
+    out = (b * num_chunks + chunk) * channels + cols
+    tl.store(mean_ptr + out, mean, mask=cmask)
+    tl.store(m2_ptr + out, m2, mask=cmask)
+
+
+@triton.jit
+def _nhwc_group_sum(mean_ptr, m2_ptr, b, g, mean, hw, channels, channels_per_group, rows_per_chunk, num_chunks,
+                    SPREAD: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+    # Over a group's (chunk, channel) partials: sum(count * mean_i), or with SPREAD
+    # sum(M2_i + count * (mean_i - mean)^2), i.e. the group's M2 (Chan et al.'s merge).
+    acc = tl.zeros([BLOCK_J, BLOCK_K], dtype=tl.float32)
+    for j0 in range(0, num_chunks, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)[:, None]
+        counts = tl.minimum(hw - j * rows_per_chunk, rows_per_chunk).to(tl.float32)
+        for k0 in range(0, channels_per_group, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)[None, :]
+            valid = (j < num_chunks) & (k < channels_per_group)
+            offs = (b * num_chunks + j) * channels + g * channels_per_group + k
+            means = tl.load(mean_ptr + offs, mask=valid, other=0.0)
+            if SPREAD:
+                d = means - mean
+                term = tl.load(m2_ptr + offs, mask=valid, other=0.0) + counts * d * d
+            else:
+                term = counts * means
+            acc += tl.where(valid, term, 0.0)
+    return tl.sum(tl.sum(acc, axis=1), axis=0)
+
+
+@triton.jit(do_not_specialize=["hw", "channels", "channels_per_group", "num_groups", "rows_per_chunk",
+                               "num_chunks"])
+def _nhwc_stats_kernel(mean_ptr, m2_ptr, stats_ptr, hw, channels, channels_per_group, num_groups,
+                       rows_per_chunk, num_chunks, eps, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+    # Merge (chunk, channel) partials into one mean and 1/std per (image, group): grid (B * G,). Loops with
+    # fixed tiles, so one compiled kernel serves every shape (compiling per shape cost seconds per first image).
+    pid = tl.program_id(0)
+    b = pid // num_groups
+    g = pid % num_groups
+    n = hw.to(tl.float32) * channels_per_group
+    mean = _nhwc_group_sum(mean_ptr, m2_ptr, b, g, 0.0, hw, channels, channels_per_group, rows_per_chunk,
+                           num_chunks, False, BLOCK_J, BLOCK_K) / n
+    m2 = _nhwc_group_sum(mean_ptr, m2_ptr, b, g, mean, hw, channels, channels_per_group, rows_per_chunk,
+                         num_chunks, True, BLOCK_J, BLOCK_K)
+    tl.store(stats_ptr + pid * 2, mean)
+    tl.store(stats_ptr + pid * 2 + 1, 1.0 / tl.sqrt(m2 / n + eps))
+
+
+@triton.jit(do_not_specialize=["temb_stride", "hw", "channels_per_group", "num_groups", "shift_mode"])
+def _nhwc_apply_kernel(x_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_ptr, b_ptr, stats_ptr, hw, channels,
+                       channels_per_group, num_groups, shift_mode, APPLY_SILU: tl.constexpr,
+                       BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    # y = (x + shift - mean) / std * w + b (then SiLU) on one (pixels x channels) tile:
+    # grid (B, pixel blocks, channel blocks).
+    b = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < channels
+    mask = (rows < hw)[:, None] & cmask[None, :]
+    stat = (b * num_groups + cols // channels_per_group) * 2
+    mean = tl.load(stats_ptr + stat, mask=cmask, other=0.0)
+    rstd = tl.load(stats_ptr + stat + 1, mask=cmask, other=0.0)
+    scale = rstd * tl.load(w_ptr + cols, mask=cmask, other=1.0).to(tl.float32)
+    # (x + s - mean) * scale + bias = x * scale + (bias + (s - mean) * scale)
+    s = _shift(bias_ptr, temb_ptr, temb_stride, b, cols, cmask, shift_mode, BLOCK_C)
+    shift = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32) + (s - mean) * scale
+    offs = b.to(tl.int64) * hw * channels + rows.to(tl.int64)[:, None] * channels + cols[None, :]
+    v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    y = v * scale[None, :] + shift[None, :]
+    if APPLY_SILU:
+        y = y * tl.sigmoid(y)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _shift_at(bias_ptr, temb_ptr, temb_stride, b, c, mask, shift_mode):
+    # `_shift` for any tensor of channel indices `c` (a gather per element; L1 holds the few values).
+    shift = tl.zeros(c.shape, dtype=tl.float32)
+    if shift_mode > 0:
+        shift += tl.load(bias_ptr + c, mask=mask, other=0.0).to(tl.float32)
+    if shift_mode > 1:
+        shift += tl.load(temb_ptr + b * temb_stride + c, mask=mask, other=0.0).to(tl.float32)
+    return shift
+
+
+@triton.jit
+def _group_block(x_ptr, bias_ptr, temb_ptr, temb_stride, b, base, start, n, channels, channels_per_group,
+                 first_channel, shift_mode, BLOCK: tl.constexpr):
+    # Elements start..start+BLOCK of one (image, group), numbered i = pixel * cpg + j: their offsets, channels,
+    # mask, and values x + shift in fp32 (0 where masked).
+    i = start + tl.arange(0, BLOCK)
+    mask = i < n
+    pixel = i // channels_per_group
+    c = first_channel + i - pixel * channels_per_group
+    offs = base + pixel * channels + c
+    v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    v = tl.where(mask, v + _shift_at(bias_ptr, temb_ptr, temb_stride, b, c, mask, shift_mode), 0.0)
+    return offs, c, mask, v
+
+
+@triton.jit(do_not_specialize=["temb_stride", "hw", "channels", "channels_per_group", "num_groups", "shift_mode",
+                               "apply_silu"])
+def _nhwc_group_kernel(x_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_ptr, b_ptr, hw, channels, channels_per_group,
+                       num_groups, eps, shift_mode, apply_silu, BLOCK: tl.constexpr):
+    # The whole GroupNorm of one (image, group) in one program, for groups small enough that a handful of
+    # loop iterations cover them: grid (B * G,). The group's elements are visited BLOCK at a time, three
+    # times (sum, then squared deviations from the mean, then the normalised output): exact two-pass
+    # statistics, and the second and third visits hit the cache. One launch instead of three, and one
+    # compiled kernel for every shape.
+    pid = tl.program_id(0)
+    b = pid // num_groups
+    g = pid % num_groups
+    n = hw * channels_per_group
+    base = b.to(tl.int64) * hw * channels
+    first_channel = g * channels_per_group
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, n, BLOCK):
+        _, _, _, v = _group_block(x_ptr, bias_ptr, temb_ptr, temb_stride, b, base, start, n, channels,
+                                  channels_per_group, first_channel, shift_mode, BLOCK)
+        acc += v
+    count = n.to(tl.float32)
+    mean = tl.sum(acc, axis=0) / count
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, n, BLOCK):
+        _, _, mask, v = _group_block(x_ptr, bias_ptr, temb_ptr, temb_stride, b, base, start, n, channels,
+                                     channels_per_group, first_channel, shift_mode, BLOCK)
+        d = tl.where(mask, v - mean, 0.0)
+        acc += d * d
+    rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / count + eps)
+    for start in range(0, n, BLOCK):
+        offs, c, mask, v = _group_block(x_ptr, bias_ptr, temb_ptr, temb_stride, b, base, start, n, channels,
+                                        channels_per_group, first_channel, shift_mode, BLOCK)
+        scale = rstd * tl.load(w_ptr + c, mask=mask, other=1.0).to(tl.float32)
+        y = (v - mean) * scale + tl.load(b_ptr + c, mask=mask, other=0.0).to(tl.float32)
+        if apply_silu:
+            y = y * tl.sigmoid(y)
+        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+_NHWC_BLOCK_HW = 32  # pixels per tile row block (statistics)
+_NHWC_APPLY_HW = 64  # pixels per tile (apply)
+_NHWC_BLOCK_C = 64  # channels per tile: 128 contiguous bytes in fp16
+_NHWC_MAX_CHUNKS = 256  # pixel chunks per image: enough programs to fill the GPU, few partials to merge
+_ONE_KERNEL_BLOCK = 8192  # elements per loop iteration of `_nhwc_group_kernel`
+_ONE_KERNEL_WARPS = 32  # 8 elements per thread per iteration: the most loads in flight per program
+
+
+def group_norm_silu(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float,
+                    *, apply_silu: bool = True, shift_bias: Tensor | None = None,
+                    shift_temb: Tensor | None = None, one_kernel_max: int = 0) -> Tensor:
+    """silu(group_norm(x)) for a (B, C, *spatial) tensor, contiguous or channels_last; same dtype and layout.
+
+    channels_last only: x + shift_bias[c] (+ shift_temb[b, c]) is normalised instead of x, summed in fp32
+    on load (a conv's bias and a time embedding, (C,) and (B, C), any float dtype), never written out;
+    channels_last groups of at most `one_kernel_max` elements take the one-launch kernel (0: never).
+    """
+    if not x.is_contiguous() or shift_bias is not None:
+        return _group_norm_nhwc(x, num_groups, weight, bias, eps, apply_silu, shift_bias, shift_temb,
+                                one_kernel_max)
+    assert x.shape[1] % num_groups == 0
+    batch, channels = x.shape[:2]
+    hw = x[0, 0].numel()
+    n_per_group = channels // num_groups * hw
+    num_chunks = triton.cdiv(n_per_group, _CHUNK)
+    groups = batch * num_groups
+    means = torch.empty((groups, num_chunks), dtype=torch.float32, device=x.device)
+    m2s = torch.empty_like(means)
+    y = torch.empty_like(x)
+    grid = (groups, num_chunks)
+    _group_partial_kernel[grid](x, means, m2s, n_per_group, num_chunks, CHUNK=_CHUNK, BLOCK=_BLOCK)
+    _group_norm_silu_kernel[grid](x, y, weight, bias, means, m2s, n_per_group, hw, channels // num_groups,
+                                  num_groups, num_chunks, eps, APPLY_SILU=apply_silu, CHUNK=_CHUNK,
+                                  BLOCK=_BLOCK, CHUNKS_POW2=triton.next_power_of_2(num_chunks))
+    return y
+
+
+def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float, apply_silu: bool,
+                     shift_bias: Tensor | None = None, shift_temb: Tensor | None = None,
+                     one_kernel_max: int = 0) -> Tensor:
+    assert x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    batch, channels, height, width = x.shape
+    shift_mode = 0 if shift_bias is None else (1 if shift_temb is None else 2)
+    if shift_bias is not None:
+        assert shift_bias.shape == (channels,) and shift_bias.is_contiguous()
+    if shift_temb is not None:
+        # a (B, C) view of a wider (B, N) tensor is fine: the kernels index rows by stride
+        assert shift_temb.shape == (batch, channels) and shift_temb.stride(1) == 1
+    assert channels % num_groups == 0
+    hw = height * width
+    cpg = channels // num_groups
+    # Unused pointers get x: pointers of x's dtype in every call, so one compiled kernel serves all modes
+    # (Triton compiles per pointer element type).
+    bias_arg = x if shift_bias is None else shift_bias
+    temb_arg = x if shift_temb is None else shift_temb
+    temb_stride = channels if shift_temb is None else shift_temb.stride(0)
+    if hw * cpg <= one_kernel_max:
+        y = torch.empty_like(x)  # keeps channels_last
+        _nhwc_group_kernel[(batch * num_groups,)](x, bias_arg, temb_arg, temb_stride, y, weight, bias, hw,
+                                                  channels, cpg, num_groups, eps, shift_mode, int(apply_silu),
+                                                  BLOCK=_ONE_KERNEL_BLOCK, num_warps=_ONE_KERNEL_WARPS)
+        return y
+    chunks = min(_NHWC_MAX_CHUNKS, triton.cdiv(hw, _NHWC_BLOCK_HW))
+    rows_per_chunk = _NHWC_BLOCK_HW * triton.cdiv(triton.cdiv(hw, chunks), _NHWC_BLOCK_HW)
+    chunks = triton.cdiv(hw, rows_per_chunk)
+    means = torch.empty((batch, chunks, channels), dtype=torch.float32, device=x.device)
+    m2s = torch.empty_like(means)
+    stats = torch.empty((batch * num_groups, 2), dtype=torch.float32, device=x.device)
+    y = torch.empty_like(x)  # keeps channels_last
+    c_blocks = triton.cdiv(channels, _NHWC_BLOCK_C)
+    _nhwc_partial_kernel[(batch, chunks, c_blocks)](x, bias_arg, temb_arg, temb_stride, means, m2s, hw, channels,
+                                                    rows_per_chunk, chunks, shift_mode,
+                                                    BLOCK_HW=_NHWC_BLOCK_HW, BLOCK_C=_NHWC_BLOCK_C)
+    _nhwc_stats_kernel[(batch * num_groups,)](means, m2s, stats, hw, channels, cpg, num_groups, rows_per_chunk,
+                                              chunks, eps, BLOCK_J=64, BLOCK_K=16)
+    _nhwc_apply_kernel[(batch, triton.cdiv(hw, _NHWC_APPLY_HW), c_blocks)](
+        x, bias_arg, temb_arg, temb_stride, y, weight, bias, stats, hw, channels, cpg, num_groups, shift_mode,
+        APPLY_SILU=apply_silu, BLOCK_HW=_NHWC_APPLY_HW, BLOCK_C=_NHWC_BLOCK_C)
+    return y
