@@ -106,7 +106,7 @@ class FusedResnetBlock2D(nn.Module):
         _adopt(self, block, ("output_scale_factor", "norm1", "conv1", "time_emb_proj", "norm2", "conv2",
                              "conv_shortcut"))
         self.one_kernel_max = one_kernel_max
-        # (the UNet's shared time projections, this block's index) when `stack_time_projections` set it
+        # (the UNet's shared time projections, this block's index), set by fuse_modules(stack_projections=True)
         self.time_projection: tuple[SharedInputProjections, int] | None = None
 
     def _time(self, emb_act: Tensor | None) -> Tensor | None:
