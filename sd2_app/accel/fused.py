@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Callable
 from functools import cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -266,14 +268,12 @@ def fuse_modules(model: nn.Module, *, channels_last: bool = False,
         if geglu_matmul:  # (fp16/bf16 only: the kernel's inputs for tensor cores)
             geglu_matmul = (first.dtype in (torch.float16, torch.bfloat16)
                             and geglu_matmul_agrees(first.device.index or 0, first.dtype))
-    swaps: list[tuple[nn.Module, str, nn.Module]] = []
+    attentions = 0
     if stack_projections:  # first: the transformer blocks' twins below adopt these
         from sd2_app.accel.fused_attention import FusedAttention
 
-        swaps = [(parent, name, FusedAttention(child)) for parent in model.modules()
-                 for name, child in parent.named_children() if type(child) is Attention]
-        for parent, name, fused in swaps:
-            setattr(parent, name, fused)
+        attentions = replace_children(model, Attention, FusedAttention)
+    swaps: list[tuple[nn.Module, str, nn.Module]] = []
     for parent in model.modules():
         for name, child in parent.named_children():
             if type(child) is ResnetBlock2D:
@@ -289,14 +289,24 @@ def fuse_modules(model: nn.Module, *, channels_last: bool = False,
             elif type(child) is nn.GroupNorm and not isinstance(parent, (ResnetBlock2D, FusedResnetBlock2D)):
                 swaps.append((parent, name, FusedGroupNorm.adopt(child, one_kernel_max)))
     for parent, name, fused in swaps:
-        setattr(parent, name, fused)  # (the attention swaps again: a no-op)
+        setattr(parent, name, fused)
     if stack_projections:
         timed = [m for m in model.modules() if isinstance(m, FusedResnetBlock2D) and m.time_emb_proj is not None]
         if len(timed) > 1 and len({m.time_emb_proj.in_features for m in timed}) == 1:
             shared = SharedInputProjections([m.time_emb_proj for m in timed])
             for index, block in enumerate(timed):
                 block.time_projection = (shared, index)
-    logger.info("fused ops: swapped %d modules in %s", len(swaps), type(model).__name__)
+    logger.info("fused ops: swapped %d modules in %s", attentions + len(swaps), type(model).__name__)
+    return attentions + len(swaps)
+
+
+def replace_children(model: nn.Module, kind: type[nn.Module], make: Callable[[Any], nn.Module]) -> int:
+    """Replace every child module of exactly type `kind` inside `model` by `make(child)`, in place; returns
+    how many (a subclass someone already swapped in is left alone)."""
+    swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+             if type(child) is kind]
+    for parent, name, child in swaps:
+        setattr(parent, name, make(child))
     return len(swaps)
 
 

@@ -112,7 +112,8 @@ def _kernel_errors(triton_kernels, norm: nn.GroupNorm, generator: torch.Generato
             residual = torch.randn(x.shape, device=x.device, dtype=dtype, generator=generator)
             residual = residual.contiguous(memory_format=torch.channels_last)
             summed = triton_kernels.bias_residual(x, conv_bias, residual, 0.5, bias2=temb[0].contiguous())
-            eager_sum = (x.float() + (conv_bias.float() + temb[0].float())[None, :, None, None] + residual.float()) * 0.5
+            biases = (conv_bias.float() + temb[0].float())[None, :, None, None]
+            eager_sum = (x.float() + biases + residual.float()) * 0.5
             errors += [(shifted.float() - eager_shifted).abs().max(), (summed.float() - eager_sum).abs().max()]
             # the one-launch kernel of small groups, with the shift and SiLU and with neither
             whole = x[0].numel()

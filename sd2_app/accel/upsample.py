@@ -21,19 +21,22 @@ from torch import Tensor, nn
 
 from sd2_app.nn.resnet import Upsample2D
 
-# phase -> which of the 3x3 kernel's taps (along one axis) each of the 2x2 kernel's two taps sums
-_TAPS = {0: ((0,), (1, 2)), 1: ((0, 1), (2,))}
+# Per phase (along one axis), which of the 3x3 kernel's three taps each of the 2x2 kernel's two taps sums:
+# phase 0 reads inputs {i-1, i} with taps {0} and {1, 2}; phase 1 reads {i, i+1} with taps {0, 1} and {2}.
+_TAP_SUMS = ((
+    (1.0, 0.0, 0.0),
+    (0.0, 1.0, 1.0),
+), (
+    (1.0, 1.0, 0.0),
+    (0.0, 0.0, 1.0),
+))
 
 
 def phase_kernels(weight: Tensor) -> Tensor:
     """(Cout, Cin, 3, 3) -> (4 * Cout, Cin, 2, 2): the kernels of phases (a, b) in the order 2a + b."""
     w = weight.detach().to(torch.promote_types(weight.dtype, torch.float32))  # fp16 sums in fp32
-    phases = []
-    for a in (0, 1):
-        for b in (0, 1):
-            rows = [w[:, :, list(taps), :].sum(dim=2) for taps in _TAPS[a]]  # 2 x (Cout, Cin, 3)
-            phases.append(torch.stack([torch.stack([r[:, :, list(taps)].sum(dim=2) for taps in _TAPS[b]], dim=-1)
-                                       for r in rows], dim=-2))  # (Cout, Cin, 2, 2)
+    sums = torch.tensor(_TAP_SUMS, dtype=w.dtype, device=w.device)  # (phase, new tap, old tap)
+    phases = [torch.einsum("ky,oiyx,lx->oikl", sums[a], w, sums[b]) for a in (0, 1) for b in (0, 1)]
     return torch.cat(phases).to(weight.dtype)
 
 

@@ -38,8 +38,6 @@ class HalfProductVAEAttention(VAEAttention):
 
 def use_half_products(vae: torch.nn.Module) -> int:
     """Swap every VAEAttention of `vae` for HalfProductVAEAttention, in place; returns the count."""
-    swaps = [(parent, name, HalfProductVAEAttention(child)) for parent in vae.modules()
-             for name, child in parent.named_children() if type(child) is VAEAttention]
-    for parent, name, swapped in swaps:
-        setattr(parent, name, swapped)
-    return len(swaps)
+    from sd2_app.accel.fused import replace_children
+
+    return replace_children(vae, VAEAttention, HalfProductVAEAttention)
