@@ -47,6 +47,8 @@ UNET_VARIANTS: dict[str, AccelOptions] = {
     "graphs+cl+fused+geglu-mm": AccelOptions(channels_last=True, geglu_matmul=True),
     # nearest x2 then the 3x3 conv (before the sub-pixel upsampling)
     "graphs+cl+fused+nearest-up": AccelOptions(channels_last=True, subpixel_upsample=False),
+    # the skip connections concatenated before the up path's resnets (before the two-source GroupNorm)
+    "graphs+cl+fused+cat-skips": AccelOptions(channels_last=True, read_skips=False),
     "graphs+cl+fused+cudnn-attn": AccelOptions(channels_last=True),
     "graphs+cl+fused+flash-attn": AccelOptions(channels_last=True),
 }

@@ -55,13 +55,17 @@ GROUP_NORM_ONE_KERNEL_MAX = 32768
 
 
 def group_norm_silu(x: Tensor, norm: nn.GroupNorm, *, apply_silu: bool = True,
-                    one_kernel_max: int = GROUP_NORM_ONE_KERNEL_MAX) -> Tensor:
-    """silu(norm(x)) (or norm(x)): fused kernels on CUDA in either layout, the eager ops elsewhere."""
-    if _use_norm_kernel(x, norm):
+                    one_kernel_max: int = GROUP_NORM_ONE_KERNEL_MAX, concat: Tensor | None = None) -> Tensor:
+    """silu(norm(x)) (or norm(x)): fused kernels on CUDA in either layout, the eager ops elsewhere. With
+    `concat`, of cat([x, concat], dim=1) (on channels_last CUDA tensors without building it)."""
+    if _use_norm_kernel(x, norm) and (concat is None or concat.dtype == x.dtype):
         from sd2_app.accel import triton_kernels
 
         return triton_kernels.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps,
-                                              apply_silu=apply_silu, one_kernel_max=one_kernel_max)
+                                              apply_silu=apply_silu, one_kernel_max=one_kernel_max,
+                                              concat=concat)
+    if concat is not None:
+        x = torch.cat([x, concat], dim=1)
     y = F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
     return F.silu(y) if apply_silu else y
 
@@ -103,11 +107,13 @@ class FusedResnetBlock2D(nn.Module):
     sums are done in fp32 with one rounding instead of three fp16 roundings: the same math, ~1 fp16 ulp apart.
     """
 
-    def __init__(self, block: ResnetBlock2D, one_kernel_max: int = GROUP_NORM_ONE_KERNEL_MAX) -> None:
+    def __init__(self, block: ResnetBlock2D, one_kernel_max: int = GROUP_NORM_ONE_KERNEL_MAX,
+                 read_skips: bool = True) -> None:
         super().__init__()
         _adopt(self, block, ("output_scale_factor", "norm1", "conv1", "time_emb_proj", "norm2", "conv2",
                              "conv_shortcut"))
         self.one_kernel_max = one_kernel_max
+        self.read_skips = read_skips  # False: concatenate the skip connection first (the unfused way)
         # (the UNet's shared time projections, this block's index), set by fuse_modules(stack_projections=True)
         self.time_projection: tuple[SharedInputProjections, int] | None = None
 
@@ -120,10 +126,13 @@ class FusedResnetBlock2D(nn.Module):
             return shared(emb_act, index)
         return self.time_emb_proj(emb_act)
 
-    def forward(self, x: Tensor, emb_act: Tensor | None = None) -> Tensor:
-        # x: (B, Cin, H, W); emb_act: (B, time_dim) already through SiLU, or None in the VAE
+    def forward(self, x: Tensor, emb_act: Tensor | None = None, skip: Tensor | None = None) -> Tensor:
+        # x: (B, Cin, H, W), or with the up path's skip (B, Cs, H, W) the two make Cin channels together;
+        # emb_act: (B, time_dim) already through SiLU, or None in the VAE
+        if skip is not None and not self._reads_skip(x, skip):
+            x, skip = torch.cat([x, skip], dim=1), None
         if _channels_last_kernels(x, self.norm1) and self._has_biases():
-            return self._forward_channels_last(x, emb_act)
+            return self._forward_channels_last(x, emb_act, skip)
         h = self.conv1(group_norm_silu(x, self.norm1, one_kernel_max=self.one_kernel_max))
         if self.time_emb_proj is not None:
             h = h + self._time(emb_act)[:, :, None, None]
@@ -135,31 +144,50 @@ class FusedResnetBlock2D(nn.Module):
             out = out / self.output_scale_factor
         return out  # (B, Cout, H, W)
 
+    def _reads_skip(self, x: Tensor, skip: Tensor) -> bool:
+        """Whether the NHWC path can take x and the skip connection apart (a 1x1 shortcut splits in two)."""
+        return (self.read_skips and self.conv_shortcut is not None and self._has_biases()
+                and _channels_last_kernels(x, self.norm1) and _channels_last_kernels(skip, self.norm1))
+
     def _has_biases(self) -> bool:
         """The NHWC path folds the convolutions' biases into other kernels, so it needs them (SD2's have)."""
         convs = (self.conv1, self.conv2) + (() if self.conv_shortcut is None else (self.conv_shortcut,))
         return all(conv.bias is not None for conv in convs)
 
-    def _forward_channels_last(self, x: Tensor, emb_act: Tensor | None) -> Tensor:
+    def _forward_channels_last(self, x: Tensor, emb_act: Tensor | None, skip: Tensor | None = None) -> Tensor:
         from sd2_app.accel import triton_kernels
 
-        h = _conv_without_bias(self.conv1, group_norm_silu(x, self.norm1, one_kernel_max=self.one_kernel_max))
+        norm1, norm2 = self.norm1, self.norm2
+        h = triton_kernels.group_norm_silu(x, norm1.num_groups, norm1.weight, norm1.bias, norm1.eps,
+                                           one_kernel_max=self.one_kernel_max, concat=skip)
+        h = _conv_without_bias(self.conv1, h)
         if not h.is_contiguous(memory_format=torch.channels_last):  # cuDNN keeps the layout; never pay for it
             h = h.contiguous(memory_format=torch.channels_last)
         temb = self._time(emb_act)  # (B, Cout) or None
-        norm2 = self.norm2
         h = triton_kernels.group_norm_silu(h, norm2.num_groups, norm2.weight, norm2.bias, norm2.eps,
                                            shift_bias=self.conv1.bias, shift_temb=temb,
                                            one_kernel_max=self.one_kernel_max)
         h = _conv_without_bias(self.conv2, h)
         shortcut_bias = None
         if self.conv_shortcut is not None:
-            x = _conv_without_bias(self.conv_shortcut, x)
+            x = _conv_without_bias(self.conv_shortcut, x) if skip is None else self._split_shortcut(x, skip)
             shortcut_bias = self.conv_shortcut.bias
         if not x.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
         return triton_kernels.bias_residual(h, self.conv2.bias, x, 1.0 / self.output_scale_factor,
                                             bias2=shortcut_bias)
+
+    def _split_shortcut(self, x: Tensor, skip: Tensor) -> Tensor:
+        """The 1x1 shortcut conv of cat([x, skip]) without its bias, as two matmuls over channels_last
+        memory, (pixels, C) @ weight[:, C columns].T: the second accumulates onto the first (one more fp16
+        rounding, ~1 ulp), and the concatenation is never built. The weight slices are views."""
+        batch, split, height, width = x.shape
+        weight = self.conv_shortcut.weight[:, :, 0, 0]  # (Cout, Cin)
+        pixels = x.permute(0, 2, 3, 1).reshape(-1, split)  # views of channels_last memory
+        skipped = skip.permute(0, 2, 3, 1).reshape(-1, skip.shape[1])
+        out = torch.mm(pixels, weight[:, :split].t())
+        out.addmm_(skipped, weight[:, split:].t())
+        return out.view(batch, height, width, -1).permute(0, 3, 1, 2)  # (B, Cout, H, W), channels_last
 
 
 def _use_layer_norm_kernel(x: Tensor, norm: nn.LayerNorm) -> bool:
@@ -250,13 +278,14 @@ class FusedGEGLU(nn.Module):
 
 def fuse_modules(model: nn.Module, *, channels_last: bool = False,
                  one_kernel_max: int = GROUP_NORM_ONE_KERNEL_MAX, stack_projections: bool = True,
-                 geglu_matmul: bool = False, subpixel_upsample: bool = True) -> int:
+                 geglu_matmul: bool = False, subpixel_upsample: bool = True, read_skips: bool = True) -> int:
     """Swap every ResnetBlock2D / BasicTransformerBlock / GEGLU / standalone GroupNorm (and with
     `stack_projections` every Attention) inside `model` for its fused twin, in place; returns the count.
     `one_kernel_max`: see GROUP_NORM_ONE_KERNEL_MAX. `stack_projections` also makes the resnets' time
     embedding projections one shared matmul (see stacking.SharedInputProjections); `geglu_matmul` the
     GEGLU projections Triton matmuls with the gate inside (checked once on CUDA; see triton_geglu.py);
-    `subpixel_upsample` every Upsample2D four 2x2 convs on its small input (see upsample.py).
+    `subpixel_upsample` every Upsample2D four 2x2 convs on its small input (see upsample.py); `read_skips`
+    lets the up path's resnets read a skip connection without concatenating it (FusedResnetBlock2D).
 
     On CUDA the kernels of the activation layout (`channels_last`) are first checked once against the eager
     math; if they disagree nothing is swapped.
@@ -277,7 +306,7 @@ def fuse_modules(model: nn.Module, *, channels_last: bool = False,
     for parent in model.modules():
         for name, child in parent.named_children():
             if type(child) is ResnetBlock2D:
-                swaps.append((parent, name, FusedResnetBlock2D(child, one_kernel_max)))
+                swaps.append((parent, name, FusedResnetBlock2D(child, one_kernel_max, read_skips)))
             elif type(child) is GEGLU:
                 swaps.append((parent, name, FusedGEGLU(child, geglu_matmul)))
             elif type(child) is BasicTransformerBlock:

@@ -41,6 +41,9 @@ class AccelOptions:
     geglu_matmul: bool = False
     # with fused_ops: nearest x2 + 3x3 conv as four 2x2 convs on the small input (upsample.py), UNet and VAE
     subpixel_upsample: bool = True
+    # with fused_ops + channels_last: an up-path resnet reads its input and skip connection as two tensors
+    # (a two-source GroupNorm, the 1x1 shortcut as two matmuls) instead of concatenating them first
+    read_skips: bool = True
     compile: bool = False  # torch.compile of the UNet (about a minute per resolution; see compile.py)
     compile_scope: str = "unet"  # "unet": the whole network; "blocks": the repeated blocks only (regional)
     compile_mode: str | None = None  # inductor's mode; None is its default (max-autotune: many minutes)
@@ -95,7 +98,7 @@ def accelerate_unet(unet: nn.Module, options: AccelOptions) -> nn.Module | CudaG
     elif options.fused_ops and on_cuda and triton_available():
         fuse_modules(unet, channels_last=options.channels_last, one_kernel_max=options.group_norm_one_kernel_max,
                      stack_projections=options.stack_projections, geglu_matmul=options.geglu_matmul,
-                     subpixel_upsample=options.subpixel_upsample)
+                     subpixel_upsample=options.subpixel_upsample, read_skips=options.read_skips)
     if options.cuda_graphs:
         return CudaGraphUNet(unet)
     return unet

@@ -103,9 +103,27 @@ def _shift(bias_ptr, temb_ptr, temb_stride, b, cols, cmask, shift_mode, BLOCK_C:
     return shift
 
 
+@triton.jit
+def _load_nhwc(x_ptr, x2_ptr, b, pixels, cols, mask, hw, channels, split):
+    # fp32 values at (pixels x cols) of image b: of x alone (split == channels), or of the channel
+    # concatenation [x, x2] without building it (a UNet skip connection): channels below `split` from x,
+    # which has `split` per pixel, the others from x2, which has channels - split. `split` is specialised
+    # (divisible by 16), so both stay vector loads; a single source skips the second (a uniform branch).
+    # `pixels` within the image: int64 where the caller's offsets could pass 2**31 elements.
+    image = b.to(tl.int64) * hw
+    first = cols < split
+    v = tl.load(x_ptr + image * split + pixels * split + cols, mask=mask & first, other=0.0)
+    if split < channels:
+        second = channels - split
+        v2 = tl.load(x2_ptr + image * second + pixels * second + (cols - split), mask=mask & (cols >= split),
+                     other=0.0)
+        v = tl.where(first, v, v2)
+    return v.to(tl.float32)
+
+
 @triton.jit(do_not_specialize=["temb_stride", "hw", "rows_per_chunk", "num_chunks", "shift_mode"])
-def _nhwc_partial_kernel(x_ptr, bias_ptr, temb_ptr, temb_stride, mean_ptr, m2_ptr, hw, channels, rows_per_chunk,
-                         num_chunks, shift_mode, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+def _nhwc_partial_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, mean_ptr, m2_ptr, hw, channels, split,
+                         rows_per_chunk, num_chunks, shift_mode, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     # Per-channel mean and M2 over one chunk of pixels of one image: grid (B, chunks, channel blocks).
     # The statistics are those of x + shift (see `_shift`): a conv's bias and the time embedding, added here
     # instead of in two full passes over the activation (a per-channel constant: it moves the mean only).
@@ -119,15 +137,13 @@ def _nhwc_partial_kernel(x_ptr, bias_ptr, temb_ptr, temb_stride, mean_ptr, m2_pt
     first = chunk * rows_per_chunk
     end = tl.minimum(first + rows_per_chunk, hw)
     count = (end - first).to(tl.float32)
-    base = b.to(tl.int64) * hw * channels
-    pivot = tl.load(x_ptr + base + first.to(tl.int64) * channels + cols, mask=cmask, other=0.0).to(tl.float32)
+    pivot = _load_nhwc(x_ptr, x2_ptr, b, first.to(tl.int64), cols, cmask, hw, channels, split)
     sum_d = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
     sum_d2 = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
     for i in range(0, rows_per_chunk, BLOCK_HW):
         rows = first + i + tl.arange(0, BLOCK_HW)
         mask = (rows < end)[:, None] & cmask[None, :]
-        v = tl.load(x_ptr + base + rows.to(tl.int64)[:, None] * channels + cols[None, :], mask=mask,
-                    other=0.0).to(tl.float32)
+        v = _load_nhwc(x_ptr, x2_ptr, b, rows.to(tl.int64)[:, None], cols[None, :], mask, hw, channels, split)
         d = tl.where(mask, v - pivot[None, :], 0.0)
         sum_d += d
         sum_d2 += d * d
@@ -182,8 +198,8 @@ def _nhwc_stats_kernel(mean_ptr, m2_ptr, stats_ptr, hw, channels, channels_per_g
 
 
 @triton.jit(do_not_specialize=["temb_stride", "hw", "channels_per_group", "num_groups", "shift_mode"])
-def _nhwc_apply_kernel(x_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_ptr, b_ptr, stats_ptr, hw, channels,
-                       channels_per_group, num_groups, shift_mode, APPLY_SILU: tl.constexpr,
+def _nhwc_apply_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_ptr, b_ptr, stats_ptr, hw,
+                       channels, split, channels_per_group, num_groups, shift_mode, APPLY_SILU: tl.constexpr,
                        BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     # y = (x + shift - mean) / std * w + b (then SiLU) on one (pixels x channels) tile:
     # grid (B, pixel blocks, channel blocks).
@@ -199,9 +215,9 @@ def _nhwc_apply_kernel(x_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_ptr, b_p
     # (x + s - mean) * scale + bias = x * scale + (bias + (s - mean) * scale)
     s = _shift(bias_ptr, temb_ptr, temb_stride, b, cols, cmask, shift_mode, BLOCK_C)
     shift = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32) + (s - mean) * scale
-    offs = b.to(tl.int64) * hw * channels + rows.to(tl.int64)[:, None] * channels + cols[None, :]
-    v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    v = _load_nhwc(x_ptr, x2_ptr, b, rows.to(tl.int64)[:, None], cols[None, :], mask, hw, channels, split)
     y = v * scale[None, :] + shift[None, :]
+    offs = b.to(tl.int64) * hw * channels + rows.to(tl.int64)[:, None] * channels + cols[None, :]
     if APPLY_SILU:
         y = y * tl.sigmoid(y)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -219,24 +235,24 @@ def _shift_at(bias_ptr, temb_ptr, temb_stride, b, c, mask, shift_mode):
 
 
 @triton.jit
-def _group_block(x_ptr, bias_ptr, temb_ptr, temb_stride, b, base, start, n, channels, channels_per_group,
-                 first_channel, shift_mode, BLOCK: tl.constexpr):
-    # Elements start..start+BLOCK of one (image, group), numbered i = pixel * cpg + j: their offsets, channels,
-    # mask, and values x + shift in fp32 (0 where masked).
+def _group_block(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, b, hw, start, n, channels, split,
+                 channels_per_group, first_channel, shift_mode, BLOCK: tl.constexpr):
+    # Elements start..start+BLOCK of one (image, group), numbered i = pixel * cpg + j: their offsets in the
+    # output, channels, mask, and values x + shift in fp32 (0 where masked).
     i = start + tl.arange(0, BLOCK)
     mask = i < n
     pixel = i // channels_per_group
     c = first_channel + i - pixel * channels_per_group
-    offs = base + pixel * channels + c
-    v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    offs = b.to(tl.int64) * hw * channels + (pixel * channels + c)
+    v = _load_nhwc(x_ptr, x2_ptr, b, pixel, c, mask, hw, channels, split)
     v = tl.where(mask, v + _shift_at(bias_ptr, temb_ptr, temb_stride, b, c, mask, shift_mode), 0.0)
     return offs, c, mask, v
 
 
-@triton.jit(do_not_specialize=["temb_stride", "hw", "channels", "channels_per_group", "num_groups", "shift_mode",
-                               "apply_silu"])
-def _nhwc_group_kernel(x_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_ptr, b_ptr, hw, channels, channels_per_group,
-                       num_groups, eps, shift_mode, apply_silu, BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=["temb_stride", "hw", "channels", "split", "channels_per_group", "num_groups",
+                               "shift_mode", "apply_silu"])
+def _nhwc_group_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_ptr, b_ptr, hw, channels, split,
+                       channels_per_group, num_groups, eps, shift_mode, apply_silu, BLOCK: tl.constexpr):
     # The whole GroupNorm of one (image, group) in one program, for groups small enough that a handful of
     # loop iterations cover them: grid (B * G,). The group's elements are visited BLOCK at a time, three
     # times (sum, then squared deviations from the mean, then the normalised output): exact two-pass
@@ -246,25 +262,24 @@ def _nhwc_group_kernel(x_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_ptr, b_p
     b = pid // num_groups
     g = pid % num_groups
     n = hw * channels_per_group
-    base = b.to(tl.int64) * hw * channels
     first_channel = g * channels_per_group
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, n, BLOCK):
-        _, _, _, v = _group_block(x_ptr, bias_ptr, temb_ptr, temb_stride, b, base, start, n, channels,
-                                  channels_per_group, first_channel, shift_mode, BLOCK)
+        _, _, _, v = _group_block(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, b, hw, start, n, channels,
+                                  split, channels_per_group, first_channel, shift_mode, BLOCK)
         acc += v
     count = n.to(tl.float32)
     mean = tl.sum(acc, axis=0) / count
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, n, BLOCK):
-        _, _, mask, v = _group_block(x_ptr, bias_ptr, temb_ptr, temb_stride, b, base, start, n, channels,
-                                     channels_per_group, first_channel, shift_mode, BLOCK)
+        _, _, mask, v = _group_block(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, b, hw, start, n, channels,
+                                     split, channels_per_group, first_channel, shift_mode, BLOCK)
         d = tl.where(mask, v - mean, 0.0)
         acc += d * d
     rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / count + eps)
     for start in range(0, n, BLOCK):
-        offs, c, mask, v = _group_block(x_ptr, bias_ptr, temb_ptr, temb_stride, b, base, start, n, channels,
-                                        channels_per_group, first_channel, shift_mode, BLOCK)
+        offs, c, mask, v = _group_block(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, b, hw, start, n, channels,
+                                        split, channels_per_group, first_channel, shift_mode, BLOCK)
         scale = rstd * tl.load(w_ptr + c, mask=mask, other=1.0).to(tl.float32)
         y = (v - mean) * scale + tl.load(b_ptr + c, mask=mask, other=0.0).to(tl.float32)
         if apply_silu:
@@ -282,16 +297,22 @@ _ONE_KERNEL_WARPS = 32  # 8 elements per thread per iteration: the most loads in
 
 def group_norm_silu(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float,
                     *, apply_silu: bool = True, shift_bias: Tensor | None = None,
-                    shift_temb: Tensor | None = None, one_kernel_max: int = 0) -> Tensor:
+                    shift_temb: Tensor | None = None, one_kernel_max: int = 0,
+                    concat: Tensor | None = None) -> Tensor:
     """silu(group_norm(x)) for a (B, C, *spatial) tensor, contiguous or channels_last; same dtype and layout.
 
     channels_last only: x + shift_bias[c] (+ shift_temb[b, c]) is normalised instead of x, summed in fp32
     on load (a conv's bias and a time embedding, (C,) and (B, C), any float dtype), never written out;
     channels_last groups of at most `one_kernel_max` elements take the one-launch kernel (0: never).
+    With `concat` (B, C2, *spatial) of x's dtype, normalises cat([x, concat], dim=1) (C + C2 channels,
+    the weights' count): for channels_last inputs the kernels read both tensors, and the concatenation,
+    a full write and read of the activation, is never built.
     """
-    if not x.is_contiguous() or shift_bias is not None:
+    if concat is not None and not (_is_channels_last(x) and _is_channels_last(concat)):
+        x, concat = torch.cat([x, concat], dim=1), None
+    if not x.is_contiguous() or shift_bias is not None or concat is not None:
         return _group_norm_nhwc(x, num_groups, weight, bias, eps, apply_silu, shift_bias, shift_temb,
-                                one_kernel_max)
+                                one_kernel_max, concat)
     assert x.shape[1] % num_groups == 0
     batch, channels = x.shape[:2]
     hw = x[0, 0].numel()
@@ -309,11 +330,21 @@ def group_norm_silu(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, ep
     return y
 
 
+def _is_channels_last(x: Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float, apply_silu: bool,
                      shift_bias: Tensor | None = None, shift_temb: Tensor | None = None,
-                     one_kernel_max: int = 0) -> Tensor:
-    assert x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-    batch, channels, height, width = x.shape
+                     one_kernel_max: int = 0, concat: Tensor | None = None) -> Tensor:
+    assert _is_channels_last(x)
+    batch, split, height, width = x.shape
+    if concat is None:
+        channels, second = split, x  # the second source is never read: every channel is below `split`
+    else:
+        assert _is_channels_last(concat) and concat.dtype == x.dtype and concat.device == x.device
+        assert concat.shape[0] == batch and concat.shape[2:] == x.shape[2:]
+        channels, second = split + concat.shape[1], concat
     shift_mode = 0 if shift_bias is None else (1 if shift_temb is None else 2)
     if shift_bias is not None:
         assert shift_bias.shape == (channels,) and shift_bias.is_contiguous()
@@ -328,11 +359,13 @@ def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, e
     bias_arg = x if shift_bias is None else shift_bias
     temb_arg = x if shift_temb is None else shift_temb
     temb_stride = channels if shift_temb is None else shift_temb.stride(0)
+    y = torch.empty((batch, channels, height, width), dtype=x.dtype, device=x.device,
+                    memory_format=torch.channels_last)
     if hw * cpg <= one_kernel_max:
-        y = torch.empty_like(x)  # keeps channels_last
-        _nhwc_group_kernel[(batch * num_groups,)](x, bias_arg, temb_arg, temb_stride, y, weight, bias, hw,
-                                                  channels, cpg, num_groups, eps, shift_mode, int(apply_silu),
-                                                  BLOCK=_ONE_KERNEL_BLOCK, num_warps=_ONE_KERNEL_WARPS)
+        _nhwc_group_kernel[(batch * num_groups,)](x, second, bias_arg, temb_arg, temb_stride, y, weight, bias, hw,
+                                                  channels, split, cpg, num_groups, eps, shift_mode,
+                                                  int(apply_silu), BLOCK=_ONE_KERNEL_BLOCK,
+                                                  num_warps=_ONE_KERNEL_WARPS)
         return y
     chunks = min(_NHWC_MAX_CHUNKS, triton.cdiv(hw, _NHWC_BLOCK_HW))
     rows_per_chunk = _NHWC_BLOCK_HW * triton.cdiv(triton.cdiv(hw, chunks), _NHWC_BLOCK_HW)
@@ -340,14 +373,13 @@ def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, e
     means = torch.empty((batch, chunks, channels), dtype=torch.float32, device=x.device)
     m2s = torch.empty_like(means)
     stats = torch.empty((batch * num_groups, 2), dtype=torch.float32, device=x.device)
-    y = torch.empty_like(x)  # keeps channels_last
     c_blocks = triton.cdiv(channels, _NHWC_BLOCK_C)
-    _nhwc_partial_kernel[(batch, chunks, c_blocks)](x, bias_arg, temb_arg, temb_stride, means, m2s, hw, channels,
-                                                    rows_per_chunk, chunks, shift_mode,
+    _nhwc_partial_kernel[(batch, chunks, c_blocks)](x, second, bias_arg, temb_arg, temb_stride, means, m2s, hw,
+                                                    channels, split, rows_per_chunk, chunks, shift_mode,
                                                     BLOCK_HW=_NHWC_BLOCK_HW, BLOCK_C=_NHWC_BLOCK_C)
     _nhwc_stats_kernel[(batch * num_groups,)](means, m2s, stats, hw, channels, cpg, num_groups, rows_per_chunk,
                                               chunks, eps, BLOCK_J=64, BLOCK_K=16)
     _nhwc_apply_kernel[(batch, triton.cdiv(hw, _NHWC_APPLY_HW), c_blocks)](
-        x, bias_arg, temb_arg, temb_stride, y, weight, bias, stats, hw, channels, cpg, num_groups, shift_mode,
-        APPLY_SILU=apply_silu, BLOCK_HW=_NHWC_APPLY_HW, BLOCK_C=_NHWC_BLOCK_C)
+        x, second, bias_arg, temb_arg, temb_stride, y, weight, bias, stats, hw, channels, split, cpg, num_groups,
+        shift_mode, APPLY_SILU=apply_silu, BLOCK_HW=_NHWC_APPLY_HW, BLOCK_C=_NHWC_BLOCK_C)
     return y
