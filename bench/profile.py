@@ -3,7 +3,7 @@
     python -m bench.profile --ckpt /tmp/sd2-bench --out DIR [--tiny] [--steps N]
 
 Writes DIR/profile.md. Three parts:
-- phases of txt2img 512 b1 (prompt encoding with the text-encoder graph and without, the start noise, the
+- phases of txt2img 512 b1 and of the x4 128->512 upscale (prompt encoding with the text-encoder graph and without, the start noise, the
   sampling loop, the VAE decode with its NaN checks, the PNG-ready conversion on the GPU and the former
   numpy one), each between two synchronisations, median of 5. The phases add up to a little more than one
   unsynchronised image (each sync drains the queue the next phase could have overlapped with);
@@ -97,6 +97,58 @@ def phases(components: Any, request: Any, device: torch.device, reps: int) -> di
     return {name: statistics.median(values[1:]) for name, values in times.items()}
 
 
+def upscale_phases(components: Any, request: Any, device: torch.device, reps: int) -> dict[str, float]:
+    """Median ms of each x4 phase, synchronised around each, as pipelines/upscale.py runs them: where the
+    upscale's wall time goes beyond its kernels (run 5: 224 ms per image, 210 ms of GPU busy time)."""
+    from sd2_app.pipelines.images import BICUBIC, postprocess, preprocess_image
+    from sd2_app.pipelines.sampling import draw_noise, start_job
+    from sd2_app.pipelines.upscale import _tiling, augment_low_res
+    from sd2_app.pipelines.vae_io import decode, fp32, vae_factor
+
+    times: dict[str, list[float]] = {}
+
+    def add(name: str, seconds: float) -> None:
+        times.setdefault(name, []).append(seconds * 1e3)
+
+    def low_res_input() -> torch.Tensor:
+        image = preprocess_image(request.image.convert("RGB"), factor=vae_factor(components.vae), resample=BICUBIC)
+        return image.to(components.device)
+
+    tiling = _tiling(request.tile_size)
+    with torch.inference_mode():
+        for _ in range(reps + 1):  # the first round warms up and is dropped
+            image, t = _timed(low_res_input, device)
+            add("low-res image to the GPU (PIL bicubic, tensor)", t)
+            job, t = _timed(lambda: start_job(components, request), device)
+            add("tokenize + encode prompts (text-encoder graph)", t)
+
+            def inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                noise = draw_noise(tuple(image.shape), job.generator, components.device, components.dtype)
+                low_res = augment_low_res(image, noise, request.noise_level, components.low_res_scheduler_config)
+                labels = torch.full((job.rows,), request.noise_level, dtype=torch.long, device=components.device)
+                h, w = image.shape[-2:]
+                x = job.start_noise((1, components.vae.config.latent_channels, h, w))
+                return low_res.repeat(job.rows, 1, 1, 1), labels, x
+
+            (concat, labels, x), t = _timed(inputs, device)
+            add("noise augmentation + start noise", t)
+            latents, t = _timed(lambda: job.denoise(x, concat=concat, class_labels=labels, tiling=tiling), device)
+            add(f"sampling loop ({len(job.plan.schedule.sigmas) - 1} steps)", t)
+
+            def upcast_and_back() -> None:
+                with fp32(components.vae):
+                    pass
+
+            _, t = _timed(upcast_and_back, device)
+            add("  the VAE to fp32 and back alone (inside the decode below)", t)
+            pixels, t = _timed(lambda: decode(components.vae, latents, force_fp32=True, tile=tiling.tile,
+                                              overlap=tiling.overlap), device)
+            add("VAE decode in fp32 (+ NaN checks)", t)
+            _, t = _timed(lambda: postprocess(pixels), device)
+            add("to PIL (uint8 on the GPU)", t)
+    return {name: statistics.median(values[1:]) for name, values in times.items()}
+
+
 def _numpy_postprocess(images: torch.Tensor) -> np.ndarray:
     x = (images.float() / 2 + 0.5).clamp(0, 1)
     return (x.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
@@ -122,7 +174,7 @@ def kernel_table(call: Callable[[], Any], device: torch.device) -> dict[str, Any
         ms = (e.time_range.end - e.time_range.start) / 1e3
         by_kind[kind_of(e.name)] = by_kind.get(kind_of(e.name), 0.0) + ms
         by_name.setdefault(e.name, []).append(ms)
-    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:20]
+    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:30]
     return {"wall_ms": wall_ms, "busy_ms": _union_ms(spans), "kernels": len(kernels),
             "kernel_ms": sum(by_kind.values()), "by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
             "top": [(name, len(v), sum(v)) for name, v in top]}
@@ -168,6 +220,11 @@ def markdown(record: dict[str, Any]) -> str:
              "| phase | ms |", "| --- | --- |"]
     lines += [f"| {name} | {ms:.2f} |" for name, ms in record["phases"].items()]
     lines += ["", f"One unsynchronised image (the pipeline call): {record['image_ms']:.1f} ms", ""]
+    if "upscale_phases" in record:
+        lines += [f"## {record['upscale_case']} phases (ms, synchronised, median of {record['reps']})", "",
+                  "| phase | ms |", "| --- | --- |"]
+        lines += [f"| {name} | {ms:.2f} |" for name, ms in record["upscale_phases"].items()]
+        lines += ["", f"One unsynchronised image (the pipeline call): {record['upscale_ms']:.1f} ms", ""]
     for title, table in record["kernels"].items():
         lines += [f"## {title}", "",
                   f"wall {table['wall_ms']:.1f} ms (under the profiler), GPU busy {table['busy_ms']:.1f} ms, "
@@ -223,6 +280,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runner.unload(txt2img.kind)
     up = runner.call(upscale, steps)
     up()
+    record["upscale_case"] = upscale.name
+    record["upscale_ms"] = statistics.median(_timed(up, device)[1] * 1e3 for _ in range(args.reps))
+    with runner.manager.use(upscale.kind) as components:
+        record["upscale_phases"] = upscale_phases(components, make_request(upscale, steps), device, args.reps)
     record["kernels"][f"one {upscale.name} image (default path)"] = kernel_table(up, device)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "profile.md").write_text(markdown(record))

@@ -99,3 +99,6 @@ def test_profile_runs_on_tiny_models_and_reports_every_phase(tmp_path: Path) -> 
                                       "one upscale-16-64 image (default path)"}
     text = (tmp_path / "out" / "profile.md").read_text()
     assert "## txt2img-64-b1 phases" in text and "VAE decode (+ NaN checks)" in text
+    assert record["upscale_case"] == "upscale-16-64" and record["upscale_ms"] > 0
+    assert len(record["upscale_phases"]) == 7 and all(ms > 0 for ms in record["upscale_phases"].values())
+    assert "## upscale-16-64 phases" in text and "VAE decode in fp32 (+ NaN checks)" in text
