@@ -30,7 +30,7 @@ from sd2_app.testing.tiny_transformers import fill_deterministic
 
 def _tiny_unet(kind: str = "sd2-base") -> UNet:
     unet = UNet(UNetConfig.from_dict(tiny_unet_config(kind)))
-    fill_deterministic(unet, 1234)
+    unet.load_state_dict(fill_deterministic(unet, 1234))  # (it returns the values; the module is untouched)
     return unet.eval()
 
 

@@ -101,15 +101,60 @@ def test_fused_unet_restacks_on_the_next_job_after_a_move() -> None:
         resnets = [m for m in unet.modules() if isinstance(m, FusedResnetBlock2D)]
         shared = {id(m.time_projection[0]) for m in resnets}
         assert len(resnets) == 22 and len(shared) == 1  # one time projection matmul for all 22
+        crossing = [a for a in attentions if a.context_projection is not None]
+        assert len(crossing) == 16 and len({id(a.context_projection[0]) for a in crossing}) == 1
+        context_block = crossing[0].context_projection[0]
+        assert stacked_linear(context_block.linears)[0].shape == (2 * sum(a.to_k.out_features for a in crossing),
+                                                                  unet.config.cross_attention_dim)
         stacked_out = wrapped(sample, timestep, context)
         _split(unet)
         split_out = wrapped(sample, timestep, context)  # each layer's own matmul
         assert accelerator.unet(unet) is wrapped
         assert all(stacked([a.to_k.weight, a.to_v.weight]) is not None for a in attentions)
         assert stacked_linear(resnets[0].time_projection[0].linears) is not None
+        assert stacked_linear(context_block.linears) is not None
         got = wrapped(sample, timestep, context)
     for out in (stacked_out, split_out, got):
         assert (out - expected).abs().max().item() <= 1e-5
+
+
+def test_shared_context_projections_follow_a_context_changed_in_place() -> None:
+    """A CUDA graph refills its static context in place: the same tensor object with new values must not
+    get the cached keys and values of the last forward (the network's pre-hook forgets them)."""
+    from tests.test_accel import _inputs, _tiny_unet
+
+    reference, unet = _tiny_unet(), _tiny_unet()
+    sample, timestep, context = _inputs(unet)
+    with torch.inference_mode():
+        fuse_modules(unet)
+        first = unet(sample, timestep, context)
+        context.mul_(-0.5)
+        second = unet(sample, timestep, context)
+        expected = reference(sample, timestep, context)
+    assert (first - second).abs().max().item() > 1e-2  # the context matters
+    assert (second - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+
+
+def test_x4_unet_shares_the_context_projections_of_its_cross_only_blocks() -> None:
+    """The x4 UNet's attn1 of its first three levels is a cross-attention too: 32 share one matmul, and
+    the 1024-wide level's attentions (q's input as wide as the context) stack k, v with the others."""
+    from tests.test_accel import _tiny_unet
+
+    unet = _tiny_unet("x4-upscaler")
+    config = unet.config
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, config.in_channels, 8, 8, generator=g)
+    context = torch.randn(2, 77, config.cross_attention_dim, generator=g)
+    labels = torch.tensor([20, 20])
+    with torch.inference_mode():
+        expected = unet(sample, torch.full((2,), 501.0), context, class_labels=labels)
+        fuse_modules(unet)
+        got = unet(sample, torch.full((2,), 501.0), context, class_labels=labels)
+    crossing = [m for m in unet.modules() if isinstance(m, FusedAttention) and m.context_projection is not None]
+    only_cross = sum(1 for m in unet.modules() if getattr(m, "only_cross_attention", False) is True)
+    assert len(crossing) == len([m for m in unet.modules() if isinstance(m, FusedAttention)]) - (16 - only_cross)
+    assert only_cross > 0 and len({id(a.context_projection[0]) for a in crossing}) == 1
+    assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
 
 
 def test_shared_projections_run_one_matmul_per_input_tensor() -> None:

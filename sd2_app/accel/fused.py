@@ -282,7 +282,8 @@ def fuse_modules(model: nn.Module, *, channels_last: bool = False,
     """Swap every ResnetBlock2D / BasicTransformerBlock / GEGLU / standalone GroupNorm (and with
     `stack_projections` every Attention) inside `model` for its fused twin, in place; returns the count.
     `one_kernel_max`: see GROUP_NORM_ONE_KERNEL_MAX. `stack_projections` also makes the resnets' time
-    embedding projections one shared matmul (see stacking.SharedInputProjections); `geglu_matmul` the
+    embedding projections one shared matmul, and the cross-attentions' keys and values of the text context
+    another (see stacking.SharedInputProjections); `geglu_matmul` the
     GEGLU projections Triton matmuls with the gate inside (checked once on CUDA; see triton_geglu.py);
     `subpixel_upsample` every Upsample2D four 2x2 convs on its small input (see upsample.py); `read_skips`
     lets the up path's resnets read a skip connection without concatenating it (FusedResnetBlock2D).
@@ -325,8 +326,29 @@ def fuse_modules(model: nn.Module, *, channels_last: bool = False,
             shared = SharedInputProjections([m.time_emb_proj for m in timed])
             for index, block in enumerate(timed):
                 block.time_projection = (shared, index)
+        _share_context_projections(model)
     logger.info("fused ops: swapped %d modules in %s", attentions + len(swaps), type(model).__name__)
     return attentions + len(swaps)
+
+
+def _share_context_projections(model: nn.Module) -> None:
+    """Every attention that always sees the text context (each block's attn2; attn1 too where a block has
+    only cross-attention, as in the x4 UNet) gets its k and v from one shared matmul per forward. A forward
+    pre-hook on `model` makes each forward compute it afresh (see SharedInputProjections.forget)."""
+    from sd2_app.accel.fused_attention import FusedAttention
+
+    crossing = []
+    for block in model.modules():
+        if isinstance(block, FusedTransformerBlock):
+            crossing += [block.attn1] if block.only_cross_attention else []
+            crossing.append(block.attn2)
+    crossing = [a for a in crossing if isinstance(a, FusedAttention)]
+    if len(crossing) < 2 or len({a.to_k.in_features for a in crossing}) != 1:
+        return
+    shared = SharedInputProjections([linear for a in crossing for linear in (a.to_k, a.to_v)])
+    for index, attention in enumerate(crossing):
+        attention.context_projection = (shared, 2 * index)
+    model.register_forward_pre_hook(lambda module, args: shared.forget())
 
 
 def replace_children(model: nn.Module, kind: type[nn.Module], make: Callable[[Any], nn.Module]) -> int:
@@ -344,14 +366,18 @@ def restack(model: nn.Module) -> int:
     how many groups were. Called before each job: the manager moves tensors one by one."""
     from sd2_app.accel.fused_attention import FusedAttention
 
-    groups: dict[int, list[nn.Linear]] = {}
+    shared: dict[int, list[nn.Linear]] = {}  # first: an attention's own k, v are then rows of the shared block
+    own: dict[int, list[nn.Linear]] = {}
     for module in model.modules():
+        projection = None
         if isinstance(module, FusedAttention):
-            groups[id(module)] = module.packed_group()
-        elif isinstance(module, FusedResnetBlock2D) and module.time_projection is not None:
-            shared = module.time_projection[0]
-            groups[id(shared)] = shared.linears
-    split = [group for group in groups.values() if stacked_linear(group) is None]
+            own[id(module)] = module.packed_group()
+            projection = module.context_projection
+        elif isinstance(module, FusedResnetBlock2D):
+            projection = module.time_projection
+        if projection is not None:
+            shared[id(projection[0])] = projection[0].linears
+    split = [group for group in [*shared.values(), *own.values()] if stacked_linear(group) is None]
     for group in split:
         pack(group)
     return len(split)

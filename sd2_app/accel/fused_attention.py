@@ -4,7 +4,8 @@ cross-attention.
 Why: an SD2 UNet call makes 80 such projection matmuls (q, k, v of 16 self-attentions, k, v of 16
 cross-attentions); the ones of the 16x16 level and of the 77 text tokens are too small to fill an
 H100/H200, so three (or two) launches cost about what one launch of the stacked weight does: 32 instead of
-80. Stacking the weights must not copy them (a second copy of 63M parameters) nor change the state-dict
+80. The cross-attentions' k, v all project the same text context, so fuse_modules goes further and gives
+them one shared matmul per forward (`context_projection`, see stacking.SharedInputProjections): 17 in all. Stacking the weights must not copy them (a second copy of 63M parameters) nor change the state-dict
 keys: `pack` makes each Linear's weight a view into one new tensor of consecutive rows, so the keys, the
 shapes and the manager's per-tensor moves all stay as they were (see stacking.py). A move splits the views
 into separate tensors again; the module then runs one matmul per projection (the same numbers) until
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sd2_app.accel.stacking import pack, stacked_linear
+from sd2_app.accel.stacking import SharedInputProjections, pack, stacked_linear
 from sd2_app.nn.attention import Attention
 
 
@@ -31,12 +32,16 @@ class FusedAttention(Attention):
         nn.Module.__init__(self)
         self.heads, self.head_dim, self.upcast = block.heads, block.head_dim, block.upcast
         self.to_q, self.to_k, self.to_v, self.to_out = block.to_q, block.to_k, block.to_v, block.to_out
+        # (the network's shared text-context projections, the index of this attention's k; v follows), set
+        # by fuse_modules for attentions that always see the text context
+        self.context_projection: tuple[SharedInputProjections, int] | None = None
         pack(self.packed_group())
 
     def packed_group(self) -> list[nn.Linear]:
         """What `pack` stacks: q, k, v when q's input can be k's (self-attention), else k, v. The k, v rows
-        of a q, k, v block are a block too, so cross-attention finds its k, v stacked either way."""
-        if self.to_q.in_features == self.to_k.in_features:
+        of a q, k, v block are a block too, so cross-attention finds its k, v stacked either way. A known
+        cross-attention stacks k, v only (they belong to the shared context block)."""
+        if self.to_q.in_features == self.to_k.in_features and self.context_projection is None:
             return [self.to_q, self.to_k, self.to_v]
         return [self.to_k, self.to_v]
 
@@ -51,6 +56,11 @@ class FusedAttention(Attention):
                 return self._attend(q, k, v, b, n)
             context = x
         q = self.to_q(x).view(b, n, heads, hd).transpose(1, 2)
+        if self.context_projection is not None and context is not x:
+            shared, index = self.context_projection  # column views of one matmul over every block's k, v
+            k = shared(context, index).view(b, -1, heads, hd).transpose(1, 2)
+            v = shared(context, index + 1).view(b, -1, heads, hd).transpose(1, 2)
+            return self._attend(q, k, v, b, n)
         kv = stacked_linear([self.to_k, self.to_v])
         if kv is not None:
             k, v = F.linear(context, *kv).view(b, context.shape[1], 2, heads, hd).permute(2, 0, 3, 1, 4)

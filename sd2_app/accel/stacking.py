@@ -63,7 +63,8 @@ class SharedInputProjections:
     """Linear layers that are applied to the same input tensor, as one matmul per input.
 
     The UNet's resnets (22 in SD2) each project the same time embedding: one (B, 1280) x (1280, sum of
-    widths) matmul instead of 22 small ones. The first layer asked for its output computes all of them for
+    widths) matmul instead of 22 small ones; its cross-attentions (16 in SD2, 32 in the x4 UNet) each project
+    the same text context to keys and values: one (B * 77, 1024) matmul instead of 16. The first layer asked for its output computes all of them for
     that input tensor (recognised by identity: a new forward passes a new tensor); the others take their
     columns. Under CUDA-graph capture this records one matmul and views of its output.
     """
@@ -79,8 +80,18 @@ class SharedInputProjections:
         self._output: Tensor | None = None
         pack(self.linears)
 
+    def forget(self) -> None:
+        """Drop the cached input and output, so the next call computes again even for the same tensor.
+
+        For inputs that come from outside a forward (the text context): the same tensor object may hold new
+        values by then (a CUDA graph's static input is refilled in place), and a capture must record the
+        matmul rather than reuse an output from before it. Called by a forward pre-hook of the network.
+        """
+        self._input = None
+        self._output = None
+
     def __call__(self, x: Tensor, index: int) -> Tensor:
-        """linears[index](x): a (B, width) column view of the shared matmul's output (the layer's own
+        """linears[index](x): a (..., width) column view of the shared matmul's output (the layer's own
         matmul while a move has split the stacked weights)."""
         if x is not self._input:
             weights = stacked_linear(self.linears)
@@ -89,4 +100,4 @@ class SharedInputProjections:
             self._output = torch.nn.functional.linear(x, *weights)
             self._input = x
         assert self._output is not None
-        return self._output[:, self._columns[index]]
+        return self._output[..., self._columns[index]]
