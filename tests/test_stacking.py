@@ -188,3 +188,26 @@ def test_stacked_projections_match_in_fp16_on_cuda() -> None:
         got, got_cross = FusedAttention(attention)(x).float(), FusedAttention(cross)(x, context).float()
     for a, b in ((got, expected), (got_cross, expected_cross)):
         assert (a - b).abs().max().item() <= 2e-3 * b.abs().max().item()
+
+
+@pytest.mark.gpu
+def test_graph_replays_project_a_new_context_on_cuda() -> None:
+    """Captured with one text context, replayed with another: the shared k, v matmul is inside the graph and
+    reads the refilled static context (a cached projection from before the capture would keep the old one)."""
+    from sd2_app.accel.cuda_graph import CudaGraphUNet
+    from tests.test_accel import _inputs, _tiny_unet
+
+    unet = _tiny_unet("x4-upscaler").cuda().half().to(memory_format=torch.channels_last)
+    fuse_modules(unet, channels_last=True)
+    wrapped = CudaGraphUNet(unet)
+    sample, timestep, context = (t.cuda() for t in _inputs(unet))
+    sample = sample.half().contiguous(memory_format=torch.channels_last)
+    labels = torch.tensor([20, 20], device="cuda")
+    with torch.inference_mode():
+        for scale in (1.0, -0.5):  # the second call replays the graph with another context
+            got = wrapped(sample, timestep, (context * scale).half(), class_labels=labels).float()
+        expected = unet(sample, timestep, (context * -0.5).half(), class_labels=labels).float()
+        first = unet(sample, timestep, context.half(), class_labels=labels).float()
+    assert wrapped.captures == 1
+    assert (got - first).abs().max().item() > 1e-2  # the context matters
+    assert (got - expected).abs().max().item() <= 1e-2 * expected.abs().max().item()
