@@ -211,3 +211,28 @@ def test_graph_replays_project_a_new_context_on_cuda() -> None:
     assert wrapped.captures == 1
     assert (got - first).abs().max().item() > 1e-2  # the context matters
     assert (got - expected).abs().max().item() <= 1e-2 * expected.abs().max().item()
+
+
+def test_restack_is_skipped_while_the_graphs_show_the_weights_did_not_move(monkeypatch) -> None:
+    """restack walks the whole UNet (milliseconds of host time before each job's first kernel): after the
+    first job it runs only when the weights moved, which the graph wrapper's address fingerprint shows."""
+    from sd2_app.accel import AccelOptions, Accelerator, hooks
+    from tests.test_accel import _tiny_unet
+
+    unet = _tiny_unet()
+    accelerator = Accelerator(AccelOptions())
+    wrapped = accelerator.unet(unet)
+    calls: list[nn.Module] = []
+    monkeypatch.setattr(hooks, "restack", lambda model: calls.append(model) or 0)
+    assert not wrapped.weights_unchanged()  # no graph captured (CPU): every job checks
+    accelerator.unet(unet)
+    assert calls == [unet]
+    wrapped._graphs["captured"] = object()  # what a capture leaves behind, with the weights' addresses
+    wrapped._check_weights()
+    assert wrapped.weights_unchanged()
+    accelerator.unet(unet)
+    assert calls == [unet]  # skipped
+    _split(unet)  # a move
+    assert not wrapped.weights_unchanged()
+    accelerator.unet(unet)
+    assert calls == [unet, unet]

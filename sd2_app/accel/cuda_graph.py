@@ -109,6 +109,11 @@ class GraphedModule:
     def graph_count(self) -> int:
         return len(self._graphs)
 
+    def weights_unchanged(self) -> bool:
+        """True while graphs exist and the weights are where they were captured (a cheap sampled check): the
+        module was not moved since, so nothing about its tensors needs redoing before the next call."""
+        return bool(self._graphs) and self._fingerprint == tuple(t.data_ptr() for t in self._sampled)
+
     # -- what a subclass defines -----------------------------------------------------------------------
     def _static_inputs(self, args: tuple[Any, ...]) -> list[Tensor | None]:
         """Fresh device buffers shaped like one call's inputs (filled by `_load_inputs`)."""
