@@ -89,3 +89,20 @@ def test_fp16_channels_last_on_cuda_is_as_close_to_fp32_as_the_plain_module() ->
     plain_error = (plain - reference).abs().max().item() / scale
     fused_error = (fused.float() - reference).abs().max().item() / scale
     assert fused_error <= 1.5 * plain_error + 1e-3, (fused_error, plain_error)
+
+
+def test_a_half_module_converted_to_fp32_sums_its_kernels_again() -> None:
+    """The x4 VAE decodes in fp32 by converting its fp16 module: the phase kernels must then be fp32 sums of
+    the weights, not fp32 copies of fp16-rounded sums (~5e-4 relative off in every weight)."""
+    up = _upsample(16, torch.float16)
+    x = torch.randn(2, 16, 6, 5)
+    with torch.no_grad():
+        fused = SubpixelUpsample2D(up)
+        rounded = fused.phase_weight.float()
+        fused.float()  # what vae_io.fp32 does for one decode
+        expected = up.float()(x)  # the fp16 weights, exactly, in fp32
+        got = fused(x)
+        assert not torch.equal(fused.phase_weight, rounded)  # summed again from the fp32 weights
+        assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+        fused.half()  # and back: the fp16 sums again, rounded once from fp32 sums
+        assert torch.equal(fused._phase_weight(), rounded.half())

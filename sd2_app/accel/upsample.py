@@ -10,7 +10,9 @@ are ~8% of a call's FLOPs; the VAE decoder's about 29% of its convolution work (
 128x128 and 256x256, 256 channels at 512x512: 348 of ~1200 GMAC).
 
 The summed kernels are kept as a buffer (not in the state dict; the manager moves it with the module):
-16/9 of the conv's weight. Sums are taken in fp32 and rounded once to the weights' dtype.
+16/9 of the conv's weight. Sums are taken in fp32 and rounded once to the weights' dtype, and taken again
+when the weights' dtype changes: a half-precision module converted to fp32 for one decode (the x4 VAE, the
+fp32 retry) would otherwise convolve with fp32 copies of fp16-rounded sums, ~5e-4 off in every weight.
 """
 
 from __future__ import annotations
@@ -47,13 +49,22 @@ class SubpixelUpsample2D(Upsample2D):
         nn.Module.__init__(self)
         self.conv = block.conv
         self.register_buffer("phase_weight", phase_kernels(block.conv.weight), persistent=False)
+        self._summed_from = block.conv.weight.dtype  # a plain attribute: module.to(dtype) leaves it alone
+
+    def _phase_weight(self) -> Tensor:
+        """The summed kernels for the conv's current weights: summed again (once) after a dtype change."""
+        weight = self.conv.weight
+        if weight.dtype != self._summed_from:
+            self.phase_weight = phase_kernels(weight)
+            self._summed_from = weight.dtype
+        return self.phase_weight
 
     def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         batch, _, height, width = x.shape
         if (size is not None and tuple(size) != (2 * height, 2 * width)) or self.conv.groups != 1:
             return super().forward(x, size)
         channels = self.conv.out_channels
-        phases = F.conv2d(x, self.phase_weight, None, padding=1)  # (B, 4C, H+1, W+1), phase p = 2a + b
+        phases = F.conv2d(x, self._phase_weight(), None, padding=1)  # (B, 4C, H+1, W+1), phase p = 2a + b
         s_batch, s_channel, s_row, s_col = phases.stride()
         # (B, i, a, j, b, c) -> phases[B, (2a + b) * C + c, i + a, j + b]: a strided view, no copy
         source = phases.as_strided((batch, height, 2, width, 2, channels),
