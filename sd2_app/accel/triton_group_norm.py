@@ -5,7 +5,9 @@ Why: after CUDA graphs remove launch overhead, GroupNorm then SiLU is memory-bou
 read and write of the activation, which matters most in the VAE decoder, whose 512x512x128 activations are
 64 MB each in fp16. In a resnet block the NHWC kernels also take conv1's bias and the time embedding as a
 per-(image, channel) shift (PyTorch adds a cuDNN convolution's bias in a separate broadcast kernel: a
-profile of a 768 image on an H200 showed 88 such adds per UNet call, 6% of its time).
+profile of a 768 image on an H200 showed 88 such adds per UNet call, 6% of its time). They can also read
+their input as the channel concatenation of two tensors (an up-path resnet's input and skip connection),
+so the concatenation is never written.
 
 All arithmetic is fp32 (inputs are upcast on load), as PyTorch's own GroupNorm kernel does for fp16.
 Statistics use a two-level reduction: each program computes the mean and M2 of one chunk of a group, and
