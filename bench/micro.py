@@ -49,6 +49,8 @@ UNET_VARIANTS: dict[str, AccelOptions] = {
     "graphs+cl+fused+nearest-up": AccelOptions(channels_last=True, subpixel_upsample=False),
     # the skip connections concatenated before the up path's resnets (before the two-source GroupNorm)
     "graphs+cl+fused+cat-skips": AccelOptions(channels_last=True, read_skips=False),
+    # each Transformer2D's residual as a separate add after proj_out (before it went into proj_out's matmul)
+    "graphs+cl+fused+sep-residual": AccelOptions(channels_last=True, residual_in_proj_out=False),
     "graphs+cl+fused+cudnn-attn": AccelOptions(channels_last=True),
     "graphs+cl+fused+flash-attn": AccelOptions(channels_last=True),
 }

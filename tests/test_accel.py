@@ -159,8 +159,8 @@ def test_fuse_modules_keeps_keys_and_output_of_a_unet() -> None:
         swapped = fuse_modules(unet)
         got = unet(sample, timestep, context)
     resnets = 2 * 4 + 2 + 3 * 4  # down, mid, up
-    transformers = 2 * 3 + 1 + 3 * 3  # each: its GEGLU, its GroupNorm and its transformer block
-    assert swapped == resnets + (3 + 2) * transformers + 1 + 3  # + two attentions each, conv_norm_out, upsamplers
+    transformers = 2 * 3 + 1 + 3 * 3  # each: its GEGLU, GroupNorm, transformer block and the Transformer2D
+    assert swapped == resnets + (4 + 2) * transformers + 1 + 3  # + two attentions each, conv_norm_out, upsamplers
     assert sum(type(m) is nn.GroupNorm for m in unet.modules()) == 2 * resnets  # the resnets fuse their own
     assert sum(type(m) is FusedTransformerBlock for m in unet.modules()) == transformers
     assert list(unet.state_dict()) == keys
@@ -313,6 +313,14 @@ _INTERPRETED_KERNELS = textwrap.dedent("""
         assert got.is_contiguous(memory_format=torch.channels_last) and got.shape == (batch, c1 + c2, h, w_)
         ref = F.silu(F.group_norm(torch.cat([x, skip], dim=1).contiguous(), groups, w, b, 1e-6))
         worst = max(worst, (got - ref).abs().max().item())
+    # the norm with the biased input as a second output (a Transformer2D's residual for proj_out's addmm)
+    for shape, groups, one in [((2, 160, 9, 7), 32, 0), ((2, 160, 6, 5), 32, 10**9), ((1, 4, 70, 70), 2, 10**9)]:
+        x = (torch.randn(shape, generator=g) * 2 + 5).to(memory_format=torch.channels_last)
+        w, b, sb = (torch.randn(shape[1], generator=g) for _ in range(3))
+        y, z = k.group_norm_and_biased_input(x, groups, w, b, 1e-6, sb, one_kernel_max=one)
+        assert y.is_contiguous(memory_format=torch.channels_last) and z.is_contiguous(memory_format=torch.channels_last)
+        worst = max(worst, (y - F.group_norm(x.contiguous(), groups, w, b, 1e-6)).abs().max().item(),
+                    (z - (x + sb[None, :, None, None])).abs().max().item())
     for shape in [(2, 8, 40, 40), (3, 7, 5, 5)]:
         for two in (False, True):
             a, r = (torch.randn(shape, generator=g).to(memory_format=torch.channels_last) for _ in range(2))
@@ -352,6 +360,23 @@ _INTERPRETED_KERNELS = textwrap.dedent("""
     with torch.no_grad():
         got, ref = FusedTransformerBlock(block)._forward_fused(x, context), block(x, context)
     worst = max(worst, ((got - ref).abs().max() / ref.abs().max()).item())
+    # a whole Transformer2D: the residual inside proj_out's matmul (16x12 tokens: the three-kernel norm;
+    # 4x3: the one-kernel norm)
+    from sd2_app.accel.fused import fuse_modules
+    from sd2_app.nn.attention import Transformer2D
+    for size in ((16, 12), (4, 3)):
+        t2d = Transformer2D(64, 2, 48).eval()
+        for param in t2d.parameters():
+            param.data.normal_(0.0, 0.2, generator=g)
+        x = torch.randn(2, 64, *size, generator=g).to(memory_format=torch.channels_last)
+        context = torch.randn(2, 5, 48, generator=g)
+        with torch.no_grad():
+            ref = t2d(x, context)
+            holder = torch.nn.Sequential(t2d)
+            fuse_modules(holder)
+            got = holder[0]._forward_fused(x, context)
+        assert type(holder[0]).__name__ == "FusedTransformer2D" and got.is_contiguous(memory_format=torch.channels_last)
+        worst = max(worst, ((got - ref).abs().max() / ref.abs().max()).item())
     # whole resnet blocks (UNet with a time embedding and a shortcut conv; VAE without either)
     from sd2_app.accel.fused import FusedResnetBlock2D
     from sd2_app.nn.resnet import ResnetBlock2D
@@ -451,6 +476,35 @@ def test_channels_last_resnet_block_matches_eager_on_cuda(cin: int, cout: int, t
         x16, emb16, skip16 = cuda(x, True), cuda(emb, True), cuda(skip, True)
         plain = block(x16, emb16, skip16).float()
         fused = FusedResnetBlock2D(block, one_kernel_max)(x16, emb16, skip16)
+    assert fused.is_contiguous(memory_format=torch.channels_last) and fused.dtype == torch.float16
+    scale = reference.abs().max().item()
+    plain_error = (plain - reference).abs().max().item() / scale
+    fused_error = (fused.float() - reference).abs().max().item() / scale
+    assert fused_error <= 1.5 * plain_error + 1e-3, (fused_error, plain_error)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("size", [64, 16])  # 320 channels: the three-kernel norm at 64x64, one kernel at 16x16
+def test_transformer2d_with_the_residual_in_proj_out_matches_eager_on_cuda(size: int) -> None:
+    """FusedTransformer2D (norm writing the biased residual, proj_out as addmm_ onto it) vs the plain block,
+    both fp16, against fp32: no further from it than the plain fp16 block is (plus fp16 rounding)."""
+    pytest.importorskip("triton")
+    from sd2_app.nn.attention import Transformer2D
+
+    g = torch.Generator().manual_seed(6)
+    block = Transformer2D(320, 5, 1024).eval()
+    for param in block.parameters():
+        param.data.normal_(0.0, 0.05, generator=g)
+    x, context = torch.randn(2, 320, size, size, generator=g), torch.randn(2, 77, 1024, generator=g)
+    with torch.no_grad():
+        reference = block.cuda()(x.cuda(), context.cuda())
+        block = block.half().to(memory_format=torch.channels_last)
+        x16, context16 = x.cuda().half().to(memory_format=torch.channels_last), context.cuda().half()
+        plain = block(x16, context16).float()
+        holder = nn.Sequential(block)
+        fuse_modules(holder, channels_last=True)
+        fused = holder[0](x16, context16)
+    assert type(holder[0]).__name__ == "FusedTransformer2D"
     assert fused.is_contiguous(memory_format=torch.channels_last) and fused.dtype == torch.float16
     scale = reference.abs().max().item()
     plain_error = (plain - reference).abs().max().item() / scale

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from sd2_app.accel.kernel_checks import geglu_matmul_agrees, kernels_agree
 from sd2_app.accel.stacking import SharedInputProjections, pack, stacked_linear
-from sd2_app.nn.attention import GEGLU, Attention, BasicTransformerBlock
+from sd2_app.nn.attention import GEGLU, Attention, BasicTransformerBlock, Transformer2D
 from sd2_app.nn.resnet import ResnetBlock2D, Upsample2D
 
 logger = logging.getLogger(__name__)
@@ -87,8 +87,8 @@ def _adopt(fused: nn.Module, block: nn.Module, names: tuple[str, ...]) -> None:
         setattr(fused, name, getattr(block, name))
 
 
-def _channels_last_kernels(x: Tensor, norm: nn.GroupNorm) -> bool:
-    """The resnet's NHWC fast path: channels_last CUDA activations the NHWC kernels take."""
+def channels_last_kernels(x: Tensor, norm: nn.GroupNorm) -> bool:
+    """The NHWC fast paths (resnets, Transformer2D): channels_last CUDA activations the NHWC kernels take."""
     return (x.is_cuda and x.dim() == 4 and not x.is_contiguous()
             and x.is_contiguous(memory_format=torch.channels_last) and triton_available() and norm.affine
             and x.dtype == norm.weight.dtype)
@@ -131,7 +131,7 @@ class FusedResnetBlock2D(nn.Module):
         # emb_act: (B, time_dim) already through SiLU, or None in the VAE
         if skip is not None and not self._reads_skip(x, skip):
             x, skip = torch.cat([x, skip], dim=1), None
-        if _channels_last_kernels(x, self.norm1) and self._has_biases():
+        if channels_last_kernels(x, self.norm1) and self._has_biases():
             return self._forward_channels_last(x, emb_act, skip)
         h = self.conv1(group_norm_silu(x, self.norm1, one_kernel_max=self.one_kernel_max))
         if self.time_emb_proj is not None:
@@ -147,7 +147,7 @@ class FusedResnetBlock2D(nn.Module):
     def _reads_skip(self, x: Tensor, skip: Tensor) -> bool:
         """Whether the NHWC path can take x and the skip connection apart (a 1x1 shortcut splits in two)."""
         return (self.read_skips and self.conv_shortcut is not None and self._has_biases()
-                and _channels_last_kernels(x, self.norm1) and _channels_last_kernels(skip, self.norm1))
+                and channels_last_kernels(x, self.norm1) and channels_last_kernels(skip, self.norm1))
 
     def _has_biases(self) -> bool:
         """The NHWC path folds the convolutions' biases into other kernels, so it needs them (SD2's have)."""
@@ -278,7 +278,8 @@ class FusedGEGLU(nn.Module):
 
 def fuse_modules(model: nn.Module, *, channels_last: bool = False,
                  one_kernel_max: int = GROUP_NORM_ONE_KERNEL_MAX, stack_projections: bool = True,
-                 geglu_matmul: bool = False, subpixel_upsample: bool = True, read_skips: bool = True) -> int:
+                 geglu_matmul: bool = False, subpixel_upsample: bool = True, read_skips: bool = True,
+                 residual_in_proj_out: bool = True) -> int:
     """Swap every ResnetBlock2D / BasicTransformerBlock / GEGLU / standalone GroupNorm (and with
     `stack_projections` every Attention) inside `model` for its fused twin, in place; returns the count.
     `one_kernel_max`: see GROUP_NORM_ONE_KERNEL_MAX. `stack_projections` also makes the resnets' time
@@ -286,7 +287,9 @@ def fuse_modules(model: nn.Module, *, channels_last: bool = False,
     another (see stacking.SharedInputProjections); `geglu_matmul` the
     GEGLU projections Triton matmuls with the gate inside (checked once on CUDA; see triton_geglu.py);
     `subpixel_upsample` every Upsample2D four 2x2 convs on its small input (see upsample.py); `read_skips`
-    lets the up path's resnets read a skip connection without concatenating it (FusedResnetBlock2D).
+    lets the up path's resnets read a skip connection without concatenating it (FusedResnetBlock2D);
+    `residual_in_proj_out` puts each Transformer2D's residual add into its proj_out matmul
+    (fused_transformer2d.py).
 
     On CUDA the kernels of the activation layout (`channels_last`) are first checked once against the eager
     math; if they disagree nothing is swapped.
@@ -298,11 +301,11 @@ def fuse_modules(model: nn.Module, *, channels_last: bool = False,
         if geglu_matmul:  # (fp16/bf16 only: the kernel's inputs for tensor cores)
             geglu_matmul = (first.dtype in (torch.float16, torch.bfloat16)
                             and geglu_matmul_agrees(first.device.index or 0, first.dtype))
-    attentions = 0
+    replaced = 0  # by replace_children: the attentions first, the Transformer2Ds last
     if stack_projections:  # first: the transformer blocks' twins below adopt these
         from sd2_app.accel.fused_attention import FusedAttention
 
-        attentions = replace_children(model, Attention, FusedAttention)
+        replaced = replace_children(model, Attention, FusedAttention)
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
     for parent in model.modules():
         for name, child in parent.named_children():
@@ -320,6 +323,10 @@ def fuse_modules(model: nn.Module, *, channels_last: bool = False,
                 swaps.append((parent, name, FusedGroupNorm.adopt(child, one_kernel_max)))
     for parent, name, fused in swaps:
         setattr(parent, name, fused)
+    if residual_in_proj_out:  # after the swaps above: it adopts the fused norm and transformer blocks
+        from sd2_app.accel.fused_transformer2d import FusedTransformer2D
+
+        replaced += replace_children(model, Transformer2D, FusedTransformer2D)
     if stack_projections:
         timed = [m for m in model.modules() if isinstance(m, FusedResnetBlock2D) and m.time_emb_proj is not None]
         if len(timed) > 1 and len({m.time_emb_proj.in_features for m in timed}) == 1:
@@ -327,8 +334,8 @@ def fuse_modules(model: nn.Module, *, channels_last: bool = False,
             for index, block in enumerate(timed):
                 block.time_projection = (shared, index)
         _share_context_projections(model)
-    logger.info("fused ops: swapped %d modules in %s", attentions + len(swaps), type(model).__name__)
-    return attentions + len(swaps)
+    logger.info("fused ops: swapped %d modules in %s", replaced + len(swaps), type(model).__name__)
+    return replaced + len(swaps)
 
 
 def _share_context_projections(model: nn.Module) -> None:

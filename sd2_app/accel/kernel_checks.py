@@ -79,8 +79,8 @@ def kernels_agree(device_index: int, dtype: torch.dtype, channels_last: bool = F
 def _kernel_errors(triton_kernels, norm: nn.GroupNorm, generator: torch.Generator, x: Tensor,
                    dtype: torch.dtype) -> tuple[Tensor, ...]:
     """Max abs differences of the kernels from the fp32 eager math on random inputs (for channels_last x
-    also the resnet's shifted GroupNorm, its bias + residual kernel, the one-launch GroupNorm and the
-    GroupNorm of a concatenation read from its two parts)."""
+    also the resnet's shifted GroupNorm, its bias + residual kernel, the one-launch GroupNorm, the
+    GroupNorm of a concatenation read from its two parts and the one that also writes its biased input)."""
     with torch.no_grad():
         norm.weight.normal_(generator=generator)
         norm.bias.normal_(generator=generator)
@@ -123,10 +123,14 @@ def _kernel_errors(triton_kernels, norm: nn.GroupNorm, generator: torch.Generato
             one_plain = triton_kernels.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps,
                                                        apply_silu=False, one_kernel_max=whole)
             errors += [(one_shifted.float() - eager_shifted).abs().max(), (one_plain.float() - eager_norm).abs().max()]
-            # the up path's norm of cat([x, skip]) read from two tensors, both kernel paths
+            # the up path's norm of cat([x, skip]) read from two tensors, and the norm that also writes the
+            # biased input (a Transformer2D's), both kernel paths
             head, tail = (part.contiguous(memory_format=torch.channels_last) for part in x.split(channels // 2, 1))
             for limit in (0, whole):
                 two = triton_kernels.group_norm_silu(head, norm.num_groups, norm.weight, norm.bias, norm.eps,
                                                      apply_silu=False, one_kernel_max=limit, concat=tail)
-                errors.append((two.float() - eager_norm).abs().max())
+                normed, biased = triton_kernels.group_norm_and_biased_input(
+                    x, norm.num_groups, norm.weight, norm.bias, norm.eps, conv_bias, one_kernel_max=limit)
+                errors += [(two.float() - eager_norm).abs().max(), (normed.float() - eager_norm).abs().max(),
+                           (biased.float() - (x.float() + conv_bias.float()[None, :, None, None])).abs().max()]
     return tuple(errors)

@@ -44,6 +44,9 @@ class AccelOptions:
     # with fused_ops + channels_last: an up-path resnet reads its input and skip connection as two tensors
     # (a two-source GroupNorm, the 1x1 shortcut as two matmuls) instead of concatenating them first
     read_skips: bool = True
+    # with fused_ops + channels_last: each Transformer2D's residual add inside its proj_out matmul (the norm's
+    # kernel writes the residual plus proj_out's bias; see fused_transformer2d.py)
+    residual_in_proj_out: bool = True
     compile: bool = False  # torch.compile of the UNet (about a minute per resolution; see compile.py)
     compile_scope: str = "unet"  # "unet": the whole network; "blocks": the repeated blocks only (regional)
     compile_mode: str | None = None  # inductor's mode; None is its default (max-autotune: many minutes)
@@ -98,7 +101,8 @@ def accelerate_unet(unet: nn.Module, options: AccelOptions) -> nn.Module | CudaG
     elif options.fused_ops and on_cuda and triton_available():
         fuse_modules(unet, channels_last=options.channels_last, one_kernel_max=options.group_norm_one_kernel_max,
                      stack_projections=options.stack_projections, geglu_matmul=options.geglu_matmul,
-                     subpixel_upsample=options.subpixel_upsample, read_skips=options.read_skips)
+                     subpixel_upsample=options.subpixel_upsample, read_skips=options.read_skips,
+                     residual_in_proj_out=options.residual_in_proj_out)
     if options.cuda_graphs:
         return CudaGraphUNet(unet)
     return unet

@@ -199,11 +199,12 @@ def _nhwc_stats_kernel(mean_ptr, m2_ptr, stats_ptr, hw, channels, channels_per_g
     tl.store(stats_ptr + pid * 2 + 1, 1.0 / tl.sqrt(m2 / n + eps))
 
 
-@triton.jit(do_not_specialize=["temb_stride", "hw", "channels_per_group", "num_groups", "shift_mode"])
-def _nhwc_apply_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_ptr, b_ptr, stats_ptr, hw,
-                       channels, split, channels_per_group, num_groups, shift_mode, APPLY_SILU: tl.constexpr,
-                       BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
-    # y = (x + shift - mean) / std * w + b (then SiLU) on one (pixels x channels) tile:
+@triton.jit(do_not_specialize=["temb_stride", "hw", "channels_per_group", "num_groups", "shift_mode", "has_sum"])
+def _nhwc_apply_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_ptr, b_ptr, stats_ptr, z_ptr,
+                       zb_ptr, hw, channels, split, channels_per_group, num_groups, shift_mode, has_sum,
+                       APPLY_SILU: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    # y = (x + shift - mean) / std * w + b (then SiLU) on one (pixels x channels) tile, and with has_sum
+    # also z = x + shift + zb[c] (the input plus a Linear's bias, see `group_norm_and_biased_input`):
     # grid (B, pixel blocks, channel blocks).
     b = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
@@ -220,6 +221,9 @@ def _nhwc_apply_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_
     v = _load_nhwc(x_ptr, x2_ptr, b, rows.to(tl.int64)[:, None], cols[None, :], mask, hw, channels, split)
     y = v * scale[None, :] + shift[None, :]
     offs = b.to(tl.int64) * hw * channels + rows.to(tl.int64)[:, None] * channels + cols[None, :]
+    if has_sum > 0:
+        z = v + (s + tl.load(zb_ptr + cols, mask=cmask, other=0.0).to(tl.float32))[None, :]
+        tl.store(z_ptr + offs, z.to(z_ptr.dtype.element_ty), mask=mask)
     if APPLY_SILU:
         y = y * tl.sigmoid(y)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -240,21 +244,23 @@ def _shift_at(bias_ptr, temb_ptr, temb_stride, b, c, mask, shift_mode):
 def _group_block(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, b, hw, start, n, channels, split,
                  channels_per_group, first_channel, shift_mode, BLOCK: tl.constexpr):
     # Elements start..start+BLOCK of one (image, group), numbered i = pixel * cpg + j: their offsets in the
-    # output, channels, mask, and values x + shift in fp32 (0 where masked).
+    # output within the image (32 bits: a group this small is in a small image), channels, mask, and values
+    # x + shift in fp32 (0 where masked).
     i = start + tl.arange(0, BLOCK)
     mask = i < n
     pixel = i // channels_per_group
     c = first_channel + i - pixel * channels_per_group
-    offs = b.to(tl.int64) * hw * channels + (pixel * channels + c)
+    offs = pixel * channels + c
     v = _load_nhwc(x_ptr, x2_ptr, b, pixel, c, mask, hw, channels, split)
     v = tl.where(mask, v + _shift_at(bias_ptr, temb_ptr, temb_stride, b, c, mask, shift_mode), 0.0)
     return offs, c, mask, v
 
 
 @triton.jit(do_not_specialize=["temb_stride", "hw", "channels", "split", "channels_per_group", "num_groups",
-                               "shift_mode", "apply_silu"])
-def _nhwc_group_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_ptr, b_ptr, hw, channels, split,
-                       channels_per_group, num_groups, eps, shift_mode, apply_silu, BLOCK: tl.constexpr):
+                               "shift_mode", "apply_silu", "has_sum"])
+def _nhwc_group_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_ptr, b_ptr, z_ptr, zb_ptr, hw,
+                       channels, split, channels_per_group, num_groups, eps, shift_mode, apply_silu, has_sum,
+                       BLOCK: tl.constexpr):
     # The whole GroupNorm of one (image, group) in one program, for groups small enough that a handful of
     # loop iterations cover them: grid (B * G,). The group's elements are visited BLOCK at a time, three
     # times (sum, then squared deviations from the mean, then the normalised output): exact two-pass
@@ -279,6 +285,8 @@ def _nhwc_group_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_
         d = tl.where(mask, v - mean, 0.0)
         acc += d * d
     rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / count + eps)
+    image = b.to(tl.int64) * hw * channels
+    y_image, z_image = y_ptr + image, z_ptr + image
     for start in range(0, n, BLOCK):
         offs, c, mask, v = _group_block(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, b, hw, start, n, channels,
                                         split, channels_per_group, first_channel, shift_mode, BLOCK)
@@ -286,7 +294,10 @@ def _nhwc_group_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_
         y = (v - mean) * scale + tl.load(b_ptr + c, mask=mask, other=0.0).to(tl.float32)
         if apply_silu:
             y = y * tl.sigmoid(y)
-        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_image + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+        if has_sum > 0:
+            z = v + tl.load(zb_ptr + c, mask=mask, other=0.0).to(tl.float32)
+            tl.store(z_image + offs, z.to(z_ptr.dtype.element_ty), mask=mask)
 
 
 _NHWC_BLOCK_HW = 32  # pixels per tile row block (statistics)
@@ -314,7 +325,7 @@ def group_norm_silu(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, ep
         x, concat = torch.cat([x, concat], dim=1), None
     if not x.is_contiguous() or shift_bias is not None or concat is not None:
         return _group_norm_nhwc(x, num_groups, weight, bias, eps, apply_silu, shift_bias, shift_temb,
-                                one_kernel_max, concat)
+                                one_kernel_max, concat)[0]
     assert x.shape[1] % num_groups == 0
     batch, channels = x.shape[:2]
     hw = x[0, 0].numel()
@@ -332,13 +343,30 @@ def group_norm_silu(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, ep
     return y
 
 
+def group_norm_and_biased_input(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float,
+                                sum_bias: Tensor, *, apply_silu: bool = False,
+                                one_kernel_max: int = 0) -> tuple[Tensor, Tensor]:
+    """(group_norm(x) (then SiLU), x + sum_bias[c]) for a channels_last (B, C, H, W) tensor, in one pass.
+
+    The second output is the residual stream with the next Linear's bias already in it, so that Linear can
+    run as a matmul accumulating onto it (`addmm`): a Transformer2D's proj_out and its residual add in one
+    kernel, instead of a matmul with a bias and a separate add that reads both tensors again.
+    """
+    assert _is_channels_last(x) and sum_bias.shape == (x.shape[1],) and sum_bias.is_contiguous()
+    y, z = _group_norm_nhwc(x, num_groups, weight, bias, eps, apply_silu, one_kernel_max=one_kernel_max,
+                            sum_bias=sum_bias)
+    assert z is not None
+    return y, z
+
+
 def _is_channels_last(x: Tensor) -> bool:
     return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float, apply_silu: bool,
                      shift_bias: Tensor | None = None, shift_temb: Tensor | None = None,
-                     one_kernel_max: int = 0, concat: Tensor | None = None) -> Tensor:
+                     one_kernel_max: int = 0, concat: Tensor | None = None,
+                     sum_bias: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     assert _is_channels_last(x)
     batch, split, height, width = x.shape
     if concat is None:
@@ -363,12 +391,15 @@ def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, e
     temb_stride = channels if shift_temb is None else shift_temb.stride(0)
     y = torch.empty((batch, channels, height, width), dtype=x.dtype, device=x.device,
                     memory_format=torch.channels_last)
+    # the biased input (unused: y and the norm's bias stand in, pointers of the same types and alignment)
+    z = None if sum_bias is None else torch.empty_like(y)
+    z_arg, zb_arg, has_sum = (y, bias, 0) if z is None else (z, sum_bias, 1)
     if hw * cpg <= one_kernel_max:
-        _nhwc_group_kernel[(batch * num_groups,)](x, second, bias_arg, temb_arg, temb_stride, y, weight, bias, hw,
-                                                  channels, split, cpg, num_groups, eps, shift_mode,
-                                                  int(apply_silu), BLOCK=_ONE_KERNEL_BLOCK,
+        _nhwc_group_kernel[(batch * num_groups,)](x, second, bias_arg, temb_arg, temb_stride, y, weight, bias, z_arg,
+                                                  zb_arg, hw, channels, split, cpg, num_groups, eps, shift_mode,
+                                                  int(apply_silu), has_sum, BLOCK=_ONE_KERNEL_BLOCK,
                                                   num_warps=_ONE_KERNEL_WARPS)
-        return y
+        return y, z
     chunks = min(_NHWC_MAX_CHUNKS, triton.cdiv(hw, _NHWC_BLOCK_HW))
     rows_per_chunk = _NHWC_BLOCK_HW * triton.cdiv(triton.cdiv(hw, chunks), _NHWC_BLOCK_HW)
     chunks = triton.cdiv(hw, rows_per_chunk)
@@ -382,6 +413,6 @@ def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, e
     _nhwc_stats_kernel[(batch * num_groups,)](means, m2s, stats, hw, channels, cpg, num_groups, rows_per_chunk,
                                               chunks, eps, BLOCK_J=64, BLOCK_K=16)
     _nhwc_apply_kernel[(batch, triton.cdiv(hw, _NHWC_APPLY_HW), c_blocks)](
-        x, second, bias_arg, temb_arg, temb_stride, y, weight, bias, stats, hw, channels, split, cpg, num_groups,
-        shift_mode, APPLY_SILU=apply_silu, BLOCK_HW=_NHWC_APPLY_HW, BLOCK_C=_NHWC_BLOCK_C)
-    return y
+        x, second, bias_arg, temb_arg, temb_stride, y, weight, bias, stats, z_arg, zb_arg, hw, channels, split, cpg,
+        num_groups, shift_mode, has_sum, APPLY_SILU=apply_silu, BLOCK_HW=_NHWC_APPLY_HW, BLOCK_C=_NHWC_BLOCK_C)
+    return y, z
