@@ -3,9 +3,11 @@
 # eager, and the swaps; its first case is the cold "model loaded -> first image", so it runs before anything
 # fills Triton's kernel cache), micro (every switch combination, or MICRO_VARIANTS, on one UNet call and one
 # VAE decode), profile (phases and kernels of one default-path image, bench/profile.py), compiled
-# (txt2img COMPILED_SIZE b1, default 512: our --compile path vs diffusers + torch.compile), tests (the GPU
-# tests). Every step is bounded by the budget (BENCH_BUDGET_S from the start of this script) so results land in $OUT before the
-# lease's limit, and writes as it goes, so a step cut short still leaves its numbers.
+# (txt2img COMPILED_SIZE b1, default 512: our --compile path vs diffusers + torch.compile; with
+# COMPILED_VARIANTS=ours-compiled,ours against our default path only, skipping diffusers' ~4-minute compile at
+# 768), tests (the GPU tests). Every step is bounded by the budget (BENCH_BUDGET_S from the start of this
+# script) so results land in $OUT before the lease's limit, and writes as it goes, so a step cut short still
+# leaves its numbers.
 # Files in $OUT (the device tool returns at most 8): env.txt, log.txt (every step's log), micro.json,
 # micro.md, results.json, results.md, profile.md, compiled.json, compiled.md, tests.txt: pick STEPS so that
 # at most 8 are written.
@@ -65,7 +67,8 @@ if has compiled; then
   keep=$(after tests)
   small=$([ -n "$TINY" ] && echo 64 || echo "${COMPILED_SIZE:-512}")
   timeout $(( $(left) - keep )) python3 -m bench.run $TINY --ckpt "$CKPT" --out /tmp/compiled --no-swaps \
-    --only "txt2img-$small-b1" --variants ours-compiled,diffusers-compiled --default-variant ours-compiled \
+    --only "txt2img-$small-b1" --variants "${COMPILED_VARIANTS:-ours-compiled,diffusers-compiled}" \
+    --default-variant ours-compiled \
     >> "$OUT/log.txt" 2>&1
   stamp "compiled bench done (rc $?)"
   cp /tmp/compiled/results.json "$OUT/compiled.json" 2>/dev/null
