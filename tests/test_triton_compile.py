@@ -34,12 +34,13 @@ def _kernels() -> dict[str, tuple[object, dict[str, object], dict[str, int]]]:
     """name -> (kernel, constexpr values, launch options), as the wrappers launch them."""
     from sd2_app.accel import triton_geglu as gg
     from sd2_app.accel import triton_group_norm as gn
+    from sd2_app.accel import triton_group_norm_nchw as nchw
     from sd2_app.accel import triton_kernels as k
 
     return {
-        "group_partial": (gn._group_partial_kernel, {"CHUNK": gn._CHUNK, "BLOCK": gn._BLOCK}, {}),
-        "group_norm_silu": (gn._group_norm_silu_kernel, {"APPLY_SILU": True, "CHUNK": gn._CHUNK, "BLOCK": gn._BLOCK,
-                                                        "CHUNKS_POW2": 16}, {}),
+        "group_partial": (nchw._group_partial_kernel, {"CHUNK": nchw._CHUNK, "BLOCK": nchw._BLOCK}, {}),
+        "group_norm_silu": (nchw._group_norm_silu_kernel, {"APPLY_SILU": True, "CHUNK": nchw._CHUNK,
+                                                           "BLOCK": nchw._BLOCK, "CHUNKS_POW2": 16}, {}),
         "nhwc_partial": (gn._nhwc_partial_kernel, {"BLOCK_HW": gn._NHWC_BLOCK_HW, "BLOCK_C": gn._NHWC_BLOCK_C}, {}),
         "nhwc_stats": (gn._nhwc_stats_kernel, {"BLOCK_J": 64, "BLOCK_K": 16}, {}),
         "nhwc_apply": (gn._nhwc_apply_kernel, {"APPLY_SILU": True, "BLOCK_HW": gn._NHWC_APPLY_HW,
