@@ -36,15 +36,16 @@ from sd2_app.accel.triton_group_norm_nchw import group_norm_nchw
 
 
 @triton.jit
-def _shift(bias_ptr, temb_ptr, temb_stride, b, cols, cmask, shift_mode, BLOCK_C: tl.constexpr):
-    # The per-(image, channel) term added to x before normalising, fp32: shift_mode 0 none, 1 bias[c]
-    # (a conv's bias), 2 bias[c] + temb[b, c] (and the resnet's time embedding). A run-time switch, not a
+def _shift(bias_ptr, temb_ptr, temb_stride, b, c, mask, shift_mode):
+    # The per-(image, channel) term added to x before normalising, fp32, for a tensor of channel indices `c`
+    # (per tile column, or a gather per element: L1 holds the few values): shift_mode 0 none, 1 bias[c] (a
+    # conv's bias), 2 bias[c] + temb[b, c] (and the resnet's time embedding). A run-time switch, not a
     # constexpr: one compiled kernel serves all three.
-    shift = tl.zeros([BLOCK_C], dtype=tl.float32)
+    shift = tl.zeros(c.shape, dtype=tl.float32)
     if shift_mode > 0:
-        shift += tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        shift += tl.load(bias_ptr + c, mask=mask, other=0.0).to(tl.float32)
     if shift_mode > 1:
-        shift += tl.load(temb_ptr + b * temb_stride + cols, mask=cmask, other=0.0).to(tl.float32)
+        shift += tl.load(temb_ptr + b * temb_stride + c, mask=mask, other=0.0).to(tl.float32)
     return shift
 
 
@@ -95,7 +96,7 @@ def _nhwc_partial_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, mean_pt
     s1 = tl.sum(sum_d, axis=0)
     m2 = tl.maximum(tl.sum(sum_d2, axis=0) - s1 * s1 / count, 0.0)
     # the shift moves the mean, not M2: added once here rather than to every element
-    mean = pivot + s1 / count + _shift(bias_ptr, temb_ptr, temb_stride, b, cols, cmask, shift_mode, BLOCK_C)
+    mean = pivot + s1 / count + _shift(bias_ptr, temb_ptr, temb_stride, b, cols, cmask, shift_mode)
     out = (b * num_chunks + chunk) * channels + cols
     tl.store(mean_ptr + out, mean, mask=cmask)
     tl.store(m2_ptr + out, m2, mask=cmask)
@@ -159,7 +160,7 @@ def _nhwc_apply_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_
     rstd = tl.load(stats_ptr + stat + 1, mask=cmask, other=0.0)
     scale = rstd * tl.load(w_ptr + cols, mask=cmask, other=1.0).to(tl.float32)
     # (x + s - mean) * scale + bias = x * scale + (bias + (s - mean) * scale)
-    s = _shift(bias_ptr, temb_ptr, temb_stride, b, cols, cmask, shift_mode, BLOCK_C)
+    s = _shift(bias_ptr, temb_ptr, temb_stride, b, cols, cmask, shift_mode)
     shift = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32) + (s - mean) * scale
     v = _load_nhwc(x_ptr, x2_ptr, b, rows.to(tl.int64)[:, None], cols[None, :], mask, hw, channels, split)
     y = v * scale[None, :] + shift[None, :]
@@ -170,17 +171,6 @@ def _nhwc_apply_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_
     if APPLY_SILU:
         y = y * tl.sigmoid(y)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _shift_at(bias_ptr, temb_ptr, temb_stride, b, c, mask, shift_mode):
-    # `_shift` for any tensor of channel indices `c` (a gather per element; L1 holds the few values).
-    shift = tl.zeros(c.shape, dtype=tl.float32)
-    if shift_mode > 0:
-        shift += tl.load(bias_ptr + c, mask=mask, other=0.0).to(tl.float32)
-    if shift_mode > 1:
-        shift += tl.load(temb_ptr + b * temb_stride + c, mask=mask, other=0.0).to(tl.float32)
-    return shift
 
 
 @triton.jit
@@ -195,7 +185,7 @@ def _group_block(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, b, hw, start, n
     c = first_channel + i - pixel * channels_per_group
     offs = pixel * channels + c
     v = _load_nhwc(x_ptr, x2_ptr, b, pixel, c, mask, hw, channels, split)
-    v = tl.where(mask, v + _shift_at(bias_ptr, temb_ptr, temb_stride, b, c, mask, shift_mode), 0.0)
+    v = tl.where(mask, v + _shift(bias_ptr, temb_ptr, temb_stride, b, c, mask, shift_mode), 0.0)
     return offs, c, mask, v
 
 
