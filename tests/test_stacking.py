@@ -154,6 +154,11 @@ def test_x4_unet_shares_the_context_projections_of_its_cross_only_blocks() -> No
     only_cross = sum(1 for m in unet.modules() if getattr(m, "only_cross_attention", False) is True)
     assert len(crossing) == len([m for m in unet.modules() if isinstance(m, FusedAttention)]) - (16 - only_cross)
     assert only_cross > 0 and len({id(a.context_projection[0]) for a in crossing}) == 1
+    # packed once, into the shared block: a q as wide as the context (here 32 = 32) is left on its own, not
+    # stranded in a q, k, v block whose k, v rows moved on
+    q_weights = [a.to_q.weight for a in crossing]
+    assert any(a.to_q.in_features == a.to_k.in_features for a in crossing)
+    assert all(w.untyped_storage().nbytes() == w.numel() * w.element_size() for w in q_weights)
     assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
 
 

@@ -6,8 +6,9 @@ triton installed; everything else takes the eager path, which is the unfused mat
 are identical). Before any swap on CUDA the kernels are checked once against the eager math
 (kernel_checks.py).
 The swaps replace `ResnetBlock2D`, `BasicTransformerBlock`, `GEGLU` (and `Attention`, see
-fused_attention.py; `Upsample2D`, see upsample.py) instances by modules that adopt the same child modules
-under the same attribute names, so state-dict keys, weights and the manager's moves are untouched.
+fused_attention.py; `Transformer2D`, see fused_transformer2d.py; `Upsample2D`, see upsample.py) instances
+by modules that adopt the same child modules under the same attribute names, so state-dict keys, weights
+and the manager's moves are untouched.
 """
 
 from __future__ import annotations
@@ -55,17 +56,13 @@ GROUP_NORM_ONE_KERNEL_MAX = 32768
 
 
 def group_norm_silu(x: Tensor, norm: nn.GroupNorm, *, apply_silu: bool = True,
-                    one_kernel_max: int = GROUP_NORM_ONE_KERNEL_MAX, concat: Tensor | None = None) -> Tensor:
-    """silu(norm(x)) (or norm(x)): fused kernels on CUDA in either layout, the eager ops elsewhere. With
-    `concat`, of cat([x, concat], dim=1) (on channels_last CUDA tensors without building it)."""
-    if _use_norm_kernel(x, norm) and (concat is None or concat.dtype == x.dtype):
+                    one_kernel_max: int = GROUP_NORM_ONE_KERNEL_MAX) -> Tensor:
+    """silu(norm(x)) (or norm(x)): fused kernels on CUDA in either layout, the eager ops elsewhere."""
+    if _use_norm_kernel(x, norm):
         from sd2_app.accel import triton_kernels
 
         return triton_kernels.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps,
-                                              apply_silu=apply_silu, one_kernel_max=one_kernel_max,
-                                              concat=concat)
-    if concat is not None:
-        x = torch.cat([x, concat], dim=1)
+                                              apply_silu=apply_silu, one_kernel_max=one_kernel_max)
     y = F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
     return F.silu(y) if apply_silu else y
 
@@ -305,7 +302,7 @@ def fuse_modules(model: nn.Module, *, channels_last: bool = False,
     if stack_projections:  # first: the transformer blocks' twins below adopt these
         from sd2_app.accel.fused_attention import FusedAttention
 
-        replaced = replace_children(model, Attention, FusedAttention)
+        replaced = replace_children(model, Attention, lambda block: FusedAttention(block, pack_now=False))
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
     for parent in model.modules():
         for name, child in parent.named_children():
@@ -334,6 +331,7 @@ def fuse_modules(model: nn.Module, *, channels_last: bool = False,
             for index, block in enumerate(timed):
                 block.time_projection = (shared, index)
         _share_context_projections(model)
+        restack(model)  # each attention's own q, k, v (the shared blocks above are packed already)
     logger.info("fused ops: swapped %d modules in %s", replaced + len(swaps), type(model).__name__)
     return replaced + len(swaps)
 
@@ -369,11 +367,12 @@ def replace_children(model: nn.Module, kind: type[nn.Module], make: Callable[[An
 
 
 def restack(model: nn.Module) -> int:
-    """Stack again the projection weights (attention, time embedding) that a move of `model` split; returns
-    how many groups were. Called before each job: the manager moves tensors one by one."""
+    """Stack the projection weights (attention, time embedding, text context) that are not stacked, e.g.
+    after a move of `model` split them (the manager moves tensors one by one); returns how many groups
+    were packed. Shared groups go first: an attention's k, v are then already rows of the shared block."""
     from sd2_app.accel.fused_attention import FusedAttention
 
-    shared: dict[int, list[nn.Linear]] = {}  # first: an attention's own k, v are then rows of the shared block
+    shared: dict[int, list[nn.Linear]] = {}
     own: dict[int, list[nn.Linear]] = {}
     for module in model.modules():
         projection = None

@@ -5,9 +5,10 @@ Why: an SD2 UNet call makes 80 such projection matmuls (q, k, v of 16 self-atten
 cross-attentions); the ones of the 16x16 level and of the 77 text tokens are too small to fill an
 H100/H200, so three (or two) launches cost about what one launch of the stacked weight does: 32 instead of
 80. The cross-attentions' k, v all project the same text context, so fuse_modules goes further and gives
-them one shared matmul per forward (`context_projection`, see stacking.SharedInputProjections): 17 in all. Stacking the weights must not copy them (a second copy of 63M parameters) nor change the state-dict
-keys: `pack` makes each Linear's weight a view into one new tensor of consecutive rows, so the keys, the
-shapes and the manager's per-tensor moves all stay as they were (see stacking.py). A move splits the views
+them one shared matmul per forward (`context_projection`, see stacking.SharedInputProjections): 17 in all.
+Stacking the weights must not copy them (a second copy of 63M parameters) nor change the state-dict keys:
+`pack` makes each Linear's weight a view into one new tensor of consecutive rows, so the keys, the shapes
+and the manager's per-tensor moves all stay as they were (see stacking.py). A move splits the views
 into separate tensors again; the module then runs one matmul per projection (the same numbers) until
 `fused.restack` restores the block before the next job.
 """
@@ -28,14 +29,17 @@ class FusedAttention(Attention):
     attention fallback) finds these too; `upcast` is read at every call, as there.
     """
 
-    def __init__(self, block: Attention) -> None:  # noqa: D107 - adopts, does not build (no Attention.__init__)
+    def __init__(self, block: Attention, pack_now: bool = True) -> None:  # noqa: D107 - adopts, does not build
+        # pack_now=False: the caller packs later (fuse_modules first groups the cross-attentions' k, v of the
+        # whole network into one block, so packing each pair here would copy them twice)
         nn.Module.__init__(self)
         self.heads, self.head_dim, self.upcast = block.heads, block.head_dim, block.upcast
         self.to_q, self.to_k, self.to_v, self.to_out = block.to_q, block.to_k, block.to_v, block.to_out
         # (the network's shared text-context projections, the index of this attention's k; v follows), set
         # by fuse_modules for attentions that always see the text context
         self.context_projection: tuple[SharedInputProjections, int] | None = None
-        pack(self.packed_group())
+        if pack_now:
+            pack(self.packed_group())
 
     def packed_group(self) -> list[nn.Linear]:
         """What `pack` stacks: q, k, v when q's input can be k's (self-attention), else k, v. The k, v rows

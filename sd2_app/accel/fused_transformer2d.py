@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from sd2_app.accel.fused import GROUP_NORM_ONE_KERNEL_MAX, channels_last_kernels
+from sd2_app.accel.fused import GROUP_NORM_ONE_KERNEL_MAX, _adopt, channels_last_kernels
 from sd2_app.nn.attention import Transformer2D
 
 
@@ -22,8 +22,7 @@ class FusedTransformer2D(Transformer2D):
     def __init__(self, block: Transformer2D) -> None:  # noqa: D107 - adopts, does not build
         nn.Module.__init__(self)
         self.use_linear_projection = block.use_linear_projection
-        for name, child in block.named_children():  # in the original's order: the same state-dict keys
-            setattr(self, name, child)
+        _adopt(self, block, tuple(name for name, _ in block.named_children()))  # its order: the same keys
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         # x: (B, C, H, W); context: (B, 77, D)
