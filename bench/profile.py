@@ -3,9 +3,10 @@
     python -m bench.profile --ckpt /tmp/sd2-bench --out DIR [--tiny] [--steps N]
 
 Writes DIR/profile.md. Three parts:
-- phases of txt2img 512 b1 and of the x4 128->512 upscale (prompt encoding with the text-encoder graph and without, the start noise, the
+- phases of txt2img 512 b1 (prompt encoding with the text-encoder graph and without, the start noise, the
   sampling loop, the VAE decode with its NaN checks, the PNG-ready conversion on the GPU and the former
-  numpy one), each between two synchronisations, median of 5. The phases add up to a little more than one
+  numpy one) and of the x4 128->512 upscale (the same, plus the low-res input, its noise augmentation and
+  the VAE's fp32 round trip), each between two synchronisations, median of 5. The phases add up to a little more than one
   unsynchronised image (each sync drains the queue the next phase could have overlapped with);
 - torch.profiler over one whole default-path image and one x4 128->512 upscale: GPU kernel time by kind
   (convolution, matmul, attention, our Triton kernels, layout copies, other element-wise), the GPU's busy
@@ -214,17 +215,17 @@ def unet_forward(components: Any, request: Any, device: torch.device) -> Callabl
     return call
 
 
+def _phase_table(case: str, phases: dict[str, float], image_ms: float, reps: int) -> list[str]:
+    lines = [f"## {case} phases (ms, synchronised, median of {reps})", "", "| phase | ms |", "| --- | --- |"]
+    lines += [f"| {name} | {ms:.2f} |" for name, ms in phases.items()]
+    return lines + ["", f"One unsynchronised image (the pipeline call): {image_ms:.1f} ms", ""]
+
+
 def markdown(record: dict[str, Any]) -> str:
-    lines = [f"# Profile: {record['device']}", "", f"torch {record['torch']}; default path (`AccelOptions()`)", "",
-             f"## {record['case']} phases (ms, synchronised, median of {record['reps']})", "",
-             "| phase | ms |", "| --- | --- |"]
-    lines += [f"| {name} | {ms:.2f} |" for name, ms in record["phases"].items()]
-    lines += ["", f"One unsynchronised image (the pipeline call): {record['image_ms']:.1f} ms", ""]
+    lines = [f"# Profile: {record['device']}", "", f"torch {record['torch']}; default path (`AccelOptions()`)", ""]
+    lines += _phase_table(record["case"], record["phases"], record["image_ms"], record["reps"])
     if "upscale_phases" in record:
-        lines += [f"## {record['upscale_case']} phases (ms, synchronised, median of {record['reps']})", "",
-                  "| phase | ms |", "| --- | --- |"]
-        lines += [f"| {name} | {ms:.2f} |" for name, ms in record["upscale_phases"].items()]
-        lines += ["", f"One unsynchronised image (the pipeline call): {record['upscale_ms']:.1f} ms", ""]
+        lines += _phase_table(record["upscale_case"], record["upscale_phases"], record["upscale_ms"], record["reps"])
     for title, table in record["kernels"].items():
         lines += [f"## {title}", "",
                   f"wall {table['wall_ms']:.1f} ms (under the profiler), GPU busy {table['busy_ms']:.1f} ms, "

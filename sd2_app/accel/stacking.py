@@ -64,9 +64,10 @@ class SharedInputProjections:
 
     The UNet's resnets (22 in SD2) each project the same time embedding: one (B, 1280) x (1280, sum of
     widths) matmul instead of 22 small ones; its cross-attentions (16 in SD2, 32 in the x4 UNet) each project
-    the same text context to keys and values: one (B * 77, 1024) matmul instead of 16. The first layer asked for its output computes all of them for
-    that input tensor (recognised by identity: a new forward passes a new tensor); the others take their
-    columns. Under CUDA-graph capture this records one matmul and views of its output.
+    the same text context to keys and values: one (B * 77, 1024) matmul instead of 16. The first layer asked
+    for its output computes all of them for that input tensor (recognised by identity; a new forward passes
+    a new tensor, or `forget` is called); the others take their columns. Under CUDA-graph capture this
+    records one matmul and views of its output.
     """
 
     def __init__(self, linears: Sequence[nn.Linear]) -> None:

@@ -19,8 +19,8 @@ iterations instead run whole in one program (`_nhwc_group_kernel`): one launch i
 NCHW (triton_group_norm_nchw.py): a group is one contiguous run of memory. NHWC (channels_last, where
 cuDNN's tensor-core convolutions need no layout transposes): a group is a few adjacent channels of every
 pixel, so these kernels work on (pixels x channels) tiles, reduce per channel first and merge the channels
-of a group in a small second kernel. PyTorch's own CUDA GroupNorm would copy a channels_last tensor to NCHW and back, which is what used
-to make channels_last a loss. Shape integers that vary between layers and do not address vector loads are
+of a group in a small second kernel. PyTorch's own CUDA GroupNorm would copy a channels_last tensor to
+NCHW and back, which is what used to make channels_last a loss. Shape integers that vary between layers and do not address vector loads are
 not specialised on, so a kernel compiles once per process rather than once per layer shape (each Triton JIT
 compile takes about a second, paid by the first image).
 """
