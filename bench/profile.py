@@ -104,7 +104,7 @@ def upscale_phases(components: Any, request: Any, device: torch.device, reps: in
     from sd2_app.pipelines.images import BICUBIC, postprocess, preprocess_image
     from sd2_app.pipelines.sampling import draw_noise, start_job
     from sd2_app.pipelines.upscale import _tiling, augment_low_res
-    from sd2_app.pipelines.vae_io import decode, fp32, vae_factor
+    from sd2_app.pipelines.vae_io import decode, fp32_decoder, vae_factor
 
     times: dict[str, list[float]] = {}
 
@@ -137,11 +137,11 @@ def upscale_phases(components: Any, request: Any, device: torch.device, reps: in
             add(f"sampling loop ({len(job.plan.schedule.sigmas) - 1} steps)", t)
 
             def upcast_and_back() -> None:
-                with fp32(components.vae):
+                with fp32_decoder(components.vae):
                     pass
 
             _, t = _timed(upcast_and_back, device)
-            add("  the VAE to fp32 and back alone (inside the decode below)", t)
+            add("  the decoder to fp32 and back alone (inside the decode below)", t)
             pixels, t = _timed(lambda: decode(components.vae, latents, force_fp32=True, tile=tiling.tile,
                                               overlap=tiling.overlap), device)
             add("VAE decode in fp32 (+ NaN checks)", t)

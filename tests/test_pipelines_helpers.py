@@ -186,7 +186,7 @@ class _RecordingVAE(torch.nn.Module):
 
     def __init__(self, events: list[str], nan: bool = False) -> None:
         super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.post_quant_conv, self.decoder = torch.nn.Conv2d(4, 4, 1), torch.nn.Identity()
         self.config = type("Config", (), {"block_out_channels": [1, 1, 1, 1], "scaling_factor": 0.18215})()
         self.events, self.nan = events, nan
 

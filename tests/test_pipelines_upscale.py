@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 
 import numpy as np
 import pytest
@@ -128,6 +129,21 @@ def test_tiled_vae_decode_is_close(components: ComponentCache) -> None:
     full, tiled = decode(vae, z), decode(vae, z, tile=32, overlap=8)
     assert tiled.shape == full.shape == (1, 3, 160, 192)
     assert (tiled - full).abs().mean() < 0.02 * (full.max() - full.min())
+
+
+def test_fp32_decode_converts_only_the_decoding_half_and_gives_it_back(components: ComponentCache) -> None:
+    """The x4 VAE decodes in fp32: the same pixels as an fp32 copy of the same (fp16) weights, the encoder
+    left in fp16 meanwhile (it takes no part), and every weight back in fp16 afterwards."""
+    torch.manual_seed(0)
+    z = torch.randn(1, 4, 6, 5) * 0.25
+    vae = copy.deepcopy(components("x4-upscaler").vae).half()
+    as_fp32 = copy.deepcopy(vae).float()
+    during: list[tuple[torch.dtype, torch.dtype]] = []
+    vae.decoder.register_forward_pre_hook(
+        lambda module, args: during.append((vae.encoder.conv_in.weight.dtype, vae.decoder.conv_in.weight.dtype)))
+    assert torch.equal(decode(vae, z, force_fp32=True), decode(as_fp32, z))
+    assert during == [(torch.float16, torch.float32)]
+    assert {p.dtype for p in vae.parameters()} == {torch.float16}
 
 
 def test_upscale_rejects_noise_level_over_max_and_cancels(components: ComponentCache) -> None:

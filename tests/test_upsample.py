@@ -99,7 +99,7 @@ def test_a_half_module_converted_to_fp32_sums_its_kernels_again() -> None:
     with torch.no_grad():
         fused = SubpixelUpsample2D(up)
         rounded = fused.phase_weight.float()
-        fused.float()  # what vae_io.fp32 does for one decode
+        fused.float()  # what vae_io.fp32_decoder does for one decode
         expected = up.float()(x)  # the fp16 weights, exactly, in fp32
         got = fused(x)
         assert not torch.equal(fused.phase_weight, rounded)  # summed again from the fp32 weights

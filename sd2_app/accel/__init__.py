@@ -1,4 +1,5 @@
-"""Opt-in speed features: backend flags, CUDA-graph UNet and text encoder, fused Triton ops, regional compile, safe fp16 VAE decode.
+"""Opt-in speed features: backend flags, CUDA-graph UNet and text encoder, fused Triton ops, regional compile, the VAE's
+fused kernels (its fp16-with-fp32-retry decode is in pipelines/vae_io.py).
 
 Importing this package touches no GPU and imports no triton; every switch is applied by an explicit call
 (`setup_backends`, then `Accelerator(options).prepare(components)` per job) from whoever owns the models (the manager, the bench).
@@ -8,7 +9,6 @@ from sd2_app.accel.backends import BackendState, setup_backends
 from sd2_app.accel.cuda_graph import CudaGraphTextEncoder, CudaGraphUNet
 from sd2_app.accel.hooks import Accelerator
 from sd2_app.accel.options import SPEED_MODES, AccelOptions, accelerate_unet, accelerate_vae, options_for
-from sd2_app.accel.vae_decode import decode_with_fallback
 
 __all__ = ["SPEED_MODES", "options_for", "AccelOptions", "Accelerator", "BackendState", "CudaGraphTextEncoder",
-           "CudaGraphUNet", "accelerate_unet", "accelerate_vae", "decode_with_fallback", "setup_backends"]
+           "CudaGraphUNet", "accelerate_unet", "accelerate_vae", "setup_backends"]

@@ -30,18 +30,30 @@ def _dtype(module: torch.nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
+def _decoding_half(vae: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
+    """The modules `vae.decode` runs: the encoder never takes part in a decode."""
+    return (vae.post_quant_conv, vae.decoder)
+
+
 @contextlib.contextmanager
-def fp32(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Run a module in fp32 for a while (the x4 VAE overflows in fp16) and give it its dtype back after."""
-    dtype = _dtype(module)
+def fp32_decoder(vae: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Decode in fp32 for a while (the x4 VAE overflows in fp16), then give the modules their dtype back.
+
+    Only the decoding half is converted: the encoder (about half the weights) would be cast there and back
+    for nothing, with its fp32 copy adding to the decode's peak memory.
+    """
+    dtype = _dtype(vae.post_quant_conv)
     if dtype == torch.float32:
-        yield module
+        yield vae
         return
-    module.float()
+    parts = _decoding_half(vae)
+    for part in parts:
+        part.float()
     try:
-        yield module
+        yield vae
     finally:
-        module.to(dtype)
+        for part in parts:
+            part.to(dtype)
 
 
 def encode(vae: torch.nn.Module, image: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -56,9 +68,9 @@ def _decode_once(
 ) -> torch.Tensor:
     factor = vae_factor(vae)
     scale = scaling_factor(vae)
-    context = fp32(vae) if force_fp32 else contextlib.nullcontext(vae)
+    context = fp32_decoder(vae) if force_fp32 else contextlib.nullcontext(vae)
     with context as model:
-        dtype = _dtype(model)
+        dtype = _dtype(model.post_quant_conv)
         z = (latents / scale).to(dtype)
 
         def one_tile(top: int, left: int, h: int, w: int) -> torch.Tensor:
