@@ -2,7 +2,8 @@
 # One GPU lease, one command. Steps (STEPS, in this order): bench (every case, BENCH_VARIANTS vs diffusers
 # eager, and the swaps; its first case is the cold "model loaded -> first image", so it runs before anything
 # fills Triton's kernel cache), micro (every switch combination, or MICRO_VARIANTS, on one UNet call and one
-# VAE decode), profile (phases and kernels of one default-path image, bench/profile.py), compiled
+# VAE decode at MICRO_SIZES, default 512,768; x4 adds the upscaler's UNet at 128x128 latents), profile
+# (phases and kernels of one default-path image, bench/profile.py), compiled
 # (txt2img COMPILED_SIZE b1, default 512: our --compile path vs diffusers + torch.compile; with
 # COMPILED_VARIANTS=ours-compiled,ours against our default path only, skipping diffusers' ~4-minute compile at
 # 768), tests (the GPU tests). Every step is bounded by the budget (BENCH_BUDGET_S from the start of this
@@ -51,7 +52,7 @@ fi
 if has micro; then
   keep=$(after profile compiled tests)
   timeout $(( $(left) - keep )) python3 -m bench.micro ${BENCH_TINY:+--tiny} --ckpt "$CKPT" --out "$OUT" \
-    ${MICRO_VARIANTS:+--variants "$MICRO_VARIANTS"} \
+    ${MICRO_VARIANTS:+--variants "$MICRO_VARIANTS"} --sizes "${MICRO_SIZES:-512,768}" \
     --deadline $((END - keep - 30)) >> "$OUT/log.txt" 2>&1
   stamp "micro done (rc $?)"
 fi

@@ -5,7 +5,7 @@ make up nearly all of a job's GPU time, under every switch combination, with CUD
 calls after warm-up), and checks each variant's output against the plain fp16 modules on the same inputs
 (a wrong fused kernel or a bad graph shows here as a large `max_rel_diff`).
 
-    python -m bench.micro --ckpt /tmp/sd2-bench --out DIR [--sizes 512,768] [--compile [--only-compile]]
+    python -m bench.micro --ckpt /tmp/sd2-bench --out DIR [--sizes 512,768,x4] [--compile [--only-compile]]
                           [--deadline EPOCH] [--tiny]
 
 Writes DIR/micro.json and DIR/micro.md; skips what would start after `--deadline` (epoch seconds).
@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,29 +152,62 @@ def _measure(row: dict[str, Any], build: Callable[[], Callable[[], torch.Tensor]
     return reference
 
 
-def unet_rows(folder: Path, sizes: list[int], variants: dict[str, AccelOptions], device: torch.device,
-              dtype: torch.dtype, deadline: float) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class UNetCase:
+    """One UNet call to time: the txt2img UNet at an image size, or the x4 upscaler's (`--sizes x4`).
+
+    The x4 UNet runs at the low-res image's size (128x128 latents for a 512 output) with 7 input channels
+    (latents + the noised low-res image) and the noise level as a class label: its switches can rank
+    differently from the txt2img UNet's (three times the pixels per level, the first level's 131k-element
+    GroupNorm groups), and its upscale is the target furthest from met.
+    """
+
+    net: str  # "unet" or "unet-x4"
+    kind: str  # checkpoint kind
+    size: int  # output image side in pixels
+    latent: int  # latent side the UNet sees
+    in_channels: int
+    class_label: int | None = None
+
+
+X4_NOISE_LEVEL = 20  # the upscale request's default noise level
+
+
+def unet_cases(sizes: list[str], tiny: bool) -> list[UNetCase]:
+    """Cases for `--sizes` entries (pixel sizes of the txt2img UNet, or x4); the tiny repos run 64 and 96."""
+    cases = []
+    for entry in sizes:
+        if entry == "x4":
+            size = 64 if tiny else 512
+            cases.append(UNetCase("unet-x4", "x4-upscaler", size, size // 4, 7, X4_NOISE_LEVEL))
+        else:
+            cases.append(UNetCase("unet", "sd2-base", int(entry), int(entry) // 8, 4))
+    return cases
+
+
+def unet_rows(repos: dict[str, Path], cases: list[UNetCase], variants: dict[str, AccelOptions],
+              device: torch.device, dtype: torch.dtype, deadline: float) -> list[dict[str, Any]]:
     from sd2_app.loading.components import load_unet
 
     rows: list[dict[str, Any]] = []
-    for size in sizes:
+    for case in cases:
         g = torch.Generator(device).manual_seed(0)
-        latent = size // 8
-        sample = torch.randn(2, 4, latent, latent, generator=g, device=device, dtype=dtype)
+        sample = torch.randn(2, case.in_channels, case.latent, case.latent, generator=g, device=device, dtype=dtype)
         timestep = torch.full((2,), 500.0, device=device)
+        labels = None if case.class_label is None else torch.full((2,), case.class_label, device=device)
         reference = None
         for name, options in variants.items():
-            row = _new_row(rows, "unet", size, 2, name, deadline)
+            row = _new_row(rows, case.net, case.size, 2, name, deadline)
             if "error" in row:
                 continue
             holder: dict[str, Any] = {}
 
             def build(options: AccelOptions = options) -> Callable[[], torch.Tensor]:
-                unet = load_unet(folder, device, dtype).eval()
+                unet = load_unet(repos[case.kind], device, dtype).eval()
                 context = torch.randn(2, 77, unet.config.cross_attention_dim, generator=torch.Generator(
                     device).manual_seed(1), device=device, dtype=dtype)
                 model = holder["model"] = accelerate_unet(unet, options)
-                return lambda: model(sample, timestep, context)
+                return lambda: model(sample, timestep, context, class_labels=labels)
 
             reference = _measure(row, build, device, reference, reps=20, context=_attention_backend(name))
             model = holder.pop("model", None)
@@ -228,11 +262,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", type=Path, required=True, help="root written by bench.write_checkpoints")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--sizes", default="512,768")
+    p.add_argument("--sizes", default="512,768",
+                   help="txt2img UNet sizes in pixels, and x4 for the upscaler's UNet (128x128 latents); "
+                        "the VAE rows take the pixel sizes")
     p.add_argument("--compile", action="store_true", help="also regional compile (default inductor mode), 512")
     p.add_argument("--deadline", type=float, default=float("inf"), help="epoch seconds; later work is skipped")
     p.add_argument("--only-compile", action="store_true", help="with --compile: only eager and compiled rows")
-    p.add_argument("--tiny", action="store_true", help="tiny repo, sizes 64,96, float32 (CPU check of the harness)")
+    p.add_argument("--tiny", action="store_true",
+                   help="tiny repos, sizes 64,96 (and a 64-pixel x4), float32 (CPU check of the harness)")
     p.add_argument("--variants", default=None,
                    help="comma list of UNet and VAE variant names to run (eager, the baseline, always runs)")
     args = p.parse_args(argv)
@@ -246,13 +283,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.tiny:
         from sd2_app.testing.tiny import ensure_tiny_repos
 
-        repos = ensure_tiny_repos(args.ckpt / "tiny", ("sd2-base",))
-        sizes = [64, 96]
+        entries = ["64", "96"] + (["x4"] if "x4" in args.sizes.split(",") else [])
+    else:
+        entries = args.sizes.split(",")
+    cases = unet_cases(entries, args.tiny)
+    kinds = tuple(sorted({"sd2-base", *(case.kind for case in cases)}))
+    if args.tiny:
+        repos = ensure_tiny_repos(args.ckpt / "tiny", kinds)
     else:
         from bench.write_checkpoints import ensure_checkpoints
 
-        repos = ensure_checkpoints(args.ckpt / "full", ("sd2-base",), device)
-        sizes = [int(s) for s in args.sizes.split(",")]
+        repos = ensure_checkpoints(args.ckpt / "full", kinds, device)
+    sizes = [case.size for case in cases if case.net == "unet"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     record: dict[str, Any] = {"device_name": name, "torch": torch.__version__,
                               "dtype": str(dtype).removeprefix("torch."), "rows": []}
@@ -263,13 +305,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (args.out / "micro.md").write_text(markdown(record))
 
     if not args.only_compile:
-        record["rows"] += unet_rows(repos["sd2-base"], sizes, unet_variants, device, dtype, args.deadline)
+        record["rows"] += unet_rows(repos, cases, unet_variants, device, dtype, args.deadline)
         save()
         record["rows"] += vae_rows(repos["sd2-base"], sizes, device, dtype, args.deadline, vae_variants)
         save()
     if args.compile:
         name, options = COMPILED_VARIANT
-        record["rows"] += unet_rows(repos["sd2-base"], sizes[:1], {"eager": UNET_VARIANTS["eager"], name: options},
+        record["rows"] += unet_rows(repos, cases[:1], {"eager": UNET_VARIANTS["eager"], name: options},
                                     device, dtype, args.deadline)
         save()
     return record

@@ -102,3 +102,17 @@ def test_profile_runs_on_tiny_models_and_reports_every_phase(tmp_path: Path) -> 
     assert record["upscale_case"] == "upscale-16-64" and record["upscale_ms"] > 0
     assert len(record["upscale_phases"]) == 7 and all(ms > 0 for ms in record["upscale_phases"].values())
     assert "## upscale-16-64 phases" in text and "VAE decode in fp32 (+ NaN checks)" in text
+
+
+def test_micro_times_the_x4_unet_beside_the_txt2img_one_on_tiny_models(tmp_path: Path) -> None:
+    from bench.micro import main
+
+    record = main(["--tiny", "--ckpt", str(tmp_path), "--out", str(tmp_path / "out"), "--sizes", "512,x4",
+                   "--variants", "graphs+cl+fused"])
+    unet_rows = [(r["net"], r["size"], r["variant"]) for r in record["rows"] if r["net"].startswith("unet")]
+    assert unet_rows == [("unet", 64, "eager"), ("unet", 64, "graphs+cl+fused"), ("unet", 96, "eager"),
+                         ("unet", 96, "graphs+cl+fused"), ("unet-x4", 64, "eager"), ("unet-x4", 64, "graphs+cl+fused")]
+    for row in record["rows"]:
+        assert "error" not in row and row["ms"] > 0
+        assert row["max_rel_diff_vs_eager"] == 0.0  # off the GPU every switch is exact
+    assert "| unet-x4 | 64 | 2 | graphs+cl+fused |" in (tmp_path / "out" / "micro.md").read_text()
