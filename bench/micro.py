@@ -158,8 +158,8 @@ class UNetCase:
 
     The x4 UNet runs at the low-res image's size (128x128 latents for a 512 output) with 7 input channels
     (latents + the noised low-res image) and the noise level as a class label: its switches can rank
-    differently from the txt2img UNet's (three times the pixels per level, the first level's 131k-element
-    GroupNorm groups), and its upscale is the target furthest from met.
+    differently from the txt2img UNet's (four times the pixels per level at 512, the first level's
+    131k-element GroupNorm groups), and its upscale is the target furthest from met.
     """
 
     net: str  # "unet" or "unet-x4"
@@ -174,7 +174,7 @@ X4_NOISE_LEVEL = 20  # the upscale request's default noise level
 
 
 def unet_cases(sizes: list[str], tiny: bool) -> list[UNetCase]:
-    """Cases for `--sizes` entries (pixel sizes of the txt2img UNet, or x4); the tiny repos run 64 and 96."""
+    """Cases for `--sizes` entries: pixel sizes of the txt2img UNet, or x4 (a 512 output; 64 on tiny repos)."""
     cases = []
     for entry in sizes:
         if entry == "x4":
