@@ -1,5 +1,5 @@
-"""Opt-in speed features: backend flags, CUDA-graph UNet and text encoder, fused Triton ops, regional compile, the VAE's
-fused kernels (its fp16-with-fp32-retry decode is in pipelines/vae_io.py).
+"""Opt-in speed features: backend flags, CUDA-graph UNet and text encoder, fused Triton ops (UNet and VAE),
+regional compile. The VAE's fp16 decode with its fp32 retry is in pipelines/vae_io.py.
 
 Importing this package touches no GPU and imports no triton; every switch is applied by an explicit call
 (`setup_backends`, then `Accelerator(options).prepare(components)` per job) from whoever owns the models (the manager, the bench).

@@ -39,7 +39,7 @@ def _decoding_half(vae: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
 def fp32_decoder(vae: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Decode in fp32 for a while (the x4 VAE overflows in fp16), then give the modules their dtype back.
 
-    Only the decoding half is converted: the encoder (about half the weights) would be cast there and back
+    Only the decoding half is converted: the encoder (about 40% of the weights) would be cast there and back
     for nothing, with its fp32 copy adding to the decode's peak memory.
     """
     dtype = _dtype(vae.post_quant_conv)
