@@ -100,7 +100,7 @@ def test_kernel_compiles_for_the_gpu_without_spilling(name: str, capability: int
     if name == "bias_residual":
         assert "ld.global.b16" not in ptx  # the biases too: every access is a vector
     if name == "nhwc_partial":
-        assert "ld.global.v4" in ptx  # the tile loads (the pivot and shift loads are per channel)
+        assert "ld.global.v4" in ptx  # the tile loads (the shift loads are per channel)
     if name == "geglu_matmul":
         assert "cp.async" in ptx  # tile loads pipelined (needs the specialised, aligned shapes)
         assert ("wgmma" in ptx) == (capability == 90)  # Hopper's warpgroup tensor-core instructions

@@ -76,6 +76,9 @@ def _nhwc_partial_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, mean_pt
     # One pass over the chunk: sums of d = x - p and d^2 about a pivot p, the chunk's first pixel, give
     # mean = p + sum(d) / n and M2 = sum(d^2) - sum(d)^2 / n. A pivot drawn from the data keeps sum(d) near
     # zero, so the subtraction loses little (unlike sums of x and x^2); the chunks are then merged exactly.
+    # The pivot is taken from the first tile once it is loaded (a reduction in registers), not loaded on
+    # its own first: a separate load would be one more memory round trip that the tile loads wait for, in a
+    # kernel whose programs each read only a few tiles.
     b = tl.program_id(0)
     chunk = tl.program_id(1)
     cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -83,11 +86,16 @@ def _nhwc_partial_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, mean_pt
     first = chunk * rows_per_chunk
     end = tl.minimum(first + rows_per_chunk, hw)
     count = (end - first).to(tl.float32)
-    pivot = _load_nhwc(x_ptr, x2_ptr, b, first.to(tl.int64), cols, cmask, hw, channels, split)
-    sum_d = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
-    sum_d2 = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
-    for i in range(0, rows_per_chunk, BLOCK_HW):
-        rows = first + i + tl.arange(0, BLOCK_HW)
+    offsets = tl.arange(0, BLOCK_HW)
+    rows = first + offsets
+    mask = (rows < end)[:, None] & cmask[None, :]
+    v = _load_nhwc(x_ptr, x2_ptr, b, rows.to(tl.int64)[:, None], cols[None, :], mask, hw, channels, split)
+    pivot = tl.sum(tl.where((offsets == 0)[:, None], v, 0.0), axis=0)  # the chunk's first pixel (never masked)
+    d = tl.where(mask, v - pivot[None, :], 0.0)
+    sum_d = d
+    sum_d2 = d * d
+    for i in range(BLOCK_HW, rows_per_chunk, BLOCK_HW):
+        rows = first + i + offsets
         mask = (rows < end)[:, None] & cmask[None, :]
         v = _load_nhwc(x_ptr, x2_ptr, b, rows.to(tl.int64)[:, None], cols[None, :], mask, hw, channels, split)
         d = tl.where(mask, v - pivot[None, :], 0.0)
