@@ -242,8 +242,10 @@ _INTERPRETED_KERNELS = textwrap.dedent("""
         w, b = torch.randn(shape[1], generator=g), torch.randn(shape[1], generator=g)
         got = k.group_norm_silu(x, groups, w, b, 1e-6)
         worst = max(worst, (got - F.silu(F.group_norm(x, groups, w, b, 1e-6))).abs().max().item())
-    # channels_last: many chunks, chunks of several row blocks, a ragged last chunk, 80 channels per group
-    for shape, groups in [((2, 8, 40, 40), 2), ((1, 8, 100, 100), 2), ((1, 160, 33, 3), 32), ((1, 160, 9, 9), 2)]:
+    # channels_last: many chunks, chunks of several row blocks, a ragged last chunk, 80 channels per group,
+    # and 144 chunks x 16 channels: more partials per group than the merge kernel takes in one block
+    for shape, groups in [((2, 8, 40, 40), 2), ((1, 8, 100, 100), 2), ((1, 160, 33, 3), 32), ((1, 160, 9, 9), 2),
+                          ((1, 32, 96, 96), 2)]:
         for silu in (True, False):
             x = (torch.randn(shape, generator=g) * 2 + 5).to(memory_format=torch.channels_last)
             w, b = torch.randn(shape[1], generator=g), torch.randn(shape[1], generator=g)

@@ -42,7 +42,7 @@ def _kernels() -> dict[str, tuple[object, dict[str, object], dict[str, int]]]:
         "group_norm_silu": (nchw._group_norm_silu_kernel, {"APPLY_SILU": True, "CHUNK": nchw._CHUNK,
                                                            "BLOCK": nchw._BLOCK, "CHUNKS_POW2": 16}, {}),
         "nhwc_partial": (gn._nhwc_partial_kernel, {"BLOCK_HW": gn._NHWC_BLOCK_HW, "BLOCK_C": gn._NHWC_BLOCK_C}, {}),
-        "nhwc_stats": (gn._nhwc_stats_kernel, {"BLOCK_J": 64, "BLOCK_K": 16}, {}),
+        "nhwc_stats": (gn._nhwc_stats_kernel, {"BLOCK": gn._STATS_BLOCK}, {"num_warps": gn._STATS_WARPS}),
         "nhwc_apply": (gn._nhwc_apply_kernel, {"APPLY_SILU": True, "BLOCK_HW": gn._NHWC_APPLY_HW,
                                                "BLOCK_C": gn._NHWC_BLOCK_C}, {}),
         "nhwc_group": (gn._nhwc_group_kernel, {"BLOCK": gn._ONE_KERNEL_BLOCK},

@@ -11,18 +11,19 @@ their input as the channel concatenation of two tensors (an up-path resnet's inp
 so the concatenation is never written.
 
 All arithmetic is fp32 (inputs are upcast on load), as PyTorch's own GroupNorm kernel does for fp16.
-Statistics use a two-level reduction: each program computes the mean and M2 of one chunk of a group, and
-the apply kernel merges the chunks (Chan et al.'s parallel variance), so there is no E[x^2]-E[x]^2
-cancellation and every SM has work even when batch * groups is small. Groups small enough for a few loop
-iterations instead run whole in one program (`_nhwc_group_kernel`): one launch instead of three.
+Statistics use a two-level reduction: each program computes the mean and M2 of one chunk of a group, and the
+chunks are merged (Chan et al.'s parallel variance; NCHW: in the apply kernel, NHWC: in a small kernel of its
+own), so there is no E[x^2]-E[x]^2 cancellation and every SM has work even when batch * groups is small.
+Groups small enough for a few loop iterations instead run whole in one program (`_nhwc_group_kernel`): one
+launch instead of three.
 
-NCHW (triton_group_norm_nchw.py): a group is one contiguous run of memory. NHWC (channels_last, where
-cuDNN's tensor-core convolutions need no layout transposes): a group is a few adjacent channels of every
-pixel, so these kernels work on (pixels x channels) tiles, reduce per channel first and merge the channels
-of a group in a small second kernel. PyTorch's own CUDA GroupNorm would copy a channels_last tensor to
-NCHW and back, which is what used to make channels_last a loss. Shape integers that vary between layers and do not address vector loads are
-not specialised on, so a kernel compiles once per process rather than once per layer shape (each Triton JIT
-compile takes about a second, paid by the first image).
+NCHW (triton_group_norm_nchw.py): a group is one contiguous run of memory. NHWC (channels_last, where cuDNN's
+tensor-core convolutions need no layout transposes): a group is a few adjacent channels of every pixel, so
+these kernels work on (pixels x channels) tiles, reduce per channel first and merge the channels of a group in
+a small second kernel. PyTorch's own CUDA GroupNorm would copy a channels_last tensor to NCHW and back, which
+is what used to make channels_last a loss. Shape integers that vary between layers and do not address vector
+loads are not specialised on, so a kernel compiles once per process rather than once per layer shape (each
+Triton JIT compile takes about a second, paid by the first image).
 """
 
 from __future__ import annotations
@@ -111,43 +112,53 @@ def _nhwc_partial_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, mean_pt
 
 
 @triton.jit
-def _nhwc_group_sum(mean_ptr, m2_ptr, b, g, mean, hw, channels, channels_per_group, rows_per_chunk, num_chunks,
-                    SPREAD: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
-    # Over a group's (chunk, channel) partials: sum(count * mean_i), or with SPREAD
-    # sum(M2_i + count * (mean_i - mean)^2), i.e. the group's M2 (Chan et al.'s merge).
-    acc = tl.zeros([BLOCK_J, BLOCK_K], dtype=tl.float32)
-    for j0 in range(0, num_chunks, BLOCK_J):
-        j = j0 + tl.arange(0, BLOCK_J)[:, None]
-        counts = tl.minimum(hw - j * rows_per_chunk, rows_per_chunk).to(tl.float32)
-        for k0 in range(0, channels_per_group, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)[None, :]
-            valid = (j < num_chunks) & (k < channels_per_group)
-            offs = (b * num_chunks + j) * channels + g * channels_per_group + k
-            means = tl.load(mean_ptr + offs, mask=valid, other=0.0)
-            if SPREAD:
-                d = means - mean
-                term = tl.load(m2_ptr + offs, mask=valid, other=0.0) + counts * d * d
-            else:
-                term = counts * means
-            acc += tl.where(valid, term, 0.0)
-    return tl.sum(tl.sum(acc, axis=1), axis=0)
+def _group_partials(mean_ptr, m2_ptr, base, i, total, channels, channels_per_group, hw, rows_per_chunk):
+    # Partials i (numbered chunk * cpg + channel within the group) of one (image, group): their means, M2s
+    # and pixel counts, all 0 past `total`.
+    valid = i < total
+    j = i // channels_per_group
+    offs = base + j * channels + (i - j * channels_per_group)
+    means = tl.load(mean_ptr + offs, mask=valid, other=0.0)
+    m2s = tl.load(m2_ptr + offs, mask=valid, other=0.0)
+    counts = tl.where(valid, tl.minimum(hw - j * rows_per_chunk, rows_per_chunk).to(tl.float32), 0.0)
+    return means, m2s, counts
 
 
 @triton.jit(do_not_specialize=["hw", "channels", "channels_per_group", "num_groups", "rows_per_chunk",
                                "num_chunks"])
 def _nhwc_stats_kernel(mean_ptr, m2_ptr, stats_ptr, hw, channels, channels_per_group, num_groups,
-                       rows_per_chunk, num_chunks, eps, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
-    # Merge (chunk, channel) partials into one mean and 1/std per (image, group): grid (B * G,). Loops with
-    # fixed tiles, so one compiled kernel serves every shape (compiling per shape cost seconds per first image).
+                       rows_per_chunk, num_chunks, eps, BLOCK: tl.constexpr):
+    # Merge the (chunk, channel) partials of one (image, group) into its mean and 1/std: grid (B * G,).
+    # Chan et al.'s merge in one pass, as sums about a pivot p (the group's first partial mean, taken from
+    # the first block once loaded): with A = sum n_i (m_i - p), B = sum n_i (m_i - p)^2, C = sum M2_i,
+    # mean = p + A / N and M2 = C + B - A^2 / N. A two-pass merge (the mean, then the spread about it) waits
+    # on twice as many loads, and this kernel is nothing but a chain of loads from L2 (a few microseconds per
+    # GroupNorm): one block covers the partials of most SD groups (up to 256 chunks x 8 channels), three the
+    # largest. The partials are visited as one flat run, so one compiled kernel serves every shape.
     pid = tl.program_id(0)
     b = pid // num_groups
     g = pid % num_groups
+    total = num_chunks * channels_per_group
+    base = b * num_chunks * channels + g * channels_per_group
+    i = tl.arange(0, BLOCK)
+    means, m2s, counts = _group_partials(mean_ptr, m2_ptr, base, i, total, channels, channels_per_group, hw,
+                                         rows_per_chunk)
+    pivot = tl.sum(tl.where(i == 0, means, 0.0), axis=0)
+    d = means - pivot
+    acc_a = counts * d
+    acc_b = acc_a * d
+    acc_c = m2s
+    for start in range(BLOCK, total, BLOCK):
+        means, m2s, counts = _group_partials(mean_ptr, m2_ptr, base, start + i, total, channels,
+                                             channels_per_group, hw, rows_per_chunk)
+        d = means - pivot
+        acc_a += counts * d
+        acc_b += counts * d * d
+        acc_c += m2s
     n = hw.to(tl.float32) * channels_per_group
-    mean = _nhwc_group_sum(mean_ptr, m2_ptr, b, g, 0.0, hw, channels, channels_per_group, rows_per_chunk,
-                           num_chunks, False, BLOCK_J, BLOCK_K) / n
-    m2 = _nhwc_group_sum(mean_ptr, m2_ptr, b, g, mean, hw, channels, channels_per_group, rows_per_chunk,
-                         num_chunks, True, BLOCK_J, BLOCK_K)
-    tl.store(stats_ptr + pid * 2, mean)
+    a = tl.sum(acc_a, axis=0)
+    m2 = tl.maximum(tl.sum(acc_c, axis=0) + tl.sum(acc_b, axis=0) - a * a / n, 0.0)
+    tl.store(stats_ptr + pid * 2, pivot + a / n)
     tl.store(stats_ptr + pid * 2 + 1, 1.0 / tl.sqrt(m2 / n + eps))
 
 
@@ -245,6 +256,8 @@ _NHWC_BLOCK_HW = 32  # pixels per tile row block (statistics)
 _NHWC_APPLY_HW = 64  # pixels per tile (apply)
 _NHWC_BLOCK_C = 64  # channels per tile: 128 contiguous bytes in fp16
 _NHWC_MAX_CHUNKS = 256  # pixel chunks per image: enough programs to fill the GPU, few partials to merge
+_STATS_BLOCK = 2048  # partials merged per loop iteration (one iteration for up to 256 chunks x 8 channels)
+_STATS_WARPS = 8  # 8 partials per thread per iteration
 _ONE_KERNEL_BLOCK = 8192  # elements per loop iteration of `_nhwc_group_kernel`
 _ONE_KERNEL_WARPS = 32  # 8 elements per thread per iteration: the most loads in flight per program
 
@@ -338,7 +351,7 @@ def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, e
                                                     channels, split, rows_per_chunk, chunks, shift_mode,
                                                     BLOCK_HW=_NHWC_BLOCK_HW, BLOCK_C=_NHWC_BLOCK_C)
     _nhwc_stats_kernel[(batch * num_groups,)](means, m2s, stats, hw, channels, cpg, num_groups, rows_per_chunk,
-                                              chunks, eps, BLOCK_J=64, BLOCK_K=16)
+                                              chunks, eps, BLOCK=_STATS_BLOCK, num_warps=_STATS_WARPS)
     _nhwc_apply_kernel[(batch, triton.cdiv(hw, _NHWC_APPLY_HW), c_blocks)](
         x, second, bias_arg, temb_arg, temb_stride, y, weight, bias, stats, z_arg, zb_arg, hw, channels, split, cpg,
         num_groups, shift_mode, has_sum, APPLY_SILU=apply_silu, BLOCK_HW=_NHWC_APPLY_HW, BLOCK_C=_NHWC_BLOCK_C)
