@@ -174,6 +174,10 @@ def _nhwc_apply_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_
     cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < channels
     mask = (rows < hw)[:, None] & cmask[None, :]
+    # The tile first: the per-channel values below are small loads from L2, some behind run-time branches
+    # (`_shift`) whose conversions wait for them; issued after those, the tile's load from memory would
+    # start only once they returned.
+    v = _load_nhwc(x_ptr, x2_ptr, b, rows.to(tl.int64)[:, None], cols[None, :], mask, hw, channels, split)
     stat = (b * num_groups + cols // channels_per_group) * 2
     mean = tl.load(stats_ptr + stat, mask=cmask, other=0.0)
     rstd = tl.load(stats_ptr + stat + 1, mask=cmask, other=0.0)
@@ -181,7 +185,6 @@ def _nhwc_apply_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_
     # (x + s - mean) * scale + bias = x * scale + (bias + (s - mean) * scale)
     s = _shift(bias_ptr, temb_ptr, temb_stride, b, cols, cmask, shift_mode)
     shift = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32) + (s - mean) * scale
-    v = _load_nhwc(x_ptr, x2_ptr, b, rows.to(tl.int64)[:, None], cols[None, :], mask, hw, channels, split)
     y = v * scale[None, :] + shift[None, :]
     offs = b.to(tl.int64) * hw * channels + rows.to(tl.int64)[:, None] * channels + cols[None, :]
     if has_sum > 0:
