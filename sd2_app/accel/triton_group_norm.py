@@ -77,9 +77,9 @@ def _nhwc_partial_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, mean_pt
     # One pass over the chunk: sums of d = x - p and d^2 about a pivot p, the chunk's first pixel, give
     # mean = p + sum(d) / n and M2 = sum(d^2) - sum(d)^2 / n. A pivot drawn from the data keeps sum(d) near
     # zero, so the subtraction loses little (unlike sums of x and x^2); the chunks are then merged exactly.
-    # The pivot is taken from the first tile once it is loaded (a reduction in registers), not loaded on
-    # its own first: a separate load would be one more memory round trip that the tile loads wait for, in a
-    # kernel whose programs each read only a few tiles.
+    # The pivot is loaded after the first tile, not before it: the compiled code converts it to fp32 as soon
+    # as it is loaded, so loaded first it cost a memory round trip of its own before the tile's loads were
+    # issued; loaded after, it is a cache hit in the lines the tile just brought in.
     b = tl.program_id(0)
     chunk = tl.program_id(1)
     cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -91,7 +91,8 @@ def _nhwc_partial_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, mean_pt
     rows = first + offsets
     mask = (rows < end)[:, None] & cmask[None, :]
     v = _load_nhwc(x_ptr, x2_ptr, b, rows.to(tl.int64)[:, None], cols[None, :], mask, hw, channels, split)
-    pivot = tl.sum(tl.where((offsets == 0)[:, None], v, 0.0), axis=0)  # the chunk's first pixel (never masked)
+    # the chunk's first pixel, loaded after the tile that holds it: a cache hit, and no reduction over the tile
+    pivot = _load_nhwc(x_ptr, x2_ptr, b, first.to(tl.int64), cols, cmask, hw, channels, split)
     d = tl.where(mask, v - pivot[None, :], 0.0)
     sum_d = d
     sum_d2 = d * d
@@ -129,21 +130,23 @@ def _group_partials(mean_ptr, m2_ptr, base, i, total, channels, channels_per_gro
 def _nhwc_stats_kernel(mean_ptr, m2_ptr, stats_ptr, hw, channels, channels_per_group, num_groups,
                        rows_per_chunk, num_chunks, eps, BLOCK: tl.constexpr):
     # Merge the (chunk, channel) partials of one (image, group) into its mean and 1/std: grid (B * G,).
-    # Chan et al.'s merge in one pass, as sums about a pivot p (the group's first partial mean, taken from
-    # the first block once loaded): with A = sum n_i (m_i - p), B = sum n_i (m_i - p)^2, C = sum M2_i,
-    # mean = p + A / N and M2 = C + B - A^2 / N. A two-pass merge (the mean, then the spread about it) waits
-    # on twice as many loads, and this kernel is nothing but a chain of loads from L2 (a few microseconds per
-    # GroupNorm): one block covers the partials of most SD groups (up to 256 chunks x 8 channels), three the
-    # largest. The partials are visited as one flat run, so one compiled kernel serves every shape.
+    # Chan et al.'s merge in one pass, as sums about a pivot p (the group's first partial mean): with
+    # A = sum n_i (m_i - p), B = sum n_i (m_i - p)^2, C = sum M2_i, mean = p + A / N and M2 = C + B - A^2 / N.
+    # A two-pass merge (the mean, then the spread about it) waits on twice as many loads, and this kernel is
+    # nothing but a chain of loads from L2 (a few microseconds per GroupNorm): one block covers the partials
+    # of most SD groups (up to 256 chunks x 8 channels), three the largest. The pivot is loaded on its own
+    # (one address) rather than picked out of the first block, so no reduction waits for that block before
+    # the rest of its loads are issued. The partials are visited as one flat run, so one compiled kernel
+    # serves every shape.
     pid = tl.program_id(0)
     b = pid // num_groups
     g = pid % num_groups
     total = num_chunks * channels_per_group
     base = b * num_chunks * channels + g * channels_per_group
     i = tl.arange(0, BLOCK)
+    pivot = tl.load(mean_ptr + base)  # chunk 0, the group's first channel: always a partial
     means, m2s, counts = _group_partials(mean_ptr, m2_ptr, base, i, total, channels, channels_per_group, hw,
                                          rows_per_chunk)
-    pivot = tl.sum(tl.where(i == 0, means, 0.0), axis=0)
     d = means - pivot
     acc_a = counts * d
     acc_b = acc_a * d
