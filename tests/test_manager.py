@@ -392,19 +392,38 @@ def test_a_unet_leaving_the_device_drops_its_cuda_graphs(repos: dict[str, Path],
     assert wrapper.graph_count == 0
 
 
+def test_moves_keep_each_weights_strides() -> None:
+    """A tensor-by-tensor move keeps channels_last weights channels_last (1x1 kernels too, whose two layouts
+    differ only in strides): conv_in's weight decides the layout of every activation after it."""
+    conv3, conv1 = torch.nn.Conv2d(4, 8, 3), torch.nn.Conv2d(8, 16, 1)
+    for conv in (conv3, conv1):
+        conv.to(memory_format=torch.channels_last)
+    stacked_row = torch.zeros(6, 5)[2:4]  # a stacked projection's rows: a contiguous view
+    for tensor in (conv3.weight, conv1.weight, conv3.bias, stacked_row):
+        copy = memory.empty_in_layout(tensor, "cpu")
+        assert (copy.shape, copy.stride(), copy.dtype) == (tensor.shape, tensor.stride(), tensor.dtype)
+    assert memory.empty_in_layout(conv3.weight, "cpu").stride() == (36, 1, 12, 4)
+    assert memory.empty_in_layout(conv1.weight, "cpu").stride() == (8, 1, 8, 8)
+    transposed = torch.zeros(5, 6).t()
+    assert memory.empty_in_layout(transposed, "cpu").stride() == (5, 1)
+
+
 @pytest.mark.gpu
 def test_offload_pins_host_memory_and_comes_back(repos: dict[str, Path], tmp_path: Path) -> None:
     manager = ModelManager(
         "cuda", torch.float16, registry={"a": _spec("a", repos["a"])}, cache_dir=tmp_path
     )
     with manager.use("a") as before:
-        pass
+        layout = before.unet.conv_in.weight.stride()  # channels_last: the accelerator set it
+    assert layout != before.unet.conv_in.weight.contiguous().stride()
     manager.offload("a")
     assert before.unet.conv_in.weight.device.type == "cpu" and before.unet.conv_in.weight.is_pinned()
+    assert before.unet.conv_in.weight.stride() == layout
     assert next(r for r in manager.status() if r.key == "a").device == "pinned cpu"
     with manager.use("a") as after:
         assert after.unet is before.unet and after.unet.conv_in.weight.device.type == "cuda"
         assert after.unet.conv_in.weight.dtype == torch.float16
+        assert after.unet.conv_in.weight.stride() == layout  # else every job after a swap runs NCHW
     manager.offload("a")
     pinned_ptr = before.unet.conv_in.weight.data_ptr()
     with manager.use("a"):

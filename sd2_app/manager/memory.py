@@ -103,6 +103,20 @@ def _tensors(module: nn.Module) -> list[torch.Tensor]:
     return [*module.parameters(), *module.buffers()]
 
 
+def empty_in_layout(tensor: torch.Tensor, device: torch.device | str, *, pin: bool = False) -> torch.Tensor:
+    """An uninitialised tensor with `tensor`'s shape, dtype and strides (channels_last stays channels_last, even
+    for 1x1 kernels, whose two layouts differ only in strides) on `device`, page-locked when `pin`.
+
+    Why: the accelerator sets the convolutions' weights channels_last once, and the activations take their
+    layout from conv_in's weight; a move that made the weights NCHW-contiguous would send every later job
+    down the NCHW kernels (slower, and not the numbers of the first job).
+    """
+    dense = tensor.is_contiguous() or (tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last))
+    if not dense:  # (no parameter or buffer is; a strided view gets a contiguous copy)
+        return torch.empty(tensor.shape, dtype=tensor.dtype, device=device, pin_memory=pin)
+    return torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device=device, pin_memory=pin)
+
+
 def _shadow(module: nn.Module) -> list[torch.Tensor] | None:
     """The pinned host copy made the first time `module` left the device, if it still matches its tensors.
 
@@ -113,7 +127,7 @@ def _shadow(module: nn.Module) -> list[torch.Tensor] | None:
     tensors = _tensors(module)
     if shadow is None or len(shadow) != len(tensors):
         return None
-    if any(s.shape != t.shape or s.dtype != t.dtype for s, t in zip(shadow, tensors)):
+    if any(s.shape != t.shape or s.dtype != t.dtype or s.stride() != t.stride() for s, t in zip(shadow, tensors)):
         return None
     return shadow
 
@@ -122,7 +136,7 @@ def _to_host(module: nn.Module, pin: bool) -> None:
     """Swap every device tensor of `module` for a host tensor (page-locked when `pin`).
 
     With a valid pinned shadow this is free; otherwise each tensor is copied into a freshly allocated
-    pinned buffer (directly, not through pageable memory) and the buffers are kept as the shadow.
+    pinned buffer in its layout (directly, not through pageable memory) and the buffers are kept as the shadow.
     """
     tensors = _tensors(module)
     shadow = _shadow(module) if pin else None
@@ -133,7 +147,7 @@ def _to_host(module: nn.Module, pin: bool) -> None:
     for tensor in tensors:
         if tensor.device.type == "cpu":
             continue
-        host = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pin)
+        host = empty_in_layout(tensor, "cpu", pin=pin)
         host.copy_(tensor.data, non_blocking=pin)
         tensor.data = host
     if pin and torch.cuda.is_available():
@@ -146,7 +160,7 @@ def _to_device(module: nn.Module, device: torch.device) -> None:
     """Copy host tensors to `device` without dropping the pinned shadow (the way back stays free)."""
     for tensor in _tensors(module):
         if tensor.device != device:
-            target = torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
+            target = empty_in_layout(tensor, device)
             target.copy_(tensor.data, non_blocking=True)
             tensor.data = target
 
