@@ -37,10 +37,10 @@ UNET_VARIANTS: dict[str, AccelOptions] = {
     "graphs+fused": AccelOptions(channels_last=False),
     "graphs+cl": AccelOptions(fused_ops=False, channels_last=True),
     "graphs+cl+fused": AccelOptions(channels_last=True),
-    # the GroupNorms before the one-launch kernel of small groups (three kernels each, at every size)
-    "graphs+cl+fused+gn3": AccelOptions(channels_last=True, group_norm_one_kernel_max=0),
-    # the one-kernel GroupNorm's threshold (default 32768 elements per group) halved and doubled
+    # the one-launch GroupNorm kernel for groups of up to 16k, 32k (its former default) or 64k elements
+    # (off by default: three kernels per GroupNorm at every size were fastest in run 6)
     "graphs+cl+fused+gn1-16k": AccelOptions(channels_last=True, group_norm_one_kernel_max=16384),
+    "graphs+cl+fused+gn1-32k": AccelOptions(channels_last=True, group_norm_one_kernel_max=32768),
     "graphs+cl+fused+gn1-64k": AccelOptions(channels_last=True, group_norm_one_kernel_max=65536),
     # one matmul per attention projection (before the stacked q, k, v and k, v)
     "graphs+cl+fused+sep-proj": AccelOptions(channels_last=True, stack_projections=False),
@@ -64,7 +64,7 @@ VAE_VARIANTS: dict[str, AccelOptions] = {
     "fused": AccelOptions(vae_channels_last=False),
     "cl": AccelOptions(fused_ops=False, vae_channels_last=True),
     "cl+fused": AccelOptions(vae_channels_last=True),
-    "cl+fused+gn3": AccelOptions(vae_channels_last=True, group_norm_one_kernel_max=0),
+    "cl+fused+gn1-32k": AccelOptions(vae_channels_last=True, group_norm_one_kernel_max=32768),
     "cl+fused+nearest-up": AccelOptions(vae_channels_last=True, subpixel_upsample=False),
 }
 

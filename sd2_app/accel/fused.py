@@ -48,11 +48,13 @@ def _use_norm_kernel(x: Tensor, norm: nn.GroupNorm) -> bool:
             and x.dtype == norm.weight.dtype)
 
 
-# channels_last groups of up to this many elements (at 512 px the UNet's 16x16 and 8x8 levels and most of
-# its 32x32 ones: 43 of 61 GroupNorms per call) take one kernel launch instead of three. There the three
-# kernels are bound by launch and latency (about 13 us per GroupNorm in a UNet call profiled on an H200),
-# not by bandwidth; the one kernel needs at most four loop iterations per pass.
-GROUP_NORM_ONE_KERNEL_MAX = 32768
+# channels_last groups of up to this many elements take one kernel launch instead of three (0: never, the
+# default). It was meant for the small groups of the 16x16 and 8x8 levels, where the three kernels are bound by
+# launch and latency; but on an H200 (run 6 of bench.micro, UNet call at 512 b2 / x4 128x128 b2) the three
+# kernels everywhere were fastest: 5.79 / 6.45 ms, against 5.96 / 6.65 with 16k, 6.17 / 6.69 with 32k and
+# 6.69 / 7.18 with 64k (CUDA graphs hide the launches; the one kernel reads each group twice with few programs).
+# Off, its kernels are neither checked nor compiled on the first image.
+GROUP_NORM_ONE_KERNEL_MAX = 0
 
 
 def group_norm_silu(x: Tensor, norm: nn.GroupNorm, *, apply_silu: bool = True,
@@ -293,7 +295,7 @@ def fuse_modules(model: nn.Module, *, channels_last: bool = False,
     """
     first = next(model.parameters(), None)
     if first is not None and first.is_cuda and triton_available():
-        if not kernels_agree(first.device.index or 0, first.dtype, channels_last):
+        if not kernels_agree(first.device.index or 0, first.dtype, channels_last, one_kernel_max > 0):
             return 0
         if geglu_matmul:  # (fp16/bf16 only: the kernel's inputs for tensor cores)
             geglu_matmul = (first.dtype in (torch.float16, torch.bfloat16)

@@ -10,13 +10,19 @@ compile costs the first image about a second).
 from __future__ import annotations
 
 import logging
-from functools import cache
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache, partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
+
+# threads the start-up check runs its cases on (the first kernels' JIT compiles overlap; 1: one by one)
+CHECK_THREADS = 8
 
 
 @cache
@@ -46,13 +52,15 @@ def geglu_matmul_agrees(device_index: int, dtype: torch.dtype) -> bool:
 
 
 @cache
-def kernels_agree(device_index: int, dtype: torch.dtype, channels_last: bool = False) -> bool:
+def kernels_agree(device_index: int, dtype: torch.dtype, channels_last: bool = False,
+                  one_kernel: bool = False) -> bool:
     """Run the Triton kernels of one activation layout (GroupNorm with and without SiLU, and GEGLU) once on
     random data against the eager math (once per device, dtype and layout).
 
     A kernel that is wrong on some GPU or Triton version would otherwise change every image silently
     (the CUDA-graph check compares against the same fused modules); a disagreement keeps the eager ops.
-    Only the layout in use is checked: each kernel compiled here is a JIT compile the first image waits for.
+    Only the layout in use is checked, and the one-launch GroupNorm kernel only when `one_kernel` (its group
+    size limit is above 0): each kernel compiled here is a JIT compile the first image waits for.
     """
     from sd2_app.accel import triton_kernels
 
@@ -63,7 +71,7 @@ def kernels_agree(device_index: int, dtype: torch.dtype, channels_last: bool = F
         x = x.to(memory_format=torch.channels_last)
     norm = nn.GroupNorm(32, 64, eps=1e-5).to(device=device, dtype=dtype)
     try:
-        errors = _kernel_errors(triton_kernels, norm, generator, x, dtype)
+        errors = _kernel_errors(triton_kernels, norm, generator, x, dtype, one_kernel, threads=CHECK_THREADS)
     except Exception as e:  # noqa: BLE001 - a kernel that fails to compile or launch: keep the eager ops
         logger.warning("Triton kernels failed their start-up check (%s: %s); keeping the eager ops",
                        type(e).__name__, e)
@@ -77,60 +85,93 @@ def kernels_agree(device_index: int, dtype: torch.dtype, channels_last: bool = F
 
 
 def _kernel_errors(triton_kernels, norm: nn.GroupNorm, generator: torch.Generator, x: Tensor,
-                   dtype: torch.dtype) -> tuple[Tensor, ...]:
+                   dtype: torch.dtype, one_kernel: bool = True, threads: int | None = None) -> tuple[Tensor, ...]:
     """Max abs differences of the kernels from the fp32 eager math on random inputs (for channels_last x
-    also the resnet's shifted GroupNorm, its bias + residual kernel, the one-launch GroupNorm, the
-    GroupNorm of a concatenation read from its two parts and the one that also writes its biased input)."""
+    also the resnet's shifted GroupNorm, its bias + residual kernel, the GroupNorm of a concatenation read from
+    its two parts and the one that also writes its biased input; with `one_kernel`, the one-launch GroupNorm's
+    variants too).
+
+    The inputs are drawn first, in one order; then the cases run on `threads` threads (default CHECK_THREADS):
+    each case's first launch is a JIT compile, and Triton compiles with the GIL mostly released, so a cold
+    start compiles several kernels at once (10 kernels for sm_90 on a 2-core CPU: 5.4 s one by one, 2.8 s on
+    two threads). The first case (one small kernel) runs alone: it pays Triton's one-time set-up, which is
+    not made for threads.
+    """
     with torch.no_grad():
-        norm.weight.normal_(generator=generator)
-        norm.bias.normal_(generator=generator)
-        projected = torch.randn(2, 77, 2 * 96, device=x.device, dtype=dtype, generator=generator)
-        eager_norm = F.group_norm(x.float(), 32, norm.weight.float(), norm.bias.float(), norm.eps)
-        with_silu = triton_kernels.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
-        plain = triton_kernels.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps,
-                                               apply_silu=False)
-        value, gate = projected.float().chunk(2, dim=-1)
-        fused_geglu, eager_geglu = triton_kernels.geglu(projected), value * F.gelu(gate)
-        errors = [(with_silu.float() - F.silu(eager_norm)).abs().max(), (plain.float() - eager_norm).abs().max(),
-                  (fused_geglu.float() - eager_geglu).abs().max()]
-        # 320 wide, as the UNet's first level: the kernel compiled here is the one the first image runs
-        tokens, stream, ln_weight, ln_bias = (torch.randn(shape, device=x.device, dtype=dtype, generator=generator)
-                                              for shape in ((2, 77, 320), (2, 77, 320), (320,), (320,)))
-        summed, normed = triton_kernels.layer_norm(tokens, ln_weight, ln_bias, 1e-5, residual=stream)
-        eager_sum = (tokens.float() + stream.float()).to(dtype).float()
-        eager_ln = F.layer_norm(eager_sum, (320,), ln_weight.float(), ln_bias.float(), 1e-5)
-        errors += [(summed.float() - eager_sum).abs().max(), (normed.float() - eager_ln).abs().max()]
-        biased, _ = triton_kernels.layer_norm(tokens, ln_weight, ln_bias, 1e-5, residual=stream, sum_bias=ln_bias)
-        errors.append((biased.float() - (eager_sum + ln_bias.float())).abs().max())
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            channels = x.shape[1]
-            conv_bias = torch.randn(channels, device=x.device, dtype=dtype, generator=generator)
-            temb = torch.randn(x.shape[0], channels, device=x.device, dtype=dtype, generator=generator)
-            shifted_input = x.float() + conv_bias.float()[None, :, None, None] + temb.float()[:, :, None, None]
-            shifted = triton_kernels.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps,
-                                                     shift_bias=conv_bias, shift_temb=temb)
-            eager_shifted = F.silu(F.group_norm(shifted_input, 32, norm.weight.float(), norm.bias.float(), norm.eps))
-            residual = torch.randn(x.shape, device=x.device, dtype=dtype, generator=generator)
-            residual = residual.contiguous(memory_format=torch.channels_last)
-            summed = triton_kernels.bias_residual(x, conv_bias, residual, 0.5, bias2=temb[0].contiguous())
-            biases = (conv_bias.float() + temb[0].float())[None, :, None, None]
-            eager_sum = (x.float() + biases + residual.float()) * 0.5
-            errors += [(shifted.float() - eager_shifted).abs().max(), (summed.float() - eager_sum).abs().max()]
-            # the one-launch kernel of small groups, with the shift and SiLU and with neither
-            whole = x[0].numel()
-            one_shifted = triton_kernels.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps,
-                                                         shift_bias=conv_bias, shift_temb=temb, one_kernel_max=whole)
-            one_plain = triton_kernels.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps,
-                                                       apply_silu=False, one_kernel_max=whole)
-            errors += [(one_shifted.float() - eager_shifted).abs().max(), (one_plain.float() - eager_norm).abs().max()]
-            # the up path's norm of cat([x, skip]) read from two tensors, and the norm that also writes the
-            # biased input (a Transformer2D's), both kernel paths
-            head, tail = (part.contiguous(memory_format=torch.channels_last) for part in x.split(channels // 2, 1))
-            for limit in (0, whole):
-                two = triton_kernels.group_norm_silu(head, norm.num_groups, norm.weight, norm.bias, norm.eps,
-                                                     apply_silu=False, one_kernel_max=limit, concat=tail)
-                normed, biased = triton_kernels.group_norm_and_biased_input(
-                    x, norm.num_groups, norm.weight, norm.bias, norm.eps, conv_bias, one_kernel_max=limit)
-                errors += [(two.float() - eager_norm).abs().max(), (normed.float() - eager_norm).abs().max(),
-                           (biased.float() - (x.float() + conv_bias.float()[None, :, None, None])).abs().max()]
-    return tuple(errors)
+        cases = _cases(triton_kernels, norm, generator, x, dtype, one_kernel)
+        errors = list(cases[0]())
+    workers = min(threads or CHECK_THREADS, os.cpu_count() or 1, len(cases) - 1)
+    if workers <= 1:
+        with torch.no_grad():
+            return tuple(errors + [e for case in cases[1:] for e in case()])
+
+    def run(case: Callable[[], list[Tensor]]) -> list[Tensor]:
+        with torch.no_grad():  # (grad mode is per thread)
+            return case()
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="kernel-check") as pool:
+        return tuple(errors + [e for case_errors in pool.map(run, cases[1:]) for e in case_errors])
+
+
+def _cases(k, norm: nn.GroupNorm, generator: torch.Generator, x: Tensor, dtype: torch.dtype,
+           one_kernel: bool) -> list[Callable[[], list[Tensor]]]:
+    """The checks as independent callables, each returning its max abs errors; kernels that share compiled
+    code (the GroupNorm statistics of one variant) are in one case, so no two threads compile the same one."""
+    def error(got: Tensor, want: Tensor) -> Tensor:
+        return (got.float() - want).abs().max()
+
+    def gn(v: Tensor, **kwargs) -> Tensor:
+        return k.group_norm_silu(v, norm.num_groups, norm.weight, norm.bias, norm.eps, **kwargs)
+
+    device = x.device
+    norm.weight.normal_(generator=generator)
+    norm.bias.normal_(generator=generator)
+    projected = torch.randn(2, 77, 2 * 96, device=device, dtype=dtype, generator=generator)
+    eager_norm = F.group_norm(x.float(), 32, norm.weight.float(), norm.bias.float(), norm.eps)
+    value, gate = projected.float().chunk(2, dim=-1)
+    # 320 wide, as the UNet's first level: the kernel compiled here is the one the first image runs
+    tokens, stream, ln_weight, ln_bias = (torch.randn(shape, device=device, dtype=dtype, generator=generator)
+                                          for shape in ((2, 77, 320), (2, 77, 320), (320,), (320,)))
+    eager_sum = (tokens.float() + stream.float()).to(dtype).float()
+    eager_ln = F.layer_norm(eager_sum, (320,), ln_weight.float(), ln_bias.float(), 1e-5)
+
+    def layer_norms() -> list[Tensor]:
+        summed, normed = k.layer_norm(tokens, ln_weight, ln_bias, 1e-5, residual=stream)
+        biased, _ = k.layer_norm(tokens, ln_weight, ln_bias, 1e-5, residual=stream, sum_bias=ln_bias)
+        return [error(summed, eager_sum), error(normed, eager_ln), error(biased, eager_sum + ln_bias.float())]
+
+    cases = [lambda: [error(k.geglu(projected), value * F.gelu(gate))],  # first, alone: one small kernel
+             lambda: [error(gn(x), F.silu(eager_norm)), error(gn(x, apply_silu=False), eager_norm)],
+             layer_norms]
+    if not (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):
+        return cases
+    channels = x.shape[1]
+    conv_bias = torch.randn(channels, device=device, dtype=dtype, generator=generator)
+    temb = torch.randn(x.shape[0], channels, device=device, dtype=dtype, generator=generator)
+    shifted_input = x.float() + conv_bias.float()[None, :, None, None] + temb.float()[:, :, None, None]
+    eager_shifted = F.silu(F.group_norm(shifted_input, 32, norm.weight.float(), norm.bias.float(), norm.eps))
+    residual = torch.randn(x.shape, device=device, dtype=dtype, generator=generator)
+    residual = residual.contiguous(memory_format=torch.channels_last)
+    eager_residual = (x.float() + (conv_bias.float() + temb[0].float())[None, :, None, None] + residual.float()) * 0.5
+    head, tail = (part.contiguous(memory_format=torch.channels_last) for part in x.split(channels // 2, 1))
+    eager_biased = x.float() + conv_bias.float()[None, :, None, None]
+    whole = x[0].numel()
+
+    def shifted(limit: int) -> list[Tensor]:
+        got = gn(x, shift_bias=conv_bias, shift_temb=temb, one_kernel_max=limit)
+        return [error(got, eager_shifted)] + ([error(gn(x, apply_silu=False, one_kernel_max=limit), eager_norm)]
+                                              if limit else [])
+
+    def two_sources(limit: int) -> list[Tensor]:  # the up path's norm of cat([x, skip]) read from two tensors
+        return [error(gn(head, apply_silu=False, one_kernel_max=limit, concat=tail), eager_norm)]
+
+    def with_biased_input(limit: int) -> list[Tensor]:  # a Transformer2D's norm, also writing its biased input
+        normed, biased = k.group_norm_and_biased_input(x, norm.num_groups, norm.weight, norm.bias, norm.eps,
+                                                       conv_bias, one_kernel_max=limit)
+        return [error(normed, eager_norm), error(biased, eager_biased)]
+
+    cases.append(lambda: [error(k.bias_residual(x, conv_bias, residual, 0.5, bias2=temb[0].contiguous()),
+                                eager_residual)])
+    for limit in (0, whole) if one_kernel else (0,):  # the three-kernel path; the one-launch kernel if in use
+        cases += [partial(shifted, limit), partial(two_sources, limit), partial(with_biased_input, limit)]
+    return cases
