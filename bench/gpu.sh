@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# One GPU lease, one command. Steps (STEPS, in this order): bench (every case, BENCH_VARIANTS vs diffusers
+# One GPU lease, one command. Steps (STEPS, in this order): coldstart (the cold first image by phase, in
+# fresh processes with empty Triton caches: the default path and a checkpoint swap, the start-up check on
+# one thread, cuDNN's benchmark off, then the default again with a warm Triton cache; bench/coldstart.py), bench (every case, BENCH_VARIANTS vs diffusers
 # eager, and the swaps; its first case is the cold "model loaded -> first image", so it runs before anything
 # fills Triton's kernel cache), micro (every switch combination, or MICRO_VARIANTS, on one UNet call and one
 # VAE decode at MICRO_SIZES, default 512,768; x4 adds the upscaler's UNet at 128x128 latents), profile
@@ -27,7 +29,7 @@ stamp() { echo "[$(( $(date +%s) - START )) s] $*" | tee -a "$OUT/env.txt"; }
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 # seconds kept back for the steps after the current one
 after() { local s=0; for step in "$@"; do has "$step" && s=$((s + ${RESERVE[$step]})); done; echo $s; }
-declare -A RESERVE=([bench]=130 [micro]=60 [profile]=45 [compiled]=150 [tests]=60)
+declare -A RESERVE=([coldstart]=110 [bench]=130 [micro]=60 [profile]=45 [compiled]=150 [tests]=60)
 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
@@ -38,14 +40,28 @@ stamp "steps: $STEPS"
 
 if [ -z "$TINY" ]; then
   stamp "writing checkpoints"
-  timeout "$(left)" python3 -m bench.write_checkpoints "$CKPT/full" >> "$OUT/env.txt" 2>&1
+  kinds=""; for kind in ${BENCH_KINDS:-}; do kinds+=" --kind $kind"; done  # default: every kind
+  timeout "$(left)" python3 -m bench.write_checkpoints "$CKPT/full" $kinds >> "$OUT/env.txt" 2>&1
   stamp "checkpoints written (rc $?)"; du -sh "$CKPT/full" >> "$OUT/env.txt" 2>&1
+fi
+
+if has coldstart; then
+  keep=$(after bench micro profile compiled tests)
+  warm=$(mktemp -d)
+  for run in "default|$warm|--swap" "serial-checks||--check-threads 1" "no-cudnn-benchmark||--no-cudnn-benchmark" \
+             "warm-triton-cache|$warm|"; do
+    IFS='|' read -r label cache flags <<< "$run"
+    TRITON_CACHE_DIR="${cache:-$(mktemp -d)}" timeout $(( $(left) - keep )) python3 -m bench.coldstart \
+      ${BENCH_TINY:+--tiny --steps 3} --ckpt "$CKPT" --out "$OUT" --label "$label" $flags >> "$OUT/log.txt" 2>&1
+    stamp "coldstart $label done (rc $?)"
+  done
 fi
 
 if has bench; then
   keep=$(after micro profile compiled tests)
   timeout $(( $(left) - keep )) python3 -m bench.run $TINY --ckpt "$CKPT" --out "$OUT" \
-    --variants "${BENCH_VARIANTS:-ours,diffusers}" --deadline $((END - keep - 40)) >> "$OUT/log.txt" 2>&1
+    --variants "${BENCH_VARIANTS:-ours,diffusers}" ${BENCH_ONLY:+--only "$BENCH_ONLY" --no-swaps} \
+    --deadline $((END - keep - 40)) >> "$OUT/log.txt" 2>&1
   stamp "bench done (rc $?)"
 fi
 
@@ -84,12 +100,12 @@ if has tests; then
   stamp "gpu tests done (rc $?)"
 fi
 
-cat "$OUT/micro.md" "$OUT/results.md" "$OUT/compiled.md" 2>/dev/null
+cat "$OUT/coldstart.md" "$OUT/micro.md" "$OUT/results.md" "$OUT/compiled.md" 2>/dev/null
 sed -n '/phases/,/One unsynchronised/p' "$OUT/profile.md" 2>/dev/null
 tail -3 "$OUT/tests.txt" 2>/dev/null
 stamp "end"
 # The device tool returns at most 8 files: with every step there are 10, so the raw JSON goes into one
 # archive (the markdown reports carry the same tables).
 if [ "$(ls "$OUT" | wc -l)" -gt 8 ]; then
-  (cd "$OUT" && tar czf raw-json.tar.gz ./*.json && rm -f ./*.json)
+  (cd "$OUT" && tar czf raw-json.tar.gz ./*.json ./*.jsonl 2>/dev/null; rm -f ./*.json ./*.jsonl)
 fi
