@@ -81,7 +81,7 @@ def _layout(manager: ModelManager) -> str:
     return "channels_last" if not weight.is_contiguous() else "contiguous"
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, object]:
     p = argparse.ArgumentParser(description="cold first image, by phase; a swap's effect on the next images")
     p.add_argument("--ckpt", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -147,9 +147,12 @@ def main(argv: list[str] | None = None) -> None:
         row["layout_after_swap"] = _layout(manager)
         row["same_image_after_swap"] = bool(np.array_equal(first, after))
     _write(args.out, row)
+    return row
 
 
 def _by_phase(compiles: list[tuple[float, str]], epoch: float, phases: dict[str, float]) -> dict[str, int]:
+    """How many compiles ended in each phase (`phases`: name -> end, seconds after `epoch`, in order). A cache
+    file is written just after its phase's log mark may have been taken, so each end gets 50 ms of slack."""
     counts, before = {}, 0.0
     for name, ends in phases.items():
         counts[name] = sum(1 for stamp, _ in compiles if before <= stamp - epoch < ends + 0.05)

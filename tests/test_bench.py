@@ -116,3 +116,20 @@ def test_micro_times_the_x4_unet_beside_the_txt2img_one_on_tiny_models(tmp_path:
         assert "error" not in row and row["ms"] > 0
         assert row["max_rel_diff_vs_eager"] == 0.0  # off the GPU every switch is exact
     assert "| unet-x4 | 64 | 2 | graphs+cl+fused |" in (tmp_path / "out" / "micro.md").read_text()
+
+
+def test_coldstart_counts_compiles_per_phase_and_checks_a_swap_on_tiny_models(tmp_path: Path) -> None:
+    from bench.coldstart import _by_phase, main
+
+    phases = {"check": 1.0, "text": 1.5, "unet": 3.0, "rest": 4.0}
+    compiles = [(100.2, "a"), (100.9, "b"), (101.03, "c"), (102.0, "d"), (103.9, "e")]
+    assert _by_phase(compiles, 100.0, phases) == {"check": 3, "text": 0, "unet": 1, "rest": 1}  # c: 30 ms late
+
+    out = tmp_path / "out"
+    row = main(["--tiny", "--steps", "2", "--swap", "--ckpt", str(tmp_path / "ck"), "--out", str(out)])
+    assert row["same_image_twice"] is True and row["same_image_after_swap"] is True
+    assert row["layout_before_swap"] == row["layout_after_swap"] == "contiguous"  # CPU: no channels_last
+    assert list(row["phase_ends_s"])[-1] == "the loop, VAE decode (first run), to PIL"
+    assert row["triton_kernels_compiled"] == 0 and row["first_image_s"] > 0
+    assert json.loads((out / "coldstart.jsonl").read_text().splitlines()[0])["label"] == "default"
+    assert "## default (cpu" in (out / "coldstart.md").read_text()
