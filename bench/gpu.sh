@@ -96,7 +96,7 @@ if has tests; then
   timeout "$(left)" python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_accel.py \
     tests/test_gpu_numerics.py tests/test_manager.py tests/test_reliability_faults.py tests/test_text_graph.py \
     tests/test_stacking.py tests/test_vae_attention.py tests/test_upsample.py \
-    tests/test_pipelines_helpers.py > "$OUT/tests.txt" 2>&1
+    tests/test_pipelines_helpers.py tests/test_staged_read.py > "$OUT/tests.txt" 2>&1
   stamp "gpu tests done (rc $?)"
 fi
 

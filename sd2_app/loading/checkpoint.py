@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from sd2_app.errors import LoadError
+from sd2_app.loading.staged_read import read_header, read_to_device, stageable
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +68,24 @@ def params_on_meta() -> Iterator[None]:
 def read_safetensors(
     path: Path, device: torch.device | str, dtype: torch.dtype, *, repo: str, file: str
 ) -> dict[str, torch.Tensor]:
-    """All tensors of `path`, read straight onto `device`; floating ones cast to `dtype` one at a time."""
+    """All tensors of `path`, read straight onto `device`; floating ones in `dtype`.
+
+    A file whose floats are already in `dtype` (the fp16 variants this app loads) is read in large chunks
+    through pinned buffers (staged_read: the transfer overlaps the read); any other (a cast, an odd or damaged
+    file) goes through safetensors' reader, one tensor at a time, which also names what is wrong.
+    """
     if not path.is_file():
         raise LoadError(repo, file, "not found")
+    device = torch.device(device)
+    try:
+        data_start, entries = read_header(path)
+        if stageable(entries, dtype, path.stat().st_size, data_start):
+            return read_to_device(path, entries, data_start, device)
+    except ValueError:
+        pass  # safetensors' reader below reports it
     tensors: dict[str, torch.Tensor] = {}
     try:
-        with safe_open(str(path), framework="pt", device=str(torch.device(device))) as f:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
             for key in f.keys():
                 tensor = f.get_tensor(key)
                 tensors[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor

@@ -6,21 +6,18 @@ shapes, no data), so the manager can make room first instead of finding out thro
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import struct
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from sd2_app.loading.staged_read import DTYPES, read_header
+
 logger = logging.getLogger(__name__)
 
 GIB = 2**30
-_HEADER_LIMIT = 100 * 2**20  # a safetensors header larger than this is not one we wrote or the Hub holds
-_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
-_INT_BYTES = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 def module_bytes(module: nn.Module) -> int:
@@ -40,27 +37,15 @@ def safetensors_bytes(path: Path, dtype: torch.dtype) -> int:
 
     Raises ValueError when the header is not valid safetensors, which is also our first corruption check.
     """
-    with open(path, "rb") as f:
-        prefix = f.read(8)
-        if len(prefix) != 8:
-            raise ValueError("truncated safetensors file")
-        (length,) = struct.unpack("<Q", prefix)
-        if length > _HEADER_LIMIT:
-            raise ValueError(f"not a safetensors file (header length {length})")
-        try:
-            header = json.loads(f.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"unreadable safetensors header ({e})") from e
+    _, entries = read_header(path)
     itemsize = torch.empty((), dtype=dtype).element_size()
     total = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
+    for entry in entries.values():
         numel = 1
-        for dim in info["shape"]:
-            numel *= int(dim)
-        kind = info["dtype"]
-        total += numel * (itemsize if kind in _FLOAT_DTYPES else _INT_BYTES.get(kind, itemsize))
+        for dim in entry.shape:
+            numel *= dim
+        kind = DTYPES.get(entry.dtype)
+        total += numel * (itemsize if kind is None or kind.is_floating_point else kind.itemsize)
     return total
 
 

@@ -1,0 +1,147 @@
+"""A safetensors file read onto the GPU through two pinned staging buffers.
+
+Why: safetensors' own reader (and `module.to`) copies each tensor from the page cache, which is pageable
+memory, to the device; the driver stages such a copy through a small pinned buffer of its own and returns when
+it is done, so reading and transferring never overlap. Runs 4 to 6 on H200 machines measured 3.6 to 5.7 GB/s
+for a 1.6 GiB UNet that way, ours and diffusers' alike. Here the file is read in large chunks straight into
+page-locked memory (a kernel memcpy out of the page cache) while the previous chunk's copy to the device runs
+asynchronously; each tensor still gets its own device allocation (a shared one could not be freed piece by
+piece when the accelerator re-lays convolutions out or stacks projections).
+
+Only raw little-endian data in the file's own dtypes is read here; `checkpoint.read_safetensors` keeps
+safetensors' reader for files that need a cast and for CPU loads.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+HEADER_LIMIT = 100 * 2**20  # a safetensors header larger than this is not one we wrote or the Hub holds
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
+CHUNK_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor of the file: its dtype name, shape and byte range in the data section."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+def read_header(path: Path) -> tuple[int, dict[str, Entry]]:
+    """(where the data section starts, name -> Entry) from the file's header; ValueError when it is not a
+    readable safetensors header (truncated, too large, not JSON, offsets that do not fit the shapes)."""
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) != 8:
+            raise ValueError("truncated safetensors file")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > HEADER_LIMIT:
+            raise ValueError(f"not a safetensors file (header length {length})")
+        raw = f.read(length)
+    if len(raw) != length:
+        raise ValueError("truncated safetensors header")
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"unreadable safetensors header ({e})") from e
+    entries = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = (int(v) for v in info["data_offsets"])
+        entries[name] = Entry(info["dtype"], tuple(int(d) for d in info["shape"]), begin, end)
+    return 8 + length, entries
+
+
+def stageable(entries: dict[str, Entry], dtype: torch.dtype, file_bytes: int, data_start: int) -> bool:
+    """True when every tensor can be read raw: a known dtype, floats already in `dtype`, and byte ranges that
+    match the shapes and tile the data section exactly, back to back to the end of the file (the checks
+    safetensors' reader makes); anything else goes to that reader, which names the problem."""
+    position = 0
+    for entry in sorted(entries.values(), key=lambda e: (e.begin, e.end)):
+        kind = DTYPES.get(entry.dtype)
+        if kind is None or (kind.is_floating_point and kind != dtype):
+            return False
+        numel = 1
+        for dim in entry.shape:
+            numel *= dim
+        if entry.begin != position or entry.end - entry.begin != numel * kind.itemsize:
+            return False
+        position = entry.end
+    return data_start + position == file_bytes
+
+
+def read_to_device(path: Path, entries: dict[str, Entry], data_start: int, device: torch.device,
+                   chunk_bytes: int = CHUNK_BYTES) -> dict[str, Tensor]:
+    """Every tensor of `entries` on `device` (each its own allocation), read from `path` in chunks.
+
+    On CUDA the chunks go through two pinned buffers: chunk i+1 is read while chunk i is copied; a buffer is
+    refilled only after its previous copy finished (an event). The copies are queued on the current stream,
+    so work queued after this call sees the data; the call returns once the last copy is done, since the
+    staging buffers are freed on return. Elsewhere (CPU) the same chunking copies synchronously.
+    """
+    tensors = {name: torch.empty(e.shape, dtype=DTYPES[e.dtype], device=device) for name, e in entries.items()}
+    targets = sorted((e.begin, e.end, tensors[name].reshape(-1).view(torch.uint8))
+                     for name, e in entries.items() if e.end > e.begin)
+    if not targets:
+        return tensors
+    total = max(end for _, end, _ in targets)
+    pinned = device.type == "cuda"
+    buffers = [torch.empty(min(chunk_bytes, total), dtype=torch.uint8, pin_memory=pinned) for _ in range(2)]
+    events: list[torch.cuda.Event | None] = [None, None]
+    with open(path, "rb", buffering=0) as f:
+        f.seek(data_start)
+        for index, (start, stop) in enumerate(_chunks(total, chunk_bytes)):
+            slot = index % 2
+            if events[slot] is not None:
+                events[slot].synchronize()  # its previous copies have left the buffer
+            staging = buffers[slot][: stop - start]
+            _read_exactly(f, staging, path)
+            for begin, end, target in _overlapping(targets, start, stop):
+                low, high = max(begin, start), min(end, stop)
+                target[low - begin:high - begin].copy_(staging[low - start:high - start], non_blocking=pinned)
+            if pinned:
+                events[slot] = torch.cuda.Event()
+                events[slot].record()
+    for event in events:
+        if event is not None:
+            event.synchronize()
+    return tensors
+
+
+def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, total, size):
+        yield start, min(start + size, total)
+
+
+def _overlapping(targets: list[tuple[int, int, Tensor]], start: int, stop: int) -> Iterator[tuple[int, int, Tensor]]:
+    """The targets whose byte range meets [start, stop) (targets sorted by start; a linear scan is enough for
+    a few thousand tensors and a few dozen chunks)."""
+    for begin, end, target in targets:
+        if begin >= stop:
+            break
+        if end > start:
+            yield begin, end, target
+
+
+def _read_exactly(f, into: Tensor, path: Path) -> None:
+    view = memoryview(into.numpy()).cast("B")
+    done = 0
+    while done < len(view):
+        got = f.readinto(view[done:])
+        if not got:
+            raise ValueError(f"{path.name}: file ends inside its data section")
+        done += got

@@ -1,0 +1,104 @@
+"""The chunked safetensors reader (loading/staged_read.py): the same tensors as safetensors' own reader, for
+every chunk size (tensors straddling chunks, empty and 0-d ones), each in its own allocation; anything it
+cannot read raw is left to safetensors' reader (a cast, a damaged header, a short file)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from sd2_app.errors import LoadError
+from sd2_app.loading.checkpoint import read_safetensors
+from sd2_app.loading.staged_read import read_header, read_to_device, stageable
+
+
+def _tensors() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {"conv.weight": torch.randn(8, 4, 3, 3, generator=g).half(), "ids": torch.arange(77),
+            "norm.bias": torch.randn(5, generator=g).half(), "flag": torch.tensor(True),
+            "empty": torch.zeros(0, 3).half(), "big": torch.randn(3000, generator=g).half()}
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
+    save_file(tensors, str(path))
+    return path
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 100, 4096, 1 << 20])
+def test_chunks_of_any_size_give_safetensors_tensors(tmp_path: Path, chunk_bytes: int) -> None:
+    path = _write(tmp_path / "w.safetensors", _tensors())
+    start, entries = read_header(path)
+    assert stageable(entries, torch.float16, path.stat().st_size, start)
+    got = read_to_device(path, entries, start, torch.device("cpu"), chunk_bytes=chunk_bytes)
+    want = load_file(str(path))
+    assert set(got) == set(want)
+    for name, tensor in want.items():
+        assert got[name].dtype == tensor.dtype and got[name].shape == tensor.shape
+        assert torch.equal(got[name], tensor), name
+    storages = {t.untyped_storage().data_ptr() for t in got.values() if t.numel()}
+    assert len(storages) == 5  # one allocation each: the accelerator may replace any of them alone
+
+
+def test_what_needs_a_cast_or_is_damaged_is_left_to_safetensors(tmp_path: Path) -> None:
+    path = _write(tmp_path / "w.safetensors", _tensors())
+    start, entries = read_header(path)
+    size = path.stat().st_size
+    assert not stageable(entries, torch.float32, size, start)  # fp16 floats, fp32 wanted: a cast
+    assert not stageable(entries, torch.float16, size + 1, start)  # bytes after the last tensor
+    assert not stageable(entries, torch.float16, size - 1, start)  # the last tensor cut short
+    header = json.loads(path.read_bytes()[8:start])
+    begin, end = header["big"]["data_offsets"]
+    header["big"]["data_offsets"] = [begin + 2, end]  # a gap, and a size that does not match the shape
+    assert not _stageable(_rewrite(path, header, start))
+    header["big"]["data_offsets"], header["big"]["dtype"] = [begin, end], "F8_E4M3"  # a dtype we do not map
+    assert not _stageable(_rewrite(path, header, start))
+    header["big"]["dtype"] = "F16"  # the same file rewritten unchanged: readable raw again
+    assert _stageable(_rewrite(path, header, start))
+
+
+def _rewrite(path: Path, header: dict, data_start: int) -> Path:
+    """The file's data after `header` in place of its own."""
+    raw = json.dumps(header).encode()
+    out = path.with_name("edited.safetensors")
+    out.write_bytes(struct.pack("<Q", len(raw)) + raw + path.read_bytes()[data_start:])
+    return out
+
+
+def _stageable(path: Path) -> bool:
+    start, entries = read_header(path)
+    return stageable(entries, torch.float16, path.stat().st_size, start)
+
+
+def test_a_file_cut_short_after_its_header_was_read_is_an_error(tmp_path: Path) -> None:
+    path = _write(tmp_path / "w.safetensors", _tensors())
+    start, entries = read_header(path)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="file ends inside its data section"):
+        read_to_device(path, entries, start, torch.device("cpu"), chunk_bytes=64)
+    with pytest.raises(LoadError, match="corrupt or truncated safetensors file"):  # safetensors names it
+        read_safetensors(path, "cpu", torch.float16, repo="r", file="w.safetensors")
+
+
+def test_read_safetensors_casts_through_safetensors_and_reads_raw_otherwise(tmp_path: Path) -> None:
+    tensors = _tensors()
+    path = _write(tmp_path / "w.safetensors", tensors)
+    raw = read_safetensors(path, "cpu", torch.float16, repo="r", file="w.safetensors")
+    cast = read_safetensors(path, "cpu", torch.float32, repo="r", file="w.safetensors")
+    assert raw["big"].dtype == torch.float16 and torch.equal(raw["big"], tensors["big"])
+    assert cast["big"].dtype == torch.float32 and torch.equal(cast["big"], tensors["big"].float())
+    assert cast["ids"].dtype == torch.int64 and torch.equal(cast["ids"], tensors["ids"])
+
+
+@pytest.mark.gpu
+def test_pinned_chunks_reach_the_gpu_intact(tmp_path: Path) -> None:
+    """The double-buffered path: small chunks, so both pinned buffers are refilled many times."""
+    path = _write(tmp_path / "w.safetensors", _tensors())
+    start, entries = read_header(path)
+    got = read_to_device(path, entries, start, torch.device("cuda"), chunk_bytes=256)
+    for name, tensor in load_file(str(path)).items():
+        assert got[name].is_cuda and torch.equal(got[name].cpu(), tensor), name
