@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     compiles = _triton_compiles(epoch)
     row["triton_kernels_compiled"] = len(compiles)
     row["triton_compiles_by_phase"] = _by_phase(compiles, epoch, phases)
+    row["triton_kernels_by_phase"] = _by_phase(compiles, epoch, phases, names=True)
     row["triton_kernels"] = sorted({name for _, name in compiles})
     row["second_image_s"], second = _image(manager, request, device)
     row["same_image_twice"] = bool(np.array_equal(first, second))
@@ -150,14 +151,17 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     return row
 
 
-def _by_phase(compiles: list[tuple[float, str]], epoch: float, phases: dict[str, float]) -> dict[str, int]:
-    """How many compiles ended in each phase (`phases`: name -> end, seconds after `epoch`, in order). A cache
-    file is written just after its phase's log mark may have been taken, so each end gets 50 ms of slack."""
-    counts, before = {}, 0.0
-    for name, ends in phases.items():
-        counts[name] = sum(1 for stamp, _ in compiles if before <= stamp - epoch < ends + 0.05)
+def _by_phase(compiles: list[tuple[float, str]], epoch: float, phases: dict[str, float],
+              names: bool = False) -> dict[str, int] | dict[str, list[str]]:
+    """How many compiles ended in each phase, or with `names` which kernels (`phases`: name -> end, seconds
+    after `epoch`, in order). A cache file is written just after its phase's log mark may have been taken, so
+    each end gets 50 ms of slack."""
+    found: dict[str, list[str]] = {}
+    before = 0.0
+    for phase, ends in phases.items():
+        found[phase] = [kernel for stamp, kernel in compiles if before <= stamp - epoch < ends + 0.05]
         before = ends + 0.05
-    return counts
+    return found if names else {phase: len(kernels) for phase, kernels in found.items()}
 
 
 def _write(out: Path, row: dict[str, object]) -> None:
@@ -174,7 +178,9 @@ def _write(out: Path, row: dict[str, object]) -> None:
              f"{row['second_image_s']:.3f} s (identical: {row['same_image_twice']}); "
              f"{row['triton_kernels_compiled']} Triton kernels compiled", "",
              "| phase | ends at (s after the call began) | Triton kernels compiled in it |", "| --- | --- | --- |"]
-    lines += [f"| {name} | {ends:.2f} | {by_phase.get(name, 0)} |" for name, ends in phases.items()]
+    kernels = row["triton_kernels_by_phase"]
+    lines += [f"| {name} | {ends:.2f} | {by_phase.get(name, 0)} {', '.join(kernels.get(name, []))} |"
+              for name, ends in phases.items()]
     if "image_after_swap_s" in row:
         lines += ["", f"swap: conv_in {row['layout_before_swap']} -> {row['layout_after_swap']}; first image after "
                   f"the swap {row['first_image_after_swap_s']:.3f} s (recapture), then "

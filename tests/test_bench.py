@@ -124,6 +124,7 @@ def test_coldstart_counts_compiles_per_phase_and_checks_a_swap_on_tiny_models(tm
     phases = {"check": 1.0, "text": 1.5, "unet": 3.0, "rest": 4.0}
     compiles = [(100.2, "a"), (100.9, "b"), (101.03, "c"), (102.0, "d"), (103.9, "e")]
     assert _by_phase(compiles, 100.0, phases) == {"check": 3, "text": 0, "unet": 1, "rest": 1}  # c: 30 ms late
+    assert _by_phase(compiles, 100.0, phases, names=True)["unet"] == ["d"]
 
     out = tmp_path / "out"
     row = main(["--tiny", "--steps", "2", "--swap", "--ckpt", str(tmp_path / "ck"), "--out", str(out)])
