@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,37 @@ def test_params_on_meta_leaves_other_threads_modules_real() -> None:
         mine = nn.Linear(3, 3)
     assert mine.weight.is_meta
     assert not built[0].weight.is_meta and not built[0].bias.is_meta
+
+
+def test_concurrent_builds_each_restore_nn_module() -> None:
+    """Two threads building at once (two managers, or a request thread): the second waits for
+    the first, and nn.Module ends as it was (reading the method to restore before taking the lock left the
+    first build's patch installed for good)."""
+    original = nn.Module.register_parameter
+    inside, release = threading.Event(), threading.Event()
+    built: dict[str, nn.Linear] = {}
+
+    def first() -> None:
+        with params_on_meta():
+            inside.set()
+            release.wait(5)
+            built["first"] = nn.Linear(3, 3)
+
+    def second() -> None:
+        inside.wait(5)
+        with params_on_meta():
+            built["second"] = nn.Linear(3, 3)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.05)  # the second is now waiting for the lock
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert built["first"].weight.is_meta and built["second"].weight.is_meta
+    assert nn.Module.register_parameter is original
+    assert not nn.Linear(2, 2).weight.is_meta
 
 
 # --- errors name the repo, the file and the reason ------------------------------------------------

@@ -47,17 +47,17 @@ def params_on_meta() -> Iterator[None]:
     The patch is on the class, so it is seen by every thread; only the building thread's modules are affected
     (a module built elsewhere meanwhile, e.g. by a request thread, keeps real weights).
     """
-    original = nn.Module.register_parameter
     builder = threading.get_ident()
+    with _BUILD_LOCK:  # first, then read what to restore: another build may be restoring it
+        original = nn.Module.register_parameter
 
-    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        original(module, name, param)
-        if threading.get_ident() != builder:
-            return
-        if param is not None and param.device.type != "meta":
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+            original(module, name, param)
+            if threading.get_ident() != builder:
+                return
+            if param is not None and param.device.type != "meta":
+                module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
 
-    with _BUILD_LOCK:
         nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
         try:
             yield
