@@ -1,6 +1,7 @@
-"""The chunked safetensors reader (loading/staged_read.py): the same tensors as safetensors' own reader, for
-every chunk size (tensors straddling chunks, empty and 0-d ones), each in its own allocation; anything it
-cannot read raw is left to safetensors' reader (a cast, a damaged header, a short file)."""
+"""The chunked safetensors reader (loading/staged_read.py, used for CUDA loads): the same tensors as
+safetensors' own reader, for every chunk size (tensors straddling chunks, empty and 0-d ones), each in its own
+allocation; anything it cannot read raw is left to safetensors' reader (a cast, a damaged header, a short
+file). Its chunking runs here on CPU; the pinned buffers and events only on a GPU (the gpu-marked test)."""
 
 from __future__ import annotations
 
@@ -84,14 +85,23 @@ def test_a_file_cut_short_after_its_header_was_read_is_an_error(tmp_path: Path) 
         read_safetensors(path, "cpu", torch.float16, repo="r", file="w.safetensors")
 
 
-def test_read_safetensors_casts_through_safetensors_and_reads_raw_otherwise(tmp_path: Path) -> None:
+def test_read_safetensors_stages_only_uncast_loads_onto_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU loads keep safetensors' reader (its tensors map the file); so do casts. The CUDA decision is
+    checked here with the reader stubbed (the GPU test below runs the real one)."""
+    import sd2_app.loading.checkpoint as checkpoint
+
     tensors = _tensors()
     path = _write(tmp_path / "w.safetensors", tensors)
+    staged: list[torch.device] = []
+    monkeypatch.setattr(checkpoint, "read_to_device", lambda p, e, s, device: staged.append(device) or {"x": 1})
     raw = read_safetensors(path, "cpu", torch.float16, repo="r", file="w.safetensors")
     cast = read_safetensors(path, "cpu", torch.float32, repo="r", file="w.safetensors")
+    assert not staged
     assert raw["big"].dtype == torch.float16 and torch.equal(raw["big"], tensors["big"])
     assert cast["big"].dtype == torch.float32 and torch.equal(cast["big"], tensors["big"].float())
     assert cast["ids"].dtype == torch.int64 and torch.equal(cast["ids"], tensors["ids"])
+    assert read_safetensors(path, "cuda:0", torch.float16, repo="r", file="w.safetensors") == {"x": 1}
+    assert staged == [torch.device("cuda:0")]
 
 
 @pytest.mark.gpu

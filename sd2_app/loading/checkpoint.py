@@ -70,19 +70,21 @@ def read_safetensors(
 ) -> dict[str, torch.Tensor]:
     """All tensors of `path`, read straight onto `device`; floating ones in `dtype`.
 
-    A file whose floats are already in `dtype` (the fp16 variants this app loads) is read in large chunks
-    through pinned buffers (staged_read: the transfer overlaps the read); any other (a cast, an odd or damaged
-    file) goes through safetensors' reader, one tensor at a time, which also names what is wrong.
+    On CUDA a file whose floats are already in `dtype` (the fp16 variants this app loads) is read in large
+    chunks through pinned buffers (staged_read: the transfer overlaps the read). Anything else goes through
+    safetensors' reader, one tensor at a time, which also names what is wrong: a cast, an odd or damaged
+    file, and CPU loads (there its tensors map the file: no copy at all).
     """
     if not path.is_file():
         raise LoadError(repo, file, "not found")
     device = torch.device(device)
-    try:
-        data_start, entries = read_header(path)
-        if stageable(entries, dtype, path.stat().st_size, data_start):
-            return read_to_device(path, entries, data_start, device)
-    except ValueError:
-        pass  # safetensors' reader below reports it
+    if device.type == "cuda":
+        try:
+            data_start, entries = read_header(path)
+            if stageable(entries, dtype, path.stat().st_size, data_start):
+                return read_to_device(path, entries, data_start, device)
+        except ValueError:
+            pass  # safetensors' reader below reports it
     tensors: dict[str, torch.Tensor] = {}
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
