@@ -104,6 +104,38 @@ def test_read_safetensors_stages_only_uncast_loads_onto_cuda(tmp_path: Path, mon
     assert staged == [torch.device("cuda:0")]
 
 
+def test_a_chunked_read_that_fails_falls_back_to_safetensors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """e.g. page-locked memory refused: the load still works, tensor by tensor; out of memory is not hidden
+    (the manager's retry needs it). Reader stubbed, device CPU for the fallback (no GPU needed)."""
+    import sd2_app.loading.checkpoint as checkpoint
+
+    tensors = _tensors()
+    path = _write(tmp_path / "w.safetensors", tensors)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("cudaHostAlloc failed")
+
+    monkeypatch.setattr(checkpoint, "read_to_device", refuse)
+    monkeypatch.setattr(checkpoint, "safe_open", _cpu_safe_open(checkpoint.safe_open))
+    got = read_safetensors(path, "cuda", torch.float16, repo="r", file="w.safetensors")
+    assert torch.equal(got["big"], tensors["big"]) and "chunked read failed" in caplog.text
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(checkpoint, "read_to_device", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        read_safetensors(path, "cuda", torch.float16, repo="r", file="w.safetensors")
+
+
+def _cpu_safe_open(real):
+    """safe_open with its device forced to the CPU (the fallback's reader, on a machine without CUDA)."""
+    def opened(path, framework, device="cpu"):
+        return real(path, framework=framework, device="cpu")
+    return opened
+
+
 @pytest.mark.gpu
 def test_pinned_chunks_reach_the_gpu_intact(tmp_path: Path) -> None:
     """The double-buffered path: small chunks, so both pinned buffers are refilled many times."""

@@ -85,6 +85,10 @@ def read_safetensors(
                 return read_to_device(path, entries, data_start, device)
         except ValueError:
             pass  # safetensors' reader below reports it
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, OSError) as e:  # e.g. no page-locked memory: the plain reader still works
+            logger.warning("%s: chunked read failed (%s: %s); reading tensor by tensor", file, type(e).__name__, e)
     tensors: dict[str, torch.Tensor] = {}
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
