@@ -62,6 +62,18 @@ def test_what_needs_a_cast_or_is_damaged_is_left_to_safetensors(tmp_path: Path) 
     assert _stageable(_rewrite(path, header, start))
 
 
+def test_a_header_missing_fields_is_a_value_error(tmp_path: Path) -> None:
+    path = _write(tmp_path / "w.safetensors", _tensors())
+    start, _ = read_header(path)
+    header = json.loads(path.read_bytes()[8:start])
+    del header["big"]["data_offsets"]
+    with pytest.raises(ValueError, match="malformed safetensors header"):
+        read_header(_rewrite(path, header, start))
+    header = {"big": [1, 2]}
+    with pytest.raises(ValueError, match="malformed safetensors header"):
+        read_header(_rewrite(path, header, start))
+
+
 def _rewrite(path: Path, header: dict, data_start: int) -> Path:
     """The file's data after `header` in place of its own."""
     raw = json.dumps(header).encode()

@@ -58,11 +58,14 @@ def read_header(path: Path) -> tuple[int, dict[str, Entry]]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"unreadable safetensors header ({e})") from e
     entries = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = (int(v) for v in info["data_offsets"])
-        entries[name] = Entry(info["dtype"], tuple(int(d) for d in info["shape"]), begin, end)
+    try:
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = (int(v) for v in info["data_offsets"])
+            entries[name] = Entry(str(info["dtype"]), tuple(int(d) for d in info["shape"]), begin, end)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"malformed safetensors header ({type(e).__name__}: {e})") from e
     return 8 + length, entries
 
 
