@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from sd2_app.errors import LoadError
 from sd2_app.loading.checkpoint import read_safetensors
-from sd2_app.loading.staged_read import read_header, read_to_device, stageable
+from sd2_app.loading import staged_read
+from sd2_app.loading.staged_read import module_to_device, read_header, read_to_device, stageable
 
 
 def _tensors() -> dict[str, torch.Tensor]:
@@ -146,6 +147,57 @@ def _cpu_safe_open(real):
     def opened(path, framework, device="cpu"):
         return real(path, framework=framework, device="cpu")
     return opened
+
+
+class _Tied(torch.nn.Module):
+    """Parameters of two dtypes, one shared by two names, a non-contiguous buffer and an empty one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.embed = torch.nn.Embedding(50, 24).half()
+        self.embed.weight.data.normal_(generator=g)
+        self.head = torch.nn.Linear(24, 50, bias=False).half()
+        self.head.weight = self.embed.weight  # tied
+        self.scale = torch.nn.Parameter(torch.randn(7, generator=g, dtype=torch.float64))
+        self.register_buffer("ids", torch.arange(40).view(8, 5).t())  # not contiguous
+        self.register_buffer("nothing", torch.zeros(0))
+
+
+@pytest.mark.parametrize("chunk_bytes", [3, 64, 1 << 20])
+def test_a_module_moves_through_the_chunks_keeping_its_parameter_objects(chunk_bytes: int) -> None:
+    module = _Tied()
+    before = {name: t.detach().clone() for name, t in [*module.named_parameters(), *module.named_buffers()]}
+    parameters = dict(module.named_parameters())
+    old_pointers = {name: t.data_ptr() for name, t in parameters.items()}
+    module_to_device(module, torch.device("cpu"), chunk_bytes=chunk_bytes)  # the chunking, without a GPU
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        assert torch.equal(tensor, before[name]) and tensor.dtype == before[name].dtype, name
+    assert all(module.get_parameter(name) is p for name, p in parameters.items())  # same objects
+    assert all(p.data_ptr() != old_pointers[name] for name, p in parameters.items())  # new storage each
+    assert module.head.weight is module.embed.weight
+
+
+def test_a_failed_module_move_leaves_it_where_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _Tied()
+    pointers = [t.data_ptr() for t in module.parameters()]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cudaHostAlloc failed")
+
+    monkeypatch.setattr(staged_read, "_transfer", broken)
+    with pytest.raises(RuntimeError):
+        module_to_device(module, torch.device("cpu"))
+    assert [t.data_ptr() for t in module.parameters()] == pointers
+
+
+@pytest.mark.gpu
+def test_a_module_moves_to_the_gpu_intact() -> None:
+    module = _Tied()
+    before = {name: t.detach().clone() for name, t in [*module.named_parameters(), *module.named_buffers()]}
+    module_to_device(module, torch.device("cuda"), chunk_bytes=256)
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        assert tensor.is_cuda and torch.equal(tensor.cpu(), before[name]), name
 
 
 @pytest.mark.gpu

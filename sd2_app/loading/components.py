@@ -18,6 +18,7 @@ import torch
 from sd2_app.errors import LoadError
 from sd2_app.loading.checkpoint import LEGACY_VAE_RENAMES, build_and_load, check_header
 from sd2_app.loading.hub import choose_weights, repo_label
+from sd2_app.loading.staged_read import module_to_device
 
 if TYPE_CHECKING:
     from transformers import CLIPTextModel, CLIPTokenizer, DPTForDepthEstimation, DPTImageProcessor
@@ -128,7 +129,14 @@ def _from_pretrained(cls: Any, folder: Path, component: str, device: torch.devic
     if info["mismatched_keys"]:
         key, saved, wanted = sorted(info["mismatched_keys"])[0]
         raise LoadError(label, file, f"shape mismatch for {key}: checkpoint {tuple(saved)}, model {tuple(wanted)}")
-    model = model.to(device).eval().requires_grad_(False)
+    if torch.device(device).type == "cuda":
+        try:
+            module_to_device(model, torch.device(device))
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as e:  # e.g. no page-locked memory: module.to below still works
+            logger.warning("%s: chunked copy to %s failed (%s); copying tensor by tensor", file, device, e)
+    model = model.to(device).eval().requires_grad_(False)  # (a no-op for what the chunked copy moved)
     logger.info("loaded %s (%s, %s)", file, device, dtype)
     return model
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,40 +89,82 @@ def stageable(entries: dict[str, Entry], dtype: torch.dtype, file_bytes: int, da
 
 def read_to_device(path: Path, entries: dict[str, Entry], data_start: int, device: torch.device,
                    chunk_bytes: int = CHUNK_BYTES) -> dict[str, Tensor]:
-    """Every tensor of `entries` on `device` (each its own allocation), read from `path` in chunks.
-
-    On CUDA the chunks go through two pinned buffers: chunk i+1 is read while chunk i is copied; a buffer is
-    refilled only after its previous copy finished (an event). The copies are queued on the current stream,
-    so work queued after this call sees the data; the call returns once the last copy is done, since the
-    staging buffers are freed on return. Elsewhere (CPU) the same chunking copies synchronously.
-    """
+    """Every tensor of `entries` on `device` (each its own allocation), read from `path` in chunks (see
+    `_transfer`)."""
     tensors = {name: torch.empty(e.shape, dtype=DTYPES[e.dtype], device=device) for name, e in entries.items()}
-    targets = sorted((e.begin, e.end, tensors[name].reshape(-1).view(torch.uint8))
-                     for name, e in entries.items() if e.end > e.begin)
+    targets = sorted((e.begin, e.end, _bytes(tensors[name])) for name, e in entries.items() if e.end > e.begin)
+    with open(path, "rb", buffering=0) as f:
+        f.seek(data_start)
+        _transfer(lambda staging, start, stop: _read_exactly(f, staging, path), targets, device, chunk_bytes)
+    return tensors
+
+
+def module_to_device(module: torch.nn.Module, device: torch.device, chunk_bytes: int = CHUNK_BYTES) -> None:
+    """Move `module`'s host parameters and buffers to `device` in place through the same pinned chunks.
+
+    For the modules transformers loads (the text encoder, DPT) into host memory: their `module.to(device)`
+    copies each tensor from pageable memory, synchronously. Here the tensors are packed into the pinned
+    buffers chunk by chunk while the previous chunk is copied (one allocation per tensor on the device, each
+    tensor object kept, so references to the parameters stay valid). Tensors shared by several names move once.
+    A failure leaves every tensor where it was.
+    """
+    tensors = list({id(t): t for t in [*module.parameters(), *module.buffers()] if t.device.type == "cpu"}.values())
+    sources, targets, moved, position = [], [], [], 0
+    for tensor in tensors:
+        data = tensor.data.contiguous()
+        moved.append(torch.empty(data.shape, dtype=data.dtype, device=device))
+        size = data.numel() * data.element_size()
+        if size:
+            sources.append((position, position + size, _bytes(data)))
+            targets.append((position, position + size, _bytes(moved[-1])))
+            position += size
+
+    def pack(staging: Tensor, start: int, stop: int) -> None:
+        for begin, end, source in _overlapping(sources, start, stop):
+            low, high = max(begin, start), min(end, stop)
+            staging[low - start:high - start].copy_(source[low - begin:high - begin])
+
+    _transfer(pack, targets, device, chunk_bytes)
+    for tensor, data in zip(tensors, moved):  # only now: a failed transfer leaves the module where it was
+        tensor.data = data
+
+
+def _bytes(tensor: Tensor) -> Tensor:
+    """A contiguous tensor's bytes as a flat uint8 view."""
+    return tensor.reshape(-1).view(torch.uint8)
+
+
+def _transfer(fill: Callable[[Tensor, int, int], None], targets: list[tuple[int, int, Tensor]],
+              device: torch.device, chunk_bytes: int) -> None:
+    """Bytes [0, end of the last target) in chunks: `fill(staging, start, stop)` puts bytes [start, stop) into
+    a staging buffer, which is then copied into every target (begin, end, flat uint8 tensor) it overlaps.
+
+    On CUDA the staging buffers are two pinned ones: chunk i+1 is filled while chunk i is copied, and a buffer
+    is refilled only after its previous copies finished (an event). The copies are queued on the current
+    stream, so work queued after this call sees the data; the call returns once the last copy is done, since
+    the staging buffers are freed on return. Elsewhere (CPU) the same chunking copies synchronously.
+    """
     if not targets:
-        return tensors
+        return
     total = max(end for _, end, _ in targets)
     pinned = device.type == "cuda"
     buffers = [torch.empty(min(chunk_bytes, total), dtype=torch.uint8, pin_memory=pinned) for _ in range(2)]
     events: list[torch.cuda.Event | None] = [None, None]
-    with open(path, "rb", buffering=0) as f:
-        f.seek(data_start)
-        for index, (start, stop) in enumerate(_chunks(total, chunk_bytes)):
-            slot = index % 2
-            if events[slot] is not None:
-                events[slot].synchronize()  # its previous copies have left the buffer
-            staging = buffers[slot][: stop - start]
-            _read_exactly(f, staging, path)
-            for begin, end, target in _overlapping(targets, start, stop):
-                low, high = max(begin, start), min(end, stop)
-                target[low - begin:high - begin].copy_(staging[low - start:high - start], non_blocking=pinned)
-            if pinned:
-                events[slot] = torch.cuda.Event()
-                events[slot].record()
+    for index, (start, stop) in enumerate(_chunks(total, chunk_bytes)):
+        slot = index % 2
+        if events[slot] is not None:
+            events[slot].synchronize()  # its previous copies have left the buffer
+        staging = buffers[slot][: stop - start]
+        fill(staging, start, stop)
+        for begin, end, target in _overlapping(targets, start, stop):
+            low, high = max(begin, start), min(end, stop)
+            target[low - begin:high - begin].copy_(staging[low - start:high - start], non_blocking=pinned)
+        if pinned:
+            events[slot] = torch.cuda.Event()
+            events[slot].record()
     for event in events:
         if event is not None:
             event.synchronize()
-    return tensors
 
 
 def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
