@@ -1,4 +1,5 @@
-"""A safetensors file read onto the GPU through two pinned staging buffers.
+"""Weights onto the GPU through two pinned staging buffers: a safetensors file (read_to_device) or a module
+that transformers loaded into host memory (module_to_device).
 
 Why: safetensors' own reader (and `module.to`) copies each tensor from the page cache, which is pageable
 memory, to the device; the driver stages such a copy through a small pinned buffer of its own and returns when
@@ -42,7 +43,8 @@ class Entry:
 
 def read_header(path: Path) -> tuple[int, dict[str, Entry]]:
     """(where the data section starts, name -> Entry) from the file's header; ValueError when it is not a
-    readable safetensors header (truncated, too large, not JSON, offsets that do not fit the shapes)."""
+    readable safetensors header (truncated, too large, not JSON, an entry missing a field). Whether the offsets
+    fit the shapes and the file is `stageable`'s question."""
     with open(path, "rb") as f:
         prefix = f.read(8)
         if len(prefix) != 8:
