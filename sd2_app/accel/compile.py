@@ -2,9 +2,11 @@
 
 Whole: one graph per resolution (our UNet traces with no graph break), inductor's default mode; its
 kernels are then replayed by our CudaGraphUNet, as diffusers' recipe replays them with
-mode="reduce-overhead". On an H200 it compiled in about a minute at 512 and gave the fastest 512 image we
-measured (0.177 s, vs 0.203 s on the default path): inductor fuses the norms, the residual and time-embedding
-adds and the attention projections across block boundaries.
+mode="reduce-overhead". Inductor fuses the norms, the residual and time-embedding adds and the attention
+projections across block boundaries, which once made it the fastest path (H200: 0.177 s per 512 image against
+0.203 s on session 1's default). Since the default path got its own fused kernels it is no faster: 0.164 s at
+512 and 0.326 s at 768 after ~50 s of compile, against 0.156 / 0.305 s (and diffusers + torch.compile's
+0.206 / 0.393 s), docs/PERFORMANCE.md runs 8-10.
 
 Regional: the UNet is ~40 copies of a few block types, and with dynamo's inlining of nn.Module calls
 (default since torch 2.5) every instance of one class reuses the code compiled for it, as long as the shapes

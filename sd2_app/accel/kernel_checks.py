@@ -95,8 +95,8 @@ def _kernel_errors(triton_kernels, norm: nn.GroupNorm, generator: torch.Generato
     each case's first launch is a JIT compile, and Triton compiles with the GIL mostly released, so a cold
     start compiles several kernels at once (10 kernels for sm_90 on a 2-core CPU with Triton 3.6.0: 4.2 s one
     by one, 2.7 s on two threads). The first case (one small kernel) runs alone: it pays Triton's one-time
-    set-up, which is not made for threads. On an H200 (run 7) no gain showed yet: 4.4 s for the check on
-    threads in a fresh machine's first process, 4.5 s one by one in a later, warmer one (docs/PERFORMANCE.md).
+    set-up, which is not made for threads. On an H200 (run 10) the check took 3.46 s on threads against
+    3.98 s one by one, each in a fresh process with an empty Triton cache (docs/PERFORMANCE.md).
     """
     with torch.no_grad():
         cases = _cases(triton_kernels, norm, generator, x, dtype, one_kernel)
