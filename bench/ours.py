@@ -21,6 +21,7 @@ VARIANTS: dict[str, Callable[[], AccelOptions]] = {
     "ours-nchw": lambda: AccelOptions(channels_last=False, vae_channels_last=False),  # the same in NCHW
     "ours-eager": AccelOptions.eager,  # the same networks with every switch off
     "ours-compiled": AccelOptions.compiled,  # --compile
+    "ours-cudnn-heuristics": lambda: AccelOptions(cudnn_benchmark=False),  # no cuDNN algorithm search
 }
 
 

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -229,6 +230,29 @@ def test_setup_backends_on_cpu_leaves_cudnn_alone() -> None:
     before = torch.backends.cudnn.benchmark
     state = setup_backends("cpu")
     assert torch.backends.cudnn.benchmark == before == state.cudnn_benchmark
+
+
+def test_the_manager_applies_the_cudnn_benchmark_option(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from sd2_app.manager import core
+
+    calls = []
+    monkeypatch.setattr(core, "setup_backends", lambda device, **flags: calls.append((str(device), flags)))
+    for benchmark in (False, True):
+        core.ModelManager(torch.device("cuda", 0), torch.float16, registry={}, device_budget=1 << 30,
+                          cache_dir=tmp_path, accel=AccelOptions(cudnn_benchmark=benchmark))
+    assert calls == [("cuda:0", {"allow_tf32": False, "cudnn_benchmark": False}),
+                     ("cuda:0", {"allow_tf32": False, "cudnn_benchmark": True})]
+
+
+@pytest.mark.gpu
+def test_setup_backends_sets_cudnn_benchmark_as_asked() -> None:
+    before = torch.backends.cudnn.benchmark
+    try:
+        assert setup_backends("cuda", cudnn_benchmark=False).cudnn_benchmark is False
+        assert torch.backends.cudnn.benchmark is False
+        assert setup_backends("cuda").cudnn_benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 _INTERPRETED_KERNELS = textwrap.dedent("""

@@ -25,11 +25,14 @@ class BackendState:
     math_sdp: bool
 
 
-def setup_backends(device: torch.device | str, *, allow_tf32: bool = True) -> BackendState:
+def setup_backends(device: torch.device | str, *, allow_tf32: bool = True,
+                   cudnn_benchmark: bool = True) -> BackendState:
     """Enable the fast kernels for `device`; a no-op (reporting the current flags) on CPU.
 
-    - cudnn.benchmark: picks the fastest convolution algorithm per input shape once. Our shapes are few and
-      fixed per resolution (and replayed by CUDA graphs), so the one-off search pays back within a step.
+    - cudnn.benchmark (`cudnn_benchmark`): picks the fastest convolution algorithm per input shape once, by
+      timing them. Our shapes are few and fixed per resolution (and replayed by CUDA graphs), so the search
+      costs only the first call of each shape (~1-2 s of a cold first image on an H200); off, cuDNN's
+      heuristics choose without timing.
     - TF32 for fp32 matmuls (`allow_tf32`): 10-bit mantissa inputs, fp32 accumulation. The fp16 UNet and
       VAE are unaffected; fp32 runs get ~1e-3 relative differences, which is why it can be turned off.
       fp32 convolutions keep PyTorch's default (cuDNN may use TF32, `torch.backends.cudnn.allow_tf32`),
@@ -40,7 +43,7 @@ def setup_backends(device: torch.device | str, *, allow_tf32: bool = True) -> Ba
     """
     device = torch.device(device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = cudnn_benchmark
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32
         torch.backends.cuda.enable_flash_sdp(True)
         torch.backends.cuda.enable_mem_efficient_sdp(True)

@@ -50,6 +50,10 @@ class AccelOptions:
     compile: bool = False  # torch.compile of the UNet (about a minute per resolution; see compile.py)
     compile_scope: str = "unet"  # "unet": the whole network; "blocks": the repeated blocks only (regional)
     compile_mode: str | None = None  # inductor's mode; None is its default (max-autotune: many minutes)
+    # cuDNN's per-shape algorithm search (torch.backends.cudnn.benchmark): run at each new shape's first call
+    # (0.5-2.5 s per new shape on an H200, same image speed: docs/PERFORMANCE.md run 11); off, cuDNN's
+    # heuristics pick the algorithms
+    cudnn_benchmark: bool = True
     tf32: bool = False  # fp32 matmuls in TF32: faster, ~1e-3 relative error; off so fp32 matmuls (upcast attention) stay exact
     vae_fp16_fallback: bool = True  # decode in fp16, retry in fp32 on inf/NaN
     # in an fp32 VAE decode (the x4 upscaler's), the mid-block attention product from fp16 inputs with fp32

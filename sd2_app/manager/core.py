@@ -92,7 +92,8 @@ class ModelManager:
         # Speed switches (CUDA graphs, fused ops, compile) apply on CUDA only; on CPU the modules run as loaded.
         self._accel = Accelerator(accel) if self.device.type == "cuda" else None
         if self._accel is not None:
-            setup_backends(self.device, allow_tf32=self._accel.options.tf32)
+            setup_backends(self.device, allow_tf32=self._accel.options.tf32,
+                           cudnn_benchmark=self._accel.options.cudnn_benchmark)
         for key in preload:
             self.load(key)
 
