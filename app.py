@@ -46,10 +46,10 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
 
     from sd2_app.accel import options_for
     from sd2_app.manager import ModelManager
-    from sd2_app.registry import apply_overrides, parse_assignments
-    from sd2_app.service import Service
+    from sd2_app.checkpoints.catalog import apply_overrides, parse_assignments
+    from sd2_app.api.service import Service
     from sd2_app.ui import build_ui
-    from sd2_app.validation import Limits
+    from sd2_app.api.validation import Limits
 
     registry = apply_overrides(repos=parse_assignments(args.repo), revisions=parse_assignments(args.revision))
     dtype = getattr(torch, args.dtype) if args.dtype else None

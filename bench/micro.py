@@ -187,7 +187,7 @@ def unet_cases(sizes: list[str], tiny: bool) -> list[UNetCase]:
 
 def unet_rows(repos: dict[str, Path], cases: list[UNetCase], variants: dict[str, AccelOptions],
               device: torch.device, dtype: torch.dtype, deadline: float) -> list[dict[str, Any]]:
-    from sd2_app.loading.components import load_unet
+    from sd2_app.loading.parts import load_unet
 
     rows: list[dict[str, Any]] = []
     for case in cases:
@@ -221,7 +221,7 @@ def unet_rows(repos: dict[str, Path], cases: list[UNetCase], variants: dict[str,
 
 def vae_rows(folder: Path, sizes: list[int], device: torch.device, dtype: torch.dtype,
              deadline: float, variants: dict[str, AccelOptions] | None = None) -> list[dict[str, Any]]:
-    from sd2_app.loading.components import load_vae
+    from sd2_app.loading.parts import load_vae
 
     rows: list[dict[str, Any]] = []
     for size in sizes:

@@ -11,10 +11,10 @@ import torch
 
 from bench.cases import NEGATIVE, PROMPT, SEED, Case, input_depth, input_image, input_mask, release, synchronize
 from sd2_app.accel import AccelOptions
-from sd2_app.components import Components
+from sd2_app.checkpoints.components import Components
 from sd2_app.manager import ModelManager
-from sd2_app.registry import REGISTRY, CheckpointSpec
-from sd2_app.requests import DepthRequest, InpaintRequest, Sampling, Txt2ImgRequest, UpscaleRequest
+from sd2_app.checkpoints.catalog import REGISTRY, CheckpointSpec
+from sd2_app.api.requests import DepthRequest, InpaintRequest, Sampling, Txt2ImgRequest, UpscaleRequest
 
 VARIANTS: dict[str, Callable[[], AccelOptions]] = {
     "ours": AccelOptions,  # the default path: graphs + fused ops + channels_last, no long compile

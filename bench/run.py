@@ -111,7 +111,7 @@ def _file_bytes(folder: Path, parts: tuple[str, ...]) -> int:
 def measure_swaps(repos: dict[str, Path], device: torch.device, dtype: torch.dtype, cache_dir: Path,
                   reps: int) -> dict[str, Any]:
     """Pinned -> device swap between two checkpoints, and a full load from the (warm) page cache."""
-    from sd2_app.loading.components import load_unet
+    from sd2_app.loading.parts import load_unet
 
     result: dict[str, Any] = {}
     a, b = "sd2-base", "sd2"

@@ -51,7 +51,7 @@ def _sampling_arguments(parser: argparse.ArgumentParser, task: str) -> None:
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
-    from sd2_app.registry import add_arguments
+    from sd2_app.checkpoints.catalog import add_arguments
 
     parser.add_argument("--out", type=Path, default=Path("outputs/cli"), help="folder for the PNGs")
     parser.add_argument("--tiny", action="store_true", help="tiny random-weight checkpoints (no download)")
@@ -118,7 +118,7 @@ def _open(path: Path | None, mode: str | None = None) -> Any:
 
 def build_request(args: argparse.Namespace) -> Any:
     """The typed request for the parsed arguments (validation happens in the service)."""
-    from sd2_app import requests as rq
+    from sd2_app.api import requests as rq
 
     sampling = rq.Sampling(
         sampler=args.sampler, steps=args.steps, use_karras=args.karras, cfg_scale=args.cfg_scale,
@@ -152,8 +152,8 @@ def make_service(args: argparse.Namespace) -> Any:
 
     from sd2_app.accel import options_for
     from sd2_app.manager import ModelManager
-    from sd2_app.registry import apply_overrides, parse_assignments
-    from sd2_app.service import Service
+    from sd2_app.checkpoints.catalog import apply_overrides, parse_assignments
+    from sd2_app.api.service import Service
 
     registry = apply_overrides(repos=parse_assignments(_repo_assignments(args)),
                                revisions=parse_assignments(args.revision))

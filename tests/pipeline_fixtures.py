@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sd2_app.components import Components
+from sd2_app.checkpoints.components import Components
 
 # diffusers scheduler class and extra config per sampler name, as used by the parity tests.
 REFERENCE_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sd2_app.requests import Sampling, Txt2ImgRequest
+from sd2_app.api.requests import Sampling, Txt2ImgRequest
 
 # Fast settings: 64x64, 2 steps, no guidance (one UNet pass per step instead of two).
 FAST = Sampling(sampler="Euler", steps=2, cfg_scale=1.0, seed=1)
@@ -30,8 +30,8 @@ def txt2img(prompt: str = "a cat", seed: int = 1, **changes: object) -> Txt2ImgR
 def make_service(outputs: Path | None = None, device: str = "cpu", **kwargs: object):  # -> (Service, ModelManager)
     """A Service over a real ModelManager (CPU fp32 by default) whose registry points at the tiny repos."""
     from sd2_app.manager import ModelManager
-    from sd2_app.registry import tiny_registry
-    from sd2_app.service import Service
+    from sd2_app.checkpoints.catalog import tiny_registry
+    from sd2_app.api.service import Service
     from sd2_app.testing.tiny import ensure_tiny_repos
     from tests.pipeline_fixtures import tiny_dir
 

@@ -35,8 +35,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from sd2_app.manager import ModelManager
-    from sd2_app.registry import tiny_registry
-    from sd2_app.service import Service
+    from sd2_app.checkpoints.catalog import tiny_registry
+    from sd2_app.api.service import Service
     from sd2_app.testing.tiny import ensure_tiny_repos
     from sd2_app.ui import build_ui
     from tests.pipeline_fixtures import tiny_dir

@@ -21,7 +21,7 @@ from sd2_app.manager.identity import HashCache, component_identity
 from sd2_app.manager import memory
 from sd2_app.manager.memory import module_bytes
 from sd2_app.nn.unet import UNet
-from sd2_app.registry import CheckpointSpec
+from sd2_app.checkpoints.catalog import CheckpointSpec
 from sd2_app.testing.tiny import ensure_tiny_repos
 
 MODULES = ("text_encoder", "vae", "unet")

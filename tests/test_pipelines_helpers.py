@@ -140,7 +140,7 @@ def test_plan_sampling_strength_edges() -> None:
     (the pipelines' own guard, behind the service's validation); eta only reaches DDIM."""
     from sd2_app.errors import InvalidRequest
     from sd2_app.pipelines.sampling import plan_sampling
-    from sd2_app.requests import Sampling
+    from sd2_app.api.requests import Sampling
     from sd2_app.samplers import SchedulerConfig, make_schedule
 
     config = SchedulerConfig.from_dict({"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",

@@ -23,7 +23,7 @@ from sd2_app.pipelines.depth import depth2img, estimate_depth
 from sd2_app.pipelines.img2img import img2img
 from sd2_app.pipelines.inpaint import inpaint
 from sd2_app.pipelines.metadata import parse_parameters
-from sd2_app.requests import DepthRequest, Img2ImgRequest, InpaintRequest, Sampling
+from sd2_app.api.requests import DepthRequest, Img2ImgRequest, InpaintRequest, Sampling
 
 pytest.importorskip("diffusers")
 

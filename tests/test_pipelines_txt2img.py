@@ -20,7 +20,7 @@ from sd2_app.errors import Cancelled
 from sd2_app.pipelines import loop
 from sd2_app.pipelines.metadata import parse_parameters
 from sd2_app.pipelines.txt2img import txt2img
-from sd2_app.requests import Sampling, Txt2ImgRequest
+from sd2_app.api.requests import Sampling, Txt2ImgRequest
 
 pytest.importorskip("diffusers")
 

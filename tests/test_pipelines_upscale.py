@@ -24,7 +24,7 @@ from sd2_app.pipelines.loop import Conditioning, Tiling, run_sampling
 from sd2_app.pipelines.tiling import run_tiled, tile_starts
 from sd2_app.pipelines.upscale import upscale
 from sd2_app.pipelines.vae_io import decode
-from sd2_app.requests import Sampling, UpscaleRequest
+from sd2_app.api.requests import Sampling, UpscaleRequest
 from sd2_app.samplers import SAMPLERS, SchedulerConfig, make_schedule
 
 pytest.importorskip("diffusers")

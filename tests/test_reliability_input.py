@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from sd2_app.errors import InvalidRequest
-from sd2_app.requests import DepthRequest, Img2ImgRequest, InpaintRequest, Sampling, Txt2ImgRequest, UpscaleRequest
-from sd2_app.validation import MAX_SEED, Limits
+from sd2_app.api.requests import DepthRequest, Img2ImgRequest, InpaintRequest, Sampling, Txt2ImgRequest, UpscaleRequest
+from sd2_app.api.validation import MAX_SEED, Limits
 from tests.reliability_report import reliability, track_module  # noqa: F401
 from tests.reliability_support import fast, noise_image, one_thread, png_bytes, tiny, txt2img  # noqa: F401
 
@@ -28,7 +28,7 @@ AREA = "Bad input"
 @pytest.fixture(scope="module")
 def checker():
     """A Service used for validation only (no model is loaded), with a configured side cap of 512."""
-    from sd2_app.service import Service
+    from sd2_app.api.service import Service
 
     return Service(None, outputs_dir=None, limits=Limits(max_side=512), allowed_repos=())
 

@@ -67,7 +67,7 @@ def test_hub_download_patterns_never_fetch_pickles(reliability) -> None:
 def test_custom_repos_are_off_by_default_and_allow_listed_by_the_operator(
     reliability, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sd2_app.service import Service
+    from sd2_app.api.service import Service
 
     monkeypatch.delenv("SD2APP_ALLOWED_REPOS", raising=False)
     closed = Service(None, outputs_dir=None)
@@ -83,7 +83,7 @@ def test_custom_repos_are_off_by_default_and_allow_listed_by_the_operator(
         registry: dict = {}
 
     manager = Manager()
-    from sd2_app.registry import REGISTRY
+    from sd2_app.checkpoints.catalog import REGISTRY
 
     manager.registry = dict(REGISTRY)
     opened = Service(manager, outputs_dir=None)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.pipelines.metadata import read_png_parameters
-from sd2_app.requests import (
+from sd2_app.api.requests import (
     CompareRequest,
     DepthRequest,
     Img2ImgRequest,
@@ -24,7 +24,7 @@ from sd2_app.requests import (
     Txt2ImgRequest,
     UpscaleRequest,
 )
-from sd2_app.validation import MAX_SEED, Limits, to_mask, to_rgb, validate
+from sd2_app.api.validation import MAX_SEED, Limits, to_mask, to_rgb, validate
 from tests.ui_doubles import fake_catalog, fake_service
 
 CATALOG = fake_catalog()

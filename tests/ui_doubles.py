@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sd2_app.validation import Catalog
+from sd2_app.api.validation import Catalog
 
 SAMPLER_KARRAS = {"DPM++ 2M": True, "Euler a": False, "Euler": True, "DDIM": False, "UniPC": True,
                   "DPM++ 2M SDE": True, "Heun": True}
@@ -123,7 +123,7 @@ def fake_preview(latents: Any) -> Image.Image:
 
 
 def fake_service(tmp_path: Any = None, step_delay_s: float = 0.0, **kwargs: Any) -> Any:
-    from sd2_app.service import Service
+    from sd2_app.api.service import Service
 
     return Service(
         FakeManager(),

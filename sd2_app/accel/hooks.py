@@ -16,7 +16,7 @@ from torch import nn
 from sd2_app.accel.cuda_graph import CudaGraphTextEncoder, CudaGraphUNet, GraphedModule
 from sd2_app.accel.fused import restack
 from sd2_app.accel.options import AccelOptions, accelerate_unet, accelerate_vae
-from sd2_app.components import Components
+from sd2_app.checkpoints.components import Components
 
 
 class Accelerator:

@@ -1,6 +1,6 @@
 """Repo id or folder -> modules on a device and dtype: Hub resolution, strict safetensors loading, one loader per component."""
 
-from sd2_app.loading.components import (
+from sd2_app.loading.parts import (
     load_depth_estimator,
     load_scheduler_config,
     load_text_encoder,

@@ -23,13 +23,13 @@ from typing import TypeVar
 import torch
 
 from sd2_app.accel import AccelOptions, Accelerator, setup_backends
-from sd2_app.components import Components
+from sd2_app.checkpoints.components import Components
 from sd2_app.errors import InvalidRequest, LoadError
 from sd2_app.manager import memory
 from sd2_app.manager.identity import HashCache
 from sd2_app.manager.loader import OutOfMemoryDuringLoad, load_checkpoint
 from sd2_app.manager.state import Entry, MemorySummary, ModelStatus, Part, Tier
-from sd2_app.registry import REGISTRY, CheckpointSpec, tiny_registry
+from sd2_app.checkpoints.catalog import REGISTRY, CheckpointSpec, tiny_registry
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from sd2_app.errors import LoadError
 from sd2_app.manager.memory import module_bytes
 from sd2_app.manager.plan import Plan, load_extras, load_part, make_plan, subfolders
 from sd2_app.manager.state import Entry, Part
-from sd2_app.registry import CheckpointSpec, is_local
+from sd2_app.checkpoints.catalog import CheckpointSpec, is_local
 
 if TYPE_CHECKING:
     from sd2_app.manager.core import ModelManager

@@ -17,7 +17,7 @@ from torch import nn
 from sd2_app.errors import LoadError
 from sd2_app.manager.identity import HashCache, component_identity
 from sd2_app.manager.memory import safetensors_bytes
-from sd2_app.registry import CheckpointSpec
+from sd2_app.checkpoints.catalog import CheckpointSpec
 
 # Modules that live on the device, may be shared between checkpoints, and are loaded in this order.
 MODULE_PARTS = ("text_encoder", "vae", "unet", "depth_estimator")

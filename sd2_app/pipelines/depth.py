@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sd2_app.components import Components
+from sd2_app.checkpoints.components import Components
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.images import grayscale_to_tensor, postprocess, preprocess_image
 from sd2_app.pipelines.img2img import noised_init_latents
@@ -22,7 +22,7 @@ from sd2_app.pipelines.loop import ProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.sampling import start_job
 from sd2_app.pipelines.vae_io import decode, vae_factor
-from sd2_app.requests import DepthRequest
+from sd2_app.api.requests import DepthRequest
 
 
 def estimate_depth(components: Components, image: Image.Image) -> torch.Tensor:

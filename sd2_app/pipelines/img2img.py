@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from sd2_app.components import Components
+from sd2_app.checkpoints.components import Components
 from sd2_app.pipelines.images import postprocess, preprocess_image
 from sd2_app.pipelines.loop import ProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.sampling import SamplingPlan, draw_noise, start_job
 from sd2_app.pipelines.txt2img import effective_size
 from sd2_app.pipelines.vae_io import decode, encode, vae_factor
-from sd2_app.requests import Img2ImgRequest
+from sd2_app.api.requests import Img2ImgRequest
 
 
 def noised_init_latents(

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sd2_app.components import Components
+from sd2_app.checkpoints.components import Components
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.images import floor_size, postprocess, preprocess_image, preprocess_mask
 from sd2_app.pipelines.img2img import noised_init_latents
@@ -20,7 +20,7 @@ from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_sett
 from sd2_app.pipelines.sampling import start_job
 from sd2_app.pipelines.txt2img import native_size
 from sd2_app.pipelines.vae_io import decode, encode, vae_factor
-from sd2_app.requests import InpaintRequest
+from sd2_app.api.requests import InpaintRequest
 
 
 def _generate(

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from sd2_app.pipelines.metadata import attach_parameters, format_parameters
-from sd2_app.requests import Sampling
+from sd2_app.api.requests import Sampling
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.loop import Conditioning, ProgressFn, Tiling, run_sampling
 from sd2_app.pipelines.prompt import encode_prompts
-from sd2_app.requests import Sampling
+from sd2_app.api.requests import Sampling
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Job:
     Nothing here draws random numbers, so starting a job first keeps each task's draw order (reference §4.9).
     """
 
-    components: Any  # sd2_app.components.Components
+    components: Any  # sd2_app.checkpoints.components.Components
     sampling: Sampling
     generator: torch.Generator
     context: torch.Tensor  # (2B|B, 77, D), uncond first when guided

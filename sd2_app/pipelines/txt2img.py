@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from sd2_app.components import Components
+from sd2_app.checkpoints.components import Components
 from sd2_app.pipelines.images import postprocess, round_size
 from sd2_app.pipelines.loop import ProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.sampling import start_job
 from sd2_app.pipelines.vae_io import decode, vae_factor
-from sd2_app.requests import Txt2ImgRequest
+from sd2_app.api.requests import Txt2ImgRequest
 
 
 def native_size(components: Components) -> int:

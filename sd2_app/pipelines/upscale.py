@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from sd2_app.components import Components
+from sd2_app.checkpoints.components import Components
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.images import BICUBIC, postprocess, preprocess_image
 from sd2_app.pipelines.loop import ProgressFn, Tiling
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.sampling import draw_noise, start_job
 from sd2_app.pipelines.vae_io import decode, vae_factor
-from sd2_app.requests import UpscaleRequest
+from sd2_app.api.requests import UpscaleRequest
 from sd2_app.samplers.schedules import SchedulerConfig, alphas_cumprod
 
 

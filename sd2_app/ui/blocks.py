@@ -48,7 +48,7 @@ def _wire_send(panel: ResultPanel, source_prompt: gr.Textbox, source_negative: g
 
 
 def build_ui(service: Any, *, assets: Path = ASSETS) -> gr.Blocks:
-    """The app. `service` is a `sd2_app.service.Service` (or a test double with the same methods)."""
+    """The app. `service` is a `sd2_app.api.service.Service` (or a test double with the same methods)."""
     flags = StopFlags()
     examples = _examples(assets)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:

@@ -18,7 +18,7 @@ import gradio as gr
 from PIL import Image
 
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
-from sd2_app.requests import Request, Sampling
+from sd2_app.api.requests import Request, Sampling
 from sd2_app.ui.runner import GPU_QUEUE, StopFlags, gpu, stream, user_message
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from typing import Any
 
 import gradio as gr
 
-from sd2_app.requests import CompareRequest, Sampling, Txt2ImgRequest
+from sd2_app.api.requests import CompareRequest, Sampling, Txt2ImgRequest
 from sd2_app.ui.common import EXAMPLE_PROMPTS, ResultPanel, result_panel, run_buttons, wire_run, wire_seed_buttons
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.txt2img import prompt_boxes

@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image, ImageChops
 
-from sd2_app.requests import InpaintRequest
+from sd2_app.api.requests import InpaintRequest
 from sd2_app.ui.common import (
     SAMPLING_NAMES,
     ResultPanel,

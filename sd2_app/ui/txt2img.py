@@ -7,7 +7,7 @@ from typing import Any
 
 import gradio as gr
 
-from sd2_app.requests import Txt2ImgRequest
+from sd2_app.api.requests import Txt2ImgRequest
 from sd2_app.ui.common import (
     SAMPLING_NAMES,
     EXAMPLE_PROMPTS,

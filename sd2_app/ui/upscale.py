@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from sd2_app.requests import UpscaleRequest
+from sd2_app.api.requests import UpscaleRequest
 from sd2_app.ui.common import (
     SAMPLING_NAMES,
     ResultPanel,

@@ -1,7 +1,7 @@
 """The vocabulary shared by the UI, the CLI, the service and the pipelines: one typed request per task.
 
 Requests are plain frozen dataclasses with the defaults a user of the app expects. They carry no
-validation: `sd2_app.service.validate` checks them (the API can bypass every UI limit) and resolves the
+validation: `sd2_app.api.service.validate` checks them (the API can bypass every UI limit) and resolves the
 seed, so the pipelines always receive a request that is complete and in range.
 """
 
@@ -30,7 +30,7 @@ class Sampling:
 class Txt2ImgRequest:
     prompt: str
     negative_prompt: str = ""
-    checkpoint: str = "sd21-base"  # a key of sd2_app.registry.REGISTRY
+    checkpoint: str = "sd21-base"  # a key of sd2_app.checkpoints.catalog.REGISTRY
     width: int | None = None  # None: the checkpoint's native resolution
     height: int | None = None
     sampling: Sampling = field(default_factory=Sampling)

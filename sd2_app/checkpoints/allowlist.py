@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
-from sd2_app.registry import CheckpointSpec
+from sd2_app.checkpoints.catalog import CheckpointSpec
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sd2_app.errors import InvalidRequest
-from sd2_app.registry import (
+from sd2_app.checkpoints.catalog import (
     REGISTRY,
     add_arguments,
     apply_overrides,

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from sd2_app.errors import InvalidRequest
-from sd2_app.requests import (
+from sd2_app.api.requests import (
     CompareRequest,
     DepthRequest,
     Img2ImgRequest,

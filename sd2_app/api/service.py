@@ -21,8 +21,8 @@ from typing import Any
 from PIL import Image
 
 from sd2_app.errors import Cancelled, InvalidRequest
-from sd2_app.requests import CompareRequest, Request
-from sd2_app.validation import TASK_OF, Catalog, Limits, validate
+from sd2_app.api.requests import CompareRequest, Request
+from sd2_app.api.validation import TASK_OF, Catalog, Limits, validate
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +119,11 @@ class Service:
         if registry is None:
             registry = getattr(manager, "registry", None)
         if registry is None:
-            from sd2_app.registry import REGISTRY
+            from sd2_app.checkpoints.catalog import REGISTRY
 
             registry = REGISTRY
         self.registry = dict(registry)
-        from sd2_app.allowlist import allowed_repos as env_allowed_repos, custom_specs
+        from sd2_app.checkpoints.allowlist import allowed_repos as env_allowed_repos, custom_specs
 
         custom = custom_specs(env_allowed_repos() if allowed_repos is None else allowed_repos, self.registry)
         if custom:  # the operator's allow-list: the manager must know them too, the UI lists them
