@@ -24,6 +24,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("filterwarnings", rule)
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped unless one is present)")
     config.addinivalue_line("markers", "browser: drives a real Chromium through Playwright")
+    config.addinivalue_line("markers", "slow: over ~5 s on this CPU; the everyday run is `pytest -m \"not slow\"`")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
