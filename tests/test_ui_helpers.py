@@ -56,9 +56,10 @@ def test_a_new_result_resets_the_picked_gallery_index_so_send_to_carries_its_fir
     request = type("Request", (), {"session_hash": "s1"})()
     *_, last = list(run.fn(request, *values, gr.Progress()))
     index = run.outputs.index(selected)
-    assert last[index] == 0 and len(last[1]["value"]) == 2  # ...back to 0 with the new two-image gallery
-    assert last[1]["columns"] == 2  # the grid sized to the batch: two side by side
-    assert last[0] is last[1]["value"][0][0]  # the live preview ends on the final image
+    assert last[index] == 0 and len(last[1]) == 2  # ...back to 0 with the new two-image gallery
+    assert last[0] is last[1][0][0]  # the live preview ends on the final image
+    ends = _fn(demo, "txt2img_ends")
+    assert ends.fn(last[1])[2]["columns"] == 2  # then the grid is sized to the batch: two side by side
 
 
 def test_stop_flags_are_per_run_and_forgotten_when_it_ends() -> None:

@@ -236,8 +236,7 @@ def wire_run(
 
     def finish(result: Any) -> tuple:
         gallery = [(image, caption) for image, caption in zip(result.images, result.captions or [None] * len(result.images))]
-        shown = gr.update(value=gallery, columns=gallery_columns(len(gallery)))
-        return (shown, describe(result), result.seed, 0, *finish_extra(result))
+        return (gallery, describe(result), result.seed, 0, *finish_extra(result))
 
     @gpu()
     def handler(request: gr.Request, *values: Any) -> Iterator[tuple]:
@@ -271,8 +270,12 @@ def wire_run(
         show_progress_on=[panel.gallery],  # the bar covers the results, not the live preview
     )
     idle = (gr.update(value=GENERATE, interactive=True), gr.update(interactive=False))
-    event.then(lambda: idle, None, [panel.run, panel.stop], api_name=f"{api_name}_ends", api_visibility="private",
-               queue=False, show_progress="hidden")
+
+    def ends(gallery: Any) -> tuple:  # also sizes the grid to the batch (the API's gallery stays a plain list)
+        return (*idle, gr.update(columns=gallery_columns(len(gallery or []))))
+
+    event.then(ends, panel.gallery, [panel.run, panel.stop, panel.gallery], api_name=f"{api_name}_ends",
+               api_visibility="private", queue=False, show_progress="hidden")
 
     def stop(request: gr.Request) -> tuple:
         # Cancelling the event ends its stream, so the message after Stop comes from here, not from the run.
