@@ -1,4 +1,5 @@
-"""The app in a real Chromium (Playwright): every tab, a painted inpainting mask, Stop, "send to".
+"""The app in a real Chromium (Playwright), as a visitor uses it: layout at 1440x900 and 390x844, whole results,
+"send to" (into the inpainting editor too), honest Generate/Stop states, Ctrl+Enter, readable errors.
 
 Runs on the tiny checkpoints. Screenshots go to tests/artifacts/ (gitignored) for a person to look at.
 Skipped when /usr/bin/chromium or the playwright package is missing.
@@ -6,6 +7,7 @@ Skipped when /usr/bin/chromium or the playwright package is missing.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -14,16 +16,19 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-quic"]
+DESKTOP = {"width": 1440, "height": 900}
+PHONE = {"width": 390, "height": 844}
 
 if not CHROMIUM.exists():
     pytest.skip("no /usr/bin/chromium", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
+expect = sync_api.expect
 
 
 def _free_port() -> int:
@@ -55,21 +60,32 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def page(url: str) -> Iterator[object]:
+def browser(url: str) -> Iterator[object]:
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        page = context.new_page()
-        page.set_default_timeout(60_000)
-        page.goto(url)
-        page.get_by_role("tab", name="Text to image").wait_for()
-        yield page
+        yield browser
         browser.close()
 
 
+def _open(browser, url: str, viewport: dict[str, int], theme: str = "light"):
+    page = browser.new_context(viewport=viewport).new_page()
+    page.set_default_timeout(60_000)
+    page.goto(f"{url}?__theme={theme}")
+    page.get_by_role("tab", name="Text to image").wait_for()
+    page.wait_for_function("window.sd2AppReady === true")  # the page script (styles, shortcuts) has run
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser, url: str) -> Iterator[object]:
+    page = _open(browser, url, DESKTOP)
+    yield page
+    page.context.close()
+
+
 def _shot(page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
 def _set_number(page, elem_id: str, value: int) -> None:
@@ -78,69 +94,161 @@ def _set_number(page, elem_id: str, value: int) -> None:
     box.press("Enter")
 
 
-# Each tab and an element that only it shows.
-TABS = {"Text to image": "#txt2img-run", "Image to image": "#img2img-run", "Inpaint": "#inpaint-editor",
-        "Upscale ×4": "#upscale-run", "Depth to image": "#depth-map", "Compare samplers": "#compare-samplers",
-        "Models": "#models-status", "History": "#history-table", "PNG info": "#pnginfo-image"}
+def _go(page, name: str) -> None:
+    """Open a tab as a visitor would: its button in the tab bar (on a phone, possibly in the second row)."""
+    tab = page.get_by_role("tab", name=name)
+    button = tab if tab.count() else page.locator(".tabs .overflow-dropdown button", has_text=name)
+    expect(button.first).to_be_visible()
+    button.first.click()
+    page.wait_for_timeout(300)
 
 
-def test_every_tab_opens(page) -> None:
-    for index, (name, marker) in enumerate(TABS.items()):
-        page.get_by_role("tab", name=name).click()
-        assert page.get_by_role("tab", name=name).get_attribute("aria-selected") == "true"
-        page.locator(marker).wait_for(state="visible")
-        time.sleep(0.3)
-        _shot(page, f"tab-{index}-{name.split()[0].lower()}")
+def _box(page, selector: str) -> dict[str, float]:
+    box = page.locator(selector).first.bounding_box()
+    assert box is not None, selector
+    return box
 
 
-def test_inpaint_with_a_painted_mask_then_send_to_img2img(page, tmp_path: Path) -> None:
+# Each tab and its primary action (what a visitor came to press).
+TABS = {"Text to image": "#txt2img-run", "Image to image": "#img2img-run", "Inpaint": "#inpaint-run",
+        "Upscale ×4": "#upscale-run", "Depth to image": "#depth-run", "Compare samplers": "#compare-run",
+        "Models": "#models-load", "History": "#history-refresh", "PNG info": "#pnginfo-image"}
+
+
+def test_every_tab_shows_its_primary_action_without_scrolling(browser, url: str) -> None:
+    for theme in ("light", "dark"):
+        page = _open(browser, url, DESKTOP, theme)
+        for index, (name, action) in enumerate(TABS.items()):
+            _go(page, name)
+            expect(page.locator(action)).to_be_visible()
+            box = _box(page, action)
+            assert box["y"] >= 0 and box["y"] + box["height"] <= DESKTOP["height"], (name, box)
+            _shot(page, f"desktop-{theme}-{index}-{name.split()[0].lower()}")
+        page.context.close()
+
+
+def test_on_a_phone_every_tab_is_reachable_and_generate_is_near_the_top(browser, url: str) -> None:
+    page = _open(browser, url, PHONE)
+    assert page.locator(".tabs .overflow-menu > button").first.is_hidden()  # no "More tabs" menu to find
+    for index, (name, action) in enumerate(TABS.items()):
+        _go(page, name)
+        expect(page.locator(action)).to_be_visible()
+        assert _box(page, action)["y"] < 1000, name  # page coordinates: at most a short scroll
+        page.screenshot(path=str(ARTIFACTS / f"phone-{index}-{name.split()[0].lower()}.png"), full_page=True)
+    _go(page, "Inpaint")
+    # The label's text ends before the editor's toolbar (zoom, undo, clear) starts on the same line.
+    label_end = page.locator("#inpaint-editor [data-testid=block-label]").first.evaluate(
+        "(label) => { const r = document.createRange(); r.selectNodeContents(label); return r.getBoundingClientRect().right; }")
+    toolbar = _box(page, "#inpaint-editor .top-panel")
+    assert label_end <= toolbar["x"], (label_end, toolbar)
+    page.context.close()
+
+
+def _generate_txt2img(page, width: int, height: int, *, shortcut: bool = False) -> None:
+    _go(page, "Text to image")
+    _set_number(page, "txt2img-width", width)
+    _set_number(page, "txt2img-height", height)
+    _set_number(page, "txt2img-steps", 2)
+    prompt = page.locator("#txt2img-prompt textarea")
+    if shortcut:
+        prompt.fill("a red fox")
+        prompt.press("Enter")  # a new line, not a run
+        expect(prompt).to_have_value("a red fox\n")
+        assert page.locator("#txt2img-run").is_enabled()
+        prompt.press("Control+Enter")
+    else:
+        page.locator("#txt2img-run").click()
+    page.locator("#txt2img-gallery img").first.wait_for(timeout=120_000)
+    expect(page.locator("#txt2img-run")).to_be_enabled(timeout=30_000)
+
+
+def test_ctrl_enter_generates_and_the_whole_result_is_shown_in_view(page) -> None:
+    _generate_txt2img(page, 64, 72, shortcut=True)
+    _shot(page, "txt2img-result")
+    image = page.locator("#txt2img-gallery img").first
+    fit = image.evaluate("(img) => [getComputedStyle(img).objectFit, img.naturalWidth, img.naturalHeight]")
+    assert fit == ["contain", 64, 72]  # the whole 64x72 image, letterboxed rather than cropped
+    shown, gallery = image.bounding_box(), _box(page, "#txt2img-gallery")
+    assert shown is not None and shown["height"] > 200  # one image fills the box (the grid follows the batch)
+    assert gallery["y"] <= shown["y"] and shown["y"] + shown["height"] <= gallery["y"] + gallery["height"] + 1
+    assert shown["y"] + shown["height"] <= DESKTOP["height"]  # in view without scrolling
+    assert "Seed" in page.locator("#txt2img-info").inner_text()
+
+
+def test_send_to_inpaint_fills_the_editor_even_after_an_upload(page, tmp_path: Path) -> None:
+    """The sequence that froze Gradio's editor: upload in Inpaint, generate elsewhere, "Send to inpaint"."""
     small = tmp_path / "landscape-64.png"
     Image.open(ASSETS / "landscape.png").convert("RGB").resize((64, 64)).save(small)
-    page.get_by_role("tab", name="Inpaint").click()
+    _go(page, "Inpaint")
     page.locator("#inpaint-editor input[type=file]").set_input_files(str(small))
-    canvas = page.locator("#inpaint-editor canvas").first
-    canvas.wait_for()
-    time.sleep(1.0)
-    box = canvas.bounding_box()
-    assert box is not None and box["width"] > 100
-    x0, y0 = box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.4
+    page.locator("#inpaint-editor canvas").first.wait_for()
+    page.wait_for_timeout(1000)
+    _generate_txt2img(page, 64, 72)
+    page.locator("#txt2img-send-inpaint").click()
+    expect(page.get_by_role("tab", name="Inpaint")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#inpaint-prompt textarea")).to_have_value("a red fox\n")
+    expect(page.locator("#inpaint-steps input[type=number]")).to_have_value("2")  # the settings came along
+    tracker = page.locator("#inpaint-editor [data-testid=status-tracker]").first
+    expect(tracker).to_have_class(re.compile(r"\bhide\b"), timeout=5_000)  # no endless spinner over the canvas
+    page.wait_for_timeout(500)
+    _shot(page, "inpaint-1-sent")
+    canvas = _box(page, "#inpaint-editor canvas")
+    x0, y0 = canvas["x"] + canvas["width"] * 0.4, canvas["y"] + canvas["height"] * 0.4
     page.mouse.move(x0, y0)
     page.mouse.down()
     for k in range(1, 11):
-        page.mouse.move(x0 + k * box["width"] * 0.03, y0 + k * box["height"] * 0.02)
+        page.mouse.move(x0 + k * 6, y0 + k * 4)
     page.mouse.up()
-    _shot(page, "inpaint-1-painted")
-    page.locator("#inpaint-prompt textarea").fill("a white cat")
-    _set_number(page, "inpaint-steps", 3)
     page.locator("#inpaint-run").click()
-    result = page.locator("#inpaint-gallery img").first
-    result.wait_for(timeout=120_000)
-    page.locator("#inpaint-extra img").first.wait_for()
+    used = page.locator("#inpaint-extra img").first
+    used.wait_for(timeout=120_000)
     _shot(page, "inpaint-2-result")
-    assert "Seed" in page.locator("#inpaint-info").inner_text()
-
+    # The mask the run used has the sent image's size (64x72), not the uploaded one's (64x64).
+    assert used.evaluate("(img) => [img.naturalWidth, img.naturalHeight]") == [64, 72]
     page.locator("#inpaint-send-img2img").click()
-    sync_api.expect(page.get_by_role("tab", name="Image to image")).to_have_attribute("aria-selected", "true")
+    expect(page.get_by_role("tab", name="Image to image")).to_have_attribute("aria-selected", "true")
     page.locator("#img2img-image img").first.wait_for()
-    sync_api.expect(page.locator("#img2img-prompt textarea")).to_have_value("a white cat")
     _shot(page, "img2img-after-send")
 
 
-def test_stop_interrupts_a_running_generation(page) -> None:
-    page.get_by_role("tab", name="Text to image").click()
+def test_send_before_any_result_says_so(page) -> None:
+    _go(page, "Depth to image")
+    page.locator("#depth-send-inpaint").click()
+    expect(page.locator(".toast-body", has_text="Generate an image first.")).to_be_visible(timeout=15_000)
+    expect(page.get_by_role("tab", name="Depth to image")).to_have_attribute("aria-selected", "true")
+
+
+def test_a_failed_run_says_why_and_leaves_no_error_badge(page) -> None:
+    _go(page, "Upscale ×4")
+    page.locator("#upscale-prompt textarea").fill("a cat")
+    page.locator("#upscale-run").click()
+    expect(page.locator(".toast-body", has_text=re.compile(r"Upload .* first\."))).to_be_visible(timeout=30_000)
+    expect(page.locator("#upscale-run")).to_be_enabled(timeout=10_000)  # a failed run gives Generate back
+    expect(page.locator("#upscale-stop")).to_be_disabled()
+    # The message was the toast; the results carry no lasting "Error" badge (the run's end resets them).
+    expect(page.locator("#upscale-gallery .clear-status")).to_have_count(0)
+
+
+def test_generate_and_stop_say_what_is_happening(page) -> None:
+    _go(page, "Text to image")
+    run, stop, info = page.locator("#txt2img-run"), page.locator("#txt2img-stop"), page.locator("#txt2img-info")
+    expect(stop).to_be_disabled()  # nothing to stop while idle
     # Large enough that the run lasts many seconds even on an idle machine, so Stop lands mid-run.
     _set_number(page, "txt2img-width", 384)
     _set_number(page, "txt2img-height", 384)
     _set_number(page, "txt2img-steps", 150)
-    page.locator("#txt2img-run").click()
-    page.locator("#txt2img-preview img").first.wait_for(timeout=60_000)  # a live preview arrived: it is running
-    page.locator("#txt2img-gallery .progress-text, #txt2img-gallery .meta-text").first.wait_for(timeout=20_000)
-    time.sleep(1.0)
+    run.click()
+    expect(run).to_be_disabled()
+    expect(run).to_have_text("Running…")
+    expect(stop).to_be_enabled()
+    assert page.locator("#txt2img-gallery img").count() == 0  # the last run's result is gone, not passed off
+    expect(info).to_contain_text(re.compile(r"Step \d+/150"), timeout=60_000)
     _shot(page, "txt2img-1-running")
-    page.locator("#txt2img-stop").click()
-    # Polls rather than sleeps: on a loaded machine the stop reply can take seconds to come back.
-    sync_api.expect(page.locator("#txt2img-info")).to_contain_text("Stop", timeout=30_000)
-    time.sleep(1.0)  # any update still in flight from the run lands now, and must not replace the message
+    stop.click()
+    expect(info).to_have_text(re.compile(r"Stopped after \d+/150 steps\."), timeout=30_000)
+    expect(run).to_be_enabled()
+    expect(run).to_have_text("Generate")
+    expect(stop).to_be_disabled()
+    page.wait_for_timeout(1000)  # any update still in flight from the run lands now, and must not replace it
+    expect(info).to_have_text(re.compile(r"Stopped after \d+/150 steps\."))
     _shot(page, "txt2img-2-stopped")
-    assert "Stop" in page.locator("#txt2img-info").inner_text()
-    assert page.locator("#txt2img-gallery img").count() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,55 @@ def test_gallery_grid_follows_the_batch() -> None:
     from sd2_app.ui.common import gallery_columns
 
     assert [gallery_columns(n) for n in (1, 2, 3, 4, 5, 8, 9)] == [1, 2, 2, 2, 3, 3, 3]
+
+
+def test_models_table_speaks_plainly() -> None:
+    from types import SimpleNamespace
+
+    from sd2_app.manager.state import ModelStatus
+    from sd2_app.ui.models import HEADERS, status_view
+
+    rows = [ModelStatus("sd2-base", "SD 2.0 base", "device", "cpu", "repo/a", None, 2_600_000_000, ()),
+            ModelStatus("sd2", "SD 2.0", "none", "", None, None, 0, ())]
+    service = SimpleNamespace(status=lambda: {"models": rows, "memory": {}})
+    table, _ = status_view(service)
+    assert HEADERS[:3] == ["Checkpoint", "Name", "Loaded"]
+    assert table[0][2:7] == ["on the device", "cpu", "repo/a", "", "2.60 GB"]
+    assert table[1][2] == "not loaded" and table[1][6] == ""
+
+
+def test_png_info_sends_the_checkpoint_too() -> None:
+    from sd2_app.ui import build_ui
+    from tests.ui_doubles import fake_service
+
+    demo = build_ui(fake_service(None))
+    send = _fn(demo, "png_info_send")
+    parsed = {"Prompt": "a cat", "Steps": 20, "Sampler": "Euler", "CFG scale": 7, "Seed": 3, "Size": "512x512",
+              "Model": "sd2"}
+    values = send.fn(parsed)
+    checkpoint_index = [getattr(block, "label", None) for block in send.outputs].index("Checkpoint")
+    assert values[checkpoint_index] == "sd2"
+    assert send.queue is not False  # queued: "Upload a PNG with parameters first." reaches the visitor
+
+
+def test_an_oversized_upload_is_refused_when_uploaded_in_a_size_a_person_reads() -> None:
+    import gradio as gr
+
+    from sd2_app.ui import build_ui
+    from sd2_app.ui.uploads import size_limit
+    from tests.ui_doubles import fake_service
+
+    service = fake_service(None)
+    demo = build_ui(service)
+    assert size_limit(2048 * 2048) == "2048×2048" and size_limit(512 * 512 + 5) == "512×512"
+    limit = service.limits.max_input_pixels
+    side = math.isqrt(limit)
+    check = _fn(demo, "img2img_image_check")
+    check.fn(Image.new("RGB", (side, side)))  # at the limit: accepted
+    with pytest.raises(gr.Error, match=f"This image is {side + 8}×{side}; images up to {side}×{side} "):
+        check.fn(Image.new("RGB", (side + 8, side)))
+    editor_check = _fn(demo, "inpaint_editor_check")
+    with pytest.raises(gr.Error, match="images up to"):
+        editor_check.fn({"background": Image.new("RGB", (side + 8, side)), "layers": [], "composite": None})
+    refused = _fn(demo, "img2img_image_refused")
+    assert refused.fn() is None and refused.outputs == check.inputs  # the box empties

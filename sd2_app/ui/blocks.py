@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from sd2_app.ui import compare, depth, history, img2img, inpaint, models, pnginfo, txt2img, upscale
-from sd2_app.ui.common import ResultPanel, SamplingControls, selected_image
 from sd2_app.ui.runner import StopFlags
+from sd2_app.ui.sending import (  # noqa: F401  # clamp_to, sampler_fields: also imported from here
+    SendTarget, clamp_to, picked_history_image, sampler_fields, wire_history_send, wire_send)
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 STATIC = Path(__file__).resolve().parent / "static"
@@ -30,48 +30,6 @@ def _examples(assets: Path) -> dict[str, list[list[Any]]]:
         "upscale": rows(("cat_128.png", "a white cat")),
         "depth": rows(("still_life.png", "two tigers")),
     }
-
-
-@dataclass
-class SendTarget:
-    """Where "Send to <tab>" puts things: the image box, the prompts and, where they apply, the sampling controls."""
-
-    image: Any
-    prompt: gr.Textbox
-    negative: gr.Textbox
-    sampling: SamplingControls | None = None
-    editor: gr.ImageMask | None = None  # set when `image` is only the courier of an image editor
-
-
-def _wire_send(tab: Any, tabs: gr.Tabs, targets: dict[str, SendTarget], prefix: str) -> None:
-    """Each "Send to X" button copies the picked result, the prompts (and seed, sampler, steps and CFG where X
-    samples the same way) into tab X and switches to it. Queued, so "Generate an image first." reaches the user."""
-    panel: ResultPanel = tab.panel
-    for target, button in panel.send_buttons.items():
-        into = targets[target]
-        carry = into.sampling is not None
-
-        def send(gallery: Any, index: Any, text: str, negative: str, seed: Any, *sampling: Any,
-                 target: str = target, carry: bool = carry) -> tuple:
-            image = selected_image(gallery, index)
-            if not carry:
-                return image, text, negative, gr.Tabs(selected=target)
-            sampler, karras, steps, cfg = sampling
-            return (image, text, negative, gr.Tabs(selected=target), sampler, karras, steps, cfg,
-                    gr.skip() if seed is None else seed)
-
-        inputs = [panel.gallery, panel.selected, tab.prompt, tab.negative, panel.last_seed]
-        outputs = [into.image, into.prompt, into.negative, tabs]
-        if carry:
-            source, dest = tab.sampling, into.sampling
-            inputs += [source.sampler, source.karras, source.steps, source.cfg]
-            outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed]
-        sent = button.click(send, inputs, outputs, api_name=f"{prefix}_send_to_{target}", api_visibility="private")
-        if into.editor is not None:
-            editor_id, courier_id = into.editor.elem_id, into.image.elem_id
-            sent.success(None, js=f"() => window.sd2SendToEditor({courier_id!r}, {editor_id!r})").then(
-                lambda: None, None, into.image, api_name=f"{prefix}_sent_to_{target}", api_visibility="private",
-                queue=False, show_progress="hidden")
 
 
 def build_ui(service: Any, *, assets: Path = ASSETS) -> gr.Blocks:
@@ -97,7 +55,7 @@ def build_ui(service: Any, *, assets: Path = ASSETS) -> gr.Blocks:
             with gr.Tab("Models", id="models") as models_tab:
                 refresh_models, models_outputs = models.build(service)
             with gr.Tab("History", id="history") as history_tab:
-                refresh_history, history_outputs = history.build(service)
+                past = history.build(service)
             with gr.Tab("PNG info", id="pnginfo"):
                 png_image, png_fields, png_send = pnginfo.build(service)
         targets = {
@@ -106,12 +64,19 @@ def build_ui(service: Any, *, assets: Path = ASSETS) -> gr.Blocks:
             "upscale": SendTarget(up.image, up.prompt, up.negative),
         }
         for prefix, tab in (("txt2img", t2i), ("img2img", i2i), ("inpaint", inp), ("upscale", up), ("depth", dep)):
-            _wire_send(tab, tabs, targets, prefix)
+            wire_send(tab.panel, tab, tabs, targets, prefix)
         models_tab.select(refresh_models, None, models_outputs, api_name="models_tab",
                           api_visibility="private", queue=False)
-        history_tab.select(refresh_history, None, history_outputs, api_name="history_tab", api_visibility="private",
+        history_tab.select(past.refresh, None, past.outputs, api_name="history_tab", api_visibility="private",
                            queue=False)
-        _wire_png_send(png_send, png_fields, t2i, tabs)
+        history_tab.select(lambda: 0, None, past.selected, api_name="history_tab_unpick", api_visibility="private",
+                           queue=False)
+        wire_history_send(past, tabs, targets)
+        to_txt2img, txt2img_fields = _png_to_txt2img(t2i, tabs)
+        png_send.click(to_txt2img, png_fields, txt2img_fields, api_name="png_info_send", api_visibility="private")
+        past.reuse.click(lambda gallery, index: to_txt2img(picked_history_image(gallery, index)[1]),
+                         [past.gallery, past.selected], txt2img_fields, api_name="history_reuse",
+                         api_visibility="private")
         # Gradio 6 takes style sheets and scripts only at launch(); the page script adds ours on load instead, so
         # every launcher (app.py, Spaces, the tests) gets them.
         css = json.dumps((STATIC / "app.css").read_text(encoding="utf-8"))
@@ -119,33 +84,13 @@ def build_ui(service: Any, *, assets: Path = ASSETS) -> gr.Blocks:
     return demo
 
 
-def sampler_fields(parsed: dict[str, Any], names: list[str]) -> tuple[str | None, bool]:
-    """(sampler, Karras) from parsed parameters; sampler None when we have no sampler of that name.
-
-    A1111 wrote Karras into the name before it had "Schedule type" ("DPM++ 2M Karras"); a name the dropdown
-    does not list would only fail later, at Generate, with Gradio's "not in the list of choices".
-    """
-    name = str(parsed.get("Sampler", ""))
-    karras = parsed.get("Schedule type") == "Karras"
-    if name not in names and name.endswith(" Karras") and name[: -len(" Karras")] in names:
-        name, karras = name[: -len(" Karras")], True
-    return (name if name in names else None), karras
-
-
-def clamp_to(value: Any, slider: Any) -> Any:
-    """A number read from another tool's PNG, clamped into `slider`'s range (gr.skip() when not a number).
-
-    Out-of-range values would otherwise reach the slider as they are and fail later, at Generate.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return gr.skip()
-    return min(max(value, slider.minimum), slider.maximum)
-
-
-def _wire_png_send(button: gr.Button, fields: gr.JSON, t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs) -> None:
-    """PNG info -> text to image: prompt, negative prompt, sampler, steps, CFG, seed and size."""
+def _png_to_txt2img(t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs) -> tuple[Any, list[Any]]:
+    """(function, outputs) putting parsed PNG parameters into text to image: prompt, negative prompt, sampler,
+    steps, CFG, seed, size and checkpoint. PNG info's send and History's reuse use it."""
     controls = t2i.sampling
     names = [value for _, value in controls.sampler.choices]
+    # "Model" is our checkpoint key; other tools write a name or hash, which leaves the checkpoint as it is.
+    checkpoints = {key: key for _, key in t2i.checkpoint.choices} | {label: key for label, key in t2i.checkpoint.choices}
 
     def send(parsed: dict[str, Any] | None) -> tuple:
         if not parsed:
@@ -166,9 +111,10 @@ def _wire_png_send(button: gr.Button, fields: gr.JSON, t2i: txt2img.Txt2ImgTab, 
             parsed.get("Seed", keep),
             clamp_to(int(width), t2i.width) if width.isdigit() else keep,
             clamp_to(int(height), t2i.height) if height.isdigit() else keep,
+            checkpoints.get(str(parsed.get("Model", "")), keep),
             gr.Tabs(selected="txt2img"),
         )
 
     outputs = [t2i.prompt, t2i.negative, controls.sampler, controls.karras, controls.steps, controls.cfg,
-               controls.seed, t2i.width, t2i.height, tabs]
-    button.click(send, fields, outputs, api_name="png_info_send", api_visibility="private", queue=False)
+               controls.seed, t2i.width, t2i.height, t2i.checkpoint, tabs]
+    return send, outputs

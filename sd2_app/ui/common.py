@@ -269,18 +269,22 @@ def wire_run(
         handler, inputs, outputs, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=1,
         show_progress_on=[panel.gallery],  # the bar covers the results, not the live preview
     )
-    idle = (gr.update(value=GENERATE, interactive=True), gr.update(interactive=False))
+    def idle() -> tuple:  # new dicts per call: Gradio consumes an update's "value" when it applies it
+        return gr.update(value=GENERATE, interactive=True), gr.update(interactive=False)
 
     def ends(gallery: Any) -> tuple:  # also sizes the grid to the batch (the API's gallery stays a plain list)
-        return (*idle, gr.update(columns=gallery_columns(len(gallery or []))))
+        return (*idle(), gr.update(columns=gallery_columns(len(gallery or []))))
 
-    event.then(ends, panel.gallery, [panel.run, panel.stop, panel.gallery], api_name=f"{api_name}_ends",
-               api_visibility="private", queue=False, show_progress="hidden")
+    # Gradio 6 runs a .then() only after a success, despite its docs, so a failed run needs .failure() as well.
+    # Its update of the gallery also clears the "Error" badge there: the toast has said what went wrong.
+    for after, name in ((event.then, f"{api_name}_ends"), (event.failure, f"{api_name}_failed")):
+        after(ends, panel.gallery, [panel.run, panel.stop, panel.gallery], api_name=name, api_visibility="private",
+              queue=False, show_progress="hidden")
 
     def stop(request: gr.Request) -> tuple:
         # Cancelling the event ends its stream, so the message after Stop comes from here, not from the run.
         flag = flags.stop_run(getattr(request, "session_hash", None) or "api")
-        return (stopped_message(flag), *idle)
+        return (stopped_message(flag), *idle())
 
     panel.stop.click(stop, None, [panel.info, panel.run, panel.stop], api_name=f"{api_name}_stop", cancels=[event],
                      queue=False)

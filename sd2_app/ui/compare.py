@@ -10,17 +10,18 @@ from sd2_app.api.requests import CompareRequest, Sampling, Txt2ImgRequest
 from sd2_app.api.tasks import COMPARE_SAMPLERS, TASKS
 from sd2_app.ui.common import EXAMPLE_PROMPTS, checkpoint_dropdown, ResultPanel, result_panel, wire_run, wire_seed_buttons
 from sd2_app.ui.runner import StopFlags
-from sd2_app.ui.layout import prompt_boxes, run_buttons
+from sd2_app.ui.layout import prompt_row, results_column, settings_column
 
 
 
 def build(service: Any, flags: StopFlags) -> ResultPanel:
     sampler_names = service.samplers()
-    with gr.Row():
-        with gr.Column(scale=5):
+    top = prompt_row("compare", EXAMPLE_PROMPTS[1])
+    prompt, negative = top.prompt, top.negative
+    with gr.Row(equal_height=False):
+        with settings_column("compare"):
             checkpoint = checkpoint_dropdown(service, "txt2img")
             side = service.resolution(checkpoint.value)
-            prompt, negative = prompt_boxes("compare", EXAMPLE_PROMPTS[1])
             samplers = gr.CheckboxGroup(sampler_names, value=[n for n in COMPARE_SAMPLERS if n in sampler_names],
                                         label="Samplers", elem_id="compare-samplers")
             with gr.Row():
@@ -34,9 +35,8 @@ def build(service: Any, flags: StopFlags) -> ResultPanel:
                 seed = gr.Number(-1, label="Seed (-1 = random, then shared by all samplers)", precision=0, scale=3)
                 randomize = gr.Button("Random seed", scale=1, size="sm")
                 reuse = gr.Button("Reuse last seed", scale=1, size="sm")
-            run, stop = run_buttons("compare")
-        with gr.Column(scale=6):
-            panel = result_panel("compare", run, stop)
+        with results_column("compare"):
+            panel = result_panel("compare", top.run, top.stop)
     panel.gallery.columns = 3
     wire_seed_buttons(randomize, reuse, seed, panel.last_seed, "compare")
 

@@ -22,7 +22,7 @@ from sd2_app.ui.common import (
 )
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
-from sd2_app.ui.uploads import upload_image
+from sd2_app.ui.uploads import check_on_upload, upload_image
 
 
 @dataclass
@@ -53,6 +53,8 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> DepthTab
             panel = result_panel("depth", top.run, top.stop, extra_label="Depth map used",
                                  send_to=(("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale")))
     wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "depth")
+    for box in (image, depth_map):
+        check_on_upload(box, service.limits.max_input_pixels)
 
     def make_request(picture: Any, depth: Any, key: str, text: str, negative_text: str, amount: float,
                      *sampling: Any) -> DepthRequest:

@@ -1,14 +1,28 @@
 """History: this visitor's recent results with their settings (the files are in the outputs folder).
 
-Each browser session sees only what it made: on a public Space, prompts and images stay private.
+Each browser session sees only what it made: on a public Space, prompts and images stay private. A picked image
+can be sent on, or its settings reused in Text to image.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+
+HISTORY_SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
+
+
+@dataclass
+class HistoryView:
+    refresh: Any  # (request) -> (gallery images, table rows); the tab calls it when selected
+    outputs: list[Any]
+    gallery: gr.Gallery
+    selected: gr.State  # the picked image's index
+    reuse: gr.Button
+    send_buttons: dict[str, gr.Button]
 
 
 def _rows(service: Any, request: gr.Request | None) -> tuple[list[tuple[Any, str]], list[list[Any]]]:
@@ -23,17 +37,29 @@ def _rows(service: Any, request: gr.Request | None) -> tuple[list[tuple[Any, str
     return images, rows
 
 
-def build(service: Any) -> tuple[Any, list[Any]]:
-    """The History view; returns its refresh function and outputs (the tab refreshes them when selected)."""
+def build(service: Any) -> HistoryView:
+    """The History view; the tab refreshes it when selected."""
     where = str(service.outputs_dir) if service.outputs_dir is not None else "nowhere (saving is off)"
     gr.Markdown(f"Recent results, newest first. Every result is also written with its settings to **{where}**.")
     refresh = gr.Button("Refresh", elem_id="history-refresh")
-    gallery = gr.Gallery(label="Recent images", format="png", columns=6, height="auto", interactive=False,
-                         elem_id="history-gallery")
-    table = gr.Dataframe(headers=["time", "task", "seed", "images", "parameters", "files"], wrap=True,
+    gallery = gr.Gallery(label="Recent images (pick one to reuse or send it)", format="png", columns=6,
+                         height="auto", interactive=False, elem_id="history-gallery")
+    with gr.Row():
+        reuse = gr.Button("Reuse its settings in text to image", size="sm", elem_id="history-reuse")
+        buttons = {target: gr.Button(f"Send to {label}", size="sm", elem_id=f"history-send-{target}")
+                   for target, label in HISTORY_SEND_TO}
+    table = gr.Dataframe(headers=["Time", "Task", "Seed", "Images", "Parameters", "Files"], wrap=True,
                          interactive=False, elem_id="history-table")
+    selected = gr.State(0)
+
+    def picked(event: gr.SelectData) -> int:
+        return int(event.index)
+
+    gallery.select(picked, None, selected, api_name="history_select", api_visibility="private", queue=False)
+
     def rows(request: gr.Request) -> tuple[list[tuple[Any, str]], list[list[Any]]]:
         return _rows(service, request)
 
     refresh.click(rows, None, [gallery, table], api_name="history", queue=False)
-    return rows, [gallery, table]
+    refresh.click(lambda: 0, None, selected, api_name="history_unpick", api_visibility="private", queue=False)
+    return HistoryView(rows, [gallery, table], gallery, selected, reuse, buttons)

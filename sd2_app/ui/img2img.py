@@ -22,7 +22,7 @@ from sd2_app.ui.common import (
 )
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
-from sd2_app.ui.uploads import upload_image
+from sd2_app.ui.uploads import check_on_upload, upload_image
 
 SEND_TO = (("inpaint", "inpaint"), ("upscale", "upscale"))
 
@@ -52,6 +52,7 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> Img2ImgT
         with results_column("img2img"):
             panel = result_panel("img2img", top.run, top.stop, send_to=SEND_TO)
     wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "img2img")
+    check_on_upload(image, service.limits.max_input_pixels)
 
     def make_request(picture: Any, key: str, text: str, negative_text: str, amount: float, *sampling: Any) -> Img2ImgRequest:
         return Img2ImgRequest(prompt=text, image=picture, negative_prompt=negative_text, checkpoint=key,

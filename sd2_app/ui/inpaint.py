@@ -26,7 +26,7 @@ from sd2_app.ui.common import (
 )
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
-from sd2_app.ui.uploads import upload_image
+from sd2_app.ui.uploads import check_on_upload, upload_image
 
 SEND_TO = (("img2img", "image to image"), ("upscale", "upscale"))
 
@@ -71,7 +71,8 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> InpaintT
     with gr.Row(equal_height=False):
         with settings_column("inpaint"):
             editor = gr.ImageMask(
-                label="Image and mask: upload, then paint over what to repaint",
+                label="Image and mask",  # short: on a phone the editor's toolbar shares the label's line
+                placeholder="Upload an image, then paint over what to repaint",
                 type="pil",
                 image_mode="RGBA",
                 format="png",
@@ -82,7 +83,8 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> InpaintT
                 elem_id="inpaint-editor",
             )
             with gr.Accordion("Or upload a mask image (white = repaint)", open=False):
-                mask_upload = upload_image(label="Mask", type="pil", image_mode=None, sources=["upload"], height=200)
+                mask_upload = upload_image(label="Mask", type="pil", image_mode=None, sources=["upload"], height=200,
+                                           elem_id="inpaint-mask")
             # Where "Send to inpaint" puts the image; the page script uploads it into the editor from there
             # (blocks.py, _wire_send), because Gradio's editor freezes when a server event sets its value.
             incoming = gr.Image(type="pil", format="png", interactive=False, elem_id="inpaint-incoming",
@@ -101,6 +103,8 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> InpaintT
         with results_column("inpaint"):
             panel = result_panel("inpaint", top.run, top.stop, extra_label="Mask used", send_to=SEND_TO)
     wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "inpaint")
+    for box in (editor, mask_upload):
+        check_on_upload(box, service.limits.max_input_pixels)
 
     def make_request(value: Any, mask: Any, key: str, text: str, negative_text: str, amount: float, blur_px: float,
                      crop: bool, pad: float, *sampling: Any) -> InpaintRequest:

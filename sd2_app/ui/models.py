@@ -25,12 +25,14 @@ def _plain(value: Any) -> Any:
 
 
 COLUMNS = ["key", "label", "location", "device", "repo", "revision", "size", "shared", "error"]
+HEADERS = ["Checkpoint", "Name", "Loaded", "Device", "Repository", "Revision", "Size", "Shared parts", "Last error"]
+LOCATIONS = {"device": "on the device", "offloaded": "offloaded to host memory", "none": "not loaded"}
 
 
 def _size(nbytes: Any) -> str:
     if not isinstance(nbytes, (int, float)) or nbytes <= 0:
         return ""
-    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.1f} MB"
 
 
 def status_view(service: Any) -> tuple[list[list[Any]], str]:
@@ -38,7 +40,8 @@ def status_view(service: Any) -> tuple[list[list[Any]], str]:
     status = _plain(service.status())
     rows = []
     for row in status.get("models") or []:
-        row = dict(row, size=_size(row.get("nbytes")), shared=", ".join(row.get("shared") or []))
+        row = dict(row, size=_size(row.get("nbytes")), shared=", ".join(row.get("shared") or []),
+                   location=LOCATIONS.get(row.get("location"), row.get("location")))
         rows.append(["" if row.get(c) is None else row.get(c) for c in COLUMNS])
     memory = status.get("memory") or {}
     line = "No memory report." if not memory else (
@@ -61,7 +64,7 @@ def build(service: Any) -> tuple[Any, list[Any]]:
         unload_all = gr.Button("Unload all", variant="stop", elem_id="models-unload-all", scale=1)
         refresh = gr.Button("Refresh", elem_id="models-refresh", scale=1)
     memory = gr.Markdown(elem_id="models-memory")
-    table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, elem_id="models-status")
+    table = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, elem_id="models-status")
     outputs = [table, memory]
 
     def current() -> tuple[list[list[Any]], str]:
@@ -73,6 +76,7 @@ def build(service: Any) -> tuple[Any, list[Any]]:
             service.load(checkpoint)
         except (InvalidRequest, LoadError) as error:
             raise gr.Error(str(error), print_exception=False) from error
+        gr.Info(f"{service.catalog.labels.get(checkpoint, checkpoint)} is loaded.")
         return current()
 
     def do_unload(checkpoint: str | None) -> tuple[list[list[Any]], str]:
@@ -80,6 +84,8 @@ def build(service: Any) -> tuple[Any, list[Any]]:
             service.unload(checkpoint)
         except InvalidRequest as error:
             raise gr.Error(str(error), print_exception=False) from error
+        gr.Info("All models are unloaded." if checkpoint is None
+                else f"{service.catalog.labels.get(checkpoint, checkpoint)} is unloaded.")
         return current()
 
     gpu_event = {"concurrency_id": GPU_QUEUE, "concurrency_limit": 1}

@@ -25,5 +25,5 @@ def build(service: Any) -> tuple[gr.Image, gr.JSON, gr.Button]:
             return "This image carries no generation parameters.", {}
         return raw, parsed
 
-    image.change(read, image, [text, fields], api_name="png_info", queue=False)
+    image.change(read, image, [text, fields], api_name="png_info")  # queued, so a failure shows its message
     return image, fields, send

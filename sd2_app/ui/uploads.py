@@ -8,6 +8,7 @@ into the package) so that PIL's refusals become `gr.Error`s saying what was wron
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import gradio as gr
@@ -27,7 +28,7 @@ def upload_image(**kwargs: Any) -> gr.Image:
         try:
             return preprocess(payload)
         except Image.DecompressionBombError as error:
-            raise _unreadable(f"it has more than {Image.MAX_IMAGE_PIXELS * 2} pixels") from error
+            raise _unreadable(f"it is larger than {size_limit(Image.MAX_IMAGE_PIXELS * 2)}") from error
         except UnidentifiedImageError as error:  # its message holds the server's temporary path
             raise _unreadable("not a PNG, JPEG or WebP image") from error
         except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for corrupt or truncated data
@@ -35,3 +36,27 @@ def upload_image(**kwargs: Any) -> gr.Image:
 
     image.preprocess = readable_preprocess  # type: ignore[method-assign]
     return image
+
+
+def size_limit(max_pixels: int) -> str:
+    """A pixel budget as a person reads it: the square it allows ("2048×2048")."""
+    side = math.isqrt(max_pixels)
+    return f"{side}×{side}"
+
+
+def check_on_upload(box: gr.Image | gr.ImageMask, max_pixels: int) -> None:
+    """Refuse an unreadable or oversized image when it is uploaded rather than at Generate: the visitor reads why
+    (unreadable files fail in `upload_image`'s preprocess) and the box empties instead of showing a broken image."""
+
+    def check(value: Any) -> None:
+        picture = value.get("background") if isinstance(value, dict) else value
+        if not isinstance(picture, Image.Image):
+            return
+        width, height = picture.size
+        if width * height > max_pixels:
+            raise gr.Error(f"This image is {width}×{height}; images up to {size_limit(max_pixels)} (or the same "
+                           "area in another shape) are accepted.", print_exception=False)
+
+    name = (box.elem_id or f"upload_{box._id}").replace("-", "_")
+    box.upload(check, box, None, api_name=f"{name}_check", api_visibility="private").failure(
+        lambda: None, None, box, api_name=f"{name}_refused", api_visibility="private", queue=False)

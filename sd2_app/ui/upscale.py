@@ -22,7 +22,7 @@ from sd2_app.ui.common import (
 )
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
-from sd2_app.ui.uploads import upload_image
+from sd2_app.ui.uploads import check_on_upload, upload_image
 
 SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"))
 
@@ -59,6 +59,7 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> UpscaleT
         with results_column("upscale"):
             panel = result_panel("upscale", top.run, top.stop, extra_label="Before (bicubic x4)", send_to=SEND_TO)
     wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "upscale")
+    check_on_upload(image, service.limits.max_upscale_input_pixels)
 
     def make_request(picture: Any, key: str, text: str, negative_text: str, level: float,
                      *sampling: Any) -> UpscaleRequest:

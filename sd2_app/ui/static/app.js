@@ -1,5 +1,6 @@
 // sd2-app page script, run once when the page loads (build_ui passes the style sheet as `css`).
 // - Ctrl+Enter or Cmd+Enter in a prompt box presses that tab's Generate, as in A1111; Enter alone makes a new line.
+// - On a phone (one column), Generate scrolls the tab's results into view.
 // - sd2SendToEditor(courierId, editorId): "Send to inpaint" puts the image in a hidden image component (the
 //   courier); this uploads it into the image editor the way a user's upload arrives, because Gradio's ImageEditor
 //   freezes (blank canvas, endless spinner) when a server event sets its value after a user upload.
@@ -19,6 +20,14 @@
     event.preventDefault();
     const button = run.tagName === "BUTTON" ? run : run.querySelector("button");
     if (button && !button.disabled) button.click();
+  });
+
+  // One column (a phone): the results are below the settings, so a run scrolls them into view.
+  document.addEventListener("click", (event) => {
+    const run = event.target.closest && event.target.closest(".run-button");
+    if (!run || !run.id || window.innerWidth >= 1000) return;
+    const results = document.getElementById(run.id.replace(/-run$/, "-results"));
+    if (results) setTimeout(() => results.scrollIntoView({ behavior: "smooth", block: "start" }), 100);
   });
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));

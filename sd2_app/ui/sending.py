@@ -1,0 +1,127 @@
+"""The "Send to <tab>" buttons: under every result, and in History for a picked past image.
+
+An image for the inpainting editor goes through a hidden image (the courier) and the page script uploads it into
+the editor (static/app.js, sd2SendToEditor): Gradio's ImageEditor freezes when a server event sets its value
+after the visitor uploaded into it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from sd2_app.ui.common import ResultPanel, SamplingControls, selected_image
+
+
+@dataclass
+class SendTarget:
+    """Where "Send to <tab>" puts things: the image box, the prompts and, where they apply, the sampling controls."""
+
+    image: Any
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    sampling: SamplingControls | None = None
+    editor: gr.ImageMask | None = None  # set when `image` is only the courier of an image editor
+
+
+def wire_send(panel: ResultPanel, tab: Any, tabs: gr.Tabs, targets: dict[str, SendTarget], prefix: str) -> None:
+    """Each "Send to X" button copies the picked result, the prompts (and seed, sampler, steps and CFG where X
+    samples the same way) into tab X and switches to it. Queued, so "Generate an image first." reaches the user."""
+    for target, button in panel.send_buttons.items():
+        into = targets[target]
+        carry = into.sampling is not None
+
+        def send(gallery: Any, index: Any, text: str, negative: str, seed: Any, *sampling: Any,
+                 target: str = target, carry: bool = carry) -> tuple:
+            image = selected_image(gallery, index)
+            if not carry:
+                return image, text, negative, gr.Tabs(selected=target)
+            sampler, karras, steps, cfg = sampling
+            return (image, text, negative, gr.Tabs(selected=target), sampler, karras, steps, cfg,
+                    gr.skip() if seed is None else seed)
+
+        inputs = [panel.gallery, panel.selected, tab.prompt, tab.negative, panel.last_seed]
+        outputs = [into.image, into.prompt, into.negative, tabs]
+        if carry:
+            source, dest = tab.sampling, into.sampling
+            inputs += [source.sampler, source.karras, source.steps, source.cfg]
+            outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed]
+        sent = button.click(send, inputs, outputs, api_name=f"{prefix}_send_to_{target}", api_visibility="private")
+        _into_editor(sent, into, f"{prefix}_sent_to_{target}")
+
+
+def _into_editor(sent: Any, into: SendTarget, name: str) -> None:
+    """After a send into an editor's courier: the page script uploads the image into the editor, then the
+    courier empties (so the next send waits for its own image)."""
+    if into.editor is None:
+        return
+    editor_id, courier_id = into.editor.elem_id, into.image.elem_id
+    sent.success(None, js=f"() => window.sd2SendToEditor({courier_id!r}, {editor_id!r})").then(
+        lambda: None, None, into.image, api_name=name, api_visibility="private", queue=False, show_progress="hidden")
+
+
+def picked_history_image(gallery: Any, index: Any) -> tuple[Image.Image, dict[str, Any]]:
+    """The History image picked (or the newest) and the settings parsed from its PNG text."""
+    from sd2_app.pipelines.metadata import parse_parameters, read_png_parameters
+
+    if not gallery:
+        raise gr.Error("There is nothing in History yet.", print_exception=False)
+    image = selected_image(gallery, index)
+    text = read_png_parameters(image)
+    return image, (parse_parameters(text) if text else {})
+
+
+def sampling_values(parsed: dict[str, Any], dest: SamplingControls) -> tuple:
+    """Sampler, Karras, steps, CFG and seed from parsed parameters, for `dest`'s widgets (gr.skip() where absent)."""
+    names = [value for _, value in dest.sampler.choices]
+    sampler, karras = sampler_fields(parsed, names)
+    seed = parsed.get("Seed")
+    return (gr.skip() if sampler is None else sampler, karras, clamp_to(parsed.get("Steps"), dest.steps),
+            clamp_to(parsed.get("CFG scale"), dest.cfg), seed if isinstance(seed, int) else gr.skip())
+
+
+def wire_history_send(view: Any, tabs: gr.Tabs, targets: dict[str, SendTarget]) -> None:
+    """History's "Send to X": the picked image with the prompts and settings it was made with."""
+    for target, button in view.send_buttons.items():
+        into = targets[target]
+
+        def send(gallery: Any, index: Any, target: str = target, into: SendTarget = into) -> tuple:
+            image, parsed = picked_history_image(gallery, index)
+            values = (image, parsed.get("Prompt", ""), parsed.get("Negative prompt", ""), gr.Tabs(selected=target))
+            return values + (sampling_values(parsed, into.sampling) if into.sampling is not None else ())
+
+        outputs = [into.image, into.prompt, into.negative, tabs]
+        if into.sampling is not None:
+            dest = into.sampling
+            outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed]
+        sent = button.click(send, [view.gallery, view.selected], outputs, api_name=f"history_send_to_{target}",
+                            api_visibility="private")
+        _into_editor(sent, into, f"history_sent_to_{target}")
+
+
+def sampler_fields(parsed: dict[str, Any], names: list[str]) -> tuple[str | None, bool]:
+    """(sampler, Karras) from parsed parameters; sampler None when we have no sampler of that name.
+
+    A1111 wrote Karras into the name before it had "Schedule type" ("DPM++ 2M Karras"); a name the dropdown
+    does not list would only fail later, at Generate, with Gradio's "not in the list of choices".
+    """
+    name = str(parsed.get("Sampler", ""))
+    karras = parsed.get("Schedule type") == "Karras"
+    if name not in names and name.endswith(" Karras") and name[: -len(" Karras")] in names:
+        name, karras = name[: -len(" Karras")], True
+    return (name if name in names else None), karras
+
+
+def clamp_to(value: Any, slider: Any) -> Any:
+    """A number read from another tool's PNG, clamped into `slider`'s range (gr.skip() when not a number).
+
+    Out-of-range values would otherwise reach the slider as they are and fail later, at Generate.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return gr.skip()
+    return min(max(value, slider.minimum), slider.maximum)
+
+
