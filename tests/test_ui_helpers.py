@@ -197,3 +197,28 @@ def test_an_oversized_upload_is_refused_when_uploaded_in_a_size_a_person_reads()
         editor_check.fn({"background": Image.new("RGB", (side + 8, side)), "layers": [], "composite": None})
     refused = _fn(demo, "img2img_image_refused")
     assert refused.fn() is None and refused.outputs == check.inputs  # the box empties
+
+
+def test_history_sends_a_picked_image_with_its_settings(tmp_path: Path) -> None:
+    import gradio as gr
+
+    from sd2_app.pipelines.metadata import attach_parameters, format_parameters, save_png
+    from sd2_app.ui import build_ui
+    from tests.ui_doubles import fake_service
+
+    demo = build_ui(fake_service(None))
+    settings = {"Steps": 12, "Sampler": "Euler", "Schedule type": "Karras", "CFG scale": 6.5, "Seed": 42,
+                "Size": "64x72", "Model": "sd2"}
+    paths = []
+    for index, size in enumerate(((64, 64), (64, 72))):
+        image = attach_parameters(Image.new("RGB", size), format_parameters(f"cat {index}", "blurry", settings))
+        paths.append(str(save_png(image, tmp_path / f"{index}.png")))
+    send = _fn(demo, "history_send_to_img2img")
+    image, prompt, negative, tab, sampler, karras, steps, cfg, seed = send.fn([(p, "") for p in paths], 1)
+    assert image.size == (64, 72) and (prompt, negative) == ("cat 1", "blurry")
+    assert (sampler, karras, steps, cfg, seed) == ("Euler", True, 12, 6.5, 42)
+    with pytest.raises(gr.Error, match="There is nothing in History yet."):
+        send.fn([], 0)
+    reuse = _fn(demo, "history_reuse")
+    values = reuse.fn([(p, "") for p in paths], 0)
+    assert values[:2] == ("cat 0", "blurry") and "sd2" in values
