@@ -73,7 +73,7 @@ def _image(w: int = 64, h: int = 64, mode: str = "RGB") -> Image.Image:
         (InpaintRequest("x", _image(), _image(mode="L")), "The mask is empty: paint over the area to repaint (white = repaint)."),
         (UpscaleRequest("x", _image(), noise_level=351), "Noise level must be between 0 and 350, got 351."),
         (UpscaleRequest("x", _image(600, 600)),
-         "An image to upscale is 600x600 (360000 pixels); the limit is 262144 pixels."),
+         "An image to upscale is 600x600; images up to 512x512 pixels (or the same area in another shape) are accepted."),
         (DepthRequest("x", _image(), depth_map=_image(2, 2)), "The depth map is 2x2; each side needs at least 8 pixels."),
         (CompareRequest(_txt(), samplers=()), "Choose at least one sampler to compare."),
         (CompareRequest(_txt(), samplers=("Euler", "Foo")),
@@ -160,7 +160,7 @@ def test_large_inputs_are_shrunk_to_the_size_cap_with_a_warning() -> None:
     checked, warnings = validate(DepthRequest("x", _image(2000, 1000)), CATALOG)
     assert checked.image.size == (1024, 512)
     assert warnings == ["The image (2000x1000) was resized to 1024x512 to fit 1024 pixels."]
-    with pytest.raises(InvalidRequest, match="the limit is 4194304 pixels"):
+    with pytest.raises(InvalidRequest, match="images up to 2048x2048 pixels"):
         validate(DepthRequest("x", _image(2100, 2100)), CATALOG)
 
 

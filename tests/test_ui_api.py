@@ -85,6 +85,15 @@ def test_img2img_inpaint_upscale_depth_endpoints(app, tmp_path: Path) -> None:
                                    api_name="/img2img", **FAST)
     assert [im.size for im in _pngs(gallery)] == [(64, 64)]
 
+    wide = tmp_path / "wide.png"
+    halves = Image.new("RGB", (128, 64), (255, 0, 0))
+    halves.paste((0, 0, 255), (64, 0, 128, 64))
+    halves.save(wide)
+    for mode in ("Just resize", "Crop and resize", "Resize and fill"):
+        _, gallery, _ = client.predict(image=handle_file(str(wide)), prompt="a painting", strength=0.5, width=64,
+                                       height=72, resize_mode=mode, api_name="/img2img", **FAST)
+        assert [im.size for im in _pngs(gallery)] == [(64, 72)], mode
+
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))
     mask.save(tmp_path / "mask.png")
@@ -153,10 +162,10 @@ def test_models_history_and_png_info(app) -> None:
     client, service, outputs = app
     table, memory = client.predict(checkpoint="sd2-base", api_name="/load_model")
     rows = {row[0]: row for row in table["data"]}
-    assert rows["sd2-base"][2] == "device" and rows["sd2-base"][4].endswith("sd2-base")
+    assert rows["sd2-base"][2] == "on the device" and rows["sd2-base"][4].endswith("sd2-base")
     assert "cpu" in memory
     table, _ = client.predict(api_name="/unload_all")
-    assert {row[2] for row in table["data"]} == {"none"}
+    assert {row[2] for row in table["data"]} == {"not loaded"}
 
     client.predict(prompt="history check", width=64, height=64, api_name="/txt2img", **FAST)
     gallery, history = client.predict(api_name="/history")

@@ -159,6 +159,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def too_large(what: str, width: int, height: int, max_pixels: int) -> str:
+    """The refusal of an image over `max_pixels`, with the limit as the square it allows."""
+    side = math.isqrt(max_pixels)
+    return (f"{what[0].upper()}{what[1:]} is {width}x{height}; images up to {side}x{side} pixels (or the same area "
+            "in another shape) are accepted.")
+
+
 def _check_size(value: Any, what: str, max_pixels: int) -> Image.Image:
     """Type and size checks, from the header only: a lazily opened decompression bomb is never decoded."""
     if value is None:
@@ -169,9 +176,7 @@ def _check_size(value: Any, what: str, max_pixels: int) -> Image.Image:
     if min(width, height) < MIN_IMAGE_SIDE:
         raise InvalidRequest(f"{what[0].upper()}{what[1:]} is {width}x{height}; each side needs at least {MIN_IMAGE_SIDE} pixels.")
     if width * height > max_pixels:
-        raise InvalidRequest(
-            f"{what[0].upper()}{what[1:]} is {width}x{height} ({width * height} pixels); the limit is {max_pixels} pixels."
-        )
+        raise InvalidRequest(too_large(what, width, height, max_pixels))
     return value
 
 

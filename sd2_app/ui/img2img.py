@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
 from sd2_app.api.requests import Img2ImgRequest
 from sd2_app.api.tasks import TASKS
@@ -20,6 +21,7 @@ from sd2_app.ui.common import (
     wire_run,
     wire_seed_buttons,
 )
+from sd2_app.ui.resize import RESIZE_MODES, fitted_size, resize_to
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
 from sd2_app.ui.uploads import check_on_upload, upload_image
@@ -44,6 +46,14 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> Img2ImgT
             image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
                                  height=320, elem_id="img2img-image")
             checkpoint = checkpoint_dropdown(service, "img2img")
+            # Empty (as API callers leave them) = the image's own size; a new image fills them in (default_size).
+            with gr.Row():
+                width = gr.Number(None, label="Width (empty: the image's)", precision=0, minimum=64,
+                                  maximum=service.limits.max_side, step=8, elem_id="img2img-width")
+                height = gr.Number(None, label="Height (empty: the image's)", precision=0, minimum=64,
+                                   maximum=service.limits.max_side, step=8, elem_id="img2img-height")
+            resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode",
+                                   elem_id="img2img-resize-mode")
             strength = gr.Slider(0, 1, TASKS["img2img"].strength, step=0.01, label="Strength",
                                  info="1 ignores the image's content, 0 keeps it")
             controls, randomize, reuse = sampling_controls(service, "img2img")
@@ -54,11 +64,38 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> Img2ImgT
     wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "img2img")
     check_on_upload(image, service.limits.max_input_pixels)
 
-    def make_request(picture: Any, key: str, text: str, negative_text: str, amount: float, *sampling: Any) -> Img2ImgRequest:
-        return Img2ImgRequest(prompt=text, image=picture, negative_prompt=negative_text, checkpoint=key,
-                              strength=amount, sampling=to_sampling(*sampling))
+    def default_size(picture: Any, key: str) -> tuple:
+        """A new image: the output keeps its aspect at the checkpoint's resolution."""
+        if not isinstance(picture, Image.Image):
+            return None, None
+        return fitted_size(picture.width, picture.height, service.resolution(key), service.limits.max_side)
 
-    inputs = [image, checkpoint, prompt, negative, strength, *controls.inputs()]
+    image.change(default_size, [image, checkpoint], [width, height], api_name="img2img_default_size",
+                 api_visibility="private")
+    checkpoint.change(default_size, [image, checkpoint], [width, height], api_name="img2img_checkpoint_size",
+                      api_visibility="private")
+
+    def shaped(picture: Any, w: Any, h: Any, mode: Any) -> Any:
+        """The init image in the resize mode; left as it is (for the service to judge) when the image, size or
+        mode is out of bounds, so nothing huge is decoded or allocated here."""
+        limits = service.limits
+        if not (isinstance(picture, Image.Image) and picture.width * picture.height <= limits.max_input_pixels
+                and all(isinstance(v, (int, float)) and 64 <= v <= limits.max_side for v in (w, h))
+                and mode in RESIZE_MODES):
+            return picture
+        return resize_to(picture, int(w) // 8 * 8, int(h) // 8 * 8, mode)
+
+    def make_request(picture: Any, key: str, text: str, negative_text: str, amount: float, w: Any, h: Any,
+                     mode: Any, *sampling: Any) -> Img2ImgRequest:
+        # Without a size (API callers may leave it out) the output keeps the image's size.
+        sized = w is not None and h is not None
+        return Img2ImgRequest(prompt=text, image=shaped(picture, w, h, mode or RESIZE_MODES[0]) if sized else picture,
+                              negative_prompt=negative_text, checkpoint=key, strength=amount,
+                              width=w if sized else None, height=h if sized else None,  # type: ignore[arg-type]
+                              sampling=to_sampling(*sampling))
+
+    inputs = [image, checkpoint, prompt, negative, strength, width, height, resize_mode, *controls.inputs()]
     wire_run(service, flags, panel, inputs, make_request, "img2img",
-             ("image", "checkpoint", "prompt", "negative_prompt", "strength", *SAMPLING_NAMES))
+             ("image", "checkpoint", "prompt", "negative_prompt", "strength", "width", "height", "resize_mode",
+              *SAMPLING_NAMES))
     return Img2ImgTab(image, prompt, negative, controls, panel)

@@ -14,6 +14,8 @@ from typing import Any
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
+from sd2_app.api.validation import too_large
+
 
 def _unreadable(reason: str) -> gr.Error:
     return gr.Error(f"The uploaded image could not be read: {reason}.", print_exception=False)
@@ -28,7 +30,8 @@ def upload_image(**kwargs: Any) -> gr.Image:
         try:
             return preprocess(payload)
         except Image.DecompressionBombError as error:
-            raise _unreadable(f"it is larger than {size_limit(Image.MAX_IMAGE_PIXELS * 2)}") from error
+            side = math.isqrt(Image.MAX_IMAGE_PIXELS * 2)
+            raise _unreadable(f"it is larger than {side}x{side} pixels") from error
         except UnidentifiedImageError as error:  # its message holds the server's temporary path
             raise _unreadable("not a PNG, JPEG or WebP image") from error
         except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for corrupt or truncated data
@@ -36,12 +39,6 @@ def upload_image(**kwargs: Any) -> gr.Image:
 
     image.preprocess = readable_preprocess  # type: ignore[method-assign]
     return image
-
-
-def size_limit(max_pixels: int) -> str:
-    """A pixel budget as a person reads it: the square it allows ("2048×2048")."""
-    side = math.isqrt(max_pixels)
-    return f"{side}×{side}"
 
 
 def check_on_upload(box: gr.Image | gr.ImageMask, max_pixels: int) -> None:
@@ -54,8 +51,7 @@ def check_on_upload(box: gr.Image | gr.ImageMask, max_pixels: int) -> None:
             return
         width, height = picture.size
         if width * height > max_pixels:
-            raise gr.Error(f"This image is {width}×{height}; images up to {size_limit(max_pixels)} (or the same "
-                           "area in another shape) are accepted.", print_exception=False)
+            raise gr.Error(too_large("this image", width, height, max_pixels), print_exception=False)
 
     name = (box.elem_id or f"upload_{box._id}").replace("-", "_")
     box.upload(check, box, None, api_name=f"{name}_check", api_visibility="private").failure(
