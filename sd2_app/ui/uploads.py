@@ -30,8 +30,8 @@ def upload_image(**kwargs: Any) -> gr.Image:
         try:
             return preprocess(payload)
         except Image.DecompressionBombError as error:
-            side = math.isqrt(Image.MAX_IMAGE_PIXELS * 2)
-            raise _unreadable(f"it is larger than {side}x{side} pixels") from error
+            side = math.isqrt(Image.MAX_IMAGE_PIXELS)  # PIL refuses over twice this
+            raise _unreadable(f"it is far larger than {side}x{side} pixels") from error
         except UnidentifiedImageError as error:  # its message holds the server's temporary path
             raise _unreadable("not a PNG, JPEG or WebP image") from error
         except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for corrupt or truncated data
