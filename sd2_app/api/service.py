@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import Image
 
@@ -50,6 +50,14 @@ class Result:
     def parameters(self) -> str:
         """The first image's parameters text ("" when it has none)."""
         return self.images[0].info.get("parameters", "") if self.images else ""
+
+
+class Backend(Protocol):
+    """Runs a validated request and returns its unsaved Result: `Service` itself, or a remote worker pool."""
+
+    def produce(
+        self, checked: Request, on_progress: ProgressFn | None, should_stop: Callable[[], bool] | None
+    ) -> Result: ...
 
 
 @dataclass(frozen=True)
@@ -114,8 +122,13 @@ class Service:
         outputs_dir: str | Path | None = "outputs",
         history_size: int = 50,
         preview_every: int = 5,
+        backend: Backend | None = None,
+        concurrency: int = 1,
     ) -> None:
         self.manager = manager
+        # Where validated requests run: None is this process's manager; sd2_app.serve gives a remote one.
+        self.backend = backend
+        self.concurrency = concurrency  # jobs the GPU queue runs at once: 1 locally, the replicas' total remotely
         if registry is None:
             registry = getattr(manager, "registry", None)
         if registry is None:
@@ -263,12 +276,27 @@ class Service:
 
         `owner` (the UI's session id) tags the history entry, so a public app shows each visitor their own.
         """
-        if isinstance(request, CompareRequest):
-            return self.compare(request, on_progress, should_stop, owner=owner)
         checked, warnings = self.validate(request)
-        task = TASK_OF[type(checked)]
         if should_stop is not None and should_stop():
             raise Cancelled
+        backend = self.backend if self.backend is not None else self
+        result = backend.produce(checked, on_progress, should_stop)
+        result.warnings[:0] = [w for w in warnings if w not in result.warnings]
+        return self._keep(result, owner)
+
+    def produce(
+        self,
+        checked: Request,
+        on_progress: ProgressFn | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Result:
+        """Run an already validated request on this process's manager; the Result is not saved or kept.
+
+        This is the `Backend` side of `run`: a remote worker (sd2_app.serve) calls it on its own Service.
+        """
+        if isinstance(checked, CompareRequest):
+            return self._compare(checked, on_progress, should_stop)
+        task = TASK_OF[type(checked)]
         timings: dict[str, float] = {}
         log.info("%s on %s: %d steps, seed %d", task, checked.checkpoint, checked.sampling.steps, checked.sampling.seed)
         output = self._run_pipeline(task, checked, self._step_callback(0, None, on_progress, should_stop), timings)
@@ -277,12 +305,12 @@ class Service:
             request=checked,
             images=list(output.images),
             seed=checked.sampling.seed,
-            warnings=warnings + list(getattr(output, "warnings", []) or []),
+            warnings=list(getattr(output, "warnings", []) or []),
             timings=timings,
             mask_image=getattr(output, "mask_image", None),
             depth_image=getattr(output, "depth_image", None),
         )
-        return self._keep(result, owner)
+        return result
 
     def compare(
         self,
@@ -293,7 +321,12 @@ class Service:
         owner: str | None = None,
     ) -> Result:
         """The same prompt and seed through each sampler in turn, each timed; one image per sampler."""
-        checked, warnings = self.validate(request)
+        return self.run(request, on_progress, should_stop, owner=owner)
+
+    def _compare(
+        self, checked: CompareRequest, on_progress: ProgressFn | None, should_stop: Callable[[], bool] | None
+    ) -> Result:
+        warnings: list[str] = []
         base = replace(checked.base, sampling=replace(checked.base.sampling, batch_size=1))
         steps = base.sampling.steps
         total = steps * len(checked.samplers)
@@ -324,7 +357,7 @@ class Service:
             timings=timings,
             captions=captions,
         )
-        return self._keep(result, owner)
+        return result
 
     # ---- keeping results ---------------------------------------------------------------------------
     def _save(self, result: Result) -> list[Path]:

@@ -236,7 +236,7 @@ def wire_run(
     )
 
     event = panel.run.click(
-        handler, inputs, outputs, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=1,
+        handler, inputs, outputs, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=service.concurrency,
         show_progress_on=[panel.gallery],  # the bar covers the results, not the live preview
     )
 
