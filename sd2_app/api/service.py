@@ -8,6 +8,7 @@ parameters to a dated outputs folder (unless saving is off) and kept in a short 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
@@ -22,7 +23,8 @@ from PIL import Image
 
 from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.api.requests import CompareRequest, Request
-from sd2_app.api.validation import TASK_OF, Catalog, Limits, validate
+from sd2_app.api.tasks import TASKS
+from sd2_app.api.validation import Catalog, Limits, validate
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +86,10 @@ def _default_catalog(registry: Mapping[str, Any]) -> Catalog:
     )
 
 
-def _default_tasks() -> dict[str, TaskFn]:
-    from sd2_app.pipelines.depth import depth2img
-    from sd2_app.pipelines.img2img import img2img
-    from sd2_app.pipelines.inpaint import inpaint
-    from sd2_app.pipelines.txt2img import txt2img
-    from sd2_app.pipelines.upscale import upscale
-
-    return {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint, "upscale": upscale, "depth": depth2img}
+def pipeline_of(task: str) -> TaskFn:
+    """The pipeline function named in `task`'s row of the task table (imported on first use)."""
+    module, function = TASKS[task].pipeline.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def _default_preview(latents: Any) -> Image.Image | None:
@@ -195,9 +193,7 @@ class Service:
         return validate(request, self.catalog, self.limits)
 
     def _task_fn(self, task: str) -> TaskFn:
-        if self._tasks is None:
-            self._tasks = _default_tasks()
-        return self._tasks[task]
+        return self._tasks[task] if self._tasks is not None else pipeline_of(task)
 
     def _step_callback(
         self,
@@ -296,7 +292,7 @@ class Service:
         """
         if isinstance(checked, CompareRequest):
             return self._compare(checked, on_progress, should_stop)
-        task = TASK_OF[type(checked)]
+        task = checked.task
         timings: dict[str, float] = {}
         log.info("%s on %s: %d steps, seed %d", task, checked.checkpoint, checked.sampling.steps, checked.sampling.seed)
         output = self._run_pipeline(task, checked, self._step_callback(0, None, on_progress, should_stop), timings)
