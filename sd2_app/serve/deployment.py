@@ -147,3 +147,11 @@ class SD2Worker:
 def build_app(config: ServeConfig) -> Any:  # -> serve.Application
     """The Serve application for `config` (pass it to `serve.run`)."""
     return SD2Worker.options(**config.deployment_options()).bind(config)
+
+
+def app_builder(args: dict[str, Any]) -> Any:  # -> serve.Application
+    """Ray Serve's application-builder entry (`import_path: sd2_app.serve.deployment:app_builder` in a Serve
+    config or KubeRay's serveConfigV2); `args` may name `config` (a TOML file) and set `tiny`."""
+    from sd2_app.serve.config import load_config
+
+    return build_app(load_config(args.get("config"), tiny=args.get("tiny")))
