@@ -8,10 +8,13 @@ plot after the current step: the finished cells, and grids with blanks for the r
 
 from __future__ import annotations
 
+import csv
 import itertools
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -38,7 +41,7 @@ class PlotCell:
     index: int  # position in grid order: x + y * nx + z * nx * ny
     position: tuple[int, int, int]  # (x, y, z) indices
     request: Txt2ImgRequest | Img2ImgRequest
-    labels: tuple[str, ...]  # one per axis in use, X first
+    labels: tuple[str, str, str]  # X, Y and Z labels ("" for an axis not in use)
     steps: int  # denoising steps it runs (img2img runs int(steps * strength))
 
 
@@ -102,15 +105,16 @@ def plan_cells(request: XYZPlotRequest, catalog: Any, limits: Any) -> tuple[list
     """Every cell of a checked plot, validated, in grid order; and the warnings (each once)."""
     from sd2_app.api.validation import validate
 
-    axes = [axis for axis in (request.x, request.y, request.z) if axis is not None]
-    ranges = [range(len(axis.values)) for axis in axes]
-    sizes = [len(axis.values) for axis in axes] + [1, 1]
+    slots = (request.x, request.y, request.z)  # an absent axis is one position with no label
+    sizes = [len(axis.values) if axis is not None else 1 for axis in slots]
     warnings: list[str] = []
     cells = []
-    for reversed_position in itertools.product(*reversed(ranges)):
-        position = tuple(reversed(reversed_position))
+    for z, y, x in itertools.product(*(range(n) for n in reversed(sizes))):
         cell, labels = request.base, []
-        for axis, i in zip(axes, position):
+        for axis, i in zip(slots, (x, y, z)):
+            if axis is None:
+                labels.append("")
+                continue
             kind, value = AXES[axis.kind], axis.values[i]
             cell = apply_prompt_sr(cell, axis.values[0], value) if axis.kind == "prompt_sr" else kind.apply(cell, value)
             labels.append(kind.cell_label(value))
@@ -122,15 +126,19 @@ def plan_cells(request: XYZPlotRequest, catalog: Any, limits: Any) -> tuple[list
         try:
             checked, cell_warnings = validate(cell, catalog, limits)
         except InvalidRequest as error:
-            raise InvalidRequest(f"{', '.join(labels)}: {error}") from error
+            raise InvalidRequest(f"{', '.join(filter(None, labels))}: {error}") from error
         warnings += [w for w in cell_warnings if w not in warnings]
         steps = checked.sampling.steps
         if isinstance(checked, Img2ImgRequest):
             steps = min(int(steps * checked.strength), steps)
-        full = tuple(position) + (0,) * (3 - len(position))
-        index = full[0] + full[1] * sizes[0] + full[2] * sizes[0] * sizes[1]
-        cells.append(PlotCell(index, full, checked, tuple(labels), steps))  # type: ignore[arg-type]
+        index = x + y * sizes[0] + z * sizes[0] * sizes[1]
+        cells.append(PlotCell(index, (x, y, z), checked, tuple(labels), steps))  # type: ignore[arg-type]
     return cells, warnings
+
+
+def cell_caption(cell: PlotCell) -> str:
+    """The cell's values, X first ("Euler, Steps: 20")."""
+    return ", ".join(label for label in cell.labels if label)
 
 
 def run_order(cells: list[PlotCell]) -> list[PlotCell]:
@@ -174,12 +182,14 @@ def run_cells(
 def cell_rows(request: XYZPlotRequest, cells: list[PlotCell],
               finished: dict[int, tuple[Image.Image, float]]) -> list[dict[str, Any]]:
     """One row per cell for the CSV/JSON download: its axis values, full settings and seconds."""
-    axes = [(name, axis) for name, axis in zip(AXIS_NAMES, (request.x, request.y, request.z)) if axis is not None]
+    slots = (request.x, request.y, request.z)
     rows = []
     for cell in cells:
         r = cell.request
         row: dict[str, Any] = {"cell": cell.index + 1}
-        for (name, axis), i, label in zip(axes, cell.position, cell.labels):
+        for name, axis, i, label in zip(AXIS_NAMES, slots, cell.position, cell.labels):
+            if axis is None:
+                continue
             row[f"{name.lower()}_{axis.kind}"] = format_value(axis.values[i])
             row[f"{name.lower()}_label"] = label
         row.update(prompt=r.prompt, negative_prompt=r.negative_prompt, checkpoint=r.checkpoint,
@@ -244,8 +254,21 @@ def run_plot(service: Any, request: XYZPlotRequest, on_progress: Any, should_sto
         captions.append(f"Grid: {title}" if title else "Grid")
     order = sorted(finished)
     cell_images = [finished[i][0] for i in order]
-    captions += [f"{', '.join(cells[i].labels)} · {finished[i][1]:.2f} s" for i in order]
+    captions += [f"{cell_caption(cells[i])} · {finished[i][1]:.2f} s" for i in order]
     timings["total"] = time.perf_counter() - started
     return Result(task="xyz_plot", request=checked, images=grids + cell_images, seed=checked.base.sampling.seed,
                   warnings=warnings, timings=timings, captions=captions,
                   cells=cell_rows(checked, cells, finished), stopped=stopped)
+
+
+def write_tables(rows: list[dict[str, Any]], folder: Path, stem: str = "xyz-plot-cells") -> tuple[Path, Path]:
+    """The cells' rows as `<stem>.csv` and `<stem>.json` in `folder` (the download and the CLI's files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
+    with csv_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    json_path.write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
+    return csv_path, json_path

@@ -1,0 +1,222 @@
+"""X/Y/Z plot: one prompt run over up to three axes of settings; labelled grids, each cell timed, a CSV/JSON.
+
+Each axis is a kind (sampler, steps, CFG, seed, checkpoint, Karras, guidance rescale, denoising strength,
+prompt S/R) and values, typed (`20, 30, 40`, `10-40 (+10)`) or, for samplers and checkpoints, picked in a
+multi-select whose order is the order of the cells. An init image makes it an image-to-image plot. Finished
+cells appear in the gallery as they come, so Stop leaves them on screen.
+"""
+
+from __future__ import annotations
+
+import inspect
+import queue
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from sd2_app.api.plot import cell_caption, write_tables
+from sd2_app.api.plot_axes import AXES, AXIS_NAMES
+from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPlotRequest
+from sd2_app.errors import Cancelled, InvalidRequest, LoadError
+from sd2_app.ui.common import (
+    EXAMPLE_PROMPTS,
+    SAMPLING_NAMES,
+    STOPPING,
+    describe,
+    result_panel,
+    run_buttons,
+    sampling_controls,
+    to_sampling,
+    wire_seed_buttons,
+)
+from sd2_app.ui.runner import GPU_QUEUE, StopFlags, gpu, stream, user_message
+from sd2_app.ui.txt2img import prompt_boxes
+from sd2_app.ui.uploads import upload_image
+
+MOST_USED = ("DPM++ 2M", "Euler a", "Euler", "DDIM", "UniPC", "DPM++ 2M SDE")  # X's samplers at start
+PICKED = ("sampler", "checkpoint")  # kinds whose values are picked from a list
+HINTS = {"prompt_sr": "the first value is searched in the prompt: cat, dog, tiger",
+         "use_karras": "on, off", "seed": "1, 2, 3 or 1-4"}
+TABLES_DIR = Path(tempfile.gettempdir()) / "sd2-app-plots"
+
+
+@dataclass
+class AxisControls:
+    kind: gr.Dropdown
+    text: gr.Textbox
+    picked: gr.Dropdown
+    select_all: gr.Button
+    select_none: gr.Button
+
+
+def _axis_row(name: str, kind: str, picks: dict[str, list[tuple[str, str]]]) -> AxisControls:
+    prefix = f"xyz-{name.lower()}"
+    choices = [("Nothing", "nothing")] if name != "X" else []
+    choices += [(spec.label, key) for key, spec in AXES.items()]
+    with gr.Row(equal_height=True):
+        kind_box = gr.Dropdown(choices, value=kind, label=f"{name} type", scale=2, elem_id=f"{prefix}-type")
+        text = gr.Textbox(label=f"{name} values", placeholder="20, 30, 40 or 10-40 (+10)", scale=5,
+                          visible=kind not in PICKED and kind != "nothing", elem_id=f"{prefix}-values")
+        start = [n for n in MOST_USED if n in dict((v, v) for _, v in picks["sampler"])] if kind == "sampler" else []
+        picked = gr.Dropdown(picks.get(kind, picks["sampler"]), value=start, multiselect=True, allow_custom_value=True,
+                             label=f"{name} values (in this order)", scale=5, visible=kind in PICKED,
+                             elem_id=f"{prefix}-picked")
+        select_all = gr.Button("All", size="sm", scale=1, min_width=60, visible=kind in PICKED,
+                               elem_id=f"{prefix}-all")
+        select_none = gr.Button("None", size="sm", scale=1, min_width=60, visible=kind in PICKED,
+                                elem_id=f"{prefix}-none")
+    return AxisControls(kind_box, text, picked, select_all, select_none)
+
+
+def _wire_axis(axis: AxisControls, picks: dict[str, list[tuple[str, str]]], prefix: str) -> None:
+    def follow_kind(kind: str) -> tuple:
+        listed = kind in PICKED
+        return (gr.update(visible=not listed and kind != "nothing", placeholder=HINTS.get(kind, "20, 30, 40 or "
+                                                                                              "10-40 (+10)")),
+                gr.update(visible=listed, choices=picks.get(kind, []), value=[]),
+                gr.update(visible=listed), gr.update(visible=listed))
+
+    axis.kind.change(follow_kind, axis.kind, [axis.text, axis.picked, axis.select_all, axis.select_none],
+                     api_name=f"{prefix}_kind", api_visibility="private", queue=False)
+    axis.select_all.click(lambda kind: [value for _, value in picks.get(kind, [])], axis.kind, axis.picked,
+                          api_name=f"{prefix}_all", api_visibility="private", queue=False)
+    axis.select_none.click(lambda: [], None, axis.picked, api_name=f"{prefix}_none", api_visibility="private",
+                           queue=False)
+
+
+def make_axis(kind: Any, text: Any, picked: Any) -> PlotAxis | None:
+    """Widget values -> an axis (None for "nothing"); picked values win for samplers and checkpoints."""
+    if not kind or kind == "nothing":
+        return None
+    if kind in PICKED and picked:
+        return PlotAxis(str(kind), tuple(picked))
+    return PlotAxis(str(kind), text if isinstance(text, str) else "")
+
+
+def make_request(key: str, text: str, negative_text: str, *values: Any) -> XYZPlotRequest:
+    """Widget values (in the order of the API's parameter names) -> the plot request."""
+    axes = [make_axis(*values[3 * i : 3 * i + 3]) for i in range(3)]
+    sampling_values = values[9 : 9 + len(SAMPLING_NAMES) - 1]
+    width, height, image, strength = values[9 + len(SAMPLING_NAMES) - 1 :]
+    sampling = to_sampling(*sampling_values, 1)
+    common = {"prompt": text, "negative_prompt": negative_text, "checkpoint": key, "sampling": sampling}
+    if image is not None:
+        base: Any = Img2ImgRequest(image=image, strength=strength, width=width, height=height, **common)
+    else:
+        base = Txt2ImgRequest(width=width, height=height, **common)
+    if axes[0] is None:
+        raise InvalidRequest("Choose what the X axis varies.")
+    return XYZPlotRequest(base=base, x=axes[0], y=axes[1], z=axes[2])
+
+
+def _tables(result: Any) -> list[str]:
+    folder = TABLES_DIR / uuid.uuid4().hex
+    return [str(path) for path in write_tables(result.cells, folder)]
+
+
+def _stream_plot(service: Any, flags: StopFlags, request: XYZPlotRequest, session: str, progress: Any) -> Any:
+    """Progress and each finished cell as it comes (so Stop leaves them shown), then grids, cells and tables.
+
+    Yields (preview, gallery, info, last_seed, selected, files)."""
+    skip = gr.skip()
+    finished: queue.Queue[tuple[Any, Any, float]] = queue.Queue()
+    shown: list[tuple[Any, str]] = []
+    flag = flags.arm(session)
+    progress(0, desc="Loading the model…")
+
+    def call(on_progress: Any, should_stop: Any) -> Any:
+        return service.plot(request, on_progress, should_stop, owner=session,
+                            on_cell=lambda cell, image, seconds: finished.put((cell, image, seconds)))
+
+    try:
+        for item in stream(call, flag):
+            if not isinstance(item, tuple):
+                for warning in item.warnings:
+                    gr.Warning(warning)
+                gallery = list(zip(item.images, item.captions))
+                yield (skip, gallery, describe(item), item.seed, 0, _tables(item))
+                continue
+            done, total, preview = item
+            progress((done, total), desc="Sampling", unit="steps")
+            new = []
+            while not finished.empty():
+                cell, image, seconds = finished.get()
+                new.append((image, f"{cell_caption(cell)} · {seconds:.2f} s"))
+            shown += new
+            if new or preview is not None:
+                status = STOPPING if flag.is_set() else f"{len(shown)} cell(s) done · step {done}/{total}"
+                yield (preview if preview is not None else skip, list(shown) if new else skip, status, skip, skip,
+                       skip)
+    except Cancelled as error:
+        yield (skip, skip, user_message(error), skip, skip, skip)
+    except InvalidRequest as error:
+        raise gr.Error(user_message(error), print_exception=False) from error
+    except LoadError as error:
+        raise gr.Error(f"The model could not be loaded: {error}", print_exception=False) from error
+    finally:
+        flags.release(session, flag)
+
+
+def build(service: Any, flags: StopFlags) -> Any:
+    picks = {"sampler": [(name, name) for name in service.samplers()], "checkpoint": service.checkpoints("txt2img")}
+    choices = service.checkpoints("txt2img")
+    default = "sd21-base" if any(key == "sd21-base" for _, key in choices) else choices[0][1]
+    side = service.resolution(default)
+    with gr.Row():
+        with gr.Column(scale=5):
+            checkpoint = gr.Dropdown(choices, value=default, label="Checkpoint", elem_id="xyz-checkpoint")
+            prompt, negative = prompt_boxes("xyz", EXAMPLE_PROMPTS[1])
+            run, stop = run_buttons("xyz")
+            axes = [_axis_row(name, kind, picks) for name, kind in zip(AXIS_NAMES, ("sampler", "nothing", "nothing"))]
+            controls, randomize, reuse = sampling_controls(service, "xyz", batch=False)
+            with gr.Row():
+                width = gr.Slider(64, service.limits.max_side, side, step=8, label="Width", elem_id="xyz-width")
+                height = gr.Slider(64, service.limits.max_side, side, step=8, label="Height", elem_id="xyz-height")
+            with gr.Accordion("Init image (optional: makes it an image-to-image plot)", open=False):
+                image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
+                                     height=240, elem_id="xyz-image")
+                strength = gr.Slider(0, 1, 0.75, step=0.01, label="Denoising strength")
+        with gr.Column(scale=6):
+            panel = result_panel("xyz", run, stop)
+            files = gr.File(label="Cell settings and times (CSV, JSON)", file_count="multiple", interactive=False,
+                            elem_id="xyz-files")
+    panel.gallery.columns = 3
+    wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "xyz")
+    for name, axis in zip(AXIS_NAMES, axes):
+        _wire_axis(axis, picks, f"xyz_{name.lower()}")
+    axis_inputs = [widget for axis in axes for widget in (axis.kind, axis.text, axis.picked)]
+    inputs = [checkpoint, prompt, negative, *axis_inputs, *controls.inputs()[:-1], width, height, image, strength]
+    names = ["checkpoint", "prompt", "negative_prompt"]
+    names += [f"{n.lower()}_{part}" for n in AXIS_NAMES for part in ("type", "values", "picked")]
+    names += [*SAMPLING_NAMES[:-1], "width", "height", "init_image", "strength"]
+    outputs = [panel.preview, panel.gallery, panel.info, panel.last_seed, panel.selected, files]
+
+    @gpu()
+    def handler(request: gr.Request, *values: Any) -> Any:
+        *widget_values, progress = values
+        session = getattr(request, "session_hash", None) or "api"
+        try:
+            plot = make_request(*widget_values)
+        except InvalidRequest as error:
+            raise gr.Error(str(error), print_exception=False) from error
+        yield from _stream_plot(service, flags, plot, session, progress)
+
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    handler.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("request", positional, annotation=gr.Request)]
+        + [inspect.Parameter(name, positional, default=None) for name in names]
+        + [inspect.Parameter("progress", positional, default=gr.Progress())]
+    )
+    event = run.click(handler, inputs, outputs, api_name="xyz_plot", concurrency_id=GPU_QUEUE, concurrency_limit=1,
+                      show_progress_on=[panel.gallery])
+
+    def stop_run(request: gr.Request) -> str:
+        stopped = flags.stop(getattr(request, "session_hash", None) or "api")
+        return STOPPING if stopped else "Nothing to stop."
+
+    stop.click(stop_run, None, panel.info, api_name="xyz_plot_stop", cancels=[event], queue=False)
+    return panel
