@@ -86,7 +86,7 @@ def _image(w: int = 64, h: int = 64, mode: str = "RGB") -> Image.Image:
         (OutpaintRequest("x", _image(), left=8, fill="mirror"),
          "Unknown outpaint fill 'mirror'; choose one of: edge, blur, solid."),
         (OutpaintRequest("x", _image(), left=8, checkpoint="sd21"),
-         "Checkpoint 'sd21' cannot do inpaint; use one of: sd2-inpainting."),
+         "Checkpoint 'sd21' cannot do outpaint; use one of: sd2-inpainting."),
         (OutpaintRequest("x", _image(), left=8, mask_blur=65), "Mask blur must be between 0 and 64, got 65."),
     ],
 )

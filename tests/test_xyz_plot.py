@@ -81,9 +81,9 @@ def test_picked_values_keep_their_order_and_types() -> None:
     (_plot(PlotAxis("cfg_scale", "1-2 [500]")), "X values (CFG scale): '1-2 [500]' asks for 500 values; an axis may "
                                                 "have 1 to 64."),
     (_plot(PlotAxis("use_karras", "maybe")), "X values (Karras): 'maybe' is not on or off."),
-    (_plot(PlotAxis("sampler", ("Euler", "Nope"))), "X values (Sampler): unknown sampler(s) 'Nope'; choose from: "
+    (_plot(PlotAxis("sampler", ("Euler", "Nope"))), "X values (Sampler): Unknown sampler(s) 'Nope'; choose from: "
                                                     "DPM++ 2M, Euler a, Euler, DDIM, UniPC, DPM++ 2M SDE, Heun."),
-    (_plot(PlotAxis("checkpoint", "sd21, sd2-depth")), "X values (Checkpoint): unknown checkpoint(s) 'sd2-depth'; "
+    (_plot(PlotAxis("checkpoint", "sd21, sd2-depth")), "X values (Checkpoint): Unknown checkpoint(s) 'sd2-depth'; "
                                                        "choose from: sd2-base, sd2, sd21-base, sd21."),
     (_plot(PlotAxis("prompt_sr", "dog, cow")), "Prompt S/R did not find 'dog' in the prompt or the negative prompt."),
     (_plot(PlotAxis("strength", "0.5, 1")), "Denoising strength varies only an image-to-image plot; add an init "

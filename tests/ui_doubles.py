@@ -25,7 +25,7 @@ CHECKPOINTS = {
     "sd2": (768, ("txt2img", "img2img"), "SD 2.0 (768-v)"),
     "sd21-base": (512, ("txt2img", "img2img"), "SD 2.1 base (512)"),
     "sd21": (768, ("txt2img", "img2img"), "SD 2.1 (768-v)"),
-    "sd2-inpainting": (512, ("inpaint",), "SD 2 inpainting"),
+    "sd2-inpainting": (512, ("inpaint", "outpaint"), "SD 2 inpainting"),
     "sd2-depth": (512, ("depth",), "SD 2 depth"),
     "x4-upscaler": (512, ("upscale",), "x4 upscaler"),
 }

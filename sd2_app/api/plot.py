@@ -67,7 +67,7 @@ def _axes(request: XYZPlotRequest) -> list[tuple[str, PlotAxis]]:
 
 def validate_plot(request: XYZPlotRequest, catalog: Any, limits: Any) -> tuple[XYZPlotRequest, list[str]]:
     """The plot with typed axis values and a validated base (its seed drawn once); every cell is checked."""
-    from sd2_app.api.validation import TASK_OF, resolve_seed, validate
+    from sd2_app.api.validation import resolve_seed, validate
 
     base = request.base
     if not isinstance(base, (Txt2ImgRequest, Img2ImgRequest)):
@@ -76,7 +76,7 @@ def validate_plot(request: XYZPlotRequest, catalog: Any, limits: Any) -> tuple[X
     checked_base, warnings = validate(base, catalog, limits)
     checked_base = replace(checked_base, sampling=replace(checked_base.sampling,
                                                           use_karras=bool(request.base.sampling.use_karras)))
-    task = TASK_OF[type(base)]
+    task = base.task
     checkpoints = [key for key, tasks in catalog.tasks.items() if task in tasks]
     axes: dict[str, PlotAxis] = {}
     cells = 1
@@ -86,7 +86,7 @@ def validate_plot(request: XYZPlotRequest, catalog: Any, limits: Any) -> tuple[X
         if kind.img2img_only and not isinstance(base, Img2ImgRequest):
             raise InvalidRequest(f"{kind.label} varies only an image-to-image plot; add an init image.")
         values = parse_values(axis, what, limits.max_plot_cells)
-        check_choices(kind, values, what, list(catalog.samplers), checkpoints)
+        check_choices(kind, values, what, catalog, checkpoints)
         if axis.kind == "seed":
             values = [resolve_seed(v) for v in values]
         if axis.kind == "prompt_sr" and values[0] not in checked_base.prompt + "\n" + checked_base.negative_prompt:
@@ -155,8 +155,6 @@ def run_cells(
     on_cell: CellFn | None = None,
 ) -> tuple[dict[int, tuple[Image.Image, float]], dict[str, float], list[str], bool]:
     """Run the cells in `run_order`: ({cell index: (image, seconds)}, timings, warnings, stopped)."""
-    from sd2_app.api.validation import TASK_OF
-
     total = sum(cell.steps for cell in cells)
     done, finished, warnings = 0, {}, []
     timings = {"load": 0.0, "run": 0.0}
@@ -166,7 +164,7 @@ def run_cells(
         cell_timings: dict[str, float] = {}
         on_step = service._step_callback(done, total, on_progress, should_stop)
         try:
-            output = service._run_pipeline(TASK_OF[type(cell.request)], cell.request, on_step, cell_timings)
+            output = service._run_pipeline(cell.request.task, cell.request, on_step, cell_timings)
         except Cancelled:
             return finished, timings, warnings, True
         done += cell.steps

@@ -154,16 +154,19 @@ def parse_values(axis: PlotAxis, what: str, max_values: int) -> list[Any]:
     return values
 
 
-def check_choices(kind: AxisKind, values: list[Any], what: str, samplers: Sequence[str],
-                  checkpoints: Sequence[str]) -> None:
-    """Sampler and checkpoint names must be ones the server offers (for the base's task)."""
-    allowed = samplers if kind.value_type == "sampler" else checkpoints if kind.value_type == "checkpoint" else None
-    if allowed is None:
-        return
-    unknown = [v for v in values if v not in allowed]
+def check_choices(kind: AxisKind, values: list[Any], what: str, catalog: Any, checkpoints: Sequence[str]) -> None:
+    """Sampler names must be ones the server offers, checkpoints ones that can run the base's task."""
+    from sd2_app.api.validation import check_sampler_names
+
+    if kind.value_type == "sampler":
+        try:
+            check_sampler_names(tuple(values), catalog)
+        except InvalidRequest as error:
+            raise InvalidRequest(f"{what}: {error}") from error
+    unknown = [v for v in values if v not in checkpoints] if kind.value_type == "checkpoint" else []
     if unknown:
-        raise InvalidRequest(f"{what}: unknown {kind.label.lower()}(s) {', '.join(map(repr, unknown))}; "
-                             f"choose from: {', '.join(allowed)}.")
+        raise InvalidRequest(f"{what}: Unknown checkpoint(s) {', '.join(map(repr, unknown))}; "
+                             f"choose from: {', '.join(checkpoints)}.")
 
 
 def apply_prompt_sr(request: Txt2ImgRequest | Img2ImgRequest, search: str, value: str) -> Any:

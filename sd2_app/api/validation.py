@@ -24,6 +24,7 @@ from sd2_app.api.requests import (
     OUTPAINT_FILLS,
     InpaintRequest,
     OutpaintRequest,
+    REQUEST_TYPES,
     Request,
     Sampling,
     Txt2ImgRequest,
@@ -36,16 +37,6 @@ MAX_PROMPT_CHARS = 2000  # CLIP reads 77 tokens; this only stops abuse (the pipe
 MIN_IMAGE_SIDE = 8
 MAX_NOISE_LEVEL = 350  # x4 upscaler's model_index.json
 
-TASK_OF: dict[type, str] = {
-    Txt2ImgRequest: "txt2img",
-    Img2ImgRequest: "img2img",
-    InpaintRequest: "inpaint",
-    UpscaleRequest: "upscale",
-    DepthRequest: "depth",
-    OutpaintRequest: "outpaint",
-    XYZPlotRequest: "xyz_plot",
-}
-CHECKPOINT_TASK = {"outpaint": "inpaint"}  # tasks that run on another task's checkpoints
 OUTPAINT_SIDES = ("left", "right", "up", "down")
 
 
@@ -108,9 +99,19 @@ def resolve_seed(seed: Any) -> int:
     return _integer(seed, "Seed", 0, MAX_SEED)
 
 
+def check_sampler_names(names: tuple[Any, ...], catalog: Catalog) -> None:
+    """The one check of sampler names (a request's sampler, or a comparison's list)."""
+    unknown = [name for name in names if not isinstance(name, str) or name not in catalog.samplers]
+    if not unknown:
+        return
+    choices = ", ".join(catalog.samplers)
+    if len(names) == 1:
+        raise InvalidRequest(f"Unknown sampler {unknown[0]!r}; choose one of: {choices}.")
+    raise InvalidRequest(f"Unknown sampler(s) {', '.join(map(repr, unknown))}; choose from: {choices}.")
+
+
 def _sampling(s: Sampling, catalog: Catalog, limits: Limits, *, karras_optional: bool = False) -> Sampling:
-    if not isinstance(s.sampler, str) or s.sampler not in catalog.samplers:
-        raise InvalidRequest(f"Unknown sampler {s.sampler!r}; choose one of: {', '.join(catalog.samplers)}.")
+    check_sampler_names((s.sampler,), catalog)
     use_karras = bool(s.use_karras)
     if use_karras and not catalog.samplers[s.sampler] and not karras_optional:
         raise InvalidRequest(f"Karras sigmas are not available for the {s.sampler} sampler; untick Karras.")
@@ -232,13 +233,13 @@ def validate(request: Request, catalog: Catalog, limits: Limits = Limits()) -> t
         from sd2_app.api.plot import validate_plot
 
         return validate_plot(request, catalog, limits)
-    task = TASK_OF.get(type(request))
-    if task is None:
+    if type(request) not in REQUEST_TYPES.values():
         raise InvalidRequest(f"Unknown request type {type(request).__name__}.")
+    task = request.task
     common: dict[str, Any] = {
         "prompt": _clean_text(request.prompt, "Prompt"),
         "negative_prompt": _clean_text(request.negative_prompt, "Negative prompt"),
-        "checkpoint": _checkpoint(request.checkpoint, CHECKPOINT_TASK.get(task, task), catalog),
+        "checkpoint": _checkpoint(request.checkpoint, task, catalog),
         "sampling": _sampling(request.sampling, catalog, limits),
     }
     steps = common["sampling"].steps

@@ -14,6 +14,7 @@ from sd2_app.api.requests import OUTPAINT_FILLS, OutpaintRequest
 from sd2_app.ui.common import (
     SAMPLING_NAMES,
     ResultPanel,
+    checkpoint_dropdown,
     result_panel,
     run_buttons,
     sampling_controls,
@@ -38,13 +39,12 @@ class OutpaintTab:
 
 
 def build(service: Any, flags: StopFlags) -> OutpaintTab:
-    choices = service.checkpoints("inpaint")
     max_margin = service.limits.max_side - 64
     with gr.Row():
         with gr.Column(scale=5):
             image = upload_image(label="Image to extend", type="pil", image_mode=None, sources=["upload", "clipboard"],
                                  height=320, elem_id="outpaint-image")
-            checkpoint = gr.Dropdown(choices, value=choices[0][1], label="Checkpoint")
+            checkpoint = checkpoint_dropdown(service, "outpaint")
             prompt, negative = prompt_boxes("outpaint")
             run, stop = run_buttons("outpaint")
             with gr.Row():

@@ -21,11 +21,13 @@ import gradio as gr
 from sd2_app.api.plot import cell_caption, write_tables
 from sd2_app.api.plot_axes import AXES, AXIS_NAMES
 from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPlotRequest
+from sd2_app.api.tasks import PLOT_SAMPLERS
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 from sd2_app.ui.common import (
     EXAMPLE_PROMPTS,
     SAMPLING_NAMES,
     STOPPING,
+    checkpoint_dropdown,
     describe,
     result_panel,
     run_buttons,
@@ -37,7 +39,7 @@ from sd2_app.ui.runner import GPU_QUEUE, StopFlags, gpu, stream, user_message
 from sd2_app.ui.txt2img import prompt_boxes
 from sd2_app.ui.uploads import upload_image
 
-MOST_USED = ("DPM++ 2M", "Euler a", "Euler", "DDIM", "UniPC", "DPM++ 2M SDE")  # X's samplers at start
+MOST_USED = PLOT_SAMPLERS
 PICKED = ("sampler", "checkpoint")  # kinds whose values are picked from a list
 HINTS = {"prompt_sr": "the first value is searched in the prompt: cat, dog, tiger",
          "use_karras": "on, off", "seed": "1, 2, 3 or 1-4"}
@@ -163,16 +165,14 @@ def _stream_plot(service: Any, flags: StopFlags, request: XYZPlotRequest, sessio
 
 def build(service: Any, flags: StopFlags) -> Any:
     picks = {"sampler": [(name, name) for name in service.samplers()], "checkpoint": service.checkpoints("txt2img")}
-    choices = service.checkpoints("txt2img")
-    default = "sd21-base" if any(key == "sd21-base" for _, key in choices) else choices[0][1]
-    side = service.resolution(default)
     with gr.Row():
         with gr.Column(scale=5):
-            checkpoint = gr.Dropdown(choices, value=default, label="Checkpoint", elem_id="xyz-checkpoint")
+            checkpoint = checkpoint_dropdown(service, "txt2img", elem_id="xyz-checkpoint")
+            side = service.resolution(checkpoint.value)
             prompt, negative = prompt_boxes("xyz", EXAMPLE_PROMPTS[1])
             run, stop = run_buttons("xyz")
             axes = [_axis_row(name, kind, picks) for name, kind in zip(AXIS_NAMES, ("sampler", "nothing", "nothing"))]
-            controls, randomize, reuse = sampling_controls(service, "xyz", batch=False)
+            controls, randomize, reuse = sampling_controls(service, "xyz", batch=False, task="txt2img")
             with gr.Row():
                 width = gr.Slider(64, service.limits.max_side, side, step=8, label="Width", elem_id="xyz-width")
                 height = gr.Slider(64, service.limits.max_side, side, step=8, label="Height", elem_id="xyz-height")
