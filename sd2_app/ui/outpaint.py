@@ -47,9 +47,11 @@ def build(service: Any, flags: StopFlags) -> OutpaintTab:
             checkpoint = checkpoint_dropdown(service, "outpaint")
             prompt, negative = prompt_boxes("outpaint")
             run, stop = run_buttons("outpaint")
-            with gr.Row():
-                margins = [gr.Slider(0, max_margin, 0, step=8, label=f"Extend {side} (px)", elem_id=f"outpaint-{side}")
-                           for side in SIDES]
+            margins = []
+            for pair in (SIDES[:2], SIDES[2:]):
+                with gr.Row():
+                    margins += [gr.Slider(0, max_margin, 0, step=8, label=f"Extend {side} (px)",
+                                          elem_id=f"outpaint-{side}") for side in pair]
             with gr.Row():
                 fill = gr.Radio([(label, key) for key, label in OUTPAINT_FILLS.items()], value="edge",
                                 label="Fill of the new area", info="the start image when strength < 1")
