@@ -63,7 +63,9 @@ def draw_grid(
     line_h = round(font_px * 1.25)
     pad = max(4, font_px // 2)
     label_w = max(cell_w, 10 * font_px)  # column labels may be wider than a tiny cell
-    column_w = max(cell_w, label_w) if x_labels else cell_w
+    gap = max(2, font_px // 4)  # white between rows and columns, so neighbouring cells read as separate images
+    column_w = (max(cell_w, label_w) if x_labels else cell_w) + gap
+    row_h = cell_h + gap
     x_lines = [wrap(label, font, column_w - pad) for label in x_labels]
     top = max((len(lines) for lines in x_lines), default=0) * line_h + (2 * pad if x_labels else 0)
     y_width = 0
@@ -75,7 +77,7 @@ def draw_grid(
     title_lines = wrap(title, font, columns * column_w + y_width) if title else []
     title_h = len(title_lines) * line_h + (2 * pad if title else 0)
     width = y_width + columns * column_w
-    height = title_h + top + rows * cell_h
+    height = title_h + top + rows * row_h
     grid = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(grid)
     for i, line in enumerate(title_lines):
@@ -85,7 +87,7 @@ def draw_grid(
         for i, line in enumerate(lines):
             draw.text((centre, title_h + pad + i * line_h), line, fill=TEXT, font=font, anchor="ma")
     for row, lines in enumerate(y_lines):
-        middle = title_h + top + row * cell_h + cell_h / 2 - len(lines) * line_h / 2
+        middle = title_h + top + row * row_h + cell_h / 2 - len(lines) * line_h / 2
         for i, line in enumerate(lines):
             draw.text((y_width - pad, middle + i * line_h), line, fill=TEXT, font=font, anchor="ra")
     for index, image in enumerate(images):
@@ -95,5 +97,5 @@ def draw_grid(
             image = image.resize((cell_w, cell_h), Image.Resampling.LANCZOS)
         row, column = divmod(index, columns)
         left = y_width + column * column_w + (column_w - cell_w) // 2
-        grid.paste(image.convert("RGB"), (left, title_h + top + row * cell_h))
+        grid.paste(image.convert("RGB"), (left, title_h + top + row * row_h))
     return grid

@@ -11,19 +11,20 @@ from typing import Any
 import gradio as gr
 
 from sd2_app.api.requests import OUTPAINT_FILLS, OutpaintRequest
+from sd2_app.api.tasks import TASKS
 from sd2_app.ui.common import (
     SAMPLING_NAMES,
     ResultPanel,
+    SamplingControls,
     checkpoint_dropdown,
     result_panel,
-    run_buttons,
     sampling_controls,
     to_sampling,
     wire_run,
     wire_seed_buttons,
 )
+from sd2_app.ui.layout import prompt_row, results_column, settings_column
 from sd2_app.ui.runner import StopFlags
-from sd2_app.ui.txt2img import prompt_boxes
 from sd2_app.ui.uploads import upload_image
 
 SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
@@ -35,18 +36,19 @@ class OutpaintTab:
     image: gr.Image
     prompt: gr.Textbox
     negative: gr.Textbox
+    sampling: SamplingControls
     panel: ResultPanel
 
 
 def build(service: Any, flags: StopFlags) -> OutpaintTab:
     max_margin = service.limits.max_side - 64
-    with gr.Row():
-        with gr.Column(scale=5):
+    top = prompt_row("outpaint")
+    prompt, negative = top.prompt, top.negative
+    with gr.Row(equal_height=False):
+        with settings_column("outpaint"):
             image = upload_image(label="Image to extend", type="pil", image_mode=None, sources=["upload", "clipboard"],
                                  height=320, elem_id="outpaint-image")
             checkpoint = checkpoint_dropdown(service, "outpaint")
-            prompt, negative = prompt_boxes("outpaint")
-            run, stop = run_buttons("outpaint")
             margins = []
             for pair in (SIDES[:2], SIDES[2:]):
                 with gr.Row():
@@ -55,13 +57,15 @@ def build(service: Any, flags: StopFlags) -> OutpaintTab:
             with gr.Row():
                 fill = gr.Radio([(label, key) for key, label in OUTPAINT_FILLS.items()], value="edge",
                                 label="Fill of the new area", info="the start image when strength < 1")
-                blur = gr.Slider(0, 64, 8, step=1, label="Seam feathering (px)", info="mask blur into the new area")
+                blur = gr.Slider(0, 64, OutpaintRequest.mask_blur, step=1, label="Seam feathering (px)",
+                                 info="mask blur into the new area")
             with gr.Row():
-                strength = gr.Slider(0, 1, 1.0, step=0.01, label="Strength")
+                strength = gr.Slider(0, 1, TASKS["outpaint"].strength, step=0.01, label="Strength")
                 keep = gr.Checkbox(True, label="Paste the original back", info="its pixels stay exactly as they were")
             controls, randomize, reuse = sampling_controls(service, "outpaint")
-        with gr.Column(scale=6):
-            panel = result_panel("outpaint", run, stop, extra_label="Mask used (white = new area)", send_to=SEND_TO)
+        with results_column("outpaint"):
+            panel = result_panel("outpaint", top.run, top.stop, extra_label="Mask used (white = new area)",
+                                 send_to=SEND_TO)
     wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "outpaint")
 
     def make_request(picture: Any, key: str, text: str, negative_text: str, left: float, right: float, up: float,
@@ -79,4 +83,4 @@ def build(service: Any, flags: StopFlags) -> OutpaintTab:
     names = ("image", "checkpoint", "prompt", "negative_prompt", *SIDES, "fill", "mask_blur", "strength",
              "keep_original", *SAMPLING_NAMES)
     wire_run(service, flags, panel, inputs, make_request, "outpaint", names, finish_extra=mask_used)
-    return OutpaintTab(image, prompt, negative, panel)
+    return OutpaintTab(image, prompt, negative, controls, panel)

@@ -8,10 +8,10 @@ cells appear in the gallery as they come, so Stop leaves them on screen.
 
 from __future__ import annotations
 
-import inspect
 import queue
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,25 +21,26 @@ import gradio as gr
 from sd2_app.api.plot import cell_caption, write_tables
 from sd2_app.api.plot_axes import AXES, AXIS_NAMES
 from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPlotRequest
-from sd2_app.api.tasks import PLOT_SAMPLERS
+from sd2_app.api.tasks import PLOT_SAMPLERS, TASKS
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 from sd2_app.ui.common import (
     EXAMPLE_PROMPTS,
     SAMPLING_NAMES,
+    STARTING,
     STOPPING,
+    ResultPanel,
     checkpoint_dropdown,
-    describe,
     result_panel,
-    run_buttons,
     sampling_controls,
     to_sampling,
+    wire_run,
     wire_seed_buttons,
 )
-from sd2_app.ui.runner import GPU_QUEUE, StopFlags, gpu, stream, user_message
-from sd2_app.ui.txt2img import prompt_boxes
+from sd2_app.ui.layout import prompt_row, results_column, settings_column
+from sd2_app.ui.runner import StopFlags, stopped_message, stream, user_message
 from sd2_app.ui.uploads import upload_image
 
-MOST_USED = PLOT_SAMPLERS
+
 PICKED = ("sampler", "checkpoint")  # kinds whose values are picked from a list
 HINTS = {"prompt_sr": "the first value is searched in the prompt: cat, dog, tiger",
          "use_karras": "on, off", "seed": "1, 2, 3 or 1-4"}
@@ -63,7 +64,7 @@ def _axis_row(name: str, kind: str, picks: dict[str, list[tuple[str, str]]]) -> 
         kind_box = gr.Dropdown(choices, value=kind, label=f"{name} type", scale=2, elem_id=f"{prefix}-type")
         text = gr.Textbox(label=f"{name} values", placeholder="20, 30, 40 or 10-40 (+10)", scale=5,
                           visible=kind not in PICKED and kind != "nothing", elem_id=f"{prefix}-values")
-        start = [n for n in MOST_USED if n in dict((v, v) for _, v in picks["sampler"])] if kind == "sampler" else []
+        start = [n for n in PLOT_SAMPLERS if n in dict((v, v) for _, v in picks["sampler"])] if kind == "sampler" else []
         picked = gr.Dropdown(picks.get(kind, picks["sampler"]), value=start, multiselect=True, allow_custom_value=True,
                              label=f"{name} values (in this order)", scale=5, visible=kind in PICKED,
                              elem_id=f"{prefix}-picked")
@@ -120,15 +121,21 @@ def _tables(result: Any) -> list[str]:
     return [str(path) for path in write_tables(result.cells, folder)]
 
 
-def _stream_plot(service: Any, flags: StopFlags, request: XYZPlotRequest, session: str, progress: Any) -> Any:
-    """Progress and each finished cell as it comes (so Stop leaves them shown), then grids, cells and tables.
-
-    Yields (preview, gallery, info, last_seed, selected, files)."""
+def stream_plot(service: Any, flags: StopFlags, request_fn: Any, session: str, progress: Any, finish: Any,
+                n_outputs: int) -> Iterator[tuple]:
+    """`common.stream_result` for a plot (the `body` of its `wire_run`): as it runs, each finished cell joins
+    the gallery (so Stop, which ends this stream, leaves them on screen); then the grids, cells and tables."""
+    try:
+        request = request_fn()
+    except InvalidRequest as error:
+        raise gr.Error(str(error), print_exception=False) from error
     skip = gr.skip()
+    keep = (skip,) * (n_outputs - 3)
     finished: queue.Queue[tuple[Any, Any, float]] = queue.Queue()
     shown: list[tuple[Any, str]] = []
     flag = flags.arm(session)
     progress(0, desc="Loading the model…")
+    yield (skip, skip, STARTING, *keep)
 
     def call(on_progress: Any, should_stop: Any) -> Any:
         return service.plot(request, on_progress, should_stop, owner=session,
@@ -139,10 +146,10 @@ def _stream_plot(service: Any, flags: StopFlags, request: XYZPlotRequest, sessio
             if not isinstance(item, tuple):
                 for warning in item.warnings:
                     gr.Warning(warning)
-                gallery = list(zip(item.images, item.captions))
-                yield (skip, gallery, describe(item), item.seed, 0, _tables(item))
+                yield (item.images[0], *finish(item))
                 continue
             done, total, preview = item
+            flag.done, flag.total = done, total
             progress((done, total), desc="Sampling", unit="steps")
             new = []
             while not finished.empty():
@@ -151,10 +158,9 @@ def _stream_plot(service: Any, flags: StopFlags, request: XYZPlotRequest, sessio
             shown += new
             if new or preview is not None:
                 status = STOPPING if flag.is_set() else f"{len(shown)} cell(s) done · step {done}/{total}"
-                yield (preview if preview is not None else skip, list(shown) if new else skip, status, skip, skip,
-                       skip)
-    except Cancelled as error:
-        yield (skip, skip, user_message(error), skip, skip, skip)
+                yield (preview if preview is not None else skip, list(shown) if new else skip, status, *keep)
+    except Cancelled:
+        yield (skip, skip, stopped_message(flag), *keep)
     except InvalidRequest as error:
         raise gr.Error(user_message(error), print_exception=False) from error
     except LoadError as error:
@@ -163,60 +169,38 @@ def _stream_plot(service: Any, flags: StopFlags, request: XYZPlotRequest, sessio
         flags.release(session, flag)
 
 
-def build(service: Any, flags: StopFlags) -> Any:
+def build(service: Any, flags: StopFlags) -> ResultPanel:
     picks = {"sampler": [(name, name) for name in service.samplers()], "checkpoint": service.checkpoints("txt2img")}
-    with gr.Row():
-        with gr.Column(scale=5):
+    top = prompt_row("xyz", EXAMPLE_PROMPTS[1])
+    with gr.Row(equal_height=False):
+        with settings_column("xyz"):
+            axes = [_axis_row(name, kind, picks) for name, kind in zip(AXIS_NAMES, ("sampler", "nothing", "nothing"))]
             checkpoint = checkpoint_dropdown(service, "txt2img", elem_id="xyz-checkpoint")
             side = service.resolution(checkpoint.value)
-            prompt, negative = prompt_boxes("xyz", EXAMPLE_PROMPTS[1])
-            run, stop = run_buttons("xyz")
-            axes = [_axis_row(name, kind, picks) for name, kind in zip(AXIS_NAMES, ("sampler", "nothing", "nothing"))]
-            controls, randomize, reuse = sampling_controls(service, "xyz", batch=False, task="txt2img")
             with gr.Row():
                 width = gr.Slider(64, service.limits.max_side, side, step=8, label="Width", elem_id="xyz-width")
                 height = gr.Slider(64, service.limits.max_side, side, step=8, label="Height", elem_id="xyz-height")
+            controls, randomize, reuse = sampling_controls(service, "xyz", batch=False, task="txt2img")
             with gr.Accordion("Init image (optional: makes it an image-to-image plot)", open=False):
                 image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
                                      height=240, elem_id="xyz-image")
-                strength = gr.Slider(0, 1, 0.75, step=0.01, label="Denoising strength")
-        with gr.Column(scale=6):
-            panel = result_panel("xyz", run, stop)
-            files = gr.File(label="Cell settings and times (CSV, JSON)", file_count="multiple", interactive=False,
-                            elem_id="xyz-files")
+                strength = gr.Slider(0, 1, TASKS["img2img"].strength, step=0.01, label="Denoising strength")
+        with results_column("xyz"):
+            panel = result_panel("xyz", top.run, top.stop)
+            # The tables ride in the panel's extra output (an image on other tabs): cleared at Generate, filled
+            # at the end by `finish_extra`.
+            panel.extra = gr.File(label="Cell settings and times (CSV, JSON)", file_count="multiple",
+                                  interactive=False, elem_id="xyz-files")
     panel.gallery.columns = 3
     wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "xyz")
     for name, axis in zip(AXIS_NAMES, axes):
         _wire_axis(axis, picks, f"xyz_{name.lower()}")
     axis_inputs = [widget for axis in axes for widget in (axis.kind, axis.text, axis.picked)]
-    inputs = [checkpoint, prompt, negative, *axis_inputs, *controls.inputs()[:-1], width, height, image, strength]
+    inputs = [checkpoint, top.prompt, top.negative, *axis_inputs, *controls.inputs()[:-1], width, height, image,
+              strength]
     names = ["checkpoint", "prompt", "negative_prompt"]
     names += [f"{n.lower()}_{part}" for n in AXIS_NAMES for part in ("type", "values", "picked")]
     names += [*SAMPLING_NAMES[:-1], "width", "height", "init_image", "strength"]
-    outputs = [panel.preview, panel.gallery, panel.info, panel.last_seed, panel.selected, files]
-
-    @gpu()
-    def handler(request: gr.Request, *values: Any) -> Any:
-        *widget_values, progress = values
-        session = getattr(request, "session_hash", None) or "api"
-        try:
-            plot = make_request(*widget_values)
-        except InvalidRequest as error:
-            raise gr.Error(str(error), print_exception=False) from error
-        yield from _stream_plot(service, flags, plot, session, progress)
-
-    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    handler.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter("request", positional, annotation=gr.Request)]
-        + [inspect.Parameter(name, positional, default=None) for name in names]
-        + [inspect.Parameter("progress", positional, default=gr.Progress())]
-    )
-    event = run.click(handler, inputs, outputs, api_name="xyz_plot", concurrency_id=GPU_QUEUE, concurrency_limit=1,
-                      show_progress_on=[panel.gallery])
-
-    def stop_run(request: gr.Request) -> str:
-        stopped = flags.stop(getattr(request, "session_hash", None) or "api")
-        return STOPPING if stopped else "Nothing to stop."
-
-    stop.click(stop_run, None, panel.info, api_name="xyz_plot_stop", cancels=[event], queue=False)
+    wire_run(service, flags, panel, inputs, make_request, "xyz_plot", names,
+             finish_extra=lambda result: (_tables(result),), body=stream_plot)
     return panel
