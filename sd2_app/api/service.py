@@ -83,7 +83,10 @@ def _default_tasks() -> dict[str, TaskFn]:
     from sd2_app.pipelines.txt2img import txt2img
     from sd2_app.pipelines.upscale import upscale
 
-    return {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint, "upscale": upscale, "depth": depth2img}
+    from sd2_app.pipelines.hires import hires_pass
+
+    return {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint, "upscale": upscale, "depth": depth2img,
+            "hires_pass": hires_pass}
 
 
 def _default_preview(latents: Any) -> Image.Image | None:
@@ -271,7 +274,12 @@ class Service:
             raise Cancelled
         timings: dict[str, float] = {}
         log.info("%s on %s: %d steps, seed %d", task, checked.checkpoint, checked.sampling.steps, checked.sampling.seed)
-        output = self._run_pipeline(task, checked, self._step_callback(0, None, on_progress, should_stop), timings)
+        if getattr(getattr(checked, "hires", None), "upscaler", None) == "SD2 x4":
+            from sd2_app.api.hires_x4 import run_hires_x4  # three manager jobs: first pass, x4, second pass
+
+            output = run_hires_x4(self, checked, on_progress, should_stop, timings)
+        else:
+            output = self._run_pipeline(task, checked, self._step_callback(0, None, on_progress, should_stop), timings)
         result = Result(
             task=task,
             request=checked,

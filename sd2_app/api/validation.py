@@ -240,6 +240,12 @@ def validate(request: Request, catalog: Catalog, limits: Limits = Limits()) -> t
         height = native if request.height is None else request.height
         common["width"] = _side(width, "Width", limits, warnings)
         common["height"] = _side(height, "Height", limits, warnings)
+        from sd2_app.api.txt2img_options import check_hires, check_seed_extras, check_tiling
+
+        common["hires"] = check_hires(request.hires, (common["width"], common["height"]), common["sampling"],
+                                      catalog, limits)
+        common["seed_extras"] = check_seed_extras(request.seed_extras, limits)
+        common["tiling"] = check_tiling(request.tiling)
     elif isinstance(request, Img2ImgRequest):
         image = _image(request.image, "an init image", limits.max_input_pixels)
         if request.width is not None or request.height is not None:
