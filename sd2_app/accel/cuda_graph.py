@@ -219,7 +219,7 @@ class CudaGraphUNet(GraphedModule):
     def key(self, sample: Tensor, timestep: Tensor | float, context: Tensor,
             class_labels: Tensor | None = None) -> GraphKey:
         """The graph signature of one call, including the attention precision switches as they are now."""
-        modes = tuple(m.upcast for m in self._attention)
+        modes = (*(m.upcast for m in self._attention), self.unet.conv_in.padding_mode)  # + seamless tiling
         return _signature(sample, timestep, context, class_labels, modes)
 
     def _static_inputs(self, args: tuple[Any, ...]) -> list[Tensor | None]:

@@ -21,6 +21,7 @@ from sd2_app.ui.common import (
     wire_seed_buttons,
 )
 from sd2_app.ui.runner import StopFlags
+from sd2_app.ui.txt2img_extras import NAMES as EXTRA_NAMES, Txt2ImgExtras, build_extras, request_fields
 
 SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
 
@@ -34,6 +35,7 @@ class Txt2ImgTab:
     height: gr.Slider
     sampling: SamplingControls
     panel: ResultPanel
+    extras: Txt2ImgExtras
 
 
 def prompt_boxes(prefix: str, value: str = "") -> tuple[gr.Textbox, gr.Textbox]:
@@ -55,6 +57,7 @@ def build(service: Any, flags: StopFlags) -> Txt2ImgTab:
             with gr.Row():
                 width = gr.Slider(64, service.limits.max_side, side, step=8, label="Width", elem_id="txt2img-width")
                 height = gr.Slider(64, service.limits.max_side, side, step=8, label="Height", elem_id="txt2img-height")
+            extras = build_extras(service, service.limits.max_side)
             run, stop = run_buttons("txt2img")
         with gr.Column(scale=6):
             panel = result_panel("txt2img", run, stop, send_to=SEND_TO)
@@ -67,13 +70,16 @@ def build(service: Any, flags: StopFlags) -> Txt2ImgTab:
     checkpoint.change(follow_checkpoint, checkpoint, [width, height], api_name="txt2img_native_size",
                       api_visibility="private", queue=False)
 
-    def make_request(key: str, text: str, negative_text: str, w: float, h: float, *sampling: Any) -> Txt2ImgRequest:
+    n_sampling = len(SAMPLING_NAMES)
+
+    def make_request(key: str, text: str, negative_text: str, w: float, h: float, *rest: Any) -> Txt2ImgRequest:
+        sampling, extra_values = rest[:n_sampling], rest[n_sampling:]
         return Txt2ImgRequest(
             prompt=text, negative_prompt=negative_text, checkpoint=key, width=w, height=h,  # type: ignore[arg-type]
-            sampling=to_sampling(*sampling),
+            sampling=to_sampling(*sampling), **request_fields(*extra_values),
         )
 
-    inputs = [checkpoint, prompt, negative, width, height, *controls.inputs()]
+    inputs = [checkpoint, prompt, negative, width, height, *controls.inputs(), *extras.inputs()]
     wire_run(service, flags, panel, inputs, make_request, "txt2img",
-             ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES))
-    return Txt2ImgTab(checkpoint, prompt, negative, width, height, controls, panel)
+             ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES, *EXTRA_NAMES))
+    return Txt2ImgTab(checkpoint, prompt, negative, width, height, controls, panel, extras)
