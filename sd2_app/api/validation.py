@@ -209,8 +209,6 @@ def to_depth(image: Image.Image) -> Image.Image:
         array = np.asarray(image).astype(np.float32) / np.float32(65535)
     elif image.mode == "F":
         array = np.asarray(image, dtype=np.float32)
-        if not np.isfinite(array).all():
-            raise InvalidRequest("The depth map has NaN or infinite values; save it with finite depths.")
     else:
         array = np.asarray(to_rgb(image).convert("L")).astype(np.float32) / 255.0
     return Image.fromarray(np.ascontiguousarray(array, dtype=np.float32))
@@ -304,6 +302,8 @@ def validate(request: Request, catalog: Catalog, limits: Limits = Limits()) -> t
         depth = request.depth_map
         if depth is not None:
             depth = _decoded(to_depth, _check_size(depth, "the depth map", limits.max_input_pixels), "the depth map")
+            if not np.isfinite(np.asarray(depth)).all():
+                raise InvalidRequest("The depth map has NaN or infinite values; save it with finite depths.")
         common.update(image=image, depth_map=depth, strength=_strength(request.strength, steps))
     return replace(request, **common), warnings
 
