@@ -2,8 +2,9 @@
 
 The first pass runs on the request's checkpoint, the decoded image goes through the x4 upscaler (the manager
 brings that checkpoint in, offloading others as memory requires), and the second pass runs on the request's
-checkpoint again (pipelines/hires.py, `hires_pass`, which resizes the x4 output to the target). Each job
-holds the manager's lock only while it runs, so no job ever holds two checkpoints' lock at once.
+checkpoint again (the txt2img pipeline, given a `HiresPassRequest`, runs pipelines/hires.py `hires_pass`,
+which resizes the x4 output to the target). Each job holds the manager's lock only while it runs, so no job
+ever holds two checkpoints' lock at once.
 
 The x4 stage uses the Upscale tab's defaults (DDIM, CFG 9, noise level 20) at the hires steps, with the
 request's prompts and seed.
@@ -49,7 +50,7 @@ def run_hires_x4(service: Any, checked: Txt2ImgRequest, on_progress: Any, should
     upscaled = service._run_pipeline("upscale", replace(x4, image=image),
                                      service._step_callback(first_steps, total, on_progress, should_stop), timings)
     second = HiresPassRequest(base=checked, images=tuple(upscaled.images), first_size=(first.width, first.height))
-    output = service._run_pipeline("hires_pass", second, service._step_callback(
+    output = service._run_pipeline("txt2img", second, service._step_callback(
         first_steps + x4.sampling.steps, total, on_progress, should_stop), timings)
     notes = list(first.warnings) + list(upscaled.warnings)
     output.warnings = notes + [w for w in output.warnings if w not in notes]

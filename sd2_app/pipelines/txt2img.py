@@ -18,7 +18,7 @@ from sd2_app.pipelines.sampling import start_job
 from sd2_app.pipelines.seamless import circular_padding
 from sd2_app.pipelines.seeds import seeded_noise, uses_extras
 from sd2_app.pipelines.vae_io import decode, vae_factor
-from sd2_app.api.requests import Txt2ImgRequest
+from sd2_app.api.requests import HiresPassRequest, Txt2ImgRequest
 
 
 def native_size(components: Components) -> int:
@@ -71,10 +71,14 @@ def generate(
 
 
 @torch.inference_mode()
-def txt2img(components: Components, request: Txt2ImgRequest, on_step: ProgressFn | None = None) -> PipelineOutput:
+def txt2img(components: Components, request: Txt2ImgRequest | HiresPassRequest, on_step: ProgressFn | None = None) -> PipelineOutput:
     """Generate `batch_size` images from a prompt; one generator seeded with the request's seed."""
+    if isinstance(request, HiresPassRequest):  # the SD2 x4 hires route's second pass (api/hires_x4.py)
+        from sd2_app.pipelines.hires import hires_pass  # hires builds on this module
+
+        return hires_pass(components, request, on_step)
     if request.hires is not None:
-        from sd2_app.pipelines.hires import hires_fix  # hires builds on this module
+        from sd2_app.pipelines.hires import hires_fix
 
         return hires_fix(components, request, on_step)
     with circular_padding(components.unet, components.vae, enabled=request.tiling):
