@@ -49,7 +49,7 @@ def build_extras(service: Any, max_side: int) -> Txt2ImgExtras:
     tiling = gr.Checkbox(False, label="Tiling", info="seamless: the image's edges continue each other",
                          elem_id="txt2img-tiling")
     with gr.Accordion("Hires fix", open=False, elem_id="txt2img-hires-accordion"):
-        hires = gr.Checkbox(False, label="Hires fix", info="generate at this size, upscale, then redraw details",
+        hires = gr.Checkbox(False, label="Use hires fix", info="generate at this size, upscale, then redraw details",
                             elem_id="txt2img-hires")
         with gr.Row():
             upscaler = gr.Dropdown(list(HIRES_UPSCALERS), value=DEFAULTS.upscaler, label="Upscaler",
