@@ -165,7 +165,7 @@ def test_next_untiled_job_equals_a_clean_run_even_after_a_stopped_tiled_job(comp
 
 
 def test_cuda_graph_key_tells_tiled_from_plain_calls(components: ComponentCache) -> None:
-    from sd2_app.accel.cuda_graph import CudaGraphUNet
+    from sd2_app.accel.graphs.unet import CudaGraphUNet
 
     c = components("sd2-base")
     wrapped = CudaGraphUNet(c.unet)
