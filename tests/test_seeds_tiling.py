@@ -174,3 +174,23 @@ def test_cuda_graph_key_tells_tiled_from_plain_calls(components: ComponentCache)
     with circular_padding(wrapped):
         tiled = wrapped.key(*args)
     assert plain != tiled and wrapped.key(*args) == plain
+
+
+def test_fused_modules_pad_circularly_too() -> None:
+    """The accel twins (sub-pixel upsampler, fused resnets) follow the tiling switch like the plain modules."""
+    from sd2_app.accel.fused import fuse_modules
+    from sd2_app.nn.config import VAEConfig
+    from sd2_app.nn.vae import AutoencoderKL
+    from sd2_app.testing.configs import tiny_vae_config
+
+    torch.manual_seed(0)
+    plain = AutoencoderKL(VAEConfig.from_dict(tiny_vae_config("sd2"))).eval()
+    fused = AutoencoderKL(VAEConfig.from_dict(tiny_vae_config("sd2"))).eval()
+    fused.load_state_dict(plain.state_dict())
+    assert fuse_modules(fused) > 0
+    z = _randn((1, 4, 6, 5), 1)
+    with torch.no_grad(), circular_padding(plain), circular_padding(fused):
+        expected, got = plain.decode(z), fused.decode(z)
+    assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+    with torch.no_grad():
+        assert (fused.decode(z) - expected).abs().max().item() > 1e-2  # and back to zero padding after
