@@ -316,7 +316,12 @@ class Service:
         task = checked.task
         timings: dict[str, float] = {}
         log.info("%s on %s: %d steps, seed %d", task, checked.checkpoint, checked.sampling.steps, checked.sampling.seed)
-        output = self._run_pipeline(task, checked, self._step_callback(0, None, on_progress, should_stop), timings)
+        if getattr(getattr(checked, "hires", None), "upscaler", None) == "SD2 x4":
+            from sd2_app.api.hires_x4 import run_hires_x4  # three manager jobs: first pass, x4, second pass
+
+            output = run_hires_x4(self, checked, on_progress, should_stop, timings)
+        else:
+            output = self._run_pipeline(task, checked, self._step_callback(0, None, on_progress, should_stop), timings)
         result = Result(
             task=task,
             request=checked,
