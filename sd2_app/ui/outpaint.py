@@ -25,7 +25,7 @@ from sd2_app.ui.common import (
 )
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
 from sd2_app.ui.runner import StopFlags
-from sd2_app.ui.uploads import upload_image
+from sd2_app.ui.uploads import check_on_upload, upload_image
 
 SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
 SIDES = ("left", "right", "up", "down")
@@ -67,6 +67,7 @@ def build(service: Any, flags: StopFlags) -> OutpaintTab:
             panel = result_panel("outpaint", top.run, top.stop, extra_label="Mask used (white = new area)",
                                  send_to=SEND_TO)
     wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "outpaint")
+    check_on_upload(image, service.limits.max_input_pixels)
 
     def make_request(picture: Any, key: str, text: str, negative_text: str, left: float, right: float, up: float,
                      down: float, fill_key: str, blur_px: float, amount: float, paste: bool,
