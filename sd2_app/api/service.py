@@ -22,6 +22,7 @@ from PIL import Image
 
 from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.api.requests import CompareRequest, Request
+from sd2_app.api.prompt_tools import PromptTools
 from sd2_app.api.validation import TASK_OF, Catalog, Limits, validate
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,11 @@ class Service:
         outputs_dir: str | Path | None = "outputs",
         history_size: int = 50,
         preview_every: int = 5,
+        embeddings: Any = None,  # loading.embeddings.EmbeddingLibrary; None: no textual-inversion embeddings
     ) -> None:
         self.manager = manager
+        self.embeddings = embeddings
+        self._prompt_tools = PromptTools(self)
         if registry is None:
             registry = getattr(manager, "registry", None)
         if registry is None:
@@ -176,6 +180,15 @@ class Service:
         for key in [checkpoint] if checkpoint is not None else list(self.registry):
             self.manager.unload(key)
 
+    # ---- prompts -----------------------------------------------------------------------------------
+    def count_tokens(self, text: str, checkpoint: str) -> str:
+        """The prompt box's counter, "23/75" (A1111's count), without touching the GPU queue."""
+        return self._prompt_tools.count(text, checkpoint)
+
+    def embedding_names(self) -> list[str]:
+        """Names of the textual-inversion embeddings a prompt may use."""
+        return self._prompt_tools.embedding_names()
+
     # ---- running ---------------------------------------------------------------------------------
     def validate(self, request: Request) -> tuple[Request, list[str]]:
         """The checked request and its warnings (raises `InvalidRequest`)."""
@@ -225,6 +238,8 @@ class Service:
                 timings["load"] = timings.get("load", 0.0) + loaded - started
                 task_fn = self._task_fn(task)
                 retry = getattr(self.manager, "run_with_oom_retry", None)  # offload the others, try once more
+
+                components = self._prompt_tools.lend_embeddings(components)
 
                 def call() -> tuple[Any, list[str]]:
                     attempts.append(1)

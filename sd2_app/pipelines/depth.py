@@ -89,7 +89,7 @@ def depth2img(components: Components, request: DepthRequest, on_step: ProgressFn
     x = noised_init_latents(components, image, job.plan, sampling.batch_size, job.generator)
     latents = job.denoise(x, concat=condition.repeat(job.rows, 1, 1, 1), on_step=on_step)  # (2B|B, 1, h, w)
     images = postprocess(decode(components.vae, latents))
-    settings = sampling_settings(sampling, width=width, height=height, model=components.key)
+    settings = sampling_settings(sampling, width=width, height=height, model=components.key) | job.prompt_settings
     settings["Denoising strength"] = request.strength
     settings["Depth"] = "user map" if request.depth_map is not None else "DPT"
     label_images(images, request.prompt, request.negative_prompt, settings)

@@ -54,7 +54,7 @@ def img2img(components: Components, request: Img2ImgRequest, on_step: ProgressFn
     x = noised_init_latents(components, image, job.plan, sampling.batch_size, job.generator)
     latents = job.denoise(x, on_step=on_step)
     images = postprocess(decode(components.vae, latents))
-    settings = sampling_settings(sampling, width=width, height=height, model=components.key)
+    settings = sampling_settings(sampling, width=width, height=height, model=components.key) | job.prompt_settings
     settings["Denoising strength"] = request.strength
     label_images(images, request.prompt, request.negative_prompt, settings)
     return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings)

@@ -97,6 +97,7 @@ def inpaint(components: Components, request: InpaintRequest, on_step: ProgressFn
             images, out_size = generated, work_size
 
     settings = sampling_settings(request.sampling, width=out_size[0], height=out_size[1], model=components.key)
+    settings |= job.prompt_settings
     settings["Denoising strength"] = request.strength
     settings["Mask blur"] = request.mask_blur
     if box is not None:

@@ -41,6 +41,6 @@ def txt2img(components: Components, request: Txt2ImgRequest, on_step: ProgressFn
     shape = (sampling.batch_size, components.vae.config.latent_channels, height // factor, width // factor)
     latents = job.denoise(job.start_noise(shape), on_step=on_step)
     images = postprocess(decode(components.vae, latents))
-    settings = sampling_settings(sampling, width=width, height=height, model=components.key)
+    settings = sampling_settings(sampling, width=width, height=height, model=components.key) | job.prompt_settings
     label_images(images, request.prompt, request.negative_prompt, settings)
     return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings)

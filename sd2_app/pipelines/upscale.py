@@ -65,7 +65,7 @@ def upscale(components: Components, request: UpscaleRequest, on_step: ProgressFn
     pixels = decode(components.vae, latents, force_fp32=True, tile=tiling.tile, overlap=tiling.overlap)
     images = postprocess(pixels)
     out_w, out_h = w * factor, h * factor
-    settings = sampling_settings(sampling, width=out_w, height=out_h, model=components.key)
+    settings = sampling_settings(sampling, width=out_w, height=out_h, model=components.key) | job.prompt_settings
     settings["Noise level"] = request.noise_level
     if max(h, w) > tiling.tile:
         settings["Tile size"] = tiling.tile
