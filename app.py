@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-side", type=int, default=1024, help="largest width/height a user may ask for")
     p.add_argument("--repo", action="append", default=[], metavar="KEY=REPO[,REPO]", help="override a checkpoint's repos")
     p.add_argument("--revision", action="append", default=[], metavar="KEY=REV", help="pin a checkpoint's revision")
+    p.add_argument("--embeddings-dir", default="embeddings",
+                   help="folder of SD2 textual-inversion embeddings (.safetensors), read at start-up; a prompt uses "
+                        "one by its file name (default ./embeddings)")
     return p.parse_args(argv)
 
 
@@ -48,6 +51,7 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
     from sd2_app.manager import ModelManager
     from sd2_app.checkpoints.catalog import apply_overrides, parse_assignments
     from sd2_app.api.service import Service
+    from sd2_app.loading.embeddings import EmbeddingLibrary
     from sd2_app.ui import build_ui
     from sd2_app.api.validation import Limits
 
@@ -60,7 +64,8 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
     # PIL refuses to open images over twice this many pixels (uploads are decoded lazily, and validation
     # refuses anything over the limit from the header alone, so this only stops bombs PIL would decode).
     Image.MAX_IMAGE_PIXELS = limits.max_input_pixels
-    service = Service(manager, limits=limits, outputs_dir=outputs)
+    service = Service(manager, limits=limits, outputs_dir=outputs,
+                      embeddings=EmbeddingLibrary.scan(args.embeddings_dir))
     demo = build_ui(service)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     return demo

@@ -46,7 +46,10 @@ class PromptTools:
     def _tokenizer(self, checkpoint: str) -> Any:
         with self._tokenizer_lock:
             if checkpoint not in self._tokenizers:
-                self._tokenizers[checkpoint] = self._service.manager.tokenizer(checkpoint)
+                read = getattr(self._service.manager, "tokenizer", None)  # a test double may have none
+                if read is None:
+                    return None
+                self._tokenizers[checkpoint] = read(checkpoint)
             return self._tokenizers[checkpoint]
 
     def count(self, text: Any, checkpoint: Any) -> str | None:
@@ -65,7 +68,10 @@ class PromptTools:
         if not self._slots.acquire(blocking=False):
             return None
         try:
-            tokens = tokenize_prompt(self._tokenizer(checkpoint), text, self._library())
+            tokenizer = self._tokenizer(checkpoint)
+            if tokenizer is None:
+                return None
+            tokens = tokenize_prompt(tokenizer, text, self._library())
         except LoadError as error:
             log.warning("token counter: no tokenizer for %s: %s", checkpoint, error)
             return None

@@ -189,6 +189,10 @@ class Service:
         """Names of the textual-inversion embeddings a prompt may use."""
         return self._prompt_tools.embedding_names()
 
+    def refused_embeddings(self) -> dict[str, str]:
+        """Files in the embeddings folder that are not used, each with the reason."""
+        return dict(self.embeddings.refused) if self.embeddings is not None else {}
+
     # ---- running ---------------------------------------------------------------------------------
     def validate(self, request: Request) -> tuple[Request, list[str]]:
         """The checked request and its warnings (raises `InvalidRequest`)."""

@@ -22,7 +22,7 @@ def build(service: Any, flags: StopFlags) -> ResultPanel:
     with gr.Row():
         with gr.Column(scale=5):
             checkpoint = gr.Dropdown(choices, value=default, label="Checkpoint")
-            prompt, negative = prompt_boxes("compare", EXAMPLE_PROMPTS[1])
+            prompt, negative = prompt_boxes("compare", EXAMPLE_PROMPTS[1], service=service, checkpoint=checkpoint)
             samplers = gr.CheckboxGroup(sampler_names, value=[n for n in MOST_USED if n in sampler_names],
                                         label="Samplers", elem_id="compare-samplers")
             with gr.Row():

@@ -43,7 +43,7 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> DepthTab
                 depth_map = upload_image(label="Depth map (optional, white = near)", type="pil", image_mode=None,
                                      sources=["upload"], height=280, elem_id="depth-map")
             checkpoint = gr.Dropdown(choices, value=choices[0][1], label="Checkpoint")
-            prompt, negative = prompt_boxes("depth")
+            prompt, negative = prompt_boxes("depth", service=service, checkpoint=checkpoint)
             if examples:
                 gr.Examples(examples, [image, prompt], label="Examples")
             strength = gr.Slider(0, 1, 0.7, step=0.01, label="Strength")

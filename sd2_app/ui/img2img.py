@@ -43,7 +43,7 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> Img2ImgT
             image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
                              height=320, elem_id="img2img-image")
             checkpoint = gr.Dropdown(choices, value=default, label="Checkpoint")
-            prompt, negative = prompt_boxes("img2img")
+            prompt, negative = prompt_boxes("img2img", service=service, checkpoint=checkpoint)
             if examples:
                 gr.Examples(examples, [image, prompt], label="Examples")
             strength = gr.Slider(0, 1, 0.75, step=0.01, label="Strength",

@@ -81,7 +81,7 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> InpaintT
             with gr.Accordion("Or upload a mask image (white = repaint)", open=False):
                 mask_upload = upload_image(label="Mask", type="pil", image_mode=None, sources=["upload"], height=200)
             checkpoint = gr.Dropdown(choices, value=choices[0][1], label="Checkpoint")
-            prompt, negative = prompt_boxes("inpaint")
+            prompt, negative = prompt_boxes("inpaint", service=service, checkpoint=checkpoint)
             if examples:
                 gr.Examples(examples, [editor, prompt], label="Examples")
             with gr.Row():

@@ -20,6 +20,7 @@ from sd2_app.ui.common import (
     wire_run,
     wire_seed_buttons,
 )
+from sd2_app.ui.prompt_tools import embeddings_picker, token_counter
 from sd2_app.ui.runner import StopFlags
 
 SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
@@ -36,9 +37,19 @@ class Txt2ImgTab:
     panel: ResultPanel
 
 
-def prompt_boxes(prefix: str, value: str = "") -> tuple[gr.Textbox, gr.Textbox]:
+def prompt_boxes(prefix: str, value: str = "", *, service: Any = None,
+                 checkpoint: gr.Dropdown | None = None) -> tuple[gr.Textbox, gr.Textbox]:
+    """The prompt and negative prompt boxes; with `service` and `checkpoint`, each with its token counter
+    right under it, and the embeddings list after both."""
+    helpers = service is not None and checkpoint is not None
     prompt = gr.Textbox(value, label="Prompt", lines=2, placeholder="What to draw", elem_id=f"{prefix}-prompt")
+    if helpers:
+        token_counter(service, prompt, checkpoint, f"{prefix}-prompt-tokens",
+                      api_name="count_tokens" if prefix == "txt2img" else None)
     negative = gr.Textbox("", label="Negative prompt", lines=1, placeholder="What to avoid", elem_id=f"{prefix}-negative")
+    if helpers:
+        token_counter(service, negative, checkpoint, f"{prefix}-negative-tokens")
+        embeddings_picker(service, prompt, negative, prefix)
     return prompt, negative
 
 
@@ -49,7 +60,7 @@ def build(service: Any, flags: StopFlags) -> Txt2ImgTab:
     with gr.Row():
         with gr.Column(scale=5):
             checkpoint = gr.Dropdown(choices, value=default, label="Checkpoint", elem_id="txt2img-checkpoint")
-            prompt, negative = prompt_boxes("txt2img", EXAMPLE_PROMPTS[0])
+            prompt, negative = prompt_boxes("txt2img", EXAMPLE_PROMPTS[0], service=service, checkpoint=checkpoint)
             gr.Examples([[p] for p in EXAMPLE_PROMPTS], [prompt], label="Example prompts")
             controls, randomize, reuse = sampling_controls(service, "txt2img")
             with gr.Row():

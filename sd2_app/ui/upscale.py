@@ -49,7 +49,7 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> UpscaleT
             image = upload_image(label="Low-resolution image", type="pil", image_mode=None,
                              sources=["upload", "clipboard"], height=320, elem_id="upscale-image")
             checkpoint = gr.Dropdown(choices, value=choices[0][1], label="Checkpoint")
-            prompt, negative = prompt_boxes("upscale")
+            prompt, negative = prompt_boxes("upscale", service=service, checkpoint=checkpoint)
             if examples:
                 gr.Examples(examples, [image, prompt], label="Examples")
             noise = gr.Slider(0, 350, 20, step=1, label="Noise level",
