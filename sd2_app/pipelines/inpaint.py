@@ -31,8 +31,9 @@ def _generate(
     size: tuple[int, int],
     on_step: ProgressFn | None,
     warnings: list[str],
-) -> tuple[list[Image.Image], torch.Tensor]:
-    """The reference algorithm on (image, mask) resized to `size`: returns decoded images and latents."""
+) -> tuple[list[Image.Image], torch.Tensor, dict[str, str]]:
+    """The reference algorithm on (image, mask) resized to `size`: returns decoded images, latents and the
+    prompts' extra parameters (`Job.prompt_settings`)."""
     sampling = request.sampling
     factor = vae_factor(components.vae)
     width, height = size
@@ -54,7 +55,7 @@ def _generate(
     mask_latent = F.interpolate(mask_tensor, size=(h, w)).to(masked_latents.device)  # nearest, (1, 1, h, w)
     concat = torch.cat([mask_latent, masked_latents], dim=1).repeat(job.rows, 1, 1, 1)  # (2B|B, 5, h, w)
     latents = job.denoise(x, concat=concat, on_step=on_step)
-    return postprocess(decode(components.vae, latents)), latents
+    return postprocess(decode(components.vae, latents)), latents, job.prompt_settings
 
 
 @torch.inference_mode()
@@ -73,8 +74,8 @@ def inpaint(components: Components, request: InpaintRequest, on_step: ProgressFn
 
     if box is not None:
         native = native_size(components)
-        generated, latents = _generate(components, request, original.crop(box), full_mask.crop(box),
-                                       (native, native), on_step, warnings)
+        generated, latents, prompt_settings = _generate(components, request, original.crop(box),
+                                                        full_mask.crop(box), (native, native), on_step, warnings)
         canvas_size = (box[2] - box[0], box[3] - box[1])
         images = []
         for image in generated:
@@ -88,7 +89,8 @@ def inpaint(components: Components, request: InpaintRequest, on_step: ProgressFn
         if work_size != original.size:
             warnings.append(f"Size {original.width}x{original.height} is not a multiple of {factor}; "
                             f"worked at {work_size[0]}x{work_size[1]}.")
-        generated, latents = _generate(components, request, original, request.mask, work_size, on_step, warnings)
+        generated, latents, prompt_settings = _generate(components, request, original, request.mask, work_size,
+                                                        on_step, warnings)
         if request.keep_unmasked:
             images = [paste_back(original, image.resize(original.size, Image.Resampling.LANCZOS), full_mask,
                                  request.mask_blur) for image in generated]
@@ -97,7 +99,7 @@ def inpaint(components: Components, request: InpaintRequest, on_step: ProgressFn
             images, out_size = generated, work_size
 
     settings = sampling_settings(request.sampling, width=out_size[0], height=out_size[1], model=components.key)
-    settings |= job.prompt_settings
+    settings |= prompt_settings
     settings["Denoising strength"] = request.strength
     settings["Mask blur"] = request.mask_blur
     if box is not None:
