@@ -200,3 +200,16 @@ def test_cli_long_weighted_prompt_with_embedding(tmp_path: Path, embeddings_dir:
     second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     with Image.open(first["paths"][0]) as a, Image.open(second["paths"][0]) as b:
         assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_counter_reads_the_tokenizer_without_loading_models(tmp_path: Path) -> None:
+    from sd2_app.api.service import Service
+    from sd2_app.checkpoints.catalog import tiny_registry
+    from sd2_app.manager import ModelManager
+    from sd2_app.testing.tiny import ensure_tiny_repos
+    from tests.pipeline_fixtures import tiny_dir
+
+    manager = ModelManager("cpu", registry=tiny_registry(ensure_tiny_repos(tiny_dir())), cache_dir=tmp_path)
+    service = Service(manager, outputs_dir=None)
+    assert service.count_tokens("a (red:1.2) hat", "sd21-base") == "7/75"
+    assert manager.loaded_keys() == []  # no model was loaded for it
