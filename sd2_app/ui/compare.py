@@ -8,9 +8,10 @@ import gradio as gr
 
 from sd2_app.api.requests import CompareRequest, Sampling, Txt2ImgRequest
 from sd2_app.api.tasks import COMPARE_SAMPLERS, TASKS
-from sd2_app.ui.common import EXAMPLE_PROMPTS, checkpoint_dropdown, ResultPanel, result_panel, run_buttons, wire_run, wire_seed_buttons
+from sd2_app.ui.common import EXAMPLE_PROMPTS, checkpoint_dropdown, ResultPanel, result_panel, wire_run, wire_seed_buttons
 from sd2_app.ui.runner import StopFlags
-from sd2_app.ui.txt2img import prompt_boxes
+from sd2_app.ui.layout import prompt_boxes, run_buttons
+from sd2_app.ui.prompt_tools import wire_prompt_tools
 
 
 
@@ -20,7 +21,9 @@ def build(service: Any, flags: StopFlags) -> ResultPanel:
         with gr.Column(scale=5):
             checkpoint = checkpoint_dropdown(service, "txt2img")
             side = service.resolution(checkpoint.value)
-            prompt, negative = prompt_boxes("compare", EXAMPLE_PROMPTS[1], service=service, checkpoint=checkpoint)
+            boxes = prompt_boxes("compare", EXAMPLE_PROMPTS[1])
+            prompt, negative = boxes.prompt, boxes.negative
+            wire_prompt_tools(service, "compare", boxes, checkpoint)
             samplers = gr.CheckboxGroup(sampler_names, value=[n for n in COMPARE_SAMPLERS if n in sampler_names],
                                         label="Samplers", elem_id="compare-samplers")
             with gr.Row():

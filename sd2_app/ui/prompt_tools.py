@@ -29,21 +29,32 @@ def _count(service: Any, text: Any, checkpoint: Any) -> Any:
     return gr.skip() if shown is None else shown
 
 
-def token_counter(service: Any, box: gr.Textbox, checkpoint: gr.Dropdown, elem_id: str, *,
-                  api_name: str | None = None) -> gr.Markdown:
-    """A small "n/75" line right under `box` (create it right after the box); updates as the user types.
+def token_count_line(elem_id: str) -> gr.Markdown:
+    """The empty counter line; create it right under its prompt box (layout.prompt_boxes does)."""
+    return gr.Markdown("", elem_id=elem_id, elem_classes=["token-counter"], padding=False)
 
-    `api_name` makes this counter a public API endpoint (one is enough for the whole app).
+
+def wire_counter(service: Any, box: gr.Textbox, counter: gr.Markdown, checkpoint: gr.Dropdown, *,
+                 api_name: str) -> None:
+    """Update `counter` from `box` as the user types (and when the checkpoint changes).
+
+    `api_name` "count_tokens" is the one public endpoint; the other counters are private twins.
     """
-    counter = gr.Markdown("", elem_id=elem_id, elem_classes=["token-counter"], padding=False)
-    visibility = "public" if api_name else "private"
-    name = api_name or f"{elem_id.replace('-', '_')}_count"
+    visibility = "public" if api_name == "count_tokens" else "private"
     for event in (box.change, checkpoint.change):
         event(lambda text, key: _count(service, text, key), [box, checkpoint], counter, queue=False,
-              trigger_mode="always_last", show_progress="hidden", js=_DEBOUNCE_JS, api_name=name,
+              trigger_mode="always_last", show_progress="hidden", js=_DEBOUNCE_JS, api_name=api_name,
               api_visibility=visibility)
-        visibility, name = "private", f"{name}_model"
-    return counter
+        visibility, api_name = "private", f"{api_name}_model"
+
+
+def wire_prompt_tools(service: Any, prefix: str, boxes: Any, checkpoint: gr.Dropdown) -> None:
+    """Everything issue 20 adds to a tab's prompts: both counters (`boxes` is a layout.PromptBoxes) and, at
+    the current place in the layout, the embeddings list. Call it right after the checkpoint dropdown."""
+    prompt_api = "count_tokens" if prefix == "txt2img" else f"{prefix}_prompt_count"
+    wire_counter(service, boxes.prompt, boxes.prompt_tokens, checkpoint, api_name=prompt_api)
+    wire_counter(service, boxes.negative, boxes.negative_tokens, checkpoint, api_name=f"{prefix}_negative_count")
+    embeddings_picker(service, boxes.prompt, boxes.negative, prefix)
 
 
 def _insert(name: str, text: str) -> str:

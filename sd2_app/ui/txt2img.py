@@ -15,13 +15,13 @@ from sd2_app.ui.common import (
     ResultPanel,
     SamplingControls,
     result_panel,
-    run_buttons,
     sampling_controls,
     to_sampling,
     wire_run,
     wire_seed_buttons,
 )
-from sd2_app.ui.prompt_tools import embeddings_picker, token_counter
+from sd2_app.ui.layout import prompt_row, results_column, settings_column
+from sd2_app.ui.prompt_tools import wire_prompt_tools
 from sd2_app.ui.runner import StopFlags
 
 SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
@@ -38,36 +38,21 @@ class Txt2ImgTab:
     panel: ResultPanel
 
 
-def prompt_boxes(prefix: str, value: str = "", *, service: Any = None,
-                 checkpoint: gr.Dropdown | None = None) -> tuple[gr.Textbox, gr.Textbox]:
-    """The prompt and negative prompt boxes; with `service` and `checkpoint`, each with its token counter
-    right under it, and the embeddings list after both."""
-    helpers = service is not None and checkpoint is not None
-    prompt = gr.Textbox(value, label="Prompt", lines=2, placeholder="What to draw", elem_id=f"{prefix}-prompt")
-    if helpers:
-        token_counter(service, prompt, checkpoint, f"{prefix}-prompt-tokens",
-                      api_name="count_tokens" if prefix == "txt2img" else None)
-    negative = gr.Textbox("", label="Negative prompt", lines=1, placeholder="What to avoid", elem_id=f"{prefix}-negative")
-    if helpers:
-        token_counter(service, negative, checkpoint, f"{prefix}-negative-tokens")
-        embeddings_picker(service, prompt, negative, prefix)
-    return prompt, negative
-
-
 def build(service: Any, flags: StopFlags) -> Txt2ImgTab:
-    with gr.Row():
-        with gr.Column(scale=5):
+    top = prompt_row("txt2img", EXAMPLE_PROMPTS[0])
+    prompt, negative = top.prompt, top.negative
+    with gr.Row(equal_height=False):
+        with settings_column("txt2img"):
             checkpoint = checkpoint_dropdown(service, "txt2img", elem_id="txt2img-checkpoint")
+            wire_prompt_tools(service, "txt2img", top.boxes, checkpoint)
             side = service.resolution(checkpoint.value)
-            prompt, negative = prompt_boxes("txt2img", EXAMPLE_PROMPTS[0], service=service, checkpoint=checkpoint)
-            gr.Examples([[p] for p in EXAMPLE_PROMPTS], [prompt], label="Example prompts")
-            controls, randomize, reuse = sampling_controls(service, "txt2img")
             with gr.Row():
                 width = gr.Slider(64, service.limits.max_side, side, step=8, label="Width", elem_id="txt2img-width")
                 height = gr.Slider(64, service.limits.max_side, side, step=8, label="Height", elem_id="txt2img-height")
-            run, stop = run_buttons("txt2img")
-        with gr.Column(scale=6):
-            panel = result_panel("txt2img", run, stop, send_to=SEND_TO)
+            controls, randomize, reuse = sampling_controls(service, "txt2img")
+            gr.Examples([[p] for p in EXAMPLE_PROMPTS], [prompt], label="Example prompts")
+        with results_column("txt2img"):
+            panel = result_panel("txt2img", top.run, top.stop, send_to=SEND_TO)
     wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "txt2img")
 
     def follow_checkpoint(key: str) -> tuple[int, int]:
