@@ -9,11 +9,11 @@ task (`Txt2ImgRequest.task == "txt2img"`); the defaults come from that task's ro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from PIL import Image
 
-from sd2_app.api.tasks import COMPARE_SAMPLERS, DEFAULT_CFG_SCALE, DEFAULT_SAMPLER, DEFAULT_STEPS, TASKS
+from sd2_app.api.tasks import DEFAULT_CFG_SCALE, DEFAULT_SAMPLER, DEFAULT_STEPS, TASKS
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,50 @@ def _strength(task: str) -> float:
     return strength
 
 
+HIRES_UPSCALERS = ("Latent", "Latent (nearest-exact)", "Lanczos", "SD2 x4")  # A1111's names for the first three
+
+
+@dataclass(frozen=True)
+class HiresFix:
+    """A1111's "Hires fix": generate at the request's size, upscale, then img2img at the target size.
+
+    The second pass draws its noise from a fresh generator seeded with the request's seed (A1111 does the
+    same), so it equals image-to-image on the upscaled first image with that seed.
+    """
+
+    upscaler: str = "Latent"  # one of HIRES_UPSCALERS: latents bilinear / nearest-exact, pixels, the x4 model
+    scale: float = 2.0  # target = first-pass size x scale (rounded to 8), unless width/height are given
+    width: int | None = None  # explicit target size (A1111's "Resize width to"); None or 0: from `scale`
+    height: int | None = None
+    steps: int | None = None  # second-pass steps; None or 0: the first pass's steps
+    denoising_strength: float = 0.5
+    sampler: str | None = None  # None or "": the first pass's sampler
+
+    def target(self, width: int, height: int) -> tuple[int, int]:
+        """The second pass's size for a first pass of `width` x `height`, rounded to multiples of 8.
+
+        With one explicit side the other keeps the first pass's aspect ratio; with neither, `scale` applies.
+        """
+        if self.width and self.height:
+            w, h = float(self.width), float(self.height)
+        elif self.width:
+            w, h = float(self.width), self.width * height / width
+        elif self.height:
+            w, h = self.height * width / height, float(self.height)
+        else:
+            w, h = width * self.scale, height * self.scale
+        return max(8, int(w / 8 + 0.5) * 8), max(8, int(h / 8 + 0.5) * 8)
+
+
+@dataclass(frozen=True)
+class SeedExtras:
+    """A1111's "Extra" seed options: a variation seed slerped into the start noise, and seed resize."""
+
+    variation_seed: int | None = None  # None or -1 with strength > 0: the service draws one and reports it
+    variation_strength: float = 0.0  # 0 = the seed's noise, 1 = the variation seed's noise
+    resize_from: tuple[int, int] | None = None  # (width, height) the noise is drawn at; None: the image size
+
+
 @dataclass(frozen=True)
 class Txt2ImgRequest:
     task: ClassVar[str] = "txt2img"
@@ -57,6 +101,22 @@ class Txt2ImgRequest:
     width: int | None = None  # None: the checkpoint's native resolution
     height: int | None = None
     sampling: Sampling = _sampling("txt2img")
+    hires: HiresFix | None = None  # None: off
+    seed_extras: SeedExtras = field(default_factory=SeedExtras)
+    tiling: bool = False  # convolutions pad circularly: the image tiles seamlessly
+
+
+@dataclass(frozen=True)
+class HiresPassRequest:
+    """Internal (never validated from outside): a hires fix's second pass on images the x4 model upscaled."""
+
+    base: Txt2ImgRequest  # the validated request, hires set
+    images: tuple[Image.Image, ...]  # the upscaled first-pass images, one per batch row
+    first_size: tuple[int, int]  # (width, height) of the first pass
+
+    @property
+    def checkpoint(self) -> str:
+        return self.base.checkpoint
 
 
 @dataclass(frozen=True)
@@ -116,19 +176,67 @@ class DepthRequest:
     sampling: Sampling = _sampling("depth")
 
 
+OUTPAINT_FILLS = {  # how outpainting pre-fills the added strips: key -> what the UI calls it
+    "edge": "edge-extend + noise",  # the border pixels repeated outwards, plus a little seeded noise
+    "blur": "blurred",  # the edge extension heavily blurred: a smooth field of the border's colours
+    "solid": "solid colour",  # the image's mean colour
+}
+
+
 @dataclass(frozen=True)
-class CompareRequest:
-    """One text-to-image job run through several samplers with the same seed."""
+class OutpaintRequest:
+    """Extend the canvas by whole multiples of 8 pixels on any side and let the inpainting model fill it."""
 
-    task: ClassVar[str] = "compare"
+    task: ClassVar[str] = "outpaint"
 
-    base: Txt2ImgRequest
-    samplers: tuple[str, ...] = COMPARE_SAMPLERS
+    prompt: str
+    image: Image.Image
+    negative_prompt: str = ""
+    checkpoint: str = TASKS["outpaint"].checkpoint
+    left: int = 0  # pixels added on each side (multiples of 8)
+    right: int = 0
+    up: int = 0
+    down: int = 0
+    fill: str = "edge"  # how the new area starts: a key of OUTPAINT_FILLS
+    mask_blur: int = 8  # pixels of feathering from the seam into the new area
+    strength: float = _strength("outpaint")  # below 1 the fill is the starting image of the new area
+    keep_original: bool = True  # paste the input's pixels back unchanged
+    sampling: Sampling = _sampling("outpaint")
 
 
-Request = Txt2ImgRequest | Img2ImgRequest | InpaintRequest | UpscaleRequest | DepthRequest | CompareRequest
-TaskRequest = Txt2ImgRequest | Img2ImgRequest | InpaintRequest | UpscaleRequest | DepthRequest  # one pipeline run
+@dataclass(frozen=True)
+class PlotAxis:
+    """One axis of an X/Y/Z plot: what varies (a key of sd2_app.api.plot_axes.AXES) and its values.
+
+    `values` is the text a user types (`20, 30, 40`, `10-40 (+10)`, `1-2 [5]`) or a sequence of values (the
+    UI's multi-select for samplers and checkpoints; JSON lists through the API).
+    """
+
+    kind: str
+    values: str | tuple[Any, ...] = ""
+
+
+@dataclass(frozen=True)
+class XYZPlotRequest:
+    """A grid of runs of one request: each cell changes the base by one value per axis (A1111's X/Y/Z plot).
+
+    The base is a text-to-image request, or an image-to-image one when an init image is given. Every cell
+    uses the base's seed unless seed is an axis; X varies along a row, Y down a column, one grid per Z value.
+    """
+
+    task: ClassVar[str] = "xyz_plot"
+
+    base: Txt2ImgRequest | Img2ImgRequest
+    x: PlotAxis
+    y: PlotAxis | None = None
+    z: PlotAxis | None = None
+
+
+TaskRequest = (Txt2ImgRequest | Img2ImgRequest | InpaintRequest | OutpaintRequest | UpscaleRequest
+               | DepthRequest)  # one pipeline run
+Request = TaskRequest | XYZPlotRequest
 
 REQUEST_TYPES: dict[str, type[TaskRequest]] = {
-    cls.task: cls for cls in (Txt2ImgRequest, Img2ImgRequest, InpaintRequest, UpscaleRequest, DepthRequest)
+    cls.task: cls
+    for cls in (Txt2ImgRequest, Img2ImgRequest, InpaintRequest, OutpaintRequest, UpscaleRequest, DepthRequest)
 }

@@ -6,6 +6,8 @@ Beyond the reference: "only masked" (crop around the mask, work at the model's r
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -17,6 +19,7 @@ from sd2_app.pipelines.img2img import noised_init_latents
 from sd2_app.pipelines.loop import ProgressFn
 from sd2_app.pipelines.masks import binarize, crop_box, paste_back
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
+from sd2_app.pipelines.prompt import embedding_settings
 from sd2_app.pipelines.sampling import start_job
 from sd2_app.pipelines.txt2img import native_size
 from sd2_app.pipelines.vae_io import decode, encode, vae_factor
@@ -31,9 +34,8 @@ def _generate(
     size: tuple[int, int],
     on_step: ProgressFn | None,
     warnings: list[str],
-) -> tuple[list[Image.Image], torch.Tensor, dict[str, str]]:
-    """The reference algorithm on (image, mask) resized to `size`: returns decoded images, latents and the
-    prompts' extra parameters (`Job.prompt_settings`)."""
+) -> tuple[list[Image.Image], torch.Tensor]:
+    """The reference algorithm on (image, mask) resized to `size`: returns decoded images and latents."""
     sampling = request.sampling
     factor = vae_factor(components.vae)
     width, height = size
@@ -55,12 +57,16 @@ def _generate(
     mask_latent = F.interpolate(mask_tensor, size=(h, w)).to(masked_latents.device)  # nearest, (1, 1, h, w)
     concat = torch.cat([mask_latent, masked_latents], dim=1).repeat(job.rows, 1, 1, 1)  # (2B|B, 5, h, w)
     latents = job.denoise(x, concat=concat, on_step=on_step)
-    return postprocess(decode(components.vae, latents)), latents, job.prompt_settings
+    return postprocess(decode(components.vae, latents)), latents
 
 
 @torch.inference_mode()
-def inpaint(components: Components, request: InpaintRequest, on_step: ProgressFn | None = None) -> PipelineOutput:
-    """Repaint the white part of the mask; see the module docstring for the two modes beyond the reference."""
+def inpaint(components: Components, request: InpaintRequest, on_step: ProgressFn | None = None, *,
+            extra_settings: dict[str, Any] | None = None) -> PipelineOutput:
+    """Repaint the white part of the mask; see the module docstring for the two modes beyond the reference.
+
+    `extra_settings` are appended to the parameters text (outpainting records its margins and fill there).
+    """
     if components.unet.config.in_channels != 9:
         raise InvalidRequest(f"{components.key} is not an inpainting checkpoint (its UNet takes "
                              f"{components.unet.config.in_channels} channels, inpainting needs 9)")
@@ -74,8 +80,8 @@ def inpaint(components: Components, request: InpaintRequest, on_step: ProgressFn
 
     if box is not None:
         native = native_size(components)
-        generated, latents, prompt_settings = _generate(components, request, original.crop(box),
-                                                        full_mask.crop(box), (native, native), on_step, warnings)
+        generated, latents = _generate(components, request, original.crop(box), full_mask.crop(box),
+                                       (native, native), on_step, warnings)
         canvas_size = (box[2] - box[0], box[3] - box[1])
         images = []
         for image in generated:
@@ -89,8 +95,7 @@ def inpaint(components: Components, request: InpaintRequest, on_step: ProgressFn
         if work_size != original.size:
             warnings.append(f"Size {original.width}x{original.height} is not a multiple of {factor}; "
                             f"worked at {work_size[0]}x{work_size[1]}.")
-        generated, latents, prompt_settings = _generate(components, request, original, request.mask, work_size,
-                                                        on_step, warnings)
+        generated, latents = _generate(components, request, original, request.mask, work_size, on_step, warnings)
         if request.keep_unmasked:
             images = [paste_back(original, image.resize(original.size, Image.Resampling.LANCZOS), full_mask,
                                  request.mask_blur) for image in generated]
@@ -99,13 +104,14 @@ def inpaint(components: Components, request: InpaintRequest, on_step: ProgressFn
             images, out_size = generated, work_size
 
     settings = sampling_settings(request.sampling, width=out_size[0], height=out_size[1], model=components.key)
-    settings |= prompt_settings
+    settings |= embedding_settings(components, request)
     settings["Denoising strength"] = request.strength
     settings["Mask blur"] = request.mask_blur
     if box is not None:
         settings["Inpaint area"] = "Only masked"
         settings["Masked area padding"] = request.only_masked_padding
     settings["Keep unmasked"] = request.keep_unmasked
+    settings.update(extra_settings or {})
     label_images(images, request.prompt, request.negative_prompt, settings)
     mask_image = full_mask if out_size == original.size else binarize(request.mask, out_size)
     return PipelineOutput(images=images, latents=latents, width=out_size[0], height=out_size[1],

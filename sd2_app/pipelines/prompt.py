@@ -42,10 +42,29 @@ class EncodedPrompts:
 
     def settings(self) -> dict[str, str]:
         """What the PNG parameters record about the prompts beyond their text: A1111's `TI hashes`."""
-        if not self.embeddings:
-            return {}
-        names = (e.name.replace(":", "").replace(",", "") for e in self.embeddings)
-        return {"TI hashes": ", ".join(f"{name}: {e.shorthash}" for name, e in zip(names, self.embeddings))}
+        return ti_hashes(self.embeddings)
+
+
+def ti_hashes(embeddings: list[Any]) -> dict[str, str]:
+    """{"TI hashes": "name: shorthash, ..."} as A1111 writes it (names without ":" and ","), or {} when none."""
+    if not embeddings:
+        return {}
+    names = (e.name.replace(":", "").replace(",", "") for e in embeddings)
+    return {"TI hashes": ", ".join(f"{name}: {e.shorthash}" for name, e in zip(names, embeddings))}
+
+
+def embedding_settings(components: Any, request: Any) -> dict[str, str]:
+    """`ti_hashes` of the embeddings `request`'s prompts use with `components.embeddings` (the same chunking
+    the encoder ran; the negative prompt only counts when guidance reads it)."""
+    library = getattr(components, "embeddings", None)
+    if not library:
+        return {}
+    texts = [request.prompt] + ([request.negative_prompt] if request.sampling.cfg_scale > 1.0 else [])
+    used: dict[str, Any] = {}
+    for text in texts:
+        for embedding in tokenize_prompt(components.tokenizer, text, library).embeddings:
+            used.setdefault(embedding.name, embedding)
+    return ti_hashes(list(used.values()))
 
 
 def check_length(tokens: TokenizedPrompt, label: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -66,7 +66,6 @@ class Job:
     context: torch.Tensor  # (2B|B, 77·k, D), uncond first when guided; k chunks of 77 tokens
     plan: SamplingPlan
     warnings: list[str]
-    prompt_settings: dict[str, str] = field(default_factory=dict)  # for the PNG parameters: "TI hashes"
 
     @property
     def rows(self) -> int:
@@ -108,4 +107,4 @@ def start_job(components: Any, request: Any, *, strength: float | None = None) -
         embeddings=getattr(components, "embeddings", None),
     )
     plan = plan_sampling(components.scheduler_config, sampling, strength=strength)
-    return Job(components, sampling, generator, encoded.context, plan, list(encoded.warnings), encoded.settings())
+    return Job(components, sampling, generator, encoded.context, plan, list(encoded.warnings))
