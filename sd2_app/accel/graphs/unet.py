@@ -54,6 +54,11 @@ class CudaGraphUNet(GraphedModule):
         replays the kernels it recorded, so one captured with fp16 attention must never serve an fp32 run."""
         return tuple(m.force_fp32 for m in self._attention)
 
+    def padding(self) -> str:
+        """The convolutions' padding mode now: "circular" during a seamless-tiling job (pipelines/seamless.py
+        switches every conv at once), so a graph recorded with zero padding never serves a tiled call."""
+        return self.unet.conv_in.padding_mode
+
     def key(self, sample: Tensor, timestep: Tensor | float, context: Tensor,
             class_labels: Tensor | None = None) -> GraphKey:
         """The graph signature of one call."""
@@ -61,7 +66,7 @@ class CudaGraphUNet(GraphedModule):
         labels = None if class_labels is None else (tuple(class_labels.shape), class_labels.dtype)
         return (tuple(sample.shape), sample.dtype, sample.is_contiguous(memory_format=torch.channels_last),
                 t_dtype, tuple(context.shape), context.dtype, labels, torch.is_inference_mode_enabled(),
-                self.modes())
+                self.padding(), self.modes())
 
     def _static_inputs(self, args: tuple[Any, ...]) -> list[Tensor | None]:
         sample, timestep, context, class_labels = args
