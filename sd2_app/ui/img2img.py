@@ -24,6 +24,7 @@ from sd2_app.ui.common import (
 from sd2_app.ui.resize import RESIZE_MODES, fitted_size, resize_to
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
+from sd2_app.ui.prompt_tools import wire_prompt_tools
 from sd2_app.ui.uploads import check_on_upload, upload_image
 
 SEND_TO = (("inpaint", "inpaint"), ("upscale", "upscale"))
@@ -54,6 +55,7 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> Img2ImgT
                                    maximum=service.limits.max_side, step=8, elem_id="img2img-height")
             resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode",
                                    elem_id="img2img-resize-mode")
+            wire_prompt_tools(service, "img2img", top.boxes, checkpoint)
             strength = gr.Slider(0, 1, TASKS["img2img"].strength, step=0.01, label="Strength",
                                  info="1 ignores the image's content, 0 keeps it")
             controls, randomize, reuse = sampling_controls(service, "img2img")
