@@ -291,24 +291,25 @@ def test_generate_and_stop_say_what_is_happening(page) -> None:
     run, stop, info = page.locator("#txt2img-run"), page.locator("#txt2img-stop"), page.locator("#txt2img-info")
     expect(stop).to_be_disabled()  # nothing to stop while idle
     # Large enough that the run lasts many seconds even on an idle machine, so Stop lands mid-run.
-    _set_number(page, "txt2img-width", 384)
-    _set_number(page, "txt2img-height", 384)
+    _set_number(page, "txt2img-width", 512)
+    _set_number(page, "txt2img-height", 512)
     _set_number(page, "txt2img-steps", 150)
     run.click()
     expect(run).to_be_disabled()
     expect(run).to_have_text("Running…")
     expect(stop).to_be_enabled()
     assert page.locator("#txt2img-gallery img").count() == 0  # the last run's result is gone, not passed off
-    expect(info).to_contain_text(re.compile(r"Step \d+/150"), timeout=60_000)
     _shot(page, "txt2img-1-running")
-    stop.click()
+    expect(info).to_contain_text(re.compile(r"Step \d+/150"), timeout=60_000)
+    stop.click()  # at once: on an idle machine the whole run takes only seconds
     expect(info).to_have_text(re.compile(r"Stopped after \d+/150 steps\."), timeout=30_000)
+    _shot(page, "txt2img-2-stopped")
     expect(run).to_be_enabled()
     expect(run).to_have_text("Generate")
     expect(stop).to_be_disabled()
     page.wait_for_timeout(1000)  # any update still in flight from the run lands now, and must not replace it
     expect(info).to_have_text(re.compile(r"Stopped after \d+/150 steps\."))
-    _shot(page, "txt2img-2-stopped")
+    _shot(page, "txt2img-3-stopped-later")
 
 
 @pytest.mark.slow
