@@ -114,6 +114,7 @@ class Service:
         outputs_dir: str | Path | None = "outputs",
         history_size: int = 50,
         preview_every: int = 5,
+        watermark: bool = True,  # the invisible "SDV2" watermark in every result (--no-watermark turns it off)
     ) -> None:
         self.manager = manager
         if registry is None:
@@ -136,6 +137,7 @@ class Service:
         self.limits = limits
         self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else None
         self.preview_every = max(1, preview_every)
+        self.watermark = watermark
         self._history: deque[HistoryEntry] = deque(maxlen=history_size)
         self._lock = threading.Lock()  # guards the history and the file counter
         self.last_seed: int | None = None
@@ -348,7 +350,15 @@ class Service:
         log.info("saved %d file(s) to %s", len(paths), folder)
         return paths
 
+    def _mark(self, images: list[Image.Image]) -> list[Image.Image]:
+        """Provenance on every result: the invisible watermark (unless off) and the "AI generated" XMP marker."""
+        from sd2_app.pipelines.metadata import mark_ai_generated
+        from sd2_app.pipelines.watermark import embed
+
+        return [mark_ai_generated(embed(image) if self.watermark else image) for image in images]
+
     def _keep(self, result: Result, owner: str | None = None) -> Result:
+        result.images = self._mark(result.images)
         if self.outputs_dir is not None:
             try:
                 result.saved = self._save(result)
