@@ -21,6 +21,7 @@ from typing import Any
 from PIL import Image
 
 from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.api.gate import GpuGate
 from sd2_app.api.requests import CompareRequest, Request
 from sd2_app.api.validation import TASK_OF, Catalog, Limits, validate
 
@@ -138,6 +139,7 @@ class Service:
         self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else None
         self.preview_every = max(1, preview_every)
         self.watermark = watermark
+        self.gate = GpuGate()  # one job at a time on the GPU, whichever front end sent it
         self._history: deque[HistoryEntry] = deque(maxlen=history_size)
         self._lock = threading.Lock()  # guards the history and the file counter
         self.last_seed: int | None = None
@@ -169,7 +171,8 @@ class Service:
     def load(self, checkpoint: str) -> None:
         if checkpoint not in self.registry:
             raise InvalidRequest(f"Unknown checkpoint {checkpoint!r}.")
-        self.manager.load(checkpoint)
+        with self.gate.enter():
+            self.manager.load(checkpoint)
 
     def unload(self, checkpoint: str | None = None) -> None:
         """Unload one checkpoint, or everything when `checkpoint` is None."""
@@ -273,7 +276,8 @@ class Service:
             raise Cancelled
         timings: dict[str, float] = {}
         log.info("%s on %s: %d steps, seed %d", task, checked.checkpoint, checked.sampling.steps, checked.sampling.seed)
-        output = self._run_pipeline(task, checked, self._step_callback(0, None, on_progress, should_stop), timings)
+        with self.gate.enter(should_stop):
+            output = self._run_pipeline(task, checked, self._step_callback(0, None, on_progress, should_stop), timings)
         result = Result(
             task=task,
             request=checked,
@@ -308,9 +312,10 @@ class Service:
             use_karras = base.sampling.use_karras and self.supports_karras(name)
             one = replace(base, sampling=replace(base.sampling, sampler=name, use_karras=use_karras))
             run_timings: dict[str, float] = {}
-            output = self._run_pipeline(
-                "txt2img", one, self._step_callback(index * steps, total, on_progress, should_stop), run_timings
-            )
+            with self.gate.enter(should_stop):  # per sampler: other jobs may run between them
+                output = self._run_pipeline(
+                    "txt2img", one, self._step_callback(index * steps, total, on_progress, should_stop), run_timings
+                )
             timings[name] = run_timings["run"]
             timings["load"] = timings.get("load", 0.0) + run_timings["load"]
             warnings.extend(w for w in getattr(output, "warnings", []) or [] if w not in warnings)
