@@ -22,28 +22,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sd2_app.api.tasks import TASKS, TaskSpec
+
 log = logging.getLogger("sd2_app.cli")
 
-TASKS = ("txt2img", "img2img", "inpaint", "upscale", "depth")
-DEFAULT_CHECKPOINT = {
-    "txt2img": "sd21-base",
-    "img2img": "sd21-base",
-    "inpaint": "sd2-inpainting",
-    "upscale": "x4-upscaler",
-    "depth": "sd2-depth",
-}
+
+def _request_default(task: str, name: str) -> Any:
+    """The default of a task-specific request field (the request dataclass is where it is set)."""
+    from sd2_app.api.requests import REQUEST_TYPES
+
+    return getattr(REQUEST_TYPES[task], name)
 
 
-def _sampling_arguments(parser: argparse.ArgumentParser, task: str) -> None:
-    upscale = task == "upscale"
+def _sampling_arguments(parser: argparse.ArgumentParser, spec: TaskSpec) -> None:
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative-prompt", default="")
-    parser.add_argument("--model", default=DEFAULT_CHECKPOINT[task], metavar="KEY",
-                        help=f"registry key of the checkpoint (default {DEFAULT_CHECKPOINT[task]})")
-    parser.add_argument("--sampler", default="DDIM" if upscale else "DPM++ 2M")
-    parser.add_argument("--steps", type=int, default=50 if upscale else 25)
+    parser.add_argument("--model", default=spec.checkpoint, metavar="KEY",
+                        help=f"registry key of the checkpoint (default {spec.checkpoint})")
+    parser.add_argument("--sampler", default=spec.sampler)
+    parser.add_argument("--steps", type=int, default=spec.steps)
     parser.add_argument("--karras", action="store_true", help="Karras sigma spacing (where the sampler has it)")
-    parser.add_argument("--cfg-scale", type=float, default=9.0 if upscale else 7.5)
+    parser.add_argument("--cfg-scale", type=float, default=spec.cfg_scale)
     parser.add_argument("--guidance-rescale", type=float, default=0.0)
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity")
     parser.add_argument("--seed", type=int, default=None, help="default: a random seed, reported")
@@ -69,30 +68,30 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sd2_app", description="Stable Diffusion 2 from the command line")
     commands = parser.add_subparsers(dest="task", required=True)
-    for task in TASKS:
-        sub = commands.add_parser(task, help=f"{task}; writes PNGs with their parameters")
-        _sampling_arguments(sub, task)
+    for task, spec in TASKS.items():
+        sub = commands.add_parser(task, help=f"{spec.label.lower()}; writes PNGs with their parameters")
+        _sampling_arguments(sub, spec)
         _common_arguments(sub)
         if task == "txt2img":
             sub.add_argument("--width", type=int, default=None)
             sub.add_argument("--height", type=int, default=None)
         if task != "txt2img":
             sub.add_argument("--image", type=Path, required=True)
-        if task in ("img2img", "inpaint", "depth"):
-            sub.add_argument("--strength", type=float, default={"img2img": 0.75, "inpaint": 1.0, "depth": 0.7}[task])
+        if spec.strength is not None:
+            sub.add_argument("--strength", type=float, default=spec.strength)
         if task == "img2img":
             sub.add_argument("--width", type=int, default=None)
             sub.add_argument("--height", type=int, default=None)
         if task == "inpaint":
             sub.add_argument("--mask", type=Path, required=True, help="white = repaint")
-            sub.add_argument("--mask-blur", type=int, default=4)
+            sub.add_argument("--mask-blur", type=int, default=_request_default(task, "mask_blur"))
             sub.add_argument("--only-masked", action="store_true", help="work on a crop around the mask")
-            sub.add_argument("--padding", type=int, default=32, help="context pixels around the mask (only-masked)")
+            sub.add_argument("--padding", type=int, default=_request_default(task, "only_masked_padding"), help="context pixels around the mask (only-masked)")
             sub.add_argument("--no-keep-unmasked", action="store_true",
                              help="do not paste the input back outside the mask (the reference's behaviour)")
         if task == "upscale":
-            sub.add_argument("--noise-level", type=int, default=20)
-            sub.add_argument("--tile-size", type=int, default=128)
+            sub.add_argument("--noise-level", type=int, default=_request_default(task, "noise_level"))
+            sub.add_argument("--tile-size", type=int, default=_request_default(task, "tile_size"))
         if task == "depth":
             sub.add_argument("--depth-map", type=Path, default=None, help="grayscale, white = near")
     info = commands.add_parser("info", help="print the parameters stored in PNGs")

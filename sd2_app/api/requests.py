@@ -1,96 +1,134 @@
 """The vocabulary shared by the UI, the CLI, the service and the pipelines: one typed request per task.
 
 Requests are plain frozen dataclasses with the defaults a user of the app expects. They carry no
-validation: `sd2_app.api.service.validate` checks them (the API can bypass every UI limit) and resolves the
-seed, so the pipelines always receive a request that is complete and in range.
+validation: `sd2_app.api.validation.validate` checks them (the API can bypass every UI limit) and resolves the
+seed, so the pipelines always receive a request that is complete and in range. Each request names its
+task (`Txt2ImgRequest.task == "txt2img"`); the defaults come from that task's row in `sd2_app.api.tasks`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from PIL import Image
+
+from sd2_app.api.tasks import COMPARE_SAMPLERS, DEFAULT_CFG_SCALE, DEFAULT_SAMPLER, DEFAULT_STEPS, TASKS
 
 
 @dataclass(frozen=True)
 class Sampling:
     """How to sample: shared by every task."""
 
-    sampler: str = "DPM++ 2M"  # a key of sd2_app.samplers.SAMPLERS
-    steps: int = 25
+    sampler: str = DEFAULT_SAMPLER  # a key of sd2_app.samplers.SAMPLERS
+    steps: int = DEFAULT_STEPS
     use_karras: bool = False  # Karras sigma spacing, where the sampler offers it
-    cfg_scale: float = 7.5  # classifier-free guidance weight; <= 1 disables guidance
+    cfg_scale: float = DEFAULT_CFG_SCALE  # classifier-free guidance weight; <= 1 disables guidance
     guidance_rescale: float = 0.0  # phi of "Common Diffusion Noise Schedules are Flawed" (0 = off)
     eta: float = 0.0  # DDIM stochasticity (0 = deterministic DDIM)
     seed: int | None = None  # None: the service draws one and reports it
     batch_size: int = 1  # images per prompt
 
 
+def task_sampling(task: str) -> Sampling:
+    """The sampling defaults of `task`'s row in the task table."""
+    spec = TASKS[task]
+    return Sampling(sampler=spec.sampler, steps=spec.steps, cfg_scale=spec.cfg_scale)
+
+
+def _sampling(task: str) -> Sampling:
+    """A dataclass field whose default is `task_sampling(task)`."""
+    return field(default_factory=lambda: task_sampling(task))
+
+
+def _strength(task: str) -> float:
+    strength = TASKS[task].strength
+    assert strength is not None, f"{task} has no strength in the task table"
+    return strength
+
+
 @dataclass(frozen=True)
 class Txt2ImgRequest:
+    task: ClassVar[str] = "txt2img"
+
     prompt: str
     negative_prompt: str = ""
-    checkpoint: str = "sd21-base"  # a key of sd2_app.checkpoints.catalog.REGISTRY
+    checkpoint: str = TASKS["txt2img"].checkpoint  # a key of sd2_app.checkpoints.catalog.REGISTRY
     width: int | None = None  # None: the checkpoint's native resolution
     height: int | None = None
-    sampling: Sampling = field(default_factory=Sampling)
+    sampling: Sampling = _sampling("txt2img")
 
 
 @dataclass(frozen=True)
 class Img2ImgRequest:
+    task: ClassVar[str] = "img2img"
+
     prompt: str
     image: Image.Image
     negative_prompt: str = ""
-    checkpoint: str = "sd21-base"
-    strength: float = 0.75  # 1 = ignore the image's content, 0 = return it unchanged
+    checkpoint: str = TASKS["img2img"].checkpoint
+    strength: float = _strength("img2img")  # 1 = ignore the image's content, 0 = return it unchanged
     width: int | None = None  # None: the image's size, floored to a multiple of 8
     height: int | None = None
-    sampling: Sampling = field(default_factory=Sampling)
+    sampling: Sampling = _sampling("img2img")
 
 
 @dataclass(frozen=True)
 class InpaintRequest:
+    task: ClassVar[str] = "inpaint"
+
     prompt: str
     image: Image.Image
     mask: Image.Image  # white = repaint, black = keep
     negative_prompt: str = ""
-    checkpoint: str = "sd2-inpainting"
-    strength: float = 1.0
+    checkpoint: str = TASKS["inpaint"].checkpoint
+    strength: float = _strength("inpaint")
     mask_blur: int = 4  # pixels of feathering for the paste-back edge
     only_masked: bool = False  # crop around the mask, work at the model's resolution, paste back
     only_masked_padding: int = 32  # pixels of context around the mask's box in only-masked mode
     keep_unmasked: bool = True  # paste the input's pixels back outside the mask (diffusers does not)
-    sampling: Sampling = field(default_factory=Sampling)
+    sampling: Sampling = _sampling("inpaint")
 
 
 @dataclass(frozen=True)
 class UpscaleRequest:
+    task: ClassVar[str] = "upscale"
+
     prompt: str
     image: Image.Image
     negative_prompt: str = ""
-    checkpoint: str = "x4-upscaler"
+    checkpoint: str = TASKS["upscale"].checkpoint
     noise_level: int = 20  # 0..350: noise added to the low-res input; higher lets the model invent more
     tile_size: int = 128  # latent/low-res pixels per tile side; larger inputs are tiled with overlap
-    sampling: Sampling = field(default_factory=lambda: Sampling(sampler="DDIM", steps=50, cfg_scale=9.0))
+    sampling: Sampling = _sampling("upscale")
 
 
 @dataclass(frozen=True)
 class DepthRequest:
+    task: ClassVar[str] = "depth"
+
     prompt: str
     image: Image.Image
     negative_prompt: str = ""
-    checkpoint: str = "sd2-depth"
+    checkpoint: str = TASKS["depth"].checkpoint
     depth_map: Image.Image | None = None  # grayscale, white = near; None: estimated with DPT
-    strength: float = 0.7
-    sampling: Sampling = field(default_factory=Sampling)
+    strength: float = _strength("depth")
+    sampling: Sampling = _sampling("depth")
 
 
 @dataclass(frozen=True)
 class CompareRequest:
     """One text-to-image job run through several samplers with the same seed."""
 
+    task: ClassVar[str] = "compare"
+
     base: Txt2ImgRequest
-    samplers: tuple[str, ...] = ("DPM++ 2M", "Euler a", "Euler", "DDIM", "UniPC", "DPM++ 2M SDE")
+    samplers: tuple[str, ...] = COMPARE_SAMPLERS
 
 
 Request = Txt2ImgRequest | Img2ImgRequest | InpaintRequest | UpscaleRequest | DepthRequest | CompareRequest
+TaskRequest = Txt2ImgRequest | Img2ImgRequest | InpaintRequest | UpscaleRequest | DepthRequest  # one pipeline run
+
+REQUEST_TYPES: dict[str, type[TaskRequest]] = {
+    cls.task: cls for cls in (Txt2ImgRequest, Img2ImgRequest, InpaintRequest, UpscaleRequest, DepthRequest)
+}

@@ -8,6 +8,7 @@ parameters to a dated outputs folder (unless saving is off) and kept in a short 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
@@ -23,7 +24,8 @@ from PIL import Image
 from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.api.gate import GpuGate
 from sd2_app.api.requests import CompareRequest, Request
-from sd2_app.api.validation import TASK_OF, Catalog, Limits, validate
+from sd2_app.api.tasks import TASKS
+from sd2_app.api.validation import Catalog, Limits, validate
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +79,10 @@ def _default_catalog(registry: Mapping[str, Any]) -> Catalog:
     )
 
 
-def _default_tasks() -> dict[str, TaskFn]:
-    from sd2_app.pipelines.depth import depth2img
-    from sd2_app.pipelines.img2img import img2img
-    from sd2_app.pipelines.inpaint import inpaint
-    from sd2_app.pipelines.txt2img import txt2img
-    from sd2_app.pipelines.upscale import upscale
-
-    return {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint, "upscale": upscale, "depth": depth2img}
+def pipeline_of(task: str) -> TaskFn:
+    """The pipeline function named in `task`'s row of the task table (imported on first use)."""
+    module, function = TASKS[task].pipeline.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def _default_preview(latents: Any) -> Image.Image | None:
@@ -187,9 +185,7 @@ class Service:
         return validate(request, self.catalog, self.limits)
 
     def _task_fn(self, task: str) -> TaskFn:
-        if self._tasks is None:
-            self._tasks = _default_tasks()
-        return self._tasks[task]
+        return self._tasks[task] if self._tasks is not None else pipeline_of(task)
 
     def _step_callback(
         self,
@@ -271,7 +267,7 @@ class Service:
         if isinstance(request, CompareRequest):
             return self.compare(request, on_progress, should_stop, owner=owner)
         checked, warnings = self.validate(request)
-        task = TASK_OF[type(checked)]
+        task = checked.task
         if should_stop is not None and should_stop():
             raise Cancelled
         timings: dict[str, float] = {}

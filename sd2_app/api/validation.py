@@ -23,6 +23,7 @@ from sd2_app.api.requests import (
     DepthRequest,
     Img2ImgRequest,
     InpaintRequest,
+    REQUEST_TYPES,
     Request,
     Sampling,
     Txt2ImgRequest,
@@ -33,16 +34,6 @@ MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000  # CLIP reads 77 tokens; this only stops abuse (the pipeline warns past 77 tokens)
 MIN_IMAGE_SIDE = 8
 MAX_NOISE_LEVEL = 350  # x4 upscaler's model_index.json
-
-TASK_OF: dict[type, str] = {
-    Txt2ImgRequest: "txt2img",
-    Img2ImgRequest: "img2img",
-    InpaintRequest: "inpaint",
-    UpscaleRequest: "upscale",
-    DepthRequest: "depth",
-    CompareRequest: "txt2img",
-}
-
 
 @dataclass(frozen=True)
 class Limits:
@@ -102,9 +93,19 @@ def resolve_seed(seed: Any) -> int:
     return _integer(seed, "Seed", 0, MAX_SEED)
 
 
+def check_sampler_names(names: tuple[Any, ...], catalog: Catalog) -> None:
+    """The one check of sampler names (a request's sampler, or a comparison's list)."""
+    unknown = [name for name in names if not isinstance(name, str) or name not in catalog.samplers]
+    if not unknown:
+        return
+    choices = ", ".join(catalog.samplers)
+    if len(names) == 1:
+        raise InvalidRequest(f"Unknown sampler {unknown[0]!r}; choose one of: {choices}.")
+    raise InvalidRequest(f"Unknown sampler(s) {', '.join(map(repr, unknown))}; choose from: {choices}.")
+
+
 def _sampling(s: Sampling, catalog: Catalog, limits: Limits, *, karras_optional: bool = False) -> Sampling:
-    if not isinstance(s.sampler, str) or s.sampler not in catalog.samplers:
-        raise InvalidRequest(f"Unknown sampler {s.sampler!r}; choose one of: {', '.join(catalog.samplers)}.")
+    check_sampler_names((s.sampler,), catalog)
     use_karras = bool(s.use_karras)
     if use_karras and not catalog.samplers[s.sampler] and not karras_optional:
         raise InvalidRequest(f"Karras sigmas are not available for the {s.sampler} sampler; untick Karras.")
@@ -224,9 +225,9 @@ def validate(request: Request, catalog: Catalog, limits: Limits = Limits()) -> t
     warnings: list[str] = []
     if isinstance(request, CompareRequest):
         return _validate_compare(request, catalog, limits, warnings), warnings
-    task = TASK_OF.get(type(request))
-    if task is None:
+    if type(request) not in REQUEST_TYPES.values():
         raise InvalidRequest(f"Unknown request type {type(request).__name__}.")
+    task = request.task
     common: dict[str, Any] = {
         "prompt": _clean_text(request.prompt, "Prompt"),
         "negative_prompt": _clean_text(request.negative_prompt, "Negative prompt"),
@@ -288,9 +289,7 @@ def _validate_compare(request: CompareRequest, catalog: Catalog, limits: Limits,
     names = tuple(request.samplers)
     if not names:
         raise InvalidRequest("Choose at least one sampler to compare.")
-    unknown = [n for n in names if n not in catalog.samplers]
-    if unknown:
-        raise InvalidRequest(f"Unknown sampler(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(catalog.samplers)}.")
+    check_sampler_names(names, catalog)
     if len(set(names)) != len(names):
         names = tuple(dict.fromkeys(names))
     base = request.base

@@ -19,12 +19,12 @@ from PIL import Image
 
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 from sd2_app.api.requests import Request, Sampling
+from sd2_app.api.tasks import TASKS, default_checkpoint
 from sd2_app.ui.runner import GPU_QUEUE, StopFlags, gpu, stream, user_message
 
 log = logging.getLogger(__name__)
 
 STOPPING = "Stopping at the next step…"  # what Stop shows until the run has ended
-DEFAULT_SAMPLER = "DPM++ 2M"
 SAMPLING_NAMES = ("sampler", "use_karras", "steps", "cfg_scale", "guidance_rescale", "seed", "batch_size")
 EXAMPLE_PROMPTS = ("High quality photo of an astronaut riding a horse in space", "two tigers", "a white cat")
 
@@ -56,10 +56,20 @@ def to_sampling(sampler: str, karras: bool, steps: float, cfg: float, rescale: f
     )
 
 
+def checkpoint_dropdown(service: Any, task: str, **kwargs: Any) -> gr.Dropdown:
+    """The checkpoints that can run `task`, the task table's default preselected."""
+    choices = service.checkpoints(task)
+    default = default_checkpoint(task, [key for _, key in choices])
+    return gr.Dropdown(choices, value=default, label="Checkpoint", **kwargs)
+
+
 def sampling_controls(
-    service: Any, prefix: str, *, sampler: str = DEFAULT_SAMPLER, steps: int = 25, cfg: float = 7.5, batch: bool = True
+    service: Any, prefix: str, *, batch: bool = True
 ) -> tuple[SamplingControls, gr.Button, gr.Button]:
-    """The sampler settings, seed row and batch slider; returns them with the (randomize, reuse) seed buttons."""
+    """The sampler settings, seed row and batch slider, set to the defaults of task `prefix` (the task table);
+    returns them with the (randomize, reuse) seed buttons."""
+    spec = TASKS[prefix]
+    sampler, steps, cfg = spec.sampler, spec.steps, spec.cfg_scale
     names = service.samplers()
     with gr.Row():
         sampler_box = gr.Dropdown(names, value=sampler if sampler in names else names[0], label="Sampler", scale=3)

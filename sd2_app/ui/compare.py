@@ -7,27 +7,25 @@ from typing import Any
 import gradio as gr
 
 from sd2_app.api.requests import CompareRequest, Sampling, Txt2ImgRequest
-from sd2_app.ui.common import EXAMPLE_PROMPTS, ResultPanel, result_panel, run_buttons, wire_run, wire_seed_buttons
+from sd2_app.api.tasks import COMPARE_SAMPLERS, TASKS
+from sd2_app.ui.common import EXAMPLE_PROMPTS, checkpoint_dropdown, ResultPanel, result_panel, run_buttons, wire_run, wire_seed_buttons
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.txt2img import prompt_boxes
 
-MOST_USED = CompareRequest.__dataclass_fields__["samplers"].default  # the six defaults of CompareRequest
 
 
 def build(service: Any, flags: StopFlags) -> ResultPanel:
     sampler_names = service.samplers()
-    choices = service.checkpoints("txt2img")
-    default = "sd21-base" if any(key == "sd21-base" for _, key in choices) else choices[0][1]
-    side = service.resolution(default)
     with gr.Row():
         with gr.Column(scale=5):
-            checkpoint = gr.Dropdown(choices, value=default, label="Checkpoint")
+            checkpoint = checkpoint_dropdown(service, "txt2img")
+            side = service.resolution(checkpoint.value)
             prompt, negative = prompt_boxes("compare", EXAMPLE_PROMPTS[1])
-            samplers = gr.CheckboxGroup(sampler_names, value=[n for n in MOST_USED if n in sampler_names],
+            samplers = gr.CheckboxGroup(sampler_names, value=[n for n in COMPARE_SAMPLERS if n in sampler_names],
                                         label="Samplers", elem_id="compare-samplers")
             with gr.Row():
-                steps = gr.Slider(1, 150, 25, step=1, label="Steps")
-                cfg = gr.Slider(0, 30, 7.5, step=0.5, label="Guidance scale (CFG)")
+                steps = gr.Slider(1, 150, TASKS["txt2img"].steps, step=1, label="Steps")
+                cfg = gr.Slider(0, 30, TASKS["txt2img"].cfg_scale, step=0.5, label="Guidance scale (CFG)")
             karras = gr.Checkbox(False, label="Karras sigmas (where offered)")
             with gr.Row():
                 width = gr.Slider(64, service.limits.max_side, side, step=8, label="Width")

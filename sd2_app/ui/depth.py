@@ -8,7 +8,9 @@ from typing import Any
 import gradio as gr
 
 from sd2_app.api.requests import DepthRequest
+from sd2_app.api.tasks import TASKS
 from sd2_app.ui.common import (
+    checkpoint_dropdown,
     SAMPLING_NAMES,
     ResultPanel,
     SamplingControls,
@@ -34,7 +36,6 @@ class DepthTab:
 
 
 def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> DepthTab:
-    choices = service.checkpoints("depth")
     with gr.Row():
         with gr.Column(scale=5):
             with gr.Row():
@@ -42,11 +43,11 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> DepthTab
                                  height=280, elem_id="depth-image")
                 depth_map = upload_image(label="Depth map (optional, white = near)", type="pil", image_mode=None,
                                      sources=["upload"], height=280, elem_id="depth-map")
-            checkpoint = gr.Dropdown(choices, value=choices[0][1], label="Checkpoint")
+            checkpoint = checkpoint_dropdown(service, "depth")
             prompt, negative = prompt_boxes("depth")
             if examples:
                 gr.Examples(examples, [image, prompt], label="Examples")
-            strength = gr.Slider(0, 1, 0.7, step=0.01, label="Strength")
+            strength = gr.Slider(0, 1, TASKS["depth"].strength, step=0.01, label="Strength")
             controls, randomize, reuse = sampling_controls(service, "depth")
             run, stop = run_buttons("depth")
         with gr.Column(scale=6):

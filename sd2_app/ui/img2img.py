@@ -8,7 +8,9 @@ from typing import Any
 import gradio as gr
 
 from sd2_app.api.requests import Img2ImgRequest
+from sd2_app.api.tasks import TASKS
 from sd2_app.ui.common import (
+    checkpoint_dropdown,
     SAMPLING_NAMES,
     ResultPanel,
     SamplingControls,
@@ -36,17 +38,15 @@ class Img2ImgTab:
 
 
 def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> Img2ImgTab:
-    choices = service.checkpoints("img2img")
-    default = "sd21-base" if any(key == "sd21-base" for _, key in choices) else choices[0][1]
     with gr.Row():
         with gr.Column(scale=5):
             image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
                              height=320, elem_id="img2img-image")
-            checkpoint = gr.Dropdown(choices, value=default, label="Checkpoint")
+            checkpoint = checkpoint_dropdown(service, "img2img")
             prompt, negative = prompt_boxes("img2img")
             if examples:
                 gr.Examples(examples, [image, prompt], label="Examples")
-            strength = gr.Slider(0, 1, 0.75, step=0.01, label="Strength",
+            strength = gr.Slider(0, 1, TASKS["img2img"].strength, step=0.01, label="Strength",
                                  info="1 ignores the image's content, 0 keeps it")
             controls, randomize, reuse = sampling_controls(service, "img2img")
             run, stop = run_buttons("img2img")

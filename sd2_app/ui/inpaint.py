@@ -12,7 +12,9 @@ import gradio as gr
 from PIL import Image, ImageChops
 
 from sd2_app.api.requests import InpaintRequest
+from sd2_app.api.tasks import TASKS
 from sd2_app.ui.common import (
+    checkpoint_dropdown,
     SAMPLING_NAMES,
     ResultPanel,
     SamplingControls,
@@ -64,7 +66,6 @@ def split_editor(value: Any, uploaded_mask: Image.Image | None) -> tuple[Image.I
 
 
 def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> InpaintTab:
-    choices = service.checkpoints("inpaint")
     with gr.Row():
         with gr.Column(scale=5):
             editor = gr.ImageMask(
@@ -80,17 +81,17 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> InpaintT
             )
             with gr.Accordion("Or upload a mask image (white = repaint)", open=False):
                 mask_upload = upload_image(label="Mask", type="pil", image_mode=None, sources=["upload"], height=200)
-            checkpoint = gr.Dropdown(choices, value=choices[0][1], label="Checkpoint")
+            checkpoint = checkpoint_dropdown(service, "inpaint")
             prompt, negative = prompt_boxes("inpaint")
             if examples:
                 gr.Examples(examples, [editor, prompt], label="Examples")
             with gr.Row():
-                strength = gr.Slider(0, 1, 1.0, step=0.01, label="Strength")
-                blur = gr.Slider(0, 64, 4, step=1, label="Mask blur (px)")
+                strength = gr.Slider(0, 1, TASKS["inpaint"].strength, step=0.01, label="Strength")
+                blur = gr.Slider(0, 64, InpaintRequest.mask_blur, step=1, label="Mask blur (px)")
             with gr.Row():
                 only_masked = gr.Checkbox(False, label="Only masked area",
                                           info="work at full resolution on a crop around the mask")
-                padding = gr.Slider(0, 256, 32, step=8, label="Only-masked padding (px)")
+                padding = gr.Slider(0, 256, InpaintRequest.only_masked_padding, step=8, label="Only-masked padding (px)")
             controls, randomize, reuse = sampling_controls(service, "inpaint")
             run, stop = run_buttons("inpaint")
         with gr.Column(scale=6):

@@ -9,6 +9,7 @@ import gradio as gr
 
 from sd2_app.api.requests import Txt2ImgRequest
 from sd2_app.ui.common import (
+    checkpoint_dropdown,
     SAMPLING_NAMES,
     EXAMPLE_PROMPTS,
     ResultPanel,
@@ -43,12 +44,10 @@ def prompt_boxes(prefix: str, value: str = "") -> tuple[gr.Textbox, gr.Textbox]:
 
 
 def build(service: Any, flags: StopFlags) -> Txt2ImgTab:
-    choices = service.checkpoints("txt2img")
-    default = "sd21-base" if any(key == "sd21-base" for _, key in choices) else choices[0][1]
-    side = service.resolution(default)
     with gr.Row():
         with gr.Column(scale=5):
-            checkpoint = gr.Dropdown(choices, value=default, label="Checkpoint", elem_id="txt2img-checkpoint")
+            checkpoint = checkpoint_dropdown(service, "txt2img", elem_id="txt2img-checkpoint")
+            side = service.resolution(checkpoint.value)
             prompt, negative = prompt_boxes("txt2img", EXAMPLE_PROMPTS[0])
             gr.Examples([[p] for p in EXAMPLE_PROMPTS], [prompt], label="Example prompts")
             controls, randomize, reuse = sampling_controls(service, "txt2img")

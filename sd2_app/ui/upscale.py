@@ -10,6 +10,7 @@ from PIL import Image
 
 from sd2_app.api.requests import UpscaleRequest
 from sd2_app.ui.common import (
+    checkpoint_dropdown,
     SAMPLING_NAMES,
     ResultPanel,
     SamplingControls,
@@ -43,18 +44,17 @@ def before_image(result: Any) -> tuple:
 
 
 def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> UpscaleTab:
-    choices = service.checkpoints("upscale")
     with gr.Row():
         with gr.Column(scale=5):
             image = upload_image(label="Low-resolution image", type="pil", image_mode=None,
                              sources=["upload", "clipboard"], height=320, elem_id="upscale-image")
-            checkpoint = gr.Dropdown(choices, value=choices[0][1], label="Checkpoint")
+            checkpoint = checkpoint_dropdown(service, "upscale")
             prompt, negative = prompt_boxes("upscale")
             if examples:
                 gr.Examples(examples, [image, prompt], label="Examples")
-            noise = gr.Slider(0, 350, 20, step=1, label="Noise level",
+            noise = gr.Slider(0, 350, UpscaleRequest.noise_level, step=1, label="Noise level",
                               info="noise added to the input; higher lets the model invent more detail")
-            controls, randomize, reuse = sampling_controls(service, "upscale", sampler="DDIM", steps=50, cfg=9.0)
+            controls, randomize, reuse = sampling_controls(service, "upscale")
             gr.Markdown("Large inputs are split into overlapping tiles automatically.")
             run, stop = run_buttons("upscale")
         with gr.Column(scale=6):
