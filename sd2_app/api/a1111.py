@@ -27,6 +27,7 @@ from typing import Any
 from PIL import Image
 
 from sd2_app.api import requests as rq
+from sd2_app.api.tasks import TASKS
 from sd2_app.api.validation import resolve_seed
 from sd2_app.errors import InvalidRequest
 
@@ -128,9 +129,9 @@ def decode_image(value: Any, what: str) -> Image.Image:
         raise InvalidRequest(f"{what} could not be read ({error}).") from error
 
 
-def _sampler(body: Mapping[str, Any], names: list[str]) -> tuple[str, bool]:
+def _sampler(body: Mapping[str, Any], names: list[str], task: str) -> tuple[str, bool]:
     """(our sampler, Karras) from sampler_name (or the older sampler_index) and scheduler."""
-    raw = body.get("sampler_name") or body.get("sampler_index") or "Euler a"
+    raw = body.get("sampler_name") or body.get("sampler_index") or TASKS[task].sampler
     if not isinstance(raw, str):
         raise InvalidRequest(f"sampler_name must be text, got {raw!r}.")
     karras = False
@@ -159,11 +160,14 @@ def _checkpoint(body: Mapping[str, Any], current: str, task: str, fits: Callable
     return fits(current, task) or current
 
 
-def _sampling(body: Mapping[str, Any], names: list[str], seed: int) -> rq.Sampling:
-    sampler, karras = _sampler(body, names)
+def _sampling(body: Mapping[str, Any], names: list[str], seed: int, task: str) -> rq.Sampling:
+    """Fields left out take the task's defaults (sd2_app/api/tasks.py), as in the web UI."""
+    sampler, karras = _sampler(body, names, task)
+    row = TASKS[task]
     return rq.Sampling(
-        sampler=sampler, use_karras=karras, steps=body.get("steps", 20), cfg_scale=body.get("cfg_scale", 7.0),
-        eta=body.get("eta") or 0.0, seed=seed, batch_size=body.get("batch_size", 1),
+        sampler=sampler, use_karras=karras, steps=body.get("steps", row.steps),
+        cfg_scale=body.get("cfg_scale", row.cfg_scale), eta=body.get("eta") or 0.0, seed=seed,
+        batch_size=body.get("batch_size", 1),
     )
 
 
@@ -184,7 +188,7 @@ def txt2img_job(body: Mapping[str, Any], current: str, names: list[str], fits: C
     check_fields(body, TXT2IMG_FIELDS)
     n_iter, seed = _batches(body)
     checkpoint = _checkpoint(body, current, "txt2img", fits)
-    sampling = _sampling(body, names, seed)
+    sampling = _sampling(body, names, seed, "txt2img")
     base = rq.Txt2ImgRequest(prompt=body.get("prompt", ""), negative_prompt=body.get("negative_prompt", ""),
                              checkpoint=checkpoint, width=body.get("width", 512), height=body.get("height", 512),
                              sampling=sampling)
@@ -194,7 +198,7 @@ def txt2img_job(body: Mapping[str, Any], current: str, names: list[str], fits: C
 
 def _inpaint_fields(body: Mapping[str, Any]) -> dict[str, Any]:
     fill = body.get("inpainting_fill", INPAINTING_FILL_ORIGINAL)
-    if fill != INPAINTING_FILL_ORIGINAL and body.get("denoising_strength", 0.75) != 1:
+    if fill != INPAINTING_FILL_ORIGINAL and body.get("denoising_strength", TASKS["inpaint"].strength) != 1:
         raise InvalidRequest(
             f"inpainting_fill {fill!r} is not available; use 1 (original), or denoising_strength 1, where the "
             "masked area's start makes no difference."
@@ -227,10 +231,11 @@ def img2img_job(body: Mapping[str, Any], current: str, names: list[str], fits: C
     n_iter, seed = _batches(body)
     task = "inpaint" if body.get("mask") else "img2img"
     checkpoint = _checkpoint(body, current, task, fits)
-    sampling = _sampling(body, names, seed)
+    sampling = _sampling(body, names, seed, task)
     image = decode_image(images[0], "init_images[0]")
     common = {"prompt": body.get("prompt", ""), "negative_prompt": body.get("negative_prompt", ""),
-              "checkpoint": checkpoint, "image": image, "strength": body.get("denoising_strength", 0.75)}
+              "checkpoint": checkpoint, "image": image,
+              "strength": body.get("denoising_strength", TASKS[task].strength)}
     if task == "inpaint":
         extra = _inpaint_fields(body)
         base: Any = rq.InpaintRequest(mask=_mask(body), sampling=sampling, **common, **extra)

@@ -27,6 +27,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image
 
 from sd2_app.api import a1111
+from sd2_app.api.tasks import default_checkpoint
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 
 log = logging.getLogger(__name__)
@@ -75,19 +76,18 @@ class _Tracked:
 class A1111Api:
     """State of the API (the current model, the API's jobs) and the handlers behind the routes."""
 
-    def __init__(self, service: Any, *, auth: Sequence[tuple[str, str]] = (), max_jobs: int = 16,
-                 default_checkpoint: str = "sd21-base") -> None:
+    def __init__(self, service: Any, *, auth: Sequence[tuple[str, str]] = (), max_jobs: int = 16) -> None:
         self.service = service
         self.auth = list(auth)
         self.max_jobs = max(1, max_jobs)
-        tasks = service.catalog.tasks
-        self.current = default_checkpoint if default_checkpoint in tasks else self._first_for("txt2img")
+        self.current = self._first_for("txt2img")  # A1111's "sd_model_checkpoint" option
         self._jobs: list[_Tracked] = []  # oldest first
         self._lock = threading.Lock()
 
     # ---- models ----------------------------------------------------------------------------------
     def _first_for(self, task: str) -> str:
-        return next(key for key, tasks in self.service.catalog.tasks.items() if task in tasks)
+        """The task's default checkpoint (the task table), or the first that can do it."""
+        return default_checkpoint(task, [key for key, tasks in self.service.catalog.tasks.items() if task in tasks])
 
     def fits(self, key: str, task: str) -> str | None:
         """None when `key` can do `task`, else the first checkpoint that can."""
