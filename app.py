@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="checkpoints to load at start-up")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--speed", choices=("default", "compile", "eager"), default="default",
-                   help="GPU speed path: default (CUDA graphs, fused ops, channels_last), compile (+ torch.compile of the UNet, about a minute of warm-up per size), eager")
+                   help="GPU speed path: default (CUDA graphs, fused ops, channels_last), compile (+ torch.compile of the UNet, about a minute of warm-up per size), eager; on ZeroGPU, default means the per-call switches (docs/DESIGN.md)")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
                    help="default: float16 on CUDA, float32 on CPU")
     p.add_argument("--outputs", default=None if spaces else "outputs", help="folder for results and metadata")
@@ -70,7 +70,8 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
     import torch
     from PIL import Image
 
-    from sd2_app.accel import options_for
+    from sd2_app.accel.per_call import options_for_host
+    from sd2_app.api.gpu_time import on_zerogpu
     from sd2_app.manager import ModelManager
     from sd2_app.checkpoints.catalog import apply_overrides, parse_assignments
     from sd2_app.api.service import Service
@@ -80,7 +81,7 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
     registry = apply_overrides(repos=parse_assignments(args.repo), revisions=parse_assignments(args.revision))
     dtype = getattr(torch, args.dtype) if args.dtype else None
     manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, preload=args.preload or (),
-                           accel=options_for(args.speed))
+                           accel=options_for_host(args.speed, zerogpu=on_zerogpu()))
     outputs = None if args.no_save else args.outputs
     limits = Limits(max_side=args.max_side)
     # PIL refuses to open images over twice this many pixels (uploads are decoded lazily, and validation

@@ -27,6 +27,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image
 
 from sd2_app.api import a1111
+from sd2_app.api.gpu_time import gpu, seconds_for
 from sd2_app.api.tasks import default_checkpoint
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 
@@ -81,6 +82,8 @@ class A1111Api:
         self.auth = list(auth)
         self.max_jobs = max(1, max_jobs)
         self.current = self._first_for("txt2img")  # A1111's "sd_model_checkpoint" option
+        # ZeroGPU: the GPU exists only inside spaces.GPU calls, each asking for its own job's time
+        self._run_on_gpu = gpu(duration=lambda request, *args, **kwargs: seconds_for(service, request))(service.run)
         self._jobs: list[_Tracked] = []  # oldest first
         self._lock = threading.Lock()
 
@@ -130,7 +133,7 @@ class A1111Api:
             for index, request in enumerate(job.requests):
                 tracked.iteration = index
                 try:
-                    results.append(self.service.run(request, tracked.on_progress, tracked.stop.is_set,
+                    results.append(self._run_on_gpu(request, tracked.on_progress, tracked.stop.is_set,
                                                     owner=HISTORY_OWNER))
                 except Cancelled:
                     break

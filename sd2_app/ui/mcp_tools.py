@@ -22,6 +22,7 @@ import gradio as gr
 from PIL import Image
 
 from sd2_app.api import requests as rq
+from sd2_app.api.gpu_time import gpu, seconds_for
 from sd2_app.api.tasks import TASKS
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 from sd2_app.ui.runner import GPU_QUEUE
@@ -32,8 +33,10 @@ NOT_A_TOOL = "ui"  # any `_mcp_type` other than "tool", "resource" or "prompt" h
 
 
 def _run(service: Any, request: Any) -> Image.Image:
+    # ZeroGPU: the GPU only inside spaces.GPU, for the time this job needs
+    run = gpu(duration=lambda request, *args, **kwargs: seconds_for(service, request))(service.run)
     try:
-        result = service.run(request, owner="mcp")
+        result = run(request, owner="mcp")
     except (InvalidRequest, Cancelled) as error:
         raise gr.Error(str(error) or "Stopped.", print_exception=False) from error
     except LoadError as error:
