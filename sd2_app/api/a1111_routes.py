@@ -89,8 +89,9 @@ class A1111Api:
 
     # ---- models ----------------------------------------------------------------------------------
     def _first_for(self, task: str) -> str:
-        """The task's default checkpoint (the task table), or the first that can do it."""
-        return default_checkpoint(task, [key for key, tasks in self.service.catalog.tasks.items() if task in tasks])
+        """The task's default checkpoint (the task table), or the first that can do it ("" when none can)."""
+        keys = [key for key, tasks in self.service.catalog.tasks.items() if task in tasks]
+        return default_checkpoint(task, keys) if keys else ""
 
     def fits(self, key: str, task: str) -> str | None:
         """None when `key` can do `task`, else the first checkpoint that can."""
