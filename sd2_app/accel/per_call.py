@@ -11,8 +11,7 @@ docs/PERFORMANCE.md) is in docs/DESIGN.md ("ZeroGPU"):
 - torch.compile off: ZeroGPU does not support it (hub-docs spaces-zerogpu.md, "Compilation");
 - cuDNN's per-shape search off: each call is a first call, where the search costs and the speed is the same;
 - channels_last for the UNet on: a layout change of the weights (milliseconds on the GPU) that makes every
-  convolution faster with no warm-up; the VAE stays NCHW (channels_last is slower there without the fused
-  GroupNorm kernels).
+  convolution faster with no warm-up; the VAE stays NCHW (AccelOptions does so without the fused kernels).
 """
 
 from __future__ import annotations
@@ -26,8 +25,7 @@ logger = logging.getLogger(__name__)
 
 def per_call_options() -> AccelOptions:
     """The fastest switches for a job that starts in a fresh process (see the module docstring)."""
-    return AccelOptions(cuda_graphs=False, fused_ops=False, channels_last=True, vae_channels_last=False,
-                        compile=False, cudnn_benchmark=False)
+    return AccelOptions(cuda_graphs=False, fused_ops=False, channels_last=True, compile=False, cudnn_benchmark=False)
 
 
 def options_for_host(mode: str, *, zerogpu: bool) -> AccelOptions:

@@ -8,9 +8,9 @@ import gradio as gr
 
 from sd2_app.api.requests import CompareRequest, Sampling, Txt2ImgRequest
 from sd2_app.api.tasks import COMPARE_SAMPLERS, TASKS
-from sd2_app.ui.common import EXAMPLE_PROMPTS, checkpoint_dropdown, ResultPanel, result_panel, run_buttons, wire_run, wire_seed_buttons
+from sd2_app.ui.common import EXAMPLE_PROMPTS, checkpoint_dropdown, ResultPanel, result_panel, wire_run, wire_seed_buttons
 from sd2_app.ui.runner import StopFlags
-from sd2_app.ui.txt2img import prompt_boxes
+from sd2_app.ui.layout import prompt_boxes, run_buttons
 
 
 
