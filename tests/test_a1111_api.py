@@ -77,6 +77,7 @@ def _post(port: int, path: str, body: dict, auth: bool = True) -> tuple[int, dic
         return error.code, json.loads(error.read())
 
 
+@pytest.mark.slow
 def test_txt2img_batches_seeds_and_metadata_match_the_service(app, client) -> None:
     from sd2_app.api.requests import Sampling, Txt2ImgRequest
     from sd2_app.pipelines.metadata import DIGITAL_SOURCE_TYPE, digital_source_type
@@ -114,6 +115,7 @@ def test_img2img_and_inpaint_with_a_mask(client) -> None:
     assert not np.array_equal(out[:, :24], np.asarray(init)[:, :24])
 
 
+@pytest.mark.slow
 def test_progress_polling_and_interrupt_mid_run(app, client) -> None:
     assert client.get_progress()["state"]["job_count"] == 0  # idle (what util_wait_for_ready waits for)
     outcome: dict = {}
@@ -205,6 +207,7 @@ def test_raw_http_with_the_field_set_of_a1111s_documentation(app) -> None:
     assert info["sampler_name"] == "Euler a" and image.info["parameters"] == info["infotexts"][0]
 
 
+@pytest.mark.slow
 def test_extra_single_image_runs_the_x4_upscaler(client) -> None:
     small = noise_image(16, 16, seed=5)
     result = client.extra_single_image(small, upscaling_resize=4, upscaler_1="x4-upscaler")
@@ -213,6 +216,7 @@ def test_extra_single_image_runs_the_x4_upscaler(client) -> None:
         client.extra_single_image(small, upscaling_resize=2, upscaler_1="x4-upscaler")
 
 
+@pytest.mark.slow
 def test_api_and_web_ui_jobs_take_turns_on_the_gpu(app) -> None:
     """A web UI job (through Gradio's queue) and an API job sent while it runs never overlap."""
     url, port, service = app

@@ -119,6 +119,7 @@ def test_every_result_is_marked_through_the_api_the_ui_and_on_disk(app) -> None:
         assert digital_source_type(downloaded) == DIGITAL_SOURCE_TYPE
 
 
+@pytest.mark.slow
 def test_no_watermark_leaves_pixels_alone_within_the_bound_and_keeps_the_marker(app) -> None:
     from sd2_app.api.requests import Sampling, Txt2ImgRequest
 
@@ -136,6 +137,16 @@ def test_no_watermark_leaves_pixels_alone_within_the_bound_and_keeps_the_marker(
 
 
 @pytest.mark.slow
+def linked_tiny_cache(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """$SD2APP_CACHE with the shared tiny repos linked in (app.py's --tiny reads them from <cache>/tiny)."""
+    from sd2_app.testing.tiny import ensure_tiny_repos
+    from tests.pipeline_fixtures import tiny_dir
+
+    ensure_tiny_repos(tiny_dir())
+    (folder / "tiny").symlink_to(tiny_dir(), target_is_directory=True)
+    monkeypatch.setenv("SD2APP_CACHE", str(folder))
+
+
 def test_app_flag_turns_the_watermark_off(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import app as app_module
     import sd2_app.api.service as service_module
@@ -148,7 +159,7 @@ def test_app_flag_turns_the_watermark_off(monkeypatch: pytest.MonkeyPatch, tmp_p
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(service_module, "Service", Recorder)
-    monkeypatch.setenv("SD2APP_CACHE", str(tmp_path))  # --tiny writes its repos under the cache folder
+    linked_tiny_cache(monkeypatch, tmp_path)
     for argv, expected in ((["--tiny"], True), (["--tiny", "--no-watermark"], False)):
         app_module.build(app_module.parse_args(argv))
         assert seen["watermark"] is expected

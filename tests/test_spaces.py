@@ -84,6 +84,7 @@ def test_speed_mode_on_zerogpu_is_the_per_call_set() -> None:
         options_for_host("fast", zerogpu=True)
 
 
+@pytest.mark.slow
 def test_app_picks_the_per_call_switches_on_zerogpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import app
     import sd2_app.manager as manager_module
@@ -96,7 +97,9 @@ def test_app_picks_the_per_call_switches_on_zerogpu(monkeypatch: pytest.MonkeyPa
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(manager_module, "ModelManager", Recorder)
-    monkeypatch.setenv("SD2APP_CACHE", str(tmp_path))
+    from tests.test_provenance import linked_tiny_cache
+
+    linked_tiny_cache(monkeypatch, tmp_path)
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     app.build(app.parse_args(["--tiny", "--no-api"]))
     monkeypatch.delenv("SPACES_ZERO_GPU")
