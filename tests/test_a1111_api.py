@@ -222,21 +222,26 @@ def test_api_and_web_ui_jobs_take_turns_on_the_gpu(app) -> None:
     url, port, service = app
     active, peak, spans = [0], [0], []
     lock = threading.Lock()
-    original = service._run_pipeline
+    task_fn = service._task_fn
 
-    def counting(task, request, on_step, timings):
-        with lock:
-            active[0] += 1
-            peak[0] = max(peak[0], active[0])
-        started = time.monotonic()
-        try:
-            return original(task, request, on_step, timings)
-        finally:
+    def counting_task_fn(task):  # the pipeline function, called where the job holds the GPU
+        pipeline = task_fn(task)
+
+        def counted(components, request, on_step):
             with lock:
-                active[0] -= 1
-                spans.append((request.sampling.steps, started, time.monotonic()))
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            started = time.monotonic()
+            try:
+                return pipeline(components, request, on_step)
+            finally:
+                with lock:
+                    active[0] -= 1
+                    spans.append((request.sampling.steps, started, time.monotonic()))
 
-    service._run_pipeline = counting
+        return counted
+
+    service._task_fn = counting_task_fn
     try:
         ui = Client(url, verbose=False)
         job = ui.submit(prompt="ui job", negative_prompt="", checkpoint="sd21-base", width=64, height=64,
@@ -248,7 +253,7 @@ def test_api_and_web_ui_jobs_take_turns_on_the_gpu(app) -> None:
         status, response = _post(port, "txt2img", {"prompt": "api job", **FAST, "steps": 3, "seed": 1})
         job.result(timeout=120)
     finally:
-        service._run_pipeline = original
+        del service._task_fn  # back to the class's method
     assert status == 200 and len(response["images"]) == 1
     assert peak[0] == 1
     (ui_steps, ui_start, ui_end), (api_steps, api_start, _) = sorted(spans, key=lambda span: span[1])

@@ -23,7 +23,7 @@ from PIL import Image
 
 from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.api.gate import GpuGate
-from sd2_app.api.requests import CompareRequest, Request
+from sd2_app.api.requests import Request, XYZPlotRequest
 from sd2_app.api.tasks import TASKS
 from sd2_app.api.validation import Catalog, Limits, validate
 
@@ -37,15 +37,17 @@ TaskFn = Callable[[Any, Any, Callable[[int, int, Any], None]], Any]  # (componen
 class Result:
     """What one run produced; `images` carry their A1111 `parameters` text in `image.info`."""
 
-    task: str  # "txt2img", "img2img", "inpaint", "upscale", "depth" or "compare"
+    task: str  # "txt2img", "img2img", "inpaint", "outpaint", "upscale", "depth" or "xyz_plot"
     request: Request  # the validated request (seed resolved, sizes filled in)
     images: list[Image.Image]
     seed: int
     warnings: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: "load", "run", per sampler in compare
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: "load", "run" (plot: all cells together)
     mask_image: Image.Image | None = None  # inpaint: the mask actually used
     depth_image: Image.Image | None = None  # depth: the depth map actually used
-    captions: list[str] = field(default_factory=list)  # one per image (compare: sampler and time)
+    captions: list[str] = field(default_factory=list)  # one per image (plot: the cell's values and seconds)
+    cells: list[dict[str, Any]] = field(default_factory=list)  # plot: each cell's settings and seconds
+    stopped: bool = False  # plot: Stop ended it early; the finished cells are here
     saved: list[Path] = field(default_factory=list)  # files written to the outputs folder
     created: float = field(default_factory=time.time)
 
@@ -212,6 +214,18 @@ class Service:
         return on_step
 
     def _run_pipeline(
+        self,
+        task: str,
+        request: Any,
+        on_step: Callable[[int, int, Any], None],
+        timings: dict[str, float],
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Any:
+        """The task's output, after the job's turn at the GPU gate (`should_stop` may end the wait)."""
+        with self.gate.enter(should_stop):
+            return self._run_on_gpu(task, request, on_step, timings)
+
+    def _run_on_gpu(
         self, task: str, request: Any, on_step: Callable[[int, int, Any], None], timings: dict[str, float]
     ) -> Any:
         """The task's output, with the guards' warnings (fp32 reruns, low-memory retry) added to its own."""
@@ -264,16 +278,16 @@ class Service:
 
         `owner` (the UI's session id) tags the history entry, so a public app shows each visitor their own.
         """
-        if isinstance(request, CompareRequest):
-            return self.compare(request, on_progress, should_stop, owner=owner)
+        if isinstance(request, XYZPlotRequest):
+            return self.plot(request, on_progress, should_stop, owner=owner)
         checked, warnings = self.validate(request)
         task = checked.task
         if should_stop is not None and should_stop():
             raise Cancelled
         timings: dict[str, float] = {}
         log.info("%s on %s: %d steps, seed %d", task, checked.checkpoint, checked.sampling.steps, checked.sampling.seed)
-        with self.gate.enter(should_stop):
-            output = self._run_pipeline(task, checked, self._step_callback(0, None, on_progress, should_stop), timings)
+        on_step = self._step_callback(0, None, on_progress, should_stop)
+        output = self._run_pipeline(task, checked, on_step, timings, should_stop)
         result = Result(
             task=task,
             request=checked,
@@ -286,48 +300,20 @@ class Service:
         )
         return self._keep(result, owner)
 
-    def compare(
+    def plot(
         self,
-        request: CompareRequest,
+        request: XYZPlotRequest,
         on_progress: ProgressFn | None = None,
         should_stop: Callable[[], bool] | None = None,
         *,
         owner: str | None = None,
+        on_cell: Callable[[Any, Image.Image, float], None] | None = None,
     ) -> Result:
-        """The same prompt and seed through each sampler in turn, each timed; one image per sampler."""
-        checked, warnings = self.validate(request)
-        base = replace(checked.base, sampling=replace(checked.base.sampling, batch_size=1))
-        steps = base.sampling.steps
-        total = steps * len(checked.samplers)
-        timings: dict[str, float] = {}
-        images: list[Image.Image] = []
-        captions: list[str] = []
-        for index, name in enumerate(checked.samplers):
-            if should_stop is not None and should_stop():
-                raise Cancelled
-            use_karras = base.sampling.use_karras and self.supports_karras(name)
-            one = replace(base, sampling=replace(base.sampling, sampler=name, use_karras=use_karras))
-            run_timings: dict[str, float] = {}
-            with self.gate.enter(should_stop):  # per sampler: other jobs may run between them
-                output = self._run_pipeline(
-                    "txt2img", one, self._step_callback(index * steps, total, on_progress, should_stop), run_timings
-                )
-            timings[name] = run_timings["run"]
-            timings["load"] = timings.get("load", 0.0) + run_timings["load"]
-            warnings.extend(w for w in getattr(output, "warnings", []) or [] if w not in warnings)
-            images.append(output.images[0])
-            captions.append(f"{name}{' Karras' if use_karras else ''}: {run_timings['run']:.2f} s")
-        timings["run"] = sum(timings[name] for name in checked.samplers)
-        result = Result(
-            task="compare",
-            request=checked,
-            images=images,
-            seed=base.sampling.seed,
-            warnings=warnings,
-            timings=timings,
-            captions=captions,
-        )
-        return self._keep(result, owner)
+        """An X/Y/Z plot (sd2_app.api.plot): grids first, then each finished cell; `on_cell(cell, image,
+        seconds)` as each cell finishes. Stop returns the finished cells (`stopped`); none finished: Cancelled."""
+        from sd2_app.api.plot import run_plot
+
+        return self._keep(run_plot(self, request, on_progress, should_stop, on_cell), owner)
 
     # ---- keeping results ---------------------------------------------------------------------------
     def _save(self, result: Result) -> list[Path]:

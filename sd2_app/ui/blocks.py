@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from sd2_app.ui import compare, depth, history, img2img, inpaint, models, pnginfo, txt2img, upscale
+from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
 from sd2_app.ui.common import ResultPanel, SamplingControls, selected_image
 from sd2_app.ui.runner import StopFlags
 
@@ -79,8 +79,8 @@ def build_ui(service: Any, *, assets: Path = ASSETS) -> gr.Blocks:
     flags = StopFlags()
     examples = _examples(assets)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
-        gr.Markdown(f"# {TITLE}\nText to image, image to image, inpainting, ×4 upscaling and depth to image.",
-                    elem_id="app-title")
+        gr.Markdown(f"# {TITLE}\nText to image, image to image, inpainting, outpainting, ×4 upscaling, depth to "
+                    "image and X/Y/Z plots.", elem_id="app-title")
         with gr.Tabs() as tabs:
             with gr.Tab("Text to image", id="txt2img"):
                 t2i = txt2img.build(service, flags)
@@ -88,12 +88,14 @@ def build_ui(service: Any, *, assets: Path = ASSETS) -> gr.Blocks:
                 i2i = img2img.build(service, flags, examples["img2img"])
             with gr.Tab("Inpaint", id="inpaint"):
                 inp = inpaint.build(service, flags, examples["inpaint"])
+            with gr.Tab("Outpaint", id="outpaint"):
+                out = outpaint.build(service, flags)
             with gr.Tab("Upscale ×4", id="upscale"):
                 up = upscale.build(service, flags, examples["upscale"])
             with gr.Tab("Depth to image", id="depth"):
                 dep = depth.build(service, flags, examples["depth"])
-            with gr.Tab("Compare samplers", id="compare"):
-                compare.build(service, flags)
+            with gr.Tab("X/Y/Z plot", id="xyz"):
+                xyz_plot.build(service, flags)
             with gr.Tab("Models", id="models") as models_tab:
                 refresh_models, models_outputs = models.build(service)
             with gr.Tab("History", id="history") as history_tab:
@@ -105,7 +107,9 @@ def build_ui(service: Any, *, assets: Path = ASSETS) -> gr.Blocks:
             "inpaint": SendTarget(inp.incoming, inp.prompt, inp.negative, inp.sampling, editor=inp.editor),
             "upscale": SendTarget(up.image, up.prompt, up.negative),
         }
-        for prefix, tab in (("txt2img", t2i), ("img2img", i2i), ("inpaint", inp), ("upscale", up), ("depth", dep)):
+        tabs_with_results = (("txt2img", t2i), ("img2img", i2i), ("inpaint", inp), ("outpaint", out), ("upscale", up),
+                             ("depth", dep))
+        for prefix, tab in tabs_with_results:
             _wire_send(tab, tabs, targets, prefix)
         models_tab.select(refresh_models, None, models_outputs, api_name="models_tab",
                           api_visibility="private", queue=False)

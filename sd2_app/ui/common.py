@@ -69,11 +69,11 @@ def checkpoint_dropdown(service: Any, task: str, **kwargs: Any) -> gr.Dropdown:
 
 
 def sampling_controls(
-    service: Any, prefix: str, *, batch: bool = True
+    service: Any, prefix: str, *, batch: bool = True, task: str | None = None
 ) -> tuple[SamplingControls, gr.Button, gr.Button]:
-    """The sampler settings, seed row and batch slider, set to the defaults of task `prefix` (the task table);
-    returns them with the (randomize, reuse) seed buttons."""
-    spec = TASKS[prefix]
+    """The sampler settings, seed row and batch slider, set to the defaults of `task` (default: `prefix`) in
+    the task table; returns them with the (randomize, reuse) seed buttons."""
+    spec = TASKS[task or prefix]
     sampler, steps, cfg = spec.sampler, spec.steps, spec.cfg_scale
     names = service.samplers()
     with gr.Row():
@@ -227,8 +227,12 @@ def wire_run(
     names: Sequence[str],
     *,
     finish_extra: Callable[[Any], tuple] = lambda result: (),
+    body: Callable[..., Iterator[tuple]] | None = None,
 ) -> Any:
-    """Connect Generate (streaming, on the GPU queue) and Stop; returns the run event."""
+    """Connect Generate (streaming, on the GPU queue) and Stop; returns the run event.
+
+    `body` replaces `stream_result` (same arguments and yields) for a tab that streams more than previews:
+    the X/Y/Z plot shows each finished cell as it comes."""
     # `selected` goes back to 0 with every new result: an index picked in the previous gallery must not make
     # "Send to" carry another image of the new one.
     outputs: list[Any] = [panel.preview, panel.gallery, panel.info, panel.last_seed, panel.selected]
@@ -245,7 +249,7 @@ def wire_run(
         # Gradio passes (request, *widget values, progress tracker) by position: see the signature below.
         *widget_values, progress = values
         session = getattr(request, "session_hash", None) or "api"
-        yield from stream_result(
+        yield from (body or stream_result)(
             service, flags, lambda: make_request(*widget_values), session, progress, finish, len(outputs)
         )
 
