@@ -258,3 +258,27 @@ def test_api_and_web_ui_jobs_take_turns_on_the_gpu(app) -> None:
     assert peak[0] == 1
     (ui_steps, ui_start, ui_end), (api_steps, api_start, _) = sorted(spans, key=lambda span: span[1])
     assert (ui_steps, api_steps) == (60, 3) and api_start >= ui_end
+
+
+@pytest.mark.slow
+def test_an_api_job_waiting_for_the_gpu_can_be_interrupted(app, client) -> None:
+    """The gate lets a job that waits for its turn be stopped at once (the model manager's lock would not)."""
+    url, _, service = app
+    ui = Client(url, verbose=False)
+    job = ui.submit(prompt="ui job", negative_prompt="", checkpoint="sd21-base", width=64, height=64,
+                    sampler="Euler", use_karras=False, steps=150, cfg_scale=1.0, guidance_rescale=0.0, seed=1,
+                    batch_size=1, api_name="/txt2img")
+    deadline = time.time() + 60
+    while service.gate.waiting == 0 and time.time() < deadline:
+        time.sleep(0.02)
+    outcome: dict = {}
+    waiter = threading.Thread(target=lambda: outcome.update(result=client.txt2img(prompt="api", seed=1, **FAST)))
+    waiter.start()
+    while client.get_progress()["textinfo"] != "Waiting for the GPU" and time.time() < deadline:
+        time.sleep(0.02)
+    assert service.gate.waiting == 2  # the UI job inside, the API job in line
+    client.interrupt()
+    waiter.join(timeout=20)
+    assert not waiter.is_alive() and not job.done()  # back while the UI job still runs
+    assert outcome["result"].images == [] and outcome["result"].info == {"interrupted": True}
+    assert len(job.result(timeout=120)[1]) == 1  # the UI job was not touched
