@@ -52,6 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="serve MCP tools at /gradio_api/mcp (needs gradio[mcp]; default: on on Spaces)")
     p.add_argument("--no-watermark", action="store_true",
                    help="do not embed the invisible SDV2 watermark in results (the AI-generated XMP marker stays)")
+    p.add_argument("--serve", default=None, metavar="ADDRESS",
+                   help="run jobs on the Ray Serve deployment of the Ray cluster at ADDRESS ('auto': this machine's) "
+                        "instead of this process's GPU; see README 'Scaling out'")
+    p.add_argument("--serve-config", default=None, metavar="TOML",
+                   help="the deployment's settings (deploy/serve.toml) when --serve is given")
     return p.parse_args(argv)
 
 
@@ -79,15 +84,18 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
     from sd2_app.api.validation import Limits
 
     registry = apply_overrides(repos=parse_assignments(args.repo), revisions=parse_assignments(args.revision))
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, preload=args.preload or (),
-                           accel=options_for_host(args.speed, zerogpu=on_zerogpu()))
     outputs = None if args.no_save else args.outputs
     limits = Limits(max_side=args.max_side)
     # PIL refuses to open images over twice this many pixels (uploads are decoded lazily, and validation
     # refuses anything over the limit from the header alone, so this only stops bombs PIL would decode).
     Image.MAX_IMAGE_PIXELS = limits.max_input_pixels
-    service = Service(manager, limits=limits, outputs_dir=outputs, watermark=not args.no_watermark)
+    if args.serve:
+        service = _serve_service(args, registry, limits, outputs)
+    else:
+        dtype = getattr(torch, args.dtype) if args.dtype else None
+        manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, preload=args.preload or (),
+                               accel=options_for_host(args.speed, zerogpu=on_zerogpu()))
+        service = Service(manager, limits=limits, outputs_dir=outputs, watermark=not args.no_watermark)
     demo = build_ui(service)
     if args.mcp and mcp_available():
         from sd2_app.ui.mcp_tools import add_mcp_tools
@@ -100,6 +108,18 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
         api = A1111Api(service, auth=parse_auth(args.api_auth), max_jobs=args.queue_size)
         demo.sd2_routes = build_router(api).routes  # type: ignore[attr-defined]  # read by main()
     return demo
+
+
+def _serve_service(args: argparse.Namespace, registry: dict, limits: object, outputs: str | None):  # -> Service
+    """A Service whose jobs run on the Ray Serve deployment (Ray is imported only on this path)."""
+    from sd2_app.api.service import Service
+    from sd2_app.serve.backend import ClusterModels, ServeBackend, connect
+    from sd2_app.serve.config import load_config
+
+    config = load_config(args.serve_config)
+    handle = connect(args.serve, config)
+    return Service(ClusterModels(handle, registry), registry=registry, limits=limits, outputs_dir=outputs,
+                   backend=ServeBackend(handle), concurrency=config.total_concurrency)
 
 
 def main(argv: list[str] | None = None) -> None:

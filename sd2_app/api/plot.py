@@ -161,10 +161,9 @@ def run_cells(
     for cell in run_order(cells):
         if should_stop is not None and should_stop():
             return finished, timings, warnings, True
-        cell_timings: dict[str, float] = {}
-        on_step = service._step_callback(done, total, on_progress, should_stop)
         try:
-            output = service._run_pipeline(cell.request.task, cell.request, on_step, cell_timings, should_stop)
+            output = service.execute(cell.request, on_progress, should_stop, done_before=done, total=total)
+            cell_timings = output.timings
         except Cancelled:
             return finished, timings, warnings, True
         done += cell.steps

@@ -50,9 +50,10 @@ class CudaGraphUNet(GraphedModule):
         return self._graphed(key, (sample, timestep, encoder_hidden_states, class_labels), eager)
 
     def modes(self) -> tuple[bool, ...]:
-        """The attention modules' fp32 switches as they are now (nn.attention.Attention.force_fp32): a graph
-        replays the kernels it recorded, so one captured with fp16 attention must never serve an fp32 run."""
-        return tuple(m.force_fp32 for m in self._attention)
+        """The attention modules' fp32 switches as they are now (nn.attention.Attention.force_fp32), then
+        whether the convolutions pad circularly (seamless tiling, pipelines/seamless.py): a graph replays the
+        kernels it recorded, so one captured with fp16 attention or zero padding must never serve another run."""
+        return (*(m.force_fp32 for m in self._attention), self.unet.conv_in.padding_mode != "zeros")
 
     def key(self, sample: Tensor, timestep: Tensor | float, context: Tensor,
             class_labels: Tensor | None = None) -> GraphKey:
