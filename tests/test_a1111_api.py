@@ -26,7 +26,7 @@ from PIL import Image
 webuiapi = pytest.importorskip("webuiapi")
 from gradio_client import Client  # noqa: E402
 
-from tests.reliability_support import noise_image  # noqa: E402
+from tests.reliability_support import noise_image, png_bytes  # noqa: E402
 from tests.test_ui_api import _free_port  # noqa: E402
 
 USER, PASSWORD = "krita", "s3cret"
@@ -143,6 +143,19 @@ def test_progress_polling_and_interrupt_mid_run(app, client) -> None:
     assert client.get_progress()["state"]["job_count"] == 0
 
 
+def test_hires_fix_variation_seed_and_tiling(client) -> None:
+    result = client.txt2img(prompt="x", seed=4, enable_hr=True, hr_scale=2, hr_upscaler="Latent",
+                            denoising_strength=0.5, **FAST)
+    assert result.images[0].size == (128, 128) and result.info["width"] == 128
+    plain = client.txt2img(prompt="x", seed=4, **FAST).images[0]
+    varied = client.txt2img(prompt="x", seed=4, subseed=9, subseed_strength=0.5, **FAST).images[0]
+    tiled = client.txt2img(prompt="x", seed=4, tiling=True, **FAST).images[0]
+    assert not np.array_equal(np.asarray(plain), np.asarray(varied))
+    assert not np.array_equal(np.asarray(plain), np.asarray(tiled))
+    assert "Variation seed: 9, Variation seed strength: 0.5" in varied.info["parameters"]
+    assert "Tiling: True" in tiled.info["parameters"] and "Hires upscale: 2" in result.images[0].info["parameters"]
+
+
 def test_switching_the_checkpoint(client) -> None:
     assert {"sd2-base", "sd21-base", "sd2-inpainting"} <= set(client.util_get_model_names())
     client.util_set_model("sd2-base")
@@ -164,8 +177,11 @@ def test_catalog_endpoints(client) -> None:
 
 def test_refusals_name_what_is_missing_and_unknown_fields_are_ignored(app, caplog) -> None:
     _, port, _ = app
-    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "enable_hr": True})
-    assert status == 422 and body["detail"].startswith("hires fix (enable_hr) is not available yet")
+    init = base64.b64encode(png_bytes(noise_image(64, 64))).decode()
+    status, body = _post(port, "img2img", {"prompt": "x", **FAST, "init_images": [init], "enable_hr": True})
+    assert status == 422 and body["detail"].startswith("hires fix (enable_hr) is available in txt2img only")
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "enable_hr": True, "hr_upscaler": "Bicubic"})
+    assert status == 422 and body["detail"].startswith("Unknown hires upscaler 'Bicubic'")  # the Service's check
     status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "alwayson_scripts": {"ControlNet": {"args": []}}})
     assert status == 422 and "alwayson_scripts" in body["detail"]
     status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "sampler_name": "DPM fast"})

@@ -41,7 +41,11 @@ COMMON_FIELDS = frozenset({
     "prompt", "negative_prompt", "steps", "cfg_scale", "sampler_name", "sampler_index", "scheduler", "seed",
     "batch_size", "n_iter", "width", "height", "eta", "override_settings", "send_images",
 })
-TXT2IMG_FIELDS = COMMON_FIELDS
+TXT2IMG_FIELDS = COMMON_FIELDS | {
+    "enable_hr", "hr_upscaler", "hr_scale", "hr_resize_x", "hr_resize_y", "hr_second_pass_steps",
+    "hr_sampler_name", "denoising_strength", "subseed", "subseed_strength", "seed_resize_from_w",
+    "seed_resize_from_h", "tiling",
+}
 IMG2IMG_FIELDS = COMMON_FIELDS | {
     "init_images", "mask", "denoising_strength", "mask_blur", "inpainting_fill", "inpaint_full_res",
     "inpaint_full_res_padding", "inpainting_mask_invert", "resize_mode",
@@ -54,14 +58,14 @@ def _off(value: Any) -> bool:
 
 NEUTRAL: dict[str, tuple[Callable[[Any], bool], str]] = {
     # field: (is it neutral?, what to say when it is not)
-    "enable_hr": (_off, "hires fix (enable_hr) is not available yet"),
+    "enable_hr": (_off, "hires fix (enable_hr) is available in txt2img only"),
     "alwayson_scripts": (_off, "scripts and extensions (alwayson_scripts) are not supported"),
     "script_name": (_off, "scripts (script_name) are not supported"),
     "script_args": (_off, "scripts (script_args) are not supported"),
     "restore_faces": (_off, "face restoration (restore_faces) is not available"),
-    "tiling": (_off, "tiling is not available"),
+    "tiling": (_off, "tiling is available in txt2img only"),
     "styles": (_off, "prompt styles are not available"),
-    "subseed_strength": (_off, "variation seeds (subseed_strength > 0) are not available"),
+    "subseed_strength": (_off, "variation seeds (subseed_strength > 0) are available in txt2img only"),
     "s_churn": (_off, "s_churn is not available"),
     "s_noise": (lambda v: v in (None, 1, 1.0), "s_noise other than 1 is not available"),
     "s_min_uncond": (_off, "s_min_uncond is not available"),
@@ -76,7 +80,6 @@ IGNORED = frozenset({
     "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "hr_additional_modules",
     "s_tmax", "s_tmin", "include_init_images", "refiner_switch_at", "disable_extra_networks", "comments",
     "force_task_id", "infotext", "mask_blur_x", "mask_blur_y", "mask_round", "latent_mask", "firstpass_image",
-    "denoising_strength_txt2img",
 })
 SCHEDULERS = {"automatic": "Automatic", "karras": "Karras"}  # A1111 scheduler names we have -> labels
 RESIZE_MODES = {0: "just resize"}  # A1111's resize_mode values we do
@@ -184,6 +187,26 @@ def _seeded(sampling: rq.Sampling, index: int) -> rq.Sampling:
     return replace(sampling, seed=int(sampling.seed or 0) + index * step)
 
 
+def _hires(body: Mapping[str, Any]) -> rq.HiresFix | None:
+    """enable_hr and its hr_* fields (A1111's names; 0 or empty means "as the first pass")."""
+    if not body.get("enable_hr"):
+        return None
+    return rq.HiresFix(
+        upscaler=body.get("hr_upscaler") or "Latent", scale=body.get("hr_scale", 2.0),
+        width=body.get("hr_resize_x") or None, height=body.get("hr_resize_y") or None,
+        steps=body.get("hr_second_pass_steps") or None, denoising_strength=body.get("denoising_strength", 0.7),
+        sampler=body.get("hr_sampler_name") or None,
+    )
+
+
+def _seed_extras(body: Mapping[str, Any]) -> rq.SeedExtras:
+    """subseed / subseed_strength (a variation seed) and seed_resize_from_w/h (-1 or 0: off)."""
+    resize_w, resize_h = body.get("seed_resize_from_w", -1), body.get("seed_resize_from_h", -1)
+    resize = None if all(v in (None, -1, 0) for v in (resize_w, resize_h)) else (resize_w, resize_h)
+    return rq.SeedExtras(variation_seed=body.get("subseed", -1), variation_strength=body.get("subseed_strength", 0.0),
+                         resize_from=resize)
+
+
 def txt2img_job(body: Mapping[str, Any], current: str, names: list[str], fits: Callable[[str, str], str | None]) -> Job:
     check_fields(body, TXT2IMG_FIELDS)
     n_iter, seed = _batches(body)
@@ -191,7 +214,8 @@ def txt2img_job(body: Mapping[str, Any], current: str, names: list[str], fits: C
     sampling = _sampling(body, names, seed, "txt2img")
     base = rq.Txt2ImgRequest(prompt=body.get("prompt", ""), negative_prompt=body.get("negative_prompt", ""),
                              checkpoint=checkpoint, width=body.get("width", 512), height=body.get("height", 512),
-                             sampling=sampling)
+                             sampling=sampling, hires=_hires(body), seed_extras=_seed_extras(body),
+                             tiling=body.get("tiling", False))
     requests = tuple(replace(base, sampling=_seeded(sampling, i)) for i in range(n_iter))
     return Job("txt2img", requests, checkpoint, bool(body.get("send_images", True)))
 
