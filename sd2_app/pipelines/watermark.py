@@ -73,20 +73,19 @@ def embed(image: Image.Image, message: bytes = MESSAGE) -> Image.Image:
     Images under MIN_PIXELS pixels are returned unchanged (a copy), as invisible-watermark's encoder refuses
     them (its decoder would too).
     """
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float64)
-    height, width = (rgb.shape[0] // BLOCK) * BLOCK, (rgb.shape[1] // BLOCK) * BLOCK
-    bits = message_bits(message)
+    pixels = np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+    height, width = (pixels.shape[0] // BLOCK) * BLOCK, (pixels.shape[1] // BLOCK) * BLOCK
     if image.width * image.height < MIN_PIXELS:
-        marked = image.convert("RGB").copy()
+        marked = Image.fromarray(pixels.copy(), "RGB")
     else:
-        region = rgb[:height, :width]
-        ca_change = _approximation_change(_approximation(_u_channel(region)), bits)
+        region = pixels[:height, :width].astype(np.float32)
+        ca_change = _approximation_change(_approximation(_u_channel(region)), message_bits(message))
         u_change = np.repeat(np.repeat(ca_change / 2.0, 2, axis=0), 2, axis=1)  # Haar synthesis of cA alone
         blue = u_change / _U_GAIN
-        out = rgb.copy()
-        out[:height, :width, 2] += blue
-        out[:height, :width, 1] -= (_B_TO_Y / _G_TO_Y) * blue  # keeps Y (and V, which R and Y determine)
-        marked = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
+        out = pixels.astype(np.int16)  # the pixels are whole numbers: rounding the change rounds the sum
+        out[:height, :width, 2] += np.rint(blue).astype(np.int16)
+        out[:height, :width, 1] -= np.rint((_B_TO_Y / _G_TO_Y) * blue).astype(np.int16)  # keeps Y (and V)
+        marked = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
     marked.info.update({k: v for k, v in image.info.items() if isinstance(k, str)})
     return marked
 
