@@ -114,6 +114,14 @@ def test_sd2_x4_hires_through_the_service_equals_the_three_steps_by_hand(tmp_pat
     assert np.array_equal(np.asarray(result.images[0]), np.asarray(by_hand))
     assert parse_parameters(result.parameters)["Hires upscaler"] == "SD2 x4"
 
+    for stop_after in (6, 9):  # Stop in the x4 stage, then in the second pass
+        seen: list[int] = []
+        with pytest.raises(Cancelled):
+            service.run(request, on_progress=lambda d, t, p: seen.append(d), should_stop=lambda: len(seen) >= stop_after)
+        assert seen[-1] == stop_after
+    again = service.run(request).images[0]  # the manager is free again and the result unchanged
+    assert np.array_equal(np.asarray(again), np.asarray(result.images[0]))
+
 
 @pytest.mark.parametrize(("hires", "batch", "message"), [
     (HiresFix(upscaler="ESRGAN"), 1, "Unknown hires upscaler 'ESRGAN'; choose one of: Latent, "

@@ -76,6 +76,8 @@ def validate_plot(request: XYZPlotRequest, catalog: Any, limits: Any) -> tuple[X
     checked_base, warnings = validate(base, catalog, limits)
     checked_base = replace(checked_base, sampling=replace(checked_base.sampling,
                                                           use_karras=bool(request.base.sampling.use_karras)))
+    if isinstance(checked_base, Img2ImgRequest):  # its image is fitted now; an unset size stays "the image's"
+        checked_base = replace(checked_base, width=base.width, height=base.height)
     task = base.task
     checkpoints = [key for key, tasks in catalog.tasks.items() if task in tasks]
     axes: dict[str, PlotAxis] = {}

@@ -27,7 +27,7 @@ from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.images import LANCZOS, postprocess, preprocess_image
 from sd2_app.pipelines.loop import ProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images
-from sd2_app.pipelines.sampling import draw_noise, plan_sampling, start_job
+from sd2_app.pipelines.sampling import draw_noise, start_job
 from sd2_app.pipelines.seamless import circular_padding
 from sd2_app.pipelines.txt2img import generate, txt2img_settings
 from sd2_app.pipelines.vae_io import decode, encode, vae_factor
@@ -38,14 +38,6 @@ LATENT_MODES = {"Latent": "bilinear", "Latent (nearest-exact)": "nearest-exact"}
 def hires_sampling(sampling: Sampling, hires: HiresFix) -> Sampling:
     """The second pass's sampling: the hires sampler and steps where given, the rest (seed too) unchanged."""
     return replace(sampling, sampler=hires.sampler or sampling.sampler, steps=hires.steps or sampling.steps)
-
-
-def second_pass_steps(components: Components, request: Txt2ImgRequest) -> int:
-    """How many sampler steps the second pass runs (its strength-cut schedule's length)."""
-    assert request.hires is not None
-    plan = plan_sampling(components.scheduler_config, hires_sampling(request.sampling, request.hires),
-                         strength=request.hires.denoising_strength)
-    return len(plan.schedule.sigmas) - 1
 
 
 def upscale_latents(latents: torch.Tensor, size: tuple[int, int], upscaler: str) -> torch.Tensor:
@@ -118,7 +110,7 @@ def hires_fix(components: Components, request: Txt2ImgRequest, on_step: Progress
                              "which brings its model in.")
     factor = vae_factor(components.vae)
     first_steps = request.sampling.steps
-    total = first_steps + second_pass_steps(components, request)
+    total = first_steps + hires.second_pass_steps(first_steps)
     with circular_padding(components.unet, components.vae, enabled=request.tiling):
         latents, width, height, warnings = generate(components, request, _offset(on_step, 0, total))
         target_w, target_h = hires.target(width, height)
