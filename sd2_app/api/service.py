@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.api.prompt_tools import PromptTools
 from sd2_app.api.requests import Request, XYZPlotRequest
 from sd2_app.api.tasks import TASKS
 from sd2_app.api.validation import Catalog, Limits, validate
@@ -124,8 +125,11 @@ class Service:
         preview_every: int = 5,
         backend: Backend | None = None,
         concurrency: int = 1,
+        embeddings: Any = None,  # loading.embeddings.EmbeddingLibrary; None: no textual-inversion embeddings
     ) -> None:
         self.manager = manager
+        self.embeddings = embeddings
+        self._prompt_tools = PromptTools(self)
         # Where validated requests run: None is this process's manager; sd2_app.serve gives a remote one.
         self.backend = backend
         self.concurrency = concurrency  # jobs the GPU queue runs at once: 1 locally, the replicas' total remotely
@@ -189,6 +193,19 @@ class Service:
         for key in [checkpoint] if checkpoint is not None else list(self.registry):
             self.manager.unload(key)
 
+    # ---- prompts -----------------------------------------------------------------------------------
+    def count_tokens(self, text: str, checkpoint: str) -> str:
+        """The prompt box's counter, "23/75" (A1111's count), without touching the GPU queue."""
+        return self._prompt_tools.count(text, checkpoint)
+
+    def embedding_names(self) -> list[str]:
+        """Names of the textual-inversion embeddings a prompt may use."""
+        return self._prompt_tools.embedding_names()
+
+    def refused_embeddings(self) -> dict[str, str]:
+        """Files in the embeddings folder that are not used, each with the reason."""
+        return dict(self.embeddings.refused) if self.embeddings is not None else {}
+
     # ---- running ---------------------------------------------------------------------------------
     def validate(self, request: Request) -> tuple[Request, list[str]]:
         """The checked request and its warnings (raises `InvalidRequest`)."""
@@ -236,6 +253,8 @@ class Service:
                 timings["load"] = timings.get("load", 0.0) + loaded - started
                 task_fn = self._task_fn(task)
                 retry = getattr(self.manager, "run_with_oom_retry", None)  # offload the others, try once more
+
+                components = self._prompt_tools.lend_embeddings(components)
 
                 def call() -> tuple[Any, list[str]]:
                     attempts.append(1)

@@ -8,6 +8,7 @@ from sd2_app.checkpoints.components import Components
 from sd2_app.pipelines.images import postprocess, preprocess_image
 from sd2_app.pipelines.loop import ProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
+from sd2_app.pipelines.prompt import embedding_settings
 from sd2_app.pipelines.sampling import SamplingPlan, draw_noise, start_job
 from sd2_app.pipelines.seamless import circular_padding
 from sd2_app.pipelines.seeds import seed_settings, vary
@@ -61,7 +62,7 @@ def img2img(components: Components, request: Img2ImgRequest, on_step: ProgressFn
         x = noised_init_latents(components, image, job.plan, sampling.batch_size, job.generator, request.seed_extras)
         latents = job.denoise(x, on_step=on_step)
         images = postprocess(decode(components.vae, latents))
-    settings = sampling_settings(sampling, width=width, height=height, model=components.key)
+    settings = sampling_settings(sampling, width=width, height=height, model=components.key) | embedding_settings(components, request)
     settings["Denoising strength"] = request.strength
     settings.update(seed_settings(request.seed_extras))
     if request.tiling:

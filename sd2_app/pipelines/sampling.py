@@ -9,7 +9,7 @@ import torch
 
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.loop import Conditioning, ProgressFn, Tiling, run_sampling
-from sd2_app.pipelines.prompt import encode_prompts
+from sd2_app.pipelines.prompt import encode_prompt_pair
 from sd2_app.api.requests import Sampling
 
 
@@ -63,7 +63,7 @@ class Job:
     components: Any  # sd2_app.checkpoints.components.Components
     sampling: Sampling
     generator: torch.Generator
-    context: torch.Tensor  # (2B|B, 77, D), uncond first when guided
+    context: torch.Tensor  # (2B|B, 77·k, D), uncond first when guided; k chunks of 77 tokens
     plan: SamplingPlan
     warnings: list[str]
 
@@ -101,9 +101,10 @@ def start_job(components: Any, request: Any, *, strength: float | None = None) -
     sampling = request.sampling
     assert sampling.seed is not None, "the service resolves the seed before calling a pipeline"
     generator = make_generator(components.device, sampling.seed)
-    context, warnings = encode_prompts(
+    encoded = encode_prompt_pair(
         components.text_encoder, components.tokenizer, request.prompt, request.negative_prompt,
         batch_size=sampling.batch_size, use_cfg=sampling.cfg_scale > 1.0, device=components.device,
+        embeddings=getattr(components, "embeddings", None),
     )
     plan = plan_sampling(components.scheduler_config, sampling, strength=strength)
-    return Job(components, sampling, generator, context, plan, list(warnings))
+    return Job(components, sampling, generator, encoded.context, plan, list(encoded.warnings))
