@@ -25,6 +25,7 @@ from sd2_app.ui.resize import RESIZE_MODES, fitted_size, resize_to
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
 from sd2_app.ui.prompt_tools import wire_prompt_tools
+from sd2_app.ui.txt2img_extras import IMG2IMG_NAMES, build_img2img_extras, img2img_fields
 from sd2_app.ui.uploads import check_on_upload, upload_image
 
 SEND_TO = (("inpaint", "inpaint"), ("upscale", "upscale"))
@@ -61,6 +62,7 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> Img2ImgT
             controls, randomize, reuse = sampling_controls(service, "img2img")
             if examples:
                 gr.Examples(examples, [image, prompt], label="Examples")
+            extras = build_img2img_extras()  # tiling, variation seed
         with results_column("img2img"):
             panel = result_panel("img2img", top.run, top.stop, send_to=SEND_TO)
     wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "img2img")
@@ -87,17 +89,19 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> Img2ImgT
             return picture
         return resize_to(picture, int(w) // 8 * 8, int(h) // 8 * 8, mode)
 
+    n_sampling = len(SAMPLING_NAMES)
+
     def make_request(picture: Any, key: str, text: str, negative_text: str, amount: float, w: Any, h: Any,
-                     mode: Any, *sampling: Any) -> Img2ImgRequest:
+                     mode: Any, *rest: Any) -> Img2ImgRequest:
         # Without a size (API callers may leave it out) the output keeps the image's size.
         sized = w is not None and h is not None
         return Img2ImgRequest(prompt=text, image=shaped(picture, w, h, mode or RESIZE_MODES[0]) if sized else picture,
                               negative_prompt=negative_text, checkpoint=key, strength=amount,
                               width=w if sized else None, height=h if sized else None,  # type: ignore[arg-type]
-                              sampling=to_sampling(*sampling))
+                              sampling=to_sampling(*rest[:n_sampling]), **img2img_fields(*rest[n_sampling:]))
 
-    inputs = [image, checkpoint, prompt, negative, strength, width, height, resize_mode, *controls.inputs()]
+    inputs = [image, checkpoint, prompt, negative, strength, width, height, resize_mode, *controls.inputs(), *extras]
     wire_run(service, flags, panel, inputs, make_request, "img2img",
              ("image", "checkpoint", "prompt", "negative_prompt", "strength", "width", "height", "resize_mode",
-              *SAMPLING_NAMES))
+              *SAMPLING_NAMES, *IMG2IMG_NAMES))
     return Img2ImgTab(image, prompt, negative, controls, panel)
