@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.api.gate import GpuGate
 from sd2_app.api.prompt_tools import PromptTools
 from sd2_app.api.requests import Request, XYZPlotRequest
 from sd2_app.api.tasks import TASKS
@@ -123,6 +124,7 @@ class Service:
         outputs_dir: str | Path | None = "outputs",
         history_size: int = 50,
         preview_every: int = 5,
+        watermark: bool = True,  # the invisible "SDV2" watermark in every result (--no-watermark turns it off)
         backend: Backend | None = None,
         concurrency: int = 1,
         embeddings: Any = None,  # loading.embeddings.EmbeddingLibrary; None: no textual-inversion embeddings
@@ -153,6 +155,8 @@ class Service:
         self.limits = limits
         self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else None
         self.preview_every = max(1, preview_every)
+        self.watermark = watermark
+        self.gate = GpuGate()  # one job at a time on the GPU, whichever front end sent it
         self._history: deque[HistoryEntry] = deque(maxlen=history_size)
         self._lock = threading.Lock()  # guards the history and the file counter
         self.last_seed: int | None = None
@@ -184,7 +188,8 @@ class Service:
     def load(self, checkpoint: str) -> None:
         if checkpoint not in self.registry:
             raise InvalidRequest(f"Unknown checkpoint {checkpoint!r}.")
-        self.manager.load(checkpoint)
+        with self.gate.enter():
+            self.manager.load(checkpoint)
 
     def unload(self, checkpoint: str | None = None) -> None:
         """Unload one checkpoint, or everything when `checkpoint` is None."""
@@ -239,6 +244,18 @@ class Service:
         return on_step
 
     def _run_pipeline(
+        self,
+        task: str,
+        request: Any,
+        on_step: Callable[[int, int, Any], None],
+        timings: dict[str, float],
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Any:
+        """The task's output, after the job's turn at the GPU gate (`should_stop` may end the wait)."""
+        with self.gate.enter(should_stop):
+            return self._run_on_gpu(task, request, on_step, timings)
+
+    def _run_on_gpu(
         self, task: str, request: Any, on_step: Callable[[int, int, Any], None], timings: dict[str, float]
     ) -> Any:
         """The task's output, with the guards' warnings (fp32 reruns, low-memory retry) added to its own."""
@@ -340,7 +357,8 @@ class Service:
 
             output = run_hires_x4(self, checked, on_progress, should_stop, timings)
         else:
-            output = self._run_pipeline(task, checked, self._step_callback(0, None, on_progress, should_stop), timings)
+            on_step = self._step_callback(0, None, on_progress, should_stop)
+            output = self._run_pipeline(task, checked, on_step, timings, should_stop)
         result = Result(
             task=task,
             request=checked,
@@ -390,7 +408,15 @@ class Service:
         log.info("saved %d file(s) to %s", len(paths), folder)
         return paths
 
+    def _mark(self, images: list[Image.Image]) -> list[Image.Image]:
+        """Provenance on every result: the invisible watermark (unless off) and the "AI generated" XMP marker."""
+        from sd2_app.pipelines.metadata import mark_ai_generated
+        from sd2_app.pipelines.watermark import embed
+
+        return [mark_ai_generated(embed(image) if self.watermark else image) for image in images]
+
     def _keep(self, result: Result, owner: str | None = None) -> Result:
+        result.images = self._mark(result.images)
         if self.outputs_dir is not None:
             try:
                 result.saved = self._save(result)
