@@ -21,7 +21,7 @@ from sd2_app.accel import AccelOptions, CudaGraphUNet, accelerate_unet, setup_ba
 from sd2_app.accel.compile import compile_blocks
 from sd2_app.accel.fused import (FusedGEGLU, FusedResnetBlock2D, FusedTransformerBlock,
                                  fuse_modules, geglu, group_norm_silu)
-from sd2_app.nn.attention import GEGLU, BasicTransformerBlock
+from sd2_app.nn.attention import GEGLU, Attention, BasicTransformerBlock
 from sd2_app.nn.config import UNetConfig
 from sd2_app.nn.resnet import ResnetBlock2D
 from sd2_app.nn.unet import UNet
@@ -82,19 +82,16 @@ def test_graph_wrapper_drops_graphs_when_weights_move() -> None:
     assert wrapped.graph_count == 0
 
 
-def test_graph_key_follows_the_attention_precision_switch() -> None:
-    """The guards' fp32-attention rerun must not replay a graph recorded with fp16 attention."""
-    from sd2_app import guards
-
+def test_per_call_fp32_attention_runs_eagerly_with_fp32_attention() -> None:
+    """The fallback ladder's fp32-attention rerun never replays a graph recorded with fp16 attention: the
+    wrapper runs the UNet eagerly with the per-call switch, and records nothing."""
     unet = _tiny_unet()
     wrapped = CudaGraphUNet(unet)
     sample, timestep, context = _inputs(unet)
-    plain = wrapped.key(sample, timestep, context)
-    with guards.fp32_attention(wrapped):
-        upcast = wrapped.key(sample, timestep, context)
-    assert upcast != plain
-    assert sum(upcast[-1]) == len(upcast[-1]) > 0 and not any(plain[-1])
-    assert wrapped.key(sample, timestep, context) == plain  # switched back after the rerun
+    expected = unet(sample, timestep, context, upcast_attention=True)
+    got = wrapped(sample, timestep, context, upcast_attention=True)
+    assert torch.equal(got, expected) and wrapped.graph_count == 0
+    assert all(not m.upcast for m in unet.modules() if isinstance(m, Attention))  # nothing flipped on modules
 
 
 @pytest.mark.parametrize("shape,groups", [((2, 32, 8, 8), 8), ((1, 64, 5, 7), 32), ((3, 16, 4, 4), 1)])

@@ -45,7 +45,7 @@ class _Captured:
 def _signature(sample: Tensor, timestep: Tensor | float, context: Tensor, class_labels: Tensor | None,
                modes: tuple[bool, ...] = ()) -> GraphKey:
     """What a captured UNet graph is valid for. `modes` are run-time switches of the UNet's modules (the
-    attention `upcast` flags that `guards.fp32_attention` turns on): a graph replays the kernels it
+    attention modules' `upcast` flags): a graph replays the kernels it
     recorded, so a graph captured with fp16 attention must never serve an fp32-attention call."""
     t_dtype = timestep.dtype if isinstance(timestep, Tensor) else torch.float32
     labels = None if class_labels is None else (tuple(class_labels.shape), class_labels.dtype)
@@ -207,11 +207,14 @@ class CudaGraphUNet(GraphedModule):
         return self.module
 
     def __call__(self, sample: Tensor, timestep: Tensor | float, encoder_hidden_states: Tensor,
-                 class_labels: Tensor | None = None) -> Tensor:
+                 class_labels: Tensor | None = None, *, upcast_attention: bool = False) -> Tensor:
         def eager() -> Tensor:
-            return self.unet(sample, timestep, encoder_hidden_states, class_labels=class_labels)
+            return self.unet(sample, timestep, encoder_hidden_states, class_labels=class_labels,
+                             upcast_attention=upcast_attention)
 
-        if not self._can_use_graph(sample):
+        # The per-call fp32 attention (the fallback ladder's rerun after NaN/inf) is rare: it runs eagerly,
+        # so no graph recorded with fp16 attention ever serves it.
+        if upcast_attention or not self._can_use_graph(sample):
             return eager()
         key = self.key(sample, timestep, encoder_hidden_states, class_labels)
         return self._graphed(key, (sample, timestep, encoder_hidden_states, class_labels), eager)

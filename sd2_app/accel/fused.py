@@ -207,15 +207,16 @@ class FusedTransformerBlock(nn.Module):
         super().__init__()
         _adopt(self, block, ("only_cross_attention", "norm1", "attn1", "norm2", "attn2", "norm3", "ff"))
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, *, upcast_attention: bool = False) -> Tensor:
         # x: (B, N, dim); context: (B, 77, context_dim)
+        up = upcast_attention
         if not _use_layer_norm_kernel(x, self.norm1):
-            x = self.attn1(self.norm1(x), context if self.only_cross_attention else None) + x
-            x = self.attn2(self.norm2(x), context) + x
+            x = self.attn1(self.norm1(x), context if self.only_cross_attention else None, upcast_attention=up) + x
+            x = self.attn2(self.norm2(x), context, upcast_attention=up) + x
             return self.ff(self.norm3(x)) + x
-        return self._forward_fused(x, context)
+        return self._forward_fused(x, context, up)
 
-    def _forward_fused(self, x: Tensor, context: Tensor) -> Tensor:
+    def _forward_fused(self, x: Tensor, context: Tensor, upcast_attention: bool = False) -> Tensor:
         from sd2_app.accel import triton_kernels
 
         self_context = context if self.only_cross_attention else None
@@ -224,15 +225,16 @@ class FusedTransformerBlock(nn.Module):
             return triton_kernels.layer_norm(v, layer.weight, layer.bias, layer.eps, residual=residual)
 
         _, h = norm(x, self.norm1)
-        x, h = norm(self.attn1(h, self_context), self.norm2, residual=x)
+        x, h = norm(self.attn1(h, self_context, upcast_attention=upcast_attention), self.norm2, residual=x)
         out = self.ff.net[2]  # the feed-forward's last Linear
         if out.bias is None:
-            x, h = norm(self.attn2(h, context), self.norm3, residual=x)
+            x, h = norm(self.attn2(h, context, upcast_attention=upcast_attention), self.norm3, residual=x)
             return self.ff(h) + x
         # The stream comes out of the norm with the Linear's bias in it, and the matmul accumulates onto it:
         # ff(h) + x in one kernel instead of a matmul (with bias) and an add.
-        x, h = triton_kernels.layer_norm(self.attn2(h, context), self.norm3.weight, self.norm3.bias,
-                                         self.norm3.eps, residual=x, sum_bias=out.bias)
+        attended = self.attn2(h, context, upcast_attention=upcast_attention)
+        x, h = triton_kernels.layer_norm(attended, self.norm3.weight, self.norm3.bias, self.norm3.eps, residual=x,
+                                         sum_bias=out.bias)
         inner = self.ff.net[0](h)  # (B, N, ff_inner)
         return torch.addmm(x.view(-1, x.shape[-1]), inner.view(-1, inner.shape[-1]), out.weight.t()).view(x.shape)
 

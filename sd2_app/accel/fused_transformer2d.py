@@ -24,15 +24,15 @@ class FusedTransformer2D(Transformer2D):
         self.use_linear_projection = block.use_linear_projection
         _adopt(self, block, tuple(name for name, _ in block.named_children()))  # its order: the same keys
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, *, upcast_attention: bool = False) -> Tensor:
         # x: (B, C, H, W); context: (B, 77, D)
         proj_out = self.proj_out
         if not (self.use_linear_projection and proj_out.bias is not None and channels_last_kernels(x, self.norm)
                 and proj_out.weight.dtype == x.dtype):
-            return super().forward(x, context)
-        return self._forward_fused(x, context)
+            return super().forward(x, context, upcast_attention=upcast_attention)
+        return self._forward_fused(x, context, upcast_attention)
 
-    def _forward_fused(self, x: Tensor, context: Tensor) -> Tensor:
+    def _forward_fused(self, x: Tensor, context: Tensor, upcast_attention: bool = False) -> Tensor:
         from sd2_app.accel import triton_kernels
 
         proj_out = self.proj_out
@@ -43,7 +43,7 @@ class FusedTransformer2D(Transformer2D):
             one_kernel_max=getattr(norm, "one_kernel_max", GROUP_NORM_ONE_KERNEL_MAX))
         tokens = self.proj_in(normed.permute(0, 2, 3, 1).reshape(b, h * w, c))  # channels_last: views
         for block in self.transformer_blocks:
-            tokens = block(tokens, context)
+            tokens = block(tokens, context, upcast_attention=upcast_attention)
         out = stream.permute(0, 2, 3, 1).reshape(b * h * w, c)  # (pixels, C): a view of our own buffer
         out.addmm_(tokens.reshape(b * h * w, -1), proj_out.weight.t())
         return out.view(b, h, w, c).permute(0, 3, 1, 2)  # (B, C, H, W), channels_last

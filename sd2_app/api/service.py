@@ -17,19 +17,24 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from sd2_app.api.model_host import ModelHost
+from sd2_app.checkpoints.catalog import CheckpointSpec
 from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.api.requests import CompareRequest, Request
 from sd2_app.api.tasks import TASKS
 from sd2_app.api.validation import Catalog, Limits, validate
 
+if TYPE_CHECKING:
+    from sd2_app.pipelines.loop import LatentProgressFn
+
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int, Image.Image | None], None]  # (steps done, total steps, preview or None)
-TaskFn = Callable[[Any, Any, Callable[[int, int, Any], None]], Any]  # (components, request, on_step) -> output
+TaskFn = Callable[..., Any]  # (components, request, on_step, *, mode) -> output
 
 
 @dataclass
@@ -67,7 +72,7 @@ class HistoryEntry:
     owner: str | None = None  # the browser session that made it: History shows a visitor only their own
 
 
-def _default_catalog(registry: Mapping[str, Any]) -> Catalog:
+def _default_catalog(registry: Mapping[str, CheckpointSpec]) -> Catalog:
     from sd2_app.samplers import SAMPLERS
 
     return Catalog(
@@ -90,20 +95,14 @@ def _default_preview(latents: Any) -> Image.Image | None:
     return preview_images(latents[:1], upscale=8)[0]  # one latent pixel is 8 image pixels
 
 
-def _out_of_memory_type() -> type[BaseException]:
-    import torch
-
-    return getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-
-
 class Service:
     """Validation, seeds, progress, cancellation, saving and history around the task pipelines."""
 
     def __init__(
         self,
-        manager: Any,
+        manager: ModelHost | None,
         *,
-        registry: Mapping[str, Any] | None = None,
+        registry: Mapping[str, CheckpointSpec] | None = None,
         catalog: Catalog | None = None,
         tasks: Mapping[str, TaskFn] | None = None,
         preview: Callable[[Any], Image.Image | None] | None = None,
@@ -113,21 +112,19 @@ class Service:
         history_size: int = 50,
         preview_every: int = 5,
     ) -> None:
+        """`manager` None gives a service that validates but cannot run (tools and tests)."""
+        from sd2_app.checkpoints.allowlist import allowed_repos as env_allowed_repos, custom_specs
+        from sd2_app.checkpoints.catalog import REGISTRY
+
         self.manager = manager
         if registry is None:
-            registry = getattr(manager, "registry", None)
-        if registry is None:
-            from sd2_app.checkpoints.catalog import REGISTRY
-
-            registry = REGISTRY
-        self.registry = dict(registry)
-        from sd2_app.checkpoints.allowlist import allowed_repos as env_allowed_repos, custom_specs
-
+            registry = manager.registry if manager is not None else REGISTRY
+        self.registry: dict[str, CheckpointSpec] = dict(registry)
         custom = custom_specs(env_allowed_repos() if allowed_repos is None else allowed_repos, self.registry)
         if custom:  # the operator's allow-list: the manager must know them too, the UI lists them
             self.registry.update(custom)
-            if isinstance(getattr(manager, "registry", None), dict):
-                manager.registry.update(custom)
+            if manager is not None:
+                manager.add_checkpoints(custom)
         self.catalog = catalog or _default_catalog(self.registry)
         self._tasks = dict(tasks) if tasks is not None else None
         self._preview = preview or _default_preview
@@ -159,22 +156,27 @@ class Service:
     # ---- models ----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """The manager's report: per checkpoint where it is loaded and from which repo, and memory per tier."""
-        memory = getattr(self.manager, "memory", None)
-        return {"models": self.manager.status(), "memory": memory() if memory is not None else None}
+        manager = self._host()
+        return {"models": manager.status(), "memory": manager.memory()}
 
     def load(self, checkpoint: str) -> None:
         if checkpoint not in self.registry:
             raise InvalidRequest(f"Unknown checkpoint {checkpoint!r}.")
-        self.manager.load(checkpoint)
+        self._host().load(checkpoint)
 
     def unload(self, checkpoint: str | None = None) -> None:
         """Unload one checkpoint, or everything when `checkpoint` is None."""
         if checkpoint is not None and checkpoint not in self.registry:
             raise InvalidRequest(f"Unknown checkpoint {checkpoint!r}.")
         for key in [checkpoint] if checkpoint is not None else list(self.registry):
-            self.manager.unload(key)
+            self._host().unload(key)
 
     # ---- running ---------------------------------------------------------------------------------
+    def _host(self) -> ModelHost:
+        if self.manager is None:
+            raise RuntimeError("this Service was made without a model manager: it validates, it cannot run")
+        return self.manager
+
     def validate(self, request: Request) -> tuple[Request, list[str]]:
         """The checked request and its warnings (raises `InvalidRequest`)."""
         return validate(request, self.catalog, self.limits)
@@ -188,7 +190,7 @@ class Service:
         total: int | None,
         on_progress: ProgressFn | None,
         should_stop: Callable[[], bool] | None,
-    ) -> Callable[[int, int, Any], None]:
+    ) -> LatentProgressFn:
         """The pipeline's `on_step(step, steps, latents)`: stop check first, then progress and a cheap preview.
 
         `total` None reports the pipeline's own count: the steps it really runs, e.g. int(N * strength) for
@@ -207,41 +209,20 @@ class Service:
         return on_step
 
     def _run_pipeline(
-        self, task: str, request: Any, on_step: Callable[[int, int, Any], None], timings: dict[str, float]
+        self, task: str, request: Any, on_step: LatentProgressFn, timings: dict[str, float]
     ) -> Any:
-        """The task's output, with the guards' warnings (fp32 reruns, low-memory retry) added to its own."""
-        from sd2_app import guards
+        """The task's output under the fallback ladder, with the ladder's warnings added to its own."""
+        from sd2_app.api.fallback import run_with_fallbacks
 
-        oom = _out_of_memory_type()
         started = time.perf_counter()
-        attempts: list[int] = []
-        try:
-            with self.manager.use(request.checkpoint) as components:
-                loaded = time.perf_counter()
-                timings["load"] = timings.get("load", 0.0) + loaded - started
-                task_fn = self._task_fn(task)
-                retry = getattr(self.manager, "run_with_oom_retry", None)  # offload the others, try once more
-
-                def call() -> tuple[Any, list[str]]:
-                    attempts.append(1)
-                    with guards.low_memory(len(attempts) > 1):  # the out-of-memory retry decodes in tiles
-                        return guards.run_with_fp32_fallback(lambda: task_fn(components, request, on_step), components)
-
-                output, notes = retry(call) if retry is not None else call()
-        except oom as error:
-            log.warning("out of memory in %s: %s", task, error)
-            raise InvalidRequest(
-                "The GPU ran out of memory; try a smaller size, fewer images per prompt or fewer loaded models."
-            ) from error
-        except guards.NonFiniteError as error:
-            log.warning("non-finite %s in %s even in float32", error.stage, task)
-            raise InvalidRequest(
-                f"The model produced NaN/inf values in the {error.stage} even when rerun in float32, so no image "
-                "was returned; try another seed or sampler, or a lower guidance scale."
-            ) from error
-        if len(attempts) > 1:
-            notes.insert(0, "Out of memory: other models were moved off the GPU and the run was repeated with "
-                            "a tiled VAE decode.")
+        manager = self._host()
+        with manager.use(request.checkpoint) as components:
+            loaded = time.perf_counter()
+            timings["load"] = timings.get("load", 0.0) + loaded - started
+            task_fn = self._task_fn(task)
+            output, notes = run_with_fallbacks(
+                lambda mode: task_fn(components, request, on_step, mode=mode), manager.free_memory
+            )
         if notes:
             output.warnings = list(getattr(output, "warnings", []) or []) + notes
         timings["run"] = timings.get("run", 0.0) + time.perf_counter() - loaded

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-X4_SCALING_FACTOR = 0.08333  # reference §1.5: older x4 snapshots lack it; diffusers forces it too
+X4_SCALING_FACTOR = 0.08333  # older x4 vae/config.json snapshots lack it; diffusers' upscale pipeline forces it too
 # Keys that old transformers saved but current CLIPTextModel does not hold (non-persistent buffers).
 IGNORED_TEXT_ENCODER_KEYS = frozenset({"text_model.embeddings.position_ids"})
 

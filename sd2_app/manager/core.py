@@ -18,12 +18,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 
 from sd2_app.accel import AccelOptions, Accelerator, setup_backends
 from sd2_app.checkpoints.components import Components
+from sd2_app.loading.hub import LoadProgressFn
 from sd2_app.errors import InvalidRequest, LoadError
 from sd2_app.manager import memory
 from sd2_app.manager.identity import HashCache
@@ -33,8 +33,6 @@ from sd2_app.checkpoints.catalog import REGISTRY, CheckpointSpec, tiny_registry
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-ProgressFn = Callable[[str], None]
 OOM_ERRORS: tuple[type[BaseException], ...] = (torch.OutOfMemoryError,)  # torch.cuda.OutOfMemoryError is this
 
 
@@ -97,6 +95,12 @@ class ModelManager:
         for key in preload:
             self.load(key)
 
+    def add_checkpoints(self, specs: Mapping[str, CheckpointSpec]) -> None:
+        """Make more checkpoints loadable (the operator's allow-listed repos); known keys stay as they are."""
+        with self._state_lock:
+            for key, spec in specs.items():
+                self.registry.setdefault(key, spec)
+
     # ---- views -------------------------------------------------------------------------------------
 
     def _spec(self, key: str) -> CheckpointSpec:
@@ -145,7 +149,7 @@ class ModelManager:
     # ---- public operations ---------------------------------------------------------------------------
 
     @contextmanager
-    def use(self, key: str, on_progress: ProgressFn | None = None) -> Iterator[Components]:
+    def use(self, key: str, on_progress: LoadProgressFn | None = None) -> Iterator[Components]:
         """Hold the GPU for one job on checkpoint `key`, loading or bringing it back first."""
         with self._job_lock:
             self._ensure_on_device(key, on_progress)
@@ -156,7 +160,7 @@ class ModelManager:
                 self._active = previous
                 self._touch(key)
 
-    def load(self, key: str, on_progress: ProgressFn | None = None) -> ModelStatus:
+    def load(self, key: str, on_progress: LoadProgressFn | None = None) -> ModelStatus:
         """Load `key` onto the device (from pinned memory if it is there: the fast path)."""
         with self._job_lock:
             self._ensure_on_device(key, on_progress)
@@ -176,29 +180,13 @@ class ModelManager:
             if key in self._entries:
                 self._drop_entry(self._entries[key])
 
-    def run(self, key: str, fn: Callable[[Components], T], on_progress: ProgressFn | None = None) -> T:
-        """`fn(components)` under the lock, retried once after an out-of-memory error."""
-        with self.use(key, on_progress) as components:
-            return self.run_with_oom_retry(lambda: fn(components))
+    def free_memory(self) -> None:
+        """Inside `use(key)`: move every other checkpoint off the device and return cached blocks to the driver.
 
-    def run_with_oom_retry(self, fn: Callable[[], T]) -> T:
-        """Run `fn`; on out-of-memory, offload every checkpoint but the active one, empty the cache, retry once.
-
-        A second out-of-memory error is raised as torch.OutOfMemoryError with a message saying what was tried.
+        The fallback ladder's out-of-memory rung (sd2_app/api/fallback.py) calls it before its retry.
         """
-        try:
-            return fn()
-        except OOM_ERRORS as first:
-            logger.warning("out of memory during a job (%s); offloading other models and retrying once", first)
+        with self._job_lock:
             self._free_device(keep=self._active)
-        try:
-            return fn()
-        except OOM_ERRORS as second:
-            summary = self.memory()
-            raise torch.OutOfMemoryError(
-                f"out of memory twice: the job does not fit even with only {self._active or 'its model'} on "
-                f"{summary.device} ({_gib(summary.device_used)} of models); try a smaller size or batch"
-            ) from second
 
     # ---- internals (callers hold the job lock) -------------------------------------------------------
 
@@ -229,7 +217,7 @@ class ModelManager:
         )
         return self._accel.prepare(components) if self._accel is not None else components
 
-    def _ensure_on_device(self, key: str, on_progress: ProgressFn | None) -> None:
+    def _ensure_on_device(self, key: str, on_progress: LoadProgressFn | None) -> None:
         spec = self._spec(key)
         entry = self._entries.get(key)
         if entry is not None and entry.tier == "device":
@@ -354,7 +342,7 @@ class ModelManager:
         # Only a freed part may sit in reference cycles and leave blocks worth returning to the driver. An
         # offloaded part's device tensors are released by refcount as they are re-pointed at host memory,
         # and their cached blocks are what the incoming checkpoint reuses: a gc pass and an empty_cache there
-        # cost ~0.3 s of a swap (measured on an H200) and bought nothing.
+        # would lengthen every swap and buy nothing (docs/PERFORMANCE.md).
         if released:
             gc.collect()
             memory.empty_device_cache(self.device)

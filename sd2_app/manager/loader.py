@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors import SafetensorError
 
+from sd2_app.loading.hub import LoadProgressFn
 from sd2_app.errors import LoadError
 from sd2_app.manager.memory import module_bytes
 from sd2_app.manager.plan import Plan, load_extras, load_part, make_plan, subfolders
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ProgressFn = Callable[[str], None]
 OOM_ERRORS: tuple[type[BaseException], ...] = (torch.OutOfMemoryError,)
 # What a bad repo, folder or file raises: missing (LoadError, OSError), corrupt (SafetensorError, ValueError,
 # KeyError in a config), or weights that do not fit the network (RuntimeError from the strict load).
@@ -68,7 +68,7 @@ def _gib(n: int) -> str:
 
 
 def _load_plan(
-    manager: ModelManager, spec: CheckpointSpec, plan: Plan, revision: str | None, report: ProgressFn
+    manager: ModelManager, spec: CheckpointSpec, plan: Plan, revision: str | None, report: LoadProgressFn
 ) -> None:
     """Make room, load or borrow every part, then register the checkpoint; undo everything on failure."""
     key = spec.key
@@ -115,7 +115,7 @@ def _load_plan(
 
 
 def _load_with_oom_retry(
-    manager: ModelManager, spec: CheckpointSpec, plan: Plan, revision: str | None, report: ProgressFn
+    manager: ModelManager, spec: CheckpointSpec, plan: Plan, revision: str | None, report: LoadProgressFn
 ) -> None:
     try:
         _load_plan(manager, spec, plan, revision, report)
@@ -136,7 +136,7 @@ def _load_with_oom_retry(
         ) from second
 
 
-def load_checkpoint(manager: ModelManager, spec: CheckpointSpec, on_progress: ProgressFn | None) -> None:
+def load_checkpoint(manager: ModelManager, spec: CheckpointSpec, on_progress: LoadProgressFn | None) -> None:
     """Load `spec` into `manager` from the first of its repos that works; raise CheckpointUnavailable if none."""
 
     def report(message: str) -> None:

@@ -1,4 +1,7 @@
-"""Spatial transformer of the UNet (reference §3.5): Attention, GEGLU, FeedForward, blocks, Transformer2D."""
+"""Spatial transformer of the UNet: Attention, GEGLU, FeedForward, blocks, Transformer2D.
+
+After diffusers transformers/transformer_2d.py and attention.py (BasicTransformerBlock).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,11 @@ from torch import Tensor, nn
 class Attention(nn.Module):
     """Multi-head attention through F.scaled_dot_product_attention (scale head_dim**-0.5, no mask).
 
-    `upcast` (SD2.1-768's `upcast_attention`) runs the attention product in fp32 and casts back, because
-    QK^T overflows fp16 for that checkpoint. The choice is made here once, not per call site.
+    `upcast` (SD2.1-768's `upcast_attention`, fixed when the network is built) runs the attention product in
+    fp32 and casts back, because QK^T overflows fp16 for that checkpoint. The per-call switch
+    `upcast_attention=True` does the same for one forward pass (the fallback ladder's rerun after NaN/inf
+    latents, docs/DESIGN.md "Fallback ladder"); every forward from `UNet.forward` down passes it on, and
+    subclasses that replace a forward (sd2_app.accel) must honour it. Nothing is stored on the module.
     """
 
     def __init__(self, query_dim: int, context_dim: int, heads: int, head_dim: int, *,
@@ -26,14 +32,14 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim, inner, bias=bias)
         self.to_out = nn.ModuleList([nn.Linear(inner, query_dim), nn.Identity()])  # slot 1 was dropout
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None, *, upcast_attention: bool = False) -> Tensor:
         # x: (B, N, query_dim); context: (B, M, context_dim) or None for self-attention
         context = x if context is None else context
         b, n, _ = x.shape
         q = self.to_q(x).view(b, -1, self.heads, self.head_dim).transpose(1, 2)  # (B, heads, N, hd)
         k = self.to_k(context).view(b, -1, self.heads, self.head_dim).transpose(1, 2)  # (B, heads, M, hd)
         v = self.to_v(context).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
-        if self.upcast:
+        if self.upcast or upcast_attention:
             out = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
         else:
             out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, hd)
@@ -77,10 +83,11 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim, eps=1e-5)
         self.ff = FeedForward(dim)
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, *, upcast_attention: bool = False) -> Tensor:
         # x: (B, N, dim); context: (B, 77, context_dim)
-        x = self.attn1(self.norm1(x), context if self.only_cross_attention else None) + x
-        x = self.attn2(self.norm2(x), context) + x
+        self_context = context if self.only_cross_attention else None
+        x = self.attn1(self.norm1(x), self_context, upcast_attention=upcast_attention) + x
+        x = self.attn2(self.norm2(x), context, upcast_attention=upcast_attention) + x
         return self.ff(self.norm3(x)) + x
 
 
@@ -111,7 +118,7 @@ class Transformer2D(nn.Module):
             for _ in range(num_layers)
         ])
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, *, upcast_attention: bool = False) -> Tensor:
         # x: (B, C, H, W); context: (B, 77, D)
         b, _, h, w = x.shape
         residual = x
@@ -122,7 +129,7 @@ class Transformer2D(nn.Module):
             x = self.proj_in(x)
             x = x.permute(0, 2, 3, 1).reshape(b, h * w, -1)
         for block in self.transformer_blocks:
-            x = block(x, context)
+            x = block(x, context, upcast_attention=upcast_attention)
         # Back to (B, C, H, W) in the residual's layout: channels_last is the token layout already (no copy).
         layout = (torch.channels_last if not residual.is_contiguous()
                   and residual.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)

@@ -1,6 +1,6 @@
 """Pixel <-> tensor conversions that reproduce the reference pipelines' image handling.
 
-Everything here follows diffusers' `VaeImageProcessor` (reference §4.8) so a seed gives the reference's
+Everything here follows diffusers' `VaeImageProcessor` (diffusers image_processor.py) so a seed gives the reference's
 image: sizes are floored to a multiple of the VAE factor, PIL resamples (Lanczos; bicubic for the x4
 upscaler), values go to [-1, 1]; masks are grayscale and binarised at 0.5; outputs are rounded to uint8.
 """

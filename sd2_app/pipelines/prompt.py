@@ -1,4 +1,4 @@
-"""Prompt -> text-encoder context for the UNet, following the reference's `encode_prompt` (§4.1).
+"""Prompt -> text-encoder context for the UNet, following diffusers' `encode_prompt` (pipeline_stable_diffusion.py).
 
 CLIP sees at most 77 tokens (BOS + 75 + EOS). Longer prompts are cut like the reference does, but never
 silently: the caller gets a warning naming how many tokens were dropped and what text they held.

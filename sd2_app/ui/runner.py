@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
+from sd2_app.api.service import ProgressFn
 from sd2_app.errors import Cancelled, InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def _executor() -> ThreadPoolExecutor:
 
 
 def stream(
-    call: Callable[[Callable[[int, int, Image.Image | None], None], Callable[[], bool]], Any],
+    call: Callable[[ProgressFn, Callable[[], bool]], Any],
     flag: threading.Event,
     *,
     poll_s: float = 0.05,
