@@ -26,6 +26,7 @@ from sd2_app.checkpoints.components import Components
 from sd2_app.loading.hub import LoadProgressFn
 from sd2_app.errors import InvalidRequest, LoadError
 from sd2_app.manager import memory
+from sd2_app.manager.memory import OOM_ERRORS, gib
 from sd2_app.manager.identity import HashCache
 from sd2_app.manager.loader import OutOfMemoryDuringLoad, load_checkpoint
 from sd2_app.manager.state import Entry, MemorySummary, ModelStatus, Part, Tier
@@ -33,11 +34,6 @@ from sd2_app.checkpoints.catalog import REGISTRY, CheckpointSpec, tiny_registry
 
 logger = logging.getLogger(__name__)
 
-OOM_ERRORS: tuple[type[BaseException], ...] = (torch.OutOfMemoryError,)  # torch.cuda.OutOfMemoryError is this
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 class ModelManager:
@@ -79,7 +75,7 @@ class ModelManager:
         self.device_budget = device_budget if device_budget is not None else memory.default_device_budget(self.device)
         self.offload_budget = offload_budget if offload_budget is not None else memory.default_offload_budget()
         self._pin = self.device.type == "cuda" if use_pinned_memory is None else use_pinned_memory
-        self._hashes = HashCache(cache_dir / "hashes.json")
+        self.hashes = HashCache(cache_dir / "hashes.json")  # content hashes of local files, kept between runs
         self._job_lock = threading.RLock()  # one GPU job (or load/offload) at a time
         self._state_lock = threading.Lock()  # short: guards the dicts so status() never waits for a job
         self._entries: dict[str, Entry] = {}
@@ -188,6 +184,32 @@ class ModelManager:
         with self._job_lock:
             self._free_device(keep=self._active)
 
+    # ---- what loading may do (loader.LoadTarget; the caller holds the job lock) ------------------------
+
+    def find_part(self, identity: str) -> Part | None:
+        """The loaded part with this content identity, to share instead of loading it again."""
+        return self._parts.get(identity)
+
+    def keep_part(self, part: Part, user: str) -> None:
+        """Count `user` among `part`'s users, adding the part when it is new."""
+        with self._state_lock:
+            self._parts.setdefault(part.identity, part).users.add(user)
+
+    def register(self, entry: Entry) -> None:
+        """A loaded checkpoint; borrowed parts that were offloaded come back to the device."""
+        with self._state_lock:
+            self._entries[entry.key] = entry
+        self._sync(entry.parts.values())
+
+    def abandon(self, key: str, identities: list[str]) -> None:
+        """Undo a failed load of `key`: forget it and its references; parts nobody uses are freed."""
+        with self._state_lock:
+            self._entries.pop(key, None)
+            for identity in identities:
+                if identity in self._parts:
+                    self._parts[identity].users.discard(key)
+        self._sync(identities)
+
     # ---- internals (callers hold the job lock) -------------------------------------------------------
 
     def _touch(self, key: str) -> None:
@@ -224,7 +246,7 @@ class ModelManager:
             return
         if entry is not None:
             needed = sum(p.nbytes for p in self._parts_of(entry) if p.tier != "device")
-            self._make_room(key, set(entry.parts.values()), needed)
+            self.make_room(key, set(entry.parts.values()), needed)
             start = time.perf_counter()
             with self._state_lock:
                 entry.tier = "device"
@@ -256,7 +278,7 @@ class ModelManager:
     def _parts_of(self, entry: Entry) -> list[Part]:
         return [self._parts[identity] for identity in entry.parts.values()]
 
-    def _make_room(self, key: str, keep: set[str], needed: int) -> None:
+    def make_room(self, key: str, keep: set[str], needed: int) -> None:
         """Offload least recently used checkpoints (never `key` or the active job's) until `needed` fits."""
         while self._used("device") + needed > self.device_budget:
             victims = [
@@ -265,7 +287,7 @@ class ModelManager:
             if not victims:
                 logger.warning(
                     "%s needs %s; with %s already on %s it exceeds the budget of %s; trying anyway",
-                    key, _gib(needed), _gib(self._used("device")), self.device, _gib(self.device_budget),
+                    key, gib(needed), gib(self._used("device")), self.device, gib(self.device_budget),
                 )  # fmt: skip
                 return
             self._offload_entry(min(victims, key=lambda e: e.last_used), keep, incoming=key)
@@ -289,7 +311,7 @@ class ModelManager:
                 if e.tier == "offloaded" and e.key not in (entry.key, incoming)
             ]
             if not older:
-                logger.info("%s does not fit the host budget (%s); dropping it", entry.key, _gib(self.offload_budget))
+                logger.info("%s does not fit the host budget (%s); dropping it", entry.key, gib(self.offload_budget))
                 self._drop_entry(entry, keep)
                 return
             self._drop_entry(min(older, key=lambda e: e.last_used), keep)
@@ -297,7 +319,7 @@ class ModelManager:
         with self._state_lock:
             entry.tier = "offloaded"
         self._sync(entry.parts.values(), keep)
-        logger.info("%s offloaded to host memory (%s) in %.2f s", entry.key, _gib(adds), time.perf_counter() - start)
+        logger.info("%s offloaded to host memory (%s) in %.2f s", entry.key, gib(adds), time.perf_counter() - start)
 
     def _other_device_users(self, part: Part, key: str) -> bool:
         return any(self._entries[u].tier == "device" for u in part.users if u != key and u in self._entries)
@@ -323,7 +345,7 @@ class ModelManager:
                 self._drop_graphs(part.module)
                 with self._state_lock:
                     del self._parts[identity]
-                logger.info("freed %s %s (%s)", part.name, identity[:12], _gib(part.nbytes))
+                logger.info("freed %s %s (%s)", part.name, identity[:12], gib(part.nbytes))
                 released = True
                 continue
             want: Tier = "device" if identity in keep or any(u.tier == "device" for u in users) else "offloaded"
