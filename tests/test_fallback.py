@@ -79,12 +79,12 @@ def test_cancel_and_other_errors_pass_through_without_a_retry() -> None:
         assert modes == [NORMAL]
 
 
-def test_per_call_upcast_equals_the_built_in_upcast_and_stores_nothing() -> None:
+def test_per_call_fp32_attention_computes_the_product_in_fp32_and_stores_nothing() -> None:
     torch.manual_seed(0)
-    plain = Attention(16, 8, heads=2, head_dim=8).to(torch.bfloat16)
-    built = Attention(16, 8, heads=2, head_dim=8, upcast=True).to(torch.bfloat16)
-    built.load_state_dict(plain.state_dict())
+    attention = Attention(16, 8, heads=2, head_dim=8).to(torch.bfloat16)
+    q, k, v = (torch.randn(2, 2, 5, 8, dtype=torch.bfloat16) * 4 for _ in range(3))
+    fp32 = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(torch.bfloat16)
+    assert torch.equal(attention.attend(q, k, v, fp32_attention=True), fp32)
     x, context = torch.randn(2, 5, 16, dtype=torch.bfloat16), torch.randn(2, 7, 8, dtype=torch.bfloat16)
-    assert torch.equal(plain(x, context, upcast_attention=True), built(x, context))
-    assert not torch.equal(plain(x, context), built(x, context))  # the switch changes the arithmetic
-    assert plain.upcast is False
+    assert not torch.equal(attention(x, context, fp32_attention=True), attention(x, context))  # it changes the math
+    assert vars(attention).keys() == vars(Attention(16, 8, heads=2, head_dim=8)).keys()  # no state was added

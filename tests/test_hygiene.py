@@ -20,7 +20,7 @@ start = time.perf_counter()
 import sd2_app
 names = [m.name for m in pkgutil.walk_packages(sd2_app.__path__, "sd2_app.") if not m.name.endswith("__main__")]
 if importlib.util.find_spec("triton") is None:  # the Triton kernels are imported only where Triton exists
-    names.remove("sd2_app.accel.triton_kernels")
+    names = [name for name in names if name.rsplit(".", 1)[-1] not in ("elementwise", "group_norm", "group_norm_nchw")]
 for name in names:
     importlib.import_module(name)
 import app

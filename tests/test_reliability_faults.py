@@ -81,7 +81,7 @@ def test_nan_latents_rerun_with_fp32_attention(tiny, models, baseline, reliabili
     upcast_during: list[bool] = []  # the per-call switch each UNet call passed to its attentions
     attention = next(m for m in unet.modules() if isinstance(m, Attention))
     models.handles.append(attention.register_forward_pre_hook(
-        lambda module, args, kwargs: upcast_during.append(kwargs.get("upcast_attention", False)), with_kwargs=True))
+        lambda module, args, kwargs: upcast_during.append(kwargs.get("fp32_attention", False)), with_kwargs=True))
     result = service.run(txt2img(seed=5))
     assert result.warnings == [
         "The sampler produced NaN/inf latents (numerical overflow); the run was repeated with fp32 attention."]

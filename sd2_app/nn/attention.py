@@ -10,14 +10,35 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def sdpa_runs_fused(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether F.scaled_dot_product_attention runs a fused kernel (flash, memory-efficient or cuDNN) for
+    these inputs rather than its math backend. The fused kernels accumulate QK^T and the softmax in fp32
+    whatever the input dtype; the math backend computes QK^T in the inputs' dtype, where fp16 can overflow.
+
+    PyTorch's own choice (torch._fused_sdp_choice, the dispatcher F.scaled_dot_product_attention uses, with
+    the backends enabled now): a few microseconds of host time, paid once per CUDA-graph capture on the
+    default path. Inside torch.compile, CUDA inputs count as fused: Inductor lowers SDPA to those kernels.
+    """
+    if torch.compiler.is_compiling():
+        return q.is_cuda
+    choose = getattr(torch, "_fused_sdp_choice", None)
+    return choose is not None and int(choose(q, k, v)) > 0  # 0: the math backend, -1: none (both unfused)
+
+
 class Attention(nn.Module):
     """Multi-head attention through F.scaled_dot_product_attention (scale head_dim**-0.5, no mask).
 
-    `upcast` (SD2.1-768's `upcast_attention`, fixed when the network is built) runs the attention product in
-    fp32 and casts back, because QK^T overflows fp16 for that checkpoint. The per-call switch
-    `upcast_attention=True` does the same for one forward pass (the fallback ladder's rerun after NaN/inf
-    latents, docs/DESIGN.md "Fallback ladder"); every forward from `UNet.forward` down passes it on, and
-    subclasses that replace a forward (sd2_app.accel) must honour it. Nothing is stored on the module.
+    `upcast` (the checkpoint's `upcast_attention`, set by SD 2.1-768) was made for implementations whose fp16
+    QK^T overflows. SDPA's fused kernels cannot overflow that way (they accumulate in fp32), so, as in
+    diffusers' default processor (attention_processor.py, AttnProcessor2_0, which ignores the flag), the
+    product runs in fp16 wherever one of them serves the inputs, and in fp32 only where SDPA would fall back
+    to its math backend (`sdpa_runs_fused`).
+
+    The per-call switch `fp32_attention=True` computes every product in fp32 for one forward pass: the
+    fallback ladder's rerun after a sampling run produced NaN/inf (docs/DESIGN.md, "Fallback ladder").
+    `UNet.forward` and every block below it pass it on, keyword-only and False by default; subclasses and
+    wrappers that replace one of these forwards (sd2_app.accel) must honour it. Nothing is stored on the
+    module, so one job never changes a network that others share.
     """
 
     def __init__(self, query_dim: int, context_dim: int, heads: int, head_dim: int, *,
@@ -32,19 +53,22 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim, inner, bias=bias)
         self.to_out = nn.ModuleList([nn.Linear(inner, query_dim), nn.Identity()])  # slot 1 was dropout
 
-    def forward(self, x: Tensor, context: Tensor | None = None, *, upcast_attention: bool = False) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None, *, fp32_attention: bool = False) -> Tensor:
         # x: (B, N, query_dim); context: (B, M, context_dim) or None for self-attention
         context = x if context is None else context
         b, n, _ = x.shape
         q = self.to_q(x).view(b, -1, self.heads, self.head_dim).transpose(1, 2)  # (B, heads, N, hd)
         k = self.to_k(context).view(b, -1, self.heads, self.head_dim).transpose(1, 2)  # (B, heads, M, hd)
         v = self.to_v(context).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
-        if self.upcast or upcast_attention:
-            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, hd)
+        out = self.attend(q, k, v, fp32_attention=fp32_attention)  # (B, heads, N, hd)
         out = out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
         return self.to_out[0](out)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, *, fp32_attention: bool = False) -> Tensor:
+        """softmax(q k^T / sqrt(hd)) v for (B, heads, N|M, hd) inputs, in the precision the class doc says."""
+        if q.dtype != torch.float32 and (fp32_attention or (self.upcast and not sdpa_runs_fused(q, k, v))):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, hd)
 
 
 class GEGLU(nn.Module):
@@ -83,11 +107,11 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim, eps=1e-5)
         self.ff = FeedForward(dim)
 
-    def forward(self, x: Tensor, context: Tensor, *, upcast_attention: bool = False) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, *, fp32_attention: bool = False) -> Tensor:
         # x: (B, N, dim); context: (B, 77, context_dim)
         self_context = context if self.only_cross_attention else None
-        x = self.attn1(self.norm1(x), self_context, upcast_attention=upcast_attention) + x
-        x = self.attn2(self.norm2(x), context, upcast_attention=upcast_attention) + x
+        x = self.attn1(self.norm1(x), self_context, fp32_attention=fp32_attention) + x
+        x = self.attn2(self.norm2(x), context, fp32_attention=fp32_attention) + x
         return self.ff(self.norm3(x)) + x
 
 
@@ -118,7 +142,7 @@ class Transformer2D(nn.Module):
             for _ in range(num_layers)
         ])
 
-    def forward(self, x: Tensor, context: Tensor, *, upcast_attention: bool = False) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, *, fp32_attention: bool = False) -> Tensor:
         # x: (B, C, H, W); context: (B, 77, D)
         b, _, h, w = x.shape
         residual = x
@@ -129,12 +153,12 @@ class Transformer2D(nn.Module):
             x = self.proj_in(x)
             x = x.permute(0, 2, 3, 1).reshape(b, h * w, -1)
         for block in self.transformer_blocks:
-            x = block(x, context, upcast_attention=upcast_attention)
-        # Back to (B, C, H, W) in the residual's layout: channels_last is the token layout already (no copy).
-        layout = (torch.channels_last if not residual.is_contiguous()
-                  and residual.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+            x = block(x, context, fp32_attention=fp32_attention)
+        return self.tokens_to_image(x, residual) + residual
+
+    def tokens_to_image(self, x: Tensor, residual: Tensor) -> Tensor:
+        """proj_out of the (B, HW, inner) tokens, as a contiguous image shaped like `residual` (B, C, H, W)."""
+        b, _, h, w = residual.shape
         if self.use_linear_projection:
-            x = self.proj_out(x).reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous(memory_format=layout)
-        else:
-            x = self.proj_out(x.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous(memory_format=layout))
-        return x + residual
+            return self.proj_out(x).reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
+        return self.proj_out(x.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous())

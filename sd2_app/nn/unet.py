@@ -5,6 +5,9 @@ After diffusers unet_2d_condition.py (UNet2DConditionModel.forward).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,6 +25,21 @@ from sd2_app.nn.unet_blocks import (
 
 _DOWN = {"CrossAttnDownBlock2D": CrossAttnDownBlock2D, "DownBlock2D": DownBlock2D}
 _UP = {"CrossAttnUpBlock2D": CrossAttnUpBlock2D, "UpBlock2D": UpBlock2D}
+
+
+class Denoiser(Protocol):
+    """What a pipeline calls as the UNet: the UNet itself, or something that runs it (accel's CudaGraphUNet
+    replays it from CUDA graphs). The pipelines use this much of it and no more."""
+
+    @property
+    def config(self) -> UNetConfig: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def modules(self) -> Iterator[nn.Module]: ...
+
+    def __call__(self, sample: Tensor, timestep: Tensor | float, encoder_hidden_states: Tensor,
+                 class_labels: Tensor | None = None, *, fp32_attention: bool = False) -> Tensor: ...
 
 
 class UNet(nn.Module):
@@ -83,10 +101,10 @@ class UNet(nn.Module):
         return self.time_embedding(t_emb.to(self.time_embedding.linear_1.weight.dtype))
 
     def forward(self, sample: Tensor, timestep: Tensor | float, encoder_hidden_states: Tensor,
-                class_labels: Tensor | None = None, *, upcast_attention: bool = False) -> Tensor:
+                class_labels: Tensor | None = None, *, fp32_attention: bool = False) -> Tensor:
         # sample: (B, Cin, h, w); timestep: float, () or (B,); encoder_hidden_states: (B, 77, D)
         # class_labels: (B,) long noise levels, x4 upscaler only
-        # upcast_attention: every attention product in fp32 for this call (see nn.attention.Attention)
+        # fp32_attention: every attention product in fp32 for this call (see nn.attention.Attention)
         emb = self._time_embedding(timestep, sample.shape[0], sample.device)  # (B, time_dim)
         if self.class_embedding is not None:
             if class_labels is None:
@@ -97,17 +115,17 @@ class UNet(nn.Module):
         x = self.conv_in(sample)
         skips = [x]
         for block in self.down_blocks:
-            x, states = block(x, emb_act, encoder_hidden_states, upcast_attention=upcast_attention)
+            x, states = block(x, emb_act, encoder_hidden_states, fp32_attention=fp32_attention)
             skips.extend(states)
 
-        x = self.mid_block(x, emb_act, encoder_hidden_states, upcast_attention=upcast_attention)
+        x = self.mid_block(x, emb_act, encoder_hidden_states, fp32_attention=fp32_attention)
 
         for block in self.up_blocks:
             k = len(block.resnets)
             block_skips, skips = skips[-k:], skips[:-k]
             upsample_size = tuple(skips[-1].shape[2:]) if skips else None  # next skip's size (odd sizes)
             x = block(x, block_skips, emb_act, encoder_hidden_states, upsample_size,
-                      upcast_attention=upcast_attention)
+                      fp32_attention=fp32_attention)
 
         x = F.silu(self.conv_norm_out(x))
         return self.conv_out(x)  # (B, out_channels, h, w)

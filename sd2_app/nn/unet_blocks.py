@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from sd2_app.nn.attention import Transformer2D
@@ -46,7 +47,7 @@ class DownBlock2D(nn.Module):
                              if add_downsample else None)
 
     def forward(self, x: Tensor, emb_act: Tensor, context: Tensor, *,
-                upcast_attention: bool = False) -> tuple[Tensor, list[Tensor]]:
+                fp32_attention: bool = False) -> tuple[Tensor, list[Tensor]]:
         """Returns the output and every state pushed on the skip stack (one per resnet, one per downsample)."""
         states = []
         for resnet in self.resnets:
@@ -70,10 +71,10 @@ class CrossAttnDownBlock2D(nn.Module):
                              if add_downsample else None)
 
     def forward(self, x: Tensor, emb_act: Tensor, context: Tensor, *,
-                upcast_attention: bool = False) -> tuple[Tensor, list[Tensor]]:
+                fp32_attention: bool = False) -> tuple[Tensor, list[Tensor]]:
         states = []
         for resnet, attn in zip(self.resnets, self.attentions, strict=True):
-            x = attn(resnet(x, emb_act), context, upcast_attention=upcast_attention)
+            x = attn(resnet(x, emb_act), context, fp32_attention=fp32_attention)
             states.append(x)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
@@ -89,9 +90,9 @@ class UNetMidBlock2DCrossAttn(nn.Module):
         self.resnets = nn.ModuleList([_resnet(channels, channels, spec, output_scale_factor) for _ in range(2)])
         self.attentions = nn.ModuleList([_transformer(channels, spec)])
 
-    def forward(self, x: Tensor, emb_act: Tensor, context: Tensor, *, upcast_attention: bool = False) -> Tensor:
+    def forward(self, x: Tensor, emb_act: Tensor, context: Tensor, *, fp32_attention: bool = False) -> Tensor:
         x = self.resnets[0](x, emb_act)
-        x = self.attentions[0](x, context, upcast_attention=upcast_attention)
+        x = self.attentions[0](x, context, fp32_attention=fp32_attention)
         return self.resnets[1](x, emb_act)
 
 
@@ -114,10 +115,10 @@ class UpBlock2D(nn.Module):
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
 
     def forward(self, x: Tensor, skips: list[Tensor], emb_act: Tensor, context: Tensor,
-                upsample_size: tuple[int, int] | None = None, *, upcast_attention: bool = False) -> Tensor:
+                upsample_size: tuple[int, int] | None = None, *, fp32_attention: bool = False) -> Tensor:
         """`skips` holds this block's skip states in push order; the most recent is consumed first."""
         for resnet, skip in zip(self.resnets, reversed(skips), strict=True):
-            x = resnet(x, emb_act, skip)
+            x = resnet(torch.cat([x, skip], dim=1), emb_act)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x, upsample_size)
         return x
@@ -132,9 +133,9 @@ class CrossAttnUpBlock2D(nn.Module):
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
 
     def forward(self, x: Tensor, skips: list[Tensor], emb_act: Tensor, context: Tensor,
-                upsample_size: tuple[int, int] | None = None, *, upcast_attention: bool = False) -> Tensor:
+                upsample_size: tuple[int, int] | None = None, *, fp32_attention: bool = False) -> Tensor:
         for resnet, attn, skip in zip(self.resnets, self.attentions, reversed(skips), strict=True):
-            x = attn(resnet(x, emb_act, skip), context, upcast_attention=upcast_attention)
+            x = attn(resnet(torch.cat([x, skip], dim=1), emb_act), context, fp32_attention=fp32_attention)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x, upsample_size)
         return x

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from sd2_app.nn.unet import Denoiser
 from sd2_app.pipelines.tiling import run_tiled
 
 LatentProgressFn = Callable[[int, int, torch.Tensor], None]  # (steps done, total steps, x0 latents (B, 4, h, w))
@@ -55,21 +56,21 @@ def rescale_guidance(pred: torch.Tensor, pred_cond: torch.Tensor, phi: float) ->
 
 
 def make_guided_model(
-    unet: torch.nn.Module,
+    unet: Denoiser,
     cond: Conditioning,
     *,
     cfg_scale: float,
     guidance_rescale: float,
     use_cfg: bool,
-    upcast_attention: bool = False,
+    fp32_attention: bool = False,
 ) -> Callable[[torch.Tensor, float, slice | None, slice | None], torch.Tensor]:
     """Build, once, `model(x_in, t, rows, cols) -> guided eps/v` for the whole latent or one tile of it.
 
-    `upcast_attention` runs every attention product in fp32 (nn.attention.Attention's per-call switch); the
+    `fp32_attention` runs every attention product in fp32 (nn.attention.Attention's per-call switch); the
     UNet gets the keyword only then, so the normal call is the plain four-argument one.
     """
     dtype = next(unet.parameters()).dtype
-    switches = {"upcast_attention": True} if upcast_attention else {}
+    switches = {"fp32_attention": True} if fp32_attention else {}
     context = cond.context.to(dtype)  # (2B|B, 77, D), cast once
     concat = None if cond.concat is None else cond.concat.to(dtype)
     labels = cond.class_labels
@@ -107,7 +108,7 @@ def _tiled(model: Callable[..., torch.Tensor], tiling: Tiling) -> ModelFn:
 
 
 def run_sampling(
-    unet: torch.nn.Module,
+    unet: Denoiser,
     cond: Conditioning,
     x: torch.Tensor,
     schedule: Any,
@@ -120,7 +121,7 @@ def run_sampling(
     on_step: LatentProgressFn | None = None,
     tiling: Tiling | None = None,
     sampler_options: dict[str, Any] | None = None,
-    upcast_attention: bool = False,
+    fp32_attention: bool = False,
 ) -> torch.Tensor:
     """Denoise `x` (B, 4, h, w), fp32, in sigma space at `schedule.sigmas[0]`; return clean latents.
 
@@ -128,7 +129,7 @@ def run_sampling(
     Guidance is on when `cfg_scale > 1` (as in the reference); then `cond` must hold both halves.
     `on_step(done, total, x0)` runs after every sampler step with the current clean-latent estimate, for
     progress and previews; raising `sd2_app.errors.Cancelled` there stops the run (it propagates).
-    `upcast_attention` computes every attention product in fp32 (the fallback ladder's rerun after NaN/inf).
+    `fp32_attention` computes every attention product in fp32 (the fallback ladder's rerun after NaN/inf).
     The result is converted from sigma space back to the VAE's latent space, ready for decoding.
     """
     from sd2_app.samplers.denoiser import make_denoiser
@@ -136,7 +137,7 @@ def run_sampling(
     use_cfg = cfg_scale > 1.0
     assert cond.context.shape[0] == x.shape[0] * (2 if use_cfg else 1), "context batch does not match guidance"
     guided = make_guided_model(unet, cond, cfg_scale=cfg_scale, guidance_rescale=guidance_rescale, use_cfg=use_cfg,
-                               upcast_attention=upcast_attention)
+                               fp32_attention=fp32_attention)
     if tiling is not None and max(x.shape[-2:]) > tiling.tile:
         model_fn = _tiled(guided, tiling)
     else:

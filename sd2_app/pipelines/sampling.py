@@ -97,7 +97,7 @@ class Job:
             self.plan.schedule, self.plan.spec, cfg_scale=self.sampling.cfg_scale,
             guidance_rescale=self.sampling.guidance_rescale, prediction_type=c.scheduler_config.prediction_type,
             generator=self.generator, on_step=on_step, tiling=tiling, sampler_options=self.plan.options,
-            upcast_attention=self.mode.fp32_attention,
+            fp32_attention=self.mode.fp32_attention,
         )
 
     def decode(self, latents: torch.Tensor, *, force_fp32: bool = False, tile: int | None = None,

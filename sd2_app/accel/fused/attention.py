@@ -10,7 +10,8 @@ Stacking the weights must not copy them (a second copy of 63M parameters) nor ch
 `pack` makes each Linear's weight a view into one new tensor of consecutive rows, so the keys, the shapes
 and the manager's per-tensor moves all stay as they were (see stacking.py). A move splits the views
 into separate tensors again; the module then runs one matmul per projection (the same numbers) until
-`fused.restack` restores the block before the next job.
+`fused.swap.restack` restores the block (the model manager's moves reach accel through
+`Accelerator.on_moved`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sd2_app.accel.stacking import SharedInputProjections, pack, stacked_linear
+from sd2_app.accel.fused.stacking import SharedInputProjections, pack, stacked_linear
 from sd2_app.nn.attention import Attention
 
 
@@ -26,7 +27,8 @@ class FusedAttention(Attention):
     """Attention with stacked projections; adopts the original's children and settings (same keys).
 
     A subclass so that what looks for Attention modules (the graph key's precision switches, the fp32
-    attention fallback) finds these too; `upcast` and the per-call `upcast_attention` work as there.
+    attention fallback) finds these too; the product is the plain module's `attend`, with its precision rules
+    (and the per-call `fp32_attention` switch).
     """
 
     def __init__(self, block: Attention, pack_now: bool = True) -> None:  # noqa: D107 - adopts, does not build
@@ -49,7 +51,7 @@ class FusedAttention(Attention):
             return [self.to_q, self.to_k, self.to_v]
         return [self.to_k, self.to_v]
 
-    def forward(self, x: Tensor, context: Tensor | None = None, *, upcast_attention: bool = False) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None, *, fp32_attention: bool = False) -> Tensor:
         # x: (B, N, query_dim); context: (B, M, context_dim) or None for self-attention
         b, n, _ = x.shape
         heads, hd = self.heads, self.head_dim
@@ -57,26 +59,22 @@ class FusedAttention(Attention):
             qkv = stacked_linear([self.to_q, self.to_k, self.to_v])
             if qkv is not None:  # (B, N, 3 * inner) -> three (B, heads, N, hd) views
                 q, k, v = F.linear(x, *qkv).view(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4)
-                return self._attend(q, k, v, b, n, upcast_attention)
+                return self._attend(q, k, v, b, n, fp32_attention)
             context = x
         q = self.to_q(x).view(b, n, heads, hd).transpose(1, 2)
         if self.context_projection is not None and context is not x:
             shared, index = self.context_projection  # column views of one matmul over every block's k, v
             k = shared(context, index).view(b, -1, heads, hd).transpose(1, 2)
             v = shared(context, index + 1).view(b, -1, heads, hd).transpose(1, 2)
-            return self._attend(q, k, v, b, n, upcast_attention)
+            return self._attend(q, k, v, b, n, fp32_attention)
         kv = stacked_linear([self.to_k, self.to_v])
         if kv is not None:
             k, v = F.linear(context, *kv).view(b, context.shape[1], 2, heads, hd).permute(2, 0, 3, 1, 4)
         else:
             k = self.to_k(context).view(b, -1, heads, hd).transpose(1, 2)
             v = self.to_v(context).view(b, -1, heads, hd).transpose(1, 2)
-        return self._attend(q, k, v, b, n, upcast_attention)
+        return self._attend(q, k, v, b, n, fp32_attention)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, b: int, n: int, upcast_attention: bool = False) -> Tensor:
-        if self.upcast or upcast_attention:
-            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, hd)
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, b: int, n: int, fp32_attention: bool = False) -> Tensor:
+        out = self.attend(q, k, v, fp32_attention=fp32_attention)  # (B, heads, N, hd)
         return self.to_out[0](out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))
-
