@@ -24,12 +24,13 @@ from PIL import Image
 from sd2_app.api.model_host import ModelHost
 from sd2_app.checkpoints.catalog import CheckpointSpec
 from sd2_app.errors import Cancelled, InvalidRequest
-from sd2_app.api.requests import CompareRequest, Request
+from sd2_app.api.requests import CompareRequest, Request, TaskRequest
 from sd2_app.api.tasks import TASKS
 from sd2_app.api.validation import Catalog, Limits, validate
 
 if TYPE_CHECKING:
     from sd2_app.pipelines.loop import LatentProgressFn
+    from sd2_app.pipelines.output import PipelineOutput
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +210,8 @@ class Service:
         return on_step
 
     def _run_pipeline(
-        self, task: str, request: Any, on_step: LatentProgressFn, timings: dict[str, float]
-    ) -> Any:
+        self, task: str, request: TaskRequest, on_step: LatentProgressFn, timings: dict[str, float]
+    ) -> PipelineOutput:
         """The task's output under the fallback ladder, with the ladder's warnings added to its own."""
         from sd2_app.api.fallback import run_with_fallbacks
 

@@ -21,6 +21,7 @@ from sd2_app.loading.hub import choose_weights, repo_label
 from sd2_app.loading.staged_read import module_to_device
 
 if TYPE_CHECKING:
+    from sd2_app.samplers.schedules import SchedulerConfig
     from transformers import CLIPTextModel, CLIPTokenizer, DPTForDepthEstimation, DPTImageProcessor
 
     from sd2_app.nn.unet import UNet
@@ -163,7 +164,7 @@ def load_tokenizer(folder: str | Path) -> CLIPTokenizer:
     return tokenizer
 
 
-def load_scheduler_config(folder: str | Path, subfolder: str = "scheduler") -> Any:
+def load_scheduler_config(folder: str | Path, subfolder: str = "scheduler") -> SchedulerConfig:
     """The scheduler settings (betas, prediction type, ...) as a SchedulerConfig."""
     from sd2_app.samplers.schedules import SchedulerConfig
 

@@ -77,11 +77,6 @@ def postprocess(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in pixels.cpu().numpy()]
 
 
-def to_numpy(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) float32 in [0, 1], the reference's output_type="np"."""
-    return (images.detach().float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def grayscale_to_tensor(image: Image.Image) -> torch.Tensor:
     """A user depth map (any mode) -> (1, H, W) float32 in [0, 1], white = near."""
     return _to_tensor(image.convert("L"))[:, 0]

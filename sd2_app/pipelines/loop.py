@@ -18,6 +18,8 @@ import torch
 
 from sd2_app.nn.unet import Denoiser
 from sd2_app.pipelines.tiling import run_tiled
+from sd2_app.samplers.registry import SamplerSpec
+from sd2_app.samplers.schedules import Schedule
 
 LatentProgressFn = Callable[[int, int, torch.Tensor], None]  # (steps done, total steps, x0 latents (B, 4, h, w))
 # The progress callbacks, one name each: samplers.base.StepFn (i, x, x0) inside a sampler; LatentProgressFn
@@ -111,8 +113,8 @@ def run_sampling(
     unet: Denoiser,
     cond: Conditioning,
     x: torch.Tensor,
-    schedule: Any,
-    sampler: Any,
+    schedule: Schedule,
+    sampler: SamplerSpec,
     *,
     cfg_scale: float,
     guidance_rescale: float,

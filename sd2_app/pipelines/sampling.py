@@ -12,15 +12,18 @@ from sd2_app.pipelines.loop import Conditioning, LatentProgressFn, Tiling, run_s
 from sd2_app.pipelines.prompt import encode_prompts
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.vae_io import decode
-from sd2_app.api.requests import Sampling
+from sd2_app.api.requests import Sampling, TaskRequest
+from sd2_app.checkpoints.components import Components
+from sd2_app.samplers.registry import SamplerSpec
+from sd2_app.samplers.schedules import Schedule, SchedulerConfig
 
 
 @dataclass(frozen=True)
 class SamplingPlan:
     """The sampler, its (possibly strength-cut) schedule and extra keyword arguments for its function."""
 
-    spec: Any  # samplers.SamplerSpec
-    schedule: Any  # samplers.Schedule
+    spec: SamplerSpec
+    schedule: Schedule
     options: dict[str, Any]
 
 
@@ -37,7 +40,7 @@ def draw_noise(
     return noise.to(device=device, dtype=torch.float32)
 
 
-def plan_sampling(config: Any, sampling: Sampling, strength: float | None = None) -> SamplingPlan:
+def plan_sampling(config: SchedulerConfig, sampling: Sampling, strength: float | None = None) -> SamplingPlan:
     """Schedule for the request's sampler; with `strength`, only its last `int(N * strength)` steps."""
     from sd2_app.samplers import SAMPLERS, make_schedule, start_at
 
@@ -63,7 +66,7 @@ class Job:
     "Random draws").
     """
 
-    components: Any  # sd2_app.checkpoints.components.Components
+    components: Components
     sampling: Sampling
     generator: torch.Generator
     context: torch.Tensor  # (2B|B, 77, D), uncond first when guided
@@ -107,7 +110,7 @@ class Job:
                       overlap=overlap, quarter_tiles=self.mode.tiled_decode)
 
 
-def start_job(components: Any, request: Any, *, strength: float | None = None, mode: RunMode = NORMAL) -> Job:
+def start_job(components: Components, request: TaskRequest, *, strength: float | None = None, mode: RunMode = NORMAL) -> Job:
     """Seeded generator, encoded prompts ([uncond; cond]) and the sampling plan for `request`, run in `mode`."""
     sampling = request.sampling
     assert sampling.seed is not None, "the service resolves the seed before calling a pipeline"

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
 from sd2_app.ui import compare, depth, history, img2img, inpaint, models, pnginfo, txt2img, upscale
 from sd2_app.ui.common import ResultPanel, selected_image
 from sd2_app.ui.runner import StopFlags
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 TITLE = "Stable Diffusion 2"
@@ -47,7 +50,7 @@ def _wire_send(panel: ResultPanel, source_prompt: gr.Textbox, source_negative: g
                      api_visibility="private", queue=False)
 
 
-def build_ui(service: Any, *, assets: Path = ASSETS) -> gr.Blocks:
+def build_ui(service: Service, *, assets: Path = ASSETS) -> gr.Blocks:
     """The app. `service` is a `sd2_app.api.service.Service` (or a test double with the same methods)."""
     flags = StopFlags()
     examples = _examples(assets)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
@@ -12,9 +12,12 @@ from sd2_app.ui.common import EXAMPLE_PROMPTS, checkpoint_dropdown, ResultPanel,
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.txt2img import prompt_boxes
 
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
 
 
-def build(service: Any, flags: StopFlags) -> ResultPanel:
+
+def build(service: Service, flags: StopFlags) -> ResultPanel:
     sampler_names = service.samplers()
     with gr.Row():
         with gr.Column(scale=5):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
@@ -25,6 +25,9 @@ from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.txt2img import prompt_boxes
 from sd2_app.ui.uploads import upload_image
 
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
+
 SEND_TO = (("inpaint", "inpaint"), ("upscale", "upscale"))
 
 
@@ -37,7 +40,7 @@ class Img2ImgTab:
     panel: ResultPanel
 
 
-def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> Img2ImgTab:
+def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> Img2ImgTab:
     with gr.Row():
         with gr.Column(scale=5):
             image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
@@ -22,6 +22,9 @@ from sd2_app.ui.common import (
     wire_seed_buttons,
 )
 from sd2_app.ui.runner import StopFlags
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
 
 SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
 
@@ -43,7 +46,7 @@ def prompt_boxes(prefix: str, value: str = "") -> tuple[gr.Textbox, gr.Textbox]:
     return prompt, negative
 
 
-def build(service: Any, flags: StopFlags) -> Txt2ImgTab:
+def build(service: Service, flags: StopFlags) -> Txt2ImgTab:
     with gr.Row():
         with gr.Column(scale=5):
             checkpoint = checkpoint_dropdown(service, "txt2img", elem_id="txt2img-checkpoint")
