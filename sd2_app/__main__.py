@@ -8,6 +8,9 @@ validation, seeds and metadata are identical. Examples:
     python -m sd2_app inpaint --image in.png --mask mask.png --prompt "a red door" --only-masked
     python -m sd2_app upscale --image small.png --noise-level 20 --prompt "sharp photo"
     python -m sd2_app depth --image in.png --prompt "a marble statue" [--depth-map depth.png]
+    python -m sd2_app outpaint --image in.png --left 128 --right 128 --prompt "a wide beach"
+    python -m sd2_app xyz-plot --prompt "a cat" --x-type sampler --x-values "Euler, DDIM" \
+        --y-type steps --y-values "10-40 (+10)"   # grids, cells, xyz_plot-<seed>-cells.csv/.json
     python -m sd2_app info outputs/cli/txt2img-1-0.png
     python -m sd2_app txt2img --tiny --prompt test --steps 2   # tiny random weights, no download
 """
@@ -71,6 +74,34 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser)  # --repo KEY=REPO[,REPO...] (a bare --repo REPO applies to --model), --revision
 
 
+def _outpaint_arguments(parser: argparse.ArgumentParser) -> None:
+    from sd2_app.api.requests import OUTPAINT_FILLS
+
+    for side in ("left", "right", "up", "down"):
+        parser.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add on the {side} (multiple of 8)")
+    parser.add_argument("--fill", choices=list(OUTPAINT_FILLS), default=_request_default("outpaint", "fill"),
+                        help="how the new area starts: " + ", ".join(f"{k} ({v})" for k, v in OUTPAINT_FILLS.items()))
+    parser.add_argument("--mask-blur", type=int, default=_request_default("outpaint", "mask_blur"),
+                        help="pixels of feathering from the seam into the new area")
+    parser.add_argument("--no-keep-original", action="store_true", help="do not paste the original pixels back")
+
+
+def _plot_arguments(parser: argparse.ArgumentParser) -> None:
+    """`xyz-plot`: the text-to-image arguments, an optional init image, and up to three axes."""
+    from sd2_app.api.plot_axes import AXES
+
+    _sampling_arguments(parser, TASKS["txt2img"])
+    _common_arguments(parser)
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--height", type=int, default=None)
+    parser.add_argument("--image", type=Path, default=None, help="an init image makes it an image-to-image plot")
+    parser.add_argument("--strength", type=float, default=TASKS["img2img"].strength, help="with --image")
+    for axis in ("x", "y", "z"):
+        parser.add_argument(f"--{axis}-type", choices=list(AXES), default=None, required=axis == "x")
+        parser.add_argument(f"--{axis}-values", default="", metavar="VALUES",
+                            help="e.g. '20, 30, 40', '10-40 (+10)', '1-2 [5]', 'Euler, DDIM'" if axis == "x" else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sd2_app", description="Stable Diffusion 2 from the command line")
     commands = parser.add_subparsers(dest="task", required=True)
@@ -100,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--tile-size", type=int, default=_request_default(task, "tile_size"))
         if task == "depth":
             sub.add_argument("--depth-map", type=Path, default=None, help="grayscale, white = near")
+        if task == "outpaint":
+            _outpaint_arguments(sub)
+    _plot_arguments(commands.add_parser("xyz-plot", help="X/Y/Z plot of text (or image) to image; writes the "
+                                        "grids, each cell and a CSV/JSON of the cells"))
     info = commands.add_parser("info", help="print the parameters stored in PNGs")
     info.add_argument("paths", type=Path, nargs="+")
     return parser
@@ -131,9 +166,15 @@ def build_request(args: argparse.Namespace) -> TaskRequest:
     )
     common = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "checkpoint": args.model,
               "sampling": sampling}
+    if args.task == "xyz-plot":
+        return _plot_request(args, common)
     if args.task == "txt2img":
         return rq.Txt2ImgRequest(width=args.width, height=args.height, **common)
     image = _open(args.image, "RGB")
+    if args.task == "outpaint":
+        return rq.OutpaintRequest(image=image, left=args.left, right=args.right, up=args.up, down=args.down,
+                                  fill=args.fill, mask_blur=args.mask_blur, strength=args.strength,
+                                  keep_original=not args.no_keep_original, **common)
     if args.task == "img2img":
         return rq.Img2ImgRequest(image=image, strength=args.strength, width=args.width, height=args.height, **common)
     if args.task == "inpaint":
@@ -145,6 +186,20 @@ def build_request(args: argparse.Namespace) -> TaskRequest:
     if args.task == "upscale":
         return rq.UpscaleRequest(image=image, noise_level=args.noise_level, tile_size=args.tile_size, **common)
     return rq.DepthRequest(image=image, depth_map=_open(args.depth_map, "L"), strength=args.strength, **common)
+
+
+def _plot_request(args: argparse.Namespace, common: dict[str, Any]) -> Any:
+    from sd2_app.api import requests as rq
+
+    if args.image is None:
+        base: Any = rq.Txt2ImgRequest(width=args.width, height=args.height, **common)
+    else:
+        base = rq.Img2ImgRequest(image=_open(args.image, "RGB"), strength=args.strength, width=args.width,
+                                 height=args.height, **common)
+    axes = [rq.PlotAxis(kind, values) if kind else None
+            for kind, values in ((args.x_type, args.x_values), (args.y_type, args.y_values),
+                                 (args.z_type, args.z_values))]
+    return rq.XYZPlotRequest(base=base, x=axes[0], y=axes[1], z=axes[2])  # type: ignore[arg-type]
 
 
 def _repo_assignments(args: argparse.Namespace) -> list[str]:
@@ -182,8 +237,17 @@ def run_task(args: argparse.Namespace) -> dict[str, Any]:
     result = service.run(request, on_progress=on_progress)
     elapsed = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
-    paths = [save_png(image, args.out / f"{result.task}-{result.seed}-{index}.png")
-             for index, image in enumerate(result.images)]
+    names = [f"{result.task}-{result.seed}-{index}" for index in range(len(result.images))]
+    if result.task == "xyz_plot":  # grids first, then the cells that ran
+        grids = len(result.images) - sum(row["status"] == "done" for row in result.cells)
+        cells = [row["cell"] for row in result.cells if row["status"] == "done"]
+        names = [f"xyz_plot-{result.seed}-grid{z}" for z in range(grids)]
+        names += [f"xyz_plot-{result.seed}-cell{cell}" for cell in cells]
+    paths = [save_png(image, args.out / f"{name}.png") for name, image in zip(names, result.images)]
+    if result.cells:
+        from sd2_app.api.plot import write_tables
+
+        paths += write_tables(result.cells, args.out, f"xyz_plot-{result.seed}-cells")
     for name, extra in (("mask", result.mask_image), ("depth", result.depth_image)):
         if extra is not None:
             paths.append(save_png(extra, args.out / f"{result.task}-{result.seed}-{name}.png"))

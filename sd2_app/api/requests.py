@@ -9,11 +9,11 @@ task (`Txt2ImgRequest.task == "txt2img"`); the defaults come from that task's ro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from PIL import Image
 
-from sd2_app.api.tasks import COMPARE_SAMPLERS, DEFAULT_CFG_SCALE, DEFAULT_SAMPLER, DEFAULT_STEPS, TASKS
+from sd2_app.api.tasks import DEFAULT_CFG_SCALE, DEFAULT_SAMPLER, DEFAULT_STEPS, TASKS
 
 
 @dataclass(frozen=True)
@@ -116,19 +116,67 @@ class DepthRequest:
     sampling: Sampling = _sampling("depth")
 
 
+OUTPAINT_FILLS = {  # how outpainting pre-fills the added strips: key -> what the UI calls it
+    "edge": "edge-extend + noise",  # the border pixels repeated outwards, plus a little seeded noise
+    "blur": "blurred",  # the edge extension heavily blurred: a smooth field of the border's colours
+    "solid": "solid colour",  # the image's mean colour
+}
+
+
 @dataclass(frozen=True)
-class CompareRequest:
-    """One text-to-image job run through several samplers with the same seed."""
+class OutpaintRequest:
+    """Extend the canvas by whole multiples of 8 pixels on any side and let the inpainting model fill it."""
 
-    task: ClassVar[str] = "compare"
+    task: ClassVar[str] = "outpaint"
 
-    base: Txt2ImgRequest
-    samplers: tuple[str, ...] = COMPARE_SAMPLERS
+    prompt: str
+    image: Image.Image
+    negative_prompt: str = ""
+    checkpoint: str = TASKS["outpaint"].checkpoint
+    left: int = 0  # pixels added on each side (multiples of 8)
+    right: int = 0
+    up: int = 0
+    down: int = 0
+    fill: str = "edge"  # how the new area starts: a key of OUTPAINT_FILLS
+    mask_blur: int = 8  # pixels of feathering from the seam into the new area
+    strength: float = _strength("outpaint")  # below 1 the fill is the starting image of the new area
+    keep_original: bool = True  # paste the input's pixels back unchanged
+    sampling: Sampling = _sampling("outpaint")
 
 
-Request = Txt2ImgRequest | Img2ImgRequest | InpaintRequest | UpscaleRequest | DepthRequest | CompareRequest
-TaskRequest = Txt2ImgRequest | Img2ImgRequest | InpaintRequest | UpscaleRequest | DepthRequest  # one pipeline run
+@dataclass(frozen=True)
+class PlotAxis:
+    """One axis of an X/Y/Z plot: what varies (a key of sd2_app.api.plot_axes.AXES) and its values.
+
+    `values` is the text a user types (`20, 30, 40`, `10-40 (+10)`, `1-2 [5]`) or a sequence of values (the
+    UI's multi-select for samplers and checkpoints; JSON lists through the API).
+    """
+
+    kind: str
+    values: str | tuple[Any, ...] = ""
+
+
+@dataclass(frozen=True)
+class XYZPlotRequest:
+    """A grid of runs of one request: each cell changes the base by one value per axis (A1111's X/Y/Z plot).
+
+    The base is a text-to-image request, or an image-to-image one when an init image is given. Every cell
+    uses the base's seed unless seed is an axis; X varies along a row, Y down a column, one grid per Z value.
+    """
+
+    task: ClassVar[str] = "xyz_plot"
+
+    base: Txt2ImgRequest | Img2ImgRequest
+    x: PlotAxis
+    y: PlotAxis | None = None
+    z: PlotAxis | None = None
+
+
+TaskRequest = (Txt2ImgRequest | Img2ImgRequest | InpaintRequest | OutpaintRequest | UpscaleRequest
+               | DepthRequest)  # one pipeline run
+Request = TaskRequest | XYZPlotRequest
 
 REQUEST_TYPES: dict[str, type[TaskRequest]] = {
-    cls.task: cls for cls in (Txt2ImgRequest, Img2ImgRequest, InpaintRequest, UpscaleRequest, DepthRequest)
+    cls.task: cls
+    for cls in (Txt2ImgRequest, Img2ImgRequest, InpaintRequest, OutpaintRequest, UpscaleRequest, DepthRequest)
 }

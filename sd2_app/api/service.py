@@ -24,7 +24,7 @@ from PIL import Image
 from sd2_app.api.model_host import ModelHost
 from sd2_app.checkpoints.catalog import CheckpointSpec
 from sd2_app.errors import Cancelled, InvalidRequest
-from sd2_app.api.requests import CompareRequest, Request, TaskRequest
+from sd2_app.api.requests import Request, TaskRequest, XYZPlotRequest
 from sd2_app.api.tasks import TASKS
 from sd2_app.api.validation import Catalog, Limits, validate
 
@@ -42,15 +42,17 @@ TaskFn = Callable[..., Any]  # (components, request, on_step, *, mode) -> output
 class Result:
     """What one run produced; `images` carry their A1111 `parameters` text in `image.info`."""
 
-    task: str  # "txt2img", "img2img", "inpaint", "upscale", "depth" or "compare"
+    task: str  # "txt2img", "img2img", "inpaint", "outpaint", "upscale", "depth" or "xyz_plot"
     request: Request  # the validated request (seed resolved, sizes filled in)
     images: list[Image.Image]
     seed: int
     warnings: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: "load", "run", per sampler in compare
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: "load", "run" (plot: all cells together)
     mask_image: Image.Image | None = None  # inpaint: the mask actually used
     depth_image: Image.Image | None = None  # depth: the depth map actually used
-    captions: list[str] = field(default_factory=list)  # one per image (compare: sampler and time)
+    captions: list[str] = field(default_factory=list)  # one per image (plot: the cell's values and seconds)
+    cells: list[dict[str, Any]] = field(default_factory=list)  # plot: each cell's settings and seconds
+    stopped: bool = False  # plot: Stop ended it early; the finished cells are here
     saved: list[Path] = field(default_factory=list)  # files written to the outputs folder
     created: float = field(default_factory=time.time)
 
@@ -241,8 +243,8 @@ class Service:
 
         `owner` (the UI's session id) tags the history entry, so a public app shows each visitor their own.
         """
-        if isinstance(request, CompareRequest):
-            return self.compare(request, on_progress, should_stop, owner=owner)
+        if isinstance(request, XYZPlotRequest):
+            return self.plot(request, on_progress, should_stop, owner=owner)
         checked, warnings = self.validate(request)
         task = checked.task
         if should_stop is not None and should_stop():
@@ -262,47 +264,20 @@ class Service:
         )
         return self._keep(result, owner)
 
-    def compare(
+    def plot(
         self,
-        request: CompareRequest,
+        request: XYZPlotRequest,
         on_progress: ProgressFn | None = None,
         should_stop: Callable[[], bool] | None = None,
         *,
         owner: str | None = None,
+        on_cell: Callable[[Any, Image.Image, float], None] | None = None,
     ) -> Result:
-        """The same prompt and seed through each sampler in turn, each timed; one image per sampler."""
-        checked, warnings = self.validate(request)
-        base = replace(checked.base, sampling=replace(checked.base.sampling, batch_size=1))
-        steps = base.sampling.steps
-        total = steps * len(checked.samplers)
-        timings: dict[str, float] = {}
-        images: list[Image.Image] = []
-        captions: list[str] = []
-        for index, name in enumerate(checked.samplers):
-            if should_stop is not None and should_stop():
-                raise Cancelled
-            use_karras = base.sampling.use_karras and self.supports_karras(name)
-            one = replace(base, sampling=replace(base.sampling, sampler=name, use_karras=use_karras))
-            run_timings: dict[str, float] = {}
-            output = self._run_pipeline(
-                "txt2img", one, self._step_callback(index * steps, total, on_progress, should_stop), run_timings
-            )
-            timings[name] = run_timings["run"]
-            timings["load"] = timings.get("load", 0.0) + run_timings["load"]
-            warnings.extend(w for w in getattr(output, "warnings", []) or [] if w not in warnings)
-            images.append(output.images[0])
-            captions.append(f"{name}{' Karras' if use_karras else ''}: {run_timings['run']:.2f} s")
-        timings["run"] = sum(timings[name] for name in checked.samplers)
-        result = Result(
-            task="compare",
-            request=checked,
-            images=images,
-            seed=base.sampling.seed,
-            warnings=warnings,
-            timings=timings,
-            captions=captions,
-        )
-        return self._keep(result, owner)
+        """An X/Y/Z plot (sd2_app.api.plot): grids first, then each finished cell; `on_cell(cell, image,
+        seconds)` as each cell finishes. Stop returns the finished cells (`stopped`); none finished: Cancelled."""
+        from sd2_app.api.plot import run_plot
+
+        return self._keep(run_plot(self, request, on_progress, should_stop, on_cell), owner)
 
     # ---- keeping results ---------------------------------------------------------------------------
     def _save(self, result: Result) -> list[Path]:

@@ -23,8 +23,8 @@ DEFAULT_SAMPLER = "DPM++ 2M"
 DEFAULT_STEPS = 25
 DEFAULT_CFG_SCALE = 7.5
 
-COMPARE_SAMPLERS = ("DPM++ 2M", "Euler a", "Euler", "DDIM", "UniPC", "DPM++ 2M SDE")
-"""The samplers the comparison runs by default (the most used ones)."""
+PLOT_SAMPLERS = ("DPM++ 2M", "Euler a", "Euler", "DDIM", "UniPC", "DPM++ 2M SDE")
+"""The samplers an X/Y/Z plot's sampler axis starts with (the most used ones)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("txt2img", "Text to image", "sd21-base", "sd2_app.pipelines.txt2img:txt2img"),
         TaskSpec("img2img", "Image to image", "sd21-base", "sd2_app.pipelines.img2img:img2img", strength=0.75),
         TaskSpec("inpaint", "Inpaint", "sd2-inpainting", "sd2_app.pipelines.inpaint:inpaint", strength=1.0),
+        TaskSpec("outpaint", "Outpaint", "sd2-inpainting", "sd2_app.pipelines.outpaint:outpaint", strength=1.0),
         TaskSpec("upscale", "Upscale x4", "x4-upscaler", "sd2_app.pipelines.upscale:upscale",
                  sampler="DDIM", steps=50, cfg_scale=9.0),
         TaskSpec("depth", "Depth to image", "sd2-depth", "sd2_app.pipelines.depth:depth2img", strength=0.7),

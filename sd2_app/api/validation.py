@@ -19,21 +19,26 @@ from PIL import Image, ImageOps
 
 from sd2_app.errors import InvalidRequest
 from sd2_app.api.requests import (
-    CompareRequest,
     DepthRequest,
     Img2ImgRequest,
+    OUTPAINT_FILLS,
     InpaintRequest,
+    OutpaintRequest,
     REQUEST_TYPES,
     Request,
     Sampling,
     Txt2ImgRequest,
     UpscaleRequest,
+    XYZPlotRequest,
 )
 
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000  # CLIP reads 77 tokens; this only stops abuse (the pipeline warns past 77 tokens)
 MIN_IMAGE_SIDE = 8
 MAX_NOISE_LEVEL = 350  # x4 upscaler's model_index.json
+
+OUTPAINT_SIDES = ("left", "right", "up", "down")
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -44,6 +49,7 @@ class Limits:
     max_upscale_input_pixels: int = 512 * 512  # the x4 output is 16x this (tiled)
     max_steps: int = 150
     max_batch: int = 8
+    max_plot_cells: int = 64  # cells of one X/Y/Z plot (all Z values together)
 
 
 @dataclass(frozen=True)
@@ -223,8 +229,10 @@ def _strength(value: Any, steps: int) -> float:
 def validate(request: Request, catalog: Catalog, limits: Limits = Limits()) -> tuple[Request, list[str]]:
     """A complete, in-range copy of `request` and the warnings to show; `InvalidRequest` otherwise."""
     warnings: list[str] = []
-    if isinstance(request, CompareRequest):
-        return _validate_compare(request, catalog, limits, warnings), warnings
+    if isinstance(request, XYZPlotRequest):
+        from sd2_app.api.plot import validate_plot
+
+        return validate_plot(request, catalog, limits)
     if type(request) not in REQUEST_TYPES.values():
         raise InvalidRequest(f"Unknown request type {type(request).__name__}.")
     task = request.task
@@ -269,6 +277,8 @@ def validate(request: Request, catalog: Catalog, limits: Limits = Limits()) -> t
             only_masked_padding=_integer(request.only_masked_padding, "Only-masked padding", 0, 256),
             keep_unmasked=bool(request.keep_unmasked),
         )
+    elif isinstance(request, OutpaintRequest):
+        common.update(_outpaint_fields(request, steps, limits))
     elif isinstance(request, UpscaleRequest):
         image = _image(request.image, "an image to upscale", limits.max_upscale_input_pixels)
         common.update(
@@ -285,23 +295,21 @@ def validate(request: Request, catalog: Catalog, limits: Limits = Limits()) -> t
     return replace(request, **common), warnings
 
 
-def _validate_compare(request: CompareRequest, catalog: Catalog, limits: Limits, warnings: list[str]) -> CompareRequest:
-    names = tuple(request.samplers)
-    if not names:
-        raise InvalidRequest("Choose at least one sampler to compare.")
-    check_sampler_names(names, catalog)
-    if len(set(names)) != len(names):
-        names = tuple(dict.fromkeys(names))
-    base = request.base
-    if not isinstance(base, Txt2ImgRequest):
-        raise InvalidRequest("A comparison runs a text-to-image request.")
-    # Validate with the first sampler and no Karras, then keep Karras for the samplers that offer it.
-    plain = replace(base, sampling=replace(base.sampling, sampler=names[0], use_karras=False))
-    checked, base_warnings = validate(plain, catalog, limits)
-    sampling = replace(checked.sampling, use_karras=bool(base.sampling.use_karras))
-    if sampling.use_karras:
-        without = [n for n in names if not catalog.samplers[n]]
-        if without:
-            warnings.append(f"Karras sigmas are not available for {', '.join(without)}; they use their own schedule.")
-    warnings.extend(base_warnings)
-    return replace(request, base=replace(checked, sampling=sampling), samplers=names)
+def _outpaint_fields(request: OutpaintRequest, steps: int, limits: Limits) -> dict[str, Any]:
+    """The image (never resized: its pixels come back unchanged), margins, fill and blur of an outpaint."""
+    image = _image(request.image, "an image to outpaint", limits.max_input_pixels)
+    sides = {side: _integer(getattr(request, side), f"Outpaint {side}", 0, limits.max_side) for side in OUTPAINT_SIDES}
+    odd = [f"{side} {value}" for side, value in sides.items() if value % 8]
+    if odd:
+        raise InvalidRequest(f"Outpaint margins must be multiples of 8 pixels; got {', '.join(odd)}.")
+    if not any(sides.values()):
+        raise InvalidRequest("Choose how far to extend the image: left, right, up or down (multiples of 8).")
+    width = image.width + sides["left"] + sides["right"]
+    height = image.height + sides["up"] + sides["down"]
+    if max(width, height) > limits.max_side:
+        raise InvalidRequest(f"The extended image would be {width}x{height}; each side may be at most "
+                             f"{limits.max_side} pixels. Extend less or start from a smaller image.")
+    if request.fill not in OUTPAINT_FILLS:
+        raise InvalidRequest(f"Unknown outpaint fill {request.fill!r}; choose one of: {', '.join(OUTPAINT_FILLS)}.")
+    return {**sides, "image": image, "fill": request.fill, "strength": _strength(request.strength, steps),
+            "mask_blur": _integer(request.mask_blur, "Mask blur", 0, 64), "keep_original": bool(request.keep_original)}

@@ -59,7 +59,7 @@ REGISTRY: dict[str, CheckpointSpec] = {
             "sd21", "SD 2.1 (768-v, fp32 attention)", _mirrors("stable-diffusion-2-1"), None, 768, TEXT_TASKS
         ),
         CheckpointSpec(
-            "sd2-inpainting", "SD 2 inpainting", _mirrors("stable-diffusion-2-inpainting"), None, 512, ("inpaint",)
+            "sd2-inpainting", "SD 2 inpainting", _mirrors("stable-diffusion-2-inpainting"), None, 512, ("inpaint", "outpaint")
         ),
         CheckpointSpec("sd2-depth", "SD 2 depth", _mirrors("stable-diffusion-2-depth"), None, 512, ("depth",)),
         CheckpointSpec("x4-upscaler", "x4 upscaler", _mirrors("stable-diffusion-x4-upscaler"), None, 512, ("upscale",)),

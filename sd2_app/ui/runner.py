@@ -36,17 +36,26 @@ def gpu(duration: int = 120) -> Callable[[F], F]:
     return spaces.GPU(duration=duration)
 
 
+class RunFlag(threading.Event):
+    """A run's stop flag, with how far the run got (steps `done` of `total`) for the message after Stop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done = 0
+        self.total = 0
+
+
 class StopFlags:
     """One stop flag per browser session: Stop in one tab of the browser must not stop another user's run."""
 
     def __init__(self) -> None:
-        self._flags: dict[str, threading.Event] = {}
+        self._flags: dict[str, RunFlag] = {}
         self._lock = threading.Lock()
 
-    def arm(self, session: str) -> threading.Event:
+    def arm(self, session: str) -> RunFlag:
         """A cleared flag for a run that is starting now."""
         with self._lock:
-            flag = self._flags[session] = threading.Event()
+            flag = self._flags[session] = RunFlag()
         return flag
 
     def release(self, session: str, flag: threading.Event) -> None:
@@ -57,12 +66,15 @@ class StopFlags:
 
     def stop(self, session: str) -> bool:
         """Set the session's flag; False when it has no run."""
+        return self.stop_run(session) is not None
+
+    def stop_run(self, session: str) -> RunFlag | None:
+        """Set the session's flag and return it (None when the session has no run)."""
         with self._lock:
             flag = self._flags.get(session)
-        if flag is None:
-            return False
-        flag.set()
-        return True
+        if flag is not None:
+            flag.set()
+        return flag
 
 
 @functools.lru_cache(maxsize=1)
@@ -98,3 +110,12 @@ def stream(
 def user_message(error: InvalidRequest | Cancelled) -> str:  # noqa: D103
     """The text the user sees for a refused or stopped run."""
     return "Stopped." if isinstance(error, Cancelled) else str(error)
+
+
+def stopped_message(flag: RunFlag | None) -> str:
+    """What Stop leaves in the info line: how far the run got."""
+    if flag is None:
+        return "Stopped before it started."
+    if flag.total:
+        return f"Stopped after {flag.done}/{flag.total} steps."
+    return "Stopped before sampling began."

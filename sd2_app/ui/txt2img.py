@@ -15,12 +15,12 @@ from sd2_app.ui.common import (
     ResultPanel,
     SamplingControls,
     result_panel,
-    run_buttons,
     sampling_controls,
     to_sampling,
     wire_run,
     wire_seed_buttons,
 )
+from sd2_app.ui.layout import prompt_row, results_column, settings_column
 from sd2_app.ui.runner import StopFlags
 
 if TYPE_CHECKING:
@@ -40,26 +40,20 @@ class Txt2ImgTab:
     panel: ResultPanel
 
 
-def prompt_boxes(prefix: str, value: str = "") -> tuple[gr.Textbox, gr.Textbox]:
-    prompt = gr.Textbox(value, label="Prompt", lines=2, placeholder="What to draw", elem_id=f"{prefix}-prompt")
-    negative = gr.Textbox("", label="Negative prompt", lines=1, placeholder="What to avoid", elem_id=f"{prefix}-negative")
-    return prompt, negative
-
-
 def build(service: Service, flags: StopFlags) -> Txt2ImgTab:
-    with gr.Row():
-        with gr.Column(scale=5):
+    top = prompt_row("txt2img", EXAMPLE_PROMPTS[0])
+    prompt, negative = top.prompt, top.negative
+    with gr.Row(equal_height=False):
+        with settings_column("txt2img"):
             checkpoint = checkpoint_dropdown(service, "txt2img", elem_id="txt2img-checkpoint")
             side = service.resolution(checkpoint.value)
-            prompt, negative = prompt_boxes("txt2img", EXAMPLE_PROMPTS[0])
-            gr.Examples([[p] for p in EXAMPLE_PROMPTS], [prompt], label="Example prompts")
-            controls, randomize, reuse = sampling_controls(service, "txt2img")
             with gr.Row():
                 width = gr.Slider(64, service.limits.max_side, side, step=8, label="Width", elem_id="txt2img-width")
                 height = gr.Slider(64, service.limits.max_side, side, step=8, label="Height", elem_id="txt2img-height")
-            run, stop = run_buttons("txt2img")
-        with gr.Column(scale=6):
-            panel = result_panel("txt2img", run, stop, send_to=SEND_TO)
+            controls, randomize, reuse = sampling_controls(service, "txt2img")
+            gr.Examples([[p] for p in EXAMPLE_PROMPTS], [prompt], label="Example prompts")
+        with results_column("txt2img"):
+            panel = result_panel("txt2img", top.run, top.stop, send_to=SEND_TO)
     wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "txt2img")
 
     def follow_checkpoint(key: str) -> tuple[int, int]:

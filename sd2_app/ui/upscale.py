@@ -15,14 +15,13 @@ from sd2_app.ui.common import (
     ResultPanel,
     SamplingControls,
     result_panel,
-    run_buttons,
     sampling_controls,
     to_sampling,
     wire_run,
     wire_seed_buttons,
 )
 from sd2_app.ui.runner import StopFlags
-from sd2_app.ui.txt2img import prompt_boxes
+from sd2_app.ui.layout import prompt_row, results_column, settings_column
 from sd2_app.ui.uploads import upload_image
 
 if TYPE_CHECKING:
@@ -47,21 +46,21 @@ def before_image(result: Result) -> tuple:
 
 
 def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> UpscaleTab:
-    with gr.Row():
-        with gr.Column(scale=5):
+    top = prompt_row("upscale")
+    prompt, negative = top.prompt, top.negative
+    with gr.Row(equal_height=False):
+        with settings_column("upscale"):
             image = upload_image(label="Low-resolution image", type="pil", image_mode=None,
-                             sources=["upload", "clipboard"], height=320, elem_id="upscale-image")
+                                 sources=["upload", "clipboard"], height=320, elem_id="upscale-image")
             checkpoint = checkpoint_dropdown(service, "upscale")
-            prompt, negative = prompt_boxes("upscale")
-            if examples:
-                gr.Examples(examples, [image, prompt], label="Examples")
             noise = gr.Slider(0, 350, UpscaleRequest.noise_level, step=1, label="Noise level",
                               info="noise added to the input; higher lets the model invent more detail")
             controls, randomize, reuse = sampling_controls(service, "upscale")
             gr.Markdown("Large inputs are split into overlapping tiles automatically.")
-            run, stop = run_buttons("upscale")
-        with gr.Column(scale=6):
-            panel = result_panel("upscale", run, stop, extra_label="Before (bicubic x4)", send_to=SEND_TO)
+            if examples:
+                gr.Examples(examples, [image, prompt], label="Examples")
+        with results_column("upscale"):
+            panel = result_panel("upscale", top.run, top.stop, extra_label="Before (bicubic x4)", send_to=SEND_TO)
     wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "upscale")
 
     def make_request(picture: Any, key: str, text: str, negative_text: str, level: float,
