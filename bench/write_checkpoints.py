@@ -10,7 +10,8 @@ what we time).
 
 Only the fp16 variant files are written (what both loaders prefer). Parts that are the same across repos
 (text encoder, SD VAE) are hard links to one file, as in a Hub cache; the sd2 (768) UNet gets its own
-weights so that swapping sd2-base <-> sd2 really moves a different UNet.
+weights so that swapping sd2-base <-> sd2 really moves a different UNet, and so does sd21 (SD 2.1-768: sd2's
+architecture with upcast_attention in its config).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from sd2_app.testing.tiny_transformers import write_depth_estimator, write_token
 
 logger = logging.getLogger("bench.write_checkpoints")
 
-KINDS = ("sd2-base", "sd2", "sd2-inpainting", "sd2-depth", "x4-upscaler")
+KINDS = ("sd2-base", "sd2", "sd21", "sd2-inpainting", "sd2-depth", "x4-upscaler")
 DONE = ".bench-complete"
 TEXT_ENCODER_CONFIG = {  # text_encoder/config.json of the SD2 repos
     "architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "hidden_size": 1024,

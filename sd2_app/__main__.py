@@ -7,7 +7,9 @@ validation, seeds and metadata are identical. Examples:
     python -m sd2_app img2img --image in.png --strength 0.6 --prompt "oil painting"
     python -m sd2_app inpaint --image in.png --mask mask.png --prompt "a red door" --only-masked
     python -m sd2_app upscale --image small.png --noise-level 20 --prompt "sharp photo"
-    python -m sd2_app depth --image in.png --prompt "a marble statue" [--depth-map depth.png]
+    python -m sd2_app txt2img --prompt "a castle" --hires --hires-upscaler Lanczos --denoising-strength 0.5
+    python -m sd2_app txt2img --prompt "moss" --tiling --variation-seed 7 --variation-strength 0.3
+    python -m sd2_app depth --image in.png --prompt "a marble statue" [--depth-map depth16.png]
     python -m sd2_app outpaint --image in.png --left 128 --right 128 --prompt "a wide beach"
     python -m sd2_app xyz-plot --prompt "a cat" --x-type sampler --x-values "Euler, DDIM" \
         --y-type steps --y-values "10-40 (+10)"   # grids, cells, xyz_plot-<seed>-cells.csv/.json
@@ -74,6 +76,49 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser)  # --repo KEY=REPO[,REPO...] (a bare --repo REPO applies to --model), --revision
 
 
+def _size(text: str) -> tuple[int, int]:
+    """"WxH" -> (width, height), for --seed-resize-from."""
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit():
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 512x768, got {text!r}")
+    return int(width), int(height)
+
+
+def _workflow_arguments(parser: argparse.ArgumentParser) -> None:
+    """Text to image's hires fix, seed extras and tiling (A1111's options of the same names)."""
+    from sd2_app.api.requests import HIRES_UPSCALERS
+
+    hires = parser.add_argument_group("hires fix")
+    hires.add_argument("--hires", action="store_true", help="generate, upscale, then img2img at the target size")
+    hires.add_argument("--hires-upscaler", choices=HIRES_UPSCALERS, default="Latent")
+    hires.add_argument("--hires-scale", type=float, default=2.0, help="target = size x scale (default 2)")
+    hires.add_argument("--hires-width", type=int, default=None, help="explicit target width (overrides the scale)")
+    hires.add_argument("--hires-height", type=int, default=None, help="explicit target height")
+    hires.add_argument("--hires-steps", type=int, default=None, help="second-pass steps (default: --steps)")
+    hires.add_argument("--denoising-strength", type=float, default=0.5, help="second pass's strength")
+    hires.add_argument("--hires-sampler", default=None, help="second-pass sampler (default: --sampler)")
+    seeds = parser.add_argument_group("seed extras")
+    seeds.add_argument("--variation-seed", type=int, default=None, help="default: random when a strength is set")
+    seeds.add_argument("--variation-strength", type=float, default=0.0, help="0 = the seed, 1 = the variation seed")
+    seeds.add_argument("--seed-resize-from", type=_size, default=None, metavar="WxH",
+                       help="draw the noise at this size so a seed's composition survives a size change")
+    parser.add_argument("--tiling", action="store_true", help="seamless tiles (circular padding)")
+
+
+def _txt2img_extras(args: argparse.Namespace) -> dict[str, Any]:
+    """The hires fix, seed extras and tiling fields of a Txt2ImgRequest."""
+    from sd2_app.api.requests import HiresFix, SeedExtras
+
+    hires = None
+    if args.hires:
+        hires = HiresFix(upscaler=args.hires_upscaler, scale=args.hires_scale, width=args.hires_width,
+                         height=args.hires_height, steps=args.hires_steps,
+                         denoising_strength=args.denoising_strength, sampler=args.hires_sampler)
+    extras = SeedExtras(variation_seed=args.variation_seed, variation_strength=args.variation_strength,
+                        resize_from=args.seed_resize_from)
+    return {"hires": hires, "seed_extras": extras, "tiling": args.tiling}
+
+
 def _outpaint_arguments(parser: argparse.ArgumentParser) -> None:
     from sd2_app.api.requests import OUTPAINT_FILLS
 
@@ -112,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         if task == "txt2img":
             sub.add_argument("--width", type=int, default=None)
             sub.add_argument("--height", type=int, default=None)
+            _workflow_arguments(sub)
         if task != "txt2img":
             sub.add_argument("--image", type=Path, required=True)
         if spec.strength is not None:
@@ -169,7 +215,7 @@ def build_request(args: argparse.Namespace) -> TaskRequest:
     if args.task == "xyz-plot":
         return _plot_request(args, common)
     if args.task == "txt2img":
-        return rq.Txt2ImgRequest(width=args.width, height=args.height, **common)
+        return rq.Txt2ImgRequest(width=args.width, height=args.height, **_txt2img_extras(args), **common)
     image = _open(args.image, "RGB")
     if args.task == "outpaint":
         return rq.OutpaintRequest(image=image, left=args.left, right=args.right, up=args.up, down=args.down,
@@ -185,7 +231,8 @@ def build_request(args: argparse.Namespace) -> TaskRequest:
         )
     if args.task == "upscale":
         return rq.UpscaleRequest(image=image, noise_level=args.noise_level, tile_size=args.tile_size, **common)
-    return rq.DepthRequest(image=image, depth_map=_open(args.depth_map, "L"), strength=args.strength, **common)
+    # The depth map keeps its mode: 16-bit PNGs and float TIFFs are read at full precision (validation).
+    return rq.DepthRequest(image=image, depth_map=_open(args.depth_map), strength=args.strength, **common)
 
 
 def _plot_request(args: argparse.Namespace, common: dict[str, Any]) -> Any:

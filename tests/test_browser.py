@@ -199,3 +199,26 @@ def test_stop_interrupts_a_running_generation(page) -> None:
     _shot(page, "txt2img-2-stopped")
     assert "Stop" in page.locator("#txt2img-info").inner_text()
     assert page.locator("#txt2img-gallery img").count() == 0
+
+
+@pytest.mark.slow
+def test_hires_fix_run_shows_the_upscaled_image_and_its_parameters(page) -> None:
+    page.get_by_role("tab", name="Text to image").click()
+    _set_number(page, "txt2img-width", 64)
+    _set_number(page, "txt2img-height", 64)
+    _set_number(page, "txt2img-steps", 3)
+    page.locator("#txt2img-hires-accordion").get_by_role("button", name="Hires fix").first.click()
+    page.locator("#txt2img-hires input[type=checkbox]").check()
+    _set_number(page, "txt2img-hires-scale", 1.5)
+    _set_number(page, "txt2img-hires-steps", 4)
+    _shot(page, "txt2img-hires-1-settings")
+    page.locator("#txt2img-run").click()
+    sync_api.expect(page.locator("#txt2img-info")).to_contain_text("Hires upscaler: Latent", timeout=120_000)
+    image = page.locator("#txt2img-gallery img").first
+    image.wait_for()
+    _shot(page, "txt2img-hires-2-result")
+    info = page.locator("#txt2img-info").inner_text()
+    assert "Size: 64x64" in info and "Hires upscale: 1.5" in info and "Hires steps: 4" in info
+    assert "Denoising strength: 0.5" in info
+    assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [96, 96]
+    page.locator("#txt2img-hires input[type=checkbox]").uncheck()  # later tests expect the plain tab

@@ -105,6 +105,43 @@ def test_module_entry_point_runs(tmp_path: Path) -> None:
                                                                          "Steps": 2, "Seed": 5}
 
 
+def test_txt2img_hires_variation_tiling_and_a_16_bit_depth_map(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code = main(["txt2img", "--tiny", "--model-dir", str(model_dir), "--prompt", "moss", "--steps", "2", "--seed", "3",
+                 "--width", "64", "--height", "64", "--hires", "--hires-upscaler", "Lanczos", "--hires-scale", "1.5",
+                 "--hires-steps", "4", "--denoising-strength", "0.5", "--variation-seed", "9",
+                 "--variation-strength", "0.25", "--seed-resize-from", "96x64", "--tiling", "--out", str(tmp_path),
+                 "--json"])
+    assert code == 0
+    path = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["paths"][0]
+    params = parse_parameters(read_png_parameters(path))
+    assert (params["Hires upscaler"], params["Hires upscale"], params["Hires steps"]) == ("Lanczos", 1.5, 4)
+    assert (params["Variation seed"], params["Variation seed strength"]) == (9, 0.25)
+    assert params["Seed resize from"] == "96x64" and params["Tiling"] is True and params["Size"] == "64x64"
+    with Image.open(path) as image:
+        assert image.size == (96, 96)
+
+    tiny_repo("sd2-depth")
+    sample_image(64, 64).save(tmp_path / "in.png")
+    ramp = np.round(30000 + 250 * np.mgrid[0:64, 0:64][1] / 63).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "depth16.png")
+    code = main(["depth", "--tiny", "--model-dir", str(model_dir), "--prompt", "statue", "--steps", "2", "--seed",
+                 "3", "--image", str(tmp_path / "in.png"), "--depth-map", str(tmp_path / "depth16.png"),
+                 "--out", str(tmp_path), "--json"])
+    assert code == 0
+    paths = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["paths"]
+    depth_path = next(p for p in paths if p.endswith("-depth.png"))
+    with Image.open(depth_path) as used:
+        assert len(np.unique(np.asarray(used))) == 64  # one level per column: the 16-bit ramp, not 2 8-bit levels
+
+
+def test_bad_seed_resize_size_is_an_argument_error(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["txt2img", "--prompt", "x", "--seed-resize-from", "96"])
+    assert "expected WIDTHxHEIGHT such as 512x768, got '96'" in capsys.readouterr().err
+
+
 def test_outpaint_from_a_file(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     sample_image(48, 40).save(tmp_path / "in.png")
     code = main(["outpaint", "--tiny", "--model-dir", str(model_dir), "--prompt", "wider", "--image",

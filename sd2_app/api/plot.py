@@ -76,6 +76,8 @@ def validate_plot(request: XYZPlotRequest, catalog: Any, limits: Any) -> tuple[X
     checked_base, warnings = validate(base, catalog, limits)
     checked_base = replace(checked_base, sampling=replace(checked_base.sampling,
                                                           use_karras=bool(request.base.sampling.use_karras)))
+    if isinstance(checked_base, Img2ImgRequest):  # its image is fitted now; an unset size stays "the image's"
+        checked_base = replace(checked_base, width=base.width, height=base.height)
     task = base.task
     checkpoints = [key for key, tasks in catalog.tasks.items() if task in tasks]
     axes: dict[str, PlotAxis] = {}
@@ -161,10 +163,9 @@ def run_cells(
     for cell in run_order(cells):
         if should_stop is not None and should_stop():
             return finished, timings, warnings, True
-        cell_timings: dict[str, float] = {}
-        on_step = service._step_callback(done, total, on_progress, should_stop)
         try:
-            output = service._run_pipeline(cell.request.task, cell.request, on_step, cell_timings)
+            output = service.execute(cell.request, on_progress, should_stop, done_before=done, total=total)
+            cell_timings = output.timings
         except Cancelled:
             return finished, timings, warnings, True
         done += cell.steps

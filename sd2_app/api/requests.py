@@ -47,6 +47,55 @@ def _strength(task: str) -> float:
     return strength
 
 
+HIRES_UPSCALERS = ("Latent", "Latent (nearest-exact)", "Lanczos", "SD2 x4")  # A1111's names for the first three
+
+
+@dataclass(frozen=True)
+class HiresFix:
+    """A1111's "Hires fix": generate at the request's size, upscale, then img2img at the target size.
+
+    The second pass draws its noise from a fresh generator seeded with the request's seed (A1111 does the
+    same), so it equals image-to-image on the upscaled first image with that seed.
+    """
+
+    upscaler: str = "Latent"  # one of HIRES_UPSCALERS: latents bilinear / nearest-exact, pixels, the x4 model
+    scale: float = 2.0  # target = first-pass size x scale (rounded to 8), unless width/height are given
+    width: int | None = None  # explicit target size (A1111's "Resize width to"); None or 0: from `scale`
+    height: int | None = None
+    steps: int | None = None  # second-pass steps; None or 0: the first pass's steps
+    denoising_strength: float = 0.5
+    sampler: str | None = None  # None or "": the first pass's sampler
+
+    def target(self, width: int, height: int) -> tuple[int, int]:
+        """The second pass's size for a first pass of `width` x `height`, rounded to multiples of 8.
+
+        With one explicit side the other keeps the first pass's aspect ratio; with neither, `scale` applies.
+        """
+        if self.width and self.height:
+            w, h = float(self.width), float(self.height)
+        elif self.width:
+            w, h = float(self.width), self.width * height / width
+        elif self.height:
+            w, h = self.height * width / height, float(self.height)
+        else:
+            w, h = width * self.scale, height * self.scale
+        return max(8, int(w / 8 + 0.5) * 8), max(8, int(h / 8 + 0.5) * 8)
+
+    def second_pass_steps(self, first_steps: int) -> int:
+        """The sampler steps the second pass runs: its steps cut by the strength (samplers.start_at's rule)."""
+        steps = self.steps or first_steps
+        return min(int(steps * self.denoising_strength), steps)
+
+
+@dataclass(frozen=True)
+class SeedExtras:
+    """A1111's "Extra" seed options: a variation seed slerped into the start noise, and seed resize."""
+
+    variation_seed: int | None = None  # None or -1 with strength > 0: the service draws one and reports it
+    variation_strength: float = 0.0  # 0 = the seed's noise, 1 = the variation seed's noise
+    resize_from: tuple[int, int] | None = None  # (width, height) the noise is drawn at; None: the image size
+
+
 @dataclass(frozen=True)
 class Txt2ImgRequest:
     task: ClassVar[str] = "txt2img"
@@ -57,6 +106,22 @@ class Txt2ImgRequest:
     width: int | None = None  # None: the checkpoint's native resolution
     height: int | None = None
     sampling: Sampling = _sampling("txt2img")
+    hires: HiresFix | None = None  # None: off
+    seed_extras: SeedExtras = field(default_factory=SeedExtras)
+    tiling: bool = False  # convolutions pad circularly: the image tiles seamlessly
+
+
+@dataclass(frozen=True)
+class HiresPassRequest:
+    """Internal (never validated from outside): a hires fix's second pass on images the x4 model upscaled."""
+
+    base: Txt2ImgRequest  # the validated request, hires set
+    images: tuple[Image.Image, ...]  # the upscaled first-pass images, one per batch row
+    first_size: tuple[int, int]  # (width, height) of the first pass
+
+    @property
+    def checkpoint(self) -> str:
+        return self.base.checkpoint
 
 
 @dataclass(frozen=True)

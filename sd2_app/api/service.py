@@ -14,10 +14,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
 
@@ -60,6 +60,14 @@ class Result:
     def parameters(self) -> str:
         """The first image's parameters text ("" when it has none)."""
         return self.images[0].info.get("parameters", "") if self.images else ""
+
+
+class Backend(Protocol):
+    """Runs a validated request and returns its unsaved Result: `Service` itself, or a remote worker pool."""
+
+    def produce(
+        self, checked: Request, on_progress: ProgressFn | None, should_stop: Callable[[], bool] | None
+    ) -> Result: ...
 
 
 @dataclass(frozen=True)
@@ -114,12 +122,17 @@ class Service:
         outputs_dir: str | Path | None = "outputs",
         history_size: int = 50,
         preview_every: int = 5,
+        backend: Backend | None = None,
+        concurrency: int = 1,
     ) -> None:
         """`manager` None gives a service that validates but cannot run (tools and tests)."""
         from sd2_app.checkpoints.allowlist import allowed_repos as env_allowed_repos, custom_specs
         from sd2_app.checkpoints.catalog import REGISTRY
 
         self.manager = manager
+        # Where validated requests run: None is this process's manager; sd2_app.serve gives a remote one.
+        self.backend = backend
+        self.concurrency = concurrency  # jobs the GPU queue runs at once: 1 locally, the replicas' total remotely
         if registry is None:
             registry = manager.registry if manager is not None else REGISTRY
         self.registry: dict[str, CheckpointSpec] = dict(registry)
@@ -246,23 +259,62 @@ class Service:
         if isinstance(request, XYZPlotRequest):
             return self.plot(request, on_progress, should_stop, owner=owner)
         checked, warnings = self.validate(request)
-        task = checked.task
         if should_stop is not None and should_stop():
             raise Cancelled
+        result = self.execute(checked, on_progress, should_stop)
+        result.warnings[:0] = [w for w in warnings if w not in result.warnings]
+        return self._keep(result, owner)
+
+    def execute(
+        self,
+        checked: Request,
+        on_progress: ProgressFn | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        *,
+        done_before: int = 0,
+        total: int | None = None,
+    ) -> Result:
+        """Run a validated request where jobs run (the backend, else this process); nothing is saved.
+
+        `done_before` and `total` place its steps inside a longer job's progress (an X/Y/Z plot's cells).
+        """
+        backend = self.backend if self.backend is not None else self
+        report = on_progress
+        if report is not None and (done_before or total is not None):
+            def report(done: int, steps: int, preview: Image.Image | None) -> None:
+                on_progress(done_before + done, steps if total is None else total, preview)
+        return backend.produce(checked, report, should_stop)
+
+    def produce(
+        self,
+        checked: Request,
+        on_progress: ProgressFn | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Result:
+        """Run an already validated request on this process's manager; the Result is not saved or kept.
+
+        This is the `Backend` side of `run`: a remote worker (sd2_app.serve) calls it on its own Service.
+        """
+        task = checked.task
         timings: dict[str, float] = {}
         log.info("%s on %s: %d steps, seed %d", task, checked.checkpoint, checked.sampling.steps, checked.sampling.seed)
-        output = self._run_pipeline(task, checked, self._step_callback(0, None, on_progress, should_stop), timings)
+        if getattr(getattr(checked, "hires", None), "upscaler", None) == "SD2 x4":
+            from sd2_app.api.hires_x4 import run_hires_x4  # three manager jobs: first pass, x4, second pass
+
+            output = run_hires_x4(self, checked, on_progress, should_stop, timings)
+        else:
+            output = self._run_pipeline(task, checked, self._step_callback(0, None, on_progress, should_stop), timings)
         result = Result(
             task=task,
             request=checked,
             images=list(output.images),
             seed=checked.sampling.seed,
-            warnings=warnings + list(getattr(output, "warnings", []) or []),
+            warnings=list(getattr(output, "warnings", []) or []),
             timings=timings,
             mask_image=getattr(output, "mask_image", None),
             depth_image=getattr(output, "depth_image", None),
         )
-        return self._keep(result, owner)
+        return result
 
     def plot(
         self,

@@ -205,6 +205,22 @@ def to_mask(mask: Image.Image) -> Image.Image:
     return to_rgb(mask).convert("L")
 
 
+def to_depth(image: Image.Image) -> Image.Image:
+    """A depth map at full precision as a float32 ("F") image, white or large = near.
+
+    8-bit maps are divided by 255 and 16-bit PNGs (modes I;16, I) by 65535; 32-bit float TIFFs keep their
+    values. The pipeline min/max-normalises the map anyway, so only its precision matters here.
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image).astype(np.float32) / np.float32(65535)
+    elif image.mode == "F":
+        array = np.asarray(image, dtype=np.float32)
+    else:
+        array = np.asarray(to_rgb(image).convert("L")).astype(np.float32) / 255.0
+    return Image.fromarray(np.ascontiguousarray(array, dtype=np.float32))
+
+
 def _fit_inside(image: Image.Image, max_side: int, warnings: list[str]) -> Image.Image:
     """Shrink an input that is larger than a generated image may be, and make its sides multiples of 8."""
     width, height = image.size
@@ -249,6 +265,12 @@ def validate(request: Request, catalog: Catalog, limits: Limits = Limits()) -> t
         height = native if request.height is None else request.height
         common["width"] = _side(width, "Width", limits, warnings)
         common["height"] = _side(height, "Height", limits, warnings)
+        from sd2_app.api.txt2img_options import check_hires, check_seed_extras, check_tiling
+
+        common["hires"] = check_hires(request.hires, (common["width"], common["height"]), common["sampling"],
+                                      catalog, limits)
+        common["seed_extras"] = check_seed_extras(request.seed_extras, limits)
+        common["tiling"] = check_tiling(request.tiling)
     elif isinstance(request, Img2ImgRequest):
         image = _image(request.image, "an init image", limits.max_input_pixels)
         if request.width is not None or request.height is not None:
@@ -290,7 +312,9 @@ def validate(request: Request, catalog: Catalog, limits: Limits = Limits()) -> t
         image = _fit_inside(_image(request.image, "an image", limits.max_input_pixels), limits.max_side, warnings)
         depth = request.depth_map
         if depth is not None:
-            depth = _image(depth, "the depth map", limits.max_input_pixels).convert("L")
+            depth = _decoded(to_depth, _check_size(depth, "the depth map", limits.max_input_pixels), "the depth map")
+            if not np.isfinite(np.asarray(depth)).all():
+                raise InvalidRequest("The depth map has NaN or infinite values; save it with finite depths.")
         common.update(image=image, depth_map=depth, strength=_strength(request.strength, steps))
     return replace(request, **common), warnings
 

@@ -11,7 +11,7 @@ from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.loop import Conditioning, LatentProgressFn, Tiling, run_sampling
 from sd2_app.pipelines.prompt import encode_prompts
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
-from sd2_app.pipelines.vae_io import decode
+from sd2_app.pipelines.vae_io import decode_in
 from sd2_app.api.requests import Sampling, TaskRequest
 from sd2_app.checkpoints.components import Components
 from sd2_app.samplers.registry import SamplerSpec
@@ -106,8 +106,7 @@ class Job:
     def decode(self, latents: torch.Tensor, *, force_fp32: bool = False, tile: int | None = None,
                overlap: int = 0) -> torch.Tensor:
         """VAE-space latents -> pixels in [-1, 1], in this attempt's mode (fp32, quarter tiles)."""
-        return decode(self.components.vae, latents, force_fp32=force_fp32 or self.mode.fp32_decode, tile=tile,
-                      overlap=overlap, quarter_tiles=self.mode.tiled_decode)
+        return decode_in(self.mode, self.components.vae, latents, force_fp32=force_fp32, tile=tile, overlap=overlap)
 
 
 def start_job(components: Components, request: TaskRequest, *, strength: float | None = None, mode: RunMode = NORMAL) -> Job:

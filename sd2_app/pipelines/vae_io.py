@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-from sd2_app.pipelines.run_mode import NonFiniteError
+from sd2_app.pipelines.run_mode import NonFiniteError, RunMode
 from sd2_app.pipelines.tiling import run_tiled
 
 # x4 VAE configs that lack it (or say 0.18215) mean this (diffusers pipeline_stable_diffusion_upscale.py)
@@ -115,3 +115,10 @@ def decode(
     if not pixels_ok:
         raise NonFiniteError("image")
     return pixels
+
+
+def decode_in(mode: RunMode, vae: torch.nn.Module, latents: torch.Tensor, *, force_fp32: bool = False,
+              tile: int | None = None, overlap: int = 0) -> torch.Tensor:
+    """`decode` with one attempt's switches of the fallback ladder (an fp32 decode, quarter tiles)."""
+    return decode(vae, latents, force_fp32=force_fp32 or mode.fp32_decode, tile=tile, overlap=overlap,
+                  quarter_tiles=mode.tiled_decode)

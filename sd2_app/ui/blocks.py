@@ -12,6 +12,7 @@ import gradio as gr
 from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
 from sd2_app.ui.common import ResultPanel, SamplingControls, selected_image
 from sd2_app.ui.runner import StopFlags
+from sd2_app.ui.txt2img_extras import from_parameters
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
@@ -174,8 +175,9 @@ def _wire_png_send(button: gr.Button, fields: gr.JSON, t2i: txt2img.Txt2ImgTab, 
             clamp_to(int(width), t2i.width) if width.isdigit() else keep,
             clamp_to(int(height), t2i.height) if height.isdigit() else keep,
             gr.Tabs(selected="txt2img"),
+            *from_parameters(parsed, names),  # hires fix, seed extras, tiling
         )
 
     outputs = [t2i.prompt, t2i.negative, controls.sampler, controls.karras, controls.steps, controls.cfg,
-               controls.seed, t2i.width, t2i.height, tabs]
+               controls.seed, t2i.width, t2i.height, tabs, *t2i.extras.inputs()]
     button.click(send, fields, outputs, api_name="png_info_send", api_visibility="private", queue=False)

@@ -273,7 +273,7 @@ def wire_run(
         api_name=f"{api_name}_starts", api_visibility="private", queue=False, show_progress="hidden",
     )
     event = started.then(
-        handler, inputs, outputs, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=1,
+        handler, inputs, outputs, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=service.concurrency,
         show_progress_on=[panel.gallery],  # the bar covers the results, not the live preview
     )
     idle = (gr.update(value=GENERATE, interactive=True), gr.update(interactive=False))

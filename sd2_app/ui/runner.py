@@ -79,8 +79,8 @@ class StopFlags:
 
 @functools.lru_cache(maxsize=1)
 def _executor() -> ThreadPoolExecutor:
-    # One worker is enough: the GPU events run one at a time (concurrency limit 1), the lock is the manager's.
-    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="sd2-run")
+    # The GPU queue's concurrency limit (`Service.concurrency`) bounds how many of these threads run jobs.
+    return ThreadPoolExecutor(max_workers=64, thread_name_prefix="sd2-run")
 
 
 def stream(

@@ -22,6 +22,7 @@ from sd2_app.ui.common import (
 )
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
 from sd2_app.ui.runner import StopFlags
+from sd2_app.ui.txt2img_extras import NAMES as EXTRA_NAMES, Txt2ImgExtras, build_extras, request_fields
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
@@ -38,6 +39,7 @@ class Txt2ImgTab:
     height: gr.Slider
     sampling: SamplingControls
     panel: ResultPanel
+    extras: Txt2ImgExtras
 
 
 def build(service: Service, flags: StopFlags) -> Txt2ImgTab:
@@ -52,6 +54,7 @@ def build(service: Service, flags: StopFlags) -> Txt2ImgTab:
                 height = gr.Slider(64, service.limits.max_side, side, step=8, label="Height", elem_id="txt2img-height")
             controls, randomize, reuse = sampling_controls(service, "txt2img")
             gr.Examples([[p] for p in EXAMPLE_PROMPTS], [prompt], label="Example prompts")
+            extras = build_extras(service, service.limits.max_side)  # tiling, hires fix, extra seed options
         with results_column("txt2img"):
             panel = result_panel("txt2img", top.run, top.stop, send_to=SEND_TO)
     wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "txt2img")
@@ -63,13 +66,16 @@ def build(service: Service, flags: StopFlags) -> Txt2ImgTab:
     checkpoint.change(follow_checkpoint, checkpoint, [width, height], api_name="txt2img_native_size",
                       api_visibility="private", queue=False)
 
-    def make_request(key: str, text: str, negative_text: str, w: float, h: float, *sampling: Any) -> Txt2ImgRequest:
+    n_sampling = len(SAMPLING_NAMES)
+
+    def make_request(key: str, text: str, negative_text: str, w: float, h: float, *rest: Any) -> Txt2ImgRequest:
+        sampling, extra_values = rest[:n_sampling], rest[n_sampling:]
         return Txt2ImgRequest(
             prompt=text, negative_prompt=negative_text, checkpoint=key, width=w, height=h,  # type: ignore[arg-type]
-            sampling=to_sampling(*sampling),
+            sampling=to_sampling(*sampling), **request_fields(*extra_values),
         )
 
-    inputs = [checkpoint, prompt, negative, width, height, *controls.inputs()]
+    inputs = [checkpoint, prompt, negative, width, height, *controls.inputs(), *extras.inputs()]
     wire_run(service, flags, panel, inputs, make_request, "txt2img",
-             ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES))
-    return Txt2ImgTab(checkpoint, prompt, negative, width, height, controls, panel)
+             ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES, *EXTRA_NAMES))
+    return Txt2ImgTab(checkpoint, prompt, negative, width, height, controls, panel, extras)

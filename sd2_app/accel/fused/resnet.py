@@ -15,6 +15,10 @@ from sd2_app.nn.unet_blocks import CrossAttnUpBlock2D, UpBlock2D
 
 
 def _conv_without_bias(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    if conv.padding_mode != "zeros":  # seamless tiling (pipelines/seamless.py): pad first, as Conv2d does
+        padded = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
+        padded = padded.contiguous(memory_format=torch.channels_last)  # the NHWC path's layout
+        return F.conv2d(padded, conv.weight, None, conv.stride, 0, conv.dilation, conv.groups)
     return F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 

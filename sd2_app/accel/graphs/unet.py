@@ -46,13 +46,19 @@ class CudaGraphUNet(GraphedModule):
         key = self.key(sample, timestep, encoder_hidden_states, class_labels)
         return self._graphed(key, (sample, timestep, encoder_hidden_states, class_labels), eager)
 
+    def modes(self) -> tuple[bool, ...]:
+        """Whether the convolutions pad circularly (seamless tiling, pipelines/seamless.py): a graph replays the
+        kernels it recorded, so one captured with zero padding must never serve a tiling run."""
+        return (self.unet.conv_in.padding_mode != "zeros",)
+
     def key(self, sample: Tensor, timestep: Tensor | float, context: Tensor,
             class_labels: Tensor | None = None) -> GraphKey:
         """The graph signature of one call."""
         t_dtype = timestep.dtype if isinstance(timestep, Tensor) else torch.float32
         labels = None if class_labels is None else (tuple(class_labels.shape), class_labels.dtype)
         return (tuple(sample.shape), sample.dtype, sample.is_contiguous(memory_format=torch.channels_last),
-                t_dtype, tuple(context.shape), context.dtype, labels, torch.is_inference_mode_enabled())
+                t_dtype, tuple(context.shape), context.dtype, labels, torch.is_inference_mode_enabled(),
+                self.modes())
 
     def _static_inputs(self, args: tuple[Any, ...]) -> list[Tensor | None]:
         sample, timestep, context, class_labels = args
