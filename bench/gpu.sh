@@ -19,8 +19,8 @@
 #   compiled  txt2img COMPILED_SIZE b1 (default 512): our --speed compile path vs diffusers + torch.compile
 # Every step is bounded by the budget (BENCH_BUDGET_S from the start of this script) so results land in $OUT
 # before the lease's limit, and writes as it goes, so a step cut short still leaves its numbers.
-# Issue 24's one run (under 10 minutes; bench/README.md):
-#   BENCH_BUDGET_S=560 BENCH_KINDS="sd2-base sd2 sd21" STEPS="appstart tests peers" bash bench/gpu.sh
+# Issue 24's one run (under 10 minutes; the wheels of bench/device-wheels.txt installed first: bench/README.md):
+#   BENCH_BUDGET_S=540 BENCH_KINDS="sd2-base sd2 sd21" STEPS="appstart tests peers" bash bench/gpu.sh
 # Files in $OUT (the device tool returns at most 8): env.txt, log.txt (every step's log), appstart.md,
 # micro.md, results.md, peers.md, profile.md, compiled.md, tests.txt; with more than 8 files the .json/.jsonl
 # files end up in one raw-json.tar.gz.

@@ -45,7 +45,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> Dept
             with gr.Row():
                 image = upload_image(label="Image", type="pil", image_mode=None, sources=["upload", "clipboard"],
                                      height=280, elem_id="depth-image")
-                depth_map = upload_image(label="Depth map (optional, white = near)", type="pil", image_mode=None,
+                depth_map = upload_image(label="Depth map (optional, white = near; 16-bit PNG or float TIFF kept exact)", type="pil", image_mode=None,
                                          sources=["upload"], height=280, elem_id="depth-map")
             checkpoint = checkpoint_dropdown(service, "depth")
             strength = gr.Slider(0, 1, TASKS["depth"].strength, step=0.01, label="Strength")

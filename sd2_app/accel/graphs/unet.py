@@ -46,10 +46,10 @@ class CudaGraphUNet(GraphedModule):
         key = self.key(sample, timestep, encoder_hidden_states, class_labels)
         return self._graphed(key, (sample, timestep, encoder_hidden_states, class_labels), eager)
 
-    def modes(self) -> tuple[bool, ...]:
-        """Whether the convolutions pad circularly (seamless tiling, pipelines/seamless.py): a graph replays the
-        kernels it recorded, so one captured with zero padding must never serve a tiling run."""
-        return (self.unet.conv_in.padding_mode != "zeros",)
+    def padding(self) -> str:
+        """The convolutions' padding mode now: "circular" during a seamless-tiling job (pipelines/seamless.py
+        switches every conv at once), so a graph recorded with zero padding never serves a tiled call."""
+        return self.unet.conv_in.padding_mode
 
     def key(self, sample: Tensor, timestep: Tensor | float, context: Tensor,
             class_labels: Tensor | None = None) -> GraphKey:
@@ -58,7 +58,7 @@ class CudaGraphUNet(GraphedModule):
         labels = None if class_labels is None else (tuple(class_labels.shape), class_labels.dtype)
         return (tuple(sample.shape), sample.dtype, sample.is_contiguous(memory_format=torch.channels_last),
                 t_dtype, tuple(context.shape), context.dtype, labels, torch.is_inference_mode_enabled(),
-                self.modes())
+                self.padding())
 
     def _static_inputs(self, args: tuple[Any, ...]) -> list[Tensor | None]:
         sample, timestep, context, class_labels = args
