@@ -40,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "instead of this process's GPU; see README 'Scaling out'")
     p.add_argument("--serve-config", default=None, metavar="TOML",
                    help="the deployment's settings (deploy/serve.toml) when --serve is given")
+    p.add_argument("--embeddings-dir", default="embeddings",
+                   help="folder of SD2 textual-inversion embeddings (.safetensors), read at start-up; a prompt uses "
+                        "one by its file name (default ./embeddings)")
     return p.parse_args(argv)
 
 
@@ -53,6 +56,7 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
     from sd2_app.manager import ModelManager
     from sd2_app.checkpoints.catalog import apply_overrides, parse_assignments
     from sd2_app.api.service import Service
+    from sd2_app.loading.embeddings import EmbeddingLibrary
     from sd2_app.ui import build_ui
     from sd2_app.api.validation import Limits
 
@@ -68,7 +72,8 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
         dtype = getattr(torch, args.dtype) if args.dtype else None
         manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, preload=args.preload or (),
                                accel=options_for(args.speed))
-        service = Service(manager, limits=limits, outputs_dir=outputs)
+        service = Service(manager, limits=limits, outputs_dir=outputs,
+                          embeddings=EmbeddingLibrary.scan(args.embeddings_dir))
     demo = build_ui(service)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     return demo

@@ -73,6 +73,9 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
                         help="default: float16 on CUDA, float32 on CPU")
     parser.add_argument("--json", action="store_true", help="print one JSON line per run instead of paths")
+    parser.add_argument("--embeddings-dir", type=Path, default=Path("embeddings"),
+                        help="folder of SD2 textual-inversion embeddings (.safetensors); a prompt uses one by its "
+                             "file name (default ./embeddings)")
     add_arguments(parser)  # --repo KEY=REPO[,REPO...] (a bare --repo REPO applies to --model), --revision
 
 
@@ -261,13 +264,14 @@ def make_service(args: argparse.Namespace) -> Service:
     from sd2_app.manager import ModelManager
     from sd2_app.checkpoints.catalog import apply_overrides, parse_assignments
     from sd2_app.api.service import Service
+    from sd2_app.loading.embeddings import EmbeddingLibrary
 
     registry = apply_overrides(repos=parse_assignments(_repo_assignments(args)),
                                revisions=parse_assignments(args.revision))
     dtype = getattr(torch, args.dtype) if args.dtype else None
     manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, cache_dir=args.model_dir,
                            accel=options_for(args.speed))
-    return Service(manager, outputs_dir=None)
+    return Service(manager, outputs_dir=None, embeddings=EmbeddingLibrary.scan(args.embeddings_dir))
 
 
 def run_task(args: argparse.Namespace) -> dict[str, Any]:

@@ -82,6 +82,9 @@ class FakeManager:
     def memory(self) -> None:
         return None
 
+    def tokenizer(self, key: str) -> None:
+        return None  # no tokenizer: the token counter stays quiet
+
     def load(self, key: str) -> None:
         self.loaded.append(key)
 

@@ -8,7 +8,6 @@ parameters to a dated outputs folder (unless saving is off) and kept in a short 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
@@ -24,8 +23,9 @@ from PIL import Image
 from sd2_app.api.model_host import ModelHost
 from sd2_app.checkpoints.catalog import CheckpointSpec
 from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.api.prompt_tools import PromptTools
 from sd2_app.api.requests import Request, TaskRequest, XYZPlotRequest
-from sd2_app.api.tasks import TASKS
+from sd2_app.api.tasks import pipeline_of
 from sd2_app.api.validation import Catalog, Limits, validate
 
 if TYPE_CHECKING:
@@ -94,12 +94,6 @@ def _default_catalog(registry: Mapping[str, CheckpointSpec]) -> Catalog:
     )
 
 
-def pipeline_of(task: str) -> TaskFn:
-    """The pipeline function named in `task`'s row of the task table (imported on first use)."""
-    module, function = TASKS[task].pipeline.split(":")
-    return getattr(importlib.import_module(module), function)
-
-
 def _default_preview(latents: Any) -> Image.Image | None:
     from sd2_app.pipelines.preview import preview_images
 
@@ -124,12 +118,15 @@ class Service:
         preview_every: int = 5,
         backend: Backend | None = None,
         concurrency: int = 1,
+        embeddings: Any = None,  # loading.embeddings.EmbeddingLibrary; None: no textual-inversion embeddings
     ) -> None:
         """`manager` None gives a service that validates but cannot run (tools and tests)."""
         from sd2_app.checkpoints.allowlist import allowed_repos as env_allowed_repos, custom_specs
         from sd2_app.checkpoints.catalog import REGISTRY
 
         self.manager = manager
+        self.embeddings = embeddings
+        self._prompt_tools = PromptTools(self)
         # Where validated requests run: None is this process's manager; sd2_app.serve gives a remote one.
         self.backend = backend
         self.concurrency = concurrency  # jobs the GPU queue runs at once: 1 locally, the replicas' total remotely
@@ -187,6 +184,19 @@ class Service:
         for key in [checkpoint] if checkpoint is not None else list(self.registry):
             self._host().unload(key)
 
+    # ---- prompts -----------------------------------------------------------------------------------
+    def count_tokens(self, text: str, checkpoint: str) -> str:
+        """The prompt box's counter, "23/75" (A1111's count), without touching the GPU queue."""
+        return self._prompt_tools.count(text, checkpoint)
+
+    def embedding_names(self) -> list[str]:
+        """Names of the textual-inversion embeddings a prompt may use."""
+        return self._prompt_tools.embedding_names()
+
+    def refused_embeddings(self) -> dict[str, str]:
+        """Files in the embeddings folder that are not used, each with the reason."""
+        return dict(self.embeddings.refused) if self.embeddings is not None else {}
+
     # ---- running ---------------------------------------------------------------------------------
     def _host(self) -> ModelHost:
         if self.manager is None:
@@ -236,6 +246,7 @@ class Service:
             loaded = time.perf_counter()
             timings["load"] = timings.get("load", 0.0) + loaded - started
             task_fn = self._task_fn(task)
+            components = self._prompt_tools.lend_embeddings(components)
             output, notes = run_with_fallbacks(
                 lambda mode: task_fn(components, request, on_step, mode=mode), manager.free_memory
             )

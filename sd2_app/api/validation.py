@@ -33,7 +33,7 @@ from sd2_app.api.requests import (
 )
 
 MAX_SEED = 2**32 - 1
-MAX_PROMPT_CHARS = 2000  # CLIP reads 77 tokens; this only stops abuse (the pipeline warns past 77 tokens)
+MAX_PROMPT_CHARS = 2000  # only stops abuse; the pipeline refuses a prompt over 8 chunks of 75 tokens
 MIN_IMAGE_SIDE = 8
 MAX_NOISE_LEVEL = 350  # x4 upscaler's model_index.json
 

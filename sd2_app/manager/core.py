@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,7 +29,7 @@ from sd2_app.errors import InvalidRequest, LoadError
 from sd2_app.manager import memory
 from sd2_app.manager.memory import OOM_ERRORS, gib
 from sd2_app.manager.identity import HashCache
-from sd2_app.manager.loader import OutOfMemoryDuringLoad, load_checkpoint
+from sd2_app.manager.loader import OutOfMemoryDuringLoad, load_checkpoint, load_tokenizer_only
 from sd2_app.manager.state import Entry, MemorySummary, ModelStatus, Part, Tier
 from sd2_app.checkpoints.catalog import REGISTRY, CheckpointSpec, tiny_registry
 
@@ -144,6 +145,13 @@ class ModelManager:
         with self._state_lock:
             entries = sorted(self._entries.values(), key=lambda e: e.last_used)
             return [e.key for e in entries if tier is None or e.tier == tier]
+
+    def tokenizer(self, key: str) -> Any:
+        """`key`'s tokenizer without loading its models: the loaded one, else read on its own (raises
+        CheckpointUnavailable). Never waits for the GPU job lock."""
+        with self._state_lock:
+            entry = self._entries.get(key)
+        return entry.extras.tokenizer if entry is not None else load_tokenizer_only(self._spec(key))
 
     # ---- public operations ---------------------------------------------------------------------------
 

@@ -171,3 +171,18 @@ def load_checkpoint(target: LoadTarget, spec: CheckpointSpec, on_progress: LoadP
         report(f"{spec.key}: ready ({repo})")
         return
     raise CheckpointUnavailable(spec.key, attempts)
+
+
+def load_tokenizer_only(spec: CheckpointSpec) -> object:
+    """The checkpoint's tokenizer from the first repo that has its small tokenizer/ folder (downloaded alone
+    when needed): the token counter uses it before any model of the checkpoint is loaded."""
+    from sd2_app.loading import load_tokenizer, resolve_repo
+
+    attempts: list[tuple[str, str]] = []
+    for repo in spec.repos:
+        revision = None if is_local(repo) else spec.revision
+        try:
+            return load_tokenizer(resolve_repo(repo, ["tokenizer"], revision=revision))
+        except LOAD_FAILURES as e:
+            attempts.append((repo, _reason(e, repo)))
+    raise CheckpointUnavailable(spec.key, attempts)

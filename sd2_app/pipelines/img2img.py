@@ -12,6 +12,7 @@ from sd2_app.pipelines.images import postprocess, preprocess_image
 from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
+from sd2_app.pipelines.prompt import embedding_settings
 from sd2_app.pipelines.sampling import SamplingPlan, draw_noise, start_job
 from sd2_app.pipelines.txt2img import effective_size
 from sd2_app.pipelines.vae_io import encode, vae_factor
@@ -60,7 +61,7 @@ def img2img(
     x = noised_init_latents(components, image, job.plan, sampling.batch_size, job.generator)
     latents = job.denoise(x, on_step=on_step)
     images = postprocess(job.decode(latents))
-    settings = sampling_settings(sampling, width=width, height=height, model=components.key)
+    settings = sampling_settings(sampling, width=width, height=height, model=components.key) | embedding_settings(components, request)
     settings["Denoising strength"] = request.strength
     label_images(images, request.prompt, request.negative_prompt, settings)
     return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings)

@@ -21,6 +21,7 @@ from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.masks import binarize, crop_box, paste_back
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
+from sd2_app.pipelines.prompt import embedding_settings
 from sd2_app.pipelines.sampling import start_job
 from sd2_app.pipelines.txt2img import native_size
 from sd2_app.pipelines.vae_io import encode, vae_factor
@@ -110,6 +111,7 @@ def inpaint(
             images, out_size = generated, work_size
 
     settings = sampling_settings(request.sampling, width=out_size[0], height=out_size[1], model=components.key)
+    settings |= embedding_settings(components, request)
     settings["Denoising strength"] = request.strength
     settings["Mask blur"] = request.mask_blur
     if box is not None:

@@ -32,7 +32,7 @@ ModelFn = Callable[[torch.Tensor, float], torch.Tensor]  # (x_in (B, 4, h, w), t
 class Conditioning:
     """What the UNet gets besides the latents, already batched for guidance ([uncond; cond] halves)."""
 
-    context: torch.Tensor  # (2B|B, 77, D) text-encoder states, uncond first when guided
+    context: torch.Tensor  # (2B|B, 77·k, D) text-encoder states (k prompt chunks), uncond first when guided
     concat: torch.Tensor | None = None  # (2B|B, k, h, w) extra input channels (mask+masked latents, depth, low-res)
     class_labels: torch.Tensor | None = None  # (2B|B,) long, the x4 noise level
 
@@ -73,7 +73,7 @@ def make_guided_model(
     """
     dtype = next(unet.parameters()).dtype
     switches = {"fp32_attention": True} if fp32_attention else {}
-    context = cond.context.to(dtype)  # (2B|B, 77, D), cast once
+    context = cond.context.to(dtype)  # (2B|B, 77·k, D), cast once
     concat = None if cond.concat is None else cond.concat.to(dtype)
     labels = cond.class_labels
 

@@ -9,7 +9,7 @@ import torch
 
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.loop import Conditioning, LatentProgressFn, Tiling, run_sampling
-from sd2_app.pipelines.prompt import encode_prompts
+from sd2_app.pipelines.prompt import encode_prompt_pair
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.vae_io import decode_in
 from sd2_app.api.requests import Sampling, TaskRequest
@@ -69,7 +69,7 @@ class Job:
     components: Components
     sampling: Sampling
     generator: torch.Generator
-    context: torch.Tensor  # (2B|B, 77, D), uncond first when guided
+    context: torch.Tensor  # (2B|B, 77·k, D), uncond first when guided; k chunks of 77 tokens
     plan: SamplingPlan
     warnings: list[str]
     mode: RunMode = NORMAL  # this attempt's precision and memory switches (the fallback ladder's choice)
@@ -114,9 +114,10 @@ def start_job(components: Components, request: TaskRequest, *, strength: float |
     sampling = request.sampling
     assert sampling.seed is not None, "the service resolves the seed before calling a pipeline"
     generator = make_generator(components.device, sampling.seed)
-    context, warnings = encode_prompts(
+    encoded = encode_prompt_pair(
         components.text_encoder, components.tokenizer, request.prompt, request.negative_prompt,
         batch_size=sampling.batch_size, use_cfg=sampling.cfg_scale > 1.0, device=components.device,
+        embeddings=getattr(components, "embeddings", None),
     )
     plan = plan_sampling(components.scheduler_config, sampling, strength=strength)
-    return Job(components, sampling, generator, context, plan, list(warnings), mode)
+    return Job(components, sampling, generator, encoded.context, plan, list(encoded.warnings), mode)

@@ -16,6 +16,7 @@ from sd2_app.pipelines.images import postprocess, round_size
 from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
+from sd2_app.pipelines.prompt import embedding_settings
 from sd2_app.pipelines.sampling import start_job
 from sd2_app.pipelines.seamless import circular_padding
 from sd2_app.pipelines.seeds import seeded_noise, uses_extras
@@ -40,6 +41,7 @@ def effective_size(width: int, height: int, factor: int, warnings: list[str]) ->
 def txt2img_settings(request: Txt2ImgRequest, components: Components, width: int, height: int) -> dict[str, Any]:
     """The parameters text's settings, with A1111's keys for the seed extras and tiling when they are on."""
     settings = sampling_settings(request.sampling, width=width, height=height, model=components.key)
+    settings |= embedding_settings(components, request)
     extras = request.seed_extras
     if extras.variation_strength > 0:
         settings["Variation seed"] = extras.variation_seed

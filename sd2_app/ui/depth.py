@@ -22,6 +22,7 @@ from sd2_app.ui.common import (
 )
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
+from sd2_app.ui.prompt_tools import wire_prompt_tools
 from sd2_app.ui.uploads import upload_image
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> Dept
                 depth_map = upload_image(label="Depth map (optional, white = near; 16-bit PNG or float TIFF kept exact)", type="pil", image_mode=None,
                                          sources=["upload"], height=280, elem_id="depth-map")
             checkpoint = checkpoint_dropdown(service, "depth")
+            wire_prompt_tools(service, "depth", top.boxes, checkpoint)
             strength = gr.Slider(0, 1, TASKS["depth"].strength, step=0.01, label="Strength")
             controls, randomize, reuse = sampling_controls(service, "depth")
             if examples:

@@ -22,6 +22,7 @@ from sd2_app.ui.common import (
 )
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
+from sd2_app.ui.prompt_tools import wire_prompt_tools
 from sd2_app.ui.uploads import upload_image
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> Img2
             image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
                                  height=320, elem_id="img2img-image")
             checkpoint = checkpoint_dropdown(service, "img2img")
+            wire_prompt_tools(service, "img2img", top.boxes, checkpoint)
             strength = gr.Slider(0, 1, TASKS["img2img"].strength, step=0.01, label="Strength",
                                  info="1 ignores the image's content, 0 keeps it")
             controls, randomize, reuse = sampling_controls(service, "img2img")

@@ -26,6 +26,7 @@ from sd2_app.ui.common import (
 )
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
+from sd2_app.ui.prompt_tools import wire_prompt_tools
 from sd2_app.ui.uploads import upload_image
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> Inpa
             incoming = gr.Image(type="pil", format="png", interactive=False, elem_id="inpaint-incoming",
                                 visible="hidden", show_label=False)
             checkpoint = checkpoint_dropdown(service, "inpaint")
+            wire_prompt_tools(service, "inpaint", top.boxes, checkpoint)
             with gr.Row():
                 strength = gr.Slider(0, 1, TASKS["inpaint"].strength, step=0.01, label="Strength")
                 blur = gr.Slider(0, 64, InpaintRequest.mask_blur, step=1, label="Mask blur (px)")

@@ -21,6 +21,7 @@ from sd2_app.ui.common import (
     wire_seed_buttons,
 )
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
+from sd2_app.ui.prompt_tools import wire_prompt_tools
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.txt2img_extras import NAMES as EXTRA_NAMES, Txt2ImgExtras, build_extras, request_fields
 
@@ -48,6 +49,7 @@ def build(service: Service, flags: StopFlags) -> Txt2ImgTab:
     with gr.Row(equal_height=False):
         with settings_column("txt2img"):
             checkpoint = checkpoint_dropdown(service, "txt2img", elem_id="txt2img-checkpoint")
+            wire_prompt_tools(service, "txt2img", top.boxes, checkpoint)
             side = service.resolution(checkpoint.value)
             with gr.Row():
                 width = gr.Slider(64, service.limits.max_side, side, step=8, label="Width", elem_id="txt2img-width")

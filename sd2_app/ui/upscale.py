@@ -22,6 +22,7 @@ from sd2_app.ui.common import (
 )
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
+from sd2_app.ui.prompt_tools import wire_prompt_tools
 from sd2_app.ui.uploads import upload_image
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> Upsc
             image = upload_image(label="Low-resolution image", type="pil", image_mode=None,
                                  sources=["upload", "clipboard"], height=320, elem_id="upscale-image")
             checkpoint = checkpoint_dropdown(service, "upscale")
+            wire_prompt_tools(service, "upscale", top.boxes, checkpoint)
             noise = gr.Slider(0, 350, UpscaleRequest.noise_level, step=1, label="Noise level",
                               info="noise added to the input; higher lets the model invent more detail")
             controls, randomize, reuse = sampling_controls(service, "upscale")
