@@ -100,26 +100,39 @@ def _workflow_arguments(parser: argparse.ArgumentParser) -> None:
     hires.add_argument("--hires-steps", type=int, default=None, help="second-pass steps (default: --steps)")
     hires.add_argument("--denoising-strength", type=float, default=0.5, help="second pass's strength")
     hires.add_argument("--hires-sampler", default=None, help="second-pass sampler (default: --sampler)")
+    seeds = _variation_and_tiling(parser)
+    seeds.add_argument("--seed-resize-from", type=_size, default=None, metavar="WxH",
+                       help="draw the noise at this size so a seed's composition survives a size change")
+
+
+def _variation_and_tiling(parser: argparse.ArgumentParser) -> Any:
+    """--variation-seed, --variation-strength and --tiling (text and image to image); returns the seed group."""
     seeds = parser.add_argument_group("seed extras")
     seeds.add_argument("--variation-seed", type=int, default=None, help="default: random when a strength is set")
     seeds.add_argument("--variation-strength", type=float, default=0.0, help="0 = the seed, 1 = the variation seed")
-    seeds.add_argument("--seed-resize-from", type=_size, default=None, metavar="WxH",
-                       help="draw the noise at this size so a seed's composition survives a size change")
     parser.add_argument("--tiling", action="store_true", help="seamless tiles (circular padding)")
+    return seeds
 
 
 def _txt2img_extras(args: argparse.Namespace) -> dict[str, Any]:
     """The hires fix, seed extras and tiling fields of a Txt2ImgRequest."""
-    from sd2_app.api.requests import HiresFix, SeedExtras
+    from sd2_app.api.requests import HiresFix
 
     hires = None
     if args.hires:
         hires = HiresFix(upscaler=args.hires_upscaler, scale=args.hires_scale, width=args.hires_width,
                          height=args.hires_height, steps=args.hires_steps,
                          denoising_strength=args.denoising_strength, sampler=args.hires_sampler)
+    return {"hires": hires, **_seed_and_tiling(args)}
+
+
+def _seed_and_tiling(args: argparse.Namespace) -> dict[str, Any]:
+    """The seed_extras and tiling fields (text and image to image; only text to image has --seed-resize-from)."""
+    from sd2_app.api.requests import SeedExtras
+
     extras = SeedExtras(variation_seed=args.variation_seed, variation_strength=args.variation_strength,
-                        resize_from=args.seed_resize_from)
-    return {"hires": hires, "seed_extras": extras, "tiling": args.tiling}
+                        resize_from=getattr(args, "seed_resize_from", None))
+    return {"seed_extras": extras, "tiling": args.tiling}
 
 
 def _outpaint_arguments(parser: argparse.ArgumentParser) -> None:
@@ -168,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         if task == "img2img":
             sub.add_argument("--width", type=int, default=None)
             sub.add_argument("--height", type=int, default=None)
+            _variation_and_tiling(sub)
         if task == "inpaint":
             sub.add_argument("--mask", type=Path, required=True, help="white = repaint")
             sub.add_argument("--mask-blur", type=int, default=_request_default(task, "mask_blur"))
@@ -225,7 +239,8 @@ def build_request(args: argparse.Namespace) -> TaskRequest:
                                   fill=args.fill, mask_blur=args.mask_blur, strength=args.strength,
                                   keep_original=not args.no_keep_original, **common)
     if args.task == "img2img":
-        return rq.Img2ImgRequest(image=image, strength=args.strength, width=args.width, height=args.height, **common)
+        return rq.Img2ImgRequest(image=image, strength=args.strength, width=args.width, height=args.height,
+                                 **_seed_and_tiling(args), **common)
     if args.task == "inpaint":
         return rq.InpaintRequest(
             image=image, mask=_open(args.mask, "L"), strength=args.strength, mask_blur=args.mask_blur,

@@ -61,5 +61,5 @@ def test_sd21_attention_runs_the_fused_fp16_kernel_on_cuda() -> None:
     upcast, plain = _attention(True), _attention(False)
     assert torch.equal(upcast.attend(q, k, v), plain.attend(q, k, v))
     reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
-    assert (upcast.attend(q, k, v).float() - reference).abs().max().item() < 2e-3
+    assert (upcast.attend(q, k, v).float() - reference).abs().max().item() < 5e-3  # a few fp16 ulps at |out| ~ 1
     assert torch.equal(upcast.attend(q, k, v, fp32_attention=True), reference.half())

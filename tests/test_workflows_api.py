@@ -160,3 +160,12 @@ def test_png_info_send_fills_every_workflow_widget() -> None:
     assert by_id["txt2img-hires-steps"] == 3 and by_id["txt2img-hires-strength"] == 0.6
     assert by_id["txt2img-variation-seed"] == 5 and by_id["txt2img-variation-strength"] == 0.3
     assert by_id["txt2img-tiling"] is True
+
+
+def test_img2img_endpoint_takes_variation_and_tiling(app, tmp_path: Path) -> None:
+    client, _ = app
+    Image.new("RGB", (64, 64), (40, 120, 90)).save(tmp_path / "in.png")
+    _, gallery, _ = client.predict(image=handle_file(str(tmp_path / "in.png")), prompt="moss", strength=0.6, steps=2,
+                                   seed=7, variation_seed=11, variation_strength=0.4, tiling=True, api_name="/img2img")
+    text = _png(gallery).info["parameters"]
+    assert "Variation seed: 11, Variation seed strength: 0.4" in text and "Tiling: True" in text

@@ -136,6 +136,8 @@ class Img2ImgRequest:
     width: int | None = None  # None: the image's size, floored to a multiple of 8
     height: int | None = None
     sampling: Sampling = _sampling("img2img")
+    seed_extras: SeedExtras = field(default_factory=SeedExtras)  # the variation seed (no seed resize)
+    tiling: bool = False  # convolutions pad circularly: the image tiles seamlessly
 
 
 @dataclass(frozen=True)

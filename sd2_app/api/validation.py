@@ -280,6 +280,12 @@ def validate(request: Request, catalog: Catalog, limits: Limits = Limits()) -> t
         else:
             image = _fit_inside(image, limits.max_side, warnings)
         common.update(image=image, width=image.width, height=image.height, strength=_strength(request.strength, steps))
+        from sd2_app.api.txt2img_options import check_seed_extras, check_tiling
+
+        extras = check_seed_extras(request.seed_extras, limits)
+        if extras.resize_from is not None:
+            raise InvalidRequest("Seed resize applies to text to image only; leave it at 0 for image to image.")
+        common.update(seed_extras=extras, tiling=check_tiling(request.tiling))
     elif isinstance(request, InpaintRequest):
         image = _fit_inside(_image(request.image, "an image to inpaint", limits.max_input_pixels), limits.max_side, warnings)
         if request.mask is None:

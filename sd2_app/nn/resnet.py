@@ -5,7 +5,6 @@ After diffusers resnet.py (ResnetBlock2D), downsampling.py and upsampling.py.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

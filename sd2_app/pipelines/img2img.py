@@ -14,9 +14,11 @@ from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_sett
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.prompt import embedding_settings
 from sd2_app.pipelines.sampling import SamplingPlan, draw_noise, start_job
+from sd2_app.pipelines.seamless import circular_padding
+from sd2_app.pipelines.seeds import seed_settings, vary
 from sd2_app.pipelines.txt2img import effective_size
 from sd2_app.pipelines.vae_io import encode, vae_factor
-from sd2_app.api.requests import Img2ImgRequest
+from sd2_app.api.requests import Img2ImgRequest, SeedExtras
 
 
 def noised_init_latents(
@@ -25,17 +27,21 @@ def noised_init_latents(
     plan: SamplingPlan,
     batch_size: int,
     generator: torch.Generator,
+    extras: SeedExtras | None = None,
 ) -> torch.Tensor:
     """(1, 3, H, W) image -> (B, 4, h, w) sigma-space start latents.
 
     Draw order as in the reference: the posterior sample (shape (1, 4, h, w)), then the noise for the
-    whole batch. `add_noise` in sigma space is x0 + sigma * noise.
+    whole batch (slerped towards the variation seed's noise when `extras` has one: pipelines/seeds.py).
+    `add_noise` in sigma space is x0 + sigma * noise.
     """
     from sd2_app.samplers import add_noise
 
     init = encode(components.vae, image, generator)  # (1, 4, h, w)
     init = torch.cat([init] * batch_size)  # (B, 4, h, w)
     noise = draw_noise(tuple(init.shape), generator, components.device, components.dtype)
+    if extras is not None:
+        noise = vary(noise, generator, extras, components.dtype)
     return add_noise(init, noise, plan.schedule.sigmas[0])
 
 
@@ -58,10 +64,14 @@ def img2img(
 
     job = start_job(components, request, strength=request.strength, mode=mode)
     warnings += job.warnings
-    x = noised_init_latents(components, image, job.plan, sampling.batch_size, job.generator)
-    latents = job.denoise(x, on_step=on_step)
-    images = postprocess(job.decode(latents))
+    with circular_padding(components.unet, components.vae, enabled=request.tiling):
+        x = noised_init_latents(components, image, job.plan, sampling.batch_size, job.generator, request.seed_extras)
+        latents = job.denoise(x, on_step=on_step)
+        images = postprocess(job.decode(latents))
     settings = sampling_settings(sampling, width=width, height=height, model=components.key) | embedding_settings(components, request)
     settings["Denoising strength"] = request.strength
+    settings.update(seed_settings(request.seed_extras))
+    if request.tiling:
+        settings["Tiling"] = True
     label_images(images, request.prompt, request.negative_prompt, settings)
     return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings)

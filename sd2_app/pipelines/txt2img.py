@@ -19,7 +19,7 @@ from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.prompt import embedding_settings
 from sd2_app.pipelines.sampling import start_job
 from sd2_app.pipelines.seamless import circular_padding
-from sd2_app.pipelines.seeds import seeded_noise, uses_extras
+from sd2_app.pipelines.seeds import seed_settings, seeded_noise, uses_extras
 from sd2_app.pipelines.vae_io import decode_in, vae_factor
 from sd2_app.api.requests import HiresPassRequest, Txt2ImgRequest
 
@@ -42,12 +42,7 @@ def txt2img_settings(request: Txt2ImgRequest, components: Components, width: int
     """The parameters text's settings, with A1111's keys for the seed extras and tiling when they are on."""
     settings = sampling_settings(request.sampling, width=width, height=height, model=components.key)
     settings |= embedding_settings(components, request)
-    extras = request.seed_extras
-    if extras.variation_strength > 0:
-        settings["Variation seed"] = extras.variation_seed
-        settings["Variation seed strength"] = extras.variation_strength
-    if extras.resize_from is not None:
-        settings["Seed resize from"] = f"{extras.resize_from[0]}x{extras.resize_from[1]}"
+    settings.update(seed_settings(request.seed_extras))
     if request.tiling:
         settings["Tiling"] = True
     return settings

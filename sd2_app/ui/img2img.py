@@ -23,6 +23,7 @@ from sd2_app.ui.common import (
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
 from sd2_app.ui.prompt_tools import wire_prompt_tools
+from sd2_app.ui.txt2img_extras import IMG2IMG_NAMES, build_img2img_extras, img2img_fields
 from sd2_app.ui.uploads import upload_image
 
 if TYPE_CHECKING:
@@ -54,15 +55,19 @@ def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> Img2
             controls, randomize, reuse = sampling_controls(service, "img2img")
             if examples:
                 gr.Examples(examples, [image, prompt], label="Examples")
+            extras = build_img2img_extras()  # tiling, variation seed
         with results_column("img2img"):
             panel = result_panel("img2img", top.run, top.stop, send_to=SEND_TO)
     wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "img2img")
 
-    def make_request(picture: Any, key: str, text: str, negative_text: str, amount: float, *sampling: Any) -> Img2ImgRequest:
-        return Img2ImgRequest(prompt=text, image=picture, negative_prompt=negative_text, checkpoint=key,
-                              strength=amount, sampling=to_sampling(*sampling))
+    n_sampling = len(SAMPLING_NAMES)
 
-    inputs = [image, checkpoint, prompt, negative, strength, *controls.inputs()]
+    def make_request(picture: Any, key: str, text: str, negative_text: str, amount: float, *rest: Any) -> Img2ImgRequest:
+        return Img2ImgRequest(prompt=text, image=picture, negative_prompt=negative_text, checkpoint=key,
+                              strength=amount, sampling=to_sampling(*rest[:n_sampling]),
+                              **img2img_fields(*rest[n_sampling:]))
+
+    inputs = [image, checkpoint, prompt, negative, strength, *controls.inputs(), *extras]
     wire_run(service, flags, panel, inputs, make_request, "img2img",
-             ("image", "checkpoint", "prompt", "negative_prompt", "strength", *SAMPLING_NAMES))
+             ("image", "checkpoint", "prompt", "negative_prompt", "strength", *SAMPLING_NAMES, *IMG2IMG_NAMES))
     return Img2ImgTab(image, prompt, negative, controls, panel)
