@@ -12,8 +12,17 @@ import os
 from importlib.util import find_spec
 
 
+def on_spaces() -> bool:
+    return find_spec("spaces") is not None and bool(os.environ.get("SPACE_ID"))
+
+
+def is_public(args: argparse.Namespace) -> bool:
+    """Spaces, --share, or listening beyond loopback: every visitor is untrusted."""
+    return on_spaces() or args.share or args.host not in ("127.0.0.1", "localhost", "::1")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    on_spaces = find_spec("spaces") is not None and bool(os.environ.get("SPACE_ID"))
+    spaces = on_spaces()
     p = argparse.ArgumentParser(description="Stable Diffusion 2 web app")
     # Spaces (and Docker images) say where to listen through GRADIO_SERVER_NAME; an explicit server_name would
     # override it, so the app would listen on loopback only and the Space would never come up.
@@ -22,19 +31,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     p.add_argument("--tiny", action="store_true", help="tiny random-weight checkpoints (no download; noise images)")
-    p.add_argument("--preload", nargs="*", default=["sd21-base"] if on_spaces else [], metavar="KEY",
+    p.add_argument("--preload", nargs="*", default=["sd21-base"] if spaces else [], metavar="KEY",
                    help="checkpoints to load at start-up")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--speed", choices=("default", "compile", "eager"), default="default",
-                   help="GPU speed path: default (CUDA graphs, fused ops, channels_last), compile (+ torch.compile of the UNet, about a minute of warm-up per size), eager")
+                   help="GPU speed path: default (CUDA graphs, fused ops, channels_last), compile (+ torch.compile of the UNet, about a minute of warm-up per size), eager; on ZeroGPU, default means the per-call switches (docs/DESIGN.md)")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
                    help="default: float16 on CUDA, float32 on CPU")
-    p.add_argument("--outputs", default=None if on_spaces else "outputs", help="folder for results and metadata")
+    p.add_argument("--outputs", default=None if spaces else "outputs", help="folder for results and metadata")
     p.add_argument("--no-save", action="store_true", help="do not write results to disk")
     p.add_argument("--queue-size", type=int, default=16, help="jobs that may wait in the queue")
     p.add_argument("--max-side", type=int, default=1024, help="largest width/height a user may ask for")
     p.add_argument("--repo", action="append", default=[], metavar="KEY=REPO[,REPO]", help="override a checkpoint's repos")
     p.add_argument("--revision", action="append", default=[], metavar="KEY=REV", help="pin a checkpoint's revision")
+    p.add_argument("--api", action=argparse.BooleanOptionalAction, default=None,
+                   help="the A1111-compatible REST API under /sdapi/v1 (default: on locally, off in public modes)")
+    p.add_argument("--api-auth", default=None, metavar="USER:PASS[,USER:PASS]",
+                   help="HTTP basic auth for the A1111 API")
+    p.add_argument("--mcp", action=argparse.BooleanOptionalAction, default=spaces,
+                   help="serve MCP tools at /gradio_api/mcp (needs gradio[mcp]; default: on on Spaces)")
+    p.add_argument("--no-watermark", action="store_true",
+                   help="do not embed the invisible SDV2 watermark in results (the AI-generated XMP marker stays)")
     p.add_argument("--serve", default=None, metavar="ADDRESS",
                    help="run jobs on the Ray Serve deployment of the Ray cluster at ADDRESS ('auto': this machine's) "
                         "instead of this process's GPU; see README 'Scaling out'")
@@ -46,13 +63,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def api_enabled(args: argparse.Namespace) -> bool:
+    return (not is_public(args)) if args.api is None else bool(args.api)
+
+
+def mcp_available() -> bool:
+    """gradio's MCP server needs the `mcp` package (`pip install "gradio[mcp]"`, requirements-mcp.txt)."""
+    return find_spec("mcp") is not None
+
+
 def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is imported lazily)
     if find_spec("spaces") is not None:
         import spaces  # noqa: F401  # ZeroGPU patches torch's CUDA calls: it must be imported before torch
     import torch
     from PIL import Image
 
-    from sd2_app.accel import options_for
+    from sd2_app.accel.per_call import options_for_host
+    from sd2_app.api.gpu_time import on_zerogpu
     from sd2_app.manager import ModelManager
     from sd2_app.checkpoints.catalog import apply_overrides, parse_assignments
     from sd2_app.api.service import Service
@@ -71,11 +98,20 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
     else:
         dtype = getattr(torch, args.dtype) if args.dtype else None
         manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, preload=args.preload or (),
-                               accel=options_for(args.speed))
-        service = Service(manager, limits=limits, outputs_dir=outputs,
+                               accel=options_for_host(args.speed, zerogpu=on_zerogpu()))
+        service = Service(manager, limits=limits, outputs_dir=outputs, watermark=not args.no_watermark,
                           embeddings=EmbeddingLibrary.scan(args.embeddings_dir))
     demo = build_ui(service)
+    if args.mcp and mcp_available():
+        from sd2_app.ui.mcp_tools import add_mcp_tools
+
+        add_mcp_tools(demo, service)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
+    if api_enabled(args):
+        from sd2_app.api.a1111_routes import A1111Api, build_router, parse_auth
+
+        api = A1111Api(service, auth=parse_auth(args.api_auth), max_jobs=args.queue_size)
+        demo.sd2_routes = build_router(api).routes  # type: ignore[attr-defined]  # read by main()
     return demo
 
 
@@ -95,10 +131,16 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    if args.mcp and not mcp_available():
+        logging.getLogger("app").warning("--mcp needs the mcp package: pip install -r requirements-mcp.txt; MCP is off")
     demo = build(args)
+    # The A1111 routes go first in FastAPI's route list, so nothing of Gradio's can shadow them; SSR stays off
+    # (its Node front server would stand between clients and these routes).
+    routes = list(getattr(demo, "sd2_routes", []))
     # No extra allowed paths; errors show our messages (gr.Error), never tracebacks; no /monitoring endpoint.
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=False,
-                allowed_paths=[], max_file_size="25mb", enable_monitoring=False)
+                allowed_paths=[], max_file_size="25mb", enable_monitoring=False, ssr_mode=False,
+                mcp_server=bool(args.mcp and mcp_available()), app_kwargs={"routes": routes})
 
 
 if __name__ == "__main__":

@@ -95,7 +95,9 @@ def test_sd2_x4_hires_through_the_service_equals_the_three_steps_by_hand(tmp_pat
     from sd2_app.testing.tiny import ensure_tiny_repos
 
     registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
-    service = Service(ModelManager("cpu", registry=registry, cache_dir=tmp_path / "cache"), outputs_dir=None)
+    # No watermark: the by-hand chain feeds the 256x256 x4 result (which would carry it) into the next step.
+    service = Service(ModelManager("cpu", registry=registry, cache_dir=tmp_path / "cache"), outputs_dir=None,
+                      watermark=False)
     request = Txt2ImgRequest(prompt="a castle", checkpoint="sd2-base", width=64, height=64, sampling=SAMPLING,
                              hires=HiresFix(upscaler="SD2 x4", scale=2.0, steps=4, denoising_strength=0.5))
     progress: list[tuple[int, int]] = []

@@ -222,7 +222,8 @@ def test_a_2x3_plot_on_tiny_checkpoints_equals_individual_runs(tmp_path) -> None
     from tests.pipeline_fixtures import tiny_dir
 
     registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
-    service = Service(ModelManager("cpu", registry=registry, cache_dir=tmp_path), outputs_dir=None)
+    # No watermark: the grid (over 256x256 pixels) would carry it, and the test finds a cell's pixels in the grid.
+    service = Service(ModelManager("cpu", registry=registry, cache_dir=tmp_path), outputs_dir=None, watermark=False)
     base = Txt2ImgRequest("a cat", checkpoint="sd21-base", width=64, height=64, sampling=Sampling(steps=2, seed=9))
     plot = XYZPlotRequest(base, PlotAxis("sampler", ("Euler", "DDIM")), PlotAxis("cfg_scale", "1, 4-7 (+3)"))
     result = service.run(plot)

@@ -13,18 +13,19 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from sd2_app.api.model_host import ModelHost
 from sd2_app.checkpoints.catalog import CheckpointSpec
 from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.api.gate import GpuGate
 from sd2_app.api.prompt_tools import PromptTools
 from sd2_app.api.requests import Request, TaskRequest, XYZPlotRequest
+from sd2_app.api.results import Backend, HistoryEntry, ProgressFn, Result  # noqa: F401  # Backend: re-exported
 from sd2_app.api.tasks import pipeline_of
 from sd2_app.api.validation import Catalog, Limits, validate
 
@@ -34,53 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[int, int, Image.Image | None], None]  # (steps done, total steps, preview or None)
 TaskFn = Callable[..., Any]  # (components, request, on_step, *, mode) -> output
-
-
-@dataclass
-class Result:
-    """What one run produced; `images` carry their A1111 `parameters` text in `image.info`."""
-
-    task: str  # "txt2img", "img2img", "inpaint", "outpaint", "upscale", "depth" or "xyz_plot"
-    request: Request  # the validated request (seed resolved, sizes filled in)
-    images: list[Image.Image]
-    seed: int
-    warnings: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: "load", "run" (plot: all cells together)
-    mask_image: Image.Image | None = None  # inpaint: the mask actually used
-    depth_image: Image.Image | None = None  # depth: the depth map actually used
-    captions: list[str] = field(default_factory=list)  # one per image (plot: the cell's values and seconds)
-    cells: list[dict[str, Any]] = field(default_factory=list)  # plot: each cell's settings and seconds
-    stopped: bool = False  # plot: Stop ended it early; the finished cells are here
-    saved: list[Path] = field(default_factory=list)  # files written to the outputs folder
-    created: float = field(default_factory=time.time)
-
-    @property
-    def parameters(self) -> str:
-        """The first image's parameters text ("" when it has none)."""
-        return self.images[0].info.get("parameters", "") if self.images else ""
-
-
-class Backend(Protocol):
-    """Runs a validated request and returns its unsaved Result: `Service` itself, or a remote worker pool."""
-
-    def produce(
-        self, checked: Request, on_progress: ProgressFn | None, should_stop: Callable[[], bool] | None
-    ) -> Result: ...
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    """One line of the History view."""
-
-    created: float
-    task: str
-    seed: int
-    parameters: str
-    images: tuple[Image.Image, ...]
-    saved: tuple[Path, ...]
-    owner: str | None = None  # the browser session that made it: History shows a visitor only their own
 
 
 def _default_catalog(registry: Mapping[str, CheckpointSpec]) -> Catalog:
@@ -116,6 +71,7 @@ class Service:
         outputs_dir: str | Path | None = "outputs",
         history_size: int = 50,
         preview_every: int = 5,
+        watermark: bool = True,  # the invisible "SDV2" watermark in every result (--no-watermark turns it off)
         backend: Backend | None = None,
         concurrency: int = 1,
         embeddings: Any = None,  # loading.embeddings.EmbeddingLibrary; None: no textual-inversion embeddings
@@ -144,6 +100,8 @@ class Service:
         self.limits = limits
         self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else None
         self.preview_every = max(1, preview_every)
+        self.watermark = watermark
+        self.gate = GpuGate()  # one job at a time on the GPU, whichever front end sent it
         self._history: deque[HistoryEntry] = deque(maxlen=history_size)
         self._lock = threading.Lock()  # guards the history and the file counter
         self.last_seed: int | None = None
@@ -175,7 +133,8 @@ class Service:
     def load(self, checkpoint: str) -> None:
         if checkpoint not in self.registry:
             raise InvalidRequest(f"Unknown checkpoint {checkpoint!r}.")
-        self._host().load(checkpoint)
+        with self.gate.enter():
+            self._host().load(checkpoint)
 
     def unload(self, checkpoint: str | None = None) -> None:
         """Unload one checkpoint, or everything when `checkpoint` is None."""
@@ -235,6 +194,18 @@ class Service:
         return on_step
 
     def _run_pipeline(
+        self,
+        task: str,
+        request: TaskRequest,
+        on_step: LatentProgressFn,
+        timings: dict[str, float],
+        should_stop: Callable[[], bool] | None = None,
+    ) -> PipelineOutput:
+        """The task's output, after the job's turn at the GPU gate (`should_stop` may end the wait)."""
+        with self.gate.enter(should_stop):
+            return self._run_on_gpu(task, request, on_step, timings)
+
+    def _run_on_gpu(
         self, task: str, request: TaskRequest, on_step: LatentProgressFn, timings: dict[str, float]
     ) -> PipelineOutput:
         """The task's output under the fallback ladder, with the ladder's warnings added to its own."""
@@ -314,7 +285,8 @@ class Service:
 
             output = run_hires_x4(self, checked, on_progress, should_stop, timings)
         else:
-            output = self._run_pipeline(task, checked, self._step_callback(0, None, on_progress, should_stop), timings)
+            on_step = self._step_callback(0, None, on_progress, should_stop)
+            output = self._run_pipeline(task, checked, on_step, timings, should_stop)
         result = Result(
             task=task,
             request=checked,
@@ -364,7 +336,15 @@ class Service:
         log.info("saved %d file(s) to %s", len(paths), folder)
         return paths
 
+    def _mark(self, images: list[Image.Image]) -> list[Image.Image]:
+        """Provenance on every result: the invisible watermark (unless off) and the "AI generated" XMP marker."""
+        from sd2_app.pipelines.metadata import mark_ai_generated
+        from sd2_app.pipelines.watermark import embed
+
+        return [mark_ai_generated(embed(image) if self.watermark else image) for image in images]
+
     def _keep(self, result: Result, owner: str | None = None) -> Result:
+        result.images = self._mark(result.images)
         if self.outputs_dir is not None:
             try:
                 result.saved = self._save(result)

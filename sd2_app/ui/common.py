@@ -21,6 +21,7 @@ from PIL import Image
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 from sd2_app.api.requests import Request, Sampling
 from sd2_app.api.tasks import TASKS, default_checkpoint
+from sd2_app.api.gpu_time import values_seconds
 from sd2_app.ui.layout import GENERATE, RUNNING
 from sd2_app.ui.runner import GPU_QUEUE, StopFlags, gpu, stopped_message, stream, user_message
 
@@ -245,7 +246,8 @@ def wire_run(
         gallery = [(image, caption) for image, caption in zip(result.images, result.captions or [None] * len(result.images))]
         return (gallery, describe(result), result.seed, 0, *finish_extra(result))
 
-    @gpu()
+    # ZeroGPU: each call asks for the GPU time its own job needs (widget values -> request -> cost)
+    @gpu(duration=lambda request, *values: values_seconds(service, make_request, tuple(values[:-1])))
     def handler(request: gr.Request, *values: Any) -> Iterator[tuple]:
         # Gradio passes (request, *widget values, progress tracker) by position: see the signature below.
         *widget_values, progress = values
