@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
@@ -13,6 +13,9 @@ from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.sending import (  # noqa: F401  # clamp_to, sampler_fields: also imported from here
     SendTarget, clamp_to, picked_history_image, sampler_fields, wire_history_send, wire_send)
 from sd2_app.ui.txt2img_extras import from_parameters
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 STATIC = Path(__file__).resolve().parent / "static"
@@ -33,7 +36,7 @@ def _examples(assets: Path) -> dict[str, list[list[Any]]]:
     }
 
 
-def build_ui(service: Any, *, assets: Path = ASSETS) -> gr.Blocks:
+def build_ui(service: Service, *, assets: Path = ASSETS) -> gr.Blocks:
     """The app. `service` is a `sd2_app.api.service.Service` (or a test double with the same methods)."""
     flags = StopFlags()
     examples = _examples(assets)

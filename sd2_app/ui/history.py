@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
 
 HISTORY_SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
 
@@ -25,7 +28,8 @@ class HistoryView:
     send_buttons: dict[str, gr.Button]
 
 
-def _rows(service: Any, request: gr.Request | None) -> tuple[list[tuple[Any, str]], list[list[Any]]]:
+
+def _rows(service: Service, request: gr.Request | None) -> tuple[list[tuple[Any, str]], list[list[Any]]]:
     images: list[tuple[Any, str]] = []
     rows: list[list[Any]] = []
     session = request.session_hash if request is not None else None
@@ -37,7 +41,7 @@ def _rows(service: Any, request: gr.Request | None) -> tuple[list[tuple[Any, str
     return images, rows
 
 
-def build(service: Any) -> HistoryView:
+def build(service: Service) -> HistoryView:
     """The History view; the tab refreshes it when selected."""
     where = str(service.outputs_dir) if service.outputs_dir is not None else "nowhere (saving is off)"
     gr.Markdown(f"Recent results, newest first. Every result is also written with its settings to **{where}**.")
