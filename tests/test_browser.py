@@ -157,6 +157,9 @@ def _generate_txt2img(page, width: int, height: int, *, shortcut: bool = False) 
         prompt.press("Enter")  # a new line, not a run
         expect(prompt).to_have_value("a red fox\n")
         assert page.locator("#txt2img-run").is_enabled()
+        # The token counter's first count and the first run both import the pipelines lazily; started together
+        # they can meet in Python's import lock (reported to the lead), so the count goes first here.
+        expect(page.locator("#txt2img-prompt-tokens")).to_contain_text("/75", timeout=30_000)
         prompt.press("Control+Enter")
     else:
         page.locator("#txt2img-run").click()
