@@ -2,6 +2,12 @@
 
 On a Hugging Face ZeroGPU Space (the `spaces` package is importable) the default checkpoint is loaded at
 start-up, as ZeroGPU expects, and results are not written to disk unless --outputs is given.
+
+Public modes (a Space, a --host other than loopback, or --share) serve untrusted visitors: loading and
+unloading checkpoints by hand is off there unless --allow-model-admin or --auth is given. Every mode caps the
+cost of one job (--max-job-cost), the jobs one visitor may have queued (--max-jobs-per-session), keeps the
+queue's direct REST routes closed, deletes Gradio's cached uploads and results after --cache-minutes and
+keeps Gradio's run history off unless --run-history is given. README's "Hosting" section lists them.
 """
 
 from __future__ import annotations
@@ -10,10 +16,30 @@ import argparse
 import logging
 import os
 from importlib.util import find_spec
+from typing import Any
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _env_number(name: str, default: float | None, kind: type = int) -> float | None:
+    value = os.environ.get(name)
+    return default if value in (None, "") else kind(value)
+
+
+def on_spaces() -> bool:
+    return find_spec("spaces") is not None and bool(os.environ.get("SPACE_ID"))
+
+
+def is_public(args: argparse.Namespace) -> bool:
+    """Whether visitors other than the operator can reach the app."""
+    return on_spaces() or args.share or args.host not in LOOPBACK
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    on_spaces = find_spec("spaces") is not None and bool(os.environ.get("SPACE_ID"))
+    from sd2_app.api.cost import DEFAULT_MAX_JOB_COST
+
+    spaces = on_spaces()
     p = argparse.ArgumentParser(description="Stable Diffusion 2 web app")
     # Spaces (and Docker images) say where to listen through GRADIO_SERVER_NAME; an explicit server_name would
     # override it, so the app would listen on loopback only and the Space would never come up.
@@ -22,20 +48,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     p.add_argument("--tiny", action="store_true", help="tiny random-weight checkpoints (no download; noise images)")
-    p.add_argument("--preload", nargs="*", default=["sd21-base"] if on_spaces else [], metavar="KEY",
+    p.add_argument("--preload", nargs="*", default=["sd21-base"] if spaces else [], metavar="KEY",
                    help="checkpoints to load at start-up")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--speed", choices=("default", "compile", "eager"), default="default",
                    help="GPU speed path: default (CUDA graphs, fused ops, channels_last), compile (+ torch.compile of the UNet, about a minute of warm-up per size), eager")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
                    help="default: float16 on CUDA, float32 on CPU")
-    p.add_argument("--outputs", default=None if on_spaces else "outputs", help="folder for results and metadata")
+    p.add_argument("--outputs", default=None if spaces else "outputs", help="folder for results and metadata")
     p.add_argument("--no-save", action="store_true", help="do not write results to disk")
     p.add_argument("--queue-size", type=int, default=16, help="jobs that may wait in the queue")
+    p.add_argument("--max-jobs-per-session", type=int, default=_env_number("SD2APP_MAX_JOBS_PER_SESSION", 2),
+                   help="GPU jobs one visitor may have queued or running (default 2, $SD2APP_MAX_JOBS_PER_SESSION)")
+    p.add_argument("--max-job-cost", type=int, default=_env_number("SD2APP_MAX_JOB_COST", DEFAULT_MAX_JOB_COST),
+                   help="largest job in UNet evaluations x latent pixels, 0 = no cap (default %(default)s: one "
+                        "768x768 image at 150 two-call steps, or an x4 upscale of 256x256 at 50 steps; "
+                        "$SD2APP_MAX_JOB_COST)")
+    p.add_argument("--keep-outputs-days", type=float,
+                   default=_env_number("SD2APP_KEEP_OUTPUTS_DAYS", 1.0 if spaces else None, float),
+                   help="delete saved results older than this (default: keep them; 1 day on Spaces)")
+    p.add_argument("--cache-minutes", type=float, default=_env_number("SD2APP_CACHE_MINUTES", 60.0, float),
+                   help="delete Gradio's cached uploads and results older than this (default 60)")
+    p.add_argument("--allow-model-admin", action="store_true",
+                   default=os.environ.get("SD2APP_ALLOW_MODEL_ADMIN") == "1",
+                   help="let visitors load and unload checkpoints in public modes (always allowed on loopback)")
+    p.add_argument("--auth", default=os.environ.get("SD2APP_AUTH"), metavar="USER:PASSWORD",
+                   help="require a Gradio login (then visitors may load and unload checkpoints; $SD2APP_AUTH)")
+    p.add_argument("--run-history", action="store_true",
+                   help="turn on Gradio's run history page (off: it could use the host's HF token)")
     p.add_argument("--max-side", type=int, default=1024, help="largest width/height a user may ask for")
     p.add_argument("--repo", action="append", default=[], metavar="KEY=REPO[,REPO]", help="override a checkpoint's repos")
     p.add_argument("--revision", action="append", default=[], metavar="KEY=REV", help="pin a checkpoint's revision")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.auth is not None and ":" not in args.auth:
+        p.error("--auth takes USER:PASSWORD")
+    return args
 
 
 def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is imported lazily)
@@ -49,6 +96,7 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
     from sd2_app.checkpoints.catalog import apply_overrides, parse_assignments
     from sd2_app.api.service import Service
     from sd2_app.ui import build_ui
+    from sd2_app.ui.hosting import Hosting
     from sd2_app.api.validation import Limits
 
     registry = apply_overrides(repos=parse_assignments(args.repo), revisions=parse_assignments(args.revision))
@@ -56,14 +104,28 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
     manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, preload=args.preload or (),
                            accel=options_for(args.speed))
     outputs = None if args.no_save else args.outputs
-    limits = Limits(max_side=args.max_side)
+    limits = Limits(max_side=args.max_side, max_job_cost=args.max_job_cost or None)
     # PIL refuses to open images over twice this many pixels (uploads are decoded lazily, and validation
     # refuses anything over the limit from the header alone, so this only stops bombs PIL would decode).
     Image.MAX_IMAGE_PIXELS = limits.max_input_pixels
-    service = Service(manager, limits=limits, outputs_dir=outputs)
-    demo = build_ui(service)
-    demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
+    service = Service(manager, limits=limits, outputs_dir=outputs, keep_outputs_days=args.keep_outputs_days)
+    hosting = Hosting(max_jobs_per_visitor=args.max_jobs_per_session,
+                      model_admin=args.allow_model_admin or bool(args.auth) or not is_public(args))
+    demo = build_ui(service, hosting=hosting)
+    age = max(1, round(args.cache_minutes * 60))
+    demo.delete_cache = (min(age, 600), age)  # every `frequency` seconds, files older than `age` seconds go
+    # The direct REST routes would skip the queue (and its limits): API clients join the queue like the browser.
+    demo.queue(max_size=args.queue_size, default_concurrency_limit=1, api_open=False)
     return demo
+
+
+def launch_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of `demo.launch` (docs/RELIABILITY.md lists them, with the queue's settings)."""
+    auth = tuple(args.auth.split(":", 1)) if args.auth and ":" in args.auth else None
+    # No extra allowed paths; errors show our messages (gr.Error), never tracebacks; no /monitoring endpoint;
+    # no run history (it may reach the Hub with the host's token).
+    return dict(server_name=args.host, server_port=args.port, share=args.share, show_error=False, allowed_paths=[],
+                max_file_size="25mb", enable_monitoring=False, run_history=args.run_history, auth=auth)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,9 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     demo = build(args)
-    # No extra allowed paths; errors show our messages (gr.Error), never tracebacks; no /monitoring endpoint.
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=False,
-                allowed_paths=[], max_file_size="25mb", enable_monitoring=False)
+    demo.launch(**launch_settings(args))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from sd2_app.api.cost import DEFAULT_MAX_JOB_COST, check_job_cost, job_cost
 from sd2_app.errors import InvalidRequest
 from sd2_app.api.requests import (
     CompareRequest,
@@ -53,6 +54,7 @@ class Limits:
     max_upscale_input_pixels: int = 512 * 512  # the x4 output is 16x this (tiled)
     max_steps: int = 150
     max_batch: int = 8
+    max_job_cost: int | None = DEFAULT_MAX_JOB_COST  # UNet evaluations x latent pixels (sd2_app.api.cost); None: no cap
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class Catalog:
     resolutions: Mapping[str, int]
     tasks: Mapping[str, tuple[str, ...]]
     labels: Mapping[str, str] = field(default_factory=dict)
+    calls_per_step: Mapping[str, int] = field(default_factory=dict)  # UNet calls per step per sampler (missing: 1)
 
 
 def _clean_text(value: Any, what: str) -> str:
@@ -95,6 +98,12 @@ def _integer(value: Any, what: str, low: int, high: int) -> int:
     return int(value)
 
 
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{what} must be true or false, got {value!r}.")
+    return value
+
+
 def resolve_seed(seed: Any) -> int:
     """None or -1 draws a fresh seed (reported back, so the image can be reproduced)."""
     if seed is None or (not isinstance(seed, bool) and isinstance(seed, (int, float)) and seed == -1):
@@ -105,7 +114,7 @@ def resolve_seed(seed: Any) -> int:
 def _sampling(s: Sampling, catalog: Catalog, limits: Limits, *, karras_optional: bool = False) -> Sampling:
     if not isinstance(s.sampler, str) or s.sampler not in catalog.samplers:
         raise InvalidRequest(f"Unknown sampler {s.sampler!r}; choose one of: {', '.join(catalog.samplers)}.")
-    use_karras = bool(s.use_karras)
+    use_karras = _flag(s.use_karras, "Karras sigmas")
     if use_karras and not catalog.samplers[s.sampler] and not karras_optional:
         raise InvalidRequest(f"Karras sigmas are not available for the {s.sampler} sampler; untick Karras.")
     return replace(
@@ -220,7 +229,16 @@ def _strength(value: Any, steps: int) -> float:
 
 
 def validate(request: Request, catalog: Catalog, limits: Limits = Limits()) -> tuple[Request, list[str]]:
-    """A complete, in-range copy of `request` and the warnings to show; `InvalidRequest` otherwise."""
+    """A complete, in-range copy of `request` and the warnings to show; `InvalidRequest` otherwise.
+
+    The checked request's cost (`sd2_app.api.cost`) must also be within `limits.max_job_cost`.
+    """
+    checked, warnings = _validate_fields(request, catalog, limits)
+    check_job_cost(checked, job_cost(checked, catalog.calls_per_step, catalog.resolutions), limits.max_job_cost)
+    return checked, warnings
+
+
+def _validate_fields(request: Request, catalog: Catalog, limits: Limits) -> tuple[Request, list[str]]:
     warnings: list[str] = []
     if isinstance(request, CompareRequest):
         return _validate_compare(request, catalog, limits, warnings), warnings
@@ -264,9 +282,9 @@ def validate(request: Request, catalog: Catalog, limits: Limits = Limits()) -> t
             mask=mask,
             strength=_strength(request.strength, steps),
             mask_blur=_integer(request.mask_blur, "Mask blur", 0, 64),
-            only_masked=bool(request.only_masked),
+            only_masked=_flag(request.only_masked, "Only masked area"),
             only_masked_padding=_integer(request.only_masked_padding, "Only-masked padding", 0, 256),
-            keep_unmasked=bool(request.keep_unmasked),
+            keep_unmasked=_flag(request.keep_unmasked, "Keep unmasked"),
         )
     elif isinstance(request, UpscaleRequest):
         image = _image(request.image, "an image to upscale", limits.max_upscale_input_pixels)
@@ -298,8 +316,8 @@ def _validate_compare(request: CompareRequest, catalog: Catalog, limits: Limits,
         raise InvalidRequest("A comparison runs a text-to-image request.")
     # Validate with the first sampler and no Karras, then keep Karras for the samplers that offer it.
     plain = replace(base, sampling=replace(base.sampling, sampler=names[0], use_karras=False))
-    checked, base_warnings = validate(plain, catalog, limits)
-    sampling = replace(checked.sampling, use_karras=bool(base.sampling.use_karras))
+    checked, base_warnings = _validate_fields(plain, catalog, limits)
+    sampling = replace(checked.sampling, use_karras=_flag(base.sampling.use_karras, "Karras sigmas"))
     if sampling.use_karras:
         without = [n for n in names if not catalog.samplers[n]]
         if without:

@@ -9,6 +9,7 @@ import gradio as gr
 
 from sd2_app.ui import compare, depth, history, img2img, inpaint, models, pnginfo, txt2img, upscale
 from sd2_app.ui.common import ResultPanel, selected_image
+from sd2_app.ui.hosting import Hosting, Visitors, install
 from sd2_app.ui.runner import StopFlags
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -47,9 +48,14 @@ def _wire_send(panel: ResultPanel, source_prompt: gr.Textbox, source_negative: g
                      api_visibility="private", queue=False)
 
 
-def build_ui(service: Any, *, assets: Path = ASSETS) -> gr.Blocks:
-    """The app. `service` is a `sd2_app.api.service.Service` (or a test double with the same methods)."""
-    flags = StopFlags()
+def build_ui(service: Any, *, assets: Path = ASSETS, hosting: Hosting = Hosting()) -> gr.Blocks:
+    """The app. `service` is a `sd2_app.api.service.Service` (or a test double with the same methods).
+
+    `hosting` holds the operator's settings for visitors (per-visitor job limit, model loading); every launch
+    of the returned app serves visitor cookies and keeps the queue's direct routes closed (`sd2_app.ui.hosting`).
+    """
+    visitors = Visitors(max_jobs=hosting.max_jobs_per_visitor)
+    flags = StopFlags(visitors)
     examples = _examples(assets)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}\nText to image, image to image, inpainting, ×4 upscaling and depth to image.")
@@ -67,9 +73,9 @@ def build_ui(service: Any, *, assets: Path = ASSETS) -> gr.Blocks:
             with gr.Tab("Compare samplers", id="compare"):
                 compare.build(service, flags)
             with gr.Tab("Models", id="models") as models_tab:
-                refresh_models, models_outputs = models.build(service)
+                refresh_models, models_outputs = models.build(service, admin=hosting.model_admin)
             with gr.Tab("History", id="history") as history_tab:
-                refresh_history, history_outputs = history.build(service)
+                refresh_history, history_outputs = history.build(service, visitors)
             with gr.Tab("PNG info", id="pnginfo"):
                 png_image, png_fields, png_send = pnginfo.build(service)
         targets = {
@@ -84,6 +90,7 @@ def build_ui(service: Any, *, assets: Path = ASSETS) -> gr.Blocks:
         history_tab.select(refresh_history, None, history_outputs, api_name="history_tab", api_visibility="private",
                            queue=False)
         _wire_png_send(png_send, png_fields, t2i, tabs)
+    install(demo, visitors)
     return demo
 
 

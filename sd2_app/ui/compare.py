@@ -45,7 +45,7 @@ def build(service: Any, flags: StopFlags) -> ResultPanel:
     def make_request(key: str, text: str, negative_text: str, chosen: list[str], n_steps: float, scale: float,
                      use_karras: bool, w: float, h: float, seed_value: Any) -> CompareRequest:
         sampling = Sampling(sampler=(chosen or sampler_names)[0], steps=n_steps,  # type: ignore[arg-type]
-                            use_karras=bool(use_karras),
+                            use_karras=use_karras,
                             cfg_scale=scale, seed=None if seed_value is None else seed_value)
         base = Txt2ImgRequest(prompt=text, negative_prompt=negative_text, checkpoint=key, width=w, height=h,  # type: ignore[arg-type]
                               sampling=sampling)

@@ -25,7 +25,7 @@ from sd2_app.ui.common import (
 )
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.txt2img import prompt_boxes
-from sd2_app.ui.uploads import upload_image
+from sd2_app.ui.uploads import guard_editor, upload_image
 
 SEND_TO = (("img2img", "image to image"), ("upscale", "upscale"))
 
@@ -67,7 +67,7 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> InpaintT
     choices = service.checkpoints("inpaint")
     with gr.Row():
         with gr.Column(scale=5):
-            editor = gr.ImageMask(
+            editor = guard_editor(gr.ImageMask(
                 label="Image and mask: upload, then paint over what to repaint",
                 type="pil",
                 image_mode="RGBA",
@@ -77,7 +77,7 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> InpaintT
                 eraser=gr.Eraser(default_size="auto"),
                 height=420,
                 elem_id="inpaint-editor",
-            )
+            ), service.limits.max_input_pixels)
             with gr.Accordion("Or upload a mask image (white = repaint)", open=False):
                 mask_upload = upload_image(label="Mask", type="pil", image_mode=None, sources=["upload"], height=200)
             checkpoint = gr.Dropdown(choices, value=choices[0][1], label="Checkpoint")
@@ -101,7 +101,7 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> InpaintT
                      crop: bool, pad: float, *sampling: Any) -> InpaintRequest:
         image, mask_image = split_editor(value, mask)
         return InpaintRequest(prompt=text, image=image, mask=mask_image, negative_prompt=negative_text, checkpoint=key,
-                              strength=amount, mask_blur=blur_px, only_masked=bool(crop),  # type: ignore[arg-type]
+                              strength=amount, mask_blur=blur_px, only_masked=crop,  # type: ignore[arg-type]
                               only_masked_padding=pad, sampling=to_sampling(*sampling))  # type: ignore[arg-type]
 
     def mask_used(result: Any) -> tuple:

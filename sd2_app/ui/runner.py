@@ -36,32 +36,49 @@ def gpu(duration: int = 120) -> Callable[[F], F]:
 
 
 class StopFlags:
-    """One stop flag per browser session: Stop in one tab of the browser must not stop another user's run."""
+    """Stop flags per visitor: Stop stops that visitor's jobs, running or still queued, and nobody else's.
 
-    def __init__(self) -> None:
-        self._flags: dict[str, threading.Event] = {}
+    A visitor may have several jobs (a running one and queued ones, up to the per-visitor limit); each has
+    its own flag. `visitors` (a `sd2_app.ui.hosting.Visitors`) names the visitor of a request and reaches
+    the jobs still waiting in Gradio's queue.
+    """
+
+    def __init__(self, visitors: Any = None) -> None:
+        if visitors is None:
+            from sd2_app.ui.hosting import Visitors
+
+            visitors = Visitors()
+        self.visitors = visitors
+        self._flags: dict[str, set[threading.Event]] = {}
         self._lock = threading.Lock()
 
-    def arm(self, session: str) -> threading.Event:
-        """A cleared flag for a run that is starting now."""
+    def visitor(self, request: Any) -> str:
+        """The server-issued id of the request's visitor (see `sd2_app.ui.visitors`)."""
+        return self.visitors.identify(request)
+
+    def arm(self, session: str, flag: threading.Event | None = None) -> threading.Event:
+        """The flag of a run that is starting now: `flag` (the one its queue place got) or a new one."""
+        flag = flag if flag is not None else threading.Event()
         with self._lock:
-            flag = self._flags[session] = threading.Event()
+            self._flags.setdefault(session, set()).add(flag)
         return flag
 
     def release(self, session: str, flag: threading.Event) -> None:
-        """Forget a finished run's flag (unless a newer run replaced it), so sessions do not pile up."""
+        """Forget a finished run's flag, so sessions do not pile up."""
         with self._lock:
-            if self._flags.get(session) is flag:
-                del self._flags[session]
+            flags = self._flags.get(session)
+            if flags is not None:
+                flags.discard(flag)
+                if not flags:
+                    del self._flags[session]
 
     def stop(self, session: str) -> bool:
-        """Set the session's flag; False when it has no run."""
+        """Set the flags of the session's running and queued jobs; False when it has none."""
         with self._lock:
-            flag = self._flags.get(session)
-        if flag is None:
-            return False
-        flag.set()
-        return True
+            flags = list(self._flags.get(session, ()))
+        for flag in flags:
+            flag.set()
+        return bool(flags) + self.visitors.stop_waiting(session) > 0
 
 
 @functools.lru_cache(maxsize=1)
