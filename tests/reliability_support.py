@@ -98,9 +98,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(argv: list[str], cache: Path) -> Iterator[tuple[str, object]]:
-    """app.build(argv) launched with app.py's launch settings, in-process on 127.0.0.1 and a free port.
+def serve(argv: list[str], cache: Path, bind: str | None = None) -> Iterator[tuple[str, object]]:
+    """app.build(argv) launched with app.py's launch settings, in-process on a free port.
 
+    `bind` overrides the address listened on (a public-mode `--host 0.0.0.0` is tested on loopback).
     The tiny repos are linked into `cache` (app.py's --tiny reads them under $SD2APP_CACHE/tiny). Yields
     (url, demo); PIL's pixel cap, which app.build sets, is restored afterwards.
     """
@@ -118,6 +119,8 @@ def serve(argv: list[str], cache: Path) -> Iterator[tuple[str, object]]:
     try:
         demo = app.build(args)
         kwargs.update(server_port=free_port(), prevent_thread_lock=True, quiet=True)
+        if bind is not None:
+            kwargs["server_name"] = bind
         _, url, _ = demo.launch(**kwargs)
         try:
             yield url, demo

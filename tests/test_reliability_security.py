@@ -118,6 +118,7 @@ def test_launch_settings_are_safe(reliability) -> None:
     assert kwargs["allowed_paths"] == [] and "blocked_paths" not in kwargs
     assert kwargs["show_error"] is False and kwargs["enable_monitoring"] is False
     assert kwargs["max_file_size"] == "25mb" and kwargs["share"] is False and kwargs["server_name"] == "127.0.0.1"
+    assert kwargs["run_history"] is False and kwargs["auth"] is None
     reliability(AREA, "app.py launch settings", "allowed_paths=[], show_error=False (our gr.Error messages only), "
                 "enable_monitoring=False, max_file_size='25mb', share=False, server_name='127.0.0.1' by default")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 from typing import Any
 
 import gradio as gr
@@ -72,8 +73,10 @@ def check_upload(item: Any, max_pixels: int | None = None) -> None:
     if max_pixels is None:
         return
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=[kind]) as image:
-            width, height = image.size  # the header only: nothing is decoded
+        with warnings.catch_warnings():  # over the cap is refused below, in words
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=[kind]) as image:
+                width, height = image.size  # the header only: nothing is decoded
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise _unreadable("the file is corrupt or truncated") from error
     if width * height > max_pixels:
