@@ -79,6 +79,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-side", type=int, default=1024, help="largest width/height a user may ask for")
     p.add_argument("--repo", action="append", default=[], metavar="KEY=REPO[,REPO]", help="override a checkpoint's repos")
     p.add_argument("--revision", action="append", default=[], metavar="KEY=REV", help="pin a checkpoint's revision")
+    p.add_argument("--serve", default=None, metavar="ADDRESS",
+                   help="run jobs on the Ray Serve deployment of the Ray cluster at ADDRESS ('auto': this machine's) "
+                        "instead of this process's GPU; see README 'Scaling out'")
+    p.add_argument("--serve-config", default=None, metavar="TOML",
+                   help="the deployment's settings (deploy/serve.toml) when --serve is given")
     args = p.parse_args(argv)
     if args.auth is not None and ":" not in args.auth:
         p.error("--auth takes USER:PASSWORD")
@@ -100,15 +105,18 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
     from sd2_app.api.validation import Limits
 
     registry = apply_overrides(repos=parse_assignments(args.repo), revisions=parse_assignments(args.revision))
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, preload=args.preload or (),
-                           accel=options_for(args.speed))
     outputs = None if args.no_save else args.outputs
     limits = Limits(max_side=args.max_side, max_job_cost=args.max_job_cost or None)
     # PIL refuses to open images over twice this many pixels (uploads are decoded lazily, and validation
     # refuses anything over the limit from the header alone, so this only stops bombs PIL would decode).
     Image.MAX_IMAGE_PIXELS = limits.max_input_pixels
-    service = Service(manager, limits=limits, outputs_dir=outputs, keep_outputs_days=args.keep_outputs_days)
+    if args.serve:
+        service = _serve_service(args, registry, limits, outputs)
+    else:
+        dtype = getattr(torch, args.dtype) if args.dtype else None
+        manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, preload=args.preload or (),
+                               accel=options_for(args.speed))
+        service = Service(manager, limits=limits, outputs_dir=outputs, keep_outputs_days=args.keep_outputs_days)
     hosting = Hosting(max_jobs_per_visitor=args.max_jobs_per_session,
                       model_admin=args.allow_model_admin or bool(args.auth) or not is_public(args))
     demo = build_ui(service, hosting=hosting)
@@ -126,6 +134,19 @@ def launch_settings(args: argparse.Namespace) -> dict[str, Any]:
     # no run history (it may reach the Hub with the host's token).
     return dict(server_name=args.host, server_port=args.port, share=args.share, show_error=False, allowed_paths=[],
                 max_file_size="25mb", enable_monitoring=False, run_history=args.run_history, auth=auth)
+
+
+def _serve_service(args: argparse.Namespace, registry: dict, limits: object, outputs: str | None):  # -> Service
+    """A Service whose jobs run on the Ray Serve deployment (Ray is imported only on this path)."""
+    from sd2_app.api.service import Service
+    from sd2_app.serve.backend import ClusterModels, ServeBackend, connect
+    from sd2_app.serve.config import load_config
+
+    config = load_config(args.serve_config)
+    handle = connect(args.serve, config)
+    return Service(ClusterModels(handle, registry), registry=registry, limits=limits, outputs_dir=outputs,
+                   backend=ServeBackend(handle), concurrency=config.total_concurrency,
+                   keep_outputs_days=args.keep_outputs_days)
 
 
 def main(argv: list[str] | None = None) -> None:

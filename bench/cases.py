@@ -6,7 +6,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,13 @@ class Measurement:
     peak_allocated_gib: float | None = None
     peak_reserved_gib: float | None = None
     error: str | None = None
+    load_s: float | None = None  # the variant's load of the checkpoint (compiled variants: + their set-up)
+    images: Any = field(default=None, repr=False, compare=False)  # the last call's output (not serialised)
+
+    @property
+    def warmup_s(self) -> float | None:
+        """What the first call cost beyond a timed one: compile, autotuning, graph capture, kernel JIT."""
+        return None if self.first_s is None or self.call_s is None else self.first_s - self.call_s
 
     @property
     def call_s(self) -> float | None:
@@ -63,8 +70,9 @@ class Measurement:
         return None if self.call_s is None else self.steps / self.call_s
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "call_s": self.call_s, "s_per_image": self.s_per_image,
-                "steps_per_s": self.steps_per_s}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "images"}
+        return {**values, "call_s": self.call_s, "s_per_image": self.s_per_image, "steps_per_s": self.steps_per_s,
+                "warmup_s": self.warmup_s}
 
 
 def make_cases(*, tiny: bool, quick: bool) -> list[Case]:
@@ -80,6 +88,8 @@ def make_cases(*, tiny: bool, quick: bool) -> list[Case]:
         Case(f"txt2img-{small}-b4", "txt2img", "sd2-base", small, 4, reps=few),
         Case(f"txt2img-{large}-b1", "txt2img", "sd2", large, 1, reps=reps),
         Case(f"txt2img-{large}-b4", "txt2img", "sd2", large, 4, reps=few),
+        # SD 2.1-768 (upcast_attention): the same network as sd2 but for that flag; target within 5 % of sd2
+        Case(f"txt2img-{large}-sd21-b1", "txt2img", "sd21", large, 1, reps=reps),
         Case(f"upscale-{up_small}-{up_small * 4}", "upscale", "x4-upscaler", up_small * 4,
              input_size=up_small, tile=tile, reps=reps, cfg_scale=9.0),
         # Ours only: the target is its memory (<= 16 GB); diffusers' untiled 2048 decode would spend minutes
@@ -141,7 +151,7 @@ def measure(case: Case, variant: str, steps: int, device: torch.device, call: Ca
         for _ in range(case.reps):
             synchronize(device)
             start = time.perf_counter()
-            call()
+            result.images = call()
             synchronize(device)
             result.times_s.append(time.perf_counter() - start)
         if device.type == "cuda":

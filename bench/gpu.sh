@@ -93,8 +93,8 @@ if has compiled; then
 fi
 
 if has tests; then
-  timeout "$(left)" python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_accel.py \
-    tests/test_gpu_numerics.py tests/test_manager.py tests/test_reliability_faults.py tests/test_text_graph.py \
+  timeout "$(left)" python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_accel_*.py \
+    tests/test_attention_precision.py tests/test_gpu_numerics.py tests/test_manager.py tests/test_reliability_faults.py tests/test_text_graph.py \
     tests/test_stacking.py tests/test_vae_attention.py tests/test_upsample.py \
     tests/test_pipelines_helpers.py tests/test_staged_read.py > "$OUT/tests.txt" 2>&1
   stamp "gpu tests done (rc $?)"

@@ -26,8 +26,7 @@ from typing import Any
 import torch
 
 from bench.cases import release, synchronize
-from sd2_app.accel import AccelOptions, setup_backends
-from sd2_app.accel.options import accelerate_unet, accelerate_vae
+from sd2_app.accel import AccelOptions, accelerate_unet, accelerate_vae, setup_backends
 
 logger = logging.getLogger("bench.micro")
 
@@ -37,21 +36,6 @@ UNET_VARIANTS: dict[str, AccelOptions] = {
     "graphs+fused": AccelOptions(channels_last=False),
     "graphs+cl": AccelOptions(fused_ops=False, channels_last=True),
     "graphs+cl+fused": AccelOptions(channels_last=True),
-    # the one-launch GroupNorm kernel for groups of up to 16k, 32k (its former default) or 64k elements
-    # (off by default: three kernels per GroupNorm at every size were fastest in run 6)
-    "graphs+cl+fused+gn1-16k": AccelOptions(channels_last=True, group_norm_one_kernel_max=16384),
-    "graphs+cl+fused+gn1-32k": AccelOptions(channels_last=True, group_norm_one_kernel_max=32768),
-    "graphs+cl+fused+gn1-64k": AccelOptions(channels_last=True, group_norm_one_kernel_max=65536),
-    # one matmul per attention projection (before the stacked q, k, v and k, v)
-    "graphs+cl+fused+sep-proj": AccelOptions(channels_last=True, stack_projections=False),
-    # the experiment: GEGLU's projection and gate in one Triton matmul
-    "graphs+cl+fused+geglu-mm": AccelOptions(channels_last=True, geglu_matmul=True),
-    # nearest x2 then the 3x3 conv (before the sub-pixel upsampling)
-    "graphs+cl+fused+nearest-up": AccelOptions(channels_last=True, subpixel_upsample=False),
-    # the skip connections concatenated before the up path's resnets (before the two-source GroupNorm)
-    "graphs+cl+fused+cat-skips": AccelOptions(channels_last=True, read_skips=False),
-    # each Transformer2D's residual as a separate add after proj_out (before it went into proj_out's matmul)
-    "graphs+cl+fused+sep-residual": AccelOptions(channels_last=True, residual_in_proj_out=False),
     "graphs+cl+fused+cudnn-attn": AccelOptions(channels_last=True),
     "graphs+cl+fused+flash-attn": AccelOptions(channels_last=True),
 }
@@ -59,13 +43,10 @@ UNET_VARIANTS: dict[str, AccelOptions] = {
 # leaves the choice to PyTorch).
 ATTENTION_EXPERIMENTS = {"+cudnn-attn": "CUDNN_ATTENTION", "+flash-attn": "FLASH_ATTENTION"}
 COMPILED_VARIANT = ("graphs+cl+compile", AccelOptions.compiled())
-VAE_VARIANTS: dict[str, AccelOptions] = {
+VAE_VARIANTS: dict[str, AccelOptions] = {  # (the VAE runs channels_last only with the fused kernels)
     "eager": AccelOptions.eager(),
-    "fused": AccelOptions(vae_channels_last=False),
-    "cl": AccelOptions(fused_ops=False, vae_channels_last=True),
-    "cl+fused": AccelOptions(vae_channels_last=True),
-    "cl+fused+gn1-32k": AccelOptions(vae_channels_last=True, group_norm_one_kernel_max=32768),
-    "cl+fused+nearest-up": AccelOptions(vae_channels_last=True, subpixel_upsample=False),
+    "fused": AccelOptions(channels_last=False),
+    "cl+fused": AccelOptions(channels_last=True),
 }
 
 
@@ -265,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--sizes", default="512,768",
                    help="txt2img UNet sizes in pixels, and x4 for the upscaler's UNet (128x128 latents); "
                         "the VAE rows take the pixel sizes")
-    p.add_argument("--compile", action="store_true", help="also regional compile (default inductor mode), 512")
+    p.add_argument("--compile", action="store_true", help="also the whole-UNet compile (--speed compile), first size")
     p.add_argument("--deadline", type=float, default=float("inf"), help="epoch seconds; later work is skipped")
     p.add_argument("--only-compile", action="store_true", help="with --compile: only eager and compiled rows")
     p.add_argument("--tiny", action="store_true",

@@ -18,7 +18,7 @@ from sd2_app.api.requests import DepthRequest, InpaintRequest, Sampling, Txt2Img
 
 VARIANTS: dict[str, Callable[[], AccelOptions]] = {
     "ours": AccelOptions,  # the default path: graphs + fused ops + channels_last, no long compile
-    "ours-nchw": lambda: AccelOptions(channels_last=False, vae_channels_last=False),  # the same in NCHW
+    "ours-nchw": lambda: AccelOptions(channels_last=False),  # the same in NCHW
     "ours-eager": AccelOptions.eager,  # the same networks with every switch off
     "ours-compiled": AccelOptions.compiled,  # --compile
     "ours-cudnn-heuristics": lambda: AccelOptions(cudnn_benchmark=False),  # no cuDNN algorithm search

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.cases import Measurement
 
 
@@ -31,6 +33,32 @@ def speedups(rows: list[Measurement], baseline: str = "diffusers") -> list[dict[
     return out
 
 
+def image_diff(a: list[Any], b: list[Any]) -> dict[str, float]:
+    """Max and mean absolute difference of two lists of same-sized images, in 8-bit levels (0-255)."""
+    left = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in a])
+    right = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in b])
+    diff = np.abs(left - right)
+    return {"max": float(diff.max()), "mean": float(diff.mean())}
+
+
+def image_diffs(rows: list[Measurement], references: dict[str, list[Any]], default: str) -> list[dict[str, Any]]:
+    """For each case with images of `default`: its difference from each diffusers variant's images, and the
+    diffusers fp16 image's difference from diffusers' fp32 one (`references`), the yardstick."""
+    out = []
+    for row in rows:
+        if row.variant != default or row.images is None:
+            continue
+        for other in rows:
+            if other.case == row.case and other.variant.startswith("diffusers") and other.images is not None:
+                out.append({"case": row.case, "a": default, "b": other.variant, **image_diff(row.images, other.images)})
+        theirs = next((r for r in rows if r.case == row.case and r.variant == "diffusers" and r.images is not None),
+                      None)
+        if theirs is not None and row.case in references:
+            out.append({"case": row.case, "a": "diffusers", "b": "diffusers-fp32",
+                        **image_diff(theirs.images, references[row.case])})
+    return out
+
+
 def targets(rows: list[Measurement], swaps: dict[str, Any], *, small: int, large: int,
             up_small: str, up_large: str, default: str = "ours") -> list[dict[str, Any]]:
     """The issue's acceptance numbers for the `default` variant (the app's default path); `value` None means
@@ -47,6 +75,7 @@ def targets(rows: list[Measurement], swaps: dict[str, Any], *, small: int, large
     if pairs:
         peak_ok = max(a.peak_allocated_gib / b.peak_allocated_gib for a, b in pairs)
     big_up = _find(rows, up_large, default)
+    sd21, sd2 = _find(rows, f"txt2img-{large}-sd21-b1", default), _find(rows, f"txt2img-{large}-b1", default)
     items = [
         ("txt2img 512 b1 vs diffusers eager", ratio(f"txt2img-{small}-b1", default, "diffusers"), ">=", 4.0),
         ("txt2img 768 b1 vs diffusers eager", ratio(f"txt2img-{large}-b1", default, "diffusers"), ">=", 1.25),
@@ -55,6 +84,14 @@ def targets(rows: list[Measurement], swaps: dict[str, Any], *, small: int, large
          ">", 1.0),
         ("compiled 768 vs diffusers+compile", ratio(f"txt2img-{large}-b1", "ours-compiled", "diffusers-compiled"),
          ">", 1.0),
+        ("SD 2.1-768 s/image / SD 2.0-768's", None if sd21 is None or sd2 is None else sd21.s_per_image / sd2.s_per_image,
+         "<=", 1.05),
+        ("txt2img 512 b1 vs diffusers speed-guide recipe", ratio(f"txt2img-{small}-b1", default, "diffusers-recipe"),
+         ">=", 1.3),
+        ("txt2img 768 b1 vs diffusers speed-guide recipe", ratio(f"txt2img-{large}-b1", default, "diffusers-recipe"),
+         ">=", 1.3),
+        ("txt2img 768 SD 2.1 b1 vs diffusers speed-guide recipe",
+         ratio(f"txt2img-{large}-sd21-b1", default, "diffusers-recipe"), ">=", 1.3),
         ("peak memory ours / diffusers (worst case)", peak_ok, "<=", 1.0),
         ("x4 upscale 128->512 vs diffusers", ratio(up_small, default, "diffusers"), ">=", 3.0),
         ("x4 upscale 512->2048 peak reserved (GiB)", None if big_up is None else big_up.peak_reserved_gib, "<=",
@@ -81,17 +118,23 @@ def markdown(record: dict[str, Any]) -> str:
              f"torch {meta['torch']}, diffusers {meta['diffusers']}, {meta['dtype']}, {meta['steps']} steps "
              f"{meta['sampler']}, CFG on, seed {meta['seed']}{' (quick)' if meta['quick'] else ''}"
              f"{' (tiny models)' if meta['tiny'] else ''}", "",
-             "| case | variant | s/image | steps/s | first call (s) | peak alloc (GiB) | peak reserved (GiB) "
-             "| speed-up vs diffusers |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| case | variant | s/image | steps/s | load (s) | first call (s) | warm-up (s) | peak alloc (GiB) "
+             "| peak reserved (GiB) | speed-up vs diffusers |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     ups = {(u["case"], u["variant"]): u["speedup"] for u in record["speedups"]}
     for row in record["measurements"]:
         note = row["error"] or ""
         lines.append(
             f"| {row['case']} | {row['variant']} | {_fmt(row['s_per_image'])} | {_fmt(row['steps_per_s'], 2)} "
-            f"| {_fmt(row['first_s'], 2)} | {_fmt(row['peak_allocated_gib'], 2)} "
+            f"| {_fmt(row.get('load_s'), 2)} | {_fmt(row['first_s'], 2)} | {_fmt(row.get('warmup_s'), 2)} "
+            f"| {_fmt(row['peak_allocated_gib'], 2)} "
             f"| {_fmt(row['peak_reserved_gib'], 2)} | {_fmt(ups.get((row['case'], row['variant'])), 2)} |"
             + (f" {note}" if note else ""))
+    if record.get("image_diffs"):
+        lines += ["", "## Images (same seed; absolute difference in 8-bit levels)", "",
+                  "| case | image | against | max | mean |", "| --- | --- | --- | --- | --- |"]
+        for d in record["image_diffs"]:
+            lines.append(f"| {d['case']} | {d['a']} | {d['b']} | {d['max']:.0f} | {d['mean']:.3f} |")
     lines += ["", "## Loads and swaps", "", "| measurement | value |", "| --- | --- |"]
     for key, value in record["swaps"].items():
         lines.append(f"| {key} | {_fmt(value) if isinstance(value, float) else value} |")

@@ -22,7 +22,7 @@ import torch
 
 from bench.cases import SEED, Case, Measurement, make_cases, measure, release, synchronize
 from bench.ours import OursRunner
-from bench.report import speedups, targets, write
+from bench.report import image_diffs, speedups, targets, write
 from bench.theirs import DiffusersRunner
 from sd2_app.accel import setup_backends
 
@@ -43,6 +43,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--deadline", type=float, default=float("inf"),
                    help="epoch seconds: cases that would start later are recorded as skipped (GPU leases)")
     p.add_argument("--default-variant", default="ours", help="the variant the targets are judged on")
+    p.add_argument("--no-images", action="store_true",
+                   help="skip the image comparison (diffusers' fp32 reference images of the txt2img b1 cases)")
     p.add_argument("--device", default=None)
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     return p.parse_args(argv)
@@ -58,22 +60,51 @@ def _repos(args: argparse.Namespace, kinds: list[str], device: torch.device) -> 
     return ensure_checkpoints(args.ckpt / "full", tuple(kinds), device)
 
 
+def compared(case: Case) -> bool:
+    """The cases whose images are compared across variants (and with diffusers in fp32): one image each."""
+    return case.task == "txt2img" and case.batch == 1
+
+
+def reference_images(cases: list[Case], repos: dict[str, Path], device: torch.device, steps: int,
+                     deadline: float = float("inf")) -> dict[str, list[Any]]:
+    """diffusers' own images in fp32 for `cases` (the yardstick for how far fp16 may move an image)."""
+    kinds = list(dict.fromkeys(case.kind for case in cases))
+    found: dict[str, list[Any]] = {}
+    for kind in kinds:
+        if time.time() > deadline:
+            break
+        runner = DiffusersRunner(repos, device, torch.float32, "diffusers")
+        try:
+            for case in (c for c in cases if c.kind == kind):
+                found[case.name] = runner.call(case, steps)()
+        except Exception:  # noqa: BLE001 - a missing reference leaves its row out of the comparison
+            logger.exception("diffusers fp32 reference for %s failed", kind)
+        finally:
+            runner.unload(kind)
+            runner.close()
+    return found
+
+
 def _run_cases(cases: list[Case], variants: list[str], repos: dict[str, Path], device: torch.device,
                dtype: torch.dtype, steps: int, cache_dir: Path,
                on_progress: Callable[[list[Measurement]], None],
                deadline: float = float("inf")) -> list[Measurement]:
     """Every case under every variant (that the case allows); `on_progress(rows so far)` after each case, so
     a run cut short by a time limit still leaves a report. Work that would start after `deadline` (epoch s)
-    is recorded as skipped; so is a case whose checkpoint failed to load for that variant."""
+    is recorded as skipped; so is a case whose checkpoint failed to load for that variant. Each row keeps its
+    last call's images only while it is compared (`compared`)."""
     rows: list[Measurement] = []
     kinds = list(dict.fromkeys(case.kind for case in cases))
-    for kind in kinds:
-        for variant in variants:
+    # variant by variant (the default first): a slow variant at the end (a long compile) cannot starve the
+    # others of a lease's time
+    for variant in variants:
+        for kind in kinds:
             kind_cases = [c for c in cases if c.kind == kind and (variant.startswith("ours") or not c.ours_only)]
             if not kind_cases:
                 continue
             skipped = "skipped: device time budget" if time.time() > deadline else None
             runner: Any = None
+            load_s = None
             if skipped is None:
                 try:
                     runner = (OursRunner(repos, device, dtype, variant, cache_dir) if variant.startswith("ours")
@@ -91,6 +122,8 @@ def _run_cases(cases: list[Case], variants: list[str], repos: dict[str, Path], d
                     row = Measurement(case.name, variant, case.task, case.size, case.batch, steps, error=skipped)
                 else:
                     row = measure(case, variant, steps, device, runner.call(case, steps))
+                    row.load_s = load_s
+                    row.images = row.images if compared(case) else None
                 logger.info("%s %s: %s s/image (first call %s s)%s", case.name, variant, row.s_per_image,
                             row.first_s, f" [{row.error}]" if row.error else "")
                 rows.append(row)
@@ -200,15 +233,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "quick": args.quick, "tiny": args.tiny, "variants": variants, "default": args.default_variant,
             "backends": backends.__dict__}
 
+    references: dict[str, list[Any]] = {}
+
     def make_record(rows: list[Measurement], swaps: dict[str, Any], complete: bool) -> dict[str, Any]:
         return {"meta": {**meta, "complete": complete}, "measurements": [row.to_dict() for row in rows],
                 "speedups": speedups(rows), "swaps": swaps,
+                "image_diffs": image_diffs(rows, references, args.default_variant),
                 "targets": targets(rows, swaps, small=small, large=large, up_small=up_small, up_large=up_large,
                                    default=args.default_variant)}
 
     # The text-to-image and upscale targets first, then the swaps, then the other tasks: a run cut short by
     # its lease loses the least important numbers.
-    first_kinds = ("sd2-base", "sd2", "x4-upscaler")
+    first_kinds = ("sd2-base", "sd2", "sd21", "x4-upscaler")
     done: list[Measurement] = []
     swaps: dict[str, Any] = {}
 
@@ -229,6 +265,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         progress([])
     done += _run_cases([c for c in cases if c.kind not in first_kinds], variants, repos, device, dtype, steps,
                        cache_dir, progress, args.deadline)
+    if not args.no_images and any(v.startswith("diffusers") for v in variants):
+        references.update(reference_images([c for c in cases if compared(c)], repos, device, steps, args.deadline))
     rows = done
     record = make_record(rows, swaps, complete=True)
     json_path, md_path = write(args.out, record)

@@ -7,7 +7,12 @@ validation, seeds and metadata are identical. Examples:
     python -m sd2_app img2img --image in.png --strength 0.6 --prompt "oil painting"
     python -m sd2_app inpaint --image in.png --mask mask.png --prompt "a red door" --only-masked
     python -m sd2_app upscale --image small.png --noise-level 20 --prompt "sharp photo"
-    python -m sd2_app depth --image in.png --prompt "a marble statue" [--depth-map depth.png]
+    python -m sd2_app txt2img --prompt "a castle" --hires --hires-upscaler Lanczos --denoising-strength 0.5
+    python -m sd2_app txt2img --prompt "moss" --tiling --variation-seed 7 --variation-strength 0.3
+    python -m sd2_app depth --image in.png --prompt "a marble statue" [--depth-map depth16.png]
+    python -m sd2_app outpaint --image in.png --left 128 --right 128 --prompt "a wide beach"
+    python -m sd2_app xyz-plot --prompt "a cat" --x-type sampler --x-values "Euler, DDIM" \
+        --y-type steps --y-values "10-40 (+10)"   # grids, cells, xyz_plot-<seed>-cells.csv/.json
     python -m sd2_app info outputs/cli/txt2img-1-0.png
     python -m sd2_app txt2img --tiny --prompt test --steps 2   # tiny random weights, no download
 """
@@ -22,28 +27,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sd2_app.api.tasks import TASKS, TaskSpec
+
 log = logging.getLogger("sd2_app.cli")
 
-TASKS = ("txt2img", "img2img", "inpaint", "upscale", "depth")
-DEFAULT_CHECKPOINT = {
-    "txt2img": "sd21-base",
-    "img2img": "sd21-base",
-    "inpaint": "sd2-inpainting",
-    "upscale": "x4-upscaler",
-    "depth": "sd2-depth",
-}
+
+def _request_default(task: str, name: str) -> Any:
+    """The default of a task-specific request field (the request dataclass is where it is set)."""
+    from sd2_app.api.requests import REQUEST_TYPES
+
+    return getattr(REQUEST_TYPES[task], name)
 
 
-def _sampling_arguments(parser: argparse.ArgumentParser, task: str) -> None:
-    upscale = task == "upscale"
+def _sampling_arguments(parser: argparse.ArgumentParser, spec: TaskSpec) -> None:
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative-prompt", default="")
-    parser.add_argument("--model", default=DEFAULT_CHECKPOINT[task], metavar="KEY",
-                        help=f"registry key of the checkpoint (default {DEFAULT_CHECKPOINT[task]})")
-    parser.add_argument("--sampler", default="DDIM" if upscale else "DPM++ 2M")
-    parser.add_argument("--steps", type=int, default=50 if upscale else 25)
+    parser.add_argument("--model", default=spec.checkpoint, metavar="KEY",
+                        help=f"registry key of the checkpoint (default {spec.checkpoint})")
+    parser.add_argument("--sampler", default=spec.sampler)
+    parser.add_argument("--steps", type=int, default=spec.steps)
     parser.add_argument("--karras", action="store_true", help="Karras sigma spacing (where the sampler has it)")
-    parser.add_argument("--cfg-scale", type=float, default=9.0 if upscale else 7.5)
+    parser.add_argument("--cfg-scale", type=float, default=spec.cfg_scale)
     parser.add_argument("--guidance-rescale", type=float, default=0.0)
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity")
     parser.add_argument("--seed", type=int, default=None, help="default: a random seed, reported")
@@ -66,35 +70,111 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser)  # --repo KEY=REPO[,REPO...] (a bare --repo REPO applies to --model), --revision
 
 
+def _size(text: str) -> tuple[int, int]:
+    """"WxH" -> (width, height), for --seed-resize-from."""
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit():
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 512x768, got {text!r}")
+    return int(width), int(height)
+
+
+def _workflow_arguments(parser: argparse.ArgumentParser) -> None:
+    """Text to image's hires fix, seed extras and tiling (A1111's options of the same names)."""
+    from sd2_app.api.requests import HIRES_UPSCALERS
+
+    hires = parser.add_argument_group("hires fix")
+    hires.add_argument("--hires", action="store_true", help="generate, upscale, then img2img at the target size")
+    hires.add_argument("--hires-upscaler", choices=HIRES_UPSCALERS, default="Latent")
+    hires.add_argument("--hires-scale", type=float, default=2.0, help="target = size x scale (default 2)")
+    hires.add_argument("--hires-width", type=int, default=None, help="explicit target width (overrides the scale)")
+    hires.add_argument("--hires-height", type=int, default=None, help="explicit target height")
+    hires.add_argument("--hires-steps", type=int, default=None, help="second-pass steps (default: --steps)")
+    hires.add_argument("--denoising-strength", type=float, default=0.5, help="second pass's strength")
+    hires.add_argument("--hires-sampler", default=None, help="second-pass sampler (default: --sampler)")
+    seeds = parser.add_argument_group("seed extras")
+    seeds.add_argument("--variation-seed", type=int, default=None, help="default: random when a strength is set")
+    seeds.add_argument("--variation-strength", type=float, default=0.0, help="0 = the seed, 1 = the variation seed")
+    seeds.add_argument("--seed-resize-from", type=_size, default=None, metavar="WxH",
+                       help="draw the noise at this size so a seed's composition survives a size change")
+    parser.add_argument("--tiling", action="store_true", help="seamless tiles (circular padding)")
+
+
+def _txt2img_extras(args: argparse.Namespace) -> dict[str, Any]:
+    """The hires fix, seed extras and tiling fields of a Txt2ImgRequest."""
+    from sd2_app.api.requests import HiresFix, SeedExtras
+
+    hires = None
+    if args.hires:
+        hires = HiresFix(upscaler=args.hires_upscaler, scale=args.hires_scale, width=args.hires_width,
+                         height=args.hires_height, steps=args.hires_steps,
+                         denoising_strength=args.denoising_strength, sampler=args.hires_sampler)
+    extras = SeedExtras(variation_seed=args.variation_seed, variation_strength=args.variation_strength,
+                        resize_from=args.seed_resize_from)
+    return {"hires": hires, "seed_extras": extras, "tiling": args.tiling}
+
+
+def _outpaint_arguments(parser: argparse.ArgumentParser) -> None:
+    from sd2_app.api.requests import OUTPAINT_FILLS
+
+    for side in ("left", "right", "up", "down"):
+        parser.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add on the {side} (multiple of 8)")
+    parser.add_argument("--fill", choices=list(OUTPAINT_FILLS), default=_request_default("outpaint", "fill"),
+                        help="how the new area starts: " + ", ".join(f"{k} ({v})" for k, v in OUTPAINT_FILLS.items()))
+    parser.add_argument("--mask-blur", type=int, default=_request_default("outpaint", "mask_blur"),
+                        help="pixels of feathering from the seam into the new area")
+    parser.add_argument("--no-keep-original", action="store_true", help="do not paste the original pixels back")
+
+
+def _plot_arguments(parser: argparse.ArgumentParser) -> None:
+    """`xyz-plot`: the text-to-image arguments, an optional init image, and up to three axes."""
+    from sd2_app.api.plot_axes import AXES
+
+    _sampling_arguments(parser, TASKS["txt2img"])
+    _common_arguments(parser)
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--height", type=int, default=None)
+    parser.add_argument("--image", type=Path, default=None, help="an init image makes it an image-to-image plot")
+    parser.add_argument("--strength", type=float, default=TASKS["img2img"].strength, help="with --image")
+    for axis in ("x", "y", "z"):
+        parser.add_argument(f"--{axis}-type", choices=list(AXES), default=None, required=axis == "x")
+        parser.add_argument(f"--{axis}-values", default="", metavar="VALUES",
+                            help="e.g. '20, 30, 40', '10-40 (+10)', '1-2 [5]', 'Euler, DDIM'" if axis == "x" else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sd2_app", description="Stable Diffusion 2 from the command line")
     commands = parser.add_subparsers(dest="task", required=True)
-    for task in TASKS:
-        sub = commands.add_parser(task, help=f"{task}; writes PNGs with their parameters")
-        _sampling_arguments(sub, task)
+    for task, spec in TASKS.items():
+        sub = commands.add_parser(task, help=f"{spec.label.lower()}; writes PNGs with their parameters")
+        _sampling_arguments(sub, spec)
         _common_arguments(sub)
         if task == "txt2img":
             sub.add_argument("--width", type=int, default=None)
             sub.add_argument("--height", type=int, default=None)
+            _workflow_arguments(sub)
         if task != "txt2img":
             sub.add_argument("--image", type=Path, required=True)
-        if task in ("img2img", "inpaint", "depth"):
-            sub.add_argument("--strength", type=float, default={"img2img": 0.75, "inpaint": 1.0, "depth": 0.7}[task])
+        if spec.strength is not None:
+            sub.add_argument("--strength", type=float, default=spec.strength)
         if task == "img2img":
             sub.add_argument("--width", type=int, default=None)
             sub.add_argument("--height", type=int, default=None)
         if task == "inpaint":
             sub.add_argument("--mask", type=Path, required=True, help="white = repaint")
-            sub.add_argument("--mask-blur", type=int, default=4)
+            sub.add_argument("--mask-blur", type=int, default=_request_default(task, "mask_blur"))
             sub.add_argument("--only-masked", action="store_true", help="work on a crop around the mask")
-            sub.add_argument("--padding", type=int, default=32, help="context pixels around the mask (only-masked)")
+            sub.add_argument("--padding", type=int, default=_request_default(task, "only_masked_padding"), help="context pixels around the mask (only-masked)")
             sub.add_argument("--no-keep-unmasked", action="store_true",
                              help="do not paste the input back outside the mask (the reference's behaviour)")
         if task == "upscale":
-            sub.add_argument("--noise-level", type=int, default=20)
-            sub.add_argument("--tile-size", type=int, default=128)
+            sub.add_argument("--noise-level", type=int, default=_request_default(task, "noise_level"))
+            sub.add_argument("--tile-size", type=int, default=_request_default(task, "tile_size"))
         if task == "depth":
             sub.add_argument("--depth-map", type=Path, default=None, help="grayscale, white = near")
+        if task == "outpaint":
+            _outpaint_arguments(sub)
+    _plot_arguments(commands.add_parser("xyz-plot", help="X/Y/Z plot of text (or image) to image; writes the "
+                                        "grids, each cell and a CSV/JSON of the cells"))
     info = commands.add_parser("info", help="print the parameters stored in PNGs")
     info.add_argument("paths", type=Path, nargs="+")
     return parser
@@ -126,9 +206,15 @@ def build_request(args: argparse.Namespace) -> Any:
     )
     common = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "checkpoint": args.model,
               "sampling": sampling}
+    if args.task == "xyz-plot":
+        return _plot_request(args, common)
     if args.task == "txt2img":
-        return rq.Txt2ImgRequest(width=args.width, height=args.height, **common)
+        return rq.Txt2ImgRequest(width=args.width, height=args.height, **_txt2img_extras(args), **common)
     image = _open(args.image, "RGB")
+    if args.task == "outpaint":
+        return rq.OutpaintRequest(image=image, left=args.left, right=args.right, up=args.up, down=args.down,
+                                  fill=args.fill, mask_blur=args.mask_blur, strength=args.strength,
+                                  keep_original=not args.no_keep_original, **common)
     if args.task == "img2img":
         return rq.Img2ImgRequest(image=image, strength=args.strength, width=args.width, height=args.height, **common)
     if args.task == "inpaint":
@@ -139,7 +225,22 @@ def build_request(args: argparse.Namespace) -> Any:
         )
     if args.task == "upscale":
         return rq.UpscaleRequest(image=image, noise_level=args.noise_level, tile_size=args.tile_size, **common)
-    return rq.DepthRequest(image=image, depth_map=_open(args.depth_map, "L"), strength=args.strength, **common)
+    # The depth map keeps its mode: 16-bit PNGs and float TIFFs are read at full precision (validation).
+    return rq.DepthRequest(image=image, depth_map=_open(args.depth_map), strength=args.strength, **common)
+
+
+def _plot_request(args: argparse.Namespace, common: dict[str, Any]) -> Any:
+    from sd2_app.api import requests as rq
+
+    if args.image is None:
+        base: Any = rq.Txt2ImgRequest(width=args.width, height=args.height, **common)
+    else:
+        base = rq.Img2ImgRequest(image=_open(args.image, "RGB"), strength=args.strength, width=args.width,
+                                 height=args.height, **common)
+    axes = [rq.PlotAxis(kind, values) if kind else None
+            for kind, values in ((args.x_type, args.x_values), (args.y_type, args.y_values),
+                                 (args.z_type, args.z_values))]
+    return rq.XYZPlotRequest(base=base, x=axes[0], y=axes[1], z=axes[2])  # type: ignore[arg-type]
 
 
 def _repo_assignments(args: argparse.Namespace) -> list[str]:
@@ -177,8 +278,17 @@ def run_task(args: argparse.Namespace) -> dict[str, Any]:
     result = service.run(request, on_progress=on_progress)
     elapsed = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
-    paths = [save_png(image, args.out / f"{result.task}-{result.seed}-{index}.png")
-             for index, image in enumerate(result.images)]
+    names = [f"{result.task}-{result.seed}-{index}" for index in range(len(result.images))]
+    if result.task == "xyz_plot":  # grids first, then the cells that ran
+        grids = len(result.images) - sum(row["status"] == "done" for row in result.cells)
+        cells = [row["cell"] for row in result.cells if row["status"] == "done"]
+        names = [f"xyz_plot-{result.seed}-grid{z}" for z in range(grids)]
+        names += [f"xyz_plot-{result.seed}-cell{cell}" for cell in cells]
+    paths = [save_png(image, args.out / f"{name}.png") for name, image in zip(names, result.images)]
+    if result.cells:
+        from sd2_app.api.plot import write_tables
+
+        paths += write_tables(result.cells, args.out, f"xyz_plot-{result.seed}-cells")
     for name, extra in (("mask", result.mask_image), ("depth", result.depth_image)):
         if extra is not None:
             paths.append(save_png(extra, args.out / f"{result.task}-{result.seed}-{name}.png"))

@@ -76,18 +76,18 @@ def is_low_memory() -> bool:
 
 @contextmanager
 def fp32_attention(unet: torch.nn.Module) -> Iterator[None]:
-    """Compute every attention product of `unet` in fp32 for a while (the `upcast_attention` path)."""
+    """Compute every attention product of `unet` in fp32 for a while (nn.attention.Attention.force_fp32)."""
     from sd2_app.nn.attention import Attention
 
     modules = [m for m in unet.modules() if isinstance(m, Attention)]
-    saved = [m.upcast for m in modules]
+    saved = [m.force_fp32 for m in modules]
     for m in modules:
-        m.upcast = True
+        m.force_fp32 = True
     try:
         yield
     finally:
-        for m, upcast in zip(modules, saved):
-            m.upcast = upcast
+        for m, forced in zip(modules, saved):
+            m.force_fp32 = forced
 
 
 def run_with_fp32_fallback(call: Callable[[], T], components: Any) -> tuple[T, list[str]]:

@@ -80,7 +80,8 @@ def _set_number(page, elem_id: str, value: int) -> None:
 
 # Each tab and an element that only it shows.
 TABS = {"Text to image": "#txt2img-run", "Image to image": "#img2img-run", "Inpaint": "#inpaint-editor",
-        "Upscale ×4": "#upscale-run", "Depth to image": "#depth-map", "Compare samplers": "#compare-samplers",
+        "Outpaint": "#outpaint-left", "Upscale ×4": "#upscale-run", "Depth to image": "#depth-map",
+        "X/Y/Z plot": "#xyz-x-type",
         "Models": "#models-status", "History": "#history-table", "PNG info": "#pnginfo-image"}
 
 
@@ -90,7 +91,7 @@ def test_every_tab_opens(page) -> None:
         assert page.get_by_role("tab", name=name).get_attribute("aria-selected") == "true"
         page.locator(marker).wait_for(state="visible")
         time.sleep(0.3)
-        _shot(page, f"tab-{index}-{name.split()[0].lower()}")
+        _shot(page, f"tab-{index}-{name.split()[0].lower().replace('/', '')}")
 
 
 def test_inpaint_with_a_painted_mask_then_send_to_img2img(page, tmp_path: Path) -> None:
@@ -126,6 +127,60 @@ def test_inpaint_with_a_painted_mask_then_send_to_img2img(page, tmp_path: Path) 
     _shot(page, "img2img-after-send")
 
 
+def _natural_size(page, selector: str) -> tuple[int, int]:
+    return tuple(page.locator(selector).first.evaluate("img => [img.naturalWidth, img.naturalHeight]"))
+
+
+def test_outpaint_one_side(page, tmp_path: Path) -> None:
+    small = tmp_path / "landscape-48.png"
+    Image.open(ASSETS / "landscape.png").convert("RGB").resize((48, 48)).save(small)
+    page.get_by_role("tab", name="Outpaint").click()
+    page.locator("#outpaint-image input[type=file]").set_input_files(str(small))
+    page.locator("#outpaint-image img").first.wait_for()
+    _set_number(page, "outpaint-right", 16)
+    page.locator("#outpaint-prompt textarea").fill("more of the landscape")
+    _set_number(page, "outpaint-steps", 2)
+    page.locator("#outpaint-run").click()
+    page.locator("#outpaint-gallery img").first.wait_for(timeout=120_000)
+    page.locator("#outpaint-extra img").first.wait_for()
+    sync_api.expect(page.locator("#outpaint-info")).to_contain_text("Outpaint right: 16")
+    _shot(page, "outpaint-result")
+    assert _natural_size(page, "#outpaint-gallery img") == (64, 48)
+    assert _natural_size(page, "#outpaint-extra img") == (64, 48)
+
+
+def _pick(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").first.click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def test_xy_plot_2x2(page) -> None:
+    page.get_by_role("tab", name="X/Y/Z plot").click()
+    page.locator("#xyz-x-none").click()  # select none, then pick two samplers: DDIM first
+    sync_api.expect(page.locator("#xyz-x-picked .token")).to_have_count(0)
+    _pick(page, "xyz-x-picked", "DDIM")
+    _pick(page, "xyz-x-picked", "Euler")
+    page.keyboard.press("Escape")
+    _pick(page, "xyz-y-type", "CFG scale")
+    page.locator("#xyz-y-values textarea, #xyz-y-values input").first.fill("1, 7.5")
+    _set_number(page, "xyz-steps", 2)
+    _set_number(page, "xyz-width", 64)
+    _set_number(page, "xyz-height", 64)
+    page.locator("#xyz-run").click()
+    sync_api.expect(page.locator("#xyz-files a").first).to_be_visible(timeout=180_000)
+    sync_api.expect(page.locator("#xyz-gallery img")).to_have_count(5)
+    _shot(page, "xyz-plot-result")
+    captions = page.locator("#xyz-gallery .caption-label").all_inner_texts()
+    assert [c.split(" · ")[0] for c in captions] == ["Grid", "DDIM, CFG scale: 1", "Euler, CFG scale: 1",
+                                                    "DDIM, CFG scale: 7.5", "Euler, CFG scale: 7.5"]
+    width, height = _natural_size(page, "#xyz-gallery img")
+    assert width > 2 * 64 and height > 2 * 64  # the grid with its label margins
+    info = page.locator("#xyz-info").inner_text()
+    assert 'X Values: "DDIM, Euler"' in info and "Sampler: DPM++ 2M" not in info
+    files = page.locator("#xyz-files").inner_text().replace("\n", "")  # Gradio splits name and extension
+    assert "xyz-plot-cells.csv" in files and "xyz-plot-cells.json" in files
+
+
 def test_stop_interrupts_a_running_generation(page) -> None:
     page.get_by_role("tab", name="Text to image").click()
     # Large enough that the run lasts many seconds even on an idle machine, so Stop lands mid-run.
@@ -144,3 +199,26 @@ def test_stop_interrupts_a_running_generation(page) -> None:
     _shot(page, "txt2img-2-stopped")
     assert "Stop" in page.locator("#txt2img-info").inner_text()
     assert page.locator("#txt2img-gallery img").count() == 0
+
+
+@pytest.mark.slow
+def test_hires_fix_run_shows_the_upscaled_image_and_its_parameters(page) -> None:
+    page.get_by_role("tab", name="Text to image").click()
+    _set_number(page, "txt2img-width", 64)
+    _set_number(page, "txt2img-height", 64)
+    _set_number(page, "txt2img-steps", 3)
+    page.locator("#txt2img-hires-accordion").get_by_role("button", name="Hires fix").first.click()
+    page.locator("#txt2img-hires input[type=checkbox]").check()
+    _set_number(page, "txt2img-hires-scale", 1.5)
+    _set_number(page, "txt2img-hires-steps", 4)
+    _shot(page, "txt2img-hires-1-settings")
+    page.locator("#txt2img-run").click()
+    sync_api.expect(page.locator("#txt2img-info")).to_contain_text("Hires upscaler: Latent", timeout=120_000)
+    image = page.locator("#txt2img-gallery img").first
+    image.wait_for()
+    _shot(page, "txt2img-hires-2-result")
+    info = page.locator("#txt2img-info").inner_text()
+    assert "Size: 64x64" in info and "Hires upscale: 1.5" in info and "Hires steps: 4" in info
+    assert "Denoising strength: 0.5" in info
+    assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [96, 96]
+    page.locator("#txt2img-hires input[type=checkbox]").uncheck()  # later tests expect the plain tab

@@ -103,3 +103,74 @@ def test_module_entry_point_runs(tmp_path: Path) -> None:
                           text=True, env=env, timeout=120, check=True)
     assert json.loads(done.stdout)[str(tmp_path / "x.png")]["parsed"] == {"Prompt": "hello", "Negative prompt": "",
                                                                          "Steps": 2, "Seed": 5}
+
+
+def test_txt2img_hires_variation_tiling_and_a_16_bit_depth_map(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code = main(["txt2img", "--tiny", "--model-dir", str(model_dir), "--prompt", "moss", "--steps", "2", "--seed", "3",
+                 "--width", "64", "--height", "64", "--hires", "--hires-upscaler", "Lanczos", "--hires-scale", "1.5",
+                 "--hires-steps", "4", "--denoising-strength", "0.5", "--variation-seed", "9",
+                 "--variation-strength", "0.25", "--seed-resize-from", "96x64", "--tiling", "--out", str(tmp_path),
+                 "--json"])
+    assert code == 0
+    path = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["paths"][0]
+    params = parse_parameters(read_png_parameters(path))
+    assert (params["Hires upscaler"], params["Hires upscale"], params["Hires steps"]) == ("Lanczos", 1.5, 4)
+    assert (params["Variation seed"], params["Variation seed strength"]) == (9, 0.25)
+    assert params["Seed resize from"] == "96x64" and params["Tiling"] is True and params["Size"] == "64x64"
+    with Image.open(path) as image:
+        assert image.size == (96, 96)
+
+    tiny_repo("sd2-depth")
+    sample_image(64, 64).save(tmp_path / "in.png")
+    ramp = np.round(30000 + 250 * np.mgrid[0:64, 0:64][1] / 63).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "depth16.png")
+    code = main(["depth", "--tiny", "--model-dir", str(model_dir), "--prompt", "statue", "--steps", "2", "--seed",
+                 "3", "--image", str(tmp_path / "in.png"), "--depth-map", str(tmp_path / "depth16.png"),
+                 "--out", str(tmp_path), "--json"])
+    assert code == 0
+    paths = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["paths"]
+    depth_path = next(p for p in paths if p.endswith("-depth.png"))
+    with Image.open(depth_path) as used:
+        assert len(np.unique(np.asarray(used))) == 64  # one level per column: the 16-bit ramp, not 2 8-bit levels
+
+
+def test_bad_seed_resize_size_is_an_argument_error(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["txt2img", "--prompt", "x", "--seed-resize-from", "96"])
+    assert "expected WIDTHxHEIGHT such as 512x768, got '96'" in capsys.readouterr().err
+
+
+def test_outpaint_from_a_file(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    sample_image(48, 40).save(tmp_path / "in.png")
+    code = main(["outpaint", "--tiny", "--model-dir", str(model_dir), "--prompt", "wider", "--image",
+                 str(tmp_path / "in.png"), "--right", "16", "--fill", "blur", "--steps", "2", "--seed", "4",
+                 "--out", str(tmp_path), "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    image_path, mask_path = summary["paths"]
+    with Image.open(image_path) as image:
+        assert image.size == (64, 40)
+        assert np.array_equal(np.asarray(image.convert("RGB"))[:, :48], np.asarray(sample_image(48, 40)))
+    params = parse_parameters(read_png_parameters(image_path))
+    assert params["Outpaint right"] == 16 and params["Outpaint fill"] == "blur" and params["Seed"] == 4
+    assert mask_path.endswith("outpaint-4-mask.png")
+
+
+def test_xyz_plot_writes_grid_cells_and_tables(model_dir: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    code = main(["xyz-plot", "--tiny", "--model-dir", str(model_dir), "--prompt", "a red cat", "--model", "sd2-base",
+                 "--x-type", "prompt_sr", "--x-values", "red, blue", "--y-type", "steps", "--y-values", "1-2",
+                 "--seed", "6", "--width", "64", "--height", "64", "--out", str(tmp_path), "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    names = [Path(p).name for p in summary["paths"]]
+    assert names == ["xyz_plot-6-grid0.png"] + [f"xyz_plot-6-cell{i}.png" for i in (1, 2, 3, 4)] + [
+        "xyz_plot-6-cells.csv", "xyz_plot-6-cells.json"]
+    cells = json.loads(Path(summary["paths"][-1]).read_text())
+    assert [(c["prompt"], c["steps"]) for c in cells] == [("a red cat", 1), ("a blue cat", 1), ("a red cat", 2),
+                                                          ("a blue cat", 2)]
+    grid = parse_parameters(read_png_parameters(summary["paths"][0]))
+    assert grid["X Type"] == "Prompt S/R" and grid["X Values"] == "red, blue" and grid["Y Values"] == "1, 2"
+    assert main(["xyz-plot", "--tiny", "--prompt", "x", "--x-type", "steps", "--x-values", "0"]) == 2

@@ -33,7 +33,7 @@ def _reference(kind: str, dtype: torch.dtype, *, img2img_pipe: bool = False):
     return pipe.to("cuda")
 
 
-ACCEL = {"default": AccelOptions(), "channels-last": AccelOptions(channels_last=True, vae_channels_last=True)}
+ACCEL = {"default": AccelOptions(), "nchw": AccelOptions(channels_last=False)}
 
 
 def _manager(kind: str, tmp_path: Path, accel: str = "default") -> ModelManager:
@@ -87,7 +87,7 @@ def test_fp16_upscale_with_the_half_product_vae_attention_matches_diffusers_budg
     within diffusers' own fp16-vs-fp32 difference plus one 8-bit level."""
     import diffusers
 
-    from sd2_app.accel.vae_attention import HalfProductVAEAttention
+    from sd2_app.accel.fused.vae_attention import HalfProductVAEAttention
     from sd2_app.pipelines import upscale
     from sd2_app.api.requests import UpscaleRequest
 
@@ -113,8 +113,8 @@ def test_fp16_upscale_with_the_half_product_vae_attention_matches_diffusers_budg
 def test_offload_and_back_restacks_the_projections_and_gives_the_same_image(tmp_path: Path) -> None:
     """A manager round trip splits the stacked projection weights (tensor-by-tensor moves); the next job
     stacks them again, recaptures its graphs, and makes the identical image."""
-    from sd2_app.accel.fused_attention import FusedAttention
-    from sd2_app.accel.stacking import stacked_linear
+    from sd2_app.accel.fused.attention import FusedAttention
+    from sd2_app.accel.fused.stacking import stacked_linear
 
     manager = _manager("sd2-base", tmp_path)
     request = Txt2ImgRequest(prompt="two tigers", width=64, height=64,

@@ -1,8 +1,8 @@
-"""The start-up check's orchestration (accel/kernel_checks.py) on CPU: its cases run on a thread pool, so
+"""The start-up check's orchestration (accel/kernels/checks.py) on CPU: its cases run on a thread pool, so
 a cold start compiles several Triton kernels at once. The kernels here are eager stand-ins with the Triton
 wrappers' signatures: the test is about what the pool does with them (every case run, every error kept in
-order, an exception in a worker reaching the caller), not about the kernels (test_accel checks those in the
-interpreter)."""
+order, an exception in a worker reaching the caller), not about the kernels (test_accel_kernels checks those
+in the interpreter)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sd2_app.accel.kernel_checks import _kernel_errors
+from sd2_app.accel.kernels.checks import _kernel_errors
 
 
 def _eager_kernels(wrong: str | None = None, fails: str | None = None) -> SimpleNamespace:
-    """The wrappers of accel.triton_kernels as eager math; `wrong` names one whose output is off by 1,
+    """The wrappers of accel.kernels.elementwise as eager math; `wrong` names one whose output is off by 1,
     `fails` one that raises. Each records the thread it ran on."""
     threads: set[str] = set()
 
@@ -33,14 +33,14 @@ def _eager_kernels(wrong: str | None = None, fails: str | None = None) -> Simple
         return run
 
     def group_norm_silu(x, groups, weight, bias, eps, apply_silu=True, shift_bias=None, shift_temb=None,
-                        one_kernel_max=0, concat=None):
+                        concat=None):
         x = x.float() if concat is None else torch.cat([x, concat], 1).float()
         if shift_bias is not None:
             x = x + shift_bias.float()[None, :, None, None] + shift_temb.float()[:, :, None, None]
         y = F.group_norm(x, groups, weight.float(), bias.float(), eps)
         return F.silu(y) if apply_silu else y
 
-    def group_norm_and_biased_input(x, groups, weight, bias, eps, input_bias, one_kernel_max=0):
+    def group_norm_and_biased_input(x, groups, weight, bias, eps, input_bias):
         return (group_norm_silu(x, groups, weight, bias, eps, apply_silu=False),
                 x.float() + input_bias.float()[None, :, None, None])
 
@@ -61,21 +61,20 @@ def _eager_kernels(wrong: str | None = None, fails: str | None = None) -> Simple
     return SimpleNamespace(threads=threads, **{name: tracked(name, fn) for name, fn in fns.items()})
 
 
-def _errors(kernels: SimpleNamespace, threads: int, one_kernel: bool = True) -> list[float]:
+def _errors(kernels: SimpleNamespace, threads: int) -> list[float]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 64, 12, 10, generator=g).to(memory_format=torch.channels_last)
-    errors = _kernel_errors(kernels, torch.nn.GroupNorm(32, 64), g, x, torch.float32, one_kernel, threads=threads)
+    errors = _kernel_errors(kernels, torch.nn.GroupNorm(32, 64), g, x, torch.float32, threads=threads)
     return [float(e) for e in errors]
 
 
 def test_the_cases_run_on_worker_threads_and_keep_their_order() -> None:
     kernels = _eager_kernels()
     parallel = _errors(kernels, threads=4)
-    # GEGLU 1, GroupNorm 2, LayerNorm 3 + 2 + 2 (320, 640, 1280 wide), bias + residual 1, and the two
-    # GroupNorm paths' 4 + 5
-    assert len(parallel) == 20 and max(parallel) < 1e-5
+    # GEGLU 1, GroupNorm 2, LayerNorm 3 + 2 + 2 (320, 640, 1280 wide), bias + residual 1, and the NHWC
+    # GroupNorm's shifted 1, two-source 1 and biased-input 2
+    assert len(parallel) == 15 and max(parallel) < 1e-5
     assert any(name.startswith("kernel-check") for name in kernels.threads)
-    assert len(_errors(_eager_kernels(), threads=4, one_kernel=False)) == 15
     # the same errors, in the same order, on one thread (the inputs are drawn before any case runs)
     serial_kernels = _eager_kernels(wrong="bias_residual")
     serial = _errors(serial_kernels, threads=1)

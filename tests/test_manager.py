@@ -373,6 +373,7 @@ def test_a_unet_leaving_the_device_drops_its_cuda_graphs(repos: dict[str, Path],
 
     manager = _manager(repos, tmp_path)
     manager._accel = Accelerator(AccelOptions())  # as on CUDA (on CPU the wrapper runs eagerly)
+    manager._on_moved = manager._accel.on_moved
 
     def use_and_fake_a_capture() -> CudaGraphUNet:
         with manager.use("a") as components:

@@ -5,6 +5,7 @@ Loading diffusers' safetensors with strict=True also proves that our attribute p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -143,9 +144,15 @@ def test_posterior_logvar_is_clamped() -> None:
     assert DiagonalGaussian(moments).std.min().item() == pytest.approx(torch.exp(torch.tensor(-15.0)).item())
 
 
+@pytest.mark.parametrize("math_only", [False, True])
 @pytest.mark.parametrize("upcast", [False, True])
-def test_upcast_attention_runs_in_fp32(upcast: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """SD2.1-768 overflows fp16 in QK^T: with upcast_attention the product must see fp32 q, k, v."""
+def test_upcast_attention_runs_in_fp32_only_where_sdpa_would_use_its_math_backend(
+        upcast: bool, math_only: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SD2.1-768's upcast_attention guards against an fp16 QK^T overflowing: the product sees fp32 q, k, v
+    where SDPA would run its math backend (QK^T in the inputs' dtype), and the inputs' own dtype where a
+    fused kernel (fp32 accumulation) serves them, as in diffusers' AttnProcessor2_0."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     from sd2_app.nn import attention
 
     seen: list[torch.dtype] = []
@@ -157,9 +164,13 @@ def test_upcast_attention_runs_in_fp32(upcast: bool, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
     block = attention.BasicTransformerBlock(32, 2, 16, 24, upcast=upcast).to(torch.bfloat16)
-    out = block(torch.randn(1, 6, 32, dtype=torch.bfloat16), torch.randn(1, 5, 24, dtype=torch.bfloat16))
+    x, context = torch.randn(1, 6, 32, dtype=torch.bfloat16), torch.randn(1, 5, 24, dtype=torch.bfloat16)
+    with sdpa_kernel([SDPBackend.MATH]) if math_only else contextlib.nullcontext():
+        fused = attention.sdpa_runs_fused(x[None], x[None], x[None])
+        out = block(x, context)
     assert out.dtype == torch.bfloat16 and out.shape == (1, 6, 32)
-    assert seen == [torch.float32 if upcast else torch.bfloat16] * 2  # attn1 and attn2
+    assert fused is not math_only  # PyTorch has a fused CPU kernel for bf16 (flash), none in the math-only context
+    assert seen == [torch.float32 if upcast and not fused else torch.bfloat16] * 2  # attn1 and attn2
 
 
 def test_report_max_diffs(capsys: pytest.CaptureFixture[str]) -> None:

@@ -80,12 +80,12 @@ def test_nan_latents_rerun_with_fp32_attention(tiny, models, baseline, reliabili
     models.forward(unet, hook)
     upcast_during: list[bool] = []
     attention = next(m for m in unet.modules() if isinstance(m, Attention))
-    models.forward(unet, lambda module, inputs, output: upcast_during.append(attention.upcast))
+    models.forward(unet, lambda module, inputs, output: upcast_during.append(attention.force_fp32))
     result = service.run(txt2img(seed=5))
     assert result.warnings == [
         "The sampler produced NaN/inf latents (numerical overflow); the run was repeated with fp32 attention."]
     assert len(seen) == 4 and upcast_during == [False, False, True, True]  # the rerun upcast every attention
-    assert attention.upcast is False  # and gave the setting back
+    assert attention.force_fp32 is False  # and gave the setting back
     assert np.abs(pixels(result.images[0]) - baseline).max() == 0
     reliability(NUMERIC, "NaN from the UNet in the first sampling", f"rerun with fp32 attention, same image as a clean "
                 f"run (max diff 0); warning: {result.warnings[0]}")

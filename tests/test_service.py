@@ -1,4 +1,4 @@
-"""Service: server-side validation (exact messages), seeds, progress, Stop, saving, history, compare.
+"""Service: server-side validation (exact messages), seeds, progress, Stop, saving, history (plots: test_xyz_plot.py).
 
 The pipelines and the manager are replaced by the doubles of tests/ui_doubles.py, so these tests measure the
 service's own behaviour in milliseconds.
@@ -16,10 +16,10 @@ from PIL import Image
 from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.pipelines.metadata import read_png_parameters
 from sd2_app.api.requests import (
-    CompareRequest,
     DepthRequest,
     Img2ImgRequest,
     InpaintRequest,
+    OutpaintRequest,
     Sampling,
     Txt2ImgRequest,
     UpscaleRequest,
@@ -75,9 +75,19 @@ def _image(w: int = 64, h: int = 64, mode: str = "RGB") -> Image.Image:
         (UpscaleRequest("x", _image(600, 600)),
          "An image to upscale is 600x600 (360000 pixels); the limit is 262144 pixels."),
         (DepthRequest("x", _image(), depth_map=_image(2, 2)), "The depth map is 2x2; each side needs at least 8 pixels."),
-        (CompareRequest(_txt(), samplers=()), "Choose at least one sampler to compare."),
-        (CompareRequest(_txt(), samplers=("Euler", "Foo")),
-         "Unknown sampler(s) 'Foo'; choose from: DPM++ 2M, Euler a, Euler, DDIM, UniPC, DPM++ 2M SDE, Heun."),
+        (OutpaintRequest("x", None), "Upload an image to outpaint first."),  # type: ignore[arg-type]
+        (OutpaintRequest("x", _image()), "Choose how far to extend the image: left, right, up or down (multiples of 8)."),
+        (OutpaintRequest("x", _image(), left=12, down=3),
+         "Outpaint margins must be multiples of 8 pixels; got left 12, down 3."),
+        (OutpaintRequest("x", _image(), up=-8), "Outpaint up must be between 0 and 1024, got -8."),
+        (OutpaintRequest("x", _image(1000, 64), right=32),
+         "The extended image would be 1032x64; each side may be at most 1024 pixels. Extend less or start from a "
+         "smaller image."),
+        (OutpaintRequest("x", _image(), left=8, fill="mirror"),
+         "Unknown outpaint fill 'mirror'; choose one of: edge, blur, solid."),
+        (OutpaintRequest("x", _image(), left=8, checkpoint="sd21"),
+         "Checkpoint 'sd21' cannot do outpaint; use one of: sd2-inpainting."),
+        (OutpaintRequest("x", _image(), left=8, mask_blur=65), "Mask blur must be between 0 and 64, got 65."),
     ],
 )
 def test_invalid_requests_have_exact_messages(request_: object, message: str) -> None:
@@ -164,13 +174,6 @@ def test_large_inputs_are_shrunk_to_the_size_cap_with_a_warning() -> None:
         validate(DepthRequest("x", _image(2100, 2100)), CATALOG)
 
 
-def test_compare_applies_karras_only_where_offered() -> None:
-    checked, warnings = validate(CompareRequest(_txt(use_karras=True), samplers=("DDIM", "Euler", "DDIM")), CATALOG)
-    assert checked.samplers == ("DDIM", "Euler")
-    assert checked.base.sampling.use_karras is True
-    assert warnings == ["Karras sigmas are not available for DDIM; they use their own schedule."]
-
-
 # ---- Service.run ------------------------------------------------------------------------------------
 
 
@@ -200,6 +203,16 @@ def test_progress_total_is_the_steps_the_pipeline_runs() -> None:
     assert events == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
+def test_outpaint_runs_on_the_inpainting_checkpoint_with_the_image_unchanged(tmp_path) -> None:
+    service = fake_service(tmp_path)
+    image = Image.new("RGB", (61, 45), (1, 2, 3))  # not a multiple of 8: outpainting never resizes its input
+    result = service.run(OutpaintRequest("x", image, left=8, up=16, sampling=Sampling(steps=2, seed=3)))
+    assert result.task == "outpaint" and service.manager.used == ["sd2-inpainting"]
+    checked = result.request
+    assert checked.image.size == (61, 45) and (checked.left, checked.up, checked.fill) == (8, 16, "edge")
+    assert result.images[0].size == (69, 61) and result.saved[0].name.endswith("-3-outpaint.png")
+
+
 def test_saving_can_be_turned_off(tmp_path) -> None:
     service = fake_service(None)
     result = service.run(_txt())
@@ -224,18 +237,6 @@ def test_inpaint_result_carries_the_mask_and_depth_the_depth_map() -> None:
     assert depth.depth_image is not None
     upscaled = service.run(UpscaleRequest("x", _image(16, 16), sampling=Sampling(steps=2, seed=3)))
     assert upscaled.images[0].size == (64, 64)
-
-
-def test_compare_runs_each_sampler_with_the_same_seed_and_times_it() -> None:
-    service = fake_service(None)
-    events: list[tuple[int, int]] = []
-    result = service.compare(CompareRequest(_txt(steps=3), samplers=("Euler", "DDIM")),
-                             on_progress=lambda d, t, p: events.append((d, t)))
-    assert [(d, t) for d, t in events] == [(1, 6), (2, 6), (3, 6), (4, 6), (5, 6), (6, 6)]
-    assert [c.split(":")[0] for c in result.captions] == ["Euler", "DDIM"]
-    assert all("Seed: 1," in im.info["parameters"] for im in result.images)
-    assert set(result.timings) == {"Euler", "DDIM", "load", "run"}
-    assert result.timings["run"] == pytest.approx(result.timings["Euler"] + result.timings["DDIM"])
 
 
 def test_catalog_views_and_model_operations() -> None:

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from sd2_app.accel.fused import FusedResnetBlock2D, fuse_modules, restack
-from sd2_app.accel.fused_attention import FusedAttention
-from sd2_app.accel.stacking import SharedInputProjections, stacked, stacked_linear
+from sd2_app.accel.fused import fuse_modules, restack
+from sd2_app.accel.fused.resnet import FusedResnetBlock2D
+from sd2_app.accel.fused.attention import FusedAttention
+from sd2_app.accel.fused.stacking import SharedInputProjections, stacked, stacked_linear
 from sd2_app.nn.attention import Attention
 
 
@@ -85,9 +86,10 @@ def test_stacked_refuses_tensors_that_are_not_back_to_back() -> None:
 
 
 def test_fused_unet_restacks_on_the_next_job_after_a_move() -> None:
-    """The Accelerator restacks what a manager move split, and the UNet's output is unchanged throughout."""
+    """The Accelerator restacks what a manager move split when told of the move (on_moved), and the UNet's
+    output is unchanged throughout."""
     from sd2_app.accel import AccelOptions, Accelerator
-    from tests.test_accel import _inputs, _tiny_unet
+    from tests.accel_support import tiny_unet as _tiny_unet, unet_inputs as _inputs
 
     unet = _tiny_unet()
     sample, timestep, context = _inputs(unet)
@@ -109,6 +111,7 @@ def test_fused_unet_restacks_on_the_next_job_after_a_move() -> None:
         stacked_out = wrapped(sample, timestep, context)
         _split(unet)
         split_out = wrapped(sample, timestep, context)  # each layer's own matmul
+        accelerator.on_moved(unet)
         assert accelerator.unet(unet) is wrapped
         assert all(stacked([a.to_k.weight, a.to_v.weight]) is not None for a in attentions)
         assert stacked_linear(resnets[0].time_projection[0].linears) is not None
@@ -121,7 +124,7 @@ def test_fused_unet_restacks_on_the_next_job_after_a_move() -> None:
 def test_shared_context_projections_follow_a_context_changed_in_place() -> None:
     """A CUDA graph refills its static context in place: the same tensor object with new values must not
     get the cached keys and values of the last forward (the network's pre-hook forgets them)."""
-    from tests.test_accel import _inputs, _tiny_unet
+    from tests.accel_support import tiny_unet as _tiny_unet, unet_inputs as _inputs
 
     reference, unet = _tiny_unet(), _tiny_unet()
     sample, timestep, context = _inputs(unet)
@@ -138,7 +141,7 @@ def test_shared_context_projections_follow_a_context_changed_in_place() -> None:
 def test_x4_unet_shares_the_context_projections_of_its_cross_only_blocks() -> None:
     """The x4 UNet's attn1 of its first three levels is a cross-attention too: 32 share one matmul, and
     the 1024-wide level's attentions (q's input as wide as the context) stack k, v with the others."""
-    from tests.test_accel import _tiny_unet
+    from tests.accel_support import tiny_unet as _tiny_unet
 
     unet = _tiny_unet("x4-upscaler")
     config = unet.config
@@ -199,8 +202,8 @@ def test_stacked_projections_match_in_fp16_on_cuda() -> None:
 def test_graph_replays_project_a_new_context_on_cuda() -> None:
     """Captured with one text context, replayed with another: the shared k, v matmul is inside the graph and
     reads the refilled static context (a cached projection from before the capture would keep the old one)."""
-    from sd2_app.accel.cuda_graph import CudaGraphUNet
-    from tests.test_accel import _inputs, _tiny_unet
+    from sd2_app.accel.graphs import CudaGraphUNet
+    from tests.accel_support import tiny_unet as _tiny_unet, unet_inputs as _inputs
 
     unet = _tiny_unet("x4-upscaler").cuda().half().to(memory_format=torch.channels_last)
     fuse_modules(unet, channels_last=True)
@@ -218,26 +221,21 @@ def test_graph_replays_project_a_new_context_on_cuda() -> None:
     assert (got - expected).abs().max().item() <= 1e-2 * expected.abs().max().item()
 
 
-def test_restack_is_skipped_while_the_graphs_show_the_weights_did_not_move(monkeypatch) -> None:
-    """restack walks the whole UNet (milliseconds of host time before each job's first kernel): after the
-    first job it runs only when the weights moved, which the graph wrapper's address fingerprint shows."""
-    from sd2_app.accel import AccelOptions, Accelerator, hooks
-    from tests.test_accel import _tiny_unet
+def test_on_moved_drops_the_graphs_and_restacks_only_back_where_the_unet_was_accelerated(monkeypatch) -> None:
+    """The manager's one hook: each move drops the UNet's graphs; the restack walk (milliseconds of host time)
+    runs only when the UNet is back on its device, never on the host, where the split tensors are pinned."""
+    from sd2_app.accel import AccelOptions, Accelerator, accelerator as accelerator_module
+    from tests.accel_support import tiny_unet
 
-    unet = _tiny_unet()
+    unet = tiny_unet()
     accelerator = Accelerator(AccelOptions())
     wrapped = accelerator.unet(unet)
     calls: list[nn.Module] = []
-    monkeypatch.setattr(hooks, "restack", lambda model: calls.append(model) or 0)
-    assert not wrapped.weights_unchanged()  # no graph captured (CPU): every job checks
-    accelerator.unet(unet)
-    assert calls == [unet]
-    wrapped._graphs["captured"] = object()  # what a capture leaves behind, with the weights' addresses
-    wrapped._check_weights()
-    assert wrapped.weights_unchanged()
-    accelerator.unet(unet)
-    assert calls == [unet]  # skipped
-    _split(unet)  # a move
-    assert not wrapped.weights_unchanged()
-    accelerator.unet(unet)
-    assert calls == [unet, unet]
+    monkeypatch.setattr(accelerator_module, "restack", lambda model: calls.append(model) or 0)
+    wrapped._graphs["captured"] = object()  # what a capture leaves behind
+    accelerator.on_moved(unet)
+    assert calls == [unet] and wrapped.graph_count == 0
+    accelerator._home[unet] = torch.device("meta")  # as if accelerated there: the UNet is away from home
+    wrapped._graphs["captured"] = object()
+    accelerator.on_moved(unet)
+    assert calls == [unet] and wrapped.graph_count == 0  # dropped, not restacked

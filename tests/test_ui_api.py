@@ -6,10 +6,14 @@ back as the service's readable message; the models, history and PNG-info endpoin
 
 from __future__ import annotations
 
+import csv
+import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -108,16 +112,61 @@ def test_img2img_inpaint_upscale_depth_endpoints(app, tmp_path: Path) -> None:
     assert Image.open(depth_used).size == (64, 64)
 
 
-def test_compare_captions_each_sampler_with_its_time(app) -> None:
-    client, _, _ = app
-    _, gallery, _ = client.predict(prompt="two tigers", samplers=["Euler", "DDIM"], steps=2, seed=3, width=64,
-                                   height=64, api_name="/compare")
+def test_xyz_plot_grid_cells_and_tables(app) -> None:
+    client, service, _ = app
+    _, gallery, info, files = client.predict(
+        prompt="two tigers", x_type="sampler", x_picked=["Euler", "DDIM"], y_type="cfg_scale", y_values="1, 5",
+        steps=2, seed=3, width=64, height=64, api_name="/xyz_plot")
     images = _pngs(gallery)
-    assert [im.size for im in images] == [(64, 64), (64, 64)]
-    assert [item["caption"].split(":")[0] for item in gallery] == ["Euler", "DDIM"]
-    assert all(item["caption"].endswith(" s") for item in gallery)
-    assert ["Sampler: Euler," in images[0].info["parameters"], "Sampler: DDIM," in images[1].info["parameters"]] == [
-        True, True]
+    assert len(images) == 1 + 4 and [im.size for im in images[1:]] == [(64, 64)] * 4
+    assert images[0].width > 2 * 64 and images[0].height > 2 * 64  # the grid, with its label margins
+    assert [item["caption"].split(" · ")[0] for item in gallery] == [
+        "Grid", "Euler, CFG scale: 1", "DDIM, CFG scale: 1", "Euler, CFG scale: 5", "DDIM, CFG scale: 5"]
+    grid_text = images[0].info["parameters"]
+    assert 'X Type: Sampler, X Values: "Euler, DDIM", Y Type: CFG scale, Y Values: "1, 5"' in grid_text
+    assert "Sampler: Euler," in images[1].info["parameters"] and "CFG scale: 5.0" in images[4].info["parameters"]
+    assert "**Seed** 3" in info and "Sampler:" not in info and "load" in info
+    tables = sorted(files, key=lambda f: Path(f).suffix)
+    rows = list(csv.DictReader(open(tables[0], encoding="utf-8")))
+    assert [(r["sampler"], r["cfg_scale"], r["seed"]) for r in rows] == [
+        ("Euler", "1.0", "3"), ("DDIM", "1.0", "3"), ("Euler", "5.0", "3"), ("DDIM", "5.0", "3")]
+    assert json.loads(Path(tables[1]).read_text())[3]["x_label"] == "DDIM"
+    assert all(float(r["seconds"]) > 0 for r in rows)
+    assert service.history(owner=None)[0].task == "xyz_plot"
+
+
+def test_xyz_plot_stop_keeps_the_finished_cells(app) -> None:
+    client, _, _ = app
+    job = client.submit(prompt="x", x_type="steps", x_values="20, 20, 20, 20", seed=1, width=64, height=64,
+                        api_name="/xyz_plot")
+    deadline = time.monotonic() + 120
+    def galleries() -> list[list[dict]]:  # the gallery values streamed so far (skipped outputs are not lists)
+        return [out[1] for out in job.outputs() if isinstance(out[1], list) and out[1]]
+
+    while time.monotonic() < deadline and not galleries():
+        time.sleep(0.2)  # until the first finished cell is on screen
+    client.predict(api_name="/xyz_plot_stop")
+    while not job.done():
+        time.sleep(0.2)
+    shown = galleries()[-1]  # the partial result (grid first), or the cells streamed before the stop landed
+    cells = [item for item in shown if item["caption"].startswith("Steps: 20 · ")]
+    assert 1 <= len(cells) < 4 and shown[-len(cells):] == cells and len(shown) - len(cells) <= 1
+    assert all(Image.open(item["image"]).size == (64, 64) for item in cells)
+
+
+def test_outpaint_extends_one_side_and_keeps_the_image(app, tmp_path: Path) -> None:
+    client, _, _ = app
+    landscape = _small("landscape.png", 64, tmp_path)
+    _, gallery, info, mask = client.predict(image=handle_file(landscape), prompt="more sky", up=16,
+                                                  api_name="/outpaint", **FAST)
+    result = _pngs(gallery)[0]
+    assert result.size == (64, 80)
+    assert np.array_equal(np.asarray(result.convert("RGB"))[16:], np.asarray(Image.open(landscape).convert("RGB")))
+    expected = np.zeros((80, 64), np.uint8)
+    expected[:16] = 255
+    assert np.array_equal(np.asarray(Image.open(mask).convert("L")), expected)
+    text, fields = client.predict(path=handle_file(gallery[0]["image"]), api_name="/png_info")
+    assert fields["Outpaint up"] == 16 and fields["Outpaint fill"] == "edge" and fields["Size"] == "64x80"
 
 
 @pytest.mark.parametrize(
@@ -131,7 +180,11 @@ def test_compare_captions_each_sampler_with_its_time(app) -> None:
         ("/img2img", {"prompt": "x"}, "Upload an init image first."),
         ("/depth", {"prompt": "x"}, "Upload an image first."),
         ("/upscale", {"prompt": "x"}, "Upload an image to upscale first."),
-        ("/compare", {"prompt": "x", "samplers": []}, "Choose at least one sampler to compare."),
+        ("/xyz_plot", {"prompt": "x", "x_type": "sampler", "x_picked": []},
+         "X values (Sampler) are empty: type values such as 20, 30, 40 or a range such as 10-40 (+10)."),
+        ("/xyz_plot", {"prompt": "x", "x_type": "steps", "x_values": "1-500"},
+         "X values (Steps): '1-500' gives 500 values; an axis may have at most 64."),
+        ("/outpaint", {"prompt": "x"}, "Upload an image to outpaint first."),
     ],
 )
 def test_invalid_input_comes_back_as_a_readable_error(app, endpoint: str, kwargs: dict, message: str) -> None:

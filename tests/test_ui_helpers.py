@@ -57,6 +57,9 @@ def test_a_new_result_resets_the_picked_gallery_index_so_send_to_carries_its_fir
     *_, last = list(run.fn(request, *values, gr.Progress()))
     index = run.outputs.index(selected)
     assert last[index] == 0 and len(last[1]) == 2  # ...back to 0 with the new two-image gallery
+    assert last[0] is last[1][0][0]  # the live preview ends on the final image
+    ends = _fn(demo, "txt2img_ends")
+    assert ends.fn(last[1])[2]["columns"] == 2  # then the grid is sized to the batch: two side by side
 
 
 def test_stop_flags_are_per_run_and_forgotten_when_it_ends() -> None:
@@ -102,7 +105,7 @@ def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
     import gradio as gr
 
     from sd2_app.errors import Cancelled
-    from sd2_app.ui.common import STOPPING, stream_result
+    from sd2_app.ui.common import STARTING, STOPPING, stream_result
     from sd2_app.ui.runner import StopFlags
 
     preview = Image.new("RGB", (8, 8))
@@ -119,8 +122,25 @@ def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
 
     flags = StopFlags()
     updates = stream_result(Service(), flags, lambda: object(), "s1", gr.Progress(), lambda result: (), 5)
-    first = next(updates)
-    assert first[2] == "Step 1/3"
+    assert next(updates)[2] == STARTING
+    assert next(updates)[2] == "Step 1/3"
     assert flags.stop("s1")
     infos = [update[2] for update in updates]
-    assert infos == [STOPPING, "Stopped."]
+    assert infos == [STOPPING, "Stopped after 2/3 steps."]
+
+
+def test_stop_says_how_far_the_run_got() -> None:
+    from sd2_app.ui.runner import StopFlags, stopped_message
+
+    flags = StopFlags()
+    assert flags.stop_run("s1") is None and stopped_message(None) == "Stopped before it started."
+    flag = flags.arm("s1")
+    assert stopped_message(flags.stop_run("s1")) == "Stopped before sampling began."
+    flag.done, flag.total = 7, 25
+    assert stopped_message(flag) == "Stopped after 7/25 steps."
+
+
+def test_gallery_grid_follows_the_batch() -> None:
+    from sd2_app.ui.common import gallery_columns
+
+    assert [gallery_columns(n) for n in (1, 2, 3, 4, 5, 8, 9)] == [1, 2, 2, 2, 3, 3, 3]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sd2_app.accel.upsample import SubpixelUpsample2D, phase_kernels
+from sd2_app.accel.fused.upsample import SubpixelUpsample2D, phase_kernels
 from sd2_app.nn.resnet import Upsample2D
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sd2_app.accel.vae_attention import HalfProductVAEAttention, use_half_products
+from sd2_app.accel.fused.vae_attention import HalfProductVAEAttention, use_half_products
 from sd2_app.nn.vae import VAEAttention
 
 

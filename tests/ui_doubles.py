@@ -25,7 +25,7 @@ CHECKPOINTS = {
     "sd2": (768, ("txt2img", "img2img"), "SD 2.0 (768-v)"),
     "sd21-base": (512, ("txt2img", "img2img"), "SD 2.1 base (512)"),
     "sd21": (768, ("txt2img", "img2img"), "SD 2.1 (768-v)"),
-    "sd2-inpainting": (512, ("inpaint",), "SD 2 inpainting"),
+    "sd2-inpainting": (512, ("inpaint", "outpaint"), "SD 2 inpainting"),
     "sd2-depth": (512, ("depth",), "SD 2 depth"),
     "x4-upscaler": (512, ("upscale",), "x4 upscaler"),
 }
@@ -83,6 +83,8 @@ def _size(request: Any) -> tuple[int, int]:
     if hasattr(request, "width") and request.width is not None:
         return request.width, request.height
     image = request.image
+    if type(request).__name__ == "OutpaintRequest":
+        return image.width + request.left + request.right, image.height + request.up + request.down
     return (image.width * 4, image.height * 4) if type(request).__name__ == "UpscaleRequest" else image.size
 
 
@@ -91,7 +93,7 @@ def make_task(task: str, step_delay_s: float = 0.0):
 
     def run(components: Any, request: Any, on_step: Any) -> FakeOutput:
         steps = request.sampling.steps
-        if hasattr(request, "strength") and task != "inpaint":
+        if hasattr(request, "strength") and task not in ("inpaint", "outpaint"):
             steps = int(steps * request.strength)
         for step in range(1, steps + 1):
             time.sleep(step_delay_s)
@@ -108,6 +110,7 @@ def make_task(task: str, step_delay_s: float = 0.0):
             )
             images.append(image)
         mask = getattr(request, "mask", None) if task == "inpaint" else None
+        mask = Image.new("L", (width, height)) if task == "outpaint" else mask
         depth = Image.new("L", (width // 8, height // 8), 128) if task == "depth" else None
         return FakeOutput(images, ["fake warning"] if request.prompt == "warn me" else [], mask, depth)
 
@@ -115,7 +118,7 @@ def make_task(task: str, step_delay_s: float = 0.0):
 
 
 def fake_tasks(step_delay_s: float = 0.0) -> dict[str, Any]:
-    return {t: make_task(t, step_delay_s) for t in ("txt2img", "img2img", "inpaint", "upscale", "depth")}
+    return {t: make_task(t, step_delay_s) for t in ("txt2img", "img2img", "inpaint", "outpaint", "upscale", "depth")}
 
 
 def fake_preview(latents: Any) -> Image.Image:

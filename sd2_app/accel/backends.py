@@ -31,8 +31,8 @@ def setup_backends(device: torch.device | str, *, allow_tf32: bool = True,
 
     - cudnn.benchmark (`cudnn_benchmark`): picks the fastest convolution algorithm per input shape once, by
       timing them. Our shapes are few and fixed per resolution (and replayed by CUDA graphs), so the search
-      costs only the first call of each shape (0.5-2.5 s per new shape on an H200, run 11); off, cuDNN's
-      heuristics choose without timing.
+      costs only the first call of each shape (docs/PERFORMANCE.md has its cost); off, cuDNN's heuristics
+      choose without timing.
     - TF32 for fp32 matmuls (`allow_tf32`): 10-bit mantissa inputs, fp32 accumulation. The fp16 UNet and
       VAE are unaffected; fp32 runs get ~1e-3 relative differences, which is why it can be turned off.
       fp32 convolutions keep PyTorch's default (cuDNN may use TF32, `torch.backends.cudnn.allow_tf32`),

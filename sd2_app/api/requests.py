@@ -1,96 +1,242 @@
 """The vocabulary shared by the UI, the CLI, the service and the pipelines: one typed request per task.
 
 Requests are plain frozen dataclasses with the defaults a user of the app expects. They carry no
-validation: `sd2_app.api.service.validate` checks them (the API can bypass every UI limit) and resolves the
-seed, so the pipelines always receive a request that is complete and in range.
+validation: `sd2_app.api.validation.validate` checks them (the API can bypass every UI limit) and resolves the
+seed, so the pipelines always receive a request that is complete and in range. Each request names its
+task (`Txt2ImgRequest.task == "txt2img"`); the defaults come from that task's row in `sd2_app.api.tasks`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from PIL import Image
+
+from sd2_app.api.tasks import DEFAULT_CFG_SCALE, DEFAULT_SAMPLER, DEFAULT_STEPS, TASKS
 
 
 @dataclass(frozen=True)
 class Sampling:
     """How to sample: shared by every task."""
 
-    sampler: str = "DPM++ 2M"  # a key of sd2_app.samplers.SAMPLERS
-    steps: int = 25
+    sampler: str = DEFAULT_SAMPLER  # a key of sd2_app.samplers.SAMPLERS
+    steps: int = DEFAULT_STEPS
     use_karras: bool = False  # Karras sigma spacing, where the sampler offers it
-    cfg_scale: float = 7.5  # classifier-free guidance weight; <= 1 disables guidance
+    cfg_scale: float = DEFAULT_CFG_SCALE  # classifier-free guidance weight; <= 1 disables guidance
     guidance_rescale: float = 0.0  # phi of "Common Diffusion Noise Schedules are Flawed" (0 = off)
     eta: float = 0.0  # DDIM stochasticity (0 = deterministic DDIM)
     seed: int | None = None  # None: the service draws one and reports it
     batch_size: int = 1  # images per prompt
 
 
+def task_sampling(task: str) -> Sampling:
+    """The sampling defaults of `task`'s row in the task table."""
+    spec = TASKS[task]
+    return Sampling(sampler=spec.sampler, steps=spec.steps, cfg_scale=spec.cfg_scale)
+
+
+def _sampling(task: str) -> Sampling:
+    """A dataclass field whose default is `task_sampling(task)`."""
+    return field(default_factory=lambda: task_sampling(task))
+
+
+def _strength(task: str) -> float:
+    strength = TASKS[task].strength
+    assert strength is not None, f"{task} has no strength in the task table"
+    return strength
+
+
+HIRES_UPSCALERS = ("Latent", "Latent (nearest-exact)", "Lanczos", "SD2 x4")  # A1111's names for the first three
+
+
+@dataclass(frozen=True)
+class HiresFix:
+    """A1111's "Hires fix": generate at the request's size, upscale, then img2img at the target size.
+
+    The second pass draws its noise from a fresh generator seeded with the request's seed (A1111 does the
+    same), so it equals image-to-image on the upscaled first image with that seed.
+    """
+
+    upscaler: str = "Latent"  # one of HIRES_UPSCALERS: latents bilinear / nearest-exact, pixels, the x4 model
+    scale: float = 2.0  # target = first-pass size x scale (rounded to 8), unless width/height are given
+    width: int | None = None  # explicit target size (A1111's "Resize width to"); None or 0: from `scale`
+    height: int | None = None
+    steps: int | None = None  # second-pass steps; None or 0: the first pass's steps
+    denoising_strength: float = 0.5
+    sampler: str | None = None  # None or "": the first pass's sampler
+
+    def target(self, width: int, height: int) -> tuple[int, int]:
+        """The second pass's size for a first pass of `width` x `height`, rounded to multiples of 8.
+
+        With one explicit side the other keeps the first pass's aspect ratio; with neither, `scale` applies.
+        """
+        if self.width and self.height:
+            w, h = float(self.width), float(self.height)
+        elif self.width:
+            w, h = float(self.width), self.width * height / width
+        elif self.height:
+            w, h = self.height * width / height, float(self.height)
+        else:
+            w, h = width * self.scale, height * self.scale
+        return max(8, int(w / 8 + 0.5) * 8), max(8, int(h / 8 + 0.5) * 8)
+
+
+@dataclass(frozen=True)
+class SeedExtras:
+    """A1111's "Extra" seed options: a variation seed slerped into the start noise, and seed resize."""
+
+    variation_seed: int | None = None  # None or -1 with strength > 0: the service draws one and reports it
+    variation_strength: float = 0.0  # 0 = the seed's noise, 1 = the variation seed's noise
+    resize_from: tuple[int, int] | None = None  # (width, height) the noise is drawn at; None: the image size
+
+
 @dataclass(frozen=True)
 class Txt2ImgRequest:
+    task: ClassVar[str] = "txt2img"
+
     prompt: str
     negative_prompt: str = ""
-    checkpoint: str = "sd21-base"  # a key of sd2_app.checkpoints.catalog.REGISTRY
+    checkpoint: str = TASKS["txt2img"].checkpoint  # a key of sd2_app.checkpoints.catalog.REGISTRY
     width: int | None = None  # None: the checkpoint's native resolution
     height: int | None = None
-    sampling: Sampling = field(default_factory=Sampling)
+    sampling: Sampling = _sampling("txt2img")
+    hires: HiresFix | None = None  # None: off
+    seed_extras: SeedExtras = field(default_factory=SeedExtras)
+    tiling: bool = False  # convolutions pad circularly: the image tiles seamlessly
+
+
+@dataclass(frozen=True)
+class HiresPassRequest:
+    """Internal (never validated from outside): a hires fix's second pass on images the x4 model upscaled."""
+
+    base: Txt2ImgRequest  # the validated request, hires set
+    images: tuple[Image.Image, ...]  # the upscaled first-pass images, one per batch row
+    first_size: tuple[int, int]  # (width, height) of the first pass
+
+    @property
+    def checkpoint(self) -> str:
+        return self.base.checkpoint
 
 
 @dataclass(frozen=True)
 class Img2ImgRequest:
+    task: ClassVar[str] = "img2img"
+
     prompt: str
     image: Image.Image
     negative_prompt: str = ""
-    checkpoint: str = "sd21-base"
-    strength: float = 0.75  # 1 = ignore the image's content, 0 = return it unchanged
+    checkpoint: str = TASKS["img2img"].checkpoint
+    strength: float = _strength("img2img")  # 1 = ignore the image's content, 0 = return it unchanged
     width: int | None = None  # None: the image's size, floored to a multiple of 8
     height: int | None = None
-    sampling: Sampling = field(default_factory=Sampling)
+    sampling: Sampling = _sampling("img2img")
 
 
 @dataclass(frozen=True)
 class InpaintRequest:
+    task: ClassVar[str] = "inpaint"
+
     prompt: str
     image: Image.Image
     mask: Image.Image  # white = repaint, black = keep
     negative_prompt: str = ""
-    checkpoint: str = "sd2-inpainting"
-    strength: float = 1.0
+    checkpoint: str = TASKS["inpaint"].checkpoint
+    strength: float = _strength("inpaint")
     mask_blur: int = 4  # pixels of feathering for the paste-back edge
     only_masked: bool = False  # crop around the mask, work at the model's resolution, paste back
     only_masked_padding: int = 32  # pixels of context around the mask's box in only-masked mode
     keep_unmasked: bool = True  # paste the input's pixels back outside the mask (diffusers does not)
-    sampling: Sampling = field(default_factory=Sampling)
+    sampling: Sampling = _sampling("inpaint")
 
 
 @dataclass(frozen=True)
 class UpscaleRequest:
+    task: ClassVar[str] = "upscale"
+
     prompt: str
     image: Image.Image
     negative_prompt: str = ""
-    checkpoint: str = "x4-upscaler"
+    checkpoint: str = TASKS["upscale"].checkpoint
     noise_level: int = 20  # 0..350: noise added to the low-res input; higher lets the model invent more
     tile_size: int = 128  # latent/low-res pixels per tile side; larger inputs are tiled with overlap
-    sampling: Sampling = field(default_factory=lambda: Sampling(sampler="DDIM", steps=50, cfg_scale=9.0))
+    sampling: Sampling = _sampling("upscale")
 
 
 @dataclass(frozen=True)
 class DepthRequest:
+    task: ClassVar[str] = "depth"
+
     prompt: str
     image: Image.Image
     negative_prompt: str = ""
-    checkpoint: str = "sd2-depth"
+    checkpoint: str = TASKS["depth"].checkpoint
     depth_map: Image.Image | None = None  # grayscale, white = near; None: estimated with DPT
-    strength: float = 0.7
-    sampling: Sampling = field(default_factory=Sampling)
+    strength: float = _strength("depth")
+    sampling: Sampling = _sampling("depth")
+
+
+OUTPAINT_FILLS = {  # how outpainting pre-fills the added strips: key -> what the UI calls it
+    "edge": "edge-extend + noise",  # the border pixels repeated outwards, plus a little seeded noise
+    "blur": "blurred",  # the edge extension heavily blurred: a smooth field of the border's colours
+    "solid": "solid colour",  # the image's mean colour
+}
 
 
 @dataclass(frozen=True)
-class CompareRequest:
-    """One text-to-image job run through several samplers with the same seed."""
+class OutpaintRequest:
+    """Extend the canvas by whole multiples of 8 pixels on any side and let the inpainting model fill it."""
 
-    base: Txt2ImgRequest
-    samplers: tuple[str, ...] = ("DPM++ 2M", "Euler a", "Euler", "DDIM", "UniPC", "DPM++ 2M SDE")
+    task: ClassVar[str] = "outpaint"
+
+    prompt: str
+    image: Image.Image
+    negative_prompt: str = ""
+    checkpoint: str = TASKS["outpaint"].checkpoint
+    left: int = 0  # pixels added on each side (multiples of 8)
+    right: int = 0
+    up: int = 0
+    down: int = 0
+    fill: str = "edge"  # how the new area starts: a key of OUTPAINT_FILLS
+    mask_blur: int = 8  # pixels of feathering from the seam into the new area
+    strength: float = _strength("outpaint")  # below 1 the fill is the starting image of the new area
+    keep_original: bool = True  # paste the input's pixels back unchanged
+    sampling: Sampling = _sampling("outpaint")
 
 
-Request = Txt2ImgRequest | Img2ImgRequest | InpaintRequest | UpscaleRequest | DepthRequest | CompareRequest
+@dataclass(frozen=True)
+class PlotAxis:
+    """One axis of an X/Y/Z plot: what varies (a key of sd2_app.api.plot_axes.AXES) and its values.
+
+    `values` is the text a user types (`20, 30, 40`, `10-40 (+10)`, `1-2 [5]`) or a sequence of values (the
+    UI's multi-select for samplers and checkpoints; JSON lists through the API).
+    """
+
+    kind: str
+    values: str | tuple[Any, ...] = ""
+
+
+@dataclass(frozen=True)
+class XYZPlotRequest:
+    """A grid of runs of one request: each cell changes the base by one value per axis (A1111's X/Y/Z plot).
+
+    The base is a text-to-image request, or an image-to-image one when an init image is given. Every cell
+    uses the base's seed unless seed is an axis; X varies along a row, Y down a column, one grid per Z value.
+    """
+
+    task: ClassVar[str] = "xyz_plot"
+
+    base: Txt2ImgRequest | Img2ImgRequest
+    x: PlotAxis
+    y: PlotAxis | None = None
+    z: PlotAxis | None = None
+
+
+TaskRequest = (Txt2ImgRequest | Img2ImgRequest | InpaintRequest | OutpaintRequest | UpscaleRequest
+               | DepthRequest)  # one pipeline run
+Request = TaskRequest | XYZPlotRequest
+
+REQUEST_TYPES: dict[str, type[TaskRequest]] = {
+    cls.task: cls
+    for cls in (Txt2ImgRequest, Img2ImgRequest, InpaintRequest, OutpaintRequest, UpscaleRequest, DepthRequest)
+}

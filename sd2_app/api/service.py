@@ -8,21 +8,23 @@ parameters to a dated outputs folder (unless saving is off) and kept in a short 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import Image
 
 from sd2_app.errors import Cancelled, InvalidRequest
-from sd2_app.api.requests import CompareRequest, Request
-from sd2_app.api.validation import TASK_OF, Catalog, Limits, validate
+from sd2_app.api.requests import Request, XYZPlotRequest
+from sd2_app.api.tasks import TASKS
+from sd2_app.api.validation import Catalog, Limits, validate
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +36,17 @@ TaskFn = Callable[[Any, Any, Callable[[int, int, Any], None]], Any]  # (componen
 class Result:
     """What one run produced; `images` carry their A1111 `parameters` text in `image.info`."""
 
-    task: str  # "txt2img", "img2img", "inpaint", "upscale", "depth" or "compare"
+    task: str  # "txt2img", "img2img", "inpaint", "outpaint", "upscale", "depth" or "xyz_plot"
     request: Request  # the validated request (seed resolved, sizes filled in)
     images: list[Image.Image]
     seed: int
     warnings: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: "load", "run", per sampler in compare
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: "load", "run" (plot: all cells together)
     mask_image: Image.Image | None = None  # inpaint: the mask actually used
     depth_image: Image.Image | None = None  # depth: the depth map actually used
-    captions: list[str] = field(default_factory=list)  # one per image (compare: sampler and time)
+    captions: list[str] = field(default_factory=list)  # one per image (plot: the cell's values and seconds)
+    cells: list[dict[str, Any]] = field(default_factory=list)  # plot: each cell's settings and seconds
+    stopped: bool = False  # plot: Stop ended it early; the finished cells are here
     saved: list[Path] = field(default_factory=list)  # files written to the outputs folder
     created: float = field(default_factory=time.time)
 
@@ -50,6 +54,14 @@ class Result:
     def parameters(self) -> str:
         """The first image's parameters text ("" when it has none)."""
         return self.images[0].info.get("parameters", "") if self.images else ""
+
+
+class Backend(Protocol):
+    """Runs a validated request and returns its unsaved Result: `Service` itself, or a remote worker pool."""
+
+    def produce(
+        self, checked: Request, on_progress: ProgressFn | None, should_stop: Callable[[], bool] | None
+    ) -> Result: ...
 
 
 @dataclass(frozen=True)
@@ -77,14 +89,10 @@ def _default_catalog(registry: Mapping[str, Any]) -> Catalog:
     )
 
 
-def _default_tasks() -> dict[str, TaskFn]:
-    from sd2_app.pipelines.depth import depth2img
-    from sd2_app.pipelines.img2img import img2img
-    from sd2_app.pipelines.inpaint import inpaint
-    from sd2_app.pipelines.txt2img import txt2img
-    from sd2_app.pipelines.upscale import upscale
-
-    return {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint, "upscale": upscale, "depth": depth2img}
+def pipeline_of(task: str) -> TaskFn:
+    """The pipeline function named in `task`'s row of the task table (imported on first use)."""
+    module, function = TASKS[task].pipeline.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def _default_preview(latents: Any) -> Image.Image | None:
@@ -116,8 +124,13 @@ class Service:
         keep_outputs_days: float | None = None,  # delete saved results older than this (None: keep them)
         history_size: int = 50,
         preview_every: int = 5,
+        backend: Backend | None = None,
+        concurrency: int = 1,
     ) -> None:
         self.manager = manager
+        # Where validated requests run: None is this process's manager; sd2_app.serve gives a remote one.
+        self.backend = backend
+        self.concurrency = concurrency  # jobs the GPU queue runs at once: 1 locally, the replicas' total remotely
         if registry is None:
             registry = getattr(manager, "registry", None)
         if registry is None:
@@ -185,9 +198,7 @@ class Service:
         return validate(request, self.catalog, self.limits)
 
     def _task_fn(self, task: str) -> TaskFn:
-        if self._tasks is None:
-            self._tasks = _default_tasks()
-        return self._tasks[task]
+        return self._tasks[task] if self._tasks is not None else pipeline_of(task)
 
     def _step_callback(
         self,
@@ -266,68 +277,80 @@ class Service:
 
         `owner` (the UI's session id) tags the history entry, so a public app shows each visitor their own.
         """
-        if isinstance(request, CompareRequest):
-            return self.compare(request, on_progress, should_stop, owner=owner)
+        if isinstance(request, XYZPlotRequest):
+            return self.plot(request, on_progress, should_stop, owner=owner)
         checked, warnings = self.validate(request)
-        task = TASK_OF[type(checked)]
         if should_stop is not None and should_stop():
             raise Cancelled
+        result = self.execute(checked, on_progress, should_stop)
+        result.warnings[:0] = [w for w in warnings if w not in result.warnings]
+        return self._keep(result, owner)
+
+    def execute(
+        self,
+        checked: Request,
+        on_progress: ProgressFn | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        *,
+        done_before: int = 0,
+        total: int | None = None,
+    ) -> Result:
+        """Run a validated request where jobs run (the backend, else this process); nothing is saved.
+
+        `done_before` and `total` place its steps inside a longer job's progress (an X/Y/Z plot's cells).
+        """
+        backend = self.backend if self.backend is not None else self
+        report = on_progress
+        if report is not None and (done_before or total is not None):
+            def report(done: int, steps: int, preview: Image.Image | None) -> None:
+                on_progress(done_before + done, steps if total is None else total, preview)
+        return backend.produce(checked, report, should_stop)
+
+    def produce(
+        self,
+        checked: Request,
+        on_progress: ProgressFn | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Result:
+        """Run an already validated request on this process's manager; the Result is not saved or kept.
+
+        This is the `Backend` side of `run`: a remote worker (sd2_app.serve) calls it on its own Service.
+        """
+        task = checked.task
         timings: dict[str, float] = {}
         log.info("%s on %s: %d steps, seed %d", task, checked.checkpoint, checked.sampling.steps, checked.sampling.seed)
-        output = self._run_pipeline(task, checked, self._step_callback(0, None, on_progress, should_stop), timings)
+        if getattr(getattr(checked, "hires", None), "upscaler", None) == "SD2 x4":
+            from sd2_app.api.hires_x4 import run_hires_x4  # three manager jobs: first pass, x4, second pass
+
+            output = run_hires_x4(self, checked, on_progress, should_stop, timings)
+        else:
+            output = self._run_pipeline(task, checked, self._step_callback(0, None, on_progress, should_stop), timings)
         result = Result(
             task=task,
             request=checked,
             images=list(output.images),
             seed=checked.sampling.seed,
-            warnings=warnings + list(getattr(output, "warnings", []) or []),
+            warnings=list(getattr(output, "warnings", []) or []),
             timings=timings,
             mask_image=getattr(output, "mask_image", None),
             depth_image=getattr(output, "depth_image", None),
         )
-        return self._keep(result, owner)
+        return result
 
-    def compare(
+    def plot(
         self,
-        request: CompareRequest,
+        request: XYZPlotRequest,
         on_progress: ProgressFn | None = None,
         should_stop: Callable[[], bool] | None = None,
         *,
         owner: str | None = None,
+        on_cell: Callable[[Any, Image.Image, float], None] | None = None,
     ) -> Result:
-        """The same prompt and seed through each sampler in turn, each timed; one image per sampler."""
-        checked, warnings = self.validate(request)
-        base = replace(checked.base, sampling=replace(checked.base.sampling, batch_size=1))
-        steps = base.sampling.steps
-        total = steps * len(checked.samplers)
-        timings: dict[str, float] = {}
-        images: list[Image.Image] = []
-        captions: list[str] = []
-        for index, name in enumerate(checked.samplers):
-            if should_stop is not None and should_stop():
-                raise Cancelled
-            use_karras = base.sampling.use_karras and self.supports_karras(name)
-            one = replace(base, sampling=replace(base.sampling, sampler=name, use_karras=use_karras))
-            run_timings: dict[str, float] = {}
-            output = self._run_pipeline(
-                "txt2img", one, self._step_callback(index * steps, total, on_progress, should_stop), run_timings
-            )
-            timings[name] = run_timings["run"]
-            timings["load"] = timings.get("load", 0.0) + run_timings["load"]
-            warnings.extend(w for w in getattr(output, "warnings", []) or [] if w not in warnings)
-            images.append(output.images[0])
-            captions.append(f"{name}{' Karras' if use_karras else ''}: {run_timings['run']:.2f} s")
-        timings["run"] = sum(timings[name] for name in checked.samplers)
-        result = Result(
-            task="compare",
-            request=checked,
-            images=images,
-            seed=base.sampling.seed,
-            warnings=warnings,
-            timings=timings,
-            captions=captions,
-        )
-        return self._keep(result, owner)
+        """An X/Y/Z plot (sd2_app.api.plot): grids first, then each finished cell; `on_cell(cell, image,
+        seconds)` as each cell finishes. Stop returns the finished cells (`stopped`); none finished: Cancelled."""
+        from sd2_app.api.plot import run_plot
+
+        return self._keep(run_plot(self, request, on_progress, should_stop, on_cell), owner)
 
     # ---- keeping results ---------------------------------------------------------------------------
     def _save(self, result: Result) -> list[Path]:

@@ -20,14 +20,17 @@ from PIL import Image, ImageOps
 from sd2_app.api.cost import DEFAULT_MAX_JOB_COST, check_job_cost, job_cost
 from sd2_app.errors import InvalidRequest
 from sd2_app.api.requests import (
-    CompareRequest,
     DepthRequest,
     Img2ImgRequest,
+    OUTPAINT_FILLS,
     InpaintRequest,
+    OutpaintRequest,
+    REQUEST_TYPES,
     Request,
     Sampling,
     Txt2ImgRequest,
     UpscaleRequest,
+    XYZPlotRequest,
 )
 
 MAX_SEED = 2**32 - 1
@@ -35,14 +38,7 @@ MAX_PROMPT_CHARS = 2000  # CLIP reads 77 tokens; this only stops abuse (the pipe
 MIN_IMAGE_SIDE = 8
 MAX_NOISE_LEVEL = 350  # x4 upscaler's model_index.json
 
-TASK_OF: dict[type, str] = {
-    Txt2ImgRequest: "txt2img",
-    Img2ImgRequest: "img2img",
-    InpaintRequest: "inpaint",
-    UpscaleRequest: "upscale",
-    DepthRequest: "depth",
-    CompareRequest: "txt2img",
-}
+OUTPAINT_SIDES = ("left", "right", "up", "down")
 
 
 @dataclass(frozen=True)
@@ -54,6 +50,7 @@ class Limits:
     max_upscale_input_pixels: int = 512 * 512  # the x4 output is 16x this (tiled)
     max_steps: int = 150
     max_batch: int = 8
+    max_plot_cells: int = 64  # cells of one X/Y/Z plot (all Z values together)
     max_job_cost: int | None = DEFAULT_MAX_JOB_COST  # UNet evaluations x latent pixels (sd2_app.api.cost); None: no cap
 
 
@@ -111,9 +108,19 @@ def resolve_seed(seed: Any) -> int:
     return _integer(seed, "Seed", 0, MAX_SEED)
 
 
+def check_sampler_names(names: tuple[Any, ...], catalog: Catalog) -> None:
+    """The one check of sampler names (a request's sampler, or a comparison's list)."""
+    unknown = [name for name in names if not isinstance(name, str) or name not in catalog.samplers]
+    if not unknown:
+        return
+    choices = ", ".join(catalog.samplers)
+    if len(names) == 1:
+        raise InvalidRequest(f"Unknown sampler {unknown[0]!r}; choose one of: {choices}.")
+    raise InvalidRequest(f"Unknown sampler(s) {', '.join(map(repr, unknown))}; choose from: {choices}.")
+
+
 def _sampling(s: Sampling, catalog: Catalog, limits: Limits, *, karras_optional: bool = False) -> Sampling:
-    if not isinstance(s.sampler, str) or s.sampler not in catalog.samplers:
-        raise InvalidRequest(f"Unknown sampler {s.sampler!r}; choose one of: {', '.join(catalog.samplers)}.")
+    check_sampler_names((s.sampler,), catalog)
     use_karras = _flag(s.use_karras, "Karras sigmas")
     if use_karras and not catalog.samplers[s.sampler] and not karras_optional:
         raise InvalidRequest(f"Karras sigmas are not available for the {s.sampler} sampler; untick Karras.")
@@ -207,6 +214,22 @@ def to_mask(mask: Image.Image) -> Image.Image:
     return to_rgb(mask).convert("L")
 
 
+def to_depth(image: Image.Image) -> Image.Image:
+    """A depth map at full precision as a float32 ("F") image, white or large = near.
+
+    8-bit maps are divided by 255 and 16-bit PNGs (modes I;16, I) by 65535; 32-bit float TIFFs keep their
+    values. The pipeline min/max-normalises the map anyway, so only its precision matters here.
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image).astype(np.float32) / np.float32(65535)
+    elif image.mode == "F":
+        array = np.asarray(image, dtype=np.float32)
+    else:
+        array = np.asarray(to_rgb(image).convert("L")).astype(np.float32) / 255.0
+    return Image.fromarray(np.ascontiguousarray(array, dtype=np.float32))
+
+
 def _fit_inside(image: Image.Image, max_side: int, warnings: list[str]) -> Image.Image:
     """Shrink an input that is larger than a generated image may be, and make its sides multiples of 8."""
     width, height = image.size
@@ -233,18 +256,20 @@ def validate(request: Request, catalog: Catalog, limits: Limits = Limits()) -> t
 
     The checked request's cost (`sd2_app.api.cost`) must also be within `limits.max_job_cost`.
     """
+    if isinstance(request, XYZPlotRequest):
+        from sd2_app.api.plot import validate_plot
+
+        return validate_plot(request, catalog, limits)  # every cell, and the plot's total cost
     checked, warnings = _validate_fields(request, catalog, limits)
-    check_job_cost(checked, job_cost(checked, catalog.calls_per_step, catalog.resolutions), limits.max_job_cost)
+    check_job_cost(checked, job_cost(checked, catalog), limits.max_job_cost)
     return checked, warnings
 
 
 def _validate_fields(request: Request, catalog: Catalog, limits: Limits) -> tuple[Request, list[str]]:
     warnings: list[str] = []
-    if isinstance(request, CompareRequest):
-        return _validate_compare(request, catalog, limits, warnings), warnings
-    task = TASK_OF.get(type(request))
-    if task is None:
+    if type(request) not in REQUEST_TYPES.values():
         raise InvalidRequest(f"Unknown request type {type(request).__name__}.")
+    task = request.task
     common: dict[str, Any] = {
         "prompt": _clean_text(request.prompt, "Prompt"),
         "negative_prompt": _clean_text(request.negative_prompt, "Negative prompt"),
@@ -258,6 +283,12 @@ def _validate_fields(request: Request, catalog: Catalog, limits: Limits) -> tupl
         height = native if request.height is None else request.height
         common["width"] = _side(width, "Width", limits, warnings)
         common["height"] = _side(height, "Height", limits, warnings)
+        from sd2_app.api.txt2img_options import check_hires, check_seed_extras, check_tiling
+
+        common["hires"] = check_hires(request.hires, (common["width"], common["height"]), common["sampling"],
+                                      catalog, limits)
+        common["seed_extras"] = check_seed_extras(request.seed_extras, limits)
+        common["tiling"] = check_tiling(request.tiling)
     elif isinstance(request, Img2ImgRequest):
         image = _image(request.image, "an init image", limits.max_input_pixels)
         if request.width is not None or request.height is not None:
@@ -286,6 +317,8 @@ def _validate_fields(request: Request, catalog: Catalog, limits: Limits) -> tupl
             only_masked_padding=_integer(request.only_masked_padding, "Only-masked padding", 0, 256),
             keep_unmasked=_flag(request.keep_unmasked, "Keep unmasked"),
         )
+    elif isinstance(request, OutpaintRequest):
+        common.update(_outpaint_fields(request, steps, limits))
     elif isinstance(request, UpscaleRequest):
         image = _image(request.image, "an image to upscale", limits.max_upscale_input_pixels)
         common.update(
@@ -297,30 +330,29 @@ def _validate_fields(request: Request, catalog: Catalog, limits: Limits) -> tupl
         image = _fit_inside(_image(request.image, "an image", limits.max_input_pixels), limits.max_side, warnings)
         depth = request.depth_map
         if depth is not None:
-            depth = _image(depth, "the depth map", limits.max_input_pixels).convert("L")
+            depth = _decoded(to_depth, _check_size(depth, "the depth map", limits.max_input_pixels), "the depth map")
+            if not np.isfinite(np.asarray(depth)).all():
+                raise InvalidRequest("The depth map has NaN or infinite values; save it with finite depths.")
         common.update(image=image, depth_map=depth, strength=_strength(request.strength, steps))
     return replace(request, **common), warnings
 
 
-def _validate_compare(request: CompareRequest, catalog: Catalog, limits: Limits, warnings: list[str]) -> CompareRequest:
-    names = tuple(request.samplers)
-    if not names:
-        raise InvalidRequest("Choose at least one sampler to compare.")
-    unknown = [n for n in names if n not in catalog.samplers]
-    if unknown:
-        raise InvalidRequest(f"Unknown sampler(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(catalog.samplers)}.")
-    if len(set(names)) != len(names):
-        names = tuple(dict.fromkeys(names))
-    base = request.base
-    if not isinstance(base, Txt2ImgRequest):
-        raise InvalidRequest("A comparison runs a text-to-image request.")
-    # Validate with the first sampler and no Karras, then keep Karras for the samplers that offer it.
-    plain = replace(base, sampling=replace(base.sampling, sampler=names[0], use_karras=False))
-    checked, base_warnings = _validate_fields(plain, catalog, limits)
-    sampling = replace(checked.sampling, use_karras=_flag(base.sampling.use_karras, "Karras sigmas"))
-    if sampling.use_karras:
-        without = [n for n in names if not catalog.samplers[n]]
-        if without:
-            warnings.append(f"Karras sigmas are not available for {', '.join(without)}; they use their own schedule.")
-    warnings.extend(base_warnings)
-    return replace(request, base=replace(checked, sampling=sampling), samplers=names)
+def _outpaint_fields(request: OutpaintRequest, steps: int, limits: Limits) -> dict[str, Any]:
+    """The image (never resized: its pixels come back unchanged), margins, fill and blur of an outpaint."""
+    image = _image(request.image, "an image to outpaint", limits.max_input_pixels)
+    sides = {side: _integer(getattr(request, side), f"Outpaint {side}", 0, limits.max_side) for side in OUTPAINT_SIDES}
+    odd = [f"{side} {value}" for side, value in sides.items() if value % 8]
+    if odd:
+        raise InvalidRequest(f"Outpaint margins must be multiples of 8 pixels; got {', '.join(odd)}.")
+    if not any(sides.values()):
+        raise InvalidRequest("Choose how far to extend the image: left, right, up or down (multiples of 8).")
+    width = image.width + sides["left"] + sides["right"]
+    height = image.height + sides["up"] + sides["down"]
+    if max(width, height) > limits.max_side:
+        raise InvalidRequest(f"The extended image would be {width}x{height}; each side may be at most "
+                             f"{limits.max_side} pixels. Extend less or start from a smaller image.")
+    if request.fill not in OUTPAINT_FILLS:
+        raise InvalidRequest(f"Unknown outpaint fill {request.fill!r}; choose one of: {', '.join(OUTPAINT_FILLS)}.")
+    return {**sides, "image": image, "fill": request.fill, "strength": _strength(request.strength, steps),
+            "mask_blur": _integer(request.mask_blur, "Mask blur", 0, 64),
+            "keep_original": _flag(request.keep_original, "Keep the original")}

@@ -13,13 +13,12 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
-from sd2_app.checkpoints.catalog import CheckpointSpec
+from sd2_app.checkpoints.catalog import TEXT_TASKS, CheckpointSpec
 
 log = logging.getLogger(__name__)
 
 ENV_ALLOWED_REPOS = "SD2APP_ALLOWED_REPOS"
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
-CUSTOM_TASKS = ("txt2img", "img2img")
 CUSTOM_RESOLUTION = 512  # a custom repo's native side is unknown before loading; 512 is SD2-base's
 
 
@@ -38,7 +37,7 @@ def custom_specs(repos: Iterable[str], registry: Mapping[str, CheckpointSpec]) -
             continue
         if repo in registry:
             continue
-        specs[repo] = CheckpointSpec(repo, f"{repo} (custom)", (repo,), None, CUSTOM_RESOLUTION, CUSTOM_TASKS)
+        specs[repo] = CheckpointSpec(repo, f"{repo} (custom)", (repo,), None, CUSTOM_RESOLUTION, TEXT_TASKS)
     if specs:
         log.info("custom repos allowed by the operator: %s", ", ".join(specs))
     return specs

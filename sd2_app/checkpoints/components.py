@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from sd2_app.nn.unet import UNet
+    from sd2_app.nn.unet import Denoiser
     from sd2_app.nn.vae import AutoencoderKL
     from sd2_app.samplers.schedules import SchedulerConfig
 
@@ -19,7 +19,7 @@ class Components:
 
     key: str  # registry key, e.g. "sd21-base"
     repo: str  # the repo id or folder actually loaded
-    unet: UNet
+    unet: Denoiser  # the UNet, or accel's CUDA-graph wrapper of it (after Accelerator.prepare)
     vae: AutoencoderKL
     text_encoder: Any  # transformers.CLIPTextModel
     tokenizer: Any  # transformers.CLIPTokenizer

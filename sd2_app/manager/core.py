@@ -91,6 +91,9 @@ class ModelManager:
         self._active: str | None = None  # key of the job holding the lock
         # Speed switches (CUDA graphs, fused ops, compile) apply on CUDA only; on CPU the modules run as loaded.
         self._accel = Accelerator(accel) if self.device.type == "cuda" else None
+        # accel's one hook: told whenever a part moves between tiers or is freed (Accelerator.on_moved)
+        self._on_moved: Callable[[torch.nn.Module], None] = (
+            self._accel.on_moved if self._accel is not None else lambda module: None)
         if self._accel is not None:
             setup_backends(self.device, allow_tf32=self._accel.options.tf32,
                            cudnn_benchmark=self._accel.options.cudnn_benchmark)
@@ -332,7 +335,7 @@ class ModelManager:
                 continue
             users = [self._entries[u] for u in part.users if u in self._entries]
             if not users and identity not in keep:
-                self._drop_graphs(part.module)
+                self._on_moved(part.module)
                 with self._state_lock:
                     del self._parts[identity]
                 logger.info("freed %s %s (%s)", part.name, identity[:12], _gib(part.nbytes))
@@ -340,8 +343,6 @@ class ModelManager:
                 continue
             want: Tier = "device" if identity in keep or any(u.tier == "device" for u in users) else "offloaded"
             if part.tier != want:
-                if want == "offloaded":
-                    self._drop_graphs(part.module)
                 target = self.device if want == "device" else torch.device("cpu")
                 try:
                     memory.move_module(part.module, target, pin=self._pin)
@@ -349,6 +350,7 @@ class ModelManager:
                     if want == "device":  # undo a half move, so the part is wholly where its tier says
                         memory.move_module(part.module, torch.device("cpu"), pin=self._pin)
                     raise
+                self._on_moved(part.module)
                 with self._state_lock:
                     part.tier = want
         # Only a freed part may sit in reference cycles and leave blocks worth returning to the driver. An
@@ -359,25 +361,17 @@ class ModelManager:
             gc.collect()
             memory.empty_device_cache(self.device)
 
-    def _drop_graphs(self, module: object) -> None:
-        """Free the CUDA graphs captured for a UNet or text encoder (their private memory pool stays on the
-        device otherwise, unseen by the budgets, and their recorded weight addresses are about to go stale)."""
-        graphs = self._accel.graphs(module) if self._accel is not None else None  # type: ignore[arg-type]
-        if graphs is not None and graphs.graph_count:
-            logger.info("dropping %d CUDA graph(s) of a part leaving %s", graphs.graph_count, self.device)
-            graphs.reset()
-
     def _free_device(self, keep: str | None) -> None:
         """Offload every checkpoint but `keep` and return cached blocks to the driver (before an OOM retry).
 
-        `keep`'s own CUDA graphs are dropped too: graphs of other shapes hold activation memory.
+        `keep`'s parts are reported to accel as moved too: its CUDA graphs of other shapes hold memory.
         """
         for entry in list(self._entries.values()):
             if entry.tier == "device" and entry.key != keep:
                 keep_parts = set(self._entries[keep].parts.values()) if keep in self._entries else set()
                 self._offload_entry(entry, keep_parts, incoming=keep)
         for identity in self._entries[keep].parts.values() if keep in self._entries else ():
-            self._drop_graphs(self._parts[identity].module)
+            self._on_moved(self._parts[identity].module)
         gc.collect()
         memory.empty_device_cache(self.device)
 

@@ -7,11 +7,30 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def sdpa_runs_fused(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether F.scaled_dot_product_attention runs a fused kernel (flash, memory-efficient or cuDNN) for
+    these inputs rather than its math backend. The fused kernels accumulate QK^T and the softmax in fp32
+    whatever the input dtype; the math backend computes QK^T in the inputs' dtype, where fp16 can overflow.
+
+    PyTorch's own choice (torch._fused_sdp_choice, the dispatcher F.scaled_dot_product_attention uses, with
+    the backends enabled now): a few microseconds of host time, paid once per CUDA-graph capture on the
+    default path. Inside torch.compile, CUDA inputs count as fused: Inductor lowers SDPA to those kernels.
+    """
+    if torch.compiler.is_compiling():
+        return q.is_cuda
+    choose = getattr(torch, "_fused_sdp_choice", None)
+    return choose is not None and int(choose(q, k, v)) > 0  # 0: the math backend, -1: none (both unfused)
+
+
 class Attention(nn.Module):
     """Multi-head attention through F.scaled_dot_product_attention (scale head_dim**-0.5, no mask).
 
-    `upcast` (SD2.1-768's `upcast_attention`) runs the attention product in fp32 and casts back, because
-    QK^T overflows fp16 for that checkpoint. The choice is made here once, not per call site.
+    `upcast` (the checkpoint's `upcast_attention`, set by SD 2.1-768) was made for implementations whose fp16
+    QK^T overflows. SDPA's fused kernels cannot overflow that way (they accumulate in fp32), so, as in
+    diffusers' default processor (attention_processor.py, AttnProcessor2_0, which ignores the flag), the
+    product runs in fp16 wherever one of them serves the inputs, and in fp32 only where SDPA would fall back
+    to its math backend (`sdpa_runs_fused`). `force_fp32` computes every product in fp32: the retry after a
+    sampling run produced NaN/inf.
     """
 
     def __init__(self, query_dim: int, context_dim: int, heads: int, head_dim: int, *,
@@ -21,6 +40,7 @@ class Attention(nn.Module):
         self.heads = heads
         self.head_dim = head_dim
         self.upcast = upcast
+        self.force_fp32 = False
         self.to_q = nn.Linear(query_dim, inner, bias=bias)
         self.to_k = nn.Linear(context_dim, inner, bias=bias)
         self.to_v = nn.Linear(context_dim, inner, bias=bias)
@@ -33,12 +53,14 @@ class Attention(nn.Module):
         q = self.to_q(x).view(b, -1, self.heads, self.head_dim).transpose(1, 2)  # (B, heads, N, hd)
         k = self.to_k(context).view(b, -1, self.heads, self.head_dim).transpose(1, 2)  # (B, heads, M, hd)
         v = self.to_v(context).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
-        if self.upcast:
-            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, hd)
-        out = out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
+        out = self.attend(q, k, v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
         return self.to_out[0](out)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """softmax(q k^T / sqrt(hd)) v for (B, heads, N|M, hd) inputs, in the precision the class doc says."""
+        if q.dtype != torch.float32 and (self.force_fp32 or (self.upcast and not sdpa_runs_fused(q, k, v))):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, hd)
 
 
 class GEGLU(nn.Module):
@@ -123,11 +145,11 @@ class Transformer2D(nn.Module):
             x = x.permute(0, 2, 3, 1).reshape(b, h * w, -1)
         for block in self.transformer_blocks:
             x = block(x, context)
-        # Back to (B, C, H, W) in the residual's layout: channels_last is the token layout already (no copy).
-        layout = (torch.channels_last if not residual.is_contiguous()
-                  and residual.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+        return self.tokens_to_image(x, residual) + residual
+
+    def tokens_to_image(self, x: Tensor, residual: Tensor) -> Tensor:
+        """proj_out of the (B, HW, inner) tokens, as a contiguous image shaped like `residual` (B, C, H, W)."""
+        b, _, h, w = residual.shape
         if self.use_linear_projection:
-            x = self.proj_out(x).reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous(memory_format=layout)
-        else:
-            x = self.proj_out(x.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous(memory_format=layout))
-        return x + residual
+            return self.proj_out(x).reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
+        return self.proj_out(x.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous())

@@ -12,9 +12,7 @@ class ResnetBlock2D(nn.Module):
 
     UNet resnets add a projection of the time embedding after conv1 (`time_dim`); VAE resnets have none.
     The caller passes the time embedding already through SiLU, so the UNet applies that activation once
-    per forward instead of once per resnet (same numbers). The up path's resnets take their skip connection
-    as a separate argument, concatenated after x's channels here, so an accelerated twin can read the two
-    tensors without building the concatenation.
+    per forward instead of once per resnet (same numbers).
     """
 
     def __init__(self, in_channels: int, out_channels: int, time_dim: int | None, *,
@@ -28,11 +26,8 @@ class ResnetBlock2D(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
-    def forward(self, x: Tensor, emb_act: Tensor | None = None, skip: Tensor | None = None) -> Tensor:
-        # x: (B, Cin, H, W), or with skip (B, Cs, H, W) the two make Cin channels together;
-        # emb_act: (B, time_dim) = silu(time embedding), or None in the VAE
-        if skip is not None:
-            x = torch.cat([x, skip], dim=1)
+    def forward(self, x: Tensor, emb_act: Tensor | None = None) -> Tensor:
+        # x: (B, Cin, H, W); emb_act: (B, time_dim) = silu(time embedding), or None in the VAE
         h = self.conv1(F.silu(self.norm1(x)))
         if self.time_emb_proj is not None:
             h = h + self.time_emb_proj(emb_act)[:, :, None, None]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,6 +22,21 @@ from sd2_app.nn.unet_blocks import (
 
 _DOWN = {"CrossAttnDownBlock2D": CrossAttnDownBlock2D, "DownBlock2D": DownBlock2D}
 _UP = {"CrossAttnUpBlock2D": CrossAttnUpBlock2D, "UpBlock2D": UpBlock2D}
+
+
+class Denoiser(Protocol):
+    """What a pipeline calls as the UNet: the UNet itself, or something that runs it (accel's CudaGraphUNet
+    replays it from CUDA graphs). The pipelines use this much of it and no more."""
+
+    @property
+    def config(self) -> UNetConfig: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def modules(self) -> Iterator[nn.Module]: ...
+
+    def __call__(self, sample: Tensor, timestep: Tensor | float, encoder_hidden_states: Tensor,
+                 class_labels: Tensor | None = None) -> Tensor: ...
 
 
 class UNet(nn.Module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from sd2_app.nn.attention import Transformer2D
@@ -115,7 +116,7 @@ class UpBlock2D(nn.Module):
                 upsample_size: tuple[int, int] | None = None) -> Tensor:
         """`skips` holds this block's skip states in push order; the most recent is consumed first."""
         for resnet, skip in zip(self.resnets, reversed(skips), strict=True):
-            x = resnet(x, emb_act, skip)
+            x = resnet(torch.cat([x, skip], dim=1), emb_act)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x, upsample_size)
         return x
@@ -132,7 +133,7 @@ class CrossAttnUpBlock2D(nn.Module):
     def forward(self, x: Tensor, skips: list[Tensor], emb_act: Tensor, context: Tensor,
                 upsample_size: tuple[int, int] | None = None) -> Tensor:
         for resnet, attn, skip in zip(self.resnets, self.attentions, reversed(skips), strict=True):
-            x = attn(resnet(x, emb_act, skip), context)
+            x = attn(resnet(torch.cat([x, skip], dim=1), emb_act), context)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x, upsample_size)
         return x

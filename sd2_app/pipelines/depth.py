@@ -72,7 +72,7 @@ def depth2img(components: Components, request: DepthRequest, on_step: ProgressFn
     original = request.image.convert("RGB")
     if request.depth_map is not None:
         depth = grayscale_to_tensor(request.depth_map).to(components.device)  # (1, H', W') in [0, 1]
-        depth_image = request.depth_map.convert("L").resize(original.size, Image.Resampling.BICUBIC)
+        depth_image = depth_to_image(depth, original.size)  # min/max stretched: what the condition sees
     else:
         depth = estimate_depth(components, original)
         depth_image = depth_to_image(depth, original.size)

@@ -83,5 +83,8 @@ def to_numpy(images: torch.Tensor) -> np.ndarray:
 
 
 def grayscale_to_tensor(image: Image.Image) -> torch.Tensor:
-    """A user depth map (any mode) -> (1, H, W) float32 in [0, 1], white = near."""
+    """A user depth map -> (1, H, W) float32, white = near: a float ("F") image's values as they are (16-bit
+    and float maps, see api/validation.py `to_depth`), any other mode as 8-bit grayscale in [0, 1]."""
+    if image.mode == "F":
+        return torch.from_numpy(np.array(image, dtype=np.float32))[None]
     return _to_tensor(image.convert("L"))[:, 0]

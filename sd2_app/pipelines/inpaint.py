@@ -6,6 +6,8 @@ Beyond the reference: "only masked" (crop around the mask, work at the model's r
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -58,8 +60,12 @@ def _generate(
 
 
 @torch.inference_mode()
-def inpaint(components: Components, request: InpaintRequest, on_step: ProgressFn | None = None) -> PipelineOutput:
-    """Repaint the white part of the mask; see the module docstring for the two modes beyond the reference."""
+def inpaint(components: Components, request: InpaintRequest, on_step: ProgressFn | None = None, *,
+            extra_settings: dict[str, Any] | None = None) -> PipelineOutput:
+    """Repaint the white part of the mask; see the module docstring for the two modes beyond the reference.
+
+    `extra_settings` are appended to the parameters text (outpainting records its margins and fill there).
+    """
     if components.unet.config.in_channels != 9:
         raise InvalidRequest(f"{components.key} is not an inpainting checkpoint (its UNet takes "
                              f"{components.unet.config.in_channels} channels, inpainting needs 9)")
@@ -103,6 +109,7 @@ def inpaint(components: Components, request: InpaintRequest, on_step: ProgressFn
         settings["Inpaint area"] = "Only masked"
         settings["Masked area padding"] = request.only_masked_padding
     settings["Keep unmasked"] = request.keep_unmasked
+    settings.update(extra_settings or {})
     label_images(images, request.prompt, request.negative_prompt, settings)
     mask_image = full_mask if out_size == original.size else binarize(request.mask, out_size)
     return PipelineOutput(images=images, latents=latents, width=out_size[0], height=out_size[1],

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from sd2_app.nn.unet import Denoiser
 from sd2_app.pipelines.tiling import run_tiled
 
 ProgressFn = Callable[[int, int, torch.Tensor], None]  # (steps done, total steps, x0 latents (B, 4, h, w))
@@ -51,7 +52,7 @@ def rescale_guidance(pred: torch.Tensor, pred_cond: torch.Tensor, phi: float) ->
 
 
 def make_guided_model(
-    unet: torch.nn.Module,
+    unet: Denoiser,
     cond: Conditioning,
     *,
     cfg_scale: float,
@@ -97,7 +98,7 @@ def _tiled(model: Callable[..., torch.Tensor], tiling: Tiling) -> ModelFn:
 
 
 def run_sampling(
-    unet: torch.nn.Module,
+    unet: Denoiser,
     cond: Conditioning,
     x: torch.Tensor,
     schedule: Any,

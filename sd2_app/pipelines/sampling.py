@@ -39,10 +39,8 @@ def plan_sampling(config: Any, sampling: Sampling, strength: float | None = None
     """Schedule for the request's sampler; with `strength`, only its last `int(N * strength)` steps."""
     from sd2_app.samplers import SAMPLERS, make_schedule, start_at
 
-    if sampling.sampler not in SAMPLERS:
-        raise InvalidRequest(f"unknown sampler {sampling.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    spec = SAMPLERS[sampling.sampler]
     schedule = make_schedule(config, sampling.sampler, sampling.steps, use_karras=sampling.use_karras)
+    spec = SAMPLERS[sampling.sampler]  # the name is known: validation checked it, make_schedule too
     if strength is not None:
         schedule = start_at(schedule, strength)
         if len(schedule.sigmas) < 2:

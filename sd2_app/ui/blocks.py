@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from sd2_app.ui import compare, depth, history, img2img, inpaint, models, pnginfo, txt2img, upscale
-from sd2_app.ui.common import ResultPanel, selected_image
+from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
+from sd2_app.ui.common import ResultPanel, SamplingControls, selected_image
 from sd2_app.ui.hosting import Hosting, Visitors, install
 from sd2_app.ui.runner import StopFlags
+from sd2_app.ui.txt2img_extras import from_parameters
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
+STATIC = Path(__file__).resolve().parent / "static"
 TITLE = "Stable Diffusion 2"
 
 
@@ -30,22 +34,46 @@ def _examples(assets: Path) -> dict[str, list[list[Any]]]:
     }
 
 
-def _wire_send(panel: ResultPanel, source_prompt: gr.Textbox, source_negative: gr.Textbox, tabs: gr.Tabs,
-               targets: dict[str, tuple[Any, gr.Textbox, gr.Textbox]], prefix: str) -> None:
-    """Each "Send to X" button copies the picked result and the prompts into tab X and switches to it."""
+@dataclass
+class SendTarget:
+    """Where "Send to <tab>" puts things: the image box, the prompts and, where they apply, the sampling controls."""
+
+    image: Any
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    sampling: SamplingControls | None = None
+    editor: gr.ImageMask | None = None  # set when `image` is only the courier of an image editor
+
+
+def _wire_send(tab: Any, tabs: gr.Tabs, targets: dict[str, SendTarget], prefix: str) -> None:
+    """Each "Send to X" button copies the picked result, the prompts (and seed, sampler, steps and CFG where X
+    samples the same way) into tab X and switches to it. Queued, so "Generate an image first." reaches the user."""
+    panel: ResultPanel = tab.panel
     for target, button in panel.send_buttons.items():
-        image_box, prompt_box, negative_box = targets[target]
-        is_editor = isinstance(image_box, gr.ImageMask)
+        into = targets[target]
+        carry = into.sampling is not None
 
-        def send(gallery: Any, index: Any, text: str, negative: str, is_editor: bool = is_editor,
-                 target: str = target) -> tuple:
+        def send(gallery: Any, index: Any, text: str, negative: str, seed: Any, *sampling: Any,
+                 target: str = target, carry: bool = carry) -> tuple:
             image = selected_image(gallery, index)
-            value = {"background": image, "layers": [], "composite": image} if is_editor else image
-            return value, text, negative, gr.Tabs(selected=target)
+            if not carry:
+                return image, text, negative, gr.Tabs(selected=target)
+            sampler, karras, steps, cfg = sampling
+            return (image, text, negative, gr.Tabs(selected=target), sampler, karras, steps, cfg,
+                    gr.skip() if seed is None else seed)
 
-        button.click(send, [panel.gallery, panel.selected, source_prompt, source_negative],
-                     [image_box, prompt_box, negative_box, tabs], api_name=f"{prefix}_send_to_{target}",
-                     api_visibility="private", queue=False)
+        inputs = [panel.gallery, panel.selected, tab.prompt, tab.negative, panel.last_seed]
+        outputs = [into.image, into.prompt, into.negative, tabs]
+        if carry:
+            source, dest = tab.sampling, into.sampling
+            inputs += [source.sampler, source.karras, source.steps, source.cfg]
+            outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed]
+        sent = button.click(send, inputs, outputs, api_name=f"{prefix}_send_to_{target}", api_visibility="private")
+        if into.editor is not None:
+            editor_id, courier_id = into.editor.elem_id, into.image.elem_id
+            sent.success(None, js=f"() => window.sd2SendToEditor({courier_id!r}, {editor_id!r})").then(
+                lambda: None, None, into.image, api_name=f"{prefix}_sent_to_{target}", api_visibility="private",
+                queue=False, show_progress="hidden")
 
 
 def build_ui(service: Any, *, assets: Path = ASSETS, hosting: Hosting = Hosting()) -> gr.Blocks:
@@ -58,7 +86,8 @@ def build_ui(service: Any, *, assets: Path = ASSETS, hosting: Hosting = Hosting(
     flags = StopFlags(visitors)
     examples = _examples(assets)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
-        gr.Markdown(f"# {TITLE}\nText to image, image to image, inpainting, ×4 upscaling and depth to image.")
+        gr.Markdown(f"# {TITLE}\nText to image, image to image, inpainting, outpainting, ×4 upscaling, depth to "
+                    "image and X/Y/Z plots.", elem_id="app-title")
         with gr.Tabs() as tabs:
             with gr.Tab("Text to image", id="txt2img"):
                 t2i = txt2img.build(service, flags)
@@ -66,12 +95,14 @@ def build_ui(service: Any, *, assets: Path = ASSETS, hosting: Hosting = Hosting(
                 i2i = img2img.build(service, flags, examples["img2img"])
             with gr.Tab("Inpaint", id="inpaint"):
                 inp = inpaint.build(service, flags, examples["inpaint"])
+            with gr.Tab("Outpaint", id="outpaint"):
+                out = outpaint.build(service, flags)
             with gr.Tab("Upscale ×4", id="upscale"):
                 up = upscale.build(service, flags, examples["upscale"])
             with gr.Tab("Depth to image", id="depth"):
                 dep = depth.build(service, flags, examples["depth"])
-            with gr.Tab("Compare samplers", id="compare"):
-                compare.build(service, flags)
+            with gr.Tab("X/Y/Z plot", id="xyz"):
+                xyz_plot.build(service, flags)
             with gr.Tab("Models", id="models") as models_tab:
                 refresh_models, models_outputs = models.build(service, admin=hosting.model_admin)
             with gr.Tab("History", id="history") as history_tab:
@@ -79,17 +110,23 @@ def build_ui(service: Any, *, assets: Path = ASSETS, hosting: Hosting = Hosting(
             with gr.Tab("PNG info", id="pnginfo"):
                 png_image, png_fields, png_send = pnginfo.build(service)
         targets = {
-            "img2img": (i2i.image, i2i.prompt, i2i.negative),
-            "inpaint": (inp.editor, inp.prompt, inp.negative),
-            "upscale": (up.image, up.prompt, up.negative),
+            "img2img": SendTarget(i2i.image, i2i.prompt, i2i.negative, i2i.sampling),
+            "inpaint": SendTarget(inp.incoming, inp.prompt, inp.negative, inp.sampling, editor=inp.editor),
+            "upscale": SendTarget(up.image, up.prompt, up.negative),
         }
-        for prefix, tab in (("txt2img", t2i), ("img2img", i2i), ("inpaint", inp), ("upscale", up), ("depth", dep)):
-            _wire_send(tab.panel, tab.prompt, tab.negative, tabs, targets, prefix)
+        tabs_with_results = (("txt2img", t2i), ("img2img", i2i), ("inpaint", inp), ("outpaint", out), ("upscale", up),
+                             ("depth", dep))
+        for prefix, tab in tabs_with_results:
+            _wire_send(tab, tabs, targets, prefix)
         models_tab.select(refresh_models, None, models_outputs, api_name="models_tab",
                           api_visibility="private", queue=False)
         history_tab.select(refresh_history, None, history_outputs, api_name="history_tab", api_visibility="private",
                            queue=False)
         _wire_png_send(png_send, png_fields, t2i, tabs)
+        # Gradio 6 takes style sheets and scripts only at launch(); the page script adds ours on load instead, so
+        # every launcher (app.py, Spaces, the tests) gets them.
+        css = json.dumps((STATIC / "app.css").read_text(encoding="utf-8"))
+        demo.load(None, js=f"() => ({(STATIC / 'app.js').read_text(encoding='utf-8')})({css})")
     install(demo, visitors)
     return demo
 
@@ -142,8 +179,9 @@ def _wire_png_send(button: gr.Button, fields: gr.JSON, t2i: txt2img.Txt2ImgTab, 
             clamp_to(int(width), t2i.width) if width.isdigit() else keep,
             clamp_to(int(height), t2i.height) if height.isdigit() else keep,
             gr.Tabs(selected="txt2img"),
+            *from_parameters(parsed, names),  # hires fix, seed extras, tiling
         )
 
     outputs = [t2i.prompt, t2i.negative, controls.sampler, controls.karras, controls.steps, controls.cfg,
-               controls.seed, t2i.width, t2i.height, tabs]
+               controls.seed, t2i.width, t2i.height, tabs, *t2i.extras.inputs()]
     button.click(send, fields, outputs, api_name="png_info_send", api_visibility="private", queue=False)

@@ -8,6 +8,7 @@ progress (bar with the step count, live preview every few steps) and shows the r
 from __future__ import annotations
 
 import inspect
+import math
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -19,13 +20,17 @@ from PIL import Image
 
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 from sd2_app.api.requests import Request, Sampling
+from sd2_app.api.tasks import TASKS, default_checkpoint
 from sd2_app.ui.hosting import stop_flag_of
-from sd2_app.ui.runner import GPU_QUEUE, StopFlags, gpu, stream, user_message
+from sd2_app.ui.layout import GENERATE, RUNNING
+from sd2_app.ui.runner import GPU_QUEUE, StopFlags, gpu, stopped_message, stream, user_message
 
 log = logging.getLogger(__name__)
 
-STOPPING = "Stopping at the next step…"  # what Stop shows until the run has ended
-DEFAULT_SAMPLER = "DPM++ 2M"
+NOTHING_TO_STOP = "Nothing to stop."  # Stop from a visitor with no job, running or queued
+STOPPING = "Stopping at the next step…"  # what a late preview shows after Stop, until the run has ended
+QUEUED = "Queued…"  # the info line from Generate until the run starts
+STARTING = "Starting…"  # from the run's start until its first preview
 SAMPLING_NAMES = ("sampler", "use_karras", "steps", "cfg_scale", "guidance_rescale", "seed", "batch_size")
 EXAMPLE_PROMPTS = ("High quality photo of an astronaut riding a horse in space", "two tigers", "a white cat")
 
@@ -57,10 +62,20 @@ def to_sampling(sampler: str, karras: bool, steps: float, cfg: float, rescale: f
     )
 
 
+def checkpoint_dropdown(service: Any, task: str, **kwargs: Any) -> gr.Dropdown:
+    """The checkpoints that can run `task`, the task table's default preselected."""
+    choices = service.checkpoints(task)
+    default = default_checkpoint(task, [key for _, key in choices])
+    return gr.Dropdown(choices, value=default, label="Checkpoint", **kwargs)
+
+
 def sampling_controls(
-    service: Any, prefix: str, *, sampler: str = DEFAULT_SAMPLER, steps: int = 25, cfg: float = 7.5, batch: bool = True
+    service: Any, prefix: str, *, batch: bool = True, task: str | None = None
 ) -> tuple[SamplingControls, gr.Button, gr.Button]:
-    """The sampler settings, seed row and batch slider; returns them with the (randomize, reuse) seed buttons."""
+    """The sampler settings, seed row and batch slider, set to the defaults of `task` (default: `prefix`) in
+    the task table; returns them with the (randomize, reuse) seed buttons."""
+    spec = TASKS[task or prefix]
+    sampler, steps, cfg = spec.sampler, spec.steps, spec.cfg_scale
     names = service.samplers()
     with gr.Row():
         sampler_box = gr.Dropdown(names, value=sampler if sampler in names else names[0], label="Sampler", scale=3)
@@ -98,11 +113,12 @@ class ResultPanel:
     stop: gr.Button
 
 
-def run_buttons(prefix: str) -> tuple[gr.Button, gr.Button]:
-    with gr.Row():
-        run = gr.Button("Generate", variant="primary", scale=3, elem_id=f"{prefix}-run")
-        stop = gr.Button("Stop", variant="stop", scale=1, elem_id=f"{prefix}-stop")
-    return run, stop
+GALLERY_HEIGHT = 460  # px: with the prompt row above, the whole result fits a 900 px high window
+
+
+def gallery_columns(count: int) -> int:
+    """Columns for `count` results: one image fills the box, a batch makes a near-square grid."""
+    return max(1, math.ceil(math.sqrt(count)))
 
 
 def _picked(event: gr.SelectData) -> int:
@@ -117,21 +133,24 @@ def result_panel(
     extra_label: str | None = None,
     send_to: Sequence[tuple[str, str]] = (),
 ) -> ResultPanel:
-    """Live preview, PNG gallery (parameters embedded, downloadable), info text and "send to" buttons."""
-    preview = gr.Image(label="Live preview", type="pil", interactive=False, height=192, format="png",
-                       elem_id=f"{prefix}-preview")
-    gallery = gr.Gallery(label="Results", format="png", columns=2, height="auto", type="pil", interactive=False,
-                         buttons=["download", "fullscreen"], elem_id=f"{prefix}-gallery")
-    extra = None
-    if extra_label:
-        extra = gr.Image(label=extra_label, type="pil", interactive=False, format="png", height=256,
-                         elem_id=f"{prefix}-extra")
-    info = gr.Markdown(elem_id=f"{prefix}-info")
+    """PNG gallery (parameters embedded, downloadable; whole images, the grid sized to the batch), info text,
+    "send to" buttons, the live preview and the tab's extra image."""
+    gallery = gr.Gallery(label="Results", format="png", columns=1, height=GALLERY_HEIGHT, object_fit="contain",
+                         type="pil", interactive=False, buttons=["download", "fullscreen"],
+                         elem_id=f"{prefix}-gallery")
+    info = gr.Markdown(elem_id=f"{prefix}-info", elem_classes=["result-info"])
     buttons: dict[str, gr.Button] = {}
     if send_to:
         with gr.Row():
             for target, label in send_to:
                 buttons[target] = gr.Button(f"Send to {label}", size="sm", elem_id=f"{prefix}-send-{target}")
+    with gr.Row(equal_height=False):
+        preview = gr.Image(label="Live preview", type="pil", interactive=False, height=160, format="png",
+                           elem_id=f"{prefix}-preview")
+        extra = None
+        if extra_label:
+            extra = gr.Image(label=extra_label, type="pil", interactive=False, format="png", height=160,
+                             elem_id=f"{prefix}-extra")
     selected = gr.State(0)
     gallery.select(_picked, None, selected, api_name=f"{prefix}_select", api_visibility="private", queue=False)
     return ResultPanel(preview, gallery, info, extra, gr.State(None), selected, buttons, run, stop)
@@ -218,11 +237,13 @@ def stream_result(
     flag = flags.arm(session, queued_flag)
     progress(0, desc="Loading the model…")
     keep = (gr.skip(),) * (n_outputs - 3)
+    yield (gr.skip(), gr.skip(), STARTING, *keep)
     try:
         run = lambda on_progress, should_stop: service.run(request, on_progress, should_stop, owner=session)  # noqa: E731
         for item in stream(run, flag):
             if isinstance(item, tuple):
                 done, total, preview = item
+                flag.done, flag.total = done, total
                 progress((done, total), desc="Sampling", unit="steps")
                 if preview is not None:
                     # After Stop, a late preview must not put "Step n" back over the stop message.
@@ -231,9 +252,10 @@ def stream_result(
             else:
                 for warning in item.warnings:
                     gr.Warning(warning)
-                yield (gr.skip(), *finish(item))
-    except Cancelled as error:
-        yield (gr.skip(), gr.skip(), user_message(error), *keep)
+                # The live preview ends on the final image.
+                yield (item.images[0] if item.images else gr.skip(), *finish(item))
+    except Cancelled:
+        yield (gr.skip(), gr.skip(), stopped_message(flag), *keep)
     except InvalidRequest as error:
         log.info("refused a request: %s", error)
         raise gr.Error(user_message(error), print_exception=False) from error
@@ -255,8 +277,12 @@ def wire_run(
     names: Sequence[str],
     *,
     finish_extra: Callable[[Any], tuple] = lambda result: (),
+    body: Callable[..., Iterator[tuple]] | None = None,
 ) -> Any:
-    """Connect Generate (streaming, on the GPU queue) and Stop; returns the run event."""
+    """Connect Generate (streaming, on the GPU queue) and Stop; returns the run event.
+
+    `body` replaces `stream_result` (same arguments and yields) for a tab that streams more than previews:
+    the X/Y/Z plot shows each finished cell as it comes."""
     # `selected` goes back to 0 with every new result: an index picked in the previous gallery must not make
     # "Send to" carry another image of the new one.
     outputs: list[Any] = [panel.preview, panel.gallery, panel.info, panel.last_seed, panel.selected]
@@ -271,7 +297,7 @@ def wire_run(
     def handler(request: gr.Request, *values: Any) -> Iterator[tuple]:
         # Gradio passes (request, *widget values, progress tracker) by position: see the signature below.
         *widget_values, progress = values
-        yield from stream_result(
+        yield from (body or stream_result)(
             service, flags, lambda: make_request(*widget_values), flags.visitor(request), progress, finish,
             len(outputs), queued_flag=stop_flag_of(request),
         )
@@ -286,16 +312,35 @@ def wire_run(
     )
 
     server_checked(inputs)
-    event = panel.run.click(
-        handler, inputs, outputs, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=1,
+    # Generate: the buttons say a run is on and the last run's results go (so nothing old passes for new), then
+    # the run itself (the API event), then the buttons come back, whether the run succeeded, failed or stopped.
+    clear = (None,) * (len(outputs) - 5)  # the extra images; the seed and pick stay
+    started = panel.run.click(
+        lambda: (gr.update(value=RUNNING, interactive=False), gr.update(interactive=True), None, None, QUEUED,
+                 *clear),
+        None, [panel.run, panel.stop, panel.preview, panel.gallery, panel.info, *outputs[5:]],
+        api_name=f"{api_name}_starts", api_visibility="private", queue=False, show_progress="hidden",
+    )
+    event = started.then(
+        handler, inputs, outputs, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=service.concurrency,
         show_progress_on=[panel.gallery],  # the bar covers the results, not the live preview
     )
+    idle = (gr.update(value=GENERATE, interactive=True), gr.update(interactive=False))
 
-    def stop(request: gr.Request) -> str:
-        stopped = flags.stop(flags.visitor(request))
-        return STOPPING if stopped else "Nothing to stop."
+    def ends(gallery: Any) -> tuple:  # also sizes the grid to the batch (the API's gallery stays a plain list)
+        return (*idle, gr.update(columns=gallery_columns(len(gallery or []))))
 
-    panel.stop.click(stop, None, panel.info, api_name=f"{api_name}_stop", cancels=[event], queue=False)
+    event.then(ends, panel.gallery, [panel.run, panel.stop, panel.gallery], api_name=f"{api_name}_ends",
+               api_visibility="private", queue=False, show_progress="hidden")
+
+    def stop(request: gr.Request) -> tuple:
+        # Cancelling the event ends its stream, so the message after Stop comes from here, not from the run.
+        # Stop reaches the visitor's queued jobs too (their flags were set when they joined the queue).
+        flag, queued = flags.stop_all(flags.visitor(request))
+        return (stopped_message(flag) if flag is not None or queued else NOTHING_TO_STOP, *idle)
+
+    panel.stop.click(stop, None, [panel.info, panel.run, panel.stop], api_name=f"{api_name}_stop", cancels=[event],
+                     queue=False)
     return event
 
 

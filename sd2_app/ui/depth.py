@@ -8,19 +8,20 @@ from typing import Any
 import gradio as gr
 
 from sd2_app.api.requests import DepthRequest
+from sd2_app.api.tasks import TASKS
 from sd2_app.ui.common import (
+    checkpoint_dropdown,
     SAMPLING_NAMES,
     ResultPanel,
     SamplingControls,
     result_panel,
-    run_buttons,
     sampling_controls,
     to_sampling,
     wire_run,
     wire_seed_buttons,
 )
 from sd2_app.ui.runner import StopFlags
-from sd2_app.ui.txt2img import prompt_boxes
+from sd2_app.ui.layout import prompt_row, results_column, settings_column
 from sd2_app.ui.uploads import upload_image
 
 
@@ -34,24 +35,23 @@ class DepthTab:
 
 
 def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> DepthTab:
-    choices = service.checkpoints("depth")
-    with gr.Row():
-        with gr.Column(scale=5):
+    top = prompt_row("depth")
+    prompt, negative = top.prompt, top.negative
+    with gr.Row(equal_height=False):
+        with settings_column("depth"):
             with gr.Row():
                 image = upload_image(label="Image", type="pil", image_mode=None, sources=["upload", "clipboard"],
-                                 height=280, elem_id="depth-image")
+                                     height=280, elem_id="depth-image")
                 depth_map = upload_image(label="Depth map (optional, white = near)", type="pil", image_mode=None,
-                                     sources=["upload"], height=280, elem_id="depth-map")
-            checkpoint = gr.Dropdown(choices, value=choices[0][1], label="Checkpoint")
-            prompt, negative = prompt_boxes("depth")
+                                         sources=["upload"], height=280, elem_id="depth-map")
+            checkpoint = checkpoint_dropdown(service, "depth")
+            strength = gr.Slider(0, 1, TASKS["depth"].strength, step=0.01, label="Strength")
+            controls, randomize, reuse = sampling_controls(service, "depth")
             if examples:
                 gr.Examples(examples, [image, prompt], label="Examples")
-            strength = gr.Slider(0, 1, 0.7, step=0.01, label="Strength")
-            controls, randomize, reuse = sampling_controls(service, "depth")
-            run, stop = run_buttons("depth")
-        with gr.Column(scale=6):
-            panel = result_panel("depth", run, stop, extra_label="Depth map used",
-                                 send_to=(("img2img", "image to image"), ("upscale", "upscale")))
+        with results_column("depth"):
+            panel = result_panel("depth", top.run, top.stop, extra_label="Depth map used",
+                                 send_to=(("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale")))
     wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "depth")
 
     def make_request(picture: Any, depth: Any, key: str, text: str, negative_text: str, amount: float,

@@ -8,19 +8,20 @@ from typing import Any
 import gradio as gr
 
 from sd2_app.api.requests import Img2ImgRequest
+from sd2_app.api.tasks import TASKS
 from sd2_app.ui.common import (
+    checkpoint_dropdown,
     SAMPLING_NAMES,
     ResultPanel,
     SamplingControls,
     result_panel,
-    run_buttons,
     sampling_controls,
     to_sampling,
     wire_run,
     wire_seed_buttons,
 )
 from sd2_app.ui.runner import StopFlags
-from sd2_app.ui.txt2img import prompt_boxes
+from sd2_app.ui.layout import prompt_row, results_column, settings_column
 from sd2_app.ui.uploads import upload_image
 
 SEND_TO = (("inpaint", "inpaint"), ("upscale", "upscale"))
@@ -36,22 +37,20 @@ class Img2ImgTab:
 
 
 def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> Img2ImgTab:
-    choices = service.checkpoints("img2img")
-    default = "sd21-base" if any(key == "sd21-base" for _, key in choices) else choices[0][1]
-    with gr.Row():
-        with gr.Column(scale=5):
+    top = prompt_row("img2img")
+    prompt, negative = top.prompt, top.negative
+    with gr.Row(equal_height=False):
+        with settings_column("img2img"):
             image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
-                             height=320, elem_id="img2img-image")
-            checkpoint = gr.Dropdown(choices, value=default, label="Checkpoint")
-            prompt, negative = prompt_boxes("img2img")
-            if examples:
-                gr.Examples(examples, [image, prompt], label="Examples")
-            strength = gr.Slider(0, 1, 0.75, step=0.01, label="Strength",
+                                 height=320, elem_id="img2img-image")
+            checkpoint = checkpoint_dropdown(service, "img2img")
+            strength = gr.Slider(0, 1, TASKS["img2img"].strength, step=0.01, label="Strength",
                                  info="1 ignores the image's content, 0 keeps it")
             controls, randomize, reuse = sampling_controls(service, "img2img")
-            run, stop = run_buttons("img2img")
-        with gr.Column(scale=6):
-            panel = result_panel("img2img", run, stop, send_to=SEND_TO)
+            if examples:
+                gr.Examples(examples, [image, prompt], label="Examples")
+        with results_column("img2img"):
+            panel = result_panel("img2img", top.run, top.stop, send_to=SEND_TO)
     wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "img2img")
 
     def make_request(picture: Any, key: str, text: str, negative_text: str, amount: float, *sampling: Any) -> Img2ImgRequest:

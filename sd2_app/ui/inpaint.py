@@ -12,19 +12,20 @@ import gradio as gr
 from PIL import Image, ImageChops
 
 from sd2_app.api.requests import InpaintRequest
+from sd2_app.api.tasks import TASKS
 from sd2_app.ui.common import (
+    checkpoint_dropdown,
     SAMPLING_NAMES,
     ResultPanel,
     SamplingControls,
     result_panel,
-    run_buttons,
     sampling_controls,
     to_sampling,
     wire_run,
     wire_seed_buttons,
 )
 from sd2_app.ui.runner import StopFlags
-from sd2_app.ui.txt2img import prompt_boxes
+from sd2_app.ui.layout import prompt_row, results_column, settings_column
 from sd2_app.ui.uploads import guard_editor, upload_image
 
 SEND_TO = (("img2img", "image to image"), ("upscale", "upscale"))
@@ -33,6 +34,7 @@ SEND_TO = (("img2img", "image to image"), ("upscale", "upscale"))
 @dataclass
 class InpaintTab:
     editor: gr.ImageMask
+    incoming: gr.Image
     prompt: gr.Textbox
     negative: gr.Textbox
     sampling: SamplingControls
@@ -64,9 +66,10 @@ def split_editor(value: Any, uploaded_mask: Image.Image | None) -> tuple[Image.I
 
 
 def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> InpaintTab:
-    choices = service.checkpoints("inpaint")
-    with gr.Row():
-        with gr.Column(scale=5):
+    top = prompt_row("inpaint")
+    prompt, negative = top.prompt, top.negative
+    with gr.Row(equal_height=False):
+        with settings_column("inpaint"):
             editor = guard_editor(gr.ImageMask(
                 label="Image and mask: upload, then paint over what to repaint",
                 type="pil",
@@ -80,21 +83,23 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> InpaintT
             ), service.limits.max_input_pixels)
             with gr.Accordion("Or upload a mask image (white = repaint)", open=False):
                 mask_upload = upload_image(label="Mask", type="pil", image_mode=None, sources=["upload"], height=200)
-            checkpoint = gr.Dropdown(choices, value=choices[0][1], label="Checkpoint")
-            prompt, negative = prompt_boxes("inpaint")
-            if examples:
-                gr.Examples(examples, [editor, prompt], label="Examples")
+            # Where "Send to inpaint" puts the image; the page script uploads it into the editor from there
+            # (blocks.py, _wire_send), because Gradio's editor freezes when a server event sets its value.
+            incoming = gr.Image(type="pil", format="png", interactive=False, elem_id="inpaint-incoming",
+                                visible="hidden", show_label=False)
+            checkpoint = checkpoint_dropdown(service, "inpaint")
             with gr.Row():
-                strength = gr.Slider(0, 1, 1.0, step=0.01, label="Strength")
-                blur = gr.Slider(0, 64, 4, step=1, label="Mask blur (px)")
+                strength = gr.Slider(0, 1, TASKS["inpaint"].strength, step=0.01, label="Strength")
+                blur = gr.Slider(0, 64, InpaintRequest.mask_blur, step=1, label="Mask blur (px)")
             with gr.Row():
                 only_masked = gr.Checkbox(False, label="Only masked area",
                                           info="work at full resolution on a crop around the mask")
-                padding = gr.Slider(0, 256, 32, step=8, label="Only-masked padding (px)")
+                padding = gr.Slider(0, 256, InpaintRequest.only_masked_padding, step=8, label="Only-masked padding (px)")
             controls, randomize, reuse = sampling_controls(service, "inpaint")
-            run, stop = run_buttons("inpaint")
-        with gr.Column(scale=6):
-            panel = result_panel("inpaint", run, stop, extra_label="Mask used", send_to=SEND_TO)
+            if examples:
+                gr.Examples(examples, [editor, prompt], label="Examples")
+        with results_column("inpaint"):
+            panel = result_panel("inpaint", top.run, top.stop, extra_label="Mask used", send_to=SEND_TO)
     wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "inpaint")
 
     def make_request(value: Any, mask: Any, key: str, text: str, negative_text: str, amount: float, blur_px: float,
@@ -112,4 +117,4 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> InpaintT
     names = ("image_and_mask", "mask", "checkpoint", "prompt", "negative_prompt", "strength", "mask_blur", "only_masked",
              "only_masked_padding", *SAMPLING_NAMES)
     wire_run(service, flags, panel, inputs, make_request, "inpaint", names, finish_extra=mask_used)
-    return InpaintTab(editor, prompt, negative, controls, panel)
+    return InpaintTab(editor, incoming, prompt, negative, controls, panel)

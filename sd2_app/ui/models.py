@@ -128,7 +128,7 @@ def _wire_admin(service: Any, checkpoint: gr.Dropdown, load: gr.Button, unload: 
             raise gr.Error(str(error), print_exception=False) from error
         return current()
 
-    gpu_event = {"concurrency_id": GPU_QUEUE, "concurrency_limit": 1}
+    gpu_event = {"concurrency_id": GPU_QUEUE, "concurrency_limit": service.concurrency}
     load.click(do_load, checkpoint, outputs, api_name="load_model", **gpu_event)
     unload.click(do_unload, checkpoint, outputs, api_name="unload_model", **gpu_event)
     unload_all.click(lambda: do_unload(None), None, outputs, api_name="unload_all", **gpu_event)

@@ -35,6 +35,15 @@ def gpu(duration: int = 120) -> Callable[[F], F]:
     return spaces.GPU(duration=duration)
 
 
+class RunFlag(threading.Event):
+    """A run's stop flag, with how far the run got (steps `done` of `total`) for the message after Stop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done = 0
+        self.total = 0
+
+
 class StopFlags:
     """Stop flags per visitor: Stop stops that visitor's jobs, running or still queued, and nobody else's.
 
@@ -49,16 +58,16 @@ class StopFlags:
 
             visitors = Visitors()
         self.visitors = visitors
-        self._flags: dict[str, set[threading.Event]] = {}
+        self._flags: dict[str, set[RunFlag]] = {}
         self._lock = threading.Lock()
 
     def visitor(self, request: Any) -> str:
         """The server-issued id of the request's visitor (see `sd2_app.ui.visitors`)."""
         return self.visitors.identify(request)
 
-    def arm(self, session: str, flag: threading.Event | None = None) -> threading.Event:
+    def arm(self, session: str, flag: RunFlag | None = None) -> RunFlag:
         """The flag of a run that is starting now: `flag` (the one its queue place got) or a new one."""
-        flag = flag if flag is not None else threading.Event()
+        flag = flag if flag is not None else RunFlag()
         with self._lock:
             self._flags.setdefault(session, set()).add(flag)
         return flag
@@ -68,23 +77,34 @@ class StopFlags:
         with self._lock:
             flags = self._flags.get(session)
             if flags is not None:
-                flags.discard(flag)
+                flags.discard(flag)  # type: ignore[arg-type]
                 if not flags:
                     del self._flags[session]
 
-    def stop(self, session: str) -> bool:
-        """Set the flags of the session's running and queued jobs; False when it has none."""
+    def stop_all(self, session: str) -> tuple[RunFlag | None, int]:
+        """Set the flags of the session's running and queued jobs: (the running flag that got furthest, or
+        None; how many queued jobs were stopped)."""
         with self._lock:
-            flags = list(self._flags.get(session, ()))
-        for flag in flags:
+            running = list(self._flags.get(session, ()))
+        for flag in running:
             flag.set()
-        return bool(flags) + self.visitors.stop_waiting(session) > 0
+        furthest = max(running, key=lambda flag: (flag.total > 0, flag.done), default=None)
+        return furthest, self.visitors.stop_waiting(session)
+
+    def stop_run(self, session: str) -> RunFlag | None:
+        """Stop the session's jobs; the running flag that got furthest (None when none is running)."""
+        return self.stop_all(session)[0]
+
+    def stop(self, session: str) -> bool:
+        """Stop the session's jobs; False when it has none, running or queued."""
+        running, queued = self.stop_all(session)
+        return running is not None or queued > 0
 
 
 @functools.lru_cache(maxsize=1)
 def _executor() -> ThreadPoolExecutor:
-    # One worker is enough: the GPU events run one at a time (concurrency limit 1), the lock is the manager's.
-    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="sd2-run")
+    # The GPU queue's concurrency limit (`Service.concurrency`) bounds how many of these threads run jobs.
+    return ThreadPoolExecutor(max_workers=64, thread_name_prefix="sd2-run")
 
 
 def stream(
@@ -114,3 +134,12 @@ def stream(
 def user_message(error: InvalidRequest | Cancelled) -> str:  # noqa: D103
     """The text the user sees for a refused or stopped run."""
     return "Stopped." if isinstance(error, Cancelled) else str(error)
+
+
+def stopped_message(flag: RunFlag | None) -> str:
+    """What Stop leaves in the info line: how far the run got."""
+    if flag is None:
+        return "Stopped before it started."
+    if flag.total:
+        return f"Stopped after {flag.done}/{flag.total} steps."
+    return "Stopped before sampling began."

@@ -9,18 +9,20 @@ import gradio as gr
 
 from sd2_app.api.requests import Txt2ImgRequest
 from sd2_app.ui.common import (
+    checkpoint_dropdown,
     SAMPLING_NAMES,
     EXAMPLE_PROMPTS,
     ResultPanel,
     SamplingControls,
     result_panel,
-    run_buttons,
     sampling_controls,
     to_sampling,
     wire_run,
     wire_seed_buttons,
 )
+from sd2_app.ui.layout import prompt_row, results_column, settings_column
 from sd2_app.ui.runner import StopFlags
+from sd2_app.ui.txt2img_extras import NAMES as EXTRA_NAMES, Txt2ImgExtras, build_extras, request_fields
 
 SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
 
@@ -34,30 +36,24 @@ class Txt2ImgTab:
     height: gr.Slider
     sampling: SamplingControls
     panel: ResultPanel
-
-
-def prompt_boxes(prefix: str, value: str = "") -> tuple[gr.Textbox, gr.Textbox]:
-    prompt = gr.Textbox(value, label="Prompt", lines=2, placeholder="What to draw", elem_id=f"{prefix}-prompt")
-    negative = gr.Textbox("", label="Negative prompt", lines=1, placeholder="What to avoid", elem_id=f"{prefix}-negative")
-    return prompt, negative
+    extras: Txt2ImgExtras
 
 
 def build(service: Any, flags: StopFlags) -> Txt2ImgTab:
-    choices = service.checkpoints("txt2img")
-    default = "sd21-base" if any(key == "sd21-base" for _, key in choices) else choices[0][1]
-    side = service.resolution(default)
-    with gr.Row():
-        with gr.Column(scale=5):
-            checkpoint = gr.Dropdown(choices, value=default, label="Checkpoint", elem_id="txt2img-checkpoint")
-            prompt, negative = prompt_boxes("txt2img", EXAMPLE_PROMPTS[0])
-            gr.Examples([[p] for p in EXAMPLE_PROMPTS], [prompt], label="Example prompts")
-            controls, randomize, reuse = sampling_controls(service, "txt2img")
+    top = prompt_row("txt2img", EXAMPLE_PROMPTS[0])
+    prompt, negative = top.prompt, top.negative
+    with gr.Row(equal_height=False):
+        with settings_column("txt2img"):
+            checkpoint = checkpoint_dropdown(service, "txt2img", elem_id="txt2img-checkpoint")
+            side = service.resolution(checkpoint.value)
             with gr.Row():
                 width = gr.Slider(64, service.limits.max_side, side, step=8, label="Width", elem_id="txt2img-width")
                 height = gr.Slider(64, service.limits.max_side, side, step=8, label="Height", elem_id="txt2img-height")
-            run, stop = run_buttons("txt2img")
-        with gr.Column(scale=6):
-            panel = result_panel("txt2img", run, stop, send_to=SEND_TO)
+            controls, randomize, reuse = sampling_controls(service, "txt2img")
+            gr.Examples([[p] for p in EXAMPLE_PROMPTS], [prompt], label="Example prompts")
+            extras = build_extras(service, service.limits.max_side)  # tiling, hires fix, extra seed options
+        with results_column("txt2img"):
+            panel = result_panel("txt2img", top.run, top.stop, send_to=SEND_TO)
     wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "txt2img")
 
     def follow_checkpoint(key: str) -> tuple[int, int]:
@@ -67,13 +63,16 @@ def build(service: Any, flags: StopFlags) -> Txt2ImgTab:
     checkpoint.change(follow_checkpoint, checkpoint, [width, height], api_name="txt2img_native_size",
                       api_visibility="private", queue=False)
 
-    def make_request(key: str, text: str, negative_text: str, w: float, h: float, *sampling: Any) -> Txt2ImgRequest:
+    n_sampling = len(SAMPLING_NAMES)
+
+    def make_request(key: str, text: str, negative_text: str, w: float, h: float, *rest: Any) -> Txt2ImgRequest:
+        sampling, extra_values = rest[:n_sampling], rest[n_sampling:]
         return Txt2ImgRequest(
             prompt=text, negative_prompt=negative_text, checkpoint=key, width=w, height=h,  # type: ignore[arg-type]
-            sampling=to_sampling(*sampling),
+            sampling=to_sampling(*sampling), **request_fields(*extra_values),
         )
 
-    inputs = [checkpoint, prompt, negative, width, height, *controls.inputs()]
+    inputs = [checkpoint, prompt, negative, width, height, *controls.inputs(), *extras.inputs()]
     wire_run(service, flags, panel, inputs, make_request, "txt2img",
-             ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES))
-    return Txt2ImgTab(checkpoint, prompt, negative, width, height, controls, panel)
+             ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES, *EXTRA_NAMES))
+    return Txt2ImgTab(checkpoint, prompt, negative, width, height, controls, panel, extras)

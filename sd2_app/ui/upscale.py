@@ -10,18 +10,18 @@ from PIL import Image
 
 from sd2_app.api.requests import UpscaleRequest
 from sd2_app.ui.common import (
+    checkpoint_dropdown,
     SAMPLING_NAMES,
     ResultPanel,
     SamplingControls,
     result_panel,
-    run_buttons,
     sampling_controls,
     to_sampling,
     wire_run,
     wire_seed_buttons,
 )
 from sd2_app.ui.runner import StopFlags
-from sd2_app.ui.txt2img import prompt_boxes
+from sd2_app.ui.layout import prompt_row, results_column, settings_column
 from sd2_app.ui.uploads import upload_image
 
 SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"))
@@ -43,22 +43,21 @@ def before_image(result: Any) -> tuple:
 
 
 def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> UpscaleTab:
-    choices = service.checkpoints("upscale")
-    with gr.Row():
-        with gr.Column(scale=5):
+    top = prompt_row("upscale")
+    prompt, negative = top.prompt, top.negative
+    with gr.Row(equal_height=False):
+        with settings_column("upscale"):
             image = upload_image(label="Low-resolution image", type="pil", image_mode=None,
-                             sources=["upload", "clipboard"], height=320, elem_id="upscale-image")
-            checkpoint = gr.Dropdown(choices, value=choices[0][1], label="Checkpoint")
-            prompt, negative = prompt_boxes("upscale")
+                                 sources=["upload", "clipboard"], height=320, elem_id="upscale-image")
+            checkpoint = checkpoint_dropdown(service, "upscale")
+            noise = gr.Slider(0, 350, UpscaleRequest.noise_level, step=1, label="Noise level",
+                              info="noise added to the input; higher lets the model invent more detail")
+            controls, randomize, reuse = sampling_controls(service, "upscale")
+            gr.Markdown("Large inputs are split into overlapping tiles automatically.")
             if examples:
                 gr.Examples(examples, [image, prompt], label="Examples")
-            noise = gr.Slider(0, 350, 20, step=1, label="Noise level",
-                              info="noise added to the input; higher lets the model invent more detail")
-            controls, randomize, reuse = sampling_controls(service, "upscale", sampler="DDIM", steps=50, cfg=9.0)
-            gr.Markdown("Large inputs are split into overlapping tiles automatically.")
-            run, stop = run_buttons("upscale")
-        with gr.Column(scale=6):
-            panel = result_panel("upscale", run, stop, extra_label="Before (bicubic x4)", send_to=SEND_TO)
+        with results_column("upscale"):
+            panel = result_panel("upscale", top.run, top.stop, extra_label="Before (bicubic x4)", send_to=SEND_TO)
     wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "upscale")
 
     def make_request(picture: Any, key: str, text: str, negative_text: str, level: float,

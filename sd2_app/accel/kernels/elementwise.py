@@ -1,5 +1,5 @@
 """Triton kernels for GEGLU, a resnet's bias + residual and residual add + LayerNorm (imported only when
-triton is installed; CUDA at run time). The GroupNorm kernels are in triton_group_norm.py; their wrappers
+triton is installed; CUDA at run time). The GroupNorm kernels are in group_norm.py; their wrappers
 are re-exported here, so the fused modules and the start-up check take their kernels from one module.
 
 Why: after CUDA graphs remove launch overhead, these element-wise pairs are memory-bound. Fusing them saves
@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from sd2_app.accel.triton_group_norm import group_norm_and_biased_input, group_norm_silu  # noqa: F401 - re-exported
+from sd2_app.accel.kernels.group_norm import group_norm_and_biased_input, group_norm_silu  # noqa: F401 - re-exported
 
 _GEGLU_BLOCK = 1024
 

@@ -61,7 +61,8 @@ class SubpixelUpsample2D(Upsample2D):
 
     def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         batch, _, height, width = x.shape
-        if (size is not None and tuple(size) != (2 * height, 2 * width)) or self.conv.groups != 1:
+        if ((size is not None and tuple(size) != (2 * height, 2 * width)) or self.conv.groups != 1
+                or self.conv.padding_mode != "zeros"):  # seamless tiling pads circularly: the plain path
             return super().forward(x, size)
         channels = self.conv.out_channels
         phases = F.conv2d(x, self._phase_weight(), None, padding=1)  # (B, 4C, H+1, W+1), phase p = 2a + b

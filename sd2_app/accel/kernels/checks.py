@@ -26,43 +26,15 @@ CHECK_THREADS = 8
 
 
 @cache
-def geglu_matmul_agrees(device_index: int, dtype: torch.dtype) -> bool:
-    """The GEGLU matmul kernel against cuBLAS + the eager gate on random data (once per device and dtype);
-    a kernel that fails or disagrees keeps the two-kernel path."""
-    from sd2_app.accel.triton_geglu import geglu_matmul
-
-    device = torch.device("cuda", device_index)
-    generator = torch.Generator(device).manual_seed(0)
-    x = torch.randn(2, 77, 320, device=device, dtype=dtype, generator=generator)
-    weight = torch.randn(2 * 96, 320, device=device, dtype=dtype, generator=generator) * 0.05
-    bias = torch.randn(2 * 96, device=device, dtype=dtype, generator=generator)
-    try:
-        with torch.no_grad():
-            value, gate = F.linear(x.float(), weight.float(), bias.float()).chunk(2, dim=-1)
-            error = (geglu_matmul(x, weight, bias).float() - value * F.gelu(gate)).abs().max()
-    except Exception as e:  # noqa: BLE001 - a kernel that fails to compile or launch
-        logger.warning("GEGLU matmul kernel failed its start-up check (%s: %s); keeping cuBLAS + the gate kernel",
-                       type(e).__name__, e)
-        return False
-    if not bool(error <= 2e-2):
-        logger.warning("GEGLU matmul kernel disagrees with the eager math (%.3g); keeping cuBLAS + the gate kernel",
-                       float(error))
-        return False
-    return True
-
-
-@cache
-def kernels_agree(device_index: int, dtype: torch.dtype, channels_last: bool = False,
-                  one_kernel: bool = False) -> bool:
+def kernels_agree(device_index: int, dtype: torch.dtype, channels_last: bool = False) -> bool:
     """Run the Triton kernels of one activation layout (GroupNorm with and without SiLU, and GEGLU) once on
     random data against the eager math (once per device, dtype and layout).
 
     A kernel that is wrong on some GPU or Triton version would otherwise change every image silently
     (the CUDA-graph check compares against the same fused modules); a disagreement keeps the eager ops.
-    Only the layout in use is checked, and the one-launch GroupNorm kernel only when `one_kernel` (its group
-    size limit is above 0): each kernel compiled here is a JIT compile the first image waits for.
+    Only the layout in use is checked: each kernel compiled here is a JIT compile the first image waits for.
     """
-    from sd2_app.accel import triton_kernels
+    from sd2_app.accel.kernels import elementwise as triton_kernels
 
     device = torch.device("cuda", device_index)
     generator = torch.Generator(device).manual_seed(0)
@@ -71,7 +43,7 @@ def kernels_agree(device_index: int, dtype: torch.dtype, channels_last: bool = F
         x = x.to(memory_format=torch.channels_last)
     norm = nn.GroupNorm(32, 64, eps=1e-5).to(device=device, dtype=dtype)
     try:
-        errors = _kernel_errors(triton_kernels, norm, generator, x, dtype, one_kernel, threads=CHECK_THREADS)
+        errors = _kernel_errors(triton_kernels, norm, generator, x, dtype, threads=CHECK_THREADS)
     except Exception as e:  # noqa: BLE001 - a kernel that fails to compile or launch: keep the eager ops
         logger.warning("Triton kernels failed their start-up check (%s: %s); keeping the eager ops",
                        type(e).__name__, e)
@@ -85,21 +57,19 @@ def kernels_agree(device_index: int, dtype: torch.dtype, channels_last: bool = F
 
 
 def _kernel_errors(triton_kernels, norm: nn.GroupNorm, generator: torch.Generator, x: Tensor,
-                   dtype: torch.dtype, one_kernel: bool = True, threads: int | None = None) -> tuple[Tensor, ...]:
+                   dtype: torch.dtype, threads: int | None = None) -> tuple[Tensor, ...]:
     """Max abs differences of the kernels from the fp32 eager math on random inputs (for channels_last x
     also the resnet's shifted GroupNorm, its bias + residual kernel, the GroupNorm of a concatenation read from
-    its two parts and the one that also writes its biased input; with `one_kernel`, the one-launch GroupNorm's
-    variants too).
+    its two parts and the one that also writes its biased input).
 
     The inputs are drawn first, in one order; then the cases run on `threads` threads (default CHECK_THREADS):
     each case's first launch is a JIT compile, and Triton compiles with the GIL mostly released, so a cold
     start compiles several kernels at once (10 kernels for sm_90 on a 2-core CPU with Triton 3.6.0: 4.2 s one
     by one, 2.7 s on two threads). The first case (one small kernel) runs alone: it pays Triton's one-time
-    set-up, which is not made for threads. On an H200 (run 10) the check took 3.46 s on threads against
-    3.98 s one by one, each in a fresh process with an empty Triton cache (docs/PERFORMANCE.md).
+    set-up, which is not made for threads. docs/PERFORMANCE.md has the check's cold-start cost on a GPU.
     """
     with torch.no_grad():
-        cases = _cases(triton_kernels, norm, generator, x, dtype, one_kernel)
+        cases = _cases(triton_kernels, norm, generator, x, dtype)
         errors = list(cases[0]())
     workers = min(threads or CHECK_THREADS, os.cpu_count() or 1, len(cases) - 1)
     if workers <= 1:
@@ -114,8 +84,8 @@ def _kernel_errors(triton_kernels, norm: nn.GroupNorm, generator: torch.Generato
         return tuple(errors + [e for case_errors in pool.map(run, cases[1:]) for e in case_errors])
 
 
-def _cases(k, norm: nn.GroupNorm, generator: torch.Generator, x: Tensor, dtype: torch.dtype,
-           one_kernel: bool) -> list[Callable[[], list[Tensor]]]:
+def _cases(k, norm: nn.GroupNorm, generator: torch.Generator, x: Tensor,
+           dtype: torch.dtype) -> list[Callable[[], list[Tensor]]]:
     """The checks as independent callables, each returning its max abs errors; kernels that share compiled
     code (the GroupNorm statistics of one variant) are in one case, so no two threads compile the same one."""
     def error(got: Tensor, want: Tensor) -> Tensor:
@@ -162,23 +132,18 @@ def _cases(k, norm: nn.GroupNorm, generator: torch.Generator, x: Tensor, dtype: 
     eager_residual = (x.float() + (conv_bias.float() + temb[0].float())[None, :, None, None] + residual.float()) * 0.5
     head, tail = (part.contiguous(memory_format=torch.channels_last) for part in x.split(channels // 2, 1))
     eager_biased = x.float() + conv_bias.float()[None, :, None, None]
-    whole = x[0].numel()
 
-    def shifted(limit: int) -> list[Tensor]:
-        got = gn(x, shift_bias=conv_bias, shift_temb=temb, one_kernel_max=limit)
-        return [error(got, eager_shifted)] + ([error(gn(x, apply_silu=False, one_kernel_max=limit), eager_norm)]
-                                              if limit else [])
+    def shifted() -> list[Tensor]:
+        return [error(gn(x, shift_bias=conv_bias, shift_temb=temb), eager_shifted)]
 
-    def two_sources(limit: int) -> list[Tensor]:  # the up path's norm of cat([x, skip]) read from two tensors
-        return [error(gn(head, apply_silu=False, one_kernel_max=limit, concat=tail), eager_norm)]
+    def two_sources() -> list[Tensor]:  # the up path's norm of cat([x, skip]) read from two tensors
+        return [error(gn(head, apply_silu=False, concat=tail), eager_norm)]
 
-    def with_biased_input(limit: int) -> list[Tensor]:  # a Transformer2D's norm, also writing its biased input
+    def with_biased_input() -> list[Tensor]:  # a Transformer2D's norm, also writing its biased input
         normed, biased = k.group_norm_and_biased_input(x, norm.num_groups, norm.weight, norm.bias, norm.eps,
-                                                       conv_bias, one_kernel_max=limit)
+                                                       conv_bias)
         return [error(normed, eager_norm), error(biased, eager_biased)]
 
     cases.append(lambda: [error(k.bias_residual(x, conv_bias, residual, 0.5, bias2=temb[0].contiguous()),
                                 eager_residual)])
-    for limit in (0, whole) if one_kernel else (0,):  # the three-kernel path; the one-launch kernel if in use
-        cases += [partial(shifted, limit), partial(two_sources, limit), partial(with_biased_input, limit)]
-    return cases
+    return cases + [shifted, two_sources, with_biased_input]

@@ -1,12 +1,12 @@
 """Triton GroupNorm(+SiLU) kernels for channels_last activations, and the entry point for both layouts
-(the NCHW kernels are in triton_group_norm_nchw.py; imported only when triton is installed; CUDA at run
+(the NCHW kernels are in group_norm_nchw.py; imported only when triton is installed; CUDA at run
 time).
 
 Why: after CUDA graphs remove launch overhead, GroupNorm then SiLU is memory-bound; one kernel saves a full
 read and write of the activation, which matters most in the VAE decoder, whose 512x512x128 activations are
 64 MB each in fp16. In a resnet block the NHWC kernels also take conv1's bias and the time embedding as a
-per-(image, channel) shift (PyTorch adds a cuDNN convolution's bias in a separate broadcast kernel: a
-profile of a 768 image on an H200 showed 88 such adds per UNet call, 6% of its time). They can also read
+per-(image, channel) shift (PyTorch adds a cuDNN convolution's bias in a separate broadcast kernel, 88 per
+UNet call). They can also read
 their input as the channel concatenation of two tensors (an up-path resnet's input and skip connection),
 so the concatenation is never written.
 
@@ -14,10 +14,8 @@ All arithmetic is fp32 (inputs are upcast on load), as PyTorch's own GroupNorm k
 Statistics use a two-level reduction: each program computes the mean and M2 of one chunk of a group, and the
 chunks are merged (Chan et al.'s parallel variance; NCHW: in the apply kernel, NHWC: in a small kernel of its
 own), so there is no E[x^2]-E[x]^2 cancellation and every SM has work even when batch * groups is small.
-Groups small enough for a few loop iterations instead run whole in one program (`_nhwc_group_kernel`): one
-launch instead of three.
 
-NCHW (triton_group_norm_nchw.py): a group is one contiguous run of memory. NHWC (channels_last, where cuDNN's
+NCHW (group_norm_nchw.py): a group is one contiguous run of memory. NHWC (channels_last, where cuDNN's
 tensor-core convolutions need no layout transposes): a group is a few adjacent channels of every pixel, so
 these kernels work on (pixels x channels) tiles, reduce per channel first and merge the channels of a group in
 a small second kernel. PyTorch's own CUDA GroupNorm would copy a channels_last tensor to NCHW and back, which
@@ -33,7 +31,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from sd2_app.accel.triton_group_norm_nchw import group_norm_nchw
+from sd2_app.accel.kernels.group_norm_nchw import group_norm_nchw
 
 
 @triton.jit
@@ -198,85 +196,21 @@ def _nhwc_apply_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _group_block(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, b, hw, start, n, channels, split,
-                 channels_per_group, first_channel, shift_mode, BLOCK: tl.constexpr):
-    # Elements start..start+BLOCK of one (image, group), numbered i = pixel * cpg + j: their offsets in the
-    # output within the image (32 bits: a group this small is in a small image), channels, mask, and values
-    # x + shift in fp32 (0 where masked).
-    i = start + tl.arange(0, BLOCK)
-    mask = i < n
-    pixel = i // channels_per_group
-    c = first_channel + i - pixel * channels_per_group
-    offs = pixel * channels + c
-    v = _load_nhwc(x_ptr, x2_ptr, b, pixel, c, mask, hw, channels, split)
-    v = tl.where(mask, v + _shift(bias_ptr, temb_ptr, temb_stride, b, c, mask, shift_mode), 0.0)
-    return offs, c, mask, v
-
-
-@triton.jit(do_not_specialize=["temb_stride", "hw", "channels", "split", "channels_per_group", "num_groups",
-                               "shift_mode", "apply_silu", "has_sum"])
-def _nhwc_group_kernel(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, y_ptr, w_ptr, b_ptr, z_ptr, zb_ptr, hw,
-                       channels, split, channels_per_group, num_groups, eps, shift_mode, apply_silu, has_sum,
-                       BLOCK: tl.constexpr):
-    # The whole GroupNorm of one (image, group) in one program, for groups small enough that a handful of
-    # loop iterations cover them: grid (B * G,). The group's elements are visited BLOCK at a time, three
-    # times (sum, then squared deviations from the mean, then the normalised output): exact two-pass
-    # statistics, and the second and third visits hit the cache. One launch instead of three, and one
-    # compiled kernel for every shape.
-    pid = tl.program_id(0)
-    b = pid // num_groups
-    g = pid % num_groups
-    n = hw * channels_per_group
-    first_channel = g * channels_per_group
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(0, n, BLOCK):
-        _, _, _, v = _group_block(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, b, hw, start, n, channels,
-                                  split, channels_per_group, first_channel, shift_mode, BLOCK)
-        acc += v
-    count = n.to(tl.float32)
-    mean = tl.sum(acc, axis=0) / count
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(0, n, BLOCK):
-        _, _, mask, v = _group_block(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, b, hw, start, n, channels,
-                                     split, channels_per_group, first_channel, shift_mode, BLOCK)
-        d = tl.where(mask, v - mean, 0.0)
-        acc += d * d
-    rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / count + eps)
-    image = b.to(tl.int64) * hw * channels
-    y_image, z_image = y_ptr + image, z_ptr + image
-    for start in range(0, n, BLOCK):
-        offs, c, mask, v = _group_block(x_ptr, x2_ptr, bias_ptr, temb_ptr, temb_stride, b, hw, start, n, channels,
-                                        split, channels_per_group, first_channel, shift_mode, BLOCK)
-        scale = rstd * tl.load(w_ptr + c, mask=mask, other=1.0).to(tl.float32)
-        y = (v - mean) * scale + tl.load(b_ptr + c, mask=mask, other=0.0).to(tl.float32)
-        if apply_silu:
-            y = y * tl.sigmoid(y)
-        tl.store(y_image + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
-        if has_sum > 0:
-            z = v + tl.load(zb_ptr + c, mask=mask, other=0.0).to(tl.float32)
-            tl.store(z_image + offs, z.to(z_ptr.dtype.element_ty), mask=mask)
-
-
 _NHWC_BLOCK_HW = 32  # pixels per tile row block (statistics)
 _NHWC_APPLY_HW = 64  # pixels per tile (apply)
 _NHWC_BLOCK_C = 64  # channels per tile: 128 contiguous bytes in fp16
 _NHWC_MAX_CHUNKS = 256  # pixel chunks per image: enough programs to fill the GPU, few partials to merge
 _STATS_BLOCK = 2048  # partials merged per loop iteration (one iteration for up to 256 chunks x 8 channels)
 _STATS_WARPS = 8  # 8 partials per thread per iteration
-_ONE_KERNEL_BLOCK = 8192  # elements per loop iteration of `_nhwc_group_kernel`
-_ONE_KERNEL_WARPS = 32  # 8 elements per thread per iteration: the most loads in flight per program
 
 
 def group_norm_silu(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float,
                     *, apply_silu: bool = True, shift_bias: Tensor | None = None,
-                    shift_temb: Tensor | None = None, one_kernel_max: int = 0,
-                    concat: Tensor | None = None) -> Tensor:
+                    shift_temb: Tensor | None = None, concat: Tensor | None = None) -> Tensor:
     """silu(group_norm(x)) for a (B, C, *spatial) tensor, contiguous or channels_last; same dtype and layout.
 
     channels_last only: x + shift_bias[c] (+ shift_temb[b, c]) is normalised instead of x, summed in fp32
-    on load (a conv's bias and a time embedding, (C,) and (B, C), any float dtype), never written out;
-    channels_last groups of at most `one_kernel_max` elements take the one-launch kernel (0: never).
+    on load (a conv's bias and a time embedding, (C,) and (B, C), any float dtype), never written out.
     With `concat` (B, C2, *spatial) of x's dtype, normalises cat([x, concat], dim=1) (C + C2 channels,
     the weights' count): for channels_last inputs the kernels read both tensors, and the concatenation,
     a full write and read of the activation, is never built.
@@ -284,14 +218,12 @@ def group_norm_silu(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, ep
     if concat is not None and not (_is_channels_last(x) and _is_channels_last(concat)):
         x, concat = torch.cat([x, concat], dim=1), None
     if not x.is_contiguous() or shift_bias is not None or concat is not None:
-        return _group_norm_nhwc(x, num_groups, weight, bias, eps, apply_silu, shift_bias, shift_temb,
-                                one_kernel_max, concat)[0]
+        return _group_norm_nhwc(x, num_groups, weight, bias, eps, apply_silu, shift_bias, shift_temb, concat)[0]
     return group_norm_nchw(x, num_groups, weight, bias, eps, apply_silu)
 
 
 def group_norm_and_biased_input(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float,
-                                sum_bias: Tensor, *, apply_silu: bool = False,
-                                one_kernel_max: int = 0) -> tuple[Tensor, Tensor]:
+                                sum_bias: Tensor, *, apply_silu: bool = False) -> tuple[Tensor, Tensor]:
     """(group_norm(x) (then SiLU), x + sum_bias[c]) for a channels_last (B, C, H, W) tensor, in one pass.
 
     The second output is the residual stream with the next Linear's bias already in it, so that Linear can
@@ -299,8 +231,7 @@ def group_norm_and_biased_input(x: Tensor, num_groups: int, weight: Tensor, bias
     kernel, instead of a matmul with a bias and a separate add that reads both tensors again.
     """
     assert _is_channels_last(x) and sum_bias.shape == (x.shape[1],) and sum_bias.is_contiguous()
-    y, z = _group_norm_nhwc(x, num_groups, weight, bias, eps, apply_silu, one_kernel_max=one_kernel_max,
-                            sum_bias=sum_bias)
+    y, z = _group_norm_nhwc(x, num_groups, weight, bias, eps, apply_silu, sum_bias=sum_bias)
     assert z is not None
     return y, z
 
@@ -311,8 +242,7 @@ def _is_channels_last(x: Tensor) -> bool:
 
 def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float, apply_silu: bool,
                      shift_bias: Tensor | None = None, shift_temb: Tensor | None = None,
-                     one_kernel_max: int = 0, concat: Tensor | None = None,
-                     sum_bias: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+                     concat: Tensor | None = None, sum_bias: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     assert _is_channels_last(x)
     batch, split, height, width = x.shape
     if concat is None:
@@ -340,12 +270,6 @@ def _group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, e
     # the biased input (unused: y and the norm's bias stand in, pointers of the same types and alignment)
     z = None if sum_bias is None else torch.empty_like(y)
     z_arg, zb_arg, has_sum = (y, bias, 0) if z is None else (z, sum_bias, 1)
-    if hw * cpg <= one_kernel_max:
-        _nhwc_group_kernel[(batch * num_groups,)](x, second, bias_arg, temb_arg, temb_stride, y, weight, bias, z_arg,
-                                                  zb_arg, hw, channels, split, cpg, num_groups, eps, shift_mode,
-                                                  int(apply_silu), has_sum, BLOCK=_ONE_KERNEL_BLOCK,
-                                                  num_warps=_ONE_KERNEL_WARPS)
-        return y, z
     chunks = min(_NHWC_MAX_CHUNKS, triton.cdiv(hw, _NHWC_BLOCK_HW))
     rows_per_chunk = _NHWC_BLOCK_HW * triton.cdiv(triton.cdiv(hw, chunks), _NHWC_BLOCK_HW)
     chunks = triton.cdiv(hw, rows_per_chunk)

@@ -10,7 +10,8 @@ Stacking the weights must not copy them (a second copy of 63M parameters) nor ch
 `pack` makes each Linear's weight a view into one new tensor of consecutive rows, so the keys, the shapes
 and the manager's per-tensor moves all stay as they were (see stacking.py). A move splits the views
 into separate tensors again; the module then runs one matmul per projection (the same numbers) until
-`fused.restack` restores the block before the next job.
+`fused.swap.restack` restores the block (the model manager's moves reach accel through
+`Accelerator.on_moved`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sd2_app.accel.stacking import SharedInputProjections, pack, stacked_linear
+from sd2_app.accel.fused.stacking import SharedInputProjections, pack, stacked_linear
 from sd2_app.nn.attention import Attention
 
 
@@ -26,14 +27,15 @@ class FusedAttention(Attention):
     """Attention with stacked projections; adopts the original's children and settings (same keys).
 
     A subclass so that what looks for Attention modules (the graph key's precision switches, the fp32
-    attention fallback) finds these too; `upcast` is read at every call, as there.
+    attention fallback) finds these too; the product is the plain module's `attend`, with its precision rules.
     """
 
     def __init__(self, block: Attention, pack_now: bool = True) -> None:  # noqa: D107 - adopts, does not build
         # pack_now=False: the caller packs later (fuse_modules first groups the cross-attentions' k, v of the
         # whole network into one block, so packing each pair here would copy them twice)
         nn.Module.__init__(self)
-        self.heads, self.head_dim, self.upcast = block.heads, block.head_dim, block.upcast
+        self.heads, self.head_dim, self.upcast, self.force_fp32 = (block.heads, block.head_dim, block.upcast,
+                                                                   block.force_fp32)
         self.to_q, self.to_k, self.to_v, self.to_out = block.to_q, block.to_k, block.to_v, block.to_out
         # (the network's shared text-context projections, the index of this attention's k; v follows), set
         # by fuse_modules for attentions that always see the text context
@@ -74,9 +76,5 @@ class FusedAttention(Attention):
         return self._attend(q, k, v, b, n)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, b: int, n: int) -> Tensor:
-        if self.upcast:
-            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, hd)
+        out = self.attend(q, k, v)  # (B, heads, N, hd)
         return self.to_out[0](out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))
-

@@ -1,0 +1,169 @@
+"""Ray Serve scale-out: throughput and latency of 1 vs 2 replicas under a fixed concurrent load, and the
+added latency of the Serve path over the local Service.
+
+    python -m bench.serve [--tiny] [--clients 4] [--jobs 24] [--steps 20] [--size 128] [--out DIR]
+
+With --tiny (the default on a machine without a GPU) the replicas run the tiny checkpoints on CPU, one
+thread each, so the figures show the Serve path's overhead and its scaling, not SD2's speed. Without it the
+replicas load the real checkpoints on GPUs (one per replica), and the same measurements apply to full-size
+images. Writes serve.json and serve.md into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _request(args: argparse.Namespace, seed: int) -> Any:
+    from sd2_app.api.requests import Sampling, Txt2ImgRequest
+
+    sampling = Sampling(sampler="Euler", steps=args.steps, cfg_scale=1.0 if args.tiny else 7.5, seed=seed)
+    return Txt2ImgRequest("a red fox", checkpoint=args.checkpoint, width=args.size, height=args.size,
+                          sampling=sampling)
+
+
+def _load(service: Any, args: argparse.Namespace) -> dict[str, float]:
+    """`args.clients` threads each run `args.jobs / args.clients` jobs back to back; latencies and throughput."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    per_client = max(1, args.jobs // args.clients)
+
+    def client(index: int) -> None:
+        for j in range(per_client):
+            start = time.perf_counter()
+            service.run(_request(args, seed=1000 * index + j))
+            with lock:
+                latencies.append(time.perf_counter() - start)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "jobs": len(latencies),
+        "wall_s": wall,
+        "jobs_per_s": len(latencies) / wall,
+        "p50_s": statistics.median(latencies),
+        "p95_s": latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
+    }
+
+
+def _single(service: Any, args: argparse.Namespace, repeats: int = 5) -> float:
+    """Median latency of one job at a time (no queueing)."""
+    times = []
+    for seed in range(repeats):
+        start = time.perf_counter()
+        service.run(_request(args, seed))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _front(handle: Any, concurrency: int) -> Any:
+    from sd2_app.api.service import Service
+    from sd2_app.checkpoints.catalog import REGISTRY
+    from sd2_app.serve.backend import ClusterModels, ServeBackend
+
+    return Service(ClusterModels(handle, dict(REGISTRY)), registry=REGISTRY, outputs_dir=None,
+                   backend=ServeBackend(handle), concurrency=concurrency, allowed_repos=())
+
+
+def _local(args: argparse.Namespace) -> Any:
+    from sd2_app.api.service import Service
+    from sd2_app.manager import ModelManager
+
+    manager = ModelManager("cpu" if args.tiny else None, tiny=args.tiny)
+    return Service(manager, outputs_dir=None, allowed_repos=())
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiny", action="store_true", help="tiny checkpoints on CPU replicas")
+    p.add_argument("--checkpoint", default="sd21-base")
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--jobs", type=int, default=24)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--replicas", default="1,2")
+    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = p.parse_args(argv)
+    if args.tiny:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        os.environ.setdefault("SD2APP_CACHE", tempfile.mkdtemp(prefix="sd2-serve-bench-"))
+        import torch
+
+        torch.set_num_threads(1)
+
+    import ray
+    from ray import serve
+
+    from sd2_app.serve.config import load_config
+    from sd2_app.serve.deployment import build_app
+
+    env = {k: os.environ[k] for k in ("SD2APP_CACHE", "OMP_NUM_THREADS", "HF_HUB_OFFLINE") if k in os.environ}
+    env["PYTHONPATH"] = str(ROOT)
+    ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    report: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(args).items()}, "runs": {}}
+    local = _local(args)
+    local.run(_request(args, 0))  # load and warm
+    report["local_single_s"] = _single(local, args)
+    report["runs"]["local"] = _load(local, args)
+    del local
+    for count in (int(n) for n in args.replicas.split(",")):
+        config = load_config(None, tiny=args.tiny, min_replicas=count, max_replicas=count,
+                             num_gpus=0.0 if args.tiny else 1.0, device="cpu" if args.tiny else None,
+                             max_models_per_replica=1, preload=(args.checkpoint,))
+        handle = serve.run(build_app(config), name=config.app_name, route_prefix=None)
+        front = _front(handle, config.total_concurrency)
+        # Warm-up: concurrent jobs until every replica has run one. A checkpoint is routed to the replicas that
+        # announced it; another replica gets it only after a request waited out Serve's matching timeout.
+        warm = argparse.Namespace(**{**vars(args), "jobs": 4 * count, "clients": 2 * count})
+        _load(front, warm)
+        if count == 1:
+            report["serve_single_s"] = _single(front, args)
+        report["runs"][f"serve-{count}"] = _load(front, args)
+        serve.delete(config.app_name)
+    serve.shutdown()
+    ray.shutdown()
+    runs = report["runs"]
+    if "serve-1" in runs and "serve-2" in runs:
+        report["scaling_2_over_1"] = runs["serve-2"]["jobs_per_s"] / runs["serve-1"]["jobs_per_s"]
+    if "serve_single_s" in report:
+        report["serve_overhead_s"] = report["serve_single_s"] - report["local_single_s"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serve.json").write_text(json.dumps(report, indent=2))
+    (args.out / "serve.md").write_text(_markdown(report))
+    print(_markdown(report))
+    return report
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    lines = ["| path | jobs | wall s | jobs/s | p50 s | p95 s |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, run in report["runs"].items():
+        lines.append(f"| {name} | {run['jobs']} | {run['wall_s']:.2f} | {run['jobs_per_s']:.2f} | "
+                     f"{run['p50_s']:.3f} | {run['p95_s']:.3f} |")
+    lines.append("")
+    lines.append(f"One job at a time: local {report['local_single_s']:.3f} s, "
+                 f"Serve {report.get('serve_single_s', float('nan')):.3f} s "
+                 f"(+{report.get('serve_overhead_s', float('nan')):.3f} s).")
+    if "scaling_2_over_1" in report:
+        lines.append(f"Throughput with 2 replicas / 1 replica: {report['scaling_2_over_1']:.2f}x.")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The hires fix with the "SD2 x4" upscaler: three model-manager jobs under one progress bar.
+
+The first pass runs on the request's checkpoint, the decoded image goes through the x4 upscaler (the manager
+brings that checkpoint in, offloading others as memory requires), and the second pass runs on the request's
+checkpoint again (the txt2img pipeline, given a `HiresPassRequest`, runs pipelines/hires.py `hires_pass`,
+which resizes the x4 output to the target). Each job holds the manager's lock only while it runs, so no job
+ever holds two checkpoints' lock at once.
+
+The x4 stage uses the Upscale tab's defaults (DDIM, CFG 9, noise level 20) at the hires steps, with the
+request's prompts and seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from sd2_app.api.requests import HiresPassRequest, Sampling, Txt2ImgRequest, UpscaleRequest
+from sd2_app.api.txt2img_options import x4_checkpoint
+
+
+def x4_request(checked: Txt2ImgRequest, image: Any, checkpoint: str) -> UpscaleRequest:
+    """What the x4 stage runs: the first pass's image, the request's prompts and seed, the hires steps."""
+    assert checked.hires is not None
+    defaults = UpscaleRequest(prompt="", image=image).sampling
+    steps = checked.hires.steps or checked.sampling.steps
+    sampling = replace(defaults, steps=steps, seed=checked.sampling.seed)
+    return UpscaleRequest(prompt=checked.prompt, negative_prompt=checked.negative_prompt, image=image,
+                          checkpoint=checkpoint, sampling=sampling)
+
+
+def second_pass_count(checked: Txt2ImgRequest) -> int:
+    """The second pass's sampler steps: diffusers' img2img rule, as samplers.start_at applies it."""
+    assert checked.hires is not None
+    steps = checked.hires.steps or checked.sampling.steps
+    return min(int(steps * checked.hires.denoising_strength), steps)
+
+
+def run_hires_x4(service: Any, checked: Txt2ImgRequest, on_progress: Any, should_stop: Any,
+                 timings: dict[str, float]) -> Any:
+    """The three stages; returns the second pass's output with every stage's warnings."""
+    upscaler = x4_checkpoint(service.catalog)
+    assert upscaler is not None and checked.hires is not None, "validation checked both"
+    first_steps = checked.sampling.steps
+    x4 = x4_request(checked, None, upscaler)
+    total = first_steps + x4.sampling.steps + second_pass_count(checked)
+    first = service._run_pipeline("txt2img", replace(checked, hires=None),
+                                  service._step_callback(0, total, on_progress, should_stop), timings)
+    image = first.images[0]
+    upscaled = service._run_pipeline("upscale", replace(x4, image=image),
+                                     service._step_callback(first_steps, total, on_progress, should_stop), timings)
+    second = HiresPassRequest(base=checked, images=tuple(upscaled.images), first_size=(first.width, first.height))
+    output = service._run_pipeline("txt2img", second, service._step_callback(
+        first_steps + x4.sampling.steps, total, on_progress, should_stop), timings)
+    notes = list(first.warnings) + list(upscaled.warnings)
+    output.warnings = notes + [w for w in output.warnings if w not in notes]
+    return output

@@ -1,0 +1,271 @@
+"""X/Y/Z plot: validation of the axes, the cells (one validated request each) and running them in the Service.
+
+A cell is the base request with one value of each axis applied; it runs through the Service's own pipeline
+call (same model manager, guards, progress and Stop as a single run). Cells that change the checkpoint are
+ordered so each checkpoint is used once in a row (as A1111 puts its costly axes outermost). Stop ends the
+plot after the current step: the finished cells, and grids with blanks for the rest, are still returned.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from sd2_app.api.plot_axes import (
+    AXES,
+    AXIS_NAMES,
+    apply_prompt_sr,
+    axis_values_text,
+    check_choices,
+    format_value,
+    parse_values,
+)
+from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPlotRequest
+from sd2_app.errors import Cancelled, InvalidRequest
+
+CellFn = Callable[["PlotCell", Image.Image, float], None]  # (cell, image, seconds) as each cell finishes
+
+
+@dataclass(frozen=True)
+class PlotCell:
+    """One run of the plot: its place in the grids and its validated request."""
+
+    index: int  # position in grid order: x + y * nx + z * nx * ny
+    position: tuple[int, int, int]  # (x, y, z) indices
+    request: Txt2ImgRequest | Img2ImgRequest
+    labels: tuple[str, str, str]  # X, Y and Z labels ("" for an axis not in use)
+    steps: int  # denoising steps it runs (img2img runs int(steps * strength))
+
+
+def _axes(request: XYZPlotRequest) -> list[tuple[str, PlotAxis]]:
+    """The axes in use, X first; an axis of kind "" or "nothing" is left out."""
+    used = []
+    for name, axis in zip(AXIS_NAMES, (request.x, request.y, request.z)):
+        if axis is None or (isinstance(axis.kind, str) and axis.kind.lower() in ("", "nothing")):
+            continue
+        if not isinstance(axis, PlotAxis) or axis.kind not in AXES:
+            kind = getattr(axis, "kind", axis)
+            raise InvalidRequest(f"Unknown {name} axis {kind!r}; choose one of: {', '.join(AXES)}.")
+        used.append((name, axis))
+    if not used or used[0][0] != "X":
+        raise InvalidRequest("Choose what the X axis varies.")
+    kinds = [axis.kind for _, axis in used]
+    for kind in set(kinds):
+        if kinds.count(kind) > 1:
+            names = " and ".join(name for name, axis in used if axis.kind == kind)
+            raise InvalidRequest(f"The {names} axes both vary {AXES[kind].label}; choose different ones.")
+    return used
+
+
+def validate_plot(request: XYZPlotRequest, catalog: Any, limits: Any) -> tuple[XYZPlotRequest, list[str]]:
+    """The plot with typed axis values and a validated base (its seed drawn once); every cell is checked."""
+    from sd2_app.api.validation import resolve_seed, validate
+
+    base = request.base
+    if not isinstance(base, (Txt2ImgRequest, Img2ImgRequest)):
+        raise InvalidRequest("An X/Y/Z plot runs a text-to-image or image-to-image request.")
+    base = replace(base, sampling=replace(base.sampling, batch_size=1, use_karras=False))
+    checked_base, warnings = validate(base, catalog, limits)
+    checked_base = replace(checked_base, sampling=replace(checked_base.sampling,
+                                                          use_karras=bool(request.base.sampling.use_karras)))
+    task = base.task
+    checkpoints = [key for key, tasks in catalog.tasks.items() if task in tasks]
+    axes: dict[str, PlotAxis] = {}
+    cells = 1
+    for name, axis in _axes(request):
+        kind = AXES[axis.kind]
+        what = f"{name} values ({kind.label})"
+        if kind.img2img_only and not isinstance(base, Img2ImgRequest):
+            raise InvalidRequest(f"{kind.label} varies only an image-to-image plot; add an init image.")
+        values = parse_values(axis, what, limits.max_plot_cells)
+        check_choices(kind, values, what, catalog, checkpoints)
+        if axis.kind == "seed":
+            values = [resolve_seed(v) for v in values]
+        if axis.kind == "prompt_sr" and values[0] not in checked_base.prompt + "\n" + checked_base.negative_prompt:
+            raise InvalidRequest(f"Prompt S/R did not find {values[0]!r} in the prompt or the negative prompt.")
+        axes[name] = PlotAxis(axis.kind, tuple(values))
+        cells *= len(values)
+    if cells > limits.max_plot_cells:
+        sizes = "×".join(str(len(axis.values)) for axis in axes.values())
+        raise InvalidRequest(f"The plot has {sizes} = {cells} cells; the limit is {limits.max_plot_cells}.")
+    checked = XYZPlotRequest(base=checked_base, x=axes["X"], y=axes.get("Y"), z=axes.get("Z"))
+    cell_warnings = plan_cells(checked, catalog, limits)[1]
+    return checked, warnings + [w for w in cell_warnings if w not in warnings]
+
+
+def plan_cells(request: XYZPlotRequest, catalog: Any, limits: Any) -> tuple[list[PlotCell], list[str]]:
+    """Every cell of a checked plot, validated, in grid order; and the warnings (each once)."""
+    from sd2_app.api.validation import validate
+
+    slots = (request.x, request.y, request.z)  # an absent axis is one position with no label
+    sizes = [len(axis.values) if axis is not None else 1 for axis in slots]
+    warnings: list[str] = []
+    cells = []
+    for z, y, x in itertools.product(*(range(n) for n in reversed(sizes))):
+        cell, labels = request.base, []
+        for axis, i in zip(slots, (x, y, z)):
+            if axis is None:
+                labels.append("")
+                continue
+            kind, value = AXES[axis.kind], axis.values[i]
+            cell = apply_prompt_sr(cell, axis.values[0], value) if axis.kind == "prompt_sr" else kind.apply(cell, value)
+            labels.append(kind.cell_label(value))
+        sampler = cell.sampling.sampler
+        if cell.sampling.use_karras and not catalog.samplers.get(sampler, False):
+            note = f"Karras sigmas are not available for {sampler}; it uses its own schedule."
+            warnings += [note] if note not in warnings else []
+            cell = replace(cell, sampling=replace(cell.sampling, use_karras=False))
+        try:
+            checked, cell_warnings = validate(cell, catalog, limits)
+        except InvalidRequest as error:
+            raise InvalidRequest(f"{', '.join(filter(None, labels))}: {error}") from error
+        warnings += [w for w in cell_warnings if w not in warnings]
+        steps = checked.sampling.steps
+        if isinstance(checked, Img2ImgRequest):
+            steps = min(int(steps * checked.strength), steps)
+        index = x + y * sizes[0] + z * sizes[0] * sizes[1]
+        cells.append(PlotCell(index, (x, y, z), checked, tuple(labels), steps))  # type: ignore[arg-type]
+    return cells, warnings
+
+
+def cell_caption(cell: PlotCell) -> str:
+    """The cell's values, X first ("Euler, Steps: 20")."""
+    return ", ".join(label for label in cell.labels if label)
+
+
+def run_order(cells: list[PlotCell]) -> list[PlotCell]:
+    """Grid order, except that all cells of one checkpoint run together (first-seen checkpoint first)."""
+    rank = {key: i for i, key in enumerate(dict.fromkeys(cell.request.checkpoint for cell in cells))}
+    return sorted(cells, key=lambda cell: (rank[cell.request.checkpoint], cell.index))
+
+
+def run_cells(
+    service: Any,
+    cells: list[PlotCell],
+    on_progress: Any,
+    should_stop: Callable[[], bool] | None,
+    on_cell: CellFn | None = None,
+) -> tuple[dict[int, tuple[Image.Image, float]], dict[str, float], list[str], bool]:
+    """Run the cells in `run_order`: ({cell index: (image, seconds)}, timings, warnings, stopped)."""
+    total = sum(cell.steps for cell in cells)
+    done, finished, warnings = 0, {}, []
+    timings = {"load": 0.0, "run": 0.0}
+    for cell in run_order(cells):
+        if should_stop is not None and should_stop():
+            return finished, timings, warnings, True
+        try:
+            output = service.execute(cell.request, on_progress, should_stop, done_before=done, total=total)
+            cell_timings = output.timings
+        except Cancelled:
+            return finished, timings, warnings, True
+        done += cell.steps
+        for key in timings:
+            timings[key] += cell_timings.get(key, 0.0)
+        warnings += [w for w in getattr(output, "warnings", []) or [] if w not in warnings]
+        finished[cell.index] = (output.images[0], cell_timings["run"])
+        if on_cell is not None:
+            on_cell(cell, output.images[0], cell_timings["run"])
+    return finished, timings, warnings, False
+
+
+def cell_rows(request: XYZPlotRequest, cells: list[PlotCell],
+              finished: dict[int, tuple[Image.Image, float]]) -> list[dict[str, Any]]:
+    """One row per cell for the CSV/JSON download: its axis values, full settings and seconds."""
+    slots = (request.x, request.y, request.z)
+    rows = []
+    for cell in cells:
+        r = cell.request
+        row: dict[str, Any] = {"cell": cell.index + 1}
+        for name, axis, i, label in zip(AXIS_NAMES, slots, cell.position, cell.labels):
+            if axis is None:
+                continue
+            row[f"{name.lower()}_{axis.kind}"] = format_value(axis.values[i])
+            row[f"{name.lower()}_label"] = label
+        row.update(prompt=r.prompt, negative_prompt=r.negative_prompt, checkpoint=r.checkpoint,
+                   sampler=r.sampling.sampler, use_karras=r.sampling.use_karras, steps=r.sampling.steps,
+                   cfg_scale=r.sampling.cfg_scale, guidance_rescale=r.sampling.guidance_rescale,
+                   seed=r.sampling.seed, width=r.width, height=r.height)
+        if isinstance(r, Img2ImgRequest):
+            row["strength"] = r.strength
+        done = finished.get(cell.index)
+        row["seconds"] = round(done[1], 3) if done else None
+        row["status"] = "done" if done else "not run (stopped)"
+        rows.append(row)
+    return rows
+
+
+def grid_parameters(request: XYZPlotRequest, first_text: str) -> str:
+    """The grid's parameters text: the first cell's settings less what the axes vary, plus A1111's
+    "X Type"/"X Values" keys (so the info line and History name every value, not one cell's)."""
+    from sd2_app.pipelines.metadata import format_parameters, parse_parameters
+
+    parsed = parse_parameters(first_text)
+    parsed.pop("Prompt", None), parsed.pop("Negative prompt", None)
+    axes = [(name, axis) for name, axis in zip(AXIS_NAMES, (request.x, request.y, request.z)) if axis is not None]
+    for _, axis in axes:
+        for key in AXES[axis.kind].metadata_keys:
+            parsed.pop(key, None)
+    for name, axis in axes:
+        parsed[f"{name} Type"] = AXES[axis.kind].label
+        parsed[f"{name} Values"] = axis_values_text(axis.values)
+    return format_parameters(request.base.prompt, request.base.negative_prompt, parsed)
+
+
+def run_plot(service: Any, request: XYZPlotRequest, on_progress: Any, should_stop: Callable[[], bool] | None,
+             on_cell: CellFn | None = None) -> Any:
+    """Validate, run every cell, draw one labelled grid per Z value; the Service's `Result` of it all."""
+    from sd2_app.api.plot_grid import draw_grid
+    from sd2_app.api.service import Result
+    from sd2_app.pipelines.metadata import attach_parameters
+
+    checked, warnings = service.validate(request)
+    cells, _ = plan_cells(checked, service.catalog, service.limits)
+    started = time.perf_counter()
+    finished, timings, run_warnings, stopped = run_cells(service, cells, on_progress, should_stop, on_cell)
+    if not finished:
+        raise Cancelled
+    warnings += [w for w in run_warnings if w not in warnings]
+    if stopped:
+        warnings.append(f"Stopped after {len(finished)} of {len(cells)} cells; the grid leaves the rest blank.")
+    nx = len(checked.x.values)
+    ny = len(checked.y.values) if checked.y is not None else 1
+    first_text = next(image.info.get("parameters", "") for image, _ in
+                      (finished[i] for i in sorted(finished)))
+    grids, captions = [], []
+    for z in range(len(checked.z.values) if checked.z is not None else 1):
+        group = [c for c in cells if c.position[2] == z]
+        images = [finished[c.index][0] if c.index in finished else None for c in group]
+        x_labels = [c.labels[0] for c in group[:nx]]
+        y_labels = [c.labels[1] for c in group[::nx]] if checked.y is not None else []
+        title = group[0].labels[2] if checked.z is not None else None
+        grid = draw_grid(images, nx, ny, x_labels, y_labels, title)
+        grids.append(attach_parameters(grid, grid_parameters(checked, first_text)))
+        captions.append(f"Grid: {title}" if title else "Grid")
+    order = sorted(finished)
+    cell_images = [finished[i][0] for i in order]
+    captions += [f"{cell_caption(cells[i])} · {finished[i][1]:.2f} s" for i in order]
+    timings["total"] = time.perf_counter() - started
+    return Result(task="xyz_plot", request=checked, images=grids + cell_images, seed=checked.base.sampling.seed,
+                  warnings=warnings, timings=timings, captions=captions,
+                  cells=cell_rows(checked, cells, finished), stopped=stopped)
+
+
+def write_tables(rows: list[dict[str, Any]], folder: Path, stem: str = "xyz-plot-cells") -> tuple[Path, Path]:
+    """The cells' rows as `<stem>.csv` and `<stem>.json` in `folder` (the download and the CLI's files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
+    with csv_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    json_path.write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
+    return csv_path, json_path

@@ -1,0 +1,183 @@
+"""X/Y/Z plot axes: what each axis varies, how its values are typed, and how a value changes a request.
+
+Value syntax follows A1111's X/Y/Z plot (scripts/xyz_grid.py): comma-separated values read as CSV (so a
+value may be quoted to hold a comma), ranges `10-40` (inclusive), `10-40 (+10)` (a step; `(-10)` counts
+down) and `1-2 [5]` (five evenly spaced values), for whole and decimal numbers. Prompt S/R searches the
+first value in the prompt and the negative prompt and replaces it by each value in turn. Seeds of -1 are
+drawn at random. Imports no torch: validation runs before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Txt2ImgRequest
+from sd2_app.errors import InvalidRequest
+
+_NUMBER = r"[+-]?\s*(?:\d+(?:\.\d*)?|\.\d+)"
+_STEP_RANGE = re.compile(rf"\s*({_NUMBER})\s*-\s*({_NUMBER})\s*(?:\(\s*({_NUMBER})\s*\))?\s*")
+_COUNT_RANGE = re.compile(rf"\s*({_NUMBER})\s*-\s*({_NUMBER})\s*\[\s*(\d+)\s*\]\s*")
+_TRUE, _FALSE = ("on", "true", "yes", "1", "karras"), ("off", "false", "no", "0", "automatic")
+
+
+@dataclass(frozen=True)
+class AxisKind:
+    """One kind of axis: its label (UI, grid labels, metadata), value type and effect on a request."""
+
+    label: str
+    value_type: str  # "int", "float", "bool", "text", "sampler" or "checkpoint"
+    apply: Callable[[Any, Any], Any]  # (request, value) -> request with the value applied
+    metadata_keys: tuple[str, ...]  # parameters-text keys this axis changes (left out of the grid's text)
+    img2img_only: bool = False
+    label_with_name: bool = True  # "Steps: 20" rather than "20"
+
+    def cell_label(self, value: Any) -> str:
+        text = format_value(value)
+        if self.value_type == "bool":
+            text = "on" if value else "off"
+        return f"{self.label}: {text}" if self.label_with_name else text
+
+
+def _set_sampling(field: str) -> Callable[[Any, Any], Any]:
+    return lambda request, value: replace(request, sampling=replace(request.sampling, **{field: value}))
+
+
+def _set(field: str) -> Callable[[Any, Any], Any]:
+    return lambda request, value: replace(request, **{field: value})
+
+
+AXES: dict[str, AxisKind] = {
+    "sampler": AxisKind("Sampler", "sampler", _set_sampling("sampler"), ("Sampler",), label_with_name=False),
+    "steps": AxisKind("Steps", "int", _set_sampling("steps"), ("Steps",)),
+    "cfg_scale": AxisKind("CFG scale", "float", _set_sampling("cfg_scale"), ("CFG scale",)),
+    "seed": AxisKind("Seed", "int", _set_sampling("seed"), ("Seed",)),
+    "checkpoint": AxisKind("Checkpoint", "checkpoint", _set("checkpoint"), ("Model",), label_with_name=False),
+    "use_karras": AxisKind("Karras", "bool", _set_sampling("use_karras"), ("Schedule type",)),
+    "guidance_rescale": AxisKind("Guidance rescale", "float", _set_sampling("guidance_rescale"),
+                                 ("Guidance rescale",)),
+    "strength": AxisKind("Denoising strength", "float", _set("strength"), ("Denoising strength",),
+                         img2img_only=True),
+    "prompt_sr": AxisKind("Prompt S/R", "text", lambda request, value: request, (), label_with_name=False),
+}
+AXIS_NAMES = ("X", "Y", "Z")
+
+
+def format_value(value: Any) -> str:
+    """A value as a label shows it: floats without float noise (0.30000000000000004 -> 0.3)."""
+    if isinstance(value, float):
+        return f"{round(value, 8):g}" if abs(value) < 1e15 else repr(value)
+    return str(value)
+
+
+def split_values(text: str) -> list[str]:
+    """CSV fields of every line, stripped; empty fields dropped (A1111's csv_string_to_list_strip)."""
+    fields = [field.strip() for row in csv.reader(io.StringIO(text), skipinitialspace=True) for field in row]
+    return [field for field in fields if field]
+
+
+def _to_number(token: str, value_type: str, what: str) -> float | int:
+    token = token.replace(" ", "")
+    try:
+        number = float(token) if value_type == "float" else int(token)
+    except ValueError:
+        kind = "a whole number" if value_type == "int" else "a number"
+        raise InvalidRequest(f"{what}: {token!r} is not {kind} or a range such as 10-40 (+10).") from None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise InvalidRequest(f"{what}: {token!r} is not a finite number.")
+    return number
+
+
+def _expand_range(token: str, value_type: str, what: str, max_values: int) -> list[float | int] | None:
+    """The values of a range token, or None when the token is not a range."""
+    counted = _COUNT_RANGE.fullmatch(token)
+    stepped = None if counted else _STEP_RANGE.fullmatch(token)
+    if counted is None and stepped is None:
+        return None
+    match = counted or stepped
+    assert match is not None
+    start, end = (_to_number(match.group(i), value_type, what) for i in (1, 2))
+    if counted is not None:
+        count = int(counted.group(3))
+        if not 1 <= count <= max_values:
+            raise InvalidRequest(f"{what}: {token!r} asks for {count} values; an axis may have 1 to {max_values}.")
+        values = [start + (end - start) * i / max(1, count - 1) for i in range(count)] if count > 1 else [start]
+        return [int(v) for v in values] if value_type == "int" else [float(v) for v in values]
+    step = _to_number(match.group(3), value_type, what) if match.group(3) else (1 if end >= start else -1)
+    if step == 0 or (end - start) * step < 0:
+        raise InvalidRequest(f"{what}: the step of {token!r} never reaches {format_value(end)}.")
+    count = math.floor((end - start) / step + 1e-9) + 1
+    if count > max_values:
+        raise InvalidRequest(f"{what}: {token!r} gives {count} values; an axis may have at most {max_values}.")
+    values = [start + i * step for i in range(count)]
+    return [round(v, 10) for v in values] if value_type == "float" else values
+
+
+def _boolean(token: str, what: str) -> bool:
+    lowered = token.lower()
+    if lowered in _TRUE or lowered in _FALSE:
+        return lowered in _TRUE
+    raise InvalidRequest(f"{what}: {token!r} is not on or off.")
+
+
+def parse_values(axis: PlotAxis, what: str, max_values: int) -> list[Any]:
+    """The axis's values, typed (not yet range-checked against the catalog or the limits)."""
+    kind = AXES[axis.kind]
+    raw = axis.values
+    if isinstance(raw, str):
+        tokens: Sequence[Any] = split_values(raw)
+    elif isinstance(raw, Sequence):
+        tokens = [item.strip() if isinstance(item, str) else item for item in raw]
+        tokens = [item for item in tokens if item != ""]
+    else:
+        raise InvalidRequest(f"{what} must be text or a list, got {type(raw).__name__}.")
+    if not tokens:
+        raise InvalidRequest(f"{what} are empty: type values such as 20, 30, 40 or a range such as 10-40 (+10).")
+    values: list[Any] = []
+    for token in tokens:
+        if kind.value_type in ("int", "float") and isinstance(token, (int, float)) and not isinstance(token, bool):
+            values.append(int(token) if kind.value_type == "int" and float(token).is_integer() else token)
+        elif kind.value_type in ("int", "float"):
+            expanded = _expand_range(str(token), kind.value_type, what, max_values)
+            values.extend(expanded if expanded is not None else [_to_number(str(token), kind.value_type, what)])
+        elif kind.value_type == "bool":
+            values.append(token if isinstance(token, bool) else _boolean(str(token), what))
+        else:
+            values.append(str(token))
+        if len(values) > max_values:
+            raise InvalidRequest(f"{what} have more than {max_values} values.")
+    return values
+
+
+def check_choices(kind: AxisKind, values: list[Any], what: str, catalog: Any, checkpoints: Sequence[str]) -> None:
+    """Sampler names must be ones the server offers, checkpoints ones that can run the base's task."""
+    from sd2_app.api.validation import check_sampler_names
+
+    if kind.value_type == "sampler":
+        try:
+            check_sampler_names(tuple(values), catalog)
+        except InvalidRequest as error:
+            raise InvalidRequest(f"{what}: {error}") from error
+    unknown = [v for v in values if v not in checkpoints] if kind.value_type == "checkpoint" else []
+    if unknown:
+        raise InvalidRequest(f"{what}: Unknown checkpoint(s) {', '.join(map(repr, unknown))}; "
+                             f"choose from: {', '.join(checkpoints)}.")
+
+
+def apply_prompt_sr(request: Txt2ImgRequest | Img2ImgRequest, search: str, value: str) -> Any:
+    """Replace every `search` in the prompt and the negative prompt by `value`."""
+    return replace(request, prompt=request.prompt.replace(search, value),
+                   negative_prompt=request.negative_prompt.replace(search, value))
+
+
+def axis_values_text(values: Sequence[Any]) -> str:
+    """Values back as one line that `split_values` reads again: ", " between them, CSV quotes where needed."""
+    def quoted(text: str) -> str:
+        return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') or text != text.strip() else text
+
+    return ", ".join(quoted(format_value(v)) for v in values)

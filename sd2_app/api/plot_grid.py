@@ -1,0 +1,101 @@
+"""The X/Y/Z plot's grid image: cells in rows and columns, X labels above, Y labels to the left, a title.
+
+Text is drawn with a scalable font so small cells still get legible labels: DejaVu Sans when the system has
+it, else Pillow's bundled default at the wanted size (Pillow >= 10.1 with FreeType), else Pillow's bitmap
+font. Labels wrap at word boundaries to their column's width (A1111 modules/images.py, draw_grid_annotations,
+does the same).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from PIL import Image, ImageDraw, ImageFont
+
+BACKGROUND = (255, 255, 255)
+TEXT = (0, 0, 0)
+MIN_FONT_PX = 16
+
+
+def load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """A scalable font of `size` pixels, or Pillow's bitmap font when no TrueType font can be loaded."""
+    for name in ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"):
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError):  # Pillow < 10.1, or no FreeType
+        return ImageFont.load_default()
+
+
+def wrap(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> list[str]:
+    """Lines of `text` no wider than `width` pixels, broken at spaces (a single long word keeps its line)."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if line and font.getlength(candidate) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = candidate
+        lines.append(line)
+    return lines
+
+
+def draw_grid(
+    images: Sequence[Image.Image | None],
+    columns: int,
+    rows: int,
+    x_labels: Sequence[str],
+    y_labels: Sequence[str] = (),
+    title: str | None = None,
+) -> Image.Image:
+    """`images` in row-major order (None: a blank cell, e.g. not run after Stop) with labelled margins."""
+    present = [image for image in images if image is not None]
+    cell_w = max((image.width for image in present), default=64)
+    cell_h = max((image.height for image in present), default=64)
+    font_px = max(MIN_FONT_PX, round(min(cell_w, cell_h) / 16))
+    font = load_font(font_px)
+    line_h = round(font_px * 1.25)
+    pad = max(4, font_px // 2)
+    label_w = max(cell_w, 10 * font_px)  # column labels may be wider than a tiny cell
+    gap = max(2, font_px // 4)  # white between rows and columns, so neighbouring cells read as separate images
+    column_w = (max(cell_w, label_w) if x_labels else cell_w) + gap
+    row_h = cell_h + gap
+    x_lines = [wrap(label, font, column_w - pad) for label in x_labels]
+    top = max((len(lines) for lines in x_lines), default=0) * line_h + (2 * pad if x_labels else 0)
+    y_width = 0
+    y_lines: list[list[str]] = []
+    if y_labels:
+        y_lines = [wrap(label, font, 12 * font_px) for label in y_labels]
+        widest = max(font.getlength(line) for lines in y_lines for line in lines)
+        y_width = int(widest) + 2 * pad
+    title_lines = wrap(title, font, columns * column_w + y_width) if title else []
+    title_h = len(title_lines) * line_h + (2 * pad if title else 0)
+    width = y_width + columns * column_w
+    height = title_h + top + rows * row_h
+    grid = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(grid)
+    for i, line in enumerate(title_lines):
+        draw.text((width / 2, pad + i * line_h), line, fill=TEXT, font=font, anchor="ma")
+    for column, lines in enumerate(x_lines):
+        centre = y_width + column * column_w + column_w / 2
+        for i, line in enumerate(lines):
+            draw.text((centre, title_h + pad + i * line_h), line, fill=TEXT, font=font, anchor="ma")
+    for row, lines in enumerate(y_lines):
+        middle = title_h + top + row * row_h + cell_h / 2 - len(lines) * line_h / 2
+        for i, line in enumerate(lines):
+            draw.text((y_width - pad, middle + i * line_h), line, fill=TEXT, font=font, anchor="ra")
+    for index, image in enumerate(images):
+        if image is None:
+            continue
+        if image.size != (cell_w, cell_h):
+            image = image.resize((cell_w, cell_h), Image.Resampling.LANCZOS)
+        row, column = divmod(index, columns)
+        left = y_width + column * column_w + (column_w - cell_w) // 2
+        grid.paste(image.convert("RGB"), (left, title_h + top + row * row_h))
+    return grid

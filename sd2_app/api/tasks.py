@@ -1,0 +1,61 @@
+"""The task table: one row per task the app runs, with the defaults every front end shows and sends.
+
+Validation, the service, the CLI and the UI read their per-task defaults here, so a default changes in one
+place. A row says what a user gets when they leave a field alone:
+
+- `checkpoint`: the checkpoint preselected (which checkpoints *qualify* is a fact about each checkpoint:
+  `CheckpointSpec.tasks` in `sd2_app/checkpoints/catalog.py`, listed by `checkpoints_for_task`);
+- `sampler`, `steps`, `cfg_scale`: the sampling defaults (`requests.Sampling` for that task);
+- `strength`: the denoising strength of the tasks that start from an image (None: the task has none);
+- `pipeline`: the function that runs it, as "module:function" (imported only when a task runs, so this
+  module stays free of torch and the UI can import it).
+
+Adding a task: a row here, a request dataclass in `requests.py` (with `task = "<name>"`), its checks in
+`validation.py`, a pipeline function, a CLI sub-command and a UI tab; each of those reads this row.
+This module imports nothing of the app, so any layer may import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_SAMPLER = "DPM++ 2M"
+DEFAULT_STEPS = 25
+DEFAULT_CFG_SCALE = 7.5
+
+PLOT_SAMPLERS = ("DPM++ 2M", "Euler a", "Euler", "DDIM", "UniPC", "DPM++ 2M SDE")
+"""The samplers an X/Y/Z plot's sampler axis starts with (the most used ones)."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: its name (the request's `task`), what the UI calls it, and its defaults."""
+
+    name: str
+    label: str
+    checkpoint: str  # the default checkpoint key (sd2_app.checkpoints.catalog.REGISTRY)
+    pipeline: str  # "module:function"; the function is (components, request, run) -> output
+    sampler: str = DEFAULT_SAMPLER  # a key of sd2_app.samplers.SAMPLERS
+    steps: int = DEFAULT_STEPS
+    cfg_scale: float = DEFAULT_CFG_SCALE
+    strength: float | None = None  # None: the task does not start from a noised image
+
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec("txt2img", "Text to image", "sd21-base", "sd2_app.pipelines.txt2img:txt2img"),
+        TaskSpec("img2img", "Image to image", "sd21-base", "sd2_app.pipelines.img2img:img2img", strength=0.75),
+        TaskSpec("inpaint", "Inpaint", "sd2-inpainting", "sd2_app.pipelines.inpaint:inpaint", strength=1.0),
+        TaskSpec("outpaint", "Outpaint", "sd2-inpainting", "sd2_app.pipelines.outpaint:outpaint", strength=1.0),
+        TaskSpec("upscale", "Upscale x4", "x4-upscaler", "sd2_app.pipelines.upscale:upscale",
+                 sampler="DDIM", steps=50, cfg_scale=9.0),
+        TaskSpec("depth", "Depth to image", "sd2-depth", "sd2_app.pipelines.depth:depth2img", strength=0.7),
+    )
+}
+
+
+def default_checkpoint(task: str, available: list[str]) -> str:
+    """The task's default checkpoint when `available` offers it, else the first available one."""
+    preferred = TASKS[task].checkpoint
+    return preferred if preferred in available else available[0]

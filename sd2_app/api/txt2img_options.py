@@ -1,0 +1,93 @@
+"""Server-side checks of the text-to-image workflow options: hires fix, the seed extras and tiling.
+
+Called by `validation.validate` for every `Txt2ImgRequest` (and so for every comparison's base request).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from sd2_app.api.requests import HIRES_UPSCALERS, HiresFix, Sampling, SeedExtras
+from sd2_app.api.validation import Catalog, Limits, _integer, _number, resolve_seed
+from sd2_app.errors import InvalidRequest
+
+MAX_HIRES_SCALE = 4.0
+X4_UPSCALER = "SD2 x4"
+
+
+def x4_checkpoint(catalog: Catalog) -> str | None:
+    """The checkpoint the "SD2 x4" hires upscaler runs on: the first one that can upscale."""
+    return next((key for key, tasks in catalog.tasks.items() if "upscale" in tasks), None)
+
+
+def _optional_int(value: Any, what: str, low: int, high: int) -> int | None:
+    """None or 0 mean "not set" (the UI's 0 = off); anything else must be a whole number in range."""
+    if value is None or (not isinstance(value, bool) and value == 0):
+        return None
+    return _integer(value, what, low, high)
+
+
+def check_hires(
+    hires: Any, size: tuple[int, int], sampling: Sampling, catalog: Catalog, limits: Limits
+) -> HiresFix | None:
+    """A complete hires fix for a first pass of `size` (width, height), or None when it is off."""
+    if hires is None:
+        return None
+    if not isinstance(hires, HiresFix):
+        raise InvalidRequest(f"Hires fix must be a HiresFix, got {type(hires).__name__}.")
+    if hires.upscaler not in HIRES_UPSCALERS:
+        raise InvalidRequest(f"Unknown hires upscaler {hires.upscaler!r}; choose one of: {', '.join(HIRES_UPSCALERS)}.")
+    if hires.upscaler == X4_UPSCALER:
+        if x4_checkpoint(catalog) is None:
+            raise InvalidRequest("The SD2 x4 hires upscaler needs the x4 upscaler checkpoint, which this server lacks.")
+        if sampling.batch_size != 1:
+            raise InvalidRequest("The SD2 x4 hires upscaler runs one image at a time; set Images per prompt to 1.")
+    sampler = hires.sampler or None
+    if sampler is not None and sampler not in catalog.samplers:
+        raise InvalidRequest(f"Unknown hires sampler {sampler!r}; choose one of: {', '.join(catalog.samplers)}.")
+    if sampler is not None and sampling.use_karras and not catalog.samplers[sampler]:
+        raise InvalidRequest(f"Karras sigmas are not available for the hires sampler {sampler}; untick Karras "
+                             "or choose another hires sampler.")
+    checked = replace(
+        hires,
+        sampler=sampler,
+        scale=_number(hires.scale, "Hires upscale", 1.0, MAX_HIRES_SCALE),
+        width=_optional_int(hires.width, "Hires width", 64, limits.max_side),
+        height=_optional_int(hires.height, "Hires height", 64, limits.max_side),
+        steps=_optional_int(hires.steps, "Hires steps", 1, limits.max_steps),
+        denoising_strength=_number(hires.denoising_strength, "Hires denoising strength", 0.0, 1.0),
+    )
+    target = checked.target(*size)
+    if max(target) > limits.max_side:
+        raise InvalidRequest(f"The hires target {target[0]}x{target[1]} is larger than this server's limit of "
+                             f"{limits.max_side} pixels per side; lower the upscale or the size.")
+    steps = checked.steps or sampling.steps
+    if int(steps * checked.denoising_strength) < 1:
+        raise InvalidRequest(f"Hires denoising strength {checked.denoising_strength:g} with {steps} hires steps runs "
+                             "no step; raise either.")
+    return checked
+
+
+def check_seed_extras(extras: Any, limits: Limits) -> SeedExtras:
+    """Variation strength in [0, 1] with a resolved variation seed when it is used; resize size in range."""
+    if not isinstance(extras, SeedExtras):
+        raise InvalidRequest(f"Seed extras must be SeedExtras, got {type(extras).__name__}.")
+    strength = _number(extras.variation_strength, "Variation strength", 0.0, 1.0)
+    seed = resolve_seed(extras.variation_seed) if strength > 0 else None
+    resize = extras.resize_from
+    if resize is not None:
+        if not isinstance(resize, (tuple, list)) or len(resize) != 2:
+            raise InvalidRequest(f"Seed resize from must be (width, height), got {resize!r}.")
+        width = _optional_int(resize[0], "Seed resize from width", 64, limits.max_side)
+        height = _optional_int(resize[1], "Seed resize from height", 64, limits.max_side)
+        if (width is None) != (height is None):
+            raise InvalidRequest("Seed resize from needs both a width and a height (0 for both turns it off).")
+        resize = None if width is None or height is None else (width // 8 * 8, height // 8 * 8)
+    return SeedExtras(variation_seed=seed, variation_strength=strength, resize_from=resize)
+
+
+def check_tiling(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"Tiling must be true or false, got {value!r}.")
+    return value

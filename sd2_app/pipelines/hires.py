@@ -1,0 +1,143 @@
+"""Hires fix (A1111's txt2img option, learned from modules/processing.py, `sample_hr_pass`): generate at the
+request's size, upscale, then image-to-image at `denoising_strength` to the target size.
+
+Both passes are the one shared loop (`txt2img.generate`, then a strength-cut `Job.denoise`). Upscalers:
+"Latent" (bilinear) and "Latent (nearest-exact)" resize the first pass's latents; "Lanczos" resizes the
+decoded image; "SD2 x4" runs the decoded image through the x4 upscaler, which the service brings in with
+the model manager (api/service.py) and hands back as `HiresPassRequest.images`.
+
+The second pass draws from a fresh generator seeded with the request's seed (A1111 does the same), so it is
+image-to-image by hand with that seed: for pixel upscalers, the posterior sample of the upscaled image, then
+the noise; for latent upscalers, only the noise. The seed extras shape the first pass only. Progress counts
+both passes on one bar: the first pass's steps, then the second's after them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sd2_app.api.requests import HiresFix, HiresPassRequest, Sampling, Txt2ImgRequest
+from sd2_app.checkpoints.components import Components
+from sd2_app.errors import InvalidRequest
+from sd2_app.pipelines.images import LANCZOS, postprocess, preprocess_image
+from sd2_app.pipelines.loop import ProgressFn
+from sd2_app.pipelines.output import PipelineOutput, label_images
+from sd2_app.pipelines.sampling import draw_noise, plan_sampling, start_job
+from sd2_app.pipelines.seamless import circular_padding
+from sd2_app.pipelines.txt2img import generate, txt2img_settings
+from sd2_app.pipelines.vae_io import decode, encode, vae_factor
+
+LATENT_MODES = {"Latent": "bilinear", "Latent (nearest-exact)": "nearest-exact"}  # F.interpolate modes
+
+
+def hires_sampling(sampling: Sampling, hires: HiresFix) -> Sampling:
+    """The second pass's sampling: the hires sampler and steps where given, the rest (seed too) unchanged."""
+    return replace(sampling, sampler=hires.sampler or sampling.sampler, steps=hires.steps or sampling.steps)
+
+
+def second_pass_steps(components: Components, request: Txt2ImgRequest) -> int:
+    """How many sampler steps the second pass runs (its strength-cut schedule's length)."""
+    assert request.hires is not None
+    plan = plan_sampling(components.scheduler_config, hires_sampling(request.sampling, request.hires),
+                         strength=request.hires.denoising_strength)
+    return len(plan.schedule.sigmas) - 1
+
+
+def upscale_latents(latents: torch.Tensor, size: tuple[int, int], upscaler: str) -> torch.Tensor:
+    """(B, 4, h, w) -> (B, 4, H, W) latents with A1111's latent upscale modes (no antialiasing)."""
+    mode = LATENT_MODES[upscaler]
+    options: dict[str, Any] = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(latents, size=size, mode=mode, **options)
+
+
+def hires_settings(request: Txt2ImgRequest, components: Components, width: int, height: int) -> dict[str, Any]:
+    """The first pass's settings plus A1111's hires keys ("Size" stays the first pass's size, as there)."""
+    hires = request.hires
+    assert hires is not None
+    settings = txt2img_settings(request, components, width, height)
+    settings["Denoising strength"] = hires.denoising_strength
+    if hires.width or hires.height:
+        target = hires.target(width, height)
+        settings["Hires resize"] = f"{target[0]}x{target[1]}"
+    else:
+        settings["Hires upscale"] = hires.scale
+    settings["Hires steps"] = hires.steps or request.sampling.steps
+    settings["Hires upscaler"] = hires.upscaler
+    if hires.sampler and hires.sampler != request.sampling.sampler:
+        settings["Hires sampler"] = hires.sampler
+    return settings
+
+
+def second_pass(
+    components: Components,
+    request: Txt2ImgRequest,
+    start: torch.Tensor | list[Image.Image],
+    first_size: tuple[int, int],
+    on_step: ProgressFn | None = None,
+) -> PipelineOutput:
+    """Image-to-image at the target size from upscaled latents (B, 4, H/8, W/8) or upscaled images."""
+    hires = request.hires
+    assert hires is not None
+    factor = vae_factor(components.vae)
+    job = start_job(components, replace(request, sampling=hires_sampling(request.sampling, hires)),
+                    strength=hires.denoising_strength)  # a fresh generator seeded with the request's seed
+    if isinstance(start, torch.Tensor):
+        init = start.float()
+    else:
+        pixels = torch.cat([preprocess_image(image, factor=factor) for image in start])  # (B, 3, H, W)
+        init = encode(components.vae, pixels, job.generator)  # (B, 4, H/8, W/8)
+    noise = draw_noise(tuple(init.shape), job.generator, components.device, components.dtype)
+    from sd2_app.samplers import add_noise
+
+    latents = job.denoise(add_noise(init, noise, job.plan.schedule.sigmas[0]), on_step=on_step)
+    images = postprocess(decode(components.vae, latents))
+    height, width = images[0].height, images[0].width
+    settings = hires_settings(request, components, *first_size)
+    label_images(images, request.prompt, request.negative_prompt, settings)
+    return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=job.warnings)
+
+
+def _offset(on_step: ProgressFn | None, before: int, total: int) -> ProgressFn | None:
+    if on_step is None:
+        return None
+    return lambda done, _steps, x0: on_step(before + done, total, x0)
+
+
+@torch.inference_mode()
+def hires_fix(components: Components, request: Txt2ImgRequest, on_step: ProgressFn | None = None) -> PipelineOutput:
+    """Both passes with a latent or Lanczos upscale, under one progress bar (first steps, then second)."""
+    hires = request.hires
+    assert hires is not None
+    if hires.upscaler not in (*LATENT_MODES, "Lanczos"):
+        raise InvalidRequest(f"The {hires.upscaler} hires upscaler runs through the service (Service.run), "
+                             "which brings its model in.")
+    factor = vae_factor(components.vae)
+    first_steps = request.sampling.steps
+    total = first_steps + second_pass_steps(components, request)
+    with circular_padding(components.unet, components.vae, enabled=request.tiling):
+        latents, width, height, warnings = generate(components, request, _offset(on_step, 0, total))
+        target_w, target_h = hires.target(width, height)
+        if hires.upscaler in LATENT_MODES:
+            start: torch.Tensor | list[Image.Image] = upscale_latents(
+                latents, (target_h // factor, target_w // factor), hires.upscaler)
+        else:
+            start = [image.resize((target_w, target_h), LANCZOS) for image in postprocess(decode(components.vae, latents))]
+        output = second_pass(components, request, start, (width, height), _offset(on_step, first_steps, total))
+    output.warnings = warnings + [w for w in output.warnings if w not in warnings]
+    return output
+
+
+@torch.inference_mode()
+def hires_pass(components: Components, request: HiresPassRequest, on_step: ProgressFn | None = None) -> PipelineOutput:
+    """The second pass alone, from images another model upscaled (the service's SD2 x4 route)."""
+    base = request.base
+    assert base.hires is not None
+    target = base.hires.target(*request.first_size)
+    images = [image.convert("RGB").resize(target, LANCZOS) for image in request.images]
+    with circular_padding(components.unet, components.vae, enabled=base.tiling):
+        return second_pass(components, base, images, request.first_size, on_step)

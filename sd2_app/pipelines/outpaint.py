@@ -1,0 +1,68 @@
+"""Outpainting: a larger canvas around the image, the added strips filled and masked, then inpainting.
+
+The approach of A1111's "poor man's outpainting" and "outpainting mk2" scripts (scripts/poor_mans_outpainting.py,
+scripts/outpainting_mk_2.py): the new area is pre-filled, masked, and repainted by the inpainting pipeline,
+whose inward-feathered paste-back (sd2_app.pipelines.masks.paste_back) leaves every original pixel exactly as
+it was while the generated strip fades in over `mask_blur` pixels from the seam.
+
+SD2's inpainting UNet sees the masked image with the masked part blanked (reference §4.5), so at strength 1
+the model never sees the fill: it only matters as the starting image when strength < 1 and as what the
+feathered edge of the new strip blends with. Edge extension continues the border's colours into the strip,
+so the blend at the seam is smooth; its noise gives a strength < 1 run texture to work from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from sd2_app.api.requests import InpaintRequest, OutpaintRequest
+from sd2_app.checkpoints.components import Components
+from sd2_app.pipelines.inpaint import inpaint
+from sd2_app.pipelines.loop import ProgressFn
+from sd2_app.pipelines.output import PipelineOutput
+
+EDGE_NOISE_STD = 12.0  # grey levels of the noise added to the edge fill
+
+
+def extend_canvas(
+    image: Image.Image, left: int, right: int, up: int, down: int, fill: str, seed: int
+) -> tuple[Image.Image, Image.Image]:
+    """(canvas, mask): the image placed at (left, up) on a canvas grown by the four margins; the mask is
+    white exactly on the added strips. `fill` (a key of OUTPAINT_FILLS) paints the strips; `seed` draws the noise."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    height, width = rgb.shape[:2]
+    pad = ((up, down), (left, right), (0, 0))
+    mask = np.ones((height + up + down, width + left + right), dtype=bool)
+    mask[up : up + height, left : left + width] = False
+    if fill == "solid":
+        canvas = np.broadcast_to(rgb.mean(axis=(0, 1)), mask.shape + (3,)).copy()
+    else:
+        canvas = np.pad(rgb, pad, mode="edge")
+    if fill == "blur":
+        radius = max(4, max(left, right, up, down) // 2)
+        canvas = np.asarray(Image.fromarray(canvas.astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius)),
+                            dtype=np.float32)
+    elif fill == "edge":
+        noise = np.random.default_rng(seed).normal(0.0, EDGE_NOISE_STD, canvas.shape)
+        canvas = canvas + noise * mask[..., None]
+    canvas[~mask] = rgb.reshape(-1, 3)  # the known region exactly as it was (row-major, like the mask)
+    canvas_image = Image.fromarray(np.clip(np.round(canvas), 0, 255).astype(np.uint8), mode="RGB")
+    return canvas_image, Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+
+
+def outpaint(components: Components, request: OutpaintRequest, on_step: ProgressFn | None = None) -> PipelineOutput:
+    """Extend, fill, inpaint the strips; the output's mask is the added strips (before feathering)."""
+    canvas, mask = extend_canvas(request.image, request.left, request.right, request.up, request.down,
+                                 request.fill, int(request.sampling.seed or 0))
+    inner = InpaintRequest(
+        prompt=request.prompt, image=canvas, mask=mask, negative_prompt=request.negative_prompt,
+        checkpoint=request.checkpoint, strength=request.strength, mask_blur=request.mask_blur,
+        keep_unmasked=request.keep_original, sampling=request.sampling,
+    )
+    settings = {f"Outpaint {side}": getattr(request, side) for side in ("left", "right", "up", "down")}
+    settings["Outpaint fill"] = request.fill
+    output = inpaint(components, inner, on_step, extra_settings=settings)
+    return replace(output, mask_image=mask)

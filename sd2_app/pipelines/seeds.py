@@ -1,0 +1,84 @@
+"""Start noise with A1111's "Extra" seed options: a variation seed and "resize seed from width/height".
+
+Learned from A1111 modules/processing.py (`create_random_tensors`) and its `slerp`; written for this app:
+
+- Variation: the start noise is the spherical interpolation from the seed's noise to the variation seed's
+  noise at `variation_strength` (0 = the seed's noise exactly, 1 = the variation seed's exactly). A1111
+  interpolates each (channel, column) slice separately; here each image's noise is one vector, the
+  textbook slerp (Shoemake 1985) of two unit-normal draws.
+- Seed resize: the noise is drawn at the latent size of `resize_from` and centred on a draw at the real size
+  (both from the seed), cropping where the real size is smaller, so the composition a seed gave at one size
+  survives a change of size.
+
+The seed's draw comes first from the job's generator, like a plain text-to-image job's start noise, so the
+sampler's later draws (ancestral samplers) follow the same stream as they would without the extras.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sd2_app.api.requests import SeedExtras
+from sd2_app.pipelines.sampling import draw_noise, make_generator
+
+PARALLEL_DOT = 0.9995  # above this cosine the two draws are almost parallel: interpolate linearly
+
+
+def slerp(t: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of each image's noise, (B, ...) -> (B, ...); t=0 gives `low`, t=1 `high`."""
+    if t <= 0.0:
+        return low
+    if t >= 1.0:
+        return high
+    flat_low, flat_high = low.flatten(1).double(), high.flatten(1).double()  # (B, N)
+    cos = (flat_low / flat_low.norm(dim=1, keepdim=True) * flat_high / flat_high.norm(dim=1, keepdim=True)).sum(1)
+    omega = torch.acos(cos.clamp(-1.0, 1.0))[:, None]  # (B, 1)
+    linear = cos[:, None] > PARALLEL_DOT
+    sin_omega = torch.sin(omega).clamp_min(1e-12)
+    w_low = torch.where(linear, 1.0 - t, torch.sin((1.0 - t) * omega) / sin_omega)
+    w_high = torch.where(linear, t, torch.sin(t * omega) / sin_omega)
+    return (w_low * flat_low + w_high * flat_high).to(low.dtype).reshape(low.shape)
+
+
+def place_centred(noise: torch.Tensor, canvas: torch.Tensor) -> torch.Tensor:
+    """`canvas` (B, C, H, W) with `noise` (B, C, h, w) centred on it; the parts outside are cropped off."""
+    out = canvas.clone()
+    (h, w), (big_h, big_w) = noise.shape[-2:], canvas.shape[-2:]
+    rows, cols = min(h, big_h), min(w, big_w)
+    top, left = max(big_h - h, 0) // 2, max(big_w - w, 0) // 2  # where the noise goes on the canvas
+    crop_top, crop_left = max(h - big_h, 0) // 2, max(w - big_w, 0) // 2  # what of the noise is kept
+    out[:, :, top : top + rows, left : left + cols] = noise[:, :, crop_top : crop_top + rows,
+                                                            crop_left : crop_left + cols]
+    return out
+
+
+def uses_extras(extras: SeedExtras) -> bool:
+    """Whether `extras` changes the start noise at all."""
+    return extras.variation_strength > 0 or extras.resize_from is not None
+
+
+def seeded_noise(
+    shape: tuple[int, ...],
+    generator: torch.Generator,
+    extras: SeedExtras,
+    factor: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Unit start noise of `shape` (B, C, h, w), fp32, with the variation and resize of `extras` applied.
+
+    `generator` is the job's (seeded with the request's seed, nothing drawn yet); `factor` is the VAE's.
+    """
+    noise_shape = shape
+    if extras.resize_from is not None:
+        width, height = extras.resize_from
+        noise_shape = (*shape[:2], height // factor, width // factor)
+    noise = draw_noise(noise_shape, generator, device, dtype)
+    if extras.variation_strength > 0:
+        assert extras.variation_seed is not None, "the service resolves the variation seed"
+        other = draw_noise(noise_shape, make_generator(generator.device, extras.variation_seed), device, dtype)
+        noise = slerp(extras.variation_strength, noise, other)
+    if noise_shape != shape:
+        canvas = draw_noise(shape, make_generator(generator.device, generator.initial_seed()), device, dtype)
+        noise = place_centred(noise, canvas)
+    return noise

@@ -1,0 +1,113 @@
+"""The front end's side of Ray Serve: `ServeBackend` runs validated requests on the deployment's replicas.
+
+`Service(backend=ServeBackend(handle))` keeps everything a visitor touches where it is today (validation before
+any Ray round trip, seeds, saving with metadata, history, the per-job limits of the queue), and only the
+pipeline runs remotely. Progress and previews stream back; Stop cancels the remote generator.
+
+A replica that dies mid-job (a crash, a lost node) fails that job with a clear message; it is not retried,
+since the same job may be what killed it. Serve replaces the replica and later requests run as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from ray import serve
+
+from sd2_app.api.requests import Request
+from sd2_app.api.service import ProgressFn, Result
+from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.serve.config import ServeConfig
+from sd2_app.serve.deployment import checkpoint_of
+
+log = logging.getLogger(__name__)
+
+WORKER_LOST = "The worker running this job stopped before it finished, so nothing was produced; please try again."
+_DONE = object()
+
+
+class ServeBackend:
+    """`Backend` over a Serve deployment handle (`serve.get_app_handle(name)`)."""
+
+    def __init__(self, handle: Any, *, poll_s: float = 0.05) -> None:
+        self._handle = handle
+        self._poll_s = poll_s
+
+    def produce(
+        self, checked: Request, on_progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None
+    ) -> Result:
+        key = checkpoint_of(checked)
+        stream = self._handle.options(multiplexed_model_id=key, stream=True).produce.remote(checked)
+        events: queue.Queue[Any] = queue.Queue()
+
+        def pump() -> None:  # the stream's blocking iteration, on its own thread so Stop is seen meanwhile
+            try:
+                for event in stream:
+                    events.put(event)
+            except BaseException as error:  # noqa: BLE001  # handed to the caller below
+                events.put(error)
+            events.put(_DONE)
+
+        threading.Thread(target=pump, name="sd2-serve-stream", daemon=True).start()
+        while True:
+            try:
+                event = events.get(timeout=self._poll_s)
+            except queue.Empty:
+                if should_stop is not None and should_stop():
+                    stream.cancel()
+                    raise Cancelled from None
+                continue
+            if event is _DONE:
+                raise InvalidRequest(WORKER_LOST)
+            if isinstance(event, BaseException):
+                if should_stop is not None and should_stop():
+                    raise Cancelled from None
+                log.warning("serve job on %s failed: %r", key, event)
+                raise InvalidRequest(WORKER_LOST) from None
+            kind = event[0]
+            if kind == "progress":
+                if on_progress is not None:
+                    on_progress(*event[1:])
+                if should_stop is not None and should_stop():
+                    stream.cancel()
+                    raise Cancelled
+            elif kind == "result":
+                return event[1]
+            elif kind == "stopped":
+                raise Cancelled
+            else:  # "refused"
+                raise InvalidRequest(event[1])
+
+
+class ClusterModels:
+    """The manager-shaped view the front end's Service and Models tab use when the models live on replicas."""
+
+    def __init__(self, handle: Any, registry: dict[str, Any]) -> None:
+        self._handle = handle
+        self.registry = registry
+
+    def status(self) -> list[Any]:
+        """The report of one replica (Serve picks it): its checkpoints and where they are."""
+        return self._handle.status.remote().result(timeout_s=30)["models"]
+
+    def memory(self) -> Any:
+        return self._handle.status.remote().result(timeout_s=30)["memory"]
+
+    def load(self, key: str) -> None:
+        """Load `key` on a replica chosen by Serve's multiplexed routing."""
+        self._handle.options(multiplexed_model_id=key).warm.remote(key).result()
+
+    def unload(self, key: str) -> None:
+        raise InvalidRequest("With Ray Serve the replicas unload checkpoints themselves (least recently used).")
+
+
+def connect(address: str, config: ServeConfig) -> Any:
+    """Join the Ray cluster at `address` ("auto" or ray://host:10001) and return the deployment's handle."""
+    if not ray.is_initialized():
+        ray.init(address=address, namespace="serve", log_to_driver=False)
+    return serve.get_app_handle(config.app_name)

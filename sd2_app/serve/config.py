@@ -1,0 +1,91 @@
+"""The Serve deployment's settings, read from one TOML file (deploy/serve.toml) with documented defaults.
+
+Plain Python (tomllib), no Ray: the front end reads the same file to size its queue.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from sd2_app.errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """One replica = one ModelManager + Service on `num_gpus` GPUs; Serve routes and scales the replicas.
+
+    Autoscaling follows Ray Serve's `autoscaling_config`: between `min_replicas` and `max_replicas`, aiming at
+    `target_ongoing_requests` per replica. A replica runs `max_ongoing_requests` jobs at once (1: the GPU runs
+    one job at a time, as the local app does) and Serve queues at most `max_queued_requests` more per caller.
+    """
+
+    app_name: str = "sd2"
+    min_replicas: int = 1
+    max_replicas: int = 1
+    initial_replicas: int | None = None  # None: min_replicas
+    target_ongoing_requests: float = 1.0
+    max_ongoing_requests: int = 1
+    max_queued_requests: int = 16
+    num_gpus: float = 1.0  # per replica; fractions share a GPU (each replica then loads its own weights)
+    num_cpus: float = 1.0
+    max_models_per_replica: int = 2  # checkpoints a replica keeps loaded (Serve's multiplexing)
+    device: str | None = None  # None: cuda when the replica has a GPU, else cpu
+    dtype: str | None = None  # None: float16 on CUDA, float32 on CPU
+    speed: str = "default"
+    tiny: bool = False  # tiny random-weight checkpoints (tests, `--tiny`)
+    preload: tuple[str, ...] = ()
+    repos: tuple[str, ...] = ()  # KEY=REPO[,REPO] overrides, as app.py's --repo
+
+    @property
+    def total_concurrency(self) -> int:
+        """Jobs the whole deployment runs at once at its largest: the front end's GPU-queue concurrency."""
+        return max(1, self.max_replicas * self.max_ongoing_requests)
+
+    def deployment_options(self) -> dict[str, Any]:
+        """Keyword arguments of Ray Serve's `Deployment.options` for these settings."""
+        options: dict[str, Any] = {
+            "ray_actor_options": {"num_gpus": self.num_gpus, "num_cpus": self.num_cpus},
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+        }
+        if self.min_replicas == self.max_replicas:
+            options["num_replicas"] = self.min_replicas
+        else:
+            options["autoscaling_config"] = {
+                "min_replicas": self.min_replicas,
+                "max_replicas": self.max_replicas,
+                "initial_replicas": self.initial_replicas or self.min_replicas,
+                "target_ongoing_requests": self.target_ongoing_requests,
+            }
+        return options
+
+
+def _check(config: ServeConfig) -> ServeConfig:
+    if not 1 <= config.min_replicas <= config.max_replicas:
+        raise InvalidRequest("serve config: need 1 <= min_replicas <= max_replicas")
+    if config.max_ongoing_requests < 1 or config.max_models_per_replica < 1 or config.max_queued_requests < 0:
+        raise InvalidRequest("serve config: max_ongoing_requests and max_models_per_replica must be >= 1")
+    if config.num_gpus < 0 or config.num_cpus <= 0:
+        raise InvalidRequest("serve config: num_gpus must be >= 0 and num_cpus > 0")
+    return config
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> ServeConfig:
+    """Defaults, then the file's `[serve]` table (if a path is given), then `overrides` (e.g. tiny=True)."""
+    known = {f.name for f in fields(ServeConfig)}
+    values: dict[str, Any] = {}
+    if path is not None:
+        with open(path, "rb") as handle:
+            table = tomllib.load(handle).get("serve", {})
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise InvalidRequest(f"serve config {path}: unknown setting(s) {', '.join(unknown)}")
+        values.update(table)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    for name in ("preload", "repos"):
+        if name in values:
+            values[name] = tuple(values[name])
+    return _check(replace(ServeConfig(), **values))

@@ -1,0 +1,157 @@
+"""The Ray Serve deployment: each replica holds one ModelManager + Service and streams a job's events back.
+
+A request names its checkpoint as Serve's multiplexed model id (Ray Serve docs, "Model Multiplexing"), so the
+router sends it to a replica that already has that checkpoint loaded. `@serve.multiplexed` keeps at most
+`max_models_per_replica` checkpoints per replica; when it evicts one it calls `CheckpointLease.__del__`, which
+hands the checkpoint back to our manager (offloaded to host memory; the manager's own budget drops it later)
+rather than around it.
+
+`produce` is a generator deployment method: it yields `("progress", done, total, preview)` while the job runs,
+then one `("result", Result)`, `("refused", message)` or `("stopped",)`. When the caller cancels the stream
+(Stop), Serve cancels the generator; the job's stop flag is set and the replica waits for the running step to
+end before it takes the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from ray import serve
+
+from sd2_app.api.requests import Request
+from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.serve.config import ServeConfig
+
+log = logging.getLogger(__name__)
+
+Event = tuple[Any, ...]  # ("progress", done, total, preview) | ("result", Result) | ("refused", msg) | ("stopped",)
+
+
+def checkpoint_of(request: Request) -> str:
+    """The checkpoint key a request runs on (a compare request's is its base request's)."""
+    base = getattr(request, "base", None)
+    return getattr(base if base is not None else request, "checkpoint")
+
+
+def build_service(config: ServeConfig) -> Any:  # -> sd2_app.api.service.Service
+    """One replica's ModelManager + Service: nothing is saved on the replica (the front end keeps results)."""
+    import torch
+
+    from sd2_app.accel import options_for
+    from sd2_app.api.service import Service
+    from sd2_app.checkpoints.catalog import apply_overrides, parse_assignments
+    from sd2_app.manager import ModelManager
+
+    registry = apply_overrides(repos=parse_assignments(list(config.repos)), revisions={})
+    dtype = getattr(torch, config.dtype) if config.dtype else None
+    manager = ModelManager(config.device, dtype, registry=registry, tiny=config.tiny, preload=config.preload,
+                           accel=options_for(config.speed))
+    return Service(manager, outputs_dir=None, history_size=1)
+
+
+class CheckpointLease:
+    """What Serve's multiplexing caches for one checkpoint: loading it loads it in our manager, evicting it
+    offloads it there (Serve calls `__del__` on eviction)."""
+
+    def __init__(self, manager: Any, key: str) -> None:
+        self.manager, self.key = manager, key
+        self._held = True
+        manager.load(key)
+
+    def __del__(self) -> None:
+        if getattr(self, "_held", False):
+            self._held = False
+            self.manager.offload(self.key)
+
+
+@serve.deployment(name="SD2Worker")
+class SD2Worker:
+    """One replica: a ModelManager + Service on its GPU (or CPU), driven through `produce`."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.service = build_service(config)
+        self.loads: list[str] = []  # checkpoint keys in the order this replica loaded them
+        self.jobs: list[dict[str, Any]] = []  # one record per job: key, start/end (time.time()), outcome, steps
+
+        @serve.multiplexed(max_num_models_per_replica=config.max_models_per_replica)
+        async def lease(key: str) -> CheckpointLease:
+            self.loads.append(key)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, CheckpointLease, self.service.manager, key)
+
+        self._lease = lease
+
+    async def produce(self, checked: Request):  # -> AsyncIterator[Event]
+        """Run one validated request here, yielding its progress events and then its outcome."""
+        key = serve.get_multiplexed_model_id() or checkpoint_of(checked)
+        await self._lease(key)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        stop = threading.Event()
+        record: dict[str, Any] = {"key": key, "start": time.time(), "end": None, "outcome": None, "steps": 0}
+        self.jobs = self.jobs[-99:] + [record]
+
+        def put(event: Event) -> None:
+            record["outcome"] = event[0]
+            if event[0] == "progress":
+                record["steps"] = event[1]
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        def work() -> None:
+            try:
+                result = self.service.produce(checked, lambda d, t, p: put(("progress", d, t, p)), stop.is_set)
+                put(("result", result))
+            except Cancelled:
+                put(("stopped",))
+            except InvalidRequest as error:
+                put(("refused", str(error)))
+            except BaseException as error:  # a bug: the caller gets a short message, the log the traceback
+                log.exception("job failed on replica %s", os.getpid())
+                put(("refused", f"The job failed on a worker ({type(error).__name__}); the operator has the details."))
+
+        job = loop.run_in_executor(None, work)
+        try:
+            while True:
+                event = await events.get()
+                yield event
+                if event[0] != "progress":
+                    break
+        finally:
+            stop.set()  # the caller cancelled (Stop, disconnect) or the job ended: stop at the next step
+            await asyncio.shield(job)
+            record["end"] = time.time()
+
+    async def warm(self, key: str) -> list[str]:
+        """Load `key` on the replica the router picks (the multiplexed id of the call); its loaded keys."""
+        await self._lease(serve.get_multiplexed_model_id() or key)
+        return self.loaded()
+
+    def loaded(self) -> list[str]:
+        """Checkpoints on this replica's device (evicted ones may still wait in host memory)."""
+        return self.service.manager.loaded_keys("device")
+
+    def stats(self) -> dict[str, Any]:
+        """This replica's process id, the checkpoints it loaded (in order) and its recent jobs."""
+        return {"pid": os.getpid(), "loads": list(self.loads), "loaded": self.loaded(), "jobs": list(self.jobs)}
+
+    def status(self) -> dict[str, Any]:
+        return self.service.status()
+
+
+def build_app(config: ServeConfig) -> Any:  # -> serve.Application
+    """The Serve application for `config` (pass it to `serve.run`)."""
+    return SD2Worker.options(**config.deployment_options()).bind(config)
+
+
+def app_builder(args: dict[str, Any]) -> Any:  # -> serve.Application
+    """Ray Serve's application-builder entry (`import_path: sd2_app.serve.deployment:app_builder` in a Serve
+    config or KubeRay's serveConfigV2); `args` may name `config` (a TOML file) and set `tiny`."""
+    from sd2_app.serve.config import load_config
+
+    return build_app(load_config(args.get("config"), tiny=args.get("tiny")))

@@ -1,0 +1,72 @@
+"""The shape every generation tab shares, as in A1111: the prompts with Generate and Stop beside them on top,
+then the tab's settings on the left and its results on the right.
+
+    top = prompt_row("txt2img", "a cat")
+    with gr.Row(equal_height=False):
+        with settings_column("txt2img"):
+            ...inputs and options of the tab (per-tab extras go at the end of this column)...
+        with results_column("txt2img"):
+            panel = result_panel("txt2img", top.run, top.stop, ...)
+
+The results column is sticky (static/app.css), so progress and results stay in view while the settings
+column scrolls. Element ids: `<prefix>-prompt`, `-negative`, `-run`, `-stop`, `-settings`, `-results`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import gradio as gr
+
+GENERATE = "Generate"
+RUNNING = "Running…"
+
+
+@dataclass
+class PromptRow:
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    run: gr.Button
+    stop: gr.Button
+
+
+def prompt_boxes(prefix: str, value: str = "") -> tuple[gr.Textbox, gr.Textbox]:
+    """Prompt and negative prompt; Ctrl+Enter (Cmd+Enter) in either presses the tab's Generate (static/app.js)."""
+    prompt = gr.Textbox(value, label="Prompt", lines=2, max_lines=8, placeholder="What to draw (Ctrl+Enter generates)",
+                        elem_id=f"{prefix}-prompt", elem_classes=["prompt-box"])
+    negative = gr.Textbox("", label="Negative prompt", lines=1, max_lines=6, placeholder="What to avoid",
+                          elem_id=f"{prefix}-negative", elem_classes=["prompt-box"])
+    return prompt, negative
+
+
+def run_buttons(prefix: str) -> tuple[gr.Button, gr.Button]:
+    """Generate, and Stop (enabled only while a run of this tab is queued or running)."""
+    run = gr.Button(GENERATE, variant="primary", size="lg", elem_id=f"{prefix}-run", elem_classes=["run-button"])
+    stop = gr.Button("Stop", variant="stop", interactive=False, elem_id=f"{prefix}-stop")
+    return run, stop
+
+
+def prompt_row(prefix: str, value: str = "") -> PromptRow:
+    """The row at the top of a generation tab: prompts (wide) and the run buttons (narrow, beside them)."""
+    with gr.Row(equal_height=False, elem_classes=["prompt-row"]):
+        with gr.Column(scale=8, min_width=300):
+            prompt, negative = prompt_boxes(prefix, value)
+        with gr.Column(scale=2, min_width=160, elem_classes=["run-column"]):
+            run, stop = run_buttons(prefix)
+    return PromptRow(prompt, negative, run, stop)
+
+
+@contextmanager
+def settings_column(prefix: str) -> Iterator[gr.Column]:
+    """The left column: the tab's inputs and options."""
+    with gr.Column(scale=5, min_width=320, elem_id=f"{prefix}-settings", elem_classes=["settings-column"]) as column:
+        yield column
+
+
+@contextmanager
+def results_column(prefix: str) -> Iterator[gr.Column]:
+    """The right column: progress, results, parameters and "send to" (sticky on wide screens)."""
+    with gr.Column(scale=6, min_width=320, elem_id=f"{prefix}-results", elem_classes=["results-column"]) as column:
+        yield column

@@ -1,0 +1,39 @@
+// sd2-app page script, run once when the page loads (build_ui passes the style sheet as `css`).
+// - Ctrl+Enter or Cmd+Enter in a prompt box presses that tab's Generate, as in A1111; Enter alone makes a new line.
+// - sd2SendToEditor(courierId, editorId): "Send to inpaint" puts the image in a hidden image component (the
+//   courier); this uploads it into the image editor the way a user's upload arrives, because Gradio's ImageEditor
+//   freezes (blank canvas, endless spinner) when a server event sets its value after a user upload.
+(css) => {
+  if (window.sd2AppReady) return;
+  window.sd2AppReady = true;
+  const style = document.createElement("style");
+  style.textContent = css;
+  document.head.appendChild(style);
+
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
+    const box = event.target.closest && event.target.closest(".prompt-box");
+    if (!box || !box.id) return;
+    const run = document.getElementById(box.id.replace(/-(prompt|negative)$/, "-run"));
+    if (!run) return;
+    event.preventDefault();
+    const button = run.tagName === "BUTTON" ? run : run.querySelector("button");
+    if (button && !button.disabled) button.click();
+  });
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  window.sd2SendToEditor = async (courierId, editorId) => {
+    let image = null;
+    for (let i = 0; i < 100 && !(image && image.src); i++) {
+      image = document.querySelector(`#${courierId} img`);
+      if (!(image && image.src)) await sleep(50);
+    }
+    const input = document.querySelector(`#${editorId} input[type=file]`);
+    if (!(image && image.src) || !input) return;
+    const blob = await (await fetch(image.src)).blob();
+    const files = new DataTransfer();
+    files.items.add(new File([blob], "sent.png", { type: blob.type || "image/png" }));
+    input.files = files.files;
+    input.dispatchEvent(new Event("change", { bubbles: true }));
+  };
+}

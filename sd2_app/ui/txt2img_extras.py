@@ -1,0 +1,131 @@
+"""Text to image's workflow options: the "Hires fix" group, the "Extra seed options" and "Tiling".
+
+`build_extras` makes the widgets (accordions under the main settings, closed: the options are off by
+default); `request_fields` turns their values into the request's `hires`, `seed_extras` and `tiling` fields
+(API callers may leave any of them out: None means the default); `from_parameters` fills them back from a
+PNG's parsed A1111 parameters (PNG info -> "Send to text to image").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from sd2_app.api.requests import HIRES_UPSCALERS, HiresFix, SeedExtras
+
+SAME_SAMPLER = "Same as first pass"
+NAMES = ("hires_fix", "hires_upscaler", "hires_scale", "hires_width", "hires_height", "hires_steps",
+         "denoising_strength", "hires_sampler", "variation_seed", "variation_strength", "seed_resize_from_width",
+         "seed_resize_from_height", "tiling")
+DEFAULTS = HiresFix()
+
+
+@dataclass
+class Txt2ImgExtras:
+    hires: gr.Checkbox
+    upscaler: gr.Dropdown
+    scale: gr.Slider
+    width: gr.Slider
+    height: gr.Slider
+    steps: gr.Slider
+    strength: gr.Slider
+    sampler: gr.Dropdown
+    variation_seed: gr.Number
+    variation_strength: gr.Slider
+    resize_width: gr.Slider
+    resize_height: gr.Slider
+    tiling: gr.Checkbox
+
+    def inputs(self) -> list[gr.components.Component]:
+        return [self.hires, self.upscaler, self.scale, self.width, self.height, self.steps, self.strength,
+                self.sampler, self.variation_seed, self.variation_strength, self.resize_width, self.resize_height,
+                self.tiling]
+
+
+def build_extras(service: Any, max_side: int) -> Txt2ImgExtras:
+    """The widgets, in the order of `NAMES`."""
+    tiling = gr.Checkbox(False, label="Tiling", info="seamless: the image's edges continue each other",
+                         elem_id="txt2img-tiling")
+    with gr.Accordion("Hires fix", open=False, elem_id="txt2img-hires-accordion"):
+        hires = gr.Checkbox(False, label="Use hires fix", info="generate at this size, upscale, then redraw details",
+                            elem_id="txt2img-hires")
+        with gr.Row():
+            upscaler = gr.Dropdown(list(HIRES_UPSCALERS), value=DEFAULTS.upscaler, label="Upscaler",
+                                   elem_id="txt2img-hires-upscaler")
+            scale = gr.Slider(1, 4, DEFAULTS.scale, step=0.05, label="Upscale by", elem_id="txt2img-hires-scale")
+        with gr.Row():
+            width = gr.Slider(0, max_side, 0, step=8, label="Resize width to", info="0 = by the factor",
+                              elem_id="txt2img-hires-width")
+            height = gr.Slider(0, max_side, 0, step=8, label="Resize height to", info="0 = by the factor",
+                               elem_id="txt2img-hires-height")
+        with gr.Row():
+            steps = gr.Slider(0, 150, 0, step=1, label="Hires steps", info="0 = same as Steps",
+                              elem_id="txt2img-hires-steps")
+            strength = gr.Slider(0, 1, DEFAULTS.denoising_strength, step=0.01, label="Denoising strength",
+                                 elem_id="txt2img-hires-strength")
+        sampler = gr.Dropdown([SAME_SAMPLER, *service.samplers()], value=SAME_SAMPLER, label="Hires sampler")
+    with gr.Accordion("Extra seed options", open=False, elem_id="txt2img-seed-extras"):
+        with gr.Row():
+            variation_seed = gr.Number(-1, label="Variation seed (-1 = random)", precision=0,
+                                       elem_id="txt2img-variation-seed")
+            variation_strength = gr.Slider(0, 1, 0, step=0.01, label="Variation strength",
+                                           elem_id="txt2img-variation-strength")
+        with gr.Row():
+            resize_width = gr.Slider(0, max_side, 0, step=8, label="Resize seed from width", info="0 = off")
+            resize_height = gr.Slider(0, max_side, 0, step=8, label="Resize seed from height", info="0 = off")
+    return Txt2ImgExtras(hires, upscaler, scale, width, height, steps, strength, sampler, variation_seed,
+                         variation_strength, resize_width, resize_height, tiling)
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None or value == "" else value
+
+
+def request_fields(hires_on: Any = None, upscaler: Any = None, scale: Any = None, width: Any = None,
+                   height: Any = None, steps: Any = None, strength: Any = None, sampler: Any = None,
+                   variation_seed: Any = None, variation_strength: Any = None, resize_width: Any = None,
+                   resize_height: Any = None, tiling: Any = None) -> dict[str, Any]:
+    """Widget (or API) values -> the Txt2ImgRequest's hires, seed_extras and tiling; the service validates."""
+    hires = None
+    if hires_on:
+        hires = HiresFix(
+            upscaler=_or(upscaler, DEFAULTS.upscaler), scale=_or(scale, DEFAULTS.scale), width=width or None,
+            height=height or None, steps=steps or None,
+            denoising_strength=_or(strength, DEFAULTS.denoising_strength),
+            sampler=None if sampler in (None, "", SAME_SAMPLER) else sampler,
+        )
+    resize = None if not resize_width and not resize_height else (resize_width or 0, resize_height or 0)
+    extras = SeedExtras(variation_seed=_or(variation_seed, None), variation_strength=_or(variation_strength, 0.0),
+                        resize_from=resize)
+    return {"hires": hires, "seed_extras": extras, "tiling": bool(tiling)}
+
+
+def _size(text: Any) -> tuple[int, int] | None:
+    width, sep, height = str(text or "").partition("x")
+    return (int(width), int(height)) if sep and width.isdigit() and height.isdigit() else None
+
+
+def from_parameters(parsed: dict[str, Any], samplers: list[str]) -> tuple:
+    """Widget values (in `NAMES` order) that reproduce a PNG's hires fix, seed extras and tiling."""
+    hires_on = "Hires upscaler" in parsed
+    resize = _size(parsed.get("Hires resize")) or (0, 0)
+    seed_resize = _size(parsed.get("Seed resize from")) or (0, 0)
+    upscaler = parsed.get("Hires upscaler", DEFAULTS.upscaler)
+    sampler = parsed.get("Hires sampler")
+    return (
+        hires_on,
+        upscaler if upscaler in HIRES_UPSCALERS else DEFAULTS.upscaler,
+        parsed.get("Hires upscale", DEFAULTS.scale),
+        resize[0],
+        resize[1],
+        parsed.get("Hires steps", 0) if hires_on else 0,
+        parsed.get("Denoising strength", DEFAULTS.denoising_strength) if hires_on else DEFAULTS.denoising_strength,
+        sampler if sampler in samplers else SAME_SAMPLER,
+        parsed.get("Variation seed", -1),
+        parsed.get("Variation seed strength", 0.0),
+        seed_resize[0],
+        seed_resize[1],
+        bool(parsed.get("Tiling", False)),
+    )

@@ -1,0 +1,206 @@
+"""X/Y/Z plot: one prompt run over up to three axes of settings; labelled grids, each cell timed, a CSV/JSON.
+
+Each axis is a kind (sampler, steps, CFG, seed, checkpoint, Karras, guidance rescale, denoising strength,
+prompt S/R) and values, typed (`20, 30, 40`, `10-40 (+10)`) or, for samplers and checkpoints, picked in a
+multi-select whose order is the order of the cells. An init image makes it an image-to-image plot. Finished
+cells appear in the gallery as they come, so Stop leaves them on screen.
+"""
+
+from __future__ import annotations
+
+import queue
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from sd2_app.api.plot import cell_caption, write_tables
+from sd2_app.api.plot_axes import AXES, AXIS_NAMES
+from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPlotRequest
+from sd2_app.api.tasks import PLOT_SAMPLERS, TASKS
+from sd2_app.errors import Cancelled, InvalidRequest, LoadError
+from sd2_app.ui.common import (
+    EXAMPLE_PROMPTS,
+    SAMPLING_NAMES,
+    STARTING,
+    STOPPING,
+    ResultPanel,
+    checkpoint_dropdown,
+    result_panel,
+    sampling_controls,
+    to_sampling,
+    wire_run,
+    wire_seed_buttons,
+)
+from sd2_app.ui.layout import prompt_row, results_column, settings_column
+from sd2_app.ui.runner import StopFlags, stopped_message, stream, user_message
+from sd2_app.ui.uploads import upload_image
+
+
+PICKED = ("sampler", "checkpoint")  # kinds whose values are picked from a list
+HINTS = {"prompt_sr": "the first value is searched in the prompt: cat, dog, tiger",
+         "use_karras": "on, off", "seed": "1, 2, 3 or 1-4"}
+TABLES_DIR = Path(tempfile.gettempdir()) / "sd2-app-plots"
+
+
+@dataclass
+class AxisControls:
+    kind: gr.Dropdown
+    text: gr.Textbox
+    picked: gr.Dropdown
+    select_all: gr.Button
+    select_none: gr.Button
+
+
+def _axis_row(name: str, kind: str, picks: dict[str, list[tuple[str, str]]]) -> AxisControls:
+    prefix = f"xyz-{name.lower()}"
+    choices = [("Nothing", "nothing")] if name != "X" else []
+    choices += [(spec.label, key) for key, spec in AXES.items()]
+    with gr.Row(equal_height=True):
+        kind_box = gr.Dropdown(choices, value=kind, label=f"{name} type", scale=2, elem_id=f"{prefix}-type")
+        text = gr.Textbox(label=f"{name} values", placeholder="20, 30, 40 or 10-40 (+10)", scale=5,
+                          visible=kind not in PICKED and kind != "nothing", elem_id=f"{prefix}-values")
+        start = [n for n in PLOT_SAMPLERS if n in dict((v, v) for _, v in picks["sampler"])] if kind == "sampler" else []
+        picked = gr.Dropdown(picks.get(kind, picks["sampler"]), value=start, multiselect=True, allow_custom_value=True,
+                             label=f"{name} values (in this order)", scale=5, visible=kind in PICKED,
+                             elem_id=f"{prefix}-picked")
+        select_all = gr.Button("All", size="sm", scale=1, min_width=60, visible=kind in PICKED,
+                               elem_id=f"{prefix}-all")
+        select_none = gr.Button("None", size="sm", scale=1, min_width=60, visible=kind in PICKED,
+                                elem_id=f"{prefix}-none")
+    return AxisControls(kind_box, text, picked, select_all, select_none)
+
+
+def _wire_axis(axis: AxisControls, picks: dict[str, list[tuple[str, str]]], prefix: str) -> None:
+    def follow_kind(kind: str) -> tuple:
+        listed = kind in PICKED
+        return (gr.update(visible=not listed and kind != "nothing", placeholder=HINTS.get(kind, "20, 30, 40 or "
+                                                                                              "10-40 (+10)")),
+                gr.update(visible=listed, choices=picks.get(kind, []), value=[]),
+                gr.update(visible=listed), gr.update(visible=listed))
+
+    axis.kind.change(follow_kind, axis.kind, [axis.text, axis.picked, axis.select_all, axis.select_none],
+                     api_name=f"{prefix}_kind", api_visibility="private", queue=False)
+    axis.select_all.click(lambda kind: [value for _, value in picks.get(kind, [])], axis.kind, axis.picked,
+                          api_name=f"{prefix}_all", api_visibility="private", queue=False)
+    axis.select_none.click(lambda: [], None, axis.picked, api_name=f"{prefix}_none", api_visibility="private",
+                           queue=False)
+
+
+def make_axis(kind: Any, text: Any, picked: Any) -> PlotAxis | None:
+    """Widget values -> an axis (None for "nothing"); picked values win for samplers and checkpoints."""
+    if not kind or kind == "nothing":
+        return None
+    if kind in PICKED and picked:
+        return PlotAxis(str(kind), tuple(picked))
+    return PlotAxis(str(kind), text if isinstance(text, str) else "")
+
+
+def make_request(key: str, text: str, negative_text: str, *values: Any) -> XYZPlotRequest:
+    """Widget values (in the order of the API's parameter names) -> the plot request."""
+    axes = [make_axis(*values[3 * i : 3 * i + 3]) for i in range(3)]
+    sampling_values = values[9 : 9 + len(SAMPLING_NAMES) - 1]
+    width, height, image, strength = values[9 + len(SAMPLING_NAMES) - 1 :]
+    sampling = to_sampling(*sampling_values, 1)
+    common = {"prompt": text, "negative_prompt": negative_text, "checkpoint": key, "sampling": sampling}
+    if image is not None:
+        base: Any = Img2ImgRequest(image=image, strength=strength, width=width, height=height, **common)
+    else:
+        base = Txt2ImgRequest(width=width, height=height, **common)
+    if axes[0] is None:
+        raise InvalidRequest("Choose what the X axis varies.")
+    return XYZPlotRequest(base=base, x=axes[0], y=axes[1], z=axes[2])
+
+
+def _tables(result: Any) -> list[str]:
+    folder = TABLES_DIR / uuid.uuid4().hex
+    return [str(path) for path in write_tables(result.cells, folder)]
+
+
+def stream_plot(service: Any, flags: StopFlags, request_fn: Any, session: str, progress: Any, finish: Any,
+                n_outputs: int) -> Iterator[tuple]:
+    """`common.stream_result` for a plot (the `body` of its `wire_run`): as it runs, each finished cell joins
+    the gallery (so Stop, which ends this stream, leaves them on screen); then the grids, cells and tables."""
+    try:
+        request = request_fn()
+    except InvalidRequest as error:
+        raise gr.Error(str(error), print_exception=False) from error
+    skip = gr.skip()
+    keep = (skip,) * (n_outputs - 3)
+    finished: queue.Queue[tuple[Any, Any, float]] = queue.Queue()
+    shown: list[tuple[Any, str]] = []
+    flag = flags.arm(session)
+    progress(0, desc="Loading the model…")
+    yield (skip, skip, STARTING, *keep)
+
+    def call(on_progress: Any, should_stop: Any) -> Any:
+        return service.plot(request, on_progress, should_stop, owner=session,
+                            on_cell=lambda cell, image, seconds: finished.put((cell, image, seconds)))
+
+    try:
+        for item in stream(call, flag):
+            if not isinstance(item, tuple):
+                for warning in item.warnings:
+                    gr.Warning(warning)
+                yield (item.images[0], *finish(item))
+                continue
+            done, total, preview = item
+            flag.done, flag.total = done, total
+            progress((done, total), desc="Sampling", unit="steps")
+            new = []
+            while not finished.empty():
+                cell, image, seconds = finished.get()
+                new.append((image, f"{cell_caption(cell)} · {seconds:.2f} s"))
+            shown += new
+            if new or preview is not None:
+                status = STOPPING if flag.is_set() else f"{len(shown)} cell(s) done · step {done}/{total}"
+                yield (preview if preview is not None else skip, list(shown) if new else skip, status, *keep)
+    except Cancelled:
+        yield (skip, skip, stopped_message(flag), *keep)
+    except InvalidRequest as error:
+        raise gr.Error(user_message(error), print_exception=False) from error
+    except LoadError as error:
+        raise gr.Error(f"The model could not be loaded: {error}", print_exception=False) from error
+    finally:
+        flags.release(session, flag)
+
+
+def build(service: Any, flags: StopFlags) -> ResultPanel:
+    picks = {"sampler": [(name, name) for name in service.samplers()], "checkpoint": service.checkpoints("txt2img")}
+    top = prompt_row("xyz", EXAMPLE_PROMPTS[1])
+    with gr.Row(equal_height=False):
+        with settings_column("xyz"):
+            axes = [_axis_row(name, kind, picks) for name, kind in zip(AXIS_NAMES, ("sampler", "nothing", "nothing"))]
+            checkpoint = checkpoint_dropdown(service, "txt2img", elem_id="xyz-checkpoint")
+            side = service.resolution(checkpoint.value)
+            with gr.Row():
+                width = gr.Slider(64, service.limits.max_side, side, step=8, label="Width", elem_id="xyz-width")
+                height = gr.Slider(64, service.limits.max_side, side, step=8, label="Height", elem_id="xyz-height")
+            controls, randomize, reuse = sampling_controls(service, "xyz", batch=False, task="txt2img")
+            with gr.Accordion("Init image (optional: makes it an image-to-image plot)", open=False):
+                image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
+                                     height=240, elem_id="xyz-image")
+                strength = gr.Slider(0, 1, TASKS["img2img"].strength, step=0.01, label="Denoising strength")
+        with results_column("xyz"):
+            panel = result_panel("xyz", top.run, top.stop)
+            # The tables ride in the panel's extra output (an image on other tabs): cleared at Generate, filled
+            # at the end by `finish_extra`.
+            panel.extra = gr.File(label="Cell settings and times (CSV, JSON)", file_count="multiple",
+                                  interactive=False, elem_id="xyz-files")
+    panel.gallery.columns = 3
+    wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "xyz")
+    for name, axis in zip(AXIS_NAMES, axes):
+        _wire_axis(axis, picks, f"xyz_{name.lower()}")
+    axis_inputs = [widget for axis in axes for widget in (axis.kind, axis.text, axis.picked)]
+    inputs = [checkpoint, top.prompt, top.negative, *axis_inputs, *controls.inputs()[:-1], width, height, image,
+              strength]
+    names = ["checkpoint", "prompt", "negative_prompt"]
+    names += [f"{n.lower()}_{part}" for n in AXIS_NAMES for part in ("type", "values", "picked")]
+    names += [*SAMPLING_NAMES[:-1], "width", "height", "init_image", "strength"]
+    wire_run(service, flags, panel, inputs, make_request, "xyz_plot", names,
+             finish_extra=lambda result: (_tables(result),), body=stream_plot)
+    return panel

@@ -1,0 +1,137 @@
+"""Hires fix on the tiny checkpoints: each upscaler's result is text-to-image, that upscale and
+image-to-image done by hand with the same seed; one progress bar; Stop in either pass; validation."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from pipeline_fixtures import LATENT_TOLERANCE, PIXEL_TOLERANCE, ComponentCache, latent_diff, max_pixel_diff
+from PIL import Image
+
+from sd2_app.api.requests import HiresFix, Img2ImgRequest, Sampling, Txt2ImgRequest, UpscaleRequest
+from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.pipelines.img2img import img2img
+from sd2_app.pipelines.metadata import parse_parameters
+from sd2_app.pipelines.txt2img import txt2img
+
+SAMPLING = Sampling(sampler="DPM++ 2M", steps=4, seed=11)
+
+
+def _request(upscaler: str, **hires: object) -> Txt2ImgRequest:
+    fix = HiresFix(upscaler=upscaler, scale=1.5, steps=6, denoising_strength=0.5, **hires)  # type: ignore[arg-type]
+    return Txt2ImgRequest(prompt="a castle", negative_prompt="fog", width=64, height=64, sampling=SAMPLING,
+                          hires=fix)
+
+
+def test_lanczos_hires_equals_txt2img_lanczos_then_img2img_with_the_same_seed(components: ComponentCache) -> None:
+    c = components("sd2-base")
+    ours = txt2img(c, _request("Lanczos"))
+    first = txt2img(c, replace(_request("Lanczos"), hires=None))
+    upscaled = first.images[0].resize((96, 96), Image.Resampling.LANCZOS)
+    by_hand = img2img(c, Img2ImgRequest(prompt="a castle", negative_prompt="fog", image=upscaled, strength=0.5,
+                                        sampling=replace(SAMPLING, steps=6)))
+    assert ours.images[0].size == (96, 96)
+    assert torch.equal(ours.latents, by_hand.latents)
+    assert np.array_equal(np.asarray(ours.images[0]), np.asarray(by_hand.images[0]))
+
+
+@pytest.mark.parametrize(("upscaler", "mode"), [("Latent", "bilinear"), ("Latent (nearest-exact)", "nearest-exact")])
+def test_latent_hires_equals_diffusers_img2img_on_the_resized_latents(
+    components: ComponentCache, upscaler: str, mode: str
+) -> None:
+    """By hand: our text-to-image latents, resized with torch, then diffusers' img2img (it takes 4-channel
+    latents as its image) with a generator seeded with the same seed."""
+    from pipeline_fixtures import reference_pipeline
+
+    c = components("sd2-base")
+    ours = txt2img(c, _request(upscaler))
+    first = txt2img(c, replace(_request(upscaler), hires=None)).latents  # (1, 4, 8, 8)
+    options = {"align_corners": False} if mode == "bilinear" else {}
+    resized = F.interpolate(first, size=(12, 12), mode=mode, **options)
+    pipe = reference_pipeline("sd2-base", "DPM++ 2M", img2img=True)
+    common = {"prompt": "a castle", "negative_prompt": "fog", "image": resized, "strength": 0.5,
+              "num_inference_steps": 6, "guidance_scale": 7.5}
+    ref_latents = pipe(generator=torch.Generator().manual_seed(11), output_type="latent", **common).images
+    ref_images = pipe(generator=torch.Generator().manual_seed(11), output_type="np", **common).images
+    assert latent_diff(ours.latents, ref_latents) < LATENT_TOLERANCE
+    assert max_pixel_diff(ours.images, ref_images) <= PIXEL_TOLERANCE
+    assert ours.images[0].size == (96, 96)
+
+
+def test_metadata_uses_a1111_keys_and_reads_back(components: ComponentCache) -> None:
+    request = _request("Latent", sampler="Euler")
+    params = parse_parameters(txt2img(components("sd2-base"), request).images[0].info["parameters"])
+    assert params["Size"] == "64x64"  # the first pass's size, as A1111 writes it
+    assert (params["Hires upscale"], params["Hires steps"], params["Hires upscaler"]) == (1.5, 6, "Latent")
+    assert (params["Denoising strength"], params["Hires sampler"]) == (0.5, "Euler")
+    explicit = txt2img(components("sd2-base"), replace(request, hires=replace(request.hires, width=80, height=72)))
+    assert explicit.images[0].size == (80, 72)
+    assert parse_parameters(explicit.images[0].info["parameters"])["Hires resize"] == "80x72"
+
+
+def test_one_progress_bar_over_both_passes_and_stop_in_the_second(components: ComponentCache) -> None:
+    seen: list[tuple[int, int]] = []
+    txt2img(components("sd2-base"), _request("Latent"), on_step=lambda d, t, x: seen.append((d, t)))
+    assert seen == [(d, 7) for d in range(1, 8)]  # 4 first-pass steps + int(6 * 0.5) second-pass steps
+
+    def stop_in_second_pass(done: int, total: int, x0: torch.Tensor) -> None:
+        if done == 5:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        txt2img(components("sd2-base"), _request("Lanczos"), on_step=stop_in_second_pass)
+
+
+def test_sd2_x4_hires_through_the_service_equals_the_three_steps_by_hand(tmp_path) -> None:
+    from pipeline_fixtures import tiny_dir
+
+    from sd2_app.api.service import Service
+    from sd2_app.checkpoints.catalog import tiny_registry
+    from sd2_app.manager import ModelManager
+    from sd2_app.testing.tiny import ensure_tiny_repos
+
+    registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
+    service = Service(ModelManager("cpu", registry=registry, cache_dir=tmp_path / "cache"), outputs_dir=None)
+    request = Txt2ImgRequest(prompt="a castle", checkpoint="sd2-base", width=64, height=64, sampling=SAMPLING,
+                             hires=HiresFix(upscaler="SD2 x4", scale=2.0, steps=4, denoising_strength=0.5))
+    progress: list[tuple[int, int]] = []
+    result = service.run(request, on_progress=lambda d, t, p: progress.append((d, t)))
+    assert result.images[0].size == (128, 128)
+    assert [d for d, _ in progress] == list(range(1, 11)) and {t for _, t in progress} == {10}  # 4 + 4 + 2
+
+    first = service.run(replace(request, hires=None)).images[0]
+    x4 = service.run(UpscaleRequest(prompt="a castle", image=first, checkpoint="x4-upscaler",
+                                    sampling=Sampling(sampler="DDIM", steps=4, cfg_scale=9.0, seed=11))).images[0]
+    assert x4.size == (256, 256)
+    by_hand = service.run(Img2ImgRequest(prompt="a castle", image=x4.resize((128, 128), Image.Resampling.LANCZOS),
+                                         checkpoint="sd2-base", strength=0.5, sampling=SAMPLING)).images[0]
+    assert np.array_equal(np.asarray(result.images[0]), np.asarray(by_hand))
+    assert parse_parameters(result.parameters)["Hires upscaler"] == "SD2 x4"
+
+
+@pytest.mark.parametrize(("hires", "batch", "message"), [
+    (HiresFix(upscaler="ESRGAN"), 1, "Unknown hires upscaler 'ESRGAN'; choose one of: Latent, "
+                                     "Latent (nearest-exact), Lanczos, SD2 x4."),
+    (HiresFix(scale=4.0), 1, "The hires target 1024x1024 is larger than this server's limit of 512 pixels per "
+                             "side; lower the upscale or the size."),
+    (HiresFix(denoising_strength=0.01), 1, "Hires denoising strength 0.01 with 4 hires steps runs no step; "
+                                           "raise either."),
+    (HiresFix(upscaler="SD2 x4"), 2, "The SD2 x4 hires upscaler runs one image at a time; set Images per "
+                                     "prompt to 1."),
+    (HiresFix(sampler="Nope"), 1, "Unknown hires sampler 'Nope'; choose one of:"),
+    (HiresFix(steps=-3), 1, "Hires steps must be between 1 and 150, got -3."),
+])
+def test_validation_messages(hires: HiresFix, batch: int, message: str) -> None:
+    from sd2_app.api.validation import Limits, validate
+    from tests.ui_doubles import fake_catalog
+
+    catalog = fake_catalog()
+    request = Txt2ImgRequest(prompt="p", checkpoint="sd2-base", width=256, height=256,
+                             sampling=replace(SAMPLING, batch_size=batch), hires=hires)
+    with pytest.raises(InvalidRequest) as error:
+        validate(request, catalog, Limits(max_side=512))
+    assert str(error.value).startswith(message)

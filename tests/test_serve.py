@@ -1,0 +1,231 @@
+"""Ray Serve scale-out on CPU: a local Ray started once for the module, two tiny-checkpoint replicas, k = 1.
+
+The front end is a real `Service` with `ServeBackend`; the replicas are real `SD2Worker`s (ModelManager +
+Service each). Jobs are 64x64 Euler runs on the tiny checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sd2_app.errors import Cancelled, InvalidRequest
+from tests.reliability_support import fast, make_service, txt2img
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINTS = ("sd2-base", "sd21-base", "sd2")  # three txt2img checkpoints, three tiny repos
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):  # -> (handle, ServeConfig)
+    from sd2_app.serve.config import load_config
+    from sd2_app.serve.deployment import build_app
+    from sd2_app.testing.tiny import ensure_tiny_repos
+    from tests.pipeline_fixtures import tiny_dir
+
+    ensure_tiny_repos(tiny_dir())
+    cache = tmp_path_factory.mktemp("serve-cache")
+    (cache / "tiny").symlink_to(tiny_dir(), target_is_directory=True)
+    env = {"SD2APP_CACHE": str(cache), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    config = load_config(None, tiny=True, min_replicas=2, max_replicas=2, num_gpus=0.0, num_cpus=1.0,
+                         max_models_per_replica=1, device="cpu")
+    try:
+        handle = serve.run(build_app(config), name=config.app_name, route_prefix=None)
+        yield handle, config
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def front(cluster):  # -> Service whose jobs run on the replicas
+    from sd2_app.api.service import Service
+    from sd2_app.checkpoints.catalog import REGISTRY
+    from sd2_app.serve.backend import ClusterModels, ServeBackend
+
+    handle, config = cluster
+    return Service(ClusterModels(handle, dict(REGISTRY)), registry=REGISTRY, outputs_dir=None,
+                   backend=ServeBackend(handle), concurrency=config.total_concurrency, allowed_repos=())
+
+
+def replica_stats(handle, count: int = 2) -> dict[int, dict]:
+    """Each replica's stats, by pid (calls until `count` distinct replicas answered)."""
+    seen: dict[int, dict] = {}
+    for _ in range(200):
+        stats = handle.stats.remote().result(timeout_s=30)
+        seen[stats["pid"]] = stats
+        if len(seen) == count:
+            return seen
+    raise AssertionError(f"only {len(seen)} replicas answered")
+
+
+def total_loads(handle) -> list[str]:
+    return sorted(key for stats in replica_stats(handle).values() for key in stats["loads"])
+
+
+def request(checkpoint: str = "sd21-base", steps: int = 2, seed: int = 7):
+    return replace(txt2img(seed=seed), checkpoint=checkpoint, sampling=fast(seed, steps=steps))
+
+
+def test_the_serve_path_gives_the_local_image(front) -> None:
+    local, _ = make_service()
+    remote = front.run(request(seed=11))
+    here = local.run(request(seed=11))
+    assert remote.seed == here.seed == 11
+    assert np.array_equal(np.asarray(remote.images[0]), np.asarray(here.images[0]))
+    assert remote.parameters == here.parameters and "Seed: 11" in remote.parameters
+
+
+def test_requests_go_to_the_replica_that_has_their_checkpoint(front, cluster) -> None:
+    """Serve's rule: a replica that has the checkpoint, else one with the fewest loaded (k = 1 here)."""
+    handle, _ = cluster
+    a, b, c = CHECKPOINTS
+
+    def run(*keys: str) -> None:
+        for key in keys:
+            front.run(request(key))
+            time.sleep(1.0)  # replicas push their loaded ids to the router every 0.1 s (slower on a busy CPU)
+
+    def loaded() -> list[list[str]]:
+        return sorted(stats["loaded"] for stats in replica_stats(handle).values())
+
+    run(a, b)  # the first test left b on one replica; a goes to the other, empty one
+    assert loaded() == sorted([[a], [b]])
+    warm = total_loads(handle)
+    run(a, b, a, b)  # each finds its replica: no load at all
+    assert total_loads(handle) == warm
+    run(c)  # a third checkpoint: one load, evicting (offloading) whichever checkpoint its replica had
+    assert len(total_loads(handle)) == len(warm) + 1
+    assert [c] in loaded() and len(loaded()) == 2
+
+
+def test_two_jobs_run_at_once_on_two_replicas(front, cluster) -> None:
+    handle, _ = cluster
+    a, b = CHECKPOINTS[0], CHECKPOINTS[1]
+    for key in (a, b):  # put one checkpoint on each replica
+        front.run(request(key))
+        time.sleep(0.3)
+    def job(key: str):
+        return replace(request(key, steps=60), width=128, height=128)
+
+    start = time.perf_counter()
+    front.run(job(a))
+    one = time.perf_counter() - start
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda k=k: results.append(front.run(job(k)))) for k in (a, b)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    both = time.perf_counter() - start
+    assert len(results) == 2
+    jobs = sorted((j for s in replica_stats(handle).values() for j in s["jobs"]), key=lambda j: j["start"])[-2:]
+    assert {j["key"] for j in jobs} == {a, b}
+    assert jobs[1]["start"] < jobs[0]["end"]  # the two jobs overlapped in time, on two replicas
+    assert both < 2 * one, (both, one)
+
+
+def test_stop_cancels_the_remote_job_and_frees_the_replica(front, cluster) -> None:
+    handle, _ = cluster
+    seen: list[int] = []
+    with pytest.raises(Cancelled):
+        front.run(request(steps=150), lambda done, total, preview: seen.append(done), lambda: len(seen) >= 2)
+    time.sleep(0.5)
+    job = max((j for s in replica_stats(handle).values() for j in s["jobs"]), key=lambda j: j["start"])
+    assert job["end"] is not None and job["outcome"] == "stopped" and 2 <= job["steps"] < 150
+    start = time.perf_counter()
+    front.run(request())
+    assert time.perf_counter() - start < 30
+
+
+def test_bad_input_is_refused_before_any_ray_call(cluster) -> None:
+    from sd2_app.api.service import Service
+    from sd2_app.checkpoints.catalog import REGISTRY
+
+    class Counting:
+        calls = 0
+
+        def produce(self, *args: object) -> None:
+            Counting.calls += 1
+
+    service = Service(None, registry=REGISTRY, outputs_dir=None, backend=Counting(), allowed_repos=())
+    for bad in (replace(request(), width=4096), replace(request(), checkpoint="nope"),
+                replace(request(), sampling=fast(1, steps=0))):
+        with pytest.raises(InvalidRequest):
+            service.run(bad)
+    assert Counting.calls == 0
+
+
+def test_the_app_with_serve_runs_jobs_on_the_replicas_and_saves_at_the_front(cluster, tmp_path: Path) -> None:
+    """app.py --serve against the running cluster: a gradio_client txt2img comes back and is saved locally."""
+    import app
+    from gradio_client import Client
+
+    from tests.reliability_support import free_port
+
+    handle, config = cluster
+    toml = tmp_path / "serve.toml"
+    toml.write_text(f'[serve]\napp_name = "{config.app_name}"\nmin_replicas = 2\nmax_replicas = 2\n')
+    outputs = tmp_path / "outputs"
+    args = app.parse_args(["--serve", "auto", "--serve-config", str(toml), "--outputs", str(outputs)])
+    demo = app.build(args)
+    _, url, _ = demo.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(url, verbose=False)
+        before = sum(len(s["jobs"]) for s in replica_stats(handle).values())
+        _, gallery, info = client.predict(prompt="a red fox", checkpoint="sd21-base", width=64, height=64,
+                                          sampler="Euler", steps=2, cfg_scale=1.0, seed=5, api_name="/txt2img")
+        assert sum(len(s["jobs"]) for s in replica_stats(handle).values()) == before + 1  # ran on a replica
+        saved = sorted(outputs.glob("*/*-5-txt2img.png"))
+        assert len(saved) == 1 and "Seed: 5," in Image.open(saved[0]).info["parameters"]
+        assert "**Seed** 5" in info
+    finally:
+        demo.close()
+
+
+def test_a_replica_killed_mid_job_fails_that_job_clearly_and_the_next_succeeds(front, cluster) -> None:
+    from sd2_app.serve.backend import WORKER_LOST
+
+    handle, _ = cluster
+    pids = set(replica_stats(handle))
+    outcome: list[object] = []
+    started = threading.Event()
+
+    def run() -> None:
+        try:
+            job = replace(request(steps=150), width=256, height=256)
+            outcome.append(front.run(job, lambda done, total, preview: started.set()))
+        except InvalidRequest as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert started.wait(60)
+    free = handle.stats.remote().result(timeout_s=30)["pid"]  # the busy replica takes no other call
+    (victim,) = pids - {free}
+    os.kill(victim, signal.SIGKILL)
+    thread.join(timeout=60)
+    assert len(outcome) == 1 and isinstance(outcome[0], InvalidRequest) and str(outcome[0]) == WORKER_LOST
+    deadline = time.time() + 90
+    while True:  # Serve replaces the replica; the survivor serves meanwhile
+        try:
+            result = front.run(request(seed=3))
+            break
+        except InvalidRequest:
+            assert time.time() < deadline
+            time.sleep(1)
+    assert result.seed == 3 and result.images[0].size == (64, 64)

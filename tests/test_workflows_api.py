@@ -1,0 +1,142 @@
+"""Hires fix, seed extras, tiling and 16-bit depth maps through the running app (gradio_client), on the tiny
+checkpoints: the endpoints take the options by name, the PNGs carry A1111's keys, and the parameters read
+back with PNG info reproduce the image exactly."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+FAST = {"steps": 2, "seed": 7, "cfg_scale": 7.5, "width": 64, "height": 64}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, Path]]:
+    from sd2_app.api.service import Service
+    from sd2_app.checkpoints.catalog import tiny_registry
+    from sd2_app.manager import ModelManager
+    from sd2_app.testing.tiny import ensure_tiny_repos
+    from sd2_app.ui import build_ui
+    from tests.pipeline_fixtures import tiny_dir
+
+    outputs = tmp_path_factory.mktemp("outputs")
+    registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
+    service = Service(ModelManager("cpu", registry=registry, cache_dir=tmp_path_factory.mktemp("cache")),
+                      outputs_dir=outputs)
+    demo = build_ui(service)
+    demo.queue(max_size=8, default_concurrency_limit=1)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(), quiet=True,
+                            show_error=False)
+    try:
+        yield Client(url, verbose=False), outputs
+    finally:
+        demo.close()
+
+
+def _png(gallery: list[dict]) -> Image.Image:
+    image = Image.open(gallery[0]["image"])
+    image.load()
+    return image
+
+
+def test_hires_fix_endpoint_returns_the_target_size_with_a1111_keys(app) -> None:
+    client, _ = app
+    _, gallery, _ = client.predict(prompt="a castle", hires_fix=True, hires_upscaler="Lanczos", hires_scale=1.5,
+                                   hires_steps=4, denoising_strength=0.5, api_name="/txt2img", **FAST)
+    image = _png(gallery)
+    assert image.size == (96, 96)
+    text = image.info["parameters"]
+    for part in ("Size: 64x64", "Denoising strength: 0.5", "Hires upscale: 1.5", "Hires steps: 4",
+                 "Hires upscaler: Lanczos"):
+        assert part in text
+
+
+def test_png_info_parameters_reproduce_hires_variation_tiling_exactly(app) -> None:
+    client, outputs = app
+    _, gallery, _ = client.predict(
+        prompt="a mossy wall", hires_fix=True, hires_upscaler="Latent (nearest-exact)", hires_width=80,
+        hires_height=72, hires_steps=3, denoising_strength=0.6, hires_sampler="Euler", variation_seed=5,
+        variation_strength=0.3, seed_resize_from_width=96, seed_resize_from_height=64, tiling=True,
+        api_name="/txt2img", **FAST)
+    first = _png(gallery)
+    saved = sorted(outputs.glob("*/*-7-txt2img.png"))[-1]
+    _, fields = client.predict(path=handle_file(str(saved)), api_name="/png_info")
+    assert fields["Hires resize"] == "80x72" and fields["Hires sampler"] == "Euler"
+    assert (fields["Variation seed"], fields["Variation seed strength"], fields["Seed resize from"]) == (5, 0.3, "96x64")
+    assert fields["Tiling"] is True
+    width, height = (int(v) for v in fields["Size"].split("x"))
+    resize_width, resize_height = (int(v) for v in fields["Hires resize"].split("x"))
+    from_width, from_height = (int(v) for v in fields["Seed resize from"].split("x"))
+    _, again, _ = client.predict(
+        prompt=fields["Prompt"], steps=fields["Steps"], sampler=fields["Sampler"], cfg_scale=fields["CFG scale"],
+        seed=fields["Seed"], width=width, height=height, hires_fix=True, hires_upscaler=fields["Hires upscaler"],
+        hires_width=resize_width, hires_height=resize_height, hires_steps=fields["Hires steps"],
+        denoising_strength=fields["Denoising strength"], hires_sampler=fields["Hires sampler"],
+        variation_seed=fields["Variation seed"], variation_strength=fields["Variation seed strength"],
+        seed_resize_from_width=from_width, seed_resize_from_height=from_height, tiling=fields["Tiling"],
+        api_name="/txt2img")
+    assert first.size == (80, 72)
+    assert np.array_equal(np.asarray(_png(again)), np.asarray(first))
+
+
+def test_png_info_fields_fill_the_text_to_image_widgets_back() -> None:
+    from sd2_app.pipelines.metadata import parse_parameters
+    from sd2_app.ui.txt2img_extras import from_parameters, request_fields
+
+    text = ("p\nSteps: 2, Sampler: Euler, CFG scale: 7.5, Seed: 7, Size: 64x64, Denoising strength: 0.6, "
+            "Hires resize: 80x72, Hires steps: 3, Hires upscaler: Lanczos, Hires sampler: DDIM, Variation seed: 5, "
+            "Variation seed strength: 0.3, Seed resize from: 96x64, Tiling: True")
+    values = from_parameters(parse_parameters(text), ["Euler", "DDIM"])
+    fields = request_fields(*values)
+    hires = fields["hires"]
+    assert (hires.upscaler, hires.width, hires.height, hires.steps, hires.sampler) == ("Lanczos", 80, 72, 3, "DDIM")
+    assert hires.denoising_strength == 0.6 and fields["tiling"] is True
+    assert (fields["seed_extras"].variation_seed, fields["seed_extras"].variation_strength) == (5, 0.3)
+    assert fields["seed_extras"].resize_from == (96, 64)
+    assert request_fields(*from_parameters(parse_parameters("p\nSteps: 2, Seed: 1"), []))["hires"] is None
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"hires_fix": True, "hires_scale": 4, "width": 512, "height": 512},
+     "The hires target 2048x2048 is larger than this server's limit of 1024 pixels per side; lower the upscale "
+     "or the size."),
+    ({"variation_strength": 1.5}, "Value 1.5 is greater than maximum value 1."),  # Gradio's slider check
+    ({"seed_resize_from_width": 96}, "Seed resize from needs both a width and a height (0 for both turns it off)."),
+])
+def test_invalid_workflow_options_come_back_in_words(app, kwargs: dict, message: str) -> None:
+    client, _ = app
+    with pytest.raises(AppError) as caught:
+        client.predict(prompt="x", api_name="/txt2img", **{**FAST, **kwargs})
+    assert str(caught.value) == message
+
+
+def test_16_bit_depth_upload_reaches_the_pipeline_at_full_precision(app, tmp_path: Path) -> None:
+    client, _ = app
+    y, x = np.mgrid[0:64, 0:64].astype(np.float64)
+    ramp = 30000 + 250 * x / 63 + 60 * y / 63  # about one 8-bit level from end to end
+    Image.fromarray(np.round(ramp).astype(np.uint16)).save(tmp_path / "depth16.png")
+    Image.fromarray(np.round(ramp / 65535 * 255).astype(np.uint8)).save(tmp_path / "depth8.png")
+    Image.new("RGB", (64, 64), (120, 90, 60)).save(tmp_path / "image.png")
+    used = {}
+    for name in ("depth16", "depth8"):
+        _, gallery, _, depth_used = client.predict(
+            image=handle_file(str(tmp_path / "image.png")), depth_map=handle_file(str(tmp_path / f"{name}.png")),
+            prompt="a statue", strength=0.7, steps=2, seed=7, api_name="/depth")
+        used[name] = np.asarray(Image.open(depth_used).convert("L"), dtype=np.int32)
+    assert len(np.unique(used["depth16"])) > 100  # the ramp, stretched to 0..255 as the condition sees it
+    assert len(np.unique(used["depth8"])) <= 2  # its 8-bit rounding: one step

@@ -1,0 +1,240 @@
+"""X/Y/Z plot: value parsing (A1111's lists and ranges), prompt S/R, validation messages, the Service's run
+(progress, grids, labels, tables, Stop) on the doubles, and a 2x3 plot on the tiny checkpoints whose cells
+equal individual runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sd2_app.api.plot import plan_cells, write_tables
+from sd2_app.api.plot_axes import axis_values_text, parse_values, split_values
+from sd2_app.api.plot_grid import draw_grid
+from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Sampling, Txt2ImgRequest, XYZPlotRequest
+from sd2_app.api.validation import Limits, validate
+from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.pipelines.metadata import parse_parameters
+from tests.ui_doubles import fake_catalog, fake_service
+
+CATALOG = fake_catalog()
+
+
+def _base(prompt: str = "a cat on a mat", **sampling: object) -> Txt2ImgRequest:
+    settings: dict[str, object] = {"seed": 11, "steps": 2, **sampling}
+    return Txt2ImgRequest(prompt, negative_prompt="blurry cat", width=64, height=64,
+                          sampling=Sampling(**settings))  # type: ignore[arg-type]
+
+
+def _plot(x: PlotAxis, y: PlotAxis | None = None, z: PlotAxis | None = None, **base: object) -> XYZPlotRequest:
+    return XYZPlotRequest(_base(**base), x, y, z)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("kind", "text", "values"), [
+    ("steps", "20, 30, 40", [20, 30, 40]),
+    ("steps", "10-40 (+10)", [10, 20, 30, 40]),
+    ("steps", "40-10 (-10)", [40, 30, 20, 10]),
+    ("steps", "1-3", [1, 2, 3]),
+    ("steps", "3-1", [3, 2, 1]),
+    ("steps", "10-40 [4]", [10, 20, 30, 40]),
+    ("steps", "5, 1-2, 9", [5, 1, 2, 9]),
+    ("seed", "-1", None),  # drawn at random: checked below
+    ("cfg_scale", "1-2 [5]", [1.0, 1.25, 1.5, 1.75, 2.0]),
+    ("cfg_scale", "0.5-1 (+0.25)", [0.5, 0.75, 1.0]),
+    ("cfg_scale", "0.1-0.3 (+0.1)", [0.1, 0.2, 0.3]),
+    ("cfg_scale", "7, 7.5", [7.0, 7.5]),
+    ("use_karras", "on, off, true, False", [True, False, True, False]),
+    ("prompt_sr", '"cat, tabby", dog ,  bird', ["cat, tabby", "dog", "bird"]),
+    ("sampler", "Euler, DDIM", ["Euler", "DDIM"]),
+])
+def test_axis_values_are_parsed_like_a1111(kind: str, text: str, values: list | None) -> None:
+    parsed = parse_values(PlotAxis(kind, text), "X values", 64)
+    if values is not None:
+        assert parsed == values and [type(v) for v in parsed] == [type(v) for v in values]
+    else:
+        assert parsed == [-1]
+
+
+def test_values_text_reads_back() -> None:
+    values = ["cat, tabby", "dog", 'a "quoted" word', 0.30000000000000004]
+    assert split_values(axis_values_text(values)) == ["cat, tabby", "dog", 'a "quoted" word', "0.3"]
+
+
+def test_picked_values_keep_their_order_and_types() -> None:
+    assert parse_values(PlotAxis("sampler", ("DDIM", "Euler", " ")), "X values", 64) == ["DDIM", "Euler"]
+    assert parse_values(PlotAxis("steps", (3, 2.0, "4-5")), "X values", 64) == [3, 2, 4, 5]
+
+
+@pytest.mark.parametrize(("plot", "message"), [
+    (_plot(PlotAxis("steps", "")), "X values (Steps) are empty: type values such as 20, 30, 40 or a range such as "
+                                   "10-40 (+10)."),
+    (_plot(PlotAxis("steps", "ten")), "X values (Steps): 'ten' is not a whole number or a range such as 10-40 (+10)."),
+    (_plot(PlotAxis("steps", "1.5")), "X values (Steps): '1.5' is not a whole number or a range such as 10-40 (+10)."),
+    (_plot(PlotAxis("steps", "1-10 (+0)")), "X values (Steps): the step of '1-10 (+0)' never reaches 10."),
+    (_plot(PlotAxis("steps", "10-1 (+5)")), "X values (Steps): the step of '10-1 (+5)' never reaches 1."),
+    (_plot(PlotAxis("seed", "1-100000")), "X values (Seed): '1-100000' gives 100000 values; an axis may have at "
+                                          "most 64."),
+    (_plot(PlotAxis("cfg_scale", "1-2 [500]")), "X values (CFG scale): '1-2 [500]' asks for 500 values; an axis may "
+                                                "have 1 to 64."),
+    (_plot(PlotAxis("use_karras", "maybe")), "X values (Karras): 'maybe' is not on or off."),
+    (_plot(PlotAxis("sampler", ("Euler", "Nope"))), "X values (Sampler): Unknown sampler(s) 'Nope'; choose from: "
+                                                    "DPM++ 2M, Euler a, Euler, DDIM, UniPC, DPM++ 2M SDE, Heun."),
+    (_plot(PlotAxis("checkpoint", "sd21, sd2-depth")), "X values (Checkpoint): Unknown checkpoint(s) 'sd2-depth'; "
+                                                       "choose from: sd2-base, sd2, sd21-base, sd21."),
+    (_plot(PlotAxis("prompt_sr", "dog, cow")), "Prompt S/R did not find 'dog' in the prompt or the negative prompt."),
+    (_plot(PlotAxis("strength", "0.5, 1")), "Denoising strength varies only an image-to-image plot; add an init "
+                                            "image."),
+    (_plot(PlotAxis("warp", "1")), "Unknown X axis 'warp'; choose one of: sampler, steps, cfg_scale, seed, "
+                                   "checkpoint, use_karras, guidance_rescale, strength, prompt_sr."),
+    (_plot(PlotAxis("nothing")), "Choose what the X axis varies."),
+    (_plot(PlotAxis("steps", "1, 2"), PlotAxis("steps", "3")), "The X and Y axes both vary Steps; choose different "
+                                                               "ones."),
+    (_plot(PlotAxis("steps", "1-8"), PlotAxis("seed", "1-9")), "The plot has 8×9 = 72 cells; the limit is 64."),
+    (_plot(PlotAxis("steps", "1, 200")), "Steps: 200: Steps must be between 1 and 150, got 200."),
+    (_plot(PlotAxis("cfg_scale", "7"), PlotAxis("guidance_rescale", "0, 2")),
+     "CFG scale: 7, Guidance rescale: 2: Guidance rescale must be between 0 and 1, got 2.0."),
+    (XYZPlotRequest(Img2ImgRequest("x", None), PlotAxis("steps", "1")), "Upload an init image first."),  # type: ignore[arg-type]
+])
+def test_invalid_plots_are_refused_in_words(plot: XYZPlotRequest, message: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        validate(plot, CATALOG, Limits())
+    assert str(caught.value) == message
+
+
+def test_prompt_sr_replaces_the_first_value_in_prompt_and_negative() -> None:
+    checked, _ = validate(_plot(PlotAxis("prompt_sr", "cat, dog, tiger cub")), CATALOG)
+    cells, _ = plan_cells(checked, CATALOG, Limits())
+    assert [(c.request.prompt, c.request.negative_prompt) for c in cells] == [
+        ("a cat on a mat", "blurry cat"), ("a dog on a mat", "blurry dog"), ("a tiger cub on a mat", "blurry tiger cub")]
+    assert [c.labels for c in cells] == [("cat", "", ""), ("dog", "", ""), ("tiger cub", "", "")]
+
+
+def test_cells_share_the_seed_unless_seed_is_an_axis() -> None:
+    checked, _ = validate(_plot(PlotAxis("steps", "1, 2"), PlotAxis("cfg_scale", "3, 4"), seed=None), CATALOG)
+    cells, _ = plan_cells(checked, CATALOG, Limits())
+    assert len({c.request.sampling.seed for c in cells}) == 1
+    assert [(c.position, c.request.sampling.steps, c.request.sampling.cfg_scale) for c in cells] == [
+        ((0, 0, 0), 1, 3.0), ((1, 0, 0), 2, 3.0), ((0, 1, 0), 1, 4.0), ((1, 1, 0), 2, 4.0)]
+    seeded, _ = validate(_plot(PlotAxis("seed", "5, -1")), CATALOG)
+    values = seeded.x.values
+    assert values[0] == 5 and 0 <= values[1] <= 2**32 - 1
+
+
+def test_karras_falls_back_where_a_sampler_has_none_with_one_warning() -> None:
+    checked, warnings = validate(_plot(PlotAxis("sampler", "Euler, DDIM, Euler a"), use_karras=True), CATALOG)
+    cells, _ = plan_cells(checked, CATALOG, Limits())
+    assert [c.request.sampling.use_karras for c in cells] == [True, False, False]
+    assert warnings == ["Karras sigmas are not available for DDIM; it uses its own schedule.",
+                        "Karras sigmas are not available for Euler a; it uses its own schedule."]
+
+
+def test_plot_runs_every_cell_with_progress_grids_labels_and_times() -> None:
+    service = fake_service(None)
+    events: list[tuple[int, int]] = []
+    finished: list[tuple[int, ...]] = []
+    plot = _plot(PlotAxis("sampler", ("DDIM", "Euler")), PlotAxis("steps", "1-3"))
+    result = service.plot(plot, on_progress=lambda d, t, p: events.append((d, t)),
+                          on_cell=lambda cell, image, s: finished.append(cell.position))
+    assert events[-1] == (12, 12) and [d for d, _ in events] == list(range(1, 13))
+    assert finished == [(0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0), (0, 2, 0), (1, 2, 0)]
+    assert len(result.images) == 1 + 6 and result.task == "xyz_plot" and not result.stopped
+    assert [c.split(" · ")[0] for c in result.captions] == ["Grid", "DDIM, Steps: 1", "Euler, Steps: 1",
+                                                             "DDIM, Steps: 2", "Euler, Steps: 2", "DDIM, Steps: 3",
+                                                             "Euler, Steps: 3"]
+    assert all(c.endswith(" s") for c in result.captions[1:])
+    assert set(result.timings) == {"load", "run", "total"}  # no per-cell entries between them (issue 19, item 9)
+    assert ["Sampler: DDIM," in im.info["parameters"] for im in result.images[1:3]] == [True, False]
+    grid_text = parse_parameters(result.parameters)
+    assert "Sampler" not in grid_text and "Steps" not in grid_text
+    assert grid_text["X Type"] == "Sampler" and grid_text["X Values"] == "DDIM, Euler"
+    assert grid_text["Y Type"] == "Steps" and grid_text["Y Values"] == "1, 2, 3" and grid_text["Seed"] == 11
+    assert service.history()[0].parameters == result.parameters
+    assert [row["sampler"] for row in result.cells] == ["DDIM", "Euler"] * 3
+    assert [row["steps"] for row in result.cells] == [1, 1, 2, 2, 3, 3]
+    assert [row["y_label"] for row in result.cells[:2]] == ["Steps: 1", "Steps: 1"]
+
+
+def test_one_grid_per_z_value_with_its_title() -> None:
+    service = fake_service(None)
+    result = service.plot(_plot(PlotAxis("steps", "1, 2"), None, PlotAxis("cfg_scale", "5, 6")))
+    assert result.captions[:2] == ["Grid: CFG scale: 5", "Grid: CFG scale: 6"] and len(result.images) == 2 + 4
+
+
+def test_checkpoint_cells_run_together() -> None:
+    service = fake_service(None)
+    service.plot(_plot(PlotAxis("steps", "1, 2"), PlotAxis("checkpoint", ("sd2-base", "sd21-base"))))
+    assert service.manager.used == ["sd2-base", "sd2-base", "sd21-base", "sd21-base"]
+    service.manager.used.clear()
+    service.plot(_plot(PlotAxis("checkpoint", ("sd2-base", "sd21-base")), PlotAxis("steps", "1, 2")))
+    assert service.manager.used == ["sd2-base", "sd2-base", "sd21-base", "sd21-base"]
+
+
+def test_stop_returns_the_finished_cells_and_a_partial_grid() -> None:
+    service = fake_service(None)
+    seen: list[int] = []
+    result = service.plot(_plot(PlotAxis("steps", "2, 2, 2")), on_progress=lambda d, t, p: seen.append(d),
+                          should_stop=lambda: len(seen) >= 3)
+    assert result.stopped and len(result.images) == 1 + 1
+    assert result.warnings[-1] == "Stopped after 1 of 3 cells; the grid leaves the rest blank."
+    assert [row["status"] for row in result.cells] == ["done", "not run (stopped)", "not run (stopped)"]
+    assert service.history()[0].task == "xyz_plot"
+    with pytest.raises(Cancelled):
+        service.plot(_plot(PlotAxis("steps", "2, 2")), should_stop=lambda: True)
+
+
+def test_tables_hold_each_cell(tmp_path) -> None:
+    service = fake_service(None)
+    result = service.plot(_plot(PlotAxis("cfg_scale", "5, 6.5")))
+    csv_path, json_path = write_tables(result.cells, tmp_path)
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [(r["x_cfg_scale"], r["cfg_scale"], r["status"]) for r in rows] == [("5", "5.0", "done"),
+                                                                             ("6.5", "6.5", "done")]
+    assert all(float(r["seconds"]) >= 0 for r in rows)
+    assert json.loads(json_path.read_text()) == result.cells
+
+
+def test_grid_labels_are_drawn_in_the_margins() -> None:
+    cells = [Image.new("RGB", (64, 64), (200, 0, 0)) for _ in range(6)]
+    cells[4] = None  # type: ignore[call-overload]
+    grid = draw_grid(cells, 3, 2, ["Steps: 10", "Steps: 20", "Steps: 30"], ["CFG scale: 5", "CFG scale: 7"],
+                     "Seed: 1")
+    array = np.asarray(grid)
+    red = np.all(array == (200, 0, 0), axis=-1)
+    rows, columns = np.where(red)
+    top, left = rows.min(), columns.min()
+    assert red.sum() == 5 * 64 * 64  # five cells pasted, the stopped one blank
+    assert top > 40 and left > 60  # a title and X labels above, Y labels to the left
+    dark = np.all(array < 80, axis=-1)
+    assert dark[:top].sum() > 300 and dark[top:, :left].sum() > 300  # text in both margins
+    assert not dark[top:, left:].any()
+
+
+@pytest.mark.slow
+def test_a_2x3_plot_on_tiny_checkpoints_equals_individual_runs(tmp_path) -> None:
+    from sd2_app.api.service import Service
+    from sd2_app.checkpoints.catalog import tiny_registry
+    from sd2_app.manager import ModelManager
+    from sd2_app.testing.tiny import ensure_tiny_repos
+    from tests.pipeline_fixtures import tiny_dir
+
+    registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
+    service = Service(ModelManager("cpu", registry=registry, cache_dir=tmp_path), outputs_dir=None)
+    base = Txt2ImgRequest("a cat", checkpoint="sd21-base", width=64, height=64, sampling=Sampling(steps=2, seed=9))
+    plot = XYZPlotRequest(base, PlotAxis("sampler", ("Euler", "DDIM")), PlotAxis("cfg_scale", "1, 4-7 (+3)"))
+    result = service.run(plot)
+    cells = result.images[1:]
+    assert len(cells) == 6 and result.captions[1].startswith("Euler, CFG scale: 1 · ")
+    for cell, (sampler, cfg) in zip(cells, [(s, c) for c in (1.0, 4.0, 7.0) for s in ("Euler", "DDIM")]):
+        alone = service.run(replace(base, sampling=replace(base.sampling, sampler=sampler, cfg_scale=cfg)))
+        assert np.array_equal(np.asarray(cell), np.asarray(alone.images[0])), (sampler, cfg)
+        assert cell.info["parameters"] == alone.images[0].info["parameters"]
+    grid = np.asarray(result.images[0])
+    assert grid.shape[0] > 3 * 64 and grid.shape[1] > 2 * 64
+    first = np.asarray(cells[0])
+    matches = [(r, c) for r in range(grid.shape[0] - 63) for c in range(grid.shape[1] - 63)
+               if np.array_equal(grid[r, c:c + 64], first[0]) and np.array_equal(grid[r:r + 64, c:c + 64], first)]
+    assert len(matches) == 1  # the cell itself sits in the grid, unscaled
