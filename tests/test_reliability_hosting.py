@@ -34,8 +34,6 @@ AREA = "Hosting"
 FAST = {"width": 64, "height": 64, "steps": 2, "cfg_scale": 1.0, "sampler": "Euler", "batch_size": 1}
 SLOW = {**FAST, "steps": 150}  # about 10 s on the tiny checkpoints: long enough to queue others behind it
 PRIVATE_FOLDER, PRIVATE_REPO = "/srv/private/models/sd21", "acme-internal/secret-finetune"
-TXT2IMG_ORDER = ("checkpoint", "prompt", "negative_prompt", "width", "height", "sampler", "use_karras", "steps",
-                 "cfg_scale", "guidance_rescale", "seed", "batch_size")  # the /txt2img endpoint's inputs
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +55,17 @@ def public_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> It
             yield url, demo, outputs
 
 
-def _data(**values: object) -> list[object]:
-    defaults = {"checkpoint": "sd21-base", "prompt": "x", "negative_prompt": "", "use_karras": False,
-                "guidance_rescale": 0.0, "seed": 1, **FAST}
-    merged = {**defaults, **values}
-    return [merged[name] for name in TXT2IMG_ORDER]
+_PARAMETERS: dict[str, list[tuple[str, object]]] = {}
+
+
+def _data(url: str, **values: object) -> list[object]:
+    """The positional `data` of a raw /txt2img call: the API's defaults (from its description), then `values`."""
+    if url not in _PARAMETERS:
+        info = Client(url, verbose=False).view_api(print_info=False, return_format="dict")
+        _PARAMETERS[url] = [(p["parameter_name"], p.get("parameter_default"))
+                            for p in info["named_endpoints"]["/txt2img"]["parameters"]]
+    merged = {"prompt": "x", "seed": 1, **FAST, **values}
+    return [merged.get(name, default) for name, default in _PARAMETERS[url]]
 
 
 def _rss() -> int:
@@ -134,22 +138,24 @@ def test_job_cost_cap_through_the_app(public_app, reliability) -> None:
                                                            "sampler": "Heun", "cfg_scale": 7.5, "batch_size": 8})
     assert str(caught.value) == (
         "This job is too large for this server: it costs 19,660,800 UNet evaluations x latent pixels and the limit "
-        "is 6,553,600. Lower the steps, the images per prompt or the width and height (at most 50 steps fit with "
-        "the other settings unchanged).")
+        "is 6,553,600. Lower the steps, the images per prompt, the width and height or the hires fix (at most 50 "
+        "steps fit with the other settings unchanged).")
     reliability(AREA, "txt2img 8 images x 150 Heun steps at 512x512, guidance 7.5 (served app)", f"refused: {caught.value}")
     with pytest.raises(AppError) as caught:
-        client.predict(prompt="x", samplers=["Euler", "Euler a", "Heun", "LMS", "DPM2", "DPM2 a", "DDIM", "DDPM",
-                                             "PNDM", "DPM++ 2M", "DPM++ 2M SDE", "UniPC"], steps=150, cfg_scale=7.5,
-                       width=512, height=512, seed=1, api_name="/compare")
+        client.predict(prompt="x", x_type="sampler", x_picked=["Euler", "Euler a", "Heun", "LMS", "DPM2", "DPM2 a",
+                                                               "DDIM", "DDPM", "PNDM", "DPM++ 2M", "DPM++ 2M SDE",
+                                                               "UniPC"],
+                       steps=150, cfg_scale=7.5, width=512, height=512, seed=1, api_name="/xyz_plot")
     assert str(caught.value).startswith("This job is too large for this server: it costs 18,432,000 UNet ")
-    assert "Lower the steps, the size or the number of samplers" in str(caught.value)
-    reliability(AREA, "compare of 12 samplers x 150 steps at 512x512 (served app)", f"refused: {caught.value}")
+    assert "Lower the number of cells, the steps or the size" in str(caught.value)
+    reliability(AREA, "X/Y/Z plot of 12 samplers x 150 steps at 512x512 (each cell alone fits; served app)",
+                f"refused: {caught.value}")
 
 
 # ---- 3. fairness: jobs per visitor; 9. Stop reaches queued jobs ----------------------------------------
 
 def _post_join(url: str, cookies: dict, **values: object) -> httpx.Response:
-    return httpx.post(f"{url}gradio_api/call/txt2img", json={"data": _data(**values)}, cookies=cookies, timeout=30)
+    return httpx.post(f"{url}gradio_api/call/txt2img", json={"data": _data(url, **values)}, cookies=cookies, timeout=30)
 
 
 def test_per_visitor_job_limit_and_stop_of_queued_jobs(public_app, reliability) -> None:
@@ -171,8 +177,9 @@ def test_per_visitor_job_limit_and_stop_of_queued_jobs(public_app, reliability) 
     # A stranger who copies the visitor's session hash stops nothing; the visitor's Stop ends both jobs.
     stranger = httpx.post(f"{url}gradio_api/run/txt2img_stop", json={"data": [], "session_hash": client.session_hash},
                           timeout=30)
-    assert stranger.json()["data"] == ["Nothing to stop."], stranger.text
-    assert client.predict(api_name="/txt2img_stop") == "Stopping at the next step…"
+    assert stranger.json()["data"][0] == "Nothing to stop.", stranger.text
+    stopped = client.predict(api_name="/txt2img_stop")
+    assert (stopped if isinstance(stopped, str) else stopped[0]).startswith("Stopped"), stopped
     started = time.perf_counter()
     outcomes = [_outcome(job) for job in (running, queued)]
     deadline = time.monotonic() + 120
@@ -181,7 +188,8 @@ def test_per_visitor_job_limit_and_stop_of_queued_jobs(public_app, reliability) 
     seconds = time.perf_counter() - started
     _, history = client.predict(api_name="/history")
     ran = [str(row[4]).split("\n")[0] for row in history["data"]]
-    assert set(outcomes) <= {"Stopped.", "cancelled"} and "first" not in ran and "second" not in ran, (outcomes, ran)
+    assert all(o.startswith("Stopped") or o == "cancelled" for o in outcomes), outcomes
+    assert "first" not in ran and "second" not in ran, ran
     reliability(AREA, "Stop (API /txt2img_stop) with one job running and one queued",
                 f"both end ({', '.join(outcomes)}) within {seconds:.1f} s and neither reaches History (the queued one "
                 "never runs); Stop sent with another visitor's session hash: 'Nothing to stop.'")
@@ -305,7 +313,7 @@ def test_outputs_older_than_the_retention_are_deleted(one_thread: None, reliabil
 
 def test_direct_routes_are_closed_and_run_history_is_off(public_app, reliability) -> None:
     url, _, _ = public_app
-    direct = [httpx.post(f"{url}gradio_api/run/txt2img", json={"data": _data()}, timeout=30) for _ in range(5)]
+    direct = [httpx.post(f"{url}gradio_api/run/txt2img", json={"data": _data(url)}, timeout=30) for _ in range(5)]
     assert {r.status_code for r in direct} == {404}
     assert direct[0].json()["detail"] == ("This API endpoint does not accept direct HTTP POST requests. Please join "
                                           "the queue to use this API.")
@@ -450,7 +458,7 @@ def test_every_field_rule_holds_through_the_api(public_app, reliability) -> None
         values = {**FAST, "prompt": "a cat", "seed": 1, "steps": 20, "cfg_scale": 7.5, **api_values}
         with pytest.raises(AppError) as caught:
             client.predict(api_name="/txt2img", **values)
-        raw = httpx.post(f"{url}gradio_api/call/txt2img", json={"data": _data(**values)}, timeout=30)
+        raw = httpx.post(f"{url}gradio_api/call/txt2img", json={"data": _data(url, **values)}, timeout=30)
         stream = httpx.get(f"{url}gradio_api/call/txt2img/{raw.json()['event_id']}", timeout=60).text
         if "sampler" in api_values or "checkpoint" in api_values:  # a dropdown refuses an unknown choice itself
             assert str(caught.value).startswith(f"Value: {next(iter(api_values.values()))} is not in the list")

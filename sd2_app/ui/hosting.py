@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from sd2_app.ui.runner import GPU_QUEUE
+from sd2_app.ui.runner import GPU_QUEUE, RunFlag
 from sd2_app.ui.visitors import VisitorCookies, VisitorMiddleware
 
 log = logging.getLogger(__name__)
@@ -41,12 +40,12 @@ def too_many_jobs_message(limit: int) -> str:
             "(or press Stop) before starting another.")
 
 
-def stop_flag_of(request: Any) -> threading.Event | None:
+def stop_flag_of(request: Any) -> RunFlag | None:
     """The stop flag the queue gave this job when it joined (None for a call that did not join the queue)."""
     raw = getattr(request, "request", None) or request
     state = getattr(raw, "state", None)
     flag = getattr(state, STOP_FLAG, None) if state is not None else None
-    return flag if isinstance(flag, threading.Event) else None
+    return flag if isinstance(flag, RunFlag) else None
 
 
 class Visitors:
@@ -96,7 +95,7 @@ class Visitors:
             if self.jobs_of(visitor) >= self.max_jobs:
                 log.info("refused a job: visitor already has %d queued or running", self.max_jobs)
                 return False, too_many_jobs_message(self.max_jobs), "error"
-            setattr(request.state, STOP_FLAG, threading.Event())
+            setattr(request.state, STOP_FLAG, RunFlag())
             self._joining[visitor] += 1
             try:
                 return await push(body, request, username)
