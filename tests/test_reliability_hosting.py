@@ -411,9 +411,9 @@ def test_only_png_jpeg_webp_reach_pil(public_app, reliability, tmp_path: Path, m
         path.write_bytes(data)
         with pytest.raises(AppError) as caught:
             client.predict(image=handle_file(str(path)), prompt="x", api_name="/img2img", steps=2, seed=1)
+        assert opened == [], label  # PIL's EPS plugin never saw the file
         assert str(caught.value) == "The uploaded image could not be read: not a PNG, JPEG or WebP image."
         reliability(AREA, f"{label} upload to img2img", f"refused by its magic bytes before PIL: {caught.value}")
-    assert opened == []
     webp = tmp_path / "ok.webp"
     webp.write_bytes(png_bytes(noise_image(), "WEBP"))
     _, gallery, _ = client.predict(image=handle_file(str(webp)), prompt="x", api_name="/img2img", steps=2, seed=1,
@@ -481,9 +481,11 @@ def test_load_errors_paths_and_tracebacks_stay_on_the_server(public_app, reliabi
     with caplog.at_level(logging.INFO):
         with pytest.raises(AppError) as caught:
             client.predict(prompt="x", checkpoint="sd2", api_name="/txt2img", **FAST)
+        assert str(caught.value) == "The SD 2.0 (768-v) model could not be loaded; the operator has the details."
         table, _ = client.predict(api_name="/models_status")
         client.predict(prompt="saved", seed=31, api_name="/txt2img", **FAST)
         _, history = client.predict(api_name="/history")
+        assert PRIVATE_FOLDER not in str(table) and PRIVATE_REPO not in str(table)
         bad = tmp_path / "bad.png"
         bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
         refused = 0
