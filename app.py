@@ -19,9 +19,6 @@ from importlib.util import find_spec
 from typing import Any
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
 def _env_number(name: str, default: float | None, kind: type = int) -> float | None:
     value = os.environ.get(name)
     return default if value in (None, "") else kind(value)
@@ -32,8 +29,8 @@ def on_spaces() -> bool:
 
 
 def is_public(args: argparse.Namespace) -> bool:
-    """Whether visitors other than the operator can reach the app."""
-    return on_spaces() or args.share or args.host not in LOOPBACK
+    """Spaces, --share, or listening beyond loopback: every visitor is untrusted."""
+    return on_spaces() or args.share or args.host not in ("127.0.0.1", "localhost", "::1")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="checkpoints to load at start-up")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--speed", choices=("default", "compile", "eager"), default="default",
-                   help="GPU speed path: default (CUDA graphs, fused ops, channels_last), compile (+ torch.compile of the UNet, about a minute of warm-up per size), eager")
+                   help="GPU speed path: default (CUDA graphs, fused ops, channels_last), compile (+ torch.compile of the UNet, about a minute of warm-up per size), eager; on ZeroGPU, default means the per-call switches (docs/DESIGN.md)")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
                    help="default: float16 on CUDA, float32 on CPU")
     p.add_argument("--outputs", default=None if spaces else "outputs", help="folder for results and metadata")
@@ -79,15 +76,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-side", type=int, default=1024, help="largest width/height a user may ask for")
     p.add_argument("--repo", action="append", default=[], metavar="KEY=REPO[,REPO]", help="override a checkpoint's repos")
     p.add_argument("--revision", action="append", default=[], metavar="KEY=REV", help="pin a checkpoint's revision")
+    p.add_argument("--api", action=argparse.BooleanOptionalAction, default=None,
+                   help="the A1111-compatible REST API under /sdapi/v1 (default: on locally, off in public modes)")
+    p.add_argument("--api-auth", default=None, metavar="USER:PASS[,USER:PASS]",
+                   help="HTTP basic auth for the A1111 API")
+    p.add_argument("--mcp", action=argparse.BooleanOptionalAction, default=spaces,
+                   help="serve MCP tools at /gradio_api/mcp (needs gradio[mcp]; default: on on Spaces)")
+    p.add_argument("--no-watermark", action="store_true",
+                   help="do not embed the invisible SDV2 watermark in results (the AI-generated XMP marker stays)")
     p.add_argument("--serve", default=None, metavar="ADDRESS",
                    help="run jobs on the Ray Serve deployment of the Ray cluster at ADDRESS ('auto': this machine's) "
                         "instead of this process's GPU; see README 'Scaling out'")
     p.add_argument("--serve-config", default=None, metavar="TOML",
                    help="the deployment's settings (deploy/serve.toml) when --serve is given")
+    p.add_argument("--embeddings-dir", default="embeddings",
+                   help="folder of SD2 textual-inversion embeddings (.safetensors), read at start-up; a prompt uses "
+                        "one by its file name (default ./embeddings)")
     args = p.parse_args(argv)
     if args.auth is not None and ":" not in args.auth:
         p.error("--auth takes USER:PASSWORD")
     return args
+
+
+def api_enabled(args: argparse.Namespace) -> bool:
+    return (not is_public(args)) if args.api is None else bool(args.api)
+
+
+def mcp_available() -> bool:
+    """gradio's MCP server needs the `mcp` package (`pip install "gradio[mcp]"`, requirements-mcp.txt)."""
+    return find_spec("mcp") is not None
 
 
 def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is imported lazily)
@@ -96,10 +113,12 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
     import torch
     from PIL import Image
 
-    from sd2_app.accel import options_for
+    from sd2_app.accel.per_call import options_for_host
+    from sd2_app.api.gpu_time import on_zerogpu
     from sd2_app.manager import ModelManager
     from sd2_app.checkpoints.catalog import apply_overrides, parse_assignments
     from sd2_app.api.service import Service
+    from sd2_app.loading.embeddings import EmbeddingLibrary
     from sd2_app.ui import build_ui
     from sd2_app.ui.hosting import Hosting
     from sd2_app.api.validation import Limits
@@ -115,25 +134,40 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
     else:
         dtype = getattr(torch, args.dtype) if args.dtype else None
         manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, preload=args.preload or (),
-                               accel=options_for(args.speed))
-        service = Service(manager, limits=limits, outputs_dir=outputs, keep_outputs_days=args.keep_outputs_days)
+                               accel=options_for_host(args.speed, zerogpu=on_zerogpu()))
+        service = Service(manager, limits=limits, outputs_dir=outputs, watermark=not args.no_watermark,
+                          embeddings=EmbeddingLibrary.scan(args.embeddings_dir),
+                          keep_outputs_days=args.keep_outputs_days)
     hosting = Hosting(max_jobs_per_visitor=args.max_jobs_per_session,
                       model_admin=args.allow_model_admin or bool(args.auth) or not is_public(args))
     demo = build_ui(service, hosting=hosting)
+    if args.mcp and mcp_available():
+        from sd2_app.ui.mcp_tools import add_mcp_tools
+
+        add_mcp_tools(demo, service)
     age = max(1, round(args.cache_minutes * 60))
     demo.delete_cache = (min(age, 600), age)  # every `frequency` seconds, files older than `age` seconds go
     # The direct REST routes would skip the queue (and its limits): API clients join the queue like the browser.
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1, api_open=False)
+    if api_enabled(args):
+        from sd2_app.api.a1111_routes import A1111Api, build_router, parse_auth
+
+        api = A1111Api(service, auth=parse_auth(args.api_auth), max_jobs=args.queue_size)
+        demo.sd2_routes = build_router(api).routes  # type: ignore[attr-defined]  # read by launch_settings()
     return demo
 
 
-def launch_settings(args: argparse.Namespace) -> dict[str, Any]:
+def launch_settings(args: argparse.Namespace, demo: Any = None) -> dict[str, Any]:
     """The keyword arguments of `demo.launch` (docs/RELIABILITY.md lists them, with the queue's settings)."""
     auth = tuple(args.auth.split(":", 1)) if args.auth and ":" in args.auth else None
+    # The A1111 routes go first in FastAPI's route list, so nothing of Gradio's can shadow them; SSR stays off
+    # (its Node front server would stand between clients and these routes).
+    routes = list(getattr(demo, "sd2_routes", []))
     # No extra allowed paths; errors show our messages (gr.Error), never tracebacks; no /monitoring endpoint;
     # no run history (it may reach the Hub with the host's token).
     return dict(server_name=args.host, server_port=args.port, share=args.share, show_error=False, allowed_paths=[],
-                max_file_size="25mb", enable_monitoring=False, run_history=args.run_history, auth=auth)
+                max_file_size="25mb", enable_monitoring=False, run_history=args.run_history, auth=auth,
+                ssr_mode=False, mcp_server=bool(args.mcp and mcp_available()), app_kwargs={"routes": routes})
 
 
 def _serve_service(args: argparse.Namespace, registry: dict, limits: object, outputs: str | None):  # -> Service
@@ -153,8 +187,10 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    if args.mcp and not mcp_available():
+        logging.getLogger("app").warning("--mcp needs the mcp package: pip install -r requirements-mcp.txt; MCP is off")
     demo = build(args)
-    demo.launch(**launch_settings(args))
+    demo.launch(**launch_settings(args, demo))
 
 
 if __name__ == "__main__":

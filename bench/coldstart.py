@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     marks = _Marks()
     logging.getLogger("sd2_app").addHandler(marks)
     if args.check_threads is not None:
-        from sd2_app.accel import kernel_checks
+        from sd2_app.accel.kernels import checks as kernel_checks
 
         kernel_checks.CHECK_THREADS = args.check_threads
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
-# One GPU lease, one command. Steps (STEPS, in this order): coldstart (the cold first image by phase, in
-# fresh processes with empty Triton caches: the default path and a checkpoint swap, the start-up check on
-# one thread, cuDNN's benchmark off, then the default again with a warm Triton cache; bench/coldstart.py), bench (every case, BENCH_VARIANTS vs diffusers
-# eager, and the swaps; its first case is the cold "model loaded -> first image", so it runs before anything
-# fills Triton's kernel cache), micro (every switch combination, or MICRO_VARIANTS, on one UNet call and one
-# VAE decode at MICRO_SIZES, default 512,768; x4 adds the upscaler's UNet at 128x128 latents), profile
-# (phases and kernels of one default-path image, bench/profile.py), compiled
-# (txt2img COMPILED_SIZE b1, default 512: our --compile path vs diffusers + torch.compile; with
-# COMPILED_VARIANTS=ours-compiled,ours against our default path only, skipping diffusers' ~4-minute compile at
-# 768), tests (the GPU tests). Every step is bounded by the budget (BENCH_BUDGET_S from the start of this
-# script) so results land in $OUT before the lease's limit, and writes as it goes, so a step cut short still
-# leaves its numbers.
-# Files in $OUT (the device tool returns at most 8): env.txt, log.txt (every step's log), micro.json,
-# micro.md, results.json, results.md, profile.md, compiled.json, compiled.md, tests.txt; with more than 8
-# the .json files end up in one raw-json.tar.gz.
+# One GPU lease, one command. Steps (STEPS, run in the order listed here, each only if named):
+#   appstart  the cold start users see: `python app.py --preload sd21-base` in a fresh process (empty Triton
+#             cache, weights in the page cache) to the first 512 image returned to a client, by phase
+#             (bench/appstart.py; issue 24 section 6). Runs first, before anything fills Triton's cache.
+#   coldstart the cold first image in-process by phase, in fresh processes with empty Triton caches: the
+#             default path and a checkpoint swap, the start-up check on one thread, cuDNN's benchmark off, the
+#             default again with a warm Triton cache (bench/coldstart.py)
+#   bench     every case, BENCH_VARIANTS vs diffusers eager, and the swaps (its first case is the cold "model
+#             loaded -> first image", so it runs before the steps below fill Triton's kernel cache)
+#   tests     the GPU tests (before the long compiles of `peers`, so they always run)
+#   peers     issue 24 sections 1 and 2: txt2img 512 (sd2-base), 768 (sd2) and 768 (sd21, upcast_attention)
+#             for our default path, diffusers eager and diffusers' speed-guide recipe (max-autotune compile:
+#             minutes per size, so it comes last and is cut by the budget), with each side's load and warm-up
+#             and the images compared (bench/run.py --variants ours,diffusers,diffusers-recipe)
+#   micro     every switch combination, or MICRO_VARIANTS, on one UNet call and one VAE decode at MICRO_SIZES
+#             (default 512,768; x4 adds the upscaler's UNet at 128x128 latents)
+#   profile   phases and kernels of one default-path image (bench/profile.py)
+#   compiled  txt2img COMPILED_SIZE b1 (default 512): our --speed compile path vs diffusers + torch.compile
+# Every step is bounded by the budget (BENCH_BUDGET_S from the start of this script) so results land in $OUT
+# before the lease's limit, and writes as it goes, so a step cut short still leaves its numbers.
+# Issue 24's one run (under 10 minutes; the wheels of bench/device-wheels.txt installed first: bench/README.md):
+#   BENCH_BUDGET_S=540 BENCH_KINDS="sd2-base sd2 sd21" STEPS="appstart tests peers" bash bench/gpu.sh
+# Files in $OUT (the device tool returns at most 8): env.txt, log.txt (every step's log), appstart.md,
+# micro.md, results.md, peers.md, profile.md, compiled.md, tests.txt; with more than 8 files the .json/.jsonl
+# files end up in one raw-json.tar.gz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/results}"
@@ -29,7 +39,8 @@ stamp() { echo "[$(( $(date +%s) - START )) s] $*" | tee -a "$OUT/env.txt"; }
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 # seconds kept back for the steps after the current one
 after() { local s=0; for step in "$@"; do has "$step" && s=$((s + ${RESERVE[$step]})); done; echo $s; }
-declare -A RESERVE=([coldstart]=110 [bench]=130 [micro]=60 [profile]=45 [compiled]=150 [tests]=60)
+declare -A RESERVE=([appstart]=90 [coldstart]=110 [bench]=130 [tests]=90 [peers]=150 [micro]=60 [profile]=45
+                    [compiled]=150)
 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
@@ -45,8 +56,15 @@ if [ -z "$TINY" ]; then
   stamp "checkpoints written (rc $?)"; du -sh "$CKPT/full" >> "$OUT/env.txt" 2>&1
 fi
 
+if has appstart; then
+  keep=$(after coldstart bench tests peers micro profile compiled)
+  timeout $(( $(left) - keep )) python3 -m bench.appstart ${BENCH_TINY:+--tiny --size 64 --steps 2} \
+    --ckpt "$CKPT" --out "$OUT" >> "$OUT/log.txt" 2>&1
+  stamp "appstart done (rc $?)"
+fi
+
 if has coldstart; then
-  keep=$(after bench micro profile compiled tests)
+  keep=$(after bench tests peers micro profile compiled)
   warm=$(mktemp -d)
   for run in "default|$warm|--swap" "serial-checks||--check-threads 1" "no-cudnn-benchmark||--no-cudnn-benchmark" \
              "warm-triton-cache|$warm|"; do
@@ -58,15 +76,36 @@ if has coldstart; then
 fi
 
 if has bench; then
-  keep=$(after micro profile compiled tests)
+  keep=$(after tests peers micro profile compiled)
   timeout $(( $(left) - keep )) python3 -m bench.run $TINY --ckpt "$CKPT" --out "$OUT" \
     --variants "${BENCH_VARIANTS:-ours,diffusers}" ${BENCH_ONLY:+--only "$BENCH_ONLY" --no-swaps} \
     --deadline $((END - keep - 40)) >> "$OUT/log.txt" 2>&1
   stamp "bench done (rc $?)"
 fi
 
+if has tests; then
+  keep=$(after peers micro profile compiled)
+  timeout $(( $(left) - keep )) python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_accel_*.py \
+    tests/test_attention_precision.py tests/test_gpu_numerics.py tests/test_manager.py tests/test_reliability_faults.py tests/test_text_graph.py \
+    tests/test_stacking.py tests/test_vae_attention.py tests/test_upsample.py \
+    tests/test_pipelines_helpers.py tests/test_staged_read.py > "$OUT/tests.txt" 2>&1
+  stamp "gpu tests done (rc $?)"
+fi
+
+if has peers; then
+  keep=$(after micro profile compiled)
+  timeout $(( $(left) - keep )) python3 -m bench.run $TINY --ckpt "$CKPT" --out /tmp/peers --no-swaps \
+    --only "$([ -n "$TINY" ] && echo txt2img-64-b1,txt2img-96-b1,txt2img-96-sd21-b1 \
+              || echo txt2img-512-b1,txt2img-768-b1,txt2img-768-sd21-b1)" \
+    --variants "${PEERS_VARIANTS:-ours,diffusers,diffusers-recipe}" --deadline $((END - keep - 20)) \
+    >> "$OUT/log.txt" 2>&1
+  stamp "peers done (rc $?)"
+  cp /tmp/peers/results.json "$OUT/peers.json" 2>/dev/null
+  cp /tmp/peers/results.md "$OUT/peers.md" 2>/dev/null
+fi
+
 if has micro; then
-  keep=$(after profile compiled tests)
+  keep=$(after profile compiled)
   timeout $(( $(left) - keep )) python3 -m bench.micro ${BENCH_TINY:+--tiny} --ckpt "$CKPT" --out "$OUT" \
     ${MICRO_VARIANTS:+--variants "$MICRO_VARIANTS"} --sizes "${MICRO_SIZES:-512,768}" \
     --deadline $((END - keep - 30)) >> "$OUT/log.txt" 2>&1
@@ -74,14 +113,14 @@ if has micro; then
 fi
 
 if has profile; then
-  keep=$(after compiled tests)
+  keep=$(after compiled)
   timeout $(( $(left) - keep )) python3 -m bench.profile ${BENCH_TINY:+--tiny} --ckpt "$CKPT" --out "$OUT" \
     >> "$OUT/log.txt" 2>&1
   stamp "profile done (rc $?)"
 fi
 
 if has compiled; then
-  keep=$(after tests)
+  keep=0
   small=$([ -n "$TINY" ] && echo 64 || echo "${COMPILED_SIZE:-512}")
   timeout $(( $(left) - keep )) python3 -m bench.run $TINY --ckpt "$CKPT" --out /tmp/compiled --no-swaps \
     --only "txt2img-$small-b1" --variants "${COMPILED_VARIANTS:-ours-compiled,diffusers-compiled}" \
@@ -92,15 +131,8 @@ if has compiled; then
   cp /tmp/compiled/results.md "$OUT/compiled.md" 2>/dev/null
 fi
 
-if has tests; then
-  timeout "$(left)" python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_accel_*.py \
-    tests/test_attention_precision.py tests/test_gpu_numerics.py tests/test_manager.py tests/test_reliability_faults.py tests/test_text_graph.py \
-    tests/test_stacking.py tests/test_vae_attention.py tests/test_upsample.py \
-    tests/test_pipelines_helpers.py tests/test_staged_read.py > "$OUT/tests.txt" 2>&1
-  stamp "gpu tests done (rc $?)"
-fi
-
-cat "$OUT/coldstart.md" "$OUT/micro.md" "$OUT/results.md" "$OUT/compiled.md" 2>/dev/null
+cat "$OUT/appstart.md" "$OUT/coldstart.md" "$OUT/micro.md" "$OUT/results.md" "$OUT/peers.md" \
+  "$OUT/compiled.md" 2>/dev/null
 sed -n '/phases/,/One unsynchronised/p' "$OUT/profile.md" 2>/dev/null
 tail -3 "$OUT/tests.txt" 2>/dev/null
 stamp "end"

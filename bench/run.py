@@ -88,11 +88,13 @@ def reference_images(cases: list[Case], repos: dict[str, Path], device: torch.de
 def _run_cases(cases: list[Case], variants: list[str], repos: dict[str, Path], device: torch.device,
                dtype: torch.dtype, steps: int, cache_dir: Path,
                on_progress: Callable[[list[Measurement]], None],
-               deadline: float = float("inf")) -> list[Measurement]:
+               deadline: float = float("inf"),
+               after_variant: Callable[[str], None] | None = None) -> list[Measurement]:
     """Every case under every variant (that the case allows); `on_progress(rows so far)` after each case, so
     a run cut short by a time limit still leaves a report. Work that would start after `deadline` (epoch s)
     is recorded as skipped; so is a case whose checkpoint failed to load for that variant. Each row keeps its
-    last call's images only while it is compared (`compared`)."""
+    last call's images only while it is compared (`compared`). `after_variant(name)` runs once each
+    variant's cases are done."""
     rows: list[Measurement] = []
     kinds = list(dict.fromkeys(case.kind for case in cases))
     # variant by variant (the default first): a slow variant at the end (a long compile) cannot starve the
@@ -133,6 +135,8 @@ def _run_cases(cases: list[Case], variants: list[str], repos: dict[str, Path], d
                     runner.unload(kind)
                 finally:
                     runner.close()
+        if after_variant is not None:
+            after_variant(variant)
     return rows
 
 
@@ -251,8 +255,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def progress(partial: list[Measurement]) -> None:
         write(args.out, make_record(done + partial, swaps, complete=False))
 
+    def add_references(variant: str) -> None:
+        """diffusers' fp32 images, right after its eager fp16 ones (before any long compile of a later variant
+        can use up the lease)."""
+        wanted = [c for c in cases if compared(c) and c.name not in references]
+        if variant == "diffusers" and not args.no_images and wanted:
+            references.update(reference_images(wanted, repos, device, steps, args.deadline))
+
     done += _run_cases([c for c in cases if c.kind in first_kinds], variants, repos, device, dtype, steps,
-                       cache_dir, progress, args.deadline)
+                       cache_dir, progress, args.deadline, add_references)
     if not args.no_swaps:
         if time.time() > args.deadline:
             swaps = {"error": "skipped: device time budget"}
@@ -264,9 +275,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 swaps = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
         progress([])
     done += _run_cases([c for c in cases if c.kind not in first_kinds], variants, repos, device, dtype, steps,
-                       cache_dir, progress, args.deadline)
-    if not args.no_images and any(v.startswith("diffusers") for v in variants):
-        references.update(reference_images([c for c in cases if compared(c)], repos, device, steps, args.deadline))
+                       cache_dir, progress, args.deadline, add_references)
+    if "diffusers" not in variants and any(v.startswith("diffusers") for v in variants):
+        add_references("diffusers")  # (no eager diffusers variant ran: the references come last)
     rows = done
     record = make_record(rows, swaps, complete=True)
     json_path, md_path = write(args.out, record)

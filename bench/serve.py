@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     env = {k: os.environ[k] for k in ("SD2APP_CACHE", "OMP_NUM_THREADS", "HF_HUB_OFFLINE") if k in os.environ}
     env["PYTHONPATH"] = str(ROOT)
-    ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     report: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(args).items()}, "runs": {}}
     local = _local(args)
     local.run(_request(args, 0))  # load and warm

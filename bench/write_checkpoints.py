@@ -3,13 +3,15 @@
 Speed does not depend on the weights' values, only on shapes and dtypes, so random fp16 weights with sane
 scales (activations stay finite, so no NaN fallback path distorts timings) measure what the real ones would.
 Real UNet/VAE configs come from sd2_app.testing.configs, the text encoder is the full 23-layer 1024-wide
-CLIP tower (reference §1.6) and the tokenizer is the tiny one (tokenizing is not what we time).
+CLIP tower (text_encoder/config.json of the SD2 repos) and the tokenizer is the tiny one (tokenizing is not
+what we time).
 
     python -m bench.write_checkpoints DIR          # DIR/<kind>/ for each kind below, ~9 GB
 
 Only the fp16 variant files are written (what both loaders prefer). Parts that are the same across repos
 (text encoder, SD VAE) are hard links to one file, as in a Hub cache; the sd2 (768) UNet gets its own
-weights so that swapping sd2-base <-> sd2 really moves a different UNet.
+weights so that swapping sd2-base <-> sd2 really moves a different UNet, and so does sd21 (SD 2.1-768: sd2's
+architecture with upcast_attention in its config).
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ from sd2_app.testing.tiny_transformers import write_depth_estimator, write_token
 
 logger = logging.getLogger("bench.write_checkpoints")
 
-KINDS = ("sd2-base", "sd2", "sd2-inpainting", "sd2-depth", "x4-upscaler")
+KINDS = ("sd2-base", "sd2", "sd21", "sd2-inpainting", "sd2-depth", "x4-upscaler")
 DONE = ".bench-complete"
-TEXT_ENCODER_CONFIG = {  # reference §1.6
+TEXT_ENCODER_CONFIG = {  # text_encoder/config.json of the SD2 repos
     "architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "hidden_size": 1024,
     "intermediate_size": 4096, "num_hidden_layers": 23, "num_attention_heads": 16, "hidden_act": "gelu",
     "layer_norm_eps": 1e-5, "max_position_embeddings": 77, "vocab_size": 49408, "projection_dim": 512,

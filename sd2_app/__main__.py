@@ -25,9 +25,15 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sd2_app.api.tasks import TASKS, TaskSpec
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from sd2_app.api.requests import TaskRequest
+    from sd2_app.api.service import Service
 
 log = logging.getLogger("sd2_app.cli")
 
@@ -67,6 +73,9 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
                         help="default: float16 on CUDA, float32 on CPU")
     parser.add_argument("--json", action="store_true", help="print one JSON line per run instead of paths")
+    parser.add_argument("--embeddings-dir", type=Path, default=Path("embeddings"),
+                        help="folder of SD2 textual-inversion embeddings (.safetensors); a prompt uses one by its "
+                             "file name (default ./embeddings)")
     add_arguments(parser)  # --repo KEY=REPO[,REPO...] (a bare --repo REPO applies to --model), --revision
 
 
@@ -91,26 +100,39 @@ def _workflow_arguments(parser: argparse.ArgumentParser) -> None:
     hires.add_argument("--hires-steps", type=int, default=None, help="second-pass steps (default: --steps)")
     hires.add_argument("--denoising-strength", type=float, default=0.5, help="second pass's strength")
     hires.add_argument("--hires-sampler", default=None, help="second-pass sampler (default: --sampler)")
+    seeds = _variation_and_tiling(parser)
+    seeds.add_argument("--seed-resize-from", type=_size, default=None, metavar="WxH",
+                       help="draw the noise at this size so a seed's composition survives a size change")
+
+
+def _variation_and_tiling(parser: argparse.ArgumentParser) -> Any:
+    """--variation-seed, --variation-strength and --tiling (text and image to image); returns the seed group."""
     seeds = parser.add_argument_group("seed extras")
     seeds.add_argument("--variation-seed", type=int, default=None, help="default: random when a strength is set")
     seeds.add_argument("--variation-strength", type=float, default=0.0, help="0 = the seed, 1 = the variation seed")
-    seeds.add_argument("--seed-resize-from", type=_size, default=None, metavar="WxH",
-                       help="draw the noise at this size so a seed's composition survives a size change")
     parser.add_argument("--tiling", action="store_true", help="seamless tiles (circular padding)")
+    return seeds
 
 
 def _txt2img_extras(args: argparse.Namespace) -> dict[str, Any]:
     """The hires fix, seed extras and tiling fields of a Txt2ImgRequest."""
-    from sd2_app.api.requests import HiresFix, SeedExtras
+    from sd2_app.api.requests import HiresFix
 
     hires = None
     if args.hires:
         hires = HiresFix(upscaler=args.hires_upscaler, scale=args.hires_scale, width=args.hires_width,
                          height=args.hires_height, steps=args.hires_steps,
                          denoising_strength=args.denoising_strength, sampler=args.hires_sampler)
+    return {"hires": hires, **_seed_and_tiling(args)}
+
+
+def _seed_and_tiling(args: argparse.Namespace) -> dict[str, Any]:
+    """The seed_extras and tiling fields (text and image to image; only text to image has --seed-resize-from)."""
+    from sd2_app.api.requests import SeedExtras
+
     extras = SeedExtras(variation_seed=args.variation_seed, variation_strength=args.variation_strength,
-                        resize_from=args.seed_resize_from)
-    return {"hires": hires, "seed_extras": extras, "tiling": args.tiling}
+                        resize_from=getattr(args, "seed_resize_from", None))
+    return {"seed_extras": extras, "tiling": args.tiling}
 
 
 def _outpaint_arguments(parser: argparse.ArgumentParser) -> None:
@@ -159,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         if task == "img2img":
             sub.add_argument("--width", type=int, default=None)
             sub.add_argument("--height", type=int, default=None)
+            _variation_and_tiling(sub)
         if task == "inpaint":
             sub.add_argument("--mask", type=Path, required=True, help="white = repaint")
             sub.add_argument("--mask-blur", type=int, default=_request_default(task, "mask_blur"))
@@ -180,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _open(path: Path | None, mode: str | None = None) -> Any:
+def _open(path: Path | None, mode: str | None = None) -> Image.Image | None:
     """Read an input image; a missing or unreadable file is the user's error, reported in words (exit 2)."""
     if path is None:
         return None
@@ -196,7 +219,7 @@ def _open(path: Path | None, mode: str | None = None) -> Any:
         raise InvalidRequest(f"cannot read image {path}: {error}") from error
 
 
-def build_request(args: argparse.Namespace) -> Any:
+def build_request(args: argparse.Namespace) -> TaskRequest:
     """The typed request for the parsed arguments (validation happens in the service)."""
     from sd2_app.api import requests as rq
 
@@ -216,7 +239,8 @@ def build_request(args: argparse.Namespace) -> Any:
                                   fill=args.fill, mask_blur=args.mask_blur, strength=args.strength,
                                   keep_original=not args.no_keep_original, **common)
     if args.task == "img2img":
-        return rq.Img2ImgRequest(image=image, strength=args.strength, width=args.width, height=args.height, **common)
+        return rq.Img2ImgRequest(image=image, strength=args.strength, width=args.width, height=args.height,
+                                 **_seed_and_tiling(args), **common)
     if args.task == "inpaint":
         return rq.InpaintRequest(
             image=image, mask=_open(args.mask, "L"), strength=args.strength, mask_blur=args.mask_blur,
@@ -248,20 +272,21 @@ def _repo_assignments(args: argparse.Namespace) -> list[str]:
     return [item if "=" in item else f"{args.model}={item}" for item in args.repo]
 
 
-def make_service(args: argparse.Namespace) -> Any:
+def make_service(args: argparse.Namespace) -> Service:
     import torch
 
     from sd2_app.accel import options_for
     from sd2_app.manager import ModelManager
     from sd2_app.checkpoints.catalog import apply_overrides, parse_assignments
     from sd2_app.api.service import Service
+    from sd2_app.loading.embeddings import EmbeddingLibrary
 
     registry = apply_overrides(repos=parse_assignments(_repo_assignments(args)),
                                revisions=parse_assignments(args.revision))
     dtype = getattr(torch, args.dtype) if args.dtype else None
     manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, cache_dir=args.model_dir,
                            accel=options_for(args.speed))
-    return Service(manager, outputs_dir=None)
+    return Service(manager, outputs_dir=None, embeddings=EmbeddingLibrary.scan(args.embeddings_dir))
 
 
 def run_task(args: argparse.Namespace) -> dict[str, Any]:
@@ -272,7 +297,7 @@ def run_task(args: argparse.Namespace) -> dict[str, Any]:
     service = make_service(args)
     started = time.perf_counter()
 
-    def on_progress(done: int, total: int, preview: Any) -> None:
+    def on_progress(done: int, total: int, preview: Image.Image | None) -> None:
         log.info("step %d/%d", done, total)
 
     result = service.run(request, on_progress=on_progress)

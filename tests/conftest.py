@@ -20,7 +20,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # Third-party noise (diffusers' numpy conversions, gradio's pandas calls); our own warnings stay visible.
     for rule in ("ignore::DeprecationWarning:diffusers.*", "ignore::FutureWarning:diffusers.*",
                  "ignore::DeprecationWarning:numpy.*", "ignore:.*copy keyword is deprecated.*",
-                 "ignore:.*no_silent_downcasting.*"):
+                 "ignore:.*no_silent_downcasting.*",
+                 "ignore::DeprecationWarning:ray.*"):
         config.addinivalue_line("filterwarnings", rule)
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped unless one is present)")
     config.addinivalue_line("markers", "browser: drives a real Chromium through Playwright")

@@ -112,12 +112,12 @@ def serve(argv: list[str], cache: Path, bind: str | None = None) -> Iterator[tup
     ensure_tiny_repos(tiny_dir())
     (cache / "tiny").symlink_to(tiny_dir(), target_is_directory=True)
     args = app.parse_args(argv)
-    kwargs = app.launch_settings(args)
     pixels_before = Image.MAX_IMAGE_PIXELS
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setenv("SD2APP_CACHE", str(cache))
     try:
         demo = app.build(args)
+        kwargs = app.launch_settings(args, demo)
         kwargs.update(server_port=free_port(), prevent_thread_lock=True, quiet=True)
         if bind is not None:
             kwargs["server_name"] = bind

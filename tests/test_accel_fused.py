@@ -206,3 +206,27 @@ def test_fused_transformer_block_matches_eager_on_cuda() -> None:
     plain_error = (plain - reference).abs().max().item() / scale
     fused_error = (fused - reference).abs().max().item() / scale
     assert fused_error <= 1.5 * plain_error + 1e-3, (fused_error, plain_error)
+
+
+@pytest.mark.gpu
+def test_the_vae_stays_nchw_when_the_fused_kernels_fail_their_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """channels_last without the NHWC GroupNorm kernels is the VAE's slow combination: a start-up check that
+    fails (nothing swapped) leaves the VAE NCHW; a passing one makes it NHWC."""
+    pytest.importorskip("triton")
+    from sd2_app.accel import AccelOptions, accelerate_vae
+    from sd2_app.accel.kernels import checks
+    from sd2_app.nn.config import VAEConfig
+    from sd2_app.nn.vae import AutoencoderKL
+    from sd2_app.testing.configs import tiny_vae_config
+
+    def vae() -> AutoencoderKL:
+        return AutoencoderKL(VAEConfig.from_dict(tiny_vae_config("sd2"))).cuda().half()
+
+    def nhwc(model: AutoencoderKL) -> bool:
+        weight = model.decoder.conv_in.weight
+        return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+    assert nhwc(accelerate_vae(vae(), AccelOptions()))
+    monkeypatch.setattr(checks, "kernels_agree", lambda *args: False)
+    failed = accelerate_vae(vae(), AccelOptions())
+    assert not nhwc(failed) and not any(type(m).__name__.startswith("Fused") for m in failed.modules())

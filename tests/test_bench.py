@@ -193,3 +193,47 @@ def test_coldstart_counts_compiles_per_phase_and_checks_a_swap_on_tiny_models(tm
     assert row["triton_kernels_compiled"] == 0 and row["first_image_s"] > 0
     assert json.loads((out / "coldstart.jsonl").read_text().splitlines()[0])["label"] == "default"
     assert "## default (cpu" in (out / "coldstart.md").read_text()
+
+
+def test_appstart_splits_the_cold_start_into_consecutive_phases() -> None:
+    """The phases end at the app's log lines and at the client's events, in time order, and sum to the
+    first image's time; a phase whose log line never came (no CUDA: no backends line, no captures) is left
+    out and its time goes to the next phase."""
+    from bench.appstart import _phases
+
+    class Lines:
+        lines = [(1.5, "INFO sd2_app.accel.backends: backends for cuda:0: ..."),
+                 (4.0, "INFO sd2_app.manager.loader: sd21-base: loaded from /ck/full/sd2-base"),
+                 (9.2, "INFO sd2_app.api.service: txt2img on sd21-base: 25 steps, seed 1234"),
+                 (12.0, "INFO sd2_app.accel.fused.swap: fused ops: swapped 300 modules in UNet"),
+                 (12.5, "INFO sd2_app.accel.graphs.base: captured a CUDA graph of CLIPTextModel for ..."),
+                 (14.0, "INFO sd2_app.accel.graphs.base: captured a CUDA graph of UNet for ...")]
+
+        def first(self, text: str, after: float = 0.0) -> float | None:
+            return next((t for t, line in self.lines if t >= after and text in line), None)
+
+    events = {"server answering": 8.0, "client connected": 9.0, "first image returned": 15.0}
+    got = _phases(Lines(), events, sent=9.1, key="sd21-base")
+    assert got["first_image_s"] == 15.0
+    assert list(got["phases_s"]) == ["interpreter, imports (torch, transformers, gradio), CUDA set-up",
+                                     "checkpoint read to the device", "UI build, server start",
+                                     "client connected (API info)", "request: queue, validation, load check",
+                                     "start-up kernel check + fused-module swaps",
+                                     "text encoder: warm-up + CUDA-graph capture", "UNet: warm-up + CUDA-graph capture",
+                                     "sampling, decode, PNG, transfer to the client"]
+    assert [round(s, 2) for s in got["phases_s"].values()] == [1.5, 2.5, 4.0, 1.0, 0.2, 2.8, 0.5, 1.5, 1.0]
+    assert sum(got["phases_s"].values()) == pytest.approx(15.0)
+    Lines.lines = [line for line in Lines.lines if "backends" not in line[1] and "captured" not in line[1]]
+    cpu = _phases(Lines(), events, sent=9.1, key="sd21-base")["phases_s"]
+    assert list(cpu)[0] == "checkpoint read to the device" and cpu["checkpoint read to the device"] == 4.0
+    assert sum(cpu.values()) == pytest.approx(15.0)
+
+
+@pytest.mark.slow
+def test_appstart_serves_the_first_image_to_a_client_on_tiny_models(tmp_path: Path) -> None:
+    from bench.appstart import main
+
+    row = main(["--tiny", "--size", "64", "--steps", "2", "--ckpt", str(tmp_path / "ck"), "--out", str(tmp_path)])
+    assert row["images_returned"] == 1 and row["first_image_s"] > row["second_image_s"] > 0
+    assert sum(row["phases_s"].values()) == pytest.approx(row["first_image_s"])
+    assert "| UI build, server start |" in (tmp_path / "appstart.md").read_text()

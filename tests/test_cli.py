@@ -136,6 +136,16 @@ def test_txt2img_hires_variation_tiling_and_a_16_bit_depth_map(
         assert len(np.unique(np.asarray(used))) == 64  # one level per column: the 16-bit ramp, not 2 8-bit levels
 
 
+def test_img2img_variation_and_tiling_flags(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    sample_image(64, 64).save(tmp_path / "in.png")
+    code = main(["img2img", "--tiny", "--model-dir", str(model_dir), "--prompt", "moss", "--steps", "2", "--seed", "3",
+                 "--image", str(tmp_path / "in.png"), "--variation-seed", "5", "--variation-strength", "0.5",
+                 "--tiling", "--out", str(tmp_path), "--json"])
+    assert code == 0
+    params = parse_parameters(read_png_parameters(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["paths"][0]))
+    assert (params["Variation seed"], params["Variation seed strength"], params["Tiling"]) == (5, 0.5, True)
+
+
 def test_bad_seed_resize_size_is_an_argument_error(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         main(["txt2img", "--prompt", "x", "--seed-resize-from", "96"])

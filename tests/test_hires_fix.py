@@ -95,7 +95,9 @@ def test_sd2_x4_hires_through_the_service_equals_the_three_steps_by_hand(tmp_pat
     from sd2_app.testing.tiny import ensure_tiny_repos
 
     registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
-    service = Service(ModelManager("cpu", registry=registry, cache_dir=tmp_path / "cache"), outputs_dir=None)
+    # No watermark: the by-hand chain feeds the 256x256 x4 result (which would carry it) into the next step.
+    service = Service(ModelManager("cpu", registry=registry, cache_dir=tmp_path / "cache"), outputs_dir=None,
+                      watermark=False)
     request = Txt2ImgRequest(prompt="a castle", checkpoint="sd2-base", width=64, height=64, sampling=SAMPLING,
                              hires=HiresFix(upscaler="SD2 x4", scale=2.0, steps=4, denoising_strength=0.5))
     progress: list[tuple[int, int]] = []
@@ -111,6 +113,14 @@ def test_sd2_x4_hires_through_the_service_equals_the_three_steps_by_hand(tmp_pat
                                          checkpoint="sd2-base", strength=0.5, sampling=SAMPLING)).images[0]
     assert np.array_equal(np.asarray(result.images[0]), np.asarray(by_hand))
     assert parse_parameters(result.parameters)["Hires upscaler"] == "SD2 x4"
+
+    for stop_after in (6, 9):  # Stop in the x4 stage, then in the second pass
+        seen: list[int] = []
+        with pytest.raises(Cancelled):
+            service.run(request, on_progress=lambda d, t, p: seen.append(d), should_stop=lambda: len(seen) >= stop_after)
+        assert seen[-1] == stop_after
+    again = service.run(request).images[0]  # the manager is free again and the result unchanged
+    assert np.array_equal(np.asarray(again), np.asarray(result.images[0]))
 
 
 @pytest.mark.parametrize(("hires", "batch", "message"), [

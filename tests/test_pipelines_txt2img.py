@@ -96,16 +96,21 @@ def test_size_is_rounded_with_a_warning(components: ComponentCache) -> None:
     assert any("60x43" in w and "64x40" in w for w in out.warnings)
 
 
-def test_long_prompt_is_truncated_with_a_warning(components: ComponentCache) -> None:
+def test_long_prompt_is_read_in_chunks_without_a_warning(components: ComponentCache) -> None:
+    """Past 75 tokens the prompt is read in two chunks (issue 20), nothing is dropped or warned about."""
     long_prompt = " ".join(["red"] * 30)
     tokens = len(components("sd2-base").tokenizer(long_prompt).input_ids)  # with BOS and EOS
-    assert tokens > 77
-    request = Txt2ImgRequest(prompt=long_prompt, width=64, height=48, sampling=Sampling(steps=2, seed=1))
-    out = txt2img(components("sd2-base"), request)
-    assert any(w.startswith(f"Prompt truncated: {tokens - 77} tokens") for w in out.warnings), out.warnings
-    short = txt2img(components("sd2-base"), Txt2ImgRequest(prompt="red", width=64, height=48,
-                                                             sampling=Sampling(steps=2, seed=1)))
-    assert short.warnings == []
+    assert 77 < tokens <= 152
+    seen: list[int] = []
+    unet = components("sd2-base").unet
+    handle = unet.register_forward_pre_hook(lambda m, args: seen.append(args[2].shape[1]))
+    try:
+        request = Txt2ImgRequest(prompt=long_prompt, width=64, height=48, sampling=Sampling(steps=2, seed=1))
+        out = txt2img(components("sd2-base"), request)
+    finally:
+        handle.remove()
+    assert out.warnings == []
+    assert seen and set(seen) == {154}  # two chunks of 77 tokens in every UNet call
 
 
 def test_loop_has_no_host_sync() -> None:

@@ -194,3 +194,65 @@ def test_fused_modules_pad_circularly_too() -> None:
     assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
     with torch.no_grad():
         assert (fused.decode(z) - expected).abs().max().item() > 1e-2  # and back to zero padding after
+
+
+@pytest.mark.parametrize(("extras", "message"), [
+    (SeedExtras(variation_seed=3, variation_strength=1.5), "Variation strength must be between 0 and 1, got 1.5."),
+    (SeedExtras(variation_seed=-7, variation_strength=0.5), "Seed must be between 0 and 4294967295, got -7."),
+    (SeedExtras(resize_from=(96, 0)), "Seed resize from needs both a width and a height (0 for both turns it off)."),
+    (SeedExtras(resize_from=(4096, 64)), "Seed resize from width must be between 64 and 1024, got 4096."),
+])
+def test_seed_extras_validation_messages(extras: SeedExtras, message: str) -> None:
+    from sd2_app.api.validation import validate
+    from sd2_app.errors import InvalidRequest
+    from tests.ui_doubles import fake_catalog
+
+    with pytest.raises(InvalidRequest) as error:
+        validate(Txt2ImgRequest(prompt="p", checkpoint="sd2-base", seed_extras=extras), fake_catalog())
+    assert str(error.value) == message
+
+
+def test_variation_seed_is_drawn_when_left_random_and_dropped_when_unused() -> None:
+    from sd2_app.api.validation import validate
+    from tests.ui_doubles import fake_catalog
+
+    drawn, _ = validate(Txt2ImgRequest(prompt="p", checkpoint="sd2-base",
+                                       seed_extras=SeedExtras(variation_seed=-1, variation_strength=0.2)), fake_catalog())
+    assert 0 <= drawn.seed_extras.variation_seed <= 2**32 - 1
+    unused, _ = validate(Txt2ImgRequest(prompt="p", checkpoint="sd2-base", seed_extras=SeedExtras(variation_seed=4)),
+                         fake_catalog())
+    assert unused.seed_extras == SeedExtras()
+
+
+def test_image_to_image_variation_and_tiling(components: ComponentCache) -> None:
+    from pipeline_fixtures import sample_image
+
+    from sd2_app.api.requests import Img2ImgRequest
+    from sd2_app.pipelines.img2img import img2img
+
+    c = components("sd2-base")
+    base = Img2ImgRequest(prompt="a house", image=sample_image(64, 64), strength=0.8, sampling=SAMPLING)
+    plain = img2img(c, base)
+    zero = img2img(c, replace(base, seed_extras=SeedExtras(variation_seed=99, variation_strength=0.0)))
+    varied = img2img(c, replace(base, seed_extras=SeedExtras(variation_seed=99, variation_strength=0.5)))
+    tiled = img2img(c, replace(base, tiling=True))
+    after = img2img(c, base)
+    assert torch.equal(zero.latents, plain.latents) and torch.equal(after.latents, plain.latents)
+    assert not torch.equal(varied.latents, plain.latents) and not torch.equal(tiled.latents, plain.latents)
+    params = parse_parameters(varied.images[0].info["parameters"])
+    assert (params["Variation seed"], params["Variation seed strength"]) == (99, 0.5)
+    assert parse_parameters(tiled.images[0].info["parameters"])["Tiling"] is True
+
+
+def test_image_to_image_refuses_seed_resize() -> None:
+    from pipeline_fixtures import sample_image
+
+    from sd2_app.api.requests import Img2ImgRequest
+    from sd2_app.api.validation import validate
+    from sd2_app.errors import InvalidRequest
+    from tests.ui_doubles import fake_catalog
+
+    request = Img2ImgRequest(prompt="p", image=sample_image(64, 64), checkpoint="sd2-base",
+                             seed_extras=SeedExtras(resize_from=(96, 64)))
+    with pytest.raises(InvalidRequest, match=r"^Seed resize applies to text to image only; leave it at 0 for image to image\.$"):
+        validate(request, fake_catalog())

@@ -39,7 +39,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):  # -> (handle, ServeConfi
     cache = tmp_path_factory.mktemp("serve-cache")
     (cache / "tiny").symlink_to(tiny_dir(), target_is_directory=True)
     env = {"SD2APP_CACHE": str(cache), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    # address="local": a cluster of our own, never one another process on this machine started
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": env})
     config = load_config(None, tiny=True, min_replicas=2, max_replicas=2, num_gpus=0.0, num_cpus=1.0,
                          max_models_per_replica=1, device="cpu")
     try:
@@ -135,8 +137,11 @@ def test_two_jobs_run_at_once_on_two_replicas(front, cluster) -> None:
     assert len(results) == 2
     jobs = sorted((j for s in replica_stats(handle).values() for j in s["jobs"]), key=lambda j: j["start"])[-2:]
     assert {j["key"] for j in jobs} == {a, b}
-    assert jobs[1]["start"] < jobs[0]["end"]  # the two jobs overlapped in time, on two replicas
-    assert both < 2 * one, (both, one)
+    # The two jobs ran at the same time on two replicas: they overlap for most of the shorter one. (The wall
+    # time's ratio to one job, ~1.1 on two idle cores, depends on what else the CPU runs: bench/serve.py.)
+    overlap = min(j["end"] for j in jobs) - max(j["start"] for j in jobs)
+    assert overlap > 0.5 * min(j["end"] - j["start"] for j in jobs), jobs
+    assert both < 3 * one, (both, one)
 
 
 def test_stop_cancels_the_remote_job_and_frees_the_replica(front, cluster) -> None:
@@ -195,6 +200,29 @@ def test_the_app_with_serve_runs_jobs_on_the_replicas_and_saves_at_the_front(clu
         assert "**Seed** 5" in info
     finally:
         demo.close()
+
+
+def test_a_busy_hot_checkpoint_spreads_to_the_idle_replica(front, cluster) -> None:
+    """Serve's multiplexing sends a request to the replicas that have its checkpoint. With one job per replica
+    (max_ongoing_requests = 1) a busy replica refuses more, so the router falls back at once to the replica
+    with the fewest checkpoints, which loads the hot one too: a hot checkpoint does not stay pinned to one
+    replica while another is idle."""
+    handle, _ = cluster
+    hot, other = CHECKPOINTS[0], CHECKPOINTS[1]
+    for key in (hot, other):
+        front.run(request(key))
+        time.sleep(1.0)
+    assert sorted(s["loaded"] for s in replica_stats(handle).values()) == sorted([[hot], [other]])
+    started = threading.Event()
+    long_job = threading.Thread(target=lambda: front.run(replace(request(hot, steps=150), width=128, height=128),
+                                                         lambda done, total, preview: started.set()))
+    long_job.start()
+    assert started.wait(60)
+    front.run(request(hot))  # its replica is busy: the other replica takes it, evicting `other`
+    assert long_job.is_alive()  # it ran beside the long job, not after it
+    long_job.join()
+    time.sleep(1.0)
+    assert [s["loaded"] for s in replica_stats(handle).values()] == [[hot], [hot]]
 
 
 def test_a_replica_killed_mid_job_fails_that_job_clearly_and_the_next_succeeds(front, cluster) -> None:

@@ -1,4 +1,4 @@
-"""Stacked projection weights (stacking.py, fused_attention.py, the resnets' shared time projections): the
+"""Stacked projection weights (accel/fused/stacking.py, fused/attention.py, the resnets' shared time projections): the
 same numbers and keys as the separate layers, weights that stay views into one tensor, and a restack after a
 move split them (CPU; GPU where marked)."""
 

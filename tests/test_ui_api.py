@@ -135,6 +135,18 @@ def test_xyz_plot_grid_cells_and_tables(app) -> None:
     assert service.history(owner=None)[0].task == "xyz_plot"
 
 
+def test_xyz_plot_of_image_to_image_over_strength(app, tmp_path: Path) -> None:
+    client, _, _ = app
+    landscape = _small("landscape.png", 64, tmp_path)
+    _, gallery, _, _ = client.predict(prompt="a painting", init_image=handle_file(landscape), x_type="strength",
+                                      x_values="0.5, 1", steps=2, seed=5, width=64, height=64, api_name="/xyz_plot")
+    images = _pngs(gallery)
+    assert [item["caption"].split(" · ")[0] for item in gallery] == ["Grid", "Denoising strength: 0.5",
+                                                                     "Denoising strength: 1"]
+    assert [im.size for im in images[1:]] == [(64, 64)] * 2
+    assert "Denoising strength: 0.5" in images[1].info["parameters"]
+
+
 def test_xyz_plot_stop_keeps_the_finished_cells(app) -> None:
     client, _, _ = app
     job = client.submit(prompt="x", x_type="steps", x_values="20, 20, 20, 20", seed=1, width=64, height=64,

@@ -140,3 +140,32 @@ def test_16_bit_depth_upload_reaches_the_pipeline_at_full_precision(app, tmp_pat
         used[name] = np.asarray(Image.open(depth_used).convert("L"), dtype=np.int32)
     assert len(np.unique(used["depth16"])) > 100  # the ramp, stretched to 0..255 as the condition sees it
     assert len(np.unique(used["depth8"])) <= 2  # its 8-bit rounding: one step
+
+
+def test_png_info_send_fills_every_workflow_widget() -> None:
+    """The PNG info tab's "Send to text to image" event returns one value per output, the options included."""
+    from sd2_app.pipelines.metadata import parse_parameters
+    from sd2_app.ui import build_ui
+    from tests.ui_doubles import fake_service
+
+    demo = build_ui(fake_service())
+    send = next(f for f in demo.fns.values() if f.api_name == "png_info_send")
+    text = ("p\nSteps: 2, Sampler: Euler, CFG scale: 7.5, Seed: 7, Size: 64x64, Denoising strength: 0.6, "
+            "Hires upscale: 1.5, Hires steps: 3, Hires upscaler: Latent, Variation seed: 5, "
+            "Variation seed strength: 0.3, Tiling: True")
+    values = send.fn(parse_parameters(text))
+    assert len(values) == len(send.outputs)
+    by_id = {getattr(block, "elem_id", None): value for block, value in zip(send.outputs, values)}
+    assert by_id["txt2img-hires"] is True and by_id["txt2img-hires-scale"] == 1.5
+    assert by_id["txt2img-hires-steps"] == 3 and by_id["txt2img-hires-strength"] == 0.6
+    assert by_id["txt2img-variation-seed"] == 5 and by_id["txt2img-variation-strength"] == 0.3
+    assert by_id["txt2img-tiling"] is True
+
+
+def test_img2img_endpoint_takes_variation_and_tiling(app, tmp_path: Path) -> None:
+    client, _ = app
+    Image.new("RGB", (64, 64), (40, 120, 90)).save(tmp_path / "in.png")
+    _, gallery, _ = client.predict(image=handle_file(str(tmp_path / "in.png")), prompt="moss", strength=0.6, steps=2,
+                                   seed=7, variation_seed=11, variation_strength=0.4, tiling=True, api_name="/img2img")
+    text = _png(gallery).info["parameters"]
+    assert "Variation seed: 11, Variation seed strength: 0.4" in text and "Tiling: True" in text

@@ -222,7 +222,8 @@ def test_a_2x3_plot_on_tiny_checkpoints_equals_individual_runs(tmp_path) -> None
     from tests.pipeline_fixtures import tiny_dir
 
     registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
-    service = Service(ModelManager("cpu", registry=registry, cache_dir=tmp_path), outputs_dir=None)
+    # No watermark: the grid (over 256x256 pixels) would carry it, and the test finds a cell's pixels in the grid.
+    service = Service(ModelManager("cpu", registry=registry, cache_dir=tmp_path), outputs_dir=None, watermark=False)
     base = Txt2ImgRequest("a cat", checkpoint="sd21-base", width=64, height=64, sampling=Sampling(steps=2, seed=9))
     plot = XYZPlotRequest(base, PlotAxis("sampler", ("Euler", "DDIM")), PlotAxis("cfg_scale", "1, 4-7 (+3)"))
     result = service.run(plot)
@@ -238,3 +239,18 @@ def test_a_2x3_plot_on_tiny_checkpoints_equals_individual_runs(tmp_path) -> None
     matches = [(r, c) for r in range(grid.shape[0] - 63) for c in range(grid.shape[1] - 63)
                if np.array_equal(grid[r, c:c + 64], first[0]) and np.array_equal(grid[r:r + 64, c:c + 64], first)]
     assert len(matches) == 1  # the cell itself sits in the grid, unscaled
+
+
+def test_an_init_image_makes_an_image_to_image_plot_with_a_strength_axis() -> None:
+    service = fake_service(None)
+    base = Img2ImgRequest("a cat", Image.new("RGB", (64, 48)), sampling=Sampling(steps=10, seed=2))
+    events: list[tuple[int, int]] = []
+    result = service.plot(XYZPlotRequest(base, PlotAxis("strength", "0.5, 1"), PlotAxis("steps", "10")),
+                          on_progress=lambda d, t, p: events.append((d, t)))
+    assert events[-1] == (15, 15)  # int(10 * 0.5) + 10 steps: what img2img really runs
+    assert [(row["strength"], row["width"], row["height"]) for row in result.cells] == [(0.5, 64, 48), (1.0, 64, 48)]
+    assert parse_parameters(result.parameters)["X Type"] == "Denoising strength"
+    assert [c.split(" · ")[0] for c in result.captions[1:]] == ["Denoising strength: 0.5, Steps: 10",
+                                                                "Denoising strength: 1, Steps: 10"]
+    with pytest.raises(InvalidRequest, match="Denoising strength: 0.05: Strength 0.05 with 10 steps runs no"):
+        validate(XYZPlotRequest(base, PlotAxis("strength", "0.05")), CATALOG)

@@ -51,10 +51,11 @@ def accelerate_vae(vae: nn.Module, options: AccelOptions) -> nn.Module:
     if device.type != "cuda":
         return vae
     options = options_for_device(options, device)
-    if options.vae_channels_last:
+    # NHWC only once the fused kernels are in (a failed start-up check swaps nothing): PyTorch's GroupNorm
+    # on NHWC activations is slower than NCHW
+    fused = options.fused_ops and fuse_modules(vae, channels_last=options.vae_channels_last) > 0
+    if options.vae_channels_last and fused:
         to_channels_last(vae)
-    if options.fused_ops:
-        fuse_modules(vae, channels_last=options.vae_channels_last)
     if options.vae_attention_fp16:
         use_half_products(vae)
     return vae

@@ -29,13 +29,6 @@ def x4_request(checked: Txt2ImgRequest, image: Any, checkpoint: str) -> UpscaleR
                           checkpoint=checkpoint, sampling=sampling)
 
 
-def second_pass_count(checked: Txt2ImgRequest) -> int:
-    """The second pass's sampler steps: diffusers' img2img rule, as samplers.start_at applies it."""
-    assert checked.hires is not None
-    steps = checked.hires.steps or checked.sampling.steps
-    return min(int(steps * checked.hires.denoising_strength), steps)
-
-
 def run_hires_x4(service: Any, checked: Txt2ImgRequest, on_progress: Any, should_stop: Any,
                  timings: dict[str, float]) -> Any:
     """The three stages; returns the second pass's output with every stage's warnings."""
@@ -43,7 +36,7 @@ def run_hires_x4(service: Any, checked: Txt2ImgRequest, on_progress: Any, should
     assert upscaler is not None and checked.hires is not None, "validation checked both"
     first_steps = checked.sampling.steps
     x4 = x4_request(checked, None, upscaler)
-    total = first_steps + x4.sampling.steps + second_pass_count(checked)
+    total = first_steps + x4.sampling.steps + checked.hires.second_pass_steps(first_steps)
     first = service._run_pipeline("txt2img", replace(checked, hires=None),
                                   service._step_callback(0, total, on_progress, should_stop), timings)
     image = first.images[0]

@@ -1,7 +1,7 @@
 """X/Y/Z plot: validation of the axes, the cells (one validated request each) and running them in the Service.
 
 A cell is the base request with one value of each axis applied; it runs through the Service's own pipeline
-call (same model manager, guards, progress and Stop as a single run). Cells that change the checkpoint are
+call (same model manager, fallback ladder, progress and Stop as a single run). Cells that change the checkpoint are
 ordered so each checkpoint is used once in a row (as A1111 puts its costly axes outermost). Stop ends the
 plot after the current step: the finished cells, and grids with blanks for the rest, are still returned.
 """
@@ -77,6 +77,8 @@ def validate_plot(request: XYZPlotRequest, catalog: Any, limits: Any) -> tuple[X
     checked_base, warnings = validate(base, catalog, limits)
     checked_base = replace(checked_base, sampling=replace(checked_base.sampling,
                                                           use_karras=bool(request.base.sampling.use_karras)))
+    if isinstance(checked_base, Img2ImgRequest):  # its image is fitted now; an unset size stays "the image's"
+        checked_base = replace(checked_base, width=base.width, height=base.height)
     task = base.task
     checkpoints = [key for key, tasks in catalog.tasks.items() if task in tasks]
     axes: dict[str, PlotAxis] = {}

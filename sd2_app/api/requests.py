@@ -81,6 +81,11 @@ class HiresFix:
             w, h = width * self.scale, height * self.scale
         return max(8, int(w / 8 + 0.5) * 8), max(8, int(h / 8 + 0.5) * 8)
 
+    def second_pass_steps(self, first_steps: int) -> int:
+        """The sampler steps the second pass runs: its steps cut by the strength (samplers.start_at's rule)."""
+        steps = self.steps or first_steps
+        return min(int(steps * self.denoising_strength), steps)
+
 
 @dataclass(frozen=True)
 class SeedExtras:
@@ -131,6 +136,8 @@ class Img2ImgRequest:
     width: int | None = None  # None: the image's size, floored to a multiple of 8
     height: int | None = None
     sampling: Sampling = _sampling("img2img")
+    seed_extras: SeedExtras = field(default_factory=SeedExtras)  # the variation seed (no seed resize)
+    tiling: bool = False  # convolutions pad circularly: the image tiles seamlessly
 
 
 @dataclass(frozen=True)

@@ -62,10 +62,9 @@ def check_hires(
     if max(target) > limits.max_side:
         raise InvalidRequest(f"The hires target {target[0]}x{target[1]} is larger than this server's limit of "
                              f"{limits.max_side} pixels per side; lower the upscale or the size.")
-    steps = checked.steps or sampling.steps
-    if int(steps * checked.denoising_strength) < 1:
-        raise InvalidRequest(f"Hires denoising strength {checked.denoising_strength:g} with {steps} hires steps runs "
-                             "no step; raise either.")
+    if checked.second_pass_steps(sampling.steps) < 1:
+        raise InvalidRequest(f"Hires denoising strength {checked.denoising_strength:g} with "
+                             f"{checked.steps or sampling.steps} hires steps runs no step; raise either.")
     return checked
 
 

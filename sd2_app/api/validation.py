@@ -34,7 +34,7 @@ from sd2_app.api.requests import (
 )
 
 MAX_SEED = 2**32 - 1
-MAX_PROMPT_CHARS = 2000  # CLIP reads 77 tokens; this only stops abuse (the pipeline warns past 77 tokens)
+MAX_PROMPT_CHARS = 2000  # only stops abuse; the pipeline refuses a prompt over 8 chunks of 75 tokens
 MIN_IMAGE_SIDE = 8
 MAX_NOISE_LEVEL = 350  # x4 upscaler's model_index.json
 
@@ -298,6 +298,12 @@ def _validate_fields(request: Request, catalog: Catalog, limits: Limits) -> tupl
         else:
             image = _fit_inside(image, limits.max_side, warnings)
         common.update(image=image, width=image.width, height=image.height, strength=_strength(request.strength, steps))
+        from sd2_app.api.txt2img_options import check_seed_extras, check_tiling
+
+        extras = check_seed_extras(request.seed_extras, limits)
+        if extras.resize_from is not None:
+            raise InvalidRequest("Seed resize applies to text to image only; leave it at 0 for image to image.")
+        common.update(seed_extras=extras, tiling=check_tiling(request.tiling))
     elif isinstance(request, InpaintRequest):
         image = _fit_inside(_image(request.image, "an image to inpaint", limits.max_input_pixels), limits.max_side, warnings)
         if request.mask is None:

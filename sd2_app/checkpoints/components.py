@@ -30,3 +30,6 @@ class Components:
     max_noise_level: int = 350  # x4 upscaler only (model_index.json)
     depth_estimator: Any = None  # transformers.DPTForDepthEstimation, depth checkpoint only
     depth_processor: Any = None  # transformers.DPTImageProcessor
+    # Textual-inversion embeddings a request may use, name -> loading.embeddings.TextualInversion: the
+    # service lends its library to each run (a copy of this object), never to the shared models.
+    embeddings: Any = None

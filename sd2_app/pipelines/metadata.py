@@ -21,6 +21,19 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 PARAMETERS_KEY = "parameters"
+# Machine-readable "AI generated" marker: an XMP packet (the PNG keyword XMP's specification, part 3, gives)
+# stating IPTC's digital source type "trainedAlgorithmicMedia" (IPTC NewsCodes, digitalsourcetype), the
+# term IPTC's Photo Metadata Standard defines for media made by a trained model; see docs/DESIGN.md.
+XMP_KEY = "XML:com.adobe.xmp"
+DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+_IPTC_EXT = "http://iptc.org/std/Iptc4xmpExt/2008-02-29/"
+AI_GENERATED_XMP = (
+    '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    f'<rdf:Description rdf:about="" xmlns:Iptc4xmpExt="{_IPTC_EXT}" '
+    f'Iptc4xmpExt:DigitalSourceType="{DIGITAL_SOURCE_TYPE}"/>'
+    '</rdf:RDF></x:xmpmeta><?xpacket end="r"?>'
+)
 _NEGATIVE = "Negative prompt: "
 # One `key: value` pair of the settings line: a quoted JSON string or text up to the next ", ".
 _PAIR = re.compile(r'\s*([\w ./+\-()]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
@@ -108,12 +121,33 @@ def attach_parameters(image: Image.Image, text: str) -> Image.Image:
     return image
 
 
+def mark_ai_generated(image: Image.Image) -> Image.Image:
+    """Store the "AI generated" XMP packet in `image.info` (written by `save_png`, and by Gradio as text)."""
+    image.info[XMP_KEY] = AI_GENERATED_XMP
+    return image
+
+
+def digital_source_type(image: Image.Image | str | Path) -> str | None:
+    """The IPTC digital source type in a PNG's XMP packet (an open image or a path), or None."""
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as opened:
+            opened.load()
+            packet = opened.info.get(XMP_KEY)
+    else:
+        packet = image.info.get(XMP_KEY)
+    match = re.search(r'Iptc4xmpExt:DigitalSourceType="([^"]*)"', packet) if isinstance(packet, str) else None
+    return match.group(1) if match else None
+
+
 def png_info(image: Image.Image) -> PngInfo:
-    """The PNG text chunks for an image that carries `info["parameters"]`."""
+    """The PNG text chunks for an image that carries `info["parameters"]` (and the XMP marker, if set)."""
     info = PngInfo()
     text = image.info.get(PARAMETERS_KEY)
     if text is not None:
         info.add_text(PARAMETERS_KEY, text)
+    packet = image.info.get(XMP_KEY)
+    if isinstance(packet, str):
+        info.add_itxt(XMP_KEY, packet)  # XMP's PNG embedding: an uncompressed iTXt chunk
     return info
 
 

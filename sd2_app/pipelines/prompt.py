@@ -1,30 +1,156 @@
-"""Prompt -> text-encoder context for the UNet, following the reference's `encode_prompt` (§4.1).
+"""Prompt -> text-encoder context for the UNet: A1111's attention syntax, 75-token chunks, embeddings.
 
-CLIP sees at most 77 tokens (BOS + 75 + EOS). Longer prompts are cut like the reference does, but never
-silently: the caller gets a warning naming how many tokens were dropped and what text they held.
+The reference's `encode_prompt` (§4.1) reads one 77-token row per prompt. Here a prompt becomes k chunks of
+77 (see `prompt_chunks`), all chunks of the prompt and of the negative prompt go through the text encoder in
+one batch, and each prompt's chunk states are concatenated: the context is (B, 77·k, D). The shorter of the
+two is padded with encoded empty chunks, so both halves of the guidance batch have the same length (A1111
+pads the same way, modules/sd_samplers_cfg_denoiser.py `pad_cond`).
+
+Weights follow A1111's "Original" emphasis (modules/sd_emphasis.py): each token's states are multiplied by its
+weight, then the chunk is rescaled so its mean is what it was before. A chunk whose weights are all 1 is left
+exactly as the encoder returned it, so a plain one-chunk prompt gives the same tensor as before this syntax
+existed, bit for bit (the parity tests and users' saved seeds stay valid).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-MAX_TOKENS = 77
+from sd2_app.errors import InvalidRequest
+from sd2_app.pipelines.prompt_chunks import (
+    CHUNK_LENGTH,
+    CHUNK_TOKENS,
+    MAX_CHUNKS,
+    Chunk,
+    TokenizedPrompt,
+    empty_chunk,
+    tokenize_prompt,
+)
+
+MAX_TOKENS = CHUNK_LENGTH  # positions per chunk (BOS + 75 + EOS)
 
 
-def tokenize(tokenizer: Any, text: str) -> tuple[torch.Tensor, str | None]:
-    """(1, 77) input ids (max-length padding, truncation) and a warning if tokens were dropped."""
-    ids = tokenizer(text, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
-    ids = ids.input_ids  # (1, 77)
-    full = tokenizer(text, truncation=False).input_ids  # BOS, tokens..., EOS
-    dropped = len(full) - MAX_TOKENS
-    if dropped <= 0:
-        return ids, None
-    removed = tokenizer.decode(full[MAX_TOKENS - 1 : -1])
-    if len(removed) > 80:
-        removed = removed[:77] + "..."
-    return ids, f"{dropped} tokens over the {MAX_TOKENS}-token limit were dropped: {removed!r}"
+@dataclass
+class EncodedPrompts:
+    context: torch.Tensor  # (2B|B, 77·k, D), uncond first when guided
+    warnings: list[str] = field(default_factory=list)
+    embeddings: list[Any] = field(default_factory=list)  # TextualInversions used by either prompt, in order
+
+    def settings(self) -> dict[str, str]:
+        """What the PNG parameters record about the prompts beyond their text: A1111's `TI hashes`."""
+        return ti_hashes(self.embeddings)
+
+
+def ti_hashes(embeddings: list[Any]) -> dict[str, str]:
+    """{"TI hashes": "name: shorthash, ..."} as A1111 writes it (names without ":" and ","), or {} when none."""
+    if not embeddings:
+        return {}
+    names = (e.name.replace(":", "").replace(",", "") for e in embeddings)
+    return {"TI hashes": ", ".join(f"{name}: {e.shorthash}" for name, e in zip(names, embeddings))}
+
+
+def embedding_settings(components: Any, request: Any) -> dict[str, str]:
+    """`ti_hashes` of the embeddings `request`'s prompts use with `components.embeddings` (the same chunking
+    the encoder ran; the negative prompt only counts when guidance reads it)."""
+    library = getattr(components, "embeddings", None)
+    if not library:
+        return {}
+    texts = [request.prompt] + ([request.negative_prompt] if request.sampling.cfg_scale > 1.0 else [])
+    used: dict[str, Any] = {}
+    for text in texts:
+        for embedding in tokenize_prompt(components.tokenizer, text, library).embeddings:
+            used.setdefault(embedding.name, embedding)
+    return ti_hashes(list(used.values()))
+
+
+def check_length(tokens: TokenizedPrompt, label: str) -> None:
+    """Refuse a prompt over MAX_CHUNKS chunks, saying by how much."""
+    if len(tokens.chunks) > MAX_CHUNKS:
+        raise InvalidRequest(
+            f"The {label} is too long: it makes {len(tokens.chunks)} chunks of {CHUNK_TOKENS} tokens "
+            f"({tokens.token_count} tokens, BREAKs included); at most {MAX_CHUNKS} chunks "
+            f"({MAX_CHUNKS * CHUNK_TOKENS} tokens) are allowed. Shorten it or remove a BREAK."
+        )
+
+
+def restore_mean_weighting(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A1111's "Original" emphasis on one chunk: `states` (77, D) x `weights` (77,), rescaled to the old mean.
+
+    Computed in float32 and returned in the states' dtype. When the weighted mean is 0 (every weight 0), the
+    rescale is skipped rather than dividing by zero.
+    """
+    z = states.float()
+    original_mean = z.mean()
+    z = z * weights.to(z.device, torch.float32)[:, None]
+    new_mean = z.mean()
+    if bool(new_mean != 0):
+        z = z * (original_mean / new_mean)
+    return z.to(states.dtype)
+
+
+def _check_widths(chunks: list[Chunk], width: int) -> None:
+    for chunk in chunks:
+        for _, embedding in chunk.inserts:
+            if embedding.vectors.shape[1] != width:
+                raise InvalidRequest(
+                    f"The embedding {embedding.name!r} has {embedding.vectors.shape[1]}-wide vectors; this "
+                    f"checkpoint's text encoder needs {width}-wide ones."
+                )
+
+
+def encode_chunks(text_encoder: Any, chunks: list[Chunk], device: torch.device) -> torch.Tensor:
+    """(N, 77, D) states of N chunks in one encoder batch: ids as they are, or with embeddings inserted."""
+    ids = torch.tensor([chunk.ids for chunk in chunks], dtype=torch.long)
+    if not any(chunk.inserts for chunk in chunks):
+        return text_encoder(ids.to(device))[0]
+    from sd2_app.nn.clip_text import encode_with_inserts, text_model_of
+
+    _check_widths(chunks, text_model_of(text_encoder).config.hidden_size)
+    inserts = [[(at, embedding.vectors) for at, embedding in chunk.inserts] for chunk in chunks]
+    return encode_with_inserts(text_encoder, ids.to(device), inserts)
+
+
+def encode_prompt_pair(
+    text_encoder: Any,
+    tokenizer: Any,
+    prompt: str,
+    negative_prompt: str,
+    *,
+    batch_size: int,
+    use_cfg: bool,
+    device: torch.device,
+    embeddings: Mapping[str, Any] | None = None,
+) -> EncodedPrompts:
+    """Context (2B, 77·k, D) = [uncond x B; cond x B] with guidance, else (B, 77·k, D).
+
+    The negative prompt ("" when empty) is read exactly like the prompt. `embeddings` maps names to the
+    request's TextualInversions. Raises InvalidRequest for a prompt over MAX_CHUNKS chunks.
+    """
+    cond = tokenize_prompt(tokenizer, prompt, embeddings)
+    check_length(cond, "prompt")
+    prompts = [cond]
+    if use_cfg:
+        uncond = tokenize_prompt(tokenizer, negative_prompt, embeddings)
+        check_length(uncond, "negative prompt")
+        prompts = [uncond, cond]
+    k = max(len(p.chunks) for p in prompts)
+    rows = [chunk for p in prompts for chunk in p.chunks + [empty_chunk(tokenizer)] * (k - len(p.chunks))]
+    with torch.no_grad():
+        hidden = encode_chunks(text_encoder, rows, device)  # (P·k, 77, D)
+        if any(chunk.weighted for chunk in rows):
+            hidden = hidden.clone()
+            for index, chunk in enumerate(rows):
+                if chunk.weighted:
+                    hidden[index] = restore_mean_weighting(hidden[index], torch.tensor(chunk.weights))
+    width = hidden.shape[-1]
+    halves = [hidden[i * k:(i + 1) * k].reshape(k * CHUNK_LENGTH, width) for i in range(len(prompts))]
+    context = torch.cat([h[None].expand(batch_size, -1, -1) for h in halves]).contiguous()
+    used = {e.name: e for p in prompts for e in p.embeddings}
+    return EncodedPrompts(context, [], list(used.values()))
 
 
 def encode_prompts(
@@ -37,22 +163,7 @@ def encode_prompts(
     use_cfg: bool,
     device: torch.device,
 ) -> tuple[torch.Tensor, list[str]]:
-    """Context (2B, 77, D) = [uncond x B; cond x B] with guidance, else (B, 77, D); plus warnings.
-
-    The negative prompt ("" when empty) is encoded exactly like the prompt: padded with id 0, no mask.
-    Both go through the text encoder in one batch.
-    """
-    warnings: list[str] = []
-    cond_ids, warning = tokenize(tokenizer, prompt)
-    if warning:
-        warnings.append(f"Prompt truncated: {warning}")
-    ids = [cond_ids]
-    if use_cfg:
-        uncond_ids, warning = tokenize(tokenizer, negative_prompt)
-        if warning:
-            warnings.append(f"Negative prompt truncated: {warning}")
-        ids = [uncond_ids, cond_ids]
-    with torch.no_grad():
-        hidden = text_encoder(torch.cat(ids).to(device))[0]  # (1|2, 77, D) last_hidden_state
-    parts = [h[None].expand(batch_size, -1, -1) for h in hidden]  # each (B, 77, D)
-    return torch.cat(parts).contiguous(), warnings
+    """`encode_prompt_pair` without embeddings, as (context, warnings) (the benchmarks call this)."""
+    encoded = encode_prompt_pair(text_encoder, tokenizer, prompt, negative_prompt, batch_size=batch_size,
+                                 use_cfg=use_cfg, device=device)
+    return encoded.context, encoded.warnings

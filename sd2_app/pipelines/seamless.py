@@ -7,7 +7,8 @@ right (top and bottom) edges continue each other.
 The switch is scoped to one job: `circular_padding` runs inside the model manager's job lock (one job at a
 time), sets `padding_mode` and puts every convolution's previous mode back in `finally`, whatever happens,
 so no other job ever sees it. The CUDA-graph wrapper keys its graphs on the UNet's padding mode
-(accel/graphs/unet.py, `modes`), so a graph recorded with zero padding never replays for a tiled job, or the reverse.
+(accel/graphs/unet.py, `padding`), so a graph recorded with zero padding never replays for a tiled job, or
+the reverse.
 """
 
 from __future__ import annotations

@@ -2,11 +2,11 @@
 
 Learned from A1111 modules/processing.py (`create_random_tensors`) and its `slerp`; written for this app:
 
-- Variation: the start noise is the spherical interpolation from the seed's noise to the variation seed's
+- Variation (text and image to image): the start noise is the spherical interpolation from the seed's noise to the variation seed's
   noise at `variation_strength` (0 = the seed's noise exactly, 1 = the variation seed's exactly). A1111
   interpolates each (channel, column) slice separately; here each image's noise is one vector, the
   textbook slerp (Shoemake 1985) of two unit-normal draws.
-- Seed resize: the noise is drawn at the latent size of `resize_from` and centred on a draw at the real size
+- Seed resize (text to image): the noise is drawn at the latent size of `resize_from` and centred on a draw at the real size
   (both from the seed), cropping where the real size is smaller, so the composition a seed gave at one size
   survives a change of size.
 
@@ -15,6 +15,8 @@ sampler's later draws (ancestral samplers) follow the same stream as they would 
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -73,12 +75,29 @@ def seeded_noise(
     if extras.resize_from is not None:
         width, height = extras.resize_from
         noise_shape = (*shape[:2], height // factor, width // factor)
-    noise = draw_noise(noise_shape, generator, device, dtype)
-    if extras.variation_strength > 0:
-        assert extras.variation_seed is not None, "the service resolves the variation seed"
-        other = draw_noise(noise_shape, make_generator(generator.device, extras.variation_seed), device, dtype)
-        noise = slerp(extras.variation_strength, noise, other)
+    noise = vary(draw_noise(noise_shape, generator, device, dtype), generator, extras, dtype)
     if noise_shape != shape:
         canvas = draw_noise(shape, make_generator(generator.device, generator.initial_seed()), device, dtype)
         noise = place_centred(noise, canvas)
     return noise
+
+
+def vary(noise: torch.Tensor, generator: torch.Generator, extras: SeedExtras, dtype: torch.dtype) -> torch.Tensor:
+    """`noise` slerped towards the variation seed's draw of the same shape (unchanged at strength 0)."""
+    if extras.variation_strength <= 0:
+        return noise
+    assert extras.variation_seed is not None, "the service resolves the variation seed"
+    other = draw_noise(tuple(noise.shape), make_generator(generator.device, extras.variation_seed), noise.device,
+                       dtype)
+    return slerp(extras.variation_strength, noise, other)
+
+
+def seed_settings(extras: SeedExtras) -> dict[str, Any]:
+    """The parameters text's keys for the seed extras in use (A1111's names)."""
+    settings: dict[str, Any] = {}
+    if extras.variation_strength > 0:
+        settings["Variation seed"] = extras.variation_seed
+        settings["Variation seed strength"] = extras.variation_strength
+    if extras.resize_from is not None:
+        settings["Seed resize from"] = f"{extras.resize_from[0]}x{extras.resize_from[1]}"
+    return settings

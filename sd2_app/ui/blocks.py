@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
@@ -14,6 +14,9 @@ from sd2_app.ui.common import ResultPanel, SamplingControls, selected_image
 from sd2_app.ui.hosting import Hosting, Visitors, install
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.txt2img_extras import from_parameters
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 STATIC = Path(__file__).resolve().parent / "static"
@@ -76,7 +79,7 @@ def _wire_send(tab: Any, tabs: gr.Tabs, targets: dict[str, SendTarget], prefix: 
                 queue=False, show_progress="hidden")
 
 
-def build_ui(service: Any, *, assets: Path = ASSETS, hosting: Hosting = Hosting()) -> gr.Blocks:
+def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Hosting()) -> gr.Blocks:
     """The app. `service` is a `sd2_app.api.service.Service` (or a test double with the same methods).
 
     `hosting` holds the operator's settings for visitors (per-visitor job limit, model loading); every launch

@@ -7,12 +7,15 @@ the client chose), and file names without the server's folders.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
 
-def _rows(service: Any, visitors: Any, request: gr.Request | None) -> tuple[list[tuple[Any, str]], list[list[Any]]]:
+
+def _rows(service: Service, visitors: Any, request: gr.Request | None) -> tuple[list[tuple[Any, str]], list[list[Any]]]:
     images: list[tuple[Any, str]] = []
     rows: list[list[Any]] = []
     for entry in service.history(owner=visitors.identify(request)):  # the owner the Generate handlers use
@@ -23,7 +26,7 @@ def _rows(service: Any, visitors: Any, request: gr.Request | None) -> tuple[list
     return images, rows
 
 
-def build(service: Any, visitors: Any) -> tuple[Any, list[Any]]:
+def build(service: Service, visitors: Any) -> tuple[Any, list[Any]]:
     """The History view; returns its refresh function and outputs (the tab refreshes them when selected).
 
     `visitors` (a `sd2_app.ui.hosting.Visitors`) names the visitor of a request.

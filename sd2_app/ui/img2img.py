@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
@@ -22,7 +22,12 @@ from sd2_app.ui.common import (
 )
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
+from sd2_app.ui.prompt_tools import wire_prompt_tools
+from sd2_app.ui.txt2img_extras import IMG2IMG_NAMES, build_img2img_extras, img2img_fields
 from sd2_app.ui.uploads import upload_image
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
 
 SEND_TO = (("inpaint", "inpaint"), ("upscale", "upscale"))
 
@@ -36,7 +41,7 @@ class Img2ImgTab:
     panel: ResultPanel
 
 
-def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> Img2ImgTab:
+def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> Img2ImgTab:
     top = prompt_row("img2img")
     prompt, negative = top.prompt, top.negative
     with gr.Row(equal_height=False):
@@ -44,20 +49,25 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> Img2ImgT
             image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
                                  height=320, elem_id="img2img-image")
             checkpoint = checkpoint_dropdown(service, "img2img")
+            wire_prompt_tools(service, "img2img", top.boxes, checkpoint)
             strength = gr.Slider(0, 1, TASKS["img2img"].strength, step=0.01, label="Strength",
                                  info="1 ignores the image's content, 0 keeps it")
             controls, randomize, reuse = sampling_controls(service, "img2img")
             if examples:
                 gr.Examples(examples, [image, prompt], label="Examples")
+            extras = build_img2img_extras()  # tiling, variation seed
         with results_column("img2img"):
             panel = result_panel("img2img", top.run, top.stop, send_to=SEND_TO)
     wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "img2img")
 
-    def make_request(picture: Any, key: str, text: str, negative_text: str, amount: float, *sampling: Any) -> Img2ImgRequest:
-        return Img2ImgRequest(prompt=text, image=picture, negative_prompt=negative_text, checkpoint=key,
-                              strength=amount, sampling=to_sampling(*sampling))
+    n_sampling = len(SAMPLING_NAMES)
 
-    inputs = [image, checkpoint, prompt, negative, strength, *controls.inputs()]
+    def make_request(picture: Any, key: str, text: str, negative_text: str, amount: float, *rest: Any) -> Img2ImgRequest:
+        return Img2ImgRequest(prompt=text, image=picture, negative_prompt=negative_text, checkpoint=key,
+                              strength=amount, sampling=to_sampling(*rest[:n_sampling]),
+                              **img2img_fields(*rest[n_sampling:]))
+
+    inputs = [image, checkpoint, prompt, negative, strength, *controls.inputs(), *extras]
     wire_run(service, flags, panel, inputs, make_request, "img2img",
-             ("image", "checkpoint", "prompt", "negative_prompt", "strength", *SAMPLING_NAMES))
+             ("image", "checkpoint", "prompt", "negative_prompt", "strength", *SAMPLING_NAMES, *IMG2IMG_NAMES))
     return Img2ImgTab(image, prompt, negative, controls, panel)

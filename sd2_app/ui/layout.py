@@ -20,8 +20,20 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from sd2_app.ui.prompt_tools import token_count_line
+
 GENERATE = "Generate"
 RUNNING = "Running…"
+
+
+@dataclass
+class PromptBoxes:
+    """The two prompt boxes, each with its token counter line right under it (see ui/prompt_tools.py)."""
+
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    prompt_tokens: gr.Markdown
+    negative_tokens: gr.Markdown
 
 
 @dataclass
@@ -30,15 +42,19 @@ class PromptRow:
     negative: gr.Textbox
     run: gr.Button
     stop: gr.Button
+    boxes: PromptBoxes
 
 
-def prompt_boxes(prefix: str, value: str = "") -> tuple[gr.Textbox, gr.Textbox]:
-    """Prompt and negative prompt; Ctrl+Enter (Cmd+Enter) in either presses the tab's Generate (static/app.js)."""
+def prompt_boxes(prefix: str, value: str = "") -> PromptBoxes:
+    """Prompt and negative prompt; Ctrl+Enter (Cmd+Enter) in either presses the tab's Generate (static/app.js).
+    The counters stay empty until the tab calls `prompt_tools.wire_prompt_tools`."""
     prompt = gr.Textbox(value, label="Prompt", lines=2, max_lines=8, placeholder="What to draw (Ctrl+Enter generates)",
                         elem_id=f"{prefix}-prompt", elem_classes=["prompt-box"])
+    prompt_tokens = token_count_line(f"{prefix}-prompt-tokens")
     negative = gr.Textbox("", label="Negative prompt", lines=1, max_lines=6, placeholder="What to avoid",
                           elem_id=f"{prefix}-negative", elem_classes=["prompt-box"])
-    return prompt, negative
+    negative_tokens = token_count_line(f"{prefix}-negative-tokens")
+    return PromptBoxes(prompt, negative, prompt_tokens, negative_tokens)
 
 
 def run_buttons(prefix: str) -> tuple[gr.Button, gr.Button]:
@@ -52,10 +68,10 @@ def prompt_row(prefix: str, value: str = "") -> PromptRow:
     """The row at the top of a generation tab: prompts (wide) and the run buttons (narrow, beside them)."""
     with gr.Row(equal_height=False, elem_classes=["prompt-row"]):
         with gr.Column(scale=8, min_width=300):
-            prompt, negative = prompt_boxes(prefix, value)
+            boxes = prompt_boxes(prefix, value)
         with gr.Column(scale=2, min_width=160, elem_classes=["run-column"]):
             run, stop = run_buttons(prefix)
-    return PromptRow(prompt, negative, run, stop)
+    return PromptRow(boxes.prompt, boxes.negative, run, stop, boxes)
 
 
 @contextmanager

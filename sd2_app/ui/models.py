@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
 from sd2_app.errors import InvalidRequest, LoadError
 from sd2_app.ui.common import load_failed_message
 from sd2_app.ui.runner import GPU_QUEUE, gpu
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ LOAD_FAILED = "could not be loaded; the operator has the details"
 HIDDEN = "(hidden)"
 
 
-def status_view(service: Any, *, admin: bool = True) -> tuple[list[list[Any]], str]:
+def status_view(service: Service, *, admin: bool = True) -> tuple[list[list[Any]], str]:
     """Manager status -> (table rows, memory and disk lines); without `admin` the repos are hidden."""
     status = _plain(service.status())
     rows = []
@@ -68,7 +71,7 @@ def status_view(service: Any, *, admin: bool = True) -> tuple[list[list[Any]], s
     return rows, line + "\n\n" + disk_line(service)
 
 
-def disk_line(service: Any) -> str:
+def disk_line(service: Service) -> str:
     """Disk used by saved results (and how long they are kept)."""
     usage = service.disk_usage() if hasattr(service, "disk_usage") else None
     if usage is None:
@@ -78,7 +81,7 @@ def disk_line(service: Any) -> str:
     return f"**Disk**: {files} saved files, {_size(nbytes) or '0 MiB'} ({kept})."
 
 
-def build(service: Any, *, admin: bool = True) -> tuple[Any, list[Any]]:
+def build(service: Service, *, admin: bool = True) -> tuple[Any, list[Any]]:
     """The Models view; returns its refresh function and outputs (the tab refreshes them when selected).
 
     Without `admin` the view is read-only: the load and unload events (and their API endpoints) do not exist.

@@ -23,6 +23,7 @@ from sd2_app.ui.common import (
     wire_run,
     wire_seed_buttons,
 )
+from sd2_app.ui.prompt_tools import wire_prompt_tools
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.uploads import upload_image
@@ -49,6 +50,7 @@ def build(service: Any, flags: StopFlags) -> OutpaintTab:
             image = upload_image(label="Image to extend", type="pil", image_mode=None, sources=["upload", "clipboard"],
                                  height=320, elem_id="outpaint-image")
             checkpoint = checkpoint_dropdown(service, "outpaint")
+            wire_prompt_tools(service, "outpaint", top.boxes, checkpoint)
             margins = []
             for pair in (SIDES[:2], SIDES[2:]):
                 with gr.Row():

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
 from sd2_app.ui.uploads import guard_image
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +24,7 @@ PNG_INFO_WAIT_S = 2.0
 BUSY = "PNG info is busy; try again in a moment."
 
 
-def build(service: Any) -> tuple[gr.Image, gr.JSON, gr.Button]:
+def build(service: Service) -> tuple[gr.Image, gr.JSON, gr.Button]:
     with gr.Row():
         with gr.Column():
             image = guard_image(gr.Image(label="PNG with parameters", type="filepath", image_mode=None,

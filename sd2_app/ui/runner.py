@@ -14,25 +14,17 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 from PIL import Image
 
+from sd2_app.api.service import ProgressFn
+from sd2_app.api.gpu_time import gpu  # noqa: F401  # re-exported: the UI's handlers import it from here
 from sd2_app.errors import Cancelled, InvalidRequest
 
 log = logging.getLogger(__name__)
 
 GPU_QUEUE = "gpu"  # the one concurrency id of every event that may touch the GPU
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def gpu(duration: int = 120) -> Callable[[F], F]:
-    """`spaces.GPU` on Hugging Face ZeroGPU Spaces (the `spaces` package is installed there), else a no-op."""
-    try:
-        import spaces  # type: ignore[import-not-found]
-    except ImportError:
-        return lambda fn: fn
-    return spaces.GPU(duration=duration)
 
 
 class RunFlag(threading.Event):
@@ -108,7 +100,7 @@ def _executor() -> ThreadPoolExecutor:
 
 
 def stream(
-    call: Callable[[Callable[[int, int, Image.Image | None], None], Callable[[], bool]], Any],
+    call: Callable[[ProgressFn, Callable[[], bool]], Any],
     flag: threading.Event,
     *,
     poll_s: float = 0.05,

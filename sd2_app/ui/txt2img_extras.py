@@ -1,7 +1,7 @@
 """Text to image's workflow options: the "Hires fix" group, the "Extra seed options" and "Tiling".
 
 `build_extras` makes the widgets (accordions under the main settings, closed: the options are off by
-default); `request_fields` turns their values into the request's `hires`, `seed_extras` and `tiling` fields
+default; Image to image gets the tiling and variation ones from `build_img2img_extras`); `request_fields` turns their values into the request's `hires`, `seed_extras` and `tiling` fields
 (API callers may leave any of them out: None means the default); `from_parameters` fills them back from a
 PNG's parsed A1111 parameters (PNG info -> "Send to text to image").
 """
@@ -68,15 +68,39 @@ def build_extras(service: Any, max_side: int) -> Txt2ImgExtras:
         sampler = gr.Dropdown([SAME_SAMPLER, *service.samplers()], value=SAME_SAMPLER, label="Hires sampler")
     with gr.Accordion("Extra seed options", open=False, elem_id="txt2img-seed-extras"):
         with gr.Row():
-            variation_seed = gr.Number(-1, label="Variation seed (-1 = random)", precision=0,
-                                       elem_id="txt2img-variation-seed")
-            variation_strength = gr.Slider(0, 1, 0, step=0.01, label="Variation strength",
-                                           elem_id="txt2img-variation-strength")
+            variation_seed, variation_strength = _variation_row("txt2img")
         with gr.Row():
             resize_width = gr.Slider(0, max_side, 0, step=8, label="Resize seed from width", info="0 = off")
             resize_height = gr.Slider(0, max_side, 0, step=8, label="Resize seed from height", info="0 = off")
     return Txt2ImgExtras(hires, upscaler, scale, width, height, steps, strength, sampler, variation_seed,
                          variation_strength, resize_width, resize_height, tiling)
+
+
+IMG2IMG_NAMES = ("variation_seed", "variation_strength", "tiling")
+
+
+def _variation_row(prefix: str) -> tuple[gr.Number, gr.Slider]:
+    variation_seed = gr.Number(-1, label="Variation seed (-1 = random)", precision=0,
+                               elem_id=f"{prefix}-variation-seed")
+    variation_strength = gr.Slider(0, 1, 0, step=0.01, label="Variation strength",
+                                   elem_id=f"{prefix}-variation-strength")
+    return variation_seed, variation_strength
+
+
+def build_img2img_extras() -> list[gr.components.Component]:
+    """Image to image's Tiling checkbox and variation seed, in the order of `IMG2IMG_NAMES`."""
+    tiling = gr.Checkbox(False, label="Tiling", info="seamless: the image's edges continue each other",
+                         elem_id="img2img-tiling")
+    with gr.Accordion("Extra seed options", open=False, elem_id="img2img-seed-extras"):
+        with gr.Row():
+            variation_seed, variation_strength = _variation_row("img2img")
+    return [variation_seed, variation_strength, tiling]
+
+
+def img2img_fields(variation_seed: Any = None, variation_strength: Any = None, tiling: Any = None) -> dict[str, Any]:
+    """Image to image's widget (or API) values -> its request's seed_extras and tiling."""
+    fields = request_fields(variation_seed=variation_seed, variation_strength=variation_strength, tiling=tiling)
+    return {"seed_extras": fields["seed_extras"], "tiling": fields["tiling"]}
 
 
 def _or(value: Any, default: Any) -> Any:

@@ -38,6 +38,7 @@ from sd2_app.ui.common import (
     wire_run,
     wire_seed_buttons,
 )
+from sd2_app.ui.prompt_tools import wire_prompt_tools
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
 from sd2_app.ui.runner import StopFlags, stopped_message, stream, user_message
 from sd2_app.ui.uploads import upload_image
@@ -181,6 +182,7 @@ def build(service: Any, flags: StopFlags) -> ResultPanel:
         with settings_column("xyz"):
             axes = [_axis_row(name, kind, picks) for name, kind in zip(AXIS_NAMES, ("sampler", "nothing", "nothing"))]
             checkpoint = checkpoint_dropdown(service, "txt2img", elem_id="xyz-checkpoint")
+            wire_prompt_tools(service, "xyz", top.boxes, checkpoint)
             side = service.resolution(checkpoint.value)
             with gr.Row():
                 width = gr.Slider(64, service.limits.max_side, side, step=8, label="Width", elem_id="xyz-width")

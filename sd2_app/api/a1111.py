@@ -1,0 +1,317 @@
+"""AUTOMATIC1111's web UI API in our vocabulary: its request fields -> our requests, our results -> its responses.
+
+Field names, meanings and response shapes follow A1111's modules/api/models.py (the txt2img and img2img
+processing models, TextToImageResponse, ProgressResponse, SamplerItem, SDModelItem) and modules/processing.py
+(`Processed.js`, the `info` JSON). No web framework here: `a1111_routes.py` serves these over HTTP.
+
+A1111 clients send every field of its request model, most at neutral values (webuiapi sends
+`enable_hr: false`, `alwayson_scripts: {}`, `restore_faces: false`, ...). So each field is one of:
+- SUPPORTED: mapped onto our request;
+- NEUTRAL: accepted while it asks for nothing (its neutral value), refused with a 422 naming it otherwise;
+- IGNORED: has no effect here (saving switches, hires settings while hires is off, ...);
+- anything else: unknown, ignored with a log line (extensions add fields of their own).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from PIL import Image
+
+from sd2_app.api import requests as rq
+from sd2_app.api.tasks import TASKS
+from sd2_app.api.validation import resolve_seed
+from sd2_app.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+MAX_BASE64_CHARS = 34 * 2**20  # about 25 MiB of image file, the web UI's upload limit
+MAX_N_ITER = 16  # batches per request; each is one job through the Service (and its cost cap)
+IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF")  # PNG, JPEG, WebP (RIFF....WEBP)
+
+COMMON_FIELDS = frozenset({
+    "prompt", "negative_prompt", "steps", "cfg_scale", "sampler_name", "sampler_index", "scheduler", "seed",
+    "batch_size", "n_iter", "width", "height", "eta", "override_settings", "send_images",
+})
+TXT2IMG_FIELDS = COMMON_FIELDS | {
+    "enable_hr", "hr_upscaler", "hr_scale", "hr_resize_x", "hr_resize_y", "hr_second_pass_steps",
+    "hr_sampler_name", "denoising_strength", "subseed", "subseed_strength", "seed_resize_from_w",
+    "seed_resize_from_h", "tiling",
+}
+IMG2IMG_FIELDS = COMMON_FIELDS | {
+    "init_images", "mask", "denoising_strength", "mask_blur", "inpainting_fill", "inpaint_full_res",
+    "inpaint_full_res_padding", "inpainting_mask_invert", "resize_mode",
+}
+
+
+def _off(value: Any) -> bool:
+    return not value  # False, 0, None, "", [], {}
+
+
+NEUTRAL: dict[str, tuple[Callable[[Any], bool], str]] = {
+    # field: (is it neutral?, what to say when it is not)
+    "enable_hr": (_off, "hires fix (enable_hr) is available in txt2img only"),
+    "alwayson_scripts": (_off, "scripts and extensions (alwayson_scripts) are not supported"),
+    "script_name": (_off, "scripts (script_name) are not supported"),
+    "script_args": (_off, "scripts (script_args) are not supported"),
+    "restore_faces": (_off, "face restoration (restore_faces) is not available"),
+    "tiling": (_off, "tiling is available in txt2img only"),
+    "styles": (_off, "prompt styles are not available"),
+    "subseed_strength": (_off, "variation seeds (subseed_strength > 0) are available in txt2img only"),
+    "s_churn": (_off, "s_churn is not available"),
+    "s_noise": (lambda v: v in (None, 1, 1.0), "s_noise other than 1 is not available"),
+    "s_min_uncond": (_off, "s_min_uncond is not available"),
+    "initial_noise_multiplier": (lambda v: v in (None, 1, 1.0), "initial_noise_multiplier other than 1 is not available"),
+    "refiner_checkpoint": (_off, "refiner checkpoints are not available"),
+    "image_cfg_scale": (lambda v: True, ""),  # instruct-pix2pix only: A1111 itself ignores it for other models
+}
+IGNORED = frozenset({
+    "do_not_save_samples", "do_not_save_grid", "save_images", "override_settings_restore_afterwards", "subseed",
+    "seed_resize_from_h", "seed_resize_from_w", "firstphase_width", "firstphase_height", "hr_scale",
+    "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name",
+    "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "hr_additional_modules",
+    "s_tmax", "s_tmin", "include_init_images", "refiner_switch_at", "disable_extra_networks", "comments",
+    "force_task_id", "infotext", "mask_blur_x", "mask_blur_y", "mask_round", "latent_mask", "firstpass_image",
+})
+SCHEDULERS = {"automatic": "Automatic", "karras": "Karras"}  # A1111 scheduler names we have -> labels
+RESIZE_MODES = {0: "just resize"}  # A1111's resize_mode values we do
+INPAINTING_FILL_ORIGINAL = 1  # A1111's "original": the masked area starts from the image, as ours does
+
+
+@dataclass(frozen=True)
+class Job:
+    """One A1111 call as our requests: one request per batch (`n_iter`), seeds already drawn."""
+
+    task: str  # "txt2img", "img2img", "inpaint" or "upscale"
+    requests: tuple[Any, ...]
+    checkpoint: str
+    send_images: bool = True
+
+
+def check_fields(body: Mapping[str, Any], supported: frozenset[str] | set[str]) -> None:
+    """Refuse what asks for a feature we lack; log (and ignore) fields nobody here knows."""
+    unknown = []
+    for name, value in body.items():
+        if name in supported or name in IGNORED:
+            continue
+        if name in NEUTRAL:
+            is_neutral, message = NEUTRAL[name]
+            if not is_neutral(value):
+                raise InvalidRequest(f"{message}; send {name} at its default or leave it out.")
+            continue
+        unknown.append(name)
+    if unknown:
+        log.info("A1111 API: ignoring unknown field(s) %s", ", ".join(sorted(unknown)[:20]))
+
+
+def decode_image(value: Any, what: str) -> Image.Image:
+    """A base64 image (raw or a data URL), opened lazily: validation checks its size from the header."""
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"{what} must be a base64-encoded PNG, JPEG or WebP image.")
+    if len(value) > MAX_BASE64_CHARS:
+        raise InvalidRequest(f"{what} is larger than the {MAX_BASE64_CHARS * 3 // 4 // 2**20} MiB limit.")
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise InvalidRequest(f"{what} is not valid base64 ({error}).") from error
+    if not data.startswith(IMAGE_MAGIC) or (data.startswith(b"RIFF") and data[8:12] != b"WEBP"):
+        raise InvalidRequest(f"{what} must be a PNG, JPEG or WebP image.")
+    try:
+        return Image.open(io.BytesIO(data))
+    except (OSError, Image.DecompressionBombError) as error:
+        raise InvalidRequest(f"{what} could not be read ({error}).") from error
+
+
+def _sampler(body: Mapping[str, Any], names: list[str], task: str) -> tuple[str, bool]:
+    """(our sampler, Karras) from sampler_name (or the older sampler_index) and scheduler."""
+    raw = body.get("sampler_name") or body.get("sampler_index") or TASKS[task].sampler
+    if not isinstance(raw, str):
+        raise InvalidRequest(f"sampler_name must be text, got {raw!r}.")
+    karras = False
+    if raw.endswith(" Karras"):  # before A1111 1.9 the schedule was part of the sampler's name
+        raw, karras = raw[: -len(" Karras")], True
+    by_lower = {name.lower(): name for name in names}
+    if raw.lower() not in by_lower:
+        raise InvalidRequest(f"Sampler {raw!r} is not available; choose one of: {', '.join(names)}.")
+    scheduler = body.get("scheduler") or "automatic"
+    if not isinstance(scheduler, str) or scheduler.lower() not in SCHEDULERS:
+        raise InvalidRequest(f"Scheduler {scheduler!r} is not available; choose one of: {', '.join(SCHEDULERS)}.")
+    return by_lower[raw.lower()], karras or scheduler.lower() == "karras"
+
+
+def _checkpoint(body: Mapping[str, Any], current: str, task: str, fits: Callable[[str, str], str | None]) -> str:
+    """override_settings.sd_model_checkpoint, else the current model; a mask or an upscale picks a model that
+    can do it when the current one cannot (A1111 has one model for everything; we have one per task)."""
+    override = body.get("override_settings") or {}
+    if not isinstance(override, Mapping):
+        raise InvalidRequest("override_settings must be an object.")
+    for name in override:
+        if name != "sd_model_checkpoint":
+            log.info("A1111 API: ignoring override setting %s", name)
+    if override.get("sd_model_checkpoint"):
+        return str(override["sd_model_checkpoint"])  # validated (checkpoint and task) by the Service
+    return fits(current, task) or current
+
+
+def _sampling(body: Mapping[str, Any], names: list[str], seed: int, task: str) -> rq.Sampling:
+    """Fields left out take the task's defaults (sd2_app/api/tasks.py), as in the web UI."""
+    sampler, karras = _sampler(body, names, task)
+    row = TASKS[task]
+    return rq.Sampling(
+        sampler=sampler, use_karras=karras, steps=body.get("steps", row.steps),
+        cfg_scale=body.get("cfg_scale", row.cfg_scale), eta=body.get("eta") or 0.0, seed=seed,
+        batch_size=body.get("batch_size", 1),
+    )
+
+
+def _batches(body: Mapping[str, Any]) -> tuple[int, int]:
+    """(n_iter, first seed): -1 draws one seed; batch j uses seed + j * batch_size, as A1111 numbers them."""
+    n_iter = body.get("n_iter", 1)
+    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or not 1 <= n_iter <= MAX_N_ITER:
+        raise InvalidRequest(f"n_iter must be a whole number from 1 to {MAX_N_ITER}, got {n_iter!r}.")
+    return n_iter, resolve_seed(body.get("seed", -1))
+
+
+def _seeded(sampling: rq.Sampling, index: int) -> rq.Sampling:
+    step = sampling.batch_size if isinstance(sampling.batch_size, int) else 1
+    return replace(sampling, seed=int(sampling.seed or 0) + index * step)
+
+
+def _hires(body: Mapping[str, Any]) -> rq.HiresFix | None:
+    """enable_hr and its hr_* fields (A1111's names; 0 or empty means "as the first pass")."""
+    if not body.get("enable_hr"):
+        return None
+    return rq.HiresFix(
+        upscaler=body.get("hr_upscaler") or "Latent", scale=body.get("hr_scale", 2.0),
+        width=body.get("hr_resize_x") or None, height=body.get("hr_resize_y") or None,
+        steps=body.get("hr_second_pass_steps") or None, denoising_strength=body.get("denoising_strength", 0.7),
+        sampler=body.get("hr_sampler_name") or None,
+    )
+
+
+def _seed_extras(body: Mapping[str, Any]) -> rq.SeedExtras:
+    """subseed / subseed_strength (a variation seed) and seed_resize_from_w/h (-1 or 0: off)."""
+    resize_w, resize_h = body.get("seed_resize_from_w", -1), body.get("seed_resize_from_h", -1)
+    resize = None if all(v in (None, -1, 0) for v in (resize_w, resize_h)) else (resize_w, resize_h)
+    return rq.SeedExtras(variation_seed=body.get("subseed", -1), variation_strength=body.get("subseed_strength", 0.0),
+                         resize_from=resize)
+
+
+def txt2img_job(body: Mapping[str, Any], current: str, names: list[str], fits: Callable[[str, str], str | None]) -> Job:
+    check_fields(body, TXT2IMG_FIELDS)
+    n_iter, seed = _batches(body)
+    checkpoint = _checkpoint(body, current, "txt2img", fits)
+    sampling = _sampling(body, names, seed, "txt2img")
+    base = rq.Txt2ImgRequest(prompt=body.get("prompt", ""), negative_prompt=body.get("negative_prompt", ""),
+                             checkpoint=checkpoint, width=body.get("width", 512), height=body.get("height", 512),
+                             sampling=sampling, hires=_hires(body), seed_extras=_seed_extras(body),
+                             tiling=body.get("tiling", False))
+    requests = tuple(replace(base, sampling=_seeded(sampling, i)) for i in range(n_iter))
+    return Job("txt2img", requests, checkpoint, bool(body.get("send_images", True)))
+
+
+def _inpaint_fields(body: Mapping[str, Any]) -> dict[str, Any]:
+    fill = body.get("inpainting_fill", INPAINTING_FILL_ORIGINAL)
+    if fill != INPAINTING_FILL_ORIGINAL and body.get("denoising_strength", TASKS["inpaint"].strength) != 1:
+        raise InvalidRequest(
+            f"inpainting_fill {fill!r} is not available; use 1 (original), or denoising_strength 1, where the "
+            "masked area's start makes no difference."
+        )
+    return {
+        "mask_blur": body.get("mask_blur", 4),
+        "only_masked": bool(body.get("inpaint_full_res", False)),
+        "only_masked_padding": body.get("inpaint_full_res_padding", 32),
+    }
+
+
+def _mask(body: Mapping[str, Any]) -> Image.Image:
+    mask = decode_image(body["mask"], "mask")
+    if body.get("inpainting_mask_invert"):
+        from PIL import ImageOps
+
+        from sd2_app.api.validation import to_mask
+
+        return ImageOps.invert(to_mask(mask))
+    return mask
+
+
+def img2img_job(body: Mapping[str, Any], current: str, names: list[str], fits: Callable[[str, str], str | None]) -> Job:
+    check_fields(body, IMG2IMG_FIELDS)
+    images = body.get("init_images") or []
+    if not isinstance(images, list) or len(images) != 1:
+        raise InvalidRequest("init_images must hold exactly one base64 image.")
+    if body.get("resize_mode", 0) not in RESIZE_MODES:
+        raise InvalidRequest(f"resize_mode {body.get('resize_mode')!r} is not available; use 0 (just resize).")
+    n_iter, seed = _batches(body)
+    task = "inpaint" if body.get("mask") else "img2img"
+    checkpoint = _checkpoint(body, current, task, fits)
+    sampling = _sampling(body, names, seed, task)
+    image = decode_image(images[0], "init_images[0]")
+    common = {"prompt": body.get("prompt", ""), "negative_prompt": body.get("negative_prompt", ""),
+              "checkpoint": checkpoint, "image": image,
+              "strength": body.get("denoising_strength", TASKS[task].strength)}
+    if task == "inpaint":
+        extra = _inpaint_fields(body)
+        base: Any = rq.InpaintRequest(mask=_mask(body), sampling=sampling, **common, **extra)
+    else:
+        base = rq.Img2ImgRequest(width=body.get("width"), height=body.get("height"), sampling=sampling, **common)
+    requests = tuple(replace(base, sampling=_seeded(sampling, i)) for i in range(n_iter))
+    return Job(task, requests, checkpoint, bool(body.get("send_images", True)))
+
+
+def upscale_job(body: Mapping[str, Any], checkpoint: str) -> Job:
+    """/extra-single-image: the x4 upscaler (4x only, no prompt: A1111's extras have none)."""
+    if body.get("resize_mode", 0) != 0 or body.get("upscaling_resize", 4) != 4:
+        raise InvalidRequest("Only 4x upscaling is available (upscaling_resize 4, resize_mode 0).")
+    image = decode_image(body.get("image"), "image")
+    request = rq.UpscaleRequest(prompt="", image=image, checkpoint=checkpoint)
+    return Job("upscale", (request,), checkpoint)
+
+
+def encode_png(image: Image.Image) -> str:
+    """Base64 PNG with its text chunks (parameters, the AI-generated XMP marker), as A1111 returns images."""
+    from sd2_app.pipelines.metadata import png_info
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=png_info(image))
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def info_json(job: Job, results: list[Any], started: float) -> str:
+    """A1111's `info`: the first request's settings, then per image its seed and parameters text."""
+    first = results[0].request
+    sampling = first.sampling
+    images = [image for result in results for image in result.images]
+    seeds = [result.seed for result in results for _ in result.images]
+    infotexts = [image.info.get("parameters", "") for image in images]
+    width, height = (images[0].size if images else (getattr(first, "width", 0), getattr(first, "height", 0)))
+    return json.dumps({
+        "prompt": first.prompt, "all_prompts": [first.prompt] * len(images),
+        "negative_prompt": first.negative_prompt, "all_negative_prompts": [first.negative_prompt] * len(images),
+        "seed": results[0].seed, "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * len(images),
+        "subseed_strength": 0, "width": width, "height": height, "sampler_name": sampling.sampler,
+        "scheduler": "Karras" if sampling.use_karras else "Automatic", "cfg_scale": sampling.cfg_scale,
+        "steps": sampling.steps, "batch_size": sampling.batch_size, "restore_faces": False,
+        "face_restoration_model": None, "sd_model_name": job.checkpoint, "sd_model_hash": None,
+        "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "denoising_strength": getattr(first, "strength", None), "extra_generation_params": {},
+        "index_of_first_image": 0, "infotexts": infotexts, "styles": [],
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)), "clip_skip": 1,
+        "is_using_inpainting_conditioning": job.task == "inpaint", "version": "sd2-app",
+        "warnings": [w for result in results for w in result.warnings],
+    })
+
+
+def echo_parameters(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A1111's `parameters`: the request as received, images left out (as A1111 does by default)."""
+    return {k: (None if k in ("init_images", "mask", "image") else v) for k, v in body.items()}

@@ -1,0 +1,281 @@
+"""The A1111-compatible REST API (`/sdapi/v1/...`), served by the same server as the web UI.
+
+Every generation goes through `Service.run`, so it has the UI's validation (and cost cap), metadata,
+watermark and history, and it passes the Service's `GpuGate`, the one way to the GPU that the UI's jobs
+take too (these routes are FastAPI routes beside Gradio and never enter Gradio's queue). At most `max_jobs`
+API jobs wait or run at once; more get 503. `/progress` and `/interrupt` see only the API's own jobs: a
+visitor of the web UI is neither reported (their preview) nor stopped through them. Optional HTTP basic
+auth guards every route (`--api-auth user:pass[,user2:pass2]`, as A1111's flag).
+
+Shapes: A1111's modules/api/api.py (the routes) and modules/api/models.py; the mapping is in `a1111.py`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, HTTPException
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from PIL import Image
+
+from sd2_app.api import a1111
+from sd2_app.api.gpu_time import gpu, seconds_for
+from sd2_app.api.tasks import default_checkpoint
+from sd2_app.errors import Cancelled, InvalidRequest, LoadError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/sdapi/v1"
+HISTORY_OWNER = "a1111-api"  # the history entries of API jobs (never shown to a web UI visitor)
+
+
+def parse_auth(value: str | None) -> list[tuple[str, str]]:
+    """`user:pass[,user2:pass2]` -> pairs; a pair without ':' or with an empty part is an error."""
+    pairs = []
+    for item in (value or "").split(","):
+        if not item.strip():
+            continue
+        user, sep, password = item.strip().partition(":")
+        if not sep or not user or not password:
+            raise ValueError(f"--api-auth wants user:password pairs separated by commas, got {item.strip()!r}")
+        pairs.append((user, password))
+    return pairs
+
+
+@dataclass
+class _Tracked:
+    """An API job waiting for or using the GPU: what /progress reports and /interrupt stops."""
+
+    task: str
+    n_iter: int
+    started: float = field(default_factory=time.time)
+    stop: threading.Event = field(default_factory=threading.Event)
+    iteration: int = 0
+    step: int = 0
+    steps: int = 0
+    preview: Image.Image | None = None
+
+    def on_progress(self, done: int, total: int, preview: Image.Image | None) -> None:
+        self.step, self.steps = done, total
+        if preview is not None:
+            self.preview = preview
+
+    @property
+    def progress(self) -> float:
+        within = self.step / self.steps if self.steps else 0.0
+        return min(1.0, (self.iteration + within) / max(1, self.n_iter))
+
+
+class A1111Api:
+    """State of the API (the current model, the API's jobs) and the handlers behind the routes."""
+
+    def __init__(self, service: Any, *, auth: Sequence[tuple[str, str]] = (), max_jobs: int = 16) -> None:
+        self.service = service
+        self.auth = list(auth)
+        self.max_jobs = max(1, max_jobs)
+        self.current = self._first_for("txt2img")  # A1111's "sd_model_checkpoint" option
+        # ZeroGPU: the GPU exists only inside spaces.GPU calls, each asking for its own job's time
+        self._run_on_gpu = gpu(duration=lambda request, *args, **kwargs: seconds_for(service, request))(service.run)
+        self._jobs: list[_Tracked] = []  # oldest first
+        self._lock = threading.Lock()
+
+    # ---- models ----------------------------------------------------------------------------------
+    def _first_for(self, task: str) -> str:
+        """The task's default checkpoint (the task table), or the first that can do it ("" when none can)."""
+        keys = [key for key, tasks in self.service.catalog.tasks.items() if task in tasks]
+        return default_checkpoint(task, keys) if keys else ""
+
+    def fits(self, key: str, task: str) -> str | None:
+        """None when `key` can do `task`, else the first checkpoint that can."""
+        return None if task in self.service.catalog.tasks.get(key, ()) else self._first_for(task)
+
+    def resolve(self, name: Any) -> str:
+        """A checkpoint key from a key, a label or an A1111-style title ("name [hash]")."""
+        text = str(name).split(" [")[0].strip()
+        labels = {label.lower(): key for key, label in self.service.catalog.labels.items()}
+        for key in self.service.catalog.tasks:
+            if key.lower() == text.lower():
+                return key
+        if text.lower() in labels:
+            return labels[text.lower()]
+        raise InvalidRequest(f"Unknown checkpoint {str(name)[:100]!r}; choose one of: {', '.join(self.service.catalog.tasks)}.")
+
+    def set_options(self, options: Mapping[str, Any]) -> None:
+        for name in options:
+            if name != "sd_model_checkpoint":
+                log.info("A1111 API: ignoring option %s", name)
+        if options.get("sd_model_checkpoint"):
+            key = self.resolve(options["sd_model_checkpoint"])
+            self.service.load(key)  # through the GPU gate, like every job
+            self.current = key
+
+    # ---- jobs ------------------------------------------------------------------------------------
+    def _track(self, job: a1111.Job) -> _Tracked:
+        with self._lock:
+            if len(self._jobs) >= self.max_jobs:
+                raise HTTPException(503, f"The API queue is full ({self.max_jobs} jobs); try again shortly.")
+            tracked = _Tracked(job.task, len(job.requests))
+            self._jobs.append(tracked)
+        return tracked
+
+    def run(self, job: a1111.Job, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Run each batch through the Service; after /interrupt, the batches finished so far are returned."""
+        tracked = self._track(job)
+        results: list[Any] = []
+        try:
+            for index, request in enumerate(job.requests):
+                tracked.iteration = index
+                try:
+                    results.append(self._run_on_gpu(request, tracked.on_progress, tracked.stop.is_set,
+                                                    owner=HISTORY_OWNER))
+                except Cancelled:
+                    break
+        finally:
+            with self._lock:
+                self._jobs.remove(tracked)
+        images = [image for result in results for image in result.images]
+        info = a1111.info_json(job, results, tracked.started) if results else '{"interrupted": true}'
+        return {"images": [a1111.encode_png(i) for i in images] if job.send_images else [],
+                "parameters": a1111.echo_parameters(body), "info": info}
+
+    def interrupt(self) -> bool:
+        """Stop the oldest API job (the one running, or next in turn); False when there is none."""
+        with self._lock:
+            if not self._jobs:
+                return False
+            self._jobs[0].stop.set()
+        return True
+
+    def progress(self, skip_current_image: bool = False) -> dict[str, Any]:
+        with self._lock:
+            jobs = list(self._jobs)
+        if not jobs:
+            return {"progress": 0.0, "eta_relative": 0.0, "state": _state(None, 0), "current_image": None,
+                    "textinfo": None, "current_task": None}
+        job = jobs[0]
+        elapsed = time.time() - job.started
+        progress = job.progress
+        eta = elapsed / progress - elapsed if progress > 0 else 0.0
+        image = None
+        if job.preview is not None and not skip_current_image:
+            buffer = io.BytesIO()
+            job.preview.save(buffer, format="PNG")
+            image = base64.b64encode(buffer.getvalue()).decode("ascii")
+        waiting = "Waiting for the GPU" if job.steps == 0 else f"Step {job.step}/{job.steps}"
+        return {"progress": progress, "eta_relative": eta, "state": _state(job, len(jobs)), "current_image": image,
+                "textinfo": waiting, "current_task": None}
+
+
+def _state(job: _Tracked | None, count: int) -> dict[str, Any]:
+    """A1111's progress `state` (modules/shared_state.py `State.dict`)."""
+    return {
+        "skipped": False, "interrupted": bool(job and job.stop.is_set()), "stopping_generation": False,
+        "job": job.task if job else "", "job_count": count,
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.started)) if job else "0",
+        "job_no": job.iteration if job else 0, "sampling_step": job.step if job else 0,
+        "sampling_steps": job.steps if job else 0,
+    }
+
+
+def _errors_as_http(call: Any) -> Any:
+    """Our refusals as 422 with the message; load failures as 500 with a generic message (detail in the log)."""
+    try:
+        return call()
+    except InvalidRequest as error:
+        raise HTTPException(422, str(error)) from error
+    except LoadError as error:
+        log.warning("A1111 API: load failed: %s", error)
+        raise HTTPException(500, "The model could not be loaded; the operator has the details.") from error
+
+
+def _auth_dependency(api: A1111Api) -> Any:
+    basic = HTTPBasic(auto_error=False)
+
+    def check(credentials: HTTPBasicCredentials | None = Depends(basic)) -> None:
+        if not api.auth:
+            return
+        if credentials is not None:
+            for user, password in api.auth:
+                user_ok = secrets.compare_digest(credentials.username.encode(), user.encode())
+                if user_ok & secrets.compare_digest(credentials.password.encode(), password.encode()):
+                    return
+        raise HTTPException(401, "Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
+
+    return check
+
+
+def build_router(api: A1111Api) -> APIRouter:
+    """The routes; app.py passes them to Gradio's FastAPI app (`launch(app_kwargs={"routes": ...})`)."""
+    router = APIRouter(prefix=PREFIX, dependencies=[Depends(_auth_dependency(api))])
+    catalog = api.service.catalog
+    names = api.service.samplers
+
+    @router.post("/txt2img")
+    def txt2img(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        return _errors_as_http(lambda: api.run(a1111.txt2img_job(body, api.current, names(), api.fits), body))
+
+    @router.post("/img2img")
+    def img2img(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        return _errors_as_http(lambda: api.run(a1111.img2img_job(body, api.current, names(), api.fits), body))
+
+    @router.post("/extra-single-image")
+    def extra_single_image(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        def call() -> dict[str, Any]:
+            upscaler = body.get("upscaler_1")
+            key = api.resolve(upscaler) if upscaler not in (None, "None") else api._first_for("upscale")
+            if "upscale" not in catalog.tasks[key]:
+                raise InvalidRequest(f"{upscaler!r} is not an upscaler; see /sdapi/v1/upscalers.")
+            out = api.run(a1111.upscale_job(body, key), body)
+            return {"html_info": "", "image": out["images"][0] if out["images"] else None}
+
+        return _errors_as_http(call)
+
+    @router.get("/progress")
+    def progress(skip_current_image: bool = False) -> dict[str, Any]:
+        return api.progress(skip_current_image)
+
+    @router.post("/interrupt")
+    def interrupt() -> dict[str, Any]:
+        api.interrupt()
+        return {}
+
+    @router.get("/options")
+    def get_options() -> dict[str, Any]:
+        return {"sd_model_checkpoint": api.current, "samples_format": "png", "sd_checkpoint_hash": None}
+
+    @router.post("/options")
+    def set_options(body: dict[str, Any] = Body(...)) -> None:
+        _errors_as_http(lambda: api.set_options(body))
+
+    @router.get("/sd-models")
+    def sd_models() -> list[dict[str, Any]]:
+        return [{"title": key, "model_name": key, "hash": None, "sha256": None,
+                 "filename": catalog.labels.get(key, key), "config": None} for key in catalog.tasks]
+
+    @router.get("/samplers")
+    def samplers() -> list[dict[str, Any]]:
+        return [{"name": name, "aliases": [], "options": {}} for name in names()]
+
+    @router.get("/schedulers")
+    def schedulers() -> list[dict[str, Any]]:
+        return [{"name": name, "label": label, "aliases": None, "default_rho": 7.0 if name == "karras" else -1,
+                 "need_inner_model": False} for name, label in a1111.SCHEDULERS.items()]
+
+    @router.get("/upscalers")
+    def upscalers() -> list[dict[str, Any]]:
+        return [{"name": catalog.labels.get(key, key), "model_name": key, "model_path": None, "model_url": None,
+                 "scale": 4} for key, tasks in catalog.tasks.items() if "upscale" in tasks]
+
+    @router.get("/scripts")
+    def scripts() -> dict[str, list[str]]:
+        return {"txt2img": [], "img2img": []}
+
+    return router

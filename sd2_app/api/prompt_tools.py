@@ -1,0 +1,83 @@
+"""What the prompt boxes ask of the service besides generating: the token counter and the embeddings list.
+
+The counter is called on every pause in typing, by every visitor, so it is kept light and apart from the GPU
+queue: it only tokenizes (the same parser and chunker generation uses), holds one of a few slots of its own
+(a busy counter answers None and the box keeps its last count instead of queueing), and reads the
+checkpoint's tokenizer without loading its models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from typing import Any
+
+from sd2_app.errors import InvalidRequest, LoadError
+
+log = logging.getLogger(__name__)
+
+COUNTER_SLOTS = 4  # token counts computed at once; more callers get None at once
+
+
+class PromptTools:
+    """Token counting and embedding lending for one `Service` (reads its manager, registry and library)."""
+
+    def __init__(self, service: Any, slots: int = COUNTER_SLOTS) -> None:
+        self._service = service
+        self._slots = threading.BoundedSemaphore(slots)
+        self._tokenizers: dict[str, Any] = {}
+        self._tokenizer_lock = threading.Lock()  # one tokenizer read at a time (the first may download)
+
+    def _library(self) -> dict[str, Any]:
+        library = self._service.embeddings
+        return dict(library.embeddings) if library is not None else {}
+
+    def embedding_names(self) -> list[str]:
+        return sorted(self._library())
+
+    def lend_embeddings(self, components: Any) -> Any:
+        """A copy of `components` that carries the embeddings (the shared models are untouched)."""
+        library = self._library()
+        if not library or not dataclasses.is_dataclass(components):
+            return components
+        return dataclasses.replace(components, embeddings=library)
+
+    def _tokenizer(self, checkpoint: str) -> Any:
+        with self._tokenizer_lock:
+            if checkpoint not in self._tokenizers:
+                manager = self._service.manager
+                if manager is None:  # a Service that only validates
+                    return None
+                self._tokenizers[checkpoint] = manager.tokenizer(checkpoint)
+            return self._tokenizers[checkpoint]
+
+    def count(self, text: Any, checkpoint: Any) -> str | None:
+        """"23/75", "93/150" or "612/600 (over the 8-chunk limit)"; None when all slots are busy.
+
+        Raises InvalidRequest for a text that is not a string or is over the prompt length limit, or an
+        unknown checkpoint.
+        """
+        from sd2_app.api.validation import MAX_PROMPT_CHARS
+        from sd2_app.pipelines.prompt_chunks import MAX_CHUNKS, tokenize_prompt
+
+        if not isinstance(text, str) or len(text) > MAX_PROMPT_CHARS:
+            raise InvalidRequest(f"A prompt is a text of at most {MAX_PROMPT_CHARS} characters.")
+        if not isinstance(checkpoint, str) or checkpoint not in self._service.registry:
+            raise InvalidRequest(f"Unknown checkpoint {checkpoint!r}.")
+        if not self._slots.acquire(blocking=False):
+            return None
+        try:
+            tokenizer = self._tokenizer(checkpoint)
+            if tokenizer is None:
+                return None
+            tokens = tokenize_prompt(tokenizer, text, self._library())
+        except LoadError as error:
+            log.warning("token counter: no tokenizer for %s: %s", checkpoint, error)
+            return None
+        finally:
+            self._slots.release()
+        shown = f"{tokens.token_count}/{tokens.token_limit}"
+        if len(tokens.chunks) > MAX_CHUNKS:
+            shown += f" (over the {MAX_CHUNKS}-chunk limit)"
+        return shown

@@ -1,0 +1,142 @@
+"""Textual-inversion embeddings for SD2: a folder of safetensors files, each a few 1024-wide token vectors.
+
+A token sequence in a prompt equal to a file's stem is replaced by the file's vectors (see
+`pipelines.prompt_chunks`). Two layouts are read: A1111's (one tensor named `emb_params`, shape (n, width))
+and diffusers' `learned_embeds.safetensors` (one tensor named after its token, (width,) or (n, width)).
+Pickle files (`.pt`, `.bin`) are listed as refused with how to convert them, never opened: unpickling can
+run code. The vectors are only read here; the text encoder's weights are never touched (the pipeline puts
+them into each request's own input embeddings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SD1_WIDTH = 768  # CLIP ViT-L/14, the SD 1.x text encoder
+SD2_WIDTH = 1024  # OpenCLIP ViT-H/14, the SD 2.x text encoder
+MAX_VECTORS = 75  # one chunk; more could never fit in a prompt
+MAX_FILE_BYTES = 8 * 2**20  # an embedding is kilobytes; anything this big is not one
+PICKLE_SUFFIXES = (".pt", ".bin", ".ckpt", ".pth")
+CONVERT_HINT = (
+    "it is a pickle file, which this app never opens (unpickling can run code). Convert it once, on a machine "
+    "you trust, with: python -c \"import torch, safetensors.torch as st; d = torch.load('{name}', "
+    "weights_only=True); v = d['string_to_param']['*'] if 'string_to_param' in d else next(iter(d.values())); "
+    "st.save_file({{'emb_params': v.reshape(-1, v.shape[-1]).contiguous()}}, '{stem}.safetensors')\""
+)
+
+
+class EmbeddingError(ValueError):
+    """A file in the embeddings folder that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class TextualInversion:
+    """One embedding: its prompt name (the file stem), its vectors (n, width) and A1111's short hash."""
+
+    name: str
+    vectors: torch.Tensor = field(repr=False)  # (n, width) float32, CPU
+    shorthash: str  # first 12 hex digits of the file's sha256, as A1111 writes in `TI hashes:`
+
+    @property
+    def count(self) -> int:
+        return int(self.vectors.shape[0])
+
+
+def _vectors(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    if "emb_params" in tensors:
+        vectors = tensors["emb_params"]
+    elif {"clip_l", "clip_g"} & tensors.keys():
+        raise EmbeddingError(f"{name}: an SDXL embedding (clip_l/clip_g); this app runs SD 2.x")
+    elif len(tensors) == 1:
+        vectors = next(iter(tensors.values()))
+    else:
+        raise EmbeddingError(f"{name}: expected one tensor named emb_params, or one {{token: vectors}} entry; "
+                             f"found {', '.join(sorted(tensors)[:5])}")
+    if vectors.ndim == 1:
+        vectors = vectors[None]
+    if vectors.ndim != 2 or not vectors.is_floating_point():
+        raise EmbeddingError(f"{name}: expected floating-point vectors of shape (n, width), got "
+                             f"{tuple(vectors.shape)} {vectors.dtype}")
+    return vectors
+
+
+def load_embedding(path: Path, width: int | None = None) -> TextualInversion:
+    """Read one safetensors embedding; raises EmbeddingError. 768-wide vectors (SD 1.x) are always refused;
+    with `width`, any other width than the text encoder's too (the pipeline checks again per request)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    name = path.stem
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise EmbeddingError(f"{path.name}: {CONVERT_HINT.format(name=path.name, stem=name)}")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise EmbeddingError(f"{path.name}: {size} bytes is too large for an embedding")
+    data = path.read_bytes()
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        raise EmbeddingError(f"{path.name}: not a readable safetensors file ({error})") from error
+    vectors = _vectors(tensors, path.name)
+    if vectors.shape[1] == SD1_WIDTH:
+        raise EmbeddingError(f"{path.name}: {SD1_WIDTH}-wide vectors, an embedding for SD 1.x; SD 2.x needs "
+                             f"{width or SD2_WIDTH}-wide ones")
+    if width is not None and vectors.shape[1] != width:
+        raise EmbeddingError(f"{path.name}: {vectors.shape[1]}-wide vectors; this text encoder needs {width}")
+    if not 1 <= vectors.shape[0] <= MAX_VECTORS:
+        raise EmbeddingError(f"{path.name}: {vectors.shape[0]} vectors; 1 to {MAX_VECTORS} fit in a prompt")
+    vectors = vectors.float().contiguous()
+    if not bool(torch.isfinite(vectors).all()):
+        raise EmbeddingError(f"{path.name}: the vectors hold NaN or infinite values")
+    return TextualInversion(name, vectors, hashlib.sha256(data).hexdigest()[:12])
+
+
+_NAME = re.compile(r"^[\w][\w.\-+ ]{0,63}$")
+
+
+@dataclass(frozen=True)
+class EmbeddingLibrary:
+    """The embeddings of one folder, read once (`scan`); immutable, so requests can share it freely."""
+
+    folder: Path | None = None
+    embeddings: dict[str, TextualInversion] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # file name -> why it is not used
+
+    @classmethod
+    def scan(cls, folder: str | Path | None, width: int | None = None) -> EmbeddingLibrary:
+        """Every embedding in `folder` (not recursive); with `width`, only those of that width.
+
+        A folder that does not exist is an empty library. Files that cannot be used are logged and kept in
+        `refused` with the reason, so the UI can say why an expected name is missing.
+        """
+        if folder is None or not Path(folder).is_dir():
+            return cls(None if folder is None else Path(folder))
+        found: dict[str, TextualInversion] = {}
+        refused: dict[str, str] = {}
+        for path in sorted(Path(folder).iterdir()):
+            suffix = path.suffix.lower()
+            if not path.is_file() or suffix not in (".safetensors", *PICKLE_SUFFIXES):
+                continue
+            try:
+                if not _NAME.match(path.stem):
+                    raise EmbeddingError(f"{path.name}: the name must be letters, digits, '.', '-', '+', '_' "
+                                         "or spaces (at most 64), starting with a letter or digit")
+                if path.stem.lower() in {n.lower() for n in found}:
+                    raise EmbeddingError(f"{path.name}: another file already has the name {path.stem!r}")
+                found[path.stem] = load_embedding(path, width)
+            except (EmbeddingError, OSError) as error:
+                refused[path.name] = str(error)
+                log.warning("embedding not used: %s", error)
+        log.info("%d embedding(s) in %s", len(found), folder)
+        return cls(Path(folder), found, refused)
+
+    def names(self) -> list[str]:
+        return sorted(self.embeddings)

@@ -1,0 +1,131 @@
+"""The attention syntax people write in prompts (AUTOMATIC1111's web UI rules; A1111 modules/prompt_parser.py,
+`parse_prompt_attention`), read into runs of text with one weight each.
+
+    (text)      the attention of text's tokens x 1.1        [text]   / 1.1
+    (text:1.5)  x 1.5 (the number: digits and dots, an optional sign; no exponent)
+    ((text))    nesting multiplies: x 1.21
+    \\( \\) \\[ \\] \\\\  literal brackets and backslash
+    BREAK       (upper case, a word of its own) ends the current 75-token chunk
+
+A bracket that is never closed counts as closed at the end of the prompt; a closing bracket with no opener
+is literal text; a lone backslash before any other character is dropped (as A1111 does). Nothing here
+raises: every string is a prompt. Where A1111 differs (it raises on `(a:1.2.3)` and reads a BREAK inside
+brackets literally), the README's prompt section says what we do instead.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+ROUND_MULTIPLIER = 1.1
+SQUARE_MULTIPLIER = 1 / 1.1
+MAX_WEIGHT = 10.0  # final weights are clamped to [-MAX_WEIGHT, MAX_WEIGHT]: fp16 states x 1.1**200 would overflow
+
+# One lexical piece of a prompt; the alternatives are tried in order, as in A1111's `re_attention`.
+_PIECE = re.compile(
+    r"""
+    \\[()\[\]\\]                               # escaped bracket or backslash: literal
+    | \\                                       # lone backslash: dropped
+    | \(                                       # open round
+    | \[                                       # open square
+    | :([+-]?(?:\d+\.?\d*|\.\d+))\)            # ":1.5)": close round with an explicit weight
+    | \)                                       # close round
+    | \]                                       # close square
+    | [^\\()\[\]:]+                            # plain text
+    | :                                        # a colon that starts no weight: literal
+    """,
+    re.VERBOSE,
+)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+
+
+@dataclass(frozen=True)
+class Run:
+    """A stretch of prompt text whose tokens all get `weight`; `is_break` marks a BREAK (text "BREAK")."""
+
+    text: str
+    weight: float = 1.0
+    is_break: bool = False
+
+
+BREAK = Run("BREAK", 1.0, is_break=True)
+
+
+def _split_breaks(text: str) -> list[list]:
+    """Plain text -> [text, 1.0] runs with a BREAK between the parts it separates."""
+    out: list[list] = []
+    for index, part in enumerate(_BREAK.split(text)):
+        if index:
+            out.append([BREAK, 1.0])
+        out.append([part, 1.0])
+    return out
+
+
+def _clamp(weight: float) -> float:
+    return max(-MAX_WEIGHT, min(MAX_WEIGHT, weight))
+
+
+def parse_attention(prompt: str) -> list[Run]:
+    """`prompt` as runs of (text, weight) and BREAKs, neighbours of equal weight merged, empty runs dropped.
+
+    An empty prompt (or one of brackets only) is one run `Run("", 1.0)`.
+    """
+    pieces: list[list] = []  # [text or BREAK, weight] in prompt order; weights are multiplied in place
+    round_open: list[int] = []  # indices into `pieces` where an unclosed "(" started
+    square_open: list[int] = []
+
+    def scale_from(start: int, factor: float) -> None:
+        for piece in pieces[start:]:
+            piece[1] *= factor
+
+    for match in _PIECE.finditer(prompt):
+        piece, explicit = match.group(0), match.group(1)
+        if piece.startswith("\\"):
+            if len(piece) == 2:
+                pieces.append([piece[1], 1.0])
+        elif piece == "(":
+            round_open.append(len(pieces))
+        elif piece == "[":
+            square_open.append(len(pieces))
+        elif explicit is not None and round_open:
+            scale_from(round_open.pop(), float(explicit))
+        elif piece == ")" and round_open:
+            scale_from(round_open.pop(), ROUND_MULTIPLIER)
+        elif piece == "]" and square_open:
+            scale_from(square_open.pop(), SQUARE_MULTIPLIER)
+        else:  # text, an unmatched closing bracket, ":1.5)" with no "(" open, a lone ":"
+            pieces.extend(_split_breaks(piece))
+    for start in round_open:
+        scale_from(start, ROUND_MULTIPLIER)
+    for start in square_open:
+        scale_from(start, SQUARE_MULTIPLIER)
+    return _merge(pieces)
+
+
+def _merge(pieces: list[list]) -> list[Run]:
+    runs: list[Run] = []
+    for text, weight in pieces:
+        if text is BREAK:
+            runs.append(BREAK)
+            continue
+        if not text:
+            continue
+        weight = 0.0 if math.isnan(weight) else _clamp(weight)  # nan: a weight of 0 times an overflowed one
+        if runs and not runs[-1].is_break and runs[-1].weight == weight:
+            runs[-1] = Run(runs[-1].text + text, weight)
+        else:
+            runs.append(Run(text, weight))
+    return runs or [Run("", 1.0)]
+
+
+def escape(text: str) -> str:
+    """`text` with brackets and backslashes escaped, so that it parses back to itself at weight 1."""
+    return re.sub(r"([()\[\]\\])", r"\\\1", text)
+
+
+def uses_syntax(prompt: str) -> bool:
+    """True when parsing changes anything: a weight other than 1, a BREAK, or a character the syntax removes."""
+    runs = parse_attention(prompt)
+    return not (len(runs) == 1 and runs[0].weight == 1.0 and not runs[0].is_break and runs[0].text == prompt)

@@ -1,0 +1,185 @@
+"""Five MCP tools (txt2img, img2img, inpaint, upscale, depth) served by Gradio's MCP server (`--mcp`).
+
+Gradio turns each public event into an MCP tool, its function's type hints into the argument types and its
+docstring's "Args:" lines into their descriptions (gradio/mcp.py). The tools here are events on hidden
+components, queued on the GPU queue like the UI's own events, and they run `Service.run`, so validation, the
+cost cap, the watermark and the metadata are the UI's. Each returns its first image. (One output only: with
+two, gradio 6.31's MCP server returns a tool call made without a progress token as the text of a tuple,
+gradio/mcp.py `_execute_tool_without_progress`.)
+
+The web UI's events stay out of the tool list: their functions take widget values and stream previews,
+which an agent cannot use. Gradio lists as tools only functions whose `_mcp_type` is unset or "tool"
+(gradio/mcp.py, `list_tools`), so `add_mcp_tools` marks every other function of the app "ui".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from sd2_app.api import requests as rq
+from sd2_app.api.gpu_time import gpu, seconds_for
+from sd2_app.api.tasks import TASKS
+from sd2_app.errors import Cancelled, InvalidRequest, LoadError
+from sd2_app.ui.runner import GPU_QUEUE
+
+log = logging.getLogger(__name__)
+
+NOT_A_TOOL = "ui"  # any `_mcp_type` other than "tool", "resource" or "prompt" hides a function from MCP
+
+
+def _run(service: Any, request: Any) -> Image.Image:
+    # ZeroGPU: the GPU only inside spaces.GPU, for the time this job needs
+    run = gpu(duration=lambda request, *args, **kwargs: seconds_for(service, request))(service.run)
+    try:
+        result = run(request, owner="mcp")
+    except (InvalidRequest, Cancelled) as error:
+        raise gr.Error(str(error) or "Stopped.", print_exception=False) from error
+    except LoadError as error:
+        log.warning("MCP: load failed: %s", error)
+        raise gr.Error("The model could not be loaded; the operator has the details.", print_exception=False) from error
+    return result.images[0]
+
+
+def _sampling(steps: int, guidance_scale: float, seed: int, sampler: str | None = None, task: str = "txt2img") -> rq.Sampling:
+    return rq.Sampling(sampler=sampler or TASKS[task].sampler, steps=steps, cfg_scale=guidance_scale,
+                       seed=None if seed == -1 else seed)
+
+
+def _tools(service: Any) -> dict[str, Callable[..., Image.Image]]:
+    """The tool functions; their signatures and docstrings are the MCP schema (defaults: the task table)."""
+    t2i, i2i, inp, up, dep = (TASKS[name] for name in ("txt2img", "img2img", "inpaint", "upscale", "depth"))
+
+    def txt2img(prompt: str, negative_prompt: str = "", width: int = 512, height: int = 512,
+                steps: int = t2i.steps, guidance_scale: float = t2i.cfg_scale, sampler: str = t2i.sampler,
+                seed: int = -1) -> Image.Image:
+        """Generate an image from a text prompt with Stable Diffusion 2.1 (512 px base model).
+
+        Args:
+            prompt: what to draw, in English; up to 2000 characters (the model reads about 75 words)
+            negative_prompt: what to avoid in the image; may be empty
+            width: image width in pixels, 64 to 1024, rounded to a multiple of 8
+            height: image height in pixels, 64 to 1024, rounded to a multiple of 8
+            steps: denoising steps, 1 to 150; 20-30 is usual
+            guidance_scale: how closely to follow the prompt, 0 to 30; 7.5 is usual, 1 or less turns guidance off
+            sampler: sampler name, e.g. "DPM++ 2M", "Euler a", "Euler", "DDIM", "UniPC"
+            seed: random seed, 0 to 4294967295; -1 picks one
+        """
+        request = rq.Txt2ImgRequest(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
+                                    checkpoint=t2i.checkpoint, sampling=_sampling(steps, guidance_scale, seed, sampler))
+        return _run(service, request)
+
+    def img2img(image: Image.Image, prompt: str, negative_prompt: str = "", strength: float = i2i.strength or 0.75,
+                steps: int = i2i.steps, guidance_scale: float = i2i.cfg_scale, seed: int = -1) -> Image.Image:
+        """Redraw an image following a text prompt (Stable Diffusion 2.1 image-to-image).
+
+        Args:
+            image: the starting image (PNG, JPEG or WebP; an http(s) URL or a data URL); shrunk to fit 1024 px
+            prompt: what the result should show
+            negative_prompt: what to avoid; may be empty
+            strength: how much to change, 0 to 1: 0.3 keeps the composition, 1 ignores the image's content
+            steps: denoising steps, 1 to 150 (only strength x steps of them run)
+            guidance_scale: how closely to follow the prompt, 0 to 30; 7.5 is usual
+            seed: random seed, 0 to 4294967295; -1 picks one
+        """
+        request = rq.Img2ImgRequest(prompt=prompt, image=image, negative_prompt=negative_prompt, strength=strength,
+                                    checkpoint=i2i.checkpoint, sampling=_sampling(steps, guidance_scale, seed, task="img2img"))
+        return _run(service, request)
+
+    def inpaint(image: Image.Image, mask: Image.Image, prompt: str, negative_prompt: str = "",
+                strength: float = inp.strength or 1.0, steps: int = inp.steps, guidance_scale: float = inp.cfg_scale,
+                seed: int = -1) -> Image.Image:
+        """Repaint the masked part of an image following a text prompt (Stable Diffusion 2 inpainting model).
+
+        Args:
+            image: the image to change (PNG, JPEG or WebP; an http(s) URL or a data URL)
+            mask: same size as the image; white = repaint, black = keep
+            prompt: what the repainted area should show
+            negative_prompt: what to avoid; may be empty
+            strength: 0 to 1; 1 repaints the masked area from scratch
+            steps: denoising steps, 1 to 150
+            guidance_scale: how closely to follow the prompt, 0 to 30; 7.5 is usual
+            seed: random seed, 0 to 4294967295; -1 picks one
+        """
+        request = rq.InpaintRequest(prompt=prompt, image=image, mask=mask, negative_prompt=negative_prompt,
+                                    strength=strength, checkpoint=inp.checkpoint,
+                                    sampling=_sampling(steps, guidance_scale, seed, task="inpaint"))
+        return _run(service, request)
+
+    def upscale(image: Image.Image, prompt: str = "", noise_level: int = 20, steps: int = up.steps,
+                seed: int = -1) -> Image.Image:
+        """Enlarge an image 4x with the Stable Diffusion x4 upscaler (input up to 512x512 pixels).
+
+        Args:
+            image: the image to enlarge (PNG, JPEG or WebP; an http(s) URL or a data URL), at most 512x512 pixels
+            prompt: what the image shows; guides the added detail; may be empty
+            noise_level: 0 to 350: noise added to the input first; higher lets the model invent more detail
+            steps: denoising steps, 1 to 150; 50 is usual
+            seed: random seed, 0 to 4294967295; -1 picks one
+        """
+        request = rq.UpscaleRequest(prompt=prompt, image=image, noise_level=noise_level, checkpoint=up.checkpoint,
+                                    sampling=_sampling(steps, up.cfg_scale, seed, task="upscale"))
+        return _run(service, request)
+
+    def depth(image: Image.Image, prompt: str, negative_prompt: str = "", strength: float = dep.strength or 0.7,
+              steps: int = dep.steps, guidance_scale: float = dep.cfg_scale, seed: int = -1) -> Image.Image:
+        """Redraw an image keeping its 3D layout (Stable Diffusion 2 depth model; depth estimated with DPT).
+
+        Args:
+            image: the image whose depth (shapes and distances) the result keeps (PNG, JPEG or WebP; a URL)
+            prompt: what the result should show
+            negative_prompt: what to avoid; may be empty
+            strength: how much to change, 0 to 1; 1 keeps only the depth
+            steps: denoising steps, 1 to 150
+            guidance_scale: how closely to follow the prompt, 0 to 30; 7.5 is usual
+            seed: random seed, 0 to 4294967295; -1 picks one
+        """
+        request = rq.DepthRequest(prompt=prompt, image=image, negative_prompt=negative_prompt, strength=strength,
+                                  checkpoint=dep.checkpoint, sampling=_sampling(steps, guidance_scale, seed, task="depth"))
+        return _run(service, request)
+
+    return {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint, "upscale": upscale, "depth": depth}
+
+
+def _inputs(fn: Callable[..., Any]) -> list[gr.components.Component]:
+    """One hidden component per parameter, by its type hint (images as PIL, numbers with their precision)."""
+    import inspect
+
+    components: list[gr.components.Component] = []
+    for parameter in inspect.signature(fn).parameters.values():
+        hint = parameter.annotation
+        default = None if parameter.default is inspect.Parameter.empty else parameter.default
+        if hint in ("Image.Image", Image.Image):
+            components.append(gr.Image(type="pil", format="png"))
+        elif hint in ("int", int):
+            components.append(gr.Number(default, precision=0))
+        elif hint in ("float", float):
+            components.append(gr.Number(default))
+        else:
+            components.append(gr.Textbox(default))
+    return components
+
+
+def add_mcp_tools(demo: gr.Blocks, service: Any) -> list[str]:
+    """Add the five tools to a built app (before `queue`/`launch`); returns their API names."""
+    for block_fn in demo.fns.values():  # the UI's events: not tools
+        fn = getattr(block_fn, "fn", None)
+        target = getattr(fn, "__func__", fn)
+        if target is not None and getattr(target, "_mcp_type", None) is None:
+            try:
+                target._mcp_type = NOT_A_TOOL
+            except AttributeError:
+                log.warning("MCP: could not hide %r from the tool list", fn)
+    names = []
+    with demo, gr.Column(visible=False):
+        for name, fn in _tools(service).items():
+            inputs = _inputs(fn)
+            outputs = gr.Image(type="pil", format="png")
+            gr.Button(visible=False).click(fn, inputs, outputs, api_name=f"mcp_{name}",
+                                           concurrency_id=GPU_QUEUE, concurrency_limit=1)
+            names.append(f"mcp_{name}")
+    return names

@@ -1,0 +1,94 @@
+"""Helpers any tab puts under its prompt boxes: a live token counter and the embeddings list.
+
+The counter shows A1111's "23/75" ("93/150" once a second chunk starts), computed by the service from the
+same tokenizer and parser generation uses. It is fetched outside the GPU queue (`queue=False`; the service
+bounds how many run at once) and only after typing pauses: the browser waits `DEBOUNCE_MS` before sending,
+and `trigger_mode="always_last"` folds the keystrokes of a pending count into one follow-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gradio as gr
+
+from sd2_app.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+DEBOUNCE_MS = 300
+_DEBOUNCE_JS = f"(text, key) => new Promise(done => setTimeout(() => done([text, key]), {DEBOUNCE_MS}))"
+
+
+def _count(service: Any, text: Any, checkpoint: Any) -> Any:
+    try:
+        shown = service.count_tokens(text, checkpoint)
+    except InvalidRequest as error:
+        return str(error)
+    return gr.skip() if shown is None else shown
+
+
+def token_count_line(elem_id: str) -> gr.Markdown:
+    """The empty counter line; create it right under its prompt box (layout.prompt_boxes does)."""
+    return gr.Markdown("", elem_id=elem_id, elem_classes=["token-counter"], padding=False)
+
+
+def wire_counter(service: Any, box: gr.Textbox, counter: gr.Markdown, checkpoint: gr.Dropdown, *,
+                 api_name: str) -> None:
+    """Update `counter` from `box` as the user types (and when the checkpoint changes).
+
+    `api_name` "count_tokens" is the one public endpoint; the other counters are private twins.
+    """
+    visibility = "public" if api_name == "count_tokens" else "private"
+    for event in (box.change, checkpoint.change):
+        event(lambda text, key: _count(service, text, key), [box, checkpoint], counter, queue=False,
+              trigger_mode="always_last", show_progress="hidden", js=_DEBOUNCE_JS, api_name=api_name,
+              api_visibility=visibility)
+        visibility, api_name = "private", f"{api_name}_model"
+
+
+def wire_prompt_tools(service: Any, prefix: str, boxes: Any, checkpoint: gr.Dropdown) -> None:
+    """Everything issue 20 adds to a tab's prompts: both counters (`boxes` is a layout.PromptBoxes) and, at
+    the current place in the layout, the embeddings list. Call it right after the checkpoint dropdown."""
+    prompt_api = "count_tokens" if prefix == "txt2img" else f"{prefix}_prompt_count"
+    wire_counter(service, boxes.prompt, boxes.prompt_tokens, checkpoint, api_name=prompt_api)
+    wire_counter(service, boxes.negative, boxes.negative_tokens, checkpoint, api_name=f"{prefix}_negative_count")
+    embeddings_picker(service, boxes.prompt, boxes.negative, prefix)
+
+
+def _insert(name: str, text: str) -> str:
+    """`text` with the embedding's name added after a comma (or alone in an empty box)."""
+    text = text or ""
+    return f"{text.rstrip()}, {name}" if text.strip() else name
+
+
+def embeddings_picker(service: Any, prompt: gr.Textbox, negative: gr.Textbox, prefix: str) -> None:
+    """A closed accordion listing the embeddings; clicking one adds its name to the chosen prompt box.
+
+    Files that were refused are listed with the reason, so a missing name is explained.
+    """
+    names = service.embedding_names()
+    refused = service.refused_embeddings()
+    if not names and not refused:
+        return
+    with gr.Accordion(f"Embeddings ({len(names)})", open=False, elem_id=f"{prefix}-embeddings"):
+        if names:
+            target = gr.Radio(["Prompt", "Negative prompt"], value="Prompt", label="Click a name to add it to",
+                              elem_id=f"{prefix}-embeddings-target")
+            listing = gr.Dataset(components=[gr.Textbox(visible=False)], samples=[[n] for n in names],
+                                 label="Available embeddings", type="values", elem_id=f"{prefix}-embeddings-list")
+
+            def add(sample: Any, where: str, text: str, negative_text: str) -> tuple[Any, Any]:
+                name = str(sample[0]) if isinstance(sample, (list, tuple)) and sample else str(sample)
+                if name not in service.embedding_names():
+                    return gr.skip(), gr.skip()
+                if where == "Negative prompt":
+                    return gr.skip(), _insert(name, negative_text)
+                return _insert(name, text), gr.skip()
+
+            listing.click(add, [listing, target, prompt, negative], [prompt, negative], queue=False,
+                          api_name=f"{prefix}_add_embedding", api_visibility="private")
+        if refused:
+            lines = "\n".join(f"- `{file}`: {why}" for file, why in sorted(refused.items()))
+            gr.Markdown(f"Not used:\n{lines}", elem_id=f"{prefix}-embeddings-refused")

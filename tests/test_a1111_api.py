@@ -1,0 +1,300 @@
+"""The A1111-compatible API (/sdapi/v1) through the running app, driven by the real `webuiapi` client.
+
+The app is launched in-process on the tiny random-weight checkpoints with the A1111 routes and basic auth, as
+app.py launches it. Covered: txt2img (batches, seeds, metadata, and the same pixels as the Service gives),
+img2img, inpaint with a mask, progress polling and interrupt mid-run, switching the checkpoint, refusals of
+what we do not have, one raw-HTTP request with A1111's documented field set, and that an API job and a web UI
+job never use the GPU at the same time (the one gate).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+webuiapi = pytest.importorskip("webuiapi")
+from gradio_client import Client  # noqa: E402
+
+from tests.reliability_support import noise_image, png_bytes  # noqa: E402
+from tests.test_ui_api import _free_port  # noqa: E402
+
+USER, PASSWORD = "krita", "s3cret"
+FAST = {"sampler_name": "Euler", "steps": 2, "cfg_scale": 1.0, "width": 64, "height": 64}
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, object]]:
+    from sd2_app.api.a1111_routes import A1111Api, build_router
+    from sd2_app.api.service import Service
+    from sd2_app.checkpoints.catalog import tiny_registry
+    from sd2_app.manager import ModelManager
+    from sd2_app.testing.tiny import ensure_tiny_repos
+    from sd2_app.ui import build_ui
+    from tests.pipeline_fixtures import tiny_dir
+
+    registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
+    manager = ModelManager("cpu", registry=registry, cache_dir=tmp_path_factory.mktemp("cache"))
+    service = Service(manager, outputs_dir=tmp_path_factory.mktemp("outputs"), allowed_repos=())
+    demo = build_ui(service)
+    demo.queue(max_size=8, default_concurrency_limit=1)
+    api = A1111Api(service, auth=[(USER, PASSWORD)], max_jobs=4)
+    port = _free_port()
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                            show_error=False, ssr_mode=False, app_kwargs={"routes": build_router(api).routes})
+    try:
+        yield url, port, service
+    finally:
+        demo.close()
+
+
+@pytest.fixture()
+def client(app) -> "webuiapi.WebUIApi":
+    _, port, _ = app
+    return webuiapi.WebUIApi(host="127.0.0.1", port=port, sampler="Euler", steps=2, username=USER, password=PASSWORD)
+
+
+def _post(port: int, path: str, body: dict, auth: bool = True) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/sdapi/v1/{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    if auth:
+        token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.mark.slow
+def test_txt2img_batches_seeds_and_metadata_match_the_service(app, client) -> None:
+    from sd2_app.api.requests import Sampling, Txt2ImgRequest
+    from sd2_app.pipelines.metadata import DIGITAL_SOURCE_TYPE, digital_source_type
+
+    _, _, service = app
+    result = client.txt2img(prompt="a lighthouse", negative_prompt="fog", seed=11, batch_size=2, n_iter=2, **FAST)
+    assert len(result.images) == 4 and all(image.size == (64, 64) for image in result.images)
+    assert result.info["all_seeds"] == [11, 11, 13, 13]  # batch j starts at seed + j * batch_size
+    assert result.info["sd_model_name"] == "sd21-base" and result.info["sampler_name"] == "Euler"
+    text = result.images[2].info["parameters"]
+    assert text.startswith("a lighthouse\nNegative prompt: fog\nSteps: 2, Sampler: Euler") and "Seed: 13" in text
+    assert result.info["infotexts"][2] == text
+    assert digital_source_type(result.images[0]) == DIGITAL_SOURCE_TYPE
+    # The same request through the Service gives the same pixels: one pipeline, one set of defaults.
+    direct = service.run(Txt2ImgRequest("a lighthouse", negative_prompt="fog", width=64, height=64,
+                                        sampling=Sampling(sampler="Euler", steps=2, cfg_scale=1.0, seed=13, batch_size=2)))
+    for ours, theirs in zip(result.images[2:], direct.images):
+        assert np.array_equal(np.asarray(ours.convert("RGB")), np.asarray(theirs))
+
+
+def test_img2img_and_inpaint_with_a_mask(client) -> None:
+    init = noise_image(64, 64, seed=3)
+    result = client.img2img(images=[init], prompt="oil painting", denoising_strength=0.5, seed=2, **FAST)
+    assert len(result.images) == 1 and result.images[0].size == (64, 64)
+    assert result.info["denoising_strength"] == 0.5 and result.info["sd_model_name"] == "sd21-base"
+
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))  # repaint the left half
+    result = client.img2img(images=[init], mask_image=mask, prompt="a red door", denoising_strength=1.0,
+                            inpainting_fill=1, mask_blur=0, inpaint_full_res=False, seed=2, **FAST)
+    out = np.asarray(result.images[0].convert("RGB")).astype(int)
+    assert result.info["sd_model_name"] == "sd2-inpainting"  # the current model cannot inpaint: the one that can
+    assert result.info["is_using_inpainting_conditioning"] is True
+    assert np.array_equal(out[:, 40:], np.asarray(init)[:, 40:])  # kept outside the mask (64 px: no watermark)
+    assert not np.array_equal(out[:, :24], np.asarray(init)[:, :24])
+
+
+@pytest.mark.slow
+def test_progress_polling_and_interrupt_mid_run(app, client) -> None:
+    assert client.get_progress()["state"]["job_count"] == 0  # idle (what util_wait_for_ready waits for)
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(
+        result=client.txt2img(prompt="slow", seed=1, **{**FAST, "steps": 150})))
+    runner.start()
+    seen = []
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        progress = client.get_progress()
+        if progress["state"]["sampling_step"] >= 12:
+            seen.append(progress)
+            break
+        if progress["state"]["job_count"]:
+            seen.append(progress)
+        time.sleep(0.05)
+    assert seen and seen[-1]["state"]["sampling_steps"] == 150 and 0 < seen[-1]["progress"] < 1
+    assert seen[-1]["state"]["job"] == "txt2img" and seen[-1]["eta_relative"] > 0
+    preview = Image.open(io.BytesIO(base64.b64decode(seen[-1]["current_image"])))
+    assert preview.size == (64, 64)  # the live preview (latents at 1/8, shown 8x)
+    client.interrupt()
+    runner.join(timeout=30)
+    assert not runner.is_alive()
+    assert outcome["result"].images == [] and outcome["result"].info == {"interrupted": True}
+    assert client.get_progress()["state"]["job_count"] == 0
+
+
+def test_hires_fix_variation_seed_and_tiling(client) -> None:
+    result = client.txt2img(prompt="x", seed=4, enable_hr=True, hr_scale=2, hr_upscaler="Latent",
+                            denoising_strength=0.5, **FAST)
+    assert result.images[0].size == (128, 128) and result.info["width"] == 128
+    plain = client.txt2img(prompt="x", seed=4, **FAST).images[0]
+    varied = client.txt2img(prompt="x", seed=4, subseed=9, subseed_strength=0.5, **FAST).images[0]
+    tiled = client.txt2img(prompt="x", seed=4, tiling=True, **FAST).images[0]
+    assert not np.array_equal(np.asarray(plain), np.asarray(varied))
+    assert not np.array_equal(np.asarray(plain), np.asarray(tiled))
+    assert "Variation seed: 9, Variation seed strength: 0.5" in varied.info["parameters"]
+    assert "Tiling: True" in tiled.info["parameters"] and "Hires upscale: 2" in result.images[0].info["parameters"]
+
+
+def test_switching_the_checkpoint(client) -> None:
+    assert {"sd2-base", "sd21-base", "sd2-inpainting"} <= set(client.util_get_model_names())
+    client.util_set_model("sd2-base")
+    try:
+        assert client.util_get_current_model() == "sd2-base"
+        assert client.txt2img(prompt="x", seed=1, **FAST).info["sd_model_name"] == "sd2-base"
+        override = {"sd_model_checkpoint": "sd21-base"}
+        assert client.txt2img(prompt="x", seed=1, override_settings=override, **FAST).info["sd_model_name"] == "sd21-base"
+    finally:
+        client.util_set_model("sd21-base")
+    assert client.get_options()["sd_model_checkpoint"] == "sd21-base"
+
+
+def test_catalog_endpoints(client) -> None:
+    assert "DPM++ 2M" in client.util_get_sampler_names()
+    assert client.util_get_scheduler_names() == ["automatic", "karras"]
+    assert [u["model_name"] for u in client.get_upscalers()] == ["x4-upscaler"]
+
+
+def test_refusals_name_what_is_missing_and_unknown_fields_are_ignored(app, caplog) -> None:
+    _, port, _ = app
+    init = base64.b64encode(png_bytes(noise_image(64, 64))).decode()
+    status, body = _post(port, "img2img", {"prompt": "x", **FAST, "init_images": [init], "enable_hr": True})
+    assert status == 422 and body["detail"].startswith("hires fix (enable_hr) is available in txt2img only")
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "enable_hr": True, "hr_upscaler": "Bicubic"})
+    assert status == 422 and body["detail"].startswith("Unknown hires upscaler 'Bicubic'")  # the Service's check
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "alwayson_scripts": {"ControlNet": {"args": []}}})
+    assert status == 422 and "alwayson_scripts" in body["detail"]
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "sampler_name": "DPM fast"})
+    assert status == 422 and body["detail"].startswith("Sampler 'DPM fast' is not available")
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "steps": 151})
+    assert status == 422 and body["detail"] == "Steps must be between 1 and 150, got 151."  # the Service's check
+    with caplog.at_level("INFO", logger="sd2_app.api.a1111"):
+        status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "seed": 1, "my_extension_field": 3})
+    assert status == 200 and len(body["images"]) == 1
+    assert "ignoring unknown field(s) my_extension_field" in caplog.text
+    assert _post(port, "txt2img", {"prompt": "x", **FAST}, auth=False)[0] == 401
+
+
+def test_raw_http_with_the_field_set_of_a1111s_documentation(app) -> None:
+    """The txt2img body of A1111's API documentation (its request model's fields at their documented
+    defaults, as the wiki's example and /docs show them), sized down for the tiny model."""
+    _, port, _ = app
+    body = {
+        "prompt": "puppy dog", "negative_prompt": "", "styles": [], "seed": 42, "subseed": -1,
+        "subseed_strength": 0, "seed_resize_from_h": -1, "seed_resize_from_w": -1, "sampler_name": "Euler a",
+        "scheduler": "Automatic", "batch_size": 1, "n_iter": 1, "steps": 5, "cfg_scale": 7, "width": 64,
+        "height": 64, "restore_faces": False, "tiling": False, "do_not_save_samples": False,
+        "do_not_save_grid": False, "eta": 0, "denoising_strength": 0, "s_min_uncond": 0, "s_churn": 0,
+        "s_tmax": 0, "s_tmin": 0, "s_noise": 1, "override_settings": {}, "override_settings_restore_afterwards": True,
+        "refiner_checkpoint": None, "refiner_switch_at": 0, "disable_extra_networks": False, "comments": {},
+        "enable_hr": False, "firstphase_width": 0, "firstphase_height": 0, "hr_scale": 2, "hr_upscaler": None,
+        "hr_second_pass_steps": 0, "hr_resize_x": 0, "hr_resize_y": 0, "hr_checkpoint_name": None,
+        "hr_sampler_name": None, "hr_scheduler": None, "hr_prompt": "", "hr_negative_prompt": "",
+        "sampler_index": "Euler", "script_name": None, "script_args": [], "send_images": True,
+        "save_images": False, "alwayson_scripts": {}, "infotext": None,
+    }
+    status, response = _post(port, "txt2img", body)
+    assert status == 200, response
+    assert set(response) == {"images", "parameters", "info"} and response["parameters"]["prompt"] == "puppy dog"
+    image = Image.open(io.BytesIO(base64.b64decode(response["images"][0])))
+    assert image.format == "PNG" and image.size == (64, 64)
+    info = json.loads(response["info"])
+    assert info["seed"] == 42 and info["all_seeds"] == [42] and info["steps"] == 5 and info["cfg_scale"] == 7
+    assert info["sampler_name"] == "Euler a" and image.info["parameters"] == info["infotexts"][0]
+
+
+@pytest.mark.slow
+def test_extra_single_image_runs_the_x4_upscaler(client) -> None:
+    small = noise_image(16, 16, seed=5)
+    result = client.extra_single_image(small, upscaling_resize=4, upscaler_1="x4-upscaler")
+    assert result.images[0].size == (64, 64)
+    with pytest.raises(RuntimeError, match="Only 4x upscaling"):
+        client.extra_single_image(small, upscaling_resize=2, upscaler_1="x4-upscaler")
+
+
+@pytest.mark.slow
+def test_api_and_web_ui_jobs_take_turns_on_the_gpu(app) -> None:
+    """A web UI job (through Gradio's queue) and an API job sent while it runs never overlap."""
+    url, port, service = app
+    active, peak, spans = [0], [0], []
+    lock = threading.Lock()
+    task_fn = service._task_fn
+
+    def counting_task_fn(task):  # the pipeline function, called where the job holds the GPU
+        pipeline = task_fn(task)
+
+        def counted(components, request, on_step):
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            started = time.monotonic()
+            try:
+                return pipeline(components, request, on_step)
+            finally:
+                with lock:
+                    active[0] -= 1
+                    spans.append((request.sampling.steps, started, time.monotonic()))
+
+        return counted
+
+    service._task_fn = counting_task_fn
+    try:
+        ui = Client(url, verbose=False)
+        job = ui.submit(prompt="ui job", negative_prompt="", checkpoint="sd21-base", width=64, height=64,
+                        sampler="Euler", use_karras=False, steps=60, cfg_scale=1.0, guidance_rescale=0.0, seed=1,
+                        batch_size=1, api_name="/txt2img")
+        deadline = time.time() + 60
+        while active[0] == 0 and time.time() < deadline:
+            time.sleep(0.02)
+        status, response = _post(port, "txt2img", {"prompt": "api job", **FAST, "steps": 3, "seed": 1})
+        job.result(timeout=120)
+    finally:
+        del service._task_fn  # back to the class's method
+    assert status == 200 and len(response["images"]) == 1
+    assert peak[0] == 1
+    (ui_steps, ui_start, ui_end), (api_steps, api_start, _) = sorted(spans, key=lambda span: span[1])
+    assert (ui_steps, api_steps) == (60, 3) and api_start >= ui_end
+
+
+@pytest.mark.slow
+def test_an_api_job_waiting_for_the_gpu_can_be_interrupted(app, client) -> None:
+    """The gate lets a job that waits for its turn be stopped at once (the model manager's lock would not)."""
+    url, _, service = app
+    ui = Client(url, verbose=False)
+    job = ui.submit(prompt="ui job", negative_prompt="", checkpoint="sd21-base", width=64, height=64,
+                    sampler="Euler", use_karras=False, steps=150, cfg_scale=1.0, guidance_rescale=0.0, seed=1,
+                    batch_size=1, api_name="/txt2img")
+    deadline = time.time() + 60
+    while service.gate.waiting == 0 and time.time() < deadline:
+        time.sleep(0.02)
+    outcome: dict = {}
+    waiter = threading.Thread(target=lambda: outcome.update(result=client.txt2img(prompt="api", seed=1, **FAST)))
+    waiter.start()
+    while client.get_progress()["textinfo"] != "Waiting for the GPU" and time.time() < deadline:
+        time.sleep(0.02)
+    assert service.gate.waiting == 2  # the UI job inside, the API job in line
+    client.interrupt()
+    waiter.join(timeout=20)
+    assert not waiter.is_alive() and not job.done()  # back while the UI job still runs
+    assert outcome["result"].images == [] and outcome["result"].info == {"interrupted": True}
+    assert len(job.result(timeout=120)[1]) == 1  # the UI job was not touched

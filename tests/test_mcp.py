@@ -1,0 +1,94 @@
+"""The MCP server (`--mcp`) through its streamable HTTP endpoint, with the `mcp` package's own client.
+
+The tool list holds exactly our five tools, with typed, documented arguments (the web UI's events are not
+tools), and a tool call on the tiny checkpoints returns an image that carries its parameters text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from collections.abc import Iterator
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("mcp")
+
+from tests.reliability_support import noise_image  # noqa: E402
+from tests.test_ui_api import _free_port  # noqa: E402
+
+TOOLS = {"txt2img", "img2img", "inpaint", "upscale", "depth"}
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from sd2_app.ui import build_ui
+    from sd2_app.ui.mcp_tools import add_mcp_tools
+    from tests.reliability_support import make_service
+
+    service, _ = make_service(tmp_path_factory.mktemp("outputs"))
+    demo = build_ui(service)
+    assert add_mcp_tools(demo, service) == [f"mcp_{name}" for name in ("txt2img", "img2img", "inpaint", "upscale", "depth")]
+    demo.queue(max_size=8, default_concurrency_limit=1)
+    _, local, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(), quiet=True,
+                              show_error=False, ssr_mode=False, mcp_server=True)
+    try:
+        yield local.rstrip("/") + "/gradio_api/mcp/"
+    finally:
+        demo.close()
+
+
+def _session(url: str, work):  # -> the coroutine's result
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def main():
+        async with streamable_http_client(url) as (read, write, _), ClientSession(read, write) as session:
+            await session.initialize()
+            return await work(session)
+
+    return asyncio.run(main())
+
+
+def _data_url(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_tool_list_is_the_five_tools_with_typed_documented_arguments(url: str) -> None:
+    tools = {tool.name: tool for tool in _session(url, lambda s: s.list_tools()).tools}
+    assert set(tools) == TOOLS
+    txt2img = tools["txt2img"].inputSchema
+    assert txt2img["required"] == ["prompt"]
+    properties = txt2img["properties"]
+    assert {name: properties[name]["type"] for name in ("prompt", "width", "steps", "guidance_scale", "seed")} == {
+        "prompt": "string", "width": "integer", "steps": "integer", "guidance_scale": "number", "seed": "integer"}
+    assert properties["steps"]["description"] == "denoising steps, 1 to 150; 20-30 is usual"
+    assert properties["steps"]["default"] == 25 and properties["width"]["default"] == 512
+    assert tools["txt2img"].description.startswith("Generate an image from a text prompt")
+    inpaint = tools["inpaint"].inputSchema
+    assert inpaint["required"] == ["image", "mask", "prompt"]
+    assert inpaint["properties"]["mask"]["description"].startswith("same size as the image; white = repaint")
+    assert tools["upscale"].inputSchema["properties"]["noise_level"]["type"] == "integer"
+
+
+def test_tool_calls_return_an_image(url: str) -> None:
+    async def work(session):
+        text = await session.call_tool("txt2img", {"prompt": "a red cube", "width": 64, "height": 64, "steps": 2,
+                                                   "guidance_scale": 1.0, "sampler": "Euler", "seed": 9})
+        image = await session.call_tool("img2img", {"image": _data_url(noise_image(64, 64)), "prompt": "a cube",
+                                                    "strength": 0.5, "steps": 2, "seed": 9})
+        refused = await session.call_tool("txt2img", {"prompt": "x", "steps": 500})
+        return text, image, refused
+
+    text, image, refused = _session(url, work)
+    for result in (text, image):
+        assert not result.isError
+        pictures = [c for c in result.content if c.type == "image"]
+        assert len(pictures) == 1 and pictures[0].mimeType == "image/png"
+        decoded = Image.open(io.BytesIO(base64.b64decode(pictures[0].data)))
+        assert decoded.size == (64, 64)
+    assert refused.isError and "Steps must be between 1 and 150, got 500." in refused.content[0].text

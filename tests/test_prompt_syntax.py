@@ -1,0 +1,127 @@
+"""The attention syntax parser: A1111's rules (modules/prompt_parser.py) as a table, and properties."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sd2_app.pipelines.prompt_syntax import MAX_WEIGHT, escape, parse_attention, uses_syntax
+
+B = "BREAK"  # a BREAK in the expected runs
+
+
+def runs(prompt: str) -> list:
+    return [B if run.is_break else (run.text, run.weight) for run in parse_attention(prompt)]
+
+
+TABLE = [
+    # plain text and the empty prompt
+    ("normal text", [("normal text", 1.0)]),
+    ("", [("", 1.0)]),
+    ("   ", [("   ", 1.0)]),
+    # round and square brackets, explicit weights (A1111's own doctests first)
+    ("an (important) word", [("an ", 1.0), ("important", 1.1), (" word", 1.0)]),
+    ("(unbalanced", [("unbalanced", 1.1)]),
+    ("\\(literal\\]", [("(literal]", 1.0)]),
+    ("(unnecessary)(parens)", [("unnecessaryparens", 1.1)]),
+    ("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
+     [("a ", 1.0), ("house", 1.1 * 1.1 * 1.3), (" ", 1.1), ("on", 1.0), (" a ", 1.1), ("hill", 0.55),
+      (", sun, ", 1.1), ("sky", 1.1 ** 4), (".", 1.1)]),
+    ("[muted]", [("muted", 1 / 1.1)]),
+    ("[[muted]]", [("muted", 1 / 1.1 / 1.1)]),
+    ("((a))", [("a", 1.1 * 1.1)]),
+    ("(red:1.3) hat", [("red", 1.3), (" hat", 1.0)]),
+    ("(red hat:1.5)", [("red hat", 1.5)]),
+    ("(red:.5)", [("red", 0.5)]),
+    ("(red:+2)", [("red", 2.0)]),
+    ("(red:0)", [("red", 0.0)]),
+    ("(red:-1)", [("red", -1.0)]),
+    ("(red:1.)", [("red", 1.0)]),
+    ("((red:2):2)", [("red", 4.0)]),
+    ("[(red:2)]", [("red", 2 / 1.1)]),
+    # weights we clamp, numbers that are not weights
+    ("(red:1000)", [("red", MAX_WEIGHT)]),
+    ("(red:-1000)", [("red", -MAX_WEIGHT)]),
+    ("(red:1e3)", [("red:1e3", 1.1)]),  # no exponents in the syntax: text, in a (...) group
+    ("(red:1.2.3)", [("red:1.2.3", 1.1)]),  # A1111 raises here; we read the text
+    ("(red: 1.5)", [("red: 1.5", 1.1)]),  # a space before the number: text, as in A1111
+    ("(red:abc)", [("red:abc", 1.1)]),
+    ("time: 10:30", [("time: 10:30", 1.0)]),
+    ("red:1.5)", [("red:1.5)", 1.0)]),  # no "(" open: all literal
+    # unmatched and empty brackets
+    ("a)b", [("a)b", 1.0)]),
+    ("a]b", [("a]b", 1.0)]),
+    ("[a", [("a", 1 / 1.1)]),
+    ("((a)", [("a", 1.21)]),
+    ("()", [("", 1.0)]),
+    ("[]()", [("", 1.0)]),
+    ("([a)]", [("a", 1.0)]),  # ")" closes "(", "]" closes "[": x1.1 / 1.1
+    # escapes
+    ("\\\\", [("\\", 1.0)]),
+    ("a\\b", [("ab", 1.0)]),  # a lone backslash is dropped, as in A1111
+    ("\\(a\\)", [("(a)", 1.0)]),
+    ("(\\(a\\))", [("(a)", 1.1)]),
+    # BREAK
+    ("a BREAK b", [("a", 1.0), B, ("b", 1.0)]),
+    ("a\nBREAK\nb", [("a", 1.0), B, ("b", 1.0)]),
+    ("BREAK", [B]),
+    ("a BREAK BREAK b", [("a", 1.0), B, B, ("b", 1.0)]),
+    ("a break b", [("a break b", 1.0)]),  # lower case is text
+    ("aBREAK b", [("aBREAK b", 1.0)]),  # not a word of its own
+    ("(a BREAK b)", [("a", 1.1), B, ("b", 1.1)]),  # A1111 reads this BREAK as text; we break
+    ("a, BREAK, b", [("a,", 1.0), B, (", b", 1.0)]),
+    # unicode
+    ("café (crème:1.2) 日本", [("café ", 1.0), ("crème", 1.2), (" 日本", 1.0)]),
+    ("🐱 [ねこ]", [("🐱 ", 1.0), ("ねこ", 1 / 1.1)]),
+]
+
+
+@pytest.mark.parametrize("prompt, expected", TABLE, ids=[repr(p) for p, _ in TABLE])
+def test_parse_table(prompt: str, expected: list) -> None:
+    got = runs(prompt)
+    assert len(got) == len(expected), got
+    for run, want in zip(got, expected):
+        if want == B:
+            assert run == B
+        else:
+            assert run[0] == want[0] and run[1] == pytest.approx(want[1], rel=1e-12), (got, expected)
+
+
+def test_table_is_large_enough() -> None:
+    assert len(TABLE) >= 30
+
+
+def test_weights_of_a1111_doctest_exactly() -> None:
+    """The nesting products are A1111's own floats, not only approximately."""
+    got = runs("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).")
+    assert got[1] == ("house", 1.5730000000000004) and got[7] == ("sky", 1.4641000000000006)
+
+
+# Text without syntax characters or a BREAK word: parses to itself at weight 1.
+plain_text = st.text(st.characters(blacklist_characters="()[]\\", blacklist_categories=("Cs",)), max_size=200).filter(
+    lambda s: "BREAK" not in s)
+
+
+@settings(max_examples=300, deadline=None)
+@given(plain_text)
+def test_weight_one_prompts_parse_to_themselves(text: str) -> None:
+    assert runs(text) == [(text, 1.0)]
+    assert not uses_syntax(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200).filter(lambda s: "BREAK" not in s))
+def test_escaped_text_parses_to_itself(text: str) -> None:
+    assert runs(escape(text)) == [(text, 1.0)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab ()[]:\\.0123456789-+BREAK\n", max_size=60))
+def test_any_text_parses_without_error_into_bounded_weights(text: str) -> None:
+    got = parse_attention(text)
+    assert got
+    for run in got:
+        assert -MAX_WEIGHT <= run.weight <= MAX_WEIGHT
+    kept = "".join(run.text for run in got if not run.is_break)
+    assert len(kept) <= len(text)

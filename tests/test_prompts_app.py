@@ -1,0 +1,215 @@
+"""Issue 20 end to end: long and weighted prompts, embeddings and the token counter, through the running app
+(gradio_client) and the CLI, on the tiny checkpoints; the PNG parameters reproduce each image."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from sd2_app.errors import InvalidRequest  # noqa: E402
+from sd2_app.pipelines.metadata import parse_parameters, read_png_parameters  # noqa: E402
+
+LONG_PROMPT = ", ".join(["a red hat on a cat"] * 13)  # over 150 tiny-tokenizer tokens: three chunks
+WEIGHTED = "a (red:1.4) hat on a [cat], ((sunset))"
+FAST = {"steps": 2, "seed": 11, "cfg_scale": 7.5, "width": 64, "height": 64}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def embeddings_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("embeddings")
+    g = torch.Generator().manual_seed(3)
+    save_file({"emb_params": torch.randn(2, 32, generator=g)}, str(folder / "tiny-style.safetensors"))
+    save_file({"emb_params": torch.randn(2, 768, generator=g)}, str(folder / "sd15-style.safetensors"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory, embeddings_dir: Path) -> Iterator[tuple[Client, object, object]]:
+    from sd2_app.api.service import Service
+    from sd2_app.checkpoints.catalog import tiny_registry
+    from sd2_app.loading.embeddings import EmbeddingLibrary
+    from sd2_app.manager import ModelManager
+    from sd2_app.testing.tiny import ensure_tiny_repos
+    from sd2_app.ui import build_ui
+    from tests.pipeline_fixtures import tiny_dir
+
+    registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
+    service = Service(ModelManager("cpu", registry=registry, cache_dir=tmp_path_factory.mktemp("cache")),
+                      outputs_dir=None, embeddings=EmbeddingLibrary.scan(embeddings_dir))
+    demo = build_ui(service)
+    demo.queue(max_size=8, default_concurrency_limit=1)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(), quiet=True,
+                            show_error=False)
+    try:
+        yield Client(url, verbose=False), service, demo
+    finally:
+        demo.close()
+
+
+def _txt2img(client: Client, **kwargs) -> Image.Image:
+    _, gallery, _ = client.predict(api_name="/txt2img", **{**FAST, **kwargs})
+    image = Image.open(gallery[0]["image"])
+    image.load()
+    return image
+
+
+def _rerun_from(client: Client, image: Image.Image) -> Image.Image:
+    """Generate again from nothing but the PNG's parameters text."""
+    params = parse_parameters(image.info["parameters"])
+    width, height = (int(v) for v in params["Size"].split("x"))
+    return _txt2img(client, prompt=params["Prompt"], negative_prompt=params["Negative prompt"], steps=params["Steps"],
+                    seed=params["Seed"], cfg_scale=params["CFG scale"], sampler=params["Sampler"], width=width,
+                    height=height)
+
+
+def test_long_prompt_round_trips_through_png_info(app) -> None:
+    client, service, _ = app
+    count, limit = (int(n) for n in service.count_tokens(LONG_PROMPT, "sd21-base").split("/"))
+    assert count >= 150 and limit == 225  # three chunks
+    image = _txt2img(client, prompt=LONG_PROMPT, negative_prompt="blurry")
+    params = parse_parameters(image.info["parameters"])
+    assert params["Prompt"] == LONG_PROMPT and params["Negative prompt"] == "blurry"
+    again = _rerun_from(client, image)
+    assert np.array_equal(np.asarray(again), np.asarray(image))
+    short = _txt2img(client, prompt=LONG_PROMPT[:60], negative_prompt="blurry")
+    assert not np.array_equal(np.asarray(short), np.asarray(image))  # the tail past 75 tokens counts
+
+
+def test_weighted_prompt_changes_the_image_and_round_trips(app) -> None:
+    client, _, _ = app
+    weighted = _txt2img(client, prompt=WEIGHTED)
+    plain = _txt2img(client, prompt="a red hat on a cat, sunset")
+    assert not np.array_equal(np.asarray(weighted), np.asarray(plain))
+    assert parse_parameters(weighted.info["parameters"])["Prompt"] == WEIGHTED  # recorded unchanged
+    assert np.array_equal(np.asarray(_rerun_from(client, weighted)), np.asarray(weighted))
+
+
+def test_embedding_is_used_and_recorded_with_its_hash(app, embeddings_dir: Path) -> None:
+    client, _, _ = app
+    image = _txt2img(client, prompt="a tiny-style cat", negative_prompt="")
+    digest = hashlib.sha256((embeddings_dir / "tiny-style.safetensors").read_bytes()).hexdigest()[:12]
+    params = parse_parameters(image.info["parameters"])
+    assert params["TI hashes"] == f"tiny-style: {digest}"
+    assert 'TI hashes: "tiny-style: ' in image.info["parameters"]  # quoted as A1111 quotes it
+    again = _rerun_from(client, image)
+    assert np.array_equal(np.asarray(again), np.asarray(image))  # the PNG's parameters reproduce it
+
+
+def test_embeddings_are_listed_and_the_sd1_file_is_explained(app) -> None:
+    _, service, demo = app
+    assert service.embedding_names() == ["tiny-style"]
+    assert "an embedding for SD 1.x" in service.refused_embeddings()["sd15-style.safetensors"]
+    add = next(f for f in demo.fns.values() if f.api_name == "txt2img_add_embedding")
+    assert add.fn(["tiny-style"], "Prompt", "a cat ", "")[0] == "a cat, tiny-style"
+    assert add.fn(["tiny-style"], "Prompt", "", "")[0] == "tiny-style"
+    assert add.fn(["tiny-style"], "Negative prompt", "a cat", "")[1] == "tiny-style"
+
+
+def test_too_long_prompt_is_refused_with_the_message(app) -> None:
+    client, _, _ = app
+    with pytest.raises(AppError, match=r"The prompt is too long: it makes 9 chunks of 75 tokens"):
+        client.predict(prompt=" BREAK ".join(["cat"] * 9), api_name="/txt2img", **FAST)
+
+
+def test_token_counter_endpoint(app) -> None:
+    client, service, demo = app
+    assert client.predict("a " * 10, "sd21-base", api_name="/count_tokens") == "10/75"
+    assert client.predict("a " * 93, "sd21-base", api_name="/count_tokens") == "93/150"
+    assert client.predict("a BREAK b", "sd21-base", api_name="/count_tokens") == "76/150"
+    assert client.predict("a tiny-style", "sd21-base", api_name="/count_tokens") == "3/75"  # 1 + 2 vectors
+    assert client.predict(" BREAK ".join("a" * 9), "sd21-base", api_name="/count_tokens") == \
+        "601/675 (over the 8-chunk limit)"
+    with pytest.raises(AppError, match="not in the list of choices"):  # Gradio's dropdown check comes first
+        client.predict("a", "no-such-model", api_name="/count_tokens")
+    with pytest.raises(InvalidRequest, match=r"^Unknown checkpoint 'no-such-model'\.$"):
+        service.count_tokens("a", "no-such-model")
+    assert client.predict("a" * 2001, "sd21-base", api_name="/count_tokens") == \
+        "A prompt is a text of at most 2000 characters."
+    counters = [f for f in demo.fns.values() if f.api_name and "count" in f.api_name]
+    assert len(counters) >= 12 and all(not f.queue for f in counters)  # two per tab, none in the GPU queue
+
+
+def test_token_counter_answers_while_the_gpu_is_busy(app) -> None:
+    """The test holds the manager's job lock (the GPU), so a generation waits; the counter must not."""
+    client, service, _ = app
+    lock = service.manager._job_lock
+    lock.acquire()
+    try:
+        job = client.submit(prompt="a cat", api_name="/txt2img", **FAST)
+        started = time.monotonic()
+        assert client.predict("a " * 10, "sd21-base", api_name="/count_tokens") == "10/75"
+        assert time.monotonic() - started < 10
+        assert not job.done()  # still waiting for the GPU
+    finally:
+        lock.release()
+    job.result(timeout=120)
+
+
+def test_counter_slots_are_bounded(app) -> None:
+    _, service, _ = app
+    tools = service._prompt_tools
+    taken = 0
+    while tools._slots.acquire(blocking=False):
+        taken += 1
+    try:
+        assert taken == 4 and service.count_tokens("a", "sd21-base") is None  # busy: no waiting, no queue
+    finally:
+        for _ in range(taken):
+            tools._slots.release()
+    assert service.count_tokens("a", "sd21-base") == "1/75"
+
+
+def test_cli_long_weighted_prompt_with_embedding(tmp_path: Path, embeddings_dir: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    from sd2_app.__main__ import main
+    from tests.pipeline_fixtures import tiny_dir, tiny_repo
+
+    tiny_repo("sd2-base")
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "tiny").symlink_to(tiny_dir(), target_is_directory=True)
+    prompt = "(" + LONG_PROMPT + ":1.2), tiny-style"
+    common = ["txt2img", "--tiny", "--model-dir", str(models), "--embeddings-dir", str(embeddings_dir),
+              "--steps", "2", "--seed", "5", "--width", "64", "--height", "64", "--json"]
+    assert main([*common, "--prompt", prompt, "--out", str(tmp_path / "a")]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["warnings"] == []
+    params = parse_parameters(read_png_parameters(first["paths"][0]))
+    assert params["Prompt"] == prompt and params["TI hashes"].startswith("tiny-style: ")
+    assert main([*common, "--prompt", params["Prompt"], "--out", str(tmp_path / "b")]) == 0
+    second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    with Image.open(first["paths"][0]) as a, Image.open(second["paths"][0]) as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_counter_reads_the_tokenizer_without_loading_models(tmp_path: Path) -> None:
+    from sd2_app.api.service import Service
+    from sd2_app.checkpoints.catalog import tiny_registry
+    from sd2_app.manager import ModelManager
+    from sd2_app.testing.tiny import ensure_tiny_repos
+    from tests.pipeline_fixtures import tiny_dir
+
+    manager = ModelManager("cpu", registry=tiny_registry(ensure_tiny_repos(tiny_dir())), cache_dir=tmp_path)
+    service = Service(manager, outputs_dir=None)
+    assert service.count_tokens("a (red:1.2) hat", "sd21-base") == "7/75"
+    assert manager.loaded_keys() == []  # no model was loaded for it

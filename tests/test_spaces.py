@@ -1,0 +1,135 @@
+"""Spaces: the README's preload list matches what the loader reads, ZeroGPU durations follow each job's cost,
+and ZeroGPU gets the per-call speed switches (no CUDA graphs, Triton or compile warm-up)."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sd2_app.accel.options import AccelOptions, options_for
+from sd2_app.accel.per_call import options_for_host, per_call_options
+from sd2_app.api import gpu_time
+from sd2_app.api.requests import Sampling, Txt2ImgRequest, UpscaleRequest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def front_matter() -> dict:
+    text = README.read_text(encoding="utf-8")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_preload_lists_exactly_the_files_the_loader_picks_for_the_default_checkpoint() -> None:
+    """Hub docs (spaces-config-reference, preload_from_hub): "<repo> <file>,<file>..." per entry."""
+    from sd2_app.api.tasks import TASKS
+    from sd2_app.checkpoints.catalog import REGISTRY
+    from sd2_app.loading.hub import select_files
+    from sd2_app.manager.plan import subfolders
+
+    spec = REGISTRY[TASKS["txt2img"].checkpoint]
+    entries = dict(entry.split(" ", 1) for entry in front_matter()["preload_from_hub"])
+    preloaded = entries[spec.repos[0]].split(",")
+    # The repo also holds full-precision and pickle weights and a feature extractor: none of them is read.
+    listing = preloaded + ["README.md", "feature_extractor/preprocessor_config.json",
+                           "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.bin",
+                           "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+                           "text_encoder/pytorch_model.bin", "v2-1_512-ema-pruned.safetensors"]
+    assert sorted(select_files(listing, subfolders(spec), spec.repos[0])) == sorted(preloaded)
+
+
+def test_python_version_is_one_zerogpu_supports() -> None:
+    # ZeroGPU's documented Python (hub-docs spaces-zerogpu.md, "Supported Versions"); see docs/DESIGN.md
+    assert front_matter()["python_version"] == "3.10.13"
+    assert front_matter()["sdk_version"].split(".")[0] == "6"
+
+
+def test_gpu_seconds_grow_with_the_work_within_the_bounds() -> None:
+    def t2i(side: int, steps: int, batch: int = 1, cfg: float = 7.5, sampler: str = "Euler") -> int:
+        request = Txt2ImgRequest("x", width=side, height=side,
+                                 sampling=Sampling(sampler=sampler, steps=steps, cfg_scale=cfg, batch_size=batch))
+        return gpu_time.unet_work(request, {"Heun": 2})
+
+    assert t2i(512, 25) == 25 * 2 * 64 * 64  # steps x (cond + uncond) x latent pixels
+    assert t2i(512, 25, cfg=1.0) == 25 * 64 * 64  # no guidance: one evaluation per step
+    assert t2i(512, 25, sampler="Heun") == 2 * t2i(512, 25)
+    assert gpu_time.gpu_seconds(t2i(512, 25)) == gpu_time.MIN_SECONDS  # a default image: 11 s, asked 15
+    assert gpu_time.gpu_seconds(t2i(768, 50, batch=4)) == 29  # 10 + 3,686,400 x 5e-6 = 28.4
+    from PIL import Image
+
+    up = UpscaleRequest("x", image=Image.new("RGB", (256, 256)), sampling=Sampling(sampler="DDIM", steps=50, cfg_scale=9))
+    assert gpu_time.unet_work(up) == 50 * 2 * 256 * 256  # the x4 model denoises at the input's size
+    assert gpu_time.gpu_seconds(gpu_time.unet_work(up)) == 43
+    assert gpu_time.gpu_seconds(t2i(1024, 150, batch=8)) == gpu_time.MAX_SECONDS
+
+
+def test_zerogpu_is_detected_from_its_environment_variable() -> None:
+    assert gpu_time.on_zerogpu({"SPACES_ZERO_GPU": "true"})
+    assert not gpu_time.on_zerogpu({})
+
+
+def test_speed_mode_on_zerogpu_is_the_per_call_set() -> None:
+    per_call = per_call_options()
+    assert (per_call.cuda_graphs, per_call.fused_ops, per_call.compile, per_call.cudnn_benchmark) == (False,) * 4
+    assert per_call.channels_last and not per_call.vae_channels_last
+    assert options_for_host("default", zerogpu=True) == per_call
+    assert options_for_host("compile", zerogpu=True) == per_call  # ZeroGPU runs no torch.compile
+    assert options_for_host("eager", zerogpu=True) == AccelOptions.eager()
+    for mode in ("default", "compile", "eager"):
+        assert options_for_host(mode, zerogpu=False) == options_for(mode)
+    with pytest.raises(ValueError):
+        options_for_host("fast", zerogpu=True)
+
+
+@pytest.mark.slow
+def test_app_picks_the_per_call_switches_on_zerogpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import app
+    import sd2_app.manager as manager_module
+
+    seen: list = []
+
+    class Recorder(manager_module.ModelManager):
+        def __init__(self, *args, **kwargs) -> None:
+            seen.append(kwargs["accel"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(manager_module, "ModelManager", Recorder)
+    from tests.test_provenance import linked_tiny_cache
+
+    linked_tiny_cache(monkeypatch, tmp_path)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    app.build(app.parse_args(["--tiny", "--no-api"]))
+    monkeypatch.delenv("SPACES_ZERO_GPU")
+    app.build(app.parse_args(["--tiny", "--no-api"]))
+    assert seen == [per_call_options(), options_for("default")]
+
+
+def test_each_ui_call_asks_zerogpu_for_its_own_jobs_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the `spaces` package present, the Generate handlers carry spaces.GPU with a duration function of
+    the call's own widget values."""
+    durations: dict[str, object] = {}
+
+    def fake_gpu(duration):
+        def wrap(fn):
+            fn.zerogpu_duration = duration
+            return fn
+
+        return wrap
+
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=fake_gpu))
+    from sd2_app.api.service import Service
+    from sd2_app.ui import build_ui
+    from tests.ui_doubles import FakeManager
+
+    service = Service(FakeManager(), outputs_dir=None, allowed_repos=())
+    demo = build_ui(service)
+    for block_fn in demo.fns.values():
+        if block_fn.api_name in ("txt2img", "upscale"):
+            durations[block_fn.api_name] = block_fn.fn.zerogpu_duration
+    small = durations["txt2img"](None, "sd21-base", "x", "", 512, 512, "Euler", False, 25, 7.5, 0.0, 1, 1, None)
+    big = durations["txt2img"](None, "sd21-base", "x", "", 768, 768, "Euler", False, 50, 7.5, 0.0, 1, 4, None)
+    refused = durations["txt2img"](None, "sd21-base", "x", "", 512, 512, "Euler", False, 999, 7.5, 0.0, 1, 1, None)
+    assert (small, big, refused) == (gpu_time.MIN_SECONDS, 29, gpu_time.MIN_SECONDS)
