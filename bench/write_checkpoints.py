@@ -3,7 +3,8 @@
 Speed does not depend on the weights' values, only on shapes and dtypes, so random fp16 weights with sane
 scales (activations stay finite, so no NaN fallback path distorts timings) measure what the real ones would.
 Real UNet/VAE configs come from sd2_app.testing.configs, the text encoder is the full 23-layer 1024-wide
-CLIP tower (reference §1.6) and the tokenizer is the tiny one (tokenizing is not what we time).
+CLIP tower (text_encoder/config.json of the SD2 repos) and the tokenizer is the tiny one (tokenizing is not
+what we time).
 
     python -m bench.write_checkpoints DIR          # DIR/<kind>/ for each kind below, ~9 GB
 
@@ -35,7 +36,7 @@ logger = logging.getLogger("bench.write_checkpoints")
 
 KINDS = ("sd2-base", "sd2", "sd21", "sd2-inpainting", "sd2-depth", "x4-upscaler")
 DONE = ".bench-complete"
-TEXT_ENCODER_CONFIG = {  # reference §1.6
+TEXT_ENCODER_CONFIG = {  # text_encoder/config.json of the SD2 repos
     "architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "hidden_size": 1024,
     "intermediate_size": 4096, "num_hidden_layers": 23, "num_attention_heads": 16, "hidden_act": "gelu",
     "layer_norm_eps": 1e-5, "max_position_embeddings": 77, "vocab_size": 49408, "projection_dim": 512,

@@ -25,9 +25,15 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sd2_app.api.tasks import TASKS, TaskSpec
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from sd2_app.api.requests import TaskRequest
+    from sd2_app.api.service import Service
 
 log = logging.getLogger("sd2_app.cli")
 
@@ -197,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _open(path: Path | None, mode: str | None = None) -> Any:
+def _open(path: Path | None, mode: str | None = None) -> Image.Image | None:
     """Read an input image; a missing or unreadable file is the user's error, reported in words (exit 2)."""
     if path is None:
         return None
@@ -213,7 +219,7 @@ def _open(path: Path | None, mode: str | None = None) -> Any:
         raise InvalidRequest(f"cannot read image {path}: {error}") from error
 
 
-def build_request(args: argparse.Namespace) -> Any:
+def build_request(args: argparse.Namespace) -> TaskRequest:
     """The typed request for the parsed arguments (validation happens in the service)."""
     from sd2_app.api import requests as rq
 
@@ -266,7 +272,7 @@ def _repo_assignments(args: argparse.Namespace) -> list[str]:
     return [item if "=" in item else f"{args.model}={item}" for item in args.repo]
 
 
-def make_service(args: argparse.Namespace) -> Any:
+def make_service(args: argparse.Namespace) -> Service:
     import torch
 
     from sd2_app.accel import options_for
@@ -291,7 +297,7 @@ def run_task(args: argparse.Namespace) -> dict[str, Any]:
     service = make_service(args)
     started = time.perf_counter()
 
-    def on_progress(done: int, total: int, preview: Any) -> None:
+    def on_progress(done: int, total: int, preview: Image.Image | None) -> None:
         log.info("step %d/%d", done, total)
 
     result = service.run(request, on_progress=on_progress)

@@ -34,8 +34,7 @@ def test_fp32_products_are_the_plain_sdpa_whatever_the_switches() -> None:
     for upcast in (False, True):
         attention = _attention(upcast)
         assert torch.equal(attention.attend(q, k, v), expected)
-        attention.force_fp32 = True
-        assert torch.equal(attention.attend(q, k, v), expected)
+        assert torch.equal(attention.attend(q, k, v, fp32_attention=True), expected)
 
 
 def test_upcast_checkpoints_run_fp16_where_a_fused_kernel_serves_and_fp32_where_math_would() -> None:
@@ -49,8 +48,8 @@ def test_upcast_checkpoints_run_fp16_where_a_fused_kernel_serves_and_fp32_where_
         math_fp32 = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).half()
         assert torch.equal(upcast.attend(q, k, v), math_fp32)  # the math backend: QK^T in fp32
         assert torch.equal(plain.attend(q, k, v), F.scaled_dot_product_attention(q, k, v))
-    plain.force_fp32 = True  # the NaN retry: fp32 for every checkpoint, fused kernel or not
-    assert torch.equal(plain.attend(q, k, v), fp32)
+    # the NaN retry: fp32 for every checkpoint, fused kernel or not
+    assert torch.equal(plain.attend(q, k, v, fp32_attention=True), fp32)
 
 
 @pytest.mark.gpu
@@ -63,5 +62,4 @@ def test_sd21_attention_runs_the_fused_fp16_kernel_on_cuda() -> None:
     assert torch.equal(upcast.attend(q, k, v), plain.attend(q, k, v))
     reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
     assert (upcast.attend(q, k, v).float() - reference).abs().max().item() < 5e-3  # a few fp16 ulps at |out| ~ 1
-    upcast.force_fp32 = True
-    assert torch.equal(upcast.attend(q, k, v), reference.half())
+    assert torch.equal(upcast.attend(q, k, v, fp32_attention=True), reference.half())

@@ -319,7 +319,7 @@ def test_scheduler_config_and_model_index(repo: Path) -> None:
 
 # --- Hub resolution ---------------------------------------------------------------------------------
 
-# The `main` tree of stabilityai/stable-diffusion-2 as listed on the Hub (reference §1.2).
+# The `main` tree of stabilityai/stable-diffusion-2 as listed on the Hub.
 SD2_LISTING = [
     ".gitattributes", "README.md", "model_index.json", "768-v-ema.ckpt", "768-v-ema.safetensors",
     "feature_extractor/preprocessor_config.json",

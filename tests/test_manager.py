@@ -82,6 +82,11 @@ def _where(manager: ModelManager) -> dict[str, str]:
     return {row.key: row.location for row in manager.status()}
 
 
+def _key_in_use(manager: ModelManager, key: str) -> str:
+    with manager.use(key) as components:
+        return components.key
+
+
 def _size(manager: ModelManager, key: str) -> int:
     return next(row.nbytes for row in manager.status() if row.key == key)
 
@@ -230,29 +235,17 @@ def test_out_of_memory_while_loading_evicts_and_retries_once(
         assert components.repo == str(repos["z"])
 
 
-def test_out_of_memory_during_a_job_retries_once_then_says_so(repos: dict[str, Path], tmp_path: Path) -> None:
+def test_free_memory_moves_every_other_checkpoint_off(repos: dict[str, Path], tmp_path: Path) -> None:
+    """The fallback ladder's out-of-memory rung: inside use("y"), everything but y leaves the device."""
     manager = _manager(repos, tmp_path)
     manager.load("x")
-    calls: list[dict[str, str]] = []
-
-    def job_failing(times: int) -> Callable[[], str]:
-        def job() -> str:
-            calls.append(_where(manager))
-            if len(calls) <= times:
-                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-            return "image"
-
-        return job
-
     with manager.use("y"):
-        assert manager.run_with_oom_retry(job_failing(1)) == "image"
-    assert len(calls) == 2 and calls[0]["x"] == "device" and calls[1]["x"] == "offloaded"
-    assert calls[1]["y"] == "device"
-    calls.clear()
-    with manager.use("y"), pytest.raises(torch.OutOfMemoryError, match="out of memory twice"):
-        manager.run_with_oom_retry(job_failing(5))
-    assert len(calls) == 2  # retried exactly once
-    assert manager.run("x", lambda components: components.key) == "x"  # still consistent and usable
+        before = _where(manager)
+        manager.free_memory()
+        after = _where(manager)
+    assert before["x"] == "device" and after["x"] == "offloaded"
+    assert before["y"] == after["y"] == "device"
+    assert _key_in_use(manager, "x") == "x"  # still consistent and usable
 
 
 def test_two_threads_are_served_one_after_the_other(repos: dict[str, Path], tmp_path: Path) -> None:
@@ -333,7 +326,7 @@ def test_out_of_memory_bringing_a_model_back_evicts_then_restores_consistency(
     assert _where(manager)["x"] == "offloaded"
     assert {manager._parts[i].tier for i in manager._entries["x"].parts.values()} == {"offloaded"}
     faults["left"] = 0
-    assert manager.run("x", lambda components: components.key) == "x"
+    assert _key_in_use(manager, "x") == "x"
 
 
 def test_hub_metadata_supplies_the_sha256_of_weight_files(
@@ -386,7 +379,8 @@ def test_a_unet_leaving_the_device_drops_its_cuda_graphs(repos: dict[str, Path],
     manager.offload("a")
     assert wrapper.graph_count == 0
     assert use_and_fake_a_capture() is wrapper and wrapper.graph_count == 1
-    manager._free_device(keep="a")  # the out-of-memory retry frees the active UNet's other graphs too
+    with manager.use("a"):
+        manager.free_memory()  # the out-of-memory rung frees the active UNet's other graphs too
     assert wrapper.graph_count == 0
     use_and_fake_a_capture()
     manager.unload("a")
@@ -431,3 +425,15 @@ def test_offload_pins_host_memory_and_comes_back(repos: dict[str, Path], tmp_pat
         pass
     manager.offload("a")  # the second offload re-points at the kept pinned copy: no new host allocation
     assert before.unet.conv_in.weight.data_ptr() == pinned_ptr and before.unet.conv_in.weight.is_pinned()
+
+
+def test_the_manager_and_the_service_double_implement_the_service_protocol(repos: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    from sd2_app.api.model_host import ModelHost
+    from tests.ui_doubles import FakeManager
+
+    manager = _manager(repos, tmp_path)
+    assert isinstance(manager, ModelHost) and isinstance(FakeManager(), ModelHost)
+    extra = CheckpointSpec("extra", "Extra", (str(repos["x"]),), None, 512, ("txt2img",))
+    manager.add_checkpoints({"extra": extra, "x": extra})
+    assert manager.registry["extra"] is extra and manager.registry["x"] is not extra  # known keys stay

@@ -1,5 +1,5 @@
 """Real SD2 configs built on the meta device: same state-dict keys and shapes as diffusers, and the reference
-parameter / tensor counts (reference §1.2), so a hub checkpoint loads with strict=True."""
+parameter / tensor counts of the hub checkpoints, so a hub checkpoint loads with strict=True."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from sd2_app.testing.configs import UNET_CONFIGS, VAE_CONFIGS, unet_config, vae_
 
 diffusers = pytest.importorskip("diffusers")
 
-# name -> (tensors in state_dict, parameters), reference §1.2
+# name -> (tensors in state_dict, parameters) of the hub checkpoints
 UNET_COUNTS = {
     "sd2-base": (686, 865_910_724),
     "sd2": (686, 865_910_724),

@@ -79,12 +79,10 @@ def test_custom_repos_are_off_by_default_and_allow_listed_by_the_operator(
 
     monkeypatch.setenv("SD2APP_ALLOWED_REPOS", "someone/custom-sd2, ../../etc/passwd, /abs/folder, bad id/x")
 
-    class Manager:  # only the registry matters here
-        registry: dict = {}
-
-    manager = Manager()
     from sd2_app.checkpoints.catalog import REGISTRY
+    from tests.ui_doubles import FakeManager
 
+    manager = FakeManager()  # only the registry matters here
     manager.registry = dict(REGISTRY)
     opened = Service(manager, outputs_dir=None)
     checked, _ = opened.validate(replace(txt2img(), checkpoint="someone/custom-sd2"))

@@ -18,7 +18,7 @@ from sd2_app.samplers import SAMPLERS, SchedulerConfig, make_denoiser, make_sche
 
 diffusers = pytest.importorskip("diffusers")
 
-SD2_EPS = {  # stable-diffusion-2-base scheduler/scheduler_config.json (sd2-reference.md §1.7)
+SD2_EPS = {  # stable-diffusion-2-base scheduler/scheduler_config.json (as on the Hub)
     "_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
     "clip_sample": False, "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True,
     "steps_offset": 1, "trained_betas": None,

@@ -1,4 +1,5 @@
-"""Schedules against the reference table (sd2-reference.md §5.14-5.15), and the img2img/denoiser contract."""
+"""Schedules against diffusers' set_timesteps results for the SD2 config (values recorded from diffusers),
+and the img2img/denoiser contract."""
 
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ class FakeOutput:
 
 
 class FakeManager:
-    """Records what was used; `use` yields the key as the "components"."""
+    """Records what was used; `use` yields the key as the "components". Implements api.model_host.ModelHost."""
 
     def __init__(self) -> None:
         self.registry = {k: FakeSpec(k, v[2], v[0], v[1]) for k, v in CHECKPOINTS.items()}
@@ -69,8 +69,21 @@ class FakeManager:
         self.used.append(key)
         yield key
 
+    def add_checkpoints(self, specs: Any) -> None:
+        for key, spec in specs.items():
+            self.registry.setdefault(key, spec)
+
+    def free_memory(self) -> None:
+        self.freed = getattr(self, "freed", 0) + 1
+
     def status(self) -> dict[str, Any]:
         return {"device": "cpu", "loaded": list(self.loaded)}
+
+    def memory(self) -> None:
+        return None
+
+    def tokenizer(self, key: str) -> None:
+        return None  # no tokenizer: the token counter stays quiet
 
     def load(self, key: str) -> None:
         self.loaded.append(key)
@@ -91,7 +104,7 @@ def _size(request: Any) -> tuple[int, int]:
 def make_task(task: str, step_delay_s: float = 0.0):
     """A task function with the pipeline signature: steps through on_step, then draws seed-coloured images."""
 
-    def run(components: Any, request: Any, on_step: Any) -> FakeOutput:
+    def run(components: Any, request: Any, on_step: Any, mode: Any = None) -> FakeOutput:
         steps = request.sampling.steps
         if hasattr(request, "strength") and task not in ("inpaint", "outpaint"):
             steps = int(steps * request.strength)

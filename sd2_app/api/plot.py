@@ -1,7 +1,7 @@
 """X/Y/Z plot: validation of the axes, the cells (one validated request each) and running them in the Service.
 
 A cell is the base request with one value of each axis applied; it runs through the Service's own pipeline
-call (same model manager, guards, progress and Stop as a single run). Cells that change the checkpoint are
+call (same model manager, fallback ladder, progress and Stop as a single run). Cells that change the checkpoint are
 ordered so each checkpoint is used once in a row (as A1111 puts its costly axes outermost). Stop ends the
 plot after the current step: the finished cells, and grids with blanks for the rest, are still returned.
 """

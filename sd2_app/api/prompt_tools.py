@@ -46,10 +46,10 @@ class PromptTools:
     def _tokenizer(self, checkpoint: str) -> Any:
         with self._tokenizer_lock:
             if checkpoint not in self._tokenizers:
-                read = getattr(self._service.manager, "tokenizer", None)  # a test double may have none
-                if read is None:
+                manager = self._service.manager
+                if manager is None:  # a Service that only validates
                     return None
-                self._tokenizers[checkpoint] = read(checkpoint)
+                self._tokenizers[checkpoint] = manager.tokenizer(checkpoint)
             return self._tokenizers[checkpoint]
 
     def count(self, text: Any, checkpoint: Any) -> str | None:

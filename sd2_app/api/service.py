@@ -8,78 +8,37 @@ parameters to a dated outputs folder (unless saving is off) and kept in a short 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from sd2_app.api.model_host import ModelHost
+from sd2_app.checkpoints.catalog import CheckpointSpec
 from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.api.gate import GpuGate
 from sd2_app.api.prompt_tools import PromptTools
-from sd2_app.api.requests import Request, XYZPlotRequest
-from sd2_app.api.tasks import TASKS
+from sd2_app.api.requests import Request, TaskRequest, XYZPlotRequest
+from sd2_app.api.results import Backend, HistoryEntry, ProgressFn, Result  # noqa: F401  # Backend: re-exported
+from sd2_app.api.tasks import pipeline_of
 from sd2_app.api.validation import Catalog, Limits, validate
+
+if TYPE_CHECKING:
+    from sd2_app.pipelines.loop import LatentProgressFn
+    from sd2_app.pipelines.output import PipelineOutput
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[int, int, Image.Image | None], None]  # (steps done, total steps, preview or None)
-TaskFn = Callable[[Any, Any, Callable[[int, int, Any], None]], Any]  # (components, request, on_step) -> output
+TaskFn = Callable[..., Any]  # (components, request, on_step, *, mode) -> output
 
 
-@dataclass
-class Result:
-    """What one run produced; `images` carry their A1111 `parameters` text in `image.info`."""
-
-    task: str  # "txt2img", "img2img", "inpaint", "outpaint", "upscale", "depth" or "xyz_plot"
-    request: Request  # the validated request (seed resolved, sizes filled in)
-    images: list[Image.Image]
-    seed: int
-    warnings: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: "load", "run" (plot: all cells together)
-    mask_image: Image.Image | None = None  # inpaint: the mask actually used
-    depth_image: Image.Image | None = None  # depth: the depth map actually used
-    captions: list[str] = field(default_factory=list)  # one per image (plot: the cell's values and seconds)
-    cells: list[dict[str, Any]] = field(default_factory=list)  # plot: each cell's settings and seconds
-    stopped: bool = False  # plot: Stop ended it early; the finished cells are here
-    saved: list[Path] = field(default_factory=list)  # files written to the outputs folder
-    created: float = field(default_factory=time.time)
-
-    @property
-    def parameters(self) -> str:
-        """The first image's parameters text ("" when it has none)."""
-        return self.images[0].info.get("parameters", "") if self.images else ""
-
-
-class Backend(Protocol):
-    """Runs a validated request and returns its unsaved Result: `Service` itself, or a remote worker pool."""
-
-    def produce(
-        self, checked: Request, on_progress: ProgressFn | None, should_stop: Callable[[], bool] | None
-    ) -> Result: ...
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    """One line of the History view."""
-
-    created: float
-    task: str
-    seed: int
-    parameters: str
-    images: tuple[Image.Image, ...]
-    saved: tuple[Path, ...]
-    owner: str | None = None  # the browser session that made it: History shows a visitor only their own
-
-
-def _default_catalog(registry: Mapping[str, Any]) -> Catalog:
+def _default_catalog(registry: Mapping[str, CheckpointSpec]) -> Catalog:
     from sd2_app.samplers import SAMPLERS
 
     return Catalog(
@@ -90,22 +49,10 @@ def _default_catalog(registry: Mapping[str, Any]) -> Catalog:
     )
 
 
-def pipeline_of(task: str) -> TaskFn:
-    """The pipeline function named in `task`'s row of the task table (imported on first use)."""
-    module, function = TASKS[task].pipeline.split(":")
-    return getattr(importlib.import_module(module), function)
-
-
 def _default_preview(latents: Any) -> Image.Image | None:
     from sd2_app.pipelines.preview import preview_images
 
     return preview_images(latents[:1], upscale=8)[0]  # one latent pixel is 8 image pixels
-
-
-def _out_of_memory_type() -> type[BaseException]:
-    import torch
-
-    return getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 class Service:
@@ -113,9 +60,9 @@ class Service:
 
     def __init__(
         self,
-        manager: Any,
+        manager: ModelHost | None,
         *,
-        registry: Mapping[str, Any] | None = None,
+        registry: Mapping[str, CheckpointSpec] | None = None,
         catalog: Catalog | None = None,
         tasks: Mapping[str, TaskFn] | None = None,
         preview: Callable[[Any], Image.Image | None] | None = None,
@@ -129,6 +76,10 @@ class Service:
         concurrency: int = 1,
         embeddings: Any = None,  # loading.embeddings.EmbeddingLibrary; None: no textual-inversion embeddings
     ) -> None:
+        """`manager` None gives a service that validates but cannot run (tools and tests)."""
+        from sd2_app.checkpoints.allowlist import allowed_repos as env_allowed_repos, custom_specs
+        from sd2_app.checkpoints.catalog import REGISTRY
+
         self.manager = manager
         self.embeddings = embeddings
         self._prompt_tools = PromptTools(self)
@@ -136,19 +87,13 @@ class Service:
         self.backend = backend
         self.concurrency = concurrency  # jobs the GPU queue runs at once: 1 locally, the replicas' total remotely
         if registry is None:
-            registry = getattr(manager, "registry", None)
-        if registry is None:
-            from sd2_app.checkpoints.catalog import REGISTRY
-
-            registry = REGISTRY
-        self.registry = dict(registry)
-        from sd2_app.checkpoints.allowlist import allowed_repos as env_allowed_repos, custom_specs
-
+            registry = manager.registry if manager is not None else REGISTRY
+        self.registry: dict[str, CheckpointSpec] = dict(registry)
         custom = custom_specs(env_allowed_repos() if allowed_repos is None else allowed_repos, self.registry)
         if custom:  # the operator's allow-list: the manager must know them too, the UI lists them
             self.registry.update(custom)
-            if isinstance(getattr(manager, "registry", None), dict):
-                manager.registry.update(custom)
+            if manager is not None:
+                manager.add_checkpoints(custom)
         self.catalog = catalog or _default_catalog(self.registry)
         self._tasks = dict(tasks) if tasks is not None else None
         self._preview = preview or _default_preview
@@ -182,21 +127,21 @@ class Service:
     # ---- models ----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """The manager's report: per checkpoint where it is loaded and from which repo, and memory per tier."""
-        memory = getattr(self.manager, "memory", None)
-        return {"models": self.manager.status(), "memory": memory() if memory is not None else None}
+        manager = self._host()
+        return {"models": manager.status(), "memory": manager.memory()}
 
     def load(self, checkpoint: str) -> None:
         if checkpoint not in self.registry:
             raise InvalidRequest(f"Unknown checkpoint {checkpoint!r}.")
         with self.gate.enter():
-            self.manager.load(checkpoint)
+            self._host().load(checkpoint)
 
     def unload(self, checkpoint: str | None = None) -> None:
         """Unload one checkpoint, or everything when `checkpoint` is None."""
         if checkpoint is not None and checkpoint not in self.registry:
             raise InvalidRequest(f"Unknown checkpoint {checkpoint!r}.")
         for key in [checkpoint] if checkpoint is not None else list(self.registry):
-            self.manager.unload(key)
+            self._host().unload(key)
 
     # ---- prompts -----------------------------------------------------------------------------------
     def count_tokens(self, text: str, checkpoint: str) -> str:
@@ -212,6 +157,11 @@ class Service:
         return dict(self.embeddings.refused) if self.embeddings is not None else {}
 
     # ---- running ---------------------------------------------------------------------------------
+    def _host(self) -> ModelHost:
+        if self.manager is None:
+            raise RuntimeError("this Service was made without a model manager: it validates, it cannot run")
+        return self.manager
+
     def validate(self, request: Request) -> tuple[Request, list[str]]:
         """The checked request and its warnings (raises `InvalidRequest`)."""
         return validate(request, self.catalog, self.limits)
@@ -225,7 +175,7 @@ class Service:
         total: int | None,
         on_progress: ProgressFn | None,
         should_stop: Callable[[], bool] | None,
-    ) -> Callable[[int, int, Any], None]:
+    ) -> LatentProgressFn:
         """The pipeline's `on_step(step, steps, latents)`: stop check first, then progress and a cheap preview.
 
         `total` None reports the pipeline's own count: the steps it really runs, e.g. int(N * strength) for
@@ -246,53 +196,31 @@ class Service:
     def _run_pipeline(
         self,
         task: str,
-        request: Any,
-        on_step: Callable[[int, int, Any], None],
+        request: TaskRequest,
+        on_step: LatentProgressFn,
         timings: dict[str, float],
         should_stop: Callable[[], bool] | None = None,
-    ) -> Any:
+    ) -> PipelineOutput:
         """The task's output, after the job's turn at the GPU gate (`should_stop` may end the wait)."""
         with self.gate.enter(should_stop):
             return self._run_on_gpu(task, request, on_step, timings)
 
     def _run_on_gpu(
-        self, task: str, request: Any, on_step: Callable[[int, int, Any], None], timings: dict[str, float]
-    ) -> Any:
-        """The task's output, with the guards' warnings (fp32 reruns, low-memory retry) added to its own."""
-        from sd2_app import guards
+        self, task: str, request: TaskRequest, on_step: LatentProgressFn, timings: dict[str, float]
+    ) -> PipelineOutput:
+        """The task's output under the fallback ladder, with the ladder's warnings added to its own."""
+        from sd2_app.api.fallback import run_with_fallbacks
 
-        oom = _out_of_memory_type()
         started = time.perf_counter()
-        attempts: list[int] = []
-        try:
-            with self.manager.use(request.checkpoint) as components:
-                loaded = time.perf_counter()
-                timings["load"] = timings.get("load", 0.0) + loaded - started
-                task_fn = self._task_fn(task)
-                retry = getattr(self.manager, "run_with_oom_retry", None)  # offload the others, try once more
-
-                components = self._prompt_tools.lend_embeddings(components)
-
-                def call() -> tuple[Any, list[str]]:
-                    attempts.append(1)
-                    with guards.low_memory(len(attempts) > 1):  # the out-of-memory retry decodes in tiles
-                        return guards.run_with_fp32_fallback(lambda: task_fn(components, request, on_step), components)
-
-                output, notes = retry(call) if retry is not None else call()
-        except oom as error:
-            log.warning("out of memory in %s: %s", task, error)
-            raise InvalidRequest(
-                "The GPU ran out of memory; try a smaller size, fewer images per prompt or fewer loaded models."
-            ) from error
-        except guards.NonFiniteError as error:
-            log.warning("non-finite %s in %s even in float32", error.stage, task)
-            raise InvalidRequest(
-                f"The model produced NaN/inf values in the {error.stage} even when rerun in float32, so no image "
-                "was returned; try another seed or sampler, or a lower guidance scale."
-            ) from error
-        if len(attempts) > 1:
-            notes.insert(0, "Out of memory: other models were moved off the GPU and the run was repeated with "
-                            "a tiled VAE decode.")
+        manager = self._host()
+        with manager.use(request.checkpoint) as components:
+            loaded = time.perf_counter()
+            timings["load"] = timings.get("load", 0.0) + loaded - started
+            task_fn = self._task_fn(task)
+            components = self._prompt_tools.lend_embeddings(components)
+            output, notes = run_with_fallbacks(
+                lambda mode: task_fn(components, request, on_step, mode=mode), manager.free_memory
+            )
         if notes:
             output.warnings = list(getattr(output, "warnings", []) or []) + notes
         timings["run"] = timings.get("run", 0.0) + time.perf_counter() - loaded

@@ -17,7 +17,10 @@ This module imports nothing of the app, so any layer may import it.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 DEFAULT_SAMPLER = "DPM++ 2M"
 DEFAULT_STEPS = 25
@@ -59,3 +62,9 @@ def default_checkpoint(task: str, available: list[str]) -> str:
     """The task's default checkpoint when `available` offers it, else the first available one."""
     preferred = TASKS[task].checkpoint
     return preferred if preferred in available else available[0]
+
+
+def pipeline_of(task: str) -> Callable[..., Any]:
+    """The pipeline function named in `task`'s row (its module is imported on first use)."""
+    module, function = TASKS[task].pipeline.split(":")
+    return getattr(importlib.import_module(module), function)

@@ -39,7 +39,7 @@ PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 FP16_INFIX = ".fp16."
 PICKLE_REASON = "pickle checkpoints are not loaded; safetensors only"
 
-ProgressFn = Callable[[str], None]
+LoadProgressFn = Callable[[str], None]  # one line of loading progress ("sd21: loading unet ...")
 
 
 def _is_offline() -> bool:
@@ -137,7 +137,7 @@ def _resolve_folder(folder: Path, components: Sequence[str], label: str) -> Path
     return folder
 
 
-def _byte_reporter(on_progress: ProgressFn, repo: str, total: int, every_s: float = 1.0) -> type:
+def _byte_reporter(on_progress: LoadProgressFn, repo: str, total: int, every_s: float = 1.0) -> type:
     """A tqdm class for snapshot_download that turns its byte counts into throttled progress messages.
 
     huggingface_hub aggregates every file's bytes into bars made from this class (unit "B"); we count the
@@ -209,7 +209,7 @@ def resolve_repo(
     components: Sequence[str],
     *,
     revision: str | None = None,
-    on_progress: ProgressFn | None = None,
+    on_progress: LoadProgressFn | None = None,
     cache_dir: Path | None = None,
 ) -> Path:
     """A local folder in Hub layout holding `components` (subfolder names such as "unet", "tokenizer").

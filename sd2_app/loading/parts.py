@@ -21,6 +21,7 @@ from sd2_app.loading.hub import choose_weights, repo_label
 from sd2_app.loading.staged_read import module_to_device
 
 if TYPE_CHECKING:
+    from sd2_app.samplers.schedules import SchedulerConfig
     from transformers import CLIPTextModel, CLIPTokenizer, DPTForDepthEstimation, DPTImageProcessor
 
     from sd2_app.nn.unet import UNet
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-X4_SCALING_FACTOR = 0.08333  # reference §1.5: older x4 snapshots lack it; diffusers forces it too
+X4_SCALING_FACTOR = 0.08333  # older x4 vae/config.json snapshots lack it; diffusers' upscale pipeline forces it too
 # Keys that old transformers saved but current CLIPTextModel does not hold (non-persistent buffers).
 IGNORED_TEXT_ENCODER_KEYS = frozenset({"text_model.embeddings.position_ids"})
 
@@ -163,7 +164,7 @@ def load_tokenizer(folder: str | Path) -> CLIPTokenizer:
     return tokenizer
 
 
-def load_scheduler_config(folder: str | Path, subfolder: str = "scheduler") -> Any:
+def load_scheduler_config(folder: str | Path, subfolder: str = "scheduler") -> SchedulerConfig:
     """The scheduler settings (betas, prediction type, ...) as a SchedulerConfig."""
     from sd2_app.samplers.schedules import SchedulerConfig
 

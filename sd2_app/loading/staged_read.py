@@ -3,8 +3,8 @@ that transformers loaded into host memory (module_to_device).
 
 Why: safetensors' own reader (and `module.to`) copies each tensor from the page cache, which is pageable
 memory, to the device; the driver stages such a copy through a small pinned buffer of its own and returns when
-it is done, so reading and transferring never overlap. Runs 4 to 6 on H200 machines measured 3.6 to 5.7 GB/s
-for a 1.6 GiB UNet that way, ours and diffusers' alike. Here the file is read in large chunks straight into
+it is done, so reading and transferring never overlap (docs/PERFORMANCE.md has the measured load speeds,
+ours and diffusers'). Here the file is read in large chunks straight into
 page-locked memory (a kernel memcpy out of the page cache) while the previous chunk's copy to the device runs
 asynchronously; each tensor still gets its own device allocation (a shared one could not be freed piece by
 piece when the accelerator re-lays convolutions out or stacks projections).

@@ -1,6 +1,7 @@
 """The model manager: lazy loading, two memory tiers, content-shared components, one GPU lock.
 
-`core` holds the tier and lock logic, `loader` the repo fallbacks and failure clean-up, `plan` what a
+`core` holds the tier and lock logic, `loader` the repo fallbacks and failure clean-up (it sees the manager
+only through its `LoadTarget` protocol; `core` imports `loader`, never the reverse), `plan` what a
 checkpoint folder is made of, `identity` the content hashes, `memory` sizes, budgets and moves.
 """
 

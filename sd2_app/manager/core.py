@@ -18,14 +18,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
 from sd2_app.accel import AccelOptions, Accelerator, setup_backends
 from sd2_app.checkpoints.components import Components
+from sd2_app.loading.hub import LoadProgressFn
 from sd2_app.errors import InvalidRequest, LoadError
 from sd2_app.manager import memory
+from sd2_app.manager.memory import OOM_ERRORS, gib
 from sd2_app.manager.identity import HashCache
 from sd2_app.manager.loader import OutOfMemoryDuringLoad, load_checkpoint, load_tokenizer_only
 from sd2_app.manager.state import Entry, MemorySummary, ModelStatus, Part, Tier
@@ -33,13 +35,6 @@ from sd2_app.checkpoints.catalog import REGISTRY, CheckpointSpec, tiny_registry
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-ProgressFn = Callable[[str], None]
-OOM_ERRORS: tuple[type[BaseException], ...] = (torch.OutOfMemoryError,)  # torch.cuda.OutOfMemoryError is this
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 class ModelManager:
@@ -81,7 +76,7 @@ class ModelManager:
         self.device_budget = device_budget if device_budget is not None else memory.default_device_budget(self.device)
         self.offload_budget = offload_budget if offload_budget is not None else memory.default_offload_budget()
         self._pin = self.device.type == "cuda" if use_pinned_memory is None else use_pinned_memory
-        self._hashes = HashCache(cache_dir / "hashes.json")
+        self.hashes = HashCache(cache_dir / "hashes.json")  # content hashes of local files, kept between runs
         self._job_lock = threading.RLock()  # one GPU job (or load/offload) at a time
         self._state_lock = threading.Lock()  # short: guards the dicts so status() never waits for a job
         self._entries: dict[str, Entry] = {}
@@ -99,6 +94,12 @@ class ModelManager:
                            cudnn_benchmark=self._accel.options.cudnn_benchmark)
         for key in preload:
             self.load(key)
+
+    def add_checkpoints(self, specs: Mapping[str, CheckpointSpec]) -> None:
+        """Make more checkpoints loadable (the operator's allow-listed repos); known keys stay as they are."""
+        with self._state_lock:
+            for key, spec in specs.items():
+                self.registry.setdefault(key, spec)
 
     # ---- views -------------------------------------------------------------------------------------
 
@@ -155,7 +156,7 @@ class ModelManager:
     # ---- public operations ---------------------------------------------------------------------------
 
     @contextmanager
-    def use(self, key: str, on_progress: ProgressFn | None = None) -> Iterator[Components]:
+    def use(self, key: str, on_progress: LoadProgressFn | None = None) -> Iterator[Components]:
         """Hold the GPU for one job on checkpoint `key`, loading or bringing it back first."""
         with self._job_lock:
             self._ensure_on_device(key, on_progress)
@@ -166,7 +167,7 @@ class ModelManager:
                 self._active = previous
                 self._touch(key)
 
-    def load(self, key: str, on_progress: ProgressFn | None = None) -> ModelStatus:
+    def load(self, key: str, on_progress: LoadProgressFn | None = None) -> ModelStatus:
         """Load `key` onto the device (from pinned memory if it is there: the fast path)."""
         with self._job_lock:
             self._ensure_on_device(key, on_progress)
@@ -186,29 +187,39 @@ class ModelManager:
             if key in self._entries:
                 self._drop_entry(self._entries[key])
 
-    def run(self, key: str, fn: Callable[[Components], T], on_progress: ProgressFn | None = None) -> T:
-        """`fn(components)` under the lock, retried once after an out-of-memory error."""
-        with self.use(key, on_progress) as components:
-            return self.run_with_oom_retry(lambda: fn(components))
+    def free_memory(self) -> None:
+        """Inside `use(key)`: move every other checkpoint off the device and return cached blocks to the driver.
 
-    def run_with_oom_retry(self, fn: Callable[[], T]) -> T:
-        """Run `fn`; on out-of-memory, offload every checkpoint but the active one, empty the cache, retry once.
-
-        A second out-of-memory error is raised as torch.OutOfMemoryError with a message saying what was tried.
+        The fallback ladder's out-of-memory rung (sd2_app/api/fallback.py) calls it before its retry.
         """
-        try:
-            return fn()
-        except OOM_ERRORS as first:
-            logger.warning("out of memory during a job (%s); offloading other models and retrying once", first)
+        with self._job_lock:
             self._free_device(keep=self._active)
-        try:
-            return fn()
-        except OOM_ERRORS as second:
-            summary = self.memory()
-            raise torch.OutOfMemoryError(
-                f"out of memory twice: the job does not fit even with only {self._active or 'its model'} on "
-                f"{summary.device} ({_gib(summary.device_used)} of models); try a smaller size or batch"
-            ) from second
+
+    # ---- what loading may do (loader.LoadTarget; the caller holds the job lock) ------------------------
+
+    def find_part(self, identity: str) -> Part | None:
+        """The loaded part with this content identity, to share instead of loading it again."""
+        return self._parts.get(identity)
+
+    def keep_part(self, part: Part, user: str) -> None:
+        """Count `user` among `part`'s users, adding the part when it is new."""
+        with self._state_lock:
+            self._parts.setdefault(part.identity, part).users.add(user)
+
+    def register(self, entry: Entry) -> None:
+        """A loaded checkpoint; borrowed parts that were offloaded come back to the device."""
+        with self._state_lock:
+            self._entries[entry.key] = entry
+        self._sync(entry.parts.values())
+
+    def abandon(self, key: str, identities: list[str]) -> None:
+        """Undo a failed load of `key`: forget it and its references; parts nobody uses are freed."""
+        with self._state_lock:
+            self._entries.pop(key, None)
+            for identity in identities:
+                if identity in self._parts:
+                    self._parts[identity].users.discard(key)
+        self._sync(identities)
 
     # ---- internals (callers hold the job lock) -------------------------------------------------------
 
@@ -239,14 +250,14 @@ class ModelManager:
         )
         return self._accel.prepare(components) if self._accel is not None else components
 
-    def _ensure_on_device(self, key: str, on_progress: ProgressFn | None) -> None:
+    def _ensure_on_device(self, key: str, on_progress: LoadProgressFn | None) -> None:
         spec = self._spec(key)
         entry = self._entries.get(key)
         if entry is not None and entry.tier == "device":
             return
         if entry is not None:
             needed = sum(p.nbytes for p in self._parts_of(entry) if p.tier != "device")
-            self._make_room(key, set(entry.parts.values()), needed)
+            self.make_room(key, set(entry.parts.values()), needed)
             start = time.perf_counter()
             with self._state_lock:
                 entry.tier = "device"
@@ -278,7 +289,7 @@ class ModelManager:
     def _parts_of(self, entry: Entry) -> list[Part]:
         return [self._parts[identity] for identity in entry.parts.values()]
 
-    def _make_room(self, key: str, keep: set[str], needed: int) -> None:
+    def make_room(self, key: str, keep: set[str], needed: int) -> None:
         """Offload least recently used checkpoints (never `key` or the active job's) until `needed` fits."""
         while self._used("device") + needed > self.device_budget:
             victims = [
@@ -287,7 +298,7 @@ class ModelManager:
             if not victims:
                 logger.warning(
                     "%s needs %s; with %s already on %s it exceeds the budget of %s; trying anyway",
-                    key, _gib(needed), _gib(self._used("device")), self.device, _gib(self.device_budget),
+                    key, gib(needed), gib(self._used("device")), self.device, gib(self.device_budget),
                 )  # fmt: skip
                 return
             self._offload_entry(min(victims, key=lambda e: e.last_used), keep, incoming=key)
@@ -311,7 +322,7 @@ class ModelManager:
                 if e.tier == "offloaded" and e.key not in (entry.key, incoming)
             ]
             if not older:
-                logger.info("%s does not fit the host budget (%s); dropping it", entry.key, _gib(self.offload_budget))
+                logger.info("%s does not fit the host budget (%s); dropping it", entry.key, gib(self.offload_budget))
                 self._drop_entry(entry, keep)
                 return
             self._drop_entry(min(older, key=lambda e: e.last_used), keep)
@@ -319,7 +330,7 @@ class ModelManager:
         with self._state_lock:
             entry.tier = "offloaded"
         self._sync(entry.parts.values(), keep)
-        logger.info("%s offloaded to host memory (%s) in %.2f s", entry.key, _gib(adds), time.perf_counter() - start)
+        logger.info("%s offloaded to host memory (%s) in %.2f s", entry.key, gib(adds), time.perf_counter() - start)
 
     def _other_device_users(self, part: Part, key: str) -> bool:
         return any(self._entries[u].tier == "device" for u in part.users if u != key and u in self._entries)
@@ -345,7 +356,7 @@ class ModelManager:
                 self._on_moved(part.module)
                 with self._state_lock:
                     del self._parts[identity]
-                logger.info("freed %s %s (%s)", part.name, identity[:12], _gib(part.nbytes))
+                logger.info("freed %s %s (%s)", part.name, identity[:12], gib(part.nbytes))
                 released = True
                 continue
             want: Tier = "device" if identity in keep or any(u.tier == "device" for u in users) else "offloaded"
@@ -363,7 +374,7 @@ class ModelManager:
         # Only a freed part may sit in reference cycles and leave blocks worth returning to the driver. An
         # offloaded part's device tensors are released by refcount as they are re-pointed at host memory,
         # and their cached blocks are what the incoming checkpoint reuses: a gc pass and an empty_cache there
-        # cost ~0.3 s of a swap (measured on an H200) and bought nothing.
+        # would lengthen every swap and buy nothing (docs/PERFORMANCE.md).
         if released:
             gc.collect()
             memory.empty_device_cache(self.device)

@@ -11,24 +11,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from safetensors import SafetensorError
 
+from sd2_app.loading.hub import LoadProgressFn
 from sd2_app.errors import LoadError
-from sd2_app.manager.memory import module_bytes
+from sd2_app.manager.memory import OOM_ERRORS, gib, module_bytes
+from sd2_app.manager.identity import HashCache
 from sd2_app.manager.plan import Plan, load_extras, load_part, make_plan, subfolders
 from sd2_app.manager.state import Entry, Part
 from sd2_app.checkpoints.catalog import CheckpointSpec, is_local
 
-if TYPE_CHECKING:
-    from sd2_app.manager.core import ModelManager
-
 logger = logging.getLogger(__name__)
 
-ProgressFn = Callable[[str], None]
-OOM_ERRORS: tuple[type[BaseException], ...] = (torch.OutOfMemoryError,)
 # What a bad repo, folder or file raises: missing (LoadError, OSError), corrupt (SafetensorError, ValueError,
 # KeyError in a config), or weights that do not fit the network (RuntimeError from the strict load).
 # Out-of-memory is also a RuntimeError, so it is always caught first and handled on its own.
@@ -40,6 +37,29 @@ LOAD_FAILURES: tuple[type[BaseException], ...] = (
     SafetensorError,
     RuntimeError,
 )
+
+
+class LoadTarget(Protocol):
+    """What loading may do to the model manager (`ModelManager` implements it); nothing else of its state.
+
+    Callers hold the manager's job lock.
+    """
+
+    device: torch.device
+    dtype: torch.dtype
+    hashes: HashCache
+
+    def find_part(self, identity: str) -> Part | None: ...
+
+    def make_room(self, key: str, keep: set[str], needed: int) -> None: ...
+
+    def keep_part(self, part: Part, user: str) -> None: ...
+
+    def register(self, entry: Entry) -> None: ...
+
+    def abandon(self, key: str, identities: list[str]) -> None: ...
+
+    def free_memory(self) -> None: ...
 
 
 class CheckpointUnavailable(LoadError):
@@ -63,81 +83,65 @@ def _reason(error: BaseException, repo: str) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
-def _load_plan(
-    manager: ModelManager, spec: CheckpointSpec, plan: Plan, revision: str | None, report: ProgressFn
-) -> None:
+def _load_plan(target: LoadTarget, spec: CheckpointSpec, plan: Plan, revision: str | None,
+               report: LoadProgressFn) -> None:
     """Make room, load or borrow every part, then register the checkpoint; undo everything on failure."""
     key = spec.key
     identities = [p.identity for p in plan.parts]
-    existing = {i: manager._parts[i] for i in identities if i in manager._parts}
+    existing = {i: part for i in identities if (part := target.find_part(i)) is not None}
     needed = sum(p.estimate for p in plan.parts if p.identity not in existing)
     needed += sum(part.nbytes for part in existing.values() if part.tier != "device")
-    manager._make_room(key, set(identities), needed)
-    taken: list[str] = []
+    target.make_room(key, set(identities), needed)
     done = False
     try:
         for step, planned in enumerate(plan.parts, start=1):
-            part = manager._parts.get(planned.identity)
+            part = target.find_part(planned.identity)
             if part is None:
-                report(f"{key}: loading {planned.name} ({_gib(planned.estimate)}) [{step}/{len(plan.parts)}]")
+                report(f"{key}: loading {planned.name} ({gib(planned.estimate)}) [{step}/{len(plan.parts)}]")
                 start = time.perf_counter()
-                module, value = load_part(planned.name, plan.folder, manager.device, manager.dtype)
+                module, value = load_part(planned.name, plan.folder, target.device, target.dtype)
                 part = Part(planned.identity, planned.name, module, value, module_bytes(module), "device")
-                with manager._state_lock:
-                    manager._parts[planned.identity] = part
                 logger.info(
                     "%s: loaded %s (%s) on %s in %.2f s",
-                    key, planned.name, _gib(part.nbytes), manager.device, time.perf_counter() - start,
+                    key, planned.name, gib(part.nbytes), target.device, time.perf_counter() - start,
                 )  # fmt: skip
             else:
                 report(f"{key}: sharing {planned.name} with {', '.join(sorted(part.users)) or 'nothing'}")
-            with manager._state_lock:
-                part.users.add(key)
-            taken.append(planned.identity)
+            target.keep_part(part, key)
         extras = load_extras(spec, plan.folder)
         parts = {p.name: p.identity for p in plan.parts}
-        entry = Entry(key, plan.repo, revision, plan.folder, parts, extras, "device", last_used=0)
-        with manager._state_lock:
-            manager._entries[key] = entry
-        manager._sync(identities)  # borrowed parts that were offloaded come back to the device
+        target.register(Entry(key, plan.repo, revision, plan.folder, parts, extras, "device", last_used=0))
         done = True
     finally:
         if not done:
-            with manager._state_lock:
-                manager._entries.pop(key, None)
-                for identity in taken:
-                    manager._parts[identity].users.discard(key)
-            manager._sync(identities)
+            target.abandon(key, identities)
 
 
 def _load_with_oom_retry(
-    manager: ModelManager, spec: CheckpointSpec, plan: Plan, revision: str | None, report: ProgressFn
+    target: LoadTarget, spec: CheckpointSpec, plan: Plan, revision: str | None, report: LoadProgressFn
 ) -> None:
     try:
-        _load_plan(manager, spec, plan, revision, report)
+        _load_plan(target, spec, plan, revision, report)
         return
     except OOM_ERRORS as first:
         logger.warning("%s: out of memory while loading (%s); moving everything else off and retrying", spec.key, first)
-        report(f"{spec.key}: out of memory; moving other models off {manager.device} and retrying")
-        manager._free_device(keep=None)
+        report(f"{spec.key}: out of memory; moving other models off {target.device} and retrying")
+        target.free_memory()
     try:
-        _load_plan(manager, spec, plan, revision, report)
+        _load_plan(target, spec, plan, revision, report)
     except OOM_ERRORS as second:
         needs = sum(p.estimate for p in plan.parts)
         raise OutOfMemoryDuringLoad(
             plan.repo,
             None,
-            f"out of memory loading {spec.key} (~{_gib(needs)}) on {manager.device}, "
+            f"out of memory loading {spec.key} (~{gib(needs)}) on {target.device}, "
             "even after moving every other model off it",
         ) from second
 
 
-def load_checkpoint(manager: ModelManager, spec: CheckpointSpec, on_progress: ProgressFn | None) -> None:
-    """Load `spec` into `manager` from the first of its repos that works; raise CheckpointUnavailable if none."""
+def load_checkpoint(target: LoadTarget, spec: CheckpointSpec, on_progress: LoadProgressFn | None) -> None:
+    """Load `spec` into `target` (the model manager) from the first of its repos that works; raise
+    CheckpointUnavailable if none does."""
 
     def report(message: str) -> None:
         if on_progress is not None:
@@ -152,8 +156,8 @@ def load_checkpoint(manager: ModelManager, spec: CheckpointSpec, on_progress: Pr
         report(f"{spec.key}: trying {repo}" + (f"@{revision}" if revision else ""))
         try:
             folder = resolve_repo(repo, subfolders(spec), revision=revision, on_progress=on_progress)
-            plan = make_plan(spec, repo, folder, manager.dtype, manager._hashes, is_hub=is_hub)
-            _load_with_oom_retry(manager, spec, plan, revision, report)
+            plan = make_plan(spec, repo, folder, target.dtype, target.hashes, is_hub=is_hub)
+            _load_with_oom_retry(target, spec, plan, revision, report)
         except OutOfMemoryDuringLoad:
             raise
         except OOM_ERRORS:

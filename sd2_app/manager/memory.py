@@ -18,6 +18,12 @@ from sd2_app.loading.staged_read import DTYPES, read_header
 logger = logging.getLogger(__name__)
 
 GIB = 2**30
+OOM_ERRORS: tuple[type[BaseException], ...] = (torch.OutOfMemoryError,)  # torch.cuda.OutOfMemoryError is this
+
+
+def gib(n: int) -> str:
+    """Bytes for a log line: "1.61 GiB", or "649.0 MiB" under one GiB."""
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
 
 
 def module_bytes(module: nn.Module) -> int:

@@ -18,6 +18,7 @@ from sd2_app.errors import LoadError
 from sd2_app.manager.identity import HashCache, component_identity
 from sd2_app.manager.memory import safetensors_bytes
 from sd2_app.checkpoints.catalog import CheckpointSpec
+from sd2_app.samplers.schedules import SchedulerConfig
 
 # Modules that live on the device, may be shared between checkpoints, and are loaded in this order.
 MODULE_PARTS = ("text_encoder", "vae", "unet", "depth_estimator")
@@ -113,8 +114,8 @@ class Extras:
     """The small host-side pieces of one checkpoint (never shared, never moved)."""
 
     tokenizer: Any  # transformers.CLIPTokenizer
-    scheduler_config: Any  # sd2_app.samplers.schedules.SchedulerConfig
-    low_res_scheduler_config: Any = None  # x4 upscaler only
+    scheduler_config: SchedulerConfig
+    low_res_scheduler_config: SchedulerConfig | None = None  # x4 upscaler only
     max_noise_level: int = DEFAULT_MAX_NOISE_LEVEL
 
 

@@ -1,4 +1,7 @@
-"""Spatial transformer of the UNet (reference §3.5): Attention, GEGLU, FeedForward, blocks, Transformer2D."""
+"""Spatial transformer of the UNet: Attention, GEGLU, FeedForward, blocks, Transformer2D.
+
+After diffusers transformers/transformer_2d.py and attention.py (BasicTransformerBlock).
+"""
 
 from __future__ import annotations
 
@@ -29,8 +32,13 @@ class Attention(nn.Module):
     QK^T overflows. SDPA's fused kernels cannot overflow that way (they accumulate in fp32), so, as in
     diffusers' default processor (attention_processor.py, AttnProcessor2_0, which ignores the flag), the
     product runs in fp16 wherever one of them serves the inputs, and in fp32 only where SDPA would fall back
-    to its math backend (`sdpa_runs_fused`). `force_fp32` computes every product in fp32: the retry after a
-    sampling run produced NaN/inf.
+    to its math backend (`sdpa_runs_fused`).
+
+    The per-call switch `fp32_attention=True` computes every product in fp32 for one forward pass: the
+    fallback ladder's rerun after a sampling run produced NaN/inf (docs/DESIGN.md, "Fallback ladder").
+    `UNet.forward` and every block below it pass it on, keyword-only and False by default; subclasses and
+    wrappers that replace one of these forwards (sd2_app.accel) must honour it. Nothing is stored on the
+    module, so one job never changes a network that others share.
     """
 
     def __init__(self, query_dim: int, context_dim: int, heads: int, head_dim: int, *,
@@ -40,25 +48,25 @@ class Attention(nn.Module):
         self.heads = heads
         self.head_dim = head_dim
         self.upcast = upcast
-        self.force_fp32 = False
         self.to_q = nn.Linear(query_dim, inner, bias=bias)
         self.to_k = nn.Linear(context_dim, inner, bias=bias)
         self.to_v = nn.Linear(context_dim, inner, bias=bias)
         self.to_out = nn.ModuleList([nn.Linear(inner, query_dim), nn.Identity()])  # slot 1 was dropout
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None, *, fp32_attention: bool = False) -> Tensor:
         # x: (B, N, query_dim); context: (B, M, context_dim) or None for self-attention
         context = x if context is None else context
         b, n, _ = x.shape
         q = self.to_q(x).view(b, -1, self.heads, self.head_dim).transpose(1, 2)  # (B, heads, N, hd)
         k = self.to_k(context).view(b, -1, self.heads, self.head_dim).transpose(1, 2)  # (B, heads, M, hd)
         v = self.to_v(context).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
-        out = self.attend(q, k, v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
+        out = self.attend(q, k, v, fp32_attention=fp32_attention)  # (B, heads, N, hd)
+        out = out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
         return self.to_out[0](out)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, *, fp32_attention: bool = False) -> Tensor:
         """softmax(q k^T / sqrt(hd)) v for (B, heads, N|M, hd) inputs, in the precision the class doc says."""
-        if q.dtype != torch.float32 and (self.force_fp32 or (self.upcast and not sdpa_runs_fused(q, k, v))):
+        if q.dtype != torch.float32 and (fp32_attention or (self.upcast and not sdpa_runs_fused(q, k, v))):
             return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, hd)
 
@@ -99,10 +107,11 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim, eps=1e-5)
         self.ff = FeedForward(dim)
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, *, fp32_attention: bool = False) -> Tensor:
         # x: (B, N, dim); context: (B, 77, context_dim)
-        x = self.attn1(self.norm1(x), context if self.only_cross_attention else None) + x
-        x = self.attn2(self.norm2(x), context) + x
+        self_context = context if self.only_cross_attention else None
+        x = self.attn1(self.norm1(x), self_context, fp32_attention=fp32_attention) + x
+        x = self.attn2(self.norm2(x), context, fp32_attention=fp32_attention) + x
         return self.ff(self.norm3(x)) + x
 
 
@@ -133,7 +142,7 @@ class Transformer2D(nn.Module):
             for _ in range(num_layers)
         ])
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, *, fp32_attention: bool = False) -> Tensor:
         # x: (B, C, H, W); context: (B, 77, D)
         b, _, h, w = x.shape
         residual = x
@@ -144,7 +153,7 @@ class Transformer2D(nn.Module):
             x = self.proj_in(x)
             x = x.permute(0, 2, 3, 1).reshape(b, h * w, -1)
         for block in self.transformer_blocks:
-            x = block(x, context)
+            x = block(x, context, fp32_attention=fp32_attention)
         return self.tokens_to_image(x, residual) + residual
 
     def tokens_to_image(self, x: Tensor, residual: Tensor) -> Tensor:

@@ -104,7 +104,7 @@ def _read_json(path: str | Path) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """SD2 UNet2DConditionModel hyper-parameters (reference §1.4)."""
+    """SD2 UNet2DConditionModel hyper-parameters (the hub repos' unet/config.json; diffusers unet_2d_condition.py)."""
 
     in_channels: int  # 4 txt2img, 9 inpaint, 5 depth, 7 x4 upscaler
     out_channels: int
@@ -219,7 +219,7 @@ class UNetConfig:
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """AutoencoderKL hyper-parameters (reference §1.5): 4 levels for SD2 (factor 8), 3 for x4 (factor 4)."""
+    """AutoencoderKL hyper-parameters (the hub repos' vae/config.json): 4 levels for SD2 (factor 8), 3 for x4."""
 
     block_out_channels: tuple[int, ...]  # (128, 256, 512, 512); x4 (128, 256, 512)
     in_channels: int = 3

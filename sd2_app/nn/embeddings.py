@@ -1,4 +1,7 @@
-"""Timestep embeddings: sinusoidal features + the time MLP (reference §3.1-3.2)."""
+"""Timestep embeddings: sinusoidal features + the time MLP.
+
+After diffusers embeddings.py (get_timestep_embedding, TimestepEmbedding).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Residual block and resampling layers shared by the UNet and the VAE (reference §3.3-3.4)."""
+"""Residual block and resampling layers shared by the UNet and the VAE.
+
+After diffusers resnet.py (ResnetBlock2D), downsampling.py and upsampling.py.
+"""
 
 from __future__ import annotations
 

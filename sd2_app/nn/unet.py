@@ -1,4 +1,7 @@
-"""The SD2 conditional UNet (reference §2.1, §3.7); attribute paths equal the diffusers checkpoint keys."""
+"""The SD2 conditional UNet; attribute paths equal the diffusers checkpoint keys.
+
+After diffusers unet_2d_condition.py (UNet2DConditionModel.forward).
+"""
 
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ class Denoiser(Protocol):
     def modules(self) -> Iterator[nn.Module]: ...
 
     def __call__(self, sample: Tensor, timestep: Tensor | float, encoder_hidden_states: Tensor,
-                 class_labels: Tensor | None = None) -> Tensor: ...
+                 class_labels: Tensor | None = None, *, fp32_attention: bool = False) -> Tensor: ...
 
 
 class UNet(nn.Module):
@@ -98,9 +101,10 @@ class UNet(nn.Module):
         return self.time_embedding(t_emb.to(self.time_embedding.linear_1.weight.dtype))
 
     def forward(self, sample: Tensor, timestep: Tensor | float, encoder_hidden_states: Tensor,
-                class_labels: Tensor | None = None) -> Tensor:
+                class_labels: Tensor | None = None, *, fp32_attention: bool = False) -> Tensor:
         # sample: (B, Cin, h, w); timestep: float, () or (B,); encoder_hidden_states: (B, 77, D)
         # class_labels: (B,) long noise levels, x4 upscaler only
+        # fp32_attention: every attention product in fp32 for this call (see nn.attention.Attention)
         emb = self._time_embedding(timestep, sample.shape[0], sample.device)  # (B, time_dim)
         if self.class_embedding is not None:
             if class_labels is None:
@@ -111,16 +115,17 @@ class UNet(nn.Module):
         x = self.conv_in(sample)
         skips = [x]
         for block in self.down_blocks:
-            x, states = block(x, emb_act, encoder_hidden_states)
+            x, states = block(x, emb_act, encoder_hidden_states, fp32_attention=fp32_attention)
             skips.extend(states)
 
-        x = self.mid_block(x, emb_act, encoder_hidden_states)
+        x = self.mid_block(x, emb_act, encoder_hidden_states, fp32_attention=fp32_attention)
 
         for block in self.up_blocks:
             k = len(block.resnets)
             block_skips, skips = skips[-k:], skips[:-k]
             upsample_size = tuple(skips[-1].shape[2:]) if skips else None  # next skip's size (odd sizes)
-            x = block(x, block_skips, emb_act, encoder_hidden_states, upsample_size)
+            x = block(x, block_skips, emb_act, encoder_hidden_states, upsample_size,
+                      fp32_attention=fp32_attention)
 
         x = F.silu(self.conv_norm_out(x))
         return self.conv_out(x)  # (B, out_channels, h, w)

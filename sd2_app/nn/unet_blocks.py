@@ -1,4 +1,4 @@
-"""UNet down/mid/up blocks (reference §2.1, §3.7). Attribute names equal the diffusers checkpoint keys."""
+"""UNet down/mid/up blocks (diffusers unet_2d_blocks.py). Attribute names equal the diffusers checkpoint keys."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ class DownBlock2D(nn.Module):
         self.downsamplers = (nn.ModuleList([Downsample2D(out_channels, downsample_padding)])
                              if add_downsample else None)
 
-    def forward(self, x: Tensor, emb_act: Tensor, context: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def forward(self, x: Tensor, emb_act: Tensor, context: Tensor, *,
+                fp32_attention: bool = False) -> tuple[Tensor, list[Tensor]]:
         """Returns the output and every state pushed on the skip stack (one per resnet, one per downsample)."""
         states = []
         for resnet in self.resnets:
@@ -69,10 +70,11 @@ class CrossAttnDownBlock2D(nn.Module):
         self.downsamplers = (nn.ModuleList([Downsample2D(out_channels, downsample_padding)])
                              if add_downsample else None)
 
-    def forward(self, x: Tensor, emb_act: Tensor, context: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def forward(self, x: Tensor, emb_act: Tensor, context: Tensor, *,
+                fp32_attention: bool = False) -> tuple[Tensor, list[Tensor]]:
         states = []
         for resnet, attn in zip(self.resnets, self.attentions, strict=True):
-            x = attn(resnet(x, emb_act), context)
+            x = attn(resnet(x, emb_act), context, fp32_attention=fp32_attention)
             states.append(x)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
@@ -88,9 +90,9 @@ class UNetMidBlock2DCrossAttn(nn.Module):
         self.resnets = nn.ModuleList([_resnet(channels, channels, spec, output_scale_factor) for _ in range(2)])
         self.attentions = nn.ModuleList([_transformer(channels, spec)])
 
-    def forward(self, x: Tensor, emb_act: Tensor, context: Tensor) -> Tensor:
+    def forward(self, x: Tensor, emb_act: Tensor, context: Tensor, *, fp32_attention: bool = False) -> Tensor:
         x = self.resnets[0](x, emb_act)
-        x = self.attentions[0](x, context)
+        x = self.attentions[0](x, context, fp32_attention=fp32_attention)
         return self.resnets[1](x, emb_act)
 
 
@@ -113,7 +115,7 @@ class UpBlock2D(nn.Module):
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
 
     def forward(self, x: Tensor, skips: list[Tensor], emb_act: Tensor, context: Tensor,
-                upsample_size: tuple[int, int] | None = None) -> Tensor:
+                upsample_size: tuple[int, int] | None = None, *, fp32_attention: bool = False) -> Tensor:
         """`skips` holds this block's skip states in push order; the most recent is consumed first."""
         for resnet, skip in zip(self.resnets, reversed(skips), strict=True):
             x = resnet(torch.cat([x, skip], dim=1), emb_act)
@@ -131,9 +133,9 @@ class CrossAttnUpBlock2D(nn.Module):
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
 
     def forward(self, x: Tensor, skips: list[Tensor], emb_act: Tensor, context: Tensor,
-                upsample_size: tuple[int, int] | None = None) -> Tensor:
+                upsample_size: tuple[int, int] | None = None, *, fp32_attention: bool = False) -> Tensor:
         for resnet, attn, skip in zip(self.resnets, self.attentions, reversed(skips), strict=True):
-            x = attn(resnet(torch.cat([x, skip], dim=1), emb_act), context)
+            x = attn(resnet(torch.cat([x, skip], dim=1), emb_act), context, fp32_attention=fp32_attention)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x, upsample_size)
         return x

@@ -1,4 +1,7 @@
-"""AutoencoderKL of SD2 (reference §2.3, §3.8): 4 levels (factor 8) or, for the x4 upscaler, 3 (factor 4)."""
+"""AutoencoderKL of SD2: 4 levels (factor 8) or, for the x4 upscaler, 3 (factor 4).
+
+After diffusers autoencoders/autoencoder_kl.py (AutoencoderKL) and autoencoders/vae.py (Encoder, Decoder).
+"""
 
 from __future__ import annotations
 

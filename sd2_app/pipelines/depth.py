@@ -1,4 +1,5 @@
-"""Depth-to-image with the 5-channel UNet (reference §4.6): img2img start plus a normalised depth channel.
+"""Depth-to-image with the 5-channel UNet: img2img start plus a normalised depth channel
+(diffusers pipeline_stable_diffusion_depth2img.py).
 
 The depth comes from DPT (MiDaS relative inverse depth: larger = nearer) run on the original image, or from a
 user-supplied grayscale map (white = near). Either way it is resized (bicubic) to the latent size and
@@ -18,11 +19,12 @@ from sd2_app.checkpoints.components import Components
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.images import grayscale_to_tensor, postprocess, preprocess_image
 from sd2_app.pipelines.img2img import noised_init_latents
-from sd2_app.pipelines.loop import ProgressFn
+from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
+from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.prompt import embedding_settings
 from sd2_app.pipelines.sampling import start_job
-from sd2_app.pipelines.vae_io import decode, vae_factor
+from sd2_app.pipelines.vae_io import vae_factor
 from sd2_app.api.requests import DepthRequest
 
 
@@ -62,7 +64,9 @@ def depth_condition(depth: torch.Tensor, latent_size: tuple[int, int]) -> torch.
 
 
 @torch.inference_mode()
-def depth2img(components: Components, request: DepthRequest, on_step: ProgressFn | None = None) -> PipelineOutput:
+def depth2img(
+    components: Components, request: DepthRequest, on_step: LatentProgressFn | None = None, mode: RunMode = NORMAL
+) -> PipelineOutput:
     """Re-draw an image keeping its depth layout."""
     if components.unet.config.in_channels != 5:
         raise InvalidRequest(f"{components.key} is not a depth checkpoint (its UNet takes "
@@ -85,11 +89,11 @@ def depth2img(components: Components, request: DepthRequest, on_step: ProgressFn
     if (width, height) != original.size:
         warnings.append(f"Size {original.width}x{original.height} is not a multiple of {factor}; "
                         f"used {width}x{height}.")
-    job = start_job(components, request, strength=request.strength)
+    job = start_job(components, request, strength=request.strength, mode=mode)
     warnings += job.warnings
     x = noised_init_latents(components, image, job.plan, sampling.batch_size, job.generator)
     latents = job.denoise(x, concat=condition.repeat(job.rows, 1, 1, 1), on_step=on_step)  # (2B|B, 1, h, w)
-    images = postprocess(decode(components.vae, latents))
+    images = postprocess(job.decode(latents))
     settings = sampling_settings(sampling, width=width, height=height, model=components.key) | embedding_settings(components, request)
     settings["Denoising strength"] = request.strength
     settings["Depth"] = "user map" if request.depth_map is not None else "DPT"

@@ -25,12 +25,13 @@ from sd2_app.api.requests import HiresFix, HiresPassRequest, Sampling, Txt2ImgRe
 from sd2_app.checkpoints.components import Components
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.images import LANCZOS, postprocess, preprocess_image
-from sd2_app.pipelines.loop import ProgressFn
+from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images
+from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.sampling import draw_noise, start_job
 from sd2_app.pipelines.seamless import circular_padding
 from sd2_app.pipelines.txt2img import generate, txt2img_settings
-from sd2_app.pipelines.vae_io import decode, encode, vae_factor
+from sd2_app.pipelines.vae_io import decode_in, encode, vae_factor
 
 LATENT_MODES = {"Latent": "bilinear", "Latent (nearest-exact)": "nearest-exact"}  # F.interpolate modes
 
@@ -70,14 +71,15 @@ def second_pass(
     request: Txt2ImgRequest,
     start: torch.Tensor | list[Image.Image],
     first_size: tuple[int, int],
-    on_step: ProgressFn | None = None,
+    on_step: LatentProgressFn | None = None,
+    mode: RunMode = NORMAL,
 ) -> PipelineOutput:
     """Image-to-image at the target size from upscaled latents (B, 4, H/8, W/8) or upscaled images."""
     hires = request.hires
     assert hires is not None
     factor = vae_factor(components.vae)
     job = start_job(components, replace(request, sampling=hires_sampling(request.sampling, hires)),
-                    strength=hires.denoising_strength)  # a fresh generator seeded with the request's seed
+                    strength=hires.denoising_strength, mode=mode)  # a fresh generator seeded with the request's seed
     if isinstance(start, torch.Tensor):
         init = start.float()
     else:
@@ -87,21 +89,22 @@ def second_pass(
     from sd2_app.samplers import add_noise
 
     latents = job.denoise(add_noise(init, noise, job.plan.schedule.sigmas[0]), on_step=on_step)
-    images = postprocess(decode(components.vae, latents))
+    images = postprocess(job.decode(latents))
     height, width = images[0].height, images[0].width
     settings = hires_settings(request, components, *first_size)
     label_images(images, request.prompt, request.negative_prompt, settings)
     return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=job.warnings)
 
 
-def _offset(on_step: ProgressFn | None, before: int, total: int) -> ProgressFn | None:
+def _offset(on_step: LatentProgressFn | None, before: int, total: int) -> LatentProgressFn | None:
     if on_step is None:
         return None
     return lambda done, _steps, x0: on_step(before + done, total, x0)
 
 
 @torch.inference_mode()
-def hires_fix(components: Components, request: Txt2ImgRequest, on_step: ProgressFn | None = None) -> PipelineOutput:
+def hires_fix(components: Components, request: Txt2ImgRequest, on_step: LatentProgressFn | None = None,
+              mode: RunMode = NORMAL) -> PipelineOutput:
     """Both passes with a latent or Lanczos upscale, under one progress bar (first steps, then second)."""
     hires = request.hires
     assert hires is not None
@@ -112,24 +115,26 @@ def hires_fix(components: Components, request: Txt2ImgRequest, on_step: Progress
     first_steps = request.sampling.steps
     total = first_steps + hires.second_pass_steps(first_steps)
     with circular_padding(components.unet, components.vae, enabled=request.tiling):
-        latents, width, height, warnings = generate(components, request, _offset(on_step, 0, total))
+        latents, width, height, warnings = generate(components, request, _offset(on_step, 0, total), mode)
         target_w, target_h = hires.target(width, height)
         if hires.upscaler in LATENT_MODES:
             start: torch.Tensor | list[Image.Image] = upscale_latents(
                 latents, (target_h // factor, target_w // factor), hires.upscaler)
         else:
-            start = [image.resize((target_w, target_h), LANCZOS) for image in postprocess(decode(components.vae, latents))]
-        output = second_pass(components, request, start, (width, height), _offset(on_step, first_steps, total))
+            pixels = postprocess(decode_in(mode, components.vae, latents))
+            start = [image.resize((target_w, target_h), LANCZOS) for image in pixels]
+        output = second_pass(components, request, start, (width, height), _offset(on_step, first_steps, total), mode)
     output.warnings = warnings + [w for w in output.warnings if w not in warnings]
     return output
 
 
 @torch.inference_mode()
-def hires_pass(components: Components, request: HiresPassRequest, on_step: ProgressFn | None = None) -> PipelineOutput:
+def hires_pass(components: Components, request: HiresPassRequest, on_step: LatentProgressFn | None = None,
+               mode: RunMode = NORMAL) -> PipelineOutput:
     """The second pass alone, from images another model upscaled (the service's SD2 x4 route)."""
     base = request.base
     assert base.hires is not None
     target = base.hires.target(*request.first_size)
     images = [image.convert("RGB").resize(target, LANCZOS) for image in request.images]
     with circular_padding(components.unet, components.vae, enabled=base.tiling):
-        return second_pass(components, base, images, request.first_size, on_step)
+        return second_pass(components, base, images, request.first_size, on_step, mode)

@@ -1,6 +1,6 @@
 """Pixel <-> tensor conversions that reproduce the reference pipelines' image handling.
 
-Everything here follows diffusers' `VaeImageProcessor` (reference §4.8) so a seed gives the reference's
+Everything here follows diffusers' `VaeImageProcessor` (diffusers image_processor.py) so a seed gives the reference's
 image: sizes are floored to a multiple of the VAE factor, PIL resamples (Lanczos; bicubic for the x4
 upscaler), values go to [-1, 1]; masks are grayscale and binarised at 0.5; outputs are rounded to uint8.
 """
@@ -75,11 +75,6 @@ def postprocess(images: torch.Tensor) -> list[Image.Image]:
     x = (images.detach().float() / 2 + 0.5).clamp(0, 1)
     pixels = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1)  # (B, H, W, 3)
     return [Image.fromarray(a) for a in pixels.cpu().numpy()]
-
-
-def to_numpy(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) float32 in [0, 1], the reference's output_type="np"."""
-    return (images.detach().float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def grayscale_to_tensor(image: Image.Image) -> torch.Tensor:

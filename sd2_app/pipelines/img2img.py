@@ -1,4 +1,7 @@
-"""Image-to-image (reference §4.4): the init image's latents noised to the strength-cut schedule's start."""
+"""Image-to-image: the init image's latents noised to the strength-cut schedule's start.
+
+After diffusers pipeline_stable_diffusion_img2img.py (get_timesteps, prepare_latents).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +9,15 @@ import torch
 
 from sd2_app.checkpoints.components import Components
 from sd2_app.pipelines.images import postprocess, preprocess_image
-from sd2_app.pipelines.loop import ProgressFn
+from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
+from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.prompt import embedding_settings
 from sd2_app.pipelines.sampling import SamplingPlan, draw_noise, start_job
 from sd2_app.pipelines.seamless import circular_padding
 from sd2_app.pipelines.seeds import seed_settings, vary
 from sd2_app.pipelines.txt2img import effective_size
-from sd2_app.pipelines.vae_io import decode, encode, vae_factor
+from sd2_app.pipelines.vae_io import encode, vae_factor
 from sd2_app.api.requests import Img2ImgRequest, SeedExtras
 
 
@@ -42,7 +46,9 @@ def noised_init_latents(
 
 
 @torch.inference_mode()
-def img2img(components: Components, request: Img2ImgRequest, on_step: ProgressFn | None = None) -> PipelineOutput:
+def img2img(
+    components: Components, request: Img2ImgRequest, on_step: LatentProgressFn | None = None, mode: RunMode = NORMAL
+) -> PipelineOutput:
     """Re-draw an image: strength 1 keeps only its composition's noise-level trace, 0 would keep it all."""
     sampling = request.sampling
     factor = vae_factor(components.vae)
@@ -56,12 +62,12 @@ def img2img(components: Components, request: Img2ImgRequest, on_step: ProgressFn
                         f"used {image.shape[-1]}x{image.shape[-2]}.")
     height, width = image.shape[-2:]
 
-    job = start_job(components, request, strength=request.strength)
+    job = start_job(components, request, strength=request.strength, mode=mode)
     warnings += job.warnings
     with circular_padding(components.unet, components.vae, enabled=request.tiling):
         x = noised_init_latents(components, image, job.plan, sampling.batch_size, job.generator, request.seed_extras)
         latents = job.denoise(x, on_step=on_step)
-        images = postprocess(decode(components.vae, latents))
+        images = postprocess(job.decode(latents))
     settings = sampling_settings(sampling, width=width, height=height, model=components.key) | embedding_settings(components, request)
     settings["Denoising strength"] = request.strength
     settings.update(seed_settings(request.seed_extras))

@@ -1,4 +1,5 @@
-"""Inpainting with the 9-channel UNet (reference §4.5): latents + mask + masked-image latents each step.
+"""Inpainting with the 9-channel UNet: latents + mask + masked-image latents each step
+(diffusers pipeline_stable_diffusion_inpaint.py).
 
 Beyond the reference: "only masked" (crop around the mask, work at the model's resolution, paste back) and
 `keep_unmasked`, an inward-feathered paste-back that leaves every pixel outside the mask as it was.
@@ -16,13 +17,14 @@ from sd2_app.checkpoints.components import Components
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.images import floor_size, postprocess, preprocess_image, preprocess_mask
 from sd2_app.pipelines.img2img import noised_init_latents
-from sd2_app.pipelines.loop import ProgressFn
+from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.masks import binarize, crop_box, paste_back
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
+from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.prompt import embedding_settings
 from sd2_app.pipelines.sampling import start_job
 from sd2_app.pipelines.txt2img import native_size
-from sd2_app.pipelines.vae_io import decode, encode, vae_factor
+from sd2_app.pipelines.vae_io import encode, vae_factor
 from sd2_app.api.requests import InpaintRequest
 
 
@@ -32,8 +34,9 @@ def _generate(
     image: Image.Image,
     mask: Image.Image,
     size: tuple[int, int],
-    on_step: ProgressFn | None,
+    on_step: LatentProgressFn | None,
     warnings: list[str],
+    mode: RunMode,
 ) -> tuple[list[Image.Image], torch.Tensor]:
     """The reference algorithm on (image, mask) resized to `size`: returns decoded images and latents."""
     sampling = request.sampling
@@ -43,10 +46,11 @@ def _generate(
     mask_tensor = preprocess_mask(mask, width, height, factor=factor)  # (1, 1, H, W) 0/1
     masked_image = init_image * (mask_tensor < 0.5)  # repainted pixels -> 0 (mid-gray)
 
-    job = start_job(components, request, strength=request.strength)
+    job = start_job(components, request, strength=request.strength, mode=mode)
     warnings += job.warnings
 
-    # Draw order (reference §4.9): start latents (posterior + noise when strength < 1), then masked encode.
+    # Draw order (docs/DESIGN.md, "Random draws"): start latents (posterior + noise when strength < 1), then the
+    # masked encode.
     batch = sampling.batch_size
     h, w = height // factor, width // factor
     if request.strength >= 1.0:
@@ -57,12 +61,14 @@ def _generate(
     mask_latent = F.interpolate(mask_tensor, size=(h, w)).to(masked_latents.device)  # nearest, (1, 1, h, w)
     concat = torch.cat([mask_latent, masked_latents], dim=1).repeat(job.rows, 1, 1, 1)  # (2B|B, 5, h, w)
     latents = job.denoise(x, concat=concat, on_step=on_step)
-    return postprocess(decode(components.vae, latents)), latents
+    return postprocess(job.decode(latents)), latents
 
 
 @torch.inference_mode()
-def inpaint(components: Components, request: InpaintRequest, on_step: ProgressFn | None = None, *,
-            extra_settings: dict[str, Any] | None = None) -> PipelineOutput:
+def inpaint(
+    components: Components, request: InpaintRequest, on_step: LatentProgressFn | None = None, mode: RunMode = NORMAL,
+    *, extra_settings: dict[str, Any] | None = None,
+) -> PipelineOutput:
     """Repaint the white part of the mask; see the module docstring for the two modes beyond the reference.
 
     `extra_settings` are appended to the parameters text (outpainting records its margins and fill there).
@@ -81,7 +87,7 @@ def inpaint(components: Components, request: InpaintRequest, on_step: ProgressFn
     if box is not None:
         native = native_size(components)
         generated, latents = _generate(components, request, original.crop(box), full_mask.crop(box),
-                                       (native, native), on_step, warnings)
+                                       (native, native), on_step, warnings, mode)
         canvas_size = (box[2] - box[0], box[3] - box[1])
         images = []
         for image in generated:
@@ -95,7 +101,8 @@ def inpaint(components: Components, request: InpaintRequest, on_step: ProgressFn
         if work_size != original.size:
             warnings.append(f"Size {original.width}x{original.height} is not a multiple of {factor}; "
                             f"worked at {work_size[0]}x{work_size[1]}.")
-        generated, latents = _generate(components, request, original, request.mask, work_size, on_step, warnings)
+        generated, latents = _generate(components, request, original, request.mask, work_size, on_step, warnings,
+                                       mode)
         if request.keep_unmasked:
             images = [paste_back(original, image.resize(original.size, Image.Resampling.LANCZOS), full_mask,
                                  request.mask_blur) for image in generated]

@@ -2,8 +2,9 @@
 
 A task only prepares the start latents, the `Conditioning` and the schedule slice; `run_sampling` does the
 rest. The UNet sees `cat([x_in, x_in])` (uncond half first) with the task's extra channels appended after
-the input scaling (reference §4.2, pitfall 9). Latents and sampler arithmetic stay fp32; only the UNet call
-runs in the UNet's dtype. Nothing here reads a tensor back to the host, so steps queue on the GPU unblocked.
+the input scaling (diffusers pipeline_stable_diffusion_inpaint.py, __call__: scale_model_input, then the
+concat). Latents and sampler arithmetic stay fp32; only the UNet call runs in the UNet's dtype. Nothing here
+reads a tensor back to the host, so steps queue on the GPU unblocked.
 """
 
 from __future__ import annotations
@@ -17,8 +18,13 @@ import torch
 
 from sd2_app.nn.unet import Denoiser
 from sd2_app.pipelines.tiling import run_tiled
+from sd2_app.samplers.registry import SamplerSpec
+from sd2_app.samplers.schedules import Schedule
 
-ProgressFn = Callable[[int, int, torch.Tensor], None]  # (steps done, total steps, x0 latents (B, 4, h, w))
+LatentProgressFn = Callable[[int, int, torch.Tensor], None]  # (steps done, total steps, x0 latents (B, 4, h, w))
+# The progress callbacks, one name each: samplers.base.StepFn (i, x, x0) inside a sampler; LatentProgressFn
+# from the loop to the service; api.service.ProgressFn (done, total, preview image) to the UI and CLI;
+# loading.hub.LoadProgressFn (message) while loading.
 ModelFn = Callable[[torch.Tensor, float], torch.Tensor]  # (x_in (B, 4, h, w), t) -> eps or v (B, 4, h, w)
 
 
@@ -58,9 +64,15 @@ def make_guided_model(
     cfg_scale: float,
     guidance_rescale: float,
     use_cfg: bool,
+    fp32_attention: bool = False,
 ) -> Callable[[torch.Tensor, float, slice | None, slice | None], torch.Tensor]:
-    """Build, once, `model(x_in, t, rows, cols) -> guided eps/v` for the whole latent or one tile of it."""
+    """Build, once, `model(x_in, t, rows, cols) -> guided eps/v` for the whole latent or one tile of it.
+
+    `fp32_attention` runs every attention product in fp32 (nn.attention.Attention's per-call switch); the
+    UNet gets the keyword only then, so the normal call is the plain four-argument one.
+    """
     dtype = next(unet.parameters()).dtype
+    switches = {"fp32_attention": True} if fp32_attention else {}
     context = cond.context.to(dtype)  # (2B|B, 77·k, D), cast once
     concat = None if cond.concat is None else cond.concat.to(dtype)
     labels = cond.class_labels
@@ -72,7 +84,7 @@ def make_guided_model(
             extra = concat if rows is None or cols is None else concat[:, :, rows, cols]
             batch = torch.cat([batch, extra], dim=1)  # (2B|B, 4 + k, h, w)
         timestep = torch.full((batch.shape[0],), t, dtype=torch.float32, device=batch.device)
-        out = unet(batch, timestep, context, class_labels=labels).float()  # (2B|B, 4, h, w)
+        out = unet(batch, timestep, context, class_labels=labels, **switches).float()  # (2B|B, 4, h, w)
         if not use_cfg:
             return out
         uncond, cond_out = out.chunk(2)
@@ -101,16 +113,17 @@ def run_sampling(
     unet: Denoiser,
     cond: Conditioning,
     x: torch.Tensor,
-    schedule: Any,
-    sampler: Any,
+    schedule: Schedule,
+    sampler: SamplerSpec,
     *,
     cfg_scale: float,
     guidance_rescale: float,
     prediction_type: str,
     generator: torch.Generator | None,
-    on_step: ProgressFn | None = None,
+    on_step: LatentProgressFn | None = None,
     tiling: Tiling | None = None,
     sampler_options: dict[str, Any] | None = None,
+    fp32_attention: bool = False,
 ) -> torch.Tensor:
     """Denoise `x` (B, 4, h, w), fp32, in sigma space at `schedule.sigmas[0]`; return clean latents.
 
@@ -118,13 +131,15 @@ def run_sampling(
     Guidance is on when `cfg_scale > 1` (as in the reference); then `cond` must hold both halves.
     `on_step(done, total, x0)` runs after every sampler step with the current clean-latent estimate, for
     progress and previews; raising `sd2_app.errors.Cancelled` there stops the run (it propagates).
+    `fp32_attention` computes every attention product in fp32 (the fallback ladder's rerun after NaN/inf).
     The result is converted from sigma space back to the VAE's latent space, ready for decoding.
     """
     from sd2_app.samplers.denoiser import make_denoiser
 
     use_cfg = cfg_scale > 1.0
     assert cond.context.shape[0] == x.shape[0] * (2 if use_cfg else 1), "context batch does not match guidance"
-    guided = make_guided_model(unet, cond, cfg_scale=cfg_scale, guidance_rescale=guidance_rescale, use_cfg=use_cfg)
+    guided = make_guided_model(unet, cond, cfg_scale=cfg_scale, guidance_rescale=guidance_rescale, use_cfg=use_cfg,
+                               fp32_attention=fp32_attention)
     if tiling is not None and max(x.shape[-2:]) > tiling.tile:
         model_fn = _tiled(guided, tiling)
     else:

@@ -5,7 +5,8 @@ scripts/outpainting_mk_2.py): the new area is pre-filled, masked, and repainted 
 whose inward-feathered paste-back (sd2_app.pipelines.masks.paste_back) leaves every original pixel exactly as
 it was while the generated strip fades in over `mask_blur` pixels from the seam.
 
-SD2's inpainting UNet sees the masked image with the masked part blanked (reference §4.5), so at strength 1
+SD2's inpainting UNet sees the masked image with the masked part blanked (diffusers
+pipeline_stable_diffusion_inpaint.py, prepare_mask_latents), so at strength 1
 the model never sees the fill: it only matters as the starting image when strength < 1 and as what the
 feathered edge of the new strip blends with. Edge extension continues the border's colours into the strip,
 so the blend at the seam is smooth; its noise gives a strength < 1 run texture to work from.
@@ -21,8 +22,9 @@ from PIL import Image, ImageFilter
 from sd2_app.api.requests import InpaintRequest, OutpaintRequest
 from sd2_app.checkpoints.components import Components
 from sd2_app.pipelines.inpaint import inpaint
-from sd2_app.pipelines.loop import ProgressFn
+from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.output import PipelineOutput
+from sd2_app.pipelines.run_mode import NORMAL, RunMode
 
 EDGE_NOISE_STD = 12.0  # grey levels of the noise added to the edge fill
 
@@ -53,7 +55,9 @@ def extend_canvas(
     return canvas_image, Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
 
 
-def outpaint(components: Components, request: OutpaintRequest, on_step: ProgressFn | None = None) -> PipelineOutput:
+def outpaint(
+    components: Components, request: OutpaintRequest, on_step: LatentProgressFn | None = None, mode: RunMode = NORMAL
+) -> PipelineOutput:
     """Extend, fill, inpaint the strips; the output's mask is the added strips (before feathering)."""
     canvas, mask = extend_canvas(request.image, request.left, request.right, request.up, request.down,
                                  request.fill, int(request.sampling.seed or 0))
@@ -64,5 +68,5 @@ def outpaint(components: Components, request: OutpaintRequest, on_step: Progress
     )
     settings = {f"Outpaint {side}": getattr(request, side) for side in ("left", "right", "up", "down")}
     settings["Outpaint fill"] = request.fill
-    output = inpaint(components, inner, on_step, extra_settings=settings)
+    output = inpaint(components, inner, on_step, mode, extra_settings=settings)
     return replace(output, mask_image=mask)

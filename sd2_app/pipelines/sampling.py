@@ -8,17 +8,22 @@ from typing import Any
 import torch
 
 from sd2_app.errors import InvalidRequest
-from sd2_app.pipelines.loop import Conditioning, ProgressFn, Tiling, run_sampling
+from sd2_app.pipelines.loop import Conditioning, LatentProgressFn, Tiling, run_sampling
 from sd2_app.pipelines.prompt import encode_prompt_pair
-from sd2_app.api.requests import Sampling
+from sd2_app.pipelines.run_mode import NORMAL, RunMode
+from sd2_app.pipelines.vae_io import decode_in
+from sd2_app.api.requests import Sampling, TaskRequest
+from sd2_app.checkpoints.components import Components
+from sd2_app.samplers.registry import SamplerSpec
+from sd2_app.samplers.schedules import Schedule, SchedulerConfig
 
 
 @dataclass(frozen=True)
 class SamplingPlan:
     """The sampler, its (possibly strength-cut) schedule and extra keyword arguments for its function."""
 
-    spec: Any  # samplers.SamplerSpec
-    schedule: Any  # samplers.Schedule
+    spec: SamplerSpec
+    schedule: Schedule
     options: dict[str, Any]
 
 
@@ -35,7 +40,7 @@ def draw_noise(
     return noise.to(device=device, dtype=torch.float32)
 
 
-def plan_sampling(config: Any, sampling: Sampling, strength: float | None = None) -> SamplingPlan:
+def plan_sampling(config: SchedulerConfig, sampling: Sampling, strength: float | None = None) -> SamplingPlan:
     """Schedule for the request's sampler; with `strength`, only its last `int(N * strength)` steps."""
     from sd2_app.samplers import SAMPLERS, make_schedule, start_at
 
@@ -57,15 +62,17 @@ def plan_sampling(config: Any, sampling: Sampling, strength: float | None = None
 class Job:
     """What every task sets up the same way; a task adds only its start latents and extra UNet inputs.
 
-    Nothing here draws random numbers, so starting a job first keeps each task's draw order (reference §4.9).
+    Nothing here draws random numbers, so starting a job first keeps each task's draw order (docs/DESIGN.md,
+    "Random draws").
     """
 
-    components: Any  # sd2_app.checkpoints.components.Components
+    components: Components
     sampling: Sampling
     generator: torch.Generator
     context: torch.Tensor  # (2B|B, 77·k, D), uncond first when guided; k chunks of 77 tokens
     plan: SamplingPlan
     warnings: list[str]
+    mode: RunMode = NORMAL  # this attempt's precision and memory switches (the fallback ladder's choice)
 
     @property
     def rows(self) -> int:
@@ -83,7 +90,7 @@ class Job:
         *,
         concat: torch.Tensor | None = None,
         class_labels: torch.Tensor | None = None,
-        on_step: ProgressFn | None = None,
+        on_step: LatentProgressFn | None = None,
         tiling: Tiling | None = None,
     ) -> torch.Tensor:
         """Run the one loop on `x` (B, 4, h, w) with the task's extra channels; returns VAE-space latents."""
@@ -93,11 +100,17 @@ class Job:
             self.plan.schedule, self.plan.spec, cfg_scale=self.sampling.cfg_scale,
             guidance_rescale=self.sampling.guidance_rescale, prediction_type=c.scheduler_config.prediction_type,
             generator=self.generator, on_step=on_step, tiling=tiling, sampler_options=self.plan.options,
+            fp32_attention=self.mode.fp32_attention,
         )
 
+    def decode(self, latents: torch.Tensor, *, force_fp32: bool = False, tile: int | None = None,
+               overlap: int = 0) -> torch.Tensor:
+        """VAE-space latents -> pixels in [-1, 1], in this attempt's mode (fp32, quarter tiles)."""
+        return decode_in(self.mode, self.components.vae, latents, force_fp32=force_fp32, tile=tile, overlap=overlap)
 
-def start_job(components: Any, request: Any, *, strength: float | None = None) -> Job:
-    """Seeded generator, encoded prompts ([uncond; cond]) and the sampling plan for `request`."""
+
+def start_job(components: Components, request: TaskRequest, *, strength: float | None = None, mode: RunMode = NORMAL) -> Job:
+    """Seeded generator, encoded prompts ([uncond; cond]) and the sampling plan for `request`, run in `mode`."""
     sampling = request.sampling
     assert sampling.seed is not None, "the service resolves the seed before calling a pipeline"
     generator = make_generator(components.device, sampling.seed)
@@ -107,4 +120,4 @@ def start_job(components: Any, request: Any, *, strength: float | None = None) -
         embeddings=getattr(components, "embeddings", None),
     )
     plan = plan_sampling(components.scheduler_config, sampling, strength=strength)
-    return Job(components, sampling, generator, encoded.context, plan, list(encoded.warnings))
+    return Job(components, sampling, generator, encoded.context, plan, list(encoded.warnings), mode)

@@ -1,4 +1,5 @@
-"""Text-to-image (reference §4.3): pure noise at the schedule's first sigma, then the shared loop.
+"""Text-to-image: pure noise at the schedule's first sigma, then the shared loop (after diffusers
+pipeline_stable_diffusion.py, __call__).
 
 A request may add A1111's seed extras (pipelines/seeds.py), seamless tiling (pipelines/seamless.py) and the
 hires fix (pipelines/hires.py, which runs `generate` as its first pass).
@@ -12,13 +13,14 @@ import torch
 
 from sd2_app.checkpoints.components import Components
 from sd2_app.pipelines.images import postprocess, round_size
-from sd2_app.pipelines.loop import ProgressFn
+from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
+from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.prompt import embedding_settings
 from sd2_app.pipelines.sampling import start_job
 from sd2_app.pipelines.seamless import circular_padding
 from sd2_app.pipelines.seeds import seed_settings, seeded_noise, uses_extras
-from sd2_app.pipelines.vae_io import decode, vae_factor
+from sd2_app.pipelines.vae_io import decode_in, vae_factor
 from sd2_app.api.requests import HiresPassRequest, Txt2ImgRequest
 
 
@@ -47,7 +49,7 @@ def txt2img_settings(request: Txt2ImgRequest, components: Components, width: int
 
 
 def generate(
-    components: Components, request: Txt2ImgRequest, on_step: ProgressFn | None = None
+    components: Components, request: Txt2ImgRequest, on_step: LatentProgressFn | None = None, mode: RunMode = NORMAL
 ) -> tuple[torch.Tensor, int, int, list[str]]:
     """The denoised latents (B, 4, h, w) of `request` at its size, with the size used and the warnings."""
     sampling = request.sampling
@@ -56,7 +58,7 @@ def generate(
     native = native_size(components)
     width, height = effective_size(request.width or native, request.height or native, factor, warnings)
 
-    job = start_job(components, request)
+    job = start_job(components, request, mode=mode)
     warnings += job.warnings
     shape = (sampling.batch_size, components.vae.config.latent_channels, height // factor, width // factor)
     if uses_extras(request.seed_extras):
@@ -68,18 +70,21 @@ def generate(
 
 
 @torch.inference_mode()
-def txt2img(components: Components, request: Txt2ImgRequest | HiresPassRequest, on_step: ProgressFn | None = None) -> PipelineOutput:
+def txt2img(
+    components: Components, request: Txt2ImgRequest | HiresPassRequest, on_step: LatentProgressFn | None = None,
+    mode: RunMode = NORMAL,
+) -> PipelineOutput:
     """Generate `batch_size` images from a prompt; one generator seeded with the request's seed."""
     if isinstance(request, HiresPassRequest):  # the SD2 x4 hires route's second pass (api/hires_x4.py)
         from sd2_app.pipelines.hires import hires_pass  # hires builds on this module
 
-        return hires_pass(components, request, on_step)
+        return hires_pass(components, request, on_step, mode)
     if request.hires is not None:
         from sd2_app.pipelines.hires import hires_fix
 
-        return hires_fix(components, request, on_step)
+        return hires_fix(components, request, on_step, mode)
     with circular_padding(components.unet, components.vae, enabled=request.tiling):
-        latents, width, height, warnings = generate(components, request, on_step)
-        images = postprocess(decode(components.vae, latents))
+        latents, width, height, warnings = generate(components, request, on_step, mode)
+        images = postprocess(decode_in(mode, components.vae, latents))
     label_images(images, request.prompt, request.negative_prompt, txt2img_settings(request, components, width, height))
     return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings)

@@ -1,4 +1,5 @@
-"""x4 upscaling (reference §4.7): the UNet denoises latents of the low-res size, conditioned on the noised
+"""x4 upscaling (after diffusers pipeline_stable_diffusion_upscale.py): the UNet denoises latents of the low-res
+size, conditioned on the noised
 low-res image (3 extra channels) and the noise level (class label); the 3-level VAE decodes them at 4x.
 
 Large inputs run in overlapping tiles (UNet every step, and the VAE decode) so a 512x512 input fits in
@@ -12,11 +13,12 @@ import torch
 from sd2_app.checkpoints.components import Components
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.images import BICUBIC, postprocess, preprocess_image
-from sd2_app.pipelines.loop import ProgressFn, Tiling
+from sd2_app.pipelines.loop import LatentProgressFn, Tiling
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
+from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.prompt import embedding_settings
 from sd2_app.pipelines.sampling import draw_noise, start_job
-from sd2_app.pipelines.vae_io import decode, vae_factor
+from sd2_app.pipelines.vae_io import vae_factor
 from sd2_app.api.requests import UpscaleRequest
 from sd2_app.samplers.schedules import SchedulerConfig, alphas_cumprod
 
@@ -37,7 +39,9 @@ def _tiling(tile: int) -> Tiling:
 
 
 @torch.inference_mode()
-def upscale(components: Components, request: UpscaleRequest, on_step: ProgressFn | None = None) -> PipelineOutput:
+def upscale(
+    components: Components, request: UpscaleRequest, on_step: LatentProgressFn | None = None, mode: RunMode = NORMAL
+) -> PipelineOutput:
     """4x super-resolution guided by a prompt; `noise_level` trades faithfulness for invented detail."""
     if components.low_res_scheduler_config is None or components.unet.config.in_channels != 7:
         raise InvalidRequest(f"{components.key} is not the x4 upscaler checkpoint")
@@ -52,10 +56,10 @@ def upscale(components: Components, request: UpscaleRequest, on_step: ProgressFn
     if (w, h) != original.size:
         warnings.append(f"Size {original.width}x{original.height} is not a multiple of {factor}; used {w}x{h}.")
 
-    job = start_job(components, request)
+    job = start_job(components, request, mode=mode)
     warnings += job.warnings
 
-    # Draw order (reference §4.9): the augmentation noise, then the start latents.
+    # Draw order (docs/DESIGN.md, "Random draws"): the augmentation noise, then the start latents.
     noise = draw_noise(tuple(image.shape), job.generator, components.device, components.dtype)
     low_res = augment_low_res(image, noise, request.noise_level, components.low_res_scheduler_config)
     concat = low_res.repeat(job.rows, 1, 1, 1)  # (2B|B, 3, h, w)
@@ -63,7 +67,7 @@ def upscale(components: Components, request: UpscaleRequest, on_step: ProgressFn
     x = job.start_noise((sampling.batch_size, components.vae.config.latent_channels, h, w))
     tiling = _tiling(request.tile_size)
     latents = job.denoise(x, concat=concat, class_labels=labels, on_step=on_step, tiling=tiling)
-    pixels = decode(components.vae, latents, force_fp32=True, tile=tiling.tile, overlap=tiling.overlap)
+    pixels = job.decode(latents, force_fp32=True, tile=tiling.tile, overlap=tiling.overlap)
     images = postprocess(pixels)
     out_w, out_h = w * factor, h * factor
     settings = sampling_settings(sampling, width=out_w, height=out_h, model=components.key) | embedding_settings(components, request)

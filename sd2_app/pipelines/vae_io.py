@@ -7,10 +7,11 @@ from collections.abc import Iterator
 
 import torch
 
-from sd2_app import guards
+from sd2_app.pipelines.run_mode import NonFiniteError, RunMode
 from sd2_app.pipelines.tiling import run_tiled
 
-X4_SCALING_FACTOR = 0.08333  # reference §1.5: x4 VAE configs that lack it (or say 0.18215) mean this
+# x4 VAE configs that lack it (or say 0.18215) mean this (diffusers pipeline_stable_diffusion_upscale.py)
+X4_SCALING_FACTOR = 0.08333
 
 
 def vae_factor(vae: torch.nn.Module) -> int:
@@ -89,31 +90,35 @@ def decode(
     force_fp32: bool = False,
     tile: int | None = None,
     overlap: int = 0,
+    quarter_tiles: bool = False,
 ) -> torch.Tensor:
     """(B, 4, h, w) scaled latents -> (B, 3, h*f, w*f) fp32 in [-1, 1].
 
     With `tile`, latents larger than a tile are decoded in overlapping tiles and cross-faded, which bounds
-    the decoder's memory (a 512x512 x4 latent would need tens of GB in one pass). On the retry after an
-    out-of-memory error (`guards.is_low_memory()`) every decode is tiled in quarters. NaN/inf never becomes
-    pixels: non-finite latents raise `NonFiniteError("latents")`, a non-finite result is decoded again in
-    fp32 (with a warning) and raises `NonFiniteError("image")` if that fails too.
+    the decoder's memory (a 512x512 x4 latent would need tens of GB in one pass). `quarter_tiles` (the
+    fallback ladder's low-memory rung) tiles any decode without its own `tile` in 2x2 tiles. NaN/inf never
+    becomes pixels: non-finite latents raise `NonFiniteError("latents")`, a non-finite result
+    `NonFiniteError("image")`; the fallback ladder (sd2_app/api/fallback.py) decides what to try next.
 
     The latents' check is read together with the decode's (one host synchronisation, after the decode):
     waiting for it before decoding would let the GPU finish the sampling loop and idle while the host
     launches the decoder's first kernels. Non-finite latents (rare) cost a wasted decode instead.
     """
     latents_finite = torch.isfinite(latents).all()  # on the device; read below
-    if tile is None and guards.is_low_memory():
+    if tile is None and quarter_tiles:
         tile = max(2, (max(latents.shape[-2:]) + 1) // 2)  # 2x2 tiles: about a quarter of the activations
         overlap = tile // 4
     pixels = _decode_once(vae, latents, force_fp32, tile, overlap)
     latents_ok, pixels_ok = torch.stack([latents_finite, torch.isfinite(pixels).all()]).tolist()
     if not latents_ok:
-        raise guards.NonFiniteError("latents")
-    if pixels_ok:
-        return pixels
-    pixels = _decode_once(vae, latents, True, tile, overlap)
-    if not guards.is_finite(pixels):
-        raise guards.NonFiniteError("image")
-    guards.warn("The VAE decode gave NaN/inf values; it was decoded again in float32.")
+        raise NonFiniteError("latents")
+    if not pixels_ok:
+        raise NonFiniteError("image")
     return pixels
+
+
+def decode_in(mode: RunMode, vae: torch.nn.Module, latents: torch.Tensor, *, force_fp32: bool = False,
+              tile: int | None = None, overlap: int = 0) -> torch.Tensor:
+    """`decode` with one attempt's switches of the fallback ladder (an fp32 decode, quarter tiles)."""
+    return decode(vae, latents, force_fp32=force_fp32 or mode.fp32_decode, tile=tile, overlap=overlap,
+                  quarter_tiles=mode.tiled_decode)

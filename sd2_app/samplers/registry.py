@@ -8,7 +8,7 @@ from typing import Callable
 from sd2_app.samplers import ddim, deis, dpm2, dpmpp, euler, unipc
 from sd2_app.samplers.schedules import Schedule, ScheduleKind, SchedulerConfig, build_schedule
 
-# How each diffusers scheduler family places its steps (see sd2-reference.md §5.1 and §5.15).
+# How each diffusers scheduler family places its steps (diffusers scheduling_*.py, set_timesteps).
 K_DISCRETE = ScheduleKind("k-discrete", "linspace", n_plus_one=False, integer_timesteps=False, final="zero")
 K_DPM2 = ScheduleKind("k-dpm2", "linspace", n_plus_one=False, integer_timesteps=False, final="zero",
                       round_karras_t=True)

@@ -1,4 +1,4 @@
-"""The real `unet/config.json` and `vae/config.json` of the SD2 hub repos as plain dicts (reference §1.4-1.5).
+"""The real `unet/config.json` and `vae/config.json` of the SD2 hub repos as plain dicts (as published).
 
 Used by the architecture tests (meta-device builds compared with diffusers) and by the tiny-checkpoint writer,
 which shrinks widths but keeps block types, order and quirks. Keys absent from the hub files are absent here too.

@@ -1,8 +1,8 @@
 """Tiny random-weight SD2 repos in the exact Hub layout, written in seconds (tests and the app's offline demo).
 
 Each kind mirrors one real repo: model_index.json, every subfolder with its config, both the `fp16` variant and
-the full-precision safetensors, the real scheduler configs (reference §1.7) and the real UNet/VAE block layout
-at tiny widths (`sd2_app.testing.configs`). They load through the same code path as the real repos.
+the full-precision safetensors, the real scheduler configs (scheduler/scheduler_config.json of each repo) and
+the real UNet/VAE block layout at tiny widths (`sd2_app.testing.configs`). They load through the same code path as the real repos.
 
     python -m sd2_app.testing.tiny OUTDIR [--kind sd2-base --kind x4-upscaler ...]
 """
@@ -35,7 +35,7 @@ LEGACY_VAE_KIND = "sd2-base"  # written with the pre-0.14 VAE attention names, t
 _DONE_MARKER = ".tiny-complete"  # written last, so a half-written folder is never reused
 TINY_FORMAT = 2  # bump when the written files change, so ensure_tiny_repos rewrites old caches
 
-# The real scheduler configs (reference §1.7), byte-for-byte values.
+# The real scheduler configs (scheduler/scheduler_config.json of each hub repo), byte-for-byte values.
 _SD2_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 _X4_BETAS = {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "scaled_linear"}
 _COMMON = {"clip_sample": False, "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True,
@@ -62,7 +62,7 @@ _NO_SAFETY = {"feature_extractor": [None, None], "safety_checker": [None, None],
 
 
 def model_index(kind: str) -> dict[str, Any]:
-    """model_index.json of the real repo (reference §1.3)."""
+    """model_index.json of the real repo (as on the Hub)."""
     if kind in ("sd2-base", "sd2", "sd21"):
         scheduler = "PNDMScheduler" if kind == "sd2-base" else "DDIMScheduler"
         return {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.8.0", **_SD,

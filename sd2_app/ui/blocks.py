@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
@@ -13,6 +13,9 @@ from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pngin
 from sd2_app.ui.common import ResultPanel, SamplingControls, selected_image
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.txt2img_extras import from_parameters
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 STATIC = Path(__file__).resolve().parent / "static"
@@ -75,7 +78,7 @@ def _wire_send(tab: Any, tabs: gr.Tabs, targets: dict[str, SendTarget], prefix: 
                 queue=False, show_progress="hidden")
 
 
-def build_ui(service: Any, *, assets: Path = ASSETS) -> gr.Blocks:
+def build_ui(service: Service, *, assets: Path = ASSETS) -> gr.Blocks:
     """The app. `service` is a `sd2_app.api.service.Service` (or a test double with the same methods)."""
     flags = StopFlags()
     examples = _examples(assets)

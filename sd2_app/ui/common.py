@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 from PIL import Image
@@ -24,6 +24,9 @@ from sd2_app.api.tasks import TASKS, default_checkpoint
 from sd2_app.api.gpu_time import values_seconds
 from sd2_app.ui.layout import GENERATE, RUNNING
 from sd2_app.ui.runner import GPU_QUEUE, StopFlags, gpu, stopped_message, stream, user_message
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Result, Service
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ def to_sampling(sampler: str, karras: bool, steps: float, cfg: float, rescale: f
     )
 
 
-def checkpoint_dropdown(service: Any, task: str, **kwargs: Any) -> gr.Dropdown:
+def checkpoint_dropdown(service: Service, task: str, **kwargs: Any) -> gr.Dropdown:
     """The checkpoints that can run `task`, the task table's default preselected."""
     choices = service.checkpoints(task)
     default = default_checkpoint(task, [key for _, key in choices])
@@ -69,7 +72,7 @@ def checkpoint_dropdown(service: Any, task: str, **kwargs: Any) -> gr.Dropdown:
 
 
 def sampling_controls(
-    service: Any, prefix: str, *, batch: bool = True, task: str | None = None
+    service: Service, prefix: str, *, batch: bool = True, task: str | None = None
 ) -> tuple[SamplingControls, gr.Button, gr.Button]:
     """The sampler settings, seed row and batch slider, set to the defaults of `task` (default: `prefix`) in
     the task table; returns them with the (randomize, reuse) seed buttons."""
@@ -155,7 +158,7 @@ def result_panel(
     return ResultPanel(preview, gallery, info, extra, gr.State(None), selected, buttons, run, stop)
 
 
-def describe(result: Any) -> str:
+def describe(result: Result) -> str:
     """Markdown under the gallery: seed, timings, warnings and the parameters text."""
     seconds = ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
     lines = [f"**Seed** {result.seed} · {seconds}"]
@@ -169,7 +172,7 @@ def describe(result: Any) -> str:
 
 
 def stream_result(
-    service: Any,
+    service: Service,
     flags: StopFlags,
     request_fn: Callable[[], Request],
     session: str,
@@ -218,7 +221,7 @@ def stream_result(
 
 
 def wire_run(
-    service: Any,
+    service: Service,
     flags: StopFlags,
     panel: ResultPanel,
     inputs: list[gr.components.Component],
@@ -239,7 +242,7 @@ def wire_run(
     if panel.extra is not None:
         outputs.append(panel.extra)
 
-    def finish(result: Any) -> tuple:
+    def finish(result: Result) -> tuple:
         gallery = [(image, caption) for image, caption in zip(result.images, result.captions or [None] * len(result.images))]
         return (gallery, describe(result), result.seed, 0, *finish_extra(result))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
@@ -25,6 +25,9 @@ from sd2_app.ui.layout import prompt_row, results_column, settings_column
 from sd2_app.ui.prompt_tools import wire_prompt_tools
 from sd2_app.ui.uploads import upload_image
 
+if TYPE_CHECKING:
+    from sd2_app.api.service import Result, Service
+
 
 @dataclass
 class DepthTab:
@@ -35,7 +38,7 @@ class DepthTab:
     panel: ResultPanel
 
 
-def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> DepthTab:
+def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> DepthTab:
     top = prompt_row("depth")
     prompt, negative = top.prompt, top.negative
     with gr.Row(equal_height=False):
@@ -61,7 +64,7 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> DepthTab
         return DepthRequest(prompt=text, image=picture, negative_prompt=negative_text, checkpoint=key,
                             depth_map=depth, strength=amount, sampling=to_sampling(*sampling))
 
-    def depth_used(result: Any) -> tuple:
+    def depth_used(result: Result) -> tuple:
         return (result.depth_image if result.depth_image is not None else getattr(result.request, "depth_map", None),)
 
     inputs = [image, depth_map, checkpoint, prompt, negative, strength, *controls.inputs()]

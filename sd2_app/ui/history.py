@@ -6,12 +6,15 @@ Each browser session sees only what it made: on a public Space, prompts and imag
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
 
-def _rows(service: Any, request: gr.Request | None) -> tuple[list[tuple[Any, str]], list[list[Any]]]:
+
+def _rows(service: Service, request: gr.Request | None) -> tuple[list[tuple[Any, str]], list[list[Any]]]:
     images: list[tuple[Any, str]] = []
     rows: list[list[Any]] = []
     session = request.session_hash if request is not None else None
@@ -23,7 +26,7 @@ def _rows(service: Any, request: gr.Request | None) -> tuple[list[tuple[Any, str
     return images, rows
 
 
-def build(service: Any) -> tuple[Any, list[Any]]:
+def build(service: Service) -> tuple[Any, list[Any]]:
     """The History view; returns its refresh function and outputs (the tab refreshes them when selected)."""
     where = str(service.outputs_dir) if service.outputs_dir is not None else "nowhere (saving is off)"
     gr.Markdown(f"Recent results, newest first. Every result is also written with its settings to **{where}**.")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
@@ -26,6 +26,9 @@ from sd2_app.ui.prompt_tools import wire_prompt_tools
 from sd2_app.ui.txt2img_extras import IMG2IMG_NAMES, build_img2img_extras, img2img_fields
 from sd2_app.ui.uploads import upload_image
 
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
+
 SEND_TO = (("inpaint", "inpaint"), ("upscale", "upscale"))
 
 
@@ -38,7 +41,7 @@ class Img2ImgTab:
     panel: ResultPanel
 
 
-def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> Img2ImgTab:
+def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> Img2ImgTab:
     top = prompt_row("img2img")
     prompt, negative = top.prompt, top.negative
     with gr.Row(equal_height=False):

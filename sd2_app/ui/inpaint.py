@@ -6,7 +6,7 @@ The brush layers' alpha is the mask (painted = repaint). The mask the pipeline u
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 from PIL import Image, ImageChops
@@ -28,6 +28,9 @@ from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
 from sd2_app.ui.prompt_tools import wire_prompt_tools
 from sd2_app.ui.uploads import upload_image
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Result, Service
 
 SEND_TO = (("img2img", "image to image"), ("upscale", "upscale"))
 
@@ -66,7 +69,7 @@ def split_editor(value: Any, uploaded_mask: Image.Image | None) -> tuple[Image.I
     return image, mask
 
 
-def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> InpaintTab:
+def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> InpaintTab:
     top = prompt_row("inpaint")
     prompt, negative = top.prompt, top.negative
     with gr.Row(equal_height=False):
@@ -111,7 +114,7 @@ def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> InpaintT
                               strength=amount, mask_blur=blur_px, only_masked=bool(crop),  # type: ignore[arg-type]
                               only_masked_padding=pad, sampling=to_sampling(*sampling))  # type: ignore[arg-type]
 
-    def mask_used(result: Any) -> tuple:
+    def mask_used(result: Result) -> tuple:
         return (result.mask_image if result.mask_image is not None else getattr(result.request, "mask", None),)
 
     inputs = [editor, mask_upload, checkpoint, prompt, negative, strength, blur, only_masked, padding,

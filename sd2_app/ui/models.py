@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
 from sd2_app.errors import InvalidRequest, LoadError
 from sd2_app.ui.runner import GPU_QUEUE, gpu
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
 
 
 def _plain(value: Any) -> Any:
@@ -33,7 +36,7 @@ def _size(nbytes: Any) -> str:
     return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
-def status_view(service: Any) -> tuple[list[list[Any]], str]:
+def status_view(service: Service) -> tuple[list[list[Any]], str]:
     """Manager status -> (table rows, memory line)."""
     status = _plain(service.status())
     rows = []
@@ -51,7 +54,7 @@ def status_view(service: Any) -> tuple[list[list[Any]], str]:
     return rows, line
 
 
-def build(service: Any) -> tuple[Any, list[Any]]:
+def build(service: Service) -> tuple[Any, list[Any]]:
     """The Models view; returns its refresh function and outputs (the tab refreshes them when selected)."""
     keys = [(service.catalog.labels.get(k, k), k) for k in service.registry]
     with gr.Row():

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
 
-def build(service: Any) -> tuple[gr.Image, gr.JSON, gr.Button]:
+
+def build(service: Service) -> tuple[gr.Image, gr.JSON, gr.Button]:
     with gr.Row():
         with gr.Column():
             image = gr.Image(label="PNG with parameters", type="filepath", image_mode=None, sources=["upload"],

@@ -18,6 +18,7 @@ from typing import Any
 
 from PIL import Image
 
+from sd2_app.api.service import ProgressFn
 from sd2_app.api.gpu_time import gpu  # noqa: F401  # re-exported: the UI's handlers import it from here
 from sd2_app.errors import Cancelled, InvalidRequest
 
@@ -74,7 +75,7 @@ def _executor() -> ThreadPoolExecutor:
 
 
 def stream(
-    call: Callable[[Callable[[int, int, Image.Image | None], None], Callable[[], bool]], Any],
+    call: Callable[[ProgressFn, Callable[[], bool]], Any],
     flag: threading.Event,
     *,
     poll_s: float = 0.05,

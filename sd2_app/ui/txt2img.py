@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
@@ -25,6 +25,9 @@ from sd2_app.ui.prompt_tools import wire_prompt_tools
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.txt2img_extras import NAMES as EXTRA_NAMES, Txt2ImgExtras, build_extras, request_fields
 
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
+
 SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
 
 
@@ -40,7 +43,7 @@ class Txt2ImgTab:
     extras: Txt2ImgExtras
 
 
-def build(service: Any, flags: StopFlags) -> Txt2ImgTab:
+def build(service: Service, flags: StopFlags) -> Txt2ImgTab:
     top = prompt_row("txt2img", EXAMPLE_PROMPTS[0])
     prompt, negative = top.prompt, top.negative
     with gr.Row(equal_height=False):

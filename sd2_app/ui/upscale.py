@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 from PIL import Image
@@ -25,6 +25,9 @@ from sd2_app.ui.layout import prompt_row, results_column, settings_column
 from sd2_app.ui.prompt_tools import wire_prompt_tools
 from sd2_app.ui.uploads import upload_image
 
+if TYPE_CHECKING:
+    from sd2_app.api.service import Result, Service
+
 SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"))
 
 
@@ -37,13 +40,13 @@ class UpscaleTab:
     panel: ResultPanel
 
 
-def before_image(result: Any) -> tuple:
+def before_image(result: Result) -> tuple:
     """The input enlarged x4 with bicubic resampling, the fair "before" next to the model's "after"."""
     low = result.request.image
     return (low.resize((low.width * 4, low.height * 4), Image.Resampling.BICUBIC),)
 
 
-def build(service: Any, flags: StopFlags, examples: list[list[Any]]) -> UpscaleTab:
+def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> UpscaleTab:
     top = prompt_row("upscale")
     prompt, negative = top.prompt, top.negative
     with gr.Row(equal_height=False):

@@ -27,15 +27,15 @@ class FusedAttention(Attention):
     """Attention with stacked projections; adopts the original's children and settings (same keys).
 
     A subclass so that what looks for Attention modules (the graph key's precision switches, the fp32
-    attention fallback) finds these too; the product is the plain module's `attend`, with its precision rules.
+    attention fallback) finds these too; the product is the plain module's `attend`, with its precision rules
+    (and the per-call `fp32_attention` switch).
     """
 
     def __init__(self, block: Attention, pack_now: bool = True) -> None:  # noqa: D107 - adopts, does not build
         # pack_now=False: the caller packs later (fuse_modules first groups the cross-attentions' k, v of the
         # whole network into one block, so packing each pair here would copy them twice)
         nn.Module.__init__(self)
-        self.heads, self.head_dim, self.upcast, self.force_fp32 = (block.heads, block.head_dim, block.upcast,
-                                                                   block.force_fp32)
+        self.heads, self.head_dim, self.upcast = block.heads, block.head_dim, block.upcast
         self.to_q, self.to_k, self.to_v, self.to_out = block.to_q, block.to_k, block.to_v, block.to_out
         # (the network's shared text-context projections, the index of this attention's k; v follows), set
         # by fuse_modules for attentions that always see the text context
@@ -51,7 +51,7 @@ class FusedAttention(Attention):
             return [self.to_q, self.to_k, self.to_v]
         return [self.to_k, self.to_v]
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None, *, fp32_attention: bool = False) -> Tensor:
         # x: (B, N, query_dim); context: (B, M, context_dim) or None for self-attention
         b, n, _ = x.shape
         heads, hd = self.heads, self.head_dim
@@ -59,22 +59,22 @@ class FusedAttention(Attention):
             qkv = stacked_linear([self.to_q, self.to_k, self.to_v])
             if qkv is not None:  # (B, N, 3 * inner) -> three (B, heads, N, hd) views
                 q, k, v = F.linear(x, *qkv).view(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4)
-                return self._attend(q, k, v, b, n)
+                return self._attend(q, k, v, b, n, fp32_attention)
             context = x
         q = self.to_q(x).view(b, n, heads, hd).transpose(1, 2)
         if self.context_projection is not None and context is not x:
             shared, index = self.context_projection  # column views of one matmul over every block's k, v
             k = shared(context, index).view(b, -1, heads, hd).transpose(1, 2)
             v = shared(context, index + 1).view(b, -1, heads, hd).transpose(1, 2)
-            return self._attend(q, k, v, b, n)
+            return self._attend(q, k, v, b, n, fp32_attention)
         kv = stacked_linear([self.to_k, self.to_v])
         if kv is not None:
             k, v = F.linear(context, *kv).view(b, context.shape[1], 2, heads, hd).permute(2, 0, 3, 1, 4)
         else:
             k = self.to_k(context).view(b, -1, heads, hd).transpose(1, 2)
             v = self.to_v(context).view(b, -1, heads, hd).transpose(1, 2)
-        return self._attend(q, k, v, b, n)
+        return self._attend(q, k, v, b, n, fp32_attention)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, b: int, n: int) -> Tensor:
-        out = self.attend(q, k, v)  # (B, heads, N, hd)
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, b: int, n: int, fp32_attention: bool = False) -> Tensor:
+        out = self.attend(q, k, v, fp32_attention=fp32_attention)  # (B, heads, N, hd)
         return self.to_out[0](out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))

@@ -119,7 +119,7 @@ class SkipReadingUpBlock2D(UpBlock2D):
         adopt(self, block, ("resnets", "upsamplers"))
 
     def forward(self, x: Tensor, skips: list[Tensor], emb_act: Tensor, context: Tensor,
-                upsample_size: tuple[int, int] | None = None) -> Tensor:
+                upsample_size: tuple[int, int] | None = None, *, fp32_attention: bool = False) -> Tensor:
         for resnet, skip in zip(self.resnets, reversed(skips), strict=True):
             x = resnet(x, emb_act, skip)
         if self.upsamplers is not None:
@@ -135,9 +135,9 @@ class SkipReadingCrossAttnUpBlock2D(CrossAttnUpBlock2D):
         adopt(self, block, ("resnets", "attentions", "upsamplers"))
 
     def forward(self, x: Tensor, skips: list[Tensor], emb_act: Tensor, context: Tensor,
-                upsample_size: tuple[int, int] | None = None) -> Tensor:
+                upsample_size: tuple[int, int] | None = None, *, fp32_attention: bool = False) -> Tensor:
         for resnet, attn, skip in zip(self.resnets, self.attentions, reversed(skips), strict=True):
-            x = attn(resnet(x, emb_act, skip), context)
+            x = attn(resnet(x, emb_act, skip), context, fp32_attention=fp32_attention)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x, upsample_size)
         return x

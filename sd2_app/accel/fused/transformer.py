@@ -37,15 +37,16 @@ class FusedTransformerBlock(nn.Module):
         super().__init__()
         adopt(self, block, ("only_cross_attention", "norm1", "attn1", "norm2", "attn2", "norm3", "ff"))
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, *, fp32_attention: bool = False) -> Tensor:
         # x: (B, N, dim); context: (B, 77, context_dim)
+        fp32 = fp32_attention
         if not _use_layer_norm_kernel(x, self.norm1):
-            x = self.attn1(self.norm1(x), context if self.only_cross_attention else None) + x
-            x = self.attn2(self.norm2(x), context) + x
+            x = self.attn1(self.norm1(x), context if self.only_cross_attention else None, fp32_attention=fp32) + x
+            x = self.attn2(self.norm2(x), context, fp32_attention=fp32) + x
             return self.ff(self.norm3(x)) + x
-        return self._forward_fused(x, context)
+        return self._forward_fused(x, context, fp32)
 
-    def _forward_fused(self, x: Tensor, context: Tensor) -> Tensor:
+    def _forward_fused(self, x: Tensor, context: Tensor, fp32_attention: bool = False) -> Tensor:
         from sd2_app.accel.kernels import elementwise as triton_kernels
 
         self_context = context if self.only_cross_attention else None
@@ -54,15 +55,16 @@ class FusedTransformerBlock(nn.Module):
             return triton_kernels.layer_norm(v, layer.weight, layer.bias, layer.eps, residual=residual)
 
         _, h = norm(x, self.norm1)
-        x, h = norm(self.attn1(h, self_context), self.norm2, residual=x)
+        x, h = norm(self.attn1(h, self_context, fp32_attention=fp32_attention), self.norm2, residual=x)
         out = self.ff.net[2]  # the feed-forward's last Linear
         if out.bias is None:
-            x, h = norm(self.attn2(h, context), self.norm3, residual=x)
+            x, h = norm(self.attn2(h, context, fp32_attention=fp32_attention), self.norm3, residual=x)
             return self.ff(h) + x
         # The stream comes out of the norm with the Linear's bias in it, and the matmul accumulates onto it:
         # ff(h) + x in one kernel instead of a matmul (with bias) and an add.
-        x, h = triton_kernels.layer_norm(self.attn2(h, context), self.norm3.weight, self.norm3.bias,
-                                         self.norm3.eps, residual=x, sum_bias=out.bias)
+        attended = self.attn2(h, context, fp32_attention=fp32_attention)
+        x, h = triton_kernels.layer_norm(attended, self.norm3.weight, self.norm3.bias, self.norm3.eps, residual=x,
+                                         sum_bias=out.bias)
         inner = self.ff.net[0](h)  # (B, N, ff_inner)
         return torch.addmm(x.view(-1, x.shape[-1]), inner.view(-1, inner.shape[-1]), out.weight.t()).view(x.shape)
 
@@ -72,15 +74,15 @@ class FusedTransformer2D(LayoutKeepingTransformer2D):
     (same keys). A subclass: whatever looks for Transformer2D modules finds these too; where the fused path
     does not apply, the layout-keeping forward runs."""
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, *, fp32_attention: bool = False) -> Tensor:
         # x: (B, C, H, W); context: (B, 77, D)
         proj_out = self.proj_out
         if not (self.use_linear_projection and proj_out.bias is not None and channels_last_kernels(x, self.norm)
                 and proj_out.weight.dtype == x.dtype):
-            return super().forward(x, context)
-        return self._forward_fused(x, context)
+            return super().forward(x, context, fp32_attention=fp32_attention)
+        return self._forward_fused(x, context, fp32_attention)
 
-    def _forward_fused(self, x: Tensor, context: Tensor) -> Tensor:
+    def _forward_fused(self, x: Tensor, context: Tensor, fp32_attention: bool = False) -> Tensor:
         from sd2_app.accel.kernels import elementwise as triton_kernels
 
         proj_out = self.proj_out
@@ -90,7 +92,7 @@ class FusedTransformer2D(LayoutKeepingTransformer2D):
             x, norm.num_groups, norm.weight, norm.bias, norm.eps, proj_out.bias)
         tokens = self.proj_in(normed.permute(0, 2, 3, 1).reshape(b, h * w, c))  # channels_last: views
         for block in self.transformer_blocks:
-            tokens = block(tokens, context)
+            tokens = block(tokens, context, fp32_attention=fp32_attention)
         out = stream.permute(0, 2, 3, 1).reshape(b * h * w, c)  # (pixels, C): a view of our own buffer
         out.addmm_(tokens.reshape(b * h * w, -1), proj_out.weight.t())
         return out.view(b, h, w, c).permute(0, 3, 1, 2)  # (B, C, H, W), channels_last

@@ -10,7 +10,6 @@ import torch
 from torch import Tensor, nn
 
 from sd2_app.accel.graphs.base import GraphedModule, GraphKey
-from sd2_app.nn.attention import Attention
 from sd2_app.nn.config import UNetConfig
 
 
@@ -20,12 +19,9 @@ class CudaGraphUNet(GraphedModule):
     `parameters()`, `modules()`). It is not a UNet: the wrapped module is `.unet`.
 
     The graph key is the shapes and dtypes of the inputs (any batch, size or text length gets its own
-    graph) and the run-time modes of the UNet's modules that change which kernels run (`modes`).
+    graph). A call with the per-call `fp32_attention` switch (the fallback ladder's rerun after NaN/inf,
+    nn/attention.py) runs eagerly: it is rare, and a graph recorded with fp16 attention must never serve it.
     """
-
-    def __init__(self, unet: nn.Module, **kwargs: Any) -> None:
-        super().__init__(unet, **kwargs)
-        self._attention = [m for m in self.unet.modules() if isinstance(m, Attention)]
 
     @property
     def unet(self) -> nn.Module:
@@ -36,23 +32,19 @@ class CudaGraphUNet(GraphedModule):
         return self.unet.config
 
     def modules(self) -> Iterator[nn.Module]:
-        """The wrapped UNet's modules (the precision switches a retry sets live there)."""
+        """The wrapped UNet's modules."""
         return self.unet.modules()
 
     def __call__(self, sample: Tensor, timestep: Tensor | float, encoder_hidden_states: Tensor,
-                 class_labels: Tensor | None = None) -> Tensor:
+                 class_labels: Tensor | None = None, *, fp32_attention: bool = False) -> Tensor:
         def eager() -> Tensor:
-            return self.unet(sample, timestep, encoder_hidden_states, class_labels=class_labels)
+            return self.unet(sample, timestep, encoder_hidden_states, class_labels=class_labels,
+                             fp32_attention=fp32_attention)
 
-        if not self._can_use_graph(sample):
+        if fp32_attention or not self._can_use_graph(sample):
             return eager()
         key = self.key(sample, timestep, encoder_hidden_states, class_labels)
         return self._graphed(key, (sample, timestep, encoder_hidden_states, class_labels), eager)
-
-    def modes(self) -> tuple[bool, ...]:
-        """The attention modules' fp32 switches as they are now (nn.attention.Attention.force_fp32): a graph
-        replays the kernels it recorded, so one captured with fp16 attention must never serve an fp32 run."""
-        return tuple(m.force_fp32 for m in self._attention)
 
     def padding(self) -> str:
         """The convolutions' padding mode now: "circular" during a seamless-tiling job (pipelines/seamless.py
@@ -66,7 +58,7 @@ class CudaGraphUNet(GraphedModule):
         labels = None if class_labels is None else (tuple(class_labels.shape), class_labels.dtype)
         return (tuple(sample.shape), sample.dtype, sample.is_contiguous(memory_format=torch.channels_last),
                 t_dtype, tuple(context.shape), context.dtype, labels, torch.is_inference_mode_enabled(),
-                self.padding(), self.modes())
+                self.padding())
 
     def _static_inputs(self, args: tuple[Any, ...]) -> list[Tensor | None]:
         sample, timestep, context, class_labels = args

@@ -1,0 +1,61 @@
+"""What a run gives back: the `Result`, the History view's `HistoryEntry`, the UI's progress callback, and the
+`Backend` protocol of whatever runs validated requests (the Service itself, or a remote worker pool)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from PIL import Image
+
+from sd2_app.api.requests import Request
+
+ProgressFn = Callable[[int, int, Image.Image | None], None]  # (steps done, total steps, preview or None)
+
+
+@dataclass
+class Result:
+    """What one run produced; `images` carry their A1111 `parameters` text in `image.info`."""
+
+    task: str  # "txt2img", "img2img", "inpaint", "outpaint", "upscale", "depth" or "xyz_plot"
+    request: Request  # the validated request (seed resolved, sizes filled in)
+    images: list[Image.Image]
+    seed: int
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: "load", "run" (plot: all cells together)
+    mask_image: Image.Image | None = None  # inpaint: the mask actually used
+    depth_image: Image.Image | None = None  # depth: the depth map actually used
+    captions: list[str] = field(default_factory=list)  # one per image (plot: the cell's values and seconds)
+    cells: list[dict[str, Any]] = field(default_factory=list)  # plot: each cell's settings and seconds
+    stopped: bool = False  # plot: Stop ended it early; the finished cells are here
+    saved: list[Path] = field(default_factory=list)  # files written to the outputs folder
+    created: float = field(default_factory=time.time)
+
+    @property
+    def parameters(self) -> str:
+        """The first image's parameters text ("" when it has none)."""
+        return self.images[0].info.get("parameters", "") if self.images else ""
+
+
+class Backend(Protocol):
+    """Runs a validated request and returns its unsaved Result: `Service` itself, or a remote worker pool."""
+
+    def produce(
+        self, checked: Request, on_progress: ProgressFn | None, should_stop: Callable[[], bool] | None
+    ) -> Result: ...
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One line of the History view."""
+
+    created: float
+    task: str
+    seed: int
+    parameters: str
+    images: tuple[Image.Image, ...]
+    saved: tuple[Path, ...]
+    owner: str | None = None  # the browser session that made it: History shows a visitor only their own
