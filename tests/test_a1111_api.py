@@ -245,13 +245,13 @@ def test_api_and_web_ui_jobs_take_turns_on_the_gpu(app) -> None:
     def counting_task_fn(task):  # the pipeline function, called where the job holds the GPU
         pipeline = task_fn(task)
 
-        def counted(components, request, on_step):
+        def counted(components, request, on_step, **kwargs):
             with lock:
                 active[0] += 1
                 peak[0] = max(peak[0], active[0])
             started = time.monotonic()
             try:
-                return pipeline(components, request, on_step)
+                return pipeline(components, request, on_step, **kwargs)
             finally:
                 with lock:
                     active[0] -= 1
