@@ -176,9 +176,18 @@ def _serve_service(args: argparse.Namespace, registry: dict, limits: object, out
     from sd2_app.serve.backend import ClusterModels, ServeBackend, connect
     from sd2_app.serve.config import load_config
 
+    from sd2_app.loading.embeddings import EmbeddingLibrary
+
+    if args.tiny:  # the front end reads the tiny repos' tokenizers for the token counter
+        from sd2_app.checkpoints.catalog import tiny_registry
+        from sd2_app.manager import default_cache_dir
+        from sd2_app.testing.tiny import ensure_tiny_repos
+
+        registry = tiny_registry(ensure_tiny_repos(default_cache_dir() / "tiny"), registry)
     config = load_config(args.serve_config)
     handle = connect(args.serve, config)
     return Service(ClusterModels(handle, registry), registry=registry, limits=limits, outputs_dir=outputs,
+                   watermark=not args.no_watermark, embeddings=EmbeddingLibrary.scan(args.embeddings_dir),
                    backend=ServeBackend(handle), concurrency=config.total_concurrency,
                    keep_outputs_days=args.keep_outputs_days)
 

@@ -2,8 +2,9 @@
 
 The counter shows A1111's "23/75" ("93/150" once a second chunk starts), computed by the service from the
 same tokenizer and parser generation uses. It is fetched outside the GPU queue (`queue=False`; the service
-bounds how many run at once) and only after typing pauses: the browser waits `DEBOUNCE_MS` before sending,
-and `trigger_mode="always_last"` folds the keystrokes of a pending count into one follow-up.
+bounds how many run at once) and only once typing pauses: each keystroke's event waits `DEBOUNCE_MS` in the
+browser and goes to the server only if no newer keystroke came meanwhile (a superseded one is dropped by
+rejecting its promise, which sends nothing).
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ from sd2_app.errors import InvalidRequest
 log = logging.getLogger(__name__)
 
 DEBOUNCE_MS = 300
-_DEBOUNCE_JS = f"(text, key) => new Promise(done => setTimeout(() => done([text, key]), {DEBOUNCE_MS}))"
+
+
+def _debounce_js(key: str) -> str:
+    """The event's `js`: pass (text, checkpoint) on after the pause, or reject when a newer keystroke came."""
+    return (
+        "(text, model) => { const seen = window.sd2TokenCounts = window.sd2TokenCounts || {}; "
+        f"const mine = seen['{key}'] = (seen['{key}'] || 0) + 1; "
+        "return new Promise((send, drop) => setTimeout(() => "
+        f"mine === seen['{key}'] ? send([text, model]) : drop('superseded'), {DEBOUNCE_MS})); }}"
+    )
 
 
 def _count(service: Any, text: Any, checkpoint: Any) -> Any:
@@ -36,16 +46,13 @@ def token_count_line(elem_id: str) -> gr.Markdown:
 
 def wire_counter(service: Any, box: gr.Textbox, counter: gr.Markdown, checkpoint: gr.Dropdown, *,
                  api_name: str) -> None:
-    """Update `counter` from `box` as the user types (and when the checkpoint changes).
+    """Fill `counter` from `box` on page load, as the user types and when the checkpoint changes.
 
     `api_name` "count_tokens" is the one public endpoint; the other counters are private twins.
     """
-    visibility = "public" if api_name == "count_tokens" else "private"
-    for event in (box.change, checkpoint.change):
-        event(lambda text, key: _count(service, text, key), [box, checkpoint], counter, queue=False,
-              trigger_mode="always_last", show_progress="hidden", js=_DEBOUNCE_JS, api_name=api_name,
-              api_visibility=visibility)
-        visibility, api_name = "private", f"{api_name}_model"
+    gr.on(None, lambda text, key: _count(service, text, key), [box, checkpoint], counter, queue=False,
+          trigger_mode="multiple", show_progress="hidden", js=_debounce_js(api_name), api_name=api_name,
+          api_visibility="public" if api_name == "count_tokens" else "private")
 
 
 def wire_prompt_tools(service: Any, prefix: str, boxes: Any, checkpoint: gr.Dropdown) -> None:
@@ -90,5 +97,5 @@ def embeddings_picker(service: Any, prompt: gr.Textbox, negative: gr.Textbox, pr
             listing.click(add, [listing, target, prompt, negative], [prompt, negative], queue=False,
                           api_name=f"{prefix}_add_embedding", api_visibility="private")
         if refused:
-            lines = "\n".join(f"- `{file}`: {why}" for file, why in sorted(refused.items()))
+            lines = "\n".join(f"- {why}" for _, why in sorted(refused.items()))  # each reason names its file
             gr.Markdown(f"Not used:\n{lines}", elem_id=f"{prefix}-embeddings-refused")

@@ -17,7 +17,7 @@ from tests.reliability_report import reliability, track_module  # noqa: F401
 from tests.reliability_support import app_launch_kwargs, make_service, one_thread, tiny, txt2img  # noqa: F401
 
 AREA = "Security"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 UNSAFE = re.compile(r"\btorch\.load\b|\bimport (c?pickle|dill|joblib)\b|\bpickle\.|allow_pickle\s*=\s*True|"
                     r"\bweights_only\s*=\s*False|\btorch\.hub\b")
 

@@ -15,7 +15,7 @@ from sd2_app.accel.per_call import options_for_host, per_call_options
 from sd2_app.api import gpu_time
 from sd2_app.api.requests import Sampling, Txt2ImgRequest, UpscaleRequest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def front_matter() -> dict:

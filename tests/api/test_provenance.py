@@ -17,7 +17,7 @@ from PIL import Image
 from sd2_app.pipelines import watermark
 from sd2_app.pipelines.metadata import DIGITAL_SOURCE_TYPE, digital_source_type, read_png_parameters, save_png
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 PSNR_BOUND_DB = 38.0
 
 

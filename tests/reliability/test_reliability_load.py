@@ -23,6 +23,8 @@ from gradio_client.utils import QueueError  # noqa: E402
 from tests.reliability_report import reliability, track_module  # noqa: E402,F401
 from tests.reliability_support import noise_image, one_thread, png_bytes, served_app  # noqa: E402,F401
 
+pytestmark = pytest.mark.slow  # a served app under 100 requests and hostile uploads
+
 AREA = "Load"
 CLIENTS, REQUESTS = 20, 5
 FAST = {"width": 64, "height": 64, "steps": 2, "cfg_scale": 1.0, "sampler": "Euler", "batch_size": 1}

@@ -223,7 +223,7 @@ def test_only_png_jpeg_webp_reach_pil(public_app, reliability, tmp_path: Path, m
 # ---- 11. the API refuses what the service refuses ------------------------------------------------------
 
 def _field_cases() -> list[tuple[str, dict, object]]:
-    from tests.test_reliability_input import FIELD_CASES, _sampling
+    from tests.reliability.test_reliability_input import FIELD_CASES, _sampling
 
     base = _sampling()
     cases = []
@@ -242,7 +242,7 @@ def _field_cases() -> list[tuple[str, dict, object]]:
 def test_every_field_rule_holds_through_the_api(public_app, reliability) -> None:
     from sd2_app.api.service import Service
     from sd2_app.api.validation import Limits
-    from tests.test_reliability_input import _sampling
+    from tests.reliability.test_reliability_input import _sampling
 
     url, _, _ = public_app
     checker = Service(None, outputs_dir=None, limits=Limits(max_side=1024), allowed_repos=())

@@ -1,0 +1,93 @@
+"""The token counter and the embeddings list in a real Chromium (Playwright), on the tiny checkpoints.
+
+Screenshots go to tests/artifacts/ (gitignored). Skipped when /usr/bin/chromium or playwright is missing.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+
+if not CHROMIUM.exists():
+    pytest.skip("no /usr/bin/chromium", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from sd2_app.api.service import Service
+    from sd2_app.checkpoints.catalog import tiny_registry
+    from sd2_app.loading.embeddings import EmbeddingLibrary
+    from sd2_app.manager import ModelManager
+    from sd2_app.testing.tiny import ensure_tiny_repos
+    from sd2_app.ui import build_ui
+    from tests.pipeline_fixtures import tiny_dir
+
+    folder = tmp_path_factory.mktemp("embeddings")
+    save_file({"emb_params": torch.zeros(2, 32)}, str(folder / "tiny-style.safetensors"))
+    (folder / "old-style.pt").write_bytes(b"pickle")
+    registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
+    manager = ModelManager("cpu", registry=registry, cache_dir=tmp_path_factory.mktemp("cache"))
+    demo = build_ui(Service(manager, outputs_dir=None, embeddings=EmbeddingLibrary.scan(folder)))
+    demo.queue(max_size=8, default_concurrency_limit=1)
+    _, address, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(),
+                                quiet=True, show_error=False)
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(address)
+            page.get_by_role("tab", name="Text to image").wait_for()
+            yield page
+            browser.close()
+    finally:
+        demo.close()
+
+
+def _counter(page, elem_id: str) -> object:
+    return page.locator(f"#{elem_id}")
+
+
+def test_counter_follows_typing(page) -> None:
+    sync_api.expect(_counter(page, "txt2img-prompt-tokens")).to_have_text(re.compile(r"\b\d+/75\b"))  # on load
+    prompt = page.locator("#txt2img-prompt textarea")
+    prompt.fill("")
+    prompt.press_sequentially("a " * 10, delay=10)  # keystrokes: the count is sent once typing pauses
+    sync_api.expect(_counter(page, "txt2img-prompt-tokens")).to_have_text("10/75")
+    prompt.fill("a " * 93)
+    sync_api.expect(_counter(page, "txt2img-prompt-tokens")).to_have_text("93/150")
+    negative = page.locator("#txt2img-negative textarea")
+    negative.fill("(blurry:1.3) tiny-style")
+    sync_api.expect(_counter(page, "txt2img-negative-tokens")).to_have_text("8/75")  # "blurry": 6, + 2 vectors
+    page.screenshot(path=str(ARTIFACTS / "prompts-counter.png"), full_page=False)
+
+
+def test_embedding_click_inserts_its_name(page) -> None:
+    prompt = page.locator("#txt2img-prompt textarea")
+    prompt.fill("a cat")
+    page.locator("#txt2img-embeddings").get_by_text("Embeddings (1)").click()
+    page.locator("#txt2img-embeddings-list").get_by_text("tiny-style").click()
+    sync_api.expect(prompt).to_have_value("a cat, tiny-style")
+    sync_api.expect(_counter(page, "txt2img-prompt-tokens")).to_have_text("5/75")  # a, cat, ",", 2 vectors
+    sync_api.expect(page.locator("#txt2img-embeddings-refused")).to_contain_text("old-style.pt")
+    page.screenshot(path=str(ARTIFACTS / "prompts-embeddings.png"), full_page=False)
