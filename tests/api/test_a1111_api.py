@@ -27,7 +27,7 @@ webuiapi = pytest.importorskip("webuiapi")
 from gradio_client import Client  # noqa: E402
 
 from tests.reliability_support import noise_image, png_bytes  # noqa: E402
-from tests.test_ui_api import _free_port  # noqa: E402
+from tests.ui.test_ui_api import _free_port  # noqa: E402
 
 USER, PASSWORD = "krita", "s3cret"
 FAST = {"sampler_name": "Euler", "steps": 2, "cfg_scale": 1.0, "width": 64, "height": 64}
@@ -307,7 +307,7 @@ def test_app_mounts_the_api_locally_and_in_public_modes_only_when_asked(monkeypa
     import gradio as gr
 
     import app as app_module
-    from tests.test_provenance import linked_tiny_cache
+    from tests.api.test_provenance import linked_tiny_cache
 
     linked_tiny_cache(monkeypatch, tmp_path)
     launches: list[dict] = []

@@ -97,7 +97,7 @@ def test_app_picks_the_per_call_switches_on_zerogpu(monkeypatch: pytest.MonkeyPa
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(manager_module, "ModelManager", Recorder)
-    from tests.test_provenance import linked_tiny_cache
+    from tests.api.test_provenance import linked_tiny_cache
 
     linked_tiny_cache(monkeypatch, tmp_path)
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
