@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACT = ROOT / "tests" / "artifacts" / "RELIABILITY.md"
 DOC = ROOT / "docs" / "RELIABILITY.md"
-AREAS = ("Bad input", "Numerical faults", "Resource faults", "Load", "Security")
+AREAS = ("Bad input", "Numerical faults", "Resource faults", "Load", "Security", "Hosting")
 
 _rows: list[tuple[str, str, str, str]] = []  # (area, case, outcome, test module)
 

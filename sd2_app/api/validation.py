@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from sd2_app.api.cost import DEFAULT_MAX_JOB_COST, check_job_cost, job_cost
 from sd2_app.errors import InvalidRequest
 from sd2_app.api.requests import (
     DepthRequest,
@@ -50,6 +51,7 @@ class Limits:
     max_steps: int = 150
     max_batch: int = 8
     max_plot_cells: int = 64  # cells of one X/Y/Z plot (all Z values together)
+    max_job_cost: int | None = DEFAULT_MAX_JOB_COST  # UNet evaluations x latent pixels (sd2_app.api.cost); None: no cap
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Catalog:
     resolutions: Mapping[str, int]
     tasks: Mapping[str, tuple[str, ...]]
     labels: Mapping[str, str] = field(default_factory=dict)
+    calls_per_step: Mapping[str, int] = field(default_factory=dict)  # UNet calls per step per sampler (missing: 1)
 
 
 def _clean_text(value: Any, what: str) -> str:
@@ -92,6 +95,12 @@ def _integer(value: Any, what: str, low: int, high: int) -> int:
     return int(value)
 
 
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{what} must be true or false, got {value!r}.")
+    return value
+
+
 def resolve_seed(seed: Any) -> int:
     """None or -1 draws a fresh seed (reported back, so the image can be reproduced)."""
     if seed is None or (not isinstance(seed, bool) and isinstance(seed, (int, float)) and seed == -1):
@@ -112,7 +121,7 @@ def check_sampler_names(names: tuple[Any, ...], catalog: Catalog) -> None:
 
 def _sampling(s: Sampling, catalog: Catalog, limits: Limits, *, karras_optional: bool = False) -> Sampling:
     check_sampler_names((s.sampler,), catalog)
-    use_karras = bool(s.use_karras)
+    use_karras = _flag(s.use_karras, "Karras sigmas")
     if use_karras and not catalog.samplers[s.sampler] and not karras_optional:
         raise InvalidRequest(f"Karras sigmas are not available for the {s.sampler} sampler; untick Karras.")
     return replace(
@@ -243,12 +252,21 @@ def _strength(value: Any, steps: int) -> float:
 
 
 def validate(request: Request, catalog: Catalog, limits: Limits = Limits()) -> tuple[Request, list[str]]:
-    """A complete, in-range copy of `request` and the warnings to show; `InvalidRequest` otherwise."""
-    warnings: list[str] = []
+    """A complete, in-range copy of `request` and the warnings to show; `InvalidRequest` otherwise.
+
+    The checked request's cost (`sd2_app.api.cost`) must also be within `limits.max_job_cost`.
+    """
     if isinstance(request, XYZPlotRequest):
         from sd2_app.api.plot import validate_plot
 
-        return validate_plot(request, catalog, limits)
+        return validate_plot(request, catalog, limits)  # every cell, and the plot's total cost
+    checked, warnings = _validate_fields(request, catalog, limits)
+    check_job_cost(checked, job_cost(checked, catalog), limits.max_job_cost)
+    return checked, warnings
+
+
+def _validate_fields(request: Request, catalog: Catalog, limits: Limits) -> tuple[Request, list[str]]:
+    warnings: list[str] = []
     if type(request) not in REQUEST_TYPES.values():
         raise InvalidRequest(f"Unknown request type {type(request).__name__}.")
     task = request.task
@@ -326,9 +344,9 @@ def _inpaint_fields(
         mask=mask,
         strength=_strength(request.strength, steps),
         mask_blur=_integer(request.mask_blur, "Mask blur", 0, 64),
-        only_masked=bool(request.only_masked),
+        only_masked=_flag(request.only_masked, "Only masked area"),
         only_masked_padding=_integer(request.only_masked_padding, "Only-masked padding", 0, 256),
-        keep_unmasked=bool(request.keep_unmasked),
+        keep_unmasked=_flag(request.keep_unmasked, "Keep unmasked"),
     )
 
 
@@ -375,4 +393,5 @@ def _outpaint_fields(request: OutpaintRequest, steps: int, limits: Limits) -> di
     if request.fill not in OUTPAINT_FILLS:
         raise InvalidRequest(f"Unknown outpaint fill {request.fill!r}; choose one of: {', '.join(OUTPAINT_FILLS)}.")
     return {**sides, "image": image, "fill": request.fill, "strength": _strength(request.strength, steps),
-            "mask_blur": _integer(request.mask_blur, "Mask blur", 0, 64), "keep_original": bool(request.keep_original)}
+            "mask_blur": _integer(request.mask_blur, "Mask blur", 0, 64),
+            "keep_original": _flag(request.keep_original, "Keep the original")}

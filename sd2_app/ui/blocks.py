@@ -11,6 +11,7 @@ import gradio as gr
 
 from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
 from sd2_app.ui.common import ResultPanel, SamplingControls, selected_image
+from sd2_app.ui.hosting import Hosting, Visitors, install
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.txt2img_extras import from_parameters
 
@@ -78,9 +79,14 @@ def _wire_send(tab: Any, tabs: gr.Tabs, targets: dict[str, SendTarget], prefix: 
                 queue=False, show_progress="hidden")
 
 
-def build_ui(service: Service, *, assets: Path = ASSETS) -> gr.Blocks:
-    """The app. `service` is a `sd2_app.api.service.Service` (or a test double with the same methods)."""
-    flags = StopFlags()
+def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Hosting()) -> gr.Blocks:
+    """The app. `service` is a `sd2_app.api.service.Service` (or a test double with the same methods).
+
+    `hosting` holds the operator's settings for visitors (per-visitor job limit, model loading); every launch
+    of the returned app serves visitor cookies and keeps the queue's direct routes closed (`sd2_app.ui.hosting`).
+    """
+    visitors = Visitors(max_jobs=hosting.max_jobs_per_visitor)
+    flags = StopFlags(visitors)
     examples = _examples(assets)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}\nText to image, image to image, inpainting, outpainting, ×4 upscaling, depth to "
@@ -101,9 +107,9 @@ def build_ui(service: Service, *, assets: Path = ASSETS) -> gr.Blocks:
             with gr.Tab("X/Y/Z plot", id="xyz"):
                 xyz_plot.build(service, flags)
             with gr.Tab("Models", id="models") as models_tab:
-                refresh_models, models_outputs = models.build(service)
+                refresh_models, models_outputs = models.build(service, admin=hosting.model_admin)
             with gr.Tab("History", id="history") as history_tab:
-                refresh_history, history_outputs = history.build(service)
+                refresh_history, history_outputs = history.build(service, visitors)
             with gr.Tab("PNG info", id="pnginfo"):
                 png_image, png_fields, png_send = pnginfo.build(service)
         targets = {
@@ -124,6 +130,7 @@ def build_ui(service: Service, *, assets: Path = ASSETS) -> gr.Blocks:
         # every launcher (app.py, Spaces, the tests) gets them.
         css = json.dumps((STATIC / "app.css").read_text(encoding="utf-8"))
         demo.load(None, js=f"() => ({(STATIC / 'app.js').read_text(encoding='utf-8')})({css})")
+    install(demo, visitors)
     return demo
 
 

@@ -32,7 +32,8 @@ FAST = {"width": 64, "height": 64, "steps": 2, "cfg_scale": 1.0, "sampler": "Eul
 
 def _client_session(url: str, index: int) -> list[tuple[str, int, str]]:
     """One client's 5 requests in a row: (outcome, seed, detail) each."""
-    client = Client(url, verbose=False)
+    # 20 clients fetch the app's config at once: on a busy machine that takes longer than httpx's 5 s default.
+    client = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
     outcomes: list[tuple[str, int, str]] = []
     for request in range(REQUESTS):
         seed = 1000 + 10 * index + request
