@@ -2,6 +2,12 @@
 
 On a Hugging Face ZeroGPU Space (the `spaces` package is importable) the default checkpoint is loaded at
 start-up, as ZeroGPU expects, and results are not written to disk unless --outputs is given.
+
+Public modes (a Space, a --host other than loopback, or --share) serve untrusted visitors: loading and
+unloading checkpoints by hand is off there unless --allow-model-admin or --auth is given. Every mode caps the
+cost of one job (--max-job-cost), the jobs one visitor may have queued (--max-jobs-per-session), keeps the
+queue's direct REST routes closed, deletes Gradio's cached uploads and results after --cache-minutes and
+keeps Gradio's run history off unless --run-history is given. README's "Hosting" section lists them.
 """
 
 from __future__ import annotations
@@ -10,6 +16,12 @@ import argparse
 import logging
 import os
 from importlib.util import find_spec
+from typing import Any
+
+
+def _env_number(name: str, default: float | None, kind: type = int) -> float | None:
+    value = os.environ.get(name)
+    return default if value in (None, "") else kind(value)
 
 
 def on_spaces() -> bool:
@@ -22,6 +34,8 @@ def is_public(args: argparse.Namespace) -> bool:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from sd2_app.api.cost import DEFAULT_MAX_JOB_COST
+
     spaces = on_spaces()
     p = argparse.ArgumentParser(description="Stable Diffusion 2 web app")
     # Spaces (and Docker images) say where to listen through GRADIO_SERVER_NAME; an explicit server_name would
@@ -41,6 +55,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--outputs", default=None if spaces else "outputs", help="folder for results and metadata")
     p.add_argument("--no-save", action="store_true", help="do not write results to disk")
     p.add_argument("--queue-size", type=int, default=16, help="jobs that may wait in the queue")
+    p.add_argument("--max-jobs-per-session", type=int, default=_env_number("SD2APP_MAX_JOBS_PER_SESSION", 2),
+                   help="GPU jobs one visitor may have queued or running (default 2, $SD2APP_MAX_JOBS_PER_SESSION)")
+    p.add_argument("--max-job-cost", type=int, default=_env_number("SD2APP_MAX_JOB_COST", DEFAULT_MAX_JOB_COST),
+                   help="largest job in UNet evaluations x latent pixels, 0 = no cap (default %(default)s: one "
+                        "768x768 image at 150 two-call steps, or an x4 upscale of 256x256 at 50 steps; "
+                        "$SD2APP_MAX_JOB_COST)")
+    p.add_argument("--keep-outputs-days", type=float,
+                   default=_env_number("SD2APP_KEEP_OUTPUTS_DAYS", 1.0 if spaces else None, float),
+                   help="delete saved results older than this (default: keep them; 1 day on Spaces)")
+    p.add_argument("--cache-minutes", type=float, default=_env_number("SD2APP_CACHE_MINUTES", 60.0, float),
+                   help="delete Gradio's cached uploads and results older than this (default 60)")
+    p.add_argument("--allow-model-admin", action="store_true",
+                   default=os.environ.get("SD2APP_ALLOW_MODEL_ADMIN") == "1",
+                   help="let visitors load and unload checkpoints in public modes (always allowed on loopback)")
+    p.add_argument("--auth", default=os.environ.get("SD2APP_AUTH"), metavar="USER:PASSWORD",
+                   help="require a Gradio login (then visitors may load and unload checkpoints; $SD2APP_AUTH)")
+    p.add_argument("--run-history", action="store_true",
+                   help="turn on Gradio's run history page (off: it could use the host's HF token)")
     p.add_argument("--max-side", type=int, default=1024, help="largest width/height a user may ask for")
     p.add_argument("--repo", action="append", default=[], metavar="KEY=REPO[,REPO]", help="override a checkpoint's repos")
     p.add_argument("--revision", action="append", default=[], metavar="KEY=REV", help="pin a checkpoint's revision")
@@ -60,7 +92,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--embeddings-dir", default="embeddings",
                    help="folder of SD2 textual-inversion embeddings (.safetensors), read at start-up; a prompt uses "
                         "one by its file name (default ./embeddings)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.auth is not None and ":" not in args.auth:
+        p.error("--auth takes USER:PASSWORD")
+    return args
 
 
 def api_enabled(args: argparse.Namespace) -> bool:
@@ -85,11 +120,12 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
     from sd2_app.api.service import Service
     from sd2_app.loading.embeddings import EmbeddingLibrary
     from sd2_app.ui import build_ui
+    from sd2_app.ui.hosting import Hosting
     from sd2_app.api.validation import Limits
 
     registry = apply_overrides(repos=parse_assignments(args.repo), revisions=parse_assignments(args.revision))
     outputs = None if args.no_save else args.outputs
-    limits = Limits(max_side=args.max_side)
+    limits = Limits(max_side=args.max_side, max_job_cost=args.max_job_cost or None)
     # PIL refuses to open images over twice this many pixels (uploads are decoded lazily, and validation
     # refuses anything over the limit from the header alone, so this only stops bombs PIL would decode).
     Image.MAX_IMAGE_PIXELS = limits.max_input_pixels
@@ -100,19 +136,38 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
         manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, preload=args.preload or (),
                                accel=options_for_host(args.speed, zerogpu=on_zerogpu()))
         service = Service(manager, limits=limits, outputs_dir=outputs, watermark=not args.no_watermark,
-                          embeddings=EmbeddingLibrary.scan(args.embeddings_dir))
-    demo = build_ui(service)
+                          embeddings=EmbeddingLibrary.scan(args.embeddings_dir),
+                          keep_outputs_days=args.keep_outputs_days)
+    hosting = Hosting(max_jobs_per_visitor=args.max_jobs_per_session,
+                      model_admin=args.allow_model_admin or bool(args.auth) or not is_public(args))
+    demo = build_ui(service, hosting=hosting)
     if args.mcp and mcp_available():
         from sd2_app.ui.mcp_tools import add_mcp_tools
 
         add_mcp_tools(demo, service)
-    demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
+    age = max(1, round(args.cache_minutes * 60))
+    demo.delete_cache = (min(age, 600), age)  # every `frequency` seconds, files older than `age` seconds go
+    # The direct REST routes would skip the queue (and its limits): API clients join the queue like the browser.
+    demo.queue(max_size=args.queue_size, default_concurrency_limit=1, api_open=False)
     if api_enabled(args):
         from sd2_app.api.a1111_routes import A1111Api, build_router, parse_auth
 
         api = A1111Api(service, auth=parse_auth(args.api_auth), max_jobs=args.queue_size)
-        demo.sd2_routes = build_router(api).routes  # type: ignore[attr-defined]  # read by main()
+        demo.sd2_routes = build_router(api).routes  # type: ignore[attr-defined]  # read by launch_settings()
     return demo
+
+
+def launch_settings(args: argparse.Namespace, demo: Any = None) -> dict[str, Any]:
+    """The keyword arguments of `demo.launch` (docs/RELIABILITY.md lists them, with the queue's settings)."""
+    auth = tuple(args.auth.split(":", 1)) if args.auth and ":" in args.auth else None
+    # The A1111 routes go first in FastAPI's route list, so nothing of Gradio's can shadow them; SSR stays off
+    # (its Node front server would stand between clients and these routes).
+    routes = list(getattr(demo, "sd2_routes", []))
+    # No extra allowed paths; errors show our messages (gr.Error), never tracebacks; no /monitoring endpoint;
+    # no run history (it may reach the Hub with the host's token).
+    return dict(server_name=args.host, server_port=args.port, share=args.share, show_error=False, allowed_paths=[],
+                max_file_size="25mb", enable_monitoring=False, run_history=args.run_history, auth=auth,
+                ssr_mode=False, mcp_server=bool(args.mcp and mcp_available()), app_kwargs={"routes": routes})
 
 
 def _serve_service(args: argparse.Namespace, registry: dict, limits: object, outputs: str | None):  # -> Service
@@ -121,10 +176,20 @@ def _serve_service(args: argparse.Namespace, registry: dict, limits: object, out
     from sd2_app.serve.backend import ClusterModels, ServeBackend, connect
     from sd2_app.serve.config import load_config
 
+    from sd2_app.loading.embeddings import EmbeddingLibrary
+
+    if args.tiny:  # the front end reads the tiny repos' tokenizers for the token counter
+        from sd2_app.checkpoints.catalog import tiny_registry
+        from sd2_app.manager import default_cache_dir
+        from sd2_app.testing.tiny import ensure_tiny_repos
+
+        registry = tiny_registry(ensure_tiny_repos(default_cache_dir() / "tiny"), registry)
     config = load_config(args.serve_config)
     handle = connect(args.serve, config)
     return Service(ClusterModels(handle, registry), registry=registry, limits=limits, outputs_dir=outputs,
-                   backend=ServeBackend(handle), concurrency=config.total_concurrency)
+                   watermark=not args.no_watermark, embeddings=EmbeddingLibrary.scan(args.embeddings_dir),
+                   backend=ServeBackend(handle), concurrency=config.total_concurrency,
+                   keep_outputs_days=args.keep_outputs_days)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,13 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.mcp and not mcp_available():
         logging.getLogger("app").warning("--mcp needs the mcp package: pip install -r requirements-mcp.txt; MCP is off")
     demo = build(args)
-    # The A1111 routes go first in FastAPI's route list, so nothing of Gradio's can shadow them; SSR stays off
-    # (its Node front server would stand between clients and these routes).
-    routes = list(getattr(demo, "sd2_routes", []))
-    # No extra allowed paths; errors show our messages (gr.Error), never tracebacks; no /monitoring endpoint.
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=False,
-                allowed_paths=[], max_file_size="25mb", enable_monitoring=False, ssr_mode=False,
-                mcp_server=bool(args.mcp and mcp_available()), app_kwargs={"routes": routes})
+    demo.launch(**launch_settings(args, demo))
 
 
 if __name__ == "__main__":

@@ -85,10 +85,10 @@ fi
 
 if has tests; then
   keep=$(after peers micro profile compiled)
-  timeout $(( $(left) - keep )) python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_accel_*.py \
-    tests/test_attention_precision.py tests/test_gpu_numerics.py tests/test_manager.py tests/test_reliability_faults.py tests/test_text_graph.py \
-    tests/test_stacking.py tests/test_vae_attention.py tests/test_upsample.py \
-    tests/test_pipelines_helpers.py tests/test_staged_read.py > "$OUT/tests.txt" 2>&1
+  timeout $(( $(left) - keep )) python3 -m pytest -q -m gpu -p no:cacheprovider tests/accel/test_accel_*.py \
+    tests/nn/test_attention_precision.py tests/accel/test_gpu_numerics.py tests/manager/test_manager.py tests/reliability/test_reliability_faults.py tests/accel/test_text_graph.py \
+    tests/accel/test_stacking.py tests/accel/test_vae_attention.py tests/accel/test_upsample.py \
+    tests/pipelines/test_pipelines_helpers.py tests/loading/test_staged_read.py > "$OUT/tests.txt" 2>&1
   stamp "gpu tests done (rc $?)"
 fi
 

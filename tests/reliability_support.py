@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -96,28 +97,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
-    """app.build + app.main's launch settings, in-process on 127.0.0.1 and a free port, on the tiny repos.
+@contextmanager
+def serve(argv: list[str], cache: Path, bind: str | None = None) -> Iterator[tuple[str, object]]:
+    """app.build(argv) launched with app.py's launch settings, in-process on a free port.
 
-    The tiny repos are linked into a fresh cache (app.py's --tiny writes them under $SD2APP_CACHE/tiny).
-    Yields (url, demo); PIL's pixel cap, which app.build sets, is restored afterwards.
+    `bind` overrides the address listened on (a public-mode `--host 0.0.0.0` is tested on loopback).
+    The tiny repos are linked into `cache` (app.py's --tiny reads them under $SD2APP_CACHE/tiny). Yields
+    (url, demo); PIL's pixel cap, which app.build sets, is restored afterwards.
     """
     import app
     from sd2_app.testing.tiny import ensure_tiny_repos
     from tests.pipeline_fixtures import tiny_dir
 
     ensure_tiny_repos(tiny_dir())
-    cache = tmp_path_factory.mktemp("app-cache")
     (cache / "tiny").symlink_to(tiny_dir(), target_is_directory=True)
-    argv = ["--tiny", "--device", "cpu", "--no-save", "--queue-size", "8"]
-    kwargs = app_launch_kwargs(argv)
+    args = app.parse_args(argv)
     pixels_before = Image.MAX_IMAGE_PIXELS
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setenv("SD2APP_CACHE", str(cache))
     try:
-        demo = app.build(app.parse_args(argv))
+        demo = app.build(args)
+        kwargs = app.launch_settings(args, demo)
         kwargs.update(server_port=free_port(), prevent_thread_lock=True, quiet=True)
+        if bind is not None:
+            kwargs["server_name"] = bind
         _, url, _ = demo.launch(**kwargs)
         try:
             yield url, demo
@@ -126,3 +129,11 @@ def served_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> It
     finally:
         monkeypatch.undo()
         Image.MAX_IMAGE_PIXELS = pixels_before
+
+
+@pytest.fixture(scope="module")
+def served_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    """`python app.py --tiny --device cpu --no-save --queue-size 8`, served in-process (see `serve`)."""
+    with serve(["--tiny", "--device", "cpu", "--no-save", "--queue-size", "8"],
+               tmp_path_factory.mktemp("app-cache")) as served:
+        yield served

@@ -4,7 +4,7 @@ On ZeroGPU the GPU exists only inside a `spaces.GPU` call, and each call runs in
 from the app's main process: whatever a job sets up on the GPU (captured CUDA graphs, Triton kernels and
 their start-up checks, cuDNN's algorithm search) is gone when the call ends, so each call pays it again.
 The switches that pay off within one call are kept; the reasoning (with the figures of
-docs/PERFORMANCE.md) is in docs/DESIGN.md ("ZeroGPU"):
+docs/perf/JOURNAL.md) is in docs/DESIGN.md ("ZeroGPU"):
 
 - CUDA graphs off: a capture (warm-up forwards plus the capture) costs about what it saves over a 25-step job;
 - fused Triton ops off: their compiles and checks cost seconds in a new process, the gain is milliseconds;

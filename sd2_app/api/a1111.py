@@ -34,7 +34,6 @@ from sd2_app.errors import InvalidRequest
 log = logging.getLogger(__name__)
 
 MAX_BASE64_CHARS = 34 * 2**20  # about 25 MiB of image file, the web UI's upload limit
-MAX_N_ITER = 16  # batches per request; each is one job through the Service (and its cost cap)
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF")  # PNG, JPEG, WebP (RIFF....WEBP)
 
 COMMON_FIELDS = frozenset({
@@ -174,11 +173,18 @@ def _sampling(body: Mapping[str, Any], names: list[str], seed: int, task: str) -
     )
 
 
-def _batches(body: Mapping[str, Any]) -> tuple[int, int]:
-    """(n_iter, first seed): -1 draws one seed; batch j uses seed + j * batch_size, as A1111 numbers them."""
-    n_iter = body.get("n_iter", 1)
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or not 1 <= n_iter <= MAX_N_ITER:
-        raise InvalidRequest(f"n_iter must be a whole number from 1 to {MAX_N_ITER}, got {n_iter!r}.")
+def _batches(body: Mapping[str, Any], max_images: int) -> tuple[int, int]:
+    """(n_iter, first seed): -1 draws one seed; batch j uses seed + j * batch_size, as A1111 numbers them.
+
+    Each batch is a job of its own (validated and cost-capped by the Service), so n_iter x batch_size may not
+    exceed what one web UI job may make (`Limits.max_batch` images): n_iter cannot multiply the cap.
+    """
+    n_iter, batch = body.get("n_iter", 1), body.get("batch_size", 1)
+    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
+        raise InvalidRequest(f"n_iter must be a whole number of at least 1, got {n_iter!r}.")
+    if isinstance(batch, int) and not isinstance(batch, bool) and n_iter * batch > max_images:
+        raise InvalidRequest(f"n_iter x batch_size is {n_iter * batch}; this server makes at most {max_images} "
+                             "images per request.")
     return n_iter, resolve_seed(body.get("seed", -1))
 
 
@@ -207,9 +213,10 @@ def _seed_extras(body: Mapping[str, Any]) -> rq.SeedExtras:
                          resize_from=resize)
 
 
-def txt2img_job(body: Mapping[str, Any], current: str, names: list[str], fits: Callable[[str, str], str | None]) -> Job:
+def txt2img_job(body: Mapping[str, Any], current: str, names: list[str], fits: Callable[[str, str], str | None],
+                max_images: int) -> Job:
     check_fields(body, TXT2IMG_FIELDS)
-    n_iter, seed = _batches(body)
+    n_iter, seed = _batches(body, max_images)
     checkpoint = _checkpoint(body, current, "txt2img", fits)
     sampling = _sampling(body, names, seed, "txt2img")
     base = rq.Txt2ImgRequest(prompt=body.get("prompt", ""), negative_prompt=body.get("negative_prompt", ""),
@@ -245,14 +252,15 @@ def _mask(body: Mapping[str, Any]) -> Image.Image:
     return mask
 
 
-def img2img_job(body: Mapping[str, Any], current: str, names: list[str], fits: Callable[[str, str], str | None]) -> Job:
+def img2img_job(body: Mapping[str, Any], current: str, names: list[str], fits: Callable[[str, str], str | None],
+                max_images: int) -> Job:
     check_fields(body, IMG2IMG_FIELDS)
     images = body.get("init_images") or []
     if not isinstance(images, list) or len(images) != 1:
         raise InvalidRequest("init_images must hold exactly one base64 image.")
     if body.get("resize_mode", 0) not in RESIZE_MODES:
         raise InvalidRequest(f"resize_mode {body.get('resize_mode')!r} is not available; use 0 (just resize).")
-    n_iter, seed = _batches(body)
+    n_iter, seed = _batches(body, max_images)
     task = "inpaint" if body.get("mask") else "img2img"
     checkpoint = _checkpoint(body, current, task, fits)
     sampling = _sampling(body, names, seed, task)

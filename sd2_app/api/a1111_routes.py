@@ -217,14 +217,15 @@ def build_router(api: A1111Api) -> APIRouter:
     router = APIRouter(prefix=PREFIX, dependencies=[Depends(_auth_dependency(api))])
     catalog = api.service.catalog
     names = api.service.samplers
+    max_images = api.service.limits.max_batch
 
     @router.post("/txt2img")
     def txt2img(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        return _errors_as_http(lambda: api.run(a1111.txt2img_job(body, api.current, names(), api.fits), body))
+        return _errors_as_http(lambda: api.run(a1111.txt2img_job(body, api.current, names(), api.fits, max_images), body))
 
     @router.post("/img2img")
     def img2img(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        return _errors_as_http(lambda: api.run(a1111.img2img_job(body, api.current, names(), api.fits), body))
+        return _errors_as_http(lambda: api.run(a1111.img2img_job(body, api.current, names(), api.fits, max_images), body))
 
     @router.post("/extra-single-image")
     def extra_single_image(body: dict[str, Any] = Body(...)) -> dict[str, Any]:

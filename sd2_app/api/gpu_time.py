@@ -42,7 +42,24 @@ def unet_work(request: Any, calls_per_step: dict[str, int] | None = None) -> int
     strength = getattr(request, "strength", None)
     steps = sampling.steps if strength is None else max(1, int(sampling.steps * strength + 0.999999))
     per_step = (2 if sampling.cfg_scale > 1 else 1) * int((calls_per_step or {}).get(sampling.sampler, 1))
-    return steps * per_step * sampling.batch_size * pixels
+    work = steps * per_step * sampling.batch_size * pixels
+    if getattr(request, "hires", None) is not None:
+        work += hires_work(request, calls_per_step)
+    return work
+
+
+def hires_work(request: Any, calls_per_step: dict[str, int] | None = None) -> int:
+    """The hires fix's work after its first pass: the second pass at the target size (its strength-cut steps,
+    its sampler) and, for the "SD2 x4" upscaler, the x4 model at the first pass's pixel size (guided)."""
+    hires, sampling = request.hires, request.sampling
+    width, height = hires.target(int(request.width), int(request.height))
+    sampler = hires.sampler or sampling.sampler
+    per_step = (2 if sampling.cfg_scale > 1 else 1) * int((calls_per_step or {}).get(sampler, 1))
+    pixels = (width // LATENT_FACTOR) * (height // LATENT_FACTOR)
+    work = hires.second_pass_steps(sampling.steps) * per_step * sampling.batch_size * pixels
+    if hires.upscaler == "SD2 x4":  # api/hires_x4.py: hires steps, CFG 9, at the first image's size
+        work += (hires.steps or sampling.steps) * 2 * int(request.width) * int(request.height)
+    return work
 
 
 def gpu_seconds(work: int) -> int:

@@ -28,6 +28,7 @@ from sd2_app.api.plot_axes import (
     format_value,
     parse_values,
 )
+from sd2_app.api.cost import check_job_cost, job_cost
 from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.errors import Cancelled, InvalidRequest
 
@@ -99,7 +100,8 @@ def validate_plot(request: XYZPlotRequest, catalog: Any, limits: Any) -> tuple[X
         sizes = "×".join(str(len(axis.values)) for axis in axes.values())
         raise InvalidRequest(f"The plot has {sizes} = {cells} cells; the limit is {limits.max_plot_cells}.")
     checked = XYZPlotRequest(base=checked_base, x=axes["X"], y=axes.get("Y"), z=axes.get("Z"))
-    cell_warnings = plan_cells(checked, catalog, limits)[1]
+    planned, cell_warnings = plan_cells(checked, catalog, limits)
+    check_job_cost(checked, sum(job_cost(cell.request, catalog) for cell in planned), limits.max_job_cost)
     return checked, warnings + [w for w in cell_warnings if w not in warnings]
 
 

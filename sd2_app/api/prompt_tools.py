@@ -2,7 +2,7 @@
 
 The counter is called on every pause in typing, by every visitor, so it is kept light and apart from the GPU
 queue: it only tokenizes (the same parser and chunker generation uses), holds one of a few slots of its own
-(a busy counter answers None and the box keeps its last count instead of queueing), and reads the
+(waiting at most half a second for one; then it answers None and the box keeps its last count), and reads the
 checkpoint's tokenizer without loading its models.
 """
 
@@ -17,7 +17,8 @@ from sd2_app.errors import InvalidRequest, LoadError
 
 log = logging.getLogger(__name__)
 
-COUNTER_SLOTS = 4  # token counts computed at once; more callers get None at once
+COUNTER_SLOTS = 4  # token counts computed at once
+SLOT_WAIT_S = 0.5  # how long a count waits for a slot (a page load asks for every tab's counts together)
 
 
 class PromptTools:
@@ -53,7 +54,7 @@ class PromptTools:
             return self._tokenizers[checkpoint]
 
     def count(self, text: Any, checkpoint: Any) -> str | None:
-        """"23/75", "93/150" or "612/600 (over the 8-chunk limit)"; None when all slots are busy.
+        """"23/75", "93/150" or "612/600 (over the 8-chunk limit)"; None when all slots stay busy.
 
         Raises InvalidRequest for a text that is not a string or is over the prompt length limit, or an
         unknown checkpoint.
@@ -65,7 +66,7 @@ class PromptTools:
             raise InvalidRequest(f"A prompt is a text of at most {MAX_PROMPT_CHARS} characters.")
         if not isinstance(checkpoint, str) or checkpoint not in self._service.registry:
             raise InvalidRequest(f"Unknown checkpoint {checkpoint!r}.")
-        if not self._slots.acquire(blocking=False):
+        if not self._slots.acquire(timeout=SLOT_WAIT_S):
             return None
         try:
             tokenizer = self._tokenizer(checkpoint)

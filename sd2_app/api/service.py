@@ -46,6 +46,7 @@ def _default_catalog(registry: Mapping[str, CheckpointSpec]) -> Catalog:
         resolutions={key: spec.resolution for key, spec in registry.items()},
         tasks={key: tuple(spec.tasks) for key, spec in registry.items()},
         labels={key: spec.label for key, spec in registry.items()},
+        calls_per_step={name: int(spec.order) for name, spec in SAMPLERS.items()},
     )
 
 
@@ -69,6 +70,7 @@ class Service:
         limits: Limits = Limits(),
         allowed_repos: Iterable[str] | None = None,  # Hub repos users may pick; None: $SD2APP_ALLOWED_REPOS
         outputs_dir: str | Path | None = "outputs",
+        keep_outputs_days: float | None = None,  # delete saved results older than this (None: keep them)
         history_size: int = 50,
         preview_every: int = 5,
         watermark: bool = True,  # the invisible "SDV2" watermark in every result (--no-watermark turns it off)
@@ -99,6 +101,7 @@ class Service:
         self._preview = preview or _default_preview
         self.limits = limits
         self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else None
+        self.keep_outputs_days = keep_outputs_days
         self.preview_every = max(1, preview_every)
         self.watermark = watermark
         self.gate = GpuGate()  # one job at a time on the GPU, whichever front end sent it
@@ -316,25 +319,33 @@ class Service:
 
     # ---- keeping results ---------------------------------------------------------------------------
     def _save(self, result: Result) -> list[Path]:
-        from sd2_app.pipelines.metadata import save_png
+        from sd2_app.api.outputs import next_number, prune_older_than, save_new_png
 
         assert self.outputs_dir is not None
         folder = self.outputs_dir / datetime.fromtimestamp(result.created).strftime("%Y-%m-%d")
-        folder.mkdir(parents=True, exist_ok=True)
         paths: list[Path] = []
         with self._lock:
-            # One past the highest number in use, not the file count: after a file was deleted the count
-            # points at a number still in use, and a result with the same seed and task would overwrite it.
-            used = [int(p.name[:5]) for p in folder.glob("[0-9][0-9][0-9][0-9][0-9]-*.png")]
-            number = max(used, default=-1) + 1
+            if self.keep_outputs_days is not None and self.outputs_dir.is_dir():
+                prune_older_than(self.outputs_dir, self.keep_outputs_days * 86400.0)
+            folder.mkdir(parents=True, exist_ok=True)
+            number = next_number(folder)
             for index, image in enumerate(result.images):
-                paths.append(save_png(image, folder / f"{number + index:05d}-{result.seed}-{result.task}.png"))
+                paths.append(save_new_png(image, folder, f"{number + index:05d}-{result.seed}-{result.task}.png"))
             extras = (("mask", result.mask_image), ("depth", result.depth_image))
             for name, image in extras:
                 if image is not None:
-                    paths.append(save_png(image, folder / f"{number:05d}-{result.seed}-{result.task}-{name}.png"))
+                    paths.append(save_new_png(image, folder, f"{number:05d}-{result.seed}-{result.task}-{name}.png"))
         log.info("saved %d file(s) to %s", len(paths), folder)
         return paths
+
+    def disk_usage(self) -> tuple[int, int, float | None] | None:
+        """(files, bytes, days kept) of the saved results; None when saving is off."""
+        if self.outputs_dir is None:
+            return None
+        from sd2_app.api.outputs import folder_usage
+
+        files, nbytes = folder_usage(self.outputs_dir)
+        return files, nbytes, self.keep_outputs_days
 
     def _mark(self, images: list[Image.Image]) -> list[Image.Image]:
         """Provenance on every result: the invisible watermark (unless off) and the "AI generated" XMP marker."""

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from sd2_app.api.cost import DEFAULT_MAX_JOB_COST, check_job_cost, job_cost
 from sd2_app.errors import InvalidRequest
 from sd2_app.api.requests import (
     DepthRequest,
@@ -50,6 +51,7 @@ class Limits:
     max_steps: int = 150
     max_batch: int = 8
     max_plot_cells: int = 64  # cells of one X/Y/Z plot (all Z values together)
+    max_job_cost: int | None = DEFAULT_MAX_JOB_COST  # UNet evaluations x latent pixels (sd2_app.api.cost); None: no cap
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Catalog:
     resolutions: Mapping[str, int]
     tasks: Mapping[str, tuple[str, ...]]
     labels: Mapping[str, str] = field(default_factory=dict)
+    calls_per_step: Mapping[str, int] = field(default_factory=dict)  # UNet calls per step per sampler (missing: 1)
 
 
 def _clean_text(value: Any, what: str) -> str:
@@ -92,6 +95,12 @@ def _integer(value: Any, what: str, low: int, high: int) -> int:
     return int(value)
 
 
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{what} must be true or false, got {value!r}.")
+    return value
+
+
 def resolve_seed(seed: Any) -> int:
     """None or -1 draws a fresh seed (reported back, so the image can be reproduced)."""
     if seed is None or (not isinstance(seed, bool) and isinstance(seed, (int, float)) and seed == -1):
@@ -112,7 +121,7 @@ def check_sampler_names(names: tuple[Any, ...], catalog: Catalog) -> None:
 
 def _sampling(s: Sampling, catalog: Catalog, limits: Limits, *, karras_optional: bool = False) -> Sampling:
     check_sampler_names((s.sampler,), catalog)
-    use_karras = bool(s.use_karras)
+    use_karras = _flag(s.use_karras, "Karras sigmas")
     if use_karras and not catalog.samplers[s.sampler] and not karras_optional:
         raise InvalidRequest(f"Karras sigmas are not available for the {s.sampler} sampler; untick Karras.")
     return replace(
@@ -248,12 +257,21 @@ def _strength(value: Any, steps: int) -> float:
 
 
 def validate(request: Request, catalog: Catalog, limits: Limits = Limits()) -> tuple[Request, list[str]]:
-    """A complete, in-range copy of `request` and the warnings to show; `InvalidRequest` otherwise."""
-    warnings: list[str] = []
+    """A complete, in-range copy of `request` and the warnings to show; `InvalidRequest` otherwise.
+
+    The checked request's cost (`sd2_app.api.cost`) must also be within `limits.max_job_cost`.
+    """
     if isinstance(request, XYZPlotRequest):
         from sd2_app.api.plot import validate_plot
 
-        return validate_plot(request, catalog, limits)
+        return validate_plot(request, catalog, limits)  # every cell, and the plot's total cost
+    checked, warnings = _validate_fields(request, catalog, limits)
+    check_job_cost(checked, job_cost(checked, catalog), limits.max_job_cost)
+    return checked, warnings
+
+
+def _validate_fields(request: Request, catalog: Catalog, limits: Limits) -> tuple[Request, list[str]]:
+    warnings: list[str] = []
     if type(request) not in REQUEST_TYPES.values():
         raise InvalidRequest(f"Unknown request type {type(request).__name__}.")
     task = request.task
@@ -263,71 +281,104 @@ def validate(request: Request, catalog: Catalog, limits: Limits = Limits()) -> t
         "checkpoint": _checkpoint(request.checkpoint, task, catalog),
         "sampling": _sampling(request.sampling, catalog, limits),
     }
-    steps = common["sampling"].steps
-    if isinstance(request, Txt2ImgRequest):
-        native = catalog.resolutions[common["checkpoint"]]
-        width = native if request.width is None else request.width
-        height = native if request.height is None else request.height
-        common["width"] = _side(width, "Width", limits, warnings)
-        common["height"] = _side(height, "Height", limits, warnings)
-        from sd2_app.api.txt2img_options import check_hires, check_seed_extras, check_tiling
-
-        common["hires"] = check_hires(request.hires, (common["width"], common["height"]), common["sampling"],
-                                      catalog, limits)
-        common["seed_extras"] = check_seed_extras(request.seed_extras, limits)
-        common["tiling"] = check_tiling(request.tiling)
-    elif isinstance(request, Img2ImgRequest):
-        image = _image(request.image, "an init image", limits.max_input_pixels)
-        if request.width is not None or request.height is not None:
-            width = _side(request.width if request.width is not None else image.width, "Width", limits, warnings)
-            height = _side(request.height if request.height is not None else image.height, "Height", limits, warnings)
-            image = image.resize((width, height), Image.Resampling.LANCZOS) if image.size != (width, height) else image
-        else:
-            image = _fit_inside(image, limits.max_side, warnings)
-        common.update(image=image, width=image.width, height=image.height, strength=_strength(request.strength, steps))
-        from sd2_app.api.txt2img_options import check_seed_extras, check_tiling
-
-        extras = check_seed_extras(request.seed_extras, limits)
-        if extras.resize_from is not None:
-            raise InvalidRequest("Seed resize applies to text to image only; leave it at 0 for image to image.")
-        common.update(seed_extras=extras, tiling=check_tiling(request.tiling))
-    elif isinstance(request, InpaintRequest):
-        image = _fit_inside(_image(request.image, "an image to inpaint", limits.max_input_pixels), limits.max_side, warnings)
-        if request.mask is None:
-            raise InvalidRequest("Paint a mask over the area to repaint (or upload a mask image).")
-        mask = _decoded(to_mask, _check_size(request.mask, "the mask", limits.max_input_pixels), "the mask")
-        if mask.size != image.size:
-            warnings.append(f"The mask ({mask.width}x{mask.height}) was resized to the image ({image.width}x{image.height}).")
-            mask = mask.resize(image.size, Image.Resampling.NEAREST)
-        if mask.getextrema()[1] < 128:
-            raise InvalidRequest("The mask is empty: paint over the area to repaint (white = repaint).")
-        common.update(
-            image=image,
-            mask=mask,
-            strength=_strength(request.strength, steps),
-            mask_blur=_integer(request.mask_blur, "Mask blur", 0, 64),
-            only_masked=bool(request.only_masked),
-            only_masked_padding=_integer(request.only_masked_padding, "Only-masked padding", 0, 256),
-            keep_unmasked=bool(request.keep_unmasked),
-        )
-    elif isinstance(request, OutpaintRequest):
-        common.update(_outpaint_fields(request, steps, limits))
-    elif isinstance(request, UpscaleRequest):
-        image = _image(request.image, "an image to upscale", limits.max_upscale_input_pixels)
-        common.update(
-            image=image,
-            noise_level=_integer(request.noise_level, "Noise level", 0, MAX_NOISE_LEVEL),
-            tile_size=_integer(request.tile_size, "Tile size", 32, 512),
-        )
-    elif isinstance(request, DepthRequest):
-        image = _fit_inside(_image(request.image, "an image", limits.max_input_pixels), limits.max_side, warnings)
-        depth = request.depth_map
-        if depth is not None:
-            depth = _decoded(to_depth, _check_size(depth, "the depth map", limits.max_input_pixels), "the depth map")
-            if not np.isfinite(np.asarray(depth)).all():
-                raise InvalidRequest("The depth map has NaN or infinite values; save it with finite depths.")
-        common.update(image=image, depth_map=depth, strength=_strength(request.strength, steps))
+    fields = {  # each task's own fields, checked and completed into `common`
+        Txt2ImgRequest: _txt2img_fields, Img2ImgRequest: _img2img_fields, InpaintRequest: _inpaint_fields,
+        UpscaleRequest: _upscale_fields, DepthRequest: _depth_fields,
+    }.get(type(request))
+    if isinstance(request, OutpaintRequest):
+        common.update(_outpaint_fields(request, common["sampling"].steps, limits))
+    elif fields is not None:
+        fields(request, common, catalog, limits, warnings)
     return replace(request, **common), warnings
+
+
+def _txt2img_fields(
+    request: Txt2ImgRequest, common: dict[str, Any], catalog: Catalog, limits: Limits, warnings: list[str]
+) -> None:
+    """Size (the checkpoint's native one by default), hires fix, seed extras and tiling."""
+    native = catalog.resolutions[common["checkpoint"]]
+    width = native if request.width is None else request.width
+    height = native if request.height is None else request.height
+    common["width"] = _side(width, "Width", limits, warnings)
+    common["height"] = _side(height, "Height", limits, warnings)
+    from sd2_app.api.txt2img_options import check_hires, check_seed_extras, check_tiling
+
+    common["hires"] = check_hires(request.hires, (common["width"], common["height"]), common["sampling"],
+                                  catalog, limits)
+    common["seed_extras"] = check_seed_extras(request.seed_extras, limits)
+    common["tiling"] = check_tiling(request.tiling)
+
+
+def _img2img_fields(
+    request: Img2ImgRequest, common: dict[str, Any], catalog: Catalog, limits: Limits, warnings: list[str]
+) -> None:
+    """The init image (resized to the requested size, or fitted), strength, seed extras and tiling."""
+    steps = common["sampling"].steps
+    image = _image(request.image, "an init image", limits.max_input_pixels)
+    if request.width is not None or request.height is not None:
+        width = _side(request.width if request.width is not None else image.width, "Width", limits, warnings)
+        height = _side(request.height if request.height is not None else image.height, "Height", limits, warnings)
+        image = image.resize((width, height), Image.Resampling.LANCZOS) if image.size != (width, height) else image
+    else:
+        image = _fit_inside(image, limits.max_side, warnings)
+    common.update(image=image, width=image.width, height=image.height, strength=_strength(request.strength, steps))
+    from sd2_app.api.txt2img_options import check_seed_extras, check_tiling
+
+    extras = check_seed_extras(request.seed_extras, limits)
+    if extras.resize_from is not None:
+        raise InvalidRequest("Seed resize applies to text to image only; leave it at 0 for image to image.")
+    common.update(seed_extras=extras, tiling=check_tiling(request.tiling))
+
+
+def _inpaint_fields(
+    request: InpaintRequest, common: dict[str, Any], catalog: Catalog, limits: Limits, warnings: list[str]
+) -> None:
+    """The image, its mask (resized to it, not empty), strength and the paste-back settings."""
+    steps = common["sampling"].steps
+    image = _fit_inside(_image(request.image, "an image to inpaint", limits.max_input_pixels), limits.max_side, warnings)
+    if request.mask is None:
+        raise InvalidRequest("Paint a mask over the area to repaint (or upload a mask image).")
+    mask = _decoded(to_mask, _check_size(request.mask, "the mask", limits.max_input_pixels), "the mask")
+    if mask.size != image.size:
+        warnings.append(f"The mask ({mask.width}x{mask.height}) was resized to the image ({image.width}x{image.height}).")
+        mask = mask.resize(image.size, Image.Resampling.NEAREST)
+    if mask.getextrema()[1] < 128:
+        raise InvalidRequest("The mask is empty: paint over the area to repaint (white = repaint).")
+    common.update(
+        image=image,
+        mask=mask,
+        strength=_strength(request.strength, steps),
+        mask_blur=_integer(request.mask_blur, "Mask blur", 0, 64),
+        only_masked=_flag(request.only_masked, "Only masked area"),
+        only_masked_padding=_integer(request.only_masked_padding, "Only-masked padding", 0, 256),
+        keep_unmasked=_flag(request.keep_unmasked, "Keep unmasked"),
+    )
+
+
+def _upscale_fields(
+    request: UpscaleRequest, common: dict[str, Any], catalog: Catalog, limits: Limits, warnings: list[str]
+) -> None:
+    """The low-resolution image, noise level and tile size."""
+    image = _image(request.image, "an image to upscale", limits.max_upscale_input_pixels)
+    common.update(
+        image=image,
+        noise_level=_integer(request.noise_level, "Noise level", 0, MAX_NOISE_LEVEL),
+        tile_size=_integer(request.tile_size, "Tile size", 32, 512),
+    )
+
+
+def _depth_fields(
+    request: DepthRequest, common: dict[str, Any], catalog: Catalog, limits: Limits, warnings: list[str]
+) -> None:
+    """The image, an optional depth map (finite values) and strength."""
+    steps = common["sampling"].steps
+    image = _fit_inside(_image(request.image, "an image", limits.max_input_pixels), limits.max_side, warnings)
+    depth = request.depth_map
+    if depth is not None:
+        depth = _decoded(to_depth, _check_size(depth, "the depth map", limits.max_input_pixels), "the depth map")
+        if not np.isfinite(np.asarray(depth)).all():
+            raise InvalidRequest("The depth map has NaN or infinite values; save it with finite depths.")
+    common.update(image=image, depth_map=depth, strength=_strength(request.strength, steps))
 
 
 def _outpaint_fields(request: OutpaintRequest, steps: int, limits: Limits) -> dict[str, Any]:
@@ -347,4 +398,5 @@ def _outpaint_fields(request: OutpaintRequest, steps: int, limits: Limits) -> di
     if request.fill not in OUTPAINT_FILLS:
         raise InvalidRequest(f"Unknown outpaint fill {request.fill!r}; choose one of: {', '.join(OUTPAINT_FILLS)}.")
     return {**sides, "image": image, "fill": request.fill, "strength": _strength(request.strength, steps),
-            "mask_blur": _integer(request.mask_blur, "Mask blur", 0, 64), "keep_original": bool(request.keep_original)}
+            "mask_blur": _integer(request.mask_blur, "Mask blur", 0, 64),
+            "keep_original": _flag(request.keep_original, "Keep the original")}

@@ -26,10 +26,8 @@ MAX_VECTORS = 75  # one chunk; more could never fit in a prompt
 MAX_FILE_BYTES = 8 * 2**20  # an embedding is kilobytes; anything this big is not one
 PICKLE_SUFFIXES = (".pt", ".bin", ".ckpt", ".pth")
 CONVERT_HINT = (
-    "it is a pickle file, which this app never opens (unpickling can run code). Convert it once, on a machine "
-    "you trust, with: python -c \"import torch, safetensors.torch as st; d = torch.load('{name}', "
-    "weights_only=True); v = d['string_to_param']['*'] if 'string_to_param' in d else next(iter(d.values())); "
-    "st.save_file({{'emb_params': v.reshape(-1, v.shape[-1]).contiguous()}}, '{stem}.safetensors')\""
+    "it is a pickle file, which this app never opens (unpickling can run code). Convert it once to "
+    "'{stem}.safetensors' on a machine you trust: README.md, 'Embeddings', has a one-line command."
 )
 
 

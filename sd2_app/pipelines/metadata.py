@@ -159,12 +159,69 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
 
 
 def read_png_parameters(image: Image.Image | str | Path) -> str | None:
-    """The `parameters` text of a PNG (an open image or a path), or None when it has none."""
+    """The `parameters` text of a PNG (an open image or a path), or None when it has none.
+
+    A path is read chunk by chunk without decoding any pixels (`png_text`).
+    """
     if isinstance(image, (str, Path)):
-        with Image.open(image) as opened:
-            opened.load()
-            return opened.info.get(PARAMETERS_KEY)
+        return png_text(Path(image), PARAMETERS_KEY)
     text = image.info.get(PARAMETERS_KEY)
     if text is None and hasattr(image, "text"):
         text = image.text.get(PARAMETERS_KEY)
     return text
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_TEXT_BYTES = 1 << 20  # a longer (decompressed) text chunk is not parameters; reading stops there
+
+
+def _text_of(kind: bytes, data: bytes, key: str) -> str | None:
+    """The text of a tEXt/zTXt/iTXt chunk whose keyword is `key` (PNG spec 11.3.4), else None."""
+    keyword, _, rest = data.partition(b"\0")
+    if keyword.decode("latin-1") != key:
+        return None
+    if kind == b"tEXt":
+        return rest.decode("latin-1")
+    if kind == b"zTXt":  # compression method byte, then zlib data
+        return _inflate(rest[1:]).decode("latin-1")
+    compressed, _method, rest = rest[0], rest[1], rest[2:]  # iTXt: flag, method, language\0, translated\0, text
+    _language, _, rest = rest.partition(b"\0")
+    _translated, _, text = rest.partition(b"\0")
+    return (_inflate(text) if compressed else text).decode("utf-8", errors="replace")
+
+
+def _inflate(data: bytes) -> bytes:
+    import zlib
+
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(data, MAX_TEXT_BYTES)
+    if inflater.unconsumed_tail:
+        raise OSError("a PNG text chunk is too long")
+    return out
+
+
+def png_text(path: Path, key: str) -> str | None:
+    """The text stored under `key` in a PNG's text chunks, reading chunk headers only (no pixel is decoded).
+
+    Raises OSError for a file that is not a PNG or is cut short before its text.
+    """
+    with open(path, "rb") as file:
+        if file.read(8) != PNG_SIGNATURE:
+            raise OSError("not a PNG file")
+        while True:
+            header = file.read(8)
+            if len(header) < 8:
+                return None
+            length, kind = int.from_bytes(header[:4], "big"), header[4:]
+            if kind in (b"tEXt", b"zTXt", b"iTXt") and length <= MAX_TEXT_BYTES:
+                data = file.read(length)
+                if len(data) < length:
+                    raise OSError("the PNG file is truncated")
+                text = _text_of(kind, data, key)
+                if text is not None:
+                    return text
+                file.seek(4, 1)  # CRC
+            elif kind == b"IEND":
+                return None
+            else:
+                file.seek(length + 4, 1)  # skip the data (pixels included) and the CRC

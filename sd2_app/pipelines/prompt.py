@@ -31,8 +31,6 @@ from sd2_app.pipelines.prompt_chunks import (
     tokenize_prompt,
 )
 
-MAX_TOKENS = CHUNK_LENGTH  # positions per chunk (BOS + 75 + EOS)
-
 
 @dataclass
 class EncodedPrompts:

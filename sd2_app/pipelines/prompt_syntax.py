@@ -124,8 +124,3 @@ def escape(text: str) -> str:
     """`text` with brackets and backslashes escaped, so that it parses back to itself at weight 1."""
     return re.sub(r"([()\[\]\\])", r"\\\1", text)
 
-
-def uses_syntax(prompt: str) -> bool:
-    """True when parsing changes anything: a weight other than 1, a BREAK, or a character the syntax removes."""
-    runs = parse_attention(prompt)
-    return not (len(runs) == 1 and runs[0].weight == 1.0 and not runs[0].is_break and runs[0].text == prompt)

@@ -3,7 +3,7 @@
 Stability-AI/stablediffusion scripts/txt2img.py (`put_watermark`) embeds the bytes "SDV2" with the
 `invisible-watermark` package's "dwtDct" method. That package needs OpenCV (which needs libGL on a bare Linux
 machine) and PyWavelets, neither a run-time dependency of this app, so this module does the same embedding
-with numpy; `invisible-watermark`'s own decoder reads the result (tests/test_provenance.py).
+with numpy; `invisible-watermark`'s own decoder reads the result (tests/api/test_provenance.py).
 
 The scheme, as invisible-watermark's imwatermark/maxDct.py (`EmbedMaxDct`, default settings) defines it:
 - the image's U channel (OpenCV's 8-bit RGB->YUV: U = 0.492 (B - Y) + 128) is cut to a multiple of 4 pixels

@@ -13,14 +13,16 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import ray
 from ray import serve
 
 from sd2_app.api.requests import Request
-from sd2_app.api.service import ProgressFn, Result
+from sd2_app.checkpoints.catalog import CheckpointSpec
+from sd2_app.api.results import ProgressFn, Result
 from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.serve.config import ServeConfig
 from sd2_app.serve.deployment import checkpoint_of
@@ -85,22 +87,44 @@ class ServeBackend:
 
 
 class ClusterModels:
-    """The manager-shaped view the front end's Service and Models tab use when the models live on replicas."""
+    """The `ModelHost` of a front end whose models live on the replicas: status and loads go through Serve;
+    jobs never run here (`Service.execute` hands them to `ServeBackend`)."""
 
-    def __init__(self, handle: Any, registry: dict[str, Any]) -> None:
+    def __init__(self, handle: Any, registry: Mapping[str, CheckpointSpec]) -> None:
         self._handle = handle
-        self.registry = registry
+        self._registry = dict(registry)
 
-    def status(self) -> list[Any]:
+    @property
+    def registry(self) -> Mapping[str, CheckpointSpec]:
+        return self._registry
+
+    def add_checkpoints(self, specs: Mapping[str, CheckpointSpec]) -> None:
+        self._registry.update(specs)  # for the catalog; the replicas read their own settings
+
+    def use(self, key: str) -> AbstractContextManager[Any]:
+        raise RuntimeError("jobs run on the Serve replicas; the front end holds no models")
+
+    def free_memory(self) -> None:
+        raise RuntimeError("jobs run on the Serve replicas; the front end holds no models")
+
+    def tokenizer(self, key: str) -> Any:
+        """`key`'s tokenizer read here (a few small files; the token counter needs no replica)."""
+        from sd2_app.manager.loader import load_tokenizer_only
+
+        if key not in self._registry:
+            raise InvalidRequest(f"Unknown checkpoint {key!r}.")
+        return load_tokenizer_only(self._registry[key])
+
+    def status(self) -> Sequence[object]:
         """The report of one replica (Serve picks it): its checkpoints and where they are."""
         return self._handle.status.remote().result(timeout_s=30)["models"]
 
-    def memory(self) -> Any:
+    def memory(self) -> object:
         return self._handle.status.remote().result(timeout_s=30)["memory"]
 
-    def load(self, key: str) -> None:
-        """Load `key` on a replica chosen by Serve's multiplexed routing."""
-        self._handle.options(multiplexed_model_id=key).warm.remote(key).result()
+    def load(self, key: str) -> object:
+        """Load `key` on a replica chosen by Serve's multiplexed routing; that replica's loaded checkpoints."""
+        return self._handle.options(multiplexed_model_id=key).warm.remote(key).result()
 
     def unload(self, key: str) -> None:
         raise InvalidRequest("With Ray Serve the replicas unload checkpoints themselves (least recently used).")

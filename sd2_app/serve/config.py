@@ -38,6 +38,7 @@ class ServeConfig:
     tiny: bool = False  # tiny random-weight checkpoints (tests, `--tiny`)
     preload: tuple[str, ...] = ()
     repos: tuple[str, ...] = ()  # KEY=REPO[,REPO] overrides, as app.py's --repo
+    embeddings_dir: str = "embeddings"  # textual-inversion embeddings, as app.py's --embeddings-dir
 
     @property
     def total_concurrency(self) -> int:

@@ -39,19 +39,21 @@ def checkpoint_of(request: Request) -> str:
 
 
 def build_service(config: ServeConfig) -> Any:  # -> sd2_app.api.service.Service
-    """One replica's ModelManager + Service: nothing is saved on the replica (the front end keeps results)."""
+    """One replica's ModelManager + Service."""
     import torch
 
     from sd2_app.accel import options_for
     from sd2_app.api.service import Service
     from sd2_app.checkpoints.catalog import apply_overrides, parse_assignments
+    from sd2_app.loading.embeddings import EmbeddingLibrary
     from sd2_app.manager import ModelManager
 
     registry = apply_overrides(repos=parse_assignments(list(config.repos)), revisions={})
     dtype = getattr(torch, config.dtype) if config.dtype else None
     manager = ModelManager(config.device, dtype, registry=registry, tiny=config.tiny, preload=config.preload,
                            accel=options_for(config.speed))
-    return Service(manager, outputs_dir=None, history_size=1)
+    # Nothing is saved or marked here: the front end's Service watermarks and saves what comes back.
+    return Service(manager, outputs_dir=None, history_size=1, embeddings=EmbeddingLibrary.scan(config.embeddings_dir))
 
 
 class CheckpointLease:

@@ -9,6 +9,7 @@ from typing import Any, TYPE_CHECKING
 import gradio as gr
 
 from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
+from sd2_app.ui.hosting import Hosting, Visitors, install
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.sending import (  # noqa: F401  # clamp_to, sampler_fields: also imported from here
     SendTarget, clamp_to, picked_history_image, sampler_fields, wire_history_send, wire_send)
@@ -36,9 +37,14 @@ def _examples(assets: Path) -> dict[str, list[list[Any]]]:
     }
 
 
-def build_ui(service: Service, *, assets: Path = ASSETS) -> gr.Blocks:
-    """The app. `service` is a `sd2_app.api.service.Service` (or a test double with the same methods)."""
-    flags = StopFlags()
+def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Hosting()) -> gr.Blocks:
+    """The app. `service` is a `sd2_app.api.service.Service` (or a test double with the same methods).
+
+    `hosting` holds the operator's settings for visitors (per-visitor job limit, model loading); every launch
+    of the returned app serves visitor cookies and keeps the queue's direct routes closed (`sd2_app.ui.hosting`).
+    """
+    visitors = Visitors(max_jobs=hosting.max_jobs_per_visitor)
+    flags = StopFlags(visitors)
     examples = _examples(assets)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}\nText to image, image to image, inpainting, outpainting, ×4 upscaling, depth to "
@@ -59,9 +65,9 @@ def build_ui(service: Service, *, assets: Path = ASSETS) -> gr.Blocks:
             with gr.Tab("X/Y/Z plot", id="xyz"):
                 xyz_plot.build(service, flags)
             with gr.Tab("Models", id="models") as models_tab:
-                refresh_models, models_outputs = models.build(service)
+                refresh_models, models_outputs = models.build(service, admin=hosting.model_admin)
             with gr.Tab("History", id="history") as history_tab:
-                past = history.build(service)
+                past = history.build(service, visitors)
             with gr.Tab("PNG info", id="pnginfo"):
                 png_image, png_fields, png_send = pnginfo.build(service)
         targets = {
@@ -89,6 +95,7 @@ def build_ui(service: Service, *, assets: Path = ASSETS) -> gr.Blocks:
         # every launcher (app.py, Spaces, the tests) gets them.
         css = json.dumps((STATIC / "app.css").read_text(encoding="utf-8"))
         demo.load(None, js=f"() => ({(STATIC / 'app.js').read_text(encoding='utf-8')})({css})")
+    install(demo, visitors)
     return demo
 
 

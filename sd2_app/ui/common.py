@@ -21,6 +21,7 @@ from PIL import Image
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 from sd2_app.api.requests import Request, Sampling
 from sd2_app.api.tasks import TASKS, default_checkpoint
+from sd2_app.ui.hosting import stop_flag_of
 from sd2_app.api.gpu_time import values_seconds
 from sd2_app.ui.layout import GENERATE, RUNNING
 from sd2_app.ui.runner import GPU_QUEUE, StopFlags, gpu, stopped_message, stream, user_message
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+NOTHING_TO_STOP = "Nothing to stop."  # Stop from a visitor with no job, running or queued
 STOPPING = "Stopping at the next step…"  # what a late preview shows after Stop, until the run has ended
 QUEUED = "Queued…"  # the info line from Generate until the run starts
 STARTING = "Starting…"  # from the run's start until its first preview
@@ -56,7 +58,7 @@ def to_sampling(sampler: str, karras: bool, steps: float, cfg: float, rescale: f
     return Sampling(
         sampler=sampler,
         steps=steps,  # type: ignore[arg-type]  # validated (and made int) by the service
-        use_karras=bool(karras),
+        use_karras=karras,
         cfg_scale=cfg,
         guidance_rescale=rescale,
         seed=None if seed is None or seed == "" else seed,
@@ -158,6 +160,50 @@ def result_panel(
     return ResultPanel(preview, gallery, info, extra, gr.State(None), selected, buttons, run, stop)
 
 
+def load_failed_message(service: Any, checkpoint: Any) -> str:
+    """What a visitor is told when a checkpoint cannot be loaded: no folders, repo ids or errors (log only)."""
+    labels = getattr(getattr(service, "catalog", None), "labels", {}) or {}
+    label = labels.get(checkpoint, checkpoint) if isinstance(checkpoint, str) else "requested"
+    return f"The {label} model could not be loaded; the operator has the details."
+
+
+RAW_VALUE_COMPONENTS = (gr.Number, gr.Slider, gr.Textbox, gr.Checkbox)
+
+
+def server_checked(components: Sequence[Any]) -> None:
+    """Let the service, not the widgets, judge every value a visitor sends to a Generate endpoint.
+
+    Gradio's Number rounds to its precision, Slider compares against its range and Textbox calls str() on
+    whatever arrives, so through the API a seed of 1.5 became 2 and a prompt of 123 became "123". Their
+    values now reach `validate` as sent. Any other input's refusal (a Dropdown's "not in the list of
+    choices", an unreadable upload) is logged as one line, without a traceback.
+    """
+    for component in components:
+        if getattr(component.preprocess, "sd2_checked", False):
+            continue
+        if isinstance(component, RAW_VALUE_COMPONENTS):
+            def preprocess(payload: Any) -> Any:
+                return payload
+        else:
+            preprocess = _quiet(component.preprocess, getattr(component, "label", None) or "a value")
+        preprocess.sd2_checked = True  # type: ignore[attr-defined]
+        component.preprocess = preprocess
+
+
+def _quiet(original: Callable[[Any], Any], label: str) -> Callable[[Any], Any]:
+    def preprocess(payload: Any) -> Any:
+        try:
+            return original(payload)
+        except gr.Error as error:
+            log.info("refused a request: %s: %s", label, error.message)
+            raise gr.Error(error.message, print_exception=False) from None
+        except Exception as error:  # noqa: BLE001  # a visitor's bad value must not become a traceback
+            log.info("refused a request: %s: %s: %s", label, type(error).__name__, error)
+            raise gr.Error(f"{label}: the value sent could not be read.", print_exception=False) from None
+
+    return preprocess
+
+
 def describe(result: Result) -> str:
     """Markdown under the gallery: seed, timings, warnings and the parameters text."""
     seconds = ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
@@ -179,17 +225,20 @@ def stream_result(
     progress: gr.Progress,
     finish: Callable[[Any], tuple],
     n_outputs: int,
+    queued_flag: Any = None,
 ) -> Iterator[tuple]:
     """The body of every Generate handler: yields (preview, status) updates, then the finished outputs.
 
     Outputs are always (preview, gallery, info, last_seed, selected, *extras); `finish(result)` fills gallery
-    onward.
+    onward. `queued_flag` is the stop flag the job got when it joined the queue: when Stop set it while the
+    job waited, the run ends before its first step with "Stopped.".
     """
     try:
         request = request_fn()
     except InvalidRequest as error:
+        log.info("refused a request: %s", error)
         raise gr.Error(str(error), print_exception=False) from error
-    flag = flags.arm(session)
+    flag = flags.arm(session, queued_flag)
     progress(0, desc="Loading the model…")
     keep = (gr.skip(),) * (n_outputs - 3)
     yield (gr.skip(), gr.skip(), STARTING, *keep)
@@ -212,10 +261,12 @@ def stream_result(
     except Cancelled:
         yield (gr.skip(), gr.skip(), stopped_message(flag), *keep)
     except InvalidRequest as error:
+        log.info("refused a request: %s", error)
         raise gr.Error(user_message(error), print_exception=False) from error
     except LoadError as error:
-        log.warning("load failed: %s", error)
-        raise gr.Error(f"The model could not be loaded: {error}", print_exception=False) from error
+        log.warning("load failed: %s", error)  # the detail (folders, repo ids) stays in the server log
+        checkpoint = getattr(getattr(request, "base", request), "checkpoint", None)
+        raise gr.Error(load_failed_message(service, checkpoint), print_exception=False) from error
     finally:
         flags.release(session, flag)
 
@@ -251,9 +302,9 @@ def wire_run(
     def handler(request: gr.Request, *values: Any) -> Iterator[tuple]:
         # Gradio passes (request, *widget values, progress tracker) by position: see the signature below.
         *widget_values, progress = values
-        session = getattr(request, "session_hash", None) or "api"
         yield from (body or stream_result)(
-            service, flags, lambda: make_request(*widget_values), session, progress, finish, len(outputs)
+            service, flags, lambda: make_request(*widget_values), flags.visitor(request), progress, finish,
+            len(outputs), queued_flag=stop_flag_of(request),
         )
 
     # Name the API parameters after the request fields (gradio_client users call `prompt=...`, not `param_1=...`).
@@ -265,6 +316,7 @@ def wire_run(
         + [inspect.Parameter("progress", positional, default=gr.Progress())]
     )
 
+    server_checked(inputs)
     # Generate: the buttons say a run is on and the last run's results go (so nothing old passes for new), then
     # the run itself (the API event), then the buttons come back, whether the run succeeded, failed or stopped.
     clear = (None,) * (len(outputs) - 5)  # the extra images; the seed and pick stay
@@ -292,8 +344,9 @@ def wire_run(
 
     def stop(request: gr.Request) -> tuple:
         # Cancelling the event ends its stream, so the message after Stop comes from here, not from the run.
-        flag = flags.stop_run(getattr(request, "session_hash", None) or "api")
-        return (stopped_message(flag), *idle())
+        # Stop reaches the visitor's queued jobs too (their flags were set when they joined the queue).
+        flag, queued = flags.stop_all(flags.visitor(request))
+        return (stopped_message(flag) if flag is not None or queued else NOTHING_TO_STOP, *idle())
 
     panel.stop.click(stop, None, [panel.info, panel.run, panel.stop], api_name=f"{api_name}_stop", cancels=[event],
                      queue=False)

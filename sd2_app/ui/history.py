@@ -1,6 +1,7 @@
 """History: this visitor's recent results with their settings (the files are in the outputs folder).
 
-Each browser session sees only what it made: on a public Space, prompts and images stay private. A picked image
+Each visitor sees only what they made (the server-issued visitor id of `sd2_app.ui.visitors`, never a value
+the client chose), and file names without the server's folders. A picked image
 can be sent on, or its settings reused in Text to image.
 """
 
@@ -29,21 +30,23 @@ class HistoryView:
 
 
 
-def _rows(service: Service, request: gr.Request | None) -> tuple[list[tuple[Any, str]], list[list[Any]]]:
+def _rows(service: Service, visitors: Any, request: gr.Request | None) -> tuple[list[tuple[Any, str]], list[list[Any]]]:
     images: list[tuple[Any, str]] = []
     rows: list[list[Any]] = []
-    session = request.session_hash if request is not None else None
-    for entry in service.history(owner=session or "api"):  # the same owner the Generate handlers use
+    for entry in service.history(owner=visitors.identify(request)):  # the owner the Generate handlers use
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.created))
         images += [(image, f"{entry.task} · seed {entry.seed}") for image in entry.images]
-        saved = ", ".join(str(p) for p in entry.saved) or "(not saved)"
+        saved = ", ".join(f"{p.parent.name}/{p.name}" for p in entry.saved) or "(not saved)"
         rows.append([when, entry.task, entry.seed, len(entry.images), entry.parameters, saved])
     return images, rows
 
 
-def build(service: Service) -> HistoryView:
-    """The History view; the tab refreshes it when selected."""
-    where = str(service.outputs_dir) if service.outputs_dir is not None else "nowhere (saving is off)"
+def build(service: Service, visitors: Any) -> HistoryView:
+    """The History view; the tab refreshes it when selected.
+
+    `visitors` (a `sd2_app.ui.hosting.Visitors`) names the visitor of a request.
+    """
+    where = "the outputs folder" if service.outputs_dir is not None else "nowhere (saving is off)"
     gr.Markdown(f"Recent results, newest first. Every result is also written with its settings to **{where}**.")
     refresh = gr.Button("Refresh", elem_id="history-refresh")
     gallery = gr.Gallery(label="Recent images (pick one to reuse or send it)", format="png", columns=6,
@@ -62,7 +65,7 @@ def build(service: Service) -> HistoryView:
     gallery.select(picked, None, selected, api_name="history_select", api_visibility="private", queue=False)
 
     def rows(request: gr.Request) -> tuple[list[tuple[Any, str]], list[list[Any]]]:
-        return _rows(service, request)
+        return _rows(service, visitors, request)
 
     refresh.click(rows, None, [gallery, table], api_name="history", queue=False)
     refresh.click(lambda: 0, None, selected, api_name="history_unpick", api_visibility="private", queue=False)

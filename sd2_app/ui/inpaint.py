@@ -27,7 +27,7 @@ from sd2_app.ui.common import (
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
 from sd2_app.ui.prompt_tools import wire_prompt_tools
-from sd2_app.ui.uploads import check_on_upload, upload_image
+from sd2_app.ui.uploads import check_on_upload, guard_editor, upload_image
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Result, Service
@@ -74,7 +74,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> Inpa
     prompt, negative = top.prompt, top.negative
     with gr.Row(equal_height=False):
         with settings_column("inpaint"):
-            editor = gr.ImageMask(
+            editor = guard_editor(gr.ImageMask(
                 label="Image and mask",  # short: on a phone the editor's toolbar shares the label's line
                 placeholder="Upload an image, then paint over what to repaint",
                 type="pil",
@@ -85,7 +85,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> Inpa
                 eraser=gr.Eraser(default_size="auto"),
                 height=420,
                 elem_id="inpaint-editor",
-            )
+            ), service.limits.max_input_pixels)
             with gr.Accordion("Or upload a mask image (white = repaint)", open=False):
                 mask_upload = upload_image(label="Mask", type="pil", image_mode=None, sources=["upload"], height=200,
                                            elem_id="inpaint-mask")
@@ -115,7 +115,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> Inpa
                      crop: bool, pad: float, *sampling: Any) -> InpaintRequest:
         image, mask_image = split_editor(value, mask)
         return InpaintRequest(prompt=text, image=image, mask=mask_image, negative_prompt=negative_text, checkpoint=key,
-                              strength=amount, mask_blur=blur_px, only_masked=bool(crop),  # type: ignore[arg-type]
+                              strength=amount, mask_blur=blur_px, only_masked=crop,  # type: ignore[arg-type]
                               only_masked_padding=pad, sampling=to_sampling(*sampling))  # type: ignore[arg-type]
 
     def mask_used(result: Result) -> tuple:

@@ -1,17 +1,26 @@
-"""Models: what is loaded where, memory, the repo used; load and unload."""
+"""Models: what is loaded where, memory, the repo used, disk use; load and unload where visitors may.
+
+In public modes (`Hosting.model_admin` off) the tab is read-only: no Load/Unload buttons and no such API
+endpoints, and the repos (which may name the operator's private folders) are not shown. A load error is
+always shown as a generic line; the server log has the detail.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
 from sd2_app.errors import InvalidRequest, LoadError
+from sd2_app.ui.common import load_failed_message
 from sd2_app.ui.runner import GPU_QUEUE, gpu
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
+
+log = logging.getLogger(__name__)
 
 
 def _plain(value: Any) -> Any:
@@ -38,13 +47,21 @@ def _size(nbytes: Any) -> str:
     return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.1f} MB"
 
 
-def status_view(service: Service) -> tuple[list[list[Any]], str]:
-    """Manager status -> (table rows, memory line)."""
+LOAD_FAILED = "could not be loaded; the operator has the details"
+HIDDEN = "(hidden)"
+
+
+def status_view(service: Service, *, admin: bool = True) -> tuple[list[list[Any]], str]:
+    """Manager status -> (table rows, memory and disk lines); without `admin` the repos are hidden."""
     status = _plain(service.status())
     rows = []
     for row in status.get("models") or []:
         row = dict(row, size=_size(row.get("nbytes")), shared=", ".join(row.get("shared") or []),
                    location=LOCATIONS.get(row.get("location"), row.get("location")))
+        if row.get("error"):
+            row["error"] = LOAD_FAILED
+        if not admin and row.get("repo"):
+            row.update(repo=HIDDEN, revision="")
         rows.append(["" if row.get(c) is None else row.get(c) for c in COLUMNS])
     memory = status.get("memory") or {}
     line = "No memory report." if not memory else (
@@ -54,31 +71,60 @@ def status_view(service: Service) -> tuple[list[list[Any]], str]:
         + f"; offloaded to host memory: {_size(memory.get('offload_used')) or '0'} of "
         f"{_size(memory.get('offload_budget'))}."
     )
-    return rows, line
+    return rows, line + "\n\n" + disk_line(service)
 
 
-def build(service: Service) -> tuple[Any, list[Any]]:
-    """The Models view; returns its refresh function and outputs (the tab refreshes them when selected)."""
+def disk_line(service: Service) -> str:
+    """Disk used by saved results (and how long they are kept)."""
+    usage = service.disk_usage() if hasattr(service, "disk_usage") else None
+    if usage is None:
+        return "**Disk**: results are not saved."
+    files, nbytes, keep_days = usage
+    kept = f"kept {keep_days:g} days" if keep_days else "kept until the operator deletes them"
+    return f"**Disk**: {files} saved files, {_size(nbytes) or '0 MiB'} ({kept})."
+
+
+def build(service: Service, *, admin: bool = True) -> tuple[Any, list[Any]]:
+    """The Models view; returns its refresh function and outputs (the tab refreshes them when selected).
+
+    Without `admin` the view is read-only: the load and unload events (and their API endpoints) do not exist.
+    """
     keys = [(service.catalog.labels.get(k, k), k) for k in service.registry]
     with gr.Row():
-        checkpoint = gr.Dropdown(keys, value=keys[0][1], label="Checkpoint", scale=3)
-        load = gr.Button("Load", variant="primary", elem_id="models-load", scale=1)
-        unload = gr.Button("Unload", elem_id="models-unload", scale=1)
-        unload_all = gr.Button("Unload all", variant="stop", elem_id="models-unload-all", scale=1)
+        checkpoint = gr.Dropdown(keys, value=keys[0][1], label="Checkpoint", scale=3, visible=admin)
+        load = gr.Button("Load", variant="primary", elem_id="models-load", scale=1, visible=admin)
+        unload = gr.Button("Unload", elem_id="models-unload", scale=1, visible=admin)
+        unload_all = gr.Button("Unload all", variant="stop", elem_id="models-unload-all", scale=1, visible=admin)
         refresh = gr.Button("Refresh", elem_id="models-refresh", scale=1)
+    if not admin:
+        gr.Markdown("Models are loaded when a job needs them; loading and unloading by hand is turned off on "
+                    "this server.", elem_id="models-read-only")
     memory = gr.Markdown(elem_id="models-memory")
     table = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, elem_id="models-status")
     outputs = [table, memory]
 
     def current() -> tuple[list[list[Any]], str]:
-        return status_view(service)
+        return status_view(service, admin=admin)
+
+    refresh.click(current, None, outputs, api_name="models_status", queue=False)
+    if admin:
+        _wire_admin(service, checkpoint, load, unload, unload_all, outputs, current)
+    return current, outputs
+
+
+def _wire_admin(service: Any, checkpoint: gr.Dropdown, load: gr.Button, unload: gr.Button, unload_all: gr.Button,
+                outputs: list[Any], current: Any) -> None:
+    """Load, Unload and Unload all (on the GPU queue: they wait for the running job)."""
 
     @gpu(duration=300)
     def do_load(checkpoint: str) -> tuple[list[list[Any]], str]:  # API parameter names match the requests'
         try:
             service.load(checkpoint)
-        except (InvalidRequest, LoadError) as error:
+        except InvalidRequest as error:
             raise gr.Error(str(error), print_exception=False) from error
+        except LoadError as error:
+            log.warning("load of %s failed: %s", checkpoint, error)
+            raise gr.Error(load_failed_message(service, checkpoint), print_exception=False) from error
         gr.Info(f"{service.catalog.labels.get(checkpoint, checkpoint)} is loaded.")
         return current()
 
@@ -95,5 +141,3 @@ def build(service: Service) -> tuple[Any, list[Any]]:
     load.click(do_load, checkpoint, outputs, api_name="load_model", **gpu_event)
     unload.click(do_unload, checkpoint, outputs, api_name="unload_model", **gpu_event)
     unload_all.click(lambda: do_unload(None), None, outputs, api_name="unload_all", **gpu_event)
-    refresh.click(current, None, outputs, api_name="models_status", queue=False)
-    return current, outputs

@@ -46,16 +46,13 @@ def token_count_line(elem_id: str) -> gr.Markdown:
 
 def wire_counter(service: Any, box: gr.Textbox, counter: gr.Markdown, checkpoint: gr.Dropdown, *,
                  api_name: str) -> None:
-    """Update `counter` from `box` as the user types (and when the checkpoint changes).
+    """Fill `counter` from `box` on page load, as the user types and when the checkpoint changes.
 
     `api_name` "count_tokens" is the one public endpoint; the other counters are private twins.
     """
-    visibility = "public" if api_name == "count_tokens" else "private"
-    for event in (box.change, checkpoint.change):
-        event(lambda text, key: _count(service, text, key), [box, checkpoint], counter, queue=False,
-              trigger_mode="multiple", show_progress="hidden", js=_debounce_js(api_name), api_name=api_name,
-              api_visibility=visibility)
-        visibility, api_name = "private", f"{api_name}_model"
+    gr.on(None, lambda text, key: _count(service, text, key), [box, checkpoint], counter, queue=False,
+          trigger_mode="multiple", show_progress="hidden", js=_debounce_js(api_name), api_name=api_name,
+          api_visibility="public" if api_name == "count_tokens" else "private")
 
 
 def wire_prompt_tools(service: Any, prefix: str, boxes: Any, checkpoint: gr.Dropdown) -> None:

@@ -37,35 +37,60 @@ class RunFlag(threading.Event):
 
 
 class StopFlags:
-    """One stop flag per browser session: Stop in one tab of the browser must not stop another user's run."""
+    """Stop flags per visitor: Stop stops that visitor's jobs, running or still queued, and nobody else's.
 
-    def __init__(self) -> None:
-        self._flags: dict[str, RunFlag] = {}
+    A visitor may have several jobs (a running one and queued ones, up to the per-visitor limit); each has
+    its own flag. `visitors` (a `sd2_app.ui.hosting.Visitors`) names the visitor of a request and reaches
+    the jobs still waiting in Gradio's queue.
+    """
+
+    def __init__(self, visitors: Any = None) -> None:
+        if visitors is None:
+            from sd2_app.ui.hosting import Visitors
+
+            visitors = Visitors()
+        self.visitors = visitors
+        self._flags: dict[str, set[RunFlag]] = {}
         self._lock = threading.Lock()
 
-    def arm(self, session: str) -> RunFlag:
-        """A cleared flag for a run that is starting now."""
+    def visitor(self, request: Any) -> str:
+        """The server-issued id of the request's visitor (see `sd2_app.ui.visitors`)."""
+        return self.visitors.identify(request)
+
+    def arm(self, session: str, flag: RunFlag | None = None) -> RunFlag:
+        """The flag of a run that is starting now: `flag` (the one its queue place got) or a new one."""
+        flag = flag if flag is not None else RunFlag()
         with self._lock:
-            flag = self._flags[session] = RunFlag()
+            self._flags.setdefault(session, set()).add(flag)
         return flag
 
     def release(self, session: str, flag: threading.Event) -> None:
-        """Forget a finished run's flag (unless a newer run replaced it), so sessions do not pile up."""
+        """Forget a finished run's flag, so sessions do not pile up."""
         with self._lock:
-            if self._flags.get(session) is flag:
-                del self._flags[session]
+            flags = self._flags.get(session)
+            if flags is not None:
+                flags.discard(flag)  # type: ignore[arg-type]
+                if not flags:
+                    del self._flags[session]
 
-    def stop(self, session: str) -> bool:
-        """Set the session's flag; False when it has no run."""
-        return self.stop_run(session) is not None
+    def stop_all(self, session: str) -> tuple[RunFlag | None, int]:
+        """Set the flags of the session's running and queued jobs: (the running flag that got furthest, or
+        None; how many queued jobs were stopped)."""
+        with self._lock:
+            running = list(self._flags.get(session, ()))
+        for flag in running:
+            flag.set()
+        furthest = max(running, key=lambda flag: (flag.total > 0, flag.done), default=None)
+        return furthest, self.visitors.stop_waiting(session)
 
     def stop_run(self, session: str) -> RunFlag | None:
-        """Set the session's flag and return it (None when the session has no run)."""
-        with self._lock:
-            flag = self._flags.get(session)
-        if flag is not None:
-            flag.set()
-        return flag
+        """Stop the session's jobs; the running flag that got furthest (None when none is running)."""
+        return self.stop_all(session)[0]
+
+    def stop(self, session: str) -> bool:
+        """Stop the session's jobs; False when it has none, running or queued."""
+        running, queued = self.stop_all(session)
+        return running is not None or queued > 0
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,14 +1,20 @@
-"""`upload_image(...)`: a gr.Image whose decode failures reach the user in words.
+"""Uploaded images: only PNG, JPEG and WebP reach PIL, headers are checked before decoding, errors in words.
 
-Gradio opens every uploaded image itself (and decodes PNGs to read their EXIF) before our handler runs;
-anything but a `gr.Error` raised there is hidden behind a generic message when show_error is off. The
-image's `preprocess` is wrapped (on the instance: a gr.Image subclass would make Gradio write a .pyi stub
-into the package) so that PIL's refusals become `gr.Error`s saying what was wrong, without paths.
+Gradio opens every uploaded image itself (and decodes PNGs to read their EXIF) before our handler runs, with
+whatever PIL plugin the file's first bytes select (EPS, for one, runs Ghostscript). So each image input's
+`preprocess` is wrapped (on the instance: a gr.Image subclass would make Gradio write a .pyi stub into the
+package): the file's magic bytes must name one of the accepted formats before PIL sees it, data: URLs are
+refused (uploads are files, bounded by the upload size cap), and PIL's refusals become `gr.Error`s saying what
+was wrong, without paths. The inpaint editor sends a background, painted layers and a composite: the number
+of layers is capped and every part's header must declare at most `max_pixels` before any is decoded.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 import math
+import warnings
 from typing import Any
 
 import gradio as gr
@@ -16,16 +22,71 @@ from PIL import Image, UnidentifiedImageError
 
 from sd2_app.api.validation import too_large
 
+log = logging.getLogger(__name__)
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")  # PIL format names
+MAX_EDITOR_LAYERS = 4  # a person paints with one or two
+NOT_AN_IMAGE = "not a PNG, JPEG or WebP image"
+
+
+def image_format(head: bytes) -> str | None:
+    """The accepted format the first bytes of a file announce, or None (PNG signature, JPEG SOI, WebP RIFF)."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
 
 def _unreadable(reason: str) -> gr.Error:
+    log.info("refused an upload: %s", reason)  # one line per refused request, no traceback
     return gr.Error(f"The uploaded image could not be read: {reason}.", print_exception=False)
 
 
-def upload_image(**kwargs: Any) -> gr.Image:
-    """`gr.Image(**kwargs)` with readable errors for files PIL cannot open or decode."""
-    image = gr.Image(**kwargs)
-    preprocess = image.preprocess
+def _source(item: Any) -> Any:
+    """A FileData/ImageData payload -> its server path or data URL; bytes (editor blobs) stay bytes."""
+    if item is None or isinstance(item, (bytes, str)):
+        return item
+    url = getattr(item, "url", None)
+    if isinstance(url, str) and url.startswith("data:"):
+        return url
+    return getattr(item, "path", None)
 
+
+def check_upload(item: Any, max_pixels: int | None = None) -> None:
+    """Refuse a payload that is not an accepted format, or whose header declares over `max_pixels` pixels."""
+    source = _source(item)
+    if source is None:
+        return
+    if isinstance(source, str) and source.startswith("data:"):
+        raise _unreadable("send the image as a file upload, not a data: URL")
+    try:
+        if isinstance(source, bytes):
+            head = source[:16]
+        else:
+            with open(source, "rb") as file:
+                head = file.read(16)
+    except OSError as error:
+        raise _unreadable("the file is missing") from error
+    kind = image_format(head)
+    if kind is None:
+        raise _unreadable(NOT_AN_IMAGE)
+    if max_pixels is None:
+        return
+    try:
+        with warnings.catch_warnings():  # over the cap is refused below, in words
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=[kind]) as image:
+                width, height = image.size  # the header only: nothing is decoded
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise _unreadable("the file is corrupt or truncated") from error
+    if width * height > max_pixels:
+        raise _unreadable(f"it is {width}x{height} ({width * height} pixels); the limit is {max_pixels} pixels")
+
+
+def _readable(preprocess: Any) -> Any:
     def readable_preprocess(payload: Any) -> Any:
         try:
             return preprocess(payload)
@@ -33,12 +94,57 @@ def upload_image(**kwargs: Any) -> gr.Image:
             side = math.isqrt(Image.MAX_IMAGE_PIXELS)  # PIL refuses over twice this
             raise _unreadable(f"it is far larger than {side}x{side} pixels") from error
         except UnidentifiedImageError as error:  # its message holds the server's temporary path
-            raise _unreadable("not a PNG, JPEG or WebP image") from error
+            raise _unreadable(NOT_AN_IMAGE) from error
         except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for corrupt or truncated data
             raise _unreadable("the file is corrupt or truncated") from error
 
-    image.preprocess = readable_preprocess  # type: ignore[method-assign]
+    return readable_preprocess
+
+
+def guard_image(image: gr.Image) -> gr.Image:
+    """Wrap an image input's preprocess: accepted formats only, PIL's errors in words."""
+    decode = _readable(image.preprocess)
+
+    def checked_preprocess(payload: Any) -> Any:
+        check_upload(payload)
+        return decode(payload)
+
+    image.preprocess = checked_preprocess  # type: ignore[method-assign]
     return image
+
+
+def upload_image(**kwargs: Any) -> gr.Image:
+    """`gr.Image(**kwargs)` that accepts only PNG, JPEG and WebP, with readable errors."""
+    return guard_image(gr.Image(**kwargs))
+
+
+def _editor_parts(editor: Any, payload: Any) -> tuple[list[Any], list[Any]]:
+    """(background and composite, layers) of an ImageEditor payload, files or blobs."""
+    source = payload
+    if getattr(payload, "id", None) is not None:  # parts sent earlier as blobs (gradio image_editor.py)
+        source = editor.blob_storage.get(payload.id)
+        if source is None:
+            return [], []
+    return [source.background, source.composite], list(source.layers or [])
+
+
+def guard_editor(editor: Any, max_pixels: int, max_layers: int = MAX_EDITOR_LAYERS) -> Any:
+    """Wrap an ImageEditor/ImageMask's preprocess: at most `max_layers` layers, each part checked by header."""
+    decode = _readable(editor.preprocess)
+
+    def checked_preprocess(payload: Any) -> Any:
+        if payload is not None:
+            fixed, layers = _editor_parts(editor, payload)
+            if len(layers) > max_layers:
+                log.info("refused an editor value with %d layers", len(layers))
+                raise gr.Error(f"The mask has {len(layers)} layers; paint on at most {max_layers}.",
+                               print_exception=False)
+            for part in [*fixed, *layers]:
+                check_upload(part, max_pixels)
+        return decode(payload)
+
+    editor.preprocess = checked_preprocess  # type: ignore[method-assign]
+    return editor
 
 
 def check_on_upload(box: gr.Image | gr.ImageMask, max_pixels: int) -> None:

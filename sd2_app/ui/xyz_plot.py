@@ -8,6 +8,7 @@ cells appear in the gallery as they come, so Stop leaves them on screen.
 
 from __future__ import annotations
 
+import logging
 import queue
 import tempfile
 import uuid
@@ -30,6 +31,7 @@ from sd2_app.ui.common import (
     STOPPING,
     ResultPanel,
     checkpoint_dropdown,
+    load_failed_message,
     result_panel,
     sampling_controls,
     to_sampling,
@@ -40,6 +42,8 @@ from sd2_app.ui.prompt_tools import wire_prompt_tools
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
 from sd2_app.ui.runner import StopFlags, stopped_message, stream, user_message
 from sd2_app.ui.uploads import upload_image
+
+log = logging.getLogger(__name__)
 
 
 PICKED = ("sampler", "checkpoint")  # kinds whose values are picked from a list
@@ -123,7 +127,7 @@ def _tables(result: Any) -> list[str]:
 
 
 def stream_plot(service: Any, flags: StopFlags, request_fn: Any, session: str, progress: Any, finish: Any,
-                n_outputs: int) -> Iterator[tuple]:
+                n_outputs: int, queued_flag: Any = None) -> Iterator[tuple]:
     """`common.stream_result` for a plot (the `body` of its `wire_run`): as it runs, each finished cell joins
     the gallery (so Stop, which ends this stream, leaves them on screen); then the grids, cells and tables."""
     try:
@@ -134,7 +138,7 @@ def stream_plot(service: Any, flags: StopFlags, request_fn: Any, session: str, p
     keep = (skip,) * (n_outputs - 3)
     finished: queue.Queue[tuple[Any, Any, float]] = queue.Queue()
     shown: list[tuple[Any, str]] = []
-    flag = flags.arm(session)
+    flag = flags.arm(session, queued_flag)
     progress(0, desc="Loading the model…")
     yield (skip, skip, STARTING, *keep)
 
@@ -165,7 +169,8 @@ def stream_plot(service: Any, flags: StopFlags, request_fn: Any, session: str, p
     except InvalidRequest as error:
         raise gr.Error(user_message(error), print_exception=False) from error
     except LoadError as error:
-        raise gr.Error(f"The model could not be loaded: {error}", print_exception=False) from error
+        log.warning("load failed: %s", error)  # the detail (folders, repo ids) stays in the server log
+        raise gr.Error(load_failed_message(service, request.base.checkpoint), print_exception=False) from error
     finally:
         flags.release(session, flag)
 

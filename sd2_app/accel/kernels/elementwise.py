@@ -6,7 +6,7 @@ Why: after CUDA graphs remove launch overhead, these element-wise pairs are memo
 one full read and write of the activation per pair (GELU then the gate product; a conv's bias, the shortcut
 and the residual; the residual add and the next LayerNorm). All arithmetic is fp32, one rounding at the end.
 Integers that address whole activations are specialised on (divisible by 16, as every SD shape), so Triton
-can prove the 16-byte alignment its vector loads and stores need (tests/test_triton_compile.py checks).
+can prove the 16-byte alignment its vector loads and stores need (tests/accel/test_triton_compile.py checks).
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ from gradio_client.utils import QueueError  # noqa: E402
 from tests.reliability_report import reliability, track_module  # noqa: E402,F401
 from tests.reliability_support import noise_image, one_thread, png_bytes, served_app  # noqa: E402,F401
 
+pytestmark = pytest.mark.slow  # a served app under 100 requests and hostile uploads
+
 AREA = "Load"
 CLIENTS, REQUESTS = 20, 5
 FAST = {"width": 64, "height": 64, "steps": 2, "cfg_scale": 1.0, "sampler": "Euler", "batch_size": 1}
@@ -30,7 +32,8 @@ FAST = {"width": 64, "height": 64, "steps": 2, "cfg_scale": 1.0, "sampler": "Eul
 
 def _client_session(url: str, index: int) -> list[tuple[str, int, str]]:
     """One client's 5 requests in a row: (outcome, seed, detail) each."""
-    client = Client(url, verbose=False)
+    # 20 clients fetch the app's config at once: on a busy machine that takes longer than httpx's 5 s default.
+    client = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
     outcomes: list[tuple[str, int, str]] = []
     for request in range(REQUESTS):
         seed = 1000 + 10 * index + request

@@ -27,7 +27,7 @@ webuiapi = pytest.importorskip("webuiapi")
 from gradio_client import Client  # noqa: E402
 
 from tests.reliability_support import noise_image, png_bytes  # noqa: E402
-from tests.test_ui_api import _free_port  # noqa: E402
+from tests.ui.test_ui_api import _free_port  # noqa: E402
 
 USER, PASSWORD = "krita", "s3cret"
 FAST = {"sampler_name": "Euler", "steps": 2, "cfg_scale": 1.0, "width": 64, "height": 64}
@@ -186,6 +186,8 @@ def test_refusals_name_what_is_missing_and_unknown_fields_are_ignored(app, caplo
     assert status == 422 and "alwayson_scripts" in body["detail"]
     status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "sampler_name": "DPM fast"})
     assert status == 422 and body["detail"].startswith("Sampler 'DPM fast' is not available")
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "n_iter": 5, "batch_size": 2})
+    assert status == 422 and body["detail"] == "n_iter x batch_size is 10; this server makes at most 8 images per request."
     status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "steps": 151})
     assert status == 422 and body["detail"] == "Steps must be between 1 and 150, got 151."  # the Service's check
     with caplog.at_level("INFO", logger="sd2_app.api.a1111"):
@@ -243,13 +245,13 @@ def test_api_and_web_ui_jobs_take_turns_on_the_gpu(app) -> None:
     def counting_task_fn(task):  # the pipeline function, called where the job holds the GPU
         pipeline = task_fn(task)
 
-        def counted(components, request, on_step):
+        def counted(components, request, on_step, **kwargs):
             with lock:
                 active[0] += 1
                 peak[0] = max(peak[0], active[0])
             started = time.monotonic()
             try:
-                return pipeline(components, request, on_step)
+                return pipeline(components, request, on_step, **kwargs)
             finally:
                 with lock:
                     active[0] -= 1
@@ -298,3 +300,23 @@ def test_an_api_job_waiting_for_the_gpu_can_be_interrupted(app, client) -> None:
     assert not waiter.is_alive() and not job.done()  # back while the UI job still runs
     assert outcome["result"].images == [] and outcome["result"].info == {"interrupted": True}
     assert len(job.result(timeout=120)[1]) == 1  # the UI job was not touched
+
+
+@pytest.mark.slow
+def test_app_mounts_the_api_locally_and_in_public_modes_only_when_asked(monkeypatch, tmp_path) -> None:
+    import gradio as gr
+
+    import app as app_module
+    from tests.api.test_provenance import linked_tiny_cache
+
+    linked_tiny_cache(monkeypatch, tmp_path)
+    launches: list[dict] = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launches.append(kwargs))
+    cases = {(): True, ("--host", "0.0.0.0"): False, ("--host", "0.0.0.0", "--api", "--api-auth", "a:b"): True,
+             ("--share",): False, ("--no-api",): False}
+    for extra in cases:
+        app_module.main(["--tiny", "--no-save", *extra])
+    for (extra, expected), kwargs in zip(cases.items(), launches):
+        paths = {route.path for route in kwargs["app_kwargs"]["routes"]}
+        assert ("/sdapi/v1/txt2img" in paths) is expected, extra
+        assert kwargs["ssr_mode"] is False and kwargs["mcp_server"] is False

@@ -15,7 +15,7 @@ from sd2_app.accel.per_call import options_for_host, per_call_options
 from sd2_app.api import gpu_time
 from sd2_app.api.requests import Sampling, Txt2ImgRequest, UpscaleRequest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def front_matter() -> dict:
@@ -97,7 +97,7 @@ def test_app_picks_the_per_call_switches_on_zerogpu(monkeypatch: pytest.MonkeyPa
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(manager_module, "ModelManager", Recorder)
-    from tests.test_provenance import linked_tiny_cache
+    from tests.api.test_provenance import linked_tiny_cache
 
     linked_tiny_cache(monkeypatch, tmp_path)
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")

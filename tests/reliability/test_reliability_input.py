@@ -190,11 +190,15 @@ def test_masks_empty_full_and_of_another_size(checker, reliability) -> None:
 
 def test_long_exotic_and_control_character_prompts_run(tiny, reliability) -> None:
     service, _ = tiny
-    long_prompt = " ".join(["a photo of a cat"] * 40)  # 160 words
+    long_prompt = " ".join(["a photo of a cat"] * 40)  # 160 words, 200 tokens: three chunks of 75
     result = service.run(txt2img(long_prompt))
-    dropped = [w for w in result.warnings if "over the 77-token limit were dropped" in w]
-    assert len(result.images) == 1 and len(dropped) == 1
-    reliability(AREA, "prompt of 160 words (> 77 tokens)", f"runs; warning: {dropped[0][:80]}...")
+    assert len(result.images) == 1 and not [w for w in result.warnings if "token" in w]
+    reliability(AREA, "prompt of 160 words (200 tokens)", "runs in three 75-token chunks; no token dropped, no warning")
+    with pytest.raises(InvalidRequest) as refused:
+        service.run(txt2img(", ".join(["cat"] * 390)))  # 779 tokens in 1,948 characters: over 8 chunks of 75
+    assert str(refused.value).startswith("The prompt is too long: it makes 11 chunks of 75 tokens")
+    assert "at most 8 chunks (600 tokens) are allowed" in str(refused.value)
+    reliability(AREA, "prompt of 779 tokens", f"refused: {str(refused.value)[:90]}...")
 
     exotic = "Ünïcödé 日本語の猫 🐱🚀 ∑∞ ‮right-to-left"
     result = service.run(txt2img(exotic))

@@ -81,6 +81,9 @@ def _stack_bytes(cubin: bytes) -> int:
     return max(int(m) for m in re.findall(r"STACK:(\d+)", usage))
 
 
+pytestmark = pytest.mark.slow  # Triton compiles every kernel for two GPU targets on the CPU
+
+
 @pytest.mark.parametrize("capability", [90, 80])
 @pytest.mark.parametrize("name", sorted(_kernels()))
 def test_kernel_compiles_for_the_gpu_without_spilling(name: str, capability: int) -> None:

@@ -9,7 +9,7 @@ import pytest
 from sd2_app.errors import InvalidRequest
 from sd2_app.serve.config import ServeConfig, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_are_one_gpu_replica_running_one_job() -> None:

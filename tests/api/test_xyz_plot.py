@@ -254,3 +254,15 @@ def test_an_init_image_makes_an_image_to_image_plot_with_a_strength_axis() -> No
                                                                 "Denoising strength: 1, Steps: 10"]
     with pytest.raises(InvalidRequest, match="Denoising strength: 0.05: Strength 0.05 with 10 steps runs no"):
         validate(XYZPlotRequest(base, PlotAxis("strength", "0.05")), CATALOG)
+
+
+def test_the_cells_add_up_against_the_job_cost_cap() -> None:
+    limits = Limits(max_job_cost=3000)  # one cell is 10 steps x 2 (guidance) x 8x8 latent pixels = 1,280
+    checked, _ = validate(_plot(PlotAxis("seed", "1, 2"), steps=10), CATALOG, limits)  # 2,560: fits
+    assert len(checked.x.values) == 2
+    with pytest.raises(InvalidRequest) as caught:
+        validate(_plot(PlotAxis("seed", "1, 2, 3"), steps=10), CATALOG, limits)  # 3,840: each cell fits, not all
+    assert str(caught.value) == (
+        "This job is too large for this server: it costs 3,840 UNet evaluations x latent pixels and the limit is "
+        "3,000. Lower the number of cells, the steps or the size (at most 7 steps fit with the other settings "
+        "unchanged).")

@@ -21,6 +21,8 @@ from sd2_app.pipelines.prompt import encode_prompt_pair, encode_prompts
 from sd2_app.nn.clip_text import text_model_of
 from sd2_app.pipelines.prompt_chunks import tokenize_prompt
 
+ROOT = Path(__file__).resolve().parents[2]
+
 CPU = torch.device("cpu")
 
 
@@ -266,7 +268,8 @@ def test_library_reads_both_layouts_and_refuses_the_rest(tmp_path: Path) -> None
     assert "an embedding for SD 1.x" in library.refused["sd15-thing.safetensors"]
     assert "SDXL" in library.refused["xl.safetensors"]
     assert "pickle file, which this app never opens" in library.refused["old.pt"]
-    assert "torch.load('old.pt', weights_only=True)" in library.refused["old.pt"]
+    assert "Convert it once to 'old.safetensors'" in library.refused["old.pt"]
+    assert "torch.load('NAME.pt', weights_only=True)" in (ROOT / "README.md").read_text()  # the command it points at
     assert "not a readable safetensors file" in library.refused["broken.safetensors"]
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from sd2_app.pipelines import watermark
 from sd2_app.pipelines.metadata import DIGITAL_SOURCE_TYPE, digital_source_type, read_png_parameters, save_png
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 PSNR_BOUND_DB = 38.0
 
 
@@ -63,7 +63,7 @@ def test_saved_png_carries_parameters_and_the_xmp_marker(tmp_path: Path) -> None
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, object, Path]]:
     from sd2_app.api.a1111_routes import A1111Api, build_router
-    from tests.test_a1111_api import _free_port
+    from tests.api.test_a1111_api import _free_port
     from tests.reliability_support import make_service
     from sd2_app.ui import build_ui
 

@@ -115,7 +115,7 @@ def test_png_info_fields_fill_the_text_to_image_widgets_back() -> None:
     ({"hires_fix": True, "hires_scale": 4, "width": 512, "height": 512},
      "The hires target 2048x2048 is larger than this server's limit of 1024 pixels per side; lower the upscale "
      "or the size."),
-    ({"variation_strength": 1.5}, "Value 1.5 is greater than maximum value 1."),  # Gradio's slider check
+    ({"variation_strength": 1.5}, "Variation strength must be between 0 and 1, got 1.5."),  # the service's check
     ({"seed_resize_from_width": 96}, "Seed resize from needs both a width and a height (0 for both turns it off)."),
 ])
 def test_invalid_workflow_options_come_back_in_words(app, kwargs: dict, message: str) -> None:

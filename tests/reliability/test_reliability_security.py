@@ -17,7 +17,7 @@ from tests.reliability_report import reliability, track_module  # noqa: F401
 from tests.reliability_support import app_launch_kwargs, make_service, one_thread, tiny, txt2img  # noqa: F401
 
 AREA = "Security"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 UNSAFE = re.compile(r"\btorch\.load\b|\bimport (c?pickle|dill|joblib)\b|\bpickle\.|allow_pickle\s*=\s*True|"
                     r"\bweights_only\s*=\s*False|\btorch\.hub\b")
 
@@ -116,6 +116,7 @@ def test_launch_settings_are_safe(reliability) -> None:
     assert kwargs["allowed_paths"] == [] and "blocked_paths" not in kwargs
     assert kwargs["show_error"] is False and kwargs["enable_monitoring"] is False
     assert kwargs["max_file_size"] == "25mb" and kwargs["share"] is False and kwargs["server_name"] == "127.0.0.1"
+    assert kwargs["run_history"] is False and kwargs["auth"] is None
     reliability(AREA, "app.py launch settings", "allowed_paths=[], show_error=False (our gr.Error messages only), "
                 "enable_monitoring=False, max_file_size='25mb', share=False, server_name='127.0.0.1' by default")
 
@@ -135,7 +136,7 @@ def test_the_upload_pixel_cap_is_set_before_any_upload(reliability, monkeypatch:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
     monkeypatch.setattr("sd2_app.manager.ModelManager", lambda *a, **k: built.append(k) or type("M", (), {
         "registry": {}})())
-    monkeypatch.setattr("sd2_app.ui.build_ui", lambda service: type("Demo", (), {"queue": lambda self, **k: self})())
+    monkeypatch.setattr("sd2_app.ui.build_ui", lambda service, **k: type("Demo", (), {"queue": lambda self, **k: self})())
     app.build(app.parse_args(["--max-side", "768"]))
     assert Image.MAX_IMAGE_PIXELS == 2048 * 2048 and built
     reliability(AREA, "PIL pixel cap", f"app.build sets PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} (the upload "

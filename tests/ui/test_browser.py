@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium and a served app: minutes on a small CPU
 CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).parent / "artifacts"
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-quic"]
 DESKTOP = {"width": 1440, "height": 900}

@@ -241,6 +241,7 @@ def _rss_mib() -> float:
 RSS_BOUND_MIB = 16.0
 
 
+@pytest.mark.slow  # 100 runs
 def test_memory_stays_flat_over_100_runs(one_thread: None, tmp_path: Path, reliability) -> None:
     service, _ = make_service(outputs=tmp_path)  # saving included: files, history (bounded at 50)
     for seed in range(10):  # warm-up: allocator pools, lazy imports, the history filling

@@ -17,7 +17,7 @@ from PIL import Image
 pytest.importorskip("mcp")
 
 from tests.reliability_support import noise_image  # noqa: E402
-from tests.test_ui_api import _free_port  # noqa: E402
+from tests.ui.test_ui_api import _free_port  # noqa: E402
 
 TOOLS = {"txt2img", "img2img", "inpaint", "upscale", "depth"}
 

@@ -5,6 +5,7 @@ Screenshots go to tests/artifacts/ (gitignored). Skipped when /usr/bin/chromium 
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from safetensors.torch import save_file
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-quic"]
 
@@ -68,6 +69,7 @@ def _counter(page, elem_id: str) -> object:
 
 
 def test_counter_follows_typing(page) -> None:
+    sync_api.expect(_counter(page, "txt2img-prompt-tokens")).to_have_text(re.compile(r"\b\d+/75\b"))  # on load
     prompt = page.locator("#txt2img-prompt textarea")
     prompt.fill("")
     prompt.press_sequentially("a " * 10, delay=10)  # keystrokes: the count is sent once typing pauses
