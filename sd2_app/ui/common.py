@@ -117,7 +117,7 @@ class ResultPanel:
     stop: gr.Button
 
 
-GALLERY_HEIGHT = 460  # px: with the prompt row above, the whole result fits a 900 px high window
+GALLERY_HEIGHT = 440  # px: with the prompt row above, the whole result fits a 900 px high window
 
 
 def gallery_columns(count: int) -> int:
