@@ -175,12 +175,16 @@ def test_bad_input_is_refused_before_any_ray_call(cluster) -> None:
     assert Counting.calls == 0
 
 
-def test_the_app_with_serve_runs_jobs_on_the_replicas_and_saves_at_the_front(cluster, tmp_path: Path) -> None:
+def test_the_app_with_serve_runs_jobs_on_the_replicas_and_saves_at_the_front(
+    cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """app.py --serve against the running cluster: a gradio_client txt2img comes back and is saved locally."""
     import app
     from gradio_client import Client
 
     from tests.reliability_support import free_port
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # app.build lowers it; restored after
 
     handle, config = cluster
     toml = tmp_path / "serve.toml"

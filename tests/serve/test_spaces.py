@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from sd2_app.accel.options import AccelOptions, options_for
 from sd2_app.accel.per_call import options_for_host, per_call_options
@@ -97,6 +98,7 @@ def test_app_picks_the_per_call_switches_on_zerogpu(monkeypatch: pytest.MonkeyPa
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(manager_module, "ModelManager", Recorder)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # app.build lowers it; restored after
     from tests.api.test_provenance import linked_tiny_cache
 
     linked_tiny_cache(monkeypatch, tmp_path)
