@@ -118,6 +118,7 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
     from sd2_app.manager import ModelManager
     from sd2_app.checkpoints.catalog import apply_overrides, parse_assignments
     from sd2_app.api.service import Service
+    from sd2_app.api.tasks import import_pipelines
     from sd2_app.loading.embeddings import EmbeddingLibrary
     from sd2_app.ui import build_ui
     from sd2_app.ui.hosting import Hosting
@@ -140,6 +141,7 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
                           keep_outputs_days=args.keep_outputs_days)
     hosting = Hosting(max_jobs_per_visitor=args.max_jobs_per_session,
                       model_admin=args.allow_model_admin or bool(args.auth) or not is_public(args))
+    import_pipelines()  # in this thread, before any visitor's: lazily, two threads can deadlock on the imports
     demo = build_ui(service, hosting=hosting)
     if args.mcp and mcp_available():
         from sd2_app.ui.mcp_tools import add_mcp_tools

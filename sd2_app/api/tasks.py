@@ -68,3 +68,14 @@ def pipeline_of(task: str) -> Callable[..., Any]:
     """The pipeline function named in `task`'s row (its module is imported on first use)."""
     module, function = TASKS[task].pipeline.split(":")
     return getattr(importlib.import_module(module), function)
+
+
+def import_pipelines() -> None:
+    """Import every task's pipeline module (and the prompt tokenizer's) now, in the calling thread.
+
+    The app calls this once at start-up: imported lazily, the first job's thread and the token counter's thread
+    can meet in Python's per-module import locks over the package's circular imports (`_DeadlockError`).
+    """
+    importlib.import_module("sd2_app.pipelines.prompt_chunks")
+    for task in TASKS:
+        pipeline_of(task)

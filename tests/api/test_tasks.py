@@ -58,3 +58,21 @@ def test_cli_defaults_are_the_table(task: str) -> None:
 def test_default_checkpoint_falls_back_to_the_first_available() -> None:
     assert default_checkpoint("txt2img", ["sd2-base", "sd21-base"]) == "sd21-base"
     assert default_checkpoint("txt2img", ["sd2-base", "sd2"]) == "sd2-base"
+
+
+def test_import_pipelines_imports_every_tasks_module_in_the_calling_thread() -> None:
+    """app.build calls it at start-up so no two visitors' threads import the pipelines at once."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from sd2_app.api.tasks import TASKS, import_pipelines\n"
+        "import_pipelines()\n"
+        "names = [spec.pipeline.split(':')[0] for spec in TASKS.values()] + ['sd2_app.pipelines.prompt_chunks']\n"
+        "print(len(names), all(name in sys.modules for name in names))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    count, imported = done.stdout.split()
+    assert int(count) >= 7 and imported == "True"
