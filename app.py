@@ -194,9 +194,18 @@ def _serve_service(args: argparse.Namespace, registry: dict, limits: object, out
                    keep_outputs_days=args.keep_outputs_days)
 
 
+def configure_logging() -> None:
+    """INFO lines for the server log, one per checkpoint load: transformers' per-file "Loading weights" progress
+    bars are turned off (the manager logs each load)."""
+    from transformers.utils import logging as transformers_logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    transformers_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     args = parse_args(argv)
     if args.mcp and not mcp_available():
         logging.getLogger("app").warning("--mcp needs the mcp package: pip install -r requirements-mcp.txt; MCP is off")

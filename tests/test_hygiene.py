@@ -57,3 +57,16 @@ def test_the_app_without_serve_does_not_import_ray() -> None:
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == "False"
+
+
+def test_the_server_log_has_no_per_file_loading_bars() -> None:
+    """app.main's logging set-up turns transformers' "Loading weights" progress bars off (one log line per load)."""
+    probe = (
+        "import app, transformers.utils.logging as t\n"
+        "before = t.is_progress_bar_enabled()\n"
+        "app.configure_logging()\n"
+        "print(before, t.is_progress_bar_enabled())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "False"]
