@@ -52,5 +52,8 @@ def build(service: Service) -> tuple[gr.Image, gr.JSON, gr.Button]:
             return "This image carries no generation parameters.", {}
         return raw, parsed
 
-    image.change(read, image, [text, fields], api_name="png_info")  # queued, so a failure shows its message
+    # Queued (so a failure shows its message), in a queue of its own: at most PNG_INFO_CONCURRENCY run at once,
+    # beside the GPU jobs, never behind them.
+    image.change(read, image, [text, fields], api_name="png_info", concurrency_id="png_info",
+                 concurrency_limit=PNG_INFO_CONCURRENCY)
     return image, fields, send
