@@ -173,12 +173,11 @@ def launch_settings(args: argparse.Namespace, demo: Any = None) -> dict[str, Any
 
 
 def _serve_service(args: argparse.Namespace, registry: dict, limits: object, outputs: str | None):  # -> Service
-    """A Service whose jobs run on the Ray Serve deployment (Ray is imported only on this path)."""
-    from sd2_app.api.service import Service
-    from sd2_app.serve.backend import ClusterModels, ServeBackend, connect
-    from sd2_app.serve.config import load_config
-
+    """A Service whose jobs run on the Ray Serve deployment (Ray is imported only on this path); saving, the
+    watermark and history stay here, with the same settings as the local app."""
     from sd2_app.loading.embeddings import EmbeddingLibrary
+    from sd2_app.serve.backend import connect, remote_service
+    from sd2_app.serve.config import load_config
 
     if args.tiny:  # the front end reads the tiny repos' tokenizers for the token counter
         from sd2_app.checkpoints.catalog import tiny_registry
@@ -187,11 +186,9 @@ def _serve_service(args: argparse.Namespace, registry: dict, limits: object, out
 
         registry = tiny_registry(ensure_tiny_repos(default_cache_dir() / "tiny"), registry)
     config = load_config(args.serve_config)
-    handle = connect(args.serve, config)
-    return Service(ClusterModels(handle, registry), registry=registry, limits=limits, outputs_dir=outputs,
-                   watermark=not args.no_watermark, embeddings=EmbeddingLibrary.scan(args.embeddings_dir),
-                   backend=ServeBackend(handle), concurrency=config.total_concurrency,
-                   keep_outputs_days=args.keep_outputs_days)
+    return remote_service(connect(args.serve, config), registry, config, limits=limits, outputs_dir=outputs,
+                          watermark=not args.no_watermark, embeddings=EmbeddingLibrary.scan(args.embeddings_dir),
+                          keep_outputs_days=args.keep_outputs_days)
 
 
 def configure_logging() -> None:

@@ -18,7 +18,6 @@ import statistics
 import tempfile
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +72,11 @@ def _single(service: Any, args: argparse.Namespace, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def _front(handle: Any, concurrency: int) -> Any:
-    from sd2_app.api.service import Service
+def _front(handle: Any, config: Any) -> Any:
     from sd2_app.checkpoints.catalog import REGISTRY
-    from sd2_app.serve.backend import ClusterModels, ServeBackend
+    from sd2_app.serve.backend import remote_service
 
-    return Service(ClusterModels(handle, dict(REGISTRY)), registry=REGISTRY, outputs_dir=None,
-                   backend=ServeBackend(handle), concurrency=concurrency, allowed_repos=())
+    return remote_service(handle, REGISTRY, config, outputs_dir=None, allowed_repos=())
 
 
 def _local(args: argparse.Namespace) -> Any:
@@ -128,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              num_gpus=0.0 if args.tiny else 1.0, device="cpu" if args.tiny else None,
                              max_models_per_replica=1, preload=(args.checkpoint,))
         handle = serve.run(build_app(config), name=config.app_name, route_prefix=None)
-        front = _front(handle, config.total_concurrency)
+        front = _front(handle, config)
         # Warm-up: concurrent jobs until every replica has run one. A checkpoint is routed to the replicas that
         # announced it; another replica gets it only after a request waited out Serve's matching timeout.
         warm = argparse.Namespace(**{**vars(args), "jobs": 4 * count, "clients": 2 * count})

@@ -1,8 +1,8 @@
 """The front end's side of Ray Serve: `ServeBackend` runs validated requests on the deployment's replicas.
 
-`Service(backend=ServeBackend(handle))` keeps everything a visitor touches where it is today (validation before
-any Ray round trip, seeds, saving with metadata, history, the per-job limits of the queue), and only the
-pipeline runs remotely. Progress and previews stream back; Stop cancels the remote generator.
+`remote_service(handle, registry, config)`, a `Service(backend=ServeBackend(handle))`, keeps everything a
+visitor touches where it is today (validation before any Ray round trip, seeds, saving with metadata, history,
+the per-job limits of the queue), and only the pipeline runs remotely. Progress and previews stream back; Stop cancels the remote generator.
 
 A replica that dies mid-job (a crash, a lost node) fails that job with a clear message; it is not retried,
 since the same job may be what killed it. Serve replaces the replica and later requests run as usual.
@@ -23,6 +23,7 @@ from ray import serve
 from sd2_app.api.requests import Request
 from sd2_app.checkpoints.catalog import CheckpointSpec
 from sd2_app.api.results import ProgressFn, Result
+from sd2_app.api.service import Service
 from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.serve.config import ServeConfig
 from sd2_app.serve.deployment import checkpoint_of
@@ -128,6 +129,14 @@ class ClusterModels:
 
     def unload(self, key: str) -> None:
         raise InvalidRequest("With Ray Serve the replicas unload checkpoints themselves (least recently used).")
+
+
+def remote_service(handle: Any, registry: Mapping[str, CheckpointSpec], config: ServeConfig,
+                   **service_options: Any) -> Service:
+    """The front end's Service: validation, saving and history here; jobs on the deployment's replicas; its GPU
+    queue runs as many jobs at once as the replicas can (`ServeConfig.total_concurrency`)."""
+    return Service(ClusterModels(handle, registry), registry=registry, backend=ServeBackend(handle),
+                   concurrency=config.total_concurrency, **service_options)
 
 
 def connect(address: str, config: ServeConfig) -> Any:

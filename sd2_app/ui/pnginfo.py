@@ -1,13 +1,12 @@
 """PNG info: read the A1111 `parameters` text of a PNG (ours or another tool's) and send it to text to image.
 
-The text chunks are read without decoding the pixels, and at most `PNG_INFO_CONCURRENCY` reads run at once
-(a request that finds them all busy for `PNG_INFO_WAIT_S` is refused), so a flood of calls stays cheap.
+The text chunks are read without decoding the pixels, and the reads have a queue of their own in which at most
+`PNG_INFO_CONCURRENCY` run at once (the rest wait, bounded by the queue's size), so a flood of calls stays cheap.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any, TYPE_CHECKING
 
 import gradio as gr
@@ -20,8 +19,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PNG_INFO_CONCURRENCY = 2
-PNG_INFO_WAIT_S = 2.0
-BUSY = "PNG info is busy; try again in a moment."
 
 
 def build(service: Service) -> tuple[gr.Image, gr.JSON, gr.Button]:
@@ -33,21 +30,15 @@ def build(service: Service) -> tuple[gr.Image, gr.JSON, gr.Button]:
             text = gr.Textbox(label="parameters", lines=6, buttons=["copy"], elem_id="pnginfo-text")
             fields = gr.JSON(label="Fields")
             send = gr.Button("Send to text to image", elem_id="pnginfo-send")
-    slots = threading.BoundedSemaphore(PNG_INFO_CONCURRENCY)
 
     def read(path: str | None) -> tuple[str, dict[str, Any]]:
         if not path:
             return "", {}
-        if not slots.acquire(timeout=PNG_INFO_WAIT_S):
-            log.info("refused a PNG info call: %d already running", PNG_INFO_CONCURRENCY)
-            raise gr.Error(BUSY, print_exception=False)
         try:
             raw, parsed = service.read_parameters(path)
         except OSError as error:  # a JPEG or WebP (no PNG text chunks), or a PNG cut short
             log.info("PNG info: %s", error)
             return "This image carries no generation parameters.", {}
-        finally:
-            slots.release()
         if raw is None:
             return "This image carries no generation parameters.", {}
         return raw, parsed

@@ -54,13 +54,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):  # -> (handle, ServeConfi
 
 @pytest.fixture(scope="module")
 def front(cluster):  # -> Service whose jobs run on the replicas
-    from sd2_app.api.service import Service
     from sd2_app.checkpoints.catalog import REGISTRY
-    from sd2_app.serve.backend import ClusterModels, ServeBackend
+    from sd2_app.serve.backend import remote_service
 
     handle, config = cluster
-    return Service(ClusterModels(handle, dict(REGISTRY)), registry=REGISTRY, outputs_dir=None,
-                   backend=ServeBackend(handle), concurrency=config.total_concurrency, allowed_repos=())
+    return remote_service(handle, REGISTRY, config, outputs_dir=None, allowed_repos=())
 
 
 def replica_stats(handle, count: int = 2) -> dict[int, dict]:

@@ -2,8 +2,8 @@
 cross-attention.
 
 Why: an SD2 UNet call makes 80 such projection matmuls (q, k, v of 16 self-attentions, k, v of 16
-cross-attentions); the ones of the 16x16 level and of the 77 text tokens are too small to fill an
-H100/H200, so three (or two) launches cost about what one launch of the stacked weight does: 32 instead of
+cross-attentions); the ones of the 16x16 level and of the 77 text tokens are too small to fill a
+large GPU, so three (or two) launches cost about what one launch of the stacked weight does: 32 instead of
 80. The cross-attentions' k, v all project the same text context, so fuse_modules goes further and gives
 them one shared matmul per forward (`context_projection`, see stacking.SharedInputProjections): 17 in all.
 Stacking the weights must not copy them (a second copy of 63M parameters) nor change the state-dict keys:
