@@ -23,8 +23,9 @@ from sd2_app.api.requests import Request, Sampling
 from sd2_app.api.tasks import TASKS, default_checkpoint
 from sd2_app.ui.hosting import stop_flag_of
 from sd2_app.api.gpu_time import values_seconds
+from sd2_app.api.timing import log_split, summary, timed
 from sd2_app.ui.layout import GENERATE, RUNNING
-from sd2_app.ui.runner import GPU_QUEUE, StopFlags, gpu, stopped_message, stream, user_message
+from sd2_app.ui.runner import GPU_QUEUE, StopFlags, gpu, shown_files, stopped_message, stream, user_message
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Result, Service
@@ -206,7 +207,7 @@ def _quiet(original: Callable[[Any], Any], label: str) -> Callable[[Any], Any]:
 
 def describe(result: Result) -> str:
     """Markdown under the gallery: seed, timings, warnings and the parameters text."""
-    seconds = ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
+    seconds = summary(result.timings)
     lines = [f"**Seed** {result.seed} · {seconds}"]
     lines += [f"- ⚠️ {w}" for w in result.warnings]
     if result.parameters:
@@ -239,11 +240,13 @@ def stream_result(
         log.info("refused a request: %s", error)
         raise gr.Error(str(error), print_exception=False) from error
     flag = flags.arm(session, queued_flag)
+    timings = {"queue": flag.waited()}  # the request's phases (sd2_app.api.timing), logged as one line at the end
     progress(0, desc="Loading the model…")
     keep = (gr.skip(),) * (n_outputs - 3)
     yield (gr.skip(), gr.skip(), STARTING, *keep)
     try:
-        run = lambda on_progress, should_stop: service.run(request, on_progress, should_stop, owner=session)  # noqa: E731
+        run = lambda on_progress, should_stop: service.run(  # noqa: E731
+            request, on_progress, should_stop, owner=session, timings=timings)
         for item in stream(run, flag):
             if isinstance(item, tuple):
                 done, total, preview = item
@@ -256,8 +259,13 @@ def stream_result(
             else:
                 for warning in item.warnings:
                     gr.Warning(warning)
+                item.timings.setdefault("queue", timings["queue"])  # a plot keeps its own dict
+                with timed(item.timings, "display"):
+                    shown, outputs = shown_files(item), finish(item)
                 # The live preview ends on the final image.
-                yield (item.images[0] if item.images else gr.skip(), *finish(item))
+                with timed(item.timings, "deliver"):
+                    yield (shown[0] if shown else gr.skip(), *outputs)
+                log_split(item.task, item.timings)
     except Cancelled:
         yield (gr.skip(), gr.skip(), stopped_message(flag), *keep)
     except InvalidRequest as error:
@@ -294,7 +302,8 @@ def wire_run(
         outputs.append(panel.extra)
 
     def finish(result: Result) -> tuple:
-        gallery = [(image, caption) for image, caption in zip(result.images, result.captions or [None] * len(result.images))]
+        # The files the Service encoded, served as they are: no second PNG encode by Gradio.
+        gallery = list(zip(shown_files(result), result.captions or [None] * len(result.images)))
         return (gallery, describe(result), result.seed, 0, *finish_extra(result))
 
     # ZeroGPU: each call asks for the GPU time its own job needs (widget values -> request -> cost)

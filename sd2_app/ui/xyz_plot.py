@@ -40,7 +40,7 @@ from sd2_app.ui.common import (
 )
 from sd2_app.ui.prompt_tools import wire_prompt_tools
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
-from sd2_app.ui.runner import StopFlags, stopped_message, stream, user_message
+from sd2_app.ui.runner import StopFlags, shown_files, stopped_message, stream, user_message
 from sd2_app.ui.uploads import upload_image
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def stream_plot(service: Any, flags: StopFlags, request_fn: Any, session: str, p
             if not isinstance(item, tuple):
                 for warning in item.warnings:
                     gr.Warning(warning)
-                yield (item.images[0], *finish(item))
+                yield (shown_files(item)[0], *finish(item))  # the grid as encoded once
                 continue
             done, total, preview = item
             flag.done, flag.total = done, total
