@@ -20,7 +20,7 @@ SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "u
 DEPTH_MAP_LABEL = "Depth map (optional, white = near; 16-bit PNG or float TIFF kept exact)"
 
 
-def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> ImageTab:
+def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> ImageTab:
     frame = TabFrame(service, "depth")
     with frame.columns(extra_label="Depth map used", send_to=SEND_TO):
         with gr.Row():

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 SEND_TO = (("inpaint", "inpaint"), ("upscale", "upscale"))
 
 
-def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> ImageTab:
+def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> ImageTab:
     frame = TabFrame(service, "img2img")
     with frame.columns(send_to=SEND_TO):
         image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],

@@ -58,7 +58,7 @@ def split_editor(value: Any, uploaded_mask: Image.Image | None) -> tuple[Image.I
     return image, mask
 
 
-def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> InpaintTab:
+def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> InpaintTab:
     frame = TabFrame(service, "inpaint")
     with frame.columns(extra_label="Mask used", send_to=SEND_TO):
         editor = guard_editor(gr.ImageMask(

@@ -85,14 +85,14 @@ class TabFrame:
             height = gr.Slider(64, top, side, step=8, label="Height", elem_id=f"{self.prefix}-height")
         return width, height
 
-    def sampling(self, examples: Sequence[list[Any]] = (), image: gr.components.Component | None = None, *,
+    def sampling(self, examples: Sequence[list[str]] = (), image: gr.components.Component | None = None, *,
                  batch: bool = True, task: str | None = None) -> SamplingControls:
         """The sampling controls (`common.sampling_controls`), then the tab's examples of (image, prompt)."""
         self._sampling = sampling_controls(self.service, self.prefix, batch=batch, task=task)
         self.examples(examples, image)
         return self._sampling[0]
 
-    def examples(self, examples: Sequence[list[Any]], image: gr.components.Component | None) -> None:
+    def examples(self, examples: Sequence[list[str]], image: gr.components.Component | None) -> None:
         """The tab's example rows of (image, prompt), when it has any."""
         if examples:
             gr.Examples(list(examples), [image, self.prompt], label="Examples")

@@ -25,7 +25,7 @@ def before_image(result: Result) -> tuple:
     return (low.resize((low.width * 4, low.height * 4), Image.Resampling.BICUBIC),)
 
 
-def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> ImageTab:
+def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> ImageTab:
     frame = TabFrame(service, "upscale")
     with frame.columns(extra_label="Before (bicubic x4)", send_to=SEND_TO):
         image = upload_image(label="Low-resolution image", type="pil", image_mode=None,

@@ -12,13 +12,14 @@ import logging
 import queue
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TYPE_CHECKING
 
 import gradio as gr
+from PIL import Image
 
 from sd2_app.api.plot import cell_caption, write_tables
 from sd2_app.api.plot_axes import AXES, AXIS_NAMES
@@ -33,7 +34,7 @@ from sd2_app.ui.uploads import upload_image
 
 if TYPE_CHECKING:
     from sd2_app.api.plot import PlotCell
-    from sd2_app.api.service import Result, Service
+    from sd2_app.api.service import ProgressFn, Result, Service
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def make_request(key: str, text: str, negative_text: str, *values: Any) -> XYZPl
     sampling = to_sampling(*sampling_values, 1)
     common = {"prompt": text, "negative_prompt": negative_text, "checkpoint": key, "sampling": sampling}
     if image is not None:
-        base: Any = Img2ImgRequest(image=image, strength=strength, width=width, height=height, **common)
+        base: Txt2ImgRequest | Img2ImgRequest = Img2ImgRequest(image=image, strength=strength, width=width, height=height, **common)
     else:
         base = Txt2ImgRequest(width=width, height=height, **common)
     if axes[0] is None:
@@ -113,13 +114,14 @@ def make_request(key: str, text: str, negative_text: str, *values: Any) -> XYZPl
     return XYZPlotRequest(base=base, x=axes[0], y=axes[1], z=axes[2])
 
 
-def _tables(result: Any) -> list[str]:
+def _tables(result: Result) -> list[str]:
     folder = TABLES_DIR / uuid.uuid4().hex
     return [str(path) for path in write_tables(result.cells, folder)]
 
 
-def stream_plot(service: Any, flags: StopFlags, request_fn: Any, session: str, progress: Any, finish: Any,
-                n_outputs: int, queued_flag: Any = None) -> Iterator[tuple]:
+def stream_plot(service: Service, flags: StopFlags, request_fn: Callable[[], XYZPlotRequest], session: str,
+                progress: gr.Progress, finish: Callable[[Result], tuple], n_outputs: int,
+                queued_flag: RunFlag | None = None) -> Iterator[tuple]:
     """`common.stream_result` for a plot (the `body` of its `wire_run`): as it runs, each finished cell joins
     the gallery (so Stop, which ends this stream, leaves them on screen); then the grids, cells and tables."""
     try:
@@ -128,13 +130,13 @@ def stream_plot(service: Any, flags: StopFlags, request_fn: Any, session: str, p
         raise gr.Error(str(error), print_exception=False) from error
     skip = gr.skip()
     keep = (skip,) * (n_outputs - 3)
-    finished: queue.Queue[tuple[Any, Any, float]] = queue.Queue()
-    shown: list[tuple[Any, str]] = []
+    finished: queue.Queue[tuple[PlotCell, Image.Image, float]] = queue.Queue()
+    shown: list[tuple[Image.Image, str]] = []
     flag = flags.arm(session, queued_flag)
     progress(0, desc="Loading the model…")
     yield (skip, skip, STARTING, *keep)
 
-    def call(on_progress: Any, should_stop: Any) -> Any:
+    def call(on_progress: ProgressFn, should_stop: Callable[[], bool]) -> Result:
         return service.plot(request, on_progress, should_stop, owner=session,
                             on_cell=lambda cell, image, seconds: finished.put((cell, image, seconds)))
 
