@@ -14,6 +14,7 @@ from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.vae_io import decode_in
 from sd2_app.api.requests import Sampling, TaskRequest
 from sd2_app.checkpoints.components import Components
+from sd2_app.samplers.base import NoiseSource, randn_from
 from sd2_app.samplers.registry import SamplerSpec
 from sd2_app.samplers.schedules import Schedule, SchedulerConfig
 
@@ -33,11 +34,12 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
 
 
 def draw_noise(
-    shape: tuple[int, ...], generator: torch.Generator, device: torch.device, dtype: torch.dtype
+    shape: tuple[int, ...], generator: NoiseSource, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Unit normal noise drawn like the reference's `randn_tensor` (in the model dtype), returned as fp32."""
-    noise = torch.randn(shape, generator=generator, device=generator.device, dtype=dtype)
-    return noise.to(device=device, dtype=torch.float32)
+    """Unit normal noise drawn like the reference's `randn_tensor` (in the model dtype), returned as fp32.
+
+    `generator` may be a batch's `GeneratorParts`: each request's rows then come from its own generator."""
+    return randn_from(shape, generator, dtype).to(device=device, dtype=torch.float32)
 
 
 def plan_sampling(config: SchedulerConfig, sampling: Sampling, strength: float | None = None) -> SamplingPlan:
@@ -68,7 +70,7 @@ class Job:
 
     components: Components
     sampling: Sampling
-    generator: torch.Generator
+    generator: NoiseSource  # the request's own; a batch of requests has each one's (samplers.base.GeneratorParts)
     context: torch.Tensor  # (2B|B, 77·k, D), uncond first when guided; k chunks of 77 tokens
     plan: SamplingPlan
     warnings: list[str]
