@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +10,7 @@ import torch
 
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.loop import Conditioning, LatentProgressFn, Tiling, run_sampling
+from sd2_app.pipelines.output import PipelineOutput
 from sd2_app.pipelines.prompt import encode_prompt_pair
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.vae_io import decode_in
@@ -109,6 +111,23 @@ class Job:
                overlap: int = 0) -> torch.Tensor:
         """VAE-space latents -> pixels in [-1, 1], in this attempt's mode (fp32, quarter tiles)."""
         return decode_in(self.mode, self.components.vae, latents, force_fp32=force_fp32, tile=tile, overlap=overlap)
+
+
+@dataclass
+class PreparedRun:
+    """A task's run up to its denoising loop: the job and its start latents, and the step after the loop.
+
+    A task run is `prepared.complete(on_step)`; a batch of requests (pipelines/batch.py) prepares each one, denoises
+    their start latents together and finishes each one's slice, so both go through the same code.
+    """
+
+    job: Job
+    start: torch.Tensor  # (B, 4, h, w) sigma-space start latents, drawn from the job's generator
+    finish: Callable[[torch.Tensor], PipelineOutput]  # denoised latents (B, 4, h, w) -> the task's output
+
+    def complete(self, on_step: LatentProgressFn | None = None) -> PipelineOutput:
+        """Denoise the start latents and finish: the task's whole run."""
+        return self.finish(self.job.denoise(self.start, on_step=on_step))
 
 
 def start_job(components: Components, request: TaskRequest, *, strength: float | None = None, mode: RunMode = NORMAL) -> Job:
