@@ -17,7 +17,7 @@ from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.prompt import embedding_settings
-from sd2_app.pipelines.sampling import start_job
+from sd2_app.pipelines.sampling import Job, PreparedRun, start_job
 from sd2_app.pipelines.seamless import circular_padding
 from sd2_app.pipelines.seeds import seed_settings, seeded_noise, uses_extras
 from sd2_app.pipelines.vae_io import decode_in, vae_factor
@@ -48,10 +48,10 @@ def txt2img_settings(request: Txt2ImgRequest, components: Components, width: int
     return settings
 
 
-def generate(
-    components: Components, request: Txt2ImgRequest, on_step: LatentProgressFn | None = None, mode: RunMode = NORMAL
-) -> tuple[torch.Tensor, int, int, list[str]]:
-    """The denoised latents (B, 4, h, w) of `request` at its size, with the size used and the warnings."""
+def _start(
+    components: Components, request: Txt2ImgRequest, mode: RunMode
+) -> tuple[Job, torch.Tensor, int, int, list[str]]:
+    """The job and its start latents (B, 4, h, w) for `request` at its size, with the size used and the warnings."""
     sampling = request.sampling
     factor = vae_factor(components.vae)
     warnings: list[str] = []
@@ -66,7 +66,31 @@ def generate(
         start = noise * job.plan.schedule.init_noise_sigma
     else:
         start = job.start_noise(shape)
+    return job, start, width, height, warnings
+
+
+def generate(
+    components: Components, request: Txt2ImgRequest, on_step: LatentProgressFn | None = None, mode: RunMode = NORMAL
+) -> tuple[torch.Tensor, int, int, list[str]]:
+    """The denoised latents (B, 4, h, w) of `request` at its size, with the size used and the warnings."""
+    job, start, width, height, warnings = _start(components, request, mode)
     return job.denoise(start, on_step=on_step), width, height, warnings
+
+
+def prepare_txt2img(components: Components, request: Txt2ImgRequest, mode: RunMode = NORMAL) -> PreparedRun:
+    """A plain text-to-image run (no hires fix) up to its loop; its finish decodes and labels the images.
+
+    Seamless tiling needs `circular_padding` around the whole run (the caller's, as in `txt2img`).
+    """
+    job, start, width, height, warnings = _start(components, request, mode)
+
+    def finish(latents: torch.Tensor) -> PipelineOutput:
+        images = postprocess(decode_in(mode, components.vae, latents))
+        label_images(images, request.prompt, request.negative_prompt,
+                     txt2img_settings(request, components, width, height))
+        return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings)
+
+    return PreparedRun(job, start, finish)
 
 
 @torch.inference_mode()
@@ -84,7 +108,4 @@ def txt2img(
 
         return hires_fix(components, request, on_step, mode)
     with circular_padding(components.unet, components.vae, enabled=request.tiling):
-        latents, width, height, warnings = generate(components, request, on_step, mode)
-        images = postprocess(decode_in(mode, components.vae, latents))
-    label_images(images, request.prompt, request.negative_prompt, txt2img_settings(request, components, width, height))
-    return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings)
+        return prepare_txt2img(components, request, mode).complete(on_step)
