@@ -56,7 +56,9 @@ def _default_catalog(registry: Mapping[str, CheckpointSpec]) -> Catalog:
 def _default_preview(latents: Any) -> Image.Image | None:
     from sd2_app.pipelines.preview import preview_images
 
-    return preview_images(latents[:1], upscale=8)[0]  # one latent pixel is 8 image pixels
+    # At latent size (1/8 of the image): the job's thread pays a 4x3 product and a small copy; whoever shows it
+    # enlarges it (the UI's live preview, the A1111 progress route).
+    return preview_images(latents[:1])[0]
 
 
 class Service:
