@@ -119,22 +119,18 @@ def _executor() -> ThreadPoolExecutor:
 def stream(
     call: Callable[[ProgressFn, Callable[[], bool]], Result],
     flag: threading.Event,
-    *,
-    poll_s: float = 0.05,
 ) -> Iterator[tuple[int, int, Image.Image | None] | Result]:
     """Yield (done, total, preview) while `call(on_progress, should_stop)` runs; the last item is its result.
 
-    Raises what the call raised (`InvalidRequest`, `Cancelled`, or a bug with its traceback).
+    The call's end wakes the loop at once (no polling interval between the result and the browser). Raises
+    what the call raised (`InvalidRequest`, `Cancelled`, or a bug with its traceback).
     """
-    events: queue.Queue[tuple[int, int, Image.Image | None]] = queue.Queue()
+    events: queue.Queue[tuple[int, int, Image.Image | None] | None] = queue.Queue()
     future: Future[Result] = _executor().submit(call, lambda d, t, p: events.put((d, t, p)), flag.is_set)
+    future.add_done_callback(lambda _: events.put(None))  # after the call's last progress event
     try:
-        while True:
-            try:
-                yield events.get(timeout=poll_s)
-            except queue.Empty:
-                if future.done() and events.empty():
-                    break
+        while (event := events.get()) is not None:
+            yield event
     finally:
         flag.set()  # the handler was closed (cancelled or the client left): stop the worker at its next step
     yield future.result()
