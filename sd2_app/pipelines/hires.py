@@ -29,7 +29,7 @@ from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.sampling import draw_noise, start_job
-from sd2_app.pipelines.seamless import circular_padding
+from sd2_app.pipelines.seamless import tiled_components
 from sd2_app.pipelines.txt2img import generate, txt2img_settings
 from sd2_app.pipelines.vae_io import decode_in, encode, vae_factor
 
@@ -114,16 +114,16 @@ def hires_fix(components: Components, request: Txt2ImgRequest, on_step: LatentPr
     factor = vae_factor(components.vae)
     first_steps = request.sampling.steps
     total = first_steps + hires.second_pass_steps(first_steps)
-    with circular_padding(components.unet, components.vae, enabled=request.tiling):
-        latents, width, height, warnings = generate(components, request, _offset(on_step, 0, total), mode)
-        target_w, target_h = hires.target(width, height)
-        if hires.upscaler in LATENT_MODES:
-            start: torch.Tensor | list[Image.Image] = upscale_latents(
-                latents, (target_h // factor, target_w // factor), hires.upscaler)
-        else:
-            pixels = postprocess(decode_in(mode, components.vae, latents))
-            start = [image.resize((target_w, target_h), LANCZOS) for image in pixels]
-        output = second_pass(components, request, start, (width, height), _offset(on_step, first_steps, total), mode)
+    components = tiled_components(components, request.tiling)  # the job's own circular view when tiling
+    latents, width, height, warnings = generate(components, request, _offset(on_step, 0, total), mode)
+    target_w, target_h = hires.target(width, height)
+    if hires.upscaler in LATENT_MODES:
+        start: torch.Tensor | list[Image.Image] = upscale_latents(
+            latents, (target_h // factor, target_w // factor), hires.upscaler)
+    else:
+        pixels = postprocess(decode_in(mode, components.vae, latents))
+        start = [image.resize((target_w, target_h), LANCZOS) for image in pixels]
+    output = second_pass(components, request, start, (width, height), _offset(on_step, first_steps, total), mode)
     output.warnings = warnings + [w for w in output.warnings if w not in warnings]
     return output
 
@@ -136,5 +136,4 @@ def hires_pass(components: Components, request: HiresPassRequest, on_step: Laten
     assert base.hires is not None
     target = base.hires.target(*request.first_size)
     images = [image.convert("RGB").resize(target, LANCZOS) for image in request.images]
-    with circular_padding(components.unet, components.vae, enabled=base.tiling):
-        return second_pass(components, base, images, request.first_size, on_step, mode)
+    return second_pass(tiled_components(components, base.tiling), base, images, request.first_size, on_step, mode)

@@ -14,7 +14,7 @@ from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_sett
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.prompt import embedding_settings
 from sd2_app.pipelines.sampling import SamplingPlan, draw_noise, start_job
-from sd2_app.pipelines.seamless import circular_padding
+from sd2_app.pipelines.seamless import tiled_components
 from sd2_app.pipelines.seeds import seed_settings, vary
 from sd2_app.pipelines.txt2img import effective_size
 from sd2_app.pipelines.vae_io import encode, vae_factor
@@ -62,12 +62,12 @@ def img2img(
                         f"used {image.shape[-1]}x{image.shape[-2]}.")
     height, width = image.shape[-2:]
 
-    job = start_job(components, request, strength=request.strength, mode=mode)
+    job_components = tiled_components(components, request.tiling)  # its own circular view when tiling
+    job = start_job(job_components, request, strength=request.strength, mode=mode)
     warnings += job.warnings
-    with circular_padding(components.unet, components.vae, enabled=request.tiling):
-        x = noised_init_latents(components, image, job.plan, sampling.batch_size, job.generator, request.seed_extras)
-        latents = job.denoise(x, on_step=on_step)
-        images = postprocess(job.decode(latents))
+    x = noised_init_latents(job_components, image, job.plan, sampling.batch_size, job.generator, request.seed_extras)
+    latents = job.denoise(x, on_step=on_step)
+    images = postprocess(job.decode(latents))
     settings = sampling_settings(sampling, width=width, height=height, model=components.key) | embedding_settings(components, request)
     settings["Denoising strength"] = request.strength
     settings.update(seed_settings(request.seed_extras))

@@ -18,7 +18,7 @@ from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_sett
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.prompt import embedding_settings
 from sd2_app.pipelines.sampling import start_job
-from sd2_app.pipelines.seamless import circular_padding
+from sd2_app.pipelines.seamless import tiled_components
 from sd2_app.pipelines.seeds import seed_settings, seeded_noise, uses_extras
 from sd2_app.pipelines.vae_io import decode_in, vae_factor
 from sd2_app.api.requests import HiresPassRequest, Txt2ImgRequest
@@ -83,8 +83,8 @@ def txt2img(
         from sd2_app.pipelines.hires import hires_fix
 
         return hires_fix(components, request, on_step, mode)
-    with circular_padding(components.unet, components.vae, enabled=request.tiling):
-        latents, width, height, warnings = generate(components, request, on_step, mode)
-        images = postprocess(decode_in(mode, components.vae, latents))
+    job_components = tiled_components(components, request.tiling)  # its own circular view when tiling
+    latents, width, height, warnings = generate(job_components, request, on_step, mode)
+    images = postprocess(decode_in(mode, job_components.vae, latents))
     label_images(images, request.prompt, request.negative_prompt, txt2img_settings(request, components, width, height))
     return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings)

@@ -21,6 +21,8 @@ class CudaGraphUNet(GraphedModule):
     The graph key is the shapes and dtypes of the inputs (any batch, size or text length gets its own
     graph). A call with the per-call `fp32_attention` switch (the fallback ladder's rerun after NaN/inf,
     nn/attention.py) runs eagerly: it is rare, and a graph recorded with fp16 attention must never serve it.
+    A seamless-tiling job never calls this wrapper: it runs its own view of the wrapped UNet, un-graphed
+    (pipelines/seamless.py).
     """
 
     @property
@@ -46,19 +48,13 @@ class CudaGraphUNet(GraphedModule):
         key = self.key(sample, timestep, encoder_hidden_states, class_labels)
         return self._graphed(key, (sample, timestep, encoder_hidden_states, class_labels), eager)
 
-    def padding(self) -> str:
-        """The convolutions' padding mode now: "circular" during a seamless-tiling job (pipelines/seamless.py
-        switches every conv at once), so a graph recorded with zero padding never serves a tiled call."""
-        return self.unet.conv_in.padding_mode
-
     def key(self, sample: Tensor, timestep: Tensor | float, context: Tensor,
             class_labels: Tensor | None = None) -> GraphKey:
         """The graph signature of one call."""
         t_dtype = timestep.dtype if isinstance(timestep, Tensor) else torch.float32
         labels = None if class_labels is None else (tuple(class_labels.shape), class_labels.dtype)
         return (tuple(sample.shape), sample.dtype, sample.is_contiguous(memory_format=torch.channels_last),
-                t_dtype, tuple(context.shape), context.dtype, labels, torch.is_inference_mode_enabled(),
-                self.padding())
+                t_dtype, tuple(context.shape), context.dtype, labels, torch.is_inference_mode_enabled())
 
     def _static_inputs(self, args: tuple[Any, ...]) -> list[Tensor | None]:
         sample, timestep, context, class_labels = args
