@@ -26,6 +26,7 @@ from sd2_app.checkpoints.components import Components
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.images import LANCZOS, postprocess, preprocess_image
 from sd2_app.pipelines.loop import LatentProgressFn
+from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.output import PipelineOutput, label_images
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.sampling import draw_noise, start_job
@@ -48,7 +49,7 @@ def upscale_latents(latents: torch.Tensor, size: tuple[int, int], upscaler: str)
     return F.interpolate(latents, size=size, mode=mode, **options)
 
 
-def hires_settings(request: Txt2ImgRequest, components: Components, width: int, height: int) -> dict[str, Any]:
+def hires_settings(request: Txt2ImgRequest, components: Components, width: int, height: int) -> Settings:
     """The first pass's settings plus A1111's hires keys ("Size" stays the first pass's size, as there)."""
     hires = request.hires
     assert hires is not None
@@ -93,7 +94,7 @@ def second_pass(
     height, width = images[0].height, images[0].width
     settings = hires_settings(request, components, *first_size)
     label_images(images, request.prompt, request.negative_prompt, settings)
-    return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=job.warnings)
+    return PipelineOutput(images=images, latents=latents, width=width, height=height)
 
 
 def _offset(on_step: LatentProgressFn | None, before: int, total: int) -> LatentProgressFn | None:
@@ -124,7 +125,7 @@ def hires_fix(components: Components, request: Txt2ImgRequest, on_step: LatentPr
         pixels = postprocess(decode_in(mode, components.vae, latents))
         start = [image.resize((target_w, target_h), LANCZOS) for image in pixels]
     output = second_pass(components, request, start, (width, height), _offset(on_step, first_steps, total), mode)
-    output.warnings = warnings + [w for w in output.warnings if w not in warnings]
+    output.warnings = warnings  # the first pass's (the second pass runs at the size it was given)
     return output
 
 

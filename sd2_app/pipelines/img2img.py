@@ -64,7 +64,6 @@ def img2img(
 
     job_components = tiled_components(components, request.tiling)  # its own circular view when tiling
     job = start_job(job_components, request, strength=request.strength, mode=mode)
-    warnings += job.warnings
     x = noised_init_latents(job_components, image, job.plan, sampling.batch_size, job.generator, request.seed_extras)
     latents = job.denoise(x, on_step=on_step)
     images = postprocess(job.decode(latents))

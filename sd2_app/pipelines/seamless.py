@@ -38,8 +38,8 @@ def _held_tensors(root: nn.Module) -> dict[int, torch.Tensor]:
     them, e.g. the manager's pinned host copy), by id: the deepcopy memo that shares them with the view."""
     held: dict[int, torch.Tensor] = {}
     for module in root.modules():
-        for value in vars(module).values():
-            items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else (value,)
+        for value in vars(module).values():  # _parameters and _buffers are dicts; the manager's copy a list
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else [value]
             held.update((id(item), item) for item in items if isinstance(item, torch.Tensor))
     return held
 

@@ -190,6 +190,15 @@ def test_tiled_view_shares_every_tensor_and_leaves_the_live_modules_padding_with
         assert all(a is b and a.data_ptr() == b.data_ptr() for (_, a), (_, b) in zip(live_tensors, view_tensors))
 
 
+def test_tiled_view_shares_tensors_held_in_plain_attributes() -> None:
+    """The manager keeps a pinned host copy of a module's tensors as a list attribute: the view shares it."""
+    conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+    conv.host_copy = [conv.weight.detach().clone(), conv.bias.detach().clone()]
+    view = tiled_view(conv)
+    assert view.padding_mode == "circular" and conv.padding_mode == "zeros"
+    assert len(view.host_copy) == 2 and all(a is b for a, b in zip(view.host_copy, conv.host_copy))
+
+
 def test_tiled_view_of_a_graph_wrapped_unet_is_the_plain_network(components: ComponentCache) -> None:
     """A tiled job never replays (or records) the live UNet's CUDA graphs: its view is of the network."""
     from sd2_app.accel.graphs.unet import CudaGraphUNet

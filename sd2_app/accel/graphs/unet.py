@@ -4,8 +4,6 @@ small kernels); a captured graph removes the per-kernel CPU cost."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
@@ -13,7 +11,11 @@ from sd2_app.accel.graphs.base import GraphedModule, GraphKey
 from sd2_app.nn.config import UNetConfig
 
 
-class CudaGraphUNet(GraphedModule):
+# (sample, timestep, encoder_hidden_states, class_labels): one UNet call's inputs
+UNetInputs = tuple[Tensor, Tensor | float, Tensor, Tensor | None]
+
+
+class CudaGraphUNet(GraphedModule[UNetInputs]):
     """A UNet's forward replayed from CUDA graphs: `__call__(sample, timestep, encoder_hidden_states,
     class_labels=None)` as the UNet's, plus the little the pipelines read of a UNet (`config`,
     `parameters()`, `modules()`). It is not a UNet: the wrapped module is `.unet`.
@@ -56,13 +58,13 @@ class CudaGraphUNet(GraphedModule):
         return (tuple(sample.shape), sample.dtype, sample.is_contiguous(memory_format=torch.channels_last),
                 t_dtype, tuple(context.shape), context.dtype, labels, torch.is_inference_mode_enabled())
 
-    def _static_inputs(self, args: tuple[Any, ...]) -> list[Tensor | None]:
+    def _static_inputs(self, args: UNetInputs) -> list[Tensor | None]:
         sample, timestep, context, class_labels = args
         t_dtype = timestep.dtype if isinstance(timestep, Tensor) else torch.float32
         return [sample.clone(), torch.zeros(sample.shape[0], dtype=t_dtype, device=sample.device), context.clone(),
                 None if class_labels is None else class_labels.to(sample.device).clone()]
 
-    def _load_inputs(self, static: list[Tensor | None], args: tuple[Any, ...]) -> None:
+    def _load_inputs(self, static: list[Tensor | None], args: UNetInputs) -> None:
         sample, timestep, context, class_labels = args
         s_sample, s_timestep, s_context, s_labels = static
         assert s_sample is not None and s_timestep is not None and s_context is not None
