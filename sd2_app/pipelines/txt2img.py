@@ -16,7 +16,7 @@ from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.prompt import embedding_settings
-from sd2_app.pipelines.sampling import start_job
+from sd2_app.pipelines.sampling import Job, PreparedRun, start_job
 from sd2_app.pipelines.seamless import tiled_components
 from sd2_app.pipelines.seeds import seed_settings, seeded_noise, uses_extras
 from sd2_app.pipelines.vae_io import decode_in, vae_factor
@@ -47,10 +47,10 @@ def txt2img_settings(request: Txt2ImgRequest, components: Components, width: int
     return settings
 
 
-def generate(
-    components: Components, request: Txt2ImgRequest, on_step: LatentProgressFn | None = None, mode: RunMode = NORMAL
-) -> tuple[torch.Tensor, int, int, list[str]]:
-    """The denoised latents (B, 4, h, w) of `request` at its size, with the size used and the warnings."""
+def _start(
+    components: Components, request: Txt2ImgRequest, mode: RunMode
+) -> tuple[Job, torch.Tensor, int, int, list[str]]:
+    """The job and its start latents (B, 4, h, w) for `request` at its size, with the size used and the warnings."""
     sampling = request.sampling
     factor = vae_factor(components.vae)
     warnings: list[str] = []
@@ -64,7 +64,31 @@ def generate(
         start = noise * job.plan.schedule.init_noise_sigma
     else:
         start = job.start_noise(shape)
+    return job, start, width, height, warnings
+
+
+def generate(
+    components: Components, request: Txt2ImgRequest, on_step: LatentProgressFn | None = None, mode: RunMode = NORMAL
+) -> tuple[torch.Tensor, int, int, list[str]]:
+    """The denoised latents (B, 4, h, w) of `request` at its size, with the size used and the warnings."""
+    job, start, width, height, warnings = _start(components, request, mode)
     return job.denoise(start, on_step=on_step), width, height, warnings
+
+
+def prepare_txt2img(components: Components, request: Txt2ImgRequest, mode: RunMode = NORMAL) -> PreparedRun:
+    """A plain text-to-image run (no hires fix) up to its loop; its finish decodes and labels the images.
+
+    A tiled request's run holds its own circular view of the UNet and VAE (pipelines/seamless.py).
+    """
+    job, start, width, height, warnings = _start(tiled_components(components, request.tiling), request, mode)
+
+    def finish(latents: torch.Tensor) -> PipelineOutput:
+        images = postprocess(decode_in(mode, job.components.vae, latents))
+        label_images(images, request.prompt, request.negative_prompt,
+                     txt2img_settings(request, components, width, height))
+        return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings)
+
+    return PreparedRun(job, start, finish)
 
 
 @torch.inference_mode()
@@ -81,8 +105,4 @@ def txt2img(
         from sd2_app.pipelines.hires import hires_fix
 
         return hires_fix(components, request, on_step, mode)
-    job_components = tiled_components(components, request.tiling)  # its own circular view when tiling
-    latents, width, height, warnings = generate(job_components, request, on_step, mode)
-    images = postprocess(decode_in(mode, job_components.vae, latents))
-    label_images(images, request.prompt, request.negative_prompt, txt2img_settings(request, components, width, height))
-    return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings)
+    return prepare_txt2img(components, request, mode).complete(on_step)

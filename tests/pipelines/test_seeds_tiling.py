@@ -261,6 +261,25 @@ def test_tiled_view_of_a_fused_unet_has_its_own_shared_projections() -> None:
     assert live_shared._output is None  # the view's forward never filled the live cache
 
 
+def test_a_tiled_request_never_shares_a_batch_loop_with_untiled_ones(components: ComponentCache) -> None:
+    """Cross-request batching (pipelines/batch.py) runs one loop over its first run's UNet: a tiled request's
+    run has its own view, so it runs alone and equals its solo run exactly; the untiled ones stay untiled."""
+    from sd2_app.pipelines.batch import run_batch
+    from sd2_app.pipelines.txt2img import prepare_txt2img
+
+    c = components("sd2-base")
+    base = Txt2ImgRequest(prompt="a red house", width=64, height=64, sampling=SAMPLING)
+    requests = [base, replace(base, tiling=True, sampling=replace(SAMPLING, seed=22)),
+                replace(base, sampling=replace(SAMPLING, seed=23))]
+    solo = [txt2img(c, request) for request in requests]
+    batched = run_batch(c, requests, [None] * 3, prepare_txt2img)
+    assert torch.equal(batched[1].latents, solo[1].latents)
+    assert parse_parameters(batched[1].images[0].info["parameters"])["Tiling"] is True
+    for index in (0, 2):  # batched together: within the CPU kernels' row-block rounding (tests/pipelines/test_batch.py)
+        assert (batched[index].latents - solo[index].latents).abs().max().item() < 1e-3
+    assert _conv_modes(c.unet, c.vae) == {"zeros"}
+
+
 def test_fused_modules_pad_circularly_too() -> None:
     """The accel twins (sub-pixel upsampler, fused resnets) in a tiled view pad circularly like the plain
     modules; the fused live VAE keeps padding with zeros."""
