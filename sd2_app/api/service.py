@@ -12,7 +12,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from PIL import Image
 from sd2_app.api.model_host import ModelHost
 from sd2_app.checkpoints.catalog import CheckpointSpec
 from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.api.batching import Batcher
 from sd2_app.api.gate import GpuGate
 from sd2_app.api.prompt_tools import PromptTools
 from sd2_app.api.requests import Request, TaskRequest, XYZPlotRequest
@@ -30,6 +32,7 @@ from sd2_app.api.tasks import pipeline_of
 from sd2_app.api.validation import Catalog, Limits, validate
 
 if TYPE_CHECKING:
+    from sd2_app.checkpoints.components import Components
     from sd2_app.pipelines.loop import LatentProgressFn
     from sd2_app.pipelines.output import PipelineOutput
 
@@ -76,6 +79,7 @@ class Service:
         watermark: bool = True,  # the invisible "SDV2" watermark in every result (--no-watermark turns it off)
         backend: Backend | None = None,
         concurrency: int = 1,
+        batch_users: bool = False,  # requests that can share one UNet batch run as one (api/batching.py)
         embeddings: Any = None,  # loading.embeddings.EmbeddingLibrary; None: no textual-inversion embeddings
     ) -> None:
         """`manager` None gives a service that validates but cannot run (tools and tests)."""
@@ -105,6 +109,9 @@ class Service:
         self.preview_every = max(1, preview_every)
         self.watermark = watermark
         self.gate = GpuGate()  # one job at a time on the GPU, whichever front end sent it
+        self.batcher = Batcher(self.gate, self._run_on_gpu, self._components) if batch_users else None
+        if self.batcher is not None:  # Gradio's GPU queue lets in the requests one batch can hold
+            self.concurrency *= self.batcher.max_images
         self._history: deque[HistoryEntry] = deque(maxlen=history_size)
         self._lock = threading.Lock()  # guards the history and the file counter
         self.last_seed: int | None = None
@@ -204,9 +211,19 @@ class Service:
         timings: dict[str, float],
         should_stop: Callable[[], bool] | None = None,
     ) -> PipelineOutput:
-        """The task's output, after the job's turn at the GPU gate (`should_stop` may end the wait)."""
+        """The task's output after its turn at the GPU gate (`should_stop` may end the wait), maybe batched."""
+        if self.batcher is not None and self.batcher.takes(task, request):
+            return self.batcher.run(task, request, on_step, timings, should_stop)
         with self.gate.enter(should_stop):
             return self._run_on_gpu(task, request, on_step, timings)
+
+    @contextmanager
+    def _components(self, checkpoint: str, timings: dict[str, float]) -> Iterator[Components]:
+        """The checkpoint's components for one job on the GPU (loaded if need be, embeddings lent); times the load."""
+        started = time.perf_counter()
+        with self._host().use(checkpoint) as components:
+            timings["load"] = timings.get("load", 0.0) + time.perf_counter() - started
+            yield self._prompt_tools.lend_embeddings(components)
 
     def _run_on_gpu(
         self, task: str, request: TaskRequest, on_step: LatentProgressFn, timings: dict[str, float]
@@ -214,15 +231,11 @@ class Service:
         """The task's output under the fallback ladder, with the ladder's warnings added to its own."""
         from sd2_app.api.fallback import run_with_fallbacks
 
-        started = time.perf_counter()
-        manager = self._host()
-        with manager.use(request.checkpoint) as components:
+        task_fn = self._task_fn(task)
+        with self._components(request.checkpoint, timings) as components:
             loaded = time.perf_counter()
-            timings["load"] = timings.get("load", 0.0) + loaded - started
-            task_fn = self._task_fn(task)
-            components = self._prompt_tools.lend_embeddings(components)
             output, notes = run_with_fallbacks(
-                lambda mode: task_fn(components, request, on_step, mode=mode), manager.free_memory
+                lambda mode: task_fn(components, request, on_step, mode=mode), self._host().free_memory
             )
         if notes:
             output.warnings = list(getattr(output, "warnings", []) or []) + notes
