@@ -14,13 +14,18 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from sd2_app.api.service import ProgressFn
+from sd2_app.api.service import ProgressFn, Result
 from sd2_app.api.gpu_time import gpu  # noqa: F401  # re-exported: the UI's handlers import it from here
 from sd2_app.errors import Cancelled, InvalidRequest
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+    from sd2_app.ui.hosting import Visitors
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +45,16 @@ class StopFlags:
     """Stop flags per visitor: Stop stops that visitor's jobs, running or still queued, and nobody else's.
 
     A visitor may have several jobs (a running one and queued ones, up to the per-visitor limit); each has
-    its own flag. `visitors` (a `sd2_app.ui.hosting.Visitors`) names the visitor of a request and reaches
-    the jobs still waiting in Gradio's queue.
+    its own flag. `visitors` names the visitor of a request and reaches the jobs still waiting in Gradio's
+    queue.
     """
 
-    def __init__(self, visitors: Any = None) -> None:
-        if visitors is None:
-            from sd2_app.ui.hosting import Visitors
-
-            visitors = Visitors()
+    def __init__(self, visitors: Visitors) -> None:
         self.visitors = visitors
         self._flags: dict[str, set[RunFlag]] = {}
         self._lock = threading.Lock()
 
-    def visitor(self, request: Any) -> str:
+    def visitor(self, request: gr.Request | None) -> str:
         """The server-issued id of the request's visitor (see `sd2_app.ui.visitors`)."""
         return self.visitors.identify(request)
 
@@ -100,17 +101,17 @@ def _executor() -> ThreadPoolExecutor:
 
 
 def stream(
-    call: Callable[[ProgressFn, Callable[[], bool]], Any],
+    call: Callable[[ProgressFn, Callable[[], bool]], Result],
     flag: threading.Event,
     *,
     poll_s: float = 0.05,
-) -> Iterator[tuple[int, int, Image.Image | None] | Any]:
+) -> Iterator[tuple[int, int, Image.Image | None] | Result]:
     """Yield (done, total, preview) while `call(on_progress, should_stop)` runs; the last item is its result.
 
     Raises what the call raised (`InvalidRequest`, `Cancelled`, or a bug with its traceback).
     """
     events: queue.Queue[tuple[int, int, Image.Image | None]] = queue.Queue()
-    future: Future[Any] = _executor().submit(call, lambda d, t, p: events.put((d, t, p)), flag.is_set)
+    future: Future[Result] = _executor().submit(call, lambda d, t, p: events.put((d, t, p)), flag.is_set)
     try:
         while True:
             try:

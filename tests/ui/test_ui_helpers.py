@@ -10,6 +10,7 @@ from PIL import Image
 
 from sd2_app.ui.blocks import sampler_fields
 from sd2_app.ui.common import selected_image
+from sd2_app.ui.hosting import Visitors
 
 NAMES = ["Euler", "Euler a", "DPM++ 2M", "DDIM", "DPM2"]
 
@@ -66,7 +67,7 @@ def test_a_new_result_resets_the_picked_gallery_index_so_send_to_carries_its_fir
 def test_stop_flags_are_per_run_and_forgotten_when_it_ends() -> None:
     from sd2_app.ui.runner import StopFlags
 
-    flags = StopFlags()
+    flags = StopFlags(Visitors())
     first = flags.arm("s1")
     assert flags.stop("s1") and first.is_set() and not flags.stop("s2")  # another session has nothing to stop
     second = flags.arm("s1")
@@ -121,7 +122,7 @@ def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
             on_progress(2, 3, preview)
             raise Cancelled("stopped")
 
-    flags = StopFlags()
+    flags = StopFlags(Visitors())
     updates = stream_result(Service(), flags, lambda: object(), "s1", gr.Progress(), lambda result: (), 5)
     assert next(updates)[2] == STARTING
     assert next(updates)[2] == "Step 1/3"
@@ -133,7 +134,7 @@ def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
 def test_stop_says_how_far_the_run_got() -> None:
     from sd2_app.ui.runner import StopFlags, stopped_message
 
-    flags = StopFlags()
+    flags = StopFlags(Visitors())
     assert flags.stop_run("s1") is None and stopped_message(None) == "Stopped before it started."
     flag = flags.arm("s1")
     assert stopped_message(flags.stop_run("s1")) == "Stopped before sampling began."
