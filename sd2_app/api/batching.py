@@ -23,7 +23,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Hashable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -33,6 +32,8 @@ from sd2_app.api.tasks import TASKS, prepare_of
 from sd2_app.errors import Cancelled
 
 if TYPE_CHECKING:
+    from sd2_app.api.model_host import ModelHost
+    from sd2_app.api.service import Service
     from sd2_app.checkpoints.components import Components
     from sd2_app.pipelines.batch import PrepareFn
     from sd2_app.pipelines.loop import LatentProgressFn
@@ -46,7 +47,7 @@ BUSY_WINDOW_S = 1.0  # the service counts as busy for this long after a request 
 POLL_S = 0.05  # how often a waiting caller looks at its Stop
 
 SoloFn = Callable[[str, TaskRequest, "LatentProgressFn", dict[str, float]], "PipelineOutput"]
-OpenFn = Callable[[str, dict[str, float]], AbstractContextManager["Components"]]  # (checkpoint, timings)
+LendFn = Callable[["Components"], "Components"]  # the checkpoint's components as one job uses them (embeddings lent)
 
 
 def batch_key(task: str, request: TaskRequest) -> Hashable | None:
@@ -76,6 +77,7 @@ class _Member:
     on_step: LatentProgressFn
     should_stop: Callable[[], bool] | None
     timings: dict[str, float]
+    arrived: float = field(default_factory=time.perf_counter)
     done: threading.Event = field(default_factory=threading.Event)
     outcome: PipelineOutput | BaseException | None = None
     stopped: bool = False  # its caller has gone (Stop)
@@ -109,13 +111,14 @@ class Batcher:
         self,
         gate: GpuGate,
         run_solo: SoloFn,
-        open_checkpoint: OpenFn,
+        host: Callable[[], ModelHost],
+        lend: LendFn = lambda components: components,
         *,
         prepare: Callable[[str], PrepareFn] = prepare_of,  # the task table's `prepare` for a task
         max_wait_s: float = MAX_WAIT_S,
         max_images: int = MAX_IMAGES,
     ) -> None:
-        self._gate, self._run_solo, self._open_checkpoint, self._prepare = gate, run_solo, open_checkpoint, prepare
+        self._gate, self._run_solo, self._host, self._lend, self._prepare = gate, run_solo, host, lend, prepare
         self.max_wait_s, self.max_images = max_wait_s, max_images
         self._lock = threading.Condition()  # guards the groups, the members' `stopped` and the counters
         self._open: dict[Hashable, _Group] = {}  # the group a request with that key joins
@@ -184,7 +187,11 @@ class Batcher:
             while group.images < self.max_images and (now := time.monotonic()) < deadline:
                 self._lock.wait(deadline - now)
             self._close(group)
-            return group.live()
+            members = group.live()
+        started = time.perf_counter()
+        for member in members:
+            member.timings["gate"] = member.timings.get("gate", 0.0) + started - member.arrived
+        return members
 
     def _serve(self, group: _Group) -> None:
         try:
@@ -213,13 +220,13 @@ class Batcher:
         """Run `members` as one batch; each one whose part failed runs again alone."""
         from sd2_app.pipelines.batch import run_batch  # torch: imported by the first batch, not with the service
 
-        timings: dict[str, float] = {}
         try:
-            with self._open_checkpoint(members[0].request.checkpoint, timings) as components:
-                started = time.perf_counter()
-                outcomes = run_batch(components, [m.request for m in members], [m.on_step for m in members],
-                                     self._prepare(task))
-                timings["run"] = time.perf_counter() - started
+            started = time.perf_counter()
+            with self._host().use(members[0].request.checkpoint) as components:
+                loaded = time.perf_counter()
+                outcomes = run_batch(self._lend(components), [m.request for m in members],
+                                     [m.on_step for m in members], self._prepare(task))
+            timings = {"load": loaded - started, "run": time.perf_counter() - loaded}
             self.batches_run += 1
         except Exception as error:  # the shared loop failed: each request alone, with its own fallback ladder
             log.warning("a batch of %d requests failed (%s); running each alone", len(members), error)
@@ -230,7 +237,17 @@ class Batcher:
             elif isinstance(outcome, BaseException):
                 member.settle(self._solo(task, member))
             else:
-                member.timings.update(timings)
+                member.timings.update({name: member.timings.get(name, 0.0) + s for name, s in timings.items()})
                 member.settle(outcome)
         log.info("ran %d requests (%d images) as one batch", len(members),
                  sum(m.request.sampling.batch_size for m in members))
+
+
+def enable(service: Service, *, max_wait_s: float = MAX_WAIT_S, max_images: int = MAX_IMAGES) -> Batcher:
+    """Turn batching across users on for `service` (app.py's `--batch-users`), before its UI is built: its
+    batchable requests go through a `Batcher`, and Gradio's GPU queue lets in as many as one batch holds (the
+    gate still runs one job at a time)."""
+    service.batcher = Batcher(service.gate, service._run_on_gpu, service._host, service._prompt_tools.lend_embeddings,
+                              max_wait_s=max_wait_s, max_images=max_images)
+    service.concurrency *= max_images
+    return service.batcher

@@ -11,7 +11,7 @@ import gradio as gr
 
 from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
 from sd2_app.ui.hosting import Hosting, Visitors, install
-from sd2_app.ui.runner import StopFlags
+from sd2_app.ui.runner import StopFlags, close_with
 from sd2_app.ui.sending import (  # noqa: F401  # clamp_to, sampler_fields: also imported from here
     SendTarget, clamp_to, picked_history_image, sampler_fields, wire_history_send, wire_send)
 from sd2_app.ui.txt2img_extras import from_parameters
@@ -97,6 +97,7 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
         css = json.dumps((STATIC / "app.css").read_text(encoding="utf-8"))
         demo.load(None, js=f"() => ({(STATIC / 'app.js').read_text(encoding='utf-8')})({css})")
     install(demo, visitors)
+    close_with(demo, service)  # the results still being written are on disk before the app closes
     return demo
 
 

@@ -24,8 +24,10 @@ from sd2_app.api.requests import Request, Sampling
 from sd2_app.api.tasks import TASKS, default_checkpoint
 from sd2_app.ui.hosting import stop_flag_of
 from sd2_app.api.gpu_time import values_seconds
+from sd2_app.api.timing import summary
 from sd2_app.ui.layout import GENERATE, RUNNING
-from sd2_app.ui.runner import GPU_QUEUE, RunFlag, StopFlags, gpu, stopped_message, stream, user_message
+from sd2_app.ui.runner import (GPU_QUEUE, RunFlag, StopFlags, deliver, gpu, shown_files, stopped_message, stream,
+                               timed_call, user_message)
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Result, Service
@@ -207,7 +209,7 @@ def _quiet(original: Callable[[Any], Any], label: str) -> Callable[[Any], Any]:
 
 def describe(result: Result) -> str:
     """Markdown under the gallery: seed, timings, warnings and the parameters text."""
-    seconds = ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
+    seconds = summary(result.timings)
     lines = [f"**Seed** {result.seed} · {seconds}"]
     lines += [f"- ⚠️ {w}" for w in result.warnings]
     if result.parameters:
@@ -244,8 +246,7 @@ def stream_result(
     keep = (gr.skip(),) * (n_outputs - 3)
     yield (gr.skip(), gr.skip(), STARTING, *keep)
     try:
-        run = lambda on_progress, should_stop: service.run(request, on_progress, should_stop, owner=session)  # noqa: E731
-        for item in stream(run, flag):
+        for item in stream(timed_call(service, request, session, flag), flag):
             if isinstance(item, tuple):
                 done, total, preview = item
                 flag.done, flag.total = done, total
@@ -257,8 +258,7 @@ def stream_result(
             else:
                 for warning in item.warnings:
                     gr.Warning(warning)
-                # The live preview ends on the final image.
-                yield (item.images[0] if item.images else gr.skip(), *finish(item))
+                yield from deliver(item, finish)
     except Cancelled:
         yield (gr.skip(), gr.skip(), stopped_message(flag), *keep)
     except InvalidRequest as error:
@@ -296,7 +296,8 @@ def wire_run(
         outputs.append(panel.extra)
 
     def finish(result: Result) -> tuple:
-        gallery = [(image, caption) for image, caption in zip(result.images, result.captions or [None] * len(result.images))]
+        # The files the Service encoded, served as they are: no second PNG encode by Gradio.
+        gallery = list(zip(shown_files(result), result.captions or [None] * len(result.images)))
         return (gallery, describe(result), result.seed, 0, *finish_extra(result))
 
     assert len(names) == len(inputs), (api_name, names)

@@ -28,7 +28,7 @@ from sd2_app.api.tasks import PLOT_SAMPLERS, TASKS
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 from sd2_app.ui.common import (
     EXAMPLE_PROMPTS, SAMPLING_NAMES, STARTING, STOPPING, ResultPanel, load_failed_message, to_sampling, wire_run)
-from sd2_app.ui.runner import RunFlag, StopFlags, stopped_message, stream, user_message
+from sd2_app.ui.runner import RunFlag, StopFlags, shown_files, stopped_message, stream, user_message
 from sd2_app.ui.tab_frame import TabFrame
 from sd2_app.ui.uploads import upload_image
 
@@ -145,7 +145,7 @@ def stream_plot(service: Service, flags: StopFlags, request_fn: Callable[[], XYZ
             if not isinstance(item, tuple):
                 for warning in item.warnings:
                     gr.Warning(warning)
-                yield (item.images[0], *finish(item))
+                yield (shown_files(item)[0], *finish(item))  # the grid as encoded once
                 continue
             done, total, preview = item
             flag.done, flag.total = done, total

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sd2_app.api.batching import MAX_WAIT_S, Batcher, batch_key
+from sd2_app.api.batching import MAX_IMAGES, MAX_WAIT_S, Batcher, batch_key, enable
 from sd2_app.api.requests import Img2ImgRequest, Sampling, Txt2ImgRequest
 from sd2_app.api.results import Result
 from sd2_app.api.service import Service
@@ -41,14 +41,16 @@ FOUR = [request("a red fox", 11), request("a lighthouse at dusk", 22, batch=2), 
 @pytest.fixture(scope="module")
 def services() -> tuple[Service, Service]:
     """(batching service, solo service) over one model manager."""
-    batched, manager = make_service(batch_users=True, watermark=False)
+    batched, manager = make_service(watermark=False)
     return batched, Service(manager, outputs_dir=None, allowed_repos=(), watermark=False)
 
 
 @pytest.fixture()
 def service(services: tuple[Service, Service]) -> Iterator[Service]:
     batched = services[0]
-    batched.batcher = Batcher(batched.gate, batched._run_on_gpu, batched._components)  # fresh counters per test
+    batched.concurrency = 1
+    enable(batched)  # a fresh Batcher (counters) per test
+    assert batched.concurrency == MAX_IMAGES  # Gradio's GPU queue lets a batch's requests in together
     yield batched
 
 
@@ -262,7 +264,7 @@ def test_a_member_whose_decode_fails_reruns_alone(service: Service, services: tu
 
         return flaky
 
-    service.batcher = Batcher(service.gate, service._run_on_gpu, service._components, prepare=prepare)
+    service.batcher = Batcher(service.gate, service._run_on_gpu, service._host, prepare=prepare)
     blocker, callers = queue_behind_gate(service, FOUR[:3])
     blocker.release.set()
     for caller in callers:
@@ -291,7 +293,7 @@ def fake_batcher(max_wait_s: float) -> tuple[Batcher, FakeRun]:
     from sd2_app.api.gate import GpuGate
 
     run = FakeRun()
-    return Batcher(GpuGate(), run, None, max_wait_s=max_wait_s), run  # type: ignore[arg-type]
+    return Batcher(GpuGate(), run, lambda: None, max_wait_s=max_wait_s), run  # type: ignore[arg-type]
 
 
 def test_a_lone_request_on_an_idle_service_does_not_wait() -> None:

@@ -59,7 +59,7 @@ def test_a_new_result_resets_the_picked_gallery_index_so_send_to_carries_its_fir
     *_, last = list(run.fn(request, *values, gr.Progress()))
     index = run.outputs.index(selected)
     assert last[index] == 0 and len(last[1]) == 2  # ...back to 0 with the new two-image gallery
-    assert last[0] is last[1][0][0]  # the live preview ends on the final image
+    assert last[0] == last[1][0][0]  # the live preview ends on the final image (the same file)
     ends = _fn(demo, "txt2img_ends")
     assert ends.fn(last[1])[2]["columns"] == 2  # then the grid is sized to the batch: two side by side
 
@@ -113,7 +113,7 @@ def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
     preview = Image.new("RGB", (8, 8))
 
     class Service:  # one step, then waits for Stop, reports one more step (late) and ends cancelled
-        def run(self, request, on_progress, should_stop, owner):
+        def run(self, request, on_progress, should_stop, owner, timings=None):
             on_progress(1, 3, preview)
             for _ in range(500):  # at most 5 s
                 if should_stop():
