@@ -33,6 +33,7 @@ from sd2_app.api.tasks import pipeline_of
 from sd2_app.api.validation import Catalog, Limits, validate
 
 if TYPE_CHECKING:
+    from sd2_app.api.batching import Batcher
     from sd2_app.pipelines.loop import LatentProgressFn
     from sd2_app.pipelines.output import PipelineOutput
 
@@ -113,6 +114,7 @@ class Service:
         self.preview_every = max(1, preview_every)
         self.watermark = watermark
         self.gate = GpuGate()  # one job at a time on the GPU, whichever front end sent it
+        self.batcher: Batcher | None = None  # requests that share one UNet batch (api.batching.enable turns it on)
         self._history: deque[HistoryEntry] = deque(maxlen=history_size)
         self._lock = threading.Lock()  # guards the history
         self.last_seed: int | None = None
@@ -217,7 +219,9 @@ class Service:
         timings: dict[str, float],
         should_stop: Callable[[], bool] | None = None,
     ) -> PipelineOutput:
-        """The task's output, after the job's turn at the GPU gate (`should_stop` may end the wait)."""
+        """The task's output after its turn at the GPU gate (`should_stop` may end the wait), maybe batched."""
+        if self.batcher is not None and self.batcher.takes(task, request):
+            return self.batcher.run(task, request, on_step, timings, should_stop)
         waited = time.perf_counter()
         with self.gate.enter(should_stop):
             timings["gate"] = timings.get("gate", 0.0) + time.perf_counter() - waited
@@ -356,10 +360,8 @@ class Service:
         return files, nbytes, self.keep_outputs_days
 
     def _keep(self, result: Result, owner: str | None = None) -> Result:
-        """Provenance marks (the invisible watermark unless off, the "AI generated" XMP marker), one PNG encode,
-        the save (or its queueing) and the history entry, each phase timed."""
-        # sd2_app.pipelines imports torch: only when a result is kept
-        from sd2_app.pipelines.metadata import encode_png, mark_ai_generated
+        """Provenance (the watermark unless off, the XMP marker), one PNG encode, saving, history; each timed."""
+        from sd2_app.pipelines.metadata import encode_png, mark_ai_generated  # imports torch: only when used
         from sd2_app.pipelines.watermark import embed
 
         timings = result.timings
