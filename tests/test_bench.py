@@ -237,3 +237,14 @@ def test_appstart_serves_the_first_image_to_a_client_on_tiny_models(tmp_path: Pa
     assert row["images_returned"] == 1 and row["first_image_s"] > row["second_image_s"] > 0
     assert sum(row["phases_s"].values()) == pytest.approx(row["first_image_s"])
     assert "| UI build, server start |" in (tmp_path / "appstart.md").read_text()
+
+
+def test_tiled_view_bench_times_views_that_share_every_tensor() -> None:
+    from bench.tiled_view import median_ms
+
+    from sd2_app.nn.config import VAEConfig
+    from sd2_app.nn.vae import AutoencoderKL
+    from sd2_app.testing.configs import tiny_vae_config
+
+    vae = AutoencoderKL(VAEConfig.from_dict(tiny_vae_config("sd2"))).eval()
+    assert 0.0 < median_ms((vae,), reps=3) < 10_000.0
