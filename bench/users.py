@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import threading
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from bench.cases import NEGATIVE, PROMPT
+from bench.load import latency_summary, run_concurrently
 
 SUBJECTS = ("a red fox", "a lighthouse at dusk", "an astronaut", "a bowl of fruit", "a mountain lake", "a cat",
             "a city at night", "a sailing ship", "an old library", "a desert road")
@@ -97,18 +97,9 @@ def load(service: Any, args: argparse.Namespace, requests: int) -> dict[str, Any
                 latencies.append(time.perf_counter() - started)
                 images[(number, index)] = np.asarray(result.images[0].convert("RGB"))
 
-    threads = [threading.Thread(target=user, args=(number,)) for number in range(args.users)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
-    latencies.sort()
+    wall = run_concurrently(user, args.users)
     return {"requests": len(latencies), "wall_s": wall, "images_per_s": len(latencies) / wall,
-            "p50_s": statistics.median(latencies),
-            "p95_s": latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
-            "images": images}
+            **latency_summary(latencies), "images": images}
 
 
 def image_gap(batched: dict[tuple[int, int], np.ndarray], alone: dict[tuple[int, int], np.ndarray]) -> dict[str, Any]:
