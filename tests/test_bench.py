@@ -239,6 +239,23 @@ def test_appstart_serves_the_first_image_to_a_client_on_tiny_models(tmp_path: Pa
     assert "| UI build, server start |" in (tmp_path / "appstart.md").read_text()
 
 
+def test_users_bench_compares_batching_off_and_on_on_tiny_models(tmp_path: Path) -> None:
+    """bench/users.py on CPU: both modes serve every request; with batching the requests meet in groups."""
+    from bench.users import main
+
+    report = main(["--tiny", "--users", "3", "--requests", "2", "--ckpt", str(tmp_path / "ck"),
+                   "--out", str(tmp_path / "out")])
+    for mode in ("off", "on"):
+        row = report[mode]
+        assert row["requests"] == 6 and row["images_per_s"] > 0 and 0 < row["p50_s"] <= row["p95_s"]
+    groups = report["on"]["group_sizes"]
+    assert sum(int(size) * count for size, count in groups.items()) == 6 and report["on"]["mean_group"] >= 1
+    gap = report["images_batched_vs_alone"]
+    assert gap["images"] == 6 and gap["max_levels"] <= 1  # CPU kernels: within rounding (tests/pipelines/test_batch.py)
+    saved = json.loads((tmp_path / "out" / "users.json").read_text())
+    assert saved["settings"]["users"] == 3 and "| on | 6 |" in (tmp_path / "out" / "users.md").read_text()
+
+
 def test_tiled_view_bench_times_views_that_share_every_tensor() -> None:
     from bench.tiled_view import median_ms
 
