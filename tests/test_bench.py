@@ -270,3 +270,31 @@ def test_request_bench_runs_through_the_app_on_tiny_models(tmp_path: Path) -> No
     assert len(row["saved_files"]) == 3 and row["temporary_files_left"] == []  # the warm-up's file too
     assert 0 < row["summary"]["in_app_s"] < row["summary"]["round_trip_s"]
     assert "| 64x64 | PIL default (Gradio) (level 6) |" in (tmp_path / "out" / "request.md").read_text()
+
+
+def test_users_bench_compares_batching_off_and_on_on_tiny_models(tmp_path: Path) -> None:
+    """bench/users.py on CPU: both modes serve every request; with batching the requests meet in groups."""
+    from bench.users import main
+
+    report = main(["--tiny", "--users", "3", "--requests", "2", "--ckpt", str(tmp_path / "ck"),
+                   "--out", str(tmp_path / "out")])
+    for mode in ("off", "on"):
+        row = report[mode]
+        assert row["requests"] == 6 and row["images_per_s"] > 0 and 0 < row["p50_s"] <= row["p95_s"]
+    groups = report["on"]["group_sizes"]
+    assert sum(int(size) * count for size, count in groups.items()) == 6 and report["on"]["mean_group"] >= 1
+    gap = report["images_batched_vs_alone"]
+    assert gap["images"] == 6 and gap["max_levels"] <= 1  # CPU kernels: within rounding (tests/pipelines/test_batch.py)
+    saved = json.loads((tmp_path / "out" / "users.json").read_text())
+    assert saved["settings"]["users"] == 3 and "| on | 6 |" in (tmp_path / "out" / "users.md").read_text()
+
+
+def test_tiled_view_bench_times_views_that_share_every_tensor() -> None:
+    from bench.tiled_view import median_ms
+
+    from sd2_app.nn.config import VAEConfig
+    from sd2_app.nn.vae import AutoencoderKL
+    from sd2_app.testing.configs import tiny_vae_config
+
+    vae = AutoencoderKL(VAEConfig.from_dict(tiny_vae_config("sd2"))).eval()
+    assert 0.0 < median_ms((vae,), reps=3) < 10_000.0

@@ -22,6 +22,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -125,6 +126,7 @@ class Batcher:
         self._in_flight = 0  # requests inside `run`
         self._last_arrival = -math.inf
         self.batches_run = 0  # groups of two or more requests run as one batch (for tests and the benchmark)
+        self.group_sizes: Counter[int] = Counter()  # requests per group run (1: alone), for the benchmark
 
     def takes(self, task: str, request: TaskRequest) -> bool:
         """Whether `request` may share a batch (`batch_key`); the service runs the others itself."""
@@ -197,6 +199,8 @@ class Batcher:
         try:
             with self._gate.enter(lambda: self._abandoned(group)):
                 members = self._gather(group)
+                if members:
+                    self.group_sizes[len(members)] += 1
                 if len(members) == 1:
                     members[0].settle(self._solo(group.task, members[0]))
                 elif members:

@@ -110,7 +110,9 @@ def pixel_gap(ours: Result, alone: Result) -> int:
                for a, b in zip(ours.images, alone.images))
 
 
-def test_four_queued_requests_run_as_one_batch_each_as_alone(service: Service, services: tuple[Service, Service]) -> None:
+def test_four_queued_requests_run_as_one_batch_each_as_alone(
+    service: Service, services: tuple[Service, Service]
+) -> None:
     blocker, callers = queue_behind_gate(service, FOUR)
     blocker.release.set()
     for caller in callers:
@@ -140,7 +142,8 @@ def test_requests_with_different_keys_never_share_a_batch(service: Service) -> N
 
 def test_batch_key_separates_what_the_loop_shares() -> None:
     base = request("a fox", 1)
-    same = [replace(base, prompt="a hen", negative_prompt="blurry"), replace(base, sampling=replace(base.sampling, seed=9)),
+    same = [replace(base, prompt="a hen", negative_prompt="blurry"),
+            replace(base, sampling=replace(base.sampling, seed=9)),
             replace(base, sampling=replace(base.sampling, batch_size=3))]
     assert {batch_key("txt2img", r) for r in [base, *same]} == {batch_key("txt2img", base)}
     different = [replace(base, checkpoint="sd2-base"), replace(base, width=128), replace(base, height=128),
