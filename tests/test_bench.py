@@ -254,3 +254,14 @@ def test_users_bench_compares_batching_off_and_on_on_tiny_models(tmp_path: Path)
     assert gap["images"] == 6 and gap["max_levels"] <= 1  # CPU kernels: within rounding (tests/pipelines/test_batch.py)
     saved = json.loads((tmp_path / "out" / "users.json").read_text())
     assert saved["settings"]["users"] == 3 and "| on | 6 |" in (tmp_path / "out" / "users.md").read_text()
+
+
+def test_tiled_view_bench_times_views_that_share_every_tensor() -> None:
+    from bench.tiled_view import median_ms
+
+    from sd2_app.nn.config import VAEConfig
+    from sd2_app.nn.vae import AutoencoderKL
+    from sd2_app.testing.configs import tiny_vae_config
+
+    vae = AutoencoderKL(VAEConfig.from_dict(tiny_vae_config("sd2"))).eval()
+    assert 0.0 < median_ms((vae,), reps=3) < 10_000.0
