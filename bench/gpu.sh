@@ -3,6 +3,10 @@
 #   appstart  the cold start users see: `python app.py --preload sd21-base` in a fresh process (empty Triton
 #             cache, weights in the page cache) to the first 512 image returned to a client, by phase
 #             (bench/appstart.py; issue 24 section 6). Runs first, before anything fills Triton's cache.
+#   request   the whole request (issue 24 section 3): `python app.py --preload sd21-base`, a warm-up and
+#             REQUEST_N (default 10) txt2img 512 requests, 25 steps, through gradio_client, each split by phase
+#             from the app's log line; app overhead vs pipeline (target <= 15 %), PNG encode costs
+#             (bench/request.py: request.md); its warm-up request takes the kernel compiles and graph captures.
 #   coldstart the cold first image in-process by phase, in fresh processes with empty Triton caches: the
 #             default path and a checkpoint swap, the start-up check on one thread, cuDNN's benchmark off, the
 #             default again with a warm Triton cache (bench/coldstart.py)
@@ -25,10 +29,12 @@
 # before the lease's limit, and writes as it goes, so a step cut short still leaves its numbers.
 # Issue 24's one run (under 10 minutes; the wheels of bench/device-wheels.txt installed first: bench/README.md):
 #   BENCH_BUDGET_S=540 BENCH_KINDS="sd2-base sd2 sd21" STEPS="appstart tests peers" bash bench/gpu.sh
+# The whole request (issue 24 section 3), about 2 minutes with the checkpoint written:
+#   BENCH_BUDGET_S=200 BENCH_KINDS=sd2-base STEPS="request" bash bench/gpu.sh
 # Batching across users (section 4), about 2 minutes with the checkpoint written:
 #   BENCH_BUDGET_S=240 BENCH_KINDS=sd2-base STEPS="users" bash bench/gpu.sh
-# Files in $OUT (the device tool returns at most 8): env.txt, log.txt (every step's log), appstart.md, users.md,
-# micro.md, results.md, peers.md, profile.md, compiled.md, tests.txt; with more than 8 files the .json/.jsonl
+# Files in $OUT (the device tool returns at most 8): env.txt, log.txt (every step's log), appstart.md, request.md,
+# users.md, micro.md, results.md, peers.md, profile.md, compiled.md, tests.txt; with more than 8 files the .json/.jsonl
 # files end up in one raw-json.tar.gz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,8 +51,8 @@ stamp() { echo "[$(( $(date +%s) - START )) s] $*" | tee -a "$OUT/env.txt"; }
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 # seconds kept back for the steps after the current one
 after() { local s=0; for step in "$@"; do has "$step" && s=$((s + ${RESERVE[$step]})); done; echo $s; }
-declare -A RESERVE=([appstart]=90 [coldstart]=110 [bench]=130 [tests]=90 [users]=120 [peers]=150 [micro]=60
-                    [profile]=45 [compiled]=150)
+declare -A RESERVE=([appstart]=90 [request]=100 [coldstart]=110 [bench]=130 [tests]=90 [users]=120 [peers]=150
+                    [micro]=60 [profile]=45 [compiled]=150)
 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
@@ -63,10 +69,17 @@ if [ -z "$TINY" ]; then
 fi
 
 if has appstart; then
-  keep=$(after coldstart bench tests users peers micro profile compiled)
+  keep=$(after request coldstart bench tests users peers micro profile compiled)
   timeout $(( $(left) - keep )) python3 -m bench.appstart ${BENCH_TINY:+--tiny --size 64 --steps 2} \
     --ckpt "$CKPT" --out "$OUT" >> "$OUT/log.txt" 2>&1
   stamp "appstart done (rc $?)"
+fi
+
+if has request; then
+  keep=$(after coldstart bench tests users peers micro profile compiled)
+  timeout $(( $(left) - keep )) python3 -m bench.request --n "${REQUEST_N:-10}" \
+    ${BENCH_TINY:+--tiny --size 64 --steps 2 --n 3 --png-sizes 512} --ckpt "$CKPT" --out "$OUT" >> "$OUT/log.txt" 2>&1
+  stamp "request done (rc $?)"
 fi
 
 if has coldstart; then
@@ -144,7 +157,8 @@ if has compiled; then
   cp /tmp/compiled/results.md "$OUT/compiled.md" 2>/dev/null
 fi
 
-cat "$OUT/appstart.md" "$OUT/coldstart.md" "$OUT/users.md" "$OUT/micro.md" "$OUT/results.md" "$OUT/peers.md" \
+cat "$OUT/appstart.md" "$OUT/request.md" "$OUT/coldstart.md" "$OUT/users.md" "$OUT/micro.md" "$OUT/results.md" \
+  "$OUT/peers.md" \
   "$OUT/compiled.md" 2>/dev/null
 sed -n '/phases/,/One unsynchronised/p' "$OUT/profile.md" 2>/dev/null
 tail -3 "$OUT/tests.txt" 2>/dev/null
