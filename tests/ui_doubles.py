@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sd2_app.api.validation import Catalog
+from sd2_app.api.checks import Catalog
 
 SAMPLER_KARRAS = {"DPM++ 2M": True, "Euler a": False, "Euler": True, "DDIM": False, "UniPC": True,
                   "DPM++ 2M SDE": True, "Heun": True}

@@ -24,12 +24,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from sd2_app.api import requests as rq
 from sd2_app.api.tasks import TASKS
-from sd2_app.api.validation import resolve_seed
+from sd2_app.api.checks import resolve_seed
+from sd2_app.api.image_inputs import to_mask
 from sd2_app.errors import InvalidRequest
+from sd2_app.pipelines.metadata import png_info
 
 log = logging.getLogger(__name__)
 
@@ -244,10 +246,6 @@ def _inpaint_fields(body: Mapping[str, Any]) -> dict[str, Any]:
 def _mask(body: Mapping[str, Any]) -> Image.Image:
     mask = decode_image(body["mask"], "mask")
     if body.get("inpainting_mask_invert"):
-        from PIL import ImageOps
-
-        from sd2_app.api.validation import to_mask
-
         return ImageOps.invert(to_mask(mask))
     return mask
 
@@ -288,8 +286,6 @@ def upscale_job(body: Mapping[str, Any], checkpoint: str) -> Job:
 
 def encode_png(image: Image.Image) -> str:
     """Base64 PNG with its text chunks (parameters, the AI-generated XMP marker), as A1111 returns images."""
-    from sd2_app.pipelines.metadata import png_info
-
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=png_info(image))
     return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -27,7 +27,7 @@ def next_number(folder: Path) -> int:
 
 def save_new_png(image: Image.Image, folder: Path, name: str) -> Path:
     """Write `image` (with its parameters) as `folder/name`, or the next free number when that name is taken."""
-    from sd2_app.pipelines.metadata import save_png
+    from sd2_app.pipelines.metadata import save_png  # lazily: sd2_app.pipelines loads torch; the UI imports the Service
 
     temporary = folder / f".{name}.{os.getpid()}.tmp"
     save_png(image, temporary)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sd2_app.api.checks import Catalog, check_sampler_names
 from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Txt2ImgRequest
 from sd2_app.errors import InvalidRequest
 
@@ -154,10 +155,8 @@ def parse_values(axis: PlotAxis, what: str, max_values: int) -> list[Any]:
     return values
 
 
-def check_choices(kind: AxisKind, values: list[Any], what: str, catalog: Any, checkpoints: Sequence[str]) -> None:
+def check_choices(kind: AxisKind, values: list[Any], what: str, catalog: Catalog, checkpoints: Sequence[str]) -> None:
     """Sampler names must be ones the server offers, checkpoints ones that can run the base's task."""
-    from sd2_app.api.validation import check_sampler_names
-
     if kind.value_type == "sampler":
         try:
             check_sampler_names(tuple(values), catalog)

@@ -11,7 +11,7 @@ place. A row says what a user gets when they leave a field alone:
   module stays free of torch and the UI can import it).
 
 Adding a task: a row here, a request dataclass in `requests.py` (with `task = "<name>"`), its checks in
-`validation.py`, a pipeline function, a CLI sub-command and a UI tab; each of those reads this row.
+`task_checks.py`, a pipeline function, a CLI sub-command and a UI tab; each of those reads this row.
 This module imports nothing of the app, so any layer may import it.
 """
 
