@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TaskFn = Callable[..., Any]  # (components, request, on_step, *, mode) -> output
+TaskFn = Callable[..., "PipelineOutput"]  # (components, request, on_step, *, mode) -> output
 
 
 def _default_catalog(registry: Mapping[str, CheckpointSpec]) -> Catalog:
@@ -136,8 +136,8 @@ class Service:
     # ---- models ----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """The manager's report: per checkpoint where it is loaded and from which repo, and memory per tier."""
-        manager = self._host()
-        return {"models": manager.status(), "memory": manager.memory()}
+        models, memory = self._host().report()
+        return {"models": models, "memory": memory}
 
     def load(self, checkpoint: str) -> None:
         if checkpoint not in self.registry:
