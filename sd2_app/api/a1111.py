@@ -30,6 +30,7 @@ from sd2_app.api import requests as rq
 from sd2_app.api.tasks import TASKS
 from sd2_app.api.checks import resolve_seed
 from sd2_app.api.image_inputs import to_mask
+from sd2_app.api.results import Result
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.metadata import png_info
 
@@ -92,7 +93,7 @@ class Job:
     """One A1111 call as our requests: one request per batch (`n_iter`), seeds already drawn."""
 
     task: str  # "txt2img", "img2img", "inpaint" or "upscale"
-    requests: tuple[Any, ...]
+    requests: tuple[rq.TaskRequest, ...]
     checkpoint: str
     send_images: bool = True
 
@@ -268,7 +269,7 @@ def img2img_job(body: Mapping[str, Any], current: str, names: list[str], fits: C
               "strength": body.get("denoising_strength", TASKS[task].strength)}
     if task == "inpaint":
         extra = _inpaint_fields(body)
-        base: Any = rq.InpaintRequest(mask=_mask(body), sampling=sampling, **common, **extra)
+        base: rq.InpaintRequest | rq.Img2ImgRequest = rq.InpaintRequest(mask=_mask(body), sampling=sampling, **common, **extra)
     else:
         base = rq.Img2ImgRequest(width=body.get("width"), height=body.get("height"), sampling=sampling, **common)
     requests = tuple(replace(base, sampling=_seeded(sampling, i)) for i in range(n_iter))
@@ -291,7 +292,7 @@ def encode_png(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def info_json(job: Job, results: list[Any], started: float) -> str:
+def info_json(job: Job, results: list[Result], started: float) -> str:
     """A1111's `info`: the first request's settings, then per image its seed and parameters text."""
     first = results[0].request
     sampling = first.sampling
