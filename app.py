@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import threading
 from importlib.util import find_spec
 from typing import Any
 
@@ -156,7 +158,7 @@ def build(args: argparse.Namespace) -> gr.Blocks:
                                accel=options_for_host(args.speed, zerogpu=on_zerogpu()))
         service = Service(manager, limits=limits, outputs_dir=outputs, watermark=not args.no_watermark,
                           embeddings=EmbeddingLibrary.scan(args.embeddings_dir),
-                          keep_outputs_days=args.keep_outputs_days)
+                          keep_outputs_days=args.keep_outputs_days, save_in_background=True)
     hosting = Hosting(max_jobs_per_visitor=args.max_jobs_per_session,
                       model_admin=args.allow_model_admin or bool(args.auth) or not is_public(args))
     import_pipelines()  # in this thread, before any visitor's: lazily, two threads can deadlock on the imports
@@ -226,7 +228,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.mcp and not mcp_available():
         logging.getLogger("app").warning("--mcp needs the mcp package: pip install -r requirements-mcp.txt; MCP is off")
     demo = build(args)
+    # A stop from outside (docker stop, a Space restart) ends the server like Ctrl+C: Python then exits normally,
+    # and its thread pools finish their queued work first (the results still to be written to the outputs).
+    if threading.current_thread() is threading.main_thread():  # signal handlers belong to the main thread
+        signal.signal(signal.SIGTERM, _interrupt)
     demo.launch(**launch_settings(args, demo))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

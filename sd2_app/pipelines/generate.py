@@ -16,7 +16,7 @@ from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.output import sampling_settings
 from sd2_app.pipelines.prompt import embedding_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
-from sd2_app.pipelines.sampling import start_job
+from sd2_app.pipelines.sampling import Job, start_job
 from sd2_app.pipelines.seeds import seed_settings, seeded_noise, uses_extras
 from sd2_app.pipelines.vae_io import vae_factor
 
@@ -45,10 +45,10 @@ def txt2img_settings(request: Txt2ImgRequest, components: Components, width: int
     return settings
 
 
-def generate(
-    components: Components, request: Txt2ImgRequest, on_step: LatentProgressFn | None = None, mode: RunMode = NORMAL
-) -> tuple[torch.Tensor, int, int, list[str]]:
-    """The denoised latents (B, 4, h, w) of `request` at its size, with the size used and the warnings."""
+def start_latents(
+    components: Components, request: Txt2ImgRequest, mode: RunMode
+) -> tuple[Job, torch.Tensor, int, int, list[str]]:
+    """The job and its start latents (B, 4, h, w) for `request` at its size, with the size used and the warnings."""
     sampling = request.sampling
     factor = vae_factor(components.vae)
     warnings: list[str] = []
@@ -63,4 +63,12 @@ def generate(
         start = noise * job.plan.schedule.init_noise_sigma
     else:
         start = job.start_noise(shape)
+    return job, start, width, height, warnings
+
+
+def generate(
+    components: Components, request: Txt2ImgRequest, on_step: LatentProgressFn | None = None, mode: RunMode = NORMAL
+) -> tuple[torch.Tensor, int, int, list[str]]:
+    """The denoised latents (B, 4, h, w) of `request` at its size, with the size used and the warnings."""
+    job, start, width, height, warnings = start_latents(components, request, mode)
     return job.denoise(start, on_step=on_step), width, height, warnings

@@ -12,6 +12,7 @@ written as a JSON string. Prompts may span several lines.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -149,6 +150,18 @@ def png_info(image: Image.Image) -> PngInfo:
     if isinstance(packet, str):
         info.add_itxt(XMP_KEY, packet)  # XMP's PNG embedding: an uncompressed iTXt chunk
     return info
+
+
+# zlib level of the PNGs the app encodes for the browser and the outputs folder: level 1 instead of PIL's 6
+# costs a little size and saves most of the encoding time (figures: docs/PERFORMANCE.md, "The whole request").
+FAST_PNG_LEVEL = 1
+
+
+def encode_png(image: Image.Image, compress_level: int = FAST_PNG_LEVEL) -> bytes:
+    """The PNG file of `image` with its text chunks (`png_info`), as bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=png_info(image), compress_level=compress_level)
+    return buffer.getvalue()
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:

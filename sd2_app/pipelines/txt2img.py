@@ -11,14 +11,31 @@ import torch
 
 from sd2_app.api.requests import HiresPassRequest, Txt2ImgRequest
 from sd2_app.checkpoints.components import Components
-from sd2_app.pipelines.generate import generate, txt2img_settings
+from sd2_app.pipelines.generate import start_latents, txt2img_settings
 from sd2_app.pipelines.hires import hires_fix, hires_pass
 from sd2_app.pipelines.images import postprocess
 from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
+from sd2_app.pipelines.sampling import PreparedRun
 from sd2_app.pipelines.seamless import circular_padding
 from sd2_app.pipelines.vae_io import decode_in
+
+
+def prepare_txt2img(components: Components, request: Txt2ImgRequest, mode: RunMode = NORMAL) -> PreparedRun:
+    """A plain text-to-image run (no hires fix) up to its loop; its finish decodes and labels the images.
+
+    Seamless tiling needs `circular_padding` around the whole run (the caller's, as in `txt2img`).
+    """
+    job, start, width, height, warnings = start_latents(components, request, mode)
+
+    def finish(latents: torch.Tensor) -> PipelineOutput:
+        images = postprocess(decode_in(mode, components.vae, latents))
+        label_images(images, request.prompt, request.negative_prompt,
+                     txt2img_settings(request, components, width, height))
+        return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings)
+
+    return PreparedRun(job, start, finish)
 
 
 @torch.inference_mode()
@@ -32,7 +49,4 @@ def txt2img(
     if request.hires is not None:
         return hires_fix(components, request, on_step, mode)
     with circular_padding(components.unet, components.vae, enabled=request.tiling):
-        latents, width, height, warnings = generate(components, request, on_step, mode)
-        images = postprocess(decode_in(mode, components.vae, latents))
-    label_images(images, request.prompt, request.negative_prompt, txt2img_settings(request, components, width, height))
-    return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings)
+        return prepare_txt2img(components, request, mode).complete(on_step)
