@@ -38,6 +38,7 @@ from sd2_app.checkpoints.catalog import REGISTRY, CheckpointSpec
 from sd2_app.errors import Cancelled, InvalidRequest
 
 if TYPE_CHECKING:
+    from sd2_app.api.batching import Batcher
     from sd2_app.loading.embeddings import EmbeddingLibrary
     from sd2_app.pipelines.loop import LatentProgressFn
     from sd2_app.pipelines.output import PipelineOutput
@@ -117,6 +118,7 @@ class Service:
         self.preview_every = max(1, preview_every)
         self.watermark = watermark
         self.gate = GpuGate()  # one job at a time on the GPU, whichever front end sent it
+        self.batcher: Batcher | None = None  # requests that share one UNet batch (api.batching.enable turns it on)
         self._history: deque[HistoryEntry] = deque(maxlen=history_size)
         self._lock = threading.Lock()  # guards the history
         self.last_seed: int | None = None
@@ -221,7 +223,9 @@ class Service:
         timings: dict[str, float],
         should_stop: Callable[[], bool] | None = None,
     ) -> PipelineOutput:
-        """The task's output, after the job's turn at the GPU gate (`should_stop` may end the wait)."""
+        """The task's output after its turn at the GPU gate (`should_stop` may end the wait), maybe batched."""
+        if self.batcher is not None and self.batcher.takes(task, request):
+            return self.batcher.run(task, request, on_step, timings, should_stop)
         waited = time.perf_counter()
         with self.gate.enter(should_stop):
             timings["gate"] = timings.get("gate", 0.0) + time.perf_counter() - waited

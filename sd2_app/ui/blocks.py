@@ -82,16 +82,9 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
             wire_send(tab.panel, tab, tabs, targets, prefix)
         models_tab.select(refresh_models, None, models_outputs, api_name="models_tab",
                           api_visibility="private", queue=False)
-        history_tab.select(past.refresh, None, past.outputs, api_name="history_tab", api_visibility="private",
-                           queue=False)
-        history_tab.select(lambda: 0, None, past.selected, api_name="history_tab_unpick", api_visibility="private",
-                           queue=False)
+        _wire_history_tab(history_tab, past)
         wire_history_send(service, past, tabs, targets)
-        to_txt2img, txt2img_fields = _png_to_txt2img(t2i, tabs)
-        png_send.click(to_txt2img, png_fields, txt2img_fields, api_name="png_info_send", api_visibility="private")
-        past.reuse.click(lambda gallery, index: to_txt2img(picked_history_image(service, gallery, index)[1]),
-                         [past.gallery, past.selected], txt2img_fields, api_name="history_reuse",
-                         api_visibility="private")
+        _wire_reuse(service, t2i, tabs, png_send, png_fields, past)
         # Gradio 6 takes style sheets and scripts only at launch(); the page script adds ours on load instead, so
         # every launcher (app.py, Spaces, the tests) gets them.
         css = json.dumps((STATIC / "app.css").read_text(encoding="utf-8"))
@@ -99,6 +92,24 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
     install(demo, visitors)
     close_with(demo, service)  # the results still being written are on disk before the app closes
     return demo
+
+
+def _wire_history_tab(history_tab: gr.Tab, past: history.HistoryView) -> None:
+    """Selecting History refreshes it and forgets the image picked before."""
+    history_tab.select(past.refresh, None, past.outputs, api_name="history_tab", api_visibility="private",
+                       queue=False)
+    history_tab.select(lambda: 0, None, past.selected, api_name="history_tab_unpick", api_visibility="private",
+                       queue=False)
+
+
+def _wire_reuse(service: Service, t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, png_send: gr.Button,
+                png_fields: gr.JSON, past: history.HistoryView) -> None:
+    """PNG info's "Send to text to image" and History's "Reuse its settings" fill text to image."""
+    to_txt2img, txt2img_fields = _png_to_txt2img(t2i, tabs)
+    png_send.click(to_txt2img, png_fields, txt2img_fields, api_name="png_info_send", api_visibility="private")
+    past.reuse.click(lambda gallery, index: to_txt2img(picked_history_image(service, gallery, index)[1]),
+                     [past.gallery, past.selected], txt2img_fields, api_name="history_reuse",
+                     api_visibility="private")
 
 
 def _png_to_txt2img(t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs) -> tuple[Callable[[dict[str, Any] | None], tuple],

@@ -13,15 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from pipeline_fixtures import (
-    LATENT_TOLERANCE,
-    PIXEL_TOLERANCE,
-    ComponentCache,
-    latent_diff,
-    max_pixel_diff,
-    reference_pipeline,
-    reference_run,
-)
+from pipeline_fixtures import ComponentCache, assert_matches_reference, reference_pipeline, reference_run
 
 from sd2_app.api.requests import Sampling, SeedExtras, Txt2ImgRequest
 from sd2_app.errors import Cancelled
@@ -65,11 +57,9 @@ def test_variation_strength_half_is_the_slerp_of_the_two_noises(components: Comp
     ours = _run(components, seed_extras=SeedExtras(variation_seed=99, variation_strength=0.5))
     noise = _slerp(0.5, _randn((1, 4, 8, 8), 21).numpy(), _randn((1, 4, 8, 8), 99).numpy())
     pipe = reference_pipeline("sd2-base", "DPM++ 2M")
-    ref_latents, ref_images = reference_run(pipe, 21, prompt="a red house", width=64, height=64,
-                                            num_inference_steps=4, guidance_scale=7.5,
-                                            latents=torch.from_numpy(noise))
-    assert latent_diff(ours.latents, ref_latents) < LATENT_TOLERANCE
-    assert max_pixel_diff(ours.images, ref_images) <= PIXEL_TOLERANCE
+    assert_matches_reference(ours, reference_run(pipe, 21, prompt="a red house", width=64, height=64,
+                                                 num_inference_steps=4, guidance_scale=7.5,
+                                                 latents=torch.from_numpy(noise)))
 
 
 @pytest.mark.parametrize(("size", "resize_from", "placed"), [
@@ -88,10 +78,8 @@ def test_seed_resize_centres_the_noise_of_the_old_size(
         noise = _randn((1, 4, height // 8, width // 8), 21)
         noise[..., 2:10] = small
     pipe = reference_pipeline("sd2-base", "DPM++ 2M")
-    ref_latents, ref_images = reference_run(pipe, 21, prompt="a red house", width=width, height=height,
-                                            num_inference_steps=4, guidance_scale=7.5, latents=noise)
-    assert latent_diff(ours.latents, ref_latents) < LATENT_TOLERANCE
-    assert max_pixel_diff(ours.images, ref_images) <= PIXEL_TOLERANCE
+    assert_matches_reference(ours, reference_run(pipe, 21, prompt="a red house", width=width, height=height,
+                                                 num_inference_steps=4, guidance_scale=7.5, latents=noise))
     assert parse_parameters(ours.images[0].info["parameters"])["Seed resize from"] == f"{resize_from[0]}x{resize_from[1]}"
 
 
