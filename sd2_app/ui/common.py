@@ -113,7 +113,7 @@ class ResultPanel:
     preview: gr.Image
     gallery: gr.Gallery
     info: gr.Markdown
-    extra: gr.Image | None
+    extra: gr.components.Component | None  # an image; the X/Y/Z plot's tables (a File)
     last_seed: gr.State
     selected: gr.State
     send_buttons: dict[str, gr.Button]

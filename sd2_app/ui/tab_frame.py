@@ -79,10 +79,10 @@ class TabFrame:
     def size_sliders(self, checkpoint: gr.Dropdown) -> tuple[gr.Slider, gr.Slider]:
         """Width and height sliders, set to the checkpoint's native resolution."""
         side = self.service.resolution(checkpoint.value)
-        top = self.service.limits.max_side
+        largest = self.service.limits.max_side
         with gr.Row():
-            width = gr.Slider(64, top, side, step=8, label="Width", elem_id=f"{self.prefix}-width")
-            height = gr.Slider(64, top, side, step=8, label="Height", elem_id=f"{self.prefix}-height")
+            width = gr.Slider(64, largest, side, step=8, label="Width", elem_id=f"{self.prefix}-width")
+            height = gr.Slider(64, largest, side, step=8, label="Height", elem_id=f"{self.prefix}-height")
         return width, height
 
     def sampling(self, examples: Sequence[list[str]] = (), image: gr.components.Component | None = None, *,

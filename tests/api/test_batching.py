@@ -24,6 +24,7 @@ from sd2_app.api.service import Service
 from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.pipelines.run_mode import NonFiniteError
 from sd2_app.pipelines.txt2img import prepare_txt2img
+from tests.batching_support import Blocker, wait_until
 from tests.reliability_support import make_service, noise_image, one_thread  # noqa: F401  # one_thread: fixture
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,23 +59,6 @@ def solo_results(services: tuple[Service, Service], requests: list[Txt2ImgReques
     return [services[1].run(r) for r in requests]
 
 
-class Blocker:
-    """Holds the service's GPU gate until released, so requests queue up behind it."""
-
-    def __init__(self, service: Service) -> None:
-        self.release = threading.Event()
-        entered = threading.Event()
-
-        def hold() -> None:
-            with service.gate.enter():
-                entered.set()
-                self.release.wait(30)
-
-        self.thread = threading.Thread(target=hold, daemon=True)
-        self.thread.start()
-        assert entered.wait(10)
-
-
 class Caller:
     """One user's `service.run` in its own thread, with its own Stop flag and progress log."""
 
@@ -103,13 +87,6 @@ class Caller:
     def join(self) -> None:
         self.thread.join(60)
         assert not self.thread.is_alive()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 def arrive(service: Service, callers: list[Caller], req: Txt2ImgRequest, **kwargs: Any) -> None:
