@@ -14,8 +14,9 @@ the guidance settings. Per request stay:
   go on; when every request has stopped, the run stops.
 
 Only requests whose start latents and contexts have the same shape go into one batch (the same prompt chunk
-count k: a longer context changes every image's attention, padding is not exact); the others run in their
-own batches, one after another.
+count k: a longer context changes every image's attention, padding is not exact), and only runs that call
+the same UNet (a seamless-tiling request's run calls its own circular view, pipelines/seamless.py, so it is
+never batched); the others run in their own batches, one after another.
 """
 
 from __future__ import annotations
@@ -103,9 +104,9 @@ def run_batch(
     """
     runs = [prepare(components, request, mode) for request in requests]
     outcomes: list[Outcome] = [Cancelled()] * len(runs)
-    groups: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}
-    for index, run in enumerate(runs):
-        groups.setdefault(shared_shape(run), []).append(index)
+    groups: dict[tuple[int, tuple[int, ...], tuple[int, ...]], list[int]] = {}
+    for index, run in enumerate(runs):  # the loop calls its first run's UNet: only runs over the same one share
+        groups.setdefault((id(run.job.components.unet), *shared_shape(run)), []).append(index)
     for members in groups.values():
         live = [True] * len(members)
         try:

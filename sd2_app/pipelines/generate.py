@@ -5,14 +5,13 @@ pipeline_stable_diffusion.py, __call__), with A1111's seed extras. The first pas
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from sd2_app.api.requests import Txt2ImgRequest
 from sd2_app.checkpoints.components import Components
 from sd2_app.pipelines.images import round_size
 from sd2_app.pipelines.loop import LatentProgressFn
+from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.output import sampling_settings
 from sd2_app.pipelines.prompt import embedding_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
@@ -35,7 +34,7 @@ def effective_size(width: int, height: int, factor: int, warnings: list[str]) ->
     return new_width, new_height
 
 
-def txt2img_settings(request: Txt2ImgRequest, components: Components, width: int, height: int) -> dict[str, Any]:
+def txt2img_settings(request: Txt2ImgRequest, components: Components, width: int, height: int) -> Settings:
     """The parameters text's settings, with A1111's keys for the seed extras and tiling when they are on."""
     settings = sampling_settings(request.sampling, width=width, height=height, model=components.key)
     settings |= embedding_settings(components, request)
@@ -56,7 +55,6 @@ def start_latents(
     width, height = effective_size(request.width or native, request.height or native, factor, warnings)
 
     job = start_job(components, request, mode=mode)
-    warnings += job.warnings
     shape = (sampling.batch_size, components.vae.config.latent_channels, height // factor, width // factor)
     if uses_extras(request.seed_extras):
         noise = seeded_noise(shape, job.generator, request.seed_extras, factor, components.device, components.dtype)

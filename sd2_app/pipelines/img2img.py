@@ -14,7 +14,7 @@ from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_sett
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.prompt import embedding_settings
 from sd2_app.pipelines.sampling import PreparedRun, SamplingPlan, draw_noise, start_job
-from sd2_app.pipelines.seamless import circular_padding
+from sd2_app.pipelines.seamless import tiled_components
 from sd2_app.pipelines.seeds import seed_settings, vary
 from sd2_app.pipelines.generate import effective_size
 from sd2_app.pipelines.vae_io import encode, vae_factor
@@ -47,7 +47,7 @@ def noised_init_latents(
 def prepare_img2img(components: Components, request: Img2ImgRequest, mode: RunMode = NORMAL) -> PreparedRun:
     """An image-to-image run up to its loop (the init image encoded and noised); its finish decodes and labels.
 
-    Seamless tiling needs `circular_padding` around the whole run (the caller's, as in `img2img`).
+    A tiled request's run holds its own circular view of the UNet and VAE (pipelines/seamless.py).
     """
     sampling = request.sampling
     factor = vae_factor(components.vae)
@@ -61,9 +61,9 @@ def prepare_img2img(components: Components, request: Img2ImgRequest, mode: RunMo
                         f"used {image.shape[-1]}x{image.shape[-2]}.")
     height, width = image.shape[-2:]
 
-    job = start_job(components, request, strength=request.strength, mode=mode)
-    warnings += job.warnings
-    x = noised_init_latents(components, image, job.plan, sampling.batch_size, job.generator, request.seed_extras)
+    job_components = tiled_components(components, request.tiling)
+    job = start_job(job_components, request, strength=request.strength, mode=mode)
+    x = noised_init_latents(job_components, image, job.plan, sampling.batch_size, job.generator, request.seed_extras)
 
     def finish(latents: torch.Tensor) -> PipelineOutput:
         images = postprocess(job.decode(latents))
@@ -83,5 +83,4 @@ def img2img(
     components: Components, request: Img2ImgRequest, on_step: LatentProgressFn | None = None, mode: RunMode = NORMAL
 ) -> PipelineOutput:
     """Re-draw an image: strength 1 keeps only its composition's noise-level trace, 0 would keep it all."""
-    with circular_padding(components.unet, components.vae, enabled=request.tiling):
-        return prepare_img2img(components, request, mode).complete(on_step)
+    return prepare_img2img(components, request, mode).complete(on_step)

@@ -74,7 +74,6 @@ class Job:
     generator: NoiseSource  # the request's own; a batch of requests has each one's (samplers.base.GeneratorParts)
     context: torch.Tensor  # (2B|B, 77·k, D), uncond first when guided; k chunks of 77 tokens
     plan: SamplingPlan
-    warnings: list[str]
     mode: RunMode = NORMAL  # this attempt's precision and memory switches (the fallback ladder's choice)
 
     @property
@@ -137,7 +136,7 @@ def start_job(components: Components, request: TaskRequest, *, strength: float |
     encoded = encode_prompt_pair(
         components.text_encoder, components.tokenizer, request.prompt, request.negative_prompt,
         batch_size=sampling.batch_size, use_cfg=sampling.cfg_scale > 1.0, device=components.device,
-        embeddings=getattr(components, "embeddings", None),
+        embeddings=components.embeddings,
     )
     plan = plan_sampling(components.scheduler_config, sampling, strength=strength)
-    return Job(components, sampling, generator, encoded.context, plan, list(encoded.warnings), mode)
+    return Job(components, sampling, generator, encoded.context, plan, mode)

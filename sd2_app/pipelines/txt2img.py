@@ -18,19 +18,19 @@ from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.sampling import PreparedRun
-from sd2_app.pipelines.seamless import circular_padding
+from sd2_app.pipelines.seamless import tiled_components
 from sd2_app.pipelines.vae_io import decode_in
 
 
 def prepare_txt2img(components: Components, request: Txt2ImgRequest, mode: RunMode = NORMAL) -> PreparedRun:
     """A plain text-to-image run (no hires fix) up to its loop; its finish decodes and labels the images.
 
-    Seamless tiling needs `circular_padding` around the whole run (the caller's, as in `txt2img`).
+    A tiled request's run holds its own circular view of the UNet and VAE (pipelines/seamless.py).
     """
-    job, start, width, height, warnings = start_latents(components, request, mode)
+    job, start, width, height, warnings = start_latents(tiled_components(components, request.tiling), request, mode)
 
     def finish(latents: torch.Tensor) -> PipelineOutput:
-        images = postprocess(decode_in(mode, components.vae, latents))
+        images = postprocess(decode_in(mode, job.components.vae, latents))
         label_images(images, request.prompt, request.negative_prompt,
                      txt2img_settings(request, components, width, height))
         return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings)
@@ -48,5 +48,4 @@ def txt2img(
         return hires_pass(components, request, on_step, mode)
     if request.hires is not None:
         return hires_fix(components, request, on_step, mode)
-    with circular_padding(components.unet, components.vae, enabled=request.tiling):
-        return prepare_txt2img(components, request, mode).complete(on_step)
+    return prepare_txt2img(components, request, mode).complete(on_step)
