@@ -29,6 +29,7 @@ from sd2_app.api.gpu_time import on_zerogpu
 from sd2_app.api.service import Service
 from sd2_app.api.tasks import import_pipelines
 from sd2_app.checkpoints.catalog import CheckpointSpec, apply_overrides, parse_assignments, tiny_registry
+from sd2_app.serve.config import load_config
 from sd2_app.ui import build_ui
 from sd2_app.ui.hosting import Hosting
 
@@ -215,7 +216,6 @@ def _serve_service(args: argparse.Namespace, registry: dict[str, CheckpointSpec]
     # Ray is optional (requirements-serve.txt): imported only on this path; the others load torch (after `spaces`).
     from sd2_app.loading.embeddings import EmbeddingLibrary
     from sd2_app.serve.backend import connect, remote_service
-    from sd2_app.serve.config import load_config
 
     if args.tiny:  # the front end reads the tiny repos' tokenizers for the token counter
         from sd2_app.manager import default_cache_dir
