@@ -22,10 +22,9 @@ from typing import Any
 
 import gradio as gr
 
-from sd2_app.api import batching
+from sd2_app.api import batching, gpu_time
 from sd2_app.api.checks import Limits
 from sd2_app.api.cost import DEFAULT_MAX_JOB_COST
-from sd2_app.api.gpu_time import on_zerogpu
 from sd2_app.api.service import Service
 from sd2_app.api.tasks import import_pipelines
 from sd2_app.checkpoints.catalog import CheckpointSpec, apply_overrides, parse_assignments, tiny_registry
@@ -160,7 +159,7 @@ def build(args: argparse.Namespace) -> gr.Blocks:
     else:
         dtype = getattr(torch, args.dtype) if args.dtype else None
         manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, preload=args.preload or (),
-                               accel=options_for_host(args.speed, zerogpu=on_zerogpu()))
+                               accel=options_for_host(args.speed, zerogpu=gpu_time.on_zerogpu()))
         service = Service(manager, limits=limits, outputs_dir=outputs, watermark=not args.no_watermark,
                           embeddings=EmbeddingLibrary.scan(args.embeddings_dir),
                           keep_outputs_days=args.keep_outputs_days, save_in_background=True)
@@ -190,7 +189,7 @@ def _batch_users(args: argparse.Namespace, service: Service) -> None:
 
     Not on ZeroGPU: there each job runs inside its own GPU call, so a batch's thread would have no GPU.
     """
-    if args.batch_users and on_zerogpu():
+    if args.batch_users and gpu_time.on_zerogpu():
         logging.getLogger(__name__).warning("--batch-users is ignored on ZeroGPU: each job has its own GPU call")
     elif args.batch_users:
         batching.enable(service)

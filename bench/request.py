@@ -49,7 +49,7 @@ def photo_like(size: int, seed: int = 0) -> Any:
 
 def png_costs(sizes: tuple[int, ...] = PNG_SIZES, reps: int = 3) -> list[dict[str, Any]]:
     """Median seconds and bytes of one PNG encode per size, at PIL's default level and the app's fast one."""
-    from sd2_app.pipelines.metadata import FAST_PNG_LEVEL
+    from sd2_app.api.outputs import FAST_PNG_LEVEL
 
     rows = []
     for size in sizes:

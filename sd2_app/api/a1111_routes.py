@@ -171,7 +171,8 @@ class A1111Api:
         image = None
         if job.preview is not None and not skip_current_image:
             buffer = io.BytesIO()
-            job.preview.save(buffer, format="PNG")
+            preview = job.preview  # latent size: shown 8x, one latent pixel per 8 image pixels
+            preview.resize((preview.width * 8, preview.height * 8), Image.Resampling.NEAREST).save(buffer, format="PNG")
             image = base64.b64encode(buffer.getvalue()).decode("ascii")
         waiting = "Waiting for the GPU" if job.steps == 0 else f"Step {job.step}/{job.steps}"
         return {"progress": progress, "eta_relative": eta, "state": _state(job, len(jobs)), "current_image": image,

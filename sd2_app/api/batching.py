@@ -22,6 +22,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -125,6 +126,7 @@ class Batcher:
         self._in_flight = 0  # requests inside `run`
         self._last_arrival = -math.inf
         self.batches_run = 0  # groups of two or more requests run as one batch (for tests and the benchmark)
+        self.group_sizes: Counter[int] = Counter()  # requests per group run (1: alone), for the benchmark
 
     def takes(self, task: str, request: TaskRequest) -> bool:
         """Whether `request` may share a batch (`batch_key`); the service runs the others itself."""
@@ -197,6 +199,8 @@ class Batcher:
         try:
             with self._gate.enter(lambda: self._abandoned(group)):
                 members = self._gather(group)
+                if members:
+                    self.group_sizes[len(members)] += 1
                 if len(members) == 1:
                     members[0].settle(self._solo(group.task, members[0]))
                 elif members:
@@ -220,6 +224,7 @@ class Batcher:
         """Run `members` as one batch; each one whose part failed runs again alone."""
         from sd2_app.pipelines.batch import run_batch  # torch: imported by the first batch, not with the service
 
+        timings: dict[str, float] = {}
         try:
             started = time.perf_counter()
             with self._host().use(members[0].request.checkpoint) as components:
@@ -228,6 +233,8 @@ class Batcher:
                                      [m.on_step for m in members], self._prepare(task))
             timings = {"load": loaded - started, "run": time.perf_counter() - loaded}
             self.batches_run += 1
+            log.info("ran %d requests (%d images) as one batch", len(members),
+                     sum(m.request.sampling.batch_size for m in members))
         except Exception as error:  # the shared loop failed: each request alone, with its own fallback ladder
             log.warning("a batch of %d requests failed (%s); running each alone", len(members), error)
             outcomes = [error] * len(members)
@@ -239,8 +246,6 @@ class Batcher:
             else:
                 member.timings.update({name: member.timings.get(name, 0.0) + s for name, s in timings.items()})
                 member.settle(outcome)
-        log.info("ran %d requests (%d images) as one batch", len(members),
-                 sum(m.request.sampling.batch_size for m in members))
 
 
 def enable(service: Service, *, max_wait_s: float = MAX_WAIT_S, max_images: int = MAX_IMAGES) -> Batcher:

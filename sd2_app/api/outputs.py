@@ -13,6 +13,9 @@ import re
 import time
 from pathlib import Path
 
+# zlib level of the PNGs the app encodes (results, previews): level 1 instead of PIL's 6 costs a little size and
+# saves most of the encoding time (figures: docs/PERFORMANCE.md, "The whole request").
+FAST_PNG_LEVEL = 1
 _NUMBERED = re.compile(r"(\d+)-")
 _DAY_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")
 

@@ -66,7 +66,9 @@ def _default_catalog(registry: Mapping[str, CheckpointSpec]) -> Catalog:
 def _default_preview(latents: Any) -> Image.Image | None:
     from sd2_app.pipelines.preview import preview_images  # torch: see the note at the imports
 
-    return preview_images(latents[:1], upscale=8)[0]  # one latent pixel is 8 image pixels
+    # At latent size (1/8 of the image): the job's thread pays a 4x3 product and a small copy; whoever shows it
+    # enlarges it (the UI's live preview, the A1111 progress route).
+    return preview_images(latents[:1])[0]
 
 
 class Service:
@@ -358,8 +360,7 @@ class Service:
         return files, nbytes, self.keep_outputs_days
 
     def _keep(self, result: Result, owner: str | None = None) -> Result:
-        """Provenance marks (the invisible watermark unless off, the "AI generated" XMP marker), one PNG encode,
-        the save (or its queueing) and the history entry, each phase timed."""
+        """Provenance (the watermark unless off, the XMP marker), one PNG encode, saving, history; each timed."""
         from sd2_app.pipelines.metadata import encode_png, mark_ai_generated  # torch: see the note at the imports
         from sd2_app.pipelines.watermark import embed
 

@@ -1,4 +1,5 @@
-"""Several requests in one UNet batch, each image the one its request gets alone (docs/DESIGN.md, "Batching across users").
+"""Several requests in one UNet batch, each image the one its request gets alone (docs/DESIGN.md, "Batching
+across users").
 
 Each request is prepared exactly as its solo run prepares it (`PreparedRun`: its own generator, prompt encoding
 and start latents), the start latents are concatenated, the one shared loop denoises them together, and each
@@ -53,7 +54,9 @@ def _stacked_context(runs: Sequence[PreparedRun]) -> torch.Tensor:
     return torch.cat([uncond for uncond, _ in halves] + [cond for _, cond in halves])
 
 
-def _split_steps(on_steps: Sequence[LatentProgressFn | None], rows: Sequence[int], live: list[bool]) -> LatentProgressFn:
+def _split_steps(
+    on_steps: Sequence[LatentProgressFn | None], rows: Sequence[int], live: list[bool]
+) -> LatentProgressFn:
     """One `on_step` for the batch: each live request's with its own rows; a `Cancelled` one drops out."""
     bounds = [sum(rows[:index]) for index in range(len(rows) + 1)]
 

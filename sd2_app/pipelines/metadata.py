@@ -19,6 +19,8 @@ from pathlib import Path
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from sd2_app.api.outputs import FAST_PNG_LEVEL
+
 PARAMETERS_KEY = "parameters"
 # Machine-readable "AI generated" marker: an XMP packet (the PNG keyword XMP's specification, part 3, gives)
 # stating IPTC's digital source type "trainedAlgorithmicMedia" (IPTC NewsCodes, digitalsourcetype), the
@@ -150,11 +152,6 @@ def png_info(image: Image.Image) -> PngInfo:
     if isinstance(packet, str):
         info.add_itxt(XMP_KEY, packet)  # XMP's PNG embedding: an uncompressed iTXt chunk
     return info
-
-
-# zlib level of the PNGs the app encodes for the browser and the outputs folder: level 1 instead of PIL's 6
-# costs a little size and saves most of the encoding time (figures: docs/PERFORMANCE.md, "The whole request").
-FAST_PNG_LEVEL = 1
 
 
 def encode_png(image: Image.Image, compress_level: int = FAST_PNG_LEVEL) -> bytes:

@@ -27,8 +27,8 @@ from sd2_app.api.gpu_time import values_seconds
 from sd2_app.api.timing import summary
 from sd2_app.ui.layout import GENERATE, RUNNING
 from sd2_app.ui.raw_values import server_checked
-from sd2_app.ui.runner import (GPU_QUEUE, RunFlag, StopFlags, deliver, gpu, shown_files, stopped_message, stream,
-                               timed_call, user_message)
+from sd2_app.ui.runner import (GPU_QUEUE, RunFlag, StopFlags, deliver, gpu, shown_files, shown_preview,
+                               stopped_message, stream, timed_call, user_message)
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Result, Service
@@ -218,7 +218,7 @@ def stream_result(
                 if preview is not None:
                     # After Stop, a late preview must not put "Step n" back over the stop message.
                     status = STOPPING if flag.is_set() else f"Step {done}/{total}"
-                    yield (preview, gr.skip(), status, *keep)
+                    yield (shown_preview(preview), gr.skip(), status, *keep)
             else:
                 for warning in item.warnings:
                     gr.Warning(warning)

@@ -10,6 +10,7 @@ the PNG files the Service encoded (`shown_files`), not as images for Gradio to e
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import os
 import queue
@@ -25,6 +26,7 @@ from gradio.processing_utils import hash_bytes
 from gradio.utils import get_upload_folder
 from PIL import Image
 
+from sd2_app.api.outputs import FAST_PNG_LEVEL
 from sd2_app.api.requests import Request
 from sd2_app.api.service import ProgressFn, Result
 from sd2_app.api.timing import log_split, timed
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GPU_QUEUE = "gpu"  # the one concurrency id of every event that may touch the GPU
+PREVIEW_SIDE = 256  # px: the live preview's box is 160 px high
 
 
 class RunFlag(threading.Event):
@@ -116,22 +119,18 @@ def _executor() -> ThreadPoolExecutor:
 def stream(
     call: Callable[[ProgressFn, Callable[[], bool]], Result],
     flag: threading.Event,
-    *,
-    poll_s: float = 0.05,
 ) -> Iterator[tuple[int, int, Image.Image | None] | Result]:
     """Yield (done, total, preview) while `call(on_progress, should_stop)` runs; the last item is its result.
 
-    Raises what the call raised (`InvalidRequest`, `Cancelled`, or a bug with its traceback).
+    The call's end wakes the loop at once (no polling interval between the result and the browser). Raises
+    what the call raised (`InvalidRequest`, `Cancelled`, or a bug with its traceback).
     """
-    events: queue.Queue[tuple[int, int, Image.Image | None]] = queue.Queue()
+    events: queue.Queue[tuple[int, int, Image.Image | None] | None] = queue.Queue()
     future: Future[Result] = _executor().submit(call, lambda d, t, p: events.put((d, t, p)), flag.is_set)
+    future.add_done_callback(lambda _: events.put(None))  # after the call's last progress event
     try:
-        while True:
-            try:
-                yield events.get(timeout=poll_s)
-            except queue.Empty:
-                if future.done() and events.empty():
-                    break
+        while (event := events.get()) is not None:
+            yield event
     finally:
         flag.set()  # the handler was closed (cancelled or the client left): stop the worker at its next step
     yield future.result()
@@ -152,29 +151,40 @@ def stopped_message(flag: RunFlag | None) -> str:
 
 
 def shown_files(result: Result) -> list[str] | list[Image.Image]:
-    """The result's images for a Gallery or Image output: the PNG files the Service encoded (`Result.png`),
-    written into Gradio's cache folder, or the images themselves when there are none (Gradio encodes those).
-
-    Gradio serves a path that is already in its cache as it is (gradio/blocks.py,
-    `Block.move_resource_to_block_cache`), so each image is encoded once. The folder is named by the file's
-    salted hash, as Gradio names its own copies (gradio/processing_utils.py, `save_pil_to_cache`): the URL is
-    as hard to guess as that of an image Gradio encoded, and `delete_cache` removes it with the rest. The file
-    name is the saved file's (what a download is called). Calling it again for the same result writes nothing.
-    """
+    """The result's images for a Gallery or Image output: the PNG files the Service encoded (`Result.png`) as
+    files in Gradio's cache (`cached_file`), named like the saved files (what a download is called); the
+    images themselves when there are none (Gradio encodes those). Calling it again writes nothing."""
     if len(result.png) != len(result.images):
         return list(result.images)
-    files = []
-    for index, data in enumerate(result.png):
-        name = result.saved[index].name if index < len(result.saved) else f"{result.seed}-{result.task}.png"
-        folder = Path(get_upload_folder()) / hash_bytes(data)
-        path = folder / name
-        if not path.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            temporary = folder / f".{name}.{threading.get_ident()}.tmp"  # whole or absent, as Gradio's own copies
-            temporary.write_bytes(data)
-            os.replace(temporary, path)
-        files.append(str(path))
-    return files
+    names = [path.name for path in result.saved[:len(result.png)]]
+    names += [f"{result.seed}-{result.task}.png"] * (len(result.png) - len(names))
+    return [cached_file(data, name) for data, name in zip(result.png, names)]
+
+
+def shown_preview(preview: Image.Image) -> str:
+    """A live preview (latent size, from the Service) enlarged without smoothing to about `PREVIEW_SIDE` and
+    encoded fast, as a file in Gradio's cache."""
+    scale = max(1, PREVIEW_SIDE // max(preview.size))
+    if scale > 1:
+        preview = preview.resize((preview.width * scale, preview.height * scale), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    preview.save(buffer, format="PNG", compress_level=FAST_PNG_LEVEL)
+    return cached_file(buffer.getvalue(), "preview.png")
+
+
+def cached_file(data: bytes, name: str) -> str:
+    """`data` as `name` in Gradio's cache folder, which Gradio serves as it is: no second encode, no copy
+    (gradio/blocks.py, `Block.move_resource_to_block_cache`). The folder is named by the data's salted hash,
+    as Gradio names its own copies (gradio/processing_utils.py, `save_pil_to_cache`): the URL is as hard to
+    guess as that of an image Gradio encoded, and `delete_cache` removes it with the rest."""
+    folder = Path(get_upload_folder()) / hash_bytes(data)
+    path = folder / name
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        temporary = folder / f".{name}.{threading.get_ident()}.tmp"  # whole or absent, as Gradio's own copies
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    return str(path)
 
 
 def timed_call(service: Service, request: Request, owner: str, flag: RunFlag) -> Callable[..., Result]:

@@ -110,7 +110,9 @@ def pixel_gap(ours: Result, alone: Result) -> int:
                for a, b in zip(ours.images, alone.images))
 
 
-def test_four_queued_requests_run_as_one_batch_each_as_alone(service: Service, services: tuple[Service, Service]) -> None:
+def test_four_queued_requests_run_as_one_batch_each_as_alone(
+    service: Service, services: tuple[Service, Service]
+) -> None:
     blocker, callers = queue_behind_gate(service, FOUR)
     blocker.release.set()
     for caller in callers:
@@ -125,6 +127,7 @@ def test_four_queued_requests_run_as_one_batch_each_as_alone(service: Service, s
         assert f"Seed: {req.sampling.seed}," in caller.result.images[0].info["parameters"]
         assert req.prompt in caller.result.images[0].info["parameters"]
         assert caller.progress[-1] == (3, 3)  # each caller saw its own progress to the end
+        assert caller.result.timings["gate"] > 0 and caller.result.timings["run"] > 0
 
 
 def test_requests_with_different_keys_never_share_a_batch(service: Service) -> None:
@@ -140,7 +143,8 @@ def test_requests_with_different_keys_never_share_a_batch(service: Service) -> N
 
 def test_batch_key_separates_what_the_loop_shares() -> None:
     base = request("a fox", 1)
-    same = [replace(base, prompt="a hen", negative_prompt="blurry"), replace(base, sampling=replace(base.sampling, seed=9)),
+    same = [replace(base, prompt="a hen", negative_prompt="blurry"),
+            replace(base, sampling=replace(base.sampling, seed=9)),
             replace(base, sampling=replace(base.sampling, batch_size=3))]
     assert {batch_key("txt2img", r) for r in [base, *same]} == {batch_key("txt2img", base)}
     different = [replace(base, checkpoint="sd2-base"), replace(base, width=128), replace(base, height=128),
@@ -298,3 +302,19 @@ def test_a_busy_service_waits_for_companions_at_most_max_wait() -> None:
     print(f"\nwaited {waited:.3f} s for companions (max_wait_s 0.3)")
     assert 0.3 <= waited < 0.3 + 1.0
     assert MAX_WAIT_S == 0.1  # the app's bound (docs/DESIGN.md)
+
+
+def test_the_app_flag_turns_batching_on_except_on_zerogpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import app
+    from sd2_app.api import gpu_time
+
+    assert app.parse_args([]).batch_users is False  # off by default
+    assert app.parse_args(["--batch-users"]).batch_users is True
+    assert app.parse_args(["--batch-users", "--no-batch-users"]).batch_users is False
+    service = Service(None, outputs_dir=None, allowed_repos=())
+    app._batch_users(app.parse_args(["--batch-users"]), service)
+    assert service.batcher is not None and service.concurrency == MAX_IMAGES
+    on_zerogpu = Service(None, outputs_dir=None, allowed_repos=())
+    monkeypatch.setattr(gpu_time, "on_zerogpu", lambda: True)
+    app._batch_users(app.parse_args(["--batch-users"]), on_zerogpu)
+    assert on_zerogpu.batcher is None and on_zerogpu.concurrency == 1

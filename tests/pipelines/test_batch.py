@@ -35,7 +35,8 @@ KIND = "sd2-base"
 
 def _txt(prompt: str, seed: int, batch: int = 1, sampler: str = "DPM++ 2M", **fields: object) -> Txt2ImgRequest:
     sampling = Sampling(sampler=sampler, steps=4, cfg_scale=7.0, seed=seed, batch_size=batch)
-    return Txt2ImgRequest(prompt, checkpoint=KIND, width=64, height=48, sampling=sampling, **fields)  # type: ignore[arg-type]
+    return Txt2ImgRequest(prompt, checkpoint=KIND, width=64, height=48, sampling=sampling,
+                          **fields)  # type: ignore[arg-type]
 
 
 def four_requests(sampler: str) -> list[Txt2ImgRequest]:
