@@ -32,7 +32,6 @@ from sd2_app.api.checks import resolve_seed
 from sd2_app.api.image_inputs import to_mask
 from sd2_app.api.results import Result
 from sd2_app.errors import InvalidRequest
-from sd2_app.pipelines.metadata import png_info
 
 log = logging.getLogger(__name__)
 
@@ -283,13 +282,6 @@ def upscale_job(body: Mapping[str, Any], checkpoint: str) -> Job:
     image = decode_image(body.get("image"), "image")
     request = rq.UpscaleRequest(prompt="", image=image, checkpoint=checkpoint)
     return Job("upscale", (request,), checkpoint)
-
-
-def encode_png(image: Image.Image) -> str:
-    """Base64 PNG with its text chunks (parameters, the AI-generated XMP marker), as A1111 returns images."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=png_info(image))
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def info_json(job: Job, results: list[Result], started: float) -> str:

@@ -145,9 +145,9 @@ class A1111Api:
         finally:
             with self._lock:
                 self._jobs.remove(tracked)
-        images = [image for result in results for image in result.images]
+        encoded = [data for result in results for data in result.png]  # each image's PNG, as the Service encoded it
         info = a1111.info_json(job, results, tracked.started) if results else '{"interrupted": true}'
-        return {"images": [a1111.encode_png(i) for i in images] if job.send_images else [],
+        return {"images": [base64.b64encode(data).decode("ascii") for data in encoded] if job.send_images else [],
                 "parameters": a1111.echo_parameters(body), "info": info}
 
     def interrupt(self) -> bool:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from sd2_app.api.requests import HiresPassRequest, Sampling, Txt2ImgRequest, UpscaleRequest
+from sd2_app.api.requests import HiresPassRequest, Txt2ImgRequest, UpscaleRequest
 from sd2_app.api.results import ProgressFn
 from sd2_app.api.txt2img_options import x4_checkpoint
 

@@ -45,10 +45,6 @@ class EncodedPrompts:
     context: torch.Tensor  # (2B|B, 77·k, D), uncond first when guided
     embeddings: list[TextualInversion] = field(default_factory=list)  # used by either prompt, in order
 
-    def settings(self) -> dict[str, str]:
-        """What the PNG parameters record about the prompts beyond their text: A1111's `TI hashes`."""
-        return ti_hashes(self.embeddings)
-
 
 def ti_hashes(embeddings: list[TextualInversion]) -> dict[str, str]:
     """{"TI hashes": "name: shorthash, ..."} as A1111 writes it (names without ":" and ","), or {} when none."""

@@ -157,7 +157,7 @@ def shown_files(result: Result) -> list[str] | list[Image.Image]:
     if len(result.png) != len(result.images):
         return list(result.images)
     names = [path.name for path in result.saved[:len(result.png)]]
-    names += [f"{result.seed}-{result.task}.png"] * (len(result.png) - len(names))
+    names += [f"{result.seed}-{result.task}-{index}.png" for index in range(len(names), len(result.png))]
     return [cached_file(data, name) for data, name in zip(result.png, names)]
 
 

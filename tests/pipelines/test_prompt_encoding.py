@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from sd2_app.errors import InvalidRequest
 from sd2_app.loading.embeddings import EmbeddingError, EmbeddingLibrary, TextualInversion, load_embedding
-from sd2_app.pipelines.prompt import encode_prompt_pair
+from sd2_app.pipelines.prompt import encode_prompt_pair, ti_hashes
 from sd2_app.nn.clip_text import text_model_of
 from sd2_app.pipelines.prompt_chunks import tokenize_prompt
 
@@ -197,7 +197,7 @@ def test_embedding_vectors_take_their_positions(parts) -> None:
                                      device=CPU).context
     torch.testing.assert_close(with_embedding.context, written_out, rtol=1e-5, atol=1e-5)
     assert [e.name for e in with_embedding.embeddings] == ["pets"]
-    assert with_embedding.settings() == {"TI hashes": "pets: 000000000000"}
+    assert ti_hashes(with_embedding.embeddings) == {"TI hashes": "pets: 000000000000"}
 
 
 def test_embedding_never_straddles_chunks(parts) -> None:
