@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeVar
 
+import torch
+
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.run_mode import NORMAL, NonFiniteError, RunMode
 
@@ -37,8 +39,6 @@ def non_finite_message(stage: str) -> str:
 
 
 def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
-    import torch
-
     return (torch.OutOfMemoryError,)
 
 
