@@ -37,9 +37,13 @@ PNG_SIZES = (512, 768, 2048)
 PNG_DEFAULT_LEVEL = 6  # PIL's default zlib level: what Gradio's encode of a PIL image uses
 LINE_PREFIX = "request timings"  # sd2_app.api.timing.LINE_PREFIX (read as text: the app is another process)
 CHROMIUM = Path("/usr/bin/chromium")
-# The page's new gallery image, decoded (Generate clears the gallery first; each run has a new random seed).
+# Timed in the page: the click on Generate (a capturing listener), then the first animation frame that finds
+# the new gallery image decoded (Generate clears the gallery first; each run has a new random seed).
+ON_CLICK = ("() => { window.sd2Clicked = null; document.querySelector('#txt2img-run').addEventListener("
+            "'click', () => { window.sd2Clicked = performance.now(); }, {once: true, capture: true}); }")
 NEW_IMAGE = ("(old) => { const img = document.querySelector('#txt2img-gallery img');"
-             " return img !== null && img.src !== old && img.complete && img.naturalWidth > 0; }")
+             " const done = img !== null && img.src !== old && img.complete && img.naturalWidth > 0;"
+             " if (done) { window.sd2Shown = performance.now(); } return done; }")
 
 
 def photo_like(size: int, seed: int = 0) -> Any:
@@ -131,10 +135,10 @@ def browser_clicks(url: str, args: argparse.Namespace) -> list[float]:
         for _ in range(args.browser):
             image = page.locator("#txt2img-gallery img")
             old = image.first.get_attribute("src") if image.count() else None
-            started = time.perf_counter()
+            page.evaluate(ON_CLICK)
             page.locator("#txt2img-run").click()
-            page.wait_for_function(NEW_IMAGE, arg=old)
-            times.append(time.perf_counter() - started)
+            page.wait_for_function(NEW_IMAGE, arg=old, polling="raf")
+            times.append(page.evaluate("(window.sd2Shown - window.sd2Clicked) / 1000"))
             page.locator("#txt2img-run:not([disabled])").wait_for()
         browser.close()
     return times
