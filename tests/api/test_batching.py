@@ -255,6 +255,39 @@ def test_a_member_whose_decode_fails_reruns_alone(service: Service, services: tu
     assert pixel_gap(callers[2].result, solo_results(services, [FOUR[2]])[0]) == 0  # its rerun alone
 
 
+def test_a_batch_out_of_memory_runs_each_alone_and_caps_later_batches(
+    service: Service, services: tuple[Service, Service]
+) -> None:
+    """The first batch (4 images) runs out of memory: each request runs alone; that key's batches hold 3 from now."""
+    import torch
+
+    failed: list[str] = []
+
+    def prepare(task: str) -> Any:
+        def out_of_memory_once(components: Any, req: Txt2ImgRequest, mode: Any) -> Any:
+            if not failed:
+                failed.append(req.prompt)
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return prepare_txt2img(components, req, mode)
+
+        return out_of_memory_once
+
+    service.batcher = Batcher(service.gate, service._run_on_gpu, service._host, prepare=prepare)
+    blocker, callers = queue_behind_gate(service, FOUR[:3])  # 1 + 2 + 1 images
+    blocker.release.set()
+    for caller, alone in zip(callers, solo_results(services, FOUR[:3])):
+        caller.join()
+        assert caller.error is None and pixel_gap(caller.result, alone) == 0  # run alone: exactly as solo
+    assert service.batcher.batches_run == 0 and service.batcher._caps == {batch_key("txt2img", FOUR[0]): 3}
+    blocker, callers = queue_behind_gate(service, FOUR)  # 5 images: a group of 3, then one of 2
+    blocker.release.set()
+    for caller in callers:
+        caller.join()
+        assert caller.error is None
+    # requests per group: the failed one (3), then two of 2 requests (1 + 2 images, 1 + 1 images)
+    assert service.batcher.batches_run == 2 and dict(service.batcher.group_sizes) == {3: 1, 2: 2}
+
+
 # ---- the wait for companions, with a stand-in for the GPU run ------------------------------------------------
 class FakeRun:
     """The service's solo run: records when each request started and can hold one until released."""
