@@ -65,12 +65,15 @@ class Caller:
     def __init__(self, service: Service, req: Txt2ImgRequest, on_progress: Callable[..., None] | None = None) -> None:
         self.stop = threading.Event()
         self.progress: list[tuple[int, int]] = []
+        self.previews: list[Any] = []
         self.result: Result | None = None
         self.error: BaseException | None = None
         self.ended_at = 0.0
 
         def report(done: int, total: int, preview: Any) -> None:
             self.progress.append((done, total))
+            if preview is not None:
+                self.previews.append(preview)
             if on_progress is not None:
                 on_progress(done, total, preview)
 
@@ -128,6 +131,34 @@ def test_four_queued_requests_run_as_one_batch_each_as_alone(
         assert req.prompt in caller.result.images[0].info["parameters"]
         assert caller.progress[-1] == (3, 3)  # each caller saw its own progress to the end
         assert caller.result.timings["gate"] > 0 and caller.result.timings["run"] > 0
+
+
+def test_each_member_previews_its_own_images(service: Service, services: tuple[Service, Service]) -> None:
+    """Previews every step: each member's preview is its own request's (as its solo run previews it)."""
+    solo_service = services[1]
+    service.preview_every = solo_service.preview_every = 1
+    try:
+        blocker, callers = queue_behind_gate(service, FOUR[:3])
+        blocker.release.set()
+        for caller in callers:
+            caller.join()
+        alone = []
+        for req in FOUR[:3]:
+            previews: list[Any] = []
+            solo_service.run(req, lambda done, total, preview: previews.append(preview) if preview else None)
+            alone.append(previews)
+    finally:
+        service.preview_every = solo_service.preview_every = 5
+    assert service.batcher.batches_run == 1
+
+    def gap(a: Any, b: Any) -> int:
+        return int(np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max())
+
+    for index, caller in enumerate(callers):
+        assert len(caller.previews) == len(alone[index]) == 2  # steps 1 and 2 of 3
+        assert all(gap(ours, theirs) <= 1 for ours, theirs in zip(caller.previews, alone[index]))
+        others = [alone[other][0] for other in range(3) if other != index]
+        assert all(gap(caller.previews[0], other) > 8 for other in others)  # not another member's
 
 
 def test_requests_with_different_keys_never_share_a_batch(service: Service) -> None:
