@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from sd2_app.api.batching import MAX_IMAGES, MAX_WAIT_S, Batcher, batch_key, enable
-from sd2_app.api.requests import Img2ImgRequest, Sampling, Txt2ImgRequest
+from sd2_app.api.requests import HiresFix, Img2ImgRequest, InpaintRequest, Sampling, Txt2ImgRequest
 from sd2_app.api.results import Result
 from sd2_app.api.service import Service
 from sd2_app.errors import Cancelled, InvalidRequest
@@ -185,8 +185,6 @@ def test_batch_key_separates_what_the_loop_shares() -> None:
     keys = [batch_key("txt2img", r) for r in [base, *different]]
     assert len(set(keys)) == len(keys)
     assert batch_key("txt2img", replace(base, tiling=True)) is None
-    from sd2_app.api.requests import HiresFix, InpaintRequest
-
     assert batch_key("txt2img", replace(base, hires=HiresFix())) is None
     assert batch_key("inpaint", InpaintRequest("x", noise_image(), noise_image())) is None  # no `prepare` in its row
     image = Img2ImgRequest("x", noise_image(64, 64), checkpoint="sd21-base")
