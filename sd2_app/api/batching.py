@@ -92,11 +92,12 @@ class _Member:
 
 @dataclass(eq=False)
 class _Group:
+    """Requests with one key that will run together, in arrival order."""
+
     key: Hashable
     task: str
-    arrived: float  # its first request's arrival (time.monotonic)
+    arrived: float  # its first request's arrival (time.monotonic); -inf when it formed on an idle service
     members: list[_Member] = field(default_factory=list)
-    closed: bool = False
 
     @property
     def images(self) -> int:
@@ -179,7 +180,7 @@ class Batcher:
             return True
 
     def _close(self, group: _Group) -> None:
-        group.closed = True
+        """No request joins `group` any more (called with the lock held)."""
         if self._open.get(group.key) is group:
             del self._open[group.key]
 
