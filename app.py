@@ -23,6 +23,7 @@ from typing import Any
 import gradio as gr
 
 from sd2_app.api import batching, gpu_time
+from sd2_app.api.a1111_routes import A1111Api, build_router, parse_auth
 from sd2_app.api.checks import Limits
 from sd2_app.api.cost import DEFAULT_MAX_JOB_COST
 from sd2_app.api.service import Service
@@ -31,6 +32,7 @@ from sd2_app.checkpoints.catalog import CheckpointSpec, apply_overrides, parse_a
 from sd2_app.serve.config import load_config
 from sd2_app.ui import build_ui
 from sd2_app.ui.hosting import Hosting
+from sd2_app.ui.mcp_tools import add_mcp_tools
 
 
 def _env_number(name: str, default: float | None, kind: type = int) -> float | None:
@@ -169,16 +171,12 @@ def build(args: argparse.Namespace) -> gr.Blocks:
     import_pipelines()  # in this thread, before any visitor's: lazily, two threads can deadlock on the imports
     demo = build_ui(service, hosting=hosting)
     if args.mcp and mcp_available():
-        from sd2_app.ui.mcp_tools import add_mcp_tools  # optional: needs the mcp package (gradio[mcp])
-
         add_mcp_tools(demo, service)
     age = max(1, round(args.cache_minutes * 60))
     demo.delete_cache = (min(age, 600), age)  # every `frequency` seconds, files older than `age` seconds go
     # The direct REST routes would skip the queue (and its limits): API clients join the queue like the browser.
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1, api_open=False)
     if api_enabled(args):
-        from sd2_app.api.a1111_routes import A1111Api, build_router, parse_auth  # loads torch: after `spaces`
-
         api = A1111Api(service, auth=parse_auth(args.api_auth), max_jobs=args.queue_size)
         demo.sd2_routes = build_router(api).routes  # type: ignore[attr-defined]  # read by launch_settings()
     return demo

@@ -19,10 +19,8 @@ trip. Writes OUT/users.json and OUT/users.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,8 @@ import numpy as np
 import torch
 
 from bench.cases import NEGATIVE, PROMPT
-from bench.load import latency_summary, run_concurrently
+from bench.load import load
+from bench.users_app import app_mode
 
 SUBJECTS = ("a red fox", "a lighthouse at dusk", "an astronaut", "a bowl of fruit", "a mountain lake", "a cat",
             "a city at night", "a sailing ship", "an old library", "a desert road")
@@ -85,30 +84,6 @@ def user_request(args: argparse.Namespace, user: int, index: int) -> Any:
     sampling = Sampling(sampler=args.sampler, steps=args.steps, cfg_scale=7.5, seed=1000 * user + index)
     return Txt2ImgRequest(f"{subject}, {PROMPT}", NEGATIVE, checkpoint=args.kind, width=args.size,
                           height=args.size, sampling=sampling)
-
-
-Call = Callable[[int, int], np.ndarray]  # (user, index) -> the request's first image as (H, W, 3) uint8
-
-
-def load(call: Call, users: int, requests: int) -> dict[str, Any]:
-    """Every user makes `requests` calls back to back, all users at once; latencies, wall time, images."""
-    latencies: list[float] = []
-    images: dict[tuple[int, int], np.ndarray] = {}
-    lock = threading.Lock()
-    start_together = threading.Barrier(users)
-
-    def user(number: int) -> None:
-        start_together.wait()
-        for index in range(requests):
-            started = time.perf_counter()
-            image = call(number, index)
-            with lock:
-                latencies.append(time.perf_counter() - started)
-                images[(number, index)] = image
-
-    wall = run_concurrently(user, users)
-    return {"requests": len(latencies), "wall_s": wall, "images_per_s": len(latencies) / wall,
-            **latency_summary(latencies), "images": images}
 
 
 def image_gap(batched: dict[tuple[int, int], np.ndarray], alone: dict[tuple[int, int], np.ndarray]) -> dict[str, Any]:
@@ -187,9 +162,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "service": compare(run_mode(service, args, batching=False), run_mode(service, args, batching=True))}
     del service
     if args.app:
-        from bench.users_app import app_mode
-
-        report["app"] = compare(app_mode(args, batching=False), app_mode(args, batching=True))
+        request_for = functools.partial(user_request, args)
+        report["app"] = compare(app_mode(args, request_for, batching=False), app_mode(args, request_for, batching=True))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "users.json").write_text(json.dumps(report, indent=2))
     (args.out / "users.md").write_text(markdown(report))

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from PIL import Image
 
 from bench.appstart import ROOT, _free_port, _Lines, _wait_for_server, stop
 from bench.request import _app_cache
-from bench.users import Call, load, user_request
+from sd2_app.api.requests import Txt2ImgRequest
+from bench.load import Call, load
 
 APP_KEY = "sd21-base"
 
@@ -31,7 +33,10 @@ def _command(args: argparse.Namespace, port: int, folder: Path | None, batching:
     return command + (["--tiny", "--device", "cpu"] if args.tiny else ["--repo", f"{APP_KEY}={folder}"])
 
 
-def _calls(args: argparse.Namespace, url: str, downloads: Path) -> Call:
+RequestFor = Callable[[int, int], Txt2ImgRequest]  # (user, index) -> that user's request (bench/users.py)
+
+
+def _calls(args: argparse.Namespace, url: str, downloads: Path, request_for: RequestFor) -> Call:
     """One gradio_client client per user; the call sends that user's request and opens its first image."""
     from gradio_client import Client
 
@@ -39,7 +44,7 @@ def _calls(args: argparse.Namespace, url: str, downloads: Path) -> Call:
                for user in range(args.users)]
 
     def call(user: int, index: int) -> np.ndarray:
-        request = user_request(args, user, index)
+        request = request_for(user, index)
         sampling = request.sampling
         _, gallery, _ = clients[user].predict(
             prompt=request.prompt, negative_prompt=request.negative_prompt, checkpoint=APP_KEY,
@@ -50,7 +55,7 @@ def _calls(args: argparse.Namespace, url: str, downloads: Path) -> Call:
     return call
 
 
-def app_mode(args: argparse.Namespace, batching: bool) -> dict[str, Any]:
+def app_mode(args: argparse.Namespace, request_for: RequestFor, batching: bool) -> dict[str, Any]:
     """The app started without or with `--batch-users`: one untimed round, then the timed load."""
     work = Path(tempfile.mkdtemp(prefix="users-bench-"))
     app_cache, folder = _app_cache(args, work)
@@ -64,7 +69,7 @@ def app_mode(args: argparse.Namespace, batching: bool) -> dict[str, Any]:
     lines = _Lines(process, 0.0)
     try:
         _wait_for_server(f"http://127.0.0.1:{port}/", process, args.timeout)
-        call = _calls(args, f"http://127.0.0.1:{port}/", work / "downloads")
+        call = _calls(args, f"http://127.0.0.1:{port}/", work / "downloads", request_for)
         load(call, args.users, 1)  # warm: load, captures
         row = load(call, args.users, args.requests)
         row["batches_logged"] = sum("as one batch" in line for _, line in lines.lines)

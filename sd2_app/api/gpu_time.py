@@ -15,7 +15,8 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sd2_app.api.requests import Request, TaskRequest, Txt2ImgRequest
+from sd2_app.api.plot import plan_cells
+from sd2_app.api.requests import Request, TaskRequest, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -86,12 +87,11 @@ def seconds_for(service: Service, request: Request) -> int:
         checked, _ = service.validate(request)
     except InvalidRequest:
         return MIN_SECONDS
-    base = getattr(checked, "base", None)  # a comparison: its samplers one after the other
-    if base is not None:
-        calls = _calls_per_step()
-        return gpu_seconds(sum(unet_work(base, calls) // calls.get(base.sampling.sampler, 1) * calls.get(name, 1)
-                               for name in checked.samplers))
-    return gpu_seconds(unet_work(checked, _calls_per_step()))
+    calls = _calls_per_step()
+    if isinstance(checked, XYZPlotRequest):  # its cells one after the other
+        cells, _ = plan_cells(checked, service.catalog, service.limits)
+        return gpu_seconds(sum(unet_work(cell.request, calls) for cell in cells))
+    return gpu_seconds(unet_work(checked, calls))
 
 
 def values_seconds(service: Service, make_request: Callable[..., Request], values: tuple[Any, ...]) -> int:
