@@ -222,7 +222,7 @@ def _serve_service(args: argparse.Namespace, registry: dict[str, CheckpointSpec]
     config = load_config(args.serve_config)
     return remote_service(connect(args.serve, config), registry, config, limits=limits, outputs_dir=outputs,
                           watermark=not args.no_watermark, embeddings=EmbeddingLibrary.scan(args.embeddings_dir),
-                          keep_outputs_days=args.keep_outputs_days)
+                          keep_outputs_days=args.keep_outputs_days, save_in_background=True)
 
 
 def configure_logging() -> None:

@@ -22,6 +22,8 @@ from tests.reliability_support import one_thread, serve  # noqa: F401
 pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
 
+pytestmark = pytest.mark.slow  # served apps
+
 
 @pytest.fixture(scope="module")
 def saving_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object, Path]]:
