@@ -15,8 +15,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import threading
 from importlib.util import find_spec
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
 
 
 def _env_number(name: str, default: float | None, kind: type = int) -> float | None:
@@ -82,6 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="HTTP basic auth for the A1111 API")
     p.add_argument("--mcp", action=argparse.BooleanOptionalAction, default=spaces,
                    help="serve MCP tools at /gradio_api/mcp (needs gradio[mcp]; default: on on Spaces)")
+    p.add_argument("--batch-users", action=argparse.BooleanOptionalAction, default=False,
+                   help="run queued requests that can share one UNet batch as one (same model, size, sampler, steps "
+                        "and guidance): more images per second under load, each within rounding of its solo run")
     p.add_argument("--no-watermark", action="store_true",
                    help="do not embed the invisible SDV2 watermark in results (the AI-generated XMP marker stays)")
     p.add_argument("--serve", default=None, metavar="ADDRESS",
@@ -138,7 +146,8 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
                                accel=options_for_host(args.speed, zerogpu=on_zerogpu()))
         service = Service(manager, limits=limits, outputs_dir=outputs, watermark=not args.no_watermark,
                           embeddings=EmbeddingLibrary.scan(args.embeddings_dir),
-                          keep_outputs_days=args.keep_outputs_days)
+                          keep_outputs_days=args.keep_outputs_days, save_in_background=True)
+        _batch_users(args, service)
     hosting = Hosting(max_jobs_per_visitor=args.max_jobs_per_session,
                       model_admin=args.allow_model_admin or bool(args.auth) or not is_public(args))
     import_pipelines()  # in this thread, before any visitor's: lazily, two threads can deadlock on the imports
@@ -157,6 +166,21 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
         api = A1111Api(service, auth=parse_auth(args.api_auth), max_jobs=args.queue_size)
         demo.sd2_routes = build_router(api).routes  # type: ignore[attr-defined]  # read by launch_settings()
     return demo
+
+
+def _batch_users(args: argparse.Namespace, service: Service) -> None:
+    """--batch-users: batching across users (sd2_app/api/batching.py), before the UI reads the queue's limit.
+
+    Not on ZeroGPU: there each job runs inside its own GPU call, so a batch's thread would have no GPU.
+    """
+    from sd2_app.api.gpu_time import on_zerogpu
+
+    if args.batch_users and on_zerogpu():
+        logging.getLogger(__name__).warning("--batch-users is ignored on ZeroGPU: each job has its own GPU call")
+    elif args.batch_users:
+        from sd2_app.api.batching import enable
+
+        enable(service)
 
 
 def launch_settings(args: argparse.Namespace, demo: Any = None) -> dict[str, Any]:
@@ -207,7 +231,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.mcp and not mcp_available():
         logging.getLogger("app").warning("--mcp needs the mcp package: pip install -r requirements-mcp.txt; MCP is off")
     demo = build(args)
+    # A stop from outside (docker stop, a Space restart) ends the server like Ctrl+C: Python then exits normally,
+    # and its thread pools finish their queued work first (the results still to be written to the outputs).
+    if threading.current_thread() is threading.main_thread():  # signal handlers belong to the main thread
+        signal.signal(signal.SIGTERM, _interrupt)
     demo.launch(**launch_settings(args, demo))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -3,12 +3,20 @@
 #   appstart  the cold start users see: `python app.py --preload sd21-base` in a fresh process (empty Triton
 #             cache, weights in the page cache) to the first 512 image returned to a client, by phase
 #             (bench/appstart.py; issue 24 section 6). Runs first, before anything fills Triton's cache.
+#   request   the whole request (issue 24 section 3): `python app.py --preload sd21-base`, a warm-up and
+#             REQUEST_N (default 10) txt2img 512 requests, 25 steps, through gradio_client, each split by phase
+#             from the app's log line; app overhead vs pipeline (target <= 15 %), PNG encode costs
+#             (bench/request.py: request.md); its warm-up request takes the kernel compiles and graph captures.
 #   coldstart the cold first image in-process by phase, in fresh processes with empty Triton caches: the
 #             default path and a checkpoint swap, the start-up check on one thread, cuDNN's benchmark off, the
 #             default again with a warm Triton cache (bench/coldstart.py)
 #   bench     every case, BENCH_VARIANTS vs diffusers eager, and the swaps (its first case is the cold "model
 #             loaded -> first image", so it runs before the steps below fill Triton's kernel cache)
 #   tests     the GPU tests (before the long compiles of `peers`, so they always run)
+#   users     issue 24 section 4: BENCH_USERS (default 8) concurrent users x USERS_REQUESTS (default 3) txt2img
+#             512 requests through one Service, batching across users off vs on: images/s, p50/p95 latency,
+#             requests per batch, and the batched images against the same requests run alone (bench/users.py;
+#             users.md, users.json)
 #   peers     issue 24 sections 1 and 2: txt2img 512 (sd2-base), 768 (sd2) and 768 (sd21, upcast_attention)
 #             for our default path, diffusers eager and diffusers' speed-guide recipe (max-autotune compile:
 #             minutes per size, so it comes last and is cut by the budget), with each side's load and warm-up
@@ -21,8 +29,12 @@
 # before the lease's limit, and writes as it goes, so a step cut short still leaves its numbers.
 # Issue 24's one run (under 10 minutes; the wheels of bench/device-wheels.txt installed first: bench/README.md):
 #   BENCH_BUDGET_S=540 BENCH_KINDS="sd2-base sd2 sd21" STEPS="appstart tests peers" bash bench/gpu.sh
-# Files in $OUT (the device tool returns at most 8): env.txt, log.txt (every step's log), appstart.md,
-# micro.md, results.md, peers.md, profile.md, compiled.md, tests.txt; with more than 8 files the .json/.jsonl
+# The whole request (issue 24 section 3), about 2 minutes with the checkpoint written:
+#   BENCH_BUDGET_S=200 BENCH_KINDS=sd2-base STEPS="request" bash bench/gpu.sh
+# Batching across users (section 4), about 2 minutes with the checkpoint written:
+#   BENCH_BUDGET_S=240 BENCH_KINDS=sd2-base STEPS="users" bash bench/gpu.sh
+# Files in $OUT (the device tool returns at most 8): env.txt, log.txt (every step's log), appstart.md, request.md,
+# users.md, micro.md, results.md, peers.md, profile.md, compiled.md, tests.txt; with more than 8 files the .json/.jsonl
 # files end up in one raw-json.tar.gz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,8 +51,8 @@ stamp() { echo "[$(( $(date +%s) - START )) s] $*" | tee -a "$OUT/env.txt"; }
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 # seconds kept back for the steps after the current one
 after() { local s=0; for step in "$@"; do has "$step" && s=$((s + ${RESERVE[$step]})); done; echo $s; }
-declare -A RESERVE=([appstart]=90 [coldstart]=110 [bench]=130 [tests]=90 [peers]=150 [micro]=60 [profile]=45
-                    [compiled]=150)
+declare -A RESERVE=([appstart]=90 [request]=100 [coldstart]=110 [bench]=130 [tests]=90 [users]=120 [peers]=150
+                    [micro]=60 [profile]=45 [compiled]=150)
 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
@@ -57,14 +69,21 @@ if [ -z "$TINY" ]; then
 fi
 
 if has appstart; then
-  keep=$(after coldstart bench tests peers micro profile compiled)
+  keep=$(after request coldstart bench tests users peers micro profile compiled)
   timeout $(( $(left) - keep )) python3 -m bench.appstart ${BENCH_TINY:+--tiny --size 64 --steps 2} \
     --ckpt "$CKPT" --out "$OUT" >> "$OUT/log.txt" 2>&1
   stamp "appstart done (rc $?)"
 fi
 
+if has request; then
+  keep=$(after coldstart bench tests users peers micro profile compiled)
+  timeout $(( $(left) - keep )) python3 -m bench.request --n "${REQUEST_N:-10}" \
+    ${BENCH_TINY:+--tiny --size 64 --steps 2 --n 3 --png-sizes 512} --ckpt "$CKPT" --out "$OUT" >> "$OUT/log.txt" 2>&1
+  stamp "request done (rc $?)"
+fi
+
 if has coldstart; then
-  keep=$(after bench tests peers micro profile compiled)
+  keep=$(after bench tests users peers micro profile compiled)
   warm=$(mktemp -d)
   for run in "default|$warm|--swap" "serial-checks||--check-threads 1" "no-cudnn-benchmark||--no-cudnn-benchmark" \
              "warm-triton-cache|$warm|"; do
@@ -76,7 +95,7 @@ if has coldstart; then
 fi
 
 if has bench; then
-  keep=$(after tests peers micro profile compiled)
+  keep=$(after tests users peers micro profile compiled)
   timeout $(( $(left) - keep )) python3 -m bench.run $TINY --ckpt "$CKPT" --out "$OUT" \
     --variants "${BENCH_VARIANTS:-ours,diffusers}" ${BENCH_ONLY:+--only "$BENCH_ONLY" --no-swaps} \
     --deadline $((END - keep - 40)) >> "$OUT/log.txt" 2>&1
@@ -84,12 +103,19 @@ if has bench; then
 fi
 
 if has tests; then
-  keep=$(after peers micro profile compiled)
+  keep=$(after users peers micro profile compiled)
   timeout $(( $(left) - keep )) python3 -m pytest -q -m gpu -p no:cacheprovider tests/accel/test_accel_*.py \
     tests/nn/test_attention_precision.py tests/accel/test_gpu_numerics.py tests/manager/test_manager.py tests/reliability/test_reliability_faults.py tests/accel/test_text_graph.py \
     tests/accel/test_stacking.py tests/accel/test_vae_attention.py tests/accel/test_upsample.py \
     tests/pipelines/test_pipelines_helpers.py tests/loading/test_staged_read.py > "$OUT/tests.txt" 2>&1
   stamp "gpu tests done (rc $?)"
+fi
+
+if has users; then
+  keep=$(after peers micro profile compiled)
+  timeout $(( $(left) - keep )) python3 -m bench.users ${BENCH_TINY:+--tiny} --ckpt "$CKPT" --out "$OUT" \
+    --users "${BENCH_USERS:-8}" --requests "${USERS_REQUESTS:-3}" >> "$OUT/log.txt" 2>&1
+  stamp "users done (rc $?)"
 fi
 
 if has peers; then
@@ -131,7 +157,8 @@ if has compiled; then
   cp /tmp/compiled/results.md "$OUT/compiled.md" 2>/dev/null
 fi
 
-cat "$OUT/appstart.md" "$OUT/coldstart.md" "$OUT/micro.md" "$OUT/results.md" "$OUT/peers.md" \
+cat "$OUT/appstart.md" "$OUT/request.md" "$OUT/coldstart.md" "$OUT/users.md" "$OUT/micro.md" "$OUT/results.md" \
+  "$OUT/peers.md" \
   "$OUT/compiled.md" 2>/dev/null
 sed -n '/phases/,/One unsynchronised/p' "$OUT/profile.md" 2>/dev/null
 tail -3 "$OUT/tests.txt" 2>/dev/null

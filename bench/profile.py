@@ -63,7 +63,7 @@ def _timed(call: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
 def phases(components: Any, request: Any, device: torch.device, reps: int) -> dict[str, float]:
     """Median ms of each txt2img phase, synchronised around each, as pipelines/txt2img.py runs them."""
     from sd2_app.pipelines.images import postprocess
-    from sd2_app.pipelines.prompt import encode_prompts
+    from sd2_app.pipelines.prompt import encode_prompt_pair
     from sd2_app.pipelines.sampling import start_job
     from sd2_app.pipelines.vae_io import decode
 
@@ -81,9 +81,9 @@ def phases(components: Any, request: Any, device: torch.device, reps: int) -> di
         for _ in range(reps + 1):  # the first round warms up (captures) and is dropped
             job, t = _timed(lambda: start_job(components, request), device)
             add("tokenize + encode prompts (text-encoder graph)", t)
-            _, t = _timed(lambda: encode_prompts(raw_encoder, components.tokenizer, request.prompt,
-                                                 request.negative_prompt, batch_size=sampling.batch_size,
-                                                 use_cfg=True, device=device), device)
+            _, t = _timed(lambda: encode_prompt_pair(raw_encoder, components.tokenizer, request.prompt,
+                                                     request.negative_prompt, batch_size=sampling.batch_size,
+                                                     use_cfg=True, device=device), device)
             add("  the same, eager text encoder (for comparison)", t)
             x, t = _timed(lambda: job.start_noise(shape), device)
             add("start noise", t)

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.load import latency_summary, run_concurrently
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -45,21 +47,8 @@ def _load(service: Any, args: argparse.Namespace) -> dict[str, float]:
             with lock:
                 latencies.append(time.perf_counter() - start)
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - start
-    latencies.sort()
-    return {
-        "jobs": len(latencies),
-        "wall_s": wall,
-        "jobs_per_s": len(latencies) / wall,
-        "p50_s": statistics.median(latencies),
-        "p95_s": latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
-    }
+    wall = run_concurrently(client, args.clients)
+    return {"jobs": len(latencies), "wall_s": wall, "jobs_per_s": len(latencies) / wall, **latency_summary(latencies)}
 
 
 def _single(service: Any, args: argparse.Namespace, repeats: int = 5) -> float:

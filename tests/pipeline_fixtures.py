@@ -26,7 +26,8 @@ REFERENCE_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "PNDM": ("PNDMScheduler", {}),
 }
 
-_PIPELINES = {
+# diffusers' pipeline class of each tiny checkpoint (its model_index.json names the same class)
+PIPELINES = {
     "sd2-base": "StableDiffusionPipeline",
     "sd2": "StableDiffusionPipeline",
     "sd21": "StableDiffusionPipeline",
@@ -80,7 +81,7 @@ def reference_pipeline(kind: str, sampler: str, *, img2img: bool = False) -> Any
     import diffusers
 
     folder = tiny_repo(kind)
-    pipeline_cls = getattr(diffusers, "StableDiffusionImg2ImgPipeline" if img2img else _PIPELINES[kind])
+    pipeline_cls = getattr(diffusers, "StableDiffusionImg2ImgPipeline" if img2img else PIPELINES[kind])
     kwargs: dict[str, Any] = {}
     if kind in ("sd2-base", "sd2", "sd21", "sd2-inpainting"):
         kwargs = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
@@ -124,6 +125,16 @@ def latent_diff(ours: torch.Tensor, reference: torch.Tensor) -> float:
 
 PIXEL_TOLERANCE = 1.0 / 255 + 1e-6  # one 8-bit level: a rounding flip at most
 LATENT_TOLERANCE = 1e-4
+
+
+def assert_matches_reference(ours: Any, reference: tuple[torch.Tensor, np.ndarray]) -> None:
+    """The parity check: our final latents (a PipelineOutput's) within LATENT_TOLERANCE of diffusers', relative
+    to their scale, and our images within one 8-bit level of its images (`reference` as `reference_run` gives)."""
+    ref_latents, ref_images = reference
+    latents = latent_diff(ours.latents, ref_latents)
+    assert latents < LATENT_TOLERANCE, f"final latents differ by {latents:.3g} (tolerance {LATENT_TOLERANCE})"
+    pixels = max_pixel_diff(ours.images, ref_images)
+    assert pixels <= PIXEL_TOLERANCE, f"images differ by {pixels:.4g} (tolerance {PIXEL_TOLERANCE:.4g})"
 
 
 class ComponentCache:

@@ -98,6 +98,19 @@ def free_port() -> int:
 
 
 @contextmanager
+def launched(demo, **launch: object) -> Iterator[str]:
+    """A built app (gr.Blocks) queued as the tests run it (8 places, one job at a time), launched in-process on a
+    free loopback port with `launch`'s extra settings; yields its URL and closes it afterwards."""
+    demo.queue(max_size=8, default_concurrency_limit=1)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
+                            show_error=False, **launch)
+    try:
+        yield url
+    finally:
+        demo.close()
+
+
+@contextmanager
 def serve(argv: list[str], cache: Path, bind: str | None = None) -> Iterator[tuple[str, object]]:
     """app.build(argv) launched with app.py's launch settings, in-process on a free port.
 

@@ -237,3 +237,64 @@ def test_appstart_serves_the_first_image_to_a_client_on_tiny_models(tmp_path: Pa
     assert row["images_returned"] == 1 and row["first_image_s"] > row["second_image_s"] > 0
     assert sum(row["phases_s"].values()) == pytest.approx(row["first_image_s"])
     assert "| UI build, server start |" in (tmp_path / "appstart.md").read_text()
+
+
+def test_request_bench_summary_reads_the_split_and_the_overhead_share() -> None:
+    from bench.request import markdown, summarize
+
+    splits = [{"queue": 0.01, "validate": 0.001, "run": 1.0, "preview": 0.05, "encode": 0.04, "deliver": 0.02},
+              {"queue": 0.03, "validate": 0.001, "run": 2.0, "preview": 0.05, "encode": 0.04, "deliver": 0.02},
+              {"queue": 0.02, "validate": 0.001, "run": 1.0, "preview": 0.05, "encode": 0.08, "deliver": 0.02}]
+    record = {"splits": splits, "round_trips_s": [1.2, 2.3, 1.25]}
+    summary = summarize(record)
+    assert summary["phases_s"]["run"] == 1.0 and summary["phases_s"]["queue"] == pytest.approx(0.02)
+    assert summary["in_app_s"] == pytest.approx(1.121)  # median of 1.071, 2.091, 1.121: previews are part of run
+    assert summary["overhead_share"] == pytest.approx(0.071)  # median of 7.1 %, 4.55 %, 12.1 %
+    assert summary["outside_app_s"] == pytest.approx(1.25 - 1.121)
+    row = {**record, "summary": summary, "size": 512, "steps": 25, "key": "sd21-base", "tiny": False,
+           "saved_files": ["a.png"] * 3, "temporary_files_left": [],
+           "png": [{"size": 512, "setting": "app (fast)", "level": 1, "seconds": 0.03, "bytes": 480 * 1024}]}
+    text = markdown(row)
+    assert "app overhead **7.1 %** of the pipeline time (median) — target ≤ 15 %: met" in text
+    assert "| encode | 0.0400 |" in text and "| 512x512 | app (fast) (level 1) | 30.0 | 480 |" in text
+
+
+@pytest.mark.slow
+def test_request_bench_runs_through_the_app_on_tiny_models(tmp_path: Path) -> None:
+    from bench.request import main
+
+    row = main(["--tiny", "--size", "64", "--steps", "2", "--n", "2", "--png-sizes", "64", "--ckpt",
+                str(tmp_path / "ck"), "--out", str(tmp_path / "out")])
+    assert len(row["splits"]) == 2 and len(row["round_trips_s"]) == 2
+    assert all(split["run"] > 0 and "encode" in split and "deliver" in split for split in row["splits"])
+    assert len(row["saved_files"]) == 3 and row["temporary_files_left"] == []  # the warm-up's file too
+    assert 0 < row["summary"]["in_app_s"] < row["summary"]["round_trip_s"]
+    assert "| 64x64 | PIL default (Gradio) (level 6) |" in (tmp_path / "out" / "request.md").read_text()
+
+
+def test_users_bench_compares_batching_off_and_on_on_tiny_models(tmp_path: Path) -> None:
+    """bench/users.py on CPU: both modes serve every request; with batching the requests meet in groups."""
+    from bench.users import main
+
+    report = main(["--tiny", "--users", "3", "--requests", "2", "--ckpt", str(tmp_path / "ck"),
+                   "--out", str(tmp_path / "out")])
+    for mode in ("off", "on"):
+        row = report[mode]
+        assert row["requests"] == 6 and row["images_per_s"] > 0 and 0 < row["p50_s"] <= row["p95_s"]
+    groups = report["on"]["group_sizes"]
+    assert sum(int(size) * count for size, count in groups.items()) == 6 and report["on"]["mean_group"] >= 1
+    gap = report["images_batched_vs_alone"]
+    assert gap["images"] == 6 and gap["max_levels"] <= 1  # CPU kernels: within rounding (tests/pipelines/test_batch.py)
+    saved = json.loads((tmp_path / "out" / "users.json").read_text())
+    assert saved["settings"]["users"] == 3 and "| on | 6 |" in (tmp_path / "out" / "users.md").read_text()
+
+
+def test_tiled_view_bench_times_views_that_share_every_tensor() -> None:
+    from bench.tiled_view import median_ms
+
+    from sd2_app.nn.config import VAEConfig
+    from sd2_app.nn.vae import AutoencoderKL
+    from sd2_app.testing.configs import tiny_vae_config
+
+    vae = AutoencoderKL(VAEConfig.from_dict(tiny_vae_config("sd2"))).eval()
+    assert 0.0 < median_ms((vae,), reps=3) < 10_000.0

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TypeVar
 
 from torch import nn
+
+PlainT = TypeVar("PlainT", bound=nn.Module)
 
 
 def adopt(twin: nn.Module, block: nn.Module, names: tuple[str, ...]) -> None:
@@ -15,7 +17,7 @@ def adopt(twin: nn.Module, block: nn.Module, names: tuple[str, ...]) -> None:
         setattr(twin, name, getattr(block, name))
 
 
-def replace_children(model: nn.Module, kind: type[nn.Module], make: Callable[[Any], nn.Module]) -> int:
+def replace_children(model: nn.Module, kind: type[PlainT], make: Callable[[PlainT], nn.Module]) -> int:
     """Replace every child module of exactly type `kind` inside `model` by `make(child)`, in place; returns
     how many (a subclass someone already swapped in is left alone)."""
     swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()

@@ -286,15 +286,6 @@ def upscale_job(body: Mapping[str, Any], checkpoint: str) -> Job:
     return Job("upscale", (request,), checkpoint)
 
 
-def encode_png(image: Image.Image) -> str:
-    """Base64 PNG with its text chunks (parameters, the AI-generated XMP marker), as A1111 returns images."""
-    from sd2_app.pipelines.metadata import png_info
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=png_info(image))
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def info_json(job: Job, results: list[Any], started: float) -> str:
     """A1111's `info`: the first request's settings, then per image its seed and parameters text."""
     first = results[0].request

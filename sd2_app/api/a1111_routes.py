@@ -141,9 +141,9 @@ class A1111Api:
         finally:
             with self._lock:
                 self._jobs.remove(tracked)
-        images = [image for result in results for image in result.images]
+        encoded = [data for result in results for data in result.png]  # each image's PNG, as the Service encoded it
         info = a1111.info_json(job, results, tracked.started) if results else '{"interrupted": true}'
-        return {"images": [a1111.encode_png(i) for i in images] if job.send_images else [],
+        return {"images": [base64.b64encode(data).decode("ascii") for data in encoded] if job.send_images else [],
                 "parameters": a1111.echo_parameters(body), "info": info}
 
     def interrupt(self) -> bool:
@@ -167,7 +167,8 @@ class A1111Api:
         image = None
         if job.preview is not None and not skip_current_image:
             buffer = io.BytesIO()
-            job.preview.save(buffer, format="PNG")
+            preview = job.preview  # latent size: shown 8x, one latent pixel per 8 image pixels
+            preview.resize((preview.width * 8, preview.height * 8), Image.Resampling.NEAREST).save(buffer, format="PNG")
             image = base64.b64encode(buffer.getvalue()).decode("ascii")
         waiting = "Waiting for the GPU" if job.steps == 0 else f"Step {job.step}/{job.steps}"
         return {"progress": progress, "eta_relative": eta, "state": _state(job, len(jobs)), "current_image": image,

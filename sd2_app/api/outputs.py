@@ -13,8 +13,9 @@ import re
 import time
 from pathlib import Path
 
-from PIL import Image
-
+# zlib level of the PNGs the app encodes (results, previews): level 1 instead of PIL's 6 costs a little size and
+# saves most of the encoding time (figures: docs/PERFORMANCE.md, "The whole request").
+FAST_PNG_LEVEL = 1
 _NUMBERED = re.compile(r"(\d+)-")
 _DAY_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -25,13 +26,11 @@ def next_number(folder: Path) -> int:
     return max(used, default=-1) + 1
 
 
-def save_new_png(image: Image.Image, folder: Path, name: str) -> Path:
-    """Write `image` (with its parameters) as `folder/name`, or the next free number when that name is taken."""
-    from sd2_app.pipelines.metadata import save_png
-
+def save_new_png(data: bytes, folder: Path, name: str) -> Path:
+    """Write the encoded PNG `data` as `folder/name`, or under the next free number when that name is taken."""
     temporary = folder / f".{name}.{os.getpid()}.tmp"
-    save_png(image, temporary)
     try:
+        temporary.write_bytes(data)
         target = folder / name
         while target.exists():  # another writer took the number (only this process numbers under a lock)
             number, _, rest = target.name.partition("-")

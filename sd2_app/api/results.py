@@ -25,13 +25,18 @@ class Result:
     images: list[Image.Image]
     seed: int
     warnings: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: "load", "run" (plot: all cells together)
+    # seconds per phase of the request (sd2_app.api.timing.PHASES: "validate", "gate", "load", "run", ...;
+    # a plot adds up its cells' "load" and "run" and has its "total")
+    timings: dict[str, float] = field(default_factory=dict)
     mask_image: Image.Image | None = None  # inpaint: the mask actually used
     depth_image: Image.Image | None = None  # depth: the depth map actually used
     captions: list[str] = field(default_factory=list)  # one per image (plot: the cell's values and seconds)
     cells: list[dict[str, Any]] = field(default_factory=list)  # plot: each cell's settings and seconds
     stopped: bool = False  # plot: Stop ended it early; the finished cells are here
     saved: list[Path] = field(default_factory=list)  # files written to the outputs folder
+    # each image's PNG file (its text chunks included), encoded once when the result is kept: the outputs
+    # folder and the browser get these bytes as they are
+    png: list[bytes] = field(default_factory=list)
     created: float = field(default_factory=time.time)
 
     @property

@@ -2,8 +2,10 @@
 
 Only this module knows the `ModelManager`. `Service.run` reports progress through a callback (step, total,
 preview image or None) and checks a `should_stop` callable at every step, raising `Cancelled` when it says
-so; the UI runs it in a worker thread and streams the callbacks. Every result is written with its
-parameters to a dated outputs folder (unless saving is off) and kept in a short in-memory history.
+so; the UI runs it in a worker thread and streams the callbacks. Every result is encoded as PNG once, with
+its parameters, written to a dated outputs folder (unless saving is off; `sd2_app.api.saver`, on a writer
+thread with `save_in_background`) and kept in a short in-memory history. Each phase's seconds go into the
+Result's `timings` (`sd2_app.api.timing`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,10 +27,13 @@ from sd2_app.api.gate import GpuGate
 from sd2_app.api.prompt_tools import PromptTools
 from sd2_app.api.requests import Request, TaskRequest, XYZPlotRequest
 from sd2_app.api.results import Backend, HistoryEntry, ProgressFn, Result  # noqa: F401  # Backend: re-exported
+from sd2_app.api.saver import ResultWriter
+from sd2_app.api.timing import log_split, timed
 from sd2_app.api.tasks import pipeline_of
 from sd2_app.api.validation import Catalog, Limits, validate
 
 if TYPE_CHECKING:
+    from sd2_app.api.batching import Batcher
     from sd2_app.pipelines.loop import LatentProgressFn
     from sd2_app.pipelines.output import PipelineOutput
 
@@ -53,7 +57,9 @@ def _default_catalog(registry: Mapping[str, CheckpointSpec]) -> Catalog:
 def _default_preview(latents: Any) -> Image.Image | None:
     from sd2_app.pipelines.preview import preview_images
 
-    return preview_images(latents[:1], upscale=8)[0]  # one latent pixel is 8 image pixels
+    # At latent size (1/8 of the image): the job's thread pays a 4x3 product and a small copy; whoever shows it
+    # enlarges it (the UI's live preview, the A1111 progress route).
+    return preview_images(latents[:1])[0]
 
 
 class Service:
@@ -77,6 +83,7 @@ class Service:
         backend: Backend | None = None,
         concurrency: int = 1,
         embeddings: Any = None,  # loading.embeddings.EmbeddingLibrary; None: no textual-inversion embeddings
+        save_in_background: bool = False,  # write results on a writer thread after the request returns
     ) -> None:
         """`manager` None gives a service that validates but cannot run (tools and tests)."""
         from sd2_app.checkpoints.allowlist import allowed_repos as env_allowed_repos, custom_specs
@@ -102,11 +109,14 @@ class Service:
         self.limits = limits
         self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else None
         self.keep_outputs_days = keep_outputs_days
+        self._writer = (ResultWriter(self.outputs_dir, keep_days=keep_outputs_days, background=save_in_background)
+                        if self.outputs_dir is not None else None)
         self.preview_every = max(1, preview_every)
         self.watermark = watermark
         self.gate = GpuGate()  # one job at a time on the GPU, whichever front end sent it
+        self.batcher: Batcher | None = None  # requests that share one UNet batch (api.batching.enable turns it on)
         self._history: deque[HistoryEntry] = deque(maxlen=history_size)
-        self._lock = threading.Lock()  # guards the history and the file counter
+        self._lock = threading.Lock()  # guards the history
         self.last_seed: int | None = None
 
     # ---- catalog ---------------------------------------------------------------------------------
@@ -178,12 +188,14 @@ class Service:
         total: int | None,
         on_progress: ProgressFn | None,
         should_stop: Callable[[], bool] | None,
+        timings: dict[str, float] | None = None,
     ) -> LatentProgressFn:
         """The pipeline's `on_step(step, steps, latents)`: stop check first, then progress and a cheap preview.
 
         `total` None reports the pipeline's own count: the steps it really runs, e.g. int(N * strength) for
-        img2img, which is fewer than the requested N.
+        img2img, which is fewer than the requested N. The previews' seconds add up in `timings["preview"]`.
         """
+        timings = timings if timings is not None else {}
 
         def on_step(step: int, steps: int, latents: Any) -> None:
             if should_stop is not None and should_stop():
@@ -191,8 +203,11 @@ class Service:
             if on_progress is None:
                 return
             done = done_before + step
-            wants_preview = latents is not None and step < steps and step % self.preview_every == 0
-            on_progress(done, steps if total is None else total, self._preview(latents) if wants_preview else None)
+            preview = None
+            if latents is not None and step < steps and step % self.preview_every == 0:
+                with timed(timings, "preview"):
+                    preview = self._preview(latents)
+            on_progress(done, steps if total is None else total, preview)
 
         return on_step
 
@@ -204,8 +219,12 @@ class Service:
         timings: dict[str, float],
         should_stop: Callable[[], bool] | None = None,
     ) -> PipelineOutput:
-        """The task's output, after the job's turn at the GPU gate (`should_stop` may end the wait)."""
+        """The task's output after its turn at the GPU gate (`should_stop` may end the wait), maybe batched."""
+        if self.batcher is not None and self.batcher.takes(task, request):
+            return self.batcher.run(task, request, on_step, timings, should_stop)
+        waited = time.perf_counter()
         with self.gate.enter(should_stop):
+            timings["gate"] = timings.get("gate", 0.0) + time.perf_counter() - waited
             return self._run_on_gpu(task, request, on_step, timings)
 
     def _run_on_gpu(
@@ -236,19 +255,28 @@ class Service:
         should_stop: Callable[[], bool] | None = None,
         *,
         owner: str | None = None,
+        timings: dict[str, float] | None = None,
     ) -> Result:
         """Validate, run and keep one request. Raises `InvalidRequest` or `Cancelled`.
 
         `owner` (the UI's session id) tags the history entry, so a public app shows each visitor their own.
+        `timings`: a caller's dict of its own phases ("queue"), then it logs the split; None: logged here.
         """
         if isinstance(request, XYZPlotRequest):
             return self.plot(request, on_progress, should_stop, owner=owner)
-        checked, warnings = self.validate(request)
+        phases: dict[str, float] = {} if timings is None else timings
+        with timed(phases, "validate"):
+            checked, warnings = self.validate(request)
         if should_stop is not None and should_stop():
             raise Cancelled
         result = self.execute(checked, on_progress, should_stop)
         result.warnings[:0] = [w for w in warnings if w not in result.warnings]
-        return self._keep(result, owner)
+        phases.update(result.timings)
+        result.timings = phases
+        self._keep(result, owner)
+        if timings is None:
+            log_split(result.task, result.timings)
+        return result
 
     def execute(
         self,
@@ -288,7 +316,7 @@ class Service:
 
             output = run_hires_x4(self, checked, on_progress, should_stop, timings)
         else:
-            on_step = self._step_callback(0, None, on_progress, should_stop)
+            on_step = self._step_callback(0, None, on_progress, should_stop, timings)
             output = self._run_pipeline(task, checked, on_step, timings, should_stop)
         result = Result(
             task=task,
@@ -318,25 +346,9 @@ class Service:
         return self._keep(run_plot(self, request, on_progress, should_stop, on_cell), owner)
 
     # ---- keeping results ---------------------------------------------------------------------------
-    def _save(self, result: Result) -> list[Path]:
-        from sd2_app.api.outputs import next_number, prune_older_than, save_new_png
-
-        assert self.outputs_dir is not None
-        folder = self.outputs_dir / datetime.fromtimestamp(result.created).strftime("%Y-%m-%d")
-        paths: list[Path] = []
-        with self._lock:
-            if self.keep_outputs_days is not None and self.outputs_dir.is_dir():
-                prune_older_than(self.outputs_dir, self.keep_outputs_days * 86400.0)
-            folder.mkdir(parents=True, exist_ok=True)
-            number = next_number(folder)
-            for index, image in enumerate(result.images):
-                paths.append(save_new_png(image, folder, f"{number + index:05d}-{result.seed}-{result.task}.png"))
-            extras = (("mask", result.mask_image), ("depth", result.depth_image))
-            for name, image in extras:
-                if image is not None:
-                    paths.append(save_new_png(image, folder, f"{number:05d}-{result.seed}-{result.task}-{name}.png"))
-        log.info("saved %d file(s) to %s", len(paths), folder)
-        return paths
+    def flush_saves(self, timeout: float | None = None) -> bool:
+        """Wait until every result handed to the background writer is on disk (False: `timeout` passed first)."""
+        return self._writer.flush(timeout) if self._writer is not None else True
 
     def disk_usage(self) -> tuple[int, int, float | None] | None:
         """(files, bytes, days kept) of the saved results; None when saving is off."""
@@ -347,28 +359,30 @@ class Service:
         files, nbytes = folder_usage(self.outputs_dir)
         return files, nbytes, self.keep_outputs_days
 
-    def _mark(self, images: list[Image.Image]) -> list[Image.Image]:
-        """Provenance on every result: the invisible watermark (unless off) and the "AI generated" XMP marker."""
-        from sd2_app.pipelines.metadata import mark_ai_generated
+    def _keep(self, result: Result, owner: str | None = None) -> Result:
+        """Provenance (the watermark unless off, the XMP marker), one PNG encode, saving, history; each timed."""
+        from sd2_app.pipelines.metadata import encode_png, mark_ai_generated  # imports torch: only when used
         from sd2_app.pipelines.watermark import embed
 
-        return [mark_ai_generated(embed(image) if self.watermark else image) for image in images]
-
-    def _keep(self, result: Result, owner: str | None = None) -> Result:
-        result.images = self._mark(result.images)
-        if self.outputs_dir is not None:
-            try:
-                result.saved = self._save(result)
-            except OSError as error:  # a full disk or a read-only folder must not throw the images away
-                log.warning("could not save to %s: %s", self.outputs_dir, error)
-                result.warnings.append(f"The images could not be saved to the outputs folder ({error.strerror}).")
-        entry = HistoryEntry(
-            result.created, result.task, result.seed, result.parameters, tuple(result.images), tuple(result.saved),
-            owner,
-        )
-        with self._lock:
-            self._history.appendleft(entry)
-            self.last_seed = result.seed
+        timings = result.timings
+        with timed(timings, "mark"):
+            result.images = [mark_ai_generated(embed(im) if self.watermark else im) for im in result.images]
+        with timed(timings, "encode"):
+            result.png = [encode_png(image) for image in result.images]
+        if self._writer is not None:
+            with timed(timings, "save"):
+                try:
+                    result.saved = self._writer.save(result)
+                except OSError as error:  # a full disk or a read-only folder must not throw the images away
+                    log.warning("could not save to %s: %s", self.outputs_dir, error)
+                    result.warnings.append(
+                        f"The images could not be saved to the outputs folder ({error.strerror}).")
+        with timed(timings, "history"):
+            entry = HistoryEntry(result.created, result.task, result.seed, result.parameters, tuple(result.images),
+                                 tuple(result.saved), owner)
+            with self._lock:
+                self._history.appendleft(entry)
+                self.last_seed = result.seed
         return result
 
     def history(self, owner: str | None = None) -> list[HistoryEntry]:

@@ -8,7 +8,9 @@ place. A row says what a user gets when they leave a field alone:
 - `sampler`, `steps`, `cfg_scale`: the sampling defaults (`requests.Sampling` for that task);
 - `strength`: the denoising strength of the tasks that start from an image (None: the task has none);
 - `pipeline`: the function that runs it, as "module:function" (imported only when a task runs, so this
-  module stays free of torch and the UI can import it).
+  module stays free of torch and the UI can import it);
+- `prepare`: the function that prepares its run for a batch of several users' requests (`PreparedRun`,
+  pipelines/batch.py), as "module:function"; None: its requests always run alone (api/batching.py).
 
 Adding a task: a row here, a request dataclass in `requests.py` (with `task = "<name>"`), its checks in
 `validation.py`, a pipeline function, a CLI sub-command and a UI tab; each of those reads this row.
@@ -42,13 +44,16 @@ class TaskSpec:
     steps: int = DEFAULT_STEPS
     cfg_scale: float = DEFAULT_CFG_SCALE
     strength: float | None = None  # None: the task does not start from a noised image
+    prepare: str | None = None  # "module:function" (components, request, mode) -> PreparedRun; None: never batched
 
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        TaskSpec("txt2img", "Text to image", "sd21-base", "sd2_app.pipelines.txt2img:txt2img"),
-        TaskSpec("img2img", "Image to image", "sd21-base", "sd2_app.pipelines.img2img:img2img", strength=0.75),
+        TaskSpec("txt2img", "Text to image", "sd21-base", "sd2_app.pipelines.txt2img:txt2img",
+                 prepare="sd2_app.pipelines.txt2img:prepare_txt2img"),
+        TaskSpec("img2img", "Image to image", "sd21-base", "sd2_app.pipelines.img2img:img2img", strength=0.75,
+                 prepare="sd2_app.pipelines.img2img:prepare_img2img"),
         TaskSpec("inpaint", "Inpaint", "sd2-inpainting", "sd2_app.pipelines.inpaint:inpaint", strength=1.0),
         TaskSpec("outpaint", "Outpaint", "sd2-inpainting", "sd2_app.pipelines.outpaint:outpaint", strength=1.0),
         TaskSpec("upscale", "Upscale x4", "x4-upscaler", "sd2_app.pipelines.upscale:upscale",
@@ -64,10 +69,22 @@ def default_checkpoint(task: str, available: list[str]) -> str:
     return preferred if preferred in available else available[0]
 
 
+def _function(path: str) -> Callable[..., Any]:
+    module, function = path.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def pipeline_of(task: str) -> Callable[..., Any]:
     """The pipeline function named in `task`'s row (its module is imported on first use)."""
-    module, function = TASKS[task].pipeline.split(":")
-    return getattr(importlib.import_module(module), function)
+    return _function(TASKS[task].pipeline)
+
+
+def prepare_of(task: str) -> Callable[..., Any]:
+    """The batch preparation named in `task`'s row (raises KeyError for a task that never batches)."""
+    prepare = TASKS[task].prepare
+    if prepare is None:
+        raise KeyError(f"{task} requests are never batched")
+    return _function(prepare)
 
 
 def import_pipelines() -> None:

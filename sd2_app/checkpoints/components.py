@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
+    from transformers import CLIPTokenizer, DPTForDepthEstimation, DPTImageProcessor
 
+    from sd2_app.loading.embeddings import TextualInversion
+    from sd2_app.nn.clip_text import TextEncoder
     from sd2_app.nn.unet import Denoiser
     from sd2_app.nn.vae import AutoencoderKL
     from sd2_app.samplers.schedules import SchedulerConfig
@@ -21,15 +25,15 @@ class Components:
     repo: str  # the repo id or folder actually loaded
     unet: Denoiser  # the UNet, or accel's CUDA-graph wrapper of it (after Accelerator.prepare)
     vae: AutoencoderKL
-    text_encoder: Any  # transformers.CLIPTextModel
-    tokenizer: Any  # transformers.CLIPTokenizer
+    text_encoder: TextEncoder  # transformers' CLIPTextModel, or accel's CUDA-graph wrapper of it
+    tokenizer: CLIPTokenizer
     scheduler_config: SchedulerConfig
     device: torch.device
     dtype: torch.dtype
     low_res_scheduler_config: SchedulerConfig | None = None  # x4 upscaler only
     max_noise_level: int = 350  # x4 upscaler only (model_index.json)
-    depth_estimator: Any = None  # transformers.DPTForDepthEstimation, depth checkpoint only
-    depth_processor: Any = None  # transformers.DPTImageProcessor
-    # Textual-inversion embeddings a request may use, name -> loading.embeddings.TextualInversion: the
-    # service lends its library to each run (a copy of this object), never to the shared models.
-    embeddings: Any = None
+    depth_estimator: DPTForDepthEstimation | None = None  # depth checkpoint only
+    depth_processor: DPTImageProcessor | None = None
+    # Textual-inversion embeddings a request may use, by prompt name: the service lends its library's to each
+    # run (a copy of this object), never to the shared models.
+    embeddings: Mapping[str, TextualInversion] | None = None

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -22,12 +23,15 @@ from sd2_app.loading.staged_read import module_to_device
 
 if TYPE_CHECKING:
     from sd2_app.samplers.schedules import SchedulerConfig
-    from transformers import CLIPTextModel, CLIPTokenizer, DPTForDepthEstimation, DPTImageProcessor
+    from transformers import CLIPTextModel, CLIPTokenizer, DPTForDepthEstimation, DPTImageProcessor, PreTrainedModel
 
     from sd2_app.nn.unet import UNet
     from sd2_app.nn.vae import AutoencoderKL
 
 logger = logging.getLogger(__name__)
+
+ConfigT = TypeVar("ConfigT")
+ModelT = TypeVar("ModelT", bound="PreTrainedModel")
 
 X4_SCALING_FACTOR = 0.08333  # older x4 vae/config.json snapshots lack it; diffusers' upscale pipeline forces it too
 # Keys that old transformers saved but current CLIPTextModel does not hold (non-persistent buffers).
@@ -58,7 +62,7 @@ def _weights(folder: Path, component: str) -> tuple[Path, str]:
     return folder / name, name
 
 
-def _config(folder: Path, component: str, parse: Any) -> Any:
+def _config(folder: Path, component: str, parse: Callable[[dict[str, Any]], ConfigT]) -> ConfigT:
     """Parse `<component>/config.json` with `parse`; its ValueError becomes a LoadError naming the file."""
     file = f"{component}/config.json"
     try:
@@ -105,7 +109,8 @@ def load_vae(
     )
 
 
-def _from_pretrained(cls: Any, folder: Path, component: str, device: torch.device | str, dtype: torch.dtype) -> Any:
+def _from_pretrained(cls: type[ModelT], folder: Path, component: str, device: torch.device | str,
+                     dtype: torch.dtype) -> ModelT:
     """transformers' from_pretrained on one subfolder, made strict: no pickles, no missing or resized keys."""
     label = repo_label(folder)
     path, file = _weights(folder, component)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -33,8 +33,10 @@ from sd2_app.manager.loader import OutOfMemoryDuringLoad, load_checkpoint, load_
 from sd2_app.manager.state import Entry, MemorySummary, ModelStatus, Part, Tier
 from sd2_app.checkpoints.catalog import REGISTRY, CheckpointSpec, tiny_registry
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
 
+logger = logging.getLogger(__name__)
 
 
 class ModelManager:
@@ -146,7 +148,7 @@ class ModelManager:
             entries = sorted(self._entries.values(), key=lambda e: e.last_used)
             return [e.key for e in entries if tier is None or e.tier == tier]
 
-    def tokenizer(self, key: str) -> Any:
+    def tokenizer(self, key: str) -> CLIPTokenizer:
         """`key`'s tokenizer without loading its models: the loaded one, else read on its own (raises
         CheckpointUnavailable). Never waits for the GPU job lock."""
         with self._state_lock:
@@ -245,8 +247,7 @@ class ModelManager:
             dtype=self.dtype,
             low_res_scheduler_config=entry.extras.low_res_scheduler_config,
             max_noise_level=entry.extras.max_noise_level,
-            depth_estimator=depth_model,
-            depth_processor=depth_processor,
+            depth_estimator=depth_model, depth_processor=depth_processor,
         )
         return self._accel.prepare(components) if self._accel is not None else components
 

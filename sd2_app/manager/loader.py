@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from safetensors import SafetensorError
@@ -23,6 +23,9 @@ from sd2_app.manager.identity import HashCache
 from sd2_app.manager.plan import Plan, load_extras, load_part, make_plan, subfolders
 from sd2_app.manager.state import Entry, Part
 from sd2_app.checkpoints.catalog import CheckpointSpec, is_local
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +176,7 @@ def load_checkpoint(target: LoadTarget, spec: CheckpointSpec, on_progress: LoadP
     raise CheckpointUnavailable(spec.key, attempts)
 
 
-def load_tokenizer_only(spec: CheckpointSpec) -> object:
+def load_tokenizer_only(spec: CheckpointSpec) -> CLIPTokenizer:
     """The checkpoint's tokenizer from the first repo that has its small tokenizer/ folder (downloaded alone
     when needed): the token counter uses it before any model of the checkpoint is loaded."""
     from sd2_app.loading import load_tokenizer, resolve_repo

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,6 +19,12 @@ from sd2_app.manager.identity import HashCache, component_identity
 from sd2_app.manager.memory import safetensors_bytes
 from sd2_app.checkpoints.catalog import CheckpointSpec
 from sd2_app.samplers.schedules import SchedulerConfig
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer, DPTForDepthEstimation, DPTImageProcessor
+
+    # what Components receives for a part: the module, or (model, processor) for depth
+    PartValue = nn.Module | tuple[DPTForDepthEstimation, DPTImageProcessor]
 
 # Modules that live on the device, may be shared between checkpoints, and are loaded in this order.
 MODULE_PARTS = ("text_encoder", "vae", "unet", "depth_estimator")
@@ -90,7 +96,7 @@ def make_plan(
     return Plan(repo, folder, tuple(parts))
 
 
-def load_part(name: str, folder: Path, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+def load_part(name: str, folder: Path, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, PartValue]:
     """Load one module part onto `device`: returns (the module to move and measure, the value to hand out)."""
     from sd2_app import loading
 
@@ -113,7 +119,7 @@ def load_part(name: str, folder: Path, device: torch.device, dtype: torch.dtype)
 class Extras:
     """The small host-side pieces of one checkpoint (never shared, never moved)."""
 
-    tokenizer: Any  # transformers.CLIPTokenizer
+    tokenizer: CLIPTokenizer
     scheduler_config: SchedulerConfig
     low_res_scheduler_config: SchedulerConfig | None = None  # x4 upscaler only
     max_noise_level: int = DEFAULT_MAX_NOISE_LEVEL

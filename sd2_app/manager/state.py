@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from torch import nn
 
 from sd2_app.manager.plan import Extras
+
+if TYPE_CHECKING:
+    from sd2_app.manager.plan import PartValue
 
 Tier = Literal["device", "offloaded"]
 Location = Literal["device", "offloaded", "none"]
@@ -21,7 +24,7 @@ class Part:
     identity: str
     name: str  # "unet", "vae", ...
     module: nn.Module  # what moves between tiers and is measured
-    value: Any  # what Components receives (the module, or (model, processor) for depth)
+    value: PartValue  # what Components receives (the module, or (model, processor) for depth)
     nbytes: int  # parameter + buffer bytes
     tier: Tier
     users: set[str] = field(default_factory=set)  # keys of loaded checkpoints using it (the refcount)

@@ -10,26 +10,42 @@ model, so concurrent calls with different embeddings cannot see each other's.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+if TYPE_CHECKING:
+    from transformers import CLIPTextConfig
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-def text_model_of(text_encoder: Any) -> Any:
+
+class TextEncoder(Protocol):
+    """What a pipeline calls as the text encoder: transformers' CLIPTextModel, or something that runs it
+    (accel's CudaGraphTextEncoder, whose `module` is the model). The pipelines read `text_encoder(ids)[0]`,
+    the last hidden state (N, T, D), and reach the model's own modules through `text_model_of`."""
+
+    @property
+    def config(self) -> CLIPTextConfig: ...
+
+    def __call__(self, input_ids: Tensor) -> BaseModelOutputWithPooling | tuple[Tensor, ...]: ...
+
+
+def text_model_of(text_encoder: TextEncoder) -> torch.nn.Module:
     """The module holding `embeddings`, `encoder` and `final_layer_norm` (transformers 4.x nests it under
-    `text_model`; 5.x does not), unwrapping a CUDA-graph wrapper (`.module`) first."""
+    `text_model`, a CLIPTextTransformer; in 5.x it is the CLIPTextModel), unwrapping a CUDA-graph wrapper
+    (`.module`) first."""
     module = getattr(text_encoder, "module", text_encoder)
     return getattr(module, "text_model", module)
 
 
-def token_embeddings(text_encoder: Any, ids: Tensor) -> Tensor:
+def token_embeddings(text_encoder: TextEncoder, ids: Tensor) -> Tensor:
     """(N, T, D) token embeddings of `ids` (N, T), before positions are added."""
     return text_model_of(text_encoder).embeddings.token_embedding(ids)
 
 
-def encode_from_embeddings(text_encoder: Any, embeds: Tensor) -> Tensor:
+def encode_from_embeddings(text_encoder: TextEncoder, embeds: Tensor) -> Tensor:
     """last_hidden_state (N, T, D) of the text transformer for token embeddings `embeds` (N, T, D)."""
     model = text_model_of(text_encoder)
     n, length, width = embeds.shape
@@ -48,7 +64,7 @@ def encode_from_embeddings(text_encoder: Any, embeds: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def encode_with_inserts(text_encoder: Any, ids: Tensor, inserts: list[list[tuple[int, Tensor]]]) -> Tensor:
+def encode_with_inserts(text_encoder: TextEncoder, ids: Tensor, inserts: list[list[tuple[int, Tensor]]]) -> Tensor:
     """last_hidden_state (N, T, D) of `ids` (N, T) with, per row, vectors (n, D) written over the token
     embeddings from a position on: `inserts[row] = [(position, vectors), ...]`."""
     embeds = token_embeddings(text_encoder, ids).clone()  # (N, T, D), this call's own tensor

@@ -34,12 +34,17 @@ class ResnetBlock2D(nn.Module):
         if self.time_emb_proj is not None:
             h = h + self.time_emb_proj(emb_act)[:, :, None, None]
         h = self.conv2(F.silu(self.norm2(h)))
+        return self.residual(x, h)
+
+    def residual(self, x: Tensor, h: Tensor) -> Tensor:
+        """The block's output (B, Cout, H, W): x (through the 1x1 shortcut when the width changes) plus the
+        residual branch h, divided by output_scale_factor."""
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
         out = x + h
         if self.output_scale_factor != 1.0:
             out = out / self.output_scale_factor
-        return out  # (B, Cout, H, W)
+        return out
 
 
 class Downsample2D(nn.Module):

@@ -36,7 +36,8 @@ class Denoiser(Protocol):
 
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
 
-    def modules(self) -> Iterator[nn.Module]: ...
+    def modules(self) -> Iterator[nn.Module]:
+        """The network's modules, the network itself first (nn.Module.modules' order)."""
 
     def __call__(self, sample: Tensor, timestep: Tensor | float, encoder_hidden_states: Tensor,
                  class_labels: Tensor | None = None, *, fp32_attention: bool = False) -> Tensor: ...

@@ -90,7 +90,6 @@ def depth2img(
         warnings.append(f"Size {original.width}x{original.height} is not a multiple of {factor}; "
                         f"used {width}x{height}.")
     job = start_job(components, request, strength=request.strength, mode=mode)
-    warnings += job.warnings
     x = noised_init_latents(components, image, job.plan, sampling.batch_size, job.generator)
     latents = job.denoise(x, concat=condition.repeat(job.rows, 1, 1, 1), on_step=on_step)  # (2B|B, 1, h, w)
     images = postprocess(job.decode(latents))

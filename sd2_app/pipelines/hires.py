@@ -26,10 +26,11 @@ from sd2_app.checkpoints.components import Components
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.images import LANCZOS, postprocess, preprocess_image
 from sd2_app.pipelines.loop import LatentProgressFn
+from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.output import PipelineOutput, label_images
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.sampling import draw_noise, start_job
-from sd2_app.pipelines.seamless import circular_padding
+from sd2_app.pipelines.seamless import tiled_components
 from sd2_app.pipelines.txt2img import generate, txt2img_settings
 from sd2_app.pipelines.vae_io import decode_in, encode, vae_factor
 
@@ -48,7 +49,7 @@ def upscale_latents(latents: torch.Tensor, size: tuple[int, int], upscaler: str)
     return F.interpolate(latents, size=size, mode=mode, **options)
 
 
-def hires_settings(request: Txt2ImgRequest, components: Components, width: int, height: int) -> dict[str, Any]:
+def hires_settings(request: Txt2ImgRequest, components: Components, width: int, height: int) -> Settings:
     """The first pass's settings plus A1111's hires keys ("Size" stays the first pass's size, as there)."""
     hires = request.hires
     assert hires is not None
@@ -93,7 +94,7 @@ def second_pass(
     height, width = images[0].height, images[0].width
     settings = hires_settings(request, components, *first_size)
     label_images(images, request.prompt, request.negative_prompt, settings)
-    return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=job.warnings)
+    return PipelineOutput(images=images, latents=latents, width=width, height=height)
 
 
 def _offset(on_step: LatentProgressFn | None, before: int, total: int) -> LatentProgressFn | None:
@@ -114,17 +115,17 @@ def hires_fix(components: Components, request: Txt2ImgRequest, on_step: LatentPr
     factor = vae_factor(components.vae)
     first_steps = request.sampling.steps
     total = first_steps + hires.second_pass_steps(first_steps)
-    with circular_padding(components.unet, components.vae, enabled=request.tiling):
-        latents, width, height, warnings = generate(components, request, _offset(on_step, 0, total), mode)
-        target_w, target_h = hires.target(width, height)
-        if hires.upscaler in LATENT_MODES:
-            start: torch.Tensor | list[Image.Image] = upscale_latents(
-                latents, (target_h // factor, target_w // factor), hires.upscaler)
-        else:
-            pixels = postprocess(decode_in(mode, components.vae, latents))
-            start = [image.resize((target_w, target_h), LANCZOS) for image in pixels]
-        output = second_pass(components, request, start, (width, height), _offset(on_step, first_steps, total), mode)
-    output.warnings = warnings + [w for w in output.warnings if w not in warnings]
+    components = tiled_components(components, request.tiling)  # the job's own circular view when tiling
+    latents, width, height, warnings = generate(components, request, _offset(on_step, 0, total), mode)
+    target_w, target_h = hires.target(width, height)
+    if hires.upscaler in LATENT_MODES:
+        start: torch.Tensor | list[Image.Image] = upscale_latents(
+            latents, (target_h // factor, target_w // factor), hires.upscaler)
+    else:
+        pixels = postprocess(decode_in(mode, components.vae, latents))
+        start = [image.resize((target_w, target_h), LANCZOS) for image in pixels]
+    output = second_pass(components, request, start, (width, height), _offset(on_step, first_steps, total), mode)
+    output.warnings = warnings  # the first pass's (the second pass runs at the size it was given)
     return output
 
 
@@ -136,5 +137,4 @@ def hires_pass(components: Components, request: HiresPassRequest, on_step: Laten
     assert base.hires is not None
     target = base.hires.target(*request.first_size)
     images = [image.convert("RGB").resize(target, LANCZOS) for image in request.images]
-    with circular_padding(components.unet, components.vae, enabled=base.tiling):
-        return second_pass(components, base, images, request.first_size, on_step, mode)
+    return second_pass(tiled_components(components, base.tiling), base, images, request.first_size, on_step, mode)

@@ -13,8 +13,8 @@ from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.prompt import embedding_settings
-from sd2_app.pipelines.sampling import SamplingPlan, draw_noise, start_job
-from sd2_app.pipelines.seamless import circular_padding
+from sd2_app.pipelines.sampling import PreparedRun, SamplingPlan, draw_noise, start_job
+from sd2_app.pipelines.seamless import tiled_components
 from sd2_app.pipelines.seeds import seed_settings, vary
 from sd2_app.pipelines.txt2img import effective_size
 from sd2_app.pipelines.vae_io import encode, vae_factor
@@ -45,11 +45,11 @@ def noised_init_latents(
     return add_noise(init, noise, plan.schedule.sigmas[0])
 
 
-@torch.inference_mode()
-def img2img(
-    components: Components, request: Img2ImgRequest, on_step: LatentProgressFn | None = None, mode: RunMode = NORMAL
-) -> PipelineOutput:
-    """Re-draw an image: strength 1 keeps only its composition's noise-level trace, 0 would keep it all."""
+def prepare_img2img(components: Components, request: Img2ImgRequest, mode: RunMode = NORMAL) -> PreparedRun:
+    """An image-to-image run up to its loop (the init image encoded and noised); its finish decodes and labels.
+
+    A tiled request's run holds its own circular view of the UNet and VAE (pipelines/seamless.py).
+    """
     sampling = request.sampling
     factor = vae_factor(components.vae)
     warnings: list[str] = []
@@ -62,16 +62,26 @@ def img2img(
                         f"used {image.shape[-1]}x{image.shape[-2]}.")
     height, width = image.shape[-2:]
 
-    job = start_job(components, request, strength=request.strength, mode=mode)
-    warnings += job.warnings
-    with circular_padding(components.unet, components.vae, enabled=request.tiling):
-        x = noised_init_latents(components, image, job.plan, sampling.batch_size, job.generator, request.seed_extras)
-        latents = job.denoise(x, on_step=on_step)
+    job_components = tiled_components(components, request.tiling)
+    job = start_job(job_components, request, strength=request.strength, mode=mode)
+    x = noised_init_latents(job_components, image, job.plan, sampling.batch_size, job.generator, request.seed_extras)
+
+    def finish(latents: torch.Tensor) -> PipelineOutput:
         images = postprocess(job.decode(latents))
-    settings = sampling_settings(sampling, width=width, height=height, model=components.key) | embedding_settings(components, request)
-    settings["Denoising strength"] = request.strength
-    settings.update(seed_settings(request.seed_extras))
-    if request.tiling:
-        settings["Tiling"] = True
-    label_images(images, request.prompt, request.negative_prompt, settings)
-    return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings)
+        settings = sampling_settings(sampling, width=width, height=height, model=components.key) | embedding_settings(components, request)
+        settings["Denoising strength"] = request.strength
+        settings.update(seed_settings(request.seed_extras))
+        if request.tiling:
+            settings["Tiling"] = True
+        label_images(images, request.prompt, request.negative_prompt, settings)
+        return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings)
+
+    return PreparedRun(job, x, finish)
+
+
+@torch.inference_mode()
+def img2img(
+    components: Components, request: Img2ImgRequest, on_step: LatentProgressFn | None = None, mode: RunMode = NORMAL
+) -> PipelineOutput:
+    """Re-draw an image: strength 1 keeps only its composition's noise-level trace, 0 would keep it all."""
+    return prepare_img2img(components, request, mode).complete(on_step)

@@ -7,8 +7,6 @@ Beyond the reference: "only masked" (crop around the mask, work at the model's r
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -19,6 +17,7 @@ from sd2_app.pipelines.images import floor_size, postprocess, preprocess_image, 
 from sd2_app.pipelines.img2img import noised_init_latents
 from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.masks import binarize, crop_box, paste_back
+from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.prompt import embedding_settings
@@ -47,7 +46,6 @@ def _generate(
     masked_image = init_image * (mask_tensor < 0.5)  # repainted pixels -> 0 (mid-gray)
 
     job = start_job(components, request, strength=request.strength, mode=mode)
-    warnings += job.warnings
 
     # Draw order (docs/DESIGN.md, "Random draws"): start latents (posterior + noise when strength < 1), then the
     # masked encode.
@@ -67,7 +65,7 @@ def _generate(
 @torch.inference_mode()
 def inpaint(
     components: Components, request: InpaintRequest, on_step: LatentProgressFn | None = None, mode: RunMode = NORMAL,
-    *, extra_settings: dict[str, Any] | None = None,
+    *, extra_settings: Settings | None = None,
 ) -> PipelineOutput:
     """Repaint the white part of the mask; see the module docstring for the two modes beyond the reference.
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from sd2_app.nn.unet import Denoiser
+from sd2_app.samplers.base import NoiseSource
 from sd2_app.pipelines.tiling import run_tiled
 from sd2_app.samplers.registry import SamplerSpec
 from sd2_app.samplers.schedules import Schedule
@@ -119,7 +120,7 @@ def run_sampling(
     cfg_scale: float,
     guidance_rescale: float,
     prediction_type: str,
-    generator: torch.Generator | None,
+    generator: NoiseSource | None,
     on_step: LatentProgressFn | None = None,
     tiling: Tiling | None = None,
     sampler_options: dict[str, Any] | None = None,

@@ -12,13 +12,14 @@ written as a JSON string. Prompts may span several lines.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
-from typing import Any
-
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+
+from sd2_app.api.outputs import FAST_PNG_LEVEL
 
 PARAMETERS_KEY = "parameters"
 # Machine-readable "AI generated" marker: an XMP packet (the PNG keyword XMP's specification, part 3, gives)
@@ -35,6 +36,8 @@ AI_GENERATED_XMP = (
     '</rdf:RDF></x:xmpmeta><?xpacket end="r"?>'
 )
 _NEGATIVE = "Negative prompt: "
+SettingValue = str | int | float | bool | None  # one value of the settings line (None: left out when written)
+Settings = dict[str, SettingValue]  # the settings line's pairs, in their order
 # One `key: value` pair of the settings line: a quoted JSON string or text up to the next ", ".
 _PAIR = re.compile(r'\s*([\w ./+\-()]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 _SETTINGS_LINE = re.compile(r"^(?:[\w ./+\-()]+: (?:\"(?:\\.|[^\\\"])*\"|[^,]*)(?:, |$))+$")
@@ -48,7 +51,7 @@ def _quote(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _format_value(value: Any) -> str:
+def _format_value(value: SettingValue) -> str:
     if isinstance(value, bool):
         return "True" if value else "False"
     if isinstance(value, int):
@@ -58,7 +61,7 @@ def _format_value(value: Any) -> str:
     return _quote(str(value))
 
 
-def format_parameters(prompt: str, negative_prompt: str, settings: dict[str, Any]) -> str:
+def format_parameters(prompt: str, negative_prompt: str, settings: Settings) -> str:
     """Build the text; `settings` keeps its order (Steps, Sampler, ... first by convention)."""
     lines = [prompt]
     if negative_prompt:
@@ -67,7 +70,7 @@ def format_parameters(prompt: str, negative_prompt: str, settings: dict[str, Any
     return "\n".join(lines)
 
 
-def _parse_value(raw: str) -> Any:
+def _parse_value(raw: str) -> SettingValue:
     raw = raw.strip()
     if raw.startswith('"') and raw.endswith('"') and len(raw) >= 2:
         return json.loads(raw)
@@ -80,14 +83,14 @@ def _parse_value(raw: str) -> Any:
     return raw
 
 
-def parse_parameters(text: str) -> dict[str, Any]:
+def parse_parameters(text: str) -> Settings:
     """Inverse of `format_parameters`: {"Prompt", "Negative prompt", then every setting with typed values}.
 
     Numbers come back as int/float, True/False as bool, quoted strings unquoted. "Size: WxH" stays a string;
     `size_of(params)` turns it into (width, height).
     """
     lines = text.split("\n")
-    settings: dict[str, Any] = {}
+    settings: Settings = {}
     if lines and _SETTINGS_LINE.match(lines[-1].strip()) and lines[-1].strip():
         for match in _PAIR.finditer(lines[-1].strip()):
             key, raw = match.group(1).strip(), match.group(2)
@@ -108,7 +111,7 @@ def parse_parameters(text: str) -> dict[str, Any]:
     return {"Prompt": "\n".join(prompt_lines), "Negative prompt": "\n".join(negative_lines), **settings}
 
 
-def size_of(params: dict[str, Any]) -> tuple[int, int] | None:
+def size_of(params: Settings) -> tuple[int, int] | None:
     """(width, height) from a parsed "Size: 512x768" entry, or None."""
     size = params.get("Size")
     match = re.fullmatch(r"(\d+)x(\d+)", str(size)) if size is not None else None
@@ -149,6 +152,13 @@ def png_info(image: Image.Image) -> PngInfo:
     if isinstance(packet, str):
         info.add_itxt(XMP_KEY, packet)  # XMP's PNG embedding: an uncompressed iTXt chunk
     return info
+
+
+def encode_png(image: Image.Image, compress_level: int = FAST_PNG_LEVEL) -> bytes:
+    """The PNG file of `image` with its text chunks (`png_info`), as bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=png_info(image), compress_level=compress_level)
+    return buffer.getvalue()
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
 import torch
 from PIL import Image
 
-from sd2_app.pipelines.metadata import attach_parameters, format_parameters
+from sd2_app.pipelines.metadata import Settings, attach_parameters, format_parameters
 from sd2_app.api.requests import Sampling
 
 
@@ -25,9 +23,9 @@ class PipelineOutput:
     depth_image: Image.Image | None = None  # depth-to-image: the depth map actually used (white = near)
 
 
-def sampling_settings(sampling: Sampling, *, width: int, height: int, model: str) -> dict[str, Any]:
+def sampling_settings(sampling: Sampling, *, width: int, height: int, model: str) -> Settings:
     """The settings every task shares, in A1111's order."""
-    settings: dict[str, Any] = {
+    settings: Settings = {
         "Steps": sampling.steps,
         "Sampler": sampling.sampler,
         "Schedule type": "Karras" if sampling.use_karras else "Automatic",
@@ -44,11 +42,11 @@ def sampling_settings(sampling: Sampling, *, width: int, height: int, model: str
 
 
 def label_images(
-    images: list[Image.Image], prompt: str, negative_prompt: str, settings: dict[str, Any]
+    images: list[Image.Image], prompt: str, negative_prompt: str, settings: Settings
 ) -> list[Image.Image]:
     """Attach the parameters text to each image (with its position when the batch has several)."""
     for index, image in enumerate(images):
-        extra: dict[str, Any] = {}
+        extra: Settings = {}
         if len(images) > 1:
             extra = {"Batch size": len(images), "Batch pos": index}
         attach_parameters(image, format_parameters(prompt, negative_prompt, {**settings, **extra}))

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from sd2_app.errors import InvalidRequest
+from sd2_app.nn.clip_text import TextEncoder, encode_with_inserts, text_model_of
 from sd2_app.pipelines.prompt_chunks import (
     CHUNK_LENGTH,
     CHUNK_TOKENS,
@@ -31,19 +32,21 @@ from sd2_app.pipelines.prompt_chunks import (
     tokenize_prompt,
 )
 
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
+
+    from sd2_app.api.requests import TaskRequest
+    from sd2_app.checkpoints.components import Components
+    from sd2_app.loading.embeddings import TextualInversion
+
 
 @dataclass
 class EncodedPrompts:
     context: torch.Tensor  # (2B|B, 77·k, D), uncond first when guided
-    warnings: list[str] = field(default_factory=list)
-    embeddings: list[Any] = field(default_factory=list)  # TextualInversions used by either prompt, in order
-
-    def settings(self) -> dict[str, str]:
-        """What the PNG parameters record about the prompts beyond their text: A1111's `TI hashes`."""
-        return ti_hashes(self.embeddings)
+    embeddings: list[TextualInversion] = field(default_factory=list)  # used by either prompt, in order
 
 
-def ti_hashes(embeddings: list[Any]) -> dict[str, str]:
+def ti_hashes(embeddings: list[TextualInversion]) -> dict[str, str]:
     """{"TI hashes": "name: shorthash, ..."} as A1111 writes it (names without ":" and ","), or {} when none."""
     if not embeddings:
         return {}
@@ -51,14 +54,14 @@ def ti_hashes(embeddings: list[Any]) -> dict[str, str]:
     return {"TI hashes": ", ".join(f"{name}: {e.shorthash}" for name, e in zip(names, embeddings))}
 
 
-def embedding_settings(components: Any, request: Any) -> dict[str, str]:
+def embedding_settings(components: Components, request: TaskRequest) -> dict[str, str]:
     """`ti_hashes` of the embeddings `request`'s prompts use with `components.embeddings` (the same chunking
     the encoder ran; the negative prompt only counts when guidance reads it)."""
-    library = getattr(components, "embeddings", None)
+    library = components.embeddings
     if not library:
         return {}
     texts = [request.prompt] + ([request.negative_prompt] if request.sampling.cfg_scale > 1.0 else [])
-    used: dict[str, Any] = {}
+    used: dict[str, TextualInversion] = {}
     for text in texts:
         for embedding in tokenize_prompt(components.tokenizer, text, library).embeddings:
             used.setdefault(embedding.name, embedding)
@@ -100,28 +103,26 @@ def _check_widths(chunks: list[Chunk], width: int) -> None:
                 )
 
 
-def encode_chunks(text_encoder: Any, chunks: list[Chunk], device: torch.device) -> torch.Tensor:
+def encode_chunks(text_encoder: TextEncoder, chunks: list[Chunk], device: torch.device) -> torch.Tensor:
     """(N, 77, D) states of N chunks in one encoder batch: ids as they are, or with embeddings inserted."""
     ids = torch.tensor([chunk.ids for chunk in chunks], dtype=torch.long)
     if not any(chunk.inserts for chunk in chunks):
         return text_encoder(ids.to(device))[0]
-    from sd2_app.nn.clip_text import encode_with_inserts, text_model_of
-
     _check_widths(chunks, text_model_of(text_encoder).config.hidden_size)
     inserts = [[(at, embedding.vectors) for at, embedding in chunk.inserts] for chunk in chunks]
     return encode_with_inserts(text_encoder, ids.to(device), inserts)
 
 
 def encode_prompt_pair(
-    text_encoder: Any,
-    tokenizer: Any,
+    text_encoder: TextEncoder,
+    tokenizer: CLIPTokenizer,
     prompt: str,
     negative_prompt: str,
     *,
     batch_size: int,
     use_cfg: bool,
     device: torch.device,
-    embeddings: Mapping[str, Any] | None = None,
+    embeddings: Mapping[str, TextualInversion] | None = None,
 ) -> EncodedPrompts:
     """Context (2B, 77·k, D) = [uncond x B; cond x B] with guidance, else (B, 77·k, D).
 
@@ -148,20 +149,4 @@ def encode_prompt_pair(
     halves = [hidden[i * k:(i + 1) * k].reshape(k * CHUNK_LENGTH, width) for i in range(len(prompts))]
     context = torch.cat([h[None].expand(batch_size, -1, -1) for h in halves]).contiguous()
     used = {e.name: e for p in prompts for e in p.embeddings}
-    return EncodedPrompts(context, [], list(used.values()))
-
-
-def encode_prompts(
-    text_encoder: Any,
-    tokenizer: Any,
-    prompt: str,
-    negative_prompt: str,
-    *,
-    batch_size: int,
-    use_cfg: bool,
-    device: torch.device,
-) -> tuple[torch.Tensor, list[str]]:
-    """`encode_prompt_pair` without embeddings, as (context, warnings) (the benchmarks call this)."""
-    encoded = encode_prompt_pair(text_encoder, tokenizer, prompt, negative_prompt, batch_size=batch_size,
-                                 use_cfg=use_cfg, device=device)
-    return encoded.context, encoded.warnings
+    return EncodedPrompts(context, list(used.values()))

@@ -13,9 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sd2_app.pipelines.prompt_syntax import Run, parse_attention
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
+
+    from sd2_app.loading.embeddings import TextualInversion
 
 CHUNK_TOKENS = 75  # prompt tokens per chunk
 CHUNK_LENGTH = CHUNK_TOKENS + 2  # with BOS and EOS: the text encoder's 77 positions
@@ -30,7 +35,7 @@ class Chunk:
 
     ids: list[int] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
-    inserts: list[tuple[int, Any]] = field(default_factory=list)  # (position in ids, TextualInversion)
+    inserts: list[tuple[int, TextualInversion]] = field(default_factory=list)  # (position in ids, embedding)
 
     @property
     def weighted(self) -> bool:
@@ -41,7 +46,7 @@ class Chunk:
 class TokenizedPrompt:
     chunks: list[Chunk]  # at least one
     token_count: int  # A1111's count: 75 per finished chunk + the last chunk's tokens
-    embeddings: list[Any]  # the TextualInversions used, in order of first use
+    embeddings: list[TextualInversion]  # the embeddings used, in order of first use
 
     @property
     def token_limit(self) -> int:
@@ -49,9 +54,13 @@ class TokenizedPrompt:
         return CHUNK_TOKENS * len(self.chunks)
 
 
-def _embedding_index(tokenizer: Any, embeddings: Mapping[str, Any]) -> dict[int, list[tuple[list[int], Any]]]:
+# first token id of a name -> [(the name's token ids, its embedding)]
+EmbeddingIndex = dict[int, list[tuple[list[int], "TextualInversion"]]]
+
+
+def _embedding_index(tokenizer: CLIPTokenizer, embeddings: Mapping[str, TextualInversion]) -> EmbeddingIndex:
     """First token id -> [(the name's token ids, embedding)], longest name first (A1111 matches the longest)."""
-    index: dict[int, list[tuple[list[int], Any]]] = {}
+    index: EmbeddingIndex = {}
     for name, embedding in embeddings.items():
         ids = tokenizer(name, add_special_tokens=False, truncation=False, verbose=False).input_ids
         if ids:
@@ -61,7 +70,7 @@ def _embedding_index(tokenizer: Any, embeddings: Mapping[str, Any]) -> dict[int,
     return index
 
 
-def _match(tokens: Sequence[int], position: int, index: Mapping[int, list[tuple[list[int], Any]]]) -> tuple[Any, int]:
+def _match(tokens: Sequence[int], position: int, index: EmbeddingIndex) -> tuple[TextualInversion | None, int]:
     for ids, embedding in index.get(tokens[position], ()):
         if list(tokens[position:position + len(ids)]) == ids:
             return embedding, len(ids)
@@ -100,7 +109,8 @@ class _Builder:
         self.current = moved
 
 
-def tokenize_prompt(tokenizer: Any, prompt: str, embeddings: Mapping[str, Any] | None = None) -> TokenizedPrompt:
+def tokenize_prompt(tokenizer: CLIPTokenizer, prompt: str,
+                    embeddings: Mapping[str, TextualInversion] | None = None) -> TokenizedPrompt:
     """Parse `prompt` and cut it into chunks. Never raises on any text; the caller enforces MAX_CHUNKS."""
     runs = parse_attention(prompt)
     texts = [run.text for run in runs if not run.is_break]
@@ -108,7 +118,7 @@ def tokenize_prompt(tokenizer: Any, prompt: str, embeddings: Mapping[str, Any] |
     comma = tokenizer.convert_tokens_to_ids(",</w>")
     index = _embedding_index(tokenizer, embeddings or {})
     build = _Builder(tokenizer.bos_token_id, tokenizer.eos_token_id)
-    used: dict[str, Any] = {}
+    used: dict[str, TextualInversion] = {}
     token_lists = iter(tokenized)
     for run in runs:
         if run.is_break:
@@ -121,7 +131,7 @@ def tokenize_prompt(tokenizer: Any, prompt: str, embeddings: Mapping[str, Any] |
 
 
 def _add_run(build: _Builder, run: Run, tokens: Sequence[int], comma: int,
-             index: Mapping[int, list[tuple[list[int], Any]]], used: dict[str, Any]) -> None:
+             index: EmbeddingIndex, used: dict[str, TextualInversion]) -> None:
     position = 0
     while position < len(tokens):
         token = tokens[position]
@@ -148,6 +158,6 @@ def _add_run(build: _Builder, run: Run, tokens: Sequence[int], comma: int,
         position += length
 
 
-def empty_chunk(tokenizer: Any) -> Chunk:
+def empty_chunk(tokenizer: CLIPTokenizer) -> Chunk:
     """The chunk of an empty prompt: what pads the shorter of prompt and negative prompt."""
     return tokenize_prompt(tokenizer, "").chunks[0]

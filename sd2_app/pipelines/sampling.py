@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,11 +10,13 @@ import torch
 
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.loop import Conditioning, LatentProgressFn, Tiling, run_sampling
+from sd2_app.pipelines.output import PipelineOutput
 from sd2_app.pipelines.prompt import encode_prompt_pair
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.vae_io import decode_in
 from sd2_app.api.requests import Sampling, TaskRequest
 from sd2_app.checkpoints.components import Components
+from sd2_app.samplers.base import NoiseSource, randn_from
 from sd2_app.samplers.registry import SamplerSpec
 from sd2_app.samplers.schedules import Schedule, SchedulerConfig
 
@@ -33,11 +36,12 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
 
 
 def draw_noise(
-    shape: tuple[int, ...], generator: torch.Generator, device: torch.device, dtype: torch.dtype
+    shape: tuple[int, ...], generator: NoiseSource, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Unit normal noise drawn like the reference's `randn_tensor` (in the model dtype), returned as fp32."""
-    noise = torch.randn(shape, generator=generator, device=generator.device, dtype=dtype)
-    return noise.to(device=device, dtype=torch.float32)
+    """Unit normal noise drawn like the reference's `randn_tensor` (in the model dtype), returned as fp32.
+
+    `generator` may be a batch's `GeneratorParts`: each request's rows then come from its own generator."""
+    return randn_from(shape, generator, dtype).to(device=device, dtype=torch.float32)
 
 
 def plan_sampling(config: SchedulerConfig, sampling: Sampling, strength: float | None = None) -> SamplingPlan:
@@ -68,10 +72,9 @@ class Job:
 
     components: Components
     sampling: Sampling
-    generator: torch.Generator
+    generator: NoiseSource  # the request's own; a batch of requests has each one's (samplers.base.GeneratorParts)
     context: torch.Tensor  # (2B|B, 77·k, D), uncond first when guided; k chunks of 77 tokens
     plan: SamplingPlan
-    warnings: list[str]
     mode: RunMode = NORMAL  # this attempt's precision and memory switches (the fallback ladder's choice)
 
     @property
@@ -109,6 +112,23 @@ class Job:
         return decode_in(self.mode, self.components.vae, latents, force_fp32=force_fp32, tile=tile, overlap=overlap)
 
 
+@dataclass
+class PreparedRun:
+    """A task's run up to its denoising loop: the job and its start latents, and the step after the loop.
+
+    A task run is `prepared.complete(on_step)`; a batch of requests (pipelines/batch.py) prepares each one, denoises
+    their start latents together and finishes each one's slice, so both go through the same code.
+    """
+
+    job: Job
+    start: torch.Tensor  # (B, 4, h, w) sigma-space start latents, drawn from the job's generator
+    finish: Callable[[torch.Tensor], PipelineOutput]  # denoised latents (B, 4, h, w) -> the task's output
+
+    def complete(self, on_step: LatentProgressFn | None = None) -> PipelineOutput:
+        """Denoise the start latents and finish: the task's whole run."""
+        return self.finish(self.job.denoise(self.start, on_step=on_step))
+
+
 def start_job(components: Components, request: TaskRequest, *, strength: float | None = None, mode: RunMode = NORMAL) -> Job:
     """Seeded generator, encoded prompts ([uncond; cond]) and the sampling plan for `request`, run in `mode`."""
     sampling = request.sampling
@@ -117,7 +137,7 @@ def start_job(components: Components, request: TaskRequest, *, strength: float |
     encoded = encode_prompt_pair(
         components.text_encoder, components.tokenizer, request.prompt, request.negative_prompt,
         batch_size=sampling.batch_size, use_cfg=sampling.cfg_scale > 1.0, device=components.device,
-        embeddings=getattr(components, "embeddings", None),
+        embeddings=components.embeddings,
     )
     plan = plan_sampling(components.scheduler_config, sampling, strength=strength)
-    return Job(components, sampling, generator, encoded.context, plan, list(encoded.warnings), mode)
+    return Job(components, sampling, generator, encoded.context, plan, mode)

@@ -16,11 +16,10 @@ sampler's later draws (ancestral samplers) follow the same stream as they would 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from sd2_app.api.requests import SeedExtras
+from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.sampling import draw_noise, make_generator
 
 PARALLEL_DOT = 0.9995  # above this cosine the two draws are almost parallel: interpolate linearly
@@ -92,9 +91,9 @@ def vary(noise: torch.Tensor, generator: torch.Generator, extras: SeedExtras, dt
     return slerp(extras.variation_strength, noise, other)
 
 
-def seed_settings(extras: SeedExtras) -> dict[str, Any]:
+def seed_settings(extras: SeedExtras) -> Settings:
     """The parameters text's keys for the seed extras in use (A1111's names)."""
-    settings: dict[str, Any] = {}
+    settings: Settings = {}
     if extras.variation_strength > 0:
         settings["Variation seed"] = extras.variation_seed
         settings["Variation seed strength"] = extras.variation_strength

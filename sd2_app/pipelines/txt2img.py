@@ -7,18 +7,17 @@ hires fix (pipelines/hires.py, which runs `generate` as its first pass).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from sd2_app.checkpoints.components import Components
 from sd2_app.pipelines.images import postprocess, round_size
 from sd2_app.pipelines.loop import LatentProgressFn
+from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.prompt import embedding_settings
-from sd2_app.pipelines.sampling import start_job
-from sd2_app.pipelines.seamless import circular_padding
+from sd2_app.pipelines.sampling import Job, PreparedRun, start_job
+from sd2_app.pipelines.seamless import tiled_components
 from sd2_app.pipelines.seeds import seed_settings, seeded_noise, uses_extras
 from sd2_app.pipelines.vae_io import decode_in, vae_factor
 from sd2_app.api.requests import HiresPassRequest, Txt2ImgRequest
@@ -38,7 +37,7 @@ def effective_size(width: int, height: int, factor: int, warnings: list[str]) ->
     return new_width, new_height
 
 
-def txt2img_settings(request: Txt2ImgRequest, components: Components, width: int, height: int) -> dict[str, Any]:
+def txt2img_settings(request: Txt2ImgRequest, components: Components, width: int, height: int) -> Settings:
     """The parameters text's settings, with A1111's keys for the seed extras and tiling when they are on."""
     settings = sampling_settings(request.sampling, width=width, height=height, model=components.key)
     settings |= embedding_settings(components, request)
@@ -48,10 +47,10 @@ def txt2img_settings(request: Txt2ImgRequest, components: Components, width: int
     return settings
 
 
-def generate(
-    components: Components, request: Txt2ImgRequest, on_step: LatentProgressFn | None = None, mode: RunMode = NORMAL
-) -> tuple[torch.Tensor, int, int, list[str]]:
-    """The denoised latents (B, 4, h, w) of `request` at its size, with the size used and the warnings."""
+def _start(
+    components: Components, request: Txt2ImgRequest, mode: RunMode
+) -> tuple[Job, torch.Tensor, int, int, list[str]]:
+    """The job and its start latents (B, 4, h, w) for `request` at its size, with the size used and the warnings."""
     sampling = request.sampling
     factor = vae_factor(components.vae)
     warnings: list[str] = []
@@ -59,14 +58,37 @@ def generate(
     width, height = effective_size(request.width or native, request.height or native, factor, warnings)
 
     job = start_job(components, request, mode=mode)
-    warnings += job.warnings
     shape = (sampling.batch_size, components.vae.config.latent_channels, height // factor, width // factor)
     if uses_extras(request.seed_extras):
         noise = seeded_noise(shape, job.generator, request.seed_extras, factor, components.device, components.dtype)
         start = noise * job.plan.schedule.init_noise_sigma
     else:
         start = job.start_noise(shape)
+    return job, start, width, height, warnings
+
+
+def generate(
+    components: Components, request: Txt2ImgRequest, on_step: LatentProgressFn | None = None, mode: RunMode = NORMAL
+) -> tuple[torch.Tensor, int, int, list[str]]:
+    """The denoised latents (B, 4, h, w) of `request` at its size, with the size used and the warnings."""
+    job, start, width, height, warnings = _start(components, request, mode)
     return job.denoise(start, on_step=on_step), width, height, warnings
+
+
+def prepare_txt2img(components: Components, request: Txt2ImgRequest, mode: RunMode = NORMAL) -> PreparedRun:
+    """A plain text-to-image run (no hires fix) up to its loop; its finish decodes and labels the images.
+
+    A tiled request's run holds its own circular view of the UNet and VAE (pipelines/seamless.py).
+    """
+    job, start, width, height, warnings = _start(tiled_components(components, request.tiling), request, mode)
+
+    def finish(latents: torch.Tensor) -> PipelineOutput:
+        images = postprocess(decode_in(mode, job.components.vae, latents))
+        label_images(images, request.prompt, request.negative_prompt,
+                     txt2img_settings(request, components, width, height))
+        return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings)
+
+    return PreparedRun(job, start, finish)
 
 
 @torch.inference_mode()
@@ -83,8 +105,4 @@ def txt2img(
         from sd2_app.pipelines.hires import hires_fix
 
         return hires_fix(components, request, on_step, mode)
-    with circular_padding(components.unet, components.vae, enabled=request.tiling):
-        latents, width, height, warnings = generate(components, request, on_step, mode)
-        images = postprocess(decode_in(mode, components.vae, latents))
-    label_images(images, request.prompt, request.negative_prompt, txt2img_settings(request, components, width, height))
-    return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings)
+    return prepare_txt2img(components, request, mode).complete(on_step)

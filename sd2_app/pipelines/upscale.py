@@ -57,7 +57,6 @@ def upscale(
         warnings.append(f"Size {original.width}x{original.height} is not a multiple of {factor}; used {w}x{h}.")
 
     job = start_job(components, request, mode=mode)
-    warnings += job.warnings
 
     # Draw order (docs/DESIGN.md, "Random draws"): the augmentation noise, then the start latents.
     noise = draw_noise(tuple(image.shape), job.generator, components.device, components.dtype)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Union
 
 import torch
 from torch import Tensor
@@ -25,9 +26,40 @@ def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tupl
     return math.sqrt(sigma_to**2 - sigma_up**2), sigma_up
 
 
-def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+@dataclass(frozen=True)
+class GeneratorParts:
+    """The generators of several requests sampled as one batch: (generator, rows) per request, in batch order.
+
+    A draw of shape (B, ...) takes each request's `rows` images from that request's own generator, exactly the
+    (rows, ...) draw its solo run makes, and concatenates them; so every image gets the noise its seed gives
+    alone, start noise and ancestral noise alike (docs/DESIGN.md, "Batching across users").
+    """
+
+    parts: tuple[tuple[torch.Generator, int], ...]
+
+    @property
+    def device(self) -> torch.device:
+        return self.parts[0][0].device
+
+    def randn(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        """Unit noise of `shape` (B, ...), each request's rows from its own generator, on the generators' device."""
+        assert shape[0] == sum(rows for _, rows in self.parts), f"{shape} does not match {self.parts}"
+        return torch.cat([torch.randn((rows, *shape[1:]), generator=generator, device=generator.device, dtype=dtype)
+                          for generator, rows in self.parts])
+
+
+NoiseSource = Union[torch.Generator, GeneratorParts]  # one request's generator, or several requests' in a batch
+
+
+def randn_from(shape: tuple[int, ...], generator: NoiseSource, dtype: torch.dtype) -> Tensor:
+    """Unit noise of `shape` from `generator` (or each part from its own), on the generator's device."""
+    if isinstance(generator, GeneratorParts):
+        return generator.randn(shape, dtype)
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype)
+
+
+def randn_like(x: Tensor, generator: NoiseSource | None) -> Tensor:
     """Unit noise shaped like x, drawn on the generator's device and moved (diffusers' randn_tensor), so seeds match."""
     if generator is None:
         return torch.randn(x.shape, device=x.device, dtype=x.dtype)
-    noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
-    return noise.to(x.device)
+    return randn_from(tuple(x.shape), generator, x.dtype).to(x.device)

@@ -8,14 +8,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sd2_app.samplers.base import Denoiser, StepFn, ancestral_step, randn_like, to_d
+from sd2_app.samplers.base import Denoiser, NoiseSource, StepFn, ancestral_step, randn_like, to_d
 from sd2_app.samplers.schedules import Schedule
 
 
 @torch.no_grad()
 def sample_ddim(
     denoise: Denoiser, x: Tensor, schedule: Schedule, *,
-    generator: torch.Generator | None = None, on_step: StepFn | None = None, eta: float = 0.0,
+    generator: NoiseSource | None = None, on_step: StepFn | None = None, eta: float = 0.0,
 ) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12); eta > 0 adds eta-scaled posterior noise, eta = 1 is DDPM-like.
 
@@ -38,7 +38,7 @@ def sample_ddim(
 @torch.no_grad()
 def sample_ddpm(
     denoise: Denoiser, x: Tensor, schedule: Schedule, *,
-    generator: torch.Generator | None = None, on_step: StepFn | None = None,
+    generator: NoiseSource | None = None, on_step: StepFn | None = None,
 ) -> Tensor:
     """Ancestral sampling from the DDPM posterior q(x_prev | x_t, x0) with the "fixed_small" variance (Ho et al. 2020)."""
     sigmas, timesteps = schedule.sigmas, schedule.timesteps
@@ -65,7 +65,7 @@ def _plms_combine(history: list[Tensor]) -> Tensor:
 @torch.no_grad()
 def sample_plms(
     denoise: Denoiser, x: Tensor, schedule: Schedule, *,
-    generator: torch.Generator | None = None, on_step: StepFn | None = None,
+    generator: NoiseSource | None = None, on_step: StepFn | None = None,
 ) -> Tensor:
     """Pseudo linear multistep (PNDM with skip_prk_steps, Liu et al. 2022): DDIM transfer with multistep eps.
 

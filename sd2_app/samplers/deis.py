@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from sd2_app.samplers.base import Denoiser, StepFn, to_d
+from sd2_app.samplers.base import Denoiser, NoiseSource, StepFn, to_d
 from sd2_app.samplers.schedules import Schedule
 
 _LOWER_ORDER_FINAL_BELOW = 15  # diffusers drops to first order on the last step only for short schedules
@@ -25,7 +25,7 @@ def _integral(t: float, b: float, c: float) -> float:
 @torch.no_grad()
 def sample_deis(
     denoise: Denoiser, x: Tensor, schedule: Schedule, *,
-    generator: torch.Generator | None = None, on_step: StepFn | None = None,
+    generator: NoiseSource | None = None, on_step: StepFn | None = None,
 ) -> Tensor:
     """DEIS-2 (multistep eps extrapolation); the first step, and the last when the full run is short, are Euler."""
     sigmas, timesteps = schedule.sigmas, schedule.timesteps

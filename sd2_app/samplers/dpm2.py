@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sd2_app.samplers.base import Denoiser, StepFn, ancestral_step, randn_like, to_d
+from sd2_app.samplers.base import Denoiser, NoiseSource, StepFn, ancestral_step, randn_like, to_d
 from sd2_app.samplers.schedules import Schedule
 
 
@@ -20,7 +20,7 @@ def _log_midpoint(sigma_a: float, sigma_b: float) -> float:
 @torch.no_grad()
 def sample_dpm_2(
     denoise: Denoiser, x: Tensor, schedule: Schedule, *,
-    generator: torch.Generator | None = None, on_step: StepFn | None = None,
+    generator: NoiseSource | None = None, on_step: StepFn | None = None,
 ) -> Tensor:
     """DPM-Solver-2 in sigma: an Euler half-step to the log-midpoint, then the full step with its slope.
 
@@ -45,7 +45,7 @@ def sample_dpm_2(
 @torch.no_grad()
 def sample_dpm_2_ancestral(
     denoise: Denoiser, x: Tensor, schedule: Schedule, *,
-    generator: torch.Generator | None = None, on_step: StepFn | None = None,
+    generator: NoiseSource | None = None, on_step: StepFn | None = None,
 ) -> Tensor:
     """DPM2 to sigma_down (midpoint between sigma and sigma_down), then noise up to the next sigma."""
     sigmas, timesteps = schedule.sigmas, schedule.timesteps

@@ -11,14 +11,14 @@ import math
 import torch
 from torch import Tensor
 
-from sd2_app.samplers.base import Denoiser, StepFn, randn_like
+from sd2_app.samplers.base import Denoiser, NoiseSource, StepFn, randn_like
 from sd2_app.samplers.schedules import Schedule
 
 
 @torch.no_grad()
 def sample_dpmpp_2m(
     denoise: Denoiser, x: Tensor, schedule: Schedule, *,
-    generator: torch.Generator | None = None, on_step: StepFn | None = None,
+    generator: NoiseSource | None = None, on_step: StepFn | None = None,
 ) -> Tensor:
     """DPM-Solver++(2M), midpoint form; first order on the first step and on the final step to sigma = 0."""
     sigmas, timesteps = schedule.sigmas, schedule.timesteps
@@ -41,7 +41,7 @@ def sample_dpmpp_2m(
 @torch.no_grad()
 def sample_dpmpp_2m_sde(
     denoise: Denoiser, x: Tensor, schedule: Schedule, *,
-    generator: torch.Generator | None = None, on_step: StepFn | None = None,
+    generator: NoiseSource | None = None, on_step: StepFn | None = None,
 ) -> Tensor:
     """SDE-DPM-Solver++(2M), midpoint form (diffusers' "sde-dpmsolver++"); one noise draw every step."""
     sigmas, timesteps = schedule.sigmas, schedule.timesteps
@@ -72,7 +72,7 @@ def _singlestep_orders(steps: int) -> list[int]:
 @torch.no_grad()
 def sample_dpmpp_2s(
     denoise: Denoiser, x: Tensor, schedule: Schedule, *,
-    generator: torch.Generator | None = None, on_step: StepFn | None = None,
+    generator: NoiseSource | None = None, on_step: StepFn | None = None,
 ) -> Tensor:
     """DPM-Solver++(2S), single-step: a first-order step to the next sigma only to evaluate the model there,
     then a second-order step over both intervals from the remembered start (diffusers' singlestep scheduler).

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sd2_app.samplers.base import Denoiser, StepFn, ancestral_step, randn_like, to_d
+from sd2_app.samplers.base import Denoiser, NoiseSource, StepFn, ancestral_step, randn_like, to_d
 from sd2_app.samplers.schedules import Schedule
 
 _GAUSS_NODES, _GAUSS_WEIGHTS = np.polynomial.legendre.leggauss(4)  # exact for the cubic Lagrange bases below
@@ -15,7 +15,7 @@ _GAUSS_NODES, _GAUSS_WEIGHTS = np.polynomial.legendre.leggauss(4)  # exact for t
 @torch.no_grad()
 def sample_euler(
     denoise: Denoiser, x: Tensor, schedule: Schedule, *,
-    generator: torch.Generator | None = None, on_step: StepFn | None = None,
+    generator: NoiseSource | None = None, on_step: StepFn | None = None,
 ) -> Tensor:
     """Euler's method on the probability-flow ODE (Karras et al. 2022, Algorithm 2 without churn)."""
     sigmas, timesteps = schedule.sigmas, schedule.timesteps
@@ -30,7 +30,7 @@ def sample_euler(
 @torch.no_grad()
 def sample_euler_ancestral(
     denoise: Denoiser, x: Tensor, schedule: Schedule, *,
-    generator: torch.Generator | None = None, on_step: StepFn | None = None,
+    generator: NoiseSource | None = None, on_step: StepFn | None = None,
 ) -> Tensor:
     """Euler step to sigma_down, then fresh noise up to the next sigma (k-diffusion; one draw every step)."""
     sigmas, timesteps = schedule.sigmas, schedule.timesteps
@@ -47,7 +47,7 @@ def sample_euler_ancestral(
 @torch.no_grad()
 def sample_heun(
     denoise: Denoiser, x: Tensor, schedule: Schedule, *,
-    generator: torch.Generator | None = None, on_step: StepFn | None = None,
+    generator: NoiseSource | None = None, on_step: StepFn | None = None,
 ) -> Tensor:
     """Heun's second-order method (Karras et al. 2022, Algorithm 1); the step to sigma = 0 is plain Euler."""
     sigmas, timesteps = schedule.sigmas, schedule.timesteps
@@ -83,7 +83,7 @@ def _lms_coefficient(sigmas: list[float], i: int, order: int, k: int) -> float:
 @torch.no_grad()
 def sample_lms(
     denoise: Denoiser, x: Tensor, schedule: Schedule, *,
-    generator: torch.Generator | None = None, on_step: StepFn | None = None, order: int = 4,
+    generator: NoiseSource | None = None, on_step: StepFn | None = None, order: int = 4,
 ) -> Tensor:
     """Linear multistep in sigma with up to `order` past derivatives (k-diffusion's LMS).
 

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from sd2_app.samplers.base import Denoiser, StepFn
+from sd2_app.samplers.base import Denoiser, NoiseSource, StepFn
 from sd2_app.samplers.schedules import Schedule
 
 SOLVER_ORDER = 2
@@ -64,7 +64,7 @@ def _corrector_rhos(sigmas: list[float], sigma_t: float, order: int) -> list[flo
 @torch.no_grad()
 def sample_unipc(
     denoise: Denoiser, x: Tensor, schedule: Schedule, *,
-    generator: torch.Generator | None = None, on_step: StepFn | None = None,
+    generator: NoiseSource | None = None, on_step: StepFn | None = None,
 ) -> Tensor:
     """UniPC-bh2 with diffusers' defaults: order 2, warm-up from order 1, first order on the last step."""
     sigmas, timesteps = schedule.sigmas, schedule.timesteps

@@ -99,7 +99,7 @@ def vae_config(name: str) -> dict[str, Any]:
     return copy.deepcopy(VAE_CONFIGS[name])
 
 
-def _scaled_heads(heads: Any, channels: list[int]) -> Any:
+def _scaled_heads(heads: int | list[int], channels: list[int]) -> int | list[int]:
     """Head counts for tiny widths: keep the real per-level pattern, but at most channels/8 heads each."""
     if isinstance(heads, int):
         return max(1, min(heads, min(channels) // 16))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TYPE_CHECKING
 
@@ -10,7 +11,7 @@ import gradio as gr
 
 from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
 from sd2_app.ui.hosting import Hosting, Visitors, install
-from sd2_app.ui.runner import StopFlags
+from sd2_app.ui.runner import StopFlags, close_with
 from sd2_app.ui.sending import (  # noqa: F401  # clamp_to, sampler_fields: also imported from here
     SendTarget, clamp_to, picked_history_image, sampler_fields, wire_history_send, wire_send)
 from sd2_app.ui.txt2img_extras import from_parameters
@@ -23,10 +24,10 @@ STATIC = Path(__file__).resolve().parent / "static"
 TITLE = "Stable Diffusion 2"
 
 
-def _examples(assets: Path) -> dict[str, list[list[Any]]]:
+def _examples(assets: Path) -> dict[str, list[list[str]]]:
     """Example rows per tab, only for the asset files that exist."""
 
-    def rows(*items: tuple[str, str]) -> list[list[Any]]:
+    def rows(*items: tuple[str, str]) -> list[list[str]]:
         return [[str(assets / name), prompt] for name, prompt in items if (assets / name).is_file()]
 
     return {
@@ -81,25 +82,38 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
             wire_send(tab.panel, tab, tabs, targets, prefix)
         models_tab.select(refresh_models, None, models_outputs, api_name="models_tab",
                           api_visibility="private", queue=False)
-        history_tab.select(past.refresh, None, past.outputs, api_name="history_tab", api_visibility="private",
-                           queue=False)
-        history_tab.select(lambda: 0, None, past.selected, api_name="history_tab_unpick", api_visibility="private",
-                           queue=False)
-        wire_history_send(past, tabs, targets)
-        to_txt2img, txt2img_fields = _png_to_txt2img(t2i, tabs)
-        png_send.click(to_txt2img, png_fields, txt2img_fields, api_name="png_info_send", api_visibility="private")
-        past.reuse.click(lambda gallery, index: to_txt2img(picked_history_image(gallery, index)[1]),
-                         [past.gallery, past.selected], txt2img_fields, api_name="history_reuse",
-                         api_visibility="private")
+        _wire_history_tab(history_tab, past)
+        wire_history_send(service, past, tabs, targets)
+        _wire_reuse(service, t2i, tabs, png_send, png_fields, past)
         # Gradio 6 takes style sheets and scripts only at launch(); the page script adds ours on load instead, so
         # every launcher (app.py, Spaces, the tests) gets them.
         css = json.dumps((STATIC / "app.css").read_text(encoding="utf-8"))
         demo.load(None, js=f"() => ({(STATIC / 'app.js').read_text(encoding='utf-8')})({css})")
     install(demo, visitors)
+    close_with(demo, service)  # the results still being written are on disk before the app closes
     return demo
 
 
-def _png_to_txt2img(t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs) -> tuple[Any, list[Any]]:
+def _wire_history_tab(history_tab: gr.Tab, past: history.HistoryView) -> None:
+    """Selecting History refreshes it and forgets the image picked before."""
+    history_tab.select(past.refresh, None, past.outputs, api_name="history_tab", api_visibility="private",
+                       queue=False)
+    history_tab.select(lambda: 0, None, past.selected, api_name="history_tab_unpick", api_visibility="private",
+                       queue=False)
+
+
+def _wire_reuse(service: Service, t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, png_send: gr.Button,
+                png_fields: gr.JSON, past: history.HistoryView) -> None:
+    """PNG info's "Send to text to image" and History's "Reuse its settings" fill text to image."""
+    to_txt2img, txt2img_fields = _png_to_txt2img(t2i, tabs)
+    png_send.click(to_txt2img, png_fields, txt2img_fields, api_name="png_info_send", api_visibility="private")
+    past.reuse.click(lambda gallery, index: to_txt2img(picked_history_image(service, gallery, index)[1]),
+                     [past.gallery, past.selected], txt2img_fields, api_name="history_reuse",
+                     api_visibility="private")
+
+
+def _png_to_txt2img(t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs) -> tuple[Callable[[dict[str, Any] | None], tuple],
+                                                                     list[gr.components.Component]]:
     """(function, outputs) putting parsed PNG parameters into text to image: prompt, negative prompt, sampler,
     steps, CFG, seed, size and checkpoint. PNG info's send and History's reuse use it."""
     controls = t2i.sampling

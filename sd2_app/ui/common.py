@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TYPE_CHECKING
 
 import gradio as gr
+from gradio.events import Dependency
 from PIL import Image
 
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
@@ -23,8 +24,11 @@ from sd2_app.api.requests import Request, Sampling
 from sd2_app.api.tasks import TASKS, default_checkpoint
 from sd2_app.ui.hosting import stop_flag_of
 from sd2_app.api.gpu_time import values_seconds
+from sd2_app.api.timing import summary
 from sd2_app.ui.layout import GENERATE, RUNNING
-from sd2_app.ui.runner import GPU_QUEUE, StopFlags, gpu, stopped_message, stream, user_message
+from sd2_app.ui.raw_values import server_checked
+from sd2_app.ui.runner import (GPU_QUEUE, RunFlag, StopFlags, deliver, gpu, shown_files, shown_preview,
+                               stopped_message, stream, timed_call, user_message)
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Result, Service
@@ -109,7 +113,7 @@ class ResultPanel:
     preview: gr.Image
     gallery: gr.Gallery
     info: gr.Markdown
-    extra: gr.Image | None
+    extra: gr.components.Component | None  # an image; the X/Y/Z plot's tables (a File)
     last_seed: gr.State
     selected: gr.State
     send_buttons: dict[str, gr.Button]
@@ -160,53 +164,16 @@ def result_panel(
     return ResultPanel(preview, gallery, info, extra, gr.State(None), selected, buttons, run, stop)
 
 
-def load_failed_message(service: Any, checkpoint: Any) -> str:
+def load_failed_message(service: Service, checkpoint: object) -> str:
     """What a visitor is told when a checkpoint cannot be loaded: no folders, repo ids or errors (log only)."""
     labels = getattr(getattr(service, "catalog", None), "labels", {}) or {}
     label = labels.get(checkpoint, checkpoint) if isinstance(checkpoint, str) else "requested"
     return f"The {label} model could not be loaded; the operator has the details."
 
 
-RAW_VALUE_COMPONENTS = (gr.Number, gr.Slider, gr.Textbox, gr.Checkbox)
-
-
-def server_checked(components: Sequence[Any]) -> None:
-    """Let the service, not the widgets, judge every value a visitor sends to a Generate endpoint.
-
-    Gradio's Number rounds to its precision, Slider compares against its range and Textbox calls str() on
-    whatever arrives, so through the API a seed of 1.5 became 2 and a prompt of 123 became "123". Their
-    values now reach `validate` as sent. Any other input's refusal (a Dropdown's "not in the list of
-    choices", an unreadable upload) is logged as one line, without a traceback.
-    """
-    for component in components:
-        if getattr(component.preprocess, "sd2_checked", False):
-            continue
-        if isinstance(component, RAW_VALUE_COMPONENTS):
-            def preprocess(payload: Any) -> Any:
-                return payload
-        else:
-            preprocess = _quiet(component.preprocess, getattr(component, "label", None) or "a value")
-        preprocess.sd2_checked = True  # type: ignore[attr-defined]
-        component.preprocess = preprocess
-
-
-def _quiet(original: Callable[[Any], Any], label: str) -> Callable[[Any], Any]:
-    def preprocess(payload: Any) -> Any:
-        try:
-            return original(payload)
-        except gr.Error as error:
-            log.info("refused a request: %s: %s", label, error.message)
-            raise gr.Error(error.message, print_exception=False) from None
-        except Exception as error:  # noqa: BLE001  # a visitor's bad value must not become a traceback
-            log.info("refused a request: %s: %s: %s", label, type(error).__name__, error)
-            raise gr.Error(f"{label}: the value sent could not be read.", print_exception=False) from None
-
-    return preprocess
-
-
 def describe(result: Result) -> str:
     """Markdown under the gallery: seed, timings, warnings and the parameters text."""
-    seconds = ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
+    seconds = summary(result.timings)
     lines = [f"**Seed** {result.seed} · {seconds}"]
     lines += [f"- ⚠️ {w}" for w in result.warnings]
     if result.parameters:
@@ -223,9 +190,9 @@ def stream_result(
     request_fn: Callable[[], Request],
     session: str,
     progress: gr.Progress,
-    finish: Callable[[Any], tuple],
+    finish: Callable[[Result], tuple],
     n_outputs: int,
-    queued_flag: Any = None,
+    queued_flag: RunFlag | None = None,
 ) -> Iterator[tuple]:
     """The body of every Generate handler: yields (preview, status) updates, then the finished outputs.
 
@@ -243,8 +210,7 @@ def stream_result(
     keep = (gr.skip(),) * (n_outputs - 3)
     yield (gr.skip(), gr.skip(), STARTING, *keep)
     try:
-        run = lambda on_progress, should_stop: service.run(request, on_progress, should_stop, owner=session)  # noqa: E731
-        for item in stream(run, flag):
+        for item in stream(timed_call(service, request, session, flag), flag):
             if isinstance(item, tuple):
                 done, total, preview = item
                 flag.done, flag.total = done, total
@@ -252,12 +218,11 @@ def stream_result(
                 if preview is not None:
                     # After Stop, a late preview must not put "Step n" back over the stop message.
                     status = STOPPING if flag.is_set() else f"Step {done}/{total}"
-                    yield (preview, gr.skip(), status, *keep)
+                    yield (shown_preview(preview), gr.skip(), status, *keep)
             else:
                 for warning in item.warnings:
                     gr.Warning(warning)
-                # The live preview ends on the final image.
-                yield (item.images[0] if item.images else gr.skip(), *finish(item))
+                yield from deliver(item, finish)
     except Cancelled:
         yield (gr.skip(), gr.skip(), stopped_message(flag), *keep)
     except InvalidRequest as error:
@@ -280,45 +245,73 @@ def wire_run(
     api_name: str,
     names: Sequence[str],
     *,
-    finish_extra: Callable[[Any], tuple] = lambda result: (),
+    finish_extra: Callable[[Result], tuple] = lambda result: (),
     body: Callable[..., Iterator[tuple]] | None = None,
-) -> Any:
+) -> Dependency:
     """Connect Generate (streaming, on the GPU queue) and Stop; returns the run event.
 
     `body` replaces `stream_result` (same arguments and yields) for a tab that streams more than previews:
     the X/Y/Z plot shows each finished cell as it comes."""
     # `selected` goes back to 0 with every new result: an index picked in the previous gallery must not make
     # "Send to" carry another image of the new one.
-    outputs: list[Any] = [panel.preview, panel.gallery, panel.info, panel.last_seed, panel.selected]
+    outputs: list[gr.components.Component] = [panel.preview, panel.gallery, panel.info, panel.last_seed,
+                                              panel.selected]
     if panel.extra is not None:
         outputs.append(panel.extra)
 
     def finish(result: Result) -> tuple:
-        gallery = [(image, caption) for image, caption in zip(result.images, result.captions or [None] * len(result.images))]
+        # The files the Service encoded, served as they are: no second PNG encode by Gradio.
+        gallery = list(zip(shown_files(result), result.captions or [None] * len(result.images)))
         return (gallery, describe(result), result.seed, 0, *finish_extra(result))
+
+    assert len(names) == len(inputs), (api_name, names)
+    handler = _generate_handler(service, flags, make_request, names, finish, len(outputs), body or stream_result)
+    server_checked(inputs)
+    event = _wire_generate(panel, handler, inputs, outputs, api_name, service.concurrency)
+    _wire_stop(panel, flags, event, api_name)
+    return event
+
+
+def _generate_handler(
+    service: Service,
+    flags: StopFlags,
+    make_request: Callable[..., Request],
+    names: Sequence[str],
+    finish: Callable[[Result], tuple],
+    n_outputs: int,
+    body: Callable[..., Iterator[tuple]],
+) -> Callable[..., Iterator[tuple]]:
+    """The Generate event's function: widget values in (named after the request fields), `body`'s yields out."""
 
     # ZeroGPU: each call asks for the GPU time its own job needs (widget values -> request -> cost)
     @gpu(duration=lambda request, *values: values_seconds(service, make_request, tuple(values[:-1])))
     def handler(request: gr.Request, *values: Any) -> Iterator[tuple]:
         # Gradio passes (request, *widget values, progress tracker) by position: see the signature below.
         *widget_values, progress = values
-        yield from (body or stream_result)(
+        yield from body(
             service, flags, lambda: make_request(*widget_values), flags.visitor(request), progress, finish,
-            len(outputs), queued_flag=stop_flag_of(request),
+            n_outputs, queued_flag=stop_flag_of(request),
         )
 
     # Name the API parameters after the request fields (gradio_client users call `prompt=...`, not `param_1=...`).
-    assert len(names) == len(inputs), (api_name, names)
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
     handler.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter("request", positional, annotation=gr.Request)]
         + [inspect.Parameter(name, positional, default=None) for name in names]
         + [inspect.Parameter("progress", positional, default=gr.Progress())]
     )
+    return handler
 
-    server_checked(inputs)
-    # Generate: the buttons say a run is on and the last run's results go (so nothing old passes for new), then
-    # the run itself (the API event), then the buttons come back, whether the run succeeded, failed or stopped.
+
+def _idle() -> tuple:  # new dicts per call: Gradio consumes an update's "value" when it applies it
+    return gr.update(value=GENERATE, interactive=True), gr.update(interactive=False)
+
+
+def _wire_generate(panel: ResultPanel, handler: Callable[..., Iterator[tuple]],
+                   inputs: list[gr.components.Component], outputs: list[gr.components.Component], api_name: str,
+                   concurrency: int) -> Dependency:
+    """Generate: the buttons say a run is on and the last run's results go (so nothing old passes for new), then
+    the run itself (the API event, returned), then the buttons come back, whether it succeeded, failed or stopped."""
     clear = (None,) * (len(outputs) - 5)  # the extra images; the seed and pick stay
     started = panel.run.click(
         lambda: (gr.update(value=RUNNING, interactive=False), gr.update(interactive=True), None, None, QUEUED,
@@ -327,30 +320,30 @@ def wire_run(
         api_name=f"{api_name}_starts", api_visibility="private", queue=False, show_progress="hidden",
     )
     event = started.then(
-        handler, inputs, outputs, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=service.concurrency,
+        handler, inputs, outputs, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=concurrency,
         show_progress_on=[panel.gallery],  # the bar covers the results, not the live preview
     )
-    def idle() -> tuple:  # new dicts per call: Gradio consumes an update's "value" when it applies it
-        return gr.update(value=GENERATE, interactive=True), gr.update(interactive=False)
 
     def ends(gallery: Any) -> tuple:  # also sizes the grid to the batch (the API's gallery stays a plain list)
-        return (*idle(), gr.update(columns=gallery_columns(len(gallery or []))))
+        return (*_idle(), gr.update(columns=gallery_columns(len(gallery or []))))
 
     # Gradio 6 runs a .then() only after a success, despite its docs, so a failed run needs .failure() as well.
     # Its update of the gallery also clears the "Error" badge there: the toast has said what went wrong.
     for after, name in ((event.then, f"{api_name}_ends"), (event.failure, f"{api_name}_failed")):
         after(ends, panel.gallery, [panel.run, panel.stop, panel.gallery], api_name=name, api_visibility="private",
               queue=False, show_progress="hidden")
+    return event
 
+
+def _wire_stop(panel: ResultPanel, flags: StopFlags, event: Dependency, api_name: str) -> None:
     def stop(request: gr.Request) -> tuple:
         # Cancelling the event ends its stream, so the message after Stop comes from here, not from the run.
         # Stop reaches the visitor's queued jobs too (their flags were set when they joined the queue).
         flag, queued = flags.stop_all(flags.visitor(request))
-        return (stopped_message(flag) if flag is not None or queued else NOTHING_TO_STOP, *idle())
+        return (stopped_message(flag) if flag is not None or queued else NOTHING_TO_STOP, *_idle())
 
     panel.stop.click(stop, None, [panel.info, panel.run, panel.stop], api_name=f"{api_name}_stop", cancels=[event],
                      queue=False)
-    return event
 
 
 def wire_seed_buttons(randomize: gr.Button, reuse: gr.Button, seed: gr.Number, last_seed: gr.State, prefix: str) -> None:

@@ -8,30 +8,34 @@ can be sent on, or its settings reused in Text to image.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TYPE_CHECKING
 
 import gradio as gr
+from PIL import Image
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
+    from sd2_app.ui.hosting import Visitors
+
+Rows = tuple[list[tuple[Image.Image, str]], list[list[Any]]]  # (gallery images with captions, table rows)
 
 HISTORY_SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
 
 
 @dataclass
 class HistoryView:
-    refresh: Any  # (request) -> (gallery images, table rows); the tab calls it when selected
-    outputs: list[Any]
+    refresh: Callable[[gr.Request], Rows]  # the tab calls it when selected
+    outputs: list[gr.components.Component]
     gallery: gr.Gallery
     selected: gr.State  # the picked image's index
     reuse: gr.Button
     send_buttons: dict[str, gr.Button]
 
 
-
-def _rows(service: Service, visitors: Any, request: gr.Request | None) -> tuple[list[tuple[Any, str]], list[list[Any]]]:
-    images: list[tuple[Any, str]] = []
+def _rows(service: Service, visitors: Visitors, request: gr.Request | None) -> Rows:
+    images: list[tuple[Image.Image, str]] = []
     rows: list[list[Any]] = []
     for entry in service.history(owner=visitors.identify(request)):  # the owner the Generate handlers use
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.created))
@@ -41,11 +45,8 @@ def _rows(service: Service, visitors: Any, request: gr.Request | None) -> tuple[
     return images, rows
 
 
-def build(service: Service, visitors: Any) -> HistoryView:
-    """The History view; the tab refreshes it when selected.
-
-    `visitors` (a `sd2_app.ui.hosting.Visitors`) names the visitor of a request.
-    """
+def build(service: Service, visitors: Visitors) -> HistoryView:
+    """The History view; the tab refreshes it when selected. `visitors` names the visitor of a request."""
     where = "the outputs folder" if service.outputs_dir is not None else "nowhere (saving is off)"
     gr.Markdown(f"Recent results, newest first. Every result is also written with its settings to **{where}**.")
     refresh = gr.Button("Refresh", elem_id="history-refresh")
@@ -64,7 +65,7 @@ def build(service: Service, visitors: Any) -> HistoryView:
 
     gallery.select(picked, None, selected, api_name="history_select", api_visibility="private", queue=False)
 
-    def rows(request: gr.Request) -> tuple[list[tuple[Any, str]], list[list[Any]]]:
+    def rows(request: gr.Request) -> Rows:
         return _rows(service, visitors, request)
 
     refresh.click(rows, None, [gallery, table], api_name="history", queue=False)

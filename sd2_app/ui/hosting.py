@@ -17,10 +17,15 @@ import functools
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
+
+from starlette.middleware import Middleware
 
 from sd2_app.ui.runner import GPU_QUEUE, RunFlag
 from sd2_app.ui.visitors import VisitorCookies, VisitorMiddleware
+
+if TYPE_CHECKING:
+    import gradio as gr
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +113,13 @@ class Visitors:
         queue.push = limited_push
 
 
-def install(demo: Any, visitors: Visitors) -> None:
+def install(demo: gr.Blocks, visitors: Visitors) -> None:
     """Make every `demo.launch` serve visitor cookies, watch the queue and keep the direct routes closed."""
     demo.api_open = False
     launch = demo.launch
 
     @functools.wraps(launch)
     def launch_for_visitors(*args: Any, **kwargs: Any) -> Any:
-        from starlette.middleware import Middleware
-
         demo.api_open = False
         if getattr(demo, "_queue", None) is not None:
             visitors.watch(demo._queue)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import partial
 from typing import Any, TYPE_CHECKING
 
 import gradio as gr
@@ -10,67 +10,57 @@ from PIL import Image
 
 from sd2_app.api.requests import Img2ImgRequest
 from sd2_app.api.tasks import TASKS
-from sd2_app.ui.common import (
-    checkpoint_dropdown,
-    SAMPLING_NAMES,
-    ResultPanel,
-    SamplingControls,
-    result_panel,
-    sampling_controls,
-    to_sampling,
-    wire_run,
-    wire_seed_buttons,
-)
+from sd2_app.ui.common import SAMPLING_NAMES, checkpoint_dropdown, to_sampling, wire_run
 from sd2_app.ui.resize import RESIZE_MODES, fitted_size, resize_to
 from sd2_app.ui.runner import StopFlags
-from sd2_app.ui.layout import prompt_row, results_column, settings_column
-from sd2_app.ui.prompt_tools import wire_prompt_tools
+from sd2_app.ui.tab_frame import ImageTab, TabFrame
 from sd2_app.ui.txt2img_extras import IMG2IMG_NAMES, build_img2img_extras, img2img_fields
 from sd2_app.ui.uploads import check_on_upload, upload_image
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
+    from sd2_app.api.validation import Limits
 
 SEND_TO = (("inpaint", "inpaint"), ("upscale", "upscale"))
 
 
-@dataclass
-class Img2ImgTab:
-    image: gr.Image
-    prompt: gr.Textbox
-    negative: gr.Textbox
-    sampling: SamplingControls
-    panel: ResultPanel
-
-
-def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> Img2ImgTab:
-    top = prompt_row("img2img")
-    prompt, negative = top.prompt, top.negative
-    with gr.Row(equal_height=False):
-        with settings_column("img2img"):
-            image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
-                                 height=320, elem_id="img2img-image")
-            checkpoint = checkpoint_dropdown(service, "img2img")
-            # Empty (as API callers leave them) = the image's own size; a new image fills them in (default_size).
-            with gr.Row():
-                width = gr.Number(None, label="Width (empty: the image's)", precision=0, minimum=64,
-                                  maximum=service.limits.max_side, step=8, elem_id="img2img-width")
-                height = gr.Number(None, label="Height (empty: the image's)", precision=0, minimum=64,
-                                   maximum=service.limits.max_side, step=8, elem_id="img2img-height")
-            resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode",
-                                   elem_id="img2img-resize-mode")
-            wire_prompt_tools(service, "img2img", top.boxes, checkpoint)
-            strength = gr.Slider(0, 1, TASKS["img2img"].strength, step=0.01, label="Strength",
-                                 info="1 ignores the image's content, 0 keeps it")
-            controls, randomize, reuse = sampling_controls(service, "img2img")
-            if examples:
-                gr.Examples(examples, [image, prompt], label="Examples")
-            extras = build_img2img_extras()  # tiling, variation seed
-        with results_column("img2img"):
-            panel = result_panel("img2img", top.run, top.stop, send_to=SEND_TO)
-    wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "img2img")
+def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> ImageTab:
+    frame = TabFrame(service, "img2img")
+    with frame.columns(send_to=SEND_TO):
+        image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
+                             height=320, elem_id="img2img-image")
+        checkpoint = checkpoint_dropdown(service, "img2img")
+        width, height, resize_mode = _size_inputs(service.limits.max_side)
+        frame.prompt_tools(checkpoint)
+        strength = gr.Slider(0, 1, TASKS["img2img"].strength, step=0.01, label="Strength",
+                             info="1 ignores the image's content, 0 keeps it")
+        controls = frame.sampling(examples, image)
+        extras = build_img2img_extras()  # tiling, variation seed
     check_on_upload(image, service.limits.max_input_pixels)
+    _wire_default_size(service, image, checkpoint, width, height)
+    inputs = [image, checkpoint, frame.prompt, frame.negative, strength, width, height, resize_mode,
+              *controls.inputs(), *extras]
+    wire_run(service, flags, frame.panel, inputs, partial(make_request, service.limits), "img2img",
+             ("image", "checkpoint", "prompt", "negative_prompt", "strength", "width", "height", "resize_mode",
+              *SAMPLING_NAMES, *IMG2IMG_NAMES))
+    return ImageTab(image, frame.prompt, frame.negative, controls, frame.panel)
 
+
+def _size_inputs(max_side: int) -> tuple[gr.Number, gr.Number, gr.Radio]:
+    """Width, height and resize mode. Empty sizes (as API callers leave them) = the image's own size; a new
+    image fills them in (`_wire_default_size`)."""
+    with gr.Row():
+        width = gr.Number(None, label="Width (empty: the image's)", precision=0, minimum=64, maximum=max_side,
+                          step=8, elem_id="img2img-width")
+        height = gr.Number(None, label="Height (empty: the image's)", precision=0, minimum=64, maximum=max_side,
+                           step=8, elem_id="img2img-height")
+    resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode",
+                           elem_id="img2img-resize-mode")
+    return width, height, resize_mode
+
+
+def _wire_default_size(service: Service, image: gr.Image, checkpoint: gr.Dropdown, width: gr.Number,
+                       height: gr.Number) -> None:
     def default_size(picture: Any, key: str) -> tuple:
         """A new image: the output keeps its aspect at the checkpoint's resolution."""
         if not isinstance(picture, Image.Image):
@@ -82,29 +72,24 @@ def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> Img2
     checkpoint.change(default_size, [image, checkpoint], [width, height], api_name="img2img_checkpoint_size",
                       api_visibility="private")
 
-    def shaped(picture: Any, w: Any, h: Any, mode: Any) -> Any:
-        """The init image in the resize mode; left as it is (for the service to judge) when the image, size or
-        mode is out of bounds, so nothing huge is decoded or allocated here."""
-        limits = service.limits
-        if not (isinstance(picture, Image.Image) and picture.width * picture.height <= limits.max_input_pixels
-                and all(isinstance(v, (int, float)) and 64 <= v <= limits.max_side for v in (w, h))
-                and mode in RESIZE_MODES):
-            return picture
-        return resize_to(picture, int(w) // 8 * 8, int(h) // 8 * 8, mode)
 
+def shaped(limits: Limits, picture: Any, w: Any, h: Any, mode: Any) -> Any:
+    """The init image in the resize mode; left as it is (for the service to judge) when the image, size or
+    mode is out of bounds, so nothing huge is decoded or allocated here."""
+    if not (isinstance(picture, Image.Image) and picture.width * picture.height <= limits.max_input_pixels
+            and all(isinstance(v, (int, float)) and 64 <= v <= limits.max_side for v in (w, h))
+            and mode in RESIZE_MODES):
+        return picture
+    return resize_to(picture, int(w) // 8 * 8, int(h) // 8 * 8, mode)
+
+
+def make_request(limits: Limits, picture: Any, key: str, text: str, negative_text: str, amount: float, w: Any,
+                 h: Any, mode: Any, *rest: Any) -> Img2ImgRequest:
+    """Widget values (in the order of the API's parameter names) -> the request. Without a size (API callers
+    may leave it out) the output keeps the image's size."""
     n_sampling = len(SAMPLING_NAMES)
-
-    def make_request(picture: Any, key: str, text: str, negative_text: str, amount: float, w: Any, h: Any,
-                     mode: Any, *rest: Any) -> Img2ImgRequest:
-        # Without a size (API callers may leave it out) the output keeps the image's size.
-        sized = w is not None and h is not None
-        return Img2ImgRequest(prompt=text, image=shaped(picture, w, h, mode or RESIZE_MODES[0]) if sized else picture,
-                              negative_prompt=negative_text, checkpoint=key, strength=amount,
-                              width=w if sized else None, height=h if sized else None,  # type: ignore[arg-type]
-                              sampling=to_sampling(*rest[:n_sampling]), **img2img_fields(*rest[n_sampling:]))
-
-    inputs = [image, checkpoint, prompt, negative, strength, width, height, resize_mode, *controls.inputs(), *extras]
-    wire_run(service, flags, panel, inputs, make_request, "img2img",
-             ("image", "checkpoint", "prompt", "negative_prompt", "strength", "width", "height", "resize_mode",
-              *SAMPLING_NAMES, *IMG2IMG_NAMES))
-    return Img2ImgTab(image, prompt, negative, controls, panel)
+    sized = w is not None and h is not None
+    image = shaped(limits, picture, w, h, mode or RESIZE_MODES[0]) if sized else picture
+    return Img2ImgRequest(prompt=text, image=image, negative_prompt=negative_text, checkpoint=key, strength=amount,
+                          width=w if sized else None, height=h if sized else None,  # type: ignore[arg-type]
+                          sampling=to_sampling(*rest[:n_sampling]), **img2img_fields(*rest[n_sampling:]))

@@ -13,20 +13,9 @@ from PIL import Image, ImageChops
 
 from sd2_app.api.requests import InpaintRequest
 from sd2_app.api.tasks import TASKS
-from sd2_app.ui.common import (
-    checkpoint_dropdown,
-    SAMPLING_NAMES,
-    ResultPanel,
-    SamplingControls,
-    result_panel,
-    sampling_controls,
-    to_sampling,
-    wire_run,
-    wire_seed_buttons,
-)
+from sd2_app.ui.common import SAMPLING_NAMES, ResultPanel, SamplingControls, to_sampling, wire_run
 from sd2_app.ui.runner import StopFlags
-from sd2_app.ui.layout import prompt_row, results_column, settings_column
-from sd2_app.ui.prompt_tools import wire_prompt_tools
+from sd2_app.ui.tab_frame import TabFrame
 from sd2_app.ui.uploads import check_on_upload, guard_editor, upload_image
 
 if TYPE_CHECKING:
@@ -69,61 +58,56 @@ def split_editor(value: Any, uploaded_mask: Image.Image | None) -> tuple[Image.I
     return image, mask
 
 
-def build(service: Service, flags: StopFlags, examples: list[list[Any]]) -> InpaintTab:
-    top = prompt_row("inpaint")
-    prompt, negative = top.prompt, top.negative
-    with gr.Row(equal_height=False):
-        with settings_column("inpaint"):
-            editor = guard_editor(gr.ImageMask(
-                label="Image and mask",  # short: on a phone the editor's toolbar shares the label's line
-                placeholder="Upload an image, then paint over what to repaint",
-                type="pil",
-                image_mode="RGBA",
-                format="png",
-                sources=["upload", "clipboard"],
-                brush=gr.Brush(default_size="auto", colors=["#ffffff"], color_mode="fixed"),
-                eraser=gr.Eraser(default_size="auto"),
-                height=420,
-                elem_id="inpaint-editor",
-            ), service.limits.max_input_pixels)
-            with gr.Accordion("Or upload a mask image (white = repaint)", open=False):
-                mask_upload = upload_image(label="Mask", type="pil", image_mode=None, sources=["upload"], height=200,
-                                           elem_id="inpaint-mask")
-            # Where "Send to inpaint" puts the image; the page script uploads it into the editor from there
-            # (blocks.py, _wire_send), because Gradio's editor freezes when a server event sets its value.
-            incoming = gr.Image(type="pil", format="png", interactive=False, elem_id="inpaint-incoming",
-                                visible="hidden", show_label=False)
-            checkpoint = checkpoint_dropdown(service, "inpaint")
-            wire_prompt_tools(service, "inpaint", top.boxes, checkpoint)
-            with gr.Row():
-                strength = gr.Slider(0, 1, TASKS["inpaint"].strength, step=0.01, label="Strength")
-                blur = gr.Slider(0, 64, InpaintRequest.mask_blur, step=1, label="Mask blur (px)")
-            with gr.Row():
-                only_masked = gr.Checkbox(False, label="Only masked area",
-                                          info="work at full resolution on a crop around the mask")
-                padding = gr.Slider(0, 256, InpaintRequest.only_masked_padding, step=8, label="Only-masked padding (px)")
-            controls, randomize, reuse = sampling_controls(service, "inpaint")
-            if examples:
-                gr.Examples(examples, [editor, prompt], label="Examples")
-        with results_column("inpaint"):
-            panel = result_panel("inpaint", top.run, top.stop, extra_label="Mask used", send_to=SEND_TO)
-    wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "inpaint")
+def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> InpaintTab:
+    frame = TabFrame(service, "inpaint")
+    with frame.columns(extra_label="Mask used", send_to=SEND_TO):
+        editor = guard_editor(gr.ImageMask(
+            label="Image and mask",  # short: on a phone the editor's toolbar shares the label's line
+            placeholder="Upload an image, then paint over what to repaint",
+            type="pil",
+            image_mode="RGBA",
+            format="png",
+            sources=["upload", "clipboard"],
+            brush=gr.Brush(default_size="auto", colors=["#ffffff"], color_mode="fixed"),
+            eraser=gr.Eraser(default_size="auto"),
+            height=420,
+            elem_id="inpaint-editor",
+        ), service.limits.max_input_pixels)
+        with gr.Accordion("Or upload a mask image (white = repaint)", open=False):
+            mask_upload = upload_image(label="Mask", type="pil", image_mode=None, sources=["upload"], height=200,
+                                       elem_id="inpaint-mask")
+        # Where "Send to inpaint" puts the image; the page script uploads it into the editor from there
+        # (blocks.py, _wire_send), because Gradio's editor freezes when a server event sets its value.
+        incoming = gr.Image(type="pil", format="png", interactive=False, elem_id="inpaint-incoming",
+                            visible="hidden", show_label=False)
+        checkpoint = frame.checkpoint()
+        with gr.Row():
+            strength = gr.Slider(0, 1, TASKS["inpaint"].strength, step=0.01, label="Strength")
+            blur = gr.Slider(0, 64, InpaintRequest.mask_blur, step=1, label="Mask blur (px)")
+        with gr.Row():
+            only_masked = gr.Checkbox(False, label="Only masked area",
+                                      info="work at full resolution on a crop around the mask")
+            padding = gr.Slider(0, 256, InpaintRequest.only_masked_padding, step=8, label="Only-masked padding (px)")
+        controls = frame.sampling(examples, editor)
     for box in (editor, mask_upload):
         check_on_upload(box, service.limits.max_input_pixels)
-
-    def make_request(value: Any, mask: Any, key: str, text: str, negative_text: str, amount: float, blur_px: float,
-                     crop: bool, pad: float, *sampling: Any) -> InpaintRequest:
-        image, mask_image = split_editor(value, mask)
-        return InpaintRequest(prompt=text, image=image, mask=mask_image, negative_prompt=negative_text, checkpoint=key,
-                              strength=amount, mask_blur=blur_px, only_masked=crop,  # type: ignore[arg-type]
-                              only_masked_padding=pad, sampling=to_sampling(*sampling))  # type: ignore[arg-type]
-
-    def mask_used(result: Result) -> tuple:
-        return (result.mask_image if result.mask_image is not None else getattr(result.request, "mask", None),)
-
-    inputs = [editor, mask_upload, checkpoint, prompt, negative, strength, blur, only_masked, padding,
+    inputs = [editor, mask_upload, checkpoint, frame.prompt, frame.negative, strength, blur, only_masked, padding,
               *controls.inputs()]
     names = ("image_and_mask", "mask", "checkpoint", "prompt", "negative_prompt", "strength", "mask_blur", "only_masked",
              "only_masked_padding", *SAMPLING_NAMES)
-    wire_run(service, flags, panel, inputs, make_request, "inpaint", names, finish_extra=mask_used)
-    return InpaintTab(editor, incoming, prompt, negative, controls, panel)
+    wire_run(service, flags, frame.panel, inputs, make_request, "inpaint", names, finish_extra=mask_used)
+    return InpaintTab(editor, incoming, frame.prompt, frame.negative, controls, frame.panel)
+
+
+def make_request(value: Any, mask: Any, key: str, text: str, negative_text: str, amount: float, blur_px: float,
+                 crop: bool, pad: float, *sampling: Any) -> InpaintRequest:
+    """Widget values (in the order of the API's parameter names) -> the request."""
+    image, mask_image = split_editor(value, mask)
+    return InpaintRequest(prompt=text, image=image, mask=mask_image, negative_prompt=negative_text, checkpoint=key,
+                          strength=amount, mask_blur=blur_px, only_masked=crop,  # type: ignore[arg-type]
+                          only_masked_padding=pad, sampling=to_sampling(*sampling))  # type: ignore[arg-type]
+
+
+def mask_used(result: Result) -> tuple:
+    """The mask the pipeline used, beside the result."""
+    return (result.mask_image if result.mask_image is not None else getattr(result.request, "mask", None),)

@@ -14,9 +14,10 @@ which an agent cannot use. Gradio lists as tools only functions whose `_mcp_type
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import gradio as gr
 from PIL import Image
@@ -27,12 +28,16 @@ from sd2_app.api.tasks import TASKS
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 from sd2_app.ui.runner import GPU_QUEUE
 
+if TYPE_CHECKING:
+    from sd2_app.api.requests import TaskRequest
+    from sd2_app.api.service import Service
+
 log = logging.getLogger(__name__)
 
 NOT_A_TOOL = "ui"  # any `_mcp_type` other than "tool", "resource" or "prompt" hides a function from MCP
 
 
-def _run(service: Any, request: Any) -> Image.Image:
+def _run(service: Service, request: TaskRequest) -> Image.Image:
     # ZeroGPU: the GPU only inside spaces.GPU, for the time this job needs
     run = gpu(duration=lambda request, *args, **kwargs: seconds_for(service, request))(service.run)
     try:
@@ -50,9 +55,17 @@ def _sampling(steps: int, guidance_scale: float, seed: int, sampler: str | None 
                        seed=None if seed == -1 else seed)
 
 
-def _tools(service: Any) -> dict[str, Callable[..., Image.Image]]:
+ToolFn = Callable[..., Image.Image]
+
+
+def _tools(service: Service) -> dict[str, ToolFn]:
     """The tool functions; their signatures and docstrings are the MCP schema (defaults: the task table)."""
-    t2i, i2i, inp, up, dep = (TASKS[name] for name in ("txt2img", "img2img", "inpaint", "upscale", "depth"))
+    return {"txt2img": _txt2img_tool(service), "img2img": _img2img_tool(service), "inpaint": _inpaint_tool(service),
+            "upscale": _upscale_tool(service), "depth": _depth_tool(service)}
+
+
+def _txt2img_tool(service: Service) -> ToolFn:
+    t2i = TASKS["txt2img"]
 
     def txt2img(prompt: str, negative_prompt: str = "", width: int = 512, height: int = 512,
                 steps: int = t2i.steps, guidance_scale: float = t2i.cfg_scale, sampler: str = t2i.sampler,
@@ -73,6 +86,12 @@ def _tools(service: Any) -> dict[str, Callable[..., Image.Image]]:
                                     checkpoint=t2i.checkpoint, sampling=_sampling(steps, guidance_scale, seed, sampler))
         return _run(service, request)
 
+    return txt2img
+
+
+def _img2img_tool(service: Service) -> ToolFn:
+    i2i = TASKS["img2img"]
+
     def img2img(image: Image.Image, prompt: str, negative_prompt: str = "", strength: float = i2i.strength or 0.75,
                 steps: int = i2i.steps, guidance_scale: float = i2i.cfg_scale, seed: int = -1) -> Image.Image:
         """Redraw an image following a text prompt (Stable Diffusion 2.1 image-to-image).
@@ -89,6 +108,12 @@ def _tools(service: Any) -> dict[str, Callable[..., Image.Image]]:
         request = rq.Img2ImgRequest(prompt=prompt, image=image, negative_prompt=negative_prompt, strength=strength,
                                     checkpoint=i2i.checkpoint, sampling=_sampling(steps, guidance_scale, seed, task="img2img"))
         return _run(service, request)
+
+    return img2img
+
+
+def _inpaint_tool(service: Service) -> ToolFn:
+    inp = TASKS["inpaint"]
 
     def inpaint(image: Image.Image, mask: Image.Image, prompt: str, negative_prompt: str = "",
                 strength: float = inp.strength or 1.0, steps: int = inp.steps, guidance_scale: float = inp.cfg_scale,
@@ -110,6 +135,12 @@ def _tools(service: Any) -> dict[str, Callable[..., Image.Image]]:
                                     sampling=_sampling(steps, guidance_scale, seed, task="inpaint"))
         return _run(service, request)
 
+    return inpaint
+
+
+def _upscale_tool(service: Service) -> ToolFn:
+    up = TASKS["upscale"]
+
     def upscale(image: Image.Image, prompt: str = "", noise_level: int = 20, steps: int = up.steps,
                 seed: int = -1) -> Image.Image:
         """Enlarge an image 4x with the Stable Diffusion x4 upscaler (input up to 512x512 pixels).
@@ -124,6 +155,12 @@ def _tools(service: Any) -> dict[str, Callable[..., Image.Image]]:
         request = rq.UpscaleRequest(prompt=prompt, image=image, noise_level=noise_level, checkpoint=up.checkpoint,
                                     sampling=_sampling(steps, up.cfg_scale, seed, task="upscale"))
         return _run(service, request)
+
+    return upscale
+
+
+def _depth_tool(service: Service) -> ToolFn:
+    dep = TASKS["depth"]
 
     def depth(image: Image.Image, prompt: str, negative_prompt: str = "", strength: float = dep.strength or 0.7,
               steps: int = dep.steps, guidance_scale: float = dep.cfg_scale, seed: int = -1) -> Image.Image:
@@ -142,13 +179,11 @@ def _tools(service: Any) -> dict[str, Callable[..., Image.Image]]:
                                   checkpoint=dep.checkpoint, sampling=_sampling(steps, guidance_scale, seed, task="depth"))
         return _run(service, request)
 
-    return {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint, "upscale": upscale, "depth": depth}
+    return depth
 
 
-def _inputs(fn: Callable[..., Any]) -> list[gr.components.Component]:
+def _inputs(fn: ToolFn) -> list[gr.components.Component]:
     """One hidden component per parameter, by its type hint (images as PIL, numbers with their precision)."""
-    import inspect
-
     components: list[gr.components.Component] = []
     for parameter in inspect.signature(fn).parameters.values():
         hint = parameter.annotation
@@ -164,7 +199,7 @@ def _inputs(fn: Callable[..., Any]) -> list[gr.components.Component]:
     return components
 
 
-def add_mcp_tools(demo: gr.Blocks, service: Any) -> list[str]:
+def add_mcp_tools(demo: gr.Blocks, service: Service) -> list[str]:
     """Add the five tools to a built app (before `queue`/`launch`); returns their API names."""
     for block_fn in demo.fns.values():  # the UI's events: not tools
         fn = getattr(block_fn, "fn", None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any, TYPE_CHECKING
 
 import gradio as gr
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from sd2_app.api.service import Service
 
 log = logging.getLogger(__name__)
+
+StatusView = tuple[list[list[Any]], str]  # (the status table's rows, the memory line)
 
 
 def _plain(value: Any) -> Any:
@@ -51,7 +54,7 @@ LOAD_FAILED = "could not be loaded; the operator has the details"
 HIDDEN = "(hidden)"
 
 
-def status_view(service: Service, *, admin: bool = True) -> tuple[list[list[Any]], str]:
+def status_view(service: Service, *, admin: bool = True) -> StatusView:
     """Manager status -> (table rows, memory and disk lines); without `admin` the repos are hidden."""
     status = _plain(service.status())
     rows = []
@@ -84,7 +87,7 @@ def disk_line(service: Service) -> str:
     return f"**Disk**: {files} saved files, {_size(nbytes) or '0 MiB'} ({kept})."
 
 
-def build(service: Service, *, admin: bool = True) -> tuple[Any, list[Any]]:
+def build(service: Service, *, admin: bool = True) -> tuple[Callable[[], StatusView], list[gr.components.Component]]:
     """The Models view; returns its refresh function and outputs (the tab refreshes them when selected).
 
     Without `admin` the view is read-only: the load and unload events (and their API endpoints) do not exist.
@@ -103,7 +106,7 @@ def build(service: Service, *, admin: bool = True) -> tuple[Any, list[Any]]:
     table = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, elem_id="models-status")
     outputs = [table, memory]
 
-    def current() -> tuple[list[list[Any]], str]:
+    def current() -> StatusView:
         return status_view(service, admin=admin)
 
     refresh.click(current, None, outputs, api_name="models_status", queue=False)
@@ -112,12 +115,12 @@ def build(service: Service, *, admin: bool = True) -> tuple[Any, list[Any]]:
     return current, outputs
 
 
-def _wire_admin(service: Any, checkpoint: gr.Dropdown, load: gr.Button, unload: gr.Button, unload_all: gr.Button,
-                outputs: list[Any], current: Any) -> None:
+def _wire_admin(service: Service, checkpoint: gr.Dropdown, load: gr.Button, unload: gr.Button, unload_all: gr.Button,
+                outputs: list[gr.components.Component], current: Callable[[], StatusView]) -> None:
     """Load, Unload and Unload all (on the GPU queue: they wait for the running job)."""
 
     @gpu(duration=300)
-    def do_load(checkpoint: str) -> tuple[list[list[Any]], str]:  # API parameter names match the requests'
+    def do_load(checkpoint: str) -> StatusView:  # API parameter names match the requests'
         try:
             service.load(checkpoint)
         except InvalidRequest as error:
@@ -128,7 +131,7 @@ def _wire_admin(service: Any, checkpoint: gr.Dropdown, load: gr.Button, unload: 
         gr.Info(f"{service.catalog.labels.get(checkpoint, checkpoint)} is loaded.")
         return current()
 
-    def do_unload(checkpoint: str | None) -> tuple[list[list[Any]], str]:
+    def do_unload(checkpoint: str | None) -> StatusView:
         try:
             service.unload(checkpoint)
         except InvalidRequest as error:

@@ -10,11 +10,15 @@ rejecting its promise, which sends nothing).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
 from sd2_app.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
+    from sd2_app.ui.layout import PromptBoxes
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ def _debounce_js(key: str) -> str:
     )
 
 
-def _count(service: Any, text: Any, checkpoint: Any) -> Any:
+def _count(service: Service, text: Any, checkpoint: Any) -> Any:
     try:
         shown = service.count_tokens(text, checkpoint)
     except InvalidRequest as error:
@@ -44,7 +48,7 @@ def token_count_line(elem_id: str) -> gr.Markdown:
     return gr.Markdown("", elem_id=elem_id, elem_classes=["token-counter"], padding=False)
 
 
-def wire_counter(service: Any, box: gr.Textbox, counter: gr.Markdown, checkpoint: gr.Dropdown, *,
+def wire_counter(service: Service, box: gr.Textbox, counter: gr.Markdown, checkpoint: gr.Dropdown, *,
                  api_name: str) -> None:
     """Fill `counter` from `box` on page load, as the user types and when the checkpoint changes.
 
@@ -55,8 +59,8 @@ def wire_counter(service: Any, box: gr.Textbox, counter: gr.Markdown, checkpoint
           api_visibility="public" if api_name == "count_tokens" else "private")
 
 
-def wire_prompt_tools(service: Any, prefix: str, boxes: Any, checkpoint: gr.Dropdown) -> None:
-    """Everything issue 20 adds to a tab's prompts: both counters (`boxes` is a layout.PromptBoxes) and, at
+def wire_prompt_tools(service: Service, prefix: str, boxes: PromptBoxes, checkpoint: gr.Dropdown) -> None:
+    """Everything issue 20 adds to a tab's prompts: both counters and, at
     the current place in the layout, the embeddings list. Call it right after the checkpoint dropdown."""
     prompt_api = "count_tokens" if prefix == "txt2img" else f"{prefix}_prompt_count"
     wire_counter(service, boxes.prompt, boxes.prompt_tokens, checkpoint, api_name=prompt_api)
@@ -70,7 +74,7 @@ def _insert(name: str, text: str) -> str:
     return f"{text.rstrip()}, {name}" if text.strip() else name
 
 
-def embeddings_picker(service: Any, prompt: gr.Textbox, negative: gr.Textbox, prefix: str) -> None:
+def embeddings_picker(service: Service, prompt: gr.Textbox, negative: gr.Textbox, prefix: str) -> None:
     """A closed accordion listing the embeddings; clicking one adds its name to the chosen prompt box.
 
     Files that were refused are listed with the reason, so a missing name is explained.

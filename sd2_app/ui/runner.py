@@ -3,28 +3,44 @@
 `Service.run` is blocking and reports progress through callbacks; Gradio streams what a generator yields.
 The bridge is a queue: the worker puts (done, total, preview) events, the handler drains them, moves the
 progress bar and yields previews. Stop sets a per-session flag that the service checks at every step (and the
-Stop button also cancels a job that is still waiting in the queue).
+Stop button also cancels a job that is still waiting in the queue). The finished images reach the browser as
+the PNG files the Service encoded (`shown_files`), not as images for Gradio to encode a second time.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import logging
+import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import gradio as gr
+from gradio.processing_utils import hash_bytes
+from gradio.utils import get_upload_folder
 from PIL import Image
 
-from sd2_app.api.service import ProgressFn
+from sd2_app.api.outputs import FAST_PNG_LEVEL
+from sd2_app.api.requests import Request
+from sd2_app.api.service import ProgressFn, Result
+from sd2_app.api.timing import log_split, timed
 from sd2_app.api.gpu_time import gpu  # noqa: F401  # re-exported: the UI's handlers import it from here
 from sd2_app.errors import Cancelled, InvalidRequest
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
+    from sd2_app.ui.hosting import Visitors
 
 log = logging.getLogger(__name__)
 
 GPU_QUEUE = "gpu"  # the one concurrency id of every event that may touch the GPU
+PREVIEW_SIDE = 256  # px: the live preview's box is 160 px high
 
 
 class RunFlag(threading.Event):
@@ -34,26 +50,27 @@ class RunFlag(threading.Event):
         super().__init__()
         self.done = 0
         self.total = 0
+        self.created = time.perf_counter()  # when the job joined the queue (`hosting` makes its flag then)
+
+    def waited(self) -> float:
+        """Seconds since the flag was made: a queued job's wait for its turn, when asked as it starts."""
+        return time.perf_counter() - self.created
 
 
 class StopFlags:
     """Stop flags per visitor: Stop stops that visitor's jobs, running or still queued, and nobody else's.
 
     A visitor may have several jobs (a running one and queued ones, up to the per-visitor limit); each has
-    its own flag. `visitors` (a `sd2_app.ui.hosting.Visitors`) names the visitor of a request and reaches
-    the jobs still waiting in Gradio's queue.
+    its own flag. `visitors` names the visitor of a request and reaches the jobs still waiting in Gradio's
+    queue.
     """
 
-    def __init__(self, visitors: Any = None) -> None:
-        if visitors is None:
-            from sd2_app.ui.hosting import Visitors
-
-            visitors = Visitors()
+    def __init__(self, visitors: Visitors) -> None:
         self.visitors = visitors
         self._flags: dict[str, set[RunFlag]] = {}
         self._lock = threading.Lock()
 
-    def visitor(self, request: Any) -> str:
+    def visitor(self, request: gr.Request | None) -> str:
         """The server-issued id of the request's visitor (see `sd2_app.ui.visitors`)."""
         return self.visitors.identify(request)
 
@@ -100,24 +117,20 @@ def _executor() -> ThreadPoolExecutor:
 
 
 def stream(
-    call: Callable[[ProgressFn, Callable[[], bool]], Any],
+    call: Callable[[ProgressFn, Callable[[], bool]], Result],
     flag: threading.Event,
-    *,
-    poll_s: float = 0.05,
-) -> Iterator[tuple[int, int, Image.Image | None] | Any]:
+) -> Iterator[tuple[int, int, Image.Image | None] | Result]:
     """Yield (done, total, preview) while `call(on_progress, should_stop)` runs; the last item is its result.
 
-    Raises what the call raised (`InvalidRequest`, `Cancelled`, or a bug with its traceback).
+    The call's end wakes the loop at once (no polling interval between the result and the browser). Raises
+    what the call raised (`InvalidRequest`, `Cancelled`, or a bug with its traceback).
     """
-    events: queue.Queue[tuple[int, int, Image.Image | None]] = queue.Queue()
-    future: Future[Any] = _executor().submit(call, lambda d, t, p: events.put((d, t, p)), flag.is_set)
+    events: queue.Queue[tuple[int, int, Image.Image | None] | None] = queue.Queue()
+    future: Future[Result] = _executor().submit(call, lambda d, t, p: events.put((d, t, p)), flag.is_set)
+    future.add_done_callback(lambda _: events.put(None))  # after the call's last progress event
     try:
-        while True:
-            try:
-                yield events.get(timeout=poll_s)
-            except queue.Empty:
-                if future.done() and events.empty():
-                    break
+        while (event := events.get()) is not None:
+            yield event
     finally:
         flag.set()  # the handler was closed (cancelled or the client left): stop the worker at its next step
     yield future.result()
@@ -135,3 +148,70 @@ def stopped_message(flag: RunFlag | None) -> str:
     if flag.total:
         return f"Stopped after {flag.done}/{flag.total} steps."
     return "Stopped before sampling began."
+
+
+def shown_files(result: Result) -> list[str] | list[Image.Image]:
+    """The result's images for a Gallery or Image output: the PNG files the Service encoded (`Result.png`) as
+    files in Gradio's cache (`cached_file`), named like the saved files (what a download is called); the
+    images themselves when there are none (Gradio encodes those). Calling it again writes nothing."""
+    if len(result.png) != len(result.images):
+        return list(result.images)
+    names = [path.name for path in result.saved[:len(result.png)]]
+    names += [f"{result.seed}-{result.task}-{index}.png" for index in range(len(names), len(result.png))]
+    return [cached_file(data, name) for data, name in zip(result.png, names)]
+
+
+def shown_preview(preview: Image.Image) -> str:
+    """A live preview (latent size, from the Service) enlarged without smoothing to about `PREVIEW_SIDE` and
+    encoded fast, as a file in Gradio's cache."""
+    scale = max(1, PREVIEW_SIDE // max(preview.size))
+    if scale > 1:
+        preview = preview.resize((preview.width * scale, preview.height * scale), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    preview.save(buffer, format="PNG", compress_level=FAST_PNG_LEVEL)
+    return cached_file(buffer.getvalue(), "preview.png")
+
+
+def cached_file(data: bytes, name: str) -> str:
+    """`data` as `name` in Gradio's cache folder, which Gradio serves as it is: no second encode, no copy
+    (gradio/blocks.py, `Block.move_resource_to_block_cache`). The folder is named by the data's salted hash,
+    as Gradio names its own copies (gradio/processing_utils.py, `save_pil_to_cache`): the URL is as hard to
+    guess as that of an image Gradio encoded, and `delete_cache` removes it with the rest."""
+    folder = Path(get_upload_folder()) / hash_bytes(data)
+    path = folder / name
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        temporary = folder / f".{name}.{threading.get_ident()}.tmp"  # whole or absent, as Gradio's own copies
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    return str(path)
+
+
+def timed_call(service: Service, request: Request, owner: str, flag: RunFlag) -> Callable[..., Result]:
+    """`service.run(request)` as `stream` calls it; its timings start with the job's wait in the queue."""
+    timings = {"queue": flag.waited()}
+    return lambda on_progress, should_stop: service.run(request, on_progress, should_stop, owner=owner, timings=timings)
+
+
+def deliver(result: Result, finish: Callable[[Result], tuple]) -> Iterator[tuple]:
+    """The finished outputs: the final image in the live preview, then `finish(result)`'s; their "display" and
+    "deliver" phases timed and the request's log line written (`sd2_app.api.timing`)."""
+    with timed(result.timings, "display"):
+        shown, outputs = shown_files(result), finish(result)
+    with timed(result.timings, "deliver"):
+        yield (shown[0] if shown else gr.skip(), *outputs)
+    log_split(result.task, result.timings)
+
+
+def close_with(demo: gr.Blocks, service: Service) -> None:
+    """Make `demo.close()` wait first for the results the Service is still writing (`Service.flush_saves`)."""
+    close = demo.close
+
+    @functools.wraps(close)
+    def flush_then_close(verbose: bool = True) -> None:
+        flush = getattr(service, "flush_saves", None)  # None: a test double of the Service
+        if flush is not None and not flush(timeout=60.0):
+            log.warning("closing with results still being saved after 60 s")
+        close(verbose)
+
+    demo.close = flush_then_close  # type: ignore[method-assign]

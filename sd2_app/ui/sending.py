@@ -8,26 +8,36 @@ after the visitor uploaded into it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
+from gradio.events import Dependency
 from PIL import Image
 
 from sd2_app.ui.common import ResultPanel, SamplingControls, selected_image
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
+    from sd2_app.ui.history import HistoryView
+    from sd2_app.ui.tab_frame import ImageTab
+    from sd2_app.ui.txt2img import Txt2ImgTab
+
+    SendSource = ImageTab | Txt2ImgTab  # a tab with results, its prompts and sampling controls
 
 
 @dataclass
 class SendTarget:
     """Where "Send to <tab>" puts things: the image box, the prompts and, where they apply, the sampling controls."""
 
-    image: Any
+    image: gr.Image
     prompt: gr.Textbox
     negative: gr.Textbox
     sampling: SamplingControls | None = None
     editor: gr.ImageMask | None = None  # set when `image` is only the courier of an image editor
 
 
-def wire_send(panel: ResultPanel, tab: Any, tabs: gr.Tabs, targets: dict[str, SendTarget], prefix: str) -> None:
+def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[str, SendTarget],
+              prefix: str) -> None:
     """Each "Send to X" button copies the picked result, the prompts (and seed, sampler, steps and CFG where X
     samples the same way) into tab X and switches to it. Queued, so "Generate an image first." reaches the user."""
     for target, button in panel.send_buttons.items():
@@ -53,7 +63,7 @@ def wire_send(panel: ResultPanel, tab: Any, tabs: gr.Tabs, targets: dict[str, Se
         _into_editor(sent, into, f"{prefix}_sent_to_{target}")
 
 
-def _into_editor(sent: Any, into: SendTarget, name: str) -> None:
+def _into_editor(sent: Dependency, into: SendTarget, name: str) -> None:
     """After a send into an editor's courier: the page script uploads the image into the editor, then the
     courier empties (so the next send waits for its own image)."""
     if into.editor is None:
@@ -63,15 +73,12 @@ def _into_editor(sent: Any, into: SendTarget, name: str) -> None:
         lambda: None, None, into.image, api_name=name, api_visibility="private", queue=False, show_progress="hidden")
 
 
-def picked_history_image(gallery: Any, index: Any) -> tuple[Image.Image, dict[str, Any]]:
+def picked_history_image(service: Service, gallery: Any, index: Any) -> tuple[Image.Image, dict[str, Any]]:
     """The History image picked (or the newest) and the settings parsed from its PNG text."""
-    from sd2_app.pipelines.metadata import parse_parameters, read_png_parameters
-
     if not gallery:
         raise gr.Error("There is nothing in History yet.", print_exception=False)
     image = selected_image(gallery, index)
-    text = read_png_parameters(image)
-    return image, (parse_parameters(text) if text else {})
+    return image, service.read_parameters(image)[1]
 
 
 def sampling_values(parsed: dict[str, Any], dest: SamplingControls) -> tuple:
@@ -83,13 +90,13 @@ def sampling_values(parsed: dict[str, Any], dest: SamplingControls) -> tuple:
             clamp_to(parsed.get("CFG scale"), dest.cfg), seed if isinstance(seed, int) else gr.skip())
 
 
-def wire_history_send(view: Any, tabs: gr.Tabs, targets: dict[str, SendTarget]) -> None:
+def wire_history_send(service: Service, view: HistoryView, tabs: gr.Tabs, targets: dict[str, SendTarget]) -> None:
     """History's "Send to X": the picked image with the prompts and settings it was made with."""
     for target, button in view.send_buttons.items():
         into = targets[target]
 
         def send(gallery: Any, index: Any, target: str = target, into: SendTarget = into) -> tuple:
-            image, parsed = picked_history_image(gallery, index)
+            image, parsed = picked_history_image(service, gallery, index)
             values = (image, parsed.get("Prompt", ""), parsed.get("Negative prompt", ""), gr.Tabs(selected=target))
             return values + (sampling_values(parsed, into.sampling) if into.sampling is not None else ())
 
@@ -115,7 +122,7 @@ def sampler_fields(parsed: dict[str, Any], names: list[str]) -> tuple[str | None
     return (name if name in names else None), karras
 
 
-def clamp_to(value: Any, slider: Any) -> Any:
+def clamp_to(value: Any, slider: gr.Slider) -> Any:
     """A number read from another tool's PNG, clamped into `slider`'s range (gr.skip() when not a number).
 
     Out-of-range values would otherwise reach the slider as they are and fail later, at Generate.

@@ -9,11 +9,14 @@ PNG's parsed A1111 parameters (PNG info -> "Send to text to image").
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
 from sd2_app.api.requests import HIRES_UPSCALERS, HiresFix, SeedExtras
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
 
 SAME_SAMPLER = "Same as first pass"
 NAMES = ("hires_fix", "hires_upscaler", "hires_scale", "hires_width", "hires_height", "hires_steps",
@@ -44,7 +47,7 @@ class Txt2ImgExtras:
                 self.tiling]
 
 
-def build_extras(service: Any, max_side: int) -> Txt2ImgExtras:
+def build_extras(service: Service, max_side: int) -> Txt2ImgExtras:
     """The widgets, in the order of `NAMES`."""
     tiling = gr.Checkbox(False, label="Tiling", info="seamless: the image's edges continue each other",
                          elem_id="txt2img-tiling")

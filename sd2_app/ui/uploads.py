@@ -15,7 +15,7 @@ import io
 import logging
 import math
 import warnings
-from typing import Any
+from typing import Any, TypeVar
 
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
@@ -23,6 +23,8 @@ from PIL import Image, UnidentifiedImageError
 from sd2_app.api.validation import too_large
 
 log = logging.getLogger(__name__)
+
+EditorT = TypeVar("EditorT", bound=gr.ImageEditor)
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")  # PIL format names
 MAX_EDITOR_LAYERS = 4  # a person paints with one or two
@@ -118,7 +120,7 @@ def upload_image(**kwargs: Any) -> gr.Image:
     return guard_image(gr.Image(**kwargs))
 
 
-def _editor_parts(editor: Any, payload: Any) -> tuple[list[Any], list[Any]]:
+def _editor_parts(editor: gr.ImageEditor, payload: Any) -> tuple[list[Any], list[Any]]:
     """(background and composite, layers) of an ImageEditor payload, files or blobs."""
     source = payload
     if getattr(payload, "id", None) is not None:  # parts sent earlier as blobs (gradio image_editor.py)
@@ -128,7 +130,7 @@ def _editor_parts(editor: Any, payload: Any) -> tuple[list[Any], list[Any]]:
     return [source.background, source.composite], list(source.layers or [])
 
 
-def guard_editor(editor: Any, max_pixels: int, max_layers: int = MAX_EDITOR_LAYERS) -> Any:
+def guard_editor(editor: EditorT, max_pixels: int, max_layers: int = MAX_EDITOR_LAYERS) -> EditorT:
     """Wrap an ImageEditor/ImageMask's preprocess: at most `max_layers` layers, each part checked by header."""
     decode = _readable(editor.preprocess)
 

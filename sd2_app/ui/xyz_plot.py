@@ -12,12 +12,14 @@ import logging
 import queue
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
+from PIL import Image
 
 from sd2_app.api.plot import cell_caption, write_tables
 from sd2_app.api.plot_axes import AXES, AXIS_NAMES
@@ -25,23 +27,14 @@ from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPl
 from sd2_app.api.tasks import PLOT_SAMPLERS, TASKS
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 from sd2_app.ui.common import (
-    EXAMPLE_PROMPTS,
-    SAMPLING_NAMES,
-    STARTING,
-    STOPPING,
-    ResultPanel,
-    checkpoint_dropdown,
-    load_failed_message,
-    result_panel,
-    sampling_controls,
-    to_sampling,
-    wire_run,
-    wire_seed_buttons,
-)
-from sd2_app.ui.prompt_tools import wire_prompt_tools
-from sd2_app.ui.layout import prompt_row, results_column, settings_column
-from sd2_app.ui.runner import StopFlags, stopped_message, stream, user_message
+    EXAMPLE_PROMPTS, SAMPLING_NAMES, STARTING, STOPPING, ResultPanel, load_failed_message, to_sampling, wire_run)
+from sd2_app.ui.runner import RunFlag, StopFlags, shown_files, stopped_message, stream, user_message
+from sd2_app.ui.tab_frame import TabFrame
 from sd2_app.ui.uploads import upload_image
+
+if TYPE_CHECKING:
+    from sd2_app.api.plot import PlotCell
+    from sd2_app.api.service import ProgressFn, Result, Service
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +106,7 @@ def make_request(key: str, text: str, negative_text: str, *values: Any) -> XYZPl
     sampling = to_sampling(*sampling_values, 1)
     common = {"prompt": text, "negative_prompt": negative_text, "checkpoint": key, "sampling": sampling}
     if image is not None:
-        base: Any = Img2ImgRequest(image=image, strength=strength, width=width, height=height, **common)
+        base: Txt2ImgRequest | Img2ImgRequest = Img2ImgRequest(image=image, strength=strength, width=width, height=height, **common)
     else:
         base = Txt2ImgRequest(width=width, height=height, **common)
     if axes[0] is None:
@@ -121,13 +114,14 @@ def make_request(key: str, text: str, negative_text: str, *values: Any) -> XYZPl
     return XYZPlotRequest(base=base, x=axes[0], y=axes[1], z=axes[2])
 
 
-def _tables(result: Any) -> list[str]:
+def _tables(result: Result) -> list[str]:
     folder = TABLES_DIR / uuid.uuid4().hex
     return [str(path) for path in write_tables(result.cells, folder)]
 
 
-def stream_plot(service: Any, flags: StopFlags, request_fn: Any, session: str, progress: Any, finish: Any,
-                n_outputs: int, queued_flag: Any = None) -> Iterator[tuple]:
+def stream_plot(service: Service, flags: StopFlags, request_fn: Callable[[], XYZPlotRequest], session: str,
+                progress: gr.Progress, finish: Callable[[Result], tuple], n_outputs: int,
+                queued_flag: RunFlag | None = None) -> Iterator[tuple]:
     """`common.stream_result` for a plot (the `body` of its `wire_run`): as it runs, each finished cell joins
     the gallery (so Stop, which ends this stream, leaves them on screen); then the grids, cells and tables."""
     try:
@@ -136,13 +130,13 @@ def stream_plot(service: Any, flags: StopFlags, request_fn: Any, session: str, p
         raise gr.Error(str(error), print_exception=False) from error
     skip = gr.skip()
     keep = (skip,) * (n_outputs - 3)
-    finished: queue.Queue[tuple[Any, Any, float]] = queue.Queue()
-    shown: list[tuple[Any, str]] = []
+    finished: queue.Queue[tuple[PlotCell, Image.Image, float]] = queue.Queue()
+    shown: list[tuple[Image.Image, str]] = []
     flag = flags.arm(session, queued_flag)
     progress(0, desc="Loading the model…")
     yield (skip, skip, STARTING, *keep)
 
-    def call(on_progress: Any, should_stop: Any) -> Any:
+    def call(on_progress: ProgressFn, should_stop: Callable[[], bool]) -> Result:
         return service.plot(request, on_progress, should_stop, owner=session,
                             on_cell=lambda cell, image, seconds: finished.put((cell, image, seconds)))
 
@@ -151,7 +145,7 @@ def stream_plot(service: Any, flags: StopFlags, request_fn: Any, session: str, p
             if not isinstance(item, tuple):
                 for warning in item.warnings:
                     gr.Warning(warning)
-                yield (item.images[0], *finish(item))
+                yield (shown_files(item)[0], *finish(item))  # the grid as encoded once
                 continue
             done, total, preview = item
             flag.done, flag.total = done, total
@@ -175,35 +169,28 @@ def stream_plot(service: Any, flags: StopFlags, request_fn: Any, session: str, p
         flags.release(session, flag)
 
 
-def build(service: Any, flags: StopFlags) -> ResultPanel:
+def build(service: Service, flags: StopFlags) -> ResultPanel:
     picks = {"sampler": [(name, name) for name in service.samplers()], "checkpoint": service.checkpoints("txt2img")}
-    top = prompt_row("xyz", EXAMPLE_PROMPTS[1])
-    with gr.Row(equal_height=False):
-        with settings_column("xyz"):
-            axes = [_axis_row(name, kind, picks) for name, kind in zip(AXIS_NAMES, ("sampler", "nothing", "nothing"))]
-            checkpoint = checkpoint_dropdown(service, "txt2img", elem_id="xyz-checkpoint")
-            wire_prompt_tools(service, "xyz", top.boxes, checkpoint)
-            side = service.resolution(checkpoint.value)
-            with gr.Row():
-                width = gr.Slider(64, service.limits.max_side, side, step=8, label="Width", elem_id="xyz-width")
-                height = gr.Slider(64, service.limits.max_side, side, step=8, label="Height", elem_id="xyz-height")
-            controls, randomize, reuse = sampling_controls(service, "xyz", batch=False, task="txt2img")
-            with gr.Accordion("Init image (optional: makes it an image-to-image plot)", open=False):
-                image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
-                                     height=240, elem_id="xyz-image")
-                strength = gr.Slider(0, 1, TASKS["img2img"].strength, step=0.01, label="Denoising strength")
-        with results_column("xyz"):
-            panel = result_panel("xyz", top.run, top.stop)
-            # The tables ride in the panel's extra output (an image on other tabs): cleared at Generate, filled
-            # at the end by `finish_extra`.
-            panel.extra = gr.File(label="Cell settings and times (CSV, JSON)", file_count="multiple",
-                                  interactive=False, elem_id="xyz-files")
+    frame = TabFrame(service, "xyz", EXAMPLE_PROMPTS[1])
+    # The tables ride in the panel's extra output (an image on other tabs): cleared at Generate, filled at the
+    # end by `finish_extra`.
+    tables = partial(gr.File, label="Cell settings and times (CSV, JSON)", file_count="multiple", interactive=False,
+                     elem_id="xyz-files")
+    with frame.columns(extra=tables):
+        axes = [_axis_row(name, kind, picks) for name, kind in zip(AXIS_NAMES, ("sampler", "nothing", "nothing"))]
+        checkpoint = frame.checkpoint("txt2img", elem_id="xyz-checkpoint")
+        width, height = frame.size_sliders(checkpoint)
+        controls = frame.sampling(batch=False, task="txt2img")
+        with gr.Accordion("Init image (optional: makes it an image-to-image plot)", open=False):
+            image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
+                                 height=240, elem_id="xyz-image")
+            strength = gr.Slider(0, 1, TASKS["img2img"].strength, step=0.01, label="Denoising strength")
+    panel = frame.panel
     panel.gallery.columns = 3
-    wire_seed_buttons(randomize, reuse, controls.seed, panel.last_seed, "xyz")
     for name, axis in zip(AXIS_NAMES, axes):
         _wire_axis(axis, picks, f"xyz_{name.lower()}")
     axis_inputs = [widget for axis in axes for widget in (axis.kind, axis.text, axis.picked)]
-    inputs = [checkpoint, top.prompt, top.negative, *axis_inputs, *controls.inputs()[:-1], width, height, image,
+    inputs = [checkpoint, frame.prompt, frame.negative, *axis_inputs, *controls.inputs()[:-1], width, height, image,
               strength]
     names = ["checkpoint", "prompt", "negative_prompt"]
     names += [f"{n.lower()}_{part}" for n in AXIS_NAMES for part in ("type", "values", "picked")]

@@ -33,13 +33,14 @@ def _reference(kind: str, dtype: torch.dtype, *, img2img_pipe: bool = False):
     return pipe.to("cuda")
 
 
-ACCEL = {"default": AccelOptions(), "nchw": AccelOptions(channels_last=False)}
+ACCEL = {"default": AccelOptions(), "nchw": AccelOptions(channels_last=False), "eager": AccelOptions.eager()}
 
 
-def _manager(kind: str, tmp_path: Path, accel: str = "default") -> ModelManager:
+def _manager(kind: str, tmp_path: Path, accel: str = "default", dtype: torch.dtype = torch.float16,
+             device: str = "cuda") -> ModelManager:
     """The app's manager on CUDA in fp16 (accelerator on), with checkpoint `kind` pointed at its tiny repo."""
     registry = {kind: replace(REGISTRY[kind], repos=(str(tiny_repo(kind)),), revision=None)}
-    return ModelManager("cuda", torch.float16, registry=registry, cache_dir=tmp_path, accel=ACCEL[accel])
+    return ModelManager(device, dtype, registry=registry, cache_dir=tmp_path, accel=ACCEL[accel])
 
 
 def _as_array(images) -> np.ndarray:
@@ -51,7 +52,7 @@ def _run_reference(pipe, seed: int, **kwargs) -> np.ndarray:
     return pipe(generator=generator, output_type="np", **kwargs).images
 
 
-@pytest.mark.parametrize("accel", sorted(ACCEL))  # NCHW, and NHWC with the NHWC GroupNorm kernels
+@pytest.mark.parametrize("accel", ["default", "nchw"])  # NCHW, and NHWC with the NHWC GroupNorm kernels
 @pytest.mark.parametrize("kind", ["sd2-base", "sd21"])  # epsilon, and v-prediction with fp32 attention
 def test_fp16_default_path_is_as_close_to_fp32_as_diffusers_fp16(kind: str, accel: str, tmp_path: Path) -> None:
     manager = _manager(kind, tmp_path, accel)
@@ -128,3 +129,32 @@ def test_offload_and_back_restacks_the_projections_and_gives_the_same_image(tmp_
         assert all(stacked_linear(a.packed_group()) is not None for a in attentions)
         second = _as_array(txt2img(components, request).images)
     assert np.array_equal(first, second)
+
+
+def tiled_job_images(tmp_path: Path, device: str = "cuda") -> dict[str, np.ndarray]:
+    """An untiled, a tiled and the same untiled job on the default path; the tiled job on the eager path in
+    fp32 and fp16 (each manager in a folder of its own)."""
+    plain = Txt2ImgRequest(prompt="moss on a stone wall", width=64, height=64,
+                           sampling=Sampling(sampler="DPM++ 2M", steps=8, seed=5))
+    tiled = replace(plain, tiling=True)
+    found: dict[str, np.ndarray] = {}
+    with _manager("sd2-base", tmp_path / "default", device=device).use("sd2-base") as components:
+        for name, request in (("before", plain), ("tiled", tiled), ("after", plain)):
+            found[name] = _as_array(txt2img(components, request).images)
+    for name, dtype in (("eager32", torch.float32), ("eager16", torch.float16)):
+        with _manager("sd2-base", tmp_path / name, "eager", dtype, device).use("sd2-base") as components:
+            found[name] = _as_array(txt2img(components, tiled).images)
+    return found
+
+
+def test_tiled_job_on_the_default_path_is_as_close_to_fp32_as_eager_fp16_and_leaves_the_graphs(
+    tmp_path: Path
+) -> None:
+    """A tiled job runs its own un-graphed view of the fused, channels_last UNet and VAE (pipelines/seamless.py):
+    within the eager fp16 tiled job's distance from fp32 plus one 8-bit level; the untiled job after it replays
+    the live modules' graph and makes the identical image."""
+    found = tiled_job_images(tmp_path)
+    assert np.array_equal(found["before"], found["after"])
+    budget = float(np.abs(found["eager16"] - found["eager32"]).max()) + 1 / 255
+    assert float(np.abs(found["tiled"] - found["eager32"]).max()) <= budget
+    assert float(np.abs(found["tiled"] - found["before"]).max()) > 10 / 255  # tiling changed the image

@@ -27,7 +27,7 @@ webuiapi = pytest.importorskip("webuiapi")
 from gradio_client import Client  # noqa: E402
 
 from tests.reliability_support import noise_image, png_bytes  # noqa: E402
-from tests.ui.test_ui_api import _free_port  # noqa: E402
+from tests.reliability_support import free_port  # noqa: E402
 
 USER, PASSWORD = "krita", "s3cret"
 FAST = {"sampler_name": "Euler", "steps": 2, "cfg_scale": 1.0, "width": 64, "height": 64}
@@ -49,7 +49,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, ob
     demo = build_ui(service)
     demo.queue(max_size=8, default_concurrency_limit=1)
     api = A1111Api(service, auth=[(USER, PASSWORD)], max_jobs=4)
-    port = _free_port()
+    port = free_port()
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
                             show_error=False, ssr_mode=False, app_kwargs={"routes": build_router(api).routes})
     try:

@@ -16,8 +16,7 @@ from PIL import Image
 
 pytest.importorskip("mcp")
 
-from tests.reliability_support import noise_image  # noqa: E402
-from tests.ui.test_ui_api import _free_port  # noqa: E402
+from tests.reliability_support import launched, noise_image  # noqa: E402
 
 TOOLS = {"txt2img", "img2img", "inpaint", "upscale", "depth"}
 
@@ -31,13 +30,8 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     service, _ = make_service(tmp_path_factory.mktemp("outputs"))
     demo = build_ui(service)
     assert add_mcp_tools(demo, service) == [f"mcp_{name}" for name in ("txt2img", "img2img", "inpaint", "upscale", "depth")]
-    demo.queue(max_size=8, default_concurrency_limit=1)
-    _, local, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(), quiet=True,
-                              show_error=False, ssr_mode=False, mcp_server=True)
-    try:
+    with launched(demo, ssr_mode=False, mcp_server=True) as local:
         yield local.rstrip("/") + "/gradio_api/mcp/"
-    finally:
-        demo.close()
 
 
 def _session(url: str, work):  # -> the coroutine's result

@@ -63,7 +63,7 @@ def test_saved_png_carries_parameters_and_the_xmp_marker(tmp_path: Path) -> None
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, object, Path]]:
     from sd2_app.api.a1111_routes import A1111Api, build_router
-    from tests.api.test_a1111_api import _free_port
+    from tests.reliability_support import free_port
     from tests.reliability_support import make_service
     from sd2_app.ui import build_ui
 
@@ -71,7 +71,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, ob
     service, _ = make_service(outputs)
     demo = build_ui(service)
     demo.queue(max_size=8, default_concurrency_limit=1)
-    port = _free_port()
+    port = free_port()
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
                             show_error=False, ssr_mode=False, app_kwargs={"routes": build_router(A1111Api(service)).routes})
     try:

@@ -189,7 +189,7 @@ def test_run_reports_progress_previews_seed_and_saves_png_with_parameters(tmp_pa
     assert len(result.saved) == 2 and all(p.parent.parent == tmp_path for p in result.saved)
     assert read_png_parameters(result.saved[0]) == result.images[0].info["parameters"]
     assert f"Seed: {result.seed}," in read_png_parameters(result.saved[0])
-    assert set(result.timings) == {"load", "run"}
+    assert set(result.timings) == {"validate", "gate", "load", "run", "preview", "mark", "encode", "save", "history"}
     history = service.history()
     assert len(history) == 1 and history[0].seed == result.seed and history[0].saved == tuple(result.saved)
 

@@ -146,7 +146,8 @@ def test_plot_runs_every_cell_with_progress_grids_labels_and_times() -> None:
                                                              "DDIM, Steps: 2", "Euler, Steps: 2", "DDIM, Steps: 3",
                                                              "Euler, Steps: 3"]
     assert all(c.endswith(" s") for c in result.captions[1:])
-    assert set(result.timings) == {"load", "run", "total"}  # no per-cell entries between them (issue 19, item 9)
+    # no per-cell entries between them (issue 19, item 9); then the phases of keeping the result
+    assert set(result.timings) == {"load", "run", "total", "mark", "encode", "history"}
     assert ["Sampler: DDIM," in im.info["parameters"] for im in result.images[1:3]] == [True, False]
     grid_text = parse_parameters(result.parameters)
     assert "Sampler" not in grid_text and "Steps" not in grid_text

@@ -15,15 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sd2_app.errors import LoadError
-from sd2_app.loading import (
-    load_scheduler_config,
-    load_text_encoder,
-    load_tokenizer,
-    load_unet,
-    load_vae,
-    read_model_index,
-    resolve_repo,
-)
+from sd2_app import loading
 from sd2_app.loading.checkpoint import build_and_load, params_on_meta
 from sd2_app.loading.hub import PICKLE_REASON, allow_patterns, matches_any, repo_label, select_files
 from sd2_app.testing.tiny import ensure_tiny_repos
@@ -64,7 +56,7 @@ def test_fp16_variant_is_read_and_full_precision_file_is_not(repo: Path) -> None
     marker = torch.full((32,), 7.0, dtype=torch.float16)  # conv_in.bias: 32 channels in the tiny UNet
     _rewrite(repo / UNET_FP16, {"conv_in.bias": marker})
     (repo / UNET_FP32).write_bytes(b"not read")  # would raise if the loader opened it
-    unet = load_unet(repo, "cpu", torch.float32)
+    unet = loading.load_unet(repo, "cpu", torch.float32)
     assert unet.conv_in.bias.dtype == torch.float32
     assert torch.equal(unet.conv_in.bias, torch.full((32,), 7.0))
     assert not unet.conv_in.weight.requires_grad and not unet.training
@@ -72,7 +64,7 @@ def test_fp16_variant_is_read_and_full_precision_file_is_not(repo: Path) -> None
 
 def test_full_precision_fallback_is_cast_to_target_dtype(repo: Path) -> None:
     (repo / UNET_FP16).unlink()
-    unet = load_unet(repo, "cpu", torch.float16)
+    unet = loading.load_unet(repo, "cpu", torch.float16)
     full = load_file(str(repo / UNET_FP32))
     assert full["conv_in.weight"].dtype == torch.float32
     assert all(p.dtype == torch.float16 for p in unet.parameters())
@@ -86,11 +78,11 @@ def test_text_encoder_prefers_fp16_variant_too(repo: Path) -> None:
     key = "text_model.embeddings.token_embedding.weight"  # the Hub name (transformers 4.25 layout)
     marker = torch.full((len(tiny_vocab()), 32), -3.0, dtype=torch.float16)
     _rewrite(file, {key: marker})
-    encoder = load_text_encoder(repo, "cpu", torch.float32)
+    encoder = loading.load_text_encoder(repo, "cpu", torch.float32)
     assert encoder.dtype == torch.float32
     assert torch.equal(encoder.get_input_embeddings().weight, marker.float())
     file.unlink()
-    encoder = load_text_encoder(repo, "cpu", torch.float16)
+    encoder = loading.load_text_encoder(repo, "cpu", torch.float16)
     full = load_file(str(repo / "text_encoder/model.safetensors"))[key]
     assert full.dtype == torch.float32
     assert torch.equal(encoder.get_input_embeddings().weight, full.half())
@@ -108,11 +100,11 @@ def test_x4_vae_scaling_factor_is_forced_like_diffusers(repo: Path, written: flo
     if written is not None:
         config["scaling_factor"] = written
     config_path.write_text(json.dumps(config))
-    assert load_vae(repo, "cpu", torch.float32).config.scaling_factor == (written or 0.18215)
+    assert loading.load_vae(repo, "cpu", torch.float32).config.scaling_factor == (written or 0.18215)
     index_path = repo / "model_index.json"
     index = json.loads(index_path.read_text())
     index_path.write_text(json.dumps({**index, "_class_name": "StableDiffusionUpscalePipeline"}))
-    assert load_vae(repo, "cpu", torch.float32).config.scaling_factor == 0.08333
+    assert loading.load_vae(repo, "cpu", torch.float32).config.scaling_factor == 0.08333
 
 
 def test_legacy_vae_attention_names_load(repo: Path) -> None:
@@ -121,7 +113,7 @@ def test_legacy_vae_attention_names_load(repo: Path) -> None:
         legacy_query = f.get_tensor("decoder.mid_block.attentions.0.query.weight")
     assert "encoder.mid_block.attentions.0.proj_attn.bias" in keys  # the tiny sd2-base VAE is written legacy
     assert not any(".to_q." in k for k in keys)
-    vae = load_vae(repo, "cpu", torch.float32)
+    vae = loading.load_vae(repo, "cpu", torch.float32)
     assert torch.equal(vae.decoder.mid_block.attentions[0].to_q.weight, legacy_query.float())
 
 
@@ -131,7 +123,7 @@ def test_legacy_vae_1x1_conv_weights_are_squeezed(repo: Path) -> None:
     key = "encoder.mid_block.attentions.0.value.weight"
     state[key] = state[key][:, :, None, None].contiguous()
     save_file(state, str(repo / VAE_FP16), metadata={"format": "pt"})
-    vae = load_vae(repo, "cpu", torch.float32)
+    vae = loading.load_vae(repo, "cpu", torch.float32)
     assert torch.equal(vae.encoder.mid_block.attentions[0].to_v.weight, state[key][:, :, 0, 0].float())
 
 
@@ -210,7 +202,7 @@ def test_pickle_only_component_is_refused(repo: Path) -> None:
     for name in ("diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors"):
         (repo / "unet" / name).unlink()
     (repo / "unet/diffusion_pytorch_model.bin").write_bytes(b"\x80\x02pickle")
-    for call in (lambda: load_unet(repo, "cpu", torch.float32), lambda: resolve_repo(repo, COMPONENTS)):
+    for call in (lambda: loading.load_unet(repo, "cpu", torch.float32), lambda: loading.resolve_repo(repo, COMPONENTS)):
         with pytest.raises(LoadError) as info:
             call()
         assert info.value.file == "unet/diffusion_pytorch_model.bin"
@@ -221,15 +213,15 @@ def test_pickle_only_component_is_refused(repo: Path) -> None:
 def test_missing_files_are_named(repo: Path) -> None:
     (repo / "unet/config.json").unlink()
     with pytest.raises(LoadError, match=r"unet/config\.json: not found") as info:
-        load_unet(repo, "cpu", torch.float32)
+        loading.load_unet(repo, "cpu", torch.float32)
     assert info.value.repo == str(repo)
     with pytest.raises(LoadError, match=r"unet/config\.json: not found"):
-        resolve_repo(repo, COMPONENTS)
+        loading.resolve_repo(repo, COMPONENTS)
     (repo / "tokenizer/merges.txt").unlink()
     with pytest.raises(LoadError, match=r"tokenizer/merges\.txt: not found"):
-        resolve_repo(repo, ["tokenizer"])
+        loading.resolve_repo(repo, ["tokenizer"])
     with pytest.raises(LoadError, match="not a folder"):
-        resolve_repo(repo / "nowhere", COMPONENTS)
+        loading.resolve_repo(repo / "nowhere", COMPONENTS)
 
 
 @pytest.mark.parametrize("keep", [0, 7, 0.5])
@@ -238,7 +230,7 @@ def test_truncated_or_corrupt_safetensors(repo: Path, keep: float) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)] if isinstance(keep, float) else data[:keep])
     with pytest.raises(LoadError, match="corrupt or truncated") as info:
-        load_unet(repo, "cpu", torch.float32)
+        loading.load_unet(repo, "cpu", torch.float32)
     assert info.value.file == UNET_FP16 and info.value.repo == str(repo)
 
 
@@ -246,13 +238,13 @@ def test_truncated_text_encoder_is_named(repo: Path) -> None:
     path = repo / "text_encoder/model.fp16.safetensors"
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(LoadError, match=r"text_encoder/model\.fp16\.safetensors: corrupt or truncated"):
-        load_text_encoder(repo, "cpu", torch.float32)
+        loading.load_text_encoder(repo, "cpu", torch.float32)
 
 
 def test_shape_mismatch_names_key_and_both_shapes(repo: Path) -> None:
     _rewrite(repo / UNET_FP16, {"conv_in.weight": torch.zeros(32, 5, 3, 3, dtype=torch.float16)})
     with pytest.raises(LoadError) as info:
-        load_unet(repo, "cpu", torch.float32)
+        loading.load_unet(repo, "cpu", torch.float32)
     assert info.value.reason == "shape mismatch for conv_in.weight: checkpoint (32, 5, 3, 3), model (32, 4, 3, 3)"
     assert info.value.file == UNET_FP16
 
@@ -260,10 +252,10 @@ def test_shape_mismatch_names_key_and_both_shapes(repo: Path) -> None:
 def test_missing_and_unexpected_keys_are_refused(repo: Path) -> None:
     _rewrite(repo / UNET_FP16, {"conv_out.bias": None})
     with pytest.raises(LoadError, match="missing keys: conv_out.bias"):
-        load_unet(repo, "cpu", torch.float32)
+        loading.load_unet(repo, "cpu", torch.float32)
     _rewrite(repo / UNET_FP16, {"conv_out.bias": torch.zeros(4, dtype=torch.float16), "extra.weight": torch.zeros(1)})
     with pytest.raises(LoadError, match="unexpected keys: extra.weight"):
-        load_unet(repo, "cpu", torch.float32)
+        loading.load_unet(repo, "cpu", torch.float32)
 
 
 def test_text_encoder_keys_are_strict_too(repo: Path) -> None:
@@ -271,30 +263,30 @@ def test_text_encoder_keys_are_strict_too(repo: Path) -> None:
     original = load_file(str(file))
     _rewrite(file, {"text_model.final_layer_norm.weight": torch.ones(31, dtype=torch.float16)})
     with pytest.raises(LoadError) as info:
-        load_text_encoder(repo, "cpu", torch.float32)
+        loading.load_text_encoder(repo, "cpu", torch.float32)
     assert info.value.file == "text_encoder/model.fp16.safetensors"
     assert info.value.reason.startswith("shape mismatch for ")
     assert info.value.reason.endswith("final_layer_norm.weight: checkpoint (31,), model (32,)")
     _rewrite(file, {"text_model.final_layer_norm.weight": None})
     with pytest.raises(LoadError, match="missing keys: .*final_layer_norm.weight"):
-        load_text_encoder(repo, "cpu", torch.float32)
+        loading.load_text_encoder(repo, "cpu", torch.float32)
     _rewrite(file, {"text_model.final_layer_norm.weight": original["text_model.final_layer_norm.weight"],
                     "text_model.extra.weight": torch.zeros(3)})
     with pytest.raises(LoadError, match="unexpected keys: .*extra.weight"):
-        load_text_encoder(repo, "cpu", torch.float32)
+        loading.load_text_encoder(repo, "cpu", torch.float32)
 
 
 def test_bad_config_is_named(repo: Path) -> None:
     (repo / "unet/config.json").write_text("{not json")
     with pytest.raises(LoadError, match=r"unet/config\.json: not valid JSON"):
-        load_unet(repo, "cpu", torch.float32)
+        loading.load_unet(repo, "cpu", torch.float32)
 
 
 # --- tokenizer, scheduler, model index ------------------------------------------------------------
 
 
 def test_tokenizer_pads_with_id_zero(repo: Path) -> None:
-    tokenizer = load_tokenizer(repo)
+    tokenizer = loading.load_tokenizer(repo)
     vocab = tiny_vocab()
     bos, eos = vocab.index("<|startoftext|>"), vocab.index("<|endoftext|>")
     assert (tokenizer.pad_token, tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == ("!", 0, bos, eos)
@@ -308,13 +300,13 @@ def test_tokenizer_with_eos_padding_is_refused(repo: Path) -> None:
     path = repo / "tokenizer/special_tokens_map.json"
     path.write_text(path.read_text().replace('"pad_token": "!"', '"pad_token": "<|endoftext|>"'))
     with pytest.raises(LoadError, match="pad token id is"):
-        load_tokenizer(repo)
+        loading.load_tokenizer(repo)
 
 
 def test_scheduler_config_and_model_index(repo: Path) -> None:
-    config = load_scheduler_config(repo)
+    config = loading.load_scheduler_config(repo)
     assert (config.beta_start, config.beta_end, config.steps_offset, config.prediction_type) == (0.00085, 0.012, 1, "epsilon")
-    assert read_model_index(repo)["_class_name"] == "StableDiffusionPipeline"
+    assert loading.read_model_index(repo)["_class_name"] == "StableDiffusionPipeline"
 
 
 # --- Hub resolution ---------------------------------------------------------------------------------
@@ -371,7 +363,7 @@ def test_select_files_falls_back_and_refuses_pickles() -> None:
 def test_offline_without_cache_says_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(LoadError, match="offline") as info:
-        resolve_repo("stabilityai/stable-diffusion-2-base", COMPONENTS, cache_dir=tmp_path)
+        loading.resolve_repo("stabilityai/stable-diffusion-2-base", COMPONENTS, cache_dir=tmp_path)
     assert info.value.repo == "stabilityai/stable-diffusion-2-base"
 
 
@@ -416,7 +408,7 @@ def test_online_resolution_downloads_exactly_the_chosen_files(tmp_path: Path, mo
     fake = _FakeHub(snapshot)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
     messages: list[str] = []
-    folder = resolve_repo("stabilityai/stable-diffusion-2", COMPONENTS, revision="main", on_progress=messages.append)
+    folder = loading.resolve_repo("stabilityai/stable-diffusion-2", COMPONENTS, revision="main", on_progress=messages.append)
     assert folder == snapshot
     assert [c.get("dry_run", False) for c in fake.calls] == [True, False]
     assert fake.calls[1]["allow_patterns"] == select_files(SD2_LISTING, COMPONENTS, "r")
@@ -445,4 +437,4 @@ def test_hub_errors_name_the_repo(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", missing)
     with pytest.raises(LoadError, match=r"^someone/nothing@v1: repo not found"):
-        resolve_repo("someone/nothing", COMPONENTS, revision="v1")
+        loading.resolve_repo("someone/nothing", COMPONENTS, revision="v1")

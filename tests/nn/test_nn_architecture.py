@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -42,28 +44,29 @@ def _assert_same_layout(ours: nn.Module, reference: nn.Module) -> None:
     assert wrong == {}
 
 
+def _assert_layout_and_counts(ours_cls: Callable[[Any], nn.Module], reference_cls: Callable[..., nn.Module],
+                              config: Any, counts: tuple[int, int]) -> None:
+    """Ours and diffusers' model of `config`, built on the meta device: the same layout, and ours has the hub
+    checkpoint's (tensors, parameters) `counts`."""
+    with torch.device("meta"):
+        ours = ours_cls(config)
+        reference = reference_cls(**config.to_dict())
+    _assert_same_layout(ours, reference)
+    tensors, params = counts
+    assert len(ours.state_dict()) == tensors
+    assert sum(p.numel() for p in ours.parameters()) == params
+
+
 @pytest.mark.parametrize("name", list(UNET_CONFIGS))
 def test_unet_layout_and_counts(name: str) -> None:
     config = UNetConfig.from_dict(unet_config(name))
-    with torch.device("meta"):
-        ours = UNet(config)
-        reference = diffusers.UNet2DConditionModel(**config.to_dict())
-    _assert_same_layout(ours, reference)
-    tensors, params = UNET_COUNTS[name]
-    assert len(ours.state_dict()) == tensors
-    assert sum(p.numel() for p in ours.parameters()) == params
+    _assert_layout_and_counts(UNet, diffusers.UNet2DConditionModel, config, UNET_COUNTS[name])
 
 
 @pytest.mark.parametrize("name", list(VAE_CONFIGS))
 def test_vae_layout_and_counts(name: str) -> None:
     config = VAEConfig.from_dict(vae_config(name))
-    with torch.device("meta"):
-        ours = AutoencoderKL(config)
-        reference = diffusers.AutoencoderKL(**config.to_dict())
-    _assert_same_layout(ours, reference)
-    tensors, params = VAE_COUNTS[name]
-    assert len(ours.state_dict()) == tensors
-    assert sum(p.numel() for p in ours.parameters()) == params
+    _assert_layout_and_counts(AutoencoderKL, diffusers.AutoencoderKL, config, VAE_COUNTS[name])
 
 
 def test_real_config_quirks_are_absorbed() -> None:

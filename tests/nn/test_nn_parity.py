@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -36,10 +38,18 @@ def _perturb_vectors(model: nn.Module, seed: int) -> None:
                 p.copy_(base + 0.1 * torch.randn(p.shape, generator=g))
 
 
-def _roundtrip(reference: nn.Module, ours: nn.Module, tmp_path: Path) -> None:
+def _twins(reference_cls: Callable[..., nn.Module], ours_cls: Callable[[Any], nn.Module], config: Any,
+           tmp_path: Path) -> tuple[nn.Module, nn.Module]:
+    """diffusers' model made from `config` (seed 0, its vectors perturbed) and ours, loaded strictly from the
+    reference's saved safetensors; both in eval mode."""
+    torch.manual_seed(0)
+    reference = reference_cls(**config.to_dict()).eval()
+    _perturb_vectors(reference, 1)
+    ours = ours_cls(config).eval()
     path = tmp_path / "diffusion_pytorch_model.safetensors"
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
     ours.load_state_dict(load_file(str(path)), strict=True)
+    return reference, ours
 
 
 def _record(name: str, ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -66,11 +76,7 @@ def _tiny_unet(case: str) -> UNetConfig:
 @pytest.mark.parametrize("case", UNET_CASES)
 def test_unet_matches_diffusers(case: str, tmp_path: Path) -> None:
     config = _tiny_unet(case)
-    torch.manual_seed(0)
-    reference = diffusers.UNet2DConditionModel(**config.to_dict()).eval()
-    _perturb_vectors(reference, 1)
-    ours = UNet(config).eval()
-    _roundtrip(reference, ours, tmp_path)
+    reference, ours = _twins(diffusers.UNet2DConditionModel, UNet, config, tmp_path)
 
     g = torch.Generator().manual_seed(2)
     context = torch.randn(2, 77, config.cross_attention_dim, generator=g)
@@ -107,11 +113,7 @@ def test_x4_class_embedding_changes_output() -> None:
 @pytest.mark.parametrize("name", ["sd2", "x4-upscaler"])
 def test_vae_matches_diffusers(name: str, tmp_path: Path) -> None:
     config = VAEConfig.from_dict(tiny_vae_config(name))
-    torch.manual_seed(0)
-    reference = diffusers.AutoencoderKL(**config.to_dict()).eval()
-    _perturb_vectors(reference, 1)
-    ours = AutoencoderKL(config).eval()
-    _roundtrip(reference, ours, tmp_path)
+    reference, ours = _twins(diffusers.AutoencoderKL, AutoencoderKL, config, tmp_path)
 
     g = torch.Generator().manual_seed(3)
     f = config.spatial_factor

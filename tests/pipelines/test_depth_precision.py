@@ -6,16 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from pipeline_fixtures import (
-    LATENT_TOLERANCE,
-    PIXEL_TOLERANCE,
-    ComponentCache,
-    latent_diff,
-    max_pixel_diff,
-    reference_pipeline,
-    reference_run,
-    sample_image,
-)
+from pipeline_fixtures import ComponentCache, assert_matches_reference, reference_pipeline, reference_run, sample_image
 from PIL import Image
 
 from sd2_app.api.requests import DepthRequest, Sampling
@@ -71,10 +62,8 @@ def test_16_bit_depth_matches_diffusers_fed_the_same_float_map(components: Compo
     ours = depth2img(components("sd2-depth"), checked)
     depth = torch.from_numpy(np.round(_gradient()).astype(np.float32) / 65535)[None]  # (1, H, W)
     pipe = reference_pipeline("sd2-depth", "DPM++ 2M")
-    ref_latents, ref_images = reference_run(pipe, 9, prompt="statue", image=image, depth_map=depth, strength=0.8,
-                                            num_inference_steps=5, guidance_scale=7.5)
-    assert latent_diff(ours.latents, ref_latents) < LATENT_TOLERANCE
-    assert max_pixel_diff(ours.images, ref_images) <= PIXEL_TOLERANCE
+    assert_matches_reference(ours, reference_run(pipe, 9, prompt="statue", image=image, depth_map=depth, strength=0.8,
+                                                 num_inference_steps=5, guidance_scale=7.5))
     assert ours.depth_image.mode == "L" and ours.depth_image.size == (64, 48)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from pipeline_fixtures import LATENT_TOLERANCE, PIXEL_TOLERANCE, ComponentCache, latent_diff, max_pixel_diff
+from pipeline_fixtures import ComponentCache, assert_matches_reference, reference_pipeline, reference_run
 from PIL import Image
 
 from sd2_app.api.requests import HiresFix, Img2ImgRequest, Sampling, Txt2ImgRequest, UpscaleRequest
@@ -45,8 +45,6 @@ def test_latent_hires_equals_diffusers_img2img_on_the_resized_latents(
 ) -> None:
     """By hand: our text-to-image latents, resized with torch, then diffusers' img2img (it takes 4-channel
     latents as its image) with a generator seeded with the same seed."""
-    from pipeline_fixtures import reference_pipeline
-
     c = components("sd2-base")
     ours = txt2img(c, _request(upscaler))
     first = txt2img(c, replace(_request(upscaler), hires=None)).latents  # (1, 4, 8, 8)
@@ -55,10 +53,7 @@ def test_latent_hires_equals_diffusers_img2img_on_the_resized_latents(
     pipe = reference_pipeline("sd2-base", "DPM++ 2M", img2img=True)
     common = {"prompt": "a castle", "negative_prompt": "fog", "image": resized, "strength": 0.5,
               "num_inference_steps": 6, "guidance_scale": 7.5}
-    ref_latents = pipe(generator=torch.Generator().manual_seed(11), output_type="latent", **common).images
-    ref_images = pipe(generator=torch.Generator().manual_seed(11), output_type="np", **common).images
-    assert latent_diff(ours.latents, ref_latents) < LATENT_TOLERANCE
-    assert max_pixel_diff(ours.images, ref_images) <= PIXEL_TOLERANCE
+    assert_matches_reference(ours, reference_run(pipe, 11, **common))
     assert ours.images[0].size == (96, 96)
 
 

@@ -6,16 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from pipeline_fixtures import (
-    LATENT_TOLERANCE,
-    PIXEL_TOLERANCE,
-    ComponentCache,
-    latent_diff,
-    max_pixel_diff,
-    reference_pipeline,
-    reference_run,
-    sample_image,
-)
+from pipeline_fixtures import ComponentCache, assert_matches_reference, reference_pipeline, reference_run, sample_image
 from PIL import Image
 
 from sd2_app.errors import Cancelled, InvalidRequest
@@ -49,12 +40,10 @@ def test_img2img_matches_diffusers(
                                                           strength=strength, sampling=sampling))
     pipe = reference_pipeline("sd2-base", sampler, img2img=True)
     extra = {"eta": eta} if sampler == "DDIM" else {}
-    ref_latents, ref_images = reference_run(
+    assert_matches_reference(ours, reference_run(
         pipe, 5, prompt="oil painting", negative_prompt="photo", image=image, strength=strength,
         num_inference_steps=6, guidance_scale=7.5, num_images_per_prompt=batch, **extra,
-    )
-    assert latent_diff(ours.latents, ref_latents) < LATENT_TOLERANCE
-    assert max_pixel_diff(ours.images, ref_images) <= PIXEL_TOLERANCE
+    ))
     assert parse_parameters(ours.images[0].info["parameters"])["Denoising strength"] == strength
 
 
@@ -85,12 +74,10 @@ def test_inpaint_matches_diffusers(
         sampling=sampling))
     pipe = reference_pipeline("sd2-inpainting", sampler)
     extra = {"eta": eta} if sampler == "DDIM" else {}
-    ref_latents, ref_images = reference_run(
+    assert_matches_reference(ours, reference_run(
         pipe, 7, prompt="a door", negative_prompt="wall", image=image, mask_image=mask, width=64, height=48,
         strength=strength, num_inference_steps=5, guidance_scale=cfg, num_images_per_prompt=batch, **extra,
-    )
-    assert latent_diff(ours.latents, ref_latents) < LATENT_TOLERANCE
-    assert max_pixel_diff(ours.images, ref_images) <= PIXEL_TOLERANCE
+    ))
     assert np.array_equal(np.asarray(ours.mask_image) > 0, np.asarray(mask) > 127)
 
 
@@ -138,12 +125,10 @@ def test_depth_with_user_map_matches_diffusers(components: ComponentCache) -> No
                                                            depth_map=depth_map, strength=0.8, sampling=sampling))
     pipe = reference_pipeline("sd2-depth", "DPM++ 2M")
     depth = torch.from_numpy(np.asarray(depth_map, dtype=np.float32) / 255)[None]  # (1, H, W) like diffusers wants
-    ref_latents, ref_images = reference_run(
+    assert_matches_reference(ours, reference_run(
         pipe, 9, prompt="statue", negative_prompt="blur", image=image, depth_map=depth, strength=0.8,
         num_inference_steps=5, guidance_scale=7.5, num_images_per_prompt=2,
-    )
-    assert latent_diff(ours.latents, ref_latents) < LATENT_TOLERANCE
-    assert max_pixel_diff(ours.images, ref_images) <= PIXEL_TOLERANCE
+    ))
     assert ours.depth_image is not None and ours.depth_image.size == (64, 48)
 
 
@@ -167,10 +152,8 @@ def test_depth_estimated_matches_diffusers(components: ComponentCache) -> None:
     ours = depth2img(components("sd2-depth"), DepthRequest(prompt="statue", image=image, strength=0.7,
                                                            sampling=sampling))
     pipe = reference_pipeline("sd2-depth", "DPM++ 2M")
-    ref_latents, ref_images = reference_run(pipe, 5, prompt="statue", image=image, strength=0.7,
-                                            num_inference_steps=4, guidance_scale=7.5)
-    assert latent_diff(ours.latents, ref_latents) < LATENT_TOLERANCE
-    assert max_pixel_diff(ours.images, ref_images) <= PIXEL_TOLERANCE
+    assert_matches_reference(ours, reference_run(pipe, 5, prompt="statue", image=image, strength=0.7,
+                                                 num_inference_steps=4, guidance_scale=7.5))
 
 
 def test_depth_cancel(components: ComponentCache) -> None:

@@ -6,15 +6,7 @@ import inspect
 
 import pytest
 import torch
-from pipeline_fixtures import (
-    LATENT_TOLERANCE,
-    PIXEL_TOLERANCE,
-    ComponentCache,
-    latent_diff,
-    max_pixel_diff,
-    reference_pipeline,
-    reference_run,
-)
+from pipeline_fixtures import ComponentCache, assert_matches_reference, reference_pipeline, reference_run
 
 from sd2_app.errors import Cancelled
 from sd2_app.pipelines import loop
@@ -51,13 +43,11 @@ def test_txt2img_matches_diffusers(
 
     pipe = reference_pipeline(kind, sampler)
     extra = {"eta": eta} if sampler == "DDIM" else {}
-    ref_latents, ref_images = reference_run(
+    assert len(ours.images) == batch and ours.images[0].size == (width, height)
+    assert_matches_reference(ours, reference_run(
         pipe, 1234, prompt="a red fox in snow", negative_prompt=negative or None, width=width, height=height,
         num_inference_steps=5, guidance_scale=cfg, guidance_rescale=rescale, num_images_per_prompt=batch, **extra,
-    )
-    assert len(ours.images) == batch and ours.images[0].size == (width, height)
-    assert latent_diff(ours.latents, ref_latents) < LATENT_TOLERANCE
-    assert max_pixel_diff(ours.images, ref_images) <= PIXEL_TOLERANCE
+    ))
 
 
 def test_progress_and_metadata(components: ComponentCache) -> None:

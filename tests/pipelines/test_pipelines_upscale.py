@@ -7,16 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from pipeline_fixtures import (
-    LATENT_TOLERANCE,
-    PIXEL_TOLERANCE,
-    ComponentCache,
-    latent_diff,
-    max_pixel_diff,
-    reference_pipeline,
-    reference_run,
-    sample_image,
-)
+from pipeline_fixtures import ComponentCache, assert_matches_reference, reference_pipeline, reference_run, sample_image
 from torch import nn
 
 from sd2_app.errors import Cancelled, InvalidRequest
@@ -45,12 +36,10 @@ def test_upscale_matches_diffusers(
     ours = upscale(components("x4-upscaler"), UpscaleRequest(
         prompt="sharp photo", negative_prompt=negative, image=image, noise_level=noise_level, sampling=sampling))
     pipe = reference_pipeline("x4-upscaler", sampler)
-    ref_latents, ref_images = reference_run(
+    assert_matches_reference(ours, reference_run(
         pipe, 11, prompt="sharp photo", negative_prompt=negative or None, image=image, noise_level=noise_level,
         num_inference_steps=4, guidance_scale=cfg, num_images_per_prompt=batch,
-    )
-    assert latent_diff(ours.latents, ref_latents) < LATENT_TOLERANCE
-    assert max_pixel_diff(ours.images, ref_images) <= PIXEL_TOLERANCE
+    ))
     width, height = size[0] // 4 * 4, size[1] // 4 * 4
     assert (ours.width, ours.height) == (4 * width, 4 * height) and ours.images[0].size == (4 * width, 4 * height)
 

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from sd2_app.errors import InvalidRequest
 from sd2_app.loading.embeddings import EmbeddingError, EmbeddingLibrary, TextualInversion, load_embedding
-from sd2_app.pipelines.prompt import encode_prompt_pair, encode_prompts
+from sd2_app.pipelines.prompt import encode_prompt_pair, ti_hashes
 from sd2_app.nn.clip_text import text_model_of
 from sd2_app.pipelines.prompt_chunks import tokenize_prompt
 
@@ -60,10 +60,9 @@ def old_context(text_encoder, tokenizer, prompt: str, negative: str, batch: int)
                                               ("x" * 74, "y"), ("", "")])
 def test_plain_prompt_is_bit_identical_to_the_old_path(parts, prompt: str, negative: str) -> None:
     text_encoder, tokenizer = parts
-    context, warnings = encode_prompts(text_encoder, tokenizer, prompt, negative, batch_size=2, use_cfg=True,
-                                       device=CPU)
-    assert torch.equal(context, old_context(text_encoder, tokenizer, prompt, negative, 2))
-    assert warnings == []
+    encoded = encode_prompt_pair(text_encoder, tokenizer, prompt, negative, batch_size=2, use_cfg=True, device=CPU)
+    assert torch.equal(encoded.context, old_context(text_encoder, tokenizer, prompt, negative, 2))
+    assert encoded.embeddings == []
 
 
 def expected_weighted(states: torch.Tensor, weights: list[float]) -> torch.Tensor:
@@ -106,7 +105,8 @@ def test_chunks_of_75_and_the_counter(parts) -> None:
     got = tokenize_prompt(tokenizer, prompt)
     assert [c.ids for c in got.chunks] == [row(tokenizer, tokens[:75]), row(tokenizer, tokens[75:])]
     assert (got.token_count, got.token_limit) == (100, 150)
-    context, _ = encode_prompts(text_encoder, tokenizer, prompt, "", batch_size=1, use_cfg=False, device=CPU)
+    context = encode_prompt_pair(text_encoder, tokenizer, prompt, "", batch_size=1, use_cfg=False,
+                                 device=CPU).context
     assert context.shape == (1, 154, 32)
     expected = encode_rows(text_encoder, [row(tokenizer, tokens[:75]), row(tokenizer, tokens[75:])])
     torch.testing.assert_close(context[0], expected.reshape(154, 32), rtol=1e-6, atol=1e-6)
@@ -133,7 +133,8 @@ def test_break_starts_a_new_chunk(parts) -> None:
     got = tokenize_prompt(tokenizer, "a BREAK b")
     assert [c.ids for c in got.chunks] == [row(tokenizer, words(tokenizer, "a")), row(tokenizer, words(tokenizer, "b"))]
     assert (got.token_count, got.token_limit) == (76, 150)
-    context, _ = encode_prompts(text_encoder, tokenizer, "a BREAK b", "", batch_size=1, use_cfg=False, device=CPU)
+    context = encode_prompt_pair(text_encoder, tokenizer, "a BREAK b", "", batch_size=1, use_cfg=False,
+                                 device=CPU).context
     assert context.shape == (1, 154, 32)
 
 
@@ -141,7 +142,8 @@ def test_break_starts_a_new_chunk(parts) -> None:
 def test_shorter_negative_prompt_is_padded_with_empty_chunks(parts, k: int) -> None:
     text_encoder, tokenizer = parts
     prompt = " BREAK ".join(["a"] * k)
-    context, _ = encode_prompts(text_encoder, tokenizer, prompt, "blurry", batch_size=2, use_cfg=True, device=CPU)
+    context = encode_prompt_pair(text_encoder, tokenizer, prompt, "blurry", batch_size=2, use_cfg=True,
+                                 device=CPU).context
     assert context.shape == (4, 77 * k, 32)
     expected_uncond = encode_rows(text_encoder, [row(tokenizer, words(tokenizer, "blurry"))]
                                   + [row(tokenizer, [])] * (k - 1)).reshape(77 * k, 32)
@@ -151,8 +153,8 @@ def test_shorter_negative_prompt_is_padded_with_empty_chunks(parts, k: int) -> N
 
 def test_longer_negative_prompt_pads_the_prompt(parts) -> None:
     text_encoder, tokenizer = parts
-    context, _ = encode_prompts(text_encoder, tokenizer, "cat", "a BREAK b BREAK c", batch_size=1, use_cfg=True,
-                                device=CPU)
+    context = encode_prompt_pair(text_encoder, tokenizer, "cat", "a BREAK b BREAK c", batch_size=1, use_cfg=True,
+                                 device=CPU).context
     assert context.shape == (2, 231, 32)
     expected_cond = encode_rows(text_encoder, [row(tokenizer, words(tokenizer, "cat")), row(tokenizer, []),
                                                row(tokenizer, [])]).reshape(231, 32)
@@ -162,13 +164,14 @@ def test_longer_negative_prompt_pads_the_prompt(parts) -> None:
 def test_prompt_over_eight_chunks_is_refused(parts) -> None:
     text_encoder, tokenizer = parts
     with pytest.raises(InvalidRequest) as info:
-        encode_prompts(text_encoder, tokenizer, " BREAK ".join(["a"] * 9), "", batch_size=1, use_cfg=True,
-                       device=CPU)
+        encode_prompt_pair(text_encoder, tokenizer, " BREAK ".join(["a"] * 9), "", batch_size=1, use_cfg=True,
+                           device=CPU)
     assert str(info.value) == ("The prompt is too long: it makes 9 chunks of 75 tokens (601 tokens, BREAKs "
                                "included); at most 8 chunks (600 tokens) are allowed. Shorten it or remove a BREAK.")
     with pytest.raises(InvalidRequest, match="^The negative prompt is too long: it makes 9 chunks"):
-        encode_prompts(text_encoder, tokenizer, "a", "b " * 601, batch_size=1, use_cfg=True, device=CPU)
-    context, _ = encode_prompts(text_encoder, tokenizer, "a " * 600, "", batch_size=1, use_cfg=True, device=CPU)
+        encode_prompt_pair(text_encoder, tokenizer, "a", "b " * 601, batch_size=1, use_cfg=True, device=CPU)
+    context = encode_prompt_pair(text_encoder, tokenizer, "a " * 600, "", batch_size=1, use_cfg=True,
+                                 device=CPU).context
     assert context.shape == (2, 8 * 77, 32)
 
 
@@ -190,11 +193,11 @@ def test_embedding_vectors_take_their_positions(parts) -> None:
     assert got.token_count == len(words(tokenizer, "a hat")) + 2
     with_embedding = encode_prompt_pair(text_encoder, tokenizer, "a pets hat", "", batch_size=1, use_cfg=False,
                                         device=CPU, embeddings={"pets": pets})
-    written_out, _ = encode_prompts(text_encoder, tokenizer, "a cat dog hat", "", batch_size=1, use_cfg=False,
-                                    device=CPU)
+    written_out = encode_prompt_pair(text_encoder, tokenizer, "a cat dog hat", "", batch_size=1, use_cfg=False,
+                                     device=CPU).context
     torch.testing.assert_close(with_embedding.context, written_out, rtol=1e-5, atol=1e-5)
     assert [e.name for e in with_embedding.embeddings] == ["pets"]
-    assert with_embedding.settings() == {"TI hashes": "pets: 000000000000"}
+    assert ti_hashes(with_embedding.embeddings) == {"TI hashes": "pets: 000000000000"}
 
 
 def test_embedding_never_straddles_chunks(parts) -> None:

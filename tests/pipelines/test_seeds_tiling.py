@@ -2,8 +2,9 @@
 
 Variation and resize: the start noise is built here independently (torch.randn and a slerp written out
 with numpy) and fed to diffusers' pipeline as its `latents`; our run with the options must match it.
-Tiling: the wrap-around seam is as smooth as the interior, the networks are exactly equivariant to circular
-shifts while it is on, and nothing of it is left afterwards.
+Tiling: the wrap-around seam is as smooth as the interior, a tiled view of the networks is exactly
+equivariant to circular shifts, it shares the live modules' tensors, and the live modules pad with zeros
+while it exists and afterwards.
 """
 
 from __future__ import annotations
@@ -13,20 +14,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from pipeline_fixtures import (
-    LATENT_TOLERANCE,
-    PIXEL_TOLERANCE,
-    ComponentCache,
-    latent_diff,
-    max_pixel_diff,
-    reference_pipeline,
-    reference_run,
-)
+from pipeline_fixtures import ComponentCache, assert_matches_reference, reference_pipeline, reference_run
 
 from sd2_app.api.requests import Sampling, SeedExtras, Txt2ImgRequest
 from sd2_app.errors import Cancelled
 from sd2_app.pipelines.metadata import parse_parameters
-from sd2_app.pipelines.seamless import circular_padding
+from sd2_app.pipelines.seamless import tiled_components, tiled_view
 from sd2_app.pipelines.txt2img import txt2img
 
 SAMPLING = Sampling(sampler="DPM++ 2M", steps=4, seed=21)
@@ -65,11 +58,9 @@ def test_variation_strength_half_is_the_slerp_of_the_two_noises(components: Comp
     ours = _run(components, seed_extras=SeedExtras(variation_seed=99, variation_strength=0.5))
     noise = _slerp(0.5, _randn((1, 4, 8, 8), 21).numpy(), _randn((1, 4, 8, 8), 99).numpy())
     pipe = reference_pipeline("sd2-base", "DPM++ 2M")
-    ref_latents, ref_images = reference_run(pipe, 21, prompt="a red house", width=64, height=64,
-                                            num_inference_steps=4, guidance_scale=7.5,
-                                            latents=torch.from_numpy(noise))
-    assert latent_diff(ours.latents, ref_latents) < LATENT_TOLERANCE
-    assert max_pixel_diff(ours.images, ref_images) <= PIXEL_TOLERANCE
+    assert_matches_reference(ours, reference_run(pipe, 21, prompt="a red house", width=64, height=64,
+                                                 num_inference_steps=4, guidance_scale=7.5,
+                                                 latents=torch.from_numpy(noise)))
 
 
 @pytest.mark.parametrize(("size", "resize_from", "placed"), [
@@ -88,10 +79,8 @@ def test_seed_resize_centres_the_noise_of_the_old_size(
         noise = _randn((1, 4, height // 8, width // 8), 21)
         noise[..., 2:10] = small
     pipe = reference_pipeline("sd2-base", "DPM++ 2M")
-    ref_latents, ref_images = reference_run(pipe, 21, prompt="a red house", width=width, height=height,
-                                            num_inference_steps=4, guidance_scale=7.5, latents=noise)
-    assert latent_diff(ours.latents, ref_latents) < LATENT_TOLERANCE
-    assert max_pixel_diff(ours.images, ref_images) <= PIXEL_TOLERANCE
+    assert_matches_reference(ours, reference_run(pipe, 21, prompt="a red house", width=width, height=height,
+                                                 num_inference_steps=4, guidance_scale=7.5, latents=noise))
     assert parse_parameters(ours.images[0].info["parameters"])["Seed resize from"] == f"{resize_from[0]}x{resize_from[1]}"
 
 
@@ -118,8 +107,9 @@ def test_tiled_image_edges_continue_each_other(components: ComponentCache) -> No
     assert plain_rank - tiled_rank > 0.3, (plain_rank, tiled_rank)
 
 
-def test_circular_padding_makes_unet_and_decoder_shift_equivariant(components: ComponentCache) -> None:
+def test_tiled_view_makes_unet_and_decoder_shift_equivariant(components: ComponentCache) -> None:
     c = components("sd2-base")
+    tiled = tiled_components(c)
     x = _randn((1, 4, 16, 16), 3)
     context = _randn((1, 77, c.text_encoder.config.hidden_size), 4)
     t = torch.tensor([500.0])
@@ -130,18 +120,17 @@ def test_circular_padding_makes_unet_and_decoder_shift_equivariant(components: C
         rolled = fn(torch.roll(x, shifts=(rows, cols), dims=(2, 3)))
         return float((rolled - torch.roll(out, shifts=(rows * scale, cols * scale), dims=(2, 3))).abs().max())
 
-    def unet(latents: torch.Tensor) -> torch.Tensor:
-        return c.unet(latents, t, context)
+    def unet(parts: object) -> object:
+        return lambda latents: parts.unet(latents, t, context)
 
-    def decoder(latents: torch.Tensor) -> torch.Tensor:
-        return c.vae.decode(latents)
+    def decoder(parts: object) -> object:
+        return lambda latents: parts.vae.decode(latents)
 
     with torch.inference_mode():
-        with circular_padding(c.unet, c.vae):
-            assert shifted_error(unet, 8, 8, 1) < 1e-4  # three stride-2 levels: shifts of 8 latent pixels
-            assert shifted_error(decoder, 3, 5, 8) < 1e-4
-        assert shifted_error(unet, 8, 8, 1) > 1e-2  # zero padding: the edges differ
-        assert shifted_error(decoder, 3, 5, 8) > 1e-2
+        assert shifted_error(unet(tiled), 8, 8, 1) < 1e-4  # three stride-2 levels: shifts of 8 latent pixels
+        assert shifted_error(decoder(tiled), 3, 5, 8) < 1e-4
+        assert shifted_error(unet(c), 8, 8, 1) > 1e-2  # the live modules, zero padding: the edges differ
+        assert shifted_error(decoder(c), 3, 5, 8) > 1e-2
 
 
 def test_next_untiled_job_equals_a_clean_run_even_after_a_stopped_tiled_job(components: ComponentCache) -> None:
@@ -160,24 +149,128 @@ def test_next_untiled_job_equals_a_clean_run_even_after_a_stopped_tiled_job(comp
     assert torch.equal(after.latents, clean.latents)
     assert np.array_equal(np.asarray(after.images[0]), np.asarray(clean.images[0]))
     c = components("sd2-base")
-    modes = {m.padding_mode for net in (c.unet, c.vae) for m in net.modules() if isinstance(m, torch.nn.Conv2d)}
-    assert modes == {"zeros"}
+    assert _conv_modes(c.unet, c.vae) == {"zeros"}
 
 
-def test_cuda_graph_key_tells_tiled_from_plain_calls(components: ComponentCache) -> None:
+def _conv_modes(*modules: torch.nn.Module) -> set[str]:
+    return {m.padding_mode for net in modules for m in net.modules() if isinstance(m, torch.nn.Conv2d)}
+
+
+def test_tiled_view_shares_every_tensor_and_leaves_the_live_modules_padding_with_zeros(
+    components: ComponentCache
+) -> None:
+    c = components("sd2-base")
+    x, t = _randn((1, 4, 16, 16), 3), torch.tensor([500.0])
+    context = _randn((1, 77, c.text_encoder.config.hidden_size), 4)
+    with torch.inference_mode():
+        before = c.unet(x, t, context), c.vae.decode(x)
+        tiled = tiled_components(c)
+        during = c.unet(x, t, context), c.vae.decode(x)  # an untiled job's calls while the view exists
+        viewed = tiled.unet(x, t, context), tiled.vae.decode(x)
+    assert all(torch.equal(a, b) for a, b in zip(before, during))
+    assert not any(torch.equal(a, b) for a, b in zip(before, viewed))
+    assert _conv_modes(c.unet, c.vae) == {"zeros"} and _conv_modes(tiled.unet, tiled.vae) == {"circular"}
+    for live, view in ((c.unet, tiled.unet), (c.vae, tiled.vae)):
+        assert view is not live and not set(map(id, view.modules())) & set(map(id, live.modules()))
+        live_tensors = [*live.named_parameters(), *live.named_buffers()]
+        view_tensors = [*view.named_parameters(), *view.named_buffers()]
+        assert [name for name, _ in view_tensors] == [name for name, _ in live_tensors] and live_tensors
+        assert all(a is b and a.data_ptr() == b.data_ptr() for (_, a), (_, b) in zip(live_tensors, view_tensors))
+
+
+def test_tiled_view_shares_tensors_held_in_plain_attributes() -> None:
+    """The manager keeps a pinned host copy of a module's tensors as a list attribute: the view shares it."""
+    conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+    conv.host_copy = [conv.weight.detach().clone(), conv.bias.detach().clone()]
+    view = tiled_view(conv)
+    assert view.padding_mode == "circular" and conv.padding_mode == "zeros"
+    assert len(view.host_copy) == 2 and all(a is b for a, b in zip(view.host_copy, conv.host_copy))
+
+
+def test_tiled_view_of_a_graph_wrapped_unet_is_the_plain_network(components: ComponentCache) -> None:
+    """A tiled job never replays (or records) the live UNet's CUDA graphs: its view is of the network."""
     from sd2_app.accel.graphs.unet import CudaGraphUNet
 
     c = components("sd2-base")
     wrapped = CudaGraphUNet(c.unet)
-    args = (torch.zeros(2, 4, 8, 8), torch.zeros(2), torch.zeros(2, 77, 32))
-    plain = wrapped.key(*args)
-    with circular_padding(wrapped):
-        tiled = wrapped.key(*args)
-    assert plain != tiled and wrapped.key(*args) == plain
+    view = tiled_components(replace(c, unet=wrapped)).unet
+    assert type(view) is type(c.unet) and _conv_modes(view) == {"circular"}
+    assert next(view.parameters()) is next(c.unet.parameters())
+
+
+def test_tiled_view_of_a_compiled_module_runs_eagerly() -> None:
+    """Module.compile's forward is bound to the live module: the view must not call it."""
+    from sd2_app.nn.config import VAEConfig
+    from sd2_app.nn.vae import AutoencoderKL
+    from sd2_app.testing.configs import tiny_vae_config
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(VAEConfig.from_dict(tiny_vae_config("sd2"))).eval()
+    expected = tiled_view(vae)
+    vae.decoder.conv_in.compile(backend="eager")
+    view = tiled_view(vae)
+    assert vae.decoder.conv_in._compiled_call_impl is not None
+    assert view.decoder.conv_in._compiled_call_impl is None and view.decoder.conv_in.padding_mode == "circular"
+    z = _randn((1, 4, 6, 5), 1)
+    with torch.no_grad():
+        assert torch.equal(view.decode(z), expected.decode(z))
+
+
+def test_tiled_view_of_a_fused_unet_has_its_own_shared_projections() -> None:
+    """The fused twins' shared-projection caches are state: the view's are its own (so are the layers they
+    read, which share the weights), and the network's pre-hook clears the view's, not the live one's."""
+    from sd2_app.accel.fused import fuse_modules
+    from sd2_app.accel.fused.attention import FusedAttention
+    from sd2_app.nn.config import UNetConfig
+    from sd2_app.nn.unet import UNet
+    from sd2_app.testing.configs import tiny_unet_config
+
+    torch.manual_seed(0)
+    plain = UNet(UNetConfig.from_dict(tiny_unet_config("sd2"))).eval()
+    fused = UNet(UNetConfig.from_dict(tiny_unet_config("sd2"))).eval()
+    fused.load_state_dict(plain.state_dict())
+    assert fuse_modules(fused) > 0
+    view = tiled_view(fused)
+
+    def shared(net: torch.nn.Module) -> object:
+        return next(m.context_projection[0] for m in net.modules()
+                    if isinstance(m, FusedAttention) and m.context_projection is not None)
+
+    live_shared, view_shared = shared(fused), shared(view)
+    assert view_shared is not live_shared
+    view_layers = set(map(id, view.modules()))
+    assert all(id(linear) in view_layers for linear in view_shared.linears)
+    assert all(a.weight is b.weight for a, b in zip(live_shared.linears, view_shared.linears))
+    assert [hook.__self__ for hook in view._forward_pre_hooks.values()] == [view_shared]
+    x, t, context = _randn((1, 4, 16, 16), 3), torch.tensor([500.0]), _randn((1, 77, 32), 4)
+    with torch.no_grad():
+        got, expected = view(x, t, context), tiled_view(plain)(x, t, context)
+    assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+    assert live_shared._output is None  # the view's forward never filled the live cache
+
+
+def test_a_tiled_request_never_shares_a_batch_loop_with_untiled_ones(components: ComponentCache) -> None:
+    """Cross-request batching (pipelines/batch.py) runs one loop over its first run's UNet: a tiled request's
+    run has its own view, so it runs alone and equals its solo run exactly; the untiled ones stay untiled."""
+    from sd2_app.pipelines.batch import run_batch
+    from sd2_app.pipelines.txt2img import prepare_txt2img
+
+    c = components("sd2-base")
+    base = Txt2ImgRequest(prompt="a red house", width=64, height=64, sampling=SAMPLING)
+    requests = [base, replace(base, tiling=True, sampling=replace(SAMPLING, seed=22)),
+                replace(base, sampling=replace(SAMPLING, seed=23))]
+    solo = [txt2img(c, request) for request in requests]
+    batched = run_batch(c, requests, [None] * 3, prepare_txt2img)
+    assert torch.equal(batched[1].latents, solo[1].latents)
+    assert parse_parameters(batched[1].images[0].info["parameters"])["Tiling"] is True
+    for index in (0, 2):  # batched together: within the CPU kernels' row-block rounding (tests/pipelines/test_batch.py)
+        assert (batched[index].latents - solo[index].latents).abs().max().item() < 1e-3
+    assert _conv_modes(c.unet, c.vae) == {"zeros"}
 
 
 def test_fused_modules_pad_circularly_too() -> None:
-    """The accel twins (sub-pixel upsampler, fused resnets) follow the tiling switch like the plain modules."""
+    """The accel twins (sub-pixel upsampler, fused resnets) in a tiled view pad circularly like the plain
+    modules; the fused live VAE keeps padding with zeros."""
     from sd2_app.accel.fused import fuse_modules
     from sd2_app.nn.config import VAEConfig
     from sd2_app.nn.vae import AutoencoderKL
@@ -189,11 +282,10 @@ def test_fused_modules_pad_circularly_too() -> None:
     fused.load_state_dict(plain.state_dict())
     assert fuse_modules(fused) > 0
     z = _randn((1, 4, 6, 5), 1)
-    with torch.no_grad(), circular_padding(plain), circular_padding(fused):
-        expected, got = plain.decode(z), fused.decode(z)
-    assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
     with torch.no_grad():
-        assert (fused.decode(z) - expected).abs().max().item() > 1e-2  # and back to zero padding after
+        expected, got = tiled_view(plain).decode(z), tiled_view(fused).decode(z)
+        assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+        assert (fused.decode(z) - expected).abs().max().item() > 1e-2  # the live twins pad with zeros
 
 
 @pytest.mark.parametrize(("extras", "message"), [

@@ -201,6 +201,9 @@ def test_output_numbers_past_99999_lose_nothing(public_app, reliability) -> None
     client = Client(url, verbose=False)
     for _ in range(3):
         client.predict(prompt="numbered", seed=41, api_name="/txt2img", **FAST)
+    deadline = time.monotonic() + 10  # app.py saves on a writer thread, after the answer
+    while len(list(day.glob("*-41-txt2img.png"))) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
     names = sorted(p.name for p in day.glob("*-41-txt2img.png"))
     assert names == ["100000-41-txt2img.png", "100001-41-txt2img.png", "100002-41-txt2img.png",
                      "99999-41-txt2img.png"], names

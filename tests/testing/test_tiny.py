@@ -10,18 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sd2_app.loading import (
-    load_depth_estimator,
-    load_scheduler_config,
-    load_text_encoder,
-    load_tokenizer,
-    load_unet,
-    load_vae,
-    read_model_index,
-    resolve_repo,
-)
+from sd2_app import loading
 from sd2_app.testing.configs import unet_config
 from sd2_app.testing.tiny import KINDS, ensure_tiny_repos, main, write_tiny_repo
+from tests.pipeline_fixtures import PIPELINES
 
 BASE_FILES = {
     "model_index.json",
@@ -48,14 +40,6 @@ EXTRA_FILES = {
         "feature_extractor/preprocessor_config.json",
     },
     "x4-upscaler": {"low_res_scheduler/scheduler_config.json"},
-}
-PIPELINES = {
-    "sd2-base": "StableDiffusionPipeline",
-    "sd2": "StableDiffusionPipeline",
-    "sd21": "StableDiffusionPipeline",
-    "sd2-inpainting": "StableDiffusionInpaintPipeline",
-    "sd2-depth": "StableDiffusionDepth2ImgPipeline",
-    "x4-upscaler": "StableDiffusionUpscalePipeline",
 }
 IN_CHANNELS = {"sd2-base": 4, "sd2": 4, "sd21": 4, "sd2-inpainting": 9, "sd2-depth": 5, "x4-upscaler": 7}
 PREDICTION = {"sd2-base": "epsilon", "sd2": "v_prediction", "sd21": "v_prediction", "sd2-inpainting": "epsilon",
@@ -95,7 +79,7 @@ def test_layout_and_speed(written: tuple[dict[str, Path], dict[str, float]], kin
     folders, seconds = written
     assert seconds[kind] < 20.0  # ~3 s on an idle 2-core machine
     assert _files(folders[kind]) == BASE_FILES | EXTRA_FILES.get(kind, set())
-    index = read_model_index(folders[kind])
+    index = loading.read_model_index(folders[kind])
     assert index["_class_name"] == PIPELINES[kind]
     unet = json.loads((folders[kind] / "unet/config.json").read_text())
     real = unet_config(kind)
@@ -107,7 +91,7 @@ def test_layout_and_speed(written: tuple[dict[str, Path], dict[str, float]], kin
 def test_real_scheduler_values(written: tuple[dict[str, Path], dict[str, float]]) -> None:
     folders, _ = written
     x4 = folders["x4-upscaler"]
-    assert read_model_index(x4)["max_noise_level"] == 350
+    assert loading.read_model_index(x4)["max_noise_level"] == 350
     low = json.loads((x4 / "low_res_scheduler/scheduler_config.json").read_text())
     assert (low["_class_name"], low["beta_start"], low["beta_end"], low["clip_sample"]) == ("DDPMScheduler", 0.0001, 0.02, True)
     high = json.loads((x4 / "scheduler/scheduler_config.json").read_text())
@@ -122,27 +106,27 @@ def test_real_scheduler_values(written: tuple[dict[str, Path], dict[str, float]]
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_our_loaders_load_every_component(written: tuple[dict[str, Path], dict[str, float]], kind: str) -> None:
-    folder = resolve_repo(written[0][kind], _components(kind))
-    unet = load_unet(folder, "cpu", torch.float32)
+    folder = loading.resolve_repo(written[0][kind], _components(kind))
+    unet = loading.load_unet(folder, "cpu", torch.float32)
     assert unet.conv_in.weight.shape[1] == IN_CHANNELS[kind]
     assert unet.config.upcast_attention == (kind == "sd21")
     assert (unet.config.num_class_embeds == 1000) == (kind == "x4-upscaler")
-    vae = load_vae(folder, "cpu", torch.float32)
+    vae = loading.load_vae(folder, "cpu", torch.float32)
     assert vae.config.scaling_factor == (0.08333 if kind == "x4-upscaler" else 0.18215)
-    encoder = load_text_encoder(folder, "cpu", torch.float32)
-    tokenizer = load_tokenizer(folder)
+    encoder = loading.load_text_encoder(folder, "cpu", torch.float32)
+    tokenizer = loading.load_tokenizer(folder)
     assert tokenizer.pad_token_id == 0
     ids = tokenizer(["a cat"], padding="max_length", max_length=77, return_tensors="pt").input_ids
     context = encoder(ids).last_hidden_state  # (1, 77, 32)
     assert context.shape == (1, 77, unet.config.cross_attention_dim) and torch.isfinite(context).all()
-    assert load_scheduler_config(folder).prediction_type == PREDICTION[kind]
+    assert loading.load_scheduler_config(folder).prediction_type == PREDICTION[kind]
     if kind == "x4-upscaler":
-        low = load_scheduler_config(folder, "low_res_scheduler")
+        low = loading.load_scheduler_config(folder, "low_res_scheduler")
         assert (low.prediction_type, low.clip_sample, low.steps_offset) == ("epsilon", True, 0)
     if kind == "sd2-depth":
         from PIL import Image
 
-        depth, processor = load_depth_estimator(folder, "cpu", torch.float32)
+        depth, processor = loading.load_depth_estimator(folder, "cpu", torch.float32)
         pixels = processor(images=Image.new("RGB", (96, 80), (120, 30, 200)), return_tensors="pt").pixel_values
         assert pixels.shape == (1, 3, 64, 64)
         assert depth(pixels).predicted_depth.shape == (1, 64, 64)
@@ -158,13 +142,13 @@ def test_diffusers_loads_each_repo_with_the_same_weights(
     pipe = diffusers.DiffusionPipeline.from_pretrained(folder, variant="fp16", local_files_only=True, use_safetensors=True)
     assert type(pipe).__name__ == PIPELINES[kind]
     assert pipe.tokenizer.pad_token_id == 0
-    ours = {"unet": load_unet(folder, "cpu", torch.float32), "vae": load_vae(folder, "cpu", torch.float32)}
+    ours = {"unet": loading.load_unet(folder, "cpu", torch.float32), "vae": loading.load_vae(folder, "cpu", torch.float32)}
     for name, module in ours.items():
         theirs = getattr(pipe, name).state_dict()
         mine = module.state_dict()
         assert set(mine) == set(theirs), name
         assert all(torch.equal(mine[k], theirs[k].float()) for k in mine), name
-    encoder = load_text_encoder(folder, "cpu", torch.float32)
+    encoder = loading.load_text_encoder(folder, "cpu", torch.float32)
     assert torch.equal(encoder.get_input_embeddings().weight, pipe.text_encoder.get_input_embeddings().weight.float())
     if kind == "x4-upscaler":
         assert pipe.low_res_scheduler.config.clip_sample is True
@@ -176,7 +160,7 @@ def test_legacy_vae_kind_matches_diffusers_decode(written: tuple[dict[str, Path]
     diffusers = pytest.importorskip("diffusers")
     folder = written[0]["sd2-base"]
     theirs = diffusers.AutoencoderKL.from_pretrained(folder / "vae", variant="fp16", use_safetensors=True).eval()
-    ours = load_vae(folder, "cpu", torch.float32)
+    ours = loading.load_vae(folder, "cpu", torch.float32)
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))  # (B, 4, h, w)
     with torch.no_grad():
         difference = (ours.decode(z) - theirs.decode(z).sample).abs().max().item()
@@ -201,7 +185,7 @@ def test_ensure_tiny_repos_writes_once(tmp_path: Path) -> None:
     (first["sd2"] / ".tiny-complete").unlink()  # as after an interrupted write
     weights.write_bytes(b"half written")
     ensure_tiny_repos(tmp_path, ("sd2",))
-    assert load_unet(first["sd2"], "cpu", torch.float32).conv_in.weight.shape == (32, 4, 3, 3)
+    assert loading.load_unet(first["sd2"], "cpu", torch.float32).conv_in.weight.shape == (32, 4, 3, 3)
 
 
 def test_command_line_writes_the_requested_kinds(tmp_path: Path) -> None:

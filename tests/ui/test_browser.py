@@ -8,7 +8,6 @@ Skipped when /usr/bin/chromium or the playwright package is missing.
 from __future__ import annotations
 
 import re
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,12 +30,6 @@ sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from sd2_app.manager import ModelManager
@@ -45,18 +38,13 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from sd2_app.testing.tiny import ensure_tiny_repos
     from sd2_app.ui import build_ui
     from tests.pipeline_fixtures import tiny_dir
+    from tests.reliability_support import launched
 
     registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
     manager = ModelManager("cpu", registry=registry, cache_dir=tmp_path_factory.mktemp("cache"))
     service = Service(manager, outputs_dir=None, preview_every=2)
-    demo = build_ui(service)
-    demo.queue(max_size=8, default_concurrency_limit=1)
-    _, address, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(),
-                                quiet=True, show_error=False)
-    try:
+    with launched(build_ui(service)) as address:
         yield address
-    finally:
-        demo.close()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,16 +21,11 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 from sd2_app.errors import InvalidRequest  # noqa: E402
 from sd2_app.pipelines.metadata import parse_parameters, read_png_parameters  # noqa: E402
+from tests.reliability_support import launched  # noqa: E402
 
 LONG_PROMPT = ", ".join(["a red hat on a cat"] * 13)  # over 150 tiny-tokenizer tokens: three chunks
 WEIGHTED = "a (red:1.4) hat on a [cat], ((sunset))"
 FAST = {"steps": 2, "seed": 11, "cfg_scale": 7.5, "width": 64, "height": 64}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +51,8 @@ def app(tmp_path_factory: pytest.TempPathFactory, embeddings_dir: Path) -> Itera
     service = Service(ModelManager("cpu", registry=registry, cache_dir=tmp_path_factory.mktemp("cache")),
                       outputs_dir=None, embeddings=EmbeddingLibrary.scan(embeddings_dir))
     demo = build_ui(service)
-    demo.queue(max_size=8, default_concurrency_limit=1)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(), quiet=True,
-                            show_error=False)
-    try:
+    with launched(demo) as url:
         yield Client(url, verbose=False), service, demo
-    finally:
-        demo.close()
 
 
 def _txt2img(client: Client, **kwargs) -> Image.Image:

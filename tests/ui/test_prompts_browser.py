@@ -6,7 +6,6 @@ Screenshots go to tests/artifacts/ (gitignored). Skipped when /usr/bin/chromium 
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,12 +24,6 @@ if not CHROMIUM.exists():
 sync_api = pytest.importorskip("playwright.sync_api")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from sd2_app.api.service import Service
@@ -40,6 +33,7 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from sd2_app.testing.tiny import ensure_tiny_repos
     from sd2_app.ui import build_ui
     from tests.pipeline_fixtures import tiny_dir
+    from tests.reliability_support import launched
 
     folder = tmp_path_factory.mktemp("embeddings")
     save_file({"emb_params": torch.zeros(2, 32)}, str(folder / "tiny-style.safetensors"))
@@ -47,11 +41,8 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
     manager = ModelManager("cpu", registry=registry, cache_dir=tmp_path_factory.mktemp("cache"))
     demo = build_ui(Service(manager, outputs_dir=None, embeddings=EmbeddingLibrary.scan(folder)))
-    demo.queue(max_size=8, default_concurrency_limit=1)
-    _, address, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(),
-                                quiet=True, show_error=False)
     ARTIFACTS.mkdir(exist_ok=True)
-    try:
+    with launched(demo) as address:
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -60,8 +51,6 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
             page.get_by_role("tab", name="Text to image").wait_for()
             yield page
             browser.close()
-    finally:
-        demo.close()
 
 
 def _counter(page, elem_id: str) -> object:

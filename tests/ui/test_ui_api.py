@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,12 +24,6 @@ ASSETS = Path(__file__).resolve().parents[2] / "assets"
 FAST = {"steps": 2, "seed": 7, "cfg_scale": 7.5}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, object, Path]]:
     from sd2_app.manager import ModelManager
@@ -39,19 +32,14 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, obje
     from sd2_app.testing.tiny import ensure_tiny_repos
     from sd2_app.ui import build_ui
     from tests.pipeline_fixtures import tiny_dir
+    from tests.reliability_support import launched
 
     cache = tmp_path_factory.mktemp("cache")
     outputs = tmp_path_factory.mktemp("outputs")
     registry = tiny_registry(ensure_tiny_repos(tiny_dir()))  # the tiny repos the pipeline tests also use
     service = Service(ModelManager("cpu", registry=registry, cache_dir=cache), outputs_dir=outputs)
-    demo = build_ui(service)
-    demo.queue(max_size=8, default_concurrency_limit=1)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(), quiet=True,
-                            show_error=False)
-    try:
+    with launched(build_ui(service)) as url:
         yield Client(url, verbose=False), service, outputs
-    finally:
-        demo.close()
 
 
 def _pngs(gallery: list[dict]) -> list[Image.Image]:

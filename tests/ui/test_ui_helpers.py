@@ -10,6 +10,7 @@ from PIL import Image
 
 from sd2_app.ui.blocks import sampler_fields
 from sd2_app.ui.common import selected_image
+from sd2_app.ui.hosting import Visitors
 
 NAMES = ["Euler", "Euler a", "DPM++ 2M", "DDIM", "DPM2"]
 
@@ -58,7 +59,7 @@ def test_a_new_result_resets_the_picked_gallery_index_so_send_to_carries_its_fir
     *_, last = list(run.fn(request, *values, gr.Progress()))
     index = run.outputs.index(selected)
     assert last[index] == 0 and len(last[1]) == 2  # ...back to 0 with the new two-image gallery
-    assert last[0] is last[1][0][0]  # the live preview ends on the final image
+    assert last[0] == last[1][0][0]  # the live preview ends on the final image (the same file)
     ends = _fn(demo, "txt2img_ends")
     assert ends.fn(last[1])[2]["columns"] == 2  # then the grid is sized to the batch: two side by side
 
@@ -66,7 +67,7 @@ def test_a_new_result_resets_the_picked_gallery_index_so_send_to_carries_its_fir
 def test_stop_flags_are_per_run_and_forgotten_when_it_ends() -> None:
     from sd2_app.ui.runner import StopFlags
 
-    flags = StopFlags()
+    flags = StopFlags(Visitors())
     first = flags.arm("s1")
     assert flags.stop("s1") and first.is_set() and not flags.stop("s2")  # another session has nothing to stop
     second = flags.arm("s1")
@@ -112,7 +113,7 @@ def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
     preview = Image.new("RGB", (8, 8))
 
     class Service:  # one step, then waits for Stop, reports one more step (late) and ends cancelled
-        def run(self, request, on_progress, should_stop, owner):
+        def run(self, request, on_progress, should_stop, owner, timings=None):
             on_progress(1, 3, preview)
             for _ in range(500):  # at most 5 s
                 if should_stop():
@@ -121,7 +122,7 @@ def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
             on_progress(2, 3, preview)
             raise Cancelled("stopped")
 
-    flags = StopFlags()
+    flags = StopFlags(Visitors())
     updates = stream_result(Service(), flags, lambda: object(), "s1", gr.Progress(), lambda result: (), 5)
     assert next(updates)[2] == STARTING
     assert next(updates)[2] == "Step 1/3"
@@ -133,7 +134,7 @@ def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
 def test_stop_says_how_far_the_run_got() -> None:
     from sd2_app.ui.runner import StopFlags, stopped_message
 
-    flags = StopFlags()
+    flags = StopFlags(Visitors())
     assert flags.stop_run("s1") is None and stopped_message(None) == "Stopped before it started."
     flag = flags.arm("s1")
     assert stopped_message(flags.stop_run("s1")) == "Stopped before sampling began."

@@ -4,7 +4,6 @@ back with PNG info reproduce the image exactly."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,12 +18,6 @@ from gradio_client.exceptions import AppError  # noqa: E402
 FAST = {"steps": 2, "seed": 7, "cfg_scale": 7.5, "width": 64, "height": 64}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, Path]]:
     from sd2_app.api.service import Service
@@ -33,19 +26,14 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, Path
     from sd2_app.testing.tiny import ensure_tiny_repos
     from sd2_app.ui import build_ui
     from tests.pipeline_fixtures import tiny_dir
+    from tests.reliability_support import launched
 
     outputs = tmp_path_factory.mktemp("outputs")
     registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
     service = Service(ModelManager("cpu", registry=registry, cache_dir=tmp_path_factory.mktemp("cache")),
                       outputs_dir=outputs)
-    demo = build_ui(service)
-    demo.queue(max_size=8, default_concurrency_limit=1)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(), quiet=True,
-                            show_error=False)
-    try:
+    with launched(build_ui(service)) as url:
         yield Client(url, verbose=False), outputs
-    finally:
-        demo.close()
 
 
 def _png(gallery: list[dict]) -> Image.Image:

@@ -22,7 +22,7 @@ def _conv_without_bias(conv: nn.Conv2d, x: Tensor) -> Tensor:
     return F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
-class FusedResnetBlock2D(nn.Module):
+class FusedResnetBlock2D(ResnetBlock2D):
     """ResnetBlock2D's math with GroupNorm+SiLU fused; adopts the original's children (same keys).
 
     For channels_last activations the convolutions run without their bias (cuDNN's convolution does not add
@@ -33,8 +33,8 @@ class FusedResnetBlock2D(nn.Module):
     GroupNorm reads both and the 1x1 shortcut runs as two matmuls, so the concatenation is never written.
     """
 
-    def __init__(self, block: ResnetBlock2D) -> None:
-        super().__init__()
+    def __init__(self, block: ResnetBlock2D) -> None:  # noqa: D107 - adopts, does not build
+        nn.Module.__init__(self)
         adopt(self, block, ("output_scale_factor", "norm1", "conv1", "time_emb_proj", "norm2", "conv2",
                             "conv_shortcut"))
         # (the UNet's shared time projections, this block's index), set by fuse_modules
@@ -60,12 +60,7 @@ class FusedResnetBlock2D(nn.Module):
         if self.time_emb_proj is not None:
             h = h + self._time(emb_act)[:, :, None, None]
         h = self.conv2(group_norm_silu(h, self.norm2))
-        if self.conv_shortcut is not None:
-            x = self.conv_shortcut(x)
-        out = x + h
-        if self.output_scale_factor != 1.0:
-            out = out / self.output_scale_factor
-        return out  # (B, Cout, H, W)
+        return self.residual(x, h)  # (B, Cout, H, W)
 
     def _reads_skip(self, x: Tensor, skip: Tensor) -> bool:
         """Whether the NHWC path can take x and the skip connection apart (a 1x1 shortcut splits in two)."""

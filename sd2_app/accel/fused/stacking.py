@@ -9,6 +9,7 @@ block and the caller falls back to one matmul per layer until it packs again.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -81,12 +82,21 @@ class SharedInputProjections:
         self._output: Tensor | None = None
         pack(self.linears)
 
-    def forget(self) -> None:
+    def __deepcopy__(self, memo: dict[int, object]) -> SharedInputProjections:
+        """A copy over the copied layers (a tiled view's, pipelines/seamless.py) with a cache of its own,
+        empty: the view's forwards never read or clear the live modules' cached output."""
+        twin = copy.copy(self)
+        twin.linears = copy.deepcopy(self.linears, memo)
+        twin.forget()
+        return twin
+
+    def forget(self, *_hook_args: object) -> None:
         """Drop the cached input and output, so the next call computes again even for the same tensor.
 
         For inputs that come from outside a forward (the text context): the same tensor object may hold new
         values by then (a CUDA graph's static input is refilled in place), and a capture must record the
-        matmul rather than reuse an output from before it. Called by a forward pre-hook of the network.
+        matmul rather than reuse an output from before it. Called by a forward pre-hook of the network (a
+        bound method, so a copy of the network, which copies its hooks, calls its own copy's).
         """
         self._input = None
         self._output = None

@@ -108,7 +108,7 @@ def _share_context_projections(model: nn.Module) -> None:
     shared = SharedInputProjections([linear for a in crossing for linear in (a.to_k, a.to_v)])
     for index, attention in enumerate(crossing):
         attention.context_projection = (shared, 2 * index)
-    model.register_forward_pre_hook(lambda module, args: shared.forget())
+    model.register_forward_pre_hook(shared.forget)
 
 
 def restack(model: nn.Module) -> int:

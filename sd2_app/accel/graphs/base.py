@@ -17,7 +17,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,7 @@ _FINGERPRINT_SAMPLES = 32  # parameters whose addresses are checked per call (al
 MAX_GRAPHS = 8  # graphs kept per wrapper; the least recently used one goes when a new signature comes
 
 GraphKey = tuple[Hashable, ...]
+ArgsT = TypeVar("ArgsT", bound=tuple[object, ...])  # one call's inputs, as a subclass's `_forward` reads them
 
 
 @dataclass
@@ -39,7 +40,7 @@ class _Captured:
     output: Tensor
 
 
-class GraphedModule:
+class GraphedModule(Generic[ArgsT]):
     """One graph per input signature, a shared memory pool, capture with warm-up and a replay check, eager
     fallback, and re-capture when the wrapped module's weights move.
 
@@ -63,7 +64,7 @@ class GraphedModule:
         self.clone_output = clone_output
         self._graphs: OrderedDict[GraphKey, _Captured] = OrderedDict()  # least recently used first
         self._failed: OrderedDict[GraphKey, str] = OrderedDict()
-        self._pool: Any = None
+        self._pool: tuple[int, int] | None = None  # torch.cuda.graph_pool_handle()
         self._fingerprint: tuple[int, ...] | None = None
         self._sampled = self._sample_tensors()
         self.captures = 0  # how many graphs were captured so far (the bench reports it)
@@ -98,11 +99,11 @@ class GraphedModule:
         return list(self._graphs)
 
     # -- what a subclass defines -----------------------------------------------------------------------
-    def _static_inputs(self, args: tuple[Any, ...]) -> list[Tensor | None]:
+    def _static_inputs(self, args: ArgsT) -> list[Tensor | None]:
         """Fresh device buffers shaped like one call's inputs (filled by `_load_inputs`)."""
         raise NotImplementedError
 
-    def _load_inputs(self, static: list[Tensor | None], args: tuple[Any, ...]) -> None:
+    def _load_inputs(self, static: list[Tensor | None], args: ArgsT) -> None:
         """Copy one call's inputs into the static buffers without a host synchronisation."""
         raise NotImplementedError
 
@@ -111,7 +112,7 @@ class GraphedModule:
         raise NotImplementedError
 
     # -- calls ---------------------------------------------------------------------------------------
-    def _graphed(self, key: GraphKey, args: tuple[Any, ...], eager: Callable[[], Tensor]) -> Tensor:
+    def _graphed(self, key: GraphKey, args: ArgsT, eager: Callable[[], Tensor]) -> Tensor:
         """Replay (capturing first if needed) the graph for `key`; `eager()` wherever a graph can't serve."""
         self._check_weights()
         captured = self._graphs.get(key)
@@ -151,7 +152,7 @@ class GraphedModule:
             fingerprint = tuple(t.data_ptr() for t in self._sampled)
         self._fingerprint = fingerprint
 
-    def _capture(self, key: GraphKey, args: tuple[Any, ...]) -> _Captured | None:
+    def _capture(self, key: GraphKey, args: ArgsT) -> _Captured | None:
         device = next(t for t in args if isinstance(t, Tensor)).device
         static = _Captured(graph=torch.cuda.CUDAGraph(), inputs=self._static_inputs(args), output=torch.empty(0))
         self._load_inputs(static.inputs, args)

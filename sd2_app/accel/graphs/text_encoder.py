@@ -3,22 +3,25 @@ before the first step, when the GPU has nothing else queued."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from sd2_app.accel.graphs.base import GraphedModule
 
+if TYPE_CHECKING:
+    from transformers import CLIPTextConfig
 
-class CudaGraphTextEncoder(GraphedModule):
+
+class CudaGraphTextEncoder(GraphedModule[tuple[Tensor]]):
     """A transformers CLIP text model replayed from CUDA graphs: `__call__(input_ids)` returns
     `(last_hidden_state,)`, which is all the pipelines read (`text_encoder(ids)[0]`), graphed or not. A call
     with any other argument is the module's own call, with its own output type. One graph per ids shape
     (batch and token count)."""
 
     @property
-    def config(self) -> Any:
+    def config(self) -> CLIPTextConfig:
         return self.module.config
 
     @property
@@ -41,10 +44,10 @@ class CudaGraphTextEncoder(GraphedModule):
         key = (tuple(input_ids.shape), input_ids.dtype, torch.is_inference_mode_enabled())
         return (self._graphed(key, (input_ids,), eager),)
 
-    def _static_inputs(self, args: tuple[Any, ...]) -> list[Tensor | None]:
+    def _static_inputs(self, args: tuple[Tensor]) -> list[Tensor | None]:
         return [args[0].clone()]
 
-    def _load_inputs(self, static: list[Tensor | None], args: tuple[Any, ...]) -> None:
+    def _load_inputs(self, static: list[Tensor | None], args: tuple[Tensor]) -> None:
         assert static[0] is not None
         static[0].copy_(args[0])
 

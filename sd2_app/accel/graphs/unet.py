@@ -4,8 +4,6 @@ small kernels); a captured graph removes the per-kernel CPU cost."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
@@ -13,7 +11,11 @@ from sd2_app.accel.graphs.base import GraphedModule, GraphKey
 from sd2_app.nn.config import UNetConfig
 
 
-class CudaGraphUNet(GraphedModule):
+# (sample, timestep, encoder_hidden_states, class_labels): one UNet call's inputs
+UNetInputs = tuple[Tensor, Tensor | float, Tensor, Tensor | None]
+
+
+class CudaGraphUNet(GraphedModule[UNetInputs]):
     """A UNet's forward replayed from CUDA graphs: `__call__(sample, timestep, encoder_hidden_states,
     class_labels=None)` as the UNet's, plus the little the pipelines read of a UNet (`config`,
     `parameters()`, `modules()`). It is not a UNet: the wrapped module is `.unet`.
@@ -21,6 +23,8 @@ class CudaGraphUNet(GraphedModule):
     The graph key is the shapes and dtypes of the inputs (any batch, size or text length gets its own
     graph). A call with the per-call `fp32_attention` switch (the fallback ladder's rerun after NaN/inf,
     nn/attention.py) runs eagerly: it is rare, and a graph recorded with fp16 attention must never serve it.
+    A seamless-tiling job never calls this wrapper: it runs its own view of the wrapped UNet, un-graphed
+    (pipelines/seamless.py).
     """
 
     @property
@@ -46,27 +50,21 @@ class CudaGraphUNet(GraphedModule):
         key = self.key(sample, timestep, encoder_hidden_states, class_labels)
         return self._graphed(key, (sample, timestep, encoder_hidden_states, class_labels), eager)
 
-    def padding(self) -> str:
-        """The convolutions' padding mode now: "circular" during a seamless-tiling job (pipelines/seamless.py
-        switches every conv at once), so a graph recorded with zero padding never serves a tiled call."""
-        return self.unet.conv_in.padding_mode
-
     def key(self, sample: Tensor, timestep: Tensor | float, context: Tensor,
             class_labels: Tensor | None = None) -> GraphKey:
         """The graph signature of one call."""
         t_dtype = timestep.dtype if isinstance(timestep, Tensor) else torch.float32
         labels = None if class_labels is None else (tuple(class_labels.shape), class_labels.dtype)
         return (tuple(sample.shape), sample.dtype, sample.is_contiguous(memory_format=torch.channels_last),
-                t_dtype, tuple(context.shape), context.dtype, labels, torch.is_inference_mode_enabled(),
-                self.padding())
+                t_dtype, tuple(context.shape), context.dtype, labels, torch.is_inference_mode_enabled())
 
-    def _static_inputs(self, args: tuple[Any, ...]) -> list[Tensor | None]:
+    def _static_inputs(self, args: UNetInputs) -> list[Tensor | None]:
         sample, timestep, context, class_labels = args
         t_dtype = timestep.dtype if isinstance(timestep, Tensor) else torch.float32
         return [sample.clone(), torch.zeros(sample.shape[0], dtype=t_dtype, device=sample.device), context.clone(),
                 None if class_labels is None else class_labels.to(sample.device).clone()]
 
-    def _load_inputs(self, static: list[Tensor | None], args: tuple[Any, ...]) -> None:
+    def _load_inputs(self, static: list[Tensor | None], args: UNetInputs) -> None:
         sample, timestep, context, class_labels = args
         s_sample, s_timestep, s_context, s_labels = static
         assert s_sample is not None and s_timestep is not None and s_context is not None

@@ -84,16 +84,21 @@ def _kernel_errors(triton_kernels, norm: nn.GroupNorm, generator: torch.Generato
         return tuple(errors + [e for case_errors in pool.map(run, cases[1:]) for e in case_errors])
 
 
-def _cases(k, norm: nn.GroupNorm, generator: torch.Generator, x: Tensor,
-           dtype: torch.dtype) -> list[Callable[[], list[Tensor]]]:
+Case = Callable[[], list[Tensor]]  # one independent check: its max abs errors
+
+
+def _error(got: Tensor, want: Tensor) -> Tensor:
+    return (got.float() - want).abs().max()
+
+
+def _group_norm(k, norm: nn.GroupNorm, v: Tensor, **kwargs) -> Tensor:
+    return k.group_norm_silu(v, norm.num_groups, norm.weight, norm.bias, norm.eps, **kwargs)
+
+
+def _cases(k, norm: nn.GroupNorm, generator: torch.Generator, x: Tensor, dtype: torch.dtype) -> list[Case]:
     """The checks as independent callables, each returning its max abs errors; kernels that share compiled
-    code (the GroupNorm statistics of one variant) are in one case, so no two threads compile the same one."""
-    def error(got: Tensor, want: Tensor) -> Tensor:
-        return (got.float() - want).abs().max()
-
-    def gn(v: Tensor, **kwargs) -> Tensor:
-        return k.group_norm_silu(v, norm.num_groups, norm.weight, norm.bias, norm.eps, **kwargs)
-
+    code (the GroupNorm statistics of one variant) are in one case, so no two threads compile the same one.
+    The random inputs are drawn here, in one fixed order, before any case runs."""
     device = x.device
     norm.weight.normal_(generator=generator)
     norm.bias.normal_(generator=generator)
@@ -105,24 +110,35 @@ def _cases(k, norm: nn.GroupNorm, generator: torch.Generator, x: Tensor,
     rows = {width: tuple(torch.randn(shape, device=device, dtype=dtype, generator=generator)
                          for shape in ((2, 77, width), (2, 77, width), (width,), (width,)))
             for width in (320, 640, 1280)}
-
-    def layer_norms(width: int) -> list[Tensor]:
-        tokens, stream, ln_weight, ln_bias = rows[width]
-        eager_sum = (tokens.float() + stream.float()).to(dtype).float()
-        eager_ln = F.layer_norm(eager_sum, (width,), ln_weight.float(), ln_bias.float(), 1e-5)
-        summed, normed = k.layer_norm(tokens, ln_weight, ln_bias, 1e-5, residual=stream)
-        errors = [error(summed, eager_sum), error(normed, eager_ln)]
-        if width == 320:  # the first output with the next Linear's bias in it (a runtime flag: same kernel)
-            biased, _ = k.layer_norm(tokens, ln_weight, ln_bias, 1e-5, residual=stream, sum_bias=ln_bias)
-            errors.append(error(biased, eager_sum + ln_bias.float()))
-        return errors
-
-    cases = [lambda: [error(k.geglu(projected), value * F.gelu(gate))],  # first, alone: one small kernel
-             lambda: [error(gn(x), F.silu(eager_norm)), error(gn(x, apply_silu=False), eager_norm)],
-             *(partial(layer_norms, width) for width in rows)]
+    gn = partial(_group_norm, k, norm)
+    cases: list[Case] = [
+        lambda: [_error(k.geglu(projected), value * F.gelu(gate))],  # first, alone: one small kernel
+        lambda: [_error(gn(x), F.silu(eager_norm)), _error(gn(x, apply_silu=False), eager_norm)],
+        *(partial(_layer_norms, k, width, *rows[width]) for width in rows),
+    ]
     if not (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):
         return cases
-    channels = x.shape[1]
+    return cases + _channels_last_cases(k, norm, generator, x, dtype, eager_norm)
+
+
+def _layer_norms(k, width: int, tokens: Tensor, stream: Tensor, ln_weight: Tensor, ln_bias: Tensor) -> list[Tensor]:
+    """The LayerNorm kernel that also adds the residual stream, at one row width."""
+    eager_sum = (tokens.float() + stream.float()).to(tokens.dtype).float()
+    eager_ln = F.layer_norm(eager_sum, (width,), ln_weight.float(), ln_bias.float(), 1e-5)
+    summed, normed = k.layer_norm(tokens, ln_weight, ln_bias, 1e-5, residual=stream)
+    errors = [_error(summed, eager_sum), _error(normed, eager_ln)]
+    if width == 320:  # the first output with the next Linear's bias in it (a runtime flag: same kernel)
+        biased, _ = k.layer_norm(tokens, ln_weight, ln_bias, 1e-5, residual=stream, sum_bias=ln_bias)
+        errors.append(_error(biased, eager_sum + ln_bias.float()))
+    return errors
+
+
+def _channels_last_cases(k, norm: nn.GroupNorm, generator: torch.Generator, x: Tensor, dtype: torch.dtype,
+                         eager_norm: Tensor) -> list[Case]:
+    """The kernels only the channels_last resnet path uses: the shifted GroupNorm, bias + residual, the
+    GroupNorm of a concatenation read from its two parts and the one that also writes its biased input."""
+    device, channels = x.device, x.shape[1]
+    gn = partial(_group_norm, k, norm)
     conv_bias = torch.randn(channels, device=device, dtype=dtype, generator=generator)
     temb = torch.randn(x.shape[0], channels, device=device, dtype=dtype, generator=generator)
     shifted_input = x.float() + conv_bias.float()[None, :, None, None] + temb.float()[:, :, None, None]
@@ -134,16 +150,17 @@ def _cases(k, norm: nn.GroupNorm, generator: torch.Generator, x: Tensor,
     eager_biased = x.float() + conv_bias.float()[None, :, None, None]
 
     def shifted() -> list[Tensor]:
-        return [error(gn(x, shift_bias=conv_bias, shift_temb=temb), eager_shifted)]
+        return [_error(gn(x, shift_bias=conv_bias, shift_temb=temb), eager_shifted)]
 
     def two_sources() -> list[Tensor]:  # the up path's norm of cat([x, skip]) read from two tensors
-        return [error(gn(head, apply_silu=False, concat=tail), eager_norm)]
+        return [_error(gn(head, apply_silu=False, concat=tail), eager_norm)]
 
     def with_biased_input() -> list[Tensor]:  # a Transformer2D's norm, also writing its biased input
         normed, biased = k.group_norm_and_biased_input(x, norm.num_groups, norm.weight, norm.bias, norm.eps,
                                                        conv_bias)
-        return [error(normed, eager_norm), error(biased, eager_biased)]
+        return [_error(normed, eager_norm), _error(biased, eager_biased)]
 
-    cases.append(lambda: [error(k.bias_residual(x, conv_bias, residual, 0.5, bias2=temb[0].contiguous()),
-                                eager_residual)])
-    return cases + [shifted, two_sources, with_biased_input]
+    def bias_residual() -> list[Tensor]:
+        return [_error(k.bias_residual(x, conv_bias, residual, 0.5, bias2=temb[0].contiguous()), eager_residual)]
+
+    return [bias_residual, shifted, two_sources, with_biased_input]

@@ -1,0 +1,202 @@
+"""The whole request (issue 24 section 3): txt2img through the running app, split by phase, and PNG encoding.
+
+Starts `python app.py` in a fresh process (saving on, into a temporary folder), sends one warm-up and then
+`--n` txt2img requests through gradio_client one after another, and reads each request's phases from the
+app's log line (`sd2_app.api.timing.log_split`: queue, validate, gate, load, run, preview, mark, encode,
+save, history, display, deliver). "Overhead" is the app's time outside the pipeline ("run") as a share of
+the pipeline; "client round trip" is the time gradio_client took, download of the images included, so the
+round trip minus the app's time is Gradio's and the transfer's part. Then PIL's PNG encoding of one image at
+512, 768 and 2048 at PIL's default level (what Gradio uses for a PIL image) and the app's fast level.
+
+    python -m bench.request --tiny --size 64 --steps 2 --n 5 --ckpt /tmp/ck --out OUT      # CPU, tiny models
+    python -m bench.request --ckpt /tmp/sd2-bench --out OUT    # GPU: sd2-base's architecture, random weights
+
+Writes OUT/request.json and OUT/request.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.appstart import ROOT, _free_port, _Lines, _prepare, _wait_for_server
+
+OVERHEAD_TARGET = 0.15  # app overhead at most 15 % of the pipeline time at 512 on the GPU (issue 24)
+PNG_SIZES = (512, 768, 2048)
+PNG_DEFAULT_LEVEL = 6  # PIL's default zlib level: what Gradio's encode of a PIL image uses
+LINE_PREFIX = "request timings"  # sd2_app.api.timing.LINE_PREFIX (read as text: the app is another process)
+
+
+def photo_like(size: int, seed: int = 0) -> Any:
+    """A test image whose PNG compresses like a photograph: a smooth asset enlarged, with sensor-like noise
+    (a tiny model's noise output would compress like nothing a user sees)."""
+    import numpy as np
+    from PIL import Image
+
+    base = Image.open(ROOT / "assets" / "landscape.png").convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+    noise = np.random.default_rng(seed).normal(0.0, 3.0, (size, size, 3))
+    return Image.fromarray(np.clip(np.asarray(base, dtype=np.float64) + noise, 0, 255).astype(np.uint8))
+
+
+def png_costs(sizes: tuple[int, ...] = PNG_SIZES, reps: int = 3) -> list[dict[str, Any]]:
+    """Median seconds and bytes of one PNG encode per size, at PIL's default level and the app's fast one."""
+    from sd2_app.api.outputs import FAST_PNG_LEVEL
+
+    rows = []
+    for size in sizes:
+        image = photo_like(size)
+        for label, level in (("PIL default (Gradio)", PNG_DEFAULT_LEVEL), ("app (fast)", FAST_PNG_LEVEL)):
+            times, nbytes = [], 0
+            for _ in range(reps if size < 2048 else 1):
+                buffer = io.BytesIO()
+                started = time.perf_counter()
+                image.save(buffer, format="PNG", compress_level=level)
+                times.append(time.perf_counter() - started)
+                nbytes = buffer.tell()
+            rows.append({"size": size, "setting": label, "level": level, "seconds": statistics.median(times),
+                         "bytes": nbytes})
+    return rows
+
+
+def _command(args: argparse.Namespace, port: int, folder: Path | None, outputs: Path) -> list[str]:
+    command = [sys.executable, "-u", str(ROOT / "app.py"), "--preload", args.key, "--port", str(port),
+               "--host", "127.0.0.1", "--outputs", str(outputs), "--max-jobs-per-session", "1"]
+    if args.tiny:
+        return command + ["--tiny", "--device", "cpu"]
+    return command + ["--repo", f"{args.key}={folder}"]
+
+
+def _app_cache(args: argparse.Namespace, work: Path) -> tuple[Path, Path | None]:
+    """The app's cache folder (the tiny repos linked in, or the hashes of the full-size folder) and that folder."""
+    app_cache = work / "app-cache"
+    app_cache.mkdir(parents=True)
+    if args.tiny:
+        from sd2_app.testing.tiny import ensure_tiny_repos
+
+        ensure_tiny_repos(args.ckpt / "tiny")
+        (app_cache / "tiny").symlink_to(args.ckpt / "tiny", target_is_directory=True)  # what --tiny reads
+        return app_cache, None
+    from bench.write_checkpoints import ensure_checkpoints
+
+    folder = ensure_checkpoints(args.ckpt / "full", ("sd2-base",))["sd2-base"]  # sd21-base's architecture
+    _prepare(folder, app_cache)
+    return app_cache, folder
+
+
+def _split_lines(lines: _Lines) -> list[dict[str, float]]:
+    """The phases of every request the app has logged so far."""
+    found = []
+    for _, line in list(lines.lines):
+        if LINE_PREFIX in line and "{" in line:
+            found.append(json.loads(line[line.index("{"):]))
+    return found
+
+
+def run_requests(args: argparse.Namespace) -> dict[str, Any]:
+    """Start the app, send the warm-up and `args.n` requests; each request's phases and round trip."""
+    from gradio_client import Client
+
+    work = Path(tempfile.mkdtemp(prefix="request-bench-"))
+    app_cache, folder = _app_cache(args, work)
+    env = {**os.environ, "SD2APP_CACHE": str(app_cache), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+           "GRADIO_TEMP_DIR": str(work / "gradio")}
+    port = _free_port()
+    outputs = work / "outputs"
+    process = subprocess.Popen(_command(args, port, folder, outputs), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines = _Lines(process, time.perf_counter())
+    round_trips: list[float] = []
+    try:
+        _wait_for_server(f"http://127.0.0.1:{port}/", process, args.timeout)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(work / "downloads"))
+        request = {"checkpoint": args.key, "prompt": "a photograph of an astronaut riding a horse",
+                   "width": args.size, "height": args.size, "steps": args.steps, "api_name": "/txt2img"}
+        for index in range(args.n + 1):  # the first is the warm-up
+            started = time.perf_counter()
+            client.predict(seed=1000 + index, **request)
+            round_trips.append(time.perf_counter() - started)
+        deadline = time.monotonic() + 10
+        while len(_split_lines(lines)) < args.n + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the last line follows the client's answer
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    splits = _split_lines(lines)[1:]
+    saved = sorted(p.name for p in outputs.rglob("*.png"))
+    return {"splits": splits, "round_trips_s": round_trips[1:], "warmup_s": round_trips[0], "saved_files": saved,
+            "temporary_files_left": sorted(p.name for p in outputs.rglob("*.tmp")),
+            "log_tail": [line for _, line in lines.lines[-5:]]}
+
+
+def summarize(record: dict[str, Any]) -> dict[str, Any]:
+    """Median seconds of every phase, the app's time, the overhead share and the client's round trip."""
+    splits = record["splits"]
+    phases: dict[str, float] = {}
+    for name in dict.fromkeys(name for split in splits for name in split):
+        phases[name] = statistics.median(split.get(name, 0.0) for split in splits)
+    in_app = [sum(v for k, v in split.items() if k != "preview") for split in splits]
+    shares = [(total - split["run"]) / split["run"] for split, total in zip(splits, in_app) if split.get("run")]
+    round_trip = statistics.median(record["round_trips_s"]) if record["round_trips_s"] else None
+    app_s = statistics.median(in_app) if in_app else None
+    return {"phases_s": phases, "in_app_s": app_s, "overhead_share": statistics.median(shares) if shares else None,
+            "round_trip_s": round_trip,
+            "outside_app_s": round_trip - app_s if round_trip is not None and app_s is not None else None}
+
+
+def markdown(row: dict[str, Any]) -> str:
+    summary = row["summary"]
+    share = summary["overhead_share"]
+    lines = [f"## The whole request: txt2img {row['size']}x{row['size']}, {row['steps']} steps, {row['key']}"
+             f"{' (tiny, CPU)' if row['tiny'] else ''}, {len(row['splits'])} requests after a warm-up", ""]
+    if share is not None:
+        verdict = "" if row["tiny"] else (" — target ≤ 15 %: " + ("met" if share <= OVERHEAD_TARGET else "NOT met"))
+        lines += [f"app overhead **{100 * share:.1f} %** of the pipeline time (median){verdict}; client round trip "
+                  f"{summary['round_trip_s']:.3f} s, of which {summary['in_app_s']:.3f} s in the app and "
+                  f"{summary['outside_app_s']:.3f} s Gradio and transfer", ""]
+    lines += ["| phase | median s |", "| --- | --- |"]
+    lines += [f"| {name} | {seconds:.4f} |" for name, seconds in summary["phases_s"].items()]
+    lines += ["", f"saved files: {len(row['saved_files'])}, temporary files left: {len(row['temporary_files_left'])}",
+              "", "| PNG encode | setting | ms | KiB |", "| --- | --- | --- | --- |"]
+    lines += [f"| {p['size']}x{p['size']} | {p['setting']} (level {p['level']}) | {1000 * p['seconds']:.1f} | "
+              f"{p['bytes'] / 1024:.0f} |" for p in row["png"]]
+    return "\n".join(lines) + "\n\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", type=Path, required=True, help="root written by bench.write_checkpoints (full/)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--key", default="sd21-base")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--n", type=int, default=10, help="requests timed after the warm-up")
+    p.add_argument("--png-sizes", default=",".join(map(str, PNG_SIZES)), help="sizes of the PNG encode table")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server")
+    p.add_argument("--tiny", action="store_true", help="tiny checkpoints on CPU")
+    args = p.parse_args(argv)
+    row: dict[str, Any] = {"key": args.key, "size": args.size, "steps": args.steps, "tiny": args.tiny}
+    row.update(run_requests(args))
+    row["summary"] = summarize(row)
+    row["png"] = png_costs(tuple(int(s) for s in args.png_sizes.split(",") if s))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "request.json").write_text(json.dumps(row, indent=1))
+    with open(args.out / "request.md", "a") as f:
+        f.write(markdown(row))
+    print(markdown(row))
+    return row
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Many users at once: throughput and latency of concurrent users on one Service, batching across users off vs on.
+
+    python -m bench.users --ckpt /tmp/sd2-bench --out OUT       # GPU: sd2-base txt2img 512, 25 steps, 8 users
+    python -m bench.users --tiny --ckpt /tmp/ck --out OUT       # CPU smoke test: tiny repos, 64 px, 2 steps
+
+Each user is a thread that sends `--requests` text-to-image requests back to back through `Service.run`
+(validation, the GPU gate, the pipeline, provenance marks; nothing saved), each with its own prompt and seed;
+all users start together. The same requests run twice on one model manager: batching off (every request
+alone at the gate, the app's default) and on (`sd2_app.api.batching.enable`, the app's `--batch-users`).
+Each mode first runs one untimed round (one request per user: the checkpoint's load, CUDA-graph captures of
+each batch shape). Reported per mode: images per second over the wall time, p50 and p95 request latency
+(the request's call to its result), and with batching the requests per group run; then each image of the
+batched run against the same request's image run alone (uint8 levels: max, and the share of pixels that
+differ). Writes OUT/users.json and OUT/users.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.cases import NEGATIVE, PROMPT
+from bench.load import latency_summary, run_concurrently
+
+SUBJECTS = ("a red fox", "a lighthouse at dusk", "an astronaut", "a bowl of fruit", "a mountain lake", "a cat",
+            "a city at night", "a sailing ship", "an old library", "a desert road")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiny", action="store_true", help="tiny random repos on CPU (a smoke test of the harness)")
+    p.add_argument("--ckpt", type=Path, default=Path("/tmp/sd2-bench"), help="checkpoint root (bench/gpu.sh's)")
+    p.add_argument("--kind", default="sd2-base", help="the checkpoint (512 native: sd2-base)")
+    p.add_argument("--users", type=int, default=8)
+    p.add_argument("--requests", type=int, default=3, help="requests per user, back to back")
+    p.add_argument("--size", type=int, default=None, help="default 512 (tiny: 64)")
+    p.add_argument("--steps", type=int, default=None, help="default 25 (tiny: 2)")
+    p.add_argument("--sampler", default="DPM++ 2M")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = p.parse_args(argv)
+    args.size = args.size or (64 if args.tiny else 512)
+    args.steps = args.steps or (2 if args.tiny else 25)
+    return args
+
+
+def make_service(args: argparse.Namespace) -> Any:
+    """A Service over one model manager (fp16 on the GPU, fp32 on CPU) with `args.kind` at a local folder."""
+    from bench.ours import local_registry
+    from sd2_app.api.service import Service
+    from sd2_app.manager import ModelManager
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.tiny:
+        from sd2_app.testing.tiny import ensure_tiny_repos
+
+        repos = ensure_tiny_repos(args.ckpt / "tiny", (args.kind,))
+    else:
+        from bench.write_checkpoints import ensure_checkpoints
+
+        repos = ensure_checkpoints(args.ckpt / "full", (args.kind,), device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    manager = ModelManager(device, dtype, registry=local_registry(repos), cache_dir=args.ckpt / "app-cache")
+    return Service(manager, outputs_dir=None, allowed_repos=(), watermark=False)
+
+
+def user_request(args: argparse.Namespace, user: int, index: int) -> Any:
+    """User `user`'s `index`-th request: its own prompt and seed, the shared size, sampler, steps and guidance."""
+    from sd2_app.api.requests import Sampling, Txt2ImgRequest
+
+    subject = SUBJECTS[(user + index) % len(SUBJECTS)]
+    sampling = Sampling(sampler=args.sampler, steps=args.steps, cfg_scale=7.5, seed=1000 * user + index)
+    return Txt2ImgRequest(f"{subject}, {PROMPT}", NEGATIVE, checkpoint=args.kind, width=args.size,
+                          height=args.size, sampling=sampling)
+
+
+def load(service: Any, args: argparse.Namespace, requests: int) -> dict[str, Any]:
+    """Every user sends `requests` requests back to back, all users at once; latencies, wall time, images."""
+    latencies: list[float] = []
+    images: dict[tuple[int, int], np.ndarray] = {}
+    lock = threading.Lock()
+    start_together = threading.Barrier(args.users)
+
+    def user(number: int) -> None:
+        start_together.wait()
+        for index in range(requests):
+            started = time.perf_counter()
+            result = service.run(user_request(args, number, index))
+            with lock:
+                latencies.append(time.perf_counter() - started)
+                images[(number, index)] = np.asarray(result.images[0].convert("RGB"))
+
+    wall = run_concurrently(user, args.users)
+    return {"requests": len(latencies), "wall_s": wall, "images_per_s": len(latencies) / wall,
+            **latency_summary(latencies), "images": images}
+
+
+def image_gap(batched: dict[tuple[int, int], np.ndarray], alone: dict[tuple[int, int], np.ndarray]) -> dict[str, Any]:
+    """Each request's batched image against its image run alone, in uint8 levels."""
+    gaps = [np.abs(batched[key].astype(np.int16) - alone[key].astype(np.int16)) for key in alone]
+    differing = sum(int((gap > 0).sum()) for gap in gaps)
+    total = sum(gap.size for gap in gaps)
+    return {"images": len(gaps), "max_levels": int(max(int(gap.max()) for gap in gaps)),
+            "mean_levels": float(np.mean([gap.mean() for gap in gaps])), "pixels_differing": differing / total,
+            "identical_images": sum(int(gap.max() == 0) for gap in gaps)}
+
+
+def run_mode(service: Any, args: argparse.Namespace, batching: bool) -> dict[str, Any]:
+    """One untimed round, then the timed load, in one mode."""
+    from sd2_app.api.batching import enable
+
+    if batching:
+        enable(service)
+    load(service, args, 1)  # warm: load, captures
+    if batching:
+        service.batcher.group_sizes.clear()
+    row = load(service, args, args.requests)
+    if batching:
+        sizes = service.batcher.group_sizes
+        row["group_sizes"] = {str(size): count for size, count in sorted(sizes.items())}
+        row["mean_group"] = sum(size * count for size, count in sizes.items()) / max(1, sum(sizes.values()))
+    return row
+
+
+def markdown(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    lines = [f"{s['users']} users x {s['requests']} requests, txt2img {s['size']} {s['kind']}, {s['steps']} steps "
+             f"{s['sampler']}, {s['device']}", "",
+             "| batching | requests | wall s | images/s | p50 s | p95 s | requests per group |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for mode in ("off", "on"):
+        row = report[mode]
+        groups = ", ".join(f"{k}: {v}" for k, v in row.get("group_sizes", {}).items()) or "1 each"
+        lines.append(f"| {mode} | {row['requests']} | {row['wall_s']:.2f} | {row['images_per_s']:.3f} | "
+                     f"{row['p50_s']:.3f} | {row['p95_s']:.3f} | {groups} |")
+    gap = report["images_batched_vs_alone"]
+    lines += ["", f"Throughput on / off: {report['throughput_on_over_off']:.2f}x; p95 on / off: "
+              f"{report['p95_on_over_off']:.2f}x.",
+              f"Batched vs alone, {gap['images']} images: {gap['identical_images']} identical, max "
+              f"{gap['max_levels']} uint8 levels, mean {gap['mean_levels']:.4f}, "
+              f"{100 * gap['pixels_differing']:.3f} % of pixels differ."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.tiny:
+        torch.set_num_threads(1)
+    service = make_service(args)
+    off = run_mode(service, args, batching=False)
+    on = run_mode(service, args, batching=True)
+    report = {"settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                           "device": str(service.manager.device)},
+              "images_batched_vs_alone": image_gap(on.pop("images"), off.pop("images")),
+              "off": off, "on": on,
+              "throughput_on_over_off": on["images_per_s"] / off["images_per_s"],
+              "p95_on_over_off": on["p95_s"] / off["p95_s"]}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "users.json").write_text(json.dumps(report, indent=2))
+    (args.out / "users.md").write_text(markdown(report))
+    print(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The frame every generation tab shares (the shape of `layout.py`) and the parts each tab puts into it:
+
+    frame = TabFrame(service, "img2img")
+    with frame.columns(send_to=SEND_TO):  # the settings column around the block, then the results column
+        image = upload_image(...)
+        checkpoint = frame.checkpoint()  # the task's checkpoints; the prompts' token counters follow the pick
+        ...the tab's own options...
+        controls = frame.sampling(examples, image)  # sampler settings, seed row, batch; then the tab's examples
+    panel = frame.panel  # the result panel, its seed buttons wired to the sampling controls
+
+Gradio lays components out in the order they are made, so each part is made where the tab calls for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TYPE_CHECKING
+
+import gradio as gr
+
+from sd2_app.ui.common import (
+    ResultPanel, SamplingControls, checkpoint_dropdown, result_panel, sampling_controls, wire_seed_buttons)
+from sd2_app.ui.layout import prompt_row, results_column, settings_column
+from sd2_app.ui.prompt_tools import wire_prompt_tools
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
+
+
+@dataclass
+class ImageTab:
+    """What a tab with an input image hands to blocks.py ("send to" into it and out of it)."""
+
+    image: gr.Image
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    sampling: SamplingControls
+    panel: ResultPanel
+
+
+class TabFrame:
+    """One generation tab under construction: its prompt row is made first, in the constructor."""
+
+    def __init__(self, service: Service, prefix: str, prompt: str = "") -> None:
+        self.service = service
+        self.prefix = prefix
+        self.top = prompt_row(prefix, prompt)
+        self._sampling: tuple[SamplingControls, gr.Button, gr.Button] | None = None
+        self._panel: ResultPanel | None = None
+
+    @property
+    def prompt(self) -> gr.Textbox:
+        return self.top.prompt
+
+    @property
+    def negative(self) -> gr.Textbox:
+        return self.top.negative
+
+    @property
+    def panel(self) -> ResultPanel:
+        """The result panel, made when `columns` ends."""
+        if self._panel is None:
+            raise RuntimeError(f"{self.prefix}: the result panel is made when `columns` ends")
+        return self._panel
+
+    def checkpoint(self, task: str | None = None, **kwargs: Any) -> gr.Dropdown:
+        """The checkpoints that can run `task` (default: the tab's own), with the prompts' token counters and
+        embeddings picker wired to it."""
+        checkpoint = checkpoint_dropdown(self.service, task or self.prefix, **kwargs)
+        self.prompt_tools(checkpoint)
+        return checkpoint
+
+    def prompt_tools(self, checkpoint: gr.Dropdown) -> None:
+        """The prompts' token counters, following `checkpoint`, and the embeddings picker, made here."""
+        wire_prompt_tools(self.service, self.prefix, self.top.boxes, checkpoint)
+
+    def size_sliders(self, checkpoint: gr.Dropdown) -> tuple[gr.Slider, gr.Slider]:
+        """Width and height sliders, set to the checkpoint's native resolution."""
+        side = self.service.resolution(checkpoint.value)
+        largest = self.service.limits.max_side
+        with gr.Row():
+            width = gr.Slider(64, largest, side, step=8, label="Width", elem_id=f"{self.prefix}-width")
+            height = gr.Slider(64, largest, side, step=8, label="Height", elem_id=f"{self.prefix}-height")
+        return width, height
+
+    def sampling(self, examples: Sequence[list[str]] = (), image: gr.components.Component | None = None, *,
+                 batch: bool = True, task: str | None = None) -> SamplingControls:
+        """The sampling controls (`common.sampling_controls`), then the tab's examples of (image, prompt)."""
+        self._sampling = sampling_controls(self.service, self.prefix, batch=batch, task=task)
+        self.examples(examples, image)
+        return self._sampling[0]
+
+    def examples(self, examples: Sequence[list[str]], image: gr.components.Component | None) -> None:
+        """The tab's example rows of (image, prompt), when it has any."""
+        if examples:
+            gr.Examples(list(examples), [image, self.prompt], label="Examples")
+
+    @contextmanager
+    def columns(self, *, extra_label: str | None = None, send_to: Sequence[tuple[str, str]] = (),
+                extra: Callable[[], gr.components.Component] | None = None) -> Iterator[None]:
+        """The settings column around the with-block, then the results column with the result panel (`extra`,
+        when given, makes the panel's extra output there instead of an image); then the seed buttons are wired."""
+        with gr.Row(equal_height=False):
+            with settings_column(self.prefix):
+                yield
+            with results_column(self.prefix):
+                self._panel = result_panel(self.prefix, self.top.run, self.top.stop, extra_label=extra_label,
+                                           send_to=send_to)
+                if extra is not None:
+                    self._panel.extra = extra()
+        if self._sampling is not None:
+            controls, randomize, reuse = self._sampling
+            wire_seed_buttons(randomize, reuse, controls.seed, self._panel.last_seed, self.prefix)

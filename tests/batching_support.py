@@ -1,0 +1,33 @@
+"""Helpers of the batching tests (tests/api/test_batching.py, tests/ui/test_batch_users_app.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from sd2_app.api.service import Service
+
+
+class Blocker:
+    """Holds the service's GPU gate until released, so requests queue up behind it."""
+
+    def __init__(self, service: Service) -> None:
+        self.release = threading.Event()
+        entered = threading.Event()
+
+        def hold() -> None:
+            with service.gate.enter():
+                entered.set()
+                self.release.wait(30)
+
+        self.thread = threading.Thread(target=hold, daemon=True)
+        self.thread.start()
+        assert entered.wait(10)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)

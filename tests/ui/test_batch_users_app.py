@@ -1,0 +1,85 @@
+"""`python app.py --batch-users` served in-process: concurrent gradio_client users share one batch, and each gets
+its own images (its prompt, its seed, its batch size), within one uint8 level of the same request run alone.
+
+The app's service is caught as app.build enables batching, so the test can hold its GPU gate while the users'
+requests arrive: they meet in one group deterministically, whatever the machine's speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client  # noqa: E402
+
+from sd2_app.api import batching  # noqa: E402
+from sd2_app.api.requests import Sampling, Txt2ImgRequest  # noqa: E402
+from sd2_app.api.service import Service  # noqa: E402
+from tests.batching_support import Blocker, wait_until  # noqa: E402
+from tests.reliability_support import make_service, one_thread, serve  # noqa: E402,F401
+
+pytestmark = pytest.mark.slow  # a served app
+
+SETTINGS = {"width": 64, "height": 64, "steps": 3, "cfg_scale": 6.0, "sampler": "Euler a"}
+USERS = [("user one: a red fox", 101, 1), ("user two: a lighthouse", 202, 2), ("user three: a cat", 303, 1),
+         ("user four: fruit", 404, 1)]
+
+
+@pytest.fixture(scope="module")
+def batching_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Service]]:
+    caught: list[Service] = []
+    enable = batching.enable
+
+    def catching(service: Service, **options: float) -> batching.Batcher:
+        caught.append(service)
+        return enable(service, **options)  # type: ignore[arg-type]
+
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(batching, "enable", catching)
+    try:
+        with serve(["--tiny", "--device", "cpu", "--no-save", "--no-watermark", "--batch-users"],
+                   tmp_path_factory.mktemp("app-cache")) as (url, _):
+            yield url, caught[0]
+    finally:
+        monkeypatch.undo()
+
+
+def _generate(url: str, prompt: str, seed: int, batch: int) -> tuple[list[Image.Image], str]:
+    client = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
+    _, gallery, info = client.predict(prompt=prompt, seed=seed, batch_size=batch, api_name="/txt2img", **SETTINGS)
+    return [Image.open(item["image"]) for item in gallery], info
+
+
+def test_concurrent_users_share_a_batch_and_get_their_own_images(batching_app: tuple[str, Service]) -> None:
+    url, service = batching_app
+    assert service.batcher is not None and service.concurrency == batching.MAX_IMAGES
+    blocker = Blocker(service)
+    with ThreadPoolExecutor(max_workers=len(USERS)) as pool:
+        futures = [pool.submit(_generate, url, *user) for user in USERS]
+        wait_until(lambda: service.batcher._in_flight == len(USERS), timeout=120)  # all four queued together
+        blocker.release.set()
+        results = [future.result(timeout=300) for future in futures]
+    assert service.batcher.batches_run == 1
+
+    solo, _ = make_service(watermark=False)
+    for (prompt, seed, batch), (images, info) in zip(USERS, results):
+        assert len(images) == batch and all(image.size == (64, 64) for image in images)
+        parameters = images[0].info["parameters"]
+        assert parameters.startswith(prompt + "\n") and f"Seed: {seed}," in parameters and f"**Seed** {seed}" in info
+        sampling = Sampling(sampler="Euler a", steps=3, cfg_scale=6.0, seed=seed, batch_size=batch)
+        alone = solo.run(Txt2ImgRequest(prompt, checkpoint="sd21-base", width=64, height=64, sampling=sampling))
+        gaps = [int(np.abs(np.asarray(a.convert("RGB"), dtype=int) - np.asarray(b, dtype=int)).max())
+                for a, b in zip(images, alone.images)]
+        assert max(gaps) <= 1, gaps  # CPU kernels are not batch-invariant (tests/pipelines/test_batch.py)
+
+
+def test_a_lone_user_runs_alone(batching_app: tuple[str, Service]) -> None:
+    url, service = batching_app
+    before = service.batcher.batches_run
+    images, _ = _generate(url, "alone", 5, 1)
+    assert len(images) == 1 and service.batcher.batches_run == before

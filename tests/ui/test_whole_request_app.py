@@ -1,0 +1,92 @@
+"""The whole request through the running app (issue 24 section 3): `python app.py --tiny` served in-process,
+called with gradio_client and raw HTTP. The gallery a client receives is the saved file, byte for byte, encoded
+once; the saves run on the writer thread and are all on disk, whole, when the app closes; the request's
+timing split is in the server log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from sd2_app.api.timing import LINE_PREFIX, in_app
+from tests.hosting_support import FAST
+from tests.reliability_support import one_thread, serve  # noqa: F401
+
+pytest.importorskip("gradio_client")
+from gradio_client import Client  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def saving_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object, Path]]:
+    outputs = tmp_path_factory.mktemp("outputs")
+    argv = ["--tiny", "--device", "cpu", "--outputs", str(outputs), "--queue-size", "8"]
+    with serve(argv, tmp_path_factory.mktemp("app-cache")) as (url, demo):
+        yield url, demo, outputs
+
+
+def _saved(outputs: Path, count: int) -> list[Path]:
+    deadline = time.monotonic() + 10  # app.py writes on a writer thread, after the answer
+    while len(list(outputs.rglob("*.png"))) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return sorted(outputs.rglob("*.png"))
+
+
+def test_the_gallery_is_the_saved_file_encoded_once(saving_app, monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    url, _, outputs = saving_app
+    encodes: list[int] = []
+    original = Image.SAVE["PNG"]
+    monkeypatch.setitem(Image.SAVE, "PNG", lambda image, *args: encodes.append(image.width) or original(image, *args))
+    client = Client(url, verbose=False, download_files=False)
+    with caplog.at_level(logging.INFO, logger="sd2_app.api.timing"):
+        started = time.perf_counter()
+        preview, gallery, info = client.predict(prompt="once", seed=77, api_name="/txt2img", **{**FAST, "batch_size": 2})
+        round_trip = time.perf_counter() - started
+    assert encodes == [64, 64]  # the two images, once each: nothing for Gradio to encode again
+    served = [httpx.get(f"{url}gradio_api/file={item['image']['path']}", timeout=30) for item in gallery]
+    saved = _saved(outputs, 2)
+    assert [path.name for path in saved] == ["00000-77-txt2img.png", "00001-77-txt2img.png"]
+    assert [response.content for response in served] == [path.read_bytes() for path in saved]
+    assert preview["path"] == gallery[0]["image"]["path"]  # the live preview ends on the same file
+    assert [item["image"]["orig_name"] for item in gallery] == [path.name for path in saved]
+    assert Image.open(saved[0]).info["parameters"].startswith("once\n") and "app " in info
+    # The outputs folder itself is not served: only the copies in Gradio's cache are.
+    assert httpx.get(f"{url}gradio_api/file={saved[0]}", timeout=30).status_code in (403, 404)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(LINE_PREFIX)]
+    assert len(lines) == 1
+    phases = json.loads(lines[0][lines[0].index("{"):])
+    assert list(phases) == ["queue", "validate", "gate", "load", "run", "mark", "encode", "save", "history",
+                            "display", "deliver"]
+    assert 0 < phases["run"] < in_app(phases) <= round_trip
+
+
+def test_every_queued_save_is_on_disk_whole_when_the_app_closes(one_thread: None,
+                                                                tmp_path_factory: pytest.TempPathFactory,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import sd2_app.api.saver as saver
+
+    outputs = tmp_path_factory.mktemp("outputs")
+    original = saver.save_new_png
+
+    def slow_write(data: bytes, folder: Path, name: str) -> Path:
+        time.sleep(0.5)  # a slow disk: the writes are still queued when the client has its images
+        return original(data, folder, name)
+
+    monkeypatch.setattr(saver, "save_new_png", slow_write)
+    argv = ["--tiny", "--device", "cpu", "--outputs", str(outputs), "--queue-size", "8"]
+    with serve(argv, tmp_path_factory.mktemp("app-cache")) as (url, _):
+        client = Client(url, verbose=False)
+        for seed in (1, 2):
+            client.predict(prompt="queued", seed=seed, api_name="/txt2img", **{**FAST, "batch_size": 2})
+        assert len(list(outputs.rglob("*.png"))) < 4  # not all written yet
+    # serve() closed the app, and demo.close() waited for the writer: every file whole, no temporary file left
+    files = sorted(path.name for path in outputs.rglob("*") if path.is_file())
+    assert files == ["00000-1-txt2img.png", "00001-1-txt2img.png", "00002-2-txt2img.png", "00003-2-txt2img.png"]
+    assert all(Image.open(path).info["parameters"].startswith("queued\n") for path in outputs.rglob("*.png"))
