@@ -18,10 +18,21 @@ import os
 import signal
 import threading
 from importlib.util import find_spec
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from sd2_app.api.service import Service
+import gradio as gr
+
+from sd2_app.api import batching, gpu_time
+from sd2_app.api.a1111_routes import A1111Api, build_router, parse_auth
+from sd2_app.api.checks import Limits
+from sd2_app.api.cost import DEFAULT_MAX_JOB_COST
+from sd2_app.api.service import Service
+from sd2_app.api.tasks import import_pipelines
+from sd2_app.checkpoints.catalog import CheckpointSpec, apply_overrides, parse_assignments, tiny_registry
+from sd2_app.serve.config import load_config
+from sd2_app.ui import build_ui
+from sd2_app.ui.hosting import Hosting
+from sd2_app.ui.mcp_tools import add_mcp_tools
 
 
 def _env_number(name: str, default: float | None, kind: type = int) -> float | None:
@@ -39,10 +50,19 @@ def is_public(args: argparse.Namespace) -> bool:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from sd2_app.api.cost import DEFAULT_MAX_JOB_COST
-
     spaces = on_spaces()
     p = argparse.ArgumentParser(description="Stable Diffusion 2 web app")
+    _server_arguments(p, spaces)
+    _visitor_arguments(p, spaces)
+    _extension_arguments(p, spaces)
+    args = p.parse_args(argv)
+    if args.auth is not None and ":" not in args.auth:
+        p.error("--auth takes USER:PASSWORD")
+    return args
+
+
+def _server_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:
+    """Where the app listens and how it runs the models."""
     # Spaces (and Docker images) say where to listen through GRADIO_SERVER_NAME; an explicit server_name would
     # override it, so the app would listen on loopback only and the Space would never come up.
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
@@ -57,6 +77,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="GPU speed path: default (CUDA graphs, fused ops, channels_last), compile (+ torch.compile of the UNet, about a minute of warm-up per size), eager; on ZeroGPU, default means the per-call switches (docs/DESIGN.md)")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
                    help="default: float16 on CUDA, float32 on CPU")
+
+
+def _visitor_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:
+    """What visitors' jobs may cost, where their results go, and who may manage the models."""
     p.add_argument("--outputs", default=None if spaces else "outputs", help="folder for results and metadata")
     p.add_argument("--no-save", action="store_true", help="do not write results to disk")
     p.add_argument("--queue-size", type=int, default=16, help="jobs that may wait in the queue")
@@ -79,6 +103,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run-history", action="store_true",
                    help="turn on Gradio's run history page (off: it could use the host's HF token)")
     p.add_argument("--max-side", type=int, default=1024, help="largest width/height a user may ask for")
+
+
+def _extension_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:
+    """Checkpoint sources, the extra front ends (A1111 API, MCP), the watermark, Ray Serve and embeddings."""
     p.add_argument("--repo", action="append", default=[], metavar="KEY=REPO[,REPO]", help="override a checkpoint's repos")
     p.add_argument("--revision", action="append", default=[], metavar="KEY=REV", help="pin a checkpoint's revision")
     p.add_argument("--api", action=argparse.BooleanOptionalAction, default=None,
@@ -100,10 +128,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--embeddings-dir", default="embeddings",
                    help="folder of SD2 textual-inversion embeddings (.safetensors), read at start-up; a prompt uses "
                         "one by its file name (default ./embeddings)")
-    args = p.parse_args(argv)
-    if args.auth is not None and ":" not in args.auth:
-        p.error("--auth takes USER:PASSWORD")
-    return args
 
 
 def api_enabled(args: argparse.Namespace) -> bool:
@@ -115,22 +139,16 @@ def mcp_available() -> bool:
     return find_spec("mcp") is not None
 
 
-def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is imported lazily)
+def build(args: argparse.Namespace) -> gr.Blocks:
     if find_spec("spaces") is not None:
         import spaces  # noqa: F401  # ZeroGPU patches torch's CUDA calls: it must be imported before torch
+    # Everything that loads torch is imported here, after `spaces`.
     import torch
     from PIL import Image
 
     from sd2_app.accel.per_call import options_for_host
-    from sd2_app.api.gpu_time import on_zerogpu
-    from sd2_app.manager import ModelManager
-    from sd2_app.checkpoints.catalog import apply_overrides, parse_assignments
-    from sd2_app.api.service import Service
-    from sd2_app.api.tasks import import_pipelines
     from sd2_app.loading.embeddings import EmbeddingLibrary
-    from sd2_app.ui import build_ui
-    from sd2_app.ui.hosting import Hosting
-    from sd2_app.api.validation import Limits
+    from sd2_app.manager import ModelManager
 
     registry = apply_overrides(repos=parse_assignments(args.repo), revisions=parse_assignments(args.revision))
     outputs = None if args.no_save else args.outputs
@@ -143,7 +161,7 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
     else:
         dtype = getattr(torch, args.dtype) if args.dtype else None
         manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, preload=args.preload or (),
-                               accel=options_for_host(args.speed, zerogpu=on_zerogpu()))
+                               accel=options_for_host(args.speed, zerogpu=gpu_time.on_zerogpu()))
         service = Service(manager, limits=limits, outputs_dir=outputs, watermark=not args.no_watermark,
                           embeddings=EmbeddingLibrary.scan(args.embeddings_dir),
                           keep_outputs_days=args.keep_outputs_days, save_in_background=True)
@@ -153,16 +171,12 @@ def build(args: argparse.Namespace):  # -> gr.Blocks (typed loosely: gradio is i
     import_pipelines()  # in this thread, before any visitor's: lazily, two threads can deadlock on the imports
     demo = build_ui(service, hosting=hosting)
     if args.mcp and mcp_available():
-        from sd2_app.ui.mcp_tools import add_mcp_tools
-
         add_mcp_tools(demo, service)
     age = max(1, round(args.cache_minutes * 60))
     demo.delete_cache = (min(age, 600), age)  # every `frequency` seconds, files older than `age` seconds go
     # The direct REST routes would skip the queue (and its limits): API clients join the queue like the browser.
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1, api_open=False)
     if api_enabled(args):
-        from sd2_app.api.a1111_routes import A1111Api, build_router, parse_auth
-
         api = A1111Api(service, auth=parse_auth(args.api_auth), max_jobs=args.queue_size)
         demo.sd2_routes = build_router(api).routes  # type: ignore[attr-defined]  # read by launch_settings()
     return demo
@@ -173,17 +187,13 @@ def _batch_users(args: argparse.Namespace, service: Service) -> None:
 
     Not on ZeroGPU: there each job runs inside its own GPU call, so a batch's thread would have no GPU.
     """
-    from sd2_app.api.gpu_time import on_zerogpu
-
-    if args.batch_users and on_zerogpu():
+    if args.batch_users and gpu_time.on_zerogpu():
         logging.getLogger(__name__).warning("--batch-users is ignored on ZeroGPU: each job has its own GPU call")
     elif args.batch_users:
-        from sd2_app.api.batching import enable
-
-        enable(service)
+        batching.enable(service)
 
 
-def launch_settings(args: argparse.Namespace, demo: Any = None) -> dict[str, Any]:
+def launch_settings(args: argparse.Namespace, demo: gr.Blocks | None = None) -> dict[str, Any]:
     """The keyword arguments of `demo.launch` (docs/RELIABILITY.md lists them, with the queue's settings)."""
     auth = tuple(args.auth.split(":", 1)) if args.auth and ":" in args.auth else None
     # The A1111 routes go first in FastAPI's route list, so nothing of Gradio's can shadow them; SSR stays off
@@ -196,15 +206,15 @@ def launch_settings(args: argparse.Namespace, demo: Any = None) -> dict[str, Any
                 ssr_mode=False, mcp_server=bool(args.mcp and mcp_available()), app_kwargs={"routes": routes})
 
 
-def _serve_service(args: argparse.Namespace, registry: dict, limits: object, outputs: str | None):  # -> Service
-    """A Service whose jobs run on the Ray Serve deployment (Ray is imported only on this path); saving, the
-    watermark and history stay here, with the same settings as the local app."""
+def _serve_service(args: argparse.Namespace, registry: dict[str, CheckpointSpec], limits: Limits,
+                   outputs: str | None) -> Service:
+    """A Service whose jobs run on the Ray Serve deployment; saving, the watermark and history stay here, with
+    the same settings as the local app."""
+    # Ray is optional (requirements-serve.txt): imported only on this path; the others load torch (after `spaces`).
     from sd2_app.loading.embeddings import EmbeddingLibrary
     from sd2_app.serve.backend import connect, remote_service
-    from sd2_app.serve.config import load_config
 
     if args.tiny:  # the front end reads the tiny repos' tokenizers for the token counter
-        from sd2_app.checkpoints.catalog import tiny_registry
         from sd2_app.manager import default_cache_dir
         from sd2_app.testing.tiny import ensure_tiny_repos
 

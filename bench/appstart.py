@@ -76,6 +76,15 @@ def _wait_for_server(url: str, process: subprocess.Popen[str], timeout: float) -
     raise TimeoutError(f"the app did not answer at {url} within {timeout:.0f} s")
 
 
+def stop(process: subprocess.Popen[str], timeout: float) -> None:
+    """End the app: SIGTERM (app.py closes its server), then SIGKILL if it is still there after `timeout` s."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 def _free_port() -> int:
     import socket
 
@@ -137,11 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row["images_returned"] = len(gallery)
         row.update(_phases(lines, events, sent, args.key))
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process, 30)
     row["log_tail"] = [line for _, line in lines.lines[-5:]]
     return row
 

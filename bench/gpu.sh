@@ -16,7 +16,8 @@
 #   users     issue 24 section 4: BENCH_USERS (default 8) concurrent users x USERS_REQUESTS (default 3) txt2img
 #             512 requests through one Service, batching across users off vs on: images/s, p50/p95 latency,
 #             requests per batch, and the batched images against the same requests run alone (bench/users.py;
-#             users.md, users.json)
+#             users.md, users.json); USERS_APP=1 also through the running app (python app.py [--batch-users] and
+#             gradio_client users: gradio from the wheels, bench/README.md)
 #   peers     issue 24 sections 1 and 2: txt2img 512 (sd2-base), 768 (sd2) and 768 (sd21, upcast_attention)
 #             for our default path, diffusers eager and diffusers' speed-guide recipe (max-autotune compile:
 #             minutes per size, so it comes last and is cut by the budget), with each side's load and warm-up
@@ -31,8 +32,8 @@
 #   BENCH_BUDGET_S=540 BENCH_KINDS="sd2-base sd2 sd21" STEPS="appstart tests peers" bash bench/gpu.sh
 # The whole request (issue 24 section 3), about 2 minutes with the checkpoint written:
 #   BENCH_BUDGET_S=200 BENCH_KINDS=sd2-base STEPS="request" bash bench/gpu.sh
-# Batching across users (section 4), about 2 minutes with the checkpoint written:
-#   BENCH_BUDGET_S=240 BENCH_KINDS=sd2-base STEPS="users" bash bench/gpu.sh
+# Batching across users (section 4), about 4 minutes with the checkpoint written and the app's two starts:
+#   BENCH_BUDGET_S=420 BENCH_KINDS=sd2-base STEPS="users" USERS_APP=1 bash bench/gpu.sh
 # Files in $OUT (the device tool returns at most 8): env.txt, log.txt (every step's log), appstart.md, request.md,
 # users.md, micro.md, results.md, peers.md, profile.md, compiled.md, tests.txt; with more than 8 files the .json/.jsonl
 # files end up in one raw-json.tar.gz.
@@ -51,7 +52,7 @@ stamp() { echo "[$(( $(date +%s) - START )) s] $*" | tee -a "$OUT/env.txt"; }
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 # seconds kept back for the steps after the current one
 after() { local s=0; for step in "$@"; do has "$step" && s=$((s + ${RESERVE[$step]})); done; echo $s; }
-declare -A RESERVE=([appstart]=90 [request]=100 [coldstart]=110 [bench]=130 [tests]=90 [users]=120 [peers]=150
+declare -A RESERVE=([appstart]=90 [request]=100 [coldstart]=110 [bench]=130 [tests]=90 [users]=240 [peers]=150
                     [micro]=60 [profile]=45 [compiled]=150)
 
 {
@@ -113,8 +114,8 @@ fi
 
 if has users; then
   keep=$(after peers micro profile compiled)
-  timeout $(( $(left) - keep )) python3 -m bench.users ${BENCH_TINY:+--tiny} --ckpt "$CKPT" --out "$OUT" \
-    --users "${BENCH_USERS:-8}" --requests "${USERS_REQUESTS:-3}" >> "$OUT/log.txt" 2>&1
+  timeout $(( $(left) - keep )) python3 -m bench.users ${BENCH_TINY:+--tiny} ${USERS_APP:+--app} --ckpt "$CKPT" \
+    --out "$OUT" --users "${BENCH_USERS:-8}" --requests "${USERS_REQUESTS:-3}" >> "$OUT/log.txt" 2>&1
   stamp "users done (rc $?)"
 fi
 

@@ -1,5 +1,5 @@
-"""Concurrent load for the benchmarks (bench/serve.py, bench/users.py): threads started together, and latency
-percentiles."""
+"""Concurrent load for the benchmarks (bench/serve.py, bench/users.py, bench/users_app.py): threads started
+together, latency percentiles, users sending requests back to back."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
+
+import numpy as np
 
 
 def run_concurrently(worker: Callable[[int], None], count: int) -> float:
@@ -25,3 +28,27 @@ def latency_summary(latencies: list[float]) -> dict[str, float]:
     ordered = sorted(latencies)
     nearest = min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))
     return {"p50_s": statistics.median(ordered), "p95_s": ordered[nearest]}
+
+
+Call = Callable[[int, int], np.ndarray]  # (user, index) -> the request's first image as (H, W, 3) uint8
+
+
+def load(call: Call, users: int, requests: int) -> dict[str, Any]:
+    """Every user makes `requests` calls back to back, all users at once; latencies, wall time, images."""
+    latencies: list[float] = []
+    images: dict[tuple[int, int], np.ndarray] = {}
+    lock = threading.Lock()
+    start_together = threading.Barrier(users)
+
+    def user(number: int) -> None:
+        start_together.wait()
+        for index in range(requests):
+            started = time.perf_counter()
+            image = call(number, index)
+            with lock:
+                latencies.append(time.perf_counter() - started)
+                images[(number, index)] = image
+
+    wall = run_concurrently(user, users)
+    return {"requests": len(latencies), "wall_s": wall, "images_per_s": len(latencies) / wall,
+            **latency_summary(latencies), "images": images}

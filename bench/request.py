@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.appstart import ROOT, _free_port, _Lines, _prepare, _wait_for_server
+from bench.appstart import ROOT, _free_port, _Lines, _prepare, _wait_for_server, stop
 
 OVERHEAD_TARGET = 0.15  # app overhead at most 15 % of the pipeline time at 512 on the GPU (issue 24)
 PNG_SIZES = (512, 768, 2048)
@@ -128,11 +128,7 @@ def run_requests(args: argparse.Namespace) -> dict[str, Any]:
         while len(_split_lines(lines)) < args.n + 1 and time.monotonic() < deadline:
             time.sleep(0.05)  # the last line follows the client's answer
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process, 60)
     splits = _split_lines(lines)[1:]
     saved = sorted(p.name for p in outputs.rglob("*.png"))
     return {"splits": splits, "round_trips_s": round_trips[1:], "warmup_s": round_trips[0], "saved_files": saved,

@@ -11,15 +11,16 @@ Each mode first runs one untimed round (one request per user: the checkpoint's l
 each batch shape). Reported per mode: images per second over the wall time, p50 and p95 request latency
 (the request's call to its result), and with batching the requests per group run; then each image of the
 batched run against the same request's image run alone (uint8 levels: max, and the share of pixels that
-differ). Writes OUT/users.json and OUT/users.md.
+differ). With `--app` the same load runs again through the running app (bench/users_app.py): `python app.py`
+in a fresh process, without and with `--batch-users`, each user a gradio_client client, latency its round
+trip. Writes OUT/users.json and OUT/users.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ import numpy as np
 import torch
 
 from bench.cases import NEGATIVE, PROMPT
-from bench.load import latency_summary, run_concurrently
+from bench.load import load
+from bench.users_app import app_mode
 
 SUBJECTS = ("a red fox", "a lighthouse at dusk", "an astronaut", "a bowl of fruit", "a mountain lake", "a cat",
             "a city at night", "a sailing ship", "an old library", "a desert road")
@@ -44,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="default 25 (tiny: 2)")
     p.add_argument("--sampler", default="DPM++ 2M")
     p.add_argument("--device", default=None)
+    p.add_argument("--app", action="store_true",
+                   help="also through the running app: `python app.py [--batch-users]` and gradio_client users")
+    p.add_argument("--timeout", type=float, default=300.0, help="--app: seconds to wait for the server")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     args = p.parse_args(argv)
     args.size = args.size or (64 if args.tiny else 512)
@@ -81,27 +86,6 @@ def user_request(args: argparse.Namespace, user: int, index: int) -> Any:
                           height=args.size, sampling=sampling)
 
 
-def load(service: Any, args: argparse.Namespace, requests: int) -> dict[str, Any]:
-    """Every user sends `requests` requests back to back, all users at once; latencies, wall time, images."""
-    latencies: list[float] = []
-    images: dict[tuple[int, int], np.ndarray] = {}
-    lock = threading.Lock()
-    start_together = threading.Barrier(args.users)
-
-    def user(number: int) -> None:
-        start_together.wait()
-        for index in range(requests):
-            started = time.perf_counter()
-            result = service.run(user_request(args, number, index))
-            with lock:
-                latencies.append(time.perf_counter() - started)
-                images[(number, index)] = np.asarray(result.images[0].convert("RGB"))
-
-    wall = run_concurrently(user, args.users)
-    return {"requests": len(latencies), "wall_s": wall, "images_per_s": len(latencies) / wall,
-            **latency_summary(latencies), "images": images}
-
-
 def image_gap(batched: dict[tuple[int, int], np.ndarray], alone: dict[tuple[int, int], np.ndarray]) -> dict[str, Any]:
     """Each request's batched image against its image run alone, in uint8 levels."""
     gaps = [np.abs(batched[key].astype(np.int16) - alone[key].astype(np.int16)) for key in alone]
@@ -113,15 +97,18 @@ def image_gap(batched: dict[tuple[int, int], np.ndarray], alone: dict[tuple[int,
 
 
 def run_mode(service: Any, args: argparse.Namespace, batching: bool) -> dict[str, Any]:
-    """One untimed round, then the timed load, in one mode."""
+    """One untimed round, then the timed load, in one mode, through `service.run`."""
     from sd2_app.api.batching import enable
+
+    def call(user: int, index: int) -> np.ndarray:
+        return np.asarray(service.run(user_request(args, user, index)).images[0].convert("RGB"))
 
     if batching:
         enable(service)
-    load(service, args, 1)  # warm: load, captures
+    load(call, args.users, 1)  # warm: load, captures
     if batching:
         service.batcher.group_sizes.clear()
-    row = load(service, args, args.requests)
+    row = load(call, args.users, args.requests)
     if batching:
         sizes = service.batcher.group_sizes
         row["group_sizes"] = {str(size): count for size, count in sorted(sizes.items())}
@@ -129,24 +116,39 @@ def run_mode(service: Any, args: argparse.Namespace, batching: bool) -> dict[str
     return row
 
 
+def compare(off: dict[str, Any], on: dict[str, Any]) -> dict[str, Any]:
+    """Batching off vs on: their rows (images taken out), the ratios, and the images against each other."""
+    return {"images_batched_vs_alone": image_gap(on.pop("images"), off.pop("images")), "off": off, "on": on,
+            "throughput_on_over_off": on["images_per_s"] / off["images_per_s"],
+            "p95_on_over_off": on["p95_s"] / off["p95_s"]}
+
+
+def _table(title: str, result: dict[str, Any]) -> list[str]:
+    lines = [title, "", "| batching | requests | wall s | images/s | p50 s | p95 s | requests per group |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for mode in ("off", "on"):
+        row = result[mode]
+        groups = ", ".join(f"{k}: {v}" for k, v in row.get("group_sizes", {}).items())
+        if "batches_logged" in row:  # the app's log: batches of two or more
+            groups = f"{row['batches_logged']} batches of 2 or more"
+        lines.append(f"| {mode} | {row['requests']} | {row['wall_s']:.2f} | {row['images_per_s']:.3f} | "
+                     f"{row['p50_s']:.3f} | {row['p95_s']:.3f} | {groups} |")
+    gap = result["images_batched_vs_alone"]
+    return lines + ["", f"Throughput on / off: {result['throughput_on_over_off']:.2f}x; p95 on / off: "
+                    f"{result['p95_on_over_off']:.2f}x.",
+                    f"Batched vs alone, {gap['images']} images: {gap['identical_images']} identical, max "
+                    f"{gap['max_levels']} uint8 levels, mean {gap['mean_levels']:.4f}, "
+                    f"{100 * gap['pixels_differing']:.3f} % of pixels differ.", ""]
+
+
 def markdown(report: dict[str, Any]) -> str:
     s = report["settings"]
     lines = [f"{s['users']} users x {s['requests']} requests, txt2img {s['size']} {s['kind']}, {s['steps']} steps "
-             f"{s['sampler']}, {s['device']}", "",
-             "| batching | requests | wall s | images/s | p50 s | p95 s | requests per group |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for mode in ("off", "on"):
-        row = report[mode]
-        groups = ", ".join(f"{k}: {v}" for k, v in row.get("group_sizes", {}).items()) or "1 each"
-        lines.append(f"| {mode} | {row['requests']} | {row['wall_s']:.2f} | {row['images_per_s']:.3f} | "
-                     f"{row['p50_s']:.3f} | {row['p95_s']:.3f} | {groups} |")
-    gap = report["images_batched_vs_alone"]
-    lines += ["", f"Throughput on / off: {report['throughput_on_over_off']:.2f}x; p95 on / off: "
-              f"{report['p95_on_over_off']:.2f}x.",
-              f"Batched vs alone, {gap['images']} images: {gap['identical_images']} identical, max "
-              f"{gap['max_levels']} uint8 levels, mean {gap['mean_levels']:.4f}, "
-              f"{100 * gap['pixels_differing']:.3f} % of pixels differ."]
-    return "\n".join(lines) + "\n"
+             f"{s['sampler']}, {s['device']}", ""]
+    lines += _table("Through `Service.run` (in process):", report["service"])
+    if "app" in report:
+        lines += _table("Through the running app (`python app.py`, gradio_client users):", report["app"])
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -154,14 +156,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.tiny:
         torch.set_num_threads(1)
     service = make_service(args)
-    off = run_mode(service, args, batching=False)
-    on = run_mode(service, args, batching=True)
-    report = {"settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                           "device": str(service.manager.device)},
-              "images_batched_vs_alone": image_gap(on.pop("images"), off.pop("images")),
-              "off": off, "on": on,
-              "throughput_on_over_off": on["images_per_s"] / off["images_per_s"],
-              "p95_on_over_off": on["p95_s"] / off["p95_s"]}
+    report: dict[str, Any] = {
+        "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                     "device": str(service.manager.device)},
+        "service": compare(run_mode(service, args, batching=False), run_mode(service, args, batching=True))}
+    del service
+    if args.app:
+        request_for = functools.partial(user_request, args)
+        report["app"] = compare(app_mode(args, request_for, batching=False), app_mode(args, request_for, batching=True))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "users.json").write_text(json.dumps(report, indent=2))
     (args.out / "users.md").write_text(markdown(report))

@@ -25,24 +25,29 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+from PIL import Image
+
+from sd2_app.accel import options_for
+from sd2_app.api import requests as rq
+from sd2_app.api.plot import write_tables
+from sd2_app.api.plot_axes import AXES
+from sd2_app.api.service import Service
 from sd2_app.api.tasks import TASKS, TaskSpec
-
-if TYPE_CHECKING:
-    from PIL import Image
-
-    from sd2_app.api.requests import TaskRequest
-    from sd2_app.api.service import Service
+from sd2_app.checkpoints.catalog import add_arguments, apply_overrides, parse_assignments
+from sd2_app.errors import InvalidRequest, LoadError
+from sd2_app.loading.embeddings import EmbeddingLibrary
+from sd2_app.manager import ModelManager
+from sd2_app.pipelines.metadata import parse_parameters, read_png_parameters, save_png
 
 log = logging.getLogger("sd2_app.cli")
 
 
 def _request_default(task: str, name: str) -> Any:
     """The default of a task-specific request field (the request dataclass is where it is set)."""
-    from sd2_app.api.requests import REQUEST_TYPES
-
-    return getattr(REQUEST_TYPES[task], name)
+    return getattr(rq.REQUEST_TYPES[task], name)
 
 
 def _sampling_arguments(parser: argparse.ArgumentParser, spec: TaskSpec) -> None:
@@ -61,8 +66,6 @@ def _sampling_arguments(parser: argparse.ArgumentParser, spec: TaskSpec) -> None
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
-    from sd2_app.checkpoints.catalog import add_arguments
-
     parser.add_argument("--out", type=Path, default=Path("outputs/cli"), help="folder for the PNGs")
     parser.add_argument("--tiny", action="store_true", help="tiny random-weight checkpoints (no download)")
     parser.add_argument("--model-dir", type=Path, default=None,
@@ -89,11 +92,9 @@ def _size(text: str) -> tuple[int, int]:
 
 def _workflow_arguments(parser: argparse.ArgumentParser) -> None:
     """Text to image's hires fix, seed extras and tiling (A1111's options of the same names)."""
-    from sd2_app.api.requests import HIRES_UPSCALERS
-
     hires = parser.add_argument_group("hires fix")
     hires.add_argument("--hires", action="store_true", help="generate, upscale, then img2img at the target size")
-    hires.add_argument("--hires-upscaler", choices=HIRES_UPSCALERS, default="Latent")
+    hires.add_argument("--hires-upscaler", choices=rq.HIRES_UPSCALERS, default="Latent")
     hires.add_argument("--hires-scale", type=float, default=2.0, help="target = size x scale (default 2)")
     hires.add_argument("--hires-width", type=int, default=None, help="explicit target width (overrides the scale)")
     hires.add_argument("--hires-height", type=int, default=None, help="explicit target height")
@@ -116,11 +117,9 @@ def _variation_and_tiling(parser: argparse.ArgumentParser) -> Any:
 
 def _txt2img_extras(args: argparse.Namespace) -> dict[str, Any]:
     """The hires fix, seed extras and tiling fields of a Txt2ImgRequest."""
-    from sd2_app.api.requests import HiresFix
-
     hires = None
     if args.hires:
-        hires = HiresFix(upscaler=args.hires_upscaler, scale=args.hires_scale, width=args.hires_width,
+        hires = rq.HiresFix(upscaler=args.hires_upscaler, scale=args.hires_scale, width=args.hires_width,
                          height=args.hires_height, steps=args.hires_steps,
                          denoising_strength=args.denoising_strength, sampler=args.hires_sampler)
     return {"hires": hires, **_seed_and_tiling(args)}
@@ -128,20 +127,16 @@ def _txt2img_extras(args: argparse.Namespace) -> dict[str, Any]:
 
 def _seed_and_tiling(args: argparse.Namespace) -> dict[str, Any]:
     """The seed_extras and tiling fields (text and image to image; only text to image has --seed-resize-from)."""
-    from sd2_app.api.requests import SeedExtras
-
-    extras = SeedExtras(variation_seed=args.variation_seed, variation_strength=args.variation_strength,
+    extras = rq.SeedExtras(variation_seed=args.variation_seed, variation_strength=args.variation_strength,
                         resize_from=getattr(args, "seed_resize_from", None))
     return {"seed_extras": extras, "tiling": args.tiling}
 
 
 def _outpaint_arguments(parser: argparse.ArgumentParser) -> None:
-    from sd2_app.api.requests import OUTPAINT_FILLS
-
     for side in ("left", "right", "up", "down"):
         parser.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add on the {side} (multiple of 8)")
-    parser.add_argument("--fill", choices=list(OUTPAINT_FILLS), default=_request_default("outpaint", "fill"),
-                        help="how the new area starts: " + ", ".join(f"{k} ({v})" for k, v in OUTPAINT_FILLS.items()))
+    parser.add_argument("--fill", choices=list(rq.OUTPAINT_FILLS), default=_request_default("outpaint", "fill"),
+                        help="how the new area starts: " + ", ".join(f"{k} ({v})" for k, v in rq.OUTPAINT_FILLS.items()))
     parser.add_argument("--mask-blur", type=int, default=_request_default("outpaint", "mask_blur"),
                         help="pixels of feathering from the seam into the new area")
     parser.add_argument("--no-keep-original", action="store_true", help="do not paste the original pixels back")
@@ -149,8 +144,6 @@ def _outpaint_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _plot_arguments(parser: argparse.ArgumentParser) -> None:
     """`xyz-plot`: the text-to-image arguments, an optional init image, and up to three axes."""
-    from sd2_app.api.plot_axes import AXES
-
     _sampling_arguments(parser, TASKS["txt2img"])
     _common_arguments(parser)
     parser.add_argument("--width", type=int, default=None)
@@ -207,10 +200,6 @@ def _open(path: Path | None, mode: str | None = None) -> Image.Image | None:
     """Read an input image; a missing or unreadable file is the user's error, reported in words (exit 2)."""
     if path is None:
         return None
-    from PIL import Image
-
-    from sd2_app.errors import InvalidRequest
-
     try:
         with Image.open(path) as image:
             image.load()
@@ -219,10 +208,8 @@ def _open(path: Path | None, mode: str | None = None) -> Image.Image | None:
         raise InvalidRequest(f"cannot read image {path}: {error}") from error
 
 
-def build_request(args: argparse.Namespace) -> TaskRequest:
+def build_request(args: argparse.Namespace) -> rq.Request:
     """The typed request for the parsed arguments (validation happens in the service)."""
-    from sd2_app.api import requests as rq
-
     sampling = rq.Sampling(
         sampler=args.sampler, steps=args.steps, use_karras=args.karras, cfg_scale=args.cfg_scale,
         guidance_rescale=args.guidance_rescale, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
@@ -253,11 +240,10 @@ def build_request(args: argparse.Namespace) -> TaskRequest:
     return rq.DepthRequest(image=image, depth_map=_open(args.depth_map), strength=args.strength, **common)
 
 
-def _plot_request(args: argparse.Namespace, common: dict[str, Any]) -> Any:
-    from sd2_app.api import requests as rq
-
+def _plot_request(args: argparse.Namespace, common: dict[str, Any]) -> rq.XYZPlotRequest:
+    base: rq.Txt2ImgRequest | rq.Img2ImgRequest
     if args.image is None:
-        base: Any = rq.Txt2ImgRequest(width=args.width, height=args.height, **common)
+        base = rq.Txt2ImgRequest(width=args.width, height=args.height, **common)
     else:
         base = rq.Img2ImgRequest(image=_open(args.image, "RGB"), strength=args.strength, width=args.width,
                                  height=args.height, **common)
@@ -273,14 +259,6 @@ def _repo_assignments(args: argparse.Namespace) -> list[str]:
 
 
 def make_service(args: argparse.Namespace) -> Service:
-    import torch
-
-    from sd2_app.accel import options_for
-    from sd2_app.manager import ModelManager
-    from sd2_app.checkpoints.catalog import apply_overrides, parse_assignments
-    from sd2_app.api.service import Service
-    from sd2_app.loading.embeddings import EmbeddingLibrary
-
     registry = apply_overrides(repos=parse_assignments(_repo_assignments(args)),
                                revisions=parse_assignments(args.revision))
     dtype = getattr(torch, args.dtype) if args.dtype else None
@@ -291,8 +269,6 @@ def make_service(args: argparse.Namespace) -> Service:
 
 def run_task(args: argparse.Namespace) -> dict[str, Any]:
     """Run one task and write its PNGs; returns what was written (also the --json line)."""
-    from sd2_app.pipelines.metadata import save_png
-
     request = build_request(args)  # unreadable inputs fail before any model is set up
     service = make_service(args)
     started = time.perf_counter()
@@ -311,8 +287,6 @@ def run_task(args: argparse.Namespace) -> dict[str, Any]:
         names += [f"xyz_plot-{result.seed}-cell{cell}" for cell in cells]
     paths = [save_png(image, args.out / f"{name}.png") for name, image in zip(names, result.images)]
     if result.cells:
-        from sd2_app.api.plot import write_tables
-
         paths += write_tables(result.cells, args.out, f"xyz_plot-{result.seed}-cells")
     for name, extra in (("mask", result.mask_image), ("depth", result.depth_image)):
         if extra is not None:
@@ -324,8 +298,6 @@ def run_task(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def show_info(paths: list[Path]) -> dict[str, Any]:
-    from sd2_app.pipelines.metadata import parse_parameters, read_png_parameters
-
     info: dict[str, Any] = {}
     for path in paths:
         text = read_png_parameters(path)
@@ -334,8 +306,6 @@ def show_info(paths: list[Path]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sd2_app.errors import InvalidRequest, LoadError
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     if args.task == "info":

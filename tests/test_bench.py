@@ -278,12 +278,13 @@ def test_users_bench_compares_batching_off_and_on_on_tiny_models(tmp_path: Path)
 
     report = main(["--tiny", "--users", "3", "--requests", "2", "--ckpt", str(tmp_path / "ck"),
                    "--out", str(tmp_path / "out")])
+    service = report["service"]
     for mode in ("off", "on"):
-        row = report[mode]
+        row = service[mode]
         assert row["requests"] == 6 and row["images_per_s"] > 0 and 0 < row["p50_s"] <= row["p95_s"]
-    groups = report["on"]["group_sizes"]
-    assert sum(int(size) * count for size, count in groups.items()) == 6 and report["on"]["mean_group"] >= 1
-    gap = report["images_batched_vs_alone"]
+    groups = service["on"]["group_sizes"]
+    assert sum(int(size) * count for size, count in groups.items()) == 6 and service["on"]["mean_group"] >= 1
+    gap = service["images_batched_vs_alone"]
     assert gap["images"] == 6 and gap["max_levels"] <= 1  # CPU kernels: within rounding (tests/pipelines/test_batch.py)
     saved = json.loads((tmp_path / "out" / "users.json").read_text())
     assert saved["settings"]["users"] == 3 and "| on | 6 |" in (tmp_path / "out" / "users.md").read_text()
@@ -298,3 +299,16 @@ def test_tiled_view_bench_times_views_that_share_every_tensor() -> None:
 
     vae = AutoencoderKL(VAEConfig.from_dict(tiny_vae_config("sd2"))).eval()
     assert 0.0 < median_ms((vae,), reps=3) < 10_000.0
+
+
+@pytest.mark.slow
+def test_users_bench_through_the_running_app_on_tiny_models(tmp_path: Path) -> None:
+    """bench/users.py --app: the app started without and with --batch-users, gradio_client users."""
+    from bench.users import main
+
+    report = main(["--tiny", "--app", "--users", "3", "--requests", "1", "--ckpt", str(tmp_path / "ck"),
+                   "--out", str(tmp_path / "out")])
+    app = report["app"]
+    assert app["off"]["requests"] == app["on"]["requests"] == 3 and app["off"]["batches_logged"] == 0
+    assert app["images_batched_vs_alone"]["images"] == 3 and app["images_batched_vs_alone"]["max_levels"] <= 1
+    assert "Through the running app" in (tmp_path / "out" / "users.md").read_text()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sd2_app.api.validation import Catalog
+from sd2_app.api.checks import Catalog
 
 SAMPLER_KARRAS = {"DPM++ 2M": True, "Euler a": False, "Euler": True, "DDIM": False, "UniPC": True,
                   "DPM++ 2M SDE": True, "Heun": True}
@@ -76,11 +76,8 @@ class FakeManager:
     def free_memory(self) -> None:
         self.freed = getattr(self, "freed", 0) + 1
 
-    def status(self) -> dict[str, Any]:
-        return {"device": "cpu", "loaded": list(self.loaded)}
-
-    def memory(self) -> None:
-        return None
+    def report(self) -> tuple[dict[str, Any], None]:
+        return {"device": "cpu", "loaded": list(self.loaded)}, None
 
     def tokenizer(self, key: str) -> None:
         return None  # no tokenizer: the token counter stays quiet

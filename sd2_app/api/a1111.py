@@ -24,11 +24,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from sd2_app.api import requests as rq
 from sd2_app.api.tasks import TASKS
-from sd2_app.api.validation import resolve_seed
+from sd2_app.api.checks import resolve_seed
+from sd2_app.api.image_inputs import to_mask
+from sd2_app.api.results import Result
 from sd2_app.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,7 @@ class Job:
     """One A1111 call as our requests: one request per batch (`n_iter`), seeds already drawn."""
 
     task: str  # "txt2img", "img2img", "inpaint" or "upscale"
-    requests: tuple[Any, ...]
+    requests: tuple[rq.TaskRequest, ...]
     checkpoint: str
     send_images: bool = True
 
@@ -244,10 +246,6 @@ def _inpaint_fields(body: Mapping[str, Any]) -> dict[str, Any]:
 def _mask(body: Mapping[str, Any]) -> Image.Image:
     mask = decode_image(body["mask"], "mask")
     if body.get("inpainting_mask_invert"):
-        from PIL import ImageOps
-
-        from sd2_app.api.validation import to_mask
-
         return ImageOps.invert(to_mask(mask))
     return mask
 
@@ -270,7 +268,7 @@ def img2img_job(body: Mapping[str, Any], current: str, names: list[str], fits: C
               "strength": body.get("denoising_strength", TASKS[task].strength)}
     if task == "inpaint":
         extra = _inpaint_fields(body)
-        base: Any = rq.InpaintRequest(mask=_mask(body), sampling=sampling, **common, **extra)
+        base: rq.InpaintRequest | rq.Img2ImgRequest = rq.InpaintRequest(mask=_mask(body), sampling=sampling, **common, **extra)
     else:
         base = rq.Img2ImgRequest(width=body.get("width"), height=body.get("height"), sampling=sampling, **common)
     requests = tuple(replace(base, sampling=_seeded(sampling, i)) for i in range(n_iter))
@@ -286,7 +284,7 @@ def upscale_job(body: Mapping[str, Any], checkpoint: str) -> Job:
     return Job("upscale", (request,), checkpoint)
 
 
-def info_json(job: Job, results: list[Any], started: float) -> str:
+def info_json(job: Job, results: list[Result], started: float) -> str:
     """A1111's `info`: the first request's settings, then per image its seed and parameters text."""
     first = results[0].request
     sampling = first.sampling

@@ -18,9 +18,9 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Body, Depends, HTTPException
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
@@ -28,10 +28,14 @@ from PIL import Image
 
 from sd2_app.api import a1111
 from sd2_app.api.gpu_time import gpu, seconds_for
+from sd2_app.api.results import Result
+from sd2_app.api.service import Service
 from sd2_app.api.tasks import default_checkpoint
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PREFIX = "/sdapi/v1"
 HISTORY_OWNER = "a1111-api"  # the history entries of API jobs (never shown to a web UI visitor)
@@ -77,7 +81,7 @@ class _Tracked:
 class A1111Api:
     """State of the API (the current model, the API's jobs) and the handlers behind the routes."""
 
-    def __init__(self, service: Any, *, auth: Sequence[tuple[str, str]] = (), max_jobs: int = 16) -> None:
+    def __init__(self, service: Service, *, auth: Sequence[tuple[str, str]] = (), max_jobs: int = 16) -> None:
         self.service = service
         self.auth = list(auth)
         self.max_jobs = max(1, max_jobs)
@@ -129,7 +133,7 @@ class A1111Api:
     def run(self, job: a1111.Job, body: Mapping[str, Any]) -> dict[str, Any]:
         """Run each batch through the Service; after /interrupt, the batches finished so far are returned."""
         tracked = self._track(job)
-        results: list[Any] = []
+        results: list[Result] = []
         try:
             for index, request in enumerate(job.requests):
                 tracked.iteration = index
@@ -186,7 +190,7 @@ def _state(job: _Tracked | None, count: int) -> dict[str, Any]:
     }
 
 
-def _errors_as_http(call: Any) -> Any:
+def _errors_as_http(call: Callable[[], T]) -> T:
     """Our refusals as 422 with the message; load failures as 500 with a generic message (detail in the log)."""
     try:
         return call()
@@ -197,7 +201,7 @@ def _errors_as_http(call: Any) -> Any:
         raise HTTPException(500, "The model could not be loaded; the operator has the details.") from error
 
 
-def _auth_dependency(api: A1111Api) -> Any:
+def _auth_dependency(api: A1111Api) -> Callable[..., None]:
     basic = HTTPBasic(auto_error=False)
 
     def check(credentials: HTTPBasicCredentials | None = Depends(basic)) -> None:
@@ -216,6 +220,14 @@ def _auth_dependency(api: A1111Api) -> Any:
 def build_router(api: A1111Api) -> APIRouter:
     """The routes; app.py passes them to Gradio's FastAPI app (`launch(app_kwargs={"routes": ...})`)."""
     router = APIRouter(prefix=PREFIX, dependencies=[Depends(_auth_dependency(api))])
+    _generation_routes(router, api)
+    _job_routes(router, api)
+    _catalog_routes(router, api)
+    return router
+
+
+def _generation_routes(router: APIRouter, api: A1111Api) -> None:
+    """/txt2img, /img2img (and inpaint) and /extra-single-image: each a job through `A1111Api.run`."""
     catalog = api.service.catalog
     names = api.service.samplers
     max_images = api.service.limits.max_batch
@@ -240,6 +252,10 @@ def build_router(api: A1111Api) -> APIRouter:
 
         return _errors_as_http(call)
 
+
+def _job_routes(router: APIRouter, api: A1111Api) -> None:
+    """/progress and /interrupt of the API's own jobs, and /options (the current checkpoint)."""
+
     @router.get("/progress")
     def progress(skip_current_image: bool = False) -> dict[str, Any]:
         return api.progress(skip_current_image)
@@ -256,6 +272,12 @@ def build_router(api: A1111Api) -> APIRouter:
     @router.post("/options")
     def set_options(body: dict[str, Any] = Body(...)) -> None:
         _errors_as_http(lambda: api.set_options(body))
+
+
+def _catalog_routes(router: APIRouter, api: A1111Api) -> None:
+    """What the server offers: checkpoints, samplers, schedulers, upscalers and (no) scripts."""
+    catalog = api.service.catalog
+    names = api.service.samplers
 
     @router.get("/sd-models")
     def sd_models() -> list[dict[str, Any]]:
@@ -279,5 +301,3 @@ def build_router(api: A1111Api) -> APIRouter:
     @router.get("/scripts")
     def scripts() -> dict[str, list[str]]:
         return {"txt2img": [], "img2img": []}
-
-    return router

@@ -10,7 +10,8 @@ service is busy, so a lone request on an idle app never waits), closes, and runs
 - one request: alone, exactly as without batching (the service's own run, with its fallback ladder);
 - several: `pipelines.batch.run_batch`, each image computed from its own request's generator and prompt. A
   request whose part fails (a NaN decode, say), or all of them when the shared loop fails (out of memory),
-  run again alone, one after another, each with the fallback ladder: one bad request fails only itself.
+  run again alone, one after another, each with the fallback ladder: one bad request fails only itself. A
+  batch out of memory caps its key's later batches at one image fewer than it held.
 
 Each caller waits for its own request's outcome and polls its own Stop: Stop raises `Cancelled` in the
 caller at once (within `POLL_S`); its image is dropped from the batch (pipelines/batch.py), the others go on.
@@ -91,11 +92,12 @@ class _Member:
 
 @dataclass(eq=False)
 class _Group:
+    """Requests with one key that will run together, in arrival order."""
+
     key: Hashable
     task: str
-    arrived: float  # its first request's arrival (time.monotonic)
+    arrived: float  # its first request's arrival (time.monotonic); -inf when it formed on an idle service
     members: list[_Member] = field(default_factory=list)
-    closed: bool = False
 
     @property
     def images(self) -> int:
@@ -123,6 +125,7 @@ class Batcher:
         self.max_wait_s, self.max_images = max_wait_s, max_images
         self._lock = threading.Condition()  # guards the groups, the members' `stopped` and the counters
         self._open: dict[Hashable, _Group] = {}  # the group a request with that key joins
+        self._caps: dict[Hashable, int] = {}  # a smaller limit of images for a key whose batch ran out of memory
         self._in_flight = 0  # requests inside `run`
         self._last_arrival = -math.inf
         self.batches_run = 0  # groups of two or more requests run as one batch (for tests and the benchmark)
@@ -145,7 +148,7 @@ class Batcher:
             self._in_flight += 1
             self._last_arrival = time.monotonic()
             group = self._open.get(key)
-            if group is None or group.images + request.sampling.batch_size > self.max_images:
+            if group is None or group.images + request.sampling.batch_size > self._caps.get(key, self.max_images):
                 group = self._open[key] = _Group(key, task, time.monotonic() if busy else -math.inf)
                 threading.Thread(target=self._serve, args=(group,), name=f"batch-{task}", daemon=True).start()
             group.members.append(member)
@@ -177,7 +180,7 @@ class Batcher:
             return True
 
     def _close(self, group: _Group) -> None:
-        group.closed = True
+        """No request joins `group` any more (called with the lock held)."""
         if self._open.get(group.key) is group:
             del self._open[group.key]
 
@@ -186,7 +189,7 @@ class Batcher:
         none), then close the group; its members still waiting."""
         with self._lock:
             deadline = group.arrived + self.max_wait_s
-            while group.images < self.max_images and (now := time.monotonic()) < deadline:
+            while group.images < self._caps.get(group.key, self.max_images) and (now := time.monotonic()) < deadline:
                 self._lock.wait(deadline - now)
             self._close(group)
             members = group.live()
@@ -204,7 +207,7 @@ class Batcher:
                 if len(members) == 1:
                     members[0].settle(self._solo(group.task, members[0]))
                 elif members:
-                    self._together(group.task, members)
+                    self._together(group, members)
         except BaseException as error:  # noqa: BLE001  # Cancelled at the gate, or a bug: every caller is told
             for member in group.members:
                 member.settle(error if not isinstance(error, Cancelled) else Cancelled())
@@ -220,8 +223,10 @@ class Batcher:
         except BaseException as error:  # noqa: BLE001  # the caller raises it
             return error
 
-    def _together(self, task: str, members: list[_Member]) -> None:
-        """Run `members` as one batch; each one whose part failed runs again alone."""
+    def _together(self, group: _Group, members: list[_Member]) -> None:
+        """Run `members` as one batch; each one whose part failed runs again alone. A batch that ran out of
+        memory caps its key's later batches below its own number of images."""
+        from sd2_app.api.fallback import out_of_memory_errors  # imports torch too
         from sd2_app.pipelines.batch import run_batch  # torch: imported by the first batch, not with the service
 
         timings: dict[str, float] = {}
@@ -230,7 +235,7 @@ class Batcher:
             with self._host().use(members[0].request.checkpoint) as components:
                 loaded = time.perf_counter()
                 outcomes = run_batch(self._lend(components), [m.request for m in members],
-                                     [m.on_step for m in members], self._prepare(task))
+                                     [m.on_step for m in members], self._prepare(group.task))
             timings = {"load": loaded - started, "run": time.perf_counter() - loaded}
             self.batches_run += 1
             log.info("ran %d requests (%d images) as one batch", len(members),
@@ -238,11 +243,14 @@ class Batcher:
         except Exception as error:  # the shared loop failed: each request alone, with its own fallback ladder
             log.warning("a batch of %d requests failed (%s); running each alone", len(members), error)
             outcomes = [error] * len(members)
+            if isinstance(error, out_of_memory_errors()):
+                with self._lock:
+                    self._caps[group.key] = max(1, sum(m.request.sampling.batch_size for m in members) - 1)
         for member, outcome in zip(members, outcomes):
             if isinstance(outcome, Cancelled) or member.stopped:
                 member.settle(Cancelled())
             elif isinstance(outcome, BaseException):
-                member.settle(self._solo(task, member))
+                member.settle(self._solo(group.task, member))
             else:
                 member.timings.update({name: member.timings.get(name, 0.0) + s for name, s in timings.items()})
                 member.settle(outcome)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from sd2_app.api.requests import (
     DepthRequest,
@@ -31,6 +31,9 @@ from sd2_app.api.requests import (
     XYZPlotRequest,
 )
 from sd2_app.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from sd2_app.api.checks import Catalog  # checks imports this module (Limits' default cap)
 
 LATENT_FACTOR = 8  # image pixels per latent pixel, per side (SD 2 VAE)
 # One 768x768 image at 150 steps of a two-call sampler with guidance is 5,529,600; an x4 upscale of a
@@ -89,7 +92,7 @@ def _image_pixels(request: Request, native: Mapping[str, int]) -> int:
     raise TypeError(f"no cost for {type(request).__name__}")
 
 
-def job_cost(request: Request, catalog: Any) -> int:
+def job_cost(request: Request, catalog: Catalog) -> int:
     """UNet evaluations x latent pixels of one validated request (sizes filled in, images present).
 
     `catalog` is the service's `Catalog`: its `calls_per_step` (UNet calls per step of each sampler, missing:

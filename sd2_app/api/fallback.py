@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeVar
 
+import torch
+
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.run_mode import NORMAL, NonFiniteError, RunMode
 
@@ -36,9 +38,8 @@ def non_finite_message(stage: str) -> str:
             "try another seed or sampler, or a lower guidance scale.")
 
 
-def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
-    import torch
-
+def out_of_memory_errors() -> tuple[type[BaseException], ...]:
+    """The errors that say the device ran out of memory (also read by api/batching.py)."""
     return (torch.OutOfMemoryError,)
 
 
@@ -57,7 +58,7 @@ def run_with_fallbacks(attempt: Callable[[RunMode], T], free_memory: Callable[[]
     `free_memory()` moves everything but the running checkpoint off the GPU (the model manager's
     `free_memory`). `Cancelled` and other errors pass through untouched.
     """
-    oom = _out_of_memory_errors()
+    oom = out_of_memory_errors()
     mode, notes = NORMAL, []
     while True:
         try:

@@ -13,7 +13,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sd2_app.api.plot import plan_cells
+from sd2_app.api.requests import Request, TaskRequest, Txt2ImgRequest, XYZPlotRequest
+from sd2_app.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,7 +35,7 @@ def on_zerogpu(env: dict[str, str] | None = None) -> bool:
     return (os.environ if env is None else env).get(ZERO_GPU_ENV, "").lower() in ("1", "true")
 
 
-def unet_work(request: Any, calls_per_step: dict[str, int] | None = None) -> int:
+def unet_work(request: TaskRequest, calls_per_step: dict[str, int] | None = None) -> int:
     """UNet evaluations x latent pixels of a validated request; `calls_per_step`: sampler -> UNet calls per
     step (Heun, DPM2: 2; missing: 1)."""
     sampling = request.sampling
@@ -48,7 +55,7 @@ def unet_work(request: Any, calls_per_step: dict[str, int] | None = None) -> int
     return work
 
 
-def hires_work(request: Any, calls_per_step: dict[str, int] | None = None) -> int:
+def hires_work(request: Txt2ImgRequest, calls_per_step: dict[str, int] | None = None) -> int:
     """The hires fix's work after its first pass: the second pass at the target size (its strength-cut steps,
     its sampler) and, for the "SD2 x4" upscaler, the x4 model at the first pass's pixel size (guided)."""
     hires, sampling = request.hires, request.sampling
@@ -68,32 +75,27 @@ def gpu_seconds(work: int) -> int:
 
 
 def _calls_per_step() -> dict[str, int]:
-    from sd2_app.samplers import SAMPLERS
+    from sd2_app.samplers import SAMPLERS  # lazily: it loads torch, and the UI imports this module
 
     return {name: int(spec.order) for name, spec in SAMPLERS.items()}
 
 
-def seconds_for(service: Any, request: Any) -> int:
+def seconds_for(service: Service, request: Request) -> int:
     """The duration for `request` as the Service would run it; a request it refuses gets the minimum (the
     refusal comes before any GPU work)."""
-    from sd2_app.errors import InvalidRequest
-
     try:
         checked, _ = service.validate(request)
     except InvalidRequest:
         return MIN_SECONDS
-    base = getattr(checked, "base", None)  # a comparison: its samplers one after the other
-    if base is not None:
-        calls = _calls_per_step()
-        return gpu_seconds(sum(unet_work(base, calls) // calls.get(base.sampling.sampler, 1) * calls.get(name, 1)
-                               for name in checked.samplers))
-    return gpu_seconds(unet_work(checked, _calls_per_step()))
+    calls = _calls_per_step()
+    if isinstance(checked, XYZPlotRequest):  # its cells one after the other
+        cells, _ = plan_cells(checked, service.catalog, service.limits)
+        return gpu_seconds(sum(unet_work(cell.request, calls) for cell in cells))
+    return gpu_seconds(unet_work(checked, calls))
 
 
-def values_seconds(service: Any, make_request: Callable[..., Any], values: tuple[Any, ...]) -> int:
+def values_seconds(service: Service, make_request: Callable[..., Request], values: tuple[Any, ...]) -> int:
     """The duration for a UI handler's widget values (`make_request(*values)` is the tab's request)."""
-    from sd2_app.errors import InvalidRequest
-
     try:
         return seconds_for(service, make_request(*values))
     except (InvalidRequest, TypeError, ValueError):

@@ -12,14 +12,22 @@ request's prompts and seed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING
 
-from sd2_app.api.requests import HiresPassRequest, Sampling, Txt2ImgRequest, UpscaleRequest
+from PIL import Image
+
+from sd2_app.api.requests import HiresPassRequest, Txt2ImgRequest, UpscaleRequest
+from sd2_app.api.results import ProgressFn
 from sd2_app.api.txt2img_options import x4_checkpoint
 
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service  # the Service runs this route: it imports this module
+    from sd2_app.pipelines.output import PipelineOutput
 
-def x4_request(checked: Txt2ImgRequest, image: Any, checkpoint: str) -> UpscaleRequest:
+
+def x4_request(checked: Txt2ImgRequest, image: Image.Image | None, checkpoint: str) -> UpscaleRequest:
     """What the x4 stage runs: the first pass's image, the request's prompts and seed, the hires steps."""
     assert checked.hires is not None
     defaults = UpscaleRequest(prompt="", image=image).sampling
@@ -29,8 +37,8 @@ def x4_request(checked: Txt2ImgRequest, image: Any, checkpoint: str) -> UpscaleR
                           checkpoint=checkpoint, sampling=sampling)
 
 
-def run_hires_x4(service: Any, checked: Txt2ImgRequest, on_progress: Any, should_stop: Any,
-                 timings: dict[str, float]) -> Any:
+def run_hires_x4(service: Service, checked: Txt2ImgRequest, on_progress: ProgressFn | None,
+                 should_stop: Callable[[], bool] | None, timings: dict[str, float]) -> PipelineOutput:
     """The three stages; returns the second pass's output with every stage's warnings."""
     upscaler = x4_checkpoint(service.catalog)
     assert upscaler is not None and checked.hires is not None, "validation checked both"

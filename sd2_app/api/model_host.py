@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from sd2_app.checkpoints.catalog import CheckpointSpec
+    from sd2_app.checkpoints.components import Components
 
 
 @runtime_checkable
@@ -27,7 +28,7 @@ class ModelHost(Protocol):
         """Make more checkpoints loadable (the operator's allow-listed repos)."""
         ...
 
-    def use(self, key: str) -> AbstractContextManager[Any]:
+    def use(self, key: str) -> AbstractContextManager[Components]:
         """Hold the GPU for one job; yields the checkpoint's `Components` (loaded on first use)."""
         ...
 
@@ -43,10 +44,7 @@ class ModelHost(Protocol):
 
     def unload(self, key: str) -> None: ...
 
-    def status(self) -> Sequence[object]:
-        """One row per checkpoint (where it is loaded, from which repo)."""
-        ...
-
-    def memory(self) -> object:
-        """Bytes per memory tier against the budgets."""
+    def report(self) -> tuple[Sequence[object], object]:
+        """(one row per checkpoint: where it is loaded, from which repo; bytes per memory tier against the
+        budgets), read together: the UI shows both at once, and a remote host answers in one round trip."""
         ...

@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from sd2_app.api.checks import Catalog, Limits, resolve_seed
 from sd2_app.api.plot_axes import (
     AXES,
     AXIS_NAMES,
@@ -29,8 +30,14 @@ from sd2_app.api.plot_axes import (
     parse_values,
 )
 from sd2_app.api.cost import check_job_cost, job_cost
+from sd2_app.api.plot_grid import draw_grid
 from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPlotRequest
+from sd2_app.api.results import ProgressFn, Result
+from sd2_app.api.task_checks import validate_task
 from sd2_app.errors import Cancelled, InvalidRequest
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service  # the Service runs plots: it imports this module
 
 CellFn = Callable[["PlotCell", Image.Image, float], None]  # (cell, image, seconds) as each cell finishes
 
@@ -66,15 +73,13 @@ def _axes(request: XYZPlotRequest) -> list[tuple[str, PlotAxis]]:
     return used
 
 
-def validate_plot(request: XYZPlotRequest, catalog: Any, limits: Any) -> tuple[XYZPlotRequest, list[str]]:
+def validate_plot(request: XYZPlotRequest, catalog: Catalog, limits: Limits) -> tuple[XYZPlotRequest, list[str]]:
     """The plot with typed axis values and a validated base (its seed drawn once); every cell is checked."""
-    from sd2_app.api.validation import resolve_seed, validate
-
     base = request.base
     if not isinstance(base, (Txt2ImgRequest, Img2ImgRequest)):
         raise InvalidRequest("An X/Y/Z plot runs a text-to-image or image-to-image request.")
     base = replace(base, sampling=replace(base.sampling, batch_size=1, use_karras=False))
-    checked_base, warnings = validate(base, catalog, limits)
+    checked_base, warnings = validate_task(base, catalog, limits)
     checked_base = replace(checked_base, sampling=replace(checked_base.sampling,
                                                           use_karras=bool(request.base.sampling.use_karras)))
     if isinstance(checked_base, Img2ImgRequest):  # its image is fitted now; an unset size stays "the image's"
@@ -105,10 +110,8 @@ def validate_plot(request: XYZPlotRequest, catalog: Any, limits: Any) -> tuple[X
     return checked, warnings + [w for w in cell_warnings if w not in warnings]
 
 
-def plan_cells(request: XYZPlotRequest, catalog: Any, limits: Any) -> tuple[list[PlotCell], list[str]]:
+def plan_cells(request: XYZPlotRequest, catalog: Catalog, limits: Limits) -> tuple[list[PlotCell], list[str]]:
     """Every cell of a checked plot, validated, in grid order; and the warnings (each once)."""
-    from sd2_app.api.validation import validate
-
     slots = (request.x, request.y, request.z)  # an absent axis is one position with no label
     sizes = [len(axis.values) if axis is not None else 1 for axis in slots]
     warnings: list[str] = []
@@ -128,7 +131,7 @@ def plan_cells(request: XYZPlotRequest, catalog: Any, limits: Any) -> tuple[list
             warnings += [note] if note not in warnings else []
             cell = replace(cell, sampling=replace(cell.sampling, use_karras=False))
         try:
-            checked, cell_warnings = validate(cell, catalog, limits)
+            checked, cell_warnings = validate_task(cell, catalog, limits)
         except InvalidRequest as error:
             raise InvalidRequest(f"{', '.join(filter(None, labels))}: {error}") from error
         warnings += [w for w in cell_warnings if w not in warnings]
@@ -152,9 +155,9 @@ def run_order(cells: list[PlotCell]) -> list[PlotCell]:
 
 
 def run_cells(
-    service: Any,
+    service: Service,
     cells: list[PlotCell],
-    on_progress: Any,
+    on_progress: ProgressFn | None,
     should_stop: Callable[[], bool] | None,
     on_cell: CellFn | None = None,
 ) -> tuple[dict[int, tuple[Image.Image, float]], dict[str, float], list[str], bool]:
@@ -209,7 +212,7 @@ def cell_rows(request: XYZPlotRequest, cells: list[PlotCell],
 def grid_parameters(request: XYZPlotRequest, first_text: str) -> str:
     """The grid's parameters text: the first cell's settings less what the axes vary, plus A1111's
     "X Type"/"X Values" keys (so the info line and History name every value, not one cell's)."""
-    from sd2_app.pipelines.metadata import format_parameters, parse_parameters
+    from sd2_app.pipelines.metadata import format_parameters, parse_parameters  # lazily: sd2_app.pipelines loads torch
 
     parsed = parse_parameters(first_text)
     parsed.pop("Prompt", None), parsed.pop("Negative prompt", None)
@@ -223,12 +226,10 @@ def grid_parameters(request: XYZPlotRequest, first_text: str) -> str:
     return format_parameters(request.base.prompt, request.base.negative_prompt, parsed)
 
 
-def run_plot(service: Any, request: XYZPlotRequest, on_progress: Any, should_stop: Callable[[], bool] | None,
-             on_cell: CellFn | None = None) -> Any:
+def run_plot(service: Service, request: XYZPlotRequest, on_progress: ProgressFn | None,
+             should_stop: Callable[[], bool] | None, on_cell: CellFn | None = None) -> Result:
     """Validate, run every cell, draw one labelled grid per Z value; the Service's `Result` of it all."""
-    from sd2_app.api.plot_grid import draw_grid
-    from sd2_app.api.service import Result
-    from sd2_app.pipelines.metadata import attach_parameters
+    from sd2_app.pipelines.metadata import attach_parameters  # lazily: sd2_app.pipelines loads torch
 
     checked, warnings = service.validate(request)
     cells, _ = plan_cells(checked, service.catalog, service.limits)

@@ -17,8 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sd2_app.api.checks import Catalog, check_sampler_names
 from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Txt2ImgRequest
 from sd2_app.errors import InvalidRequest
+
+PlotBase = Txt2ImgRequest | Img2ImgRequest  # what a plot's cells are
 
 _NUMBER = r"[+-]?\s*(?:\d+(?:\.\d*)?|\.\d+)"
 _STEP_RANGE = re.compile(rf"\s*({_NUMBER})\s*-\s*({_NUMBER})\s*(?:\(\s*({_NUMBER})\s*\))?\s*")
@@ -32,7 +35,7 @@ class AxisKind:
 
     label: str
     value_type: str  # "int", "float", "bool", "text", "sampler" or "checkpoint"
-    apply: Callable[[Any, Any], Any]  # (request, value) -> request with the value applied
+    apply: Callable[[PlotBase, Any], PlotBase]  # (request, value) -> request with the value applied
     metadata_keys: tuple[str, ...]  # parameters-text keys this axis changes (left out of the grid's text)
     img2img_only: bool = False
     label_with_name: bool = True  # "Steps: 20" rather than "20"
@@ -44,11 +47,11 @@ class AxisKind:
         return f"{self.label}: {text}" if self.label_with_name else text
 
 
-def _set_sampling(field: str) -> Callable[[Any, Any], Any]:
+def _set_sampling(field: str) -> Callable[[PlotBase, Any], PlotBase]:
     return lambda request, value: replace(request, sampling=replace(request.sampling, **{field: value}))
 
 
-def _set(field: str) -> Callable[[Any, Any], Any]:
+def _set(field: str) -> Callable[[PlotBase, Any], PlotBase]:
     return lambda request, value: replace(request, **{field: value})
 
 
@@ -154,10 +157,8 @@ def parse_values(axis: PlotAxis, what: str, max_values: int) -> list[Any]:
     return values
 
 
-def check_choices(kind: AxisKind, values: list[Any], what: str, catalog: Any, checkpoints: Sequence[str]) -> None:
+def check_choices(kind: AxisKind, values: list[Any], what: str, catalog: Catalog, checkpoints: Sequence[str]) -> None:
     """Sampler names must be ones the server offers, checkpoints ones that can run the base's task."""
-    from sd2_app.api.validation import check_sampler_names
-
     if kind.value_type == "sampler":
         try:
             check_sampler_names(tuple(values), catalog)
@@ -169,7 +170,7 @@ def check_choices(kind: AxisKind, values: list[Any], what: str, catalog: Any, ch
                              f"choose from: {', '.join(checkpoints)}.")
 
 
-def apply_prompt_sr(request: Txt2ImgRequest | Img2ImgRequest, search: str, value: str) -> Any:
+def apply_prompt_sr(request: PlotBase, search: str, value: str) -> PlotBase:
     """Replace every `search` in the prompt and the negative prompt by `value`."""
     return replace(request, prompt=request.prompt.replace(search, value),
                    negative_prompt=request.negative_prompt.replace(search, value))

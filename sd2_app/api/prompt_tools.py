@@ -11,9 +11,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from sd2_app.api.checks import MAX_PROMPT_CHARS
 from sd2_app.errors import InvalidRequest, LoadError
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service  # the Service owns its PromptTools: it imports this module
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +28,7 @@ SLOT_WAIT_S = 0.5  # how long a count waits for a slot (a page load asks for eve
 class PromptTools:
     """Token counting and embedding lending for one `Service` (reads its manager, registry and library)."""
 
-    def __init__(self, service: Any, slots: int = COUNTER_SLOTS) -> None:
+    def __init__(self, service: Service, slots: int = COUNTER_SLOTS) -> None:
         self._service = service
         self._slots = threading.BoundedSemaphore(slots)
         self._tokenizers: dict[str, Any] = {}
@@ -59,7 +63,7 @@ class PromptTools:
         Raises InvalidRequest for a text that is not a string or is over the prompt length limit, or an
         unknown checkpoint.
         """
-        from sd2_app.api.validation import MAX_PROMPT_CHARS
+        # lazily: sd2_app.pipelines loads torch, and the UI imports the Service (and so this module)
         from sd2_app.pipelines.prompt_chunks import MAX_CHUNKS, tokenize_prompt
 
         if not isinstance(text, str) or len(text) > MAX_PROMPT_CHARS:

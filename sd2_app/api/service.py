@@ -20,30 +20,39 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from sd2_app.api.model_host import ModelHost
-from sd2_app.checkpoints.catalog import CheckpointSpec
-from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.api.checks import Catalog, Limits
 from sd2_app.api.gate import GpuGate
+from sd2_app.api.hires_x4 import run_hires_x4
+from sd2_app.api.model_host import ModelHost
+from sd2_app.api.outputs import folder_usage
+from sd2_app.api.plot import CellFn, run_plot
 from sd2_app.api.prompt_tools import PromptTools
 from sd2_app.api.requests import Request, TaskRequest, XYZPlotRequest
 from sd2_app.api.results import Backend, HistoryEntry, ProgressFn, Result  # noqa: F401  # Backend: re-exported
 from sd2_app.api.saver import ResultWriter
 from sd2_app.api.timing import log_split, timed
 from sd2_app.api.tasks import pipeline_of
-from sd2_app.api.validation import Catalog, Limits, validate
+from sd2_app.api.validation import validate
+from sd2_app.checkpoints.allowlist import allowed_repos as env_allowed_repos, custom_specs
+from sd2_app.checkpoints.catalog import REGISTRY, CheckpointSpec
+from sd2_app.errors import Cancelled, InvalidRequest
 
 if TYPE_CHECKING:
     from sd2_app.api.batching import Batcher
+    from sd2_app.loading.embeddings import EmbeddingLibrary
     from sd2_app.pipelines.loop import LatentProgressFn
     from sd2_app.pipelines.output import PipelineOutput
 
+# The imports left inside functions below are of modules that load torch (sd2_app.samplers, sd2_app.pipelines
+# and the fallback ladder over them): the UI imports this module, and the UI imports no torch.
+
 log = logging.getLogger(__name__)
 
-TaskFn = Callable[..., Any]  # (components, request, on_step, *, mode) -> output
+TaskFn = Callable[..., "PipelineOutput"]  # (components, request, on_step, *, mode) -> output
 
 
 def _default_catalog(registry: Mapping[str, CheckpointSpec]) -> Catalog:
-    from sd2_app.samplers import SAMPLERS
+    from sd2_app.samplers import SAMPLERS  # torch: see the note at the imports
 
     return Catalog(
         samplers={name: bool(spec.supports_karras) for name, spec in SAMPLERS.items()},
@@ -55,7 +64,7 @@ def _default_catalog(registry: Mapping[str, CheckpointSpec]) -> Catalog:
 
 
 def _default_preview(latents: Any) -> Image.Image | None:
-    from sd2_app.pipelines.preview import preview_images
+    from sd2_app.pipelines.preview import preview_images  # torch: see the note at the imports
 
     # At latent size (1/8 of the image): the job's thread pays a 4x3 product and a small copy; whoever shows it
     # enlarges it (the UI's live preview, the A1111 progress route).
@@ -82,13 +91,10 @@ class Service:
         watermark: bool = True,  # the invisible "SDV2" watermark in every result (--no-watermark turns it off)
         backend: Backend | None = None,
         concurrency: int = 1,
-        embeddings: Any = None,  # loading.embeddings.EmbeddingLibrary; None: no textual-inversion embeddings
+        embeddings: EmbeddingLibrary | None = None,  # None: no textual-inversion embeddings
         save_in_background: bool = False,  # write results on a writer thread after the request returns
     ) -> None:
         """`manager` None gives a service that validates but cannot run (tools and tests)."""
-        from sd2_app.checkpoints.allowlist import allowed_repos as env_allowed_repos, custom_specs
-        from sd2_app.checkpoints.catalog import REGISTRY
-
         self.manager = manager
         self.embeddings = embeddings
         self._prompt_tools = PromptTools(self)
@@ -140,8 +146,8 @@ class Service:
     # ---- models ----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """The manager's report: per checkpoint where it is loaded and from which repo, and memory per tier."""
-        manager = self._host()
-        return {"models": manager.status(), "memory": manager.memory()}
+        models, memory = self._host().report()
+        return {"models": models, "memory": memory}
 
     def load(self, checkpoint: str) -> None:
         if checkpoint not in self.registry:
@@ -231,7 +237,7 @@ class Service:
         self, task: str, request: TaskRequest, on_step: LatentProgressFn, timings: dict[str, float]
     ) -> PipelineOutput:
         """The task's output under the fallback ladder, with the ladder's warnings added to its own."""
-        from sd2_app.api.fallback import run_with_fallbacks
+        from sd2_app.api.fallback import run_with_fallbacks  # torch: see the note at the imports
 
         started = time.perf_counter()
         manager = self._host()
@@ -311,9 +317,7 @@ class Service:
         task = checked.task
         timings: dict[str, float] = {}
         log.info("%s on %s: %d steps, seed %d", task, checked.checkpoint, checked.sampling.steps, checked.sampling.seed)
-        if getattr(getattr(checked, "hires", None), "upscaler", None) == "SD2 x4":
-            from sd2_app.api.hires_x4 import run_hires_x4  # three manager jobs: first pass, x4, second pass
-
+        if getattr(getattr(checked, "hires", None), "upscaler", None) == "SD2 x4":  # three manager jobs
             output = run_hires_x4(self, checked, on_progress, should_stop, timings)
         else:
             on_step = self._step_callback(0, None, on_progress, should_stop, timings)
@@ -337,12 +341,10 @@ class Service:
         should_stop: Callable[[], bool] | None = None,
         *,
         owner: str | None = None,
-        on_cell: Callable[[Any, Image.Image, float], None] | None = None,
+        on_cell: CellFn | None = None,
     ) -> Result:
         """An X/Y/Z plot (sd2_app.api.plot): grids first, then each finished cell; `on_cell(cell, image,
         seconds)` as each cell finishes. Stop returns the finished cells (`stopped`); none finished: Cancelled."""
-        from sd2_app.api.plot import run_plot
-
         return self._keep(run_plot(self, request, on_progress, should_stop, on_cell), owner)
 
     # ---- keeping results ---------------------------------------------------------------------------
@@ -354,14 +356,12 @@ class Service:
         """(files, bytes, days kept) of the saved results; None when saving is off."""
         if self.outputs_dir is None:
             return None
-        from sd2_app.api.outputs import folder_usage
-
         files, nbytes = folder_usage(self.outputs_dir)
         return files, nbytes, self.keep_outputs_days
 
     def _keep(self, result: Result, owner: str | None = None) -> Result:
         """Provenance (the watermark unless off, the XMP marker), one PNG encode, saving, history; each timed."""
-        from sd2_app.pipelines.metadata import encode_png, mark_ai_generated  # imports torch: only when used
+        from sd2_app.pipelines.metadata import encode_png, mark_ai_generated  # torch: see the note at the imports
         from sd2_app.pipelines.watermark import embed
 
         timings = result.timings
@@ -394,7 +394,7 @@ class Service:
     @staticmethod
     def read_parameters(image: Image.Image | str | Path) -> tuple[str | None, dict[str, Any]]:
         """The A1111 `parameters` text of a PNG and its parsed fields ({} when it has none)."""
-        from sd2_app.pipelines.metadata import parse_parameters, read_png_parameters
+        from sd2_app.pipelines.metadata import parse_parameters, read_png_parameters  # torch: see the imports
 
         text = read_png_parameters(image)
         return text, (parse_parameters(text) if text else {})

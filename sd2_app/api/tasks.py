@@ -13,7 +13,7 @@ place. A row says what a user gets when they leave a field alone:
   pipelines/batch.py), as "module:function"; None: its requests always run alone (api/batching.py).
 
 Adding a task: a row here, a request dataclass in `requests.py` (with `task = "<name>"`), its checks in
-`validation.py`, a pipeline function, a CLI sub-command and a UI tab; each of those reads this row.
+`task_checks.py`, a pipeline function, a CLI sub-command and a UI tab; each of those reads this row.
 This module imports nothing of the app, so any layer may import it.
 """
 

@@ -1,6 +1,6 @@
-"""Server-side checks of the text-to-image workflow options: hires fix, the seed extras and tiling.
+"""Server-side checks of the text-to-image workflow options: the hires fix and the seed extras.
 
-Called by `validation.validate` for every `Txt2ImgRequest` (and so for every comparison's base request).
+Called by `task_checks.validate_task` for every `Txt2ImgRequest` (and so for every plot's base request).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from sd2_app.api.requests import HIRES_UPSCALERS, HiresFix, Sampling, SeedExtras
-from sd2_app.api.validation import Catalog, Limits, _integer, _number, resolve_seed
+from sd2_app.api.checks import Catalog, Limits, integer, number, resolve_seed
 from sd2_app.errors import InvalidRequest
 
 MAX_HIRES_SCALE = 4.0
@@ -25,13 +25,14 @@ def _optional_int(value: Any, what: str, low: int, high: int) -> int | None:
     """None or 0 mean "not set" (the UI's 0 = off); anything else must be a whole number in range."""
     if value is None or (not isinstance(value, bool) and value == 0):
         return None
-    return _integer(value, what, low, high)
+    return integer(value, what, low, high)
 
 
 def check_hires(
-    hires: Any, size: tuple[int, int], sampling: Sampling, catalog: Catalog, limits: Limits
+    hires: HiresFix | None, size: tuple[int, int], sampling: Sampling, catalog: Catalog, limits: Limits
 ) -> HiresFix | None:
-    """A complete hires fix for a first pass of `size` (width, height), or None when it is off."""
+    """A complete hires fix for a first pass of `size` (width, height), or None when it is off (an API
+    client may send anything: the type is checked too)."""
     if hires is None:
         return None
     if not isinstance(hires, HiresFix):
@@ -52,11 +53,11 @@ def check_hires(
     checked = replace(
         hires,
         sampler=sampler,
-        scale=_number(hires.scale, "Hires upscale", 1.0, MAX_HIRES_SCALE),
+        scale=number(hires.scale, "Hires upscale", 1.0, MAX_HIRES_SCALE),
         width=_optional_int(hires.width, "Hires width", 64, limits.max_side),
         height=_optional_int(hires.height, "Hires height", 64, limits.max_side),
         steps=_optional_int(hires.steps, "Hires steps", 1, limits.max_steps),
-        denoising_strength=_number(hires.denoising_strength, "Hires denoising strength", 0.0, 1.0),
+        denoising_strength=number(hires.denoising_strength, "Hires denoising strength", 0.0, 1.0),
     )
     target = checked.target(*size)
     if max(target) > limits.max_side:
@@ -68,11 +69,11 @@ def check_hires(
     return checked
 
 
-def check_seed_extras(extras: Any, limits: Limits) -> SeedExtras:
+def check_seed_extras(extras: SeedExtras, limits: Limits) -> SeedExtras:
     """Variation strength in [0, 1] with a resolved variation seed when it is used; resize size in range."""
     if not isinstance(extras, SeedExtras):
         raise InvalidRequest(f"Seed extras must be SeedExtras, got {type(extras).__name__}.")
-    strength = _number(extras.variation_strength, "Variation strength", 0.0, 1.0)
+    strength = number(extras.variation_strength, "Variation strength", 0.0, 1.0)
     seed = resolve_seed(extras.variation_seed) if strength > 0 else None
     resize = extras.resize_from
     if resize is not None:
@@ -84,9 +85,3 @@ def check_seed_extras(extras: Any, limits: Limits) -> SeedExtras:
             raise InvalidRequest("Seed resize from needs both a width and a height (0 for both turns it off).")
         resize = None if width is None or height is None else (width // 8 * 8, height // 8 * 8)
     return SeedExtras(variation_seed=seed, variation_strength=strength, resize_from=resize)
-
-
-def check_tiling(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidRequest(f"Tiling must be true or false, got {value!r}.")
-    return value

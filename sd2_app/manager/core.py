@@ -129,6 +129,10 @@ class ModelManager:
                 rows.append(ModelStatus(key, spec.label, entry.tier, where, entry.repo, entry.revision, size, shared))
             return rows
 
+    def report(self) -> tuple[list[ModelStatus], MemorySummary]:
+        """`status()` and `memory()` together (the `ModelHost` view the Service shows)."""
+        return self.status(), self.memory()
+
     def memory(self) -> MemorySummary:
         """Bytes used per tier against the budgets (and the driver's free memory on CUDA)."""
         with self._state_lock:

@@ -1,7 +1,7 @@
 """Hires fix (A1111's txt2img option, learned from modules/processing.py, `sample_hr_pass`): generate at the
 request's size, upscale, then image-to-image at `denoising_strength` to the target size.
 
-Both passes are the one shared loop (`txt2img.generate`, then a strength-cut `Job.denoise`). Upscalers:
+Both passes are the one shared loop (`generate.generate`, then a strength-cut `Job.denoise`). Upscalers:
 "Latent" (bilinear) and "Latent (nearest-exact)" resize the first pass's latents; "Lanczos" resizes the
 decoded image; "SD2 x4" runs the decoded image through the x4 upscaler, which the service brings in with
 the model manager (api/service.py) and hands back as `HiresPassRequest.images`.
@@ -31,8 +31,9 @@ from sd2_app.pipelines.output import PipelineOutput, label_images
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.sampling import draw_noise, start_job
 from sd2_app.pipelines.seamless import tiled_components
-from sd2_app.pipelines.txt2img import generate, txt2img_settings
+from sd2_app.pipelines.generate import generate, txt2img_settings
 from sd2_app.pipelines.vae_io import decode_in, encode, vae_factor
+from sd2_app.samplers import add_noise
 
 LATENT_MODES = {"Latent": "bilinear", "Latent (nearest-exact)": "nearest-exact"}  # F.interpolate modes
 
@@ -87,8 +88,6 @@ def second_pass(
         pixels = torch.cat([preprocess_image(image, factor=factor) for image in start])  # (B, 3, H, W)
         init = encode(components.vae, pixels, job.generator)  # (B, 4, H/8, W/8)
     noise = draw_noise(tuple(init.shape), job.generator, components.device, components.dtype)
-    from sd2_app.samplers import add_noise
-
     latents = job.denoise(add_noise(init, noise, job.plan.schedule.sigmas[0]), on_step=on_step)
     images = postprocess(job.decode(latents))
     height, width = images[0].height, images[0].width

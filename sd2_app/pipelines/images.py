@@ -79,7 +79,7 @@ def postprocess(images: torch.Tensor) -> list[Image.Image]:
 
 def grayscale_to_tensor(image: Image.Image) -> torch.Tensor:
     """A user depth map -> (1, H, W) float32, white = near: a float ("F") image's values as they are (16-bit
-    and float maps, see api/validation.py `to_depth`), any other mode as 8-bit grayscale in [0, 1]."""
+    and float maps, see api/image_inputs.py `to_depth`), any other mode as 8-bit grayscale in [0, 1]."""
     if image.mode == "F":
         return torch.from_numpy(np.array(image, dtype=np.float32))[None]
     return _to_tensor(image.convert("L"))[:, 0]

@@ -16,9 +16,10 @@ from sd2_app.pipelines.prompt import embedding_settings
 from sd2_app.pipelines.sampling import PreparedRun, SamplingPlan, draw_noise, start_job
 from sd2_app.pipelines.seamless import tiled_components
 from sd2_app.pipelines.seeds import seed_settings, vary
-from sd2_app.pipelines.txt2img import effective_size
+from sd2_app.pipelines.generate import effective_size
 from sd2_app.pipelines.vae_io import encode, vae_factor
 from sd2_app.api.requests import Img2ImgRequest, SeedExtras
+from sd2_app.samplers import add_noise
 
 
 def noised_init_latents(
@@ -35,8 +36,6 @@ def noised_init_latents(
     whole batch (slerped towards the variation seed's noise when `extras` has one: pipelines/seeds.py).
     `add_noise` in sigma space is x0 + sigma * noise.
     """
-    from sd2_app.samplers import add_noise
-
     init = encode(components.vae, image, generator)  # (1, 4, h, w)
     init = torch.cat([init] * batch_size)  # (B, 4, h, w)
     noise = draw_noise(tuple(init.shape), generator, components.device, components.dtype)

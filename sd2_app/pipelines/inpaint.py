@@ -22,7 +22,7 @@ from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_sett
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.prompt import embedding_settings
 from sd2_app.pipelines.sampling import start_job
-from sd2_app.pipelines.txt2img import native_size
+from sd2_app.pipelines.generate import native_size
 from sd2_app.pipelines.vae_io import encode, vae_factor
 from sd2_app.api.requests import InpaintRequest
 

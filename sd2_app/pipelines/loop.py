@@ -19,6 +19,7 @@ import torch
 from sd2_app.nn.unet import Denoiser
 from sd2_app.samplers.base import NoiseSource
 from sd2_app.pipelines.tiling import run_tiled
+from sd2_app.samplers.denoiser import make_denoiser
 from sd2_app.samplers.registry import SamplerSpec
 from sd2_app.samplers.schedules import Schedule
 
@@ -135,8 +136,6 @@ def run_sampling(
     `fp32_attention` computes every attention product in fp32 (the fallback ladder's rerun after NaN/inf).
     The result is converted from sigma space back to the VAE's latent space, ready for decoding.
     """
-    from sd2_app.samplers.denoiser import make_denoiser
-
     use_cfg = cfg_scale > 1.0
     assert cond.context.shape[0] == x.shape[0] * (2 if use_cfg else 1), "context batch does not match guidance"
     guided = make_guided_model(unet, cond, cfg_scale=cfg_scale, guidance_rescale=guidance_rescale, use_cfg=use_cfg,

@@ -16,6 +16,7 @@ from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.vae_io import decode_in
 from sd2_app.api.requests import Sampling, TaskRequest
 from sd2_app.checkpoints.components import Components
+from sd2_app.samplers import SAMPLERS, make_schedule, start_at
 from sd2_app.samplers.base import NoiseSource, randn_from
 from sd2_app.samplers.registry import SamplerSpec
 from sd2_app.samplers.schedules import Schedule, SchedulerConfig
@@ -46,8 +47,6 @@ def draw_noise(
 
 def plan_sampling(config: SchedulerConfig, sampling: Sampling, strength: float | None = None) -> SamplingPlan:
     """Schedule for the request's sampler; with `strength`, only its last `int(N * strength)` steps."""
-    from sd2_app.samplers import SAMPLERS, make_schedule, start_at
-
     schedule = make_schedule(config, sampling.sampler, sampling.steps, use_karras=sampling.use_karras)
     spec = SAMPLERS[sampling.sampler]  # the name is known: validation checked it, make_schedule too
     if strength is not None:

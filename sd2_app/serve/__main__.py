@@ -12,7 +12,11 @@ import logging
 import signal
 import threading
 
+import ray
+from ray import serve
+
 from sd2_app.serve.config import load_config
+from sd2_app.serve.deployment import build_app
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,12 +27,6 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(args.config, tiny=True if args.tiny else None)
-
-    import ray
-    from ray import serve
-
-    from sd2_app.serve.deployment import build_app
-
     ray.init(address=args.address, namespace="serve")
     serve.run(build_app(config), name=config.app_name, route_prefix=None)
     logging.getLogger(__name__).info("Serve application %r is running", config.app_name)

@@ -22,9 +22,11 @@ from ray import serve
 
 from sd2_app.api.requests import Request
 from sd2_app.checkpoints.catalog import CheckpointSpec
+from sd2_app.checkpoints.components import Components
 from sd2_app.api.results import ProgressFn, Result
 from sd2_app.api.service import Service
 from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.manager.loader import load_tokenizer_only
 from sd2_app.serve.config import ServeConfig
 from sd2_app.serve.deployment import checkpoint_of
 
@@ -102,7 +104,7 @@ class ClusterModels:
     def add_checkpoints(self, specs: Mapping[str, CheckpointSpec]) -> None:
         self._registry.update(specs)  # for the catalog; the replicas read their own settings
 
-    def use(self, key: str) -> AbstractContextManager[Any]:
+    def use(self, key: str) -> AbstractContextManager[Components]:
         raise RuntimeError("jobs run on the Serve replicas; the front end holds no models")
 
     def free_memory(self) -> None:
@@ -110,18 +112,14 @@ class ClusterModels:
 
     def tokenizer(self, key: str) -> Any:
         """`key`'s tokenizer read here (a few small files; the token counter needs no replica)."""
-        from sd2_app.manager.loader import load_tokenizer_only
-
         if key not in self._registry:
             raise InvalidRequest(f"Unknown checkpoint {key!r}.")
         return load_tokenizer_only(self._registry[key])
 
-    def status(self) -> Sequence[object]:
-        """The report of one replica (Serve picks it): its checkpoints and where they are."""
-        return self._handle.status.remote().result(timeout_s=30)["models"]
-
-    def memory(self) -> object:
-        return self._handle.status.remote().result(timeout_s=30)["memory"]
+    def report(self) -> tuple[Sequence[object], object]:
+        """One replica's checkpoints and memory (Serve picks the replica), in one round trip."""
+        answer = self._handle.status.remote().result(timeout_s=30)
+        return answer["models"], answer["memory"]
 
     def load(self, key: str) -> object:
         """Load `key` on a replica chosen by Serve's multiplexed routing; that replica's loaded checkpoints."""

@@ -21,11 +21,17 @@ import threading
 import time
 from typing import Any
 
+import torch
 from ray import serve
 
+from sd2_app.accel import options_for
 from sd2_app.api.requests import Request
+from sd2_app.api.service import Service
+from sd2_app.checkpoints.catalog import apply_overrides, parse_assignments
 from sd2_app.errors import Cancelled, InvalidRequest
-from sd2_app.serve.config import ServeConfig
+from sd2_app.loading.embeddings import EmbeddingLibrary
+from sd2_app.manager import ModelManager
+from sd2_app.serve.config import ServeConfig, load_config
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +44,8 @@ def checkpoint_of(request: Request) -> str:
     return getattr(base if base is not None else request, "checkpoint")
 
 
-def build_service(config: ServeConfig) -> Any:  # -> sd2_app.api.service.Service
+def build_service(config: ServeConfig) -> Service:
     """One replica's ModelManager + Service."""
-    import torch
-
-    from sd2_app.accel import options_for
-    from sd2_app.api.service import Service
-    from sd2_app.checkpoints.catalog import apply_overrides, parse_assignments
-    from sd2_app.loading.embeddings import EmbeddingLibrary
-    from sd2_app.manager import ModelManager
-
     registry = apply_overrides(repos=parse_assignments(list(config.repos)), revisions={})
     dtype = getattr(torch, config.dtype) if config.dtype else None
     manager = ModelManager(config.device, dtype, registry=registry, tiny=config.tiny, preload=config.preload,
@@ -60,7 +58,7 @@ class CheckpointLease:
     """What Serve's multiplexing caches for one checkpoint: loading it loads it in our manager, evicting it
     offloads it there (Serve calls `__del__` on eviction)."""
 
-    def __init__(self, manager: Any, key: str) -> None:
+    def __init__(self, manager: ModelManager, key: str) -> None:
         self.manager, self.key = manager, key
         self._held = True
         manager.load(key)
@@ -143,6 +141,7 @@ class SD2Worker:
         return {"pid": os.getpid(), "loads": list(self.loads), "loaded": self.loaded(), "jobs": list(self.jobs)}
 
     def status(self) -> dict[str, Any]:
+        """This replica's checkpoints and memory together (`ClusterModels.report`: one round trip)."""
         return self.service.status()
 
 
@@ -154,6 +153,4 @@ def build_app(config: ServeConfig) -> Any:  # -> serve.Application
 def app_builder(args: dict[str, Any]) -> Any:  # -> serve.Application
     """Ray Serve's application-builder entry (`import_path: sd2_app.serve.deployment:app_builder` in a Serve
     config or KubeRay's serveConfigV2); `args` may name `config` (a TOML file) and set `tiny`."""
-    from sd2_app.serve.config import load_config
-
     return build_app(load_config(args.get("config"), tiny=args.get("tiny")))

@@ -206,11 +206,12 @@ def stream_result(
         log.info("refused a request: %s", error)
         raise gr.Error(str(error), print_exception=False) from error
     flag = flags.arm(session, queued_flag)
+    run = stream(timed_call(service, request, session, flag), flag)  # the job starts now, not after this update
     progress(0, desc="Loading the model…")
     keep = (gr.skip(),) * (n_outputs - 3)
-    yield (gr.skip(), gr.skip(), STARTING, *keep)
     try:
-        for item in stream(timed_call(service, request, session, flag), flag):
+        yield (gr.skip(), gr.skip(), STARTING, *keep)
+        for item in run:
             if isinstance(item, tuple):
                 done, total, preview = item
                 flag.done, flag.total = done, total
@@ -223,6 +224,9 @@ def stream_result(
                 for warning in item.warnings:
                     gr.Warning(warning)
                 yield from deliver(item, finish)
+    except GeneratorExit:  # closed (cancelled, or the client left), maybe before `run` started: stop the job
+        flag.set()
+        raise
     except Cancelled:
         yield (gr.skip(), gr.skip(), stopped_message(flag), *keep)
     except InvalidRequest as error:

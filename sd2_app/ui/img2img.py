@@ -19,7 +19,7 @@ from sd2_app.ui.uploads import check_on_upload, upload_image
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
-    from sd2_app.api.validation import Limits
+    from sd2_app.api.checks import Limits
 
 SEND_TO = (("inpaint", "inpaint"), ("upscale", "upscale"))
 

@@ -215,6 +215,6 @@ def add_mcp_tools(demo: gr.Blocks, service: Service) -> list[str]:
             inputs = _inputs(fn)
             outputs = gr.Image(type="pil", format="png")
             gr.Button(visible=False).click(fn, inputs, outputs, api_name=f"mcp_{name}",
-                                           concurrency_id=GPU_QUEUE, concurrency_limit=1)
+                                           concurrency_id=GPU_QUEUE, concurrency_limit=service.concurrency)
             names.append(f"mcp_{name}")
     return names

@@ -120,14 +120,21 @@ def stream(
     call: Callable[[ProgressFn, Callable[[], bool]], Result],
     flag: threading.Event,
 ) -> Iterator[tuple[int, int, Image.Image | None] | Result]:
-    """Yield (done, total, preview) while `call(on_progress, should_stop)` runs; the last item is its result.
+    """Start `call(on_progress, should_stop)` in a worker thread now; the iterator yields (done, total, preview)
+    while it runs, and its result last.
 
-    The call's end wakes the loop at once (no polling interval between the result and the browser). Raises
-    what the call raised (`InvalidRequest`, `Cancelled`, or a bug with its traceback).
+    The call's end wakes the iterator at once (no polling interval between the result and the browser).
+    The iterator raises what the call raised (`InvalidRequest`, `Cancelled`, or a bug with its traceback).
     """
     events: queue.Queue[tuple[int, int, Image.Image | None] | None] = queue.Queue()
     future: Future[Result] = _executor().submit(call, lambda d, t, p: events.put((d, t, p)), flag.is_set)
     future.add_done_callback(lambda _: events.put(None))  # after the call's last progress event
+    return _drain(events, future, flag)
+
+
+def _drain(
+    events: queue.Queue[tuple[int, int, Image.Image | None] | None], future: Future[Result], flag: threading.Event
+) -> Iterator[tuple[int, int, Image.Image | None] | Result]:
     try:
         while (event := events.get()) is not None:
             yield event

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
-from sd2_app.api.validation import too_large
+from sd2_app.api.image_inputs import too_large
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from sd2_app.api.batching import MAX_IMAGES, MAX_WAIT_S, Batcher, batch_key, enable
-from sd2_app.api.requests import Img2ImgRequest, Sampling, Txt2ImgRequest
+from sd2_app.api.requests import HiresFix, Img2ImgRequest, InpaintRequest, Sampling, Txt2ImgRequest
 from sd2_app.api.results import Result
 from sd2_app.api.service import Service
 from sd2_app.errors import Cancelled, InvalidRequest
@@ -65,12 +65,15 @@ class Caller:
     def __init__(self, service: Service, req: Txt2ImgRequest, on_progress: Callable[..., None] | None = None) -> None:
         self.stop = threading.Event()
         self.progress: list[tuple[int, int]] = []
+        self.previews: list[Any] = []
         self.result: Result | None = None
         self.error: BaseException | None = None
         self.ended_at = 0.0
 
         def report(done: int, total: int, preview: Any) -> None:
             self.progress.append((done, total))
+            if preview is not None:
+                self.previews.append(preview)
             if on_progress is not None:
                 on_progress(done, total, preview)
 
@@ -130,6 +133,34 @@ def test_four_queued_requests_run_as_one_batch_each_as_alone(
         assert caller.result.timings["gate"] > 0 and caller.result.timings["run"] > 0
 
 
+def test_each_member_previews_its_own_images(service: Service, services: tuple[Service, Service]) -> None:
+    """Previews every step: each member's preview is its own request's (as its solo run previews it)."""
+    solo_service = services[1]
+    service.preview_every = solo_service.preview_every = 1
+    try:
+        blocker, callers = queue_behind_gate(service, FOUR[:3])
+        blocker.release.set()
+        for caller in callers:
+            caller.join()
+        alone = []
+        for req in FOUR[:3]:
+            previews: list[Any] = []
+            solo_service.run(req, lambda done, total, preview: previews.append(preview) if preview else None)
+            alone.append(previews)
+    finally:
+        service.preview_every = solo_service.preview_every = 5
+    assert service.batcher.batches_run == 1
+
+    def gap(a: Any, b: Any) -> int:
+        return int(np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max())
+
+    for index, caller in enumerate(callers):
+        assert len(caller.previews) == len(alone[index]) == 2  # steps 1 and 2 of 3
+        assert all(gap(ours, theirs) <= 1 for ours, theirs in zip(caller.previews, alone[index]))
+        others = [alone[other][0] for other in range(3) if other != index]
+        assert all(gap(caller.previews[0], other) > 8 for other in others)  # not another member's
+
+
 def test_requests_with_different_keys_never_share_a_batch(service: Service) -> None:
     others = [request("a", 1), request("b", 2, steps=4), request("c", 3, sampler="DPM++ 2M"),
               request("d", 4, cfg_scale=5.0), replace(request("e", 5), width=72)]
@@ -154,8 +185,6 @@ def test_batch_key_separates_what_the_loop_shares() -> None:
     keys = [batch_key("txt2img", r) for r in [base, *different]]
     assert len(set(keys)) == len(keys)
     assert batch_key("txt2img", replace(base, tiling=True)) is None
-    from sd2_app.api.requests import HiresFix, InpaintRequest
-
     assert batch_key("txt2img", replace(base, hires=HiresFix())) is None
     assert batch_key("inpaint", InpaintRequest("x", noise_image(), noise_image())) is None  # no `prepare` in its row
     image = Img2ImgRequest("x", noise_image(64, 64), checkpoint="sd21-base")
@@ -253,6 +282,39 @@ def test_a_member_whose_decode_fails_reruns_alone(service: Service, services: tu
         assert caller.error is None
     assert service.batcher.batches_run == 1
     assert pixel_gap(callers[2].result, solo_results(services, [FOUR[2]])[0]) == 0  # its rerun alone
+
+
+def test_a_batch_out_of_memory_runs_each_alone_and_caps_later_batches(
+    service: Service, services: tuple[Service, Service]
+) -> None:
+    """The first batch (4 images) runs out of memory: each request runs alone; that key's batches hold 3 from now."""
+    import torch
+
+    failed: list[str] = []
+
+    def prepare(task: str) -> Any:
+        def out_of_memory_once(components: Any, req: Txt2ImgRequest, mode: Any) -> Any:
+            if not failed:
+                failed.append(req.prompt)
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return prepare_txt2img(components, req, mode)
+
+        return out_of_memory_once
+
+    service.batcher = Batcher(service.gate, service._run_on_gpu, service._host, prepare=prepare)
+    blocker, callers = queue_behind_gate(service, FOUR[:3])  # 1 + 2 + 1 images
+    blocker.release.set()
+    for caller, alone in zip(callers, solo_results(services, FOUR[:3])):
+        caller.join()
+        assert caller.error is None and pixel_gap(caller.result, alone) == 0  # run alone: exactly as solo
+    assert service.batcher.batches_run == 0 and service.batcher._caps == {batch_key("txt2img", FOUR[0]): 3}
+    blocker, callers = queue_behind_gate(service, FOUR)  # 5 images: a group of 3, then one of 2
+    blocker.release.set()
+    for caller in callers:
+        caller.join()
+        assert caller.error is None
+    # requests per group: the failed one (3), then two of 2 requests (1 + 2 images, 1 + 1 images)
+    assert service.batcher.batches_run == 2 and dict(service.batcher.group_sizes) == {3: 1, 2: 2}
 
 
 # ---- the wait for companions, with a stand-in for the GPU run ------------------------------------------------

@@ -158,7 +158,7 @@ def test_app_flag_turns_the_watermark_off(monkeypatch: pytest.MonkeyPatch, tmp_p
             seen.update(kwargs)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(service_module, "Service", Recorder)
+    monkeypatch.setattr(app_module, "Service", Recorder)  # app.py imports it at the top
     linked_tiny_cache(monkeypatch, tmp_path)
     for argv, expected in ((["--tiny"], True), (["--tiny", "--no-watermark"], False)):
         app_module.build(app_module.parse_args(argv))

@@ -24,7 +24,9 @@ from sd2_app.api.requests import (
     Txt2ImgRequest,
     UpscaleRequest,
 )
-from sd2_app.api.validation import MAX_SEED, Limits, to_mask, to_rgb, validate
+from sd2_app.api.checks import MAX_SEED, Limits
+from sd2_app.api.image_inputs import to_mask, to_rgb
+from sd2_app.api.validation import validate
 from tests.ui_doubles import fake_catalog, fake_service
 
 CATALOG = fake_catalog()

@@ -16,7 +16,8 @@ from sd2_app.api.plot import plan_cells, write_tables
 from sd2_app.api.plot_axes import axis_values_text, parse_values, split_values
 from sd2_app.api.plot_grid import draw_grid
 from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Sampling, Txt2ImgRequest, XYZPlotRequest
-from sd2_app.api.validation import Limits, validate
+from sd2_app.api.checks import Limits
+from sd2_app.api.validation import validate
 from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.pipelines.metadata import parse_parameters
 from tests.ui_doubles import fake_catalog, fake_service

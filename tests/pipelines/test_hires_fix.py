@@ -131,7 +131,8 @@ def test_sd2_x4_hires_through_the_service_equals_the_three_steps_by_hand(tmp_pat
     (HiresFix(steps=-3), 1, "Hires steps must be between 1 and 150, got -3."),
 ])
 def test_validation_messages(hires: HiresFix, batch: int, message: str) -> None:
-    from sd2_app.api.validation import Limits, validate
+    from sd2_app.api.checks import Limits
+    from sd2_app.api.validation import validate
     from tests.ui_doubles import fake_catalog
 
     catalog = fake_catalog()

@@ -18,7 +18,7 @@ from PIL import Image
 
 from sd2_app.errors import InvalidRequest
 from sd2_app.api.requests import DepthRequest, Img2ImgRequest, InpaintRequest, Sampling, Txt2ImgRequest, UpscaleRequest
-from sd2_app.api.validation import MAX_SEED, Limits
+from sd2_app.api.checks import MAX_SEED, Limits
 from tests.reliability_report import reliability, track_module  # noqa: F401
 from tests.reliability_support import fast, noise_image, one_thread, png_bytes, tiny, txt2img  # noqa: F401
 

@@ -136,7 +136,7 @@ def test_the_upload_pixel_cap_is_set_before_any_upload(reliability, monkeypatch:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
     monkeypatch.setattr("sd2_app.manager.ModelManager", lambda *a, **k: built.append(k) or type("M", (), {
         "registry": {}})())
-    monkeypatch.setattr("sd2_app.ui.build_ui", lambda service, **k: type("Demo", (), {"queue": lambda self, **k: self})())
+    monkeypatch.setattr(app, "build_ui", lambda service, **k: type("Demo", (), {"queue": lambda self, **k: self})())
     app.build(app.parse_args(["--max-side", "768"]))
     assert Image.MAX_IMAGE_PIXELS == 2048 * 2048 and built
     reliability(AREA, "PIL pixel cap", f"app.build sets PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} (the upload "

@@ -235,7 +235,7 @@ def _field_cases() -> list[tuple[str, dict, object]]:
 
 def test_every_field_rule_holds_through_the_api(public_app, reliability) -> None:
     from sd2_app.api.service import Service
-    from sd2_app.api.validation import Limits
+    from sd2_app.api.checks import Limits
     from tests.reliability.test_reliability_input import _sampling
 
     url, _, _ = public_app

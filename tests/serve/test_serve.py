@@ -89,6 +89,13 @@ def test_the_serve_path_gives_the_local_image(front) -> None:
     assert remote.parameters == here.parameters and "Seed: 11" in remote.parameters
 
 
+def test_the_front_shows_a_replicas_checkpoints_and_memory(front) -> None:
+    """The Models tab's view through ClusterModels.report: one replica's rows and its memory, one call."""
+    status = front.status()
+    assert {row.key for row in status["models"]} >= set(CHECKPOINTS)
+    assert status["memory"].device == "cpu" and status["memory"].device_used >= 0
+
+
 def test_requests_go_to_the_replica_that_has_their_checkpoint(front, cluster) -> None:
     """Serve's rule: a replica that has the checkpoint, else one with the fewest loaded (k = 1 here)."""
     handle, _ = cluster

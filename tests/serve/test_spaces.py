@@ -135,3 +135,18 @@ def test_each_ui_call_asks_zerogpu_for_its_own_jobs_time(monkeypatch: pytest.Mon
     big = durations["txt2img"](None, "sd21-base", "x", "", 768, 768, "Euler", False, 50, 7.5, 0.0, 1, 4, None)
     refused = durations["txt2img"](None, "sd21-base", "x", "", 512, 512, "Euler", False, 999, 7.5, 0.0, 1, 1, None)
     assert (small, big, refused) == (gpu_time.MIN_SECONDS, 29, gpu_time.MIN_SECONDS)
+
+
+def test_a_plot_asks_zerogpu_for_all_its_cells() -> None:
+    """An X/Y/Z plot's duration is the sum of its cells' work (the plot runs them one after the other)."""
+    from sd2_app.api.requests import PlotAxis, XYZPlotRequest
+    from sd2_app.api.service import Service
+    from tests.ui_doubles import FakeManager
+
+    service = Service(FakeManager(), outputs_dir=None, allowed_repos=())
+    base = Txt2ImgRequest("x", checkpoint="sd21-base", width=768, height=768,
+                          sampling=Sampling(sampler="Euler", steps=20, cfg_scale=7.5, seed=1))
+    plot = XYZPlotRequest(base=base, x=PlotAxis("steps", "50, 100"))
+    work = (50 + 100) * 2 * 96 * 96  # steps x 2 guided calls x latent pixels of each cell
+    assert gpu_time.gpu_seconds(work) == 24
+    assert gpu_time.seconds_for(service, plot) == 24

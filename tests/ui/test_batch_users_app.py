@@ -42,8 +42,13 @@ def batching_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> 
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setattr(batching, "enable", catching)
     try:
-        with serve(["--tiny", "--device", "cpu", "--no-save", "--no-watermark", "--batch-users"],
-                   tmp_path_factory.mktemp("app-cache")) as (url, _):
+        with serve(["--tiny", "--device", "cpu", "--no-save", "--no-watermark", "--batch-users", "--mcp"],
+                   tmp_path_factory.mktemp("app-cache")) as (url, demo):
+            # Gradio gives events that share a concurrency id the lowest limit among them: every GPU event
+            # (the tabs, the Models tab's, the MCP tools') must allow a batch's requests in together.
+            # (gradio/queueing.py, Queue.create_event_queue_for_fn).
+            limits = {fn.concurrency_limit for fn in demo.fns.values() if fn.concurrency_id == "gpu"}
+            assert limits == {batching.MAX_IMAGES}
             yield url, caught[0]
     finally:
         monkeypatch.undo()

@@ -1,0 +1,98 @@
+"""What the server accepts (`Limits`, `Catalog`) and the checks of single request values every task shares.
+
+Each check returns the value in its checked type or raises `InvalidRequest` with the message the user sees.
+`task_checks` and `txt2img_options` build a request's checks from these; nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sd2_app.api.cost import DEFAULT_MAX_JOB_COST
+from sd2_app.errors import InvalidRequest
+
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 2000  # only stops abuse; the pipeline refuses a prompt over 8 chunks of 75 tokens
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the server accepts; configurable so a big GPU can allow more and a Space less."""
+
+    max_side: int = 1024  # width/height of a generated image
+    max_input_pixels: int = 2048 * 2048  # an uploaded image (img2img, inpaint, depth)
+    max_upscale_input_pixels: int = 512 * 512  # the x4 output is 16x this (tiled)
+    max_steps: int = 150
+    max_batch: int = 8
+    max_plot_cells: int = 64  # cells of one X/Y/Z plot (all Z values together)
+    max_job_cost: int | None = DEFAULT_MAX_JOB_COST  # UNet evaluations x latent pixels (sd2_app.api.cost); None: no cap
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The names a request may use: samplers (-> supports Karras) and checkpoints (-> resolution, tasks)."""
+
+    samplers: Mapping[str, bool]
+    resolutions: Mapping[str, int]
+    tasks: Mapping[str, tuple[str, ...]]
+    labels: Mapping[str, str] = field(default_factory=dict)
+    calls_per_step: Mapping[str, int] = field(default_factory=dict)  # UNet calls per step per sampler (missing: 1)
+
+
+def clean_text(value: Any, what: str) -> str:
+    """Strip control characters (they confuse the tokenizer and the PNG text chunk); keep newlines."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{what} must be text, got {type(value).__name__}.")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(f"{what} is {len(value)} characters long; the limit is {MAX_PROMPT_CHARS}.")
+    kept = [" " if ch == "\t" else ch for ch in value if ch in "\n\t" or unicodedata.category(ch) != "Cc"]
+    return "".join(kept).strip()
+
+
+def number(value: Any, what: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(f"{what} must be a number, got {value!r}.")
+    if not math.isfinite(value) or not low <= value <= high:
+        raise InvalidRequest(f"{what} must be between {low:g} and {high:g}, got {value!r}.")
+    return float(value)
+
+
+def integer(value: Any, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+        isinstance(value, float) and not (math.isfinite(value) and value.is_integer())
+    ):
+        raise InvalidRequest(f"{what} must be a whole number, got {value!r}.")
+    if not low <= value <= high:
+        raise InvalidRequest(f"{what} must be between {low} and {high}, got {int(value)}.")
+    return int(value)
+
+
+def flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{what} must be true or false, got {value!r}.")
+    return value
+
+
+def resolve_seed(seed: Any) -> int:
+    """None or -1 draws a fresh seed (reported back, so the image can be reproduced)."""
+    if seed is None or (not isinstance(seed, bool) and isinstance(seed, (int, float)) and seed == -1):
+        return random.SystemRandom().randint(0, MAX_SEED)
+    return integer(seed, "Seed", 0, MAX_SEED)
+
+
+def check_sampler_names(names: tuple[Any, ...], catalog: Catalog) -> None:
+    """The one check of sampler names (a request's sampler, or a comparison's list)."""
+    unknown = [name for name in names if not isinstance(name, str) or name not in catalog.samplers]
+    if not unknown:
+        return
+    choices = ", ".join(catalog.samplers)
+    if len(names) == 1:
+        raise InvalidRequest(f"Unknown sampler {unknown[0]!r}; choose one of: {choices}.")
+    raise InvalidRequest(f"Unknown sampler(s) {', '.join(map(repr, unknown))}; choose from: {choices}.")

@@ -1,0 +1,220 @@
+"""The checks of one task request (not a plot): common fields, then the task's own fields, then its cost.
+
+`validate_task(request, catalog, limits)` returns a complete copy (seed drawn, size filled in and rounded,
+images converted to RGB) and the warnings to show; `InvalidRequest` otherwise. `validation.validate` is the
+front door (it sends a plot to `plot.validate_plot`, which checks each cell here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from sd2_app.api.checks import Catalog, Limits, check_sampler_names, clean_text, flag, integer, number, resolve_seed
+from sd2_app.api.cost import check_job_cost, job_cost
+from sd2_app.api.image_inputs import check_size, checked_image, decoded, fit_inside, to_depth, to_mask
+from sd2_app.api.requests import (
+    DepthRequest,
+    Img2ImgRequest,
+    OUTPAINT_FILLS,
+    InpaintRequest,
+    OutpaintRequest,
+    REQUEST_TYPES,
+    Sampling,
+    TaskRequest,
+    Txt2ImgRequest,
+    UpscaleRequest,
+)
+from sd2_app.api.txt2img_options import check_hires, check_seed_extras
+from sd2_app.errors import InvalidRequest
+
+MAX_NOISE_LEVEL = 350  # x4 upscaler's model_index.json
+
+OUTPAINT_SIDES = ("left", "right", "up", "down")
+
+
+def validate_task(request: TaskRequest, catalog: Catalog, limits: Limits) -> tuple[TaskRequest, list[str]]:
+    """A complete, in-range copy of `request` and the warnings to show; its cost within `limits.max_job_cost`."""
+    checked, warnings = _validate_fields(request, catalog, limits)
+    check_job_cost(checked, job_cost(checked, catalog), limits.max_job_cost)
+    return checked, warnings
+
+
+def _sampling(s: Sampling, catalog: Catalog, limits: Limits, *, karras_optional: bool = False) -> Sampling:
+    check_sampler_names((s.sampler,), catalog)
+    use_karras = flag(s.use_karras, "Karras sigmas")
+    if use_karras and not catalog.samplers[s.sampler] and not karras_optional:
+        raise InvalidRequest(f"Karras sigmas are not available for the {s.sampler} sampler; untick Karras.")
+    return replace(
+        s,
+        steps=integer(s.steps, "Steps", 1, limits.max_steps),
+        use_karras=use_karras,
+        cfg_scale=number(s.cfg_scale, "Guidance scale", 0.0, 30.0),
+        guidance_rescale=number(s.guidance_rescale, "Guidance rescale", 0.0, 1.0),
+        eta=number(s.eta, "Eta", 0.0, 1.0),
+        seed=resolve_seed(s.seed),
+        batch_size=integer(s.batch_size, "Images per prompt", 1, limits.max_batch),
+    )
+
+
+def _checkpoint(key: Any, task: str, catalog: Catalog) -> str:
+    if isinstance(key, str) and key not in catalog.tasks and "/" in key:
+        raise InvalidRequest(
+            f"Custom model repos such as {key[:100]!r} are not allowed on this server; the operator can allow "
+            "some with SD2APP_ALLOWED_REPOS."
+        )
+    if not isinstance(key, str) or key not in catalog.tasks:
+        raise InvalidRequest(f"Unknown checkpoint {key!r}; choose one of: {', '.join(catalog.tasks)}.")
+    if task not in catalog.tasks[key]:
+        fits = [k for k, tasks in catalog.tasks.items() if task in tasks]
+        raise InvalidRequest(f"Checkpoint {key!r} cannot do {task}; use one of: {', '.join(fits)}.")
+    return key
+
+
+def _side(value: Any, what: str, limits: Limits, warnings: list[str]) -> int:
+    side = integer(value, what, 64, limits.max_side)
+    rounded = max(64, min(limits.max_side - limits.max_side % 8, int(side / 8 + 0.5) * 8))  # halves round up
+    if rounded != side:
+        warnings.append(f"{what} {side} was rounded to {rounded} (a multiple of 8).")
+    return rounded
+
+
+def _strength(value: Any, steps: int) -> float:
+    strength = number(value, "Strength", 0.0, 1.0)
+    if int(steps * strength) < 1:
+        raise InvalidRequest(
+            f"Strength {strength:g} with {steps} steps runs no denoising step; raise the strength or the steps."
+        )
+    return strength
+
+
+
+def _validate_fields(request: TaskRequest, catalog: Catalog, limits: Limits) -> tuple[TaskRequest, list[str]]:
+    warnings: list[str] = []
+    if type(request) not in REQUEST_TYPES.values():
+        raise InvalidRequest(f"Unknown request type {type(request).__name__}.")
+    task = request.task
+    common: dict[str, Any] = {
+        "prompt": clean_text(request.prompt, "Prompt"),
+        "negative_prompt": clean_text(request.negative_prompt, "Negative prompt"),
+        "checkpoint": _checkpoint(request.checkpoint, task, catalog),
+        "sampling": _sampling(request.sampling, catalog, limits),
+    }
+    fields = {  # each task's own fields, checked and completed into `common`
+        Txt2ImgRequest: _txt2img_fields, Img2ImgRequest: _img2img_fields, InpaintRequest: _inpaint_fields,
+        UpscaleRequest: _upscale_fields, DepthRequest: _depth_fields,
+    }.get(type(request))
+    if isinstance(request, OutpaintRequest):
+        common.update(_outpaint_fields(request, common["sampling"].steps, limits))
+    elif fields is not None:
+        fields(request, common, catalog, limits, warnings)
+    return replace(request, **common), warnings
+
+
+def _txt2img_fields(
+    request: Txt2ImgRequest, common: dict[str, Any], catalog: Catalog, limits: Limits, warnings: list[str]
+) -> None:
+    """Size (the checkpoint's native one by default), hires fix, seed extras and tiling."""
+    native = catalog.resolutions[common["checkpoint"]]
+    width = native if request.width is None else request.width
+    height = native if request.height is None else request.height
+    common["width"] = _side(width, "Width", limits, warnings)
+    common["height"] = _side(height, "Height", limits, warnings)
+    common["hires"] = check_hires(request.hires, (common["width"], common["height"]), common["sampling"],
+                                  catalog, limits)
+    common["seed_extras"] = check_seed_extras(request.seed_extras, limits)
+    common["tiling"] = flag(request.tiling, "Tiling")
+
+
+def _img2img_fields(
+    request: Img2ImgRequest, common: dict[str, Any], catalog: Catalog, limits: Limits, warnings: list[str]
+) -> None:
+    """The init image (resized to the requested size, or fitted), strength, seed extras and tiling."""
+    steps = common["sampling"].steps
+    image = checked_image(request.image, "an init image", limits.max_input_pixels)
+    if request.width is not None or request.height is not None:
+        width = _side(request.width if request.width is not None else image.width, "Width", limits, warnings)
+        height = _side(request.height if request.height is not None else image.height, "Height", limits, warnings)
+        image = image.resize((width, height), Image.Resampling.LANCZOS) if image.size != (width, height) else image
+    else:
+        image = fit_inside(image, limits.max_side, warnings)
+    common.update(image=image, width=image.width, height=image.height, strength=_strength(request.strength, steps))
+    extras = check_seed_extras(request.seed_extras, limits)
+    if extras.resize_from is not None:
+        raise InvalidRequest("Seed resize applies to text to image only; leave it at 0 for image to image.")
+    common.update(seed_extras=extras, tiling=flag(request.tiling, "Tiling"))
+
+
+def _inpaint_fields(
+    request: InpaintRequest, common: dict[str, Any], catalog: Catalog, limits: Limits, warnings: list[str]
+) -> None:
+    """The image, its mask (resized to it, not empty), strength and the paste-back settings."""
+    steps = common["sampling"].steps
+    image = fit_inside(checked_image(request.image, "an image to inpaint", limits.max_input_pixels), limits.max_side, warnings)
+    if request.mask is None:
+        raise InvalidRequest("Paint a mask over the area to repaint (or upload a mask image).")
+    mask = decoded(to_mask, check_size(request.mask, "the mask", limits.max_input_pixels), "the mask")
+    if mask.size != image.size:
+        warnings.append(f"The mask ({mask.width}x{mask.height}) was resized to the image ({image.width}x{image.height}).")
+        mask = mask.resize(image.size, Image.Resampling.NEAREST)
+    if mask.getextrema()[1] < 128:
+        raise InvalidRequest("The mask is empty: paint over the area to repaint (white = repaint).")
+    common.update(
+        image=image,
+        mask=mask,
+        strength=_strength(request.strength, steps),
+        mask_blur=integer(request.mask_blur, "Mask blur", 0, 64),
+        only_masked=flag(request.only_masked, "Only masked area"),
+        only_masked_padding=integer(request.only_masked_padding, "Only-masked padding", 0, 256),
+        keep_unmasked=flag(request.keep_unmasked, "Keep unmasked"),
+    )
+
+
+def _upscale_fields(
+    request: UpscaleRequest, common: dict[str, Any], catalog: Catalog, limits: Limits, warnings: list[str]
+) -> None:
+    """The low-resolution image, noise level and tile size."""
+    image = checked_image(request.image, "an image to upscale", limits.max_upscale_input_pixels)
+    common.update(
+        image=image,
+        noise_level=integer(request.noise_level, "Noise level", 0, MAX_NOISE_LEVEL),
+        tile_size=integer(request.tile_size, "Tile size", 32, 512),
+    )
+
+
+def _depth_fields(
+    request: DepthRequest, common: dict[str, Any], catalog: Catalog, limits: Limits, warnings: list[str]
+) -> None:
+    """The image, an optional depth map (finite values) and strength."""
+    steps = common["sampling"].steps
+    image = fit_inside(checked_image(request.image, "an image", limits.max_input_pixels), limits.max_side, warnings)
+    depth = request.depth_map
+    if depth is not None:
+        depth = decoded(to_depth, check_size(depth, "the depth map", limits.max_input_pixels), "the depth map")
+        if not np.isfinite(np.asarray(depth)).all():
+            raise InvalidRequest("The depth map has NaN or infinite values; save it with finite depths.")
+    common.update(image=image, depth_map=depth, strength=_strength(request.strength, steps))
+
+
+def _outpaint_fields(request: OutpaintRequest, steps: int, limits: Limits) -> dict[str, Any]:
+    """The image (never resized: its pixels come back unchanged), margins, fill and blur of an outpaint."""
+    image = checked_image(request.image, "an image to outpaint", limits.max_input_pixels)
+    sides = {side: integer(getattr(request, side), f"Outpaint {side}", 0, limits.max_side) for side in OUTPAINT_SIDES}
+    odd = [f"{side} {value}" for side, value in sides.items() if value % 8]
+    if odd:
+        raise InvalidRequest(f"Outpaint margins must be multiples of 8 pixels; got {', '.join(odd)}.")
+    if not any(sides.values()):
+        raise InvalidRequest("Choose how far to extend the image: left, right, up or down (multiples of 8).")
+    width = image.width + sides["left"] + sides["right"]
+    height = image.height + sides["up"] + sides["down"]
+    if max(width, height) > limits.max_side:
+        raise InvalidRequest(f"The extended image would be {width}x{height}; each side may be at most "
+                             f"{limits.max_side} pixels. Extend less or start from a smaller image.")
+    if request.fill not in OUTPAINT_FILLS:
+        raise InvalidRequest(f"Unknown outpaint fill {request.fill!r}; choose one of: {', '.join(OUTPAINT_FILLS)}.")
+    return {**sides, "image": image, "fill": request.fill, "strength": _strength(request.strength, steps),
+            "mask_blur": integer(request.mask_blur, "Mask blur", 0, 64),
+            "keep_original": flag(request.keep_original, "Keep the original")}
