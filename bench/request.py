@@ -5,8 +5,10 @@ Starts `python app.py` in a fresh process (saving on, into a temporary folder), 
 app's log line (`sd2_app.api.timing.log_split`: queue, validate, gate, load, run, preview, mark, encode,
 save, history, display, deliver). "Overhead" is the app's time outside the pipeline ("run") as a share of
 the pipeline; "client round trip" is the time gradio_client took, download of the images included, so the
-round trip minus the app's time is Gradio's and the transfer's part. Then PIL's PNG encoding of one image at
-512, 768 and 2048 at PIL's default level (what Gradio uses for a PIL image) and the app's fast level.
+round trip minus the app's time is Gradio's and the transfer's part. With `--browser N` (Playwright and
+/usr/bin/chromium), N clicks on Generate in the page follow, each timed from the click to the new image
+decoded in the page. Then PIL's PNG encoding of one image at 512, 768 and 2048 at PIL's default level (what
+Gradio uses for a PIL image) and the app's fast level.
 
     python -m bench.request --tiny --size 64 --steps 2 --n 5 --ckpt /tmp/ck --out OUT      # CPU, tiny models
     python -m bench.request --ckpt /tmp/sd2-bench --out OUT    # GPU: sd2-base's architecture, random weights
@@ -34,6 +36,14 @@ OVERHEAD_TARGET = 0.15  # app overhead at most 15 % of the pipeline time at 512 
 PNG_SIZES = (512, 768, 2048)
 PNG_DEFAULT_LEVEL = 6  # PIL's default zlib level: what Gradio's encode of a PIL image uses
 LINE_PREFIX = "request timings"  # sd2_app.api.timing.LINE_PREFIX (read as text: the app is another process)
+CHROMIUM = Path("/usr/bin/chromium")
+# Timed in the page: the click on Generate (a capturing listener), then the first animation frame that finds
+# the new gallery image decoded (Generate clears the gallery first; each run has a new random seed).
+ON_CLICK = ("() => { window.sd2Clicked = null; document.querySelector('#txt2img-run').addEventListener("
+            "'click', () => { window.sd2Clicked = performance.now(); }, {once: true, capture: true}); }")
+NEW_IMAGE = ("(old) => { const img = document.querySelector('#txt2img-gallery img');"
+             " const done = img !== null && img.src !== old && img.complete && img.naturalWidth > 0;"
+             " if (done) { window.sd2Shown = performance.now(); } return done; }")
 
 
 def photo_like(size: int, seed: int = 0) -> Any:
@@ -101,6 +111,39 @@ def _split_lines(lines: _Lines) -> list[dict[str, float]]:
     return found
 
 
+def browser_clicks(url: str, args: argparse.Namespace) -> list[float]:
+    """Seconds from a click on Generate (the txt2img tab's default checkpoint) to the new image decoded in the
+    page, for `args.browser` clicks; [] without Playwright or Chromium."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return []
+    if not CHROMIUM.exists():
+        return []
+    times = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.set_default_timeout(args.timeout * 1000)
+        page.goto(url)
+        page.wait_for_function("window.sd2AppReady === true")
+        page.locator("#txt2img-prompt textarea").fill("a photograph of an astronaut riding a horse")
+        for name, value in (("width", args.size), ("height", args.size), ("steps", args.steps)):
+            box = page.locator(f"#txt2img-{name} input[type=number]")
+            box.fill(str(value))
+            box.press("Enter")
+        for _ in range(args.browser):
+            image = page.locator("#txt2img-gallery img")
+            old = image.first.get_attribute("src") if image.count() else None
+            page.evaluate(ON_CLICK)
+            page.locator("#txt2img-run").click()
+            page.wait_for_function(NEW_IMAGE, arg=old, polling="raf")
+            times.append(page.evaluate("(window.sd2Shown - window.sd2Clicked) / 1000"))
+            page.locator("#txt2img-run:not([disabled])").wait_for()
+        browser.close()
+    return times
+
+
 def run_requests(args: argparse.Namespace) -> dict[str, Any]:
     """Start the app, send the warm-up and `args.n` requests; each request's phases and round trip."""
     from gradio_client import Client
@@ -124,14 +167,16 @@ def run_requests(args: argparse.Namespace) -> dict[str, Any]:
             started = time.perf_counter()
             client.predict(seed=1000 + index, **request)
             round_trips.append(time.perf_counter() - started)
+        clicks = browser_clicks(f"http://127.0.0.1:{port}/", args)
         deadline = time.monotonic() + 10
-        while len(_split_lines(lines)) < args.n + 1 and time.monotonic() < deadline:
-            time.sleep(0.05)  # the last line follows the client's answer
+        while len(_split_lines(lines)) < args.n + 1 + len(clicks) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the last line follows the answer
     finally:
         stop(process, 60)
-    splits = _split_lines(lines)[1:]
+    splits = _split_lines(lines)
     saved = sorted(p.name for p in outputs.rglob("*.png"))
-    return {"splits": splits, "round_trips_s": round_trips[1:], "warmup_s": round_trips[0], "saved_files": saved,
+    return {"splits": splits[1:args.n + 1], "round_trips_s": round_trips[1:], "warmup_s": round_trips[0],
+            "browser_splits": splits[args.n + 1:], "browser_clicks_s": clicks, "saved_files": saved,
             "temporary_files_left": sorted(p.name for p in outputs.rglob("*.tmp")),
             "log_tail": [line for _, line in lines.lines[-5:]]}
 
@@ -142,13 +187,24 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
     phases: dict[str, float] = {}
     for name in dict.fromkeys(name for split in splits for name in split):
         phases[name] = statistics.median(split.get(name, 0.0) for split in splits)
-    in_app = [sum(v for k, v in split.items() if k != "preview") for split in splits]
+    in_app = [_in_app(split) for split in splits]
     shares = [(total - split["run"]) / split["run"] for split, total in zip(splits, in_app) if split.get("run")]
-    round_trip = statistics.median(record["round_trips_s"]) if record["round_trips_s"] else None
-    app_s = statistics.median(in_app) if in_app else None
-    return {"phases_s": phases, "in_app_s": app_s, "overhead_share": statistics.median(shares) if shares else None,
+    round_trip = _median(record["round_trips_s"])
+    app_s = _median(in_app)
+    browser_app = [_in_app(split) for split in record.get("browser_splits", [])]
+    return {"phases_s": phases, "in_app_s": app_s, "overhead_share": _median(shares),
             "round_trip_s": round_trip,
-            "outside_app_s": round_trip - app_s if round_trip is not None and app_s is not None else None}
+            "outside_app_s": round_trip - app_s if round_trip is not None and app_s is not None else None,
+            "browser_click_to_image_s": _median(record.get("browser_clicks_s", [])),
+            "browser_in_app_s": _median(browser_app)}
+
+
+def _in_app(split: dict[str, float]) -> float:
+    return sum(seconds for phase, seconds in split.items() if phase != "preview")  # previews are part of run
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 def markdown(row: dict[str, Any]) -> str:
@@ -161,6 +217,10 @@ def markdown(row: dict[str, Any]) -> str:
         lines += [f"app overhead **{100 * share:.1f} %** of the pipeline time (median){verdict}; client round trip "
                   f"{summary['round_trip_s']:.3f} s, of which {summary['in_app_s']:.3f} s in the app and "
                   f"{summary['outside_app_s']:.3f} s Gradio and transfer", ""]
+    if summary.get("browser_click_to_image_s") is not None:
+        lines += [f"browser (Chromium) click on Generate to the new image decoded: "
+                  f"{summary['browser_click_to_image_s']:.3f} s (median of {len(row['browser_clicks_s'])}), of which "
+                  f"{summary['browser_in_app_s']:.3f} s in the app", ""]
     lines += ["| phase | median s |", "| --- | --- |"]
     lines += [f"| {name} | {seconds:.4f} |" for name, seconds in summary["phases_s"].items()]
     lines += ["", f"saved files: {len(row['saved_files'])}, temporary files left: {len(row['temporary_files_left'])}",
@@ -179,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--n", type=int, default=10, help="requests timed after the warm-up")
     p.add_argument("--png-sizes", default=",".join(map(str, PNG_SIZES)), help="sizes of the PNG encode table")
+    p.add_argument("--browser", type=int, default=0, help="clicks on Generate in Chromium after the client's requests")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server")
     p.add_argument("--tiny", action="store_true", help="tiny checkpoints on CPU")
     args = p.parse_args(argv)

@@ -265,7 +265,7 @@ def test_request_bench_runs_through_the_app_on_tiny_models(tmp_path: Path) -> No
 
     row = main(["--tiny", "--size", "64", "--steps", "2", "--n", "2", "--png-sizes", "64", "--ckpt",
                 str(tmp_path / "ck"), "--out", str(tmp_path / "out")])
-    assert len(row["splits"]) == 2 and len(row["round_trips_s"]) == 2
+    assert len(row["splits"]) == 2 and len(row["round_trips_s"]) == 2 and row["browser_clicks_s"] == []
     assert all(split["run"] > 0 and "encode" in split and "deliver" in split for split in row["splits"])
     assert len(row["saved_files"]) == 3 and row["temporary_files_left"] == []  # the warm-up's file too
     assert 0 < row["summary"]["in_app_s"] < row["summary"]["round_trip_s"]
