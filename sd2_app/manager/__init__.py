@@ -5,7 +5,8 @@ only through its `LoadTarget` protocol; `core` imports `loader`, never the rever
 checkpoint folder is made of, `identity` the content hashes, `memory` sizes, budgets and moves.
 """
 
-from sd2_app.manager.core import ModelManager, default_cache_dir
+from sd2_app.manager.core import ModelManager
+from sd2_app.manager.identity import default_cache_dir
 from sd2_app.manager.loader import CheckpointUnavailable, OutOfMemoryDuringLoad
 from sd2_app.manager.state import MemorySummary, ModelStatus
 

@@ -11,7 +11,6 @@ dropped. On CPU both tiers are host memory, but the same accounting runs, which 
 from __future__ import annotations
 
 import gc
-import os
 import logging
 import threading
 import time
@@ -28,7 +27,7 @@ from sd2_app.loading.hub import LoadProgressFn
 from sd2_app.errors import InvalidRequest, LoadError
 from sd2_app.manager import memory
 from sd2_app.manager.memory import OOM_ERRORS, gib
-from sd2_app.manager.identity import HashCache
+from sd2_app.manager.identity import HashCache, default_cache_dir
 from sd2_app.manager.loader import OutOfMemoryDuringLoad, load_checkpoint, load_tokenizer_only
 from sd2_app.manager.state import Entry, MemorySummary, ModelStatus, Part, Tier
 from sd2_app.checkpoints.catalog import REGISTRY, CheckpointSpec, tiny_registry
@@ -398,7 +397,3 @@ class ModelManager:
         gc.collect()
         memory.empty_device_cache(self.device)
 
-
-def default_cache_dir() -> Path:
-    """$SD2APP_CACHE, else ~/.cache/sd2-app: tiny repos and the local hash cache live here."""
-    return Path(os.environ.get("SD2APP_CACHE") or Path.home() / ".cache" / "sd2-app").expanduser()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import logging
 import re
 import threading
@@ -145,3 +146,8 @@ def component_identity(
     # Identity ignores folder and component names: only which file plays which role and its bytes.
     roles = sorted(f"{Path(name).name}={per_file[name]}" for name in files)
     return hashlib.sha256("\n".join(roles).encode()).hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """$SD2APP_CACHE, else ~/.cache/sd2-app: tiny repos and the local hash cache live here."""
+    return Path(os.environ.get("SD2APP_CACHE") or Path.home() / ".cache" / "sd2-app").expanduser()
