@@ -361,14 +361,14 @@ class Service:
 
     def _keep(self, result: Result, owner: str | None = None) -> Result:
         """Provenance (the watermark unless off, the XMP marker), one PNG encode, saving, history; each timed."""
-        from sd2_app.pipelines.metadata import encode_png, mark_ai_generated  # torch: see the note at the imports
+        from sd2_app.pipelines.metadata import encode_pngs, mark_ai_generated  # torch: see the note at the imports
         from sd2_app.pipelines.watermark import embed
 
         timings = result.timings
         with timed(timings, "mark"):
             result.images = [mark_ai_generated(embed(im) if self.watermark else im) for im in result.images]
         with timed(timings, "encode"):
-            result.png = [encode_png(image) for image in result.images]
+            result.png = encode_pngs(result.images)
         if self._writer is not None:
             with timed(timings, "save"):
                 try:

@@ -3,6 +3,7 @@ thread, the timing split and its log line, latent-size previews. Through the run
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
@@ -47,6 +48,15 @@ def test_each_image_is_encoded_once_and_saved_as_those_bytes(tmp_path: Path, png
     assert [path.read_bytes() for path in result.saved] == result.png
     assert read_png_parameters(result.saved[1]) == result.images[1].info["parameters"]
     assert [path.name for path in result.saved] == ["00000-5-txt2img.png", "00001-5-txt2img.png"]
+
+
+def test_a_batch_is_encoded_on_threads_to_the_same_bytes_in_order() -> None:
+    from sd2_app.pipelines.metadata import encode_png, encode_pngs
+
+    result = fake_service(None).run(_txt(seed=11, batch=4))
+    assert [read_png_parameters(Image.open(io.BytesIO(data))) for data in result.png] == [
+        image.info["parameters"] for image in result.images]
+    assert encode_pngs(result.images) == result.png == [encode_png(image) for image in result.images]
 
 
 def test_background_saves_of_concurrent_requests_get_distinct_numbers_past_99999(tmp_path: Path) -> None:
