@@ -35,7 +35,7 @@ REQUEST_PHASES = (("request: queue, validation, load check", "txt2img on"),
                   ("UNet: warm-up + CUDA-graph capture", "captured a CUDA graph of UNet"))
 
 
-class _Lines:
+class ServerLines:
     """The app's output lines, each with the seconds since the process was started."""
 
     def __init__(self, process: subprocess.Popen[str], start: float) -> None:
@@ -52,7 +52,7 @@ class _Lines:
         return next((t for t, line in list(self.lines) if t >= after and text in line), None)
 
 
-def _prepare(folder: Path, app_cache: Path) -> None:
+def prepare_checkpoints(folder: Path, app_cache: Path) -> None:
     """Every file of `folder` read once (page cache) and its sha256 in the app's hash cache."""
     from sd2_app.manager.identity import HashCache
 
@@ -62,7 +62,7 @@ def _prepare(folder: Path, app_cache: Path) -> None:
             cache.sha256(path)
 
 
-def _wait_for_server(url: str, process: subprocess.Popen[str], timeout: float) -> None:
+def wait_for_server(url: str, process: subprocess.Popen[str], timeout: float) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if process.poll() is not None:
@@ -85,7 +85,7 @@ def stop(process: subprocess.Popen[str], timeout: float) -> None:
         process.kill()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as sock:
@@ -118,20 +118,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from bench.write_checkpoints import ensure_checkpoints
 
         folder = ensure_checkpoints(args.ckpt / "full", ("sd2-base",))["sd2-base"]  # sd21-base's architecture
-        _prepare(folder, app_cache)
+        prepare_checkpoints(folder, app_cache)
     env = {**os.environ, "SD2APP_CACHE": str(app_cache), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     if not args.warm_triton_cache:
         env["TRITON_CACHE_DIR"] = str(work / "triton")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/"
     start = time.perf_counter()
     process = subprocess.Popen(_command(args, port, folder), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    lines = _Lines(process, start)
+    lines = ServerLines(process, start)
     events: dict[str, float] = {}
     row: dict[str, Any] = {"label": args.label, "key": args.key, "size": args.size, "steps": args.steps}
     try:
-        _wait_for_server(url, process, args.timeout)
+        wait_for_server(url, process, args.timeout)
         events["server answering"] = time.perf_counter() - start
         client = Client(url, verbose=False)
         events["client connected"] = time.perf_counter() - start
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
-def _phases(lines: _Lines, events: dict[str, float], sent: float, key: str) -> dict[str, Any]:
+def _phases(lines: ServerLines, events: dict[str, float], sent: float, key: str) -> dict[str, Any]:
     """Consecutive phases from the process start to the first image, each named by what ends it."""
     marks: list[tuple[str, float]] = []
     for name, text in LOG_PHASES:
@@ -182,16 +182,22 @@ def markdown(row: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def served_app_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments of every benchmark that starts `app.py` on the written checkpoints and times requests."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--ckpt", type=Path, required=True, help="root written by bench.write_checkpoints (full/)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--key", default="sd21-base")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = served_app_parser(__doc__.splitlines()[0])
     p.add_argument("--label", default="cold")
     p.add_argument("--warm-triton-cache", action="store_true", help="keep Triton's cache (default: an empty one)")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server")
     p.add_argument("--tiny", action="store_true", help="tiny checkpoints on CPU (a check of the harness)")
     args = p.parse_args(argv)
     row = run(args)

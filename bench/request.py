@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.appstart import ROOT, _free_port, _Lines, _prepare, _wait_for_server, stop
+from bench.appstart import ROOT, ServerLines, free_port, prepare_checkpoints, served_app_parser, stop, wait_for_server
 
 OVERHEAD_TARGET = 0.15  # app overhead at most 15 % of the pipeline time at 512 on the GPU (issue 24)
 PNG_SIZES = (512, 768, 2048)
@@ -98,11 +98,11 @@ def _app_cache(args: argparse.Namespace, work: Path) -> tuple[Path, Path | None]
     from bench.write_checkpoints import ensure_checkpoints
 
     folder = ensure_checkpoints(args.ckpt / "full", ("sd2-base",))["sd2-base"]  # sd21-base's architecture
-    _prepare(folder, app_cache)
+    prepare_checkpoints(folder, app_cache)
     return app_cache, folder
 
 
-def _split_lines(lines: _Lines) -> list[dict[str, float]]:
+def _split_lines(lines: ServerLines) -> list[dict[str, float]]:
     """The phases of every request the app has logged so far."""
     found = []
     for _, line in list(lines.lines):
@@ -152,14 +152,14 @@ def run_requests(args: argparse.Namespace) -> dict[str, Any]:
     app_cache, folder = _app_cache(args, work)
     env = {**os.environ, "SD2APP_CACHE": str(app_cache), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
            "GRADIO_TEMP_DIR": str(work / "gradio")}
-    port = _free_port()
+    port = free_port()
     outputs = work / "outputs"
     process = subprocess.Popen(_command(args, port, folder, outputs), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    lines = _Lines(process, time.perf_counter())
+    lines = ServerLines(process, time.perf_counter())
     round_trips: list[float] = []
     try:
-        _wait_for_server(f"http://127.0.0.1:{port}/", process, args.timeout)
+        wait_for_server(f"http://127.0.0.1:{port}/", process, args.timeout)
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(work / "downloads"))
         request = {"checkpoint": args.key, "prompt": "a photograph of an astronaut riding a horse",
                    "width": args.size, "height": args.size, "steps": args.steps, "api_name": "/txt2img"}
@@ -231,16 +231,10 @@ def markdown(row: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ckpt", type=Path, required=True, help="root written by bench.write_checkpoints (full/)")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--key", default="sd21-base")
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--steps", type=int, default=25)
+    p = served_app_parser(__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=10, help="requests timed after the warm-up")
     p.add_argument("--png-sizes", default=",".join(map(str, PNG_SIZES)), help="sizes of the PNG encode table")
     p.add_argument("--browser", type=int, default=0, help="clicks on Generate in Chromium after the client's requests")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server")
     p.add_argument("--tiny", action="store_true", help="tiny checkpoints on CPU")
     args = p.parse_args(argv)
     row: dict[str, Any] = {"key": args.key, "size": args.size, "steps": args.steps, "tiny": args.tiny}

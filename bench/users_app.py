@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench.appstart import ROOT, _free_port, _Lines, _wait_for_server, stop
+from bench.appstart import ROOT, free_port, ServerLines, wait_for_server, stop
 from bench.request import _app_cache
 from sd2_app.api.requests import Txt2ImgRequest
 from bench.load import Call, load
@@ -63,12 +63,12 @@ def app_mode(args: argparse.Namespace, request_for: RequestFor, batching: bool) 
            "GRADIO_TEMP_DIR": str(work / "gradio")}
     if args.tiny:
         env["OMP_NUM_THREADS"] = "1"
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(_command(args, port, folder, batching), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    lines = _Lines(process, 0.0)
+    lines = ServerLines(process, 0.0)
     try:
-        _wait_for_server(f"http://127.0.0.1:{port}/", process, args.timeout)
+        wait_for_server(f"http://127.0.0.1:{port}/", process, args.timeout)
         call = _calls(args, f"http://127.0.0.1:{port}/", work / "downloads", request_for)
         load(call, args.users, 1)  # warm: load, captures
         row = load(call, args.users, args.requests)
