@@ -25,6 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,7 +35,6 @@ from sd2_app.api.tasks import TASKS, prepare_of
 from sd2_app.errors import Cancelled
 
 if TYPE_CHECKING:
-    from sd2_app.api.model_host import ModelHost
     from sd2_app.api.service import Service
     from sd2_app.checkpoints.components import Components
     from sd2_app.pipelines.batch import PrepareFn
@@ -49,7 +49,6 @@ BUSY_WINDOW_S = 1.0  # the service counts as busy for this long after a request 
 POLL_S = 0.05  # how often a waiting caller looks at its Stop
 
 SoloFn = Callable[[str, TaskRequest, "LatentProgressFn", dict[str, float]], "PipelineOutput"]
-LendFn = Callable[["Components"], "Components"]  # the checkpoint's components as one job uses them (embeddings lent)
 
 
 def batch_key(task: str, request: TaskRequest) -> Hashable | None:
@@ -114,14 +113,13 @@ class Batcher:
         self,
         gate: GpuGate,
         run_solo: SoloFn,
-        host: Callable[[], ModelHost],
-        lend: LendFn = lambda components: components,
+        use: Callable[[str], AbstractContextManager[Components]],  # Service.use_checkpoint: one job on a checkpoint
         *,
         prepare: Callable[[str], PrepareFn] = prepare_of,  # the task table's `prepare` for a task
         max_wait_s: float = MAX_WAIT_S,
         max_images: int = MAX_IMAGES,
     ) -> None:
-        self._gate, self._run_solo, self._host, self._lend, self._prepare = gate, run_solo, host, lend, prepare
+        self._gate, self._run_solo, self._use, self._prepare = gate, run_solo, use, prepare
         self.max_wait_s, self.max_images = max_wait_s, max_images
         self._lock = threading.Condition()  # guards the groups, the members' `stopped` and the counters
         self._open: dict[Hashable, _Group] = {}  # the group a request with that key joins
@@ -232,9 +230,9 @@ class Batcher:
         timings: dict[str, float] = {}
         try:
             started = time.perf_counter()
-            with self._host().use(members[0].request.checkpoint) as components:
+            with self._use(members[0].request.checkpoint) as components:
                 loaded = time.perf_counter()
-                outcomes = run_batch(self._lend(components), [m.request for m in members],
+                outcomes = run_batch(components, [m.request for m in members],
                                      [m.on_step for m in members], self._prepare(group.task))
             timings = {"load": loaded - started, "run": time.perf_counter() - loaded}
             self.batches_run += 1
@@ -260,7 +258,7 @@ def enable(service: Service, *, max_wait_s: float = MAX_WAIT_S, max_images: int 
     """Turn batching across users on for `service` (app.py's `--batch-users`), before its UI is built: its
     batchable requests go through a `Batcher`, and Gradio's GPU queue lets in as many as one batch holds (the
     gate still runs one job at a time)."""
-    service.batcher = Batcher(service.gate, service._run_on_gpu, service._host, service._prompt_tools.lend_embeddings,
-                              max_wait_s=max_wait_s, max_images=max_images)
+    service.batcher = Batcher(service.gate, service.run_on_gpu, service.use_checkpoint, max_wait_s=max_wait_s,
+                              max_images=max_images)
     service.concurrency *= max_images
     return service.batcher

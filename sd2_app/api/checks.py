@@ -1,7 +1,8 @@
 """What the server accepts (`Limits`, `Catalog`) and the checks of single request values every task shares.
 
 Each check returns the value in its checked type or raises `InvalidRequest` with the message the user sees.
-`task_checks` and `txt2img_options` build a request's checks from these; nothing here imports torch.
+`task_checks` and `txt2img_options` build a request's checks from these; importing this module loads no torch
+(`catalog_of` reads the sampler table, which does, when it is called).
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ import random
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sd2_app.api.cost import DEFAULT_MAX_JOB_COST
 from sd2_app.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from sd2_app.checkpoints.catalog import CheckpointSpec
 
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000  # only stops abuse; the pipeline refuses a prompt over 8 chunks of 75 tokens
@@ -42,6 +46,19 @@ class Catalog:
     tasks: Mapping[str, tuple[str, ...]]
     labels: Mapping[str, str] = field(default_factory=dict)
     calls_per_step: Mapping[str, int] = field(default_factory=dict)  # UNet calls per step per sampler (missing: 1)
+
+
+def catalog_of(registry: Mapping[str, CheckpointSpec]) -> Catalog:
+    """The catalog of the app's samplers (`sd2_app.samplers.SAMPLERS`) and `registry`'s checkpoints."""
+    from sd2_app.samplers import SAMPLERS  # loads torch: the UI imports this module, and no torch
+
+    return Catalog(
+        samplers={name: bool(spec.supports_karras) for name, spec in SAMPLERS.items()},
+        resolutions={key: spec.resolution for key, spec in registry.items()},
+        tasks={key: tuple(spec.tasks) for key, spec in registry.items()},
+        labels={key: spec.label for key, spec in registry.items()},
+        calls_per_step={name: int(spec.order) for name, spec in SAMPLERS.items()},
+    )
 
 
 def clean_text(value: Any, what: str) -> str:

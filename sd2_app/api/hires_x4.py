@@ -45,14 +45,14 @@ def run_hires_x4(service: Service, checked: Txt2ImgRequest, on_progress: Progres
     first_steps = checked.sampling.steps
     x4 = x4_request(checked, None, upscaler)
     total = first_steps + x4.sampling.steps + checked.hires.second_pass_steps(first_steps)
-    first = service._run_pipeline("txt2img", replace(checked, hires=None),
-                                  service._step_callback(0, total, on_progress, should_stop), timings)
+    first = service.run_task("txt2img", replace(checked, hires=None), timings, on_progress, should_stop,
+                             done_before=0, total=total)
     image = first.images[0]
-    upscaled = service._run_pipeline("upscale", replace(x4, image=image),
-                                     service._step_callback(first_steps, total, on_progress, should_stop), timings)
+    upscaled = service.run_task("upscale", replace(x4, image=image), timings, on_progress, should_stop,
+                                done_before=first_steps, total=total)
     second = HiresPassRequest(base=checked, images=tuple(upscaled.images), first_size=(first.width, first.height))
-    output = service._run_pipeline("txt2img", second, service._step_callback(
-        first_steps + x4.sampling.steps, total, on_progress, should_stop), timings)
+    output = service.run_task("txt2img", second, timings, on_progress, should_stop,
+                              done_before=first_steps + x4.sampling.steps, total=total)
     notes = list(first.warnings) + list(upscaled.warnings)
     output.warnings = notes + [w for w in output.warnings if w not in notes]
     return output

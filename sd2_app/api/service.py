@@ -2,34 +2,33 @@
 
 Only this module knows the `ModelManager`. `Service.run` reports progress through a callback (step, total,
 preview image or None) and checks a `should_stop` callable at every step, raising `Cancelled` when it says
-so; the UI runs it in a worker thread and streams the callbacks. Every result is encoded as PNG once, with
-its parameters, written to a dated outputs folder (unless saving is off; `sd2_app.api.saver`, on a writer
-thread with `save_in_background`) and kept in a short in-memory history. Each phase's seconds go into the
-Result's `timings` (`sd2_app.api.timing`).
+so; the UI runs it in a worker thread and streams the callbacks. Every result is kept by the Service's
+`ResultKeeper` (`sd2_app.api.keeper`): encoded as PNG once, with its parameters, written to a dated outputs
+folder (unless saving is off; `sd2_app.api.saver`, on a writer thread with `save_in_background`) and kept in a
+short in-memory history. Each phase's seconds go into the Result's `timings` (`sd2_app.api.timing`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from sd2_app.api.checks import Catalog, Limits
+from sd2_app.api.checks import Catalog, Limits, catalog_of
 from sd2_app.api.gate import GpuGate
 from sd2_app.api.hires_x4 import run_hires_x4
+from sd2_app.api.keeper import ResultKeeper
 from sd2_app.api.model_host import ModelHost
-from sd2_app.api.outputs import folder_usage
 from sd2_app.api.plot import CellFn, run_plot
+from sd2_app.api.progress import PreviewFn, latent_preview, placed, step_callback
 from sd2_app.api.prompt_tools import PromptTools
 from sd2_app.api.requests import Request, TaskRequest, XYZPlotRequest
 from sd2_app.api.results import Backend, HistoryEntry, ProgressFn, Result  # noqa: F401  # Backend: re-exported
-from sd2_app.api.saver import ResultWriter
 from sd2_app.api.timing import log_split, timed
 from sd2_app.api.tasks import pipeline_of
 from sd2_app.api.validation import validate
@@ -39,36 +38,17 @@ from sd2_app.errors import Cancelled, InvalidRequest
 
 if TYPE_CHECKING:
     from sd2_app.api.batching import Batcher
+    from sd2_app.checkpoints.components import Components
     from sd2_app.loading.embeddings import EmbeddingLibrary
     from sd2_app.pipelines.loop import LatentProgressFn
     from sd2_app.pipelines.output import PipelineOutput
 
-# The imports left inside functions below are of modules that load torch (sd2_app.samplers, sd2_app.pipelines
-# and the fallback ladder over them): the UI imports this module, and the UI imports no torch.
+# The imports left inside functions below are of modules that load torch (sd2_app.pipelines and the fallback
+# ladder over them): the UI imports this module, and the UI imports no torch.
 
 log = logging.getLogger(__name__)
 
 TaskFn = Callable[..., "PipelineOutput"]  # (components, request, on_step, *, mode) -> output
-
-
-def _default_catalog(registry: Mapping[str, CheckpointSpec]) -> Catalog:
-    from sd2_app.samplers import SAMPLERS  # torch: see the note at the imports
-
-    return Catalog(
-        samplers={name: bool(spec.supports_karras) for name, spec in SAMPLERS.items()},
-        resolutions={key: spec.resolution for key, spec in registry.items()},
-        tasks={key: tuple(spec.tasks) for key, spec in registry.items()},
-        labels={key: spec.label for key, spec in registry.items()},
-        calls_per_step={name: int(spec.order) for name, spec in SAMPLERS.items()},
-    )
-
-
-def _default_preview(latents: Any) -> Image.Image | None:
-    from sd2_app.pipelines.preview import preview_images  # torch: see the note at the imports
-
-    # At latent size (1/8 of the image): the job's thread pays a 4x3 product and a small copy; whoever shows it
-    # enlarges it (the UI's live preview, the A1111 progress route).
-    return preview_images(latents[:1])[0]
 
 
 class Service:
@@ -81,7 +61,7 @@ class Service:
         registry: Mapping[str, CheckpointSpec] | None = None,
         catalog: Catalog | None = None,
         tasks: Mapping[str, TaskFn] | None = None,
-        preview: Callable[[Any], Image.Image | None] | None = None,
+        preview: PreviewFn | None = None,  # None: latent_preview
         limits: Limits = Limits(),
         allowed_repos: Iterable[str] | None = None,  # Hub repos users may pick; None: $SD2APP_ALLOWED_REPOS
         outputs_dir: str | Path | None = "outputs",
@@ -109,21 +89,15 @@ class Service:
             self.registry.update(custom)
             if manager is not None:
                 manager.add_checkpoints(custom)
-        self.catalog = catalog or _default_catalog(self.registry)
+        self.catalog = catalog or catalog_of(self.registry)
         self._tasks = dict(tasks) if tasks is not None else None
-        self._preview = preview or _default_preview
+        self._preview = preview or latent_preview
         self.limits = limits
-        self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else None
-        self.keep_outputs_days = keep_outputs_days
-        self._writer = (ResultWriter(self.outputs_dir, keep_days=keep_outputs_days, background=save_in_background)
-                        if self.outputs_dir is not None else None)
+        self.keeper = ResultKeeper(outputs_dir, keep_days=keep_outputs_days, history_size=history_size,
+                                   watermark=watermark, save_in_background=save_in_background)
         self.preview_every = max(1, preview_every)
-        self.watermark = watermark
         self.gate = GpuGate()  # one job at a time on the GPU, whichever front end sent it
         self.batcher: Batcher | None = None  # requests that share one UNet batch (api.batching.enable turns it on)
-        self._history: deque[HistoryEntry] = deque(maxlen=history_size)
-        self._lock = threading.Lock()  # guards the history
-        self.last_seed: int | None = None
 
     # ---- catalog ---------------------------------------------------------------------------------
     def samplers(self) -> list[str]:
@@ -188,66 +162,49 @@ class Service:
     def _task_fn(self, task: str) -> TaskFn:
         return self._tasks[task] if self._tasks is not None else pipeline_of(task)
 
-    def _step_callback(
-        self,
-        done_before: int,
-        total: int | None,
-        on_progress: ProgressFn | None,
-        should_stop: Callable[[], bool] | None,
-        timings: dict[str, float] | None = None,
-    ) -> LatentProgressFn:
-        """The pipeline's `on_step(step, steps, latents)`: stop check first, then progress and a cheap preview.
-
-        `total` None reports the pipeline's own count: the steps it really runs, e.g. int(N * strength) for
-        img2img, which is fewer than the requested N. The previews' seconds add up in `timings["preview"]`.
-        """
-        timings = timings if timings is not None else {}
-
-        def on_step(step: int, steps: int, latents: Any) -> None:
-            if should_stop is not None and should_stop():
-                raise Cancelled
-            if on_progress is None:
-                return
-            done = done_before + step
-            preview = None
-            if latents is not None and step < steps and step % self.preview_every == 0:
-                with timed(timings, "preview"):
-                    preview = self._preview(latents)
-            on_progress(done, steps if total is None else total, preview)
-
-        return on_step
-
-    def _run_pipeline(
+    def run_task(
         self,
         task: str,
         request: TaskRequest,
-        on_step: LatentProgressFn,
         timings: dict[str, float],
+        on_progress: ProgressFn | None = None,
         should_stop: Callable[[], bool] | None = None,
+        *,
+        done_before: int = 0,
+        total: int | None = None,
     ) -> PipelineOutput:
-        """The task's output after its turn at the GPU gate (`should_stop` may end the wait), maybe batched."""
+        """One pipeline job of a validated request after its turn at the GPU gate (`should_stop` may end the
+        wait), maybe batched; nothing is kept. `done_before` and `total` place its steps inside a longer job's
+        progress (the SD2 x4 hires route's three jobs)."""
+        on_step = step_callback(placed(on_progress, done_before, total), should_stop, timings, self._preview,
+                                self.preview_every)
         if self.batcher is not None and self.batcher.takes(task, request):
             return self.batcher.run(task, request, on_step, timings, should_stop)
         waited = time.perf_counter()
         with self.gate.enter(should_stop):
             timings["gate"] = timings.get("gate", 0.0) + time.perf_counter() - waited
-            return self._run_on_gpu(task, request, on_step, timings)
+            return self.run_on_gpu(task, request, on_step, timings)
 
-    def _run_on_gpu(
+    @contextmanager
+    def use_checkpoint(self, checkpoint: str) -> Iterator[Components]:
+        """Hold `checkpoint` for one job (the caller holds the gate): its Components, with the embeddings lent."""
+        with self._host().use(checkpoint) as components:
+            yield self._prompt_tools.lend_embeddings(components)
+
+    def run_on_gpu(
         self, task: str, request: TaskRequest, on_step: LatentProgressFn, timings: dict[str, float]
     ) -> PipelineOutput:
-        """The task's output under the fallback ladder, with the ladder's warnings added to its own."""
+        """The task's output under the fallback ladder, with the ladder's warnings added to its own; the caller
+        holds the gate (`run_task`, or the `Batcher` running a request alone)."""
         from sd2_app.api.fallback import run_with_fallbacks  # torch: see the note at the imports
 
         started = time.perf_counter()
-        manager = self._host()
-        with manager.use(request.checkpoint) as components:
+        with self.use_checkpoint(request.checkpoint) as components:
             loaded = time.perf_counter()
             timings["load"] = timings.get("load", 0.0) + loaded - started
             task_fn = self._task_fn(task)
-            components = self._prompt_tools.lend_embeddings(components)
             output, notes = run_with_fallbacks(
-                lambda mode: task_fn(components, request, on_step, mode=mode), manager.free_memory
+                lambda mode: task_fn(components, request, on_step, mode=mode), self._host().free_memory
             )
         if notes:
             output.warnings = list(getattr(output, "warnings", []) or []) + notes
@@ -279,7 +236,7 @@ class Service:
         result.warnings[:0] = [w for w in warnings if w not in result.warnings]
         phases.update(result.timings)
         result.timings = phases
-        self._keep(result, owner)
+        self.keeper.keep(result, owner)
         if timings is None:
             log_split(result.task, result.timings)
         return result
@@ -298,11 +255,7 @@ class Service:
         `done_before` and `total` place its steps inside a longer job's progress (an X/Y/Z plot's cells).
         """
         backend = self.backend if self.backend is not None else self
-        report = on_progress
-        if report is not None and (done_before or total is not None):
-            def report(done: int, steps: int, preview: Image.Image | None) -> None:
-                on_progress(done_before + done, steps if total is None else total, preview)
-        return backend.produce(checked, report, should_stop)
+        return backend.produce(checked, placed(on_progress, done_before, total), should_stop)
 
     def produce(
         self,
@@ -320,8 +273,7 @@ class Service:
         if getattr(getattr(checked, "hires", None), "upscaler", None) == "SD2 x4":  # three manager jobs
             output = run_hires_x4(self, checked, on_progress, should_stop, timings)
         else:
-            on_step = self._step_callback(0, None, on_progress, should_stop, timings)
-            output = self._run_pipeline(task, checked, on_step, timings, should_stop)
+            output = self.run_task(task, checked, timings, on_progress, should_stop)
         result = Result(
             task=task,
             request=checked,
@@ -345,50 +297,39 @@ class Service:
     ) -> Result:
         """An X/Y/Z plot (sd2_app.api.plot): grids first, then each finished cell; `on_cell(cell, image,
         seconds)` as each cell finishes. Stop returns the finished cells (`stopped`); none finished: Cancelled."""
-        return self._keep(run_plot(self, request, on_progress, should_stop, on_cell), owner)
+        return self.keeper.keep(run_plot(self, request, on_progress, should_stop, on_cell), owner)
 
-    # ---- keeping results ---------------------------------------------------------------------------
+    # ---- keeping results (sd2_app.api.keeper) ------------------------------------------------------
+    @property
+    def outputs_dir(self) -> Path | None:
+        """Where results are saved; None when saving is off."""
+        return self.keeper.outputs_dir
+
+    @property
+    def watermark(self) -> bool:
+        """Whether kept results carry the invisible watermark (--no-watermark turns it off)."""
+        return self.keeper.watermark
+
+    @watermark.setter
+    def watermark(self, on: bool) -> None:
+        self.keeper.watermark = on
+
+    @property
+    def last_seed(self) -> int | None:
+        """The seed of the result kept last."""
+        return self.keeper.last_seed
+
     def flush_saves(self, timeout: float | None = None) -> bool:
         """Wait until every result handed to the background writer is on disk (False: `timeout` passed first)."""
-        return self._writer.flush(timeout) if self._writer is not None else True
+        return self.keeper.flush(timeout)
 
     def disk_usage(self) -> tuple[int, int, float | None] | None:
         """(files, bytes, days kept) of the saved results; None when saving is off."""
-        if self.outputs_dir is None:
-            return None
-        files, nbytes = folder_usage(self.outputs_dir)
-        return files, nbytes, self.keep_outputs_days
-
-    def _keep(self, result: Result, owner: str | None = None) -> Result:
-        """Provenance (the watermark unless off, the XMP marker), one PNG encode, saving, history; each timed."""
-        from sd2_app.pipelines.metadata import encode_pngs, mark_ai_generated  # torch: see the note at the imports
-        from sd2_app.pipelines.watermark import embed
-
-        timings = result.timings
-        with timed(timings, "mark"):
-            result.images = [mark_ai_generated(embed(im) if self.watermark else im) for im in result.images]
-        with timed(timings, "encode"):
-            result.png = encode_pngs(result.images)
-        if self._writer is not None:
-            with timed(timings, "save"):
-                try:
-                    result.saved = self._writer.save(result)
-                except OSError as error:  # a full disk or a read-only folder must not throw the images away
-                    log.warning("could not save to %s: %s", self.outputs_dir, error)
-                    result.warnings.append(
-                        f"The images could not be saved to the outputs folder ({error.strerror}).")
-        with timed(timings, "history"):
-            entry = HistoryEntry(result.created, result.task, result.seed, result.parameters, tuple(result.images),
-                                 tuple(result.saved), owner)
-            with self._lock:
-                self._history.appendleft(entry)
-                self.last_seed = result.seed
-        return result
+        return self.keeper.disk_usage()
 
     def history(self, owner: str | None = None) -> list[HistoryEntry]:
         """Recent results, newest first; only `owner`'s when one is given (the UI always gives one)."""
-        with self._lock:
-            return [entry for entry in self._history if owner is None or entry.owner == owner]
+        return self.keeper.history(owner)
 
     # ---- PNG info ----------------------------------------------------------------------------------
     @staticmethod

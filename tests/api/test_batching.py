@@ -274,7 +274,7 @@ def test_a_member_whose_decode_fails_reruns_alone(service: Service, services: tu
 
         return flaky
 
-    service.batcher = Batcher(service.gate, service._run_on_gpu, service._host, prepare=prepare)
+    service.batcher = Batcher(service.gate, service.run_on_gpu, service.use_checkpoint, prepare=prepare)
     blocker, callers = queue_behind_gate(service, FOUR[:3])
     blocker.release.set()
     for caller in callers:
@@ -301,7 +301,7 @@ def test_a_batch_out_of_memory_runs_each_alone_and_caps_later_batches(
 
         return out_of_memory_once
 
-    service.batcher = Batcher(service.gate, service._run_on_gpu, service._host, prepare=prepare)
+    service.batcher = Batcher(service.gate, service.run_on_gpu, service.use_checkpoint, prepare=prepare)
     blocker, callers = queue_behind_gate(service, FOUR[:3])  # 1 + 2 + 1 images
     blocker.release.set()
     for caller, alone in zip(callers, solo_results(services, FOUR[:3])):
@@ -336,7 +336,7 @@ def fake_batcher(max_wait_s: float) -> tuple[Batcher, FakeRun]:
     from sd2_app.api.gate import GpuGate
 
     run = FakeRun()
-    return Batcher(GpuGate(), run, lambda: None, max_wait_s=max_wait_s), run  # type: ignore[arg-type]
+    return Batcher(GpuGate(), run, lambda checkpoint: None, max_wait_s=max_wait_s), run  # type: ignore[arg-type]
 
 
 def test_a_lone_request_on_an_idle_service_does_not_wait() -> None:

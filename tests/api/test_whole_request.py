@@ -137,9 +137,9 @@ def test_a_failed_background_write_goes_to_the_server_log(tmp_path: Path, monkey
 def test_previews_are_latent_size() -> None:
     import torch
 
-    from sd2_app.api.service import _default_preview
+    from sd2_app.api.progress import latent_preview
 
-    assert _default_preview(torch.randn(2, 4, 8, 6)).size == (6, 8)  # the first image only, 1 pixel per latent
+    assert latent_preview(torch.randn(2, 4, 8, 6)).size == (6, 8)  # the first image only, 1 pixel per latent
 
 
 def test_the_ui_shows_the_encoded_files_and_enlarged_fast_previews(tmp_path: Path,

@@ -1,0 +1,86 @@
+"""Keeping a finished result: its provenance marks, one PNG encode, the outputs folder, the in-memory history.
+
+`ResultKeeper.keep` marks every image (the invisible watermark unless it is off, the XMP "AI generated"
+marker), encodes each as PNG once with its parameters (`Result.png`), hands the result to the outputs folder's
+`ResultWriter` (`sd2_app.api.saver`; none when saving is off) and puts a `HistoryEntry` at the front of a short
+history; each phase's seconds go into the result's `timings`. One keeper per Service, which delegates to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from pathlib import Path
+
+from sd2_app.api.outputs import folder_usage
+from sd2_app.api.results import HistoryEntry, Result
+from sd2_app.api.saver import ResultWriter
+from sd2_app.api.timing import timed
+
+log = logging.getLogger(__name__)
+
+
+class ResultKeeper:
+    """The results one Service has kept: saved to `outputs_dir` (None: not saved) and listed in its history."""
+
+    def __init__(
+        self,
+        outputs_dir: str | Path | None,
+        *,
+        keep_days: float | None = None,  # delete saved results older than this (None: keep them)
+        history_size: int = 50,
+        watermark: bool = True,
+        save_in_background: bool = False,
+    ) -> None:
+        self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else None
+        self.keep_days = keep_days
+        self.watermark = watermark
+        self._writer = (ResultWriter(self.outputs_dir, keep_days=keep_days, background=save_in_background)
+                        if self.outputs_dir is not None else None)
+        self._history: deque[HistoryEntry] = deque(maxlen=history_size)
+        self._lock = threading.Lock()  # guards the history and the last seed
+        self.last_seed: int | None = None
+
+    def keep(self, result: Result, owner: str | None = None) -> Result:
+        """Provenance (the watermark unless off, the XMP marker), one PNG encode, saving, history; each timed."""
+        # sd2_app.pipelines loads torch, and the UI imports the Service (and so this module): only when used
+        from sd2_app.pipelines.metadata import encode_pngs, mark_ai_generated
+        from sd2_app.pipelines.watermark import embed
+
+        timings = result.timings
+        with timed(timings, "mark"):
+            result.images = [mark_ai_generated(embed(im) if self.watermark else im) for im in result.images]
+        with timed(timings, "encode"):
+            result.png = encode_pngs(result.images)
+        if self._writer is not None:
+            with timed(timings, "save"):
+                try:
+                    result.saved = self._writer.save(result)
+                except OSError as error:  # a full disk or a read-only folder must not throw the images away
+                    log.warning("could not save to %s: %s", self.outputs_dir, error)
+                    result.warnings.append(
+                        f"The images could not be saved to the outputs folder ({error.strerror}).")
+        with timed(timings, "history"):
+            entry = HistoryEntry(result.created, result.task, result.seed, result.parameters, tuple(result.images),
+                                 tuple(result.saved), owner)
+            with self._lock:
+                self._history.appendleft(entry)
+                self.last_seed = result.seed
+        return result
+
+    def history(self, owner: str | None = None) -> list[HistoryEntry]:
+        """Recent results, newest first; only `owner`'s when one is given."""
+        with self._lock:
+            return [entry for entry in self._history if owner is None or entry.owner == owner]
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every result handed to the background writer is on disk (False: `timeout` passed first)."""
+        return self._writer.flush(timeout) if self._writer is not None else True
+
+    def disk_usage(self) -> tuple[int, int, float | None] | None:
+        """(files, bytes, days kept) of the saved results; None when saving is off."""
+        if self.outputs_dir is None:
+            return None
+        files, nbytes = folder_usage(self.outputs_dir)
+        return files, nbytes, self.keep_days
