@@ -29,6 +29,7 @@ from sd2_app.api.cost import DEFAULT_MAX_JOB_COST
 from sd2_app.api.service import Service
 from sd2_app.api.tasks import import_pipelines
 from sd2_app.checkpoints.catalog import CheckpointSpec, apply_overrides, parse_assignments, tiny_registry
+from sd2_app.compute_flags import add_compute_arguments
 from sd2_app.serve.config import load_config
 from sd2_app.ui import build_ui
 from sd2_app.ui.hosting import Hosting
@@ -72,11 +73,7 @@ def _server_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:
     p.add_argument("--tiny", action="store_true", help="tiny random-weight checkpoints (no download; noise images)")
     p.add_argument("--preload", nargs="*", default=["sd21-base"] if spaces else [], metavar="KEY",
                    help="checkpoints to load at start-up")
-    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
-    p.add_argument("--speed", choices=("default", "compile", "eager"), default="default",
-                   help="GPU speed path: default (CUDA graphs, fused ops, channels_last), compile (+ torch.compile of the UNet, about a minute of warm-up per size), eager; on ZeroGPU, default means the per-call switches (docs/DESIGN.md)")
-    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
-                   help="default: float16 on CUDA, float32 on CPU")
+    add_compute_arguments(p, speed_note="; on ZeroGPU, default means the per-call switches (docs/DESIGN.md)")
 
 
 def _visitor_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:

@@ -37,6 +37,7 @@ from sd2_app.api.plot_axes import AXES
 from sd2_app.api.service import Service
 from sd2_app.api.tasks import TASKS, TaskSpec
 from sd2_app.checkpoints.catalog import add_arguments, apply_overrides, parse_assignments
+from sd2_app.compute_flags import add_compute_arguments
 from sd2_app.errors import InvalidRequest, LoadError
 from sd2_app.loading.embeddings import EmbeddingLibrary
 from sd2_app.manager import ModelManager
@@ -70,11 +71,7 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny random-weight checkpoints (no download)")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="the model manager's cache folder (tiny repos, file hashes); default $SD2APP_CACHE")
-    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
-    parser.add_argument("--speed", choices=("default", "compile", "eager"), default="default",
-                   help="GPU speed path: default (CUDA graphs, fused ops, channels_last), compile (+ torch.compile of the UNet, about a minute of warm-up per size), eager")
-    parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
-                        help="default: float16 on CUDA, float32 on CPU")
+    add_compute_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON line per run instead of paths")
     parser.add_argument("--embeddings-dir", type=Path, default=Path("embeddings"),
                         help="folder of SD2 textual-inversion embeddings (.safetensors); a prompt uses one by its "

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sd2_app.compute_flags import SPEED_MODES
+
 
 @dataclass(frozen=True)
 class AccelOptions:
@@ -51,9 +53,6 @@ class AccelOptions:
         """The whole UNet compiled by Inductor (which fuses its element-wise ops itself), replayed by CUDA
         graphs; the VAE keeps the fused kernels."""
         return cls(compile=True)
-
-
-SPEED_MODES = ("default", "compile", "eager")  # the --speed flag of app.py and the CLI
 
 
 def options_for(mode: str) -> AccelOptions:
