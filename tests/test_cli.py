@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pipeline_fixtures import sample_image, tiny_dir, tiny_repo
+from tests.pipeline_fixtures import sample_image, tiny_dir, tiny_repo
 from PIL import Image
 
 from sd2_app.__main__ import main

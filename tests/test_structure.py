@@ -123,3 +123,25 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
     assert find_cycles(graph) == [["a", "b", "c"]]
     assert find_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def bare_helper_imports(tests: Path) -> list[str]:
+    """Imports of a shared test helper (a module in tests/ that is not a test) by its bare name: it would be a
+    second module object beside `tests.<name>`, with its own copy of the module's state."""
+    helpers = {path.stem for path in tests.glob("*.py") if not path.stem.startswith(("test_", "conftest"))}
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                     else [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
+            found += [f"{path.relative_to(tests.parent)}:{node.lineno}" for name in names
+                      if name.split(".")[0] in helpers]
+    return found
+
+
+def test_the_shared_test_helpers_are_imported_one_way(tmp_path: Path) -> None:
+    assert bare_helper_imports(ROOT / "tests") == []
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "fixtures.py").write_text("STATE = {}\n")
+    (tmp_path / "tests" / "test_a.py").write_text("from tests.fixtures import STATE\nimport fixtures\n")
+    assert bare_helper_imports(tmp_path / "tests") == ["tests/test_a.py:2"]

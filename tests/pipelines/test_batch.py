@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 import torch
-from pipeline_fixtures import ComponentCache, sample_image
+from tests.pipeline_fixtures import ComponentCache, sample_image
 
 from sd2_app.errors import Cancelled
 from sd2_app.pipelines.batch import run_batch

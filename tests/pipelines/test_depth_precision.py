@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from pipeline_fixtures import ComponentCache, assert_matches_reference, reference_pipeline, reference_run, sample_image
+from tests.pipeline_fixtures import (ComponentCache, assert_matches_reference, reference_pipeline, reference_run,
+                                    sample_image)
 from PIL import Image
 
 from sd2_app.api.requests import DepthRequest, Sampling

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from pipeline_fixtures import ComponentCache, assert_matches_reference, reference_pipeline, reference_run
+from tests.pipeline_fixtures import ComponentCache, assert_matches_reference, reference_pipeline, reference_run
 from PIL import Image
 
 from sd2_app.api.requests import HiresFix, Img2ImgRequest, Sampling, Txt2ImgRequest, UpscaleRequest
@@ -82,7 +82,7 @@ def test_one_progress_bar_over_both_passes_and_stop_in_the_second(components: Co
 
 
 def test_sd2_x4_hires_through_the_service_equals_the_three_steps_by_hand(tmp_path) -> None:
-    from pipeline_fixtures import tiny_dir
+    from tests.pipeline_fixtures import tiny_dir
 
     from sd2_app.api.service import Service
     from sd2_app.checkpoints.catalog import tiny_registry

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pipeline_fixtures import ComponentCache, sample_image
+from tests.pipeline_fixtures import ComponentCache, sample_image
 from PIL import Image
 
 from sd2_app.api.requests import InpaintRequest, OutpaintRequest, Sampling

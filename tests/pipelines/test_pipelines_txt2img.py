@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 import torch
-from pipeline_fixtures import ComponentCache, assert_matches_reference, reference_pipeline, reference_run
+from tests.pipeline_fixtures import ComponentCache, assert_matches_reference, reference_pipeline, reference_run
 
 from sd2_app.errors import Cancelled
 from sd2_app.pipelines import loop

@@ -7,7 +7,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-from pipeline_fixtures import ComponentCache, assert_matches_reference, reference_pipeline, reference_run, sample_image
+from tests.pipeline_fixtures import (ComponentCache, assert_matches_reference, reference_pipeline, reference_run,
+                                    sample_image)
 from torch import nn
 
 from sd2_app.errors import Cancelled, InvalidRequest

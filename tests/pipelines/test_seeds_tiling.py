@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from pipeline_fixtures import ComponentCache, assert_matches_reference, reference_pipeline, reference_run
+from tests.pipeline_fixtures import ComponentCache, assert_matches_reference, reference_pipeline, reference_run
 
 from sd2_app.api.requests import Sampling, SeedExtras, Txt2ImgRequest
 from sd2_app.errors import Cancelled
@@ -317,7 +317,7 @@ def test_variation_seed_is_drawn_when_left_random_and_dropped_when_unused() -> N
 
 
 def test_image_to_image_variation_and_tiling(components: ComponentCache) -> None:
-    from pipeline_fixtures import sample_image
+    from tests.pipeline_fixtures import sample_image
 
     from sd2_app.api.requests import Img2ImgRequest
     from sd2_app.pipelines.img2img import img2img
@@ -337,7 +337,7 @@ def test_image_to_image_variation_and_tiling(components: ComponentCache) -> None
 
 
 def test_image_to_image_refuses_seed_resize() -> None:
-    from pipeline_fixtures import sample_image
+    from tests.pipeline_fixtures import sample_image
 
     from sd2_app.api.requests import Img2ImgRequest
     from sd2_app.api.validation import validate
