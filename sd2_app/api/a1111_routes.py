@@ -87,7 +87,8 @@ class A1111Api:
         self.max_jobs = max(1, max_jobs)
         self.current = self._first_for("txt2img")  # A1111's "sd_model_checkpoint" option
         # ZeroGPU: the GPU exists only inside spaces.GPU calls, each asking for its own job's time
-        self._run_on_gpu = gpu(duration=lambda request, *args, **kwargs: seconds_for(service, request))(service.run)
+        self._run_in_gpu_call = gpu(
+            duration=lambda request, *args, **kwargs: seconds_for(service, request))(service.run)
         self._jobs: list[_Tracked] = []  # oldest first
         self._lock = threading.Lock()
 
@@ -138,7 +139,7 @@ class A1111Api:
             for index, request in enumerate(job.requests):
                 tracked.iteration = index
                 try:
-                    results.append(self._run_on_gpu(request, tracked.on_progress, tracked.stop.is_set,
+                    results.append(self._run_in_gpu_call(request, tracked.on_progress, tracked.stop.is_set,
                                                     owner=HISTORY_OWNER))
                 except Cancelled:
                     break
