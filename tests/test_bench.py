@@ -89,6 +89,7 @@ def test_cases_after_the_deadline_are_recorded_as_skipped(tmp_path: Path) -> Non
     assert "skipped: device time budget" in (tmp_path / "out" / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_bench_runs_end_to_end_on_tiny_models(tmp_path: Path) -> None:
     from bench.run import main
 
@@ -163,6 +164,7 @@ def test_profile_runs_on_tiny_models_and_reports_every_phase(tmp_path: Path) -> 
     assert "## upscale-16-64 phases" in text and "VAE decode in fp32 (+ NaN checks)" in text
 
 
+@pytest.mark.slow
 def test_micro_times_the_x4_unet_beside_the_txt2img_one_on_tiny_models(tmp_path: Path) -> None:
     from bench.micro import main
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 _PROBE = r"""
@@ -31,6 +33,7 @@ print(len(names), "diffusers" in sys.modules, torch.cuda.is_initialized(), round
 """
 
 
+@pytest.mark.slow
 def test_importing_every_module_and_app_does_no_work() -> None:
     done = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -47,6 +50,7 @@ def test_ui_modules_do_not_import_torch() -> None:
         assert "import torch" not in source and "from torch" not in source, path.name
 
 
+@pytest.mark.slow
 def test_the_app_without_serve_does_not_import_ray() -> None:
     """Ray is optional: building the local app (tiny checkpoints) never imports it, even where it is installed."""
     probe = (

@@ -148,6 +148,7 @@ def _png_info_outcome(url: str, path: Path, start: threading.Barrier) -> str:
 
 # ---- 5. disk ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_gradio_cache_is_deleted_and_disk_use_is_reported(one_thread: None, reliability,
                                                           tmp_path_factory: pytest.TempPathFactory) -> None:
     argv = ["--tiny", "--device", "cpu", "--no-save", "--cache-minutes", "0.05"]  # files older than 3 s go

@@ -211,6 +211,7 @@ def test_empty_mask_is_refused(app, tmp_path: Path) -> None:
     assert str(caught.value) == "The mask is empty: paint over the area to repaint (white = repaint)."
 
 
+@pytest.mark.slow
 def test_models_history_and_png_info(app) -> None:
     client, service, outputs = app
     table, memory = client.predict(checkpoint="sd2-base", api_name="/load_model")
