@@ -9,8 +9,10 @@ history; each phase's seconds go into the result's `timings`. One keeper per Ser
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sd2_app.api.outputs import folder_usage
@@ -41,6 +43,8 @@ class ResultKeeper:
         self._history: deque[HistoryEntry] = deque(maxlen=history_size)
         self._lock = threading.Lock()  # guards the history and the last seed
         self.last_seed: int | None = None
+        # a batch's images are PNG-encoded at once (threads start when first used)
+        self._encoders = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="sd2-png")
 
     def keep(self, result: Result, owner: str | None = None) -> Result:
         """Provenance (the watermark unless off, the XMP marker), one PNG encode, saving, history; each timed."""
@@ -52,7 +56,7 @@ class ResultKeeper:
         with timed(timings, "mark"):
             result.images = [mark_ai_generated(embed(im) if self.watermark else im) for im in result.images]
         with timed(timings, "encode"):
-            result.png = encode_pngs(result.images)
+            result.png = encode_pngs(result.images, self._encoders)
         if self._writer is not None:
             with timed(timings, "save"):
                 try:

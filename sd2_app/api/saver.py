@@ -15,7 +15,6 @@ reach the caller as `OSError`, which the Service turns into the user's warning.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -36,11 +35,12 @@ class ResultWriter:
     def __init__(self, folder: Path, *, keep_days: float | None = None, background: bool = False) -> None:
         self.folder = folder
         self.keep_days = keep_days
-        self.background = background
         self._numbers: dict[Path, int] = {}  # one past the last number reserved in each day folder
         self._lock = threading.Lock()  # guards the numbers
         self._write_lock = threading.Lock()  # one writer at a time (pruning walks the folders it writes)
         self._pending: set[Future[list[Path]]] = set()
+        # One thread, so results are written in the order they came; Python finishes its queued work at exit.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sd2-save") if background else None
 
     def save(self, result: Result) -> list[Path]:
         """The result's files (images, then its mask or depth map), written now or queued for the writer."""
@@ -55,9 +55,9 @@ class ResultWriter:
             (f"{number + index:05d}-{stem}.png", encoded) for index, encoded in enumerate(data)]
         files += [(f"{number:05d}-{stem}-{name}.png", image) for name, image in
                   (("mask", result.mask_image), ("depth", result.depth_image)) if image is not None]
-        if not self.background:
+        if self._thread is None:
             return self._write(day, files)
-        future = _executor().submit(self._write_logged, day, files)
+        future = self._thread.submit(self._write_logged, day, files)
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._forget)
@@ -97,8 +97,3 @@ def _encode(image: Image.Image) -> bytes:
 
     return encode_png(image)
 
-
-@functools.lru_cache(maxsize=1)
-def _executor() -> ThreadPoolExecutor:
-    # One thread: results are written in the order they came. Queued writes finish at interpreter exit.
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="sd2-save")

@@ -24,7 +24,8 @@ PHASES = {
     "gate": "waiting at the GPU gate while another job runs",
     "load": "the model manager's check that the checkpoint is loaded (a load or swap when it is not)",
     "run": "the pipeline: prompt encoding, sampling, VAE decode, PIL images (live previews included)",
-    "preview": "live previews, part of run: latents to a small RGB image",
+    "preview": "live previews, part of run: latents to a small RGB image (on a GPU this includes waiting for "
+               "the steps queued before it, since the copy to the host waits for them)",
     "mark": "the invisible watermark and the AI-generated marker",
     "encode": "PNG encoding, once per image",
     "save": "numbering the saved files and writing them (or handing them to the background writer)",
@@ -57,7 +58,7 @@ def overhead(timings: Mapping[str, float]) -> float:
 
 
 def summary(timings: Mapping[str, float]) -> str:
-    """The info line's timing text: "load 0.00 s, run 1.23 s, app 0.05 s"."""
+    """The info line's timing text: the load, the pipeline ("run") and the app's overhead, in seconds."""
     shown = [(phase, timings[phase]) for phase in ("load", PIPELINE, "total") if phase in timings]
     if PIPELINE in timings and any(phase in timings for phase in ("encode", "save", "mark")):
         shown.append(("app", overhead(timings) - timings.get("load", 0.0)))

@@ -12,12 +12,10 @@ written as a JSON string. Prompts may span several lines.
 
 from __future__ import annotations
 
-import functools
 import io
 import json
-import os
 import re
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from pathlib import Path
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -164,17 +162,12 @@ def encode_png(image: Image.Image, compress_level: int = FAST_PNG_LEVEL) -> byte
     return buffer.getvalue()
 
 
-def encode_pngs(images: list[Image.Image]) -> list[bytes]:
-    """`encode_png` of each image, in order; a batch's images at once on threads (PIL's zlib encoder releases
-    the GIL, so two images take about the time of one on two cores)."""
-    if len(images) < 2:
+def encode_pngs(images: list[Image.Image], pool: Executor | None = None) -> list[bytes]:
+    """`encode_png` of each image, in order; with `pool`, a batch's images at once on its threads (PIL's zlib
+    encoder releases the GIL, so two images take about the time of one on two cores)."""
+    if pool is None or len(images) < 2:
         return [encode_png(image) for image in images]
-    return list(_encoders().map(encode_png, images))
-
-
-@functools.lru_cache(maxsize=1)
-def _encoders() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="sd2-png")
+    return list(pool.map(encode_png, images))
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:
