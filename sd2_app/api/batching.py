@@ -9,7 +9,7 @@ service is busy, so a lone request on an idle app never waits), closes, and runs
 
 - one request: alone, exactly as without batching (the service's own run, with its fallback ladder);
 - several: `pipelines.batch.run_batch`, each image computed from its own request's generator and prompt. A
-  request whose part fails (a NaN decode, say), or all of them when the shared loop fails (out of memory),
+  request whose part fails (a refused prompt, a NaN decode), or all of them when the shared loop fails (out of memory),
   run again alone, one after another, each with the fallback ladder: one bad request fails only itself. A
   batch out of memory caps its key's later batches at one image fewer than it held.
 
@@ -260,5 +260,5 @@ def enable(service: Service, *, max_wait_s: float = MAX_WAIT_S, max_images: int 
     gate still runs one job at a time)."""
     service.batcher = Batcher(service.gate, service.run_on_gpu, service.use_checkpoint, max_wait_s=max_wait_s,
                               max_images=max_images)
-    service.concurrency *= max_images
+    service.concurrency = max(service.concurrency, max_images)
     return service.batcher

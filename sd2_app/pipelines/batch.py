@@ -28,7 +28,7 @@ from dataclasses import replace
 import torch
 
 from sd2_app.checkpoints.components import Components
-from sd2_app.errors import Cancelled
+from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.output import PipelineOutput
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
@@ -102,13 +102,20 @@ def run_batch(
 ) -> list[Outcome]:
     """Each request's output (or its own error, `Cancelled` for one that stopped), in the order given.
 
-    The requests must agree on everything the loop shares (api/batching.py, `batch_key`); an error in the
-    shared loop itself propagates, and the caller decides (api/batching.py reruns each request alone).
+    The requests must agree on everything the loop shares (api/batching.py, `batch_key`). A request refused
+    while it is prepared (`InvalidRequest`) gets that as its outcome; any other error (out of memory in the
+    preparation or in the shared loop) propagates, and the caller decides (api/batching.py reruns each request
+    alone).
     """
-    runs = [prepare(components, request, mode) for request in requests]
-    outcomes: list[Outcome] = [Cancelled()] * len(runs)
+    outcomes: list[Outcome] = [Cancelled()] * len(requests)
+    runs: dict[int, PreparedRun] = {}
+    for index, request in enumerate(requests):
+        try:
+            runs[index] = prepare(components, request, mode)
+        except InvalidRequest as error:  # this request's own problem (a prompt too long): the others go on
+            outcomes[index] = error
     groups: dict[tuple[int, tuple[int, ...], tuple[int, ...]], list[int]] = {}
-    for index, run in enumerate(runs):  # the loop calls its first run's UNet: only runs over the same one share
+    for index, run in runs.items():  # the loop calls its first run's UNet: only runs over the same one share
         groups.setdefault((id(run.job.components.unet), *shared_shape(run)), []).append(index)
     for members in groups.values():
         live = [True] * len(members)

@@ -164,7 +164,7 @@ def encode_png(image: Image.Image, compress_level: int = FAST_PNG_LEVEL) -> byte
 
 def encode_pngs(images: list[Image.Image], pool: Executor | None = None) -> list[bytes]:
     """`encode_png` of each image, in order; with `pool`, a batch's images at once on its threads (PIL's zlib
-    encoder releases the GIL, so two images take about the time of one on two cores)."""
+    encoder releases the GIL while it compresses)."""
     if pool is None or len(images) < 2:
         return [encode_png(image) for image in images]
     return list(pool.map(encode_png, images))

@@ -8,8 +8,8 @@ pads the same way, modules/sd_samplers_cfg_denoiser.py `pad_cond`).
 
 Weights follow A1111's "Original" emphasis (modules/sd_emphasis.py): each token's states are multiplied by its
 weight, then the chunk is rescaled so its mean is what it was before. A chunk whose weights are all 1 is left
-exactly as the encoder returned it, so a plain one-chunk prompt gives the same tensor as before this syntax
-existed, bit for bit (the parity tests and users' saved seeds stay valid).
+exactly as the encoder returned it, so a plain one-chunk prompt gives the plain encoder's output bit for bit
+(the parity tests against diffusers hold, and seeds reproduce across tools).
 """
 
 from __future__ import annotations
@@ -88,8 +88,7 @@ def restore_mean_weighting(states: torch.Tensor, weights: torch.Tensor) -> torch
     original_mean = z.mean()
     z = z * weights.to(z.device, torch.float32)[:, None]
     new_mean = z.mean()
-    if bool(new_mean != 0):
-        z = z * (original_mean / new_mean)
+    z = z * torch.where(new_mean != 0, original_mean / new_mean, 1.0)  # no host sync: the choice stays on device
     return z.to(states.dtype)
 
 

@@ -37,10 +37,6 @@ class GeneratorParts:
 
     parts: tuple[tuple[torch.Generator, int], ...]
 
-    @property
-    def device(self) -> torch.device:
-        return self.parts[0][0].device
-
     def randn(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
         """Unit noise of `shape` (B, ...), each request's rows from its own generator, on the generators' device."""
         assert shape[0] == sum(rows for _, rows in self.parts), f"{shape} does not match {self.parts}"

@@ -191,6 +191,8 @@ def cached_file(data: bytes, name: str) -> str:
         temporary = folder / f".{name}.{threading.get_ident()}.tmp"  # whole or absent, as Gradio's own copies
         temporary.write_bytes(data)
         os.replace(temporary, path)
+    else:  # shown again: `delete_cache` ages files by their times, so this showing starts its age anew
+        os.utime(path)
     return str(path)
 
 

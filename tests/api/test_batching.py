@@ -248,16 +248,17 @@ def test_stop_of_every_member_while_queued_frees_the_gate(service: Service) -> N
 
 
 def test_a_request_failing_in_the_batch_fails_alone(service: Service, services: tuple[Service, Service]) -> None:
-    """An over-long prompt fails the shared preparation: every member runs again alone, only it fails."""
+    """An over-long prompt fails its own preparation: only it fails (its rerun alone gives the message); the
+    other two still run as one batch."""
     too_long = request(", ".join(["a very detailed landscape"] * 30), 5)
     blocker, callers = queue_behind_gate(service, [FOUR[0], too_long, FOUR[2]])
     blocker.release.set()
     for caller in callers:
         caller.join()
     assert isinstance(callers[1].error, InvalidRequest) and "too long" in str(callers[1].error)
-    assert service.batcher.batches_run == 0  # the batch failed; the other two ran alone, so exactly as solo
+    assert service.batcher.batches_run == 1  # the two others, together
     for caller, alone in zip([callers[0], callers[2]], solo_results(services, [FOUR[0], FOUR[2]])):
-        assert caller.error is None and pixel_gap(caller.result, alone) == 0
+        assert caller.error is None and pixel_gap(caller.result, alone) <= 1  # MKL's row blocks (module docstring)
 
 
 def test_a_member_whose_decode_fails_reruns_alone(service: Service, services: tuple[Service, Service]) -> None:

@@ -23,7 +23,7 @@ import pytest
 import torch
 from tests.pipeline_fixtures import ComponentCache, sample_image
 
-from sd2_app.errors import Cancelled
+from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.pipelines.batch import run_batch
 from sd2_app.pipelines.img2img import img2img, prepare_img2img
 from sd2_app.pipelines.output import PipelineOutput
@@ -214,3 +214,23 @@ def test_stop_of_every_member_stops_the_run(components: ComponentCache) -> None:
     outcomes = run_batch(c, four_requests("DPM++ 2M")[:2], [stop, stop], prepare_txt2img)
     assert all(isinstance(outcome, Cancelled) for outcome in outcomes)
     assert calls == [1, 1]
+
+
+def test_a_request_that_fails_to_prepare_fails_alone(components: ComponentCache) -> None:
+    """One request's own error while it is prepared (here a refused prompt) is its outcome; the others still run
+    as one batch, bit-identical to their solo runs (batch-invariant UNet calls)."""
+    c = components(KIND)
+    requests = four_requests("Euler a")
+    refused = InvalidRequest("refused for the test")
+
+    def prepare(components_: object, request: Txt2ImgRequest, mode: object):
+        if request is requests[2]:
+            raise refused
+        return prepare_txt2img(components_, request, mode)  # type: ignore[arg-type]
+
+    kept = [requests[0], requests[1], requests[3]]
+    rowwise = replace(c, unet=RowwiseUNet(c.unet, [r.sampling.batch_size for r in kept]))
+    outcomes = run_batch(rowwise, requests, [None] * 4, prepare)
+    assert outcomes[2] is refused
+    found = compare_with_solo([outcomes[0], outcomes[1], outcomes[3]], [txt2img(c, request) for request in kept])
+    assert found.none, found

@@ -221,3 +221,17 @@ def test_history_sends_a_picked_image_with_its_settings(tmp_path: Path) -> None:
     reuse = _fn(demo, "history_reuse")
     values = reuse.fn([(p, "") for p in paths], 0)
     assert values[:2] == ("cat 0", "blurry") and "sd2" in values
+
+
+def test_a_cached_file_shown_again_starts_its_cache_age_anew(tmp_path, monkeypatch) -> None:
+    """Gradio's `delete_cache` removes files by age: the same bytes shown again must not count as old."""
+    import os
+
+    from sd2_app.ui.runner import cached_file
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    path = cached_file(b"same image bytes", "image.png")
+    os.utime(path, (1_000_000, 1_000_000))  # as if written long ago
+    assert cached_file(b"same image bytes", "image.png") == path
+    assert os.stat(path).st_mtime > 1_000_000_000  # now, not 1970
+    assert open(path, "rb").read() == b"same image bytes"
