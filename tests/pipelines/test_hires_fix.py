@@ -143,13 +143,18 @@ def test_validation_messages(hires: HiresFix, batch: int, message: str) -> None:
     assert str(error.value).startswith(message)
 
 
-def test_gpu_time_counts_both_passes_and_the_x4_stage() -> None:
-    from sd2_app.api.gpu_time import unet_work
+def test_job_cost_counts_both_passes_and_the_x4_stage() -> None:
+    """The cost the cap and ZeroGPU's duration both read (api/cost.py, api/gpu_time.py)."""
+    from sd2_app.api.checks import Catalog
+    from sd2_app.api.cost import job_cost
+
+    def work(request: Txt2ImgRequest, calls: dict[str, int] | None = None) -> int:
+        return job_cost(request, Catalog(samplers={}, resolutions={}, tasks={}, calls_per_step=calls or {}))
 
     plain = replace(_request("Latent"), hires=None)
-    assert unet_work(plain) == 4 * 2 * 8 * 8  # steps x guided halves x latent pixels
-    # + the second pass: int(6 * 0.5) steps at 96x96 (12x12 latent pixels), guided
-    assert unet_work(_request("Latent")) == 4 * 2 * 8 * 8 + 3 * 2 * 12 * 12
+    assert work(plain) == 4 * 2 * 8 * 8  # steps x guided halves x latent pixels
+    # + the second pass: 6 * 0.5 steps at 96x96 (12x12 latent pixels), guided
+    assert work(_request("Latent")) == 4 * 2 * 8 * 8 + 3 * 2 * 12 * 12
     # + the x4 model: 6 hires steps, guided, at the 64x64 first image's pixels
-    assert unet_work(_request("SD2 x4")) == 4 * 2 * 8 * 8 + 3 * 2 * 12 * 12 + 6 * 2 * 64 * 64
-    assert unet_work(_request("Latent", sampler="Heun"), {"Heun": 2}) == 4 * 2 * 8 * 8 + 3 * 2 * 2 * 12 * 12
+    assert work(_request("SD2 x4")) == 4 * 2 * 8 * 8 + 3 * 2 * 12 * 12 + 6 * 2 * 64 * 64
+    assert work(_request("Latent", sampler="Heun"), {"Heun": 2}) == 4 * 2 * 8 * 8 + 3 * 2 * 2 * 12 * 12

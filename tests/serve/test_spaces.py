@@ -14,6 +14,8 @@ from PIL import Image
 from sd2_app.accel.options import AccelOptions, options_for
 from sd2_app.accel.per_call import options_for_host, per_call_options
 from sd2_app.api import gpu_time
+from sd2_app.api.checks import Catalog
+from sd2_app.api.cost import job_cost
 from sd2_app.api.requests import Sampling, Txt2ImgRequest, UpscaleRequest
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -48,11 +50,14 @@ def test_python_version_is_one_zerogpu_supports() -> None:
     assert front_matter()["sdk_version"].split(".")[0] == "6"
 
 
+HEUN_TWO_CALLS = Catalog(samplers={}, resolutions={}, tasks={}, calls_per_step={"Heun": 2})
+
+
 def test_gpu_seconds_grow_with_the_work_within_the_bounds() -> None:
     def t2i(side: int, steps: int, batch: int = 1, cfg: float = 7.5, sampler: str = "Euler") -> int:
         request = Txt2ImgRequest("x", width=side, height=side,
                                  sampling=Sampling(sampler=sampler, steps=steps, cfg_scale=cfg, batch_size=batch))
-        return gpu_time.unet_work(request, {"Heun": 2})
+        return job_cost(request, HEUN_TWO_CALLS)
 
     assert t2i(512, 25) == 25 * 2 * 64 * 64  # steps x (cond + uncond) x latent pixels
     assert t2i(512, 25, cfg=1.0) == 25 * 64 * 64  # no guidance: one evaluation per step
@@ -62,8 +67,8 @@ def test_gpu_seconds_grow_with_the_work_within_the_bounds() -> None:
     from PIL import Image
 
     up = UpscaleRequest("x", image=Image.new("RGB", (256, 256)), sampling=Sampling(sampler="DDIM", steps=50, cfg_scale=9))
-    assert gpu_time.unet_work(up) == 50 * 2 * 256 * 256  # the x4 model denoises at the input's size
-    assert gpu_time.gpu_seconds(gpu_time.unet_work(up)) == 43
+    assert job_cost(up, HEUN_TWO_CALLS) == 50 * 2 * 256 * 256  # the x4 model denoises at the input's size
+    assert gpu_time.gpu_seconds(job_cost(up, HEUN_TWO_CALLS)) == 43
     assert gpu_time.gpu_seconds(t2i(1024, 150, batch=8)) == gpu_time.MAX_SECONDS
 
 
