@@ -27,7 +27,9 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image
 
 from sd2_app.api import a1111
+from sd2_app.api.cost import LATENT_FACTOR
 from sd2_app.api.gpu_time import gpu, seconds_for
+from sd2_app.api.outputs import FAST_PNG_LEVEL
 from sd2_app.api.results import Result
 from sd2_app.api.service import Service
 from sd2_app.api.tasks import default_checkpoint
@@ -66,11 +68,26 @@ class _Tracked:
     step: int = 0
     steps: int = 0
     preview: Image.Image | None = None
+    _shown: tuple[Image.Image, str] | None = None  # the last preview /progress encoded, and its base64 PNG
 
     def on_progress(self, done: int, total: int, preview: Image.Image | None) -> None:
         self.step, self.steps = done, total
         if preview is not None:
             self.preview = preview
+
+    def preview_png(self) -> str | None:
+        """The live preview (latent size) enlarged to the image's size and PNG-encoded as base64, once per new
+        preview however often /progress is polled."""
+        preview, shown = self.preview, self._shown
+        if preview is None:
+            return None
+        if shown is None or shown[0] is not preview:
+            buffer = io.BytesIO()
+            big = preview.resize((preview.width * LATENT_FACTOR, preview.height * LATENT_FACTOR),
+                                 Image.Resampling.NEAREST)  # one latent pixel per LATENT_FACTOR image pixels
+            big.save(buffer, format="PNG", compress_level=FAST_PNG_LEVEL)
+            shown = self._shown = (preview, base64.b64encode(buffer.getvalue()).decode("ascii"))
+        return shown[1]
 
     @property
     def progress(self) -> float:
@@ -169,12 +186,7 @@ class A1111Api:
         elapsed = time.time() - job.started
         progress = job.progress
         eta = elapsed / progress - elapsed if progress > 0 else 0.0
-        image = None
-        if job.preview is not None and not skip_current_image:
-            buffer = io.BytesIO()
-            preview = job.preview  # latent size: shown 8x, one latent pixel per 8 image pixels
-            preview.resize((preview.width * 8, preview.height * 8), Image.Resampling.NEAREST).save(buffer, format="PNG")
-            image = base64.b64encode(buffer.getvalue()).decode("ascii")
+        image = None if skip_current_image else job.preview_png()
         waiting = "Waiting for the GPU" if job.steps == 0 else f"Step {job.step}/{job.steps}"
         return {"progress": progress, "eta_relative": eta, "state": _state(job, len(jobs)), "current_image": image,
                 "textinfo": waiting, "current_task": None}

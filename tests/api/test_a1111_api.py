@@ -320,3 +320,17 @@ def test_app_mounts_the_api_locally_and_in_public_modes_only_when_asked(monkeypa
         paths = {route.path for route in kwargs["app_kwargs"]["routes"]}
         assert ("/sdapi/v1/txt2img" in paths) is expected, extra
         assert kwargs["ssr_mode"] is False and kwargs["mcp_server"] is False
+
+
+def test_progress_encodes_each_new_preview_once() -> None:
+    """However often /progress is polled, a preview is enlarged and PNG-encoded once; a new one replaces it."""
+    from sd2_app.api.a1111_routes import _Tracked
+
+    job = _Tracked("txt2img", 1)
+    assert job.preview_png() is None
+    job.on_progress(1, 10, Image.new("RGB", (8, 6), (200, 10, 10)))
+    first = job.preview_png()
+    assert job.preview_png() is first  # the same string: not encoded again
+    assert Image.open(io.BytesIO(base64.b64decode(first))).size == (64, 48)  # latent pixels shown 8x
+    job.on_progress(2, 10, Image.new("RGB", (8, 6), (10, 200, 10)))
+    assert job.preview_png() != first
