@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from sd2_app.checkpoints.catalog import CheckpointSpec
 
 MAX_SEED = 2**32 - 1
+MIN_SIDE = 64  # the smallest width/height of an image the tasks make (multiples of 8 above it)
 MAX_PROMPT_CHARS = 2000  # only stops abuse; the pipeline refuses a prompt over 8 chunks of 75 tokens
 
 

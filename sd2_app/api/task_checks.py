@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sd2_app.api.checks import Catalog, Limits, check_sampler_names, clean_text, flag, integer, number, resolve_seed
+from sd2_app.api.checks import MIN_SIDE, Catalog, Limits, check_sampler_names, clean_text, flag, integer, number, resolve_seed
 from sd2_app.api.cost import check_job_cost, job_cost
 from sd2_app.api.image_inputs import check_size, checked_image, decoded, fit_inside, to_depth, to_mask
 from sd2_app.api.requests import (
@@ -75,8 +75,8 @@ def _checkpoint(key: Any, task: str, catalog: Catalog) -> str:
 
 
 def _side(value: Any, what: str, limits: Limits, warnings: list[str]) -> int:
-    side = integer(value, what, 64, limits.max_side)
-    rounded = max(64, min(limits.max_side - limits.max_side % 8, int(side / 8 + 0.5) * 8))  # halves round up
+    side = integer(value, what, MIN_SIDE, limits.max_side)
+    rounded = max(MIN_SIDE, min(limits.max_side - limits.max_side % 8, int(side / 8 + 0.5) * 8))  # halves round up
     if rounded != side:
         warnings.append(f"{what} {side} was rounded to {rounded} (a multiple of 8).")
     return rounded

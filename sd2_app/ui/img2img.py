@@ -8,6 +8,7 @@ from typing import Any, TYPE_CHECKING
 import gradio as gr
 from PIL import Image
 
+from sd2_app.api.checks import MIN_SIDE
 from sd2_app.api.requests import Img2ImgRequest
 from sd2_app.api.tasks import TASKS
 from sd2_app.ui.common import SAMPLING_NAMES, checkpoint_dropdown, to_sampling, wire_run
@@ -50,9 +51,9 @@ def _size_inputs(max_side: int) -> tuple[gr.Number, gr.Number, gr.Radio]:
     """Width, height and resize mode. Empty sizes (as API callers leave them) = the image's own size; a new
     image fills them in (`_wire_default_size`)."""
     with gr.Row():
-        width = gr.Number(None, label="Width (empty: the image's)", precision=0, minimum=64, maximum=max_side,
+        width = gr.Number(None, label="Width (empty: the image's)", precision=0, minimum=MIN_SIDE, maximum=max_side,
                           step=8, elem_id="img2img-width")
-        height = gr.Number(None, label="Height (empty: the image's)", precision=0, minimum=64, maximum=max_side,
+        height = gr.Number(None, label="Height (empty: the image's)", precision=0, minimum=MIN_SIDE, maximum=max_side,
                            step=8, elem_id="img2img-height")
     resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode",
                            elem_id="img2img-resize-mode")
@@ -77,7 +78,7 @@ def shaped(limits: Limits, picture: Any, w: Any, h: Any, mode: Any) -> Any:
     """The init image in the resize mode; left as it is (for the service to judge) when the image, size or
     mode is out of bounds, so nothing huge is decoded or allocated here."""
     if not (isinstance(picture, Image.Image) and picture.width * picture.height <= limits.max_input_pixels
-            and all(isinstance(v, (int, float)) and 64 <= v <= limits.max_side for v in (w, h))
+            and all(isinstance(v, (int, float)) and MIN_SIDE <= v <= limits.max_side for v in (w, h))
             and mode in RESIZE_MODES):
         return picture
     return resize_to(picture, int(w) // 8 * 8, int(h) // 8 * 8, mode)

@@ -75,8 +75,8 @@ def _txt2img_tool(service: Service) -> ToolFn:
         Args:
             prompt: what to draw, in English; up to 2000 characters (the model reads about 75 words)
             negative_prompt: what to avoid in the image; may be empty
-            width: image width in pixels, 64 to 1024, rounded to a multiple of 8
-            height: image height in pixels, 64 to 1024, rounded to a multiple of 8
+            width: image width in pixels, 64 to the server's largest side (1024 by default), a multiple of 8
+            height: image height in pixels, the same range as width, rounded to a multiple of 8
             steps: denoising steps, 1 to 150; 20-30 is usual
             guidance_scale: how closely to follow the prompt, 0 to 30; 7.5 is usual, 1 or less turns guidance off
             sampler: sampler name, e.g. "DPM++ 2M", "Euler a", "Euler", "DDIM", "UniPC"

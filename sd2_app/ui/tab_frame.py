@@ -20,6 +20,8 @@ from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
+from sd2_app.api.checks import MIN_SIDE
+
 from sd2_app.ui.common import (
     ResultPanel, SamplingControls, checkpoint_dropdown, result_panel, sampling_controls, wire_seed_buttons)
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
@@ -81,8 +83,8 @@ class TabFrame:
         side = self.service.resolution(checkpoint.value)
         largest = self.service.limits.max_side
         with gr.Row():
-            width = gr.Slider(64, largest, side, step=8, label="Width", elem_id=f"{self.prefix}-width")
-            height = gr.Slider(64, largest, side, step=8, label="Height", elem_id=f"{self.prefix}-height")
+            width = gr.Slider(MIN_SIDE, largest, side, step=8, label="Width", elem_id=f"{self.prefix}-width")
+            height = gr.Slider(MIN_SIDE, largest, side, step=8, label="Height", elem_id=f"{self.prefix}-height")
         return width, height
 
     def sampling(self, examples: Sequence[list[str]] = (), image: gr.components.Component | None = None, *,

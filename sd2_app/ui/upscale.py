@@ -8,6 +8,7 @@ import gradio as gr
 from PIL import Image
 
 from sd2_app.api.requests import UpscaleRequest
+from sd2_app.api.task_checks import MAX_NOISE_LEVEL
 from sd2_app.ui.common import SAMPLING_NAMES, to_sampling, wire_run
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.tab_frame import ImageTab, TabFrame
@@ -31,7 +32,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Imag
         image = upload_image(label="Low-resolution image", type="pil", image_mode=None,
                              sources=["upload", "clipboard"], height=320, elem_id="upscale-image")
         checkpoint = frame.checkpoint()
-        noise = gr.Slider(0, 350, UpscaleRequest.noise_level, step=1, label="Noise level",
+        noise = gr.Slider(0, MAX_NOISE_LEVEL, UpscaleRequest.noise_level, step=1, label="Noise level",
                           info="noise added to the input; higher lets the model invent more detail")
         controls = frame.sampling()
         gr.Markdown("Large inputs are split into overlapping tiles automatically.")
