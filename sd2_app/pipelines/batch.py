@@ -80,7 +80,9 @@ def _denoise_together(
     """The runs' denoised latents, each (B_i, 4, h, w), from one loop over their concatenated start latents."""
     rows = [int(run.start.shape[0]) for run in runs]
     generators = GeneratorParts(tuple((run.job.generator, count) for run, count in zip(runs, rows)))
-    job = replace(runs[0].job, generator=generators, context=_stacked_context(runs))  # same plan and guidance
+    first = runs[0].job  # the plan and guidance every run shares; the batch's size, noise and text are all of them
+    job = replace(first, sampling=replace(first.sampling, batch_size=sum(rows)), generator=generators,
+                  context=_stacked_context(runs))
     latents = job.denoise(torch.cat([run.start for run in runs]), on_step=_split_steps(on_steps, rows, live))
     return list(latents.split(rows))
 
