@@ -132,7 +132,7 @@ def test_any_text_parses_without_error_into_bounded_weights(text: str) -> None:
     ("a (cat:10) b", []),  # at the limit: nothing was changed
     ("(a:-20) x (b:12)(c:12)", [("a", -20.0), ("bc", 12.0)]),
     ("(" * 30 + "dog" + ")" * 30, [("dog", 1.1 ** 30)]),
-    ("((red:1000)) BREAK (blue:2)", [("red", 1000 * 1.21)]),
+    ("((red:1000)) BREAK (blue:2)", [("red", 1000 * 1.1)]),
     ("[[(blurry:-12)]]", []),  # -12 / 1.21 is within the limit
 ])
 def test_clamped_weights_name_what_was_asked(prompt: str, expected: list) -> None:
