@@ -149,7 +149,7 @@ def test_weight_warnings_exact_text() -> None:
     assert weight_warnings("(a:-20) (b:12) (c:11) (d  e:13)", "negative prompt") == [
         'The negative prompt asks for weights -20 on "a", 12 on "b", 11 on "c" and 1 more; attention weights are '
         "limited to ±10, so -10, 10, 10 and so on were used."]
-    assert weight_warnings("((a very long stretch of words that goes on:9))", "prompt") == [
-        'The prompt asks for weight 10.9 on "a very long stretch of words …"; attention weights are limited to ±10, '
+    assert weight_warnings("((a very long stretch of words that goes on:10))", "prompt") == [
+        'The prompt asks for weight 11 on "a very long stretch of words …"; attention weights are limited to ±10, '
         "so 10 was used."]
     assert weight_warnings("(cat:1.5)", "prompt") == []
