@@ -7,11 +7,12 @@ per address. Which address that is depends on what stands between the client and
 - Connected directly, it is the socket peer. uvicorn (which Gradio runs) already replaces a loopback peer by
   the last untrusted entry of X-Forwarded-For (uvicorn/middleware/proxy_headers.py, `ProxyHeadersMiddleware`,
   trusting `FORWARDED_ALLOW_IPS`, default 127.0.0.1 and ::1), so a proxy on the same host is handled there.
-- Behind a reverse proxy on another host (a Hugging Face Space, nginx in another container), the peer is the
-  proxy, the same for everyone. Only when the operator says the proxy is trusted (`trust_forwarded_for`; on a
-  Space it is) does the address come from X-Forwarded-For, and then from its last entry: the one the trusted
-  proxy appended for the peer it saw. Entries before it were written by the client and prove nothing (uvicorn
-  reads the header from the right for the same reason; MDN "X-Forwarded-For", "Selecting an IP address").
+- Behind reverse proxies on other hosts (a Hugging Face Space, nginx in another container), the peer is the
+  nearest proxy, the same for everyone. Only when the operator says how many trusted proxies stand in front
+  (`trusted_hops`; on a Space, one) does the address come from X-Forwarded-For, and then from the entry the
+  outermost trusted proxy appended: the `trusted_hops`-th from the right, since each proxy appends the peer it
+  saw. Entries left of it were written by the client and prove nothing (uvicorn reads the header from the
+  right for the same reason; MDN "X-Forwarded-For", "Selecting an IP address").
 
 IPv6 clients are counted per /64 network: one home or phone usually gets a whole /64, so counting single
 IPv6 addresses would let one client take as many queue places as it likes.
@@ -42,13 +43,14 @@ def network_key(host: str | None) -> str | None:
     return str(address)
 
 
-def _last_forwarded(request: Any) -> str | None:
-    """The last entry of the request's X-Forwarded-For headers (several headers read as one list, in order)."""
+def _forwarded_by_proxies(request: Any, hops: int) -> str | None:
+    """The X-Forwarded-For entry that `hops` trusted proxies put there: the `hops`-th from the right, or the
+    first when there are fewer (then every entry is a proxy's). Several headers read as one list, in order."""
     headers = getattr(request, "headers", None)
     if headers is None or not hasattr(headers, "getlist"):
         return None
     entries = [entry.strip() for value in headers.getlist(FORWARDED_FOR) for entry in value.split(",")]
-    return entries[-1] if entries and entries[-1] else None
+    return entries[max(len(entries) - hops, 0)] or None if entries else None
 
 
 def _without_port(entry: str) -> str:
@@ -60,15 +62,16 @@ def _without_port(entry: str) -> str:
 
 @dataclass(frozen=True)
 class ClientAddresses:
-    """Names the network a request comes from; `trust_forwarded_for`: a trusted proxy stands in front."""
+    """Names the network a request comes from; `trusted_hops`: how many trusted reverse proxies stand in front
+    of the app, each appending to X-Forwarded-For (0: none, the header is ignored)."""
 
-    trust_forwarded_for: bool = False
+    trusted_hops: int = 0
 
     def of(self, request: Any) -> str:
         """The address key of a gr.Request or a Starlette request (see the module docstring)."""
         raw = getattr(request, "request", None) or request  # gr.Request wraps the Starlette request
-        if self.trust_forwarded_for:
-            forwarded = _last_forwarded(raw)
+        if self.trusted_hops > 0:
+            forwarded = _forwarded_by_proxies(raw, self.trusted_hops)
             key = network_key(_without_port(forwarded)) if forwarded else None
             if key is not None:
                 return key

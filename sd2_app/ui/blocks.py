@@ -47,7 +47,7 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
     closed (`sd2_app.ui.hosting`).
     """
     visitors = Visitors(max_jobs=hosting.max_jobs_per_visitor, max_jobs_per_address=hosting.max_jobs_per_address,
-                        addresses=ClientAddresses(trust_forwarded_for=hosting.trust_forwarded_for))
+                        addresses=ClientAddresses(trusted_hops=hosting.trusted_proxy_hops))
     flags = StopFlags(visitors)
     examples = _examples(assets)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:

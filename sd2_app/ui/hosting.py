@@ -46,7 +46,7 @@ class Hosting:
 
     max_jobs_per_visitor: int = 2  # GPU jobs one visitor may have queued or running at once
     max_jobs_per_address: int = DEFAULT_MAX_JOBS_PER_ADDRESS  # the same for one network address; 0: no limit
-    trust_forwarded_for: bool = False  # a trusted proxy in front sets X-Forwarded-For (`sd2_app.ui.addresses`)
+    trusted_proxy_hops: int = 0  # trusted reverse proxies in front, appending to X-Forwarded-For (`addresses`)
     model_admin: bool = True  # visitors may load and unload checkpoints (off by default in public modes)
 
 

@@ -1,7 +1,7 @@
 """Safe to host in public, what a visitor cannot make the server keep: queue places from one network address
 whatever its cookies, and the app's own files in Gradio's cache, through the running app.
 
-The app is `python app.py --host 0.0.0.0 --trust-forwarded-for --max-jobs-per-address 3 --cache-minutes 0.05`
+The app is `python app.py --host 0.0.0.0 --trusted-proxy-hops 1 --max-jobs-per-address 3 --cache-minutes 0.05`
 served in-process on a free loopback port (the tiny checkpoints), as behind a trusted reverse proxy: the test
 plays the proxy, appending the client's address to X-Forwarded-For. uvicorn is told to trust no proxy of its
 own (FORWARDED_ALLOW_IPS names an address that is not ours), so the address the app counts is the app's own
@@ -35,7 +35,7 @@ ADDRESS_LIMIT = 3
 
 @pytest.fixture(scope="module")
 def proxied_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
-    argv = ["--tiny", "--device", "cpu", "--host", "0.0.0.0", "--no-save", "--trust-forwarded-for",
+    argv = ["--tiny", "--device", "cpu", "--host", "0.0.0.0", "--no-save", "--trusted-proxy-hops", "1",
             "--max-jobs-per-address", str(ADDRESS_LIMIT), "--cache-minutes", "0.05"]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache")))
@@ -84,7 +84,7 @@ def test_jobs_per_address_bound_a_client_without_cookies(proxied_app, reliabilit
     finally:
         _stop_everything(demo)
     reliability(AREA, f"a client sending no cookies, {ADDRESS_LIMIT + 1} jobs from one address "
-                      f"(--max-jobs-per-address {ADDRESS_LIMIT}, behind a trusted proxy: --trust-forwarded-for)",
+                      f"(--max-jobs-per-address {ADDRESS_LIMIT}, behind a trusted proxy: --trusted-proxy-hops 1)",
                 f"{ADDRESS_LIMIT} accepted; the next refused at join, HTTP {over.status_code}: {over.json()['detail']}; "
                 "the same with a client-written first X-Forwarded-For entry, and for a 4th address in the same "
                 "IPv6 /64; another address still joins")

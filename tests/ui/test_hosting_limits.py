@@ -47,11 +47,14 @@ def test_network_key_counts_ipv4_addresses_and_ipv6_networks(host: str | None, k
     assert network_key(host) == key
 
 
-def test_the_address_is_the_peer_unless_a_trusted_proxy_stands_in_front() -> None:
-    direct, proxied = ClientAddresses(), ClientAddresses(trust_forwarded_for=True)
+def test_the_address_is_the_peer_unless_trusted_proxies_stand_in_front() -> None:
+    direct, proxied = ClientAddresses(), ClientAddresses(trusted_hops=1)
     request = _request("10.0.0.2", "198.51.100.1, 203.0.113.7")
     assert direct.of(request) == "10.0.0.2"  # a direct client writes what it likes into the header
     assert proxied.of(request) == "203.0.113.7"  # the entry the proxy appended, never the client's first one
+    two_hops = ClientAddresses(trusted_hops=2)  # a load balancer, then a proxy: "client, balancer"
+    assert two_hops.of(_request("10.0.0.2", "198.51.100.1, 203.0.113.7, 10.1.0.5")) == "203.0.113.7"
+    assert two_hops.of(_request("10.0.0.2", "203.0.113.7")) == "203.0.113.7"  # fewer entries: all the proxies'
     assert proxied.of(_request("10.0.0.2", "198.51.100.1", "203.0.113.9")) == "203.0.113.9"  # two headers: one list
     assert proxied.of(_request("10.0.0.2", "203.0.113.7:4711")) == "203.0.113.7"
     assert proxied.of(_request("10.0.0.2", "[2001:db8::5]:4711")) == "2001:db8::/64"
@@ -74,7 +77,7 @@ class _FakeQueue:
 
 def _visitors(max_jobs: int, per_address: int) -> tuple[Visitors, _FakeQueue]:
     visitors = Visitors(max_jobs=max_jobs, max_jobs_per_address=per_address,
-                        addresses=ClientAddresses(trust_forwarded_for=True))
+                        addresses=ClientAddresses(trusted_hops=1))
     queue = _FakeQueue()
     visitors._queue = queue
     return visitors, queue
@@ -106,16 +109,18 @@ def test_the_visitor_limit_speaks_first_and_zero_turns_the_address_limit_off() -
 
 
 def test_the_address_flags_and_their_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("SPACE_ID", "SD2APP_TRUST_FORWARDED_FOR", "SD2APP_MAX_JOBS_PER_ADDRESS"):
+    for name in ("SPACE_ID", "SD2APP_TRUSTED_PROXY_HOPS", "SD2APP_MAX_JOBS_PER_ADDRESS"):
         monkeypatch.delenv(name, raising=False)
     args = app.parse_args([])
-    assert args.max_jobs_per_address == DEFAULT_MAX_JOBS_PER_ADDRESS == 6 and args.trust_forwarded_for is False
-    assert app.parse_args(["--max-jobs-per-address", "0", "--trust-forwarded-for"]).trust_forwarded_for is True
+    assert args.max_jobs_per_address == DEFAULT_MAX_JOBS_PER_ADDRESS == 6 and args.trusted_proxy_hops == 0
+    assert app.parse_args(["--max-jobs-per-address", "0", "--trusted-proxy-hops", "2"]).trusted_proxy_hops == 2
     monkeypatch.setenv("SPACE_ID", "someone/sd2")  # a Space: Hugging Face's proxy stands in front
-    assert app.parse_args([]).trust_forwarded_for is True
-    assert app.parse_args(["--no-trust-forwarded-for"]).trust_forwarded_for is False
+    assert app.parse_args([]).trusted_proxy_hops == 1
+    assert app.parse_args(["--trusted-proxy-hops", "0"]).trusted_proxy_hops == 0
     monkeypatch.setenv("SD2APP_MAX_JOBS_PER_ADDRESS", "9")
     assert app.parse_args([]).max_jobs_per_address == 9
+    with pytest.raises(SystemExit):
+        app.parse_args(["--trusted-proxy-hops", "-1"])
 
 
 def test_sweep_deletes_old_files_and_then_their_empty_folders(tmp_path: Path, monkeypatch) -> None:
