@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 from gradio.processing_utils import hash_bytes
-from gradio.utils import get_upload_folder
 from PIL import Image
 
 from sd2_app.api.outputs import FAST_PNG_LEVEL
@@ -32,6 +31,7 @@ from sd2_app.api.service import ProgressFn, Result
 from sd2_app.api.timing import log_split, timed
 from sd2_app.api.gpu_time import gpu  # noqa: F401  # re-exported: the UI's handlers import it from here
 from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.ui.cache_files import results_folder
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
@@ -222,19 +222,26 @@ def shown_preview(preview: Image.Image) -> str:
 
 
 def cached_file(data: bytes, name: str) -> str:
-    """`data` as `name` in Gradio's cache folder, which Gradio serves as it is: no second encode, no copy
-    (gradio/blocks.py, `Block.move_resource_to_block_cache`). The folder is named by the data's salted hash,
-    as Gradio names its own copies (gradio/processing_utils.py, `save_pil_to_cache`): the URL is as hard to
-    guess as that of an image Gradio encoded, and `delete_cache` removes it with the rest."""
-    folder = Path(get_upload_folder()) / hash_bytes(data)
+    """`data` as `name` in the app's folder in Gradio's cache (`cache_files.results_folder`), which Gradio serves
+    as it is: no second encode, no copy (gradio/blocks.py, `Block.move_resource_to_block_cache`). The sub-folder
+    is named by the data's salted hash, as Gradio names its own copies (gradio/processing_utils.py,
+    `save_pil_to_cache`): the URL is as hard to guess as that of an image Gradio encoded. The file goes after
+    the cache age whether or not Gradio ever sees it (`cache_files.sweep`)."""
+    folder = results_folder() / hash_bytes(data)
     path = folder / name
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        temporary = folder / f".{name}.{threading.get_ident()}.tmp"  # whole or absent, as Gradio's own copies
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    else:  # shown again: `delete_cache` ages files by their times, so this showing starts its age anew
+    if path.exists():  # shown again: files are deleted by age, so this showing starts its age anew
         os.utime(path)
+        return str(path)
+    temporary = folder / f".{name}.{threading.get_ident()}.tmp"  # whole or absent, as Gradio's own copies
+    for attempt in range(2):  # a sweep may delete the (old, empty) folder between mkdir and the write
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            temporary.write_bytes(data)
+            break
+        except FileNotFoundError:
+            if attempt:
+                raise
+    os.replace(temporary, path)
     return str(path)
 
 
