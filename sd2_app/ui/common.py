@@ -27,8 +27,8 @@ from sd2_app.api.gpu_time import values_seconds
 from sd2_app.api.timing import summary
 from sd2_app.ui.layout import GENERATE, RUNNING
 from sd2_app.ui.raw_values import server_checked
-from sd2_app.ui.runner import (GPU_QUEUE, RunFlag, StopFlags, deliver, gpu, shown_files, shown_preview,
-                               stopped_message, stream, timed_call, user_message)
+from sd2_app.ui.runner import (GPU_QUEUE, WAIT_POLL_S, QueuePlace, RunFlag, StopFlags, deliver, gpu, shown_files,
+                               shown_preview, stopped_message, stream, timed_call, user_message)
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Result, Service
@@ -208,20 +208,25 @@ def stream_result(
         log.info("refused a request: %s", error)
         raise gr.Error(str(error), print_exception=False) from error
     flag = flags.arm(session, queued_flag)
-    run = stream(timed_call(service, request, session, flag), flag)  # the job starts now, not after this update
+    # The job starts now, not after this update; with no news for a while it may be waiting at the GPU gate.
+    run = stream(timed_call(service, request, session, flag), flag, idle_s=WAIT_POLL_S)
     progress(0, desc="Loading the model…")
     keep = (gr.skip(),) * (n_outputs - 3)
+    place = QueuePlace(STARTING)
     try:
         yield (gr.skip(), gr.skip(), STARTING, *keep)
         for item in run:
-            if isinstance(item, tuple):
+            if item is None:  # no news for a while: say the run's place when it waits at the GPU gate
+                if (status := place.update(None if flag.total else service.jobs_ahead(flag.is_set), progress)):
+                    yield (gr.skip(), gr.skip(), status, *keep)
+            elif isinstance(item, tuple):
                 done, total, preview = item
                 flag.done, flag.total = done, total
                 progress((done, total), desc="Sampling", unit="steps")
-                if preview is not None:
+                if preview is not None or place.started():  # a step ends the wait the line may still show
                     # After Stop, a late preview must not put "Step n" back over the stop message.
                     status = STOPPING if flag.is_set() else f"Step {done}/{total}"
-                    yield (shown_preview(preview), gr.skip(), status, *keep)
+                    yield (shown_preview(preview) if preview is not None else gr.skip(), gr.skip(), status, *keep)
             else:
                 for warning in item.warnings:
                     gr.Warning(warning)

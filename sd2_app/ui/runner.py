@@ -41,6 +41,38 @@ log = logging.getLogger(__name__)
 
 GPU_QUEUE = "gpu"  # the one concurrency id of every event that may touch the GPU
 PREVIEW_SIDE = 256  # px: the live preview's box is 160 px high
+WAIT_POLL_S = 0.5  # how often a run with no progress yet asks for its place at the GPU gate
+
+
+def queued_message(ahead: int) -> str:
+    """The info line while a run waits at the GPU gate (with --batch-users, or behind A1111 API jobs), where
+    Gradio's own queue would show its position."""
+    return f"Queued: {ahead} job{'' if ahead == 1 else 's'} ahead of yours…"
+
+
+class QueuePlace:
+    """A run's place at the GPU gate as its info line and progress bar last said it, so they change only when
+    it does."""
+
+    def __init__(self, starting: str) -> None:
+        self.starting = starting  # the info line of a run that is not waiting
+        self.shown: int | None = None  # jobs ahead last said; None: not waiting
+
+    def update(self, ahead: int | None, progress: gr.Progress) -> str | None:
+        """The new info line for `ahead` jobs ahead (None or 0: not waiting), with the bar's text set to match;
+        None when nothing changed."""
+        ahead = ahead or None
+        if ahead == self.shown:
+            return None
+        self.shown = ahead
+        message = queued_message(ahead) if ahead is not None else self.starting
+        progress(0, desc=message if ahead is not None else "Loading the model…")
+        return message
+
+    def started(self) -> bool:
+        """The run's first step came: True (once) when the line still shows a place in the queue."""
+        was_waiting, self.shown = self.shown is not None, None
+        return was_waiting
 
 
 class RunFlag(threading.Event):
@@ -119,9 +151,11 @@ def _executor() -> ThreadPoolExecutor:
 def stream(
     call: Callable[[ProgressFn, Callable[[], bool]], Result],
     flag: threading.Event,
-) -> Iterator[tuple[int, int, Image.Image | None] | Result]:
+    idle_s: float | None = None,
+) -> Iterator[tuple[int, int, Image.Image | None] | Result | None]:
     """Start `call(on_progress, should_stop)` in a worker thread now; the iterator yields (done, total, preview)
-    while it runs, and its result last.
+    while it runs, and its result last. With `idle_s`, it also yields None after each `idle_s` seconds without
+    news (the caller may look up the run's place in the queue then).
 
     The call's end wakes the iterator at once (no polling interval between the result and the browser).
     The iterator raises what the call raised (`InvalidRequest`, `Cancelled`, or a bug with its traceback).
@@ -129,14 +163,22 @@ def stream(
     events: queue.Queue[tuple[int, int, Image.Image | None] | None] = queue.Queue()
     future: Future[Result] = _executor().submit(call, lambda d, t, p: events.put((d, t, p)), flag.is_set)
     future.add_done_callback(lambda _: events.put(None))  # after the call's last progress event
-    return _drain(events, future, flag)
+    return _drain(events, future, flag, idle_s)
 
 
 def _drain(
-    events: queue.Queue[tuple[int, int, Image.Image | None] | None], future: Future[Result], flag: threading.Event
-) -> Iterator[tuple[int, int, Image.Image | None] | Result]:
+    events: queue.Queue[tuple[int, int, Image.Image | None] | None], future: Future[Result], flag: threading.Event,
+    idle_s: float | None,
+) -> Iterator[tuple[int, int, Image.Image | None] | Result | None]:
     try:
-        while (event := events.get()) is not None:
+        while True:
+            try:
+                event = events.get(timeout=idle_s)
+            except queue.Empty:
+                yield None
+                continue
+            if event is None:
+                break
             yield event
     finally:
         flag.set()  # the handler was closed (cancelled or the client left): stop the worker at its next step
