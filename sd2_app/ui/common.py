@@ -206,7 +206,8 @@ def stream_result(
         log.info("refused a request: %s", error)
         raise gr.Error(str(error), print_exception=False) from error
     flag = flags.arm(session, queued_flag)
-    run = stream(timed_call(service, request, session, flag), flag)  # the job starts now, not after this update
+    # The job starts now, not after this update.
+    run = stream(timed_call(service, request, session, flag), flag, flags.threads)
     progress(0, desc="Loading the model…")
     keep = (gr.skip(),) * (n_outputs - 3)
     try:
