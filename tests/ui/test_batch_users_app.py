@@ -99,21 +99,22 @@ def test_a_waiting_user_sees_the_place_in_the_queue(batching_app: tuple[str, Ser
     Gradio shows no position: the info line says how many jobs are ahead, as the place changes."""
     url, service = batching_app
     blocker = Blocker(service)  # one job on the GPU
-    first = Client(url, verbose=False).submit(prompt="first", seed=1, api_name="/txt2img", **SETTINGS)
+    users = [Client(url, verbose=False) for _ in range(3)]
+    first = users[0].submit(prompt="first", seed=1, api_name="/txt2img", **SETTINGS)
     wait_until(lambda: "Queued: 1 job ahead of yours…" in _infos(first), timeout=60)
-    # Different steps: another batch, which waits behind the first one's group.
-    other = Client(url, verbose=False).submit(prompt="second", seed=2, api_name="/txt2img", **{**SETTINGS, "steps": 4})
-    wait_until(lambda: "Queued: 2 jobs ahead of yours…" in _infos(other), timeout=60)
     # Same settings as the first: it joins the first one's group and shares its place.
-    joined = Client(url, verbose=False).submit(prompt="third", seed=3, api_name="/txt2img", **SETTINGS)
+    joined = users[1].submit(prompt="joined", seed=3, api_name="/txt2img", **SETTINGS)
     wait_until(lambda: "Queued: 1 job ahead of yours…" in _infos(joined), timeout=60)
+    # Different steps: another batch, which waits behind the first one's group.
+    other = users[2].submit(prompt="other", seed=2, api_name="/txt2img", **{**SETTINGS, "steps": 4})
+    wait_until(lambda: "Queued: 2 jobs ahead of yours…" in _infos(other), timeout=60)
+    # The first group's users press Stop: the group leaves the queue and the other moves up.
+    for user in users[:2]:
+        assert user.predict(api_name="/txt2img_stop")[0] == "Stopped before sampling began."
+    wait_until(lambda: _infos(other)[-1] == "Queued: 1 job ahead of yours…", timeout=60)
     blocker.release.set()
-    for job in (first, other, joined):
-        _, gallery, info = job.result(timeout=120)
-        assert len(gallery) == 1 and info.startswith("**Seed**")
-    # The second moved up to one ahead (the first's group running), then its first step replaced the place.
-    infos = _infos(other)
-    assert infos.index("Queued: 2 jobs ahead of yours…") < infos.index("Queued: 1 job ahead of yours…")
+    _, gallery, info = other.result(timeout=120)
+    assert len(gallery) == 1 and info.startswith("**Seed** 2")
+    infos = _infos(other)  # its first step replaced the place ("Starting…" first while its model loads, if slow)
     after = infos[infos.index("Queued: 1 job ahead of yours…") + 1:]
-    assert after[0] in ("Starting…", "Step 1/4"), infos  # "Starting…" while its model loads, if that is slow
-    assert not any(info.startswith("Queued") for info in after), infos
+    assert after[0] in ("Starting…", "Step 1/4") and not any(i.startswith("Queued") for i in after), infos
