@@ -141,7 +141,7 @@ def stream_plot(service: Service, flags: StopFlags, request_fn: Callable[[], XYZ
                             on_cell=lambda cell, image, seconds: finished.put((cell, image, seconds)))
 
     try:
-        for item in stream(call, flag):
+        for item in stream(call, flag, flags.threads):
             if not isinstance(item, tuple):
                 for warning in item.warnings:
                     gr.Warning(warning)
