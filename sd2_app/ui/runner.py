@@ -202,11 +202,16 @@ def timed_call(service: Service, request: Request, owner: str, flag: RunFlag) ->
     return lambda on_progress, should_stop: service.run(request, on_progress, should_stop, owner=owner, timings=timings)
 
 
-def deliver(result: Result, finish: Callable[[Result], tuple]) -> Iterator[tuple]:
-    """The finished outputs: the final image in the live preview, then `finish(result)`'s; their "display" and
-    "deliver" phases timed and the request's log line written (`sd2_app.api.timing`)."""
+Finish = Callable[[Result, list[str] | list[Image.Image]], tuple]  # (result, its shown files) -> outputs
+
+
+def deliver(result: Result, finish: Finish) -> Iterator[tuple]:
+    """The finished outputs: the final image in the live preview, then `finish(result, shown)`'s, with `shown`
+    the result's files (`shown_files`, made once for both); their "display" and "deliver" phases timed and the
+    request's log line written (`sd2_app.api.timing`)."""
     with timed(result.timings, "display"):
-        shown, outputs = shown_files(result), finish(result)
+        shown = shown_files(result)
+        outputs = finish(result, shown)
     with timed(result.timings, "deliver"):
         yield (shown[0] if shown else gr.skip(), *outputs)
     log_split(result.task, result.timings)

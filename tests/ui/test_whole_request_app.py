@@ -92,3 +92,43 @@ def test_every_queued_save_is_on_disk_whole_when_the_app_closes(one_thread: None
     files = sorted(path.name for path in outputs.rglob("*") if path.is_file())
     assert files == ["00000-1-txt2img.png", "00001-1-txt2img.png", "00002-2-txt2img.png", "00003-2-txt2img.png"]
     assert all(Image.open(path).info["parameters"].startswith("queued\n") for path in outputs.rglob("*.png"))
+
+
+def test_each_shown_png_is_hashed_once(saving_app, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gallery and the live preview's last frame are one file in Gradio's cache: its folder name (a salted
+    hash of the bytes) is computed once per image, and Gradio does not hash the file again."""
+    import gradio.processing_utils
+    import sd2_app.ui.runner as runner
+
+    url, _, outputs = saving_app
+    hashed: list[bytes] = []
+    original = runner.hash_bytes
+    monkeypatch.setattr(runner, "hash_bytes", lambda data: hashed.append(data) or original(data))
+    files_hashed: list[str] = []
+    original_file = gradio.processing_utils.hash_file
+    monkeypatch.setattr(gradio.processing_utils, "hash_file",
+                        lambda path, *args: files_hashed.append(str(path)) or original_file(path, *args))
+    client = Client(url, verbose=False, download_files=False)
+    before = set(_saved(outputs, 0))
+    client.predict(prompt="hashed once", seed=78, api_name="/txt2img", **{**FAST, "batch_size": 2})
+    saved = [path for path in _saved(outputs, len(before) + 2) if path not in before]
+    results = [path.read_bytes() for path in saved]
+    assert len(results) == 2
+    assert [sum(data == result for data in hashed) for result in results] == [1, 1]
+    assert files_hashed == []
+
+
+def test_an_xyz_plot_writes_the_timing_line_like_every_task(saving_app, caplog: pytest.LogCaptureFixture) -> None:
+    url, _, _ = saving_app
+    client = Client(url, verbose=False, download_files=False)
+    with caplog.at_level(logging.INFO, logger="sd2_app.api.timing"):
+        started = time.perf_counter()
+        client.predict(prompt="plotted", x_type="sampler", x_picked=["Euler", "DDIM"], steps=2, seed=3, width=64,
+                       height=64, api_name="/xyz_plot")
+        round_trip = time.perf_counter() - started
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(LINE_PREFIX)]
+    assert len(lines) == 1 and lines[0].startswith(f"{LINE_PREFIX} xyz_plot: ")
+    phases = json.loads(lines[0][lines[0].index("{"):])
+    assert list(phases) == ["queue", "load", "run", "total", "mark", "encode", "save", "history", "display",
+                            "deliver"]
+    assert 0 < phases["run"] < in_app(phases) <= round_trip
