@@ -5,6 +5,7 @@ timing split is in the server log."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -132,3 +133,74 @@ def test_an_xyz_plot_writes_the_timing_line_like_every_task(saving_app, caplog: 
     assert list(phases) == ["queue", "load", "run", "total", "mark", "encode", "save", "history", "display",
                             "deliver"]
     assert 0 < phases["run"] < in_app(phases) <= round_trip
+
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+QUICK = {"steps": 2, "cfg_scale": 1.0}
+
+
+def _asset(name: str, size: int, folder: Path) -> str:
+    path = folder / f"{size}-{name}"
+    Image.open(ASSETS / name).convert("RGB").resize((size, size)).save(path)
+    return str(path)
+
+
+def _served(url: str, item: dict) -> bytes:
+    response = httpx.get(f"{url}gradio_api/file={item['path']}", timeout=30)
+    assert response.status_code == 200
+    return response.content
+
+
+@pytest.fixture
+def encode_levels(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, object]]:
+    """(width, zlib level) of every PNG PIL encodes in the app (None: PIL's default, what Gradio uses)."""
+    levels: list[tuple[int, object]] = []
+    original = Image.SAVE["PNG"]
+
+    def counting(image: Image.Image, *args: object) -> None:
+        levels.append((image.width, image.encoderinfo.get("compress_level")))
+        original(image, *args)
+
+    monkeypatch.setitem(Image.SAVE, "PNG", counting)
+    return levels
+
+
+def test_masks_depth_maps_and_history_are_the_encoded_files(saving_app, tmp_path: Path,
+                                                             encode_levels: list[tuple[int, object]]) -> None:
+    """A mask or depth map is encoded once, fast, with the images, and the browser gets the saved file; the
+    upscaler's "before" image is encoded once, fast; History shows the saved files and encodes nothing."""
+    from gradio_client import handle_file
+
+    from sd2_app.api.outputs import FAST_PNG_LEVEL
+
+    url, _, outputs = saving_app
+    client = Client(url, verbose=False, download_files=False)
+    picture = _asset("landscape.png", 64, tmp_path)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    mask.save(tmp_path / "mask.png")
+    editor = {"background": handle_file(picture), "layers": [], "composite": None}
+    cat = _asset("cat_128.png", 16, tmp_path)
+    del encode_levels[:]  # the inputs written here
+    _, gallery, _, mask_used = client.predict(image_and_mask=editor, mask=handle_file(str(tmp_path / "mask.png")),
+                                              prompt="masked", seed=31, api_name="/inpaint", **QUICK)
+    assert encode_levels == [(64, FAST_PNG_LEVEL), (64, FAST_PNG_LEVEL)]  # the image and the mask, once each
+    mask_file = next(path for path in _saved(outputs, 0) if path.name.endswith("-31-inpaint-mask.png"))
+    assert _served(url, mask_used) == mask_file.read_bytes()
+    del encode_levels[:]
+    _, gallery, _, depth_used = client.predict(image=handle_file(picture), prompt="deep", seed=32, strength=0.7,
+                                               api_name="/depth", **QUICK)
+    assert encode_levels == [(64, FAST_PNG_LEVEL), (64, FAST_PNG_LEVEL)]  # the image and the depth map
+    depth_file = next(path for path in _saved(outputs, 0) if path.name.endswith("-32-depth-depth.png"))
+    assert _served(url, depth_used) == depth_file.read_bytes()
+    del encode_levels[:]
+    _, gallery, _, before = client.predict(image=handle_file(cat), prompt="a cat",
+                                           seed=33, api_name="/upscale", **QUICK)
+    assert sorted(encode_levels) == [(64, FAST_PNG_LEVEL), (64, FAST_PNG_LEVEL)]  # the image and "before"
+    assert Image.open(io.BytesIO(_served(url, before))).size == (64, 64)
+    del encode_levels[:]
+    history, _ = client.predict(api_name="/history")
+    assert encode_levels == []
+    newest = sorted(path for path in _saved(outputs, 0) if path.name.endswith("-33-upscale.png"))
+    assert _served(url, history[0]["image"]) == newest[0].read_bytes()
+    assert history[0]["image"]["orig_name"] == newest[0].name
