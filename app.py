@@ -5,9 +5,11 @@ start-up, as ZeroGPU expects, and results are not written to disk unless --outpu
 
 Public modes (a Space, a --host other than loopback, or --share) serve untrusted visitors: loading and
 unloading checkpoints by hand is off there unless --allow-model-admin or --auth is given. Every mode caps the
-cost of one job (--max-job-cost), the jobs one visitor may have queued (--max-jobs-per-session), keeps the
-queue's direct REST routes closed, deletes Gradio's cached uploads and results after --cache-minutes and
-keeps Gradio's run history off unless --run-history is given. README's "Hosting" section lists them.
+cost of one job (--max-job-cost), the jobs one visitor may have queued (--max-jobs-per-session) and the jobs
+one network address may have queued (--max-jobs-per-address; the address comes from X-Forwarded-For only
+behind trusted proxies, --trusted-proxy-hops, 1 by default on a Space), keeps the queue's direct REST
+routes closed, deletes Gradio's cached uploads and results after --cache-minutes and keeps Gradio's run
+history off unless --run-history is given. README's "Hosting" section lists them.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from sd2_app.checkpoints.catalog import CheckpointSpec, apply_overrides, parse_a
 from sd2_app.compute_flags import add_compute_arguments
 from sd2_app.serve.config import load_config
 from sd2_app.ui import build_ui
-from sd2_app.ui.hosting import Hosting
+from sd2_app.ui.hosting import DEFAULT_MAX_JOBS_PER_ADDRESS, Hosting
 from sd2_app.ui.mcp_tools import add_mcp_tools
 
 
@@ -59,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.auth is not None and ":" not in args.auth:
         p.error("--auth takes USER:PASSWORD")
+    if args.max_jobs_per_address < 0 or args.trusted_proxy_hops < 0:
+        p.error("--max-jobs-per-address and --trusted-proxy-hops take 0 or more")
     return args
 
 
@@ -83,6 +87,15 @@ def _visitor_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:
     p.add_argument("--queue-size", type=int, default=16, help="jobs that may wait in the queue")
     p.add_argument("--max-jobs-per-session", type=int, default=_env_number("SD2APP_MAX_JOBS_PER_SESSION", 2),
                    help="GPU jobs one visitor may have queued or running (default 2, $SD2APP_MAX_JOBS_PER_SESSION)")
+    p.add_argument("--max-jobs-per-address", type=int,
+                   default=_env_number("SD2APP_MAX_JOBS_PER_ADDRESS", DEFAULT_MAX_JOBS_PER_ADDRESS),
+                   help="GPU jobs one network address (an IPv6 /64) may have queued or running, whatever its "
+                        "cookies; 0 = no limit (default %(default)s, $SD2APP_MAX_JOBS_PER_ADDRESS)")
+    p.add_argument("--trusted-proxy-hops", type=int, metavar="N",
+                   default=_env_number("SD2APP_TRUSTED_PROXY_HOPS", 1 if os.environ.get("SPACE_ID") else 0),
+                   help="trusted reverse proxies in front of the app, each appending to X-Forwarded-For: a client's "
+                        "address is the entry the outermost one appended (default: 1 on a Space, else 0 = ignore "
+                        "the header; $SD2APP_TRUSTED_PROXY_HOPS)")
     p.add_argument("--max-job-cost", type=int, default=_env_number("SD2APP_MAX_JOB_COST", DEFAULT_MAX_JOB_COST),
                    help="largest job in UNet evaluations x latent pixels, 0 = no cap (default %(default)s: one "
                         "768x768 image at 150 two-call steps, or an x4 upscale of 256x256 at 50 steps; "
@@ -163,7 +176,8 @@ def build(args: argparse.Namespace) -> gr.Blocks:
                           embeddings=EmbeddingLibrary.scan(args.embeddings_dir),
                           keep_outputs_days=args.keep_outputs_days, save_in_background=True)
         _batch_users(args, service)
-    hosting = Hosting(max_jobs_per_visitor=args.max_jobs_per_session,
+    hosting = Hosting(max_jobs_per_visitor=args.max_jobs_per_session, max_jobs_per_address=args.max_jobs_per_address,
+                      trusted_proxy_hops=args.trusted_proxy_hops,
                       model_admin=args.allow_model_admin or bool(args.auth) or not is_public(args))
     import_pipelines()  # in this thread, before any visitor's: lazily, two threads can deadlock on the imports
     demo = build_ui(service, hosting=hosting)

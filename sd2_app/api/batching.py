@@ -19,6 +19,7 @@ caller at once (within `POLL_S`); its image is dropped from the batch (pipelines
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -97,6 +98,7 @@ class _Group:
     task: str
     arrived: float  # its first request's arrival (time.monotonic); -inf when it formed on an idle service
     members: list[_Member] = field(default_factory=list)
+    gate_check: Callable[[], bool] | None = None  # the `should_stop` its thread waits at the gate with
 
     @property
     def images(self) -> int:
@@ -148,6 +150,7 @@ class Batcher:
             group = self._open.get(key)
             if group is None or group.images + request.sampling.batch_size > self._caps.get(key, self.max_images):
                 group = self._open[key] = _Group(key, task, time.monotonic() if busy else -math.inf)
+                group.gate_check = functools.partial(self._abandoned, group)
                 threading.Thread(target=self._serve, args=(group,), name=f"batch-{task}", daemon=True).start()
             group.members.append(member)
             self._lock.notify_all()
@@ -156,6 +159,14 @@ class Batcher:
         finally:
             with self._lock:
                 self._in_flight -= 1
+
+    def ahead_of(self, should_stop: Callable[[], bool]) -> int | None:
+        """The gate's `ahead_of` for the group of the request whose caller polls `should_stop` (compared with
+        ==); None when that request is not waiting for its group's turn."""
+        with self._lock:
+            groups = [g for g in self._open.values() if any(m.should_stop == should_stop for m in g.members)]
+        checks = [group.gate_check for group in groups if group.gate_check is not None]
+        return self._gate.ahead_of(checks[0]) if checks else None
 
     def _wait_for(self, member: _Member) -> PipelineOutput:
         while not member.done.wait(POLL_S):
@@ -198,7 +209,7 @@ class Batcher:
 
     def _serve(self, group: _Group) -> None:
         try:
-            with self._gate.enter(lambda: self._abandoned(group)):
+            with self._gate.enter(group.gate_check):
                 members = self._gather(group)
                 if members:
                     self.group_sizes[len(members)] += 1

@@ -3,7 +3,9 @@
 Gradio's queue orders the UI's events (concurrency id "gpu", limit 1), but the A1111 routes are plain
 FastAPI routes beside Gradio and never enter that queue. So the Service itself admits one job at a time, in
 arrival order (a ticket lock: `threading.Lock` promises no order), whoever sent it. A waiting job can still be
-stopped: `enter` polls its `should_stop` and raises `Cancelled` while it waits.
+stopped: `enter` polls its `should_stop` and raises `Cancelled` while it waits. `ahead_of(should_stop)` tells a
+waiting job's caller its place (the caller knows its job by the `should_stop` it passed; the UI shows the place
+the way Gradio's own queue does).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class GpuGate:
         self._next_ticket = 0  # handed to the next arrival
         self._serving = 0  # the ticket allowed in now
         self._abandoned: set[int] = set()  # tickets whose holders stopped waiting
+        self._waiters: dict[int, Callable[[], bool]] = {}  # ticket -> its `should_stop`, while it waits
         self._poll_s = poll_s
 
     @property
@@ -31,12 +34,24 @@ class GpuGate:
         with self._condition:
             return self._next_ticket - self._serving - len(self._abandoned)
 
+    def ahead_of(self, should_stop: Callable[[], bool]) -> int | None:
+        """How many jobs are inside or waiting before the one that waits with `should_stop` (compared with ==,
+        so a bound method passed again matches); None when no such job is waiting (it is in, or gone)."""
+        with self._condition:
+            mine = [ticket for ticket, check in self._waiters.items() if check == should_stop]
+            if not mine:
+                return None
+            ticket = min(mine)
+            return ticket - self._serving - sum(1 for gone in self._abandoned if gone < ticket)
+
     @contextmanager
     def enter(self, should_stop: Callable[[], bool] | None = None) -> Iterator[None]:
         """Hold the GPU for the body; raises `Cancelled` if `should_stop()` turns true while waiting."""
         with self._condition:
             ticket = self._next_ticket
             self._next_ticket += 1
+            if should_stop is not None:
+                self._waiters[ticket] = should_stop
             try:
                 while ticket != self._serving:
                     if should_stop is not None and should_stop():
@@ -45,6 +60,8 @@ class GpuGate:
             except BaseException:
                 self._leave_queue(ticket)
                 raise
+            finally:
+                self._waiters.pop(ticket, None)
         try:
             yield
         finally:

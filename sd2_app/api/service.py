@@ -185,6 +185,15 @@ class Service:
             timings["gate"] = timings.get("gate", 0.0) + time.perf_counter() - waited
             return self.run_on_gpu(task, request, on_step, timings)
 
+    def jobs_ahead(self, should_stop: Callable[[], bool]) -> int | None:
+        """Jobs before the one whose caller passed `should_stop` to `run` (the same callable), while it waits for
+        its turn at the GPU gate (alone, or in its batch's group); None when it is not waiting here."""
+        if self.batcher is not None:
+            ahead = self.batcher.ahead_of(should_stop)
+            if ahead is not None:
+                return ahead
+        return self.gate.ahead_of(should_stop)
+
     @contextmanager
     def use_checkpoint(self, checkpoint: str) -> Iterator[Components]:
         """Hold `checkpoint` for one job (the caller holds the gate): its Components, with the embeddings lent."""

@@ -7,6 +7,7 @@ front door (it sends a plot to `plot.validate_plot`, which checks each cell here
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -30,6 +31,7 @@ from sd2_app.api.requests import (
 )
 from sd2_app.api.txt2img_options import check_hires, check_seed_extras
 from sd2_app.errors import InvalidRequest
+from sd2_app.prompt_syntax import MAX_WEIGHT, clamped_weights
 
 MAX_NOISE_LEVEL = 350  # x4 upscaler's model_index.json
 
@@ -82,6 +84,23 @@ def _side(value: Any, what: str, limits: Limits, warnings: list[str]) -> int:
     return rounded
 
 
+def weight_warnings(prompt: str, label: str, shown: int = 3) -> list[str]:
+    """The warning for attention weights in `prompt` beyond ±MAX_WEIGHT (prompt_syntax clamps them), naming
+    the first `shown` stretches of text, what they asked for and what was used; [] when none was clamped."""
+    clamped = clamped_weights(prompt)
+    if not clamped:
+        return []
+    named = [(" ".join(text.split()) or text, weight) for text, weight in clamped[:shown]]
+    asked = ", ".join(f'{weight:.3g} on "{text if len(text) <= 30 else text[:29] + "…"}"' for text, weight in named)
+    if len(clamped) > shown:
+        asked += f" and {len(clamped) - shown} more"
+    used = ", ".join(f"{math.copysign(MAX_WEIGHT, weight):g}" for _, weight in named)
+    plural = len(clamped) > 1
+    return [f"The {label} asks for weight{'s' if plural else ''} {asked}; attention weights are limited to "
+            f"±{MAX_WEIGHT:g}, so {used}{' and so on' if len(clamped) > shown else ''} "
+            f"{'were' if plural else 'was'} used."]
+
+
 def _strength(value: Any, steps: int) -> float:
     strength = number(value, "Strength", 0.0, 1.0)
     if int(steps * strength) < 1:
@@ -103,6 +122,9 @@ def _validate_fields(request: TaskRequest, catalog: Catalog, limits: Limits) -> 
         "checkpoint": _checkpoint(request.checkpoint, task, catalog),
         "sampling": _sampling(request.sampling, catalog, limits),
     }
+    warnings += weight_warnings(common["prompt"], "prompt")
+    if common["sampling"].cfg_scale > 1.0:  # the negative prompt is read only with guidance
+        warnings += weight_warnings(common["negative_prompt"], "negative prompt")
     fields = {  # each task's own fields, checked and completed into `common`
         Txt2ImgRequest: _txt2img_fields, Img2ImgRequest: _img2img_fields, InpaintRequest: _inpaint_fields,
         UpscaleRequest: _upscale_fields, DepthRequest: _depth_fields,

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sd2_app.pipelines.prompt_syntax import Run, parse_attention
+from sd2_app.prompt_syntax import Run, parse_attention
 
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer

@@ -1,11 +1,13 @@
 """The Serve deployment's settings, read from one TOML file (deploy/serve.toml) with documented defaults.
 
-Plain Python (tomllib), no Ray: the front end reads the same file to size its queue.
+Plain Python, no Ray: the front end reads the same file to size its queue. The TOML parser is the standard
+library's `tomllib` (Python 3.11+); on Python 3.10 (ZeroGPU Spaces) it is the `tomli` package it came from,
+which requirements-serve.txt installs there. It is imported only when a file is read, so app.py starts on 3.10
+without it.
 """
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -74,13 +76,25 @@ def _check(config: ServeConfig) -> ServeConfig:
     return config
 
 
+def _serve_table(path: Path) -> dict[str, Any]:
+    """The `[serve]` table of a TOML file."""
+    try:
+        import tomllib  # novermin (the fallback below serves 3.10; tests/test_python_versions.py)
+    except ModuleNotFoundError:  # Python 3.10: tomllib is the standard library's copy of tomli (PEP 680)
+        import tomli as tomllib
+    with open(path, "rb") as handle:
+        table = tomllib.load(handle).get("serve", {})
+    if not isinstance(table, dict):
+        raise InvalidRequest(f"serve config {path}: [serve] must be a table")
+    return table
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> ServeConfig:
     """Defaults, then the file's `[serve]` table (if a path is given), then `overrides` (e.g. tiny=True)."""
     known = {f.name for f in fields(ServeConfig)}
     values: dict[str, Any] = {}
     if path is not None:
-        with open(path, "rb") as handle:
-            table = tomllib.load(handle).get("serve", {})
+        table = _serve_table(Path(path))
         unknown = sorted(set(table) - known)
         if unknown:
             raise InvalidRequest(f"serve config {path}: unknown setting(s) {', '.join(unknown)}")

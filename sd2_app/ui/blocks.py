@@ -10,6 +10,7 @@ from typing import Any, TYPE_CHECKING
 import gradio as gr
 
 from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
+from sd2_app.ui.addresses import ClientAddresses
 from sd2_app.ui.hosting import Hosting, Visitors, install
 from sd2_app.ui.runner import StopFlags, close_with
 from sd2_app.ui.sending import (  # noqa: F401  # clamp_to, sampler_fields: also imported from here
@@ -41,10 +42,12 @@ def _examples(assets: Path) -> dict[str, list[list[str]]]:
 def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Hosting()) -> gr.Blocks:
     """The app. `service` is a `sd2_app.api.service.Service` (or a test double with the same methods).
 
-    `hosting` holds the operator's settings for visitors (per-visitor job limit, model loading); every launch
-    of the returned app serves visitor cookies and keeps the queue's direct routes closed (`sd2_app.ui.hosting`).
+    `hosting` holds the operator's settings for visitors (job limits per visitor and per address, model
+    loading); every launch of the returned app serves visitor cookies and keeps the queue's direct routes
+    closed (`sd2_app.ui.hosting`).
     """
-    visitors = Visitors(max_jobs=hosting.max_jobs_per_visitor)
+    visitors = Visitors(max_jobs=hosting.max_jobs_per_visitor, max_jobs_per_address=hosting.max_jobs_per_address,
+                        addresses=ClientAddresses(trusted_hops=hosting.trusted_proxy_hops))
     flags = StopFlags(visitors)
     examples = _examples(assets)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:

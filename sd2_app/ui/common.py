@@ -27,8 +27,8 @@ from sd2_app.api.gpu_time import values_seconds
 from sd2_app.api.timing import summary
 from sd2_app.ui.layout import GENERATE, RUNNING
 from sd2_app.ui.raw_values import server_checked
-from sd2_app.ui.runner import (GPU_QUEUE, Finish, RunFlag, StopFlags, deliver, gpu, shown_preview, stopped_message,
-                               stream, timed_call, user_message)
+from sd2_app.ui.runner import (GPU_QUEUE, WAIT_POLL_S, Finish, QueuePlace, RunFlag, StopFlags, deliver, gpu,
+                               shown_preview, stopped_message, stream, timed_call, user_message)
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Result, Service
@@ -119,6 +119,7 @@ class ResultPanel:
     send_buttons: dict[str, gr.Button]
     run: gr.Button
     stop: gr.Button
+    status: gr.Markdown | None = None  # the line under the run buttons (layout.prompt_row): what Stop did
 
 
 GALLERY_HEIGHT = 440  # px: with the prompt row above, the whole result fits a 900 px high window
@@ -140,6 +141,7 @@ def result_panel(
     *,
     extra_label: str | None = None,
     send_to: Sequence[tuple[str, str]] = (),
+    status: gr.Markdown | None = None,
 ) -> ResultPanel:
     """PNG gallery (parameters embedded, downloadable; whole images, the grid sized to the batch), info text,
     "send to" buttons, the live preview and the tab's extra image."""
@@ -161,7 +163,7 @@ def result_panel(
                              elem_id=f"{prefix}-extra")
     selected = gr.State(0)
     gallery.select(_picked, None, selected, api_name=f"{prefix}_select", api_visibility="private", queue=False)
-    return ResultPanel(preview, gallery, info, extra, gr.State(None), selected, buttons, run, stop)
+    return ResultPanel(preview, gallery, info, extra, gr.State(None), selected, buttons, run, stop, status)
 
 
 def load_failed_message(service: Service, checkpoint: object) -> str:
@@ -206,20 +208,25 @@ def stream_result(
         log.info("refused a request: %s", error)
         raise gr.Error(str(error), print_exception=False) from error
     flag = flags.arm(session, queued_flag)
-    run = stream(timed_call(service, request, session, flag), flag)  # the job starts now, not after this update
+    # The job starts now, not after this update; with no news for a while it may be waiting at the GPU gate.
+    run = stream(timed_call(service, request, session, flag), flag, idle_s=WAIT_POLL_S)
     progress(0, desc="Loading the model…")
     keep = (gr.skip(),) * (n_outputs - 3)
+    place = QueuePlace(STARTING)
     try:
         yield (gr.skip(), gr.skip(), STARTING, *keep)
         for item in run:
-            if isinstance(item, tuple):
+            if item is None:  # no news for a while: say the run's place when it waits at the GPU gate
+                if (status := place.update(None if flag.total else service.jobs_ahead(flag.is_set), progress)):
+                    yield (gr.skip(), gr.skip(), status, *keep)
+            elif isinstance(item, tuple):
                 done, total, preview = item
                 flag.done, flag.total = done, total
                 progress((done, total), desc="Sampling", unit="steps")
-                if preview is not None:
+                if preview is not None or place.started():  # a step ends the wait the line may still show
                     # After Stop, a late preview must not put "Step n" back over the stop message.
                     status = STOPPING if flag.is_set() else f"Step {done}/{total}"
-                    yield (shown_preview(preview), gr.skip(), status, *keep)
+                    yield (shown_preview(preview) if preview is not None else gr.skip(), gr.skip(), status, *keep)
             else:
                 for warning in item.warnings:
                     gr.Warning(warning)
@@ -317,10 +324,11 @@ def _wire_generate(panel: ResultPanel, handler: Callable[..., Iterator[tuple]],
     """Generate: the buttons say a run is on and the last run's results go (so nothing old passes for new), then
     the run itself (the API event, returned), then the buttons come back, whether it succeeded, failed or stopped."""
     clear = (None,) * (len(outputs) - 5)  # the extra images; the seed and pick stay
+    status = [panel.status] if panel.status is not None else []  # the last Stop's message goes
     started = panel.run.click(
         lambda: (gr.update(value=RUNNING, interactive=False), gr.update(interactive=True), None, None, QUEUED,
-                 *clear),
-        None, [panel.run, panel.stop, panel.preview, panel.gallery, panel.info, *outputs[5:]],
+                 *clear, *([""] * len(status))),
+        None, [panel.run, panel.stop, panel.preview, panel.gallery, panel.info, *outputs[5:], *status],
         api_name=f"{api_name}_starts", api_visibility="private", queue=False, show_progress="hidden",
     )
     event = started.then(
@@ -340,14 +348,19 @@ def _wire_generate(panel: ResultPanel, handler: Callable[..., Iterator[tuple]],
 
 
 def _wire_stop(panel: ResultPanel, flags: StopFlags, event: Dependency, api_name: str) -> None:
+    status = [panel.status] if panel.status is not None else []
+
     def stop(request: gr.Request) -> tuple:
         # Cancelling the event ends its stream, so the message after Stop comes from here, not from the run.
         # Stop reaches the visitor's queued jobs too (their flags were set when they joined the queue).
+        # The message goes to the info line and, when the tab has one, to the status line under the buttons
+        # (the info line is below the results, out of view on a laptop screen).
         flag, queued = flags.stop_all(flags.visitor(request))
-        return (stopped_message(flag) if flag is not None or queued else NOTHING_TO_STOP, *_idle())
+        message = stopped_message(flag) if flag is not None or queued else NOTHING_TO_STOP
+        return (message, *_idle(), *([message] * len(status)))
 
-    panel.stop.click(stop, None, [panel.info, panel.run, panel.stop], api_name=f"{api_name}_stop", cancels=[event],
-                     queue=False)
+    panel.stop.click(stop, None, [panel.info, panel.run, panel.stop, *status], api_name=f"{api_name}_stop",
+                     cancels=[event], queue=False)
 
 
 def wire_seed_buttons(randomize: gr.Button, reuse: gr.Button, seed: gr.Number, last_seed: gr.State, prefix: str) -> None:

@@ -1,14 +1,17 @@
 """What a public deployment needs from the web layer: visitor ids, a per-visitor queue limit, Stop for queued jobs.
 
 `Hosting` holds the operator's settings. `Visitors` knows who sent a request (`sd2_app.ui.visitors`) and
-watches Gradio's queue: a visitor may have at most `max_jobs_per_visitor` GPU jobs queued or running (the
-next join is refused at once with a message, before it takes a queue place), and every GPU job gets a stop
-flag when it joins, so Stop reaches a job that is still waiting as well as the running one.
+from which network address (`sd2_app.ui.addresses`), and watches Gradio's queue: a visitor may have at most
+`max_jobs_per_visitor` GPU jobs queued or running, and one address at most `max_jobs_per_address` (a client
+that drops its cookies is a new visitor on every request, but not a new address); the next join is refused
+at once with a message, before it takes a queue place. Every GPU job gets a stop flag when it joins, so Stop
+reaches a job that is still waiting as well as the running one.
 
 `install(demo, visitors)` hooks both into a built app at launch: the queue's `push` is wrapped (Gradio has no
 per-session limit of its own; `gradio/queueing.py`, `Queue.push`), the visitor-cookie middleware is added to
-the FastAPI app Gradio creates (through `launch(app_kwargs=...)`), and the direct REST routes that would skip
-the queue stay closed (`api_open=False`; gradio_client and the browser always join the queue).
+the FastAPI app Gradio creates (through `launch(app_kwargs=...)`), the app's own files in Gradio's cache are
+swept on `delete_cache`'s schedule (`sd2_app.ui.cache_files`), and the direct REST routes that would skip the
+queue stay closed (`api_open=False`; gradio_client and the browser always join the queue).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any, TYPE_CHECKING
 
 from starlette.middleware import Middleware
 
+from sd2_app.ui.addresses import ClientAddresses
+from sd2_app.ui.cache_files import sweeping_lifespan
 from sd2_app.ui.runner import GPU_QUEUE, RunFlag
 from sd2_app.ui.visitors import VisitorCookies, VisitorMiddleware
 
@@ -30,6 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STOP_FLAG = "sd2_stop"  # attribute of the join request's Starlette `state` that holds the job's stop flag
+# GPU jobs queued or running from one network address: more than one visitor's, since offices, universities
+# and mobile networks put many visitors behind one address; 0 turns the limit off.
+DEFAULT_MAX_JOBS_PER_ADDRESS = 6
 
 
 @dataclass(frozen=True)
@@ -37,12 +45,19 @@ class Hosting:
     """The operator's settings for serving visitors (app.py's flags)."""
 
     max_jobs_per_visitor: int = 2  # GPU jobs one visitor may have queued or running at once
+    max_jobs_per_address: int = DEFAULT_MAX_JOBS_PER_ADDRESS  # the same for one network address; 0: no limit
+    trusted_proxy_hops: int = 0  # trusted reverse proxies in front, appending to X-Forwarded-For (`addresses`)
     model_admin: bool = True  # visitors may load and unload checkpoints (off by default in public modes)
 
 
 def too_many_jobs_message(limit: int) -> str:
     return (f"You already have {limit} job{'s' if limit != 1 else ''} queued or running; wait for one to finish "
             "(or press Stop) before starting another.")
+
+
+def too_many_jobs_from_address_message(limit: int) -> str:
+    return (f"Your network address already has {limit} job{'s' if limit != 1 else ''} queued or running; wait for "
+            "one to finish before starting another.")
 
 
 def stop_flag_of(request: Any) -> RunFlag | None:
@@ -56,24 +71,44 @@ def stop_flag_of(request: Any) -> RunFlag | None:
 class Visitors:
     """Visitor ids, and the GPU jobs each visitor has in Gradio's queue (queued or running)."""
 
-    def __init__(self, cookies: VisitorCookies | None = None, max_jobs: int = 2) -> None:
+    def __init__(self, cookies: VisitorCookies | None = None, max_jobs: int = 2,
+                 max_jobs_per_address: int = DEFAULT_MAX_JOBS_PER_ADDRESS,
+                 addresses: ClientAddresses | None = None) -> None:
         self.cookies = cookies or VisitorCookies()
         self.max_jobs = max_jobs
+        self.max_jobs_per_address = max_jobs_per_address
+        self.addresses = addresses or ClientAddresses()
         self._queue: Any = None  # gradio.queueing.Queue, once installed
         self._joining: Counter[str] = Counter()  # joins of each visitor that Gradio is still accepting
+        self._joining_from: Counter[str] = Counter()  # the same per network address
 
     def identify(self, request: Any) -> str:
         return self.cookies.identify(request)
 
-    def _live_jobs(self, visitor: str) -> list[Any]:
+    def _gpu_events(self) -> list[Any]:
         if self._queue is None:
             return []
         events = list(self._queue.event_ids_to_events.values())
-        return [event for event in events
-                if getattr(event.fn, "concurrency_id", None) == GPU_QUEUE and self.identify(event.request) == visitor]
+        return [event for event in events if getattr(event.fn, "concurrency_id", None) == GPU_QUEUE]
+
+    def _live_jobs(self, visitor: str) -> list[Any]:
+        return [event for event in self._gpu_events() if self.identify(event.request) == visitor]
 
     def jobs_of(self, visitor: str) -> int:
         return len(self._live_jobs(visitor)) + self._joining[visitor]
+
+    def jobs_from(self, address: str) -> int:
+        """GPU jobs queued or running (or joining) from the network address `address` (`ClientAddresses.of`)."""
+        live = sum(1 for event in self._gpu_events() if self.addresses.of(event.request) == address)
+        return live + self._joining_from[address]
+
+    def refusal(self, visitor: str, address: str) -> str | None:
+        """Why a new GPU job of `visitor` from `address` may not join the queue now; None when it may."""
+        if self.jobs_of(visitor) >= self.max_jobs:
+            return too_many_jobs_message(self.max_jobs)
+        if self.max_jobs_per_address and self.jobs_from(address) >= self.max_jobs_per_address:
+            return too_many_jobs_from_address_message(self.max_jobs_per_address)
+        return None
 
     def stop_waiting(self, visitor: str) -> int:
         """Set the stop flag of every GPU job of `visitor` in the queue; how many were not stopped yet."""
@@ -96,25 +131,33 @@ class Visitors:
             fn = queue.blocks.fns.get(body.fn_index) if body.fn_index is not None else None
             if getattr(fn, "concurrency_id", None) != GPU_QUEUE:
                 return await push(body, request, username)
-            visitor = self.identify(request)
-            if self.jobs_of(visitor) >= self.max_jobs:
-                log.info("refused a job: visitor already has %d queued or running", self.max_jobs)
-                return False, too_many_jobs_message(self.max_jobs), "error"
+            visitor, address = self.identify(request), self.addresses.of(request)
+            refused = self.refusal(visitor, address)
+            if refused is not None:
+                log.info("refused a job: %s", refused)
+                return False, refused, "error"
             setattr(request.state, STOP_FLAG, RunFlag())
             self._joining[visitor] += 1
+            self._joining_from[address] += 1
             try:
                 return await push(body, request, username)
             finally:
-                self._joining[visitor] -= 1
-                if self._joining[visitor] <= 0:
-                    del self._joining[visitor]
+                _count_down(self._joining, visitor)
+                _count_down(self._joining_from, address)
 
         limited_push.sd2_watched = True  # type: ignore[attr-defined]
         queue.push = limited_push
 
 
+def _count_down(counter: Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]  # a key per visitor or address that has left: none stays behind
+
+
 def install(demo: gr.Blocks, visitors: Visitors) -> None:
-    """Make every `demo.launch` serve visitor cookies, watch the queue and keep the direct routes closed."""
+    """Make every `demo.launch` serve visitor cookies, watch the queue, sweep the app's cached files on
+    `delete_cache`'s schedule and keep the direct routes closed."""
     demo.api_open = False
     launch = demo.launch
 
@@ -126,6 +169,9 @@ def install(demo: gr.Blocks, visitors: Visitors) -> None:
         app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
         app_kwargs["middleware"] = [*app_kwargs.get("middleware", []),
                                     Middleware(VisitorMiddleware, cookies=visitors.cookies)]
+        if getattr(demo, "delete_cache", None):
+            frequency, age = demo.delete_cache
+            app_kwargs["lifespan"] = sweeping_lifespan(frequency, age, app_kwargs.get("lifespan"))
         return launch(*args, app_kwargs=app_kwargs, **kwargs)
 
     demo.launch = launch_for_visitors

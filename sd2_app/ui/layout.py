@@ -9,7 +9,8 @@ then the tab's settings on the left and its results on the right.
             panel = result_panel("txt2img", top.run, top.stop, ...)
 
 The results column is sticky (static/app.css), so progress and results stay in view while the settings
-column scrolls. Element ids: `<prefix>-prompt`, `-negative`, `-run`, `-stop`, `-settings`, `-results`.
+column scrolls. Element ids: `<prefix>-prompt`, `-negative`, `-run`, `-stop`, `-run-status` (the line under
+the run buttons that says what Stop did), `-settings`, `-results`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class PromptRow:
     run: gr.Button
     stop: gr.Button
     boxes: PromptBoxes
+    status: gr.Markdown  # under the run buttons: what Stop did, where the visitor pressed it
 
 
 def prompt_boxes(prefix: str, value: str = "") -> PromptBoxes:
@@ -71,7 +73,8 @@ def prompt_row(prefix: str, value: str = "") -> PromptRow:
             boxes = prompt_boxes(prefix, value)
         with gr.Column(scale=2, min_width=160, elem_classes=["run-column"]):
             run, stop = run_buttons(prefix)
-    return PromptRow(boxes.prompt, boxes.negative, run, stop, boxes)
+            status = gr.Markdown("", elem_id=f"{prefix}-run-status", elem_classes=["run-status"], padding=False)
+    return PromptRow(boxes.prompt, boxes.negative, run, stop, boxes, status)
 
 
 @contextmanager

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 from gradio.processing_utils import hash_bytes
-from gradio.utils import get_upload_folder
 from PIL import Image
 
 from sd2_app.api.outputs import FAST_PNG_LEVEL
@@ -33,6 +32,7 @@ from sd2_app.api.service import ProgressFn, Result
 from sd2_app.api.timing import log_split, timed
 from sd2_app.api.gpu_time import gpu  # noqa: F401  # re-exported: the UI's handlers import it from here
 from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.ui.cache_files import results_folder
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
@@ -42,6 +42,38 @@ log = logging.getLogger(__name__)
 
 GPU_QUEUE = "gpu"  # the one concurrency id of every event that may touch the GPU
 PREVIEW_SIDE = 256  # px: the live preview's box is 160 px high
+WAIT_POLL_S = 0.5  # how often a run with no progress yet asks for its place at the GPU gate
+
+
+def queued_message(ahead: int) -> str:
+    """The info line while a run waits at the GPU gate (with --batch-users, or behind A1111 API jobs), where
+    Gradio's own queue would show its position."""
+    return f"Queued: {ahead} job{'' if ahead == 1 else 's'} ahead of yours…"
+
+
+class QueuePlace:
+    """A run's place at the GPU gate as its info line and progress bar last said it, so they change only when
+    it does."""
+
+    def __init__(self, starting: str) -> None:
+        self.starting = starting  # the info line of a run that is not waiting
+        self.shown: int | None = None  # jobs ahead last said; None: not waiting
+
+    def update(self, ahead: int | None, progress: gr.Progress) -> str | None:
+        """The new info line for `ahead` jobs ahead (None or 0: not waiting), with the bar's text set to match;
+        None when nothing changed."""
+        ahead = ahead or None
+        if ahead == self.shown:
+            return None
+        self.shown = ahead
+        message = queued_message(ahead) if ahead is not None else self.starting
+        progress(0, desc=message if ahead is not None else "Loading the model…")
+        return message
+
+    def started(self) -> bool:
+        """The run's first step came: True (once) when the line still shows a place in the queue."""
+        was_waiting, self.shown = self.shown is not None, None
+        return was_waiting
 
 
 class RunFlag(threading.Event):
@@ -120,9 +152,11 @@ def _executor() -> ThreadPoolExecutor:
 def stream(
     call: Callable[[ProgressFn, Callable[[], bool]], Result],
     flag: threading.Event,
-) -> Iterator[tuple[int, int, Image.Image | None] | Result]:
+    idle_s: float | None = None,
+) -> Iterator[tuple[int, int, Image.Image | None] | Result | None]:
     """Start `call(on_progress, should_stop)` in a worker thread now; the iterator yields (done, total, preview)
-    while it runs, and its result last.
+    while it runs, and its result last. With `idle_s`, it also yields None after each `idle_s` seconds without
+    news (the caller may look up the run's place in the queue then).
 
     The call's end wakes the iterator at once (no polling interval between the result and the browser).
     The iterator raises what the call raised (`InvalidRequest`, `Cancelled`, or a bug with its traceback).
@@ -130,14 +164,22 @@ def stream(
     events: queue.Queue[tuple[int, int, Image.Image | None] | None] = queue.Queue()
     future: Future[Result] = _executor().submit(call, lambda d, t, p: events.put((d, t, p)), flag.is_set)
     future.add_done_callback(lambda _: events.put(None))  # after the call's last progress event
-    return _drain(events, future, flag)
+    return _drain(events, future, flag, idle_s)
 
 
 def _drain(
-    events: queue.Queue[tuple[int, int, Image.Image | None] | None], future: Future[Result], flag: threading.Event
-) -> Iterator[tuple[int, int, Image.Image | None] | Result]:
+    events: queue.Queue[tuple[int, int, Image.Image | None] | None], future: Future[Result], flag: threading.Event,
+    idle_s: float | None,
+) -> Iterator[tuple[int, int, Image.Image | None] | Result | None]:
     try:
-        while (event := events.get()) is not None:
+        while True:
+            try:
+                event = events.get(timeout=idle_s)
+            except queue.Empty:
+                yield None
+                continue
+            if event is None:
+                break
             yield event
     finally:
         flag.set()  # the handler was closed (cancelled or the client left): stop the worker at its next step
@@ -200,19 +242,26 @@ def fast_png_file(image: Image.Image, name: str) -> str:
 
 
 def cached_file(data: bytes, name: str) -> str:
-    """`data` as `name` in Gradio's cache folder, which Gradio serves as it is: no second encode, no copy
-    (gradio/blocks.py, `Block.move_resource_to_block_cache`). The folder is named by the data's salted hash,
-    as Gradio names its own copies (gradio/processing_utils.py, `save_pil_to_cache`): the URL is as hard to
-    guess as that of an image Gradio encoded, and `delete_cache` removes it with the rest."""
-    folder = Path(get_upload_folder()) / hash_bytes(data)
+    """`data` as `name` in the app's folder in Gradio's cache (`cache_files.results_folder`), which Gradio serves
+    as it is: no second encode, no copy (gradio/blocks.py, `Block.move_resource_to_block_cache`). The sub-folder
+    is named by the data's salted hash, as Gradio names its own copies (gradio/processing_utils.py,
+    `save_pil_to_cache`): the URL is as hard to guess as that of an image Gradio encoded. The file goes after
+    the cache age whether or not Gradio ever sees it (`cache_files.sweep`)."""
+    folder = results_folder() / hash_bytes(data)
     path = folder / name
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        temporary = folder / f".{name}.{threading.get_ident()}.tmp"  # whole or absent, as Gradio's own copies
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    else:  # shown again: `delete_cache` ages files by their times, so this showing starts its age anew
+    if path.exists():  # shown again: files are deleted by age, so this showing starts its age anew
         os.utime(path)
+        return str(path)
+    temporary = folder / f".{name}.{threading.get_ident()}.tmp"  # whole or absent, as Gradio's own copies
+    for attempt in range(2):  # a sweep may delete the (old, empty) folder between mkdir and the write
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            temporary.write_bytes(data)
+            break
+        except FileNotFoundError:
+            if attempt:
+                raise
+    os.replace(temporary, path)
     return str(path)
 
 

@@ -77,3 +77,31 @@ def test_an_error_inside_releases_the_gate() -> None:
             raise RuntimeError("pipeline failed")
     with gate.enter():
         assert gate.waiting == 1
+
+
+def test_a_waiter_is_told_how_many_jobs_are_ahead_of_it() -> None:
+    gate, release = GpuGate(poll_s=0.01), threading.Event()
+    stops = [threading.Event() for _ in range(3)]
+    entered: list[int] = []
+
+    def job(index: int) -> None:
+        try:
+            with gate.enter(stops[index].is_set):
+                entered.append(index)
+                if index == 0:
+                    release.wait(10)
+        except Cancelled:
+            pass
+
+    threads = [threading.Thread(target=job, args=(index,)) for index in range(3)]
+    for count, thread in enumerate(threads, start=1):
+        thread.start()
+        _wait_for(lambda: gate.waiting == count)
+    assert [gate.ahead_of(stop.is_set) for stop in stops] == [None, 1, 2]  # the first is in: not waiting
+    assert gate.ahead_of(threading.Event().is_set) is None  # a callable no waiter passed
+    stops[1].set()  # the second leaves the queue: the third moves up
+    threads[1].join(5)
+    assert [gate.ahead_of(stop.is_set) for stop in stops] == [None, None, 1]
+    release.set()
+    threads[2].join(5)
+    assert entered == [0, 2] and gate.ahead_of(stops[2].is_set) is None

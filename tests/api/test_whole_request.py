@@ -151,9 +151,10 @@ def test_the_ui_shows_the_encoded_files_and_enlarged_fast_previews(tmp_path: Pat
     files = shown_files(result)
     assert [Path(f).read_bytes() for f in files] == result.png
     assert [Path(f).name for f in files] == [p.name for p in result.saved]
-    assert all(Path(f).parent.parent == tmp_path / "gradio" for f in files)  # Gradio's cache: served as they are
+    # In the app's folder of Gradio's cache: served as they are, and swept by age (`sd2_app.ui.cache_files`).
+    assert all(Path(f).parent.parent == tmp_path / "gradio" / "sd2-app" for f in files)
     assert shown_files(result) == files  # a second call writes nothing new
-    assert len(list((tmp_path / "gradio").rglob("*"))) == 4  # two folders, two files, no temporary files
+    assert len(list((tmp_path / "gradio" / "sd2-app").rglob("*"))) == 4  # two folders, two files, no temporaries
     preview = Image.open(shown_preview(Image.new("RGB", (12, 8), (1, 2, 3))))
     assert preview.size == (252, 168) and preview.getpixel((251, 167)) == (1, 2, 3)  # 21x, nearest
     unsaved = replace(result, png=[], saved=[])

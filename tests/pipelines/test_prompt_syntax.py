@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sd2_app.pipelines.prompt_syntax import MAX_WEIGHT, escape, parse_attention
+from sd2_app.api.task_checks import weight_warnings
+from sd2_app.prompt_syntax import MAX_WEIGHT, clamped_weights, escape, parse_attention
 
 B = "BREAK"  # a BREAK in the expected runs
 
@@ -124,3 +125,31 @@ def test_any_text_parses_without_error_into_bounded_weights(text: str) -> None:
         assert -MAX_WEIGHT <= run.weight <= MAX_WEIGHT
     kept = "".join(run.text for run in got if not run.is_break)
     assert len(kept) <= len(text)
+
+
+@pytest.mark.parametrize("prompt, expected", [
+    ("(cat:15)", [("cat", 15.0)]),
+    ("a (cat:10) b", []),  # at the limit: nothing was changed
+    ("(a:-20) x (b:12)(c:12)", [("a", -20.0), ("bc", 12.0)]),
+    ("(" * 30 + "dog" + ")" * 30, [("dog", 1.1 ** 30)]),
+    ("((red:1000)) BREAK (blue:2)", [("red", 1000 * 1.1)]),
+    ("[[(blurry:-12)]]", []),  # -12 / 1.21 is within the limit
+])
+def test_clamped_weights_name_what_was_asked(prompt: str, expected: list) -> None:
+    got = clamped_weights(prompt)
+    assert [text for text, _ in got] == [text for text, _ in expected]
+    assert [weight for _, weight in got] == pytest.approx([weight for _, weight in expected])
+    assert [run.weight for run in parse_attention(prompt) if any(run.text == t for t, _ in expected)] == \
+        [MAX_WEIGHT if w > 0 else -MAX_WEIGHT for _, w in expected]
+
+
+def test_weight_warnings_exact_text() -> None:
+    assert weight_warnings("(cat:15)", "prompt") == [
+        'The prompt asks for weight 15 on "cat"; attention weights are limited to ±10, so 10 was used.']
+    assert weight_warnings("(a:-20) (b:12) (c:11) (d  e:13)", "negative prompt") == [
+        'The negative prompt asks for weights -20 on "a", 12 on "b", 11 on "c" and 1 more; attention weights are '
+        "limited to ±10, so -10, 10, 10 and so on were used."]
+    assert weight_warnings("((a very long stretch of words that goes on:10))", "prompt") == [
+        'The prompt asks for weight 11 on "a very long stretch of words …"; attention weights are limited to ±10, '
+        "so 10 was used."]
+    assert weight_warnings("(cat:1.5)", "prompt") == []

@@ -42,6 +42,9 @@ def test_overrides_win_and_bad_settings_are_refused(tmp_path: Path) -> None:
         load_config(path)
     with pytest.raises(InvalidRequest, match="min_replicas <= max_replicas"):
         load_config(None, min_replicas=3, max_replicas=2)
+    path.write_text("serve = 3\n")
+    with pytest.raises(InvalidRequest, match=r"serve\.toml: \[serve\] must be a table"):
+        load_config(path)
 
 
 def test_the_kuberay_manifest_matches_the_settings_and_the_code() -> None:

@@ -88,3 +88,33 @@ def test_a_lone_user_runs_alone(batching_app: tuple[str, Service]) -> None:
     before = service.batcher.batches_run
     images, _ = _generate(url, "alone", 5, 1)
     assert len(images) == 1 and service.batcher.batches_run == before
+
+
+def _infos(job: object) -> list[str]:
+    return [output[2] for output in job.outputs()]  # type: ignore[attr-defined]  # every yield's info line
+
+
+def test_a_waiting_user_sees_the_place_in_the_queue(batching_app: tuple[str, Service]) -> None:
+    """With batching, Gradio's queue lets a batch's requests in together and they wait at the GPU gate, where
+    Gradio shows no position: the info line says how many jobs are ahead, as the place changes."""
+    url, service = batching_app
+    blocker = Blocker(service)  # one job on the GPU
+    users = [Client(url, verbose=False) for _ in range(3)]
+    first = users[0].submit(prompt="first", seed=1, api_name="/txt2img", **SETTINGS)
+    wait_until(lambda: "Queued: 1 job ahead of yours…" in _infos(first), timeout=60)
+    # Same settings as the first: it joins the first one's group and shares its place.
+    joined = users[1].submit(prompt="joined", seed=3, api_name="/txt2img", **SETTINGS)
+    wait_until(lambda: "Queued: 1 job ahead of yours…" in _infos(joined), timeout=60)
+    # Different steps: another batch, which waits behind the first one's group.
+    other = users[2].submit(prompt="other", seed=2, api_name="/txt2img", **{**SETTINGS, "steps": 4})
+    wait_until(lambda: "Queued: 2 jobs ahead of yours…" in _infos(other), timeout=60)
+    # The first group's users press Stop: the group leaves the queue and the other moves up.
+    for user in users[:2]:
+        assert user.predict(api_name="/txt2img_stop")[0] == "Stopped before sampling began."
+    wait_until(lambda: _infos(other)[-1] == "Queued: 1 job ahead of yours…", timeout=60)
+    blocker.release.set()
+    _, gallery, info = other.result(timeout=120)
+    assert len(gallery) == 1 and info.startswith("**Seed** 2")
+    infos = _infos(other)  # its first step replaced the place ("Starting…" first while its model loads, if slow)
+    after = infos[infos.index("Queued: 1 job ahead of yours…") + 1:]
+    assert after[0] in ("Starting…", "Step 1/4") and not any(i.startswith("Queued") for i in after), infos

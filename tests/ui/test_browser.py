@@ -294,6 +294,14 @@ def test_generate_and_stop_say_what_is_happening(page) -> None:
     expect(info).to_contain_text(re.compile(r"Step \d+/150"), timeout=60_000)
     stop.click()  # at once: on an idle machine the whole run takes only seconds
     expect(info).to_have_text(re.compile(r"Stopped after \d+/150 steps\."), timeout=30_000)
+    # The info line is under the results, below the fold of a laptop screen: the line under the buttons the
+    # visitor just pressed says it too, in view.
+    status = page.locator("#txt2img-run-status")
+    expect(status).to_have_text(info.inner_text())
+    box = _box(page, "#txt2img-run-status")
+    assert box["height"] > 10 and 0 <= box["y"] and box["y"] + box["height"] <= DESKTOP["height"], box
+    stop_box = _box(page, "#txt2img-stop")
+    assert 0 <= box["y"] - (stop_box["y"] + stop_box["height"]) < 40, (box, stop_box)  # right under Stop
     _shot(page, "txt2img-2-stopped")
     expect(run).to_be_enabled()
     expect(run).to_have_text("Generate")
@@ -301,6 +309,13 @@ def test_generate_and_stop_say_what_is_happening(page) -> None:
     page.wait_for_timeout(1000)  # any update still in flight from the run lands now, and must not replace it
     expect(info).to_have_text(re.compile(r"Stopped after \d+/150 steps\."))
     _shot(page, "txt2img-3-stopped-later")
+    _set_number(page, "txt2img-steps", 2)
+    _set_number(page, "txt2img-width", 64)
+    _set_number(page, "txt2img-height", 64)
+    run.click()  # a new run: the last Stop's message goes
+    expect(status).to_have_text("")
+    page.locator("#txt2img-gallery img").first.wait_for(timeout=120_000)
+    expect(status).to_have_text("")
 
 
 @pytest.mark.slow

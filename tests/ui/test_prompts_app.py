@@ -93,6 +93,20 @@ def test_weighted_prompt_changes_the_image_and_round_trips(app) -> None:
     assert np.array_equal(np.asarray(_rerun_from(client, weighted)), np.asarray(weighted))
 
 
+def test_a_weight_over_the_limit_is_used_at_the_limit_and_said_so(app) -> None:
+    client, _, _ = app
+    _, gallery, info = client.predict(api_name="/txt2img", **{**FAST, "prompt": "a (cat:15) on a hill"})
+    assert '- ⚠️ The prompt asks for weight 15 on "cat"; attention weights are limited to ±10, so 10 was used.' \
+        in info.splitlines()
+    at_limit = _txt2img(client, prompt="a (cat:10) on a hill")
+    asked = Image.open(gallery[0]["image"])
+    assert np.array_equal(np.asarray(asked), np.asarray(at_limit))  # 15 was read as 10, as the message says
+    _, _, info = client.predict(api_name="/txt2img", **{**FAST, "prompt": "a (cat:10) on a hill",
+                                                       "negative_prompt": "[[(blurry:-12)]]"})
+    assert '- ⚠️ The negative prompt asks for weight -9.92 on "blurry"' not in info  # -12/1.21 is within ±10
+    assert "attention weights are limited" not in info
+
+
 def test_embedding_is_used_and_recorded_with_its_hash(app, embeddings_dir: Path) -> None:
     client, _, _ = app
     image = _txt2img(client, prompt="a tiny-style cat", negative_prompt="")

@@ -236,3 +236,17 @@ def test_models_history_and_png_info(app) -> None:
     text, fields = client.predict(path=handle_file(str(saved)), api_name="/png_info")
     assert text == Image.open(saved).info["parameters"]
     assert fields["Steps"] == 2 and fields["Seed"] == 7 and fields["Size"] == "64x64"
+
+
+def test_a_job_behind_another_front_ends_job_says_its_place(app) -> None:
+    """Without --batch-users too, a UI job can wait at the GPU gate (behind an A1111 API or MCP job): the info
+    line says so with the place, where a bare "Starting…" would hide the wait."""
+    from tests.batching_support import Blocker, wait_until
+
+    client, service, _ = app
+    blocker = Blocker(service)  # stands in for an API job on the GPU
+    job = client.submit(prompt="behind an API job", api_name="/txt2img", width=64, height=64, **FAST)
+    wait_until(lambda: any(out[2] == "Queued: 1 job ahead of yours…" for out in job.outputs()), timeout=60)
+    blocker.release.set()
+    _, gallery, info = job.result(timeout=120)
+    assert len(gallery) == 1 and info.startswith("**Seed** 7")

@@ -72,6 +72,25 @@ def parse_attention(prompt: str) -> list[Run]:
 
     An empty prompt (or one of brackets only) is one run `Run("", 1.0)`.
     """
+    return _merge(_weighted_pieces(prompt))
+
+
+def clamped_weights(prompt: str) -> list[tuple[str, float]]:
+    """The (text, weight asked for) of each stretch of `prompt` whose weight `parse_attention` clamped to
+    ±MAX_WEIGHT, in prompt order (neighbours asking the same weight merged), so a caller can say so."""
+    clamped: list[tuple[str, float]] = []
+    for text, weight in _weighted_pieces(prompt):
+        if text is BREAK or not text or math.isnan(weight) or _clamp(weight) == weight:
+            continue
+        if clamped and clamped[-1][1] == weight:
+            clamped[-1] = (clamped[-1][0] + text, weight)
+        else:
+            clamped.append((text, weight))
+    return clamped
+
+
+def _weighted_pieces(prompt: str) -> list[list]:
+    """`prompt` as [text or BREAK, weight] pieces in prompt order, weights multiplied out, not yet clamped."""
     pieces: list[list] = []  # [text or BREAK, weight] in prompt order; weights are multiplied in place
     round_open: list[int] = []  # indices into `pieces` where an unclosed "(" started
     square_open: list[int] = []
@@ -101,7 +120,7 @@ def parse_attention(prompt: str) -> list[Run]:
         scale_from(start, ROUND_MULTIPLIER)
     for start in square_open:
         scale_from(start, SQUARE_MULTIPLIER)
-    return _merge(pieces)
+    return pieces
 
 
 def _merge(pieces: list[list]) -> list[Run]:

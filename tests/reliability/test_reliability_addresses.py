@@ -1,0 +1,112 @@
+"""Safe to host in public, what a visitor cannot make the server keep: queue places from one network address
+whatever its cookies, and the app's own files in Gradio's cache, through the running app.
+
+The app is `python app.py --host 0.0.0.0 --trusted-proxy-hops 1 --max-jobs-per-address 3 --cache-minutes 0.05`
+served in-process on a free loopback port (the tiny checkpoints), as behind a trusted reverse proxy: the test
+plays the proxy, appending the client's address to X-Forwarded-For. uvicorn is told to trust no proxy of its
+own (FORWARDED_ALLOW_IPS names an address that is not ours), so the address the app counts is the app's own
+reading of the header. Gradio's cache folder is a private one, so the 3 s cache age touches no other app's
+files.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client  # noqa: E402
+
+from sd2_app.ui.cache_files import results_folder  # noqa: E402
+from sd2_app.ui.hosting import stop_flag_of  # noqa: E402
+from sd2_app.ui.runner import cached_file  # noqa: E402
+from tests.hosting_support import FAST, txt2img_data  # noqa: E402
+from tests.reliability_report import reliability, track_module  # noqa: E402,F401
+from tests.reliability_support import one_thread, serve  # noqa: E402,F401
+
+AREA = "Hosting"
+SLOW = {**FAST, "steps": 150}  # about 10 s on the tiny checkpoints: long enough to queue others behind it
+ADDRESS_LIMIT = 3
+
+
+@pytest.fixture(scope="module")
+def proxied_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    argv = ["--tiny", "--device", "cpu", "--host", "0.0.0.0", "--no-save", "--trusted-proxy-hops", "1",
+            "--max-jobs-per-address", str(ADDRESS_LIMIT), "--cache-minutes", "0.05"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache")))
+        patch.setenv("FORWARDED_ALLOW_IPS", "192.0.2.1")  # uvicorn: the loopback peer is no trusted proxy
+        with serve(argv, tmp_path_factory.mktemp("app-cache"), bind="127.0.0.1") as (url, demo):
+            yield url, demo
+
+
+def _join(url: str, forwarded_for: str | None, **values: object) -> httpx.Response:
+    """A raw queue join with no cookies, through a proxy that says the client is `forwarded_for`."""
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+    return httpx.post(f"{url}gradio_api/call/txt2img", json={"data": txt2img_data(url, **values)}, headers=headers,
+                      timeout=30)
+
+
+def _stop_everything(demo: object) -> None:
+    """The test's cleanup: every job still in the queue gets its stop flag set (cookieless jobs have no Stop)."""
+    queue = demo._queue  # type: ignore[attr-defined]
+    for event in list(queue.event_ids_to_events.values()):
+        flag = stop_flag_of(event.request)
+        if flag is not None:
+            flag.set()
+    deadline = time.monotonic() + 120
+    while queue.event_ids_to_events and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def test_jobs_per_address_bound_a_client_without_cookies(proxied_app, reliability) -> None:
+    url, demo = proxied_app
+    Client(url, verbose=False).predict(prompt="warm", api_name="/txt2img", **FAST)  # models loaded
+    try:
+        joined = [_join(url, "203.0.113.7", prompt=f"job {n}", seed=n, **SLOW) for n in range(ADDRESS_LIMIT)]
+        assert [r.status_code for r in joined] == [200] * ADDRESS_LIMIT, [r.text for r in joined]
+        over = _join(url, "203.0.113.7", prompt="one more", seed=9, **SLOW)
+        assert over.status_code == 400, over.text
+        assert over.json()["detail"] == ("Your network address already has 3 jobs queued or running; wait for one "
+                                         "to finish before starting another.")
+        # A client that writes its own X-Forwarded-For entry first: the proxy still appends the real address.
+        spoofed = _join(url, "198.51.100.99, 203.0.113.7", prompt="spoofed", seed=10, **SLOW)
+        assert spoofed.status_code == 400 and spoofed.json()["detail"] == over.json()["detail"], spoofed.text
+        # IPv6: another address in the same /64 is the same client.
+        v6 = [_join(url, f"2001:db8:1:2::{n}", prompt="v6", seed=n, **SLOW) for n in range(1, ADDRESS_LIMIT + 2)]
+        assert [r.status_code for r in v6] == [200] * ADDRESS_LIMIT + [400], [r.text for r in v6]
+        other = _join(url, "203.0.113.8", prompt="someone else", seed=11, **FAST)
+        assert other.status_code == 200 and "event_id" in other.json(), other.text
+    finally:
+        _stop_everything(demo)
+    reliability(AREA, f"a client sending no cookies, {ADDRESS_LIMIT + 1} jobs from one address "
+                      f"(--max-jobs-per-address {ADDRESS_LIMIT}, behind a trusted proxy: --trusted-proxy-hops 1)",
+                f"{ADDRESS_LIMIT} accepted; the next refused at join, HTTP {over.status_code}: {over.json()['detail']}; "
+                "the same with a client-written first X-Forwarded-For entry, and for a 4th address in the same "
+                "IPv6 /64; another address still joins")
+
+
+def test_the_apps_cached_files_go_even_when_gradio_never_saw_them(proxied_app, reliability) -> None:
+    url, demo = proxied_app
+    assert demo.delete_cache == (3, 3)  # type: ignore[attr-defined]
+    client = Client(url, verbose=False)
+    client.predict(prompt="shown", seed=31, api_name="/txt2img", **FAST)
+    # What a job leaves when it is stopped, or its client leaves, after its PNG was written and before the
+    # output reached Gradio: a file in Gradio's cache that no Gradio output ever named.
+    orphan = Path(cached_file(b"an image no output ever named", "31-txt2img-0.png"))
+    assert orphan.is_file() and results_folder() in orphan.parents
+    shown = [path for path in results_folder().rglob("*") if path.is_file() and path != orphan]
+    assert shown, "the job's result and previews are files in the app's cache folder"
+    deadline = time.monotonic() + 30
+    while any(results_folder().iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = list(results_folder().rglob("*"))
+    assert not orphan.exists() and left == [], left
+    reliability(AREA, "a result PNG written to Gradio's cache but never returned to Gradio (job stopped or client "
+                      "gone), with --cache-minutes 0.05 (3 s)",
+                f"deleted with the {len(shown)} files the job showed and their folders, within 30 s; Gradio's "
+                "delete_cache alone deletes only the files it returned")

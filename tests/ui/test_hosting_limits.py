@@ -1,0 +1,178 @@
+"""The per-address job limit and the sweep of the app's cached files, without a server (the served app's
+tests are in tests/reliability/test_reliability_addresses.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from starlette.requests import Request as StarletteRequest
+
+import app
+from sd2_app.ui.addresses import ClientAddresses, network_key
+from sd2_app.ui.cache_files import results_folder, sweep, sweeping_lifespan
+from sd2_app.ui.hosting import (DEFAULT_MAX_JOBS_PER_ADDRESS, GPU_QUEUE, Visitors, too_many_jobs_from_address_message,
+                                too_many_jobs_message)
+from sd2_app.ui.runner import cached_file
+from sd2_app.ui.visitors import COOKIE
+
+
+def _request(peer: str | None, *forwarded_for: str, cookie: str | None = None) -> StarletteRequest:
+    headers = [(b"x-forwarded-for", value.encode()) for value in forwarded_for]
+    if cookie:
+        headers.append((b"cookie", f"{COOKIE}={cookie}".encode()))
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": headers,
+             "client": (peer, 51000) if peer else None}
+    return StarletteRequest(scope)
+
+
+@pytest.mark.parametrize(("host", "key"), [
+    ("203.0.113.7", "203.0.113.7"),
+    ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),  # the same /64: the same client
+    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+    ("::ffff:203.0.113.7", "203.0.113.7"),  # IPv4 mapped into IPv6
+    ("[2001:db8::1]", "2001:db8::/64"),
+    ("not-an-address", None),
+    ("", None),
+    (None, None),
+])
+def test_network_key_counts_ipv4_addresses_and_ipv6_networks(host: str | None, key: str | None) -> None:
+    assert network_key(host) == key
+
+
+def test_the_address_is_the_peer_unless_trusted_proxies_stand_in_front() -> None:
+    direct, proxied = ClientAddresses(), ClientAddresses(trusted_hops=1)
+    request = _request("10.0.0.2", "198.51.100.1, 203.0.113.7")
+    assert direct.of(request) == "10.0.0.2"  # a direct client writes what it likes into the header
+    assert proxied.of(request) == "203.0.113.7"  # the entry the proxy appended, never the client's first one
+    two_hops = ClientAddresses(trusted_hops=2)  # a load balancer, then a proxy: "client, balancer"
+    assert two_hops.of(_request("10.0.0.2", "198.51.100.1, 203.0.113.7, 10.1.0.5")) == "203.0.113.7"
+    assert two_hops.of(_request("10.0.0.2", "203.0.113.7")) == "203.0.113.7"  # fewer entries: all the proxies'
+    assert proxied.of(_request("10.0.0.2", "198.51.100.1", "203.0.113.9")) == "203.0.113.9"  # two headers: one list
+    assert proxied.of(_request("10.0.0.2", "203.0.113.7:4711")) == "203.0.113.7"
+    assert proxied.of(_request("10.0.0.2", "[2001:db8::5]:4711")) == "2001:db8::/64"
+    assert proxied.of(_request("10.0.0.2", "198.51.100.1, garbage")) == "10.0.0.2"  # unusable: the proxy's
+    assert proxied.of(_request("10.0.0.2")) == "10.0.0.2"  # no header: the proxy's address, shared
+    assert direct.of(_request(None)) == "unknown"
+    assert proxied.of(SimpleNamespace(request=request)) == "203.0.113.7"  # a gr.Request wraps the Starlette one
+
+
+class _FakeQueue:
+    """The part of gradio.queueing.Queue that `Visitors` reads: its events, each with fn and request."""
+
+    def __init__(self) -> None:
+        self.event_ids_to_events: dict[str, SimpleNamespace] = {}
+
+    def add(self, request: StarletteRequest, concurrency_id: str = GPU_QUEUE) -> None:
+        fn = SimpleNamespace(concurrency_id=concurrency_id)
+        self.event_ids_to_events[str(len(self.event_ids_to_events))] = SimpleNamespace(fn=fn, request=request)
+
+
+def _visitors(max_jobs: int, per_address: int) -> tuple[Visitors, _FakeQueue]:
+    visitors = Visitors(max_jobs=max_jobs, max_jobs_per_address=per_address,
+                        addresses=ClientAddresses(trusted_hops=1))
+    queue = _FakeQueue()
+    visitors._queue = queue
+    return visitors, queue
+
+
+def test_jobs_per_address_count_every_visitor_of_the_address() -> None:
+    visitors, queue = _visitors(max_jobs=2, per_address=3)
+    for _ in range(3):  # three cookieless jobs: three visitors, one address
+        queue.add(_request("10.0.0.2", "203.0.113.7"))
+    queue.add(_request("10.0.0.2", "203.0.113.7"), concurrency_id="cpu")  # not a GPU job: not counted
+    assert visitors.jobs_from("203.0.113.7") == 3
+    assert visitors.refusal("a-new-visitor", "203.0.113.7") == too_many_jobs_from_address_message(3)
+    assert visitors.refusal("a-new-visitor", "203.0.113.8") is None
+    assert too_many_jobs_from_address_message(3) == ("Your network address already has 3 jobs queued or running; "
+                                                     "wait for one to finish before starting another.")
+    assert too_many_jobs_from_address_message(1).startswith("Your network address already has 1 job queued")
+
+
+def test_the_visitor_limit_speaks_first_and_zero_turns_the_address_limit_off() -> None:
+    visitors, queue = _visitors(max_jobs=2, per_address=0)
+    cookie = visitors.cookies.issue()
+    for _ in range(2):
+        queue.add(_request("10.0.0.2", "203.0.113.7", cookie=cookie))
+    visitor = visitors.cookies.verify(cookie)
+    assert visitors.refusal(visitor, "203.0.113.7") == too_many_jobs_message(2)
+    for _ in range(50):
+        queue.add(_request("10.0.0.2", "203.0.113.7"))
+    assert visitors.refusal("a-new-visitor", "203.0.113.7") is None
+
+
+def test_the_address_flags_and_their_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SPACE_ID", "SD2APP_TRUSTED_PROXY_HOPS", "SD2APP_MAX_JOBS_PER_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    args = app.parse_args([])
+    assert args.max_jobs_per_address == DEFAULT_MAX_JOBS_PER_ADDRESS == 6 and args.trusted_proxy_hops == 0
+    assert app.parse_args(["--max-jobs-per-address", "0", "--trusted-proxy-hops", "2"]).trusted_proxy_hops == 2
+    monkeypatch.setenv("SPACE_ID", "someone/sd2")  # a Space: Hugging Face's proxy stands in front
+    assert app.parse_args([]).trusted_proxy_hops == 1
+    assert app.parse_args(["--trusted-proxy-hops", "0"]).trusted_proxy_hops == 0
+    monkeypatch.setenv("SD2APP_MAX_JOBS_PER_ADDRESS", "9")
+    assert app.parse_args([]).max_jobs_per_address == 9
+    with pytest.raises(SystemExit):
+        app.parse_args(["--trusted-proxy-hops", "-1"])
+
+
+def test_sweep_deletes_old_files_and_then_their_empty_folders(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    old = Path(cached_file(b"old image", "1-txt2img-0.png"))
+    assert old.parent.parent == results_folder() == tmp_path / "sd2-app"
+    stray = results_folder() / ".half-written.tmp"
+    stray.write_bytes(b"x")
+    gradios_own = tmp_path / "abc" / "upload.png"  # a file of Gradio's, outside the app's folder
+    gradios_own.parent.mkdir()
+    gradios_own.write_bytes(b"x")
+    now = time.time()
+    assert sweep(results_folder(), age=60, now=now) == 0  # nothing is a minute old yet
+    assert sweep(results_folder(), age=60, now=now + 61) == 2  # the image and the stray temporary file
+    assert not old.exists() and not stray.exists() and not old.parent.exists()  # and the folder left empty
+    assert gradios_own.is_file() and results_folder().is_dir()
+    newer = Path(cached_file(b"newer image", "2-txt2img-0.png"))
+    assert sweep(results_folder(), age=0) == 1  # at the real time: the folder was emptied just now, so it is new
+    assert not newer.exists() and newer.parent.is_dir()
+    time.sleep(0.01)
+    assert sweep(results_folder(), age=0) == 0 and not newer.parent.exists()  # it goes at the next sweep
+    assert sweep(tmp_path / "missing", age=60) == 0
+
+
+def test_a_file_written_again_into_a_swept_folder_is_whole(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    first = Path(cached_file(b"same bytes", "a.png"))
+    sweep(results_folder(), age=0, now=time.time() + 1)
+    assert not first.parent.exists()
+    again = Path(cached_file(b"same bytes", "a.png"))
+    assert again == first and again.read_bytes() == b"same bytes"
+    assert [p.name for p in again.parent.iterdir()] == ["a.png"]  # no temporary file left
+    assert os.stat(again).st_ctime > time.time() - 60
+
+
+def test_the_sweeping_lifespan_sweeps_on_its_schedule_and_ends_with_the_server(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    orphan = Path(cached_file(b"never returned to gradio", "b.png"))
+    entered: list[str] = []
+
+    @asynccontextmanager
+    async def inner(app_: object) -> AsyncIterator[dict]:
+        entered.append("in")
+        yield {"state": 1}
+        entered.append("out")
+
+    async def run() -> object:
+        async with sweeping_lifespan(0.05, 0, inner)(object()) as state:
+            deadline = time.monotonic() + 5
+            while orphan.exists() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        return state
+
+    assert asyncio.run(run()) == {"state": 1}
+    assert not orphan.exists() and entered == ["in", "out"]
