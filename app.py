@@ -35,6 +35,7 @@ from sd2_app.compute_flags import add_compute_arguments
 from sd2_app.serve.config import load_config
 from sd2_app.ui import build_ui
 from sd2_app.ui.hosting import DEFAULT_MAX_JOBS_PER_ADDRESS, Hosting
+from sd2_app.ui.lifecycle import AppBlocks
 from sd2_app.ui.mcp_tools import add_mcp_tools
 
 
@@ -149,7 +150,7 @@ def mcp_available() -> bool:
     return find_spec("mcp") is not None
 
 
-def build(args: argparse.Namespace) -> gr.Blocks:
+def build(args: argparse.Namespace) -> AppBlocks:
     if find_spec("spaces") is not None:
         import spaces  # noqa: F401  # ZeroGPU patches torch's CUDA calls: it must be imported before torch
     # Everything that loads torch is imported here, after `spaces`.
@@ -252,11 +253,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.mcp and not mcp_available():
         logging.getLogger("app").warning("--mcp needs the mcp package: pip install -r requirements-mcp.txt; MCP is off")
     demo = build(args)
-    # A stop from outside (docker stop, a Space restart) ends the server like Ctrl+C: Python then exits normally,
-    # and its thread pools finish their queued work first (the results still to be written to the outputs).
+    # A stop from outside (docker stop, a Space restart) ends the server like Ctrl+C does: `launch` returns.
     if threading.current_thread() is threading.main_thread():  # signal handlers belong to the main thread
         signal.signal(signal.SIGTERM, _interrupt)
-    demo.launch(**launch_settings(args, demo))
+    try:
+        demo.launch(**launch_settings(args, demo))
+    finally:
+        # The app's end, in order: no new jobs, the running ones stopped, the results being written on disk
+        # (sd2_app/ui/lifecycle.py, AppBlocks.close).
+        demo.close()
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -209,7 +209,7 @@ def stream_result(
         raise gr.Error(str(error), print_exception=False) from error
     flag = flags.arm(session, queued_flag)
     # The job starts now, not after this update; with no news for a while it may be waiting at the GPU gate.
-    run = stream(timed_call(service, request, session, flag), flag, idle_s=WAIT_POLL_S)
+    run = stream(timed_call(service, request, session, flag), flag, flags.threads, idle_s=WAIT_POLL_S)
     progress(0, desc="Loading the model…")
     keep = (gr.skip(),) * (n_outputs - 3)
     place = QueuePlace(STARTING)

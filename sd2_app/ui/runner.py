@@ -5,11 +5,13 @@ The bridge is a queue: the worker puts (done, total, preview) events, the handle
 progress bar and yields previews. Stop sets a per-session flag that the service checks at every step (and the
 Stop button also cancels a job that is still waiting in the queue). The finished images reach the browser as
 the PNG files the Service encoded (`shown_files`), not as images for Gradio to encode a second time.
+
+The worker threads belong to one app: `build_ui` makes its `StopFlags` with their `JobThreads`, and the app's
+`close` (`sd2_app.ui.lifecycle.AppBlocks`) stops every job and ends the threads.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
 import os
@@ -90,16 +92,36 @@ class RunFlag(threading.Event):
         return time.perf_counter() - self.created
 
 
+class JobThreads:
+    """The worker threads that one app's jobs run on (`stream`); `close` ends them with the app.
+
+    The GPU queue's concurrency limit (`Service.concurrency`) bounds how many of them run jobs at once; the pool
+    starts a thread only when no idle one is left.
+    """
+
+    def __init__(self, max_workers: int = 64) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="sd2-run")
+
+    def submit(self, call: Callable[..., Result], *args: object) -> Future[Result]:
+        """Start `call(*args)` on a worker thread (raises RuntimeError once the threads are closed)."""
+        return self._pool.submit(call, *args)
+
+    def close(self) -> None:
+        """Take no more jobs and wait until the running ones have returned (stop them first: `StopFlags`)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class StopFlags:
     """Stop flags per visitor: Stop stops that visitor's jobs, running or still queued, and nobody else's.
 
     A visitor may have several jobs (a running one and queued ones, up to the per-visitor limit); each has
     its own flag. `visitors` names the visitor of a request and reaches the jobs still waiting in Gradio's
-    queue.
+    queue; `threads` are the worker threads the app's jobs run on (a new set unless given).
     """
 
-    def __init__(self, visitors: Visitors) -> None:
+    def __init__(self, visitors: Visitors, threads: JobThreads | None = None) -> None:
         self.visitors = visitors
+        self.threads = threads if threads is not None else JobThreads()
         self._flags: dict[str, set[RunFlag]] = {}
         self._lock = threading.Lock()
 
@@ -133,6 +155,14 @@ class StopFlags:
         furthest = max(running, key=lambda flag: (flag.total > 0, flag.done), default=None)
         return furthest, self.visitors.stop_waiting(session)
 
+    def stop_everyone(self) -> int:
+        """Set every running job's flag (the app is closing); how many there were."""
+        with self._lock:
+            running = [flag for flags in self._flags.values() for flag in flags]
+        for flag in running:
+            flag.set()
+        return len(running)
+
     def stop_run(self, session: str) -> RunFlag | None:
         """Stop the session's jobs; the running flag that got furthest (None when none is running)."""
         return self.stop_all(session)[0]
@@ -143,18 +173,13 @@ class StopFlags:
         return running is not None or queued > 0
 
 
-@functools.lru_cache(maxsize=1)
-def _executor() -> ThreadPoolExecutor:
-    # The GPU queue's concurrency limit (`Service.concurrency`) bounds how many of these threads run jobs.
-    return ThreadPoolExecutor(max_workers=64, thread_name_prefix="sd2-run")
-
-
 def stream(
     call: Callable[[ProgressFn, Callable[[], bool]], Result],
     flag: threading.Event,
+    threads: JobThreads,
     idle_s: float | None = None,
 ) -> Iterator[tuple[int, int, Image.Image | None] | Result | None]:
-    """Start `call(on_progress, should_stop)` in a worker thread now; the iterator yields (done, total, preview)
+    """Start `call(on_progress, should_stop)` on one of `threads` now; the iterator yields (done, total, preview)
     while it runs, and its result last. With `idle_s`, it also yields None after each `idle_s` seconds without
     news (the caller may look up the run's place in the queue then).
 
@@ -162,7 +187,7 @@ def stream(
     The iterator raises what the call raised (`InvalidRequest`, `Cancelled`, or a bug with its traceback).
     """
     events: queue.Queue[tuple[int, int, Image.Image | None] | None] = queue.Queue()
-    future: Future[Result] = _executor().submit(call, lambda d, t, p: events.put((d, t, p)), flag.is_set)
+    future: Future[Result] = threads.submit(call, lambda d, t, p: events.put((d, t, p)), flag.is_set)
     future.add_done_callback(lambda _: events.put(None))  # after the call's last progress event
     return _drain(events, future, flag, idle_s)
 
@@ -284,17 +309,3 @@ def deliver(result: Result, finish: Finish) -> Iterator[tuple]:
     with timed(result.timings, "deliver"):
         yield (shown[0] if shown else gr.skip(), *outputs)
     log_split(result.task, result.timings)
-
-
-def close_with(demo: gr.Blocks, service: Service) -> None:
-    """Make `demo.close()` wait first for the results the Service is still writing (`Service.flush_saves`)."""
-    close = demo.close
-
-    @functools.wraps(close)
-    def flush_then_close(verbose: bool = True) -> None:
-        flush = getattr(service, "flush_saves", None)  # None: a test double of the Service
-        if flush is not None and not flush(timeout=60.0):
-            log.warning("closing with results still being saved after 60 s")
-        close(verbose)
-
-    demo.close = flush_then_close  # type: ignore[method-assign]

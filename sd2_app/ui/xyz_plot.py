@@ -140,7 +140,7 @@ def stream_plot(service: Service, flags: StopFlags, request_fn: Callable[[], XYZ
         return service.plot(request, on_progress, should_stop, owner=session, timings=timings,
                             on_cell=lambda cell, image, seconds: finished.put((cell, image, seconds)))
 
-    run = stream(call, flag)  # the job starts now, not after this update
+    run = stream(call, flag, flags.threads)  # the job starts now, not after this update
     progress(0, desc="Loading the model…")
     try:
         yield (skip, skip, STARTING, *keep)
