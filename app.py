@@ -7,9 +7,10 @@ Public modes (a Space, a --host other than loopback, or --share) serve untrusted
 unloading checkpoints by hand is off there unless --allow-model-admin or --auth is given. Every mode caps the
 cost of one job (--max-job-cost), the jobs one visitor may have queued (--max-jobs-per-session) and the jobs
 one network address may have queued (--max-jobs-per-address; the address comes from X-Forwarded-For only
-behind trusted proxies, --trusted-proxy-hops, 1 by default on a Space), keeps the queue's direct REST
-routes closed, deletes Gradio's cached uploads and results after --cache-minutes and keeps Gradio's run
-history off unless --run-history is given. README's "Hosting" section lists them.
+behind trusted proxies, --trusted-proxy-hops, 1 by default on a Space) and what one address may upload
+within the cache age (--max-upload-mb-per-address); it keeps the queue's direct REST routes closed, deletes
+Gradio's cached uploads and results after --cache-minutes and keeps Gradio's run history off unless
+--run-history is given. README's "Hosting" section lists them.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from sd2_app.serve.config import load_config
 from sd2_app.ui import build_ui
 from sd2_app.ui.hosting import DEFAULT_MAX_JOBS_PER_ADDRESS, Hosting
 from sd2_app.ui.lifecycle import AppBlocks
+from sd2_app.ui.upload_budget import DEFAULT_UPLOAD_MB_PER_ADDRESS
 from sd2_app.ui.mcp_tools import add_mcp_tools
 
 
@@ -62,8 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.auth is not None and ":" not in args.auth:
         p.error("--auth takes USER:PASSWORD")
-    if args.max_jobs_per_address < 0 or args.trusted_proxy_hops < 0:
-        p.error("--max-jobs-per-address and --trusted-proxy-hops take 0 or more")
+    if min(args.max_jobs_per_address, args.trusted_proxy_hops, args.max_upload_mb_per_address) < 0:
+        p.error("--max-jobs-per-address, --max-upload-mb-per-address and --trusted-proxy-hops take 0 or more")
     return args
 
 
@@ -92,6 +94,10 @@ def _visitor_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:
                    default=_env_number("SD2APP_MAX_JOBS_PER_ADDRESS", DEFAULT_MAX_JOBS_PER_ADDRESS),
                    help="GPU jobs one network address (an IPv6 /64) may have queued or running, whatever its "
                         "cookies; 0 = no limit (default %(default)s, $SD2APP_MAX_JOBS_PER_ADDRESS)")
+    p.add_argument("--max-upload-mb-per-address", type=int, metavar="MB",
+                   default=_env_number("SD2APP_MAX_UPLOAD_MB_PER_ADDRESS", DEFAULT_UPLOAD_MB_PER_ADDRESS),
+                   help="MB one network address may upload within one --cache-minutes, 0 = no limit (default "
+                        "%(default)s, $SD2APP_MAX_UPLOAD_MB_PER_ADDRESS)")
     p.add_argument("--trusted-proxy-hops", type=int, metavar="N",
                    default=_env_number("SD2APP_TRUSTED_PROXY_HOPS", 1 if os.environ.get("SPACE_ID") else 0),
                    help="trusted reverse proxies in front of the app, each appending to X-Forwarded-For: a client's "
@@ -178,6 +184,7 @@ def build(args: argparse.Namespace) -> AppBlocks:
                           keep_outputs_days=args.keep_outputs_days, save_in_background=True)
         _batch_users(args, service)
     hosting = Hosting(max_jobs_per_visitor=args.max_jobs_per_session, max_jobs_per_address=args.max_jobs_per_address,
+                      max_upload_mb_per_address=args.max_upload_mb_per_address,
                       trusted_proxy_hops=args.trusted_proxy_hops,
                       model_admin=args.allow_model_admin or bool(args.auth) or not is_public(args))
     import_pipelines()  # in this thread, before any visitor's: lazily, two threads can deadlock on the imports

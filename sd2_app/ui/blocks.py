@@ -94,7 +94,7 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
         # every launcher (app.py, Spaces, the tests) gets them.
         css = json.dumps((STATIC / "app.css").read_text(encoding="utf-8"))
         demo.load(None, js=f"() => ({(STATIC / 'app.js').read_text(encoding='utf-8')})({css})")
-    install(demo, visitors)
+    install(demo, visitors, hosting)
     return demo
 
 

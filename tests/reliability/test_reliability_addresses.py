@@ -1,16 +1,17 @@
-"""Safe to host in public, what a visitor cannot make the server keep: queue places from one network address
-whatever its cookies, and the app's own files in Gradio's cache, through the running app.
+"""Safe to host in public, what a visitor cannot make the server keep: queue places and uploads from one
+network address whatever its cookies, and the app's own files in Gradio's cache, through the running app.
 
-The app is `python app.py --host 0.0.0.0 --trusted-proxy-hops 1 --max-jobs-per-address 3 --cache-minutes 0.05`
-served in-process on a free loopback port (the tiny checkpoints), as behind a trusted reverse proxy: the test
-plays the proxy, appending the client's address to X-Forwarded-For. uvicorn is told to trust no proxy of its
-own (FORWARDED_ALLOW_IPS names an address that is not ours), so the address the app counts is the app's own
-reading of the header. Gradio's cache folder is a private one, so the 3 s cache age touches no other app's
-files.
+The app is `python app.py --host 0.0.0.0 --trusted-proxy-hops 1 --max-jobs-per-address 3
+--max-upload-mb-per-address 1` served in-process on a free loopback port (the tiny checkpoints), as behind a
+trusted reverse proxy: the test plays the proxy, appending the client's address to X-Forwarded-For. uvicorn is
+told to trust no proxy of its own (FORWARDED_ALLOW_IPS names an address that is not ours), so the address the
+app counts is the app's own reading of the header. The cache test has its own app with `--cache-minutes 0.05`.
+Gradio's cache folder is a private one, so the 3 s cache age touches no other app's files.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,15 +34,24 @@ SLOW = {**FAST, "steps": 150}  # about 10 s on the tiny checkpoints: long enough
 ADDRESS_LIMIT = 3
 
 
-@pytest.fixture(scope="module")
-def proxied_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
-    argv = ["--tiny", "--device", "cpu", "--host", "0.0.0.0", "--no-save", "--trusted-proxy-hops", "1",
-            "--max-jobs-per-address", str(ADDRESS_LIMIT), "--cache-minutes", "0.05"]
+def _served(argv: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    argv = ["--tiny", "--device", "cpu", "--host", "0.0.0.0", "--no-save", "--trusted-proxy-hops", "1", *argv]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache")))
         patch.setenv("FORWARDED_ALLOW_IPS", "192.0.2.1")  # uvicorn: the loopback peer is no trusted proxy
         with serve(argv, tmp_path_factory.mktemp("app-cache"), bind="127.0.0.1") as (url, demo):
             yield url, demo
+
+
+@pytest.fixture(scope="module")
+def proxied_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    yield from _served(["--max-jobs-per-address", str(ADDRESS_LIMIT), "--max-upload-mb-per-address", "1"],
+                       tmp_path_factory)
+
+
+@pytest.fixture()
+def short_cache_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    yield from _served(["--cache-minutes", "0.05"], tmp_path_factory)
 
 
 def _join(url: str, forwarded_for: str | None, **values: object) -> httpx.Response:
@@ -90,8 +100,41 @@ def test_jobs_per_address_bound_a_client_without_cookies(proxied_app, reliabilit
                 "IPv6 /64; another address still joins")
 
 
-def test_the_apps_cached_files_go_even_when_gradio_never_saw_them(proxied_app, reliability) -> None:
-    url, demo = proxied_app
+def _upload(url: str, forwarded_for: str, size: int, name: str = "a.png") -> httpx.Response:
+    return httpx.post(f"{url}gradio_api/upload", files=[("files", (name, b"\0" * size, "image/png"))],
+                      headers={"X-Forwarded-For": forwarded_for}, timeout=30)
+
+
+def _uploaded_files() -> int:
+    return sum(1 for path in Path(os.environ["GRADIO_TEMP_DIR"]).rglob("*") if path.is_file())
+
+
+def test_uploads_per_address_are_bounded(proxied_app, reliability) -> None:
+    url, _ = proxied_app
+    before = _uploaded_files()
+    accepted = [_upload(url, "203.0.113.20", 300_000, f"{n}.png") for n in range(3)]  # 3 x 300 kB of 1 MB
+    assert [r.status_code for r in accepted] == [200] * 3, [r.text for r in accepted]
+    over = _upload(url, "203.0.113.20", 300_000)
+    assert over.status_code == 429 and over.text == (
+        "Your network address has reached this server's upload limit (1 MB or 2,000 uploads per 60 minutes); "
+        "try again later."), over.text
+    spoofed = _upload(url, "198.51.100.5, 203.0.113.20", 300_000)
+    assert spoofed.status_code == 429 and spoofed.text == over.text
+    other = _upload(url, "203.0.113.21", 300_000)
+    assert other.status_code == 200, other.text
+    unsized = httpx.post(f"{url}gradio_api/upload", content=iter([b"--x\r\n"]), timeout=30,
+                         headers={"Content-Type": "multipart/form-data; boundary=x", "X-Forwarded-For": "203.0.113.22"})
+    assert unsized.status_code == 411 and unsized.text == "An upload must state its size (one Content-Length header)."
+    assert _uploaded_files() == before + 4  # the refused ones wrote nothing
+    reliability(AREA, "uploads of 300 kB from one address with --max-upload-mb-per-address 1 (raw HTTP, "
+                      "trusted proxy)",
+                f"3 accepted; the 4th refused, HTTP {over.status_code}: {over.text} The same with a client-written "
+                "first X-Forwarded-For entry; another address still uploads; an upload without Content-Length: "
+                f"HTTP {unsized.status_code}; refused uploads write no file")
+
+
+def test_the_apps_cached_files_go_even_when_gradio_never_saw_them(short_cache_app, reliability) -> None:
+    url, demo = short_cache_app
     assert demo.delete_cache == (3, 3)  # type: ignore[attr-defined]
     client = Client(url, verbose=False)
     client.predict(prompt="shown", seed=31, api_name="/txt2img", **FAST)
