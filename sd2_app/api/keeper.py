@@ -1,9 +1,9 @@
 """Keeping a finished result: its provenance marks, one PNG encode, the outputs folder, the in-memory history.
 
 `ResultKeeper.keep` marks every image (the invisible watermark unless it is off, the XMP "AI generated"
-marker), encodes each as PNG once with its parameters (`Result.png`), hands the result to the outputs folder's
-`ResultWriter` (`sd2_app.api.saver`; none when saving is off) and puts a `HistoryEntry` at the front of a short
-history; each phase's seconds go into the result's `timings`. One keeper per Service, which delegates to it.
+marker), encodes each as PNG once with its parameters (`Result.png`; a mask or depth map too, `Result.aux_png`),
+hands the result to the outputs folder's `ResultWriter` (`sd2_app.api.saver`; none when saving is off) and puts
+a `HistoryEntry` at the front of a short history; each phase's seconds go into the result's `timings`. One keeper per Service, which delegates to it.
 """
 
 from __future__ import annotations
@@ -55,8 +55,11 @@ class ResultKeeper:
         timings = result.timings
         with timed(timings, "mark"):
             result.images = [mark_ai_generated(embed(im) if self.watermark else im) for im in result.images]
+        aux = {name: image for name, image in (("mask", result.mask_image), ("depth", result.depth_image))
+               if image is not None}
         with timed(timings, "encode"):
-            result.png = encode_pngs(result.images, self._encoders)
+            encoded = encode_pngs([*result.images, *aux.values()], self._encoders)
+            result.png, result.aux_png = encoded[:len(result.images)], dict(zip(aux, encoded[len(result.images):]))
         if self._writer is not None:
             with timed(timings, "save"):
                 try:
@@ -67,7 +70,7 @@ class ResultKeeper:
                         f"The images could not be saved to the outputs folder ({error.strerror}).")
         with timed(timings, "history"):
             entry = HistoryEntry(result.created, result.task, result.seed, result.parameters, tuple(result.images),
-                                 tuple(result.saved), owner)
+                                 tuple(result.saved), owner, tuple(result.png))
             with self._lock:
                 self._history.appendleft(entry)
                 self.last_seed = result.seed

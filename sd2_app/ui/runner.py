@@ -29,6 +29,7 @@ from PIL import Image
 
 from sd2_app.api.outputs import FAST_PNG_LEVEL
 from sd2_app.api.requests import Request
+from sd2_app.api.results import HistoryEntry
 from sd2_app.api.service import ProgressFn, Result
 from sd2_app.api.timing import log_split, timed
 from sd2_app.api.gpu_time import gpu  # noqa: F401  # re-exported: the UI's handlers import it from here
@@ -224,15 +225,28 @@ def stopped_message(flag: RunFlag | None) -> str:
     return "Stopped before sampling began."
 
 
-def shown_files(result: Result) -> list[str] | list[Image.Image]:
-    """The result's images for a Gallery or Image output: the PNG files the Service encoded (`Result.png`) as
-    files in Gradio's cache (`cached_file`), named like the saved files (what a download is called); the
-    images themselves when there are none (Gradio encodes those). Calling it again writes nothing."""
+def shown_files(result: Result | HistoryEntry) -> list[str] | list[Image.Image]:
+    """The images of a result (or a History entry) for a Gallery or Image output: the PNG files the Service
+    encoded (`Result.png`) as files in Gradio's cache (`cached_file`), named like the saved files (what a
+    download is called); the images themselves when there are none (Gradio encodes those). Calling it again
+    writes nothing."""
     if len(result.png) != len(result.images):
         return list(result.images)
     names = [path.name for path in result.saved[:len(result.png)]]
     names += [f"{result.seed}-{result.task}-{index}.png" for index in range(len(names), len(result.png))]
     return [cached_file(data, name) for data, name in zip(result.png, names)]
+
+
+def shown_aux(result: Result, name: str, image: Image.Image | None) -> str | None:
+    """The result's mask or depth map (`name`: "mask" or "depth") for an Image output: the PNG the Service
+    encoded (`Result.aux_png`) as a file in Gradio's cache; else `image` (what the request brought) encoded once,
+    fast (`fast_png_file`); None without either."""
+    data = result.aux_png.get(name)
+    file_name = next((path.name for path in result.saved if path.name.endswith(f"-{name}.png")),
+                     f"{result.seed}-{result.task}-{name}.png")
+    if data is not None:
+        return cached_file(data, file_name)
+    return fast_png_file(image, file_name) if image is not None else None
 
 
 def shown_preview(preview: Image.Image) -> str:
@@ -241,9 +255,15 @@ def shown_preview(preview: Image.Image) -> str:
     scale = max(1, PREVIEW_SIDE // max(preview.size))
     if scale > 1:
         preview = preview.resize((preview.width * scale, preview.height * scale), Image.Resampling.NEAREST)
+    return fast_png_file(preview, "preview.png")
+
+
+def fast_png_file(image: Image.Image, name: str) -> str:
+    """An image the Service did not encode, PNG-encoded once at the fast level (`FAST_PNG_LEVEL`, where Gradio
+    would use PIL's default), as `name` in Gradio's cache."""
     buffer = io.BytesIO()
-    preview.save(buffer, format="PNG", compress_level=FAST_PNG_LEVEL)
-    return cached_file(buffer.getvalue(), "preview.png")
+    image.save(buffer, format="PNG", compress_level=FAST_PNG_LEVEL)
+    return cached_file(buffer.getvalue(), name)
 
 
 def cached_file(data: bytes, name: str) -> str:
@@ -276,11 +296,16 @@ def timed_call(service: Service, request: Request, owner: str, flag: RunFlag) ->
     return lambda on_progress, should_stop: service.run(request, on_progress, should_stop, owner=owner, timings=timings)
 
 
-def deliver(result: Result, finish: Callable[[Result], tuple]) -> Iterator[tuple]:
-    """The finished outputs: the final image in the live preview, then `finish(result)`'s; their "display" and
-    "deliver" phases timed and the request's log line written (`sd2_app.api.timing`)."""
+Finish = Callable[[Result, list[str] | list[Image.Image]], tuple]  # (result, its shown files) -> outputs
+
+
+def deliver(result: Result, finish: Finish) -> Iterator[tuple]:
+    """The finished outputs: the final image in the live preview, then `finish(result, shown)`'s, with `shown`
+    the result's files (`shown_files`, made once for both); their "display" and "deliver" phases timed and the
+    request's log line written (`sd2_app.api.timing`)."""
     with timed(result.timings, "display"):
-        shown, outputs = shown_files(result), finish(result)
+        shown = shown_files(result)
+        outputs = finish(result, shown)
     with timed(result.timings, "deliver"):
         yield (shown[0] if shown else gr.skip(), *outputs)
     log_split(result.task, result.timings)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,6 +132,33 @@ def test_uploads_per_address_are_bounded(proxied_app, reliability) -> None:
                 f"3 accepted; the 4th refused, HTTP {over.status_code}: {over.text} The same with a client-written "
                 "first X-Forwarded-For entry; another address still uploads; an upload without Content-Length: "
                 f"HTTP {unsized.status_code}; refused uploads write no file")
+
+
+def test_upload_ids_cannot_grow_gradios_progress_table(proxied_app, reliability) -> None:
+    import gc
+
+    from gradio.route_utils import FileUploadProgress
+
+    url, _ = proxied_app
+    ids = [f"{n}-" + "x" * 2000 for n in range(40)]
+    for upload_id in ids:
+        response = httpx.post(f"{url}gradio_api/upload", params={"upload_id": upload_id}, timeout=30,
+                              files=[("files", ("a.png", b"\0" * 10, "image/png"))],
+                              headers={"X-Forwarded-For": "203.0.113.30"})
+        assert response.status_code == 200, response.text
+    with warnings.catch_warnings():  # isinstance on every live object touches torch's deprecated aliases
+        warnings.simplefilter("ignore")
+        tables = [obj for obj in gc.get_objects() if isinstance(obj, FileUploadProgress)]
+    keys = {key for table in tables for key in (*table._statuses, *table._signals)}
+    assert keys and all(len(key) == 4 for key in keys) and not keys & set(ids), sorted(keys)[:5]
+    # The client that uploaded reads its own upload's progress by the id it chose.
+    with httpx.stream("GET", f"{url}gradio_api/upload_progress", params={"upload_id": ids[0]}, timeout=30,
+                      headers={"X-Forwarded-For": "203.0.113.30"}) as progress:
+        first = next(progress.iter_lines())
+    assert progress.status_code == 200 and first == 'data: {"msg": "done"}', first
+    reliability(AREA, "40 uploads, each naming a new 2,000-character upload_id (raw HTTP)",
+                f"Gradio's progress table holds {len(keys)} ids of 4 hex digits (at most 65,536 ever), none of "
+                "the clients'; the uploader still reads its upload's progress by its own id")
 
 
 def test_the_apps_cached_files_go_even_when_gradio_never_saw_them(short_cache_app, reliability) -> None:
