@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = served_app_parser(__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=10, help="requests timed after the warm-up")
     p.add_argument("--png-sizes", default=",".join(map(str, PNG_SIZES)), help="sizes of the PNG encode table")
+    p.add_argument("--gallery-count", type=int, default=10, help="images handed to a Gallery (0: skip)")
     p.add_argument("--browser", type=int, default=0, help="clicks on Generate in Chromium after the client's requests")
     p.add_argument("--tiny", action="store_true", help="tiny checkpoints on CPU")
     args = p.parse_args(argv)
@@ -287,7 +288,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     row.update(run_requests(args))
     row["summary"] = summarize(row)
     row["png"] = png_costs(tuple(int(s) for s in args.png_sizes.split(",") if s))
-    row["gallery"] = gallery_costs()
+    if args.gallery_count:
+        row["gallery"] = gallery_costs(args.gallery_count)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "request.json").write_text(json.dumps(row, indent=1))
     with open(args.out / "request.md", "a") as f:
