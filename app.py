@@ -5,12 +5,13 @@ start-up, as ZeroGPU expects, and results are not written to disk unless --outpu
 
 Public modes (a Space, a --host other than loopback, or --share) serve untrusted visitors: loading and
 unloading checkpoints by hand is off there unless --allow-model-admin or --auth is given. Every mode caps the
-cost of one job (--max-job-cost), the jobs one visitor may have queued (--max-jobs-per-session) and the jobs
-one network address may have queued (--max-jobs-per-address; the address comes from X-Forwarded-For only
-behind trusted proxies, --trusted-proxy-hops, 1 by default on a Space) and what one address may upload
-within the cache age (--max-upload-mb-per-address); it keeps the queue's direct REST routes closed, deletes
-Gradio's cached uploads and results after --cache-minutes and keeps Gradio's run history off unless
---run-history is given. README's "Hosting" section lists them.
+cost of one job (--max-job-cost), the jobs one visitor may have queued (--max-jobs-per-session), the jobs one
+network address may have queued (--max-jobs-per-address; the address comes from X-Forwarded-For only behind
+trusted proxies, --trusted-proxy-hops, 1 by default on a Space), what one address may upload within the cache
+age (--max-upload-mb-per-address) and how many sessions' state the server keeps (--max-sessions). It keeps
+the queue's direct REST routes closed, deletes Gradio's cached uploads and the app's results after
+--cache-minutes and keeps Gradio's run history off unless --run-history is given. README's "Hosting" section
+lists them.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from sd2_app.checkpoints.catalog import CheckpointSpec, apply_overrides, parse_a
 from sd2_app.compute_flags import add_compute_arguments
 from sd2_app.serve.config import load_config
 from sd2_app.ui import build_ui
-from sd2_app.ui.hosting import DEFAULT_MAX_JOBS_PER_ADDRESS, Hosting
+from sd2_app.ui.hosting import DEFAULT_MAX_JOBS_PER_ADDRESS, DEFAULT_MAX_SESSIONS, Hosting
 from sd2_app.ui.lifecycle import AppBlocks
 from sd2_app.ui.upload_budget import DEFAULT_UPLOAD_MB_PER_ADDRESS
 from sd2_app.ui.mcp_tools import add_mcp_tools
@@ -66,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--auth takes USER:PASSWORD")
     if min(args.max_jobs_per_address, args.trusted_proxy_hops, args.max_upload_mb_per_address) < 0:
         p.error("--max-jobs-per-address, --max-upload-mb-per-address and --trusted-proxy-hops take 0 or more")
+    if args.max_sessions < 1:
+        p.error("--max-sessions takes 1 or more")
     return args
 
 
@@ -98,6 +101,9 @@ def _visitor_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:
                    default=_env_number("SD2APP_MAX_UPLOAD_MB_PER_ADDRESS", DEFAULT_UPLOAD_MB_PER_ADDRESS),
                    help="MB one network address may upload within one --cache-minutes, 0 = no limit (default "
                         "%(default)s, $SD2APP_MAX_UPLOAD_MB_PER_ADDRESS)")
+    p.add_argument("--max-sessions", type=int, default=_env_number("SD2APP_MAX_SESSIONS", DEFAULT_MAX_SESSIONS),
+                   help="browser/API sessions whose state the server keeps, the least recently used dropped first "
+                        "(default %(default)s, $SD2APP_MAX_SESSIONS)")
     p.add_argument("--trusted-proxy-hops", type=int, metavar="N",
                    default=_env_number("SD2APP_TRUSTED_PROXY_HOPS", 1 if os.environ.get("SPACE_ID") else 0),
                    help="trusted reverse proxies in front of the app, each appending to X-Forwarded-For: a client's "
@@ -219,10 +225,13 @@ def launch_settings(args: argparse.Namespace, demo: gr.Blocks | None = None) -> 
     # (its Node front server would stand between clients and these routes).
     routes = list(getattr(demo, "sd2_routes", []))
     # No extra allowed paths; errors show our messages (gr.Error), never tracebacks; no /monitoring endpoint;
-    # no run history (it may reach the Hub with the host's token).
+    # no run history (it may reach the Hub with the host's token). Every new session id a client sends makes
+    # Gradio keep a copy of every component's config (gradio/state_holder.py, `SessionState`): --max-sessions
+    # bounds how many it keeps.
     return dict(server_name=args.host, server_port=args.port, share=args.share, show_error=False, allowed_paths=[],
                 max_file_size="25mb", enable_monitoring=False, run_history=args.run_history, auth=auth,
-                ssr_mode=False, mcp_server=bool(args.mcp and mcp_available()), app_kwargs={"routes": routes})
+                ssr_mode=False, mcp_server=bool(args.mcp and mcp_available()), app_kwargs={"routes": routes},
+                state_session_capacity=args.max_sessions)
 
 
 def _serve_service(args: argparse.Namespace, registry: dict[str, CheckpointSpec], limits: Limits,

@@ -164,3 +164,31 @@ def test_the_server_log_has_no_per_file_loading_bars() -> None:
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "False"]
+
+
+_WITHOUT_TORCH = r"""
+import importlib, runpy, sys
+target = sys.argv[1]
+if target.startswith("-m "):  # run a module's command line with --help
+    sys.argv = [target[3:], "--help"]
+    try:
+        runpy.run_module(target[3:], run_name="__main__")
+    except SystemExit as done:
+        assert done.code == 0, done.code
+else:
+    importlib.import_module(target)
+print("torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("target", ["-m sd2_app", "sd2_app.serve.backend", "sd2_app.serve.deployment",
+                                    "-m sd2_app.serve"])
+def test_paths_that_need_no_model_do_not_import_torch(target: str) -> None:
+    """The CLI's --help, the Serve front end that only forwards requests (and the deployment it names), and the
+    deploy command's --help answer without importing torch (seconds of start-up on a small machine)."""
+    if "serve" in target:
+        pytest.importorskip("ray")
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, target], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "False", done.stdout[-2000:]

@@ -8,8 +8,8 @@ whole under a temporary name and renamed into place (`outputs.save_new_png`), af
 the retention.
 
 With `background` on, the writing and pruning run on one writer thread, in the order the results came, after
-the request has returned. `flush()` waits for what is still pending: the app calls it before it closes, and
-Python's thread pool finishes queued work at interpreter exit. A failure on the writer thread can no longer
+the request has returned. `flush()` waits for what is still pending: the app calls it when it closes
+(`sd2_app.ui.lifecycle.AppBlocks.close`, also on Ctrl+C and SIGTERM). A failure on the writer thread can no longer
 reach the request: it goes to the server log. Errors before that point (the folder cannot be created) still
 reach the caller as `OSError`, which the Service turns into the user's warning.
 """

@@ -29,7 +29,8 @@ from sd2_app.manager import memory
 from sd2_app.manager.derived import DerivedModules
 from sd2_app.manager.memory import OOM_ERRORS, gib
 from sd2_app.manager.identity import HashCache, default_cache_dir
-from sd2_app.manager.loader import OutOfMemoryDuringLoad, load_checkpoint, load_tokenizer_only
+from sd2_app.loading.repo_attempts import load_tokenizer_only
+from sd2_app.manager.loader import OutOfMemoryDuringLoad, load_checkpoint
 from sd2_app.manager.state import Entry, MemorySummary, ModelStatus, Part, Tier
 from sd2_app.checkpoints.catalog import REGISTRY, CheckpointSpec, tiny_registry
 

@@ -40,6 +40,10 @@ STOP_FLAG = "sd2_stop"  # attribute of the join request's Starlette `state` that
 # GPU jobs queued or running from one network address: more than one visitor's, since offices, universities
 # and mobile networks put many visitors behind one address; 0 turns the limit off.
 DEFAULT_MAX_JOBS_PER_ADDRESS = 6
+# Sessions whose state Gradio keeps (`launch(state_session_capacity=...)`, the least recently used go first):
+# each holds a copy of every component's config, and any client can start a new session with every request.
+# Gradio's own default is 10,000.
+DEFAULT_MAX_SESSIONS = 1000
 
 
 @dataclass(frozen=True)

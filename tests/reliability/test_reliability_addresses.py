@@ -2,7 +2,7 @@
 network address whatever its cookies, and the app's own files in Gradio's cache, through the running app.
 
 The app is `python app.py --host 0.0.0.0 --trusted-proxy-hops 1 --max-jobs-per-address 3
---max-upload-mb-per-address 1` served in-process on a free loopback port (the tiny checkpoints), as behind a
+--max-upload-mb-per-address 1 --max-sessions 20` served in-process on a free loopback port (the tiny checkpoints), as behind a
 trusted reverse proxy: the test plays the proxy, appending the client's address to X-Forwarded-For. uvicorn is
 told to trust no proxy of its own (FORWARDED_ALLOW_IPS names an address that is not ours), so the address the
 app counts is the app's own reading of the header. The cache test has its own app with `--cache-minutes 0.05`.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from tests.reliability_support import one_thread, serve  # noqa: E402,F401
 AREA = "Hosting"
 SLOW = {**FAST, "steps": 150}  # about 10 s on the tiny checkpoints: long enough to queue others behind it
 ADDRESS_LIMIT = 3
+SESSIONS = 20
 
 
 def _served(argv: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
@@ -45,8 +47,8 @@ def _served(argv: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 @pytest.fixture(scope="module")
 def proxied_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
-    yield from _served(["--max-jobs-per-address", str(ADDRESS_LIMIT), "--max-upload-mb-per-address", "1"],
-                       tmp_path_factory)
+    yield from _served(["--max-jobs-per-address", str(ADDRESS_LIMIT), "--max-upload-mb-per-address", "1",
+                        "--max-sessions", str(SESSIONS)], tmp_path_factory)
 
 
 @pytest.fixture()
@@ -131,6 +133,53 @@ def test_uploads_per_address_are_bounded(proxied_app, reliability) -> None:
                 f"3 accepted; the 4th refused, HTTP {over.status_code}: {over.text} The same with a client-written "
                 "first X-Forwarded-For entry; another address still uploads; an upload without Content-Length: "
                 f"HTTP {unsized.status_code}; refused uploads write no file")
+
+
+def test_upload_ids_cannot_grow_gradios_progress_table(proxied_app, reliability) -> None:
+    import gc
+
+    from gradio.route_utils import FileUploadProgress
+
+    url, _ = proxied_app
+    ids = [f"{n}-" + "x" * 2000 for n in range(40)]
+    for upload_id in ids:
+        response = httpx.post(f"{url}gradio_api/upload", params={"upload_id": upload_id}, timeout=30,
+                              files=[("files", ("a.png", b"\0" * 10, "image/png"))],
+                              headers={"X-Forwarded-For": "203.0.113.30"})
+        assert response.status_code == 200, response.text
+    with warnings.catch_warnings():  # isinstance on every live object touches torch's deprecated aliases
+        warnings.simplefilter("ignore")
+        tables = [obj for obj in gc.get_objects() if isinstance(obj, FileUploadProgress)]
+    keys = {key for table in tables for key in (*table._statuses, *table._signals)}
+    assert keys and all(len(key) == 4 for key in keys) and not keys & set(ids), sorted(keys)[:5]
+    # The client that uploaded reads its own upload's progress by the id it chose.
+    with httpx.stream("GET", f"{url}gradio_api/upload_progress", params={"upload_id": ids[0]}, timeout=30,
+                      headers={"X-Forwarded-For": "203.0.113.30"}) as progress:
+        first = next(progress.iter_lines())
+    assert progress.status_code == 200 and first == 'data: {"msg": "done"}', first
+    reliability(AREA, "40 uploads, each naming a new 2,000-character upload_id (raw HTTP)",
+                f"Gradio's progress table holds {len(keys)} ids of 4 hex digits (at most 65,536 ever), none of "
+                "the clients'; the uploader still reads its upload's progress by its own id")
+
+
+def test_new_sessions_cannot_grow_the_servers_memory_without_bound(proxied_app, reliability) -> None:
+    url, demo = proxied_app
+    config = httpx.get(f"{url}config", timeout=30).json()
+    status = next(i for i, d in enumerate(config["dependencies"]) if d.get("api_name") == "models_status")
+    hashes = [f"script-session-{n}" for n in range(3 * SESSIONS)]
+    for session_hash in hashes:  # a script that starts a new session with every call (cheap CPU event)
+        joined = httpx.post(f"{url}gradio_api/queue/join", timeout=30, json={
+            "data": [], "fn_index": status, "session_hash": session_hash, "event_data": None, "trigger_id": None})
+        assert joined.status_code == 200, joined.text
+    deadline = time.monotonic() + 30
+    holder = demo.state_holder  # type: ignore[attr-defined]
+    while hashes[-1] not in holder.session_data and time.monotonic() < deadline:
+        time.sleep(0.1)
+    kept = list(holder.session_data)
+    assert len(kept) <= SESSIONS and hashes[-1] in kept and hashes[0] not in kept, (len(kept), kept[:3])
+    reliability(AREA, f"{len(hashes)} calls, each with a new session id (--max-sessions {SESSIONS}; raw HTTP)",
+                f"the server keeps {len(kept)} sessions' state, the most recent ones (Gradio would keep 10,000, "
+                "each with a copy of every component's config)")
 
 
 def test_the_apps_cached_files_go_even_when_gradio_never_saw_them(short_cache_app, reliability) -> None:

@@ -4,12 +4,11 @@ tests/reliability/test_reliability_addresses.py, `test_uploads_per_address_are_b
 from __future__ import annotations
 
 import asyncio
-
-from starlette.requests import Request as StarletteRequest
+from urllib.parse import parse_qsl
 
 from sd2_app.ui.addresses import ClientAddresses
-from sd2_app.ui.upload_budget import (MAX_UPLOAD_REQUEST_BYTES, MB, UPLOAD_PATH, UploadBudget, UploadBudgetMiddleware,
-                                      upload_limit_message)
+from sd2_app.ui.upload_budget import (MAX_UPLOAD_REQUEST_BYTES, MB, PROGRESS_ID_HEX, PROGRESS_PATH, UPLOAD_PATH,
+                                      UploadBudget, UploadBudgetMiddleware, upload_limit_message)
 
 
 class Clock:
@@ -50,7 +49,7 @@ def test_requests_are_counted_and_finished_windows_are_forgotten() -> None:
 
 
 def _call(middleware: UploadBudgetMiddleware, headers: list[tuple[bytes, bytes]], path: str = UPLOAD_PATH,
-          method: str = "POST") -> tuple[int, bytes]:
+          method: str = "POST", query: bytes = b"") -> tuple[int, bytes]:
     sent: list[dict] = []
 
     async def receive() -> dict:
@@ -60,17 +59,38 @@ def _call(middleware: UploadBudgetMiddleware, headers: list[tuple[bytes, bytes]]
         sent.append(message)
 
     scope = {"type": "http", "method": method, "path": path, "headers": headers, "client": ("203.0.113.7", 5000),
-             "query_string": b""}
+             "query_string": query}
     asyncio.run(middleware(scope, receive, send))
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
 
-def test_the_middleware_refuses_before_gradio_reads_anything() -> None:
+def _gradio(seen: list[dict]):
     async def gradio(scope, receive, send) -> None:
+        seen.append(scope)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"gradio"})
 
-    middleware = UploadBudgetMiddleware(gradio, UploadBudget(1 * MB, window_s=60), ClientAddresses())
+    return gradio
+
+
+def test_upload_ids_reach_gradio_as_short_keyed_hashes() -> None:
+    seen: list[dict] = []
+    middleware = UploadBudgetMiddleware(_gradio(seen), UploadBudget(MB, window_s=60, max_requests=3), ClientAddresses())
+    long_id = "x" * 5000
+    assert _call(middleware, [(b"content-length", b"10")], query=f"upload_id={long_id}&a=1".encode())[0] == 200
+    assert _call(middleware, [], path=PROGRESS_PATH, method="GET", query=f"upload_id={long_id}".encode())[0] == 200
+    sent = [dict(parse_qsl(scope["query_string"].decode())) for scope in seen]
+    assert sent[0]["upload_id"] == sent[1]["upload_id"] == middleware.progress_id("203.0.113.7", long_id)
+    assert len(sent[0]["upload_id"]) == PROGRESS_ID_HEX == 4 and sent[0]["a"] == "1"  # other parameters kept
+    assert middleware.progress_id("203.0.113.8", long_id) != sent[0]["upload_id"]  # another address, another id
+    assert len({middleware.progress_id("a", str(n)) for n in range(200_000)}) <= 16 ** 4
+    # Progress questions count as requests of the address's budget.
+    assert _call(middleware, [], path=PROGRESS_PATH, method="GET", query=b"upload_id=1")[0] == 200
+    assert _call(middleware, [], path=PROGRESS_PATH, method="GET", query=b"upload_id=2")[0] == 429
+
+
+def test_the_middleware_refuses_before_gradio_reads_anything() -> None:
+    middleware = UploadBudgetMiddleware(_gradio([]), UploadBudget(1 * MB, window_s=60), ClientAddresses())
     assert _call(middleware, [(b"content-length", b"1000")]) == (200, b"gradio")
     assert _call(middleware, []) == (411, b"An upload must state its size (one Content-Length header).")
     assert _call(middleware, [(b"content-length", b"10"), (b"content-length", b"10")])[0] == 411
