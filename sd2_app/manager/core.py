@@ -89,9 +89,8 @@ class ModelManager:
         self._active: str | None = None  # key of the job holding the lock
         # Speed switches (CUDA graphs, fused ops, compile) apply on CUDA only; on CPU the modules run as loaded.
         self._accel = Accelerator(accel) if self.device.type == "cuda" else None
-        # told whenever a part moves between tiers or is freed: the derived modules, then accel (its one hook)
         self._derived = DerivedModules(then=self._accel.on_moved if self._accel is not None else None)
-        self._on_moved: Callable[[torch.nn.Module], None] = self._derived.moved
+        self._on_moved: Callable[[torch.nn.Module], None] = self._derived.moved  # a part moved or is freed
         if self._accel is not None:
             setup_backends(self.device, allow_tf32=self._accel.options.tf32,
                            cudnn_benchmark=self._accel.options.cudnn_benchmark)
