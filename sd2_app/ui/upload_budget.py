@@ -27,7 +27,6 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from gradio.route_utils import API_PREFIX
@@ -35,6 +34,7 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import PlainTextResponse
 
 from sd2_app.ui.addresses import ClientAddresses
+from sd2_app.ui.visitors import ASGIApp, Message, Scope
 
 UPLOAD_PATH = f"{API_PREFIX}/upload"
 PROGRESS_PATH = f"{API_PREFIX}/upload_progress"
@@ -47,8 +47,8 @@ MAX_UPLOAD_REQUEST_BYTES = 128 * MB
 DEFAULT_UPLOAD_MB_PER_ADDRESS = 1024  # per cache age (--cache-minutes)
 UPLOADS_PER_WINDOW = 2000  # upload requests per address per cache age
 
-Receive = Callable[[], Awaitable[Any]]
-Send = Callable[[Any], Awaitable[None]]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 
 def upload_limit_message(max_bytes: int, max_requests: int, window_s: float) -> str:
@@ -114,7 +114,7 @@ class UploadBudgetMiddleware:
     """ASGI middleware: Gradio's upload route within `MAX_UPLOAD_REQUEST_BYTES` a request and `budget` an
     address (`addresses` names it), upload ids bounded (module docstring); every other request passes untouched."""
 
-    def __init__(self, app: Callable[[Any, Receive, Send], Awaitable[None]], budget: UploadBudget,
+    def __init__(self, app: ASGIApp, budget: UploadBudget,
                  addresses: ClientAddresses) -> None:
         self.app = app
         self.budget = budget
@@ -126,7 +126,7 @@ class UploadBudgetMiddleware:
         digest = hmac.new(self._key, f"{address}\n{upload_id}".encode("utf-8", "surrogateescape"), hashlib.sha256)
         return digest.hexdigest()[:PROGRESS_ID_HEX]
 
-    def _with_bounded_upload_id(self, scope: Any, address: str) -> Any:
+    def _with_bounded_upload_id(self, scope: Scope, address: str) -> Scope:
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         if not any(name == UPLOAD_ID for name, _ in query):
             return scope
@@ -147,7 +147,7 @@ class UploadBudgetMiddleware:
         message = self.budget.charge(address, size)
         return None if message is None else PlainTextResponse(message, status_code=429)
 
-    async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope.get("path", ""), scope.get("method")
         upload = scope["type"] == "http" and method == "POST" and path.endswith(UPLOAD_PATH)
         progress = scope["type"] == "http" and method == "GET" and path.endswith(PROGRESS_PATH)
