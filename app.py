@@ -264,8 +264,8 @@ def configure_logging() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    args = parse_args(argv)  # --help and flag errors answer before transformers' logging is set up
     configure_logging()
-    args = parse_args(argv)
     if args.mcp and not mcp_available():
         logging.getLogger("app").warning("--mcp needs the mcp package: pip install -r requirements-mcp.txt; MCP is off")
     demo = build(args)
