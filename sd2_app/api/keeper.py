@@ -3,7 +3,8 @@
 `ResultKeeper.keep` marks every image (the invisible watermark unless it is off, the XMP "AI generated"
 marker), encodes each as PNG once with its parameters (`Result.png`; a mask or depth map too, `Result.aux_png`),
 hands the result to the outputs folder's `ResultWriter` (`sd2_app.api.saver`; none when saving is off) and puts
-a `HistoryEntry` at the front of a short history; each phase's seconds go into the result's `timings`. One keeper per Service, which delegates to it.
+a `HistoryEntry` at the front of a short history; each phase's seconds go into the result's `timings`. One
+keeper per Service, which delegates to it.
 
 The history is bounded twice: at most `history_size` entries, and at most `history_max_bytes` of images
 (decoded pixels and PNG files) in all, the oldest entries going first. The entry count alone would not bound
