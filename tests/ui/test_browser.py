@@ -217,6 +217,8 @@ def test_a_failed_run_says_why_and_leaves_no_error_badge(page) -> None:
     page.locator("#upscale-prompt textarea").fill("a cat")
     page.locator("#upscale-run").click()
     expect(page.locator(".toast-body", has_text=re.compile(r"Upload .* first\."))).to_be_visible(timeout=30_000)
+    # The toast fades; the info line keeps the reason (it said "Starting…" for good before).
+    expect(page.locator("#upscale-info")).to_have_text("Upload an image to upscale first.")
     expect(page.locator("#upscale-run")).to_be_enabled(timeout=10_000)  # a failed run gives Generate back
     expect(page.locator("#upscale-stop")).to_be_disabled()
     # The message was the toast; the results carry no lasting "Error" badge (the run's end resets them).
