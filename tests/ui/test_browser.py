@@ -341,3 +341,19 @@ def test_hires_fix_run_shows_the_upscaled_image_and_its_parameters(page) -> None
     assert "Denoising strength: 0.5" in info
     assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [96, 96]
     page.locator("#txt2img-hires input[type=checkbox]").uncheck()  # later tests expect the plain tab
+
+
+def test_history_shows_whole_thumbnails_and_its_table_fits_the_page(page) -> None:
+    _generate_txt2img(page, 64, 72)
+    _go(page, "History")
+    page.locator("#history-refresh").click()
+    thumb = page.locator("#history-gallery img").first
+    thumb.wait_for(timeout=30_000)
+    _shot(page, "history")
+    gallery, box = _box(page, "#history-gallery"), thumb.bounding_box()
+    assert box is not None and box["width"] <= gallery["width"] / 5  # a thumbnail, not a page-wide square
+    assert box["y"] + box["height"] <= gallery["y"] + gallery["height"]  # whole, inside the gallery's box
+    assert thumb.evaluate("(img) => getComputedStyle(img).objectFit") == "contain"  # not cropped
+    files = _box(page, "#history-table th:last-child")
+    assert files["x"] + files["width"] <= DESKTOP["width"]  # the last column ("Files") is on the page
+    expect(page.locator("#history-table th:last-child")).to_contain_text("Files")
