@@ -5,11 +5,13 @@ start-up, as ZeroGPU expects, and results are not written to disk unless --outpu
 
 Public modes (a Space, a --host other than loopback, or --share) serve untrusted visitors: loading and
 unloading checkpoints by hand is off there unless --allow-model-admin or --auth is given. Every mode caps the
-cost of one job (--max-job-cost), the jobs one visitor may have queued (--max-jobs-per-session) and the jobs
-one network address may have queued (--max-jobs-per-address; the address comes from X-Forwarded-For only
-behind trusted proxies, --trusted-proxy-hops, 1 by default on a Space), keeps the queue's direct REST
-routes closed, deletes Gradio's cached uploads and results after --cache-minutes and keeps Gradio's run
-history off unless --run-history is given. README's "Hosting" section lists them.
+cost of one job (--max-job-cost), the jobs one visitor may have queued (--max-jobs-per-session), the jobs one
+network address may have queued (--max-jobs-per-address; the address comes from X-Forwarded-For only behind
+trusted proxies, --trusted-proxy-hops, 1 by default on a Space), what one address may upload within the cache
+age (--max-upload-mb-per-address) and how many sessions' state the server keeps (--max-sessions). It keeps
+the queue's direct REST routes closed, deletes Gradio's cached uploads and the app's results after
+--cache-minutes and keeps Gradio's run history off unless --run-history is given. README's "Hosting" section
+lists them.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from sd2_app.checkpoints.catalog import CheckpointSpec, apply_overrides, parse_a
 from sd2_app.compute_flags import add_compute_arguments
 from sd2_app.serve.config import load_config
 from sd2_app.ui import build_ui
-from sd2_app.ui.hosting import DEFAULT_MAX_JOBS_PER_ADDRESS, Hosting
+from sd2_app.ui.hosting import DEFAULT_MAX_JOBS_PER_ADDRESS, DEFAULT_MAX_SESSIONS, Hosting
+from sd2_app.ui.lifecycle import AppBlocks
+from sd2_app.ui.upload_budget import DEFAULT_UPLOAD_MB_PER_ADDRESS
 from sd2_app.ui.mcp_tools import add_mcp_tools
 
 
@@ -61,8 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.auth is not None and ":" not in args.auth:
         p.error("--auth takes USER:PASSWORD")
-    if args.max_jobs_per_address < 0 or args.trusted_proxy_hops < 0:
-        p.error("--max-jobs-per-address and --trusted-proxy-hops take 0 or more")
+    if min(args.max_jobs_per_address, args.trusted_proxy_hops, args.max_upload_mb_per_address) < 0:
+        p.error("--max-jobs-per-address, --max-upload-mb-per-address and --trusted-proxy-hops take 0 or more")
+    if args.max_sessions < 1:
+        p.error("--max-sessions takes 1 or more")
     return args
 
 
@@ -91,6 +97,13 @@ def _visitor_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:
                    default=_env_number("SD2APP_MAX_JOBS_PER_ADDRESS", DEFAULT_MAX_JOBS_PER_ADDRESS),
                    help="GPU jobs one network address (an IPv6 /64) may have queued or running, whatever its "
                         "cookies; 0 = no limit (default %(default)s, $SD2APP_MAX_JOBS_PER_ADDRESS)")
+    p.add_argument("--max-upload-mb-per-address", type=int, metavar="MB",
+                   default=_env_number("SD2APP_MAX_UPLOAD_MB_PER_ADDRESS", DEFAULT_UPLOAD_MB_PER_ADDRESS),
+                   help="MB one network address may upload within one --cache-minutes, 0 = no limit (default "
+                        "%(default)s, $SD2APP_MAX_UPLOAD_MB_PER_ADDRESS)")
+    p.add_argument("--max-sessions", type=int, default=_env_number("SD2APP_MAX_SESSIONS", DEFAULT_MAX_SESSIONS),
+                   help="browser/API sessions whose state the server keeps, the least recently used dropped first "
+                        "(default %(default)s, $SD2APP_MAX_SESSIONS)")
     p.add_argument("--trusted-proxy-hops", type=int, metavar="N",
                    default=_env_number("SD2APP_TRUSTED_PROXY_HOPS", 1 if os.environ.get("SPACE_ID") else 0),
                    help="trusted reverse proxies in front of the app, each appending to X-Forwarded-For: a client's "
@@ -149,7 +162,7 @@ def mcp_available() -> bool:
     return find_spec("mcp") is not None
 
 
-def build(args: argparse.Namespace) -> gr.Blocks:
+def build(args: argparse.Namespace) -> AppBlocks:
     if find_spec("spaces") is not None:
         import spaces  # noqa: F401  # ZeroGPU patches torch's CUDA calls: it must be imported before torch
     # Everything that loads torch is imported here, after `spaces`.
@@ -177,6 +190,7 @@ def build(args: argparse.Namespace) -> gr.Blocks:
                           keep_outputs_days=args.keep_outputs_days, save_in_background=True)
         _batch_users(args, service)
     hosting = Hosting(max_jobs_per_visitor=args.max_jobs_per_session, max_jobs_per_address=args.max_jobs_per_address,
+                      max_upload_mb_per_address=args.max_upload_mb_per_address,
                       trusted_proxy_hops=args.trusted_proxy_hops,
                       model_admin=args.allow_model_admin or bool(args.auth) or not is_public(args))
     import_pipelines()  # in this thread, before any visitor's: lazily, two threads can deadlock on the imports
@@ -211,10 +225,13 @@ def launch_settings(args: argparse.Namespace, demo: gr.Blocks | None = None) -> 
     # (its Node front server would stand between clients and these routes).
     routes = list(getattr(demo, "sd2_routes", []))
     # No extra allowed paths; errors show our messages (gr.Error), never tracebacks; no /monitoring endpoint;
-    # no run history (it may reach the Hub with the host's token).
+    # no run history (it may reach the Hub with the host's token). Every new session id a client sends makes
+    # Gradio keep a copy of every component's config (gradio/state_holder.py, `SessionState`): --max-sessions
+    # bounds how many it keeps.
     return dict(server_name=args.host, server_port=args.port, share=args.share, show_error=False, allowed_paths=[],
                 max_file_size="25mb", enable_monitoring=False, run_history=args.run_history, auth=auth,
-                ssr_mode=False, mcp_server=bool(args.mcp and mcp_available()), app_kwargs={"routes": routes})
+                ssr_mode=False, mcp_server=bool(args.mcp and mcp_available()), app_kwargs={"routes": routes},
+                state_session_capacity=args.max_sessions)
 
 
 def _serve_service(args: argparse.Namespace, registry: dict[str, CheckpointSpec], limits: Limits,
@@ -247,16 +264,20 @@ def configure_logging() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    args = parse_args(argv)  # --help and flag errors answer before transformers' logging is set up
     configure_logging()
-    args = parse_args(argv)
     if args.mcp and not mcp_available():
         logging.getLogger("app").warning("--mcp needs the mcp package: pip install -r requirements-mcp.txt; MCP is off")
     demo = build(args)
-    # A stop from outside (docker stop, a Space restart) ends the server like Ctrl+C: Python then exits normally,
-    # and its thread pools finish their queued work first (the results still to be written to the outputs).
+    # A stop from outside (docker stop, a Space restart) ends the server like Ctrl+C does: `launch` returns.
     if threading.current_thread() is threading.main_thread():  # signal handlers belong to the main thread
         signal.signal(signal.SIGTERM, _interrupt)
-    demo.launch(**launch_settings(args, demo))
+    try:
+        demo.launch(**launch_settings(args, demo))
+    finally:
+        # The app's end, in order: no new jobs, the running ones stopped, the results being written on disk
+        # (sd2_app/ui/lifecycle.py, AppBlocks.close).
+        demo.close()
 
 
 def _interrupt(signum: int, frame: object) -> None:

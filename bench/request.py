@@ -8,7 +8,8 @@ the pipeline; "client round trip" is the time gradio_client took, download of th
 round trip minus the app's time is Gradio's and the transfer's part. With `--browser N` (Playwright and
 /usr/bin/chromium), N clicks on Generate in the page follow, each timed from the click to the new image
 decoded in the page. Then PIL's PNG encoding of one image at 512, 768 and 2048 at PIL's default level (what
-Gradio uses for a PIL image) and the app's fast level.
+Gradio uses for a PIL image) and the app's fast level, and the handing of ten 512 images to a Gallery (History)
+as PIL images and as the encoded files.
 
     python -m bench.request --tiny --size 64 --steps 2 --n 5 --ckpt /tmp/ck --out OUT      # CPU, tiny models
     python -m bench.request --ckpt /tmp/sd2-bench --out OUT    # GPU: sd2-base's architecture, random weights
@@ -75,6 +76,46 @@ def png_costs(sizes: tuple[int, ...] = PNG_SIZES, reps: int = 3) -> list[dict[st
             rows.append({"size": size, "setting": label, "level": level, "seconds": statistics.median(times),
                          "bytes": nbytes})
     return rows
+
+
+def gallery_costs(count: int = 10, size: int = 512, reps: int = 3) -> dict[str, Any]:
+    """Median seconds to hand `count` kept images to a Gallery output (History's refresh): as PIL images, which
+    Gradio encodes at PIL's default level (how History, masks, depth maps and MCP results went before), and as
+    the PNG files the Service encoded (`sd2_app.ui.runner.cached_file`: one hash each, no encode)."""
+    import gradio as gr
+
+    from sd2_app.pipelines.metadata import encode_png
+    from sd2_app.ui.runner import cached_file
+
+    images = [photo_like(size, seed) for seed in range(count)]
+    encoded = [encode_png(image) for image in images]
+    previous = os.environ.get("GRADIO_TEMP_DIR")
+    with tempfile.TemporaryDirectory(prefix="gallery-bench-") as folder:
+        os.environ["GRADIO_TEMP_DIR"] = folder  # Gradio's cache (both ways write there), removed after
+        try:
+            return {"count": count, "size": size, "seconds": _hand_over_times(gr.Gallery(format="png"), images,
+                                                                                encoded, cached_file, reps)}
+        finally:
+            if previous is None:
+                del os.environ["GRADIO_TEMP_DIR"]
+            else:
+                os.environ["GRADIO_TEMP_DIR"] = previous
+
+
+def _hand_over_times(gallery: Any, images: list[Any], encoded: list[bytes], cached_file: Any,
+                     reps: int) -> dict[str, float]:
+    ways = {"PIL images (Gradio encodes)": lambda: gallery.postprocess([(image, "") for image in images]),
+            "encoded files": lambda: gallery.postprocess(
+                [(cached_file(data, f"{index}.png"), "") for index, data in enumerate(encoded)])}
+    seconds = {}
+    for label, hand_over in ways.items():
+        times = []
+        for _ in range(reps):
+            started = time.perf_counter()
+            hand_over()
+            times.append(time.perf_counter() - started)
+        seconds[label] = statistics.median(times)
+    return seconds
 
 
 def _command(args: argparse.Namespace, port: int, folder: Path | None, outputs: Path) -> list[str]:
@@ -227,6 +268,11 @@ def markdown(row: dict[str, Any]) -> str:
               "", "| PNG encode | setting | ms | KiB |", "| --- | --- | --- | --- |"]
     lines += [f"| {p['size']}x{p['size']} | {p['setting']} (level {p['level']}) | {1000 * p['seconds']:.1f} | "
               f"{p['bytes'] / 1024:.0f} |" for p in row["png"]]
+    gallery = row.get("gallery")
+    if gallery:
+        side = gallery["size"]
+        lines += ["", f"| {gallery['count']} images of {side}x{side} to a Gallery (History) | ms |", "| --- | --- |"]
+        lines += [f"| {label} | {1000 * seconds:.1f} |" for label, seconds in gallery["seconds"].items()]
     return "\n".join(lines) + "\n\n"
 
 
@@ -234,6 +280,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = served_app_parser(__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=10, help="requests timed after the warm-up")
     p.add_argument("--png-sizes", default=",".join(map(str, PNG_SIZES)), help="sizes of the PNG encode table")
+    p.add_argument("--gallery-count", type=int, default=10, help="images handed to a Gallery (0: skip)")
     p.add_argument("--browser", type=int, default=0, help="clicks on Generate in Chromium after the client's requests")
     p.add_argument("--tiny", action="store_true", help="tiny checkpoints on CPU")
     args = p.parse_args(argv)
@@ -241,6 +288,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     row.update(run_requests(args))
     row["summary"] = summarize(row)
     row["png"] = png_costs(tuple(int(s) for s in args.png_sizes.split(",") if s))
+    if args.gallery_count:
+        row["gallery"] = gallery_costs(args.gallery_count)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "request.json").write_text(json.dumps(row, indent=1))
     with open(args.out / "request.md", "a") as f:

@@ -80,6 +80,9 @@ def app_launch_kwargs(argv: list[str]) -> dict[str, object]:
         def launch(self, **kwargs: object) -> None:
             captured.update(kwargs)
 
+        def close(self) -> None:  # app.main closes the app when `launch` returns
+            pass
+
     original = app.build
     app.build = lambda args: Recorder()  # type: ignore[assignment]
     try:

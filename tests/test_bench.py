@@ -265,13 +265,14 @@ def test_request_bench_summary_reads_the_split_and_the_overhead_share() -> None:
 def test_request_bench_runs_through_the_app_on_tiny_models(tmp_path: Path) -> None:
     from bench.request import main
 
-    row = main(["--tiny", "--size", "64", "--steps", "2", "--n", "2", "--png-sizes", "64", "--ckpt",
-                str(tmp_path / "ck"), "--out", str(tmp_path / "out")])
+    row = main(["--tiny", "--size", "64", "--steps", "2", "--n", "2", "--png-sizes", "64", "--gallery-count", "2",
+                "--ckpt", str(tmp_path / "ck"), "--out", str(tmp_path / "out")])
     assert len(row["splits"]) == 2 and len(row["round_trips_s"]) == 2 and row["browser_clicks_s"] == []
     assert all(split["run"] > 0 and "encode" in split and "deliver" in split for split in row["splits"])
     assert len(row["saved_files"]) == 3 and row["temporary_files_left"] == []  # the warm-up's file too
     assert 0 < row["summary"]["in_app_s"] < row["summary"]["round_trip_s"]
     assert "| 64x64 | PIL default (Gradio) (level 6) |" in (tmp_path / "out" / "request.md").read_text()
+    assert set(row["gallery"]["seconds"]) == {"PIL images (Gradio encodes)", "encoded files"}
 
 
 def test_users_bench_compares_batching_off_and_on_on_tiny_models(tmp_path: Path) -> None:

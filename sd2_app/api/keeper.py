@@ -1,9 +1,15 @@
 """Keeping a finished result: its provenance marks, one PNG encode, the outputs folder, the in-memory history.
 
 `ResultKeeper.keep` marks every image (the invisible watermark unless it is off, the XMP "AI generated"
-marker), encodes each as PNG once with its parameters (`Result.png`), hands the result to the outputs folder's
-`ResultWriter` (`sd2_app.api.saver`; none when saving is off) and puts a `HistoryEntry` at the front of a short
-history; each phase's seconds go into the result's `timings`. One keeper per Service, which delegates to it.
+marker), encodes each as PNG once with its parameters (`Result.png`; a mask or depth map too, `Result.aux_png`),
+hands the result to the outputs folder's `ResultWriter` (`sd2_app.api.saver`; none when saving is off) and puts
+a `HistoryEntry` at the front of a short history; each phase's seconds go into the result's `timings`. One
+keeper per Service, which delegates to it.
+
+The history is bounded twice: at most `history_size` entries, and at most `history_max_bytes` of images
+(decoded pixels and PNG files) in all, the oldest entries going first. The entry count alone would not bound
+memory: one X/Y/Z plot of 64 cells at 1024x1024 holds the cells and the grid, hundreds of MB. The newest entry
+always stays, so its visitor can see it in History.
 """
 
 from __future__ import annotations
@@ -22,6 +28,13 @@ from sd2_app.api.timing import timed
 
 log = logging.getLogger(__name__)
 
+HISTORY_MAX_BYTES = 1024**3  # the images the in-memory history may hold (pixels and PNG files together)
+
+
+def entry_bytes(entry: HistoryEntry) -> int:
+    """What an entry holds in memory: its images' pixels and its PNG files."""
+    return sum(image.width * image.height * len(image.getbands()) for image in entry.images) + sum(map(len, entry.png))
+
 
 class ResultKeeper:
     """The results one Service has kept: saved to `outputs_dir` (None: not saved) and listed in its history."""
@@ -32,6 +45,7 @@ class ResultKeeper:
         *,
         keep_days: float | None = None,  # delete saved results older than this (None: keep them)
         history_size: int = 50,
+        history_max_bytes: int = HISTORY_MAX_BYTES,
         watermark: bool = True,
         save_in_background: bool = False,
     ) -> None:
@@ -41,6 +55,7 @@ class ResultKeeper:
         self._writer = (ResultWriter(self.outputs_dir, keep_days=keep_days, background=save_in_background)
                         if self.outputs_dir is not None else None)
         self._history: deque[HistoryEntry] = deque(maxlen=history_size)
+        self.history_max_bytes = history_max_bytes
         self._lock = threading.Lock()  # guards the history and the last seed
         self.last_seed: int | None = None
         # a batch's images are PNG-encoded at once (threads start when first used)
@@ -55,8 +70,11 @@ class ResultKeeper:
         timings = result.timings
         with timed(timings, "mark"):
             result.images = [mark_ai_generated(embed(im) if self.watermark else im) for im in result.images]
+        aux = {name: image for name, image in (("mask", result.mask_image), ("depth", result.depth_image))
+               if image is not None}
         with timed(timings, "encode"):
-            result.png = encode_pngs(result.images, self._encoders)
+            encoded = encode_pngs([*result.images, *aux.values()], self._encoders)
+            result.png, result.aux_png = encoded[:len(result.images)], dict(zip(aux, encoded[len(result.images):]))
         if self._writer is not None:
             with timed(timings, "save"):
                 try:
@@ -67,11 +85,18 @@ class ResultKeeper:
                         f"The images could not be saved to the outputs folder ({error.strerror}).")
         with timed(timings, "history"):
             entry = HistoryEntry(result.created, result.task, result.seed, result.parameters, tuple(result.images),
-                                 tuple(result.saved), owner)
+                                 tuple(result.saved), owner, tuple(result.png))
             with self._lock:
                 self._history.appendleft(entry)
+                self._trim_history()
                 self.last_seed = result.seed
         return result
+
+    def _trim_history(self) -> None:
+        """Drop the oldest entries while the history holds more than `history_max_bytes` (the newest stays)."""
+        held = sum(map(entry_bytes, self._history))
+        while len(self._history) > 1 and held > self.history_max_bytes:
+            held -= entry_bytes(self._history.pop())
 
     def history(self, owner: str | None = None) -> list[HistoryEntry]:
         """Recent results, newest first; only `owner`'s when one is given."""

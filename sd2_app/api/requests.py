@@ -238,6 +238,11 @@ class XYZPlotRequest:
     y: PlotAxis | None = None
     z: PlotAxis | None = None
 
+    @property
+    def checkpoint(self) -> str:
+        """The checkpoint every cell runs on (the base's; a checkpoint axis changes it per cell)."""
+        return self.base.checkpoint
+
 
 TaskRequest = (Txt2ImgRequest | Img2ImgRequest | InpaintRequest | OutpaintRequest | UpscaleRequest
                | DepthRequest)  # one pipeline run

@@ -3,12 +3,13 @@
 `ResultWriter.save(result)` creates the day folder and reserves the files' numbers under a lock: one past the
 highest number on disk (`outputs.next_number`, past 99999 as well) or past the last one reserved, whichever is
 higher, so two requests never get the same number even while earlier files are still being written. It then
-writes the PNGs the result already carries (`Result.png`, encoded once) under those names, each whole under a
-temporary name and renamed into place (`outputs.save_new_png`), after pruning results older than the retention.
+writes the PNGs the result already carries (`Result.png` and `aux_png`, encoded once) under those names, each
+whole under a temporary name and renamed into place (`outputs.save_new_png`), after pruning results older than
+the retention.
 
 With `background` on, the writing and pruning run on one writer thread, in the order the results came, after
-the request has returned. `flush()` waits for what is still pending: the app calls it before it closes, and
-Python's thread pool finishes queued work at interpreter exit. A failure on the writer thread can no longer
+the request has returned. `flush()` waits for what is still pending: the app calls it when it closes
+(`sd2_app.ui.lifecycle.AppBlocks.close`, also on Ctrl+C and SIGTERM). A failure on the writer thread can no longer
 reach the request: it goes to the server log. Errors before that point (the folder cannot be created) still
 reach the caller as `OSError`, which the Service turns into the user's warning.
 """
@@ -53,7 +54,7 @@ class ResultWriter:
         data = result.png if len(result.png) == len(result.images) else [_encode(im) for im in result.images]
         files: list[tuple[str, bytes | Image.Image]] = [
             (f"{number + index:05d}-{stem}.png", encoded) for index, encoded in enumerate(data)]
-        files += [(f"{number:05d}-{stem}-{name}.png", image) for name, image in
+        files += [(f"{number:05d}-{stem}-{name}.png", result.aux_png.get(name, image)) for name, image in
                   (("mask", result.mask_image), ("depth", result.depth_image)) if image is not None]
         if self._thread is None:
             return self._write(day, files)

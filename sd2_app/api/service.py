@@ -235,7 +235,7 @@ class Service:
         `timings`: a caller's dict of its own phases ("queue"), then it logs the split; None: logged here.
         """
         if isinstance(request, XYZPlotRequest):
-            return self.plot(request, on_progress, should_stop, owner=owner)
+            return self.plot(request, on_progress, should_stop, owner=owner, timings=timings)
         phases: dict[str, float] = {} if timings is None else timings
         with timed(phases, "validate"):
             checked, warnings = self.validate(request)
@@ -243,10 +243,15 @@ class Service:
             raise Cancelled
         result = self.execute(checked, on_progress, should_stop)
         result.warnings[:0] = [w for w in warnings if w not in result.warnings]
+        return self._keep(result, phases, owner, log_here=timings is None)
+
+    def _keep(self, result: Result, phases: dict[str, float], owner: str | None, *, log_here: bool) -> Result:
+        """Keep `result` (sd2_app.api.keeper) with its phases after the caller's `phases`; the log line unless
+        the caller writes it (the UI, after its own phases)."""
         phases.update(result.timings)
         result.timings = phases
         self.keeper.keep(result, owner)
-        if timings is None:
+        if log_here:
             log_split(result.task, result.timings)
         return result
 
@@ -303,10 +308,13 @@ class Service:
         *,
         owner: str | None = None,
         on_cell: CellFn | None = None,
+        timings: dict[str, float] | None = None,
     ) -> Result:
         """An X/Y/Z plot (sd2_app.api.plot): grids first, then each finished cell; `on_cell(cell, image,
-        seconds)` as each cell finishes. Stop returns the finished cells (`stopped`); none finished: Cancelled."""
-        return self.keeper.keep(run_plot(self, request, on_progress, should_stop, on_cell), owner)
+        seconds)` as each cell finishes. Stop returns the finished cells (`stopped`); none finished: Cancelled.
+        `timings` as in `run`."""
+        result = run_plot(self, request, on_progress, should_stop, on_cell)
+        return self._keep(result, {} if timings is None else timings, owner, log_here=timings is None)
 
     # ---- keeping results (sd2_app.api.keeper) ------------------------------------------------------
     @property

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from transformers import CLIPTokenizer, DPTForDepthEstimation, DPTImageProcessor
 
     from sd2_app.loading.embeddings import TextualInversion
+    from sd2_app.manager.derived import DerivedModules
     from sd2_app.nn.clip_text import TextEncoder
     from sd2_app.nn.unet import Denoiser
     from sd2_app.nn.vae import AutoencoderKL
@@ -37,3 +38,6 @@ class Components:
     # Textual-inversion embeddings a request may use, by prompt name: the service lends its library's to each
     # run (a copy of this object), never to the shared models.
     embeddings: Mapping[str, TextualInversion] | None = None
+    # the manager's modules derived from these (pipelines/seamless.py's tiled view), kept while the models
+    # stay where they are; None: each job derives its own
+    derived: DerivedModules | None = None

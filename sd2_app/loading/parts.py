@@ -23,7 +23,7 @@ from sd2_app.loading.staged_read import module_to_device
 
 if TYPE_CHECKING:
     from sd2_app.samplers.schedules import SchedulerConfig
-    from transformers import CLIPTextModel, CLIPTokenizer, DPTForDepthEstimation, DPTImageProcessor, PreTrainedModel
+    from transformers import CLIPTextModel, DPTForDepthEstimation, DPTImageProcessor, PreTrainedModel
 
     from sd2_app.nn.unet import UNet
     from sd2_app.nn.vae import AutoencoderKL
@@ -152,21 +152,6 @@ def load_text_encoder(folder: str | Path, device: torch.device | str, dtype: tor
     from transformers import CLIPTextModel
 
     return _from_pretrained(CLIPTextModel, Path(folder), "text_encoder", device, dtype)
-
-
-def load_tokenizer(folder: str | Path) -> CLIPTokenizer:
-    """The CLIP tokenizer; SD2 pads with "!" (id 0), and a tokenizer that does not is refused."""
-    from transformers import CLIPTokenizer
-
-    folder = Path(folder)
-    try:
-        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise LoadError(repo_label(folder), "tokenizer", f"transformers could not load it ({e})") from e
-    if tokenizer.pad_token_id != 0:
-        reason = f"pad token id is {tokenizer.pad_token_id} ({tokenizer.pad_token!r}), SD2 needs 0 ('!')"
-        raise LoadError(repo_label(folder), "tokenizer/special_tokens_map.json", reason)
-    return tokenizer
 
 
 def load_scheduler_config(folder: str | Path, subfolder: str = "scheduler") -> SchedulerConfig:

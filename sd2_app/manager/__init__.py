@@ -7,7 +7,8 @@ checkpoint folder is made of, `identity` the content hashes, `memory` sizes, bud
 
 from sd2_app.manager.core import ModelManager
 from sd2_app.manager.identity import default_cache_dir
-from sd2_app.manager.loader import CheckpointUnavailable, OutOfMemoryDuringLoad
+from sd2_app.loading.repo_attempts import CheckpointUnavailable
+from sd2_app.manager.loader import OutOfMemoryDuringLoad
 from sd2_app.manager.state import MemorySummary, ModelStatus
 
 __all__ = [

@@ -26,9 +26,11 @@ from sd2_app.checkpoints.components import Components
 from sd2_app.loading.hub import LoadProgressFn
 from sd2_app.errors import InvalidRequest, LoadError
 from sd2_app.manager import memory
+from sd2_app.manager.derived import DerivedModules
 from sd2_app.manager.memory import OOM_ERRORS, gib
 from sd2_app.manager.identity import HashCache, default_cache_dir
-from sd2_app.manager.loader import OutOfMemoryDuringLoad, load_checkpoint, load_tokenizer_only
+from sd2_app.loading.repo_attempts import load_tokenizer_only
+from sd2_app.manager.loader import OutOfMemoryDuringLoad, load_checkpoint
 from sd2_app.manager.state import Entry, MemorySummary, ModelStatus, Part, Tier
 from sd2_app.checkpoints.catalog import REGISTRY, CheckpointSpec, tiny_registry
 
@@ -87,9 +89,8 @@ class ModelManager:
         self._active: str | None = None  # key of the job holding the lock
         # Speed switches (CUDA graphs, fused ops, compile) apply on CUDA only; on CPU the modules run as loaded.
         self._accel = Accelerator(accel) if self.device.type == "cuda" else None
-        # accel's one hook: told whenever a part moves between tiers or is freed (Accelerator.on_moved)
-        self._on_moved: Callable[[torch.nn.Module], None] = (
-            self._accel.on_moved if self._accel is not None else lambda module: None)
+        self._derived = DerivedModules(then=self._accel.on_moved if self._accel is not None else None)
+        self._on_moved: Callable[[torch.nn.Module], None] = self._derived.moved  # a part moved or is freed
         if self._accel is not None:
             setup_backends(self.device, allow_tf32=self._accel.options.tf32,
                            cudnn_benchmark=self._accel.options.cudnn_benchmark)
@@ -250,7 +251,7 @@ class ModelManager:
             dtype=self.dtype,
             low_res_scheduler_config=entry.extras.low_res_scheduler_config,
             max_noise_level=entry.extras.max_noise_level,
-            depth_estimator=depth_model, depth_processor=depth_processor,
+            depth_estimator=depth_model, depth_processor=depth_processor, derived=self._derived,
         )
         return self._accel.prepare(components) if self._accel is not None else components
 

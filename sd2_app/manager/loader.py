@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
-from safetensors import SafetensorError
 
-from sd2_app.loading.hub import LoadProgressFn
+from sd2_app.loading.hub import LoadProgressFn, resolve_repo
+from sd2_app.loading.repo_attempts import LOAD_FAILURES, CheckpointUnavailable, failure_reason
 from sd2_app.errors import LoadError
 from sd2_app.manager.memory import OOM_ERRORS, gib, module_bytes
 from sd2_app.manager.identity import HashCache
@@ -24,23 +23,7 @@ from sd2_app.manager.plan import Plan, load_extras, load_part, make_plan, subfol
 from sd2_app.manager.state import Entry, Part
 from sd2_app.checkpoints.catalog import CheckpointSpec, is_local
 
-if TYPE_CHECKING:
-    from transformers import CLIPTokenizer
-
 logger = logging.getLogger(__name__)
-
-# What a bad repo, folder or file raises: missing (LoadError, OSError), corrupt (SafetensorError, ValueError,
-# KeyError in a config), or weights that do not fit the network (RuntimeError from the strict load).
-# Out-of-memory is also a RuntimeError, so it is always caught first and handled on its own.
-LOAD_FAILURES: tuple[type[BaseException], ...] = (
-    LoadError,
-    OSError,
-    ValueError,
-    KeyError,
-    SafetensorError,
-    RuntimeError,
-)
-
 
 class LoadTarget(Protocol):
     """What loading may do to the model manager (`ModelManager` implements it); nothing else of its state.
@@ -65,25 +48,8 @@ class LoadTarget(Protocol):
     def free_memory(self) -> None: ...
 
 
-class CheckpointUnavailable(LoadError):
-    """No repo of a checkpoint could be loaded; `attempts` holds (repo, reason) for each one tried."""
-
-    def __init__(self, key: str, attempts: list[tuple[str, str]]) -> None:
-        self.attempts = attempts
-        tried = "; ".join(f"{repo} ({why})" for repo, why in attempts) or "no repos configured"
-        super().__init__(key, None, f"could not be loaded; tried {tried}")
-
-
 class OutOfMemoryDuringLoad(LoadError):
     """The device ran out of memory loading a checkpoint, even after everything else was moved off it."""
-
-
-def _reason(error: BaseException, repo: str) -> str:
-    if isinstance(error, LoadError):
-        if error.repo.split("@")[0] == repo:
-            return f"{error.file}: {error.reason}" if error.file else error.reason
-        return str(error)
-    return f"{type(error).__name__}: {error}"
 
 
 def _load_plan(target: LoadTarget, spec: CheckpointSpec, plan: Plan, revision: str | None,
@@ -150,8 +116,6 @@ def load_checkpoint(target: LoadTarget, spec: CheckpointSpec, on_progress: LoadP
         if on_progress is not None:
             on_progress(message)
 
-    from sd2_app.loading import resolve_repo
-
     attempts: list[tuple[str, str]] = []
     for repo in spec.repos:
         is_hub = not is_local(repo)
@@ -166,26 +130,11 @@ def load_checkpoint(target: LoadTarget, spec: CheckpointSpec, on_progress: LoadP
         except OOM_ERRORS:
             raise
         except LOAD_FAILURES as e:
-            reason = _reason(e, repo)
+            reason = failure_reason(e, repo)
             attempts.append((repo, reason))
             logger.warning("%s: %s failed: %s", spec.key, repo, reason)
             continue
         logger.info("%s: loaded from %s%s", spec.key, repo, f"@{revision}" if revision else "")
         report(f"{spec.key}: ready ({repo})")
         return
-    raise CheckpointUnavailable(spec.key, attempts)
-
-
-def load_tokenizer_only(spec: CheckpointSpec) -> CLIPTokenizer:
-    """The checkpoint's tokenizer from the first repo that has its small tokenizer/ folder (downloaded alone
-    when needed): the token counter uses it before any model of the checkpoint is loaded."""
-    from sd2_app.loading import load_tokenizer, resolve_repo
-
-    attempts: list[tuple[str, str]] = []
-    for repo in spec.repos:
-        revision = None if is_local(repo) else spec.revision
-        try:
-            return load_tokenizer(resolve_repo(repo, ["tokenizer"], revision=revision))
-        except LOAD_FAILURES as e:
-            attempts.append((repo, _reason(e, repo)))
     raise CheckpointUnavailable(spec.key, attempts)

@@ -22,7 +22,7 @@ from sd2_app.pipelines.img2img import noised_init_latents
 from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
-from sd2_app.pipelines.prompt import embedding_settings
+from sd2_app.pipelines.prompt import ti_hashes
 from sd2_app.pipelines.sampling import start_job
 from sd2_app.pipelines.vae_io import vae_factor
 from sd2_app.api.requests import DepthRequest
@@ -93,7 +93,7 @@ def depth2img(
     x = noised_init_latents(components, image, job.plan, sampling.batch_size, job.generator)
     latents = job.denoise(x, concat=condition.repeat(job.rows, 1, 1, 1), on_step=on_step)  # (2B|B, 1, h, w)
     images = postprocess(job.decode(latents))
-    settings = sampling_settings(sampling, width=width, height=height, model=components.key) | embedding_settings(components, request)
+    settings = sampling_settings(sampling, width=width, height=height, model=components.key) | ti_hashes(job.embeddings)
     settings["Denoising strength"] = request.strength
     settings["Depth"] = "user map" if request.depth_map is not None else "DPT"
     label_images(images, request.prompt, request.negative_prompt, settings)

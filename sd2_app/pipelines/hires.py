@@ -15,7 +15,7 @@ both passes on one bar: the first pass's steps, then the second's after them.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,9 @@ from sd2_app.pipelines.generate import generate, txt2img_settings
 from sd2_app.pipelines.vae_io import decode_in, encode, vae_factor
 from sd2_app.samplers import add_noise
 
+if TYPE_CHECKING:
+    from sd2_app.loading.embeddings import TextualInversion
+
 LATENT_MODES = {"Latent": "bilinear", "Latent (nearest-exact)": "nearest-exact"}  # F.interpolate modes
 
 
@@ -50,11 +53,12 @@ def upscale_latents(latents: torch.Tensor, size: tuple[int, int], upscaler: str)
     return F.interpolate(latents, size=size, mode=mode, **options)
 
 
-def hires_settings(request: Txt2ImgRequest, components: Components, width: int, height: int) -> Settings:
+def hires_settings(request: Txt2ImgRequest, components: Components, width: int, height: int,
+                   embeddings: list[TextualInversion]) -> Settings:
     """The first pass's settings plus A1111's hires keys ("Size" stays the first pass's size, as there)."""
     hires = request.hires
     assert hires is not None
-    settings = txt2img_settings(request, components, width, height)
+    settings = txt2img_settings(request, components, width, height, embeddings)
     settings["Denoising strength"] = hires.denoising_strength
     if hires.width or hires.height:
         target = hires.target(width, height)
@@ -91,7 +95,7 @@ def second_pass(
     latents = job.denoise(add_noise(init, noise, job.plan.schedule.sigmas[0]), on_step=on_step)
     images = postprocess(job.decode(latents))
     height, width = images[0].height, images[0].width
-    settings = hires_settings(request, components, *first_size)
+    settings = hires_settings(request, components, *first_size, job.embeddings)
     label_images(images, request.prompt, request.negative_prompt, settings)
     return PipelineOutput(images=images, latents=latents, width=width, height=height)
 

@@ -7,6 +7,8 @@ Beyond the reference: "only masked" (crop around the mask, work at the model's r
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -20,11 +22,14 @@ from sd2_app.pipelines.masks import binarize, crop_box, paste_back
 from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
-from sd2_app.pipelines.prompt import embedding_settings
+from sd2_app.pipelines.prompt import ti_hashes
 from sd2_app.pipelines.sampling import start_job
 from sd2_app.pipelines.generate import native_size
 from sd2_app.pipelines.vae_io import encode, vae_factor
 from sd2_app.api.requests import InpaintRequest
+
+if TYPE_CHECKING:
+    from sd2_app.loading.embeddings import TextualInversion
 
 
 def _generate(
@@ -36,8 +41,9 @@ def _generate(
     on_step: LatentProgressFn | None,
     warnings: list[str],
     mode: RunMode,
-) -> tuple[list[Image.Image], torch.Tensor]:
-    """The reference algorithm on (image, mask) resized to `size`: returns decoded images and latents."""
+) -> tuple[list[Image.Image], torch.Tensor, list[TextualInversion]]:
+    """The reference algorithm on (image, mask) resized to `size`: returns decoded images, latents and the
+    embeddings the prompts used."""
     sampling = request.sampling
     factor = vae_factor(components.vae)
     width, height = size
@@ -59,7 +65,7 @@ def _generate(
     mask_latent = F.interpolate(mask_tensor, size=(h, w)).to(masked_latents.device)  # nearest, (1, 1, h, w)
     concat = torch.cat([mask_latent, masked_latents], dim=1).repeat(job.rows, 1, 1, 1)  # (2B|B, 5, h, w)
     latents = job.denoise(x, concat=concat, on_step=on_step)
-    return postprocess(job.decode(latents)), latents
+    return postprocess(job.decode(latents)), latents, job.embeddings
 
 
 @torch.inference_mode()
@@ -84,7 +90,7 @@ def inpaint(
 
     if box is not None:
         native = native_size(components)
-        generated, latents = _generate(components, request, original.crop(box), full_mask.crop(box),
+        generated, latents, embeddings = _generate(components, request, original.crop(box), full_mask.crop(box),
                                        (native, native), on_step, warnings, mode)
         canvas_size = (box[2] - box[0], box[3] - box[1])
         images = []
@@ -99,7 +105,7 @@ def inpaint(
         if work_size != original.size:
             warnings.append(f"Size {original.width}x{original.height} is not a multiple of {factor}; "
                             f"worked at {work_size[0]}x{work_size[1]}.")
-        generated, latents = _generate(components, request, original, request.mask, work_size, on_step, warnings,
+        generated, latents, embeddings = _generate(components, request, original, request.mask, work_size, on_step, warnings,
                                        mode)
         if request.keep_unmasked:
             images = [paste_back(original, image.resize(original.size, Image.Resampling.LANCZOS), full_mask,
@@ -109,7 +115,7 @@ def inpaint(
             images, out_size = generated, work_size
 
     settings = sampling_settings(request.sampling, width=out_size[0], height=out_size[1], model=components.key)
-    settings |= embedding_settings(components, request)
+    settings |= ti_hashes(embeddings)
     settings["Denoising strength"] = request.strength
     settings["Mask blur"] = request.mask_blur
     if box is not None:

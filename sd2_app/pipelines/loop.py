@@ -18,7 +18,7 @@ import torch
 
 from sd2_app.nn.unet import Denoiser
 from sd2_app.samplers.base import NoiseSource
-from sd2_app.pipelines.tiling import run_tiled
+from sd2_app.pipelines.tiling import TileWeights, run_tiled
 from sd2_app.samplers.denoiser import make_denoiser
 from sd2_app.samplers.registry import SamplerSpec
 from sd2_app.samplers.schedules import Schedule
@@ -99,6 +99,8 @@ def make_guided_model(
 
 
 def _tiled(model: Callable[..., torch.Tensor], tiling: Tiling) -> ModelFn:
+    weights: TileWeights = {}  # this job's blend weights, built at its first step
+
     def tiled_model(x_in: torch.Tensor, t: float) -> torch.Tensor:
         height, width = x_in.shape[-2:]
 
@@ -106,7 +108,7 @@ def _tiled(model: Callable[..., torch.Tensor], tiling: Tiling) -> ModelFn:
             rows, cols = slice(top, top + h), slice(left, left + w)
             return model(x_in[:, :, rows, cols], t, rows, cols)
 
-        return run_tiled(one_tile, height, width, tiling.tile, tiling.overlap)
+        return run_tiled(one_tile, height, width, tiling.tile, tiling.overlap, weights=weights)
 
     return tiled_model
 

@@ -29,21 +29,20 @@ from sd2_app.pipelines.prompt_chunks import (
     Chunk,
     TokenizedPrompt,
     empty_chunk,
-    tokenize_prompt,
+    tokenize_prompts,
 )
 
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
 
-    from sd2_app.api.requests import TaskRequest
-    from sd2_app.checkpoints.components import Components
     from sd2_app.loading.embeddings import TextualInversion
 
 
 @dataclass
 class EncodedPrompts:
     context: torch.Tensor  # (2B|B, 77·k, D), uncond first when guided
-    embeddings: list[TextualInversion] = field(default_factory=list)  # used by either prompt, in order
+    # used by the prompt, then those only the negative prompt uses (when guidance reads it), in order of use
+    embeddings: list[TextualInversion] = field(default_factory=list)
 
 
 def ti_hashes(embeddings: list[TextualInversion]) -> dict[str, str]:
@@ -52,20 +51,6 @@ def ti_hashes(embeddings: list[TextualInversion]) -> dict[str, str]:
         return {}
     names = (e.name.replace(":", "").replace(",", "") for e in embeddings)
     return {"TI hashes": ", ".join(f"{name}: {e.shorthash}" for name, e in zip(names, embeddings))}
-
-
-def embedding_settings(components: Components, request: TaskRequest) -> dict[str, str]:
-    """`ti_hashes` of the embeddings `request`'s prompts use with `components.embeddings` (the same chunking
-    the encoder ran; the negative prompt only counts when guidance reads it)."""
-    library = components.embeddings
-    if not library:
-        return {}
-    texts = [request.prompt] + ([request.negative_prompt] if request.sampling.cfg_scale > 1.0 else [])
-    used: dict[str, TextualInversion] = {}
-    for text in texts:
-        for embedding in tokenize_prompt(components.tokenizer, text, library).embeddings:
-            used.setdefault(embedding.name, embedding)
-    return ti_hashes(list(used.values()))
 
 
 def check_length(tokens: TokenizedPrompt, label: str) -> None:
@@ -128,15 +113,13 @@ def encode_prompt_pair(
     The negative prompt ("" when empty) is read exactly like the prompt. `embeddings` maps names to the
     request's TextualInversions. Raises InvalidRequest for a prompt over MAX_CHUNKS chunks.
     """
-    cond = tokenize_prompt(tokenizer, prompt, embeddings)
-    check_length(cond, "prompt")
-    prompts = [cond]
-    if use_cfg:
-        uncond = tokenize_prompt(tokenizer, negative_prompt, embeddings)
-        check_length(uncond, "negative prompt")
-        prompts = [uncond, cond]
+    tokenized = tokenize_prompts(tokenizer, [prompt, negative_prompt] if use_cfg else [prompt], embeddings)
+    for tokens, label in zip(tokenized, ("prompt", "negative prompt")):
+        check_length(tokens, label)
+    prompts = tokenized[::-1]  # [uncond, cond] with guidance, else [cond]
     k = max(len(p.chunks) for p in prompts)
-    rows = [chunk for p in prompts for chunk in p.chunks + [empty_chunk(tokenizer)] * (k - len(p.chunks))]
+    pad = empty_chunk(tokenizer)
+    rows = [chunk for p in prompts for chunk in p.chunks + [pad] * (k - len(p.chunks))]
     with torch.no_grad():
         hidden = encode_chunks(text_encoder, rows, device)  # (P·k, 77, D)
         if any(chunk.weighted for chunk in rows):
@@ -147,5 +130,5 @@ def encode_prompt_pair(
     width = hidden.shape[-1]
     halves = [hidden[i * k:(i + 1) * k].reshape(k * CHUNK_LENGTH, width) for i in range(len(prompts))]
     context = torch.cat([h[None].expand(batch_size, -1, -1) for h in halves]).contiguous()
-    used = {e.name: e for p in prompts for e in p.embeddings}
+    used = {e.name: e for p in tokenized for e in p.embeddings}
     return EncodedPrompts(context, list(used.values()))

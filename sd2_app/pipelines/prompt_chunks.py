@@ -61,8 +61,10 @@ EmbeddingIndex = dict[int, list[tuple[list[int], "TextualInversion"]]]
 def _embedding_index(tokenizer: CLIPTokenizer, embeddings: Mapping[str, TextualInversion]) -> EmbeddingIndex:
     """First token id -> [(the name's token ids, embedding)], longest name first (A1111 matches the longest)."""
     index: EmbeddingIndex = {}
-    for name, embedding in embeddings.items():
-        ids = tokenizer(name, add_special_tokens=False, truncation=False, verbose=False).input_ids
+    if not embeddings:
+        return index
+    names = tokenizer(list(embeddings), add_special_tokens=False, truncation=False, verbose=False).input_ids
+    for ids, embedding in zip(names, embeddings.values()):
         if ids:
             index.setdefault(ids[0], []).append((ids, embedding))
     for entries in index.values():
@@ -112,22 +114,31 @@ class _Builder:
 def tokenize_prompt(tokenizer: CLIPTokenizer, prompt: str,
                     embeddings: Mapping[str, TextualInversion] | None = None) -> TokenizedPrompt:
     """Parse `prompt` and cut it into chunks. Never raises on any text; the caller enforces MAX_CHUNKS."""
-    runs = parse_attention(prompt)
-    texts = [run.text for run in runs if not run.is_break]
-    tokenized = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False).input_ids
+    return tokenize_prompts(tokenizer, [prompt], embeddings)[0]
+
+
+def tokenize_prompts(tokenizer: CLIPTokenizer, prompts: Sequence[str],
+                     embeddings: Mapping[str, TextualInversion] | None = None) -> list[TokenizedPrompt]:
+    """`tokenize_prompt` of each of `prompts`, with one tokenizer call for all their text (and one for the
+    embeddings' names)."""
+    parsed = [parse_attention(prompt) for prompt in prompts]
+    texts = [run.text for runs in parsed for run in runs if not run.is_break]
+    token_lists = iter(tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False).input_ids)
     comma = tokenizer.convert_tokens_to_ids(",</w>")
     index = _embedding_index(tokenizer, embeddings or {})
-    build = _Builder(tokenizer.bos_token_id, tokenizer.eos_token_id)
-    used: dict[str, TextualInversion] = {}
-    token_lists = iter(tokenized)
-    for run in runs:
-        if run.is_break:
-            build.finish()
-            continue
-        _add_run(build, run, next(token_lists), comma, index, used)
-    if build.current.ids or not build.chunks:
-        build.finish(last=True)
-    return TokenizedPrompt(build.chunks, build.count, list(used.values()))
+    tokenized = []
+    for runs in parsed:
+        build = _Builder(tokenizer.bos_token_id, tokenizer.eos_token_id)
+        used: dict[str, TextualInversion] = {}
+        for run in runs:
+            if run.is_break:
+                build.finish()
+                continue
+            _add_run(build, run, next(token_lists), comma, index, used)
+        if build.current.ids or not build.chunks:
+            build.finish(last=True)
+        tokenized.append(TokenizedPrompt(build.chunks, build.count, list(used.values())))
+    return tokenized
 
 
 def _add_run(build: _Builder, run: Run, tokens: Sequence[int], comma: int,
@@ -159,5 +170,8 @@ def _add_run(build: _Builder, run: Run, tokens: Sequence[int], comma: int,
 
 
 def empty_chunk(tokenizer: CLIPTokenizer) -> Chunk:
-    """The chunk of an empty prompt: what pads the shorter of prompt and negative prompt."""
-    return tokenize_prompt(tokenizer, "").chunks[0]
+    """The chunk of an empty prompt (BOS, EOS, padding; what `tokenize_prompt` makes of ""): what pads the
+    shorter of prompt and negative prompt. Nothing to tokenize."""
+    build = _Builder(tokenizer.bos_token_id, tokenizer.eos_token_id)
+    build.finish(last=True)
+    return build.chunks[0]

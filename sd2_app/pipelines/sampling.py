@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from sd2_app.samplers import SAMPLERS, make_schedule, start_at
 from sd2_app.samplers.base import NoiseSource, randn_from
 from sd2_app.samplers.registry import SamplerSpec
 from sd2_app.samplers.schedules import Schedule, SchedulerConfig
+
+if TYPE_CHECKING:
+    from sd2_app.loading.embeddings import TextualInversion
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class Job:
     context: torch.Tensor  # (2B|B, 77·k, D), uncond first when guided; k chunks of 77 tokens
     plan: SamplingPlan
     mode: RunMode = NORMAL  # this attempt's precision and memory switches (the fallback ladder's choice)
+    embeddings: list[TextualInversion] = field(default_factory=list)  # what the prompts used (EncodedPrompts)
 
     @property
     def rows(self) -> int:
@@ -139,4 +143,4 @@ def start_job(components: Components, request: TaskRequest, *, strength: float |
         embeddings=components.embeddings,
     )
     plan = plan_sampling(components.scheduler_config, sampling, strength=strength)
-    return Job(components, sampling, generator, encoded.context, plan, mode)
+    return Job(components, sampling, generator, encoded.context, plan, mode, encoded.embeddings)

@@ -9,7 +9,9 @@ module tree (`copy.deepcopy`) whose every tensor, parameters and buffers alike, 
 tensor object (the memo maps each to itself), so the view costs no weight memory and follows the model
 manager's moves (which swap `tensor.data` in place). Only the copied convolutions pad circularly; the live
 modules keep padding with zeros while the view exists. State the modules keep besides their tensors (the
-fused twins' shared-projection caches, accel/fused/stacking.py) is the view's own.
+fused twins' shared-projection caches, accel/fused/stacking.py) is the view's own. No job changes a view
+either, so tiled jobs share one: the model manager keeps it per loaded module until it moves or frees that
+module (sd2_app/manager/derived.py).
 
 The view is of the network itself: a wrapper the UNet came in (accel's CudaGraphUNet) is left out, so a
 tiled job runs un-graphed, and a module compiled in place (`Module.compile`, `--speed compile`) runs its
@@ -62,8 +64,13 @@ def network(denoiser: Denoiser) -> nn.Module:
 
 
 def tiled_components(components: Components, tiling: bool = True) -> Components:
-    """A copy of `components` whose UNet and VAE are tiled views (`components` itself when not `tiling`)."""
+    """A copy of `components` whose UNet and VAE are tiled views (`components` itself when not `tiling`): the
+    model manager's, made once per loaded module (`Components.derived`), else new ones."""
     if not tiling:
         return components
-    return dataclasses.replace(components, unet=tiled_view(network(components.unet)),
-                               vae=tiled_view(components.vae))
+    derived = components.derived
+
+    def view(module: ModuleT) -> ModuleT:
+        return tiled_view(module) if derived is None else derived.get(module, tiled_view)
+
+    return dataclasses.replace(components, unet=view(network(components.unet)), vae=view(components.vae))

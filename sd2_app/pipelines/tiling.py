@@ -7,7 +7,6 @@ seam shows. Used by the x4 upscaler for the UNet (per step) and for the VAE deco
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 
@@ -44,18 +43,24 @@ def blend_weight(
     return rows[:, None] * cols[None, :]
 
 
-@functools.lru_cache(maxsize=128)
+TileWeights = dict[tuple[object, ...], torch.Tensor]  # one job's blend weights, by tile layout and device
+
+
 def _device_weight(
-    top: int, left: int, h: int, w: int, height: int, width: int, overlap: int, scale: int, device: torch.device
+    cache: TileWeights, top: int, left: int, h: int, w: int, height: int, width: int, overlap: int, scale: int,
+    device: torch.device,
 ) -> torch.Tensor:
-    """The blend weight at output resolution, built once per tile layout and kept on the device (no
-    host-to-device copy every step)."""
-    weight = blend_weight(top, left, h, w, height, width, overlap)
-    if scale > 1:
-        weight = torch.nn.functional.interpolate(
-            weight[None, None], scale_factor=scale, mode="bilinear", align_corners=False
-        )[0, 0]
-    return weight.to(device)
+    """The blend weight at output resolution, built once per tile layout in `cache` and kept on the device (no
+    host-to-device copy every step). The cache belongs to one job: the weights go with it."""
+    key = (top, left, h, w, height, width, overlap, scale, device)
+    if key not in cache:
+        weight = blend_weight(top, left, h, w, height, width, overlap)
+        if scale > 1:
+            weight = torch.nn.functional.interpolate(
+                weight[None, None], scale_factor=scale, mode="bilinear", align_corners=False
+            )[0, 0]
+        cache[key] = weight.to(device)
+    return cache[key]
 
 
 def run_tiled(
@@ -66,19 +71,22 @@ def run_tiled(
     overlap: int,
     *,
     scale: int = 1,
+    weights: TileWeights | None = None,
 ) -> torch.Tensor:
     """Blend `fn(top, left, h, w) -> (B, C, h*scale, w*scale)` over tiles covering an (height, width) input.
 
-    `scale` is the output/input size ratio (1 for the UNet, the VAE factor for decoding). Returns
+    `scale` is the output/input size ratio (1 for the UNet, the VAE factor for decoding). `weights` keeps the
+    blend weights between calls of one job (the UNet's, once per step); None builds them for this call. Returns
     (B, C, height*scale, width*scale) in fp32 on the tiles' device.
     """
+    weights = {} if weights is None else weights
     out: torch.Tensor | None = None
     total: torch.Tensor | None = None
     for top in tile_starts(height, tile, overlap):
         for left in tile_starts(width, tile, overlap):
             h, w = min(tile, height), min(tile, width)
             piece = fn(top, left, h, w).float()  # (B, C, h*scale, w*scale)
-            weight = _device_weight(top, left, h, w, height, width, overlap, scale, piece.device)
+            weight = _device_weight(weights, top, left, h, w, height, width, overlap, scale, piece.device)
             if out is None or total is None:
                 out = piece.new_zeros(piece.shape[0], piece.shape[1], height * scale, width * scale)
                 total = piece.new_zeros(height * scale, width * scale)

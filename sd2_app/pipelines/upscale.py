@@ -16,7 +16,7 @@ from sd2_app.pipelines.images import BICUBIC, postprocess, preprocess_image
 from sd2_app.pipelines.loop import LatentProgressFn, Tiling
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
-from sd2_app.pipelines.prompt import embedding_settings
+from sd2_app.pipelines.prompt import ti_hashes
 from sd2_app.pipelines.sampling import draw_noise, start_job
 from sd2_app.pipelines.vae_io import vae_factor
 from sd2_app.api.requests import UpscaleRequest
@@ -69,7 +69,7 @@ def upscale(
     pixels = job.decode(latents, force_fp32=True, tile=tiling.tile, overlap=tiling.overlap)
     images = postprocess(pixels)
     out_w, out_h = w * factor, h * factor
-    settings = sampling_settings(sampling, width=out_w, height=out_h, model=components.key) | embedding_settings(components, request)
+    settings = sampling_settings(sampling, width=out_w, height=out_h, model=components.key) | ti_hashes(job.embeddings)
     settings["Noise level"] = request.noise_level
     if max(h, w) > tiling.tile:
         settings["Tile size"] = tiling.tile

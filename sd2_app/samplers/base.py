@@ -40,8 +40,9 @@ class GeneratorParts:
     def randn(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
         """Unit noise of `shape` (B, ...), each request's rows from its own generator, on the generators' device."""
         assert shape[0] == sum(rows for _, rows in self.parts), f"{shape} does not match {self.parts}"
-        return torch.cat([torch.randn((rows, *shape[1:]), generator=generator, device=generator.device, dtype=dtype)
-                          for generator, rows in self.parts])
+        draws = [torch.randn((rows, *shape[1:]), generator=generator, device=generator.device, dtype=dtype)
+                 for generator, rows in self.parts]
+        return draws[0] if len(draws) == 1 else torch.cat(draws)  # one part: its draw as it is, no copy
 
 
 NoiseSource = Union[torch.Generator, GeneratorParts]  # one request's generator, or several requests' in a batch

@@ -117,11 +117,17 @@ def betas_for(config: SchedulerConfig) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=16)
 def _train_tables(config: SchedulerConfig) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    """(abar fp32 (T,), sigma fp32 (T,), log sigma as floats) for one config; configs are frozen, so cache."""
+    """(abar fp32 (T,), sigma fp32 (T,), log sigma as floats) for one config; configs are frozen, so cache.
+
+    The cache is shared by every job in the process, so what it holds cannot change: read-only arrays.
+    """
     alphas_cumprod = torch.cumprod(1.0 - betas_for(config), dim=0)  # (T,) fp32
     sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5  # fp32, ascending in t
     log_sigmas = np.log(sigmas.numpy())  # fp32, as diffusers' sigma_to_t uses
-    return alphas_cumprod.numpy(), sigmas.numpy(), tuple(float(v) for v in log_sigmas)
+    abar_table, sigma_table = alphas_cumprod.numpy(), sigmas.numpy()
+    abar_table.setflags(write=False)
+    sigma_table.setflags(write=False)
+    return abar_table, sigma_table, tuple(float(v) for v in log_sigmas)
 
 
 def alphas_cumprod(config: SchedulerConfig) -> np.ndarray:

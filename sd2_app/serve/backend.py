@@ -26,9 +26,8 @@ from sd2_app.checkpoints.components import Components
 from sd2_app.api.results import ProgressFn, Result
 from sd2_app.api.service import Service
 from sd2_app.errors import Cancelled, InvalidRequest
-from sd2_app.manager.loader import load_tokenizer_only
+from sd2_app.loading.repo_attempts import load_tokenizer_only
 from sd2_app.serve.config import ServeConfig
-from sd2_app.serve.deployment import checkpoint_of
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ class ServeBackend:
     def produce(
         self, checked: Request, on_progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None
     ) -> Result:
-        key = checkpoint_of(checked)
+        key = checked.checkpoint
         stream = self._handle.options(multiplexed_model_id=key, stream=True).produce.remote(checked)
         events: queue.Queue[Any] = queue.Queue()
 

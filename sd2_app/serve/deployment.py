@@ -19,39 +19,20 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from ray import serve
 
-from sd2_app.accel import options_for
 from sd2_app.api.requests import Request
-from sd2_app.api.service import Service
-from sd2_app.checkpoints.catalog import apply_overrides, parse_assignments
 from sd2_app.errors import Cancelled, InvalidRequest
-from sd2_app.loading.embeddings import EmbeddingLibrary
-from sd2_app.manager import ModelManager
 from sd2_app.serve.config import ServeConfig, load_config
+
+if TYPE_CHECKING:
+    from sd2_app.manager import ModelManager
 
 log = logging.getLogger(__name__)
 
 Event = tuple[Any, ...]  # ("progress", done, total, preview) | ("result", Result) | ("refused", msg) | ("stopped",)
-
-
-def checkpoint_of(request: Request) -> str:
-    """The checkpoint key a request runs on (a compare request's is its base request's)."""
-    base = getattr(request, "base", None)
-    return getattr(base if base is not None else request, "checkpoint")
-
-
-def build_service(config: ServeConfig) -> Service:
-    """One replica's ModelManager + Service."""
-    registry = apply_overrides(repos=parse_assignments(list(config.repos)), revisions={})
-    dtype = getattr(torch, config.dtype) if config.dtype else None
-    manager = ModelManager(config.device, dtype, registry=registry, tiny=config.tiny, preload=config.preload,
-                           accel=options_for(config.speed))
-    # Nothing is saved or marked here: the front end's Service watermarks and saves what comes back.
-    return Service(manager, outputs_dir=None, history_size=1, embeddings=EmbeddingLibrary.scan(config.embeddings_dir))
 
 
 class CheckpointLease:
@@ -74,6 +55,10 @@ class SD2Worker:
     """One replica: a ModelManager + Service on its GPU (or CPU), driven through `produce`."""
 
     def __init__(self, config: ServeConfig) -> None:
+        # The models' code (torch) is imported here, in the replica's process only: the process that deploys the
+        # application (`python -m sd2_app.serve`, Serve's controller reading `app_builder`) never runs it.
+        from sd2_app.serve.replica import build_service
+
         self.config = config
         self.service = build_service(config)
         self.loads: list[str] = []  # checkpoint keys in the order this replica loaded them
@@ -89,7 +74,7 @@ class SD2Worker:
 
     async def produce(self, checked: Request):  # -> AsyncIterator[Event]
         """Run one validated request here, yielding its progress events and then its outcome."""
-        key = serve.get_multiplexed_model_id() or checkpoint_of(checked)
+        key = serve.get_multiplexed_model_id() or checked.checkpoint
         await self._lease(key)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()

@@ -12,7 +12,8 @@ import gradio as gr
 from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
 from sd2_app.ui.addresses import ClientAddresses
 from sd2_app.ui.hosting import Hosting, Visitors, install
-from sd2_app.ui.runner import StopFlags, close_with
+from sd2_app.ui.lifecycle import AppBlocks
+from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.sending import (  # noqa: F401  # clamp_to, sampler_fields: also imported from here
     SendTarget, clamp_to, picked_history_image, sampler_fields, wire_history_send, wire_send)
 from sd2_app.ui.txt2img_extras import from_parameters
@@ -39,18 +40,19 @@ def _examples(assets: Path) -> dict[str, list[list[str]]]:
     }
 
 
-def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Hosting()) -> gr.Blocks:
+def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Hosting()) -> AppBlocks:
     """The app. `service` is a `sd2_app.api.service.Service` (or a test double with the same methods).
 
     `hosting` holds the operator's settings for visitors (job limits per visitor and per address, model
     loading); every launch of the returned app serves visitor cookies and keeps the queue's direct routes
-    closed (`sd2_app.ui.hosting`).
+    closed (`sd2_app.ui.hosting`). The app owns its job threads and stop flags; its `close()` stops the jobs
+    and waits for the results still being saved (`sd2_app.ui.lifecycle`).
     """
     visitors = Visitors(max_jobs=hosting.max_jobs_per_visitor, max_jobs_per_address=hosting.max_jobs_per_address,
                         addresses=ClientAddresses(trusted_hops=hosting.trusted_proxy_hops))
     flags = StopFlags(visitors)
     examples = _examples(assets)
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+    with AppBlocks(service, flags, title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}\nText to image, image to image, inpainting, outpainting, ×4 upscaling, depth to "
                     "image and X/Y/Z plots.", elem_id="app-title")
         with gr.Tabs() as tabs:
@@ -92,8 +94,7 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
         # every launcher (app.py, Spaces, the tests) gets them.
         css = json.dumps((STATIC / "app.css").read_text(encoding="utf-8"))
         demo.load(None, js=f"() => ({(STATIC / 'app.js').read_text(encoding='utf-8')})({css})")
-    install(demo, visitors)
-    close_with(demo, service)  # the results still being written are on disk before the app closes
+    install(demo, visitors, hosting)
     return demo
 
 

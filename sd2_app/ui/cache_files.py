@@ -23,12 +23,13 @@ from typing import Any
 
 import anyio
 from gradio.utils import get_upload_folder
+from starlette.applications import Starlette
 
 log = logging.getLogger(__name__)
 
 RESULTS_FOLDER = "sd2-app"  # under Gradio's cache folder, which Gradio serves
 
-Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
+Lifespan = Callable[[Starlette], AbstractAsyncContextManager[Any]]  # Any: the state it yields
 
 
 def results_folder() -> Path:
@@ -83,7 +84,7 @@ def sweeping_lifespan(frequency: float, age: float, inner: Lifespan | None = Non
     `results_folder()` every `frequency` seconds while the server runs, around `inner` when given."""
 
     @asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[Any]:
+    async def lifespan(app: Starlette) -> AsyncIterator[Any]:
         task = asyncio.create_task(_sweep_on_schedule(frequency, age))
         try:
             if inner is None:

@@ -27,7 +27,7 @@ from sd2_app.api.gpu_time import values_seconds
 from sd2_app.api.timing import summary
 from sd2_app.ui.layout import GENERATE, RUNNING
 from sd2_app.ui.raw_values import server_checked
-from sd2_app.ui.runner import (GPU_QUEUE, WAIT_POLL_S, QueuePlace, RunFlag, StopFlags, deliver, gpu, shown_files,
+from sd2_app.ui.runner import (GPU_QUEUE, WAIT_POLL_S, Finish, QueuePlace, RunFlag, StopFlags, deliver, gpu,
                                shown_preview, stopped_message, stream, timed_call, user_message)
 
 if TYPE_CHECKING:
@@ -199,14 +199,14 @@ def stream_result(
     request_fn: Callable[[], Request],
     session: str,
     progress: gr.Progress,
-    finish: Callable[[Result], tuple],
+    finish: Finish,
     n_outputs: int,
     queued_flag: RunFlag | None = None,
 ) -> Iterator[tuple]:
     """The body of every Generate handler: yields (preview, status) updates, then the finished outputs.
 
-    Outputs are always (preview, gallery, info, last_seed, selected, *extras); `finish(result)` fills gallery
-    onward. `queued_flag` is the stop flag the job got when it joined the queue: when Stop set it while the
+    Outputs are always (preview, gallery, info, last_seed, selected, *extras); `finish(result, shown)` fills
+    gallery onward. `queued_flag` is the stop flag the job got when it joined the queue: when Stop set it while the
     job waited, the run ends before its first step with "Stopped.".
     """
     try:
@@ -216,7 +216,7 @@ def stream_result(
         return (yield from refuse(str(error), n_outputs))
     flag = flags.arm(session, queued_flag)
     # The job starts now, not after this update; with no news for a while it may be waiting at the GPU gate.
-    run = stream(timed_call(service, request, session, flag), flag, idle_s=WAIT_POLL_S)
+    run = stream(timed_call(service, request, session, flag), flag, flags.threads, idle_s=WAIT_POLL_S)
     progress(0, desc="Loading the model…")
     keep = (gr.skip(),) * (n_outputs - 3)
     place = QueuePlace(STARTING)
@@ -277,9 +277,9 @@ def wire_run(
     if panel.extra is not None:
         outputs.append(panel.extra)
 
-    def finish(result: Result) -> tuple:
-        # The files the Service encoded, served as they are: no second PNG encode by Gradio.
-        gallery = list(zip(shown_files(result), result.captions or [None] * len(result.images)))
+    def finish(result: Result, shown: list[str] | list[Image.Image]) -> tuple:
+        # `shown`: the files the Service encoded, served as they are (no second PNG encode by Gradio)
+        gallery = list(zip(shown, result.captions or [None] * len(result.images)))
         return (gallery, describe(result), result.seed, 0, *finish_extra(result))
 
     assert len(names) == len(inputs), (api_name, names)
@@ -295,7 +295,7 @@ def _generate_handler(
     flags: StopFlags,
     make_request: Callable[..., Request],
     names: Sequence[str],
-    finish: Callable[[Result], tuple],
+    finish: Finish,
     n_outputs: int,
     body: Callable[..., Iterator[tuple]],
 ) -> Callable[..., Iterator[tuple]]:

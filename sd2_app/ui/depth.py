@@ -9,7 +9,7 @@ import gradio as gr
 from sd2_app.api.requests import DepthRequest
 from sd2_app.api.tasks import TASKS
 from sd2_app.ui.common import SAMPLING_NAMES, to_sampling, wire_run
-from sd2_app.ui.runner import StopFlags
+from sd2_app.ui.runner import StopFlags, shown_aux
 from sd2_app.ui.tab_frame import ImageTab, TabFrame
 from sd2_app.ui.uploads import check_on_upload, upload_image
 
@@ -48,4 +48,4 @@ def make_request(picture: Any, depth: Any, key: str, text: str, negative_text: s
 
 def depth_used(result: Result) -> tuple:
     """The depth map the pipeline used (estimated or the uploaded one), beside the result."""
-    return (result.depth_image if result.depth_image is not None else getattr(result.request, "depth_map", None),)
+    return (shown_aux(result, "depth", getattr(result.request, "depth_map", None)),)

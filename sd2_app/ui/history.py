@@ -15,11 +15,14 @@ from typing import Any, TYPE_CHECKING
 import gradio as gr
 from PIL import Image
 
+from sd2_app.ui.runner import shown_files
+
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
     from sd2_app.ui.hosting import Visitors
 
-Rows = tuple[list[tuple[Image.Image, str]], list[list[Any]]]  # (gallery images with captions, table rows)
+# (gallery images with captions, table rows); the images are the encoded PNG files (`shown_files`)
+Rows = tuple[list[tuple[str | Image.Image, str]], list[list[Any]]]
 
 HISTORY_GALLERY_HEIGHT = 400  # px
 HISTORY_COLUMN_WIDTHS = ["150px", "90px", "110px", "80px", "500px", "240px"]  # 1170 px: a 1440 px window's width
@@ -37,11 +40,11 @@ class HistoryView:
 
 
 def _rows(service: Service, visitors: Visitors, request: gr.Request | None) -> Rows:
-    images: list[tuple[Image.Image, str]] = []
+    images: list[tuple[str | Image.Image, str]] = []
     rows: list[list[Any]] = []
     for entry in service.history(owner=visitors.identify(request)):  # the owner the Generate handlers use
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.created))
-        images += [(image, f"{entry.task} · seed {entry.seed}") for image in entry.images]
+        images += [(image, f"{entry.task} · seed {entry.seed}") for image in shown_files(entry)]
         saved = ", ".join(f"{p.parent.name}/{p.name}" for p in entry.saved) or "(not saved)"
         rows.append([when, entry.task, entry.seed, len(entry.images), entry.parameters, saved])
     return images, rows

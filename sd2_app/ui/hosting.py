@@ -7,9 +7,10 @@ that drops its cookies is a new visitor on every request, but not a new address)
 at once with a message, before it takes a queue place. Every GPU job gets a stop flag when it joins, so Stop
 reaches a job that is still waiting as well as the running one.
 
-`install(demo, visitors)` hooks both into a built app at launch: the queue's `push` is wrapped (Gradio has no
-per-session limit of its own; `gradio/queueing.py`, `Queue.push`), the visitor-cookie middleware is added to
-the FastAPI app Gradio creates (through `launch(app_kwargs=...)`), the app's own files in Gradio's cache are
+`install(demo, visitors, hosting)` hooks both into a built app at launch: the queue's `push` is wrapped (Gradio
+has no per-session limit of its own; `gradio/queueing.py`, `Queue.push`), the visitor-cookie and upload-budget
+middlewares are added to the FastAPI app Gradio creates (through `launch(app_kwargs=...)`; uploads per address:
+`sd2_app.ui.upload_budget`), the app's own files in Gradio's cache are
 swept on `delete_cache`'s schedule (`sd2_app.ui.cache_files`), and the direct REST routes that would skip the
 queue stay closed (`api_open=False`; gradio_client and the browser always join the queue).
 """
@@ -27,6 +28,7 @@ from starlette.middleware import Middleware
 from sd2_app.ui.addresses import ClientAddresses
 from sd2_app.ui.cache_files import sweeping_lifespan
 from sd2_app.ui.runner import GPU_QUEUE, RunFlag
+from sd2_app.ui.upload_budget import DEFAULT_UPLOAD_MB_PER_ADDRESS, MB, UploadBudget, UploadBudgetMiddleware
 from sd2_app.ui.visitors import VisitorCookies, VisitorMiddleware
 
 if TYPE_CHECKING:
@@ -38,6 +40,10 @@ STOP_FLAG = "sd2_stop"  # attribute of the join request's Starlette `state` that
 # GPU jobs queued or running from one network address: more than one visitor's, since offices, universities
 # and mobile networks put many visitors behind one address; 0 turns the limit off.
 DEFAULT_MAX_JOBS_PER_ADDRESS = 6
+# Sessions whose state Gradio keeps (`launch(state_session_capacity=...)`, the least recently used go first):
+# each holds a copy of every component's config, and any client can start a new session with every request.
+# Gradio's own default is 10,000.
+DEFAULT_MAX_SESSIONS = 1000
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class Hosting:
 
     max_jobs_per_visitor: int = 2  # GPU jobs one visitor may have queued or running at once
     max_jobs_per_address: int = DEFAULT_MAX_JOBS_PER_ADDRESS  # the same for one network address; 0: no limit
+    max_upload_mb_per_address: int = DEFAULT_UPLOAD_MB_PER_ADDRESS  # per cache age; 0: no budget
     trusted_proxy_hops: int = 0  # trusted reverse proxies in front, appending to X-Forwarded-For (`addresses`)
     model_admin: bool = True  # visitors may load and unload checkpoints (off by default in public modes)
 
@@ -155,9 +162,9 @@ def _count_down(counter: Counter[str], key: str) -> None:
         del counter[key]  # a key per visitor or address that has left: none stays behind
 
 
-def install(demo: gr.Blocks, visitors: Visitors) -> None:
-    """Make every `demo.launch` serve visitor cookies, watch the queue, sweep the app's cached files on
-    `delete_cache`'s schedule and keep the direct routes closed."""
+def install(demo: gr.Blocks, visitors: Visitors, hosting: Hosting = Hosting()) -> None:
+    """Make every `demo.launch` serve visitor cookies, watch the queue, bound each address's uploads, sweep the
+    app's cached files on `delete_cache`'s schedule and keep the direct routes closed."""
     demo.api_open = False
     launch = demo.launch
 
@@ -167,11 +174,13 @@ def install(demo: gr.Blocks, visitors: Visitors) -> None:
         if getattr(demo, "_queue", None) is not None:
             visitors.watch(demo._queue)
         app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
+        cache = getattr(demo, "delete_cache", None)
+        budget = UploadBudget(hosting.max_upload_mb_per_address * MB, window_s=cache[1] if cache else 3600)
         app_kwargs["middleware"] = [*app_kwargs.get("middleware", []),
-                                    Middleware(VisitorMiddleware, cookies=visitors.cookies)]
-        if getattr(demo, "delete_cache", None):
-            frequency, age = demo.delete_cache
-            app_kwargs["lifespan"] = sweeping_lifespan(frequency, age, app_kwargs.get("lifespan"))
+                                    Middleware(VisitorMiddleware, cookies=visitors.cookies),
+                                    Middleware(UploadBudgetMiddleware, budget=budget, addresses=visitors.addresses)]
+        if cache:
+            app_kwargs["lifespan"] = sweeping_lifespan(cache[0], cache[1], app_kwargs.get("lifespan"))
         return launch(*args, app_kwargs=app_kwargs, **kwargs)
 
     demo.launch = launch_for_visitors

@@ -14,7 +14,7 @@ from PIL import Image, ImageChops
 from sd2_app.api.requests import InpaintRequest
 from sd2_app.api.tasks import TASKS
 from sd2_app.ui.common import SAMPLING_NAMES, ResultPanel, SamplingControls, to_sampling, wire_run
-from sd2_app.ui.runner import StopFlags
+from sd2_app.ui.runner import StopFlags, shown_aux
 from sd2_app.ui.tab_frame import TabFrame
 from sd2_app.ui.uploads import check_on_upload, guard_editor, upload_image
 
@@ -110,4 +110,4 @@ def make_request(value: Any, mask: Any, key: str, text: str, negative_text: str,
 
 def mask_used(result: Result) -> tuple:
     """The mask the pipeline used, beside the result."""
-    return (result.mask_image if result.mask_image is not None else getattr(result.request, "mask", None),)
+    return (shown_aux(result, "mask", getattr(result.request, "mask", None)),)

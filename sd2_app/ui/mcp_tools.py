@@ -3,9 +3,9 @@
 Gradio turns each public event into an MCP tool, its function's type hints into the argument types and its
 docstring's "Args:" lines into their descriptions (gradio/mcp.py). The tools here are events on hidden
 components, queued on the GPU queue like the UI's own events, and they run `Service.run`, so validation, the
-cost cap, the watermark and the metadata are the UI's. Each returns its first image. (One output only: with
-two, gradio 6.31's MCP server returns a tool call made without a progress token as the text of a tuple,
-gradio/mcp.py `_execute_tool_without_progress`.)
+cost cap, the watermark and the metadata are the UI's. Each returns its first image, as the PNG file the
+Service encoded. (One output only: with two, gradio 6.31's MCP server returns a tool call made without a
+progress token as the text of a tuple, gradio/mcp.py `_execute_tool_without_progress`.)
 
 The web UI's events stay out of the tool list: their functions take widget values and stream previews,
 which an agent cannot use. Gradio lists as tools only functions whose `_mcp_type` is unset or "tool"
@@ -26,7 +26,7 @@ from sd2_app.api import requests as rq
 from sd2_app.api.gpu_time import gpu, seconds_for
 from sd2_app.api.tasks import TASKS
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
-from sd2_app.ui.runner import GPU_QUEUE
+from sd2_app.ui.runner import GPU_QUEUE, shown_files
 
 if TYPE_CHECKING:
     from sd2_app.api.requests import TaskRequest
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 NOT_A_TOOL = "ui"  # any `_mcp_type` other than "tool", "resource" or "prompt" hides a function from MCP
 
 
-def _run(service: Service, request: TaskRequest) -> Image.Image:
+def _run(service: Service, request: TaskRequest) -> str | Image.Image:
     # ZeroGPU: the GPU only inside spaces.GPU, for the time this job needs
     run = gpu(duration=lambda request, *args, **kwargs: seconds_for(service, request))(service.run)
     try:
@@ -47,7 +47,7 @@ def _run(service: Service, request: TaskRequest) -> Image.Image:
     except LoadError as error:
         log.warning("MCP: load failed: %s", error)
         raise gr.Error("The model could not be loaded; the operator has the details.", print_exception=False) from error
-    return result.images[0]
+    return shown_files(result)[0]  # the PNG file the Service encoded, not an image for Gradio to encode again
 
 
 def _sampling(steps: int, guidance_scale: float, seed: int, sampler: str | None = None, task: str = "txt2img") -> rq.Sampling:
@@ -55,7 +55,7 @@ def _sampling(steps: int, guidance_scale: float, seed: int, sampler: str | None 
                        seed=None if seed == -1 else seed)
 
 
-ToolFn = Callable[..., Image.Image]
+ToolFn = Callable[..., str | Image.Image]  # the result's first PNG file (`shown_files`)
 
 
 def _tools(service: Service) -> dict[str, ToolFn]:
@@ -69,7 +69,7 @@ def _txt2img_tool(service: Service) -> ToolFn:
 
     def txt2img(prompt: str, negative_prompt: str = "", width: int = 512, height: int = 512,
                 steps: int = t2i.steps, guidance_scale: float = t2i.cfg_scale, sampler: str = t2i.sampler,
-                seed: int = -1) -> Image.Image:
+                seed: int = -1) -> str | Image.Image:
         """Generate an image from a text prompt with Stable Diffusion 2.1 (512 px base model).
 
         Args:
@@ -93,7 +93,8 @@ def _img2img_tool(service: Service) -> ToolFn:
     i2i = TASKS["img2img"]
 
     def img2img(image: Image.Image, prompt: str, negative_prompt: str = "", strength: float = i2i.strength or 0.75,
-                steps: int = i2i.steps, guidance_scale: float = i2i.cfg_scale, seed: int = -1) -> Image.Image:
+                steps: int = i2i.steps, guidance_scale: float = i2i.cfg_scale,
+                seed: int = -1) -> str | Image.Image:
         """Redraw an image following a text prompt (Stable Diffusion 2.1 image-to-image).
 
         Args:
@@ -117,7 +118,7 @@ def _inpaint_tool(service: Service) -> ToolFn:
 
     def inpaint(image: Image.Image, mask: Image.Image, prompt: str, negative_prompt: str = "",
                 strength: float = inp.strength or 1.0, steps: int = inp.steps, guidance_scale: float = inp.cfg_scale,
-                seed: int = -1) -> Image.Image:
+                seed: int = -1) -> str | Image.Image:
         """Repaint the masked part of an image following a text prompt (Stable Diffusion 2 inpainting model).
 
         Args:
@@ -142,7 +143,7 @@ def _upscale_tool(service: Service) -> ToolFn:
     up = TASKS["upscale"]
 
     def upscale(image: Image.Image, prompt: str = "", noise_level: int = 20, steps: int = up.steps,
-                seed: int = -1) -> Image.Image:
+                seed: int = -1) -> str | Image.Image:
         """Enlarge an image 4x with the Stable Diffusion x4 upscaler (input up to 512x512 pixels).
 
         Args:
@@ -163,7 +164,8 @@ def _depth_tool(service: Service) -> ToolFn:
     dep = TASKS["depth"]
 
     def depth(image: Image.Image, prompt: str, negative_prompt: str = "", strength: float = dep.strength or 0.7,
-              steps: int = dep.steps, guidance_scale: float = dep.cfg_scale, seed: int = -1) -> Image.Image:
+              steps: int = dep.steps, guidance_scale: float = dep.cfg_scale,
+              seed: int = -1) -> str | Image.Image:
         """Redraw an image keeping its 3D layout (Stable Diffusion 2 depth model; depth estimated with DPT).
 
         Args:

@@ -12,7 +12,7 @@ import gradio as gr
 from sd2_app.api.requests import OUTPAINT_FILLS, OutpaintRequest
 from sd2_app.api.tasks import TASKS
 from sd2_app.ui.common import SAMPLING_NAMES, to_sampling, wire_run
-from sd2_app.ui.runner import StopFlags
+from sd2_app.ui.runner import StopFlags, shown_aux
 from sd2_app.ui.tab_frame import ImageTab, TabFrame
 from sd2_app.ui.uploads import check_on_upload, upload_image
 
@@ -64,4 +64,4 @@ def make_request(picture: Any, key: str, text: str, negative_text: str, left: fl
 
 def mask_used(result: Result) -> tuple:
     """The mask the pipeline used (white = the added strips), beside the result."""
-    return (result.mask_image,)
+    return (shown_aux(result, "mask", None),)

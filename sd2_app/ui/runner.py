@@ -5,11 +5,13 @@ The bridge is a queue: the worker puts (done, total, preview) events, the handle
 progress bar and yields previews. Stop sets a per-session flag that the service checks at every step (and the
 Stop button also cancels a job that is still waiting in the queue). The finished images reach the browser as
 the PNG files the Service encoded (`shown_files`), not as images for Gradio to encode a second time.
+
+The worker threads belong to one app: `build_ui` makes its `StopFlags` with their `JobThreads`, and the app's
+`close` (`sd2_app.ui.lifecycle.AppBlocks`) stops every job and ends the threads.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
 import os
@@ -27,6 +29,7 @@ from PIL import Image
 
 from sd2_app.api.outputs import FAST_PNG_LEVEL
 from sd2_app.api.requests import Request
+from sd2_app.api.results import HistoryEntry
 from sd2_app.api.service import ProgressFn, Result
 from sd2_app.api.timing import log_split, timed
 from sd2_app.api.gpu_time import gpu  # noqa: F401  # re-exported: the UI's handlers import it from here
@@ -89,16 +92,36 @@ class RunFlag(threading.Event):
         return time.perf_counter() - self.created
 
 
+class JobThreads:
+    """The worker threads that one app's jobs run on (`stream`); `close` ends them with the app.
+
+    The GPU queue's concurrency limit (`Service.concurrency`) bounds how many of them run jobs at once; the pool
+    starts a thread only when no idle one is left.
+    """
+
+    def __init__(self, max_workers: int = 64) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="sd2-run")
+
+    def submit(self, call: Callable[..., Result], *args: object) -> Future[Result]:
+        """Start `call(*args)` on a worker thread (raises RuntimeError once the threads are closed)."""
+        return self._pool.submit(call, *args)
+
+    def close(self) -> None:
+        """Take no more jobs and wait until the running ones have returned (stop them first: `StopFlags`)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class StopFlags:
     """Stop flags per visitor: Stop stops that visitor's jobs, running or still queued, and nobody else's.
 
     A visitor may have several jobs (a running one and queued ones, up to the per-visitor limit); each has
     its own flag. `visitors` names the visitor of a request and reaches the jobs still waiting in Gradio's
-    queue.
+    queue; `threads` are the worker threads the app's jobs run on (a new set unless given).
     """
 
-    def __init__(self, visitors: Visitors) -> None:
+    def __init__(self, visitors: Visitors, threads: JobThreads | None = None) -> None:
         self.visitors = visitors
+        self.threads = threads if threads is not None else JobThreads()
         self._flags: dict[str, set[RunFlag]] = {}
         self._lock = threading.Lock()
 
@@ -132,6 +155,14 @@ class StopFlags:
         furthest = max(running, key=lambda flag: (flag.total > 0, flag.done), default=None)
         return furthest, self.visitors.stop_waiting(session)
 
+    def stop_everyone(self) -> int:
+        """Set every running job's flag (the app is closing); how many there were."""
+        with self._lock:
+            running = [flag for flags in self._flags.values() for flag in flags]
+        for flag in running:
+            flag.set()
+        return len(running)
+
     def stop_run(self, session: str) -> RunFlag | None:
         """Stop the session's jobs; the running flag that got furthest (None when none is running)."""
         return self.stop_all(session)[0]
@@ -142,18 +173,13 @@ class StopFlags:
         return running is not None or queued > 0
 
 
-@functools.lru_cache(maxsize=1)
-def _executor() -> ThreadPoolExecutor:
-    # The GPU queue's concurrency limit (`Service.concurrency`) bounds how many of these threads run jobs.
-    return ThreadPoolExecutor(max_workers=64, thread_name_prefix="sd2-run")
-
-
 def stream(
     call: Callable[[ProgressFn, Callable[[], bool]], Result],
     flag: threading.Event,
+    threads: JobThreads,
     idle_s: float | None = None,
 ) -> Iterator[tuple[int, int, Image.Image | None] | Result | None]:
-    """Start `call(on_progress, should_stop)` in a worker thread now; the iterator yields (done, total, preview)
+    """Start `call(on_progress, should_stop)` on one of `threads` now; the iterator yields (done, total, preview)
     while it runs, and its result last. With `idle_s`, it also yields None after each `idle_s` seconds without
     news (the caller may look up the run's place in the queue then).
 
@@ -161,7 +187,7 @@ def stream(
     The iterator raises what the call raised (`InvalidRequest`, `Cancelled`, or a bug with its traceback).
     """
     events: queue.Queue[tuple[int, int, Image.Image | None] | None] = queue.Queue()
-    future: Future[Result] = _executor().submit(call, lambda d, t, p: events.put((d, t, p)), flag.is_set)
+    future: Future[Result] = threads.submit(call, lambda d, t, p: events.put((d, t, p)), flag.is_set)
     future.add_done_callback(lambda _: events.put(None))  # after the call's last progress event
     return _drain(events, future, flag, idle_s)
 
@@ -199,15 +225,28 @@ def stopped_message(flag: RunFlag | None) -> str:
     return "Stopped before sampling began."
 
 
-def shown_files(result: Result) -> list[str] | list[Image.Image]:
-    """The result's images for a Gallery or Image output: the PNG files the Service encoded (`Result.png`) as
-    files in Gradio's cache (`cached_file`), named like the saved files (what a download is called); the
-    images themselves when there are none (Gradio encodes those). Calling it again writes nothing."""
+def shown_files(result: Result | HistoryEntry) -> list[str] | list[Image.Image]:
+    """The images of a result (or a History entry) for a Gallery or Image output: the PNG files the Service
+    encoded (`Result.png`) as files in Gradio's cache (`cached_file`), named like the saved files (what a
+    download is called); the images themselves when there are none (Gradio encodes those). Calling it again
+    writes nothing."""
     if len(result.png) != len(result.images):
         return list(result.images)
     names = [path.name for path in result.saved[:len(result.png)]]
     names += [f"{result.seed}-{result.task}-{index}.png" for index in range(len(names), len(result.png))]
     return [cached_file(data, name) for data, name in zip(result.png, names)]
+
+
+def shown_aux(result: Result, name: str, image: Image.Image | None) -> str | None:
+    """The result's mask or depth map (`name`: "mask" or "depth") for an Image output: the PNG the Service
+    encoded (`Result.aux_png`) as a file in Gradio's cache; else `image` (what the request brought) encoded once,
+    fast (`fast_png_file`); None without either."""
+    data = result.aux_png.get(name)
+    file_name = next((path.name for path in result.saved if path.name.endswith(f"-{name}.png")),
+                     f"{result.seed}-{result.task}-{name}.png")
+    if data is not None:
+        return cached_file(data, file_name)
+    return fast_png_file(image, file_name) if image is not None else None
 
 
 def shown_preview(preview: Image.Image) -> str:
@@ -216,9 +255,15 @@ def shown_preview(preview: Image.Image) -> str:
     scale = max(1, PREVIEW_SIDE // max(preview.size))
     if scale > 1:
         preview = preview.resize((preview.width * scale, preview.height * scale), Image.Resampling.NEAREST)
+    return fast_png_file(preview, "preview.png")
+
+
+def fast_png_file(image: Image.Image, name: str) -> str:
+    """An image the Service did not encode, PNG-encoded once at the fast level (`FAST_PNG_LEVEL`, where Gradio
+    would use PIL's default), as `name` in Gradio's cache."""
     buffer = io.BytesIO()
-    preview.save(buffer, format="PNG", compress_level=FAST_PNG_LEVEL)
-    return cached_file(buffer.getvalue(), "preview.png")
+    image.save(buffer, format="PNG", compress_level=FAST_PNG_LEVEL)
+    return cached_file(buffer.getvalue(), name)
 
 
 def cached_file(data: bytes, name: str) -> str:
@@ -251,25 +296,16 @@ def timed_call(service: Service, request: Request, owner: str, flag: RunFlag) ->
     return lambda on_progress, should_stop: service.run(request, on_progress, should_stop, owner=owner, timings=timings)
 
 
-def deliver(result: Result, finish: Callable[[Result], tuple]) -> Iterator[tuple]:
-    """The finished outputs: the final image in the live preview, then `finish(result)`'s; their "display" and
-    "deliver" phases timed and the request's log line written (`sd2_app.api.timing`)."""
+Finish = Callable[[Result, list[str] | list[Image.Image]], tuple]  # (result, its shown files) -> outputs
+
+
+def deliver(result: Result, finish: Finish) -> Iterator[tuple]:
+    """The finished outputs: the final image in the live preview, then `finish(result, shown)`'s, with `shown`
+    the result's files (`shown_files`, made once for both); their "display" and "deliver" phases timed and the
+    request's log line written (`sd2_app.api.timing`)."""
     with timed(result.timings, "display"):
-        shown, outputs = shown_files(result), finish(result)
+        shown = shown_files(result)
+        outputs = finish(result, shown)
     with timed(result.timings, "deliver"):
         yield (shown[0] if shown else gr.skip(), *outputs)
     log_split(result.task, result.timings)
-
-
-def close_with(demo: gr.Blocks, service: Service) -> None:
-    """Make `demo.close()` wait first for the results the Service is still writing (`Service.flush_saves`)."""
-    close = demo.close
-
-    @functools.wraps(close)
-    def flush_then_close(verbose: bool = True) -> None:
-        flush = getattr(service, "flush_saves", None)  # None: a test double of the Service
-        if flush is not None and not flush(timeout=60.0):
-            log.warning("closing with results still being saved after 60 s")
-        close(verbose)
-
-    demo.close = flush_then_close  # type: ignore[method-assign]

@@ -10,7 +10,7 @@ from PIL import Image
 from sd2_app.api.requests import UpscaleRequest
 from sd2_app.api.task_checks import MAX_NOISE_LEVEL
 from sd2_app.ui.common import SAMPLING_NAMES, to_sampling, wire_run
-from sd2_app.ui.runner import StopFlags
+from sd2_app.ui.runner import StopFlags, fast_png_file
 from sd2_app.ui.tab_frame import ImageTab, TabFrame
 from sd2_app.ui.uploads import check_on_upload, upload_image
 
@@ -23,7 +23,8 @@ SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"))
 def before_image(result: Result) -> tuple:
     """The input enlarged x4 with bicubic resampling, the fair "before" next to the model's "after"."""
     low = result.request.image
-    return (low.resize((low.width * 4, low.height * 4), Image.Resampling.BICUBIC),)
+    return (fast_png_file(low.resize((low.width * 4, low.height * 4), Image.Resampling.BICUBIC),
+                          f"{result.seed}-upscale-before.png"),)
 
 
 def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> ImageTab:

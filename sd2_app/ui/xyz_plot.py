@@ -28,7 +28,8 @@ from sd2_app.api.tasks import PLOT_SAMPLERS, TASKS
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 from sd2_app.ui.common import (EXAMPLE_PROMPTS, SAMPLING_NAMES, STARTING, STOPPING, ResultPanel, load_failed_message,
                                refuse, to_sampling, wire_run)
-from sd2_app.ui.runner import RunFlag, StopFlags, shown_files, stopped_message, stream, user_message
+from sd2_app.ui.runner import (Finish, RunFlag, StopFlags, deliver, shown_preview, stopped_message, stream,
+                               user_message)
 from sd2_app.ui.tab_frame import TabFrame
 from sd2_app.ui.uploads import upload_image
 
@@ -120,7 +121,7 @@ def _tables(result: Result) -> list[str]:
 
 
 def stream_plot(service: Service, flags: StopFlags, request_fn: Callable[[], XYZPlotRequest], session: str,
-                progress: gr.Progress, finish: Callable[[Result], tuple], n_outputs: int,
+                progress: gr.Progress, finish: Finish, n_outputs: int,
                 queued_flag: RunFlag | None = None) -> Iterator[tuple]:
     """`common.stream_result` for a plot (the `body` of its `wire_run`): as it runs, each finished cell joins
     the gallery (so Stop, which ends this stream, leaves them on screen); then the grids, cells and tables."""
@@ -133,19 +134,21 @@ def stream_plot(service: Service, flags: StopFlags, request_fn: Callable[[], XYZ
     finished: queue.Queue[tuple[PlotCell, Image.Image, float]] = queue.Queue()
     shown: list[tuple[Image.Image, str]] = []
     flag = flags.arm(session, queued_flag)
-    progress(0, desc="Loading the model…")
-    yield (skip, skip, STARTING, *keep)
+    timings = {"queue": flag.waited()}  # the plot's phases start with its wait in the queue
 
     def call(on_progress: ProgressFn, should_stop: Callable[[], bool]) -> Result:
-        return service.plot(request, on_progress, should_stop, owner=session,
+        return service.plot(request, on_progress, should_stop, owner=session, timings=timings,
                             on_cell=lambda cell, image, seconds: finished.put((cell, image, seconds)))
 
+    run = stream(call, flag, flags.threads)  # the job starts now, not after this update
+    progress(0, desc="Loading the model…")
     try:
-        for item in stream(call, flag):
+        yield (skip, skip, STARTING, *keep)
+        for item in run:
             if not isinstance(item, tuple):
                 for warning in item.warnings:
                     gr.Warning(warning)
-                yield (shown_files(item)[0], *finish(item))  # the grid as encoded once
+                yield from deliver(item, finish)  # the grid as encoded once, and the request's log line
                 continue
             done, total, preview = item
             flag.done, flag.total = done, total
@@ -157,7 +160,11 @@ def stream_plot(service: Service, flags: StopFlags, request_fn: Callable[[], XYZ
             shown += new
             if new or preview is not None:
                 status = STOPPING if flag.is_set() else f"{len(shown)} cell(s) done · step {done}/{total}"
-                yield (preview if preview is not None else skip, list(shown) if new else skip, status, *keep)
+                yield (shown_preview(preview) if preview is not None else skip, list(shown) if new else skip,
+                       status, *keep)
+    except GeneratorExit:  # closed (cancelled, or the client left), maybe before `run` started: stop the job
+        flag.set()
+        raise
     except Cancelled:
         yield (skip, skip, stopped_message(flag), *keep)
     except InvalidRequest as error:

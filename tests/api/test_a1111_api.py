@@ -33,10 +33,45 @@ USER, PASSWORD = "krita", "s3cret"
 FAST = {"sampler_name": "Euler", "steps": 2, "cfg_scale": 1.0, "width": 64, "height": 64}
 
 
+class GpuSpans:
+    """Every task's pipeline wrapped (through the Service's public `tasks` table) to record when each job ran:
+    the pipeline is called where a job holds the GPU."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.active = self.peak = 0
+        self.spans: list[tuple[int, float, float]] = []  # (steps, start, end) per job
+
+    def reset(self) -> None:
+        with self.lock:
+            self.peak, self.spans = self.active, []
+
+    def wrap(self, pipeline):
+        def counted(components, request, on_step, **kwargs):
+            with self.lock:
+                self.active += 1
+                self.peak = max(self.peak, self.active)
+            started = time.monotonic()
+            try:
+                return pipeline(components, request, on_step, **kwargs)
+            finally:
+                with self.lock:
+                    self.active -= 1
+                    self.spans.append((request.sampling.steps, started, time.monotonic()))
+
+        return counted
+
+
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, object]]:
+def gpu_spans() -> GpuSpans:
+    return GpuSpans()
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory, gpu_spans: GpuSpans) -> Iterator[tuple[str, int, object]]:
     from sd2_app.api.a1111_routes import A1111Api, build_router
     from sd2_app.api.service import Service
+    from sd2_app.api.tasks import TASKS, pipeline_of
     from sd2_app.checkpoints.catalog import tiny_registry
     from sd2_app.manager import ModelManager
     from sd2_app.testing.tiny import ensure_tiny_repos
@@ -45,7 +80,8 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, ob
 
     registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
     manager = ModelManager("cpu", registry=registry, cache_dir=tmp_path_factory.mktemp("cache"))
-    service = Service(manager, outputs_dir=tmp_path_factory.mktemp("outputs"), allowed_repos=())
+    tasks = {task: gpu_spans.wrap(pipeline_of(task)) for task in TASKS}
+    service = Service(manager, outputs_dir=tmp_path_factory.mktemp("outputs"), allowed_repos=(), tasks=tasks)
     demo = build_ui(service)
     demo.queue(max_size=8, default_concurrency_limit=1)
     api = A1111Api(service, auth=[(USER, PASSWORD)], max_jobs=4)
@@ -235,46 +271,22 @@ def test_extra_single_image_runs_the_x4_upscaler(client) -> None:
 
 
 @pytest.mark.slow
-def test_api_and_web_ui_jobs_take_turns_on_the_gpu(app) -> None:
+def test_api_and_web_ui_jobs_take_turns_on_the_gpu(app, gpu_spans: GpuSpans) -> None:
     """A web UI job (through Gradio's queue) and an API job sent while it runs never overlap."""
-    url, port, service = app
-    active, peak, spans = [0], [0], []
-    lock = threading.Lock()
-    task_fn = service._task_fn
-
-    def counting_task_fn(task):  # the pipeline function, called where the job holds the GPU
-        pipeline = task_fn(task)
-
-        def counted(components, request, on_step, **kwargs):
-            with lock:
-                active[0] += 1
-                peak[0] = max(peak[0], active[0])
-            started = time.monotonic()
-            try:
-                return pipeline(components, request, on_step, **kwargs)
-            finally:
-                with lock:
-                    active[0] -= 1
-                    spans.append((request.sampling.steps, started, time.monotonic()))
-
-        return counted
-
-    service._task_fn = counting_task_fn
-    try:
-        ui = Client(url, verbose=False)
-        job = ui.submit(prompt="ui job", negative_prompt="", checkpoint="sd21-base", width=64, height=64,
-                        sampler="Euler", use_karras=False, steps=60, cfg_scale=1.0, guidance_rescale=0.0, seed=1,
-                        batch_size=1, api_name="/txt2img")
-        deadline = time.time() + 60
-        while active[0] == 0 and time.time() < deadline:
-            time.sleep(0.02)
-        status, response = _post(port, "txt2img", {"prompt": "api job", **FAST, "steps": 3, "seed": 1})
-        job.result(timeout=120)
-    finally:
-        del service._task_fn  # back to the class's method
+    url, port, _ = app
+    gpu_spans.reset()
+    ui = Client(url, verbose=False)
+    job = ui.submit(prompt="ui job", negative_prompt="", checkpoint="sd21-base", width=64, height=64,
+                    sampler="Euler", use_karras=False, steps=60, cfg_scale=1.0, guidance_rescale=0.0, seed=1,
+                    batch_size=1, api_name="/txt2img")
+    deadline = time.time() + 60
+    while gpu_spans.active == 0 and time.time() < deadline:
+        time.sleep(0.02)
+    status, response = _post(port, "txt2img", {"prompt": "api job", **FAST, "steps": 3, "seed": 1})
+    job.result(timeout=120)
     assert status == 200 and len(response["images"]) == 1
-    assert peak[0] == 1
-    (ui_steps, ui_start, ui_end), (api_steps, api_start, _) = sorted(spans, key=lambda span: span[1])
+    assert gpu_spans.peak == 1
+    (ui_steps, ui_start, ui_end), (api_steps, api_start, _) = sorted(gpu_spans.spans, key=lambda span: span[1])
     assert (ui_steps, api_steps) == (60, 3) and api_start >= ui_end
 
 

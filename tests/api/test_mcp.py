@@ -10,6 +10,7 @@ import asyncio
 import base64
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -22,12 +23,17 @@ TOOLS = {"txt2img", "img2img", "inpaint", "upscale", "depth"}
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def outputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("outputs")
+
+
+@pytest.fixture(scope="module")
+def url(outputs: Path) -> Iterator[str]:
     from sd2_app.ui import build_ui
     from sd2_app.ui.mcp_tools import add_mcp_tools
     from tests.reliability_support import make_service
 
-    service, _ = make_service(tmp_path_factory.mktemp("outputs"))
+    service, _ = make_service(outputs)
     demo = build_ui(service)
     assert add_mcp_tools(demo, service) == [f"mcp_{name}" for name in ("txt2img", "img2img", "inpaint", "upscale", "depth")]
     with launched(demo, ssr_mode=False, mcp_server=True) as local:
@@ -86,3 +92,25 @@ def test_tool_calls_return_an_image(url: str) -> None:
         decoded = Image.open(io.BytesIO(base64.b64decode(pictures[0].data)))
         assert decoded.size == (64, 64)
     assert refused.isError and "Steps must be between 1 and 150, got 500." in refused.content[0].text
+
+
+def test_a_tool_returns_the_saved_file_encoded_once(url: str, outputs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tool's image is the PNG the Service encoded (Gradio does not encode it again); its URL serves the
+    saved file byte for byte. (The MCP content's base64 image is Gradio's own re-encode, gradio/mcp.py.)"""
+    import httpx
+
+    encodes: list[object] = []
+    original = Image.SAVE["PNG"]
+    monkeypatch.setitem(Image.SAVE, "PNG", lambda image, *args: encodes.append(
+        image.encoderinfo.get("compress_level")) or original(image, *args))
+
+    async def work(session):
+        return await session.call_tool("txt2img", {"prompt": "a saved cube", "width": 64, "height": 64, "steps": 2,
+                                                   "guidance_scale": 1.0, "sampler": "Euler", "seed": 41})
+
+    result = _session(url, work)
+    assert not result.isError
+    link = next(c.text for c in result.content if c.type == "text" and c.text.startswith("Image URL: "))
+    saved = next(path for path in outputs.rglob("*.png") if path.name.endswith("-41-txt2img.png"))
+    assert httpx.get(link.removeprefix("Image URL: "), timeout=30).content == saved.read_bytes()
+    assert encodes == [1, None]  # the Service's encode (fast level), then the MCP server's for its base64 copy

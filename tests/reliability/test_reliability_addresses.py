@@ -1,17 +1,19 @@
-"""Safe to host in public, what a visitor cannot make the server keep: queue places from one network address
-whatever its cookies, and the app's own files in Gradio's cache, through the running app.
+"""Safe to host in public, what a visitor cannot make the server keep: queue places and uploads from one
+network address whatever its cookies, and the app's own files in Gradio's cache, through the running app.
 
-The app is `python app.py --host 0.0.0.0 --trusted-proxy-hops 1 --max-jobs-per-address 3 --cache-minutes 0.05`
-served in-process on a free loopback port (the tiny checkpoints), as behind a trusted reverse proxy: the test
-plays the proxy, appending the client's address to X-Forwarded-For. uvicorn is told to trust no proxy of its
-own (FORWARDED_ALLOW_IPS names an address that is not ours), so the address the app counts is the app's own
-reading of the header. Gradio's cache folder is a private one, so the 3 s cache age touches no other app's
-files.
+The app is `python app.py --host 0.0.0.0 --trusted-proxy-hops 1 --max-jobs-per-address 3
+--max-upload-mb-per-address 1 --max-sessions 20` served in-process on a free loopback port (the tiny checkpoints), as behind a
+trusted reverse proxy: the test plays the proxy, appending the client's address to X-Forwarded-For. uvicorn is
+told to trust no proxy of its own (FORWARDED_ALLOW_IPS names an address that is not ours), so the address the
+app counts is the app's own reading of the header. The cache test has its own app with `--cache-minutes 0.05`.
+Gradio's cache folder is a private one, so the 3 s cache age touches no other app's files.
 """
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,17 +33,27 @@ from tests.reliability_support import one_thread, serve  # noqa: E402,F401
 AREA = "Hosting"
 SLOW = {**FAST, "steps": 150}  # about 10 s on the tiny checkpoints: long enough to queue others behind it
 ADDRESS_LIMIT = 3
+SESSIONS = 20
 
 
-@pytest.fixture(scope="module")
-def proxied_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
-    argv = ["--tiny", "--device", "cpu", "--host", "0.0.0.0", "--no-save", "--trusted-proxy-hops", "1",
-            "--max-jobs-per-address", str(ADDRESS_LIMIT), "--cache-minutes", "0.05"]
+def _served(argv: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    argv = ["--tiny", "--device", "cpu", "--host", "0.0.0.0", "--no-save", "--trusted-proxy-hops", "1", *argv]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache")))
         patch.setenv("FORWARDED_ALLOW_IPS", "192.0.2.1")  # uvicorn: the loopback peer is no trusted proxy
         with serve(argv, tmp_path_factory.mktemp("app-cache"), bind="127.0.0.1") as (url, demo):
             yield url, demo
+
+
+@pytest.fixture(scope="module")
+def proxied_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    yield from _served(["--max-jobs-per-address", str(ADDRESS_LIMIT), "--max-upload-mb-per-address", "1",
+                        "--max-sessions", str(SESSIONS)], tmp_path_factory)
+
+
+@pytest.fixture()
+def short_cache_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    yield from _served(["--cache-minutes", "0.05"], tmp_path_factory)
 
 
 def _join(url: str, forwarded_for: str | None, **values: object) -> httpx.Response:
@@ -90,8 +102,115 @@ def test_jobs_per_address_bound_a_client_without_cookies(proxied_app, reliabilit
                 "IPv6 /64; another address still joins")
 
 
-def test_the_apps_cached_files_go_even_when_gradio_never_saw_them(proxied_app, reliability) -> None:
+def _upload(url: str, forwarded_for: str, size: int, name: str = "a.png") -> httpx.Response:
+    return httpx.post(f"{url}gradio_api/upload", files=[("files", (name, b"\0" * size, "image/png"))],
+                      headers={"X-Forwarded-For": forwarded_for}, timeout=30)
+
+
+def _uploaded_files() -> int:
+    return sum(1 for path in Path(os.environ["GRADIO_TEMP_DIR"]).rglob("*") if path.is_file())
+
+
+def test_uploads_per_address_are_bounded(proxied_app, reliability) -> None:
+    url, _ = proxied_app
+    before = _uploaded_files()
+    accepted = [_upload(url, "203.0.113.20", 300_000, f"{n}.png") for n in range(3)]  # 3 x 300 kB of 1 MB
+    assert [r.status_code for r in accepted] == [200] * 3, [r.text for r in accepted]
+    over = _upload(url, "203.0.113.20", 300_000)
+    assert over.status_code == 429 and over.text == (
+        "Your network address has reached this server's upload limit (1 MB or 2,000 uploads per 60 minutes); "
+        "try again later."), over.text
+    spoofed = _upload(url, "198.51.100.5, 203.0.113.20", 300_000)
+    assert spoofed.status_code == 429 and spoofed.text == over.text
+    other = _upload(url, "203.0.113.21", 300_000)
+    assert other.status_code == 200, other.text
+    unsized = httpx.post(f"{url}gradio_api/upload", content=iter([b"--x\r\n"]), timeout=30,
+                         headers={"Content-Type": "multipart/form-data; boundary=x", "X-Forwarded-For": "203.0.113.22"})
+    assert unsized.status_code == 411 and unsized.text == "An upload must state its size (one Content-Length header)."
+    assert _uploaded_files() == before + 4  # the refused ones wrote nothing
+    reliability(AREA, "uploads of 300 kB from one address with --max-upload-mb-per-address 1 (raw HTTP, "
+                      "trusted proxy)",
+                f"3 accepted; the 4th refused, HTTP {over.status_code}: {over.text} The same with a client-written "
+                "first X-Forwarded-For entry; another address still uploads; an upload without Content-Length: "
+                f"HTTP {unsized.status_code}; refused uploads write no file")
+
+
+def test_upload_ids_cannot_grow_gradios_progress_table(proxied_app, reliability) -> None:
+    import gc
+
+    from gradio.route_utils import FileUploadProgress
+
+    url, _ = proxied_app
+    ids = [f"{n}-" + "x" * 2000 for n in range(40)]
+    for upload_id in ids:
+        response = httpx.post(f"{url}gradio_api/upload", params={"upload_id": upload_id}, timeout=30,
+                              files=[("files", ("a.png", b"\0" * 10, "image/png"))],
+                              headers={"X-Forwarded-For": "203.0.113.30"})
+        assert response.status_code == 200, response.text
+    with warnings.catch_warnings():  # isinstance on every live object touches torch's deprecated aliases
+        warnings.simplefilter("ignore")
+        tables = [obj for obj in gc.get_objects() if isinstance(obj, FileUploadProgress)]
+    keys = {key for table in tables for key in (*table._statuses, *table._signals)}
+    assert keys and all(len(key) == 4 for key in keys) and not keys & set(ids), sorted(keys)[:5]
+    # The client that uploaded reads its own upload's progress by the id it chose.
+    with httpx.stream("GET", f"{url}gradio_api/upload_progress", params={"upload_id": ids[0]}, timeout=30,
+                      headers={"X-Forwarded-For": "203.0.113.30"}) as progress:
+        first = next(progress.iter_lines())
+    assert progress.status_code == 200 and first == 'data: {"msg": "done"}', first
+    reliability(AREA, "40 uploads, each naming a new 2,000-character upload_id (raw HTTP)",
+                f"Gradio's progress table holds {len(keys)} ids of 4 hex digits (at most 65,536 ever), none of "
+                "the clients'; the uploader still reads its upload's progress by its own id")
+
+
+def test_new_sessions_cannot_grow_the_servers_memory_without_bound(proxied_app, reliability) -> None:
     url, demo = proxied_app
+    config = httpx.get(f"{url}config", timeout=30).json()
+    status = next(i for i, d in enumerate(config["dependencies"]) if d.get("api_name") == "models_status")
+    hashes = [f"script-session-{n}" for n in range(3 * SESSIONS)]
+    for session_hash in hashes:  # a script that starts a new session with every call (cheap CPU event)
+        joined = httpx.post(f"{url}gradio_api/queue/join", timeout=30, json={
+            "data": [], "fn_index": status, "session_hash": session_hash, "event_data": None, "trigger_id": None})
+        assert joined.status_code == 200, joined.text
+    deadline = time.monotonic() + 30
+    holder = demo.state_holder  # type: ignore[attr-defined]
+    while hashes[-1] not in holder.session_data and time.monotonic() < deadline:
+        time.sleep(0.1)
+    kept = list(holder.session_data)
+    assert len(kept) <= SESSIONS and hashes[-1] in kept and hashes[0] not in kept, (len(kept), kept[:3])
+    reliability(AREA, f"{len(hashes)} calls, each with a new session id (--max-sessions {SESSIONS}; raw HTTP)",
+                f"the server keeps {len(kept)} sessions' state, the most recent ones (Gradio would keep 10,000, "
+                "each with a copy of every component's config)")
+
+
+def test_history_memory_is_bounded_in_bytes_not_only_in_entries(proxied_app, reliability) -> None:
+    from sd2_app.api.keeper import entry_bytes
+
+    url, demo = proxied_app
+    keeper = demo.service.keeper  # type: ignore[attr-defined]
+    client = Client(url, verbose=False)
+    client.predict(prompt="sizing", seed=40, api_name="/txt2img", **FAST)
+    one = entry_bytes(keeper.history()[0])  # a 64x64 result: its pixels and its PNG
+    before, keeper.history_max_bytes = keeper.history_max_bytes, int(2.5 * one)
+    try:
+        for seed in (41, 42, 43, 44):
+            client.predict(prompt=f"bounded {seed}", seed=seed, api_name="/txt2img", **FAST)
+        _, table = client.predict(api_name="/history")
+        held = sum(map(entry_bytes, keeper.history()))
+        keeper.history_max_bytes = 1  # smaller than any result: the newest still stays
+        client.predict(prompt="alone", seed=45, api_name="/txt2img", **FAST)
+        _, alone = client.predict(api_name="/history")
+    finally:
+        keeper.history_max_bytes = before
+    assert [row[2] for row in table["data"]] == [44, 43], table["data"]
+    assert held <= 2.5 * one and len(keeper.history()) == 1
+    assert [row[2] for row in alone["data"]] == [45]
+    reliability(AREA, "five results with the history's image memory set to 2.5 results (served app)",
+                f"History keeps the newest 2 ({held:,} of {int(2.5 * one):,} bytes); with a limit smaller than one "
+                "result it keeps the newest alone (default limit: 1 GiB of pixels and PNGs, besides 50 entries)")
+
+
+def test_the_apps_cached_files_go_even_when_gradio_never_saw_them(short_cache_app, reliability) -> None:
+    url, demo = short_cache_app
     assert demo.delete_cache == (3, 3)  # type: ignore[attr-defined]
     client = Client(url, verbose=False)
     client.predict(prompt="shown", seed=31, api_name="/txt2img", **FAST)

@@ -132,9 +132,13 @@ def test_launch_settings_of_a_public_deployment(public_app, reliability) -> None
     assert demo.api_open is False and demo.delete_cache == (600, 3600)  # type: ignore[attr-defined]
     assert settings["run_history"] is False and settings["auth"] is None and settings["show_error"] is False
     assert args.max_jobs_per_session == 2 and args.max_job_cost == 6_553_600 and args.keep_outputs_days is None
+    assert args.max_jobs_per_address == 6 and args.max_upload_mb_per_address == 1024 and args.trusted_proxy_hops == 0
+    assert settings["state_session_capacity"] == 1000
     assert app.launch_settings(app.parse_args(["--auth", "ops:pw"]))["auth"] == ("ops", "pw")
     reliability(AREA, "launch settings (python app.py --host 0.0.0.0)",
-                "queue: api_open=False, max_size 16, max 2 jobs per visitor (--max-jobs-per-session); cost cap "
+                "queue: api_open=False, max_size 16, max 2 jobs per visitor (--max-jobs-per-session), 6 per network "
+                "address (--max-jobs-per-address; X-Forwarded-For ignored: --trusted-proxy-hops 0); uploads 1024 MB "
+                "per address per cache age (--max-upload-mb-per-address); 1000 sessions kept (--max-sessions); cost cap "
                 "6,553,600 (--max-job-cost); launch: run_history=False (--run-history), delete_cache=(600, 3600) "
                 "(--cache-minutes 60), auth=None (--auth USER:PASSWORD), show_error=False; loading/unloading by "
                 "visitors off (--allow-model-admin); outputs kept until deleted (--keep-outputs-days; 1 on Spaces)")

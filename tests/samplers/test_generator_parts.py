@@ -66,3 +66,17 @@ def test_stochastic_sampler_batch_equals_solo_runs(sampler: str) -> None:
     batched = run(torch.cat(starts), parts)
     assert SAMPLERS[sampler].is_stochastic
     assert torch.equal(batched, torch.cat(solo))
+
+
+def test_one_part_draws_without_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch group of one request (the others refused or split off): its draws are its solo draws, with no
+    concatenation per step; several parts are concatenated once per draw."""
+    cats: list[int] = []
+    original = torch.cat
+    monkeypatch.setattr(torch, "cat", lambda tensors, *args, **kwargs: cats.append(len(tensors)) or original(
+        tensors, *args, **kwargs))
+    one = draw_noise((2, 4, 8, 8), _parts([(7, 2)]), CPU, torch.float32)
+    assert cats == []
+    assert torch.equal(one, draw_noise((2, 4, 8, 8), make_generator(CPU, 7), CPU, torch.float32))
+    draw_noise((3, 4, 8, 8), _parts([(7, 2), (8, 1)]), CPU, torch.float32)
+    assert cats == [2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,33 +154,58 @@ def test_token_counter_endpoint(app) -> None:
 
 
 def test_token_counter_answers_while_the_gpu_is_busy(app) -> None:
-    """The test holds the manager's job lock (the GPU), so a generation waits; the counter must not."""
+    """The test holds the GPU (the Service's gate, every job's one way to it), so a generation waits; the counter
+    must not."""
     client, service, _ = app
-    lock = service.manager._job_lock
-    lock.acquire()
-    try:
+    with service.gate.enter():
         job = client.submit(prompt="a cat", api_name="/txt2img", **FAST)
         started = time.monotonic()
         assert client.predict("a " * 10, "sd21-base", api_name="/count_tokens") == "10/75"
         assert time.monotonic() - started < 10
         assert not job.done()  # still waiting for the GPU
-    finally:
-        lock.release()
     job.result(timeout=120)
 
 
-def test_counter_slots_are_bounded(app) -> None:
-    _, service, _ = app
-    tools = service._prompt_tools
-    taken = 0
-    while tools._slots.acquire(blocking=False):
-        taken += 1
-    try:
-        assert taken == 4 and service.count_tokens("a", "sd21-base") is None  # busy: a short wait, then None
-    finally:
-        for _ in range(taken):
-            tools._slots.release()
-    assert service.count_tokens("a", "sd21-base") == "1/75"
+def test_counter_slots_are_bounded() -> None:
+    """COUNTER_SLOTS counts run at once: while they wait for a slow tokenizer read (a first download), one more
+    count still gets a slot, the one after that waits SLOT_WAIT_S and answers None (the box keeps its count);
+    all of them answer once the read is done. Through Service.count_tokens only."""
+    from sd2_app.api.prompt_tools import COUNTER_SLOTS, SLOT_WAIT_S
+    from sd2_app.api.service import Service
+    from sd2_app.loading.tokenizer import load_tokenizer
+    from tests.pipeline_fixtures import tiny_repo
+    from tests.ui_doubles import FakeManager, fake_catalog
+
+    tokenizer, entered, release = load_tokenizer(tiny_repo("sd2-base")), threading.Event(), threading.Event()
+
+    class SlowTokenizerHost(FakeManager):
+        def tokenizer(self, key: str) -> object:  # the first read: every count waits for it, holding its slot
+            entered.set()
+            assert release.wait(60)
+            return tokenizer
+
+    service = Service(SlowTokenizerHost(), catalog=fake_catalog(), outputs_dir=None, allowed_repos=())
+    answers: list[str | None] = []
+
+    def count() -> threading.Thread:
+        thread = threading.Thread(target=lambda: answers.append(service.count_tokens("a", "sd21-base")))
+        thread.start()
+        return thread
+
+    waiting = [count() for _ in range(COUNTER_SLOTS - 1)]
+    assert entered.wait(30)
+    time.sleep(0.5)  # the other counts take their slots and queue for the tokenizer
+    waiting.append(count())  # the last free slot
+    time.sleep(2 * SLOT_WAIT_S + 0.5)
+    assert answers == []  # it got a slot: it waits for the tokenizer, it did not give up with None
+    started = time.monotonic()
+    assert service.count_tokens("a", "sd21-base") is None  # every slot is taken: a short wait, then None
+    assert time.monotonic() - started >= SLOT_WAIT_S * 0.9
+    release.set()
+    for thread in waiting:
+        thread.join(30)
+    assert answers == ["1/75"] * COUNTER_SLOTS
+    assert service.count_tokens("a", "sd21-base") == "1/75"  # the slots are back
 
 
 def test_cli_long_weighted_prompt_with_embedding(tmp_path: Path, embeddings_dir: Path,

@@ -123,7 +123,7 @@ def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
             raise Cancelled("stopped")
 
     flags = StopFlags(Visitors())
-    updates = stream_result(Service(), flags, lambda: object(), "s1", gr.Progress(), lambda result: (), 5)
+    updates = stream_result(Service(), flags, lambda: object(), "s1", gr.Progress(), lambda result, shown: (), 5)
     assert next(updates)[2] == STARTING
     assert next(updates)[2] == "Step 1/3"
     assert flags.stop("s1")

@@ -5,6 +5,7 @@ timing split is in the server log."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -92,3 +93,114 @@ def test_every_queued_save_is_on_disk_whole_when_the_app_closes(one_thread: None
     files = sorted(path.name for path in outputs.rglob("*") if path.is_file())
     assert files == ["00000-1-txt2img.png", "00001-1-txt2img.png", "00002-2-txt2img.png", "00003-2-txt2img.png"]
     assert all(Image.open(path).info["parameters"].startswith("queued\n") for path in outputs.rglob("*.png"))
+
+
+def test_each_shown_png_is_hashed_once(saving_app, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gallery and the live preview's last frame are one file in Gradio's cache: its folder name (a salted
+    hash of the bytes) is computed once per image, and Gradio does not hash the file again."""
+    import gradio.processing_utils
+    import sd2_app.ui.runner as runner
+
+    url, _, outputs = saving_app
+    hashed: list[bytes] = []
+    original = runner.hash_bytes
+    monkeypatch.setattr(runner, "hash_bytes", lambda data: hashed.append(data) or original(data))
+    files_hashed: list[str] = []
+    original_file = gradio.processing_utils.hash_file
+    monkeypatch.setattr(gradio.processing_utils, "hash_file",
+                        lambda path, *args: files_hashed.append(str(path)) or original_file(path, *args))
+    client = Client(url, verbose=False, download_files=False)
+    before = set(_saved(outputs, 0))
+    client.predict(prompt="hashed once", seed=78, api_name="/txt2img", **{**FAST, "batch_size": 2})
+    saved = [path for path in _saved(outputs, len(before) + 2) if path not in before]
+    results = [path.read_bytes() for path in saved]
+    assert len(results) == 2
+    assert [sum(data == result for data in hashed) for result in results] == [1, 1]
+    assert files_hashed == []
+
+
+def test_an_xyz_plot_writes_the_timing_line_like_every_task(saving_app, caplog: pytest.LogCaptureFixture) -> None:
+    url, _, _ = saving_app
+    client = Client(url, verbose=False, download_files=False)
+    with caplog.at_level(logging.INFO, logger="sd2_app.api.timing"):
+        started = time.perf_counter()
+        client.predict(prompt="plotted", x_type="sampler", x_picked=["Euler", "DDIM"], steps=2, seed=3, width=64,
+                       height=64, api_name="/xyz_plot")
+        round_trip = time.perf_counter() - started
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(LINE_PREFIX)]
+    assert len(lines) == 1 and lines[0].startswith(f"{LINE_PREFIX} xyz_plot: ")
+    phases = json.loads(lines[0][lines[0].index("{"):])
+    assert list(phases) == ["queue", "load", "run", "total", "mark", "encode", "save", "history", "display",
+                            "deliver"]
+    assert 0 < phases["run"] < in_app(phases) <= round_trip
+
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+QUICK = {"steps": 2, "cfg_scale": 1.0}
+
+
+def _asset(name: str, size: int, folder: Path) -> str:
+    path = folder / f"{size}-{name}"
+    Image.open(ASSETS / name).convert("RGB").resize((size, size)).save(path)
+    return str(path)
+
+
+def _served(url: str, item: dict) -> bytes:
+    response = httpx.get(f"{url}gradio_api/file={item['path']}", timeout=30)
+    assert response.status_code == 200
+    return response.content
+
+
+@pytest.fixture
+def encode_levels(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, object]]:
+    """(width, zlib level) of every PNG PIL encodes in the app (None: PIL's default, what Gradio uses)."""
+    levels: list[tuple[int, object]] = []
+    original = Image.SAVE["PNG"]
+
+    def counting(image: Image.Image, *args: object) -> None:
+        levels.append((image.width, image.encoderinfo.get("compress_level")))
+        original(image, *args)
+
+    monkeypatch.setitem(Image.SAVE, "PNG", counting)
+    return levels
+
+
+def test_masks_depth_maps_and_history_are_the_encoded_files(saving_app, tmp_path: Path,
+                                                             encode_levels: list[tuple[int, object]]) -> None:
+    """A mask or depth map is encoded once, fast, with the images, and the browser gets the saved file; the
+    upscaler's "before" image is encoded once, fast; History shows the saved files and encodes nothing."""
+    from gradio_client import handle_file
+
+    from sd2_app.api.outputs import FAST_PNG_LEVEL
+
+    url, _, outputs = saving_app
+    client = Client(url, verbose=False, download_files=False)
+    picture = _asset("landscape.png", 64, tmp_path)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    mask.save(tmp_path / "mask.png")
+    editor = {"background": handle_file(picture), "layers": [], "composite": None}
+    cat = _asset("cat_128.png", 16, tmp_path)
+    del encode_levels[:]  # the inputs written here
+    _, gallery, _, mask_used = client.predict(image_and_mask=editor, mask=handle_file(str(tmp_path / "mask.png")),
+                                              prompt="masked", seed=31, api_name="/inpaint", **QUICK)
+    assert encode_levels == [(64, FAST_PNG_LEVEL), (64, FAST_PNG_LEVEL)]  # the image and the mask, once each
+    mask_file = next(path for path in _saved(outputs, 0) if path.name.endswith("-31-inpaint-mask.png"))
+    assert _served(url, mask_used) == mask_file.read_bytes()
+    del encode_levels[:]
+    _, gallery, _, depth_used = client.predict(image=handle_file(picture), prompt="deep", seed=32, strength=0.7,
+                                               api_name="/depth", **QUICK)
+    assert encode_levels == [(64, FAST_PNG_LEVEL), (64, FAST_PNG_LEVEL)]  # the image and the depth map
+    depth_file = next(path for path in _saved(outputs, 0) if path.name.endswith("-32-depth-depth.png"))
+    assert _served(url, depth_used) == depth_file.read_bytes()
+    del encode_levels[:]
+    _, gallery, _, before = client.predict(image=handle_file(cat), prompt="a cat",
+                                           seed=33, api_name="/upscale", **QUICK)
+    assert sorted(encode_levels) == [(64, FAST_PNG_LEVEL), (64, FAST_PNG_LEVEL)]  # the image and "before"
+    assert Image.open(io.BytesIO(_served(url, before))).size == (64, 64)
+    del encode_levels[:]
+    history, _ = client.predict(api_name="/history")
+    assert encode_levels == []
+    newest = sorted(path for path in _saved(outputs, 0) if path.name.endswith("-33-upscale.png"))
+    assert _served(url, history[0]["image"]) == newest[0].read_bytes()
+    assert history[0]["image"]["orig_name"] == newest[0].name

@@ -1,0 +1,162 @@
+"""The app's life (sd2_app/ui/lifecycle.py): each app owns its job threads and stop flags, and closing it stops
+the jobs, ends the threads and then waits for the results still being written; `python app.py` does that on
+SIGTERM, so a result the visitor already has is on disk, whole, when the process exits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from sd2_app.errors import Cancelled
+from sd2_app.ui import build_ui
+from sd2_app.ui.lifecycle import AppBlocks
+from sd2_app.ui.runner import stream
+from tests.hosting_support import FAST
+from tests.reliability_support import free_port
+from tests.ui_doubles import fake_service
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_each_app_owns_its_job_threads_and_close_ends_them_before_it_flushes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    service = fake_service(None)
+    demo, other = build_ui(service), build_ui(service)
+    assert isinstance(demo, AppBlocks) and demo.flags.threads is not other.flags.threads  # no process-wide pool
+    events: list[str] = []
+    started = threading.Event()
+
+    def job(on_progress, should_stop):  # a job that runs until it is stopped, as the Service's does
+        started.set()
+        try:
+            while not should_stop():
+                time.sleep(0.01)
+            raise Cancelled("stopped")
+        finally:
+            events.append(f"job ended on {threading.current_thread().name.split('_')[0]}")
+
+    def flush_saves(timeout: float | None = None) -> bool:
+        events.append(f"flush {timeout:.0f} s")
+        return True
+
+    monkeypatch.setattr(service, "flush_saves", flush_saves)
+    flag = demo.flags.arm("visitor")
+    run = stream(job, flag, demo.flags.threads)
+    assert started.wait(10)
+    demo.close()  # never launched: still stops the job, ends the threads and flushes
+    assert flag.is_set() and events == ["job ended on sd2-run", "flush 60 s"]
+    with pytest.raises(Cancelled):
+        list(run)
+    with pytest.raises(RuntimeError):  # a closed app takes no more jobs
+        demo.flags.threads.submit(job, None, lambda: True)
+    assert other.flags.threads.submit(lambda: "runs").result(timeout=10) == "runs"  # the other app is untouched
+    other.close()
+
+
+# `python app.py` with a slow disk: each file takes 2 s to write, so the results are still queued for the writer
+# when the client has them and SIGTERM arrives.
+SLOW_DISK_APP = """
+import runpy, sys, time
+import sd2_app.api.saver as saver
+original = saver.save_new_png
+def slow_write(data, folder, name):
+    time.sleep(2.0)
+    return original(data, folder, name)
+saver.save_new_png = slow_write
+sys.argv = ["app.py", *sys.argv[1:]]
+runpy.run_path("app.py", run_name="__main__")
+"""
+
+
+def _wait_for(url: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"the app did not come up:\n{log.read_text()}")
+
+
+@contextmanager
+def _app_process(tmp_path: Path, outputs: Path) -> Iterator[tuple[subprocess.Popen, str, Path]]:
+    """`python app.py --tiny` (on the slow disk above) on a free port, saving to `outputs`: (process, url, log)."""
+    from sd2_app.testing.tiny import ensure_tiny_repos
+    from tests.pipeline_fixtures import tiny_dir
+
+    ensure_tiny_repos(tiny_dir())
+    cache, log = tmp_path / "cache", tmp_path / "app.log"
+    cache.mkdir()
+    (cache / "tiny").symlink_to(tiny_dir(), target_is_directory=True)
+    port = free_port()
+    env = {**os.environ, "SD2APP_CACHE": str(cache), "GRADIO_ANALYTICS_ENABLED": "False"}
+    argv = ["--tiny", "--device", "cpu", "--port", str(port), "--outputs", str(outputs)]
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-c", SLOW_DISK_APP, *argv], cwd=ROOT, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        _wait_for(url, process, log)
+        yield process, url, log
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_app_with_every_result_on_disk_whole(tmp_path: Path) -> None:
+    from gradio_client import Client
+
+    outputs = tmp_path / "outputs"
+    with _app_process(tmp_path, outputs) as (process, url, log):
+        client = Client(url, verbose=False, download_files=False)
+        client.predict(prompt="kept", seed=5, api_name="/txt2img", **{**FAST, "batch_size": 2})
+        written_before = sorted(outputs.rglob("*.png"))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 0, log.read_text()
+    assert "Traceback" not in log.read_text()
+    assert written_before == []  # nothing was on disk yet when the app was told to stop
+    files = sorted(path.name for path in outputs.rglob("*") if path.is_file())
+    assert files == ["00000-5-txt2img.png", "00001-5-txt2img.png"], log.read_text()  # no temporary file left
+    for path in outputs.rglob("*.png"):
+        with Image.open(path) as image:
+            image.load()  # the whole PNG: a truncated file raises here
+            assert image.size == (64, 64) and image.info["parameters"].startswith("kept\n")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_running_job_instead_of_finishing_it(tmp_path: Path) -> None:
+    """A 150-step 512x512 job (minutes on this CPU) is stopped at its next step: the app exits soon after
+    SIGTERM, cleanly, with nothing saved for it."""
+    from gradio_client import Client
+
+    outputs = tmp_path / "outputs"
+    with _app_process(tmp_path, outputs) as (process, url, log):
+        client = Client(url, verbose=False, download_files=False)
+        job = client.submit(prompt="long", seed=1, api_name="/txt2img",
+                            **{**FAST, "width": 512, "height": 512, "steps": 150, "cfg_scale": 7.0})
+        deadline = time.monotonic() + 120
+        while not job.status().progress_data and time.monotonic() < deadline:  # sampling has begun
+            time.sleep(0.2)
+        assert job.status().progress_data, log.read_text()
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        assert process.wait(timeout=120) == 0, log.read_text()
+        took = time.monotonic() - signalled
+    assert took < 45, log.read_text()  # the whole job would take minutes
+    assert not list(outputs.rglob("*.png")) and "Traceback" not in log.read_text()
