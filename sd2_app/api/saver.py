@@ -68,6 +68,8 @@ class ResultWriter:
         """Wait until every queued result is written; False when `timeout` seconds passed first."""
         with self._lock:
             pending = list(self._pending)
+        if pending:
+            log.info("waiting for %d result(s) still being written to %s", len(pending), self.folder)
         _, not_done = wait(pending, timeout=timeout)
         return not not_done
 

@@ -28,8 +28,8 @@ from sd2_app.api.tasks import PLOT_SAMPLERS, TASKS
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 from sd2_app.ui.common import (EXAMPLE_PROMPTS, SAMPLING_NAMES, STARTING, STOPPING, ResultPanel, load_failed_message,
                                refuse, to_sampling, wire_run)
-from sd2_app.ui.runner import (Finish, RunFlag, StopFlags, deliver, shown_preview, stopped_message, stream,
-                               user_message)
+from sd2_app.ui.runner import (Finish, RunFlag, StopFlags, deliver, fast_png_file, shown_preview, stopped_message,
+                               stream, user_message)
 from sd2_app.ui.tab_frame import TabFrame
 from sd2_app.ui.uploads import upload_image
 
@@ -132,7 +132,7 @@ def stream_plot(service: Service, flags: StopFlags, request_fn: Callable[[], XYZ
     skip = gr.skip()
     keep = (skip,) * (n_outputs - 3)
     finished: queue.Queue[tuple[PlotCell, Image.Image, float]] = queue.Queue()
-    shown: list[tuple[Image.Image, str]] = []
+    shown: list[tuple[str, str]] = []  # each finished cell encoded once, fast (the gallery is sent whole each time)
     flag = flags.arm(session, queued_flag)
     timings = {"queue": flag.waited()}  # the plot's phases start with its wait in the queue
 
@@ -156,7 +156,8 @@ def stream_plot(service: Service, flags: StopFlags, request_fn: Callable[[], XYZ
             new = []
             while not finished.empty():
                 cell, image, seconds = finished.get()
-                new.append((image, f"{cell_caption(cell)} · {seconds:.2f} s"))
+                caption = f"{cell_caption(cell)} · {seconds:.2f} s"
+                new.append((fast_png_file(image, f"cell-{cell.index + 1}.png"), caption))
             shown += new
             if new or preview is not None:
                 status = STOPPING if flag.is_set() else f"{len(shown)} cell(s) done · step {done}/{total}"

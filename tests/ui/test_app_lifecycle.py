@@ -64,14 +64,15 @@ def test_each_app_owns_its_job_threads_and_close_ends_them_before_it_flushes(
     other.close()
 
 
-# `python app.py` with a slow disk: each file takes 2 s to write, so the results are still queued for the writer
-# when the client has them and SIGTERM arrives.
+# `python app.py` with a slow disk: each file takes 4 s to write (longer than Gradio waits for its server to stop),
+# so the results are still queued for the writer when the client has them, when SIGTERM arrives and when the app's
+# close begins.
 SLOW_DISK_APP = """
 import runpy, sys, time
 import sd2_app.api.saver as saver
 original = saver.save_new_png
 def slow_write(data, folder, name):
-    time.sleep(2.0)
+    time.sleep(4.0)
     return original(data, folder, name)
 saver.save_new_png = slow_write
 sys.argv = ["app.py", *sys.argv[1:]]
@@ -129,6 +130,8 @@ def test_sigterm_ends_the_app_with_every_result_on_disk_whole(tmp_path: Path) ->
         written_before = sorted(outputs.rglob("*.png"))
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=120) == 0, log.read_text()
+    # The app's close waited for the writer (not only Python's exit, which would also drain its queue).
+    assert f"waiting for 1 result(s) still being written to {outputs}" in log.read_text()
     assert "Traceback" not in log.read_text()
     assert written_before == []  # nothing was on disk yet when the app was told to stop
     files = sorted(path.name for path in outputs.rglob("*") if path.is_file())

@@ -119,14 +119,22 @@ def test_each_shown_png_is_hashed_once(saving_app, monkeypatch: pytest.MonkeyPat
     assert files_hashed == []
 
 
-def test_an_xyz_plot_writes_the_timing_line_like_every_task(saving_app, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_xyz_plot_writes_the_timing_line_like_every_task(saving_app, caplog: pytest.LogCaptureFixture,
+                                                            encode_levels: list[tuple[int, object]]) -> None:
+    """...and each cell it shows as it runs is encoded once, fast (the gallery is sent whole at each new cell;
+    Gradio encoded every cell of it again each time)."""
+    from sd2_app.api.outputs import FAST_PNG_LEVEL
+
     url, _, _ = saving_app
     client = Client(url, verbose=False, download_files=False)
     with caplog.at_level(logging.INFO, logger="sd2_app.api.timing"):
         started = time.perf_counter()
-        client.predict(prompt="plotted", x_type="sampler", x_picked=["Euler", "DDIM"], steps=2, seed=3, width=64,
-                       height=64, api_name="/xyz_plot")
+        client.predict(prompt="plotted", x_type="sampler", x_picked=["Euler", "DDIM", "Euler a"], steps=2, seed=3,
+                       width=64, height=64, api_name="/xyz_plot")
         round_trip = time.perf_counter() - started
+    cells = [level for width, level in encode_levels if width == 64]
+    assert {level for _, level in encode_levels} == {FAST_PNG_LEVEL}
+    assert 3 <= len(cells) <= 6 and len(encode_levels) == len(cells) + 1  # cells (as shown, then kept), the grid
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(LINE_PREFIX)]
     assert len(lines) == 1 and lines[0].startswith(f"{LINE_PREFIX} xyz_plot: ")
     phases = json.loads(lines[0][lines[0].index("{"):])
