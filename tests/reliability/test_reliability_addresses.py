@@ -24,7 +24,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
 
 from sd2_app.ui.cache_files import results_folder  # noqa: E402
-from sd2_app.ui.hosting import stop_flag_of  # noqa: E402
+from sd2_app.ui.hosting import stop_flag_of, too_many_jobs_from_address_message  # noqa: E402
 from sd2_app.ui.runner import cached_file  # noqa: E402
 from tests.hosting_support import FAST, txt2img_data  # noqa: E402
 from tests.reliability_report import reliability, track_module  # noqa: E402,F401
@@ -37,6 +37,7 @@ SESSIONS = 20
 
 
 def _served(argv: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    # A --trusted-proxy-hops in `argv` comes later, so it wins over this one.
     argv = ["--tiny", "--device", "cpu", "--host", "0.0.0.0", "--no-save", "--trusted-proxy-hops", "1", *argv]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache")))
@@ -54,6 +55,12 @@ def proxied_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> I
 @pytest.fixture()
 def short_cache_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
     yield from _served(["--cache-minutes", "0.05"], tmp_path_factory)
+
+
+@pytest.fixture()
+def direct_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    """No trusted proxy (--trusted-proxy-hops 0, the default off a Space): clients connect directly."""
+    yield from _served(["--trusted-proxy-hops", "0", "--max-jobs-per-address", "2"], tmp_path_factory)
 
 
 def _join(url: str, forwarded_for: str | None, **values: object) -> httpx.Response:
@@ -109,6 +116,21 @@ def _upload(url: str, forwarded_for: str, size: int, name: str = "a.png") -> htt
 
 def _uploaded_files() -> int:
     return sum(1 for path in Path(os.environ["GRADIO_TEMP_DIR"]).rglob("*") if path.is_file())
+
+
+def test_without_a_trusted_proxy_a_written_x_forwarded_for_changes_nothing(direct_app, reliability) -> None:
+    url, demo = direct_app
+    Client(url, verbose=False).predict(prompt="warm", api_name="/txt2img", **FAST)
+    try:
+        joined = [_join(url, forwarded, prompt="direct", seed=n, **SLOW)
+                  for n, forwarded in enumerate(("203.0.113.1", "203.0.113.2", "203.0.113.3"))]
+    finally:
+        _stop_everything(demo)
+    assert [r.status_code for r in joined] == [200, 200, 400], [r.text for r in joined]
+    assert joined[2].json()["detail"] == too_many_jobs_from_address_message(2)
+    reliability(AREA, "a direct client (no trusted proxy) writing a new X-Forwarded-For on each of 3 cookieless "
+                      "jobs (--max-jobs-per-address 2)",
+                f"the header is ignored: 2 accepted, the 3rd refused, HTTP 400: {joined[2].json()['detail']}")
 
 
 def test_uploads_per_address_are_bounded(proxied_app, reliability) -> None:

@@ -64,7 +64,7 @@ def test_each_app_owns_its_job_threads_and_close_ends_them_before_it_flushes(
     other.close()
 
 
-# `python app.py` with a slow disk: each file takes 4 s to write (longer than Gradio waits for its server to stop),
+# `python app.py` with a slow disk: each file takes 6 s to write (longer than Gradio waits for its server to stop),
 # so the results are still queued for the writer when the client has them, when SIGTERM arrives and when the app's
 # close begins.
 SLOW_DISK_APP = """
@@ -72,7 +72,7 @@ import runpy, sys, time
 import sd2_app.api.saver as saver
 original = saver.save_new_png
 def slow_write(data, folder, name):
-    time.sleep(4.0)
+    time.sleep(6.0)
     return original(data, folder, name)
 saver.save_new_png = slow_write
 sys.argv = ["app.py", *sys.argv[1:]]
