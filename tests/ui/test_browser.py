@@ -131,6 +131,10 @@ def test_on_a_phone_every_tab_is_reachable_and_generate_is_near_the_top(browser,
         "(label) => { const r = document.createRange(); r.selectNodeContents(label); return r.getBoundingClientRect().right; }")
     toolbar = _box(page, "#inpaint-editor .top-panel")
     assert label_end <= toolbar["x"], (label_end, toolbar)
+    # The empty canvas's hint wraps between the tool column and the editor's right edge (it ran under both).
+    hint, tools, editor = (_box(page, f"#inpaint-editor {part}") for part in (".empty.wrap p", ".toolbar-wrap", ""))
+    assert hint["x"] >= tools["x"] + tools["width"] and hint["x"] + hint["width"] <= editor["x"] + editor["width"], \
+        (hint, tools, editor)
     page.context.close()
 
 
