@@ -173,6 +173,13 @@ def load_failed_message(service: Service, checkpoint: object) -> str:
     return f"The {label} model could not be loaded; the operator has the details."
 
 
+def refuse(message: str, n_outputs: int) -> Iterator[tuple]:
+    """A run that cannot go on: `message` in the info line (where "Starting…" would stay; the toast fades),
+    then raised as the `gr.Error` Gradio shows as a toast."""
+    yield (gr.skip(), gr.skip(), message, *(gr.skip(),) * (n_outputs - 3))
+    raise gr.Error(message, print_exception=False)
+
+
 def describe(result: Result) -> str:
     """Markdown under the gallery: seed, timings, warnings and the parameters text."""
     seconds = summary(result.timings)
@@ -206,7 +213,7 @@ def stream_result(
         request = request_fn()
     except InvalidRequest as error:
         log.info("refused a request: %s", error)
-        raise gr.Error(str(error), print_exception=False) from error
+        return (yield from refuse(str(error), n_outputs))
     flag = flags.arm(session, queued_flag)
     # The job starts now, not after this update; with no news for a while it may be waiting at the GPU gate.
     run = stream(timed_call(service, request, session, flag), flag, flags.threads, idle_s=WAIT_POLL_S)
@@ -238,11 +245,11 @@ def stream_result(
         yield (gr.skip(), gr.skip(), stopped_message(flag), *keep)
     except InvalidRequest as error:
         log.info("refused a request: %s", error)
-        raise gr.Error(user_message(error), print_exception=False) from error
+        yield from refuse(user_message(error), n_outputs)
     except LoadError as error:
         log.warning("load failed: %s", error)  # the detail (folders, repo ids) stays in the server log
         checkpoint = getattr(getattr(request, "base", request), "checkpoint", None)
-        raise gr.Error(load_failed_message(service, checkpoint), print_exception=False) from error
+        yield from refuse(load_failed_message(service, checkpoint), n_outputs)
     finally:
         flags.release(session, flag)
 

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 # (gallery images with captions, table rows); the images are the encoded PNG files (`shown_files`)
 Rows = tuple[list[tuple[str | Image.Image, str]], list[list[Any]]]
 
+HISTORY_GALLERY_HEIGHT = 400  # px
+HISTORY_COLUMN_WIDTHS = ["150px", "90px", "110px", "80px", "500px", "240px"]  # 1170 px: a 1440 px window's width
 HISTORY_SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
 
 
@@ -53,14 +55,18 @@ def build(service: Service, visitors: Visitors) -> HistoryView:
     where = "the outputs folder" if service.outputs_dir is not None else "nowhere (saving is off)"
     gr.Markdown(f"Recent results, newest first. Every result is also written with its settings to **{where}**.")
     refresh = gr.Button("Refresh", elem_id="history-refresh")
+    # Whole images as thumbnails in a box of fixed height (static/app.css keeps the columns: Gradio makes as
+    # many as there are images, so a lone result was a square as wide as the page, mostly out of view).
     gallery = gr.Gallery(label="Recent images (pick one to reuse or send it)", format="png", columns=6,
-                         height="auto", interactive=False, elem_id="history-gallery")
+                         height=HISTORY_GALLERY_HEIGHT, object_fit="contain", interactive=False,
+                         elem_id="history-gallery")
     with gr.Row():
         reuse = gr.Button("Reuse its settings in text to image", size="sm", elem_id="history-reuse")
         buttons = {target: gr.Button(f"Send to {label}", size="sm", elem_id=f"history-send-{target}")
                    for target, label in HISTORY_SEND_TO}
+    # Widths that fit the page: without them the parameters ran off its right edge and hid the files.
     table = gr.Dataframe(headers=["Time", "Task", "Seed", "Images", "Parameters", "Files"], wrap=True,
-                         interactive=False, elem_id="history-table")
+                         column_widths=HISTORY_COLUMN_WIDTHS, interactive=False, elem_id="history-table")
     selected = gr.State(0)
 
     def picked(event: gr.SelectData) -> int:

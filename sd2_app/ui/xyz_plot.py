@@ -26,8 +26,8 @@ from sd2_app.api.plot_axes import AXES, AXIS_NAMES
 from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.api.tasks import PLOT_SAMPLERS, TASKS
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
-from sd2_app.ui.common import (
-    EXAMPLE_PROMPTS, SAMPLING_NAMES, STARTING, STOPPING, ResultPanel, load_failed_message, to_sampling, wire_run)
+from sd2_app.ui.common import (EXAMPLE_PROMPTS, SAMPLING_NAMES, STARTING, STOPPING, ResultPanel, load_failed_message,
+                               refuse, to_sampling, wire_run)
 from sd2_app.ui.runner import (Finish, RunFlag, StopFlags, deliver, fast_png_file, shown_preview, stopped_message,
                                stream, user_message)
 from sd2_app.ui.tab_frame import TabFrame
@@ -128,7 +128,7 @@ def stream_plot(service: Service, flags: StopFlags, request_fn: Callable[[], XYZ
     try:
         request = request_fn()
     except InvalidRequest as error:
-        raise gr.Error(str(error), print_exception=False) from error
+        return (yield from refuse(str(error), n_outputs))
     skip = gr.skip()
     keep = (skip,) * (n_outputs - 3)
     finished: queue.Queue[tuple[PlotCell, Image.Image, float]] = queue.Queue()
@@ -169,10 +169,10 @@ def stream_plot(service: Service, flags: StopFlags, request_fn: Callable[[], XYZ
     except Cancelled:
         yield (skip, skip, stopped_message(flag), *keep)
     except InvalidRequest as error:
-        raise gr.Error(user_message(error), print_exception=False) from error
+        yield from refuse(user_message(error), n_outputs)
     except LoadError as error:
         log.warning("load failed: %s", error)  # the detail (folders, repo ids) stays in the server log
-        raise gr.Error(load_failed_message(service, request.base.checkpoint), print_exception=False) from error
+        yield from refuse(load_failed_message(service, request.base.checkpoint), n_outputs)
     finally:
         flags.release(session, flag)
 

@@ -131,6 +131,10 @@ def test_on_a_phone_every_tab_is_reachable_and_generate_is_near_the_top(browser,
         "(label) => { const r = document.createRange(); r.selectNodeContents(label); return r.getBoundingClientRect().right; }")
     toolbar = _box(page, "#inpaint-editor .top-panel")
     assert label_end <= toolbar["x"], (label_end, toolbar)
+    # The empty canvas's hint wraps between the tool column and the editor's right edge (it ran under both).
+    hint, tools, editor = (_box(page, f"#inpaint-editor {part}") for part in (".empty.wrap p", ".toolbar-wrap", ""))
+    assert hint["x"] >= tools["x"] + tools["width"] and hint["x"] + hint["width"] <= editor["x"] + editor["width"], \
+        (hint, tools, editor)
     page.context.close()
 
 
@@ -217,6 +221,8 @@ def test_a_failed_run_says_why_and_leaves_no_error_badge(page) -> None:
     page.locator("#upscale-prompt textarea").fill("a cat")
     page.locator("#upscale-run").click()
     expect(page.locator(".toast-body", has_text=re.compile(r"Upload .* first\."))).to_be_visible(timeout=30_000)
+    # The toast fades; the info line keeps the reason (it said "Starting…" for good before).
+    expect(page.locator("#upscale-info")).to_have_text("Upload an image to upscale first.")
     expect(page.locator("#upscale-run")).to_be_enabled(timeout=10_000)  # a failed run gives Generate back
     expect(page.locator("#upscale-stop")).to_be_disabled()
     # The message was the toast; the results carry no lasting "Error" badge (the run's end resets them).
@@ -339,3 +345,19 @@ def test_hires_fix_run_shows_the_upscaled_image_and_its_parameters(page) -> None
     assert "Denoising strength: 0.5" in info
     assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [96, 96]
     page.locator("#txt2img-hires input[type=checkbox]").uncheck()  # later tests expect the plain tab
+
+
+def test_history_shows_whole_thumbnails_and_its_table_fits_the_page(page) -> None:
+    _generate_txt2img(page, 64, 72)
+    _go(page, "History")
+    page.locator("#history-refresh").click()
+    thumb = page.locator("#history-gallery img").first
+    thumb.wait_for(timeout=30_000)
+    _shot(page, "history")
+    gallery, box = _box(page, "#history-gallery"), thumb.bounding_box()
+    assert box is not None and box["width"] <= gallery["width"] / 5  # a thumbnail, not a page-wide square
+    assert box["y"] + box["height"] <= gallery["y"] + gallery["height"]  # whole, inside the gallery's box
+    assert thumb.evaluate("(img) => getComputedStyle(img).objectFit") == "contain"  # not cropped
+    files = _box(page, "#history-table th:last-child")
+    assert files["x"] + files["width"] <= DESKTOP["width"]  # the last column ("Files") is on the page
+    expect(page.locator("#history-table th:last-child")).to_contain_text("Files")
