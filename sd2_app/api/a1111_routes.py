@@ -29,6 +29,7 @@ from PIL import Image
 from sd2_app.api import a1111
 from sd2_app.api.cost import LATENT_FACTOR
 from sd2_app.api.gpu_time import gpu, seconds_for
+from sd2_app.api.keeper import unlisted
 from sd2_app.api.outputs import FAST_PNG_LEVEL
 from sd2_app.api.results import Result
 from sd2_app.api.service import Service
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PREFIX = "/sdapi/v1"
-HISTORY_OWNER = "a1111-api"  # the history entries of API jobs (never shown to a web UI visitor)
+HISTORY_OWNER = unlisted("a1111-api")  # API jobs get their images in the reply: not kept in History
 
 
 def parse_auth(value: str | None) -> list[tuple[str, str]]:

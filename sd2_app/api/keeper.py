@@ -6,10 +6,18 @@ hands the result to the outputs folder's `ResultWriter` (`sd2_app.api.saver`; no
 a `HistoryEntry` at the front of a short history; each phase's seconds go into the result's `timings`. One
 keeper per Service, which delegates to it.
 
-The history is bounded twice: at most `history_size` entries, and at most `history_max_bytes` of images
-(decoded pixels and PNG files) in all, the oldest entries going first. The entry count alone would not bound
-memory: one X/Y/Z plot of 64 cells at 1024x1024 holds the cells and the grid, hundreds of MB. The newest entry
-always stays, so its visitor can see it in History.
+History is shared by every visitor of a public app, and any visitor may be a script, so it is kept fairly:
+
+- A result is listed only under an owner who can ask for it again: a visitor with the server's cookie, or no
+  owner at all (the Service used directly). An owner name made with `unlisted` (a cookieless request's one-off
+  visitor id, an MCP or A1111-API call, which get their images in the response) lists nothing: such results are
+  saved to the outputs folder when saving is on, and take no History place from anyone.
+- Each owner keeps its `history_size` most recent entries, whatever the others do.
+- All entries together hold at most `history_max_bytes` (decoded pixels and PNG files): the entry count alone
+  would not bound memory, since one X/Y/Z plot of 64 cells at 1024x1024 holds hundreds of MB. Over it, the owner
+  holding the most bytes among those with more than one entry loses its oldest entry first, so one owner's
+  flood never pushes out another owner's only entry; only when every owner is down to one entry do the oldest
+  go. The newest entry always stays, so its visitor can see it in History.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,11 +37,23 @@ from sd2_app.api.timing import timed
 log = logging.getLogger(__name__)
 
 HISTORY_MAX_BYTES = 1024**3  # the images the in-memory history may hold (pixels and PNG files together)
+UNLISTED = "unlisted:"  # how the name of an owner who can never ask for History begins (`unlisted`)
+
+
+def unlisted(caller: str) -> str:
+    """The owner name for results of `caller` that nobody can ask for in History: they are not kept there."""
+    return UNLISTED + caller
+
+
+def listed(owner: str | None) -> bool:
+    """Whether results of `owner` go into History (see the module docstring)."""
+    return owner is None or not owner.startswith(UNLISTED)
 
 
 def entry_bytes(entry: HistoryEntry) -> int:
-    """What an entry holds in memory: its images' pixels and its PNG files."""
-    return sum(image.width * image.height * len(image.getbands()) for image in entry.images) + sum(map(len, entry.png))
+    """What an entry holds in memory: its images' pixels, its PNG files and its parameters text."""
+    pixels = sum(image.width * image.height * len(image.getbands()) for image in entry.images)
+    return pixels + sum(map(len, entry.png)) + len(entry.parameters)
 
 
 class ResultKeeper:
@@ -44,7 +64,7 @@ class ResultKeeper:
         outputs_dir: str | Path | None,
         *,
         keep_days: float | None = None,  # delete saved results older than this (None: keep them)
-        history_size: int = 50,
+        history_size: int = 50,  # entries each owner keeps
         history_max_bytes: int = HISTORY_MAX_BYTES,
         watermark: bool = True,
         save_in_background: bool = False,
@@ -54,7 +74,8 @@ class ResultKeeper:
         self.watermark = watermark
         self._writer = (ResultWriter(self.outputs_dir, keep_days=keep_days, background=save_in_background)
                         if self.outputs_dir is not None else None)
-        self._history: deque[HistoryEntry] = deque(maxlen=history_size)
+        self._history: deque[HistoryEntry] = deque()  # every owner's entries, newest first
+        self.history_size = history_size
         self.history_max_bytes = history_max_bytes
         self._lock = threading.Lock()  # guards the history and the last seed
         self.last_seed: int | None = None
@@ -87,16 +108,38 @@ class ResultKeeper:
             entry = HistoryEntry(result.created, result.task, result.seed, result.parameters, tuple(result.images),
                                  tuple(result.saved), owner, tuple(result.png))
             with self._lock:
-                self._history.appendleft(entry)
-                self._trim_history()
+                if listed(owner):
+                    self._history.appendleft(entry)
+                    self._trim_history(owner)
                 self.last_seed = result.seed
         return result
 
-    def _trim_history(self) -> None:
-        """Drop the oldest entries while the history holds more than `history_max_bytes` (the newest stays)."""
-        held = sum(map(entry_bytes, self._history))
-        while len(self._history) > 1 and held > self.history_max_bytes:
-            held -= entry_bytes(self._history.pop())
+    def _drop_oldest_of(self, owner: str | None) -> HistoryEntry:
+        for index in range(len(self._history) - 1, -1, -1):
+            if self._history[index].owner == owner:
+                entry = self._history[index]
+                del self._history[index]
+                return entry
+        raise KeyError(owner)
+
+    def _trim_history(self, owner: str | None) -> None:
+        """Bound `owner`'s entries to `history_size`, then all entries to `history_max_bytes` (module docstring)."""
+        while sum(1 for entry in self._history if entry.owner == owner) > max(self.history_size, 1):
+            self._drop_oldest_of(owner)
+        held: dict[str | None, int] = {}
+        counts: Counter[str | None] = Counter()
+        for entry in self._history:
+            held[entry.owner] = held.get(entry.owner, 0) + entry_bytes(entry)
+            counts[entry.owner] += 1
+        total = sum(held.values())
+        while len(self._history) > 1 and total > self.history_max_bytes:
+            several = [name for name, count in counts.items() if count > 1]
+            victim = (self._drop_oldest_of(max(several, key=held.__getitem__)) if several
+                      else self._history.pop())  # every owner has one entry: the oldest goes, the newest stays
+            size = entry_bytes(victim)
+            held[victim.owner] -= size
+            counts[victim.owner] -= 1
+            total -= size
 
     def history(self, owner: str | None = None) -> list[HistoryEntry]:
         """Recent results, newest first; only `owner`'s when one is given."""

@@ -24,6 +24,7 @@ from PIL import Image
 
 from sd2_app.api import requests as rq
 from sd2_app.api.gpu_time import gpu, seconds_for
+from sd2_app.api.keeper import unlisted
 from sd2_app.api.tasks import TASKS
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 from sd2_app.ui.runner import GPU_QUEUE, shown_files
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MCP_OWNER = unlisted("mcp")  # a tool call gets its image in the reply: nobody can ask for it in History
 NOT_A_TOOL = "ui"  # any `_mcp_type` other than "tool", "resource" or "prompt" hides a function from MCP
 
 
@@ -41,7 +43,7 @@ def _run(service: Service, request: TaskRequest) -> str | Image.Image:
     # ZeroGPU: the GPU only inside spaces.GPU, for the time this job needs
     run = gpu(duration=lambda request, *args, **kwargs: seconds_for(service, request))(service.run)
     try:
-        result = run(request, owner="mcp")
+        result = run(request, owner=MCP_OWNER)
     except (InvalidRequest, Cancelled) as error:
         raise gr.Error(str(error) or "Stopped.", print_exception=False) from error
     except LoadError as error:

@@ -4,10 +4,12 @@ Gradio's `session_hash` is chosen by the client and travels in request bodies an
 who copies one could read that session's History or stop its jobs. Instead, `VisitorCookies` issues every
 browser (and every API client that keeps cookies, such as gradio_client) a random id signed with a key that
 exists only in this server process, in an HttpOnly cookie. History, Stop and the per-visitor queue limit use
-that id; a request without a valid cookie gets a fresh id of its own, so it reaches nobody's results.
+that id; a request without a valid cookie gets a fresh id of its own, so it reaches nobody's results, and
+since nobody can present that id again, its results are not kept in History (`sd2_app.api.keeper.unlisted`).
 
 `VisitorMiddleware` is a plain ASGI middleware: it passes a valid cookie through, and otherwise adds a new
-id to the request (so the very first request already has one) and a Set-Cookie header to the response.
+id's Set-Cookie header to the response. The request itself stays without one: an id counts from the first
+request that presents it, so a client that drops cookies is a one-off visitor on every request.
 The cookie is `SameSite=None; Secure` over HTTPS (a Hugging Face Space runs inside an iframe of another
 site) and `SameSite=Lax` over plain HTTP.
 """
@@ -19,6 +21,8 @@ import hmac
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from sd2_app.api.keeper import unlisted
 
 COOKIE = "sd2_visitor"
 
@@ -50,7 +54,7 @@ class VisitorCookies:
 
     def identify(self, request: Any) -> str:
         """The visitor id of a gr.Request or a Starlette request; an unguessable one-off id when it has none."""
-        return self.verify(_cookie_of(request)) or "anonymous-" + secrets.token_urlsafe(18)
+        return self.verify(_cookie_of(request)) or unlisted("anonymous-" + secrets.token_urlsafe(18))
 
 
 def _cookie_of(request: Any) -> str | None:
@@ -91,15 +95,10 @@ class VisitorMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = list(scope.get("headers") or [])
-        existing = _cookie_header(headers)
-        if self.cookies.verify(_value_in(existing)) is not None:
+        if self.cookies.verify(_value_in(_cookie_header(list(scope.get("headers") or [])))) is not None:
             await self.app(scope, receive, send)
             return
         value = self.cookies.issue()
-        others = [part for part in existing.split(";") if part.strip() and part.strip().partition("=")[0] != COOKIE]
-        merged = "; ".join([*(p.strip() for p in others), f"{COOKIE}={value}"])
-        scope = dict(scope, headers=[h for h in headers if h[0] != b"cookie"] + [(b"cookie", merged.encode("latin-1"))])
         attributes = "Path=/; HttpOnly; " + ("SameSite=None; Secure" if _is_https(scope) else "SameSite=Lax")
 
         async def send_with_cookie(message: Message) -> None:
