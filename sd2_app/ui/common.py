@@ -119,7 +119,6 @@ class ResultPanel:
     send_buttons: dict[str, gr.Button]
     run: gr.Button
     stop: gr.Button
-    status: gr.Markdown | None = None  # the line under the run buttons (layout.prompt_row): what Stop did
 
 
 GALLERY_HEIGHT = 440  # px: with the prompt row above, the whole result fits a 900 px high window
@@ -141,7 +140,6 @@ def result_panel(
     *,
     extra_label: str | None = None,
     send_to: Sequence[tuple[str, str]] = (),
-    status: gr.Markdown | None = None,
 ) -> ResultPanel:
     """PNG gallery (parameters embedded, downloadable; whole images, the grid sized to the batch), info text,
     "send to" buttons, the live preview and the tab's extra image."""
@@ -163,7 +161,7 @@ def result_panel(
                              elem_id=f"{prefix}-extra")
     selected = gr.State(0)
     gallery.select(_picked, None, selected, api_name=f"{prefix}_select", api_visibility="private", queue=False)
-    return ResultPanel(preview, gallery, info, extra, gr.State(None), selected, buttons, run, stop, status)
+    return ResultPanel(preview, gallery, info, extra, gr.State(None), selected, buttons, run, stop)
 
 
 def load_failed_message(service: Service, checkpoint: object) -> str:
@@ -331,11 +329,10 @@ def _wire_generate(panel: ResultPanel, handler: Callable[..., Iterator[tuple]],
     """Generate: the buttons say a run is on and the last run's results go (so nothing old passes for new), then
     the run itself (the API event, returned), then the buttons come back, whether it succeeded, failed or stopped."""
     clear = (None,) * (len(outputs) - 5)  # the extra images; the seed and pick stay
-    status = [panel.status] if panel.status is not None else []  # the last Stop's message goes
     started = panel.run.click(
         lambda: (gr.update(value=RUNNING, interactive=False), gr.update(interactive=True), None, None, QUEUED,
-                 *clear, *([""] * len(status))),
-        None, [panel.run, panel.stop, panel.preview, panel.gallery, panel.info, *outputs[5:], *status],
+                 *clear),
+        None, [panel.run, panel.stop, panel.preview, panel.gallery, panel.info, *outputs[5:]],
         api_name=f"{api_name}_starts", api_visibility="private", queue=False, show_progress="hidden",
     )
     event = started.then(
@@ -355,19 +352,14 @@ def _wire_generate(panel: ResultPanel, handler: Callable[..., Iterator[tuple]],
 
 
 def _wire_stop(panel: ResultPanel, flags: StopFlags, event: Dependency, api_name: str) -> None:
-    status = [panel.status] if panel.status is not None else []
-
     def stop(request: gr.Request) -> tuple:
         # Cancelling the event ends its stream, so the message after Stop comes from here, not from the run.
         # Stop reaches the visitor's queued jobs too (their flags were set when they joined the queue).
-        # The message goes to the info line and, when the tab has one, to the status line under the buttons
-        # (the info line is below the results, out of view on a laptop screen).
         flag, queued = flags.stop_all(flags.visitor(request))
-        message = stopped_message(flag) if flag is not None or queued else NOTHING_TO_STOP
-        return (message, *_idle(), *([message] * len(status)))
+        return (stopped_message(flag) if flag is not None or queued else NOTHING_TO_STOP, *_idle())
 
-    panel.stop.click(stop, None, [panel.info, panel.run, panel.stop, *status], api_name=f"{api_name}_stop",
-                     cancels=[event], queue=False)
+    panel.stop.click(stop, None, [panel.info, panel.run, panel.stop], api_name=f"{api_name}_stop", cancels=[event],
+                     queue=False)
 
 
 def wire_seed_buttons(randomize: gr.Button, reuse: gr.Button, seed: gr.Number, last_seed: gr.State, prefix: str) -> None:

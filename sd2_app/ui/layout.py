@@ -10,7 +10,7 @@ then the tab's settings on the left and its results on the right.
 
 The results column is sticky (static/app.css), so progress and results stay in view while the settings
 column scrolls. Element ids: `<prefix>-prompt`, `-negative`, `-run`, `-stop`, `-run-status` (the line under
-the run buttons that says what Stop did), `-settings`, `-results`.
+the run buttons that repeats the run's state from `-info`), `-settings`, `-results`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class PromptRow:
     run: gr.Button
     stop: gr.Button
     boxes: PromptBoxes
-    status: gr.Markdown  # under the run buttons: what Stop did, where the visitor pressed it
+    status: gr.HTML  # under the run buttons: the run's state where the visitor pressed Generate or Stop
 
 
 def prompt_boxes(prefix: str, value: str = "") -> PromptBoxes:
@@ -73,7 +73,10 @@ def prompt_row(prefix: str, value: str = "") -> PromptRow:
             boxes = prompt_boxes(prefix, value)
         with gr.Column(scale=2, min_width=160, elem_classes=["run-column"]):
             run, stop = run_buttons(prefix)
-            status = gr.Markdown("", elem_id=f"{prefix}-run-status", elem_classes=["run-status"], padding=False)
+            # Filled by the page script (static/app.js) from the info line under the results, which is below
+            # the fold of a laptop screen: while a run is queued or running, after Stop, or why it was refused.
+            status = gr.HTML('<p class="run-status-text" aria-live="polite"></p>', elem_id=f"{prefix}-run-status",
+                             elem_classes=["run-status"], padding=False)
     return PromptRow(boxes.prompt, boxes.negative, run, stop, boxes, status)
 
 

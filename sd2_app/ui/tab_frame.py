@@ -109,7 +109,7 @@ class TabFrame:
                 yield
             with results_column(self.prefix):
                 self._panel = result_panel(self.prefix, self.top.run, self.top.stop, extra_label=extra_label,
-                                           send_to=send_to, status=self.top.status)
+                                           send_to=send_to)
                 if extra is not None:
                     self._panel.extra = extra()
         if self._sampling is not None:

@@ -223,6 +223,8 @@ def test_a_failed_run_says_why_and_leaves_no_error_badge(page) -> None:
     expect(page.locator(".toast-body", has_text=re.compile(r"Upload .* first\."))).to_be_visible(timeout=30_000)
     # The toast fades; the info line keeps the reason (it said "Starting…" for good before).
     expect(page.locator("#upscale-info")).to_have_text("Upload an image to upscale first.")
+    in_view = page.locator("#upscale-run-status .run-status-text")  # under the buttons
+    expect(in_view).to_have_text("Upload an image to upscale first.")
     expect(page.locator("#upscale-run")).to_be_enabled(timeout=10_000)  # a failed run gives Generate back
     expect(page.locator("#upscale-stop")).to_be_disabled()
     # The message was the toast; the results carry no lasting "Error" badge (the run's end resets them).
@@ -298,13 +300,14 @@ def test_generate_and_stop_say_what_is_happening(page) -> None:
     assert page.locator("#txt2img-gallery img").count() == 0  # the last run's result is gone, not passed off
     _shot(page, "txt2img-1-running")
     expect(info).to_contain_text(re.compile(r"Step \d+/150"), timeout=60_000)
+    status = page.locator("#txt2img-run-status .run-status-text")  # under the buttons, in view: the run's state
+    expect(status).to_have_text(re.compile(r"^(Step \d+/150|Stopping at the next step…)$"))
     stop.click()  # at once: on an idle machine the whole run takes only seconds
     expect(info).to_have_text(re.compile(r"Stopped after \d+/150 steps\."), timeout=30_000)
     # The info line is under the results, below the fold of a laptop screen: the line under the buttons the
     # visitor just pressed says it too, in view.
-    status = page.locator("#txt2img-run-status")
     expect(status).to_have_text(info.inner_text())
-    box = _box(page, "#txt2img-run-status")
+    box = _box(page, "#txt2img-run-status .run-status-text")
     assert box["height"] > 10 and 0 <= box["y"] and box["y"] + box["height"] <= DESKTOP["height"], box
     stop_box = _box(page, "#txt2img-stop")
     assert 0 <= box["y"] - (stop_box["y"] + stop_box["height"]) < 40, (box, stop_box)  # right under Stop
@@ -319,9 +322,10 @@ def test_generate_and_stop_say_what_is_happening(page) -> None:
     _set_number(page, "txt2img-width", 64)
     _set_number(page, "txt2img-height", 64)
     run.click()  # a new run: the last Stop's message goes
-    expect(status).to_have_text("")
+    expect(status).not_to_have_text(re.compile("Stopped"))
     page.locator("#txt2img-gallery img").first.wait_for(timeout=120_000)
-    expect(status).to_have_text("")
+    expect(info).to_contain_text("Seed")
+    expect(status).to_have_text("")  # a finished result is told under the image, not here
 
 
 @pytest.mark.slow

@@ -1,6 +1,9 @@
 // sd2-app page script, run once when the page loads (build_ui passes the style sheet as `css`).
 // - Ctrl+Enter or Cmd+Enter in a prompt box presses that tab's Generate, as in A1111; Enter alone makes a new line.
 // - On a phone (one column), Generate scrolls the tab's results into view.
+// - The line under each tab's Generate/Stop (`<tab>-run-status`) repeats the tab's info line (`<tab>-info`, under
+//   the results and below the fold of a laptop screen) while it tells the run's state: queued, running,
+//   stopped, or why it was refused; it is empty while the info line shows a finished result ("Seed …").
 // - sd2SendToEditor(courierId, editorId): "Send to inpaint" puts the image in a hidden image component (the
 //   courier); this uploads it into the image editor the way a user's upload arrives, because Gradio's ImageEditor
 //   freezes (blank canvas, endless spinner) when a server event sets its value after a user upload.
@@ -29,6 +32,17 @@
     const results = document.getElementById(run.id.replace(/-run$/, "-results"));
     if (results) setTimeout(() => results.scrollIntoView({ behavior: "smooth", block: "start" }), 100);
   });
+
+  setInterval(() => {
+    for (const status of document.querySelectorAll(".run-status")) {
+      const info = document.getElementById(status.id.replace(/-run-status$/, "-info"));
+      const line = status.querySelector(".run-status-text");
+      if (!info || !line) continue;
+      const text = info.innerText.trim();
+      const shown = text.startsWith("Seed ") ? "" : text.split("\n")[0];
+      if (line.textContent !== shown) line.textContent = shown;
+    }
+  }, 250);
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   window.sd2SendToEditor = async (courierId, editorId) => {
