@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import Counter, deque
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -74,7 +74,7 @@ class ResultKeeper:
         self.watermark = watermark
         self._writer = (ResultWriter(self.outputs_dir, keep_days=keep_days, background=save_in_background)
                         if self.outputs_dir is not None else None)
-        self._history: deque[HistoryEntry] = deque()  # every owner's entries, newest first
+        self._history: list[HistoryEntry] = []  # every owner's entries, newest first
         self.history_size = history_size
         self.history_max_bytes = history_max_bytes
         self._lock = threading.Lock()  # guards the history and the last seed
@@ -107,20 +107,21 @@ class ResultKeeper:
         with timed(timings, "history"):
             entry = HistoryEntry(result.created, result.task, result.seed, result.parameters, tuple(result.images),
                                  tuple(result.saved), owner, tuple(result.png))
+            self.remember(entry)
             with self._lock:
-                if listed(owner):
-                    self._history.appendleft(entry)
-                    self._trim_history(owner)
                 self.last_seed = result.seed
         return result
 
+    def remember(self, entry: HistoryEntry) -> None:
+        """Put `entry` at the front of the history, unless its owner is unlisted; then trim (module docstring)."""
+        if listed(entry.owner):
+            with self._lock:
+                self._history.insert(0, entry)
+                self._trim_history(entry.owner)
+
     def _drop_oldest_of(self, owner: str | None) -> HistoryEntry:
-        for index in range(len(self._history) - 1, -1, -1):
-            if self._history[index].owner == owner:
-                entry = self._history[index]
-                del self._history[index]
-                return entry
-        raise KeyError(owner)
+        index = max(i for i, entry in enumerate(self._history) if entry.owner == owner)
+        return self._history.pop(index)
 
     def _trim_history(self, owner: str | None) -> None:
         """Bound `owner`'s entries to `history_size`, then all entries to `history_max_bytes` (module docstring)."""

@@ -5,7 +5,10 @@ from which network address (`sd2_app.ui.addresses`), and watches Gradio's queue:
 `max_jobs_per_visitor` GPU jobs queued or running, and one address at most `max_jobs_per_address` (a client
 that drops its cookies is a new visitor on every request, but not a new address); the next join is refused
 at once with a message, before it takes a queue place. Every GPU job gets a stop flag when it joins, so Stop
-reaches a job that is still waiting as well as the running one.
+reaches a job that is still waiting as well as the running one. The queue's other events (image checks,
+"Send to", PNG info: quick, no GPU) share its `max_size` places with the GPU jobs, so one address may also
+have only `MAX_OTHER_EVENTS_PER_ADDRESS` of them queued or running: a flood of cheap calls cannot fill the
+queue and turn everyone's GPU jobs away with "Queue is full".
 
 `install(demo, visitors, hosting)` hooks both into a built app at launch: the queue's `push` is wrapped (Gradio
 has no per-session limit of its own; `gradio/queueing.py`, `Queue.push`), the visitor-cookie and upload-budget
@@ -40,6 +43,9 @@ STOP_FLAG = "sd2_stop"  # attribute of the join request's Starlette `state` that
 # GPU jobs queued or running from one network address: more than one visitor's, since offices, universities
 # and mobile networks put many visitors behind one address; 0 turns the limit off.
 DEFAULT_MAX_JOBS_PER_ADDRESS = 6
+# Queued events other than GPU jobs from one network address, waiting or running; each lasts well under a
+# second, and a page sends one or two at a time. Off with the per-address job limit (`max_jobs_per_address` 0).
+MAX_OTHER_EVENTS_PER_ADDRESS = 4
 # Sessions whose state Gradio keeps (`launch(state_session_capacity=...)`, the least recently used go first):
 # each holds a copy of every component's config, and any client can start a new session with every request.
 # Gradio's own default is 10,000.
@@ -67,6 +73,10 @@ def too_many_jobs_from_address_message(limit: int) -> str:
             "one to finish before starting another.")
 
 
+def too_many_events_from_address_message(limit: int) -> str:
+    return f"Your network address already has {limit} requests waiting; try again when they are done."
+
+
 def stop_flag_of(request: Any) -> RunFlag | None:
     """The stop flag the queue gave this job when it joined (None for a call that did not join the queue)."""
     raw = getattr(request, "request", None) or request
@@ -88,26 +98,33 @@ class Visitors:
         self._queue: Any = None  # gradio.queueing.Queue, once installed
         self._joining: Counter[str] = Counter()  # joins of each visitor that Gradio is still accepting
         self._joining_from: Counter[str] = Counter()  # the same per network address
+        self._joining_others_from: Counter[str] = Counter()  # joins of other events per network address
 
     def identify(self, request: Any) -> str:
         return self.cookies.identify(request)
 
-    def _gpu_events(self) -> list[Any]:
+    def _events(self, gpu: bool = True) -> list[Any]:
+        """The GPU jobs (`gpu`) or the other events in the queue, waiting or running."""
         if self._queue is None:
             return []
         events = list(self._queue.event_ids_to_events.values())
-        return [event for event in events if getattr(event.fn, "concurrency_id", None) == GPU_QUEUE]
+        return [event for event in events if (getattr(event.fn, "concurrency_id", None) == GPU_QUEUE) == gpu]
 
     def _live_jobs(self, visitor: str) -> list[Any]:
-        return [event for event in self._gpu_events() if self.identify(event.request) == visitor]
+        return [event for event in self._events() if self.identify(event.request) == visitor]
 
     def jobs_of(self, visitor: str) -> int:
         return len(self._live_jobs(visitor)) + self._joining[visitor]
 
     def jobs_from(self, address: str) -> int:
         """GPU jobs queued or running (or joining) from the network address `address` (`ClientAddresses.of`)."""
-        live = sum(1 for event in self._gpu_events() if self.addresses.of(event.request) == address)
+        live = sum(1 for event in self._events() if self.addresses.of(event.request) == address)
         return live + self._joining_from[address]
+
+    def other_events_from(self, address: str) -> int:
+        """Queued events other than GPU jobs waiting or running (or joining) from the network address `address`."""
+        live = sum(1 for event in self._events(gpu=False) if self.addresses.of(event.request) == address)
+        return live + self._joining_others_from[address]
 
     def refusal(self, visitor: str, address: str) -> str | None:
         """Why a new GPU job of `visitor` from `address` may not join the queue now; None when it may."""
@@ -128,16 +145,28 @@ class Visitors:
         return stopped
 
     def watch(self, queue: Any) -> None:
-        """Wrap `queue.push`: refuse a visitor's job over the limit, give every GPU job a stop flag."""
+        """Wrap `queue.push`: refuse a visitor's job or an address's event over the limits, give every GPU job a
+        stop flag."""
         if getattr(queue.push, "sd2_watched", False):
             return
         self._queue = queue
         push = queue.push
 
+        async def other_push(body: Any, request: Any, username: Any) -> Any:
+            address = self.addresses.of(request)
+            if self.max_jobs_per_address and self.other_events_from(address) >= MAX_OTHER_EVENTS_PER_ADDRESS:
+                log.info("refused an event: %d others of its address in the queue", MAX_OTHER_EVENTS_PER_ADDRESS)
+                return False, too_many_events_from_address_message(MAX_OTHER_EVENTS_PER_ADDRESS), "error"
+            self._joining_others_from[address] += 1
+            try:
+                return await push(body, request, username)
+            finally:
+                _count_down(self._joining_others_from, address)
+
         async def limited_push(body: Any, request: Any, username: Any) -> Any:
             fn = queue.blocks.fns.get(body.fn_index) if body.fn_index is not None else None
             if getattr(fn, "concurrency_id", None) != GPU_QUEUE:
-                return await push(body, request, username)
+                return await other_push(body, request, username)
             visitor, address = self.identify(request), self.addresses.of(request)
             refused = self.refusal(visitor, address)
             if refused is not None:

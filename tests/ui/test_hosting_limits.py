@@ -96,6 +96,16 @@ def test_jobs_per_address_count_every_visitor_of_the_address() -> None:
     assert too_many_jobs_from_address_message(1).startswith("Your network address already has 1 job queued")
 
 
+def test_other_events_count_per_address_apart_from_gpu_jobs() -> None:
+    visitors, queue = _visitors(max_jobs=2, per_address=3)
+    queue.add(_request("10.0.0.2", "203.0.113.7"))
+    for concurrency_id in ("png_info", "png_info", "140623533208448"):  # PNG info twice, an image check
+        queue.add(_request("10.0.0.2", "203.0.113.7"), concurrency_id=concurrency_id)
+    queue.add(_request("10.0.0.2", "203.0.113.8"), concurrency_id="png_info")
+    assert (visitors.other_events_from("203.0.113.7"), visitors.jobs_from("203.0.113.7")) == (3, 1)
+    assert visitors.other_events_from("203.0.113.8") == 1 and visitors.other_events_from("203.0.113.9") == 0
+
+
 def test_the_visitor_limit_speaks_first_and_zero_turns_the_address_limit_off() -> None:
     visitors, queue = _visitors(max_jobs=2, per_address=0)
     cookie = visitors.cookies.issue()
