@@ -30,7 +30,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Imag
     with frame.columns(send_to=SEND_TO):
         image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
                              height=320, elem_id="img2img-image")
-        checkpoint = checkpoint_dropdown(service, "img2img")
+        checkpoint = checkpoint_dropdown(service, "img2img", elem_id="img2img-checkpoint")
         width, height, resize_mode = _size_inputs(service.limits.max_side)
         frame.prompt_tools(checkpoint)
         strength = gr.Slider(0, 1, TASKS["img2img"].strength, step=0.01, label="Strength",
@@ -47,14 +47,19 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Imag
     return ImageTab(image, frame.prompt, frame.negative, controls, frame.panel)
 
 
+SIZE_NOTE = ("A new image (or checkpoint) sets width and height: the image's shape at the checkpoint's "
+             "resolution. Clear both to keep the image's own size.")
+
+
 def _size_inputs(max_side: int) -> tuple[gr.Number, gr.Number, gr.Radio]:
-    """Width, height and resize mode. Empty sizes (as API callers leave them) = the image's own size; a new
-    image fills them in (`_wire_default_size`)."""
+    """Width, height (filled in by `_wire_default_size`; left empty, as API callers may, = the image's own size)
+    and the resize mode."""
     with gr.Row():
-        width = gr.Number(None, label="Width (empty: the image's)", precision=0, minimum=MIN_SIDE, maximum=max_side,
-                          step=8, elem_id="img2img-width")
-        height = gr.Number(None, label="Height (empty: the image's)", precision=0, minimum=MIN_SIDE, maximum=max_side,
-                           step=8, elem_id="img2img-height")
+        width = gr.Number(None, label="Width", precision=0, minimum=MIN_SIDE, maximum=max_side, step=8,
+                          elem_id="img2img-width")
+        height = gr.Number(None, label="Height", precision=0, minimum=MIN_SIDE, maximum=max_side, step=8,
+                           elem_id="img2img-height")
+    gr.Markdown(SIZE_NOTE, elem_id="img2img-size-note", elem_classes=["field-note"])
     resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode",
                            elem_id="img2img-resize-mode")
     return width, height, resize_mode

@@ -97,7 +97,6 @@ def build(service: Service, *, admin: bool = True) -> tuple[Callable[[], StatusV
         checkpoint = gr.Dropdown(keys, value=keys[0][1], label="Checkpoint", scale=3, visible=admin)
         load = gr.Button("Load", variant="primary", elem_id="models-load", scale=1, visible=admin)
         unload = gr.Button("Unload", elem_id="models-unload", scale=1, visible=admin)
-        unload_all = gr.Button("Unload all", variant="stop", elem_id="models-unload-all", scale=1, visible=admin)
         refresh = gr.Button("Refresh", elem_id="models-refresh", scale=1)
     if not admin:
         gr.Markdown("Models are loaded when a job needs them; loading and unloading by hand is turned off on "
@@ -111,13 +110,41 @@ def build(service: Service, *, admin: bool = True) -> tuple[Callable[[], StatusV
 
     refresh.click(current, None, outputs, api_name="models_status", queue=False)
     if admin:
+        unload_all = _unload_all_buttons()
         _wire_admin(service, checkpoint, load, unload, unload_all, outputs, current)
     return current, outputs
 
 
-def _wire_admin(service: Service, checkpoint: gr.Dropdown, load: gr.Button, unload: gr.Button, unload_all: gr.Button,
-                outputs: list[gr.components.Component], current: Callable[[], StatusView]) -> None:
-    """Load, Unload and Unload all (on the GPU queue: they wait for the running job)."""
+@dataclasses.dataclass
+class UnloadAllButtons:
+    """"Unload all models…" and the confirmation it opens (unloading happens only on "Yes, unload all")."""
+
+    ask: gr.Button
+    confirm_row: gr.Row
+    confirm: gr.Button
+    cancel: gr.Button
+
+
+UNLOAD_ALL_QUESTION = ("Unload every loaded model? Jobs still run afterwards, but each first loads its model "
+                       "again, which takes a while.")
+
+
+def _unload_all_buttons() -> UnloadAllButtons:
+    """Under the table, away from Load, in plain style: a click only asks (Yes / Cancel)."""
+    with gr.Row(equal_height=True):
+        ask = gr.Button("Unload all models…", size="sm", scale=0, min_width=180, elem_id="models-unload-all")
+    with gr.Row(visible=False, equal_height=True, elem_id="models-unload-all-confirm") as confirm_row:
+        gr.Markdown(UNLOAD_ALL_QUESTION, elem_id="models-unload-all-question")
+        confirm = gr.Button("Yes, unload all", variant="stop", size="sm", scale=0, min_width=150,
+                            elem_id="models-unload-all-yes")
+        cancel = gr.Button("Cancel", size="sm", scale=0, min_width=100, elem_id="models-unload-all-cancel")
+    return UnloadAllButtons(ask, confirm_row, confirm, cancel)
+
+
+def _wire_admin(service: Service, checkpoint: gr.Dropdown, load: gr.Button, unload: gr.Button,
+                unload_all: UnloadAllButtons, outputs: list[gr.components.Component],
+                current: Callable[[], StatusView]) -> None:
+    """Load, Unload and Unload all (on the GPU queue: they wait for the running job); Unload all asks first."""
 
     @gpu(duration=300)
     def do_load(checkpoint: str) -> StatusView:  # API parameter names match the requests'
@@ -143,4 +170,9 @@ def _wire_admin(service: Service, checkpoint: gr.Dropdown, load: gr.Button, unlo
     gpu_event = {"concurrency_id": GPU_QUEUE, "concurrency_limit": service.concurrency}
     load.click(do_load, checkpoint, outputs, api_name="load_model", **gpu_event)
     unload.click(do_unload, checkpoint, outputs, api_name="unload_model", **gpu_event)
-    unload_all.click(lambda: do_unload(None), None, outputs, api_name="unload_all", **gpu_event)
+    asking = [unload_all.ask, unload_all.confirm_row]
+    private = {"queue": False, "api_visibility": "private"}
+    unload_all.ask.click(lambda: (gr.update(visible=False), gr.update(visible=True)), None, asking, **private)
+    unload_all.cancel.click(lambda: (gr.update(visible=True), gr.update(visible=False)), None, asking, **private)
+    unload_all.confirm.click(lambda: (gr.update(visible=True), gr.update(visible=False)), None, asking, **private)
+    unload_all.confirm.click(lambda: do_unload(None), None, outputs, api_name="unload_all", **gpu_event)

@@ -1,0 +1,103 @@
+"""Controls a visitor presses or reads in a real Chromium (Playwright): Generate and Stop side by side on a phone
+(stacked beside the prompts on a laptop), Image to image's size boxes (what fills them, and what their note says),
+and the Models tab's "Unload all models…", which asks before it unloads.
+
+Uses test_browser.py's app and browser fixtures (tiny checkpoints); screenshots go to tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.ui.test_browser import (ARTIFACTS, DESKTOP, PHONE, _box, _go, _open, _pick, browser,  # noqa: F401
+                                   expect, page, url)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+@pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_generate_and_stop_sit_in_one_row_on_a_phone_and_stacked_on_a_laptop(browser, url: str,
+                                                                            viewport: dict[str, int]) -> None:
+    page = _open(browser, url, viewport)
+    for tab in ("txt2img", "img2img"):
+        _go(page, "Text to image" if tab == "txt2img" else "Image to image")
+        run, stop = _box(page, f"#{tab}-run"), _box(page, f"#{tab}-stop")
+        if viewport is PHONE:
+            # One row: the same top and height, Stop to the right of a Generate over twice its width.
+            assert (run["y"], run["height"]) == (stop["y"], stop["height"]), (run, stop)
+            assert run["x"] + run["width"] < stop["x"] and run["height"] < 50, (run, stop)
+            assert stop["x"] + stop["width"] <= PHONE["width"], stop
+            assert 2 < run["width"] / stop["width"] < 3.5, (run, stop)
+        else:
+            # Beside the prompts: Generate (tall) above Stop, both the column's width.
+            assert run["y"] + run["height"] < stop["y"], (run, stop)
+            assert (run["x"], run["width"]) == (stop["x"], stop["width"]), (run, stop)
+            assert run["height"] > 80, run
+    page.screenshot(path=str(ARTIFACTS / f"controls-run-buttons-{'phone' if viewport is PHONE else 'desktop'}.png"))
+    page.context.close()
+
+
+def _number(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} input[type=number]").input_value()
+
+
+def test_img2img_size_boxes_are_set_from_the_image_as_their_note_says(page, tmp_path: Path) -> None:
+    _go(page, "Image to image")
+    expect(page.locator("#img2img-width [data-testid=block-info]")).to_have_text("Width")
+    expect(page.locator("#img2img-height [data-testid=block-info]")).to_have_text("Height")
+    expect(page.locator("#img2img-size-note")).to_have_text(
+        "A new image (or checkpoint) sets width and height: the image's shape at the checkpoint's resolution. "
+        "Clear both to keep the image's own size.")
+    picture = tmp_path / "wide.png"
+    Image.new("RGB", (192, 128), (200, 40, 40)).save(picture)
+    page.locator("#img2img-image input[type=file]").set_input_files(str(picture))
+    # 3:2 at the tiny "SD 2.1 base" checkpoint's 512x512 pixels, sides multiples of 8 (ui/resize.py).
+    expect(page.locator("#img2img-width input[type=number]")).to_have_value("624")
+    expect(page.locator("#img2img-height input[type=number]")).to_have_value("416")
+    page.screenshot(path=str(ARTIFACTS / "controls-img2img-size.png"))
+    _pick(page, "img2img-checkpoint", "SD 2.0 (768-v)")  # a new checkpoint: its 768x768 pixels
+    expect(page.locator("#img2img-width input[type=number]")).to_have_value("944")
+    expect(page.locator("#img2img-height input[type=number]")).to_have_value("624")
+    # Cleared boxes: the run keeps the image's own size.
+    for side in ("width", "height"):
+        page.locator(f"#img2img-{side} input[type=number]").fill("")
+    page.locator("#img2img-steps input[type=number]").fill("2")
+    page.locator("#img2img-prompt textarea").fill("a red square")
+    page.locator("#img2img-run").click()
+    page.locator("#img2img-gallery img").first.wait_for(timeout=120_000)
+    assert tuple(page.locator("#img2img-gallery img").first.evaluate(
+        "img => [img.naturalWidth, img.naturalHeight]")) == (192, 128)
+
+
+def test_unload_all_sits_apart_from_load_and_asks_first(page) -> None:
+    _go(page, "Models")
+    ask, load = page.locator("#models-unload-all"), page.locator("#models-load")
+    expect(ask).to_have_text("Unload all models…")
+    assert "stop" not in (ask.get_attribute("class") or "").split()  # plain style, not the red danger one
+    load_box, ask_box = _box(page, "#models-load"), _box(page, "#models-unload-all")
+    assert ask_box["y"] > _box(page, "#models-status")["y"] > load_box["y"] + load_box["height"], (load_box, ask_box)
+    page.locator("#models-load").click()  # something to unload (the dropdown's first checkpoint)
+    first = page.locator("#models-status tr", has_text="sd2-base")
+    expect(first).to_contain_text("on the device", timeout=60_000)
+    # A click only asks; Cancel leaves the models loaded.
+    ask.click()
+    expect(page.locator("#models-unload-all-question")).to_have_text(
+        "Unload every loaded model? Jobs still run afterwards, but each first loads its model again, which takes "
+        "a while.")
+    expect(ask).to_be_hidden()
+    page.screenshot(path=str(ARTIFACTS / "controls-models-unload-all-asks.png"))
+    page.locator("#models-unload-all-cancel").click()
+    expect(page.locator("#models-unload-all-confirm")).to_be_hidden()
+    expect(ask).to_be_visible()
+    page.wait_for_timeout(500)
+    expect(first).to_contain_text("on the device")
+    # Yes unloads everything and puts the plain button back.
+    ask.click()
+    page.locator("#models-unload-all-yes").click()
+    expect(page.locator("#models-status")).not_to_contain_text("on the device", timeout=60_000)
+    expect(ask).to_be_visible()
+    expect(page.locator("#models-unload-all-confirm")).to_be_hidden()
+    page.screenshot(path=str(ARTIFACTS / "controls-models.png"))
