@@ -56,6 +56,11 @@ def is_public(args: argparse.Namespace) -> bool:
     return on_spaces() or args.share or args.host not in ("127.0.0.1", "localhost", "::1")
 
 
+# With --serve this process runs no job, so a batcher here would never batch: the replicas do (their setting).
+SERVE_BATCH_USERS = ("--batch-users batches the jobs this process runs; with --serve they run on the replicas: "
+                     "set batch_users = true in the deployment's settings (--serve-config, deploy/serve.toml)")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     spaces = on_spaces()
     p = argparse.ArgumentParser(description="Stable Diffusion 2 web app")
@@ -69,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--max-jobs-per-address, --max-upload-mb-per-address and --trusted-proxy-hops take 0 or more")
     if args.max_sessions < 1:
         p.error("--max-sessions takes 1 or more")
+    if args.serve and args.batch_users:
+        p.error(SERVE_BATCH_USERS)
     return args
 
 

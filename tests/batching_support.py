@@ -1,4 +1,5 @@
-"""Helpers of the batching tests (tests/api/test_batching.py, tests/ui/test_batch_users_app.py)."""
+"""Helpers of the batching tests (tests/api/test_batching.py, tests/ui/test_batch_users_app.py,
+tests/serve/test_serve_batching.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import threading
 import time
 from collections.abc import Callable
 
+import numpy as np
+
+from sd2_app.api.results import Result
 from sd2_app.api.service import Service
 
 
@@ -31,3 +35,10 @@ def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.005)
+
+
+def pixel_gap(ours: Result, alone: Result) -> int:
+    """The largest difference, in uint8 levels, between a batched result's images and the solo run's."""
+    assert len(ours.images) == len(alone.images)
+    return max(int(np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max())
+               for a, b in zip(ours.images, alone.images))

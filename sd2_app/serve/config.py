@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from sd2_app.api.batching import MAX_IMAGES
 from sd2_app.errors import InvalidRequest
 
 
@@ -22,6 +23,12 @@ class ServeConfig:
     Autoscaling follows Ray Serve's `autoscaling_config`: between `min_replicas` and `max_replicas`, aiming at
     `target_ongoing_requests` per replica. A replica runs `max_ongoing_requests` jobs at once (1: the GPU runs
     one job at a time, as the local app does) and Serve queues at most `max_queued_requests` more per caller.
+
+    `batch_users` puts a `Batcher` at each replica's GPU gate (sd2_app/api/batching.py, as app.py's --batch-users
+    does locally): requests that reach one replica together run as one UNet batch. A batch holds up to
+    `MAX_IMAGES` requests, and a replica only has the `max_ongoing_requests` it was given to batch, so `_check`
+    asks for at least that many (Ray Serve warns likewise when `@serve.batch`'s max_batch_size exceeds
+    max_ongoing_requests: ray/serve/batching.py, `_warn_if_max_batch_size_exceeds_max_ongoing_requests`).
     """
 
     app_name: str = "sd2"
@@ -41,6 +48,7 @@ class ServeConfig:
     preload: tuple[str, ...] = ()
     repos: tuple[str, ...] = ()  # KEY=REPO[,REPO] overrides, as app.py's --repo
     embeddings_dir: str = "embeddings"  # textual-inversion embeddings, as app.py's --embeddings-dir
+    batch_users: bool = False  # batching across users on each replica (needs max_ongoing_requests >= MAX_IMAGES)
 
     @property
     def total_concurrency(self) -> int:
@@ -73,6 +81,11 @@ def _check(config: ServeConfig) -> ServeConfig:
         raise InvalidRequest("serve config: max_ongoing_requests and max_models_per_replica must be >= 1")
     if config.num_gpus < 0 or config.num_cpus <= 0:
         raise InvalidRequest("serve config: num_gpus must be >= 0 and num_cpus > 0")
+    if config.batch_users and config.max_ongoing_requests < MAX_IMAGES:
+        raise InvalidRequest(
+            f"serve config: batch_users needs max_ongoing_requests >= {MAX_IMAGES} (a batch holds up to {MAX_IMAGES} "
+            f"requests and a replica batches only the requests it runs at once; it has {config.max_ongoing_requests})"
+        )
     return config
 
 

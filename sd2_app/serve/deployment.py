@@ -10,11 +10,19 @@ rather than around it.
 then one `("result", Result)`, `("refused", message)` or `("stopped",)`. When the caller cancels the stream
 (Stop), Serve cancels the generator; the job's stop flag is set and the replica waits for the running step to
 end before it takes the next request.
+
+Concurrency (Ray Serve 2.x, ray/serve/_private/replica.py): a replica runs up to `max_ongoing_requests` calls
+at once, its async methods (`produce`) as tasks on one event loop, its sync ones on a thread pool of that size.
+The loop's default executor is sized from `num_cpus` (`_configure_user_code_threadpool`: num_cpus + 4 threads),
+not from `max_ongoing_requests`, so the jobs' blocking work runs on an executor of the replica's own with one
+thread per ongoing request: with `batch_users` every request a replica accepts reaches its `Batcher` at once and
+can join a batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import threading
@@ -63,6 +71,7 @@ class SD2Worker:
         self.service = build_service(config)
         self.loads: list[str] = []  # checkpoint keys in the order this replica loaded them
         self.jobs: list[dict[str, Any]] = []  # one record per job: key, start/end (time.time()), outcome, steps
+        self._job_threads = concurrent.futures.ThreadPoolExecutor(config.max_ongoing_requests, "sd2-job")
 
         @serve.multiplexed(max_num_models_per_replica=config.max_models_per_replica)
         async def lease(key: str) -> CheckpointLease:
@@ -100,7 +109,7 @@ class SD2Worker:
                 log.exception("job failed on replica %s", os.getpid())
                 put(("refused", f"The job failed on a worker ({type(error).__name__}); the operator has the details."))
 
-        job = loop.run_in_executor(None, work)
+        job = loop.run_in_executor(self._job_threads, work)
         try:
             while True:
                 event = await events.get()
@@ -122,8 +131,12 @@ class SD2Worker:
         return self.service.manager.loaded_keys("device")
 
     def stats(self) -> dict[str, Any]:
-        """This replica's process id, the checkpoints it loaded (in order) and its recent jobs."""
-        return {"pid": os.getpid(), "loads": list(self.loads), "loaded": self.loaded(), "jobs": list(self.jobs)}
+        """This replica's process id, the checkpoints it loaded (in order), its recent jobs and, with
+        `batch_users`, how many requests each group its `Batcher` ran held ({requests: groups}; None without)."""
+        batcher = self.service.batcher
+        groups = dict(batcher.group_sizes) if batcher is not None else None
+        return {"pid": os.getpid(), "loads": list(self.loads), "loaded": self.loaded(), "jobs": list(self.jobs),
+                "batch_groups": groups}
 
     def status(self) -> dict[str, Any]:
         """This replica's checkpoints and memory together (`ClusterModels.report`: one round trip)."""

@@ -24,7 +24,7 @@ from sd2_app.api.service import Service
 from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.pipelines.run_mode import NonFiniteError
 from sd2_app.pipelines.txt2img import prepare_txt2img
-from tests.batching_support import Blocker, wait_until
+from tests.batching_support import Blocker, pixel_gap, wait_until
 from tests.reliability_support import make_service, noise_image, one_thread  # noqa: F401  # one_thread: fixture
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -105,12 +105,6 @@ def queue_behind_gate(service: Service, requests: list[Txt2ImgRequest]) -> tuple
     for req in requests:
         arrive(service, callers, req)
     return blocker, callers
-
-
-def pixel_gap(ours: Result, alone: Result) -> int:
-    assert len(ours.images) == len(alone.images)
-    return max(int(np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max())
-               for a, b in zip(ours.images, alone.images))
 
 
 def test_four_queued_requests_run_as_one_batch_each_as_alone(

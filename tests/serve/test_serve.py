@@ -19,37 +19,20 @@ from PIL import Image
 
 from sd2_app.errors import Cancelled, InvalidRequest
 from tests.reliability_support import fast, make_service, txt2img
+from tests.serve_support import local_serve
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINTS = ("sd2-base", "sd21-base", "sd2")  # three txt2img checkpoints, three tiny repos
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):  # -> (handle, ServeConfig)
-    from sd2_app.serve.config import load_config
-    from sd2_app.serve.deployment import build_app
-    from sd2_app.testing.tiny import ensure_tiny_repos
-    from tests.pipeline_fixtures import tiny_dir
-
-    ensure_tiny_repos(tiny_dir())
-    cache = tmp_path_factory.mktemp("serve-cache")
-    (cache / "tiny").symlink_to(tiny_dir(), target_is_directory=True)
-    env = {"SD2APP_CACHE": str(cache), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    # address="local": a cluster of our own, never one another process on this machine started
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": env})
-    config = load_config(None, tiny=True, min_replicas=2, max_replicas=2, num_gpus=0.0, num_cpus=1.0,
-                         max_models_per_replica=1, device="cpu")
-    try:
-        handle = serve.run(build_app(config), name=config.app_name, route_prefix=None)
-        yield handle, config
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with local_serve(tmp_path_factory, min_replicas=2, max_replicas=2, num_gpus=0.0, num_cpus=1.0,
+                     max_models_per_replica=1) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

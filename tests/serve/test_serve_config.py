@@ -80,3 +80,43 @@ def test_the_app_builder_makes_the_deployment_from_the_file() -> None:
     assert config.tiny and config.max_replicas == 4
     assert deployment.ray_actor_options == {"num_gpus": 1.0, "num_cpus": 1.0}
     assert deployment.max_ongoing_requests == 1
+
+
+def test_batch_users_needs_a_batch_worth_of_ongoing_requests(tmp_path: Path) -> None:
+    assert load_config().batch_users is False and load_config(ROOT / "deploy" / "serve.toml").batch_users is False
+    with pytest.raises(InvalidRequest) as refused:
+        load_config(None, batch_users=True)
+    assert str(refused.value) == (
+        "serve config: batch_users needs max_ongoing_requests >= 8 (a batch holds up to 8 requests and a replica "
+        "batches only the requests it runs at once; it has 1)")
+    path = tmp_path / "serve.toml"
+    path.write_text("[serve]\nbatch_users = true\nmax_ongoing_requests = 8\nmin_replicas = 1\nmax_replicas = 3\n")
+    config = load_config(path)
+    assert config.batch_users and config.deployment_options()["max_ongoing_requests"] == 8
+    assert config.total_concurrency == 24  # the front end's queue lets a batch through to every replica
+    assert config.deployment_options()["autoscaling_config"]["target_ongoing_requests"] == 1.0
+
+
+@pytest.mark.parametrize("batch_users", [False, True])
+def test_a_replicas_service_has_a_batcher_iff_batch_users(batch_users: bool) -> None:
+    from sd2_app.api.batching import MAX_IMAGES, Batcher
+    from sd2_app.serve.replica import build_service
+
+    config = load_config(None, tiny=True, device="cpu", batch_users=batch_users, max_ongoing_requests=MAX_IMAGES)
+    service = build_service(config)
+    assert isinstance(service.batcher, Batcher) if batch_users else service.batcher is None
+    assert service.gate is not None and (service.batcher is None or service.batcher._gate is service.gate)
+
+
+def test_the_app_refuses_batch_users_with_serve(capsys: pytest.CaptureFixture[str]) -> None:
+    """The front end runs no job with --serve: its own batcher could never batch."""
+    import app
+
+    with pytest.raises(SystemExit) as exited:
+        app.parse_args(["--serve", "auto", "--batch-users"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].split(": error: ")[1] == (
+        "--batch-users batches the jobs this process runs; with --serve they run on the replicas: "
+        "set batch_users = true in the deployment's settings (--serve-config, deploy/serve.toml)")
+    assert app.parse_args(["--serve", "auto"]).batch_users is False
+    assert app.parse_args(["--batch-users"]).batch_users is True

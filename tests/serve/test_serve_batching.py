@@ -1,0 +1,109 @@
+"""Batching across users on a Ray Serve replica (`batch_users`): a local Ray, one tiny-checkpoint CPU replica.
+
+A long job holds the replica's GPU gate while seven more requests with one batch key arrive; they must all
+reach the replica's `Batcher` (one thread each: more than the event loop's default executor has for
+num_cpus = 1) and run as one batch. Each image is compared with the same request run alone through the same
+path; on CPU fp32 the batch's kernels round a few pixels one uint8 level away (tests/pipelines/test_batch.py
+shows the batching itself is exact), the comparison tests/api/test_batching.py makes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from sd2_app.api.requests import Sampling, Txt2ImgRequest
+from sd2_app.errors import Cancelled
+from tests.batching_support import pixel_gap
+from tests.reliability_support import fast, txt2img
+from tests.serve_support import local_serve
+
+pytest.importorskip("ray.serve")
+
+pytestmark = pytest.mark.slow
+COMPANIONS = 7  # with the long job, more requests at once than the default executor's 5 threads (num_cpus = 1)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):  # -> (handle, ServeConfig)
+    # 10 ongoing: the long job, the seven companions, and room for the test's `stats` calls meanwhile
+    with local_serve(tmp_path_factory, num_gpus=0.0, num_cpus=1.0, batch_users=True,
+                     max_ongoing_requests=10) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def front(cluster):  # -> Service whose jobs run on the replica
+    from sd2_app.checkpoints.catalog import REGISTRY
+    from sd2_app.serve.backend import remote_service
+
+    handle, config = cluster
+    return remote_service(handle, REGISTRY, config, outputs_dir=None, allowed_repos=())
+
+
+def companion(index: int) -> Txt2ImgRequest:
+    sampling = Sampling(sampler="Euler a", steps=3, cfg_scale=6.0, seed=100 + index)
+    return Txt2ImgRequest(f"a lighthouse number {index}", checkpoint="sd21-base", width=64, height=64,
+                          sampling=sampling)
+
+
+def stats(cluster) -> dict:
+    handle, _ = cluster
+    return handle.stats.remote().result(timeout_s=30)
+
+
+def test_the_front_lets_a_batch_worth_of_requests_through(front, cluster) -> None:
+    _, config = cluster
+    assert config.max_ongoing_requests == 10 and front.concurrency == 10  # one replica x 10
+    assert stats(cluster)["batch_groups"] is not None  # the replica's Service has a batcher
+
+
+def test_concurrent_requests_run_as_one_batch_each_as_alone(front, cluster) -> None:
+    front.run(companion(0))  # the checkpoint is loaded before the timing below
+    before = Counter(stats(cluster)["batch_groups"])
+    jobs_before = len(stats(cluster)["jobs"])
+    started, stop_long = threading.Event(), threading.Event()
+    long_outcome: list[BaseException] = []
+
+    def long_job() -> None:  # another size: a batch key of its own, holding the gate while the others arrive
+        try:
+            front.run(replace(txt2img(seed=5), width=256, height=256, sampling=fast(5, steps=150)),
+                      lambda done, total, preview: started.set(), stop_long.is_set)
+        except Cancelled as error:
+            long_outcome.append(error)
+
+    holder = threading.Thread(target=long_job)
+    holder.start()
+    assert started.wait(60)
+    results: dict[int, object] = {}
+    callers = [threading.Thread(target=lambda i=i: results.__setitem__(i, front.run(companion(i))))
+               for i in range(1, COMPANIONS + 1)]
+    for caller in callers:
+        caller.start()
+    deadline = time.monotonic() + 60
+    while len([j for j in stats(cluster)["jobs"][jobs_before:] if j["end"] is None]) < COMPANIONS + 1:
+        assert time.monotonic() < deadline, stats(cluster)["jobs"]
+        time.sleep(0.1)
+    time.sleep(1.0)  # each job's thread enters the Batcher right after its record (deployment.py, `produce`)
+    assert holder.is_alive()  # the companions arrived while the long job held the gate
+    stop_long.set()
+    holder.join(60)
+    for caller in callers:
+        caller.join(60)
+    assert len(long_outcome) == 1 and len(results) == COMPANIONS
+    ran = Counter(stats(cluster)["batch_groups"]) - before
+    assert ran == Counter({1: 1, COMPANIONS: 1}), ran  # the stopped long job alone, the seven as one batch
+    solo = {i: front.run(companion(i)) for i in results}  # the same requests one at a time: groups of one
+    assert Counter(stats(cluster)["batch_groups"]) - before == Counter({1: 1 + COMPANIONS, COMPANIONS: 1})
+    gaps = [pixel_gap(results[i], solo[i]) for i in sorted(results)]
+    print(f"\nuint8 gap per request, batch vs solo on the replica: {gaps}")
+    assert max(gaps) <= 1  # CPU kernels (module docstring)
+    first, second = (np.asarray(results[i].images[0]) for i in (1, 2))
+    assert not np.array_equal(first, second)  # the requests really differ
+    for i, result in results.items():
+        assert result.seed == 100 + i and f"Seed: {100 + i}," in result.parameters

@@ -1,0 +1,40 @@
+"""A local Ray cluster with the Serve deployment on tiny checkpoints (tests/serve/test_serve*.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def local_serve(tmp_path_factory: pytest.TempPathFactory, **settings: Any) -> Iterator[tuple[Any, Any]]:
+    """(deployment handle, ServeConfig) of `load_config(None, tiny=True, device="cpu", **settings)` deployed on a
+    Ray instance of this process's own; Serve and Ray are shut down after."""
+    import ray
+    from ray import serve
+
+    from sd2_app.serve.config import load_config
+    from sd2_app.serve.deployment import build_app
+    from sd2_app.testing.tiny import ensure_tiny_repos
+    from tests.pipeline_fixtures import tiny_dir
+
+    ensure_tiny_repos(tiny_dir())
+    cache = tmp_path_factory.mktemp("serve-cache")
+    (cache / "tiny").symlink_to(tiny_dir(), target_is_directory=True)
+    env = {"SD2APP_CACHE": str(cache), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    # address="local": a cluster of our own, never one another process on this machine started
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": env})
+    config = load_config(None, tiny=True, device="cpu", **settings)
+    try:
+        handle = serve.run(build_app(config), name=config.app_name, route_prefix=None)
+        yield handle, config
+    finally:
+        serve.shutdown()
+        ray.shutdown()
