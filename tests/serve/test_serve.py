@@ -19,7 +19,7 @@ from PIL import Image
 
 from sd2_app.errors import Cancelled, InvalidRequest
 from tests.reliability_support import fast, make_service, txt2img
-from tests.serve_support import local_serve
+from tests.serve_support import front_service, local_serve
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -37,11 +37,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):  # -> (handle, ServeConfi
 
 @pytest.fixture(scope="module")
 def front(cluster):  # -> Service whose jobs run on the replicas
-    from sd2_app.checkpoints.catalog import REGISTRY
-    from sd2_app.serve.backend import remote_service
-
-    handle, config = cluster
-    return remote_service(handle, REGISTRY, config, outputs_dir=None, allowed_repos=())
+    return front_service(cluster)
 
 
 def replica_stats(handle, count: int = 2) -> dict[int, dict]:

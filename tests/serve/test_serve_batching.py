@@ -21,7 +21,7 @@ from sd2_app.api.requests import Sampling, Txt2ImgRequest
 from sd2_app.errors import Cancelled
 from tests.batching_support import pixel_gap
 from tests.reliability_support import fast, txt2img
-from tests.serve_support import local_serve
+from tests.serve_support import front_service, local_serve
 
 pytest.importorskip("ray.serve")
 
@@ -39,11 +39,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):  # -> (handle, ServeConfi
 
 @pytest.fixture(scope="module")
 def front(cluster):  # -> Service whose jobs run on the replica
-    from sd2_app.checkpoints.catalog import REGISTRY
-    from sd2_app.serve.backend import remote_service
-
-    handle, config = cluster
-    return remote_service(handle, REGISTRY, config, outputs_dir=None, allowed_repos=())
+    return front_service(cluster)
 
 
 def companion(index: int) -> Txt2ImgRequest:
