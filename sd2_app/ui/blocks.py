@@ -11,7 +11,7 @@ import gradio as gr
 
 from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
 from sd2_app.ui.addresses import ClientAddresses
-from sd2_app.ui.hosting import Hosting, Visitors, install
+from sd2_app.ui.hosting import Hosting, Visitors
 from sd2_app.ui.lifecycle import AppBlocks
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.sending import (  # noqa: F401  # clamp_to, sampler_fields: also imported from here
@@ -45,14 +45,14 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
 
     `hosting` holds the operator's settings for visitors (job limits per visitor and per address, model
     loading); every launch of the returned app serves visitor cookies and keeps the queue's direct routes
-    closed (`sd2_app.ui.hosting`). The app owns its job threads and stop flags; its `close()` stops the jobs
-    and waits for the results still being saved (`sd2_app.ui.lifecycle`).
+    closed (`AppBlocks.launch`, `sd2_app.ui.hosting`). The app owns its job threads and stop flags; its
+    `close()` stops the jobs and waits for the results still being saved (`sd2_app.ui.lifecycle`).
     """
     visitors = Visitors(max_jobs=hosting.max_jobs_per_visitor, max_jobs_per_address=hosting.max_jobs_per_address,
                         addresses=ClientAddresses(trusted_hops=hosting.trusted_proxy_hops))
     flags = StopFlags(visitors)
     examples = _examples(assets)
-    with AppBlocks(service, flags, title=TITLE, analytics_enabled=False) as demo:
+    with AppBlocks(service, flags, hosting, title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}\nText to image, image to image, inpainting, outpainting, ×4 upscaling, depth to "
                     "image and X/Y/Z plots.", elem_id="app-title")
         with gr.Tabs() as tabs:
@@ -94,7 +94,6 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
         # every launcher (app.py, Spaces, the tests) gets them.
         css = json.dumps((STATIC / "app.css").read_text(encoding="utf-8"))
         demo.load(None, js=f"() => ({(STATIC / 'app.js').read_text(encoding='utf-8')})({css})")
-    install(demo, visitors, hosting)
     return demo
 
 

@@ -10,17 +10,17 @@ reaches a job that is still waiting as well as the running one. The queue's othe
 have only `MAX_OTHER_EVENTS_PER_ADDRESS` of them queued or running: a flood of cheap calls cannot fill the
 queue and turn everyone's GPU jobs away with "Queue is full".
 
-`install(demo, visitors, hosting)` hooks both into a built app at launch: the queue's `push` is wrapped (Gradio
-has no per-session limit of its own; `gradio/queueing.py`, `Queue.push`), the visitor-cookie and upload-budget
+`for_visitors(demo, visitors, hosting, app_kwargs)` is what each launch of the app needs (the app's own
+`launch`, `sd2_app.ui.lifecycle.AppBlocks.launch`, calls it): the queue's `push` is wrapped (Gradio has no
+per-session limit of its own; `gradio/queueing.py`, `Queue.push`), the visitor-cookie and upload-budget
 middlewares are added to the FastAPI app Gradio creates (through `launch(app_kwargs=...)`; uploads per address:
-`sd2_app.ui.upload_budget`), the app's own files in Gradio's cache are
-swept on `delete_cache`'s schedule (`sd2_app.ui.cache_files`), and the direct REST routes that would skip the
-queue stay closed (`api_open=False`; gradio_client and the browser always join the queue).
+`sd2_app.ui.upload_budget`), the app's own files in Gradio's cache are swept on `delete_cache`'s schedule
+(`sd2_app.ui.cache_files`), and the direct REST routes that would skip the queue stay closed (`api_open=False`;
+gradio_client and the browser always join the queue).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -191,25 +191,20 @@ def _count_down(counter: Counter[str], key: str) -> None:
         del counter[key]  # a key per visitor or address that has left: none stays behind
 
 
-def install(demo: gr.Blocks, visitors: Visitors, hosting: Hosting = Hosting()) -> None:
-    """Make every `demo.launch` serve visitor cookies, watch the queue, bound each address's uploads, sweep the
-    app's cached files on `delete_cache`'s schedule and keep the direct routes closed."""
+def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
+                 app_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Ready `demo` for a launch that serves visitors: close the direct REST routes, watch the queue; returns the
+    `app_kwargs` for Gradio's `launch`, with the visitor-cookie and upload-budget middlewares and the sweep of
+    the app's cached files on `delete_cache`'s schedule added to the caller's."""
     demo.api_open = False
-    launch = demo.launch
-
-    @functools.wraps(launch)
-    def launch_for_visitors(*args: Any, **kwargs: Any) -> Any:
-        demo.api_open = False
-        if getattr(demo, "_queue", None) is not None:
-            visitors.watch(demo._queue)
-        app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
-        cache = getattr(demo, "delete_cache", None)
-        budget = UploadBudget(hosting.max_upload_mb_per_address * MB, window_s=cache[1] if cache else 3600)
-        app_kwargs["middleware"] = [*app_kwargs.get("middleware", []),
-                                    Middleware(VisitorMiddleware, cookies=visitors.cookies),
-                                    Middleware(UploadBudgetMiddleware, budget=budget, addresses=visitors.addresses)]
-        if cache:
-            app_kwargs["lifespan"] = sweeping_lifespan(cache[0], cache[1], app_kwargs.get("lifespan"))
-        return launch(*args, app_kwargs=app_kwargs, **kwargs)
-
-    demo.launch = launch_for_visitors
+    if getattr(demo, "_queue", None) is not None:
+        visitors.watch(demo._queue)
+    app_kwargs = dict(app_kwargs or {})
+    cache = getattr(demo, "delete_cache", None)
+    budget = UploadBudget(hosting.max_upload_mb_per_address * MB, window_s=cache[1] if cache else 3600)
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []),
+                                Middleware(VisitorMiddleware, cookies=visitors.cookies),
+                                Middleware(UploadBudgetMiddleware, budget=budget, addresses=visitors.addresses)]
+    if cache:
+        app_kwargs["lifespan"] = sweeping_lifespan(cache[0], cache[1], app_kwargs.get("lifespan"))
+    return app_kwargs

@@ -1,4 +1,10 @@
-"""The app's end: `AppBlocks`, the Gradio app `build_ui` returns, closes in order and loses no saved result.
+"""The app's start and end: `AppBlocks`, the Gradio app `build_ui` returns, launches for untrusted visitors and
+closes in order, losing no saved result.
+
+`AppBlocks.launch` is Gradio's launch with what serving visitors needs (`sd2_app.ui.hosting.for_visitors`): the
+visitor-cookie and upload-budget middlewares, the per-visitor and per-address limits on Gradio's queue, the
+sweep of the app's cached files, and the queue's direct REST routes closed; every launcher (app.py, a Space,
+the tests) gets them.
 
 `AppBlocks.close()` (which app.py calls when the server stops: Ctrl+C, SIGTERM) first stops taking work (Gradio's
 queue and server), then stops the running jobs at their next step and waits for their threads (a job that had
@@ -14,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from sd2_app.ui.hosting import Hosting, for_visitors
+
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
     from sd2_app.ui.runner import StopFlags
@@ -24,12 +32,21 @@ FLUSH_TIMEOUT_S = 60.0  # the longest the app waits at close for results still b
 
 
 class AppBlocks(gr.Blocks):
-    """`gr.Blocks` that owns the app's job threads and stop flags and closes in order (module docstring)."""
+    """`gr.Blocks` that owns the app's job threads and stop flags, launches for visitors under the operator's
+    `hosting` settings and closes in order (module docstring)."""
 
-    def __init__(self, service: Service, flags: StopFlags, **blocks: Any) -> None:
+    def __init__(self, service: Service, flags: StopFlags, hosting: Hosting, **blocks: Any) -> None:
         super().__init__(**blocks)
         self.service = service
         self.flags = flags
+        self.hosting = hosting
+        self.api_open = False  # the direct REST routes would skip the queue and its limits
+
+    def launch(self, *args: Any, app_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        """Gradio's `launch`, serving visitors: `app_kwargs` gets the app's middlewares and cache sweep added, and
+        the queue is watched (`sd2_app.ui.hosting.for_visitors`)."""
+        app_kwargs = for_visitors(self, self.flags.visitors, self.hosting, app_kwargs)
+        return super().launch(*args, app_kwargs=app_kwargs, **kwargs)
 
     def close(self, verbose: bool = True) -> None:
         """Stop taking work, stop the running jobs, end their threads, then wait for the pending saves.

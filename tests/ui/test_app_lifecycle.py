@@ -17,11 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from starlette.middleware import Middleware
 
 from sd2_app.errors import Cancelled
 from sd2_app.ui import build_ui
+from sd2_app.ui.hosting import Hosting
 from sd2_app.ui.lifecycle import AppBlocks
 from sd2_app.ui.runner import stream
+from sd2_app.ui.visitors import COOKIE
 from tests.hosting_support import FAST
 from tests.reliability_support import free_port
 from tests.ui_doubles import fake_service
@@ -62,6 +65,35 @@ def test_each_app_owns_its_job_threads_and_close_ends_them_before_it_flushes(
         demo.flags.threads.submit(job, None, lambda: True)
     assert other.flags.threads.submit(lambda: "runs").result(timeout=10) == "runs"  # the other app is untouched
     other.close()
+
+
+def test_the_app_serves_visitors_through_its_own_launch_with_nothing_patched_on_it() -> None:
+    """The hosting parts of a launch (visitor cookie, queue limits, closed REST routes) come from
+    `AppBlocks.launch`, a method of the class, not from a function stored on the instance."""
+    demo = build_ui(fake_service(None), hosting=Hosting(max_jobs_per_visitor=1))
+    assert "launch" not in vars(demo) and type(demo).launch is AppBlocks.launch
+    demo.queue(max_size=4, api_open=True)  # a launcher that opens the direct routes still gets them closed
+    seen: list[str] = []
+
+    class CallersMiddleware:  # the caller's own app_kwargs middleware stays, next to the app's
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):  # a pure ASGI middleware
+            if scope["type"] == "http":
+                seen.append(scope["path"])
+            await self.app(scope, receive, send)
+
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
+                            app_kwargs={"middleware": [Middleware(CallersMiddleware)]})
+    try:
+        response = httpx.get(url, timeout=30)
+        assert response.status_code == 200 and COOKIE in response.cookies  # the visitor middleware is in place
+        assert "/" in seen
+        assert demo.api_open is False and getattr(demo._queue.push, "sd2_watched", False)
+        assert "launch" not in vars(demo)
+    finally:
+        demo.close()
 
 
 # `python app.py` with a slow disk: each file takes 6 s to write (longer than Gradio waits for its server to stop),

@@ -138,21 +138,24 @@ def test_on_a_phone_every_tab_is_reachable_and_generate_is_near_the_top(browser,
     page.context.close()
 
 
-def _generate_txt2img(page, width: int, height: int, *, shortcut: bool = False) -> None:
+def _generate_txt2img(page, width: int, height: int, *, prompt: str = "a red fox", shortcut: bool = False) -> None:
+    """A text to image run with this prompt and size at 2 steps (by Ctrl+Enter in the prompt with `shortcut`,
+    which first adds a new line to it), whatever the tab held before."""
     _go(page, "Text to image")
     _set_number(page, "txt2img-width", width)
     _set_number(page, "txt2img-height", height)
     _set_number(page, "txt2img-steps", 2)
-    prompt = page.locator("#txt2img-prompt textarea")
+    box = page.locator("#txt2img-prompt textarea")
+    box.fill(prompt)
     if shortcut:
-        prompt.fill("a red fox")
-        prompt.press("Enter")  # a new line, not a run
-        expect(prompt).to_have_value("a red fox\n")
+        box.press("Enter")  # a new line, not a run
+        expect(box).to_have_value(prompt + "\n")
         assert page.locator("#txt2img-run").is_enabled()
-        # The token counter's first count and the first run both import the pipelines lazily; started together
-        # they can meet in Python's import lock (reported to the lead), so the count goes first here.
-        expect(page.locator("#txt2img-prompt-tokens")).to_contain_text("/75", timeout=30_000)
-        prompt.press("Control+Enter")
+    # The token counter's first count and the first run both import the pipelines lazily; started together
+    # they can meet in Python's import lock (reported to the lead), so the count goes first here.
+    expect(page.locator("#txt2img-prompt-tokens")).to_contain_text("/75", timeout=30_000)
+    if shortcut:
+        box.press("Control+Enter")
     else:
         page.locator("#txt2img-run").click()
     page.locator("#txt2img-gallery img").first.wait_for(timeout=120_000)
@@ -180,11 +183,11 @@ def test_send_to_inpaint_fills_the_editor_even_after_an_upload(page, tmp_path: P
     page.locator("#inpaint-editor input[type=file]").set_input_files(str(small))
     page.locator("#inpaint-editor canvas").first.wait_for()
     page.wait_for_timeout(1000)
-    _generate_txt2img(page, 64, 72)
+    _generate_txt2img(page, 64, 72, prompt="a lighthouse on a cliff")  # this test's own prompt and settings
     page.locator("#txt2img-send-inpaint").click()
     # The send is queued (so its errors show): on a busy machine its answer can take a while.
     expect(page.get_by_role("tab", name="Inpaint")).to_have_attribute("aria-selected", "true", timeout=30_000)
-    expect(page.locator("#inpaint-prompt textarea")).to_have_value("a red fox\n")
+    expect(page.locator("#inpaint-prompt textarea")).to_have_value("a lighthouse on a cliff")
     expect(page.locator("#inpaint-steps input[type=number]")).to_have_value("2")  # the settings came along
     tracker = page.locator("#inpaint-editor [data-testid=status-tracker]").first
     expect(tracker).to_have_class(re.compile(r"\bhide\b"), timeout=5_000)  # no endless spinner over the canvas
