@@ -8,7 +8,6 @@ Skipped when /usr/bin/chromium or the playwright package is missing.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
