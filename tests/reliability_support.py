@@ -71,8 +71,9 @@ def pixels(image: Image.Image) -> np.ndarray:
 
 
 def app_launch_kwargs(argv: list[str]) -> dict[str, object]:
-    """The keyword arguments app.main passes to `demo.launch` (build is replaced by a recorder)."""
+    """The keyword arguments app.main passes to `demo.launch` (`sd2_app.webapp.build` is replaced by a recorder)."""
     import app
+    from sd2_app import webapp
 
     captured: dict[str, object] = {}
 
@@ -83,12 +84,12 @@ def app_launch_kwargs(argv: list[str]) -> dict[str, object]:
         def close(self) -> None:  # app.main closes the app when `launch` returns
             pass
 
-    original = app.build
-    app.build = lambda args: Recorder()  # type: ignore[assignment]
+    original = webapp.build
+    webapp.build = lambda args: Recorder()  # type: ignore[assignment]
     try:
         app.main(argv)
     finally:
-        app.build = original  # type: ignore[assignment]
+        webapp.build = original  # type: ignore[assignment]
     return captured
 
 
@@ -115,13 +116,14 @@ def launched(demo, **launch: object) -> Iterator[str]:
 
 @contextmanager
 def serve(argv: list[str], cache: Path, bind: str | None = None) -> Iterator[tuple[str, object]]:
-    """app.build(argv) launched with app.py's launch settings, in-process on a free port.
+    """app.py's app for `argv` (`sd2_app.webapp.build`) launched with its launch settings, in-process on a free port.
 
     `bind` overrides the address listened on (a public-mode `--host 0.0.0.0` is tested on loopback).
     The tiny repos are linked into `cache` (app.py's --tiny reads them under $SD2APP_CACHE/tiny). Yields
-    (url, demo); PIL's pixel cap, which app.build sets, is restored afterwards.
+    (url, demo); PIL's pixel cap, which the build sets, is restored afterwards.
     """
     import app
+    from sd2_app import webapp
     from sd2_app.testing.tiny import ensure_tiny_repos
     from tests.pipeline_fixtures import tiny_dir
 
@@ -132,8 +134,8 @@ def serve(argv: list[str], cache: Path, bind: str | None = None) -> Iterator[tup
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setenv("SD2APP_CACHE", str(cache))
     try:
-        demo = app.build(args)
-        kwargs = app.launch_settings(args, demo)
+        demo = webapp.build(args)
+        kwargs = webapp.launch_settings(args, demo)
         kwargs.update(server_port=free_port(), prevent_thread_lock=True, quiet=True)
         if bind is not None:
             kwargs["server_name"] = bind

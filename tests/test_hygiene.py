@@ -145,7 +145,8 @@ def test_the_app_without_serve_does_not_import_ray() -> None:
     """Ray is optional: building the local app (tiny checkpoints) never imports it, even where it is installed."""
     probe = (
         "import sys, app\n"
-        "app.build(app.parse_args(['--tiny', '--device', 'cpu', '--no-save']))\n"
+        "from sd2_app import webapp\n"
+        "webapp.build(app.parse_args(['--tiny', '--device', 'cpu', '--no-save']))\n"
         "print('ray' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -156,9 +157,10 @@ def test_the_app_without_serve_does_not_import_ray() -> None:
 def test_the_server_log_has_no_per_file_loading_bars() -> None:
     """app.main's logging set-up turns transformers' "Loading weights" progress bars off (one log line per load)."""
     probe = (
-        "import app, transformers.utils.logging as t\n"
+        "import transformers.utils.logging as t\n"
+        "from sd2_app import webapp\n"
         "before = t.is_progress_bar_enabled()\n"
-        "app.configure_logging()\n"
+        "webapp.configure_logging()\n"
         "print(before, t.is_progress_bar_enabled())\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -192,3 +194,34 @@ def test_paths_that_need_no_model_do_not_import_torch(target: str) -> None:
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == "False", done.stdout[-2000:]
+
+
+_APP_FLAGS_ONLY = r"""
+import sys
+import app
+try:
+    app.main(sys.argv[1:])
+except SystemExit as done:
+    print("exit", done.code)
+print(" ".join(sorted(name for name in ("gradio", "torch", "transformers", "fastapi") if name in sys.modules)) or "-")
+"""
+
+
+@pytest.mark.parametrize(("argv", "code"), [(["--help"], 0), (["--max-sessions", "0"], 2), (["--no-such-flag"], 2)])
+def test_app_flags_answer_without_importing_gradio_or_torch(argv: list[str], code: int) -> None:
+    """`python app.py --help` and a flag error answer from the flags alone (sd2_app/app_flags.py): the web app,
+    with Gradio and torch, is imported only once the flags are parsed."""
+    done = subprocess.run([sys.executable, "-c", _APP_FLAGS_ONLY, *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-3:] == [f"exit {code}", "-", ""], done.stdout[-2000:]
+    if code == 0:
+        assert "--max-jobs-per-address" in done.stdout and "(default 6," in done.stdout
+    else:
+        assert "usage: " in done.stderr
+
+
+def test_python_app_py_help_exits_0_with_its_flags() -> None:
+    done = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
+    assert done.stdout.startswith("usage: app.py") and "--max-sessions" in done.stdout

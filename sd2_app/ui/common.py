@@ -23,11 +23,11 @@ from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 from sd2_app.api.requests import Request, Sampling
 from sd2_app.api.tasks import TASKS, default_checkpoint
 from sd2_app.ui.hosting import stop_flag_of
-from sd2_app.api.gpu_time import values_seconds
+from sd2_app.api.gpu_time import gpu, values_seconds
 from sd2_app.api.timing import summary
 from sd2_app.ui.layout import GENERATE, RUNNING
 from sd2_app.ui.raw_values import server_checked
-from sd2_app.ui.runner import (GPU_QUEUE, WAIT_POLL_S, Finish, QueuePlace, RunFlag, StopFlags, deliver, gpu,
+from sd2_app.ui.runner import (GPU_QUEUE, WAIT_POLL_S, Finish, QueuePlace, RunFlag, StopFlags, deliver,
                                shown_preview, stopped_message, stream, timed_call, user_message)
 
 if TYPE_CHECKING:

@@ -28,10 +28,11 @@ from typing import Any, TYPE_CHECKING
 
 from starlette.middleware import Middleware
 
+from sd2_app.app_flags import DEFAULT_MAX_JOBS_PER_ADDRESS, DEFAULT_MAX_JOBS_PER_VISITOR, DEFAULT_UPLOAD_MB_PER_ADDRESS
 from sd2_app.ui.addresses import ClientAddresses
 from sd2_app.ui.cache_files import sweeping_lifespan
 from sd2_app.ui.runner import GPU_QUEUE, RunFlag
-from sd2_app.ui.upload_budget import DEFAULT_UPLOAD_MB_PER_ADDRESS, MB, UploadBudget, UploadBudgetMiddleware
+from sd2_app.ui.upload_budget import MB, UploadBudget, UploadBudgetMiddleware
 from sd2_app.ui.visitors import VisitorCookies, VisitorMiddleware
 
 if TYPE_CHECKING:
@@ -40,23 +41,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STOP_FLAG = "sd2_stop"  # attribute of the join request's Starlette `state` that holds the job's stop flag
-# GPU jobs queued or running from one network address: more than one visitor's, since offices, universities
-# and mobile networks put many visitors behind one address; 0 turns the limit off.
-DEFAULT_MAX_JOBS_PER_ADDRESS = 6
 # Queued events other than GPU jobs from one network address, waiting or running; each lasts well under a
 # second, and a page sends one or two at a time. Off with the per-address job limit (`max_jobs_per_address` 0).
 MAX_OTHER_EVENTS_PER_ADDRESS = 4
-# Sessions whose state Gradio keeps (`launch(state_session_capacity=...)`, the least recently used go first):
-# each holds a copy of every component's config, and any client can start a new session with every request.
-# Gradio's own default is 10,000.
-DEFAULT_MAX_SESSIONS = 1000
 
 
 @dataclass(frozen=True)
 class Hosting:
     """The operator's settings for serving visitors (app.py's flags)."""
 
-    max_jobs_per_visitor: int = 2  # GPU jobs one visitor may have queued or running at once
+    max_jobs_per_visitor: int = DEFAULT_MAX_JOBS_PER_VISITOR  # GPU jobs one visitor may have queued or running
     max_jobs_per_address: int = DEFAULT_MAX_JOBS_PER_ADDRESS  # the same for one network address; 0: no limit
     max_upload_mb_per_address: int = DEFAULT_UPLOAD_MB_PER_ADDRESS  # per cache age; 0: no budget
     trusted_proxy_hops: int = 0  # trusted reverse proxies in front, appending to X-Forwarded-For (`addresses`)
@@ -88,7 +82,7 @@ def stop_flag_of(request: Any) -> RunFlag | None:
 class Visitors:
     """Visitor ids, and the GPU jobs each visitor has in Gradio's queue (queued or running)."""
 
-    def __init__(self, cookies: VisitorCookies | None = None, max_jobs: int = 2,
+    def __init__(self, cookies: VisitorCookies | None = None, max_jobs: int = DEFAULT_MAX_JOBS_PER_VISITOR,
                  max_jobs_per_address: int = DEFAULT_MAX_JOBS_PER_ADDRESS,
                  addresses: ClientAddresses | None = None) -> None:
         self.cookies = cookies or VisitorCookies()

@@ -14,9 +14,10 @@ from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
+from sd2_app.api.gpu_time import gpu
 from sd2_app.errors import InvalidRequest, LoadError
 from sd2_app.ui.common import load_failed_message
-from sd2_app.ui.runner import GPU_QUEUE, gpu
+from sd2_app.ui.runner import GPU_QUEUE
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service

@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import gradio as gr
@@ -32,7 +31,6 @@ from sd2_app.api.requests import Request
 from sd2_app.api.results import HistoryEntry
 from sd2_app.api.service import ProgressFn, Result
 from sd2_app.api.timing import log_split, timed
-from sd2_app.api.gpu_time import gpu  # noqa: F401  # re-exported: the UI's handlers import it from here
 from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.ui.cache_files import results_folder
 

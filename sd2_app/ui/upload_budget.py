@@ -44,7 +44,6 @@ MB = 1024 * 1024
 # One upload request: the inpaint editor's background, layers (at most 4) and composite at the 25 MB file
 # limit app.py sets, with room for the multipart framing.
 MAX_UPLOAD_REQUEST_BYTES = 128 * MB
-DEFAULT_UPLOAD_MB_PER_ADDRESS = 1024  # per cache age (--cache-minutes)
 UPLOADS_PER_WINDOW = 2000  # upload requests per address per cache age
 
 Receive = Callable[[], Awaitable[Message]]

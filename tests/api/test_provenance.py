@@ -150,6 +150,7 @@ def linked_tiny_cache(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
 def test_app_flag_turns_the_watermark_off(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import app as app_module
     import sd2_app.api.service as service_module
+    from sd2_app import webapp
 
     seen: dict = {}
 
@@ -158,8 +159,8 @@ def test_app_flag_turns_the_watermark_off(monkeypatch: pytest.MonkeyPatch, tmp_p
             seen.update(kwargs)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(app_module, "Service", Recorder)  # app.py imports it at the top
+    monkeypatch.setattr(webapp, "Service", Recorder)  # the web app imports it at the top
     linked_tiny_cache(monkeypatch, tmp_path)
     for argv, expected in ((["--tiny"], True), (["--tiny", "--no-watermark"], False)):
-        app_module.build(app_module.parse_args(argv))
+        webapp.build(app_module.parse_args(argv))
         assert seen["watermark"] is expected

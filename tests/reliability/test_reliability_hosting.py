@@ -1,7 +1,7 @@
 """Safe to host in public, queue and access: job cost, jobs per visitor, Stop, closed routes, admin endpoints,
 visitor identity, run history, launch settings and output files, through the running app.
 
-Every test goes through `python app.py` as served in-process (app.build + app.launch_settings on a free
+Every test goes through `python app.py` as served in-process (webapp.build + webapp.launch_settings on a free
 loopback port, the tiny checkpoints): gradio_client, raw HTTP, or both, in a public mode (`--host 0.0.0.0`,
 bound to loopback for the test) with saving on, so the public defaults are what is tested.
 """
@@ -125,16 +125,17 @@ def test_direct_routes_are_closed_and_run_history_is_off(public_app, reliability
 
 def test_launch_settings_of_a_public_deployment(public_app, reliability) -> None:
     import app
+    from sd2_app import webapp
 
     _, demo, _ = public_app
     args = app.parse_args(["--host", "0.0.0.0"])
-    settings = app.launch_settings(args)
+    settings = webapp.launch_settings(args)
     assert demo.api_open is False and demo.delete_cache == (600, 3600)  # type: ignore[attr-defined]
     assert settings["run_history"] is False and settings["auth"] is None and settings["show_error"] is False
     assert args.max_jobs_per_session == 2 and args.max_job_cost == 6_553_600 and args.keep_outputs_days is None
     assert args.max_jobs_per_address == 6 and args.max_upload_mb_per_address == 1024 and args.trusted_proxy_hops == 0
     assert settings["state_session_capacity"] == 1000
-    assert app.launch_settings(app.parse_args(["--auth", "ops:pw"]))["auth"] == ("ops", "pw")
+    assert webapp.launch_settings(app.parse_args(["--auth", "ops:pw"]))["auth"] == ("ops", "pw")
     reliability(AREA, "launch settings (python app.py --host 0.0.0.0)",
                 "queue: api_open=False, max_size 16, max 2 jobs per visitor (--max-jobs-per-session), 6 per network "
                 "address (--max-jobs-per-address; X-Forwarded-For ignored: --trusted-proxy-hops 0); uploads 1024 MB "
@@ -162,10 +163,11 @@ def test_loading_and_unloading_are_off_in_public_modes(public_app, reliability) 
 
 def test_model_admin_follows_the_mode_and_the_flags() -> None:
     import app
+    from sd2_app.app_flags import is_public
 
     def admin(argv: list[str]) -> bool:
         args = app.parse_args(argv)
-        return args.allow_model_admin or bool(args.auth) or not app.is_public(args)
+        return args.allow_model_admin or bool(args.auth) or not is_public(args)
 
     assert admin([]) and admin(["--host", "127.0.0.1"])
     assert not admin(["--host", "0.0.0.0"]) and not admin(["--share"])

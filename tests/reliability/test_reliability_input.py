@@ -130,7 +130,7 @@ def test_missing_tiny_and_broken_images_are_refused(checker, reliability) -> Non
 
 def test_decompression_bomb_is_refused_from_its_header_without_decoding(checker, reliability,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    # Our header check, not PIL's global cap (which app.build lowers), is under test: PIL's default cap here.
+    # Our header check, not PIL's global cap (which webapp.build lowers), is under test: PIL's default cap here.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", int(1024 * 1024 * 1024 // 4 // 3))
     data = png_bytes(Image.new("1", (10000, 10000)))  # 100 Mpixel, 12 kB on disk
     bomb = _opened(data)

@@ -95,7 +95,7 @@ def test_hostile_uploads_are_refused_and_the_app_keeps_serving(served_app, relia
         ("upload: 1x1 image", png_bytes(Image.new("RGB", (1, 1))),
          "An init image is 1x1; each side needs at least 8 pixels."),
         ("upload: truncated JPEG", _half(png_bytes(noise_image(64, 64), "JPEG")), "An init image could not be read ("),
-        ("upload: decompression bomb 20000x20000 PNG (past PIL's cap, which app.build ties to the upload limit)",
+        ("upload: decompression bomb 20000x20000 PNG (past PIL's cap, which webapp.build ties to the upload limit)",
          png_bytes(Image.new("1", (20000, 20000))), UNREADABLE + "it is far larger than 2048x2048 pixels."),
         ("upload: truncated PNG", _half(good), UNREADABLE + "the file is corrupt or truncated."),
         ("upload: garbage bytes named .png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 2000,

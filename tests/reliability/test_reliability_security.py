@@ -132,14 +132,16 @@ def test_the_upload_pixel_cap_is_set_before_any_upload(reliability, monkeypatch:
     import app
     from PIL import Image
 
+    from sd2_app import webapp
+
     built: list[object] = []
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
     monkeypatch.setattr("sd2_app.manager.ModelManager", lambda *a, **k: built.append(k) or type("M", (), {
         "registry": {}})())
-    monkeypatch.setattr(app, "build_ui", lambda service, **k: type("Demo", (), {"queue": lambda self, **k: self})())
-    app.build(app.parse_args(["--max-side", "768"]))
+    monkeypatch.setattr(webapp, "build_ui", lambda service, **k: type("Demo", (), {"queue": lambda self, **k: self})())
+    webapp.build(app.parse_args(["--max-side", "768"]))
     assert Image.MAX_IMAGE_PIXELS == 2048 * 2048 and built
-    reliability(AREA, "PIL pixel cap", f"app.build sets PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} (the upload "
+    reliability(AREA, "PIL pixel cap", f"webapp.build sets PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} (the upload "
                 "limit): PIL refuses to open anything over twice that; validation refuses over it from the header")
 
 

@@ -166,16 +166,18 @@ def test_the_app_with_serve_runs_jobs_on_the_replicas_and_saves_at_the_front(
     import app
     from gradio_client import Client
 
+    from sd2_app import webapp
+
     from tests.reliability_support import free_port
 
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # app.build lowers it; restored after
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # webapp.build lowers it; restored after
 
     handle, config = cluster
     toml = tmp_path / "serve.toml"
     toml.write_text(f'[serve]\napp_name = "{config.app_name}"\nmin_replicas = 2\nmax_replicas = 2\n')
     outputs = tmp_path / "outputs"
     args = app.parse_args(["--serve", "auto", "--serve-config", str(toml), "--outputs", str(outputs)])
-    demo = app.build(args)
+    demo = webapp.build(args)
     _, url, _ = demo.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         client = Client(url, verbose=False)

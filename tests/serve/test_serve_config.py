@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,15 +110,16 @@ def test_a_replicas_service_has_a_batcher_iff_batch_users(batch_users: bool) -> 
     assert service.gate is not None and (service.batcher is None or service.batcher._gate is service.gate)
 
 
-def test_the_app_refuses_batch_users_with_serve(capsys: pytest.CaptureFixture[str]) -> None:
-    """The front end runs no job with --serve: its own batcher could never batch."""
-    import app
+def test_the_app_refuses_batch_users_with_serve() -> None:
+    """The front end runs no job with --serve: its own batcher could never batch. `python app.py` answers at once
+    (the flags are parsed before Gradio or torch is imported)."""
+    from sd2_app.app_flags import parse_args
 
-    with pytest.raises(SystemExit) as exited:
-        app.parse_args(["--serve", "auto", "--batch-users"])
-    assert exited.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1].split(": error: ")[1] == (
-        "--batch-users batches the jobs this process runs; with --serve they run on the replicas: "
+    run = subprocess.run([sys.executable, "app.py", "--serve", "auto", "--batch-users"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.splitlines()[-1] == (
+        "app.py: error: --batch-users batches the jobs this process runs; with --serve they run on the replicas: "
         "set batch_users = true in the deployment's settings (--serve-config, deploy/serve.toml)")
-    assert app.parse_args(["--serve", "auto"]).batch_users is False
-    assert app.parse_args(["--batch-users"]).batch_users is True
+    assert parse_args(["--serve", "auto"]).batch_users is False
+    assert parse_args(["--batch-users"]).batch_users is True

@@ -94,6 +94,7 @@ def test_speed_mode_on_zerogpu_is_the_per_call_set() -> None:
 def test_app_picks_the_per_call_switches_on_zerogpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import app
     import sd2_app.manager as manager_module
+    from sd2_app import webapp
 
     seen: list = []
 
@@ -103,14 +104,14 @@ def test_app_picks_the_per_call_switches_on_zerogpu(monkeypatch: pytest.MonkeyPa
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(manager_module, "ModelManager", Recorder)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # app.build lowers it; restored after
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # webapp.build lowers it; restored after
     from tests.api.test_provenance import linked_tiny_cache
 
     linked_tiny_cache(monkeypatch, tmp_path)
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    app.build(app.parse_args(["--tiny", "--no-api"]))
+    webapp.build(app.parse_args(["--tiny", "--no-api"]))
     monkeypatch.delenv("SPACES_ZERO_GPU")
-    app.build(app.parse_args(["--tiny", "--no-api"]))
+    webapp.build(app.parse_args(["--tiny", "--no-api"]))
     assert seen == [per_call_options(), options_for("default")]
 
 

@@ -1,7 +1,7 @@
 """`python app.py --batch-users` served in-process: concurrent gradio_client users share one batch, and each gets
 its own images (its prompt, its seed, its batch size), within one uint8 level of the same request run alone.
 
-The app's service is caught as app.build enables batching, so the test can hold its GPU gate while the users'
+The app's service is caught as webapp.build enables batching, so the test can hold its GPU gate while the users'
 requests arrive: they meet in one group deterministically, whatever the machine's speed.
 """
 

@@ -8,7 +8,6 @@ Skipped when /usr/bin/chromium or the playwright package is missing.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -289,7 +288,7 @@ def test_xy_plot_2x2(page) -> None:
 
 
 def test_generate_and_stop_say_what_is_happening(page) -> None:
-    _go(page, "Text to image")
+    _generate_txt2img(page, 64, 64)  # a result on show, which the next run must take away
     run, stop, info = page.locator("#txt2img-run"), page.locator("#txt2img-stop"), page.locator("#txt2img-info")
     expect(stop).to_be_disabled()  # nothing to stop while idle
     # Large enough that the run lasts many seconds even on an idle machine, so Stop lands mid-run.

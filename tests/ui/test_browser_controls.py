@@ -74,7 +74,7 @@ def test_img2img_size_boxes_are_set_from_the_image_as_their_note_says(page, tmp_
 
 def test_unload_all_sits_apart_from_load_and_asks_first(page) -> None:
     _go(page, "Models")
-    ask, load = page.locator("#models-unload-all"), page.locator("#models-load")
+    ask = page.locator("#models-unload-all")
     expect(ask).to_have_text("Unload all models…")
     assert "stop" not in (ask.get_attribute("class") or "").split()  # plain style, not the red danger one
     load_box, ask_box = _box(page, "#models-load"), _box(page, "#models-unload-all")

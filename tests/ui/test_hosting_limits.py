@@ -15,9 +15,11 @@ import pytest
 from starlette.requests import Request as StarletteRequest
 
 import app
+from sd2_app import webapp
 from sd2_app.ui.addresses import ClientAddresses, network_key
 from sd2_app.ui.cache_files import results_folder, sweep, sweeping_lifespan
-from sd2_app.ui.hosting import (DEFAULT_MAX_JOBS_PER_ADDRESS, DEFAULT_MAX_SESSIONS, GPU_QUEUE, Visitors, too_many_jobs_from_address_message,
+from sd2_app.app_flags import DEFAULT_MAX_SESSIONS
+from sd2_app.ui.hosting import (DEFAULT_MAX_JOBS_PER_ADDRESS, GPU_QUEUE, Visitors, too_many_jobs_from_address_message,
                                 too_many_jobs_message)
 from sd2_app.ui.runner import cached_file
 from sd2_app.ui.visitors import COOKIE
@@ -131,7 +133,7 @@ def test_the_address_flags_and_their_defaults(monkeypatch: pytest.MonkeyPatch) -
     assert app.parse_args([]).max_jobs_per_address == 9
     with pytest.raises(SystemExit):
         app.parse_args(["--trusted-proxy-hops", "-1"])
-    assert app.launch_settings(args)["state_session_capacity"] == args.max_sessions == DEFAULT_MAX_SESSIONS == 1000
+    assert webapp.launch_settings(args)["state_session_capacity"] == args.max_sessions == DEFAULT_MAX_SESSIONS == 1000
 
 
 def test_sweep_deletes_old_files_and_then_their_empty_folders(tmp_path: Path, monkeypatch) -> None:

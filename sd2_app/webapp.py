@@ -1,0 +1,156 @@
+"""What app.py does once its flags are parsed (`sd2_app.app_flags`): build the web app (ModelManager ->
+Service -> `build_ui`), launch it with app.py's settings, and close it in order when the server stops.
+
+Kept apart from the flags so that `python app.py --help` and flag errors answer without importing Gradio,
+transformers or torch; torch itself is imported in `build`, after `spaces` where a ZeroGPU Space has it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from importlib.util import find_spec
+from typing import Any
+
+import gradio as gr
+
+from sd2_app.api import batching, gpu_time
+from sd2_app.api.a1111_routes import A1111Api, build_router, parse_auth
+from sd2_app.api.checks import Limits
+from sd2_app.api.service import Service
+from sd2_app.api.tasks import import_pipelines
+from sd2_app.app_flags import api_enabled, is_public
+from sd2_app.checkpoints.catalog import CheckpointSpec, apply_overrides, parse_assignments, tiny_registry
+from sd2_app.serve.config import load_config
+from sd2_app.ui import build_ui
+from sd2_app.ui.hosting import Hosting
+from sd2_app.ui.lifecycle import AppBlocks
+from sd2_app.ui.mcp_tools import add_mcp_tools
+
+
+def mcp_available() -> bool:
+    """gradio's MCP server needs the `mcp` package (`pip install "gradio[mcp]"`, requirements-mcp.txt)."""
+    return find_spec("mcp") is not None
+
+
+def build(args: argparse.Namespace) -> AppBlocks:
+    if find_spec("spaces") is not None:
+        import spaces  # noqa: F401  # ZeroGPU patches torch's CUDA calls: it must be imported before torch
+    # Everything that loads torch is imported here, after `spaces`.
+    import torch
+    from PIL import Image
+
+    from sd2_app.accel.per_call import options_for_host
+    from sd2_app.loading.embeddings import EmbeddingLibrary
+    from sd2_app.manager import ModelManager
+
+    registry = apply_overrides(repos=parse_assignments(args.repo), revisions=parse_assignments(args.revision))
+    outputs = None if args.no_save else args.outputs
+    limits = Limits(max_side=args.max_side, max_job_cost=args.max_job_cost or None)
+    # PIL refuses to open images over twice this many pixels (uploads are decoded lazily, and validation
+    # refuses anything over the limit from the header alone, so this only stops bombs PIL would decode).
+    Image.MAX_IMAGE_PIXELS = limits.max_input_pixels
+    if args.serve:
+        service = _serve_service(args, registry, limits, outputs)
+    else:
+        dtype = getattr(torch, args.dtype) if args.dtype else None
+        manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, preload=args.preload or (),
+                               accel=options_for_host(args.speed, zerogpu=gpu_time.on_zerogpu()))
+        service = Service(manager, limits=limits, outputs_dir=outputs, watermark=not args.no_watermark,
+                          embeddings=EmbeddingLibrary.scan(args.embeddings_dir),
+                          keep_outputs_days=args.keep_outputs_days, save_in_background=True)
+        _batch_users(args, service)
+    hosting = Hosting(max_jobs_per_visitor=args.max_jobs_per_session, max_jobs_per_address=args.max_jobs_per_address,
+                      max_upload_mb_per_address=args.max_upload_mb_per_address,
+                      trusted_proxy_hops=args.trusted_proxy_hops,
+                      model_admin=args.allow_model_admin or bool(args.auth) or not is_public(args))
+    import_pipelines()  # in this thread, before any visitor's: lazily, two threads can deadlock on the imports
+    demo = build_ui(service, hosting=hosting)
+    if args.mcp and mcp_available():
+        add_mcp_tools(demo, service)
+    age = max(1, round(args.cache_minutes * 60))
+    demo.delete_cache = (min(age, 600), age)  # every `frequency` seconds, files older than `age` seconds go
+    # The direct REST routes would skip the queue (and its limits): API clients join the queue like the browser.
+    demo.queue(max_size=args.queue_size, default_concurrency_limit=1, api_open=False)
+    if api_enabled(args):
+        api = A1111Api(service, auth=parse_auth(args.api_auth), max_jobs=args.queue_size)
+        demo.sd2_routes = build_router(api).routes  # type: ignore[attr-defined]  # read by launch_settings()
+    return demo
+
+
+def _batch_users(args: argparse.Namespace, service: Service) -> None:
+    """--batch-users: batching across users (sd2_app/api/batching.py), before the UI reads the queue's limit.
+
+    Not on ZeroGPU: there each job runs inside its own GPU call, so a batch's thread would have no GPU.
+    """
+    if args.batch_users and gpu_time.on_zerogpu():
+        logging.getLogger(__name__).warning("--batch-users is ignored on ZeroGPU: each job has its own GPU call")
+    elif args.batch_users:
+        batching.enable(service)
+
+
+def launch_settings(args: argparse.Namespace, demo: gr.Blocks | None = None) -> dict[str, Any]:
+    """The keyword arguments of `demo.launch` (docs/RELIABILITY.md lists them, with the queue's settings)."""
+    auth = tuple(args.auth.split(":", 1)) if args.auth and ":" in args.auth else None
+    # The A1111 routes go first in FastAPI's route list, so nothing of Gradio's can shadow them; SSR stays off
+    # (its Node front server would stand between clients and these routes).
+    routes = list(getattr(demo, "sd2_routes", []))
+    # No extra allowed paths; errors show our messages (gr.Error), never tracebacks; no /monitoring endpoint;
+    # no run history (it may reach the Hub with the host's token). Every new session id a client sends makes
+    # Gradio keep a copy of every component's config (gradio/state_holder.py, `SessionState`): --max-sessions
+    # bounds how many it keeps.
+    return dict(server_name=args.host, server_port=args.port, share=args.share, show_error=False, allowed_paths=[],
+                max_file_size="25mb", enable_monitoring=False, run_history=args.run_history, auth=auth,
+                ssr_mode=False, mcp_server=bool(args.mcp and mcp_available()), app_kwargs={"routes": routes},
+                state_session_capacity=args.max_sessions)
+
+
+def _serve_service(args: argparse.Namespace, registry: dict[str, CheckpointSpec], limits: Limits,
+                   outputs: str | None) -> Service:
+    """A Service whose jobs run on the Ray Serve deployment; saving, the watermark and history stay here, with
+    the same settings as the local app."""
+    # Ray is optional (requirements-serve.txt): imported only on this path; the others load torch (after `spaces`).
+    from sd2_app.loading.embeddings import EmbeddingLibrary
+    from sd2_app.serve.backend import connect, remote_service
+
+    if args.tiny:  # the front end reads the tiny repos' tokenizers for the token counter
+        from sd2_app.manager import default_cache_dir
+        from sd2_app.testing.tiny import ensure_tiny_repos
+
+        registry = tiny_registry(ensure_tiny_repos(default_cache_dir() / "tiny"), registry)
+    config = load_config(args.serve_config)
+    return remote_service(connect(args.serve, config), registry, config, limits=limits, outputs_dir=outputs,
+                          watermark=not args.no_watermark, embeddings=EmbeddingLibrary.scan(args.embeddings_dir),
+                          keep_outputs_days=args.keep_outputs_days, save_in_background=True)
+
+
+def configure_logging() -> None:
+    """INFO lines for the server log, one per checkpoint load: transformers' per-file "Loading weights" progress
+    bars are turned off (the manager logs each load)."""
+    from transformers.utils import logging as transformers_logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    transformers_logging.disable_progress_bar()
+
+
+def run(args: argparse.Namespace) -> None:
+    """Serve the app `args` describe until Ctrl+C or SIGTERM, then close it in order."""
+    configure_logging()
+    if args.mcp and not mcp_available():
+        logging.getLogger("app").warning("--mcp needs the mcp package: pip install -r requirements-mcp.txt; MCP is off")
+    demo = build(args)
+    # A stop from outside (docker stop, a Space restart) ends the server like Ctrl+C does: `launch` returns.
+    if threading.current_thread() is threading.main_thread():  # signal handlers belong to the main thread
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        demo.launch(**launch_settings(args, demo))
+    finally:
+        # The app's end, in order: no new jobs, the running ones stopped, the results being written on disk
+        # (sd2_app/ui/lifecycle.py, AppBlocks.close).
+        demo.close()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
