@@ -1,12 +1,13 @@
 """Ray Serve scale-out: throughput and latency of 1 vs 2 replicas under a fixed concurrent load, and the
 added latency of the Serve path over the local Service.
 
-    python -m bench.serve [--tiny] [--clients 4] [--jobs 24] [--steps 20] [--size 128] [--out DIR]
+    python -m bench.serve [--tiny] [--clients 4] [--jobs 24] [--steps 20] [--size 128] [--batch-users] [--out DIR]
 
 With --tiny (the default on a machine without a GPU) the replicas run the tiny checkpoints on CPU, one
 thread each, so the figures show the Serve path's overhead and its scaling, not SD2's speed. Without it the
 replicas load the real checkpoints on GPUs (one per replica), and the same measurements apply to full-size
-images. Writes serve.json and serve.md into --out.
+images. --batch-users deploys the replicas with `batch_users` (max_ongoing_requests = the batcher's MAX_IMAGES)
+and reports how many requests each of their batches held. Writes serve.json and serve.md into --out.
 """
 
 from __future__ import annotations
@@ -68,12 +69,53 @@ def _front(handle: Any, config: Any) -> Any:
     return remote_service(handle, REGISTRY, config, outputs_dir=None, allowed_repos=())
 
 
+def _batch_groups(handle: Any, replicas: int) -> dict[int, int]:
+    """{requests in a group: groups} summed over the replicas' batchers (each replica's `stats`)."""
+    seen: dict[int, dict[int, int]] = {}
+    for _ in range(50 * replicas):
+        stats = handle.stats.remote().result(timeout_s=30)
+        seen[stats["pid"]] = stats["batch_groups"] or {}
+        if len(seen) == replicas:
+            break
+    total: dict[int, int] = {}
+    for groups in seen.values():
+        for size, count in groups.items():
+            total[size] = total.get(size, 0) + count
+    return dict(sorted(total.items()))
+
+
 def _local(args: argparse.Namespace) -> Any:
     from sd2_app.api.service import Service
     from sd2_app.manager import ModelManager
 
     manager = ModelManager("cpu" if args.tiny else None, tiny=args.tiny)
     return Service(manager, outputs_dir=None, allowed_repos=())
+
+
+def _serve_run(args: argparse.Namespace, count: int, report: dict[str, Any]) -> None:
+    """Deploy `count` replicas, warm them, measure (one job at a time with one replica; the load) into `report`."""
+    from ray import serve
+
+    from sd2_app.api.batching import MAX_IMAGES
+    from sd2_app.serve.config import load_config
+    from sd2_app.serve.deployment import build_app
+
+    config = load_config(None, tiny=args.tiny, min_replicas=count, max_replicas=count,
+                         num_gpus=0.0 if args.tiny else 1.0, device="cpu" if args.tiny else None,
+                         max_models_per_replica=1, preload=(args.checkpoint,), batch_users=args.batch_users,
+                         max_ongoing_requests=MAX_IMAGES if args.batch_users else 1)
+    handle = serve.run(build_app(config), name=config.app_name, route_prefix=None)
+    front = _front(handle, config)
+    # Warm-up: concurrent jobs until every replica has run one. A checkpoint is routed to the replicas that
+    # announced it; another replica gets it only after a request waited out Serve's matching timeout.
+    warm = argparse.Namespace(**{**vars(args), "jobs": 4 * count, "clients": 2 * count})
+    _load(front, warm)
+    if count == 1:
+        report["serve_single_s"] = _single(front, args)
+    report["runs"][f"serve-{count}"] = _load(front, args)
+    if args.batch_users:  # the groups of the warm-up, the single jobs and the measured load together
+        report["runs"][f"serve-{count}"]["batch_groups"] = _batch_groups(handle, count)
+    serve.delete(config.app_name)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -85,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--replicas", default="1,2")
+    p.add_argument("--batch-users", action="store_true", help="batching across users on each replica")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     args = p.parse_args(argv)
     if args.tiny:
@@ -97,9 +140,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import ray
     from ray import serve
 
-    from sd2_app.serve.config import load_config
-    from sd2_app.serve.deployment import build_app
-
     env = {k: os.environ[k] for k in ("SD2APP_CACHE", "OMP_NUM_THREADS", "HF_HUB_OFFLINE") if k in os.environ}
     env["PYTHONPATH"] = str(ROOT)
     ray.init(address="local", include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
@@ -110,19 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["runs"]["local"] = _load(local, args)
     del local
     for count in (int(n) for n in args.replicas.split(",")):
-        config = load_config(None, tiny=args.tiny, min_replicas=count, max_replicas=count,
-                             num_gpus=0.0 if args.tiny else 1.0, device="cpu" if args.tiny else None,
-                             max_models_per_replica=1, preload=(args.checkpoint,))
-        handle = serve.run(build_app(config), name=config.app_name, route_prefix=None)
-        front = _front(handle, config)
-        # Warm-up: concurrent jobs until every replica has run one. A checkpoint is routed to the replicas that
-        # announced it; another replica gets it only after a request waited out Serve's matching timeout.
-        warm = argparse.Namespace(**{**vars(args), "jobs": 4 * count, "clients": 2 * count})
-        _load(front, warm)
-        if count == 1:
-            report["serve_single_s"] = _single(front, args)
-        report["runs"][f"serve-{count}"] = _load(front, args)
-        serve.delete(config.app_name)
+        _serve_run(args, count, report)
     serve.shutdown()
     ray.shutdown()
     runs = report["runs"]
@@ -148,6 +176,9 @@ def _markdown(report: dict[str, Any]) -> str:
                  f"(+{report.get('serve_overhead_s', float('nan')):.3f} s).")
     if "scaling_2_over_1" in report:
         lines.append(f"Throughput with 2 replicas / 1 replica: {report['scaling_2_over_1']:.2f}x.")
+    for name, run in report["runs"].items():
+        if "batch_groups" in run:
+            lines.append(f"{name}: requests per group run on the replicas (size: groups) {run['batch_groups']}.")
     return "\n".join(lines) + "\n"
 
 

@@ -135,7 +135,8 @@ def _extension_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:
                    help="serve MCP tools at /gradio_api/mcp (needs gradio[mcp]; default: on on Spaces)")
     p.add_argument("--batch-users", action=argparse.BooleanOptionalAction, default=False,
                    help="run queued requests that can share one UNet batch as one (same model, size, sampler, steps "
-                        "and guidance): more images per second under load, each within rounding of its solo run")
+                        "and guidance): more images per second under load, each within rounding of its solo run "
+                        "(with --serve: batch_users in --serve-config instead)")
     p.add_argument("--no-watermark", action="store_true",
                    help="do not embed the invisible SDV2 watermark in results (the AI-generated XMP marker stays)")
     p.add_argument("--serve", default=None, metavar="ADDRESS",
