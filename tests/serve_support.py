@@ -40,10 +40,10 @@ def local_serve(tmp_path_factory: pytest.TempPathFactory, **settings: Any) -> It
         ray.shutdown()
 
 
-def front_service(served: tuple[Any, Any]) -> Any:  # -> Service
+def front_service(served: tuple[Any, Any], **options: Any) -> Any:  # -> Service
     """The front end's Service over `local_serve`'s deployment: validation here, jobs on the replicas."""
     from sd2_app.checkpoints.catalog import REGISTRY
     from sd2_app.serve.backend import remote_service
 
     handle, config = served
-    return remote_service(handle, REGISTRY, config, outputs_dir=None, allowed_repos=())
+    return remote_service(handle, REGISTRY, config, **{"outputs_dir": None, "allowed_repos": (), **options})

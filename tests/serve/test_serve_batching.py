@@ -12,7 +12,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,6 +56,46 @@ def stats(cluster) -> dict:
     return handle.stats.remote().result(timeout_s=30)
 
 
+@contextmanager
+def long_job_holding_the_gate(front, cluster, waiting: int) -> Iterator[Callable[[list[Callable[[], None]]], None]]:
+    """A long job of its own batch key runs on the replica; `arrive(calls)` starts each call on a thread of its own
+    and returns once the replica has all `waiting` of them besides the long job. On leaving, the long job is
+    stopped (the waiting requests then get their turn) and every call is joined."""
+    jobs_before = len(stats(cluster)["jobs"])
+    started, stop_long = threading.Event(), threading.Event()
+    stopped: list[Cancelled] = []
+
+    def long_job() -> None:
+        try:
+            front.run(replace(txt2img(seed=5), width=256, height=256, sampling=fast(5, steps=150)),
+                      lambda done, total, preview: started.set(), stop_long.is_set)
+        except Cancelled as error:
+            stopped.append(error)
+
+    holder = threading.Thread(target=long_job)
+    holder.start()
+    assert started.wait(60)
+    threads: list[threading.Thread] = []
+
+    def arrive(calls: list[Callable[[], None]]) -> None:
+        threads.extend(threading.Thread(target=call) for call in calls)
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while len([j for j in stats(cluster)["jobs"][jobs_before:] if j["end"] is None]) < waiting + 1:
+            assert time.monotonic() < deadline, stats(cluster)["jobs"]
+            time.sleep(0.1)
+        time.sleep(1.0)  # each job's thread enters the Batcher right after its record (deployment.py, `produce`)
+        assert holder.is_alive()  # they arrived while the long job held the gate
+
+    yield arrive
+    stop_long.set()
+    holder.join(60)
+    for thread in threads:
+        thread.join(120)
+    assert len(stopped) == 1
+
+
 def test_the_front_lets_a_batch_worth_of_requests_through(front, cluster) -> None:
     _, config = cluster
     assert config.max_ongoing_requests == 10 and front.concurrency == 10  # one replica x 10
@@ -62,36 +105,10 @@ def test_the_front_lets_a_batch_worth_of_requests_through(front, cluster) -> Non
 def test_concurrent_requests_run_as_one_batch_each_as_alone(front, cluster) -> None:
     front.run(companion(0))  # the checkpoint is loaded before the timing below
     before = Counter(stats(cluster)["batch_groups"])
-    jobs_before = len(stats(cluster)["jobs"])
-    started, stop_long = threading.Event(), threading.Event()
-    long_outcome: list[BaseException] = []
-
-    def long_job() -> None:  # another size: a batch key of its own, holding the gate while the others arrive
-        try:
-            front.run(replace(txt2img(seed=5), width=256, height=256, sampling=fast(5, steps=150)),
-                      lambda done, total, preview: started.set(), stop_long.is_set)
-        except Cancelled as error:
-            long_outcome.append(error)
-
-    holder = threading.Thread(target=long_job)
-    holder.start()
-    assert started.wait(60)
-    results: dict[int, object] = {}
-    callers = [threading.Thread(target=lambda i=i: results.__setitem__(i, front.run(companion(i))))
-               for i in range(1, COMPANIONS + 1)]
-    for caller in callers:
-        caller.start()
-    deadline = time.monotonic() + 60
-    while len([j for j in stats(cluster)["jobs"][jobs_before:] if j["end"] is None]) < COMPANIONS + 1:
-        assert time.monotonic() < deadline, stats(cluster)["jobs"]
-        time.sleep(0.1)
-    time.sleep(1.0)  # each job's thread enters the Batcher right after its record (deployment.py, `produce`)
-    assert holder.is_alive()  # the companions arrived while the long job held the gate
-    stop_long.set()
-    holder.join(60)
-    for caller in callers:
-        caller.join(60)
-    assert len(long_outcome) == 1 and len(results) == COMPANIONS
+    with long_job_holding_the_gate(front, cluster, waiting=COMPANIONS) as arrive:
+        results: dict[int, object] = {}
+        arrive([lambda i=i: results.__setitem__(i, front.run(companion(i))) for i in range(1, COMPANIONS + 1)])
+    assert len(results) == COMPANIONS
     ran = Counter(stats(cluster)["batch_groups"]) - before
     assert ran == Counter({1: 1, COMPANIONS: 1}), ran  # the stopped long job alone, the seven as one batch
     solo = {i: front.run(companion(i)) for i in results}  # the same requests one at a time: groups of one
@@ -103,3 +120,52 @@ def test_concurrent_requests_run_as_one_batch_each_as_alone(front, cluster) -> N
     assert not np.array_equal(first, second)  # the requests really differ
     for i, result in results.items():
         assert result.seed == 100 + i and f"Seed: {100 + i}," in result.parameters
+
+
+def test_app_users_share_a_batch_on_the_replica_and_get_their_own_images(
+    front, cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python app.py --serve` with a config of `batch_users = true`: three gradio_client users at once run as one
+    batch on the replica; each gets its own images, within one uint8 level of the same request alone."""
+    from gradio_client import Client
+    from PIL import Image
+
+    from sd2_app import webapp
+    from sd2_app.app_flags import parse_args
+    from tests.reliability_support import free_port
+    from tests.serve_support import front_service
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # webapp.build lowers it; restored after
+    _, config = cluster
+    toml = tmp_path / "serve.toml"
+    toml.write_text(f'[serve]\napp_name = "{config.app_name}"\nbatch_users = true\nmax_ongoing_requests = 10\n')
+    demo = webapp.build(parse_args(["--serve", "auto", "--serve-config", str(toml), "--no-save", "--no-watermark"]))
+    assert {fn.concurrency_limit for fn in demo.fns.values() if fn.concurrency_id == "gpu"} == {10}
+    _, url, _ = demo.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    users = [("user one: a red fox", 101, 1), ("user two: a lighthouse", 202, 2), ("user three: a cat", 303, 1)]
+    got: dict[int, tuple[list[Image.Image], str]] = {}
+
+    def generate(index: int) -> None:
+        prompt, seed, batch = users[index]
+        client = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
+        _, gallery, info = client.predict(prompt=prompt, seed=seed, batch_size=batch, width=64, height=64, steps=3,
+                                          cfg_scale=6.0, sampler="Euler a", api_name="/txt2img")
+        got[index] = [Image.open(item["image"]).convert("RGB") for item in gallery], info
+
+    try:
+        front.run(companion(0))
+        before = Counter(stats(cluster)["batch_groups"])
+        with long_job_holding_the_gate(front, cluster, waiting=len(users)) as arrive:
+            arrive([lambda i=i: generate(i) for i in range(len(users))])
+    finally:
+        demo.close()
+    assert Counter(stats(cluster)["batch_groups"]) - before == Counter({1: 1, len(users): 1})
+    solo_front = front_service(cluster, watermark=False)
+    for index, (prompt, seed, batch) in enumerate(users):
+        images, info = got[index]
+        alone = solo_front.run(Txt2ImgRequest(prompt, checkpoint="sd21-base", width=64, height=64, sampling=Sampling(
+            sampler="Euler a", steps=3, cfg_scale=6.0, seed=seed, batch_size=batch)))
+        assert len(images) == batch and f"**Seed** {seed}" in info
+        gaps = [int(np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max())
+                for a, b in zip(images, alone.images)]
+        assert max(gaps) <= 1, gaps  # CPU kernels (module docstring)
