@@ -125,6 +125,7 @@ class Batcher:
         self.max_wait_s, self.max_images = max_wait_s, max_images
         self._lock = threading.Condition()  # guards the groups, the members' `stopped` and the counters
         self._open: dict[Hashable, _Group] = {}  # the group a request with that key joins
+        self._groups: list[_Group] = []  # every group until its thread ends, open or full (`ahead_of`)
         self._caps: dict[Hashable, int] = {}  # a smaller limit of images for a key whose batch ran out of memory
         self._in_flight = 0  # requests inside `run`
         self._last_arrival = -math.inf
@@ -151,6 +152,7 @@ class Batcher:
             if group is None or group.images + request.sampling.batch_size > self._caps.get(key, self.max_images):
                 group = self._open[key] = _Group(key, task, time.monotonic() if busy else -math.inf)
                 group.gate_check = functools.partial(self._abandoned, group)
+                self._groups.append(group)
                 threading.Thread(target=self._serve, args=(group,), name=f"batch-{task}", daemon=True).start()
             group.members.append(member)
             self._lock.notify_all()
@@ -164,7 +166,7 @@ class Batcher:
         """The gate's `ahead_of` for the group of the request whose caller polls `should_stop` (compared with
         ==); None when that request is not waiting for its group's turn."""
         with self._lock:
-            groups = [g for g in self._open.values() if any(m.should_stop == should_stop for m in g.members)]
+            groups = [g for g in self._groups if any(m.should_stop == should_stop for m in g.members)]
         checks = [group.gate_check for group in groups if group.gate_check is not None]
         return self._gate.ahead_of(checks[0]) if checks else None
 
@@ -223,6 +225,7 @@ class Batcher:
         finally:
             with self._lock:
                 self._close(group)
+                self._groups.remove(group)
             for member in group.members:
                 member.settle(Cancelled())  # only a stopped member can still be waiting here; its caller has gone
 

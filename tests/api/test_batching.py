@@ -230,6 +230,21 @@ def test_stop_while_queued_leaves_the_batch_to_the_others(service: Service) -> N
     assert service.batcher.batches_run == 1 and callers[1].progress == []
 
 
+def test_jobs_ahead_of_a_member_of_a_full_group_and_of_an_open_one(service: Service) -> None:
+    """A full group (no longer the one its key's requests join) still tells its members their place."""
+    enable(service, max_images=2)
+    blocker, callers = queue_behind_gate(service, FOUR[:1] + FOUR[2:])  # 1 + 1 images: full; then 1 more
+    wait_until(lambda: service.gate.waiting == 3)  # the blocker inside, both groups waiting behind it
+    ahead = [service.jobs_ahead(caller.stop.is_set) for caller in callers]
+    assert None not in ahead, ahead  # every member is waiting: each has a place
+    assert ahead[0] == ahead[1] and sorted({ahead[0], ahead[2]}) == [1, 2]  # one group in front of the other
+    blocker.release.set()
+    for caller in callers:
+        caller.join()
+        assert caller.error is None, caller.error
+    assert service.jobs_ahead(callers[0].stop.is_set) is None and service.batcher._groups == []
+
+
 def test_stop_of_every_member_while_queued_frees_the_gate(service: Service) -> None:
     blocker, callers = queue_behind_gate(service, FOUR[:2])
     for caller in callers:
