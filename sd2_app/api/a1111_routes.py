@@ -13,7 +13,6 @@ Shapes: A1111's modules/api/api.py (the routes) and modules/api/models.py; the m
 from __future__ import annotations
 
 import base64
-import io
 import logging
 import secrets
 import threading
@@ -30,7 +29,8 @@ from sd2_app.api import a1111
 from sd2_app.api.cost import LATENT_FACTOR
 from sd2_app.api.gpu_time import gpu, seconds_for
 from sd2_app.api.keeper import unlisted
-from sd2_app.api.outputs import FAST_PNG_LEVEL
+from sd2_app.api.outputs import fast_png
+from sd2_app.api.progress import enlarged
 from sd2_app.api.results import Result
 from sd2_app.api.service import Service
 from sd2_app.api.tasks import default_checkpoint
@@ -83,11 +83,8 @@ class _Tracked:
         if preview is None:
             return None
         if shown is None or shown[0] is not preview:
-            buffer = io.BytesIO()
-            big = preview.resize((preview.width * LATENT_FACTOR, preview.height * LATENT_FACTOR),
-                                 Image.Resampling.NEAREST)  # one latent pixel per LATENT_FACTOR image pixels
-            big.save(buffer, format="PNG", compress_level=FAST_PNG_LEVEL)
-            shown = self._shown = (preview, base64.b64encode(buffer.getvalue()).decode("ascii"))
+            data = fast_png(enlarged(preview, LATENT_FACTOR))  # one latent pixel per LATENT_FACTOR image pixels
+            shown = self._shown = (preview, base64.b64encode(data).decode("ascii"))
         return shown[1]
 
     @property

@@ -3,9 +3,10 @@
 On a ZeroGPU Space a GPU exists only inside a function decorated with `spaces.GPU(duration=...)`, and a
 shorter duration gets a visitor a better place in ZeroGPU's queue (huggingface hub-docs, spaces-zerogpu.md,
 "Dynamic duration": `duration` may be a function of the call's arguments). So each call asks for a time
-computed from its own work, the job's cost (`sd2_app.api.cost.job_cost`): UNet evaluations x latent pixels (steps, two evaluations with guidance, more
-for two-call samplers, batch size, size / 8 per side), at a rate with ample margin, plus a fixed allowance
-for what does not scale with it (weights reaching the GPU, text encoder, VAE decode, first-call set-up).
+computed from its own work, the job's cost (`sd2_app.api.cost.job_cost`): UNet evaluations x latent pixels
+(steps, two evaluations with guidance, more for two-call samplers, batch size, size / 8 per side), at a rate
+with ample margin, plus a fixed allowance for what does not scale with it (weights reaching the GPU, text
+encoder, VAE decode, first-call set-up).
 The figures and the reasoning are in docs/DESIGN.md ("ZeroGPU").
 """
 
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sd2_app.api.cost import job_cost
-from sd2_app.api.plot import plan_cells
+from sd2_app.api.plot import plan_cells, plot_cost
 from sd2_app.api.requests import Request, XYZPlotRequest
 from sd2_app.errors import InvalidRequest
 
@@ -49,7 +50,7 @@ def seconds_for(service: Service, request: Request) -> int:
         return MIN_SECONDS
     if isinstance(checked, XYZPlotRequest):  # its cells one after the other
         cells, _ = plan_cells(checked, service.catalog, service.limits)
-        return gpu_seconds(sum(job_cost(cell.request, service.catalog) for cell in cells))
+        return gpu_seconds(plot_cost(cells, service.catalog))
     return gpu_seconds(job_cost(checked, service.catalog))
 
 

@@ -8,16 +8,27 @@ final name, and a name that exists already is never replaced.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import time
 from pathlib import Path
 
+from PIL import Image
+
 # zlib level of the PNGs the app encodes (results, previews): level 1 instead of PIL's 6 costs a little size and
 # saves most of the encoding time (figures: docs/PERFORMANCE.md, "The whole request").
 FAST_PNG_LEVEL = 1
+
 _NUMBERED = re.compile(r"(\d+)-")
 _DAY_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def fast_png(image: Image.Image) -> bytes:
+    """`image` as a PNG file at `FAST_PNG_LEVEL`, with no text chunks (a preview, a mask or depth map shown)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=FAST_PNG_LEVEL)
+    return buffer.getvalue()
 
 
 def next_number(folder: Path) -> int:

@@ -106,7 +106,7 @@ def validate_plot(request: XYZPlotRequest, catalog: Catalog, limits: Limits) -> 
         raise InvalidRequest(f"The plot has {sizes} = {cells} cells; the limit is {limits.max_plot_cells}.")
     checked = XYZPlotRequest(base=checked_base, x=axes["X"], y=axes.get("Y"), z=axes.get("Z"))
     planned, cell_warnings = plan_cells(checked, catalog, limits)
-    check_job_cost(checked, sum(job_cost(cell.request, catalog) for cell in planned), limits.max_job_cost)
+    check_job_cost(checked, plot_cost(planned, catalog), limits.max_job_cost)
     return checked, warnings + [w for w in cell_warnings if w not in warnings]
 
 
@@ -141,6 +141,11 @@ def plan_cells(request: XYZPlotRequest, catalog: Catalog, limits: Limits) -> tup
         index = x + y * sizes[0] + z * sizes[0] * sizes[1]
         cells.append(PlotCell(index, (x, y, z), checked, tuple(labels), steps))  # type: ignore[arg-type]
     return cells, warnings
+
+
+def plot_cost(cells: list[PlotCell], catalog: Catalog) -> int:
+    """A plot's cost (`sd2_app.api.cost`): its cells' costs, as they run one after another."""
+    return sum(job_cost(cell.request, catalog) for cell in cells)
 
 
 def cell_caption(cell: PlotCell) -> str:

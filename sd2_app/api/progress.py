@@ -31,6 +31,13 @@ def latent_preview(latents: Any) -> Image.Image | None:
     return preview_images(latents[:1])[0]
 
 
+def enlarged(preview: Image.Image, scale: int) -> Image.Image:
+    """A latent-size preview `scale` times larger without smoothing: each latent pixel a square block."""
+    if scale <= 1:
+        return preview
+    return preview.resize((preview.width * scale, preview.height * scale), Image.Resampling.NEAREST)
+
+
 def placed(on_progress: ProgressFn | None, done_before: int = 0, total: int | None = None) -> ProgressFn | None:
     """`on_progress` for a job whose steps follow `done_before` others, out of `total` (None: its own count)."""
     if on_progress is None or (not done_before and total is None):

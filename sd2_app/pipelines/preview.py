@@ -31,11 +31,9 @@ def latents_to_rgb(latents: torch.Tensor) -> torch.Tensor:
     return rgb.clamp(-1, 1)
 
 
-def preview_images(latents: torch.Tensor, *, upscale: int = 1) -> list[Image.Image]:
-    """PIL previews of a latent batch, optionally enlarged (nearest) so a 64x64 latent shows at 512x512."""
+def preview_images(latents: torch.Tensor) -> list[Image.Image]:
+    """PIL previews of a latent batch at latent size (one pixel per latent pixel); whoever shows one enlarges
+    it (sd2_app.api.progress.latent_preview)."""
     rgb = latents_to_rgb(latents)
     array = ((rgb / 2 + 0.5) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    images = [Image.fromarray(np.ascontiguousarray(a)) for a in array]
-    if upscale > 1:
-        images = [im.resize((im.width * upscale, im.height * upscale), Image.Resampling.NEAREST) for im in images]
-    return images
+    return [Image.fromarray(np.ascontiguousarray(a)) for a in array]

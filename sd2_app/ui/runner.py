@@ -12,7 +12,6 @@ The worker threads belong to one app: `build_ui` makes its `StopFlags` with thei
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import queue
@@ -26,7 +25,8 @@ import gradio as gr
 from gradio.processing_utils import hash_bytes
 from PIL import Image
 
-from sd2_app.api.outputs import FAST_PNG_LEVEL
+from sd2_app.api.outputs import fast_png
+from sd2_app.api.progress import enlarged
 from sd2_app.api.requests import Request
 from sd2_app.api.results import HistoryEntry
 from sd2_app.api.service import ProgressFn, Result
@@ -250,18 +250,13 @@ def shown_aux(result: Result, name: str, image: Image.Image | None) -> str | Non
 def shown_preview(preview: Image.Image) -> str:
     """A live preview (latent size, from the Service) enlarged without smoothing to about `PREVIEW_SIDE` and
     encoded fast, as a file in Gradio's cache."""
-    scale = max(1, PREVIEW_SIDE // max(preview.size))
-    if scale > 1:
-        preview = preview.resize((preview.width * scale, preview.height * scale), Image.Resampling.NEAREST)
-    return fast_png_file(preview, "preview.png")
+    return fast_png_file(enlarged(preview, PREVIEW_SIDE // max(preview.size)), "preview.png")
 
 
 def fast_png_file(image: Image.Image, name: str) -> str:
     """An image the Service did not encode, PNG-encoded once at the fast level (`FAST_PNG_LEVEL`, where Gradio
     would use PIL's default), as `name` in Gradio's cache."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=FAST_PNG_LEVEL)
-    return cached_file(buffer.getvalue(), name)
+    return cached_file(fast_png(image), name)
 
 
 def cached_file(data: bytes, name: str) -> str:

@@ -121,8 +121,8 @@ def test_preview_colours() -> None:
     rgb = latents_to_rgb(latents)
     assert rgb.shape == (1, 3, 2, 3)
     assert torch.allclose(rgb[0, :, 0, 0], torch.tensor([0.298, 0.207, 0.208]))
-    images = preview_images(torch.randn(2, 4, 8, 6) * 3, upscale=8)
-    assert len(images) == 2 and images[0].size == (48, 64) and images[0].mode == "RGB"
+    images = preview_images(torch.randn(2, 4, 8, 6) * 3)
+    assert len(images) == 2 and images[0].size == (6, 8) and images[0].mode == "RGB"  # latent size
 
 
 def test_guidance_rescale_matches_its_definition() -> None:
