@@ -62,6 +62,24 @@ def prepare_checkpoints(folder: Path, app_cache: Path) -> None:
             cache.sha256(path)
 
 
+def app_cache_and_folder(args: argparse.Namespace, work: Path) -> tuple[Path, Path | None]:
+    """The started app's cache folder under `work` (the tiny repos linked in, or the hashes of the full-size
+    folder) and the full-size folder its `--repo` names (None with `args.tiny`)."""
+    app_cache = work / "app-cache"
+    app_cache.mkdir(parents=True)
+    if args.tiny:
+        from sd2_app.testing.tiny import ensure_tiny_repos
+
+        ensure_tiny_repos(args.ckpt / "tiny")
+        (app_cache / "tiny").symlink_to(args.ckpt / "tiny", target_is_directory=True)  # what --tiny reads
+        return app_cache, None
+    from bench.write_checkpoints import ensure_checkpoints
+
+    folder = ensure_checkpoints(args.ckpt / "full", ("sd2-base",))["sd2-base"]  # sd21-base's architecture
+    prepare_checkpoints(folder, app_cache)
+    return app_cache, folder
+
+
 def wait_for_server(url: str, process: subprocess.Popen[str], timeout: float) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -106,19 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from gradio_client import Client
 
     work = Path(tempfile.mkdtemp(prefix="appstart-"))
-    app_cache = work / "app-cache"
-    folder = None
-    if args.tiny:
-        from sd2_app.testing.tiny import ensure_tiny_repos
-
-        ensure_tiny_repos(args.ckpt / "tiny")
-        app_cache.mkdir(parents=True)
-        (app_cache / "tiny").symlink_to(args.ckpt / "tiny", target_is_directory=True)  # what --tiny reads
-    else:
-        from bench.write_checkpoints import ensure_checkpoints
-
-        folder = ensure_checkpoints(args.ckpt / "full", ("sd2-base",))["sd2-base"]  # sd21-base's architecture
-        prepare_checkpoints(folder, app_cache)
+    app_cache, folder = app_cache_and_folder(args, work)
     env = {**os.environ, "SD2APP_CACHE": str(app_cache), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     if not args.warm_triton_cache:
         env["TRITON_CACHE_DIR"] = str(work / "triton")

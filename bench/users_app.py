@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench.appstart import ROOT, free_port, ServerLines, wait_for_server, stop
-from bench.request import _app_cache
+from bench.appstart import ROOT, ServerLines, app_cache_and_folder, free_port, stop, wait_for_server
 from sd2_app.api.requests import Txt2ImgRequest
 from bench.load import Call, load
 
@@ -58,7 +57,7 @@ def _calls(args: argparse.Namespace, url: str, downloads: Path, request_for: Req
 def app_mode(args: argparse.Namespace, request_for: RequestFor, batching: bool) -> dict[str, Any]:
     """The app started without or with `--batch-users`: one untimed round, then the timed load."""
     work = Path(tempfile.mkdtemp(prefix="users-bench-"))
-    app_cache, folder = _app_cache(args, work)
+    app_cache, folder = app_cache_and_folder(args, work)
     env = {**os.environ, "SD2APP_CACHE": str(app_cache), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
            "GRADIO_TEMP_DIR": str(work / "gradio")}
     if args.tiny:
