@@ -28,7 +28,8 @@ from typing import Any, TYPE_CHECKING
 
 from starlette.middleware import Middleware
 
-from sd2_app.app_flags import DEFAULT_MAX_JOBS_PER_ADDRESS, DEFAULT_MAX_JOBS_PER_VISITOR, DEFAULT_UPLOAD_MB_PER_ADDRESS
+from sd2_app.app_flags import (DEFAULT_CACHE_MINUTES, DEFAULT_MAX_JOBS_PER_ADDRESS, DEFAULT_MAX_JOBS_PER_VISITOR,
+                               DEFAULT_UPLOAD_MB_PER_ADDRESS)
 from sd2_app.ui.addresses import ClientAddresses
 from sd2_app.ui.cache_files import sweeping_lifespan
 from sd2_app.ui.runner import GPU_QUEUE, RunFlag
@@ -193,7 +194,8 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
     visitors.watch(demo._queue)  # every Blocks has its queue (gradio/blocks.py, Blocks.__init__)
     app_kwargs = dict(app_kwargs or {})
     cache = getattr(demo, "delete_cache", None)
-    budget = UploadBudget(hosting.max_upload_mb_per_address * MB, window_s=cache[1] if cache else 3600)
+    window_s = cache[1] if cache else DEFAULT_CACHE_MINUTES * 60
+    budget = UploadBudget(hosting.max_upload_mb_per_address * MB, window_s=window_s)
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []),
                                 Middleware(VisitorMiddleware, cookies=visitors.cookies),
                                 Middleware(UploadBudgetMiddleware, budget=budget, addresses=visitors.addresses)]
