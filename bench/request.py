@@ -25,14 +25,13 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.appstart import (ROOT, ServerLines, app_cache_and_folder, free_port, served_app_parser, stop,
-                           wait_for_server)
+from bench.appstart import (ROOT, ServerLines, app_cache_and_folder, app_command, app_env, free_port,
+                           served_app_parser, stop, wait_for_server)
 
 OVERHEAD_TARGET = 0.15  # app overhead at most 15 % of the pipeline time at 512 on the GPU (issue 24)
 PNG_SIZES = (512, 768, 2048)
@@ -119,14 +118,6 @@ def _hand_over_times(gallery: Any, images: list[Any], encoded: list[bytes], cach
     return seconds
 
 
-def _command(args: argparse.Namespace, port: int, folder: Path | None, outputs: Path) -> list[str]:
-    command = [sys.executable, "-u", str(ROOT / "app.py"), "--preload", args.key, "--port", str(port),
-               "--host", "127.0.0.1", "--outputs", str(outputs), "--max-jobs-per-session", "1"]
-    if args.tiny:
-        return command + ["--tiny", "--device", "cpu"]
-    return command + ["--repo", f"{args.key}={folder}"]
-
-
 def _split_lines(lines: ServerLines) -> list[dict[str, float]]:
     """The phases of every request the app has logged so far."""
     found = []
@@ -175,12 +166,11 @@ def run_requests(args: argparse.Namespace) -> dict[str, Any]:
 
     work = Path(tempfile.mkdtemp(prefix="request-bench-"))
     app_cache, folder = app_cache_and_folder(args, work)
-    env = {**os.environ, "SD2APP_CACHE": str(app_cache), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "GRADIO_TEMP_DIR": str(work / "gradio")}
+    env = app_env(app_cache, work)
     port = free_port()
     outputs = work / "outputs"
-    process = subprocess.Popen(_command(args, port, folder, outputs), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    command = app_command(args.key, port, folder, "--outputs", str(outputs), "--max-jobs-per-session", "1")
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = ServerLines(process, time.perf_counter())
     round_trips: list[float] = []
     try:
