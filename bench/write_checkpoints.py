@@ -145,7 +145,8 @@ def ensure_checkpoints(root: Path, kinds: tuple[str, ...] = KINDS,
     return repos
 
 
-def benchmark_repos(ckpt: Path, tiny: bool, kinds: tuple[str, ...], device: torch.device | None = None) -> dict[str, Path]:
+def benchmark_repos(ckpt: Path, tiny: bool, kinds: tuple[str, ...],
+                    device: torch.device | None = None) -> dict[str, Path]:
     """The benchmarks' checkpoint folders under `ckpt` (their --ckpt): the tiny random repos under ckpt/tiny, or
     the full-size ones under ckpt/full, written when missing."""
     if tiny:
