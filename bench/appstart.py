@@ -62,6 +62,24 @@ def prepare_checkpoints(folder: Path, app_cache: Path) -> None:
             cache.sha256(path)
 
 
+def app_cache_and_folder(args: argparse.Namespace, work: Path) -> tuple[Path, Path | None]:
+    """The started app's cache folder under `work` (the tiny repos linked in, or the hashes of the full-size
+    folder) and the full-size folder its `--repo` names (None with `args.tiny`)."""
+    app_cache = work / "app-cache"
+    app_cache.mkdir(parents=True)
+    if args.tiny:
+        from sd2_app.testing.tiny import ensure_tiny_repos
+
+        ensure_tiny_repos(args.ckpt / "tiny")
+        (app_cache / "tiny").symlink_to(args.ckpt / "tiny", target_is_directory=True)  # what --tiny reads
+        return app_cache, None
+    from bench.write_checkpoints import ensure_checkpoints
+
+    folder = ensure_checkpoints(args.ckpt / "full", ("sd2-base",))["sd2-base"]  # sd21-base's architecture
+    prepare_checkpoints(folder, app_cache)
+    return app_cache, folder
+
+
 def wait_for_server(url: str, process: subprocess.Popen[str], timeout: float) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -93,12 +111,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _command(args: argparse.Namespace, port: int, folder: Path | None) -> list[str]:
-    command = [sys.executable, "-u", str(ROOT / "app.py"), "--preload", args.key, "--port", str(port),
-               "--host", "127.0.0.1", "--no-save"]
-    if args.tiny:
+def app_command(key: str, port: int, folder: Path | None, *flags: str) -> list[str]:
+    """`python app.py` preloading `key` on 127.0.0.1:`port` with `flags`: the tiny checkpoints on CPU when
+    `folder` is None, else `key` served from `folder` (app_cache_and_folder's)."""
+    command = [sys.executable, "-u", str(ROOT / "app.py"), "--preload", key, "--port", str(port),
+               "--host", "127.0.0.1", *flags]
+    if folder is None:
         return command + ["--tiny", "--device", "cpu"]
-    return command + ["--repo", f"{args.key}={folder}"]
+    return command + ["--repo", f"{key}={folder}"]
+
+
+def app_env(app_cache: Path, work: Path) -> dict[str, str]:
+    """The started app's environment: its cache, no Hub, no analytics, Gradio's files under `work`."""
+    return {**os.environ, "SD2APP_CACHE": str(app_cache), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+            "GRADIO_TEMP_DIR": str(work / "gradio")}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -106,27 +132,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from gradio_client import Client
 
     work = Path(tempfile.mkdtemp(prefix="appstart-"))
-    app_cache = work / "app-cache"
-    folder = None
-    if args.tiny:
-        from sd2_app.testing.tiny import ensure_tiny_repos
-
-        ensure_tiny_repos(args.ckpt / "tiny")
-        app_cache.mkdir(parents=True)
-        (app_cache / "tiny").symlink_to(args.ckpt / "tiny", target_is_directory=True)  # what --tiny reads
-    else:
-        from bench.write_checkpoints import ensure_checkpoints
-
-        folder = ensure_checkpoints(args.ckpt / "full", ("sd2-base",))["sd2-base"]  # sd21-base's architecture
-        prepare_checkpoints(folder, app_cache)
-    env = {**os.environ, "SD2APP_CACHE": str(app_cache), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    app_cache, folder = app_cache_and_folder(args, work)
+    env = app_env(app_cache, work)
     if not args.warm_triton_cache:
         env["TRITON_CACHE_DIR"] = str(work / "triton")
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     start = time.perf_counter()
-    process = subprocess.Popen(_command(args, port, folder), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(app_command(args.key, port, folder, "--no-save"), cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = ServerLines(process, start)
     events: dict[str, float] = {}
     row: dict[str, Any] = {"label": args.label, "key": args.key, "size": args.size, "steps": args.steps}

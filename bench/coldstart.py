@@ -29,6 +29,7 @@ import torch
 
 from bench.cases import Case, synchronize
 from bench.ours import local_registry, make_request
+from bench.write_checkpoints import benchmark_repos
 from sd2_app.accel import AccelOptions
 from sd2_app.manager import ModelManager
 from sd2_app.pipelines.txt2img import txt2img
@@ -101,14 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         kernel_checks.CHECK_THREADS = args.check_threads
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    if args.tiny:
-        from sd2_app.testing.tiny import ensure_tiny_repos
-
-        repos = ensure_tiny_repos(args.ckpt / "tiny", (KEY,))
-    else:
-        from bench.write_checkpoints import ensure_checkpoints
-
-        repos = ensure_checkpoints(args.ckpt / "full", (KEY,), device)
+    repos = benchmark_repos(args.ckpt, args.tiny, (KEY,), device)
     manager = ModelManager(device, dtype, registry=local_registry(repos), cache_dir=args.ckpt / "cache",
                            accel=AccelOptions())
     row: dict[str, object] = {"label": args.label, "device": torch.cuda.get_device_name() if device.type == "cuda"

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from bench.cases import release, synchronize
+from bench.write_checkpoints import benchmark_repos
 from sd2_app.accel import AccelOptions, accelerate_unet, accelerate_vae, setup_backends
 
 logger = logging.getLogger("bench.micro")
@@ -262,19 +263,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     setup_backends(device)
     if args.tiny:
-        from sd2_app.testing.tiny import ensure_tiny_repos
-
         entries = ["64", "96"] + (["x4"] if "x4" in args.sizes.split(",") else [])
     else:
         entries = args.sizes.split(",")
     cases = unet_cases(entries, args.tiny)
     kinds = tuple(sorted({"sd2-base", *(case.kind for case in cases)}))
-    if args.tiny:
-        repos = ensure_tiny_repos(args.ckpt / "tiny", kinds)
-    else:
-        from bench.write_checkpoints import ensure_checkpoints
-
-        repos = ensure_checkpoints(args.ckpt / "full", kinds, device)
+    repos = benchmark_repos(args.ckpt, args.tiny, kinds, device)
     sizes = [case.size for case in cases if case.net == "unet"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     record: dict[str, Any] = {"device_name": name, "torch": torch.__version__,

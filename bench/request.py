@@ -25,13 +25,13 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.appstart import ROOT, ServerLines, free_port, prepare_checkpoints, served_app_parser, stop, wait_for_server
+from bench.appstart import (ROOT, ServerLines, app_cache_and_folder, app_command, app_env, free_port,
+                           served_app_parser, stop, wait_for_server)
 
 OVERHEAD_TARGET = 0.15  # app overhead at most 15 % of the pipeline time at 512 on the GPU (issue 24)
 PNG_SIZES = (512, 768, 2048)
@@ -118,31 +118,6 @@ def _hand_over_times(gallery: Any, images: list[Any], encoded: list[bytes], cach
     return seconds
 
 
-def _command(args: argparse.Namespace, port: int, folder: Path | None, outputs: Path) -> list[str]:
-    command = [sys.executable, "-u", str(ROOT / "app.py"), "--preload", args.key, "--port", str(port),
-               "--host", "127.0.0.1", "--outputs", str(outputs), "--max-jobs-per-session", "1"]
-    if args.tiny:
-        return command + ["--tiny", "--device", "cpu"]
-    return command + ["--repo", f"{args.key}={folder}"]
-
-
-def _app_cache(args: argparse.Namespace, work: Path) -> tuple[Path, Path | None]:
-    """The app's cache folder (the tiny repos linked in, or the hashes of the full-size folder) and that folder."""
-    app_cache = work / "app-cache"
-    app_cache.mkdir(parents=True)
-    if args.tiny:
-        from sd2_app.testing.tiny import ensure_tiny_repos
-
-        ensure_tiny_repos(args.ckpt / "tiny")
-        (app_cache / "tiny").symlink_to(args.ckpt / "tiny", target_is_directory=True)  # what --tiny reads
-        return app_cache, None
-    from bench.write_checkpoints import ensure_checkpoints
-
-    folder = ensure_checkpoints(args.ckpt / "full", ("sd2-base",))["sd2-base"]  # sd21-base's architecture
-    prepare_checkpoints(folder, app_cache)
-    return app_cache, folder
-
-
 def _split_lines(lines: ServerLines) -> list[dict[str, float]]:
     """The phases of every request the app has logged so far."""
     found = []
@@ -190,13 +165,12 @@ def run_requests(args: argparse.Namespace) -> dict[str, Any]:
     from gradio_client import Client
 
     work = Path(tempfile.mkdtemp(prefix="request-bench-"))
-    app_cache, folder = _app_cache(args, work)
-    env = {**os.environ, "SD2APP_CACHE": str(app_cache), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "GRADIO_TEMP_DIR": str(work / "gradio")}
+    app_cache, folder = app_cache_and_folder(args, work)
+    env = app_env(app_cache, work)
     port = free_port()
     outputs = work / "outputs"
-    process = subprocess.Popen(_command(args, port, folder, outputs), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    command = app_command(args.key, port, folder, "--outputs", str(outputs), "--max-jobs-per-session", "1")
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = ServerLines(process, time.perf_counter())
     round_trips: list[float] = []
     try:

@@ -24,6 +24,7 @@ from bench.cases import SEED, Case, Measurement, make_cases, measure, release, s
 from bench.ours import OursRunner
 from bench.report import image_diffs, speedups, targets, write
 from bench.theirs import DiffusersRunner
+from bench.write_checkpoints import benchmark_repos
 from sd2_app.accel import setup_backends
 
 logger = logging.getLogger("bench")
@@ -48,16 +49,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default=None)
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     return p.parse_args(argv)
-
-
-def _repos(args: argparse.Namespace, kinds: list[str], device: torch.device) -> dict[str, Path]:
-    if args.tiny:
-        from sd2_app.testing.tiny import ensure_tiny_repos
-
-        return ensure_tiny_repos(args.ckpt / "tiny", tuple(kinds))
-    from bench.write_checkpoints import ensure_checkpoints
-
-    return ensure_checkpoints(args.ckpt / "full", tuple(kinds), device)
 
 
 def compared(case: Case) -> bool:
@@ -224,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prefixes = args.only.split(",")
         cases = [c for c in cases if any(c.name.startswith(p) or c.task == p for p in prefixes)]
     kinds = list(dict.fromkeys([c.kind for c in cases] + ([] if args.no_swaps else ["sd2-base", "sd2"])))
-    repos = _repos(args, kinds, device)
+    repos = benchmark_repos(args.ckpt, args.tiny, tuple(kinds), device)
     cache_dir = args.ckpt / "app-cache"
 
     import diffusers

@@ -30,6 +30,7 @@ import torch
 from bench.cases import NEGATIVE, PROMPT
 from bench.load import load
 from bench.users_app import app_mode
+from bench.write_checkpoints import benchmark_repos
 
 SUBJECTS = ("a red fox", "a lighthouse at dusk", "an astronaut", "a bowl of fruit", "a mountain lake", "a cat",
             "a city at night", "a sailing ship", "an old library", "a desert road")
@@ -63,14 +64,7 @@ def make_service(args: argparse.Namespace) -> Any:
     from sd2_app.manager import ModelManager
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.tiny:
-        from sd2_app.testing.tiny import ensure_tiny_repos
-
-        repos = ensure_tiny_repos(args.ckpt / "tiny", (args.kind,))
-    else:
-        from bench.write_checkpoints import ensure_checkpoints
-
-        repos = ensure_checkpoints(args.ckpt / "full", (args.kind,), device)
+    repos = benchmark_repos(args.ckpt, args.tiny, (args.kind,), device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     manager = ModelManager(device, dtype, registry=local_registry(repos), cache_dir=args.ckpt / "app-cache")
     return Service(manager, outputs_dir=None, allowed_repos=(), watermark=False)

@@ -7,9 +7,7 @@ app's `sd21-base` key (the same architecture, bench/request.py), the tiny run th
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,19 +16,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench.appstart import ROOT, free_port, ServerLines, wait_for_server, stop
-from bench.request import _app_cache
+from bench.appstart import (ROOT, ServerLines, app_cache_and_folder, app_command, app_env, free_port, stop,
+                           wait_for_server)
 from sd2_app.api.requests import Txt2ImgRequest
 from bench.load import Call, load
 
 APP_KEY = "sd21-base"
 
 
-def _command(args: argparse.Namespace, port: int, folder: Path | None, batching: bool) -> list[str]:
-    command = [sys.executable, "-u", str(ROOT / "app.py"), "--preload", APP_KEY, "--port", str(port),
-               "--host", "127.0.0.1", "--no-save", "--no-watermark", "--queue-size", str(4 * args.users)]
-    command += ["--batch-users"] if batching else []
-    return command + (["--tiny", "--device", "cpu"] if args.tiny else ["--repo", f"{APP_KEY}={folder}"])
+def _flags(args: argparse.Namespace, batching: bool) -> list[str]:
+    flags = ["--no-save", "--no-watermark", "--queue-size", str(4 * args.users)]
+    return flags + (["--batch-users"] if batching else [])
 
 
 RequestFor = Callable[[int, int], Txt2ImgRequest]  # (user, index) -> that user's request (bench/users.py)
@@ -58,14 +54,13 @@ def _calls(args: argparse.Namespace, url: str, downloads: Path, request_for: Req
 def app_mode(args: argparse.Namespace, request_for: RequestFor, batching: bool) -> dict[str, Any]:
     """The app started without or with `--batch-users`: one untimed round, then the timed load."""
     work = Path(tempfile.mkdtemp(prefix="users-bench-"))
-    app_cache, folder = _app_cache(args, work)
-    env = {**os.environ, "SD2APP_CACHE": str(app_cache), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "GRADIO_TEMP_DIR": str(work / "gradio")}
+    app_cache, folder = app_cache_and_folder(args, work)
+    env = app_env(app_cache, work)
     if args.tiny:
         env["OMP_NUM_THREADS"] = "1"
     port = free_port()
-    process = subprocess.Popen(_command(args, port, folder, batching), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(app_command(APP_KEY, port, folder, *_flags(args, batching)), cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = ServerLines(process, 0.0)
     try:
         wait_for_server(f"http://127.0.0.1:{port}/", process, args.timeout)

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save_file
 
 from sd2_app.testing.configs import unet_config, vae_config
-from sd2_app.testing.tiny import SCHEDULERS, X4_LOW_RES_SCHEDULER, model_index
+from sd2_app.testing.tiny import SCHEDULERS, X4_LOW_RES_SCHEDULER, ensure_tiny_repos, model_index
 from sd2_app.testing.tiny_transformers import write_depth_estimator, write_tokenizer
 
 logger = logging.getLogger("bench.write_checkpoints")
@@ -143,6 +143,15 @@ def ensure_checkpoints(root: Path, kinds: tuple[str, ...] = KINDS,
             write_repo(kind, folder, shared, device)
         repos[kind] = folder
     return repos
+
+
+def benchmark_repos(ckpt: Path, tiny: bool, kinds: tuple[str, ...],
+                    device: torch.device | None = None) -> dict[str, Path]:
+    """The benchmarks' checkpoint folders under `ckpt` (their --ckpt): the tiny random repos under ckpt/tiny, or
+    the full-size ones under ckpt/full, written when missing."""
+    if tiny:
+        return ensure_tiny_repos(ckpt / "tiny", kinds)
+    return ensure_checkpoints(ckpt / "full", kinds, device)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,6 +22,8 @@ DEFAULT_MAX_JOBS_PER_VISITOR = 2
 DEFAULT_MAX_JOBS_PER_ADDRESS = 6
 # MB one network address may upload per cache age (--cache-minutes); 0 turns the budget off.
 DEFAULT_UPLOAD_MB_PER_ADDRESS = 1024
+# Minutes a file stays in Gradio's cache (uploads and shown results); also the upload budget's window.
+DEFAULT_CACHE_MINUTES = 60.0
 # Sessions whose state Gradio keeps (`launch(state_session_capacity=...)`, the least recently used go first):
 # each holds a copy of every component's config, and any client can start a new session with every request.
 # Gradio's own default is 10,000.
@@ -111,8 +113,9 @@ def _visitor_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:
     p.add_argument("--keep-outputs-days", type=float,
                    default=_env_number("SD2APP_KEEP_OUTPUTS_DAYS", 1.0 if spaces else None, float),
                    help="delete saved results older than this (default: keep them; 1 day on Spaces)")
-    p.add_argument("--cache-minutes", type=float, default=_env_number("SD2APP_CACHE_MINUTES", 60.0, float),
-                   help="delete Gradio's cached uploads and results older than this (default 60)")
+    p.add_argument("--cache-minutes", type=float,
+                   default=_env_number("SD2APP_CACHE_MINUTES", DEFAULT_CACHE_MINUTES, float),
+                   help="delete Gradio's cached uploads and results older than this (default %(default)g)")
     p.add_argument("--allow-model-admin", action="store_true",
                    default=os.environ.get("SD2APP_ALLOW_MODEL_ADMIN") == "1",
                    help="let visitors load and unload checkpoints in public modes (always allowed on loopback)")

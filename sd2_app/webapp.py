@@ -72,8 +72,8 @@ def build(args: argparse.Namespace) -> AppBlocks:
         add_mcp_tools(demo, service)
     age = max(1, round(args.cache_minutes * 60))
     demo.delete_cache = (min(age, 600), age)  # every `frequency` seconds, files older than `age` seconds go
-    # The direct REST routes would skip the queue (and its limits): API clients join the queue like the browser.
-    demo.queue(max_size=args.queue_size, default_concurrency_limit=1, api_open=False)
+    # The direct REST routes, which would skip the queue, are closed at launch (`AppBlocks.launch`).
+    demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     if api_enabled(args):
         api = A1111Api(service, auth=parse_auth(args.api_auth), max_jobs=args.queue_size)
         demo.sd2_routes = build_router(api).routes  # type: ignore[attr-defined]  # read by launch_settings()

@@ -7,25 +7,21 @@ torch, as a front end that holds no models needs (sd2_app/serve/backend.py).
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-_FROM_PARTS = ("load_depth_estimator", "load_scheduler_config", "load_text_encoder", "load_unet", "load_vae",
-               "read_model_index")
+# Each exported name and the module of this package that defines it.
+_HOMES = {
+    **dict.fromkeys(("load_depth_estimator", "load_scheduler_config", "load_text_encoder", "load_unet", "load_vae",
+                     "read_model_index"), "parts"),
+    "load_tokenizer": "tokenizer",
+    "resolve_repo": "hub",
+}
 
-__all__ = [*_FROM_PARTS, "load_tokenizer", "resolve_repo"]
+__all__ = list(_HOMES)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _FROM_PARTS:
-        from sd2_app.loading import parts  # torch: only when a network loader is asked for
-
-        return getattr(parts, name)
-    if name == "load_tokenizer":
-        from sd2_app.loading.tokenizer import load_tokenizer
-
-        return load_tokenizer
-    if name == "resolve_repo":
-        from sd2_app.loading.hub import resolve_repo
-
-        return resolve_repo
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sd2_app.api.batching import MAX_IMAGES
+from sd2_app.compute_flags import DTYPES, SPEED_MODES
 from sd2_app.errors import InvalidRequest
 
 
@@ -81,6 +82,11 @@ def _check(config: ServeConfig) -> ServeConfig:
         raise InvalidRequest("serve config: max_ongoing_requests and max_models_per_replica must be >= 1")
     if config.num_gpus < 0 or config.num_cpus <= 0:
         raise InvalidRequest("serve config: num_gpus must be >= 0 and num_cpus > 0")
+    # app.py's --speed and --dtype choices: a wrong name is refused here, not in every replica's constructor
+    if config.speed not in SPEED_MODES:
+        raise InvalidRequest(f"serve config: speed must be one of {', '.join(SPEED_MODES)}, not {config.speed!r}")
+    if config.dtype is not None and config.dtype not in DTYPES:
+        raise InvalidRequest(f"serve config: dtype must be one of {', '.join(DTYPES)} or unset, not {config.dtype!r}")
     if config.batch_users and config.max_ongoing_requests < MAX_IMAGES:
         raise InvalidRequest(
             f"serve config: batch_users needs max_ongoing_requests >= {MAX_IMAGES} (a batch holds up to {MAX_IMAGES} "

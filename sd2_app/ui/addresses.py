@@ -24,6 +24,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
+from sd2_app.ui.visitors import starlette_request
+
 FORWARDED_FOR = "x-forwarded-for"
 IPV6_NETWORK_BITS = 64  # one subscriber's IPv6 network (RFC 6177): counted as one address
 UNKNOWN = "unknown"  # a request without a usable address: all such requests share one count
@@ -69,7 +71,7 @@ class ClientAddresses:
 
     def of(self, request: Any) -> str:
         """The address key of a gr.Request or a Starlette request (see the module docstring)."""
-        raw = getattr(request, "request", None) or request  # gr.Request wraps the Starlette request
+        raw = starlette_request(request)
         if self.trusted_hops > 0:
             forwarded = _forwarded_by_proxies(raw, self.trusted_hops)
             key = network_key(_without_port(forwarded)) if forwarded else None

@@ -28,12 +28,13 @@ from typing import Any, TYPE_CHECKING
 
 from starlette.middleware import Middleware
 
-from sd2_app.app_flags import DEFAULT_MAX_JOBS_PER_ADDRESS, DEFAULT_MAX_JOBS_PER_VISITOR, DEFAULT_UPLOAD_MB_PER_ADDRESS
+from sd2_app.app_flags import (DEFAULT_CACHE_MINUTES, DEFAULT_MAX_JOBS_PER_ADDRESS, DEFAULT_MAX_JOBS_PER_VISITOR,
+                               DEFAULT_UPLOAD_MB_PER_ADDRESS)
 from sd2_app.ui.addresses import ClientAddresses
 from sd2_app.ui.cache_files import sweeping_lifespan
 from sd2_app.ui.runner import GPU_QUEUE, RunFlag
 from sd2_app.ui.upload_budget import MB, UploadBudget, UploadBudgetMiddleware
-from sd2_app.ui.visitors import VisitorCookies, VisitorMiddleware
+from sd2_app.ui.visitors import VisitorCookies, VisitorMiddleware, starlette_request
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -73,8 +74,7 @@ def too_many_events_from_address_message(limit: int) -> str:
 
 def stop_flag_of(request: Any) -> RunFlag | None:
     """The stop flag the queue gave this job when it joined (None for a call that did not join the queue)."""
-    raw = getattr(request, "request", None) or request
-    state = getattr(raw, "state", None)
+    state = getattr(starlette_request(request), "state", None)
     flag = getattr(state, STOP_FLAG, None) if state is not None else None
     return flag if isinstance(flag, RunFlag) else None
 
@@ -191,11 +191,11 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
     `app_kwargs` for Gradio's `launch`, with the visitor-cookie and upload-budget middlewares and the sweep of
     the app's cached files on `delete_cache`'s schedule added to the caller's."""
     demo.api_open = False
-    if getattr(demo, "_queue", None) is not None:
-        visitors.watch(demo._queue)
+    visitors.watch(demo._queue)  # every Blocks has its queue (gradio/blocks.py, Blocks.__init__)
     app_kwargs = dict(app_kwargs or {})
     cache = getattr(demo, "delete_cache", None)
-    budget = UploadBudget(hosting.max_upload_mb_per_address * MB, window_s=cache[1] if cache else 3600)
+    window_s = cache[1] if cache else DEFAULT_CACHE_MINUTES * 60
+    budget = UploadBudget(hosting.max_upload_mb_per_address * MB, window_s=window_s)
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []),
                                 Middleware(VisitorMiddleware, cookies=visitors.cookies),
                                 Middleware(UploadBudgetMiddleware, budget=budget, addresses=visitors.addresses)]

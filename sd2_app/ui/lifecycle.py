@@ -40,7 +40,6 @@ class AppBlocks(gr.Blocks):
         self.service = service
         self.flags = flags
         self.hosting = hosting
-        self.api_open = False  # the direct REST routes would skip the queue and its limits
 
     def launch(self, *args: Any, app_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
         """Gradio's `launch`, serving visitors: `app_kwargs` gets the app's middlewares and cache sweep added, and

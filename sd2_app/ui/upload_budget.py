@@ -6,7 +6,7 @@ folder, where they stay until `delete_cache` removes them by age. Nothing there 
 within that age, so one script could fill the disk long before the first file is deleted. Each upload, and
 each question about an upload's progress (GET /gradio_api/upload_progress), may also name an `upload_id`, a
 client-chosen string that Gradio keeps an entry for (`FileUploadProgress`: its `_signals` entries are never
-removed), so memory grew with every new id.
+removed), so memory would grow with every new id.
 
 `UploadBudgetMiddleware` stands in front of that route. A request must say its size (Content-Length; the
 server reads no more than that), at most `MAX_UPLOAD_REQUEST_BYTES`; and each network address

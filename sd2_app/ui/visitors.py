@@ -57,8 +57,13 @@ class VisitorCookies:
         return self.verify(_cookie_of(request)) or unlisted("anonymous-" + secrets.token_urlsafe(18))
 
 
+def starlette_request(request: Any) -> Any:
+    """The Starlette request of a gr.Request (which wraps it), or `request` itself."""
+    return getattr(request, "request", None) or request
+
+
 def _cookie_of(request: Any) -> str | None:
-    raw = getattr(request, "request", None) or request  # gr.Request wraps the Starlette request
+    raw = starlette_request(request)
     try:
         value = raw.cookies[COOKIE]
     except (AttributeError, KeyError, TypeError):

@@ -44,6 +44,14 @@ def test_overrides_win_and_bad_settings_are_refused(tmp_path: Path) -> None:
         load_config(path)
     with pytest.raises(InvalidRequest, match="min_replicas <= max_replicas"):
         load_config(None, min_replicas=3, max_replicas=2)
+    path.write_text('[serve]\ndtype = "fp16"\n')
+    with pytest.raises(InvalidRequest) as refused:
+        load_config(path)
+    assert str(refused.value) == "serve config: dtype must be one of float16, bfloat16, float32 or unset, not 'fp16'"
+    with pytest.raises(InvalidRequest) as refused:
+        load_config(None, speed="fast")
+    assert str(refused.value) == "serve config: speed must be one of default, compile, eager, not 'fast'"
+    assert load_config(None, speed="eager", dtype="bfloat16").dtype == "bfloat16"
     path.write_text("serve = 3\n")
     with pytest.raises(InvalidRequest, match=r"serve\.toml: \[serve\] must be a table"):
         load_config(path)
