@@ -250,7 +250,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from bench.run import _repos
+    from bench.write_checkpoints import benchmark_repos
     from sd2_app.accel import setup_backends
 
     args = _parse(argv)
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cases.setdefault(case.task, case)
     txt2img: Case = cases["txt2img"]
     upscale: Case = cases["upscale"]
-    repos = _repos(args, [txt2img.kind, upscale.kind], device)
+    repos = benchmark_repos(args.ckpt, args.tiny, (txt2img.kind, upscale.kind), device)
     runner = OursRunner(repos, device, dtype, "ours", args.ckpt / "app-cache")
     record: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                               "torch": torch.__version__, "reps": args.reps, "case": txt2img.name, "kernels": {}}
