@@ -86,6 +86,11 @@ def test_on_a_phone_no_tab_scrolls_sideways_and_the_tables_fit_their_box(browser
             for head, left, right, height in table["heads"]:
                 # In the box, not behind its right edge; one or two short lines, not a letter per line.
                 assert table["left"] - 1 <= left < right <= table["right"] + 1 and height < 60, (name, head, table)
+        if name == "X/Y/Z plot":
+            # An axis's values list runs the whole width under its type (beside it, it was one value a line).
+            kind, values = (page.locator(f"#xyz-x-{part}").bounding_box() for part in ("type", "picked"))
+            assert kind and values and values["y"] >= kind["y"] + kind["height"], (kind, values)
+            assert values["width"] == kind["width"] > PHONE["width"] * 0.8, (kind, values)
     page.context.close()
     wide = _open(browser, url, DESKTOP)  # a laptop keeps every column
     for name, (elem_id, _) in PHONE_TABLES.items():
