@@ -24,7 +24,8 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
 
 from sd2_app.ui.cache_files import results_folder  # noqa: E402
-from sd2_app.ui.hosting import stop_flag_of, too_many_jobs_from_address_message  # noqa: E402
+from sd2_app.api.address_jobs import too_many_jobs_from_address_message  # noqa: E402
+from sd2_app.ui.hosting import stop_flag_of  # noqa: E402
 from sd2_app.ui.runner import cached_file  # noqa: E402
 from tests.hosting_support import FAST, txt2img_data  # noqa: E402
 from tests.reliability_report import reliability, track_module  # noqa: E402,F401
