@@ -2,7 +2,8 @@
 Service -> `build_ui`), launch it with app.py's settings, and close it in order when the server stops.
 
 Kept apart from the flags so that `python app.py --help` and flag errors answer without importing Gradio,
-transformers or torch; torch itself is imported in `build`, after `spaces` where a ZeroGPU Space has it.
+transformers or torch; torch itself is imported only for the local models (`_local_service`), after `spaces`
+where a ZeroGPU Space has it: the Ray Serve front end (--serve) never imports it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from importlib.util import find_spec
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
 from sd2_app.api import batching, gpu_time
 from sd2_app.api.a1111_routes import A1111Api, build_router, parse_auth
@@ -23,6 +25,7 @@ from sd2_app.api.service import Service
 from sd2_app.api.tasks import import_pipelines
 from sd2_app.app_flags import api_enabled, is_public
 from sd2_app.checkpoints.catalog import CheckpointSpec, apply_overrides, parse_assignments, tiny_registry
+from sd2_app.loading.embeddings import EmbeddingLibrary
 from sd2_app.serve.config import load_config
 from sd2_app.ui import build_ui
 from sd2_app.ui.hosting import Hosting
@@ -36,16 +39,8 @@ def mcp_available() -> bool:
 
 
 def build(args: argparse.Namespace) -> AppBlocks:
-    if find_spec("spaces") is not None:
-        import spaces  # noqa: F401  # ZeroGPU patches torch's CUDA calls: it must be imported before torch
-    # Everything that loads torch is imported here, after `spaces`.
-    import torch
-    from PIL import Image
-
-    from sd2_app.accel.per_call import options_for_host
-    from sd2_app.loading.embeddings import EmbeddingLibrary
-    from sd2_app.manager import ModelManager
-
+    """The app `args` describe. With --serve its jobs run on the Ray Serve replicas and this process loads no
+    torch (`_serve_service`); otherwise it holds the models (`_local_service`)."""
     registry = apply_overrides(repos=parse_assignments(args.repo), revisions=parse_assignments(args.revision))
     outputs = None if args.no_save else args.outputs
     limits = Limits(max_side=args.max_side, max_job_cost=args.max_job_cost or None)
@@ -55,18 +50,13 @@ def build(args: argparse.Namespace) -> AppBlocks:
     if args.serve:
         service = _serve_service(args, registry, limits, outputs)
     else:
-        dtype = getattr(torch, args.dtype) if args.dtype else None
-        manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, preload=args.preload or (),
-                               accel=options_for_host(args.speed, zerogpu=gpu_time.on_zerogpu()))
-        service = Service(manager, limits=limits, outputs_dir=outputs, watermark=not args.no_watermark,
-                          embeddings=EmbeddingLibrary.scan(args.embeddings_dir),
-                          keep_outputs_days=args.keep_outputs_days, save_in_background=True)
+        service = _local_service(args, registry, limits, outputs)
         _batch_users(args, service)
+        import_pipelines()  # in this thread, before any visitor's: lazily, two threads can deadlock on the imports
     hosting = Hosting(max_jobs_per_visitor=args.max_jobs_per_session, max_jobs_per_address=args.max_jobs_per_address,
                       max_upload_mb_per_address=args.max_upload_mb_per_address,
                       trusted_proxy_hops=args.trusted_proxy_hops,
                       model_admin=args.allow_model_admin or bool(args.auth) or not is_public(args))
-    import_pipelines()  # in this thread, before any visitor's: lazily, two threads can deadlock on the imports
     demo = build_ui(service, hosting=hosting)
     if args.mcp and mcp_available():
         add_mcp_tools(demo, service)
@@ -81,6 +71,25 @@ def build(args: argparse.Namespace) -> AppBlocks:
         demo.stop_at_close(api)
         demo.sd2_routes = build_router(api).routes  # type: ignore[attr-defined]  # read by launch_settings()
     return demo
+
+
+def _local_service(args: argparse.Namespace, registry: dict[str, CheckpointSpec], limits: Limits,
+                   outputs: str | None) -> Service:
+    """A Service over this process's ModelManager: the only path of the app that imports torch."""
+    if find_spec("spaces") is not None:
+        import spaces  # noqa: F401  # ZeroGPU patches torch's CUDA calls: it must be imported before torch
+    # Everything that loads torch is imported here, after `spaces`.
+    import torch
+
+    from sd2_app.accel.per_call import options_for_host
+    from sd2_app.manager import ModelManager
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, preload=args.preload or (),
+                           accel=options_for_host(args.speed, zerogpu=gpu_time.on_zerogpu()))
+    return Service(manager, limits=limits, outputs_dir=outputs, watermark=not args.no_watermark,
+                   embeddings=EmbeddingLibrary.scan(args.embeddings_dir),
+                   keep_outputs_days=args.keep_outputs_days, save_in_background=True)
 
 
 def _batch_users(args: argparse.Namespace, service: Service) -> None:
@@ -114,11 +123,11 @@ def _serve_service(args: argparse.Namespace, registry: dict[str, CheckpointSpec]
                    outputs: str | None) -> Service:
     """A Service whose jobs run on the Ray Serve deployment; saving, the watermark and history stay here, with
     the same settings as the local app."""
-    # Ray is optional (requirements-serve.txt): imported only on this path; the others load torch (after `spaces`).
-    from sd2_app.loading.embeddings import EmbeddingLibrary
+    # Ray is optional (requirements-serve.txt): imported only on this path. Nothing here imports torch, except
+    # writing the tiny repos' random weights (--tiny, a demo mode: the front end reads their tokenizers).
     from sd2_app.serve.backend import connect, remote_service
 
-    if args.tiny:  # the front end reads the tiny repos' tokenizers for the token counter
+    if args.tiny:
         from sd2_app.manager import default_cache_dir
         from sd2_app.testing.tiny import ensure_tiny_repos
 
