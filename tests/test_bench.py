@@ -304,6 +304,15 @@ def test_tiled_view_bench_times_views_that_share_every_tensor() -> None:
     assert 0.0 < median_ms((vae,), reps=3) < 10_000.0
 
 
+def test_history_bench_times_refreshes_of_kept_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.history import refresh_seconds
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    seconds = refresh_seconds(3, 64, reps=2)
+    assert 0.0 < seconds["later"] < 10.0 and 0.0 < seconds["first"] < 10.0
+    assert len(list((tmp_path / "sd2-app").glob("*/*.png"))) == 3  # the first refresh wrote each entry's file
+
+
 @pytest.mark.slow
 def test_users_bench_through_the_running_app_on_tiny_models(tmp_path: Path) -> None:
     """bench/users.py --app: the app started without and with --batch-users, gradio_client users."""
