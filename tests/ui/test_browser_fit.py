@@ -54,3 +54,41 @@ def test_img2img_size_boxes_show_the_checkpoint_size_before_an_upload_and_the_im
     expect(page.locator("#img2img-width input[type=number]")).to_have_value("512")
     expect(page.locator("#img2img-height input[type=number]")).to_have_value("512")
     page.context.close()
+
+
+def _columns(page, elem_id: str) -> dict[str, object]:
+    """The table's scrolling box, and its header cells that are drawn (name, left, right, height)."""
+    return page.evaluate("""(id) => {
+        const box = document.querySelector(`#${id} .virtual-table-viewport`).getBoundingClientRect();
+        const heads = [...document.querySelectorAll(`#${id} thead th`)].filter((th) => th.offsetParent !== null)
+            .map((th) => { const r = th.getBoundingClientRect(); return [th.innerText.trim(), r.left, r.right, r.height]; });
+        return {left: box.left, right: box.right, heads};
+    }""", elem_id)
+
+
+# The columns each table keeps on a phone (ui/models.py PHONE_COLUMNS, ui/history.py HISTORY_PHONE_COLUMNS).
+PHONE_TABLES = {"Models": ("models-status", ["Name", "Loaded", "Size", "Last error"]),
+                "History": ("history-table", ["Task", "Parameters"])}
+
+
+def test_on_a_phone_no_tab_scrolls_sideways_and_the_tables_fit_their_box(browser, url: str) -> None:
+    page = _open(browser, url, PHONE)
+    for index, name in enumerate(TABS):
+        _go(page, name)
+        widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= widths[1] == PHONE["width"], (name, widths)
+        page.screenshot(path=str(ARTIFACTS / f"fit-phone-{index}-{name.split()[0].lower().replace('/', '')}.png"),
+                        full_page=True)
+        if name in PHONE_TABLES:
+            elem_id, shown = PHONE_TABLES[name]
+            table = _columns(page, elem_id)
+            assert [head[0] for head in table["heads"]] == shown, (name, table)
+            for head, left, right, height in table["heads"]:
+                # In the box, not behind its right edge; one or two short lines, not a letter per line.
+                assert table["left"] - 1 <= left < right <= table["right"] + 1 and height < 60, (name, head, table)
+    page.context.close()
+    wide = _open(browser, url, DESKTOP)  # a laptop keeps every column
+    for name, (elem_id, _) in PHONE_TABLES.items():
+        _go(wide, name)
+        assert len(_columns(wide, elem_id)["heads"]) == {"Models": 9, "History": 6}[name], name
+    wide.context.close()
