@@ -5,11 +5,12 @@ watermark and history, and it passes the Service's `GpuGate`, the one way to the
 take too (these routes are FastAPI routes beside Gradio and never enter Gradio's queue). At most `max_jobs`
 API jobs wait or run at once; more get 503. One network address may have at most the web UI's per-address
 number of GPU jobs, its UI and API jobs counted together (`sd2_app.api.address_jobs.AddressJobs`, the count the
-UI's queue uses); more get 429. When the app closes (`sd2_app.ui.lifecycle.AppBlocks.close`), the API takes no
-new job (503) and its jobs, waiting or running, stop at their next step; their clients get a 503 that says so
-(`n_iter` batches already finished are saved, when saving is on). `/progress` and `/interrupt` see only the
-API's own jobs: a visitor of the web UI is neither reported (their preview) nor stopped through them. Optional
-HTTP basic auth guards every route (`--api-auth user:pass[,user2:pass2]`, as A1111's flag).
+UI's queue uses; a checkpoint load through /options counts while it loads); more get 429. When the app closes
+(`sd2_app.ui.lifecycle.AppBlocks.close`), the API takes no new job (503) and its jobs, waiting or running, stop
+at their next step; their clients get a 503 that says so (`n_iter` batches already finished are saved, when
+saving is on). `/progress` and `/interrupt` see only the API's own jobs: a visitor of the web UI is neither
+reported (their preview) nor stopped through them. Optional HTTP basic auth guards every route
+(`--api-auth user:pass[,user2:pass2]`, as A1111's flag).
 
 Shapes: A1111's modules/api/api.py (the routes) and modules/api/models.py; the mapping is in `a1111.py`.
 """
@@ -139,28 +140,43 @@ class A1111Api:
             return labels[text.lower()]
         raise InvalidRequest(f"Unknown checkpoint {str(name)[:100]!r}; choose one of: {', '.join(self.service.catalog.tasks)}.")
 
-    def set_options(self, options: Mapping[str, Any]) -> None:
+    def set_options(self, options: Mapping[str, Any], client: Request) -> None:
+        """A new `sd_model_checkpoint` is loaded through the GPU gate, like a job: while it loads it holds a place
+        of the client's network address (`_admit`). `client`: the HTTP request."""
         for name in options:
             if name != "sd_model_checkpoint":
                 log.info("A1111 API: ignoring option %s", name)
         if options.get("sd_model_checkpoint"):
             key = self.resolve(options["sd_model_checkpoint"])
-            self.service.load(key)  # through the GPU gate, like every job
+            address = self.address_jobs.addresses.of(client)
+            with self._lock:
+                self._admit(address)
+            try:
+                self.service.load(key)
+            finally:
+                self.address_jobs.release(address)
             self.current = key
 
     # ---- jobs ------------------------------------------------------------------------------------
+    def _admit(self, address: str) -> None:
+        """Hold a GPU place of the network address `address` (`AddressJobs.take`; give it back with `release`):
+        refused with 503 while the app closes, 429 when the address has its share of GPU jobs, web UI ones
+        included. Called with `_lock` held."""
+        if self._closing:
+            raise HTTPException(503, CLOSING_MESSAGE)
+        refused = self.address_jobs.take(address)
+        if refused is not None:
+            log.info("A1111 API: refused a job: %s", refused)
+            raise HTTPException(429, refused)
+
     def _track(self, job: a1111.Job, address: str) -> _Tracked:
-        """The job's place: refused with 503 when the app is closing or `max_jobs` are in, 429 when its network
-        address has its share of GPU jobs (web UI ones included); the address's place is held until `_untrack`."""
+        """The job's place (`_admit`, then 503 when `max_jobs` are in); the address's place is held until
+        `_untrack`."""
         with self._lock:
-            if self._closing:
-                raise HTTPException(503, CLOSING_MESSAGE)
+            self._admit(address)
             if len(self._jobs) >= self.max_jobs:
+                self.address_jobs.release(address)
                 raise HTTPException(503, f"The API queue is full ({self.max_jobs} jobs); try again shortly.")
-            refused = self.address_jobs.take(address)
-            if refused is not None:
-                log.info("A1111 API: refused a job: %s", refused)
-                raise HTTPException(429, refused)
             tracked = _Tracked(job.task, len(job.requests))
             self._jobs.append(tracked)
         return tracked
@@ -326,8 +342,8 @@ def _job_routes(router: APIRouter, api: A1111Api) -> None:
         return {"sd_model_checkpoint": api.current, "samples_format": "png", "sd_checkpoint_hash": None}
 
     @router.post("/options")
-    def set_options(body: dict[str, Any] = Body(...)) -> None:
-        _errors_as_http(lambda: api.set_options(body))
+    def set_options(client: Request, body: dict[str, Any] = Body(...)) -> None:
+        _errors_as_http(lambda: api.set_options(body, client))
 
 
 def _catalog_routes(router: APIRouter, api: A1111Api) -> None:

@@ -97,6 +97,9 @@ def test_api_jobs_from_one_address_stop_at_the_per_address_limit(api_app, reliab
             # A client that writes its own X-Forwarded-For entry first: the proxy still appends the real address.
             spoofed = _txt2img(url, "198.51.100.99, 203.0.113.7", 21, **API_FAST)
             assert spoofed.status_code == 429 and spoofed.json()["detail"] == REFUSED, spoofed.text
+            load = httpx.post(f"{url}sdapi/v1/options", json={"sd_model_checkpoint": "sd2"}, auth=AUTH,
+                              headers={"X-Forwarded-For": "203.0.113.7"}, timeout=30)  # a model load counts too
+            assert load.status_code == 429 and load.json()["detail"] == REFUSED, load.text
             other = pool.submit(_txt2img, url, "203.0.113.8", 22, **API_FAST)  # another address: accepted
             _wait_for_api_jobs(url, lambda jobs: jobs == ADDRESS_LIMIT + 1)
         finally:
@@ -109,8 +112,9 @@ def test_api_jobs_from_one_address_stop_at_the_per_address_limit(api_app, reliab
     reliability(AREA, f"{sent} concurrent A1111 API txt2img calls (raw HTTP) from one address, "
                       f"--max-jobs-per-address {ADDRESS_LIMIT}, behind a trusted proxy (--trusted-proxy-hops 1)",
                 f"{ADDRESS_LIMIT} accepted, {sent - ADDRESS_LIMIT} refused at once, HTTP 429: {REFUSED} The web "
-                "UI's queue refuses that address too while they run (HTTP 400, the same message); the same with "
-                "a client-written first X-Forwarded-For entry; another address's API call runs")
+                "UI's queue refuses that address too while they run (HTTP 400, the same message), and so does "
+                "/options for a checkpoint load (HTTP 429); the same with a client-written first X-Forwarded-For "
+                "entry; another address's API call runs")
 
 
 def test_web_ui_and_api_jobs_of_one_address_share_one_limit(api_app, reliability) -> None:
