@@ -16,13 +16,13 @@ from typing import Any
 
 import gradio as gr
 
-from sd2_app.api import batching, gpu_time
+from sd2_app.api import gpu_time
 from sd2_app.api.a1111_routes import A1111Api, build_router, parse_auth
 from sd2_app.api.checks import Limits
 from sd2_app.api.service import Service
-from sd2_app.api.tasks import import_pipelines
+from sd2_app.api.engine_settings import EngineSettings
 from sd2_app.app_flags import api_enabled, is_public
-from sd2_app.checkpoints.catalog import CheckpointSpec, apply_overrides, parse_assignments, tiny_registry
+from sd2_app.checkpoints.catalog import tiny_registry
 from sd2_app.serve.config import load_config
 from sd2_app.ui import build_ui
 from sd2_app.ui.hosting import Hosting
@@ -38,35 +38,16 @@ def mcp_available() -> bool:
 def build(args: argparse.Namespace) -> AppBlocks:
     if find_spec("spaces") is not None:
         import spaces  # noqa: F401  # ZeroGPU patches torch's CUDA calls: it must be imported before torch
-    # Everything that loads torch is imported here, after `spaces`.
-    import torch
     from PIL import Image
 
-    from sd2_app.accel.per_call import options_for_host
-    from sd2_app.loading.embeddings import EmbeddingLibrary
-    from sd2_app.manager import ModelManager
-
-    registry = apply_overrides(repos=parse_assignments(args.repo), revisions=parse_assignments(args.revision))
-    outputs = None if args.no_save else args.outputs
-    limits = Limits(max_side=args.max_side, max_job_cost=args.max_job_cost or None)
+    service = make_service(args)  # torch is imported there, after `spaces`
     # PIL refuses to open images over twice this many pixels (uploads are decoded lazily, and validation
     # refuses anything over the limit from the header alone, so this only stops bombs PIL would decode).
-    Image.MAX_IMAGE_PIXELS = limits.max_input_pixels
-    if args.serve:
-        service = _serve_service(args, registry, limits, outputs)
-    else:
-        dtype = getattr(torch, args.dtype) if args.dtype else None
-        manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, preload=args.preload or (),
-                               accel=options_for_host(args.speed, zerogpu=gpu_time.on_zerogpu()))
-        service = Service(manager, limits=limits, outputs_dir=outputs, watermark=not args.no_watermark,
-                          embeddings=EmbeddingLibrary.scan(args.embeddings_dir),
-                          keep_outputs_days=args.keep_outputs_days, save_in_background=True)
-        _batch_users(args, service)
+    Image.MAX_IMAGE_PIXELS = service.limits.max_input_pixels
     hosting = Hosting(max_jobs_per_visitor=args.max_jobs_per_session, max_jobs_per_address=args.max_jobs_per_address,
                       max_upload_mb_per_address=args.max_upload_mb_per_address,
                       trusted_proxy_hops=args.trusted_proxy_hops,
                       model_admin=args.allow_model_admin or bool(args.auth) or not is_public(args))
-    import_pipelines()  # in this thread, before any visitor's: lazily, two threads can deadlock on the imports
     demo = build_ui(service, hosting=hosting)
     if args.mcp and mcp_available():
         add_mcp_tools(demo, service)
@@ -80,15 +61,38 @@ def build(args: argparse.Namespace) -> AppBlocks:
     return demo
 
 
-def _batch_users(args: argparse.Namespace, service: Service) -> None:
-    """--batch-users: batching across users (sd2_app/api/batching.py), before the UI reads the queue's limit.
+def make_service(args: argparse.Namespace) -> Service:
+    """app.py's Service: over a ModelManager in this process, or with --serve over the Serve deployment's replicas."""
+    # The engine loads torch (ModelManager, embeddings): imported only now, after `spaces` (`build`).
+    from sd2_app.api.engine import build_service
+
+    settings = engine_settings(args)
+    return _serve_service(args, settings) if args.serve else build_service(settings)
+
+
+def engine_settings(args: argparse.Namespace) -> EngineSettings:
+    """The web app's ModelManager + Service (with --serve, the front end's Service takes its settings too)."""
+    zerogpu = gpu_time.on_zerogpu()
+    return EngineSettings(
+        device=args.device, dtype=args.dtype, speed=args.speed, zerogpu=zerogpu, repos=tuple(args.repo),
+        revisions=tuple(args.revision), tiny=args.tiny, cache_dir=None, preload=tuple(args.preload or ()),
+        limits=Limits(max_side=args.max_side, max_job_cost=args.max_job_cost or None),
+        outputs_dir=None if args.no_save else args.outputs, keep_outputs_days=args.keep_outputs_days,
+        watermark=not args.no_watermark, save_in_background=True, history_size=50,
+        embeddings_dir=args.embeddings_dir, batch_users=_batch_users(args, zerogpu),
+        # visitors' jobs and the token counter start on several threads (with --serve too: the token counter)
+        import_pipelines=True,
+    )
+
+
+def _batch_users(args: argparse.Namespace, zerogpu: bool) -> bool:
+    """--batch-users: batching across users (sd2_app/api/batching.py).
 
     Not on ZeroGPU: there each job runs inside its own GPU call, so a batch's thread would have no GPU.
     """
-    if args.batch_users and gpu_time.on_zerogpu():
+    if args.batch_users and zerogpu:
         logging.getLogger(__name__).warning("--batch-users is ignored on ZeroGPU: each job has its own GPU call")
-    elif args.batch_users:
-        batching.enable(service)
+    return args.batch_users and not zerogpu
 
 
 def launch_settings(args: argparse.Namespace, demo: gr.Blocks | None = None) -> dict[str, Any]:
@@ -107,23 +111,21 @@ def launch_settings(args: argparse.Namespace, demo: gr.Blocks | None = None) -> 
                 state_session_capacity=args.max_sessions)
 
 
-def _serve_service(args: argparse.Namespace, registry: dict[str, CheckpointSpec], limits: Limits,
-                   outputs: str | None) -> Service:
+def _serve_service(args: argparse.Namespace, settings: EngineSettings) -> Service:
     """A Service whose jobs run on the Ray Serve deployment; saving, the watermark and history stay here, with
     the same settings as the local app."""
-    # Ray is optional (requirements-serve.txt): imported only on this path; the others load torch (after `spaces`).
-    from sd2_app.loading.embeddings import EmbeddingLibrary
+    # Ray is optional (requirements-serve.txt): imported only on this path; the engine loads torch (after `spaces`).
+    from sd2_app.api.engine import ready, registry_of, service_options
     from sd2_app.serve.backend import connect, remote_service
 
+    registry = registry_of(settings)
     if args.tiny:  # the front end reads the tiny repos' tokenizers for the token counter
         from sd2_app.manager import default_cache_dir
         from sd2_app.testing.tiny import ensure_tiny_repos
 
         registry = tiny_registry(ensure_tiny_repos(default_cache_dir() / "tiny"), registry)
     config = load_config(args.serve_config)
-    return remote_service(connect(args.serve, config), registry, config, limits=limits, outputs_dir=outputs,
-                          watermark=not args.no_watermark, embeddings=EmbeddingLibrary.scan(args.embeddings_dir),
-                          keep_outputs_days=args.keep_outputs_days, save_in_background=True)
+    return ready(remote_service(connect(args.serve, config), registry, config, **service_options(settings)), settings)
 
 
 def configure_logging() -> None:
