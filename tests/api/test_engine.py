@@ -113,7 +113,8 @@ def test_every_setting_is_stated_by_each_caller() -> None:
 def test_importing_the_web_app_leaves_torch_for_its_build() -> None:
     """On a ZeroGPU Space `spaces` must be imported before torch: `webapp.build` does it first, so importing the
     web app (and the settings) must not import torch yet."""
-    probe = "import sys\nfrom sd2_app import webapp\nfrom sd2_app.api import engine_settings\nprint('torch' in sys.modules)"
+    probe = ("import sys\nfrom sd2_app import webapp\nfrom sd2_app.api import engine_settings\n"
+             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == "False"
