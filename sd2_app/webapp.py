@@ -2,7 +2,8 @@
 Service -> `build_ui`), launch it with app.py's settings, and close it in order when the server stops.
 
 Kept apart from the flags so that `python app.py --help` and flag errors answer without importing Gradio,
-transformers or torch; torch itself is imported in `build`, after `spaces` where a ZeroGPU Space has it.
+transformers or torch; torch itself is imported only for the local models (`local_service`), after `spaces`
+where a ZeroGPU Space has it: the Ray Serve front end (--serve) never imports it.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from importlib.util import find_spec
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
 from sd2_app.api import gpu_time
 from sd2_app.api.a1111_routes import A1111Api, build_router, parse_auth
 from sd2_app.api.checks import Limits
 from sd2_app.api.service import Service
-from sd2_app.api.engine_settings import EngineSettings
+from sd2_app.api.engine_settings import EngineSettings, ready, registry_of, service_options
 from sd2_app.app_flags import api_enabled, is_public
 from sd2_app.checkpoints.catalog import tiny_registry
 from sd2_app.serve.config import load_config
@@ -36,14 +38,13 @@ def mcp_available() -> bool:
 
 
 def build(args: argparse.Namespace) -> AppBlocks:
-    if find_spec("spaces") is not None:
-        import spaces  # noqa: F401  # ZeroGPU patches torch's CUDA calls: it must be imported before torch
-    from PIL import Image
-
-    service = make_service(args)  # torch is imported there, after `spaces`
+    """The app `args` describe. With --serve its jobs run on the Ray Serve replicas and this process loads no
+    torch (`_serve_service`); otherwise it holds the models (`local_service`)."""
+    settings = engine_settings(args)
     # PIL refuses to open images over twice this many pixels (uploads are decoded lazily, and validation
     # refuses anything over the limit from the header alone, so this only stops bombs PIL would decode).
-    Image.MAX_IMAGE_PIXELS = service.limits.max_input_pixels
+    Image.MAX_IMAGE_PIXELS = settings.limits.max_input_pixels
+    service = _serve_service(args, settings) if args.serve else local_service(settings)
     hosting = Hosting(max_jobs_per_visitor=args.max_jobs_per_session, max_jobs_per_address=args.max_jobs_per_address,
                       max_upload_mb_per_address=args.max_upload_mb_per_address,
                       trusted_proxy_hops=args.trusted_proxy_hops,
@@ -61,13 +62,15 @@ def build(args: argparse.Namespace) -> AppBlocks:
     return demo
 
 
-def make_service(args: argparse.Namespace) -> Service:
-    """app.py's Service: over a ModelManager in this process, or with --serve over the Serve deployment's replicas."""
-    # The engine loads torch (ModelManager, embeddings): imported only now, after `spaces` (`build`).
+def local_service(settings: EngineSettings) -> Service:
+    """A Service over this process's ModelManager (`sd2_app.api.engine`): the only path of the app that imports
+    torch."""
+    if find_spec("spaces") is not None:
+        import spaces  # noqa: F401  # ZeroGPU patches torch's CUDA calls: it must be imported before torch
+    # Everything that loads torch is imported here, after `spaces`.
     from sd2_app.api.engine import build_service
 
-    settings = engine_settings(args)
-    return _serve_service(args, settings) if args.serve else build_service(settings)
+    return build_service(settings)
 
 
 def engine_settings(args: argparse.Namespace) -> EngineSettings:
@@ -80,8 +83,8 @@ def engine_settings(args: argparse.Namespace) -> EngineSettings:
         outputs_dir=None if args.no_save else args.outputs, keep_outputs_days=args.keep_outputs_days,
         watermark=not args.no_watermark, save_in_background=True, history_size=50,
         embeddings_dir=args.embeddings_dir, batch_users=_batch_users(args, zerogpu),
-        # visitors' jobs and the token counter start on several threads (with --serve too: the token counter)
-        import_pipelines=True,
+        # visitors' jobs start on several threads; with --serve they run on the replicas (and torch stays out)
+        import_pipelines=not args.serve,
     )
 
 
@@ -114,12 +117,12 @@ def launch_settings(args: argparse.Namespace, demo: gr.Blocks | None = None) -> 
 def _serve_service(args: argparse.Namespace, settings: EngineSettings) -> Service:
     """A Service whose jobs run on the Ray Serve deployment; saving, the watermark and history stay here, with
     the same settings as the local app."""
-    # Ray is optional (requirements-serve.txt): imported only on this path; the engine loads torch (after `spaces`).
-    from sd2_app.api.engine import ready, registry_of, service_options
+    # Ray is optional (requirements-serve.txt): imported only on this path. Nothing here imports torch, except
+    # writing the tiny repos' random weights (--tiny, a demo mode: the front end reads their tokenizers).
     from sd2_app.serve.backend import connect, remote_service
 
     registry = registry_of(settings)
-    if args.tiny:  # the front end reads the tiny repos' tokenizers for the token counter
+    if args.tiny:
         from sd2_app.manager import default_cache_dir
         from sd2_app.testing.tiny import ensure_tiny_repos
 

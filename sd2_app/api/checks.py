@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sd2_app.api.cost import DEFAULT_MAX_JOB_COST
 from sd2_app.errors import InvalidRequest
+from sd2_app.samplers.registry import SAMPLERS
 
 if TYPE_CHECKING:
     from sd2_app.checkpoints.catalog import CheckpointSpec
@@ -50,9 +51,7 @@ class Catalog:
 
 
 def catalog_of(registry: Mapping[str, CheckpointSpec]) -> Catalog:
-    """The catalog of the app's samplers (`sd2_app.samplers.SAMPLERS`) and `registry`'s checkpoints."""
-    from sd2_app.samplers import SAMPLERS  # loads torch: the UI imports this module, and no torch
-
+    """The catalog of the app's samplers (`sd2_app.samplers.registry.SAMPLERS`) and `registry`'s checkpoints."""
     return Catalog(
         samplers={name: bool(spec.supports_karras) for name, spec in SAMPLERS.items()},
         resolutions={key: spec.resolution for key, spec in registry.items()},

@@ -33,6 +33,8 @@ from sd2_app.api.outputs import folder_usage
 from sd2_app.api.results import HistoryEntry, Result
 from sd2_app.api.saver import ResultWriter
 from sd2_app.api.timing import timed
+from sd2_app.pipelines.metadata import encode_pngs, mark_ai_generated
+from sd2_app.pipelines.watermark import embed
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +86,6 @@ class ResultKeeper:
 
     def keep(self, result: Result, owner: str | None = None) -> Result:
         """Provenance (the watermark unless off, the XMP marker), one PNG encode, saving, history; each timed."""
-        # sd2_app.pipelines loads torch, and the UI imports the Service (and so this module): only when used
-        from sd2_app.pipelines.metadata import encode_pngs, mark_ai_generated
-        from sd2_app.pipelines.watermark import embed
-
         timings = result.timings
         with timed(timings, "mark"):
             result.images = [mark_ai_generated(embed(im) if self.watermark else im) for im in result.images]

@@ -35,6 +35,7 @@ from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPl
 from sd2_app.api.results import ProgressFn, Result
 from sd2_app.api.task_checks import validate_task
 from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.pipelines.metadata import attach_parameters, format_parameters, parse_parameters
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service  # the Service runs plots: it imports this module
@@ -217,8 +218,6 @@ def cell_rows(request: XYZPlotRequest, cells: list[PlotCell],
 def grid_parameters(request: XYZPlotRequest, first_text: str) -> str:
     """The grid's parameters text: the first cell's settings less what the axes vary, plus A1111's
     "X Type"/"X Values" keys (so the info line and History name every value, not one cell's)."""
-    from sd2_app.pipelines.metadata import format_parameters, parse_parameters  # lazily: sd2_app.pipelines loads torch
-
     parsed = parse_parameters(first_text)
     parsed.pop("Prompt", None), parsed.pop("Negative prompt", None)
     axes = [(name, axis) for name, axis in zip(AXIS_NAMES, (request.x, request.y, request.z)) if axis is not None]
@@ -234,8 +233,6 @@ def grid_parameters(request: XYZPlotRequest, first_text: str) -> str:
 def run_plot(service: Service, request: XYZPlotRequest, on_progress: ProgressFn | None,
              should_stop: Callable[[], bool] | None, on_cell: CellFn | None = None) -> Result:
     """Validate, run every cell, draw one labelled grid per Z value; the Service's `Result` of it all."""
-    from sd2_app.pipelines.metadata import attach_parameters  # lazily: sd2_app.pipelines loads torch
-
     checked, warnings = service.validate(request)
     cells, _ = plan_cells(checked, service.catalog, service.limits)
     started = time.perf_counter()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sd2_app.api.checks import MAX_PROMPT_CHARS
 from sd2_app.errors import InvalidRequest, LoadError
+from sd2_app.pipelines.prompt_chunks import MAX_CHUNKS, tokenize_prompt
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service  # the Service owns its PromptTools: it imports this module
@@ -63,9 +64,6 @@ class PromptTools:
         Raises InvalidRequest for a text that is not a string or is over the prompt length limit, or an
         unknown checkpoint.
         """
-        # lazily: sd2_app.pipelines loads torch, and the UI imports the Service (and so this module)
-        from sd2_app.pipelines.prompt_chunks import MAX_CHUNKS, tokenize_prompt
-
         if not isinstance(text, str) or len(text) > MAX_PROMPT_CHARS:
             raise InvalidRequest(f"A prompt is a text of at most {MAX_PROMPT_CHARS} characters.")
         if not isinstance(checkpoint, str) or checkpoint not in self._service.registry:

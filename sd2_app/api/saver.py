@@ -26,6 +26,7 @@ from PIL import Image
 
 from sd2_app.api.outputs import next_number, prune_older_than, save_new_png
 from sd2_app.api.results import Result
+from sd2_app.pipelines.metadata import encode_png
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,5 @@ class ResultWriter:
 
 
 def _encode(image: Image.Image) -> bytes:
-    from sd2_app.pipelines.metadata import encode_png  # sd2_app.pipelines imports torch: only when used
-
     return encode_png(image)
 

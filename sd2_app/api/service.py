@@ -35,6 +35,7 @@ from sd2_app.api.validation import validate
 from sd2_app.checkpoints.allowlist import allowed_repos as env_allowed_repos, custom_specs
 from sd2_app.checkpoints.catalog import REGISTRY, CheckpointSpec
 from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.pipelines.metadata import parse_parameters, read_png_parameters
 
 if TYPE_CHECKING:
     from sd2_app.api.batching import Batcher
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from sd2_app.pipelines.loop import LatentProgressFn
     from sd2_app.pipelines.output import PipelineOutput
 
-# The imports left inside functions below are of modules that load torch (sd2_app.pipelines and the fallback
+# The imports left inside functions below are of modules that load torch (the task pipelines and the fallback
 # ladder over them): the UI imports this module, and the UI imports no torch.
 
 log = logging.getLogger(__name__)
@@ -352,7 +353,5 @@ class Service:
     @staticmethod
     def read_parameters(image: Image.Image | str | Path) -> tuple[str | None, dict[str, Any]]:
         """The A1111 `parameters` text of a PNG and its parsed fields ({} when it has none)."""
-        from sd2_app.pipelines.metadata import parse_parameters, read_png_parameters  # torch: see the imports
-
         text = read_png_parameters(image)
         return text, (parse_parameters(text) if text else {})

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sd2_app.samplers.registry import SAMPLERS
+
 DEFAULT_SAMPLER = "DPM++ 2M"
 DEFAULT_STEPS = 25
 DEFAULT_CFG_SCALE = 7.5
@@ -88,7 +90,8 @@ def prepare_of(task: str) -> Callable[..., Any]:
 
 
 def import_pipelines() -> None:
-    """Import every task's pipeline module (and the prompt tokenizer's) now, in the calling thread.
+    """Import every task's pipeline module (and the prompt tokenizer's, and every sampler's) now, in the calling
+    thread.
 
     The app calls this once at start-up: imported lazily, the first job's thread and the token counter's thread
     can meet in Python's per-module import locks over the package's circular imports (`_DeadlockError`).
@@ -96,3 +99,5 @@ def import_pipelines() -> None:
     importlib.import_module("sd2_app.pipelines.prompt_chunks")
     for task in TASKS:
         pipeline_of(task)
+    for sampler in SAMPLERS.values():  # the table names them; the loop imports one on first use (`SamplerSpec.fn`)
+        sampler.fn

@@ -4,8 +4,9 @@ A token sequence in a prompt equal to a file's stem is replaced by the file's ve
 `pipelines.prompt_chunks`). Two layouts are read: A1111's (one tensor named `emb_params`, shape (n, width))
 and diffusers' `learned_embeds.safetensors` (one tensor named after its token, (width,) or (n, width)).
 Pickle files (`.pt`, `.bin`) are listed as refused with how to convert them, never opened: unpickling can
-run code. The vectors are only read here; the text encoder's weights are never touched (the pipeline puts
-them into each request's own input embeddings).
+run code. The vectors are only read here, as float32 numpy arrays (no torch: a front end that holds no models
+lists the embeddings and counts their tokens too, sd2_app/serve/backend.py); the text encoder's weights are
+never touched (the pipeline puts them into each request's own input embeddings).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import torch
+import numpy as np
+from safetensors import SafetensorError, deserialize
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ class TextualInversion:
     """One embedding: its prompt name (the file stem), its vectors (n, width) and A1111's short hash."""
 
     name: str
-    vectors: torch.Tensor = field(repr=False)  # (n, width) float32, CPU
+    vectors: np.ndarray = field(repr=False)  # (n, width) float32 (the pipeline makes it a tensor)
     shorthash: str  # first 12 hex digits of the file's sha256, as A1111 writes in `TI hashes:`
 
     @property
@@ -48,30 +51,44 @@ class TextualInversion:
         return int(self.vectors.shape[0])
 
 
-def _vectors(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+# safetensors' floating-point dtypes (little-endian) as numpy reads them; BF16, which numpy lacks, is widened
+# to float32 by hand
+_FLOAT_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
+
+
+def _array(view: dict[str, Any]) -> np.ndarray | None:
+    """One tensor of `safetensors.deserialize` ({"dtype", "shape", "data"}) as a float32 array; None when it
+    is not floating point."""
+    data, dtype, shape = view["data"], view["dtype"], tuple(view["shape"])
+    if dtype == "BF16":  # bfloat16 is float32's upper 16 bits: shifting them up is exact
+        return (np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16).view(np.float32).reshape(shape)
+    if dtype not in _FLOAT_DTYPES:
+        return None
+    return np.frombuffer(data, dtype=_FLOAT_DTYPES[dtype]).astype(np.float32).reshape(shape)
+
+
+def _vectors(tensors: dict[str, dict[str, Any]], name: str) -> np.ndarray:
     if "emb_params" in tensors:
-        vectors = tensors["emb_params"]
+        key = "emb_params"
     elif {"clip_l", "clip_g"} & tensors.keys():
         raise EmbeddingError(f"{name}: an SDXL embedding (clip_l/clip_g); this app runs SD 2.x")
     elif len(tensors) == 1:
-        vectors = next(iter(tensors.values()))
+        key = next(iter(tensors))
     else:
         raise EmbeddingError(f"{name}: expected one tensor named emb_params, or one {{token: vectors}} entry; "
                              f"found {', '.join(sorted(tensors)[:5])}")
-    if vectors.ndim == 1:
+    vectors = _array(tensors[key])
+    shape, dtype = tuple(tensors[key]["shape"]), tensors[key]["dtype"]
+    if vectors is not None and vectors.ndim == 1:
         vectors = vectors[None]
-    if vectors.ndim != 2 or not vectors.is_floating_point():
-        raise EmbeddingError(f"{name}: expected floating-point vectors of shape (n, width), got "
-                             f"{tuple(vectors.shape)} {vectors.dtype}")
+    if vectors is None or vectors.ndim != 2:
+        raise EmbeddingError(f"{name}: expected floating-point vectors of shape (n, width), got {shape} {dtype}")
     return vectors
 
 
 def load_embedding(path: Path, width: int | None = None) -> TextualInversion:
     """Read one safetensors embedding; raises EmbeddingError. 768-wide vectors (SD 1.x) are always refused;
     with `width`, any other width than the text encoder's too (the pipeline checks again per request)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     name = path.stem
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise EmbeddingError(f"{path.name}: {CONVERT_HINT.format(name=path.name, stem=name)}")
@@ -80,7 +97,7 @@ def load_embedding(path: Path, width: int | None = None) -> TextualInversion:
         raise EmbeddingError(f"{path.name}: {size} bytes is too large for an embedding")
     data = path.read_bytes()
     try:
-        tensors = load(data)
+        tensors = dict(deserialize(data))
     except (SafetensorError, ValueError, RuntimeError) as error:
         raise EmbeddingError(f"{path.name}: not a readable safetensors file ({error})") from error
     vectors = _vectors(tensors, path.name)
@@ -91,8 +108,8 @@ def load_embedding(path: Path, width: int | None = None) -> TextualInversion:
         raise EmbeddingError(f"{path.name}: {vectors.shape[1]}-wide vectors; this text encoder needs {width}")
     if not 1 <= vectors.shape[0] <= MAX_VECTORS:
         raise EmbeddingError(f"{path.name}: {vectors.shape[0]} vectors; 1 to {MAX_VECTORS} fit in a prompt")
-    vectors = vectors.float().contiguous()
-    if not bool(torch.isfinite(vectors).all()):
+    vectors = np.ascontiguousarray(vectors)
+    if not bool(np.isfinite(vectors).all()):
         raise EmbeddingError(f"{path.name}: the vectors hold NaN or infinite values")
     return TextualInversion(name, vectors, hashlib.sha256(data).hexdigest()[:12])
 

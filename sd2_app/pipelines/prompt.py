@@ -93,7 +93,8 @@ def encode_chunks(text_encoder: TextEncoder, chunks: list[Chunk], device: torch.
     if not any(chunk.inserts for chunk in chunks):
         return text_encoder(ids.to(device))[0]
     _check_widths(chunks, text_model_of(text_encoder).config.hidden_size)
-    inserts = [[(at, embedding.vectors) for at, embedding in chunk.inserts] for chunk in chunks]
+    # the library's vectors are float32 numpy arrays (sd2_app/loading/embeddings.py): shared, never written
+    inserts = [[(at, torch.as_tensor(embedding.vectors)) for at, embedding in chunk.inserts] for chunk in chunks]
     return encode_with_inserts(text_encoder, ids.to(device), inserts)
 
 

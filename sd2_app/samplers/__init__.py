@@ -4,14 +4,28 @@ Contract (docs/DESIGN.md "Samplers"): `schedule = make_schedule(config, name, st
 `denoise = make_denoiser(model_fn, config.prediction_type)`, then
 `SAMPLERS[name].fn(denoise, x, schedule, generator=g, on_step=cb)`; the final latent is
 `x / sqrt(1 + schedule.sigmas[-1] ** 2)`.
+
+The package's names below are read from their modules on first use (module `__getattr__`, PEP 562): the sampler
+table (`registry`) imports no torch, so the catalog of sampler names serves a front end that holds no models.
 """
 
-from sd2_app.samplers.base import Denoiser, StepFn
-from sd2_app.samplers.denoiser import make_denoiser
-from sd2_app.samplers.registry import SAMPLERS, SamplerSpec, make_schedule
-from sd2_app.samplers.schedules import Schedule, SchedulerConfig, add_noise, start_at
+from __future__ import annotations
 
-__all__ = [
-    "SAMPLERS", "Denoiser", "SamplerSpec", "Schedule", "SchedulerConfig", "StepFn",
-    "add_noise", "make_denoiser", "make_schedule", "start_at",
-]
+import importlib
+from typing import Any
+
+# Each exported name and the module of this package that defines it.
+_HOMES = {
+    "Denoiser": "base", "StepFn": "base",
+    "make_denoiser": "denoiser",
+    "SAMPLERS": "registry", "SamplerSpec": "registry",
+    **dict.fromkeys(("Schedule", "SchedulerConfig", "add_noise", "make_schedule", "start_at"), "schedules"),
+}
+
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

@@ -1,12 +1,29 @@
-"""The sampler table: user-facing names -> sampler function and the schedule rules it needs."""
+"""The sampler table: user-facing names -> sampler function and the schedule rules it needs.
+
+No torch here: the table names each sampler's function ("module:function" in this package), imported on first
+use, so the catalog of names (`sd2_app.api.checks.catalog_of`) serves a front end that holds no models.
+"""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-from sd2_app.samplers import ddim, deis, dpm2, dpmpp, euler, unipc
-from sd2_app.samplers.schedules import Schedule, ScheduleKind, SchedulerConfig, build_schedule
+
+@dataclass(frozen=True)
+class ScheduleKind:
+    """How one sampler family places its N steps (the rules differ per diffusers scheduler class)."""
+
+    name: str
+    default_spacing: str  # used when the config has no timestep_spacing
+    n_plus_one: bool  # DPM-Solver/UniPC/DEIS space N+1 points and drop the last one
+    integer_timesteps: bool  # VP schedulers index abar by int t; the k-samplers interpolate at float t
+    final: str  # "zero" | "ddim" (abar_0 unless set_alpha_to_one) | "sigma_min" (DEIS: last sigma repeated)
+    karras_range: str = "spaced"  # Karras ends: "spaced" (k-samplers: the spaced sigmas) | "train" (DPM family)
+    round_karras_t: bool = False  # KDPM2 and the DPM family round sigma_to_t(karras sigma) to an integer
+    fixed_spacing: bool = False  # DPM singlestep has no timestep_spacing option: always linspace
+
 
 # How each diffusers scheduler family places its steps (diffusers scheduling_*.py, set_timesteps).
 K_DISCRETE = ScheduleKind("k-discrete", "linspace", n_plus_one=False, integer_timesteps=False, final="zero")
@@ -25,38 +42,34 @@ DEIS = ScheduleKind("deis", "linspace", n_plus_one=True, integer_timesteps=True,
 @dataclass(frozen=True)
 class SamplerSpec:
     name: str  # what users pick, e.g. "DPM++ 2M"
-    fn: Callable  # sample_xxx(denoise, x, schedule, *, generator=None, on_step=None) -> x
+    function: str  # "module:function" in sd2_app.samplers
     supports_karras: bool
     order: int  # UNet calls per step (Heun/DPM2: 2); the progress total is still len(schedule)
     is_stochastic: bool  # draws noise from the generator during sampling
     schedule: ScheduleKind
 
+    @property
+    def fn(self) -> Callable:
+        """sample_xxx(denoise, x, schedule, *, generator=None, on_step=None) -> x"""
+        module, name = self.function.split(":")
+        return getattr(importlib.import_module(f"sd2_app.samplers.{module}"), name)
+
 
 _SPECS = [
-    SamplerSpec("Euler", euler.sample_euler, True, 1, False, K_DISCRETE),
-    SamplerSpec("Euler a", euler.sample_euler_ancestral, True, 1, True, K_DISCRETE),
-    SamplerSpec("Heun", euler.sample_heun, True, 2, False, K_DISCRETE),
-    SamplerSpec("LMS", euler.sample_lms, True, 1, False, K_DISCRETE),
-    SamplerSpec("DPM2", dpm2.sample_dpm_2, True, 2, False, K_DPM2),
-    SamplerSpec("DPM2 a", dpm2.sample_dpm_2_ancestral, True, 2, True, K_DPM2),
-    SamplerSpec("DDIM", ddim.sample_ddim, False, 1, False, DDIM),
-    SamplerSpec("DDPM", ddim.sample_ddpm, False, 1, True, DDPM),
-    SamplerSpec("PNDM", ddim.sample_plms, False, 1, False, DDIM),
-    SamplerSpec("DPM++ 2M", dpmpp.sample_dpmpp_2m, True, 1, False, DPM),
-    SamplerSpec("DPM++ 2M SDE", dpmpp.sample_dpmpp_2m_sde, True, 1, True, DPM),
-    SamplerSpec("DPM++ 2S", dpmpp.sample_dpmpp_2s, True, 1, False, DPM_SINGLESTEP),
-    SamplerSpec("UniPC", unipc.sample_unipc, True, 1, False, DPM),
-    SamplerSpec("DEIS", deis.sample_deis, True, 1, False, DEIS),
+    SamplerSpec("Euler", "euler:sample_euler", True, 1, False, K_DISCRETE),
+    SamplerSpec("Euler a", "euler:sample_euler_ancestral", True, 1, True, K_DISCRETE),
+    SamplerSpec("Heun", "euler:sample_heun", True, 2, False, K_DISCRETE),
+    SamplerSpec("LMS", "euler:sample_lms", True, 1, False, K_DISCRETE),
+    SamplerSpec("DPM2", "dpm2:sample_dpm_2", True, 2, False, K_DPM2),
+    SamplerSpec("DPM2 a", "dpm2:sample_dpm_2_ancestral", True, 2, True, K_DPM2),
+    SamplerSpec("DDIM", "ddim:sample_ddim", False, 1, False, DDIM),
+    SamplerSpec("DDPM", "ddim:sample_ddpm", False, 1, True, DDPM),
+    SamplerSpec("PNDM", "ddim:sample_plms", False, 1, False, DDIM),
+    SamplerSpec("DPM++ 2M", "dpmpp:sample_dpmpp_2m", True, 1, False, DPM),
+    SamplerSpec("DPM++ 2M SDE", "dpmpp:sample_dpmpp_2m_sde", True, 1, True, DPM),
+    SamplerSpec("DPM++ 2S", "dpmpp:sample_dpmpp_2s", True, 1, False, DPM_SINGLESTEP),
+    SamplerSpec("UniPC", "unipc:sample_unipc", True, 1, False, DPM),
+    SamplerSpec("DEIS", "deis:sample_deis", True, 1, False, DEIS),
 ]
 SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in _SPECS}
 
-
-def make_schedule(config: SchedulerConfig, sampler_name: str, steps: int, *, use_karras: bool = False) -> Schedule:
-    """The schedule `sampler_name` runs on for `steps` steps, configured from the checkpoint's scheduler config."""
-    try:
-        spec = SAMPLERS[sampler_name]
-    except KeyError:
-        raise ValueError(f"unknown sampler {sampler_name!r}; known: {', '.join(SAMPLERS)}") from None
-    if use_karras and not spec.supports_karras:
-        raise ValueError(f"sampler {sampler_name!r} has no Karras sigma schedule")
-    return build_schedule(config, spec.schedule, steps, use_karras=use_karras)

@@ -20,6 +20,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from sd2_app.samplers.registry import SAMPLERS, ScheduleKind
+
 log = logging.getLogger(__name__)
 
 SPACINGS = ("leading", "trailing", "linspace")
@@ -63,20 +65,6 @@ class SchedulerConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> SchedulerConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
-
-
-@dataclass(frozen=True)
-class ScheduleKind:
-    """How one sampler family places its N steps (the rules differ per diffusers scheduler class)."""
-
-    name: str
-    default_spacing: str  # used when the config has no timestep_spacing
-    n_plus_one: bool  # DPM-Solver/UniPC/DEIS space N+1 points and drop the last one
-    integer_timesteps: bool  # VP schedulers index abar by int t; the k-samplers interpolate at float t
-    final: str  # "zero" | "ddim" (abar_0 unless set_alpha_to_one) | "sigma_min" (DEIS: last sigma repeated)
-    karras_range: str = "spaced"  # Karras ends: "spaced" (k-samplers: the spaced sigmas) | "train" (DPM family)
-    round_karras_t: bool = False  # KDPM2 and the DPM family round sigma_to_t(karras sigma) to an integer
-    fixed_spacing: bool = False  # DPM singlestep has no timestep_spacing option: always linspace
 
 
 @dataclass(frozen=True)
@@ -224,6 +212,17 @@ def build_schedule(config: SchedulerConfig, kind: ScheduleKind, steps: int, *, u
         spacing = config.timestep_spacing or kind.default_spacing
         init = max(sigma_list) if spacing in ("linspace", "trailing") else math.sqrt(max(sigma_list) ** 2 + 1)
     return Schedule(sigmas=sigma_list, timesteps=t_list, init_noise_sigma=init, sigma_to_t=to_t)
+
+
+def make_schedule(config: SchedulerConfig, sampler_name: str, steps: int, *, use_karras: bool = False) -> Schedule:
+    """The schedule `sampler_name` runs on for `steps` steps, configured from the checkpoint's scheduler config."""
+    try:
+        spec = SAMPLERS[sampler_name]
+    except KeyError:
+        raise ValueError(f"unknown sampler {sampler_name!r}; known: {', '.join(SAMPLERS)}") from None
+    if use_karras and not spec.supports_karras:
+        raise ValueError(f"sampler {sampler_name!r} has no Karras sigma schedule")
+    return build_schedule(config, spec.schedule, steps, use_karras=use_karras)
 
 
 # ---------------------------------------------------------------------------------------------- img2img

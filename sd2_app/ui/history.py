@@ -15,6 +15,7 @@ from typing import Any, TYPE_CHECKING
 import gradio as gr
 from PIL import Image
 
+from sd2_app.ui.narrow_tables import narrow_table_css
 from sd2_app.ui.runner import shown_files
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 Rows = tuple[list[tuple[str | Image.Image, str]], list[list[Any]]]
 
 HISTORY_GALLERY_HEIGHT = 400  # px
+HISTORY_HEADERS = ["Time", "Task", "Seed", "Images", "Parameters", "Files"]
+HISTORY_PHONE_COLUMNS = {"Task": 24, "Parameters": 76}  # on a phone (the parameters name the seed and size)
 HISTORY_COLUMN_WIDTHS = ["150px", "90px", "110px", "80px", "500px", "240px"]  # 1170 px: a 1440 px window's width
 HISTORY_SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
 
@@ -50,6 +53,11 @@ def _rows(service: Service, visitors: Visitors, request: gr.Request | None) -> R
     return images, rows
 
 
+def phone_css() -> str:
+    """The table's style on narrow screens: HISTORY_PHONE_COLUMNS only, so they fit beside each other."""
+    return narrow_table_css("history-table", HISTORY_HEADERS, HISTORY_PHONE_COLUMNS)
+
+
 def build(service: Service, visitors: Visitors) -> HistoryView:
     """The History view; the tab refreshes it when selected. `visitors` names the visitor of a request."""
     where = "the outputs folder" if service.outputs_dir is not None else "nowhere (saving is off)"
@@ -65,7 +73,7 @@ def build(service: Service, visitors: Visitors) -> HistoryView:
         buttons = {target: gr.Button(f"Send to {label}", size="sm", elem_id=f"history-send-{target}")
                    for target, label in HISTORY_SEND_TO}
     # Widths that fit the page: without them the parameters ran off its right edge and hid the files.
-    table = gr.Dataframe(headers=["Time", "Task", "Seed", "Images", "Parameters", "Files"], wrap=True,
+    table = gr.Dataframe(headers=HISTORY_HEADERS, wrap=True,
                          column_widths=HISTORY_COLUMN_WIDTHS, interactive=False, elem_id="history-table")
     selected = gr.State(0)
 

@@ -17,6 +17,7 @@ import gradio as gr
 from sd2_app.api.gpu_time import gpu
 from sd2_app.errors import InvalidRequest, LoadError
 from sd2_app.ui.common import load_failed_message
+from sd2_app.ui.narrow_tables import narrow_table_css
 from sd2_app.ui.runner import GPU_QUEUE
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ def _plain(value: Any) -> Any:
 
 COLUMNS = ["key", "label", "location", "device", "repo", "revision", "size", "shared", "error"]
 HEADERS = ["Checkpoint", "Name", "Loaded", "Device", "Repository", "Revision", "Size", "Shared parts", "Last error"]
+# On a phone: what is loaded and its size, with any error (the memory line above names the device).
+PHONE_COLUMNS = {"Name": 36, "Loaded": 24, "Size": 16, "Last error": 24}
 LOCATIONS = {"device": "on the device", "offloaded": "offloaded to host memory", "none": "not loaded"}
 
 
@@ -86,6 +89,11 @@ def disk_line(service: Service) -> str:
     files, nbytes, keep_days = usage
     kept = f"kept {keep_days:g} days" if keep_days else "kept until the operator deletes them"
     return f"**Disk**: {files} saved files, {_size(nbytes) or '0 MiB'} ({kept})."
+
+
+def phone_css() -> str:
+    """The status table's style on narrow screens: PHONE_COLUMNS only, so they fit beside each other."""
+    return narrow_table_css("models-status", HEADERS, PHONE_COLUMNS)
 
 
 def build(service: Service, *, admin: bool = True) -> tuple[Callable[[], StatusView], list[gr.components.Component]]:

@@ -15,7 +15,8 @@ import torch
 
 from sd2_app.accel import AccelOptions
 from sd2_app.manager import ModelManager
-from sd2_app.pipelines import img2img, txt2img
+from sd2_app.pipelines.img2img import img2img
+from sd2_app.pipelines.txt2img import txt2img
 from sd2_app.checkpoints.catalog import REGISTRY
 from sd2_app.api.requests import Img2ImgRequest, Sampling, Txt2ImgRequest
 from tests.pipeline_fixtures import sample_image, tiny_repo
@@ -89,7 +90,7 @@ def test_fp16_upscale_with_the_half_product_vae_attention_matches_diffusers_budg
     import diffusers
 
     from sd2_app.accel.fused.vae_attention import HalfProductVAEAttention
-    from sd2_app.pipelines import upscale
+    from sd2_app.pipelines.upscale import upscale
     from sd2_app.api.requests import UpscaleRequest
 
     manager = _manager("x4-upscaler", tmp_path)

@@ -43,7 +43,7 @@ def test_the_app_builds_its_service_through_the_engine(built: list[EngineSetting
     args = app.parse_args(["--tiny", "--device", "cpu", "--dtype", "float32", "--outputs", str(tmp_path / "out"),
                            "--no-watermark", "--max-side", "768", "--max-job-cost", "0", "--keep-outputs-days", "2",
                            "--batch-users"])
-    service = webapp.make_service(args)
+    service = webapp.local_service(webapp.engine_settings(args))  # what webapp.build makes without --serve
     [settings] = built
     assert (settings.speed, settings.zerogpu, settings.preload, settings.cache_dir) == ("default", False, (), None)
     assert (service.manager.device, service.manager.dtype) == (torch.device("cpu"), torch.float32)
@@ -53,6 +53,10 @@ def test_the_app_builds_its_service_through_the_engine(built: list[EngineSetting
     assert settings.save_in_background and service.keeper._writer._thread is not None  # a writer thread
     assert service.batcher is not None and settings.import_pipelines
     service.keeper.flush(5)
+    # The --serve front end runs no job here: the same Service settings, no pipelines (they import torch).
+    front = webapp.engine_settings(app.parse_args(["--serve", "auto", "--no-watermark", "--max-side", "768"]))
+    assert not front.import_pipelines and not front.batch_users
+    assert (front.watermark, front.limits.max_side, front.save_in_background) == (False, 768, True)
 
 
 def test_the_cli_builds_its_service_through_the_engine(built: list[EngineSettings], tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -287,3 +288,23 @@ def test_sd1_embedding_message(tmp_path: Path) -> None:
 def test_missing_folder_is_an_empty_library(tmp_path: Path) -> None:
     assert EmbeddingLibrary.scan(tmp_path / "nope").names() == []
     assert EmbeddingLibrary.scan(None).names() == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_embedding_files_read_without_torch_give_torchs_float32_values(tmp_path: Path, dtype: torch.dtype) -> None:
+    """The library reads safetensors with numpy (bfloat16 widened by hand): the same float32 numbers torch's
+    `.float()` gives, in (n, width) for a 1-D file too."""
+    vectors = (torch.randn(3, 1024, generator=torch.Generator().manual_seed(4)) * 40).to(dtype)
+    save_file({"emb_params": vectors}, str(tmp_path / "style.safetensors"))
+    save_file({"<token>": vectors[0]}, str(tmp_path / "one.safetensors"))
+    loaded = load_embedding(tmp_path / "style.safetensors").vectors
+    assert loaded.dtype == np.float32 and loaded.shape == (3, 1024)
+    assert np.array_equal(loaded, vectors.float().numpy())
+    assert np.array_equal(load_embedding(tmp_path / "one.safetensors").vectors, vectors[:1].float().numpy())
+
+
+def test_integer_embedding_files_are_refused(tmp_path: Path) -> None:
+    save_file({"emb_params": torch.ones(2, 1024, dtype=torch.int32)}, str(tmp_path / "ints.safetensors"))
+    with pytest.raises(EmbeddingError, match=r"^ints.safetensors: expected floating-point vectors of shape "
+                                              r"\(n, width\), got \(2, 1024\) I32$"):
+        load_embedding(tmp_path / "ints.safetensors")

@@ -275,3 +275,15 @@ def test_a_cached_file_shown_again_starts_its_cache_age_anew(tmp_path, monkeypat
     assert cached_file(b"same image bytes", "image.png") == path
     assert os.stat(path).st_mtime > 1_000_000_000  # now, not 1970
     assert open(path, "rb").read() == b"same image bytes"
+
+
+def test_a_tables_phone_columns_are_its_own_and_share_the_whole_width() -> None:
+    from sd2_app.ui.narrow_tables import narrow_table_css
+
+    css = narrow_table_css("t", ["A", "B", "C"], {"A": 30, "C": 70})
+    assert "#t th[data-heading='1'], #t .sizing-body td:nth-child(2), #t [role=gridcell][data-col='1'] " \
+           "{ display: none !important; }" in css
+    assert "#t [role=gridcell][data-col='2'] { width: 70% !important; flex: 0 0 70% !important; }" in css
+    for shown in ({"A": 30, "D": 70}, {"A": 30, "C": 60}):
+        with pytest.raises(ValueError, match="must be among"):
+            narrow_table_css("t", ["A", "B", "C"], shown)

@@ -1,0 +1,94 @@
+"""What a visitor sees before doing anything, in a real Chromium (Playwright): Image to image's size boxes
+before and after an upload, and every tab on a 390 px phone without sideways scrolling (the tables' columns
+inside their box, headers one short row).
+
+Uses test_browser.py's app and browser fixtures (tiny checkpoints); each test opens its own page, so the order
+does not matter. Screenshots go to tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.ui.test_browser import (ARTIFACTS, DESKTOP, PHONE, TABS, _go, _open, browser,  # noqa: F401
+                                   expect, url)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def _size_boxes(page) -> tuple[str, str]:
+    return tuple(page.locator(f"#img2img-{side} input[type=number]").input_value() for side in ("width", "height"))
+
+
+def test_img2img_size_boxes_show_the_checkpoint_size_before_an_upload_and_the_images_after(
+        browser, url: str, tmp_path: Path) -> None:
+    page = _open(browser, url, DESKTOP)
+    _go(page, "Image to image")
+    # Before an upload: the default checkpoint's (tiny "SD 2.1 base") 512x512, not "0 x 0" under a red border.
+    assert _size_boxes(page) == ("512", "512")
+    assert page.locator("#img2img-width input:invalid, #img2img-height input:invalid").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "fit-img2img-size-before-upload.png"))
+    # A run without an image still says what is missing.
+    page.locator("#img2img-prompt textarea").fill("a blue square")
+    page.locator("#img2img-run").click()
+    expect(page.locator("#img2img-info")).to_have_text("Upload an init image first.", timeout=30_000)
+    expect(page.locator("#img2img-run")).to_be_enabled(timeout=10_000)
+    # A 320x200 upload: its 8:5 shape at the checkpoint's 512x512 pixels, sides multiples of 8 (ui/resize.py).
+    picture = tmp_path / "wide-320x200.png"
+    Image.new("RGB", (320, 200), (30, 90, 200)).save(picture)
+    page.locator("#img2img-image input[type=file]").set_input_files(str(picture))
+    expect(page.locator("#img2img-width input[type=number]")).to_have_value("648")
+    expect(page.locator("#img2img-height input[type=number]")).to_have_value("408")
+    # The server still refuses a size out of bounds, in words.
+    box = page.locator("#img2img-width input[type=number]")
+    box.fill("5000")
+    box.press("Enter")
+    page.locator("#img2img-run").click()
+    expect(page.locator("#img2img-info")).to_have_text("Width must be between 64 and 1024, got 5000.",
+                                                       timeout=30_000)
+    # The image removed: back to the checkpoint's square.
+    page.locator("#img2img-image button[aria-label='Remove Image']").first.click()
+    expect(page.locator("#img2img-width input[type=number]")).to_have_value("512")
+    expect(page.locator("#img2img-height input[type=number]")).to_have_value("512")
+    page.context.close()
+
+
+def _columns(page, elem_id: str) -> dict[str, object]:
+    """The table's scrolling box, and its header cells that are drawn (name, left, right, height)."""
+    return page.evaluate("""(id) => {
+        const box = document.querySelector(`#${id} .virtual-table-viewport`).getBoundingClientRect();
+        const heads = [...document.querySelectorAll(`#${id} thead th`)].filter((th) => th.offsetParent !== null)
+            .map((th) => { const r = th.getBoundingClientRect(); return [th.innerText.trim(), r.left, r.right, r.height]; });
+        return {left: box.left, right: box.right, heads};
+    }""", elem_id)
+
+
+# The columns each table keeps on a phone (ui/models.py PHONE_COLUMNS, ui/history.py HISTORY_PHONE_COLUMNS).
+PHONE_TABLES = {"Models": ("models-status", ["Name", "Loaded", "Size", "Last error"]),
+                "History": ("history-table", ["Task", "Parameters"])}
+
+
+def test_on_a_phone_no_tab_scrolls_sideways_and_the_tables_fit_their_box(browser, url: str) -> None:
+    page = _open(browser, url, PHONE)
+    for index, name in enumerate(TABS):
+        _go(page, name)
+        widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= widths[1] == PHONE["width"], (name, widths)
+        page.screenshot(path=str(ARTIFACTS / f"fit-phone-{index}-{name.split()[0].lower().replace('/', '')}.png"),
+                        full_page=True)
+        if name in PHONE_TABLES:
+            elem_id, shown = PHONE_TABLES[name]
+            table = _columns(page, elem_id)
+            assert [head[0] for head in table["heads"]] == shown, (name, table)
+            for head, left, right, height in table["heads"]:
+                # In the box, not behind its right edge; one or two short lines, not a letter per line.
+                assert table["left"] - 1 <= left < right <= table["right"] + 1 and height < 60, (name, head, table)
+    page.context.close()
+    wide = _open(browser, url, DESKTOP)  # a laptop keeps every column
+    for name, (elem_id, _) in PHONE_TABLES.items():
+        _go(wide, name)
+        assert len(_columns(wide, elem_id)["heads"]) == {"Models": 9, "History": 6}[name], name
+    wide.context.close()
