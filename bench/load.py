@@ -37,6 +37,7 @@ def load(call: Call, users: int, requests: int) -> dict[str, Any]:
     """Every user makes `requests` calls back to back, all users at once; latencies, wall time, images."""
     latencies: list[float] = []
     images: dict[tuple[int, int], np.ndarray] = {}
+    failures: list[str] = []
     lock = threading.Lock()
     start_together = threading.Barrier(users)
 
@@ -44,11 +45,18 @@ def load(call: Call, users: int, requests: int) -> dict[str, Any]:
         start_together.wait()
         for index in range(requests):
             started = time.perf_counter()
-            image = call(number, index)
+            try:
+                image = call(number, index)
+            except Exception as e:  # noqa: BLE001 - reported for every user together, after the load
+                with lock:
+                    failures.append(f"user {number} request {index}: {type(e).__name__}: {e}")
+                return
             with lock:
                 latencies.append(time.perf_counter() - started)
                 images[(number, index)] = image
 
     wall = run_concurrently(user, users)
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {users} users' requests failed; first: {failures[0]}")
     return {"requests": len(latencies), "wall_s": wall, "images_per_s": len(latencies) / wall,
             **latency_summary(latencies), "images": images}

@@ -57,7 +57,10 @@ def build(args: argparse.Namespace) -> AppBlocks:
     # The direct REST routes, which would skip the queue, are closed at launch (`AppBlocks.launch`).
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     if api_enabled(args):
-        api = A1111Api(service, auth=parse_auth(args.api_auth), max_jobs=args.queue_size)
+        # The API's jobs count towards the per-address limit with the UI's, and stop when the app closes.
+        api = A1111Api(service, auth=parse_auth(args.api_auth), max_jobs=args.queue_size,
+                       address_jobs=demo.flags.visitors.address_jobs)
+        demo.stop_at_close(api)
         demo.sd2_routes = build_router(api).routes  # type: ignore[attr-defined]  # read by launch_settings()
     return demo
 

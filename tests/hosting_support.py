@@ -1,4 +1,6 @@
-"""The public-mode app the hosting tests share: `python app.py --host 0.0.0.0` (bound to loopback), saving on.
+"""The public-mode apps the hosting tests share: `python app.py --host 0.0.0.0` (bound to loopback), saving on,
+and the same behind a trusted reverse proxy that the tests play (`served_behind_proxy`); raw queue joins and the
+cleanup of cookieless jobs.
 
 sd2's repos point at a private folder and a private repo id (unreachable), so a failed load can be checked
 for what it shows a visitor.
@@ -6,12 +8,15 @@ for what it shows a visitor.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 
+from sd2_app.ui.hosting import stop_flag_of
 from tests.reliability_support import serve
 
 FAST = {"width": 64, "height": 64, "steps": 2, "cfg_scale": 1.0, "sampler": "Euler", "batch_size": 1}
@@ -52,3 +57,36 @@ def txt2img_data(url: str, **values: object) -> list[object]:
     return [merged.get(name, default) for name, default in _PARAMETERS[url]]
 
 
+
+
+def served_behind_proxy(argv: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    """`python app.py --tiny --host 0.0.0.0 --no-save --trusted-proxy-hops 1 ARGV` served in-process on loopback,
+    with a private Gradio cache folder. uvicorn is told to trust no proxy of its own (FORWARDED_ALLOW_IPS names an
+    address that is not ours), so the address the app counts is the app's own reading of X-Forwarded-For, which
+    the test writes as the proxy would. Yields (url, demo)."""
+    # A --trusted-proxy-hops in `argv` comes later, so it wins over this one.
+    argv = ["--tiny", "--device", "cpu", "--host", "0.0.0.0", "--no-save", "--trusted-proxy-hops", "1", *argv]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache")))
+        patch.setenv("FORWARDED_ALLOW_IPS", "192.0.2.1")  # uvicorn: the loopback peer is no trusted proxy
+        with serve(argv, tmp_path_factory.mktemp("app-cache"), bind="127.0.0.1") as (url, demo):
+            yield url, demo
+
+
+def queue_join(url: str, forwarded_for: str | None, **values: object) -> httpx.Response:
+    """A raw queue join of /txt2img with no cookies, through a proxy that says the client is `forwarded_for`."""
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+    return httpx.post(f"{url}gradio_api/call/txt2img", json={"data": txt2img_data(url, **values)}, headers=headers,
+                      timeout=30)
+
+
+def stop_queued_jobs(demo: object) -> None:
+    """The test's cleanup: every job still in the queue gets its stop flag set (cookieless jobs have no Stop)."""
+    queue = demo._queue  # type: ignore[attr-defined]
+    for event in list(queue.event_ids_to_events.values()):
+        flag = stop_flag_of(event.request)
+        if flag is not None:
+            flag.set()
+    deadline = time.monotonic() + 120
+    while queue.event_ids_to_events and time.monotonic() < deadline:
+        time.sleep(0.2)

@@ -304,14 +304,41 @@ def test_tiled_view_bench_times_views_that_share_every_tensor() -> None:
     assert 0.0 < median_ms((vae,), reps=3) < 10_000.0
 
 
+def test_history_bench_times_refreshes_of_kept_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.history import refresh_seconds
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    seconds = refresh_seconds(3, 64, reps=2)
+    assert 0.0 < seconds["later"] < 10.0 and 0.0 < seconds["first"] < 10.0
+    assert len(list((tmp_path / "sd2-app").glob("*/*.png"))) == 3  # the first refresh wrote each entry's file
+
+
 @pytest.mark.slow
 def test_users_bench_through_the_running_app_on_tiny_models(tmp_path: Path) -> None:
-    """bench/users.py --app: the app started without and with --batch-users, gradio_client users."""
+    """bench/users.py --app: the app started without and with --batch-users, gradio_client users; more users
+    than the app's default per-address job limit (6), all from loopback, as on the GPU run (8)."""
     from bench.users import main
 
-    report = main(["--tiny", "--app", "--users", "3", "--requests", "1", "--ckpt", str(tmp_path / "ck"),
+    report = main(["--tiny", "--app", "--users", "7", "--requests", "1", "--ckpt", str(tmp_path / "ck"),
                    "--out", str(tmp_path / "out")])
     app = report["app"]
-    assert app["off"]["requests"] == app["on"]["requests"] == 3 and app["off"]["batches_logged"] == 0
-    assert app["images_batched_vs_alone"]["images"] == 3 and app["images_batched_vs_alone"]["max_levels"] <= 1
+    assert app["off"]["requests"] == app["on"]["requests"] == 7 and app["off"]["batches_logged"] == 0
+    assert app["images_batched_vs_alone"]["images"] == 7 and app["images_batched_vs_alone"]["max_levels"] <= 1
     assert "Through the running app" in (tmp_path / "out" / "users.md").read_text()
+
+
+def test_a_failed_user_request_fails_the_load_with_its_reason() -> None:
+    """bench/load.py: a user whose call raises ends the load with a message naming it (it used to end that
+    user's thread silently and leave the report short of its images)."""
+    import numpy as np
+
+    from bench.load import load
+
+    def call(user: int, index: int) -> np.ndarray:
+        if user == 1 and index == 1:
+            raise ValueError("refused")
+        return np.zeros((2, 2, 3), np.uint8)
+
+    with pytest.raises(RuntimeError, match=r"^1 of 3 users' requests failed; first: user 1 request 1: "
+                                           r"ValueError: refused$"):
+        load(call, 3, 2)

@@ -3,9 +3,14 @@
 Every generation goes through `Service.run`, so it has the UI's validation (and cost cap), metadata,
 watermark and history, and it passes the Service's `GpuGate`, the one way to the GPU that the UI's jobs
 take too (these routes are FastAPI routes beside Gradio and never enter Gradio's queue). At most `max_jobs`
-API jobs wait or run at once; more get 503. `/progress` and `/interrupt` see only the API's own jobs: a
-visitor of the web UI is neither reported (their preview) nor stopped through them. Optional HTTP basic
-auth guards every route (`--api-auth user:pass[,user2:pass2]`, as A1111's flag).
+API jobs wait or run at once; more get 503. One network address may have at most the web UI's per-address
+number of GPU jobs, its UI and API jobs counted together (`sd2_app.api.address_jobs.AddressJobs`, the count the
+UI's queue uses; a checkpoint load through /options counts while it loads); more get 429. When the app closes
+(`sd2_app.ui.lifecycle.AppBlocks.close`), the API takes no new job (503) and its jobs, waiting or running, stop
+at their next step; their clients get a 503 that says so (`n_iter` batches already finished are saved, when
+saving is on). `/progress` and `/interrupt` see only the API's own jobs: a visitor of the web UI is neither
+reported (their preview) nor stopped through them. Optional HTTP basic auth guards every route
+(`--api-auth user:pass[,user2:pass2]`, as A1111's flag).
 
 Shapes: A1111's modules/api/api.py (the routes) and modules/api/models.py; the mapping is in `a1111.py`.
 """
@@ -21,11 +26,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Body, Depends, HTTPException
+from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image
 
 from sd2_app.api import a1111
+from sd2_app.api.address_jobs import AddressJobs
 from sd2_app.api.cost import LATENT_FACTOR
 from sd2_app.api.gpu_time import gpu, seconds_for
 from sd2_app.api.keeper import unlisted
@@ -42,6 +48,8 @@ T = TypeVar("T")
 
 PREFIX = "/sdapi/v1"
 HISTORY_OWNER = unlisted("a1111-api")  # API jobs get their images in the reply: not kept in History
+CLOSING_MESSAGE = "The server is shutting down; try again when it is back."
+STOPPED_AT_CLOSE_MESSAGE = "The server is shutting down and stopped this job; try again when it is back."
 
 
 def parse_auth(value: str | None) -> list[tuple[str, str]]:
@@ -96,16 +104,20 @@ class _Tracked:
 class A1111Api:
     """State of the API (the current model, the API's jobs) and the handlers behind the routes."""
 
-    def __init__(self, service: Service, *, auth: Sequence[tuple[str, str]] = (), max_jobs: int = 16) -> None:
+    def __init__(self, service: Service, *, auth: Sequence[tuple[str, str]] = (), max_jobs: int = 16,
+                 address_jobs: AddressJobs | None = None) -> None:
         self.service = service
         self.auth = list(auth)
         self.max_jobs = max(1, max_jobs)
+        self.address_jobs = address_jobs or AddressJobs()  # the web UI's (`Visitors.address_jobs`) when it has one
         self.current = self._first_for("txt2img")  # A1111's "sd_model_checkpoint" option
         # ZeroGPU: the GPU exists only inside spaces.GPU calls, each asking for its own job's time
         self._run_in_gpu_call = gpu(
             duration=lambda request, *args, **kwargs: seconds_for(service, request))(service.run)
         self._jobs: list[_Tracked] = []  # oldest first
         self._lock = threading.Lock()
+        self._jobs_changed = threading.Condition(self._lock)
+        self._closing = False  # set by `stop_everyone`: no new jobs
 
     # ---- models ----------------------------------------------------------------------------------
     def _first_for(self, task: str) -> str:
@@ -128,27 +140,58 @@ class A1111Api:
             return labels[text.lower()]
         raise InvalidRequest(f"Unknown checkpoint {str(name)[:100]!r}; choose one of: {', '.join(self.service.catalog.tasks)}.")
 
-    def set_options(self, options: Mapping[str, Any]) -> None:
+    def set_options(self, options: Mapping[str, Any], client: Request) -> None:
+        """A new `sd_model_checkpoint` is loaded through the GPU gate, like a job: while it loads it holds a place
+        of the client's network address (`_admit`). `client`: the HTTP request."""
         for name in options:
             if name != "sd_model_checkpoint":
                 log.info("A1111 API: ignoring option %s", name)
         if options.get("sd_model_checkpoint"):
             key = self.resolve(options["sd_model_checkpoint"])
-            self.service.load(key)  # through the GPU gate, like every job
+            address = self.address_jobs.addresses.of(client)
+            with self._lock:
+                self._admit(address)
+            try:
+                self.service.load(key)
+            finally:
+                self.address_jobs.release(address)
             self.current = key
 
     # ---- jobs ------------------------------------------------------------------------------------
-    def _track(self, job: a1111.Job) -> _Tracked:
+    def _admit(self, address: str) -> None:
+        """Hold a GPU place of the network address `address` (`AddressJobs.take`; give it back with `release`):
+        refused with 503 while the app closes, 429 when the address has its share of GPU jobs, web UI ones
+        included. Called with `_lock` held."""
+        if self._closing:
+            raise HTTPException(503, CLOSING_MESSAGE)
+        refused = self.address_jobs.take(address)
+        if refused is not None:
+            log.info("A1111 API: refused a job: %s", refused)
+            raise HTTPException(429, refused)
+
+    def _track(self, job: a1111.Job, address: str) -> _Tracked:
+        """The job's place (`_admit`, then 503 when `max_jobs` are in); the address's place is held until
+        `_untrack`."""
         with self._lock:
+            self._admit(address)
             if len(self._jobs) >= self.max_jobs:
+                self.address_jobs.release(address)
                 raise HTTPException(503, f"The API queue is full ({self.max_jobs} jobs); try again shortly.")
             tracked = _Tracked(job.task, len(job.requests))
             self._jobs.append(tracked)
         return tracked
 
-    def run(self, job: a1111.Job, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Run each batch through the Service; after /interrupt, the batches finished so far are returned."""
-        tracked = self._track(job)
+    def _untrack(self, tracked: _Tracked, address: str) -> None:
+        with self._lock:
+            self._jobs.remove(tracked)
+            self._jobs_changed.notify_all()
+        self.address_jobs.release(address)
+
+    def run(self, job: a1111.Job, body: Mapping[str, Any], client: Request) -> dict[str, Any]:
+        """Run each batch through the Service; after /interrupt, the batches finished so far are returned; a job
+        the app's close stopped answers 503 (`STOPPED_AT_CLOSE_MESSAGE`). `client`: the HTTP request (its address)."""
+        address = self.address_jobs.addresses.of(client)
+        tracked = self._track(job, address)
         results: list[Result] = []
         try:
             for index, request in enumerate(job.requests):
@@ -159,8 +202,9 @@ class A1111Api:
                 except Cancelled:
                     break
         finally:
-            with self._lock:
-                self._jobs.remove(tracked)
+            self._untrack(tracked, address)
+        if len(results) < len(job.requests) and self._closing:
+            raise HTTPException(503, STOPPED_AT_CLOSE_MESSAGE)
         encoded = [data for result in results for data in result.png]  # each image's PNG, as the Service encoded it
         info = a1111.info_json(job, results, tracked.started) if results else '{"interrupted": true}'
         return {"images": [base64.b64encode(data).decode("ascii") for data in encoded] if job.send_images else [],
@@ -173,6 +217,21 @@ class A1111Api:
                 return False
             self._jobs[0].stop.set()
         return True
+
+    def stop_everyone(self) -> int:
+        """The app is closing: take no new job (503) and stop every job, waiting or running, at its next step;
+        how many there were."""
+        with self._lock:
+            self._closing = True
+            jobs = list(self._jobs)
+        for job in jobs:
+            job.stop.set()
+        return len(jobs)
+
+    def wait_for_jobs(self, timeout: float) -> bool:
+        """Wait until no job is left (after `stop_everyone`); False when some remain after `timeout` seconds."""
+        with self._jobs_changed:
+            return self._jobs_changed.wait_for(lambda: not self._jobs, timeout)
 
     def progress(self, skip_current_image: bool = False) -> dict[str, Any]:
         with self._lock:
@@ -244,21 +303,23 @@ def _generation_routes(router: APIRouter, api: A1111Api) -> None:
     max_images = api.service.limits.max_batch
 
     @router.post("/txt2img")
-    def txt2img(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        return _errors_as_http(lambda: api.run(a1111.txt2img_job(body, api.current, names(), api.fits, max_images), body))
+    def txt2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        return _errors_as_http(
+            lambda: api.run(a1111.txt2img_job(body, api.current, names(), api.fits, max_images), body, client))
 
     @router.post("/img2img")
-    def img2img(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        return _errors_as_http(lambda: api.run(a1111.img2img_job(body, api.current, names(), api.fits, max_images), body))
+    def img2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        return _errors_as_http(
+            lambda: api.run(a1111.img2img_job(body, api.current, names(), api.fits, max_images), body, client))
 
     @router.post("/extra-single-image")
-    def extra_single_image(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+    def extra_single_image(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         def call() -> dict[str, Any]:
             upscaler = body.get("upscaler_1")
             key = api.resolve(upscaler) if upscaler not in (None, "None") else api._first_for("upscale")
             if "upscale" not in catalog.tasks[key]:
                 raise InvalidRequest(f"{upscaler!r} is not an upscaler; see /sdapi/v1/upscalers.")
-            out = api.run(a1111.upscale_job(body, key), body)
+            out = api.run(a1111.upscale_job(body, key), body, client)
             return {"html_info": "", "image": out["images"][0] if out["images"] else None}
 
         return _errors_as_http(call)
@@ -281,8 +342,8 @@ def _job_routes(router: APIRouter, api: A1111Api) -> None:
         return {"sd_model_checkpoint": api.current, "samples_format": "png", "sd_checkpoint_hash": None}
 
     @router.post("/options")
-    def set_options(body: dict[str, Any] = Body(...)) -> None:
-        _errors_as_http(lambda: api.set_options(body))
+    def set_options(client: Request, body: dict[str, Any] = Body(...)) -> None:
+        _errors_as_http(lambda: api.set_options(body, client))
 
 
 def _catalog_routes(router: APIRouter, api: A1111Api) -> None:

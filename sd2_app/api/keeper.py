@@ -22,6 +22,7 @@ History is shared by every visitor of a public app, and any visitor may be a scr
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -50,6 +51,12 @@ def unlisted(caller: str) -> str:
 def listed(owner: str | None) -> bool:
     """Whether results of `owner` go into History (see the module docstring)."""
     return owner is None or not owner.startswith(UNLISTED)
+
+
+def png_sha256(data: bytes) -> str:
+    """The hex sha256 of a PNG file, computed once when it is encoded: the UI names the file it shows by it
+    (sd2_app/ui/runner.py, `cached_file`), so showing the image again, in History too, hashes nothing."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def entry_bytes(entry: HistoryEntry) -> int:
@@ -94,6 +101,7 @@ class ResultKeeper:
         with timed(timings, "encode"):
             encoded = encode_pngs([*result.images, *aux.values()], self._encoders)
             result.png, result.aux_png = encoded[:len(result.images)], dict(zip(aux, encoded[len(result.images):]))
+            result.png_sha256 = [png_sha256(data) for data in result.png]
         if self._writer is not None:
             with timed(timings, "save"):
                 try:
@@ -104,7 +112,7 @@ class ResultKeeper:
                         f"The images could not be saved to the outputs folder ({error.strerror}).")
         with timed(timings, "history"):
             entry = HistoryEntry(result.created, result.task, result.seed, result.parameters, tuple(result.images),
-                                 tuple(result.saved), owner, tuple(result.png))
+                                 tuple(result.saved), owner, tuple(result.png), tuple(result.png_sha256))
             self.remember(entry)
             with self._lock:
                 self.last_seed = result.seed

@@ -37,6 +37,8 @@ class Result:
     # each image's PNG file (its text chunks included), encoded once when the result is kept: the outputs
     # folder and the browser get these bytes as they are
     png: list[bytes] = field(default_factory=list)
+    # each PNG file's sha256 (hex), computed with the encode: what names the file the UI shows (`png_sha256`)
+    png_sha256: list[str] = field(default_factory=list)
     # the mask ("mask") and the depth map ("depth") as PNG files, encoded with the images
     aux_png: dict[str, bytes] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
@@ -67,3 +69,4 @@ class HistoryEntry:
     saved: tuple[Path, ...]
     owner: str | None = None  # the browser session that made it: History shows a visitor only their own
     png: tuple[bytes, ...] = ()  # the images' PNG files (`Result.png`), which History shows as they are
+    png_sha256: tuple[str, ...] = ()  # their sha256 (`Result.png_sha256`): a History refresh hashes nothing

@@ -9,8 +9,8 @@ from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
+from sd2_app.api.addresses import ClientAddresses
 from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
-from sd2_app.ui.addresses import ClientAddresses
 from sd2_app.ui.hosting import Hosting, Visitors
 from sd2_app.ui.lifecycle import AppBlocks
 from sd2_app.ui.runner import StopFlags

@@ -1,9 +1,10 @@
 """What a public deployment needs from the web layer: visitor ids, a per-visitor queue limit, Stop for queued jobs.
 
 `Hosting` holds the operator's settings. `Visitors` knows who sent a request (`sd2_app.ui.visitors`) and
-from which network address (`sd2_app.ui.addresses`), and watches Gradio's queue: a visitor may have at most
+from which network address (`sd2_app.api.addresses`), and watches Gradio's queue: a visitor may have at most
 `max_jobs_per_visitor` GPU jobs queued or running, and one address at most `max_jobs_per_address` (a client
-that drops its cookies is a new visitor on every request, but not a new address); the next join is refused
+that drops its cookies is a new visitor on every request, but not a new address), counted together with the
+address's A1111 API jobs (`Visitors.address_jobs`, `sd2_app.api.address_jobs`); the next join is refused
 at once with a message, before it takes a queue place. Every GPU job gets a stop flag when it joins, so Stop
 reaches a job that is still waiting as well as the running one. The queue's other events (image checks,
 "Send to", PNG info: quick, no GPU) share its `max_size` places with the GPU jobs, so one address may also
@@ -30,11 +31,12 @@ from starlette.middleware import Middleware
 
 from sd2_app.app_flags import (DEFAULT_CACHE_MINUTES, DEFAULT_MAX_JOBS_PER_ADDRESS, DEFAULT_MAX_JOBS_PER_VISITOR,
                                DEFAULT_UPLOAD_MB_PER_ADDRESS)
-from sd2_app.ui.addresses import ClientAddresses
+from sd2_app.api.address_jobs import AddressJobs
+from sd2_app.api.addresses import ClientAddresses, starlette_request
 from sd2_app.ui.cache_files import sweeping_lifespan
 from sd2_app.ui.runner import GPU_QUEUE, RunFlag
 from sd2_app.ui.upload_budget import MB, UploadBudget, UploadBudgetMiddleware
-from sd2_app.ui.visitors import VisitorCookies, VisitorMiddleware, starlette_request
+from sd2_app.ui.visitors import VisitorCookies, VisitorMiddleware
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -63,11 +65,6 @@ def too_many_jobs_message(limit: int) -> str:
             "(or press Stop) before starting another.")
 
 
-def too_many_jobs_from_address_message(limit: int) -> str:
-    return (f"Your network address already has {limit} job{'s' if limit != 1 else ''} queued or running; wait for "
-            "one to finish before starting another.")
-
-
 def too_many_events_from_address_message(limit: int) -> str:
     return f"Your network address already has {limit} requests waiting; try again when they are done."
 
@@ -80,19 +77,22 @@ def stop_flag_of(request: Any) -> RunFlag | None:
 
 
 class Visitors:
-    """Visitor ids, and the GPU jobs each visitor has in Gradio's queue (queued or running)."""
+    """Visitor ids, and the GPU jobs each visitor has in Gradio's queue (queued or running); `address_jobs` is the
+    per-address count the A1111 API shares (`sd2_app.api.address_jobs`)."""
 
     def __init__(self, cookies: VisitorCookies | None = None, max_jobs: int = DEFAULT_MAX_JOBS_PER_VISITOR,
                  max_jobs_per_address: int = DEFAULT_MAX_JOBS_PER_ADDRESS,
                  addresses: ClientAddresses | None = None) -> None:
         self.cookies = cookies or VisitorCookies()
         self.max_jobs = max_jobs
-        self.max_jobs_per_address = max_jobs_per_address
-        self.addresses = addresses or ClientAddresses()
+        self.address_jobs = AddressJobs(addresses, max_jobs_per_address, queued=self._queued_from)
         self._queue: Any = None  # gradio.queueing.Queue, once installed
         self._joining: Counter[str] = Counter()  # joins of each visitor that Gradio is still accepting
-        self._joining_from: Counter[str] = Counter()  # the same per network address
         self._joining_others_from: Counter[str] = Counter()  # joins of other events per network address
+
+    @property
+    def addresses(self) -> ClientAddresses:
+        return self.address_jobs.addresses
 
     def identify(self, request: Any) -> str:
         return self.cookies.identify(request)
@@ -110,23 +110,25 @@ class Visitors:
     def jobs_of(self, visitor: str) -> int:
         return len(self._live_jobs(visitor)) + self._joining[visitor]
 
+    def _queued_from(self, address: str) -> int:
+        """GPU jobs from the network address `address` (`ClientAddresses.of`) in Gradio's queue, waiting or running."""
+        return sum(1 for event in self._events() if self.addresses.of(event.request) == address)
+
     def jobs_from(self, address: str) -> int:
-        """GPU jobs queued or running (or joining) from the network address `address` (`ClientAddresses.of`)."""
-        live = sum(1 for event in self._events() if self.addresses.of(event.request) == address)
-        return live + self._joining_from[address]
+        """GPU jobs queued or running (or joining) from the network address `address`, A1111 API jobs included."""
+        return self.address_jobs.count(address)
 
     def other_events_from(self, address: str) -> int:
         """Queued events other than GPU jobs waiting or running (or joining) from the network address `address`."""
         live = sum(1 for event in self._events(gpu=False) if self.addresses.of(event.request) == address)
         return live + self._joining_others_from[address]
 
+    def _visitor_refusal(self, visitor: str) -> str | None:
+        return too_many_jobs_message(self.max_jobs) if self.jobs_of(visitor) >= self.max_jobs else None
+
     def refusal(self, visitor: str, address: str) -> str | None:
         """Why a new GPU job of `visitor` from `address` may not join the queue now; None when it may."""
-        if self.jobs_of(visitor) >= self.max_jobs:
-            return too_many_jobs_message(self.max_jobs)
-        if self.max_jobs_per_address and self.jobs_from(address) >= self.max_jobs_per_address:
-            return too_many_jobs_from_address_message(self.max_jobs_per_address)
-        return None
+        return self._visitor_refusal(visitor) or self.address_jobs.refusal(address)
 
     def stop_waiting(self, visitor: str) -> int:
         """Set the stop flag of every GPU job of `visitor` in the queue; how many were not stopped yet."""
@@ -148,7 +150,7 @@ class Visitors:
 
         async def other_push(body: Any, request: Any, username: Any) -> Any:
             address = self.addresses.of(request)
-            if self.max_jobs_per_address and self.other_events_from(address) >= MAX_OTHER_EVENTS_PER_ADDRESS:
+            if self.address_jobs.limit and self.other_events_from(address) >= MAX_OTHER_EVENTS_PER_ADDRESS:
                 log.info("refused an event: %d others of its address in the queue", MAX_OTHER_EVENTS_PER_ADDRESS)
                 return False, too_many_events_from_address_message(MAX_OTHER_EVENTS_PER_ADDRESS), "error"
             self._joining_others_from[address] += 1
@@ -162,18 +164,18 @@ class Visitors:
             if getattr(fn, "concurrency_id", None) != GPU_QUEUE:
                 return await other_push(body, request, username)
             visitor, address = self.identify(request), self.addresses.of(request)
-            refused = self.refusal(visitor, address)
+            # The address's place is checked and held at once (`AddressJobs.take`): API jobs arrive meanwhile.
+            refused = self._visitor_refusal(visitor) or self.address_jobs.take(address)
             if refused is not None:
                 log.info("refused a job: %s", refused)
                 return False, refused, "error"
             setattr(request.state, STOP_FLAG, RunFlag())
             self._joining[visitor] += 1
-            self._joining_from[address] += 1
             try:
                 return await push(body, request, username)
             finally:
                 _count_down(self._joining, visitor)
-                _count_down(self._joining_from, address)
+                self.address_jobs.release(address)  # pushed: the job now counts in Gradio's queue
 
         limited_push.sd2_watched = True  # type: ignore[attr-defined]
         queue.push = limited_push

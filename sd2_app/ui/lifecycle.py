@@ -11,12 +11,17 @@ queue and server), then stops the running jobs at their next step and waits for 
 finished still hands its result to the Service, which saves it), then waits for the results still being
 written (`Service.flush_saves`, at most `FLUSH_TIMEOUT_S`). What the app owns for its life, the job threads
 and the stop flags (`sd2_app.ui.runner.StopFlags`), ends here.
+
+Front ends beside Gradio's queue (the A1111 API, `sd2_app.api.a1111_routes.A1111Api`) run their jobs on the
+server's request threads; `stop_at_close` hands them to the app. `close` tells them first to take no new job and
+to stop theirs (uvicorn's shutdown waits for open requests, so their stopped jobs answer their clients while the
+server still sends), and waits for those jobs (at most `FLUSH_TIMEOUT_S`) before the pending saves.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import gradio as gr
 
@@ -28,7 +33,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FLUSH_TIMEOUT_S = 60.0  # the longest the app waits at close for results still being written
+FLUSH_TIMEOUT_S = 60.0  # the longest the app waits at close for results still being written, or for stopped jobs
+# of another front end to return (one that is loading a model stops only when the load is done)
+
+
+class OutsideJobs(Protocol):
+    """The jobs of a front end beside Gradio's queue, as `AppBlocks.close` stops them (`A1111Api`)."""
+
+    def stop_everyone(self) -> int:
+        """Take no new job; stop the waiting and running ones at their next step; how many there were."""
+        ...
+
+    def wait_for_jobs(self, timeout: float) -> bool:
+        """Wait until every job has returned; False when some remain after `timeout` seconds."""
+        ...
 
 
 class AppBlocks(gr.Blocks):
@@ -40,6 +58,11 @@ class AppBlocks(gr.Blocks):
         self.service = service
         self.flags = flags
         self.hosting = hosting
+        self._outside: list[OutsideJobs] = []
+
+    def stop_at_close(self, jobs: OutsideJobs) -> None:
+        """Have `close` stop the jobs of a front end beside Gradio's queue (module docstring)."""
+        self._outside.append(jobs)
 
     def launch(self, *args: Any, app_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
         """Gradio's `launch`, serving visitors: `app_kwargs` gets the app's middlewares and cache sweep added, and
@@ -52,10 +75,13 @@ class AppBlocks(gr.Blocks):
 
         Safe to call more than once, and on an app that was never launched.
         """
+        stopped = sum(jobs.stop_everyone() for jobs in self._outside)  # before the server: they answer now
         super().close(verbose)  # Gradio: the queue starts no more events, the server takes no more requests
-        stopped = self.flags.stop_everyone()
+        stopped += self.flags.stop_everyone()
         if stopped:
-            log.info("closing: stopping %d running job(s)", stopped)
+            log.info("closing: stopping %d job(s)", stopped)
         self.flags.threads.close()  # every job has returned; a finished one has queued its save
+        if not all([jobs.wait_for_jobs(timeout=FLUSH_TIMEOUT_S) for jobs in self._outside]):
+            log.warning("closing with API jobs still running after %.0f s", FLUSH_TIMEOUT_S)
         if not self.service.flush_saves(timeout=FLUSH_TIMEOUT_S):
             log.warning("closing with results still being saved after %.0f s", FLUSH_TIMEOUT_S)

@@ -25,6 +25,7 @@ import gradio as gr
 from gradio.processing_utils import hash_bytes
 from PIL import Image
 
+from sd2_app.api.keeper import png_sha256
 from sd2_app.api.outputs import fast_png
 from sd2_app.api.progress import enlarged
 from sd2_app.api.requests import Request
@@ -226,12 +227,16 @@ def shown_files(result: Result | HistoryEntry) -> list[str] | list[Image.Image]:
     """The images of a result (or a History entry) for a Gallery or Image output: the PNG files the Service
     encoded (`Result.png`) as files in Gradio's cache (`cached_file`), named like the saved files (what a
     download is called); the images themselves when there are none (Gradio encodes those). Calling it again
-    writes nothing."""
+    writes nothing, and hashes nothing: the files are named by the digests the Service computed with the encode
+    (`Result.png_sha256`)."""
     if len(result.png) != len(result.images):
         return list(result.images)
     names = [path.name for path in result.saved[:len(result.png)]]
     names += [f"{result.seed}-{result.task}-{index}.png" for index in range(len(names), len(result.png))]
-    return [cached_file(data, name) for data, name in zip(result.png, names)]
+    digests: list[str | None] = list(result.png_sha256)
+    if len(digests) != len(result.png):
+        digests = [None] * len(result.png)
+    return [cached_file(data, name, digest) for data, name, digest in zip(result.png, names, digests)]
 
 
 def shown_aux(result: Result, name: str, image: Image.Image | None) -> str | None:
@@ -258,13 +263,14 @@ def fast_png_file(image: Image.Image, name: str) -> str:
     return cached_file(fast_png(image), name)
 
 
-def cached_file(data: bytes, name: str) -> str:
+def cached_file(data: bytes, name: str, sha256: str | None = None) -> str:
     """`data` as `name` in the app's folder in Gradio's cache (`cache_files.results_folder`), which Gradio serves
     as it is: no second encode, no copy (gradio/blocks.py, `Block.move_resource_to_block_cache`). The sub-folder
-    is named by the data's salted hash, as Gradio names its own copies (gradio/processing_utils.py,
-    `save_pil_to_cache`): the URL is as hard to guess as that of an image Gradio encoded. The file goes after
-    the cache age whether or not Gradio ever sees it (`cache_files.sweep`)."""
-    folder = results_folder() / hash_bytes(data)
+    is named by Gradio's salted hash (gradio/processing_utils.py, `hash_bytes`, as Gradio names its own copies
+    in `save_pil_to_cache`) of the data's sha256: `sha256` when the caller has it (computed once, when the PNG
+    was encoded: `keeper.png_sha256`), else computed here. The URL is as hard to guess as that of an image
+    Gradio encoded. The file goes after the cache age whether or not Gradio ever sees it (`cache_files.sweep`)."""
+    folder = results_folder() / hash_bytes((sha256 or png_sha256(data)).encode())
     path = folder / name
     if path.exists():  # shown again: files are deleted by age, so this showing starts its age anew
         os.utime(path)

@@ -10,7 +10,7 @@ removed), so memory would grow with every new id.
 
 `UploadBudgetMiddleware` stands in front of that route. A request must say its size (Content-Length; the
 server reads no more than that), at most `MAX_UPLOAD_REQUEST_BYTES`; and each network address
-(`sd2_app.ui.addresses`) may send at most `max_bytes` in at most `UPLOADS_PER_WINDOW` requests per window of
+(`sd2_app.api.addresses`) may send at most `max_bytes` in at most `UPLOADS_PER_WINDOW` requests per window of
 one cache age (a progress question counts as a request of no bytes). A refused request gets a plain-text
 message, as Gradio's own upload errors, and Gradio never sees it. Files are deleted after the cache age (on a
 schedule of at most that age), so what one address holds on disk stays within a few windows' budget. Every
@@ -33,7 +33,7 @@ from gradio.route_utils import API_PREFIX
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import PlainTextResponse
 
-from sd2_app.ui.addresses import ClientAddresses
+from sd2_app.api.addresses import ClientAddresses
 from sd2_app.ui.visitors import ASGIApp, Message, Scope
 
 UPLOAD_PATH = f"{API_PREFIX}/upload"

@@ -22,6 +22,7 @@ import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from sd2_app.api.addresses import starlette_request
 from sd2_app.api.keeper import unlisted
 
 COOKIE = "sd2_visitor"
@@ -55,11 +56,6 @@ class VisitorCookies:
     def identify(self, request: Any) -> str:
         """The visitor id of a gr.Request or a Starlette request; an unguessable one-off id when it has none."""
         return self.verify(_cookie_of(request)) or unlisted("anonymous-" + secrets.token_urlsafe(18))
-
-
-def starlette_request(request: Any) -> Any:
-    """The Starlette request of a gr.Request (which wraps it), or `request` itself."""
-    return getattr(request, "request", None) or request
 
 
 def _cookie_of(request: Any) -> str | None:

@@ -23,12 +23,12 @@ import pytest
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
 
+from sd2_app.api.address_jobs import too_many_jobs_from_address_message  # noqa: E402
 from sd2_app.ui.cache_files import results_folder  # noqa: E402
-from sd2_app.ui.hosting import stop_flag_of, too_many_jobs_from_address_message  # noqa: E402
 from sd2_app.ui.runner import cached_file  # noqa: E402
-from tests.hosting_support import FAST, txt2img_data  # noqa: E402
+from tests.hosting_support import FAST, queue_join, served_behind_proxy, stop_queued_jobs  # noqa: E402
 from tests.reliability_report import reliability, track_module  # noqa: E402,F401
-from tests.reliability_support import one_thread, serve  # noqa: E402,F401
+from tests.reliability_support import one_thread  # noqa: E402,F401
 
 AREA = "Hosting"
 SLOW = {**FAST, "steps": 150}  # about 10 s on the tiny checkpoints: long enough to queue others behind it
@@ -36,72 +36,43 @@ ADDRESS_LIMIT = 3
 SESSIONS = 20
 
 
-def _served(argv: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
-    # A --trusted-proxy-hops in `argv` comes later, so it wins over this one.
-    argv = ["--tiny", "--device", "cpu", "--host", "0.0.0.0", "--no-save", "--trusted-proxy-hops", "1", *argv]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache")))
-        patch.setenv("FORWARDED_ALLOW_IPS", "192.0.2.1")  # uvicorn: the loopback peer is no trusted proxy
-        with serve(argv, tmp_path_factory.mktemp("app-cache"), bind="127.0.0.1") as (url, demo):
-            yield url, demo
-
-
 @pytest.fixture(scope="module")
 def proxied_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
-    yield from _served(["--max-jobs-per-address", str(ADDRESS_LIMIT), "--max-upload-mb-per-address", "1",
+    yield from served_behind_proxy(["--max-jobs-per-address", str(ADDRESS_LIMIT), "--max-upload-mb-per-address", "1",
                         "--max-sessions", str(SESSIONS)], tmp_path_factory)
 
 
 @pytest.fixture()
 def short_cache_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
-    yield from _served(["--cache-minutes", "0.05"], tmp_path_factory)
+    yield from served_behind_proxy(["--cache-minutes", "0.05"], tmp_path_factory)
 
 
 @pytest.fixture()
 def direct_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
     """No trusted proxy (--trusted-proxy-hops 0, the default off a Space): clients connect directly."""
-    yield from _served(["--trusted-proxy-hops", "0", "--max-jobs-per-address", "2"], tmp_path_factory)
-
-
-def _join(url: str, forwarded_for: str | None, **values: object) -> httpx.Response:
-    """A raw queue join with no cookies, through a proxy that says the client is `forwarded_for`."""
-    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
-    return httpx.post(f"{url}gradio_api/call/txt2img", json={"data": txt2img_data(url, **values)}, headers=headers,
-                      timeout=30)
-
-
-def _stop_everything(demo: object) -> None:
-    """The test's cleanup: every job still in the queue gets its stop flag set (cookieless jobs have no Stop)."""
-    queue = demo._queue  # type: ignore[attr-defined]
-    for event in list(queue.event_ids_to_events.values()):
-        flag = stop_flag_of(event.request)
-        if flag is not None:
-            flag.set()
-    deadline = time.monotonic() + 120
-    while queue.event_ids_to_events and time.monotonic() < deadline:
-        time.sleep(0.2)
+    yield from served_behind_proxy(["--trusted-proxy-hops", "0", "--max-jobs-per-address", "2"], tmp_path_factory)
 
 
 def test_jobs_per_address_bound_a_client_without_cookies(proxied_app, reliability) -> None:
     url, demo = proxied_app
     Client(url, verbose=False).predict(prompt="warm", api_name="/txt2img", **FAST)  # models loaded
     try:
-        joined = [_join(url, "203.0.113.7", prompt=f"job {n}", seed=n, **SLOW) for n in range(ADDRESS_LIMIT)]
+        joined = [queue_join(url, "203.0.113.7", prompt=f"job {n}", seed=n, **SLOW) for n in range(ADDRESS_LIMIT)]
         assert [r.status_code for r in joined] == [200] * ADDRESS_LIMIT, [r.text for r in joined]
-        over = _join(url, "203.0.113.7", prompt="one more", seed=9, **SLOW)
+        over = queue_join(url, "203.0.113.7", prompt="one more", seed=9, **SLOW)
         assert over.status_code == 400, over.text
         assert over.json()["detail"] == ("Your network address already has 3 jobs queued or running; wait for one "
                                          "to finish before starting another.")
         # A client that writes its own X-Forwarded-For entry first: the proxy still appends the real address.
-        spoofed = _join(url, "198.51.100.99, 203.0.113.7", prompt="spoofed", seed=10, **SLOW)
+        spoofed = queue_join(url, "198.51.100.99, 203.0.113.7", prompt="spoofed", seed=10, **SLOW)
         assert spoofed.status_code == 400 and spoofed.json()["detail"] == over.json()["detail"], spoofed.text
         # IPv6: another address in the same /64 is the same client.
-        v6 = [_join(url, f"2001:db8:1:2::{n}", prompt="v6", seed=n, **SLOW) for n in range(1, ADDRESS_LIMIT + 2)]
+        v6 = [queue_join(url, f"2001:db8:1:2::{n}", prompt="v6", seed=n, **SLOW) for n in range(1, ADDRESS_LIMIT + 2)]
         assert [r.status_code for r in v6] == [200] * ADDRESS_LIMIT + [400], [r.text for r in v6]
-        other = _join(url, "203.0.113.8", prompt="someone else", seed=11, **FAST)
+        other = queue_join(url, "203.0.113.8", prompt="someone else", seed=11, **FAST)
         assert other.status_code == 200 and "event_id" in other.json(), other.text
     finally:
-        _stop_everything(demo)
+        stop_queued_jobs(demo)
     reliability(AREA, f"a client sending no cookies, {ADDRESS_LIMIT + 1} jobs from one address "
                       f"(--max-jobs-per-address {ADDRESS_LIMIT}, behind a trusted proxy: --trusted-proxy-hops 1)",
                 f"{ADDRESS_LIMIT} accepted; the next refused at join, HTTP {over.status_code}: {over.json()['detail']}; "
@@ -122,10 +93,10 @@ def test_without_a_trusted_proxy_a_written_x_forwarded_for_changes_nothing(direc
     url, demo = direct_app
     Client(url, verbose=False).predict(prompt="warm", api_name="/txt2img", **FAST)
     try:
-        joined = [_join(url, forwarded, prompt="direct", seed=n, **SLOW)
+        joined = [queue_join(url, forwarded, prompt="direct", seed=n, **SLOW)
                   for n, forwarded in enumerate(("203.0.113.1", "203.0.113.2", "203.0.113.3"))]
     finally:
-        _stop_everything(demo)
+        stop_queued_jobs(demo)
     assert [r.status_code for r in joined] == [200, 200, 400], [r.text for r in joined]
     assert joined[2].json()["detail"] == too_many_jobs_from_address_message(2)
     reliability(AREA, "a direct client (no trusted proxy) writing a new X-Forwarded-For on each of 3 cookieless "

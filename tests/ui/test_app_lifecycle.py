@@ -195,3 +195,77 @@ def test_sigterm_stops_a_running_job_instead_of_finishing_it(tmp_path: Path) -> 
         took = time.monotonic() - signalled
     assert took < 45, log.read_text()  # the whole job would take minutes
     assert not list(outputs.rglob("*.png")) and "Traceback" not in log.read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_a1111_apis_running_and_waiting_jobs(tmp_path: Path) -> None:
+    """The A1111 API's jobs run on the server's request threads, beside Gradio's queue: the app's close stops
+    them too. A 512x512 job of 150 steps (minutes on this CPU) that is sampling and one waiting behind it both
+    answer 503 soon after SIGTERM, the app exits cleanly and nothing is saved for them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sd2_app.api.a1111_routes import STOPPED_AT_CLOSE_MESSAGE
+
+    outputs = tmp_path / "outputs"
+    body = {"prompt": "long", "sampler_name": "Euler", "steps": 150, "cfg_scale": 7.0, "width": 512, "height": 512}
+    with _app_process(tmp_path, outputs) as (process, url, log), ThreadPoolExecutor(2) as pool:
+        def progress() -> dict:
+            return httpx.get(f"{url}sdapi/v1/progress", params={"skip_current_image": True}, timeout=30).json()
+
+        def wait_until(done) -> None:
+            deadline = time.monotonic() + 120
+            while not done(progress()["state"]) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert done(progress()["state"]), log.read_text()
+
+        running = pool.submit(httpx.post, f"{url}sdapi/v1/txt2img", json={**body, "seed": 1}, timeout=300)
+        wait_until(lambda state: state["sampling_step"] > 0)  # sampling has begun
+        waiting = pool.submit(httpx.post, f"{url}sdapi/v1/txt2img", json={**body, "seed": 2}, timeout=300)
+        wait_until(lambda state: state["job_count"] == 2)
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        answers = [running.result(timeout=120), waiting.result(timeout=120)]
+        answered = time.monotonic() - signalled
+        assert process.wait(timeout=120) == 0, log.read_text()
+        took = time.monotonic() - signalled
+    assert [answer.status_code for answer in answers] == [503, 503], [answer.text[:200] for answer in answers]
+    assert {answer.json()["detail"] for answer in answers} == {STOPPED_AT_CLOSE_MESSAGE}
+    assert answered < 20 and took < 45, (answered, took, log.read_text())  # the jobs would take minutes
+    assert not list(outputs.rglob("*")) and "Traceback" not in log.read_text()
+
+
+@pytest.mark.slow
+def test_close_stops_an_api_job_in_its_second_batch_and_saves_the_first(tmp_path: Path) -> None:
+    """`AppBlocks.close()` on the app app.py builds, called while an A1111 API job (`n_iter` 2) samples its second
+    batch: the job ends with a 503, close returns before Gradio's 5 s wait for open requests would end, and the
+    finished first batch is on disk, whole, with no other file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sd2_app.api.a1111_routes import STOPPED_AT_CLOSE_MESSAGE
+    from tests.reliability_support import serve
+
+    outputs, cache = tmp_path / "outputs", tmp_path / "cache"
+    cache.mkdir()
+    body = {"prompt": "two batches", "seed": 3, "n_iter": 2, "sampler_name": "Euler", "steps": 150, "cfg_scale": 1.0,
+            "width": 64, "height": 64}
+    with serve(["--tiny", "--device", "cpu", "--outputs", str(outputs)], cache) as (url, demo), \
+            ThreadPoolExecutor(1) as pool:
+        job = pool.submit(httpx.post, f"{url}sdapi/v1/txt2img", json=body, timeout=300)
+        deadline = time.monotonic() + 120
+        state: dict = {}
+        while not (state.get("job_no") == 1 and state.get("sampling_step", 0) > 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            progress = httpx.get(f"{url}sdapi/v1/progress", params={"skip_current_image": True}, timeout=30)
+            state = progress.json()["state"]
+        assert state["job_no"] == 1 and state["sampling_step"] > 0, state  # the second batch is sampling
+        started = time.monotonic()
+        demo.close()
+        took = time.monotonic() - started
+        answer = job.result(timeout=60)
+    assert answer.status_code == 503 and answer.json()["detail"] == STOPPED_AT_CLOSE_MESSAGE, answer.text[:200]
+    assert took < 5
+    files = sorted(path.name for path in outputs.rglob("*") if path.is_file())
+    assert files == ["00000-3-txt2img.png"], files  # the first batch's seed; nothing of the second
+    with Image.open(next(outputs.rglob("*.png"))) as image:
+        image.load()  # the whole PNG: a truncated file raises here
+        assert image.size == (64, 64) and image.info["parameters"].startswith("two batches\n")

@@ -16,11 +16,11 @@ from starlette.requests import Request as StarletteRequest
 
 import app
 from sd2_app import webapp
-from sd2_app.ui.addresses import ClientAddresses, network_key
+from sd2_app.api.addresses import ClientAddresses, network_key
 from sd2_app.ui.cache_files import results_folder, sweep, sweeping_lifespan
 from sd2_app.app_flags import DEFAULT_MAX_SESSIONS
-from sd2_app.ui.hosting import (DEFAULT_MAX_JOBS_PER_ADDRESS, GPU_QUEUE, Visitors, too_many_jobs_from_address_message,
-                                too_many_jobs_message)
+from sd2_app.api.address_jobs import too_many_jobs_from_address_message
+from sd2_app.ui.hosting import DEFAULT_MAX_JOBS_PER_ADDRESS, GPU_QUEUE, Visitors, too_many_jobs_message
 from sd2_app.ui.runner import cached_file
 from sd2_app.ui.visitors import COOKIE
 
@@ -96,6 +96,24 @@ def test_jobs_per_address_count_every_visitor_of_the_address() -> None:
     assert too_many_jobs_from_address_message(3) == ("Your network address already has 3 jobs queued or running; "
                                                      "wait for one to finish before starting another.")
     assert too_many_jobs_from_address_message(1).startswith("Your network address already has 1 job queued")
+
+
+def test_the_a1111_apis_jobs_and_the_queues_share_one_count_per_address() -> None:
+    """The API holds places in `Visitors.address_jobs` (its jobs never enter Gradio's queue); the UI's refusal
+    counts them, and the API's `take` counts the UI's queued jobs."""
+    visitors, queue = _visitors(max_jobs=2, per_address=3)
+    jobs = visitors.address_jobs
+    for _ in range(2):
+        queue.add(_request("10.0.0.2", "203.0.113.7"))  # two web UI jobs
+    assert jobs.take("203.0.113.7") is None  # the third, an API job
+    assert visitors.jobs_from("203.0.113.7") == jobs.count("203.0.113.7") == 3
+    assert visitors.refusal("a-new-visitor", "203.0.113.7") == too_many_jobs_from_address_message(3)
+    assert jobs.take("203.0.113.7") == too_many_jobs_from_address_message(3)  # a fourth API job
+    assert jobs.take("203.0.113.8") is None  # another address
+    jobs.release("203.0.113.7")
+    assert visitors.refusal("a-new-visitor", "203.0.113.7") is None and jobs.count("203.0.113.7") == 2
+    jobs.release("203.0.113.8")
+    assert jobs._held == {}  # no key left behind
 
 
 def test_other_events_count_per_address_apart_from_gpu_jobs() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import parse_qsl
 
-from sd2_app.ui.addresses import ClientAddresses
+from sd2_app.api.addresses import ClientAddresses
 from sd2_app.ui.upload_budget import (MAX_UPLOAD_REQUEST_BYTES, MB, PROGRESS_ID_HEX, PROGRESS_PATH, UPLOAD_PATH,
                                       UploadBudget, UploadBudgetMiddleware, upload_limit_message)
 

@@ -5,6 +5,7 @@ timing split is in the server log."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -95,16 +96,34 @@ def test_every_queued_save_is_on_disk_whole_when_the_app_closes(one_thread: None
     assert all(Image.open(path).info["parameters"].startswith("queued\n") for path in outputs.rglob("*.png"))
 
 
-def test_each_shown_png_is_hashed_once(saving_app, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The gallery and the live preview's last frame are one file in Gradio's cache: its folder name (a salted
-    hash of the bytes) is computed once per image, and Gradio does not hash the file again."""
+@pytest.fixture
+def sha256_inputs(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every byte string `hashlib.sha256` hashes meanwhile, whoever hashes it (the app, Gradio)."""
+    seen: list[bytes] = []
+    real = hashlib.sha256
+
+    class Counting:
+        def __init__(self, data: bytes = b"", **kwargs: object) -> None:
+            self._hash = real(**kwargs)
+            self.update(data)
+
+        def update(self, data: bytes) -> None:
+            seen.append(bytes(data))
+            self._hash.update(data)
+
+        def __getattr__(self, name: str) -> object:  # hexdigest, digest, copy, block_size, ...
+            return getattr(self._hash, name)
+
+    monkeypatch.setattr(hashlib, "sha256", Counting)
+    return seen
+
+
+def test_each_shown_png_is_hashed_once(saving_app, sha256_inputs: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gallery and the live preview's last frame are one file in Gradio's cache, named by the PNG's sha256:
+    computed once per image, with its encode, and Gradio does not hash the file again."""
     import gradio.processing_utils
-    import sd2_app.ui.runner as runner
 
     url, _, outputs = saving_app
-    hashed: list[bytes] = []
-    original = runner.hash_bytes
-    monkeypatch.setattr(runner, "hash_bytes", lambda data: hashed.append(data) or original(data))
     files_hashed: list[str] = []
     original_file = gradio.processing_utils.hash_file
     monkeypatch.setattr(gradio.processing_utils, "hash_file",
@@ -115,8 +134,25 @@ def test_each_shown_png_is_hashed_once(saving_app, monkeypatch: pytest.MonkeyPat
     saved = [path for path in _saved(outputs, len(before) + 2) if path not in before]
     results = [path.read_bytes() for path in saved]
     assert len(results) == 2
-    assert [sum(data == result for data in hashed) for result in results] == [1, 1]
+    assert [sum(data == result for data in sha256_inputs) for result in results] == [1, 1]
     assert files_hashed == []
+
+
+def test_a_history_refresh_hashes_no_png(saving_app, sha256_inputs: list[bytes]) -> None:
+    """History shows each entry's PNG files in Gradio's cache under the names their digests (computed when they
+    were encoded) give: refreshing it hashes none of them again, and shows the saved files, byte for byte."""
+    url, _, outputs = saving_app
+    client = Client(url, verbose=False, download_files=False)
+    before = set(_saved(outputs, 0))
+    _, gallery, _ = client.predict(prompt="refreshed", seed=79, api_name="/txt2img", **{**FAST, "batch_size": 2})
+    saved = [path for path in _saved(outputs, len(before) + 2) if path not in before]
+    pngs = [path.read_bytes() for path in saved]
+    hashed_by_the_request = sum(data in pngs for data in sha256_inputs)
+    for _ in range(3):
+        history, _ = client.predict(api_name="/history")
+        assert [item["image"]["path"] for item in history] == [item["image"]["path"] for item in gallery]
+    assert hashed_by_the_request == 2 and sum(data in pngs for data in sha256_inputs) == 2
+    assert [_served(url, item["image"]) for item in history] == pngs
 
 
 def test_an_xyz_plot_writes_the_timing_line_like_every_task(saving_app, caplog: pytest.LogCaptureFixture,

@@ -1,4 +1,5 @@
-"""The network address a request comes from, for the per-address job limit (`sd2_app.ui.hosting`).
+"""The network address a request comes from, for the per-address limits: GPU jobs (`sd2_app.api.address_jobs`,
+counted across the web UI's queue and the A1111 API) and uploads (`sd2_app.ui.upload_budget`).
 
 A visitor cookie is worth nothing against a client that drops cookies: each of its requests is a new visitor.
 The address it connects from is what such a client cannot change per request, so the queue also counts jobs
@@ -24,11 +25,14 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from sd2_app.ui.visitors import starlette_request
-
 FORWARDED_FOR = "x-forwarded-for"
 IPV6_NETWORK_BITS = 64  # one subscriber's IPv6 network (RFC 6177): counted as one address
 UNKNOWN = "unknown"  # a request without a usable address: all such requests share one count
+
+
+def starlette_request(request: Any) -> Any:
+    """The Starlette request of a gr.Request (which wraps it), or `request` itself."""
+    return getattr(request, "request", None) or request
 
 
 def network_key(host: str | None) -> str | None:

@@ -1,0 +1,145 @@
+"""The A1111-compatible API hosted in public, through the running app with raw HTTP: its GPU jobs count towards
+the web UI's per-address job limit, one count for both front ends (`sd2_app.api.address_jobs`).
+
+The app is `python app.py --host 0.0.0.0 --trusted-proxy-hops 1 --api --api-auth USER:PASS
+--max-jobs-per-address 3` served in-process on a free loopback port (the tiny checkpoints), behind a trusted
+reverse proxy that the test plays, appending the client's address to X-Forwarded-For
+(`tests.hosting_support.served_behind_proxy`). Jobs of 150 steps (seconds each) hold their places while the
+test looks; /interrupt and the queue's stop flags end them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from sd2_app.api.address_jobs import too_many_jobs_from_address_message
+from tests.hosting_support import FAST, queue_join, served_behind_proxy, stop_queued_jobs
+from tests.reliability_report import reliability, track_module  # noqa: F401
+from tests.reliability_support import one_thread  # noqa: F401
+
+pytestmark = pytest.mark.slow  # a served app and jobs held for seconds
+
+AREA = "Hosting"
+ADDRESS_LIMIT = 3
+AUTH = ("krita", "s3cret")
+API_FAST = {"sampler_name": "Euler", "steps": 2, "cfg_scale": 1.0, "width": 64, "height": 64}
+API_SLOW = {**API_FAST, "steps": 150}
+UI_SLOW = {**FAST, "steps": 150}
+REFUSED = too_many_jobs_from_address_message(ADDRESS_LIMIT)
+
+
+@pytest.fixture(scope="module")
+def api_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    argv = ["--api", "--api-auth", ":".join(AUTH), "--max-jobs-per-address", str(ADDRESS_LIMIT)]
+    for url, demo in served_behind_proxy(argv, tmp_path_factory):
+        warm = _txt2img(url, "203.0.113.250", 0, **API_FAST)  # the model is loaded before the tests count
+        assert warm.status_code == 200, warm.text
+        yield url, demo
+
+
+def _txt2img(url: str, forwarded_for: str, seed: int, **fields: object) -> httpx.Response:
+    """POST /sdapi/v1/txt2img through the proxy that says the client is `forwarded_for`."""
+    return httpx.post(f"{url}sdapi/v1/txt2img", json={"prompt": f"api {seed}", "seed": seed, **fields}, auth=AUTH,
+                      headers={"X-Forwarded-For": forwarded_for}, timeout=300)
+
+
+def _api_jobs(url: str) -> int:
+    """The API's jobs waiting or running (/progress's `job_count`)."""
+    progress = httpx.get(f"{url}sdapi/v1/progress", params={"skip_current_image": True}, auth=AUTH, timeout=30)
+    return progress.json()["state"]["job_count"]
+
+
+def _first_answers(futures: list[Future[httpx.Response]], count: int) -> list[httpx.Response]:
+    """The responses back once `count` have come (refusals come at once; an accepted job waits or runs), or
+    those back after 30 s."""
+    deadline = time.monotonic() + 30
+    while sum(future.done() for future in futures) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [future.result() for future in futures if future.done()]
+
+
+def _wait_for_api_jobs(url: str, done: Callable[[int], bool]) -> None:
+    deadline = time.monotonic() + 60
+    while not done(_api_jobs(url)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert done(_api_jobs(url))
+
+
+def _interrupt_oldest_api_jobs(url: str, count: int) -> None:
+    """/interrupt stops the oldest API job: `count` times, each once the one before has left."""
+    for _ in range(count):
+        left = _api_jobs(url)
+        if not left:
+            return
+        httpx.post(f"{url}sdapi/v1/interrupt", auth=AUTH, timeout=30)
+        _wait_for_api_jobs(url, lambda jobs: jobs < left)
+
+
+def test_api_jobs_from_one_address_stop_at_the_per_address_limit(api_app, reliability) -> None:
+    url, demo = api_app
+    visitors = demo.flags.visitors  # type: ignore[attr-defined]
+    sent = 2 * ADDRESS_LIMIT
+    with ThreadPoolExecutor(sent + 1) as pool:
+        futures = [pool.submit(_txt2img, url, "203.0.113.7", seed, **API_SLOW) for seed in range(sent)]
+        try:
+            refused = _first_answers(futures, sent - ADDRESS_LIMIT)
+            assert [r.status_code for r in refused] == [429] * (sent - ADDRESS_LIMIT), [r.text[:200] for r in refused]
+            assert {r.json()["detail"] for r in refused} == {REFUSED}
+            assert visitors.jobs_from("203.0.113.7") == _api_jobs(url) == ADDRESS_LIMIT
+            ui = queue_join(url, "203.0.113.7", prompt="ui", seed=20, **UI_SLOW)  # the web UI counts them too
+            assert ui.status_code == 400 and ui.json()["detail"] == REFUSED, ui.text
+            # A client that writes its own X-Forwarded-For entry first: the proxy still appends the real address.
+            spoofed = _txt2img(url, "198.51.100.99, 203.0.113.7", 21, **API_FAST)
+            assert spoofed.status_code == 429 and spoofed.json()["detail"] == REFUSED, spoofed.text
+            load = httpx.post(f"{url}sdapi/v1/options", json={"sd_model_checkpoint": "sd2"}, auth=AUTH,
+                              headers={"X-Forwarded-For": "203.0.113.7"}, timeout=30)  # a model load counts too
+            assert load.status_code == 429 and load.json()["detail"] == REFUSED, load.text
+            other = pool.submit(_txt2img, url, "203.0.113.8", 22, **API_FAST)  # another address: accepted
+            _wait_for_api_jobs(url, lambda jobs: jobs == ADDRESS_LIMIT + 1)
+        finally:
+            _interrupt_oldest_api_jobs(url, ADDRESS_LIMIT)
+        answers = Counter(future.result().status_code for future in futures)
+        other_answer = other.result(timeout=120)
+    assert answers == {200: ADDRESS_LIMIT, 429: sent - ADDRESS_LIMIT}
+    assert other_answer.status_code == 200 and len(other_answer.json()["images"]) == 1, other_answer.text
+    assert visitors.jobs_from("203.0.113.7") == visitors.jobs_from("203.0.113.8") == 0
+    reliability(AREA, f"{sent} concurrent A1111 API txt2img calls (raw HTTP) from one address, "
+                      f"--max-jobs-per-address {ADDRESS_LIMIT}, behind a trusted proxy (--trusted-proxy-hops 1)",
+                f"{ADDRESS_LIMIT} accepted, {sent - ADDRESS_LIMIT} refused at once, HTTP 429: {REFUSED} The web "
+                "UI's queue refuses that address too while they run (HTTP 400, the same message), and so does "
+                "/options for a checkpoint load (HTTP 429); the same with a client-written first X-Forwarded-For "
+                "entry; another address's API call runs")
+
+
+def test_web_ui_and_api_jobs_of_one_address_share_one_limit(api_app, reliability) -> None:
+    url, demo = api_app
+    visitors = demo.flags.visitors  # type: ignore[attr-defined]
+    ui_jobs = ADDRESS_LIMIT - 1
+    try:
+        joined = [queue_join(url, "203.0.113.9", prompt=f"ui {n}", seed=n, **UI_SLOW) for n in range(ui_jobs)]
+        assert [r.status_code for r in joined] == [200] * ui_jobs, [r.text for r in joined]
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(_txt2img, url, "203.0.113.9", seed, **API_SLOW) for seed in range(3)]
+            try:
+                refused = _first_answers(futures, 2)
+                assert [r.status_code for r in refused] == [429, 429], [r.text[:200] for r in refused]
+                assert {r.json()["detail"] for r in refused} == {REFUSED}
+                assert visitors.jobs_from("203.0.113.9") == ADDRESS_LIMIT and _api_jobs(url) == 1
+                over = queue_join(url, "203.0.113.9", prompt="ui over", seed=9, **UI_SLOW)
+                assert over.status_code == 400 and over.json()["detail"] == REFUSED, over.text
+            finally:
+                _interrupt_oldest_api_jobs(url, 1)
+            answers = sorted(future.result().status_code for future in futures)
+    finally:
+        stop_queued_jobs(demo)
+    assert answers == [200, 429, 429] and visitors.jobs_from("203.0.113.9") == 0
+    reliability(AREA, f"{ui_jobs} web UI jobs (cookieless queue joins) and then 3 concurrent A1111 API calls from one "
+                      f"address, --max-jobs-per-address {ADDRESS_LIMIT}",
+                f"one count for both: 1 API call accepted, 2 refused, HTTP 429: {REFUSED} A further web UI job is "
+                "refused at join, HTTP 400, the same message")
