@@ -86,10 +86,11 @@ def sampling_controls(
     spec = TASKS[task or prefix]
     sampler, steps, cfg = spec.sampler, spec.steps, spec.cfg_scale
     names = service.samplers()
-    with gr.Row():
-        sampler_box = gr.Dropdown(names, value=sampler if sampler in names else names[0], label="Sampler", scale=3)
+    with gr.Row(elem_classes=["phone-stack"]):  # on a phone the checkbox goes under the list (app.css)
+        sampler_box = gr.Dropdown(names, value=sampler if sampler in names else names[0], label="Sampler", scale=3,
+                                  elem_id=f"{prefix}-sampler")
         karras = gr.Checkbox(False, label="Karras sigmas", info="where the sampler offers them", scale=2,
-                             interactive=service.supports_karras(sampler))
+                             interactive=service.supports_karras(sampler), elem_id=f"{prefix}-karras")
     with gr.Row():
         steps_slider = gr.Slider(1, 150, steps, step=1, label="Steps", elem_id=f"{prefix}-steps")
         cfg_slider = gr.Slider(0, 30, cfg, step=0.5, label="Guidance scale (CFG)")

@@ -66,6 +66,13 @@ def _columns(page, elem_id: str) -> dict[str, object]:
     }""", elem_id)
 
 
+def _assert_stacked(page, upper: str, lower: str) -> None:
+    """`lower` is under `upper`, both the whole width of the phone's column."""
+    top, under = (page.locator(f"#{elem_id}").bounding_box() for elem_id in (upper, lower))
+    assert top and under and under["y"] >= top["y"] + top["height"], (upper, top, lower, under)
+    assert under["width"] == top["width"] > PHONE["width"] * 0.8, (upper, top, lower, under)
+
+
 # The columns each table keeps on a phone (ui/models.py PHONE_COLUMNS, ui/history.py HISTORY_PHONE_COLUMNS).
 PHONE_TABLES = {"Models": ("models-status", ["Name", "Loaded", "Size", "Last error"]),
                 "History": ("history-table", ["Task", "Parameters"])}
@@ -88,9 +95,9 @@ def test_on_a_phone_no_tab_scrolls_sideways_and_the_tables_fit_their_box(browser
                 assert table["left"] - 1 <= left < right <= table["right"] + 1 and height < 60, (name, head, table)
         if name == "X/Y/Z plot":
             # An axis's values list runs the whole width under its type (beside it, it was one value a line).
-            kind, values = (page.locator(f"#xyz-x-{part}").bounding_box() for part in ("type", "picked"))
-            assert kind and values and values["y"] >= kind["y"] + kind["height"], (kind, values)
-            assert values["width"] == kind["width"] > PHONE["width"] * 0.8, (kind, values)
+            _assert_stacked(page, "xyz-x-type", "xyz-x-picked")
+        if name in SEED_ROWS:  # "Karras sigmas" under the sampler list (beside it, a word or two a line)
+            _assert_stacked(page, f"{SEED_ROWS[name]}-sampler", f"{SEED_ROWS[name]}-karras")
     page.context.close()
     wide = _open(browser, url, DESKTOP)  # a laptop keeps every column
     for name, (elem_id, _) in PHONE_TABLES.items():
