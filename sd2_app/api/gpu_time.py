@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sd2_app.api.cost import job_cost
-from sd2_app.api.plot import plan_cells, plot_cost
+from sd2_app.api.plot import check_plot, plot_cost
 from sd2_app.api.requests import Request, XYZPlotRequest
 from sd2_app.errors import InvalidRequest
 
@@ -45,12 +45,12 @@ def seconds_for(service: Service, request: Request) -> int:
     """The duration for `request` as the Service would run it; a request it refuses gets the minimum (the
     refusal comes before any GPU work)."""
     try:
+        if isinstance(request, XYZPlotRequest):  # its cells one after the other, validated once
+            plot = check_plot(request, service.catalog, service.limits)  # `service.validate`'s checks
+            return gpu_seconds(plot_cost(plot.cells, service.catalog))
         checked, _ = service.validate(request)
     except InvalidRequest:
         return MIN_SECONDS
-    if isinstance(checked, XYZPlotRequest):  # its cells one after the other
-        cells, _ = plan_cells(checked, service.catalog, service.limits)
-        return gpu_seconds(plot_cost(cells, service.catalog))
     return gpu_seconds(job_cost(checked, service.catalog))
 
 

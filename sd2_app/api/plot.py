@@ -74,8 +74,25 @@ def _axes(request: XYZPlotRequest) -> list[tuple[str, PlotAxis]]:
     return used
 
 
+@dataclass(frozen=True)
+class CheckedPlot:
+    """A validated plot and what checking it found: its warnings and its cells, each cell validated once."""
+
+    request: XYZPlotRequest  # typed axis values, a validated base (its seed drawn once)
+    warnings: list[str]
+    cells: list[PlotCell]  # in grid order (`plan_cells`)
+
+
 def validate_plot(request: XYZPlotRequest, catalog: Catalog, limits: Limits) -> tuple[XYZPlotRequest, list[str]]:
-    """The plot with typed axis values and a validated base (its seed drawn once); every cell is checked."""
+    """The plot with typed axis values and a validated base (its seed drawn once); every cell is checked
+    (`check_plot`, which also keeps the cells for whoever runs or prices them)."""
+    checked = check_plot(request, catalog, limits)
+    return checked.request, checked.warnings
+
+
+def check_plot(request: XYZPlotRequest, catalog: Catalog, limits: Limits) -> CheckedPlot:
+    """`validate_plot`'s checks, with the validated cells kept: running a plot (`run_plot`) or pricing it
+    (`sd2_app.api.gpu_time.seconds_for`) plans its cells once, here."""
     base = request.base
     if not isinstance(base, (Txt2ImgRequest, Img2ImgRequest)):
         raise InvalidRequest("An X/Y/Z plot runs a text-to-image or image-to-image request.")
@@ -108,7 +125,7 @@ def validate_plot(request: XYZPlotRequest, catalog: Catalog, limits: Limits) -> 
     checked = XYZPlotRequest(base=checked_base, x=axes["X"], y=axes.get("Y"), z=axes.get("Z"))
     planned, cell_warnings = plan_cells(checked, catalog, limits)
     check_job_cost(checked, plot_cost(planned, catalog), limits.max_job_cost)
-    return checked, warnings + [w for w in cell_warnings if w not in warnings]
+    return CheckedPlot(checked, warnings + [w for w in cell_warnings if w not in warnings], planned)
 
 
 def plan_cells(request: XYZPlotRequest, catalog: Catalog, limits: Limits) -> tuple[list[PlotCell], list[str]]:
@@ -233,8 +250,8 @@ def grid_parameters(request: XYZPlotRequest, first_text: str) -> str:
 def run_plot(service: Service, request: XYZPlotRequest, on_progress: ProgressFn | None,
              should_stop: Callable[[], bool] | None, on_cell: CellFn | None = None) -> Result:
     """Validate, run every cell, draw one labelled grid per Z value; the Service's `Result` of it all."""
-    checked, warnings = service.validate(request)
-    cells, _ = plan_cells(checked, service.catalog, service.limits)
+    plot = check_plot(request, service.catalog, service.limits)  # `service.validate`'s checks, cells kept
+    checked, warnings, cells = plot.request, plot.warnings, plot.cells
     started = time.perf_counter()
     finished, timings, run_warnings, stopped = run_cells(service, cells, on_progress, should_stop, on_cell)
     if not finished:

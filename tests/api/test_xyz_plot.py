@@ -268,3 +268,17 @@ def test_the_cells_add_up_against_the_job_cost_cap() -> None:
         "This job is too large for this server: it costs 3,840 UNet evaluations x latent pixels and the limit is "
         "3,000. Lower the number of cells, the steps or the size (at most 7 steps fit with the other settings "
         "unchanged).")
+
+
+def test_running_a_plot_checks_each_cell_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Service's run plans the cells validation checked: a 2x2 plot is the base and four cells, checked once
+    each (it validated the plot, then planned the cells again: 9 checks)."""
+    import sd2_app.api.plot as plot_module
+
+    checked: list[object] = []
+    validate_task = plot_module.validate_task
+    monkeypatch.setattr(plot_module, "validate_task",
+                        lambda request, *args: checked.append(request) or validate_task(request, *args))
+    result = fake_service(None).run(_plot(PlotAxis("steps", "1, 2"), PlotAxis("seed", "3, 4")))
+    assert len(checked) == 1 + 4
+    assert [cell["steps"] for cell in result.cells] == [1, 2, 1, 2] and len(result.images) == 1 + 4

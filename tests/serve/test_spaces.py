@@ -93,17 +93,17 @@ def test_speed_mode_on_zerogpu_is_the_per_call_set() -> None:
 @pytest.mark.slow
 def test_app_picks_the_per_call_switches_on_zerogpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import app
-    import sd2_app.manager as manager_module
+    import sd2_app.api.engine as engine_module
     from sd2_app import webapp
 
     seen: list = []
 
-    class Recorder(manager_module.ModelManager):
+    class Recorder(engine_module.ModelManager):
         def __init__(self, *args, **kwargs) -> None:
             seen.append(kwargs["accel"])
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(manager_module, "ModelManager", Recorder)
+    monkeypatch.setattr(engine_module, "ModelManager", Recorder)  # the one place a manager is made
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # webapp.build lowers it; restored after
     from tests.api.test_provenance import linked_tiny_cache
 
@@ -156,3 +156,25 @@ def test_a_plot_asks_zerogpu_for_all_its_cells() -> None:
     work = (50 + 100) * 2 * 96 * 96  # steps x 2 guided calls x latent pixels of each cell
     assert gpu_time.gpu_seconds(work) == 24
     assert gpu_time.seconds_for(service, plot) == 24
+
+
+def test_a_plots_duration_checks_each_cell_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`seconds_for` prices the cells that validating the plot planned: 64 cells are checked once each (they
+    were planned twice, 129 checks), and the duration is still the sum of the cells' work."""
+    import sd2_app.api.plot as plot_module
+    from sd2_app.api.requests import PlotAxis, XYZPlotRequest
+    from sd2_app.api.service import Service
+    from tests.ui_doubles import FakeManager
+
+    checked: list[object] = []
+    validate_task = plot_module.validate_task
+    monkeypatch.setattr(plot_module, "validate_task",
+                        lambda request, *args: checked.append(request) or validate_task(request, *args))
+    service = Service(FakeManager(), outputs_dir=None, allowed_repos=())
+    base = Txt2ImgRequest("x", checkpoint="sd21-base", width=512, height=512,
+                          sampling=Sampling(sampler="Euler", steps=20, cfg_scale=7.5, seed=1))
+    plot = XYZPlotRequest(base=base, x=PlotAxis("steps", "1-8"), y=PlotAxis("seed", "1-8"))
+    seconds = gpu_time.seconds_for(service, plot)
+    assert len(checked) == 1 + 64  # the plot's base, then each cell
+    work = 8 * sum(range(1, 9)) * 2 * 64 * 64  # 8 seeds x the steps of each X value x 2 guided calls x latent pixels
+    assert seconds == gpu_time.gpu_seconds(work) == 22
