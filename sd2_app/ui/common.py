@@ -94,7 +94,7 @@ def sampling_controls(
         cfg_slider = gr.Slider(0, 30, cfg, step=0.5, label="Guidance scale (CFG)")
     with gr.Accordion("More sampling options", open=False):
         rescale = gr.Slider(0, 1, 0, step=0.05, label="Guidance rescale", info="0.7 helps the 768-v models; 0 = off")
-    with gr.Row():
+    with gr.Row(elem_classes=["seed-row"]):  # static/app.css lines the buttons up with the seed box
         seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, scale=3, elem_id=f"{prefix}-seed")
         randomize = gr.Button("Random seed", scale=1, size="sm", elem_id=f"{prefix}-random-seed")
         reuse = gr.Button("Reuse last seed", scale=1, size="sm", elem_id=f"{prefix}-reuse-seed")

@@ -59,7 +59,7 @@ def _axis_row(name: str, kind: str, picks: dict[str, list[tuple[str, str]]]) -> 
     prefix = f"xyz-{name.lower()}"
     choices = [("Nothing", "nothing")] if name != "X" else []
     choices += [(spec.label, key) for key, spec in AXES.items()]
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=True, elem_classes=["axis-row"]):  # on a phone the values go under the type (app.css)
         kind_box = gr.Dropdown(choices, value=kind, label=f"{name} type", scale=2, elem_id=f"{prefix}-type")
         text = gr.Textbox(label=f"{name} values", placeholder="20, 30, 40 or 10-40 (+10)", scale=5,
                           visible=kind not in PICKED and kind != "nothing", elem_id=f"{prefix}-values")

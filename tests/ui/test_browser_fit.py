@@ -86,9 +86,34 @@ def test_on_a_phone_no_tab_scrolls_sideways_and_the_tables_fit_their_box(browser
             for head, left, right, height in table["heads"]:
                 # In the box, not behind its right edge; one or two short lines, not a letter per line.
                 assert table["left"] - 1 <= left < right <= table["right"] + 1 and height < 60, (name, head, table)
+        if name == "X/Y/Z plot":
+            # An axis's values list runs the whole width under its type (beside it, it was one value a line).
+            kind, values = (page.locator(f"#xyz-x-{part}").bounding_box() for part in ("type", "picked"))
+            assert kind and values and values["y"] >= kind["y"] + kind["height"], (kind, values)
+            assert values["width"] == kind["width"] > PHONE["width"] * 0.8, (kind, values)
     page.context.close()
     wide = _open(browser, url, DESKTOP)  # a laptop keeps every column
     for name, (elem_id, _) in PHONE_TABLES.items():
         _go(wide, name)
         assert len(_columns(wide, elem_id)["heads"]) == {"Models": 9, "History": 6}[name], name
     wide.context.close()
+
+
+# Each generating tab and the prefix of its elements' ids.
+SEED_ROWS = {"Text to image": "txt2img", "Image to image": "img2img", "Inpaint": "inpaint", "Outpaint": "outpaint",
+             "Upscale ×4": "upscale", "Depth to image": "depth", "X/Y/Z plot": "xyz"}
+
+
+def test_the_seed_buttons_line_up_with_the_seed_box(browser, url: str) -> None:
+    page = _open(browser, url, DESKTOP)
+    for name, prefix in SEED_ROWS.items():
+        _go(page, name)
+        page.locator(f"#{prefix}-seed").scroll_into_view_if_needed()
+        seed = page.locator(f"#{prefix}-seed").bounding_box()
+        for button in ("random-seed", "reuse-seed"):
+            box = page.locator(f"#{prefix}-{button}").bounding_box()
+            assert seed and box and box["x"] > seed["x"] + seed["width"], (name, button, seed, box)  # beside it
+            # Level with the box's bottom edge (they sat up by its label, 63 px higher).
+            assert abs((box["y"] + box["height"]) - (seed["y"] + seed["height"])) <= 1, (name, button, seed, box)
+    page.locator("#xyz-seed").locator("..").locator("..").screenshot(path=str(ARTIFACTS / "fit-seed-row.png"))
+    page.context.close()
