@@ -14,17 +14,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
 
-from sd2_app.accel import options_for
 from sd2_app.api import requests as rq
+from sd2_app.api.checks import Limits
+from sd2_app.api.engine import build_service
+from sd2_app.api.engine_settings import EngineSettings
 from sd2_app.api.plot import write_tables
 from sd2_app.api.service import Service
-from sd2_app.checkpoints.catalog import apply_overrides, parse_assignments
 from sd2_app.errors import InvalidRequest, LoadError
-from sd2_app.loading.embeddings import EmbeddingLibrary
-from sd2_app.manager import ModelManager
 from sd2_app.pipelines.metadata import parse_parameters, read_png_parameters, save_png
 
 log = logging.getLogger("sd2_app.cli")
@@ -109,13 +107,20 @@ def _repo_assignments(args: argparse.Namespace) -> list[str]:
     return [item if "=" in item else f"{args.model}={item}" for item in args.repo]
 
 
+def engine_settings(args: argparse.Namespace) -> EngineSettings:
+    """The CLI's ModelManager + Service: one run, on this thread; its PNGs are written here, not by the Service."""
+    return EngineSettings(
+        device=args.device, dtype=args.dtype, speed=args.speed, zerogpu=False,  # never run on a ZeroGPU Space
+        repos=tuple(_repo_assignments(args)), revisions=tuple(args.revision), tiny=args.tiny,
+        cache_dir=args.model_dir, preload=(),  # the one job loads what it needs
+        limits=Limits(),  # the web app's default limits: the same validation as the web UI
+        outputs_dir=None, keep_outputs_days=None, watermark=True, save_in_background=False, history_size=50,
+        embeddings_dir=args.embeddings_dir, batch_users=False, import_pipelines=False,
+    )
+
+
 def make_service(args: argparse.Namespace) -> Service:
-    registry = apply_overrides(repos=parse_assignments(_repo_assignments(args)),
-                               revisions=parse_assignments(args.revision))
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, cache_dir=args.model_dir,
-                           accel=options_for(args.speed))
-    return Service(manager, outputs_dir=None, embeddings=EmbeddingLibrary.scan(args.embeddings_dir))
+    return build_service(engine_settings(args))
 
 
 def run_task(args: argparse.Namespace) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 Service -> `build_ui`), launch it with app.py's settings, and close it in order when the server stops.
 
 Kept apart from the flags so that `python app.py --help` and flag errors answer without importing Gradio,
-transformers or torch; torch itself is imported only for the local models (`_local_service`), after `spaces`
+transformers or torch; torch itself is imported only for the local models (`local_service`), after `spaces`
 where a ZeroGPU Space has it: the Ray Serve front end (--serve) never imports it.
 """
 
@@ -18,14 +18,13 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from sd2_app.api import batching, gpu_time
+from sd2_app.api import gpu_time
 from sd2_app.api.a1111_routes import A1111Api, build_router, parse_auth
 from sd2_app.api.checks import Limits
 from sd2_app.api.service import Service
-from sd2_app.api.tasks import import_pipelines
+from sd2_app.api.engine_settings import EngineSettings, ready, registry_of, service_options
 from sd2_app.app_flags import api_enabled, is_public
-from sd2_app.checkpoints.catalog import CheckpointSpec, apply_overrides, parse_assignments, tiny_registry
-from sd2_app.loading.embeddings import EmbeddingLibrary
+from sd2_app.checkpoints.catalog import tiny_registry
 from sd2_app.serve.config import load_config
 from sd2_app.ui import build_ui
 from sd2_app.ui.hosting import Hosting
@@ -40,19 +39,12 @@ def mcp_available() -> bool:
 
 def build(args: argparse.Namespace) -> AppBlocks:
     """The app `args` describe. With --serve its jobs run on the Ray Serve replicas and this process loads no
-    torch (`_serve_service`); otherwise it holds the models (`_local_service`)."""
-    registry = apply_overrides(repos=parse_assignments(args.repo), revisions=parse_assignments(args.revision))
-    outputs = None if args.no_save else args.outputs
-    limits = Limits(max_side=args.max_side, max_job_cost=args.max_job_cost or None)
+    torch (`_serve_service`); otherwise it holds the models (`local_service`)."""
+    settings = engine_settings(args)
     # PIL refuses to open images over twice this many pixels (uploads are decoded lazily, and validation
     # refuses anything over the limit from the header alone, so this only stops bombs PIL would decode).
-    Image.MAX_IMAGE_PIXELS = limits.max_input_pixels
-    if args.serve:
-        service = _serve_service(args, registry, limits, outputs)
-    else:
-        service = _local_service(args, registry, limits, outputs)
-        _batch_users(args, service)
-        import_pipelines()  # in this thread, before any visitor's: lazily, two threads can deadlock on the imports
+    Image.MAX_IMAGE_PIXELS = settings.limits.max_input_pixels
+    service = _serve_service(args, settings) if args.serve else local_service(settings)
     hosting = Hosting(max_jobs_per_visitor=args.max_jobs_per_session, max_jobs_per_address=args.max_jobs_per_address,
                       max_upload_mb_per_address=args.max_upload_mb_per_address,
                       trusted_proxy_hops=args.trusted_proxy_hops,
@@ -73,34 +65,40 @@ def build(args: argparse.Namespace) -> AppBlocks:
     return demo
 
 
-def _local_service(args: argparse.Namespace, registry: dict[str, CheckpointSpec], limits: Limits,
-                   outputs: str | None) -> Service:
-    """A Service over this process's ModelManager: the only path of the app that imports torch."""
+def local_service(settings: EngineSettings) -> Service:
+    """A Service over this process's ModelManager (`sd2_app.api.engine`): the only path of the app that imports
+    torch."""
     if find_spec("spaces") is not None:
         import spaces  # noqa: F401  # ZeroGPU patches torch's CUDA calls: it must be imported before torch
     # Everything that loads torch is imported here, after `spaces`.
-    import torch
+    from sd2_app.api.engine import build_service
 
-    from sd2_app.accel.per_call import options_for_host
-    from sd2_app.manager import ModelManager
-
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    manager = ModelManager(args.device, dtype, registry=registry, tiny=args.tiny, preload=args.preload or (),
-                           accel=options_for_host(args.speed, zerogpu=gpu_time.on_zerogpu()))
-    return Service(manager, limits=limits, outputs_dir=outputs, watermark=not args.no_watermark,
-                   embeddings=EmbeddingLibrary.scan(args.embeddings_dir),
-                   keep_outputs_days=args.keep_outputs_days, save_in_background=True)
+    return build_service(settings)
 
 
-def _batch_users(args: argparse.Namespace, service: Service) -> None:
-    """--batch-users: batching across users (sd2_app/api/batching.py), before the UI reads the queue's limit.
+def engine_settings(args: argparse.Namespace) -> EngineSettings:
+    """The web app's ModelManager + Service (with --serve, the front end's Service takes its settings too)."""
+    zerogpu = gpu_time.on_zerogpu()
+    return EngineSettings(
+        device=args.device, dtype=args.dtype, speed=args.speed, zerogpu=zerogpu, repos=tuple(args.repo),
+        revisions=tuple(args.revision), tiny=args.tiny, cache_dir=None, preload=tuple(args.preload or ()),
+        limits=Limits(max_side=args.max_side, max_job_cost=args.max_job_cost or None),
+        outputs_dir=None if args.no_save else args.outputs, keep_outputs_days=args.keep_outputs_days,
+        watermark=not args.no_watermark, save_in_background=True, history_size=50,
+        embeddings_dir=args.embeddings_dir, batch_users=_batch_users(args, zerogpu),
+        # visitors' jobs start on several threads; with --serve they run on the replicas (and torch stays out)
+        import_pipelines=not args.serve,
+    )
+
+
+def _batch_users(args: argparse.Namespace, zerogpu: bool) -> bool:
+    """--batch-users: batching across users (sd2_app/api/batching.py).
 
     Not on ZeroGPU: there each job runs inside its own GPU call, so a batch's thread would have no GPU.
     """
-    if args.batch_users and gpu_time.on_zerogpu():
+    if args.batch_users and zerogpu:
         logging.getLogger(__name__).warning("--batch-users is ignored on ZeroGPU: each job has its own GPU call")
-    elif args.batch_users:
-        batching.enable(service)
+    return args.batch_users and not zerogpu
 
 
 def launch_settings(args: argparse.Namespace, demo: gr.Blocks | None = None) -> dict[str, Any]:
@@ -119,23 +117,21 @@ def launch_settings(args: argparse.Namespace, demo: gr.Blocks | None = None) -> 
                 state_session_capacity=args.max_sessions)
 
 
-def _serve_service(args: argparse.Namespace, registry: dict[str, CheckpointSpec], limits: Limits,
-                   outputs: str | None) -> Service:
+def _serve_service(args: argparse.Namespace, settings: EngineSettings) -> Service:
     """A Service whose jobs run on the Ray Serve deployment; saving, the watermark and history stay here, with
     the same settings as the local app."""
     # Ray is optional (requirements-serve.txt): imported only on this path. Nothing here imports torch, except
     # writing the tiny repos' random weights (--tiny, a demo mode: the front end reads their tokenizers).
     from sd2_app.serve.backend import connect, remote_service
 
+    registry = registry_of(settings)
     if args.tiny:
         from sd2_app.manager import default_cache_dir
         from sd2_app.testing.tiny import ensure_tiny_repos
 
         registry = tiny_registry(ensure_tiny_repos(default_cache_dir() / "tiny"), registry)
     config = load_config(args.serve_config)
-    return remote_service(connect(args.serve, config), registry, config, limits=limits, outputs_dir=outputs,
-                          watermark=not args.no_watermark, embeddings=EmbeddingLibrary.scan(args.embeddings_dir),
-                          keep_outputs_days=args.keep_outputs_days, save_in_background=True)
+    return ready(remote_service(connect(args.serve, config), registry, config, **service_options(settings)), settings)
 
 
 def configure_logging() -> None:

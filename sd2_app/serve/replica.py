@@ -3,26 +3,26 @@ them in the replica's process)."""
 
 from __future__ import annotations
 
-import torch
-
-from sd2_app.accel import options_for
-from sd2_app.api import batching
+from sd2_app.api.checks import Limits
+from sd2_app.api.engine import build_service as build_engine
+from sd2_app.api.engine_settings import EngineSettings
 from sd2_app.api.service import Service
-from sd2_app.checkpoints.catalog import apply_overrides, parse_assignments
-from sd2_app.loading.embeddings import EmbeddingLibrary
-from sd2_app.manager import ModelManager
 from sd2_app.serve.config import ServeConfig
+
+
+def engine_settings(config: ServeConfig) -> EngineSettings:
+    """A replica's ModelManager + Service. It runs requests the front end validated (`Service.produce`, no
+    `validate`, no keeping): the front end's Service checks the limits, watermarks, saves and keeps history."""
+    return EngineSettings(
+        device=config.device, dtype=config.dtype, speed=config.speed, zerogpu=False,  # Ray nodes are no Spaces
+        repos=config.repos, revisions=(), tiny=config.tiny, cache_dir=None, preload=config.preload,
+        limits=Limits(), outputs_dir=None, keep_outputs_days=None, watermark=False, save_in_background=False,
+        history_size=1, embeddings_dir=config.embeddings_dir, batch_users=config.batch_users,
+        # its jobs start on `max_ongoing_requests` threads (SD2Worker's executor)
+        import_pipelines=True,
+    )
 
 
 def build_service(config: ServeConfig) -> Service:
     """One replica's ModelManager + Service (with a `Batcher` at its GPU gate when `config.batch_users`)."""
-    registry = apply_overrides(repos=parse_assignments(list(config.repos)), revisions={})
-    dtype = getattr(torch, config.dtype) if config.dtype else None
-    manager = ModelManager(config.device, dtype, registry=registry, tiny=config.tiny, preload=config.preload,
-                           accel=options_for(config.speed))
-    # Nothing is saved or marked here: the front end's Service watermarks and saves what comes back.
-    service = Service(manager, outputs_dir=None, history_size=1,
-                      embeddings=EmbeddingLibrary.scan(config.embeddings_dir))
-    if config.batch_users:
-        batching.enable(service)
-    return service
+    return build_engine(engine_settings(config))

@@ -27,8 +27,9 @@ from sd2_app.api.gpu_time import gpu, values_seconds
 from sd2_app.api.timing import summary
 from sd2_app.ui.layout import GENERATE, RUNNING
 from sd2_app.ui.raw_values import server_checked
-from sd2_app.ui.runner import (GPU_QUEUE, WAIT_POLL_S, Finish, QueuePlace, RunFlag, StopFlags, deliver,
-                               shown_preview, stopped_message, stream, timed_call, user_message)
+from sd2_app.ui.run_views import RequestView, RunView
+from sd2_app.ui.runner import (GPU_QUEUE, Finish, QueuePlace, RunFlag, StopFlags, deliver, shown_preview,
+                               stopped_message, stream, user_message)
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Result, Service
@@ -200,13 +201,16 @@ def stream_result(
     finish: Finish,
     n_outputs: int,
     queued_flag: RunFlag | None = None,
+    view: RunView | None = None,
 ) -> Iterator[tuple]:
     """The body of every Generate handler: yields (preview, status) updates, then the finished outputs.
 
     Outputs are always (preview, gallery, info, last_seed, selected, *extras); `finish(result, shown)` fills
     gallery onward. `queued_flag` is the stop flag the job got when it joined the queue: when Stop set it while the
-    job waited, the run ends before its first step with "Stopped.".
+    job waited, the run ends before its first step with "Stopped.". `view` starts the job and says what each step
+    shows (`run_views`; None: `RequestView`, one request).
     """
+    view = view if view is not None else RequestView()
     try:
         request = request_fn()
     except InvalidRequest as error:
@@ -214,7 +218,7 @@ def stream_result(
         return (yield from refuse(str(error), n_outputs))
     flag = flags.arm(session, queued_flag)
     # The job starts now, not after this update; with no news for a while it may be waiting at the GPU gate.
-    run = stream(timed_call(service, request, session, flag), flag, flags.threads, idle_s=WAIT_POLL_S)
+    run = stream(view.call(service, request, session, flag), flag, flags.threads, idle_s=view.idle_s)
     progress(0, desc="Loading the model…")
     keep = (gr.skip(),) * (n_outputs - 3)
     place = QueuePlace(STARTING)
@@ -225,13 +229,8 @@ def stream_result(
                 if (status := place.update(None if flag.total else service.jobs_ahead(flag.is_set), progress)):
                     yield (gr.skip(), gr.skip(), status, *keep)
             elif isinstance(item, tuple):
-                done, total, preview = item
-                flag.done, flag.total = done, total
-                progress((done, total), desc="Sampling", unit="steps")
-                if preview is not None or place.started():  # a step ends the wait the line may still show
-                    # After Stop, a late preview must not put "Step n" back over the stop message.
-                    status = STOPPING if flag.is_set() else f"Step {done}/{total}"
-                    yield (shown_preview(preview) if preview is not None else gr.skip(), gr.skip(), status, *keep)
+                if (update := _step_update(view, item, flag, place, progress)) is not None:
+                    yield (*update, *keep)
             else:
                 for warning in item.warnings:
                     gr.Warning(warning)
@@ -252,6 +251,19 @@ def stream_result(
         flags.release(session, flag)
 
 
+def _step_update(view: RunView, step: tuple[int, int, Image.Image | None], flag: RunFlag, place: QueuePlace,
+                 progress: gr.Progress) -> tuple | None:
+    """The progress bar moved to a finished step; the (preview, gallery, info) the view shows for it, if any."""
+    done, total, preview = step
+    flag.done, flag.total = done, total
+    progress((done, total), desc="Sampling", unit="steps")
+    if (shown := view.shown(done, total, preview, place)) is None:
+        return None
+    gallery, status = shown
+    # After Stop, a late preview must not put the step back over the stop message.
+    return shown_preview(preview) if preview is not None else gr.skip(), gallery, STOPPING if flag.is_set() else status
+
+
 def wire_run(
     service: Service,
     flags: StopFlags,
@@ -262,12 +274,12 @@ def wire_run(
     names: Sequence[str],
     *,
     finish_extra: Callable[[Result], tuple] = lambda result: (),
-    body: Callable[..., Iterator[tuple]] | None = None,
+    view: Callable[[], RunView] = RequestView,
 ) -> Dependency:
     """Connect Generate (streaming, on the GPU queue) and Stop; returns the run event.
 
-    `body` replaces `stream_result` (same arguments and yields) for a tab that streams more than previews:
-    the X/Y/Z plot shows each finished cell as it comes."""
+    `view` makes each run's `RunView` (`stream_result`): a tab that streams more than previews has its own (the
+    X/Y/Z plot shows each finished cell as it comes)."""
     # `selected` goes back to 0 with every new result: an index picked in the previous gallery must not make
     # "Send to" carry another image of the new one.
     outputs: list[gr.components.Component] = [panel.preview, panel.gallery, panel.info, panel.last_seed,
@@ -281,7 +293,7 @@ def wire_run(
         return (gallery, describe(result), result.seed, 0, *finish_extra(result))
 
     assert len(names) == len(inputs), (api_name, names)
-    handler = _generate_handler(service, flags, make_request, names, finish, len(outputs), body or stream_result)
+    handler = _generate_handler(service, flags, make_request, names, finish, len(outputs), view)
     server_checked(inputs)
     event = _wire_generate(panel, handler, inputs, outputs, api_name, service.concurrency)
     _wire_stop(panel, flags, event, api_name)
@@ -295,18 +307,19 @@ def _generate_handler(
     names: Sequence[str],
     finish: Finish,
     n_outputs: int,
-    body: Callable[..., Iterator[tuple]],
+    view: Callable[[], RunView],
 ) -> Callable[..., Iterator[tuple]]:
-    """The Generate event's function: widget values in (named after the request fields), `body`'s yields out."""
+    """The Generate event's function: widget values in (named after the request fields), `stream_result`'s yields
+    out."""
 
     # ZeroGPU: each call asks for the GPU time its own job needs (widget values -> request -> cost)
     @gpu(duration=lambda request, *values: values_seconds(service, make_request, tuple(values[:-1])))
     def handler(request: gr.Request, *values: Any) -> Iterator[tuple]:
         # Gradio passes (request, *widget values, progress tracker) by position: see the signature below.
         *widget_values, progress = values
-        yield from body(
+        yield from stream_result(
             service, flags, lambda: make_request(*widget_values), flags.visitor(request), progress, finish,
-            n_outputs, queued_flag=stop_flag_of(request),
+            n_outputs, queued_flag=stop_flag_of(request), view=view(),
         )
 
     # Name the API parameters after the request fields (gradio_client users call `prompt=...`, not `param_1=...`).

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 from gradio.processing_utils import hash_bytes
@@ -36,7 +36,6 @@ from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.ui.cache_files import results_folder
 
 if TYPE_CHECKING:
-    from sd2_app.api.service import Service
     from sd2_app.ui.hosting import Visitors
 
 log = logging.getLogger(__name__)
@@ -289,10 +288,13 @@ def cached_file(data: bytes, name: str, sha256: str | None = None) -> str:
     return str(path)
 
 
-def timed_call(service: Service, request: Request, owner: str, flag: RunFlag) -> Callable[..., Result]:
-    """`service.run(request)` as `stream` calls it; its timings start with the job's wait in the queue."""
+def timed_call(run: Callable[..., Result], request: Request, owner: str, flag: RunFlag,
+               **options: Any) -> Callable[..., Result]:
+    """`run(request, ...)` (`Service.run`, or `Service.plot` with its `on_cell` in `options`) as `stream` calls it;
+    its timings start with the job's wait in the queue."""
     timings = {"queue": flag.waited()}
-    return lambda on_progress, should_stop: service.run(request, on_progress, should_stop, owner=owner, timings=timings)
+    return lambda on_progress, should_stop: run(request, on_progress, should_stop, owner=owner, timings=timings,
+                                                **options)
 
 
 Finish = Callable[[Result, list[str] | list[Image.Image]], tuple]  # (result, its shown files) -> outputs

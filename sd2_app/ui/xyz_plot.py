@@ -8,11 +8,10 @@ cells appear in the gallery as they come, so Stop leaves them on screen.
 
 from __future__ import annotations
 
-import logging
 import queue
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -23,21 +22,17 @@ from PIL import Image
 
 from sd2_app.api.plot import cell_caption, write_tables
 from sd2_app.api.plot_axes import AXES, AXIS_NAMES
-from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPlotRequest
+from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Request, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.api.tasks import PLOT_SAMPLERS, TASKS
-from sd2_app.errors import Cancelled, InvalidRequest, LoadError
-from sd2_app.ui.common import (EXAMPLE_PROMPTS, SAMPLING_NAMES, STARTING, STOPPING, ResultPanel, load_failed_message,
-                               refuse, to_sampling, wire_run)
-from sd2_app.ui.runner import (Finish, RunFlag, StopFlags, deliver, fast_png_file, shown_preview, stopped_message,
-                               stream, user_message)
+from sd2_app.errors import InvalidRequest
+from sd2_app.ui.common import EXAMPLE_PROMPTS, SAMPLING_NAMES, ResultPanel, to_sampling, wire_run
+from sd2_app.ui.runner import QueuePlace, RunFlag, StopFlags, fast_png_file, timed_call
 from sd2_app.ui.tab_frame import TabFrame
 from sd2_app.ui.uploads import upload_image
 
 if TYPE_CHECKING:
     from sd2_app.api.plot import PlotCell
-    from sd2_app.api.service import ProgressFn, Result, Service
-
-log = logging.getLogger(__name__)
+    from sd2_app.api.service import Result, Service
 
 
 PICKED = ("sampler", "checkpoint")  # kinds whose values are picked from a list
@@ -120,61 +115,30 @@ def _tables(result: Result) -> list[str]:
     return [str(path) for path in write_tables(result.cells, folder)]
 
 
-def stream_plot(service: Service, flags: StopFlags, request_fn: Callable[[], XYZPlotRequest], session: str,
-                progress: gr.Progress, finish: Finish, n_outputs: int,
-                queued_flag: RunFlag | None = None) -> Iterator[tuple]:
-    """`common.stream_result` for a plot (the `body` of its `wire_run`): as it runs, each finished cell joins
-    the gallery (so Stop, which ends this stream, leaves them on screen); then the grids, cells and tables."""
-    try:
-        request = request_fn()
-    except InvalidRequest as error:
-        return (yield from refuse(str(error), n_outputs))
-    skip = gr.skip()
-    keep = (skip,) * (n_outputs - 3)
-    finished: queue.Queue[tuple[PlotCell, Image.Image, float]] = queue.Queue()
-    shown: list[tuple[str, str]] = []  # each finished cell encoded once, fast (the gallery is sent whole each time)
-    flag = flags.arm(session, queued_flag)
-    timings = {"queue": flag.waited()}  # the plot's phases start with its wait in the queue
+class PlotView:
+    """A plot's run (`common.stream_result`'s view): each finished cell joins the gallery as it comes (so Stop,
+    which ends the stream, leaves them on screen); the grids, cells and tables come at the end."""
 
-    def call(on_progress: ProgressFn, should_stop: Callable[[], bool]) -> Result:
-        return service.plot(request, on_progress, should_stop, owner=session, timings=timings,
-                            on_cell=lambda cell, image, seconds: finished.put((cell, image, seconds)))
+    idle_s = None  # no look-ups of the run's place at the GPU gate
 
-    run = stream(call, flag, flags.threads)  # the job starts now, not after this update
-    progress(0, desc="Loading the model…")
-    try:
-        yield (skip, skip, STARTING, *keep)
-        for item in run:
-            if not isinstance(item, tuple):
-                for warning in item.warnings:
-                    gr.Warning(warning)
-                yield from deliver(item, finish)  # the grid as encoded once, and the request's log line
-                continue
-            done, total, preview = item
-            flag.done, flag.total = done, total
-            progress((done, total), desc="Sampling", unit="steps")
-            new = []
-            while not finished.empty():
-                cell, image, seconds = finished.get()
-                caption = f"{cell_caption(cell)} · {seconds:.2f} s"
-                new.append((fast_png_file(image, f"cell-{cell.index + 1}.png"), caption))
-            shown += new
-            if new or preview is not None:
-                status = STOPPING if flag.is_set() else f"{len(shown)} cell(s) done · step {done}/{total}"
-                yield (shown_preview(preview) if preview is not None else skip, list(shown) if new else skip,
-                       status, *keep)
-    except GeneratorExit:  # closed (cancelled, or the client left), maybe before `run` started: stop the job
-        flag.set()
-        raise
-    except Cancelled:
-        yield (skip, skip, stopped_message(flag), *keep)
-    except InvalidRequest as error:
-        yield from refuse(user_message(error), n_outputs)
-    except LoadError as error:
-        log.warning("load failed: %s", error)  # the detail (folders, repo ids) stays in the server log
-        yield from refuse(load_failed_message(service, request.base.checkpoint), n_outputs)
-    finally:
-        flags.release(session, flag)
+    def __init__(self) -> None:
+        self.finished: queue.Queue[tuple[PlotCell, Image.Image, float]] = queue.Queue()
+        self.cells: list[tuple[str, str]] = []  # each finished cell encoded once, fast (the gallery is sent whole)
+
+    def call(self, service: Service, request: Request, session: str, flag: RunFlag) -> Callable[..., Result]:
+        return timed_call(service.plot, request, session, flag,
+                          on_cell=lambda cell, image, seconds: self.finished.put((cell, image, seconds)))
+
+    def shown(self, done: int, total: int, preview: Image.Image | None, place: QueuePlace) -> tuple[Any, str] | None:
+        new = []
+        while not self.finished.empty():
+            cell, image, seconds = self.finished.get()
+            caption = f"{cell_caption(cell)} · {seconds:.2f} s"
+            new.append((fast_png_file(image, f"cell-{cell.index + 1}.png"), caption))
+        self.cells += new
+        if new or preview is not None:
+            return list(self.cells) if new else gr.skip(), f"{len(self.cells)} cell(s) done · step {done}/{total}"
+        return None
 
 
 def build(service: Service, flags: StopFlags) -> ResultPanel:
@@ -204,5 +168,5 @@ def build(service: Service, flags: StopFlags) -> ResultPanel:
     names += [f"{n.lower()}_{part}" for n in AXIS_NAMES for part in ("type", "values", "picked")]
     names += [*SAMPLING_NAMES[:-1], "width", "height", "init_image", "strength"]
     wire_run(service, flags, panel, inputs, make_request, "xyz_plot", names,
-             finish_extra=lambda result: (_tables(result),), body=stream_plot)
+             finish_extra=lambda result: (_tables(result),), view=PlotView)
     return panel

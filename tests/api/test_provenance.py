@@ -149,17 +149,17 @@ def linked_tiny_cache(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
 
 def test_app_flag_turns_the_watermark_off(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import app as app_module
-    import sd2_app.api.service as service_module
+    import sd2_app.api.engine as engine_module
     from sd2_app import webapp
 
     seen: dict = {}
 
-    class Recorder(service_module.Service):
+    class Recorder(engine_module.Service):
         def __init__(self, *args, **kwargs) -> None:
             seen.update(kwargs)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(webapp, "Service", Recorder)  # the web app imports it at the top
+    monkeypatch.setattr(engine_module, "Service", Recorder)  # the one builder makes the app's Service
     linked_tiny_cache(monkeypatch, tmp_path)
     for argv, expected in ((["--tiny"], True), (["--tiny", "--no-watermark"], False)):
         webapp.build(app_module.parse_args(argv))

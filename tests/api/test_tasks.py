@@ -61,7 +61,8 @@ def test_default_checkpoint_falls_back_to_the_first_available() -> None:
 
 
 def test_import_pipelines_imports_every_tasks_module_in_the_calling_thread() -> None:
-    """webapp.build calls it at start-up so no two visitors' threads import the pipelines at once."""
+    """The engine builder calls it at start-up (app.py, each Serve replica) so no two jobs' threads import the
+    pipelines at once."""
     import subprocess
     import sys
 

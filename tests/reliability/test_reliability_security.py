@@ -136,7 +136,7 @@ def test_the_upload_pixel_cap_is_set_before_any_upload(reliability, monkeypatch:
 
     built: list[object] = []
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
-    monkeypatch.setattr("sd2_app.manager.ModelManager", lambda *a, **k: built.append(k) or type("M", (), {
+    monkeypatch.setattr("sd2_app.api.engine.ModelManager", lambda *a, **k: built.append(k) or type("M", (), {
         "registry": {}})())
     monkeypatch.setattr(webapp, "build_ui", lambda service, **k: type("Demo", (), {"queue": lambda self, **k: self})())
     webapp.build(app.parse_args(["--max-side", "768"]))

@@ -94,17 +94,17 @@ def test_speed_mode_on_zerogpu_is_the_per_call_set() -> None:
 @pytest.mark.slow
 def test_app_picks_the_per_call_switches_on_zerogpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import app
-    import sd2_app.manager as manager_module
+    import sd2_app.api.engine as engine_module
     from sd2_app import webapp
 
     seen: list = []
 
-    class Recorder(manager_module.ModelManager):
+    class Recorder(engine_module.ModelManager):
         def __init__(self, *args, **kwargs) -> None:
             seen.append(kwargs["accel"])
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(manager_module, "ModelManager", Recorder)
+    monkeypatch.setattr(engine_module, "ModelManager", Recorder)  # the one place a manager is made
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # webapp.build lowers it; restored after
     from tests.api.test_provenance import linked_tiny_cache
 

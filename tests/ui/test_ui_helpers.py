@@ -101,12 +101,23 @@ def test_png_info_numbers_are_clamped_into_the_slider_ranges() -> None:
     assert not isinstance(clamp_to("20", steps), (int, float))  # not a number: the widget keeps its value
 
 
-def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
+def _late_step_after_stop(on_progress, should_stop, step: int, total: int, preview: Image.Image) -> None:
+    """A job's end: it waits for Stop (at most 5 s), then reports one more step (late) and ends cancelled."""
     import time
 
+    from sd2_app.errors import Cancelled
+
+    for _ in range(500):
+        if should_stop():
+            break
+        time.sleep(0.01)
+    on_progress(step, total, preview)
+    raise Cancelled("stopped")
+
+
+def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
     import gradio as gr
 
-    from sd2_app.errors import Cancelled
     from sd2_app.ui.common import STARTING, STOPPING, stream_result
     from sd2_app.ui.runner import StopFlags
 
@@ -115,12 +126,7 @@ def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
     class Service:  # one step, then waits for Stop, reports one more step (late) and ends cancelled
         def run(self, request, on_progress, should_stop, owner, timings=None):
             on_progress(1, 3, preview)
-            for _ in range(500):  # at most 5 s
-                if should_stop():
-                    break
-                time.sleep(0.01)
-            on_progress(2, 3, preview)
-            raise Cancelled("stopped")
+            _late_step_after_stop(on_progress, should_stop, 2, 3, preview)
 
     flags = StopFlags(Visitors())
     updates = stream_result(Service(), flags, lambda: object(), "s1", gr.Progress(), lambda result, shown: (), 5)
@@ -129,6 +135,40 @@ def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
     assert flags.stop("s1")
     infos = [update[2] for update in updates]
     assert infos == [STOPPING, "Stopped after 2/3 steps."]
+
+
+def test_a_plot_runs_through_the_one_run_path_with_its_cells_and_stop() -> None:
+    """The X/Y/Z plot's view of `stream_result`: a finished cell joins the gallery with its caption and the info
+    line counts the cells; Stop works as for every tab; the job is `Service.plot` with the queue's timings."""
+    import gradio as gr
+
+    from sd2_app.api.plot import PlotCell
+    from sd2_app.ui.common import STARTING, STOPPING, stream_result
+    from sd2_app.ui.runner import StopFlags
+    from sd2_app.ui.xyz_plot import PlotView
+
+    preview = Image.new("RGB", (8, 8))
+    seen: dict = {}
+
+    class Service:  # one cell and its step, then waits for Stop, reports one more step (late) and ends cancelled
+        def plot(self, request, on_progress, should_stop, *, owner, timings, on_cell):
+            seen.update(request=request, owner=owner, timings=dict(timings))
+            on_cell(PlotCell(0, (0, 0, 0), None, ("Euler", "Steps: 2", ""), 2), Image.new("RGB", (8, 8)), 1.234)
+            on_progress(1, 2, None)
+            _late_step_after_stop(on_progress, should_stop, 2, 2, preview)
+
+    flags = StopFlags(Visitors())
+    request = object()
+    updates = stream_result(Service(), flags, lambda: request, "s1", gr.Progress(), lambda result, shown: (), 5,
+                            view=PlotView())
+    assert next(updates)[2] == STARTING
+    _, gallery, info, *_ = next(updates)
+    assert info == "1 cell(s) done · step 1/2"
+    assert [caption for _, caption in gallery] == ["Euler, Steps: 2 · 1.23 s"] and gallery[0][0].endswith("cell-1.png")
+    assert seen["request"] is request and seen["owner"] == "s1" and list(seen["timings"]) == ["queue"]
+    assert flags.stop("s1")
+    infos = [update[2] for update in updates]
+    assert infos == [STOPPING, "Stopped after 2/2 steps."]
 
 
 def test_stop_says_how_far_the_run_got() -> None:
