@@ -185,7 +185,7 @@ def test_a_plots_duration_checks_each_cell_once(monkeypatch: pytest.MonkeyPatch)
 def test_the_local_app_imports_spaces_before_torch(tmp_path: Path) -> None:
     """ZeroGPU patches torch's CUDA calls when `spaces` is imported, so it must come before torch: building the
     local app (the one path that imports torch) with a stand-in `spaces` package installed. Gradio imports
-    `spaces` itself when it is installed (gradio/block_function.py), and `webapp._local_service` imports it
+    `spaces` itself when it is installed (gradio/block_function.py), and `webapp.local_service` imports it
     before torch too; this fails if anything imports torch before either."""
     import subprocess
 
