@@ -55,7 +55,7 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
     with AppBlocks(service, flags, hosting, title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}\nText to image, image to image, inpainting, outpainting, ×4 upscaling, depth to "
                     "image and X/Y/Z plots.", elem_id="app-title")
-        with gr.Tabs() as tabs:
+        with gr.Tabs(overflow_behavior="wrap") as tabs:  # on a phone: rows of tabs, each where it was
             with gr.Tab("Text to image", id="txt2img"):
                 t2i = txt2img.build(service, flags)
             with gr.Tab("Image to image", id="img2img"):

@@ -51,6 +51,8 @@ LOCATIONS = {"device": "on the device", "offloaded": "offloaded to host memory",
 def _size(nbytes: Any) -> str:
     if not isinstance(nbytes, (int, float)) or nbytes <= 0:
         return ""
+    if nbytes < 1e5:  # a few small saved images: "0.0 MB" read as nothing
+        return f"{max(1, round(nbytes / 1e3))} kB"
     return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.1f} MB"
 
 
@@ -88,7 +90,7 @@ def disk_line(service: Service) -> str:
         return "**Disk**: results are not saved."
     files, nbytes, keep_days = usage
     kept = f"kept {keep_days:g} days" if keep_days else "kept until the operator deletes them"
-    return f"**Disk**: {files} saved files, {_size(nbytes) or '0 MiB'} ({kept})."
+    return f"**Disk**: {files} saved files, {_size(nbytes) or '0 MB'} ({kept})."
 
 
 def phone_css() -> str:

@@ -21,7 +21,9 @@ def narrow_table_css(elem_id: str, headers: list[str], shown: dict[str, int]) ->
     rules = [f"{table} table.header-table, {table} .virtual-body {{ width: 100% !important; table-layout: fixed; }}",
              f"{table} th, {table} .sizing-body td, {table} [role=gridcell] {{ min-width: 0 !important; "
              "max-width: none !important; font-size: var(--text-sm); word-break: normal !important; "
-             "overflow-wrap: anywhere; }"]
+             "overflow-wrap: anywhere; }",
+             f"{table} th {{ text-align: left; }}"]
+    first = min(headers.index(header) for header in shown)
     for index, header in enumerate(headers):
         th, td = f"{table} th[data-heading='{index}']", f"{table} .sizing-body td:nth-child({index + 1})"
         cell = f"{table} [role=gridcell][data-col='{index}']"
@@ -31,4 +33,7 @@ def narrow_table_css(elem_id: str, headers: list[str], shown: dict[str, int]) ->
         else:
             rules.append(f"{th}, {td} {{ width: {share}% !important; }} {cell} {{ width: {share}% !important; "
                          f"flex: 0 0 {share}% !important; }}")
+    # The first column shown draws no line of its own beside the table's edge (Gradio's first column has none).
+    rules.append(f"{table} th[data-heading='{first}'], {table} [role=gridcell][data-col='{first}'] "
+                 "{ border-left: none !important; }")
     return f"@media {NARROW} {{\n  " + "\n  ".join(rules) + "\n}\n"

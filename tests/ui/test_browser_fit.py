@@ -117,3 +117,23 @@ def test_the_seed_buttons_line_up_with_the_seed_box(browser, url: str) -> None:
             assert abs((box["y"] + box["height"]) - (seed["y"] + seed["height"])) <= 1, (name, button, seed, box)
     page.locator("#xyz-seed").locator("..").locator("..").screenshot(path=str(ARTIFACTS / "fit-seed-row.png"))
     page.context.close()
+
+
+def _tab_places(page) -> dict[str, tuple[int, int]]:
+    return {name: (round(x), round(y)) for name, x, y in page.evaluate(
+        "[...document.querySelectorAll('.tabs [role=tab]')].map((t) => { const r = t.getBoundingClientRect();"
+        " return [t.innerText.trim(), r.x, r.y]; })")}
+
+
+def test_on_a_phone_the_tabs_stay_where_they_are_when_one_is_picked(browser, url: str) -> None:
+    """All ten tab buttons in rows, in their order; picking one in a lower row marks it there (Gradio's overflow
+    menu moved the picked tab up into the first row and shifted the others under the visitor's finger)."""
+    page = _open(browser, url, PHONE)
+    places = _tab_places(page)
+    assert list(places) == list(TABS) and len({y for _, y in places.values()}) == 3, places
+    for name in ("Models", "Upscale ×4", "PNG info", "Text to image"):
+        page.get_by_role("tab", name=name).click()
+        expect(page.get_by_role("tab", name=name)).to_have_attribute("aria-selected", "true")
+        assert _tab_places(page) == places, name
+    page.screenshot(path=str(ARTIFACTS / "fit-phone-tabs.png"), clip={"x": 0, "y": 0, "width": 390, "height": 240})
+    page.context.close()

@@ -287,3 +287,16 @@ def test_a_tables_phone_columns_are_its_own_and_share_the_whole_width() -> None:
     for shown in ({"A": 30, "D": 70}, {"A": 30, "C": 60}):
         with pytest.raises(ValueError, match="must be among"):
             narrow_table_css("t", ["A", "B", "C"], shown)
+
+
+def test_the_disk_line_counts_small_files_in_kilobytes_and_nothing_as_0_mb() -> None:
+    from types import SimpleNamespace
+
+    from sd2_app.ui.models import disk_line
+
+    def line(nbytes: int) -> str:
+        return disk_line(SimpleNamespace(disk_usage=lambda: (4, nbytes, 0)))
+
+    assert line(23_400) == "**Disk**: 4 saved files, 23 kB (kept until the operator deletes them)."
+    assert line(0) == "**Disk**: 4 saved files, 0 MB (kept until the operator deletes them)."
+    assert line(2_345_678) == "**Disk**: 4 saved files, 2.3 MB (kept until the operator deletes them)."
