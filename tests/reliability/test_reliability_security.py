@@ -139,7 +139,7 @@ def test_the_upload_pixel_cap_is_set_before_any_upload(reliability, monkeypatch:
     monkeypatch.setattr("sd2_app.api.engine.ModelManager", lambda *a, **k: built.append(k) or type("M", (), {
         "registry": {}})())
     monkeypatch.setattr(webapp, "build_ui", lambda service, **k: type("Demo", (), {"queue": lambda self, **k: self})())
-    webapp.build(app.parse_args(["--max-side", "768"]))
+    webapp.build(app.parse_args(["--max-side", "768", "--no-api"]))  # the API needs the real app's queue limits
     assert Image.MAX_IMAGE_PIXELS == 2048 * 2048 and built
     reliability(AREA, "PIL pixel cap", f"webapp.build sets PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} (the upload "
                 "limit): PIL refuses to open anything over twice that; validation refuses over it from the header")

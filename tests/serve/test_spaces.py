@@ -3,6 +3,7 @@ and ZeroGPU gets the per-call speed switches (no CUDA graphs, Triton or compile 
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 from pathlib import Path
@@ -178,3 +179,26 @@ def test_a_plots_duration_checks_each_cell_once(monkeypatch: pytest.MonkeyPatch)
     assert len(checked) == 1 + 64  # the plot's base, then each cell
     work = 8 * sum(range(1, 9)) * 2 * 64 * 64  # 8 seeds x the steps of each X value x 2 guided calls x latent pixels
     assert seconds == gpu_time.gpu_seconds(work) == 22
+
+
+@pytest.mark.slow
+def test_the_local_app_imports_spaces_before_torch(tmp_path: Path) -> None:
+    """ZeroGPU patches torch's CUDA calls when `spaces` is imported, so it must come before torch: building the
+    local app (the one path that imports torch) with a stand-in `spaces` package installed. Gradio imports
+    `spaces` itself when it is installed (gradio/block_function.py), and `webapp.local_service` imports it
+    before torch too; this fails if anything imports torch before either."""
+    import subprocess
+
+    (tmp_path / "spaces.py").write_text(
+        "import sys\nTORCH_ALREADY = 'torch' in sys.modules\n"
+        "def GPU(duration=None):\n    return lambda fn: fn\n")
+    probe = ("import sys, app\nfrom sd2_app import webapp\n"
+             "webapp.build(app.parse_args(['--tiny', '--device', 'cpu', '--no-save']))\n"
+             "import spaces\nprint(spaces.TORCH_ALREADY, 'torch' in sys.modules)\n")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root)])}
+    env.pop("SPACE_ID", None)
+    done = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["False", "True"]

@@ -235,19 +235,32 @@ def test_sigterm_stops_the_a1111_apis_running_and_waiting_jobs(tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_close_stops_an_api_job_in_its_second_batch_and_saves_the_first(tmp_path: Path) -> None:
+def test_close_stops_an_api_job_in_its_second_batch_and_saves_the_first(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """`AppBlocks.close()` on the app app.py builds, called while an A1111 API job (`n_iter` 2) samples its second
-    batch: the job ends with a 503, close returns before Gradio's 5 s wait for open requests would end, and the
-    finished first batch is on disk, whole, with no other file."""
+    batch: the job ends with a 503, a job sent once close has begun (before Gradio closes its server) is refused
+    with a 503, close returns before Gradio's 5 s wait for open requests would end, and the finished first batch
+    is on disk, whole, with no other file."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from sd2_app.api.a1111_routes import STOPPED_AT_CLOSE_MESSAGE
+    import gradio as gr
+
+    from sd2_app.api.a1111_routes import CLOSING_MESSAGE, STOPPED_AT_CLOSE_MESSAGE
     from tests.reliability_support import serve
 
     outputs, cache = tmp_path / "outputs", tmp_path / "cache"
     cache.mkdir()
     body = {"prompt": "two batches", "seed": 3, "n_iter": 2, "sampler_name": "Euler", "steps": 150, "cfg_scale": 1.0,
             "width": 64, "height": 64}
+    late: list[httpx.Response] = []
+    gradio_close = gr.Blocks.close
+
+    def close_after_a_late_job(self: gr.Blocks, verbose: bool = True) -> None:  # Gradio's part of AppBlocks.close
+        if not late:
+            late.append(httpx.post(f"{url}sdapi/v1/txt2img", json={**body, "n_iter": 1}, timeout=30))
+        gradio_close(self, verbose)
+
+    monkeypatch.setattr(gr.Blocks, "close", close_after_a_late_job)
     with serve(["--tiny", "--device", "cpu", "--outputs", str(outputs)], cache) as (url, demo), \
             ThreadPoolExecutor(1) as pool:
         job = pool.submit(httpx.post, f"{url}sdapi/v1/txt2img", json=body, timeout=300)
@@ -263,6 +276,7 @@ def test_close_stops_an_api_job_in_its_second_batch_and_saves_the_first(tmp_path
         took = time.monotonic() - started
         answer = job.result(timeout=60)
     assert answer.status_code == 503 and answer.json()["detail"] == STOPPED_AT_CLOSE_MESSAGE, answer.text[:200]
+    assert late[0].status_code == 503 and late[0].json()["detail"] == CLOSING_MESSAGE, late[0].text[:200]
     assert took < 5
     files = sorted(path.name for path in outputs.rglob("*") if path.is_file())
     assert files == ["00000-3-txt2img.png"], files  # the first batch's seed; nothing of the second
