@@ -28,7 +28,8 @@ Rows = tuple[list[tuple[str | Image.Image, str]], list[list[Any]]]
 HISTORY_GALLERY_HEIGHT = 400  # px
 HISTORY_HEADERS = ["Time", "Task", "Seed", "Images", "Parameters", "Files"]
 HISTORY_PHONE_COLUMNS = {"Task": 24, "Parameters": 76}  # on a phone (the parameters name the seed and size)
-HISTORY_COLUMN_WIDTHS = ["150px", "90px", "110px", "80px", "500px", "240px"]  # 1170 px: a 1440 px window's width
+# Shares of the table's width (Gradio: "10%" is of the table's box), so a 1024 px window shows the files too.
+HISTORY_COLUMN_WIDTHS = ["12%", "8%", "11%", "7%", "42%", "20%"]
 HISTORY_SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
 
 

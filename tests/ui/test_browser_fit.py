@@ -144,3 +144,16 @@ def test_on_a_phone_the_tabs_stay_where_they_are_when_one_is_picked(browser, url
         assert _tab_places(page) == places, name
     page.screenshot(path=str(ARTIFACTS / "fit-phone-tabs.png"), clip={"x": 0, "y": 0, "width": 390, "height": 240})
     page.context.close()
+
+
+def test_on_a_small_laptop_the_tables_show_every_column(browser, url: str) -> None:
+    """At 1024 px the tables keep all their columns inside their box (History's fixed pixel widths, 1170 px in
+    all, hid its files behind the box's right edge)."""
+    page = _open(browser, url, {"width": 1024, "height": 768})
+    for name, (elem_id, _) in PHONE_TABLES.items():
+        _go(page, name)
+        table = _columns(page, elem_id)
+        assert len(table["heads"]) == {"Models": 9, "History": 6}[name], (name, table)
+        for head, left, right, _height in table["heads"]:
+            assert table["left"] - 1 <= left < right <= table["right"] + 1, (name, head, table)
+    page.context.close()
