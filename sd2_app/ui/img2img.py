@@ -31,7 +31,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Imag
         image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
                              height=320, elem_id="img2img-image")
         checkpoint = checkpoint_dropdown(service, "img2img", elem_id="img2img-checkpoint")
-        width, height, resize_mode = _size_inputs(service.resolution(checkpoint.value), service.limits.max_side)
+        width, height, resize_mode = _size_inputs(service.limits.max_side)
         frame.prompt_tools(checkpoint)
         strength = gr.Slider(0, 1, TASKS["img2img"].strength, step=0.01, label="Strength",
                              info="1 ignores the image's content, 0 keeps it")
@@ -51,13 +51,13 @@ SIZE_NOTE = ("A new image (or checkpoint) sets width and height: the image's sha
              "resolution (square until there is an image). Clear both to keep the image's own size.")
 
 
-def _size_inputs(native: int, max_side: int) -> tuple[gr.Number, gr.Number, gr.Radio]:
-    """Width, height (the default checkpoint's `native` square until an image comes, then set by
-    `_wire_default_size`; left empty, as API callers may, = the image's own size) and the resize mode."""
+def _size_inputs(max_side: int) -> tuple[gr.Number, gr.Number, gr.Radio]:
+    """Width, height (filled in on the page by `_wire_default_size`; left empty, as API callers may, = the
+    image's own size, so their default stays None) and the resize mode."""
     with gr.Row():
-        width = gr.Number(native, label="Width", precision=0, minimum=MIN_SIDE, maximum=max_side, step=8,
+        width = gr.Number(None, label="Width", precision=0, minimum=MIN_SIDE, maximum=max_side, step=8,
                           elem_id="img2img-width")
-        height = gr.Number(native, label="Height", precision=0, minimum=MIN_SIDE, maximum=max_side, step=8,
+        height = gr.Number(None, label="Height", precision=0, minimum=MIN_SIDE, maximum=max_side, step=8,
                            elem_id="img2img-height")
     gr.Markdown(SIZE_NOTE, elem_id="img2img-size-note", elem_classes=["field-note"])
     resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode",
@@ -75,10 +75,9 @@ def _wire_default_size(service: Service, image: gr.Image, checkpoint: gr.Dropdow
             return native, native
         return fitted_size(picture.width, picture.height, native, service.limits.max_side)
 
-    image.change(default_size, [image, checkpoint], [width, height], api_name="img2img_default_size",
-                 api_visibility="private")
-    checkpoint.change(default_size, [image, checkpoint], [width, height], api_name="img2img_checkpoint_size",
-                      api_visibility="private")
+    # On the page's load (Gradio shows a None number as 0) and whenever the image or the checkpoint changes.
+    gr.on(None, default_size, [image, checkpoint], [width, height], api_name="img2img_default_size",
+          api_visibility="private")
 
 
 def shaped(limits: Limits, picture: Any, w: Any, h: Any, mode: Any) -> Any:
