@@ -27,7 +27,9 @@ def test_img2img_size_boxes_show_the_checkpoint_size_before_an_upload_and_the_im
         browser, url: str, tmp_path: Path) -> None:
     page = _open(browser, url, DESKTOP)
     _go(page, "Image to image")
-    # Before an upload: the default checkpoint's (tiny "SD 2.1 base") 512x512, not "0 x 0" under a red border.
+    # Before an upload: the default checkpoint's (tiny "SD 2.1 base") 512x512, not "0 x 0" under a red border
+    # (filled in on the page's load).
+    expect(page.locator("#img2img-width input[type=number]")).to_have_value("512")
     assert _size_boxes(page) == ("512", "512")
     assert page.locator("#img2img-width input:invalid, #img2img-height input:invalid").count() == 0
     page.screenshot(path=str(ARTIFACTS / "fit-img2img-size-before-upload.png"))
