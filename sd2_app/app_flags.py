@@ -13,6 +13,7 @@ import os
 from importlib.util import find_spec
 
 from sd2_app.api.cost import DEFAULT_MAX_JOB_COST
+from sd2_app.checkpoints.allowlist import ENV_ALLOWED_REPOS, allowed_repos
 from sd2_app.compute_flags import add_compute_arguments
 
 # GPU jobs one visitor may have queued or running at once.
@@ -47,6 +48,14 @@ def is_public(args: argparse.Namespace) -> bool:
 # With --serve this process runs no job, so a batcher here would never batch: the replicas do (their setting).
 SERVE_BATCH_USERS = ("--batch-users batches the jobs this process runs; with --serve they run on the replicas: "
                      "set batch_users = true in the deployment's settings (--serve-config, deploy/serve.toml)")
+# With --serve the replicas load the weights and this process reads the tokenizers: the checkpoints' sources are
+# the deployment's settings, read by both (sd2_app/serve/config.py, ServeConfig.checkpoint_sources).
+_SERVE_SOURCE = ("{what} with --serve: the replicas load the weights and this front end reads the tokenizers, both "
+                 "from the deployment's settings: set {setting} in --serve-config (deploy/serve.toml) instead")
+SERVE_REPO = _SERVE_SOURCE.format(what="--repo is refused", setting='repos = ["KEY=REPO"]')
+SERVE_REVISION = _SERVE_SOURCE.format(what="--revision is refused", setting='revisions = ["KEY=REV"]')
+SERVE_ALLOWED_REPOS = _SERVE_SOURCE.format(what=f"{ENV_ALLOWED_REPOS} is refused",
+                                           setting='allowed_repos = ["owner/name"]')
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,9 +71,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--max-jobs-per-address, --max-upload-mb-per-address and --trusted-proxy-hops take 0 or more")
     if args.max_sessions < 1:
         p.error("--max-sessions takes 1 or more")
-    if args.serve and args.batch_users:
-        p.error(SERVE_BATCH_USERS)
+    if args.serve:
+        _refuse_local_settings(p, args)
     return args
+
+
+def _refuse_local_settings(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--serve: the settings of the jobs' own process belong to the deployment's settings (--serve-config)."""
+    if args.batch_users:
+        p.error(SERVE_BATCH_USERS)
+    if args.repo:
+        p.error(SERVE_REPO)
+    if args.revision:
+        p.error(SERVE_REVISION)
+    if allowed_repos():
+        p.error(SERVE_ALLOWED_REPOS)
 
 
 def _server_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:
@@ -128,8 +149,10 @@ def _visitor_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:
 
 def _extension_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:
     """Checkpoint sources, the extra front ends (A1111 API, MCP), the watermark, Ray Serve and embeddings."""
-    p.add_argument("--repo", action="append", default=[], metavar="KEY=REPO[,REPO]", help="override a checkpoint's repos")
-    p.add_argument("--revision", action="append", default=[], metavar="KEY=REV", help="pin a checkpoint's revision")
+    p.add_argument("--repo", action="append", default=[], metavar="KEY=REPO[,REPO]",
+                   help="override a checkpoint's repos (with --serve: repos in --serve-config instead)")
+    p.add_argument("--revision", action="append", default=[], metavar="KEY=REV",
+                   help="pin a checkpoint's revision (with --serve: revisions in --serve-config instead)")
     p.add_argument("--api", action=argparse.BooleanOptionalAction, default=None,
                    help="the A1111-compatible REST API under /sdapi/v1 (default: on locally, off in public modes)")
     p.add_argument("--api-auth", default=None, metavar="USER:PASS[,USER:PASS]",

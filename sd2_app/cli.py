@@ -114,6 +114,7 @@ def engine_settings(args: argparse.Namespace) -> EngineSettings:
         device=args.device, dtype=args.dtype, speed=args.speed, zerogpu=False,  # never run on a ZeroGPU Space
         repos=tuple(_repo_assignments(args)), revisions=tuple(args.revision), tiny=args.tiny,
         cache_dir=args.model_dir, preload=(),  # the one job loads what it needs
+        allowed_repos=None,  # $SD2APP_ALLOWED_REPOS
         limits=Limits(),  # the web app's default limits: the same validation as the web UI
         outputs_dir=None, keep_outputs_days=None, watermark=True, save_in_background=False, history_size=HISTORY_SIZE,
         embeddings_dir=args.embeddings_dir, batch_users=False, import_pipelines=False,

@@ -26,8 +26,8 @@ from sd2_app.api.keeper import HISTORY_SIZE
 from sd2_app.api.service import Service
 from sd2_app.api.engine_settings import EngineSettings, ready, registry_of, service_options
 from sd2_app.app_flags import api_enabled, is_public
-from sd2_app.checkpoints.catalog import tiny_registry
-from sd2_app.serve.config import load_config
+from sd2_app.checkpoints.catalog import CheckpointSpec
+from sd2_app.serve.config import ServeConfig, load_config
 from sd2_app.ui import build_ui
 from sd2_app.ui.hosting import Hosting
 from sd2_app.ui.lifecycle import AppBlocks
@@ -42,11 +42,12 @@ def mcp_available() -> bool:
 def build(args: argparse.Namespace) -> AppBlocks:
     """The app `args` describe. With --serve its jobs run on the Ray Serve replicas and this process loads no
     torch (`_serve_service`); otherwise it holds the models (`local_service`)."""
-    settings = engine_settings(args)
+    config = serve_config(args)
+    settings = engine_settings(args, config)
     # PIL refuses to open images over twice this many pixels (uploads are decoded lazily, and validation
     # refuses anything over the limit from the header alone, so this only stops bombs PIL would decode).
     Image.MAX_IMAGE_PIXELS = settings.limits.max_input_pixels
-    service = _serve_service(args, settings) if args.serve else local_service(settings)
+    service = local_service(settings) if config is None else _serve_service(args.serve, config, settings)
     hosting = Hosting(max_jobs_per_visitor=args.max_jobs_per_session, max_jobs_per_address=args.max_jobs_per_address,
                       max_upload_mb_per_address=args.max_upload_mb_per_address,
                       trusted_proxy_hops=args.trusted_proxy_hops,
@@ -78,12 +79,21 @@ def local_service(settings: EngineSettings) -> Service:
     return build_service(settings)
 
 
-def engine_settings(args: argparse.Namespace) -> EngineSettings:
-    """The web app's ModelManager + Service (with --serve, the front end's Service takes its settings too)."""
+def serve_config(args: argparse.Namespace) -> ServeConfig | None:
+    """With --serve, the deployment's settings (--serve-config; --tiny as `python -m sd2_app.serve --tiny`)."""
+    return load_config(args.serve_config, tiny=True if args.tiny else None) if args.serve else None
+
+
+def engine_settings(args: argparse.Namespace, serve: ServeConfig | None = None) -> EngineSettings:
+    """The web app's ModelManager + Service. With --serve (`serve`: the deployment's settings) the front end's
+    Service takes them too, but its checkpoint sources are the deployment's (`ServeConfig.checkpoint_sources`),
+    as each replica's are: app_flags refuses --repo and --revision with --serve."""
     zerogpu = gpu_time.on_zerogpu()
+    sources = serve.checkpoint_sources() if serve is not None else dict(
+        repos=tuple(args.repo), revisions=tuple(args.revision), tiny=args.tiny, allowed_repos=None)  # None: env
     return EngineSettings(
-        device=args.device, dtype=args.dtype, speed=args.speed, zerogpu=zerogpu, repos=tuple(args.repo),
-        revisions=tuple(args.revision), tiny=args.tiny, cache_dir=None, preload=tuple(args.preload or ()),
+        device=args.device, dtype=args.dtype, speed=args.speed, zerogpu=zerogpu, **sources,
+        cache_dir=None, preload=tuple(args.preload or ()),
         limits=Limits(max_side=args.max_side, max_job_cost=args.max_job_cost or None),
         outputs_dir=None if args.no_save else args.outputs, keep_outputs_days=args.keep_outputs_days,
         watermark=not args.no_watermark, save_in_background=True, history_size=HISTORY_SIZE,
@@ -119,21 +129,27 @@ def launch_settings(args: argparse.Namespace, demo: gr.Blocks | None = None) -> 
                 state_session_capacity=args.max_sessions)
 
 
-def _serve_service(args: argparse.Namespace, settings: EngineSettings) -> Service:
-    """A Service whose jobs run on the Ray Serve deployment; saving, the watermark and history stay here, with
-    the same settings as the local app."""
-    # Ray is optional (requirements-serve.txt): imported only on this path. Nothing here imports torch, except
-    # writing the tiny repos' random weights (--tiny, a demo mode: the front end reads their tokenizers).
+def _serve_service(address: str, config: ServeConfig, settings: EngineSettings) -> Service:
+    """A Service whose jobs run on the Ray Serve deployment at `address`; saving, the watermark and history stay
+    here, with the same settings as the local app."""
+    # Ray is optional (requirements-serve.txt): imported only on this path.
     from sd2_app.serve.backend import connect, remote_service
 
-    registry = registry_of(settings)
-    if args.tiny:
-        from sd2_app.manager import default_cache_dir
-        from sd2_app.testing.tiny import ensure_tiny_repos
+    registry = front_registry(settings)
+    return ready(remote_service(connect(address, config), registry, config, **service_options(settings)), settings)
 
-        registry = tiny_registry(ensure_tiny_repos(default_cache_dir() / "tiny"), registry)
-    config = load_config(args.serve_config)
-    return ready(remote_service(connect(args.serve, config), registry, config, **service_options(settings)), settings)
+
+def front_registry(settings: EngineSettings) -> dict[str, CheckpointSpec]:
+    """The --serve front end's checkpoints (it reads their tokenizers), made as a replica's ModelManager makes
+    its own from the same settings. Nothing here imports torch, except writing the tiny repos' random weights
+    (`tiny`, a demo mode)."""
+    registry = registry_of(settings)
+    if settings.tiny:
+        from sd2_app.manager import default_cache_dir
+        from sd2_app.testing.tiny import tiny_checkpoints
+
+        registry = tiny_checkpoints(registry, default_cache_dir())
+    return registry
 
 
 def configure_logging() -> None:

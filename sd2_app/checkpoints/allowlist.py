@@ -28,11 +28,16 @@ def allowed_repos(env: Mapping[str, str] | None = None) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def is_repo_id(repo: str) -> bool:
+    """`owner/name`, nothing that could name a folder on the server."""
+    return REPO_ID.fullmatch(repo) is not None and ".." not in repo
+
+
 def custom_specs(repos: Iterable[str], registry: Mapping[str, CheckpointSpec]) -> dict[str, CheckpointSpec]:
     """One checkpoint per allowed repo id (its own key), skipping keys the registry already has."""
     specs: dict[str, CheckpointSpec] = {}
     for repo in repos:
-        if not REPO_ID.fullmatch(repo) or ".." in repo:
+        if not is_repo_id(repo):
             log.warning("ignoring %r in %s: not an owner/name repo id", repo, ENV_ALLOWED_REPOS)
             continue
         if repo in registry:

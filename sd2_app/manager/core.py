@@ -32,7 +32,7 @@ from sd2_app.manager.identity import HashCache, default_cache_dir
 from sd2_app.loading.repo_attempts import load_tokenizer_only
 from sd2_app.manager.loader import OutOfMemoryDuringLoad, load_checkpoint
 from sd2_app.manager.state import Entry, MemorySummary, ModelStatus, Part, Tier
-from sd2_app.checkpoints.catalog import REGISTRY, CheckpointSpec, tiny_registry
+from sd2_app.checkpoints.catalog import REGISTRY, CheckpointSpec
 
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
@@ -73,9 +73,9 @@ class ModelManager:
         cache_dir = cache_dir or default_cache_dir()
         self.registry: dict[str, CheckpointSpec] = dict(registry if registry is not None else REGISTRY)
         if tiny:
-            from sd2_app.testing.tiny import ensure_tiny_repos  # writes the tiny repos on first use only
+            from sd2_app.testing.tiny import tiny_checkpoints  # writes the tiny repos on first use only
 
-            self.registry = tiny_registry(ensure_tiny_repos(cache_dir / "tiny"), self.registry)
+            self.registry = tiny_checkpoints(self.registry, cache_dir)
         self.device_budget = device_budget if device_budget is not None else memory.default_device_budget(self.device)
         self.offload_budget = offload_budget if offload_budget is not None else memory.default_offload_budget()
         self._pin = self.device.type == "cuda" if use_pinned_memory is None else use_pinned_memory

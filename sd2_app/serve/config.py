@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from sd2_app.api.batching import MAX_IMAGES
+from sd2_app.checkpoints.allowlist import is_repo_id
+from sd2_app.checkpoints.catalog import parse_assignments
 from sd2_app.compute_flags import DTYPES, SPEED_MODES
 from sd2_app.errors import InvalidRequest
 
@@ -30,6 +32,10 @@ class ServeConfig:
     `MAX_IMAGES` requests, and a replica only has the `max_ongoing_requests` it was given to batch, so `_check`
     asks for at least that many (Ray Serve warns likewise when `@serve.batch`'s max_batch_size exceeds
     max_ongoing_requests: ray/serve/batching.py, `_warn_if_max_batch_size_exceeds_max_ongoing_requests`).
+
+    `repos`, `revisions`, `tiny` and `allowed_repos` are the deployment's checkpoint sources, decided here only:
+    the front end (`app.py --serve`, whose tokenizers come from them) and every replica (whose weights do) build
+    their registries from them (`checkpoint_sources`), so the two cannot disagree.
     """
 
     app_name: str = "sd2"
@@ -48,8 +54,16 @@ class ServeConfig:
     tiny: bool = False  # tiny random-weight checkpoints (tests, `--tiny`)
     preload: tuple[str, ...] = ()
     repos: tuple[str, ...] = ()  # KEY=REPO[,REPO] overrides, as app.py's --repo
+    revisions: tuple[str, ...] = ()  # KEY=REV pins, as app.py's --revision
+    allowed_repos: tuple[str, ...] = ()  # owner/name Hub repos users may pick, as $SD2APP_ALLOWED_REPOS
     embeddings_dir: str = "embeddings"  # textual-inversion embeddings, as app.py's --embeddings-dir
     batch_users: bool = False  # batching across users on each replica (needs max_ongoing_requests >= MAX_IMAGES)
+
+    def checkpoint_sources(self) -> dict[str, Any]:
+        """The `EngineSettings` fields (sd2_app/api/engine_settings.py) these settings decide for the front end
+        and for each replica alike: which checkpoints exist and where their files come from."""
+        return {"repos": self.repos, "revisions": self.revisions, "tiny": self.tiny,
+                "allowed_repos": self.allowed_repos}
 
     @property
     def total_concurrency(self) -> int:
@@ -75,6 +89,9 @@ class ServeConfig:
         return options
 
 
+LISTS = ("preload", "repos", "revisions", "allowed_repos")  # settings that are lists of strings
+
+
 def _check(config: ServeConfig) -> ServeConfig:
     if not 1 <= config.min_replicas <= config.max_replicas:
         raise InvalidRequest("serve config: need 1 <= min_replicas <= max_replicas")
@@ -87,6 +104,14 @@ def _check(config: ServeConfig) -> ServeConfig:
         raise InvalidRequest(f"serve config: speed must be one of {', '.join(SPEED_MODES)}, not {config.speed!r}")
     if config.dtype is not None and config.dtype not in DTYPES:
         raise InvalidRequest(f"serve config: dtype must be one of {', '.join(DTYPES)} or unset, not {config.dtype!r}")
+    for name in ("repos", "revisions"):  # the syntax and the keys of app.py's --repo and --revision
+        try:
+            parse_assignments(getattr(config, name))
+        except InvalidRequest as error:
+            raise InvalidRequest(f"serve config: {name}: {error}") from None
+    bad = [repo for repo in config.allowed_repos if not is_repo_id(repo)]
+    if bad:
+        raise InvalidRequest(f"serve config: allowed_repos takes owner/name Hub repo ids, not {bad[0]!r}")
     if config.batch_users and config.max_ongoing_requests < MAX_IMAGES:
         raise InvalidRequest(
             f"serve config: batch_users needs max_ongoing_requests >= {MAX_IMAGES} (a batch holds up to {MAX_IMAGES} "
@@ -119,7 +144,9 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServeConfig
             raise InvalidRequest(f"serve config {path}: unknown setting(s) {', '.join(unknown)}")
         values.update(table)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    for name in ("preload", "repos"):
+    for name in LISTS:
         if name in values:
+            if isinstance(values[name], str) or not all(isinstance(item, str) for item in values[name]):
+                raise InvalidRequest(f"serve config: {name} must be a list of strings, not {values[name]!r}")
             values[name] = tuple(values[name])
     return _check(replace(ServeConfig(), **values))

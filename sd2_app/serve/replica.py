@@ -15,7 +15,8 @@ def engine_settings(config: ServeConfig) -> EngineSettings:
     `validate`, no keeping): the front end's Service checks the limits, watermarks, saves and keeps history."""
     return EngineSettings(
         device=config.device, dtype=config.dtype, speed=config.speed, zerogpu=False,  # Ray nodes are no Spaces
-        repos=config.repos, revisions=(), tiny=config.tiny, cache_dir=None, preload=config.preload,
+        **config.checkpoint_sources(),  # the front end's registry comes from the same (sd2_app.webapp)
+        cache_dir=None, preload=config.preload,
         limits=Limits(), outputs_dir=None, keep_outputs_days=None, watermark=False, save_in_background=False,
         history_size=1, embeddings_dir=config.embeddings_dir, batch_users=config.batch_users,
         # its jobs start on `max_ongoing_requests` threads (SD2Worker's executor)

@@ -15,10 +15,12 @@ import logging
 import re
 import zlib
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from sd2_app.checkpoints.catalog import CheckpointSpec, tiny_registry
 from sd2_app.testing.configs import tiny_unet_config, tiny_vae_config
 from sd2_app.testing.tiny_transformers import (
     fill_deterministic,
@@ -150,6 +152,12 @@ def ensure_tiny_repos(cache_dir: str | Path, kinds: tuple[str, ...] = KINDS) -> 
             write_tiny_repo(kind, folder)
         repos[kind] = folder
     return repos
+
+
+def tiny_checkpoints(registry: Mapping[str, CheckpointSpec], cache_dir: Path) -> dict[str, CheckpointSpec]:
+    """`registry` with every checkpoint pointed at its tiny repo under `cache_dir/tiny` (written on first use):
+    what `tiny` means, for the ModelManager and for app.py's Serve front end (which reads their tokenizers)."""
+    return tiny_registry(ensure_tiny_repos(cache_dir / "tiny"), registry)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -53,9 +53,15 @@ def test_the_app_builds_its_service_through_the_engine(built: list[EngineSetting
     assert settings.save_in_background and service.keeper._writer._thread is not None  # a writer thread
     assert service.batcher is not None and settings.import_pipelines
     service.keeper.flush(5)
-    # The --serve front end runs no job here: the same Service settings, no pipelines (they import torch).
-    front = webapp.engine_settings(app.parse_args(["--serve", "auto", "--no-watermark", "--max-side", "768"]))
+    # The --serve front end runs no job here: the same Service settings, no pipelines (they import torch); its
+    # checkpoint sources are the deployment's (tests/serve/test_serve_sources.py).
+    serving = app.parse_args(["--serve", "auto", "--no-watermark", "--max-side", "768", "--tiny"])
+    config = webapp.serve_config(serving)
+    front = webapp.engine_settings(serving, config)
     assert not front.import_pipelines and not front.batch_users
+    assert (front.repos, front.revisions, front.tiny, front.allowed_repos) == ((), (), True, ())
+    assert config is not None and config.tiny  # --tiny reaches the front end as the deployment's setting
+    assert settings.allowed_repos is None  # without --serve: $SD2APP_ALLOWED_REPOS
     assert (front.watermark, front.limits.max_side, front.save_in_background) == (False, 768, True)
 
 

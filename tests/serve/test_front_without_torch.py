@@ -35,7 +35,7 @@ from PIL import Image
 from sd2_app.api.results import Result
 from sd2_app.serve import backend
 
-ASSET, OUTPUTS, TINY, EMBEDDINGS, PORT = sys.argv[1:]
+ASSET, OUTPUTS, CONFIG, EMBEDDINGS, PORT = sys.argv[1:]
 
 
 class Stream:
@@ -70,7 +70,7 @@ class Handle:
 backend.connect = lambda address, config: Handle()
 from sd2_app import webapp
 
-args = app.parse_args(["--serve", "auto", "--outputs", OUTPUTS, "--repo", f"sd21-base={TINY}",
+args = app.parse_args(["--serve", "auto", "--outputs", OUTPUTS, "--serve-config", CONFIG,
                        "--embeddings-dir", EMBEDDINGS])
 demo = webapp.build(args)
 built = "torch" in sys.modules
@@ -96,8 +96,9 @@ def test_the_serve_front_end_counts_tokens_and_saves_marked_pngs_without_torch(t
     save_file({"emb_params": torch.randn(2, 32, generator=torch.Generator().manual_seed(3))},
               str(embeddings / "tiny-style.safetensors"))
     outputs = tmp_path / "outputs"
-    argv = [str(ROOT / "assets" / "landscape.png"), str(outputs), str(tiny_repo("sd21")), str(embeddings),
-            str(free_port())]
+    config = tmp_path / "serve.toml"  # the deployment's repos: the front end reads the tokenizers from them
+    config.write_text(f"[serve]\nrepos = [{json.dumps('sd21-base=' + str(tiny_repo('sd21')))}]\n")
+    argv = [str(ROOT / "assets" / "landscape.png"), str(outputs), str(config), str(embeddings), str(free_port())]
     done = subprocess.run([sys.executable, "-c", _FRONT, *argv], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
