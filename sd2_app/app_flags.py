@@ -13,7 +13,7 @@ import os
 from importlib.util import find_spec
 
 from sd2_app.api.cost import DEFAULT_MAX_JOB_COST
-from sd2_app.checkpoints.allowlist import ENV_ALLOWED_REPOS, allowed_repos
+from sd2_app.serve.config import process_sources
 from sd2_app.compute_flags import add_compute_arguments
 
 # GPU jobs one visitor may have queued or running at once.
@@ -54,8 +54,8 @@ _SERVE_SOURCE = ("{what} with --serve: the replicas load the weights and this fr
                  "from the deployment's settings: set {setting} in --serve-config (deploy/serve.toml) instead")
 SERVE_REPO = _SERVE_SOURCE.format(what="--repo is refused", setting='repos = ["KEY=REPO"]')
 SERVE_REVISION = _SERVE_SOURCE.format(what="--revision is refused", setting='revisions = ["KEY=REV"]')
-SERVE_ALLOWED_REPOS = _SERVE_SOURCE.format(what=f"{ENV_ALLOWED_REPOS} is refused",
-                                           setting='allowed_repos = ["owner/name"]')
+SERVE_VARIABLES = _SERVE_SOURCE.format(what="setting {names} in the environment is refused",
+                                       setting="repos, revisions or allowed_repos")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,8 +84,8 @@ def _refuse_local_settings(p: argparse.ArgumentParser, args: argparse.Namespace)
         p.error(SERVE_REPO)
     if args.revision:
         p.error(SERVE_REVISION)
-    if allowed_repos():
-        p.error(SERVE_ALLOWED_REPOS)
+    if process_sources():
+        p.error(SERVE_VARIABLES.format(names=", ".join(process_sources())))
 
 
 def _server_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:

@@ -3,7 +3,9 @@
 A repo id typed by a user would make the server download and run arbitrary weights, so custom repos are off
 by default. The operator opts in per repo with `SD2APP_ALLOWED_REPOS="owner/name,owner/other"`; each allowed
 repo becomes one more text-to-image / image-to-image checkpoint whose key is the repo id itself. Only
-`owner/name` ids are accepted (never folders), so nothing a user sends can name a path on the server.
+`owner/name` ids are accepted (never folders), so nothing a user sends can name a path on the server. A Ray
+Serve deployment lists them in its settings instead (`allowed_repos`, sd2_app/serve/config.py), read by the
+front end and the replicas alike.
 """
 
 from __future__ import annotations

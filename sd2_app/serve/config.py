@@ -8,13 +8,15 @@ without it.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from sd2_app.api.batching import MAX_IMAGES
-from sd2_app.checkpoints.allowlist import is_repo_id
-from sd2_app.checkpoints.catalog import parse_assignments
+from sd2_app.checkpoints.allowlist import ENV_ALLOWED_REPOS, allowed_repos, is_repo_id
+from sd2_app.checkpoints.catalog import ENV_REPO_PREFIX, ENV_REVISION_PREFIX, parse_assignments
 from sd2_app.compute_flags import DTYPES, SPEED_MODES
 from sd2_app.errors import InvalidRequest
 
@@ -87,6 +89,17 @@ class ServeConfig:
                 "target_ongoing_requests": self.target_ongoing_requests,
             }
         return options
+
+
+def process_sources(env: Mapping[str, str] | None = None) -> list[str]:
+    """The environment variables set here that choose checkpoint sources for the one process reading them
+    (`SD2APP_REPO_<KEY>`, `SD2APP_REVISION_<KEY>`: sd2_app/checkpoints/catalog.py, `apply_overrides`;
+    `SD2APP_ALLOWED_REPOS`: sd2_app/checkpoints/allowlist.py). A Serve deployment takes its sources from its
+    settings only, so the front end (app_flags) and each replica (serve/replica.py) refuse to start with them."""
+    env = os.environ if env is None else env
+    return sorted(name for name, value in env.items() if name.startswith(ENV_REVISION_PREFIX)  # "" unpins
+                  or (name.startswith(ENV_REPO_PREFIX) and value.strip())  # "" is ignored there
+                  or (name == ENV_ALLOWED_REPOS and allowed_repos(env)))
 
 
 LISTS = ("preload", "repos", "revisions", "allowed_repos")  # settings that are lists of strings

@@ -7,12 +7,20 @@ from sd2_app.api.checks import Limits
 from sd2_app.api.engine import build_service as build_engine
 from sd2_app.api.engine_settings import EngineSettings
 from sd2_app.api.service import Service
-from sd2_app.serve.config import ServeConfig
+from sd2_app.errors import InvalidRequest
+from sd2_app.serve.config import ServeConfig, process_sources
+
+ENVIRONMENT_SOURCES = ("serve replica: {names} in its environment would choose checkpoints for this replica only "
+                       "(not the front end's tokenizers, not the other replicas): set repos, revisions or "
+                       "allowed_repos in the deployment's settings (deploy/serve.toml) instead")
 
 
 def engine_settings(config: ServeConfig) -> EngineSettings:
     """A replica's ModelManager + Service. It runs requests the front end validated (`Service.produce`, no
-    `validate`, no keeping): the front end's Service checks the limits, watermarks, saves and keeps history."""
+    `validate`, no keeping): the front end's Service checks the limits, watermarks, saves and keeps history.
+    Its checkpoints are the deployment's (`ServeConfig.checkpoint_sources`), never its environment's."""
+    if process_sources():
+        raise InvalidRequest(ENVIRONMENT_SOURCES.format(names=", ".join(process_sources())))
     return EngineSettings(
         device=config.device, dtype=config.dtype, speed=config.speed, zerogpu=False,  # Ray nodes are no Spaces
         **config.checkpoint_sources(),  # the front end's registry comes from the same (sd2_app.webapp)

@@ -11,7 +11,7 @@ import pytest
 
 from sd2_app.checkpoints.catalog import REGISTRY
 from sd2_app.errors import InvalidRequest
-from sd2_app.serve.config import load_config
+from sd2_app.serve.config import load_config, process_sources
 from tests.api.test_provenance import linked_tiny_cache
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,20 +68,34 @@ def test_the_app_refuses_repo_and_revision_with_serve(flags: list[str], message:
     assert parse_args(flags).serve is None  # without --serve they set this process's own checkpoints
 
 
-def test_the_app_refuses_the_allow_list_variable_with_serve(monkeypatch: pytest.MonkeyPatch,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("name", ["SD2APP_ALLOWED_REPOS", "SD2APP_REPO_SD21_BASE", "SD2APP_REVISION_SD21_BASE"])
+def test_the_front_end_and_the_replicas_refuse_source_variables(name: str, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """These variables choose checkpoints for the process that reads them only: with Serve the front end and
+    each replica would disagree, so both refuse to start with them."""
     from sd2_app.app_flags import parse_args
+    from sd2_app.serve.replica import engine_settings
 
-    monkeypatch.setenv("SD2APP_ALLOWED_REPOS", "me/custom-sd2")
-    with pytest.raises(SystemExit):
+    monkeypatch.setenv(name, "me/custom-sd2")
+    with pytest.raises(SystemExit) as exited:
         parse_args(["--serve", "auto"])
+    assert exited.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].split(": error: ", 1)[1] == (
-        "SD2APP_ALLOWED_REPOS is refused with --serve: the replicas load the weights and this front end reads the "
-        'tokenizers, both from the deployment\'s settings: set allowed_repos = ["owner/name"] in --serve-config '
-        "(deploy/serve.toml) instead")
-    assert parse_args([]).serve is None
-    monkeypatch.setenv("SD2APP_ALLOWED_REPOS", " , ")  # lists nothing
-    assert parse_args(["--serve", "auto"]).serve == "auto"
+        f"setting {name} in the environment is refused with --serve: the replicas load the weights and this front "
+        "end reads the tokenizers, both from the deployment's settings: set repos, revisions or allowed_repos in "
+        "--serve-config (deploy/serve.toml) instead")
+    with pytest.raises(InvalidRequest) as refused:
+        engine_settings(load_config())
+    assert str(refused.value) == (
+        f"serve replica: {name} in its environment would choose checkpoints for this replica only (not the front "
+        "end's tokenizers, not the other replicas): set repos, revisions or allowed_repos in the deployment's "
+        "settings (deploy/serve.toml) instead")
+    assert parse_args([]).serve is None  # without --serve they are this process's own
+    monkeypatch.setenv(name, " ")
+    if name == "SD2APP_REVISION_SD21_BASE":  # an empty revision still unpins (catalog.apply_overrides)
+        assert process_sources() == [name]
+    else:  # an empty repo or list changes nothing
+        assert parse_args(["--serve", "auto"]).serve == "auto" and process_sources() == []
 
 
 @pytest.mark.parametrize("tiny", [False, True])
@@ -95,7 +109,6 @@ def test_the_front_end_and_a_replica_build_one_registry(tiny: bool, monkeypatch:
     from sd2_app.serve import backend
     from sd2_app.serve.replica import build_service
 
-    monkeypatch.delenv("SD2APP_ALLOWED_REPOS", raising=False)
     linked_tiny_cache(monkeypatch, tmp_path)
     monkeypatch.setattr(backend, "connect", lambda address, config: object())
     path = tmp_path / "serve.toml"
