@@ -13,8 +13,8 @@ import os
 from importlib.util import find_spec
 
 from sd2_app.api.cost import DEFAULT_MAX_JOB_COST
-from sd2_app.serve.config import process_sources
 from sd2_app.compute_flags import add_compute_arguments
+from sd2_app.serve.config import process_sources
 
 # GPU jobs one visitor may have queued or running at once.
 DEFAULT_MAX_JOBS_PER_VISITOR = 2
@@ -84,8 +84,9 @@ def _refuse_local_settings(p: argparse.ArgumentParser, args: argparse.Namespace)
         p.error(SERVE_REPO)
     if args.revision:
         p.error(SERVE_REVISION)
-    if process_sources():
-        p.error(SERVE_VARIABLES.format(names=", ".join(process_sources())))
+    variables = process_sources()
+    if variables:
+        p.error(SERVE_VARIABLES.format(names=", ".join(variables)))
 
 
 def _server_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:

@@ -37,7 +37,7 @@ class EngineSettings:
     tiny: bool  # tiny random-weight checkpoints instead (sd2_app.testing.tiny)
     cache_dir: Path | None  # tiny repos and file hashes; None: $SD2APP_CACHE (sd2_app.manager.default_cache_dir)
     preload: tuple[str, ...]  # checkpoint keys loaded before the first job
-    allowed_repos: tuple[str, ...] | None  # Hub repos users may pick; None: $SD2APP_ALLOWED_REPOS (checkpoints.allowlist)
+    allowed_repos: tuple[str, ...] | None  # Hub repos users may pick; None: $SD2APP_ALLOWED_REPOS (allowlist.py)
     # The Service: what it accepts, how it keeps results, how its jobs meet the GPU.
     limits: Limits
     outputs_dir: str | Path | None  # None: results are not saved
@@ -60,9 +60,10 @@ def registry_of(settings: EngineSettings) -> dict[str, CheckpointSpec]:
 
 def service_options(settings: EngineSettings) -> dict[str, Any]:
     """The Service's keyword arguments for what it accepts and how it keeps results (not where jobs run)."""
-    return dict(allowed_repos=settings.allowed_repos, limits=settings.limits, outputs_dir=settings.outputs_dir, keep_outputs_days=settings.keep_outputs_days,
-                watermark=settings.watermark, save_in_background=settings.save_in_background,
-                history_size=settings.history_size, embeddings=EmbeddingLibrary.scan(settings.embeddings_dir))
+    return dict(allowed_repos=settings.allowed_repos, limits=settings.limits, outputs_dir=settings.outputs_dir,
+                keep_outputs_days=settings.keep_outputs_days, watermark=settings.watermark,
+                save_in_background=settings.save_in_background, history_size=settings.history_size,
+                embeddings=EmbeddingLibrary.scan(settings.embeddings_dir))
 
 
 def ready(service: Service, settings: EngineSettings) -> Service:

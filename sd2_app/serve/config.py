@@ -102,7 +102,7 @@ def process_sources(env: Mapping[str, str] | None = None) -> list[str]:
                   or (name == ENV_ALLOWED_REPOS and allowed_repos(env)))
 
 
-LISTS = ("preload", "repos", "revisions", "allowed_repos")  # settings that are lists of strings
+_LISTS = ("preload", "repos", "revisions", "allowed_repos")  # settings that are lists of strings
 
 
 def _check(config: ServeConfig) -> ServeConfig:
@@ -157,7 +157,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServeConfig
             raise InvalidRequest(f"serve config {path}: unknown setting(s) {', '.join(unknown)}")
         values.update(table)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    for name in LISTS:
+    for name in _LISTS:
         if name in values:
             if isinstance(values[name], str) or not all(isinstance(item, str) for item in values[name]):
                 raise InvalidRequest(f"serve config: {name} must be a list of strings, not {values[name]!r}")

@@ -19,8 +19,9 @@ def engine_settings(config: ServeConfig) -> EngineSettings:
     """A replica's ModelManager + Service. It runs requests the front end validated (`Service.produce`, no
     `validate`, no keeping): the front end's Service checks the limits, watermarks, saves and keeps history.
     Its checkpoints are the deployment's (`ServeConfig.checkpoint_sources`), never its environment's."""
-    if process_sources():
-        raise InvalidRequest(ENVIRONMENT_SOURCES.format(names=", ".join(process_sources())))
+    variables = process_sources()
+    if variables:
+        raise InvalidRequest(ENVIRONMENT_SOURCES.format(names=", ".join(variables)))
     return EngineSettings(
         device=config.device, dtype=config.dtype, speed=config.speed, zerogpu=False,  # Ray nodes are no Spaces
         **config.checkpoint_sources(),  # the front end's registry comes from the same (sd2_app.webapp)

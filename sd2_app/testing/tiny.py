@@ -14,8 +14,8 @@ import json
 import logging
 import re
 import zlib
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
