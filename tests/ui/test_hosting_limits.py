@@ -90,9 +90,12 @@ def test_jobs_per_address_count_every_visitor_of_the_address() -> None:
     for _ in range(3):  # three cookieless jobs: three visitors, one address
         queue.add(_request("10.0.0.2", "203.0.113.7"))
     queue.add(_request("10.0.0.2", "203.0.113.7"), concurrency_id="cpu")  # not a GPU job: not counted
-    assert visitors.jobs_from("203.0.113.7") == 3
-    assert visitors.refusal("a-new-visitor", "203.0.113.7") == too_many_jobs_from_address_message(3)
-    assert visitors.refusal("a-new-visitor", "203.0.113.8") is None
+    assert visitors.address_jobs.count("203.0.113.7") == 3
+    assert visitors.admit("a-new-visitor", "203.0.113.7") == too_many_jobs_from_address_message(3)
+    assert visitors.address_jobs.count("203.0.113.7") == 3  # a refused job holds no place
+    assert visitors.admit("a-new-visitor", "203.0.113.8") is None
+    assert visitors.address_jobs.count("203.0.113.8") == 1  # an admitted one holds its address's place
+    visitors.address_jobs.release("203.0.113.8")
     assert too_many_jobs_from_address_message(3) == ("Your network address already has 3 jobs queued or running; "
                                                      "wait for one to finish before starting another.")
     assert too_many_jobs_from_address_message(1).startswith("Your network address already has 1 job queued")
@@ -106,12 +109,15 @@ def test_the_a1111_apis_jobs_and_the_queues_share_one_count_per_address() -> Non
     for _ in range(2):
         queue.add(_request("10.0.0.2", "203.0.113.7"))  # two web UI jobs
     assert jobs.take("203.0.113.7") is None  # the third, an API job
-    assert visitors.jobs_from("203.0.113.7") == jobs.count("203.0.113.7") == 3
-    assert visitors.refusal("a-new-visitor", "203.0.113.7") == too_many_jobs_from_address_message(3)
+    assert jobs.count("203.0.113.7") == 3
+    assert visitors.admit("a-new-visitor", "203.0.113.7") == too_many_jobs_from_address_message(3)
     assert jobs.take("203.0.113.7") == too_many_jobs_from_address_message(3)  # a fourth API job
     assert jobs.take("203.0.113.8") is None  # another address
     jobs.release("203.0.113.7")
-    assert visitors.refusal("a-new-visitor", "203.0.113.7") is None and jobs.count("203.0.113.7") == 2
+    assert jobs.count("203.0.113.7") == 2
+    assert visitors.admit("a-new-visitor", "203.0.113.7") is None and jobs.count("203.0.113.7") == 3
+    assert jobs.take("203.0.113.7") == too_many_jobs_from_address_message(3)  # the UI job's place counts for the API
+    jobs.release("203.0.113.7")
     jobs.release("203.0.113.8")
     assert jobs._held == {}  # no key left behind
 
@@ -122,7 +128,7 @@ def test_other_events_count_per_address_apart_from_gpu_jobs() -> None:
     for concurrency_id in ("png_info", "png_info", "140623533208448"):  # PNG info twice, an image check
         queue.add(_request("10.0.0.2", "203.0.113.7"), concurrency_id=concurrency_id)
     queue.add(_request("10.0.0.2", "203.0.113.8"), concurrency_id="png_info")
-    assert (visitors.other_events_from("203.0.113.7"), visitors.jobs_from("203.0.113.7")) == (3, 1)
+    assert (visitors.other_events_from("203.0.113.7"), visitors.address_jobs.count("203.0.113.7")) == (3, 1)
     assert visitors.other_events_from("203.0.113.8") == 1 and visitors.other_events_from("203.0.113.9") == 0
 
 
@@ -132,10 +138,34 @@ def test_the_visitor_limit_speaks_first_and_zero_turns_the_address_limit_off() -
     for _ in range(2):
         queue.add(_request("10.0.0.2", "203.0.113.7", cookie=cookie))
     visitor = visitors.cookies.verify(cookie)
-    assert visitors.refusal(visitor, "203.0.113.7") == too_many_jobs_message(2)
+    assert visitors.admit(visitor, "203.0.113.7") == too_many_jobs_message(2)
+    assert visitors.address_jobs.count("203.0.113.7") == 2  # refused by the visitor limit: no address place held
     for _ in range(50):
         queue.add(_request("10.0.0.2", "203.0.113.7"))
-    assert visitors.refusal("a-new-visitor", "203.0.113.7") is None
+    assert visitors.admit("a-new-visitor", "203.0.113.7") is None
+    visitors.address_jobs.release("203.0.113.7")
+    assert visitors.address_jobs._held == {}
+
+
+def test_the_watched_queue_admits_gpu_jobs_through_visitors_admit() -> None:
+    """The queue's push (`Visitors.watch`) refuses what `admit` refuses, before Gradio's push; an admitted job
+    holds its address's place until Gradio has queued it, then counts in the queue instead."""
+    visitors, queue = _visitors(max_jobs=2, per_address=1)
+    pushed: list[int] = []
+
+    async def gradio_push(body: object, request: object, username: object) -> tuple[bool, str]:
+        pushed.append(visitors.address_jobs.count("203.0.113.7"))  # the place is held while Gradio accepts it
+        return True, "event-id"
+
+    queue.push = gradio_push
+    queue.blocks = SimpleNamespace(fns={0: SimpleNamespace(concurrency_id=GPU_QUEUE)})
+    visitors.watch(queue)
+    body = SimpleNamespace(fn_index=0)
+    assert asyncio.run(queue.push(body, _request("10.0.0.2", "203.0.113.7"), None)) == (True, "event-id")
+    assert pushed == [1] and visitors.address_jobs._held == {}
+    queue.add(_request("10.0.0.2", "203.0.113.7"))  # Gradio's queue now has it
+    refused = asyncio.run(queue.push(body, _request("10.0.0.2", "203.0.113.7"), None))
+    assert refused == (False, too_many_jobs_from_address_message(1), "error") and pushed == [1]
 
 
 def test_the_address_flags_and_their_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
