@@ -169,19 +169,43 @@ def test_the_watched_queue_admits_gpu_jobs_through_visitors_admit() -> None:
 
 
 def test_the_address_flags_and_their_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("SPACE_ID", "SD2APP_TRUSTED_PROXY_HOPS", "SD2APP_MAX_JOBS_PER_ADDRESS"):
+    for name in ("SPACE_ID", "SD2APP_TRUSTED_PROXY_HOPS", "SD2APP_MAX_JOBS_PER_ADDRESS", "GRADIO_SERVER_NAME"):
         monkeypatch.delenv(name, raising=False)
     args = app.parse_args([])
-    assert args.max_jobs_per_address == DEFAULT_MAX_JOBS_PER_ADDRESS == 6 and args.trusted_proxy_hops == 0
+    assert args.max_jobs_per_address == 0 and args.trusted_proxy_hops == 0  # loopback: no per-address limit
+    for public in (["--host", "0.0.0.0"], ["--share"]):  # public modes: the default limit
+        assert app.parse_args(public).max_jobs_per_address == DEFAULT_MAX_JOBS_PER_ADDRESS == 6, public
+    assert app.parse_args(["--max-jobs-per-address", "3"]).max_jobs_per_address == 3  # an explicit value wins
+    assert app.parse_args(["--host", "0.0.0.0", "--max-jobs-per-address", "0"]).max_jobs_per_address == 0
     assert app.parse_args(["--max-jobs-per-address", "0", "--trusted-proxy-hops", "2"]).trusted_proxy_hops == 2
     monkeypatch.setenv("SPACE_ID", "someone/sd2")  # a Space: Hugging Face's proxy stands in front
     assert app.parse_args([]).trusted_proxy_hops == 1
     assert app.parse_args(["--trusted-proxy-hops", "0"]).trusted_proxy_hops == 0
-    monkeypatch.setenv("SD2APP_MAX_JOBS_PER_ADDRESS", "9")
-    assert app.parse_args([]).max_jobs_per_address == 9
+    monkeypatch.setenv("SD2APP_MAX_JOBS_PER_ADDRESS", "9")  # the variable is an explicit value too
+    assert app.parse_args([]).max_jobs_per_address == app.parse_args(["--host", "::"]).max_jobs_per_address == 9
     with pytest.raises(SystemExit):
         app.parse_args(["--trusted-proxy-hops", "-1"])
     assert webapp.launch_settings(args)["state_session_capacity"] == args.max_sessions == DEFAULT_MAX_SESSIONS == 1000
+
+
+def test_the_built_app_limits_jobs_per_address_in_public_modes_only(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    """What `webapp.build` gives the queue's watch and the A1111 API (one `AddressJobs`) for each mode's default."""
+    from PIL import Image
+
+    from tests.api.test_provenance import linked_tiny_cache
+
+    for name in ("SPACE_ID", "SD2APP_MAX_JOBS_PER_ADDRESS", "GRADIO_SERVER_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # the build sets it
+    linked_tiny_cache(monkeypatch, tmp_path)
+    cases = {(): 0, ("--host", "0.0.0.0"): DEFAULT_MAX_JOBS_PER_ADDRESS, ("--max-jobs-per-address", "2"): 2}
+    for extra, limit in cases.items():
+        demo = webapp.build(app.parse_args(["--tiny", "--device", "cpu", "--no-save", *extra]))
+        try:
+            assert demo.hosting.max_jobs_per_address == demo.flags.visitors.address_jobs.limit == limit, extra
+        finally:
+            demo.close()
 
 
 def test_sweep_deletes_old_files_and_then_their_empty_folders(tmp_path: Path, monkeypatch) -> None:
