@@ -20,6 +20,7 @@ from sd2_app.api import requests as rq
 from sd2_app.api.checks import Limits
 from sd2_app.api.engine import build_service
 from sd2_app.api.engine_settings import EngineSettings
+from sd2_app.api.keeper import HISTORY_SIZE
 from sd2_app.api.plot import write_tables
 from sd2_app.api.service import Service
 from sd2_app.errors import InvalidRequest, LoadError
@@ -114,7 +115,7 @@ def engine_settings(args: argparse.Namespace) -> EngineSettings:
         repos=tuple(_repo_assignments(args)), revisions=tuple(args.revision), tiny=args.tiny,
         cache_dir=args.model_dir, preload=(),  # the one job loads what it needs
         limits=Limits(),  # the web app's default limits: the same validation as the web UI
-        outputs_dir=None, keep_outputs_days=None, watermark=True, save_in_background=False, history_size=50,
+        outputs_dir=None, keep_outputs_days=None, watermark=True, save_in_background=False, history_size=HISTORY_SIZE,
         embeddings_dir=args.embeddings_dir, batch_users=False, import_pipelines=False,
     )
 

@@ -3,7 +3,8 @@ Service -> `build_ui`), launch it with app.py's settings, and close it in order 
 
 Kept apart from the flags so that `python app.py --help` and flag errors answer without importing Gradio,
 transformers or torch; torch itself is imported only for the local models (`local_service`), after `spaces`
-where a ZeroGPU Space has it: the Ray Serve front end (--serve) never imports it.
+where a ZeroGPU Space has it: the Ray Serve front end (--serve) imports it only with --tiny, to write the tiny
+checkpoints whose tokenizers it reads.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from PIL import Image
 from sd2_app.api import gpu_time
 from sd2_app.api.a1111_routes import A1111Api, build_router, parse_auth
 from sd2_app.api.checks import Limits
+from sd2_app.api.keeper import HISTORY_SIZE
 from sd2_app.api.service import Service
 from sd2_app.api.engine_settings import EngineSettings, ready, registry_of, service_options
 from sd2_app.app_flags import api_enabled, is_public
@@ -66,8 +68,8 @@ def build(args: argparse.Namespace) -> AppBlocks:
 
 
 def local_service(settings: EngineSettings) -> Service:
-    """A Service over this process's ModelManager (`sd2_app.api.engine`): the only path of the app that imports
-    torch."""
+    """A Service over this process's ModelManager (`sd2_app.api.engine`): the app's path that imports torch
+    (the --serve front end imports it only with --tiny)."""
     if find_spec("spaces") is not None:
         import spaces  # noqa: F401  # ZeroGPU patches torch's CUDA calls: it must be imported before torch
     # Everything that loads torch is imported here, after `spaces`.
@@ -84,7 +86,7 @@ def engine_settings(args: argparse.Namespace) -> EngineSettings:
         revisions=tuple(args.revision), tiny=args.tiny, cache_dir=None, preload=tuple(args.preload or ()),
         limits=Limits(max_side=args.max_side, max_job_cost=args.max_job_cost or None),
         outputs_dir=None if args.no_save else args.outputs, keep_outputs_days=args.keep_outputs_days,
-        watermark=not args.no_watermark, save_in_background=True, history_size=50,
+        watermark=not args.no_watermark, save_in_background=True, history_size=HISTORY_SIZE,
         embeddings_dir=args.embeddings_dir, batch_users=_batch_users(args, zerogpu),
         # visitors' jobs start on several threads; with --serve they run on the replicas (and torch stays out)
         import_pipelines=not args.serve,

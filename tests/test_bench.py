@@ -328,8 +328,8 @@ def test_users_bench_through_the_running_app_on_tiny_models(tmp_path: Path) -> N
 
 
 def test_a_failed_user_request_fails_the_load_with_its_reason() -> None:
-    """bench/load.py: a user whose call raises ends the load with a message naming it (it used to end that
-    user's thread silently and leave the report short of its images)."""
+    """bench/load.py: a user whose call raises ends the load with a message naming it, not a report short of
+    its images."""
     import numpy as np
 
     from bench.load import load

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sd2_app.api.cost import job_cost
-from sd2_app.api.plot import check_plot, plot_cost
+from sd2_app.api.plot import plot_cost
 from sd2_app.api.requests import Request, XYZPlotRequest
 from sd2_app.errors import InvalidRequest
 
@@ -46,7 +46,7 @@ def seconds_for(service: Service, request: Request) -> int:
     refusal comes before any GPU work)."""
     try:
         if isinstance(request, XYZPlotRequest):  # its cells one after the other, validated once
-            plot = check_plot(request, service.catalog, service.limits)  # `service.validate`'s checks
+            plot = service.check_plot(request)
             return gpu_seconds(plot_cost(plot.cells, service.catalog))
         checked, _ = service.validate(request)
     except InvalidRequest:

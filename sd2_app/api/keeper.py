@@ -39,6 +39,7 @@ from sd2_app.pipelines.watermark import embed
 
 log = logging.getLogger(__name__)
 
+HISTORY_SIZE = 50  # the entries each owner keeps, by default
 HISTORY_MAX_BYTES = 1024**3  # the images the in-memory history may hold (pixels and PNG files together)
 UNLISTED = "unlisted:"  # how the name of an owner who can never ask for History begins (`unlisted`)
 
@@ -73,7 +74,7 @@ class ResultKeeper:
         outputs_dir: str | Path | None,
         *,
         keep_days: float | None = None,  # delete saved results older than this (None: keep them)
-        history_size: int = 50,  # entries each owner keeps
+        history_size: int = HISTORY_SIZE,  # entries each owner keeps
         history_max_bytes: int = HISTORY_MAX_BYTES,
         watermark: bool = True,
         save_in_background: bool = False,

@@ -250,7 +250,7 @@ def grid_parameters(request: XYZPlotRequest, first_text: str) -> str:
 def run_plot(service: Service, request: XYZPlotRequest, on_progress: ProgressFn | None,
              should_stop: Callable[[], bool] | None, on_cell: CellFn | None = None) -> Result:
     """Validate, run every cell, draw one labelled grid per Z value; the Service's `Result` of it all."""
-    plot = check_plot(request, service.catalog, service.limits)  # `service.validate`'s checks, cells kept
+    plot = service.check_plot(request)
     checked, warnings, cells = plot.request, plot.warnings, plot.cells
     started = time.perf_counter()
     finished, timings, run_warnings, stopped = run_cells(service, cells, on_progress, should_stop, on_cell)

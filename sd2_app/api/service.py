@@ -22,9 +22,9 @@ from PIL import Image
 from sd2_app.api.checks import Catalog, Limits, catalog_of
 from sd2_app.api.gate import GpuGate
 from sd2_app.api.hires_x4 import run_hires_x4
-from sd2_app.api.keeper import ResultKeeper
+from sd2_app.api.keeper import HISTORY_SIZE, ResultKeeper
 from sd2_app.api.model_host import ModelHost
-from sd2_app.api.plot import CellFn, run_plot
+from sd2_app.api.plot import CellFn, CheckedPlot, check_plot, run_plot
 from sd2_app.api.progress import PreviewFn, latent_preview, placed, step_callback
 from sd2_app.api.prompt_tools import PromptTools
 from sd2_app.api.requests import Request, TaskRequest, XYZPlotRequest
@@ -67,7 +67,7 @@ class Service:
         allowed_repos: Iterable[str] | None = None,  # Hub repos users may pick; None: $SD2APP_ALLOWED_REPOS
         outputs_dir: str | Path | None = "outputs",
         keep_outputs_days: float | None = None,  # delete saved results older than this (None: keep them)
-        history_size: int = 50,
+        history_size: int = HISTORY_SIZE,
         preview_every: int = 5,
         watermark: bool = True,  # the invisible "SDV2" watermark in every result (--no-watermark turns it off)
         backend: Backend | None = None,
@@ -159,6 +159,10 @@ class Service:
     def validate(self, request: Request) -> tuple[Request, list[str]]:
         """The checked request and its warnings (raises `InvalidRequest`)."""
         return validate(request, self.catalog, self.limits)
+
+    def check_plot(self, request: XYZPlotRequest) -> CheckedPlot:
+        """`validate` for a plot, with the validated cells kept for whoever runs or prices them."""
+        return check_plot(request, self.catalog, self.limits)
 
     def _task_fn(self, task: str) -> TaskFn:
         return self._tasks[task] if self._tasks is not None else pipeline_of(task)

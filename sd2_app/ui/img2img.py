@@ -75,9 +75,13 @@ def _wire_default_size(service: Service, image: gr.Image, checkpoint: gr.Dropdow
             return native, native
         return fitted_size(picture.width, picture.height, native, service.limits.max_side)
 
-    # On the page's load (Gradio shows a None number as 0) and whenever the image or the checkpoint changes.
-    gr.on(None, default_size, [image, checkpoint], [width, height], api_name="img2img_default_size",
-          api_visibility="private")
+    # On the page's load (Gradio shows a None number as 0) the default checkpoint's square, set by the page
+    # itself: no event reaches the server, so a busy queue or the per-address event limit cannot refuse it.
+    square = service.resolution(checkpoint.value)
+    gr.on(None, None, None, [width, height], js=f"() => [{square}, {square}]", show_progress="hidden")
+    # A new image or checkpoint: the image is read on the server, in the queue like every image check.
+    gr.on([image.change, checkpoint.change], default_size, [image, checkpoint], [width, height],
+          api_name="img2img_default_size", api_visibility="private")
 
 
 def shaped(limits: Limits, picture: Any, w: Any, h: Any, mode: Any) -> Any:

@@ -42,6 +42,8 @@ class RequestView:
         return timed_call(service.run, request, session, flag)
 
     def shown(self, done: int, total: int, preview: Image.Image | None, place: QueuePlace) -> tuple[Any, str] | None:
-        if preview is not None or place.started():  # a step ends the wait the line may still show
+        # a step ends the wait the line may still show (`started` first: it also forgets the shown place, so a
+        # later idle poll cannot show the queue again)
+        if place.started() or preview is not None:
             return gr.skip(), f"Step {done}/{total}"
         return None

@@ -272,7 +272,7 @@ def test_the_cells_add_up_against_the_job_cost_cap() -> None:
 
 def test_running_a_plot_checks_each_cell_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The Service's run plans the cells validation checked: a 2x2 plot is the base and four cells, checked once
-    each (it validated the plot, then planned the cells again: 9 checks)."""
+    each."""
     import sd2_app.api.plot as plot_module
 
     checked: list[object] = []

@@ -160,8 +160,8 @@ def test_a_plot_asks_zerogpu_for_all_its_cells() -> None:
 
 
 def test_a_plots_duration_checks_each_cell_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`seconds_for` prices the cells that validating the plot planned: 64 cells are checked once each (they
-    were planned twice, 129 checks), and the duration is still the sum of the cells' work."""
+    """`seconds_for` prices the cells that validating the plot planned: 64 cells are checked once each, and the
+    duration is the sum of the cells' work."""
     import sd2_app.api.plot as plot_module
     from sd2_app.api.requests import PlotAxis, XYZPlotRequest
     from sd2_app.api.service import Service

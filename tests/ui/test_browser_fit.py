@@ -23,6 +23,23 @@ def _size_boxes(page) -> tuple[str, str]:
     return tuple(page.locator(f"#img2img-{side} input[type=number]").input_value() for side in ("width", "height"))
 
 
+def test_opening_the_page_puts_nothing_in_the_queue(browser, url: str) -> None:
+    """The page fills its fields on load without a queued event (img2img's size boxes are set by the page), so a
+    full queue or an address's limit on waiting events cannot refuse a visitor's first view."""
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    joined: list[str] = []
+    page.on("request", lambda request: joined.append(request.post_data or "") if "/queue/join" in request.url
+            else None)
+    page.goto(url)
+    page.wait_for_function("window.sd2AppReady === true")
+    _go(page, "Image to image")
+    expect(page.locator("#img2img-width input[type=number]")).to_have_value("512")
+    page.wait_for_timeout(1000)
+    assert joined == []
+    context.close()
+
+
 def test_img2img_size_boxes_show_the_checkpoint_size_before_an_upload_and_the_images_after(
         browser, url: str, tmp_path: Path) -> None:
     page = _open(browser, url, DESKTOP)

@@ -277,6 +277,17 @@ def test_a_cached_file_shown_again_starts_its_cache_age_anew(tmp_path, monkeypat
     assert open(path, "rb").read() == b"same image bytes"
 
 
+def test_the_phone_tables_use_the_style_sheets_phone_breakpoint() -> None:
+    """narrow_tables.NARROW and static/app.css's phone rules name one breakpoint (the tables' phone columns and
+    the rest of the phone layout switch together)."""
+    import re
+
+    from sd2_app.ui.narrow_tables import NARROW
+
+    css = (Path(__file__).parents[2] / "sd2_app" / "ui" / "static" / "app.css").read_text(encoding="utf-8")
+    assert re.findall(r"@media \((max-width: \d+px)\)", css) == [NARROW.strip("()")]
+
+
 def test_a_tables_phone_columns_are_its_own_and_share_the_whole_width() -> None:
     from sd2_app.ui.narrow_tables import narrow_table_css
 
@@ -300,3 +311,20 @@ def test_the_disk_line_counts_small_files_in_kilobytes_and_nothing_as_0_mb() -> 
     assert line(23_400) == "**Disk**: 4 saved files, 23 kB (kept until the operator deletes them)."
     assert line(0) == "**Disk**: 4 saved files, 0 MB (kept until the operator deletes them)."
     assert line(2_345_678) == "**Disk**: 4 saved files, 2.3 MB (kept until the operator deletes them)."
+
+
+def test_a_first_step_with_a_preview_ends_the_queue_place_the_line_showed() -> None:
+    """A run that showed its place in the queue, then got its first step with a preview: the line says the step,
+    and a later idle poll (nothing ahead any more) leaves it there instead of going back to "Starting…"."""
+    from PIL import Image
+
+    from sd2_app.ui.run_views import RequestView
+    from sd2_app.ui.runner import QueuePlace
+
+    bar: list[str] = []
+    place = QueuePlace("Starting…")
+    assert place.update(2, lambda fraction, desc: bar.append(desc)) == "Queued: 2 jobs ahead of yours…"
+    shown = RequestView().shown(1, 10, Image.new("RGB", (8, 8)), place)
+    assert shown is not None and shown[1] == "Step 1/10"
+    assert place.update(None, lambda fraction, desc: bar.append(desc)) is None
+    assert bar == ["Queued: 2 jobs ahead of yours…"]

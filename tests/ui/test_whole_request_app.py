@@ -138,10 +138,18 @@ def test_each_shown_png_is_hashed_once(saving_app, sha256_inputs: list[bytes], m
     assert files_hashed == []
 
 
-def test_a_history_refresh_hashes_no_png(saving_app, sha256_inputs: list[bytes]) -> None:
+def test_a_history_refresh_hashes_no_png(saving_app, sha256_inputs: list[bytes],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """History shows each entry's PNG files in Gradio's cache under the names their digests (computed when they
-    were encoded) give: refreshing it hashes none of them again, and shows the saved files, byte for byte."""
+    were encoded) give: refreshing it hashes none of them again, whole or as Gradio's file hash reads them in
+    chunks, and shows the saved files, byte for byte."""
+    import gradio.processing_utils
+
     url, _, outputs = saving_app
+    files_hashed: list[str] = []
+    original_file = gradio.processing_utils.hash_file
+    monkeypatch.setattr(gradio.processing_utils, "hash_file",
+                        lambda path, *args: files_hashed.append(str(path)) or original_file(path, *args))
     client = Client(url, verbose=False, download_files=False)
     before = set(_saved(outputs, 0))
     _, gallery, _ = client.predict(prompt="refreshed", seed=79, api_name="/txt2img", **{**FAST, "batch_size": 2})
@@ -151,7 +159,7 @@ def test_a_history_refresh_hashes_no_png(saving_app, sha256_inputs: list[bytes])
     for _ in range(3):
         history, _ = client.predict(api_name="/history")
         assert [item["image"]["path"] for item in history] == [item["image"]["path"] for item in gallery]
-    assert hashed_by_the_request == 2 and sum(data in pngs for data in sha256_inputs) == 2
+    assert hashed_by_the_request == 2 and sum(data in pngs for data in sha256_inputs) == 2 and files_hashed == []
     assert [_served(url, item["image"]) for item in history] == pngs
 
 
