@@ -9,8 +9,9 @@ UI's queue uses; a checkpoint load through /options counts while it loads); more
 taken before its body is decoded and checked, so a refused call costs no decode. When the app closes
 (`sd2_app.ui.lifecycle.AppBlocks.close`), the API takes no new job (503) and its jobs, waiting or running, stop
 at their next step; their clients get a 503 that says so (`n_iter` batches already finished are saved, when
-saving is on); a checkpoint load cannot stop midway, so the close waits for it. `/progress` and `/interrupt` see only the API's own jobs: a visitor of the web UI is neither
-reported (their preview) nor stopped through them. Optional HTTP basic auth guards every route
+saving is on); a checkpoint load cannot stop midway, so the close waits for it. `/progress` and `/interrupt`
+see only the API's own jobs: a visitor of the web UI is neither reported (their preview) nor stopped through
+them. Optional HTTP basic auth guards every route
 (`--api-auth user:pass[,user2:pass2]`, as A1111's flag).
 
 Shapes: A1111's modules/api/api.py (the routes) and modules/api/models.py; the mapping is in `a1111.py`.
