@@ -25,8 +25,9 @@ APP_KEY = "sd21-base"
 
 
 def _flags(args: argparse.Namespace, batching: bool) -> list[str]:
-    # Every user connects from loopback: the per-address job limit (6 by default) would refuse users beyond
-    # it, so it is off here; each user is still its own visitor (its own cookie, its own per-visitor limit).
+    # Every user connects from loopback, where the per-address job limit is off by default; it is turned off
+    # explicitly all the same (an $SD2APP_MAX_JOBS_PER_ADDRESS would refuse users beyond it). Each user is still
+    # its own visitor (its own cookie, its own per-visitor limit).
     flags = ["--no-save", "--no-watermark", "--queue-size", str(4 * args.users), "--max-jobs-per-address", "0"]
     return flags + (["--batch-users"] if batching else [])
 

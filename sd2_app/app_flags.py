@@ -18,8 +18,9 @@ from sd2_app.serve.config import process_sources
 
 # GPU jobs one visitor may have queued or running at once.
 DEFAULT_MAX_JOBS_PER_VISITOR = 2
-# GPU jobs queued or running from one network address: more than one visitor's, since offices, universities
-# and mobile networks put many visitors behind one address; 0 turns the limit off.
+# GPU jobs queued or running from one network address in public modes (`is_public`): more than one visitor's,
+# since offices, universities and mobile networks put many visitors behind one address; 0 turns the limit off.
+# Locally (loopback) there is no limit unless one is given: every client there is the operator's.
 DEFAULT_MAX_JOBS_PER_ADDRESS = 6
 # MB one network address may upload per cache age (--cache-minutes); 0 turns the budget off.
 DEFAULT_UPLOAD_MB_PER_ADDRESS = 1024
@@ -65,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     _visitor_arguments(p, spaces)
     _extension_arguments(p, spaces)
     args = p.parse_args(argv)
+    if args.max_jobs_per_address is None:  # neither the flag nor its variable: the mode decides
+        args.max_jobs_per_address = DEFAULT_MAX_JOBS_PER_ADDRESS if is_public(args) else 0
     if args.auth is not None and ":" not in args.auth:
         p.error("--auth takes USER:PASSWORD")
     if min(args.max_jobs_per_address, args.trusted_proxy_hops, args.max_upload_mb_per_address) < 0:
@@ -113,9 +116,10 @@ def _visitor_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:
                    help="GPU jobs one visitor may have queued or running (default %(default)s, "
                         "$SD2APP_MAX_JOBS_PER_SESSION)")
     p.add_argument("--max-jobs-per-address", type=int,
-                   default=_env_number("SD2APP_MAX_JOBS_PER_ADDRESS", DEFAULT_MAX_JOBS_PER_ADDRESS),
+                   default=_env_number("SD2APP_MAX_JOBS_PER_ADDRESS", None),
                    help="GPU jobs one network address (an IPv6 /64) may have queued or running, whatever its "
-                        "cookies; 0 = no limit (default %(default)s, $SD2APP_MAX_JOBS_PER_ADDRESS)")
+                        f"cookies; 0 = no limit (default {DEFAULT_MAX_JOBS_PER_ADDRESS} in public modes: Spaces, "
+                        "--share, a non-loopback --host; else no limit; $SD2APP_MAX_JOBS_PER_ADDRESS)")
     p.add_argument("--max-upload-mb-per-address", type=int, metavar="MB",
                    default=_env_number("SD2APP_MAX_UPLOAD_MB_PER_ADDRESS", DEFAULT_UPLOAD_MB_PER_ADDRESS),
                    help="MB one network address may upload within one --cache-minutes, 0 = no limit (default "

@@ -5,11 +5,13 @@ watermark and history, and it passes the Service's `GpuGate`, the one way to the
 take too (these routes are FastAPI routes beside Gradio and never enter Gradio's queue). At most `max_jobs`
 API jobs wait or run at once; more get 503. One network address may have at most the web UI's per-address
 number of GPU jobs, its UI and API jobs counted together (`sd2_app.api.address_jobs.AddressJobs`, the count the
-UI's queue uses; a checkpoint load through /options counts while it loads); more get 429. When the app closes
+UI's queue uses; a checkpoint load through /options counts while it loads); more get 429. A job's place is
+taken before its body is decoded and checked, so a refused call costs no decode. When the app closes
 (`sd2_app.ui.lifecycle.AppBlocks.close`), the API takes no new job (503) and its jobs, waiting or running, stop
 at their next step; their clients get a 503 that says so (`n_iter` batches already finished are saved, when
-saving is on). `/progress` and `/interrupt` see only the API's own jobs: a visitor of the web UI is neither
-reported (their preview) nor stopped through them. Optional HTTP basic auth guards every route
+saving is on); a checkpoint load cannot stop midway, so the close waits for it. `/progress` and `/interrupt`
+see only the API's own jobs: a visitor of the web UI is neither reported (their preview) nor stopped through
+them. Optional HTTP basic auth guards every route
 (`--api-auth user:pass[,user2:pass2]`, as A1111's flag).
 
 Shapes: A1111's modules/api/api.py (the routes) and modules/api/models.py; the mapping is in `a1111.py`.
@@ -115,8 +117,9 @@ class A1111Api:
         self._run_in_gpu_call = gpu(
             duration=lambda request, *args, **kwargs: seconds_for(service, request))(service.run)
         self._jobs: list[_Tracked] = []  # oldest first
+        self._loads = 0  # checkpoint loads through /options still running
         self._lock = threading.Lock()
-        self._jobs_changed = threading.Condition(self._lock)
+        self._jobs_changed = threading.Condition(self._lock)  # a job or a load has ended
         self._closing = False  # set by `stop_everyone`: no new jobs
 
     # ---- models ----------------------------------------------------------------------------------
@@ -142,7 +145,8 @@ class A1111Api:
 
     def set_options(self, options: Mapping[str, Any], client: Request) -> None:
         """A new `sd_model_checkpoint` is loaded through the GPU gate, like a job: while it loads it holds a place
-        of the client's network address (`_admit`). `client`: the HTTP request."""
+        of the client's network address (`_admit`), and the app's close waits for it (`wait_for_jobs`).
+        `client`: the HTTP request."""
         for name in options:
             if name != "sd_model_checkpoint":
                 log.info("A1111 API: ignoring option %s", name)
@@ -151,11 +155,15 @@ class A1111Api:
             address = self.address_jobs.addresses.of(client)
             with self._lock:
                 self._admit(address)
+                self._loads += 1
             try:
                 self.service.load(key)
+                self.current = key
             finally:
+                with self._lock:
+                    self._loads -= 1
+                    self._jobs_changed.notify_all()
                 self.address_jobs.release(address)
-            self.current = key
 
     # ---- jobs ------------------------------------------------------------------------------------
     def _admit(self, address: str) -> None:
@@ -169,15 +177,15 @@ class A1111Api:
             log.info("A1111 API: refused a job: %s", refused)
             raise HTTPException(429, refused)
 
-    def _track(self, job: a1111.Job, address: str) -> _Tracked:
+    def _track(self, task: str, address: str) -> _Tracked:
         """The job's place (`_admit`, then 503 when `max_jobs` are in); the address's place is held until
-        `_untrack`."""
+        `_untrack`. `task`: the route's, until the job is built."""
         with self._lock:
             self._admit(address)
             if len(self._jobs) >= self.max_jobs:
                 self.address_jobs.release(address)
                 raise HTTPException(503, f"The API queue is full ({self.max_jobs} jobs); try again shortly.")
-            tracked = _Tracked(job.task, len(job.requests))
+            tracked = _Tracked(task, 1)
             self._jobs.append(tracked)
         return tracked
 
@@ -187,13 +195,17 @@ class A1111Api:
             self._jobs_changed.notify_all()
         self.address_jobs.release(address)
 
-    def run(self, job: a1111.Job, body: Mapping[str, Any], client: Request) -> dict[str, Any]:
-        """Run each batch through the Service; after /interrupt, the batches finished so far are returned; a job
-        the app's close stopped answers 503 (`STOPPED_AT_CLOSE_MESSAGE`). `client`: the HTTP request (its address)."""
+    def run(self, task: str, make_job: Callable[[], a1111.Job], body: Mapping[str, Any],
+            client: Request) -> dict[str, Any]:
+        """Build the job (`make_job`: decode and check the body) once it has its place (`_track`), then run each
+        batch through the Service; after /interrupt, the batches finished so far are returned; a job the app's
+        close stopped answers 503 (`STOPPED_AT_CLOSE_MESSAGE`). `client`: the HTTP request (its address)."""
         address = self.address_jobs.addresses.of(client)
-        tracked = self._track(job, address)
+        tracked = self._track(task, address)
         results: list[Result] = []
         try:
+            job = make_job()
+            tracked.task, tracked.n_iter = job.task, len(job.requests)
             for index, request in enumerate(job.requests):
                 tracked.iteration = index
                 try:
@@ -219,19 +231,20 @@ class A1111Api:
         return True
 
     def stop_everyone(self) -> int:
-        """The app is closing: take no new job (503) and stop every job, waiting or running, at its next step;
-        how many there were."""
+        """The app is closing: take no new job or load (503) and stop every job, waiting or running, at its next
+        step; how many jobs and checkpoint loads there were (a load cannot stop midway: `wait_for_jobs` waits)."""
         with self._lock:
             self._closing = True
-            jobs = list(self._jobs)
+            jobs, loads = list(self._jobs), self._loads
         for job in jobs:
             job.stop.set()
-        return len(jobs)
+        return len(jobs) + loads
 
     def wait_for_jobs(self, timeout: float) -> bool:
-        """Wait until no job is left (after `stop_everyone`); False when some remain after `timeout` seconds."""
+        """Wait until no job and no checkpoint load is left (after `stop_everyone`); False when some remain after
+        `timeout` seconds."""
         with self._jobs_changed:
-            return self._jobs_changed.wait_for(lambda: not self._jobs, timeout)
+            return self._jobs_changed.wait_for(lambda: not self._jobs and not self._loads, timeout)
 
     def progress(self, skip_current_image: bool = False) -> dict[str, Any]:
         with self._lock:
@@ -305,12 +318,14 @@ def _generation_routes(router: APIRouter, api: A1111Api) -> None:
     @router.post("/txt2img")
     def txt2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         return _errors_as_http(
-            lambda: api.run(a1111.txt2img_job(body, api.current, names(), api.fits, max_images), body, client))
+            lambda: api.run("txt2img", lambda: a1111.txt2img_job(body, api.current, names(), api.fits, max_images),
+                            body, client))
 
     @router.post("/img2img")
     def img2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         return _errors_as_http(
-            lambda: api.run(a1111.img2img_job(body, api.current, names(), api.fits, max_images), body, client))
+            lambda: api.run("img2img", lambda: a1111.img2img_job(body, api.current, names(), api.fits, max_images),
+                            body, client))
 
     @router.post("/extra-single-image")
     def extra_single_image(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
@@ -319,7 +334,7 @@ def _generation_routes(router: APIRouter, api: A1111Api) -> None:
             key = api.resolve(upscaler) if upscaler not in (None, "None") else api._first_for("upscale")
             if "upscale" not in catalog.tasks[key]:
                 raise InvalidRequest(f"{upscaler!r} is not an upscaler; see /sdapi/v1/upscalers.")
-            out = api.run(a1111.upscale_job(body, key), body, client)
+            out = api.run("upscale", lambda: a1111.upscale_job(body, key), body, client)
             return {"html_info": "", "image": out["images"][0] if out["images"] else None}
 
         return _errors_as_http(call)

@@ -114,10 +114,6 @@ class Visitors:
         """GPU jobs from the network address `address` (`ClientAddresses.of`) in Gradio's queue, waiting or running."""
         return sum(1 for event in self._events() if self.addresses.of(event.request) == address)
 
-    def jobs_from(self, address: str) -> int:
-        """GPU jobs queued or running (or joining) from the network address `address`, A1111 API jobs included."""
-        return self.address_jobs.count(address)
-
     def other_events_from(self, address: str) -> int:
         """Queued events other than GPU jobs waiting or running (or joining) from the network address `address`."""
         live = sum(1 for event in self._events(gpu=False) if self.addresses.of(event.request) == address)
@@ -126,9 +122,11 @@ class Visitors:
     def _visitor_refusal(self, visitor: str) -> str | None:
         return too_many_jobs_message(self.max_jobs) if self.jobs_of(visitor) >= self.max_jobs else None
 
-    def refusal(self, visitor: str, address: str) -> str | None:
-        """Why a new GPU job of `visitor` from `address` may not join the queue now; None when it may."""
-        return self._visitor_refusal(visitor) or self.address_jobs.refusal(address)
+    def admit(self, visitor: str, address: str) -> str | None:
+        """A new GPU job of `visitor` from the network address `address`: None when it may join the queue, with a
+        place of the address held (`AddressJobs.take`: checked and held at once, as API jobs arrive meanwhile;
+        give it back with `address_jobs.release` once the job is in the queue), else why not (nothing held)."""
+        return self._visitor_refusal(visitor) or self.address_jobs.take(address)
 
     def stop_waiting(self, visitor: str) -> int:
         """Set the stop flag of every GPU job of `visitor` in the queue; how many were not stopped yet."""
@@ -164,8 +162,7 @@ class Visitors:
             if getattr(fn, "concurrency_id", None) != GPU_QUEUE:
                 return await other_push(body, request, username)
             visitor, address = self.identify(request), self.addresses.of(request)
-            # The address's place is checked and held at once (`AddressJobs.take`): API jobs arrive meanwhile.
-            refused = self._visitor_refusal(visitor) or self.address_jobs.take(address)
+            refused = self.admit(visitor, address)
             if refused is not None:
                 log.info("refused a job: %s", refused)
                 return False, refused, "error"

@@ -15,7 +15,8 @@ and the stop flags (`sd2_app.ui.runner.StopFlags`), ends here.
 Front ends beside Gradio's queue (the A1111 API, `sd2_app.api.a1111_routes.A1111Api`) run their jobs on the
 server's request threads; `stop_at_close` hands them to the app. `close` tells them first to take no new job and
 to stop theirs (uvicorn's shutdown waits for open requests, so their stopped jobs answer their clients while the
-server still sends), and waits for those jobs (at most `FLUSH_TIMEOUT_S`) before the pending saves.
+server still sends), and waits for those jobs, and for work that cannot stop midway such as a checkpoint load (at
+most `FLUSH_TIMEOUT_S`), before the pending saves.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class OutsideJobs(Protocol):
         ...
 
     def wait_for_jobs(self, timeout: float) -> bool:
-        """Wait until every job has returned; False when some remain after `timeout` seconds."""
+        """Wait until every job (and every checkpoint load) has returned; False when some remain after `timeout`
+        seconds."""
         ...
 
 

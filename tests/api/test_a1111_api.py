@@ -3,8 +3,9 @@
 The app is launched in-process on the tiny random-weight checkpoints with the A1111 routes and basic auth, as
 app.py launches it. Covered: txt2img (batches, seeds, metadata, and the same pixels as the Service gives),
 img2img, inpaint with a mask, progress polling and interrupt mid-run, switching the checkpoint, refusals of
-what we do not have, one raw-HTTP request with A1111's documented field set, and that an API job and a web UI
-job never use the GPU at the same time (the one gate).
+what we do not have, one raw-HTTP request with A1111's documented field set, a call over its address's job limit
+refused before its image is decoded, and that an API job and a web UI job never use the GPU at the same time
+(the one gate).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -28,7 +30,11 @@ from gradio_client import Client  # noqa: E402
 from tests.reliability_support import noise_image, png_bytes  # noqa: E402
 from tests.reliability_support import free_port  # noqa: E402
 
+if TYPE_CHECKING:
+    from sd2_app.api.address_jobs import AddressJobs
+
 USER, PASSWORD = "krita", "s3cret"
+ADDRESS_LIMIT = 4  # the API's jobs per network address (this test's clients are all 127.0.0.1)
 FAST = {"sampler_name": "Euler", "steps": 2, "cfg_scale": 1.0, "width": 64, "height": 64}
 
 
@@ -67,7 +73,15 @@ def gpu_spans() -> GpuSpans:
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, gpu_spans: GpuSpans) -> Iterator[tuple[str, int, object]]:
+def address_jobs() -> "AddressJobs":
+    from sd2_app.api.address_jobs import AddressJobs
+
+    return AddressJobs(limit=ADDRESS_LIMIT)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory, gpu_spans: GpuSpans,
+        address_jobs: "AddressJobs") -> Iterator[tuple[str, int, object]]:
     from sd2_app.api.a1111_routes import A1111Api, build_router
     from sd2_app.api.service import Service
     from sd2_app.api.tasks import TASKS, pipeline_of
@@ -83,7 +97,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, gpu_spans: GpuSpans) -> Iterat
     service = Service(manager, outputs_dir=tmp_path_factory.mktemp("outputs"), allowed_repos=(), tasks=tasks)
     demo = build_ui(service)
     demo.queue(max_size=8, default_concurrency_limit=1)
-    api = A1111Api(service, auth=[(USER, PASSWORD)], max_jobs=4)
+    api = A1111Api(service, auth=[(USER, PASSWORD)], max_jobs=4, address_jobs=address_jobs)
     port = free_port()
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
                             show_error=False, ssr_mode=False, app_kwargs={"routes": build_router(api).routes})
@@ -208,6 +222,39 @@ def test_catalog_endpoints(client) -> None:
     assert "DPM++ 2M" in client.util_get_sampler_names()
     assert client.util_get_scheduler_names() == ["automatic", "karras"]
     assert [u["model_name"] for u in client.get_upscalers()] == ["x4-upscaler"]
+
+
+def test_a_client_at_its_address_limit_is_refused_before_its_image_is_decoded(app, address_jobs,
+                                                                             monkeypatch) -> None:
+    """The job's place is taken before its body is decoded: an img2img call over the address's limit is refused
+    (429) without decoding its init image (up to 34 MiB of base64); with its places back, the same call decodes
+    the image once and runs."""
+    from sd2_app.api import a1111
+    from sd2_app.api.address_jobs import too_many_jobs_from_address_message
+
+    _, port, _ = app
+    decoded: list[str] = []
+    decode = a1111.decode_image
+
+    def counted(value: object, what: str) -> Image.Image:
+        decoded.append(what)
+        return decode(value, what)
+
+    monkeypatch.setattr(a1111, "decode_image", counted)
+    init = base64.b64encode(png_bytes(noise_image(64, 64, seed=4))).decode("ascii")
+    body = {"prompt": "over the limit", "init_images": [init], "denoising_strength": 0.5, "seed": 1, **FAST}
+    for _ in range(ADDRESS_LIMIT):  # the address's other jobs, waiting or running
+        assert address_jobs.take("127.0.0.1") is None
+    try:
+        status, answer = _post(port, "img2img", body)
+    finally:
+        for _ in range(ADDRESS_LIMIT):
+            address_jobs.release("127.0.0.1")
+    assert (status, answer) == (429, {"detail": too_many_jobs_from_address_message(ADDRESS_LIMIT)})
+    assert decoded == []
+    status, answer = _post(port, "img2img", body)
+    assert status == 200 and len(answer["images"]) == 1 and decoded == ["init_images[0]"]
+    assert address_jobs.count("127.0.0.1") == 0
 
 
 def test_refusals_name_what_is_missing_and_unknown_fields_are_ignored(app, caplog) -> None:
@@ -345,3 +392,4 @@ def test_progress_encodes_each_new_preview_once() -> None:
     assert Image.open(io.BytesIO(base64.b64decode(first))).size == (64, 48)  # latent pixels shown 8x
     job.on_progress(2, 10, Image.new("RGB", (8, 6), (10, 200, 10)))
     assert job.preview_png() != first
+

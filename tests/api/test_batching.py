@@ -377,17 +377,21 @@ def test_a_busy_service_waits_for_companions_at_most_max_wait() -> None:
 
 
 def test_the_app_flag_turns_batching_on_except_on_zerogpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
     import app
     from sd2_app import webapp
     from sd2_app.api import gpu_time
+    from sd2_app.api.engine_settings import ready
 
     assert app.parse_args([]).batch_users is False  # off by default
     assert app.parse_args(["--batch-users"]).batch_users is True
     assert app.parse_args(["--batch-users", "--no-batch-users"]).batch_users is False
-    service = Service(None, outputs_dir=None, allowed_repos=())
-    webapp._batch_users(app.parse_args(["--batch-users"]), service)
+    monkeypatch.setattr(gpu_time, "on_zerogpu", lambda: False)
+    service = ready(Service(None, outputs_dir=None, allowed_repos=()),
+                    replace(webapp.engine_settings(app.parse_args(["--batch-users"])), import_pipelines=False))
     assert service.batcher is not None and service.concurrency == MAX_IMAGES
-    on_zerogpu = Service(None, outputs_dir=None, allowed_repos=())
     monkeypatch.setattr(gpu_time, "on_zerogpu", lambda: True)
-    webapp._batch_users(app.parse_args(["--batch-users"]), on_zerogpu)
+    on_zerogpu = ready(Service(None, outputs_dir=None, allowed_repos=()),
+                       replace(webapp.engine_settings(app.parse_args(["--batch-users"])), import_pipelines=False))
     assert on_zerogpu.batcher is None and on_zerogpu.concurrency == 1

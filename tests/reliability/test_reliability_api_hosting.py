@@ -91,7 +91,7 @@ def test_api_jobs_from_one_address_stop_at_the_per_address_limit(api_app, reliab
             refused = _first_answers(futures, sent - ADDRESS_LIMIT)
             assert [r.status_code for r in refused] == [429] * (sent - ADDRESS_LIMIT), [r.text[:200] for r in refused]
             assert {r.json()["detail"] for r in refused} == {REFUSED}
-            assert visitors.jobs_from("203.0.113.7") == _api_jobs(url) == ADDRESS_LIMIT
+            assert visitors.address_jobs.count("203.0.113.7") == _api_jobs(url) == ADDRESS_LIMIT
             ui = queue_join(url, "203.0.113.7", prompt="ui", seed=20, **UI_SLOW)  # the web UI counts them too
             assert ui.status_code == 400 and ui.json()["detail"] == REFUSED, ui.text
             # A client that writes its own X-Forwarded-For entry first: the proxy still appends the real address.
@@ -108,7 +108,7 @@ def test_api_jobs_from_one_address_stop_at_the_per_address_limit(api_app, reliab
         other_answer = other.result(timeout=120)
     assert answers == {200: ADDRESS_LIMIT, 429: sent - ADDRESS_LIMIT}
     assert other_answer.status_code == 200 and len(other_answer.json()["images"]) == 1, other_answer.text
-    assert visitors.jobs_from("203.0.113.7") == visitors.jobs_from("203.0.113.8") == 0
+    assert visitors.address_jobs.count("203.0.113.7") == visitors.address_jobs.count("203.0.113.8") == 0
     reliability(AREA, f"{sent} concurrent A1111 API txt2img calls (raw HTTP) from one address, "
                       f"--max-jobs-per-address {ADDRESS_LIMIT}, behind a trusted proxy (--trusted-proxy-hops 1)",
                 f"{ADDRESS_LIMIT} accepted, {sent - ADDRESS_LIMIT} refused at once, HTTP 429: {REFUSED} The web "
@@ -130,7 +130,7 @@ def test_web_ui_and_api_jobs_of_one_address_share_one_limit(api_app, reliability
                 refused = _first_answers(futures, 2)
                 assert [r.status_code for r in refused] == [429, 429], [r.text[:200] for r in refused]
                 assert {r.json()["detail"] for r in refused} == {REFUSED}
-                assert visitors.jobs_from("203.0.113.9") == ADDRESS_LIMIT and _api_jobs(url) == 1
+                assert visitors.address_jobs.count("203.0.113.9") == ADDRESS_LIMIT and _api_jobs(url) == 1
                 over = queue_join(url, "203.0.113.9", prompt="ui over", seed=9, **UI_SLOW)
                 assert over.status_code == 400 and over.json()["detail"] == REFUSED, over.text
             finally:
@@ -138,7 +138,7 @@ def test_web_ui_and_api_jobs_of_one_address_share_one_limit(api_app, reliability
             answers = sorted(future.result().status_code for future in futures)
     finally:
         stop_queued_jobs(demo)
-    assert answers == [200, 429, 429] and visitors.jobs_from("203.0.113.9") == 0
+    assert answers == [200, 429, 429] and visitors.address_jobs.count("203.0.113.9") == 0
     reliability(AREA, f"{ui_jobs} web UI jobs (cookieless queue joins) and then 3 concurrent A1111 API calls from one "
                       f"address, --max-jobs-per-address {ADDRESS_LIMIT}",
                 f"one count for both: 1 API call accepted, 2 refused, HTTP 429: {REFUSED} A further web UI job is "

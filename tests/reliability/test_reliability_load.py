@@ -34,7 +34,7 @@ def _client_session(url: str, index: int) -> list[tuple[str, int, str]]:
     """One client's 5 requests in a row: (outcome, seed, detail) each."""
     # 20 clients fetch the app's config at once: on a busy machine that takes longer than httpx's 5 s default.
     # Each client from its own network address (uvicorn takes a loopback peer's X-Forwarded-For), as 20 visitors
-    # are: from one address, more than --max-jobs-per-address (6) at once would be refused.
+    # are (with a per-address limit, more than --max-jobs-per-address at once from one address would be refused).
     client = Client(url, verbose=False, httpx_kwargs={"timeout": 120},
                     headers={"X-Forwarded-For": f"198.51.100.{index + 1}"})
     outcomes: list[tuple[str, int, str]] = []

@@ -90,9 +90,12 @@ def test_jobs_per_address_count_every_visitor_of_the_address() -> None:
     for _ in range(3):  # three cookieless jobs: three visitors, one address
         queue.add(_request("10.0.0.2", "203.0.113.7"))
     queue.add(_request("10.0.0.2", "203.0.113.7"), concurrency_id="cpu")  # not a GPU job: not counted
-    assert visitors.jobs_from("203.0.113.7") == 3
-    assert visitors.refusal("a-new-visitor", "203.0.113.7") == too_many_jobs_from_address_message(3)
-    assert visitors.refusal("a-new-visitor", "203.0.113.8") is None
+    assert visitors.address_jobs.count("203.0.113.7") == 3
+    assert visitors.admit("a-new-visitor", "203.0.113.7") == too_many_jobs_from_address_message(3)
+    assert visitors.address_jobs.count("203.0.113.7") == 3  # a refused job holds no place
+    assert visitors.admit("a-new-visitor", "203.0.113.8") is None
+    assert visitors.address_jobs.count("203.0.113.8") == 1  # an admitted one holds its address's place
+    visitors.address_jobs.release("203.0.113.8")
     assert too_many_jobs_from_address_message(3) == ("Your network address already has 3 jobs queued or running; "
                                                      "wait for one to finish before starting another.")
     assert too_many_jobs_from_address_message(1).startswith("Your network address already has 1 job queued")
@@ -106,12 +109,15 @@ def test_the_a1111_apis_jobs_and_the_queues_share_one_count_per_address() -> Non
     for _ in range(2):
         queue.add(_request("10.0.0.2", "203.0.113.7"))  # two web UI jobs
     assert jobs.take("203.0.113.7") is None  # the third, an API job
-    assert visitors.jobs_from("203.0.113.7") == jobs.count("203.0.113.7") == 3
-    assert visitors.refusal("a-new-visitor", "203.0.113.7") == too_many_jobs_from_address_message(3)
+    assert jobs.count("203.0.113.7") == 3
+    assert visitors.admit("a-new-visitor", "203.0.113.7") == too_many_jobs_from_address_message(3)
     assert jobs.take("203.0.113.7") == too_many_jobs_from_address_message(3)  # a fourth API job
     assert jobs.take("203.0.113.8") is None  # another address
     jobs.release("203.0.113.7")
-    assert visitors.refusal("a-new-visitor", "203.0.113.7") is None and jobs.count("203.0.113.7") == 2
+    assert jobs.count("203.0.113.7") == 2
+    assert visitors.admit("a-new-visitor", "203.0.113.7") is None and jobs.count("203.0.113.7") == 3
+    assert jobs.take("203.0.113.7") == too_many_jobs_from_address_message(3)  # the UI job's place counts for the API
+    jobs.release("203.0.113.7")
     jobs.release("203.0.113.8")
     assert jobs._held == {}  # no key left behind
 
@@ -122,7 +128,7 @@ def test_other_events_count_per_address_apart_from_gpu_jobs() -> None:
     for concurrency_id in ("png_info", "png_info", "140623533208448"):  # PNG info twice, an image check
         queue.add(_request("10.0.0.2", "203.0.113.7"), concurrency_id=concurrency_id)
     queue.add(_request("10.0.0.2", "203.0.113.8"), concurrency_id="png_info")
-    assert (visitors.other_events_from("203.0.113.7"), visitors.jobs_from("203.0.113.7")) == (3, 1)
+    assert (visitors.other_events_from("203.0.113.7"), visitors.address_jobs.count("203.0.113.7")) == (3, 1)
     assert visitors.other_events_from("203.0.113.8") == 1 and visitors.other_events_from("203.0.113.9") == 0
 
 
@@ -132,26 +138,74 @@ def test_the_visitor_limit_speaks_first_and_zero_turns_the_address_limit_off() -
     for _ in range(2):
         queue.add(_request("10.0.0.2", "203.0.113.7", cookie=cookie))
     visitor = visitors.cookies.verify(cookie)
-    assert visitors.refusal(visitor, "203.0.113.7") == too_many_jobs_message(2)
+    assert visitors.admit(visitor, "203.0.113.7") == too_many_jobs_message(2)
+    assert visitors.address_jobs.count("203.0.113.7") == 2  # refused by the visitor limit: no address place held
     for _ in range(50):
         queue.add(_request("10.0.0.2", "203.0.113.7"))
-    assert visitors.refusal("a-new-visitor", "203.0.113.7") is None
+    assert visitors.admit("a-new-visitor", "203.0.113.7") is None
+    visitors.address_jobs.release("203.0.113.7")
+    assert visitors.address_jobs._held == {}
+
+
+def test_the_watched_queue_admits_gpu_jobs_through_visitors_admit() -> None:
+    """The queue's push (`Visitors.watch`) refuses what `admit` refuses, before Gradio's push; an admitted job
+    holds its address's place until Gradio has queued it, then counts in the queue instead."""
+    visitors, queue = _visitors(max_jobs=2, per_address=1)
+    pushed: list[int] = []
+
+    async def gradio_push(body: object, request: object, username: object) -> tuple[bool, str]:
+        pushed.append(visitors.address_jobs.count("203.0.113.7"))  # the place is held while Gradio accepts it
+        return True, "event-id"
+
+    queue.push = gradio_push
+    queue.blocks = SimpleNamespace(fns={0: SimpleNamespace(concurrency_id=GPU_QUEUE)})
+    visitors.watch(queue)
+    body = SimpleNamespace(fn_index=0)
+    assert asyncio.run(queue.push(body, _request("10.0.0.2", "203.0.113.7"), None)) == (True, "event-id")
+    assert pushed == [1] and visitors.address_jobs._held == {}
+    queue.add(_request("10.0.0.2", "203.0.113.7"))  # Gradio's queue now has it
+    refused = asyncio.run(queue.push(body, _request("10.0.0.2", "203.0.113.7"), None))
+    assert refused == (False, too_many_jobs_from_address_message(1), "error") and pushed == [1]
 
 
 def test_the_address_flags_and_their_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("SPACE_ID", "SD2APP_TRUSTED_PROXY_HOPS", "SD2APP_MAX_JOBS_PER_ADDRESS"):
+    for name in ("SPACE_ID", "SD2APP_TRUSTED_PROXY_HOPS", "SD2APP_MAX_JOBS_PER_ADDRESS", "GRADIO_SERVER_NAME"):
         monkeypatch.delenv(name, raising=False)
     args = app.parse_args([])
-    assert args.max_jobs_per_address == DEFAULT_MAX_JOBS_PER_ADDRESS == 6 and args.trusted_proxy_hops == 0
+    assert args.max_jobs_per_address == 0 and args.trusted_proxy_hops == 0  # loopback: no per-address limit
+    for public in (["--host", "0.0.0.0"], ["--share"]):  # public modes: the default limit
+        assert app.parse_args(public).max_jobs_per_address == DEFAULT_MAX_JOBS_PER_ADDRESS == 6, public
+    assert app.parse_args(["--max-jobs-per-address", "3"]).max_jobs_per_address == 3  # an explicit value wins
+    assert app.parse_args(["--host", "0.0.0.0", "--max-jobs-per-address", "0"]).max_jobs_per_address == 0
     assert app.parse_args(["--max-jobs-per-address", "0", "--trusted-proxy-hops", "2"]).trusted_proxy_hops == 2
     monkeypatch.setenv("SPACE_ID", "someone/sd2")  # a Space: Hugging Face's proxy stands in front
     assert app.parse_args([]).trusted_proxy_hops == 1
     assert app.parse_args(["--trusted-proxy-hops", "0"]).trusted_proxy_hops == 0
-    monkeypatch.setenv("SD2APP_MAX_JOBS_PER_ADDRESS", "9")
-    assert app.parse_args([]).max_jobs_per_address == 9
+    monkeypatch.setenv("SD2APP_MAX_JOBS_PER_ADDRESS", "9")  # the variable is an explicit value too
+    assert app.parse_args([]).max_jobs_per_address == app.parse_args(["--host", "::"]).max_jobs_per_address == 9
     with pytest.raises(SystemExit):
         app.parse_args(["--trusted-proxy-hops", "-1"])
     assert webapp.launch_settings(args)["state_session_capacity"] == args.max_sessions == DEFAULT_MAX_SESSIONS == 1000
+
+
+def test_the_built_app_limits_jobs_per_address_in_public_modes_only(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    """What `webapp.build` gives the queue's watch and the A1111 API (one `AddressJobs`) for each mode's default."""
+    from PIL import Image
+
+    from tests.api.test_provenance import linked_tiny_cache
+
+    for name in ("SPACE_ID", "SD2APP_MAX_JOBS_PER_ADDRESS", "GRADIO_SERVER_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # the build sets it
+    linked_tiny_cache(monkeypatch, tmp_path)
+    cases = {(): 0, ("--host", "0.0.0.0"): DEFAULT_MAX_JOBS_PER_ADDRESS, ("--max-jobs-per-address", "2"): 2}
+    for extra, limit in cases.items():
+        demo = webapp.build(app.parse_args(["--tiny", "--device", "cpu", "--no-save", *extra]))
+        try:
+            assert demo.hosting.max_jobs_per_address == demo.flags.visitors.address_jobs.limit == limit, extra
+        finally:
+            demo.close()
 
 
 def test_sweep_deletes_old_files_and_then_their_empty_folders(tmp_path: Path, monkeypatch) -> None:
