@@ -25,7 +25,7 @@ from sd2_app.checkpoints.catalog import CheckpointSpec
 from sd2_app.checkpoints.components import Components
 from sd2_app.api.results import ProgressFn, Result
 from sd2_app.api.service import Service
-from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 from sd2_app.loading.repo_attempts import load_tokenizer_only
 from sd2_app.serve.config import ServeConfig
 
@@ -84,6 +84,8 @@ class ServeBackend:
                 return event[1]
             elif kind == "stopped":
                 raise Cancelled
+            elif kind == "load_failed":  # as a local load's LoadError: the UI says which model, the log why
+                raise LoadError(*event[1:])
             else:  # "refused"
                 raise InvalidRequest(event[1])
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ray import serve
 
 from sd2_app.api.requests import Request
-from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 from sd2_app.serve.config import ServeConfig, load_config
 
 if TYPE_CHECKING:
@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Event = tuple[Any, ...]  # ("progress", done, total, preview) | ("result", Result) | ("refused", msg) | ("stopped",)
+# ("progress", done, total, preview) | ("result", Result) | ("refused", msg) | ("stopped",)
+# | ("load_failed", repo, file, reason): a checkpoint this replica could not load (`LoadError`'s fields)
+Event = tuple[Any, ...]
 
 
 class CheckpointLease:
@@ -56,6 +58,11 @@ class CheckpointLease:
         if getattr(self, "_held", False):
             self._held = False
             self.manager.offload(self.key)
+
+
+def load_failed(error: LoadError) -> Event:
+    """The event that carries `error` to the front end (`ServeBackend.produce` raises it again there)."""
+    return ("load_failed", error.repo, error.file, error.reason)
 
 
 @serve.deployment(name="SD2Worker")
@@ -84,7 +91,12 @@ class SD2Worker:
     async def produce(self, checked: Request):  # -> AsyncIterator[Event]
         """Run one validated request here, yielding its progress events and then its outcome."""
         key = serve.get_multiplexed_model_id() or checked.checkpoint
-        await self._lease(key)
+        try:
+            await self._lease(key)
+        except LoadError as error:  # the front end tells the visitor as the local app does; the log has why
+            log.warning("replica %s could not load %s: %s", os.getpid(), key, error)
+            yield load_failed(error)
+            return
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
         stop = threading.Event()
@@ -105,6 +117,9 @@ class SD2Worker:
                 put(("stopped",))
             except InvalidRequest as error:
                 put(("refused", str(error)))
+            except LoadError as error:  # a part the job loads itself (the depth estimator, a VAE)
+                log.warning("replica %s could not load a part of %s: %s", os.getpid(), key, error)
+                put(load_failed(error))
             except BaseException as error:  # a bug: the caller gets a short message, the log the traceback
                 log.exception("job failed on replica %s", os.getpid())
                 put(("refused", f"The job failed on a worker ({type(error).__name__}); the operator has the details."))

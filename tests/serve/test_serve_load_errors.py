@@ -1,0 +1,71 @@
+"""A checkpoint a replica cannot load reaches the front end as the `LoadError` a local load raises (the UI then
+says which model could not be loaded), not as a lost worker. No Ray cluster: the replica class is driven
+directly and the front end's `ServeBackend` reads its events through a stand-in handle."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+
+from sd2_app.errors import LoadError
+from tests.reliability_support import fast, txt2img
+
+pytest.importorskip("ray.serve")
+
+
+def _request():
+    return replace(txt2img(seed=5), checkpoint="sd21", sampling=fast(5, steps=2))
+
+
+def _replica_events(lease_error: BaseException) -> list[tuple]:
+    """What `SD2Worker.produce` yields when its checkpoint lease raises `lease_error`."""
+    from sd2_app.serve.deployment import SD2Worker
+
+    async def lease(key: str) -> None:
+        raise lease_error
+
+    worker = object.__new__(SD2Worker.func_or_class)  # no Ray replica: only what `produce` reads
+    worker.jobs, worker._lease = [], lease
+
+    async def collect() -> list[tuple]:
+        return [event async for event in worker.produce(_request())]
+
+    return asyncio.run(collect())
+
+
+class _Stream(list):
+    def cancel(self) -> None:
+        pass
+
+
+class _Handle:
+    """`handle.options(...).produce.remote(request)` streaming `events`."""
+
+    def __init__(self, events: list[tuple]) -> None:
+        self.events = events
+        self.produce = self
+
+    def options(self, **options: object) -> _Handle:
+        return self
+
+    def remote(self, request: object) -> _Stream:
+        return _Stream(self.events)
+
+
+def test_a_checkpoint_the_replica_cannot_load_is_a_load_error_on_the_front_end() -> None:
+    from sd2_app.serve.backend import ServeBackend
+
+    events = _replica_events(LoadError("stabilityai/stable-diffusion-2-1", "unet/model.safetensors", "file missing"))
+    assert events == [("load_failed", "stabilityai/stable-diffusion-2-1", "unet/model.safetensors", "file missing")]
+    with pytest.raises(LoadError) as raised:
+        ServeBackend(_Handle(events), poll_s=0.01).produce(_request())
+    assert (raised.value.repo, raised.value.file, raised.value.reason) == (
+        "stabilityai/stable-diffusion-2-1", "unet/model.safetensors", "file missing")
+    assert str(raised.value) == "stabilityai/stable-diffusion-2-1: unet/model.safetensors: file missing"
+
+
+def test_another_lease_failure_is_not_taken_for_a_load_error() -> None:
+    with pytest.raises(RuntimeError, match="^not a load$"):
+        _replica_events(RuntimeError("not a load"))
