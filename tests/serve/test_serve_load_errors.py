@@ -5,6 +5,7 @@ directly and the front end's `ServeBackend` reads its events through a stand-in 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
@@ -19,20 +20,35 @@ def _request():
     return replace(txt2img(seed=5), checkpoint="sd21", sampling=fast(5, steps=2))
 
 
-def _replica_events(lease_error: BaseException) -> list[tuple]:
-    """What `SD2Worker.produce` yields when its checkpoint lease raises `lease_error`."""
+class _FailingService:
+    """A replica's Service whose job raises `error` (a part the job loads itself)."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def produce(self, *args: object) -> None:
+        raise self.error
+
+
+def _replica_events(lease_error: BaseException | None = None, job_error: BaseException | None = None) -> list[tuple]:
+    """What `SD2Worker.produce` yields when its checkpoint lease raises `lease_error`, or its job `job_error`."""
     from sd2_app.serve.deployment import SD2Worker
 
     async def lease(key: str) -> None:
-        raise lease_error
+        if lease_error is not None:
+            raise lease_error
 
     worker = object.__new__(SD2Worker.func_or_class)  # no Ray replica: only what `produce` reads
-    worker.jobs, worker._lease = [], lease
+    worker.jobs, worker._lease, worker.service = [], lease, _FailingService(job_error or RuntimeError())
+    worker._job_threads = ThreadPoolExecutor(1)
 
     async def collect() -> list[tuple]:
         return [event async for event in worker.produce(_request())]
 
-    return asyncio.run(collect())
+    try:
+        return asyncio.run(collect())
+    finally:
+        worker._job_threads.shutdown()
 
 
 class _Stream(list):
@@ -69,3 +85,8 @@ def test_a_checkpoint_the_replica_cannot_load_is_a_load_error_on_the_front_end()
 def test_another_lease_failure_is_not_taken_for_a_load_error() -> None:
     with pytest.raises(RuntimeError, match="^not a load$"):
         _replica_events(RuntimeError("not a load"))
+
+
+def test_a_part_the_job_cannot_load_is_a_load_error_too() -> None:
+    events = _replica_events(job_error=LoadError("Intel/dpt-hybrid-midas", None, "not in the cache"))
+    assert events == [("load_failed", "Intel/dpt-hybrid-midas", None, "not in the cache")]
