@@ -26,7 +26,7 @@ from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Request, Txt2ImgReque
 from sd2_app.api.tasks import PLOT_SAMPLERS, TASKS
 from sd2_app.errors import InvalidRequest
 from sd2_app.ui.common import EXAMPLE_PROMPTS, SAMPLING_NAMES, ResultPanel, to_sampling, wire_run
-from sd2_app.ui.runner import QueuePlace, RunFlag, StopFlags, fast_png_file, timed_call
+from sd2_app.ui.runner import WAIT_POLL_S, QueuePlace, RunFlag, StopFlags, fast_png_file, timed_call
 from sd2_app.ui.tab_frame import TabFrame
 from sd2_app.ui.uploads import upload_image
 
@@ -119,7 +119,7 @@ class PlotView:
     """A plot's run (`common.stream_result`'s view): each finished cell joins the gallery as it comes (so Stop,
     which ends the stream, leaves them on screen); the grids, cells and tables come at the end."""
 
-    idle_s = None  # no look-ups of the run's place at the GPU gate
+    idle_s = WAIT_POLL_S  # its place at the GPU gate is looked up until its first step, as a request's is
 
     def __init__(self) -> None:
         self.finished: queue.Queue[tuple[PlotCell, Image.Image, float]] = queue.Queue()
@@ -136,7 +136,7 @@ class PlotView:
             caption = f"{cell_caption(cell)} · {seconds:.2f} s"
             new.append((fast_png_file(image, f"cell-{cell.index + 1}.png"), caption))
         self.cells += new
-        if new or preview is not None:
+        if place.started() or new or preview is not None:  # `started` first: it forgets the place the line showed
             return list(self.cells) if new else gr.skip(), f"{len(self.cells)} cell(s) done · step {done}/{total}"
         return None
 

@@ -118,3 +118,19 @@ def test_a_waiting_user_sees_the_place_in_the_queue(batching_app: tuple[str, Ser
     infos = _infos(other)  # its first step replaced the place ("Starting…" first while its model loads, if slow)
     after = infos[infos.index("Queued: 1 job ahead of yours…") + 1:]
     assert after[0] in ("Starting…", "Step 1/4") and not any(i.startswith("Queued") for i in after), infos
+
+
+def test_a_waiting_plot_sees_its_place_in_the_queue_until_its_first_step(batching_app: tuple[str, Service]) -> None:
+    """An X/Y/Z plot waiting at the GPU gate says how many jobs are ahead, like a single request; its first step
+    replaces the place for good (its cells, one after another, never show it again)."""
+    url, service = batching_app
+    blocker = Blocker(service)  # one job on the GPU
+    plot = Client(url, verbose=False).submit(prompt="plotted", x_type="seed", x_values="1, 2", seed=1,
+                                             api_name="/xyz_plot", **{**SETTINGS, "steps": 2})
+    wait_until(lambda: "Queued: 1 job ahead of yours…" in _infos(plot), timeout=60)
+    blocker.release.set()
+    _, gallery, info, _ = plot.result(timeout=180)
+    assert len(gallery) == 1 + 2 and "**Seed** 1" in info
+    infos = _infos(plot)
+    after = infos[infos.index("Queued: 1 job ahead of yours…") + 1:]
+    assert after and not any(i.startswith("Queued") for i in after), infos
