@@ -26,18 +26,18 @@ PRIVATE_FOLDER, PRIVATE_REPO = "/srv/private/models/sd21", "acme-internal/secret
 @pytest.fixture(scope="module")
 def public_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object, Path]]:
     """The app in a public mode, saving to a temporary folder, with a private repo override for sd2."""
-    import sd2_app.manager.core as manager_core
+    import sd2_app.testing.tiny as tiny
 
-    tiny_registry = manager_core.tiny_registry
+    tiny_checkpoints = tiny.tiny_checkpoints
 
     def with_private_sd2(*args: object, **kwargs: object) -> dict:  # --tiny points every key at a tiny repo
-        registry = tiny_registry(*args, **kwargs)
+        registry = tiny_checkpoints(*args, **kwargs)
         return {**registry, "sd2": replace(registry["sd2"], repos=(PRIVATE_FOLDER, PRIVATE_REPO))}
 
     outputs = tmp_path_factory.mktemp("outputs")
     argv = ["--tiny", "--device", "cpu", "--host", "0.0.0.0", "--outputs", str(outputs), "--queue-size", "8"]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(manager_core, "tiny_registry", with_private_sd2)
+        patch.setattr(tiny, "tiny_checkpoints", with_private_sd2)
         with serve(argv, tmp_path_factory.mktemp("app-cache"), bind="127.0.0.1") as (url, demo):
             yield url, demo, outputs
 
