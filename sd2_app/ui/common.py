@@ -254,15 +254,18 @@ def stream_result(
 
 def _step_update(view: RunView, step: tuple[int, int, Image.Image | None], flag: RunFlag, place: QueuePlace,
                  progress: gr.Progress) -> tuple | None:
-    """The progress bar moved to a finished step; the (preview, gallery, info) the view shows for it, if any."""
+    """The progress bar moved to a finished step; the (preview, gallery, info) it shows, if anything is new: a
+    preview, new gallery items from the view, or the first step after the line showed a place in the queue."""
     done, total, preview = step
     flag.done, flag.total = done, total
     progress((done, total), desc="Sampling", unit="steps")
-    if (shown := view.shown(done, total, preview, place)) is None:
+    waited = place.started()  # always asked: it forgets the place, so a later idle poll cannot show it again
+    gallery = view.new_gallery()
+    if not (waited or preview is not None or gallery is not None):
         return None
-    gallery, status = shown
     # After Stop, a late preview must not put the step back over the stop message.
-    return shown_preview(preview) if preview is not None else gr.skip(), gallery, STOPPING if flag.is_set() else status
+    return (shown_preview(preview) if preview is not None else gr.skip(), gr.skip() if gallery is None else gallery,
+            STOPPING if flag.is_set() else view.status(done, total))
 
 
 def wire_run(

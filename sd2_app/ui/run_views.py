@@ -1,8 +1,9 @@
 """What a Generate run starts and what its progress shows, for `common.stream_result` (the one run path of the UI).
 
-A `RunView` is made per run. `RequestView` serves every tab's request (`Service.run`): each step with a preview
-shows it with "Step n/N", and a run with no news for a while shows its place at the GPU gate. The X/Y/Z plot has
-its own (`xyz_plot.PlotView`): finished cells join the gallery as they come.
+A `RunView` is made per run: it starts the job and says what a finished step shows besides the preview (new
+gallery items, the info line); `stream_result` decides when a step is shown. `RequestView` serves every tab's
+request (`Service.run`): "Step n/N". The X/Y/Z plot has its own (`xyz_plot.PlotView`): finished cells join the
+gallery as they come.
 """
 
 from __future__ import annotations
@@ -10,11 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-import gradio as gr
-from PIL import Image
-
 from sd2_app.api.requests import Request
-from sd2_app.ui.runner import WAIT_POLL_S, QueuePlace, RunFlag, timed_call
+from sd2_app.ui.runner import WAIT_POLL_S, RunFlag, timed_call
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Result, Service
@@ -28,8 +26,12 @@ class RunView(Protocol):
         """The job, as `runner.stream` calls it; made when the run starts (its timings begin with the queue)."""
         ...
 
-    def shown(self, done: int, total: int, preview: Image.Image | None, place: QueuePlace) -> tuple[Any, str] | None:
-        """After step `done` of `total`: (the gallery's update, the info line), or None to show nothing new."""
+    def new_gallery(self) -> Any | None:
+        """The gallery's value when the job has produced something to show since the last step; else None."""
+        ...
+
+    def status(self, done: int, total: int) -> str:
+        """The info line after step `done` of `total`."""
         ...
 
 
@@ -41,9 +43,8 @@ class RequestView:
     def call(self, service: Service, request: Request, session: str, flag: RunFlag) -> Callable[..., Result]:
         return timed_call(service.run, request, session, flag)
 
-    def shown(self, done: int, total: int, preview: Image.Image | None, place: QueuePlace) -> tuple[Any, str] | None:
-        # a step ends the wait the line may still show (`started` first: it also forgets the shown place, so a
-        # later idle poll cannot show the queue again)
-        if place.started() or preview is not None:
-            return gr.skip(), f"Step {done}/{total}"
-        return None
+    def new_gallery(self) -> None:
+        return None  # the results come at the end
+
+    def status(self, done: int, total: int) -> str:
+        return f"Step {done}/{total}"

@@ -26,7 +26,7 @@ from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Request, Txt2ImgReque
 from sd2_app.api.tasks import PLOT_SAMPLERS, TASKS
 from sd2_app.errors import InvalidRequest
 from sd2_app.ui.common import EXAMPLE_PROMPTS, SAMPLING_NAMES, ResultPanel, to_sampling, wire_run
-from sd2_app.ui.runner import WAIT_POLL_S, QueuePlace, RunFlag, StopFlags, fast_png_file, timed_call
+from sd2_app.ui.runner import WAIT_POLL_S, RunFlag, StopFlags, fast_png_file, timed_call
 from sd2_app.ui.tab_frame import TabFrame
 from sd2_app.ui.uploads import upload_image
 
@@ -129,16 +129,17 @@ class PlotView:
         return timed_call(service.plot, request, session, flag,
                           on_cell=lambda cell, image, seconds: self.finished.put((cell, image, seconds)))
 
-    def shown(self, done: int, total: int, preview: Image.Image | None, place: QueuePlace) -> tuple[Any, str] | None:
+    def new_gallery(self) -> list[tuple[str, str]] | None:
         new = []
         while not self.finished.empty():
             cell, image, seconds = self.finished.get()
             caption = f"{cell_caption(cell)} · {seconds:.2f} s"
             new.append((fast_png_file(image, f"cell-{cell.index + 1}.png"), caption))
         self.cells += new
-        if place.started() or new or preview is not None:  # `started` first: it forgets the place the line showed
-            return list(self.cells) if new else gr.skip(), f"{len(self.cells)} cell(s) done · step {done}/{total}"
-        return None
+        return list(self.cells) if new else None
+
+    def status(self, done: int, total: int) -> str:
+        return f"{len(self.cells)} cell(s) done · step {done}/{total}"
 
 
 def build(service: Service, flags: StopFlags) -> ResultPanel:

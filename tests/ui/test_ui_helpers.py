@@ -313,18 +313,32 @@ def test_the_disk_line_counts_small_files_in_kilobytes_and_nothing_as_0_mb() -> 
     assert line(2_345_678) == "**Disk**: 4 saved files, 2.3 MB (kept until the operator deletes them)."
 
 
-def test_a_first_step_with_a_preview_ends_the_queue_place_the_line_showed() -> None:
-    """A run that showed its place in the queue, then got its first step with a preview: the line says the step,
-    and a later idle poll (nothing ahead any more) leaves it there instead of going back to "Starting…"."""
-    from PIL import Image
-
-    from sd2_app.ui.run_views import RequestView
+def _queued_place(bar: list[str]):  # -> QueuePlace whose line shows 2 jobs ahead
     from sd2_app.ui.runner import QueuePlace
 
-    bar: list[str] = []
     place = QueuePlace("Starting…")
     assert place.update(2, lambda fraction, desc: bar.append(desc)) == "Queued: 2 jobs ahead of yours…"
-    shown = RequestView().shown(1, 10, Image.new("RGB", (8, 8)), place)
-    assert shown is not None and shown[1] == "Step 1/10"
+    return place
+
+
+@pytest.mark.parametrize("with_preview", [True, False])
+def test_a_first_step_ends_the_queue_place_the_line_showed(with_preview: bool) -> None:
+    """A run that showed its place in the queue, then got its first step (a request's with its preview, or a
+    plot's with neither preview nor new cell): the line says the step, and a later idle poll (nothing ahead any
+    more) leaves it there instead of going back to "Starting…"; a later step with nothing new shows nothing."""
+    from sd2_app.ui.common import _step_update
+    from sd2_app.ui.run_views import RequestView
+    from sd2_app.ui.runner import RunFlag
+    from sd2_app.ui.xyz_plot import PlotView
+
+    bar: list[str] = []
+    place, flag = _queued_place(bar), RunFlag()
+    view = RequestView() if with_preview else PlotView()
+    first = (1, 10, Image.new("RGB", (8, 8)) if with_preview else None)
+    update = _step_update(view, first, flag, place, lambda *args, **kwargs: None)
+    assert update is not None and (flag.done, flag.total) == (1, 10)
+    assert update[2] == ("Step 1/10" if with_preview else "0 cell(s) done · step 1/10")
+    assert isinstance(update[0], str) == with_preview  # the preview's file, or nothing new there
     assert place.update(None, lambda fraction, desc: bar.append(desc)) is None
     assert bar == ["Queued: 2 jobs ahead of yours…"]
+    assert _step_update(view, (2, 10, None), flag, place, lambda *args, **kwargs: None) is None
