@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
+from PIL import Image
 
 from sd2_app.api.results import Result
 from sd2_app.api.service import Service
@@ -37,8 +38,13 @@ def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
         time.sleep(0.005)
 
 
+def image_gap(ours: Sequence[Image.Image], alone: Sequence[Image.Image]) -> int:
+    """The largest difference, in uint8 levels, between batched images and the solo run's, pair by pair."""
+    assert len(ours) == len(alone)
+    return max(int(np.abs(np.asarray(a.convert("RGB"), dtype=int) - np.asarray(b.convert("RGB"), dtype=int)).max())
+               for a, b in zip(ours, alone))
+
+
 def pixel_gap(ours: Result, alone: Result) -> int:
-    """The largest difference, in uint8 levels, between a batched result's images and the solo run's."""
-    assert len(ours.images) == len(alone.images)
-    return max(int(np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max())
-               for a, b in zip(ours.images, alone.images))
+    """`image_gap` of a batched result's images and the solo run's."""
+    return image_gap(ours.images, alone.images)

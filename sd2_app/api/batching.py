@@ -132,6 +132,12 @@ class Batcher:
         self.batches_run = 0  # groups of two or more requests run as one batch (for tests and the benchmark)
         self.group_sizes: Counter[int] = Counter()  # requests per group run (1: alone), for the benchmark
 
+    @property
+    def in_flight(self) -> int:
+        """Requests inside `run`: waiting for a group's turn, or running."""
+        with self._lock:
+            return self._in_flight
+
     def takes(self, task: str, request: TaskRequest) -> bool:
         """Whether `request` may share a batch (`batch_key`); the service runs the others itself."""
         return batch_key(task, request) is not None

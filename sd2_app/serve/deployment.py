@@ -147,11 +147,12 @@ class SD2Worker:
 
     def stats(self) -> dict[str, Any]:
         """This replica's process id, the checkpoints it loaded (in order), its recent jobs and, with
-        `batch_users`, how many requests each group its `Batcher` ran held ({requests: groups}; None without)."""
+        `batch_users`, how many requests each group its `Batcher` ran held ({requests: groups}) and how many are in
+        it now (None without)."""
         batcher = self.service.batcher
         groups = dict(batcher.group_sizes) if batcher is not None else None
         return {"pid": os.getpid(), "loads": list(self.loads), "loaded": self.loaded(), "jobs": list(self.jobs),
-                "batch_groups": groups}
+                "batch_groups": groups, "batch_in_flight": batcher.in_flight if batcher is not None else None}
 
     def status(self) -> dict[str, Any]:
         """This replica's checkpoints and memory together (`ClusterModels.report`: one round trip)."""

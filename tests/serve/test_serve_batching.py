@@ -10,7 +10,6 @@ shows the batching itself is exact), the comparison tests/api/test_batching.py m
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ import pytest
 
 from sd2_app.api.requests import Sampling, Txt2ImgRequest
 from sd2_app.errors import Cancelled
-from tests.batching_support import pixel_gap
+from tests.batching_support import image_gap, pixel_gap, wait_until
 from tests.reliability_support import fast, txt2img
 from tests.serve_support import front_service, local_serve
 
@@ -61,7 +60,6 @@ def long_job_holding_the_gate(front, cluster, waiting: int) -> Iterator[Callable
     """A long job of its own batch key runs on the replica; `arrive(calls)` starts each call on a thread of its own
     and returns once the replica has all `waiting` of them besides the long job. On leaving, the long job is
     stopped (the waiting requests then get their turn) and every call is joined."""
-    jobs_before = len(stats(cluster)["jobs"])
     started, stop_long = threading.Event(), threading.Event()
     stopped: list[Cancelled] = []
 
@@ -81,11 +79,8 @@ def long_job_holding_the_gate(front, cluster, waiting: int) -> Iterator[Callable
         threads.extend(threading.Thread(target=call) for call in calls)
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + 60
-        while len([j for j in stats(cluster)["jobs"][jobs_before:] if j["end"] is None]) < waiting + 1:
-            assert time.monotonic() < deadline, stats(cluster)["jobs"]
-            time.sleep(0.1)
-        time.sleep(1.0)  # each job's thread enters the Batcher right after its record (deployment.py, `produce`)
+        # every one of them (and the long job) inside the replica's Batcher
+        wait_until(lambda: stats(cluster)["batch_in_flight"] == waiting + 1, timeout=60)
         assert holder.is_alive()  # they arrived while the long job held the gate
 
     yield arrive
@@ -133,7 +128,6 @@ def test_app_users_share_a_batch_on_the_replica_and_get_their_own_images(
     from sd2_app import webapp
     from sd2_app.app_flags import parse_args
     from tests.reliability_support import free_port
-    from tests.serve_support import front_service
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # webapp.build lowers it; restored after
     _, config = cluster
@@ -166,6 +160,4 @@ def test_app_users_share_a_batch_on_the_replica_and_get_their_own_images(
         alone = solo_front.run(Txt2ImgRequest(prompt, checkpoint="sd21-base", width=64, height=64, sampling=Sampling(
             sampler="Euler a", steps=3, cfg_scale=6.0, seed=seed, batch_size=batch)))
         assert len(images) == batch and f"**Seed** {seed}" in info
-        gaps = [int(np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max())
-                for a, b in zip(images, alone.images)]
-        assert max(gaps) <= 1, gaps  # CPU kernels (module docstring)
+        assert image_gap(images, alone.images) <= 1  # CPU kernels (module docstring)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -20,7 +19,7 @@ from gradio_client import Client  # noqa: E402
 from sd2_app.api import batching  # noqa: E402
 from sd2_app.api.requests import Sampling, Txt2ImgRequest  # noqa: E402
 from sd2_app.api.service import Service  # noqa: E402
-from tests.batching_support import Blocker, wait_until  # noqa: E402
+from tests.batching_support import Blocker, image_gap, wait_until  # noqa: E402
 from tests.reliability_support import make_service, one_thread, serve  # noqa: E402,F401
 
 pytestmark = pytest.mark.slow  # a served app
@@ -78,9 +77,7 @@ def test_concurrent_users_share_a_batch_and_get_their_own_images(batching_app: t
         assert parameters.startswith(prompt + "\n") and f"Seed: {seed}," in parameters and f"**Seed** {seed}" in info
         sampling = Sampling(sampler="Euler a", steps=3, cfg_scale=6.0, seed=seed, batch_size=batch)
         alone = solo.run(Txt2ImgRequest(prompt, checkpoint="sd21-base", width=64, height=64, sampling=sampling))
-        gaps = [int(np.abs(np.asarray(a.convert("RGB"), dtype=int) - np.asarray(b, dtype=int)).max())
-                for a, b in zip(images, alone.images)]
-        assert max(gaps) <= 1, gaps  # CPU kernels are not batch-invariant (tests/pipelines/test_batch.py)
+        assert image_gap(images, alone.images) <= 1  # CPU kernels are not batch-invariant (tests/pipelines/test_batch.py)
 
 
 def test_a_lone_user_runs_alone(batching_app: tuple[str, Service]) -> None:
