@@ -9,7 +9,8 @@ for what it shows a visitor.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def txt2img_data(url: str, **values: object) -> list[object]:
 
 
 
+@contextmanager
 def served_behind_proxy(argv: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
     """`python app.py --tiny --host 0.0.0.0 --no-save --trusted-proxy-hops 1 ARGV` served in-process on loopback,
     with a private Gradio cache folder. uvicorn is told to trust no proxy of its own (FORWARDED_ALLOW_IPS names an
@@ -90,3 +92,31 @@ def stop_queued_jobs(demo: object) -> None:
     deadline = time.monotonic() + 120
     while queue.event_ids_to_events and time.monotonic() < deadline:
         time.sleep(0.2)
+
+
+# A1111 API helpers (tests/reliability/test_reliability_api_hosting.py, tests/api/test_a1111_local_limits.py)
+API_FAST = {"sampler_name": "Euler", "steps": 2, "cfg_scale": 1.0, "width": 64, "height": 64}
+
+
+def api_job_count(url: str, auth: tuple[str, str] | None = None) -> int:
+    """The A1111 API's jobs waiting or running (/progress's `job_count`)."""
+    progress = httpx.get(f"{url}sdapi/v1/progress", params={"skip_current_image": True}, auth=auth, timeout=30)
+    return progress.json()["state"]["job_count"]
+
+
+def wait_for_api_jobs(url: str, done: Callable[[int], bool], auth: tuple[str, str] | None = None) -> int:
+    """Wait (at most 60 s) until `done(job count)`; the count then."""
+    deadline = time.monotonic() + 60
+    while not done(api_job_count(url, auth)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return api_job_count(url, auth)
+
+
+def interrupt_api_jobs(url: str, count: int, auth: tuple[str, str] | None = None) -> None:
+    """/interrupt stops the oldest API job: `count` times, each once the one before has left."""
+    for _ in range(count):
+        left = api_job_count(url, auth)
+        if not left:
+            return
+        httpx.post(f"{url}sdapi/v1/interrupt", auth=auth, timeout=30)
+        wait_for_api_jobs(url, lambda jobs: jobs < left, auth)

@@ -114,6 +114,23 @@ def launched(demo, **launch: object) -> Iterator[str]:
         demo.close()
 
 
+def link_tiny_cache(cache: Path) -> Path:
+    """`cache` (a folder for $SD2APP_CACHE) with the shared tiny repos linked in: app.py's --tiny reads them from
+    <cache>/tiny instead of writing its own."""
+    from sd2_app.testing.tiny import ensure_tiny_repos
+    from tests.pipeline_fixtures import tiny_dir
+
+    ensure_tiny_repos(tiny_dir())
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "tiny").symlink_to(tiny_dir(), target_is_directory=True)
+    return cache
+
+
+def linked_tiny_cache(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """$SD2APP_CACHE set to `folder`, with the shared tiny repos linked in (`link_tiny_cache`)."""
+    monkeypatch.setenv("SD2APP_CACHE", str(link_tiny_cache(folder)))
+
+
 @contextmanager
 def serve(argv: list[str], cache: Path, bind: str | None = None) -> Iterator[tuple[str, object]]:
     """app.py's app for `argv` (`sd2_app.webapp.build`) launched with its launch settings, in-process on a free port.
@@ -124,11 +141,8 @@ def serve(argv: list[str], cache: Path, bind: str | None = None) -> Iterator[tup
     """
     import app
     from sd2_app import webapp
-    from sd2_app.testing.tiny import ensure_tiny_repos
-    from tests.pipeline_fixtures import tiny_dir
 
-    ensure_tiny_repos(tiny_dir())
-    (cache / "tiny").symlink_to(tiny_dir(), target_is_directory=True)
+    link_tiny_cache(cache)
     args = app.parse_args(argv)
     pixels_before = Image.MAX_IMAGE_PIXELS
     monkeypatch = pytest.MonkeyPatch()

@@ -21,12 +21,9 @@ def local_serve(tmp_path_factory: pytest.TempPathFactory, **settings: Any) -> It
 
     from sd2_app.serve.config import load_config
     from sd2_app.serve.deployment import build_app
-    from sd2_app.testing.tiny import ensure_tiny_repos
-    from tests.pipeline_fixtures import tiny_dir
+    from tests.reliability_support import link_tiny_cache
 
-    ensure_tiny_repos(tiny_dir())
-    cache = tmp_path_factory.mktemp("serve-cache")
-    (cache / "tiny").symlink_to(tiny_dir(), target_is_directory=True)
+    cache = link_tiny_cache(tmp_path_factory.mktemp("serve-cache"))
     env = {"SD2APP_CACHE": str(cache), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     # address="local": a cluster of our own, never one another process on this machine started
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,

@@ -27,6 +27,7 @@ from PIL import Image
 webuiapi = pytest.importorskip("webuiapi")
 from gradio_client import Client  # noqa: E402
 
+from tests.hosting_support import API_FAST  # noqa: E402
 from tests.reliability_support import noise_image, png_bytes  # noqa: E402
 from tests.reliability_support import free_port  # noqa: E402
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 USER, PASSWORD = "krita", "s3cret"
 ADDRESS_LIMIT = 4  # the API's jobs per network address (this test's clients are all 127.0.0.1)
-FAST = {"sampler_name": "Euler", "steps": 2, "cfg_scale": 1.0, "width": 64, "height": 64}
+FAST = API_FAST
 
 
 class GpuSpans:
@@ -365,7 +366,7 @@ def test_app_mounts_the_api_locally_and_in_public_modes_only_when_asked(monkeypa
     import gradio as gr
 
     import app as app_module
-    from tests.api.test_provenance import linked_tiny_cache
+    from tests.reliability_support import linked_tiny_cache
 
     linked_tiny_cache(monkeypatch, tmp_path)
     launches: list[dict] = []

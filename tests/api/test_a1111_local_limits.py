@@ -4,16 +4,14 @@ Through app.py's app (`sd2_app.webapp.build`) served in-process on loopback, on 
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from sd2_app.app_flags import DEFAULT_MAX_JOBS_PER_ADDRESS
+from tests.hosting_support import API_FAST, interrupt_api_jobs, wait_for_api_jobs
 from tests.reliability_support import serve
-
-FAST = {"sampler_name": "Euler", "steps": 2, "cfg_scale": 1.0, "width": 64, "height": 64}
 
 
 @pytest.mark.slow
@@ -21,17 +19,7 @@ def test_a_local_app_takes_more_concurrent_api_jobs_from_loopback_than_the_publi
     """app.py's app on loopback (`--tiny`, no --max-jobs-per-address): the per-address limit applies in public
     modes only, so a local script's 7 concurrent API jobs (more than the public default, 6) all wait or run."""
     sent = DEFAULT_MAX_JOBS_PER_ADDRESS + 1
-    body = {"prompt": "local", **FAST, "steps": 150}
-
-    def job_count(url: str) -> int:
-        progress = httpx.get(f"{url}sdapi/v1/progress", params={"skip_current_image": True}, timeout=30)
-        return progress.json()["state"]["job_count"]
-
-    def wait_for(url: str, done) -> int:
-        deadline = time.monotonic() + 60
-        while not done(job_count(url)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return job_count(url)
+    body = {"prompt": "local", **API_FAST, "steps": 150}
 
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -40,14 +28,9 @@ def test_a_local_app_takes_more_concurrent_api_jobs_from_loopback_than_the_publi
         futures = [pool.submit(httpx.post, f"{url}sdapi/v1/txt2img", json={**body, "seed": seed}, timeout=300)
                    for seed in range(sent)]
         try:
-            assert wait_for(url, lambda jobs: jobs == sent or any(f.done() for f in futures)) == sent
+            assert wait_for_api_jobs(url, lambda jobs: jobs == sent or any(f.done() for f in futures)) == sent
             assert demo.flags.visitors.address_jobs.count("127.0.0.1") == sent  # type: ignore[attr-defined]
         finally:
-            for _ in range(sent):  # /interrupt stops the oldest: each once the one before has left
-                left = job_count(url)
-                if not left:
-                    break
-                httpx.post(f"{url}sdapi/v1/interrupt", timeout=30)
-                wait_for(url, lambda jobs: jobs < left)
+            interrupt_api_jobs(url, sent)
         answers = [future.result(timeout=120) for future in futures]
     assert [answer.status_code for answer in answers] == [200] * sent, [answer.text[:200] for answer in answers]

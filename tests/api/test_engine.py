@@ -16,7 +16,7 @@ from sd2_app.api import engine, tasks
 from sd2_app.api.checks import Limits
 from sd2_app.api.cost import DEFAULT_MAX_JOB_COST
 from sd2_app.api.engine_settings import EngineSettings
-from tests.api.test_provenance import linked_tiny_cache
+from tests.reliability_support import linked_tiny_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 from sd2_app.pipelines import watermark
 from sd2_app.pipelines.metadata import DIGITAL_SOURCE_TYPE, digital_source_type, read_png_parameters, save_png
+from tests.reliability_support import linked_tiny_cache
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 PSNR_BOUND_DB = 38.0
@@ -137,16 +138,6 @@ def test_no_watermark_leaves_pixels_alone_within_the_bound_and_keeps_the_marker(
 
 
 @pytest.mark.slow
-def linked_tiny_cache(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
-    """$SD2APP_CACHE with the shared tiny repos linked in (app.py's --tiny reads them from <cache>/tiny)."""
-    from sd2_app.testing.tiny import ensure_tiny_repos
-    from tests.pipeline_fixtures import tiny_dir
-
-    ensure_tiny_repos(tiny_dir())
-    (folder / "tiny").symlink_to(tiny_dir(), target_is_directory=True)
-    monkeypatch.setenv("SD2APP_CACHE", str(folder))
-
-
 def test_app_flag_turns_the_watermark_off(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import app as app_module
     import sd2_app.api.engine as engine_module

@@ -38,19 +38,22 @@ SESSIONS = 20
 
 @pytest.fixture(scope="module")
 def proxied_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
-    yield from served_behind_proxy(["--max-jobs-per-address", str(ADDRESS_LIMIT), "--max-upload-mb-per-address", "1",
-                        "--max-sessions", str(SESSIONS)], tmp_path_factory)
+    with served_behind_proxy(["--max-jobs-per-address", str(ADDRESS_LIMIT), "--max-upload-mb-per-address", "1",
+                              "--max-sessions", str(SESSIONS)], tmp_path_factory) as served:
+        yield served
 
 
 @pytest.fixture()
 def short_cache_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
-    yield from served_behind_proxy(["--cache-minutes", "0.05"], tmp_path_factory)
+    with served_behind_proxy(["--cache-minutes", "0.05"], tmp_path_factory) as served:
+        yield served
 
 
 @pytest.fixture()
 def direct_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
     """No trusted proxy (--trusted-proxy-hops 0, the default off a Space): clients connect directly."""
-    yield from served_behind_proxy(["--trusted-proxy-hops", "0", "--max-jobs-per-address", "2"], tmp_path_factory)
+    with served_behind_proxy(["--trusted-proxy-hops", "0", "--max-jobs-per-address", "2"], tmp_path_factory) as served:
+        yield served
 
 
 def test_jobs_per_address_bound_a_client_without_cookies(proxied_app, reliability) -> None:

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from sd2_app.api.address_jobs import too_many_jobs_from_address_message
-from tests.hosting_support import FAST, queue_join, served_behind_proxy, stop_queued_jobs
+from tests.hosting_support import (API_FAST, FAST, api_job_count, interrupt_api_jobs, queue_join, served_behind_proxy,
+                                   stop_queued_jobs, wait_for_api_jobs)
 from tests.reliability_report import reliability, track_module  # noqa: F401
 from tests.reliability_support import one_thread  # noqa: F401
 
@@ -28,7 +29,6 @@ pytestmark = pytest.mark.slow  # a served app and jobs held for seconds
 AREA = "Hosting"
 ADDRESS_LIMIT = 3
 AUTH = ("krita", "s3cret")
-API_FAST = {"sampler_name": "Euler", "steps": 2, "cfg_scale": 1.0, "width": 64, "height": 64}
 API_SLOW = {**API_FAST, "steps": 150}
 UI_SLOW = {**FAST, "steps": 150}
 REFUSED = too_many_jobs_from_address_message(ADDRESS_LIMIT)
@@ -37,7 +37,7 @@ REFUSED = too_many_jobs_from_address_message(ADDRESS_LIMIT)
 @pytest.fixture(scope="module")
 def api_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
     argv = ["--api", "--api-auth", ":".join(AUTH), "--max-jobs-per-address", str(ADDRESS_LIMIT)]
-    for url, demo in served_behind_proxy(argv, tmp_path_factory):
+    with served_behind_proxy(argv, tmp_path_factory) as (url, demo):
         warm = _txt2img(url, "203.0.113.250", 0, **API_FAST)  # the model is loaded before the tests count
         assert warm.status_code == 200, warm.text
         yield url, demo
@@ -49,12 +49,6 @@ def _txt2img(url: str, forwarded_for: str, seed: int, **fields: object) -> httpx
                       headers={"X-Forwarded-For": forwarded_for}, timeout=300)
 
 
-def _api_jobs(url: str) -> int:
-    """The API's jobs waiting or running (/progress's `job_count`)."""
-    progress = httpx.get(f"{url}sdapi/v1/progress", params={"skip_current_image": True}, auth=AUTH, timeout=30)
-    return progress.json()["state"]["job_count"]
-
-
 def _first_answers(futures: list[Future[httpx.Response]], count: int) -> list[httpx.Response]:
     """The responses back once `count` have come (refusals come at once; an accepted job waits or runs), or
     those back after 30 s."""
@@ -62,23 +56,6 @@ def _first_answers(futures: list[Future[httpx.Response]], count: int) -> list[ht
     while sum(future.done() for future in futures) < count and time.monotonic() < deadline:
         time.sleep(0.05)
     return [future.result() for future in futures if future.done()]
-
-
-def _wait_for_api_jobs(url: str, done: Callable[[int], bool]) -> None:
-    deadline = time.monotonic() + 60
-    while not done(_api_jobs(url)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert done(_api_jobs(url))
-
-
-def _interrupt_oldest_api_jobs(url: str, count: int) -> None:
-    """/interrupt stops the oldest API job: `count` times, each once the one before has left."""
-    for _ in range(count):
-        left = _api_jobs(url)
-        if not left:
-            return
-        httpx.post(f"{url}sdapi/v1/interrupt", auth=AUTH, timeout=30)
-        _wait_for_api_jobs(url, lambda jobs: jobs < left)
 
 
 def test_api_jobs_from_one_address_stop_at_the_per_address_limit(api_app, reliability) -> None:
@@ -91,7 +68,7 @@ def test_api_jobs_from_one_address_stop_at_the_per_address_limit(api_app, reliab
             refused = _first_answers(futures, sent - ADDRESS_LIMIT)
             assert [r.status_code for r in refused] == [429] * (sent - ADDRESS_LIMIT), [r.text[:200] for r in refused]
             assert {r.json()["detail"] for r in refused} == {REFUSED}
-            assert visitors.address_jobs.count("203.0.113.7") == _api_jobs(url) == ADDRESS_LIMIT
+            assert visitors.address_jobs.count("203.0.113.7") == api_job_count(url, AUTH) == ADDRESS_LIMIT
             ui = queue_join(url, "203.0.113.7", prompt="ui", seed=20, **UI_SLOW)  # the web UI counts them too
             assert ui.status_code == 400 and ui.json()["detail"] == REFUSED, ui.text
             # A client that writes its own X-Forwarded-For entry first: the proxy still appends the real address.
@@ -101,9 +78,9 @@ def test_api_jobs_from_one_address_stop_at_the_per_address_limit(api_app, reliab
                               headers={"X-Forwarded-For": "203.0.113.7"}, timeout=30)  # a model load counts too
             assert load.status_code == 429 and load.json()["detail"] == REFUSED, load.text
             other = pool.submit(_txt2img, url, "203.0.113.8", 22, **API_FAST)  # another address: accepted
-            _wait_for_api_jobs(url, lambda jobs: jobs == ADDRESS_LIMIT + 1)
+            wait_for_api_jobs(url, lambda jobs: jobs == ADDRESS_LIMIT + 1, AUTH)
         finally:
-            _interrupt_oldest_api_jobs(url, ADDRESS_LIMIT)
+            interrupt_api_jobs(url, ADDRESS_LIMIT, AUTH)
         answers = Counter(future.result().status_code for future in futures)
         other_answer = other.result(timeout=120)
     assert answers == {200: ADDRESS_LIMIT, 429: sent - ADDRESS_LIMIT}
@@ -130,11 +107,11 @@ def test_web_ui_and_api_jobs_of_one_address_share_one_limit(api_app, reliability
                 refused = _first_answers(futures, 2)
                 assert [r.status_code for r in refused] == [429, 429], [r.text[:200] for r in refused]
                 assert {r.json()["detail"] for r in refused} == {REFUSED}
-                assert visitors.address_jobs.count("203.0.113.9") == ADDRESS_LIMIT and _api_jobs(url) == 1
+                assert visitors.address_jobs.count("203.0.113.9") == ADDRESS_LIMIT and api_job_count(url, AUTH) == 1
                 over = queue_join(url, "203.0.113.9", prompt="ui over", seed=9, **UI_SLOW)
                 assert over.status_code == 400 and over.json()["detail"] == REFUSED, over.text
             finally:
-                _interrupt_oldest_api_jobs(url, 1)
+                interrupt_api_jobs(url, 1, AUTH)
             answers = sorted(future.result().status_code for future in futures)
     finally:
         stop_queued_jobs(demo)

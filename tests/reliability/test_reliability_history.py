@@ -8,7 +8,6 @@ few 64x64 results reach them (`sd2_app.api.keeper`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,25 +17,16 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
 
 from sd2_app.api.keeper import entry_bytes  # noqa: E402
-from tests.hosting_support import FAST, txt2img_data  # noqa: E402
+from tests.hosting_support import FAST, public_app, queue_join  # noqa: E402,F401
 from tests.reliability_report import reliability, track_module  # noqa: E402,F401
-from tests.reliability_support import one_thread, serve  # noqa: E402,F401
+from tests.reliability_support import one_thread  # noqa: E402,F401
 
 AREA = "Hosting"
 
 
-@pytest.fixture(scope="module")
-def saving_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object, Path]]:
-    outputs = tmp_path_factory.mktemp("outputs")
-    argv = ["--tiny", "--device", "cpu", "--host", "0.0.0.0", "--outputs", str(outputs)]
-    with serve(argv, tmp_path_factory.mktemp("app-cache"), bind="127.0.0.1") as (url, demo):
-        yield url, demo, outputs
-
-
 def _cookieless_txt2img(url: str, seed: int) -> None:
     """One finished txt2img job of a script that sends no cookies (a new visitor id on every request)."""
-    joined = httpx.post(f"{url}gradio_api/call/txt2img", json={"data": txt2img_data(url, prompt="flood", seed=seed)},
-                        timeout=30)
+    joined = queue_join(url, None, prompt="flood", seed=seed)
     assert joined.status_code == 200 and "set-cookie" in joined.headers, joined.text
     stream = httpx.get(f"{url}gradio_api/call/txt2img/{joined.json()['event_id']}", timeout=120).text
     assert "event: complete" in stream, stream[-500:]
@@ -51,8 +41,8 @@ def _saved(outputs: Path) -> int:
     return len(list(outputs.glob("*/*.png")))
 
 
-def test_results_nobody_can_view_take_no_history_place(saving_app, reliability) -> None:
-    url, demo, outputs = saving_app
+def test_results_nobody_can_view_take_no_history_place(public_app, reliability) -> None:
+    url, demo, outputs = public_app
     keeper = demo.service.keeper  # type: ignore[attr-defined]
     visitor = Client(url, verbose=False)
     visitor.predict(prompt="mine", seed=1, api_name="/txt2img", **FAST)
@@ -65,7 +55,7 @@ def test_results_nobody_can_view_take_no_history_place(saving_app, reliability) 
         seeds = _seeds(visitor)
     finally:
         keeper.history_max_bytes = before
-    assert seeds == [1], seeds  # the old global list: the three cookieless results pushed it out
+    assert seeds == [1], seeds  # the three cookieless results took no place of it
     assert len(keeper.history()) == entries and _saved(outputs) == saved + 3  # not listed, but saved
     reliability(AREA, "3 txt2img jobs of a script without cookies, History's memory set to hold one more result "
                       "than it has (served app, saving on)",
@@ -73,8 +63,8 @@ def test_results_nobody_can_view_take_no_history_place(saving_app, reliability) 
                 f"({_saved(outputs) - saved} files) and take no History place (none listed)")
 
 
-def test_one_visitors_flood_never_pushes_out_anothers_results(saving_app, reliability) -> None:
-    url, demo, _ = saving_app
+def test_one_visitors_flood_never_pushes_out_anothers_results(public_app, reliability) -> None:
+    url, demo, _ = public_app
     keeper = demo.service.keeper  # type: ignore[attr-defined]
     quiet, flooder = Client(url, verbose=False), Client(url, verbose=False)
     quiet.predict(prompt="quiet", seed=7, api_name="/txt2img", **FAST)

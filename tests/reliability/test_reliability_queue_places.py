@@ -21,9 +21,9 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
 
 from sd2_app.ui.hosting import MAX_OTHER_EVENTS_PER_ADDRESS, too_many_events_from_address_message  # noqa: E402
-from tests.hosting_support import FAST, txt2img_data  # noqa: E402
+from tests.hosting_support import FAST, queue_join, served_behind_proxy  # noqa: E402
 from tests.reliability_report import reliability, track_module  # noqa: E402,F401
-from tests.reliability_support import one_thread, serve  # noqa: E402,F401
+from tests.reliability_support import one_thread  # noqa: E402,F401
 
 AREA = "Hosting"
 QUEUE_SIZE = 8
@@ -31,12 +31,8 @@ QUEUE_SIZE = 8
 
 @pytest.fixture(scope="module")
 def small_queue_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
-    argv = ["--tiny", "--device", "cpu", "--host", "0.0.0.0", "--no-save", "--trusted-proxy-hops", "1",
-            "--queue-size", str(QUEUE_SIZE)]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FORWARDED_ALLOW_IPS", "192.0.2.1")  # uvicorn: the loopback peer is no trusted proxy
-        with serve(argv, tmp_path_factory.mktemp("app-cache"), bind="127.0.0.1") as served:
-            yield served
+    with served_behind_proxy(["--queue-size", str(QUEUE_SIZE)], tmp_path_factory) as served:
+        yield served
 
 
 def _uploaded_png(url: str, address: str) -> str:
@@ -64,14 +60,12 @@ def test_cheap_events_of_one_address_cannot_fill_the_queue(small_queue_app, reli
     try:
         path = _uploaded_png(url, "203.0.113.50")
         flood = [_png_info(url, "203.0.113.50", path) for _ in range(QUEUE_SIZE + 4)]
-        job = httpx.post(f"{url}gradio_api/call/txt2img", json={"data": txt2img_data(url, prompt="mine", seed=5)},
-                         headers={"X-Forwarded-For": "203.0.113.51"}, timeout=30)
+        job = queue_join(url, "203.0.113.51", prompt="mine", seed=5)
         other = _png_info(url, "203.0.113.51", path)
     finally:
         gate.set()
         del service.read_parameters
     statuses = [response.status_code for response in flood]
-    # the old queue: all 12 accepted while they fit, then the job answered "Queue is full"
     assert job.status_code == 200 and "event_id" in job.json(), job.text
     assert statuses == [200] * MAX_OTHER_EVENTS_PER_ADDRESS + [400] * (QUEUE_SIZE + 4 - MAX_OTHER_EVENTS_PER_ADDRESS)
     assert flood[-1].json()["detail"] == too_many_events_from_address_message(MAX_OTHER_EVENTS_PER_ADDRESS)

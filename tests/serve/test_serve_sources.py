@@ -12,7 +12,7 @@ import pytest
 from sd2_app.checkpoints.catalog import REGISTRY
 from sd2_app.errors import InvalidRequest
 from sd2_app.serve.config import load_config, process_sources
-from tests.api.test_provenance import linked_tiny_cache
+from tests.reliability_support import linked_tiny_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ('[serve]\ndevice = "cpu"\ndtype = "float32"\nrepos = ["sd21-base=me/sd21-mirror,me/other"]\n'

@@ -106,7 +106,7 @@ def test_app_picks_the_per_call_switches_on_zerogpu(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(engine_module, "ModelManager", Recorder)  # the one place a manager is made
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # webapp.build lowers it; restored after
-    from tests.api.test_provenance import linked_tiny_cache
+    from tests.reliability_support import linked_tiny_cache
 
     linked_tiny_cache(monkeypatch, tmp_path)
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
@@ -182,12 +182,14 @@ def test_a_plots_duration_checks_each_cell_once(monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.mark.slow
-def test_the_local_app_imports_spaces_before_torch(tmp_path: Path) -> None:
+def test_the_local_app_imports_spaces_before_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ZeroGPU patches torch's CUDA calls when `spaces` is imported, so it must come before torch: building the
     local app (the one path that imports torch) with a stand-in `spaces` package installed. Gradio imports
     `spaces` itself when it is installed (gradio/block_function.py), and `webapp.local_service` imports it
     before torch too; this fails if anything imports torch before either."""
     import subprocess
+
+    from tests.reliability_support import linked_tiny_cache
 
     (tmp_path / "spaces.py").write_text(
         "import sys\nTORCH_ALREADY = 'torch' in sys.modules\n"
@@ -196,6 +198,7 @@ def test_the_local_app_imports_spaces_before_torch(tmp_path: Path) -> None:
              "webapp.build(app.parse_args(['--tiny', '--device', 'cpu', '--no-save']))\n"
              "import spaces\nprint(spaces.TORCH_ALREADY, 'torch' in sys.modules)\n")
     root = Path(__file__).resolve().parents[2]
+    linked_tiny_cache(monkeypatch, tmp_path / "cache")  # --tiny reads the shared tiny repos, writes none
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root)])}
     env.pop("SPACE_ID", None)
     done = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True,

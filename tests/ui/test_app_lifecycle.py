@@ -128,13 +128,9 @@ def _wait_for(url: str, process: subprocess.Popen, log: Path) -> None:
 @contextmanager
 def _app_process(tmp_path: Path, outputs: Path) -> Iterator[tuple[subprocess.Popen, str, Path]]:
     """`python app.py --tiny` (on the slow disk above) on a free port, saving to `outputs`: (process, url, log)."""
-    from sd2_app.testing.tiny import ensure_tiny_repos
-    from tests.pipeline_fixtures import tiny_dir
+    from tests.reliability_support import link_tiny_cache
 
-    ensure_tiny_repos(tiny_dir())
-    cache, log = tmp_path / "cache", tmp_path / "app.log"
-    cache.mkdir()
-    (cache / "tiny").symlink_to(tiny_dir(), target_is_directory=True)
+    cache, log = link_tiny_cache(tmp_path / "cache"), tmp_path / "app.log"
     port = free_port()
     env = {**os.environ, "SD2APP_CACHE": str(cache), "GRADIO_ANALYTICS_ENABLED": "False"}
     argv = ["--tiny", "--device", "cpu", "--port", str(port), "--outputs", str(outputs)]

@@ -130,7 +130,7 @@ def test_on_a_phone_every_tab_is_reachable_and_generate_is_near_the_top(browser,
         "(label) => { const r = document.createRange(); r.selectNodeContents(label); return r.getBoundingClientRect().right; }")
     toolbar = _box(page, "#inpaint-editor .top-panel")
     assert label_end <= toolbar["x"], (label_end, toolbar)
-    # The empty canvas's hint wraps between the tool column and the editor's right edge (it ran under both).
+    # The empty canvas's hint wraps between the tool column and the editor's right edge.
     hint, tools, editor = (_box(page, f"#inpaint-editor {part}") for part in (".empty.wrap p", ".toolbar-wrap", ""))
     assert hint["x"] >= tools["x"] + tools["width"] and hint["x"] + hint["width"] <= editor["x"] + editor["width"], \
         (hint, tools, editor)
@@ -151,7 +151,7 @@ def _generate_txt2img(page, width: int, height: int, *, prompt: str = "a red fox
         expect(box).to_have_value(prompt + "\n")
         assert page.locator("#txt2img-run").is_enabled()
     # The token counter's first count and the first run both import the pipelines lazily; started together
-    # they can meet in Python's import lock (reported to the lead), so the count goes first here.
+    # they can meet in Python's import lock, so the count goes first here.
     expect(page.locator("#txt2img-prompt-tokens")).to_contain_text("/75", timeout=30_000)
     if shortcut:
         box.press("Control+Enter")
@@ -223,7 +223,7 @@ def test_a_failed_run_says_why_and_leaves_no_error_badge(page) -> None:
     page.locator("#upscale-prompt textarea").fill("a cat")
     page.locator("#upscale-run").click()
     expect(page.locator(".toast-body", has_text=re.compile(r"Upload .* first\."))).to_be_visible(timeout=30_000)
-    # The toast fades; the info line keeps the reason (it said "Starting…" for good before).
+    # The toast fades; the info line keeps the reason.
     expect(page.locator("#upscale-info")).to_have_text("Upload an image to upscale first.")
     in_view = page.locator("#upscale-run-status .run-status-text")  # under the buttons
     expect(in_view).to_have_text("Upload an image to upscale first.")

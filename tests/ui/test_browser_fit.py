@@ -44,8 +44,7 @@ def test_img2img_size_boxes_show_the_checkpoint_size_before_an_upload_and_the_im
         browser, url: str, tmp_path: Path) -> None:
     page = _open(browser, url, DESKTOP)
     _go(page, "Image to image")
-    # Before an upload: the default checkpoint's (tiny "SD 2.1 base") 512x512, not "0 x 0" under a red border
-    # (filled in on the page's load).
+    # Before an upload: the default checkpoint's (tiny "SD 2.1 base") 512x512, set on the page's load.
     expect(page.locator("#img2img-width input[type=number]")).to_have_value("512")
     assert _size_boxes(page) == ("512", "512")
     assert page.locator("#img2img-width input:invalid, #img2img-height input:invalid").count() == 0
@@ -113,7 +112,7 @@ def test_on_a_phone_no_tab_scrolls_sideways_and_the_tables_fit_their_box(browser
                 # In the box, not behind its right edge; one or two short lines, not a letter per line.
                 assert table["left"] - 1 <= left < right <= table["right"] + 1 and height < 60, (name, head, table)
         if name == "X/Y/Z plot":
-            # An axis's values list runs the whole width under its type (beside it, it was one value a line).
+            # An axis's values list runs the whole width under its type.
             _assert_stacked(page, "xyz-x-type", "xyz-x-picked")
         if name in SEED_ROWS:  # "Karras sigmas" under the sampler list (beside it, a word or two a line)
             _assert_stacked(page, f"{SEED_ROWS[name]}-sampler", f"{SEED_ROWS[name]}-karras")
@@ -139,7 +138,7 @@ def test_the_seed_buttons_line_up_with_the_seed_box(browser, url: str) -> None:
         for button in ("random-seed", "reuse-seed"):
             box = page.locator(f"#{prefix}-{button}").bounding_box()
             assert seed and box and box["x"] > seed["x"] + seed["width"], (name, button, seed, box)  # beside it
-            # Level with the box's bottom edge (they sat up by its label, 63 px higher).
+            # Level with the box's bottom edge.
             assert abs((box["y"] + box["height"]) - (seed["y"] + seed["height"])) <= 1, (name, button, seed, box)
     page.locator("#xyz-seed").locator("..").locator("..").screenshot(path=str(ARTIFACTS / "fit-seed-row.png"))
     page.context.close()
@@ -152,8 +151,8 @@ def _tab_places(page) -> dict[str, tuple[int, int]]:
 
 
 def test_on_a_phone_the_tabs_stay_where_they_are_when_one_is_picked(browser, url: str) -> None:
-    """All ten tab buttons in rows, in their order; picking one in a lower row marks it there (Gradio's overflow
-    menu moved the picked tab up into the first row and shifted the others under the visitor's finger)."""
+    """All ten tab buttons in rows, in their order; picking one in a lower row marks it there, and no tab moves
+    under the visitor's finger."""
     page = _open(browser, url, PHONE)
     places = _tab_places(page)
     assert list(places) == list(TABS) and len({y for _, y in places.values()}) == 3, places
@@ -166,8 +165,7 @@ def test_on_a_phone_the_tabs_stay_where_they_are_when_one_is_picked(browser, url
 
 
 def test_on_a_small_laptop_the_tables_show_every_column(browser, url: str) -> None:
-    """At 1024 px the tables keep all their columns inside their box (History's fixed pixel widths, 1170 px in
-    all, hid its files behind the box's right edge)."""
+    """At 1024 px the tables keep all their columns inside their box, History's files column too."""
     page = _open(browser, url, {"width": 1024, "height": 768})
     for name, (elem_id, _) in PHONE_TABLES.items():
         _go(page, name)

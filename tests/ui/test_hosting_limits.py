@@ -193,7 +193,7 @@ def test_the_built_app_limits_jobs_per_address_in_public_modes_only(monkeypatch:
     """What `webapp.build` gives the queue's watch and the A1111 API (one `AddressJobs`) for each mode's default."""
     from PIL import Image
 
-    from tests.api.test_provenance import linked_tiny_cache
+    from tests.reliability_support import linked_tiny_cache
 
     for name in ("SPACE_ID", "SD2APP_MAX_JOBS_PER_ADDRESS", "GRADIO_SERVER_NAME"):
         monkeypatch.delenv(name, raising=False)

@@ -118,16 +118,22 @@ def sha256_inputs(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     return seen
 
 
-def test_each_shown_png_is_hashed_once(saving_app, sha256_inputs: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
-    """The gallery and the live preview's last frame are one file in Gradio's cache, named by the PNG's sha256:
-    computed once per image, with its encode, and Gradio does not hash the file again."""
+@pytest.fixture
+def files_hashed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every file Gradio hashes meanwhile (`processing_utils.hash_file`, which reads in chunks)."""
     import gradio.processing_utils
 
-    url, _, outputs = saving_app
-    files_hashed: list[str] = []
-    original_file = gradio.processing_utils.hash_file
+    seen: list[str] = []
+    real = gradio.processing_utils.hash_file
     monkeypatch.setattr(gradio.processing_utils, "hash_file",
-                        lambda path, *args: files_hashed.append(str(path)) or original_file(path, *args))
+                        lambda path, *args: seen.append(str(path)) or real(path, *args))
+    return seen
+
+
+def test_each_shown_png_is_hashed_once(saving_app, sha256_inputs: list[bytes], files_hashed: list[str]) -> None:
+    """The gallery and the live preview's last frame are one file in Gradio's cache, named by the PNG's sha256:
+    computed once per image, with its encode, and Gradio does not hash the file again."""
+    url, _, outputs = saving_app
     client = Client(url, verbose=False, download_files=False)
     before = set(_saved(outputs, 0))
     client.predict(prompt="hashed once", seed=78, api_name="/txt2img", **{**FAST, "batch_size": 2})
@@ -138,18 +144,11 @@ def test_each_shown_png_is_hashed_once(saving_app, sha256_inputs: list[bytes], m
     assert files_hashed == []
 
 
-def test_a_history_refresh_hashes_no_png(saving_app, sha256_inputs: list[bytes],
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_history_refresh_hashes_no_png(saving_app, sha256_inputs: list[bytes], files_hashed: list[str]) -> None:
     """History shows each entry's PNG files in Gradio's cache under the names their digests (computed when they
     were encoded) give: refreshing it hashes none of them again, whole or as Gradio's file hash reads them in
     chunks, and shows the saved files, byte for byte."""
-    import gradio.processing_utils
-
     url, _, outputs = saving_app
-    files_hashed: list[str] = []
-    original_file = gradio.processing_utils.hash_file
-    monkeypatch.setattr(gradio.processing_utils, "hash_file",
-                        lambda path, *args: files_hashed.append(str(path)) or original_file(path, *args))
     client = Client(url, verbose=False, download_files=False)
     before = set(_saved(outputs, 0))
     _, gallery, _ = client.predict(prompt="refreshed", seed=79, api_name="/txt2img", **{**FAST, "batch_size": 2})
