@@ -4,13 +4,15 @@ Fills a Service's history with `--entries` results of one photo-like image each 
 512x512 by default), kept through the real `ResultKeeper.keep` (watermark, XMP marker, one PNG encode; saving
 off), then times the History tab's refresh function (`_rows`: the rows and the shown files in Gradio's cache).
 The first refresh writes the files; the later ones find them there. Gradio's cache is a temporary folder. Run
-from the repository root: `python -m bench.history --entries 10 50`.
+from the repository root: `python -m bench.history --entries 10 50 [--out history.json]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import statistics
 import tempfile
 import time
@@ -64,13 +66,20 @@ def main() -> None:
     parser.add_argument("--entries", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--reps", type=int, default=9)
+    parser.add_argument("--out", help="also write the figures to this JSON file")
     args = parser.parse_args()
+    rows = []
     with tempfile.TemporaryDirectory() as cache:
         os.environ["GRADIO_TEMP_DIR"] = cache  # read by gradio.utils.get_upload_folder on each call
         for entries in args.entries:
             seconds = refresh_seconds(entries, args.size, args.reps)
+            rows.append({"entries": entries, "size": args.size, "reps": args.reps, **seconds})
             print(f"{entries} entries at {args.size}: first refresh {seconds['first'] * 1e3:.1f} ms, "
                   f"later refreshes {seconds['later'] * 1e3:.2f} ms (median of {args.reps})")
+    if args.out:
+        machine = {"cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "python": platform.python_version()}
+        with open(args.out, "w", encoding="utf-8") as out:
+            json.dump({"machine": machine, "refreshes": rows}, out, indent=1)
 
 
 if __name__ == "__main__":
