@@ -20,6 +20,7 @@ import json
 import re
 from concurrent.futures import Executor
 from pathlib import Path
+from typing import BinaryIO
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -184,13 +185,15 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
     return path
 
 
-def read_png_parameters(image: Image.Image | str | Path) -> str | None:
-    """The `parameters` text of a PNG (an open image or a path), or None when it has none.
+def read_png_parameters(image: Image.Image | str | Path | BinaryIO) -> str | None:
+    """The `parameters` text of a PNG (an open image, a path or a binary stream), or None when it has none.
 
-    A path is read chunk by chunk without decoding any pixels (`png_text`).
+    A path or a stream is read chunk by chunk without decoding any pixels (`png_text`).
     """
     if isinstance(image, (str, Path)):
         return png_text(Path(image), PARAMETERS_KEY)
+    if not isinstance(image, Image.Image):
+        return png_text(image, PARAMETERS_KEY)
     text = image.info.get(PARAMETERS_KEY)
     if text is None and hasattr(image, "text"):
         text = image.text.get(PARAMETERS_KEY)
@@ -226,28 +229,31 @@ def _inflate(data: bytes) -> bytes:
     return out
 
 
-def png_text(path: Path, key: str) -> str | None:
-    """The text stored under `key` in a PNG's text chunks, reading chunk headers only (no pixel is decoded).
+def png_text(source: Path | BinaryIO, key: str) -> str | None:
+    """The text stored under `key` in a PNG's text chunks (a file, or a binary stream read from where it is),
+    reading chunk headers only (no pixel is decoded).
 
-    Raises OSError for a file that is not a PNG or is cut short before its text.
+    Raises OSError for data that is not a PNG or is cut short before its text.
     """
-    with open(path, "rb") as file:
-        if file.read(8) != PNG_SIGNATURE:
-            raise OSError("not a PNG file")
-        while True:
-            header = file.read(8)
-            if len(header) < 8:
-                return None
-            length, kind = int.from_bytes(header[:4], "big"), header[4:]
-            if kind in (b"tEXt", b"zTXt", b"iTXt") and length <= MAX_TEXT_BYTES:
-                data = file.read(length)
-                if len(data) < length:
-                    raise OSError("the PNG file is truncated")
-                text = _text_of(kind, data, key)
-                if text is not None:
-                    return text
-                file.seek(4, 1)  # CRC
-            elif kind == b"IEND":
-                return None
-            else:
-                file.seek(length + 4, 1)  # skip the data (pixels included) and the CRC
+    if isinstance(source, Path):
+        with open(source, "rb") as file:
+            return png_text(file, key)
+    if source.read(8) != PNG_SIGNATURE:
+        raise OSError("not a PNG file")
+    while True:
+        header = source.read(8)
+        if len(header) < 8:
+            return None
+        length, kind = int.from_bytes(header[:4], "big"), header[4:]
+        if kind in (b"tEXt", b"zTXt", b"iTXt") and length <= MAX_TEXT_BYTES:
+            data = source.read(length)
+            if len(data) < length:
+                raise OSError("the PNG file is truncated")
+            text = _text_of(kind, data, key)
+            if text is not None:
+                return text
+            source.seek(4, 1)  # CRC
+        elif kind == b"IEND":
+            return None
+        else:
+            source.seek(length + 4, 1)  # skip the data (pixels included) and the CRC

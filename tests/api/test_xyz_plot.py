@@ -20,7 +20,7 @@ from sd2_app.api.checks import Limits
 from sd2_app.api.validation import validate
 from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.pipelines.metadata import parse_parameters
-from tests.ui_doubles import fake_catalog, fake_service
+from tests.ui_doubles import fake_catalog, fake_service, spy_on_plot_checks
 
 CATALOG = fake_catalog()
 
@@ -284,12 +284,7 @@ def test_the_cells_add_up_against_the_job_cost_cap() -> None:
 def test_running_a_plot_checks_each_cell_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The Service's run plans the cells validation checked: a 2x2 plot is the base and four cells, checked once
     each."""
-    import sd2_app.api.plot as plot_module
-
-    checked: list[object] = []
-    validate_task = plot_module.validate_task
-    monkeypatch.setattr(plot_module, "validate_task",
-                        lambda request, *args: checked.append(request) or validate_task(request, *args))
+    checked = spy_on_plot_checks(monkeypatch)
     result = fake_service(None).run(_plot(PlotAxis("steps", "1, 2"), PlotAxis("seed", "3, 4")))
     assert len(checked) == 1 + 4
     assert [cell["steps"] for cell in result.cells] == [1, 2, 1, 2] and len(result.images) == 1 + 4
