@@ -85,7 +85,8 @@ def second_pass(
     assert hires is not None
     factor = vae_factor(components.vae)
     job = start_job(components, replace(request, sampling=hires_sampling(request.sampling, hires)),
-                    strength=hires.denoising_strength, mode=mode)  # a fresh generator seeded with the request's seed
+                    strength=hires.denoising_strength, mode=mode,  # a fresh generator seeded with the request's seed
+                    first_pass=request.sampling)  # prompt editing counts on from the first pass (A1111's hr conds)
     if isinstance(start, torch.Tensor):
         init = start.float()
     else:

@@ -11,7 +11,7 @@ import torch
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.loop import Conditioning, LatentProgressFn, Tiling, run_sampling
 from sd2_app.pipelines.output import PipelineOutput
-from sd2_app.pipelines.prompt import encode_prompt_pair
+from sd2_app.pipelines.prompt_schedule import encode_prompt_schedule, prompt_steps
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.vae_io import decode_in
 from sd2_app.api.requests import Sampling, TaskRequest
@@ -75,10 +75,11 @@ class Job:
     components: Components
     sampling: Sampling
     generator: NoiseSource  # the request's own; a batch of requests has each one's (samplers.base.GeneratorParts)
-    context: torch.Tensor  # (2B|B, 77·k, D), uncond first when guided; k chunks of 77 tokens
+    context: torch.Tensor  # (2B|B, 77·k, D), uncond first when guided; k chunks of 77 tokens; (P, ...) with phases
     plan: SamplingPlan
     mode: RunMode = NORMAL  # this attempt's precision and memory switches (the fallback ladder's choice)
     embeddings: list[TextualInversion] = field(default_factory=list)  # what the prompts used (EncodedPrompts)
+    phases: tuple[int, ...] = ()  # prompt editing/alternation: the context phase of each UNet call (Conditioning)
 
     @property
     def rows(self) -> int:
@@ -102,7 +103,7 @@ class Job:
         """Run the one loop on `x` (B, 4, h, w) with the task's extra channels; returns VAE-space latents."""
         c = self.components
         return run_sampling(
-            c.unet, Conditioning(context=self.context, concat=concat, class_labels=class_labels), x,
+            c.unet, Conditioning(context=self.context, concat=concat, class_labels=class_labels, phases=self.phases), x,
             self.plan.schedule, self.plan.spec, cfg_scale=self.sampling.cfg_scale,
             guidance_rescale=self.sampling.guidance_rescale, prediction_type=c.scheduler_config.prediction_type,
             generator=self.generator, on_step=on_step, tiling=tiling, sampler_options=self.plan.options,
@@ -132,15 +133,18 @@ class PreparedRun:
         return self.finish(self.job.denoise(self.start, on_step=on_step))
 
 
-def start_job(components: Components, request: TaskRequest, *, strength: float | None = None, mode: RunMode = NORMAL) -> Job:
-    """Seeded generator, encoded prompts ([uncond; cond]) and the sampling plan for `request`, run in `mode`."""
+def start_job(components: Components, request: TaskRequest, *, strength: float | None = None, mode: RunMode = NORMAL,
+              first_pass: Sampling | None = None) -> Job:
+    """Seeded generator, encoded prompts ([uncond; cond], a phase per prompt-schedule step) and the sampling plan
+    for `request`, run in `mode`. `first_pass`: the hires fix's first pass, when this is its second pass (the
+    prompt schedule's steps count on from it)."""
     sampling = request.sampling
     assert sampling.seed is not None, "the service resolves the seed before calling a pipeline"
     generator = make_generator(components.device, sampling.seed)
-    encoded = encode_prompt_pair(
+    encoded = encode_prompt_schedule(
         components.text_encoder, components.tokenizer, request.prompt, request.negative_prompt,
         batch_size=sampling.batch_size, use_cfg=sampling.cfg_scale > 1.0, device=components.device,
-        embeddings=components.embeddings,
+        steps=prompt_steps(sampling, first_pass), embeddings=components.embeddings,
     )
     plan = plan_sampling(components.scheduler_config, sampling, strength=strength)
-    return Job(components, sampling, generator, encoded.context, plan, mode, encoded.embeddings)
+    return Job(components, sampling, generator, encoded.context, plan, mode, encoded.embeddings, encoded.phases)
