@@ -16,24 +16,20 @@ gives the very context it always did, and a phase's context is what that pair gi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
+from sd2_app.checkpoints.components import Components
 from sd2_app.errors import InvalidRequest
-from sd2_app.nn.clip_text import TextEncoder
 from sd2_app.pipelines.prompt import EncodedPrompts, encode_prompt_pair, encode_weighted_chunks
 from sd2_app.pipelines.prompt_chunks import CHUNK_LENGTH, empty_chunk
 from sd2_app.prompt_editing import Schedule, prompt_schedule
 from sd2_app.samplers.registry import SAMPLERS
 
 if TYPE_CHECKING:
-    from transformers import CLIPTokenizer
-
     from sd2_app.api.requests import Sampling
-    from sd2_app.loading.embeddings import TextualInversion
 
 MAX_PHASE_CHUNKS = 64  # phases x chunks per phase: bounds the encoder's work and the contexts' memory
 
@@ -85,19 +81,10 @@ def _check_cost(phases: int, chunks: int) -> None:
         )
 
 
-def encode_prompt_schedule(
-    text_encoder: TextEncoder,
-    tokenizer: CLIPTokenizer,
-    prompt: str,
-    negative_prompt: str,
-    *,
-    batch_size: int,
-    use_cfg: bool,
-    device: torch.device,
-    steps: PromptSteps,
-    embeddings: Mapping[str, TextualInversion] | None = None,
-) -> EncodedPrompts:
-    """`encode_prompt_pair` for each phase of the prompts' schedules (the negative one's only with guidance).
+def encode_prompt_schedule(components: Components, prompt: str, negative_prompt: str, *, batch_size: int,
+                           use_cfg: bool, steps: PromptSteps) -> EncodedPrompts:
+    """`encode_prompt_pair` for each phase of the prompts' schedules (the negative one's only with guidance),
+    with the components' text encoder, tokenizer, device and embeddings.
 
     One phase: exactly `encode_prompt_pair`'s context, `phases` (). Several: context (P, 2B|B, 77·k, D) and
     the phase of every UNet call. Raises InvalidRequest for a prompt over the chunk limit or a schedule over
@@ -109,9 +96,11 @@ def encode_prompt_schedule(
     pairs, order = call_phases(positive, negative, steps.calls)
     _check_cost(len(pairs), 1)
 
+    c = components
+
     def encode(pair: tuple[str, str]) -> EncodedPrompts:
-        return encode_prompt_pair(text_encoder, tokenizer, *pair, batch_size=batch_size, use_cfg=use_cfg,
-                                  device=device, embeddings=embeddings)
+        return encode_prompt_pair(c.text_encoder, c.tokenizer, *pair, batch_size=batch_size, use_cfg=use_cfg,
+                                  device=c.device, embeddings=c.embeddings)
 
     if len(pairs) == 1:
         return encode(pairs[0])
@@ -120,7 +109,7 @@ def encode_prompt_schedule(
     _check_cost(len(pairs), max(lengths) // CHUNK_LENGTH)
     if len(set(lengths)) > 1:
         with torch.no_grad():
-            empty = encode_weighted_chunks(text_encoder, [empty_chunk(tokenizer)], device)  # (1, 77, D)
+            empty = encode_weighted_chunks(c.text_encoder, [empty_chunk(c.tokenizer)], c.device)  # (1, 77, D)
         for e in encoded:
             missing = (max(lengths) - e.context.shape[1]) // CHUNK_LENGTH  # chunks this phase lacks
             e.context = torch.cat([e.context, empty.repeat(e.context.shape[0], missing, 1)], dim=1)

@@ -141,10 +141,8 @@ def start_job(components: Components, request: TaskRequest, *, strength: float |
     sampling = request.sampling
     assert sampling.seed is not None, "the service resolves the seed before calling a pipeline"
     generator = make_generator(components.device, sampling.seed)
-    encoded = encode_prompt_schedule(
-        components.text_encoder, components.tokenizer, request.prompt, request.negative_prompt,
-        batch_size=sampling.batch_size, use_cfg=sampling.cfg_scale > 1.0, device=components.device,
-        steps=prompt_steps(sampling, first_pass), embeddings=components.embeddings,
-    )
+    encoded = encode_prompt_schedule(components, request.prompt, request.negative_prompt,
+                                     batch_size=sampling.batch_size, use_cfg=sampling.cfg_scale > 1.0,
+                                     steps=prompt_steps(sampling, first_pass))
     plan = plan_sampling(components.scheduler_config, sampling, strength=strength)
     return Job(components, sampling, generator, encoded.context, plan, mode, encoded.embeddings, encoded.phases)
