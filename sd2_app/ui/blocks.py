@@ -49,7 +49,8 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
     `close()` stops the jobs and waits for the results still being saved (`sd2_app.ui.lifecycle`).
     """
     visitors = Visitors(max_jobs=hosting.max_jobs_per_visitor, max_jobs_per_address=hosting.max_jobs_per_address,
-                        addresses=ClientAddresses(trusted_hops=hosting.trusted_proxy_hops))
+                        addresses=ClientAddresses(trusted_hops=hosting.trusted_proxy_hops),
+                        queue_size=hosting.queue_size)
     flags = StopFlags(visitors)
     examples = _examples(assets)
     with AppBlocks(service, flags, hosting, title=TITLE, analytics_enabled=False) as demo:
