@@ -35,6 +35,7 @@ from PIL import Image
 
 from sd2_app.api import a1111
 from sd2_app.api.a1111_auth import basic_auth
+from sd2_app.api.a1111_catalog import catalog_routes, png_info_routes
 from sd2_app.api.address_jobs import AddressJobs
 from sd2_app.api.cost import LATENT_FACTOR
 from sd2_app.api.gpu_time import gpu, seconds_for
@@ -135,6 +136,19 @@ class A1111Api:
         if text.lower() in labels:
             return labels[text.lower()]
         raise InvalidRequest(f"Unknown checkpoint {str(name)[:100]!r}; choose one of: {', '.join(self.service.catalog.tasks)}.")
+
+    def upscaler(self, name: Any) -> str:
+        """The checkpoint key of the upscaler `name` (a key or a label, as /upscalers lists them)."""
+        keys = [key for key, tasks in self.service.catalog.tasks.items() if "upscale" in tasks]
+        try:
+            key = self.resolve(name)
+        except InvalidRequest:
+            key = None
+        if key not in keys:
+            offered = ", ".join(repr(self.service.catalog.labels.get(k, k)) for k in keys) or "none"
+            raise InvalidRequest(f"Unknown upscaler {str(name)[:100]!r}; this server has {offered} "
+                                 "(see /sdapi/v1/upscalers).")
+        return key
 
     def set_options(self, options: Mapping[str, Any], client: Request) -> None:
         """A new `sd_model_checkpoint` is loaded through the GPU gate, like a job: while it loads it holds a place
@@ -293,13 +307,13 @@ def build_router(api: A1111Api) -> APIRouter:
     router = APIRouter(prefix=PREFIX, dependencies=[Depends(basic_auth(api.auth))])
     _generation_routes(router, api)
     _job_routes(router, api)
-    _catalog_routes(router, api)
+    catalog_routes(router, api)
+    png_info_routes(router, api)
     return router
 
 
 def _generation_routes(router: APIRouter, api: A1111Api) -> None:
     """/txt2img, /img2img (and inpaint) and /extra-single-image: each a job through `A1111Api.run`."""
-    catalog = api.service.catalog
     names = api.service.samplers
     max_images = api.service.limits.max_batch
 
@@ -319,9 +333,7 @@ def _generation_routes(router: APIRouter, api: A1111Api) -> None:
     def extra_single_image(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         def call() -> dict[str, Any]:
             upscaler = body.get("upscaler_1")
-            key = api.resolve(upscaler) if upscaler not in (None, "None") else api._first_for("upscale")
-            if "upscale" not in catalog.tasks[key]:
-                raise InvalidRequest(f"{upscaler!r} is not an upscaler; see /sdapi/v1/upscalers.")
+            key = api.upscaler(upscaler) if upscaler not in (None, "None") else api._first_for("upscale")
             out = api.run("upscale", lambda: a1111.upscale_job(body, key), body, client)
             return {"html_info": "", "image": out["images"][0] if out["images"] else None}
 
@@ -347,32 +359,3 @@ def _job_routes(router: APIRouter, api: A1111Api) -> None:
     @router.post("/options")
     def set_options(client: Request, body: dict[str, Any] = Body(...)) -> None:
         _errors_as_http(lambda: api.set_options(body, client))
-
-
-def _catalog_routes(router: APIRouter, api: A1111Api) -> None:
-    """What the server offers: checkpoints, samplers, schedulers, upscalers and (no) scripts."""
-    catalog = api.service.catalog
-    names = api.service.samplers
-
-    @router.get("/sd-models")
-    def sd_models() -> list[dict[str, Any]]:
-        return [{"title": key, "model_name": key, "hash": None, "sha256": None,
-                 "filename": catalog.labels.get(key, key), "config": None} for key in catalog.tasks]
-
-    @router.get("/samplers")
-    def samplers() -> list[dict[str, Any]]:
-        return [{"name": name, "aliases": [], "options": {}} for name in names()]
-
-    @router.get("/schedulers")
-    def schedulers() -> list[dict[str, Any]]:
-        return [{"name": name, "label": label, "aliases": None, "default_rho": 7.0 if name == "karras" else -1,
-                 "need_inner_model": False} for name, label in a1111.SCHEDULERS.items()]
-
-    @router.get("/upscalers")
-    def upscalers() -> list[dict[str, Any]]:
-        return [{"name": catalog.labels.get(key, key), "model_name": key, "model_path": None, "model_url": None,
-                 "scale": 4} for key, tasks in catalog.tasks.items() if "upscale" in tasks]
-
-    @router.get("/scripts")
-    def scripts() -> dict[str, list[str]]:
-        return {"txt2img": [], "img2img": []}
