@@ -142,7 +142,7 @@ def test_one_ui_job_and_one_api_job_fill_a_queue_size_of_two(full_app, reliabili
             history = Client(url, verbose=False).predict(api_name="/history")
         finally:
             stop_queued_jobs(demo)
-            interrupt_api_jobs(url, api_job_count(url))
+            interrupt_api_jobs(url, api_job_count(url), forwarded_for="203.0.113.61")
         assert api.result(timeout=120).status_code == 200  # interrupted: the steps done so far
     assert (third_ui.status_code, third_ui.json().get("detail")) == (400, BUSY), third_ui.text
     assert still == (1, 1)  # the refused jobs took no place: the API's one job, the queue's one (the UI's)
