@@ -39,6 +39,14 @@ _PIECE = re.compile(
     re.VERBOSE,
 )
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
+# A1111 syntax we do not support (see `unsupported_syntax`), each with what A1111 calls it:
+UNSUPPORTED = (
+    # modules/prompt_parser.py, the `scheduled` rule: [from:to:when], [to:when], [from::when]
+    ("prompt editing", re.compile(r"(?<!\\)\[[^\[\]\\]*:\s*[+-]?(?:\d+\.?\d*|\.\d+)\s*\]")),
+    ("alternation", re.compile(r"(?<!\\)\[[^\[\]\\]*\|[^\[\]\\]*\]")),  # the `alternate` rule: [a|b]
+    ("composable prompts", re.compile(r"\bAND\b")),  # re_AND: sub-prompts encoded apart and added up
+    ("LoRA/extra network", re.compile(r"<\w+:[^>]+>")),  # modules/extra_networks.py re_extra_net: <lora:name:0.8>
+)
 
 
 @dataclass(frozen=True)
@@ -143,3 +151,14 @@ def escape(text: str) -> str:
     """`text` with brackets and backslashes escaped, so that it parses back to itself at weight 1."""
     return re.sub(r"([()\[\]\\])", r"\\\1", text)
 
+
+def unsupported_syntax(prompt: str) -> list[tuple[str, str]]:
+    """(A1111's name of the feature, its first use in `prompt`) for each piece of A1111 prompt syntax that we do
+    not support (prompt editing, alternation, AND, LoRA and other extra networks), in `UNSUPPORTED`'s order.
+    `parse_attention` reads them as text with the bracket rules, so the caller can say so."""
+    found = []
+    for name, pattern in UNSUPPORTED:
+        match = pattern.search(prompt)
+        if match:
+            found.append((name, match.group(0)))
+    return found

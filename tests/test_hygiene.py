@@ -4,6 +4,7 @@ and the package keeps no process-wide mutable state besides the model manager (d
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -141,15 +142,19 @@ def test_ui_modules_do_not_import_torch() -> None:
 
 
 @pytest.mark.slow
-def test_the_app_without_serve_does_not_import_ray() -> None:
+def test_the_app_without_serve_does_not_import_ray(tmp_path: Path) -> None:
     """Ray is optional: building the local app (tiny checkpoints) never imports it, even where it is installed."""
+    from tests.reliability_support import link_tiny_cache
+
     probe = (
         "import sys, app\n"
         "from sd2_app import webapp\n"
         "webapp.build(app.parse_args(['--tiny', '--device', 'cpu', '--no-save']))\n"
         "print('ray' in sys.modules)\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "SD2APP_CACHE": str(link_tiny_cache(tmp_path / "cache"))}  # not the user's ~/.cache
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == "False"
 

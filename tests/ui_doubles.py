@@ -147,3 +147,14 @@ def fake_service(tmp_path: Any = None, step_delay_s: float = 0.0, **kwargs: Any)
         preview_every=2,
         **kwargs,
     )
+
+
+def spy_on_plot_checks(monkeypatch: Any) -> list[Any]:
+    """The requests `sd2_app.api.plot` validates from now on (its `validate_task`, still run), in call order."""
+    import sd2_app.api.plot as plot_module
+
+    checked: list[Any] = []
+    validate_task = plot_module.validate_task
+    monkeypatch.setattr(plot_module, "validate_task",
+                        lambda request, *args: checked.append(request) or validate_task(request, *args))
+    return checked

@@ -113,8 +113,8 @@ def check_fields(body: Mapping[str, Any], supported: frozenset[str] | set[str]) 
         log.info("A1111 API: ignoring unknown field(s) %s", ", ".join(sorted(unknown)[:20]))
 
 
-def decode_image(value: Any, what: str) -> Image.Image:
-    """A base64 image (raw or a data URL), opened lazily: validation checks its size from the header."""
+def image_bytes(value: Any, what: str) -> bytes:
+    """The file of a base64 image (raw or a data URL) that claims to be a PNG, JPEG or WebP (its magic bytes)."""
     if not isinstance(value, str) or not value:
         raise InvalidRequest(f"{what} must be a base64-encoded PNG, JPEG or WebP image.")
     if len(value) > MAX_BASE64_CHARS:
@@ -127,6 +127,12 @@ def decode_image(value: Any, what: str) -> Image.Image:
         raise InvalidRequest(f"{what} is not valid base64 ({error}).") from error
     if not data.startswith(IMAGE_MAGIC) or (data.startswith(b"RIFF") and data[8:12] != b"WEBP"):
         raise InvalidRequest(f"{what} must be a PNG, JPEG or WebP image.")
+    return data
+
+
+def decode_image(value: Any, what: str) -> Image.Image:
+    """A base64 image (`image_bytes`), opened lazily: validation checks its size from the header."""
+    data = image_bytes(value, what)
     try:
         return Image.open(io.BytesIO(data))
     except (OSError, Image.DecompressionBombError) as error:

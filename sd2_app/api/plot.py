@@ -242,7 +242,7 @@ def grid_parameters(request: XYZPlotRequest, first_text: str) -> str:
         for key in AXES[axis.kind].metadata_keys:
             parsed.pop(key, None)
     for name, axis in axes:
-        parsed[f"{name} Type"] = AXES[axis.kind].label
+        parsed[f"{name} Type"] = AXES[axis.kind].type_label
         parsed[f"{name} Values"] = axis_values_text(axis.values)
     return format_parameters(request.base.prompt, request.base.negative_prompt, parsed)
 

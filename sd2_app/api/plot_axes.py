@@ -39,6 +39,12 @@ class AxisKind:
     metadata_keys: tuple[str, ...]  # parameters-text keys this axis changes (left out of the grid's text)
     img2img_only: bool = False
     label_with_name: bool = True  # "Steps: 20" rather than "20"
+    a1111_label: str = ""  # A1111's name of the same axis (scripts/xyz_grid.py) where its values mean the same
+
+    @property
+    def type_label(self) -> str:
+        """The grid's "X Type" value: A1111's name where it has the axis, so A1111 reads it back; else ours."""
+        return self.a1111_label or self.label
 
     def cell_label(self, value: Any) -> str:
         text = format_value(value)
@@ -56,17 +62,20 @@ def _set(field: str) -> Callable[[PlotBase, Any], PlotBase]:
 
 
 AXES: dict[str, AxisKind] = {
-    "sampler": AxisKind("Sampler", "sampler", _set_sampling("sampler"), ("Sampler",), label_with_name=False),
-    "steps": AxisKind("Steps", "int", _set_sampling("steps"), ("Steps",)),
-    "cfg_scale": AxisKind("CFG scale", "float", _set_sampling("cfg_scale"), ("CFG scale",)),
-    "seed": AxisKind("Seed", "int", _set_sampling("seed"), ("Seed",)),
-    "checkpoint": AxisKind("Checkpoint", "checkpoint", _set("checkpoint"), ("Model",), label_with_name=False),
+    "sampler": AxisKind("Sampler", "sampler", _set_sampling("sampler"), ("Sampler",), label_with_name=False,
+                        a1111_label="Sampler"),
+    "steps": AxisKind("Steps", "int", _set_sampling("steps"), ("Steps",), a1111_label="Steps"),
+    "cfg_scale": AxisKind("CFG scale", "float", _set_sampling("cfg_scale"), ("CFG scale",), a1111_label="CFG Scale"),
+    "seed": AxisKind("Seed", "int", _set_sampling("seed"), ("Seed",), a1111_label="Seed"),
+    "checkpoint": AxisKind("Checkpoint", "checkpoint", _set("checkpoint"), ("Model",), label_with_name=False,
+                           a1111_label="Checkpoint name"),
     "use_karras": AxisKind("Karras", "bool", _set_sampling("use_karras"), ("Schedule type",)),
     "guidance_rescale": AxisKind("Guidance rescale", "float", _set_sampling("guidance_rescale"),
                                  ("Guidance rescale",)),
     "strength": AxisKind("Denoising strength", "float", _set("strength"), ("Denoising strength",),
-                         img2img_only=True),
-    "prompt_sr": AxisKind("Prompt S/R", "text", lambda request, value: request, (), label_with_name=False),
+                         img2img_only=True, a1111_label="Denoising"),
+    "prompt_sr": AxisKind("Prompt S/R", "text", lambda request, value: request, (), label_with_name=False,
+                          a1111_label="Prompt S/R"),
 }
 AXIS_NAMES = ("X", "Y", "Z")
 
@@ -109,8 +118,7 @@ def _expand_range(token: str, value_type: str, what: str, max_values: int) -> li
         count = int(counted.group(3))
         if not 1 <= count <= max_values:
             raise InvalidRequest(f"{what}: {token!r} asks for {count} values; an axis may have 1 to {max_values}.")
-        values = [start + (end - start) * i / max(1, count - 1) for i in range(count)] if count > 1 else [start]
-        return [int(v) for v in values] if value_type == "int" else [float(v) for v in values]
+        return [int(v) for v in _spaced(start, end, count)] if value_type == "int" else _spaced(start, end, count)
     step = _to_number(match.group(3), value_type, what) if match.group(3) else (1 if end >= start else -1)
     if step == 0 or (end - start) * step < 0:
         raise InvalidRequest(f"{what}: the step of {token!r} never reaches {format_value(end)}.")
@@ -119,6 +127,16 @@ def _expand_range(token: str, value_type: str, what: str, max_values: int) -> li
         raise InvalidRequest(f"{what}: {token!r} gives {count} values; an axis may have at most {max_values}.")
     values = [start + i * step for i in range(count)]
     return [round(v, 10) for v in values] if value_type == "float" else values
+
+
+def _spaced(start: float, end: float, count: int) -> list[float]:
+    """`count` evenly spaced values from `start` to `end`, computed as numpy.linspace computes them (A1111's
+    "[n]" ranges use it): start + i * step, the last value exactly `end` (so "0.2-1 [4]" ends at 1.0, not at
+    1.0000000000000002, which a strength axis would refuse)."""
+    if count == 1:
+        return [float(start)]
+    step = (end - start) / (count - 1)
+    return [float(start + i * step) for i in range(count - 1)] + [float(end)]
 
 
 def _boolean(token: str, what: str) -> bool:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from PIL import Image
 
@@ -355,7 +355,7 @@ class Service:
 
     # ---- PNG info ----------------------------------------------------------------------------------
     @staticmethod
-    def read_parameters(image: Image.Image | str | Path) -> tuple[str | None, dict[str, Any]]:
+    def read_parameters(image: Image.Image | str | Path | BinaryIO) -> tuple[str | None, dict[str, Any]]:
         """The A1111 `parameters` text of a PNG and its parsed fields ({} when it has none)."""
         text = read_png_parameters(image)
         return text, (parse_parameters(text) if text else {})

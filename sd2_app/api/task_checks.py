@@ -31,7 +31,7 @@ from sd2_app.api.requests import (
 )
 from sd2_app.api.txt2img_options import check_hires, check_seed_extras
 from sd2_app.errors import InvalidRequest
-from sd2_app.prompt_syntax import MAX_WEIGHT, clamped_weights
+from sd2_app.prompt_syntax import MAX_WEIGHT, clamped_weights, unsupported_syntax
 
 MAX_NOISE_LEVEL = 350  # x4 upscaler's model_index.json
 
@@ -101,6 +101,17 @@ def weight_warnings(prompt: str, label: str, shown: int = 3) -> list[str]:
             f"{'were' if plural else 'was'} used."]
 
 
+def syntax_warnings(prompt: str, label: str) -> list[str]:
+    """The warning for A1111 prompt syntax we do not support (prompt_syntax.unsupported_syntax), naming each
+    kind found with its first use; [] when there is none."""
+    found = unsupported_syntax(prompt)
+    if not found:
+        return []
+    uses = ", ".join(f'{name} "{text if len(text) <= 30 else text[:29] + "…"}"' for name, text in found)
+    return [f"The {label} uses A1111 syntax that this app does not support: {uses}. It is read as plain text "
+            "(brackets still weight what they enclose); see the README's Prompts section."]
+
+
 def _strength(value: Any, steps: int) -> float:
     strength = number(value, "Strength", 0.0, 1.0)
     if int(steps * strength) < 1:
@@ -122,9 +133,10 @@ def _validate_fields(request: TaskRequest, catalog: Catalog, limits: Limits) -> 
         "checkpoint": _checkpoint(request.checkpoint, task, catalog),
         "sampling": _sampling(request.sampling, catalog, limits),
     }
-    warnings += weight_warnings(common["prompt"], "prompt")
+    warnings += weight_warnings(common["prompt"], "prompt") + syntax_warnings(common["prompt"], "prompt")
     if common["sampling"].cfg_scale > 1.0:  # the negative prompt is read only with guidance
-        warnings += weight_warnings(common["negative_prompt"], "negative prompt")
+        negative = common["negative_prompt"]
+        warnings += weight_warnings(negative, "negative prompt") + syntax_warnings(negative, "negative prompt")
     fields = {  # each task's own fields, checked and completed into `common`
         Txt2ImgRequest: _txt2img_fields, Img2ImgRequest: _img2img_fields, InpaintRequest: _inpaint_fields,
         UpscaleRequest: _upscale_fields, DepthRequest: _depth_fields,

@@ -7,7 +7,10 @@ Format (the one AUTOMATIC1111's web UI writes, so other tools can read our image
     Steps: 25, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 1, Size: 512x512, ...
 
 The last line is `key: value` pairs separated by ", "; a value containing a comma, a colon or a quote is
-written as a JSON string. Prompts may span several lines.
+written as a JSON string. Prompts may span several lines. Reading follows A1111's
+modules/infotext_utils.py (`parse_generation_parameters`): trailing blank lines are ignored, the last line is the
+settings line when at least three pairs are found in it (anything between pairs that is no pair is skipped), and
+"Negative prompt:" starts the negative prompt with or without a space after the colon.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import re
 from concurrent.futures import Executor
 from pathlib import Path
+from typing import BinaryIO
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -36,12 +40,12 @@ AI_GENERATED_XMP = (
     f'Iptc4xmpExt:DigitalSourceType="{DIGITAL_SOURCE_TYPE}"/>'
     '</rdf:RDF></x:xmpmeta><?xpacket end="r"?>'
 )
-_NEGATIVE = "Negative prompt: "
+_NEGATIVE = "Negative prompt:"
 SettingValue = str | int | float | bool | None  # one value of the settings line (None: left out when written)
 Settings = dict[str, SettingValue]  # the settings line's pairs, in their order
 # One `key: value` pair of the settings line: a quoted JSON string or text up to the next ", ".
 _PAIR = re.compile(r'\s*([\w ./+\-()]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
-_SETTINGS_LINE = re.compile(r"^(?:[\w ./+\-()]+: (?:\"(?:\\.|[^\\\"])*\"|[^,]*)(?:, |$))+$")
+MIN_SETTINGS_PAIRS = 3  # A1111 reads a last line with fewer pairs as part of the prompt
 
 
 def _quote(value: str) -> str:
@@ -66,7 +70,7 @@ def format_parameters(prompt: str, negative_prompt: str, settings: Settings) -> 
     """Build the text; `settings` keeps its order (Steps, Sampler, ... first by convention)."""
     lines = [prompt]
     if negative_prompt:
-        lines.append(_NEGATIVE + negative_prompt)
+        lines.append(f"{_NEGATIVE} {negative_prompt}")
     lines.append(", ".join(f"{key}: {_format_value(value)}" for key, value in settings.items() if value is not None))
     return "\n".join(lines)
 
@@ -88,23 +92,27 @@ def parse_parameters(text: str) -> Settings:
     """Inverse of `format_parameters`: {"Prompt", "Negative prompt", then every setting with typed values}.
 
     Numbers come back as int/float, True/False as bool, quoted strings unquoted. "Size: WxH" stays a string;
-    `size_of(params)` turns it into (width, height).
+    `size_of(params)` turns it into (width, height). Text from other tools is read by A1111's rules (see the
+    module's docstring).
     """
     lines = text.split("\n")
     settings: Settings = {}
-    if lines and _SETTINGS_LINE.match(lines[-1].strip()) and lines[-1].strip():
-        for match in _PAIR.finditer(lines[-1].strip()):
+    stripped = text.rstrip().split("\n")
+    pairs = list(_PAIR.finditer(stripped[-1].strip()))
+    if len(pairs) >= MIN_SETTINGS_PAIRS:
+        for match in pairs:
             key, raw = match.group(1).strip(), match.group(2)
             if key:
                 settings[key] = _parse_value(raw)
-        lines = lines[:-1]
+        lines = stripped[:-1]
     prompt_lines: list[str] = []
     negative_lines: list[str] = []
     in_negative = False
     for line in lines:
         if not in_negative and line.startswith(_NEGATIVE):
             in_negative = True
-            negative_lines.append(line[len(_NEGATIVE) :])
+            rest = line[len(_NEGATIVE):]
+            negative_lines.append(rest[1:] if rest.startswith(" ") else rest)
         elif in_negative:
             negative_lines.append(line)
         else:
@@ -177,13 +185,15 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
     return path
 
 
-def read_png_parameters(image: Image.Image | str | Path) -> str | None:
-    """The `parameters` text of a PNG (an open image or a path), or None when it has none.
+def read_png_parameters(image: Image.Image | str | Path | BinaryIO) -> str | None:
+    """The `parameters` text of a PNG (an open image, a path or a binary stream), or None when it has none.
 
-    A path is read chunk by chunk without decoding any pixels (`png_text`).
+    A path or a stream is read chunk by chunk without decoding any pixels (`png_text`).
     """
     if isinstance(image, (str, Path)):
         return png_text(Path(image), PARAMETERS_KEY)
+    if not isinstance(image, Image.Image):
+        return png_text(image, PARAMETERS_KEY)
     text = image.info.get(PARAMETERS_KEY)
     if text is None and hasattr(image, "text"):
         text = image.text.get(PARAMETERS_KEY)
@@ -219,28 +229,31 @@ def _inflate(data: bytes) -> bytes:
     return out
 
 
-def png_text(path: Path, key: str) -> str | None:
-    """The text stored under `key` in a PNG's text chunks, reading chunk headers only (no pixel is decoded).
+def png_text(source: Path | BinaryIO, key: str) -> str | None:
+    """The text stored under `key` in a PNG's text chunks (a file, or a binary stream read from where it is),
+    reading chunk headers only (no pixel is decoded).
 
-    Raises OSError for a file that is not a PNG or is cut short before its text.
+    Raises OSError for data that is not a PNG or is cut short before its text.
     """
-    with open(path, "rb") as file:
-        if file.read(8) != PNG_SIGNATURE:
-            raise OSError("not a PNG file")
-        while True:
-            header = file.read(8)
-            if len(header) < 8:
-                return None
-            length, kind = int.from_bytes(header[:4], "big"), header[4:]
-            if kind in (b"tEXt", b"zTXt", b"iTXt") and length <= MAX_TEXT_BYTES:
-                data = file.read(length)
-                if len(data) < length:
-                    raise OSError("the PNG file is truncated")
-                text = _text_of(kind, data, key)
-                if text is not None:
-                    return text
-                file.seek(4, 1)  # CRC
-            elif kind == b"IEND":
-                return None
-            else:
-                file.seek(length + 4, 1)  # skip the data (pixels included) and the CRC
+    if isinstance(source, Path):
+        with open(source, "rb") as file:
+            return png_text(file, key)
+    if source.read(8) != PNG_SIGNATURE:
+        raise OSError("not a PNG file")
+    while True:
+        header = source.read(8)
+        if len(header) < 8:
+            return None
+        length, kind = int.from_bytes(header[:4], "big"), header[4:]
+        if kind in (b"tEXt", b"zTXt", b"iTXt") and length <= MAX_TEXT_BYTES:
+            data = source.read(length)
+            if len(data) < length:
+                raise OSError("the PNG file is truncated")
+            text = _text_of(kind, data, key)
+            if text is not None:
+                return text
+            source.seek(4, 1)  # CRC
+        elif kind == b"IEND":
+            return None
+        else:
+            source.seek(length + 4, 1)  # skip the data (pixels included) and the CRC

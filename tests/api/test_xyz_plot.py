@@ -20,7 +20,7 @@ from sd2_app.api.checks import Limits
 from sd2_app.api.validation import validate
 from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.pipelines.metadata import parse_parameters
-from tests.ui_doubles import fake_catalog, fake_service
+from tests.ui_doubles import fake_catalog, fake_service, spy_on_plot_checks
 
 CATALOG = fake_catalog()
 
@@ -48,6 +48,10 @@ def _plot(x: PlotAxis, y: PlotAxis | None = None, z: PlotAxis | None = None, **b
     ("cfg_scale", "0.5-1 (+0.25)", [0.5, 0.75, 1.0]),
     ("cfg_scale", "0.1-0.3 (+0.1)", [0.1, 0.2, 0.3]),
     ("cfg_scale", "7, 7.5", [7.0, 7.5]),
+    ("cfg_scale", "0.2-1 [4]", [0.2, 0.4666666666666667, 0.7333333333333334, 1.0]),  # numpy.linspace's values
+    ("cfg_scale", "0.05-1 [7]", [0.05, 0.20833333333333331, 0.36666666666666664, 0.525, 0.6833333333333333,
+                                 0.8416666666666667, 1.0]),
+    ("steps", "1-10 [3]", [1, 5, 10]),
     ("use_karras", "on, off, true, False", [True, False, True, False]),
     ("prompt_sr", '"cat, tabby", dog ,  bird', ["cat, tabby", "dog", "bird"]),
     ("sampler", "Euler, DDIM", ["Euler", "DDIM"]),
@@ -251,11 +255,18 @@ def test_an_init_image_makes_an_image_to_image_plot_with_a_strength_axis() -> No
                           on_progress=lambda d, t, p: events.append((d, t)))
     assert events[-1] == (15, 15)  # int(10 * 0.5) + 10 steps: what img2img really runs
     assert [(row["strength"], row["width"], row["height"]) for row in result.cells] == [(0.5, 64, 48), (1.0, 64, 48)]
-    assert parse_parameters(result.parameters)["X Type"] == "Denoising strength"
+    assert parse_parameters(result.parameters)["X Type"] == "Denoising"  # A1111's name of the axis
     assert [c.split(" · ")[0] for c in result.captions[1:]] == ["Denoising strength: 0.5, Steps: 10",
                                                                 "Denoising strength: 1, Steps: 10"]
     with pytest.raises(InvalidRequest, match="Denoising strength: 0.05: Strength 0.05 with 10 steps runs no"):
         validate(XYZPlotRequest(base, PlotAxis("strength", "0.05")), CATALOG)
+
+
+def test_a_counted_strength_range_ends_at_exactly_one() -> None:
+    """A1111's "0.2-1 [4]" ends at 1.0; an end one rounding above 1 would be refused as a strength."""
+    base = Img2ImgRequest("a cat", Image.new("RGB", (64, 48)), sampling=Sampling(steps=10, seed=2))
+    checked, _ = validate(XYZPlotRequest(base, PlotAxis("strength", "0.2-1 [4]")), CATALOG)
+    assert checked.x.values == (0.2, 0.4666666666666667, 0.7333333333333334, 1.0)
 
 
 def test_the_cells_add_up_against_the_job_cost_cap() -> None:
@@ -273,12 +284,7 @@ def test_the_cells_add_up_against_the_job_cost_cap() -> None:
 def test_running_a_plot_checks_each_cell_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The Service's run plans the cells validation checked: a 2x2 plot is the base and four cells, checked once
     each."""
-    import sd2_app.api.plot as plot_module
-
-    checked: list[object] = []
-    validate_task = plot_module.validate_task
-    monkeypatch.setattr(plot_module, "validate_task",
-                        lambda request, *args: checked.append(request) or validate_task(request, *args))
+    checked = spy_on_plot_checks(monkeypatch)
     result = fake_service(None).run(_plot(PlotAxis("steps", "1, 2"), PlotAxis("seed", "3, 4")))
     assert len(checked) == 1 + 4
     assert [cell["steps"] for cell in result.cells] == [1, 2, 1, 2] and len(result.images) == 1 + 4

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ from sd2_app.manager import memory
 from sd2_app.manager.memory import module_bytes
 from sd2_app.nn.unet import UNet
 from sd2_app.checkpoints.catalog import CheckpointSpec
-from sd2_app.testing.tiny import ensure_tiny_repos
+from tests.pipeline_fixtures import tiny_repo
 
 MODULES = ("text_encoder", "vae", "unet")
 
@@ -41,9 +39,7 @@ def _variant(source: Path, target: Path, changed: tuple[str, ...], delta: float)
 def repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """a, b: same text encoder and VAE files, different UNets; c: a different VAE; x, y, z: nothing shared."""
     root = tmp_path_factory.mktemp("repos")
-    # The tiny repos are cached between runs in the same place as the pipeline tests' (rewritten when stale).
-    cache = Path(os.environ.get("SD2_TINY_DIR", Path(tempfile.gettempdir()) / f"sd2-app-tiny-{os.getuid()}"))
-    base = ensure_tiny_repos(cache, kinds=("sd2-base",))["sd2-base"]
+    base = tiny_repo("sd2-base")
     return {
         "a": base,
         "b": _variant(base, root / "b", ("unet",), 0.5),

@@ -162,15 +162,11 @@ def test_a_plot_asks_zerogpu_for_all_its_cells() -> None:
 def test_a_plots_duration_checks_each_cell_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """`seconds_for` prices the cells that validating the plot planned: 64 cells are checked once each, and the
     duration is the sum of the cells' work."""
-    import sd2_app.api.plot as plot_module
     from sd2_app.api.requests import PlotAxis, XYZPlotRequest
     from sd2_app.api.service import Service
-    from tests.ui_doubles import FakeManager
+    from tests.ui_doubles import FakeManager, spy_on_plot_checks
 
-    checked: list[object] = []
-    validate_task = plot_module.validate_task
-    monkeypatch.setattr(plot_module, "validate_task",
-                        lambda request, *args: checked.append(request) or validate_task(request, *args))
+    checked = spy_on_plot_checks(monkeypatch)
     service = Service(FakeManager(), outputs_dir=None, allowed_repos=())
     base = Txt2ImgRequest("x", checkpoint="sd21-base", width=512, height=512,
                           sampling=Sampling(sampler="Euler", steps=20, cfg_scale=7.5, seed=1))

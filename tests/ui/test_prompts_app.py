@@ -21,7 +21,7 @@ from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from sd2_app.errors import InvalidRequest  # noqa: E402
-from sd2_app.pipelines.metadata import parse_parameters, read_png_parameters  # noqa: E402
+from sd2_app.pipelines.metadata import parse_parameters, read_png_parameters, save_png  # noqa: E402
 from tests.reliability_support import launched  # noqa: E402
 
 LONG_PROMPT = ", ".join(["a red hat on a cat"] * 13)  # over 150 tiny-tokenizer tokens: three chunks
@@ -106,6 +106,35 @@ def test_a_weight_over_the_limit_is_used_at_the_limit_and_said_so(app) -> None:
                                                        "negative_prompt": "[[(blurry:-12)]]"})
     assert '- ⚠️ The negative prompt asks for weight -9.92 on "blurry"' not in info  # -12/1.21 is within ±10
     assert "attention weights are limited" not in info
+
+
+def test_a1111_syntax_we_do_not_support_is_named_in_the_info(app) -> None:
+    client, _, _ = app
+    prompt = "a [cat:dog:0.5] on a hill <lora:add_detail:0.8>"
+    _, gallery, info = client.predict(api_name="/txt2img", **{**FAST, "prompt": prompt, "negative_prompt": "[x|y]"})
+    lines = info.splitlines()
+    assert ('- ⚠️ The prompt uses A1111 syntax that this app does not support: prompt editing "[cat:dog:0.5]", '
+            'LoRA/extra network "<lora:add_detail:0.8>". It is read as plain text (brackets still weight what they '
+            "enclose); see the README's Prompts section.") in lines
+    assert ('- ⚠️ The negative prompt uses A1111 syntax that this app does not support: alternation "[x|y]". It is '
+            "read as plain text (brackets still weight what they enclose); see the README's Prompts section.") in lines
+    assert parse_parameters(Image.open(gallery[0]["image"]).info["parameters"])["Prompt"] == prompt
+
+
+def test_png_info_reads_an_a1111_infotext_as_a1111_does(app, tmp_path: Path) -> None:
+    """A PNG made by A1111 with an extension's unquoted list in its settings line and a trailing newline."""
+    client, _, _ = app
+    text = ("a (castle:1.2), BREAK sunset\nNegative prompt:blurry, lowres\nSteps: 25, Sampler: DPM++ 2M, "
+            "Schedule type: Karras, CFG scale: 7, Seed: 42, Size: 512x768, Model: v2-1_768-ema-pruned, "
+            "Wildcards: red, blue, Version: v1.10.1\n")
+    image = Image.new("RGB", (8, 8))
+    image.info["parameters"] = text
+    save_png(image, tmp_path / "a1111.png")
+    shown, fields = client.predict(path=gradio_client.handle_file(str(tmp_path / "a1111.png")), api_name="/png_info")
+    assert shown == text
+    assert fields == {"Prompt": "a (castle:1.2), BREAK sunset", "Negative prompt": "blurry, lowres", "Steps": 25,
+                      "Sampler": "DPM++ 2M", "Schedule type": "Karras", "CFG scale": 7, "Seed": 42,
+                      "Size": "512x768", "Model": "v2-1_768-ema-pruned", "Wildcards": "red", "Version": "v1.10.1"}
 
 
 def test_embedding_is_used_and_recorded_with_its_hash(app, embeddings_dir: Path) -> None:

@@ -120,7 +120,7 @@ def test_xyz_plot_grid_cells_and_tables(app) -> None:
     assert [item["caption"].split(" · ")[0] for item in gallery] == [
         "Grid", "Euler, CFG scale: 1", "DDIM, CFG scale: 1", "Euler, CFG scale: 5", "DDIM, CFG scale: 5"]
     grid_text = images[0].info["parameters"]
-    assert 'X Type: Sampler, X Values: "Euler, DDIM", Y Type: CFG scale, Y Values: "1, 5"' in grid_text
+    assert 'X Type: Sampler, X Values: "Euler, DDIM", Y Type: CFG Scale, Y Values: "1, 5"' in grid_text
     assert "Sampler: Euler," in images[1].info["parameters"] and "CFG scale: 5.0" in images[4].info["parameters"]
     assert "**Seed** 3" in info and "Sampler:" not in info and "load" in info
     tables = sorted(files, key=lambda f: Path(f).suffix)

@@ -1,0 +1,99 @@
+"""The A1111 API's read-only routes: what the server offers (checkpoints, samplers, schedulers, upscalers,
+embeddings, and no scripts, styles or separate VAEs) and `/png-info`, which reads an image's parameters.
+
+None of them touches the GPU or takes a job's place. Shapes: A1111's modules/api/models.py (SDModelItem,
+SamplerItem, SchedulerItem, UpscalerItem, EmbeddingsResponse, PNGInfoResponse) and modules/api/api.py
+(`pnginfoapi`: the text, the PNG's text items and the parsed fields).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Body, HTTPException
+
+from sd2_app.api import a1111
+from sd2_app.errors import InvalidRequest
+from sd2_app.pipelines.metadata import PNG_SIGNATURE
+
+if TYPE_CHECKING:
+    from sd2_app.api.a1111_routes import A1111Api
+
+log = logging.getLogger(__name__)
+
+
+def catalog_routes(router: APIRouter, api: A1111Api) -> None:
+    """/sd-models, /samplers, /schedulers, /upscalers, /scripts, /prompt-styles, /sd-vae and /embeddings."""
+    catalog = api.service.catalog
+    names = api.service.samplers
+
+    @router.get("/sd-models")
+    def sd_models() -> list[dict[str, Any]]:
+        return [{"title": key, "model_name": key, "hash": None, "sha256": None,
+                 "filename": catalog.labels.get(key, key), "config": None} for key in catalog.tasks]
+
+    @router.get("/samplers")
+    def samplers() -> list[dict[str, Any]]:
+        return [{"name": name, "aliases": [], "options": {}} for name in names()]
+
+    @router.get("/schedulers")
+    def schedulers() -> list[dict[str, Any]]:
+        return [{"name": name, "label": label, "aliases": None, "default_rho": 7.0 if name == "karras" else -1,
+                 "need_inner_model": False} for name, label in a1111.SCHEDULERS.items()]
+
+    @router.get("/upscalers")
+    def upscalers() -> list[dict[str, Any]]:
+        return [{"name": catalog.labels.get(key, key), "model_name": key, "model_path": None, "model_url": None,
+                 "scale": 4} for key, tasks in catalog.tasks.items() if "upscale" in tasks]
+
+    @router.get("/scripts")
+    def scripts() -> dict[str, list[str]]:
+        return {"txt2img": [], "img2img": []}
+
+    @router.get("/prompt-styles")
+    def prompt_styles() -> list[dict[str, Any]]:
+        return []  # no saved styles here (a request's `styles` is refused, see a1111.NEUTRAL)
+
+    @router.get("/sd-vae")
+    def sd_vae() -> list[dict[str, Any]]:
+        return []  # each checkpoint uses its own VAE (A1111's "Automatic")
+
+    @router.get("/embeddings")
+    def embeddings() -> dict[str, dict[str, dict[str, Any]]]:
+        return embeddings_response(api)
+
+
+def embeddings_response(api: A1111Api) -> dict[str, dict[str, dict[str, Any]]]:
+    """A1111's EmbeddingsResponse: the textual-inversion embeddings a prompt may use (`loaded`) and the files of
+    the embeddings folder that are not used (`skipped`, with our reason, which A1111's items lack)."""
+    library = api.service.embeddings
+    unknown = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None}
+    loaded = {} if library is None else {
+        name: {**unknown, "shape": int(embedding.vectors.shape[1]), "vectors": embedding.count}
+        for name, embedding in sorted(library.embeddings.items())}
+    skipped = {file: {**unknown, "shape": None, "vectors": None, "reason": reason}
+               for file, reason in sorted(api.service.refused_embeddings().items())}
+    return {"loaded": loaded, "skipped": skipped}
+
+
+def png_info_routes(router: APIRouter, api: A1111Api) -> None:
+    """/png-info: the `parameters` text of a PNG and its fields, as the web UI's PNG Info tab reads them."""
+
+    @router.post("/png-info")
+    def png_info(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        image = body.get("image")
+        if isinstance(image, str) and not image.strip():
+            return {"info": "", "items": {}, "parameters": {}}  # as A1111 answers an empty image
+        try:
+            data = a1111.image_bytes(image.strip() if isinstance(image, str) else image, "image")
+        except InvalidRequest as error:
+            raise HTTPException(422, str(error)) from error
+        text, fields = None, {}
+        if data.startswith(PNG_SIGNATURE):  # JPEG and WebP carry no PNG text chunks
+            try:
+                text, fields = api.service.read_parameters(io.BytesIO(data))
+            except OSError as error:  # cut short, or a text chunk too long to be parameters
+                log.info("A1111 API: png-info: %s", error)
+        return {"info": text or "", "items": {"parameters": text} if text else {}, "parameters": fields}

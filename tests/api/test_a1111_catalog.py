@@ -1,0 +1,89 @@
+"""The A1111 API's read-only routes through the running app (`python app.py --tiny --api --embeddings-dir ...`,
+served in-process): the embeddings, the (empty) styles and VAE lists, `/png-info` on our own result and on
+images without parameters, and the message for an upscaler this server does not have."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from tests.hosting_support import API_FAST as FAST
+from tests.reliability_support import noise_image, one_thread, png_bytes, serve  # noqa: F401 (a fixture)
+
+SEED = 21
+
+
+@pytest.fixture(scope="module")
+def url(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    embeddings = tmp_path_factory.mktemp("embeddings")
+    g = torch.Generator().manual_seed(3)
+    save_file({"emb_params": torch.randn(2, 32, generator=g)}, str(embeddings / "tiny-style.safetensors"))
+    save_file({"emb_params": torch.randn(1, 768, generator=g)}, str(embeddings / "sd15-style.safetensors"))
+    argv = ["--tiny", "--device", "cpu", "--no-save", "--api", "--embeddings-dir", str(embeddings)]
+    with serve(argv, tmp_path_factory.mktemp("app-cache")) as (served, _):
+        yield served.rstrip("/") + "/sdapi/v1"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def test_embeddings_list_the_usable_ones_and_explain_the_others(url: str) -> None:
+    answer = httpx.get(f"{url}/embeddings", timeout=60).json()
+    unknown = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None}
+    assert answer["loaded"] == {"tiny-style": {**unknown, "shape": 32, "vectors": 2}}
+    assert list(answer["skipped"]) == ["sd15-style.safetensors"]
+    assert "an embedding for SD 1.x" in answer["skipped"]["sd15-style.safetensors"]["reason"]
+
+
+def test_no_styles_and_no_separate_vaes(url: str) -> None:
+    assert httpx.get(f"{url}/prompt-styles", timeout=60).json() == []
+    assert httpx.get(f"{url}/sd-vae", timeout=60).json() == []
+
+
+def test_png_info_reads_our_result_back(url: str) -> None:
+    made = httpx.post(f"{url}/txt2img", json={"prompt": "a red (hat:1.2)", "seed": SEED, **FAST}, timeout=300)
+    assert made.status_code == 200, made.text
+    image = made.json()["images"][0]
+    info = made.json()["info"]
+    answer = httpx.post(f"{url}/png-info", json={"image": image}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["info"].startswith("a red (hat:1.2)\n") and f"Seed: {SEED}," in body["info"]
+    assert json.loads(info)["infotexts"] == [body["info"]]  # the text txt2img's info gave
+    assert body["items"] == {"parameters": body["info"]}
+    assert body["parameters"]["Prompt"] == "a red (hat:1.2)"
+    assert body["parameters"]["Seed"] == SEED and body["parameters"]["Steps"] == FAST["steps"]
+
+
+def test_png_info_of_images_without_parameters(url: str) -> None:
+    empty = {"info": "", "items": {}, "parameters": {}}
+    for data in (png_bytes(noise_image(8, 8)), png_bytes(noise_image(8, 8), "JPEG"), png_bytes(noise_image(8, 8))[:40]):
+        answer = httpx.post(f"{url}/png-info", json={"image": _b64(data)}, timeout=60)
+        assert (answer.status_code, answer.json()) == (200, empty)
+    assert httpx.post(f"{url}/png-info", json={"image": " "}, timeout=60).json() == empty  # as A1111 answers
+    refused = httpx.post(f"{url}/png-info", json={"image": "not base64!"}, timeout=60)
+    assert refused.status_code == 422 and refused.json()["detail"].startswith("image is not valid base64")
+    text = httpx.post(f"{url}/png-info", json={"image": _b64(b"GIF89a" + bytes(20))}, timeout=60)
+    assert (text.status_code, text.json()["detail"]) == (422, "image must be a PNG, JPEG or WebP image.")
+
+
+def test_an_upscaler_this_server_lacks_is_named(url: str) -> None:
+    image = _b64(png_bytes(noise_image(16, 16)))
+    for name in ("R-ESRGAN 4x+", "sd21-base"):
+        answer = httpx.post(f"{url}/extra-single-image", json={"image": image, "upscaler_1": name}, timeout=60)
+        assert answer.status_code == 422
+        assert answer.json()["detail"] == (f"Unknown upscaler {name!r}; this server has 'x4 upscaler' "
+                                           "(see /sdapi/v1/upscalers).")
+    assert httpx.get(f"{url}/upscalers", timeout=60).json()[0]["name"] == "x4 upscaler"
+    done = httpx.post(f"{url}/extra-single-image", json={"image": image, "upscaler_1": "x4 upscaler"}, timeout=300)
+    assert done.status_code == 200, done.text
+    assert Image.open(io.BytesIO(base64.b64decode(done.json()["image"]))).size == (64, 64)
