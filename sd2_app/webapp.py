@@ -20,7 +20,8 @@ import gradio as gr
 from PIL import Image
 
 from sd2_app.api import gpu_time
-from sd2_app.api.a1111_routes import A1111Api, build_router, parse_auth
+from sd2_app.api.a1111_auth import parse_auth
+from sd2_app.api.a1111_routes import A1111Api, build_router
 from sd2_app.api.checks import Limits
 from sd2_app.api.keeper import HISTORY_SIZE
 from sd2_app.api.service import Service
@@ -62,7 +63,7 @@ def build(args: argparse.Namespace) -> AppBlocks:
     if api_enabled(args):
         # The API's jobs count towards the per-address limit with the UI's, and stop when the app closes.
         api = A1111Api(service, auth=parse_auth(args.api_auth), max_jobs=args.queue_size,
-                       address_jobs=demo.flags.visitors.address_jobs)
+                       address_jobs=demo.flags.visitors.address_jobs, model_admin=hosting.model_admin)
         demo.stop_at_close(api)
         demo.sd2_routes = build_router(api).routes  # type: ignore[attr-defined]  # read by launch_settings()
     return demo

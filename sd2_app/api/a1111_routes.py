@@ -10,9 +10,12 @@ taken before its body is decoded and checked, so a refused call costs no decode.
 (`sd2_app.ui.lifecycle.AppBlocks.close`), the API takes no new job (503) and its jobs, waiting or running, stop
 at their next step; their clients get a 503 that says so (`n_iter` batches already finished are saved, when
 saving is on); a checkpoint load cannot stop midway, so the close waits for it. `/progress` and `/interrupt`
-see only the API's own jobs: a visitor of the web UI is neither reported (their preview) nor stopped through
-them. Optional HTTP basic auth guards every route
-(`--api-auth user:pass[,user2:pass2]`, as A1111's flag).
+see only the API's own jobs, and of those only the caller's (its network address's): a visitor of the web UI or
+another API client is neither reported (their preview) nor stopped through them; /progress's `job_count` is all
+the API's jobs (the queue's length, as Gradio's queue status says it). Where loading checkpoints by hand is off
+(public modes without --allow-model-admin, --auth or --api-auth: `model_admin`), /options may not change the
+shared current checkpoint (403); a call names its own with `override_settings`. Optional HTTP basic auth guards
+every route (`sd2_app.api.a1111_auth`).
 
 Shapes: A1111's modules/api/api.py (the routes) and modules/api/models.py; the mapping is in `a1111.py`.
 """
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,10 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
-from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image
 
 from sd2_app.api import a1111
+from sd2_app.api.a1111_auth import basic_auth
 from sd2_app.api.a1111_catalog import catalog_routes, png_info_routes
 from sd2_app.api.address_jobs import AddressJobs
 from sd2_app.api.cost import LATENT_FACTOR
@@ -51,21 +53,10 @@ T = TypeVar("T")
 
 PREFIX = "/sdapi/v1"
 HISTORY_OWNER = unlisted("a1111-api")  # API jobs get their images in the reply: not kept in History
+NO_MODEL_ADMIN_MESSAGE = ("Changing the server's current checkpoint is off on this server; name one per call with "
+                          "override_settings.sd_model_checkpoint.")
 CLOSING_MESSAGE = "The server is shutting down; try again when it is back."
 STOPPED_AT_CLOSE_MESSAGE = "The server is shutting down and stopped this job; try again when it is back."
-
-
-def parse_auth(value: str | None) -> list[tuple[str, str]]:
-    """`user:pass[,user2:pass2]` -> pairs; a pair without ':' or with an empty part is an error."""
-    pairs = []
-    for item in (value or "").split(","):
-        if not item.strip():
-            continue
-        user, sep, password = item.strip().partition(":")
-        if not sep or not user or not password:
-            raise ValueError(f"--api-auth wants user:password pairs separated by commas, got {item.strip()!r}")
-        pairs.append((user, password))
-    return pairs
 
 
 @dataclass
@@ -74,6 +65,7 @@ class _Tracked:
 
     task: str
     n_iter: int
+    address: str  # the client's network address (`ClientAddresses.of`): only it sees and stops the job
     started: float = field(default_factory=time.time)
     stop: threading.Event = field(default_factory=threading.Event)
     iteration: int = 0
@@ -108,9 +100,10 @@ class A1111Api:
     """State of the API (the current model, the API's jobs) and the handlers behind the routes."""
 
     def __init__(self, service: Service, *, auth: Sequence[tuple[str, str]] = (), max_jobs: int = 16,
-                 address_jobs: AddressJobs | None = None) -> None:
+                 address_jobs: AddressJobs | None = None, model_admin: bool = True) -> None:
         self.service = service
         self.auth = list(auth)
+        self.model_admin = model_admin or bool(self.auth)  # /options may change the current checkpoint
         self.max_jobs = max(1, max_jobs)
         self.address_jobs = address_jobs or AddressJobs()  # the web UI's (`Visitors.address_jobs`) when it has one
         self.current = self._first_for("txt2img")  # A1111's "sd_model_checkpoint" option
@@ -159,13 +152,17 @@ class A1111Api:
 
     def set_options(self, options: Mapping[str, Any], client: Request) -> None:
         """A new `sd_model_checkpoint` is loaded through the GPU gate, like a job: while it loads it holds a place
-        of the client's network address (`_admit`), and the app's close waits for it (`wait_for_jobs`).
-        `client`: the HTTP request."""
+        of the client's network address (`_admit`), and the app's close waits for it (`wait_for_jobs`); refused
+        with 403 where visitors may not load checkpoints (`model_admin`). `client`: the HTTP request."""
         for name in options:
             if name != "sd_model_checkpoint":
                 log.info("A1111 API: ignoring option %s", name)
         if options.get("sd_model_checkpoint"):
             key = self.resolve(options["sd_model_checkpoint"])
+            if not self.model_admin:
+                if key != self.current:
+                    raise HTTPException(403, NO_MODEL_ADMIN_MESSAGE)
+                return  # naming the current checkpoint changes nothing, and loads nothing by hand
             address = self.address_jobs.addresses.of(client)
             with self._lock:
                 self._admit(address)
@@ -199,7 +196,7 @@ class A1111Api:
             if len(self._jobs) >= self.max_jobs:
                 self.address_jobs.release(address)
                 raise HTTPException(503, f"The API queue is full ({self.max_jobs} jobs); try again shortly.")
-            tracked = _Tracked(task, 1)
+            tracked = _Tracked(task, 1, address)
             self._jobs.append(tracked)
         return tracked
 
@@ -236,13 +233,18 @@ class A1111Api:
         return {"images": [base64.b64encode(data).decode("ascii") for data in encoded] if job.send_images else [],
                 "parameters": a1111.echo_parameters(body), "info": info}
 
-    def interrupt(self) -> bool:
-        """Stop the oldest API job (the one running, or next in turn); False when there is none."""
+    def _jobs_of(self, address: str) -> list[_Tracked]:
+        """The API jobs of the network address `address`, oldest first."""
         with self._lock:
-            if not self._jobs:
-                return False
-            self._jobs[0].stop.set()
-        return True
+            return [job for job in self._jobs if job.address == address]
+
+    def interrupt(self, address: str) -> bool:
+        """Stop the oldest API job of the network address `address` (running, or next in turn); False when it
+        has none."""
+        jobs = self._jobs_of(address)
+        if jobs:
+            jobs[0].stop.set()
+        return bool(jobs)
 
     def stop_everyone(self) -> int:
         """The app is closing: take no new job or load (503) and stop every job, waiting or running, at its next
@@ -260,11 +262,13 @@ class A1111Api:
         with self._jobs_changed:
             return self._jobs_changed.wait_for(lambda: not self._jobs and not self._loads, timeout)
 
-    def progress(self, skip_current_image: bool = False) -> dict[str, Any]:
+    def progress(self, address: str, skip_current_image: bool = False) -> dict[str, Any]:
+        """The oldest API job of the network address `address`, and how many API jobs there are in all."""
         with self._lock:
-            jobs = list(self._jobs)
+            count = len(self._jobs)
+        jobs = self._jobs_of(address)
         if not jobs:
-            return {"progress": 0.0, "eta_relative": 0.0, "state": _state(None, 0), "current_image": None,
+            return {"progress": 0.0, "eta_relative": 0.0, "state": _state(None, count), "current_image": None,
                     "textinfo": None, "current_task": None}
         job = jobs[0]
         elapsed = time.time() - job.started
@@ -272,7 +276,7 @@ class A1111Api:
         eta = elapsed / progress - elapsed if progress > 0 else 0.0
         image = None if skip_current_image else job.preview_png()
         waiting = "Waiting for the GPU" if job.steps == 0 else f"Step {job.step}/{job.steps}"
-        return {"progress": progress, "eta_relative": eta, "state": _state(job, len(jobs)), "current_image": image,
+        return {"progress": progress, "eta_relative": eta, "state": _state(job, count), "current_image": image,
                 "textinfo": waiting, "current_task": None}
 
 
@@ -298,25 +302,9 @@ def _errors_as_http(call: Callable[[], T]) -> T:
         raise HTTPException(500, "The model could not be loaded; the operator has the details.") from error
 
 
-def _auth_dependency(api: A1111Api) -> Callable[..., None]:
-    basic = HTTPBasic(auto_error=False)
-
-    def check(credentials: HTTPBasicCredentials | None = Depends(basic)) -> None:
-        if not api.auth:
-            return
-        if credentials is not None:
-            for user, password in api.auth:
-                user_ok = secrets.compare_digest(credentials.username.encode(), user.encode())
-                if user_ok & secrets.compare_digest(credentials.password.encode(), password.encode()):
-                    return
-        raise HTTPException(401, "Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
-
-    return check
-
-
 def build_router(api: A1111Api) -> APIRouter:
     """The routes; app.py passes them to Gradio's FastAPI app (`launch(app_kwargs={"routes": ...})`)."""
-    router = APIRouter(prefix=PREFIX, dependencies=[Depends(_auth_dependency(api))])
+    router = APIRouter(prefix=PREFIX, dependencies=[Depends(basic_auth(api.auth))])
     _generation_routes(router, api)
     _job_routes(router, api)
     catalog_routes(router, api)
@@ -353,15 +341,15 @@ def _generation_routes(router: APIRouter, api: A1111Api) -> None:
 
 
 def _job_routes(router: APIRouter, api: A1111Api) -> None:
-    """/progress and /interrupt of the API's own jobs, and /options (the current checkpoint)."""
+    """/progress and /interrupt of the caller's own API jobs, and /options (the current checkpoint)."""
 
     @router.get("/progress")
-    def progress(skip_current_image: bool = False) -> dict[str, Any]:
-        return api.progress(skip_current_image)
+    def progress(client: Request, skip_current_image: bool = False) -> dict[str, Any]:
+        return api.progress(api.address_jobs.addresses.of(client), skip_current_image)
 
     @router.post("/interrupt")
-    def interrupt() -> dict[str, Any]:
-        api.interrupt()
+    def interrupt(client: Request) -> dict[str, Any]:
+        api.interrupt(api.address_jobs.addresses.of(client))
         return {}
 
     @router.get("/options")

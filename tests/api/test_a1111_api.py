@@ -395,7 +395,7 @@ def test_progress_encodes_each_new_preview_once() -> None:
     """However often /progress is polled, a preview is enlarged and PNG-encoded once; a new one replaces it."""
     from sd2_app.api.a1111_routes import _Tracked
 
-    job = _Tracked("txt2img", 1)
+    job = _Tracked("txt2img", 1, "127.0.0.1")
     assert job.preview_png() is None
     job.on_progress(1, 10, Image.new("RGB", (8, 6), (200, 10, 10)))
     first = job.preview_png()

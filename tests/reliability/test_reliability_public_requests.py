@@ -1,0 +1,190 @@
+"""A public app attacked over raw HTTP: oversized bodies, files named by other sites' URLs, the A1111 API's
+/progress, /interrupt and /options used on other clients' jobs and on the shared checkpoint.
+
+The app is `python app.py --host 0.0.0.0 --trusted-proxy-hops 1 --api` (no --allow-model-admin) served
+in-process on a free loopback port (the tiny checkpoints), behind a trusted reverse proxy that the test plays
+(`tests.hosting_support.served_behind_proxy`), so each client's address is the X-Forwarded-For entry it gets.
+Where the attack needs another site (a URL to fetch), a local HTTP server stands in for it and the address
+check that Gradio makes (the host must resolve to a public address) is told it does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sd2_app.api.a1111_routes import NO_MODEL_ADMIN_MESSAGE
+from sd2_app.ui.request_limits import (MAX_API_BODY_BYTES, MAX_BODY_BYTES, REMOTE_FILE_MESSAGE,
+                                       too_large_message)
+from sd2_app.ui.uploads import REMOTE_FILE_REFUSAL
+from tests.hosting_support import API_FAST, api_job_count, served_behind_proxy, wait_for_api_jobs
+from tests.reliability_report import reliability, track_module  # noqa: F401
+from tests.reliability_support import noise_image, one_thread, png_bytes  # noqa: F401
+
+AREA = "Security"
+ALICE, MALLORY = "198.51.100.10", "203.0.113.66"
+
+
+@pytest.fixture(scope="module")
+def app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    with served_behind_proxy(["--api"], tmp_path_factory) as (url, demo):
+        warm = _api(url, "txt2img", ALICE, prompt="warm", **API_FAST)  # the model is loaded before the tests
+        assert warm.status_code == 200, warm.text
+        yield url, demo
+
+
+def _api(url: str, route: str, address: str, method: str = "POST", **fields: object) -> httpx.Response:
+    """An A1111 API call from the client at `address` (the X-Forwarded-For entry the proxy appends)."""
+    return httpx.request(method, f"{url}sdapi/v1/{route}", json=fields if method == "POST" else None,
+                         headers={"X-Forwarded-For": address}, timeout=300)
+
+
+@pytest.fixture()
+def other_site() -> Iterator[tuple[str, list[str]]]:
+    """A site on the internet, played by a local server: (its URL, the paths it was asked for)."""
+    asked: list[str] = []
+    body = png_bytes(noise_image(64, 64))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802  # the name http.server calls
+            asked.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://files.example:{server.server_address[1]}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_request_bodies_over_the_route_limit_are_refused_unread(app, reliability) -> None:
+    url, _ = app
+    api_body = b'{"prompt": "' + b"a" * MAX_API_BODY_BYTES + b'"}'
+    refused = httpx.post(f"{url}sdapi/v1/txt2img", content=api_body, timeout=120,
+                         headers={"Content-Type": "application/json", "X-Forwarded-For": ALICE})
+    assert (refused.status_code, refused.text) == (413, too_large_message(MAX_API_BODY_BYTES))
+    join_body = b'{"data": ["' + b"a" * MAX_BODY_BYTES + b'"], "fn_index": 0, "session_hash": "s1"}'
+    joined = httpx.post(f"{url}gradio_api/queue/join", content=join_body, timeout=120,
+                        headers={"Content-Type": "application/json", "X-Forwarded-For": ALICE})
+    assert (joined.status_code, joined.text) == (413, too_large_message(MAX_BODY_BYTES))
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the body arrives chunked
+        yield b'{"data": ["'
+        for _ in range(MAX_BODY_BYTES // 2**20 + 1):
+            yield b"a" * 2**20
+        yield b'"], "fn_index": 0, "session_hash": "s2"}'
+
+    chunked = httpx.post(f"{url}gradio_api/queue/join", content=chunks(), timeout=120,
+                         headers={"Content-Type": "application/json", "X-Forwarded-For": ALICE})
+    assert (chunked.status_code, chunked.text) == (413, too_large_message(MAX_BODY_BYTES))
+    served = _api(url, "txt2img", ALICE, prompt="after", **API_FAST)
+    assert served.status_code == 200 and len(served.json()["images"]) == 1
+    reliability(AREA, f"bodies of {len(api_body):,} bytes to /sdapi/v1/txt2img and {len(join_body):,} bytes to "
+                "the queue join, with Content-Length and chunked (raw HTTP)",
+                f"HTTP 413 before the body is read: {refused.text} / {joined.text}; the next API call runs")
+
+
+def test_the_file_route_fetches_no_other_site(app, other_site, reliability, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gradio import route_utils
+
+    async def public(host: str) -> str:  # what Gradio's check answers for a host on the internet
+        return "127.0.0.1"
+
+    monkeypatch.setattr(route_utils.safehttpx, "async_validate_url", public)
+    url, _ = app
+    site, asked = other_site
+    answers = [httpx.get(f"{url}gradio_api/file={link}", headers={"X-Forwarded-For": MALLORY}, timeout=30)
+               for link in (f"{site}/big.iso", f"{site.replace('http:', 'https%3A')}/big.iso")]
+    assert [(answer.status_code, answer.text) for answer in answers] == [(403, REMOTE_FILE_MESSAGE)] * 2
+    assert asked == []
+    reliability(AREA, "GET /gradio_api/file=http://<another site>/big.iso (Gradio would fetch and relay it)",
+                f"HTTP 403: {REMOTE_FILE_MESSAGE} The site got 0 requests")
+
+
+def test_a_file_named_by_url_in_a_queue_join_is_refused_before_any_download(
+        app, reliability, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from gradio import processing_utils
+
+    downloads: list[str] = []
+
+    async def download(link: str, cache_dir: str) -> str:  # stands in for the internet
+        downloads.append(link)
+        path = tmp_path / f"download-{len(downloads)}.png"
+        path.write_bytes(png_bytes(noise_image(64, 64)))
+        return str(path)
+
+    monkeypatch.setattr(processing_utils, "async_ssrf_protected_download", download)
+    url, _ = app
+    image = {"path": "https://files.example/huge.png", "meta": {"_type": "gradio.FileData"}}
+    joined = httpx.post(f"{url}gradio_api/call/png_info", json={"data": [image]},
+                        headers={"X-Forwarded-For": MALLORY}, timeout=30)
+    assert (joined.status_code, joined.json()) == (400, {"detail": REMOTE_FILE_REFUSAL})
+    time.sleep(0.5)  # a join that had been queued would run its download meanwhile
+    assert downloads == []
+    reliability(AREA, "a queue join whose image is {'path': 'https://<another site>/huge.png'} (Gradio would "
+                "download it whole, past the upload limit and budget)",
+                f"refused at join, HTTP 400: {REMOTE_FILE_REFUSAL} Downloads: 0")
+
+
+def test_the_shared_checkpoint_stays_unless_visitors_may_load_models(app, reliability) -> None:
+    url, _ = app
+    before = _api(url, "options", MALLORY, method="GET").json()["sd_model_checkpoint"]
+    switched = _api(url, "options", MALLORY, sd_model_checkpoint="sd21")
+    same = _api(url, "options", MALLORY, sd_model_checkpoint=before)
+    after = _api(url, "options", ALICE, method="GET").json()["sd_model_checkpoint"]
+    assert (switched.status_code, switched.json()) == (403, {"detail": NO_MODEL_ADMIN_MESSAGE})
+    assert same.status_code == 200 and before == after == "sd21-base"
+    own = _api(url, "txt2img", MALLORY, prompt="own", override_settings={"sd_model_checkpoint": "sd2-base"},
+               **API_FAST)
+    assert own.status_code == 200 and '"sd_model_name": "sd2-base"' in own.json()["info"]
+    reliability(AREA, "POST /sdapi/v1/options {'sd_model_checkpoint': 'sd21'} in a public mode without "
+                "--allow-model-admin/--auth/--api-auth",
+                f"HTTP 403: {NO_MODEL_ADMIN_MESSAGE} Everyone's current checkpoint stays {after}; a call's own "
+                "override_settings still picks its checkpoint")
+
+
+@pytest.mark.slow
+def test_progress_and_interrupt_reach_only_the_callers_own_api_jobs(app, reliability) -> None:
+    url, _ = app
+    with ThreadPoolExecutor(1) as pool:
+        alice = pool.submit(_api, url, "txt2img", ALICE, prompt="alice", **{**API_FAST, "steps": 150})
+        try:
+            wait_for_api_jobs(url, lambda jobs: jobs == 1)
+            deadline = time.monotonic() + 60
+            while _api(url, "progress", ALICE, method="GET").json()["state"]["sampling_step"] < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            seen = _api(url, "progress", MALLORY, method="GET").json()
+            assert _api(url, "interrupt", MALLORY).status_code == 200
+            time.sleep(1.0)
+            own = _api(url, "progress", ALICE, method="GET").json()
+            assert seen["state"]["job_count"] == 1 and seen["current_image"] is None
+            assert (seen["progress"], seen["textinfo"], seen["state"]["sampling_step"]) == (0.0, None, 0)
+            assert own["state"]["interrupted"] is False and own["state"]["sampling_step"] > 2
+        finally:
+            assert _api(url, "interrupt", ALICE).status_code == 200
+        result = alice.result(timeout=120)
+    assert result.status_code == 200 and result.json()["info"] == '{"interrupted": true}'
+    assert api_job_count(url) == 0
+    reliability("Hosting", "another client's /sdapi/v1/progress and /sdapi/v1/interrupt while an API job of 150 "
+                "steps runs (raw HTTP, two addresses)",
+                f"it sees job_count {seen['state']['job_count']} and no step, progress or preview; its interrupt "
+                f"stops nothing (the job was at step {own['state']['sampling_step']} a second later); the owner's "
+                "interrupt stops it")
