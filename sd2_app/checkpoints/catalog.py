@@ -59,11 +59,9 @@ REGISTRY: dict[str, CheckpointSpec] = {
                        "768-v-ema"),
         CheckpointSpec("sd21-base", "SD 2.1 base (512)", _mirrors("stable-diffusion-2-1-base"), None, 512,
                        TEXT_TASKS, "v2-1_512-ema-pruned"),
-        # fp32 attention for 2.1-v comes from its unet/config.json (upcast_attention), not from here.
-        CheckpointSpec(
-            "sd21", "SD 2.1 (768-v, fp32 attention)", _mirrors("stable-diffusion-2-1"), None, 768, TEXT_TASKS,
-            "v2-1_768-ema-pruned",
-        ),
+        # Its unet/config.json sets upcast_attention; sd2_app/nn/attention.py says when that makes attention fp32.
+        CheckpointSpec("sd21", "SD 2.1 (768-v)", _mirrors("stable-diffusion-2-1"), None, 768, TEXT_TASKS,
+                       "v2-1_768-ema-pruned"),
         CheckpointSpec(
             "sd2-inpainting", "SD 2 inpainting", _mirrors("stable-diffusion-2-inpainting"), None, 512, ("inpaint", "outpaint"),
             "512-inpainting-ema",

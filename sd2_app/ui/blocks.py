@@ -50,7 +50,8 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
     `close()` stops the jobs and waits for the results still being saved (`sd2_app.ui.lifecycle`).
     """
     visitors = Visitors(max_jobs=hosting.max_jobs_per_visitor, max_jobs_per_address=hosting.max_jobs_per_address,
-                        addresses=ClientAddresses(trusted_hops=hosting.trusted_proxy_hops))
+                        addresses=ClientAddresses(trusted_hops=hosting.trusted_proxy_hops),
+                        queue_size=hosting.queue_size)
     flags = StopFlags(visitors)
     examples = _examples(assets)
     with AppBlocks(service, flags, hosting, title=TITLE, analytics_enabled=False) as demo:
@@ -93,7 +94,7 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
         _wire_reuse(service, t2i, tabs, png_send, png_fields, past)
         # Gradio 6 takes style sheets and scripts only at launch(); the page script adds ours on load instead, so
         # every launcher (app.py, Spaces, the tests) gets them.
-        css = json.dumps((STATIC / "app.css").read_text(encoding="utf-8") + models.phone_css() + history.phone_css())
+        css = json.dumps((STATIC / "app.css").read_text(encoding="utf-8") + models.table_css() + history.phone_css())
         demo.load(None, js=f"() => ({(STATIC / 'app.js').read_text(encoding='utf-8')})({css})")
     return demo
 

@@ -77,7 +77,7 @@ def gpu_spans() -> GpuSpans:
 def address_jobs() -> "AddressJobs":
     from sd2_app.api.address_jobs import AddressJobs
 
-    return AddressJobs(limit=ADDRESS_LIMIT)
+    return AddressJobs(limit=ADDRESS_LIMIT, queue_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, gpu_spans: GpuSpans,
     service = Service(manager, outputs_dir=tmp_path_factory.mktemp("outputs"), allowed_repos=(), tasks=tasks)
     demo = build_ui(service)
     demo.queue(max_size=8, default_concurrency_limit=1)
-    api = A1111Api(service, auth=[(USER, PASSWORD)], max_jobs=4, address_jobs=address_jobs)
+    api = A1111Api(service, auth=[(USER, PASSWORD)], address_jobs=address_jobs)
     port = free_port()
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
                             show_error=False, ssr_mode=False, app_kwargs={"routes": build_router(api).routes})
