@@ -280,6 +280,16 @@ def test_refusals_name_what_is_missing_and_unknown_fields_are_ignored(app, caplo
     assert _post(port, "txt2img", {"prompt": "x", **FAST}, auth=False)[0] == 401
 
 
+def test_a1111_sampler_names_are_ours(app) -> None:
+    """A1111 calls PNDM "PLMS" (and wrote the Karras schedule into the name before 1.9)."""
+    _, port, _ = app
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "sampler_name": "PLMS"})
+    assert status == 200 and json.loads(body["info"])["sampler_name"] == "PNDM"
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "sampler_name": "DPM++ 2M Karras"})
+    info = json.loads(body["info"])
+    assert status == 200 and info["sampler_name"] == "DPM++ 2M" and "Schedule type: Karras" in info["infotexts"][0]
+
+
 def test_raw_http_with_the_field_set_of_a1111s_documentation(app) -> None:
     """The txt2img body of A1111's API documentation (its request model's fields at their documented
     defaults, as the wiki's example and /docs show them), sized down for the tiny model."""
