@@ -188,3 +188,55 @@ def test_progress_and_interrupt_reach_only_the_callers_own_api_jobs(app, reliabi
                 f"it sees job_count {seen['state']['job_count']} and no step, progress or preview; its interrupt "
                 f"stops nothing (the job was at step {own['state']['sampling_step']} a second later); the owner's "
                 "interrupt stops it")
+
+
+@pytest.fixture(scope="module")
+def mcp_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`python app.py --host 0.0.0.0 --mcp --max-jobs-per-address 2`, no proxy in front (uvicorn trusts only a
+    loopback peer, 127.0.0.1, as one: its default); yields the MCP endpoint's URL."""
+    pytest.importorskip("mcp")
+    from tests.reliability_support import serve
+
+    argv = ["--tiny", "--device", "cpu", "--host", "0.0.0.0", "--no-save", "--mcp", "--max-jobs-per-address", "2"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache")))
+        with serve(argv, tmp_path_factory.mktemp("app-cache"), bind="127.0.0.1") as (url, _):
+            yield url + "gradio_api/mcp/"
+
+
+def _mcp_txt2img(url: str, forwarded_for: str, seed: int) -> tuple[bool, str]:
+    """One MCP tools/call of txt2img (150 steps) from 127.0.0.2, a peer uvicorn does not trust as a proxy: a
+    client on the internet that writes its own X-Forwarded-For. (isError, its text or "image")."""
+    import asyncio
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def main() -> tuple[bool, str]:
+        transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+        async with httpx.AsyncClient(transport=transport, headers={"X-Forwarded-For": forwarded_for},
+                                     timeout=httpx.Timeout(60, read=300)) as http:
+            async with streamable_http_client(url, http_client=http) as (read, write, _), \
+                    ClientSession(read, write) as session:
+                await session.initialize()
+                result = await session.call_tool("txt2img", {"prompt": f"mcp {seed}", "width": 64, "height": 64,
+                                                             "steps": 150, "guidance_scale": 1.0,
+                                                             "sampler": "Euler", "seed": seed})
+                return result.isError, result.content[0].text if result.isError else "image"
+
+    return asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_mcp_calls_count_under_the_callers_address_whatever_it_writes(mcp_app, reliability) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda n: _mcp_txt2img(mcp_app, f"10.9.{n}.1", n), range(4)))
+    refused = [text for error, text in answers if error]
+    assert sum(not error for error, _ in answers) == 2 and len(refused) == 2, answers
+    assert all(text.startswith("Client error '400 Bad Request' for url ") for text in refused), refused
+    reliability("Hosting", "4 concurrent MCP txt2img calls from one address, each writing its own X-Forwarded-For "
+                "(--mcp, --max-jobs-per-address 2, no proxy in front; Gradio's MCP server joins the queue from "
+                "loopback with the caller's headers)",
+                "2 ran, 2 refused at join (the MCP client reads: Client error '400 Bad Request'); each call counts "
+                "under the caller's own address")
