@@ -160,7 +160,7 @@ def test_the_watched_queue_admits_gpu_jobs_through_visitors_admit() -> None:
     queue.push = gradio_push
     queue.blocks = SimpleNamespace(fns={0: SimpleNamespace(concurrency_id=GPU_QUEUE)})
     visitors.watch(queue)
-    body = SimpleNamespace(fn_index=0)
+    body = SimpleNamespace(fn_index=0, data=[])  # Gradio's PredictBody: the event's values
     assert asyncio.run(queue.push(body, _request("10.0.0.2", "203.0.113.7"), None)) == (True, "event-id")
     assert pushed == [1] and visitors.address_jobs._held == {}
     queue.add(_request("10.0.0.2", "203.0.113.7"))  # Gradio's queue now has it
