@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from sd2_app.api.a1111_routes import NO_MODEL_ADMIN_MESSAGE
+from sd2_app.ui.editor_blobs import MAX_PENDING_BYTES
 from sd2_app.ui.request_limits import (MAX_API_BODY_BYTES, MAX_BODY_BYTES, REMOTE_FILE_MESSAGE,
                                        too_large_message)
 from sd2_app.ui.uploads import REMOTE_FILE_REFUSAL
@@ -141,6 +142,44 @@ def test_a_file_named_by_url_in_a_queue_join_is_refused_before_any_download(
     reliability(AREA, "a queue join whose image is {'path': 'https://<another site>/huge.png'} (Gradio would "
                 "download it whole, past the upload limit and budget)",
                 f"refused at join, HTTP 400: {REMOTE_FILE_REFUSAL} Downloads: 0")
+
+
+def _editor_part(url: str, editor: int, part_id: str, kind: str, index: str, blob: bytes) -> httpx.Response:
+    """What the browser sends the inpaint editor ahead of a job: one part (gradio's ImageEditor.accept_blobs)."""
+    form = {"component_id": str(editor), "session_hash": "s", "fn_name": "accept_blobs", "data": "{}",
+            "type": kind, "index": index, "id": part_id}
+    return httpx.post(f"{url}gradio_api/component_server", data=form, files={"blob": ("blob", blob, "image/png")},
+                      headers={"X-Forwarded-For": MALLORY}, timeout=60)
+
+
+def test_the_inpaint_editors_pending_parts_are_checked_and_bounded(app, reliability) -> None:
+    url, demo = app
+    config = httpx.get(f"{url}config", timeout=30).json()
+    editor_id = next(c["id"] for c in config["components"] if c.get("type") == "imageeditor")
+    store = demo.blocks[editor_id].blob_storage  # type: ignore[attr-defined]
+    far = _editor_part(url, editor_id, "far", "layer", str(10**6), b"x")  # Gradio grows a list to the index
+    odd = _editor_part(url, editor_id, "odd", "thumbnail", "null", b"x")
+    assert (far.status_code, far.json()) == (422, {"detail": "An editor layer is numbered 0 to 63."})
+    assert (odd.status_code, odd.json()) == (422, {"detail": "An editor part is the background, a layer or the "
+                                                             "composite."})
+    assert "far" not in store and "odd" not in store
+    part = 10 * 2**20
+    sent = MAX_PENDING_BYTES // part + 4
+    try:
+        answers = [_editor_part(url, editor_id, f"flood-{n}", "background", "null", bytes([n]) * part).status_code
+                   for n in range(sent)]
+        kept = sorted(int(key.split("-")[1]) for key in store)
+        held = store.held_bytes()
+    finally:
+        for key in list(store):
+            store.pop(key)
+    assert answers == [200] * sent and held <= MAX_PENDING_BYTES
+    assert kept == list(range(sent - MAX_PENDING_BYTES // part, sent))  # the newest parts, as many as fit
+    reliability(AREA, f"the inpaint editor's parts endpoint (component_server accept_blobs): layer {10**6}, a part "
+                f"named 'thumbnail', then {sent} backgrounds of 10 MiB under new ids (raw HTTP)",
+                f"HTTP 422: {far.json()['detail']} / {odd.json()['detail']} (nothing stored); of the flood the "
+                f"newest {len(kept)} are kept, {held:,} bytes (limit {MAX_PENDING_BYTES:,}; Gradio kept every part "
+                "for good and grew a layer list to any index)")
 
 
 def test_the_shared_checkpoint_stays_unless_visitors_may_load_models(app, reliability) -> None:
