@@ -2,10 +2,11 @@
 
 Every generation goes through `Service.run`, so it has the UI's validation (and cost cap), metadata,
 watermark and history, and it passes the Service's `GpuGate`, the one way to the GPU that the UI's jobs
-take too (these routes are FastAPI routes beside Gradio and never enter Gradio's queue). At most `max_jobs`
-API jobs wait or run at once; more get 503. One network address may have at most the web UI's per-address
-number of GPU jobs, its UI and API jobs counted together (`sd2_app.api.address_jobs.AddressJobs`, the count the
-UI's queue uses; a checkpoint load through /options counts while it loads); more get 429. A job's place is
+take too (these routes are FastAPI routes beside Gradio and never enter Gradio's queue). Its GPU jobs are
+counted with the web UI's and the MCP tools' in one place (`sd2_app.api.address_jobs.AddressJobs`, the count
+the UI's queue uses; a checkpoint load through /options counts while it loads): when the app has --queue-size
+of them waiting or running, the next gets 503 with the message the web UI shows; when the client's network
+address has the web UI's per-address number, 429. A job's place is
 taken before its body is decoded and checked, so a refused call costs no decode. When the app closes
 (`sd2_app.ui.lifecycle.AppBlocks.close`), the API takes no new job (503) and its jobs, waiting or running, stop
 at their next step; their clients get a 503 that says so (`n_iter` batches already finished are saved, when
@@ -99,12 +100,11 @@ class _Tracked:
 class A1111Api:
     """State of the API (the current model, the API's jobs) and the handlers behind the routes."""
 
-    def __init__(self, service: Service, *, auth: Sequence[tuple[str, str]] = (), max_jobs: int = 16,
+    def __init__(self, service: Service, *, auth: Sequence[tuple[str, str]] = (),
                  address_jobs: AddressJobs | None = None, model_admin: bool = True) -> None:
         self.service = service
         self.auth = list(auth)
         self.model_admin = model_admin or bool(self.auth)  # /options may change the current checkpoint
-        self.max_jobs = max(1, max_jobs)
         self.address_jobs = address_jobs or AddressJobs()  # the web UI's (`Visitors.address_jobs`) when it has one
         self.current = self._first_for("txt2img")  # A1111's "sd_model_checkpoint" option
         # ZeroGPU: the GPU exists only inside spaces.GPU calls, each asking for its own job's time
@@ -179,23 +179,19 @@ class A1111Api:
     # ---- jobs ------------------------------------------------------------------------------------
     def _admit(self, address: str) -> None:
         """Hold a GPU place of the network address `address` (`AddressJobs.take`; give it back with `release`):
-        refused with 503 while the app closes, 429 when the address has its share of GPU jobs, web UI ones
-        included. Called with `_lock` held."""
+        refused with 503 while the app closes or when the app has --queue-size GPU jobs, 429 when the address
+        has its share; web UI jobs count in both. Called with `_lock` held."""
         if self._closing:
             raise HTTPException(503, CLOSING_MESSAGE)
         refused = self.address_jobs.take(address)
         if refused is not None:
-            log.info("A1111 API: refused a job: %s", refused)
-            raise HTTPException(429, refused)
+            log.info("A1111 API: refused a job: %s", refused.message)
+            raise HTTPException(503 if refused.busy else 429, refused.message)
 
     def _track(self, task: str, address: str) -> _Tracked:
-        """The job's place (`_admit`, then 503 when `max_jobs` are in); the address's place is held until
-        `_untrack`. `task`: the route's, until the job is built."""
+        """The job's place (`_admit`), held until `_untrack`. `task`: the route's, until the job is built."""
         with self._lock:
             self._admit(address)
-            if len(self._jobs) >= self.max_jobs:
-                self.address_jobs.release(address)
-                raise HTTPException(503, f"The API queue is full ({self.max_jobs} jobs); try again shortly.")
             tracked = _Tracked(task, 1, address)
             self._jobs.append(tracked)
         return tracked

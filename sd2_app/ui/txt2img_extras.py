@@ -15,6 +15,7 @@ from typing import Any, TYPE_CHECKING
 import gradio as gr
 
 from sd2_app.api.requests import HIRES_UPSCALERS, HiresFix, SeedExtras
+from sd2_app.ui.sending import hires_in
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
@@ -165,7 +166,7 @@ def _size(text: Any) -> tuple[int, int] | None:
 
 def from_parameters(parsed: dict[str, Any], samplers: list[str]) -> tuple:
     """Widget values (in `NAMES` order) that reproduce a PNG's hires fix, seed extras and tiling."""
-    hires_on = "Hires upscaler" in parsed
+    hires_on = hires_in(parsed)
     resize = _size(parsed.get("Hires resize")) or (0, 0)
     seed_resize = _size(parsed.get("Seed resize from")) or (0, 0)
     upscaler = parsed.get("Hires upscaler", DEFAULTS.upscaler)

@@ -77,7 +77,7 @@ def gpu_spans() -> GpuSpans:
 def address_jobs() -> "AddressJobs":
     from sd2_app.api.address_jobs import AddressJobs
 
-    return AddressJobs(limit=ADDRESS_LIMIT)
+    return AddressJobs(limit=ADDRESS_LIMIT, queue_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, gpu_spans: GpuSpans,
     service = Service(manager, outputs_dir=tmp_path_factory.mktemp("outputs"), allowed_repos=(), tasks=tasks)
     demo = build_ui(service)
     demo.queue(max_size=8, default_concurrency_limit=1)
-    api = A1111Api(service, auth=[(USER, PASSWORD)], max_jobs=4, address_jobs=address_jobs)
+    api = A1111Api(service, auth=[(USER, PASSWORD)], address_jobs=address_jobs)
     port = free_port()
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
                             show_error=False, ssr_mode=False, app_kwargs={"routes": build_router(api).routes})
@@ -278,6 +278,16 @@ def test_refusals_name_what_is_missing_and_unknown_fields_are_ignored(app, caplo
     assert status == 200 and len(body["images"]) == 1
     assert "ignoring unknown field(s) my_extension_field" in caplog.text
     assert _post(port, "txt2img", {"prompt": "x", **FAST}, auth=False)[0] == 401
+
+
+def test_a1111_sampler_names_are_ours(app) -> None:
+    """A1111 calls PNDM "PLMS" (and wrote the Karras schedule into the name before 1.9)."""
+    _, port, _ = app
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "sampler_name": "PLMS"})
+    assert status == 200 and json.loads(body["info"])["sampler_name"] == "PNDM"
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "sampler_name": "DPM++ 2M Karras"})
+    info = json.loads(body["info"])
+    assert status == 200 and info["sampler_name"] == "DPM++ 2M" and "Schedule type: Karras" in info["infotexts"][0]
 
 
 def test_raw_http_with_the_field_set_of_a1111s_documentation(app) -> None:

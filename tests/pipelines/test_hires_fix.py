@@ -14,6 +14,7 @@ from PIL import Image
 
 from sd2_app.api.requests import HiresFix, Img2ImgRequest, Sampling, Txt2ImgRequest, UpscaleRequest
 from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.pipelines.hires import crop_latents
 from sd2_app.pipelines.img2img import img2img
 from sd2_app.pipelines.metadata import parse_parameters
 from sd2_app.pipelines.txt2img import txt2img
@@ -57,6 +58,44 @@ def test_latent_hires_equals_diffusers_img2img_on_the_resized_latents(
     assert ours.images[0].size == (96, 96)
 
 
+def test_explicit_size_of_another_shape_is_covered_then_centre_cropped(components: ComponentCache) -> None:
+    """A1111's rule for a hires width and height of another shape than the first pass: upscale to cover them
+    (64x64 -> 96x96, latents 12x12), then crop the latents to the target (rows 2..10 of 12: 96x64)."""
+    c = components("sd2-base")
+    request = _request("Latent", width=96, height=64)
+    ours = txt2img(c, request)
+    first = txt2img(c, replace(request, hires=None)).latents  # (1, 4, 8, 8)
+    covered = F.interpolate(first, size=(12, 12), mode="bilinear", align_corners=False)
+    pipe = reference_pipeline("sd2-base", "DPM++ 2M", img2img=True)
+    common = {"prompt": "a castle", "negative_prompt": "fog", "image": covered[:, :, 2:10, :], "strength": 0.5,
+              "num_inference_steps": 6, "guidance_scale": 7.5}
+    assert_matches_reference(ours, reference_run(pipe, 11, **common))
+    assert ours.images[0].size == (96, 64)
+
+
+@pytest.mark.parametrize(("first", "hires", "upscaled", "target"), [
+    ((512, 512), {"scale": 2.0}, (1024, 1024), (1024, 1024)),
+    ((768, 512), {"scale": 1.3}, (998, 665), (992, 664)),  # int(768 x 1.3) = 998: whole latents of 8 -> 992
+    ((512, 768), {"width": 1000}, (1000, 1500), (1000, 1496)),  # the other side in proportion, rounded down
+    ((512, 512), {"height": 750}, (750, 750), (744, 744)),
+    ((512, 512), {"width": 1024, "height": 768}, (1024, 1024), (1024, 768)),  # covered, then cropped
+    ((512, 512), {"width": 1000, "height": 750}, (1000, 1000), (1000, 752)),  # A1111 crops whole latents: 94 x 8
+    ((768, 512), {"width": 800, "height": 800}, (1200, 800), (800, 800)),
+    ((64, 64), {"width": 80, "height": 72}, (80, 80), (80, 72)),
+])
+def test_hires_sizes_are_a1111s(first: tuple, hires: dict, upscaled: tuple, target: tuple) -> None:
+    """modules/processing.py, calculate_target_resolution: the upscale, and the size the second pass keeps."""
+    fix = HiresFix(**hires)
+    assert (fix.upscale_size(*first), fix.target(*first)) == (upscaled, target)
+
+
+def test_crop_latents_takes_the_odd_row_off_the_bottom() -> None:
+    latents = torch.arange(2 * 4 * 7 * 5, dtype=torch.float32).reshape(2, 4, 7, 5)
+    assert torch.equal(crop_latents(latents, (4, 5)), latents[:, :, 1:5, :])  # 3 rows off: 1 at the top, 2 below
+    assert torch.equal(crop_latents(latents, (7, 2)), latents[:, :, :, 1:3])
+    assert crop_latents(latents, (7, 5)) is not None and torch.equal(crop_latents(latents, (7, 5)), latents)
+
+
 def test_metadata_uses_a1111_keys_and_reads_back(components: ComponentCache) -> None:
     request = _request("Latent", sampler="Euler")
     params = parse_parameters(txt2img(components("sd2-base"), request).images[0].info["parameters"])
@@ -66,6 +105,9 @@ def test_metadata_uses_a1111_keys_and_reads_back(components: ComponentCache) -> 
     explicit = txt2img(components("sd2-base"), replace(request, hires=replace(request.hires, width=80, height=72)))
     assert explicit.images[0].size == (80, 72)
     assert parse_parameters(explicit.images[0].info["parameters"])["Hires resize"] == "80x72"
+    one_side = txt2img(components("sd2-base"), replace(request, hires=replace(request.hires, width=80)))
+    assert one_side.images[0].size == (80, 80)
+    assert parse_parameters(one_side.images[0].info["parameters"])["Hires resize"] == "80x0"  # as A1111 writes it
 
 
 def test_one_progress_bar_over_both_passes_and_stop_in_the_second(components: ComponentCache) -> None:
