@@ -54,6 +54,20 @@ def test_hires_fix_endpoint_returns_the_target_size_with_a1111_keys(app) -> None
         assert part in text
 
 
+def test_hires_sizes_through_the_endpoint_are_a1111s(app) -> None:
+    """One explicit side: the other in proportion, written as A1111 writes it ("80x0"); a width and height of
+    another shape: covered, then cropped to exactly that size."""
+    client, _ = app
+    _, gallery, _ = client.predict(prompt="a castle", hires_fix=True, hires_width=80, hires_steps=2,
+                                   api_name="/txt2img", **{**FAST, "width": 64, "height": 96})
+    image = _png(gallery)
+    assert image.size == (80, 120) and "Hires resize: 80x0" in image.info["parameters"]
+    _, gallery, _ = client.predict(prompt="a castle", hires_fix=True, hires_width=96, hires_height=64,
+                                   hires_steps=2, api_name="/txt2img", **FAST)
+    image = _png(gallery)
+    assert image.size == (96, 64) and "Hires resize: 96x64" in image.info["parameters"]
+
+
 def test_png_info_parameters_reproduce_hires_variation_tiling_exactly(app) -> None:
     client, outputs = app
     _, gallery, _ = client.predict(
