@@ -17,8 +17,8 @@ Gradio's own bound (`queue(max_size=...)`, which counts waiting events of every 
 
 `for_visitors(demo, visitors, hosting, app_kwargs)` is what each launch of the app needs (the app's own
 `launch`, `sd2_app.ui.lifecycle.AppBlocks.launch`, calls it): the queue's `push` is wrapped (Gradio has no
-per-session limit of its own; `gradio/queueing.py`, `Queue.push`), the request-limits, visitor-cookie and
-upload-budget middlewares are added to the FastAPI app Gradio creates (through `launch(app_kwargs=...)`; body
+per-session limit of its own; `gradio/queueing.py`, `Queue.push`), the request-limits, MCP caller, visitor-cookie
+and upload-budget middlewares are added to the FastAPI app Gradio creates (through `launch(app_kwargs=...)`; body
 sizes: `sd2_app.ui.request_limits`; uploads per address: `sd2_app.ui.upload_budget`), the app's own files in
 Gradio's cache are swept on `delete_cache`'s schedule (`sd2_app.ui.cache_files`), and the direct REST routes that
 would skip the queue stay closed (`api_open=False`; gradio_client and the browser always join the queue). An
@@ -39,6 +39,7 @@ from sd2_app.app_flags import (DEFAULT_CACHE_MINUTES, DEFAULT_MAX_JOBS_PER_ADDRE
 from sd2_app.api.address_jobs import DEFAULT_QUEUE_SIZE, AddressJobs, Refusal
 from sd2_app.api.addresses import ClientAddresses, starlette_request
 from sd2_app.ui.cache_files import sweeping_lifespan
+from sd2_app.ui.mcp_addresses import McpCallerMiddleware
 from sd2_app.ui.request_limits import RequestLimitsMiddleware
 from sd2_app.ui.runner import GPU_QUEUE, RunFlag
 from sd2_app.ui.upload_budget import MB, UploadBudget, UploadBudgetMiddleware
@@ -231,9 +232,9 @@ def _count_down(counter: Counter[str], key: str) -> None:
 def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
                  app_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Ready `demo` for a launch that serves visitors: close the direct REST routes, watch the queue; returns the
-    `app_kwargs` for Gradio's `launch`, with the request-limits (`sd2_app.ui.request_limits`), visitor-cookie and
-    upload-budget middlewares and the sweep of the app's cached files on `delete_cache`'s schedule added to the
-    caller's."""
+    `app_kwargs` for Gradio's `launch`, with the request-limits (`sd2_app.ui.request_limits`), MCP caller
+    (`sd2_app.ui.mcp_addresses`), visitor-cookie and upload-budget middlewares and the sweep of the app's cached
+    files on `delete_cache`'s schedule added to the caller's."""
     demo.api_open = False
     visitors.watch(demo._queue)  # every Blocks has its queue (gradio/blocks.py, Blocks.__init__)
     app_kwargs = dict(app_kwargs or {})
@@ -241,6 +242,7 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
     window_s = cache[1] if cache else DEFAULT_CACHE_MINUTES * 60
     budget = UploadBudget(hosting.max_upload_mb_per_address * MB, window_s=window_s)
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(RequestLimitsMiddleware),
+                                Middleware(McpCallerMiddleware, addresses=visitors.addresses),
                                 Middleware(VisitorMiddleware, cookies=visitors.cookies),
                                 Middleware(UploadBudgetMiddleware, budget=budget, addresses=visitors.addresses)]
     if cache:

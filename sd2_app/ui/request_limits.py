@@ -6,8 +6,9 @@ several times that in memory. `RequestLimitsMiddleware` refuses a body over `bod
 the route reads it: at once when its Content-Length says so, and as soon as the bytes received pass the limit
 when the client sends it in chunks without a length. The limits follow what each route accepts at most: the
 A1111 API two base64 images of the web UI's upload size (`sd2_app.api.a1111.MAX_BASE64_CHARS`: an init image
-and a mask), anything else of Gradio's (queue joins, MCP messages, whose own limit is 4 MB) `MAX_BODY_BYTES`;
-Gradio's upload route has its own limit and budget (`sd2_app.ui.upload_budget`).
+and a mask), the inpaint editor's parts one image of that size each (`sd2_app.ui.editor_blobs`), anything else
+of Gradio's (queue joins, MCP messages, whose own limit is 4 MB) `MAX_BODY_BYTES`; Gradio's upload route has
+its own limit and budget (`sd2_app.ui.upload_budget`).
 
 Remote fetches. Gradio's file route serves any public http(s) URL it is given (GET /gradio_api/file=<url>;
 gradio/route_utils.py, `secure_url_stream_response`: the server fetches it and streams it back), which would
@@ -20,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from urllib.parse import unquote
 
+from gradio.route_utils import API_PREFIX
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import PlainTextResponse
 
@@ -31,6 +33,8 @@ from sd2_app.ui.visitors import ASGIApp, Message, Scope
 
 MAX_BODY_BYTES = 4 * MB  # a queue join (prompts, settings, references to uploaded files) or an MCP message
 MAX_API_BODY_BYTES = 2 * MAX_BASE64_CHARS + MB  # an A1111 API call: an init image and a mask, and the rest
+MAX_PART_BODY_BYTES = MAX_BASE64_CHARS * 3 // 4 + MB  # one inpaint editor part of the upload size, and its form
+COMPONENT_SERVER_PATH = f"{API_PREFIX}/component_server"  # where the browser sends the editor's parts
 REMOTE_FILE_MESSAGE = "This server serves only its own files; it does not fetch files from other sites."
 
 Receive = Callable[[], Awaitable[Message]]
@@ -41,6 +45,8 @@ def body_limit(path: str) -> int | None:
     """The most bytes a request body to `path` may have; None for the upload route (its own middleware)."""
     if path.endswith(UPLOAD_PATH):
         return None
+    if path.rstrip("/").endswith(COMPONENT_SERVER_PATH):
+        return MAX_PART_BODY_BYTES
     return MAX_API_BODY_BYTES if path.startswith(A1111_PREFIX + "/") else MAX_BODY_BYTES
 
 

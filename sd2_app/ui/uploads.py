@@ -29,6 +29,7 @@ from gradio.route_utils import API_PREFIX
 from PIL import Image, UnidentifiedImageError
 
 from sd2_app.api.image_inputs import too_large
+from sd2_app.ui.editor_blobs import guard_blobs
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,8 @@ def _editor_parts(editor: gr.ImageEditor, payload: Any) -> tuple[list[Any], list
 
 
 def guard_editor(editor: EditorT, max_pixels: int, max_layers: int = MAX_EDITOR_LAYERS) -> EditorT:
-    """Wrap an ImageEditor/ImageMask's preprocess: at most `max_layers` layers, each part checked by header."""
+    """Wrap an ImageEditor/ImageMask's preprocess: at most `max_layers` layers, each part checked by header; the
+    parts the browser sends ahead are checked and bounded too (`sd2_app.ui.editor_blobs`)."""
     decode = _readable(editor.preprocess)
 
     def checked_preprocess(payload: Any) -> Any:
@@ -176,7 +178,7 @@ def guard_editor(editor: EditorT, max_pixels: int, max_layers: int = MAX_EDITOR_
         return decode(payload)
 
     editor.preprocess = checked_preprocess  # type: ignore[method-assign]
-    return editor
+    return guard_blobs(editor)
 
 
 def check_on_upload(box: gr.Image | gr.ImageMask, max_pixels: int) -> None:

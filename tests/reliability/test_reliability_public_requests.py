@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from sd2_app.api.a1111_routes import NO_MODEL_ADMIN_MESSAGE
+from sd2_app.ui.editor_blobs import MAX_PENDING_BYTES
 from sd2_app.ui.request_limits import (MAX_API_BODY_BYTES, MAX_BODY_BYTES, REMOTE_FILE_MESSAGE,
                                        too_large_message)
 from sd2_app.ui.uploads import REMOTE_FILE_REFUSAL
@@ -143,6 +144,44 @@ def test_a_file_named_by_url_in_a_queue_join_is_refused_before_any_download(
                 f"refused at join, HTTP 400: {REMOTE_FILE_REFUSAL} Downloads: 0")
 
 
+def _editor_part(url: str, editor: int, part_id: str, kind: str, index: str, blob: bytes) -> httpx.Response:
+    """What the browser sends the inpaint editor ahead of a job: one part (gradio's ImageEditor.accept_blobs)."""
+    form = {"component_id": str(editor), "session_hash": "s", "fn_name": "accept_blobs", "data": "{}",
+            "type": kind, "index": index, "id": part_id}
+    return httpx.post(f"{url}gradio_api/component_server", data=form, files={"blob": ("blob", blob, "image/png")},
+                      headers={"X-Forwarded-For": MALLORY}, timeout=60)
+
+
+def test_the_inpaint_editors_pending_parts_are_checked_and_bounded(app, reliability) -> None:
+    url, demo = app
+    config = httpx.get(f"{url}config", timeout=30).json()
+    editor_id = next(c["id"] for c in config["components"] if c.get("type") == "imageeditor")
+    store = demo.blocks[editor_id].blob_storage  # type: ignore[attr-defined]
+    far = _editor_part(url, editor_id, "far", "layer", str(10**6), b"x")  # Gradio grows a list to the index
+    odd = _editor_part(url, editor_id, "odd", "thumbnail", "null", b"x")
+    assert (far.status_code, far.json()) == (422, {"detail": "An editor layer is numbered 0 to 63."})
+    assert (odd.status_code, odd.json()) == (422, {"detail": "An editor part is the background, a layer or the "
+                                                             "composite."})
+    assert "far" not in store and "odd" not in store
+    part = 10 * 2**20
+    sent = MAX_PENDING_BYTES // part + 4
+    try:
+        answers = [_editor_part(url, editor_id, f"flood-{n}", "background", "null", bytes([n]) * part).status_code
+                   for n in range(sent)]
+        kept = sorted(int(key.split("-")[1]) for key in store)
+        held = store.held_bytes()
+    finally:
+        for key in list(store):
+            store.pop(key)
+    assert answers == [200] * sent and held <= MAX_PENDING_BYTES
+    assert kept == list(range(sent - MAX_PENDING_BYTES // part, sent))  # the newest parts, as many as fit
+    reliability(AREA, f"the inpaint editor's parts endpoint (component_server accept_blobs): layer {10**6}, a part "
+                f"named 'thumbnail', then {sent} backgrounds of 10 MiB under new ids (raw HTTP)",
+                f"HTTP 422: {far.json()['detail']} / {odd.json()['detail']} (nothing stored); of the flood the "
+                f"newest {len(kept)} are kept, {held:,} bytes (limit {MAX_PENDING_BYTES:,}; Gradio kept every part "
+                "for good and grew a layer list to any index)")
+
+
 def test_the_shared_checkpoint_stays_unless_visitors_may_load_models(app, reliability) -> None:
     url, _ = app
     before = _api(url, "options", MALLORY, method="GET").json()["sd_model_checkpoint"]
@@ -188,3 +227,55 @@ def test_progress_and_interrupt_reach_only_the_callers_own_api_jobs(app, reliabi
                 f"it sees job_count {seen['state']['job_count']} and no step, progress or preview; its interrupt "
                 f"stops nothing (the job was at step {own['state']['sampling_step']} a second later); the owner's "
                 "interrupt stops it")
+
+
+@pytest.fixture(scope="module")
+def mcp_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`python app.py --host 0.0.0.0 --mcp --max-jobs-per-address 2`, no proxy in front (uvicorn trusts only a
+    loopback peer, 127.0.0.1, as one: its default); yields the MCP endpoint's URL."""
+    pytest.importorskip("mcp")
+    from tests.reliability_support import serve
+
+    argv = ["--tiny", "--device", "cpu", "--host", "0.0.0.0", "--no-save", "--mcp", "--max-jobs-per-address", "2"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache")))
+        with serve(argv, tmp_path_factory.mktemp("app-cache"), bind="127.0.0.1") as (url, _):
+            yield url + "gradio_api/mcp/"
+
+
+def _mcp_txt2img(url: str, forwarded_for: str, seed: int) -> tuple[bool, str]:
+    """One MCP tools/call of txt2img (150 steps) from 127.0.0.2, a peer uvicorn does not trust as a proxy: a
+    client on the internet that writes its own X-Forwarded-For. (isError, its text or "image")."""
+    import asyncio
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def main() -> tuple[bool, str]:
+        transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+        async with httpx.AsyncClient(transport=transport, headers={"X-Forwarded-For": forwarded_for},
+                                     timeout=httpx.Timeout(60, read=300)) as http:
+            async with streamable_http_client(url, http_client=http) as (read, write, _), \
+                    ClientSession(read, write) as session:
+                await session.initialize()
+                result = await session.call_tool("txt2img", {"prompt": f"mcp {seed}", "width": 64, "height": 64,
+                                                             "steps": 150, "guidance_scale": 1.0,
+                                                             "sampler": "Euler", "seed": seed})
+                return result.isError, result.content[0].text if result.isError else "image"
+
+    return asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_mcp_calls_count_under_the_callers_address_whatever_it_writes(mcp_app, reliability) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda n: _mcp_txt2img(mcp_app, f"10.9.{n}.1", n), range(4)))
+    refused = [text for error, text in answers if error]
+    assert sum(not error for error, _ in answers) == 2 and len(refused) == 2, answers
+    assert all(text.startswith("Client error '400 Bad Request' for url ") for text in refused), refused
+    reliability("Hosting", "4 concurrent MCP txt2img calls from one address, each writing its own X-Forwarded-For "
+                "(--mcp, --max-jobs-per-address 2, no proxy in front; Gradio's MCP server joins the queue from "
+                "loopback with the caller's headers)",
+                "2 ran, 2 refused at join (the MCP client reads: Client error '400 Bad Request'); each call counts "
+                "under the caller's own address")
