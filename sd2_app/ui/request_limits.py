@@ -1,4 +1,5 @@
-"""What the web server refuses before Gradio or the A1111 API reads a request: bodies over a size, remote fetches.
+"""What the web server refuses before Gradio or the A1111 API reads a request: bodies over a size, remote
+fetches, and a route of Gradio's that the app does not use.
 
 Request bodies. FastAPI reads a JSON body whole before a route sees it (and Gradio's queue join keeps the
 parsed data with the queued event), and uvicorn sets no limit, so one request of some hundred MB would take
@@ -14,6 +15,11 @@ Remote fetches. Gradio's file route serves any public http(s) URL it is given (G
 gradio/route_utils.py, `secure_url_stream_response`: the server fetches it and streams it back), which would
 make this server an open relay for anybody's downloads. The app never links to other sites' files, so that
 form of the route answers 403.
+
+Screen recordings. Gradio's POST /gradio_api/process_recording (gradio/routes.py, `process_recording`) runs
+ffmpeg, where installed, on any video a client posts, with the zoom effects it asks for: CPU time and a media
+parser for anybody. It serves the recording button of Gradio's settings panel, a tool for an app's author, so
+it answers 404 here.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ MAX_API_BODY_BYTES = 2 * MAX_BASE64_CHARS + MB  # an A1111 API call: an init ima
 MAX_PART_BODY_BYTES = MAX_BASE64_CHARS * 3 // 4 + MB  # one inpaint editor part of the upload size, and its form
 COMPONENT_SERVER_PATH = f"{API_PREFIX}/component_server"  # where the browser sends the editor's parts
 REMOTE_FILE_MESSAGE = "This server serves only its own files; it does not fetch files from other sites."
+RECORDING_PATH = f"{API_PREFIX}/process_recording"
+NO_RECORDINGS_MESSAGE = "This server does not process screen recordings."
 
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
@@ -61,7 +69,8 @@ def is_remote_file(path: str) -> bool:
 
 
 class RequestLimitsMiddleware:
-    """ASGI middleware: bodies within `body_limit`, no remote fetches through the file route (module docstring)."""
+    """ASGI middleware: bodies within `body_limit`, no remote fetches through the file route, no screen recordings
+    (module docstring)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -73,6 +82,9 @@ class RequestLimitsMiddleware:
         path = scope.get("path", "")
         if is_remote_file(path):
             await PlainTextResponse(REMOTE_FILE_MESSAGE, status_code=403)(scope, receive, send)
+            return
+        if path.rstrip("/").endswith(RECORDING_PATH):
+            await PlainTextResponse(NO_RECORDINGS_MESSAGE, status_code=404)(scope, receive, send)
             return
         limit = body_limit(path)
         declared = declared_size(StarletteRequest(scope))

@@ -22,8 +22,8 @@ import pytest
 
 from sd2_app.api.a1111_routes import NO_MODEL_ADMIN_MESSAGE
 from sd2_app.ui.editor_blobs import MAX_PENDING_BYTES
-from sd2_app.ui.request_limits import (MAX_API_BODY_BYTES, MAX_BODY_BYTES, REMOTE_FILE_MESSAGE,
-                                       too_large_message)
+from sd2_app.ui.request_limits import (MAX_API_BODY_BYTES, MAX_BODY_BYTES, NO_RECORDINGS_MESSAGE,
+                                       REMOTE_FILE_MESSAGE, too_large_message)
 from sd2_app.ui.uploads import REMOTE_FILE_REFUSAL
 from tests.hosting_support import API_FAST, api_job_count, served_behind_proxy, wait_for_api_jobs
 from tests.reliability_report import reliability, track_module  # noqa: F401
@@ -142,6 +142,28 @@ def test_a_file_named_by_url_in_a_queue_join_is_refused_before_any_download(
     reliability(AREA, "a queue join whose image is {'path': 'https://<another site>/huge.png'} (Gradio would "
                 "download it whole, past the upload limit and budget)",
                 f"refused at join, HTTP 400: {REMOTE_FILE_REFUSAL} Downloads: 0")
+
+
+def test_screen_recordings_are_not_processed(app, reliability, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from gradio import routes
+
+    ran: list[tuple[object, ...]] = []
+
+    async def ffmpeg(*args: object) -> object:  # stands in for ffmpeg, which Spaces' images carry
+        ran.append(args)
+        raise RuntimeError("ffmpeg ran")
+
+    monkeypatch.setattr(routes, "process_video_with_ffmpeg", ffmpeg)
+    monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: f"/usr/bin/{name}")
+    url, _ = app
+    answer = httpx.post(f"{url}gradio_api/process_recording", files={"video": ("rec.mp4", b"\0" * 4096, "video/mp4")},
+                        data={"zoom_effects": '[{"boundingBox": {"topLeft": [0, 0], "bottomRight": [1, 1]}}]'},
+                        headers={"X-Forwarded-For": MALLORY}, timeout=30)
+    assert (answer.status_code, answer.text, ran) == (404, NO_RECORDINGS_MESSAGE, [])
+    reliability(AREA, "POST /gradio_api/process_recording with a video and zoom effects (Gradio runs ffmpeg on it "
+                "where ffmpeg is installed)", f"HTTP 404: {NO_RECORDINGS_MESSAGE} ffmpeg never runs")
 
 
 def _editor_part(url: str, editor: int, part_id: str, kind: str, index: str, blob: bytes) -> httpx.Response:
