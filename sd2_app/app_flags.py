@@ -12,6 +12,7 @@ import argparse
 import os
 from importlib.util import find_spec
 
+from sd2_app.api.address_jobs import DEFAULT_QUEUE_SIZE
 from sd2_app.api.cost import DEFAULT_MAX_JOB_COST
 from sd2_app.compute_flags import add_compute_arguments
 from sd2_app.serve.config import process_sources
@@ -72,8 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--auth takes USER:PASSWORD")
     if min(args.max_jobs_per_address, args.trusted_proxy_hops, args.max_upload_mb_per_address) < 0:
         p.error("--max-jobs-per-address, --max-upload-mb-per-address and --trusted-proxy-hops take 0 or more")
-    if args.max_sessions < 1:
-        p.error("--max-sessions takes 1 or more")
+    if min(args.max_sessions, args.queue_size) < 1:
+        p.error("--max-sessions and --queue-size take 1 or more")
     if args.serve:
         _refuse_local_settings(p, args)
     return args
@@ -110,7 +111,9 @@ def _visitor_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:
     """What visitors' jobs may cost, where their results go, and who may manage the models."""
     p.add_argument("--outputs", default=None if spaces else "outputs", help="folder for results and metadata")
     p.add_argument("--no-save", action="store_true", help="do not write results to disk")
-    p.add_argument("--queue-size", type=int, default=16, help="jobs that may wait in the queue")
+    p.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE,
+                   help="GPU jobs the app takes waiting or running at once, from the web UI, MCP tools and the A1111 "
+                        "API together; the next is refused with 'The server is busy' (default %(default)s)")
     p.add_argument("--max-jobs-per-session", type=int,
                    default=_env_number("SD2APP_MAX_JOBS_PER_SESSION", DEFAULT_MAX_JOBS_PER_VISITOR),
                    help="GPU jobs one visitor may have queued or running (default %(default)s, "

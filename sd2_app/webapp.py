@@ -20,7 +20,8 @@ import gradio as gr
 from PIL import Image
 
 from sd2_app.api import gpu_time
-from sd2_app.api.a1111_routes import A1111Api, build_router, parse_auth
+from sd2_app.api.a1111_auth import parse_auth
+from sd2_app.api.a1111_routes import A1111Api, build_router
 from sd2_app.api.checks import Limits
 from sd2_app.api.keeper import HISTORY_SIZE
 from sd2_app.api.service import Service
@@ -29,7 +30,7 @@ from sd2_app.app_flags import api_enabled, is_public
 from sd2_app.checkpoints.catalog import CheckpointSpec
 from sd2_app.serve.config import ServeConfig, load_config
 from sd2_app.ui import build_ui
-from sd2_app.ui.hosting import Hosting
+from sd2_app.ui.hosting import Hosting, gradio_max_size
 from sd2_app.ui.lifecycle import AppBlocks
 from sd2_app.ui.mcp_tools import add_mcp_tools
 
@@ -48,21 +49,28 @@ def build(args: argparse.Namespace) -> AppBlocks:
     # refuses anything over the limit from the header alone, so this only stops bombs PIL would decode).
     Image.MAX_IMAGE_PIXELS = settings.limits.max_input_pixels
     service = local_service(settings) if config is None else _serve_service(args.serve, config, settings)
-    hosting = Hosting(max_jobs_per_visitor=args.max_jobs_per_session, max_jobs_per_address=args.max_jobs_per_address,
+    hosting = Hosting(queue_size=args.queue_size,
+                      max_jobs_per_visitor=args.max_jobs_per_session, max_jobs_per_address=args.max_jobs_per_address,
                       max_upload_mb_per_address=args.max_upload_mb_per_address,
                       trusted_proxy_hops=args.trusted_proxy_hops,
                       model_admin=args.allow_model_admin or bool(args.auth) or not is_public(args))
+    if service.concurrency > args.queue_size:
+        logging.getLogger("app").warning(
+            "--queue-size %d is below the %d jobs the GPU queue can run at once: at most %d will run",
+            args.queue_size, service.concurrency, args.queue_size)
     demo = build_ui(service, hosting=hosting)
     if args.mcp and mcp_available():
         add_mcp_tools(demo, service)
     age = max(1, round(args.cache_minutes * 60))
     demo.delete_cache = (min(age, 600), age)  # every `frequency` seconds, files older than `age` seconds go
-    # The direct REST routes, which would skip the queue, are closed at launch (`AppBlocks.launch`).
-    demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
+    # The direct REST routes, which would skip the queue, are closed at launch (`AppBlocks.launch`), where the
+    # queue's push is wrapped to bound GPU jobs and the other events apart (`sd2_app.ui.hosting`).
+    demo.queue(max_size=gradio_max_size(args.queue_size), default_concurrency_limit=1)
     if api_enabled(args):
-        # The API's jobs count towards the per-address limit with the UI's, and stop when the app closes.
-        api = A1111Api(service, auth=parse_auth(args.api_auth), max_jobs=args.queue_size,
-                       address_jobs=demo.flags.visitors.address_jobs)
+        # The API's jobs count with the UI's, towards --queue-size and the per-address limit, and stop when the
+        # app closes.
+        api = A1111Api(service, auth=parse_auth(args.api_auth), address_jobs=demo.flags.visitors.address_jobs,
+                       model_admin=hosting.model_admin)
         demo.stop_at_close(api)
         demo.sd2_routes = build_router(api).routes  # type: ignore[attr-defined]  # read by launch_settings()
     return demo

@@ -112,11 +112,14 @@ def wait_for_api_jobs(url: str, done: Callable[[int], bool], auth: tuple[str, st
     return api_job_count(url, auth)
 
 
-def interrupt_api_jobs(url: str, count: int, auth: tuple[str, str] | None = None) -> None:
-    """/interrupt stops the oldest API job: `count` times, each once the one before has left."""
+def interrupt_api_jobs(url: str, count: int, auth: tuple[str, str] | None = None,
+                       forwarded_for: str | None = None) -> None:
+    """/interrupt stops the caller's oldest API job: `count` times, each once the one before has left; the
+    caller is the client at `forwarded_for` behind the test's proxy (`served_behind_proxy`), or the test itself."""
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
     for _ in range(count):
         left = api_job_count(url, auth)
         if not left:
             return
-        httpx.post(f"{url}sdapi/v1/interrupt", auth=auth, timeout=30)
+        httpx.post(f"{url}sdapi/v1/interrupt", auth=auth, headers=headers, timeout=30)
         wait_for_api_jobs(url, lambda jobs: jobs < left, auth)

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from sd2_app.api.checks import Catalog
+from sd2_app.checkpoints.catalog import REGISTRY
 
 SAMPLER_KARRAS = {"DPM++ 2M": True, "Euler a": False, "Euler": True, "DDIM": False, "UniPC": True,
                   "DPM++ 2M SDE": True, "Heun": True}
@@ -46,6 +47,7 @@ class FakeSpec:
     label: str
     resolution: int
     tasks: tuple[str, ...]
+    original_file: str = ""
 
 
 @dataclass
@@ -60,7 +62,7 @@ class FakeManager:
     """Records what was used; `use` yields the key as the "components". Implements api.model_host.ModelHost."""
 
     def __init__(self) -> None:
-        self.registry = {k: FakeSpec(k, v[2], v[0], v[1]) for k, v in CHECKPOINTS.items()}
+        self.registry = {k: FakeSpec(k, v[2], v[0], v[1], REGISTRY[k].original_file) for k, v in CHECKPOINTS.items()}
         self.loaded: list[str] = []
         self.used: list[str] = []
 

@@ -32,6 +32,7 @@ from sd2_app.api.checks import resolve_seed
 from sd2_app.api.image_inputs import to_mask
 from sd2_app.api.results import Result
 from sd2_app.errors import InvalidRequest
+from sd2_app.samplers.registry import A1111_SAMPLER_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ def _sampler(body: Mapping[str, Any], names: list[str], task: str) -> tuple[str,
     karras = False
     if raw.endswith(" Karras"):  # before A1111 1.9 the schedule was part of the sampler's name
         raw, karras = raw[: -len(" Karras")], True
+    raw = A1111_SAMPLER_NAMES.get(raw, raw)  # "PLMS" is our PNDM
     by_lower = {name.lower(): name for name in names}
     if raw.lower() not in by_lower:
         raise InvalidRequest(f"Sampler {raw!r} is not available; choose one of: {', '.join(names)}.")

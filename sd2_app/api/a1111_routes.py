@@ -2,17 +2,21 @@
 
 Every generation goes through `Service.run`, so it has the UI's validation (and cost cap), metadata,
 watermark and history, and it passes the Service's `GpuGate`, the one way to the GPU that the UI's jobs
-take too (these routes are FastAPI routes beside Gradio and never enter Gradio's queue). At most `max_jobs`
-API jobs wait or run at once; more get 503. One network address may have at most the web UI's per-address
-number of GPU jobs, its UI and API jobs counted together (`sd2_app.api.address_jobs.AddressJobs`, the count the
-UI's queue uses; a checkpoint load through /options counts while it loads); more get 429. A job's place is
+take too (these routes are FastAPI routes beside Gradio and never enter Gradio's queue). Its GPU jobs are
+counted with the web UI's and the MCP tools' in one place (`sd2_app.api.address_jobs.AddressJobs`, the count
+the UI's queue uses; a checkpoint load through /options counts while it loads): when the app has --queue-size
+of them waiting or running, the next gets 503 with the message the web UI shows; when the client's network
+address has the web UI's per-address number, 429. A job's place is
 taken before its body is decoded and checked, so a refused call costs no decode. When the app closes
 (`sd2_app.ui.lifecycle.AppBlocks.close`), the API takes no new job (503) and its jobs, waiting or running, stop
 at their next step; their clients get a 503 that says so (`n_iter` batches already finished are saved, when
 saving is on); a checkpoint load cannot stop midway, so the close waits for it. `/progress` and `/interrupt`
-see only the API's own jobs: a visitor of the web UI is neither reported (their preview) nor stopped through
-them. Optional HTTP basic auth guards every route
-(`--api-auth user:pass[,user2:pass2]`, as A1111's flag).
+see only the API's own jobs, and of those only the caller's (its network address's): a visitor of the web UI or
+another API client is neither reported (their preview) nor stopped through them; /progress's `job_count` is all
+the API's jobs (the queue's length, as Gradio's queue status says it). Where loading checkpoints by hand is off
+(public modes without --allow-model-admin, --auth or --api-auth: `model_admin`), /options may not change the
+shared current checkpoint (403); a call names its own with `override_settings`. Optional HTTP basic auth guards
+every route (`sd2_app.api.a1111_auth`).
 
 Shapes: A1111's modules/api/api.py (the routes) and modules/api/models.py; the mapping is in `a1111.py`.
 """
@@ -21,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,10 +32,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
-from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image
 
 from sd2_app.api import a1111
+from sd2_app.api.a1111_auth import basic_auth
 from sd2_app.api.a1111_catalog import catalog_routes, png_info_routes
 from sd2_app.api.address_jobs import AddressJobs
 from sd2_app.api.cost import LATENT_FACTOR
@@ -43,7 +46,7 @@ from sd2_app.api.progress import enlarged
 from sd2_app.api.results import Result
 from sd2_app.api.service import Service
 from sd2_app.api.tasks import default_checkpoint
-from sd2_app.errors import Cancelled, InvalidRequest, LoadError
+from sd2_app.errors import Busy, Cancelled, InvalidRequest, LoadError
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +54,10 @@ T = TypeVar("T")
 
 PREFIX = "/sdapi/v1"
 HISTORY_OWNER = unlisted("a1111-api")  # API jobs get their images in the reply: not kept in History
+NO_MODEL_ADMIN_MESSAGE = ("Changing the server's current checkpoint is off on this server; name one per call with "
+                          "override_settings.sd_model_checkpoint.")
 CLOSING_MESSAGE = "The server is shutting down; try again when it is back."
 STOPPED_AT_CLOSE_MESSAGE = "The server is shutting down and stopped this job; try again when it is back."
-
-
-def parse_auth(value: str | None) -> list[tuple[str, str]]:
-    """`user:pass[,user2:pass2]` -> pairs; a pair without ':' or with an empty part is an error."""
-    pairs = []
-    for item in (value or "").split(","):
-        if not item.strip():
-            continue
-        user, sep, password = item.strip().partition(":")
-        if not sep or not user or not password:
-            raise ValueError(f"--api-auth wants user:password pairs separated by commas, got {item.strip()!r}")
-        pairs.append((user, password))
-    return pairs
 
 
 @dataclass
@@ -74,6 +66,7 @@ class _Tracked:
 
     task: str
     n_iter: int
+    address: str  # the client's network address (`ClientAddresses.of`): only it sees and stops the job
     started: float = field(default_factory=time.time)
     stop: threading.Event = field(default_factory=threading.Event)
     iteration: int = 0
@@ -107,11 +100,11 @@ class _Tracked:
 class A1111Api:
     """State of the API (the current model, the API's jobs) and the handlers behind the routes."""
 
-    def __init__(self, service: Service, *, auth: Sequence[tuple[str, str]] = (), max_jobs: int = 16,
-                 address_jobs: AddressJobs | None = None) -> None:
+    def __init__(self, service: Service, *, auth: Sequence[tuple[str, str]] = (),
+                 address_jobs: AddressJobs | None = None, model_admin: bool = True) -> None:
         self.service = service
         self.auth = list(auth)
-        self.max_jobs = max(1, max_jobs)
+        self.model_admin = model_admin or bool(self.auth)  # /options may change the current checkpoint
         self.address_jobs = address_jobs or AddressJobs()  # the web UI's (`Visitors.address_jobs`) when it has one
         self.current = self._first_for("txt2img")  # A1111's "sd_model_checkpoint" option
         # ZeroGPU: the GPU exists only inside spaces.GPU calls, each asking for its own job's time
@@ -159,13 +152,17 @@ class A1111Api:
 
     def set_options(self, options: Mapping[str, Any], client: Request) -> None:
         """A new `sd_model_checkpoint` is loaded through the GPU gate, like a job: while it loads it holds a place
-        of the client's network address (`_admit`), and the app's close waits for it (`wait_for_jobs`).
-        `client`: the HTTP request."""
+        of the client's network address (`_admit`), and the app's close waits for it (`wait_for_jobs`); refused
+        with 403 where visitors may not load checkpoints (`model_admin`). `client`: the HTTP request."""
         for name in options:
             if name != "sd_model_checkpoint":
                 log.info("A1111 API: ignoring option %s", name)
         if options.get("sd_model_checkpoint"):
             key = self.resolve(options["sd_model_checkpoint"])
+            if not self.model_admin:
+                if key != self.current:
+                    raise HTTPException(403, NO_MODEL_ADMIN_MESSAGE)
+                return  # naming the current checkpoint changes nothing, and loads nothing by hand
             address = self.address_jobs.addresses.of(client)
             with self._lock:
                 self._admit(address)
@@ -182,24 +179,20 @@ class A1111Api:
     # ---- jobs ------------------------------------------------------------------------------------
     def _admit(self, address: str) -> None:
         """Hold a GPU place of the network address `address` (`AddressJobs.take`; give it back with `release`):
-        refused with 503 while the app closes, 429 when the address has its share of GPU jobs, web UI ones
-        included. Called with `_lock` held."""
+        refused with 503 while the app closes or when the app has --queue-size GPU jobs, 429 when the address
+        has its share; web UI jobs count in both. Called with `_lock` held."""
         if self._closing:
             raise HTTPException(503, CLOSING_MESSAGE)
         refused = self.address_jobs.take(address)
         if refused is not None:
-            log.info("A1111 API: refused a job: %s", refused)
-            raise HTTPException(429, refused)
+            log.info("A1111 API: refused a job: %s", refused.message)
+            raise HTTPException(503 if refused.busy else 429, refused.message)
 
     def _track(self, task: str, address: str) -> _Tracked:
-        """The job's place (`_admit`, then 503 when `max_jobs` are in); the address's place is held until
-        `_untrack`. `task`: the route's, until the job is built."""
+        """The job's place (`_admit`), held until `_untrack`. `task`: the route's, until the job is built."""
         with self._lock:
             self._admit(address)
-            if len(self._jobs) >= self.max_jobs:
-                self.address_jobs.release(address)
-                raise HTTPException(503, f"The API queue is full ({self.max_jobs} jobs); try again shortly.")
-            tracked = _Tracked(task, 1)
+            tracked = _Tracked(task, 1, address)
             self._jobs.append(tracked)
         return tracked
 
@@ -236,13 +229,18 @@ class A1111Api:
         return {"images": [base64.b64encode(data).decode("ascii") for data in encoded] if job.send_images else [],
                 "parameters": a1111.echo_parameters(body), "info": info}
 
-    def interrupt(self) -> bool:
-        """Stop the oldest API job (the one running, or next in turn); False when there is none."""
+    def _jobs_of(self, address: str) -> list[_Tracked]:
+        """The API jobs of the network address `address`, oldest first."""
         with self._lock:
-            if not self._jobs:
-                return False
-            self._jobs[0].stop.set()
-        return True
+            return [job for job in self._jobs if job.address == address]
+
+    def interrupt(self, address: str) -> bool:
+        """Stop the oldest API job of the network address `address` (running, or next in turn); False when it
+        has none."""
+        jobs = self._jobs_of(address)
+        if jobs:
+            jobs[0].stop.set()
+        return bool(jobs)
 
     def stop_everyone(self) -> int:
         """The app is closing: take no new job or load (503) and stop every job, waiting or running, at its next
@@ -260,11 +258,13 @@ class A1111Api:
         with self._jobs_changed:
             return self._jobs_changed.wait_for(lambda: not self._jobs and not self._loads, timeout)
 
-    def progress(self, skip_current_image: bool = False) -> dict[str, Any]:
+    def progress(self, address: str, skip_current_image: bool = False) -> dict[str, Any]:
+        """The oldest API job of the network address `address`, and how many API jobs there are in all."""
         with self._lock:
-            jobs = list(self._jobs)
+            count = len(self._jobs)
+        jobs = self._jobs_of(address)
         if not jobs:
-            return {"progress": 0.0, "eta_relative": 0.0, "state": _state(None, 0), "current_image": None,
+            return {"progress": 0.0, "eta_relative": 0.0, "state": _state(None, count), "current_image": None,
                     "textinfo": None, "current_task": None}
         job = jobs[0]
         elapsed = time.time() - job.started
@@ -272,7 +272,7 @@ class A1111Api:
         eta = elapsed / progress - elapsed if progress > 0 else 0.0
         image = None if skip_current_image else job.preview_png()
         waiting = "Waiting for the GPU" if job.steps == 0 else f"Step {job.step}/{job.steps}"
-        return {"progress": progress, "eta_relative": eta, "state": _state(job, len(jobs)), "current_image": image,
+        return {"progress": progress, "eta_relative": eta, "state": _state(job, count), "current_image": image,
                 "textinfo": waiting, "current_task": None}
 
 
@@ -288,9 +288,12 @@ def _state(job: _Tracked | None, count: int) -> dict[str, Any]:
 
 
 def _errors_as_http(call: Callable[[], T]) -> T:
-    """Our refusals as 422 with the message; load failures as 500 with a generic message (detail in the log)."""
+    """Our refusals as 422 with the message (503 for `Busy`: nothing ran, try again later); load failures as 500
+    with a generic message (detail in the log)."""
     try:
         return call()
+    except Busy as error:  # nothing ran: as the API's own refusal when the app is full
+        raise HTTPException(503, str(error)) from error
     except InvalidRequest as error:
         raise HTTPException(422, str(error)) from error
     except LoadError as error:
@@ -298,25 +301,9 @@ def _errors_as_http(call: Callable[[], T]) -> T:
         raise HTTPException(500, "The model could not be loaded; the operator has the details.") from error
 
 
-def _auth_dependency(api: A1111Api) -> Callable[..., None]:
-    basic = HTTPBasic(auto_error=False)
-
-    def check(credentials: HTTPBasicCredentials | None = Depends(basic)) -> None:
-        if not api.auth:
-            return
-        if credentials is not None:
-            for user, password in api.auth:
-                user_ok = secrets.compare_digest(credentials.username.encode(), user.encode())
-                if user_ok & secrets.compare_digest(credentials.password.encode(), password.encode()):
-                    return
-        raise HTTPException(401, "Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
-
-    return check
-
-
 def build_router(api: A1111Api) -> APIRouter:
     """The routes; app.py passes them to Gradio's FastAPI app (`launch(app_kwargs={"routes": ...})`)."""
-    router = APIRouter(prefix=PREFIX, dependencies=[Depends(_auth_dependency(api))])
+    router = APIRouter(prefix=PREFIX, dependencies=[Depends(basic_auth(api.auth))])
     _generation_routes(router, api)
     _job_routes(router, api)
     catalog_routes(router, api)
@@ -353,15 +340,15 @@ def _generation_routes(router: APIRouter, api: A1111Api) -> None:
 
 
 def _job_routes(router: APIRouter, api: A1111Api) -> None:
-    """/progress and /interrupt of the API's own jobs, and /options (the current checkpoint)."""
+    """/progress and /interrupt of the caller's own API jobs, and /options (the current checkpoint)."""
 
     @router.get("/progress")
-    def progress(skip_current_image: bool = False) -> dict[str, Any]:
-        return api.progress(skip_current_image)
+    def progress(client: Request, skip_current_image: bool = False) -> dict[str, Any]:
+        return api.progress(api.address_jobs.addresses.of(client), skip_current_image)
 
     @router.post("/interrupt")
-    def interrupt() -> dict[str, Any]:
-        api.interrupt()
+    def interrupt(client: Request) -> dict[str, Any]:
+        api.interrupt(api.address_jobs.addresses.of(client))
         return {}
 
     @router.get("/options")

@@ -73,13 +73,18 @@ class ClientAddresses:
 
     trusted_hops: int = 0
 
-    def of(self, request: Any) -> str:
-        """The address key of a gr.Request or a Starlette request (see the module docstring)."""
+    def host_of(self, request: Any) -> str | None:
+        """The client's own address as a gr.Request or a Starlette request names it (before `network_key`): the
+        X-Forwarded-For entry of the outermost trusted proxy when that is an IP address, else the socket peer."""
         raw = starlette_request(request)
         if self.trusted_hops > 0:
             forwarded = _forwarded_by_proxies(raw, self.trusted_hops)
-            key = network_key(_without_port(forwarded)) if forwarded else None
-            if key is not None:
-                return key
+            host = _without_port(forwarded) if forwarded else None
+            if network_key(host) is not None:
+                return host
         client = getattr(raw, "client", None)
-        return network_key(getattr(client, "host", None)) or UNKNOWN
+        return getattr(client, "host", None)
+
+    def of(self, request: Any) -> str:
+        """The address key of a gr.Request or a Starlette request (see the module docstring)."""
+        return network_key(self.host_of(request)) or UNKNOWN

@@ -3,8 +3,8 @@
 The first pass runs on the request's checkpoint, the decoded image goes through the x4 upscaler (the manager
 brings that checkpoint in, offloading others as memory requires), and the second pass runs on the request's
 checkpoint again (the txt2img pipeline, given a `HiresPassRequest`, runs pipelines/hires.py `hires_pass`,
-which resizes the x4 output to the target). Each job holds the manager's lock only while it runs, so no job
-ever holds two checkpoints' lock at once.
+which resizes the x4 output to the upscale size and crops its latents to the target). Each job holds the
+manager's lock only while it runs, so no job ever holds two checkpoints' lock at once.
 
 The x4 stage uses the Upscale tab's defaults (DDIM, CFG 9, noise level 20) at the hires steps, with the
 request's prompts and seed.

@@ -359,3 +359,8 @@ class Service:
         """The A1111 `parameters` text of a PNG and its parsed fields ({} when it has none)."""
         text = read_png_parameters(image)
         return text, (parse_parameters(text) if text else {})
+
+    @staticmethod
+    def parse_parameters(text: str) -> dict[str, Any]:
+        """The fields of an A1111 `parameters` text (`read_parameters`'s second half, for pasted text)."""
+        return parse_parameters(text)

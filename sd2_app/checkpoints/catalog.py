@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,6 +31,7 @@ class CheckpointSpec:
     revision: str | None  # pinned revision for Hub repos; None = the default branch
     resolution: int  # native output side in pixels (x4: output of a 128-pixel input)
     tasks: tuple[str, ...]  # "txt2img", "img2img", "inpaint", "depth", "upscale"
+    original_file: str = ""  # Stability's checkpoint file (no extension): A1111 writes it as "Model: ..."
 
     @property
     def env_name(self) -> str:
@@ -51,18 +53,23 @@ TEXT_TASKS = ("txt2img", "img2img")  # what a text-to-image checkpoint can run
 REGISTRY: dict[str, CheckpointSpec] = {
     spec.key: spec
     for spec in (
-        CheckpointSpec("sd2-base", "SD 2.0 base (512)", _mirrors("stable-diffusion-2-base"), None, 512, TEXT_TASKS),
-        CheckpointSpec("sd2", "SD 2.0 (768-v)", _mirrors("stable-diffusion-2"), None, 768, TEXT_TASKS),
-        CheckpointSpec("sd21-base", "SD 2.1 base (512)", _mirrors("stable-diffusion-2-1-base"), None, 512, TEXT_TASKS),
-        # fp32 attention for 2.1-v comes from its unet/config.json (upcast_attention), not from here.
+        CheckpointSpec("sd2-base", "SD 2.0 base (512)", _mirrors("stable-diffusion-2-base"), None, 512, TEXT_TASKS,
+                       "512-base-ema"),
+        CheckpointSpec("sd2", "SD 2.0 (768-v)", _mirrors("stable-diffusion-2"), None, 768, TEXT_TASKS,
+                       "768-v-ema"),
+        CheckpointSpec("sd21-base", "SD 2.1 base (512)", _mirrors("stable-diffusion-2-1-base"), None, 512,
+                       TEXT_TASKS, "v2-1_512-ema-pruned"),
+        # Its unet/config.json sets upcast_attention; sd2_app/nn/attention.py says when that makes attention fp32.
+        CheckpointSpec("sd21", "SD 2.1 (768-v)", _mirrors("stable-diffusion-2-1"), None, 768, TEXT_TASKS,
+                       "v2-1_768-ema-pruned"),
         CheckpointSpec(
-            "sd21", "SD 2.1 (768-v, fp32 attention)", _mirrors("stable-diffusion-2-1"), None, 768, TEXT_TASKS
+            "sd2-inpainting", "SD 2 inpainting", _mirrors("stable-diffusion-2-inpainting"), None, 512, ("inpaint", "outpaint"),
+            "512-inpainting-ema",
         ),
-        CheckpointSpec(
-            "sd2-inpainting", "SD 2 inpainting", _mirrors("stable-diffusion-2-inpainting"), None, 512, ("inpaint", "outpaint")
-        ),
-        CheckpointSpec("sd2-depth", "SD 2 depth", _mirrors("stable-diffusion-2-depth"), None, 512, ("depth",)),
-        CheckpointSpec("x4-upscaler", "x4 upscaler", _mirrors("stable-diffusion-x4-upscaler"), None, 512, ("upscale",)),
+        CheckpointSpec("sd2-depth", "SD 2 depth", _mirrors("stable-diffusion-2-depth"), None, 512, ("depth",),
+                       "512-depth-ema"),
+        CheckpointSpec("x4-upscaler", "x4 upscaler", _mirrors("stable-diffusion-x4-upscaler"), None, 512,
+                       ("upscale",), "x4-upscaler-ema"),
     )
 }
 
@@ -144,6 +151,18 @@ def tiny_registry(
             raise InvalidRequest(f"no tiny repo for checkpoint {key!r} (have: {', '.join(sorted(folders))})")
         result[key] = replace(spec, repos=(str(folders[kind]),), revision=None)
     return result
+
+
+def checkpoint_named(name: str, registry: Mapping[str, CheckpointSpec]) -> str | None:
+    """Our key for a checkpoint as a parameters text names it: our key or label ("Model: sd21"), or A1111's
+    name of the original file, with or without a folder, extension and " [hash]" ("v2-1_768-ema-pruned",
+    "SD2/v2-1_768-ema-pruned.safetensors [ad2a33c361]"); None when no checkpoint has that name."""
+    stem = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", name.strip()).replace("\\", "/").rsplit("/", 1)[-1]
+    stem = re.sub(r"\.(safetensors|ckpt)$", "", stem, flags=re.IGNORECASE)
+    for key, spec in registry.items():
+        if name in (key, spec.label) or (spec.original_file and stem.lower() == spec.original_file.lower()):
+            return key
+    return None
 
 
 def is_local(repo: str) -> bool:

@@ -1,15 +1,17 @@
 """Hires fix (A1111's txt2img option, learned from modules/processing.py, `sample_hr_pass`): generate at the
-request's size, upscale, then image-to-image at `denoising_strength` to the target size.
+request's size, upscale, then image-to-image at `denoising_strength` to the target size, running exactly the
+hires steps at the end of a schedule of hires steps / strength (`HiresFix.schedule_steps`), as A1111 does.
 
-Both passes are the one shared loop (`generate.generate`, then a strength-cut `Job.denoise`). Upscalers:
+Both passes are the one shared loop (`generate.generate`, then a cut schedule's `Job.denoise`). Upscalers:
 "Latent" (bilinear) and "Latent (nearest-exact)" resize the first pass's latents; "Lanczos" resizes the
 decoded image; "SD2 x4" runs the decoded image through the x4 upscaler, which the service brings in with
 the model manager (api/service.py) and hands back as `HiresPassRequest.images`.
 
 The second pass draws from a fresh generator seeded with the request's seed (A1111 does the same), so it is
-image-to-image by hand with that seed: for pixel upscalers, the posterior sample of the upscaled image, then
-the noise; for latent upscalers, only the noise. The seed extras shape the first pass only. Progress counts
-both passes on one bar: the first pass's steps, then the second's after them.
+image-to-image by hand with that seed and that schedule (where its strength cut runs the hires steps): for
+pixel upscalers, the posterior sample of the upscaled image, then the noise; for latent upscalers, only the
+noise. The seed extras shape the first pass only. Progress counts both passes on one bar: the first pass's
+steps, then the second's after them.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sd2_app.pipelines.images import LANCZOS, postprocess, preprocess_image
 from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.output import PipelineOutput, label_images
+from sd2_app.pipelines.prompt_schedule import hires_prompt_steps
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.sampling import draw_noise, start_job
 from sd2_app.pipelines.seamless import tiled_components
@@ -42,8 +45,9 @@ LATENT_MODES = {"Latent": "bilinear", "Latent (nearest-exact)": "nearest-exact"}
 
 
 def hires_sampling(sampling: Sampling, hires: HiresFix) -> Sampling:
-    """The second pass's sampling: the hires sampler and steps where given, the rest (seed too) unchanged."""
-    return replace(sampling, sampler=hires.sampler or sampling.sampler, steps=hires.steps or sampling.steps)
+    """The second pass's sampling: the hires sampler where given, a schedule of `HiresFix.schedule_steps`, the
+    rest (seed too) unchanged."""
+    return replace(sampling, sampler=hires.sampler or sampling.sampler, steps=hires.schedule_steps(sampling.steps))
 
 
 def upscale_latents(latents: torch.Tensor, size: tuple[int, int], upscaler: str) -> torch.Tensor:
@@ -53,6 +57,21 @@ def upscale_latents(latents: torch.Tensor, size: tuple[int, int], upscaler: str)
     return F.interpolate(latents, size=size, mode=mode, **options)
 
 
+def crop_latents(latents: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, 4, H, W) latents centre-cropped to `size` (h, w), as A1111 crops an upscale that covers an explicit
+    hires width and height (modules/processing.py, `sample_hr_pass`): an odd row or column comes off the bottom
+    or the right. Latents already of that size come back as they are."""
+    h, w = size
+    top, left = (latents.shape[2] - h) // 2, (latents.shape[3] - w) // 2
+    return latents[:, :, top:top + h, left:left + w]
+
+
+def upscaled_pixels(hires: HiresFix, first_size: tuple[int, int], factor: int) -> tuple[int, int]:
+    """(width, height) a pixel upscaler resizes the first image to: `HiresFix.upscale_size` in whole latents."""
+    width, height = hires.upscale_size(*first_size)
+    return width // factor * factor, height // factor * factor
+
+
 def hires_settings(request: Txt2ImgRequest, components: Components, width: int, height: int,
                    embeddings: list[TextualInversion]) -> Settings:
     """The first pass's settings plus A1111's hires keys ("Size" stays the first pass's size, as there)."""
@@ -60,9 +79,8 @@ def hires_settings(request: Txt2ImgRequest, components: Components, width: int, 
     assert hires is not None
     settings = txt2img_settings(request, components, width, height, embeddings)
     settings["Denoising strength"] = hires.denoising_strength
-    if hires.width or hires.height:
-        target = hires.target(width, height)
-        settings["Hires resize"] = f"{target[0]}x{target[1]}"
+    if hires.width or hires.height:  # what was asked, 0 for a side left to the proportion (A1111 writes the same)
+        settings["Hires resize"] = f"{hires.width or 0}x{hires.height or 0}"
     else:
         settings["Hires upscale"] = hires.scale
     settings["Hires steps"] = hires.steps or request.sampling.steps
@@ -85,13 +103,15 @@ def second_pass(
     assert hires is not None
     factor = vae_factor(components.vae)
     job = start_job(components, replace(request, sampling=hires_sampling(request.sampling, hires)),
-                    strength=hires.denoising_strength, mode=mode,  # a fresh generator seeded with the request's seed
-                    first_pass=request.sampling)  # prompt editing counts on from the first pass (A1111's hr conds)
+                    last_steps=hires.second_pass_steps(request.sampling.steps), mode=mode,  # a fresh generator, seeded
+                    prompt_calls=hires_prompt_steps(request.sampling, hires))
     if isinstance(start, torch.Tensor):
         init = start.float()
     else:
         pixels = torch.cat([preprocess_image(image, factor=factor) for image in start])  # (B, 3, H, W)
         init = encode(components.vae, pixels, job.generator)  # (B, 4, H/8, W/8)
+    target_w, target_h = hires.target(*first_size)
+    init = crop_latents(init, (target_h // factor, target_w // factor))  # an upscale covering an explicit size
     noise = draw_noise(tuple(init.shape), job.generator, components.device, components.dtype)
     latents = job.denoise(add_noise(init, noise, job.plan.schedule.sigmas[0]), on_step=on_step)
     images = postprocess(job.decode(latents))
@@ -121,13 +141,13 @@ def hires_fix(components: Components, request: Txt2ImgRequest, on_step: LatentPr
     total = first_steps + hires.second_pass_steps(first_steps)
     components = tiled_components(components, request.tiling)  # the job's own circular view when tiling
     latents, width, height, warnings = generate(components, request, _offset(on_step, 0, total), mode)
-    target_w, target_h = hires.target(width, height)
+    cover_w, cover_h = upscaled_pixels(hires, (width, height), factor)
     if hires.upscaler in LATENT_MODES:
         start: torch.Tensor | list[Image.Image] = upscale_latents(
-            latents, (target_h // factor, target_w // factor), hires.upscaler)
+            latents, (cover_h // factor, cover_w // factor), hires.upscaler)
     else:
         pixels = postprocess(decode_in(mode, components.vae, latents))
-        start = [image.resize((target_w, target_h), LANCZOS) for image in pixels]
+        start = [image.resize((cover_w, cover_h), LANCZOS) for image in pixels]
     output = second_pass(components, request, start, (width, height), _offset(on_step, first_steps, total), mode)
     output.warnings = warnings  # the first pass's (the second pass runs at the size it was given)
     return output
@@ -139,6 +159,6 @@ def hires_pass(components: Components, request: HiresPassRequest, on_step: Laten
     """The second pass alone, from images another model upscaled (the service's SD2 x4 route)."""
     base = request.base
     assert base.hires is not None
-    target = base.hires.target(*request.first_size)
-    images = [image.convert("RGB").resize(target, LANCZOS) for image in request.images]
+    cover = upscaled_pixels(base.hires, request.first_size, vae_factor(components.vae))
+    images = [image.convert("RGB").resize(cover, LANCZOS) for image in request.images]
     return second_pass(tiled_components(components, base.tiling), base, images, request.first_size, on_step, mode)

@@ -29,7 +29,7 @@ from sd2_app.prompt_editing import Schedule, prompt_schedule
 from sd2_app.samplers.registry import SAMPLERS
 
 if TYPE_CHECKING:
-    from sd2_app.api.requests import Sampling
+    from sd2_app.api.requests import HiresFix, Sampling
 
 MAX_PHASE_CHUNKS = 64  # phases x chunks per phase: bounds the encoder's work and the contexts' memory
 
@@ -47,9 +47,17 @@ def unet_calls(sampling: Sampling) -> int:
     return sampling.steps * SAMPLERS[sampling.sampler].order
 
 
-def prompt_steps(sampling: Sampling, first_pass: Sampling | None = None) -> PromptSteps:
-    """The schedule steps of a run with `sampling`; `first_pass` for the hires fix's second pass."""
-    return PromptSteps(unet_calls(sampling), None if first_pass is None else unet_calls(first_pass))
+def prompt_steps(sampling: Sampling) -> PromptSteps:
+    """The prompt schedule of a run with `sampling` (image-to-image too: all its steps, whatever the strength)."""
+    return PromptSteps(unet_calls(sampling))
+
+
+def hires_prompt_steps(first_pass: Sampling, hires: HiresFix) -> PromptSteps:
+    """The hires fix's second pass: its hires steps x its sampler's calls per step (not the longer schedule whose
+    end it runs), counted on from the first pass's calls (A1111 modules/processing.py, `setup_conds`: the hr
+    conds are built for the hires steps with the first pass's as base)."""
+    sampler = SAMPLERS[hires.sampler or first_pass.sampler]
+    return PromptSteps((hires.steps or first_pass.steps) * sampler.order, unet_calls(first_pass))
 
 
 def _entry_at(schedule: Schedule, call: int) -> int:

@@ -11,12 +11,12 @@ import torch
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.loop import Conditioning, LatentProgressFn, Tiling, run_sampling
 from sd2_app.pipelines.output import PipelineOutput
-from sd2_app.pipelines.prompt_schedule import encode_prompt_schedule, prompt_steps
+from sd2_app.pipelines.prompt_schedule import PromptSteps, encode_prompt_schedule, prompt_steps
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.vae_io import decode_in
 from sd2_app.api.requests import Sampling, TaskRequest
 from sd2_app.checkpoints.components import Components
-from sd2_app.samplers import SAMPLERS, make_schedule, start_at
+from sd2_app.samplers import SAMPLERS, keep_last, make_schedule, start_at
 from sd2_app.samplers.base import NoiseSource, randn_from
 from sd2_app.samplers.registry import SamplerSpec
 from sd2_app.samplers.schedules import Schedule, SchedulerConfig
@@ -48,10 +48,14 @@ def draw_noise(
     return randn_from(shape, generator, dtype).to(device=device, dtype=torch.float32)
 
 
-def plan_sampling(config: SchedulerConfig, sampling: Sampling, strength: float | None = None) -> SamplingPlan:
-    """Schedule for the request's sampler; with `strength`, only its last `int(N * strength)` steps."""
+def plan_sampling(config: SchedulerConfig, sampling: Sampling, strength: float | None = None, *,
+                  last_steps: int | None = None) -> SamplingPlan:
+    """Schedule for the request's sampler; with `strength`, only its last `int(N * strength)` steps; with
+    `last_steps`, only that many of its last steps (the hires fix's second pass)."""
     schedule = make_schedule(config, sampling.sampler, sampling.steps, use_karras=sampling.use_karras)
     spec = SAMPLERS[sampling.sampler]  # the name is known: validation checked it, make_schedule too
+    if last_steps is not None:
+        schedule = keep_last(schedule, last_steps)
     if strength is not None:
         schedule = start_at(schedule, strength)
         if len(schedule.sigmas) < 2:
@@ -133,16 +137,16 @@ class PreparedRun:
         return self.finish(self.job.denoise(self.start, on_step=on_step))
 
 
-def start_job(components: Components, request: TaskRequest, *, strength: float | None = None, mode: RunMode = NORMAL,
-              first_pass: Sampling | None = None) -> Job:
+def start_job(components: Components, request: TaskRequest, *, strength: float | None = None,
+              last_steps: int | None = None, mode: RunMode = NORMAL, prompt_calls: PromptSteps | None = None) -> Job:
     """Seeded generator, encoded prompts ([uncond; cond], a phase per prompt-schedule step) and the sampling plan
-    for `request`, run in `mode`. `first_pass`: the hires fix's first pass, when this is its second pass (the
-    prompt schedule's steps count on from it)."""
+    for `request`, run in `mode` (`strength` and `last_steps` cut the schedule, `plan_sampling`). `prompt_calls`:
+    the UNet calls the prompt schedule spans when not the request's own (`prompt_steps`), e.g. a hires pass's."""
     sampling = request.sampling
     assert sampling.seed is not None, "the service resolves the seed before calling a pipeline"
     generator = make_generator(components.device, sampling.seed)
     encoded = encode_prompt_schedule(components, request.prompt, request.negative_prompt,
                                      batch_size=sampling.batch_size, use_cfg=sampling.cfg_scale > 1.0,
-                                     steps=prompt_steps(sampling, first_pass))
-    plan = plan_sampling(components.scheduler_config, sampling, strength=strength)
+                                     steps=prompt_calls or prompt_steps(sampling))
+    plan = plan_sampling(components.scheduler_config, sampling, strength=strength, last_steps=last_steps)
     return Job(components, sampling, generator, encoded.context, plan, mode, encoded.embeddings, encoded.phases)

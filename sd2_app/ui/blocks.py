@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
 from sd2_app.api.addresses import ClientAddresses
+from sd2_app.checkpoints.catalog import CheckpointSpec, checkpoint_named
 from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
 from sd2_app.ui.hosting import Hosting, Visitors
 from sd2_app.ui.lifecycle import AppBlocks
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.sending import (  # noqa: F401  # clamp_to, sampler_fields: also imported from here
-    SendTarget, clamp_to, picked_history_image, sampler_fields, wire_history_send, wire_send)
+    SendTarget, clamp_to, picked_history_image, sampler_fields, unreproduced, wire_history_send, wire_send)
 from sd2_app.ui.txt2img_extras import from_parameters
 
 if TYPE_CHECKING:
@@ -49,7 +50,8 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
     `close()` stops the jobs and waits for the results still being saved (`sd2_app.ui.lifecycle`).
     """
     visitors = Visitors(max_jobs=hosting.max_jobs_per_visitor, max_jobs_per_address=hosting.max_jobs_per_address,
-                        addresses=ClientAddresses(trusted_hops=hosting.trusted_proxy_hops))
+                        addresses=ClientAddresses(trusted_hops=hosting.trusted_proxy_hops),
+                        queue_size=hosting.queue_size)
     flags = StopFlags(visitors)
     examples = _examples(assets)
     with AppBlocks(service, flags, hosting, title=TITLE, analytics_enabled=False) as demo:
@@ -92,7 +94,7 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
         _wire_reuse(service, t2i, tabs, png_send, png_fields, past)
         # Gradio 6 takes style sheets and scripts only at launch(); the page script adds ours on load instead, so
         # every launcher (app.py, Spaces, the tests) gets them.
-        css = json.dumps((STATIC / "app.css").read_text(encoding="utf-8") + models.phone_css() + history.phone_css())
+        css = json.dumps((STATIC / "app.css").read_text(encoding="utf-8") + models.table_css() + history.phone_css())
         demo.load(None, js=f"() => ({(STATIC / 'app.js').read_text(encoding='utf-8')})({css})")
     return demo
 
@@ -108,21 +110,21 @@ def _wire_history_tab(history_tab: gr.Tab, past: history.HistoryView) -> None:
 def _wire_reuse(service: Service, t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, png_send: gr.Button,
                 png_fields: gr.JSON, past: history.HistoryView) -> None:
     """PNG info's "Send to text to image" and History's "Reuse its settings" fill text to image."""
-    to_txt2img, txt2img_fields = _png_to_txt2img(t2i, tabs)
+    to_txt2img, txt2img_fields = _png_to_txt2img(t2i, tabs, service.registry)
     png_send.click(to_txt2img, png_fields, txt2img_fields, api_name="png_info_send", api_visibility="private")
     past.reuse.click(lambda gallery, index: to_txt2img(picked_history_image(service, gallery, index)[1]),
                      [past.gallery, past.selected], txt2img_fields, api_name="history_reuse",
                      api_visibility="private")
 
 
-def _png_to_txt2img(t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs) -> tuple[Callable[[dict[str, Any] | None], tuple],
-                                                                     list[gr.components.Component]]:
+def _png_to_txt2img(t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, registry: Mapping[str, CheckpointSpec]
+                    ) -> tuple[Callable[[dict[str, Any] | None], tuple], list[gr.components.Component]]:
     """(function, outputs) putting parsed PNG parameters into text to image: prompt, negative prompt, sampler,
     steps, CFG, seed, size and checkpoint. PNG info's send and History's reuse use it."""
     controls = t2i.sampling
     names = [value for _, value in controls.sampler.choices]
-    # "Model" is our checkpoint key; other tools write a name or hash, which leaves the checkpoint as it is.
-    checkpoints = {key: key for _, key in t2i.checkpoint.choices} | {label: key for label, key in t2i.checkpoint.choices}
+    # "Model" is our key or label, or A1111's name of the original file; any other name keeps the checkpoint.
+    offered = {key: spec for key, spec in registry.items() if key in {key for _, key in t2i.checkpoint.choices}}
 
     def send(parsed: dict[str, Any] | None) -> tuple:
         if not parsed:
@@ -131,8 +133,9 @@ def _png_to_txt2img(t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs) -> tuple[Callable[[d
         width, _, height = size.partition("x")
         keep = gr.skip()
         sampler, karras = sampler_fields(parsed, names)
-        if sampler is None and parsed.get("Sampler"):
-            gr.Warning(f"Sampler {parsed['Sampler']!r} is not available here; the current sampler is kept.")
+        for note in unreproduced(parsed, names):
+            gr.Warning(note)
+        checkpoint = checkpoint_named(str(parsed.get("Model", "")), offered)
         return (
             parsed.get("Prompt", ""),
             parsed.get("Negative prompt", ""),
@@ -143,7 +146,7 @@ def _png_to_txt2img(t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs) -> tuple[Callable[[d
             parsed.get("Seed", keep),
             clamp_to(int(width), t2i.width) if width.isdigit() else keep,
             clamp_to(int(height), t2i.height) if height.isdigit() else keep,
-            checkpoints.get(str(parsed.get("Model", "")), keep),
+            keep if checkpoint is None else checkpoint,
             gr.Tabs(selected="txt2img"),
             *from_parameters(parsed, names),  # hires fix, seed extras, tiling
         )

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 NOTHING_TO_STOP = "Nothing to stop."  # Stop from a visitor with no job, running or queued
 STOPPING = "Stopping at the next step…"  # what a late preview shows after Stop, until the run has ended
 QUEUED = "Queued…"  # the info line from Generate until the run starts
+NOT_STARTED = "Not started; the message at the top says why."  # a run that never began (its join refused)
 STARTING = "Starting…"  # from the run's start until its first preview
 SAMPLING_NAMES = ("sampler", "use_karras", "steps", "cfg_scale", "guidance_rescale", "seed", "batch_size")
 EXAMPLE_PROMPTS = ("High quality photo of an astronaut riding a horse in space", "two tigers", "a white cat")
@@ -357,14 +358,16 @@ def _wire_generate(panel: ResultPanel, handler: Callable[..., Iterator[tuple]],
         show_progress_on=[panel.gallery],  # the bar covers the results, not the live preview
     )
 
-    def ends(gallery: Any) -> tuple:  # also sizes the grid to the batch (the API's gallery stays a plain list)
-        return (*_idle(), gr.update(columns=gallery_columns(len(gallery or []))))
+    def ends(gallery: Any, info: Any) -> tuple:  # also sizes the grid to the batch (the API's gallery stays a list)
+        # A join the queue refused (`ui.hosting`: the app, visitor or address at its limit) never ran the handler.
+        return (*_idle(), gr.update(columns=gallery_columns(len(gallery or []))),
+                NOT_STARTED if info == QUEUED else gr.update())
 
     # Gradio 6 runs a .then() only after a success, despite its docs, so a failed run needs .failure() as well.
     # Its update of the gallery also clears the "Error" badge there: the toast has said what went wrong.
     for after, name in ((event.then, f"{api_name}_ends"), (event.failure, f"{api_name}_failed")):
-        after(ends, panel.gallery, [panel.run, panel.stop, panel.gallery], api_name=name, api_visibility="private",
-              queue=False, show_progress="hidden")
+        after(ends, [panel.gallery, panel.info], [panel.run, panel.stop, panel.gallery, panel.info], api_name=name,
+              api_visibility="private", queue=False, show_progress="hidden")
     return event
 
 

@@ -1,23 +1,28 @@
-"""What a public deployment needs from the web layer: visitor ids, a per-visitor queue limit, Stop for queued jobs.
+"""What a public deployment needs from the web layer: visitor ids, the queue's bounds, Stop for queued jobs.
 
 `Hosting` holds the operator's settings. `Visitors` knows who sent a request (`sd2_app.ui.visitors`) and
-from which network address (`sd2_app.api.addresses`), and watches Gradio's queue: a visitor may have at most
-`max_jobs_per_visitor` GPU jobs queued or running, and one address at most `max_jobs_per_address` (a client
-that drops its cookies is a new visitor on every request, but not a new address), counted together with the
-address's A1111 API jobs (`Visitors.address_jobs`, `sd2_app.api.address_jobs`); the next join is refused
-at once with a message, before it takes a queue place. Every GPU job gets a stop flag when it joins, so Stop
-reaches a job that is still waiting as well as the running one. The queue's other events (image checks,
-"Send to", PNG info: quick, no GPU) share its `max_size` places with the GPU jobs, so one address may also
-have only `MAX_OTHER_EVENTS_PER_ADDRESS` of them queued or running: a flood of cheap calls cannot fill the
-queue and turn everyone's GPU jobs away with "Queue is full".
+from which network address (`sd2_app.api.addresses`), and watches Gradio's queue. Its GPU jobs (the web UI's and
+the MCP tools') are counted with the A1111 API's in one place (`Visitors.address_jobs`,
+`sd2_app.api.address_jobs`): the app takes at most `queue_size` of them waiting or running (--queue-size), one
+address at most `max_jobs_per_address` (a client that drops its cookies is a new visitor on every request, but
+not a new address), and one visitor at most `max_jobs_per_visitor`; the next join is refused at once with a
+message, before it takes a queue place. Every GPU job gets a stop flag when it joins, so Stop reaches a job that
+is still waiting as well as the running one.
+
+The queue's other events (image checks, "Send to", PNG info: quick, no GPU) have places of their own: at most
+`OTHER_EVENT_PLACES` of them waiting or running, and `MAX_OTHER_EVENTS_PER_ADDRESS` of one address, so a flood
+of cheap calls cannot take the GPU jobs' places, and GPU jobs filling theirs do not turn cheap calls away.
+Gradio's own bound (`queue(max_size=...)`, which counts waiting events of every kind: gradio/queueing.py,
+`Queue.push`) is `gradio_max_size`, the two together, so it is never the one that refuses.
 
 `for_visitors(demo, visitors, hosting, app_kwargs)` is what each launch of the app needs (the app's own
 `launch`, `sd2_app.ui.lifecycle.AppBlocks.launch`, calls it): the queue's `push` is wrapped (Gradio has no
-per-session limit of its own; `gradio/queueing.py`, `Queue.push`), the visitor-cookie and upload-budget
-middlewares are added to the FastAPI app Gradio creates (through `launch(app_kwargs=...)`; uploads per address:
-`sd2_app.ui.upload_budget`), the app's own files in Gradio's cache are swept on `delete_cache`'s schedule
-(`sd2_app.ui.cache_files`), and the direct REST routes that would skip the queue stay closed (`api_open=False`;
-gradio_client and the browser always join the queue).
+per-session limit of its own; `gradio/queueing.py`, `Queue.push`), the request-limits, MCP caller, visitor-cookie
+and upload-budget middlewares are added to the FastAPI app Gradio creates (through `launch(app_kwargs=...)`; body
+sizes: `sd2_app.ui.request_limits`; uploads per address: `sd2_app.ui.upload_budget`), the app's own files in
+Gradio's cache are swept on `delete_cache`'s schedule (`sd2_app.ui.cache_files`), and the direct REST routes that
+would skip the queue stay closed (`api_open=False`; gradio_client and the browser always join the queue). An
+event that names a file by another site's URL is refused at join (`sd2_app.ui.uploads.local_file_references`).
 """
 
 from __future__ import annotations
@@ -31,11 +36,14 @@ from starlette.middleware import Middleware
 
 from sd2_app.app_flags import (DEFAULT_CACHE_MINUTES, DEFAULT_MAX_JOBS_PER_ADDRESS, DEFAULT_MAX_JOBS_PER_VISITOR,
                                DEFAULT_UPLOAD_MB_PER_ADDRESS)
-from sd2_app.api.address_jobs import AddressJobs
+from sd2_app.api.address_jobs import DEFAULT_QUEUE_SIZE, AddressJobs, Refusal
 from sd2_app.api.addresses import ClientAddresses, starlette_request
 from sd2_app.ui.cache_files import sweeping_lifespan
+from sd2_app.ui.mcp_addresses import McpCallerMiddleware
+from sd2_app.ui.request_limits import RequestLimitsMiddleware
 from sd2_app.ui.runner import GPU_QUEUE, RunFlag
 from sd2_app.ui.upload_budget import MB, UploadBudget, UploadBudgetMiddleware
+from sd2_app.ui.uploads import local_file_references
 from sd2_app.ui.visitors import VisitorCookies, VisitorMiddleware
 
 if TYPE_CHECKING:
@@ -47,12 +55,16 @@ STOP_FLAG = "sd2_stop"  # attribute of the join request's Starlette `state` that
 # Queued events other than GPU jobs from one network address, waiting or running; each lasts well under a
 # second, and a page sends one or two at a time. Off with the per-address job limit (`max_jobs_per_address` 0).
 MAX_OTHER_EVENTS_PER_ADDRESS = 4
+# Queued events other than GPU jobs from everyone, waiting or running, whatever --queue-size: a burst of many
+# visitors' image checks and "Send to" clicks, each well under a second.
+OTHER_EVENT_PLACES = 64
 
 
 @dataclass(frozen=True)
 class Hosting:
     """The operator's settings for serving visitors (app.py's flags)."""
 
+    queue_size: int = DEFAULT_QUEUE_SIZE  # GPU jobs waiting or running, web UI, MCP and A1111 API together
     max_jobs_per_visitor: int = DEFAULT_MAX_JOBS_PER_VISITOR  # GPU jobs one visitor may have queued or running
     max_jobs_per_address: int = DEFAULT_MAX_JOBS_PER_ADDRESS  # the same for one network address; 0: no limit
     max_upload_mb_per_address: int = DEFAULT_UPLOAD_MB_PER_ADDRESS  # per cache age; 0: no budget
@@ -69,6 +81,16 @@ def too_many_events_from_address_message(limit: int) -> str:
     return f"Your network address already has {limit} requests waiting; try again when they are done."
 
 
+OTHER_EVENTS_BUSY_MESSAGE = "The server is busy with other visitors' requests; try again in a moment."
+
+
+def gradio_max_size(queue_size: int) -> int:
+    """Gradio's `queue(max_size=...)` for an app whose GPU jobs are bounded by `queue_size`: their places and
+    the other events', so Gradio's own "Queue is full" (counting every kind of waiting event) is never reached
+    while `Visitors.watch` bounds each kind."""
+    return queue_size + OTHER_EVENT_PLACES
+
+
 def stop_flag_of(request: Any) -> RunFlag | None:
     """The stop flag the queue gave this job when it joined (None for a call that did not join the queue)."""
     state = getattr(starlette_request(request), "state", None)
@@ -78,14 +100,15 @@ def stop_flag_of(request: Any) -> RunFlag | None:
 
 class Visitors:
     """Visitor ids, and the GPU jobs each visitor has in Gradio's queue (queued or running); `address_jobs` is the
-    per-address count the A1111 API shares (`sd2_app.api.address_jobs`)."""
+    count of GPU jobs the A1111 API shares (`sd2_app.api.address_jobs`): the app's bound `queue_size` and the
+    per-address limit."""
 
     def __init__(self, cookies: VisitorCookies | None = None, max_jobs: int = DEFAULT_MAX_JOBS_PER_VISITOR,
                  max_jobs_per_address: int = DEFAULT_MAX_JOBS_PER_ADDRESS,
-                 addresses: ClientAddresses | None = None) -> None:
+                 addresses: ClientAddresses | None = None, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
         self.cookies = cookies or VisitorCookies()
         self.max_jobs = max_jobs
-        self.address_jobs = AddressJobs(addresses, max_jobs_per_address, queued=self._queued_from)
+        self.address_jobs = AddressJobs(addresses, max_jobs_per_address, queue_size, queued=self._queued_by_address)
         self._queue: Any = None  # gradio.queueing.Queue, once installed
         self._joining: Counter[str] = Counter()  # joins of each visitor that Gradio is still accepting
         self._joining_others_from: Counter[str] = Counter()  # joins of other events per network address
@@ -110,23 +133,39 @@ class Visitors:
     def jobs_of(self, visitor: str) -> int:
         return len(self._live_jobs(visitor)) + self._joining[visitor]
 
-    def _queued_from(self, address: str) -> int:
-        """GPU jobs from the network address `address` (`ClientAddresses.of`) in Gradio's queue, waiting or running."""
-        return sum(1 for event in self._events() if self.addresses.of(event.request) == address)
+    def _queued_by_address(self) -> Counter[str]:
+        """GPU jobs in Gradio's queue, waiting or running, per network address (`ClientAddresses.of`)."""
+        return Counter(self.addresses.of(event.request) for event in self._events())
+
+    def other_events_by_address(self) -> Counter[str]:
+        """Queued events other than GPU jobs waiting or running (or joining), per network address."""
+        live = Counter(self.addresses.of(event.request) for event in self._events(gpu=False))
+        return live + self._joining_others_from
 
     def other_events_from(self, address: str) -> int:
         """Queued events other than GPU jobs waiting or running (or joining) from the network address `address`."""
-        live = sum(1 for event in self._events(gpu=False) if self.addresses.of(event.request) == address)
-        return live + self._joining_others_from[address]
+        return self.other_events_by_address()[address]
+
+    def _other_refusal(self, address: str) -> str | None:
+        """Why an event other than a GPU job from `address` may not join now: the address has its share
+        (with the per-address job limit on), or everyone's other events fill their places; None when it may."""
+        others = self.other_events_by_address()
+        if self.address_jobs.limit and others[address] >= MAX_OTHER_EVENTS_PER_ADDRESS:
+            return too_many_events_from_address_message(MAX_OTHER_EVENTS_PER_ADDRESS)
+        if others.total() >= OTHER_EVENT_PLACES:
+            return OTHER_EVENTS_BUSY_MESSAGE
+        return None
 
     def _visitor_refusal(self, visitor: str) -> str | None:
         return too_many_jobs_message(self.max_jobs) if self.jobs_of(visitor) >= self.max_jobs else None
 
     def admit(self, visitor: str, address: str) -> str | None:
         """A new GPU job of `visitor` from the network address `address`: None when it may join the queue, with a
-        place of the address held (`AddressJobs.take`: checked and held at once, as API jobs arrive meanwhile;
-        give it back with `address_jobs.release` once the job is in the queue), else why not (nothing held)."""
-        return self._visitor_refusal(visitor) or self.address_jobs.take(address)
+        place of the address held (`AddressJobs.take`: the app's bound and the address's limit, checked and held
+        at once, as API jobs arrive meanwhile; give it back with `address_jobs.release` once the job is in the
+        queue), else why not (nothing held)."""
+        refused = self._visitor_refusal(visitor) or self.address_jobs.take(address)
+        return refused.message if isinstance(refused, Refusal) else refused
 
     def stop_waiting(self, visitor: str) -> int:
         """Set the stop flag of every GPU job of `visitor` in the queue; how many were not stopped yet."""
@@ -139,8 +178,9 @@ class Visitors:
         return stopped
 
     def watch(self, queue: Any) -> None:
-        """Wrap `queue.push`: refuse a visitor's job or an address's event over the limits, give every GPU job a
-        stop flag."""
+        """Wrap `queue.push`: refuse an event that names a file by another site's URL, a GPU job over the app's
+        bound or its visitor's or address's limit, and another event over its places; give every GPU job a stop
+        flag."""
         if getattr(queue.push, "sd2_watched", False):
             return
         self._queue = queue
@@ -148,9 +188,10 @@ class Visitors:
 
         async def other_push(body: Any, request: Any, username: Any) -> Any:
             address = self.addresses.of(request)
-            if self.address_jobs.limit and self.other_events_from(address) >= MAX_OTHER_EVENTS_PER_ADDRESS:
-                log.info("refused an event: %d others of its address in the queue", MAX_OTHER_EVENTS_PER_ADDRESS)
-                return False, too_many_events_from_address_message(MAX_OTHER_EVENTS_PER_ADDRESS), "error"
+            refused = self._other_refusal(address)
+            if refused is not None:
+                log.info("refused an event: %s", refused)
+                return False, refused, "error"
             self._joining_others_from[address] += 1
             try:
                 return await push(body, request, username)
@@ -158,6 +199,10 @@ class Visitors:
                 _count_down(self._joining_others_from, address)
 
         async def limited_push(body: Any, request: Any, username: Any) -> Any:
+            remote = local_file_references(body.data)  # before Gradio could download a URL (`uploads`)
+            if remote is not None:
+                log.info("refused an event: a file given by URL")
+                return False, remote, "error"
             fn = queue.blocks.fns.get(body.fn_index) if body.fn_index is not None else None
             if getattr(fn, "concurrency_id", None) != GPU_QUEUE:
                 return await other_push(body, request, username)
@@ -187,15 +232,17 @@ def _count_down(counter: Counter[str], key: str) -> None:
 def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
                  app_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Ready `demo` for a launch that serves visitors: close the direct REST routes, watch the queue; returns the
-    `app_kwargs` for Gradio's `launch`, with the visitor-cookie and upload-budget middlewares and the sweep of
-    the app's cached files on `delete_cache`'s schedule added to the caller's."""
+    `app_kwargs` for Gradio's `launch`, with the request-limits (`sd2_app.ui.request_limits`), MCP caller
+    (`sd2_app.ui.mcp_addresses`), visitor-cookie and upload-budget middlewares and the sweep of the app's cached
+    files on `delete_cache`'s schedule added to the caller's."""
     demo.api_open = False
     visitors.watch(demo._queue)  # every Blocks has its queue (gradio/blocks.py, Blocks.__init__)
     app_kwargs = dict(app_kwargs or {})
     cache = getattr(demo, "delete_cache", None)
     window_s = cache[1] if cache else DEFAULT_CACHE_MINUTES * 60
     budget = UploadBudget(hosting.max_upload_mb_per_address * MB, window_s=window_s)
-    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []),
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(RequestLimitsMiddleware),
+                                Middleware(McpCallerMiddleware, addresses=visitors.addresses),
                                 Middleware(VisitorMiddleware, cookies=visitors.cookies),
                                 Middleware(UploadBudgetMiddleware, budget=budget, addresses=visitors.addresses)]
     if cache:

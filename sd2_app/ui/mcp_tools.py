@@ -28,6 +28,7 @@ from sd2_app.api.keeper import unlisted
 from sd2_app.api.tasks import TASKS
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 from sd2_app.ui.runner import GPU_QUEUE, shown_files
+from sd2_app.ui.uploads import upload_image
 
 if TYPE_CHECKING:
     from sd2_app.api.requests import TaskRequest
@@ -100,7 +101,7 @@ def _img2img_tool(service: Service) -> ToolFn:
         """Redraw an image following a text prompt (Stable Diffusion 2.1 image-to-image).
 
         Args:
-            image: the starting image (PNG, JPEG or WebP; an http(s) URL or a data URL); shrunk to fit 1024 px
+            image: the starting image, shrunk to fit 1024 px (PNG, JPEG or WebP; a data URL or an uploaded file)
             prompt: what the result should show
             negative_prompt: what to avoid; may be empty
             strength: how much to change, 0 to 1: 0.3 keeps the composition, 1 ignores the image's content
@@ -124,7 +125,7 @@ def _inpaint_tool(service: Service) -> ToolFn:
         """Repaint the masked part of an image following a text prompt (Stable Diffusion 2 inpainting model).
 
         Args:
-            image: the image to change (PNG, JPEG or WebP; an http(s) URL or a data URL)
+            image: the image to change (PNG, JPEG or WebP; a data URL or an uploaded file)
             mask: same size as the image; white = repaint, black = keep
             prompt: what the repainted area should show
             negative_prompt: what to avoid; may be empty
@@ -149,7 +150,7 @@ def _upscale_tool(service: Service) -> ToolFn:
         """Enlarge an image 4x with the Stable Diffusion x4 upscaler (input up to 512x512 pixels).
 
         Args:
-            image: the image to enlarge (PNG, JPEG or WebP; an http(s) URL or a data URL), at most 512x512 pixels
+            image: the image to enlarge (PNG, JPEG or WebP; a data URL or an uploaded file), at most 512x512 pixels
             prompt: what the image shows; guides the added detail; may be empty
             noise_level: 0 to 350: noise added to the input first; higher lets the model invent more detail
             steps: denoising steps, 1 to 150; 50 is usual
@@ -171,7 +172,7 @@ def _depth_tool(service: Service) -> ToolFn:
         """Redraw an image keeping its 3D layout (Stable Diffusion 2 depth model; depth estimated with DPT).
 
         Args:
-            image: the image whose depth (shapes and distances) the result keeps (PNG, JPEG or WebP; a URL)
+            image: the image whose depth (shapes, distances) the result keeps (PNG, JPEG or WebP; a data URL or an upload)
             prompt: what the result should show
             negative_prompt: what to avoid; may be empty
             strength: how much to change, 0 to 1; 1 keeps only the depth
@@ -187,13 +188,14 @@ def _depth_tool(service: Service) -> ToolFn:
 
 
 def _inputs(fn: ToolFn) -> list[gr.components.Component]:
-    """One hidden component per parameter, by its type hint (images as PIL, numbers with their precision)."""
+    """One hidden component per parameter, by its type hint (images as PIL, PNG, JPEG or WebP only, as the web
+    UI's uploads: `sd2_app.ui.uploads.upload_image`; numbers with their precision)."""
     components: list[gr.components.Component] = []
     for parameter in inspect.signature(fn).parameters.values():
         hint = parameter.annotation
         default = None if parameter.default is inspect.Parameter.empty else parameter.default
         if hint in ("Image.Image", Image.Image):
-            components.append(gr.Image(type="pil", format="png"))
+            components.append(upload_image(type="pil", format="png"))
         elif hint in ("int", int):
             components.append(gr.Number(default, precision=0))
         elif hint in ("float", float):

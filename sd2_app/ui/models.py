@@ -17,7 +17,7 @@ import gradio as gr
 from sd2_app.api.gpu_time import gpu
 from sd2_app.errors import InvalidRequest, LoadError
 from sd2_app.ui.common import load_failed_message
-from sd2_app.ui.narrow_tables import narrow_table_css
+from sd2_app.ui.narrow_tables import LAPTOP, NARROW, TABLET, narrow_table_css
 from sd2_app.ui.runner import GPU_QUEUE
 
 if TYPE_CHECKING:
@@ -45,6 +45,13 @@ COLUMNS = ["key", "label", "location", "device", "repo", "revision", "size", "sh
 HEADERS = ["Checkpoint", "Name", "Loaded", "Device", "Repository", "Revision", "Size", "Shared parts", "Last error"]
 # On a phone: what is loaded and its size, with any error (the memory line above names the device).
 PHONE_COLUMNS = {"Name": 36, "Loaded": 24, "Size": 16, "Last error": 24}
+# Wider, each at a share that holds its header (a long repository path wraps in its cell): Gradio sized the
+# columns to their text, so from a tablet to a laptop the last ones were cut off at the box's edge and the
+# squeezed headers stood one letter a line. On a tablet, all but the key (the name says it) and the revision.
+TABLET_COLUMNS = {"Name": 20, "Loaded": 15, "Device": 11, "Repository": 22, "Size": 9, "Shared parts": 12,
+                  "Last error": 11}
+LAPTOP_COLUMNS = {"Checkpoint": 13, "Name": 16, "Loaded": 10, "Device": 9, "Repository": 15, "Revision": 11,
+                  "Size": 8, "Shared parts": 9, "Last error": 9}
 LOCATIONS = {"device": "on the device", "offloaded": "offloaded to host memory", "none": "not loaded"}
 
 
@@ -93,9 +100,11 @@ def disk_line(service: Service) -> str:
     return f"**Disk**: {files} saved files, {_size(nbytes) or '0 MB'} ({kept})."
 
 
-def phone_css() -> str:
-    """The status table's style on narrow screens: PHONE_COLUMNS only, so they fit beside each other."""
-    return narrow_table_css("models-status", HEADERS, PHONE_COLUMNS)
+def table_css() -> str:
+    """The status table's columns and their shares: PHONE_COLUMNS on a phone, TABLET_COLUMNS on a tablet, every
+    column (LAPTOP_COLUMNS) on a laptop or wider, so they always fit beside each other."""
+    return "".join(narrow_table_css("models-status", HEADERS, shown, media)
+                   for shown, media in ((PHONE_COLUMNS, NARROW), (TABLET_COLUMNS, TABLET), (LAPTOP_COLUMNS, LAPTOP)))
 
 
 def build(service: Service, *, admin: bool = True) -> tuple[Callable[[], StatusView], list[gr.components.Component]]:

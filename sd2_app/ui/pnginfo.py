@@ -1,4 +1,5 @@
-"""PNG info: read the A1111 `parameters` text of a PNG (ours or another tool's) and send it to text to image.
+"""PNG info: read the A1111 `parameters` text of a PNG (ours or another tool's), or take that text pasted in (as
+A1111 and Civitai copy it), and send it to text to image.
 
 The text chunks are read without decoding the pixels, and the reads have a queue of their own in which at most
 `PNG_INFO_CONCURRENCY` run at once (the rest wait, bounded by the queue's size), so a flood of calls stays cheap.
@@ -19,6 +20,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PNG_INFO_CONCURRENCY = 2
+MAX_PASTED_CHARS = 20_000  # the longest parameters text the box takes
+PASTE_INFO = "read from the image, or paste a generation's parameters here (as A1111 or Civitai copy them)"
+TOO_LONG = f"Pasted parameters must be at most {MAX_PASTED_CHARS} characters."
+NO_PARAMETERS = "This image carries no generation parameters."
 
 
 def build(service: Service) -> tuple[gr.Image, gr.JSON, gr.Button]:
@@ -27,7 +32,9 @@ def build(service: Service) -> tuple[gr.Image, gr.JSON, gr.Button]:
             image = guard_image(gr.Image(label="PNG with parameters", type="filepath", image_mode=None,
                                          sources=["upload"], height=320, elem_id="pnginfo-image"))
         with gr.Column():
-            text = gr.Textbox(label="parameters", lines=6, buttons=["copy"], elem_id="pnginfo-text")
+            # The browser cuts a longer paste at max_length; the server refuses a longer text sent otherwise.
+            text = gr.Textbox(label="Parameters", info=PASTE_INFO, lines=6, max_length=MAX_PASTED_CHARS,
+                              interactive=True, buttons=["copy"], elem_id="pnginfo-text")
             fields = gr.JSON(label="Fields")
             send = gr.Button("Send to text to image", elem_id="pnginfo-send")
 
@@ -38,13 +45,32 @@ def build(service: Service) -> tuple[gr.Image, gr.JSON, gr.Button]:
             raw, parsed = service.read_parameters(path)
         except OSError as error:  # a JPEG or WebP (no PNG text chunks), or a PNG cut short
             log.info("PNG info: %s", error)
-            return "This image carries no generation parameters.", {}
+            return NO_PARAMETERS, {}
         if raw is None:
-            return "This image carries no generation parameters.", {}
+            return NO_PARAMETERS, {}
         return raw, parsed
 
     # Queued (so a failure shows its message), in a queue of its own: at most PNG_INFO_CONCURRENCY run at once,
     # beside the GPU jobs, never behind them.
     image.change(read, image, [text, fields], api_name="png_info", concurrency_id="png_info",
                  concurrency_limit=PNG_INFO_CONCURRENCY)
+    _wire_paste(service, text, fields)
     return image, fields, send
+
+
+def _wire_paste(service: Service, text: gr.Textbox, fields: gr.JSON) -> None:
+    """Typing or pasting into the parameters box parses it into the fields "Send to text to image" uses. Outside
+    the queue: the parse is a few regular expressions over a text of bounded length.
+
+    On `change`, not `input`: Gradio's Textbox sends `input` from key presses only, so a text pasted with the
+    mouse would never be read. A change also follows each image read, whose text parses to the fields it set."""
+
+    def parse(pasted: Any) -> dict[str, Any]:
+        if not isinstance(pasted, str) or not pasted.strip() or pasted == NO_PARAMETERS:
+            return {}
+        if len(pasted) > MAX_PASTED_CHARS:
+            raise gr.Error(TOO_LONG, print_exception=False)
+        return service.parse_parameters(pasted)
+
+    text.change(parse, text, fields, api_name="png_info_text", api_visibility="private", queue=False,
+                show_progress="hidden")

@@ -14,6 +14,8 @@ import gradio as gr
 from gradio.events import Dependency
 from PIL import Image
 
+from sd2_app.api.requests import HIRES_UPSCALERS, HiresFix
+from sd2_app.samplers.registry import A1111_SAMPLER_NAMES
 from sd2_app.ui.common import ResultPanel, SamplingControls, selected_image
 
 if TYPE_CHECKING:
@@ -112,14 +114,49 @@ def wire_history_send(service: Service, view: HistoryView, tabs: gr.Tabs, target
 def sampler_fields(parsed: dict[str, Any], names: list[str]) -> tuple[str | None, bool]:
     """(sampler, Karras) from parsed parameters; sampler None when we have no sampler of that name.
 
-    A1111 wrote Karras into the name before it had "Schedule type" ("DPM++ 2M Karras"); a name the dropdown
-    does not list would only fail later, at Generate, with Gradio's "not in the list of choices".
+    A1111 wrote Karras into the name before it had "Schedule type" ("DPM++ 2M Karras"), and calls some samplers
+    by other names (`A1111_SAMPLER_NAMES`: "PLMS"); a name the dropdown does not list would only fail later, at
+    Generate, with Gradio's "not in the list of choices".
     """
     name = str(parsed.get("Sampler", ""))
     karras = parsed.get("Schedule type") == "Karras"
-    if name not in names and name.endswith(" Karras") and name[: -len(" Karras")] in names:
-        name, karras = name[: -len(" Karras")], True
+    if name not in names and name.endswith(" Karras"):
+        plain = name[: -len(" Karras")]
+        if A1111_SAMPLER_NAMES.get(plain, plain) in names:
+            name, karras = plain, True
+    name = A1111_SAMPLER_NAMES.get(name, name)
     return (name if name in names else None), karras
+
+
+# Settings of A1111's that text to image here has no control for: what is used instead.
+_NOT_HERE = {"Hires prompt": "the prompt", "Hires negative prompt": "the negative prompt",
+             "Hires checkpoint": "the first pass's checkpoint", "Emphasis": 'A1111\'s default ("Original")',
+             "Refiner": "no refiner"}
+
+
+def unreproduced(parsed: dict[str, Any], names: list[str]) -> list[str]:
+    """What of a parsed A1111 parameters text "Send to text to image" cannot set here, one sentence each (shown
+    as warnings): an unknown sampler, schedule type or hires upscaler, and A1111 settings we do not have."""
+    notes = []
+    if parsed.get("Sampler") and sampler_fields(parsed, names)[0] is None:
+        notes.append(f"Sampler {parsed['Sampler']!r} is not available here; the current sampler is kept.")
+    schedule = parsed.get("Schedule type")
+    if schedule not in (None, "Automatic", "Karras"):
+        notes.append(f"Schedule type {schedule!r} is not available here; the sampler's own schedule is used.")
+    upscaler = parsed.get("Hires upscaler")
+    if hires_in(parsed) and upscaler is not None and upscaler not in HIRES_UPSCALERS:
+        notes.append(f"Hires upscaler {upscaler!r} is not available here; {HiresFix().upscaler} is used.")
+    for key, instead in _NOT_HERE.items():
+        if key in parsed:
+            notes.append(f"{key} ({parsed[key]!r}) is not supported here; {instead} is used.")
+    return notes
+
+
+def hires_in(parsed: dict[str, Any]) -> bool:
+    """Whether parameters describe a hires fix: A1111's rule (modules/ui.py, the paste field of "Hires fix"),
+    a denoising strength with any hires key (older A1111 versions wrote no "Hires upscaler")."""
+    keys = ("Hires upscale", "Hires upscaler", "Hires resize")
+    return "Denoising strength" in parsed and any(key in parsed for key in keys)
 
 
 def clamp_to(value: Any, slider: gr.Slider) -> Any:

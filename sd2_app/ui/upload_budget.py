@@ -102,7 +102,8 @@ class UploadBudget:
         self._next_forget = now + self.window_s
 
 
-def _declared_size(request: StarletteRequest) -> int | None:
+def declared_size(request: StarletteRequest) -> int | None:
+    """The body size the request's one Content-Length header states; None without one (or with several)."""
     values = request.headers.getlist("content-length")
     if len(values) != 1 or not values[0].strip().isdigit():
         return None
@@ -134,7 +135,7 @@ class UploadBudgetMiddleware:
 
     def refusal(self, request: StarletteRequest, address: str) -> PlainTextResponse | None:
         """Why an upload from `address` may not reach Gradio (a response to send instead), or None."""
-        size = _declared_size(request)
+        size = declared_size(request)
         if size is None:
             return PlainTextResponse("An upload must state its size (one Content-Length header).", status_code=411)
         if size > MAX_UPLOAD_REQUEST_BYTES:

@@ -7,6 +7,12 @@ package): the file's magic bytes must name one of the accepted formats before PI
 refused (uploads are files, bounded by the upload size cap), and PIL's refusals become `gr.Error`s saying what
 was wrong, without paths. The inpaint editor sends a background, painted layers and a composite: the number
 of layers is capped and every part's header must declare at most `max_pixels` before any is decoded.
+
+A file input's value in a queue join names the file by its `path`, which may also be an http(s) URL: Gradio
+then downloads it into its cache before any handler runs (gradio/processing_utils.py, `_move_to_cache`), whole,
+with no size limit and past the upload budget. `local_file_references` is checked when an event joins the
+queue (`sd2_app.ui.hosting`): a link to a file of this server's file route becomes that file's path (which
+Gradio checks as every path: it must lie in its upload folder), and any other URL is refused.
 """
 
 from __future__ import annotations
@@ -16,11 +22,14 @@ import logging
 import math
 import warnings
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import gradio as gr
+from gradio.route_utils import API_PREFIX
 from PIL import Image, UnidentifiedImageError
 
 from sd2_app.api.image_inputs import too_large
+from sd2_app.ui.editor_blobs import guard_blobs
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +38,8 @@ EditorT = TypeVar("EditorT", bound=gr.ImageEditor)
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")  # PIL format names
 MAX_EDITOR_LAYERS = 4  # a person paints with one or two
 NOT_AN_IMAGE = "not a PNG, JPEG or WebP image"
+REMOTE_FILE_REFUSAL = "Files must be uploaded to this server; it does not download files from other sites."
+FILE_ROUTE = f"{API_PREFIX}/file="
 
 
 def image_format(head: bytes) -> str | None:
@@ -39,6 +50,26 @@ def image_format(head: bytes) -> str | None:
         return "JPEG"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
+    return None
+
+
+def local_file_references(data: Any) -> str | None:
+    """Make each http(s) `path` of a file value in `data` (a queue join's values, changed in place) a path on
+    this server: a link to this server's file route becomes the file's path; for any other URL the refusal
+    message (`REMOTE_FILE_REFUSAL`), and then `data` may be partly changed."""
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            path = node.get("path")
+            if isinstance(path, str) and path.lower().startswith(("http://", "https://")):
+                at = path.find(FILE_ROUTE)
+                if at < 0:
+                    return REMOTE_FILE_REFUSAL
+                node["path"] = unquote(path[at + len(FILE_ROUTE):])
+            stack.extend(node.values())
     return None
 
 
@@ -131,7 +162,8 @@ def _editor_parts(editor: gr.ImageEditor, payload: Any) -> tuple[list[Any], list
 
 
 def guard_editor(editor: EditorT, max_pixels: int, max_layers: int = MAX_EDITOR_LAYERS) -> EditorT:
-    """Wrap an ImageEditor/ImageMask's preprocess: at most `max_layers` layers, each part checked by header."""
+    """Wrap an ImageEditor/ImageMask's preprocess: at most `max_layers` layers, each part checked by header; the
+    parts the browser sends ahead are checked and bounded too (`sd2_app.ui.editor_blobs`)."""
     decode = _readable(editor.preprocess)
 
     def checked_preprocess(payload: Any) -> Any:
@@ -146,7 +178,7 @@ def guard_editor(editor: EditorT, max_pixels: int, max_layers: int = MAX_EDITOR_
         return decode(payload)
 
     editor.preprocess = checked_preprocess  # type: ignore[method-assign]
-    return editor
+    return guard_blobs(editor)
 
 
 def check_on_upload(box: gr.Image | gr.ImageMask, max_pixels: int) -> None:

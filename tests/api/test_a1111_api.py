@@ -77,7 +77,7 @@ def gpu_spans() -> GpuSpans:
 def address_jobs() -> "AddressJobs":
     from sd2_app.api.address_jobs import AddressJobs
 
-    return AddressJobs(limit=ADDRESS_LIMIT)
+    return AddressJobs(limit=ADDRESS_LIMIT, queue_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, gpu_spans: GpuSpans,
     service = Service(manager, outputs_dir=tmp_path_factory.mktemp("outputs"), allowed_repos=(), tasks=tasks)
     demo = build_ui(service)
     demo.queue(max_size=8, default_concurrency_limit=1)
-    api = A1111Api(service, auth=[(USER, PASSWORD)], max_jobs=4, address_jobs=address_jobs)
+    api = A1111Api(service, auth=[(USER, PASSWORD)], address_jobs=address_jobs)
     port = free_port()
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
                             show_error=False, ssr_mode=False, app_kwargs={"routes": build_router(api).routes})
@@ -280,6 +280,16 @@ def test_refusals_name_what_is_missing_and_unknown_fields_are_ignored(app, caplo
     assert _post(port, "txt2img", {"prompt": "x", **FAST}, auth=False)[0] == 401
 
 
+def test_a1111_sampler_names_are_ours(app) -> None:
+    """A1111 calls PNDM "PLMS" (and wrote the Karras schedule into the name before 1.9)."""
+    _, port, _ = app
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "sampler_name": "PLMS"})
+    assert status == 200 and json.loads(body["info"])["sampler_name"] == "PNDM"
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "sampler_name": "DPM++ 2M Karras"})
+    info = json.loads(body["info"])
+    assert status == 200 and info["sampler_name"] == "DPM++ 2M" and "Schedule type: Karras" in info["infotexts"][0]
+
+
 def test_raw_http_with_the_field_set_of_a1111s_documentation(app) -> None:
     """The txt2img body of A1111's API documentation (its request model's fields at their documented
     defaults, as the wiki's example and /docs show them), sized down for the tiny model."""
@@ -385,7 +395,7 @@ def test_progress_encodes_each_new_preview_once() -> None:
     """However often /progress is polled, a preview is enlarged and PNG-encoded once; a new one replaces it."""
     from sd2_app.api.a1111_routes import _Tracked
 
-    job = _Tracked("txt2img", 1)
+    job = _Tracked("txt2img", 1, "127.0.0.1")
     assert job.preview_png() is None
     job.on_progress(1, 10, Image.new("RGB", (8, 6), (200, 10, 10)))
     first = job.preview_png()

@@ -114,3 +114,39 @@ def test_a_tool_returns_the_saved_file_encoded_once(url: str, outputs: Path, mon
     saved = next(path for path in outputs.rglob("*.png") if path.name.endswith("-41-txt2img.png"))
     assert httpx.get(link.removeprefix("Image URL: "), timeout=30).content == saved.read_bytes()
     assert encodes == [1, None]  # the Service's encode (fast level), then the MCP server's for its base64 copy
+
+
+def test_tool_images_are_png_jpeg_or_webp_and_never_fetched_from_other_sites(
+        url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tool's image passes the web UI's upload check (magic bytes before PIL) and is never downloaded: the
+    queue join of a URL is refused (`sd2_app.ui.uploads.local_file_references`; Gradio's MCP server reports only
+    the join's HTTP status, gradio/mcp.py through gradio_client)."""
+    from gradio import processing_utils
+    from PIL import EpsImagePlugin
+
+    opened: list[str] = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append("eps"))
+    downloads: list[str] = []
+
+    async def download(link: str, cache_dir: str) -> str:  # stands in for the internet
+        downloads.append(link)
+        raise OSError("offline")
+
+    monkeypatch.setattr(processing_utils, "async_ssrf_protected_download", download)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"
+    bmp = io.BytesIO()
+    noise_image(64, 64).save(bmp, format="BMP")
+    images = ["data:image/bmp;base64," + base64.b64encode(bmp.getvalue()).decode(),
+              "data:image/png;base64," + base64.b64encode(eps).decode(),
+              "https://files.example/cat.png"]
+
+    async def work(session):
+        return [await session.call_tool("img2img", {"image": image, "prompt": "a cube", "strength": 0.5,
+                                                    "steps": 2, "seed": 9}) for image in images]
+
+    bmp_result, eps_result, url_result = _session(url, work)
+    for result in (bmp_result, eps_result):
+        assert result.isError
+        assert "The uploaded image could not be read: not a PNG, JPEG or WebP image." in result.content[0].text
+    assert url_result.isError and downloads == [] and opened == []
+    assert url_result.content[0].text.startswith("Client error '400 Bad Request' for url ")

@@ -47,6 +47,15 @@ def test_registry_lists_every_checkpoint_with_the_mirror_first() -> None:
     assert REGISTRY["sd21-base"].env_name == "SD2APP_REPO_SD21_BASE"
 
 
+def test_labels_name_the_version_and_what_a_visitor_picks_by() -> None:
+    """The checkpoint lists show these labels: the version and the native size (768-v: v-prediction at 768 px),
+    not how the app computes attention (sd2_app/nn/attention.py decides that per call, mostly in fp16)."""
+    assert {key: spec.label for key, spec in REGISTRY.items()} == {
+        "sd2-base": "SD 2.0 base (512)", "sd2": "SD 2.0 (768-v)", "sd21-base": "SD 2.1 base (512)",
+        "sd21": "SD 2.1 (768-v)", "sd2-inpainting": "SD 2 inpainting", "sd2-depth": "SD 2 depth",
+        "x4-upscaler": "x4 upscaler"}
+
+
 def test_environment_replaces_the_repo_list_and_pins_a_revision() -> None:
     env = {
         "SD2APP_REPO_SD21_BASE": "a/b, c/d",

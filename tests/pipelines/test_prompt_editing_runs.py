@@ -102,7 +102,7 @@ def test_image_to_image_counts_from_its_first_call_over_all_steps(components: Co
 def test_hires_second_pass_counts_on_from_the_first(components: ComponentCache) -> None:
     """[b:c:6] after a 4-step first pass switches at the second pass's step 2; [d:e:1.5] half way into it."""
     c, spy = _spied(components(KIND))
-    hires = HiresFix(upscaler="Latent", scale=1.5, steps=4, denoising_strength=1.0)
+    hires = HiresFix(upscaler="Latent", scale=1.5, steps=4, denoising_strength=0.5)  # 4 calls at the end of 8
     hires_fix(c, _request("a [b:c:6] [d:e:1.5]", hires=hires))
     first = [_pair(c, "a b d")] * 4
     second = [_pair(c, "a b d")] * 3 + [_pair(c, "a c e")]

@@ -80,7 +80,7 @@ def test_api_jobs_from_one_address_stop_at_the_per_address_limit(api_app, reliab
             other = pool.submit(_txt2img, url, "203.0.113.8", 22, **API_FAST)  # another address: accepted
             wait_for_api_jobs(url, lambda jobs: jobs == ADDRESS_LIMIT + 1, AUTH)
         finally:
-            interrupt_api_jobs(url, ADDRESS_LIMIT, AUTH)
+            interrupt_api_jobs(url, ADDRESS_LIMIT, AUTH, "203.0.113.7")
         answers = Counter(future.result().status_code for future in futures)
         other_answer = other.result(timeout=120)
     assert answers == {200: ADDRESS_LIMIT, 429: sent - ADDRESS_LIMIT}
@@ -111,7 +111,7 @@ def test_web_ui_and_api_jobs_of_one_address_share_one_limit(api_app, reliability
                 over = queue_join(url, "203.0.113.9", prompt="ui over", seed=9, **UI_SLOW)
                 assert over.status_code == 400 and over.json()["detail"] == REFUSED, over.text
             finally:
-                interrupt_api_jobs(url, 1, AUTH)
+                interrupt_api_jobs(url, 1, AUTH, "203.0.113.9")
             answers = sorted(future.result().status_code for future in futures)
     finally:
         stop_queued_jobs(demo)

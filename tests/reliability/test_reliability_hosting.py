@@ -18,6 +18,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
+from sd2_app.ui.hosting import OTHER_EVENT_PLACES, gradio_max_size  # noqa: E402
 from tests.hosting_support import FAST, public_app, txt2img_data  # noqa: E402,F401
 from tests.reliability_report import reliability, track_module  # noqa: E402,F401
 from tests.reliability_support import noise_image, one_thread, png_bytes  # noqa: E402,F401
@@ -135,9 +136,13 @@ def test_launch_settings_of_a_public_deployment(public_app, reliability) -> None
     assert args.max_jobs_per_session == 2 and args.max_job_cost == 6_553_600 and args.keep_outputs_days is None
     assert args.max_jobs_per_address == 6 and args.max_upload_mb_per_address == 1024 and args.trusted_proxy_hops == 0
     assert settings["state_session_capacity"] == 1000
+    assert args.queue_size == 16  # the served app's own, --queue-size 8: the GPU jobs' bound and Gradio's
+    assert demo.flags.visitors.address_jobs.queue_size == 8  # type: ignore[attr-defined]
+    assert demo._queue.max_size == gradio_max_size(8) == 8 + OTHER_EVENT_PLACES  # type: ignore[attr-defined]
     assert webapp.launch_settings(app.parse_args(["--auth", "ops:pw"]))["auth"] == ("ops", "pw")
     reliability(AREA, "launch settings (python app.py --host 0.0.0.0)",
-                "queue: api_open=False, max_size 16, max 2 jobs per visitor (--max-jobs-per-session), 6 per network "
+                f"queue: api_open=False, 16 GPU jobs waiting or running (--queue-size; web UI, MCP and A1111 API together) "
+                f"and {OTHER_EVENT_PLACES} other events (Gradio's max_size {gradio_max_size(16)}), max 2 jobs per visitor (--max-jobs-per-session), 6 per network "
                 "address (--max-jobs-per-address; X-Forwarded-For ignored: --trusted-proxy-hops 0); uploads 1024 MB "
                 "per address per cache age (--max-upload-mb-per-address); 1000 sessions kept (--max-sessions); cost cap "
                 "6,553,600 (--max-job-cost); launch: run_history=False (--run-history), delete_cache=(600, 3600) "

@@ -174,3 +174,35 @@ def test_on_a_small_laptop_the_tables_show_every_column(browser, url: str) -> No
         for head, left, right, _height in table["heads"]:
             assert table["left"] - 1 <= left < right <= table["right"] + 1, (name, head, table)
     page.context.close()
+
+
+# The Models table's columns from a tablet to a wide screen (ui/models.py TABLET_COLUMNS, LAPTOP_COLUMNS).
+MODELS_COLUMNS = {768: ["Name", "Loaded", "Device", "Repository", "Size", "Shared parts", "Last error"],
+                  900: ["Name", "Loaded", "Device", "Repository", "Size", "Shared parts", "Last error"],
+                  1024: ["Checkpoint", "Name", "Loaded", "Device", "Repository", "Revision", "Size", "Shared parts",
+                         "Last error"],
+                  1440: ["Checkpoint", "Name", "Loaded", "Device", "Repository", "Revision", "Size", "Shared parts",
+                         "Last error"]}
+
+
+def test_from_a_tablet_to_a_wide_screen_the_models_table_fits_with_a_model_loaded(browser, url: str) -> None:
+    """With a model loaded (its repository path filled in), the Models table's columns stay in its box, nothing
+    to scroll sideways, and their headers are one or two short lines, not a letter a line."""
+    page = _open(browser, url, DESKTOP)
+    _go(page, "Models")
+    page.locator("#models-load").click()  # the dropdown's first checkpoint
+    expect(page.locator("#models-status")).to_contain_text("on the device", timeout=60_000)
+    page.context.close()
+    for width, shown in MODELS_COLUMNS.items():
+        page = _open(browser, url, {"width": width, "height": 900})
+        _go(page, "Models")
+        expect(page.locator("#models-status")).to_contain_text("on the device")
+        table = _columns(page, "models-status")
+        scroll = page.locator("#models-status .virtual-table-viewport").evaluate(
+            "(box) => [box.scrollWidth, box.clientWidth]")
+        page.screenshot(path=str(ARTIFACTS / f"fit-models-{width}.png"), full_page=True)
+        assert [head[0] for head in table["heads"]] == shown, (width, table)
+        assert scroll[0] <= scroll[1], (width, scroll)
+        for head, left, right, height in table["heads"]:
+            assert table["left"] - 1 <= left < right <= table["right"] + 1 and height < 60, (width, head, table)
+        page.context.close()

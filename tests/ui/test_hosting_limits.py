@@ -19,8 +19,9 @@ from sd2_app import webapp
 from sd2_app.api.addresses import ClientAddresses, network_key
 from sd2_app.ui.cache_files import results_folder, sweep, sweeping_lifespan
 from sd2_app.app_flags import DEFAULT_MAX_SESSIONS
-from sd2_app.api.address_jobs import too_many_jobs_from_address_message
-from sd2_app.ui.hosting import DEFAULT_MAX_JOBS_PER_ADDRESS, GPU_QUEUE, Visitors, too_many_jobs_message
+from sd2_app.api.address_jobs import Refusal, server_busy_message, too_many_jobs_from_address_message
+from sd2_app.ui.hosting import (DEFAULT_MAX_JOBS_PER_ADDRESS, GPU_QUEUE, OTHER_EVENT_PLACES, OTHER_EVENTS_BUSY_MESSAGE,
+                                Visitors, gradio_max_size, too_many_jobs_message)
 from sd2_app.ui.runner import cached_file
 from sd2_app.ui.visitors import COOKIE
 
@@ -77,9 +78,9 @@ class _FakeQueue:
         self.event_ids_to_events[str(len(self.event_ids_to_events))] = SimpleNamespace(fn=fn, request=request)
 
 
-def _visitors(max_jobs: int, per_address: int) -> tuple[Visitors, _FakeQueue]:
+def _visitors(max_jobs: int, per_address: int, queue_size: int = 100) -> tuple[Visitors, _FakeQueue]:
     visitors = Visitors(max_jobs=max_jobs, max_jobs_per_address=per_address,
-                        addresses=ClientAddresses(trusted_hops=1))
+                        addresses=ClientAddresses(trusted_hops=1), queue_size=queue_size)
     queue = _FakeQueue()
     visitors._queue = queue
     return visitors, queue
@@ -111,12 +112,12 @@ def test_the_a1111_apis_jobs_and_the_queues_share_one_count_per_address() -> Non
     assert jobs.take("203.0.113.7") is None  # the third, an API job
     assert jobs.count("203.0.113.7") == 3
     assert visitors.admit("a-new-visitor", "203.0.113.7") == too_many_jobs_from_address_message(3)
-    assert jobs.take("203.0.113.7") == too_many_jobs_from_address_message(3)  # a fourth API job
+    assert jobs.take("203.0.113.7") == (too_many_jobs_from_address_message(3), False)  # a fourth API job
     assert jobs.take("203.0.113.8") is None  # another address
     jobs.release("203.0.113.7")
     assert jobs.count("203.0.113.7") == 2
     assert visitors.admit("a-new-visitor", "203.0.113.7") is None and jobs.count("203.0.113.7") == 3
-    assert jobs.take("203.0.113.7") == too_many_jobs_from_address_message(3)  # the UI job's place counts for the API
+    assert jobs.take("203.0.113.7").message == too_many_jobs_from_address_message(3)  # the UI job's place counts
     jobs.release("203.0.113.7")
     jobs.release("203.0.113.8")
     assert jobs._held == {}  # no key left behind
@@ -130,6 +131,60 @@ def test_other_events_count_per_address_apart_from_gpu_jobs() -> None:
     queue.add(_request("10.0.0.2", "203.0.113.8"), concurrency_id="png_info")
     assert (visitors.other_events_from("203.0.113.7"), visitors.address_jobs.count("203.0.113.7")) == (3, 1)
     assert visitors.other_events_from("203.0.113.8") == 1 and visitors.other_events_from("203.0.113.9") == 0
+
+
+def test_the_apps_bound_counts_the_gpu_jobs_of_every_front_end_and_address_together() -> None:
+    """--queue-size: the web UI's (and MCP's) jobs in Gradio's queue and the places held by API jobs and joining
+    UI jobs, of every address, are one count; an address at its own limit hears about that first."""
+    visitors, queue = _visitors(max_jobs=2, per_address=2, queue_size=3)
+    jobs = visitors.address_jobs
+    queue.add(_request("10.0.0.2", "203.0.113.7"))  # a web UI job
+    queue.add(_request("10.0.0.2", "203.0.113.8"), concurrency_id="png_info")  # not a GPU job: not counted
+    assert jobs.take("203.0.113.8") is None  # an API job of another address
+    assert visitors.admit("a-new-visitor", "203.0.113.9") is None  # a third address's UI job, joining
+    busy = Refusal(server_busy_message(3), busy=True)
+    assert jobs.total() == 3 and jobs.take("203.0.113.10") == busy  # an API job: the app is full
+    assert visitors.admit("another-visitor", "203.0.113.11") == busy.message  # a UI job: the same message
+    assert jobs.take("203.0.113.7") == busy  # the address has 1 of its 2: the app's bound refuses
+    queue.add(_request("10.0.0.2", "203.0.113.7"))
+    assert jobs.take("203.0.113.7") == Refusal(too_many_jobs_from_address_message(2), busy=False)
+    jobs.release("203.0.113.9")  # the joining UI job is in the queue now (or left): one place free
+    queue.event_ids_to_events.pop("0")
+    assert jobs.total() == 2 and visitors.admit("another-visitor", "203.0.113.11") is None
+    jobs.release("203.0.113.8")
+    jobs.release("203.0.113.11")
+    assert jobs._held == {}
+    assert server_busy_message(3) == ("The server is busy: 3 jobs already waiting or running, as many as it takes "
+                                      "at once; try again in a minute.")
+    assert server_busy_message(1).startswith("The server is busy: 1 job already waiting")
+
+
+def test_other_events_have_places_of_their_own_apart_from_the_gpu_jobs() -> None:
+    """GPU jobs filling --queue-size do not turn cheap events away, and cheap events take no GPU job's place:
+    they have `OTHER_EVENT_PLACES` of their own, and Gradio's own bound is both together."""
+    visitors, queue = _visitors(max_jobs=2, per_address=0, queue_size=2)
+    pushed: list[object] = []
+
+    async def gradio_push(body: object, request: object, username: object) -> tuple[bool, str, str]:
+        pushed.append(body)
+        return True, "event-id", "success"
+
+    queue.push = gradio_push
+    queue.blocks = SimpleNamespace(fns={0: SimpleNamespace(concurrency_id=GPU_QUEUE),
+                                        1: SimpleNamespace(concurrency_id="png_info")})
+    visitors.watch(queue)
+    gpu, cheap = SimpleNamespace(fn_index=0, data=[]), SimpleNamespace(fn_index=1, data=[])
+    for address in ("203.0.113.7", "203.0.113.8"):
+        queue.add(_request("10.0.0.2", address))  # the GPU jobs' places are full
+    assert asyncio.run(queue.push(gpu, _request("10.0.0.2", "203.0.113.9"), None)) == (
+        False, server_busy_message(2), "error")
+    assert asyncio.run(queue.push(cheap, _request("10.0.0.2", "203.0.113.9"), None))[0] is True
+    for index in range(OTHER_EVENT_PLACES):  # every other event's place taken, from many addresses
+        queue.add(_request("10.0.0.2", f"198.51.100.{index}"), concurrency_id="png_info")
+    assert asyncio.run(queue.push(cheap, _request("10.0.0.2", "203.0.113.9"), None)) == (
+        False, OTHER_EVENTS_BUSY_MESSAGE, "error")
+    assert visitors.address_jobs.total() == 2 and pushed == [cheap]
+    assert gradio_max_size(2) == 2 + OTHER_EVENT_PLACES
 
 
 def test_the_visitor_limit_speaks_first_and_zero_turns_the_address_limit_off() -> None:
@@ -160,7 +215,7 @@ def test_the_watched_queue_admits_gpu_jobs_through_visitors_admit() -> None:
     queue.push = gradio_push
     queue.blocks = SimpleNamespace(fns={0: SimpleNamespace(concurrency_id=GPU_QUEUE)})
     visitors.watch(queue)
-    body = SimpleNamespace(fn_index=0)
+    body = SimpleNamespace(fn_index=0, data=[])
     assert asyncio.run(queue.push(body, _request("10.0.0.2", "203.0.113.7"), None)) == (True, "event-id")
     assert pushed == [1] and visitors.address_jobs._held == {}
     queue.add(_request("10.0.0.2", "203.0.113.7"))  # Gradio's queue now has it
@@ -183,8 +238,9 @@ def test_the_address_flags_and_their_defaults(monkeypatch: pytest.MonkeyPatch) -
     assert app.parse_args(["--trusted-proxy-hops", "0"]).trusted_proxy_hops == 0
     monkeypatch.setenv("SD2APP_MAX_JOBS_PER_ADDRESS", "9")  # the variable is an explicit value too
     assert app.parse_args([]).max_jobs_per_address == app.parse_args(["--host", "::"]).max_jobs_per_address == 9
-    with pytest.raises(SystemExit):
-        app.parse_args(["--trusted-proxy-hops", "-1"])
+    for refused in (["--trusted-proxy-hops", "-1"], ["--queue-size", "0"]):
+        with pytest.raises(SystemExit):
+            app.parse_args(refused)
     assert webapp.launch_settings(args)["state_session_capacity"] == args.max_sessions == DEFAULT_MAX_SESSIONS == 1000
 
 
@@ -201,11 +257,38 @@ def test_the_built_app_limits_jobs_per_address_in_public_modes_only(monkeypatch:
     linked_tiny_cache(monkeypatch, tmp_path)
     cases = {(): 0, ("--host", "0.0.0.0"): DEFAULT_MAX_JOBS_PER_ADDRESS, ("--max-jobs-per-address", "2"): 2}
     for extra, limit in cases.items():
-        demo = webapp.build(app.parse_args(["--tiny", "--device", "cpu", "--no-save", *extra]))
+        args = app.parse_args(["--tiny", "--device", "cpu", "--no-save", "--queue-size", "5", *extra])
+        demo = webapp.build(args)
         try:
             assert demo.hosting.max_jobs_per_address == demo.flags.visitors.address_jobs.limit == limit, extra
+            assert demo.flags.visitors.address_jobs.queue_size == 5  # --queue-size: the GPU jobs' one bound
+            assert demo._queue.max_size == gradio_max_size(5)  # Gradio's: GPU jobs' and other events' places
         finally:
             demo.close()
+
+
+def test_a_queue_size_below_the_gpu_queues_concurrency_is_warned_about(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path, caplog) -> None:
+    """With --serve the GPU queue runs the replicas' total at once; a --queue-size below it caps that, said at
+    start (a local service runs one job at once: never below --queue-size, which takes 1 or more)."""
+    from PIL import Image
+
+    from tests.reliability_support import linked_tiny_cache
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # the build sets it
+    linked_tiny_cache(monkeypatch, tmp_path)
+    local_service = webapp.local_service
+
+    def four_at_once(settings: object) -> object:
+        service = local_service(settings)
+        service.concurrency = 4  # as a deployment of 4 replicas' places
+        return service
+
+    monkeypatch.setattr(webapp, "local_service", four_at_once)
+    for size in ("3", "4"):
+        webapp.build(app.parse_args(["--tiny", "--device", "cpu", "--no-save", "--queue-size", size])).close()
+    warnings = [record.getMessage() for record in caplog.records if "--queue-size" in record.getMessage()]
+    assert warnings == ["--queue-size 3 is below the 4 jobs the GPU queue can run at once: at most 3 will run"]
 
 
 def test_sweep_deletes_old_files_and_then_their_empty_folders(tmp_path: Path, monkeypatch) -> None:

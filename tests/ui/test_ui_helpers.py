@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from sd2_app.ui.blocks import sampler_fields
-from sd2_app.ui.common import selected_image
+from sd2_app.ui.common import NOT_STARTED, QUEUED, selected_image
 from sd2_app.ui.hosting import Visitors
 
 NAMES = ["Euler", "Euler a", "DPM++ 2M", "DDIM", "DPM2"]
@@ -61,7 +61,10 @@ def test_a_new_result_resets_the_picked_gallery_index_so_send_to_carries_its_fir
     assert last[index] == 0 and len(last[1]) == 2  # ...back to 0 with the new two-image gallery
     assert last[0] == last[1][0][0]  # the live preview ends on the final image (the same file)
     ends = _fn(demo, "txt2img_ends")
-    assert ends.fn(last[1])[2]["columns"] == 2  # then the grid is sized to the batch: two side by side
+    ended = ends.fn(last[1], last[2])
+    assert ended[2]["columns"] == 2  # then the grid is sized to the batch: two side by side
+    assert ended[3] == {"__type__": "update"}  # the run's info line stays
+    assert ends.fn(None, QUEUED)[3] == NOT_STARTED  # a run whose join was refused never said more than "Queued…"
 
 
 def test_stop_flags_are_per_run_and_forgotten_when_it_ends() -> None:

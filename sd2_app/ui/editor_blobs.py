@@ -1,0 +1,105 @@
+"""The inpaint editor's pending image parts, bounded: in count of layers, in bytes and in age.
+
+The browser sends an ImageEditor's background, painted layers and composite to the editor before the job
+(POST /gradio_api/component_server, `fn_name` "accept_blobs"; gradio/components/image_editor.py,
+`ImageEditor.accept_blobs`), under an id of its choosing, and the job then names that id. Gradio keeps the parts
+in memory in a dict on the component that every visitor shares (`blob_storage`), removes an id's parts only
+when a job uses them, and grows a layer list to whatever index a request names. So one request naming layer
+10**9 would allocate gigabytes, and a stream of requests under new ids would hold their bytes for good.
+
+`guard_blobs` makes an editor refuse a part that is not the background, the composite or one of its first
+`MAX_LAYERS_SENT` layers (422, in words: more than the job accepts, so that a person who painted a few layers
+too many reads the job's own refusal, `sd2_app.ui.uploads.guard_editor`), and keeps the parts in `PendingBlobs`: parts older than `max_age_s` go,
+and over `max_bytes` in all the oldest ids go first. Under a flood, a visitor's parts may be gone when their
+job arrives; the job then has no image and says so, and the server keeps its memory.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import gradio as gr
+from fastapi import HTTPException
+
+MB = 1024 * 1024
+MAX_PENDING_BYTES = 256 * MB  # the parts of some edits of 2048x2048 images, sent and waiting for their jobs
+MAX_PENDING_AGE_S = 600.0  # a job follows its parts within seconds
+PART_KINDS = ("background", "layer", "composite")
+MAX_LAYERS_SENT = 64  # layers 0 to 63 may be sent; a job takes at most `uploads.MAX_EDITOR_LAYERS` of them
+
+EditorT = TypeVar("EditorT", bound=gr.ImageEditor)
+
+
+def _part_bytes(parts: Any) -> int:
+    """The bytes of one id's parts (gradio's EditorDataBlobs: background, layers, composite)."""
+    blobs = [getattr(parts, "background", None), getattr(parts, "composite", None), *getattr(parts, "layers", [])]
+    return sum(len(blob) for blob in blobs if isinstance(blob, (bytes, bytearray)))
+
+
+class PendingBlobs(dict):  # type: ignore[type-arg]  # ImageEditor.blob_storage: id -> EditorDataBlobs
+    """A dict of the parts waiting for their jobs, trimmed on every store (module docstring)."""
+
+    def __init__(self, max_bytes: int = MAX_PENDING_BYTES, max_age_s: float = MAX_PENDING_AGE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._stored: dict[str, float] = {}  # id -> when its parts were last stored, oldest first
+        self._lock = threading.Lock()  # parts arrive on several threads (gradio runs server functions so)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        with self._lock:
+            super().pop(key, None)  # stored again: it moves to the end, as the newest
+            super().__setitem__(key, value)
+            self._stored.pop(key, None)
+            self._stored[key] = self._clock()
+            self._trim(keep=key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        with self._lock:
+            self._stored.pop(key, None)
+            return super().pop(key, *default)
+
+    def held_bytes(self) -> int:
+        return sum(_part_bytes(parts) for parts in list(self.values()))
+
+    def _trim(self, keep: str) -> None:
+        """Drop parts older than `max_age_s`, then the oldest ids while over `max_bytes` (`keep`, just stored,
+        stays)."""
+        now = self._clock()
+        total = self.held_bytes()
+        for key, stored in list(self._stored.items()):
+            if key == keep or (now - stored <= self.max_age_s and total <= self.max_bytes):
+                continue
+            total -= _part_bytes(super().pop(key, None))
+            del self._stored[key]
+
+
+def _checked_part(data: Any) -> None:
+    """Refuse a part other than the background, the composite or one of the first `MAX_LAYERS_SENT` layers."""
+    fields = getattr(data, "data", None)
+    kind = fields.get("type") if isinstance(fields, dict) else None
+    if kind not in PART_KINDS:
+        raise HTTPException(422, "An editor part is the background, a layer or the composite.")
+    if kind == "layer":
+        index = str(fields.get("index"))
+        if not index.isdigit() or int(index) >= MAX_LAYERS_SENT:
+            raise HTTPException(422, f"An editor layer is numbered 0 to {MAX_LAYERS_SENT - 1}.")
+
+
+def guard_blobs(editor: EditorT) -> EditorT:
+    """Check each part the browser sends `editor` before Gradio stores it, and bound what it stores."""
+    gradio_accept = editor.accept_blobs
+
+    def accept_blobs(data: Any) -> Any:
+        _checked_part(data)
+        return gradio_accept(data)
+
+    accept_blobs._is_server_fn = True  # type: ignore[attr-defined]  # callable through component_server
+    editor.accept_blobs = accept_blobs  # type: ignore[method-assign]
+    editor.blob_storage = PendingBlobs()
+    return editor

@@ -1,0 +1,131 @@
+"""What the web server refuses before Gradio or the A1111 API reads a request: bodies over a size, remote
+fetches, and a route of Gradio's that the app does not use.
+
+Request bodies. FastAPI reads a JSON body whole before a route sees it (and Gradio's queue join keeps the
+parsed data with the queued event), and uvicorn sets no limit, so one request of some hundred MB would take
+several times that in memory. `RequestLimitsMiddleware` refuses a body over `body_limit(path)` with 413 before
+the route reads it: at once when its Content-Length says so, and as soon as the bytes received pass the limit
+when the client sends it in chunks without a length. The limits follow what each route accepts at most: the
+A1111 API two base64 images of the web UI's upload size (`sd2_app.api.a1111.MAX_BASE64_CHARS`: an init image
+and a mask), the inpaint editor's parts one image of that size each (`sd2_app.ui.editor_blobs`), anything else
+of Gradio's (queue joins, MCP messages, whose own limit is 4 MB) `MAX_BODY_BYTES`; Gradio's upload route has
+its own limit and budget (`sd2_app.ui.upload_budget`).
+
+Remote fetches. Gradio's file route serves any public http(s) URL it is given (GET /gradio_api/file=<url>;
+gradio/route_utils.py, `secure_url_stream_response`: the server fetches it and streams it back), which would
+make this server an open relay for anybody's downloads. The app never links to other sites' files, so that
+form of the route answers 403.
+
+Screen recordings. Gradio's POST /gradio_api/process_recording (gradio/routes.py, `process_recording`) runs
+ffmpeg, where installed, on any video a client posts, with the zoom effects it asks for: CPU time and a media
+parser for anybody. It serves the recording button of Gradio's settings panel, a tool for an app's author, so
+it answers 404 here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from urllib.parse import unquote
+
+from gradio.route_utils import API_PREFIX
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import PlainTextResponse
+
+from sd2_app.api.a1111 import MAX_BASE64_CHARS
+from sd2_app.api.a1111_routes import PREFIX as A1111_PREFIX
+from sd2_app.ui.upload_budget import MB, UPLOAD_PATH, declared_size
+from sd2_app.ui.uploads import FILE_ROUTE
+from sd2_app.ui.visitors import ASGIApp, Message, Scope
+
+MAX_BODY_BYTES = 4 * MB  # a queue join (prompts, settings, references to uploaded files) or an MCP message
+MAX_API_BODY_BYTES = 2 * MAX_BASE64_CHARS + MB  # an A1111 API call: an init image and a mask, and the rest
+MAX_PART_BODY_BYTES = MAX_BASE64_CHARS * 3 // 4 + MB  # one inpaint editor part of the upload size, and its form
+COMPONENT_SERVER_PATH = f"{API_PREFIX}/component_server"  # where the browser sends the editor's parts
+REMOTE_FILE_MESSAGE = "This server serves only its own files; it does not fetch files from other sites."
+RECORDING_PATH = f"{API_PREFIX}/process_recording"
+NO_RECORDINGS_MESSAGE = "This server does not process screen recordings."
+
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def body_limit(path: str) -> int | None:
+    """The most bytes a request body to `path` may have; None for the upload route (its own middleware)."""
+    if path.endswith(UPLOAD_PATH):
+        return None
+    if path.rstrip("/").endswith(COMPONENT_SERVER_PATH):
+        return MAX_PART_BODY_BYTES
+    return MAX_API_BODY_BYTES if path.startswith(A1111_PREFIX + "/") else MAX_BODY_BYTES
+
+
+def too_large_message(limit: int) -> str:
+    return f"This request's body is larger than this server accepts here ({limit:,} bytes)."
+
+
+def is_remote_file(path: str) -> bool:
+    """Whether `path` asks Gradio's file route for an http(s) URL (the route's path is URL-decoded already)."""
+    at = path.find(FILE_ROUTE)
+    return at >= 0 and unquote(path[at + len(FILE_ROUTE):]).lower().startswith(("http://", "https://"))
+
+
+class RequestLimitsMiddleware:
+    """ASGI middleware: bodies within `body_limit`, no remote fetches through the file route, no screen recordings
+    (module docstring)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if is_remote_file(path):
+            await PlainTextResponse(REMOTE_FILE_MESSAGE, status_code=403)(scope, receive, send)
+            return
+        if path.rstrip("/").endswith(RECORDING_PATH):
+            await PlainTextResponse(NO_RECORDINGS_MESSAGE, status_code=404)(scope, receive, send)
+            return
+        limit = body_limit(path)
+        declared = declared_size(StarletteRequest(scope))
+        if limit is not None and declared is not None and declared > limit:
+            await PlainTextResponse(too_large_message(limit), status_code=413)(scope, receive, send)
+            return
+        if limit is None or declared is not None:  # uvicorn delivers no more than the declared length
+            await self.app(scope, receive, send)
+            return
+        await self._counted(scope, receive, send, limit)
+
+    async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        """A body without a length: count its bytes; past `limit` the app reads an end of body, and whatever it
+        answers is replaced by the 413."""
+        received = 0
+        over = False
+
+        async def counted_receive() -> Message:
+            nonlocal received, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    over = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        refusal = too_large_message(limit).encode()
+        answered = False
+
+        async def refusing_send(message: Message) -> None:
+            nonlocal answered
+            if not over:
+                await send(message)
+            elif not answered:
+                answered = True
+                await send({"type": "http.response.start", "status": 413,
+                            "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                        (b"content-length", str(len(refusal)).encode())]})
+                await send({"type": "http.response.body", "body": refusal})
+
+        await self.app(scope, counted_receive, refusing_send)

@@ -1,0 +1,82 @@
+"""Parameters pasted from AUTOMATIC1111's web UI into text to image (PNG info's "Send to text to image"): its
+sampler and checkpoint names, its hires rule, and a warning for each setting that cannot be reproduced here."""
+
+from __future__ import annotations
+
+import pytest
+
+from sd2_app.checkpoints.catalog import REGISTRY, checkpoint_named
+from sd2_app.pipelines.metadata import parse_parameters
+from sd2_app.ui.sending import hires_in, sampler_fields, unreproduced
+from sd2_app.ui.txt2img_extras import from_parameters, request_fields
+
+NAMES = ["Euler", "DDIM", "PNDM", "DPM++ 2M"]
+
+
+@pytest.mark.parametrize(("sampler", "schedule", "expected"), [
+    ("PLMS", None, ("PNDM", False)),  # A1111's name for PNDM
+    ("DPM++ 2M Karras", None, ("DPM++ 2M", True)),  # before A1111 1.9 the schedule was in the name
+    ("DPM++ 2M", "Karras", ("DPM++ 2M", True)),
+    ("DPM++ 2S a", "Automatic", (None, False)),  # ancestral 2S: not ours ("DPM++ 2S" is the singlestep solver)
+    ("Restart Karras", None, (None, False)),
+])
+def test_sampler_names_as_a1111_writes_them(sampler: str, schedule: str | None, expected: tuple) -> None:
+    parsed = {"Sampler": sampler} | ({"Schedule type": schedule} if schedule else {})
+    assert sampler_fields(parsed, NAMES) == expected
+
+
+@pytest.mark.parametrize(("model", "key"), [
+    ("v2-1_768-ema-pruned", "sd21"),
+    ("v2-1_512-ema-pruned", "sd21-base"),
+    ("768-v-ema", "sd2"),
+    ("512-base-ema", "sd2-base"),
+    ("SD2\\v2-1_768-ema-pruned.safetensors [ad2a33c361]", "sd21"),
+    ("sd21-base", "sd21-base"),
+    ("SD 2.0 (768-v)", "sd2"),
+    ("v2-1_768-nonema-pruned", None),  # other weights
+    ("dreamshaper_8", None),
+])
+def test_checkpoint_names_as_a1111_writes_them(model: str, key: str | None) -> None:
+    assert checkpoint_named(model, REGISTRY) == key
+
+
+def test_hires_fix_is_on_by_a1111s_rule() -> None:
+    old = parse_parameters("p\nSteps: 20, Sampler: Euler, Seed: 1, Denoising strength: 0.7, Hires upscale: 2")
+    assert hires_in(old)  # no "Hires upscaler" (A1111 before 1.0): still a hires fix
+    hires = request_fields(*from_parameters(old, NAMES))["hires"]
+    assert (hires.upscaler, hires.scale, hires.denoising_strength) == ("Latent", 2, 0.7)
+    assert not hires_in(parse_parameters("p\nSteps: 20, Sampler: Euler, Seed: 1, Denoising strength: 0.7"))  # img2img
+    assert not hires_in(parse_parameters("p\nSteps: 20, Sampler: Euler, Seed: 1, Hires upscale: 2"))
+
+
+def test_each_setting_that_cannot_be_reproduced_is_named() -> None:
+    parsed = parse_parameters(
+        "p\nSteps: 20, Sampler: DPM++ 2S a, Schedule type: Exponential, CFG scale: 7, Seed: 1, Size: 512x512, "
+        "Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: R-ESRGAN 4x+, Hires prompt: \"a castle, 8k\", "
+        "Emphasis: No norm, Clip skip: 2")
+    assert unreproduced(parsed, NAMES) == [
+        "Sampler 'DPM++ 2S a' is not available here; the current sampler is kept.",
+        "Schedule type 'Exponential' is not available here; the sampler's own schedule is used.",
+        "Hires upscaler 'R-ESRGAN 4x+' is not available here; Latent is used.",
+        "Hires prompt ('a castle, 8k') is not supported here; the prompt is used.",
+        "Emphasis ('No norm') is not supported here; A1111's default (\"Original\") is used.",
+    ]  # Clip skip: A1111 ignores it on SD 2.x too
+    assert unreproduced(parse_parameters(
+        "p\nSteps: 20, Sampler: PLMS, Schedule type: Automatic, Denoising strength: 0.5, Hires upscaler: Latent"),
+        NAMES) == []
+
+
+def test_png_info_send_fills_a1111_names_in() -> None:
+    """The PNG info tab's "Send to text to image" event on an A1111 text: its sampler and model are ours."""
+    from sd2_app.ui import build_ui
+    from tests.ui_doubles import fake_service
+
+    demo = build_ui(fake_service())
+    send = next(f for f in demo.fns.values() if f.api_name == "png_info_send")
+    text = ("p\nSteps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 5, Size: 512x512, "
+            "Model: v2-1_512-ema-pruned, Model hash: 88ecb78256, Denoising strength: 0.6, Hires upscale: 1.5")
+    values = send.fn(parse_parameters(text))
+    by_id = {getattr(block, "elem_id", None): value for block, value in zip(send.outputs, values)}
+    assert by_id["txt2img-checkpoint"] == "sd21-base"
+    assert (by_id["txt2img-sampler"], by_id["txt2img-karras"]) == ("DPM++ 2M", True)
+    assert by_id["txt2img-hires"] is True and by_id["txt2img-hires-scale"] == 1.5

@@ -1,0 +1,42 @@
+"""An A1111 PNG through PNG info's "Send to text to image" in a real Chromium (Playwright): A1111's names for the
+sampler and the checkpoint land on ours, and each setting we cannot reproduce is said in a toast.
+
+Uses test_browser.py's app and browser fixtures (tiny checkpoints); screenshots go to tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sd2_app.pipelines.metadata import attach_parameters, save_png
+from tests.ui.test_browser import ARTIFACTS, _go, browser, expect, page, url  # noqa: F401
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+A1111_TEXT = ("a lighthouse, (stormy sea:1.2)\nNegative prompt:blurry\nSteps: 24, Sampler: PLMS, CFG scale: 6.5, "
+              "Seed: 1234, Size: 512x512, Model hash: 88ecb78256, Model: v2-1_512-ema-pruned, Denoising strength: 0.4, "
+              "Hires upscale: 1.5, Hires upscaler: R-ESRGAN 4x+, Version: v1.10.1\n")
+
+
+def test_an_a1111_png_fills_text_to_image_and_says_what_it_could_not(page, tmp_path: Path) -> None:
+    picture = tmp_path / "a1111.png"
+    save_png(attach_parameters(Image.new("RGB", (64, 64), (20, 60, 120)), A1111_TEXT), picture)
+    _go(page, "PNG info")
+    page.locator("#pnginfo-image input[type=file]").set_input_files(str(picture))
+    expect(page.locator("#pnginfo-text textarea")).to_have_value(A1111_TEXT)
+    page.locator("#pnginfo-send").click()
+    expect(page.locator(".toast-body", has_text="Hires upscaler 'R-ESRGAN 4x+' is not available here; Latent is "
+                                                "used.")).to_be_visible(timeout=15_000)
+    expect(page.locator("#txt2img-prompt textarea")).to_have_value("a lighthouse, (stormy sea:1.2)")
+    expect(page.locator("#txt2img-negative textarea")).to_have_value("blurry")
+    expect(page.locator("#txt2img-sampler input").first).to_have_value("PNDM")
+    expect(page.locator("#txt2img-checkpoint input").first).to_have_value("SD 2.1 base (512)")
+    expect(page.locator("#txt2img-steps input[type=number]")).to_have_value("24")
+    expect(page.locator("#txt2img-seed input[type=number]")).to_have_value("1234")
+    page.locator("#txt2img-hires-accordion").get_by_text("Hires fix").first.click()  # open the closed group
+    expect(page.locator("#txt2img-hires input[type=checkbox]")).to_be_checked()
+    expect(page.locator("#txt2img-hires-upscaler input").first).to_have_value("Latent")
+    page.screenshot(path=str(ARTIFACTS / "paste-a1111-png.png"))

@@ -1,0 +1,82 @@
+"""Settings from elsewhere, in a real Chromium (Playwright): generation parameters pasted into PNG info (as A1111
+and Civitai copy them) or read from a PNG reach Text to image whole, their size included when they switch the
+checkpoint; a checkpoint the visitor picks still sets its own size.
+
+Uses test_browser.py's app and browser fixtures (tiny checkpoints). Screenshots go to tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from tests.ui.test_browser import ARTIFACTS, DESKTOP, _go, _open, _pick, browser, expect, url  # noqa: F401
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+# What A1111 (and Civitai's "copy generation data") give: prompt, negative prompt, then the settings line. The
+# model named is not the tab's default (SD 2.1 base), and its size is not that checkpoint's square.
+PASTED = ("a lighthouse on a cliff, dramatic sky\n"
+          "Negative prompt: blurry, lowres\n"
+          "Steps: 30, Sampler: Euler a, Schedule type: Karras, CFG scale: 6, Seed: 1234, Size: 640x448, "
+          "Model hash: abcdef12, Model: sd2-base, Version: v1.10.1")
+
+
+def _txt2img_values(page) -> dict[str, str]:
+    values = {name: page.locator(f"#txt2img-{name} input[type=number]").input_value()
+              for name in ("steps", "width", "height")}
+    values["seed"] = page.locator("#txt2img-seed input").input_value()
+    values |= {name: page.locator(f"#txt2img-{name} textarea").input_value() for name in ("prompt", "negative")}
+    values |= {name: page.locator(f"#txt2img-{name} input").input_value() for name in ("sampler", "checkpoint")}
+    return values
+
+
+def test_pasted_a1111_parameters_go_to_text_to_image(browser, url: str) -> None:
+    page = _open(browser, url, DESKTOP)
+    _go(page, "PNG info")
+    page.locator("#pnginfo-text textarea").fill(PASTED)
+    expect(page.locator("#pnginfo-text")).to_contain_text("paste a generation's parameters here")
+    expect(page.get_by_text('"Model hash"')).to_be_visible(timeout=10_000)  # the fields, parsed on the server
+    page.screenshot(path=str(ARTIFACTS / "reuse-pnginfo-pasted.png"))
+    page.locator("#pnginfo-send").click()
+    expect(page.get_by_role("tab", name="Text to image")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#txt2img-prompt textarea")).to_have_value("a lighthouse on a cliff, dramatic sky")
+    expect(page.locator("#txt2img-width input[type=number]")).to_have_value("640")
+    page.wait_for_timeout(1000)  # a size reset by the checkpoint's change would have arrived by now
+    assert _txt2img_values(page) == {
+        "steps": "30", "width": "640", "height": "448", "seed": "1234",
+        "prompt": "a lighthouse on a cliff, dramatic sky", "negative": "blurry, lowres", "sampler": "Euler a",
+        "checkpoint": "SD 2.0 base (512)"}
+    assert page.locator("#txt2img-karras input").is_checked()
+    page.screenshot(path=str(ARTIFACTS / "reuse-txt2img-from-paste.png"))
+    # A checkpoint the visitor picks sets its own square, as before.
+    _pick(page, "txt2img-checkpoint", "SD 2.0 (768-v)")
+    expect(page.locator("#txt2img-width input[type=number]")).to_have_value("768")
+    expect(page.locator("#txt2img-height input[type=number]")).to_have_value("768")
+    # A paste longer than the box takes is cut at its limit (the server refuses a longer text sent otherwise).
+    _go(page, "PNG info")
+    page.locator("#pnginfo-text textarea").fill("x" * 20_001)
+    assert len(page.locator("#pnginfo-text textarea").input_value()) == 20_000
+    page.context.close()
+
+
+def test_a_png_made_with_another_checkpoint_sends_its_own_size(browser, url: str, tmp_path: Path) -> None:
+    picture = tmp_path / "made-elsewhere.png"
+    info = PngInfo()
+    info.add_text("parameters", "a red barn\nSteps: 12, Sampler: Euler, CFG scale: 5, Seed: 77, Size: 448x640, "
+                                "Model: sd2")
+    Image.new("RGB", (448, 640), (180, 30, 30)).save(picture, pnginfo=info)
+    page = _open(browser, url, DESKTOP)
+    _go(page, "PNG info")
+    page.locator("#pnginfo-image input[type=file]").set_input_files(str(picture))
+    expect(page.locator("#pnginfo-text textarea")).to_have_value(
+        "a red barn\nSteps: 12, Sampler: Euler, CFG scale: 5, Seed: 77, Size: 448x640, Model: sd2", timeout=30_000)
+    page.locator("#pnginfo-send").click()
+    expect(page.locator("#txt2img-checkpoint input")).to_have_value("SD 2.0 (768-v)")
+    page.wait_for_timeout(1000)
+    values = _txt2img_values(page)
+    assert (values["width"], values["height"], values["steps"], values["seed"]) == ("448", "640", "12", "77"), values
+    page.context.close()
