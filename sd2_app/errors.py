@@ -18,5 +18,9 @@ class InvalidRequest(ValueError):
     """User input that we refuse, with a message meant for the user."""
 
 
+class Busy(InvalidRequest):
+    """A job the server cannot take now (nothing of it ran), with a message meant for the user: try again later."""
+
+
 class Cancelled(Exception):
     """Raised from a step callback when the user pressed Stop; the sampling loop lets it through."""

@@ -46,7 +46,7 @@ from sd2_app.api.progress import enlarged
 from sd2_app.api.results import Result
 from sd2_app.api.service import Service
 from sd2_app.api.tasks import default_checkpoint
-from sd2_app.errors import Cancelled, InvalidRequest, LoadError
+from sd2_app.errors import Busy, Cancelled, InvalidRequest, LoadError
 
 log = logging.getLogger(__name__)
 
@@ -288,9 +288,12 @@ def _state(job: _Tracked | None, count: int) -> dict[str, Any]:
 
 
 def _errors_as_http(call: Callable[[], T]) -> T:
-    """Our refusals as 422 with the message; load failures as 500 with a generic message (detail in the log)."""
+    """Our refusals as 422 with the message (503 for `Busy`: nothing ran, try again later); load failures as 500
+    with a generic message (detail in the log)."""
     try:
         return call()
+    except Busy as error:  # nothing ran: as the API's own refusal when the app is full
+        raise HTTPException(503, str(error)) from error
     except InvalidRequest as error:
         raise HTTPException(422, str(error)) from error
     except LoadError as error:

@@ -5,7 +5,10 @@ visitor touches where it is today (validation before any Ray round trip, seeds, 
 the per-job limits of the queue), and only the pipeline runs remotely. Progress and previews stream back; Stop cancels the remote generator.
 
 A replica that dies mid-job (a crash, a lost node) fails that job with a clear message; it is not retried,
-since the same job may be what killed it. Serve replaces the replica and later requests run as usual.
+since the same job may be what killed it. Serve replaces the replica and later requests run as usual. A job the
+deployment turns away before any replica takes it, because as many as `max_queued_requests` already wait for
+one (Serve's back pressure: ray/serve/_private/router.py, `BackPressureError`; several front ends can share the
+deployment), is refused as busy: nothing ran.
 """
 
 from __future__ import annotations
@@ -19,19 +22,22 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 
 from sd2_app.api.requests import Request
 from sd2_app.checkpoints.catalog import CheckpointSpec
 from sd2_app.checkpoints.components import Components
 from sd2_app.api.results import ProgressFn, Result
 from sd2_app.api.service import Service
-from sd2_app.errors import Cancelled, InvalidRequest, LoadError
+from sd2_app.errors import Busy, Cancelled, InvalidRequest, LoadError
 from sd2_app.loading.repo_attempts import load_tokenizer_only
 from sd2_app.serve.config import ServeConfig
 
 log = logging.getLogger(__name__)
 
 WORKER_LOST = "The worker running this job stopped before it finished, so nothing was produced; please try again."
+WORKERS_BUSY = ("The server is busy: its workers already have as many jobs as they take, running and waiting; "
+                "try again in a minute.")
 _DONE = object()
 
 
@@ -72,6 +78,8 @@ class ServeBackend:
                 if should_stop is not None and should_stop():
                     raise Cancelled from None
                 log.warning("serve job on %s failed: %r", key, event)
+                if isinstance(event, BackPressureError):
+                    raise Busy(WORKERS_BUSY) from None
                 raise InvalidRequest(WORKER_LOST) from None
             kind = event[0]
             if kind == "progress":

@@ -11,7 +11,8 @@ from sd2_app.api.requests import Txt2ImgRequest
 from sd2_app.ui.common import EXAMPLE_PROMPTS, SAMPLING_NAMES, ResultPanel, SamplingControls, to_sampling, wire_run
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.tab_frame import TabFrame
-from sd2_app.ui.txt2img_extras import NAMES as EXTRA_NAMES, Txt2ImgExtras, build_extras, request_fields
+from sd2_app.ui.txt2img_extras import (NAMES as EXTRA_NAMES, Txt2ImgExtras, build_extras, request_fields,
+                                       wire_hires_size)
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
@@ -38,7 +39,8 @@ def build(service: Service, flags: StopFlags) -> Txt2ImgTab:
         width, height = frame.size_sliders(checkpoint)
         controls = frame.sampling()
         gr.Examples([[p] for p in EXAMPLE_PROMPTS], [frame.prompt], label="Example prompts")
-        extras = build_extras(service, service.limits.max_side)  # tiling, hires fix, extra seed options
+        extras = build_extras(service, service.limits.max_side, width.value)  # tiling, hires fix, extra seed options
+    wire_hires_size(width, height, extras, service.limits.max_side)
 
     def follow_checkpoint(key: str) -> tuple[int, int]:
         native = service.resolution(key)

@@ -8,6 +8,7 @@ PNG's parsed A1111 parameters (PNG info -> "Send to text to image").
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, TYPE_CHECKING
 
@@ -29,6 +30,7 @@ DEFAULTS = HiresFix()
 @dataclass
 class Txt2ImgExtras:
     hires: gr.Checkbox
+    hires_size: gr.Markdown  # the sizes the hires fix goes from and to (`wire_hires_size`)
     upscaler: gr.Dropdown
     scale: gr.Slider
     width: gr.Slider
@@ -48,13 +50,15 @@ class Txt2ImgExtras:
                 self.tiling]
 
 
-def build_extras(service: Service, max_side: int) -> Txt2ImgExtras:
-    """The widgets, in the order of `NAMES`."""
+def build_extras(service: Service, max_side: int, side: int) -> Txt2ImgExtras:
+    """The widgets, in the order of `NAMES` (the hires size line for a first pass of `side` x `side`)."""
     tiling = gr.Checkbox(False, label="Tiling", info="seamless: the image's edges continue each other",
                          elem_id="txt2img-tiling")
     with gr.Accordion("Hires fix", open=False, elem_id="txt2img-hires-accordion"):
         hires = gr.Checkbox(False, label="Use hires fix", info="generate at this size, upscale, then redraw details",
                             elem_id="txt2img-hires")
+        hires_size = gr.Markdown(hires_size_note(side, side, DEFAULTS.scale, 0, 0, max_side),
+                                 elem_id="txt2img-hires-size", elem_classes=["field-note"])
         with gr.Row():
             upscaler = gr.Dropdown(list(HIRES_UPSCALERS), value=DEFAULTS.upscaler, label="Upscaler",
                                    elem_id="txt2img-hires-upscaler")
@@ -76,8 +80,33 @@ def build_extras(service: Service, max_side: int) -> Txt2ImgExtras:
         with gr.Row():
             resize_width = gr.Slider(0, max_side, 0, step=8, label="Resize seed from width", info="0 = off")
             resize_height = gr.Slider(0, max_side, 0, step=8, label="Resize seed from height", info="0 = off")
-    return Txt2ImgExtras(hires, upscaler, scale, width, height, steps, strength, sampler, variation_seed,
-                         variation_strength, resize_width, resize_height, tiling)
+    return Txt2ImgExtras(hires, hires_size, upscaler, scale, width, height, steps, strength, sampler,
+                         variation_seed, variation_strength, resize_width, resize_height, tiling)
+
+
+def hires_size_note(width: Any, height: Any, scale: Any, resize_width: Any, resize_height: Any, max_side: int) -> str:
+    """"Upscales from 512x512 to 1024x1024." (A1111 shows the same under its hires settings), with what to change
+    when the target is over the server's limit; empty for values that are not sizes (the run's check says why)."""
+    values = (width, height, scale, resize_width or 0, resize_height or 0)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        return ""
+    w, h = int(width), int(height)
+    if not (0 < w <= 100 * max_side and 0 < h <= 100 * max_side and 0 < scale <= 100):
+        return ""
+    hires = HiresFix(scale=float(scale), width=int(resize_width or 0) or None, height=int(resize_height or 0) or None)
+    target = hires.target(w, h)
+    note = f"Upscales from {w}x{h} to {target[0]}x{target[1]}."
+    if max(target) > max_side:
+        note += f" That is over this server's {max_side} pixels per side: lower the upscale or the size."
+    return note
+
+
+def wire_hires_size(width: gr.Slider, height: gr.Slider, extras: Txt2ImgExtras, max_side: int) -> None:
+    """Keep the hires fix's size line up to date with the first pass's size and the upscale settings."""
+    inputs = [width, height, extras.scale, extras.width, extras.height]
+    gr.on([box.change for box in inputs], lambda *values: hires_size_note(*values, max_side), inputs,
+          extras.hires_size, queue=False, show_progress="hidden", api_name="txt2img_hires_size",
+          api_visibility="private")
 
 
 IMG2IMG_NAMES = ("variation_seed", "variation_strength", "tiling")

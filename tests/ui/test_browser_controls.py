@@ -1,6 +1,7 @@
 """Controls a visitor presses or reads in a real Chromium (Playwright): Generate and Stop side by side on a phone
 (stacked beside the prompts on a laptop), Image to image's size boxes (what fills them, and what their note says),
-and the Models tab's "Unload all models…", which asks before it unloads.
+the hires fix's line with the size it upscales to, and the Models tab's "Unload all models…", which asks before
+it unloads.
 
 Uses test_browser.py's app and browser fixtures (tiny checkpoints); screenshots go to tests/artifacts/.
 """
@@ -101,3 +102,28 @@ def test_unload_all_sits_apart_from_load_and_asks_first(page) -> None:
     expect(ask).to_be_visible()
     expect(page.locator("#models-unload-all-confirm")).to_be_hidden()
     page.screenshot(path=str(ARTIFACTS / "controls-models.png"))
+
+
+def _number_into(page, elem_id: str, value: float) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_the_hires_fix_says_what_size_it_upscales_to(browser, url: str) -> None:
+    """As in A1111: the line under "Use hires fix" follows the first pass's size and the upscale settings, and says
+    what to change when the target is over the server's limit (the tiny app's 1024 pixels a side)."""
+    page = _open(browser, url, DESKTOP)
+    page.locator("#txt2img-hires-accordion").get_by_text("Hires fix").first.click()
+    note = page.locator("#txt2img-hires-size")
+    expect(note).to_have_text("Upscales from 512x512 to 1024x1024.")
+    _number_into(page, "txt2img-width", 768)
+    expect(note).to_have_text("Upscales from 768x512 to 1536x1024. That is over this server's 1024 pixels per side: "
+                              "lower the upscale or the size.")
+    _number_into(page, "txt2img-hires-scale", 1.25)
+    expect(note).to_have_text("Upscales from 768x512 to 960x640.")
+    _number_into(page, "txt2img-hires-width", 1000)  # one side given: the other keeps the first pass's shape
+    expect(note).to_have_text("Upscales from 768x512 to 1000x664.")
+    page.locator("#txt2img-hires-accordion").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "controls-hires-size.png"))
+    page.context.close()

@@ -47,8 +47,9 @@ def test_pasted_a1111_parameters_go_to_text_to_image(browser, url: str) -> None:
     expect(page.locator("#txt2img-width input[type=number]")).to_have_value("640")
     page.wait_for_timeout(1000)  # a size reset by the checkpoint's change would have arrived by now
     assert _txt2img_values(page) == {
-        "steps": "30", "width": "640", "height": "448", "seed": "1234", "prompt": "a lighthouse on a cliff, dramatic sky",
-        "negative": "blurry, lowres", "sampler": "Euler a", "checkpoint": "SD 2.0 base (512)"}
+        "steps": "30", "width": "640", "height": "448", "seed": "1234",
+        "prompt": "a lighthouse on a cliff, dramatic sky", "negative": "blurry, lowres", "sampler": "Euler a",
+        "checkpoint": "SD 2.0 base (512)"}
     assert page.locator("#txt2img-karras input").is_checked()
     page.screenshot(path=str(ARTIFACTS / "reuse-txt2img-from-paste.png"))
     # A checkpoint the visitor picks sets its own square, as before.
