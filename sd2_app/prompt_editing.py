@@ -33,7 +33,6 @@ import re
 from dataclasses import dataclass
 from typing import Union
 
-MAX_NESTING = 100  # deeper bracket nesting is read as no schedule (A1111's parser has no such limit)
 _NUMBER = re.compile(r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*")  # lark's SIGNED_NUMBER, spaced
 _SPECIAL = frozenset("[]():|\\")
 
@@ -57,7 +56,7 @@ Schedule = list[tuple[int, str]]  # (last step of this text, plain prompt), step
 
 
 class _Unreadable(Exception):
-    """The prompt has no reading as a schedule (a stray `|`, a trailing backslash, too deep a nesting)."""
+    """The prompt has no reading as a schedule (a stray `|`, a trailing backslash)."""
 
 
 class _Reader:
@@ -82,7 +81,7 @@ class _Reader:
         while i < len(self.text):
             char = self.text[i]
             if char in "[(" and not literal[i]:
-                i, inner = self.group(i, 1)  # type: ignore[misc]  # _top_choices found it
+                i, inner = self.group(i)  # type: ignore[misc]  # _top_choices found it
                 nodes.extend(inner)
             elif char == "\\":
                 nodes.append(self.escape_at(i))
@@ -97,10 +96,10 @@ class _Reader:
         covers the prompt (a `|` outside every alternation).
 
         A1111's grammar lets a top-level bracket be text or open a construct, and its parser (lark's Earley,
-        resolving ambiguity) picks one reading. That pick, measured against A1111's parser: a construct is read
-        unless it could be text and is directly followed by an even number (2, 4, ...) of top-level bracket
-        and colon characters that are text. So `[x:3]]` edits and `[x:3]]]` is text. Worked out right to left:
-        `run[i]` is the length of the text-bracket run that starts at i (-1: no reading from i on).
+        resolving ambiguity) picks one reading. That pick, measured against A1111's parser, depends on the run
+        of top-level bracket and colon characters that are text right after the construct (`_reads_as_text`):
+        `[x:3]]` edits and `[x:3]]]` is text. Worked out right to left: `run[i]` is the length of the
+        text-bracket run that starts at i (-1: no reading from i on).
         """
         size = len(self.text)
         run = [0] * (size + 2)
@@ -115,11 +114,10 @@ class _Reader:
                 run[i] = -1
             elif char in "[(":
                 as_text = -1 if run[i + 1] < 0 else 1 + run[i + 1]
-                group = self.group(i, 1)
+                group = self.group(i)
                 end = -1 if group is None else group[0]
                 after = -1 if end < 0 else run[end]
-                merged = bracket_run_before[end - 1] + after if end > 0 else 0
-                literal[i] = after < 0 or (as_text >= 0 and merged >= 3 and merged % 2 == 1)
+                literal[i] = after < 0 or (as_text >= 0 and _reads_as_text(end, bracket_run_before, after))
                 run[i] = as_text if literal[i] else 0
             elif char in "]):":
                 run[i] = -1 if run[i + 1] < 0 else 1 + run[i + 1]
@@ -142,13 +140,13 @@ class _Reader:
             i += 1
         return counts
 
-    def part(self, i: int, depth: int) -> tuple[int, list[_Node]] | None:
+    def part(self, i: int) -> tuple[int, list[_Node]] | None:
         """The nodes from `i` up to the next `:`, `|`, `]` or `)` of this level; None if a group in it is none."""
         nodes: list[_Node] = []
         while i < len(self.text) and self.text[i] not in ":|])":
             char = self.text[i]
             if char in "[(":
-                group = self.group(i, depth + 1)
+                group = self.group(i)
                 if group is None:
                     return None
                 i, inner = group
@@ -163,21 +161,21 @@ class _Reader:
                 nodes.append(self.text[start:i])
         return i, nodes
 
-    def group(self, i: int, depth: int) -> tuple[int, tuple[_Node, ...]] | None:
-        """(end, nodes) of the construct opening at `i`, or None when it is not one."""
-        if depth > MAX_NESTING:
-            raise _Unreadable
+    def group(self, i: int) -> tuple[int, tuple[_Node, ...]] | None:
+        """(end, nodes) of the construct opening at `i`, or None when it is not one. `_top_choices` asks for every
+        opening bracket from the last to the first, so a group's inner groups are already read: no recursion
+        deeper than one group, however deep the nesting."""
         if i not in self._groups:
-            self._groups[i] = self._read_group(i, depth)
+            self._groups[i] = self._read_group(i)
         return self._groups[i]
 
-    def _read_group(self, i: int, depth: int) -> tuple[int, tuple[_Node, ...]] | None:
+    def _read_group(self, i: int) -> tuple[int, tuple[_Node, ...]] | None:
         opener = self.text[i]
         closer = "]" if opener == "[" else ")"
         parts: list[list[_Node]] = []
         separators: list[str] = []
         while True:
-            read = self.part(i + 1, depth)
+            read = self.part(i + 1)
             if read is None or read[0] >= len(self.text):
                 return None
             i, nodes = read
@@ -190,6 +188,14 @@ class _Reader:
         end = i + 1
         built = _emphasis(opener, parts, separators) if opener == "(" else _square(parts, separators)
         return None if built is None else (end, built)
+
+
+def _reads_as_text(end: int, bracket_runs: list[int], after: int) -> bool:
+    """Whether A1111's parser reads a top-level construct ending before `end` that could be text as text, given
+    the run of text brackets `after` it: when that run is not empty and, with the brackets that end the
+    construct (`]`, `)]`, ...), makes an odd run of 3 or more."""
+    merged = bracket_runs[end - 1] + after
+    return after >= 1 and merged >= 3 and merged % 2 == 1
 
 
 def _emphasis(opener: str, parts: list[list[_Node]], separators: list[str]) -> tuple[_Node, ...] | None:

@@ -30,7 +30,7 @@ _PIECE = re.compile(
     | \\                                       # lone backslash: dropped
     | \(                                       # open round
     | \[                                       # open square
-    | :([+-]?(?:\d+\.?\d*|\.\d+))\)            # ":1.5)": close round with an explicit weight
+    | :([+-]?(?:\d+(?:\.\d*)?|\.\d+))\)      # ":1.5)": close round with an explicit weight
     | \)                                       # close round
     | \]                                       # close square
     | [^\\()\[\]:]+                            # plain text
@@ -38,7 +38,7 @@ _PIECE = re.compile(
     """,
     re.VERBOSE,
 )
-_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+_BREAK = re.compile(r"\bBREAK\b")  # the whitespace around it goes too (`_split_breaks`)
 # A1111 syntax we do not support (see `unsupported_syntax`), each with what A1111 calls it (prompt editing and
 # alternation are supported: sd2_app/prompt_editing.py reads them before this parser sees each step's text):
 UNSUPPORTED = (
@@ -62,10 +62,12 @@ BREAK = Run("BREAK", 1.0, is_break=True)
 def _split_breaks(text: str) -> list[list]:
     """Plain text -> [text, 1.0] runs with a BREAK between the parts it separates."""
     out: list[list] = []
-    for index, part in enumerate(_BREAK.split(text)):
+    parts = _BREAK.split(text)
+    for index, part in enumerate(parts):
         if index:
             out.append([BREAK, 1.0])
-        out.append([part, 1.0])
+            part = part.lstrip()
+        out.append([part.rstrip() if index < len(parts) - 1 else part, 1.0])
     return out
 
 

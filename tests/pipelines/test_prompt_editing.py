@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from sd2_app.prompt_editing import MAX_NESTING, prompt_schedule, uses_editing
+from sd2_app.prompt_editing import prompt_schedule, uses_editing
 
 FANTASY = ("fantasy landscape with a [mountain:lake:0.25] and [an oak:a christmas tree:0.75][ in foreground::0.6]"
            "[ in background:0.25] [shoddy:masterful:0.5]")
@@ -67,6 +67,10 @@ TABLE_10_STEPS = [
     ("[a:b:5", [(10, "[a:b:5")]),
     ("[x:3]]", [(3, "]"), (10, "x]")]),
     ("[x:3]]]", [(10, "[x:3]]]")]),
+    ("[x:3]]]]", [(3, "]]]"), (10, "x]]]")]),
+    ("[[a:b:3]]:", [(10, "[[a:b:3]]:")]),
+    ("[[a:b:3]]::", [(3, "[a]::"), (10, "[b]::")]),
+    ("[a:b:3]](x)::", [(10, "[a:b:3]](x)::")]),
 ]
 
 
@@ -102,9 +106,10 @@ def test_uses_editing() -> None:
 
 
 def test_deep_and_long_prompts() -> None:
-    """Nesting past MAX_NESTING reads as no schedule; 2000 characters of brackets read without recursion limits."""
-    deep = "[" * (MAX_NESTING + 1) + "a:1" + "]" * (MAX_NESTING + 1)
-    assert prompt_schedule(deep, 5) == [(5, deep)]
+    """Any nesting depth and 2000 characters of brackets read without recursion limits, as A1111 reads them."""
+    deep = "(" * 1500 + "[a:b:1]" + ")" * 1500
+    assert prompt_schedule(deep, 5) == [(1, "(" * 1500 + "a" + ")" * 1500), (5, "(" * 1500 + "b" + ")" * 1500)]
+    assert prompt_schedule("[" * 31 + "a:1" + "]" * 31, 5) == [(1, "[" * 30 + "]" * 30), (5, "[" * 30 + "a" + "]" * 30)]
     assert prompt_schedule("[" * 2000, 150) == [(150, "[" * 2000)]
     assert prompt_schedule("[x:3]" * 400, 150) == [(3, ""), (150, "x" * 400)]
     assert prompt_schedule("[a|" * 500, 4) == [(4, "[a|" * 500)]
