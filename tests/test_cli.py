@@ -92,7 +92,7 @@ def test_bad_input_exits_with_a_message(model_dir: Path, tmp_path: Path, caplog:
 
 
 def test_module_entry_point_runs(tmp_path: Path) -> None:
-    text = "hello\nSteps: 2, Seed: 5"
+    text = "hello\nSteps: 2, Sampler: Euler, Seed: 5"  # A1111 reads a last line of 3+ pairs as the settings
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
@@ -102,7 +102,7 @@ def test_module_entry_point_runs(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "sd2_app", "info", str(tmp_path / "x.png")], capture_output=True,
                           text=True, env=env, timeout=120, check=True)
     assert json.loads(done.stdout)[str(tmp_path / "x.png")]["parsed"] == {"Prompt": "hello", "Negative prompt": "",
-                                                                         "Steps": 2, "Seed": 5}
+                                                                         "Steps": 2, "Sampler": "Euler", "Seed": 5}
 
 
 def test_txt2img_hires_variation_tiling_and_a_16_bit_depth_map(

@@ -68,8 +68,9 @@ def _hires_cost(request: Txt2ImgRequest, calls_per_step: Mapping[str, int]) -> i
         return 0
     width, height = request.width or 0, request.height or 0
     steps = hires.steps or request.sampling.steps
-    second = replace(request.sampling, steps=steps, sampler=hires.sampler or request.sampling.sampler)
-    cost = _pass(second, _latent_pixels(*hires.target(width, height)), calls_per_step, hires.denoising_strength)
+    second = replace(request.sampling, steps=hires.second_pass_steps(request.sampling.steps),
+                     sampler=hires.sampler or request.sampling.sampler)  # it runs exactly these steps
+    cost = _pass(second, _latent_pixels(*hires.target(width, height)), calls_per_step)
     if hires.upscaler == "SD2 x4":  # DDIM with guidance at the hires steps, at the first image's pixels
         cost += steps * 2 * request.sampling.batch_size * width * height
     return cost

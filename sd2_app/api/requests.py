@@ -47,6 +47,7 @@ def _strength(task: str) -> float:
     return strength
 
 
+MAX_SCHEDULE_STEPS = 1000  # the SD 2 schedulers' num_train_timesteps
 HIRES_UPSCALERS = ("Latent", "Latent (nearest-exact)", "Lanczos", "SD2 x4")  # A1111's names for the first three
 
 
@@ -54,15 +55,16 @@ HIRES_UPSCALERS = ("Latent", "Latent (nearest-exact)", "Lanczos", "SD2 x4")  # A
 class HiresFix:
     """A1111's "Hires fix": generate at the request's size, upscale, then img2img at the target size.
 
-    The second pass draws its noise from a fresh generator seeded with the request's seed (A1111 does the
-    same), so it equals image-to-image on the upscaled first image with that seed.
+    The second pass runs exactly its steps at the end of a longer schedule (`schedule_steps`) and draws its
+    noise from a fresh generator seeded with the request's seed (A1111 does both), so it equals image-to-image
+    on the upscaled first image with that seed and that schedule (where the strength cut runs those steps).
     """
 
     upscaler: str = "Latent"  # one of HIRES_UPSCALERS: latents bilinear / nearest-exact, pixels, the x4 model
     scale: float = 2.0  # target = first-pass size x scale (rounded down to 8), unless width/height are given
     width: int | None = None  # explicit target size (A1111's "Resize width to"); None or 0: from `scale`
     height: int | None = None
-    steps: int | None = None  # second-pass steps; None or 0: the first pass's steps
+    steps: int | None = None  # steps the second pass runs; None or 0: the first pass's steps
     denoising_strength: float = 0.5
     sampler: str | None = None  # None or "": the first pass's sampler
 
@@ -85,9 +87,18 @@ class HiresFix:
         return tuple(max(8, 8 * (side // 8 - (side - want) // 8)) for side, want in zip(cover, asked))  # type: ignore[return-value]
 
     def second_pass_steps(self, first_steps: int) -> int:
-        """The sampler steps the second pass runs: its steps cut by the strength (samplers.start_at's rule)."""
-        steps = self.steps or first_steps
-        return min(int(steps * self.denoising_strength), steps)
+        """The sampler steps the second pass runs: exactly its hires steps (or the first pass's), as A1111 runs
+        them; none at strength 0."""
+        return (self.steps or first_steps) if self.denoising_strength > 0 else 0
+
+    def schedule_steps(self, first_steps: int) -> int:
+        """The length of the schedule whose last `second_pass_steps` the second pass runs: A1111's
+        int(steps / min(strength, 0.999)) (modules/sd_samplers_common.py, `setup_img2img_steps`), at most
+        MAX_SCHEDULE_STEPS (a strength near 0 would ask for a schedule finer than the model's own timesteps)."""
+        steps = self.second_pass_steps(first_steps)
+        if steps == 0:
+            return 0
+        return max(steps, min(MAX_SCHEDULE_STEPS, int(steps / min(self.denoising_strength, 0.999))))
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,7 @@ def check_hires(
         raise InvalidRequest(f"The hires target {target[0]}x{target[1]} is larger than this server's limit of "
                              f"{limits.max_side} pixels per side; lower the upscale or the size.")
     if checked.second_pass_steps(sampling.steps) < 1:
-        raise InvalidRequest(f"Hires denoising strength {checked.denoising_strength:g} with "
-                             f"{checked.steps or sampling.steps} hires steps runs no step; raise either.")
+        raise InvalidRequest("Hires denoising strength 0 runs no hires step; raise it (or turn the hires fix off).")
     return checked
 
 

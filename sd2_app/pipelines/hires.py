@@ -1,15 +1,17 @@
 """Hires fix (A1111's txt2img option, learned from modules/processing.py, `sample_hr_pass`): generate at the
-request's size, upscale, then image-to-image at `denoising_strength` to the target size.
+request's size, upscale, then image-to-image at `denoising_strength` to the target size, running exactly the
+hires steps at the end of a schedule of hires steps / strength (`HiresFix.schedule_steps`), as A1111 does.
 
-Both passes are the one shared loop (`generate.generate`, then a strength-cut `Job.denoise`). Upscalers:
+Both passes are the one shared loop (`generate.generate`, then a cut schedule's `Job.denoise`). Upscalers:
 "Latent" (bilinear) and "Latent (nearest-exact)" resize the first pass's latents; "Lanczos" resizes the
 decoded image; "SD2 x4" runs the decoded image through the x4 upscaler, which the service brings in with
 the model manager (api/service.py) and hands back as `HiresPassRequest.images`.
 
 The second pass draws from a fresh generator seeded with the request's seed (A1111 does the same), so it is
-image-to-image by hand with that seed: for pixel upscalers, the posterior sample of the upscaled image, then
-the noise; for latent upscalers, only the noise. The seed extras shape the first pass only. Progress counts
-both passes on one bar: the first pass's steps, then the second's after them.
+image-to-image by hand with that seed and that schedule (where its strength cut runs the hires steps): for
+pixel upscalers, the posterior sample of the upscaled image, then the noise; for latent upscalers, only the
+noise. The seed extras shape the first pass only. Progress counts both passes on one bar: the first pass's
+steps, then the second's after them.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ LATENT_MODES = {"Latent": "bilinear", "Latent (nearest-exact)": "nearest-exact"}
 
 
 def hires_sampling(sampling: Sampling, hires: HiresFix) -> Sampling:
-    """The second pass's sampling: the hires sampler and steps where given, the rest (seed too) unchanged."""
-    return replace(sampling, sampler=hires.sampler or sampling.sampler, steps=hires.steps or sampling.steps)
+    """The second pass's sampling: the hires sampler where given, a schedule of `HiresFix.schedule_steps`, the
+    rest (seed too) unchanged."""
+    return replace(sampling, sampler=hires.sampler or sampling.sampler, steps=hires.schedule_steps(sampling.steps))
 
 
 def upscale_latents(latents: torch.Tensor, size: tuple[int, int], upscaler: str) -> torch.Tensor:
@@ -99,7 +102,7 @@ def second_pass(
     assert hires is not None
     factor = vae_factor(components.vae)
     job = start_job(components, replace(request, sampling=hires_sampling(request.sampling, hires)),
-                    strength=hires.denoising_strength, mode=mode)  # a fresh generator seeded with the request's seed
+                    last_steps=hires.second_pass_steps(request.sampling.steps), mode=mode)  # a fresh generator, seeded
     if isinstance(start, torch.Tensor):
         init = start.float()
     else:

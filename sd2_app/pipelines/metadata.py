@@ -43,8 +43,9 @@ AI_GENERATED_XMP = (
 _NEGATIVE = "Negative prompt:"
 SettingValue = str | int | float | bool | None  # one value of the settings line (None: left out when written)
 Settings = dict[str, SettingValue]  # the settings line's pairs, in their order
-# One `key: value` pair of the settings line: a quoted JSON string or text up to the next ", ".
-_PAIR = re.compile(r'\s*([\w ./+\-()]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+# The start of one `key: value` pair of the settings line, and a value written as a JSON string.
+_KEY = re.compile(r"\s*([\w./+\-()][\w ./+\-()]*):\s*")
+_QUOTED = re.compile(r'"(?:\\.|[^\\"])*"')
 MIN_SETTINGS_PAIRS = 3  # A1111 reads a last line with fewer pairs as part of the prompt
 
 
@@ -78,7 +79,10 @@ def format_parameters(prompt: str, negative_prompt: str, settings: Settings) -> 
 def _parse_value(raw: str) -> SettingValue:
     raw = raw.strip()
     if raw.startswith('"') and raw.endswith('"') and len(raw) >= 2:
-        return json.loads(raw)
+        try:
+            return json.loads(raw)
+        except ValueError:  # not JSON after all ('"\\x"'): the text as it is, as A1111's `unquote` keeps it
+            return raw
     if re.fullmatch(r"[+-]?\d+", raw):
         return int(raw)
     if re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+|\d+)(e[+-]?\d+)?", raw, re.IGNORECASE):
@@ -86,6 +90,38 @@ def _parse_value(raw: str) -> SettingValue:
     if raw in ("True", "False"):
         return raw == "True"
     return raw
+
+
+def _settings_pairs(line: str) -> list[tuple[str, str]]:
+    """The (key, raw value) pairs of a settings line, in order: a pair starts the line or follows a comma, and
+    a stretch between commas that is no pair is skipped (A1111's `re_param`, found anywhere by `findall`).
+
+    One pass over the line (a regex searched from every position, as A1111's is, takes time quadratic in the
+    line's length: minutes for the megabyte a PNG text chunk may hold): each key is matched where a pair may
+    start, and a quote that is never closed is looked for once.
+    """
+    pairs: list[tuple[str, str]] = []
+    position, unclosed_from = 0, len(line) + 1  # from `unclosed_from` on, no quote closes
+    while position <= len(line):
+        key = _KEY.match(line, position)
+        comma = line.find(",", position)
+        end = len(line) if comma == -1 else comma
+        if key is None or key.end() > end:
+            position = end + 1
+            continue
+        start = key.end()
+        quoted = _QUOTED.match(line, start) if line.startswith('"', start) and start < unclosed_from else None
+        if quoted is None and line.startswith('"', start):
+            unclosed_from = min(unclosed_from, start)
+        elif quoted is not None:  # a closed quote counts only when the pair ends there (else: text to the comma)
+            after = line.find(",", quoted.end())
+            if line[quoted.end():len(line) if after == -1 else after].strip():
+                quoted = None
+            else:
+                end = len(line) if after == -1 else after
+        pairs.append((key.group(1).strip(), line[start:end].strip() if quoted is None else quoted.group(0)))
+        position = end + 1
+    return pairs
 
 
 def parse_parameters(text: str) -> Settings:
@@ -98,12 +134,9 @@ def parse_parameters(text: str) -> Settings:
     lines = text.split("\n")
     settings: Settings = {}
     stripped = text.rstrip().split("\n")
-    pairs = list(_PAIR.finditer(stripped[-1].strip()))
+    pairs = _settings_pairs(stripped[-1].strip())
     if len(pairs) >= MIN_SETTINGS_PAIRS:
-        for match in pairs:
-            key, raw = match.group(1).strip(), match.group(2)
-            if key:
-                settings[key] = _parse_value(raw)
+        settings = {key: _parse_value(raw) for key, raw in pairs}
         lines = stripped[:-1]
     prompt_lines: list[str] = []
     negative_lines: list[str] = []

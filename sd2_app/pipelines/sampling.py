@@ -16,7 +16,7 @@ from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.vae_io import decode_in
 from sd2_app.api.requests import Sampling, TaskRequest
 from sd2_app.checkpoints.components import Components
-from sd2_app.samplers import SAMPLERS, make_schedule, start_at
+from sd2_app.samplers import SAMPLERS, keep_last, make_schedule, start_at
 from sd2_app.samplers.base import NoiseSource, randn_from
 from sd2_app.samplers.registry import SamplerSpec
 from sd2_app.samplers.schedules import Schedule, SchedulerConfig
@@ -48,10 +48,14 @@ def draw_noise(
     return randn_from(shape, generator, dtype).to(device=device, dtype=torch.float32)
 
 
-def plan_sampling(config: SchedulerConfig, sampling: Sampling, strength: float | None = None) -> SamplingPlan:
-    """Schedule for the request's sampler; with `strength`, only its last `int(N * strength)` steps."""
+def plan_sampling(config: SchedulerConfig, sampling: Sampling, strength: float | None = None, *,
+                  last_steps: int | None = None) -> SamplingPlan:
+    """Schedule for the request's sampler; with `strength`, only its last `int(N * strength)` steps; with
+    `last_steps`, only that many of its last steps (the hires fix's second pass)."""
     schedule = make_schedule(config, sampling.sampler, sampling.steps, use_karras=sampling.use_karras)
     spec = SAMPLERS[sampling.sampler]  # the name is known: validation checked it, make_schedule too
+    if last_steps is not None:
+        schedule = keep_last(schedule, last_steps)
     if strength is not None:
         schedule = start_at(schedule, strength)
         if len(schedule.sigmas) < 2:
@@ -132,8 +136,10 @@ class PreparedRun:
         return self.finish(self.job.denoise(self.start, on_step=on_step))
 
 
-def start_job(components: Components, request: TaskRequest, *, strength: float | None = None, mode: RunMode = NORMAL) -> Job:
-    """Seeded generator, encoded prompts ([uncond; cond]) and the sampling plan for `request`, run in `mode`."""
+def start_job(components: Components, request: TaskRequest, *, strength: float | None = None,
+              last_steps: int | None = None, mode: RunMode = NORMAL) -> Job:
+    """Seeded generator, encoded prompts ([uncond; cond]) and the sampling plan for `request`, run in `mode`
+    (`strength` and `last_steps` cut the schedule, `plan_sampling`)."""
     sampling = request.sampling
     assert sampling.seed is not None, "the service resolves the seed before calling a pipeline"
     generator = make_generator(components.device, sampling.seed)
@@ -142,5 +148,5 @@ def start_job(components: Components, request: TaskRequest, *, strength: float |
         batch_size=sampling.batch_size, use_cfg=sampling.cfg_scale > 1.0, device=components.device,
         embeddings=components.embeddings,
     )
-    plan = plan_sampling(components.scheduler_config, sampling, strength=strength)
+    plan = plan_sampling(components.scheduler_config, sampling, strength=strength, last_steps=last_steps)
     return Job(components, sampling, generator, encoded.context, plan, mode, encoded.embeddings)

@@ -19,7 +19,8 @@ _HOMES = {
     "Denoiser": "base", "StepFn": "base",
     "make_denoiser": "denoiser",
     "SAMPLERS": "registry", "SamplerSpec": "registry",
-    **dict.fromkeys(("Schedule", "SchedulerConfig", "add_noise", "make_schedule", "start_at"), "schedules"),
+    **dict.fromkeys(("Schedule", "SchedulerConfig", "add_noise", "keep_last", "make_schedule", "start_at"),
+                   "schedules"),
 }
 
 __all__ = list(_HOMES)

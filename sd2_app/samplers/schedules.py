@@ -237,8 +237,12 @@ def start_at(schedule: Schedule, strength: float) -> Schedule:
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
     n = len(schedule.timesteps)
-    init_timestep = min(int(n * strength), n)
-    t_start = max(n - init_timestep, 0)
+    return keep_last(schedule, min(int(n * strength), n))
+
+
+def keep_last(schedule: Schedule, count: int) -> Schedule:
+    """Keep the last `count` steps (all of them when `count` is larger): the cut `start_at` makes, by count."""
+    t_start = max(len(schedule.timesteps) - count, 0)
     return replace(
         schedule,
         sigmas=schedule.sigmas[t_start:],

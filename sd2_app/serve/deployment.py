@@ -7,9 +7,10 @@ hands the checkpoint back to our manager (offloaded to host memory; the manager'
 rather than around it.
 
 `produce` is a generator deployment method: it yields `("progress", done, total, preview)` while the job runs,
-then one `("result", Result)`, `("refused", message)` or `("stopped",)`. When the caller cancels the stream
-(Stop), Serve cancels the generator; the job's stop flag is set and the replica waits for the running step to
-end before it takes the next request.
+then one `("result", Result)`, `("refused", message)` or `("stopped",)`; a checkpoint it cannot load ends it
+with `("load_failed", ...)`, and a bug while loading or running with a refusal that says so (`failed_here`).
+When the caller cancels the stream (Stop), Serve cancels the generator; the job's stop flag is set and the
+replica waits for the running step to end before it takes the next request.
 
 Concurrency (Ray Serve 2.x, ray/serve/_private/replica.py): a replica runs up to `max_ongoing_requests` calls
 at once, its async methods (`produce`) as tasks on one event loop, its sync ones on a thread pool of that size.
@@ -65,6 +66,12 @@ def load_failed(error: LoadError) -> Event:
     return ("load_failed", error.repo, error.file, error.reason)
 
 
+def failed_here(error: BaseException) -> Event:
+    """The refusal that tells the front end a job failed on this replica by a bug (the log has the traceback):
+    the replica still serves, so it is no lost worker."""
+    return ("refused", f"The job failed on a worker ({type(error).__name__}); the operator has the details.")
+
+
 @serve.deployment(name="SD2Worker")
 class SD2Worker:
     """One replica: a ModelManager + Service on its GPU (or CPU), driven through `produce`."""
@@ -97,6 +104,10 @@ class SD2Worker:
             log.warning("replica %s could not load %s: %s", os.getpid(), key, error)
             yield load_failed(error)
             return
+        except Exception as error:  # a bug while loading: as one while running (`failed_here`)
+            log.exception("loading %s failed on replica %s", key, os.getpid())
+            yield failed_here(error)
+            return
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
         stop = threading.Event()
@@ -122,7 +133,7 @@ class SD2Worker:
                 put(load_failed(error))
             except BaseException as error:  # a bug: the caller gets a short message, the log the traceback
                 log.exception("job failed on replica %s", os.getpid())
-                put(("refused", f"The job failed on a worker ({type(error).__name__}); the operator has the details."))
+                put(failed_here(error))
 
         job = loop.run_in_executor(self._job_threads, work)
         try:

@@ -241,7 +241,8 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
     cache = getattr(demo, "delete_cache", None)
     window_s = cache[1] if cache else DEFAULT_CACHE_MINUTES * 60
     budget = UploadBudget(hosting.max_upload_mb_per_address * MB, window_s=window_s)
-    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(RequestLimitsMiddleware),
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []),
+                                Middleware(RequestLimitsMiddleware, addresses=visitors.addresses),
                                 Middleware(McpCallerMiddleware, addresses=visitors.addresses),
                                 Middleware(VisitorMiddleware, cookies=visitors.cookies),
                                 Middleware(UploadBudgetMiddleware, budget=budget, addresses=visitors.addresses)]

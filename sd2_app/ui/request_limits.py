@@ -9,7 +9,10 @@ when the client sends it in chunks without a length. The limits follow what each
 A1111 API two base64 images of the web UI's upload size (`sd2_app.api.a1111.MAX_BASE64_CHARS`: an init image
 and a mask), the inpaint editor's parts one image of that size each (`sd2_app.ui.editor_blobs`), anything else
 of Gradio's (queue joins, MCP messages, whose own limit is 4 MB) `MAX_BODY_BYTES`; Gradio's upload route has
-its own limit and budget (`sd2_app.ui.upload_budget`).
+its own limit and budget (`sd2_app.ui.upload_budget`). A limit per request does not bound many requests at once,
+so one network address (`sd2_app.api.addresses`) may have at most `MAX_BODY_BYTES_IN_FLIGHT` of bodies over
+`SMALL_BODY_BYTES` being received or handled at once (a chunked body counts as its route's limit; an A1111 API
+call holds its share until its job ends); more get 429.
 
 Remote fetches. Gradio's file route serves any public http(s) URL it is given (GET /gradio_api/file=<url>;
 gradio/route_utils.py, `secure_url_stream_response`: the server fetches it and streams it back), which would
@@ -24,6 +27,7 @@ it answers 404 here.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from urllib.parse import unquote
 
@@ -33,6 +37,7 @@ from starlette.responses import PlainTextResponse
 
 from sd2_app.api.a1111 import MAX_BASE64_CHARS
 from sd2_app.api.a1111_routes import PREFIX as A1111_PREFIX
+from sd2_app.api.addresses import ClientAddresses
 from sd2_app.ui.upload_budget import MB, UPLOAD_PATH, declared_size
 from sd2_app.ui.uploads import FILE_ROUTE
 from sd2_app.ui.visitors import ASGIApp, Message, Scope
@@ -40,6 +45,9 @@ from sd2_app.ui.visitors import ASGIApp, Message, Scope
 MAX_BODY_BYTES = 4 * MB  # a queue join (prompts, settings, references to uploaded files) or an MCP message
 MAX_API_BODY_BYTES = 2 * MAX_BASE64_CHARS + MB  # an A1111 API call: an init image and a mask, and the rest
 MAX_PART_BODY_BYTES = MAX_BASE64_CHARS * 3 // 4 + MB  # one inpaint editor part of the upload size, and its form
+# Bodies one address may have in flight: a few A1111 API jobs with large images, or editor parts, at once.
+MAX_BODY_BYTES_IN_FLIGHT = 256 * MB
+SMALL_BODY_BYTES = 64 * 1024  # a queue join's prompts and settings: not counted
 COMPONENT_SERVER_PATH = f"{API_PREFIX}/component_server"  # where the browser sends the editor's parts
 REMOTE_FILE_MESSAGE = "This server serves only its own files; it does not fetch files from other sites."
 RECORDING_PATH = f"{API_PREFIX}/process_recording"
@@ -62,6 +70,11 @@ def too_large_message(limit: int) -> str:
     return f"This request's body is larger than this server accepts here ({limit:,} bytes)."
 
 
+def too_much_in_flight_message(limit: int) -> str:
+    return (f"Your network address is already sending or waiting on {limit // MB} MB of requests; try again when "
+            "they are done.")
+
+
 def is_remote_file(path: str) -> bool:
     """Whether `path` asks Gradio's file route for an http(s) URL (the route's path is URL-decoded already)."""
     at = path.find(FILE_ROUTE)
@@ -69,11 +82,14 @@ def is_remote_file(path: str) -> bool:
 
 
 class RequestLimitsMiddleware:
-    """ASGI middleware: bodies within `body_limit`, no remote fetches through the file route, no screen recordings
-    (module docstring)."""
+    """ASGI middleware: bodies within `body_limit` and, per network address (`addresses` names it),
+    `MAX_BODY_BYTES_IN_FLIGHT`; no remote fetches through the file route, no screen recordings (module
+    docstring)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, addresses: ClientAddresses) -> None:
         self.app = app
+        self.addresses = addresses
+        self._in_flight: Counter[str] = Counter()  # body bytes each address has being received or handled
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,15 +102,33 @@ class RequestLimitsMiddleware:
         if path.rstrip("/").endswith(RECORDING_PATH):
             await PlainTextResponse(NO_RECORDINGS_MESSAGE, status_code=404)(scope, receive, send)
             return
-        limit = body_limit(path)
-        declared = declared_size(StarletteRequest(scope))
-        if limit is not None and declared is not None and declared > limit:
-            await PlainTextResponse(too_large_message(limit), status_code=413)(scope, receive, send)
-            return
-        if limit is None or declared is not None:  # uvicorn delivers no more than the declared length
+        request = StarletteRequest(scope)
+        limit, declared = body_limit(path), declared_size(request)
+        chunked = declared is None and "chunked" in request.headers.get("transfer-encoding", "").lower()
+        if limit is None or (declared is None and not chunked):  # the upload route, or a request without a body
             await self.app(scope, receive, send)
             return
-        await self._counted(scope, receive, send, limit)
+        if declared is not None and declared > limit:
+            await PlainTextResponse(too_large_message(limit), status_code=413)(scope, receive, send)
+            return
+        size = limit if declared is None else declared
+        address = self.addresses.of(request) if size > SMALL_BODY_BYTES else None
+        if address is not None and self._in_flight[address] + size > MAX_BODY_BYTES_IN_FLIGHT:
+            message = too_much_in_flight_message(MAX_BODY_BYTES_IN_FLIGHT)
+            await PlainTextResponse(message, status_code=429)(scope, receive, send)
+            return
+        if address is not None:
+            self._in_flight[address] += size
+        try:
+            if chunked:
+                await self._counted(scope, receive, send, limit)
+            else:  # uvicorn delivers no more than the declared length
+                await self.app(scope, receive, send)
+        finally:
+            if address is not None:
+                self._in_flight[address] -= size
+                if self._in_flight[address] <= 0:
+                    del self._in_flight[address]
 
     async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         """A body without a length: count its bytes; past `limit` the app reads an end of body, and whatever it

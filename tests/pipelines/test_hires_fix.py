@@ -34,7 +34,7 @@ def test_lanczos_hires_equals_txt2img_lanczos_then_img2img_with_the_same_seed(co
     first = txt2img(c, replace(_request("Lanczos"), hires=None))
     upscaled = first.images[0].resize((96, 96), Image.Resampling.LANCZOS)
     by_hand = img2img(c, Img2ImgRequest(prompt="a castle", negative_prompt="fog", image=upscaled, strength=0.5,
-                                        sampling=replace(SAMPLING, steps=6)))
+                                        sampling=replace(SAMPLING, steps=12)))  # its last 6 steps, as A1111 runs
     assert ours.images[0].size == (96, 96)
     assert torch.equal(ours.latents, by_hand.latents)
     assert np.array_equal(np.asarray(ours.images[0]), np.asarray(by_hand.images[0]))
@@ -53,7 +53,7 @@ def test_latent_hires_equals_diffusers_img2img_on_the_resized_latents(
     resized = F.interpolate(first, size=(12, 12), mode=mode, **options)
     pipe = reference_pipeline("sd2-base", "DPM++ 2M", img2img=True)
     common = {"prompt": "a castle", "negative_prompt": "fog", "image": resized, "strength": 0.5,
-              "num_inference_steps": 6, "guidance_scale": 7.5}
+              "num_inference_steps": 12, "guidance_scale": 7.5}  # the last 6 of 12 steps: the 6 hires steps
     assert_matches_reference(ours, reference_run(pipe, 11, **common))
     assert ours.images[0].size == (96, 96)
 
@@ -68,7 +68,7 @@ def test_explicit_size_of_another_shape_is_covered_then_centre_cropped(component
     covered = F.interpolate(first, size=(12, 12), mode="bilinear", align_corners=False)
     pipe = reference_pipeline("sd2-base", "DPM++ 2M", img2img=True)
     common = {"prompt": "a castle", "negative_prompt": "fog", "image": covered[:, :, 2:10, :], "strength": 0.5,
-              "num_inference_steps": 6, "guidance_scale": 7.5}
+              "num_inference_steps": 12, "guidance_scale": 7.5}
     assert_matches_reference(ours, reference_run(pipe, 11, **common))
     assert ours.images[0].size == (96, 64)
 
@@ -87,6 +87,17 @@ def test_hires_sizes_are_a1111s(first: tuple, hires: dict, upscaled: tuple, targ
     """modules/processing.py, calculate_target_resolution: the upscale, and the size the second pass keeps."""
     fix = HiresFix(**hires)
     assert (fix.upscale_size(*first), fix.target(*first)) == (upscaled, target)
+
+
+@pytest.mark.parametrize(("steps", "strength", "schedule"), [
+    (20, 0.5, 40), (20, 0.3, 66), (20, 0.7, 28), (20, 1.0, 20), (6, 0.5, 12), (4, 0.001, 1000), (20, 0.0, 0),
+])
+def test_the_second_pass_runs_its_steps_on_a1111s_schedule(steps: int, strength: float, schedule: int) -> None:
+    """modules/sd_samplers_common.py, setup_img2img_steps: int(steps / min(strength, 0.999)), capped at the
+    model's 1000 timesteps; the last `steps` of it run."""
+    fix = HiresFix(steps=steps, denoising_strength=strength)
+    assert (fix.second_pass_steps(25), fix.schedule_steps(25)) == (steps if strength else 0, schedule)
+    assert HiresFix(denoising_strength=strength).second_pass_steps(25) == (25 if strength else 0)  # 0: the first's
 
 
 def test_crop_latents_takes_the_odd_row_off_the_bottom() -> None:
@@ -113,7 +124,12 @@ def test_metadata_uses_a1111_keys_and_reads_back(components: ComponentCache) -> 
 def test_one_progress_bar_over_both_passes_and_stop_in_the_second(components: ComponentCache) -> None:
     seen: list[tuple[int, int]] = []
     txt2img(components("sd2-base"), _request("Latent"), on_step=lambda d, t, x: seen.append((d, t)))
-    assert seen == [(d, 7) for d in range(1, 8)]  # 4 first-pass steps + int(6 * 0.5) second-pass steps
+    assert seen == [(d, 10) for d in range(1, 11)]  # 4 first-pass steps + the 6 hires steps
+    seen.clear()
+    request = _request("Latent")
+    txt2img(components("sd2-base"), replace(request, hires=replace(request.hires, steps=5, denoising_strength=0.3)),
+            on_step=lambda d, t, x: seen.append((d, t)))
+    assert seen == [(d, 9) for d in range(1, 10)]  # all 5 hires steps (of 16), where int(16 * 0.3) would run 4
 
     def stop_in_second_pass(done: int, total: int, x0: torch.Tensor) -> None:
         if done == 5:
@@ -140,14 +156,15 @@ def test_sd2_x4_hires_through_the_service_equals_the_three_steps_by_hand(tmp_pat
     progress: list[tuple[int, int]] = []
     result = service.run(request, on_progress=lambda d, t, p: progress.append((d, t)))
     assert result.images[0].size == (128, 128)
-    assert [d for d, _ in progress] == list(range(1, 11)) and {t for _, t in progress} == {10}  # 4 + 4 + 2
+    assert [d for d, _ in progress] == list(range(1, 13)) and {t for _, t in progress} == {12}  # 4 + 4 + 4
 
     first = service.run(replace(request, hires=None)).images[0]
     x4 = service.run(UpscaleRequest(prompt="a castle", image=first, checkpoint="x4-upscaler",
                                     sampling=Sampling(sampler="DDIM", steps=4, cfg_scale=9.0, seed=11))).images[0]
     assert x4.size == (256, 256)
     by_hand = service.run(Img2ImgRequest(prompt="a castle", image=x4.resize((128, 128), Image.Resampling.LANCZOS),
-                                         checkpoint="sd2-base", strength=0.5, sampling=SAMPLING)).images[0]
+                                         checkpoint="sd2-base", strength=0.5,
+                                         sampling=replace(SAMPLING, steps=8))).images[0]  # its last 4 of 8
     assert np.array_equal(np.asarray(result.images[0]), np.asarray(by_hand))
     assert parse_parameters(result.parameters)["Hires upscaler"] == "SD2 x4"
 
@@ -165,8 +182,8 @@ def test_sd2_x4_hires_through_the_service_equals_the_three_steps_by_hand(tmp_pat
                                      "Latent (nearest-exact), Lanczos, SD2 x4."),
     (HiresFix(scale=4.0), 1, "The hires target 1024x1024 is larger than this server's limit of 512 pixels per "
                              "side; lower the upscale or the size."),
-    (HiresFix(denoising_strength=0.01), 1, "Hires denoising strength 0.01 with 4 hires steps runs no step; "
-                                           "raise either."),
+    (HiresFix(denoising_strength=0.0), 1, "Hires denoising strength 0 runs no hires step; raise it (or turn the "
+                                          "hires fix off)."),
     (HiresFix(upscaler="SD2 x4"), 2, "The SD2 x4 hires upscaler runs one image at a time; set Images per "
                                      "prompt to 1."),
     (HiresFix(sampler="Nope"), 1, "Unknown hires sampler 'Nope'; choose one of:"),
@@ -195,8 +212,8 @@ def test_job_cost_counts_both_passes_and_the_x4_stage() -> None:
 
     plain = replace(_request("Latent"), hires=None)
     assert work(plain) == 4 * 2 * 8 * 8  # steps x guided halves x latent pixels
-    # + the second pass: 6 * 0.5 steps at 96x96 (12x12 latent pixels), guided
-    assert work(_request("Latent")) == 4 * 2 * 8 * 8 + 3 * 2 * 12 * 12
+    # + the second pass: its 6 hires steps at 96x96 (12x12 latent pixels), guided
+    assert work(_request("Latent")) == 4 * 2 * 8 * 8 + 6 * 2 * 12 * 12
     # + the x4 model: 6 hires steps, guided, at the 64x64 first image's pixels
-    assert work(_request("SD2 x4")) == 4 * 2 * 8 * 8 + 3 * 2 * 12 * 12 + 6 * 2 * 64 * 64
-    assert work(_request("Latent", sampler="Heun"), {"Heun": 2}) == 4 * 2 * 8 * 8 + 3 * 2 * 2 * 12 * 12
+    assert work(_request("SD2 x4")) == 4 * 2 * 8 * 8 + 6 * 2 * 12 * 12 + 6 * 2 * 64 * 64
+    assert work(_request("Latent", sampler="Heun"), {"Heun": 2}) == 4 * 2 * 8 * 8 + 6 * 2 * 2 * 12 * 12

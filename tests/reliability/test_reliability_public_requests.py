@@ -22,8 +22,9 @@ import pytest
 
 from sd2_app.api.a1111_routes import NO_MODEL_ADMIN_MESSAGE
 from sd2_app.ui.editor_blobs import MAX_PENDING_BYTES
-from sd2_app.ui.request_limits import (MAX_API_BODY_BYTES, MAX_BODY_BYTES, NO_RECORDINGS_MESSAGE,
-                                       REMOTE_FILE_MESSAGE, too_large_message)
+from sd2_app.ui.request_limits import (MAX_API_BODY_BYTES, MAX_BODY_BYTES, MAX_BODY_BYTES_IN_FLIGHT,
+                                       NO_RECORDINGS_MESSAGE, REMOTE_FILE_MESSAGE, too_large_message,
+                                       too_much_in_flight_message)
 from sd2_app.ui.uploads import REMOTE_FILE_REFUSAL
 from tests.hosting_support import API_FAST, api_job_count, served_behind_proxy, wait_for_api_jobs
 from tests.reliability_report import reliability, track_module  # noqa: F401
@@ -100,6 +101,44 @@ def test_request_bodies_over_the_route_limit_are_refused_unread(app, reliability
     reliability(AREA, f"bodies of {len(api_body):,} bytes to /sdapi/v1/txt2img and {len(join_body):,} bytes to "
                 "the queue join, with Content-Length and chunked (raw HTTP)",
                 f"HTTP 413 before the body is read: {refused.text} / {joined.text}; the next API call runs")
+
+
+def test_one_address_has_a_bounded_amount_of_bodies_in_flight(app, reliability) -> None:
+    """Bodies sent slowly (each within its route's limit) hold their bytes while they arrive: one address may
+    have `MAX_BODY_BYTES_IN_FLIGHT` of them; the next is refused at once, another address is not."""
+    url, _ = app
+    size = MAX_API_BODY_BYTES - 2**20
+    held = MAX_BODY_BYTES_IN_FLIGHT // size
+    go_on = threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield b'{"prompt": "'
+        go_on.wait(60)
+        yield b"a" * (size - len(b'{"prompt": "') - 2) + b'"}'
+
+    def post(address: str, content: object) -> httpx.Response:
+        return httpx.post(f"{url}sdapi/v1/txt2img", content=content, timeout=120,
+                          headers={"Content-Type": "application/json", "Content-Length": str(size),
+                                   "X-Forwarded-For": address})
+
+    refusable = b'{"steps": 0' + b" " * (size - 12) + b"}"  # a whole body of `size` bytes, refused at once
+    with ThreadPoolExecutor(held) as pool:
+        slow = [pool.submit(post, MALLORY, slow_body()) for _ in range(held)]
+        try:
+            time.sleep(1.0)  # their headers are in: their sizes are counted
+            refused = post(MALLORY, refusable)
+            other = httpx.post(f"{url}sdapi/v1/txt2img", json={"prompt": "x", "steps": 0},
+                               headers={"X-Forwarded-For": ALICE}, timeout=60)
+        finally:
+            go_on.set()
+        answers = [future.result().status_code for future in slow]
+    after = post(MALLORY, refusable)
+    message = too_much_in_flight_message(MAX_BODY_BYTES_IN_FLIGHT)
+    assert (refused.status_code, refused.text) == (429, message)
+    assert other.status_code == 422 and answers == [422] * held and after.status_code == 422
+    reliability(AREA, f"{held} A1111 API bodies of {size:,} bytes sent slowly from one address, then one more "
+                "(raw HTTP)", f"the next is refused at once, HTTP 429: {message} Another address is served; once "
+                "they are in, the address sends again")
 
 
 def test_the_file_route_fetches_no_other_site(app, other_site, reliability, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,7 +24,8 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
 
 from sd2_app.api.address_jobs import server_busy_message  # noqa: E402
-from sd2_app.ui.hosting import MAX_OTHER_EVENTS_PER_ADDRESS, too_many_events_from_address_message  # noqa: E402
+from sd2_app.ui.hosting import (MAX_OTHER_EVENTS_PER_ADDRESS, OTHER_EVENT_PLACES,  # noqa: E402
+                                OTHER_EVENTS_BUSY_MESSAGE, too_many_events_from_address_message)
 from tests.hosting_support import (API_FAST, FAST, api_job_count, interrupt_api_jobs, queue_join,  # noqa: E402
                                    served_behind_proxy, stop_queued_jobs, wait_for_api_jobs)
 from tests.reliability_report import reliability, track_module  # noqa: E402,F401
@@ -92,6 +93,32 @@ def test_cheap_events_of_one_address_cannot_fill_the_queue(small_queue_app, reli
                       f"another (--queue-size {QUEUE_SIZE}, raw HTTP, trusted proxy)",
                 f"{MAX_OTHER_EVENTS_PER_ADDRESS} accepted, the rest refused at join, HTTP 400: "
                 f"{flood[-1].json()['detail']}; the GPU job joins and completes; another address's PNG info joins")
+
+
+def test_cheap_events_of_many_addresses_stop_at_their_own_places(small_queue_app, reliability) -> None:
+    """Every address at its share of PNG-info calls fills the other events' places: the next is refused with the
+    busy message for them, and a GPU job still joins (they take none of its places)."""
+    url, demo = small_queue_app
+    service = demo.service  # type: ignore[attr-defined]
+    addresses = [f"198.51.100.{index}" for index in range(OTHER_EVENT_PLACES // MAX_OTHER_EVENTS_PER_ADDRESS + 1)]
+    gate, read = threading.Event(), service.read_parameters
+    service.read_parameters = lambda path: (gate.wait(60), read(path))[1]  # PNG info runs until the gate opens
+    try:
+        path = _uploaded_png(url, addresses[0])
+        held = [_png_info(url, address, path) for address in addresses[:-1] for _ in range(MAX_OTHER_EVENTS_PER_ADDRESS)]
+        refused = _png_info(url, addresses[-1], path)
+        job = queue_join(url, addresses[-1], prompt="mine", seed=6)
+    finally:
+        gate.set()
+        del service.read_parameters
+    assert [response.status_code for response in held] == [200] * OTHER_EVENT_PLACES, held[-1].text
+    assert (refused.status_code, refused.json().get("detail")) == (400, OTHER_EVENTS_BUSY_MESSAGE), refused.text
+    assert job.status_code == 200 and _completes(url, "txt2img", job), job.text
+    reliability(AREA, f"{OTHER_EVENT_PLACES} PNG-info calls held in the queue from {len(addresses) - 1} addresses "
+                      f"({MAX_OTHER_EVENTS_PER_ADDRESS} each), then one more and a GPU job from another (--queue-size "
+                      f"{QUEUE_SIZE}, raw HTTP, trusted proxy)",
+                f"all {OTHER_EVENT_PLACES} accepted; the next refused at join, HTTP 400: {refused.json()['detail']}; "
+                "the GPU job joins and completes")
 
 
 def _api_txt2img(url: str, address: str, seed: int, **fields: object) -> httpx.Response:

@@ -1,5 +1,5 @@
 """A checkpoint a replica cannot load reaches the front end as the `LoadError` a local load raises (the UI then
-says which model could not be loaded), not as a lost worker. No Ray cluster: the replica class is driven
+says which model could not be loaded), and another failure while it loads as a failed job, not as a lost worker. No Ray cluster: the replica class is driven
 directly and the front end's `ServeBackend` reads its events through a stand-in handle."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from sd2_app.errors import LoadError
+from sd2_app.errors import InvalidRequest, LoadError
 from tests.reliability_support import fast, txt2img
 
 pytest.importorskip("ray.serve")
@@ -82,9 +82,16 @@ def test_a_checkpoint_the_replica_cannot_load_is_a_load_error_on_the_front_end()
     assert str(raised.value) == "stabilityai/stable-diffusion-2-1: unet/model.safetensors: file missing"
 
 
-def test_another_lease_failure_is_not_taken_for_a_load_error() -> None:
-    with pytest.raises(RuntimeError, match="^not a load$"):
-        _replica_events(RuntimeError("not a load"))
+def test_another_lease_failure_is_a_failed_job_not_a_load_error_or_a_lost_worker() -> None:
+    """A bug while the replica loads the checkpoint is told as one while the job runs: the replica serves on."""
+    from sd2_app.serve.backend import WORKER_LOST, ServeBackend
+
+    failed = "The job failed on a worker (RuntimeError); the operator has the details."
+    assert _replica_events(RuntimeError("not a load")) == [("refused", failed)]
+    assert _replica_events(job_error=RuntimeError("a bug")) == [("refused", failed)]  # the same words
+    with pytest.raises(InvalidRequest) as raised:
+        ServeBackend(_Handle([("refused", failed)]), poll_s=0.01).produce(_request())
+    assert str(raised.value) == failed != WORKER_LOST
 
 
 def test_a_part_the_job_cannot_load_is_a_load_error_too() -> None:

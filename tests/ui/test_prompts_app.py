@@ -137,6 +137,17 @@ def test_png_info_reads_an_a1111_infotext_as_a1111_does(app, tmp_path: Path) -> 
                       "Size": "512x768", "Model": "v2-1_768-ema-pruned", "Wildcards": "red", "Version": "v1.10.1"}
 
 
+def test_png_info_reads_a_megabyte_settings_line(app, tmp_path: Path) -> None:
+    """The largest text chunk PNG info reads (1 MiB) of junk before the settings: answered, in one pass."""
+    client, _, _ = app
+    text = "a cat\n" + "a" * ((1 << 20) - 200) + ", Steps: 20, Sampler: Euler, Seed: 7"
+    image = Image.new("RGB", (8, 8))
+    image.info["parameters"] = text
+    save_png(image, tmp_path / "long.png")
+    _, fields = client.predict(path=gradio_client.handle_file(str(tmp_path / "long.png")), api_name="/png_info")
+    assert fields == {"Prompt": "a cat", "Negative prompt": "", "Steps": 20, "Sampler": "Euler", "Seed": 7}
+
+
 def test_embedding_is_used_and_recorded_with_its_hash(app, embeddings_dir: Path) -> None:
     client, _, _ = app
     image = _txt2img(client, prompt="a tiny-style cat", negative_prompt="")

@@ -144,6 +144,22 @@ def test_xyz_plot_of_image_to_image_over_strength(app, tmp_path: Path) -> None:
     assert "Denoising strength: 0.5" in images[1].info["parameters"]
 
 
+def test_xyz_plot_counted_range_reads_as_in_a1111(app, tmp_path: Path) -> None:
+    """A1111's "0.2-1 [4]": numpy.linspace's four values, the last exactly 1 (a strength one rounding above 1
+    would be refused)."""
+    client, _, _ = app
+    landscape = _small("landscape.png", 64, tmp_path)
+    _, gallery, _, files = client.predict(prompt="a painting", init_image=handle_file(landscape), x_type="strength",
+                                          x_values="0.2-1 [4]", steps=5, seed=5, width=64, height=64,
+                                          api_name="/xyz_plot")
+    table = json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())
+    assert [row["strength"] for row in table] == [0.2, 0.4666666666666667, 0.7333333333333334, 1.0]
+    assert [item["caption"].split(" · ")[0] for item in gallery][1:] == [
+        "Denoising strength: 0.2", "Denoising strength: 0.466667", "Denoising strength: 0.733333",
+        "Denoising strength: 1"]
+    assert 'X Type: Denoising, X Values: "0.2, 0.466667, 0.733333, 1"' in _pngs(gallery)[0].info["parameters"]
+
+
 def test_xyz_plot_stop_keeps_the_finished_cells(app) -> None:
     client, _, _ = app
     job = client.submit(prompt="x", x_type="steps", x_values="20, 20, 20, 20", seed=1, width=64, height=64,

@@ -54,6 +54,35 @@ def test_hires_fix_endpoint_returns_the_target_size_with_a1111_keys(app) -> None
         assert part in text
 
 
+def test_hires_second_pass_runs_its_hires_steps_as_a1111(app, tmp_path: Path) -> None:
+    """4 hires steps at strength 0.5 run as A1111 runs them: the last 4 of an 8-step schedule, i.e. image to
+    image by hand with 8 steps at strength 0.5 on the Lanczos-upscaled first image (all through the app)."""
+    client, _ = app
+    common = {**FAST, "prompt": "a castle", "sampler": "Euler"}
+    _, gallery, _ = client.predict(hires_fix=True, hires_upscaler="Lanczos", hires_scale=1.5, hires_steps=4,
+                                   denoising_strength=0.5, api_name="/txt2img", **common)
+    hires = _png(gallery)
+    _, gallery, _ = client.predict(api_name="/txt2img", **common)
+    _png(gallery).resize((96, 96), Image.Resampling.LANCZOS).save(tmp_path / "upscaled.png")
+    _, gallery, _ = client.predict(image=handle_file(str(tmp_path / "upscaled.png")), strength=0.5,
+                                   api_name="/img2img", **{**common, "steps": 8, "width": 96, "height": 96})
+    assert np.array_equal(np.asarray(_png(gallery)), np.asarray(hires))
+
+
+def test_hires_sizes_through_the_endpoint_are_a1111s(app) -> None:
+    """One explicit side: the other in proportion, written as A1111 writes it ("80x0"); a width and height of
+    another shape: covered, then cropped to exactly that size."""
+    client, _ = app
+    _, gallery, _ = client.predict(prompt="a castle", hires_fix=True, hires_width=80, hires_steps=2,
+                                   api_name="/txt2img", **{**FAST, "width": 64, "height": 96})
+    image = _png(gallery)
+    assert image.size == (80, 120) and "Hires resize: 80x0" in image.info["parameters"]
+    _, gallery, _ = client.predict(prompt="a castle", hires_fix=True, hires_width=96, hires_height=64,
+                                   hires_steps=2, api_name="/txt2img", **FAST)
+    image = _png(gallery)
+    assert image.size == (96, 64) and "Hires resize: 96x64" in image.info["parameters"]
+
+
 def test_png_info_parameters_reproduce_hires_variation_tiling_exactly(app) -> None:
     client, outputs = app
     _, gallery, _ = client.predict(
