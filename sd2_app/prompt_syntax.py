@@ -30,7 +30,7 @@ _PIECE = re.compile(
     | \\                                       # lone backslash: dropped
     | \(                                       # open round
     | \[                                       # open square
-    | :([+-]?(?:\d+\.?\d*|\.\d+))\)            # ":1.5)": close round with an explicit weight
+    | :([+-]?(?:\d+(?:\.\d*)?|\.\d+))\)      # ":1.5)": close round with an explicit weight
     | \)                                       # close round
     | \]                                       # close square
     | [^\\()\[\]:]+                            # plain text
@@ -38,12 +38,12 @@ _PIECE = re.compile(
     """,
     re.VERBOSE,
 )
-_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+_BREAK = re.compile(r"\bBREAK\b")  # the whitespace around it goes too (`_split_breaks`)
 # A1111 syntax we do not support (see `unsupported_syntax`), each with what A1111 calls it:
 UNSUPPORTED = (
     # modules/prompt_parser.py, the `scheduled` rule: [from:to:when], [to:when], [from::when]
-    ("prompt editing", re.compile(r"(?<!\\)\[[^\[\]\\]*:\s*[+-]?(?:\d+\.?\d*|\.\d+)\s*\]")),
-    ("alternation", re.compile(r"(?<!\\)\[[^\[\]\\]*\|[^\[\]\\]*\]")),  # the `alternate` rule: [a|b]
+    ("prompt editing", re.compile(r"(?<!\\)\[[^\[\]\\]*:\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)\s*\]")),
+    ("alternation", re.compile(r"(?<!\\)\[[^\[\]\\|]*\|[^\[\]\\]*\]")),  # the `alternate` rule: [a|b]
     ("composable prompts", re.compile(r"\bAND\b")),  # re_AND: sub-prompts encoded apart and added up
     ("LoRA/extra network", re.compile(r"<\w+:[^>]+>")),  # modules/extra_networks.py re_extra_net: <lora:name:0.8>
 )
@@ -64,10 +64,12 @@ BREAK = Run("BREAK", 1.0, is_break=True)
 def _split_breaks(text: str) -> list[list]:
     """Plain text -> [text, 1.0] runs with a BREAK between the parts it separates."""
     out: list[list] = []
-    for index, part in enumerate(_BREAK.split(text)):
+    parts = _BREAK.split(text)
+    for index, part in enumerate(parts):
         if index:
             out.append([BREAK, 1.0])
-        out.append([part, 1.0])
+            part = part.lstrip()
+        out.append([part.rstrip() if index < len(parts) - 1 else part, 1.0])
     return out
 
 

@@ -176,3 +176,18 @@ def test_syntax_warnings_exact_text() -> None:
         'composable prompts "AND", LoRA/extra network "<lora:a_very_long_lora_file_n…". It is read as plain text '
         "(brackets still weight what they enclose); see the README's Prompts section."]
     assert syntax_warnings("a (cat:1.2), BREAK [dog]", "prompt") == []
+
+
+N = 200_000  # far over any prompt limit: a pattern that backtracks over it would run for many minutes
+
+
+@pytest.mark.parametrize("prompt, expected", [
+    ("[:" + "1" * N, [(":" + "1" * N, 1 / 1.1)]),  # a weight-like number that never closes
+    ("(a:" + "1" * N, [("a:" + "1" * N, 1.1)]),
+    ("[" + "|" * N, [("|" * N, 1 / 1.1)]),
+    ("[ " + " " * N + ":", [(" " * (N + 1) + ":", 1 / 1.1)]),  # whitespace a BREAK would take with it
+    ("a" + " " * N + "BREAK b", [("a", 1.0), B, ("b", 1.0)]),
+])
+def test_long_prompts_are_read_in_one_pass(prompt: str, expected: list) -> None:
+    assert runs(prompt) == expected
+    assert unsupported_syntax(prompt) == []
