@@ -154,3 +154,20 @@ def test_a_refused_img2img_upload_is_said_once_and_the_box_empties(browser, url:
             close.click()
         expect(page.locator(".toast-body")).to_have_count(0)
     page.context.close()
+
+
+@pytest.mark.parametrize("prefix, tab", [("txt2img", "Text to image"), ("xyz", "X/Y/Z plot")])
+def test_a_picked_checkpoint_sets_its_size_where_there_are_size_sliders(browser, url: str, prefix: str,
+                                                                        tab: str) -> None:
+    """Picking the 768-v checkpoint sets 768x768 (the plot's cells too, not a 768-v model at 512); a base model
+    puts 512x512 back."""
+    page = _open(browser, url, DESKTOP)
+    _go(page, tab)
+    assert (_number(page, f"{prefix}-width"), _number(page, f"{prefix}-height")) == ("512", "512")
+    _pick(page, f"{prefix}-checkpoint", "SD 2.0 (768-v)")
+    expect(page.locator(f"#{prefix}-width input[type=number]")).to_have_value("768")
+    expect(page.locator(f"#{prefix}-height input[type=number]")).to_have_value("768")
+    _pick(page, f"{prefix}-checkpoint", "SD 2.1 base (512)")
+    expect(page.locator(f"#{prefix}-width input[type=number]")).to_have_value("512")
+    expect(page.locator(f"#{prefix}-height input[type=number]")).to_have_value("512")
+    page.context.close()
