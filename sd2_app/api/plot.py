@@ -23,6 +23,7 @@ from sd2_app.api.checks import Catalog, Limits, resolve_seed
 from sd2_app.api.plot_axes import (
     AXES,
     AXIS_NAMES,
+    SEED_KINDS,
     apply_prompt_sr,
     axis_values_text,
     check_choices,
@@ -113,7 +114,7 @@ def check_plot(request: XYZPlotRequest, catalog: Catalog, limits: Limits) -> Che
             raise InvalidRequest(f"{kind.label} varies only an image-to-image plot; add an init image.")
         values = parse_values(axis, what, limits.max_plot_cells)
         check_choices(kind, values, what, catalog, checkpoints)
-        if axis.kind == "seed":
+        if axis.kind in SEED_KINDS:
             values = [resolve_seed(v) for v in values]
         if axis.kind == "prompt_sr" and values[0] not in checked_base.prompt + "\n" + checked_base.negative_prompt:
             raise InvalidRequest(f"Prompt S/R did not find {values[0]!r} in the prompt or the negative prompt.")
@@ -122,6 +123,9 @@ def check_plot(request: XYZPlotRequest, catalog: Catalog, limits: Limits) -> Che
     if cells > limits.max_plot_cells:
         sizes = "×".join(str(len(axis.values)) for axis in axes.values())
         raise InvalidRequest(f"The plot has {sizes} = {cells} cells; the limit is {limits.max_plot_cells}.")
+    extras = checked_base.seed_extras
+    if any(axis.kind == "variation_strength" for axis in axes.values()) and extras.variation_seed is None:
+        checked_base = replace(checked_base, seed_extras=replace(extras, variation_seed=resolve_seed(None)))
     checked = XYZPlotRequest(base=checked_base, x=axes["X"], y=axes.get("Y"), z=axes.get("Z"))
     planned, cell_warnings = plan_cells(checked, catalog, limits)
     check_job_cost(checked, plot_cost(planned, catalog), limits.max_job_cost)

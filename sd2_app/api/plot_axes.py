@@ -4,7 +4,9 @@ Value syntax follows A1111's X/Y/Z plot (scripts/xyz_grid.py): comma-separated v
 value may be quoted to hold a comma), ranges `10-40` (inclusive), `10-40 (+10)` (a step; `(-10)` counts
 down) and `1-2 [5]` (five evenly spaced values), for whole and decimal numbers. Prompt S/R searches the
 first value in the prompt and the negative prompt and replaces it by each value in turn. Seeds of -1 are
-drawn at random. Imports no torch: validation runs before anything is loaded.
+drawn at random, for the variation seed too; a variation strength axis without a variation seed uses one
+drawn once for the whole plot (as A1111 fixes the subseed first). Imports no torch: validation runs before
+anything is loaded.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ def _set(field: str) -> Callable[[PlotBase, Any], PlotBase]:
     return lambda request, value: replace(request, **{field: value})
 
 
+def _set_variation(field: str) -> Callable[[PlotBase, Any], PlotBase]:
+    return lambda request, value: replace(request, seed_extras=replace(request.seed_extras, **{field: value}))
+
+
 AXES: dict[str, AxisKind] = {
     "sampler": AxisKind("Sampler", "sampler", _set_sampling("sampler"), ("Sampler",), label_with_name=False,
                         a1111_label="Sampler"),
@@ -76,7 +82,12 @@ AXES: dict[str, AxisKind] = {
                          img2img_only=True, a1111_label="Denoising"),
     "prompt_sr": AxisKind("Prompt S/R", "text", lambda request, value: request, (), label_with_name=False,
                           a1111_label="Prompt S/R"),
+    "variation_seed": AxisKind("Var. seed", "int", _set_variation("variation_seed"), ("Variation seed",),
+                               a1111_label="Var. seed"),
+    "variation_strength": AxisKind("Var. strength", "float", _set_variation("variation_strength"),
+                                   ("Variation seed strength",), a1111_label="Var. strength"),
 }
+SEED_KINDS = ("seed", "variation_seed")  # -1 draws a seed for each value (A1111's fix_axis_seeds)
 AXIS_NAMES = ("X", "Y", "Z")
 
 

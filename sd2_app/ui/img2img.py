@@ -16,7 +16,7 @@ from sd2_app.ui.resize import RESIZE_MODES, fitted_size, resize_to
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.tab_frame import ImageTab, TabFrame
 from sd2_app.ui.txt2img_extras import IMG2IMG_NAMES, build_img2img_extras, img2img_fields
-from sd2_app.ui.uploads import check_on_upload, upload_image
+from sd2_app.ui.uploads import empty_on_failure, refuse_oversized, upload_image
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
@@ -37,7 +37,6 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Imag
                              info="1 ignores the image's content, 0 keeps it")
         controls = frame.sampling(examples, image)
         extras = build_img2img_extras()  # tiling, variation seed
-    check_on_upload(image, service.limits.max_input_pixels)
     _wire_default_size(service, image, checkpoint, width, height)
     inputs = [image, checkpoint, frame.prompt, frame.negative, strength, width, height, resize_mode,
               *controls.inputs(), *extras]
@@ -69,19 +68,23 @@ def _wire_default_size(service: Service, image: gr.Image, checkpoint: gr.Dropdow
                        height: gr.Number) -> None:
     def default_size(picture: Any, key: str) -> tuple[int, int]:
         """A new image: the output keeps its aspect at the checkpoint's resolution; no image: that resolution's
-        square (what an image of any square shape would get)."""
+        square (what an image of any square shape would get). An oversized image is refused here, the upload
+        check of this tab (`uploads.check_on_upload`)."""
         native = service.resolution(key)
         if not isinstance(picture, Image.Image):
             return native, native
+        refuse_oversized(picture, service.limits.max_input_pixels)
         return fitted_size(picture.width, picture.height, native, service.limits.max_side)
 
     # On the page's load (Gradio shows a None number as 0) the default checkpoint's square, set by the page
     # itself: no event reaches the server, so a busy queue or the per-address event limit cannot refuse it.
     square = service.resolution(checkpoint.value)
     gr.on(None, None, None, [width, height], js=f"() => [{square}, {square}]", show_progress="hidden")
-    # A new image or checkpoint: the image is read on the server, in the queue like every image check.
-    gr.on([image.change, checkpoint.change], default_size, [image, checkpoint], [width, height],
-          api_name="img2img_default_size", api_visibility="private")
+    # A new image or checkpoint: the image is read on the server, in the queue like every image check; an image
+    # it refuses (unreadable, oversized) leaves the box, and the emptied box sets the square again.
+    sized = gr.on([image.change, checkpoint.change], default_size, [image, checkpoint], [width, height],
+                  api_name="img2img_default_size", api_visibility="private")
+    empty_on_failure(sized, image)
 
 
 def shaped(limits: Limits, picture: Any, w: Any, h: Any, mode: Any) -> Any:

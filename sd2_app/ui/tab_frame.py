@@ -79,12 +79,21 @@ class TabFrame:
         wire_prompt_tools(self.service, self.prefix, self.top.boxes, checkpoint)
 
     def size_sliders(self, checkpoint: gr.Dropdown) -> tuple[gr.Slider, gr.Slider]:
-        """Width and height sliders, set to the checkpoint's native resolution."""
+        """Width and height sliders, set to the checkpoint's native resolution, and set again to the resolution of
+        each checkpoint the visitor picks (`input` only: PNG info's send and History's reuse set the checkpoint
+        together with the size the image was made at, which a `change` event would reset to the square)."""
         side = self.service.resolution(checkpoint.value)
         largest = self.service.limits.max_side
         with gr.Row():
             width = gr.Slider(MIN_SIDE, largest, side, step=8, label="Width", elem_id=f"{self.prefix}-width")
             height = gr.Slider(MIN_SIDE, largest, side, step=8, label="Height", elem_id=f"{self.prefix}-height")
+
+        def native_size(key: str) -> tuple[int, int]:
+            native = self.service.resolution(key)
+            return native, native
+
+        checkpoint.input(native_size, checkpoint, [width, height], api_name=f"{self.prefix}_native_size",
+                         api_visibility="private", queue=False)
         return width, height
 
     def sampling(self, examples: Sequence[list[str]] = (), image: gr.components.Component | None = None, *,

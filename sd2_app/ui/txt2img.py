@@ -41,15 +41,6 @@ def build(service: Service, flags: StopFlags) -> Txt2ImgTab:
         gr.Examples([[p] for p in EXAMPLE_PROMPTS], [frame.prompt], label="Example prompts")
         extras = build_extras(service, service.limits.max_side, width.value)  # tiling, hires fix, extra seed options
     wire_hires_size(width, height, extras, service.limits.max_side)
-
-    def follow_checkpoint(key: str) -> tuple[int, int]:
-        native = service.resolution(key)
-        return native, native
-
-    # On the visitor's pick only (`input`): PNG info's send and History's reuse set the checkpoint together with
-    # the size the image was made at, which a `change` event would then reset to the checkpoint's square.
-    checkpoint.input(follow_checkpoint, checkpoint, [width, height], api_name="txt2img_native_size",
-                     api_visibility="private", queue=False)
     inputs = [checkpoint, frame.prompt, frame.negative, width, height, *controls.inputs(), *extras.inputs()]
     wire_run(service, flags, frame.panel, inputs, make_request, "txt2img",
              ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES, *EXTRA_NAMES))

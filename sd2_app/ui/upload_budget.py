@@ -16,7 +16,10 @@ message, as Gradio's own upload errors, and Gradio never sees it. Files are dele
 schedule of at most that age), so what one address holds on disk stays within a few windows' budget. Every
 `upload_id` Gradio sees is replaced by a short keyed hash of the address and the id (`PROGRESS_ID_HEX`
 digits): the same client still reads its own upload's progress, and Gradio's progress entries can never be
-more than `16 ** PROGRESS_ID_HEX`, whatever ids clients send.
+more than `16 ** PROGRESS_ID_HEX`, whatever ids clients send. Two callers' ids may meet on one short id (1 in
+65,536 for a guess), and Gradio's progress stream tells a file's original name and ends the entry; so a progress
+question is answered only by the caller whose upload last used that short id (the others get Gradio's own
+"Upload not found", 404), told apart by a longer part of the same keyed hash.
 """
 
 from __future__ import annotations
@@ -40,11 +43,13 @@ UPLOAD_PATH = f"{API_PREFIX}/upload"
 PROGRESS_PATH = f"{API_PREFIX}/upload_progress"
 UPLOAD_ID = "upload_id"  # the query parameter both routes read
 PROGRESS_ID_HEX = 4  # hex digits of the upload ids Gradio sees: at most 65,536 progress entries
+CALLER_HEX = 16  # hex digits that tell apart the callers whose ids meet on one short id
 MB = 1024 * 1024
 # One upload request: the inpaint editor's background, layers (at most 4) and composite at the 25 MB file
 # limit app.py sets, with room for the multipart framing.
 MAX_UPLOAD_REQUEST_BYTES = 128 * MB
 UPLOADS_PER_WINDOW = 2000  # upload requests per address per cache age
+NOT_FOUND = "Upload not found"  # Gradio's answer about an upload id it does not track (gradio/routes.py)
 
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
@@ -120,18 +125,34 @@ class UploadBudgetMiddleware:
         self.budget = budget
         self.addresses = addresses
         self._key = secrets.token_bytes(32)  # per server process: clients cannot aim at another's progress id
+        self._uploader: dict[str, str] = {}  # short id -> the caller whose upload last used it (at most 16**4)
+
+    def _hashed(self, address: str, upload_id: str) -> tuple[str, str]:
+        """(the upload id Gradio sees, the caller's mark) for `upload_id` from `address`."""
+        digest = hmac.new(self._key, f"{address}\n{upload_id}".encode("utf-8", "surrogateescape"), hashlib.sha256)
+        text = digest.hexdigest()
+        return text[:PROGRESS_ID_HEX], text[PROGRESS_ID_HEX:PROGRESS_ID_HEX + CALLER_HEX]
 
     def progress_id(self, address: str, upload_id: str) -> str:
         """The upload id Gradio sees for `upload_id` from `address`."""
-        digest = hmac.new(self._key, f"{address}\n{upload_id}".encode("utf-8", "surrogateescape"), hashlib.sha256)
-        return digest.hexdigest()[:PROGRESS_ID_HEX]
+        return self._hashed(address, upload_id)[0]
 
-    def _with_bounded_upload_id(self, scope: Scope, address: str) -> Scope:
+    def _with_bounded_upload_id(self, scope: Scope, address: str, upload: bool) -> Scope | None:
+        """`scope` with every upload id replaced by its short id (an upload becomes its short ids' uploader);
+        None for a progress question about a short id that another caller's upload uses."""
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         if not any(name == UPLOAD_ID for name, _ in query):
             return scope
-        query = [(name, self.progress_id(address, value) if name == UPLOAD_ID else value) for name, value in query]
-        return dict(scope, query_string=urlencode(query).encode("latin-1"))
+        bounded = []
+        for name, value in query:
+            if name == UPLOAD_ID:
+                value, caller = self._hashed(address, value)
+                if upload:
+                    self._uploader[value] = caller
+                elif self._uploader.get(value, caller) != caller:
+                    return None
+            bounded.append((name, value))
+        return dict(scope, query_string=urlencode(bounded).encode("latin-1"))
 
     def refusal(self, request: StarletteRequest, address: str) -> PlainTextResponse | None:
         """Why an upload from `address` may not reach Gradio (a response to send instead), or None."""
@@ -158,5 +179,9 @@ class UploadBudgetMiddleware:
             if refused is not None:
                 await refused(scope, receive, send)
                 return
-            scope = self._with_bounded_upload_id(scope, address)
+            bounded = self._with_bounded_upload_id(scope, address, upload)
+            if bounded is None:
+                await PlainTextResponse(NOT_FOUND, status_code=404)(scope, receive, send)
+                return
+            scope = bounded
         await self.app(scope, receive, send)

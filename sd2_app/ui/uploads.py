@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import gradio as gr
+from gradio.events import Dependency
 from gradio.route_utils import API_PREFIX
 from PIL import Image, UnidentifiedImageError
 
@@ -181,18 +182,28 @@ def guard_editor(editor: EditorT, max_pixels: int, max_layers: int = MAX_EDITOR_
     return guard_blobs(editor)
 
 
+def refuse_oversized(value: Any, max_pixels: int) -> None:
+    """Raise the `gr.Error` for an image (or an editor value's background) of more than `max_pixels` pixels."""
+    picture = value.get("background") if isinstance(value, dict) else value
+    if not isinstance(picture, Image.Image):
+        return
+    width, height = picture.size
+    if width * height > max_pixels:
+        raise gr.Error(too_large("this image", width, height, max_pixels), print_exception=False)
+
+
+def empty_on_failure(event: Dependency, box: gr.Image | gr.ImageMask) -> None:
+    """After `event` fails on the image in `box` (unreadable, oversized), the box empties."""
+    name = (box.elem_id or f"upload_{box._id}").replace("-", "_")
+    event.failure(lambda: None, None, box, api_name=f"{name}_refused", api_visibility="private", queue=False)
+
+
 def check_on_upload(box: gr.Image | gr.ImageMask, max_pixels: int) -> None:
     """Refuse an unreadable or oversized image when it is uploaded rather than at Generate: the visitor reads why
-    (unreadable files fail in `upload_image`'s preprocess) and the box empties instead of showing a broken image."""
-
-    def check(value: Any) -> None:
-        picture = value.get("background") if isinstance(value, dict) else value
-        if not isinstance(picture, Image.Image):
-            return
-        width, height = picture.size
-        if width * height > max_pixels:
-            raise gr.Error(too_large("this image", width, height, max_pixels), print_exception=False)
-
+    (unreadable files fail in `upload_image`'s preprocess) and the box empties instead of showing a broken image.
+    A tab whose own event already reads every new image (Image to image's size) checks there instead, so a bad
+    upload is said once, not once per event."""
     name = (box.elem_id or f"upload_{box._id}").replace("-", "_")
-    box.upload(check, box, None, api_name=f"{name}_check", api_visibility="private").failure(
-        lambda: None, None, box, api_name=f"{name}_refused", api_visibility="private", queue=False)
+    checked = box.upload(lambda value: refuse_oversized(value, max_pixels), box, None, api_name=f"{name}_check",
+                         api_visibility="private")
+    empty_on_failure(checked, box)

@@ -1,7 +1,7 @@
 """X/Y/Z plot: one prompt run over up to three axes of settings; labelled grids, each cell timed, a CSV/JSON.
 
 Each axis is a kind (sampler, steps, CFG, seed, checkpoint, Karras, guidance rescale, denoising strength,
-prompt S/R) and values, typed (`20, 30, 40`, `10-40 (+10)`) or, for samplers and checkpoints, picked in a
+prompt S/R, variation seed and strength) and values, typed (`20, 30, 40`, `10-40 (+10)`) or, for samplers and checkpoints, picked in a
 multi-select whose order is the order of the cells. An init image makes it an image-to-image plot. Finished
 cells appear in the gallery as they come, so Stop leaves them on screen.
 """
@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 PICKED = ("sampler", "checkpoint")  # kinds whose values are picked from a list
 HINTS = {"prompt_sr": "the first value is searched in the prompt: cat, dog, tiger",
-         "use_karras": "on, off", "seed": "1, 2, 3 or 1-4"}
+         "use_karras": "on, off", "seed": "1, 2, 3 or 1-4", "variation_seed": "1, 2, 3 or -1 (random)",
+         "variation_strength": "0, 0.25, 0.5 or 0-1 [5]"}
 TABLES_DIR = Path(tempfile.gettempdir()) / "sd2-app-plots"
 
 

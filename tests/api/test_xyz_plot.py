@@ -94,7 +94,8 @@ def test_picked_values_keep_their_order_and_types() -> None:
     (_plot(PlotAxis("strength", "0.5, 1")), "Denoising strength varies only an image-to-image plot; add an init "
                                             "image."),
     (_plot(PlotAxis("warp", "1")), "Unknown X axis 'warp'; choose one of: sampler, steps, cfg_scale, seed, "
-                                   "checkpoint, use_karras, guidance_rescale, strength, prompt_sr."),
+                                   "checkpoint, use_karras, guidance_rescale, strength, prompt_sr, "
+                                   "variation_seed, variation_strength."),
     (_plot(PlotAxis("nothing")), "Choose what the X axis varies."),
     (_plot(PlotAxis("steps", "1, 2"), PlotAxis("steps", "3")), "The X and Y axes both vary Steps; choose different "
                                                                "ones."),
@@ -127,6 +128,24 @@ def test_cells_share_the_seed_unless_seed_is_an_axis() -> None:
     seeded, _ = validate(_plot(PlotAxis("seed", "5, -1")), CATALOG)
     values = seeded.x.values
     assert values[0] == 5 and 0 <= values[1] <= 2**32 - 1
+
+
+def test_variation_axes_as_a1111s_var_seed_and_var_strength() -> None:
+    """A1111's "Var. seed" and "Var. strength": a -1 variation seed is drawn per value; with no variation seed
+    in the base, one is drawn once for the whole plot (A1111 fixes the subseed before the cells)."""
+    checked, _ = validate(_plot(PlotAxis("variation_strength", "0-1 [3]"), PlotAxis("variation_seed", "5, -1")),
+                          CATALOG)
+    drawn = checked.y.values[1]
+    assert checked.x.values == (0.0, 0.5, 1.0) and checked.y.values[0] == 5 and 0 <= drawn <= 2**32 - 1
+    cells, _ = plan_cells(checked, CATALOG, Limits())
+    assert [(c.request.seed_extras.variation_seed, c.request.seed_extras.variation_strength) for c in cells] == [
+        (None, 0.0), (5, 0.5), (5, 1.0), (None, 0.0), (drawn, 0.5), (drawn, 1.0)]
+    assert [c.labels[:2] for c in cells[:2]] == [("Var. strength: 0", "Var. seed: 5"),
+                                                  ("Var. strength: 0.5", "Var. seed: 5")]
+    alone, _ = validate(_plot(PlotAxis("variation_strength", "0.25, 0.5")), CATALOG)
+    cells, _ = plan_cells(alone, CATALOG, Limits())
+    seeds = {c.request.seed_extras.variation_seed for c in cells}
+    assert len(seeds) == 1 and seeds != {None}  # one variation seed for every cell
 
 
 def test_karras_falls_back_where_a_sampler_has_none_with_one_warning() -> None:

@@ -141,6 +141,38 @@ def test_one_address_has_a_bounded_amount_of_bodies_in_flight(app, reliability) 
                 "they are in, the address sends again")
 
 
+def _upload_budget(demo: object) -> object:
+    """The app's UploadBudgetMiddleware (found in the running app's middleware stack: it holds the key)."""
+    from sd2_app.ui.upload_budget import UploadBudgetMiddleware
+
+    node = demo.app.middleware_stack  # type: ignore[attr-defined]
+    while not isinstance(node, UploadBudgetMiddleware):
+        node = node.app
+    return node
+
+
+def test_an_upload_id_that_meets_anothers_short_id_reads_no_progress(app, reliability, tmp_path: Path) -> None:
+    """Upload ids reach Gradio as 4 hex digits: when another caller's id meets the same 4 digits, that caller is
+    not told the upload's progress (its file name, or its end, which Gradio answers once and forgets)."""
+    url, demo = app
+    short_id = _upload_budget(demo).progress_id  # type: ignore[attr-defined]
+    clash = next(f"m-{n}" for n in range(10**6) if short_id(MALLORY, f"m-{n}") == short_id(ALICE, "alice-1"))
+    uploaded = httpx.post(f"{url}gradio_api/upload", params={"upload_id": "alice-1"}, timeout=30,
+                          files={"files": ("alice-passport.png", png_bytes(noise_image(64, 64)), "image/png")},
+                          headers={"X-Forwarded-For": ALICE})
+    assert uploaded.status_code == 200
+    guessed = httpx.get(f"{url}gradio_api/upload_progress", params={"upload_id": clash}, timeout=30,
+                        headers={"X-Forwarded-For": MALLORY})
+    own = httpx.get(f"{url}gradio_api/upload_progress", params={"upload_id": "alice-1"}, timeout=30,
+                    headers={"X-Forwarded-For": ALICE})
+    assert (guessed.status_code, guessed.text) == (404, "Upload not found")
+    assert own.status_code == 200 and own.text.strip() == 'data: {"msg": "done"}'
+    reliability(AREA, "a progress question with an upload id that meets another address's upload on Gradio's "
+                "4-digit id (found with the server's key; 1 in 65,536 for a guess)",
+                f"HTTP 404: {guessed.text} (Gradio would stream that upload's progress and file name, and forget "
+                "it); the uploader still reads its own: done")
+
+
 def test_the_file_route_fetches_no_other_site(app, other_site, reliability, monkeypatch: pytest.MonkeyPatch) -> None:
     from gradio import route_utils
 

@@ -127,3 +127,47 @@ def test_the_hires_fix_says_what_size_it_upscales_to(browser, url: str) -> None:
     page.locator("#txt2img-hires-accordion").scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "controls-hires-size.png"))
     page.context.close()
+
+
+def test_a_refused_img2img_upload_is_said_once_and_the_box_empties(browser, url: str, tmp_path: Path) -> None:
+    """Image to image reads each new image for its size; an unreadable or oversized upload is refused there, in
+    one message (not also by a second check of the same upload), and the size boxes go back to the square."""
+    fake = tmp_path / "not-an-image.png"
+    fake.write_bytes(b"this is text, not a picture")
+    oversized = tmp_path / "oversized.png"
+    Image.new("RGB", (2056, 2048), (10, 120, 60)).save(oversized)  # 8 columns over the 2048x2048 limit
+    page = _open(browser, url, DESKTOP)
+    _go(page, "Image to image")
+    expect(page.locator("#img2img-width input[type=number]")).to_have_value("512")
+    for picture, message in ((fake, "The uploaded image could not be read: not a PNG, JPEG or WebP image."),
+                             (oversized, "This image is 2056x2048; images up to 2048x2048 pixels")):
+        page.locator("#img2img-image input[type=file]").set_input_files(str(picture))
+        toast = page.locator(".toast-body").last
+        expect(toast).to_contain_text(message, timeout=30_000)
+        page.wait_for_timeout(1500)  # a second refusal of the same upload would have arrived by now
+        shown = " ".join(page.locator(".toast-body").all_inner_texts())
+        assert shown.count(message) == 1, shown
+        expect(page.locator("#img2img-image img")).to_have_count(0)  # the box is empty again
+        assert (_number(page, "img2img-width"), _number(page, "img2img-height")) == ("512", "512")
+        page.screenshot(path=str(ARTIFACTS / f"controls-img2img-refused-{picture.stem}.png"))
+        for close in page.locator(".toast-body button").all():
+            close.click()
+        expect(page.locator(".toast-body")).to_have_count(0)
+    page.context.close()
+
+
+@pytest.mark.parametrize("prefix, tab", [("txt2img", "Text to image"), ("xyz", "X/Y/Z plot")])
+def test_a_picked_checkpoint_sets_its_size_where_there_are_size_sliders(browser, url: str, prefix: str,
+                                                                        tab: str) -> None:
+    """Picking the 768-v checkpoint sets 768x768 (the plot's cells too, not a 768-v model at 512); a base model
+    puts 512x512 back."""
+    page = _open(browser, url, DESKTOP)
+    _go(page, tab)
+    assert (_number(page, f"{prefix}-width"), _number(page, f"{prefix}-height")) == ("512", "512")
+    _pick(page, f"{prefix}-checkpoint", "SD 2.0 (768-v)")
+    expect(page.locator(f"#{prefix}-width input[type=number]")).to_have_value("768")
+    expect(page.locator(f"#{prefix}-height input[type=number]")).to_have_value("768")
+    _pick(page, f"{prefix}-checkpoint", "SD 2.1 base (512)")
+    expect(page.locator(f"#{prefix}-width input[type=number]")).to_have_value("512")
+    expect(page.locator(f"#{prefix}-height input[type=number]")).to_have_value("512")
+    page.context.close()

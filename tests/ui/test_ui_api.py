@@ -160,6 +160,22 @@ def test_xyz_plot_counted_range_reads_as_in_a1111(app, tmp_path: Path) -> None:
     assert 'X Type: Denoising, X Values: "0.2, 0.466667, 0.733333, 1"' in _pngs(gallery)[0].info["parameters"]
 
 
+def test_xyz_plot_over_a1111s_var_seed_and_var_strength(app) -> None:
+    client, _, _ = app
+    _, gallery, _, _ = client.predict(prompt="a fox", x_type="variation_strength", x_values="0, 0.5",
+                                      y_type="variation_seed", y_values="21, 22", steps=2, seed=3, width=64,
+                                      height=64, api_name="/xyz_plot")
+    images = _pngs(gallery)
+    assert [item["caption"].split(" · ")[0] for item in gallery][1:] == [
+        "Var. strength: 0, Var. seed: 21", "Var. strength: 0.5, Var. seed: 21",
+        "Var. strength: 0, Var. seed: 22", "Var. strength: 0.5, Var. seed: 22"]
+    assert "Variation seed: 22, Variation seed strength: 0.5" in images[4].info["parameters"]
+    assert "Variation seed" not in images[1].info["parameters"]  # strength 0: the seed's own noise
+    assert np.array_equal(np.asarray(images[1]), np.asarray(images[3]))  # so both seeds give the same image there
+    assert not np.array_equal(np.asarray(images[2]), np.asarray(images[4]))
+    assert "X Type: Var. strength" in images[0].info["parameters"]
+
+
 def test_xyz_plot_stop_keeps_the_finished_cells(app) -> None:
     client, _, _ = app
     job = client.submit(prompt="x", x_type="steps", x_values="20, 20, 20, 20", seed=1, width=64, height=64,

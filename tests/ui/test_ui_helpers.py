@@ -230,15 +230,24 @@ def test_an_oversized_upload_is_refused_when_uploaded_in_a_size_a_person_reads()
     demo = build_ui(service)
     limit = service.limits.max_input_pixels
     side = math.isqrt(limit)
-    check = _fn(demo, "img2img_image_check")
+    check = _fn(demo, "outpaint_image_check")
     check.fn(Image.new("RGB", (side, side)))  # at the limit: accepted
     with pytest.raises(gr.Error, match=f"This image is {side + 8}x{side}; images up to {side}x{side} pixels "):
         check.fn(Image.new("RGB", (side + 8, side)))
     editor_check = _fn(demo, "inpaint_editor_check")
     with pytest.raises(gr.Error, match="images up to"):
         editor_check.fn({"background": Image.new("RGB", (side + 8, side)), "layers": [], "composite": None})
-    refused = _fn(demo, "img2img_image_refused")
+    refused = _fn(demo, "outpaint_image_refused")
     assert refused.fn() is None and refused.outputs == check.inputs  # the box empties
+    # Image to image checks in the event that reads every new image for its size (one refusal, not two).
+    sized = _fn(demo, "img2img_default_size")
+    key = sized.inputs[1].value
+    assert sized.fn(Image.new("RGB", (side, side)), key) == (service.resolution(key),) * 2
+    with pytest.raises(gr.Error, match=f"This image is {side + 8}x{side}; images up to {side}x{side} pixels "):
+        sized.fn(Image.new("RGB", (side + 8, side)), key)
+    refused = _fn(demo, "img2img_image_refused")
+    assert refused.fn() is None and refused.outputs == sized.inputs[:1]
+    assert not [f for f in demo.fns.values() if f.api_name == "img2img_image_check"]
 
 
 def test_history_sends_a_picked_image_with_its_settings(tmp_path: Path) -> None:
