@@ -16,15 +16,23 @@ from tests.pipeline_fixtures import ComponentCache, sample_image
 import tests.pipelines.test_batch as batch_tests
 import tests.samplers.test_samplers_no_sync as no_sync
 
-from sd2_app.api.requests import HiresFix, Img2ImgRequest, Sampling, Txt2ImgRequest
+from PIL import Image
+
+from sd2_app.api.requests import (
+    DepthRequest, HiresFix, Img2ImgRequest, InpaintRequest, OutpaintRequest, Sampling, Txt2ImgRequest, UpscaleRequest,
+)
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.batch import run_batch
+from sd2_app.pipelines.depth import depth2img
 from sd2_app.pipelines.hires import hires_fix
 from sd2_app.pipelines.img2img import img2img
+from sd2_app.pipelines.inpaint import inpaint
+from sd2_app.pipelines.outpaint import outpaint
 from sd2_app.pipelines.loop import Conditioning, Tiling, run_sampling
 from sd2_app.pipelines.prompt import encode_prompt_pair
 from sd2_app.pipelines.prompt_schedule import PromptSteps, encode_prompt_schedule
 from sd2_app.pipelines.txt2img import prepare_txt2img, txt2img
+from sd2_app.pipelines.upscale import upscale
 from sd2_app.samplers import SAMPLERS, make_schedule
 
 KIND = "sd2-base"
@@ -101,6 +109,34 @@ def test_image_to_image_counts_from_its_first_call_over_all_steps(components: Co
     img2img(c, request)
     cat, dog = _pair(c, "a cat"), _pair(c, "a dog")
     _assert_calls(spy.contexts, [cat, cat, dog])
+
+
+def _other_tasks() -> dict[str, tuple[str, object]]:
+    """Each other task that takes a prompt: (its checkpoint, a run of it with `prompt`) on a 6-step schedule."""
+    sampling = Sampling(sampler="Euler", steps=6, cfg_scale=7.0, seed=5)
+    image, mask = sample_image(64, 48), Image.new("L", (64, 48), 0)
+    mask.paste(255, (16, 8, 48, 40))
+    return {
+        "inpaint": ("sd2-inpainting", lambda c, p: inpaint(c, InpaintRequest(p, image, mask, checkpoint="sd2-inpainting",
+                                                                            strength=1.0, sampling=sampling))),
+        "outpaint": ("sd2-inpainting", lambda c, p: outpaint(c, OutpaintRequest(p, image, left=16,
+                                                                               checkpoint="sd2-inpainting",
+                                                                               sampling=sampling))),
+        "depth": ("sd2-depth", lambda c, p: depth2img(c, DepthRequest(p, image, depth_map=mask, strength=1.0,
+                                                                      checkpoint="sd2-depth", sampling=sampling))),
+        "upscale": ("x4-upscaler", lambda c, p: upscale(c, UpscaleRequest(p, sample_image(24, 16),
+                                                                          checkpoint="x4-upscaler",
+                                                                          sampling=sampling))),
+    }
+
+
+@pytest.mark.parametrize("task", ["inpaint", "outpaint", "depth", "upscale"])
+def test_every_task_with_a_prompt_follows_the_schedule(components: ComponentCache, task: str) -> None:
+    kind, run = _other_tasks()[task]
+    c, spy = _spied(components(kind))
+    run(c, "a [cat|dog] [x::0.5]")
+    cat_x, dog_x, cat, dog = (_pair(c, p) for p in ("a cat x", "a dog x", "a cat ", "a dog "))
+    _assert_calls(spy.contexts, [cat_x, cat_x, dog_x, cat_x, dog, cat])
 
 
 def test_hires_second_pass_counts_on_from_the_first(components: ComponentCache) -> None:
