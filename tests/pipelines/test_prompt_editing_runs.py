@@ -117,8 +117,9 @@ def _other_tasks() -> dict[str, tuple[str, object]]:
     image, mask = sample_image(64, 48), Image.new("L", (64, 48), 0)
     mask.paste(255, (16, 8, 48, 40))
     return {
-        "inpaint": ("sd2-inpainting", lambda c, p: inpaint(c, InpaintRequest(p, image, mask, checkpoint="sd2-inpainting",
-                                                                            strength=1.0, sampling=sampling))),
+        "inpaint": ("sd2-inpainting", lambda c, p: inpaint(c, InpaintRequest(p, image, mask, strength=1.0,
+                                                                            checkpoint="sd2-inpainting",
+                                                                            sampling=sampling))),
         "outpaint": ("sd2-inpainting", lambda c, p: outpaint(c, OutpaintRequest(p, image, left=16,
                                                                                checkpoint="sd2-inpainting",
                                                                                sampling=sampling))),
