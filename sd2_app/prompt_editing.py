@@ -296,12 +296,6 @@ def prompt_schedule(prompt: str, steps: int, first_pass_steps: int | None = None
     return [(step, _text_at(nodes, step, rule)) for step in sorted(found)]
 
 
-def uses_editing(prompt: str) -> bool:
-    """Whether `prompt` has prompt editing or alternation that the schedule reads (whatever the step count)."""
-    nodes = _read(prompt)
-    return nodes is not None and any(not isinstance(node, str) for node in nodes)
-
-
 def prompt_variants(prompt: str, steps: int) -> list[str]:
     """The different plain prompts of `prompt`'s schedule over `steps` steps, in order of first use."""
     return list(dict.fromkeys(text for _, text in prompt_schedule(prompt, steps)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from sd2_app.prompt_editing import prompt_schedule, uses_editing
+from sd2_app.prompt_editing import prompt_schedule
 
 FANTASY = ("fantasy landscape with a [mountain:lake:0.25] and [an oak:a christmas tree:0.75][ in foreground::0.6]"
            "[ in background:0.25] [shoddy:masterful:0.5]")
@@ -97,12 +97,6 @@ def test_a1111_module_comment_example_at_100_steps() -> None:
 ])
 def test_hires_second_pass_offsets(prompt: str, expected: list[tuple[int, str]]) -> None:
     assert prompt_schedule(prompt, 10, first_pass_steps=10) == expected
-
-
-def test_uses_editing() -> None:
-    assert uses_editing("a [b:c:3]") and uses_editing("[a|b]") and uses_editing("[a:b:0]")
-    for plain in ("a (b:1.2) [c]", "[a:b]", "\\[a:b:3\\]", "[a:b:5] | c", "[x:3]]]", ""):
-        assert not uses_editing(plain), plain
 
 
 def test_deep_and_long_prompts() -> None:

@@ -14,15 +14,26 @@ import pytest
 import torch
 from tests.pipeline_fixtures import ComponentCache, sample_image
 import tests.pipelines.test_batch as batch_tests
+import tests.samplers.test_samplers_no_sync as no_sync
 
-from sd2_app.api.requests import HiresFix, Img2ImgRequest, Sampling, Txt2ImgRequest
+from PIL import Image
+
+from sd2_app.api.requests import (
+    DepthRequest, HiresFix, Img2ImgRequest, InpaintRequest, OutpaintRequest, Sampling, Txt2ImgRequest, UpscaleRequest,
+)
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.batch import run_batch
+from sd2_app.pipelines.depth import depth2img
 from sd2_app.pipelines.hires import hires_fix
 from sd2_app.pipelines.img2img import img2img
+from sd2_app.pipelines.inpaint import inpaint
+from sd2_app.pipelines.outpaint import outpaint
+from sd2_app.pipelines.loop import Conditioning, Tiling, run_sampling
 from sd2_app.pipelines.prompt import encode_prompt_pair
 from sd2_app.pipelines.prompt_schedule import PromptSteps, encode_prompt_schedule
 from sd2_app.pipelines.txt2img import prepare_txt2img, txt2img
+from sd2_app.pipelines.upscale import upscale
+from sd2_app.samplers import SAMPLERS, make_schedule
 
 KIND = "sd2-base"
 CPU = torch.device("cpu")
@@ -44,7 +55,8 @@ class SpyUNet(torch.nn.Module):
         return self.unet(batch, t, context, **kwargs)
 
 
-def _request(prompt: str, negative: str = "", sampler: str = "Euler", steps: int = 4, **fields: object) -> Txt2ImgRequest:
+def _request(prompt: str, negative: str = "", sampler: str = "Euler", steps: int = 4,
+             **fields: object) -> Txt2ImgRequest:
     sampling = Sampling(sampler=sampler, steps=steps, cfg_scale=7.0, seed=5)
     return Txt2ImgRequest(prompt, negative_prompt=negative, checkpoint=KIND, width=64, height=48, sampling=sampling,
                           **fields)  # type: ignore[arg-type]
@@ -97,6 +109,35 @@ def test_image_to_image_counts_from_its_first_call_over_all_steps(components: Co
     img2img(c, request)
     cat, dog = _pair(c, "a cat"), _pair(c, "a dog")
     _assert_calls(spy.contexts, [cat, cat, dog])
+
+
+def _other_tasks() -> dict[str, tuple[str, object]]:
+    """Each other task that takes a prompt: (its checkpoint, a run of it with `prompt`) on a 6-step schedule."""
+    sampling = Sampling(sampler="Euler", steps=6, cfg_scale=7.0, seed=5)
+    image, mask = sample_image(64, 48), Image.new("L", (64, 48), 0)
+    mask.paste(255, (16, 8, 48, 40))
+    return {
+        "inpaint": ("sd2-inpainting", lambda c, p: inpaint(c, InpaintRequest(p, image, mask, strength=1.0,
+                                                                            checkpoint="sd2-inpainting",
+                                                                            sampling=sampling))),
+        "outpaint": ("sd2-inpainting", lambda c, p: outpaint(c, OutpaintRequest(p, image, left=16,
+                                                                               checkpoint="sd2-inpainting",
+                                                                               sampling=sampling))),
+        "depth": ("sd2-depth", lambda c, p: depth2img(c, DepthRequest(p, image, depth_map=mask, strength=1.0,
+                                                                      checkpoint="sd2-depth", sampling=sampling))),
+        "upscale": ("x4-upscaler", lambda c, p: upscale(c, UpscaleRequest(p, sample_image(24, 16),
+                                                                          checkpoint="x4-upscaler",
+                                                                          sampling=sampling))),
+    }
+
+
+@pytest.mark.parametrize("task", ["inpaint", "outpaint", "depth", "upscale"])
+def test_every_task_with_a_prompt_follows_the_schedule(components: ComponentCache, task: str) -> None:
+    kind, run = _other_tasks()[task]
+    c, spy = _spied(components(kind))
+    run(c, "a [cat|dog] [x::0.5]")
+    cat_x, dog_x, cat, dog = (_pair(c, p) for p in ("a cat x", "a dog x", "a cat ", "a dog "))
+    _assert_calls(spy.contexts, [cat_x, cat_x, dog_x, cat_x, dog, cat])
 
 
 def test_hires_second_pass_counts_on_from_the_first(components: ComponentCache) -> None:
@@ -163,3 +204,37 @@ def test_batched_schedules_equal_their_solo_runs(components: ComponentCache) -> 
     assert [tuple(context.shape[:2]) for context in spy.contexts] == [(2, 77)] * 8  # two batches of one
     found = batch_tests.compare_with_solo(batched, solo[2:])
     assert found.none, found
+
+
+class _PhaseUNet(no_sync._MetaUNet):
+    """The meta stand-in, noting the context tensor of each call (meta tensors have no values to compare)."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__(in_channels)
+        self.contexts: list[torch.Tensor] = []
+
+    def forward(self, sample, timestep, context, class_labels=None):  # type: ignore[no-untyped-def]
+        self.contexts.append(context)
+        return super().forward(sample, timestep, context, class_labels)
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_phases_are_picked_without_reading_the_device(tiled: bool) -> None:
+    """On meta (tests/samplers/test_samplers_no_sync.py: any host read raises) each call gets its phase's
+    context, one shape for all, with tiling one phase per call over all its tiles."""
+    meta = no_sync.META
+    unet = _PhaseUNet(in_channels=4)
+    contexts = torch.empty(3, 4, 77, 16, device=meta, dtype=torch.float16)
+    cond = Conditioning(context=contexts, phases=(0, 0, 2, 1))  # a 4-call schedule; a 5th call keeps the last
+    x = torch.empty(2, 4, 24, 20, device=meta)
+    run_sampling(unet, cond, x, make_schedule(no_sync.SD2, "Heun", 3), SAMPLERS["Heun"], cfg_scale=7.0,
+                 guidance_rescale=0.0, prediction_type="v_prediction", generator=None,
+                 tiling=Tiling(tile=16, overlap=8) if tiled else None)
+    tiles = 4 if tiled else 1  # 24x20 latents in 16-pixel tiles with 8 overlap: 2 x 2
+    assert len(unet.contexts) == 5 * tiles  # Heun: 2 calls per step, 1 at the last
+    picked = [unet.contexts[call * tiles] for call in range(5)]
+    for call, phase in enumerate([0, 0, 2, 1, 1]):
+        assert picked[call].shape == (4, 77, 16)
+        assert picked[call].storage_offset() == contexts[phase].storage_offset()  # a view of that phase, no copy
+        same_call = unet.contexts[call * tiles:(call + 1) * tiles]
+        assert all(c.storage_offset() == picked[call].storage_offset() for c in same_call)
