@@ -46,6 +46,7 @@ from sd2_app.api.progress import enlarged
 from sd2_app.api.results import Result
 from sd2_app.api.service import Service
 from sd2_app.api.tasks import default_checkpoint
+from sd2_app.checkpoints.catalog import checkpoint_named
 from sd2_app.errors import Busy, Cancelled, InvalidRequest, LoadError
 
 log = logging.getLogger(__name__)
@@ -127,14 +128,11 @@ class A1111Api:
         return None if task in self.service.catalog.tasks.get(key, ()) else self._first_for(task)
 
     def resolve(self, name: Any) -> str:
-        """A checkpoint key from a key, a label or an A1111-style title ("name [hash]")."""
-        text = str(name).split(" [")[0].strip()
-        labels = {label.lower(): key for key, label in self.service.catalog.labels.items()}
-        for key in self.service.catalog.tasks:
-            if key.lower() == text.lower():
-                return key
-        if text.lower() in labels:
-            return labels[text.lower()]
+        """A checkpoint key from a key, a label or an A1111-style title ("name [hash]", the original file's
+        name: `checkpoint_named`)."""
+        key = checkpoint_named(str(name), self.service.registry)
+        if key is not None and key in self.service.catalog.tasks:
+            return key
         raise InvalidRequest(f"Unknown checkpoint {str(name)[:100]!r}; choose one of: {', '.join(self.service.catalog.tasks)}.")
 
     def upscaler(self, name: Any) -> str:
