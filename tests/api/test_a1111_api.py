@@ -229,6 +229,9 @@ def test_a1111_checkpoint_titles_select_ours(app, client) -> None:
             assert client.get_options()["sd_model_checkpoint"] == key
         status, body = _post(port, "options", {"sd_model_checkpoint": "v2-1_512-nonema-pruned"})
         assert status == 422 and body["detail"].startswith("Unknown checkpoint 'v2-1_512-nonema-pruned'")
+        override = {"sd_model_checkpoint": "512-base-ema.safetensors [0123456789]"}  # one call's model; hash unread
+        status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "override_settings": override})
+        assert status == 200 and json.loads(body["info"])["sd_model_name"] == "sd2-base"
     finally:
         _post(port, "options", {"sd_model_checkpoint": "sd21-base"})
 
