@@ -39,11 +39,9 @@ _PIECE = re.compile(
     re.VERBOSE,
 )
 _BREAK = re.compile(r"\bBREAK\b")  # the whitespace around it goes too (`_split_breaks`)
-# A1111 syntax we do not support (see `unsupported_syntax`), each with what A1111 calls it:
+# A1111 syntax we do not support (see `unsupported_syntax`), each with what A1111 calls it (prompt editing and
+# alternation are supported: sd2_app/prompt_editing.py reads them before this parser sees each step's text):
 UNSUPPORTED = (
-    # modules/prompt_parser.py, the `scheduled` rule: [from:to:when], [to:when], [from::when]
-    ("prompt editing", re.compile(r"(?<!\\)\[[^\[\]\\]*:\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)\s*\]")),
-    ("alternation", re.compile(r"(?<!\\)\[[^\[\]\\|]*\|[^\[\]\\]*\]")),  # the `alternate` rule: [a|b]
     ("composable prompts", re.compile(r"\bAND\b")),  # re_AND: sub-prompts encoded apart and added up
     ("LoRA/extra network", re.compile(r"<\w+:[^>]+>")),  # modules/extra_networks.py re_extra_net: <lora:name:0.8>
 )
@@ -156,7 +154,7 @@ def escape(text: str) -> str:
 
 def unsupported_syntax(prompt: str) -> list[tuple[str, str]]:
     """(A1111's name of the feature, its first use in `prompt`) for each piece of A1111 prompt syntax that we do
-    not support (prompt editing, alternation, AND, LoRA and other extra networks), in `UNSUPPORTED`'s order.
+    not support (AND, LoRA and other extra networks), in `UNSUPPORTED`'s order.
     `parse_attention` reads them as text with the bracket rules, so the caller can say so."""
     found = []
     for name, pattern in UNSUPPORTED:

@@ -46,6 +46,7 @@ from sd2_app.api.progress import enlarged
 from sd2_app.api.results import Result
 from sd2_app.api.service import Service
 from sd2_app.api.tasks import default_checkpoint
+from sd2_app.checkpoints.catalog import checkpoint_named
 from sd2_app.errors import Busy, Cancelled, InvalidRequest, LoadError
 
 log = logging.getLogger(__name__)
@@ -126,15 +127,23 @@ class A1111Api:
         """None when `key` can do `task`, else the first checkpoint that can."""
         return None if task in self.service.catalog.tasks.get(key, ()) else self._first_for(task)
 
+    def keyed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`body` with an `override_settings.sd_model_checkpoint` that names one of ours as A1111 clients do
+        (`checkpoint_named`: "v2-1_512-ema-pruned.safetensors [hash]") replaced by its key; any other value is
+        left for the Service to refuse."""
+        override = body.get("override_settings")
+        name = override.get("sd_model_checkpoint") if isinstance(override, dict) else None
+        key = checkpoint_named(name, self.service.registry) if isinstance(name, str) else None
+        if key is None or key == name:
+            return body
+        return {**body, "override_settings": {**override, "sd_model_checkpoint": key}}
+
     def resolve(self, name: Any) -> str:
-        """A checkpoint key from a key, a label or an A1111-style title ("name [hash]")."""
-        text = str(name).split(" [")[0].strip()
-        labels = {label.lower(): key for key, label in self.service.catalog.labels.items()}
-        for key in self.service.catalog.tasks:
-            if key.lower() == text.lower():
-                return key
-        if text.lower() in labels:
-            return labels[text.lower()]
+        """A checkpoint key from a key, a label or an A1111-style title ("name [hash]", the original file's
+        name: `checkpoint_named`)."""
+        key = checkpoint_named(str(name), self.service.registry)
+        if key is not None and key in self.service.catalog.tasks:
+            return key
         raise InvalidRequest(f"Unknown checkpoint {str(name)[:100]!r}; choose one of: {', '.join(self.service.catalog.tasks)}.")
 
     def upscaler(self, name: Any) -> str:
@@ -319,13 +328,15 @@ def _generation_routes(router: APIRouter, api: A1111Api) -> None:
     @router.post("/txt2img")
     def txt2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         return _errors_as_http(
-            lambda: api.run("txt2img", lambda: a1111.txt2img_job(body, api.current, names(), api.fits, max_images),
+            lambda: api.run("txt2img", lambda: a1111.txt2img_job(api.keyed(body), api.current, names(), api.fits,
+                                                                 max_images),
                             body, client))
 
     @router.post("/img2img")
     def img2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         return _errors_as_http(
-            lambda: api.run("img2img", lambda: a1111.img2img_job(body, api.current, names(), api.fits, max_images),
+            lambda: api.run("img2img", lambda: a1111.img2img_job(api.keyed(body), api.current, names(), api.fits,
+                                                                 max_images),
                             body, client))
 
     @router.post("/extra-single-image")

@@ -4,6 +4,10 @@ The counter is called on every pause in typing, by every visitor, so it is kept 
 queue: it only tokenizes (the same parser and chunker generation uses), holds one of a few slots of its own
 (waiting at most half a second for one; then it answers None and the box keeps its last count), and reads the
 checkpoint's tokenizer without loading its models.
+
+A prompt with editing or alternation (sd2_app/prompt_editing.py) counts as its longest plain prompt, as A1111's
+counter does (modules/ui.py, `update_token_counter`); A1111 reads the schedule at the steps slider's value, the
+counter here at the most UNet calls a run may have (every alternative and edit a run could reach).
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from sd2_app.api.checks import MAX_PROMPT_CHARS
 from sd2_app.errors import InvalidRequest, LoadError
-from sd2_app.pipelines.prompt_chunks import MAX_CHUNKS, tokenize_prompt
+from sd2_app.pipelines.prompt_chunks import MAX_CHUNKS, tokenize_prompts
+from sd2_app.prompt_editing import prompt_variants
+from sd2_app.samplers.registry import SAMPLERS
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service  # the Service owns its PromptTools: it imports this module
@@ -74,7 +80,9 @@ class PromptTools:
             tokenizer = self._tokenizer(checkpoint)
             if tokenizer is None:
                 return None
-            tokens = tokenize_prompt(tokenizer, text, self._library())
+            horizon = self._service.limits.max_steps * max(spec.order for spec in SAMPLERS.values())
+            variants = tokenize_prompts(tokenizer, prompt_variants(text, horizon), self._library())
+            tokens = max(variants, key=lambda variant: variant.token_count)  # the first of the longest
         except LoadError as error:
             log.warning("token counter: no tokenizer for %s: %s", checkpoint, error)
             return None

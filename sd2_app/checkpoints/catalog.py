@@ -154,13 +154,14 @@ def tiny_registry(
 
 
 def checkpoint_named(name: str, registry: Mapping[str, CheckpointSpec]) -> str | None:
-    """Our key for a checkpoint as a parameters text names it: our key or label ("Model: sd21"), or A1111's
-    name of the original file, with or without a folder, extension and " [hash]" ("v2-1_768-ema-pruned",
-    "SD2/v2-1_768-ema-pruned.safetensors [ad2a33c361]"); None when no checkpoint has that name."""
-    stem = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", name.strip()).replace("\\", "/").rsplit("/", 1)[-1]
-    stem = re.sub(r"\.(safetensors|ckpt)$", "", stem, flags=re.IGNORECASE)
+    """Our key for a checkpoint as a parameters text or an A1111 client names it, in any case and with or
+    without A1111's " [hash]": our key or label ("Model: sd21"), or the original file's name with or without a
+    folder and extension ("v2-1_768-ema-pruned", "SD2/v2-1_768-ema-pruned.safetensors [ad2a33c361]"); None when
+    no checkpoint has that name."""
+    title = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", name.strip()).lower()
+    stem = re.sub(r"\.(safetensors|ckpt)$", "", title.replace("\\", "/").rsplit("/", 1)[-1])
     for key, spec in registry.items():
-        if name in (key, spec.label) or (spec.original_file and stem.lower() == spec.original_file.lower()):
+        if title in (key.lower(), spec.label.lower()) or (spec.original_file and stem == spec.original_file.lower()):
             return key
     return None
 

@@ -15,7 +15,8 @@ the guidance settings. Per request stay:
   go on; when every request has stopped, the run stops.
 
 Only requests whose start latents and contexts have the same shape go into one batch (the same prompt chunk
-count k: a longer context changes every image's attention, padding is not exact), and only runs that call
+count k: a longer context changes every image's attention, padding is not exact), with the same prompt-editing
+phases of their UNet calls (a plain prompt has one; pipelines/prompt_schedule.py), and only runs that call
 the same UNet (a seamless-tiling request's run calls its own circular view, pipelines/seamless.py, so it is
 never batched); the others run in their own batches, one after another.
 """
@@ -40,18 +41,22 @@ PrepareFn = Callable[[Components, TaskRequest, RunMode], PreparedRun]  # a task'
 Outcome = PipelineOutput | BaseException  # one request's output, or what went wrong for it alone
 
 
-def shared_shape(prepared: PreparedRun) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """What must match to share a batch: the start latents' and the context's shapes past the batch axis."""
-    return tuple(prepared.start.shape[1:]), tuple(prepared.job.context.shape[1:])
+def shared_shape(prepared: PreparedRun) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """What must match to share a batch: the start latents' and the context's shapes past the batch axis
+    (a scheduled context's phase count too), and the context phase of each UNet call."""
+    context = prepared.job.context
+    return (tuple(prepared.start.shape[1:]), (*context.shape[:-3], *context.shape[-2:]), prepared.job.phases)
 
 
 def _stacked_context(runs: Sequence[PreparedRun]) -> torch.Tensor:
-    """The runs' contexts as one (2B|B, 77·k, D) batch: every uncond half first, then every cond half."""
+    """The runs' contexts as one (2B|B, 77·k, D) batch ((P, 2B|B, 77·k, D) for phases): every uncond half
+    first, then every cond half."""
     contexts = [run.job.context for run in runs]
+    rows = contexts[0].ndim - 3  # the batch axis: 0, or 1 after the phase axis
     if runs[0].job.sampling.cfg_scale <= 1.0:  # no guidance: one half each
-        return torch.cat(contexts)
-    halves = [context.chunk(2) for context in contexts]
-    return torch.cat([uncond for uncond, _ in halves] + [cond for _, cond in halves])
+        return torch.cat(contexts, dim=rows)
+    halves = [context.chunk(2, dim=rows) for context in contexts]
+    return torch.cat([uncond for uncond, _ in halves] + [cond for _, cond in halves], dim=rows)
 
 
 def _split_steps(
@@ -116,7 +121,7 @@ def run_batch(
             runs[index] = prepare(components, request, mode)
         except InvalidRequest as error:  # this request's own problem (a prompt too long): the others go on
             outcomes[index] = error
-    groups: dict[tuple[int, tuple[int, ...], tuple[int, ...]], list[int]] = {}
+    groups: dict[tuple[int, tuple[int, ...], tuple[int, ...], tuple[int, ...]], list[int]] = {}
     for index, run in runs.items():  # the loop calls its first run's UNet: only runs over the same one share
         groups.setdefault((id(run.job.components.unet), *shared_shape(run)), []).append(index)
     for members in groups.values():

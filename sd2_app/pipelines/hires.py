@@ -30,6 +30,7 @@ from sd2_app.pipelines.images import LANCZOS, postprocess, preprocess_image
 from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.output import PipelineOutput, label_images
+from sd2_app.pipelines.prompt_schedule import hires_prompt_steps
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.sampling import draw_noise, start_job
 from sd2_app.pipelines.seamless import tiled_components
@@ -102,7 +103,8 @@ def second_pass(
     assert hires is not None
     factor = vae_factor(components.vae)
     job = start_job(components, replace(request, sampling=hires_sampling(request.sampling, hires)),
-                    last_steps=hires.second_pass_steps(request.sampling.steps), mode=mode)  # a fresh generator, seeded
+                    last_steps=hires.second_pass_steps(request.sampling.steps), mode=mode,  # a fresh generator, seeded
+                    prompt_calls=hires_prompt_steps(request.sampling, hires))
     if isinstance(start, torch.Tensor):
         init = start.float()
     else:

@@ -9,6 +9,7 @@ reads a tensor back to the host, so steps queue on the GPU unblocked.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,16 +28,35 @@ LatentProgressFn = Callable[[int, int, torch.Tensor], None]  # (steps done, tota
 # The progress callbacks, one name each: samplers.base.StepFn (i, x, x0) inside a sampler; LatentProgressFn
 # from the loop to the service; api.service.ProgressFn (done, total, preview image) to the UI and CLI;
 # loading.hub.LoadProgressFn (message) while loading.
-ModelFn = Callable[[torch.Tensor, float], torch.Tensor]  # (x_in (B, 4, h, w), t) -> eps or v (B, 4, h, w)
 
 
 @dataclass
 class Conditioning:
     """What the UNet gets besides the latents, already batched for guidance ([uncond; cond] halves)."""
 
-    context: torch.Tensor  # (2B|B, 77·k, D) text-encoder states (k prompt chunks), uncond first when guided
+    context: torch.Tensor  # (2B|B, 77·k, D) text-encoder states (k prompt chunks), uncond first when guided;
+    # with `phases`: (P, 2B|B, 77·k, D), one context per phase of a prompt-editing/alternation schedule
     concat: torch.Tensor | None = None  # (2B|B, k, h, w) extra input channels (mask+masked latents, depth, low-res)
     class_labels: torch.Tensor | None = None  # (2B|B,) long, the x4 noise level
+    phases: tuple[int, ...] = ()  # the context phase of UNet call 0, 1, ... (past the end: the last); () = one
+
+    @property
+    def rows(self) -> int:
+        """Batch rows of the context: the images, twice over with guidance."""
+        return int(self.context.shape[-3])
+
+
+def context_at(cond: Conditioning, dtype: torch.dtype) -> Callable[[int], torch.Tensor]:
+    """`context_at(i)` -> the (2B|B, 77·k, D) context of UNet call i, cast to `dtype` once for the run.
+
+    A schedule's phases all have one shape, so a CUDA-graphed UNet copies each into its one static buffer;
+    picking a phase is a view by a host-side index, no device read.
+    """
+    context = cond.context.to(dtype)
+    if not cond.phases:
+        return lambda call: context
+    phases, last = cond.phases, len(cond.phases) - 1
+    return lambda call: context[phases[min(call, last)]]
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,9 @@ def rescale_guidance(pred: torch.Tensor, pred_cond: torch.Tensor, phi: float) ->
     return phi * rescaled + (1 - phi) * pred
 
 
+GuidedModel = Callable[[torch.Tensor, float, torch.Tensor, slice | None, slice | None], torch.Tensor]
+
+
 def make_guided_model(
     unet: Denoiser,
     cond: Conditioning,
@@ -67,19 +90,20 @@ def make_guided_model(
     guidance_rescale: float,
     use_cfg: bool,
     fp32_attention: bool = False,
-) -> Callable[[torch.Tensor, float, slice | None, slice | None], torch.Tensor]:
-    """Build, once, `model(x_in, t, rows, cols) -> guided eps/v` for the whole latent or one tile of it.
+) -> GuidedModel:
+    """Build, once, `model(x_in, t, context, rows, cols) -> guided eps/v` for the whole latent or one tile of
+    it; `context` is the call's (2B|B, 77·k, D) text context in the UNet's dtype (`context_at`).
 
     `fp32_attention` runs every attention product in fp32 (nn.attention.Attention's per-call switch); the
     UNet gets the keyword only then, so the normal call is the plain four-argument one.
     """
     dtype = next(unet.parameters()).dtype
     switches = {"fp32_attention": True} if fp32_attention else {}
-    context = cond.context.to(dtype)  # (2B|B, 77·k, D), cast once
     concat = None if cond.concat is None else cond.concat.to(dtype)
     labels = cond.class_labels
 
-    def model(x_in: torch.Tensor, t: float, rows: slice | None, cols: slice | None) -> torch.Tensor:
+    def model(x_in: torch.Tensor, t: float, context: torch.Tensor, rows: slice | None,
+              cols: slice | None) -> torch.Tensor:
         x_in = x_in.to(dtype)  # cast before duplicating: no fp32 (2B, 4, h, w) copy per step
         batch = torch.cat([x_in, x_in]) if use_cfg else x_in  # (2B|B, 4, h, w)
         if concat is not None:
@@ -98,15 +122,15 @@ def make_guided_model(
     return model
 
 
-def _tiled(model: Callable[..., torch.Tensor], tiling: Tiling) -> ModelFn:
+def _tiled(model: GuidedModel, tiling: Tiling) -> Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor]:
     weights: TileWeights = {}  # this job's blend weights, built at its first step
 
-    def tiled_model(x_in: torch.Tensor, t: float) -> torch.Tensor:
+    def tiled_model(x_in: torch.Tensor, t: float, context: torch.Tensor) -> torch.Tensor:
         height, width = x_in.shape[-2:]
 
         def one_tile(top: int, left: int, h: int, w: int) -> torch.Tensor:
             rows, cols = slice(top, top + h), slice(left, left + w)
-            return model(x_in[:, :, rows, cols], t, rows, cols)
+            return model(x_in[:, :, rows, cols], t, context, rows, cols)
 
         return run_tiled(one_tile, height, width, tiling.tile, tiling.overlap, weights=weights)
 
@@ -136,18 +160,24 @@ def run_sampling(
     `on_step(done, total, x0)` runs after every sampler step with the current clean-latent estimate, for
     progress and previews; raising `sd2_app.errors.Cancelled` there stops the run (it propagates).
     `fp32_attention` computes every attention product in fp32 (the fallback ladder's rerun after NaN/inf).
+    The UNet's calls are counted from 0 to pick each one's context phase (`cond.phases`, prompt editing).
     The result is converted from sigma space back to the VAE's latent space, ready for decoding.
     """
     use_cfg = cfg_scale > 1.0
-    assert cond.context.shape[0] == x.shape[0] * (2 if use_cfg else 1), "context batch does not match guidance"
+    assert cond.rows == x.shape[0] * (2 if use_cfg else 1), "context batch does not match guidance"
     guided = make_guided_model(unet, cond, cfg_scale=cfg_scale, guidance_rescale=guidance_rescale, use_cfg=use_cfg,
                                fp32_attention=fp32_attention)
+    context_of = context_at(cond, next(unet.parameters()).dtype)
+    calls = itertools.count()  # this run's UNet calls (a tiled call is one call over all its tiles)
     if tiling is not None and max(x.shape[-2:]) > tiling.tile:
-        model_fn = _tiled(guided, tiling)
+        tiled = _tiled(guided, tiling)
+
+        def model_fn(x_in: torch.Tensor, t: float) -> torch.Tensor:
+            return tiled(x_in, t, context_of(next(calls)))
     else:
 
         def model_fn(x_in: torch.Tensor, t: float) -> torch.Tensor:
-            return guided(x_in, t, None, None)
+            return guided(x_in, t, context_of(next(calls)), None, None)
 
     denoise = make_denoiser(model_fn, prediction_type)
     total = len(schedule.sigmas) - 1

@@ -40,9 +40,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class EncodedPrompts:
-    context: torch.Tensor  # (2B|B, 77·k, D), uncond first when guided
+    context: torch.Tensor  # (2B|B, 77·k, D), uncond first when guided; with `phases`: (P, 2B|B, 77·k, D)
     # used by the prompt, then those only the negative prompt uses (when guidance reads it), in order of use
     embeddings: list[TextualInversion] = field(default_factory=list)
+    phases: tuple[int, ...] = ()  # prompt editing: the context phase of each UNet call (pipelines/prompt_schedule.py)
 
 
 def ti_hashes(embeddings: list[TextualInversion]) -> dict[str, str]:
@@ -98,6 +99,18 @@ def encode_chunks(text_encoder: TextEncoder, chunks: list[Chunk], device: torch.
     return encode_with_inserts(text_encoder, ids.to(device), inserts)
 
 
+def encode_weighted_chunks(text_encoder: TextEncoder, rows: list[Chunk], device: torch.device) -> torch.Tensor:
+    """(N, 77, D) states of N chunks in one encoder batch, each weighted chunk given its emphasis."""
+    with torch.no_grad():
+        hidden = encode_chunks(text_encoder, rows, device)
+        if any(chunk.weighted for chunk in rows):
+            hidden = hidden.clone()
+            for index, chunk in enumerate(rows):
+                if chunk.weighted:
+                    hidden[index] = restore_mean_weighting(hidden[index], torch.tensor(chunk.weights))
+    return hidden
+
+
 def encode_prompt_pair(
     text_encoder: TextEncoder,
     tokenizer: CLIPTokenizer,
@@ -121,13 +134,7 @@ def encode_prompt_pair(
     k = max(len(p.chunks) for p in prompts)
     pad = empty_chunk(tokenizer)
     rows = [chunk for p in prompts for chunk in p.chunks + [pad] * (k - len(p.chunks))]
-    with torch.no_grad():
-        hidden = encode_chunks(text_encoder, rows, device)  # (P·k, 77, D)
-        if any(chunk.weighted for chunk in rows):
-            hidden = hidden.clone()
-            for index, chunk in enumerate(rows):
-                if chunk.weighted:
-                    hidden[index] = restore_mean_weighting(hidden[index], torch.tensor(chunk.weights))
+    hidden = encode_weighted_chunks(text_encoder, rows, device)  # (P·k, 77, D)
     width = hidden.shape[-1]
     halves = [hidden[i * k:(i + 1) * k].reshape(k * CHUNK_LENGTH, width) for i in range(len(prompts))]
     context = torch.cat([h[None].expand(batch_size, -1, -1) for h in halves]).contiguous()

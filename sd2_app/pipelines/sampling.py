@@ -11,7 +11,7 @@ import torch
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.loop import Conditioning, LatentProgressFn, Tiling, run_sampling
 from sd2_app.pipelines.output import PipelineOutput
-from sd2_app.pipelines.prompt import encode_prompt_pair
+from sd2_app.pipelines.prompt_schedule import PromptSteps, encode_prompt_schedule, prompt_steps
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.vae_io import decode_in
 from sd2_app.api.requests import Sampling, TaskRequest
@@ -79,10 +79,11 @@ class Job:
     components: Components
     sampling: Sampling
     generator: NoiseSource  # the request's own; a batch of requests has each one's (samplers.base.GeneratorParts)
-    context: torch.Tensor  # (2B|B, 77·k, D), uncond first when guided; k chunks of 77 tokens
+    context: torch.Tensor  # (2B|B, 77·k, D), uncond first when guided; k chunks of 77 tokens; (P, ...) with phases
     plan: SamplingPlan
     mode: RunMode = NORMAL  # this attempt's precision and memory switches (the fallback ladder's choice)
     embeddings: list[TextualInversion] = field(default_factory=list)  # what the prompts used (EncodedPrompts)
+    phases: tuple[int, ...] = ()  # prompt editing/alternation: the context phase of each UNet call (Conditioning)
 
     @property
     def rows(self) -> int:
@@ -106,7 +107,7 @@ class Job:
         """Run the one loop on `x` (B, 4, h, w) with the task's extra channels; returns VAE-space latents."""
         c = self.components
         return run_sampling(
-            c.unet, Conditioning(context=self.context, concat=concat, class_labels=class_labels), x,
+            c.unet, Conditioning(context=self.context, concat=concat, class_labels=class_labels, phases=self.phases), x,
             self.plan.schedule, self.plan.spec, cfg_scale=self.sampling.cfg_scale,
             guidance_rescale=self.sampling.guidance_rescale, prediction_type=c.scheduler_config.prediction_type,
             generator=self.generator, on_step=on_step, tiling=tiling, sampler_options=self.plan.options,
@@ -137,16 +138,15 @@ class PreparedRun:
 
 
 def start_job(components: Components, request: TaskRequest, *, strength: float | None = None,
-              last_steps: int | None = None, mode: RunMode = NORMAL) -> Job:
-    """Seeded generator, encoded prompts ([uncond; cond]) and the sampling plan for `request`, run in `mode`
-    (`strength` and `last_steps` cut the schedule, `plan_sampling`)."""
+              last_steps: int | None = None, mode: RunMode = NORMAL, prompt_calls: PromptSteps | None = None) -> Job:
+    """Seeded generator, encoded prompts ([uncond; cond], a phase per prompt-schedule step) and the sampling plan
+    for `request`, run in `mode` (`strength` and `last_steps` cut the schedule, `plan_sampling`). `prompt_calls`:
+    the UNet calls the prompt schedule spans when not the request's own (`prompt_steps`), e.g. a hires pass's."""
     sampling = request.sampling
     assert sampling.seed is not None, "the service resolves the seed before calling a pipeline"
     generator = make_generator(components.device, sampling.seed)
-    encoded = encode_prompt_pair(
-        components.text_encoder, components.tokenizer, request.prompt, request.negative_prompt,
-        batch_size=sampling.batch_size, use_cfg=sampling.cfg_scale > 1.0, device=components.device,
-        embeddings=components.embeddings,
-    )
+    encoded = encode_prompt_schedule(components, request.prompt, request.negative_prompt,
+                                     batch_size=sampling.batch_size, use_cfg=sampling.cfg_scale > 1.0,
+                                     steps=prompt_calls or prompt_steps(sampling))
     plan = plan_sampling(components.scheduler_config, sampling, strength=strength, last_steps=last_steps)
-    return Job(components, sampling, generator, encoded.context, plan, mode, encoded.embeddings)
+    return Job(components, sampling, generator, encoded.context, plan, mode, encoded.embeddings, encoded.phases)

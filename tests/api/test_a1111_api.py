@@ -219,6 +219,23 @@ def test_switching_the_checkpoint(client) -> None:
     assert client.get_options()["sd_model_checkpoint"] == "sd21-base"
 
 
+def test_a1111_checkpoint_titles_select_ours(app, client) -> None:
+    """POST /options with the title A1111 lists for Stability's file (what its clients send back) picks ours."""
+    _, port, _ = app
+    try:
+        for title, key in (("v2-1_512-ema-pruned.safetensors [88ecb78256]", "sd21-base"),
+                           ("512-base-ema", "sd2-base"), ("SD 2.1 BASE (512)", "sd21-base")):
+            assert _post(port, "options", {"sd_model_checkpoint": title})[0] == 200
+            assert client.get_options()["sd_model_checkpoint"] == key
+        status, body = _post(port, "options", {"sd_model_checkpoint": "v2-1_512-nonema-pruned"})
+        assert status == 422 and body["detail"].startswith("Unknown checkpoint 'v2-1_512-nonema-pruned'")
+        override = {"sd_model_checkpoint": "512-base-ema.safetensors [0123456789]"}  # one call's model; hash unread
+        status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "override_settings": override})
+        assert status == 200 and json.loads(body["info"])["sd_model_name"] == "sd2-base"
+    finally:
+        _post(port, "options", {"sd_model_checkpoint": "sd21-base"})
+
+
 def test_catalog_endpoints(client) -> None:
     assert "DPM++ 2M" in client.util_get_sampler_names()
     assert client.util_get_scheduler_names() == ["automatic", "karras"]

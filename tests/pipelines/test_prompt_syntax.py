@@ -156,15 +156,12 @@ def test_weight_warnings_exact_text() -> None:
 
 
 @pytest.mark.parametrize("prompt, expected", [
-    ("a [cat:dog:0.5] b", [("prompt editing", "[cat:dog:0.5]")]),
-    ("a [cat:3] [dog::0.25] [x: 7]", [("prompt editing", "[cat:3]")]),
-    ("a [cat|dog|cow] b", [("alternation", "[cat|dog|cow]")]),
     ("a cat AND a dog:1.2", [("composable prompts", "AND")]),
     ("<lora:add_detail:0.8> a cat, <hypernet:x:1>", [("LoRA/extra network", "<lora:add_detail:0.8>")]),
-    ("[a:b:1] [c|d] e AND f <lyco:g:1>", [("prompt editing", "[a:b:1]"), ("alternation", "[c|d]"),
-                                          ("composable prompts", "AND"), ("LoRA/extra network", "<lyco:g:1>")]),
-    # what we do support, or text: nothing to say
+    ("[a:b:1] [c|d] e AND f <lyco:g:1>", [("composable prompts", "AND"), ("LoRA/extra network", "<lyco:g:1>")]),
+    # what we do support (prompt editing and alternation too: sd2_app/prompt_editing.py), or text: nothing to say
     ("a (cat:1.2) [dog] \\[x:1\\] [a:b] sand and land, time 10:30, a<b>c", []),
+    ("a [cat:dog:0.5] b [cat:3] [dog::0.25] [x: 7] [cat|dog|cow]", []),
 ])
 def test_unsupported_a1111_syntax_is_found(prompt: str, expected: list) -> None:
     assert unsupported_syntax(prompt) == expected
@@ -172,7 +169,7 @@ def test_unsupported_a1111_syntax_is_found(prompt: str, expected: list) -> None:
 
 def test_syntax_warnings_exact_text() -> None:
     assert syntax_warnings("a [cat:dog:0.5] AND <lora:a_very_long_lora_file_name_v2:0.8>", "negative prompt") == [
-        'The negative prompt uses A1111 syntax that this app does not support: prompt editing "[cat:dog:0.5]", '
+        'The negative prompt uses A1111 syntax that this app does not support: '
         'composable prompts "AND", LoRA/extra network "<lora:a_very_long_lora_file_n…". It is read as plain text '
         "(brackets still weight what they enclose); see the README's Prompts section."]
     assert syntax_warnings("a (cat:1.2), BREAK [dog]", "prompt") == []

@@ -110,15 +110,43 @@ def test_a_weight_over_the_limit_is_used_at_the_limit_and_said_so(app) -> None:
 
 def test_a1111_syntax_we_do_not_support_is_named_in_the_info(app) -> None:
     client, _, _ = app
-    prompt = "a [cat:dog:0.5] on a hill <lora:add_detail:0.8>"
+    prompt = "a cat AND a dog on a hill <lora:add_detail:0.8>"
     _, gallery, info = client.predict(api_name="/txt2img", **{**FAST, "prompt": prompt, "negative_prompt": "[x|y]"})
     lines = info.splitlines()
-    assert ('- ⚠️ The prompt uses A1111 syntax that this app does not support: prompt editing "[cat:dog:0.5]", '
+    assert ('- ⚠️ The prompt uses A1111 syntax that this app does not support: composable prompts "AND", '
             'LoRA/extra network "<lora:add_detail:0.8>". It is read as plain text (brackets still weight what they '
             "enclose); see the README's Prompts section.") in lines
-    assert ('- ⚠️ The negative prompt uses A1111 syntax that this app does not support: alternation "[x|y]". It is '
-            "read as plain text (brackets still weight what they enclose); see the README's Prompts section.") in lines
+    assert "negative prompt uses A1111 syntax" not in info  # alternation is supported
     assert parse_parameters(Image.open(gallery[0]["image"]).info["parameters"])["Prompt"] == prompt
+
+
+EDITED = "a [red:blue:0.5] hat on a [cat|dog], [(sunset:1.2)::3]"
+
+
+def test_prompt_editing_runs_without_a_warning_and_round_trips(app) -> None:
+    """Editing and alternation change the image (against each step's plain prompt held all along), are named in
+    no warning, are recorded as written, and PNG info's parameters reproduce the image."""
+    client, _, _ = app
+    settings = {**FAST, "steps": 4, "negative_prompt": "[blurry|dark]"}
+    _, gallery, info = client.predict(api_name="/txt2img", **{**settings, "prompt": EDITED})
+    assert "does not support" not in info
+    edited = Image.open(gallery[0]["image"])
+    edited.load()
+    params = parse_parameters(edited.info["parameters"])
+    assert params["Prompt"] == EDITED and params["Negative prompt"] == "[blurry|dark]"
+    assert np.array_equal(np.asarray(_rerun_from(client, edited)), np.asarray(edited))
+    first_step = _txt2img(client, **{**settings, "prompt": "a red hat on a cat, (sunset:1.2)",
+                                     "negative_prompt": "blurry"})
+    assert not np.array_equal(np.asarray(first_step), np.asarray(edited))
+
+
+def test_token_counter_counts_the_longest_step_prompt(app) -> None:
+    client, service, _ = app
+    edited = f"[a cat:{LONG_PROMPT}:0.5]"
+    counted = client.predict(edited, "sd21-base", api_name="/count_tokens")
+    assert counted == service.count_tokens(LONG_PROMPT, "sd21-base") != service.count_tokens("a cat", "sd21-base")
+    assert client.predict("[a|a cat on a hill] x", "sd21-base", api_name="/count_tokens") == \
+        service.count_tokens("a cat on a hill x", "sd21-base")
 
 
 def test_png_info_reads_an_a1111_infotext_as_a1111_does(app, tmp_path: Path) -> None:
