@@ -37,6 +37,7 @@ TABLE_10_STEPS = [
     ("[a:b:2.]", [(10, "a")]),
     ("[a:b:1e1]", [(10, "a")]),  # an exponent without a dot is an integer step: 10
     ("[a:b:12]", [(10, "a")]),
+    ("[a:b:1e400]", [(10, "a")]),  # infinite: past the end (A1111's int() raises OverflowError on it)
     ("[a:b:0]", [(10, "b")]),
     ("[a:b:-3]", [(10, "b")]),
     ("[a:b:+3]", [(3, "a"), (10, "b")]),

@@ -94,6 +94,16 @@ def test_alternation_cycles_and_the_negative_prompt_is_scheduled_too(components:
     _assert_calls(spy.contexts, [_pair(c, f"{w} on grass", n) for w, n in zip(words, negatives)])
 
 
+def test_without_guidance_only_the_prompt_is_scheduled(components: ComponentCache) -> None:
+    c, spy = _spied(components(KIND))
+    request = _request("[a|b] c", negative="[x|y]", steps=3)
+    txt2img(c, replace(request, sampling=replace(request.sampling, cfg_scale=1.0)))
+    a, b = (encode_prompt_pair(c.text_encoder, c.tokenizer, p, "", batch_size=1, use_cfg=False, device=CPU).context
+            for p in ("a c", "b c"))
+    assert a.shape == (1, 77, 32)
+    _assert_calls(spy.contexts, [a, a, b])
+
+
 def test_two_calls_per_step_double_the_schedule(components: ComponentCache) -> None:
     """Heun calls the UNet twice per step (once at the last): 3 steps are a 6-call schedule, 5 calls run."""
     c, spy = _spied(components(KIND))
