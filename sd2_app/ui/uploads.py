@@ -200,10 +200,13 @@ def empty_on_failure(event: Dependency, box: gr.Image | gr.ImageMask) -> None:
 
 def check_on_upload(box: gr.Image | gr.ImageMask, max_pixels: int) -> None:
     """Refuse an unreadable or oversized image when it is uploaded rather than at Generate: the visitor reads why
-    (unreadable files fail in `upload_image`'s preprocess) and the box empties instead of showing a broken image.
+    (unreadable files fail in `upload_image`'s preprocess) and an image box empties instead of showing a broken
+    image. An image editor keeps the image (Generate refuses it again, in the same words): Gradio's editor freezes,
+    an endless spinner over a blank canvas, when a server event sets its value after the visitor's upload.
     A tab whose own event already reads every new image (Image to image's size) checks there instead, so a bad
     upload is said once, not once per event."""
     name = (box.elem_id or f"upload_{box._id}").replace("-", "_")
     checked = box.upload(lambda value: refuse_oversized(value, max_pixels), box, None, api_name=f"{name}_check",
                          api_visibility="private")
-    empty_on_failure(checked, box)
+    if not isinstance(box, gr.ImageEditor):
+        empty_on_failure(checked, box)

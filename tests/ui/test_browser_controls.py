@@ -171,3 +171,32 @@ def test_a_picked_checkpoint_sets_its_size_where_there_are_size_sliders(browser,
     expect(page.locator(f"#{prefix}-width input[type=number]")).to_have_value("512")
     expect(page.locator(f"#{prefix}-height input[type=number]")).to_have_value("512")
     page.context.close()
+
+
+def test_an_oversized_image_in_the_inpaint_editor_is_said_and_the_editor_keeps_working(browser, url: str,
+                                                                                      tmp_path: Path) -> None:
+    """The editor's upload check says why; the editor is left as it is (emptied by the server, Gradio's editor froze
+    on an endless spinner, and Generate then asked for an image the visitor had uploaded): Generate refuses the
+    image again in the same words."""
+    oversized = tmp_path / "oversized.png"
+    Image.new("RGB", (2056, 2048), (10, 120, 60)).save(oversized)  # 8 columns over the 2048x2048 limit
+    message = "The uploaded image could not be read: it is 2056x2048 (4210688 pixels); the limit is 4194304 pixels."
+    page = _open(browser, url, DESKTOP)
+    _go(page, "Inpaint")
+    page.locator("#inpaint-editor input[type=file]").set_input_files(str(oversized))
+    expect(page.locator(".toast-body").last).to_contain_text(message, timeout=60_000)
+    for close in page.locator(".toast-body button").all():
+        close.click()
+    page.locator("#inpaint-prompt textarea").fill("a cat")
+    canvas = _box(page, "#inpaint-editor canvas")
+    middle = (canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2)
+    page.mouse.move(middle[0] - 60, middle[1])
+    page.mouse.down()
+    page.mouse.move(middle[0] + 60, middle[1], steps=10)
+    page.mouse.up()
+    page.locator("#inpaint-run").click()
+    expect(page.locator(".toast-body").last).to_contain_text(message, timeout=60_000)
+    expect(page.locator("#inpaint-run")).to_be_enabled(timeout=30_000)
+    assert "Upload an image" not in page.locator("#inpaint-info").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "controls-inpaint-oversized.png"))
+    page.context.close()
