@@ -118,7 +118,8 @@ class _Reader:
                 group = self.group(i)
                 end = -1 if group is None else group[0]
                 after = -1 if end < 0 else run[end]
-                literal[i] = after < 0 or (as_text >= 0 and _reads_as_text(end, bracket_run_before, after))
+                literal[i] = after < 0 or (as_text >= 0 and _reads_as_text(
+                    bracket_run_before[end - 1], after, self._spaced_emphasis(i, group)))
                 run[i] = as_text if literal[i] else 0
             elif char in "]):":
                 run[i] = -1 if run[i + 1] < 0 else 1 + run[i + 1]
@@ -127,6 +128,13 @@ class _Reader:
         if run[0] < 0:
             raise _Unreadable
         return literal
+
+    def _spaced_emphasis(self, i: int, group: tuple[int, tuple[_Node, ...]] | None) -> bool:
+        """Whether the group at `i` is emphasis whose text starts with whitespace and is not all whitespace."""
+        if group is None or len(group[1]) == 1:  # none, or an edit or alternation
+            return False
+        inner = self.text[i + 1:group[0] - 1]
+        return inner[:1].isspace() and not inner.isspace()
 
     def _bracket_runs(self) -> tuple[list[int], list[bool]]:
         """For each position, how many unescaped `[]():` characters end there in a row (0 for any other), and
@@ -196,12 +204,19 @@ class _Reader:
         return None if built is None else (end, built)
 
 
-def _reads_as_text(end: int, bracket_runs: list[int], after: int) -> bool:
-    """Whether A1111's parser reads a top-level construct ending before `end` that could be text as text, given
-    the run of text brackets `after` it: when that run is not empty and, with the brackets that end the
-    construct (`]`, `)]`, ...), makes an odd run of 3 or more."""
-    merged = bracket_runs[end - 1] + after
-    return after >= 1 and merged >= 3 and merged % 2 == 1
+def _reads_as_text(closing: int, after: int, spaced: bool) -> bool:
+    """Whether A1111's parser reads a top-level construct that could be text as text, given the run of `after`
+    text brackets after it and the `closing` run of brackets that ends it (`]`, `)]`, ...): never when `after`
+    is 0; always when `closing` is odd and 3 or more; else when the two make an odd run of 3 or more, except that
+    emphasis whose text starts with a space (`[ a]`, `spaced`) and ends in one bracket reads as text when
+    `after` is odd. (Measured against A1111's parser, lark's Earley resolving the grammar's ambiguity.)"""
+    if after < 1:
+        return False
+    if closing >= 3 and closing % 2 == 1:
+        return True
+    if spaced and closing == 1:
+        return after % 2 == 1
+    return (closing + after) % 2 == 1 and closing + after >= 3
 
 
 def _emphasis(opener: str, parts: list[list[_Node]], separators: list[str]) -> tuple[_Node, ...] | None:

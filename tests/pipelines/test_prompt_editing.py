@@ -74,6 +74,9 @@ TABLE_10_STEPS = [
     ("[[a:b:3]]:", [(10, "[[a:b:3]]:")]),
     ("[[a:b:3]]::", [(3, "[a]::"), (10, "[b]::")]),
     ("[a:b:3]](x)::", [(10, "[a:b:3]](x)::")]),
+    ("[e:3]][t[[u]]])", [(10, "[e:3]][t[[u]]])")]),  # a group closed by 3 brackets reads as text before any
+    ("[a:b:3]][ x])", [(10, "[a:b:3]][ x])")]),  # emphasis starting with a space: text before an odd run
+    ("[a:b:3]][x])", [(3, "a][x])"), (10, "b][x])")]),
 ]
 
 
