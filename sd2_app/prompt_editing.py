@@ -104,11 +104,12 @@ class _Reader:
         size = len(self.text)
         run = [0] * (size + 2)
         literal = [False] * (size + 1)
-        bracket_run_before = self._bracket_runs()
+        bracket_run_before, escaped = self._bracket_runs()
         for i in range(size - 1, -1, -1):
             char = self.text[i]
+            if escaped[i]:  # the character after a backslash: text, read with it
+                continue
             if char == "\\":
-                self.escape_at(i)
                 run[i] = 0 if run[i + 2] >= 0 else -1
             elif char == "|":
                 run[i] = -1
@@ -127,18 +128,23 @@ class _Reader:
             raise _Unreadable
         return literal
 
-    def _bracket_runs(self) -> list[int]:
-        """For each position, how many unescaped `[]():` characters end there in a row (0 for any other)."""
+    def _bracket_runs(self) -> tuple[list[int], list[bool]]:
+        """For each position, how many unescaped `[]():` characters end there in a row (0 for any other), and
+        whether it is the character after an escaping backslash (escapes pair from the left: `\\\\[` is a
+        backslash, then a bracket)."""
         counts = [0] * len(self.text)
+        escaped = [False] * len(self.text)
         i = 0
         while i < len(self.text):
             if self.text[i] == "\\":
+                self.escape_at(i)
+                escaped[i + 1] = True
                 i += 2
                 continue
             if self.text[i] in "[]():":
                 counts[i] = 1 + (counts[i - 1] if i else 0)
             i += 1
-        return counts
+        return counts, escaped
 
     def part(self, i: int) -> tuple[int, list[_Node]] | None:
         """The nodes from `i` up to the next `:`, `|`, `]` or `)` of this level; None if a group in it is none."""

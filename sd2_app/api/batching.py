@@ -57,7 +57,8 @@ def batch_key(task: str, request: TaskRequest) -> Hashable | None:
 
     Prompts, negative prompts, seeds (seed extras included) and batch sizes may differ; the size, the sampler,
     its schedule and the guidance may not. The hires fix and seamless tiling never batch. The prompts' chunk
-    count is checked after encoding (pipelines/batch.py runs different counts in separate batches).
+    count and prompt-editing phases are checked after encoding (pipelines/batch.py runs different ones in
+    separate batches).
     """
     if TASKS.get(task) is None or TASKS[task].prepare is None or type(request) is not REQUEST_TYPES.get(task):
         return None

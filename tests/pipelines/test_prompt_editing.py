@@ -57,6 +57,8 @@ TABLE_10_STEPS = [
     ("[a\\|b:2]", [(2, ""), (10, "a\\|b")]),
     ("\\[a:b:3\\]", [(10, "\\[a:b:3\\]")]),
     ("[a\\|b]", [(10, "[a\\|b]")]),
+    ("[a:b:3] c\\\\", [(3, "a c\\\\"), (10, "b c\\\\")]),  # an escaped backslash at the end
+    ("a\\\\[b:3]", [(3, "a\\\\"), (10, "a\\\\b")]),  # escapes pair from the left: `\\`, then an edit
     # no schedule: a `|` outside an alternation or a trailing backslash leaves the whole prompt as it is
     ("[a:b:5] | c", [(10, "[a:b:5] | c")]),
     ("(a|b) [c:d:2]", [(10, "(a|b) [c:d:2]")]),

@@ -80,3 +80,12 @@ def test_embedding_click_inserts_its_name(page) -> None:
     sync_api.expect(_counter(page, "txt2img-prompt-tokens")).to_have_text("5/75")  # a, cat, ",", 2 vectors
     sync_api.expect(page.locator("#txt2img-embeddings-refused")).to_contain_text("old-style.pt")
     page.screenshot(path=str(ARTIFACTS / "prompts-embeddings.png"), full_page=False)
+
+
+def test_counter_counts_the_longest_prompt_of_an_edited_one(page) -> None:
+    prompt = page.locator("#txt2img-prompt textarea")
+    prompt.fill("[a:" + "a " * 93 + ":0.5] a")  # the longer step: 94 tokens "a"
+    sync_api.expect(_counter(page, "txt2img-prompt-tokens")).to_have_text("94/150")
+    prompt.fill("[a|a a a a a] a")  # the longer alternative: 6
+    sync_api.expect(_counter(page, "txt2img-prompt-tokens")).to_have_text("6/75")
+    page.screenshot(path=str(ARTIFACTS / "prompts-editing-counter.png"), full_page=False)
