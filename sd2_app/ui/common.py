@@ -256,13 +256,13 @@ def stream_result(
 def _step_update(view: RunView, step: tuple[int, int, Image.Image | None], flag: RunFlag, place: QueuePlace,
                  progress: gr.Progress) -> tuple | None:
     """The progress bar moved to a finished step; the (preview, gallery, info) it shows, if anything is new: a
-    preview, new gallery items from the view, or the first step after the line showed a place in the queue."""
+    preview, new gallery items from the view, or the run's first step (the line said "Starting…" or a place)."""
     done, total, preview = step
     flag.done, flag.total = done, total
     progress((done, total), desc="Sampling", unit="steps")
-    waited = place.started()  # always asked: it forgets the place, so a later idle poll cannot show it again
+    first = place.started()  # always asked: it forgets the place, so a later idle poll cannot show it again
     gallery = view.new_gallery()
-    if not (waited or preview is not None or gallery is not None):
+    if not (first or preview is not None or gallery is not None):
         return None
     # After Stop, a late preview must not put the step back over the stop message.
     return (shown_preview(preview) if preview is not None else gr.skip(), gr.skip() if gallery is None else gallery,

@@ -58,6 +58,7 @@ class QueuePlace:
     def __init__(self, starting: str) -> None:
         self.starting = starting  # the info line of a run that is not waiting
         self.shown: int | None = None  # jobs ahead last said; None: not waiting
+        self.stepped = False  # whether the run's first step came
 
     def update(self, ahead: int | None, progress: gr.Progress) -> str | None:
         """The new info line for `ahead` jobs ahead (None or 0: not waiting), with the bar's text set to match;
@@ -71,9 +72,10 @@ class QueuePlace:
         return message
 
     def started(self) -> bool:
-        """The run's first step came: True (once) when the line still shows a place in the queue."""
-        was_waiting, self.shown = self.shown is not None, None
-        return was_waiting
+        """A step came: True for the run's first (the line still says `starting` or a place in the queue, while
+        the bar counts steps; on a slow device the first preview is several steps away), False after."""
+        first, self.stepped, self.shown = not self.stepped, True, None
+        return first
 
 
 class RunFlag(threading.Event):

@@ -356,3 +356,17 @@ def test_a_first_step_ends_the_queue_place_the_line_showed(with_preview: bool) -
     assert place.update(None, lambda fraction, desc: bar.append(desc)) is None
     assert bar == ["Queued: 2 jobs ahead of yours…"]
     assert _step_update(view, (2, 10, None), flag, place, lambda *args, **kwargs: None) is None
+
+
+def test_the_first_step_replaces_starting_even_without_a_preview() -> None:
+    """A run that never waited in the queue: its first step says "Step 1/N" though no preview came with it (on a
+    slow device the first preview is steps away, while the bar already counts them); later steps without a
+    preview show nothing new."""
+    from sd2_app.ui.common import STARTING, _step_update
+    from sd2_app.ui.run_views import RequestView
+    from sd2_app.ui.runner import QueuePlace, RunFlag
+
+    place, flag, view = QueuePlace(STARTING), RunFlag(), RequestView()
+    update = _step_update(view, (1, 30, None), flag, place, lambda *args, **kwargs: None)
+    assert update is not None and update[2] == "Step 1/30"
+    assert _step_update(view, (2, 30, None), flag, place, lambda *args, **kwargs: None) is None
