@@ -5,7 +5,8 @@ from 0 and call i reads the first schedule entry whose last step is >= i (A1111 
 `reconstruct_cond_batch`; modules/sd_samplers_cfg_denoiser.py, `CFGDenoiser.forward`), over a schedule of
 `steps` x the sampler's UNet calls per step (A1111 modules/processing.py, `setup_conds`, with
 modules/sd_samplers_common.py `SamplerData.total_steps`: Heun and DPM2 call it twice). An image-to-image run
-(and the hires fix's second pass) counts from 0 at its first call over the full `steps`, as there.
+counts from 0 at its first call over all its `steps`, whatever the strength cuts, and the hires fix's second
+pass over its hires steps, counted on from the first pass (`hires_prompt_steps`), as there.
 
 A phase is one (prompt text, negative prompt text) pair; each distinct pair is encoded once before sampling,
 by the same `encode_prompt_pair` a plain prompt goes through, so a prompt without editing or alternation
