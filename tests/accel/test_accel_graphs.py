@@ -172,3 +172,22 @@ def test_twelve_shapes_on_cuda_stay_graphed_within_eight_graphs() -> None:
             assert (got.float() - expected.float()).abs().max().item() < 1e-2
             assert wrapped.graph_count == min(i + 1, 8)
     assert wrapped.captures == 12 and wrapped.evictions == 4
+
+
+@pytest.mark.gpu
+def test_one_graph_replays_each_phase_of_a_prompt_schedule_on_cuda() -> None:
+    """Prompt editing hands the UNet a different context per call, each a view into one stacked (P, 2B, 77, D)
+    tensor (pipelines.loop.context_at): one captured graph serves them all, each call equal to eager."""
+    unet = tiny_unet().cuda().half()
+    wrapped = CudaGraphUNet(unet)
+    sample, timestep, context = (t.cuda() for t in unet_inputs(unet))
+    sample, context = sample.half(), context.half()
+    phases = torch.stack([context, context.flip(1), -context])  # three different contexts of one shape
+    with torch.inference_mode():
+        for call in (0, 1, 2, 1, 0):
+            got = wrapped(sample, timestep, phases[call])
+            expected = unet(sample, timestep, phases[call])
+            assert (got.float() - expected.float()).abs().max().item() < 1e-2, call
+        assert not torch.allclose(wrapped(sample, timestep, phases[0]).float(),
+                                  wrapped(sample, timestep, phases[2]).float(), atol=1e-2)
+    assert wrapped.captures == 1
