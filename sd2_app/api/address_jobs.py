@@ -75,10 +75,11 @@ class AddressJobs:
         return sum(self._held.values()) + sum(self.queued().values())
 
     def refusal(self, address: str) -> Refusal | None:
-        """Why `address` may not start another GPU job now; None when it may."""
-        if self.limit and self.count(address) >= self.limit:
+        """Why `address` may not start another GPU job now; None when it may (one look at Gradio's queue)."""
+        jobs = self._held + self.queued()
+        if self.limit and jobs[address] >= self.limit:
             return Refusal(too_many_jobs_from_address_message(self.limit), busy=False)
-        if self.total() >= self.queue_size:
+        if jobs.total() >= self.queue_size:
             return Refusal(server_busy_message(self.queue_size), busy=True)
         return None
 

@@ -63,6 +63,11 @@ def check_hires(
     if max(target) > limits.max_side:
         raise InvalidRequest(f"The hires target {target[0]}x{target[1]} is larger than this server's limit of "
                              f"{limits.max_side} pixels per side; lower the upscale or the size.")
+    cover = checked.upscale_size(*size)  # what the first pass is upscaled (and VAE-encoded) to before the crop
+    if max(cover) > limits.max_side:
+        raise InvalidRequest(f"The hires fix upscales {size[0]}x{size[1]} to {cover[0]}x{cover[1]} before cropping "
+                             f"it to {target[0]}x{target[1]}, larger than this server's limit of {limits.max_side} "
+                             "pixels per side; give the hires width and height the image's shape, or only one of them.")
     if checked.second_pass_steps(sampling.steps) < 1:
         raise InvalidRequest("Hires denoising strength 0 runs no hires step; raise it (or turn the hires fix off).")
     return checked

@@ -131,13 +131,12 @@ def parse_parameters(text: str) -> Settings:
     `size_of(params)` turns it into (width, height). Text from other tools is read by A1111's rules (see the
     module's docstring).
     """
-    lines = text.split("\n")
+    lines = text.rstrip().split("\n")  # trailing blank lines are not part of the text
     settings: Settings = {}
-    stripped = text.rstrip().split("\n")
-    pairs = _settings_pairs(stripped[-1].strip())
+    pairs = _settings_pairs(lines[-1].strip())
     if len(pairs) >= MIN_SETTINGS_PAIRS:
         settings = {key: _parse_value(raw) for key, raw in pairs}
-        lines = stripped[:-1]
+        lines = lines[:-1]
     prompt_lines: list[str] = []
     negative_lines: list[str] = []
     in_negative = False
@@ -246,6 +245,8 @@ def _text_of(kind: bytes, data: bytes, key: str) -> str | None:
         return rest.decode("latin-1")
     if kind == b"zTXt":  # compression method byte, then zlib data
         return _inflate(rest[1:]).decode("latin-1")
+    if len(rest) < 2:
+        raise OSError("a PNG iTXt chunk is cut short")
     compressed, _method, rest = rest[0], rest[1], rest[2:]  # iTXt: flag, method, language\0, translated\0, text
     _language, _, rest = rest.partition(b"\0")
     _translated, _, text = rest.partition(b"\0")
@@ -256,7 +257,10 @@ def _inflate(data: bytes) -> bytes:
     import zlib
 
     inflater = zlib.decompressobj()
-    out = inflater.decompress(data, MAX_TEXT_BYTES)
+    try:
+        out = inflater.decompress(data, MAX_TEXT_BYTES)
+    except zlib.error as error:
+        raise OSError(f"a PNG text chunk is not valid zlib data ({error})") from error
     if inflater.unconsumed_tail:
         raise OSError("a PNG text chunk is too long")
     return out

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import gradio as gr
 
 from sd2_app.ui.hosting import Hosting, for_visitors
+from sd2_app.ui.uploads import local_file_references
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
@@ -71,6 +72,17 @@ class AppBlocks(gr.Blocks):
         the queue is watched (`sd2_app.ui.hosting.for_visitors`)."""
         app_kwargs = for_visitors(self, self.flags.visitors, self.hosting, app_kwargs)
         return super().launch(*args, app_kwargs=app_kwargs, **kwargs)
+
+    async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> Any:
+        """Gradio's `preprocess_data`, which every event's values pass through (queued or not, `/run/predict`
+        included) before their files are moved to Gradio's cache, where a file named by URL would be downloaded
+        whole: such a file is refused here (`sd2_app.ui.uploads.local_file_references`; a queue join is refused
+        earlier, at join, by `sd2_app.ui.hosting`)."""
+        refused = local_file_references(inputs)
+        if refused is not None:
+            log.info("refused an event: a file given by URL")
+            raise gr.Error(refused, print_exception=False)
+        return await super().preprocess_data(block_fn, inputs, state, explicit_call)
 
     def close(self, verbose: bool = True) -> None:
         """Stop taking work, stop the running jobs, end their threads, then wait for the pending saves.

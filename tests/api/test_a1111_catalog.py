@@ -76,6 +76,25 @@ def test_png_info_of_images_without_parameters(url: str) -> None:
     assert (text.status_code, text.json()["detail"]) == (422, "image must be a PNG, JPEG or WebP image.")
 
 
+def _png_with_chunk(kind: bytes, data: bytes) -> bytes:
+    """A small PNG with one more text chunk of `kind` holding `data`, inserted before its pixels."""
+    import zlib
+
+    png = png_bytes(noise_image(8, 8))
+    chunk = len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+    return png[:33] + chunk + png[33:]  # after the signature (8) and IHDR (25)
+
+
+def test_png_info_of_a_malformed_parameters_chunk_is_no_parameters(url: str) -> None:
+    """A parameters chunk whose zlib data is broken, or an iTXt chunk cut short after its keyword, is an image
+    without parameters (it was a 500)."""
+    for kind, data in ((b"zTXt", b"parameters\0\0not zlib"), (b"iTXt", b"parameters\0")):
+        answer = httpx.post(f"{url}/png-info", json={"image": _b64(_png_with_chunk(kind, data))}, timeout=60)
+        assert (answer.status_code, answer.json()) == (200, {"info": "", "items": {}, "parameters": {}}), kind
+    good = _png_with_chunk(b"tEXt", b"parameters\0a cat\nSteps: 2, Seed: 3, Size: 8x8")
+    assert httpx.post(f"{url}/png-info", json={"image": _b64(good)}, timeout=60).json()["parameters"]["Seed"] == 3
+
+
 def test_an_upscaler_this_server_lacks_is_named(url: str) -> None:
     image = _b64(png_bytes(noise_image(16, 16)))
     for name in ("R-ESRGAN 4x+", "sd21-base"):

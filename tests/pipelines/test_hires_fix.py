@@ -202,6 +202,25 @@ def test_validation_messages(hires: HiresFix, batch: int, message: str) -> None:
     assert str(error.value).startswith(message)
 
 
+def test_the_size_upscaled_to_before_the_crop_is_within_the_limit_too() -> None:
+    """Hires width and height of another shape than the first pass: the first pass is upscaled to cover them
+    (and VAE-encoded) before the crop, so that size is checked as well as the target."""
+    from sd2_app.api.checks import Limits
+    from sd2_app.api.validation import validate
+    from tests.ui_doubles import fake_catalog
+
+    def request(width: int, height: int) -> Txt2ImgRequest:
+        return Txt2ImgRequest(prompt="p", checkpoint="sd2-base", width=width, height=height, sampling=SAMPLING,
+                              hires=HiresFix(width=512, height=512))
+
+    with pytest.raises(InvalidRequest) as error:
+        validate(request(64, 256), fake_catalog(), Limits(max_side=512))
+    assert str(error.value) == ("The hires fix upscales 64x256 to 512x2048 before cropping it to 512x512, larger "
+                                "than this server's limit of 512 pixels per side; give the hires width and height "
+                                "the image's shape, or only one of them.")
+    validate(request(128, 256), fake_catalog(), Limits(max_side=1024))  # covered by 512x1024: within the limit
+
+
 def test_job_cost_counts_both_passes_and_the_x4_stage() -> None:
     """The cost the cap and ZeroGPU's duration both read (api/cost.py, api/gpu_time.py)."""
     from sd2_app.api.checks import Catalog

@@ -22,6 +22,8 @@ PARSED = {"Steps": 20, "Sampler": "Euler a", "CFG scale": 7, "Seed": 965400086, 
     ("a cat\nSteps: 20, Sampler: Euler a, Template: red, blue cat, CFG scale: 7, Lora hashes: \"x: 1a, y: 2b\"",
      {"Prompt": "a cat", "Negative prompt": "", "Steps": 20, "Sampler": "Euler a", "Template": "red",
       "CFG scale": 7, "Lora hashes": "x: 1a, y: 2b"}),
+    # no settings line: trailing blank lines are not part of the prompt either
+    ("a cat\n\n", {"Prompt": "a cat", "Negative prompt": ""}),
     # fewer than three pairs: the line is prompt text ("style: anime" is part of the prompt)
     ("masterpiece, portrait\nstyle: anime", {"Prompt": "masterpiece, portrait\nstyle: anime", "Negative prompt": ""}),
     ("a cat\nSteps: 20, Seed: 1", {"Prompt": "a cat\nSteps: 20, Seed: 1", "Negative prompt": ""}),

@@ -215,6 +215,34 @@ def test_a_file_named_by_url_in_a_queue_join_is_refused_before_any_download(
                 f"refused at join, HTTP 400: {REMOTE_FILE_REFUSAL} Downloads: 0")
 
 
+def test_a_file_named_by_url_in_an_unqueued_event_is_refused_before_any_download(
+        app, reliability, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Events outside the queue (a run's end, which reads the gallery) are served on /gradio_api/run/predict
+    without a join: their values are checked where every event's are (`AppBlocks.preprocess_data`)."""
+    from gradio import processing_utils
+
+    downloads: list[str] = []
+
+    async def download(link: str, cache_dir: str) -> str:  # stands in for the internet
+        downloads.append(link)
+        path = tmp_path / f"download-{len(downloads)}.png"
+        path.write_bytes(png_bytes(noise_image(64, 64)))
+        return str(path)
+
+    monkeypatch.setattr(processing_utils, "async_ssrf_protected_download", download)
+    url, demo = app
+    ends = next(index for index, fn in demo.fns.items() if fn.api_name == "txt2img_ends")
+    image = {"image": {"path": "https://files.example/huge.png", "meta": {"_type": "gradio.FileData"}},
+             "caption": None}
+    answer = httpx.post(f"{url}gradio_api/run/predict", timeout=30,
+                        json={"fn_index": ends, "data": [[image], ""], "session_hash": "mallory"})
+    assert answer.status_code >= 400 and REMOTE_FILE_REFUSAL in answer.text, answer.text
+    assert downloads == []
+    reliability(AREA, "an unqueued event (POST /gradio_api/run/predict, a run's end reading the gallery) whose "
+                "gallery item is {'path': 'https://<another site>/huge.png'}",
+                f"refused, HTTP {answer.status_code}: {REMOTE_FILE_REFUSAL} Downloads: 0")
+
+
 def test_screen_recordings_are_not_processed(app, reliability, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
