@@ -190,19 +190,25 @@ def test_the_file_route_fetches_no_other_site(app, other_site, reliability, monk
                 f"HTTP 403: {REMOTE_FILE_MESSAGE} The site got 0 requests")
 
 
-def test_a_file_named_by_url_in_a_queue_join_is_refused_before_any_download(
-        app, reliability, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.fixture()
+def downloads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
+    """The URLs Gradio downloads from now on (its download stands in for the internet and writes a small PNG)."""
     from gradio import processing_utils
 
-    downloads: list[str] = []
+    links: list[str] = []
 
-    async def download(link: str, cache_dir: str) -> str:  # stands in for the internet
-        downloads.append(link)
-        path = tmp_path / f"download-{len(downloads)}.png"
+    async def download(link: str, cache_dir: str) -> str:
+        links.append(link)
+        path = tmp_path / f"download-{len(links)}.png"
         path.write_bytes(png_bytes(noise_image(64, 64)))
         return str(path)
 
     monkeypatch.setattr(processing_utils, "async_ssrf_protected_download", download)
+    return links
+
+
+def test_a_file_named_by_url_in_a_queue_join_is_refused_before_any_download(app, reliability,
+                                                                          downloads: list[str]) -> None:
     url, _ = app
     image = {"path": "https://files.example/huge.png", "meta": {"_type": "gradio.FileData"}}
     joined = httpx.post(f"{url}gradio_api/call/png_info", json={"data": [image]},
@@ -215,21 +221,10 @@ def test_a_file_named_by_url_in_a_queue_join_is_refused_before_any_download(
                 f"refused at join, HTTP 400: {REMOTE_FILE_REFUSAL} Downloads: 0")
 
 
-def test_a_file_named_by_url_in_an_unqueued_event_is_refused_before_any_download(
-        app, reliability, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_file_named_by_url_in_an_unqueued_event_is_refused_before_any_download(app, reliability,
+                                                                              downloads: list[str]) -> None:
     """Events outside the queue (a run's end, which reads the gallery) are served on /gradio_api/run/predict
     without a join: their values are checked where every event's are (`AppBlocks.preprocess_data`)."""
-    from gradio import processing_utils
-
-    downloads: list[str] = []
-
-    async def download(link: str, cache_dir: str) -> str:  # stands in for the internet
-        downloads.append(link)
-        path = tmp_path / f"download-{len(downloads)}.png"
-        path.write_bytes(png_bytes(noise_image(64, 64)))
-        return str(path)
-
-    monkeypatch.setattr(processing_utils, "async_ssrf_protected_download", download)
     url, demo = app
     ends = next(index for index, fn in demo.fns.items() if fn.api_name == "txt2img_ends")
     image = {"image": {"path": "https://files.example/huge.png", "meta": {"_type": "gradio.FileData"}},
