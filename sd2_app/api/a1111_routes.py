@@ -38,11 +38,11 @@ from sd2_app.api import a1111
 from sd2_app.api.a1111_auth import basic_auth
 from sd2_app.api.a1111_catalog import catalog_routes, png_info_routes
 from sd2_app.api.address_jobs import AddressJobs
-from sd2_app.api.cost import LATENT_FACTOR
 from sd2_app.api.gpu_time import gpu, seconds_for
 from sd2_app.api.keeper import unlisted
 from sd2_app.api.outputs import fast_png
 from sd2_app.api.progress import enlarged
+from sd2_app.api.requests import LATENT_FACTOR
 from sd2_app.api.results import Result
 from sd2_app.api.service import Service
 from sd2_app.api.tasks import default_checkpoint
