@@ -239,14 +239,14 @@ class A1111Api:
                 "parameters": a1111.echo_parameters(body), "info": info}
 
     def _jobs_of(self, address: str) -> list[_Tracked]:
-        """The API jobs of the network address `address`, oldest first."""
-        with self._lock:
-            return [job for job in self._jobs if job.address == address]
+        """The API jobs of the network address `address`, oldest first. Called with `_lock` held."""
+        return [job for job in self._jobs if job.address == address]
 
     def interrupt(self, address: str) -> bool:
         """Stop the oldest API job of the network address `address` (running, or next in turn); False when it
         has none."""
-        jobs = self._jobs_of(address)
+        with self._lock:
+            jobs = self._jobs_of(address)
         if jobs:
             jobs[0].stop.set()
         return bool(jobs)
@@ -268,10 +268,10 @@ class A1111Api:
             return self._jobs_changed.wait_for(lambda: not self._jobs and not self._loads, timeout)
 
     def progress(self, address: str, skip_current_image: bool = False) -> dict[str, Any]:
-        """The oldest API job of the network address `address`, and how many API jobs there are in all."""
+        """The oldest API job of the network address `address`, and how many API jobs there are in all, read
+        together (one snapshot: the count includes the job reported)."""
         with self._lock:
-            count = len(self._jobs)
-        jobs = self._jobs_of(address)
+            count, jobs = len(self._jobs), self._jobs_of(address)
         if not jobs:
             return {"progress": 0.0, "eta_relative": 0.0, "state": _state(None, count), "current_image": None,
                     "textinfo": None, "current_task": None}
