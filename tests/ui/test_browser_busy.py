@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from sd2_app.api.job_admission import server_busy_message
-from sd2_app.ui.common import NOT_STARTED
+from sd2_app.ui.run_events import NOT_STARTED
 from tests.reliability_support import one_thread, serve  # noqa: F401
 from tests.ui.test_browser import ARGS, ARTIFACTS, CHROMIUM, DESKTOP, _open, expect, sync_api
 
