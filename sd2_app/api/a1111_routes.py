@@ -3,7 +3,7 @@
 Every generation goes through `Service.run`, so it has the UI's validation (and cost cap), metadata,
 watermark and history, and it passes the Service's `GpuGate`, the one way to the GPU that the UI's jobs
 take too (these routes are FastAPI routes beside Gradio and never enter Gradio's queue). Its GPU jobs are
-counted with the web UI's and the MCP tools' in one place (`sd2_app.api.address_jobs.AddressJobs`, the count
+counted with the web UI's and the MCP tools' in one place (`sd2_app.api.job_admission.JobAdmission`, the count
 the UI's queue uses; a checkpoint load through /options counts while it loads): when the app has --queue-size
 of them waiting or running, the next gets 503 with the message the web UI shows; when the client's network
 address has the web UI's per-address number, 429. A job's place is
@@ -38,7 +38,7 @@ from sd2_app.api import a1111
 from sd2_app.api.a1111_auth import basic_auth
 from sd2_app.api.a1111_catalog import catalog_routes, png_info_routes
 from sd2_app.api.a1111_errors import errors_as_http
-from sd2_app.api.address_jobs import AddressJobs
+from sd2_app.api.job_admission import JobAdmission
 from sd2_app.api.gpu_time import gpu, seconds_for
 from sd2_app.api.keeper import unlisted
 from sd2_app.api.outputs import fast_png
@@ -101,11 +101,11 @@ class A1111Api:
     """State of the API (the current model, the API's jobs) and the handlers behind the routes."""
 
     def __init__(self, service: Service, *, auth: Sequence[tuple[str, str]] = (),
-                 address_jobs: AddressJobs | None = None, model_admin: bool = True) -> None:
+                 job_admission: JobAdmission | None = None, model_admin: bool = True) -> None:
         self.service = service
         self.auth = list(auth)
         self.model_admin = model_admin or bool(self.auth)  # /options may change the current checkpoint
-        self.address_jobs = address_jobs or AddressJobs()  # the web UI's (`Visitors.address_jobs`) when it has one
+        self.job_admission = job_admission or JobAdmission()  # the web UI's (`Visitors.job_admission`) when it has one
         self.current = self._first_for("txt2img")  # A1111's "sd_model_checkpoint" option
         # ZeroGPU: the GPU exists only inside spaces.GPU calls, each asking for its own job's time
         self._run_in_gpu_call = gpu(
@@ -171,7 +171,7 @@ class A1111Api:
                 if key != self.current:
                     raise HTTPException(403, NO_MODEL_ADMIN_MESSAGE)
                 return  # naming the current checkpoint changes nothing, and loads nothing by hand
-            address = self.address_jobs.addresses.of(client)
+            address = self.job_admission.addresses.of(client)
             with self._lock:
                 self._admit(address)
                 self._loads += 1
@@ -182,16 +182,16 @@ class A1111Api:
                 with self._lock:
                     self._loads -= 1
                     self._jobs_changed.notify_all()
-                self.address_jobs.release(address)
+                self.job_admission.release(address)
 
     # ---- jobs ------------------------------------------------------------------------------------
     def _admit(self, address: str) -> None:
-        """Hold a GPU place of the network address `address` (`AddressJobs.take`; give it back with `release`):
+        """Hold a GPU place of the network address `address` (`JobAdmission.take`; give it back with `release`):
         refused with 503 while the app closes or when the app has --queue-size GPU jobs, 429 when the address
         has its share; web UI jobs count in both. Called with `_lock` held."""
         if self._closing:
             raise HTTPException(503, CLOSING_MESSAGE)
-        refused = self.address_jobs.take(address)
+        refused = self.job_admission.take(address)
         if refused is not None:
             log.info("A1111 API: refused a job: %s", refused.message)
             raise HTTPException(503 if refused.busy else 429, refused.message)
@@ -208,14 +208,14 @@ class A1111Api:
         with self._lock:
             self._jobs.remove(tracked)
             self._jobs_changed.notify_all()
-        self.address_jobs.release(address)
+        self.job_admission.release(address)
 
     def run(self, task: str, make_job: Callable[[], a1111.Job], body: Mapping[str, Any],
             client: Request) -> dict[str, Any]:
         """Build the job (`make_job`: decode and check the body) once it has its place (`_track`), then run each
         batch through the Service; after /interrupt, the batches finished so far are returned; a job the app's
         close stopped answers 503 (`STOPPED_AT_CLOSE_MESSAGE`). `client`: the HTTP request (its address)."""
-        address = self.address_jobs.addresses.of(client)
+        address = self.job_admission.addresses.of(client)
         tracked = self._track(task, address)
         results: list[Result] = []
         try:
@@ -340,11 +340,11 @@ def _job_routes(router: APIRouter, api: A1111Api) -> None:
 
     @router.get("/progress")
     def progress(client: Request, skip_current_image: bool = False) -> dict[str, Any]:
-        return api.progress(api.address_jobs.addresses.of(client), skip_current_image)
+        return api.progress(api.job_admission.addresses.of(client), skip_current_image)
 
     @router.post("/interrupt")
     def interrupt(client: Request) -> dict[str, Any]:
-        api.interrupt(api.address_jobs.addresses.of(client))
+        api.interrupt(api.job_admission.addresses.of(client))
         return {}
 
     @router.get("/options")
