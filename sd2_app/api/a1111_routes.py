@@ -14,9 +14,9 @@ saving is on); a checkpoint load cannot stop midway, so the close waits for it. 
 see only the API's own jobs, and of those only the caller's (its network address's): a visitor of the web UI or
 another API client is neither reported (their preview) nor stopped through them; /progress's `job_count` is all
 the API's jobs (the queue's length, as Gradio's queue status says it). Where loading checkpoints by hand is off
-(public modes without --allow-model-admin, --auth or --api-auth: `model_admin`), /options may not change the
-shared current checkpoint (403); a call names its own with `override_settings`. Optional HTTP basic auth guards
-every route (`sd2_app.api.a1111_auth`).
+(`model_admin`, decided by `sd2_app.webapp.api_model_admin`: public modes without --allow-model-admin, --auth or
+--api-auth), /options may not change the shared current checkpoint (403); a call names its own with
+`override_settings`. Optional HTTP basic auth guards every route (`sd2_app.api.a1111_auth`).
 
 Shapes: A1111's modules/api/api.py (the routes) and modules/api/models.py; the mapping is in `a1111.py`.
 """
@@ -104,7 +104,7 @@ class A1111Api:
                  job_admission: JobAdmission | None = None, model_admin: bool = True) -> None:
         self.service = service
         self.auth = list(auth)
-        self.model_admin = model_admin or bool(self.auth)  # /options may change the current checkpoint
+        self.model_admin = model_admin  # /options may change the current checkpoint (`webapp.api_model_admin`)
         self.job_admission = job_admission or JobAdmission()  # the web UI's (`Visitors.job_admission`) when it has one
         self.current = self._first_for("txt2img")  # A1111's "sd_model_checkpoint" option
         # ZeroGPU: the GPU exists only inside spaces.GPU calls, each asking for its own job's time
