@@ -88,6 +88,10 @@ RESIZE_MODES = {0: "just resize"}  # A1111's resize_mode values we do
 INPAINTING_FILL_ORIGINAL = 1  # A1111's "original": the masked area starts from the image, as ours does
 
 
+# (the name a call gives, or None; its task) -> our checkpoint key (`A1111Api.checkpoint_for`)
+CheckpointFor = Callable[[Any, str], str]
+
+
 @dataclass(frozen=True)
 class Job:
     """One A1111 call as our requests: one request per batch (`n_iter`), seeds already drawn."""
@@ -158,18 +162,15 @@ def _sampler(body: Mapping[str, Any], names: list[str], task: str) -> tuple[str,
     return by_lower[raw.lower()], karras or scheduler.lower() == "karras"
 
 
-def _checkpoint(body: Mapping[str, Any], current: str, task: str, fits: Callable[[str, str], str | None]) -> str:
-    """override_settings.sd_model_checkpoint, else the current model; a mask or an upscale picks a model that
-    can do it when the current one cannot (A1111 has one model for everything; we have one per task)."""
+def _checkpoint(body: Mapping[str, Any], task: str, checkpoint_for: CheckpointFor) -> str:
+    """The checkpoint of the call: `checkpoint_for(override_settings.sd_model_checkpoint or None, task)`."""
     override = body.get("override_settings") or {}
     if not isinstance(override, Mapping):
         raise InvalidRequest("override_settings must be an object.")
     for name in override:
         if name != "sd_model_checkpoint":
             log.info("A1111 API: ignoring override setting %s", name)
-    if override.get("sd_model_checkpoint"):
-        return str(override["sd_model_checkpoint"])  # validated (checkpoint and task) by the Service
-    return fits(current, task) or current
+    return checkpoint_for(override.get("sd_model_checkpoint") or None, task)
 
 
 def _sampling(body: Mapping[str, Any], names: list[str], seed: int, task: str) -> rq.Sampling:
@@ -223,11 +224,10 @@ def _seed_extras(body: Mapping[str, Any]) -> rq.SeedExtras:
                          resize_from=resize)
 
 
-def txt2img_job(body: Mapping[str, Any], current: str, names: list[str], fits: Callable[[str, str], str | None],
-                max_images: int) -> Job:
+def txt2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: list[str], max_images: int) -> Job:
     check_fields(body, TXT2IMG_FIELDS)
     n_iter, seed = _batches(body, max_images)
-    checkpoint = _checkpoint(body, current, "txt2img", fits)
+    checkpoint = _checkpoint(body, "txt2img", checkpoint_for)
     sampling = _sampling(body, names, seed, "txt2img")
     base = rq.Txt2ImgRequest(prompt=body.get("prompt", ""), negative_prompt=body.get("negative_prompt", ""),
                              checkpoint=checkpoint, width=body.get("width", 512), height=body.get("height", 512),
@@ -258,8 +258,7 @@ def _mask(body: Mapping[str, Any]) -> Image.Image:
     return mask
 
 
-def img2img_job(body: Mapping[str, Any], current: str, names: list[str], fits: Callable[[str, str], str | None],
-                max_images: int) -> Job:
+def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: list[str], max_images: int) -> Job:
     check_fields(body, IMG2IMG_FIELDS)
     images = body.get("init_images") or []
     if not isinstance(images, list) or len(images) != 1:
@@ -268,7 +267,7 @@ def img2img_job(body: Mapping[str, Any], current: str, names: list[str], fits: C
         raise InvalidRequest(f"resize_mode {body.get('resize_mode')!r} is not available; use 0 (just resize).")
     n_iter, seed = _batches(body, max_images)
     task = "inpaint" if body.get("mask") else "img2img"
-    checkpoint = _checkpoint(body, current, task, fits)
+    checkpoint = _checkpoint(body, task, checkpoint_for)
     sampling = _sampling(body, names, seed, task)
     image = decode_image(images[0], "init_images[0]")
     common = {"prompt": body.get("prompt", ""), "negative_prompt": body.get("negative_prompt", ""),

@@ -122,24 +122,18 @@ class A1111Api:
         keys = [key for key, tasks in self.service.catalog.tasks.items() if task in tasks]
         return default_checkpoint(task, keys) if keys else ""
 
-    def fits(self, key: str, task: str) -> str | None:
-        """None when `key` can do `task`, else the first checkpoint that can."""
-        return None if task in self.service.catalog.tasks.get(key, ()) else self._first_for(task)
-
-    def keyed(self, body: dict[str, Any]) -> dict[str, Any]:
-        """`body` with an `override_settings.sd_model_checkpoint` that names one of ours as A1111 clients do
-        (`checkpoint_named`: "v2-1_512-ema-pruned.safetensors [hash]") replaced by its key; any other value is
-        left for the Service to refuse."""
-        override = body.get("override_settings")
-        name = override.get("sd_model_checkpoint") if isinstance(override, dict) else None
-        key = checkpoint_named(name, self.service.registry) if isinstance(name, str) else None
-        if key is None or key == name:
-            return body
-        return {**body, "override_settings": {**override, "sd_model_checkpoint": key}}
+    def checkpoint_for(self, name: Any, task: str) -> str:
+        """The checkpoint a job runs: the one `name` gives (`override_settings.sd_model_checkpoint`, read by
+        `resolve`), else the current model, or the first that can do `task` when the current one cannot (a mask,
+        an upscale: A1111 has one model for everything; we have one per task)."""
+        if name is not None:
+            return self.resolve(name)
+        return self.current if task in self.service.catalog.tasks.get(self.current, ()) else self._first_for(task)
 
     def resolve(self, name: Any) -> str:
         """A checkpoint key from a key, a label or an A1111-style title ("name [hash]", the original file's
-        name: `checkpoint_named`)."""
+        name: `checkpoint_named`): the one reading of a checkpoint's name, for /options, override_settings and
+        the upscaler."""
         key = checkpoint_named(str(name), self.service.registry)
         if key is not None and key in self.service.catalog.tasks:
             return key
@@ -313,16 +307,14 @@ def _generation_routes(router: APIRouter, api: A1111Api) -> None:
     @router.post("/txt2img")
     def txt2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         return errors_as_http(
-            lambda: api.run("txt2img", lambda: a1111.txt2img_job(api.keyed(body), api.current, names(), api.fits,
-                                                                 max_images),
-                            body, client))
+            lambda: api.run("txt2img", lambda: a1111.txt2img_job(body, api.checkpoint_for, names(), max_images), body,
+                            client))
 
     @router.post("/img2img")
     def img2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         return errors_as_http(
-            lambda: api.run("img2img", lambda: a1111.img2img_job(api.keyed(body), api.current, names(), api.fits,
-                                                                 max_images),
-                            body, client))
+            lambda: api.run("img2img", lambda: a1111.img2img_job(body, api.checkpoint_for, names(), max_images), body,
+                            client))
 
     @router.post("/extra-single-image")
     def extra_single_image(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:

@@ -236,6 +236,33 @@ def test_a1111_checkpoint_titles_select_ours(app, client) -> None:
         _post(port, "options", {"sd_model_checkpoint": "sd21-base"})
 
 
+@pytest.mark.parametrize(("name", "key"), [
+    ("sd2-base", "sd2-base"),  # our key
+    ("sd 2.1 BASE (512)", "sd21-base"),  # our label, in any case
+    ("v2-1_512-ema-pruned.safetensors [88ecb78256]", "sd21-base"),  # A1111's title of Stability's file
+    ("SD2\\512-base-ema.ckpt", "sd2-base"),  # the file's name in a folder, another extension
+    ("v2-1_512-nonema-pruned", None),  # other weights
+])
+def test_options_and_override_settings_read_a_checkpoint_name_alike(app, name: str, key: str | None) -> None:
+    """One reading of a checkpoint's name: POST /options and a call's override_settings take the same names to
+    the same checkpoint, and refuse the same unknown name with the same message."""
+    _, port, service = app
+    unknown = f"Unknown checkpoint {name!r}; choose one of: {', '.join(service.catalog.tasks)}."
+    override = {"override_settings": {"sd_model_checkpoint": name}}
+    try:
+        _post(port, "options", {"sd_model_checkpoint": "sd2" if key == "sd2-base" else "sd2-base"})
+        set_status, set_body = _post(port, "options", {"sd_model_checkpoint": name})
+        current = webuiapi.WebUIApi(port=port, username=USER, password=PASSWORD).get_options()["sd_model_checkpoint"]
+        run_status, run_body = _post(port, "txt2img", {"prompt": "x", **FAST, "seed": 1, **override})
+    finally:
+        _post(port, "options", {"sd_model_checkpoint": "sd21-base"})
+    if key is None:
+        assert (set_status, set_body, run_status, run_body) == (422, {"detail": unknown}, 422, {"detail": unknown})
+    else:
+        assert (set_status, current, run_status) == (200, key, 200), (set_body, run_body)
+        assert json.loads(run_body["info"])["sd_model_name"] == key
+
+
 def test_catalog_endpoints(client) -> None:
     assert "DPM++ 2M" in client.util_get_sampler_names()
     assert client.util_get_scheduler_names() == ["automatic", "karras"]
