@@ -27,12 +27,12 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from sd2_app.api import requests as rq
+from sd2_app.api.a1111_samplers import SCHEDULERS, read_sampler, schedule_label
 from sd2_app.api.tasks import TASKS
 from sd2_app.api.checks import resolve_seed
 from sd2_app.api.image_inputs import to_mask
 from sd2_app.api.results import Result
 from sd2_app.errors import InvalidRequest
-from sd2_app.samplers.registry import A1111_SAMPLER_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,6 @@ IGNORED = frozenset({
     "s_tmax", "s_tmin", "include_init_images", "refiner_switch_at", "disable_extra_networks", "comments",
     "force_task_id", "infotext", "mask_blur_x", "mask_blur_y", "mask_round", "latent_mask", "firstpass_image",
 })
-SCHEDULERS = {"automatic": "Automatic", "karras": "Karras"}  # A1111 scheduler names we have -> labels
 RESIZE_MODES = {0: "just resize"}  # A1111's resize_mode values we do
 INPAINTING_FILL_ORIGINAL = 1  # A1111's "original": the masked area starts from the image, as ours does
 
@@ -145,21 +144,17 @@ def decode_image(value: Any, what: str) -> Image.Image:
 
 
 def _sampler(body: Mapping[str, Any], names: list[str], task: str) -> tuple[str, bool]:
-    """(our sampler, Karras) from sampler_name (or the older sampler_index) and scheduler."""
+    """(our sampler, Karras) from sampler_name (or the older sampler_index) and scheduler (`read_sampler`)."""
     raw = body.get("sampler_name") or body.get("sampler_index") or TASKS[task].sampler
     if not isinstance(raw, str):
         raise InvalidRequest(f"sampler_name must be text, got {raw!r}.")
-    karras = False
-    if raw.endswith(" Karras"):  # before A1111 1.9 the schedule was part of the sampler's name
-        raw, karras = raw[: -len(" Karras")], True
-    raw = A1111_SAMPLER_NAMES.get(raw, raw)  # "PLMS" is our PNDM
-    by_lower = {name.lower(): name for name in names}
-    if raw.lower() not in by_lower:
-        raise InvalidRequest(f"Sampler {raw!r} is not available; choose one of: {', '.join(names)}.")
     scheduler = body.get("scheduler") or "automatic"
-    if not isinstance(scheduler, str) or scheduler.lower() not in SCHEDULERS:
+    sampler, karras = read_sampler(raw, scheduler, names)
+    if sampler is None:
+        raise InvalidRequest(f"Sampler {raw!r} is not available; choose one of: {', '.join(names)}.")
+    if schedule_label(scheduler) is None:
         raise InvalidRequest(f"Scheduler {scheduler!r} is not available; choose one of: {', '.join(SCHEDULERS)}.")
-    return by_lower[raw.lower()], karras or scheduler.lower() == "karras"
+    return sampler, karras
 
 
 def _checkpoint(body: Mapping[str, Any], task: str, checkpoint_for: CheckpointFor) -> str:
