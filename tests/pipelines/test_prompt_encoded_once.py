@@ -4,7 +4,8 @@ is still its pair's plain encoding, bit for bit. On the tiny checkpoint."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from tests.pipeline_fixtures import ComponentCache
@@ -16,29 +17,23 @@ from sd2_app.pipelines.prompt_schedule import encode_prompt_schedule
 CPU = torch.device("cpu")
 
 
-class CountingEncoder(torch.nn.Module):
-    """The text encoder, recording the shape of the ids of every call."""
-
-    def __init__(self, encoder: torch.nn.Module) -> None:
-        super().__init__()
-        self.encoder, self.calls = encoder, []
-
-    @property
-    def config(self) -> object:
-        return self.encoder.config
-
-    def forward(self, ids: torch.Tensor) -> object:
-        self.calls.append(tuple(ids.shape))
-        return self.encoder(ids)
+@contextmanager
+def encoder_calls(encoder: torch.nn.Module) -> Iterator[list[tuple[int, ...]]]:
+    """The shape of the ids of every call of `encoder` while in the block."""
+    calls: list[tuple[int, ...]] = []
+    hook = encoder.register_forward_pre_hook(lambda module, args: calls.append(tuple(args[0].shape)))
+    try:
+        yield calls
+    finally:
+        hook.remove()
 
 
 def test_three_phases_with_one_negative_prompt_encode_four_rows_in_one_call(components: ComponentCache) -> None:
     c = components("sd2-base")
-    spy = CountingEncoder(c.text_encoder)
     prompt, negative = "a [red|green|blue] fox", "blurry"
-    encoded = encode_prompt_schedule(replace(c, text_encoder=spy), prompt, negative, batch_size=2, use_cfg=True,
-                                     steps=PromptSteps(6))
-    assert spy.calls == [(4, 77)]  # "blurry" and the three prompt texts, one chunk each
+    with encoder_calls(c.text_encoder) as calls:
+        encoded = encode_prompt_schedule(c, prompt, negative, batch_size=2, use_cfg=True, steps=PromptSteps(6))
+    assert calls == [(4, 77)]  # "blurry" and the three prompt texts, one chunk each
     assert encoded.phases == (0, 0, 1, 2, 0, 1)  # A1111's pick: call 0 reads step 1's text
     assert encoded.context.shape == (3, 4, 77, 32)
     for phase, colour in enumerate(["red", "green", "blue"]):
@@ -49,9 +44,9 @@ def test_three_phases_with_one_negative_prompt_encode_four_rows_in_one_call(comp
 
 def test_a_text_shared_by_prompt_and_negative_prompt_is_encoded_once(components: ComponentCache) -> None:
     c = components("sd2-base")
-    spy = CountingEncoder(c.text_encoder)
-    encoded = encode_prompt_schedule(replace(c, text_encoder=spy), "[cat:dog:2]", "[dog:cat:2]", batch_size=1,
-                                     use_cfg=True, steps=PromptSteps(4))
-    assert spy.calls == [(2, 77)]  # "cat" and "dog": two texts, two phases
+    with encoder_calls(c.text_encoder) as calls:
+        encoded = encode_prompt_schedule(c, "[cat:dog:2]", "[dog:cat:2]", batch_size=1, use_cfg=True,
+                                         steps=PromptSteps(4))
+    assert calls == [(2, 77)]  # "cat" and "dog": two texts, two phases
     assert encoded.phases == (0, 0, 0, 1)
     assert torch.equal(encoded.context[0].flip(0), encoded.context[1])  # the halves swap
