@@ -38,39 +38,47 @@ def build(service: Service) -> tuple[gr.Image, gr.JSON, gr.Button]:
             fields = gr.JSON(label="Fields")
             send = gr.Button("Send to text to image", elem_id="pnginfo-send")
 
-    def read(path: str | None) -> tuple[str, dict[str, Any]]:
+    # The text an image read has just put in the box, already parsed into the fields: the box's `change` that
+    # follows the read skips it rather than parse it a second time (`_wire_paste`).
+    just_read = gr.State(None)
+
+    def read(path: str | None) -> tuple[str, dict[str, Any], str]:
         if not path:
-            return "", {}
+            return "", {}, ""
         try:
             raw, parsed = service.read_parameters(path)
         except OSError as error:  # a JPEG or WebP (no PNG text chunks), or a PNG cut short
             log.info("PNG info: %s", error)
-            return NO_PARAMETERS, {}
+            return NO_PARAMETERS, {}, NO_PARAMETERS
         if raw is None:
-            return NO_PARAMETERS, {}
-        return raw, parsed
+            return NO_PARAMETERS, {}, NO_PARAMETERS
+        return raw, parsed, raw
 
     # Queued (so a failure shows its message), in a queue of its own: at most PNG_INFO_CONCURRENCY run at once,
     # beside the GPU jobs, never behind them.
-    image.change(read, image, [text, fields], api_name="png_info", concurrency_id="png_info",
+    image.change(read, image, [text, fields, just_read], api_name="png_info", concurrency_id="png_info",
                  concurrency_limit=PNG_INFO_CONCURRENCY)
-    _wire_paste(service, text, fields)
+    _wire_paste(service, text, fields, just_read)
     return image, fields, send
 
 
-def _wire_paste(service: Service, text: gr.Textbox, fields: gr.JSON) -> None:
+def _wire_paste(service: Service, text: gr.Textbox, fields: gr.JSON, just_read: gr.State) -> None:
     """Typing or pasting into the parameters box parses it into the fields "Send to text to image" uses. Outside
     the queue: the parse is a few regular expressions over a text of bounded length.
 
     On `change`, not `input`: Gradio's Textbox sends `input` from key presses only, so a text pasted with the
-    mouse would never be read. A change also follows each image read, whose text parses to the fields it set."""
+    mouse would never be read. A change also follows each image read: the text the read put there (`just_read`)
+    has its fields already, so that one change leaves them as they are and forgets the text (typed back in later,
+    it is parsed)."""
 
-    def parse(pasted: Any) -> dict[str, Any]:
+    def parse(pasted: Any, read_text: Any) -> tuple[Any, None]:
+        if isinstance(read_text, str) and pasted == read_text:
+            return gr.skip(), None
         if not isinstance(pasted, str) or not pasted.strip() or pasted == NO_PARAMETERS:
-            return {}
+            return {}, None
         if len(pasted) > MAX_PASTED_CHARS:
             raise gr.Error(TOO_LONG, print_exception=False)
-        return service.parse_parameters(pasted)
+        return service.parse_parameters(pasted), None
 
-    text.change(parse, text, fields, api_name="png_info_text", api_visibility="private", queue=False,
-                show_progress="hidden")
+    text.change(parse, [text, just_read], [fields, just_read], api_name="png_info_text", api_visibility="private",
+                queue=False, show_progress="hidden")
