@@ -8,7 +8,8 @@ The text chunks are read without decoding the pixels, and the reads have a queue
 from __future__ import annotations
 
 import logging
-from typing import Any, TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, TYPE_CHECKING, TypeVar
 
 import gradio as gr
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from sd2_app.api.service import Service
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PNG_INFO_CONCURRENCY = 2
 MAX_PASTED_CHARS = 20_000  # the longest parameters text the box takes
@@ -38,47 +40,53 @@ def build(service: Service) -> tuple[gr.Image, gr.JSON, gr.Button]:
             fields = gr.JSON(label="Fields")
             send = gr.Button("Send to text to image", elem_id="pnginfo-send")
 
-    # The text an image read has just put in the box, already parsed into the fields: the box's `change` that
-    # follows the read skips it rather than parse it a second time (`_wire_paste`).
-    just_read = gr.State(None)
-
-    def read(path: str | None) -> tuple[str, dict[str, Any], str]:
+    def read(path: str | None) -> tuple[str, dict[str, Any]]:
         if not path:
-            return "", {}, ""
-        try:
-            raw, parsed = service.read_parameters(path)
-        except OSError as error:  # a JPEG or WebP (no PNG text chunks), or a PNG cut short
-            log.info("PNG info: %s", error)
-            return NO_PARAMETERS, {}, NO_PARAMETERS
-        if raw is None:
-            return NO_PARAMETERS, {}, NO_PARAMETERS
-        return raw, parsed, raw
+            return "", {}
+        raw, parsed = _unless_unreadable(service.read_parameters, path) or (None, {})
+        return (NO_PARAMETERS, {}) if raw is None else (raw, parsed)
 
-    # Queued (so a failure shows its message), in a queue of its own: at most PNG_INFO_CONCURRENCY run at once,
-    # beside the GPU jobs, never behind them.
-    image.change(read, image, [text, fields, just_read], api_name="png_info", concurrency_id="png_info",
-                 concurrency_limit=PNG_INFO_CONCURRENCY)
-    _wire_paste(service, text, fields, just_read)
+    def read_text(path: str | None) -> str:
+        """The page's read: the text only; the box's change parses it (`_wire_paste`), once."""
+        if not path:
+            return ""
+        raw = _unless_unreadable(service.read_parameters_text, path)
+        return NO_PARAMETERS if raw is None else raw
+
+    # Both queued (so a failure shows its message), in a queue of their own: at most PNG_INFO_CONCURRENCY run at
+    # once, beside the GPU jobs, never behind them. The page reads an upload's text; API clients call `png_info`
+    # for the text and its fields, through a trigger the page never fires (so an upload is not read twice).
+    queue = {"concurrency_id": "png_info", "concurrency_limit": PNG_INFO_CONCURRENCY}
+    image.change(read_text, image, text, api_name="png_info_read", api_visibility="private", **queue)
+    api_only = gr.Button(visible=False, elem_id="pnginfo-api")
+    api_only.click(read, image, [text, fields], api_name="png_info", **queue)
+    _wire_paste(service, text, fields)
     return image, fields, send
 
 
-def _wire_paste(service: Service, text: gr.Textbox, fields: gr.JSON, just_read: gr.State) -> None:
+def _unless_unreadable(reader: Callable[[str], T], path: str) -> T | None:
+    """`reader(path)`, or None for a JPEG or WebP (no PNG text chunks) or a PNG cut short."""
+    try:
+        return reader(path)
+    except OSError as error:
+        log.info("PNG info: %s", error)
+        return None
+
+
+def _wire_paste(service: Service, text: gr.Textbox, fields: gr.JSON) -> None:
     """Typing or pasting into the parameters box parses it into the fields "Send to text to image" uses. Outside
     the queue: the parse is a few regular expressions over a text of bounded length.
 
     On `change`, not `input`: Gradio's Textbox sends `input` from key presses only, so a text pasted with the
-    mouse would never be read. A change also follows each image read: the text the read put there (`just_read`)
-    has its fields already, so that one change leaves them as they are and forgets the text (typed back in later,
-    it is parsed)."""
+    mouse would never be read. A change also follows each image the page reads: the fields of its text come from
+    here too."""
 
-    def parse(pasted: Any, read_text: Any) -> tuple[Any, None]:
-        if isinstance(read_text, str) and pasted == read_text:
-            return gr.skip(), None
+    def parse(pasted: Any) -> dict[str, Any]:
         if not isinstance(pasted, str) or not pasted.strip() or pasted == NO_PARAMETERS:
-            return {}, None
+            return {}
         if len(pasted) > MAX_PASTED_CHARS:
             raise gr.Error(TOO_LONG, print_exception=False)
-        return service.parse_parameters(pasted), None
+        return service.parse_parameters(pasted)
 
-    text.change(parse, [text, just_read], [fields, just_read], api_name="png_info_text", api_visibility="private",
-                queue=False, show_progress="hidden")
+    text.change(parse, text, fields, api_name="png_info_text", api_visibility="private", queue=False,
+                show_progress="hidden")
