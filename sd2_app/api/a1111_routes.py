@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from PIL import Image
@@ -37,21 +37,20 @@ from PIL import Image
 from sd2_app.api import a1111
 from sd2_app.api.a1111_auth import basic_auth
 from sd2_app.api.a1111_catalog import catalog_routes, png_info_routes
+from sd2_app.api.a1111_errors import errors_as_http
 from sd2_app.api.job_admission import JobAdmission
-from sd2_app.api.cost import LATENT_FACTOR
 from sd2_app.api.gpu_time import gpu, seconds_for
 from sd2_app.api.keeper import unlisted
 from sd2_app.api.outputs import fast_png
 from sd2_app.api.progress import enlarged
+from sd2_app.api.requests import LATENT_FACTOR
 from sd2_app.api.results import Result
 from sd2_app.api.service import Service
 from sd2_app.api.tasks import default_checkpoint
 from sd2_app.checkpoints.catalog import checkpoint_named
-from sd2_app.errors import Busy, Cancelled, InvalidRequest, LoadError
+from sd2_app.errors import Cancelled, InvalidRequest
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 PREFIX = "/sdapi/v1"
 HISTORY_OWNER = unlisted("a1111-api")  # API jobs get their images in the reply: not kept in History
@@ -239,14 +238,14 @@ class A1111Api:
                 "parameters": a1111.echo_parameters(body), "info": info}
 
     def _jobs_of(self, address: str) -> list[_Tracked]:
-        """The API jobs of the network address `address`, oldest first."""
-        with self._lock:
-            return [job for job in self._jobs if job.address == address]
+        """The API jobs of the network address `address`, oldest first. Called with `_lock` held."""
+        return [job for job in self._jobs if job.address == address]
 
     def interrupt(self, address: str) -> bool:
         """Stop the oldest API job of the network address `address` (running, or next in turn); False when it
         has none."""
-        jobs = self._jobs_of(address)
+        with self._lock:
+            jobs = self._jobs_of(address)
         if jobs:
             jobs[0].stop.set()
         return bool(jobs)
@@ -268,10 +267,10 @@ class A1111Api:
             return self._jobs_changed.wait_for(lambda: not self._jobs and not self._loads, timeout)
 
     def progress(self, address: str, skip_current_image: bool = False) -> dict[str, Any]:
-        """The oldest API job of the network address `address`, and how many API jobs there are in all."""
+        """The oldest API job of the network address `address`, and how many API jobs there are in all, read
+        together (one snapshot: the count includes the job reported)."""
         with self._lock:
-            count = len(self._jobs)
-        jobs = self._jobs_of(address)
+            count, jobs = len(self._jobs), self._jobs_of(address)
         if not jobs:
             return {"progress": 0.0, "eta_relative": 0.0, "state": _state(None, count), "current_image": None,
                     "textinfo": None, "current_task": None}
@@ -296,20 +295,6 @@ def _state(job: _Tracked | None, count: int) -> dict[str, Any]:
     }
 
 
-def _errors_as_http(call: Callable[[], T]) -> T:
-    """Our refusals as 422 with the message (503 for `Busy`: nothing ran, try again later); load failures as 500
-    with a generic message (detail in the log)."""
-    try:
-        return call()
-    except Busy as error:  # nothing ran: as the API's own refusal when the app is full
-        raise HTTPException(503, str(error)) from error
-    except InvalidRequest as error:
-        raise HTTPException(422, str(error)) from error
-    except LoadError as error:
-        log.warning("A1111 API: load failed: %s", error)
-        raise HTTPException(500, "The model could not be loaded; the operator has the details.") from error
-
-
 def build_router(api: A1111Api) -> APIRouter:
     """The routes; app.py passes them to Gradio's FastAPI app (`launch(app_kwargs={"routes": ...})`)."""
     router = APIRouter(prefix=PREFIX, dependencies=[Depends(basic_auth(api.auth))])
@@ -327,14 +312,14 @@ def _generation_routes(router: APIRouter, api: A1111Api) -> None:
 
     @router.post("/txt2img")
     def txt2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        return _errors_as_http(
+        return errors_as_http(
             lambda: api.run("txt2img", lambda: a1111.txt2img_job(api.keyed(body), api.current, names(), api.fits,
                                                                  max_images),
                             body, client))
 
     @router.post("/img2img")
     def img2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        return _errors_as_http(
+        return errors_as_http(
             lambda: api.run("img2img", lambda: a1111.img2img_job(api.keyed(body), api.current, names(), api.fits,
                                                                  max_images),
                             body, client))
@@ -347,7 +332,7 @@ def _generation_routes(router: APIRouter, api: A1111Api) -> None:
             out = api.run("upscale", lambda: a1111.upscale_job(body, key), body, client)
             return {"html_info": "", "image": out["images"][0] if out["images"] else None}
 
-        return _errors_as_http(call)
+        return errors_as_http(call)
 
 
 def _job_routes(router: APIRouter, api: A1111Api) -> None:
@@ -368,4 +353,4 @@ def _job_routes(router: APIRouter, api: A1111Api) -> None:
 
     @router.post("/options")
     def set_options(client: Request, body: dict[str, Any] = Body(...)) -> None:
-        _errors_as_http(lambda: api.set_options(body, client))
+        errors_as_http(lambda: api.set_options(body, client))

@@ -157,8 +157,11 @@ class Service:
         return self.manager
 
     def validate(self, request: Request) -> tuple[Request, list[str]]:
-        """The checked request and its warnings (raises `InvalidRequest`)."""
-        return validate(request, self.catalog, self.limits)
+        """The checked request and its warnings (raises `InvalidRequest`), its prompts within the pipeline's
+        limits (`PromptTools.check`: tokenized here, no model)."""
+        checked, warnings = validate(request, self.catalog, self.limits)
+        self._prompt_tools.check(checked)
+        return checked, warnings
 
     def check_plot(self, request: XYZPlotRequest) -> CheckedPlot:
         """`validate` for a plot, with the validated cells kept for whoever runs or prices them."""

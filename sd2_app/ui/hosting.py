@@ -142,10 +142,6 @@ class Visitors:
         live = Counter(self.addresses.of(event.request) for event in self._events(gpu=False))
         return live + self._joining_others_from
 
-    def other_events_from(self, address: str) -> int:
-        """Queued events other than GPU jobs waiting or running (or joining) from the network address `address`."""
-        return self.other_events_by_address()[address]
-
     def _other_refusal(self, address: str) -> str | None:
         """Why an event other than a GPU job from `address` may not join now: the address has its share
         (with the per-address job limit on), or everyone's other events fill their places; None when it may."""

@@ -421,3 +421,32 @@ def test_progress_encodes_each_new_preview_once() -> None:
     job.on_progress(2, 10, Image.new("RGB", (8, 6), (10, 200, 10)))
     assert job.preview_png() != first
 
+
+
+def test_progress_reads_the_job_count_and_the_callers_jobs_in_one_snapshot() -> None:
+    """A job that arrives while /progress reads is either in both the count and the caller's jobs or in neither:
+    here one arrives the moment the API's lock is first let go (as another thread's `_track` would)."""
+    from sd2_app.api.a1111_routes import A1111Api, _Tracked
+    from tests.ui_doubles import fake_service
+
+    api = A1111Api(fake_service())
+    inner = api._lock
+
+    class ArrivalOnFirstRelease:
+        released = 0
+
+        def __enter__(self) -> None:
+            inner.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            inner.release()
+            self.released += 1
+            if self.released == 1:
+                with inner:
+                    api._jobs.append(_Tracked("txt2img", 1, "127.0.0.1"))
+
+    api._lock = ArrivalOnFirstRelease()  # type: ignore[assignment]
+    answer = api.progress("127.0.0.1", skip_current_image=True)
+    reported = answer["state"]["job"] != ""
+    assert (reported, answer["state"]["job_count"]) in {(False, 0), (True, 1)}
+    assert len(api._jobs) == 1  # the job did arrive

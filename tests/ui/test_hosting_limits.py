@@ -129,8 +129,9 @@ def test_other_events_count_per_address_apart_from_gpu_jobs() -> None:
     for concurrency_id in ("png_info", "png_info", "140623533208448"):  # PNG info twice, an image check
         queue.add(_request("10.0.0.2", "203.0.113.7"), concurrency_id=concurrency_id)
     queue.add(_request("10.0.0.2", "203.0.113.8"), concurrency_id="png_info")
-    assert (visitors.other_events_from("203.0.113.7"), visitors.job_admission.count("203.0.113.7")) == (3, 1)
-    assert visitors.other_events_from("203.0.113.8") == 1 and visitors.other_events_from("203.0.113.9") == 0
+    others = visitors.other_events_by_address()  # what `_other_refusal` reads
+    assert (others["203.0.113.7"], visitors.job_admission.count("203.0.113.7")) == (3, 1)
+    assert others["203.0.113.8"] == 1 and others["203.0.113.9"] == 0
 
 
 def test_the_apps_bound_counts_the_gpu_jobs_of_every_front_end_and_address_together() -> None:
