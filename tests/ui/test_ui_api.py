@@ -176,6 +176,16 @@ def test_xyz_plot_over_a1111s_var_seed_and_var_strength(app) -> None:
     assert "X Type: Var. strength" in images[0].info["parameters"]
 
 
+def test_xyz_plot_tab_offers_a1111s_axes_by_name(app) -> None:
+    """The X/Y/Z tab's type dropdowns (the page's config, as the browser gets it) list the new axes."""
+    client, _, _ = app
+    props = {c["props"].get("elem_id"): c["props"] for c in client.config["components"]}
+    for name in ("x", "y", "z"):
+        choices = [tuple(choice) for choice in props[f"xyz-{name}-type"]["choices"]]
+        assert {("Eta", "eta"), ("Hires steps", "hires_steps"), ("Hires upscaler", "hires_upscaler"),
+                ("Hires sampler", "hires_sampler"), ("Prompt order", "prompt_order")} <= set(choices), name
+
+
 SOLO = {"prompt": "a fox and a cat", "sampler": "Euler", "steps": 2, "seed": 4, "cfg_scale": 7.5, "width": 64,
         "height": 64}
 
