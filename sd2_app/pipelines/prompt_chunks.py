@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sd2_app.errors import InvalidRequest
 from sd2_app.prompt_syntax import Run, parse_attention
 
 if TYPE_CHECKING:
@@ -52,6 +53,16 @@ class TokenizedPrompt:
     def token_limit(self) -> int:
         """What the counter shows after the slash: 75 per chunk."""
         return CHUNK_TOKENS * len(self.chunks)
+
+
+def check_length(tokens: TokenizedPrompt, label: str) -> None:
+    """Refuse a prompt over MAX_CHUNKS chunks, saying by how much."""
+    if len(tokens.chunks) > MAX_CHUNKS:
+        raise InvalidRequest(
+            f"The {label} is too long: it makes {len(tokens.chunks)} chunks of {CHUNK_TOKENS} tokens "
+            f"({tokens.token_count} tokens, BREAKs included); at most {MAX_CHUNKS} chunks "
+            f"({MAX_CHUNKS * CHUNK_TOKENS} tokens) are allowed. Shorten it or remove a BREAK."
+        )
 
 
 # first token id of a name -> [(the name's token ids, its embedding)]

@@ -11,7 +11,8 @@ import torch
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.loop import Conditioning, LatentProgressFn, Tiling, run_sampling
 from sd2_app.pipelines.output import PipelineOutput
-from sd2_app.pipelines.prompt_schedule import PromptSteps, encode_prompt_schedule, prompt_steps
+from sd2_app.pipelines.prompt_plan import PromptSteps, prompt_steps, uses_guidance
+from sd2_app.pipelines.prompt_schedule import encode_prompt_schedule
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.vae_io import decode_in
 from sd2_app.api.requests import ETA_SAMPLERS, Sampling, TaskRequest
@@ -146,7 +147,7 @@ def start_job(components: Components, request: TaskRequest, *, strength: float |
     assert sampling.seed is not None, "the service resolves the seed before calling a pipeline"
     generator = make_generator(components.device, sampling.seed)
     encoded = encode_prompt_schedule(components, request.prompt, request.negative_prompt,
-                                     batch_size=sampling.batch_size, use_cfg=sampling.cfg_scale > 1.0,
+                                     batch_size=sampling.batch_size, use_cfg=uses_guidance(sampling),
                                      steps=prompt_calls or prompt_steps(sampling))
     plan = plan_sampling(components.scheduler_config, sampling, strength=strength, last_steps=last_steps)
     return Job(components, sampling, generator, encoded.context, plan, mode, encoded.embeddings, encoded.phases)

@@ -26,7 +26,9 @@ from sd2_app.api.plot_axes import AXES, AXIS_NAMES
 from sd2_app.api.requests import HIRES_UPSCALERS, Img2ImgRequest, PlotAxis, Request, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.api.tasks import PLOT_SAMPLERS, TASKS
 from sd2_app.errors import InvalidRequest
-from sd2_app.ui.common import EXAMPLE_PROMPTS, SAMPLING_NAMES, ResultPanel, to_sampling, wire_run
+from sd2_app.ui.result_panel import ResultPanel
+from sd2_app.ui.run_events import wire_run
+from sd2_app.ui.sampling_controls import EXAMPLE_PROMPTS, SAMPLING_NAMES, to_sampling
 from sd2_app.ui.runner import WAIT_POLL_S, RunFlag, StopFlags, fast_png_file, timed_call
 from sd2_app.ui.tab_frame import TabFrame
 from sd2_app.ui.uploads import upload_image
@@ -120,7 +122,7 @@ def _tables(result: Result) -> list[str]:
 
 
 class PlotView:
-    """A plot's run (`common.stream_result`'s view): each finished cell joins the gallery as it comes (so Stop,
+    """A plot's run (`run_stream.stream_result`'s view): each finished cell joins the gallery as it comes (so Stop,
     which ends the stream, leaves them on screen); the grids, cells and tables come at the end."""
 
     idle_s = WAIT_POLL_S  # its place at the GPU gate is looked up until its first step, as a request's is
