@@ -47,51 +47,6 @@ def test_new_axes_read_values_as_a1111(kind: str, values: object, parsed: list) 
     assert parse_values(PlotAxis(kind, values), "X values", 64) == parsed  # type: ignore[arg-type]
 
 
-def _img2img(axis: PlotAxis) -> XYZPlotRequest:
-    return XYZPlotRequest(Img2ImgRequest("a cat", Image.new("RGB", (64, 64)), sampling=Sampling(steps=2)), axis)
-
-
-@pytest.mark.parametrize(("plot", "message"), [
-    (_plot(PlotAxis("prompt_order", "cat, dog, mat, lake, a")),
-     "X values (Prompt order): 5 terms give 120 orders; an axis may have at most 64 values, so list at most 4 "
-     "terms."),
-    (_plot(PlotAxis("prompt_order", ", ".join(f"t{i}" for i in range(30)))),
-     "X values (Prompt order): 30 terms give 30! orders; an axis may have at most 64 values, so list at most 4 "
-     "terms."),
-    (_plot(PlotAxis("prompt_order", "cat, dog, mat, lake"), PlotAxis("steps", "1-3")),
-     "The plot has 24×3 = 72 cells; the limit is 64."),
-    (_plot(PlotAxis("prompt_order", "cat, dog, cat")), "X values (Prompt order): 'cat' is listed twice; list each "
-                                                       "term once."),
-    (_plot(PlotAxis("prompt_order", "cat, horse, cow")), "Prompt order did not find 'horse', 'cow' in the prompt."),
-    (_plot(PlotAxis("prompt_order", "blurry, cat")), "Prompt order did not find 'blurry' in the prompt."),
-    (_plot(PlotAxis("prompt_order", "a cat, cat and")), "Prompt order: 'a cat' and 'cat and' overlap in the "
-                                                        "prompt; list terms that do not."),
-    (_plot(PlotAxis("prompt_order", (("cat", "dog"), ("cat", "mat")))),
-     "X values (Prompt order): every order must list the same terms as the first, ['cat', 'dog']."),
-    (_plot(PlotAxis("eta", "0, 0.5")), "Eta changes only DDIM, and no cell of this plot runs it; choose DDIM as the "
-                                       "sampler or add it to a Sampler axis."),
-    (_plot(PlotAxis("eta", "0, 2"), sampler="DDIM"), "Eta: 2: Eta must be between 0 and 1, got 2.0."),
-    (_plot(PlotAxis("eta", "some")), "X values (Eta): 'some' is not a number or a range such as 10-40 (+10)."),
-    (_plot(PlotAxis("hires_steps", "1, 200")), "Hires steps: 200: Hires steps must be between 1 and 150, got 200."),
-    (_plot(PlotAxis("hires_steps", "2.5")), "X values (Hires steps): '2.5' is not a whole number or a range such "
-                                            "as 10-40 (+10)."),
-    (_plot(PlotAxis("hires_upscaler", "Lanczos, ESRGAN_4x, Nearest")),
-     "X values (Hires upscaler): Unknown hires upscaler(s) 'ESRGAN_4x', 'Nearest'; choose from: Latent, "
-     "Latent (nearest-exact), Lanczos, SD2 x4."),
-    (_plot(PlotAxis("hires_sampler", ("Euler", "LMS"))),
-     "X values (Hires sampler): Unknown sampler(s) 'LMS'; choose from: DPM++ 2M, Euler a, Euler, DDIM, UniPC, "
-     "DPM++ 2M SDE, Heun."),
-    (_img2img(PlotAxis("hires_steps", "1, 2")), "Hires steps varies only a text-to-image plot with the hires fix; "
-                                                "remove the init image."),
-    (_img2img(PlotAxis("hires_upscaler", "Lanczos")), "Hires upscaler varies only a text-to-image plot with the "
-                                                      "hires fix; remove the init image."),
-])
-def test_new_axes_refuse_bad_values_in_words(plot: XYZPlotRequest, message: str) -> None:
-    with pytest.raises(InvalidRequest) as caught:
-        validate(plot, CATALOG, Limits())
-    assert str(caught.value) == message
-
-
 def test_prompt_order_puts_the_terms_in_every_order_in_their_places() -> None:
     checked, _ = validate(_plot(PlotAxis("prompt_order", "dog, cat, lake")), CATALOG)
     cells, _ = plan_cells(checked, CATALOG, Limits())
@@ -156,3 +111,48 @@ def test_hires_axes_count_their_second_pass_against_the_cost_cap() -> None:
     with pytest.raises(InvalidRequest, match=f"it costs {sum(costs):,} UNet evaluations x latent pixels and the "
                                              f"limit is {sum(costs) - 1:,}"):
         validate(_plot(PlotAxis("hires_steps", "1, 4")), CATALOG, Limits(max_job_cost=sum(costs) - 1))
+
+
+def _img2img(axis: PlotAxis) -> XYZPlotRequest:
+    return XYZPlotRequest(Img2ImgRequest("a cat", Image.new("RGB", (64, 64)), sampling=Sampling(steps=2)), axis)
+
+
+@pytest.mark.parametrize(("plot", "message"), [
+    (_plot(PlotAxis("prompt_order", "cat, dog, mat, lake, a")),
+     "X values (Prompt order): 5 terms give 120 orders; an axis may have at most 64 values, so list at most 4 "
+     "terms."),
+    (_plot(PlotAxis("prompt_order", ", ".join(f"t{i}" for i in range(30)))),
+     "X values (Prompt order): 30 terms give 30! orders; an axis may have at most 64 values, so list at most 4 "
+     "terms."),
+    (_plot(PlotAxis("prompt_order", "cat, dog, mat, lake"), PlotAxis("steps", "1-3")),
+     "The plot has 24×3 = 72 cells; the limit is 64."),
+    (_plot(PlotAxis("prompt_order", "cat, dog, cat")), "X values (Prompt order): 'cat' is listed twice; list each "
+                                                       "term once."),
+    (_plot(PlotAxis("prompt_order", "cat, horse, cow")), "Prompt order did not find 'horse', 'cow' in the prompt."),
+    (_plot(PlotAxis("prompt_order", "blurry, cat")), "Prompt order did not find 'blurry' in the prompt."),
+    (_plot(PlotAxis("prompt_order", "a cat, cat and")), "Prompt order: 'a cat' and 'cat and' overlap in the "
+                                                        "prompt; list terms that do not."),
+    (_plot(PlotAxis("prompt_order", (("cat", "dog"), ("cat", "mat")))),
+     "X values (Prompt order): every order must list the same terms as the first, ['cat', 'dog']."),
+    (_plot(PlotAxis("eta", "0, 0.5")), "Eta changes only DDIM, and no cell of this plot runs it; choose DDIM as the "
+                                       "sampler or add it to a Sampler axis."),
+    (_plot(PlotAxis("eta", "0, 2"), sampler="DDIM"), "Eta: 2: Eta must be between 0 and 1, got 2.0."),
+    (_plot(PlotAxis("eta", "some")), "X values (Eta): 'some' is not a number or a range such as 10-40 (+10)."),
+    (_plot(PlotAxis("hires_steps", "1, 200")), "Hires steps: 200: Hires steps must be between 1 and 150, got 200."),
+    (_plot(PlotAxis("hires_steps", "2.5")), "X values (Hires steps): '2.5' is not a whole number or a range such "
+                                            "as 10-40 (+10)."),
+    (_plot(PlotAxis("hires_upscaler", "Lanczos, ESRGAN_4x, Nearest")),
+     "X values (Hires upscaler): Unknown hires upscaler(s) 'ESRGAN_4x', 'Nearest'; choose from: Latent, "
+     "Latent (nearest-exact), Lanczos, SD2 x4."),
+    (_plot(PlotAxis("hires_sampler", ("Euler", "LMS"))),
+     "X values (Hires sampler): Unknown sampler(s) 'LMS'; choose from: DPM++ 2M, Euler a, Euler, DDIM, UniPC, "
+     "DPM++ 2M SDE, Heun."),
+    (_img2img(PlotAxis("hires_steps", "1, 2")), "Hires steps varies only a text-to-image plot with the hires fix; "
+                                                "remove the init image."),
+    (_img2img(PlotAxis("hires_upscaler", "Lanczos")), "Hires upscaler varies only a text-to-image plot with the "
+                                                      "hires fix; remove the init image."),
+])
+def test_new_axes_refuse_bad_values_in_words(plot: XYZPlotRequest, message: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        validate(plot, CATALOG, Limits())
+    assert str(caught.value) == message
