@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from sd2_app.api.checks import MAX_PROMPT_CHARS, Catalog
 from sd2_app.api.hires_x4 import x4_request
+from sd2_app.api.plot import cell_caption
 from sd2_app.api.requests import Request, Txt2ImgRequest
 from sd2_app.api.txt2img_options import x4_checkpoint
 from sd2_app.errors import InvalidRequest, LoadError
@@ -32,6 +33,7 @@ from sd2_app.prompt_editing import prompt_variants
 from sd2_app.samplers.registry import SAMPLERS
 
 if TYPE_CHECKING:
+    from sd2_app.api.plot import PlotCell
     from sd2_app.api.service import Service  # the Service owns its PromptTools: it imports this module
 
 log = logging.getLogger(__name__)
@@ -96,10 +98,16 @@ class PromptTools:
                 self._tokenizers[checkpoint] = manager.tokenizer(checkpoint)
             return self._tokenizers[checkpoint]
 
-    def check(self, request: Request) -> None:
+    def check(self, request: Request, checked: set[PromptPass] | None = None) -> None:
         """Raise the InvalidRequest the pipeline would raise for a validated request's prompts (too long, too
-        many phases x chunks). A checkpoint whose tokenizer cannot be read here is left to the pipeline."""
-        for checkpoint, prompt, negative, guided, steps in prompt_passes(request, self._service.catalog):
+        many phases x chunks); passes in `checked` are skipped, and each one checked is added. A checkpoint
+        whose tokenizer cannot be read here is left to the pipeline."""
+        for one_pass in prompt_passes(request, self._service.catalog):
+            if checked is not None:
+                if one_pass in checked:
+                    continue
+                checked.add(one_pass)
+            checkpoint, prompt, negative, guided, steps = one_pass
             try:
                 tokenizer = self._tokenizer(checkpoint)
             except LoadError as error:
@@ -107,6 +115,16 @@ class PromptTools:
                 continue
             if tokenizer is not None:
                 plan_prompts(tokenizer, prompt, negative, use_cfg=guided, steps=steps, embeddings=self._library())
+
+    def check_cells(self, cells: list[PlotCell]) -> None:
+        """`check` of every cell of an X/Y/Z plot, a pass several cells share once; a refusal names its cell's
+        values first, as the plot's other cell refusals do (`sd2_app.api.plot.plan_cells`)."""
+        checked: set[PromptPass] = set()
+        for cell in cells:
+            try:
+                self.check(cell.request, checked)
+            except InvalidRequest as error:
+                raise InvalidRequest(f"{cell_caption(cell)}: {error}") from error
 
     def count(self, text: Any, checkpoint: Any) -> str | None:
         """"23/75", "93/150" or "612/600 (over the 8-chunk limit)"; None when all slots stay busy.

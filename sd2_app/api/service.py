@@ -164,8 +164,11 @@ class Service:
         return checked, warnings
 
     def check_plot(self, request: XYZPlotRequest) -> CheckedPlot:
-        """`validate` for a plot, with the validated cells kept for whoever runs or prices them."""
-        return check_plot(request, self.catalog, self.limits)
+        """`validate` for a plot, with the validated cells kept for whoever runs or prices them, every cell's
+        prompts within the pipeline's limits (`PromptTools.check_cells`)."""
+        plot = check_plot(request, self.catalog, self.limits)
+        self._prompt_tools.check_cells(plot.cells)
+        return plot
 
     def _task_fn(self, task: str) -> TaskFn:
         return self._tasks[task] if self._tasks is not None else pipeline_of(task)

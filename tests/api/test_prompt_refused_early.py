@@ -116,3 +116,11 @@ def test_mcp_refuses_before_the_gpu(app, calls: PipelineCalls) -> None:
     long, phases = _session(app[0] + "/gradio_api/mcp/", work)
     assert long.isError and long.content[0].text == TOO_LONG_MESSAGE.format("prompt")
     assert phases.isError and phases.content[0].text == PHASES_MESSAGE
+
+
+def test_an_xyz_plot_cell_over_the_limit_refuses_the_plot_before_the_gpu(app, calls: PipelineCalls) -> None:
+    client = Client(app[0], verbose=False)
+    with pytest.raises(AppError) as refused:  # the 2-step cell would run before the 70-step one
+        client.predict(prompt=PHASES, x_type="steps", x_values="2, 70", steps=2, cfg_scale=7.0, seed=3, width=64,
+                       height=64, api_name="/xyz_plot")
+    assert str(refused.value) == f"Steps: 70: {PHASES_MESSAGE}"
