@@ -15,7 +15,7 @@ from sd2_app.pipelines.prompt_plan import PromptSteps, prompt_steps, uses_guidan
 from sd2_app.pipelines.prompt_schedule import encode_prompt_schedule
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.vae_io import decode_in
-from sd2_app.api.requests import Sampling, TaskRequest
+from sd2_app.api.requests import ETA_SAMPLERS, Sampling, TaskRequest
 from sd2_app.checkpoints.components import Components
 from sd2_app.samplers import SAMPLERS, keep_last, make_schedule, start_at
 from sd2_app.samplers.base import NoiseSource, randn_from
@@ -64,7 +64,7 @@ def plan_sampling(config: SchedulerConfig, sampling: Sampling, strength: float |
                 f"strength {strength} with {sampling.steps} steps leaves no step to run; raise either"
             )
     options: dict[str, Any] = {}
-    if sampling.eta > 0 and spec.name == "DDIM":  # only DDIM's function takes eta
+    if sampling.eta > 0 and spec.name in ETA_SAMPLERS:  # only DDIM's function takes eta
         options["eta"] = sampling.eta
     return SamplingPlan(spec=spec, schedule=schedule, options=options)
 
