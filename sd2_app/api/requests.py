@@ -25,9 +25,12 @@ class Sampling:
     use_karras: bool = False  # Karras sigma spacing, where the sampler offers it
     cfg_scale: float = DEFAULT_CFG_SCALE  # classifier-free guidance weight; <= 1 disables guidance
     guidance_rescale: float = 0.0  # phi of "Common Diffusion Noise Schedules are Flawed" (0 = off)
-    eta: float = 0.0  # DDIM stochasticity (0 = deterministic DDIM)
+    eta: float = 0.0  # DDIM stochasticity (0 = deterministic DDIM); only ETA_SAMPLERS use it
     seed: int | None = None  # None: the service draws one and reports it
     batch_size: int = 1  # images per prompt
+
+
+ETA_SAMPLERS = ("DDIM",)  # the samplers whose step takes `Sampling.eta` (sd2_app.pipelines.sampling)
 
 
 def task_sampling(task: str) -> Sampling:
