@@ -32,7 +32,7 @@ from sd2_app.api.plot_axes import (
     uses_eta,
 )
 from sd2_app.api.plot_order import check_order_terms
-from sd2_app.api.plot_values import axis_values_text, format_value
+from sd2_app.api.plot_values import format_value
 from sd2_app.api.cost import check_job_cost, job_cost
 from sd2_app.api.plot_grid import draw_grid
 from sd2_app.api.requests import ETA_SAMPLERS, Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPlotRequest
@@ -265,8 +265,7 @@ def grid_parameters(request: XYZPlotRequest, first_text: str) -> str:
             parsed.pop(key, None)
     for name, axis in axes:
         parsed[f"{name} Type"] = AXES[axis.kind].type_label
-        values = axis.values[0] if axis.kind == "prompt_order" else axis.values  # A1111 writes the terms
-        parsed[f"{name} Values"] = axis_values_text(values)
+        parsed[f"{name} Values"] = AXES[axis.kind].values_text(axis.values)
     return format_parameters(request.base.prompt, request.base.negative_prompt, parsed)
 
 

@@ -101,6 +101,18 @@ def test_hires_axes_turn_the_hires_fix_on_with_its_defaults_and_say_so() -> None
     assert [c.split(" · ")[0] for c in result.captions[1:]] == ["Hires sampler: Euler", "Hires sampler: Heun"]
 
 
+def test_karras_axis_is_a1111s_schedule_type_with_its_names() -> None:
+    """A1111's "Schedule type" values Automatic and Karras read as our Karras axis, and its grid writes them back
+    under A1111's name (other A1111 schedules are not offered here: refused as for any other word)."""
+    assert parse_values(PlotAxis("use_karras", "Karras, Automatic"), "X values", 64) == [True, False]
+    result = fake_service(None).plot(_plot(PlotAxis("use_karras", "Karras, Automatic"), sampler="Euler"))
+    grid = parse_parameters(result.parameters)
+    assert grid["X Type"] == "Schedule type" and grid["X Values"] == "Karras, Automatic"
+    assert [c.split(" · ")[0] for c in result.captions[1:]] == ["Karras: on", "Karras: off"]
+    with pytest.raises(InvalidRequest, match="^X values \\(Karras\\): 'Exponential' is not on or off.$"):
+        validate(_plot(PlotAxis("use_karras", "Karras, Exponential")), CATALOG)
+
+
 def test_hires_axes_count_their_second_pass_against_the_cost_cap() -> None:
     checked, _ = validate(_plot(PlotAxis("hires_steps", "1, 4")), CATALOG)
     cells, _ = plan_cells(checked, CATALOG, Limits())
