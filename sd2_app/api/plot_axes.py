@@ -177,16 +177,15 @@ def apply_prompt_sr(request: PlotBase, search: str, value: str) -> PlotBase:
                    negative_prompt=request.negative_prompt.replace(search, value))
 
 
-
-
 def hires_for_axes(base: PlotBase, kinds: Sequence[str]) -> tuple[PlotBase, list[str]]:
     """The base with the hires fix on (its defaults) where a hires axis needs it and it is off, and the warning
-    that says so; a hires axis on an image-to-image plot is refused (`AxisKind.txt2img_only`)."""
+    that says so (an image-to-image base is left as it is: `plot._checked_axes` refuses its hires axes)."""
     used = [AXES[kind].label for kind in kinds if kind in HIRES_KINDS]
     if not used or not isinstance(base, Txt2ImgRequest) or base.hires is not None:
         return base, []
     hires = HiresFix()
-    note = (f"The hires fix was off; the {' and '.join(used)} axis turns it on with its defaults (upscaler "
+    axes = "axis turns" if len(used) == 1 else "axes turn"
+    note = (f"The hires fix was off; the {' and '.join(used)} {axes} it on with its defaults (upscaler "
             f"{hires.upscaler}, upscale {format_value(hires.scale)}, denoising strength "
             f"{format_value(hires.denoising_strength)}).")
     return replace(base, hires=hires), [note]

@@ -83,7 +83,7 @@ def test_eta_runs_where_ddim_samples_and_is_dropped_with_a_warning_elsewhere() -
 def test_hires_axes_turn_the_hires_fix_on_with_its_defaults_and_say_so() -> None:
     checked, warnings = validate(_plot(PlotAxis("hires_steps", "1, 3"), PlotAxis("hires_upscaler", "Lanczos")),
                                  CATALOG)
-    assert warnings == ["The hires fix was off; the Hires steps and Hires upscaler axis turns it on with its "
+    assert warnings == ["The hires fix was off; the Hires steps and Hires upscaler axes turn it on with its "
                         "defaults (upscaler Latent, upscale 2, denoising strength 0.5)."]
     cells, _ = plan_cells(checked, CATALOG, Limits())
     assert [c.request.hires for c in cells] == [HiresFix(upscaler="Lanczos", steps=1), HiresFix(upscaler="Lanczos",
