@@ -367,6 +367,11 @@ class Service:
         return text, (parse_parameters(text) if text else {})
 
     @staticmethod
+    def read_parameters_text(image: Image.Image | str | Path | BinaryIO) -> str | None:
+        """The A1111 `parameters` text of a PNG, unparsed (None when it has none)."""
+        return read_png_parameters(image)
+
+    @staticmethod
     def parse_parameters(text: str) -> dict[str, Any]:
         """The fields of an A1111 `parameters` text (`read_parameters`'s second half, for pasted text)."""
         return parse_parameters(text)
