@@ -12,7 +12,7 @@ import argparse
 import os
 from importlib.util import find_spec
 
-from sd2_app.api.address_jobs import DEFAULT_QUEUE_SIZE
+from sd2_app.api.job_admission import DEFAULT_QUEUE_SIZE
 from sd2_app.api.cost import DEFAULT_MAX_JOB_COST
 from sd2_app.compute_flags import add_compute_arguments
 from sd2_app.serve.config import process_sources

@@ -69,7 +69,7 @@ def build(args: argparse.Namespace) -> AppBlocks:
     if api_enabled(args):
         # The API's jobs count with the UI's, towards --queue-size and the per-address limit, and stop when the
         # app closes.
-        api = A1111Api(service, auth=parse_auth(args.api_auth), address_jobs=demo.flags.visitors.address_jobs,
+        api = A1111Api(service, auth=parse_auth(args.api_auth), job_admission=demo.flags.visitors.job_admission,
                        model_admin=hosting.model_admin)
         demo.stop_at_close(api)
         demo.sd2_routes = build_router(api).routes  # type: ignore[attr-defined]  # read by launch_settings()

@@ -12,10 +12,10 @@ import io
 import logging
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Body, HTTPException
+from fastapi import APIRouter, Body
 
 from sd2_app.api import a1111
-from sd2_app.errors import InvalidRequest
+from sd2_app.api.a1111_errors import errors_as_http
 from sd2_app.pipelines.metadata import PNG_SIGNATURE
 
 if TYPE_CHECKING:
@@ -86,10 +86,7 @@ def png_info_routes(router: APIRouter, api: A1111Api) -> None:
         image = body.get("image")
         if isinstance(image, str) and not image.strip():
             return {"info": "", "items": {}, "parameters": {}}  # as A1111 answers an empty image
-        try:
-            data = a1111.image_bytes(image.strip() if isinstance(image, str) else image, "image")
-        except InvalidRequest as error:
-            raise HTTPException(422, str(error)) from error
+        data = errors_as_http(lambda: a1111.image_bytes(image.strip() if isinstance(image, str) else image, "image"))
         text, fields = None, {}
         if data.startswith(PNG_SIGNATURE):  # JPEG and WebP carry no PNG text chunks
             try:

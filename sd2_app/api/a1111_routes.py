@@ -3,7 +3,7 @@
 Every generation goes through `Service.run`, so it has the UI's validation (and cost cap), metadata,
 watermark and history, and it passes the Service's `GpuGate`, the one way to the GPU that the UI's jobs
 take too (these routes are FastAPI routes beside Gradio and never enter Gradio's queue). Its GPU jobs are
-counted with the web UI's and the MCP tools' in one place (`sd2_app.api.address_jobs.AddressJobs`, the count
+counted with the web UI's and the MCP tools' in one place (`sd2_app.api.job_admission.JobAdmission`, the count
 the UI's queue uses; a checkpoint load through /options counts while it loads): when the app has --queue-size
 of them waiting or running, the next gets 503 with the message the web UI shows; when the client's network
 address has the web UI's per-address number, 429. A job's place is
@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from PIL import Image
@@ -37,21 +37,20 @@ from PIL import Image
 from sd2_app.api import a1111
 from sd2_app.api.a1111_auth import basic_auth
 from sd2_app.api.a1111_catalog import catalog_routes, png_info_routes
-from sd2_app.api.address_jobs import AddressJobs
-from sd2_app.api.cost import LATENT_FACTOR
+from sd2_app.api.a1111_errors import errors_as_http
+from sd2_app.api.job_admission import JobAdmission
 from sd2_app.api.gpu_time import gpu, seconds_for
 from sd2_app.api.keeper import unlisted
 from sd2_app.api.outputs import fast_png
 from sd2_app.api.progress import enlarged
+from sd2_app.api.requests import LATENT_FACTOR
 from sd2_app.api.results import Result
 from sd2_app.api.service import Service
 from sd2_app.api.tasks import default_checkpoint
 from sd2_app.checkpoints.catalog import checkpoint_named
-from sd2_app.errors import Busy, Cancelled, InvalidRequest, LoadError
+from sd2_app.errors import Cancelled, InvalidRequest
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 PREFIX = "/sdapi/v1"
 HISTORY_OWNER = unlisted("a1111-api")  # API jobs get their images in the reply: not kept in History
@@ -102,11 +101,11 @@ class A1111Api:
     """State of the API (the current model, the API's jobs) and the handlers behind the routes."""
 
     def __init__(self, service: Service, *, auth: Sequence[tuple[str, str]] = (),
-                 address_jobs: AddressJobs | None = None, model_admin: bool = True) -> None:
+                 job_admission: JobAdmission | None = None, model_admin: bool = True) -> None:
         self.service = service
         self.auth = list(auth)
         self.model_admin = model_admin or bool(self.auth)  # /options may change the current checkpoint
-        self.address_jobs = address_jobs or AddressJobs()  # the web UI's (`Visitors.address_jobs`) when it has one
+        self.job_admission = job_admission or JobAdmission()  # the web UI's (`Visitors.job_admission`) when it has one
         self.current = self._first_for("txt2img")  # A1111's "sd_model_checkpoint" option
         # ZeroGPU: the GPU exists only inside spaces.GPU calls, each asking for its own job's time
         self._run_in_gpu_call = gpu(
@@ -172,7 +171,7 @@ class A1111Api:
                 if key != self.current:
                     raise HTTPException(403, NO_MODEL_ADMIN_MESSAGE)
                 return  # naming the current checkpoint changes nothing, and loads nothing by hand
-            address = self.address_jobs.addresses.of(client)
+            address = self.job_admission.addresses.of(client)
             with self._lock:
                 self._admit(address)
                 self._loads += 1
@@ -183,16 +182,16 @@ class A1111Api:
                 with self._lock:
                     self._loads -= 1
                     self._jobs_changed.notify_all()
-                self.address_jobs.release(address)
+                self.job_admission.release(address)
 
     # ---- jobs ------------------------------------------------------------------------------------
     def _admit(self, address: str) -> None:
-        """Hold a GPU place of the network address `address` (`AddressJobs.take`; give it back with `release`):
+        """Hold a GPU place of the network address `address` (`JobAdmission.take`; give it back with `release`):
         refused with 503 while the app closes or when the app has --queue-size GPU jobs, 429 when the address
         has its share; web UI jobs count in both. Called with `_lock` held."""
         if self._closing:
             raise HTTPException(503, CLOSING_MESSAGE)
-        refused = self.address_jobs.take(address)
+        refused = self.job_admission.take(address)
         if refused is not None:
             log.info("A1111 API: refused a job: %s", refused.message)
             raise HTTPException(503 if refused.busy else 429, refused.message)
@@ -209,14 +208,14 @@ class A1111Api:
         with self._lock:
             self._jobs.remove(tracked)
             self._jobs_changed.notify_all()
-        self.address_jobs.release(address)
+        self.job_admission.release(address)
 
     def run(self, task: str, make_job: Callable[[], a1111.Job], body: Mapping[str, Any],
             client: Request) -> dict[str, Any]:
         """Build the job (`make_job`: decode and check the body) once it has its place (`_track`), then run each
         batch through the Service; after /interrupt, the batches finished so far are returned; a job the app's
         close stopped answers 503 (`STOPPED_AT_CLOSE_MESSAGE`). `client`: the HTTP request (its address)."""
-        address = self.address_jobs.addresses.of(client)
+        address = self.job_admission.addresses.of(client)
         tracked = self._track(task, address)
         results: list[Result] = []
         try:
@@ -239,14 +238,14 @@ class A1111Api:
                 "parameters": a1111.echo_parameters(body), "info": info}
 
     def _jobs_of(self, address: str) -> list[_Tracked]:
-        """The API jobs of the network address `address`, oldest first."""
-        with self._lock:
-            return [job for job in self._jobs if job.address == address]
+        """The API jobs of the network address `address`, oldest first. Called with `_lock` held."""
+        return [job for job in self._jobs if job.address == address]
 
     def interrupt(self, address: str) -> bool:
         """Stop the oldest API job of the network address `address` (running, or next in turn); False when it
         has none."""
-        jobs = self._jobs_of(address)
+        with self._lock:
+            jobs = self._jobs_of(address)
         if jobs:
             jobs[0].stop.set()
         return bool(jobs)
@@ -268,10 +267,10 @@ class A1111Api:
             return self._jobs_changed.wait_for(lambda: not self._jobs and not self._loads, timeout)
 
     def progress(self, address: str, skip_current_image: bool = False) -> dict[str, Any]:
-        """The oldest API job of the network address `address`, and how many API jobs there are in all."""
+        """The oldest API job of the network address `address`, and how many API jobs there are in all, read
+        together (one snapshot: the count includes the job reported)."""
         with self._lock:
-            count = len(self._jobs)
-        jobs = self._jobs_of(address)
+            count, jobs = len(self._jobs), self._jobs_of(address)
         if not jobs:
             return {"progress": 0.0, "eta_relative": 0.0, "state": _state(None, count), "current_image": None,
                     "textinfo": None, "current_task": None}
@@ -296,20 +295,6 @@ def _state(job: _Tracked | None, count: int) -> dict[str, Any]:
     }
 
 
-def _errors_as_http(call: Callable[[], T]) -> T:
-    """Our refusals as 422 with the message (503 for `Busy`: nothing ran, try again later); load failures as 500
-    with a generic message (detail in the log)."""
-    try:
-        return call()
-    except Busy as error:  # nothing ran: as the API's own refusal when the app is full
-        raise HTTPException(503, str(error)) from error
-    except InvalidRequest as error:
-        raise HTTPException(422, str(error)) from error
-    except LoadError as error:
-        log.warning("A1111 API: load failed: %s", error)
-        raise HTTPException(500, "The model could not be loaded; the operator has the details.") from error
-
-
 def build_router(api: A1111Api) -> APIRouter:
     """The routes; app.py passes them to Gradio's FastAPI app (`launch(app_kwargs={"routes": ...})`)."""
     router = APIRouter(prefix=PREFIX, dependencies=[Depends(basic_auth(api.auth))])
@@ -327,14 +312,14 @@ def _generation_routes(router: APIRouter, api: A1111Api) -> None:
 
     @router.post("/txt2img")
     def txt2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        return _errors_as_http(
+        return errors_as_http(
             lambda: api.run("txt2img", lambda: a1111.txt2img_job(api.keyed(body), api.current, names(), api.fits,
                                                                  max_images),
                             body, client))
 
     @router.post("/img2img")
     def img2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        return _errors_as_http(
+        return errors_as_http(
             lambda: api.run("img2img", lambda: a1111.img2img_job(api.keyed(body), api.current, names(), api.fits,
                                                                  max_images),
                             body, client))
@@ -347,7 +332,7 @@ def _generation_routes(router: APIRouter, api: A1111Api) -> None:
             out = api.run("upscale", lambda: a1111.upscale_job(body, key), body, client)
             return {"html_info": "", "image": out["images"][0] if out["images"] else None}
 
-        return _errors_as_http(call)
+        return errors_as_http(call)
 
 
 def _job_routes(router: APIRouter, api: A1111Api) -> None:
@@ -355,11 +340,11 @@ def _job_routes(router: APIRouter, api: A1111Api) -> None:
 
     @router.get("/progress")
     def progress(client: Request, skip_current_image: bool = False) -> dict[str, Any]:
-        return api.progress(api.address_jobs.addresses.of(client), skip_current_image)
+        return api.progress(api.job_admission.addresses.of(client), skip_current_image)
 
     @router.post("/interrupt")
     def interrupt(client: Request) -> dict[str, Any]:
-        api.interrupt(api.address_jobs.addresses.of(client))
+        api.interrupt(api.job_admission.addresses.of(client))
         return {}
 
     @router.get("/options")
@@ -368,4 +353,4 @@ def _job_routes(router: APIRouter, api: A1111Api) -> None:
 
     @router.post("/options")
     def set_options(client: Request, body: dict[str, Any] = Body(...)) -> None:
-        _errors_as_http(lambda: api.set_options(body, client))
+        errors_as_http(lambda: api.set_options(body, client))

@@ -1,4 +1,4 @@
-"""The network address a request comes from, for the per-address limits: GPU jobs (`sd2_app.api.address_jobs`,
+"""The network address a request comes from, for the per-address limits: GPU jobs (`sd2_app.api.job_admission`,
 counted across the web UI's queue and the A1111 API) and uploads (`sd2_app.ui.upload_budget`).
 
 A visitor cookie is worth nothing against a client that drops cookies: each of its requests is a new visitor.

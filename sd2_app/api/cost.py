@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from sd2_app.api.requests import (
+    LATENT_FACTOR,
     DepthRequest,
     Img2ImgRequest,
     InpaintRequest,
@@ -35,7 +36,6 @@ from sd2_app.errors import InvalidRequest
 if TYPE_CHECKING:
     from sd2_app.api.checks import Catalog  # checks imports this module (Limits' default cap)
 
-LATENT_FACTOR = 8  # image pixels per latent pixel, per side (SD 2 VAE)
 # One 768x768 image at 150 steps of a two-call sampler with guidance is 5,529,600; an x4 upscale of a
 # 256x256 input at the upscale tab's 50 steps with guidance is 6,553,600. The default allows both, and
 # every tab's defaults, and refuses 8 images x 150 Heun steps or 12 samplers x 150 steps of a 512 image.

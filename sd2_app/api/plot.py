@@ -25,16 +25,28 @@ from sd2_app.api.plot_axes import (
     AXIS_NAMES,
     SEED_KINDS,
     apply_prompt_sr,
-    axis_values_text,
     check_choices,
-    format_value,
+    fit_to_sampler,
+    hires_for_axes,
     parse_values,
+    uses_eta,
 )
+from sd2_app.api.plot_order import check_order_terms
+from sd2_app.api.plot_values import format_value
 from sd2_app.api.cost import check_job_cost, job_cost
+from sd2_app.api.hires_x4 import x4_request
 from sd2_app.api.plot_grid import draw_grid
-from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPlotRequest
+from sd2_app.api.requests import (
+    ETA_SAMPLERS,
+    Img2ImgRequest,
+    PlotAxis,
+    TaskRequest,
+    Txt2ImgRequest,
+    XYZPlotRequest,
+)
 from sd2_app.api.results import ProgressFn, Result
 from sd2_app.api.task_checks import validate_task
+from sd2_app.api.txt2img_options import X4_UPSCALER
 from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.pipelines.metadata import attach_parameters, format_parameters, parse_parameters
 
@@ -52,7 +64,7 @@ class PlotCell:
     position: tuple[int, int, int]  # (x, y, z) indices
     request: Txt2ImgRequest | Img2ImgRequest
     labels: tuple[str, str, str]  # X, Y and Z labels ("" for an axis not in use)
-    steps: int  # denoising steps it runs (img2img runs int(steps * strength))
+    steps: int  # denoising steps it runs (`_steps_run`: img2img's strength cut, a hires fix's passes)
 
 
 def _axes(request: XYZPlotRequest) -> list[tuple[str, PlotAxis]]:
@@ -97,39 +109,57 @@ def check_plot(request: XYZPlotRequest, catalog: Catalog, limits: Limits) -> Che
     base = request.base
     if not isinstance(base, (Txt2ImgRequest, Img2ImgRequest)):
         raise InvalidRequest("An X/Y/Z plot runs a text-to-image or image-to-image request.")
+    used = _axes(request)
+    base, warnings = hires_for_axes(base, [axis.kind for _, axis in used])
     base = replace(base, sampling=replace(base.sampling, batch_size=1, use_karras=False))
-    checked_base, warnings = validate_task(base, catalog, limits)
+    checked_base, base_warnings = validate_task(base, catalog, limits)
+    warnings += base_warnings
     checked_base = replace(checked_base, sampling=replace(checked_base.sampling,
                                                           use_karras=bool(request.base.sampling.use_karras)))
     if isinstance(checked_base, Img2ImgRequest):  # its image is fitted now; an unset size stays "the image's"
         checked_base = replace(checked_base, width=base.width, height=base.height)
-    task = base.task
-    checkpoints = [key for key, tasks in catalog.tasks.items() if task in tasks]
-    axes: dict[str, PlotAxis] = {}
-    cells = 1
-    for name, axis in _axes(request):
-        kind = AXES[axis.kind]
-        what = f"{name} values ({kind.label})"
-        if kind.img2img_only and not isinstance(base, Img2ImgRequest):
-            raise InvalidRequest(f"{kind.label} varies only an image-to-image plot; add an init image.")
-        values = parse_values(axis, what, limits.max_plot_cells)
-        check_choices(kind, values, what, catalog, checkpoints)
-        if axis.kind in SEED_KINDS:
-            values = [resolve_seed(v) for v in values]
-        if axis.kind == "prompt_sr" and values[0] not in checked_base.prompt + "\n" + checked_base.negative_prompt:
-            raise InvalidRequest(f"Prompt S/R did not find {values[0]!r} in the prompt or the negative prompt.")
-        axes[name] = PlotAxis(axis.kind, tuple(values))
-        cells *= len(values)
-    if cells > limits.max_plot_cells:
-        sizes = "×".join(str(len(axis.values)) for axis in axes.values())
-        raise InvalidRequest(f"The plot has {sizes} = {cells} cells; the limit is {limits.max_plot_cells}.")
+    axes = _checked_axes(used, checked_base, catalog, limits)
     extras = checked_base.seed_extras
     if any(axis.kind == "variation_strength" for axis in axes.values()) and extras.variation_seed is None:
         checked_base = replace(checked_base, seed_extras=replace(extras, variation_seed=resolve_seed(None)))
     checked = XYZPlotRequest(base=checked_base, x=axes["X"], y=axes.get("Y"), z=axes.get("Z"))
     planned, cell_warnings = plan_cells(checked, catalog, limits)
+    if "eta" in (axis.kind for axis in axes.values()) and not any(uses_eta(cell.request) for cell in planned):
+        raise InvalidRequest(f"Eta changes only {', '.join(ETA_SAMPLERS)}, and no cell of this plot runs it; choose "
+                             f"{ETA_SAMPLERS[0]} as the sampler or add it to a Sampler axis.")
     check_job_cost(checked, plot_cost(planned, catalog), limits.max_job_cost)
     return CheckedPlot(checked, warnings + [w for w in cell_warnings if w not in warnings], planned)
+
+
+def _checked_axes(used: list[tuple[str, PlotAxis]], base: Txt2ImgRequest | Img2ImgRequest, catalog: Catalog,
+                  limits: Limits) -> dict[str, PlotAxis]:
+    """The axes in use with typed, checked values ({"X": axis, ...}); their cells within the cell limit.
+    `base` is the checked base: Prompt S/R and Prompt order look for their terms in its prompts."""
+    checkpoints = [key for key, tasks in catalog.tasks.items() if base.task in tasks]
+    axes: dict[str, PlotAxis] = {}
+    cells = 1
+    for name, axis in used:
+        kind = AXES[axis.kind]
+        what = f"{name} values ({kind.label})"
+        if kind.img2img_only and not isinstance(base, Img2ImgRequest):
+            raise InvalidRequest(f"{kind.label} varies only an image-to-image plot; add an init image.")
+        if kind.txt2img_only and not isinstance(base, Txt2ImgRequest):
+            raise InvalidRequest(f"{kind.label} varies only a text-to-image plot with the hires fix; remove the "
+                                 "init image.")
+        values = parse_values(axis, what, limits.max_plot_cells)
+        check_choices(kind, values, what, catalog, checkpoints)
+        if axis.kind in SEED_KINDS:
+            values = [resolve_seed(v) for v in values]
+        if axis.kind == "prompt_sr" and values[0] not in base.prompt + "\n" + base.negative_prompt:
+            raise InvalidRequest(f"Prompt S/R did not find {values[0]!r} in the prompt or the negative prompt.")
+        if axis.kind == "prompt_order":
+            check_order_terms(base.prompt, values[0])
+        axes[name] = PlotAxis(axis.kind, tuple(values))
+        cells *= len(values)
+    if cells > limits.max_plot_cells:
+        sizes = "×".join(str(len(axis.values)) for axis in axes.values())
+        raise InvalidRequest(f"The plot has {sizes} = {cells} cells; the limit is {limits.max_plot_cells}.")
+    return axes
 
 
 def plan_cells(request: XYZPlotRequest, catalog: Catalog, limits: Limits) -> tuple[list[PlotCell], list[str]]:
@@ -147,22 +177,29 @@ def plan_cells(request: XYZPlotRequest, catalog: Catalog, limits: Limits) -> tup
             kind, value = AXES[axis.kind], axis.values[i]
             cell = apply_prompt_sr(cell, axis.values[0], value) if axis.kind == "prompt_sr" else kind.apply(cell, value)
             labels.append(kind.cell_label(value))
-        sampler = cell.sampling.sampler
-        if cell.sampling.use_karras and not catalog.samplers.get(sampler, False):
-            note = f"Karras sigmas are not available for {sampler}; it uses its own schedule."
-            warnings += [note] if note not in warnings else []
-            cell = replace(cell, sampling=replace(cell.sampling, use_karras=False))
+        cell, notes = fit_to_sampler(cell, catalog)
+        warnings += [note for note in notes if note not in warnings]
         try:
             checked, cell_warnings = validate_task(cell, catalog, limits)
         except InvalidRequest as error:
             raise InvalidRequest(f"{', '.join(filter(None, labels))}: {error}") from error
         warnings += [w for w in cell_warnings if w not in warnings]
-        steps = checked.sampling.steps
-        if isinstance(checked, Img2ImgRequest):
-            steps = min(int(steps * checked.strength), steps)
         index = x + y * sizes[0] + z * sizes[0] * sizes[1]
-        cells.append(PlotCell(index, (x, y, z), checked, tuple(labels), steps))  # type: ignore[arg-type]
+        cells.append(PlotCell(index, (x, y, z), checked, tuple(labels), _steps_run(checked)))  # type: ignore[arg-type]
     return cells, warnings
+
+
+def _steps_run(checked: TaskRequest) -> int:
+    """The steps a validated cell reports as it runs: img2img's strength cut; a hires fix's first pass, second
+    pass and, with the "SD2 x4" upscaler, the x4 stage (`hires_x4.run_hires_x4` counts the same)."""
+    steps = checked.sampling.steps
+    if isinstance(checked, Img2ImgRequest):
+        return min(int(steps * checked.strength), steps)
+    hires = getattr(checked, "hires", None)
+    if hires is None:
+        return steps
+    x4_steps = x4_request(checked, None, "").sampling.steps if hires.upscaler == X4_UPSCALER else 0  # type: ignore[arg-type]
+    return steps + x4_steps + hires.second_pass_steps(steps)
 
 
 def plot_cost(cells: list[PlotCell], catalog: Catalog) -> int:
@@ -247,7 +284,7 @@ def grid_parameters(request: XYZPlotRequest, first_text: str) -> str:
             parsed.pop(key, None)
     for name, axis in axes:
         parsed[f"{name} Type"] = AXES[axis.kind].type_label
-        parsed[f"{name} Values"] = axis_values_text(axis.values)
+        parsed[f"{name} Values"] = AXES[axis.kind].values_text(axis.values)
     return format_parameters(request.base.prompt, request.base.negative_prompt, parsed)
 
 

@@ -8,6 +8,10 @@ checkpoint's tokenizer without loading its models.
 A prompt with editing or alternation (sd2_app/prompt_editing.py) counts as its longest plain prompt, as A1111's
 counter does (modules/ui.py, `update_token_counter`); A1111 reads the schedule at the steps slider's value, the
 counter here at the most UNet calls a run may have (every alternative and edit a run could reach).
+
+`check` is the pipeline's own prompt check (`sd2_app.pipelines.prompt_plan.plan_prompts`: the chunk limit, the
+phases x chunks limit) made when the Service validates a request, for every pass that encodes its prompts, so
+a refused prompt gets its message before the job waits for the GPU, from every front end alike.
 """
 
 from __future__ import annotations
@@ -17,19 +21,49 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from sd2_app.api.checks import MAX_PROMPT_CHARS
+from sd2_app.api.checks import MAX_PROMPT_CHARS, Catalog
+from sd2_app.api.hires_x4 import x4_request
+from sd2_app.api.plot import cell_caption
+from sd2_app.api.requests import Request, Txt2ImgRequest
+from sd2_app.api.txt2img_options import x4_checkpoint
 from sd2_app.errors import InvalidRequest, LoadError
 from sd2_app.pipelines.prompt_chunks import MAX_CHUNKS, tokenize_prompts
+from sd2_app.pipelines.prompt_plan import PromptSteps, hires_prompt_steps, plan_prompts, prompt_steps, uses_guidance
 from sd2_app.prompt_editing import prompt_variants
 from sd2_app.samplers.registry import SAMPLERS
 
 if TYPE_CHECKING:
+    from sd2_app.api.plot import PlotCell
     from sd2_app.api.service import Service  # the Service owns its PromptTools: it imports this module
 
 log = logging.getLogger(__name__)
 
 COUNTER_SLOTS = 4  # token counts computed at once
 SLOT_WAIT_S = 0.5  # how long a count waits for a slot (a page load asks for every tab's counts together)
+
+
+PromptPass = tuple[str, str, str, bool, PromptSteps]  # checkpoint, prompt, negative prompt, guidance, schedule
+
+
+def prompt_passes(request: Request, catalog: Catalog) -> list[PromptPass]:
+    """The passes of a validated request that encode its prompts: its own run, and with the hires fix the
+    second pass (`hires_prompt_steps`) and, for the "SD2 x4" upscaler, the x4 stage (`x4_request`) between.
+    None for a request without prompts."""
+    prompt = getattr(request, "prompt", None)
+    sampling = getattr(request, "sampling", None)
+    if not isinstance(prompt, str) or sampling is None:
+        return []
+    negative = request.negative_prompt  # type: ignore[union-attr]  # every request with a prompt has one
+    passes = [(request.checkpoint, prompt, negative, uses_guidance(sampling), prompt_steps(sampling))]
+    hires = request.hires if isinstance(request, Txt2ImgRequest) else None
+    if hires is not None:
+        upscaler = x4_checkpoint(catalog) if hires.upscaler == "SD2 x4" else None
+        if upscaler is not None:
+            x4 = x4_request(request, None, upscaler)  # type: ignore[arg-type]  # a Txt2ImgRequest
+            passes.append((upscaler, prompt, negative, uses_guidance(x4.sampling), prompt_steps(x4.sampling)))
+        passes.append((request.checkpoint, prompt, negative, uses_guidance(sampling),
+                       hires_prompt_steps(sampling, hires)))
+    return passes
 
 
 class PromptTools:
@@ -63,6 +97,34 @@ class PromptTools:
                     return None
                 self._tokenizers[checkpoint] = manager.tokenizer(checkpoint)
             return self._tokenizers[checkpoint]
+
+    def check(self, request: Request, checked: set[PromptPass] | None = None) -> None:
+        """Raise the InvalidRequest the pipeline would raise for a validated request's prompts (too long, too
+        many phases x chunks); passes in `checked` are skipped, and each one checked is added. A checkpoint
+        whose tokenizer cannot be read here is left to the pipeline."""
+        for one_pass in prompt_passes(request, self._service.catalog):
+            if checked is not None:
+                if one_pass in checked:
+                    continue
+                checked.add(one_pass)
+            checkpoint, prompt, negative, guided, steps = one_pass
+            try:
+                tokenizer = self._tokenizer(checkpoint)
+            except LoadError as error:
+                log.warning("prompt check: no tokenizer for %s: %s", checkpoint, error)
+                continue
+            if tokenizer is not None:
+                plan_prompts(tokenizer, prompt, negative, use_cfg=guided, steps=steps, embeddings=self._library())
+
+    def check_cells(self, cells: list[PlotCell]) -> None:
+        """`check` of every cell of an X/Y/Z plot, a pass several cells share once; a refusal names its cell's
+        values first, as the plot's other cell refusals do (`sd2_app.api.plot.plan_cells`)."""
+        checked: set[PromptPass] = set()
+        for cell in cells:
+            try:
+                self.check(cell.request, checked)
+            except InvalidRequest as error:
+                raise InvalidRequest(f"{cell_caption(cell)}: {error}") from error
 
     def count(self, text: Any, checkpoint: Any) -> str | None:
         """"23/75", "93/150" or "612/600 (over the 8-chunk limit)"; None when all slots stay busy.

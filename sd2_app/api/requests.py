@@ -25,9 +25,12 @@ class Sampling:
     use_karras: bool = False  # Karras sigma spacing, where the sampler offers it
     cfg_scale: float = DEFAULT_CFG_SCALE  # classifier-free guidance weight; <= 1 disables guidance
     guidance_rescale: float = 0.0  # phi of "Common Diffusion Noise Schedules are Flawed" (0 = off)
-    eta: float = 0.0  # DDIM stochasticity (0 = deterministic DDIM)
+    eta: float = 0.0  # DDIM stochasticity (0 = deterministic DDIM); only ETA_SAMPLERS use it
     seed: int | None = None  # None: the service draws one and reports it
     batch_size: int = 1  # images per prompt
+
+
+ETA_SAMPLERS = ("DDIM",)  # the samplers whose step takes `Sampling.eta` (sd2_app.pipelines.sampling)
 
 
 def task_sampling(task: str) -> Sampling:
@@ -48,6 +51,7 @@ def _strength(task: str) -> float:
 
 
 MAX_SCHEDULE_STEPS = 1000  # the SD 2 schedulers' num_train_timesteps
+LATENT_FACTOR = 8  # image pixels per latent pixel, per side (the SD 2 VAE's downsampling)
 HIRES_UPSCALERS = ("Latent", "Latent (nearest-exact)", "Lanczos", "SD2 x4")  # A1111's names for the first three
 
 
@@ -61,7 +65,7 @@ class HiresFix:
     """
 
     upscaler: str = "Latent"  # one of HIRES_UPSCALERS: latents bilinear / nearest-exact, pixels, the x4 model
-    scale: float = 2.0  # target = first-pass size x scale (rounded down to 8), unless width/height are given
+    scale: float = 2.0  # target = first-pass size x scale (rounded down to LATENT_FACTOR), unless width/height are given
     width: int | None = None  # explicit target size (A1111's "Resize width to"); None or 0: from `scale`
     height: int | None = None
     steps: int | None = None  # steps the second pass runs; None or 0: the first pass's steps
@@ -80,11 +84,12 @@ class HiresFix:
         return self.height * width // height, self.height  # type: ignore[operator]
 
     def target(self, width: int, height: int) -> tuple[int, int]:
-        """The second pass's (and the result's) size: `upscale_size` in whole latents of 8 pixels, less A1111's
-        crop of the part beyond an explicit width and height (whole latents too, `crop_latents`)."""
+        """The second pass's (and the result's) size: `upscale_size` in whole latents (LATENT_FACTOR pixels), less
+        A1111's crop of the part beyond an explicit width and height (whole latents too, `crop_latents`)."""
         cover = self.upscale_size(width, height)
         asked = (self.width, self.height) if self.width and self.height else cover
-        return tuple(max(8, 8 * (side // 8 - (side - want) // 8)) for side, want in zip(cover, asked))  # type: ignore[return-value]
+        f = LATENT_FACTOR
+        return tuple(max(f, f * (side // f - (side - want) // f)) for side, want in zip(cover, asked))  # type: ignore[return-value]
 
     def second_pass_steps(self, first_steps: int) -> int:
         """The sampler steps the second pass runs: exactly its hires steps (or the first pass's), as A1111 runs

@@ -157,12 +157,18 @@ class Service:
         return self.manager
 
     def validate(self, request: Request) -> tuple[Request, list[str]]:
-        """The checked request and its warnings (raises `InvalidRequest`)."""
-        return validate(request, self.catalog, self.limits)
+        """The checked request and its warnings (raises `InvalidRequest`), its prompts within the pipeline's
+        limits (`PromptTools.check`: tokenized here, no model)."""
+        checked, warnings = validate(request, self.catalog, self.limits)
+        self._prompt_tools.check(checked)
+        return checked, warnings
 
     def check_plot(self, request: XYZPlotRequest) -> CheckedPlot:
-        """`validate` for a plot, with the validated cells kept for whoever runs or prices them."""
-        return check_plot(request, self.catalog, self.limits)
+        """`validate` for a plot, with the validated cells kept for whoever runs or prices them, every cell's
+        prompts within the pipeline's limits (`PromptTools.check_cells`)."""
+        plot = check_plot(request, self.catalog, self.limits)
+        self._prompt_tools.check_cells(plot.cells)
+        return plot
 
     def _task_fn(self, task: str) -> TaskFn:
         return self._tasks[task] if self._tasks is not None else pipeline_of(task)
@@ -359,6 +365,11 @@ class Service:
         """The A1111 `parameters` text of a PNG and its parsed fields ({} when it has none)."""
         text = read_png_parameters(image)
         return text, (parse_parameters(text) if text else {})
+
+    @staticmethod
+    def read_parameters_text(image: Image.Image | str | Path | BinaryIO) -> str | None:
+        """The A1111 `parameters` text of a PNG, unparsed (None when it has none)."""
+        return read_png_parameters(image)
 
     @staticmethod
     def parse_parameters(text: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from sd2_app.pipelines.images import LANCZOS, postprocess, preprocess_image
 from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.output import PipelineOutput, label_images
-from sd2_app.pipelines.prompt_schedule import hires_prompt_steps
+from sd2_app.pipelines.prompt_plan import hires_prompt_steps
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.sampling import draw_noise, start_job
 from sd2_app.pipelines.seamless import tiled_components

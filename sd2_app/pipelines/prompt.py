@@ -24,10 +24,9 @@ from sd2_app.errors import InvalidRequest
 from sd2_app.nn.clip_text import TextEncoder, encode_with_inserts, text_model_of
 from sd2_app.pipelines.prompt_chunks import (
     CHUNK_LENGTH,
-    CHUNK_TOKENS,
-    MAX_CHUNKS,
     Chunk,
     TokenizedPrompt,
+    check_length,
     empty_chunk,
     tokenize_prompts,
 )
@@ -52,16 +51,6 @@ def ti_hashes(embeddings: list[TextualInversion]) -> dict[str, str]:
         return {}
     names = (e.name.replace(":", "").replace(",", "") for e in embeddings)
     return {"TI hashes": ", ".join(f"{name}: {e.shorthash}" for name, e in zip(names, embeddings))}
-
-
-def check_length(tokens: TokenizedPrompt, label: str) -> None:
-    """Refuse a prompt over MAX_CHUNKS chunks, saying by how much."""
-    if len(tokens.chunks) > MAX_CHUNKS:
-        raise InvalidRequest(
-            f"The {label} is too long: it makes {len(tokens.chunks)} chunks of {CHUNK_TOKENS} tokens "
-            f"({tokens.token_count} tokens, BREAKs included); at most {MAX_CHUNKS} chunks "
-            f"({MAX_CHUNKS * CHUNK_TOKENS} tokens) are allowed. Shorten it or remove a BREAK."
-        )
 
 
 def restore_mean_weighting(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -130,6 +119,13 @@ def encode_prompt_pair(
     tokenized = tokenize_prompts(tokenizer, [prompt, negative_prompt] if use_cfg else [prompt], embeddings)
     for tokens, label in zip(tokenized, ("prompt", "negative prompt")):
         check_length(tokens, label)
+    return encode_tokenized_pair(text_encoder, tokenizer, tokenized, batch_size=batch_size, device=device)
+
+
+def encode_tokenized_pair(text_encoder: TextEncoder, tokenizer: CLIPTokenizer, tokenized: list[TokenizedPrompt], *,
+                          batch_size: int, device: torch.device) -> EncodedPrompts:
+    """`encode_prompt_pair` of prompts already tokenized and checked: `tokenized` is [prompt, negative prompt]
+    with guidance, else [prompt]; all their chunks go through the encoder in one batch."""
     prompts = tokenized[::-1]  # [uncond, cond] with guidance, else [cond]
     k = max(len(p.chunks) for p in prompts)
     pad = empty_chunk(tokenizer)

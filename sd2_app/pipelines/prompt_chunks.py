@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sd2_app.errors import InvalidRequest
 from sd2_app.prompt_syntax import Run, parse_attention
 
 if TYPE_CHECKING:
@@ -52,6 +53,16 @@ class TokenizedPrompt:
     def token_limit(self) -> int:
         """What the counter shows after the slash: 75 per chunk."""
         return CHUNK_TOKENS * len(self.chunks)
+
+
+def check_length(tokens: TokenizedPrompt, label: str) -> None:
+    """Refuse a prompt over MAX_CHUNKS chunks, saying by how much."""
+    if len(tokens.chunks) > MAX_CHUNKS:
+        raise InvalidRequest(
+            f"The {label} is too long: it makes {len(tokens.chunks)} chunks of {CHUNK_TOKENS} tokens "
+            f"({tokens.token_count} tokens, BREAKs included); at most {MAX_CHUNKS} chunks "
+            f"({MAX_CHUNKS * CHUNK_TOKENS} tokens) are allowed. Shorten it or remove a BREAK."
+        )
 
 
 # first token id of a name -> [(the name's token ids, its embedding)]
@@ -123,7 +134,9 @@ def tokenize_prompts(tokenizer: CLIPTokenizer, prompts: Sequence[str],
     embeddings' names)."""
     parsed = [parse_attention(prompt) for prompt in prompts]
     texts = [run.text for runs in parsed for run in runs if not run.is_break]
-    token_lists = iter(tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False).input_ids)
+    # no text at all (prompts of BREAKs only): nothing to tokenize, and the tokenizer refuses an empty batch
+    ids = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False).input_ids if texts else []
+    token_lists = iter(ids)
     comma = tokenizer.convert_tokens_to_ids(",</w>")
     index = _embedding_index(tokenizer, embeddings or {})
     tokenized = []

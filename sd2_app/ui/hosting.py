@@ -2,8 +2,8 @@
 
 `Hosting` holds the operator's settings. `Visitors` knows who sent a request (`sd2_app.ui.visitors`) and
 from which network address (`sd2_app.api.addresses`), and watches Gradio's queue. Its GPU jobs (the web UI's and
-the MCP tools') are counted with the A1111 API's in one place (`Visitors.address_jobs`,
-`sd2_app.api.address_jobs`): the app takes at most `queue_size` of them waiting or running (--queue-size), one
+the MCP tools') are counted with the A1111 API's in one place (`Visitors.job_admission`,
+`sd2_app.api.job_admission`): the app takes at most `queue_size` of them waiting or running (--queue-size), one
 address at most `max_jobs_per_address` (a client that drops its cookies is a new visitor on every request, but
 not a new address), and one visitor at most `max_jobs_per_visitor`; the next join is refused at once with a
 message, before it takes a queue place. Every GPU job gets a stop flag when it joins, so Stop reaches a job that
@@ -36,7 +36,7 @@ from starlette.middleware import Middleware
 
 from sd2_app.app_flags import (DEFAULT_CACHE_MINUTES, DEFAULT_MAX_JOBS_PER_ADDRESS, DEFAULT_MAX_JOBS_PER_VISITOR,
                                DEFAULT_UPLOAD_MB_PER_ADDRESS)
-from sd2_app.api.address_jobs import DEFAULT_QUEUE_SIZE, AddressJobs, Refusal
+from sd2_app.api.job_admission import DEFAULT_QUEUE_SIZE, JobAdmission, Refusal
 from sd2_app.api.addresses import ClientAddresses, starlette_request
 from sd2_app.ui.cache_files import sweeping_lifespan
 from sd2_app.ui.mcp_addresses import McpCallerMiddleware
@@ -99,8 +99,8 @@ def stop_flag_of(request: Any) -> RunFlag | None:
 
 
 class Visitors:
-    """Visitor ids, and the GPU jobs each visitor has in Gradio's queue (queued or running); `address_jobs` is the
-    count of GPU jobs the A1111 API shares (`sd2_app.api.address_jobs`): the app's bound `queue_size` and the
+    """Visitor ids, and the GPU jobs each visitor has in Gradio's queue (queued or running); `job_admission` is the
+    count of GPU jobs the A1111 API shares (`sd2_app.api.job_admission`): the app's bound `queue_size` and the
     per-address limit."""
 
     def __init__(self, cookies: VisitorCookies | None = None, max_jobs: int = DEFAULT_MAX_JOBS_PER_VISITOR,
@@ -108,14 +108,14 @@ class Visitors:
                  addresses: ClientAddresses | None = None, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
         self.cookies = cookies or VisitorCookies()
         self.max_jobs = max_jobs
-        self.address_jobs = AddressJobs(addresses, max_jobs_per_address, queue_size, queued=self._queued_by_address)
+        self.job_admission = JobAdmission(addresses, max_jobs_per_address, queue_size, queued=self._queued_by_address)
         self._queue: Any = None  # gradio.queueing.Queue, once installed
         self._joining: Counter[str] = Counter()  # joins of each visitor that Gradio is still accepting
         self._joining_others_from: Counter[str] = Counter()  # joins of other events per network address
 
     @property
     def addresses(self) -> ClientAddresses:
-        return self.address_jobs.addresses
+        return self.job_admission.addresses
 
     def identify(self, request: Any) -> str:
         return self.cookies.identify(request)
@@ -142,15 +142,11 @@ class Visitors:
         live = Counter(self.addresses.of(event.request) for event in self._events(gpu=False))
         return live + self._joining_others_from
 
-    def other_events_from(self, address: str) -> int:
-        """Queued events other than GPU jobs waiting or running (or joining) from the network address `address`."""
-        return self.other_events_by_address()[address]
-
     def _other_refusal(self, address: str) -> str | None:
         """Why an event other than a GPU job from `address` may not join now: the address has its share
         (with the per-address job limit on), or everyone's other events fill their places; None when it may."""
         others = self.other_events_by_address()
-        if self.address_jobs.limit and others[address] >= MAX_OTHER_EVENTS_PER_ADDRESS:
+        if self.job_admission.limit and others[address] >= MAX_OTHER_EVENTS_PER_ADDRESS:
             return too_many_events_from_address_message(MAX_OTHER_EVENTS_PER_ADDRESS)
         if others.total() >= OTHER_EVENT_PLACES:
             return OTHER_EVENTS_BUSY_MESSAGE
@@ -161,10 +157,10 @@ class Visitors:
 
     def admit(self, visitor: str, address: str) -> str | None:
         """A new GPU job of `visitor` from the network address `address`: None when it may join the queue, with a
-        place of the address held (`AddressJobs.take`: the app's bound and the address's limit, checked and held
-        at once, as API jobs arrive meanwhile; give it back with `address_jobs.release` once the job is in the
+        place of the address held (`JobAdmission.take`: the app's bound and the address's limit, checked and held
+        at once, as API jobs arrive meanwhile; give it back with `job_admission.release` once the job is in the
         queue), else why not (nothing held)."""
-        refused = self._visitor_refusal(visitor) or self.address_jobs.take(address)
+        refused = self._visitor_refusal(visitor) or self.job_admission.take(address)
         return refused.message if isinstance(refused, Refusal) else refused
 
     def stop_waiting(self, visitor: str) -> int:
@@ -217,7 +213,7 @@ class Visitors:
                 return await push(body, request, username)
             finally:
                 _count_down(self._joining, visitor)
-                self.address_jobs.release(address)  # pushed: the job now counts in Gradio's queue
+                self.job_admission.release(address)  # pushed: the job now counts in Gradio's queue
 
         limited_push.sd2_watched = True  # type: ignore[attr-defined]
         queue.push = limited_push

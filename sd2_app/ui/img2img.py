@@ -11,7 +11,8 @@ from PIL import Image
 from sd2_app.api.checks import MIN_SIDE
 from sd2_app.api.requests import Img2ImgRequest
 from sd2_app.api.tasks import TASKS
-from sd2_app.ui.common import SAMPLING_NAMES, checkpoint_dropdown, to_sampling, wire_run
+from sd2_app.ui.run_events import wire_run
+from sd2_app.ui.sampling_controls import SAMPLING_NAMES, checkpoint_dropdown, to_sampling
 from sd2_app.ui.resize import RESIZE_MODES, fitted_size, resize_to
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.tab_frame import ImageTab, TabFrame

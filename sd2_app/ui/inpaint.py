@@ -13,7 +13,9 @@ from PIL import Image, ImageChops
 
 from sd2_app.api.requests import InpaintRequest
 from sd2_app.api.tasks import TASKS
-from sd2_app.ui.common import SAMPLING_NAMES, ResultPanel, SamplingControls, to_sampling, wire_run
+from sd2_app.ui.result_panel import ResultPanel
+from sd2_app.ui.run_events import wire_run
+from sd2_app.ui.sampling_controls import SAMPLING_NAMES, SamplingControls, to_sampling
 from sd2_app.ui.runner import StopFlags, shown_aux
 from sd2_app.ui.tab_frame import TabFrame
 from sd2_app.ui.uploads import check_on_upload, guard_editor, upload_image

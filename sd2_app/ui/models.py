@@ -16,7 +16,7 @@ import gradio as gr
 
 from sd2_app.api.gpu_time import gpu
 from sd2_app.errors import InvalidRequest, LoadError
-from sd2_app.ui.common import load_failed_message
+from sd2_app.ui.run_stream import load_failed_message
 from sd2_app.ui.narrow_tables import LAPTOP, NARROW, TABLET, narrow_table_css
 from sd2_app.ui.runner import GPU_QUEUE
 

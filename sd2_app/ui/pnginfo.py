@@ -8,7 +8,8 @@ The text chunks are read without decoding the pixels, and the reads have a queue
 from __future__ import annotations
 
 import logging
-from typing import Any, TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, TYPE_CHECKING, TypeVar
 
 import gradio as gr
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from sd2_app.api.service import Service
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PNG_INFO_CONCURRENCY = 2
 MAX_PASTED_CHARS = 20_000  # the longest parameters text the box takes
@@ -41,21 +43,34 @@ def build(service: Service) -> tuple[gr.Image, gr.JSON, gr.Button]:
     def read(path: str | None) -> tuple[str, dict[str, Any]]:
         if not path:
             return "", {}
-        try:
-            raw, parsed = service.read_parameters(path)
-        except OSError as error:  # a JPEG or WebP (no PNG text chunks), or a PNG cut short
-            log.info("PNG info: %s", error)
-            return NO_PARAMETERS, {}
-        if raw is None:
-            return NO_PARAMETERS, {}
-        return raw, parsed
+        raw, parsed = _unless_unreadable(service.read_parameters, path) or (None, {})
+        return (NO_PARAMETERS, {}) if raw is None else (raw, parsed)
 
-    # Queued (so a failure shows its message), in a queue of its own: at most PNG_INFO_CONCURRENCY run at once,
-    # beside the GPU jobs, never behind them.
-    image.change(read, image, [text, fields], api_name="png_info", concurrency_id="png_info",
-                 concurrency_limit=PNG_INFO_CONCURRENCY)
+    def read_text(path: str | None) -> str:
+        """The page's read: the text only; the box's change parses it (`_wire_paste`), once."""
+        if not path:
+            return ""
+        raw = _unless_unreadable(service.read_parameters_text, path)
+        return NO_PARAMETERS if raw is None else raw
+
+    # Both queued (so a failure shows its message), in a queue of their own: at most PNG_INFO_CONCURRENCY run at
+    # once, beside the GPU jobs, never behind them. The page reads an upload's text; API clients call `png_info`
+    # for the text and its fields, through a trigger the page never fires (so an upload is not read twice).
+    queue = {"concurrency_id": "png_info", "concurrency_limit": PNG_INFO_CONCURRENCY}
+    image.change(read_text, image, text, api_name="png_info_read", api_visibility="private", **queue)
+    api_only = gr.Button(visible=False, elem_id="pnginfo-api")
+    api_only.click(read, image, [text, fields], api_name="png_info", **queue)
     _wire_paste(service, text, fields)
     return image, fields, send
+
+
+def _unless_unreadable(reader: Callable[[str], T], path: str) -> T | None:
+    """`reader(path)`, or None for a JPEG or WebP (no PNG text chunks) or a PNG cut short."""
+    try:
+        return reader(path)
+    except OSError as error:
+        log.info("PNG info: %s", error)
+        return None
 
 
 def _wire_paste(service: Service, text: gr.Textbox, fields: gr.JSON) -> None:
@@ -63,7 +78,8 @@ def _wire_paste(service: Service, text: gr.Textbox, fields: gr.JSON) -> None:
     the queue: the parse is a few regular expressions over a text of bounded length.
 
     On `change`, not `input`: Gradio's Textbox sends `input` from key presses only, so a text pasted with the
-    mouse would never be read. A change also follows each image read, whose text parses to the fields it set."""
+    mouse would never be read. A change also follows each image the page reads: the fields of its text come from
+    here too."""
 
     def parse(pasted: Any) -> dict[str, Any]:
         if not isinstance(pasted, str) or not pasted.strip() or pasted == NO_PARAMETERS:

@@ -1,5 +1,5 @@
 """Widget values as a visitor sent them: the service, not Gradio's widgets, judges what reaches a Generate
-endpoint (`common.wire_run` applies `server_checked` to every input of one)."""
+endpoint (`run_events.wire_run` applies `server_checked` to every input of one)."""
 
 from __future__ import annotations
 

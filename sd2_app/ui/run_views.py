@@ -1,4 +1,5 @@
-"""What a Generate run starts and what its progress shows, for `common.stream_result` (the one run path of the UI).
+"""What a Generate run starts and what its progress shows, for `run_stream.stream_result` (the UI's one run
+path).
 
 A `RunView` is made per run: it starts the job and says what a finished step shows besides the preview (new
 gallery items, the info line); `stream_result` decides when a step is shown. `RequestView` serves every tab's

@@ -16,7 +16,8 @@ from PIL import Image
 
 from sd2_app.api.requests import HIRES_UPSCALERS, HiresFix
 from sd2_app.samplers.registry import A1111_SAMPLER_NAMES
-from sd2_app.ui.common import ResultPanel, SamplingControls, selected_image
+from sd2_app.ui.result_panel import ResultPanel, selected_image
+from sd2_app.ui.sampling_controls import SamplingControls
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service

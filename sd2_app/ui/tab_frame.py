@@ -22,8 +22,8 @@ import gradio as gr
 
 from sd2_app.api.checks import MIN_SIDE
 
-from sd2_app.ui.common import (
-    ResultPanel, SamplingControls, checkpoint_dropdown, result_panel, sampling_controls, wire_seed_buttons)
+from sd2_app.ui.result_panel import ResultPanel, result_panel
+from sd2_app.ui.sampling_controls import SamplingControls, checkpoint_dropdown, sampling_controls, wire_seed_buttons
 from sd2_app.ui.layout import prompt_row, results_column, settings_column
 from sd2_app.ui.prompt_tools import wire_prompt_tools
 
@@ -98,7 +98,8 @@ class TabFrame:
 
     def sampling(self, examples: Sequence[list[str]] = (), image: gr.components.Component | None = None, *,
                  batch: bool = True, task: str | None = None) -> SamplingControls:
-        """The sampling controls (`common.sampling_controls`), then the tab's examples of (image, prompt)."""
+        """The sampling controls (`sampling_controls.sampling_controls`), then the tab's examples of (image,
+        prompt)."""
         self._sampling = sampling_controls(self.service, self.prefix, batch=batch, task=task)
         self.examples(examples, image)
         return self._sampling[0]

@@ -8,7 +8,9 @@ from typing import Any, TYPE_CHECKING
 import gradio as gr
 
 from sd2_app.api.requests import Txt2ImgRequest
-from sd2_app.ui.common import EXAMPLE_PROMPTS, SAMPLING_NAMES, ResultPanel, SamplingControls, to_sampling, wire_run
+from sd2_app.ui.result_panel import ResultPanel
+from sd2_app.ui.run_events import wire_run
+from sd2_app.ui.sampling_controls import EXAMPLE_PROMPTS, SAMPLING_NAMES, SamplingControls, to_sampling
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.tab_frame import TabFrame
 from sd2_app.ui.txt2img_extras import (NAMES as EXTRA_NAMES, Txt2ImgExtras, build_extras, request_fields,

@@ -9,7 +9,8 @@ from PIL import Image
 
 from sd2_app.api.requests import UpscaleRequest
 from sd2_app.api.task_checks import MAX_NOISE_LEVEL
-from sd2_app.ui.common import SAMPLING_NAMES, to_sampling, wire_run
+from sd2_app.ui.run_events import wire_run
+from sd2_app.ui.sampling_controls import SAMPLING_NAMES, to_sampling
 from sd2_app.ui.runner import StopFlags, fast_png_file
 from sd2_app.ui.tab_frame import ImageTab, TabFrame
 from sd2_app.ui.uploads import check_on_upload, upload_image

@@ -1,8 +1,9 @@
 """X/Y/Z plot: one prompt run over up to three axes of settings; labelled grids, each cell timed, a CSV/JSON.
 
 Each axis is a kind (sampler, steps, CFG, seed, checkpoint, Karras, guidance rescale, denoising strength,
-prompt S/R, variation seed and strength) and values, typed (`20, 30, 40`, `10-40 (+10)`) or, for samplers and checkpoints, picked in a
-multi-select whose order is the order of the cells. An init image makes it an image-to-image plot. Finished
+prompt S/R and order, variation seed and strength, eta, hires steps, upscaler and sampler) and values, typed
+(`20, 30, 40`, `10-40 (+10)`) or, for samplers, hires upscalers and checkpoints, picked in a multi-select whose
+order is the order of the cells. An init image makes it an image-to-image plot. Finished
 cells appear in the gallery as they come, so Stop leaves them on screen.
 """
 
@@ -22,10 +23,12 @@ from PIL import Image
 
 from sd2_app.api.plot import cell_caption, write_tables
 from sd2_app.api.plot_axes import AXES, AXIS_NAMES
-from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Request, Txt2ImgRequest, XYZPlotRequest
+from sd2_app.api.requests import HIRES_UPSCALERS, Img2ImgRequest, PlotAxis, Request, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.api.tasks import PLOT_SAMPLERS, TASKS
 from sd2_app.errors import InvalidRequest
-from sd2_app.ui.common import EXAMPLE_PROMPTS, SAMPLING_NAMES, ResultPanel, to_sampling, wire_run
+from sd2_app.ui.result_panel import ResultPanel
+from sd2_app.ui.run_events import wire_run
+from sd2_app.ui.sampling_controls import EXAMPLE_PROMPTS, SAMPLING_NAMES, to_sampling
 from sd2_app.ui.runner import WAIT_POLL_S, RunFlag, StopFlags, fast_png_file, timed_call
 from sd2_app.ui.tab_frame import TabFrame
 from sd2_app.ui.uploads import upload_image
@@ -35,10 +38,12 @@ if TYPE_CHECKING:
     from sd2_app.api.service import Result, Service
 
 
-PICKED = ("sampler", "checkpoint")  # kinds whose values are picked from a list
+PICKED = ("sampler", "checkpoint", "hires_sampler", "hires_upscaler")  # kinds whose values are picked from a list
 HINTS = {"prompt_sr": "the first value is searched in the prompt: cat, dog, tiger",
+         "prompt_order": "terms of the prompt, put in every order: cat, dog, tiger (at most 4)",
          "use_karras": "on, off", "seed": "1, 2, 3 or 1-4", "variation_seed": "1, 2, 3 or -1 (random)",
-         "variation_strength": "0, 0.25, 0.5 or 0-1 [5]"}
+         "variation_strength": "0, 0.25, 0.5 or 0-1 [5]", "eta": "0, 0.5, 1 (DDIM only)",
+         "hires_steps": "10, 20 or 0 (= Steps); turns the hires fix on"}
 TABLES_DIR = Path(tempfile.gettempdir()) / "sd2-app-plots"
 
 
@@ -117,7 +122,7 @@ def _tables(result: Result) -> list[str]:
 
 
 class PlotView:
-    """A plot's run (`common.stream_result`'s view): each finished cell joins the gallery as it comes (so Stop,
+    """A plot's run (`run_stream.stream_result`'s view): each finished cell joins the gallery as it comes (so Stop,
     which ends the stream, leaves them on screen); the grids, cells and tables come at the end."""
 
     idle_s = WAIT_POLL_S  # its place at the GPU gate is looked up until its first step, as a request's is
@@ -144,7 +149,9 @@ class PlotView:
 
 
 def build(service: Service, flags: StopFlags) -> ResultPanel:
-    picks = {"sampler": [(name, name) for name in service.samplers()], "checkpoint": service.checkpoints("txt2img")}
+    samplers = [(name, name) for name in service.samplers()]
+    picks = {"sampler": samplers, "checkpoint": service.checkpoints("txt2img"), "hires_sampler": samplers,
+             "hires_upscaler": [(name, name) for name in HIRES_UPSCALERS]}
     frame = TabFrame(service, "xyz", EXAMPLE_PROMPTS[1])
     # The tables ride in the panel's extra output (an image on other tabs): cleared at Generate, filled at the
     # end by `finish_extra`.

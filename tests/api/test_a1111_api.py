@@ -32,7 +32,7 @@ from tests.reliability_support import noise_image, png_bytes  # noqa: E402
 from tests.reliability_support import free_port  # noqa: E402
 
 if TYPE_CHECKING:
-    from sd2_app.api.address_jobs import AddressJobs
+    from sd2_app.api.job_admission import JobAdmission
 
 USER, PASSWORD = "krita", "s3cret"
 ADDRESS_LIMIT = 4  # the API's jobs per network address (this test's clients are all 127.0.0.1)
@@ -74,15 +74,15 @@ def gpu_spans() -> GpuSpans:
 
 
 @pytest.fixture(scope="module")
-def address_jobs() -> "AddressJobs":
-    from sd2_app.api.address_jobs import AddressJobs
+def job_admission() -> "JobAdmission":
+    from sd2_app.api.job_admission import JobAdmission
 
-    return AddressJobs(limit=ADDRESS_LIMIT, queue_size=4)
+    return JobAdmission(limit=ADDRESS_LIMIT, queue_size=4)
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, gpu_spans: GpuSpans,
-        address_jobs: "AddressJobs") -> Iterator[tuple[str, int, object]]:
+        job_admission: "JobAdmission") -> Iterator[tuple[str, int, object]]:
     from sd2_app.api.a1111_routes import A1111Api, build_router
     from sd2_app.api.service import Service
     from sd2_app.api.tasks import TASKS, pipeline_of
@@ -98,7 +98,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, gpu_spans: GpuSpans,
     service = Service(manager, outputs_dir=tmp_path_factory.mktemp("outputs"), allowed_repos=(), tasks=tasks)
     demo = build_ui(service)
     demo.queue(max_size=8, default_concurrency_limit=1)
-    api = A1111Api(service, auth=[(USER, PASSWORD)], address_jobs=address_jobs)
+    api = A1111Api(service, auth=[(USER, PASSWORD)], job_admission=job_admission)
     port = free_port()
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
                             show_error=False, ssr_mode=False, app_kwargs={"routes": build_router(api).routes})
@@ -242,13 +242,13 @@ def test_catalog_endpoints(client) -> None:
     assert [u["model_name"] for u in client.get_upscalers()] == ["x4-upscaler"]
 
 
-def test_a_client_at_its_address_limit_is_refused_before_its_image_is_decoded(app, address_jobs,
+def test_a_client_at_its_address_limit_is_refused_before_its_image_is_decoded(app, job_admission,
                                                                              monkeypatch) -> None:
     """The job's place is taken before its body is decoded: an img2img call over the address's limit is refused
     (429) without decoding its init image (up to 34 MiB of base64); with its places back, the same call decodes
     the image once and runs."""
     from sd2_app.api import a1111
-    from sd2_app.api.address_jobs import too_many_jobs_from_address_message
+    from sd2_app.api.job_admission import too_many_jobs_from_address_message
 
     _, port, _ = app
     decoded: list[str] = []
@@ -262,17 +262,17 @@ def test_a_client_at_its_address_limit_is_refused_before_its_image_is_decoded(ap
     init = base64.b64encode(png_bytes(noise_image(64, 64, seed=4))).decode("ascii")
     body = {"prompt": "over the limit", "init_images": [init], "denoising_strength": 0.5, "seed": 1, **FAST}
     for _ in range(ADDRESS_LIMIT):  # the address's other jobs, waiting or running
-        assert address_jobs.take("127.0.0.1") is None
+        assert job_admission.take("127.0.0.1") is None
     try:
         status, answer = _post(port, "img2img", body)
     finally:
         for _ in range(ADDRESS_LIMIT):
-            address_jobs.release("127.0.0.1")
+            job_admission.release("127.0.0.1")
     assert (status, answer) == (429, {"detail": too_many_jobs_from_address_message(ADDRESS_LIMIT)})
     assert decoded == []
     status, answer = _post(port, "img2img", body)
     assert status == 200 and len(answer["images"]) == 1 and decoded == ["init_images[0]"]
-    assert address_jobs.count("127.0.0.1") == 0
+    assert job_admission.count("127.0.0.1") == 0
 
 
 def test_refusals_name_what_is_missing_and_unknown_fields_are_ignored(app, caplog) -> None:
@@ -421,3 +421,32 @@ def test_progress_encodes_each_new_preview_once() -> None:
     job.on_progress(2, 10, Image.new("RGB", (8, 6), (10, 200, 10)))
     assert job.preview_png() != first
 
+
+
+def test_progress_reads_the_job_count_and_the_callers_jobs_in_one_snapshot() -> None:
+    """A job that arrives while /progress reads is either in both the count and the caller's jobs or in neither:
+    here one arrives the moment the API's lock is first let go (as another thread's `_track` would)."""
+    from sd2_app.api.a1111_routes import A1111Api, _Tracked
+    from tests.ui_doubles import fake_service
+
+    api = A1111Api(fake_service())
+    inner = api._lock
+
+    class ArrivalOnFirstRelease:
+        released = 0
+
+        def __enter__(self) -> None:
+            inner.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            inner.release()
+            self.released += 1
+            if self.released == 1:
+                with inner:
+                    api._jobs.append(_Tracked("txt2img", 1, "127.0.0.1"))
+
+    api._lock = ArrivalOnFirstRelease()  # type: ignore[assignment]
+    answer = api.progress("127.0.0.1", skip_current_image=True)
+    reported = answer["state"]["job"] != ""
+    assert (reported, answer["state"]["job_count"]) in {(False, 0), (True, 1)}
+    assert len(api._jobs) == 1  # the job did arrive

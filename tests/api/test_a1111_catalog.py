@@ -76,6 +76,26 @@ def test_png_info_of_images_without_parameters(url: str) -> None:
     assert (text.status_code, text.json()["detail"]) == (422, "image must be a PNG, JPEG or WebP image.")
 
 
+def test_png_info_refusals_keep_their_status_and_message(url: str) -> None:
+    """What clients get for an image that is not one: HTTP 422 and the message naming what is wrong (the API's
+    one error mapping); a data URL and a padded string are read."""
+    cases = {
+        "no image": ({}, "image must be a base64-encoded PNG, JPEG or WebP image."),
+        "a number": ({"image": 5}, "image must be a base64-encoded PNG, JPEG or WebP image."),
+        "not base64": ({"image": "abc"}, "image is not valid base64 (Incorrect padding)."),
+        "a GIF": ({"image": _b64(b"GIF89a" + bytes(20))}, "image must be a PNG, JPEG or WebP image."),
+        "RIFF, not WebP": ({"image": _b64(b"RIFF" + bytes(4) + b"WAVE" + bytes(8))},
+                           "image must be a PNG, JPEG or WebP image."),
+    }
+    for what, (body, message) in cases.items():
+        answer = httpx.post(f"{url}/png-info", json=body, timeout=60)
+        assert (answer.status_code, answer.json()) == (422, {"detail": message}), what
+    text = _png_with_chunk(b"tEXt", b"parameters\0a cat\nSteps: 2, Seed: 3, Size: 8x8")
+    for image in (f"data:image/png;base64,{_b64(text)}", f"  {_b64(text)}\n"):
+        answer = httpx.post(f"{url}/png-info", json={"image": image}, timeout=60)
+        assert (answer.status_code, answer.json()["info"]) == (200, "a cat\nSteps: 2, Seed: 3, Size: 8x8")
+
+
 def _png_with_chunk(kind: bytes, data: bytes) -> bytes:
     """A small PNG with one more text chunk of `kind` holding `data`, inserted before its pixels."""
     import zlib

@@ -29,7 +29,7 @@ def test_a_local_app_takes_more_concurrent_api_jobs_from_loopback_than_the_publi
                    for seed in range(sent)]
         try:
             assert wait_for_api_jobs(url, lambda jobs: jobs == sent or any(f.done() for f in futures)) == sent
-            assert demo.flags.visitors.address_jobs.count("127.0.0.1") == sent  # type: ignore[attr-defined]
+            assert demo.flags.visitors.job_admission.count("127.0.0.1") == sent  # type: ignore[attr-defined]
         finally:
             interrupt_api_jobs(url, sent)
         answers = [future.result(timeout=120) for future in futures]

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from sd2_app.api.plot import plan_cells, write_tables
-from sd2_app.api.plot_axes import axis_values_text, parse_values, split_values
+from sd2_app.api.plot_axes import parse_values
+from sd2_app.api.plot_values import axis_values_text, split_values
 from sd2_app.api.plot_grid import draw_grid
 from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Sampling, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.api.checks import Limits
@@ -95,7 +96,8 @@ def test_picked_values_keep_their_order_and_types() -> None:
                                             "image."),
     (_plot(PlotAxis("warp", "1")), "Unknown X axis 'warp'; choose one of: sampler, steps, cfg_scale, seed, "
                                    "checkpoint, use_karras, guidance_rescale, strength, prompt_sr, "
-                                   "variation_seed, variation_strength."),
+                                   "variation_seed, variation_strength, eta, hires_steps, hires_upscaler, "
+                                   "hires_sampler, prompt_order."),
     (_plot(PlotAxis("nothing")), "Choose what the X axis varies."),
     (_plot(PlotAxis("steps", "1, 2"), PlotAxis("steps", "3")), "The X and Y axes both vary Steps; choose different "
                                                                "ones."),

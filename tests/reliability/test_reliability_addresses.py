@@ -23,7 +23,7 @@ import pytest
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
 
-from sd2_app.api.address_jobs import too_many_jobs_from_address_message  # noqa: E402
+from sd2_app.api.job_admission import too_many_jobs_from_address_message  # noqa: E402
 from sd2_app.ui.cache_files import results_folder  # noqa: E402
 from sd2_app.ui.runner import cached_file  # noqa: E402
 from tests.hosting_support import FAST, queue_join, served_behind_proxy, stop_queued_jobs  # noqa: E402

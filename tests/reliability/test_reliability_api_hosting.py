@@ -1,5 +1,5 @@
 """The A1111-compatible API hosted in public, through the running app with raw HTTP: its GPU jobs count towards
-the web UI's per-address job limit, one count for both front ends (`sd2_app.api.address_jobs`).
+the web UI's per-address job limit, one count for both front ends (`sd2_app.api.job_admission`).
 
 The app is `python app.py --host 0.0.0.0 --trusted-proxy-hops 1 --api --api-auth USER:PASS
 --max-jobs-per-address 3` served in-process on a free loopback port (the tiny checkpoints), behind a trusted
@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import httpx
 import pytest
 
-from sd2_app.api.address_jobs import too_many_jobs_from_address_message
+from sd2_app.api.job_admission import too_many_jobs_from_address_message
 from tests.hosting_support import (API_FAST, FAST, api_job_count, interrupt_api_jobs, queue_join, served_behind_proxy,
                                    stop_queued_jobs, wait_for_api_jobs)
 from tests.reliability_report import reliability, track_module  # noqa: F401
@@ -68,7 +68,7 @@ def test_api_jobs_from_one_address_stop_at_the_per_address_limit(api_app, reliab
             refused = _first_answers(futures, sent - ADDRESS_LIMIT)
             assert [r.status_code for r in refused] == [429] * (sent - ADDRESS_LIMIT), [r.text[:200] for r in refused]
             assert {r.json()["detail"] for r in refused} == {REFUSED}
-            assert visitors.address_jobs.count("203.0.113.7") == api_job_count(url, AUTH) == ADDRESS_LIMIT
+            assert visitors.job_admission.count("203.0.113.7") == api_job_count(url, AUTH) == ADDRESS_LIMIT
             ui = queue_join(url, "203.0.113.7", prompt="ui", seed=20, **UI_SLOW)  # the web UI counts them too
             assert ui.status_code == 400 and ui.json()["detail"] == REFUSED, ui.text
             # A client that writes its own X-Forwarded-For entry first: the proxy still appends the real address.
@@ -85,7 +85,7 @@ def test_api_jobs_from_one_address_stop_at_the_per_address_limit(api_app, reliab
         other_answer = other.result(timeout=120)
     assert answers == {200: ADDRESS_LIMIT, 429: sent - ADDRESS_LIMIT}
     assert other_answer.status_code == 200 and len(other_answer.json()["images"]) == 1, other_answer.text
-    assert visitors.address_jobs.count("203.0.113.7") == visitors.address_jobs.count("203.0.113.8") == 0
+    assert visitors.job_admission.count("203.0.113.7") == visitors.job_admission.count("203.0.113.8") == 0
     reliability(AREA, f"{sent} concurrent A1111 API txt2img calls (raw HTTP) from one address, "
                       f"--max-jobs-per-address {ADDRESS_LIMIT}, behind a trusted proxy (--trusted-proxy-hops 1)",
                 f"{ADDRESS_LIMIT} accepted, {sent - ADDRESS_LIMIT} refused at once, HTTP 429: {REFUSED} The web "
@@ -107,7 +107,7 @@ def test_web_ui_and_api_jobs_of_one_address_share_one_limit(api_app, reliability
                 refused = _first_answers(futures, 2)
                 assert [r.status_code for r in refused] == [429, 429], [r.text[:200] for r in refused]
                 assert {r.json()["detail"] for r in refused} == {REFUSED}
-                assert visitors.address_jobs.count("203.0.113.9") == ADDRESS_LIMIT and api_job_count(url, AUTH) == 1
+                assert visitors.job_admission.count("203.0.113.9") == ADDRESS_LIMIT and api_job_count(url, AUTH) == 1
                 over = queue_join(url, "203.0.113.9", prompt="ui over", seed=9, **UI_SLOW)
                 assert over.status_code == 400 and over.json()["detail"] == REFUSED, over.text
             finally:
@@ -115,7 +115,7 @@ def test_web_ui_and_api_jobs_of_one_address_share_one_limit(api_app, reliability
             answers = sorted(future.result().status_code for future in futures)
     finally:
         stop_queued_jobs(demo)
-    assert answers == [200, 429, 429] and visitors.address_jobs.count("203.0.113.9") == 0
+    assert answers == [200, 429, 429] and visitors.job_admission.count("203.0.113.9") == 0
     reliability(AREA, f"{ui_jobs} web UI jobs (cookieless queue joins) and then 3 concurrent A1111 API calls from one "
                       f"address, --max-jobs-per-address {ADDRESS_LIMIT}",
                 f"one count for both: 1 API call accepted, 2 refused, HTTP 429: {REFUSED} A further web UI job is "

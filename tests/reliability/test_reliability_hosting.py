@@ -137,7 +137,7 @@ def test_launch_settings_of_a_public_deployment(public_app, reliability) -> None
     assert args.max_jobs_per_address == 6 and args.max_upload_mb_per_address == 1024 and args.trusted_proxy_hops == 0
     assert settings["state_session_capacity"] == 1000
     assert args.queue_size == 16  # the served app's own, --queue-size 8: the GPU jobs' bound and Gradio's
-    assert demo.flags.visitors.address_jobs.queue_size == 8  # type: ignore[attr-defined]
+    assert demo.flags.visitors.job_admission.queue_size == 8  # type: ignore[attr-defined]
     assert demo._queue.max_size == gradio_max_size(8) == 8 + OTHER_EVENT_PLACES  # type: ignore[attr-defined]
     assert webapp.launch_settings(app.parse_args(["--auth", "ops:pw"]))["auth"] == ("ops", "pw")
     reliability(AREA, "launch settings (python app.py --host 0.0.0.0)",

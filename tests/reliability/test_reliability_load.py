@@ -19,7 +19,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from sd2_app.api.address_jobs import server_busy_message  # noqa: E402
+from sd2_app.api.job_admission import server_busy_message  # noqa: E402
 from tests.reliability_report import reliability, track_module  # noqa: E402,F401
 from tests.reliability_support import noise_image, one_thread, png_bytes, served_app  # noqa: E402,F401
 

@@ -23,7 +23,7 @@ from PIL import Image
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
 
-from sd2_app.api.address_jobs import server_busy_message  # noqa: E402
+from sd2_app.api.job_admission import server_busy_message  # noqa: E402
 from sd2_app.ui.hosting import (MAX_OTHER_EVENTS_PER_ADDRESS, OTHER_EVENT_PLACES,  # noqa: E402
                                 OTHER_EVENTS_BUSY_MESSAGE, too_many_events_from_address_message)
 from tests.hosting_support import (API_FAST, FAST, api_job_count, interrupt_api_jobs, queue_join,  # noqa: E402

@@ -287,6 +287,41 @@ def test_xy_plot_2x2(page) -> None:
     assert "xyz-plot-cells.csv" in files and "xyz-plot-cells.json" in files
 
 
+def test_xyz_plot_over_a1111s_hires_upscaler_and_prompt_order(page) -> None:
+    """A hires axis picks its values from the upscalers; Prompt order takes typed terms; the warning says the
+    hires fix was turned on."""
+    page.get_by_role("tab", name="X/Y/Z plot").click()
+    _pick(page, "xyz-x-type", "Hires upscaler")
+    page.keyboard.press("Escape")
+    sync_api.expect(page.locator("#xyz-x-picked .token")).to_have_count(0)  # the type's change emptied the values
+    sync_api.expect(page.get_by_role("option")).to_have_count(0)
+    page.locator("#xyz-x-picked input").first.click()
+    assert page.get_by_role("option").all_inner_texts() == ["Latent", "Latent (nearest-exact)", "Lanczos", "SD2 x4"]
+    page.get_by_role("option", name="Lanczos", exact=True).click()
+    page.get_by_role("option", name="Latent (nearest-exact)", exact=True).click()
+    page.keyboard.press("Escape")
+    _pick(page, "xyz-y-type", "Prompt order")
+    page.locator("#xyz-y-values textarea, #xyz-y-values input").first.fill("fox, cat")
+    page.locator("#xyz-prompt textarea").first.fill("a fox and a cat")
+    for elem_id, value in (("xyz-steps", 2), ("xyz-width", 64), ("xyz-height", 64)):
+        _set_number(page, elem_id, value)
+    page.locator("#xyz-run").click()
+    last = page.locator("#xyz-gallery .caption-label").nth(4)  # the last cell (another plot may be on show first)
+    sync_api.expect(last).to_contain_text("Hires upscaler: Latent (nearest-exact), cat, fox", timeout=180_000)
+    sync_api.expect(page.locator("#xyz-files a").first).to_be_visible(timeout=60_000)
+    sync_api.expect(page.locator("#xyz-gallery img")).to_have_count(5)
+    _shot(page, "xyz-plot-new-axes")
+    captions = page.locator("#xyz-gallery .caption-label").all_inner_texts()
+    assert [c.split(" · ")[0] for c in captions] == [
+        "Grid", "Hires upscaler: Lanczos, fox, cat", "Hires upscaler: Latent (nearest-exact), fox, cat",
+        "Hires upscaler: Lanczos, cat, fox", "Hires upscaler: Latent (nearest-exact), cat, fox"]
+    info = page.locator("#xyz-info").inner_text()
+    assert "The hires fix was off; the Hires upscaler axis turns it on" in info
+    assert 'Y Type: Prompt order, Y Values: "fox, cat"' in info
+    cell = page.locator("#xyz-gallery img").nth(1)  # a cell: the hires fix's 2x of 64x64
+    assert cell.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [128, 128]
+
+
 def test_generate_and_stop_say_what_is_happening(page) -> None:
     _generate_txt2img(page, 64, 64)  # a result on show, which the next run must take away
     run, stop, info = page.locator("#txt2img-run"), page.locator("#txt2img-stop"), page.locator("#txt2img-info")

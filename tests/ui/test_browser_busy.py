@@ -1,5 +1,5 @@
 """A full app, in a real Chromium (Playwright), as a visitor meets it: app.py's app with --queue-size 1 (the tiny
-checkpoints, served in-process), its one GPU place held as an A1111 API job holds it (`AddressJobs.take`).
+checkpoints, served in-process), its one GPU place held as an A1111 API job holds it (`JobAdmission.take`).
 
 Generate is refused at join with the app's busy message (the toast), and the line under the buttons stops
 saying "Queued…"; once the place is free the same click runs. Screenshots go to tests/artifacts/.
@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from sd2_app.api.address_jobs import server_busy_message
-from sd2_app.ui.common import NOT_STARTED
+from sd2_app.api.job_admission import server_busy_message
+from sd2_app.ui.run_events import NOT_STARTED
 from tests.reliability_support import one_thread, serve  # noqa: F401
 from tests.ui.test_browser import ARGS, ARTIFACTS, CHROMIUM, DESKTOP, _open, expect, sync_api
 
@@ -28,7 +28,7 @@ def full_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def test_generate_on_a_full_app_says_the_server_is_busy(full_app) -> None:
     url, demo = full_app
-    jobs = demo.flags.visitors.address_jobs  # type: ignore[attr-defined]
+    jobs = demo.flags.visitors.job_admission  # type: ignore[attr-defined]
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)

@@ -40,3 +40,34 @@ def test_an_a1111_png_fills_text_to_image_and_says_what_it_could_not(page, tmp_p
     expect(page.locator("#txt2img-hires input[type=checkbox]")).to_be_checked()
     expect(page.locator("#txt2img-hires-upscaler input").first).to_have_value("Latent")
     page.screenshot(path=str(ARTIFACTS / "paste-a1111-png.png"))
+
+
+def test_an_image_s_parameters_are_parsed_once(page, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading a PNG parses its text into the fields; the text box's change that follows must not parse it again.
+    A text pasted afterwards is still parsed (once)."""
+    import sd2_app.api.service as service_module
+
+    parsed: list[str] = []
+    original = service_module.parse_parameters
+
+    def counted(text: str) -> dict:
+        parsed.append(text)
+        return original(text)
+
+    monkeypatch.setattr(service_module, "parse_parameters", counted)  # the app serves in this process
+    text = A1111_TEXT.replace("Seed: 1234", "Seed: 5678")  # not the box's text already (another test's image)
+    picture = tmp_path / "once.png"
+    save_png(attach_parameters(Image.new("RGB", (64, 64), (90, 30, 10)), text), picture)
+    _go(page, "PNG info")
+    page.locator("#pnginfo-image input[type=file]").set_input_files(str(picture))
+    box = page.locator("#pnginfo-text textarea")
+    expect(box).to_have_value(text)
+    fields = page.locator("[data-testid=json], .json-holder").first
+    expect(fields).to_contain_text("5678")
+    page.wait_for_timeout(2000)  # any event still to come after the read (the box's change) has come and gone
+    assert parsed == [text]
+    pasted = A1111_TEXT.replace("Seed: 1234", "Seed: 4321")
+    box.fill(pasted)
+    expect(fields).to_contain_text("4321")
+    assert parsed == [text, pasted]
+    page.screenshot(path=str(ARTIFACTS / "pnginfo-parsed-once.png"))

@@ -19,7 +19,7 @@ from sd2_app import webapp
 from sd2_app.api.addresses import ClientAddresses, network_key
 from sd2_app.ui.cache_files import results_folder, sweep, sweeping_lifespan
 from sd2_app.app_flags import DEFAULT_MAX_SESSIONS
-from sd2_app.api.address_jobs import Refusal, server_busy_message, too_many_jobs_from_address_message
+from sd2_app.api.job_admission import Refusal, server_busy_message, too_many_jobs_from_address_message
 from sd2_app.ui.hosting import (DEFAULT_MAX_JOBS_PER_ADDRESS, GPU_QUEUE, OTHER_EVENT_PLACES, OTHER_EVENTS_BUSY_MESSAGE,
                                 Visitors, gradio_max_size, too_many_jobs_message)
 from sd2_app.ui.runner import cached_file
@@ -91,22 +91,22 @@ def test_jobs_per_address_count_every_visitor_of_the_address() -> None:
     for _ in range(3):  # three cookieless jobs: three visitors, one address
         queue.add(_request("10.0.0.2", "203.0.113.7"))
     queue.add(_request("10.0.0.2", "203.0.113.7"), concurrency_id="cpu")  # not a GPU job: not counted
-    assert visitors.address_jobs.count("203.0.113.7") == 3
+    assert visitors.job_admission.count("203.0.113.7") == 3
     assert visitors.admit("a-new-visitor", "203.0.113.7") == too_many_jobs_from_address_message(3)
-    assert visitors.address_jobs.count("203.0.113.7") == 3  # a refused job holds no place
+    assert visitors.job_admission.count("203.0.113.7") == 3  # a refused job holds no place
     assert visitors.admit("a-new-visitor", "203.0.113.8") is None
-    assert visitors.address_jobs.count("203.0.113.8") == 1  # an admitted one holds its address's place
-    visitors.address_jobs.release("203.0.113.8")
+    assert visitors.job_admission.count("203.0.113.8") == 1  # an admitted one holds its address's place
+    visitors.job_admission.release("203.0.113.8")
     assert too_many_jobs_from_address_message(3) == ("Your network address already has 3 jobs queued or running; "
                                                      "wait for one to finish before starting another.")
     assert too_many_jobs_from_address_message(1).startswith("Your network address already has 1 job queued")
 
 
 def test_the_a1111_apis_jobs_and_the_queues_share_one_count_per_address() -> None:
-    """The API holds places in `Visitors.address_jobs` (its jobs never enter Gradio's queue); the UI's refusal
+    """The API holds places in `Visitors.job_admission` (its jobs never enter Gradio's queue); the UI's refusal
     counts them, and the API's `take` counts the UI's queued jobs."""
     visitors, queue = _visitors(max_jobs=2, per_address=3)
-    jobs = visitors.address_jobs
+    jobs = visitors.job_admission
     for _ in range(2):
         queue.add(_request("10.0.0.2", "203.0.113.7"))  # two web UI jobs
     assert jobs.take("203.0.113.7") is None  # the third, an API job
@@ -129,15 +129,16 @@ def test_other_events_count_per_address_apart_from_gpu_jobs() -> None:
     for concurrency_id in ("png_info", "png_info", "140623533208448"):  # PNG info twice, an image check
         queue.add(_request("10.0.0.2", "203.0.113.7"), concurrency_id=concurrency_id)
     queue.add(_request("10.0.0.2", "203.0.113.8"), concurrency_id="png_info")
-    assert (visitors.other_events_from("203.0.113.7"), visitors.address_jobs.count("203.0.113.7")) == (3, 1)
-    assert visitors.other_events_from("203.0.113.8") == 1 and visitors.other_events_from("203.0.113.9") == 0
+    others = visitors.other_events_by_address()  # what `_other_refusal` reads
+    assert (others["203.0.113.7"], visitors.job_admission.count("203.0.113.7")) == (3, 1)
+    assert others["203.0.113.8"] == 1 and others["203.0.113.9"] == 0
 
 
 def test_the_apps_bound_counts_the_gpu_jobs_of_every_front_end_and_address_together() -> None:
     """--queue-size: the web UI's (and MCP's) jobs in Gradio's queue and the places held by API jobs and joining
     UI jobs, of every address, are one count; an address at its own limit hears about that first."""
     visitors, queue = _visitors(max_jobs=2, per_address=2, queue_size=3)
-    jobs = visitors.address_jobs
+    jobs = visitors.job_admission
     queue.add(_request("10.0.0.2", "203.0.113.7"))  # a web UI job
     queue.add(_request("10.0.0.2", "203.0.113.8"), concurrency_id="png_info")  # not a GPU job: not counted
     assert jobs.take("203.0.113.8") is None  # an API job of another address
@@ -183,7 +184,7 @@ def test_other_events_have_places_of_their_own_apart_from_the_gpu_jobs() -> None
         queue.add(_request("10.0.0.2", f"198.51.100.{index}"), concurrency_id="png_info")
     assert asyncio.run(queue.push(cheap, _request("10.0.0.2", "203.0.113.9"), None)) == (
         False, OTHER_EVENTS_BUSY_MESSAGE, "error")
-    assert visitors.address_jobs.total() == 2 and pushed == [cheap]
+    assert visitors.job_admission.total() == 2 and pushed == [cheap]
     assert gradio_max_size(2) == 2 + OTHER_EVENT_PLACES
 
 
@@ -194,12 +195,12 @@ def test_the_visitor_limit_speaks_first_and_zero_turns_the_address_limit_off() -
         queue.add(_request("10.0.0.2", "203.0.113.7", cookie=cookie))
     visitor = visitors.cookies.verify(cookie)
     assert visitors.admit(visitor, "203.0.113.7") == too_many_jobs_message(2)
-    assert visitors.address_jobs.count("203.0.113.7") == 2  # refused by the visitor limit: no address place held
+    assert visitors.job_admission.count("203.0.113.7") == 2  # refused by the visitor limit: no address place held
     for _ in range(50):
         queue.add(_request("10.0.0.2", "203.0.113.7"))
     assert visitors.admit("a-new-visitor", "203.0.113.7") is None
-    visitors.address_jobs.release("203.0.113.7")
-    assert visitors.address_jobs._held == {}
+    visitors.job_admission.release("203.0.113.7")
+    assert visitors.job_admission._held == {}
 
 
 def test_the_watched_queue_admits_gpu_jobs_through_visitors_admit() -> None:
@@ -209,7 +210,7 @@ def test_the_watched_queue_admits_gpu_jobs_through_visitors_admit() -> None:
     pushed: list[int] = []
 
     async def gradio_push(body: object, request: object, username: object) -> tuple[bool, str]:
-        pushed.append(visitors.address_jobs.count("203.0.113.7"))  # the place is held while Gradio accepts it
+        pushed.append(visitors.job_admission.count("203.0.113.7"))  # the place is held while Gradio accepts it
         return True, "event-id"
 
     queue.push = gradio_push
@@ -217,7 +218,7 @@ def test_the_watched_queue_admits_gpu_jobs_through_visitors_admit() -> None:
     visitors.watch(queue)
     body = SimpleNamespace(fn_index=0, data=[])
     assert asyncio.run(queue.push(body, _request("10.0.0.2", "203.0.113.7"), None)) == (True, "event-id")
-    assert pushed == [1] and visitors.address_jobs._held == {}
+    assert pushed == [1] and visitors.job_admission._held == {}
     queue.add(_request("10.0.0.2", "203.0.113.7"))  # Gradio's queue now has it
     refused = asyncio.run(queue.push(body, _request("10.0.0.2", "203.0.113.7"), None))
     assert refused == (False, too_many_jobs_from_address_message(1), "error") and pushed == [1]
@@ -246,7 +247,7 @@ def test_the_address_flags_and_their_defaults(monkeypatch: pytest.MonkeyPatch) -
 
 def test_the_built_app_limits_jobs_per_address_in_public_modes_only(monkeypatch: pytest.MonkeyPatch,
                                                                      tmp_path: Path) -> None:
-    """What `webapp.build` gives the queue's watch and the A1111 API (one `AddressJobs`) for each mode's default."""
+    """What `webapp.build` gives the queue's watch and the A1111 API (one `JobAdmission`) for each mode's default."""
     from PIL import Image
 
     from tests.reliability_support import linked_tiny_cache
@@ -260,8 +261,8 @@ def test_the_built_app_limits_jobs_per_address_in_public_modes_only(monkeypatch:
         args = app.parse_args(["--tiny", "--device", "cpu", "--no-save", "--queue-size", "5", *extra])
         demo = webapp.build(args)
         try:
-            assert demo.hosting.max_jobs_per_address == demo.flags.visitors.address_jobs.limit == limit, extra
-            assert demo.flags.visitors.address_jobs.queue_size == 5  # --queue-size: the GPU jobs' one bound
+            assert demo.hosting.max_jobs_per_address == demo.flags.visitors.job_admission.limit == limit, extra
+            assert demo.flags.visitors.job_admission.queue_size == 5  # --queue-size: the GPU jobs' one bound
             assert demo._queue.max_size == gradio_max_size(5)  # Gradio's: GPU jobs' and other events' places
         finally:
             demo.close()

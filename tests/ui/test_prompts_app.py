@@ -310,3 +310,13 @@ def test_counter_reads_the_tokenizer_without_loading_models(tmp_path: Path) -> N
     service = Service(manager, outputs_dir=None)
     assert service.count_tokens("a (red:1.2) hat", "sd21-base") == "7/75"
     assert manager.loaded_keys() == []  # no model was loaded for it
+
+
+def test_a_prompt_of_breaks_only_counts_and_runs(app) -> None:
+    """"BREAK" alone is one empty chunk, as in A1111 (the counter and the run crashed on it: no text to
+    tokenize)."""
+    client, _, _ = app
+    assert client.predict("BREAK", "sd21-base", api_name="/count_tokens") == "75/75"
+    assert client.predict("a BREAK BREAK", "sd21-base", api_name="/count_tokens") == "150/150"
+    _, gallery, info = client.predict(api_name="/txt2img", **{**FAST, "prompt": "BREAK", "negative_prompt": "BREAK"})
+    assert len(gallery) == 1 and "BREAK" in info

@@ -176,6 +176,87 @@ def test_xyz_plot_over_a1111s_var_seed_and_var_strength(app) -> None:
     assert "X Type: Var. strength" in images[0].info["parameters"]
 
 
+def test_xyz_plot_tab_offers_a1111s_axes_by_name(app) -> None:
+    """The X/Y/Z tab's type dropdowns (the page's config, as the browser gets it) list the new axes."""
+    client, _, _ = app
+    props = {c["props"].get("elem_id"): c["props"] for c in client.config["components"]}
+    for name in ("x", "y", "z"):
+        choices = [tuple(choice) for choice in props[f"xyz-{name}-type"]["choices"]]
+        assert {("Eta", "eta"), ("Hires steps", "hires_steps"), ("Hires upscaler", "hires_upscaler"),
+                ("Hires sampler", "hires_sampler"), ("Prompt order", "prompt_order")} <= set(choices), name
+
+
+SOLO = {"prompt": "a fox and a cat", "sampler": "Euler", "steps": 2, "seed": 4, "cfg_scale": 7.5, "width": 64,
+        "height": 64}
+
+
+@pytest.mark.parametrize(("axis", "captions", "solos"), [
+    ({"x_type": "hires_steps", "x_values": "1, 3"}, ["Hires steps: 1", "Hires steps: 3"],
+     [{"hires_fix": True, "hires_steps": 1}, {"hires_fix": True, "hires_steps": 3}]),
+    ({"x_type": "hires_upscaler", "x_picked": ["Lanczos", "Latent (nearest-exact)"]},
+     ["Hires upscaler: Lanczos", "Hires upscaler: Latent (nearest-exact)"],
+     [{"hires_fix": True, "hires_upscaler": "Lanczos"}, {"hires_fix": True, "hires_upscaler": "Latent (nearest-exact)"}]),
+    ({"x_type": "hires_sampler", "x_picked": ["DDIM", "Heun"]}, ["Hires sampler: DDIM", "Hires sampler: Heun"],
+     [{"hires_fix": True, "hires_sampler": "DDIM"}, {"hires_fix": True, "hires_sampler": "Heun"}]),
+    ({"x_type": "prompt_order", "x_values": "fox, cat"}, ["fox, cat", "cat, fox"],
+     [{"prompt": "a fox and a cat"}, {"prompt": "a cat and a fox"}]),
+])
+def test_xyz_plot_new_axis_cells_equal_solo_runs(app, axis: dict, captions: list[str], solos: list[dict]) -> None:
+    """A1111's Hires steps / upscaler / sampler and Prompt order axes: a 2-value axis makes 2 cells, each the
+    /txt2img run with that setting, pixel for pixel and parameter for parameter (a hires axis turns the hires
+    fix on with its defaults, the txt2img tab's defaults too)."""
+    client, _, _ = app
+    _, gallery, info, _ = client.predict(api_name="/xyz_plot", **{**SOLO, **axis})
+    assert [item["caption"].split(" · ")[0] for item in gallery] == ["Grid", *captions]
+    cells = _pngs(gallery)[1:]
+    assert ("The hires fix was off; the Hires" in info) == axis["x_type"].startswith("hires")
+    for cell, solo in zip(cells, solos):
+        _, out, _ = client.predict(api_name="/txt2img", **{**SOLO, **solo})
+        alone = _pngs(out)[0]
+        assert cell.size == alone.size == ((128, 128) if "hires_fix" in solo else (64, 64))
+        assert np.array_equal(np.asarray(cell), np.asarray(alone)), solo
+        assert cell.info["parameters"] == alone.info["parameters"]
+    assert not np.array_equal(np.asarray(cells[0]), np.asarray(cells[1]))  # the axis changes the image
+    grid = client.predict(path=handle_file(gallery[0]["image"]), api_name="/png_info")[1]
+    assert grid["X Type"] == axis["x_type"].replace("_", " ").capitalize()  # A1111's names: "Hires steps", ...
+
+
+def test_xyz_plot_eta_cells_equal_ddim_runs_with_that_eta(app) -> None:
+    """Eta (DDIM only): the cells equal the service's DDIM runs with eta 0 and 1 and say "Eta: 1.0" as those do;
+    on Euler the plot is refused (it would be two equal images)."""
+    from sd2_app.api.requests import Sampling, Txt2ImgRequest
+
+    client, service, _ = app
+    ddim = {**SOLO, "sampler": "DDIM"}
+    _, gallery, _, _ = client.predict(api_name="/xyz_plot", x_type="eta", x_values="0, 1", **ddim)
+    cells = _pngs(gallery)[1:]
+    assert [item["caption"].split(" · ")[0] for item in gallery] == ["Grid", "Eta: 0", "Eta: 1"]
+    for cell, eta in zip(cells, (0.0, 1.0)):
+        alone = service.run(Txt2ImgRequest(SOLO["prompt"], width=64, height=64, sampling=Sampling(
+            sampler="DDIM", steps=2, seed=4, cfg_scale=7.5, eta=eta))).images[0]
+        assert np.array_equal(np.asarray(cell), np.asarray(alone)), eta
+        assert cell.info["parameters"] == alone.info["parameters"]
+    assert "Eta: 1.0" in cells[1].info["parameters"] and "Eta" not in cells[0].info["parameters"]
+    assert not np.array_equal(np.asarray(cells[0]), np.asarray(cells[1]))
+    with pytest.raises(AppError) as caught:
+        client.predict(api_name="/xyz_plot", x_type="eta", x_values="0, 1", **SOLO)
+    assert str(caught.value) == ("Eta changes only DDIM, and no cell of this plot runs it; choose DDIM as the sampler "
+                                 "or add it to a Sampler axis.")
+
+
+def test_xyz_plot_progress_counts_each_hires_cells_second_pass(app) -> None:
+    """A hires cell's progress runs through both passes (2 + 1, then 2 + 3 steps), so the plot's count ends at its
+    total and never passes it."""
+    from sd2_app.api.requests import PlotAxis, Sampling, Txt2ImgRequest, XYZPlotRequest
+
+    _, service, _ = app
+    events: list[tuple[int, int]] = []
+    base = Txt2ImgRequest("a fox", width=64, height=64, sampling=Sampling(sampler="Euler", steps=2, seed=4))
+    service.plot(XYZPlotRequest(base, PlotAxis("hires_steps", "1, 3")), lambda done, total, _: events.append(
+        (done, total)))
+    assert events == [(done, 8) for done in range(1, 9)]
+
+
 def test_xyz_plot_stop_keeps_the_finished_cells(app) -> None:
     client, _, _ = app
     job = client.submit(prompt="x", x_type="steps", x_values="20, 20, 20, 20", seed=1, width=64, height=64,

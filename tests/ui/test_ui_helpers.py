@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from sd2_app.ui.blocks import sampler_fields
-from sd2_app.ui.common import NOT_STARTED, QUEUED, selected_image
+from sd2_app.ui.result_panel import selected_image
+from sd2_app.ui.run_events import NOT_STARTED, QUEUED
 from sd2_app.ui.hosting import Visitors
 
 NAMES = ["Euler", "Euler a", "DPM++ 2M", "DDIM", "DPM2"]
@@ -84,7 +85,7 @@ def test_stop_flags_are_per_run_and_forgotten_when_it_ends() -> None:
 def test_result_text_fences_prompts_that_contain_backticks() -> None:
     from types import SimpleNamespace
 
-    from sd2_app.ui.common import describe
+    from sd2_app.ui.result_panel import describe
 
     parameters = "a ```quoted``` prompt\nSteps: 2, Seed: 7"
     text = describe(SimpleNamespace(seed=7, timings={"run": 1.0}, warnings=[], parameters=parameters))
@@ -121,7 +122,7 @@ def _late_step_after_stop(on_progress, should_stop, step: int, total: int, previ
 def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
     import gradio as gr
 
-    from sd2_app.ui.common import STARTING, STOPPING, stream_result
+    from sd2_app.ui.run_stream import STARTING, STOPPING, stream_result
     from sd2_app.ui.runner import StopFlags
 
     preview = Image.new("RGB", (8, 8))
@@ -146,7 +147,7 @@ def test_a_plot_runs_through_the_one_run_path_with_its_cells_and_stop() -> None:
     import gradio as gr
 
     from sd2_app.api.plot import PlotCell
-    from sd2_app.ui.common import STARTING, STOPPING, stream_result
+    from sd2_app.ui.run_stream import STARTING, STOPPING, stream_result
     from sd2_app.ui.runner import StopFlags
     from sd2_app.ui.xyz_plot import PlotView
 
@@ -186,7 +187,7 @@ def test_stop_says_how_far_the_run_got() -> None:
 
 
 def test_gallery_grid_follows_the_batch() -> None:
-    from sd2_app.ui.common import gallery_columns
+    from sd2_app.ui.result_panel import gallery_columns
 
     assert [gallery_columns(n) for n in (1, 2, 3, 4, 5, 8, 9)] == [1, 2, 2, 2, 3, 3, 3]
 
@@ -340,7 +341,7 @@ def test_a_first_step_ends_the_queue_place_the_line_showed(with_preview: bool) -
     """A run that showed its place in the queue, then got its first step (a request's with its preview, or a
     plot's with neither preview nor new cell): the line says the step, and a later idle poll (nothing ahead any
     more) leaves it there instead of going back to "Starting…"; a later step with nothing new shows nothing."""
-    from sd2_app.ui.common import _step_update
+    from sd2_app.ui.run_stream import _step_update
     from sd2_app.ui.run_views import RequestView
     from sd2_app.ui.runner import RunFlag
     from sd2_app.ui.xyz_plot import PlotView
@@ -362,7 +363,7 @@ def test_the_first_step_replaces_starting_even_without_a_preview() -> None:
     """A run that never waited in the queue: its first step says "Step 1/N" though no preview came with it (on a
     slow device the first preview is steps away, while the bar already counts them); later steps without a
     preview show nothing new."""
-    from sd2_app.ui.common import STARTING, _step_update
+    from sd2_app.ui.run_stream import STARTING, _step_update
     from sd2_app.ui.run_views import RequestView
     from sd2_app.ui.runner import QueuePlace, RunFlag
 

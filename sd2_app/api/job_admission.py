@@ -1,5 +1,5 @@
-"""The app's GPU jobs, whichever front end sent them: one count for the app's bound (--queue-size) and for the
-per-address limit.
+"""Admission of the app's GPU jobs, whichever front end sent them: one count for the app's bound (--queue-size)
+and for the per-address limit.
 
 The web UI's jobs (and MCP tool calls) wait and run in Gradio's queue, where `sd2_app.ui.hosting.Visitors` finds
 them (`queued`: how many each network address has there); the A1111 API's jobs never enter that queue
@@ -49,8 +49,9 @@ def _none_queued() -> Counter[str]:
     return Counter()
 
 
-class AddressJobs:
-    """The GPU jobs of each network address: the ones in Gradio's queue (`queued`) and the places held here.
+class JobAdmission:
+    """Whether a new GPU job may start: the app's bound and each network address's share, counted over the jobs in
+    Gradio's queue (`queued`) and the places held here.
 
     `queue_size` bounds them all together, `limit` those of one address (0 turns that limit off). `take` checks
     and holds under one lock, so jobs arriving at once from the web UI's event loop and the API's worker threads

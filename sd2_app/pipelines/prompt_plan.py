@@ -1,0 +1,140 @@
+"""A run's prompts before any model: the phases of its prompt schedule, each distinct text tokenized once, and
+the two limits on them. No torch: the pipeline encodes a `PromptPlan` (`prompt_schedule.py`), and the Service
+makes the same plan when it validates a request (`sd2_app.api.prompt_tools`), so a prompt over a limit is
+refused with the same message before the job waits for the GPU.
+
+The schedules (`sd2_app.prompt_editing`) count UNet calls as A1111 does: its CFG denoiser counts its calls
+from 0 and call i reads the first schedule entry whose last step is >= i (A1111 modules/prompt_parser.py,
+`reconstruct_cond_batch`; modules/sd_samplers_cfg_denoiser.py, `CFGDenoiser.forward`), over a schedule of
+`steps` x the sampler's UNet calls per step (A1111 modules/processing.py, `setup_conds`, with
+modules/sd_samplers_common.py `SamplerData.total_steps`: Heun and DPM2 call it twice). An image-to-image run
+counts from 0 at its first call over all its `steps`, whatever the strength cuts, and the hires fix's second
+pass over its hires steps, counted on from the first pass (`hires_prompt_steps`), as there.
+
+A phase is one (prompt text, negative prompt text) pair. The limits: each text at most MAX_CHUNKS chunks of 75
+tokens (`prompt_chunks.check_length`), and phases x chunks per phase at most MAX_PHASE_CHUNKS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sd2_app.errors import InvalidRequest
+from sd2_app.pipelines.prompt_chunks import TokenizedPrompt, check_length, tokenize_prompts
+from sd2_app.prompt_editing import Schedule, prompt_schedule
+from sd2_app.samplers.registry import SAMPLERS
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
+
+    from sd2_app.api.requests import HiresFix, Sampling
+    from sd2_app.loading.embeddings import TextualInversion
+
+MAX_PHASE_CHUNKS = 64  # phases x chunks per phase: bounds the encoder's work and the contexts' memory
+
+
+@dataclass(frozen=True)
+class PromptSteps:
+    """The UNet calls a schedule spans (A1111's `total_steps`), and the first pass's for a hires second pass."""
+
+    calls: int
+    first_pass_calls: int | None = None
+
+
+def unet_calls(sampling: Sampling) -> int:
+    """A run's schedule length in UNet calls: its steps x the sampler's calls per step."""
+    return sampling.steps * SAMPLERS[sampling.sampler].order
+
+
+def prompt_steps(sampling: Sampling) -> PromptSteps:
+    """The prompt schedule of a run with `sampling` (image-to-image too: all its steps, whatever the strength)."""
+    return PromptSteps(unet_calls(sampling))
+
+
+def hires_prompt_steps(first_pass: Sampling, hires: HiresFix) -> PromptSteps:
+    """The hires fix's second pass: its hires steps x its sampler's calls per step (not the longer schedule whose
+    end it runs), counted on from the first pass's calls (A1111 modules/processing.py, `setup_conds`: the hr
+    conds are built for the hires steps with the first pass's as base)."""
+    sampler = SAMPLERS[hires.sampler or first_pass.sampler]
+    return PromptSteps((hires.steps or first_pass.steps) * sampler.order, unet_calls(first_pass))
+
+
+def uses_guidance(sampling: Sampling) -> bool:
+    """Whether a run reads its negative prompt: classifier-free guidance is on above a scale of 1."""
+    return sampling.cfg_scale > 1.0
+
+
+def call_phases(prompt: Schedule, negative: Schedule, calls: int) -> tuple[list[tuple[str, str]], tuple[int, ...]]:
+    """The distinct (prompt, negative prompt) texts in order of first use, and the phase of each call 0..calls-1.
+
+    Call i reads each schedule's first entry whose last step is >= i (A1111's pick); past the end, the last
+    entry (it cannot happen with these call counts). Both schedules ascend, so one pass walks them."""
+    phase_of: dict[tuple[str, str], int] = {}
+    order: list[int] = []
+    at_prompt = at_negative = 0
+    for call in range(calls):
+        while at_prompt < len(prompt) - 1 and prompt[at_prompt][0] < call:
+            at_prompt += 1
+        while at_negative < len(negative) - 1 and negative[at_negative][0] < call:
+            at_negative += 1
+        pair = (prompt[at_prompt][1], negative[at_negative][1])
+        order.append(phase_of.setdefault(pair, len(phase_of)))
+    return list(phase_of), tuple(order)
+
+
+def check_phase_cost(phases: int, chunks: int) -> None:
+    """Refuse `phases` prompt pairs of `chunks` chunks each over MAX_PHASE_CHUNKS."""
+    if phases * chunks > MAX_PHASE_CHUNKS:
+        raise InvalidRequest(
+            f"The prompt editing and alternation make {phases} different prompt pairs of {chunks} chunk(s) each; "
+            f"at most {MAX_PHASE_CHUNKS} pairs x chunks are allowed. Use fewer alternatives or shorter prompts."
+        )
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    """What the text encoder reads for one run."""
+
+    pairs: list[tuple[str, str]]  # the phases' (prompt, negative prompt) texts, in order of first use
+    order: tuple[int, ...]  # the phase of each UNet call
+    texts: dict[str, TokenizedPrompt]  # each distinct text read (negative ones only with guidance), once
+    use_cfg: bool
+
+    @property
+    def chunks(self) -> int:
+        """Chunks per phase: the longest text's."""
+        return max(len(tokens.chunks) for tokens in self.texts.values())
+
+    def read(self, pair: tuple[str, str]) -> list[TokenizedPrompt]:
+        """The phase's tokenized texts: [prompt, negative prompt] with guidance, else [prompt]."""
+        return [self.texts[text] for text in (pair if self.use_cfg else pair[:1])]
+
+    def embeddings(self) -> list[TextualInversion]:
+        """The embeddings the texts use, phase by phase, the prompt's before the negative prompt's."""
+        used = {e.name: e for pair in self.pairs for tokens in self.read(pair) for e in tokens.embeddings}
+        return list(used.values())
+
+
+def plan_prompts(tokenizer: CLIPTokenizer, prompt: str, negative_prompt: str, *, use_cfg: bool,
+                 steps: PromptSteps, embeddings: Mapping[str, TextualInversion] | None = None) -> PromptPlan:
+    """The run's phases and its texts tokenized (one tokenizer call for all of them), within the limits.
+
+    Raises InvalidRequest for too many phases (checked before tokenizing), a text over MAX_CHUNKS chunks (the
+    first in phase order, its prompt before its negative prompt), or phases x chunks over MAX_PHASE_CHUNKS.
+    """
+    positive = prompt_schedule(prompt, steps.calls, steps.first_pass_calls)
+    negative = (prompt_schedule(negative_prompt, steps.calls, steps.first_pass_calls) if use_cfg
+                else [(steps.calls, negative_prompt)])
+    pairs, order = call_phases(positive, negative, steps.calls)
+    check_phase_cost(len(pairs), 1)
+    read = [(text, label) for pair in pairs
+            for text, label in zip(pair if use_cfg else pair[:1], ("prompt", "negative prompt"))]
+    distinct = list(dict.fromkeys(text for text, _ in read))
+    texts = dict(zip(distinct, tokenize_prompts(tokenizer, distinct, embeddings)))
+    for text, label in read:
+        check_length(texts[text], label)
+    plan = PromptPlan(pairs, order, texts, use_cfg)
+    check_phase_cost(len(pairs), plan.chunks)
+    return plan

@@ -1,0 +1,143 @@
+"""Generate and Stop of a generation tab, wired (`wire_run`): the buttons' states, the run on the GPU queue
+(`run_stream.stream_result`), its API name and parameter names, and Stop, which cancels it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TYPE_CHECKING
+
+import gradio as gr
+from gradio.events import Dependency
+from PIL import Image
+
+from sd2_app.api.requests import Request
+from sd2_app.api.gpu_time import gpu, values_seconds
+from sd2_app.ui.hosting import stop_flag_of
+from sd2_app.ui.layout import GENERATE, RUNNING
+from sd2_app.ui.raw_values import server_checked
+from sd2_app.ui.result_panel import ResultPanel, describe, gallery_columns
+from sd2_app.ui.run_stream import stream_result
+from sd2_app.ui.run_views import RequestView, RunView
+from sd2_app.ui.runner import GPU_QUEUE, Finish, StopFlags, stopped_message
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Result, Service
+
+NOTHING_TO_STOP = "Nothing to stop."  # Stop from a visitor with no job, running or queued
+QUEUED = "Queued…"  # the info line from Generate until the run starts
+NOT_STARTED = "Not started; the message at the top says why."  # a run that never began (its join refused)
+
+
+def wire_run(
+    service: Service,
+    flags: StopFlags,
+    panel: ResultPanel,
+    inputs: list[gr.components.Component],
+    make_request: Callable[..., Request],
+    api_name: str,
+    names: Sequence[str],
+    *,
+    finish_extra: Callable[[Result], tuple] = lambda result: (),
+    view: Callable[[], RunView] = RequestView,
+) -> Dependency:
+    """Connect Generate (streaming, on the GPU queue) and Stop; returns the run event.
+
+    `view` makes each run's `RunView` (`stream_result`): a tab that streams more than previews has its own (the
+    X/Y/Z plot shows each finished cell as it comes)."""
+    # `selected` goes back to 0 with every new result: an index picked in the previous gallery must not make
+    # "Send to" carry another image of the new one.
+    outputs: list[gr.components.Component] = [panel.preview, panel.gallery, panel.info, panel.last_seed,
+                                              panel.selected]
+    if panel.extra is not None:
+        outputs.append(panel.extra)
+
+    def finish(result: Result, shown: list[str] | list[Image.Image]) -> tuple:
+        # `shown`: the files the Service encoded, served as they are (no second PNG encode by Gradio)
+        gallery = list(zip(shown, result.captions or [None] * len(result.images)))
+        return (gallery, describe(result), result.seed, 0, *finish_extra(result))
+
+    assert len(names) == len(inputs), (api_name, names)
+    handler = _generate_handler(service, flags, make_request, names, finish, len(outputs), view)
+    server_checked(inputs)
+    event = _wire_generate(panel, handler, inputs, outputs, api_name, service.concurrency)
+    _wire_stop(panel, flags, event, api_name)
+    return event
+
+
+def _generate_handler(
+    service: Service,
+    flags: StopFlags,
+    make_request: Callable[..., Request],
+    names: Sequence[str],
+    finish: Finish,
+    n_outputs: int,
+    view: Callable[[], RunView],
+) -> Callable[..., Iterator[tuple]]:
+    """The Generate event's function: widget values in (named after the request fields), `stream_result`'s yields
+    out."""
+
+    # ZeroGPU: each call asks for the GPU time its own job needs (widget values -> request -> cost)
+    @gpu(duration=lambda request, *values: values_seconds(service, make_request, tuple(values[:-1])))
+    def handler(request: gr.Request, *values: Any) -> Iterator[tuple]:
+        # Gradio passes (request, *widget values, progress tracker) by position: see the signature below.
+        *widget_values, progress = values
+        yield from stream_result(
+            service, flags, lambda: make_request(*widget_values), flags.visitor(request), progress, finish,
+            n_outputs, queued_flag=stop_flag_of(request), view=view(),
+        )
+
+    # Name the API parameters after the request fields (gradio_client users call `prompt=...`, not `param_1=...`).
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    handler.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("request", positional, annotation=gr.Request)]
+        + [inspect.Parameter(name, positional, default=None) for name in names]
+        + [inspect.Parameter("progress", positional, default=gr.Progress())]
+    )
+    return handler
+
+
+def _idle() -> tuple:  # new dicts per call: Gradio consumes an update's "value" when it applies it
+    return gr.update(value=GENERATE, interactive=True), gr.update(interactive=False)
+
+
+def _wire_generate(panel: ResultPanel, handler: Callable[..., Iterator[tuple]],
+                   inputs: list[gr.components.Component], outputs: list[gr.components.Component], api_name: str,
+                   concurrency: int) -> Dependency:
+    """Generate: the buttons say a run is on and the last run's results go (so nothing old passes for new), then
+    the run itself (the API event, returned), then the buttons come back, whether it succeeded, failed or stopped."""
+    clear = (None,) * (len(outputs) - 5)  # the extra images; the seed and pick stay
+    started = panel.run.click(
+        lambda: (gr.update(value=RUNNING, interactive=False), gr.update(interactive=True), None, None, QUEUED,
+                 *clear),
+        None, [panel.run, panel.stop, panel.preview, panel.gallery, panel.info, *outputs[5:]],
+        api_name=f"{api_name}_starts", api_visibility="private", queue=False, show_progress="hidden",
+    )
+    event = started.then(
+        handler, inputs, outputs, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=concurrency,
+        show_progress_on=[panel.gallery],  # the bar covers the results, not the live preview
+    )
+
+    def ends(gallery: Any, info: Any) -> tuple:  # also sizes the grid to the batch (the API's gallery stays a list)
+        # A join the queue refused (`ui.hosting`: the app, visitor or address at its limit) never ran the handler.
+        return (*_idle(), gr.update(columns=gallery_columns(len(gallery or []))),
+                NOT_STARTED if info == QUEUED else gr.update())
+
+    # Gradio 6 runs a .then() only after a success, despite its docs, so a failed run needs .failure() as well.
+    # Its update of the gallery also clears the "Error" badge there: the toast has said what went wrong.
+    for after, name in ((event.then, f"{api_name}_ends"), (event.failure, f"{api_name}_failed")):
+        after(ends, [panel.gallery, panel.info], [panel.run, panel.stop, panel.gallery, panel.info], api_name=name,
+              api_visibility="private", queue=False, show_progress="hidden")
+    return event
+
+
+def _wire_stop(panel: ResultPanel, flags: StopFlags, event: Dependency, api_name: str) -> None:
+    def stop(request: gr.Request) -> tuple:
+        # Cancelling the event ends its stream, so the message after Stop comes from here, not from the run.
+        # Stop reaches the visitor's queued jobs too (their flags were set when they joined the queue).
+        flag, queued = flags.stop_all(flags.visitor(request))
+        return (stopped_message(flag) if flag is not None or queued else NOTHING_TO_STOP, *_idle())
+
+    panel.stop.click(stop, None, [panel.info, panel.run, panel.stop], api_name=f"{api_name}_stop", cancels=[event],
+                     queue=False)

@@ -1,0 +1,116 @@
+"""The body of every Generate handler (`stream_result`): the request from the widget values, the service's
+progress streamed (bar with the step count, live preview every few steps, the run's place while it waits at the
+GPU gate) and the result, or the message of a run that cannot go on (`refuse`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import gradio as gr
+from PIL import Image
+
+from sd2_app.errors import Cancelled, InvalidRequest, LoadError
+from sd2_app.api.requests import Request
+from sd2_app.ui.run_views import RequestView, RunView
+from sd2_app.ui.runner import (Finish, QueuePlace, RunFlag, StopFlags, deliver, shown_preview, stopped_message, stream,
+                               user_message)
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
+
+log = logging.getLogger(__name__)
+
+STOPPING = "Stopping at the next step…"  # what a late preview shows after Stop, until the run has ended
+STARTING = "Starting…"  # from the run's start until its first preview
+
+
+def load_failed_message(service: Service, checkpoint: object) -> str:
+    """What a visitor is told when a checkpoint cannot be loaded: no folders, repo ids or errors (log only)."""
+    labels = getattr(getattr(service, "catalog", None), "labels", {}) or {}
+    label = labels.get(checkpoint, checkpoint) if isinstance(checkpoint, str) else "requested"
+    return f"The {label} model could not be loaded; the operator has the details."
+
+
+def refuse(message: str, n_outputs: int) -> Iterator[tuple]:
+    """A run that cannot go on: `message` in the info line (where "Starting…" would stay; the toast fades),
+    then raised as the `gr.Error` Gradio shows as a toast."""
+    yield (gr.skip(), gr.skip(), message, *(gr.skip(),) * (n_outputs - 3))
+    raise gr.Error(message, print_exception=False)
+
+
+def stream_result(
+    service: Service,
+    flags: StopFlags,
+    request_fn: Callable[[], Request],
+    session: str,
+    progress: gr.Progress,
+    finish: Finish,
+    n_outputs: int,
+    queued_flag: RunFlag | None = None,
+    view: RunView | None = None,
+) -> Iterator[tuple]:
+    """The body of every Generate handler: yields (preview, status) updates, then the finished outputs.
+
+    Outputs are always (preview, gallery, info, last_seed, selected, *extras); `finish(result, shown)` fills
+    gallery onward. `queued_flag` is the stop flag the job got when it joined the queue: when Stop set it while the
+    job waited, the run ends before its first step with "Stopped.". `view` starts the job and says what each step
+    shows (`run_views`; None: `RequestView`, one request).
+    """
+    view = view if view is not None else RequestView()
+    try:
+        request = request_fn()
+    except InvalidRequest as error:
+        log.info("refused a request: %s", error)
+        return (yield from refuse(str(error), n_outputs))
+    flag = flags.arm(session, queued_flag)
+    # The job starts now, not after this update; with no news for a while it may be waiting at the GPU gate.
+    run = stream(view.call(service, request, session, flag), flag, flags.threads, idle_s=view.idle_s)
+    progress(0, desc="Loading the model…")
+    keep = (gr.skip(),) * (n_outputs - 3)
+    place = QueuePlace(STARTING)
+    try:
+        yield (gr.skip(), gr.skip(), STARTING, *keep)
+        for item in run:
+            if item is None:  # no news for a while: say the run's place when it waits at the GPU gate
+                if (status := place.update(None if flag.total else service.jobs_ahead(flag.is_set), progress)):
+                    yield (gr.skip(), gr.skip(), status, *keep)
+            elif isinstance(item, tuple):
+                if (update := _step_update(view, item, flag, place, progress)) is not None:
+                    yield (*update, *keep)
+            else:
+                for warning in item.warnings:
+                    gr.Warning(warning)
+                yield from deliver(item, finish)
+    except GeneratorExit:  # closed (cancelled, or the client left), maybe before `run` started: stop the job
+        flag.set()
+        raise
+    except Cancelled:
+        yield (gr.skip(), gr.skip(), stopped_message(flag), *keep)
+    except InvalidRequest as error:
+        log.info("refused a request: %s", error)
+        yield from refuse(user_message(error), n_outputs)
+    except LoadError as error:
+        log.warning("load failed: %s", error)  # the detail (folders, repo ids) stays in the server log
+        checkpoint = getattr(getattr(request, "base", request), "checkpoint", None)
+        yield from refuse(load_failed_message(service, checkpoint), n_outputs)
+    finally:
+        flags.release(session, flag)
+
+
+def _step_update(view: RunView, step: tuple[int, int, Image.Image | None], flag: RunFlag, place: QueuePlace,
+                 progress: gr.Progress) -> tuple | None:
+    """The progress bar moved to a finished step; the (preview, gallery, info) it shows, if anything is new: a
+    preview, new gallery items from the view, or the run's first step (the line said "Starting…" or a place)."""
+    done, total, preview = step
+    flag.done, flag.total = done, total
+    progress((done, total), desc="Sampling", unit="steps")
+    first = place.started()  # always asked: it forgets the place, so a later idle poll cannot show it again
+    gallery = view.new_gallery()
+    if not (first or preview is not None or gallery is not None):
+        return None
+    # After Stop, a late preview must not put the step back over the stop message.
+    return (shown_preview(preview) if preview is not None else gr.skip(), gr.skip() if gallery is None else gallery,
+            STOPPING if flag.is_set() else view.status(done, total))

@@ -1,0 +1,92 @@
+"""The sampling settings every generation tab shares: sampler, Karras sigmas, steps, CFG, rescale, the seed row
+and the batch slider (`sampling_controls`), their values as a `Sampling` (`to_sampling`), and the checkpoint list
+of a task (`checkpoint_dropdown`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TYPE_CHECKING
+
+import gradio as gr
+
+from sd2_app.api.requests import Sampling
+from sd2_app.api.tasks import TASKS, default_checkpoint
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
+
+SAMPLING_NAMES = ("sampler", "use_karras", "steps", "cfg_scale", "guidance_rescale", "seed", "batch_size")
+EXAMPLE_PROMPTS = ("High quality photo of an astronaut riding a horse in space", "two tigers", "a white cat")
+
+
+@dataclass
+class SamplingControls:
+    sampler: gr.Dropdown
+    karras: gr.Checkbox
+    steps: gr.Slider
+    cfg: gr.Slider
+    rescale: gr.Slider
+    seed: gr.Number
+    batch: gr.Slider
+
+    def inputs(self) -> list[gr.components.Component]:
+        return [self.sampler, self.karras, self.steps, self.cfg, self.rescale, self.seed, self.batch]
+
+
+def to_sampling(sampler: str, karras: bool, steps: float, cfg: float, rescale: float, seed: Any, batch: float) -> Sampling:
+    """Widget values -> Sampling; the service validates every field (the API bypasses the sliders)."""
+    return Sampling(
+        sampler=sampler,
+        steps=steps,  # type: ignore[arg-type]  # validated (and made int) by the service
+        use_karras=karras,
+        cfg_scale=cfg,
+        guidance_rescale=rescale,
+        seed=None if seed is None or seed == "" else seed,
+        batch_size=batch,  # type: ignore[arg-type]
+    )
+
+
+def checkpoint_dropdown(service: Service, task: str, **kwargs: Any) -> gr.Dropdown:
+    """The checkpoints that can run `task`, the task table's default preselected."""
+    choices = service.checkpoints(task)
+    default = default_checkpoint(task, [key for _, key in choices])
+    return gr.Dropdown(choices, value=default, label="Checkpoint", **kwargs)
+
+
+def sampling_controls(
+    service: Service, prefix: str, *, batch: bool = True, task: str | None = None
+) -> tuple[SamplingControls, gr.Button, gr.Button]:
+    """The sampler settings, seed row and batch slider, set to the defaults of `task` (default: `prefix`) in
+    the task table; returns them with the (randomize, reuse) seed buttons."""
+    spec = TASKS[task or prefix]
+    sampler, steps, cfg = spec.sampler, spec.steps, spec.cfg_scale
+    names = service.samplers()
+    with gr.Row(elem_classes=["phone-stack"]):  # on a phone the checkbox goes under the list (app.css)
+        sampler_box = gr.Dropdown(names, value=sampler if sampler in names else names[0], label="Sampler", scale=3,
+                                  elem_id=f"{prefix}-sampler")
+        karras = gr.Checkbox(False, label="Karras sigmas", info="where the sampler offers them", scale=2,
+                             interactive=service.supports_karras(sampler), elem_id=f"{prefix}-karras")
+    with gr.Row():
+        steps_slider = gr.Slider(1, 150, steps, step=1, label="Steps", elem_id=f"{prefix}-steps")
+        cfg_slider = gr.Slider(0, 30, cfg, step=0.5, label="Guidance scale (CFG)")
+    with gr.Accordion("More sampling options", open=False):
+        rescale = gr.Slider(0, 1, 0, step=0.05, label="Guidance rescale", info="0.7 helps the 768-v models; 0 = off")
+    with gr.Row(elem_classes=["seed-row"]):  # static/app.css lines the buttons up with the seed box
+        seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, scale=3, elem_id=f"{prefix}-seed")
+        randomize = gr.Button("Random seed", scale=1, size="sm", elem_id=f"{prefix}-random-seed")
+        reuse = gr.Button("Reuse last seed", scale=1, size="sm", elem_id=f"{prefix}-reuse-seed")
+    batch_slider = gr.Slider(1, 8, 1, step=1, label="Images per prompt", visible=batch)
+    sampler_box.change(
+        lambda name: gr.update(interactive=service.supports_karras(name), value=False) if not service.supports_karras(name)
+        else gr.update(interactive=True),
+        sampler_box, karras, api_name=f"{prefix}_karras_allowed", api_visibility="private", queue=False,
+    )
+    controls = SamplingControls(sampler_box, karras, steps_slider, cfg_slider, rescale, seed, batch_slider)
+    return controls, randomize, reuse
+
+
+def wire_seed_buttons(randomize: gr.Button, reuse: gr.Button, seed: gr.Number, last_seed: gr.State, prefix: str) -> None:
+    randomize.click(lambda: -1, None, seed, api_name=f"{prefix}_random_seed", api_visibility="private", queue=False)
+    reuse.click(lambda last: -1 if last is None else last, last_seed, seed, api_name=f"{prefix}_reuse_seed",
+                api_visibility="private", queue=False)

@@ -1,0 +1,170 @@
+"""The X/Y/Z plot's A1111 axes beyond the first ones: Eta, Hires steps / upscaler / sampler and Prompt order.
+Their values as A1111 reads them, the exact refusals, the cells they make (labels, requests, warnings), their
+names in the grid's parameters and their cost against the cap. (The running app: tests/ui/test_ui_api.py.)"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from PIL import Image
+
+from sd2_app.api.checks import Limits
+from sd2_app.api.cost import job_cost
+from sd2_app.api.plot import plan_cells
+from sd2_app.api.plot_axes import parse_values
+from sd2_app.api.requests import HiresFix, Img2ImgRequest, PlotAxis, Sampling, Txt2ImgRequest, XYZPlotRequest
+from sd2_app.api.validation import validate
+from sd2_app.errors import InvalidRequest
+from sd2_app.pipelines.metadata import parse_parameters
+from tests.ui_doubles import fake_catalog, fake_service
+
+CATALOG = fake_catalog()
+PROMPT = "a cat and a dog on a mat, by a lake"
+
+
+def _plot(x: PlotAxis, y: PlotAxis | None = None, *, hires: HiresFix | None = None, **sampling: object
+          ) -> XYZPlotRequest:
+    settings: dict[str, object] = {"seed": 11, "steps": 2, **sampling}
+    base = Txt2ImgRequest(PROMPT, negative_prompt="a blurry cat", width=64, height=64, hires=hires,
+                          sampling=Sampling(**settings))  # type: ignore[arg-type]
+    return XYZPlotRequest(base, x, y)
+
+
+@pytest.mark.parametrize(("kind", "values", "parsed"), [
+    ("eta", "0-1 [3]", [0.0, 0.5, 1.0]),
+    ("eta", "0, 0.25", [0.0, 0.25]),
+    ("hires_steps", "10-30 (+10)", [10, 20, 30]),
+    ("hires_steps", "0, 5", [0, 5]),  # 0: the first pass's steps, as A1111's slider
+    ("hires_upscaler", '"Latent (nearest-exact)", Lanczos', ["Latent (nearest-exact)", "Lanczos"]),
+    ("hires_sampler", ("Euler", "DDIM"), ["Euler", "DDIM"]),
+    ("prompt_order", "cat, dog", [("cat", "dog"), ("dog", "cat")]),
+    ("prompt_order", "a, b, c", [("a", "b", "c"), ("a", "c", "b"), ("b", "a", "c"), ("b", "c", "a"),
+                                 ("c", "a", "b"), ("c", "b", "a")]),  # itertools.permutations' order, as A1111
+    ("prompt_order", (("dog", "cat"), ["cat", "dog"]), [("dog", "cat"), ("cat", "dog")]),  # orders given as lists
+])
+def test_new_axes_read_values_as_a1111(kind: str, values: object, parsed: list) -> None:
+    assert parse_values(PlotAxis(kind, values), "X values", 64) == parsed  # type: ignore[arg-type]
+
+
+def test_prompt_order_puts_the_terms_in_every_order_in_their_places() -> None:
+    checked, _ = validate(_plot(PlotAxis("prompt_order", "dog, cat, lake")), CATALOG)
+    cells, _ = plan_cells(checked, CATALOG, Limits())
+    assert [c.request.prompt for c in cells] == [
+        "a dog and a cat on a mat, by a lake", "a dog and a lake on a mat, by a cat",
+        "a cat and a dog on a mat, by a lake", "a cat and a lake on a mat, by a dog",
+        "a lake and a dog on a mat, by a cat", "a lake and a cat on a mat, by a dog"]
+    assert {c.request.negative_prompt for c in cells} == {"a blurry cat"}  # A1111 orders the prompt only
+    assert [c.labels[0] for c in cells[:2]] == ["dog, cat, lake", "dog, lake, cat"]
+    result = fake_service(None).plot(_plot(PlotAxis("prompt_order", "dog, cat")))
+    grid = parse_parameters(result.parameters)
+    assert grid["X Type"] == "Prompt order" and grid["X Values"] == "dog, cat"  # the terms, as A1111 writes them
+    assert [c.split(" · ")[0] for c in result.captions] == ["Grid", "dog, cat", "cat, dog"]
+    assert [row["x_prompt_order"] for row in result.cells] == ["dog, cat", "cat, dog"]
+    assert [image.info["parameters"].split("\n")[0] for image in result.images[1:]] == [
+        "a dog and a cat on a mat, by a lake", "a cat and a dog on a mat, by a lake"]
+
+
+def test_eta_runs_where_ddim_samples_and_is_dropped_with_a_warning_elsewhere() -> None:
+    checked, warnings = validate(_plot(PlotAxis("eta", "0, 0.5"), PlotAxis("sampler", "DDIM, Euler")), CATALOG)
+    cells, _ = plan_cells(checked, CATALOG, Limits())
+    assert [(c.labels[:2], c.request.sampling.eta) for c in cells] == [
+        (("Eta: 0", "DDIM"), 0.0), (("Eta: 0.5", "DDIM"), 0.5), (("Eta: 0", "Euler"), 0.0),
+        (("Eta: 0.5", "Euler"), 0.0)]
+    assert warnings == ["Eta changes only DDIM; the Euler cells run without it."]
+    hires_ddim, _ = validate(_plot(PlotAxis("eta", "0.5"), PlotAxis("hires_sampler", "DDIM, Euler")), CATALOG)
+    cells, _ = plan_cells(hires_ddim, CATALOG, Limits())
+    assert [c.request.sampling.eta for c in cells] == [0.5, 0.0]  # a DDIM hires pass takes it
+    result = fake_service(None).plot(_plot(PlotAxis("eta", "0.25, 0.75"), sampler="DDIM"))
+    grid = parse_parameters(result.parameters)  # (the cells' own "Eta": the running app's test)
+    assert grid["X Type"] == "Eta" and grid["X Values"] == "0.25, 0.75"
+
+
+def test_hires_axes_turn_the_hires_fix_on_with_its_defaults_and_say_so() -> None:
+    checked, warnings = validate(_plot(PlotAxis("hires_steps", "1, 3"), PlotAxis("hires_upscaler", "Lanczos")),
+                                 CATALOG)
+    assert warnings == ["The hires fix was off; the Hires steps and Hires upscaler axes turn it on with its "
+                        "defaults (upscaler Latent, upscale 2, denoising strength 0.5)."]
+    cells, _ = plan_cells(checked, CATALOG, Limits())
+    assert [c.request.hires for c in cells] == [HiresFix(upscaler="Lanczos", steps=1), HiresFix(upscaler="Lanczos",
+                                                                                                steps=3)]
+    assert [c.labels[:2] for c in cells] == [("Hires steps: 1", "Hires upscaler: Lanczos"),
+                                             ("Hires steps: 3", "Hires upscaler: Lanczos")]
+    own = HiresFix(upscaler="Lanczos", scale=1.5, denoising_strength=0.7)
+    checked, warnings = validate(_plot(PlotAxis("hires_sampler", "Euler, Heun"), hires=own), CATALOG)
+    cells, _ = plan_cells(checked, CATALOG, Limits())
+    assert warnings == [] and [c.request.hires for c in cells] == [replace(own, sampler="Euler"),
+                                                                   replace(own, sampler="Heun")]
+    result = fake_service(None).plot(_plot(PlotAxis("hires_sampler", ("Euler", "Heun")), hires=own))
+    grid = parse_parameters(result.parameters)
+    assert grid["X Type"] == "Hires sampler" and grid["X Values"] == "Euler, Heun" and "Hires sampler" not in grid
+    assert [c.split(" · ")[0] for c in result.captions[1:]] == ["Hires sampler: Euler", "Hires sampler: Heun"]
+
+
+def test_karras_axis_is_a1111s_schedule_type_with_its_names() -> None:
+    """A1111's "Schedule type" values Automatic and Karras read as our Karras axis, and its grid writes them back
+    under A1111's name (other A1111 schedules are not offered here: refused as for any other word)."""
+    assert parse_values(PlotAxis("use_karras", "Karras, Automatic"), "X values", 64) == [True, False]
+    result = fake_service(None).plot(_plot(PlotAxis("use_karras", "Karras, Automatic"), sampler="Euler"))
+    grid = parse_parameters(result.parameters)
+    assert grid["X Type"] == "Schedule type" and grid["X Values"] == "Karras, Automatic"
+    assert [c.split(" · ")[0] for c in result.captions[1:]] == ["Karras: on", "Karras: off"]
+    with pytest.raises(InvalidRequest, match="^X values \\(Karras\\): 'Exponential' is not on or off.$"):
+        validate(_plot(PlotAxis("use_karras", "Karras, Exponential")), CATALOG)
+
+
+def test_hires_axes_count_their_second_pass_against_the_cost_cap() -> None:
+    checked, _ = validate(_plot(PlotAxis("hires_steps", "1, 4")), CATALOG)
+    cells, _ = plan_cells(checked, CATALOG, Limits())
+    costs = [job_cost(cell.request, CATALOG) for cell in cells]
+    first_pass = 2 * 2 * 8 * 8  # steps x guidance x latent pixels
+    assert costs == [first_pass + 1 * 2 * 16 * 16, first_pass + 4 * 2 * 16 * 16]  # the second pass at 128x128
+    validate(_plot(PlotAxis("hires_steps", "1, 4")), CATALOG, Limits(max_job_cost=sum(costs)))
+    with pytest.raises(InvalidRequest, match=f"it costs {sum(costs):,} UNet evaluations x latent pixels and the "
+                                             f"limit is {sum(costs) - 1:,}"):
+        validate(_plot(PlotAxis("hires_steps", "1, 4")), CATALOG, Limits(max_job_cost=sum(costs) - 1))
+
+
+def _img2img(axis: PlotAxis) -> XYZPlotRequest:
+    return XYZPlotRequest(Img2ImgRequest("a cat", Image.new("RGB", (64, 64)), sampling=Sampling(steps=2)), axis)
+
+
+@pytest.mark.parametrize(("plot", "message"), [
+    (_plot(PlotAxis("prompt_order", "cat, dog, mat, lake, a")),
+     "X values (Prompt order): 5 terms give 120 orders; an axis may have at most 64 values, so list at most 4 "
+     "terms."),
+    (_plot(PlotAxis("prompt_order", ", ".join(f"t{i}" for i in range(30)))),
+     "X values (Prompt order): 30 terms give 30! orders; an axis may have at most 64 values, so list at most 4 "
+     "terms."),
+    (_plot(PlotAxis("prompt_order", "cat, dog, mat, lake"), PlotAxis("steps", "1-3")),
+     "The plot has 24×3 = 72 cells; the limit is 64."),
+    (_plot(PlotAxis("prompt_order", "cat, dog, cat")), "X values (Prompt order): 'cat' is listed twice; list each "
+                                                       "term once."),
+    (_plot(PlotAxis("prompt_order", "cat, horse, cow")), "Prompt order did not find 'horse', 'cow' in the prompt."),
+    (_plot(PlotAxis("prompt_order", "blurry, cat")), "Prompt order did not find 'blurry' in the prompt."),
+    (_plot(PlotAxis("prompt_order", "a cat, cat and")), "Prompt order: 'a cat' and 'cat and' overlap in the "
+                                                        "prompt; list terms that do not."),
+    (_plot(PlotAxis("prompt_order", (("cat", "dog"), ("cat", "mat")))),
+     "X values (Prompt order): every order must list the same terms as the first, ['cat', 'dog']."),
+    (_plot(PlotAxis("eta", "0, 0.5")), "Eta changes only DDIM, and no cell of this plot runs it; choose DDIM as the "
+                                       "sampler or add it to a Sampler axis."),
+    (_plot(PlotAxis("eta", "0, 2"), sampler="DDIM"), "Eta: 2: Eta must be between 0 and 1, got 2.0."),
+    (_plot(PlotAxis("eta", "some")), "X values (Eta): 'some' is not a number or a range such as 10-40 (+10)."),
+    (_plot(PlotAxis("hires_steps", "1, 200")), "Hires steps: 200: Hires steps must be between 1 and 150, got 200."),
+    (_plot(PlotAxis("hires_steps", "2.5")), "X values (Hires steps): '2.5' is not a whole number or a range such "
+                                            "as 10-40 (+10)."),
+    (_plot(PlotAxis("hires_upscaler", "Lanczos, ESRGAN_4x, Nearest")),
+     "X values (Hires upscaler): Unknown hires upscaler(s) 'ESRGAN_4x', 'Nearest'; choose from: Latent, "
+     "Latent (nearest-exact), Lanczos, SD2 x4."),
+    (_plot(PlotAxis("hires_sampler", ("Euler", "LMS"))),
+     "X values (Hires sampler): Unknown sampler(s) 'LMS'; choose from: DPM++ 2M, Euler a, Euler, DDIM, UniPC, "
+     "DPM++ 2M SDE, Heun."),
+    (_img2img(PlotAxis("hires_steps", "1, 2")), "Hires steps varies only a text-to-image plot with the hires fix; "
+                                                "remove the init image."),
+    (_img2img(PlotAxis("hires_upscaler", "Lanczos")), "Hires upscaler varies only a text-to-image plot with the "
+                                                      "hires fix; remove the init image."),
+])
+def test_new_axes_refuse_bad_values_in_words(plot: XYZPlotRequest, message: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        validate(plot, CATALOG, Limits())
+    assert str(caught.value) == message

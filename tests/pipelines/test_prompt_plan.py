@@ -1,0 +1,94 @@
+"""The host side of prompt editing (`sd2_app.pipelines.prompt_plan`, no torch): the phase of each UNet call in one
+pass over the schedules, equal to the former search of every call over every entry, and the limits checked
+before any model (the tiny checkpoint's tokenizer)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sd2_app.api.requests import HiresFix, Sampling
+from sd2_app.errors import InvalidRequest
+from sd2_app.pipelines.prompt_plan import (
+    call_phases, hires_prompt_steps, plan_prompts, prompt_steps, PromptSteps, unet_calls,
+)
+from sd2_app.prompt_editing import Schedule, prompt_schedule
+
+
+def _phases_by_search(prompt: Schedule, negative: Schedule, calls: int) -> tuple[list[tuple[str, str]], tuple[int, ...]]:
+    """The former `call_phases`: for every call, the first entry of each schedule whose last step is >= the call
+    (else the last entry), and the pair's index found by a search of the pairs so far."""
+    def entry_at(schedule: Schedule, call: int) -> int:
+        return next((i for i, (last, _) in enumerate(schedule) if call <= last), len(schedule) - 1)
+
+    pairs: list[tuple[str, str]] = []
+    order = []
+    for call in range(calls):
+        pair = (prompt[entry_at(prompt, call)][1], negative[entry_at(negative, call)][1])
+        if pair not in pairs:
+            pairs.append(pair)
+        order.append(pairs.index(pair))
+    return pairs, tuple(order)
+
+
+PROMPTS = [
+    ("a cat", ""),
+    ("a [cat:dog:3] on a hill", "blurry"),
+    ("[a|b|c] [x:y:0.5]", "[ugly|bad]"),
+    ("[red:blue:0.25] [big:[small:tiny:0.8]:0.5]", "[low:high:7]"),
+    ("[p:q:1.5] [r|s]", "[n::4]"),
+    ("[" + "|".join("abcdefg") + "] [u|v|w]", "[m:n:0.9]"),
+]
+SAMPLINGS = [  # Euler one call a step; Heun and DPM2 two; img2img counts all its steps whatever the strength
+    Sampling(sampler="Euler", steps=1), Sampling(sampler="Euler", steps=20), Sampling(sampler="Heun", steps=9),
+    Sampling(sampler="DPM2", steps=150), Sampling(sampler="DPM++ 2M", steps=33),
+]
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS, ids=lambda s: f"{s.sampler}-{s.steps}")
+@pytest.mark.parametrize("prompt, negative", PROMPTS)
+def test_call_phases_equal_the_search_of_every_call(prompt: str, negative: str, sampling: Sampling) -> None:
+    steps = [prompt_steps(sampling), hires_prompt_steps(sampling, HiresFix(steps=7, sampler="Heun")),
+             hires_prompt_steps(sampling, HiresFix())]
+    for run in steps:
+        positive = prompt_schedule(prompt, run.calls, run.first_pass_calls)
+        negatives = prompt_schedule(negative, run.calls, run.first_pass_calls)
+        for calls in (run.calls, run.calls + 3):  # and past the schedules' end: their last entries
+            assert call_phases(positive, negatives, calls) == _phases_by_search(positive, negatives, calls)
+
+
+def test_two_calls_a_step_double_the_schedule() -> None:
+    heun = Sampling(sampler="Heun", steps=4)
+    assert unet_calls(heun) == 8 and prompt_steps(heun) == PromptSteps(8)
+    schedule = prompt_schedule("[a:b:0.5]", 8)
+    assert schedule == [(4, "a"), (8, "b")]
+    assert call_phases(schedule, [(8, "")], 8) == ([("a", ""), ("b", "")], (0, 0, 0, 0, 0, 1, 1, 1))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from sd2_app.checkpoints.catalog import tiny_registry
+    from sd2_app.loading.repo_attempts import load_tokenizer_only
+    from sd2_app.testing.tiny import ensure_tiny_repos
+    from tests.pipeline_fixtures import tiny_dir
+
+    return load_tokenizer_only(tiny_registry(ensure_tiny_repos(tiny_dir()))["sd21-base"])
+
+
+def test_the_plan_refuses_phases_times_chunks_over_the_limit(tokenizer) -> None:
+    two_chunks = ", ".join(["a very detailed landscape"] * 4)
+    prompt = "[" + "|".join(f"{two_chunks} w{i}" for i in range(33)) + "]"
+    with pytest.raises(InvalidRequest) as refused:
+        plan_prompts(tokenizer, prompt, "", use_cfg=True, steps=PromptSteps(40))
+    assert str(refused.value) == ("The prompt editing and alternation make 33 different prompt pairs of 2 chunk(s) "
+                                  "each; at most 64 pairs x chunks are allowed. Use fewer alternatives or shorter "
+                                  "prompts.")
+    plan = plan_prompts(tokenizer, prompt, "", use_cfg=True, steps=PromptSteps(33))  # calls 0..32 read w0..w31: 32 x 2 = 64, allowed
+    assert len(plan.pairs) == 32 and plan.chunks == 2 and len(plan.texts) == 33  # and the empty negative
+
+
+def test_the_negative_prompt_is_read_only_with_guidance(tokenizer) -> None:
+    too_long = " BREAK ".join(["cat"] * 9)
+    plan = plan_prompts(tokenizer, "a cat", too_long, use_cfg=False, steps=PromptSteps(4))
+    assert list(plan.texts) == ["a cat"]
+    with pytest.raises(InvalidRequest, match="^The negative prompt is too long: it makes 9 chunks"):
+        plan_prompts(tokenizer, "a cat", too_long, use_cfg=True, steps=PromptSteps(4))
