@@ -341,10 +341,11 @@ SAMPLER_NAMES = [  # (A1111's sampler name, its schedule or None) -> (our sample
 
 def _send_to_txt2img(url: str, parsed: dict) -> dict:
     """PNG info's "Send to text to image" as the page sends it: a queue join of the event (found in /config, as
-    the page finds it) with the parsed parameters; the values it puts into text to image, by elem_id."""
+    the page finds it) with the parsed parameters; the values it puts into text to image, by elem_id (or label)."""
     config = httpx.get(f"{url}config", timeout=30).json()
     event = next(d for d in config["dependencies"] if d.get("api_name") == "png_info_send")
-    elem_ids = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
+    elem_ids = {c["id"]: c.get("props", {}).get("elem_id") or c.get("props", {}).get("label")
+                for c in config["components"]}
     session = f"send-{time.monotonic_ns()}"
     with httpx.Client(base_url=url, timeout=60) as http:
         joined = http.post("gradio_api/queue/join", json={"data": [parsed], "fn_index": event["id"],
@@ -378,6 +379,20 @@ def test_a1111_sampler_names_read_alike_by_the_api_and_the_paste(app, a1111: tup
     assert (status, info["sampler_name"], info["scheduler"]) == (200, ours[0], schedule_type)
     assert f"Sampler: {ours[0]}, Schedule type: {schedule_type}," in info["infotexts"][0]
     assert (sent["txt2img-sampler"], sent["txt2img-karras"]) == ours
+
+
+@pytest.mark.parametrize(("name", "ours"), [("PLMS", "PNDM"), ("dpm++ 2m", "DPM++ 2M"), ("DDIM", "DDIM")])
+def test_a1111_hires_sampler_names_read_as_the_first_pass_names(app, name: str, ours: str) -> None:
+    """hr_sampler_name and a pasted "Hires sampler" are read as the first pass's names are (any case, "PLMS")."""
+    url, port, _ = app
+    body = {"prompt": "x", **FAST, "seed": 1, "enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.5,
+            "hr_sampler_name": name}
+    status, answer = _post(port, "txt2img", body)
+    assert status == 200, answer
+    assert f"Hires sampler: {ours}" in json.loads(answer["info"])["infotexts"][0]
+    parsed = {"Prompt": "x", "Sampler": "Euler", "Denoising strength": 0.5, "Hires upscale": 1.5,
+              "Hires sampler": name}
+    assert _send_to_txt2img(url, parsed)["Hires sampler"] == ours
 
 
 def test_raw_http_with_the_field_set_of_a1111s_documentation(app) -> None:
