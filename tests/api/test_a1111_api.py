@@ -149,6 +149,13 @@ def test_txt2img_batches_seeds_and_metadata_match_the_service(app, client) -> No
         assert np.array_equal(np.asarray(ours.convert("RGB")), np.asarray(theirs))
 
 
+def test_eta_is_written_in_the_infotext_only_when_the_sampler_uses_it(client) -> None:
+    euler = client.txt2img(prompt="a lighthouse", seed=5, eta=0.5, **FAST)
+    ddim = client.txt2img(prompt="a lighthouse", seed=5, eta=0.5, **{**FAST, "sampler_name": "DDIM"})
+    assert "Eta" not in euler.info["infotexts"][0]  # Euler's step takes no eta: the image was made without it
+    assert ", Eta: 0.5" in ddim.info["infotexts"][0]
+
+
 def test_img2img_and_inpaint_with_a_mask(client) -> None:
     init = noise_image(64, 64, seed=3)
     result = client.img2img(images=[init], prompt="oil painting", denoising_strength=0.5, seed=2, **FAST)
