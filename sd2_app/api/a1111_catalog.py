@@ -1,8 +1,8 @@
 """The A1111 API's read-only routes: what the server offers (checkpoints, samplers, schedulers, upscalers,
-embeddings, and no scripts, styles or separate VAEs) and `/png-info`, which reads an image's parameters.
+embeddings, the host's prompt styles, and no scripts or separate VAEs) and `/png-info`, which reads an image's parameters.
 
 None of them touches the GPU or takes a job's place. Shapes: A1111's modules/api/models.py (SDModelItem,
-SamplerItem, SchedulerItem, UpscalerItem, EmbeddingsResponse, PNGInfoResponse) and modules/api/api.py
+SamplerItem, PromptStyleItem, SchedulerItem, UpscalerItem, EmbeddingsResponse, PNGInfoResponse) and modules/api/api.py
 (`pnginfoapi`: the text, the PNG's text items and the parsed fields).
 """
 
@@ -55,7 +55,9 @@ def catalog_routes(router: APIRouter, api: A1111Api) -> None:
 
     @router.get("/prompt-styles")
     def prompt_styles() -> list[dict[str, Any]]:
-        return []  # no saved styles here (a request's `styles` is refused, see a1111.NEUTRAL)
+        # A1111's PromptStyleItem; the host's --styles file, which visitors cannot change
+        return [{"name": style.name, "prompt": style.prompt, "negative_prompt": style.negative_prompt}
+                for style in api.service.styles.styles]
 
     @router.get("/sd-vae")
     def sd_vae() -> list[dict[str, Any]]:

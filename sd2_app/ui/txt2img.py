@@ -45,7 +45,8 @@ def build(service: Service, flags: StopFlags) -> Txt2ImgTab:
     wire_hires_size(width, height, extras, service.limits.max_side)
     inputs = [checkpoint, frame.prompt, frame.negative, width, height, *controls.inputs(), *extras.inputs()]
     wire_run(service, flags, frame.panel, inputs, make_request, "txt2img",
-             ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES, *EXTRA_NAMES))
+             ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES, *EXTRA_NAMES),
+             styles=frame.styles)
     return Txt2ImgTab(checkpoint, frame.prompt, frame.negative, width, height, controls, frame.panel, extras)
 
 
