@@ -18,6 +18,7 @@ from sd2_app.api import a1111
 from sd2_app.api.a1111_errors import errors_as_http
 from sd2_app.api.a1111_samplers import SCHEDULERS
 from sd2_app.pipelines.metadata import PNG_SIGNATURE
+from sd2_app.prompt_styles import with_styles_read
 
 if TYPE_CHECKING:
     from sd2_app.api.a1111_routes import A1111Api
@@ -94,6 +95,7 @@ def png_info_routes(router: APIRouter, api: A1111Api) -> None:
         if data.startswith(PNG_SIGNATURE):  # JPEG and WebP carry no PNG text chunks
             try:
                 text, fields = api.service.read_parameters(io.BytesIO(data))
+                fields = with_styles_read(fields, api.service.styles)  # as A1111's parse_generation_parameters
             except OSError as error:  # cut short, or a text chunk too long to be parameters
                 log.info("A1111 API: png-info: %s", error)
         return {"info": text or "", "items": {"parameters": text} if text else {}, "parameters": fields}
