@@ -18,7 +18,6 @@ import pytest
 from gradio_client import Client
 from PIL import Image
 
-from sd2_app import prompt_styles
 from tests.hosting_support import API_FAST
 from tests.reliability_support import noise_image, one_thread, png_bytes, serve  # noqa: F401 (a fixture)
 
@@ -103,7 +102,7 @@ def test_the_web_ui_endpoint_applies_the_picked_styles(app: str) -> None:
 def test_an_oversized_styles_file_leaves_the_app_serving_without_styles(
         one_thread: None, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     styles = tmp_path / "styles.csv"
-    styles.write_bytes(b"name,prompt\n" + b"a,b\n" * (prompt_styles.MAX_FILE_BYTES // 4))
+    styles.write_bytes(b"name,prompt\n" + b"a,b\n" * 2**18)  # 1 MiB and 12 bytes: over the 1 MiB limit
     argv = ["--tiny", "--device", "cpu", "--no-save", "--api", "--styles", str(styles)]
     with serve(argv, tmp_path / "cache") as (url, _):
         api = url.rstrip("/") + "/sdapi/v1"
