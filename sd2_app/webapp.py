@@ -13,6 +13,7 @@ import argparse
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from importlib.util import find_spec
 from typing import Any
 
@@ -27,6 +28,7 @@ from sd2_app.api.keeper import HISTORY_SIZE
 from sd2_app.api.service import Service
 from sd2_app.api.engine_settings import EngineSettings, ready, registry_of, service_options
 from sd2_app.app_flags import api_enabled, is_public
+from sd2_app.byte_limits import MAX_IMAGE_FILE_BYTES
 from sd2_app.checkpoints.catalog import CheckpointSpec
 from sd2_app.serve.config import ServeConfig, load_config
 from sd2_app.ui import build_ui
@@ -53,7 +55,7 @@ def build(args: argparse.Namespace) -> AppBlocks:
                       max_jobs_per_visitor=args.max_jobs_per_session, max_jobs_per_address=args.max_jobs_per_address,
                       max_upload_mb_per_address=args.max_upload_mb_per_address,
                       trusted_proxy_hops=args.trusted_proxy_hops,
-                      model_admin=args.allow_model_admin or bool(args.auth) or not is_public(args))
+                      model_admin=model_admin(args))
     if service.concurrency > args.queue_size:
         logging.getLogger("app").warning(
             "--queue-size %d is below the %d jobs the GPU queue can run at once: at most %d will run",
@@ -69,11 +71,24 @@ def build(args: argparse.Namespace) -> AppBlocks:
     if api_enabled(args):
         # The API's jobs count with the UI's, towards --queue-size and the per-address limit, and stop when the
         # app closes.
-        api = A1111Api(service, auth=parse_auth(args.api_auth), job_admission=demo.flags.visitors.job_admission,
-                       model_admin=hosting.model_admin)
+        auth = parse_auth(args.api_auth)
+        api = A1111Api(service, auth=auth, job_admission=demo.flags.visitors.job_admission,
+                       model_admin=api_model_admin(hosting.model_admin, auth))
         demo.stop_at_close(api)
         demo.sd2_routes = build_router(api).routes  # type: ignore[attr-defined]  # read by launch_settings()
     return demo
+
+
+def model_admin(args: argparse.Namespace) -> bool:
+    """Whether visitors may load and unload checkpoints by hand (the Models tab's buttons and their events): on
+    locally; in public modes (`is_public`) only with --allow-model-admin, or --auth (every visitor signed in)."""
+    return args.allow_model_admin or bool(args.auth) or not is_public(args)
+
+
+def api_model_admin(visitors_may: bool, api_auth: Sequence[tuple[str, str]]) -> bool:
+    """Whether the A1111 API's POST /options may change the shared current checkpoint: where visitors may load
+    checkpoints (`model_admin`), and wherever --api-auth's users alone reach the API (`api_auth`, its pairs)."""
+    return visitors_may or bool(api_auth)
 
 
 def local_service(settings: EngineSettings) -> Service:
@@ -132,7 +147,7 @@ def launch_settings(args: argparse.Namespace, demo: gr.Blocks | None = None) -> 
     # Gradio keep a copy of every component's config (gradio/state_holder.py, `SessionState`): --max-sessions
     # bounds how many it keeps.
     return dict(server_name=args.host, server_port=args.port, share=args.share, show_error=False, allowed_paths=[],
-                max_file_size="25mb", enable_monitoring=False, run_history=args.run_history, auth=auth,
+                max_file_size=MAX_IMAGE_FILE_BYTES, enable_monitoring=False, run_history=args.run_history, auth=auth,
                 ssr_mode=False, mcp_server=bool(args.mcp and mcp_available()), app_kwargs={"routes": routes},
                 state_session_capacity=args.max_sessions)
 

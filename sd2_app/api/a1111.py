@@ -27,16 +27,16 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from sd2_app.api import requests as rq
+from sd2_app.api.a1111_samplers import SCHEDULERS, read_sampler, sampler_named, schedule_label
 from sd2_app.api.tasks import TASKS
 from sd2_app.api.checks import resolve_seed
 from sd2_app.api.image_inputs import to_mask
 from sd2_app.api.results import Result
+from sd2_app.byte_limits import MAX_BASE64_CHARS, MAX_IMAGE_FILE_BYTES, MB
 from sd2_app.errors import InvalidRequest
-from sd2_app.samplers.registry import A1111_SAMPLER_NAMES
 
 log = logging.getLogger(__name__)
 
-MAX_BASE64_CHARS = 34 * 2**20  # about 25 MiB of image file, the web UI's upload limit
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF")  # PNG, JPEG, WebP (RIFF....WEBP)
 
 COMMON_FIELDS = frozenset({
@@ -83,9 +83,12 @@ IGNORED = frozenset({
     "s_tmax", "s_tmin", "include_init_images", "refiner_switch_at", "disable_extra_networks", "comments",
     "force_task_id", "infotext", "mask_blur_x", "mask_blur_y", "mask_round", "latent_mask", "firstpass_image",
 })
-SCHEDULERS = {"automatic": "Automatic", "karras": "Karras"}  # A1111 scheduler names we have -> labels
 RESIZE_MODES = {0: "just resize"}  # A1111's resize_mode values we do
 INPAINTING_FILL_ORIGINAL = 1  # A1111's "original": the masked area starts from the image, as ours does
+
+
+# (the name a call gives, or None; its task) -> our checkpoint key (`A1111Api.checkpoint_for`)
+CheckpointFor = Callable[[Any, str], str]
 
 
 @dataclass(frozen=True)
@@ -118,14 +121,17 @@ def image_bytes(value: Any, what: str) -> bytes:
     """The file of a base64 image (raw or a data URL) that claims to be a PNG, JPEG or WebP (its magic bytes)."""
     if not isinstance(value, str) or not value:
         raise InvalidRequest(f"{what} must be a base64-encoded PNG, JPEG or WebP image.")
-    if len(value) > MAX_BASE64_CHARS:
-        raise InvalidRequest(f"{what} is larger than the {MAX_BASE64_CHARS * 3 // 4 // 2**20} MiB limit.")
+    too_large = InvalidRequest(f"{what} is larger than the {MAX_IMAGE_FILE_BYTES // MB} MiB limit.")
+    if len(value) > MAX_BASE64_CHARS:  # refused before decoding; the exact file size is checked after
+        raise too_large
     if value.startswith("data:"):
         value = value.partition(",")[2]
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as error:
         raise InvalidRequest(f"{what} is not valid base64 ({error}).") from error
+    if len(data) > MAX_IMAGE_FILE_BYTES:
+        raise too_large
     if not data.startswith(IMAGE_MAGIC) or (data.startswith(b"RIFF") and data[8:12] != b"WEBP"):
         raise InvalidRequest(f"{what} must be a PNG, JPEG or WebP image.")
     return data
@@ -141,35 +147,28 @@ def decode_image(value: Any, what: str) -> Image.Image:
 
 
 def _sampler(body: Mapping[str, Any], names: list[str], task: str) -> tuple[str, bool]:
-    """(our sampler, Karras) from sampler_name (or the older sampler_index) and scheduler."""
+    """(our sampler, Karras) from sampler_name (or the older sampler_index) and scheduler (`read_sampler`)."""
     raw = body.get("sampler_name") or body.get("sampler_index") or TASKS[task].sampler
     if not isinstance(raw, str):
         raise InvalidRequest(f"sampler_name must be text, got {raw!r}.")
-    karras = False
-    if raw.endswith(" Karras"):  # before A1111 1.9 the schedule was part of the sampler's name
-        raw, karras = raw[: -len(" Karras")], True
-    raw = A1111_SAMPLER_NAMES.get(raw, raw)  # "PLMS" is our PNDM
-    by_lower = {name.lower(): name for name in names}
-    if raw.lower() not in by_lower:
-        raise InvalidRequest(f"Sampler {raw!r} is not available; choose one of: {', '.join(names)}.")
     scheduler = body.get("scheduler") or "automatic"
-    if not isinstance(scheduler, str) or scheduler.lower() not in SCHEDULERS:
+    sampler, karras = read_sampler(raw, scheduler, names)
+    if sampler is None:
+        raise InvalidRequest(f"Sampler {raw!r} is not available; choose one of: {', '.join(names)}.")
+    if schedule_label(scheduler) is None:
         raise InvalidRequest(f"Scheduler {scheduler!r} is not available; choose one of: {', '.join(SCHEDULERS)}.")
-    return by_lower[raw.lower()], karras or scheduler.lower() == "karras"
+    return sampler, karras
 
 
-def _checkpoint(body: Mapping[str, Any], current: str, task: str, fits: Callable[[str, str], str | None]) -> str:
-    """override_settings.sd_model_checkpoint, else the current model; a mask or an upscale picks a model that
-    can do it when the current one cannot (A1111 has one model for everything; we have one per task)."""
+def _checkpoint(body: Mapping[str, Any], task: str, checkpoint_for: CheckpointFor) -> str:
+    """The checkpoint of the call: `checkpoint_for(override_settings.sd_model_checkpoint or None, task)`."""
     override = body.get("override_settings") or {}
     if not isinstance(override, Mapping):
         raise InvalidRequest("override_settings must be an object.")
     for name in override:
         if name != "sd_model_checkpoint":
             log.info("A1111 API: ignoring override setting %s", name)
-    if override.get("sd_model_checkpoint"):
-        return str(override["sd_model_checkpoint"])  # validated (checkpoint and task) by the Service
-    return fits(current, task) or current
+    return checkpoint_for(override.get("sd_model_checkpoint") or None, task)
 
 
 def _sampling(body: Mapping[str, Any], names: list[str], seed: int, task: str) -> rq.Sampling:
@@ -203,15 +202,19 @@ def _seeded(sampling: rq.Sampling, index: int) -> rq.Sampling:
     return replace(sampling, seed=int(sampling.seed or 0) + index * step)
 
 
-def _hires(body: Mapping[str, Any]) -> rq.HiresFix | None:
-    """enable_hr and its hr_* fields (A1111's names; 0 or empty means "as the first pass")."""
+def _hires(body: Mapping[str, Any], names: list[str]) -> rq.HiresFix | None:
+    """enable_hr and its hr_* fields (A1111's names; 0 or empty means "as the first pass"); hr_sampler_name is
+    read as sampler_name is (`sampler_named`), a name we lack is left for the Service to refuse."""
     if not body.get("enable_hr"):
         return None
+    hires_sampler = body.get("hr_sampler_name") or None
+    if isinstance(hires_sampler, str):
+        hires_sampler = sampler_named(hires_sampler, names) or hires_sampler
     return rq.HiresFix(
         upscaler=body.get("hr_upscaler") or "Latent", scale=body.get("hr_scale", 2.0),
         width=body.get("hr_resize_x") or None, height=body.get("hr_resize_y") or None,
         steps=body.get("hr_second_pass_steps") or None, denoising_strength=body.get("denoising_strength", 0.7),
-        sampler=body.get("hr_sampler_name") or None,
+        sampler=hires_sampler,
     )
 
 
@@ -223,15 +226,14 @@ def _seed_extras(body: Mapping[str, Any]) -> rq.SeedExtras:
                          resize_from=resize)
 
 
-def txt2img_job(body: Mapping[str, Any], current: str, names: list[str], fits: Callable[[str, str], str | None],
-                max_images: int) -> Job:
+def txt2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: list[str], max_images: int) -> Job:
     check_fields(body, TXT2IMG_FIELDS)
     n_iter, seed = _batches(body, max_images)
-    checkpoint = _checkpoint(body, current, "txt2img", fits)
+    checkpoint = _checkpoint(body, "txt2img", checkpoint_for)
     sampling = _sampling(body, names, seed, "txt2img")
     base = rq.Txt2ImgRequest(prompt=body.get("prompt", ""), negative_prompt=body.get("negative_prompt", ""),
                              checkpoint=checkpoint, width=body.get("width", 512), height=body.get("height", 512),
-                             sampling=sampling, hires=_hires(body), seed_extras=_seed_extras(body),
+                             sampling=sampling, hires=_hires(body, names), seed_extras=_seed_extras(body),
                              tiling=body.get("tiling", False))
     requests = tuple(replace(base, sampling=_seeded(sampling, i)) for i in range(n_iter))
     return Job("txt2img", requests, checkpoint, bool(body.get("send_images", True)))
@@ -258,8 +260,7 @@ def _mask(body: Mapping[str, Any]) -> Image.Image:
     return mask
 
 
-def img2img_job(body: Mapping[str, Any], current: str, names: list[str], fits: Callable[[str, str], str | None],
-                max_images: int) -> Job:
+def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: list[str], max_images: int) -> Job:
     check_fields(body, IMG2IMG_FIELDS)
     images = body.get("init_images") or []
     if not isinstance(images, list) or len(images) != 1:
@@ -268,7 +269,7 @@ def img2img_job(body: Mapping[str, Any], current: str, names: list[str], fits: C
         raise InvalidRequest(f"resize_mode {body.get('resize_mode')!r} is not available; use 0 (just resize).")
     n_iter, seed = _batches(body, max_images)
     task = "inpaint" if body.get("mask") else "img2img"
-    checkpoint = _checkpoint(body, current, task, fits)
+    checkpoint = _checkpoint(body, task, checkpoint_for)
     sampling = _sampling(body, names, seed, task)
     image = decode_image(images[0], "init_images[0]")
     common = {"prompt": body.get("prompt", ""), "negative_prompt": body.get("negative_prompt", ""),

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Body
 
 from sd2_app.api import a1111
 from sd2_app.api.a1111_errors import errors_as_http
+from sd2_app.api.a1111_samplers import SCHEDULERS
 from sd2_app.pipelines.metadata import PNG_SIGNATURE
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def catalog_routes(router: APIRouter, api: A1111Api) -> None:
     @router.get("/schedulers")
     def schedulers() -> list[dict[str, Any]]:
         return [{"name": name, "label": label, "aliases": None, "default_rho": 7.0 if name == "karras" else -1,
-                 "need_inner_model": False} for name, label in a1111.SCHEDULERS.items()]
+                 "need_inner_model": False} for name, label in SCHEDULERS.items()]
 
     @router.get("/upscalers")
     def upscalers() -> list[dict[str, Any]]:

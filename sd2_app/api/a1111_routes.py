@@ -14,9 +14,9 @@ saving is on); a checkpoint load cannot stop midway, so the close waits for it. 
 see only the API's own jobs, and of those only the caller's (its network address's): a visitor of the web UI or
 another API client is neither reported (their preview) nor stopped through them; /progress's `job_count` is all
 the API's jobs (the queue's length, as Gradio's queue status says it). Where loading checkpoints by hand is off
-(public modes without --allow-model-admin, --auth or --api-auth: `model_admin`), /options may not change the
-shared current checkpoint (403); a call names its own with `override_settings`. Optional HTTP basic auth guards
-every route (`sd2_app.api.a1111_auth`).
+(`model_admin`, decided by `sd2_app.webapp.api_model_admin`: public modes without --allow-model-admin, --auth or
+--api-auth), /options may not change the shared current checkpoint (403); a call names its own with
+`override_settings`. Optional HTTP basic auth guards every route (`sd2_app.api.a1111_auth`).
 
 Shapes: A1111's modules/api/api.py (the routes) and modules/api/models.py; the mapping is in `a1111.py`.
 """
@@ -104,7 +104,7 @@ class A1111Api:
                  job_admission: JobAdmission | None = None, model_admin: bool = True) -> None:
         self.service = service
         self.auth = list(auth)
-        self.model_admin = model_admin or bool(self.auth)  # /options may change the current checkpoint
+        self.model_admin = model_admin  # /options may change the current checkpoint (`webapp.api_model_admin`)
         self.job_admission = job_admission or JobAdmission()  # the web UI's (`Visitors.job_admission`) when it has one
         self.current = self._first_for("txt2img")  # A1111's "sd_model_checkpoint" option
         # ZeroGPU: the GPU exists only inside spaces.GPU calls, each asking for its own job's time
@@ -122,24 +122,18 @@ class A1111Api:
         keys = [key for key, tasks in self.service.catalog.tasks.items() if task in tasks]
         return default_checkpoint(task, keys) if keys else ""
 
-    def fits(self, key: str, task: str) -> str | None:
-        """None when `key` can do `task`, else the first checkpoint that can."""
-        return None if task in self.service.catalog.tasks.get(key, ()) else self._first_for(task)
-
-    def keyed(self, body: dict[str, Any]) -> dict[str, Any]:
-        """`body` with an `override_settings.sd_model_checkpoint` that names one of ours as A1111 clients do
-        (`checkpoint_named`: "v2-1_512-ema-pruned.safetensors [hash]") replaced by its key; any other value is
-        left for the Service to refuse."""
-        override = body.get("override_settings")
-        name = override.get("sd_model_checkpoint") if isinstance(override, dict) else None
-        key = checkpoint_named(name, self.service.registry) if isinstance(name, str) else None
-        if key is None or key == name:
-            return body
-        return {**body, "override_settings": {**override, "sd_model_checkpoint": key}}
+    def checkpoint_for(self, name: Any, task: str) -> str:
+        """The checkpoint a job runs: the one `name` gives (`override_settings.sd_model_checkpoint`, read by
+        `resolve`), else the current model, or the first that can do `task` when the current one cannot (a mask,
+        an upscale: A1111 has one model for everything; we have one per task)."""
+        if name is not None:
+            return self.resolve(name)
+        return self.current if task in self.service.catalog.tasks.get(self.current, ()) else self._first_for(task)
 
     def resolve(self, name: Any) -> str:
         """A checkpoint key from a key, a label or an A1111-style title ("name [hash]", the original file's
-        name: `checkpoint_named`)."""
+        name: `checkpoint_named`): the one reading of a checkpoint's name, for /options, override_settings and
+        the upscaler."""
         key = checkpoint_named(str(name), self.service.registry)
         if key is not None and key in self.service.catalog.tasks:
             return key
@@ -313,16 +307,14 @@ def _generation_routes(router: APIRouter, api: A1111Api) -> None:
     @router.post("/txt2img")
     def txt2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         return errors_as_http(
-            lambda: api.run("txt2img", lambda: a1111.txt2img_job(api.keyed(body), api.current, names(), api.fits,
-                                                                 max_images),
-                            body, client))
+            lambda: api.run("txt2img", lambda: a1111.txt2img_job(body, api.checkpoint_for, names(), max_images), body,
+                            client))
 
     @router.post("/img2img")
     def img2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         return errors_as_http(
-            lambda: api.run("img2img", lambda: a1111.img2img_job(api.keyed(body), api.current, names(), api.fits,
-                                                                 max_images),
-                            body, client))
+            lambda: api.run("img2img", lambda: a1111.img2img_job(body, api.checkpoint_for, names(), max_images), body,
+                            client))
 
     @router.post("/extra-single-image")
     def extra_single_image(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:

@@ -32,12 +32,21 @@ from sd2_app.api.plot_axes import (
     uses_eta,
 )
 from sd2_app.api.plot_order import check_order_terms
-from sd2_app.api.plot_values import axis_values_text, format_value
+from sd2_app.api.plot_values import format_value
 from sd2_app.api.cost import check_job_cost, job_cost
+from sd2_app.api.hires_x4 import x4_request
 from sd2_app.api.plot_grid import draw_grid
-from sd2_app.api.requests import ETA_SAMPLERS, Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPlotRequest
+from sd2_app.api.requests import (
+    ETA_SAMPLERS,
+    Img2ImgRequest,
+    PlotAxis,
+    TaskRequest,
+    Txt2ImgRequest,
+    XYZPlotRequest,
+)
 from sd2_app.api.results import ProgressFn, Result
 from sd2_app.api.task_checks import validate_task
+from sd2_app.api.txt2img_options import X4_UPSCALER
 from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.pipelines.metadata import attach_parameters, format_parameters, parse_parameters
 
@@ -55,7 +64,7 @@ class PlotCell:
     position: tuple[int, int, int]  # (x, y, z) indices
     request: Txt2ImgRequest | Img2ImgRequest
     labels: tuple[str, str, str]  # X, Y and Z labels ("" for an axis not in use)
-    steps: int  # denoising steps it runs (img2img runs int(steps * strength))
+    steps: int  # denoising steps it runs (`_steps_run`: img2img's strength cut, a hires fix's passes)
 
 
 def _axes(request: XYZPlotRequest) -> list[tuple[str, PlotAxis]]:
@@ -175,12 +184,22 @@ def plan_cells(request: XYZPlotRequest, catalog: Catalog, limits: Limits) -> tup
         except InvalidRequest as error:
             raise InvalidRequest(f"{', '.join(filter(None, labels))}: {error}") from error
         warnings += [w for w in cell_warnings if w not in warnings]
-        steps = checked.sampling.steps
-        if isinstance(checked, Img2ImgRequest):
-            steps = min(int(steps * checked.strength), steps)
         index = x + y * sizes[0] + z * sizes[0] * sizes[1]
-        cells.append(PlotCell(index, (x, y, z), checked, tuple(labels), steps))  # type: ignore[arg-type]
+        cells.append(PlotCell(index, (x, y, z), checked, tuple(labels), _steps_run(checked)))  # type: ignore[arg-type]
     return cells, warnings
+
+
+def _steps_run(checked: TaskRequest) -> int:
+    """The steps a validated cell reports as it runs: img2img's strength cut; a hires fix's first pass, second
+    pass and, with the "SD2 x4" upscaler, the x4 stage (`hires_x4.run_hires_x4` counts the same)."""
+    steps = checked.sampling.steps
+    if isinstance(checked, Img2ImgRequest):
+        return min(int(steps * checked.strength), steps)
+    hires = getattr(checked, "hires", None)
+    if hires is None:
+        return steps
+    x4_steps = x4_request(checked, None, "").sampling.steps if hires.upscaler == X4_UPSCALER else 0  # type: ignore[arg-type]
+    return steps + x4_steps + hires.second_pass_steps(steps)
 
 
 def plot_cost(cells: list[PlotCell], catalog: Catalog) -> int:
@@ -265,8 +284,7 @@ def grid_parameters(request: XYZPlotRequest, first_text: str) -> str:
             parsed.pop(key, None)
     for name, axis in axes:
         parsed[f"{name} Type"] = AXES[axis.kind].type_label
-        values = axis.values[0] if axis.kind == "prompt_order" else axis.values  # A1111 writes the terms
-        parsed[f"{name} Values"] = axis_values_text(values)
+        parsed[f"{name} Values"] = AXES[axis.kind].values_text(axis.values)
     return format_parameters(request.base.prompt, request.base.negative_prompt, parsed)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from sd2_app.api.checks import Catalog, check_sampler_names
 from sd2_app.api.plot_order import prompt_orders, reorder
-from sd2_app.api.plot_values import boolean, expand_range, format_value, split_values, to_number
+from sd2_app.api.plot_values import axis_values_text, boolean, expand_range, format_value, split_values, to_number
 from sd2_app.api.requests import (
     ETA_SAMPLERS,
     HIRES_UPSCALERS,
@@ -44,11 +44,21 @@ class AxisKind:
     txt2img_only: bool = False
     label_with_name: bool = True  # "Steps: 20" rather than "20"
     a1111_label: str = ""  # A1111's name of the same axis (scripts/xyz_grid.py) where its values mean the same
+    a1111_names: tuple[str, str] = ()  # a bool axis's values as A1111 names them: (on, off)
 
     @property
     def type_label(self) -> str:
         """The grid's "X Type" value: A1111's name where it has the axis, so A1111 reads it back; else ours."""
         return self.a1111_label or self.label
+
+    def values_text(self, values: Sequence[Any]) -> str:
+        """The grid's "X Values": the values as A1111 writes them (a prompt order's terms, not every order; a
+        bool axis's A1111 names), in one line that `parse_values` reads back."""
+        if self.value_type == "order":
+            return axis_values_text(values[0])
+        if self.value_type == "bool" and self.a1111_names:
+            return axis_values_text([self.a1111_names[0] if value else self.a1111_names[1] for value in values])
+        return axis_values_text(values)
 
     def cell_label(self, value: Any) -> str:
         text = format_value(value)
@@ -86,7 +96,8 @@ AXES: dict[str, AxisKind] = {
     "seed": AxisKind("Seed", "int", _set_sampling("seed"), ("Seed",), a1111_label="Seed"),
     "checkpoint": AxisKind("Checkpoint", "checkpoint", _set("checkpoint"), ("Model",), label_with_name=False,
                            a1111_label="Checkpoint name"),
-    "use_karras": AxisKind("Karras", "bool", _set_sampling("use_karras"), ("Schedule type",)),
+    "use_karras": AxisKind("Karras", "bool", _set_sampling("use_karras"), ("Schedule type",),
+                           a1111_label="Schedule type", a1111_names=("Karras", "Automatic")),
     "guidance_rescale": AxisKind("Guidance rescale", "float", _set_sampling("guidance_rescale"),
                                  ("Guidance rescale",)),
     "strength": AxisKind("Denoising strength", "float", _set("strength"), ("Denoising strength",),
@@ -166,16 +177,15 @@ def apply_prompt_sr(request: PlotBase, search: str, value: str) -> PlotBase:
                    negative_prompt=request.negative_prompt.replace(search, value))
 
 
-
-
 def hires_for_axes(base: PlotBase, kinds: Sequence[str]) -> tuple[PlotBase, list[str]]:
     """The base with the hires fix on (its defaults) where a hires axis needs it and it is off, and the warning
-    that says so; a hires axis on an image-to-image plot is refused (`AxisKind.txt2img_only`)."""
+    that says so (an image-to-image base is left as it is: `plot._checked_axes` refuses its hires axes)."""
     used = [AXES[kind].label for kind in kinds if kind in HIRES_KINDS]
     if not used or not isinstance(base, Txt2ImgRequest) or base.hires is not None:
         return base, []
     hires = HiresFix()
-    note = (f"The hires fix was off; the {' and '.join(used)} axis turns it on with its defaults (upscaler "
+    axes = "axis turns" if len(used) == 1 else "axes turn"
+    note = (f"The hires fix was off; the {' and '.join(used)} {axes} it on with its defaults (upscaler "
             f"{hires.upscaler}, upscale {format_value(hires.scale)}, denoising strength "
             f"{format_value(hires.denoising_strength)}).")
     return replace(base, hires=hires), [note]

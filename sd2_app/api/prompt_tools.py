@@ -7,7 +7,8 @@ checkpoint's tokenizer without loading its models.
 
 A prompt with editing or alternation (sd2_app/prompt_editing.py) counts as its longest plain prompt, as A1111's
 counter does (modules/ui.py, `update_token_counter`); A1111 reads the schedule at the steps slider's value, the
-counter here at the most UNet calls a run may have (every alternative and edit a run could reach).
+counter here at the most UNet calls a run may have (every alternative and edit a run could reach). Like
+A1111's, it leaves extra-network tags (`<lora:name:0.8>`) out of either box's count.
 
 `check` is the pipeline's own prompt check (`sd2_app.pipelines.prompt_plan.plan_prompts`: the chunk limit, the
 phases x chunks limit) made when the Service validates a request, for every pass that encodes its prompts, so
@@ -30,6 +31,7 @@ from sd2_app.errors import InvalidRequest, LoadError
 from sd2_app.pipelines.prompt_chunks import MAX_CHUNKS, tokenize_prompts
 from sd2_app.pipelines.prompt_plan import PromptSteps, hires_prompt_steps, plan_prompts, prompt_steps, uses_guidance
 from sd2_app.prompt_editing import prompt_variants
+from sd2_app.prompt_syntax import without_extra_networks
 from sd2_app.samplers.registry import SAMPLERS
 
 if TYPE_CHECKING:
@@ -143,7 +145,8 @@ class PromptTools:
             if tokenizer is None:
                 return None
             horizon = self._service.limits.max_steps * max(spec.order for spec in SAMPLERS.values())
-            variants = tokenize_prompts(tokenizer, prompt_variants(text, horizon), self._library())
+            variants = tokenize_prompts(tokenizer, prompt_variants(without_extra_networks(text), horizon),
+                                        self._library())
             tokens = max(variants, key=lambda variant: variant.token_count)  # the first of the longest
         except LoadError as error:
             log.warning("token counter: no tokenizer for %s: %s", checkpoint, error)

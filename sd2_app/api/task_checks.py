@@ -31,7 +31,7 @@ from sd2_app.api.requests import (
 )
 from sd2_app.api.txt2img_options import check_hires, check_seed_extras
 from sd2_app.errors import InvalidRequest
-from sd2_app.prompt_syntax import MAX_WEIGHT, clamped_weights, unsupported_syntax
+from sd2_app.prompt_syntax import EXTRA_NETWORKS, MAX_WEIGHT, clamped_weights, unsupported_syntax
 
 MAX_NOISE_LEVEL = 350  # x4 upscaler's model_index.json
 
@@ -91,7 +91,7 @@ def weight_warnings(prompt: str, label: str, shown: int = 3) -> list[str]:
     if not clamped:
         return []
     named = [(" ".join(text.split()) or text, weight) for text, weight in clamped[:shown]]
-    asked = ", ".join(f'{weight:.3g} on "{text if len(text) <= 30 else text[:29] + "…"}"' for text, weight in named)
+    asked = ", ".join(f'{weight:.3g} on "{_shortened(text)}"' for text, weight in named)
     if len(clamped) > shown:
         asked += f" and {len(clamped) - shown} more"
     used = ", ".join(f"{math.copysign(MAX_WEIGHT, weight):g}" for _, weight in named)
@@ -102,14 +102,26 @@ def weight_warnings(prompt: str, label: str, shown: int = 3) -> list[str]:
 
 
 def syntax_warnings(prompt: str, label: str) -> list[str]:
-    """The warning for A1111 prompt syntax we do not support (prompt_syntax.unsupported_syntax), naming each
-    kind found with its first use; [] when there is none."""
+    """The warnings for A1111 prompt syntax we do not support (prompt_syntax.unsupported_syntax), naming each
+    kind found with its first use; [] when there is none. Extra networks in the prompt (not the negative
+    prompt) have their own: they are left out of what the model reads, as A1111 leaves them out."""
     found = unsupported_syntax(prompt)
-    if not found:
-        return []
-    uses = ", ".join(f'{name} "{text if len(text) <= 30 else text[:29] + "…"}"' for name, text in found)
-    return [f"The {label} uses A1111 syntax that this app does not support: {uses}. It is read as plain text "
-            "(brackets still weight what they enclose); see the README's Prompts section."]
+    left_out = [text for name, text in found if name == EXTRA_NETWORKS] if label == "prompt" else []
+    read = [(name, text) for name, text in found if not left_out or name != EXTRA_NETWORKS]
+    warnings = []
+    if read:
+        uses = ", ".join(f'{name} "{_shortened(text)}"' for name, text in read)
+        warnings.append(f"The {label} uses A1111 syntax that this app does not support: {uses}. It is read as plain "
+                        "text (brackets still weight what they enclose); see the README's Prompts section.")
+    if left_out:
+        warnings.append(f'The {label} names an extra network (LoRA) that this app does not have: '
+                        f'"{_shortened(left_out[0])}". As in A1111, such tags are left out of the text the model '
+                        "reads; see the README's Prompts section.")
+    return warnings
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= 30 else text[:29] + "…"
 
 
 def _strength(value: Any, steps: int) -> float:

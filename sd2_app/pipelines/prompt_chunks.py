@@ -134,7 +134,9 @@ def tokenize_prompts(tokenizer: CLIPTokenizer, prompts: Sequence[str],
     embeddings' names)."""
     parsed = [parse_attention(prompt) for prompt in prompts]
     texts = [run.text for runs in parsed for run in runs if not run.is_break]
-    token_lists = iter(tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False).input_ids)
+    # no text at all (prompts of BREAKs only): nothing to tokenize, and the tokenizer refuses an empty batch
+    ids = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False).input_ids if texts else []
+    token_lists = iter(ids)
     comma = tokenizer.convert_tokens_to_ids(",</w>")
     index = _embedding_index(tokenizer, embeddings or {})
     tokenized = []

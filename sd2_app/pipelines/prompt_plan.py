@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.prompt_chunks import TokenizedPrompt, check_length, tokenize_prompts
 from sd2_app.prompt_editing import Schedule, prompt_schedule
+from sd2_app.prompt_syntax import without_extra_networks
 from sd2_app.samplers.registry import SAMPLERS
 
 if TYPE_CHECKING:
@@ -119,12 +120,14 @@ class PromptPlan:
 
 def plan_prompts(tokenizer: CLIPTokenizer, prompt: str, negative_prompt: str, *, use_cfg: bool,
                  steps: PromptSteps, embeddings: Mapping[str, TextualInversion] | None = None) -> PromptPlan:
-    """The run's phases and its texts tokenized (one tokenizer call for all of them), within the limits.
+    """The run's phases and its texts tokenized (one tokenizer call for all of them), within the limits. The
+    prompt's extra-network tags are taken out first, the negative prompt's kept as text (A1111's rule,
+    `prompt_syntax.without_extra_networks`).
 
     Raises InvalidRequest for too many phases (checked before tokenizing), a text over MAX_CHUNKS chunks (the
     first in phase order, its prompt before its negative prompt), or phases x chunks over MAX_PHASE_CHUNKS.
     """
-    positive = prompt_schedule(prompt, steps.calls, steps.first_pass_calls)
+    positive = prompt_schedule(without_extra_networks(prompt), steps.calls, steps.first_pass_calls)
     negative = (prompt_schedule(negative_prompt, steps.calls, steps.first_pass_calls) if use_cfg
                 else [(steps.calls, negative_prompt)])
     pairs, order = call_phases(positive, negative, steps.calls)

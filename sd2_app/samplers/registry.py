@@ -72,7 +72,3 @@ _SPECS = [
     SamplerSpec("DEIS", "deis:sample_deis", True, 1, False, DEIS),
 ]
 SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in _SPECS}
-# A1111's names for our samplers where they differ (A1111 modules/sd_samplers_timesteps.py lists PNDM's PLMS as
-# "PLMS"); read from pasted parameters and A1111 API requests.
-A1111_SAMPLER_NAMES = {"PLMS": "PNDM"}
-

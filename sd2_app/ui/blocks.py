@@ -133,7 +133,7 @@ def _png_to_txt2img(t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, registry: Mapping[st
         width, _, height = size.partition("x")
         keep = gr.skip()
         sampler, karras = sampler_fields(parsed, names)
-        for note in unreproduced(parsed, names):
+        for note in unreproduced(parsed, sampler):
             gr.Warning(note)
         checkpoint = checkpoint_named(str(parsed.get("Model", "")), offered)
         return (

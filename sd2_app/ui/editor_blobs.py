@@ -9,24 +9,32 @@ when a job uses them, and grows a layer list to whatever index a request names. 
 
 `guard_blobs` makes an editor refuse a part that is not the background, the composite or one of its first
 `MAX_LAYERS_SENT` layers (422, in words: more than the job accepts, so that a person who painted a few layers
-too many reads the job's own refusal, `sd2_app.ui.uploads.guard_editor`), and keeps the parts in `PendingBlobs`: parts older than `max_age_s` go,
-and over `max_bytes` in all the oldest ids go first. Under a flood, a visitor's parts may be gone when their
-job arrives; the job then has no image and says so, and the server keeps its memory.
+too many reads the job's own refusal, `sd2_app.ui.uploads.guard_editor`), or whose id is longer than the
+browser's (`MAX_PART_ID_CHARS`), and keeps the parts in `PendingBlobs`: parts older than `max_age_s` go, and
+over `max_bytes` in all or `max_ids` ids the oldest ids go first. Each id counts its parts' bytes and at least
+`ENTRY_OVERHEAD_BYTES` (the entry itself), so a flood of empty parts under new ids is bounded too; the total is
+kept as parts are stored, so a store costs the same however many ids wait. Under a flood, a visitor's parts may
+be gone when their job arrives; the job then has no image and says so, and the server keeps its memory.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import gradio as gr
 from fastapi import HTTPException
 
-MB = 1024 * 1024
+from sd2_app.byte_limits import MB
+
 MAX_PENDING_BYTES = 256 * MB  # the parts of some edits of 2048x2048 images, sent and waiting for their jobs
+MAX_PENDING_IDS = 4096  # ids waiting for their jobs: far more edits than a queue of jobs holds at once
+ENTRY_OVERHEAD_BYTES = 1024  # what an id's entry holds besides its parts (Gradio's EditorDataBlobs, the keys)
 MAX_PENDING_AGE_S = 600.0  # a job follows its parts within seconds
+MAX_PART_ID_CHARS = 64  # the browser names an edit with Math.random().toString(36), about 11 characters
 PART_KINDS = ("background", "layer", "composite")
 MAX_LAYERS_SENT = 64  # layers 0 to 63 may be sent; a job takes at most `uploads.MAX_EDITOR_LAYERS` of them
 
@@ -43,48 +51,69 @@ class PendingBlobs(dict):  # type: ignore[type-arg]  # ImageEditor.blob_storage:
     """A dict of the parts waiting for their jobs, trimmed on every store (module docstring)."""
 
     def __init__(self, max_bytes: int = MAX_PENDING_BYTES, max_age_s: float = MAX_PENDING_AGE_S,
+                 max_ids: int = MAX_PENDING_IDS, entry_overhead: int = ENTRY_OVERHEAD_BYTES,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
+        self.max_ids = max_ids
+        self.entry_overhead = entry_overhead
         self._clock = clock
-        self._stored: dict[str, float] = {}  # id -> when its parts were last stored, oldest first
+        # id -> (when its parts were last stored, what they count), oldest first. Gradio changes an id's parts in
+        # place before storing them again, so what they counted when stored is kept here, not recomputed.
+        self._stored: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._held = 0  # what the stored parts count in all
         self._lock = threading.Lock()  # parts arrive on several threads (gradio runs server functions so)
 
     def __setitem__(self, key: str, value: Any) -> None:
         with self._lock:
-            super().pop(key, None)  # stored again: it moves to the end, as the newest
+            self._forget(key)  # stored again: it moves to the end, as the newest
             super().__setitem__(key, value)
-            self._stored.pop(key, None)
-            self._stored[key] = self._clock()
-            self._trim(keep=key)
+            counted = self.entry_overhead + _part_bytes(value)
+            self._stored[key] = (self._clock(), counted)
+            self._held += counted
+            self._trim()
+
+    def __delitem__(self, key: str) -> None:
+        self.pop(key)
 
     def pop(self, key: str, *default: Any) -> Any:
         with self._lock:
-            self._stored.pop(key, None)
-            return super().pop(key, *default)
+            if key not in self:
+                return super().pop(key, *default)
+            return self._forget(key)
 
     def held_bytes(self) -> int:
-        return sum(_part_bytes(parts) for parts in list(self.values()))
+        """What the stored parts count: their bytes and `entry_overhead` per id."""
+        return self._held
 
-    def _trim(self, keep: str) -> None:
-        """Drop parts older than `max_age_s`, then the oldest ids while over `max_bytes` (`keep`, just stored,
-        stays)."""
+    def _forget(self, key: str) -> Any:
+        """Remove `key`'s parts (if any) and what they counted; returns them."""
+        _, counted = self._stored.pop(key, (0.0, 0))
+        self._held -= counted
+        return super().pop(key, None)
+
+    def _trim(self) -> None:
+        """Drop the oldest ids while they are older than `max_age_s` or the store is over `max_bytes` or
+        `max_ids`; the newest, just stored, stays."""
         now = self._clock()
-        total = self.held_bytes()
-        for key, stored in list(self._stored.items()):
-            if key == keep or (now - stored <= self.max_age_s and total <= self.max_bytes):
-                continue
-            total -= _part_bytes(super().pop(key, None))
-            del self._stored[key]
+        while len(self._stored) > 1:
+            key, (stored, _) = next(iter(self._stored.items()))
+            if now - stored <= self.max_age_s and self._held <= self.max_bytes and len(self) <= self.max_ids:
+                break
+            self._forget(key)
 
 
 def _checked_part(data: Any) -> None:
-    """Refuse a part other than the background, the composite or one of the first `MAX_LAYERS_SENT` layers."""
+    """Refuse a part other than the background, the composite or one of the first `MAX_LAYERS_SENT` layers, and
+    an id that is not 1 to `MAX_PART_ID_CHARS` characters."""
     fields = getattr(data, "data", None)
     kind = fields.get("type") if isinstance(fields, dict) else None
     if kind not in PART_KINDS:
         raise HTTPException(422, "An editor part is the background, a layer or the composite.")
+    part_id = fields.get("id")
+    if not isinstance(part_id, str) or not 0 < len(part_id) <= MAX_PART_ID_CHARS:
+        raise HTTPException(422, f"An editor part's id is 1 to {MAX_PART_ID_CHARS} characters.")
     if kind == "layer":
         index = str(fields.get("index"))
         if not index.isdigit() or int(index) >= MAX_LAYERS_SENT:

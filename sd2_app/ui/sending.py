@@ -14,8 +14,8 @@ import gradio as gr
 from gradio.events import Dependency
 from PIL import Image
 
+from sd2_app.api.a1111_samplers import read_sampler, schedule_label
 from sd2_app.api.requests import HIRES_UPSCALERS, HiresFix
-from sd2_app.samplers.registry import A1111_SAMPLER_NAMES
 from sd2_app.ui.result_panel import ResultPanel, selected_image
 from sd2_app.ui.sampling_controls import SamplingControls
 
@@ -113,20 +113,10 @@ def wire_history_send(service: Service, view: HistoryView, tabs: gr.Tabs, target
 
 
 def sampler_fields(parsed: dict[str, Any], names: list[str]) -> tuple[str | None, bool]:
-    """(sampler, Karras) from parsed parameters; sampler None when we have no sampler of that name.
-
-    A1111 wrote Karras into the name before it had "Schedule type" ("DPM++ 2M Karras"), and calls some samplers
-    by other names (`A1111_SAMPLER_NAMES`: "PLMS"); a name the dropdown does not list would only fail later, at
-    Generate, with Gradio's "not in the list of choices".
-    """
-    name = str(parsed.get("Sampler", ""))
-    karras = parsed.get("Schedule type") == "Karras"
-    if name not in names and name.endswith(" Karras"):
-        plain = name[: -len(" Karras")]
-        if A1111_SAMPLER_NAMES.get(plain, plain) in names:
-            name, karras = plain, True
-    name = A1111_SAMPLER_NAMES.get(name, name)
-    return (name if name in names else None), karras
+    """(sampler, Karras) from parsed parameters' "Sampler" and "Schedule type" (`read_sampler`, the A1111 API's
+    reading too); sampler None when the dropdown (`names`) has no sampler of that name: it would only fail later,
+    at Generate, with Gradio's "not in the list of choices"."""
+    return read_sampler(parsed.get("Sampler"), parsed.get("Schedule type"), names)
 
 
 # Settings of A1111's that text to image here has no control for: what is used instead.
@@ -135,14 +125,15 @@ _NOT_HERE = {"Hires prompt": "the prompt", "Hires negative prompt": "the negativ
              "Refiner": "no refiner"}
 
 
-def unreproduced(parsed: dict[str, Any], names: list[str]) -> list[str]:
+def unreproduced(parsed: dict[str, Any], sampler: str | None) -> list[str]:
     """What of a parsed A1111 parameters text "Send to text to image" cannot set here, one sentence each (shown
-    as warnings): an unknown sampler, schedule type or hires upscaler, and A1111 settings we do not have."""
+    as warnings): an unknown sampler (`sampler`: `sampler_fields`' reading, None for none of ours), schedule type or
+    hires upscaler, and A1111 settings we do not have."""
     notes = []
-    if parsed.get("Sampler") and sampler_fields(parsed, names)[0] is None:
+    if parsed.get("Sampler") and sampler is None:
         notes.append(f"Sampler {parsed['Sampler']!r} is not available here; the current sampler is kept.")
     schedule = parsed.get("Schedule type")
-    if schedule not in (None, "Automatic", "Karras"):
+    if schedule is not None and schedule_label(schedule) is None:
         notes.append(f"Schedule type {schedule!r} is not available here; the sampler's own schedule is used.")
     upscaler = parsed.get("Hires upscaler")
     if hires_in(parsed) and upscaler is not None and upscaler not in HIRES_UPSCALERS:

@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -148,6 +149,13 @@ def test_txt2img_batches_seeds_and_metadata_match_the_service(app, client) -> No
         assert np.array_equal(np.asarray(ours.convert("RGB")), np.asarray(theirs))
 
 
+def test_eta_is_written_in_the_infotext_only_when_the_sampler_uses_it(client) -> None:
+    euler = client.txt2img(prompt="a lighthouse", seed=5, eta=0.5, **FAST)
+    ddim = client.txt2img(prompt="a lighthouse", seed=5, eta=0.5, **{**FAST, "sampler_name": "DDIM"})
+    assert "Eta" not in euler.info["infotexts"][0]  # Euler's step takes no eta: the image was made without it
+    assert ", Eta: 0.5" in ddim.info["infotexts"][0]
+
+
 def test_img2img_and_inpaint_with_a_mask(client) -> None:
     init = noise_image(64, 64, seed=3)
     result = client.img2img(images=[init], prompt="oil painting", denoising_strength=0.5, seed=2, **FAST)
@@ -236,6 +244,33 @@ def test_a1111_checkpoint_titles_select_ours(app, client) -> None:
         _post(port, "options", {"sd_model_checkpoint": "sd21-base"})
 
 
+@pytest.mark.parametrize(("name", "key"), [
+    ("sd2-base", "sd2-base"),  # our key
+    ("sd 2.1 BASE (512)", "sd21-base"),  # our label, in any case
+    ("v2-1_512-ema-pruned.safetensors [88ecb78256]", "sd21-base"),  # A1111's title of Stability's file
+    ("SD2\\512-base-ema.ckpt", "sd2-base"),  # the file's name in a folder, another extension
+    ("v2-1_512-nonema-pruned", None),  # other weights
+])
+def test_options_and_override_settings_read_a_checkpoint_name_alike(app, name: str, key: str | None) -> None:
+    """One reading of a checkpoint's name: POST /options and a call's override_settings take the same names to
+    the same checkpoint, and refuse the same unknown name with the same message."""
+    _, port, service = app
+    unknown = f"Unknown checkpoint {name!r}; choose one of: {', '.join(service.catalog.tasks)}."
+    override = {"override_settings": {"sd_model_checkpoint": name}}
+    try:
+        _post(port, "options", {"sd_model_checkpoint": "sd2" if key == "sd2-base" else "sd2-base"})
+        set_status, set_body = _post(port, "options", {"sd_model_checkpoint": name})
+        current = webuiapi.WebUIApi(port=port, username=USER, password=PASSWORD).get_options()["sd_model_checkpoint"]
+        run_status, run_body = _post(port, "txt2img", {"prompt": "x", **FAST, "seed": 1, **override})
+    finally:
+        _post(port, "options", {"sd_model_checkpoint": "sd21-base"})
+    if key is None:
+        assert (set_status, set_body, run_status, run_body) == (422, {"detail": unknown}, 422, {"detail": unknown})
+    else:
+        assert (set_status, current, run_status) == (200, key, 200), (set_body, run_body)
+        assert json.loads(run_body["info"])["sd_model_name"] == key
+
+
 def test_catalog_endpoints(client) -> None:
     assert "DPM++ 2M" in client.util_get_sampler_names()
     assert client.util_get_scheduler_names() == ["automatic", "karras"]
@@ -245,7 +280,7 @@ def test_catalog_endpoints(client) -> None:
 def test_a_client_at_its_address_limit_is_refused_before_its_image_is_decoded(app, job_admission,
                                                                              monkeypatch) -> None:
     """The job's place is taken before its body is decoded: an img2img call over the address's limit is refused
-    (429) without decoding its init image (up to 34 MiB of base64); with its places back, the same call decodes
+    (429) without decoding its init image (up to about 33 MiB of base64); with its places back, the same call decodes
     the image once and runs."""
     from sd2_app.api import a1111
     from sd2_app.api.job_admission import too_many_jobs_from_address_message
@@ -297,14 +332,74 @@ def test_refusals_name_what_is_missing_and_unknown_fields_are_ignored(app, caplo
     assert _post(port, "txt2img", {"prompt": "x", **FAST}, auth=False)[0] == 401
 
 
-def test_a1111_sampler_names_are_ours(app) -> None:
-    """A1111 calls PNDM "PLMS" (and wrote the Karras schedule into the name before 1.9)."""
-    _, port, _ = app
-    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "sampler_name": "PLMS"})
-    assert status == 200 and json.loads(body["info"])["sampler_name"] == "PNDM"
-    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "sampler_name": "DPM++ 2M Karras"})
-    info = json.loads(body["info"])
-    assert status == 200 and info["sampler_name"] == "DPM++ 2M" and "Schedule type: Karras" in info["infotexts"][0]
+SAMPLER_NAMES = [  # (A1111's sampler name, its schedule or None) -> (our sampler, Karras); None: not ours
+    (("DPM++ 2M", None), ("DPM++ 2M", False)),  # exact
+    (("dpm++ 2m", None), ("DPM++ 2M", False)),  # in lower case
+    (("DPM++ 2M Karras", None), ("DPM++ 2M", True)),  # the schedule in the name (A1111 before 1.9)
+    (("dpm++ 2m karras", None), ("DPM++ 2M", True)),
+    (("DPM++ 2M", "Karras"), ("DPM++ 2M", True)),  # "Schedule type: Karras" / scheduler "Karras"
+    (("DPM++ 2M", "karras"), ("DPM++ 2M", True)),  # the scheduler's name rather than its label
+    (("PLMS", None), ("PNDM", False)),  # A1111's name of PNDM
+    (("plms", None), ("PNDM", False)),
+    (("DPM fast", None), None),  # not ours
+    (("DPM fast Karras", None), None),
+]
+
+
+def _send_to_txt2img(url: str, parsed: dict) -> dict:
+    """PNG info's "Send to text to image" as the page sends it: a queue join of the event (found in /config, as
+    the page finds it) with the parsed parameters; the values it puts into text to image, by elem_id (or label)."""
+    config = httpx.get(f"{url}config", timeout=30).json()
+    event = next(d for d in config["dependencies"] if d.get("api_name") == "png_info_send")
+    elem_ids = {c["id"]: c.get("props", {}).get("elem_id") or c.get("props", {}).get("label")
+                for c in config["components"]}
+    session = f"send-{time.monotonic_ns()}"
+    with httpx.Client(base_url=url, timeout=60) as http:
+        joined = http.post("gradio_api/queue/join", json={"data": [parsed], "fn_index": event["id"],
+                                                          "session_hash": session})
+        assert joined.status_code == 200, joined.text
+        with http.stream("GET", f"gradio_api/queue/data?session_hash={session}") as stream:
+            for line in stream.iter_lines():
+                message = json.loads(line[5:]) if line.startswith("data:") else {}
+                if message.get("msg") == "process_completed":
+                    assert message["success"], message
+                    return dict(zip((elem_ids[o] for o in event["outputs"]), message["output"]["data"]))
+    raise AssertionError("the event did not complete")
+
+
+@pytest.mark.parametrize(("a1111", "ours"), SAMPLER_NAMES, ids=[" + ".join(filter(None, a)) for a, _ in SAMPLER_NAMES])
+def test_a1111_sampler_names_read_alike_by_the_api_and_the_paste(app, a1111: tuple, ours: tuple | None) -> None:
+    """One reading of A1111's sampler names (`sd2_app.api.a1111_samplers.read_sampler`): the API's sampler_name
+    and scheduler, and a parameters text's Sampler and Schedule type sent to text to image, give the same
+    sampler and schedule; a name we do not have is refused by the API and leaves the dropdown as it is."""
+    url, port, _ = app
+    name, schedule = a1111
+    body = {"prompt": "x", **FAST, "seed": 1, "sampler_name": name, **({"scheduler": schedule} if schedule else {})}
+    status, answer = _post(port, "txt2img", body)
+    sent = _send_to_txt2img(url, {"Prompt": "x", "Sampler": name, **({"Schedule type": schedule} if schedule else {})})
+    if ours is None:
+        assert (status, answer["detail"].split(";")[0]) == (422, f"Sampler {name!r} is not available")
+        assert sent["txt2img-sampler"] == {"__type__": "update"}  # gr.skip(): the current sampler stays
+        return
+    info = json.loads(answer["info"])
+    schedule_type = "Karras" if ours[1] else "Automatic"
+    assert (status, info["sampler_name"], info["scheduler"]) == (200, ours[0], schedule_type)
+    assert f"Sampler: {ours[0]}, Schedule type: {schedule_type}," in info["infotexts"][0]
+    assert (sent["txt2img-sampler"], sent["txt2img-karras"]) == ours
+
+
+@pytest.mark.parametrize(("name", "ours"), [("PLMS", "PNDM"), ("dpm++ 2m", "DPM++ 2M"), ("DDIM", "DDIM")])
+def test_a1111_hires_sampler_names_read_as_the_first_pass_names(app, name: str, ours: str) -> None:
+    """hr_sampler_name and a pasted "Hires sampler" are read as the first pass's names are (any case, "PLMS")."""
+    url, port, _ = app
+    body = {"prompt": "x", **FAST, "seed": 1, "enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.5,
+            "hr_sampler_name": name}
+    status, answer = _post(port, "txt2img", body)
+    assert status == 200, answer
+    assert f"Hires sampler: {ours}" in json.loads(answer["info"])["infotexts"][0]
+    parsed = {"Prompt": "x", "Sampler": "Euler", "Denoising strength": 0.5, "Hires upscale": 1.5,
+              "Hires sampler": name}
+    assert _send_to_txt2img(url, parsed)["Hires sampler"] == ours
 
 
 def test_raw_http_with_the_field_set_of_a1111s_documentation(app) -> None:

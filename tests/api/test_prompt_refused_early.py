@@ -11,6 +11,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -124,3 +125,24 @@ def test_an_xyz_plot_cell_over_the_limit_refuses_the_plot_before_the_gpu(app, ca
         client.predict(prompt=PHASES, x_type="steps", x_values="2, 70", steps=2, cfg_scale=7.0, seed=3, width=64,
                        height=64, api_name="/xyz_plot")
     assert str(refused.value) == f"Steps: 70: {PHASES_MESSAGE}"
+
+
+def test_the_passes_checked_are_those_that_encode_the_prompts() -> None:
+    """A hires request is checked for its first pass, its second pass (hires steps x calls per step, counted on
+    from the first pass) and, with "SD2 x4", the x4 stage on the upscaler's checkpoint (DDIM, guided)."""
+    from sd2_app.api.checks import catalog_of
+    from sd2_app.api.prompt_tools import prompt_passes
+    from sd2_app.api.requests import HiresFix, Sampling, Txt2ImgRequest
+    from sd2_app.checkpoints.catalog import REGISTRY
+    from sd2_app.pipelines.prompt_plan import PromptSteps
+
+    catalog = catalog_of(REGISTRY)
+    request = Txt2ImgRequest("p", negative_prompt="n", checkpoint="sd21", sampling=Sampling(sampler="Heun", steps=10,
+                                                                                           cfg_scale=1.0, seed=1))
+    assert prompt_passes(request, catalog) == [("sd21", "p", "n", False, PromptSteps(20))]
+    x4 = HiresFix(upscaler="SD2 x4", steps=6)
+    assert prompt_passes(replace(request, hires=x4), catalog) == [
+        ("sd21", "p", "n", False, PromptSteps(20)), ("x4-upscaler", "p", "n", True, PromptSteps(6)),
+        ("sd21", "p", "n", False, PromptSteps(12, 20))]
+    latent = HiresFix(upscaler="Latent", sampler="Euler")
+    assert prompt_passes(replace(request, hires=latent), catalog)[1] == ("sd21", "p", "n", False, PromptSteps(10, 20))

@@ -83,7 +83,7 @@ def test_eta_runs_where_ddim_samples_and_is_dropped_with_a_warning_elsewhere() -
 def test_hires_axes_turn_the_hires_fix_on_with_its_defaults_and_say_so() -> None:
     checked, warnings = validate(_plot(PlotAxis("hires_steps", "1, 3"), PlotAxis("hires_upscaler", "Lanczos")),
                                  CATALOG)
-    assert warnings == ["The hires fix was off; the Hires steps and Hires upscaler axis turns it on with its "
+    assert warnings == ["The hires fix was off; the Hires steps and Hires upscaler axes turn it on with its "
                         "defaults (upscaler Latent, upscale 2, denoising strength 0.5)."]
     cells, _ = plan_cells(checked, CATALOG, Limits())
     assert [c.request.hires for c in cells] == [HiresFix(upscaler="Lanczos", steps=1), HiresFix(upscaler="Lanczos",
@@ -99,6 +99,18 @@ def test_hires_axes_turn_the_hires_fix_on_with_its_defaults_and_say_so() -> None
     grid = parse_parameters(result.parameters)
     assert grid["X Type"] == "Hires sampler" and grid["X Values"] == "Euler, Heun" and "Hires sampler" not in grid
     assert [c.split(" · ")[0] for c in result.captions[1:]] == ["Hires sampler: Euler", "Hires sampler: Heun"]
+
+
+def test_karras_axis_is_a1111s_schedule_type_with_its_names() -> None:
+    """A1111's "Schedule type" values Automatic and Karras read as our Karras axis, and its grid writes them back
+    under A1111's name (other A1111 schedules are not offered here: refused as for any other word)."""
+    assert parse_values(PlotAxis("use_karras", "Karras, Automatic"), "X values", 64) == [True, False]
+    result = fake_service(None).plot(_plot(PlotAxis("use_karras", "Karras, Automatic"), sampler="Euler"))
+    grid = parse_parameters(result.parameters)
+    assert grid["X Type"] == "Schedule type" and grid["X Values"] == "Karras, Automatic"
+    assert [c.split(" · ")[0] for c in result.captions[1:]] == ["Karras: on", "Karras: off"]
+    with pytest.raises(InvalidRequest, match="^X values \\(Karras\\): 'Exponential' is not on or off.$"):
+        validate(_plot(PlotAxis("use_karras", "Karras, Exponential")), CATALOG)
 
 
 def test_hires_axes_count_their_second_pass_against_the_cost_cap() -> None:

@@ -129,6 +129,20 @@ def test_no_backtrack_when_the_comma_is_more_than_20_tokens_back(parts) -> None:
     assert [c.ids for c in got.chunks] == [row(tokenizer, [a] * 50 + [comma] + [b] * 24), row(tokenizer, [b] * 16)]
 
 
+def test_a_prompt_of_breaks_only_is_empty_chunks(parts) -> None:
+    """A1111's tokenize_line on "BREAK": one empty chunk, 75 counted (the tokenizer is not called with no text:
+    it refuses an empty batch)."""
+    text_encoder, tokenizer = parts
+    empty = tokenize_prompt(tokenizer, "").chunks[0]
+    for prompt, chunks in [("BREAK", 1), (" BREAK BREAK ", 2)]:
+        got = tokenize_prompt(tokenizer, prompt)
+        assert [c.ids for c in got.chunks] == [empty.ids] * chunks
+        assert (got.token_count, got.token_limit) == (75 * chunks, 75 * chunks)
+    context = encode_prompt_pair(text_encoder, tokenizer, "BREAK", "BREAK", batch_size=1, use_cfg=True,
+                                 device=CPU).context
+    assert context.shape == (2, 77, 32)
+
+
 def test_break_starts_a_new_chunk(parts) -> None:
     text_encoder, tokenizer = parts
     got = tokenize_prompt(tokenizer, "a BREAK b")

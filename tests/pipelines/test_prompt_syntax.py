@@ -7,7 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sd2_app.api.task_checks import syntax_warnings, weight_warnings
-from sd2_app.prompt_syntax import MAX_WEIGHT, clamped_weights, escape, parse_attention, unsupported_syntax
+from sd2_app.prompt_syntax import (
+    MAX_WEIGHT, clamped_weights, escape, parse_attention, unsupported_syntax, without_extra_networks,
+)
 
 B = "BREAK"  # a BREAK in the expected runs
 
@@ -173,6 +175,18 @@ def test_syntax_warnings_exact_text() -> None:
         'composable prompts "AND", LoRA/extra network "<lora:a_very_long_lora_file_n…". It is read as plain text '
         "(brackets still weight what they enclose); see the README's Prompts section."]
     assert syntax_warnings("a (cat:1.2), BREAK [dog]", "prompt") == []
+
+
+def test_extra_networks_in_the_prompt_are_left_out_as_a1111_leaves_them_out() -> None:
+    """A1111 takes `<lora:...>` tags out of the prompt before reading it, and reads the negative prompt's as text
+    (modules/processing.py `parse_extra_network_prompts`)."""
+    assert without_extra_networks("a cat, <lora:add_detail:0.8>, [red:<lyco:x:1>blue:3] <not a tag>") == \
+        "a cat, , [red:blue:3] <not a tag>"
+    assert syntax_warnings("a cat AND a dog <lora:a_very_long_lora_file_name_v2:0.8> <hypernet:h:1>", "prompt") == [
+        'The prompt uses A1111 syntax that this app does not support: composable prompts "AND". It is read as plain '
+        "text (brackets still weight what they enclose); see the README's Prompts section.",
+        'The prompt names an extra network (LoRA) that this app does not have: "<lora:a_very_long_lora_file_n…". As '
+        "in A1111, such tags are left out of the text the model reads; see the README's Prompts section."]
 
 
 N = 200_000  # far over any prompt limit: a pattern that backtracks over it would run for many minutes

@@ -58,6 +58,24 @@ def _first_answers(futures: list[Future[httpx.Response]], count: int) -> list[ht
     return [future.result() for future in futures if future.done()]
 
 
+def test_api_auth_lets_its_users_change_the_current_checkpoint_in_public(api_app, reliability) -> None:
+    """--api-auth in a public mode (no --allow-model-admin, no --auth): the Models tab stays read-only for
+    visitors, but the API's users, the only ones who reach it, may switch the shared current checkpoint."""
+    url, demo = api_app
+    options = f"{url}sdapi/v1/options"
+    before = httpx.get(options, auth=AUTH, timeout=30).json()["sd_model_checkpoint"]
+    try:
+        switched = httpx.post(options, json={"sd_model_checkpoint": "sd2-base"}, auth=AUTH, timeout=120)
+        now = httpx.get(options, auth=AUTH, timeout=30).json()["sd_model_checkpoint"]
+    finally:
+        httpx.post(options, json={"sd_model_checkpoint": before}, auth=AUTH, timeout=120)
+    assert (switched.status_code, before, now) == (200, "sd21-base", "sd2-base"), switched.text
+    assert demo.hosting.model_admin is False  # type: ignore[attr-defined]  # the web UI's own rule
+    reliability(AREA, "POST /sdapi/v1/options {'sd_model_checkpoint': 'sd2-base'} with --api-auth's credentials in "
+                "a public mode (no --allow-model-admin, no --auth)",
+                f"HTTP 200: the current checkpoint is {now} (it was {before}); the web UI's Models tab stays read-only")
+
+
 def test_api_jobs_from_one_address_stop_at_the_per_address_limit(api_app, reliability) -> None:
     url, demo = api_app
     visitors = demo.flags.visitors  # type: ignore[attr-defined]

@@ -167,16 +167,20 @@ def test_loading_and_unloading_are_off_in_public_modes(public_app, reliability) 
 
 
 def test_model_admin_follows_the_mode_and_the_flags() -> None:
+    """The app's decisions (`sd2_app.webapp`): visitors may load checkpoints locally, or in public modes with
+    --allow-model-admin or --auth; the A1111 API's /options also with --api-auth."""
     import app
-    from sd2_app.app_flags import is_public
+    from sd2_app.api.a1111_auth import parse_auth
+    from sd2_app.webapp import api_model_admin, model_admin
 
-    def admin(argv: list[str]) -> bool:
+    def admin(argv: list[str]) -> tuple[bool, bool]:
         args = app.parse_args(argv)
-        return args.allow_model_admin or bool(args.auth) or not is_public(args)
+        return model_admin(args), api_model_admin(model_admin(args), parse_auth(args.api_auth))
 
-    assert admin([]) and admin(["--host", "127.0.0.1"])
-    assert not admin(["--host", "0.0.0.0"]) and not admin(["--share"])
-    assert admin(["--host", "0.0.0.0", "--allow-model-admin"]) and admin(["--share", "--auth", "me:secret"])
+    assert admin([]) == admin(["--host", "127.0.0.1"]) == (True, True)
+    assert admin(["--host", "0.0.0.0"]) == admin(["--share"]) == (False, False)
+    assert admin(["--host", "0.0.0.0", "--allow-model-admin"]) == admin(["--share", "--auth", "me:secret"]) == (True, True)
+    assert admin(["--host", "0.0.0.0", "--api", "--api-auth", "me:secret"]) == (False, True)
 
 
 # ---- 9. session identity ------------------------------------------------------------------------------

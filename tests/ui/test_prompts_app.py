@@ -113,11 +113,29 @@ def test_a1111_syntax_we_do_not_support_is_named_in_the_info(app) -> None:
     prompt = "a cat AND a dog on a hill <lora:add_detail:0.8>"
     _, gallery, info = client.predict(api_name="/txt2img", **{**FAST, "prompt": prompt, "negative_prompt": "[x|y]"})
     lines = info.splitlines()
-    assert ('- ⚠️ The prompt uses A1111 syntax that this app does not support: composable prompts "AND", '
-            'LoRA/extra network "<lora:add_detail:0.8>". It is read as plain text (brackets still weight what they '
-            "enclose); see the README's Prompts section.") in lines
+    assert ('- ⚠️ The prompt uses A1111 syntax that this app does not support: composable prompts "AND". It is '
+            "read as plain text (brackets still weight what they enclose); see the README's Prompts section.") in lines
+    assert ('- ⚠️ The prompt names an extra network (LoRA) that this app does not have: "<lora:add_detail:0.8>". '
+            "As in A1111, such tags are left out of the text the model reads; see the README's Prompts section.") \
+        in lines
     assert "negative prompt uses A1111 syntax" not in info  # alternation is supported
     assert parse_parameters(Image.open(gallery[0]["image"]).info["parameters"])["Prompt"] == prompt
+
+
+def test_a_lora_tag_is_left_out_of_the_prompt_and_its_count_as_in_a1111(app) -> None:
+    """The prompt's `<lora:...>` tag is taken out before the model reads it: the image is the one of the prompt
+    without it (A1111 modules/processing.py, `parse_extra_network_prompts`), and the counter leaves it out of
+    either box (A1111 modules/ui.py, `update_token_counter`); the negative prompt's tag is read as text."""
+    client, _, _ = app
+    tagged, plain = "a red hat <lora:add_detail:0.8>, on a cat", "a red hat , on a cat"
+    assert client.predict(tagged, "sd21-base", api_name="/count_tokens") == \
+        client.predict(plain, "sd21-base", api_name="/count_tokens")
+    with_tag, without = _txt2img(client, prompt=tagged), _txt2img(client, prompt=plain)
+    assert np.array_equal(np.asarray(with_tag), np.asarray(without))
+    assert parse_parameters(with_tag.info["parameters"])["Prompt"] == tagged  # recorded as written
+    negative_tag = _txt2img(client, prompt=plain, negative_prompt="blurry <lora:add_detail:0.8>")
+    assert not np.array_equal(np.asarray(negative_tag), np.asarray(_txt2img(client, prompt=plain,
+                                                                             negative_prompt="blurry")))
 
 
 EDITED = "a [red:blue:0.5] hat on a [cat|dog], [(sunset:1.2)::3]"
@@ -310,3 +328,13 @@ def test_counter_reads_the_tokenizer_without_loading_models(tmp_path: Path) -> N
     service = Service(manager, outputs_dir=None)
     assert service.count_tokens("a (red:1.2) hat", "sd21-base") == "7/75"
     assert manager.loaded_keys() == []  # no model was loaded for it
+
+
+def test_a_prompt_of_breaks_only_counts_and_runs(app) -> None:
+    """"BREAK" alone is one empty chunk, as in A1111 (the counter and the run crashed on it: no text to
+    tokenize)."""
+    client, _, _ = app
+    assert client.predict("BREAK", "sd21-base", api_name="/count_tokens") == "75/75"
+    assert client.predict("a BREAK BREAK", "sd21-base", api_name="/count_tokens") == "150/150"
+    _, gallery, info = client.predict(api_name="/txt2img", **{**FAST, "prompt": "BREAK", "negative_prompt": "BREAK"})
+    assert len(gallery) == 1 and "BREAK" in info

@@ -244,6 +244,19 @@ def test_xyz_plot_eta_cells_equal_ddim_runs_with_that_eta(app) -> None:
                                  "or add it to a Sampler axis.")
 
 
+def test_xyz_plot_progress_counts_each_hires_cells_second_pass(app) -> None:
+    """A hires cell's progress runs through both passes (2 + 1, then 2 + 3 steps), so the plot's count ends at its
+    total and never passes it."""
+    from sd2_app.api.requests import PlotAxis, Sampling, Txt2ImgRequest, XYZPlotRequest
+
+    _, service, _ = app
+    events: list[tuple[int, int]] = []
+    base = Txt2ImgRequest("a fox", width=64, height=64, sampling=Sampling(sampler="Euler", steps=2, seed=4))
+    service.plot(XYZPlotRequest(base, PlotAxis("hires_steps", "1, 3")), lambda done, total, _: events.append(
+        (done, total)))
+    assert events == [(done, 8) for done in range(1, 9)]
+
+
 def test_xyz_plot_stop_keeps_the_finished_cells(app) -> None:
     client, _, _ = app
     job = client.submit(prompt="x", x_type="steps", x_values="20, 20, 20, 20", seed=1, width=64, height=64,
