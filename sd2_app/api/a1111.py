@@ -27,16 +27,16 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from sd2_app.api import requests as rq
-from sd2_app.api.a1111_samplers import SCHEDULERS, read_sampler, schedule_label
+from sd2_app.api.a1111_samplers import SCHEDULERS, read_sampler, sampler_named, schedule_label
 from sd2_app.api.tasks import TASKS
 from sd2_app.api.checks import resolve_seed
 from sd2_app.api.image_inputs import to_mask
 from sd2_app.api.results import Result
+from sd2_app.byte_limits import MAX_BASE64_CHARS, MAX_IMAGE_FILE_BYTES, MB
 from sd2_app.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
-MAX_BASE64_CHARS = 34 * 2**20  # about 25 MiB of image file, the web UI's upload limit
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF")  # PNG, JPEG, WebP (RIFF....WEBP)
 
 COMMON_FIELDS = frozenset({
@@ -121,14 +121,17 @@ def image_bytes(value: Any, what: str) -> bytes:
     """The file of a base64 image (raw or a data URL) that claims to be a PNG, JPEG or WebP (its magic bytes)."""
     if not isinstance(value, str) or not value:
         raise InvalidRequest(f"{what} must be a base64-encoded PNG, JPEG or WebP image.")
-    if len(value) > MAX_BASE64_CHARS:
-        raise InvalidRequest(f"{what} is larger than the {MAX_BASE64_CHARS * 3 // 4 // 2**20} MiB limit.")
+    too_large = InvalidRequest(f"{what} is larger than the {MAX_IMAGE_FILE_BYTES // MB} MiB limit.")
+    if len(value) > MAX_BASE64_CHARS:  # refused before decoding; the exact file size is checked after
+        raise too_large
     if value.startswith("data:"):
         value = value.partition(",")[2]
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as error:
         raise InvalidRequest(f"{what} is not valid base64 ({error}).") from error
+    if len(data) > MAX_IMAGE_FILE_BYTES:
+        raise too_large
     if not data.startswith(IMAGE_MAGIC) or (data.startswith(b"RIFF") and data[8:12] != b"WEBP"):
         raise InvalidRequest(f"{what} must be a PNG, JPEG or WebP image.")
     return data
@@ -199,15 +202,19 @@ def _seeded(sampling: rq.Sampling, index: int) -> rq.Sampling:
     return replace(sampling, seed=int(sampling.seed or 0) + index * step)
 
 
-def _hires(body: Mapping[str, Any]) -> rq.HiresFix | None:
-    """enable_hr and its hr_* fields (A1111's names; 0 or empty means "as the first pass")."""
+def _hires(body: Mapping[str, Any], names: list[str]) -> rq.HiresFix | None:
+    """enable_hr and its hr_* fields (A1111's names; 0 or empty means "as the first pass"); hr_sampler_name is
+    read as sampler_name is (`sampler_named`), a name we lack is left for the Service to refuse."""
     if not body.get("enable_hr"):
         return None
+    hires_sampler = body.get("hr_sampler_name") or None
+    if isinstance(hires_sampler, str):
+        hires_sampler = sampler_named(hires_sampler, names) or hires_sampler
     return rq.HiresFix(
         upscaler=body.get("hr_upscaler") or "Latent", scale=body.get("hr_scale", 2.0),
         width=body.get("hr_resize_x") or None, height=body.get("hr_resize_y") or None,
         steps=body.get("hr_second_pass_steps") or None, denoising_strength=body.get("denoising_strength", 0.7),
-        sampler=body.get("hr_sampler_name") or None,
+        sampler=hires_sampler,
     )
 
 
@@ -226,7 +233,7 @@ def txt2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
     sampling = _sampling(body, names, seed, "txt2img")
     base = rq.Txt2ImgRequest(prompt=body.get("prompt", ""), negative_prompt=body.get("negative_prompt", ""),
                              checkpoint=checkpoint, width=body.get("width", 512), height=body.get("height", 512),
-                             sampling=sampling, hires=_hires(body), seed_extras=_seed_extras(body),
+                             sampling=sampling, hires=_hires(body, names), seed_extras=_seed_extras(body),
                              tiling=body.get("tiling", False))
     requests = tuple(replace(base, sampling=_seeded(sampling, i)) for i in range(n_iter))
     return Job("txt2img", requests, checkpoint, bool(body.get("send_images", True)))

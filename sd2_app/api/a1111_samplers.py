@@ -38,18 +38,19 @@ def read_sampler(name: Any, schedule: Any, names: Sequence[str]) -> tuple[str | 
     the name, else from `schedule`."""
     karras = schedule_label(schedule) == "Karras"
     text = str(name or "")
-    sampler = _ours(text, names)
+    sampler = sampler_named(text, names)
     if sampler is not None:
         return sampler, karras
     for label in SCHEDULERS.values():
         if text.lower().endswith(" " + label.lower()):
-            plain = _ours(text[: -len(label) - 1], names)
+            plain = sampler_named(text[: -len(label) - 1], names)
             return (plain, label == "Karras") if plain is not None else (None, karras)
     return None, karras
 
 
-def _ours(text: str, names: Sequence[str]) -> str | None:
-    """Our spelling of the sampler A1111 calls `text` (any case), or None."""
+def sampler_named(text: str, names: Sequence[str]) -> str | None:
+    """Our spelling of the sampler A1111 calls `text` (any case; "PLMS" is our PNDM), or None. Alone (no schedule
+    in the name) it reads a hires sampler's name, whose schedule here is the first pass's."""
     aliases = {alias.lower(): ours for alias, ours in A1111_SAMPLER_NAMES.items()}
     wanted = aliases.get(text.lower(), text).lower()
     return next((ours for ours in names if ours.lower() == wanted), None)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sd2_app.api.requests import HiresFix, HiresPassRequest, Sampling, Txt2ImgRequest
+from sd2_app.api.requests import ETA_SAMPLERS, HiresFix, HiresPassRequest, Sampling, Txt2ImgRequest
 from sd2_app.checkpoints.components import Components
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.images import LANCZOS, postprocess, preprocess_image
@@ -87,6 +87,8 @@ def hires_settings(request: Txt2ImgRequest, components: Components, width: int, 
     settings["Hires upscaler"] = hires.upscaler
     if hires.sampler and hires.sampler != request.sampling.sampler:
         settings["Hires sampler"] = hires.sampler
+    if request.sampling.eta > 0 and hires.sampler in ETA_SAMPLERS:  # eta changes the second pass only
+        settings.setdefault("Eta", request.sampling.eta)
     return settings
 
 

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from sd2_app.pipelines.metadata import Settings, attach_parameters, format_parameters
-from sd2_app.api.requests import Sampling
+from sd2_app.api.requests import ETA_SAMPLERS, Sampling
 
 
 @dataclass
@@ -24,7 +24,8 @@ class PipelineOutput:
 
 
 def sampling_settings(sampling: Sampling, *, width: int, height: int, model: str) -> Settings:
-    """The settings every task shares, in A1111's order."""
+    """The settings every task shares, in A1111's order. "Eta" only where the sampler uses it (`ETA_SAMPLERS`),
+    so the text never claims a setting that did not change the image."""
     settings: Settings = {
         "Steps": sampling.steps,
         "Sampler": sampling.sampler,
@@ -36,7 +37,7 @@ def sampling_settings(sampling: Sampling, *, width: int, height: int, model: str
     }
     if sampling.guidance_rescale > 0:
         settings["Guidance rescale"] = sampling.guidance_rescale
-    if sampling.eta > 0:
+    if sampling.eta > 0 and sampling.sampler in ETA_SAMPLERS:
         settings["Eta"] = sampling.eta
     return settings
 

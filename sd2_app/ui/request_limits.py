@@ -6,7 +6,7 @@ parsed data with the queued event), and uvicorn sets no limit, so one request of
 several times that in memory. `RequestLimitsMiddleware` refuses a body over `body_limit(path)` with 413 before
 the route reads it: at once when its Content-Length says so, and as soon as the bytes received pass the limit
 when the client sends it in chunks without a length. The limits follow what each route accepts at most: the
-A1111 API two base64 images of the web UI's upload size (`sd2_app.api.a1111.MAX_BASE64_CHARS`: an init image
+A1111 API two base64 images of the web UI's upload size (`sd2_app.byte_limits.MAX_BASE64_CHARS`: an init image
 and a mask), the inpaint editor's parts one image of that size each (`sd2_app.ui.editor_blobs`), anything else
 of Gradio's (queue joins, MCP messages, whose own limit is 4 MB) `MAX_BODY_BYTES`; Gradio's upload route has
 its own limit and budget (`sd2_app.ui.upload_budget`). A limit per request does not bound many requests at once,
@@ -35,16 +35,16 @@ from gradio.route_utils import API_PREFIX
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import PlainTextResponse
 
-from sd2_app.api.a1111 import MAX_BASE64_CHARS
 from sd2_app.api.a1111_routes import PREFIX as A1111_PREFIX
 from sd2_app.api.addresses import ClientAddresses
-from sd2_app.ui.upload_budget import MB, UPLOAD_PATH, declared_size
+from sd2_app.byte_limits import FORM_ROOM_BYTES, MAX_BASE64_CHARS, MAX_IMAGE_FILE_BYTES, MB
+from sd2_app.ui.upload_budget import UPLOAD_PATH, declared_size
 from sd2_app.ui.uploads import FILE_ROUTE
 from sd2_app.ui.visitors import ASGIApp, Message, Scope
 
 MAX_BODY_BYTES = 4 * MB  # a queue join (prompts, settings, references to uploaded files) or an MCP message
-MAX_API_BODY_BYTES = 2 * MAX_BASE64_CHARS + MB  # an A1111 API call: an init image and a mask, and the rest
-MAX_PART_BODY_BYTES = MAX_BASE64_CHARS * 3 // 4 + MB  # one inpaint editor part of the upload size, and its form
+MAX_API_BODY_BYTES = 2 * MAX_BASE64_CHARS + FORM_ROOM_BYTES  # an A1111 API call: an init image and a mask, and the rest
+MAX_PART_BODY_BYTES = MAX_IMAGE_FILE_BYTES + FORM_ROOM_BYTES  # one inpaint editor part of the upload size, and its form
 # Bodies one address may have in flight: a few A1111 API jobs with large images, or editor parts, at once.
 MAX_BODY_BYTES_IN_FLIGHT = 256 * MB
 SMALL_BODY_BYTES = 64 * 1024  # a queue join's prompts and settings: not counted

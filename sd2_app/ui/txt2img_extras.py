@@ -14,6 +14,7 @@ from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
+from sd2_app.api.a1111_samplers import sampler_named
 from sd2_app.api.requests import HIRES_UPSCALERS, HiresFix, SeedExtras
 from sd2_app.ui.sending import hires_in
 
@@ -170,7 +171,6 @@ def from_parameters(parsed: dict[str, Any], samplers: list[str]) -> tuple:
     resize = _size(parsed.get("Hires resize")) or (0, 0)
     seed_resize = _size(parsed.get("Seed resize from")) or (0, 0)
     upscaler = parsed.get("Hires upscaler", DEFAULTS.upscaler)
-    sampler = parsed.get("Hires sampler")
     return (
         hires_on,
         upscaler if upscaler in HIRES_UPSCALERS else DEFAULTS.upscaler,
@@ -179,7 +179,7 @@ def from_parameters(parsed: dict[str, Any], samplers: list[str]) -> tuple:
         resize[1],
         parsed.get("Hires steps", 0) if hires_on else 0,
         parsed.get("Denoising strength", DEFAULTS.denoising_strength) if hires_on else DEFAULTS.denoising_strength,
-        sampler if sampler in samplers else SAME_SAMPLER,
+        sampler_named(str(parsed.get("Hires sampler") or ""), samplers) or SAME_SAMPLER,  # as the API reads it
         parsed.get("Variation seed", -1),
         parsed.get("Variation seed strength", 0.0),
         seed_resize[0],

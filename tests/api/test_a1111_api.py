@@ -149,6 +149,13 @@ def test_txt2img_batches_seeds_and_metadata_match_the_service(app, client) -> No
         assert np.array_equal(np.asarray(ours.convert("RGB")), np.asarray(theirs))
 
 
+def test_eta_is_written_in_the_infotext_only_when_the_sampler_uses_it(client) -> None:
+    euler = client.txt2img(prompt="a lighthouse", seed=5, eta=0.5, **FAST)
+    ddim = client.txt2img(prompt="a lighthouse", seed=5, eta=0.5, **{**FAST, "sampler_name": "DDIM"})
+    assert "Eta" not in euler.info["infotexts"][0]  # Euler's step takes no eta: the image was made without it
+    assert ", Eta: 0.5" in ddim.info["infotexts"][0]
+
+
 def test_img2img_and_inpaint_with_a_mask(client) -> None:
     init = noise_image(64, 64, seed=3)
     result = client.img2img(images=[init], prompt="oil painting", denoising_strength=0.5, seed=2, **FAST)
@@ -273,7 +280,7 @@ def test_catalog_endpoints(client) -> None:
 def test_a_client_at_its_address_limit_is_refused_before_its_image_is_decoded(app, job_admission,
                                                                              monkeypatch) -> None:
     """The job's place is taken before its body is decoded: an img2img call over the address's limit is refused
-    (429) without decoding its init image (up to 34 MiB of base64); with its places back, the same call decodes
+    (429) without decoding its init image (up to about 33 MiB of base64); with its places back, the same call decodes
     the image once and runs."""
     from sd2_app.api import a1111
     from sd2_app.api.job_admission import too_many_jobs_from_address_message
@@ -341,10 +348,11 @@ SAMPLER_NAMES = [  # (A1111's sampler name, its schedule or None) -> (our sample
 
 def _send_to_txt2img(url: str, parsed: dict) -> dict:
     """PNG info's "Send to text to image" as the page sends it: a queue join of the event (found in /config, as
-    the page finds it) with the parsed parameters; the values it puts into text to image, by elem_id."""
+    the page finds it) with the parsed parameters; the values it puts into text to image, by elem_id (or label)."""
     config = httpx.get(f"{url}config", timeout=30).json()
     event = next(d for d in config["dependencies"] if d.get("api_name") == "png_info_send")
-    elem_ids = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
+    elem_ids = {c["id"]: c.get("props", {}).get("elem_id") or c.get("props", {}).get("label")
+                for c in config["components"]}
     session = f"send-{time.monotonic_ns()}"
     with httpx.Client(base_url=url, timeout=60) as http:
         joined = http.post("gradio_api/queue/join", json={"data": [parsed], "fn_index": event["id"],
@@ -378,6 +386,20 @@ def test_a1111_sampler_names_read_alike_by_the_api_and_the_paste(app, a1111: tup
     assert (status, info["sampler_name"], info["scheduler"]) == (200, ours[0], schedule_type)
     assert f"Sampler: {ours[0]}, Schedule type: {schedule_type}," in info["infotexts"][0]
     assert (sent["txt2img-sampler"], sent["txt2img-karras"]) == ours
+
+
+@pytest.mark.parametrize(("name", "ours"), [("PLMS", "PNDM"), ("dpm++ 2m", "DPM++ 2M"), ("DDIM", "DDIM")])
+def test_a1111_hires_sampler_names_read_as_the_first_pass_names(app, name: str, ours: str) -> None:
+    """hr_sampler_name and a pasted "Hires sampler" are read as the first pass's names are (any case, "PLMS")."""
+    url, port, _ = app
+    body = {"prompt": "x", **FAST, "seed": 1, "enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.5,
+            "hr_sampler_name": name}
+    status, answer = _post(port, "txt2img", body)
+    assert status == 200, answer
+    assert f"Hires sampler: {ours}" in json.loads(answer["info"])["infotexts"][0]
+    parsed = {"Prompt": "x", "Sampler": "Euler", "Denoising strength": 0.5, "Hires upscale": 1.5,
+              "Hires sampler": name}
+    assert _send_to_txt2img(url, parsed)["Hires sampler"] == ours
 
 
 def test_raw_http_with_the_field_set_of_a1111s_documentation(app) -> None:

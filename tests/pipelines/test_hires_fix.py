@@ -121,6 +121,16 @@ def test_metadata_uses_a1111_keys_and_reads_back(components: ComponentCache) -> 
     assert parse_parameters(one_side.images[0].info["parameters"])["Hires resize"] == "80x0"  # as A1111 writes it
 
 
+@pytest.mark.parametrize(("sampler", "hires_sampler", "written"), [
+    ("DDIM", None, 0.5), ("Euler", None, None), ("Euler", "DDIM", 0.5), ("DDIM", "Euler", 0.5)])
+def test_eta_is_written_only_where_a_pass_runs_ddim(components: ComponentCache, sampler: str,
+                                                    hires_sampler: str | None, written: float | None) -> None:
+    request = _request("Latent", sampler=hires_sampler)
+    request = replace(request, sampling=replace(request.sampling, sampler=sampler, eta=0.5))
+    params = parse_parameters(txt2img(components("sd2-base"), request).images[0].info["parameters"])
+    assert params.get("Eta") == written  # Euler's step takes no eta: an image made without it doesn't claim it
+
+
 def test_one_progress_bar_over_both_passes_and_stop_in_the_second(components: ComponentCache) -> None:
     seen: list[tuple[int, int]] = []
     txt2img(components("sd2-base"), _request("Latent"), on_step=lambda d, t, x: seen.append((d, t)))

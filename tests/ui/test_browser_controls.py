@@ -200,3 +200,29 @@ def test_an_oversized_image_in_the_inpaint_editor_is_said_and_the_editor_keeps_w
     assert "Upload an image" not in page.locator("#inpaint-info").inner_text()
     page.screenshot(path=str(ARTIFACTS / "controls-inpaint-oversized.png"))
     page.context.close()
+
+
+def test_a_file_the_inpaint_editor_cannot_open_is_said_as_image_to_image_says_it(browser, url: str,
+                                                                                tmp_path: Path) -> None:
+    """Gradio's editor opens an upload in the page and shows nothing for a file the browser cannot decode; the
+    visitor reads the message Image to image gives for the same file, once, and the editor takes an image after."""
+    fake = tmp_path / "not-an-image.png"
+    fake.write_bytes(b"this is text, not a picture")
+    message = "The uploaded image could not be read: not a PNG, JPEG or WebP image."
+    page = _open(browser, url, DESKTOP)
+    _go(page, "Inpaint")
+    page.locator("#inpaint-editor input[type=file]").set_input_files(str(fake))
+    expect(page.locator(".toast-body").last).to_contain_text(message, timeout=30_000)
+    page.wait_for_timeout(1500)  # a second refusal of the same upload would have arrived by now
+    shown = " ".join(page.locator(".toast-body").all_inner_texts())
+    assert shown.count(message) == 1, shown
+    page.screenshot(path=str(ARTIFACTS / "controls-inpaint-not-an-image.png"))
+    for close in page.locator(".toast-body button").all():
+        close.click()
+    picture = tmp_path / "real.png"
+    Image.new("RGB", (64, 48), (200, 40, 40)).save(picture)
+    page.locator("#inpaint-editor input[type=file]").set_input_files(str(picture))
+    page.wait_for_timeout(2000)
+    expect(page.locator(".toast-body")).to_have_count(0)  # an image the editor opens is not refused
+    expect(page.locator("#inpaint-editor .empty.wrap")).to_have_count(0)  # the upload hint gave way to the image
+    page.context.close()
