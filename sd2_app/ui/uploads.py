@@ -181,6 +181,23 @@ def guard_editor(editor: EditorT, max_pixels: int, max_layers: int = MAX_EDITOR_
     return guard_blobs(editor)
 
 
+def editor_file_check(editor: gr.ImageEditor) -> gr.Image:
+    """A hidden image box (`<editor id>-check`) that says why the page could not open a file put into `editor`.
+
+    Gradio's image editor opens an upload in the page; a file the browser cannot decode leaves it blank, with
+    nothing sent and nothing said. The page script (static/app.js) passes such a file to this box, whose upload is
+    refused by `upload_image`'s check, in the words every other image box uses. The editor needs the class
+    "checked-editor"; the box is made where this is called."""
+    checker = upload_image(type="filepath", sources=["upload"], visible="hidden", show_label=False,
+                           elem_id=f"{editor.elem_id}-check")
+    name = f"{editor.elem_id}_check".replace("-", "_")
+    # Reaching the function means the file was readable after all (the browser had failed to decode it only).
+    checked = checker.upload(lambda path: None, checker, None, api_name=f"{name}_file", api_visibility="private",
+                             show_progress="hidden")
+    empty_on_failure(checked, checker)
+    return checker
+
+
 def refuse_oversized(value: Any, max_pixels: int) -> None:
     """Raise the `gr.Error` for an image (or an editor value's background) of more than `max_pixels` pixels."""
     picture = value.get("background") if isinstance(value, dict) else value
