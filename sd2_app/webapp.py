@@ -28,6 +28,7 @@ from sd2_app.api.keeper import HISTORY_SIZE
 from sd2_app.api.service import Service
 from sd2_app.api.engine_settings import EngineSettings, ready, registry_of, service_options
 from sd2_app.app_flags import api_enabled, is_public
+from sd2_app.byte_limits import MAX_IMAGE_FILE_BYTES
 from sd2_app.checkpoints.catalog import CheckpointSpec
 from sd2_app.serve.config import ServeConfig, load_config
 from sd2_app.ui import build_ui
@@ -146,7 +147,7 @@ def launch_settings(args: argparse.Namespace, demo: gr.Blocks | None = None) -> 
     # Gradio keep a copy of every component's config (gradio/state_holder.py, `SessionState`): --max-sessions
     # bounds how many it keeps.
     return dict(server_name=args.host, server_port=args.port, share=args.share, show_error=False, allowed_paths=[],
-                max_file_size="25mb", enable_monitoring=False, run_history=args.run_history, auth=auth,
+                max_file_size=MAX_IMAGE_FILE_BYTES, enable_monitoring=False, run_history=args.run_history, auth=auth,
                 ssr_mode=False, mcp_server=bool(args.mcp and mcp_available()), app_kwargs={"routes": routes},
                 state_session_capacity=args.max_sessions)
 

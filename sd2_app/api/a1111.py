@@ -32,12 +32,12 @@ from sd2_app.api.tasks import TASKS
 from sd2_app.api.checks import resolve_seed
 from sd2_app.api.image_inputs import to_mask
 from sd2_app.api.results import Result
+from sd2_app.byte_limits import MAX_BASE64_CHARS, MAX_IMAGE_FILE_BYTES, MB
 from sd2_app.errors import InvalidRequest
 from sd2_app.prompt_styles import StyleBook
 
 log = logging.getLogger(__name__)
 
-MAX_BASE64_CHARS = 34 * 2**20  # about 25 MiB of image file, the web UI's upload limit
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF")  # PNG, JPEG, WebP (RIFF....WEBP)
 
 COMMON_FIELDS = frozenset({
@@ -122,14 +122,17 @@ def image_bytes(value: Any, what: str) -> bytes:
     """The file of a base64 image (raw or a data URL) that claims to be a PNG, JPEG or WebP (its magic bytes)."""
     if not isinstance(value, str) or not value:
         raise InvalidRequest(f"{what} must be a base64-encoded PNG, JPEG or WebP image.")
-    if len(value) > MAX_BASE64_CHARS:
-        raise InvalidRequest(f"{what} is larger than the {MAX_BASE64_CHARS * 3 // 4 // 2**20} MiB limit.")
+    too_large = InvalidRequest(f"{what} is larger than the {MAX_IMAGE_FILE_BYTES // MB} MiB limit.")
+    if len(value) > MAX_BASE64_CHARS:  # refused before decoding; the exact file size is checked after
+        raise too_large
     if value.startswith("data:"):
         value = value.partition(",")[2]
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as error:
         raise InvalidRequest(f"{what} is not valid base64 ({error}).") from error
+    if len(data) > MAX_IMAGE_FILE_BYTES:
+        raise too_large
     if not data.startswith(IMAGE_MAGIC) or (data.startswith(b"RIFF") and data[8:12] != b"WEBP"):
         raise InvalidRequest(f"{what} must be a PNG, JPEG or WebP image.")
     return data

@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 import gradio as gr
 from fastapi import HTTPException
 
-MB = 1024 * 1024
+from sd2_app.byte_limits import MB
+
 MAX_PENDING_BYTES = 256 * MB  # the parts of some edits of 2048x2048 images, sent and waiting for their jobs
 MAX_PENDING_IDS = 4096  # ids waiting for their jobs: far more edits than a queue of jobs holds at once
 ENTRY_OVERHEAD_BYTES = 1024  # what an id's entry holds besides its parts (Gradio's EditorDataBlobs, the keys)

@@ -42,7 +42,8 @@ from sd2_app.ui.cache_files import sweeping_lifespan
 from sd2_app.ui.mcp_addresses import McpCallerMiddleware
 from sd2_app.ui.request_limits import RequestLimitsMiddleware
 from sd2_app.ui.runner import GPU_QUEUE, RunFlag
-from sd2_app.ui.upload_budget import MB, UploadBudget, UploadBudgetMiddleware
+from sd2_app.byte_limits import MB
+from sd2_app.ui.upload_budget import UploadBudget, UploadBudgetMiddleware
 from sd2_app.ui.uploads import local_file_references
 from sd2_app.ui.visitors import VisitorCookies, VisitorMiddleware
 

@@ -37,6 +37,7 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import PlainTextResponse
 
 from sd2_app.api.addresses import ClientAddresses
+from sd2_app.byte_limits import MAX_UPLOAD_REQUEST_BYTES, MB
 from sd2_app.ui.visitors import ASGIApp, Message, Scope
 
 UPLOAD_PATH = f"{API_PREFIX}/upload"
@@ -44,10 +45,6 @@ PROGRESS_PATH = f"{API_PREFIX}/upload_progress"
 UPLOAD_ID = "upload_id"  # the query parameter both routes read
 PROGRESS_ID_HEX = 4  # hex digits of the upload ids Gradio sees: at most 65,536 progress entries
 CALLER_HEX = 16  # hex digits that tell apart the callers whose ids meet on one short id
-MB = 1024 * 1024
-# One upload request: the inpaint editor's background, layers (at most 4) and composite at the 25 MB file
-# limit app.py sets, with room for the multipart framing.
-MAX_UPLOAD_REQUEST_BYTES = 128 * MB
 UPLOADS_PER_WINDOW = 2000  # upload requests per address per cache age
 NOT_FOUND = "Upload not found"  # Gradio's answer about an upload id it does not track (gradio/routes.py)
 

@@ -22,15 +22,14 @@ import logging
 import math
 import warnings
 from typing import Any, TypeVar
-from urllib.parse import unquote
 
 import gradio as gr
 from gradio.events import Dependency
-from gradio.route_utils import API_PREFIX
 from PIL import Image, UnidentifiedImageError
 
 from sd2_app.api.image_inputs import too_large
 from sd2_app.ui.editor_blobs import guard_blobs
+from sd2_app.ui.file_links import linked_file
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,6 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")  # PIL format names
 MAX_EDITOR_LAYERS = 4  # a person paints with one or two
 NOT_AN_IMAGE = "not a PNG, JPEG or WebP image"
 REMOTE_FILE_REFUSAL = "Files must be uploaded to this server; it does not download files from other sites."
-FILE_ROUTE = f"{API_PREFIX}/file="
 
 
 def image_format(head: bytes) -> str | None:
@@ -55,9 +53,10 @@ def image_format(head: bytes) -> str | None:
 
 
 def local_file_references(data: Any) -> str | None:
-    """Make each http(s) `path` of a file value in `data` (a queue join's values, changed in place) a path on
-    this server: a link to this server's file route becomes the file's path; for any other URL the refusal
-    message (`REMOTE_FILE_REFUSAL`), and then `data` may be partly changed."""
+    """Make each `path` of a file value in `data` (a queue join's values, changed in place) the path on this
+    server it names (`sd2_app.ui.file_links.linked_file`: a link through the file route becomes the file's
+    path); where one names another site's file, the refusal message (`REMOTE_FILE_REFUSAL`), and then `data`
+    may be partly changed."""
     stack = [data]
     while stack:
         node = stack.pop()
@@ -65,11 +64,11 @@ def local_file_references(data: Any) -> str | None:
             stack.extend(node)
         elif isinstance(node, dict):
             path = node.get("path")
-            if isinstance(path, str) and path.lower().startswith(("http://", "https://")):
-                at = path.find(FILE_ROUTE)
-                if at < 0:
+            if isinstance(path, str):
+                target = linked_file(path)
+                if target is None:
                     return REMOTE_FILE_REFUSAL
-                node["path"] = unquote(path[at + len(FILE_ROUTE):])
+                node["path"] = target
             stack.extend(node.values())
     return None
 
@@ -180,6 +179,23 @@ def guard_editor(editor: EditorT, max_pixels: int, max_layers: int = MAX_EDITOR_
 
     editor.preprocess = checked_preprocess  # type: ignore[method-assign]
     return guard_blobs(editor)
+
+
+def editor_file_check(editor: gr.ImageEditor) -> gr.Image:
+    """A hidden image box (`<editor id>-check`) that says why the page could not open a file put into `editor`.
+
+    Gradio's image editor opens an upload in the page; a file the browser cannot decode leaves it blank, with
+    nothing sent and nothing said. The page script (static/app.js) passes such a file to this box, whose upload is
+    refused by `upload_image`'s check, in the words every other image box uses. The editor needs the class
+    "checked-editor"; the box is made where this is called."""
+    checker = upload_image(type="filepath", sources=["upload"], visible="hidden", show_label=False,
+                           elem_id=f"{editor.elem_id}-check")
+    name = f"{editor.elem_id}_check".replace("-", "_")
+    # Reaching the function means the file was readable after all (the browser had failed to decode it only).
+    checked = checker.upload(lambda path: None, checker, None, api_name=f"{name}_file", api_visibility="private",
+                             show_progress="hidden")
+    empty_on_failure(checked, checker)
+    return checker
 
 
 def refuse_oversized(value: Any, max_pixels: int) -> None:

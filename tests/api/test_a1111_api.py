@@ -280,7 +280,7 @@ def test_catalog_endpoints(client) -> None:
 def test_a_client_at_its_address_limit_is_refused_before_its_image_is_decoded(app, job_admission,
                                                                              monkeypatch) -> None:
     """The job's place is taken before its body is decoded: an img2img call over the address's limit is refused
-    (429) without decoding its init image (up to 34 MiB of base64); with its places back, the same call decodes
+    (429) without decoding its init image (up to about 33 MiB of base64); with its places back, the same call decodes
     the image once and runs."""
     from sd2_app.api import a1111
     from sd2_app.api.job_admission import too_many_jobs_from_address_message

@@ -144,5 +144,5 @@ def test_uploads_over_the_file_size_cap_are_refused(served_app, reliability, tmp
     assert response.status_code == 413, response.text
     with pytest.raises(ValueError, match="exceeds the maximum file size of 26214400 bytes"):
         client.predict(image=handle_file(str(path)), prompt="x", api_name="/img2img", steps=2)
-    reliability("Security", "upload of 26 MiB (max_file_size 25mb)",
+    reliability("Security", "upload of 26 MiB (max_file_size 25 MiB)",
                 f"the upload route answers {response.status_code}: {response.text[:80]}")

@@ -115,10 +115,10 @@ def test_launch_settings_are_safe(reliability) -> None:
     kwargs = app_launch_kwargs(["--tiny"])
     assert kwargs["allowed_paths"] == [] and "blocked_paths" not in kwargs
     assert kwargs["show_error"] is False and kwargs["enable_monitoring"] is False
-    assert kwargs["max_file_size"] == "25mb" and kwargs["share"] is False and kwargs["server_name"] == "127.0.0.1"
+    assert kwargs["max_file_size"] == 25 * 2**20 and kwargs["share"] is False and kwargs["server_name"] == "127.0.0.1"
     assert kwargs["run_history"] is False and kwargs["auth"] is None
     reliability(AREA, "app.py launch settings", "allowed_paths=[], show_error=False (our gr.Error messages only), "
-                "enable_monitoring=False, max_file_size='25mb', share=False, server_name='127.0.0.1' by default")
+                "enable_monitoring=False, max_file_size=25 MiB, share=False, server_name='127.0.0.1' by default")
 
 
 def test_host_follows_gradio_server_name_as_spaces_set_it(monkeypatch: pytest.MonkeyPatch) -> None:

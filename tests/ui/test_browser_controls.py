@@ -8,6 +8,7 @@ Uses test_browser.py's app and browser fixtures (tiny checkpoints); screenshots 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -199,4 +200,59 @@ def test_an_oversized_image_in_the_inpaint_editor_is_said_and_the_editor_keeps_w
     expect(page.locator("#inpaint-run")).to_be_enabled(timeout=30_000)
     assert "Upload an image" not in page.locator("#inpaint-info").inner_text()
     page.screenshot(path=str(ARTIFACTS / "controls-inpaint-oversized.png"))
+    page.context.close()
+
+
+def test_a_file_the_inpaint_editor_cannot_open_is_said_as_image_to_image_says_it(browser, url: str,
+                                                                                tmp_path: Path) -> None:
+    """Gradio's editor opens an upload in the page and shows nothing for a file the browser cannot decode; the
+    visitor reads the message Image to image gives for the same file, once, and the editor takes an image after."""
+    fake = tmp_path / "not-an-image.png"
+    fake.write_bytes(b"this is text, not a picture")
+    message = "The uploaded image could not be read: not a PNG, JPEG or WebP image."
+    page = _open(browser, url, DESKTOP)
+    _go(page, "Inpaint")
+    page.locator("#inpaint-editor input[type=file]").set_input_files(str(fake))
+    expect(page.locator(".toast-body").last).to_contain_text(message, timeout=30_000)
+    page.wait_for_timeout(1500)  # a second refusal of the same upload would have arrived by now
+    shown = " ".join(page.locator(".toast-body").all_inner_texts())
+    assert shown.count(message) == 1, shown
+    page.screenshot(path=str(ARTIFACTS / "controls-inpaint-not-an-image.png"))
+    for close in page.locator(".toast-body button").all():
+        close.click()
+    picture = tmp_path / "real.png"
+    Image.new("RGB", (64, 48), (200, 40, 40)).save(picture)
+    page.locator("#inpaint-editor input[type=file]").set_input_files(str(picture))
+    page.wait_for_timeout(2000)
+    expect(page.locator(".toast-body")).to_have_count(0)  # an image the editor opens is not refused
+    expect(page.locator("#inpaint-editor .empty.wrap")).to_have_count(0)  # the upload hint gave way to the image
+    page.context.close()
+
+
+def test_on_a_phone_stop_stays_in_view_while_a_run_scrolls_to_the_results(browser, url: str) -> None:
+    """Generate scrolls a phone's page down to the results; while the run is on, Stop (with the run's state line)
+    is within the screen, and pressing it there stops the run; afterwards the buttons are back under the prompts."""
+    page = _open(browser, url, PHONE)
+    _go(page, "Text to image")
+    for name, value in (("width", 512), ("height", 512), ("steps", 150)):  # long enough to press Stop mid-run
+        box = page.locator(f"#txt2img-{name} input[type=number]")
+        box.fill(str(value))
+        box.press("Enter")
+    run, stop, info = page.locator("#txt2img-run"), page.locator("#txt2img-stop"), page.locator("#txt2img-info")
+    run.click()
+    expect(info).to_contain_text(re.compile(r"Step \d+/150"), timeout=60_000)
+    assert page.evaluate("window.scrollY") > 300  # the page went down to the results
+    stop_box = _box(page, "#txt2img-stop")
+    assert 0 <= stop_box["y"] and stop_box["y"] + stop_box["height"] <= PHONE["height"], stop_box
+    assert 0 <= stop_box["x"] and stop_box["x"] + stop_box["width"] <= PHONE["width"], stop_box
+    status = _box(page, "#txt2img-run-status .run-status-text")
+    assert 0 <= status["y"] and status["y"] + status["height"] <= PHONE["height"], status  # the step count too
+    assert page.locator("#txt2img-results").bounding_box()["y"] < PHONE["height"]  # the results stay in view
+    page.screenshot(path=str(ARTIFACTS / "controls-phone-running.png"))
+    page.mouse.click(stop_box["x"] + stop_box["width"] / 2, stop_box["y"] + stop_box["height"] / 2)  # no scrolling
+    expect(info).to_have_text(re.compile(r"Stopped after \d+/150 steps\."), timeout=30_000)
+    expect(stop).to_be_disabled()
+    prompt, run_box = _box(page, "#txt2img-prompt"), _box(page, "#txt2img-run")
+    assert prompt["y"] < run_box["y"] < prompt["y"] + 400, (prompt, run_box)  # back in the page, under the prompts
+    page.screenshot(path=str(ARTIFACTS / "controls-phone-stopped.png"))
     page.context.close()

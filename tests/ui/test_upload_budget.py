@@ -96,7 +96,7 @@ def test_the_middleware_refuses_before_gradio_reads_anything() -> None:
     assert _call(middleware, [(b"content-length", b"10"), (b"content-length", b"10")])[0] == 411
     assert _call(middleware, [(b"content-length", b"-5")])[0] == 411
     too_large = _call(middleware, [(b"content-length", str(MAX_UPLOAD_REQUEST_BYTES + 1).encode())])
-    assert too_large == (413, b"One upload may be at most 128 MB.")
+    assert too_large == (413, b"One upload may be at most 130 MB.")
     assert _call(middleware, [(b"content-length", str(MB).encode())])[0] == 429  # 1000 bytes + 1 MB > 1 MB
     assert _call(middleware, [], path="/gradio_api/queue/join") == (200, b"gradio")  # other routes untouched
     assert _call(middleware, [], method="GET") == (200, b"gradio")

@@ -4,6 +4,9 @@
 // - The line under each tab's Generate/Stop (`<tab>-run-status`) repeats the tab's info line (`<tab>-info`, under
 //   the results and below the fold of a laptop screen) while it tells the run's state: queued, running,
 //   stopped, or why it was refused; it is empty while the info line shows a finished result ("Seed …").
+// - A file put into an image editor of class "checked-editor" (Inpaint) that the browser cannot decode, which the
+//   editor would silently ignore, goes to the editor's hidden checker (`<editor>-check`, ui/uploads.py
+//   `editor_file_check`), whose upload check says why, as every other image box does.
 // - sd2SendToEditor(courierId, editorId): "Send to inpaint" puts the image in a hidden image component (the
 //   courier); this uploads it into the image editor the way a user's upload arrives, because Gradio's ImageEditor
 //   freezes (blank canvas, endless spinner) when a server event sets its value after a user upload.
@@ -44,6 +47,31 @@
     }
   }, 250);
 
+  const upload = (input, file) => {
+    const files = new DataTransfer();
+    files.items.add(file);
+    input.files = files.files;
+    input.dispatchEvent(new Event("change", { bubbles: true }));
+  };
+  const checkEditorFile = async (editor, file) => {
+    if (!file) return;
+    try {
+      (await createImageBitmap(file)).close();
+      return; // the editor opens it
+    } catch (error) {} // the browser cannot decode it: the server's check says why
+    const input = document.querySelector(`#${editor.id}-check input[type=file]`);
+    if (input) upload(input, file);
+  };
+  // Capture phase: the file is taken before the editor's own handler runs (and may clear the input).
+  document.addEventListener("change", (event) => {
+    const editor = event.target.closest && event.target.closest(".checked-editor");
+    if (editor && event.target.type === "file") checkEditorFile(editor, event.target.files[0]);
+  }, true);
+  document.addEventListener("drop", (event) => {
+    const editor = event.target.closest && event.target.closest(".checked-editor");
+    if (editor && event.dataTransfer) checkEditorFile(editor, event.dataTransfer.files[0]);
+  }, true);
+
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   window.sd2SendToEditor = async (courierId, editorId) => {
     let image = null;
@@ -54,9 +82,6 @@
     const input = document.querySelector(`#${editorId} input[type=file]`);
     if (!(image && image.src) || !input) return;
     const blob = await (await fetch(image.src)).blob();
-    const files = new DataTransfer();
-    files.items.add(new File([blob], "sent.png", { type: blob.type || "image/png" }));
-    input.files = files.files;
-    input.dispatchEvent(new Event("change", { bubbles: true }));
+    upload(input, new File([blob], "sent.png", { type: blob.type || "image/png" }));
   };
 }
