@@ -43,7 +43,8 @@ def test_merge_style(style: str, prompt: str, merged: str) -> None:
     (["frame"], "a cat", "ugly", ("a picture of a cat, framed", "blurry, ugly")),
     # in the order picked: each style takes the result of the one before
     (["oil", "frame"], "a cat", "", ("a picture of a cat, oil painting, thick brush, framed", "blurry, photo")),
-    (["frame", "oil"], "a cat", "", ("a picture of a cat, framed, oil painting, thick brush", "blurry,, photo")),  # "blurry, " stripped, then ", photo",
+    # "blurry, " is stripped before ", photo" is added
+    (["frame", "oil"], "a cat", "", ("a picture of a cat, framed, oil painting, thick brush", "blurry,, photo")),
     (["neg only"], "a cat", "", ("a cat", "lowres")),
     (["empty"], "a cat", "ugly", ("a cat", "ugly")),
 ])
@@ -117,5 +118,6 @@ def test_at_most_max_styles_are_read(tmp_path: Path) -> None:
     path = tmp_path / "styles.csv"
     path.write_text("name,prompt\n" + "".join(f"s{i},p{i}\n" for i in range(ps.MAX_STYLES + 5)), encoding="utf-8")
     book = load_styles(path)
-    assert len(book.styles) == ps.MAX_STYLES and book.styles[-1] == PromptStyle(f"s{ps.MAX_STYLES - 1}", f"p{ps.MAX_STYLES - 1}")
+    last = ps.MAX_STYLES - 1
+    assert len(book.styles) == ps.MAX_STYLES and book.styles[-1] == PromptStyle(f"s{last}", f"p{last}")
     assert load_styles(None) == StyleBook()

@@ -230,8 +230,9 @@ def _seed_extras(body: Mapping[str, Any]) -> rq.SeedExtras:
 def _prompts(body: Mapping[str, Any], styles: StyleBook) -> dict[str, Any]:
     """The request's prompt and negative prompt with its `styles` applied (A1111 applies them before parsing)."""
     prompt, negative = body.get("prompt", ""), body.get("negative_prompt", "")
-    if body.get("styles") and isinstance(prompt, str) and isinstance(negative, str):
-        prompt, negative = styles.apply(prompt, negative, body["styles"])
+    styles.picked(body.get("styles"))  # a list of known names, or refused (422)
+    if isinstance(prompt, str) and isinstance(negative, str):  # other values are refused by validation
+        prompt, negative = styles.apply(prompt, negative, body.get("styles"))
     return {"prompt": prompt, "negative_prompt": negative}
 
 
@@ -242,8 +243,8 @@ def txt2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
     n_iter, seed = _batches(body, max_images)
     checkpoint = _checkpoint(body, "txt2img", checkpoint_for)
     sampling = _sampling(body, names, seed, "txt2img")
-    base = rq.Txt2ImgRequest(**prompts, checkpoint=checkpoint, width=body.get("width", 512), height=body.get("height", 512),
-                             sampling=sampling, hires=_hires(body, names), seed_extras=_seed_extras(body),
+    base = rq.Txt2ImgRequest(**prompts, checkpoint=checkpoint, width=body.get("width", 512),
+                             height=body.get("height", 512), sampling=sampling, hires=_hires(body, names), seed_extras=_seed_extras(body),
                              tiling=body.get("tiling", False))
     requests = tuple(replace(base, sampling=_seeded(sampling, i)) for i in range(n_iter))
     return Job("txt2img", requests, checkpoint, bool(body.get("send_images", True)), tuple(body.get("styles") or ()))

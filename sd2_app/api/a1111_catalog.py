@@ -1,5 +1,6 @@
 """The A1111 API's read-only routes: what the server offers (checkpoints, samplers, schedulers, upscalers,
-embeddings, the host's prompt styles, and no scripts or separate VAEs) and `/png-info`, which reads an image's parameters.
+embeddings, the host's prompt styles, and no scripts or separate VAEs) and `/png-info`, which reads an image's
+parameters.
 
 None of them touches the GPU or takes a job's place. Shapes: A1111's modules/api/models.py (SDModelItem,
 SamplerItem, PromptStyleItem, SchedulerItem, UpscalerItem, EmbeddingsResponse, PNGInfoResponse) and modules/api/api.py

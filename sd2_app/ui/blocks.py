@@ -118,8 +118,9 @@ def _wire_reuse(service: Service, t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, png_se
                      api_visibility="private")
 
 
-def _png_to_txt2img(t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, registry: Mapping[str, CheckpointSpec],
-                    styles: StyleBook) -> tuple[Callable[[dict[str, Any] | None], tuple], list[gr.components.Component]]:
+def _png_to_txt2img(
+    t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, registry: Mapping[str, CheckpointSpec], styles: StyleBook,
+) -> tuple[Callable[[dict[str, Any] | None], tuple], list[gr.components.Component]]:
     """(function, outputs) putting parsed PNG parameters into text to image: prompt, negative prompt, sampler,
     steps, CFG, seed, size and checkpoint. PNG info's send and History's reuse use it. Where the host has prompt
     styles, those found in the prompts are picked and the prompts keep the rest, as A1111's paste does; where
