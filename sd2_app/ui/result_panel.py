@@ -5,6 +5,7 @@ extra output; `selected_image` is the gallery item a "send to" carries.
 
 from __future__ import annotations
 
+import html
 import math
 import re
 from collections.abc import Sequence
@@ -76,11 +77,17 @@ def result_panel(
     return ResultPanel(preview, gallery, info, extra, gr.State(None), selected, buttons, run, stop)
 
 
+def warning_text(warning: str) -> str:
+    """A warning as the info line and the toast show it: `<`, `>` and `&` as HTML entities, so the prompt text a
+    warning quotes (`<lora:name:0.8>`) is shown, not read as a tag or a link by the Markdown and HTML renderers."""
+    return html.escape(warning, quote=False)
+
+
 def describe(result: Result) -> str:
     """Markdown under the gallery: seed, timings, warnings and the parameters text."""
     seconds = summary(result.timings)
     lines = [f"**Seed** {result.seed} · {seconds}"]
-    lines += [f"- ⚠️ {w}" for w in result.warnings]
+    lines += [f"- ⚠️ {warning_text(w)}" for w in result.warnings]
     if result.parameters:
         # A fence longer than any backtick run in the text, so a prompt with ``` cannot close it early.
         longest = max((len(run) for run in re.findall(r"`+", result.parameters)), default=0)

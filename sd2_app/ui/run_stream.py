@@ -14,6 +14,7 @@ from PIL import Image
 
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 from sd2_app.api.requests import Request
+from sd2_app.ui.result_panel import warning_text
 from sd2_app.ui.run_views import RequestView, RunView
 from sd2_app.ui.runner import (Finish, QueuePlace, RunFlag, StopFlags, deliver, shown_preview, stopped_message, stream,
                                user_message)
@@ -82,7 +83,7 @@ def stream_result(
                     yield (*update, *keep)
             else:
                 for warning in item.warnings:
-                    gr.Warning(warning)
+                    gr.Warning(warning_text(warning))
                 yield from deliver(item, finish)
     except GeneratorExit:  # closed (cancelled, or the client left), maybe before `run` started: stop the job
         flag.set()

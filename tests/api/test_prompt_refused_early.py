@@ -87,7 +87,8 @@ def _post(url: str, path: str, body: dict) -> tuple[int, dict]:
 def test_web_ui_refuses_before_the_gpu(app, calls: PipelineCalls) -> None:
     client = Client(app[0], verbose=False)
     cases = [({"prompt": TOO_LONG}, TOO_LONG_MESSAGE.format("prompt")),
-             ({"prompt": "a cat", "negative_prompt": TOO_LONG, "cfg_scale": 7.0}, TOO_LONG_MESSAGE.format("negative prompt")),
+             ({"prompt": "a cat", "negative_prompt": TOO_LONG, "cfg_scale": 7.0},
+              TOO_LONG_MESSAGE.format("negative prompt")),
              ({"prompt": PHASES, "steps": 70, "cfg_scale": 7.0}, PHASES_MESSAGE)]
     for values, message in cases:
         with pytest.raises(AppError) as refused:

@@ -14,7 +14,8 @@ from sd2_app.pipelines.prompt_plan import (
 from sd2_app.prompt_editing import Schedule, prompt_schedule
 
 
-def _phases_by_search(prompt: Schedule, negative: Schedule, calls: int) -> tuple[list[tuple[str, str]], tuple[int, ...]]:
+def _phases_by_search(prompt: Schedule, negative: Schedule,
+                      calls: int) -> tuple[list[tuple[str, str]], tuple[int, ...]]:
     """The former `call_phases`: for every call, the first entry of each schedule whose last step is >= the call
     (else the last entry), and the pair's index found by a search of the pairs so far."""
     def entry_at(schedule: Schedule, call: int) -> int:
@@ -82,7 +83,8 @@ def test_the_plan_refuses_phases_times_chunks_over_the_limit(tokenizer) -> None:
     assert str(refused.value) == ("The prompt editing and alternation make 33 different prompt pairs of 2 chunk(s) "
                                   "each; at most 64 pairs x chunks are allowed. Use fewer alternatives or shorter "
                                   "prompts.")
-    plan = plan_prompts(tokenizer, prompt, "", use_cfg=True, steps=PromptSteps(33))  # calls 0..32 read w0..w31: 32 x 2 = 64, allowed
+    # calls 0..32 read w0..w31: 32 pairs x 2 chunks = 64, allowed
+    plan = plan_prompts(tokenizer, prompt, "", use_cfg=True, steps=PromptSteps(33))
     assert len(plan.pairs) == 32 and plan.chunks == 2 and len(plan.texts) == 33  # and the empty negative
 
 
