@@ -1,6 +1,6 @@
 """The public-mode apps the hosting tests share: `python app.py --host 0.0.0.0` (bound to loopback), saving on,
 and the same behind a trusted reverse proxy that the tests play (`served_behind_proxy`); raw queue joins and the
-cleanup of cookieless jobs.
+cleanup of cookieless jobs; another site on the internet (`other_site`) and Gradio's downloads (`downloads`).
 
 sd2's repos point at a private folder and a private repo id (unreachable), so a failed load can be checked
 for what it shows a visitor.
@@ -8,17 +8,19 @@ for what it shows a visitor.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
 from sd2_app.ui.hosting import stop_flag_of
-from tests.reliability_support import serve
+from tests.reliability_support import noise_image, png_bytes, serve
 
 FAST = {"width": 64, "height": 64, "steps": 2, "cfg_scale": 1.0, "sampler": "Euler", "batch_size": 1}
 PRIVATE_FOLDER, PRIVATE_REPO = "/srv/private/models/sd21", "acme-internal/secret-finetune"
@@ -123,3 +125,48 @@ def interrupt_api_jobs(url: str, count: int, auth: tuple[str, str] | None = None
             return
         httpx.post(f"{url}sdapi/v1/interrupt", auth=auth, headers=headers, timeout=30)
         wait_for_api_jobs(url, lambda jobs: jobs < left, auth)
+
+
+@pytest.fixture()
+def other_site() -> Iterator[tuple[str, list[str]]]:
+    """A site on the internet, played by a local server: (its URL, the paths it was asked for)."""
+    asked: list[str] = []
+    body = png_bytes(noise_image(64, 64))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802  # the name http.server calls
+            asked.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://files.example:{server.server_address[1]}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture()
+def downloads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
+    """The URLs Gradio downloads from now on (its download stands in for the internet and writes a small PNG)."""
+    from gradio import processing_utils
+
+    links: list[str] = []
+
+    async def download(link: str, cache_dir: str) -> str:
+        links.append(link)
+        path = tmp_path / f"download-{len(links)}.png"
+        path.write_bytes(png_bytes(noise_image(64, 64)))
+        return str(path)
+
+    monkeypatch.setattr(processing_utils, "async_ssrf_protected_download", download)
+    return links

@@ -14,10 +14,10 @@ so one network address (`sd2_app.api.addresses`) may have at most `MAX_BODY_BYTE
 `SMALL_BODY_BYTES` being received or handled at once (a chunked body counts as its route's limit; an A1111 API
 call holds its share until its job ends); more get 429.
 
-Remote fetches. Gradio's file route serves any public http(s) URL it is given (GET /gradio_api/file=<url>;
-gradio/route_utils.py, `secure_url_stream_response`: the server fetches it and streams it back), which would
-make this server an open relay for anybody's downloads. The app never links to other sites' files, so that
-form of the route answers 403.
+Remote fetches. Gradio's file route serves any public http(s) URL it is given (GET /gradio_api/file=<url>, and
+its older form GET /gradio_api/file/<url>; gradio/route_utils.py, `secure_url_stream_response`: the server
+fetches it and streams it back), which would make this server an open relay for anybody's downloads. The app
+never links to other sites' files, so those forms of the route answer 403 (`sd2_app.ui.file_links`).
 
 Screen recordings. Gradio's POST /gradio_api/process_recording (gradio/routes.py, `process_recording`) runs
 ffmpeg, where installed, on any video a client posts, with the zoom effects it asks for: CPU time and a media
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from urllib.parse import unquote
 
 from gradio.route_utils import API_PREFIX
 from starlette.requests import Request as StarletteRequest
@@ -39,7 +38,7 @@ from sd2_app.api.a1111_routes import PREFIX as A1111_PREFIX
 from sd2_app.api.addresses import ClientAddresses
 from sd2_app.byte_limits import FORM_ROOM_BYTES, MAX_BASE64_CHARS, MAX_IMAGE_FILE_BYTES, MB
 from sd2_app.ui.upload_budget import UPLOAD_PATH, declared_size
-from sd2_app.ui.uploads import FILE_ROUTE
+from sd2_app.ui.file_links import linked_file
 from sd2_app.ui.visitors import ASGIApp, Message, Scope
 
 MAX_BODY_BYTES = 4 * MB  # a queue join (prompts, settings, references to uploaded files) or an MCP message
@@ -76,9 +75,9 @@ def too_much_in_flight_message(limit: int) -> str:
 
 
 def is_remote_file(path: str) -> bool:
-    """Whether `path` asks Gradio's file route for an http(s) URL (the route's path is URL-decoded already)."""
-    at = path.find(FILE_ROUTE)
-    return at >= 0 and unquote(path[at + len(FILE_ROUTE):]).lower().startswith(("http://", "https://"))
+    """Whether a request for `path` (URL-decoded already) makes Gradio fetch another site's file: its file
+    route, in either form, given a URL (`sd2_app.ui.file_links.linked_file`)."""
+    return linked_file(path) is None
 
 
 class RequestLimitsMiddleware:

@@ -22,15 +22,14 @@ import logging
 import math
 import warnings
 from typing import Any, TypeVar
-from urllib.parse import unquote
 
 import gradio as gr
 from gradio.events import Dependency
-from gradio.route_utils import API_PREFIX
 from PIL import Image, UnidentifiedImageError
 
 from sd2_app.api.image_inputs import too_large
 from sd2_app.ui.editor_blobs import guard_blobs
+from sd2_app.ui.file_links import linked_file
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,6 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")  # PIL format names
 MAX_EDITOR_LAYERS = 4  # a person paints with one or two
 NOT_AN_IMAGE = "not a PNG, JPEG or WebP image"
 REMOTE_FILE_REFUSAL = "Files must be uploaded to this server; it does not download files from other sites."
-FILE_ROUTE = f"{API_PREFIX}/file="
 
 
 def image_format(head: bytes) -> str | None:
@@ -55,9 +53,10 @@ def image_format(head: bytes) -> str | None:
 
 
 def local_file_references(data: Any) -> str | None:
-    """Make each http(s) `path` of a file value in `data` (a queue join's values, changed in place) a path on
-    this server: a link to this server's file route becomes the file's path; for any other URL the refusal
-    message (`REMOTE_FILE_REFUSAL`), and then `data` may be partly changed."""
+    """Make each `path` of a file value in `data` (a queue join's values, changed in place) the path on this
+    server it names (`sd2_app.ui.file_links.linked_file`: a link through the file route becomes the file's
+    path); where one names another site's file, the refusal message (`REMOTE_FILE_REFUSAL`), and then `data`
+    may be partly changed."""
     stack = [data]
     while stack:
         node = stack.pop()
@@ -65,11 +64,11 @@ def local_file_references(data: Any) -> str | None:
             stack.extend(node)
         elif isinstance(node, dict):
             path = node.get("path")
-            if isinstance(path, str) and path.lower().startswith(("http://", "https://")):
-                at = path.find(FILE_ROUTE)
-                if at < 0:
+            if isinstance(path, str):
+                target = linked_file(path)
+                if target is None:
                     return REMOTE_FILE_REFUSAL
-                node["path"] = unquote(path[at + len(FILE_ROUTE):])
+                node["path"] = target
             stack.extend(node.values())
     return None
 

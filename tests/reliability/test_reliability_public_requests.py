@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -26,7 +25,8 @@ from sd2_app.ui.request_limits import (MAX_API_BODY_BYTES, MAX_BODY_BYTES, MAX_B
                                        NO_RECORDINGS_MESSAGE, REMOTE_FILE_MESSAGE, too_large_message,
                                        too_much_in_flight_message)
 from sd2_app.ui.uploads import REMOTE_FILE_REFUSAL
-from tests.hosting_support import API_FAST, api_job_count, served_behind_proxy, wait_for_api_jobs
+from tests.hosting_support import (API_FAST, api_job_count, downloads, other_site,  # noqa: F401
+                                  served_behind_proxy, wait_for_api_jobs)
 from tests.reliability_report import reliability, track_module  # noqa: F401
 from tests.reliability_support import noise_image, one_thread, png_bytes  # noqa: F401
 
@@ -46,34 +46,6 @@ def _api(url: str, route: str, address: str, method: str = "POST", **fields: obj
     """An A1111 API call from the client at `address` (the X-Forwarded-For entry the proxy appends)."""
     return httpx.request(method, f"{url}sdapi/v1/{route}", json=fields if method == "POST" else None,
                          headers={"X-Forwarded-For": address}, timeout=300)
-
-
-@pytest.fixture()
-def other_site() -> Iterator[tuple[str, list[str]]]:
-    """A site on the internet, played by a local server: (its URL, the paths it was asked for)."""
-    asked: list[str] = []
-    body = png_bytes(noise_image(64, 64))
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802  # the name http.server calls
-            asked.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://files.example:{server.server_address[1]}", asked
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_request_bodies_over_the_route_limit_are_refused_unread(app, reliability) -> None:
@@ -188,23 +160,6 @@ def test_the_file_route_fetches_no_other_site(app, other_site, reliability, monk
     assert asked == []
     reliability(AREA, "GET /gradio_api/file=http://<another site>/big.iso (Gradio would fetch and relay it)",
                 f"HTTP 403: {REMOTE_FILE_MESSAGE} The site got 0 requests")
-
-
-@pytest.fixture()
-def downloads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
-    """The URLs Gradio downloads from now on (its download stands in for the internet and writes a small PNG)."""
-    from gradio import processing_utils
-
-    links: list[str] = []
-
-    async def download(link: str, cache_dir: str) -> str:
-        links.append(link)
-        path = tmp_path / f"download-{len(links)}.png"
-        path.write_bytes(png_bytes(noise_image(64, 64)))
-        return str(path)
-
-    monkeypatch.setattr(processing_utils, "async_ssrf_protected_download", download)
-    return links
 
 
 def test_a_file_named_by_url_in_a_queue_join_is_refused_before_any_download(app, reliability,
