@@ -6,28 +6,19 @@ gets HTTP 400 with the message as its detail (what the page's own client shows).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 
 from sd2_app.api.job_admission import server_busy_message
-from tests.reliability_support import one_thread, serve  # noqa: F401
+from tests.hosting_support import FAST, one_place_app  # noqa: F401
+from tests.reliability_support import one_thread  # noqa: F401
 
 pytestmark = pytest.mark.slow  # a served app
 gradio_client = pytest.importorskip("gradio_client")
-FAST = {"width": 64, "height": 64, "steps": 2, "cfg_scale": 1.0, "sampler": "Euler", "batch_size": 1}
 
 
-@pytest.fixture(scope="module")
-def full_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
-    argv = ["--tiny", "--device", "cpu", "--no-save", "--queue-size", "1"]
-    with serve(argv, tmp_path_factory.mktemp("app-cache")) as served:
-        yield served
-
-
-def test_gradio_client_reads_the_busy_message_of_a_refused_join(full_app) -> None:
-    url, demo = full_app
+def test_gradio_client_reads_the_busy_message_of_a_refused_join(one_place_app) -> None:
+    url, demo = one_place_app
     admission = demo.flags.visitors.job_admission  # type: ignore[attr-defined]
     client = gradio_client.Client(url, verbose=False)
     assert admission.take("203.0.113.90") is None  # the app's one place, held as an API job holds it
