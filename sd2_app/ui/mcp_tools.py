@@ -92,8 +92,8 @@ def _with_styles(service: Service, tool: ToolFn) -> ToolFn:
         return tool(*bound.args, **bound.kwargs)
 
     names = ", ".join(repr(name) for name in book.names[:20])
-    styled.__doc__ = (f"{(tool.__doc__ or '').rstrip()}\n            styles: names of this server's prompt styles to add "
-                      f"to the prompts, in order; one of {names}\n        ")
+    line = f"styles: names of this server's prompt styles to add to the prompts, in order; one of {names}"
+    styled.__doc__ = f"{(tool.__doc__ or '').rstrip()}\n            {line}\n        "
     styled.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]
         *signature.parameters.values(),
         inspect.Parameter("styles", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=[], annotation=list[str])])
