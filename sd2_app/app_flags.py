@@ -181,6 +181,9 @@ def _extension_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:
     p.add_argument("--embeddings-dir", default="embeddings",
                    help="folder of SD2 textual-inversion embeddings (.safetensors), read at start-up; a prompt uses "
                         "one by its file name (default ./embeddings)")
+    p.add_argument("--styles", metavar="PATH", default=None,
+                   help="prompt styles visitors may pick (A1111's styles.csv: name,prompt,negative_prompt), read at "
+                        "start-up; none by default")
 
 
 def api_enabled(args: argparse.Namespace) -> bool:

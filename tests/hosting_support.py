@@ -1,5 +1,6 @@
-"""The public-mode apps the hosting tests share: `python app.py --host 0.0.0.0` (bound to loopback), saving on,
-and the same behind a trusted reverse proxy that the tests play (`served_behind_proxy`); raw queue joins and the
+"""The apps the hosting tests share: `python app.py --host 0.0.0.0` (bound to loopback), saving on, and the same
+behind a trusted reverse proxy that the tests play (`served_behind_proxy`); app.py's app that takes one GPU job
+(`one_place_app`, --queue-size 1); raw queue joins and the
 cleanup of cookieless jobs; another site on the internet (`other_site`) and Gradio's downloads (`downloads`).
 
 sd2's repos point at a private folder and a private repo id (unreachable), so a failed load can be checked
@@ -46,6 +47,14 @@ def public_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 _PARAMETERS: dict[str, list[tuple[str, object]]] = {}
+
+
+@pytest.fixture(scope="module")
+def one_place_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    """app.py's app with --queue-size 1 (tiny checkpoints, no saving, served in-process): (url, the app)."""
+    argv = ["--tiny", "--device", "cpu", "--no-save", "--queue-size", "1"]
+    with serve(argv, tmp_path_factory.mktemp("app-cache")) as served:
+        yield served
 
 
 def txt2img_data(url: str, **values: object) -> list[object]:

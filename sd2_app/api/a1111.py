@@ -34,6 +34,7 @@ from sd2_app.api.image_inputs import to_mask
 from sd2_app.api.results import Result
 from sd2_app.byte_limits import MAX_BASE64_CHARS, MAX_IMAGE_FILE_BYTES, MB
 from sd2_app.errors import InvalidRequest
+from sd2_app.prompt_styles import StyleBook
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF")  # PNG, JPEG, Web
 
 COMMON_FIELDS = frozenset({
     "prompt", "negative_prompt", "steps", "cfg_scale", "sampler_name", "sampler_index", "scheduler", "seed",
-    "batch_size", "n_iter", "width", "height", "eta", "override_settings", "send_images",
+    "batch_size", "n_iter", "width", "height", "eta", "override_settings", "send_images", "styles",
 })
 TXT2IMG_FIELDS = COMMON_FIELDS | {
     "enable_hr", "hr_upscaler", "hr_scale", "hr_resize_x", "hr_resize_y", "hr_second_pass_steps",
@@ -66,7 +67,6 @@ NEUTRAL: dict[str, tuple[Callable[[Any], bool], str]] = {
     "script_args": (_off, "scripts (script_args) are not supported"),
     "restore_faces": (_off, "face restoration (restore_faces) is not available"),
     "tiling": (_off, "tiling is available in txt2img only"),
-    "styles": (_off, "prompt styles are not available"),
     "subseed_strength": (_off, "variation seeds (subseed_strength > 0) are available in txt2img only"),
     "s_churn": (_off, "s_churn is not available"),
     "s_noise": (lambda v: v in (None, 1, 1.0), "s_noise other than 1 is not available"),
@@ -99,6 +99,7 @@ class Job:
     requests: tuple[rq.TaskRequest, ...]
     checkpoint: str
     send_images: bool = True
+    styles: tuple[str, ...] = ()  # the prompt styles applied, by name (A1111's `styles` in `info`)
 
 
 def check_fields(body: Mapping[str, Any], supported: frozenset[str] | set[str]) -> None:
@@ -226,17 +227,27 @@ def _seed_extras(body: Mapping[str, Any]) -> rq.SeedExtras:
                          resize_from=resize)
 
 
-def txt2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: list[str], max_images: int) -> Job:
+def _prompts(body: Mapping[str, Any], styles: StyleBook) -> dict[str, Any]:
+    """The request's prompt and negative prompt with its `styles` applied (A1111 applies them before parsing)."""
+    prompt, negative = body.get("prompt", ""), body.get("negative_prompt", "")
+    styles.picked(body.get("styles"))  # a list of known names, or refused (422)
+    if isinstance(prompt, str) and isinstance(negative, str):  # other values are refused by validation
+        prompt, negative = styles.apply(prompt, negative, body.get("styles"))
+    return {"prompt": prompt, "negative_prompt": negative}
+
+
+def txt2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: list[str], max_images: int,
+                styles: StyleBook = StyleBook()) -> Job:
     check_fields(body, TXT2IMG_FIELDS)
+    prompts = _prompts(body, styles)
     n_iter, seed = _batches(body, max_images)
     checkpoint = _checkpoint(body, "txt2img", checkpoint_for)
     sampling = _sampling(body, names, seed, "txt2img")
-    base = rq.Txt2ImgRequest(prompt=body.get("prompt", ""), negative_prompt=body.get("negative_prompt", ""),
-                             checkpoint=checkpoint, width=body.get("width", 512), height=body.get("height", 512),
-                             sampling=sampling, hires=_hires(body, names), seed_extras=_seed_extras(body),
+    base = rq.Txt2ImgRequest(**prompts, checkpoint=checkpoint, width=body.get("width", 512),
+                             height=body.get("height", 512), sampling=sampling, hires=_hires(body, names), seed_extras=_seed_extras(body),
                              tiling=body.get("tiling", False))
     requests = tuple(replace(base, sampling=_seeded(sampling, i)) for i in range(n_iter))
-    return Job("txt2img", requests, checkpoint, bool(body.get("send_images", True)))
+    return Job("txt2img", requests, checkpoint, bool(body.get("send_images", True)), tuple(body.get("styles") or ()))
 
 
 def _inpaint_fields(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -260,8 +271,10 @@ def _mask(body: Mapping[str, Any]) -> Image.Image:
     return mask
 
 
-def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: list[str], max_images: int) -> Job:
+def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: list[str], max_images: int,
+                styles: StyleBook = StyleBook()) -> Job:
     check_fields(body, IMG2IMG_FIELDS)
+    prompts = _prompts(body, styles)
     images = body.get("init_images") or []
     if not isinstance(images, list) or len(images) != 1:
         raise InvalidRequest("init_images must hold exactly one base64 image.")
@@ -272,8 +285,7 @@ def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
     checkpoint = _checkpoint(body, task, checkpoint_for)
     sampling = _sampling(body, names, seed, task)
     image = decode_image(images[0], "init_images[0]")
-    common = {"prompt": body.get("prompt", ""), "negative_prompt": body.get("negative_prompt", ""),
-              "checkpoint": checkpoint, "image": image,
+    common = {**prompts, "checkpoint": checkpoint, "image": image,
               "strength": body.get("denoising_strength", TASKS[task].strength)}
     if task == "inpaint":
         extra = _inpaint_fields(body)
@@ -281,7 +293,7 @@ def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
     else:
         base = rq.Img2ImgRequest(width=body.get("width"), height=body.get("height"), sampling=sampling, **common)
     requests = tuple(replace(base, sampling=_seeded(sampling, i)) for i in range(n_iter))
-    return Job(task, requests, checkpoint, bool(body.get("send_images", True)))
+    return Job(task, requests, checkpoint, bool(body.get("send_images", True)), tuple(body.get("styles") or ()))
 
 
 def upscale_job(body: Mapping[str, Any], checkpoint: str) -> Job:
@@ -311,7 +323,7 @@ def info_json(job: Job, results: list[Result], started: float) -> str:
         "face_restoration_model": None, "sd_model_name": job.checkpoint, "sd_model_hash": None,
         "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
         "denoising_strength": getattr(first, "strength", None), "extra_generation_params": {},
-        "index_of_first_image": 0, "infotexts": infotexts, "styles": [],
+        "index_of_first_image": 0, "infotexts": infotexts, "styles": list(job.styles),
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)), "clip_skip": 1,
         "is_using_inpainting_conditioning": job.task == "inpaint", "version": "sd2-app",
         "warnings": [w for result in results for w in result.warnings],

@@ -1,8 +1,9 @@
 """The A1111 API's read-only routes: what the server offers (checkpoints, samplers, schedulers, upscalers,
-embeddings, and no scripts, styles or separate VAEs) and `/png-info`, which reads an image's parameters.
+embeddings, the host's prompt styles, and no scripts or separate VAEs) and `/png-info`, which reads an image's
+parameters.
 
 None of them touches the GPU or takes a job's place. Shapes: A1111's modules/api/models.py (SDModelItem,
-SamplerItem, SchedulerItem, UpscalerItem, EmbeddingsResponse, PNGInfoResponse) and modules/api/api.py
+SamplerItem, PromptStyleItem, SchedulerItem, UpscalerItem, EmbeddingsResponse, PNGInfoResponse) and modules/api/api.py
 (`pnginfoapi`: the text, the PNG's text items and the parsed fields).
 """
 
@@ -18,6 +19,7 @@ from sd2_app.api import a1111
 from sd2_app.api.a1111_errors import errors_as_http
 from sd2_app.api.a1111_samplers import SCHEDULERS
 from sd2_app.pipelines.metadata import PNG_SIGNATURE
+from sd2_app.prompt_styles import with_styles_read
 
 if TYPE_CHECKING:
     from sd2_app.api.a1111_routes import A1111Api
@@ -55,7 +57,9 @@ def catalog_routes(router: APIRouter, api: A1111Api) -> None:
 
     @router.get("/prompt-styles")
     def prompt_styles() -> list[dict[str, Any]]:
-        return []  # no saved styles here (a request's `styles` is refused, see a1111.NEUTRAL)
+        # A1111's PromptStyleItem; the host's --styles file, which visitors cannot change
+        return [{"name": style.name, "prompt": style.prompt, "negative_prompt": style.negative_prompt}
+                for style in api.service.styles.styles]
 
     @router.get("/sd-vae")
     def sd_vae() -> list[dict[str, Any]]:
@@ -92,6 +96,7 @@ def png_info_routes(router: APIRouter, api: A1111Api) -> None:
         if data.startswith(PNG_SIGNATURE):  # JPEG and WebP carry no PNG text chunks
             try:
                 text, fields = api.service.read_parameters(io.BytesIO(data))
+                fields = with_styles_read(fields, api.service.styles)  # as A1111's parse_generation_parameters
             except OSError as error:  # cut short, or a text chunk too long to be parameters
                 log.info("A1111 API: png-info: %s", error)
         return {"info": text or "", "items": {"parameters": text} if text else {}, "parameters": fields}

@@ -303,18 +303,19 @@ def _generation_routes(router: APIRouter, api: A1111Api) -> None:
     """/txt2img, /img2img (and inpaint) and /extra-single-image: each a job through `A1111Api.run`."""
     names = api.service.samplers
     max_images = api.service.limits.max_batch
+    styles = api.service.styles  # the host's prompt styles, which a request's `styles` names
 
     @router.post("/txt2img")
     def txt2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         return errors_as_http(
-            lambda: api.run("txt2img", lambda: a1111.txt2img_job(body, api.checkpoint_for, names(), max_images), body,
-                            client))
+            lambda: api.run("txt2img", lambda: a1111.txt2img_job(body, api.checkpoint_for, names(), max_images, styles),
+                            body, client))
 
     @router.post("/img2img")
     def img2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         return errors_as_http(
-            lambda: api.run("img2img", lambda: a1111.img2img_job(body, api.checkpoint_for, names(), max_images), body,
-                            client))
+            lambda: api.run("img2img", lambda: a1111.img2img_job(body, api.checkpoint_for, names(), max_images, styles),
+                            body, client))
 
     @router.post("/extra-single-image")
     def extra_single_image(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:

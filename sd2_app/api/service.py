@@ -36,6 +36,7 @@ from sd2_app.checkpoints.allowlist import allowed_repos as env_allowed_repos, cu
 from sd2_app.checkpoints.catalog import REGISTRY, CheckpointSpec
 from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.pipelines.metadata import parse_parameters, read_png_parameters
+from sd2_app.prompt_styles import StyleBook
 
 if TYPE_CHECKING:
     from sd2_app.api.batching import Batcher
@@ -74,10 +75,12 @@ class Service:
         concurrency: int = 1,
         embeddings: EmbeddingLibrary | None = None,  # None: no textual-inversion embeddings
         save_in_background: bool = False,  # write results on a writer thread after the request returns
+        styles: StyleBook = StyleBook(),  # the host's prompt styles (--styles)
     ) -> None:
         """`manager` None gives a service that validates but cannot run (tools and tests)."""
         self.manager = manager
         self.embeddings = embeddings
+        self.styles = styles
         self._prompt_tools = PromptTools(self)
         # Where validated requests run: None is this process's manager; sd2_app.serve gives a remote one.
         self.backend = backend

@@ -8,7 +8,9 @@ A replica that dies mid-job (a crash, a lost node) fails that job with a clear m
 since the same job may be what killed it. Serve replaces the replica and later requests run as usual. A job the
 deployment turns away before any replica takes it, because as many as `max_queued_requests` already wait for
 one (Serve's back pressure: ray/serve/_private/router.py, `BackPressureError`; several front ends can share the
-deployment), is refused as busy: nothing ran.
+deployment), is refused as busy: nothing ran; so is one while the deployment has no replica that runs (it failed
+to deploy: ray/serve/exceptions.py, `DeploymentUnavailableError`). A Models-tab load ends as a job's load does:
+the model's name for a checkpoint that cannot be loaded, a short message for a bug, never Ray's own error text.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import ray
 from ray import serve
-from ray.serve.exceptions import BackPressureError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from sd2_app.api.requests import Request
 from sd2_app.checkpoints.catalog import CheckpointSpec
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 WORKER_LOST = "The worker running this job stopped before it finished, so nothing was produced; please try again."
 WORKERS_BUSY = ("The server is busy: its workers already have as many jobs as they take, running and waiting; "
                 "try again in a minute.")
+WORKERS_UNAVAILABLE = ("No worker is running to take this job (the workers failed to start), so nothing ran; the "
+                       "operator has the details.")
 _DONE = object()
 
 
@@ -78,9 +82,7 @@ class ServeBackend:
                 if should_stop is not None and should_stop():
                     raise Cancelled from None
                 log.warning("serve job on %s failed: %r", key, event)
-                if isinstance(event, BackPressureError):
-                    raise Busy(WORKERS_BUSY) from None
-                raise InvalidRequest(WORKER_LOST) from None
+                raise _refusal_of(event) from None
             kind = event[0]
             if kind == "progress":
                 if on_progress is not None:
@@ -92,10 +94,24 @@ class ServeBackend:
                 return event[1]
             elif kind == "stopped":
                 raise Cancelled
-            elif kind == "load_failed":  # as a local load's LoadError: the UI says which model, the log why
-                raise LoadError(*event[1:])
-            else:  # "refused"
-                raise InvalidRequest(event[1])
+            else:
+                raise _failure_of(event)
+
+
+def _refusal_of(error: BaseException) -> InvalidRequest:
+    """What the user is told when a call to the deployment raised `error` (the log has it): nothing was produced."""
+    if isinstance(error, BackPressureError):
+        return Busy(WORKERS_BUSY)
+    if isinstance(error, DeploymentUnavailableError):
+        return Busy(WORKERS_UNAVAILABLE)
+    return InvalidRequest(WORKER_LOST)
+
+
+def _failure_of(event: tuple[Any, ...]) -> Exception:
+    """The error a replica's "load_failed" or "refused" event stands for."""
+    if event[0] == "load_failed":  # as a local load's LoadError: the UI says which model, the log why
+        return LoadError(*event[1:])
+    return InvalidRequest(event[1])  # "refused"
 
 
 class ClusterModels:
@@ -131,8 +147,16 @@ class ClusterModels:
         return answer["models"], answer["memory"]
 
     def load(self, key: str) -> object:
-        """Load `key` on a replica chosen by Serve's multiplexed routing; that replica's loaded checkpoints."""
-        return self._handle.options(multiplexed_model_id=key).warm.remote(key).result()
+        """Load `key` on a replica chosen by Serve's multiplexed routing; that replica's loaded checkpoints. Raises
+        what a job's load raises (`LoadError`, or `InvalidRequest` with a message for the user)."""
+        try:
+            answer = self._handle.options(multiplexed_model_id=key).warm.remote(key).result()
+        except Exception as error:  # noqa: BLE001  # Ray's own errors: told in words, logged whole
+            log.warning("serve load of %s failed: %r", key, error)
+            raise _refusal_of(error) from None
+        if answer[0] != "loaded":
+            raise _failure_of(answer)
+        return answer[1]
 
     def unload(self, key: str) -> None:
         raise InvalidRequest("With Ray Serve the replicas unload checkpoints themselves (least recently used).")

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 # ("progress", done, total, preview) | ("result", Result) | ("refused", msg) | ("stopped",)
 # | ("load_failed", repo, file, reason): a checkpoint this replica could not load (`LoadError`'s fields)
+# | ("loaded", keys): `warm`'s answer, the checkpoints the replica holds
 Event = tuple[Any, ...]
 
 
@@ -98,15 +99,8 @@ class SD2Worker:
     async def produce(self, checked: Request):  # -> AsyncIterator[Event]
         """Run one validated request here, yielding its progress events and then its outcome."""
         key = serve.get_multiplexed_model_id() or checked.checkpoint
-        try:
-            await self._lease(key)
-        except LoadError as error:  # the front end tells the visitor as the local app does; the log has why
-            log.warning("replica %s could not load %s: %s", os.getpid(), key, error)
-            yield load_failed(error)
-            return
-        except Exception as error:  # a bug while loading: as one while running (`failed_here`)
-            log.exception("loading %s failed on replica %s", key, os.getpid())
-            yield failed_here(error)
+        if (failed := await self._leased(key)) is not None:
+            yield failed
             return
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
@@ -147,10 +141,23 @@ class SD2Worker:
             await asyncio.shield(job)
             record["end"] = time.time()
 
-    async def warm(self, key: str) -> list[str]:
-        """Load `key` on the replica the router picks (the multiplexed id of the call); its loaded keys."""
-        await self._lease(serve.get_multiplexed_model_id() or key)
-        return self.loaded()
+    async def _leased(self, key: str) -> Event | None:
+        """Hold `key` here (loading it if needed): None, or the event that says why it could not be loaded."""
+        try:
+            await self._lease(key)
+        except LoadError as error:  # the front end tells the visitor as the local app does; the log has why
+            log.warning("replica %s could not load %s: %s", os.getpid(), key, error)
+            return load_failed(error)
+        except Exception as error:  # a bug while loading: as one while running (`failed_here`)
+            log.exception("loading %s failed on replica %s", key, os.getpid())
+            return failed_here(error)
+        return None
+
+    async def warm(self, key: str) -> Event:
+        """Load `key` on the replica the router picks (the multiplexed id of the call): `("loaded", keys)` with its
+        loaded keys, or the event `produce` would end with when it cannot (`load_failed`, or a refusal)."""
+        failed = await self._leased(serve.get_multiplexed_model_id() or key)
+        return failed if failed is not None else ("loaded", self.loaded())
 
     def loaded(self) -> list[str]:
         """Checkpoints on this replica's device (evicted ones may still wait in host memory)."""

@@ -11,6 +11,7 @@ import gradio as gr
 
 from sd2_app.api.addresses import ClientAddresses
 from sd2_app.checkpoints.catalog import CheckpointSpec, checkpoint_named
+from sd2_app.prompt_styles import STYLES_FIELD, StyleBook, with_styles_read
 from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
 from sd2_app.ui.hosting import Hosting, Visitors
 from sd2_app.ui.lifecycle import AppBlocks
@@ -110,17 +111,20 @@ def _wire_history_tab(history_tab: gr.Tab, past: history.HistoryView) -> None:
 def _wire_reuse(service: Service, t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, png_send: gr.Button,
                 png_fields: gr.JSON, past: history.HistoryView) -> None:
     """PNG info's "Send to text to image" and History's "Reuse its settings" fill text to image."""
-    to_txt2img, txt2img_fields = _png_to_txt2img(t2i, tabs, service.registry)
+    to_txt2img, txt2img_fields = _png_to_txt2img(t2i, tabs, service.registry, service.styles)
     png_send.click(to_txt2img, png_fields, txt2img_fields, api_name="png_info_send", api_visibility="private")
     past.reuse.click(lambda gallery, index: to_txt2img(picked_history_image(service, gallery, index)[1]),
                      [past.gallery, past.selected], txt2img_fields, api_name="history_reuse",
                      api_visibility="private")
 
 
-def _png_to_txt2img(t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, registry: Mapping[str, CheckpointSpec]
-                    ) -> tuple[Callable[[dict[str, Any] | None], tuple], list[gr.components.Component]]:
+def _png_to_txt2img(
+    t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, registry: Mapping[str, CheckpointSpec], styles: StyleBook,
+) -> tuple[Callable[[dict[str, Any] | None], tuple], list[gr.components.Component]]:
     """(function, outputs) putting parsed PNG parameters into text to image: prompt, negative prompt, sampler,
-    steps, CFG, seed, size and checkpoint. PNG info's send and History's reuse use it."""
+    steps, CFG, seed, size and checkpoint. PNG info's send and History's reuse use it. Where the host has prompt
+    styles, those found in the prompts are picked and the prompts keep the rest, as A1111's paste does; where
+    none is found none stays picked (A1111 keeps the visitor's pick), so the prompts alone remake the image."""
     controls = t2i.sampling
     names = [value for _, value in controls.sampler.choices]
     # "Model" is our key or label, or A1111's name of the original file; any other name keeps the checkpoint.
@@ -129,6 +133,7 @@ def _png_to_txt2img(t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, registry: Mapping[st
     def send(parsed: dict[str, Any] | None) -> tuple:
         if not parsed:
             raise gr.Error("Upload a PNG with parameters first.", print_exception=False)
+        parsed = with_styles_read(parsed, styles)
         size = str(parsed.get("Size", ""))
         width, _, height = size.partition("x")
         keep = gr.skip()
@@ -149,8 +154,11 @@ def _png_to_txt2img(t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, registry: Mapping[st
             keep if checkpoint is None else checkpoint,
             gr.Tabs(selected="txt2img"),
             *from_parameters(parsed, names),  # hires fix, seed extras, tiling
+            *(() if t2i.styles is None else (parsed.get(STYLES_FIELD, []),)),
         )
 
     outputs = [t2i.prompt, t2i.negative, controls.sampler, controls.karras, controls.steps, controls.cfg,
                controls.seed, t2i.width, t2i.height, t2i.checkpoint, tabs, *t2i.extras.inputs()]
+    if t2i.styles is not None:
+        outputs.append(t2i.styles)
     return send, outputs

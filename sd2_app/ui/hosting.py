@@ -6,8 +6,8 @@ the MCP tools') are counted with the A1111 API's in one place (`Visitors.job_adm
 `sd2_app.api.job_admission`): the app takes at most `queue_size` of them waiting or running (--queue-size), one
 address at most `max_jobs_per_address` (a client that drops its cookies is a new visitor on every request, but
 not a new address), and one visitor at most `max_jobs_per_visitor`; the next join is refused at once with a
-message, before it takes a queue place. Every GPU job gets a stop flag when it joins, so Stop reaches a job that
-is still waiting as well as the running one.
+message, before it takes a queue place (`sd2_app.ui.join_refusals`: how each kind of client reads it). Every GPU
+job gets a stop flag when it joins, so Stop reaches a job that is still waiting as well as the running one.
 
 The queue's other events (image checks, "Send to", PNG info: quick, no GPU) have places of their own: at most
 `OTHER_EVENT_PLACES` of them waiting or running, and `MAX_OTHER_EVENTS_PER_ADDRESS` of one address, so a flood
@@ -39,6 +39,7 @@ from sd2_app.app_flags import (DEFAULT_CACHE_MINUTES, DEFAULT_MAX_JOBS_PER_ADDRE
 from sd2_app.api.job_admission import DEFAULT_QUEUE_SIZE, JobAdmission, Refusal
 from sd2_app.api.addresses import ClientAddresses, starlette_request
 from sd2_app.ui.cache_files import sweeping_lifespan
+from sd2_app.ui.join_refusals import refuse_join
 from sd2_app.ui.mcp_addresses import McpCallerMiddleware
 from sd2_app.ui.request_limits import RequestLimitsMiddleware
 from sd2_app.ui.runner import GPU_QUEUE, RunFlag
@@ -188,7 +189,7 @@ class Visitors:
             refused = self._other_refusal(address)
             if refused is not None:
                 log.info("refused an event: %s", refused)
-                return False, refused, "error"
+                return await refuse_join(queue, body, request, username, refused)
             self._joining_others_from[address] += 1
             try:
                 return await push(body, request, username)
@@ -199,7 +200,7 @@ class Visitors:
             remote = local_file_references(body.data)  # before Gradio could download a URL (`uploads`)
             if remote is not None:
                 log.info("refused an event: a file given by URL")
-                return False, remote, "error"
+                return await refuse_join(queue, body, request, username, remote)
             fn = queue.blocks.fns.get(body.fn_index) if body.fn_index is not None else None
             if getattr(fn, "concurrency_id", None) != GPU_QUEUE:
                 return await other_push(body, request, username)
@@ -207,7 +208,7 @@ class Visitors:
             refused = self.admit(visitor, address)
             if refused is not None:
                 log.info("refused a job: %s", refused)
-                return False, refused, "error"
+                return await refuse_join(queue, body, request, username, refused)
             setattr(request.state, STOP_FLAG, RunFlag())
             self._joining[visitor] += 1
             try:

@@ -15,7 +15,7 @@ the run buttons that repeats the run's state from `-info`), `-settings`, `-resul
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -45,6 +45,7 @@ class PromptRow:
     stop: gr.Button
     boxes: PromptBoxes
     status: gr.HTML  # under the run buttons: the run's state where the visitor pressed Generate or Stop
+    styles: gr.Dropdown | None = None  # the host's prompt styles to apply (A1111's "Styles"); None: the host has none
 
 
 def prompt_boxes(prefix: str, value: str = "") -> PromptBoxes:
@@ -66,8 +67,9 @@ def run_buttons(prefix: str) -> tuple[gr.Button, gr.Button]:
     return run, stop
 
 
-def prompt_row(prefix: str, value: str = "") -> PromptRow:
-    """The row at the top of a generation tab: prompts (wide) and the run buttons (narrow, beside them)."""
+def prompt_row(prefix: str, value: str = "", styles: Sequence[str] = ()) -> PromptRow:
+    """The row at the top of a generation tab: prompts (wide) and the run buttons (narrow, beside them), and under
+    them, where the host has prompt styles (`styles`, their names), the Styles picker, as in A1111."""
     with gr.Row(equal_height=False, elem_classes=["prompt-row"]):
         with gr.Column(scale=8, min_width=300):
             boxes = prompt_boxes(prefix, value)
@@ -77,7 +79,11 @@ def prompt_row(prefix: str, value: str = "") -> PromptRow:
             # the fold of a laptop screen: while a run is queued or running, after Stop, or why it was refused.
             status = gr.HTML('<p class="run-status-text" aria-live="polite"></p>', elem_id=f"{prefix}-run-status",
                              elem_classes=["run-status"], padding=False)
-    return PromptRow(boxes.prompt, boxes.negative, run, stop, boxes, status)
+            picker = None
+            if styles:
+                picker = gr.Dropdown(list(styles), value=[], multiselect=True, label="Styles",
+                                     info="added to the prompts in this order", elem_id=f"{prefix}-styles")
+    return PromptRow(boxes.prompt, boxes.negative, run, stop, boxes, status, picker)
 
 
 @contextmanager

@@ -49,7 +49,8 @@ def build(service: Service, flags: StopFlags) -> ImageTab:
               *controls.inputs()]
     names = ("image", "checkpoint", "prompt", "negative_prompt", *SIDES, "fill", "mask_blur", "strength",
              "keep_original", *SAMPLING_NAMES)
-    wire_run(service, flags, frame.panel, inputs, make_request, "outpaint", names, finish_extra=mask_used)
+    wire_run(service, flags, frame.panel, inputs, make_request, "outpaint", names, finish_extra=mask_used,
+             styles=frame.styles)
     return ImageTab(image, frame.prompt, frame.negative, controls, frame.panel)
 
 

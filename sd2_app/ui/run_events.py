@@ -14,6 +14,7 @@ from PIL import Image
 
 from sd2_app.api.requests import Request
 from sd2_app.api.gpu_time import gpu, values_seconds
+from sd2_app.prompt_styles import StyleBook
 from sd2_app.ui.hosting import stop_flag_of
 from sd2_app.ui.layout import GENERATE, RUNNING
 from sd2_app.ui.raw_values import server_checked
@@ -41,8 +42,13 @@ def wire_run(
     *,
     finish_extra: Callable[[Result], tuple] = lambda result: (),
     view: Callable[[], RunView] = RequestView,
+    styles: gr.Dropdown | None = None,
 ) -> Dependency:
     """Connect Generate (streaming, on the GPU queue) and Stop; returns the run event.
+
+    `styles`, the tab's Styles picker (None: the host has no styles), is the run's last input, `styles` in the
+    API: the picked styles are applied to the request's prompts before the Service validates it, so the token
+    limits, prompt editing and the parameters text all see the expanded prompts (sd2_app/prompt_styles.py).
 
     `view` makes each run's `RunView` (`stream_result`): a tab that streams more than previews has its own (the
     X/Y/Z plot shows each finished cell as it comes)."""
@@ -58,12 +64,24 @@ def wire_run(
         gallery = list(zip(shown, result.captions or [None] * len(result.images)))
         return (gallery, describe(result), result.seed, 0, *finish_extra(result))
 
+    if styles is not None:
+        inputs, names = [*inputs, styles], (*names, "styles")
+        make_request = _styled(make_request, service.styles)
     assert len(names) == len(inputs), (api_name, names)
     handler = _generate_handler(service, flags, make_request, names, finish, len(outputs), view)
     server_checked(inputs)
     event = _wire_generate(panel, handler, inputs, outputs, api_name, service.concurrency)
     _wire_stop(panel, flags, event, api_name)
     return event
+
+
+def _styled(make_request: Callable[..., Request], book: StyleBook) -> Callable[..., Request]:
+    """`make_request` of the widget values but the last, the picked style names, applied to its prompts."""
+
+    def styled(*values: Any) -> Request:
+        return book.applied_to(make_request(*values[:-1]), values[-1])
+
+    return styled
 
 
 def _generate_handler(

@@ -45,10 +45,11 @@ class ImageTab:
 class TabFrame:
     """One generation tab under construction: its prompt row is made first, in the constructor."""
 
-    def __init__(self, service: Service, prefix: str, prompt: str = "") -> None:
+    def __init__(self, service: Service, prefix: str, prompt: str = "", *, styled: bool = True) -> None:
+        """`styled`: the tab offers the host's prompt styles (its Generate applies them: `wire_run(styles=...)`)."""
         self.service = service
         self.prefix = prefix
-        self.top = prompt_row(prefix, prompt)
+        self.top = prompt_row(prefix, prompt, service.styles.names if styled else ())
         self._sampling: tuple[SamplingControls, gr.Button, gr.Button] | None = None
         self._panel: ResultPanel | None = None
 
@@ -59,6 +60,11 @@ class TabFrame:
     @property
     def negative(self) -> gr.Textbox:
         return self.top.negative
+
+    @property
+    def styles(self) -> gr.Dropdown | None:
+        """The Styles picker; None where the host has no styles."""
+        return self.top.styles
 
     @property
     def panel(self) -> ResultPanel:

@@ -32,6 +32,7 @@ class Txt2ImgTab:
     sampling: SamplingControls
     panel: ResultPanel
     extras: Txt2ImgExtras
+    styles: gr.Dropdown | None  # the Styles picker; None where the host has no styles
 
 
 def build(service: Service, flags: StopFlags) -> Txt2ImgTab:
@@ -45,8 +46,10 @@ def build(service: Service, flags: StopFlags) -> Txt2ImgTab:
     wire_hires_size(width, height, extras, service.limits.max_side)
     inputs = [checkpoint, frame.prompt, frame.negative, width, height, *controls.inputs(), *extras.inputs()]
     wire_run(service, flags, frame.panel, inputs, make_request, "txt2img",
-             ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES, *EXTRA_NAMES))
-    return Txt2ImgTab(checkpoint, frame.prompt, frame.negative, width, height, controls, frame.panel, extras)
+             ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES, *EXTRA_NAMES),
+             styles=frame.styles)
+    return Txt2ImgTab(checkpoint, frame.prompt, frame.negative, width, height, controls, frame.panel, extras,
+                      frame.styles)
 
 
 def make_request(key: str, text: str, negative_text: str, w: float, h: float, *rest: Any) -> Txt2ImgRequest:

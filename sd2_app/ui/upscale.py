@@ -42,7 +42,8 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Imag
     check_on_upload(image, service.limits.max_upscale_input_pixels)
     inputs = [image, checkpoint, frame.prompt, frame.negative, noise, *controls.inputs()]
     names = ("image", "checkpoint", "prompt", "negative_prompt", "noise_level", *SAMPLING_NAMES)
-    wire_run(service, flags, frame.panel, inputs, make_request, "upscale", names, finish_extra=before_image)
+    wire_run(service, flags, frame.panel, inputs, make_request, "upscale", names, finish_extra=before_image,
+             styles=frame.styles)
     return ImageTab(image, frame.prompt, frame.negative, controls, frame.panel)
 
 

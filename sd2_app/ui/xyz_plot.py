@@ -152,7 +152,7 @@ def build(service: Service, flags: StopFlags) -> ResultPanel:
     samplers = [(name, name) for name in service.samplers()]
     picks = {"sampler": samplers, "checkpoint": service.checkpoints("txt2img"), "hires_sampler": samplers,
              "hires_upscaler": [(name, name) for name in HIRES_UPSCALERS]}
-    frame = TabFrame(service, "xyz", EXAMPLE_PROMPTS[1])
+    frame = TabFrame(service, "xyz", EXAMPLE_PROMPTS[1], styled=False)
     # The tables ride in the panel's extra output (an image on other tabs): cleared at Generate, filled at the
     # end by `finish_extra`.
     tables = partial(gr.File, label="Cell settings and times (CSV, JSON)", file_count="multiple", interactive=False,

@@ -1,8 +1,8 @@
 """The served app under load and under hostile uploads: app.py's own build and launch settings, in-process.
 
 20 gradio_client clients send 5 text-to-image requests each at once (64x64, 2 steps, --queue-size 8): every
-request completes with its own prompt and seed, or is refused at join with the app's busy message (HTTP 400;
-gradio_client raises it as an HTTP error); nothing else happens, and the server answers afterwards. Uploads that PIL cannot or must not decode are refused in words.
+request completes with its own prompt and seed, or is refused at join with the app's busy message (gradio_client
+raises it as the event's error, `sd2_app.ui.join_refusals`); nothing else happens, and the server answers afterwards. Uploads that PIL cannot or must not decode are refused in words.
 """
 
 from __future__ import annotations
@@ -44,9 +44,8 @@ def _client_session(url: str, index: int) -> list[tuple[str, int, str]]:
         prompt = f"client {index} request {request}"
         try:
             _, gallery, info = client.predict(prompt=prompt, seed=seed, api_name="/txt2img", **FAST)
-        except httpx.HTTPStatusError as error:  # a refused join (gradio_client/client.py, send_data)
-            refused = error.response.status_code == 400 and error.response.json().get("detail") == BUSY
-            outcomes.append(("busy" if refused else "error", seed, error.response.text[:200]))
+        except AppError as error:  # a refused join, its message as the event's error (`sd2_app.ui.join_refusals`)
+            outcomes.append(("busy" if error.message == BUSY else "error", seed, str(error.message)[:200]))
             continue
         image = Image.open(gallery[0]["image"])
         parameters = image.info.get("parameters", "")
@@ -73,7 +72,7 @@ def test_twenty_clients_times_five_requests(served_app, reliability) -> None:
     assert httpx.get(url, timeout=30).status_code == 200
     reliability(AREA, f"{CLIENTS} gradio_client clients x {REQUESTS} requests at once (64x64, 2 steps, "
                       "--queue-size 8)",
-                f"{completed} completed with their own prompt and seed, {full} refused at join, HTTP 400: {BUSY}; "
+                f"{completed} completed with their own prompt and seed, {full} refused at join with: {BUSY}; "
                 f"0 lost or mixed up, in {seconds:.0f} s; the server answers afterwards")
 
 

@@ -7,27 +7,19 @@ saying "Queued…"; once the place is free the same click runs. Screenshots go t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from sd2_app.api.job_admission import server_busy_message
 from sd2_app.ui.run_events import NOT_STARTED
-from tests.reliability_support import one_thread, serve  # noqa: F401
+from tests.hosting_support import one_place_app  # noqa: F401
+from tests.reliability_support import one_thread  # noqa: F401
 from tests.ui.test_browser import ARGS, ARTIFACTS, CHROMIUM, DESKTOP, _open, expect, sync_api
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium and a served app
 
 
-@pytest.fixture(scope="module")
-def full_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
-    argv = ["--tiny", "--device", "cpu", "--no-save", "--queue-size", "1"]
-    with serve(argv, tmp_path_factory.mktemp("app-cache")) as served:
-        yield served
-
-
-def test_generate_on_a_full_app_says_the_server_is_busy(full_app) -> None:
-    url, demo = full_app
+def test_generate_on_a_full_app_says_the_server_is_busy(one_place_app) -> None:
+    url, demo = one_place_app
     jobs = demo.flags.visitors.job_admission  # type: ignore[attr-defined]
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as playwright:
