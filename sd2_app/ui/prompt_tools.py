@@ -26,17 +26,22 @@ DEBOUNCE_MS = 300
 
 
 def _debounce_js(key: str) -> str:
-    """The event's `js`: pass (text, checkpoint) on after the pause, or reject when a newer keystroke came."""
+    """The event's `js`: pass its values (text, checkpoint[, styles]) on after the pause, or reject when a newer
+    keystroke came."""
     return (
-        "(text, model) => { const seen = window.sd2TokenCounts = window.sd2TokenCounts || {}; "
+        "(...values) => { const seen = window.sd2TokenCounts = window.sd2TokenCounts || {}; "
         f"const mine = seen['{key}'] = (seen['{key}'] || 0) + 1; "
         "return new Promise((send, drop) => setTimeout(() => "
-        f"mine === seen['{key}'] ? send([text, model]) : drop('superseded'), {DEBOUNCE_MS})); }}"
+        f"mine === seen['{key}'] ? send(values) : drop('superseded'), {DEBOUNCE_MS})); }}"
     )
 
 
-def _count(service: Service, text: Any, checkpoint: Any) -> Any:
+def _count(service: Service, text: Any, checkpoint: Any, styles: Any = None, negative: bool = False) -> Any:
+    """The counter's line for `text` with the picked `styles` applied (its negative texts for the negative
+    prompt), as A1111's counter counts (modules/ui.py, `update_token_counter`)."""
     try:
+        if styles and isinstance(text, str):
+            text = service.styles.apply(text, text, styles)[1 if negative else 0]
         shown = service.count_tokens(text, checkpoint)
     except InvalidRequest as error:
         return str(error)
@@ -49,22 +54,31 @@ def token_count_line(elem_id: str) -> gr.Markdown:
 
 
 def wire_counter(service: Service, box: gr.Textbox, counter: gr.Markdown, checkpoint: gr.Dropdown, *,
-                 api_name: str) -> None:
-    """Fill `counter` from `box` on page load, as the user types and when the checkpoint changes.
+                 api_name: str, styles: gr.Dropdown | None = None, negative: bool = False) -> None:
+    """Fill `counter` from `box` on page load, as the user types and when the checkpoint (or the picked `styles`,
+    where the tab has the picker; `negative`: the box is the negative prompt) changes.
 
     `api_name` "count_tokens" is the one public endpoint; the other counters are private twins.
     """
-    gr.on(None, lambda text, key: _count(service, text, key), [box, checkpoint], counter, queue=False,
+    inputs = [box, checkpoint] if styles is None else [box, checkpoint, styles]
+
+    def count(text: Any, key: Any, styles: Any = None) -> Any:  # parameter names: the endpoint's
+        return _count(service, text, key, styles, negative)
+
+    gr.on(None, count, inputs, counter, queue=False,
           trigger_mode="multiple", show_progress="hidden", js=_debounce_js(api_name), api_name=api_name,
           api_visibility="public" if api_name == "count_tokens" else "private")
 
 
-def wire_prompt_tools(service: Service, prefix: str, boxes: PromptBoxes, checkpoint: gr.Dropdown) -> None:
-    """Everything issue 20 adds to a tab's prompts: both counters and, at
-    the current place in the layout, the embeddings list. Call it right after the checkpoint dropdown."""
+def wire_prompt_tools(service: Service, prefix: str, boxes: PromptBoxes, checkpoint: gr.Dropdown,
+                      styles: gr.Dropdown | None = None) -> None:
+    """Everything issue 20 adds to a tab's prompts: both counters (counting the picked `styles` too, where the tab
+    has the picker) and, at the current place in the layout, the embeddings list. Call it right after the
+    checkpoint dropdown."""
     prompt_api = "count_tokens" if prefix == "txt2img" else f"{prefix}_prompt_count"
-    wire_counter(service, boxes.prompt, boxes.prompt_tokens, checkpoint, api_name=prompt_api)
-    wire_counter(service, boxes.negative, boxes.negative_tokens, checkpoint, api_name=f"{prefix}_negative_count")
+    wire_counter(service, boxes.prompt, boxes.prompt_tokens, checkpoint, api_name=prompt_api, styles=styles)
+    wire_counter(service, boxes.negative, boxes.negative_tokens, checkpoint, api_name=f"{prefix}_negative_count",
+                 styles=styles, negative=True)
     embeddings_picker(service, boxes.prompt, boxes.negative, prefix)
 
 

@@ -82,7 +82,7 @@ class TabFrame:
 
     def prompt_tools(self, checkpoint: gr.Dropdown) -> None:
         """The prompts' token counters, following `checkpoint`, and the embeddings picker, made here."""
-        wire_prompt_tools(self.service, self.prefix, self.top.boxes, checkpoint)
+        wire_prompt_tools(self.service, self.prefix, self.top.boxes, checkpoint, self.top.styles)
 
     def size_sliders(self, checkpoint: gr.Dropdown) -> tuple[gr.Slider, gr.Slider]:
         """Width and height sliders, set to the checkpoint's native resolution, and set again to the resolution of

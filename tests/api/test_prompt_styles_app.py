@@ -99,6 +99,14 @@ def test_the_web_ui_endpoint_applies_the_picked_styles(app: str) -> None:
     assert np.array_equal(pixels[0], pixels[1]) and not np.array_equal(pixels[0], pixels[2])
 
 
+def test_the_token_counter_counts_the_picked_styles(app: str) -> None:
+    client = Client(app + "/", verbose=False)
+    styled = client.predict(text="a cat", key="sd21-base", styles=["oil", "frame"], api_name="/count_tokens")
+    expanded = client.predict(text=EXPANDED[0], key="sd21-base", styles=[], api_name="/count_tokens")
+    plain = client.predict(text="a cat", key="sd21-base", styles=[], api_name="/count_tokens")
+    assert styled == expanded != plain
+
+
 def test_an_oversized_styles_file_leaves_the_app_serving_without_styles(
         one_thread: None, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     styles = tmp_path / "styles.csv"

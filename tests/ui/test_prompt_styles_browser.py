@@ -71,6 +71,9 @@ def test_picking_a_style_changes_the_prompt_that_runs(page) -> None:
     _pick(page, "txt2img", "oil")
     _pick(page, "txt2img", "frame")
     page.locator("#txt2img-prompt textarea").click()  # the picker's list closes
+    # the counters count the expanded prompts, as A1111's do (the tiny tokenizer: 2 tokens for "a cat")
+    expect(page.locator("#txt2img-prompt-tokens")).to_have_text("38/75")
+    expect(page.locator("#txt2img-negative-tokens")).to_have_text("10/75")
     page.screenshot(path=str(ARTIFACTS / "styles-picked.png"))
     page.locator("#txt2img-run").click()
     page.locator("#txt2img-gallery img").first.wait_for(timeout=120_000)
