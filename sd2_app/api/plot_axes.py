@@ -18,7 +18,8 @@ from typing import Any
 
 from sd2_app.api.checks import Catalog, check_sampler_names
 from sd2_app.api.plot_order import prompt_orders, reorder
-from sd2_app.api.plot_values import axis_values_text, boolean, expand_range, format_value, split_values, to_number
+from sd2_app.api.plot_values import (axis_values_text, boolean, expand_range, format_value, shown, split_values,
+                                     to_number)
 from sd2_app.api.requests import (
     ETA_SAMPLERS,
     HIRES_UPSCALERS,
@@ -158,7 +159,7 @@ def check_choices(kind: AxisKind, values: list[Any], what: str, catalog: Catalog
     """Sampler names must be ones the server offers, hires upscalers ours, checkpoints ones that can run the base's
     task."""
     if kind.value_type == "upscaler" and any(v not in HIRES_UPSCALERS for v in values):
-        unknown = ", ".join(repr(v) for v in values if v not in HIRES_UPSCALERS)
+        unknown = ", ".join(shown(str(v)) for v in values if v not in HIRES_UPSCALERS)
         raise InvalidRequest(f"{what}: Unknown hires upscaler(s) {unknown}; choose from: {', '.join(HIRES_UPSCALERS)}.")
     if kind.value_type == "sampler":
         try:
@@ -167,7 +168,7 @@ def check_choices(kind: AxisKind, values: list[Any], what: str, catalog: Catalog
             raise InvalidRequest(f"{what}: {error}") from error
     unknown = [v for v in values if v not in checkpoints] if kind.value_type == "checkpoint" else []
     if unknown:
-        raise InvalidRequest(f"{what}: Unknown checkpoint(s) {', '.join(map(repr, unknown))}; "
+        raise InvalidRequest(f"{what}: Unknown checkpoint(s) {', '.join(shown(str(v)) for v in unknown)}; "
                              f"choose from: {', '.join(checkpoints)}.")
 
 

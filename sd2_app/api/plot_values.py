@@ -19,6 +19,10 @@ from sd2_app.errors import InvalidRequest
 _NUMBER = r"[+-]?\s*(?:\d+(?:\.\d*)?|\.\d+)"
 _STEP_RANGE = re.compile(rf"\s*({_NUMBER})\s*-\s*({_NUMBER})\s*(?:\(\s*({_NUMBER})\s*\))?\s*")
 _COUNT_RANGE = re.compile(rf"\s*({_NUMBER})\s*-\s*({_NUMBER})\s*\[\s*(\d+)\s*\]\s*")
+MAX_NUMBER_CHARS = 40  # a number as people write one (a seed has at most 20 digits): Python's int and float
+# conversions of longer ones fail or overflow, and a message repeats at most MAX_SHOWN_CHARS of what was typed
+MAX_RANGE_CHARS = 3 * MAX_NUMBER_CHARS + 16  # two ends, a step or count, the brackets and spaces
+MAX_SHOWN_CHARS = 60
 _TRUE, _FALSE = ("on", "true", "yes", "1", "karras"), ("off", "false", "no", "0", "automatic")
 
 
@@ -38,20 +42,31 @@ def split_values(text: str) -> list[str]:
     return [field for field in fields if field]
 
 
+def shown(token: str) -> str:
+    """`token` quoted for a message, cut after MAX_SHOWN_CHARS characters."""
+    return repr(token) if len(token) <= MAX_SHOWN_CHARS else repr(token[:MAX_SHOWN_CHARS]) + "..."
+
+
 def to_number(token: str, value_type: str, what: str) -> float | int:
     token = token.replace(" ", "")
+    kind = "a whole number" if value_type == "int" else "a number"
+    if len(token) > MAX_NUMBER_CHARS:
+        raise InvalidRequest(f"{what}: {shown(token)} is too long: {kind} here has at most {MAX_NUMBER_CHARS} "
+                             "characters.")
     try:
         number = float(token) if value_type == "float" else int(token)
     except ValueError:
-        kind = "a whole number" if value_type == "int" else "a number"
-        raise InvalidRequest(f"{what}: {token!r} is not {kind} or a range such as 10-40 (+10).") from None
+        raise InvalidRequest(f"{what}: {shown(token)} is not {kind} or a range such as 10-40 (+10).") from None
     if isinstance(number, float) and not math.isfinite(number):
-        raise InvalidRequest(f"{what}: {token!r} is not a finite number.")
+        raise InvalidRequest(f"{what}: {shown(token)} is not a finite number.")
     return number
 
 
 def expand_range(token: str, value_type: str, what: str, max_values: int) -> list[float | int] | None:
-    """The values of a range token, or None when the token is not a range."""
+    """The values of a range token, or None when the token is not a range (a token over MAX_RANGE_CHARS is none:
+    `to_number` refuses it)."""
+    if len(token) > MAX_RANGE_CHARS:
+        return None
     counted = _COUNT_RANGE.fullmatch(token)
     stepped = None if counted else _STEP_RANGE.fullmatch(token)
     if counted is None and stepped is None:
@@ -62,14 +77,14 @@ def expand_range(token: str, value_type: str, what: str, max_values: int) -> lis
     if counted is not None:
         count = int(counted.group(3))
         if not 1 <= count <= max_values:
-            raise InvalidRequest(f"{what}: {token!r} asks for {count} values; an axis may have 1 to {max_values}.")
+            raise InvalidRequest(f"{what}: {shown(token)} asks for {count} values; an axis may have 1 to {max_values}.")
         return [int(v) for v in _spaced(start, end, count)] if value_type == "int" else _spaced(start, end, count)
     step = to_number(match.group(3), value_type, what) if match.group(3) else (1 if end >= start else -1)
     if step == 0 or (end - start) * step < 0:
-        raise InvalidRequest(f"{what}: the step of {token!r} never reaches {format_value(end)}.")
+        raise InvalidRequest(f"{what}: the step of {shown(token)} never reaches {format_value(end)}.")
     count = math.floor((end - start) / step + 1e-9) + 1
     if count > max_values:
-        raise InvalidRequest(f"{what}: {token!r} gives {count} values; an axis may have at most {max_values}.")
+        raise InvalidRequest(f"{what}: {shown(token)} gives {count} values; an axis may have at most {max_values}.")
     values = [start + i * step for i in range(count)]
     return [round(v, 10) for v in values] if value_type == "float" else values
 
@@ -88,7 +103,7 @@ def boolean(token: str, what: str) -> bool:
     lowered = token.lower()
     if lowered in _TRUE or lowered in _FALSE:
         return lowered in _TRUE
-    raise InvalidRequest(f"{what}: {token!r} is not on or off.")
+    raise InvalidRequest(f"{what}: {shown(token)} is not on or off.")
 
 
 def axis_values_text(values: Sequence[Any]) -> str:

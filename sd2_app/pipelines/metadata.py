@@ -233,14 +233,25 @@ def read_png_parameters(image: Image.Image | str | Path | BinaryIO) -> str | Non
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-MAX_TEXT_BYTES = 1 << 20  # a longer (decompressed) text chunk is not parameters; reading stops there
+MAX_PARAMETERS_CHARS = 20_000  # the longest parameters text read, from a PNG or pasted; A1111's are a few KB
+MAX_TEXT_BYTES = 4 * MAX_PARAMETERS_CHARS  # a longer (decompressed) text chunk is not parameters (UTF-8: 4 a char)
 
 
 def _text_of(kind: bytes, data: bytes, key: str) -> str | None:
-    """The text of a tEXt/zTXt/iTXt chunk whose keyword is `key` (PNG spec 11.3.4), else None."""
+    """The text of a tEXt/zTXt/iTXt chunk whose keyword is `key` (PNG spec 11.3.4), else None. A text over
+    MAX_PARAMETERS_CHARS raises OSError: reading a settings line costs time in its length, and a zTXt chunk of a
+    few KB inflates to a megabyte."""
     keyword, _, rest = data.partition(b"\0")
     if keyword.decode("latin-1") != key:
         return None
+    text = _decoded(kind, rest)
+    if len(text) > MAX_PARAMETERS_CHARS:
+        raise OSError(f"a PNG parameters text is longer than {MAX_PARAMETERS_CHARS:,} characters")
+    return text
+
+
+def _decoded(kind: bytes, rest: bytes) -> str:
+    """The text of a tEXt/zTXt/iTXt chunk after its keyword."""
     if kind == b"tEXt":
         return rest.decode("latin-1")
     if kind == b"zTXt":  # compression method byte, then zlib data

@@ -1,0 +1,45 @@
+"""X/Y/Z plot axis values a script writes to break the number parser, sent to the running app through
+gradio_client: numbers too long for Python's int and float conversions (or for the range arithmetic) and a
+value of 100,000 characters are refused with a message that repeats at most a few dozen of them.
+
+The app is `python app.py --tiny --device cpu --no-save --queue-size 8`, served in-process
+(`tests.reliability_support.served_app`).
+"""
+
+from __future__ import annotations
+
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from sd2_app.api.plot_values import MAX_NUMBER_CHARS
+from tests.reliability_report import reliability, track_module  # noqa: F401
+from tests.reliability_support import one_thread, served_app  # noqa: F401
+
+AREA = "Bad input"
+NINES = "9" * 60  # what a message shows of a long token
+
+
+@pytest.mark.parametrize(("kind", "values", "message"), [
+    ("variation_seed", "0-" + "9" * 400,
+     f"X values (Var. seed): '0-{NINES[:58]}'... is too long: a whole number here has at most 40 characters."),
+    ("seed", "1-2 [" + "9" * 5000 + "]",
+     f"X values (Seed): '1-2[{NINES[:56]}'... is too long: a whole number here has at most 40 characters."),
+    ("cfg_scale", "0-" + "9" * 300 + " (+." + "0" * 299 + "1)",
+     f"X values (CFG scale): '0-{NINES[:58]}'... is too long: a number here has at most 40 characters."),
+    ("variation_seed", "x" * 100_000,
+     f"X values (Var. seed): '{'x' * 60}'... is too long: a whole number here has at most 40 characters."),
+    ("variation_seed", "0-" + "9" * 38,
+     f"X values (Var. seed): '0-{'9' * 38}' gives 99999999999999997748809823456034029569 values; an axis may "
+     "have at most 64."),  # 38 digits: still a range, counted in floats
+])
+def test_axis_numbers_out_of_any_range_are_refused_in_words(served_app, reliability, kind: str, values: str,
+                                                           message: str) -> None:
+    url, _ = served_app
+    with pytest.raises(AppError) as refused:
+        Client(url, verbose=False).predict(prompt="x", steps=2, x_type=kind, x_values=values, api_name="/xyz_plot")
+    assert str(refused.value) == message
+    assert MAX_NUMBER_CHARS == 40
+    reliability(AREA, f"X/Y/Z plot, {kind} axis values of {len(values):,} characters ({values[:24]}...)",
+                f"refused: {message} (a number of hundreds of digits raised OverflowError or ValueError, the "
+                "visitor got Gradio's generic error and the log a traceback; a message repeated the whole value)")
