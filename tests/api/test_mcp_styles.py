@@ -15,21 +15,16 @@ from PIL import Image
 pytest.importorskip("mcp")
 
 from tests.api.test_mcp import _session  # noqa: E402
-from tests.reliability_support import one_thread, serve  # noqa: E402,F401 (a fixture)
+from tests.api.test_prompt_styles_app import EXPANDED, served_with_styles  # noqa: E402
+from tests.reliability_support import one_thread  # noqa: E402,F401 (a fixture)
 
-STYLES_CSV = ("name,prompt,negative_prompt\n"
-              "oil,\"oil painting, thick brush\",photo\n"
-              "frame,\"a picture of {prompt}, framed\",\"blurry, {prompt}\"\n")
 FAST = {"width": 64, "height": 64, "steps": 2, "guidance_scale": 7.0, "sampler": "Euler", "seed": 9}
 
 
 @pytest.fixture(scope="module")
 def url(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    styles = tmp_path_factory.mktemp("styles") / "styles.csv"
-    styles.write_text(STYLES_CSV, encoding="utf-8")
-    argv = ["--tiny", "--device", "cpu", "--no-save", "--mcp", "--styles", str(styles)]
-    with serve(argv, tmp_path_factory.mktemp("app-cache")) as (served, _):
-        yield served.rstrip("/") + "/gradio_api/mcp/"
+    with served_with_styles(tmp_path_factory, "--mcp") as served:
+        yield served + "/gradio_api/mcp/"
 
 
 def _pixels(result) -> np.ndarray:
@@ -50,9 +45,7 @@ def test_a_tool_call_applies_the_styles(url: str) -> None:
     async def work(session):
         styled = await session.call_tool("txt2img", {"prompt": "a cat", "negative_prompt": "ugly",
                                                      "styles": ["oil", "frame"], **FAST})
-        expanded = await session.call_tool("txt2img", {
-            "prompt": "a picture of a cat, oil painting, thick brush, framed",
-            "negative_prompt": "blurry, ugly, photo", **FAST})
+        expanded = await session.call_tool("txt2img", {"prompt": EXPANDED[0], "negative_prompt": EXPANDED[1], **FAST})
         plain = await session.call_tool("txt2img", {"prompt": "a cat", "negative_prompt": "ugly", **FAST})
         unknown = await session.call_tool("txt2img", {"prompt": "a cat", "styles": ["watercolor"], **FAST})
         return styled, expanded, plain, unknown
