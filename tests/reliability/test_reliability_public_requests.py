@@ -154,12 +154,14 @@ def test_the_file_route_fetches_no_other_site(app, other_site, reliability, monk
     monkeypatch.setattr(route_utils.safehttpx, "async_validate_url", public)
     url, _ = app
     site, asked = other_site
-    answers = [httpx.get(f"{url}gradio_api/file={link}", headers={"X-Forwarded-For": MALLORY}, timeout=30)
-               for link in (f"{site}/big.iso", f"{site.replace('http:', 'https%3A')}/big.iso")]
-    assert [(answer.status_code, answer.text) for answer in answers] == [(403, REMOTE_FILE_MESSAGE)] * 2
+    encoded = site.replace("http:", "https%3A")
+    links = [f"file={site}/big.iso", f"file={encoded}/big.iso", f"file/{site}/big.iso", f"file/{encoded}/big.iso"]
+    answers = [httpx.get(f"{url}gradio_api/{link}", headers={"X-Forwarded-For": MALLORY}, timeout=30) for link in links]
+    assert [(answer.status_code, answer.text) for answer in answers] == [(403, REMOTE_FILE_MESSAGE)] * 4
     assert asked == []
-    reliability(AREA, "GET /gradio_api/file=http://<another site>/big.iso (Gradio would fetch and relay it)",
-                f"HTTP 403: {REMOTE_FILE_MESSAGE} The site got 0 requests")
+    reliability(AREA, "GET /gradio_api/file=http://<another site>/big.iso, and the route's older form "
+                "/gradio_api/file/http://<another site>/big.iso, also percent-encoded (Gradio would fetch and relay "
+                "it; the older form it did)", f"HTTP 403: {REMOTE_FILE_MESSAGE} The site got 0 requests")
 
 
 def test_a_file_named_by_url_in_a_queue_join_is_refused_before_any_download(app, reliability,

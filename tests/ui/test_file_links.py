@@ -1,6 +1,6 @@
 """`linked_file`: what a link makes Gradio read, for every form of link a client may write (one decision, used
-by the queue join check and the file-route check; tests/reliability/test_reliability_file_links.py sends the
-same forms to the running app)."""
+by the queue join check and the file-route check; tests/reliability/test_reliability_visitor_files.py and
+test_reliability_public_requests.py send such links to the running app)."""
 
 from __future__ import annotations
 
