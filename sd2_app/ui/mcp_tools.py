@@ -14,10 +14,11 @@ which an agent cannot use. Gradio lists as tools only functions whose `_mcp_type
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 from PIL import Image
@@ -62,9 +63,41 @@ ToolFn = Callable[..., str | Image.Image]  # the result's first PNG file (`shown
 
 
 def _tools(service: Service) -> dict[str, ToolFn]:
-    """The tool functions; their signatures and docstrings are the MCP schema (defaults: the task table)."""
-    return {"txt2img": _txt2img_tool(service), "img2img": _img2img_tool(service), "inpaint": _inpaint_tool(service),
-            "upscale": _upscale_tool(service), "depth": _depth_tool(service)}
+    """The tool functions; their signatures and docstrings are the MCP schema (defaults: the task table). Where
+    the host has prompt styles, the tools with a negative prompt take them too (`_with_styles`)."""
+    tools = {"txt2img": _txt2img_tool(service), "img2img": _img2img_tool(service), "inpaint": _inpaint_tool(service),
+             "upscale": _upscale_tool(service), "depth": _depth_tool(service)}
+    if not service.styles.styles:
+        return tools
+    return {name: _with_styles(service, tool) if "negative_prompt" in inspect.signature(tool).parameters else tool
+            for name, tool in tools.items()}
+
+
+def _with_styles(service: Service, tool: ToolFn) -> ToolFn:
+    """`tool` with a last argument, `styles`: names of the host's prompt styles, applied to its prompt and negative
+    prompt in order before the request is made (as the web UI's Styles picker; sd2_app/prompt_styles.py)."""
+    signature = inspect.signature(tool)
+    book = service.styles
+
+    @functools.wraps(tool)
+    def styled(*values: Any) -> str | Image.Image:
+        bound = signature.bind(*values[:-1])
+        prompt, negative = bound.arguments.get("prompt") or "", bound.arguments.get("negative_prompt") or ""
+        if isinstance(prompt, str) and isinstance(negative, str):
+            try:
+                prompt, negative = book.apply(prompt, negative, values[-1] or [])
+            except InvalidRequest as error:
+                raise gr.Error(str(error), print_exception=False) from error
+            bound.arguments.update(prompt=prompt, negative_prompt=negative)
+        return tool(*bound.args, **bound.kwargs)
+
+    names = ", ".join(repr(name) for name in book.names[:20])
+    line = f"styles: names of this server's prompt styles to add to the prompts, in order; one of {names}"
+    styled.__doc__ = f"{(tool.__doc__ or '').rstrip()}\n            {line}\n        "
+    styled.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]
+        *signature.parameters.values(),
+        inspect.Parameter("styles", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=[], annotation=list[str])])
+    return styled
 
 
 def _txt2img_tool(service: Service) -> ToolFn:
@@ -187,9 +220,10 @@ def _depth_tool(service: Service) -> ToolFn:
     return depth
 
 
-def _inputs(fn: ToolFn) -> list[gr.components.Component]:
+def _inputs(fn: ToolFn, choices: list[str]) -> list[gr.components.Component]:
     """One hidden component per parameter, by its type hint (images as PIL, PNG, JPEG or WebP only, as the web
-    UI's uploads: `sd2_app.ui.uploads.upload_image`; numbers with their precision)."""
+    UI's uploads: `sd2_app.ui.uploads.upload_image`; numbers with their precision; a list of names picked from
+    `choices`, the host's prompt styles)."""
     components: list[gr.components.Component] = []
     for parameter in inspect.signature(fn).parameters.values():
         hint = parameter.annotation
@@ -200,6 +234,8 @@ def _inputs(fn: ToolFn) -> list[gr.components.Component]:
             components.append(gr.Number(default, precision=0))
         elif hint in ("float", float):
             components.append(gr.Number(default))
+        elif hint == list[str]:  # the host's prompt styles (`_with_styles`)
+            components.append(gr.Dropdown(choices, value=[], multiselect=True))
         else:
             components.append(gr.Textbox(default))
     return components
@@ -218,7 +254,7 @@ def add_mcp_tools(demo: gr.Blocks, service: Service) -> list[str]:
     names = []
     with demo, gr.Column(visible=False):
         for name, fn in _tools(service).items():
-            inputs = _inputs(fn)
+            inputs = _inputs(fn, service.styles.names)
             outputs = gr.Image(type="pil", format="png")
             gr.Button(visible=False).click(fn, inputs, outputs, api_name=f"mcp_{name}",
                                            concurrency_id=GPU_QUEUE, concurrency_limit=service.concurrency)

@@ -10,6 +10,7 @@ import base64
 import io
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -33,13 +34,21 @@ LISTED = [{"name": "oil", "prompt": "oil painting, thick brush", "negative_promp
 EXPANDED = ("a picture of a cat, oil painting, thick brush, framed", "blurry, ugly, photo")  # oil, then frame
 
 
-@pytest.fixture(scope="module")
-def app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def served_with_styles(tmp_path_factory: pytest.TempPathFactory, *flags: str, csv: str = STYLES_CSV) -> Iterator[str]:
+    """`python app.py --tiny --device cpu --no-save FLAGS --styles <csv written to a file>`, served in-process;
+    yields its URL without the trailing slash."""
     styles = tmp_path_factory.mktemp("styles") / "styles.csv"
-    styles.write_text(STYLES_CSV, encoding="utf-8")
-    argv = ["--tiny", "--device", "cpu", "--no-save", "--api", "--styles", str(styles)]
+    styles.write_text(csv, encoding="utf-8")
+    argv = ["--tiny", "--device", "cpu", "--no-save", *flags, "--styles", str(styles)]
     with serve(argv, tmp_path_factory.mktemp("app-cache")) as (url, _):
         yield url.rstrip("/")
+
+
+@pytest.fixture(scope="module")
+def app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with served_with_styles(tmp_path_factory, "--api") as url:
+        yield url
 
 
 def _post(url: str, route: str, body: dict) -> tuple[int, dict]:

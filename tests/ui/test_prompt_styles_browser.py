@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from sd2_app.pipelines.metadata import attach_parameters, save_png
-from tests.reliability_support import one_thread, serve  # noqa: F401 (a fixture)
+from tests.api.test_prompt_styles_app import served_with_styles
+from tests.reliability_support import one_thread  # noqa: F401 (a fixture)
 from tests.ui.test_browser import ARGS, ARTIFACTS, CHROMIUM, DESKTOP, _go, _set_number, expect, sync_api
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -24,11 +25,8 @@ STYLES_CSV = ("name,prompt,negative_prompt\n"
 
 @pytest.fixture(scope="module")
 def page(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    styles = tmp_path_factory.mktemp("styles") / "styles.csv"
-    styles.write_text(STYLES_CSV, encoding="utf-8")
-    argv = ["--tiny", "--device", "cpu", "--no-save", "--styles", str(styles)]
     ARTIFACTS.mkdir(exist_ok=True)
-    with serve(argv, tmp_path_factory.mktemp("app-cache")) as (url, _), sync_api.sync_playwright() as playwright:
+    with served_with_styles(tmp_path_factory, csv=STYLES_CSV) as url, sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         page = browser.new_context(viewport=DESKTOP).new_page()
         page.set_default_timeout(60_000)
