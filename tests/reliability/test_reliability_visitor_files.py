@@ -21,7 +21,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from sd2_app.byte_limits import MAX_IMAGE_FILE_BYTES
 from sd2_app.pipelines.metadata import MAX_PARAMETERS_CHARS
-from sd2_app.ui.editor_blobs import ENTRY_OVERHEAD_BYTES, MAX_PART_ID_CHARS, MAX_PENDING_IDS
+from sd2_app.ui.editor_blobs import ENTRY_OVERHEAD_BYTES, MAX_PART_ID_CHARS, MAX_PENDING_BYTES, MAX_PENDING_IDS
 from sd2_app.ui.pnginfo import MAX_PASTED_CHARS
 from sd2_app.ui.uploads import REMOTE_FILE_REFUSAL
 from tests.hosting_support import downloads, served_behind_proxy  # noqa: F401
@@ -98,6 +98,33 @@ def test_a_flood_of_empty_parts_under_new_ids_keeps_the_newest_ids_only(app, rel
                 f"HTTP 422 for the long id; the newest {len(kept):,} ids kept, counted {held:,} bytes, the oldest "
                 f"{sent - len(kept)} dropped (Gradio kept every id for good, and empty parts counted "
                 "nothing towards the byte limit)")
+
+
+def test_one_edit_holds_at_most_the_stores_bytes(app, reliability) -> None:
+    """The store keeps its newest id whole; an id's parts beyond the byte limit are refused, not kept."""
+    url, demo = app
+    editor, store = _editor(url, demo)
+    blob = b"\0" * MAX_IMAGE_FILE_BYTES
+    fit = (MAX_PENDING_BYTES - ENTRY_OVERHEAD_BYTES) // MAX_IMAGE_FILE_BYTES
+    with httpx.Client(base_url=url, headers={"X-Forwarded-For": MALLORY}, timeout=120) as client:
+        try:
+            kinds = [("background", "null"), ("composite", "null")] + [("layer", str(n)) for n in range(fit)]
+            answers = []
+            for kind, index in kinds:
+                form = {"component_id": str(editor), "session_hash": "s", "fn_name": "accept_blobs",
+                        "data": "{}", "type": kind, "index": index, "id": "big"}
+                answers.append(client.post("gradio_api/component_server", data=form,
+                                           files={"blob": ("blob", blob, "image/png")}))
+            held = store.held_bytes()
+        finally:
+            store.pop("big", None)
+    refusal = {"detail": f"An edit's parts may be at most {MAX_PENDING_BYTES // 2**20} MB in all."}
+    assert [answer.status_code for answer in answers] == [200] * fit + [413] * 2
+    assert answers[-1].json() == refusal and held == fit * MAX_IMAGE_FILE_BYTES + ENTRY_OVERHEAD_BYTES
+    reliability(AREA, f"{len(kinds)} editor parts of {MAX_IMAGE_FILE_BYTES // 2**20} MiB under one id (background, "
+                f"composite, layers 0 to {fit - 1}; raw HTTP)",
+                f"the first {fit} are kept, {held:,} bytes; the rest get HTTP 413: {refusal['detail']} (the store "
+                "kept its newest id whole: one id held every part, up to 66 of them)")
 
 
 def test_the_editor_still_takes_a_jobs_parts_after_a_flood(app, reliability) -> None:
