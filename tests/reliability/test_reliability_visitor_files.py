@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import zlib
 from collections.abc import Iterator
 
 import httpx
@@ -20,7 +21,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from sd2_app.byte_limits import MAX_IMAGE_FILE_BYTES
-from sd2_app.pipelines.metadata import MAX_PARAMETERS_CHARS
+from sd2_app.pipelines.metadata import MAX_PARAMETERS_CHARS, MAX_PNG_CHUNKS
 from sd2_app.ui.editor_blobs import ENTRY_OVERHEAD_BYTES, MAX_PART_ID_CHARS, MAX_PENDING_BYTES, MAX_PENDING_IDS
 from sd2_app.ui.pnginfo import MAX_PASTED_CHARS
 from sd2_app.ui.uploads import REMOTE_FILE_REFUSAL
@@ -244,3 +245,27 @@ def test_a_parameters_text_over_the_limit_is_not_read(app, reliability) -> None:
                 "the first is read as an image without parameters (API: info ''; web UI: 'This image carries no "
                 "generation parameters.'), nothing parsed; the second is read whole (the paste box's limit). "
                 "The server had parsed the megabyte and sent it back twice")
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def _text_after_chunks(count: int) -> bytes:
+    """A PNG whose parameters come after `count` empty private chunks (PNG spec 5.4: ancillary, safe to copy)."""
+    head = png_bytes(noise_image(16, 16))
+    after_header = 8 + 25  # the signature and IHDR
+    parameters = _chunk(b"tEXt", b"parameters\0a cat" + SETTINGS.encode())
+    return head[:after_header] + _chunk(b"prVt", b"") * count + parameters + head[after_header:]
+
+
+def test_a_png_of_many_chunks_is_walked_only_so_far(app, reliability) -> None:
+    url, _ = app
+    answers = [httpx.post(f"{url}sdapi/v1/png-info", headers={"X-Forwarded-For": MALLORY}, timeout=120,
+                          json={"image": base64.b64encode(_text_after_chunks(count)).decode()}).json()["info"]
+               for count in (MAX_PNG_CHUNKS - 2, MAX_PNG_CHUNKS)]
+    assert answers == ["a cat" + SETTINGS, ""]
+    reliability(AREA, f"POST /sdapi/v1/png-info of a PNG whose parameters follow {MAX_PNG_CHUNKS - 2:,}, then "
+                f"{MAX_PNG_CHUNKS:,} empty chunks (a 25 MiB PNG of empty chunks has 2.2 million)",
+                "the first is read; the second is an image without parameters: the server reads at most "
+                f"{MAX_PNG_CHUNKS:,} chunk headers before it gives up")
