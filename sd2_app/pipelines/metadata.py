@@ -234,6 +234,9 @@ def read_png_parameters(image: Image.Image | str | Path | BinaryIO) -> str | Non
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_PARAMETERS_CHARS = 20_000  # the longest parameters text read, from a PNG or pasted; A1111's are a few KB
+# Chunks read before the parameters are given up on: a PNG of the upload size written in libpng's 8 KiB IDAT
+# chunks has about 3,200; one of empty chunks has millions, each a step of the loop below.
+MAX_PNG_CHUNKS = 10_000
 MAX_TEXT_BYTES = 4 * MAX_PARAMETERS_CHARS  # a longer (decompressed) text chunk is not parameters (UTF-8: 4 a char)
 
 
@@ -281,14 +284,15 @@ def png_text(source: Path | BinaryIO, key: str) -> str | None:
     """The text stored under `key` in a PNG's text chunks (a file, or a binary stream read from where it is),
     reading chunk headers only (no pixel is decoded).
 
-    Raises OSError for data that is not a PNG or is cut short before its text.
+    Raises OSError for data that is not a PNG, is cut short before its text or holds more than MAX_PNG_CHUNKS
+    chunks before it.
     """
     if isinstance(source, Path):
         with open(source, "rb") as file:
             return png_text(file, key)
     if source.read(8) != PNG_SIGNATURE:
         raise OSError("not a PNG file")
-    while True:
+    for _ in range(MAX_PNG_CHUNKS):
         header = source.read(8)
         if len(header) < 8:
             return None
@@ -305,3 +309,4 @@ def png_text(source: Path | BinaryIO, key: str) -> str | None:
             return None
         else:
             source.seek(length + 4, 1)  # skip the data (pixels included) and the CRC
+    raise OSError(f"the PNG has more than {MAX_PNG_CHUNKS:,} chunks before its text")

@@ -10,11 +10,13 @@ when a job uses them, and grows a layer list to whatever index a request names. 
 `guard_blobs` makes an editor refuse a part that is not the background, the composite or one of its first
 `MAX_LAYERS_SENT` layers (422, in words: more than the job accepts, so that a person who painted a few layers
 too many reads the job's own refusal, `sd2_app.ui.uploads.guard_editor`), or whose id is longer than the
-browser's (`MAX_PART_ID_CHARS`), and keeps the parts in `PendingBlobs`: parts older than `max_age_s` go, and
-over `max_bytes` in all or `max_ids` ids the oldest ids go first. Each id counts its parts' bytes and at least
-`ENTRY_OVERHEAD_BYTES` (the entry itself), so a flood of empty parts under new ids is bounded too; the total is
-kept as parts are stored, so a store costs the same however many ids wait. Under a flood, a visitor's parts may
-be gone when their job arrives; the job then has no image and says so, and the server keeps its memory.
+browser's (`MAX_PART_ID_CHARS`), or that would make its id's parts count more than `max_bytes` (413: the store
+keeps the newest id whole, so one id would otherwise hold 66 parts of the upload size). It keeps the parts in
+`PendingBlobs`: parts older than `max_age_s` go, and over `max_bytes` in all or `max_ids` ids the oldest ids
+go first. Each id counts its parts' bytes and at least `ENTRY_OVERHEAD_BYTES` (the entry itself), so a flood
+of empty parts under new ids is bounded too; the total is kept as parts are stored, so a store costs the same
+however many ids wait. Under a flood, a visitor's parts may be gone when their job arrives; the job then has
+no image and says so, and the server keeps its memory.
 """
 
 from __future__ import annotations
@@ -83,6 +85,12 @@ class PendingBlobs(dict):  # type: ignore[type-arg]  # ImageEditor.blob_storage:
                 return super().pop(key, *default)
             return self._forget(key)
 
+    def room_for(self, key: str, size: int) -> bool:
+        """Whether `key`'s parts with `size` more bytes count at most `max_bytes`."""
+        with self._lock:
+            held = self._stored.get(key, (0.0, self.entry_overhead))[1]
+        return held + size <= self.max_bytes
+
     def held_bytes(self) -> int:
         """What the stored parts count: their bytes and `entry_overhead` per id."""
         return self._held
@@ -123,12 +131,16 @@ def _checked_part(data: Any) -> None:
 def guard_blobs(editor: EditorT) -> EditorT:
     """Check each part the browser sends `editor` before Gradio stores it, and bound what it stores."""
     gradio_accept = editor.accept_blobs
+    store = PendingBlobs()
 
     def accept_blobs(data: Any) -> Any:
         _checked_part(data)
+        files = getattr(data, "files", None) or [("blob", b"")]
+        if not store.room_for(data.data["id"], len(files[0][1])):
+            raise HTTPException(413, f"An edit's parts may be at most {store.max_bytes // MB} MB in all.")
         return gradio_accept(data)
 
     accept_blobs._is_server_fn = True  # type: ignore[attr-defined]  # callable through component_server
     editor.accept_blobs = accept_blobs  # type: ignore[method-assign]
-    editor.blob_storage = PendingBlobs()
+    editor.blob_storage = store
     return editor

@@ -17,6 +17,7 @@ from PIL import Image
 
 pytest.importorskip("mcp")
 
+from sd2_app.ui.uploads import REMOTE_FILE_REFUSAL  # noqa: E402
 from tests.reliability_support import launched, noise_image  # noqa: E402
 
 TOOLS = {"txt2img", "img2img", "inpaint", "upscale", "depth"}
@@ -119,8 +120,8 @@ def test_a_tool_returns_the_saved_file_encoded_once(url: str, outputs: Path, mon
 def test_tool_images_are_png_jpeg_or_webp_and_never_fetched_from_other_sites(
         url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A tool's image passes the web UI's upload check (magic bytes before PIL) and is never downloaded: the
-    queue join of a URL is refused (`sd2_app.ui.uploads.local_file_references`; Gradio's MCP server reports only
-    the join's HTTP status, gradio/mcp.py through gradio_client)."""
+    queue join of a URL is refused (`sd2_app.ui.uploads.local_file_references`) and the tool reads the refusal's
+    own words (an MCP join's refusal completes the event with its reason, sd2_app/ui/join_refusals.py)."""
     from gradio import processing_utils
     from PIL import EpsImagePlugin
 
@@ -149,4 +150,4 @@ def test_tool_images_are_png_jpeg_or_webp_and_never_fetched_from_other_sites(
         assert result.isError
         assert "The uploaded image could not be read: not a PNG, JPEG or WebP image." in result.content[0].text
     assert url_result.isError and downloads == [] and opened == []
-    assert url_result.content[0].text.startswith("Client error '400 Bad Request' for url ")
+    assert url_result.content[0].text == REMOTE_FILE_REFUSAL

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import zlib
 from collections.abc import Iterator
 
 import httpx
@@ -20,8 +21,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from sd2_app.byte_limits import MAX_IMAGE_FILE_BYTES
-from sd2_app.pipelines.metadata import MAX_PARAMETERS_CHARS
-from sd2_app.ui.editor_blobs import ENTRY_OVERHEAD_BYTES, MAX_PART_ID_CHARS, MAX_PENDING_IDS
+from sd2_app.pipelines.metadata import MAX_PARAMETERS_CHARS, MAX_PNG_CHUNKS
+from sd2_app.ui.editor_blobs import ENTRY_OVERHEAD_BYTES, MAX_PART_ID_CHARS, MAX_PENDING_BYTES, MAX_PENDING_IDS
 from sd2_app.ui.pnginfo import MAX_PASTED_CHARS
 from sd2_app.ui.uploads import REMOTE_FILE_REFUSAL
 from tests.hosting_support import downloads, served_behind_proxy  # noqa: F401
@@ -98,6 +99,33 @@ def test_a_flood_of_empty_parts_under_new_ids_keeps_the_newest_ids_only(app, rel
                 f"HTTP 422 for the long id; the newest {len(kept):,} ids kept, counted {held:,} bytes, the oldest "
                 f"{sent - len(kept)} dropped (Gradio kept every id for good, and empty parts counted "
                 "nothing towards the byte limit)")
+
+
+def test_one_edit_holds_at_most_the_stores_bytes(app, reliability) -> None:
+    """The store keeps its newest id whole; an id's parts beyond the byte limit are refused, not kept."""
+    url, demo = app
+    editor, store = _editor(url, demo)
+    blob = b"\0" * MAX_IMAGE_FILE_BYTES
+    fit = (MAX_PENDING_BYTES - ENTRY_OVERHEAD_BYTES) // MAX_IMAGE_FILE_BYTES
+    with httpx.Client(base_url=url, headers={"X-Forwarded-For": MALLORY}, timeout=120) as client:
+        try:
+            kinds = [("background", "null"), ("composite", "null")] + [("layer", str(n)) for n in range(fit)]
+            answers = []
+            for kind, index in kinds:
+                form = {"component_id": str(editor), "session_hash": "s", "fn_name": "accept_blobs",
+                        "data": "{}", "type": kind, "index": index, "id": "big"}
+                answers.append(client.post("gradio_api/component_server", data=form,
+                                           files={"blob": ("blob", blob, "image/png")}))
+            held = store.held_bytes()
+        finally:
+            store.pop("big", None)
+    refusal = {"detail": f"An edit's parts may be at most {MAX_PENDING_BYTES // 2**20} MB in all."}
+    assert [answer.status_code for answer in answers] == [200] * fit + [413] * 2
+    assert answers[-1].json() == refusal and held == fit * MAX_IMAGE_FILE_BYTES + ENTRY_OVERHEAD_BYTES
+    reliability(AREA, f"{len(kinds)} editor parts of {MAX_IMAGE_FILE_BYTES // 2**20} MiB under one id (background, "
+                f"composite, layers 0 to {fit - 1}; raw HTTP)",
+                f"the first {fit} are kept, {held:,} bytes; the rest get HTTP 413: {refusal['detail']} (the store "
+                "kept its newest id whole: one id held every part, up to 66 of them)")
 
 
 def test_the_editor_still_takes_a_jobs_parts_after_a_flood(app, reliability) -> None:
@@ -217,3 +245,27 @@ def test_a_parameters_text_over_the_limit_is_not_read(app, reliability) -> None:
                 "the first is read as an image without parameters (API: info ''; web UI: 'This image carries no "
                 "generation parameters.'), nothing parsed; the second is read whole (the paste box's limit). "
                 "The server had parsed the megabyte and sent it back twice")
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def _text_after_chunks(count: int) -> bytes:
+    """A PNG whose parameters come after `count` empty private chunks (PNG spec 5.4: ancillary, safe to copy)."""
+    head = png_bytes(noise_image(16, 16))
+    after_header = 8 + 25  # the signature and IHDR
+    parameters = _chunk(b"tEXt", b"parameters\0a cat" + SETTINGS.encode())
+    return head[:after_header] + _chunk(b"prVt", b"") * count + parameters + head[after_header:]
+
+
+def test_a_png_of_many_chunks_is_walked_only_so_far(app, reliability) -> None:
+    url, _ = app
+    answers = [httpx.post(f"{url}sdapi/v1/png-info", headers={"X-Forwarded-For": MALLORY}, timeout=120,
+                          json={"image": base64.b64encode(_text_after_chunks(count)).decode()}).json()["info"]
+               for count in (MAX_PNG_CHUNKS - 2, MAX_PNG_CHUNKS)]
+    assert answers == ["a cat" + SETTINGS, ""]
+    reliability(AREA, f"POST /sdapi/v1/png-info of a PNG whose parameters follow {MAX_PNG_CHUNKS - 2:,}, then "
+                f"{MAX_PNG_CHUNKS:,} empty chunks (a 25 MiB PNG of empty chunks has 2.2 million)",
+                "the first is read; the second is an image without parameters: the server reads at most "
+                f"{MAX_PNG_CHUNKS:,} chunk headers before it gives up")

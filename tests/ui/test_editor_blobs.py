@@ -53,3 +53,10 @@ def test_parts_changed_in_place_count_what_they_held_when_stored() -> None:
     assert store.held_bytes() == 41
     del store["x"]
     assert store.held_bytes() == 0 and not store
+
+
+def test_room_for_counts_what_an_id_holds_and_its_entry() -> None:
+    store = PendingBlobs(max_bytes=100, entry_overhead=10, clock=lambda: 0.0)
+    assert store.room_for("new", 90) and not store.room_for("new", 91)
+    store["x"] = SimpleNamespace(background=b"b" * 50, layers=[], composite=None)  # counts 60
+    assert store.room_for("x", 40) and not store.room_for("x", 41)

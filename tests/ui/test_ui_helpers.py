@@ -293,14 +293,17 @@ def test_a_cached_file_shown_again_starts_its_cache_age_anew(tmp_path, monkeypat
 
 
 def test_the_phone_tables_use_the_style_sheets_phone_breakpoint() -> None:
-    """narrow_tables.NARROW and static/app.css's phone rules name one breakpoint (the tables' phone columns and
-    the rest of the phone layout switch together)."""
+    """static/app.css has two narrow-screen rule sets: the phone layout's, at narrow_tables.NARROW (the tables'
+    phone columns and the rest of the phone layout switch together), and the one-column run bar's, for every
+    width below the two-column layout's (`min-width: 1000px`), so the two never overlap or leave a gap."""
     import re
 
     from sd2_app.ui.narrow_tables import NARROW
 
     css = (Path(__file__).parents[2] / "sd2_app" / "ui" / "static" / "app.css").read_text(encoding="utf-8")
-    assert re.findall(r"@media \((max-width: \d+px)\)", css) == [NARROW.strip("()")]
+    (two_columns,) = re.findall(r"@media \(min-width: (\d+)px\)", css)
+    assert re.findall(r"@media \((max-width: \d+px)\)", css) == [
+        NARROW.strip("()"), f"max-width: {int(two_columns) - 1}px"]
 
 
 def test_a_tables_phone_columns_are_its_own_and_share_the_whole_width() -> None:
