@@ -39,6 +39,7 @@ MAX_PENDING_AGE_S = 600.0  # a job follows its parts within seconds
 MAX_PART_ID_CHARS = 64  # the browser names an edit with Math.random().toString(36), about 11 characters
 PART_KINDS = ("background", "layer", "composite")
 MAX_LAYERS_SENT = 64  # layers 0 to 63 may be sent; a job takes at most `uploads.MAX_EDITOR_LAYERS` of them
+LAYER_NUMBERS = frozenset(str(index) for index in range(MAX_LAYERS_SENT))  # as the browser writes them: "0", "1"
 
 EditorT = TypeVar("EditorT", bound=gr.ImageEditor)
 
@@ -122,10 +123,8 @@ def _checked_part(data: Any) -> None:
     part_id = fields.get("id")
     if not isinstance(part_id, str) or not 0 < len(part_id) <= MAX_PART_ID_CHARS:
         raise HTTPException(422, f"An editor part's id is 1 to {MAX_PART_ID_CHARS} characters.")
-    if kind == "layer":
-        index = str(fields.get("index"))
-        if not index.isdigit() or int(index) >= MAX_LAYERS_SENT:
-            raise HTTPException(422, f"An editor layer is numbered 0 to {MAX_LAYERS_SENT - 1}.")
+    if kind == "layer" and str(fields.get("index")) not in LAYER_NUMBERS:
+        raise HTTPException(422, f"An editor layer is numbered 0 to {MAX_LAYERS_SENT - 1}.")
 
 
 def guard_blobs(editor: EditorT) -> EditorT:

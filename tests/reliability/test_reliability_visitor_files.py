@@ -101,6 +101,23 @@ def test_a_flood_of_empty_parts_under_new_ids_keeps_the_newest_ids_only(app, rel
                 "nothing towards the byte limit)")
 
 
+@pytest.mark.parametrize("index", ["\u00b2", "0" * 5000 + "3", "64", "-1"],
+                         ids=["superscript-2", "5000-digits", "64", "-1"])
+def test_an_editor_layer_number_other_than_0_to_63_is_refused_in_words(app, reliability, index: str) -> None:
+    """A superscript digit passes str.isdigit and a number of 5,000 digits is too long for int(): both were
+    HTTP 500 with a traceback in the log."""
+    url, demo = app
+    editor, store = _editor(url, demo)
+    with httpx.Client(base_url=url, timeout=60) as client:
+        form = {"component_id": str(editor), "session_hash": "s", "fn_name": "accept_blobs", "data": "{}",
+                "type": "layer", "index": index, "id": "odd-layer"}
+        answer = client.post("gradio_api/component_server", data=form, files={"blob": ("blob", b"x", "image/png")})
+    assert (answer.status_code, answer.json()) == (422, {"detail": "An editor layer is numbered 0 to 63."})
+    assert "odd-layer" not in store  # type: ignore[operator]
+    reliability(AREA, f"an editor layer numbered {index[:12]!r} ({len(index):,} characters; component_server)",
+                "HTTP 422: An editor layer is numbered 0 to 63. (a superscript digit or 5,000 digits: HTTP 500)")
+
+
 def test_one_edit_holds_at_most_the_stores_bytes(app, reliability) -> None:
     """The store keeps its newest id whole; an id's parts beyond the byte limit are refused, not kept."""
     url, demo = app
