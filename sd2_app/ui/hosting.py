@@ -39,7 +39,7 @@ from sd2_app.app_flags import (DEFAULT_CACHE_MINUTES, DEFAULT_MAX_JOBS_PER_ADDRE
 from sd2_app.api.job_admission import DEFAULT_QUEUE_SIZE, JobAdmission, Refusal
 from sd2_app.api.addresses import ClientAddresses, starlette_request
 from sd2_app.ui.cache_files import sweeping_lifespan
-from sd2_app.ui.join_refusals import refuse_join
+from sd2_app.ui.join_refusals import JoinRefusals
 from sd2_app.ui.mcp_addresses import McpCallerMiddleware
 from sd2_app.ui.request_limits import RequestLimitsMiddleware
 from sd2_app.ui.runner import GPU_QUEUE, RunFlag
@@ -114,6 +114,7 @@ class Visitors:
         self._queue: Any = None  # gradio.queueing.Queue, once installed
         self._joining: Counter[str] = Counter()  # joins of each visitor that Gradio is still accepting
         self._joining_others_from: Counter[str] = Counter()  # joins of other events per network address
+        self._refusals = JoinRefusals()  # refused joins completed for gradio_client and MCP callers
 
     @property
     def addresses(self) -> ClientAddresses:
@@ -189,7 +190,7 @@ class Visitors:
             refused = self._other_refusal(address)
             if refused is not None:
                 log.info("refused an event: %s", refused)
-                return await refuse_join(queue, body, request, username, refused)
+                return await self._refusals.refuse(queue, body, request, username, refused)
             self._joining_others_from[address] += 1
             try:
                 return await push(body, request, username)
@@ -200,7 +201,7 @@ class Visitors:
             remote = local_file_references(body.data)  # before Gradio could download a URL (`uploads`)
             if remote is not None:
                 log.info("refused an event: a file given by URL")
-                return await refuse_join(queue, body, request, username, remote)
+                return await self._refusals.refuse(queue, body, request, username, remote)
             fn = queue.blocks.fns.get(body.fn_index) if body.fn_index is not None else None
             if getattr(fn, "concurrency_id", None) != GPU_QUEUE:
                 return await other_push(body, request, username)
@@ -208,7 +209,7 @@ class Visitors:
             refused = self.admit(visitor, address)
             if refused is not None:
                 log.info("refused a job: %s", refused)
-                return await refuse_join(queue, body, request, username, refused)
+                return await self._refusals.refuse(queue, body, request, username, refused)
             setattr(request.state, STOP_FLAG, RunFlag())
             self._joining[visitor] += 1
             try:
