@@ -29,6 +29,7 @@ from sd2_app.api.plot_axes import (
     fit_to_sampler,
     hires_for_axes,
     parse_values,
+    read_samplers,
     uses_eta,
 )
 from sd2_app.api.plot_order import check_order_terms
@@ -146,7 +147,7 @@ def _checked_axes(used: list[tuple[str, PlotAxis]], base: Txt2ImgRequest | Img2I
         if kind.txt2img_only and not isinstance(base, Txt2ImgRequest):
             raise InvalidRequest(f"{kind.label} varies only a text-to-image plot with the hires fix; remove the "
                                  "init image.")
-        values = parse_values(axis, what, limits.max_plot_cells)
+        values = read_samplers(kind, parse_values(axis, what, limits.max_plot_cells), catalog)
         check_choices(kind, values, what, catalog, checkpoints)
         if axis.kind in SEED_KINDS:
             values = [resolve_seed(v) for v in values]

@@ -172,3 +172,17 @@ def test_new_axes_refuse_bad_values_in_words(plot: XYZPlotRequest, message: str)
     with pytest.raises(InvalidRequest) as caught:
         validate(plot, CATALOG, Limits())
     assert str(caught.value) == message
+
+
+def test_sampler_axes_read_names_as_a1111_s_plot_does() -> None:
+    """A1111's X/Y/Z plot reads a sampler axis's names in any case (scripts/xyz_grid.py, `apply_sampler` and
+    `apply_hr_sampler_name` through `samplers_map`), as the A1111 API and a pasted text read them here
+    (`a1111_samplers.sampler_named`); a name we do not have is refused as it was typed."""
+    checked, _ = validate(_plot(PlotAxis("sampler", "euler, ddim"), PlotAxis("hires_sampler", "dpm++ 2m")), CATALOG)
+    assert (checked.x.values, checked.y.values) == (("Euler", "DDIM"), ("DPM++ 2M",))
+    cells, _ = plan_cells(checked, CATALOG, Limits())
+    assert [(c.request.sampling.sampler, c.request.hires.sampler) for c in cells] == [
+        ("Euler", "DPM++ 2M"), ("DDIM", "DPM++ 2M")]
+    with pytest.raises(InvalidRequest) as error:
+        validate(_plot(PlotAxis("sampler", "euler, lcm")), CATALOG)
+    assert str(error.value).startswith("X values (Sampler): Unknown sampler(s) 'lcm'; choose from: ")
