@@ -59,18 +59,20 @@ def merge_style(style_text: str, prompt: str) -> str:
 
 def unwrap_style(style_text: str, prompt: str) -> str | None:
     """`prompt` without `style_text` where applying it would have given `prompt`, else None. An empty style text
-    matches any prompt; a text with two placeholders matches none (as in A1111's `unwrap_style_text_from_prompt`,
-    which compares after stripping commas and spaces at the ends)."""
-    text, whole = style_text.strip(", "), prompt.strip(", ")
+    matches any prompt; a text with two placeholders matches none (as in A1111's `unwrap_style_text_from_prompt`).
+    The prompt is compared as written first, as `merge_style` leaves it ("blurry, {prompt}" on an empty negative
+    prompt is "blurry, "), then with commas and spaces stripped at its ends (as A1111 1.7 compares, its merged
+    prompts cleaned)."""
+    text = style_text.strip(", ")
     if text.count(PLACEHOLDER) > 1:
         return None
-    if PLACEHOLDER in text:
-        left, right = text.split(PLACEHOLDER)
-        if len(whole) >= len(left) + len(right) and whole.startswith(left) and whole.endswith(right):
-            return whole[len(left):len(whole) - len(right)]
-        return None
-    if whole.endswith(text):
-        return whole[:len(whole) - len(text)].rstrip().removesuffix(",")
+    for whole in dict.fromkeys((prompt, prompt.strip(", "))):
+        if PLACEHOLDER in text:
+            left, right = text.split(PLACEHOLDER)
+            if len(whole) >= len(left) + len(right) and whole.startswith(left) and whole.endswith(right):
+                return whole[len(left):len(whole) - len(right)]
+        elif whole.endswith(text):
+            return whole[:len(whole) - len(text)].rstrip().removesuffix(",")
     return None
 
 

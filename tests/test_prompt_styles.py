@@ -65,10 +65,20 @@ def test_what_is_refused(names: object, message: str) -> None:
     assert str(error.value) == message
 
 
+@pytest.mark.parametrize("negative", ["ugly", ""])  # "" with frame: "blurry, " (its placeholder left empty)
 @pytest.mark.parametrize("names", [[], ["oil"], ["frame"], ["oil", "frame"], ["neg only", "oil"]])
-def test_a_pasted_prompt_gives_back_its_styles(names: list[str]) -> None:
-    prompt, negative = BOOK.apply("a cat", "ugly", names)
-    assert BOOK.extract(prompt, negative) == (names, "a cat", "ugly")
+def test_a_pasted_prompt_gives_back_its_styles(names: list[str], negative: str) -> None:
+    styled = BOOK.apply("a cat", negative, names)
+    assert BOOK.extract(*styled) == (names, "a cat", negative)
+
+
+def test_an_images_parameters_give_back_a_style_applied_to_an_empty_negative_prompt() -> None:
+    """The parameters text keeps "blurry, " as written, and PNG info's send reads the style back from it."""
+    from sd2_app.pipelines.metadata import format_parameters, parse_parameters
+
+    text = format_parameters(*BOOK.apply("a cat", "", ["frame"]), {"Steps": 20, "Sampler": "DDIM", "CFG scale": 7})
+    fields = ps.with_styles_read(parse_parameters(text), BOOK)
+    assert (fields["Prompt"], fields["Negative prompt"], fields[ps.STYLES_FIELD]) == ("a cat", "", ["frame"])
 
 
 def test_a_style_is_found_only_where_both_its_texts_match() -> None:

@@ -30,6 +30,8 @@ from sd2_app.api.requests import (
     Txt2ImgRequest,
     UpscaleRequest,
     XYZPlotRequest,
+    X4_UPSCALER,
+    guidance_on,
 )
 from sd2_app.errors import InvalidRequest
 
@@ -43,7 +45,7 @@ DEFAULT_MAX_JOB_COST = 6_553_600
 
 
 def _unet_calls_per_step(sampling: Sampling, calls_per_step: Mapping[str, int]) -> int:
-    guidance = 2 if sampling.cfg_scale > 1 else 1  # the pipelines skip the unconditional half at cfg <= 1
+    guidance = 2 if guidance_on(sampling.cfg_scale) else 1  # the pipelines skip the unconditional half without it
     return guidance * int(calls_per_step.get(sampling.sampler, 1))
 
 
@@ -71,7 +73,7 @@ def _hires_cost(request: Txt2ImgRequest, calls_per_step: Mapping[str, int]) -> i
     second = replace(request.sampling, steps=hires.second_pass_steps(request.sampling.steps),
                      sampler=hires.sampler or request.sampling.sampler)  # it runs exactly these steps
     cost = _pass(second, _latent_pixels(*hires.target(width, height)), calls_per_step)
-    if hires.upscaler == "SD2 x4":  # DDIM with guidance at the hires steps, at the first image's pixels
+    if hires.upscaler == X4_UPSCALER:  # DDIM with guidance at the hires steps, at the first image's pixels
         cost += steps * 2 * request.sampling.batch_size * width * height
     return cost
 

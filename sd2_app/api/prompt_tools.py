@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 from sd2_app.api.checks import MAX_PROMPT_CHARS, Catalog
 from sd2_app.api.hires_x4 import x4_request
 from sd2_app.api.plot import cell_caption
-from sd2_app.api.requests import Request, Txt2ImgRequest
-from sd2_app.api.txt2img_options import x4_checkpoint
+from sd2_app.api.requests import Request, Txt2ImgRequest, guidance_on
+from sd2_app.api.txt2img_options import X4_UPSCALER, x4_checkpoint
 from sd2_app.errors import InvalidRequest, LoadError
 from sd2_app.pipelines.prompt_chunks import MAX_CHUNKS, tokenize_prompts
-from sd2_app.pipelines.prompt_plan import PromptSteps, hires_prompt_steps, plan_prompts, prompt_steps, uses_guidance
+from sd2_app.pipelines.prompt_plan import PromptSteps, hires_prompt_steps, plan_prompts, prompt_steps
 from sd2_app.prompt_editing import prompt_variants
 from sd2_app.prompt_syntax import without_extra_networks
 from sd2_app.samplers.registry import SAMPLERS
@@ -50,20 +50,20 @@ PromptPass = tuple[str, str, str, bool, PromptSteps]  # checkpoint, prompt, nega
 def prompt_passes(request: Request, catalog: Catalog) -> list[PromptPass]:
     """The passes of a validated request that encode its prompts: its own run, and with the hires fix the
     second pass (`hires_prompt_steps`) and, for the "SD2 x4" upscaler, the x4 stage (`x4_request`) between.
-    None for a request without prompts."""
+    Empty for a request without prompts."""
     prompt = getattr(request, "prompt", None)
     sampling = getattr(request, "sampling", None)
     if not isinstance(prompt, str) or sampling is None:
         return []
     negative = request.negative_prompt  # type: ignore[union-attr]  # every request with a prompt has one
-    passes = [(request.checkpoint, prompt, negative, uses_guidance(sampling), prompt_steps(sampling))]
+    passes = [(request.checkpoint, prompt, negative, guidance_on(sampling.cfg_scale), prompt_steps(sampling))]
     hires = request.hires if isinstance(request, Txt2ImgRequest) else None
     if hires is not None:
-        upscaler = x4_checkpoint(catalog) if hires.upscaler == "SD2 x4" else None
+        upscaler = x4_checkpoint(catalog) if hires.upscaler == X4_UPSCALER else None
         if upscaler is not None:
             x4 = x4_request(request, None, upscaler)  # type: ignore[arg-type]  # a Txt2ImgRequest
-            passes.append((upscaler, prompt, negative, uses_guidance(x4.sampling), prompt_steps(x4.sampling)))
-        passes.append((request.checkpoint, prompt, negative, uses_guidance(sampling),
+            passes.append((upscaler, prompt, negative, guidance_on(x4.sampling.cfg_scale), prompt_steps(x4.sampling)))
+        passes.append((request.checkpoint, prompt, negative, guidance_on(sampling.cfg_scale),
                        hires_prompt_steps(sampling, hires)))
     return passes
 

@@ -23,11 +23,18 @@ class Sampling:
     sampler: str = DEFAULT_SAMPLER  # a key of sd2_app.samplers.SAMPLERS
     steps: int = DEFAULT_STEPS
     use_karras: bool = False  # Karras sigma spacing, where the sampler offers it
-    cfg_scale: float = DEFAULT_CFG_SCALE  # classifier-free guidance weight; <= 1 disables guidance
+    cfg_scale: float = DEFAULT_CFG_SCALE  # classifier-free guidance weight; guidance runs only if `guidance_on`
     guidance_rescale: float = 0.0  # phi of "Common Diffusion Noise Schedules are Flawed" (0 = off)
     eta: float = 0.0  # DDIM stochasticity (0 = deterministic DDIM); only ETA_SAMPLERS use it
     seed: int | None = None  # None: the service draws one and reports it
     batch_size: int = 1  # images per prompt
+
+
+def guidance_on(cfg_scale: float) -> bool:
+    """Whether classifier-free guidance runs at `cfg_scale`: above 1 (diffusers pipeline_stable_diffusion.py,
+    `do_classifier_free_guidance`). Without it the UNet sees the prompt's half of the batch only and the negative
+    prompt is not read."""
+    return cfg_scale > 1.0
 
 
 ETA_SAMPLERS = ("DDIM",)  # the samplers whose step takes `Sampling.eta` (sd2_app.pipelines.sampling)
@@ -52,7 +59,8 @@ def _strength(task: str) -> float:
 
 MAX_SCHEDULE_STEPS = 1000  # the SD 2 schedulers' num_train_timesteps
 LATENT_FACTOR = 8  # image pixels per latent pixel, per side (the SD 2 VAE's downsampling)
-HIRES_UPSCALERS = ("Latent", "Latent (nearest-exact)", "Lanczos", "SD2 x4")  # A1111's names for the first three
+X4_UPSCALER = "SD2 x4"  # the hires upscaler that runs the x4 upscaler model (api/hires_x4.py)
+HIRES_UPSCALERS = ("Latent", "Latent (nearest-exact)", "Lanczos", X4_UPSCALER)  # A1111's names for the first three
 
 
 @dataclass(frozen=True)

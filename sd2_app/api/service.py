@@ -27,7 +27,7 @@ from sd2_app.api.model_host import ModelHost
 from sd2_app.api.plot import CellFn, CheckedPlot, check_plot, run_plot
 from sd2_app.api.progress import PreviewFn, latent_preview, placed, step_callback
 from sd2_app.api.prompt_tools import PromptTools
-from sd2_app.api.requests import Request, TaskRequest, XYZPlotRequest
+from sd2_app.api.requests import X4_UPSCALER, Request, TaskRequest, XYZPlotRequest
 from sd2_app.api.results import Backend, HistoryEntry, ProgressFn, Result  # noqa: F401  # Backend: re-exported
 from sd2_app.api.timing import log_split, timed
 from sd2_app.api.tasks import pipeline_of
@@ -298,7 +298,7 @@ class Service:
         task = checked.task
         timings: dict[str, float] = {}
         log.info("%s on %s: %d steps, seed %d", task, checked.checkpoint, checked.sampling.steps, checked.sampling.seed)
-        if getattr(getattr(checked, "hires", None), "upscaler", None) == "SD2 x4":  # three manager jobs
+        if getattr(getattr(checked, "hires", None), "upscaler", None) == X4_UPSCALER:  # three manager jobs
             output = run_hires_x4(self, checked, on_progress, should_stop, timings)
         else:
             output = self.run_task(task, checked, timings, on_progress, should_stop)

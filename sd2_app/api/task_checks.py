@@ -28,6 +28,7 @@ from sd2_app.api.requests import (
     TaskRequest,
     Txt2ImgRequest,
     UpscaleRequest,
+    guidance_on,
 )
 from sd2_app.api.txt2img_options import check_hires, check_seed_extras
 from sd2_app.errors import InvalidRequest
@@ -146,7 +147,7 @@ def _validate_fields(request: TaskRequest, catalog: Catalog, limits: Limits) -> 
         "sampling": _sampling(request.sampling, catalog, limits),
     }
     warnings += weight_warnings(common["prompt"], "prompt") + syntax_warnings(common["prompt"], "prompt")
-    if common["sampling"].cfg_scale > 1.0:  # the negative prompt is read only with guidance
+    if guidance_on(common["sampling"].cfg_scale):  # the negative prompt is read only with guidance
         negative = common["negative_prompt"]
         warnings += weight_warnings(negative, "negative prompt") + syntax_warnings(negative, "negative prompt")
     fields = {  # each task's own fields, checked and completed into `common`

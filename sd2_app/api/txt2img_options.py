@@ -8,12 +8,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from sd2_app.api.requests import HIRES_UPSCALERS, HiresFix, Sampling, SeedExtras
+from sd2_app.api.requests import HIRES_UPSCALERS, X4_UPSCALER, HiresFix, Sampling, SeedExtras
 from sd2_app.api.checks import Catalog, Limits, integer, number, resolve_seed
 from sd2_app.errors import InvalidRequest
 
 MAX_HIRES_SCALE = 4.0
-X4_UPSCALER = "SD2 x4"
 
 
 def x4_checkpoint(catalog: Catalog) -> str | None:

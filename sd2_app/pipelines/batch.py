@@ -35,7 +35,7 @@ from sd2_app.pipelines.output import PipelineOutput
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.sampling import PreparedRun
 from sd2_app.samplers.base import GeneratorParts
-from sd2_app.api.requests import TaskRequest
+from sd2_app.api.requests import TaskRequest, guidance_on
 
 PrepareFn = Callable[[Components, TaskRequest, RunMode], PreparedRun]  # a task's `prepare_<task>`
 Outcome = PipelineOutput | BaseException  # one request's output, or what went wrong for it alone
@@ -53,7 +53,7 @@ def _stacked_context(runs: Sequence[PreparedRun]) -> torch.Tensor:
     first, then every cond half."""
     contexts = [run.job.context for run in runs]
     rows = contexts[0].ndim - 3  # the batch axis: 0, or 1 after the phase axis
-    if runs[0].job.sampling.cfg_scale <= 1.0:  # no guidance: one half each
+    if not guidance_on(runs[0].job.sampling.cfg_scale):  # one half each
         return torch.cat(contexts, dim=rows)
     halves = [context.chunk(2, dim=rows) for context in contexts]
     return torch.cat([uncond for uncond, _ in halves] + [cond for _, cond in halves], dim=rows)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from sd2_app.api.requests import guidance_on
 from sd2_app.nn.unet import Denoiser
 from sd2_app.samplers.base import NoiseSource
 from sd2_app.pipelines.tiling import TileWeights, run_tiled
@@ -156,14 +157,14 @@ def run_sampling(
     """Denoise `x` (B, 4, h, w), fp32, in sigma space at `schedule.sigmas[0]`; return clean latents.
 
     `sampler` is a `SamplerSpec`; `sampler_options` are extra keyword arguments for its function (DDIM's eta).
-    Guidance is on when `cfg_scale > 1` (as in the reference); then `cond` must hold both halves.
+    Guidance is on where `guidance_on(cfg_scale)`; then `cond` must hold both halves.
     `on_step(done, total, x0)` runs after every sampler step with the current clean-latent estimate, for
     progress and previews; raising `sd2_app.errors.Cancelled` there stops the run (it propagates).
     `fp32_attention` computes every attention product in fp32 (the fallback ladder's rerun after NaN/inf).
     The UNet's calls are counted from 0 to pick each one's context phase (`cond.phases`, prompt editing).
     The result is converted from sigma space back to the VAE's latent space, ready for decoding.
     """
-    use_cfg = cfg_scale > 1.0
+    use_cfg = guidance_on(cfg_scale)
     assert cond.rows == x.shape[0] * (2 if use_cfg else 1), "context batch does not match guidance"
     guided = make_guided_model(unet, cond, cfg_scale=cfg_scale, guidance_rescale=guidance_rescale, use_cfg=use_cfg,
                                fp32_attention=fp32_attention)

@@ -62,11 +62,6 @@ def hires_prompt_steps(first_pass: Sampling, hires: HiresFix) -> PromptSteps:
     return PromptSteps((hires.steps or first_pass.steps) * sampler.order, unet_calls(first_pass))
 
 
-def uses_guidance(sampling: Sampling) -> bool:
-    """Whether a run reads its negative prompt: classifier-free guidance is on above a scale of 1."""
-    return sampling.cfg_scale > 1.0
-
-
 def call_phases(prompt: Schedule, negative: Schedule, calls: int) -> tuple[list[tuple[str, str]], tuple[int, ...]]:
     """The distinct (prompt, negative prompt) texts in order of first use, and the phase of each call 0..calls-1.
 

@@ -11,11 +11,11 @@ import torch
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.loop import Conditioning, LatentProgressFn, Tiling, run_sampling
 from sd2_app.pipelines.output import PipelineOutput
-from sd2_app.pipelines.prompt_plan import PromptSteps, prompt_steps, uses_guidance
+from sd2_app.pipelines.prompt_plan import PromptSteps, prompt_steps
 from sd2_app.pipelines.prompt_schedule import encode_prompt_schedule
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.vae_io import decode_in
-from sd2_app.api.requests import ETA_SAMPLERS, Sampling, TaskRequest
+from sd2_app.api.requests import ETA_SAMPLERS, Sampling, TaskRequest, guidance_on
 from sd2_app.checkpoints.components import Components
 from sd2_app.samplers import SAMPLERS, keep_last, make_schedule, start_at
 from sd2_app.samplers.base import NoiseSource, randn_from
@@ -89,7 +89,7 @@ class Job:
     @property
     def rows(self) -> int:
         """Batch rows the UNet sees: the images, twice over when guidance is on."""
-        return self.sampling.batch_size * (2 if self.sampling.cfg_scale > 1.0 else 1)
+        return self.sampling.batch_size * (2 if guidance_on(self.sampling.cfg_scale) else 1)
 
     def start_noise(self, shape: tuple[int, ...]) -> torch.Tensor:
         """Text-to-image start latents: unit noise scaled to the schedule's first sigma."""
@@ -147,7 +147,7 @@ def start_job(components: Components, request: TaskRequest, *, strength: float |
     assert sampling.seed is not None, "the service resolves the seed before calling a pipeline"
     generator = make_generator(components.device, sampling.seed)
     encoded = encode_prompt_schedule(components, request.prompt, request.negative_prompt,
-                                     batch_size=sampling.batch_size, use_cfg=uses_guidance(sampling),
+                                     batch_size=sampling.batch_size, use_cfg=guidance_on(sampling.cfg_scale),
                                      steps=prompt_calls or prompt_steps(sampling))
     plan = plan_sampling(components.scheduler_config, sampling, strength=strength, last_steps=last_steps)
     return Job(components, sampling, generator, encoded.context, plan, mode, encoded.embeddings, encoded.phases)
