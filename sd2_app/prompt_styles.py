@@ -104,8 +104,10 @@ class StyleBook:
             raise InvalidRequest(f"Unknown style {unknown[0]!r}; this server's styles: {known}.")
         return [by_name[name] for name in names]
 
-    def apply(self, prompt: str, negative_prompt: str, names: object) -> tuple[str, str]:
-        """(prompt, negative prompt) with the styles `names` applied in order."""
+    def apply(self, prompt: str | None, negative_prompt: str | None, names: object) -> tuple[str, str]:
+        """(prompt, negative prompt) with the styles `names` applied in order; a missing (None) prompt is the empty
+        one, as validation reads it (`sd2_app.api.checks.clean_text`)."""
+        prompt, negative_prompt = ("" if text is None else text for text in (prompt, negative_prompt))
         for style in self.picked(names):
             prompt = merge_style(style.prompt, prompt)
             negative_prompt = merge_style(style.negative_prompt, negative_prompt)

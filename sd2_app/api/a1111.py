@@ -231,7 +231,7 @@ def _prompts(body: Mapping[str, Any], styles: StyleBook) -> dict[str, Any]:
     """The request's prompt and negative prompt with its `styles` applied (A1111 applies them before parsing)."""
     prompt, negative = body.get("prompt", ""), body.get("negative_prompt", "")
     styles.picked(body.get("styles"))  # a list of known names, or refused (422)
-    if isinstance(prompt, str) and isinstance(negative, str):  # other values are refused by validation
+    if all(isinstance(text, str) or text is None for text in (prompt, negative)):  # others: refused by validation
         prompt, negative = styles.apply(prompt, negative, body.get("styles"))
     return {"prompt": prompt, "negative_prompt": negative}
 

@@ -31,6 +31,16 @@ def _most_terms(max_values: int) -> int:
     return terms
 
 
+def _first_repeated(terms: Sequence[str]) -> str | None:
+    """The first term listed a second time, or None (one pass: a visitor may send many thousands of terms)."""
+    seen: set[str] = set()
+    for term in terms:
+        if term in seen:
+            return term
+        seen.add(term)
+    return None
+
+
 def prompt_orders(tokens: Sequence[Any], what: str, max_values: int) -> list[tuple[str, ...]]:
     """The orders an axis's values stand for: every order of the listed terms (text), or, when every value is
     itself a list of terms (a checked plot's values, or an API client's own choice), those orders as given."""
@@ -42,7 +52,7 @@ def prompt_orders(tokens: Sequence[Any], what: str, max_values: int) -> list[tup
     else:
         terms = tuple(str(token) for token in tokens)
         orders = []
-    twice = next((term for i, term in enumerate(terms) if term in terms[:i]), None)
+    twice = _first_repeated(terms)
     if twice is not None:
         raise InvalidRequest(f"{what}: {shown(twice)} is listed twice; list each term once.")
     if not orders:

@@ -127,3 +127,16 @@ def test_an_oversized_styles_file_leaves_the_app_serving_without_styles(
         made = httpx.post(f"{api}/txt2img", json={"prompt": "a cat", **FAST}, timeout=300)
         assert made.status_code == 200, made.text
     assert f"--styles {styles}: no styles: the file is larger than 1024 KiB" in caplog.text
+
+
+def test_styles_apply_to_a_missing_prompt_as_to_an_empty_one(app: str) -> None:
+    """A null prompt is the empty prompt (validation's reading): the styles still apply, from both front ends."""
+    status, styled = _post(app, "txt2img", {"prompt": None, "negative_prompt": None, "styles": ["oil"], **FAST})
+    assert status == 200, styled
+    info = json.loads(styled["info"])
+    assert (info["prompt"], info["negative_prompt"], info["styles"]) == ("oil painting, thick brush", "photo", ["oil"])
+    client = Client(app + "/", verbose=False)
+    common = {"steps": 2, "seed": 5, "cfg_scale": 7.0, "width": 64, "height": 64, "api_name": "/txt2img"}
+    _, gallery, _ = client.predict(prompt=None, negative_prompt=None, styles=["oil"], **common)
+    assert Image.open(gallery[0]["image"]).info["parameters"].startswith(
+        "oil painting, thick brush\nNegative prompt: photo\n")

@@ -8,6 +8,8 @@ The app is `python app.py --tiny --device cpu --no-save --queue-size 8`, served 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
@@ -46,3 +48,21 @@ def test_axis_numbers_out_of_any_range_are_refused_in_words(served_app, reliabil
     reliability(AREA, f"X/Y/Z plot, {kind} axis values of {len(values):,} characters ({values[:24]}...)",
                 f"refused: {message} (a number of hundreds of digits raised OverflowError or ValueError, the "
                 "visitor got Gradio's generic error and the log a traceback; a message repeated the whole value)")
+
+
+def test_a_prompt_order_of_many_terms_is_refused_at_once(served_app, reliability) -> None:
+    """100,000 terms (690 KB): the check for a term listed twice compared each term with all before it, 68 s of
+    the server's CPU on the request before the count's refusal; now one pass."""
+    url, _ = served_app
+    values = ",".join(f"t{i}" for i in range(100_000))
+    started = time.monotonic()
+    with pytest.raises(AppError) as refused:
+        Client(url, verbose=False).predict(prompt="t0 t1", steps=2, x_type="prompt_order", x_values=values,
+                                           api_name="/xyz_plot")
+    seconds = time.monotonic() - started
+    message = ("X values (Prompt order): 100000 terms give 100000! orders; an axis may have at most 64 values, so "
+               "list at most 4 terms.")
+    assert str(refused.value) == message
+    assert seconds < 15, seconds
+    reliability(AREA, "X/Y/Z plot, a Prompt order axis of 100,000 terms (690 KB)",
+                f"refused in {seconds:.1f} s: {message} (was 68 s of the server's CPU before the refusal)")
