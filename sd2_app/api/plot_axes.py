@@ -109,7 +109,7 @@ AXES: dict[str, AxisKind] = {
                                a1111_label="Var. seed"),
     "variation_strength": AxisKind("Var. strength", "float", _set_variation("variation_strength"),
                                    ("Variation seed strength",), a1111_label="Var. strength"),
-    "eta": AxisKind("Eta", "float", _set_sampling("eta"), ("Eta",), a1111_label="Eta"),
+    "eta": AxisKind("Eta", "float", _set_sampling("eta"), ("Eta DDIM",), a1111_label="Eta"),
     "hires_steps": AxisKind("Hires steps", "int", _set_hires("steps"), ("Hires steps",), txt2img_only=True,
                             a1111_label="Hires steps"),
     "hires_upscaler": AxisKind("Hires upscaler", "upscaler", _set_hires("upscaler"), ("Hires upscaler",),

@@ -11,12 +11,12 @@ from PIL import Image
 
 from sd2_app.api.checks import Limits
 from sd2_app.api.cost import job_cost
-from sd2_app.api.plot import plan_cells
+from sd2_app.api.plot import grid_parameters, plan_cells
 from sd2_app.api.plot_axes import parse_values
 from sd2_app.api.requests import HiresFix, Img2ImgRequest, PlotAxis, Sampling, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.api.validation import validate
 from sd2_app.errors import InvalidRequest
-from sd2_app.pipelines.metadata import parse_parameters
+from sd2_app.pipelines.metadata import format_parameters, parse_parameters
 from tests.ui_doubles import fake_catalog, fake_service
 
 CATALOG = fake_catalog()
@@ -76,8 +76,12 @@ def test_eta_runs_where_ddim_samples_and_is_dropped_with_a_warning_elsewhere() -
     cells, _ = plan_cells(hires_ddim, CATALOG, Limits())
     assert [c.request.sampling.eta for c in cells] == [0.5, 0.0]  # a DDIM hires pass takes it
     result = fake_service(None).plot(_plot(PlotAxis("eta", "0.25, 0.75"), sampler="DDIM"))
-    grid = parse_parameters(result.parameters)  # (the cells' own "Eta": the running app's test)
+    grid = parse_parameters(result.parameters)  # (the cells' own "Eta DDIM": the running app's test)
     assert grid["X Type"] == "Eta" and grid["X Values"] == "0.25, 0.75"
+    # the grid's text leaves out the first cell's eta (as DDIM's eta is written: "Eta DDIM"), which the axis varies
+    eta_plot, _ = validate(_plot(PlotAxis("eta", "0.25, 0.75"), sampler="DDIM"), CATALOG)
+    first = format_parameters("a cat", "", {"Steps": 2, "Sampler": "DDIM", "Eta DDIM": 0.25, "Seed": 4})
+    assert "Eta DDIM" not in parse_parameters(grid_parameters(eta_plot, first))
 
 
 def test_hires_axes_turn_the_hires_fix_on_with_its_defaults_and_say_so() -> None:
