@@ -29,10 +29,11 @@ from sd2_app.api.plot_axes import (
     fit_to_sampler,
     hires_for_axes,
     parse_values,
+    read_samplers,
     uses_eta,
 )
 from sd2_app.api.plot_order import check_order_terms
-from sd2_app.api.plot_values import format_value
+from sd2_app.api.plot_values import format_value, shown
 from sd2_app.api.cost import check_job_cost, job_cost
 from sd2_app.api.hires_x4 import x4_request
 from sd2_app.api.plot_grid import draw_grid
@@ -146,12 +147,12 @@ def _checked_axes(used: list[tuple[str, PlotAxis]], base: Txt2ImgRequest | Img2I
         if kind.txt2img_only and not isinstance(base, Txt2ImgRequest):
             raise InvalidRequest(f"{kind.label} varies only a text-to-image plot with the hires fix; remove the "
                                  "init image.")
-        values = parse_values(axis, what, limits.max_plot_cells)
+        values = read_samplers(kind, parse_values(axis, what, limits.max_plot_cells), catalog)
         check_choices(kind, values, what, catalog, checkpoints)
         if axis.kind in SEED_KINDS:
             values = [resolve_seed(v) for v in values]
         if axis.kind == "prompt_sr" and values[0] not in base.prompt + "\n" + base.negative_prompt:
-            raise InvalidRequest(f"Prompt S/R did not find {values[0]!r} in the prompt or the negative prompt.")
+            raise InvalidRequest(f"Prompt S/R did not find {shown(values[0])} in the prompt or the negative prompt.")
         if axis.kind == "prompt_order":
             check_order_terms(base.prompt, values[0])
         axes[name] = PlotAxis(axis.kind, tuple(values))

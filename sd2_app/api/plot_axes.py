@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sd2_app.api.a1111_samplers import sampler_named
 from sd2_app.api.checks import Catalog, check_sampler_names
 from sd2_app.api.plot_order import prompt_orders, reorder
 from sd2_app.api.plot_values import (axis_values_text, boolean, expand_range, format_value, shown, split_values,
@@ -109,7 +110,7 @@ AXES: dict[str, AxisKind] = {
                                a1111_label="Var. seed"),
     "variation_strength": AxisKind("Var. strength", "float", _set_variation("variation_strength"),
                                    ("Variation seed strength",), a1111_label="Var. strength"),
-    "eta": AxisKind("Eta", "float", _set_sampling("eta"), ("Eta",), a1111_label="Eta"),
+    "eta": AxisKind("Eta", "float", _set_sampling("eta"), ("Eta DDIM",), a1111_label="Eta"),
     "hires_steps": AxisKind("Hires steps", "int", _set_hires("steps"), ("Hires steps",), txt2img_only=True,
                             a1111_label="Hires steps"),
     "hires_upscaler": AxisKind("Hires upscaler", "upscaler", _set_hires("upscaler"), ("Hires upscaler",),
@@ -153,6 +154,16 @@ def parse_values(axis: PlotAxis, what: str, max_values: int) -> list[Any]:
         if len(values) > max_values:
             raise InvalidRequest(f"{what} have more than {max_values} values.")
     return values
+
+
+def read_samplers(kind: AxisKind, values: list[Any], catalog: Catalog) -> list[Any]:
+    """A sampler axis's values in our spelling where they name one of ours as A1111's X/Y/Z plot reads them (any
+    case, "PLMS" for PNDM: `a1111_samplers.sampler_named`, as its `samplers_map`); others as they are, for
+    `check_choices` to refuse by the name typed."""
+    if kind.value_type != "sampler":
+        return values
+    return [sampler_named(value, list(catalog.samplers)) or value if isinstance(value, str) else value
+            for value in values]
 
 
 def check_choices(kind: AxisKind, values: list[Any], what: str, catalog: Catalog, checkpoints: Sequence[str]) -> None:

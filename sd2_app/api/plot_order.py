@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from sd2_app.api.plot_values import shown
 from sd2_app.errors import InvalidRequest
 
 _MAX_COUNTED_TERMS = 20  # 20! still reads as a number; beyond that the message says "n!"
@@ -53,7 +54,7 @@ def prompt_orders(tokens: Sequence[Any], what: str, max_values: int) -> list[tup
         orders = []
     twice = _first_repeated(terms)
     if twice is not None:
-        raise InvalidRequest(f"{what}: {twice!r} is listed twice; list each term once.")
+        raise InvalidRequest(f"{what}: {shown(twice)} is listed twice; list each term once.")
     if not orders:
         if len(terms) > _MAX_COUNTED_TERMS or math.factorial(len(terms)) > max_values:
             raise InvalidRequest(f"{what}: {len(terms)} terms give {_orders_text(len(terms))} orders; an axis may "
@@ -69,11 +70,11 @@ def _places(prompt: str, terms: Sequence[str]) -> list[tuple[int, int]]:
     overlap (the terms could not be put back)."""
     missing = [term for term in terms if term not in prompt]
     if missing:
-        raise InvalidRequest(f"Prompt order did not find {', '.join(map(repr, missing))} in the prompt.")
+        raise InvalidRequest(f"Prompt order did not find {', '.join(map(shown, missing))} in the prompt.")
     places = sorted((prompt.find(term), prompt.find(term) + len(term), term) for term in terms)
     for (_, end, term), (start, _, other) in zip(places, places[1:]):
         if start < end:
-            raise InvalidRequest(f"Prompt order: {term!r} and {other!r} overlap in the prompt; list terms that "
+            raise InvalidRequest(f"Prompt order: {shown(term)} and {shown(other)} overlap in the prompt; list terms that "
                                  "do not.")
     return [(start, end) for start, end, _ in places]
 

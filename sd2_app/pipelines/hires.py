@@ -88,7 +88,7 @@ def hires_settings(request: Txt2ImgRequest, components: Components, width: int, 
     if hires.sampler and hires.sampler != request.sampling.sampler:
         settings["Hires sampler"] = hires.sampler
     if request.sampling.eta > 0 and hires.sampler in ETA_SAMPLERS:  # eta changes the second pass only
-        settings.setdefault("Eta", request.sampling.eta)
+        settings.setdefault("Eta DDIM", request.sampling.eta)
     return settings
 
 

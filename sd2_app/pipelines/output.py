@@ -24,8 +24,9 @@ class PipelineOutput:
 
 
 def sampling_settings(sampling: Sampling, *, width: int, height: int, model: str) -> Settings:
-    """The settings every task shares, in A1111's order. "Eta" only where the sampler uses it (`ETA_SAMPLERS`),
-    so the text never claims a setting that did not change the image."""
+    """The settings every task shares, in A1111's order. "Eta DDIM" only where the sampler uses it (`ETA_SAMPLERS`),
+    so the text never claims a setting that did not change the image; A1111 names DDIM's eta so (modules/
+    sd_samplers_timesteps.py, `initialize`), its "Eta" being the k-diffusion samplers' ancestral eta."""
     settings: Settings = {
         "Steps": sampling.steps,
         "Sampler": sampling.sampler,
@@ -38,7 +39,7 @@ def sampling_settings(sampling: Sampling, *, width: int, height: int, model: str
     if sampling.guidance_rescale > 0:
         settings["Guidance rescale"] = sampling.guidance_rescale
     if sampling.eta > 0 and sampling.sampler in ETA_SAMPLERS:
-        settings["Eta"] = sampling.eta
+        settings["Eta DDIM"] = sampling.eta
     return settings
 
 

@@ -86,6 +86,12 @@ class PendingBlobs(dict):  # type: ignore[type-arg]  # ImageEditor.blob_storage:
                 return super().pop(key, *default)
             return self._forget(key)
 
+    def clear(self) -> None:
+        with self._lock:
+            super().clear()
+            self._stored.clear()
+            self._held = 0
+
     def room_for(self, key: str, size: int) -> bool:
         """Whether `key`'s parts with `size` more bytes count at most `max_bytes`."""
         with self._lock:

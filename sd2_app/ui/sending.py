@@ -122,7 +122,7 @@ def sampler_fields(parsed: dict[str, Any], names: list[str]) -> tuple[str | None
 # Settings of A1111's that text to image here has no control for: what is used instead.
 _NOT_HERE = {"Hires prompt": "the prompt", "Hires negative prompt": "the negative prompt",
              "Hires checkpoint": "the first pass's checkpoint", "Emphasis": 'A1111\'s default ("Original")',
-             "Refiner": "no refiner"}
+             "Refiner": "no refiner", "Eta DDIM": "DDIM without eta (0)"}
 
 
 def unreproduced(parsed: dict[str, Any], sampler: str | None) -> list[str]:

@@ -153,7 +153,7 @@ def test_eta_is_written_in_the_infotext_only_when_the_sampler_uses_it(client) ->
     euler = client.txt2img(prompt="a lighthouse", seed=5, eta=0.5, **FAST)
     ddim = client.txt2img(prompt="a lighthouse", seed=5, eta=0.5, **{**FAST, "sampler_name": "DDIM"})
     assert "Eta" not in euler.info["infotexts"][0]  # Euler's step takes no eta: the image was made without it
-    assert ", Eta: 0.5" in ddim.info["infotexts"][0]
+    assert ", Eta DDIM: 0.5" in ddim.info["infotexts"][0]  # A1111's name of DDIM's eta
 
 
 def test_img2img_and_inpaint_with_a_mask(client) -> None:

@@ -11,12 +11,12 @@ from PIL import Image
 
 from sd2_app.api.checks import Limits
 from sd2_app.api.cost import job_cost
-from sd2_app.api.plot import plan_cells
+from sd2_app.api.plot import grid_parameters, plan_cells
 from sd2_app.api.plot_axes import parse_values
 from sd2_app.api.requests import HiresFix, Img2ImgRequest, PlotAxis, Sampling, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.api.validation import validate
 from sd2_app.errors import InvalidRequest
-from sd2_app.pipelines.metadata import parse_parameters
+from sd2_app.pipelines.metadata import format_parameters, parse_parameters
 from tests.ui_doubles import fake_catalog, fake_service
 
 CATALOG = fake_catalog()
@@ -76,8 +76,12 @@ def test_eta_runs_where_ddim_samples_and_is_dropped_with_a_warning_elsewhere() -
     cells, _ = plan_cells(hires_ddim, CATALOG, Limits())
     assert [c.request.sampling.eta for c in cells] == [0.5, 0.0]  # a DDIM hires pass takes it
     result = fake_service(None).plot(_plot(PlotAxis("eta", "0.25, 0.75"), sampler="DDIM"))
-    grid = parse_parameters(result.parameters)  # (the cells' own "Eta": the running app's test)
+    grid = parse_parameters(result.parameters)  # (the cells' own "Eta DDIM": the running app's test)
     assert grid["X Type"] == "Eta" and grid["X Values"] == "0.25, 0.75"
+    # the grid's text leaves out the first cell's eta (as DDIM's eta is written: "Eta DDIM"), which the axis varies
+    eta_plot, _ = validate(_plot(PlotAxis("eta", "0.25, 0.75"), sampler="DDIM"), CATALOG)
+    first = format_parameters("a cat", "", {"Steps": 2, "Sampler": "DDIM", "Eta DDIM": 0.25, "Seed": 4})
+    assert "Eta DDIM" not in parse_parameters(grid_parameters(eta_plot, first))
 
 
 def test_hires_axes_turn_the_hires_fix_on_with_its_defaults_and_say_so() -> None:
@@ -168,3 +172,17 @@ def test_new_axes_refuse_bad_values_in_words(plot: XYZPlotRequest, message: str)
     with pytest.raises(InvalidRequest) as caught:
         validate(plot, CATALOG, Limits())
     assert str(caught.value) == message
+
+
+def test_sampler_axes_read_names_as_a1111_s_plot_does() -> None:
+    """A1111's X/Y/Z plot reads a sampler axis's names in any case (scripts/xyz_grid.py, `apply_sampler` and
+    `apply_hr_sampler_name` through `samplers_map`), as the A1111 API and a pasted text read them here
+    (`a1111_samplers.sampler_named`); a name we do not have is refused as it was typed."""
+    checked, _ = validate(_plot(PlotAxis("sampler", "euler, ddim"), PlotAxis("hires_sampler", "dpm++ 2m")), CATALOG)
+    assert (checked.x.values, checked.y.values) == (("Euler", "DDIM"), ("DPM++ 2M",))
+    cells, _ = plan_cells(checked, CATALOG, Limits())
+    assert [(c.request.sampling.sampler, c.request.hires.sampler) for c in cells] == [
+        ("Euler", "DPM++ 2M"), ("DDIM", "DPM++ 2M")]
+    with pytest.raises(InvalidRequest) as error:
+        validate(_plot(PlotAxis("sampler", "euler, lcm")), CATALOG)
+    assert str(error.value).startswith("X values (Sampler): Unknown sampler(s) 'lcm'; choose from: ")

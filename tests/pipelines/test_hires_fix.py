@@ -128,7 +128,10 @@ def test_eta_is_written_only_where_a_pass_runs_ddim(components: ComponentCache, 
     request = _request("Latent", sampler=hires_sampler)
     request = replace(request, sampling=replace(request.sampling, sampler=sampler, eta=0.5))
     params = parse_parameters(txt2img(components("sd2-base"), request).images[0].info["parameters"])
-    assert params.get("Eta") == written  # Euler's step takes no eta: an image made without it doesn't claim it
+    # A1111's name of DDIM's eta (modules/sd_samplers_timesteps.py, `initialize`); its "Eta" is the k-diffusion
+    # samplers' ancestral eta, which a paste into A1111 would set instead
+    assert (params.get("Eta DDIM"), params.get("Eta")) == (written, None)
+    # Euler's step takes no eta: an image made without it doesn't claim it
 
 
 def test_one_progress_bar_over_both_passes_and_stop_in_the_second(components: ComponentCache) -> None:

@@ -1,6 +1,6 @@
 """X/Y/Z plot axis values a script writes to break the number parser, sent to the running app through
-gradio_client: numbers too long for Python's int and float conversions (or for the range arithmetic) and a
-value of 100,000 characters are refused with a message that repeats at most a few dozen of them.
+gradio_client: numbers too long for Python's int and float conversions (or for the range arithmetic) and
+values of 100,000 characters are refused with a message that repeats at most a few dozen of their characters.
 
 The app is `python app.py --tiny --device cpu --no-save --queue-size 8`, served in-process
 (`tests.reliability_support.served_app`).
@@ -31,6 +31,9 @@ NINES = "9" * 60  # what a message shows of a long token
      f"X values (CFG scale): '0-{NINES[:58]}'... is too long: a number here has at most 40 characters."),
     ("variation_seed", "x" * 100_000,
      f"X values (Var. seed): '{'x' * 60}'... is too long: a whole number here has at most 40 characters."),
+    ("prompt_sr", "y" * 100_000,
+     f"Prompt S/R did not find '{'y' * 60}'... in the prompt or the negative prompt."),
+    ("prompt_order", "z" * 100_000, f"Prompt order did not find '{'z' * 60}'... in the prompt."),
     ("variation_seed", "0-" + "9" * 38,
      f"X values (Var. seed): '0-{'9' * 38}' gives 99999999999999997748809823456034029569 values; an axis may "
      "have at most 64."),  # 38 digits: still a range, counted in floats

@@ -60,3 +60,12 @@ def test_room_for_counts_what_an_id_holds_and_its_entry() -> None:
     assert store.room_for("new", 90) and not store.room_for("new", 91)
     store["x"] = SimpleNamespace(background=b"b" * 50, layers=[], composite=None)  # counts 60
     assert store.room_for("x", 40) and not store.room_for("x", 41)
+
+
+def test_clear_forgets_what_was_counted() -> None:
+    store = PendingBlobs(max_bytes=100, max_ids=2, entry_overhead=10, clock=lambda: 0.0)
+    store["a"] = _parts(5)
+    store.clear()
+    assert not store and store.held_bytes() == 0
+    store["b"], store["c"] = _parts(0), _parts(0)
+    assert list(store) == ["b", "c"]  # nothing of "a" is counted, so both fit

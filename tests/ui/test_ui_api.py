@@ -222,7 +222,7 @@ def test_xyz_plot_new_axis_cells_equal_solo_runs(app, axis: dict, captions: list
 
 
 def test_xyz_plot_eta_cells_equal_ddim_runs_with_that_eta(app) -> None:
-    """Eta (DDIM only): the cells equal the service's DDIM runs with eta 0 and 1 and say "Eta: 1.0" as those do;
+    """Eta (DDIM only): the cells equal the service's DDIM runs with eta 0 and 1 and say "Eta DDIM: 1.0" as those do;
     on Euler the plot is refused (it would be two equal images)."""
     from sd2_app.api.requests import Sampling, Txt2ImgRequest
 
@@ -236,7 +236,7 @@ def test_xyz_plot_eta_cells_equal_ddim_runs_with_that_eta(app) -> None:
             sampler="DDIM", steps=2, seed=4, cfg_scale=7.5, eta=eta))).images[0]
         assert np.array_equal(np.asarray(cell), np.asarray(alone)), eta
         assert cell.info["parameters"] == alone.info["parameters"]
-    assert "Eta: 1.0" in cells[1].info["parameters"] and "Eta" not in cells[0].info["parameters"]
+    assert "Eta DDIM: 1.0" in cells[1].info["parameters"] and "Eta" not in cells[0].info["parameters"]
     assert not np.array_equal(np.asarray(cells[0]), np.asarray(cells[1]))
     with pytest.raises(AppError) as caught:
         client.predict(api_name="/xyz_plot", x_type="eta", x_values="0, 1", **SOLO)
