@@ -44,7 +44,7 @@ def check_hires(
         if sampling.batch_size != 1:
             raise InvalidRequest("The SD2 x4 hires upscaler runs one image at a time; set Images per prompt to 1.")
     sampler = hires.sampler or None
-    if sampler is not None and sampler not in catalog.samplers:
+    if sampler is not None and (not isinstance(sampler, str) or sampler not in catalog.samplers):
         raise InvalidRequest(f"Unknown hires sampler {sampler!r}; choose one of: {', '.join(catalog.samplers)}.")
     if sampler is not None and sampling.use_karras and not catalog.samplers[sampler]:
         raise InvalidRequest(f"Karras sigmas are not available for the hires sampler {sampler}; untick Karras "

@@ -402,6 +402,15 @@ def test_a1111_hires_sampler_names_read_as_the_first_pass_names(app, name: str, 
     assert _send_to_txt2img(url, parsed)["Hires sampler"] == ours
 
 
+@pytest.mark.parametrize("name", [["Euler"], {"name": "Euler"}], ids=["list", "object"])
+def test_a_hires_sampler_name_that_is_not_text_is_refused_in_words(app, name: object) -> None:
+    """A list or an object as hr_sampler_name was HTTP 500 (TypeError: unhashable type, a traceback in the log)."""
+    _, port, _ = app
+    body = {"prompt": "x", **FAST, "enable_hr": True, "hr_scale": 1.5, "hr_sampler_name": name}
+    status, answer = _post(port, "txt2img", body)
+    assert (status, answer["detail"].split(";")[0]) == (422, f"Unknown hires sampler {name!r}")
+
+
 def test_raw_http_with_the_field_set_of_a1111s_documentation(app) -> None:
     """The txt2img body of A1111's API documentation (its request model's fields at their documented
     defaults, as the wiki's example and /docs show them), sized down for the tiny model."""
