@@ -39,7 +39,7 @@ from sd2_app.app_flags import (DEFAULT_CACHE_MINUTES, DEFAULT_MAX_JOBS_PER_ADDRE
 from sd2_app.api.job_admission import DEFAULT_QUEUE_SIZE, JobAdmission, Refusal
 from sd2_app.api.addresses import ClientAddresses, starlette_request
 from sd2_app.ui.cache_files import sweeping_lifespan
-from sd2_app.ui.join_refusals import JoinRefusals
+from sd2_app.ui.join_refusals import MAX_SESSION_HASH_CHARS, SESSION_HASH_REFUSAL, JoinRefusals
 from sd2_app.ui.mcp_addresses import McpCallerMiddleware
 from sd2_app.ui.request_limits import RequestLimitsMiddleware
 from sd2_app.ui.runner import GPU_QUEUE, RunFlag
@@ -177,9 +177,10 @@ class Visitors:
         return stopped
 
     def watch(self, queue: Any) -> None:
-        """Wrap `queue.push`: refuse an event that names a file by another site's URL, a GPU job over the app's
-        bound or its visitor's or address's limit, and another event over its places; give every GPU job a stop
-        flag."""
+        """Wrap `queue.push`: refuse an event under a session hash over `MAX_SESSION_HASH_CHARS` (Gradio keeps
+        the hash until the event's stream is read) or that names a file by another site's URL, a GPU job over the
+        app's bound or its visitor's or address's limit, and another event over its places; give every GPU job a
+        stop flag."""
         if getattr(queue.push, "sd2_watched", False):
             return
         self._queue = queue
@@ -198,6 +199,9 @@ class Visitors:
                 _count_down(self._joining_others_from, address)
 
         async def limited_push(body: Any, request: Any, username: Any) -> Any:
+            if len(body.session_hash or "") > MAX_SESSION_HASH_CHARS:
+                log.info("refused an event: a session hash of %d characters", len(body.session_hash))
+                return False, SESSION_HASH_REFUSAL, "error"
             remote = local_file_references(body.data)  # before Gradio could download a URL (`uploads`)
             if remote is not None:
                 log.info("refused an event: a file given by URL")

@@ -11,10 +11,9 @@ error, as Gradio completes a join answered from its cache (gradio/queueing.py, `
 `AppError` with the message, and the event never enters the queue, so it takes no place there either.
 
 Gradio keeps such an event's id and its session's message queue until the client reads the stream (gradio/
-routes.py, `queue_data`), keyed by the session hash the client chose. A refusal costs the client nothing, so
-`JoinRefusals` bounds what its refusals leave behind: a session hash longer than gradio_client's or the page's
-(`MAX_SESSION_HASH_CHARS`) gets the plain refusal, and of the refusals no client has read, only the newest
-`MAX_UNREAD_REFUSALS` are kept.
+routes.py, `queue_data`), keyed by the session hash the client chose (at most `MAX_SESSION_HASH_CHARS`: the
+watcher refuses a longer one first, `sd2_app.ui.hosting`). A refusal costs the client nothing, so `JoinRefusals`
+keeps only the newest `MAX_UNREAD_REFUSALS` refusals no client has read.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from gradio.utils import error_payload
 CLIENT_HEADER = "x-gradio-user"  # what gradio_client ("api"), its MCP server ("mcp") and the page ("app") send
 ERROR_ON_STREAM = ("api", "mcp")
 MAX_SESSION_HASH_CHARS = 64  # gradio_client's is a uuid4 (36 characters), the page's about 11
+SESSION_HASH_REFUSAL = f"A session hash is at most {MAX_SESSION_HASH_CHARS} characters."
 MAX_UNREAD_REFUSALS = 1024  # refusals waiting for their client to read them; older ones are forgotten
 
 Refused = tuple[bool, str, str]  # what Gradio's `Queue.push` returns: (accepted, event id or message, state)
@@ -45,13 +45,11 @@ class JoinRefusals:
 
     async def refuse(self, queue: Any, body: Any, request: Any, username: str | None, message: str) -> Refused:
         """`queue.push`'s answer to a join refused with `message` (`queue`: gradio.queueing.Queue; `body`,
-        `request`: the join's): for a gradio_client or MCP join with a session hash of at most
-        `MAX_SESSION_HASH_CHARS`, the join accepted and its event completed at once with `message` as its error;
-        for any other, the refusal (HTTP 400, `message` as its detail)."""
+        `request`: the join's): for a gradio_client or MCP join, the join accepted and its event completed at once
+        with `message` as its error; for any other, the refusal (HTTP 400, `message` as its detail)."""
         fn = queue.blocks.fns.get(body.fn_index) if body.fn_index is not None else None
         headers = getattr(request, "headers", None) or {}
-        if (fn is None or headers.get(CLIENT_HEADER) not in ERROR_ON_STREAM
-                or len(body.session_hash or "") > MAX_SESSION_HASH_CHARS):
+        if fn is None or headers.get(CLIENT_HEADER) not in ERROR_ON_STREAM:
             return False, message, "error"
         event = Event(body.session_hash, fn, request, username)
         if body.session_hash is None:

@@ -22,7 +22,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from sd2_app.byte_limits import MAX_IMAGE_FILE_BYTES
 from sd2_app.pipelines.metadata import MAX_PARAMETERS_CHARS, MAX_PNG_CHUNKS
-from sd2_app.ui.join_refusals import MAX_SESSION_HASH_CHARS, MAX_UNREAD_REFUSALS
+from sd2_app.ui.join_refusals import MAX_SESSION_HASH_CHARS, MAX_UNREAD_REFUSALS, SESSION_HASH_REFUSAL
 from sd2_app.ui.editor_blobs import ENTRY_OVERHEAD_BYTES, MAX_PART_ID_CHARS, MAX_PENDING_BYTES, MAX_PENDING_IDS
 from sd2_app.ui.pnginfo import MAX_PASTED_CHARS
 from sd2_app.ui.uploads import REMOTE_FILE_REFUSAL
@@ -242,36 +242,38 @@ def _settings_line(chars: int) -> str:
     return (filler + "x" * chars)[:chars - len(SETTINGS)] + SETTINGS
 
 
-def _remote_file_join(client: httpx.Client, fn_index: int, session_hash: str) -> httpx.Response:
-    """A gradio_client-marked join whose image is another site's URL: refused, whatever the queue holds."""
-    body = {"data": [{"path": "https://example.com/x.png", "meta": {"_type": "gradio.FileData"}}],
-            "fn_index": fn_index, "session_hash": session_hash, "event_data": None, "trigger_id": None}
-    return client.post("gradio_api/queue/join", json=body, headers={"x-gradio-user": "api"})
+def _join(client: httpx.Client, fn_index: int, session_hash: str, data: list, user: str = "api") -> httpx.Response:
+    body = {"data": data, "fn_index": fn_index, "session_hash": session_hash, "event_data": None, "trigger_id": None}
+    return client.post("gradio_api/queue/join", json=body, headers={"x-gradio-user": user})
 
 
-def test_refused_joins_nobody_reads_leave_bounded_memory(app, reliability) -> None:
-    """A refused gradio_client join is completed with its message on the event stream; Gradio keeps it, under the
-    caller's session hash, until the stream is read. 1,000 such joins with 1 MB session hashes grew the app by
-    about 700 MB; now a long hash gets the plain refusal and only the newest unread refusals are kept."""
+def test_joins_nobody_reads_leave_bounded_memory(app, reliability) -> None:
+    """Gradio keeps an event's id and its session's messages, under the session hash the caller chose, until the
+    event stream is read: 300 quick joins with 1 MB hashes grew the app by 550 MB, 1,000 refused gradio_client
+    joins (completed with their message on the stream) by about 700 MB. Now a hash over 64 characters is refused
+    first, and only the newest unread refusals are kept."""
     url, demo = app
     queue = demo._queue  # type: ignore[attr-defined]
     config = httpx.get(f"{url}config", timeout=30).json()
-    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "txt2img")
+    fn_index = {d.get("api_name"): d["id"] for d in config["dependencies"]}
+    remote = [{"path": "https://example.com/x.png", "meta": {"_type": "gradio.FileData"}}]  # refused: a URL
     flood = MAX_UNREAD_REFUSALS + 50
     with httpx.Client(base_url=url, timeout=60, headers={"X-Forwarded-For": MALLORY}) as client:
-        long_hash = _remote_file_join(client, fn_index, "s" * (1 << 20))
-        statuses = {_remote_file_join(client, fn_index, f"flood-{i}").status_code for i in range(flood)}
-        read = _remote_file_join(client, fn_index, "reader")
+        long_hashes = [_join(client, fn_index["models_status"], "s" * (1 << 20), [], user="app"),
+                       _join(client, fn_index["txt2img"], "s" * (MAX_SESSION_HASH_CHARS + 1), remote)]
+        statuses = {_join(client, fn_index["txt2img"], f"flood-{i}", remote).status_code for i in range(flood)}
+        read = _join(client, fn_index["txt2img"], "reader", remote)
         stream = client.get("gradio_api/queue/data", params={"session_hash": "reader"}).text
-    assert (long_hash.status_code, long_hash.json()) == (400, {"detail": REMOTE_FILE_REFUSAL})
+    refusal = (400, {"detail": SESSION_HASH_REFUSAL})
+    assert [(answer.status_code, answer.json()) for answer in long_hashes] == [refusal, refusal]
     assert statuses == {200} and read.status_code == 200
     assert REMOTE_FILE_REFUSAL in stream  # the newest refusal still reaches its reader
     unread = [key for key in queue.pending_event_ids_session if key.startswith("flood-")]
     assert len(unread) == MAX_UNREAD_REFUSALS - 1 and "flood-0" not in queue.pending_messages_per_session
     assert not any(len(key) > MAX_SESSION_HASH_CHARS for key in queue.pending_event_ids_session)
-    reliability(AREA, f"{flood:,} refused gradio_client joins (a file by URL) nobody reads, and one with a 1 MB "
-                "session hash", f"the long hash: HTTP 400 with the message; {len(unread):,} unread refusals kept "
-                "(1,000 joins with 1 MB hashes grew the app by about 700 MB)")
+    reliability(AREA, f"joins under a 1 MB session hash, and {flood:,} refused gradio_client joins (a file by URL) "
+                "nobody reads", f"the long hashes: HTTP 400, {SESSION_HASH_REFUSAL} {len(unread):,} unread refusals "
+                "kept (300 joins with 1 MB hashes grew the app by 550 MB, 1,000 refused ones by about 700 MB)")
 
 
 def test_a_parameters_text_over_the_limit_is_not_read(app, reliability) -> None:
