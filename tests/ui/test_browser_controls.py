@@ -184,6 +184,7 @@ def test_an_oversized_image_in_the_inpaint_editor_is_said_and_the_editor_keeps_w
     message = "The uploaded image could not be read: it is 2056x2048 (4210688 pixels); the limit is 4194304 pixels."
     page = _open(browser, url, DESKTOP)
     _go(page, "Inpaint")
+    expect(page.locator("#inpaint-editor canvas").first).to_be_visible()  # the editor's code has loaded
     page.locator("#inpaint-editor input[type=file]").set_input_files(str(oversized))
     expect(page.locator(".toast-body").last).to_contain_text(message, timeout=60_000)
     for close in page.locator(".toast-body button").all():
