@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+MAX_SHOWN_CHARS = 60  # a message repeats at most this much of a value a visitor sent (`shown`)
+
 
 class LoadError(RuntimeError):
     """A checkpoint or component could not be loaded; says which repo, which file and why."""
@@ -24,3 +26,12 @@ class Busy(InvalidRequest):
 
 class Cancelled(Exception):
     """Raised from a step callback when the user pressed Stop; the sampling loop lets it through."""
+
+
+def shown(value: object) -> str:
+    """A value a visitor sent, quoted for a message: text as its repr, cut after MAX_SHOWN_CHARS characters (a
+    refusal never sends back, or logs, a whole megabyte that came in)."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= MAX_SHOWN_CHARS else repr(value[:MAX_SHOWN_CHARS]) + "..."
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN_CHARS else text[:MAX_SHOWN_CHARS] + "..."

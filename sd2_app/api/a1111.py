@@ -33,7 +33,7 @@ from sd2_app.api.checks import resolve_seed
 from sd2_app.api.image_inputs import to_mask
 from sd2_app.api.results import Result
 from sd2_app.byte_limits import MAX_BASE64_CHARS, MAX_IMAGE_FILE_BYTES, MB
-from sd2_app.errors import InvalidRequest
+from sd2_app.errors import InvalidRequest, shown
 from sd2_app.prompt_styles import StyleBook
 
 log = logging.getLogger(__name__)
@@ -151,13 +151,13 @@ def _sampler(body: Mapping[str, Any], names: list[str], task: str) -> tuple[str,
     """(our sampler, Karras) from sampler_name (or the older sampler_index) and scheduler (`read_sampler`)."""
     raw = body.get("sampler_name") or body.get("sampler_index") or TASKS[task].sampler
     if not isinstance(raw, str):
-        raise InvalidRequest(f"sampler_name must be text, got {raw!r}.")
+        raise InvalidRequest(f"sampler_name must be text, got {shown(raw)}.")
     scheduler = body.get("scheduler") or "automatic"
     sampler, karras = read_sampler(raw, scheduler, names)
     if sampler is None:
-        raise InvalidRequest(f"Sampler {raw!r} is not available; choose one of: {', '.join(names)}.")
+        raise InvalidRequest(f"Sampler {shown(raw)} is not available; choose one of: {', '.join(names)}.")
     if schedule_label(scheduler) is None:
-        raise InvalidRequest(f"Scheduler {scheduler!r} is not available; choose one of: {', '.join(SCHEDULERS)}.")
+        raise InvalidRequest(f"Scheduler {shown(scheduler)} is not available; choose one of: {', '.join(SCHEDULERS)}.")
     return sampler, karras
 
 
@@ -191,7 +191,7 @@ def _batches(body: Mapping[str, Any], max_images: int) -> tuple[int, int]:
     """
     n_iter, batch = body.get("n_iter", 1), body.get("batch_size", 1)
     if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
-        raise InvalidRequest(f"n_iter must be a whole number of at least 1, got {n_iter!r}.")
+        raise InvalidRequest(f"n_iter must be a whole number of at least 1, got {shown(n_iter)}.")
     if isinstance(batch, int) and not isinstance(batch, bool) and n_iter * batch > max_images:
         raise InvalidRequest(f"n_iter x batch_size is {n_iter * batch}; this server makes at most {max_images} "
                              "images per request.")
@@ -254,7 +254,7 @@ def _inpaint_fields(body: Mapping[str, Any]) -> dict[str, Any]:
     fill = body.get("inpainting_fill", INPAINTING_FILL_ORIGINAL)
     if fill != INPAINTING_FILL_ORIGINAL and body.get("denoising_strength", TASKS["inpaint"].strength) != 1:
         raise InvalidRequest(
-            f"inpainting_fill {fill!r} is not available; use 1 (original), or denoising_strength 1, where the "
+            f"inpainting_fill {shown(fill)} is not available; use 1 (original), or denoising_strength 1, where the "
             "masked area's start makes no difference."
         )
     return {
@@ -279,7 +279,7 @@ def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
     if not isinstance(images, list) or len(images) != 1:
         raise InvalidRequest("init_images must hold exactly one base64 image.")
     if body.get("resize_mode", 0) not in RESIZE_MODES:
-        raise InvalidRequest(f"resize_mode {body.get('resize_mode')!r} is not available; use 0 (just resize).")
+        raise InvalidRequest(f"resize_mode {shown(body.get('resize_mode'))} is not available; use 0 (just resize).")
     n_iter, seed = _batches(body, max_images)
     task = "inpaint" if body.get("mask") else "img2img"
     checkpoint = _checkpoint(body, task, checkpoint_for)

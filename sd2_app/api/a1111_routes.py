@@ -48,7 +48,7 @@ from sd2_app.api.results import Result
 from sd2_app.api.service import Service
 from sd2_app.api.tasks import default_checkpoint
 from sd2_app.checkpoints.catalog import checkpoint_named
-from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.errors import Cancelled, InvalidRequest, shown
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class A1111Api:
         key = checkpoint_named(str(name), self.service.registry)
         if key is not None and key in self.service.catalog.tasks:
             return key
-        raise InvalidRequest(f"Unknown checkpoint {str(name)[:100]!r}; choose one of: {', '.join(self.service.catalog.tasks)}.")
+        raise InvalidRequest(f"Unknown checkpoint {shown(str(name))}; choose one of: {', '.join(self.service.catalog.tasks)}.")
 
     def upscaler(self, name: Any) -> str:
         """The checkpoint key of the upscaler `name` (a key or a label, as /upscalers lists them)."""
@@ -148,7 +148,7 @@ class A1111Api:
             key = None
         if key not in keys:
             offered = ", ".join(repr(self.service.catalog.labels.get(k, k)) for k in keys) or "none"
-            raise InvalidRequest(f"Unknown upscaler {str(name)[:100]!r}; this server has {offered} "
+            raise InvalidRequest(f"Unknown upscaler {shown(str(name))}; this server has {offered} "
                                  "(see /sdapi/v1/upscalers).")
         return key
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sd2_app.api.cost import DEFAULT_MAX_JOB_COST
-from sd2_app.errors import InvalidRequest
+from sd2_app.errors import InvalidRequest, shown
 from sd2_app.samplers.registry import SAMPLERS
 
 if TYPE_CHECKING:
@@ -75,9 +75,9 @@ def clean_text(value: Any, what: str) -> str:
 
 def number(value: Any, what: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequest(f"{what} must be a number, got {value!r}.")
+        raise InvalidRequest(f"{what} must be a number, got {shown(value)}.")
     if not math.isfinite(value) or not low <= value <= high:
-        raise InvalidRequest(f"{what} must be between {low:g} and {high:g}, got {value!r}.")
+        raise InvalidRequest(f"{what} must be between {low:g} and {high:g}, got {shown(value)}.")
     return float(value)
 
 
@@ -85,7 +85,7 @@ def integer(value: Any, what: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
         isinstance(value, float) and not (math.isfinite(value) and value.is_integer())
     ):
-        raise InvalidRequest(f"{what} must be a whole number, got {value!r}.")
+        raise InvalidRequest(f"{what} must be a whole number, got {shown(value)}.")
     if not low <= value <= high:
         raise InvalidRequest(f"{what} must be between {low} and {high}, got {int(value)}.")
     return int(value)
@@ -93,7 +93,7 @@ def integer(value: Any, what: str, low: int, high: int) -> int:
 
 def flag(value: Any, what: str) -> bool:
     if not isinstance(value, bool):
-        raise InvalidRequest(f"{what} must be true or false, got {value!r}.")
+        raise InvalidRequest(f"{what} must be true or false, got {shown(value)}.")
     return value
 
 
@@ -111,5 +111,5 @@ def check_sampler_names(names: tuple[Any, ...], catalog: Catalog) -> None:
         return
     choices = ", ".join(catalog.samplers)
     if len(names) == 1:
-        raise InvalidRequest(f"Unknown sampler {unknown[0]!r}; choose one of: {choices}.")
+        raise InvalidRequest(f"Unknown sampler {shown(unknown[0])}; choose one of: {choices}.")
     raise InvalidRequest(f"Unknown sampler(s) {', '.join(map(repr, unknown))}; choose from: {choices}.")

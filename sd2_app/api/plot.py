@@ -33,7 +33,7 @@ from sd2_app.api.plot_axes import (
     uses_eta,
 )
 from sd2_app.api.plot_order import check_order_terms
-from sd2_app.api.plot_values import format_value, shown
+from sd2_app.api.plot_values import format_value
 from sd2_app.api.cost import check_job_cost, job_cost
 from sd2_app.api.hires_x4 import x4_request
 from sd2_app.api.plot_grid import draw_grid
@@ -48,7 +48,7 @@ from sd2_app.api.requests import (
 from sd2_app.api.results import ProgressFn, Result
 from sd2_app.api.task_checks import validate_task
 from sd2_app.api.txt2img_options import X4_UPSCALER
-from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.errors import Cancelled, InvalidRequest, shown
 from sd2_app.pipelines.metadata import attach_parameters, format_parameters, parse_parameters
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def _axes(request: XYZPlotRequest) -> list[tuple[str, PlotAxis]]:
             continue
         if not isinstance(axis, PlotAxis) or axis.kind not in AXES:
             kind = getattr(axis, "kind", axis)
-            raise InvalidRequest(f"Unknown {name} axis {kind!r}; choose one of: {', '.join(AXES)}.")
+            raise InvalidRequest(f"Unknown {name} axis {shown(kind)}; choose one of: {', '.join(AXES)}.")
         used.append((name, axis))
     if not used or used[0][0] != "X":
         raise InvalidRequest("Choose what the X axis varies.")

@@ -19,7 +19,7 @@ from typing import Any
 from sd2_app.api.a1111_samplers import sampler_named
 from sd2_app.api.checks import Catalog, check_sampler_names
 from sd2_app.api.plot_order import prompt_orders, reorder
-from sd2_app.api.plot_values import (axis_values_text, boolean, expand_range, format_value, shown, split_values,
+from sd2_app.api.plot_values import (axis_values_text, boolean, expand_range, format_value, split_values,
                                      to_number)
 from sd2_app.api.requests import (
     ETA_SAMPLERS,
@@ -29,7 +29,7 @@ from sd2_app.api.requests import (
     PlotAxis,
     Txt2ImgRequest,
 )
-from sd2_app.errors import InvalidRequest
+from sd2_app.errors import InvalidRequest, shown
 
 PlotBase = Txt2ImgRequest | Img2ImgRequest  # what a plot's cells are
 

@@ -13,8 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from sd2_app.api.plot_values import shown
-from sd2_app.errors import InvalidRequest
+from sd2_app.errors import InvalidRequest, shown
 
 _MAX_COUNTED_TERMS = 20  # 20! still reads as a number; beyond that the message says "n!"
 

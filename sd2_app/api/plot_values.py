@@ -14,15 +14,14 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sd2_app.errors import InvalidRequest
+from sd2_app.errors import InvalidRequest, shown
 
 _NUMBER = r"[+-]?\s*(?:\d+(?:\.\d*)?|\.\d+)"
 _STEP_RANGE = re.compile(rf"\s*({_NUMBER})\s*-\s*({_NUMBER})\s*(?:\(\s*({_NUMBER})\s*\))?\s*")
 _COUNT_RANGE = re.compile(rf"\s*({_NUMBER})\s*-\s*({_NUMBER})\s*\[\s*(\d+)\s*\]\s*")
 MAX_NUMBER_CHARS = 40  # a number as people write one (a seed has at most 20 digits): Python's int and float
-# conversions of longer ones fail or overflow, and a message repeats at most MAX_SHOWN_CHARS of what was typed
+# conversions of longer ones fail or overflow, and a message repeats at most errors.MAX_SHOWN_CHARS of it
 MAX_RANGE_CHARS = 3 * MAX_NUMBER_CHARS + 16  # two ends, a step or count, the brackets and spaces
-MAX_SHOWN_CHARS = 60
 _TRUE, _FALSE = ("on", "true", "yes", "1", "karras"), ("off", "false", "no", "0", "automatic")
 
 
@@ -40,11 +39,6 @@ def split_values(text: str) -> list[str]:
     """CSV fields of every line, stripped; empty fields dropped (A1111's csv_string_to_list_strip)."""
     fields = [field.strip() for row in csv.reader(io.StringIO(text), skipinitialspace=True) for field in row]
     return [field for field in fields if field]
-
-
-def shown(token: str) -> str:
-    """`token` quoted for a message, cut after MAX_SHOWN_CHARS characters."""
-    return repr(token) if len(token) <= MAX_SHOWN_CHARS else repr(token[:MAX_SHOWN_CHARS]) + "..."
 
 
 def to_number(token: str, value_type: str, what: str) -> float | int:

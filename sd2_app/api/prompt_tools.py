@@ -27,7 +27,7 @@ from sd2_app.api.hires_x4 import x4_request
 from sd2_app.api.plot import cell_caption
 from sd2_app.api.requests import Request, Txt2ImgRequest, guidance_on
 from sd2_app.api.txt2img_options import X4_UPSCALER, x4_checkpoint
-from sd2_app.errors import InvalidRequest, LoadError
+from sd2_app.errors import InvalidRequest, LoadError, shown
 from sd2_app.pipelines.prompt_chunks import MAX_CHUNKS, tokenize_prompts
 from sd2_app.pipelines.prompt_plan import PromptSteps, hires_prompt_steps, plan_prompts, prompt_steps
 from sd2_app.prompt_editing import prompt_variants
@@ -137,7 +137,7 @@ class PromptTools:
         if not isinstance(text, str) or len(text) > MAX_PROMPT_CHARS:
             raise InvalidRequest(f"A prompt is a text of at most {MAX_PROMPT_CHARS} characters.")
         if not isinstance(checkpoint, str) or checkpoint not in self._service.registry:
-            raise InvalidRequest(f"Unknown checkpoint {checkpoint!r}.")
+            raise InvalidRequest(f"Unknown checkpoint {shown(checkpoint)}.")
         if not self._slots.acquire(timeout=SLOT_WAIT_S):
             return None
         try:
@@ -153,7 +153,7 @@ class PromptTools:
             return None
         finally:
             self._slots.release()
-        shown = f"{tokens.token_count}/{tokens.token_limit}"
+        counted = f"{tokens.token_count}/{tokens.token_limit}"
         if len(tokens.chunks) > MAX_CHUNKS:
-            shown += f" (over the {MAX_CHUNKS}-chunk limit)"
-        return shown
+            counted += f" (over the {MAX_CHUNKS}-chunk limit)"
+        return counted

@@ -34,7 +34,7 @@ from sd2_app.api.tasks import pipeline_of
 from sd2_app.api.validation import validate
 from sd2_app.checkpoints.allowlist import allowed_repos as env_allowed_repos, custom_specs
 from sd2_app.checkpoints.catalog import REGISTRY, CheckpointSpec
-from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.errors import Cancelled, InvalidRequest, shown
 from sd2_app.pipelines.metadata import parse_parameters, read_png_parameters
 from sd2_app.prompt_styles import StyleBook
 
@@ -118,7 +118,7 @@ class Service:
     def resolution(self, checkpoint: str) -> int:
         """The checkpoint's native side in pixels (the UI's default width and height)."""
         if checkpoint not in self.catalog.resolutions:
-            raise InvalidRequest(f"Unknown checkpoint {checkpoint!r}.")
+            raise InvalidRequest(f"Unknown checkpoint {shown(checkpoint)}.")
         return self.catalog.resolutions[checkpoint]
 
     # ---- models ----------------------------------------------------------------------------------
@@ -129,14 +129,14 @@ class Service:
 
     def load(self, checkpoint: str) -> None:
         if checkpoint not in self.registry:
-            raise InvalidRequest(f"Unknown checkpoint {checkpoint!r}.")
+            raise InvalidRequest(f"Unknown checkpoint {shown(checkpoint)}.")
         with self.gate.enter():
             self._host().load(checkpoint)
 
     def unload(self, checkpoint: str | None = None) -> None:
         """Unload one checkpoint, or everything when `checkpoint` is None."""
         if checkpoint is not None and checkpoint not in self.registry:
-            raise InvalidRequest(f"Unknown checkpoint {checkpoint!r}.")
+            raise InvalidRequest(f"Unknown checkpoint {shown(checkpoint)}.")
         for key in [checkpoint] if checkpoint is not None else list(self.registry):
             self._host().unload(key)
 

@@ -31,7 +31,7 @@ from sd2_app.api.requests import (
     guidance_on,
 )
 from sd2_app.api.txt2img_options import check_hires, check_seed_extras
-from sd2_app.errors import InvalidRequest
+from sd2_app.errors import InvalidRequest, shown
 from sd2_app.prompt_syntax import EXTRA_NETWORKS, MAX_WEIGHT, clamped_weights, unsupported_syntax
 
 MAX_NOISE_LEVEL = 350  # x4 upscaler's model_index.json
@@ -66,14 +66,14 @@ def _sampling(s: Sampling, catalog: Catalog, limits: Limits, *, karras_optional:
 def _checkpoint(key: Any, task: str, catalog: Catalog) -> str:
     if isinstance(key, str) and key not in catalog.tasks and "/" in key:
         raise InvalidRequest(
-            f"Custom model repos such as {key[:100]!r} are not allowed on this server; the operator can allow "
+            f"Custom model repos such as {shown(key)} are not allowed on this server; the operator can allow "
             "some with SD2APP_ALLOWED_REPOS."
         )
     if not isinstance(key, str) or key not in catalog.tasks:
-        raise InvalidRequest(f"Unknown checkpoint {key!r}; choose one of: {', '.join(catalog.tasks)}.")
+        raise InvalidRequest(f"Unknown checkpoint {shown(key)}; choose one of: {', '.join(catalog.tasks)}.")
     if task not in catalog.tasks[key]:
         fits = [k for k, tasks in catalog.tasks.items() if task in tasks]
-        raise InvalidRequest(f"Checkpoint {key!r} cannot do {task}; use one of: {', '.join(fits)}.")
+        raise InvalidRequest(f"Checkpoint {shown(key)} cannot do {task}; use one of: {', '.join(fits)}.")
     return key
 
 
@@ -261,7 +261,7 @@ def _outpaint_fields(request: OutpaintRequest, steps: int, limits: Limits) -> di
         raise InvalidRequest(f"The extended image would be {width}x{height}; each side may be at most "
                              f"{limits.max_side} pixels. Extend less or start from a smaller image.")
     if request.fill not in OUTPAINT_FILLS:
-        raise InvalidRequest(f"Unknown outpaint fill {request.fill!r}; choose one of: {', '.join(OUTPAINT_FILLS)}.")
+        raise InvalidRequest(f"Unknown outpaint fill {shown(request.fill)}; choose one of: {', '.join(OUTPAINT_FILLS)}.")
     return {**sides, "image": image, "fill": request.fill, "strength": _strength(request.strength, steps),
             "mask_blur": integer(request.mask_blur, "Mask blur", 0, 64),
             "keep_original": flag(request.keep_original, "Keep the original")}

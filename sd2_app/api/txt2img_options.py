@@ -10,7 +10,7 @@ from typing import Any
 
 from sd2_app.api.requests import HIRES_UPSCALERS, X4_UPSCALER, HiresFix, Sampling, SeedExtras
 from sd2_app.api.checks import Catalog, Limits, integer, number, resolve_seed
-from sd2_app.errors import InvalidRequest
+from sd2_app.errors import InvalidRequest, shown
 
 MAX_HIRES_SCALE = 4.0
 
@@ -37,7 +37,7 @@ def check_hires(
     if not isinstance(hires, HiresFix):
         raise InvalidRequest(f"Hires fix must be a HiresFix, got {type(hires).__name__}.")
     if hires.upscaler not in HIRES_UPSCALERS:
-        raise InvalidRequest(f"Unknown hires upscaler {hires.upscaler!r}; choose one of: {', '.join(HIRES_UPSCALERS)}.")
+        raise InvalidRequest(f"Unknown hires upscaler {shown(hires.upscaler)}; choose one of: {', '.join(HIRES_UPSCALERS)}.")
     if hires.upscaler == X4_UPSCALER:
         if x4_checkpoint(catalog) is None:
             raise InvalidRequest("The SD2 x4 hires upscaler needs the x4 upscaler checkpoint, which this server lacks.")
@@ -45,7 +45,7 @@ def check_hires(
             raise InvalidRequest("The SD2 x4 hires upscaler runs one image at a time; set Images per prompt to 1.")
     sampler = hires.sampler or None
     if sampler is not None and (not isinstance(sampler, str) or sampler not in catalog.samplers):
-        raise InvalidRequest(f"Unknown hires sampler {sampler!r}; choose one of: {', '.join(catalog.samplers)}.")
+        raise InvalidRequest(f"Unknown hires sampler {shown(sampler)}; choose one of: {', '.join(catalog.samplers)}.")
     if sampler is not None and sampling.use_karras and not catalog.samplers[sampler]:
         raise InvalidRequest(f"Karras sigmas are not available for the hires sampler {sampler}; untick Karras "
                              "or choose another hires sampler.")
@@ -81,7 +81,7 @@ def check_seed_extras(extras: SeedExtras, limits: Limits) -> SeedExtras:
     resize = extras.resize_from
     if resize is not None:
         if not isinstance(resize, (tuple, list)) or len(resize) != 2:
-            raise InvalidRequest(f"Seed resize from must be (width, height), got {resize!r}.")
+            raise InvalidRequest(f"Seed resize from must be (width, height), got {shown(resize)}.")
         width = _optional_int(resize[0], "Seed resize from width", 64, limits.max_side)
         height = _optional_int(resize[1], "Seed resize from height", 64, limits.max_side)
         if (width is None) != (height is None):

@@ -16,6 +16,7 @@ from PIL import Image
 
 from sd2_app.api.a1111_samplers import read_sampler, schedule_label
 from sd2_app.api.requests import HIRES_UPSCALERS, HiresFix
+from sd2_app.errors import shown
 from sd2_app.ui.result_panel import ResultPanel, selected_image
 from sd2_app.ui.sampling_controls import SamplingControls
 
@@ -131,16 +132,16 @@ def unreproduced(parsed: dict[str, Any], sampler: str | None) -> list[str]:
     hires upscaler, and A1111 settings we do not have."""
     notes = []
     if parsed.get("Sampler") and sampler is None:
-        notes.append(f"Sampler {parsed['Sampler']!r} is not available here; the current sampler is kept.")
+        notes.append(f"Sampler {shown(parsed['Sampler'])} is not available here; the current sampler is kept.")
     schedule = parsed.get("Schedule type")
     if schedule is not None and schedule_label(schedule) is None:
-        notes.append(f"Schedule type {schedule!r} is not available here; the sampler's own schedule is used.")
+        notes.append(f"Schedule type {shown(schedule)} is not available here; the sampler's own schedule is used.")
     upscaler = parsed.get("Hires upscaler")
     if hires_in(parsed) and upscaler is not None and upscaler not in HIRES_UPSCALERS:
-        notes.append(f"Hires upscaler {upscaler!r} is not available here; {HiresFix().upscaler} is used.")
+        notes.append(f"Hires upscaler {shown(upscaler)} is not available here; {HiresFix().upscaler} is used.")
     for key, instead in _NOT_HERE.items():
         if key in parsed:
-            notes.append(f"{key} ({parsed[key]!r}) is not supported here; {instead} is used.")
+            notes.append(f"{key} ({shown(parsed[key])}) is not supported here; {instead} is used.")
     return notes
 
 

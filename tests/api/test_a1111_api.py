@@ -156,6 +156,18 @@ def test_eta_is_written_in_the_infotext_only_when_the_sampler_uses_it(client) ->
     assert ", Eta DDIM: 0.5" in ddim.info["infotexts"][0]  # A1111's name of DDIM's eta
 
 
+def test_a_refusal_repeats_at_most_sixty_characters_of_a_value_it_names(app) -> None:
+    """A megabyte sent in a field comes back (and goes to the log) as its first 60 characters (errors.shown)."""
+    _, port, _ = app
+    long = "x" * 100_000
+    for field in ({"sampler_name": long}, {"scheduler": long}, {"override_settings": {"sd_model_checkpoint": long}},
+                  {"enable_hr": True, "hr_upscaler": long}, {"enable_hr": True, "hr_sampler_name": long},
+                  {"steps": long}):
+        status, body = _post(port, "txt2img", {"prompt": "a lighthouse", **FAST, **field})
+        assert status == 422 and f"'{'x' * 60}'..." in body["detail"], field
+        assert len(body["detail"]) < 400, field
+
+
 def test_img2img_and_inpaint_with_a_mask(client) -> None:
     init = noise_image(64, 64, seed=3)
     result = client.img2img(images=[init], prompt="oil painting", denoising_strength=0.5, seed=2, **FAST)

@@ -184,15 +184,21 @@ def test_png_info_reads_an_a1111_infotext_as_a1111_does(app, tmp_path: Path) -> 
                       "Size": "512x768", "Model": "v2-1_768-ema-pruned", "Wildcards": "red", "Version": "v1.10.1"}
 
 
-def test_png_info_reads_a_megabyte_settings_line(app, tmp_path: Path) -> None:
-    """The largest text chunk PNG info reads (1 MiB) of junk before the settings: answered, in one pass."""
+def test_png_info_reads_a_text_of_the_limit_and_no_longer(app, tmp_path: Path) -> None:
+    """Junk before the settings up to the longest text PNG info reads (metadata.MAX_PARAMETERS_CHARS): answered;
+    one character more (a 1 MiB zTXt costs a second of parsing) reads as an image without parameters."""
+    from sd2_app.pipelines.metadata import MAX_PARAMETERS_CHARS
+
     client, _, _ = app
-    text = "a cat\n" + "a" * ((1 << 20) - 200) + ", Steps: 20, Sampler: Euler, Seed: 7"
-    image = Image.new("RGB", (8, 8))
-    image.info["parameters"] = text
-    save_png(image, tmp_path / "long.png")
-    _, fields = client.predict(path=gradio_client.handle_file(str(tmp_path / "long.png")), api_name="/png_info")
-    assert fields == {"Prompt": "a cat", "Negative prompt": "", "Steps": 20, "Sampler": "Euler", "Seed": 7}
+    settings = ", Steps: 20, Sampler: Euler, Seed: 7"
+    for extra, expected in ((0, {"Prompt": "a cat", "Negative prompt": "", "Steps": 20, "Sampler": "Euler",
+                                 "Seed": 7}), (1, {})):
+        text = "a cat\n" + "a" * (MAX_PARAMETERS_CHARS - len("a cat\n") - len(settings) + extra) + settings
+        image = Image.new("RGB", (8, 8))
+        image.info["parameters"] = text
+        save_png(image, tmp_path / "long.png")
+        _, fields = client.predict(path=gradio_client.handle_file(str(tmp_path / "long.png")), api_name="/png_info")
+        assert fields == expected, extra
 
 
 def test_embedding_is_used_and_recorded_with_its_hash(app, embeddings_dir: Path) -> None:
