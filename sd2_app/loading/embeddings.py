@@ -147,8 +147,11 @@ class EmbeddingLibrary:
                 if path.stem.lower() in {n.lower() for n in found}:
                     raise EmbeddingError(f"{path.name}: another file already has the name {path.stem!r}")
                 found[path.stem] = load_embedding(path, width)
-            except (EmbeddingError, OSError) as error:
+            except EmbeddingError as error:
                 refused[path.name] = str(error)
+                log.warning("embedding not used: %s", error)
+            except OSError as error:  # its text names the full path: visitors read `refused` (the API's list)
+                refused[path.name] = f"{path.name}: could not be read ({error.strerror or type(error).__name__})"
                 log.warning("embedding not used: %s", error)
         log.info("%d embedding(s) in %s", len(found), folder)
         return cls(Path(folder), found, refused)

@@ -291,6 +291,21 @@ def test_library_reads_both_layouts_and_refuses_the_rest(tmp_path: Path) -> None
     assert "not a readable safetensors file" in library.refused["broken.safetensors"]
 
 
+def test_an_unreadable_embedding_file_is_refused_without_its_full_path(tmp_path: Path, monkeypatch) -> None:
+    """`refused` is what visitors read (GET /sdapi/v1/embeddings): an OSError's text names the server's folder."""
+    save_file({"emb_params": torch.randn(3, 1024)}, str(tmp_path / "locked.safetensors"))
+    real_read = Path.read_bytes
+
+    def read_bytes(path: Path) -> bytes:
+        if path.name == "locked.safetensors":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    library = EmbeddingLibrary.scan(tmp_path)
+    assert library.refused == {"locked.safetensors": "locked.safetensors: could not be read (Permission denied)"}
+
+
 def test_sd1_embedding_message(tmp_path: Path) -> None:
     save_file({"emb_params": torch.randn(2, 768)}, str(tmp_path / "sd15.safetensors"))
     with pytest.raises(EmbeddingError) as info:
