@@ -174,7 +174,8 @@ def test_other_events_have_places_of_their_own_apart_from_the_gpu_jobs() -> None
     queue.blocks = SimpleNamespace(fns={0: SimpleNamespace(concurrency_id=GPU_QUEUE),
                                         1: SimpleNamespace(concurrency_id="png_info")})
     visitors.watch(queue)
-    gpu, cheap = SimpleNamespace(fn_index=0, data=[]), SimpleNamespace(fn_index=1, data=[])
+    gpu, cheap = (SimpleNamespace(fn_index=0, data=[], session_hash="pagehash01"),
+                  SimpleNamespace(fn_index=1, data=[], session_hash="pagehash01"))
     for address in ("203.0.113.7", "203.0.113.8"):
         queue.add(_request("10.0.0.2", address))  # the GPU jobs' places are full
     assert asyncio.run(queue.push(gpu, _request("10.0.0.2", "203.0.113.9"), None)) == (
@@ -216,7 +217,7 @@ def test_the_watched_queue_admits_gpu_jobs_through_visitors_admit() -> None:
     queue.push = gradio_push
     queue.blocks = SimpleNamespace(fns={0: SimpleNamespace(concurrency_id=GPU_QUEUE)})
     visitors.watch(queue)
-    body = SimpleNamespace(fn_index=0, data=[])
+    body = SimpleNamespace(fn_index=0, data=[], session_hash="pagehash01")
     assert asyncio.run(queue.push(body, _request("10.0.0.2", "203.0.113.7"), None)) == (True, "event-id")
     assert pushed == [1] and visitors.job_admission._held == {}
     queue.add(_request("10.0.0.2", "203.0.113.7"))  # Gradio's queue now has it
