@@ -138,7 +138,7 @@ def _png_to_txt2img(
         width, _, height = size.partition("x")
         keep = gr.skip()
         sampler, karras = sampler_fields(parsed, names)
-        for note in unreproduced(parsed, sampler):
+        for note in unreproduced(parsed, sampler, names):
             gr.Warning(note)
         checkpoint = checkpoint_named(str(parsed.get("Model", "")), offered)
         return (

@@ -8,13 +8,14 @@ after the visitor uploaded into it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 from gradio.events import Dependency
 from PIL import Image
 
-from sd2_app.api.a1111_samplers import read_sampler, schedule_label
+from sd2_app.api.a1111_samplers import read_sampler, sampler_named, schedule_label
 from sd2_app.api.requests import HIRES_UPSCALERS, HiresFix
 from sd2_app.errors import shown
 from sd2_app.ui.result_panel import ResultPanel, selected_image
@@ -126,10 +127,10 @@ _NOT_HERE = {"Hires prompt": "the prompt", "Hires negative prompt": "the negativ
              "Refiner": "no refiner", "Eta DDIM": "DDIM without eta (0)"}
 
 
-def unreproduced(parsed: dict[str, Any], sampler: str | None) -> list[str]:
+def unreproduced(parsed: dict[str, Any], sampler: str | None, names: Sequence[str]) -> list[str]:
     """What of a parsed A1111 parameters text "Send to text to image" cannot set here, one sentence each (shown
-    as warnings): an unknown sampler (`sampler`: `sampler_fields`' reading, None for none of ours), schedule type or
-    hires upscaler, and A1111 settings we do not have."""
+    as warnings): an unknown sampler (`sampler`: `sampler_fields`' reading, None for none of ours), schedule type,
+    hires upscaler or hires sampler (`names`: the samplers offered), and A1111 settings we do not have."""
     notes = []
     if parsed.get("Sampler") and sampler is None:
         notes.append(f"Sampler {shown(parsed['Sampler'])} is not available here; the current sampler is kept.")
@@ -139,6 +140,9 @@ def unreproduced(parsed: dict[str, Any], sampler: str | None) -> list[str]:
     upscaler = parsed.get("Hires upscaler")
     if hires_in(parsed) and upscaler is not None and upscaler not in HIRES_UPSCALERS:
         notes.append(f"Hires upscaler {shown(upscaler)} is not available here; {HiresFix().upscaler} is used.")
+    hires_sampler = parsed.get("Hires sampler")
+    if hires_in(parsed) and hires_sampler and sampler_named(str(hires_sampler), names) is None:
+        notes.append(f"Hires sampler {shown(hires_sampler)} is not available here; the first pass's sampler is used.")
     for key, instead in _NOT_HERE.items():
         if key in parsed:
             notes.append(f"{key} ({shown(parsed[key])}) is not supported here; {instead} is used.")

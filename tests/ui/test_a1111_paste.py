@@ -52,19 +52,22 @@ def test_hires_fix_is_on_by_a1111s_rule() -> None:
 def test_each_setting_that_cannot_be_reproduced_is_named() -> None:
     parsed = parse_parameters(
         "p\nSteps: 20, Sampler: DPM++ 2S a, Schedule type: Exponential, CFG scale: 7, Seed: 1, Size: 512x512, "
-        "Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: R-ESRGAN 4x+, Hires prompt: \"a castle, 8k\", "
+        "Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: R-ESRGAN 4x+, Hires sampler: Restart, "
+        "Hires prompt: \"a castle, 8k\", "
         "Emphasis: No norm, Clip skip: 2, Eta DDIM: 0.5")
-    assert unreproduced(parsed, sampler_fields(parsed, NAMES)[0]) == [
+    assert unreproduced(parsed, sampler_fields(parsed, NAMES)[0], NAMES) == [
         "Sampler 'DPM++ 2S a' is not available here; the current sampler is kept.",
         "Schedule type 'Exponential' is not available here; the sampler's own schedule is used.",
         "Hires upscaler 'R-ESRGAN 4x+' is not available here; Latent is used.",
+        "Hires sampler 'Restart' is not available here; the first pass's sampler is used.",
         "Hires prompt ('a castle, 8k') is not supported here; the prompt is used.",
         "Emphasis ('No norm') is not supported here; A1111's default (\"Original\") is used.",
         "Eta DDIM (0.5) is not supported here; DDIM without eta (0) is used.",  # the tabs have no Eta control
     ]  # Clip skip: A1111 ignores it on SD 2.x too
     plms = parse_parameters(
-        "p\nSteps: 20, Sampler: PLMS, Schedule type: Automatic, Denoising strength: 0.5, Hires upscaler: Latent")
-    assert unreproduced(plms, sampler_fields(plms, NAMES)[0]) == []
+        "p\nSteps: 20, Sampler: PLMS, Schedule type: Automatic, Denoising strength: 0.5, Hires upscaler: Latent, "
+        "Hires sampler: ddim")  # any case, as the paste reads it
+    assert unreproduced(plms, sampler_fields(plms, NAMES)[0], NAMES) == []
 
 
 def test_png_info_send_fills_a1111_names_in() -> None:
