@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sd2_app.errors import InvalidRequest
+from sd2_app.errors import InvalidRequest, shown
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class StyleBook:
         unknown = [name for name in names if name not in by_name]
         if unknown:
             known = ", ".join(repr(name) for name in self.names[:20]) or "none"
-            raise InvalidRequest(f"Unknown style {unknown[0]!r}; this server's styles: {known}.")
+            raise InvalidRequest(f"Unknown style {shown(unknown[0])}; this server's styles: {known}.")
         return [by_name[name] for name in names]
 
     def apply(self, prompt: str | None, negative_prompt: str | None, names: object) -> tuple[str, str]:

@@ -58,6 +58,7 @@ def test_apply_in_the_order_picked(names: list[str] | None, prompt: str, negativ
     ("oil", "styles must be a list of style names."),
     ([1], "styles must be a list of style names."),
     (["oil"] * 21, "At most 20 styles may be applied at once; 21 were sent."),
+    (["w" * 100_000], f"Unknown style '{'w' * 60}'...; this server's styles: 'oil', 'frame', 'neg only', 'empty'."),
 ])
 def test_what_is_refused(names: object, message: str) -> None:
     with pytest.raises(InvalidRequest) as error:

@@ -47,7 +47,7 @@ def prompt_orders(tokens: Sequence[Any], what: str, max_values: int) -> list[tup
         orders = [tuple(str(term) for term in token) for token in tokens]
         terms = orders[0]
         if any(sorted(order) != sorted(terms) for order in orders):
-            raise InvalidRequest(f"{what}: every order must list the same terms as the first, {list(terms)!r}.")
+            raise InvalidRequest(f"{what}: every order must list the same terms as the first, {shown(list(terms))}.")
     else:
         terms = tuple(str(token) for token in tokens)
         orders = []

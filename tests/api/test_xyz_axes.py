@@ -150,6 +150,8 @@ def _img2img(axis: PlotAxis) -> XYZPlotRequest:
                                                         "prompt; list terms that do not."),
     (_plot(PlotAxis("prompt_order", (("cat", "dog"), ("cat", "mat")))),
      "X values (Prompt order): every order must list the same terms as the first, ['cat', 'dog']."),
+    (_plot(PlotAxis("prompt_order", (("cat",) * 30_000, ("dog",) * 30_000))),
+     f"X values (Prompt order): every order must list the same terms as the first, {str(['cat'] * 30_000)[:60]}...."),
     (_plot(PlotAxis("eta", "0, 0.5")), "Eta changes only DDIM, and no cell of this plot runs it; choose DDIM as the "
                                        "sampler or add it to a Sampler axis."),
     (_plot(PlotAxis("eta", "0, 2"), sampler="DDIM"), "Eta: 2: Eta must be between 0 and 1, got 2.0."),
