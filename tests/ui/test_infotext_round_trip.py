@@ -70,7 +70,8 @@ TASK_ONLY = {
     "img2img": {keys.DENOISING_STRENGTH},
     "inpaint": {keys.DENOISING_STRENGTH, keys.MASK_BLUR, keys.KEEP_UNMASKED, keys.INPAINT_AREA,
                 keys.MASKED_AREA_PADDING, keys.MODEL},
-    "outpaint": {keys.DENOISING_STRENGTH, keys.MASK_BLUR, keys.KEEP_UNMASKED, keys.OUTPAINT_FILL, keys.MODEL},
+    "outpaint": {keys.DENOISING_STRENGTH, keys.MASK_BLUR, keys.KEEP_UNMASKED, keys.OUTPAINT_FILL, keys.MODEL,
+                 *keys.OUTPAINT_MARGINS.values()},
     "depth": {keys.DENOISING_STRENGTH, keys.DEPTH, keys.MODEL},
     "upscale": {keys.NOISE_LEVEL, keys.TILE_SIZE, keys.MODEL},
 }
@@ -194,3 +195,77 @@ EXPECTED_HIRES = {
                                   keys.HIRES_SAMPLER: "DDIM"} for upscaler in HIRES_UPSCALERS},
     "hires resize": {keys.HIRES_RESIZE: "80x72", keys.HIRES_STEPS: 2, keys.HIRES_UPSCALER: "Latent"},
 }
+
+
+def test_ddim_eta_from_the_a1111_api_is_named_as_not_set_and_the_rest_comes_back(app, tmp_path: Path) -> None:
+    """Eta is the A1111 API's (and the X/Y/Z plot's): the tabs have no Eta control, so the send says so and the
+    rest of the text remakes the image without eta."""
+    url, client, _ = app
+    body = {"prompt": "a castle", "sampler_name": "DDIM", "eta": 0.5, **FAST}
+    answer = httpx.post(f"{url}/sdapi/v1/txt2img", json=body, timeout=300)
+    assert answer.status_code == 200, answer.text
+    path = tmp_path / "eta.png"
+    path.write_bytes(base64.b64decode(answer.json()["images"][0]))
+    _, fields = _png_info(client, str(path))
+    assert fields[keys.ETA_DDIM] == 0.5 and fields[keys.SAMPLER] == "DDIM"
+    sent, warnings = _send(app, fields)
+    assert warnings == ["Eta DDIM (0.5) is not supported here; DDIM without eta (0) is used."]
+    assert _not_read_back(fields, sent, "txt2img") == {keys.ETA_DDIM: (0.5, "(no widget reads it)")}
+    remade, _ = _remade(app, str(path), sent)
+    assert remade == {key: value for key, value in fields.items() if key != keys.ETA_DDIM}
+
+
+def _small(name: str, size: int, folder: Path) -> str:
+    path = folder / f"{size}-{name}"
+    Image.open(ASSETS / name).convert("RGB").resize((size, size)).save(path)
+    return str(path)
+
+
+def _task_inputs(task: str, folder: Path) -> dict[str, Any]:
+    """The endpoint's inputs for one image of `task`, with its options on."""
+    picture = handle_file(_small("landscape.png", 64, folder))
+    if task == "img2img":
+        return {"image": picture, "strength": 0.5, "variation_seed": 3, "variation_strength": 0.2, "tiling": True,
+                "use_karras": True}
+    if task == "inpaint":
+        mask = Image.new("L", (64, 64), 0)
+        mask.paste(255, (16, 16, 48, 48))
+        mask.save(folder / "mask.png")
+        return {"image_and_mask": {"background": picture, "layers": [], "composite": None}, "only_masked": True,
+                "mask": handle_file(str(folder / "mask.png")), "mask_blur": 2, "only_masked_padding": 8}
+    if task == "outpaint":
+        return {"image": picture, "up": 16, "fill": "blur"}
+    if task == "depth":
+        return {"image": picture, "strength": 0.7}
+    return {"image": handle_file(_small("cat_128.png", 16, folder)), "noise_level": 30}
+
+
+TASK_KEYS = {  # what each task writes beyond the shared settings
+    "img2img": {keys.DENOISING_STRENGTH: 0.5, keys.VARIATION_SEED: 3, keys.VARIATION_SEED_STRENGTH: 0.2,
+                keys.TILING: True, keys.SCHEDULE_TYPE: "Karras"},
+    "inpaint": {keys.DENOISING_STRENGTH: 1.0, keys.MASK_BLUR: 2, keys.INPAINT_AREA: "Only masked",
+                keys.MASKED_AREA_PADDING: 8, keys.KEEP_UNMASKED: True},
+    "outpaint": {keys.OUTPAINT_FILL: "blur", keys.MASK_BLUR: 8, keys.OUTPAINT_UP: 16, keys.OUTPAINT_LEFT: 0},
+    "depth": {keys.DENOISING_STRENGTH: 0.7, keys.DEPTH: "DPT"},
+    "upscale": {keys.NOISE_LEVEL: 30},
+}
+
+
+@pytest.mark.parametrize("task", list(TASK_KEYS))
+def test_the_other_tasks_parameters_come_back_where_text_to_image_has_them(app, task: str, tmp_path: Path) -> None:
+    _, client, _ = app
+    path = _generated(client, f"/{task}", prompt="a lighthouse", negative_prompt="fog", sampler="Euler",
+                      **{key: FAST[key] for key in ("steps", "seed", "cfg_scale")}, **_task_inputs(task, tmp_path))
+    fields, sent, warnings = _round_trip(app, path, task)
+    assert warnings == []
+    assert {key: fields.get(key) for key in TASK_KEYS[task]} == TASK_KEYS[task]
+    assert (sent["prompt"], sent["negative_prompt"], sent["seed"], sent["steps"]) == ("a lighthouse", "fog", 7, 2)
+
+
+def test_a_written_key_no_widget_reads_is_found() -> None:
+    """The check above fails for a key the send does not read (a new writer's key, or a misspelt one)."""
+    fields = parse_parameters("a cat\nSteps: 2, Sampler: Euler, Seed: 7, Size: 64x64, Hires stpes: 3")
+    sent = {"prompt": "a cat", "negative_prompt": "", "steps": 2, "sampler": "Euler", "seed": 7, "width": 64,
+            "height": 64}
+    assert _not_read_back(fields, sent, "txt2img") == {"Hires stpes": (3, "(no widget reads it)")}
+    assert _not_read_back({**fields, keys.SEED: 8}, sent, "txt2img")[keys.SEED] == (8, 7)
