@@ -1,5 +1,5 @@
 """Rough edges a first-time visitor met walking through every tab in a real Chromium (Playwright), each as the
-visitor meets it: "Reuse last seed" before any result.
+visitor meets it: "Reuse last seed" before any result; PNG info's send of an image without parameters.
 
 Uses test_browser.py's app and browser fixtures (tiny checkpoints); each test opens its own page, so the order
 does not matter. Screenshots go to tests/artifacts/.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.ui.test_browser import (ARTIFACTS, DESKTOP, _open, _set_number, browser,  # noqa: F401
+from tests.ui.test_browser import (ARTIFACTS, ASSETS, DESKTOP, _go, _open, _set_number, browser,  # noqa: F401
                                    expect, url)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -36,4 +36,20 @@ def test_reuse_last_seed_before_a_result_keeps_the_typed_seed_and_says_why(brows
     drawn = info.inner_text().split("Seed ", 1)[1].split(" ", 1)[0]
     page.locator("#txt2img-reuse-seed").click()
     expect(seed).to_have_value(drawn, timeout=15_000)
+    page.context.close()
+
+
+def test_png_info_send_of_an_image_without_parameters_says_what_to_do(browser, url: str) -> None:
+    page = _open(browser, url, DESKTOP)
+    _go(page, "PNG info")
+    page.locator("#pnginfo-image input[type=file]").set_input_files(str(ASSETS / "landscape.png"))
+    expect(page.locator("#pnginfo-text textarea")).to_have_value("This image carries no generation parameters.",
+                                                                  timeout=30_000)
+    page.locator("#pnginfo-send").click()
+    # It said "Upload a PNG with parameters first." to a visitor who had just uploaded a PNG.
+    said = ("There are no generation parameters to send: upload a PNG that carries them, or paste them into "
+            "Parameters.")
+    expect(page.locator(".toast-body", has_text=said)).to_be_visible(timeout=15_000)
+    expect(page.get_by_role("tab", name="PNG info")).to_have_attribute("aria-selected", "true")
+    page.screenshot(path=str(ARTIFACTS / "walkthrough-png-info-send-without-parameters.png"))
     page.context.close()
