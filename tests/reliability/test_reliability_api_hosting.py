@@ -23,8 +23,8 @@ import pytest
 from sd2_app.api.job_admission import too_many_jobs_from_address_message
 from sd2_app.api.quick_reads import (MAX_QUICK_REQUESTS_PER_ADDRESS, PNG_INFO_CONCURRENCY, QUICK_READ_PLACES,
                                      reads_busy_message, too_many_quick_requests_message)
-from tests.hosting_support import (API_FAST, FAST, api_job_count, interrupt_api_jobs, queue_join, served_behind_proxy,
-                                   stop_queued_jobs, wait_for_api_jobs)
+from tests.hosting_support import (API_FAST, FAST, CallsAtOnce, api_job_count, interrupt_api_jobs, queue_join,
+                                   served_behind_proxy, stop_queued_jobs, wait_for_api_jobs)
 from tests.reliability_report import reliability, track_module  # noqa: F401
 from tests.reliability_support import noise_image, one_thread, png_bytes  # noqa: F401
 
@@ -162,39 +162,30 @@ def test_api_png_info_reads_are_bounded_as_the_web_ui_s(api_app, reliability, mo
     from sd2_app.api.service import Service
 
     url, demo = api_app
-    read, release = Service.read_parameters, threading.Event()
-    running, most, lock = [0], [0], threading.Lock()
-
-    def held_read(image: object) -> object:
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        release.wait(30)
-        with lock:
-            running[0] -= 1
-        return read(image)
-
-    monkeypatch.setattr(Service, "read_parameters", staticmethod(held_read))
+    release = threading.Event()
+    probe = CallsAtOnce(Service.read_parameters, lambda: release.wait(30))
+    monkeypatch.setattr(Service, "read_parameters", staticmethod(probe))
     image = base64.b64encode(png_bytes(noise_image(16, 16))).decode()
     callers = ["198.51.100.1"] * MAX_QUICK_REQUESTS_PER_ADDRESS + ["198.51.100.2"] * MAX_QUICK_REQUESTS_PER_ADDRESS
     with ThreadPoolExecutor(len(callers)) as pool:
         futures = [pool.submit(_png_info, url, caller, image) for caller in callers]
         try:
             deadline = time.monotonic() + 30
-            while (running[0] < PNG_INFO_CONCURRENCY or _held_reads(demo) < len(callers)) and time.monotonic() < deadline:
+            while time.monotonic() < deadline and (probe.running, _held_reads(demo)) != (PNG_INFO_CONCURRENCY, len(callers)):
                 time.sleep(0.05)
             over = [_png_info(url, caller, image) for caller in ("198.51.100.1", "198.51.100.3")]
-            at_once = most[0]
+            at_once = probe.most
         finally:
             release.set()
         answers = [future.result() for future in futures]
     assert [(r.status_code, r.json()["detail"]) for r in over] == [
-        (429, too_many_quick_requests_message(MAX_QUICK_REQUESTS_PER_ADDRESS)), (503, reads_busy_message(QUICK_READ_PLACES))]
+        (429, too_many_quick_requests_message(MAX_QUICK_REQUESTS_PER_ADDRESS)),
+        (503, reads_busy_message(QUICK_READ_PLACES))]
     assert at_once == PNG_INFO_CONCURRENCY and [r.status_code for r in answers] == [200] * len(callers)
     assert {r.json()["info"] for r in answers} == {""} and _held_reads(demo) == 0
     assert _png_info(url, "198.51.100.3", image).status_code == 200  # the places are free again
     reliability(AREA, f"{len(callers)} POST /sdapi/v1/png-info calls held at once from two addresses, then one more "
                       "from the first and one from a third (raw HTTP, trusted proxy)",
-                f"at most {at_once} read at once and all {len(callers)} answer 200; the extra ones are refused at once: "
-                f"HTTP 429: {over[0].json()['detail']} / HTTP 503: {over[1].json()['detail']} (each call decoded up to "
-                "25 MiB on its own worker thread, as many at once as were sent)")
+                f"at most {at_once} read at once and all {len(callers)} answer 200; the extra ones are refused at "
+                f"once: HTTP 429: {over[0].json()['detail']} / HTTP 503: {over[1].json()['detail']} (each call "
+                "decoded up to 25 MiB on its own worker thread, as many at once as were sent)")
