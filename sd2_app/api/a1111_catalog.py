@@ -18,6 +18,7 @@ from fastapi import APIRouter, Body, Request
 from sd2_app.api import a1111
 from sd2_app.api.a1111_errors import errors_as_http
 from sd2_app.api.a1111_samplers import SCHEDULERS
+from sd2_app.infotext_keys import PARAMETERS_KEY
 from sd2_app.pipelines.metadata import PNG_SIGNATURE
 from sd2_app.prompt_styles import with_styles_read
 
@@ -105,4 +106,4 @@ def read_png_info(api: A1111Api, body: dict[str, Any]) -> dict[str, Any]:
             fields = with_styles_read(fields, api.service.styles)  # as A1111's parse_generation_parameters
         except OSError as error:  # cut short, or a text chunk too long to be parameters
             log.info("A1111 API: png-info: %s", error)
-    return {"info": text or "", "items": {"parameters": text} if text else {}, "parameters": fields}
+    return {"info": text or "", "items": {PARAMETERS_KEY: text} if text else {}, "parameters": fields}

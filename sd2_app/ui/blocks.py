@@ -11,7 +11,8 @@ import gradio as gr
 
 from sd2_app.api.addresses import ClientAddresses
 from sd2_app.checkpoints.catalog import CheckpointSpec, checkpoint_named
-from sd2_app.prompt_styles import STYLES_FIELD, StyleBook, with_styles_read
+from sd2_app import infotext_keys as keys
+from sd2_app.prompt_styles import StyleBook, with_styles_read
 from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
 from sd2_app.ui.hosting import Hosting, Visitors
 from sd2_app.ui.lifecycle import AppBlocks
@@ -134,27 +135,27 @@ def _png_to_txt2img(
         if not parsed:
             raise gr.Error("Upload a PNG with parameters first.", print_exception=False)
         parsed = with_styles_read(parsed, styles)
-        size = str(parsed.get("Size", ""))
+        size = str(parsed.get(keys.SIZE, ""))
         width, _, height = size.partition("x")
         keep = gr.skip()
         sampler, karras = sampler_fields(parsed, names)
         for note in unreproduced(parsed, sampler, names):
             gr.Warning(note)
-        checkpoint = checkpoint_named(str(parsed.get("Model", "")), offered)
+        checkpoint = checkpoint_named(str(parsed.get(keys.MODEL, "")), offered)
         return (
-            parsed.get("Prompt", ""),
-            parsed.get("Negative prompt", ""),
+            parsed.get(keys.PROMPT, ""),
+            parsed.get(keys.NEGATIVE_PROMPT, ""),
             keep if sampler is None else sampler,
             karras,
-            clamp_to(parsed.get("Steps"), controls.steps),
-            clamp_to(parsed.get("CFG scale"), controls.cfg),
-            parsed.get("Seed", keep),
+            clamp_to(parsed.get(keys.STEPS), controls.steps),
+            clamp_to(parsed.get(keys.CFG_SCALE), controls.cfg),
+            parsed.get(keys.SEED, keep),
             clamp_to(int(width), t2i.width) if width.isdigit() else keep,
             clamp_to(int(height), t2i.height) if height.isdigit() else keep,
             keep if checkpoint is None else checkpoint,
             gr.Tabs(selected="txt2img"),
             *from_parameters(parsed, names),  # hires fix, seed extras, tiling
-            *(() if t2i.styles is None else (parsed.get(STYLES_FIELD, []),)),
+            *(() if t2i.styles is None else (parsed.get(keys.STYLES_ARRAY, []),)),
         )
 
     outputs = [t2i.prompt, t2i.negative, controls.sampler, controls.karras, controls.steps, controls.cfg,
