@@ -81,9 +81,10 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
             with gr.Tab("PNG info", id="pnginfo"):
                 png_image, png_fields, png_send = pnginfo.build(service)
         targets = {
-            "img2img": SendTarget(i2i.image, i2i.prompt, i2i.negative, i2i.sampling),
-            "inpaint": SendTarget(inp.incoming, inp.prompt, inp.negative, inp.sampling, editor=inp.editor),
-            "upscale": SendTarget(up.image, up.prompt, up.negative),
+            "img2img": SendTarget(i2i.image, i2i.prompt, i2i.negative, i2i.sampling, styles=i2i.styles),
+            "inpaint": SendTarget(inp.incoming, inp.prompt, inp.negative, inp.sampling, editor=inp.editor,
+                                  styles=inp.styles),
+            "upscale": SendTarget(up.image, up.prompt, up.negative, styles=up.styles),
         }
         tabs_with_results = (("txt2img", t2i), ("img2img", i2i), ("inpaint", inp), ("outpaint", out), ("upscale", up),
                              ("depth", dep))

@@ -19,6 +19,7 @@ from sd2_app import infotext_keys as keys
 from sd2_app.api.a1111_samplers import read_sampler, sampler_named, schedule_label
 from sd2_app.api.requests import HIRES_UPSCALERS, HiresFix
 from sd2_app.errors import shown
+from sd2_app.prompt_styles import with_styles_read
 from sd2_app.ui.result_panel import ResultPanel, selected_image
 from sd2_app.ui.sampling_controls import SamplingControls
 
@@ -40,24 +41,26 @@ class SendTarget:
     negative: gr.Textbox
     sampling: SamplingControls | None = None
     editor: gr.ImageMask | None = None  # set when `image` is only the courier of an image editor
+    styles: gr.Dropdown | None = None  # the Styles picker, where the host has prompt styles
 
 
 def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[str, SendTarget],
               prefix: str) -> None:
-    """Each "Send to X" button copies the picked result, the prompts (and seed, sampler, steps and CFG where X
-    samples the same way) into tab X and switches to it. Queued, so "Generate an image first." reaches the user."""
+    """Each "Send to X" button copies the picked result, the prompts and the picked prompt styles (and seed,
+    sampler, steps and CFG where X samples the same way) into tab X and switches to it. Queued, so "Generate an
+    image first." reaches the user."""
     for target, button in panel.send_buttons.items():
         into = targets[target]
         carry = into.sampling is not None
+        styled = tab.styles is not None and into.styles is not None
 
-        def send(gallery: Any, index: Any, text: str, negative: str, seed: Any, *sampling: Any,
-                 target: str = target, carry: bool = carry) -> tuple:
-            image = selected_image(gallery, index)
-            if not carry:
-                return image, text, negative, gr.Tabs(selected=target)
-            sampler, karras, steps, cfg = sampling
-            return (image, text, negative, gr.Tabs(selected=target), sampler, karras, steps, cfg,
-                    gr.skip() if seed is None else seed)
+        def send(gallery: Any, index: Any, text: str, negative: str, seed: Any, *rest: Any,
+                 target: str = target, carry: bool = carry, styled: bool = styled) -> tuple:
+            values = (selected_image(gallery, index), text, negative, gr.Tabs(selected=target))
+            if carry:
+                sampler, karras, steps, cfg = rest[:4]
+                values += (sampler, karras, steps, cfg, gr.skip() if seed is None else seed)
+            return values + ((rest[-1] or [],) if styled else ())
 
         inputs = [panel.gallery, panel.selected, tab.prompt, tab.negative, panel.last_seed]
         outputs = [into.image, into.prompt, into.negative, tabs]
@@ -65,6 +68,9 @@ def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[
             source, dest = tab.sampling, into.sampling
             inputs += [source.sampler, source.karras, source.steps, source.cfg]
             outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed]
+        if styled:
+            inputs.append(tab.styles)
+            outputs.append(into.styles)
         sent = button.click(send, inputs, outputs, api_name=f"{prefix}_send_to_{target}", api_visibility="private")
         _into_editor(sent, into, f"{prefix}_sent_to_{target}")
 
@@ -97,19 +103,26 @@ def sampling_values(parsed: dict[str, Any], dest: SamplingControls) -> tuple:
 
 
 def wire_history_send(service: Service, view: HistoryView, tabs: gr.Tabs, targets: dict[str, SendTarget]) -> None:
-    """History's "Send to X": the picked image with the prompts and settings it was made with."""
+    """History's "Send to X": the picked image with the prompts and settings it was made with. Where X has the
+    Styles picker, the host's styles found in the prompts are picked and the prompts keep the rest, as PNG info's
+    send does (`sd2_app.prompt_styles.with_styles_read`); where none is found, none stays picked."""
     for target, button in view.send_buttons.items():
         into = targets[target]
 
         def send(gallery: Any, index: Any, target: str = target, into: SendTarget = into) -> tuple:
             image, parsed = picked_history_image(service, gallery, index)
+            if into.styles is not None:
+                parsed = with_styles_read(parsed, service.styles)
             values = (image, parsed.get(keys.PROMPT, ""), parsed.get(keys.NEGATIVE_PROMPT, ""), gr.Tabs(selected=target))
-            return values + (sampling_values(parsed, into.sampling) if into.sampling is not None else ())
+            values += sampling_values(parsed, into.sampling) if into.sampling is not None else ()
+            return values + (() if into.styles is None else (parsed.get(keys.STYLES_ARRAY, []),))
 
         outputs = [into.image, into.prompt, into.negative, tabs]
         if into.sampling is not None:
             dest = into.sampling
             outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed]
+        if into.styles is not None:
+            outputs.append(into.styles)
         sent = button.click(send, [view.gallery, view.selected], outputs, api_name=f"history_send_to_{target}",
                             api_visibility="private")
         _into_editor(sent, into, f"history_sent_to_{target}")
