@@ -51,6 +51,11 @@ INPAINT_AREA = "Inpaint area"
 MASKED_AREA_PADDING = "Masked area padding"
 KEEP_UNMASKED = "Keep unmasked"
 OUTPAINT_FILL = "Outpaint fill"
+OUTPAINT_LEFT = "Outpaint left"  # the margins added, in pixels
+OUTPAINT_RIGHT = "Outpaint right"
+OUTPAINT_UP = "Outpaint up"
+OUTPAINT_DOWN = "Outpaint down"
+OUTPAINT_MARGINS = {"left": OUTPAINT_LEFT, "right": OUTPAINT_RIGHT, "up": OUTPAINT_UP, "down": OUTPAINT_DOWN}
 
 # x4 upscaling (pipelines/upscale.py) and depth to image (pipelines/depth.py).
 NOISE_LEVEL = "Noise level"

@@ -124,9 +124,10 @@ def _png_to_txt2img(
     t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, registry: Mapping[str, CheckpointSpec], styles: StyleBook,
 ) -> tuple[Callable[[dict[str, Any] | None], tuple], list[gr.components.Component]]:
     """(function, outputs) putting parsed PNG parameters into text to image: prompt, negative prompt, sampler,
-    steps, CFG, seed, size and checkpoint. PNG info's send and History's reuse use it. Where the host has prompt
-    styles, those found in the prompts are picked and the prompts keep the rest, as A1111's paste does; where
-    none is found none stays picked (A1111 keeps the visitor's pick), so the prompts alone remake the image."""
+    steps, CFG, guidance rescale (0 where the text has none: it is written only when on), seed, size and
+    checkpoint. PNG info's send and History's reuse use it. Where the host has prompt styles, those found in the
+    prompts are picked and the prompts keep the rest, as A1111's paste does; where none is found none stays
+    picked (A1111 keeps the visitor's pick), so the prompts alone remake the image."""
     controls = t2i.sampling
     names = [value for _, value in controls.sampler.choices]
     # "Model" is our key or label, or A1111's name of the original file; any other name keeps the checkpoint.
@@ -150,6 +151,7 @@ def _png_to_txt2img(
             karras,
             clamp_to(parsed.get(keys.STEPS), controls.steps),
             clamp_to(parsed.get(keys.CFG_SCALE), controls.cfg),
+            clamp_to(parsed.get(keys.GUIDANCE_RESCALE, 0.0), controls.rescale),
             parsed.get(keys.SEED, keep),
             clamp_to(int(width), t2i.width) if width.isdigit() else keep,
             clamp_to(int(height), t2i.height) if height.isdigit() else keep,
@@ -160,7 +162,7 @@ def _png_to_txt2img(
         )
 
     outputs = [t2i.prompt, t2i.negative, controls.sampler, controls.karras, controls.steps, controls.cfg,
-               controls.seed, t2i.width, t2i.height, t2i.checkpoint, tabs, *t2i.extras.inputs()]
+               controls.rescale, controls.seed, t2i.width, t2i.height, t2i.checkpoint, tabs, *t2i.extras.inputs()]
     if t2i.styles is not None:
         outputs.append(t2i.styles)
     return send, outputs
