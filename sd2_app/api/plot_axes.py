@@ -124,6 +124,13 @@ AXES: dict[str, AxisKind] = {
 HIRES_KINDS = ("hires_steps", "hires_upscaler", "hires_sampler")
 SEED_KINDS = ("seed", "variation_seed")  # -1 draws a seed for each value (A1111's fix_axis_seeds)
 AXIS_NAMES = ("X", "Y", "Z")
+# What an empty axis asks for, by value type: samplers, upscalers and checkpoints are picked from a list (the web
+# UI's multi-select), the others typed.
+NUMBERS_HINT = "type values such as 20, 30, 40 or a range such as 10-40 (+10)"
+EMPTY_AXIS_HINTS = {"sampler": "pick one or more samplers", "upscaler": "pick one or more upscalers",
+                    "checkpoint": "pick one or more checkpoints", "bool": "type on, off or both",
+                    "text": "type the words to find in the prompt, then what replaces them: cat, dog, tiger",
+                    "order": "type terms of the prompt to put in every order: cat, dog, tiger"}
 
 
 def parse_values(axis: PlotAxis, what: str, max_values: int) -> list[Any]:
@@ -138,7 +145,7 @@ def parse_values(axis: PlotAxis, what: str, max_values: int) -> list[Any]:
     else:
         raise InvalidRequest(f"{what} must be text or a list, got {type(raw).__name__}.")
     if not tokens:
-        raise InvalidRequest(f"{what} are empty: type values such as 20, 30, 40 or a range such as 10-40 (+10).")
+        raise InvalidRequest(f"{what} are empty: {EMPTY_AXIS_HINTS.get(kind.value_type, NUMBERS_HINT)}.")
     if kind.value_type == "order":
         return list(prompt_orders(tokens, what, max_values))
     values: list[Any] = []

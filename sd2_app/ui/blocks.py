@@ -137,7 +137,7 @@ def _png_to_txt2img(
 
     def send(parsed: dict[str, Any] | None) -> tuple:
         if not parsed:
-            raise gr.Error("Upload a PNG with parameters first.", print_exception=False)
+            raise gr.Error(pnginfo.NOTHING_TO_SEND, print_exception=False)
         parsed = with_styles_read(parsed, styles)
         size = str(parsed.get(keys.SIZE, ""))
         width, _, height = size.partition("x")
