@@ -30,31 +30,8 @@ DEFAULTS = HiresFix()
 
 
 @dataclass
-class Txt2ImgExtras:
-    hires: gr.Checkbox
-    hires_size: gr.Markdown  # the sizes the hires fix goes from and to (`wire_hires_size`)
-    upscaler: gr.Dropdown
-    scale: gr.Slider
-    width: gr.Slider
-    height: gr.Slider
-    steps: gr.Slider
-    strength: gr.Slider
-    sampler: gr.Dropdown
-    variation_seed: gr.Number
-    variation_strength: gr.Slider
-    resize_width: gr.Slider
-    resize_height: gr.Slider
-    tiling: gr.Checkbox
-
-    def inputs(self) -> list[gr.components.Component]:
-        return [self.hires, self.upscaler, self.scale, self.width, self.height, self.steps, self.strength,
-                self.sampler, self.variation_seed, self.variation_strength, self.resize_width, self.resize_height,
-                self.tiling]
-
-
-@dataclass
 class HiresControls:
-    """The "Hires fix" group (`build_hires`): its accordion, the size line and the widgets `hires_inputs` lists."""
+    """The "Hires fix" group (`build_hires`): its accordion, its size line and the widgets `inputs` lists."""
 
     accordion: gr.Accordion
     hires: gr.Checkbox
@@ -71,6 +48,21 @@ class HiresControls:
         """The widgets in the order of `HIRES_NAMES`."""
         return [self.hires, self.upscaler, self.scale, self.width, self.height, self.steps, self.strength,
                 self.sampler]
+
+
+@dataclass
+class Txt2ImgExtras:
+    fix: HiresControls
+    variation_seed: gr.Number
+    variation_strength: gr.Slider
+    resize_width: gr.Slider
+    resize_height: gr.Slider
+    tiling: gr.Checkbox
+
+    def inputs(self) -> list[gr.components.Component]:
+        """The widgets in the order of `NAMES`."""
+        return [*self.fix.inputs(), self.variation_seed, self.variation_strength, self.resize_width,
+                self.resize_height, self.tiling]
 
 
 def build_hires(service: Service, max_side: int, side: int, prefix: str = "txt2img") -> HiresControls:
@@ -111,9 +103,7 @@ def build_extras(service: Service, max_side: int, side: int) -> Txt2ImgExtras:
         with gr.Row():
             resize_width = gr.Slider(0, max_side, 0, step=8, label="Resize seed from width", info="0 = off")
             resize_height = gr.Slider(0, max_side, 0, step=8, label="Resize seed from height", info="0 = off")
-    return Txt2ImgExtras(fix.hires, fix.hires_size, fix.upscaler, fix.scale, fix.width, fix.height, fix.steps,
-                         fix.strength, fix.sampler, variation_seed, variation_strength, resize_width, resize_height,
-                         tiling)
+    return Txt2ImgExtras(fix, variation_seed, variation_strength, resize_width, resize_height, tiling)
 
 
 def hires_size_note(width: Any, height: Any, scale: Any, resize_width: Any, resize_height: Any, max_side: int) -> str:
@@ -133,12 +123,12 @@ def hires_size_note(width: Any, height: Any, scale: Any, resize_width: Any, resi
     return note
 
 
-def wire_hires_size(width: gr.Slider, height: gr.Slider, extras: Txt2ImgExtras | HiresControls, max_side: int,
+def wire_hires_size(width: gr.Slider, height: gr.Slider, fix: HiresControls, max_side: int,
                     prefix: str = "txt2img") -> None:
     """Keep the hires fix's size line up to date with the first pass's size and the upscale settings."""
-    inputs = [width, height, extras.scale, extras.width, extras.height]
+    inputs = [width, height, fix.scale, fix.width, fix.height]
     gr.on([box.change for box in inputs], lambda *values: hires_size_note(*values, max_side), inputs,
-          extras.hires_size, queue=False, show_progress="hidden", api_name=f"{prefix}_hires_size",
+          fix.hires_size, queue=False, show_progress="hidden", api_name=f"{prefix}_hires_size",
           api_visibility="private")
 
 

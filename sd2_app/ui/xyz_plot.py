@@ -1,9 +1,11 @@
 """X/Y/Z plot: one prompt run over up to three axes of settings; labelled grids, each cell timed, a CSV/JSON.
 
 Each axis is a kind (sampler, steps, CFG, seed, checkpoint, Karras, guidance rescale, denoising strength,
-prompt S/R and order, variation seed and strength, eta, hires steps, upscaler and sampler) and values, typed
-(`20, 30, 40`, `10-40 (+10)`) or, for samplers, hires upscalers and checkpoints, picked in a multi-select whose
-order is the order of the cells. An init image makes it an image-to-image plot. Finished
+prompt S/R and order, variation seed and strength, eta, hires steps, upscaler and sampler, and the host's prompt
+styles where it has any) and values, typed (`20, 30, 40`, `10-40 (+10)`) or, for samplers, hires upscalers,
+checkpoints and styles, picked in a multi-select whose order is the order of the cells. The Text to image tab's
+Hires fix group (`txt2img_extras.build_hires`) sets the hires fix of every cell; an init image makes it an
+image-to-image plot, which has none (the group hides). Finished
 cells appear in the gallery as they come, so Stop leaves them on screen.
 """
 
