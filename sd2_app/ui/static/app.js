@@ -1,12 +1,14 @@
 // sd2-app page script, run once when the page loads (build_ui passes the style sheet as `css`).
 // - Ctrl+Enter or Cmd+Enter in a prompt box presses that tab's Generate, as in A1111; Enter alone makes a new line.
-// - On a phone (one column), Generate scrolls the tab's results into view.
+// - On a phone (one column), Generate scrolls the tab's results into view, and they stay there when the run ends.
 // - The line under each tab's Generate/Stop (`<tab>-run-status`) repeats the tab's info line (`<tab>-info`, under
 //   the results and below the fold of a laptop screen) while it tells the run's state: queued, running,
 //   stopped, or why it was refused; it is empty while the info line shows a finished result ("Seed …").
 // - A file put into an image editor of class "checked-editor" (Inpaint) that the browser cannot decode, which the
 //   editor would silently ignore, goes to the editor's hidden checker (`<editor>-check`, ui/uploads.py
-//   `editor_file_check`), whose upload check says why, as every other image box does.
+//   `editor_file_check`), whose upload check says why, as every other image box does. So does a paste with the
+//   editor's Paste button that finds no image in the clipboard (the editor reads it with navigator.clipboard.read
+//   and ignores anything else without a word): what the clipboard held, or an empty file, goes to the checker.
 // - sd2SendToEditor(courierId, editorId): "Send to inpaint" puts the image in a hidden image component (the
 //   courier); this uploads it into the image editor the way a user's upload arrives, because Gradio's ImageEditor
 //   freezes (blank canvas, endless spinner) when a server event sets its value after a user upload.
@@ -28,12 +30,33 @@
     if (button && !button.disabled) button.click();
   });
 
-  // One column (a phone): the results are below the settings, so a run scrolls them into view.
+  // One column (a phone): the results are below the settings, so a run scrolls them into view. While the run is on,
+  // its buttons ride in a bar at the bottom of the screen, out of the page (app.css); when it ends they are back in
+  // the page above the results, which would jump down by their height: the page scrolls by as much, before that
+  // frame is drawn, so the results stay where the visitor had them.
+  const keepInPlace = (results, stop) => {
+    let top = null, running = false;
+    const started = Date.now();
+    const frame = () => {
+      const now = results.getBoundingClientRect().top;
+      if (!stop.disabled) running = true;
+      else if (running || Date.now() - started > 10000) { // the run ended (or never started)
+        if (running && top !== null && now !== top) window.scrollBy(0, now - top);
+        return;
+      }
+      top = now;
+      requestAnimationFrame(frame);
+    };
+    requestAnimationFrame(frame);
+  };
   document.addEventListener("click", (event) => {
     const run = event.target.closest && event.target.closest(".run-button");
     if (!run || !run.id || window.innerWidth >= 1000) return;
     const results = document.getElementById(run.id.replace(/-run$/, "-results"));
-    if (results) setTimeout(() => results.scrollIntoView({ behavior: "smooth", block: "start" }), 100);
+    const stop = document.getElementById(run.id.replace(/-run$/, "-stop"));
+    if (!results) return;
+    setTimeout(() => results.scrollIntoView({ behavior: "smooth", block: "start" }), 100);
+    if (stop) keepInPlace(results, stop);
   });
 
   setInterval(() => {
@@ -71,6 +94,27 @@
     const editor = event.target.closest && event.target.closest(".checked-editor");
     if (editor && event.dataTransfer) checkEditorFile(editor, event.dataTransfer.files[0]);
   }, true);
+
+  // The clipboard read that a click in a checked editor starts (its Paste button) is the editor's: wrap the read
+  // (whatever the button's label in the visitor's language) and check what it found.
+  let clicked = { editor: null, at: 0 };
+  document.addEventListener("click", (event) => {
+    clicked = { editor: event.target.closest && event.target.closest(".checked-editor"), at: Date.now() };
+  }, true);
+  if (navigator.clipboard && navigator.clipboard.read) {
+    const read = navigator.clipboard.read.bind(navigator.clipboard);
+    navigator.clipboard.read = async (...args) => {
+      const items = await read(...args);
+      const editor = Date.now() - clicked.at < 2000 ? clicked.editor : null;
+      if (editor && !items.some((item) => item.types.some((type) => type.startsWith("image/")))) {
+        const type = items.length ? items[0].types[0] : null;
+        const blob = type ? await items[0].getType(type) : new Blob([]);
+        // named as an image, or the box's own file-type filter stops it: the server reads the bytes
+        checkEditorFile(editor, new File([blob], "clipboard.png", { type: "image/png" }));
+      }
+      return items;
+    };
+  }
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   window.sd2SendToEditor = async (courierId, editorId) => {
