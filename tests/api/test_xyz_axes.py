@@ -206,6 +206,9 @@ def test_styles_axis_applies_the_hosts_styles_named_by_each_value() -> None:
         validate_plot(_plot(PlotAxis("styles", ("oil", "watercolor"))), CATALOG, Limits(), BOOK)
     assert str(refused.value) == "X values (Styles): Unknown style 'watercolor'; this server's styles: 'oil', 'frame'."
     with pytest.raises(InvalidRequest) as refused:
+        validate_plot(_plot(PlotAxis("styles", ())), CATALOG, Limits(), BOOK)
+    assert str(refused.value) == "X values (Styles) are empty: pick one or more styles."
+    with pytest.raises(InvalidRequest) as refused:
         validate_plot(_plot(PlotAxis("styles", "oil")), CATALOG, Limits())
     assert str(refused.value).startswith("Unknown X axis 'styles'; choose one of: sampler, steps,")
     assert str(refused.value).endswith(", hires_sampler, prompt_order.")
