@@ -1,5 +1,5 @@
 """Rough edges a first-time visitor met walking through every tab in a real Chromium (Playwright), each as the
-visitor meets it: "Reuse last seed" before any result; PNG info's send of an image without parameters.
+visitor meets it: "Reuse last seed" before any result; PNG info's send of an image without parameters; a seed out of range.
 
 Uses test_browser.py's app and browser fixtures (tiny checkpoints); each test opens its own page, so the order
 does not matter. Screenshots go to tests/artifacts/.
@@ -52,4 +52,15 @@ def test_png_info_send_of_an_image_without_parameters_says_what_to_do(browser, u
     expect(page.locator(".toast-body", has_text=said)).to_be_visible(timeout=15_000)
     expect(page.get_by_role("tab", name="PNG info")).to_have_attribute("aria-selected", "true")
     page.screenshot(path=str(ARTIFACTS / "walkthrough-png-info-send-without-parameters.png"))
+    page.context.close()
+
+
+def test_a_seed_out_of_range_is_refused_naming_minus_one_as_the_box_does(browser, url: str) -> None:
+    page = _open(browser, url, DESKTOP)
+    expect(page.locator("#txt2img-seed label")).to_contain_text("Seed (-1 = random)")
+    page.locator("#txt2img-seed input").fill("99999999999999")
+    page.locator("#txt2img-run").click()
+    # It said "between 0 and 4294967295", while the box itself offers -1.
+    said = "Seed must be -1 (random) or between 0 and 4294967295, got 99999999999999."
+    expect(page.locator("#txt2img-info")).to_have_text(said, timeout=30_000)
     page.context.close()

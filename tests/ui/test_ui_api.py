@@ -294,7 +294,8 @@ def test_outpaint_extends_one_side_and_keeps_the_image(app, tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("endpoint", "kwargs", "message"),
     [
-        ("/txt2img", {"prompt": "x", "seed": -5, "width": 64, "height": 64}, "Seed must be between 0 and 4294967295, got -5."),
+        ("/txt2img", {"prompt": "x", "seed": -5, "width": 64, "height": 64},
+         "Seed must be -1 (random) or between 0 and 4294967295, got -5."),
         ("/txt2img", {"prompt": "x", "checkpoint": "sd2-depth", "width": 64, "height": 64},
          "Value: sd2-depth is not in the list of choices: ['sd2-base', 'sd2', 'sd21-base', 'sd21']"),  # Gradio's check
         ("/txt2img", {"prompt": "x", "sampler": "DDIM", "use_karras": True, "width": 64, "height": 64},
