@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sd2_app.errors import InvalidRequest, shown
+from sd2_app.infotext_keys import NEGATIVE_PROMPT, PROMPT, STYLES_ARRAY
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ MAX_STYLES = 500
 MAX_NAME_CHARS = 100
 MAX_TEXT_CHARS = 2000  # a style's prompt or negative prompt (8 chunks of 75 tokens are about 2,400 characters)
 MAX_PICKED = 20  # styles one request may apply
-STYLES_FIELD = "Styles array"  # A1111's name, in parsed parameters, of the styles found in a pasted prompt
 
 
 @dataclass(frozen=True)
@@ -143,10 +143,10 @@ def with_styles_read(fields: Mapping[str, Any], book: StyleBook) -> dict[str, An
     """Parsed parameters (`pipelines.metadata.parse_parameters`) with the host's styles found in their prompts
     taken out into "Styles array" (A1111's infotext_utils.py, `parse_generation_parameters`, with its default
     "Apply if any"); unchanged where none is found."""
-    names, prompt, negative = book.extract(str(fields.get("Prompt", "")), str(fields.get("Negative prompt", "")))
+    names, prompt, negative = book.extract(str(fields.get(PROMPT, "")), str(fields.get(NEGATIVE_PROMPT, "")))
     if not names:
         return dict(fields)
-    return {**fields, "Prompt": prompt, "Negative prompt": negative, STYLES_FIELD: names}
+    return {**fields, PROMPT: prompt, NEGATIVE_PROMPT: negative, STYLES_ARRAY: names}
 
 
 def read_styles(text: str, source: str = "styles") -> StyleBook:

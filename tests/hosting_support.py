@@ -105,6 +105,27 @@ def stop_queued_jobs(demo: object) -> None:
         time.sleep(0.2)
 
 
+class CallsAtOnce:
+    """`call` wrapped to count how many calls run at once (`running`, the most: `most`), each held by `hold()`
+    (a sleep, an event's wait) before it calls through."""
+
+    def __init__(self, call: Callable[..., object], hold: Callable[[], object]) -> None:
+        self.call, self.hold = call, hold
+        self.running = self.most = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            self.hold()
+        finally:
+            with self._lock:
+                self.running -= 1
+        return self.call(*args, **kwargs)
+
+
 # A1111 API helpers (tests/reliability/test_reliability_api_hosting.py, tests/api/test_a1111_local_limits.py)
 API_FAST = {"sampler_name": "Euler", "steps": 2, "cfg_scale": 1.0, "width": 64, "height": 64}
 

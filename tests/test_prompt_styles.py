@@ -79,7 +79,7 @@ def test_an_images_parameters_give_back_a_style_applied_to_an_empty_negative_pro
 
     text = format_parameters(*BOOK.apply("a cat", "", ["frame"]), {"Steps": 20, "Sampler": "DDIM", "CFG scale": 7})
     fields = ps.with_styles_read(parse_parameters(text), BOOK)
-    assert (fields["Prompt"], fields["Negative prompt"], fields[ps.STYLES_FIELD]) == ("a cat", "", ["frame"])
+    assert (fields["Prompt"], fields["Negative prompt"], fields["Styles array"]) == ("a cat", "", ["frame"])
 
 
 def test_a_style_is_found_only_where_both_its_texts_match() -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
+from sd2_app import infotext_keys as keys
 from sd2_app.api import requests as rq
 from sd2_app.api.a1111_samplers import SCHEDULERS, read_sampler, sampler_named, schedule_label
 from sd2_app.api.tasks import TASKS
@@ -311,7 +312,7 @@ def info_json(job: Job, results: list[Result], started: float) -> str:
     sampling = first.sampling
     images = [image for result in results for image in result.images]
     seeds = [result.seed for result in results for _ in result.images]
-    infotexts = [image.info.get("parameters", "") for image in images]
+    infotexts = [image.info.get(keys.PARAMETERS_KEY, "") for image in images]
     width, height = (images[0].size if images else (getattr(first, "width", 0), getattr(first, "height", 0)))
     return json.dumps({
         "prompt": first.prompt, "all_prompts": [first.prompt] * len(images),

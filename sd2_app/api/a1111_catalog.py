@@ -13,11 +13,12 @@ import io
 import logging
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request
 
 from sd2_app.api import a1111
 from sd2_app.api.a1111_errors import errors_as_http
 from sd2_app.api.a1111_samplers import SCHEDULERS
+from sd2_app.infotext_keys import PARAMETERS_KEY
 from sd2_app.pipelines.metadata import PNG_SIGNATURE
 from sd2_app.prompt_styles import with_styles_read
 
@@ -84,19 +85,25 @@ def embeddings_response(api: A1111Api) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def png_info_routes(router: APIRouter, api: A1111Api) -> None:
-    """/png-info: the `parameters` text of a PNG and its fields, as the web UI's PNG Info tab reads them."""
+    """/png-info: the `parameters` text of a PNG and its fields, as the web UI's PNG Info tab reads them; the reads
+    are bounded as the web UI's are (`api.reads`, `sd2_app.api.quick_reads`)."""
 
     @router.post("/png-info")
-    def png_info(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        image = body.get("image")
-        if isinstance(image, str) and not image.strip():
-            return {"info": "", "items": {}, "parameters": {}}  # as A1111 answers an empty image
-        data = errors_as_http(lambda: a1111.image_bytes(image.strip() if isinstance(image, str) else image, "image"))
-        text, fields = None, {}
-        if data.startswith(PNG_SIGNATURE):  # JPEG and WebP carry no PNG text chunks
-            try:
-                text, fields = api.service.read_parameters(io.BytesIO(data))
-                fields = with_styles_read(fields, api.service.styles)  # as A1111's parse_generation_parameters
-            except OSError as error:  # cut short, or a text chunk too long to be parameters
-                log.info("A1111 API: png-info: %s", error)
-        return {"info": text or "", "items": {"parameters": text} if text else {}, "parameters": fields}
+    async def png_info(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        return await api.reads.run(client, lambda: read_png_info(api, body))
+
+
+def read_png_info(api: A1111Api, body: dict[str, Any]) -> dict[str, Any]:
+    """A1111's PNGInfoResponse for a /png-info `body` (its `image`: base64, or a data URL)."""
+    image = body.get("image")
+    if isinstance(image, str) and not image.strip():
+        return {"info": "", "items": {}, "parameters": {}}  # as A1111 answers an empty image
+    data = errors_as_http(lambda: a1111.image_bytes(image.strip() if isinstance(image, str) else image, "image"))
+    text, fields = None, {}
+    if data.startswith(PNG_SIGNATURE):  # JPEG and WebP carry no PNG text chunks
+        try:
+            text, fields = api.service.read_parameters(io.BytesIO(data))
+            fields = with_styles_read(fields, api.service.styles)  # as A1111's parse_generation_parameters
+        except OSError as error:  # cut short, or a text chunk too long to be parameters
+            log.info("A1111 API: png-info: %s", error)
+    return {"info": text or "", "items": {PARAMETERS_KEY: text} if text else {}, "parameters": fields}

@@ -39,6 +39,7 @@ from sd2_app.api.a1111_auth import basic_auth
 from sd2_app.api.a1111_catalog import catalog_routes, png_info_routes
 from sd2_app.api.a1111_errors import errors_as_http
 from sd2_app.api.job_admission import JobAdmission
+from sd2_app.api.quick_reads import MAX_QUICK_REQUESTS_PER_ADDRESS, QuickReads
 from sd2_app.api.gpu_time import gpu, seconds_for
 from sd2_app.api.keeper import unlisted
 from sd2_app.api.outputs import fast_png
@@ -106,6 +107,9 @@ class A1111Api:
         self.auth = list(auth)
         self.model_admin = model_admin  # /options may change the current checkpoint (`webapp.api_model_admin`)
         self.job_admission = job_admission or JobAdmission()  # the web UI's (`Visitors.job_admission`) when it has one
+        # /png-info's reads, bounded as the web UI's are; per address where the per-address job limit is on
+        self.reads = QuickReads(self.job_admission.addresses,
+                                MAX_QUICK_REQUESTS_PER_ADDRESS if self.job_admission.limit else 0)
         self.current = self._first_for("txt2img")  # A1111's "sd_model_checkpoint" option
         # ZeroGPU: the GPU exists only inside spaces.GPU calls, each asking for its own job's time
         self._run_in_gpu_call = gpu(

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from sd2_app import infotext_keys as keys
 from sd2_app.api.checks import Catalog, Limits, resolve_seed
 from sd2_app.api.plot_axes import (
     AXES,
@@ -278,14 +279,15 @@ def grid_parameters(request: XYZPlotRequest, first_text: str) -> str:
     """The grid's parameters text: the first cell's settings less what the axes vary, plus A1111's
     "X Type"/"X Values" keys (so the info line and History name every value, not one cell's)."""
     parsed = parse_parameters(first_text)
-    parsed.pop("Prompt", None), parsed.pop("Negative prompt", None)
+    parsed.pop(keys.PROMPT, None), parsed.pop(keys.NEGATIVE_PROMPT, None)
     axes = [(name, axis) for name, axis in zip(AXIS_NAMES, (request.x, request.y, request.z)) if axis is not None]
     for _, axis in axes:
         for key in AXES[axis.kind].metadata_keys:
             parsed.pop(key, None)
     for name, axis in axes:
-        parsed[f"{name} Type"] = AXES[axis.kind].type_label
-        parsed[f"{name} Values"] = AXES[axis.kind].values_text(axis.values)
+        type_key, values_key = keys.plot_axis_keys(name)
+        parsed[type_key] = AXES[axis.kind].type_label
+        parsed[values_key] = AXES[axis.kind].values_text(axis.values)
     return format_parameters(request.base.prompt, request.base.negative_prompt, parsed)
 
 
@@ -303,7 +305,7 @@ def run_plot(service: Service, request: XYZPlotRequest, on_progress: ProgressFn 
         warnings.append(f"Stopped after {len(finished)} of {len(cells)} cells; the grid leaves the rest blank.")
     nx = len(checked.x.values)
     ny = len(checked.y.values) if checked.y is not None else 1
-    first_text = next(image.info.get("parameters", "") for image, _ in
+    first_text = next(image.info.get(keys.PARAMETERS_KEY, "") for image, _ in
                       (finished[i] for i in sorted(finished)))
     grids, captions = [], []
     for z in range(len(checked.z.values) if checked.z is not None else 1):

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sd2_app import infotext_keys as keys
 from sd2_app.api.a1111_samplers import sampler_named
 from sd2_app.api.checks import Catalog, check_sampler_names
 from sd2_app.api.plot_order import prompt_orders, reorder
@@ -91,31 +92,31 @@ def _set_variation(field: str) -> Callable[[PlotBase, Any], PlotBase]:
 
 
 AXES: dict[str, AxisKind] = {
-    "sampler": AxisKind("Sampler", "sampler", _set_sampling("sampler"), ("Sampler",), label_with_name=False,
+    "sampler": AxisKind("Sampler", "sampler", _set_sampling("sampler"), (keys.SAMPLER,), label_with_name=False,
                         a1111_label="Sampler"),
-    "steps": AxisKind("Steps", "int", _set_sampling("steps"), ("Steps",), a1111_label="Steps"),
-    "cfg_scale": AxisKind("CFG scale", "float", _set_sampling("cfg_scale"), ("CFG scale",), a1111_label="CFG Scale"),
-    "seed": AxisKind("Seed", "int", _set_sampling("seed"), ("Seed",), a1111_label="Seed"),
-    "checkpoint": AxisKind("Checkpoint", "checkpoint", _set("checkpoint"), ("Model",), label_with_name=False,
+    "steps": AxisKind("Steps", "int", _set_sampling("steps"), (keys.STEPS,), a1111_label="Steps"),
+    "cfg_scale": AxisKind("CFG scale", "float", _set_sampling("cfg_scale"), (keys.CFG_SCALE,), a1111_label="CFG Scale"),
+    "seed": AxisKind("Seed", "int", _set_sampling("seed"), (keys.SEED,), a1111_label="Seed"),
+    "checkpoint": AxisKind("Checkpoint", "checkpoint", _set("checkpoint"), (keys.MODEL,), label_with_name=False,
                            a1111_label="Checkpoint name"),
-    "use_karras": AxisKind("Karras", "bool", _set_sampling("use_karras"), ("Schedule type",),
+    "use_karras": AxisKind("Karras", "bool", _set_sampling("use_karras"), (keys.SCHEDULE_TYPE,),
                            a1111_label="Schedule type", a1111_names=("Karras", "Automatic")),
     "guidance_rescale": AxisKind("Guidance rescale", "float", _set_sampling("guidance_rescale"),
-                                 ("Guidance rescale",)),
-    "strength": AxisKind("Denoising strength", "float", _set("strength"), ("Denoising strength",),
+                                 (keys.GUIDANCE_RESCALE,)),
+    "strength": AxisKind("Denoising strength", "float", _set("strength"), (keys.DENOISING_STRENGTH,),
                          img2img_only=True, a1111_label="Denoising"),
     "prompt_sr": AxisKind("Prompt S/R", "text", lambda request, value: request, (), label_with_name=False,
                           a1111_label="Prompt S/R"),
-    "variation_seed": AxisKind("Var. seed", "int", _set_variation("variation_seed"), ("Variation seed",),
+    "variation_seed": AxisKind("Var. seed", "int", _set_variation("variation_seed"), (keys.VARIATION_SEED,),
                                a1111_label="Var. seed"),
     "variation_strength": AxisKind("Var. strength", "float", _set_variation("variation_strength"),
-                                   ("Variation seed strength",), a1111_label="Var. strength"),
-    "eta": AxisKind("Eta", "float", _set_sampling("eta"), ("Eta DDIM",), a1111_label="Eta"),
-    "hires_steps": AxisKind("Hires steps", "int", _set_hires("steps"), ("Hires steps",), txt2img_only=True,
+                                   (keys.VARIATION_SEED_STRENGTH,), a1111_label="Var. strength"),
+    "eta": AxisKind("Eta", "float", _set_sampling("eta"), (keys.ETA_DDIM,), a1111_label="Eta"),
+    "hires_steps": AxisKind("Hires steps", "int", _set_hires("steps"), (keys.HIRES_STEPS,), txt2img_only=True,
                             a1111_label="Hires steps"),
-    "hires_upscaler": AxisKind("Hires upscaler", "upscaler", _set_hires("upscaler"), ("Hires upscaler",),
+    "hires_upscaler": AxisKind("Hires upscaler", "upscaler", _set_hires("upscaler"), (keys.HIRES_UPSCALER,),
                                txt2img_only=True, a1111_label="Hires upscaler"),
-    "hires_sampler": AxisKind("Hires sampler", "sampler", _set_hires("sampler"), ("Hires sampler",),
+    "hires_sampler": AxisKind("Hires sampler", "sampler", _set_hires("sampler"), (keys.HIRES_SAMPLER,),
                               txt2img_only=True, a1111_label="Hires sampler"),
     "prompt_order": AxisKind("Prompt order", "order", _reorder_prompt, (), label_with_name=False,
                              a1111_label="Prompt order"),

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from sd2_app import infotext_keys as keys
 from sd2_app.api.requests import Request
 
 ProgressFn = Callable[[int, int, Image.Image | None], None]  # (steps done, total steps, preview or None)
@@ -46,7 +47,7 @@ class Result:
     @property
     def parameters(self) -> str:
         """The first image's parameters text ("" when it has none)."""
-        return self.images[0].info.get("parameters", "") if self.images else ""
+        return self.images[0].info.get(keys.PARAMETERS_KEY, "") if self.images else ""
 
 
 class Backend(Protocol):

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from sd2_app import infotext_keys as keys
 from sd2_app.checkpoints.components import Components
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.images import grayscale_to_tensor, postprocess, preprocess_image
@@ -94,8 +95,8 @@ def depth2img(
     latents = job.denoise(x, concat=condition.repeat(job.rows, 1, 1, 1), on_step=on_step)  # (2B|B, 1, h, w)
     images = postprocess(job.decode(latents))
     settings = sampling_settings(sampling, width=width, height=height, model=components.key) | ti_hashes(job.embeddings)
-    settings["Denoising strength"] = request.strength
-    settings["Depth"] = "user map" if request.depth_map is not None else "DPT"
+    settings[keys.DENOISING_STRENGTH] = request.strength
+    settings[keys.DEPTH] = "user map" if request.depth_map is not None else "DPT"
     label_images(images, request.prompt, request.negative_prompt, settings)
     return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings,
                           depth_image=depth_image)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from sd2_app import infotext_keys as keys
 from sd2_app.api.requests import Txt2ImgRequest
 from sd2_app.checkpoints.components import Components
 from sd2_app.pipelines.images import round_size
@@ -47,7 +48,7 @@ def txt2img_settings(request: Txt2ImgRequest, components: Components, width: int
     settings |= ti_hashes(embeddings)
     settings.update(seed_settings(request.seed_extras))
     if request.tiling:
-        settings["Tiling"] = True
+        settings[keys.TILING] = True
     return settings
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from sd2_app import infotext_keys as keys
 from sd2_app.api.requests import ETA_SAMPLERS, HiresFix, HiresPassRequest, Sampling, Txt2ImgRequest
 from sd2_app.checkpoints.components import Components
 from sd2_app.errors import InvalidRequest
@@ -78,17 +79,17 @@ def hires_settings(request: Txt2ImgRequest, components: Components, width: int, 
     hires = request.hires
     assert hires is not None
     settings = txt2img_settings(request, components, width, height, embeddings)
-    settings["Denoising strength"] = hires.denoising_strength
+    settings[keys.DENOISING_STRENGTH] = hires.denoising_strength
     if hires.width or hires.height:  # what was asked, 0 for a side left to the proportion (A1111 writes the same)
-        settings["Hires resize"] = f"{hires.width or 0}x{hires.height or 0}"
+        settings[keys.HIRES_RESIZE] = f"{hires.width or 0}x{hires.height or 0}"
     else:
-        settings["Hires upscale"] = hires.scale
-    settings["Hires steps"] = hires.steps or request.sampling.steps
-    settings["Hires upscaler"] = hires.upscaler
+        settings[keys.HIRES_UPSCALE] = hires.scale
+    settings[keys.HIRES_STEPS] = hires.steps or request.sampling.steps
+    settings[keys.HIRES_UPSCALER] = hires.upscaler
     if hires.sampler and hires.sampler != request.sampling.sampler:
-        settings["Hires sampler"] = hires.sampler
+        settings[keys.HIRES_SAMPLER] = hires.sampler
     if request.sampling.eta > 0 and hires.sampler in ETA_SAMPLERS:  # eta changes the second pass only
-        settings.setdefault("Eta DDIM", request.sampling.eta)
+        settings.setdefault(keys.ETA_DDIM, request.sampling.eta)
     return settings
 
 

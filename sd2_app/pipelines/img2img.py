@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from sd2_app import infotext_keys as keys
 from sd2_app.checkpoints.components import Components
 from sd2_app.pipelines.images import postprocess, preprocess_image
 from sd2_app.pipelines.loop import LatentProgressFn
@@ -68,10 +69,10 @@ def prepare_img2img(components: Components, request: Img2ImgRequest, mode: RunMo
     def finish(latents: torch.Tensor) -> PipelineOutput:
         images = postprocess(job.decode(latents))
         settings = sampling_settings(sampling, width=width, height=height, model=components.key) | ti_hashes(job.embeddings)
-        settings["Denoising strength"] = request.strength
+        settings[keys.DENOISING_STRENGTH] = request.strength
         settings.update(seed_settings(request.seed_extras))
         if request.tiling:
-            settings["Tiling"] = True
+            settings[keys.TILING] = True
         label_images(images, request.prompt, request.negative_prompt, settings)
         return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings)
 

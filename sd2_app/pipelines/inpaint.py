@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from sd2_app import infotext_keys as keys
 from sd2_app.checkpoints.components import Components
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.images import floor_size, postprocess, preprocess_image, preprocess_mask
@@ -116,12 +117,12 @@ def inpaint(
 
     settings = sampling_settings(request.sampling, width=out_size[0], height=out_size[1], model=components.key)
     settings |= ti_hashes(embeddings)
-    settings["Denoising strength"] = request.strength
-    settings["Mask blur"] = request.mask_blur
+    settings[keys.DENOISING_STRENGTH] = request.strength
+    settings[keys.MASK_BLUR] = request.mask_blur
     if box is not None:
-        settings["Inpaint area"] = "Only masked"
-        settings["Masked area padding"] = request.only_masked_padding
-    settings["Keep unmasked"] = request.keep_unmasked
+        settings[keys.INPAINT_AREA] = "Only masked"
+        settings[keys.MASKED_AREA_PADDING] = request.only_masked_padding
+    settings[keys.KEEP_UNMASKED] = request.keep_unmasked
     settings.update(extra_settings or {})
     label_images(images, request.prompt, request.negative_prompt, settings)
     mask_image = full_mask if out_size == original.size else binarize(request.mask, out_size)

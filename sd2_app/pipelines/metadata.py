@@ -25,8 +25,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from sd2_app.api.outputs import FAST_PNG_LEVEL
+from sd2_app.infotext_keys import NEGATIVE_PROMPT, PARAMETERS_KEY, PROMPT, SIZE
 
-PARAMETERS_KEY = "parameters"
 # Machine-readable "AI generated" marker: an XMP packet (the PNG keyword XMP's specification, part 3, gives)
 # stating IPTC's digital source type "trainedAlgorithmicMedia" (IPTC NewsCodes, digitalsourcetype), the
 # term IPTC's Photo Metadata Standard defines for media made by a trained model; see docs/DESIGN.md.
@@ -40,7 +40,7 @@ AI_GENERATED_XMP = (
     f'Iptc4xmpExt:DigitalSourceType="{DIGITAL_SOURCE_TYPE}"/>'
     '</rdf:RDF></x:xmpmeta><?xpacket end="r"?>'
 )
-_NEGATIVE = "Negative prompt:"
+_NEGATIVE = f"{NEGATIVE_PROMPT}:"
 SettingValue = str | int | float | bool | None  # one value of the settings line (None: left out when written)
 Settings = dict[str, SettingValue]  # the settings line's pairs, in their order
 # The start of one `key: value` pair of the settings line, and a value written as a JSON string.
@@ -149,12 +149,12 @@ def parse_parameters(text: str) -> Settings:
             negative_lines.append(line)
         else:
             prompt_lines.append(line)
-    return {"Prompt": "\n".join(prompt_lines), "Negative prompt": "\n".join(negative_lines), **settings}
+    return {PROMPT: "\n".join(prompt_lines), NEGATIVE_PROMPT: "\n".join(negative_lines), **settings}
 
 
 def size_of(params: Settings) -> tuple[int, int] | None:
     """(width, height) from a parsed "Size: 512x768" entry, or None."""
-    size = params.get("Size")
+    size = params.get(SIZE)
     match = re.fullmatch(r"(\d+)x(\d+)", str(size)) if size is not None else None
     return (int(match.group(1)), int(match.group(2))) if match else None
 

@@ -19,6 +19,7 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image, ImageFilter
 
+from sd2_app import infotext_keys as keys
 from sd2_app.api.requests import InpaintRequest, OutpaintRequest
 from sd2_app.checkpoints.components import Components
 from sd2_app.pipelines.inpaint import inpaint
@@ -66,7 +67,7 @@ def outpaint(
         checkpoint=request.checkpoint, strength=request.strength, mask_blur=request.mask_blur,
         keep_unmasked=request.keep_original, sampling=request.sampling,
     )
-    settings = {f"Outpaint {side}": getattr(request, side) for side in ("left", "right", "up", "down")}
-    settings["Outpaint fill"] = request.fill
+    settings = {key: getattr(request, side) for side, key in keys.OUTPAINT_MARGINS.items()}
+    settings[keys.OUTPAINT_FILL] = request.fill
     output = inpaint(components, inner, on_step, mode, extra_settings=settings)
     return replace(output, mask_image=mask)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from sd2_app import infotext_keys as keys
 from sd2_app.pipelines.metadata import Settings, attach_parameters, format_parameters
 from sd2_app.api.requests import ETA_SAMPLERS, Sampling
 
@@ -28,18 +29,18 @@ def sampling_settings(sampling: Sampling, *, width: int, height: int, model: str
     so the text never claims a setting that did not change the image; A1111 names DDIM's eta so (modules/
     sd_samplers_timesteps.py, `initialize`), its "Eta" being the k-diffusion samplers' ancestral eta."""
     settings: Settings = {
-        "Steps": sampling.steps,
-        "Sampler": sampling.sampler,
-        "Schedule type": "Karras" if sampling.use_karras else "Automatic",
-        "CFG scale": sampling.cfg_scale,
-        "Seed": sampling.seed,
-        "Size": f"{width}x{height}",
-        "Model": model,
+        keys.STEPS: sampling.steps,
+        keys.SAMPLER: sampling.sampler,
+        keys.SCHEDULE_TYPE: "Karras" if sampling.use_karras else "Automatic",
+        keys.CFG_SCALE: sampling.cfg_scale,
+        keys.SEED: sampling.seed,
+        keys.SIZE: f"{width}x{height}",
+        keys.MODEL: model,
     }
     if sampling.guidance_rescale > 0:
-        settings["Guidance rescale"] = sampling.guidance_rescale
+        settings[keys.GUIDANCE_RESCALE] = sampling.guidance_rescale
     if sampling.eta > 0 and sampling.sampler in ETA_SAMPLERS:
-        settings["Eta DDIM"] = sampling.eta
+        settings[keys.ETA_DDIM] = sampling.eta
     return settings
 
 
@@ -50,6 +51,6 @@ def label_images(
     for index, image in enumerate(images):
         extra: Settings = {}
         if len(images) > 1:
-            extra = {"Batch size": len(images), "Batch pos": index}
+            extra = {keys.BATCH_SIZE: len(images), keys.BATCH_POS: index}
         attach_parameters(image, format_parameters(prompt, negative_prompt, {**settings, **extra}))
     return images

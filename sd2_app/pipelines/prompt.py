@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from sd2_app import infotext_keys as keys
 from sd2_app.errors import InvalidRequest
 from sd2_app.nn.clip_text import TextEncoder, encode_with_inserts, text_model_of
 from sd2_app.pipelines.prompt_chunks import CHUNK_LENGTH, Chunk, TokenizedPrompt, empty_chunk
@@ -42,7 +43,7 @@ def ti_hashes(embeddings: list[TextualInversion]) -> dict[str, str]:
     if not embeddings:
         return {}
     names = (e.name.replace(":", "").replace(",", "") for e in embeddings)
-    return {"TI hashes": ", ".join(f"{name}: {e.shorthash}" for name, e in zip(names, embeddings))}
+    return {keys.TI_HASHES: ", ".join(f"{name}: {e.shorthash}" for name, e in zip(names, embeddings))}
 
 
 def restore_mean_weighting(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from sd2_app import infotext_keys as keys
 from sd2_app.api.requests import SeedExtras
 from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.sampling import draw_noise, make_generator
@@ -95,8 +96,8 @@ def seed_settings(extras: SeedExtras) -> Settings:
     """The parameters text's keys for the seed extras in use (A1111's names)."""
     settings: Settings = {}
     if extras.variation_strength > 0:
-        settings["Variation seed"] = extras.variation_seed
-        settings["Variation seed strength"] = extras.variation_strength
+        settings[keys.VARIATION_SEED] = extras.variation_seed
+        settings[keys.VARIATION_SEED_STRENGTH] = extras.variation_strength
     if extras.resize_from is not None:
-        settings["Seed resize from"] = f"{extras.resize_from[0]}x{extras.resize_from[1]}"
+        settings[keys.SEED_RESIZE_FROM] = f"{extras.resize_from[0]}x{extras.resize_from[1]}"
     return settings

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from sd2_app import infotext_keys as keys
 from sd2_app.checkpoints.components import Components
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.images import BICUBIC, postprocess, preprocess_image
@@ -70,8 +71,8 @@ def upscale(
     images = postprocess(pixels)
     out_w, out_h = w * factor, h * factor
     settings = sampling_settings(sampling, width=out_w, height=out_h, model=components.key) | ti_hashes(job.embeddings)
-    settings["Noise level"] = request.noise_level
+    settings[keys.NOISE_LEVEL] = request.noise_level
     if max(h, w) > tiling.tile:
-        settings["Tile size"] = tiling.tile
+        settings[keys.TILE_SIZE] = tiling.tile
     label_images(images, request.prompt, request.negative_prompt, settings)
     return PipelineOutput(images=images, latents=latents, width=out_w, height=out_h, warnings=warnings)

@@ -11,7 +11,8 @@ import gradio as gr
 
 from sd2_app.api.addresses import ClientAddresses
 from sd2_app.checkpoints.catalog import CheckpointSpec, checkpoint_named
-from sd2_app.prompt_styles import STYLES_FIELD, StyleBook, with_styles_read
+from sd2_app import infotext_keys as keys
+from sd2_app.prompt_styles import StyleBook, with_styles_read
 from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
 from sd2_app.ui.hosting import Hosting, Visitors
 from sd2_app.ui.lifecycle import AppBlocks
@@ -80,9 +81,10 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
             with gr.Tab("PNG info", id="pnginfo"):
                 png_image, png_fields, png_send = pnginfo.build(service)
         targets = {
-            "img2img": SendTarget(i2i.image, i2i.prompt, i2i.negative, i2i.sampling),
-            "inpaint": SendTarget(inp.incoming, inp.prompt, inp.negative, inp.sampling, editor=inp.editor),
-            "upscale": SendTarget(up.image, up.prompt, up.negative),
+            "img2img": SendTarget(i2i.image, i2i.prompt, i2i.negative, i2i.sampling, styles=i2i.styles),
+            "inpaint": SendTarget(inp.incoming, inp.prompt, inp.negative, inp.sampling, editor=inp.editor,
+                                  styles=inp.styles),
+            "upscale": SendTarget(up.image, up.prompt, up.negative, styles=up.styles),
         }
         tabs_with_results = (("txt2img", t2i), ("img2img", i2i), ("inpaint", inp), ("outpaint", out), ("upscale", up),
                              ("depth", dep))
@@ -122,9 +124,10 @@ def _png_to_txt2img(
     t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, registry: Mapping[str, CheckpointSpec], styles: StyleBook,
 ) -> tuple[Callable[[dict[str, Any] | None], tuple], list[gr.components.Component]]:
     """(function, outputs) putting parsed PNG parameters into text to image: prompt, negative prompt, sampler,
-    steps, CFG, seed, size and checkpoint. PNG info's send and History's reuse use it. Where the host has prompt
-    styles, those found in the prompts are picked and the prompts keep the rest, as A1111's paste does; where
-    none is found none stays picked (A1111 keeps the visitor's pick), so the prompts alone remake the image."""
+    steps, CFG, guidance rescale (0 where the text has none: it is written only when on), seed, size and
+    checkpoint. PNG info's send and History's reuse use it. Where the host has prompt styles, those found in the
+    prompts are picked and the prompts keep the rest, as A1111's paste does; where none is found none stays
+    picked (A1111 keeps the visitor's pick), so the prompts alone remake the image."""
     controls = t2i.sampling
     names = [value for _, value in controls.sampler.choices]
     # "Model" is our key or label, or A1111's name of the original file; any other name keeps the checkpoint.
@@ -134,31 +137,32 @@ def _png_to_txt2img(
         if not parsed:
             raise gr.Error("Upload a PNG with parameters first.", print_exception=False)
         parsed = with_styles_read(parsed, styles)
-        size = str(parsed.get("Size", ""))
+        size = str(parsed.get(keys.SIZE, ""))
         width, _, height = size.partition("x")
         keep = gr.skip()
         sampler, karras = sampler_fields(parsed, names)
         for note in unreproduced(parsed, sampler, names):
             gr.Warning(note)
-        checkpoint = checkpoint_named(str(parsed.get("Model", "")), offered)
+        checkpoint = checkpoint_named(str(parsed.get(keys.MODEL, "")), offered)
         return (
-            parsed.get("Prompt", ""),
-            parsed.get("Negative prompt", ""),
+            parsed.get(keys.PROMPT, ""),
+            parsed.get(keys.NEGATIVE_PROMPT, ""),
             keep if sampler is None else sampler,
             karras,
-            clamp_to(parsed.get("Steps"), controls.steps),
-            clamp_to(parsed.get("CFG scale"), controls.cfg),
-            parsed.get("Seed", keep),
+            clamp_to(parsed.get(keys.STEPS), controls.steps),
+            clamp_to(parsed.get(keys.CFG_SCALE), controls.cfg),
+            clamp_to(parsed.get(keys.GUIDANCE_RESCALE, 0.0), controls.rescale),
+            parsed.get(keys.SEED, keep),
             clamp_to(int(width), t2i.width) if width.isdigit() else keep,
             clamp_to(int(height), t2i.height) if height.isdigit() else keep,
             keep if checkpoint is None else checkpoint,
             gr.Tabs(selected="txt2img"),
             *from_parameters(parsed, names),  # hires fix, seed extras, tiling
-            *(() if t2i.styles is None else (parsed.get(STYLES_FIELD, []),)),
+            *(() if t2i.styles is None else (parsed.get(keys.STYLES_ARRAY, []),)),
         )
 
     outputs = [t2i.prompt, t2i.negative, controls.sampler, controls.karras, controls.steps, controls.cfg,
-               controls.seed, t2i.width, t2i.height, t2i.checkpoint, tabs, *t2i.extras.inputs()]
+               controls.rescale, controls.seed, t2i.width, t2i.height, t2i.checkpoint, tabs, *t2i.extras.inputs()]
     if t2i.styles is not None:
         outputs.append(t2i.styles)
     return send, outputs

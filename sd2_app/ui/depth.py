@@ -38,7 +38,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Imag
     names = ("image", "depth_map", "checkpoint", "prompt", "negative_prompt", "strength", *SAMPLING_NAMES)
     wire_run(service, flags, frame.panel, inputs, make_request, "depth", names, finish_extra=depth_used,
              styles=frame.styles)
-    return ImageTab(image, frame.prompt, frame.negative, controls, frame.panel)
+    return ImageTab(image, frame.prompt, frame.negative, controls, frame.panel, frame.styles)
 
 
 def make_request(picture: Any, depth: Any, key: str, text: str, negative_text: str, amount: float,

@@ -38,6 +38,7 @@ from sd2_app.app_flags import (DEFAULT_CACHE_MINUTES, DEFAULT_MAX_JOBS_PER_ADDRE
                                DEFAULT_UPLOAD_MB_PER_ADDRESS)
 from sd2_app.api.job_admission import DEFAULT_QUEUE_SIZE, JobAdmission, Refusal
 from sd2_app.api.addresses import ClientAddresses, starlette_request
+from sd2_app.api.quick_reads import MAX_QUICK_REQUESTS_PER_ADDRESS, too_many_quick_requests_message
 from sd2_app.ui.cache_files import sweeping_lifespan
 from sd2_app.ui.join_refusals import MAX_SESSION_HASH_CHARS, SESSION_HASH_REFUSAL, JoinRefusals
 from sd2_app.ui.mcp_addresses import McpCallerMiddleware
@@ -54,9 +55,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STOP_FLAG = "sd2_stop"  # attribute of the join request's Starlette `state` that holds the job's stop flag
-# Queued events other than GPU jobs from one network address, waiting or running; each lasts well under a
-# second, and a page sends one or two at a time. Off with the per-address job limit (`max_jobs_per_address` 0).
-MAX_OTHER_EVENTS_PER_ADDRESS = 4
+# Queued events other than GPU jobs from one network address, waiting or running (the A1111 API's PNG info reads
+# have the same bound). Off with the per-address job limit (`max_jobs_per_address` 0).
+MAX_OTHER_EVENTS_PER_ADDRESS = MAX_QUICK_REQUESTS_PER_ADDRESS
 # Queued events other than GPU jobs from everyone, waiting or running, whatever --queue-size: a burst of many
 # visitors' image checks and "Send to" clicks, each well under a second.
 OTHER_EVENT_PLACES = 64
@@ -77,10 +78,6 @@ class Hosting:
 def too_many_jobs_message(limit: int) -> str:
     return (f"You already have {limit} job{'s' if limit != 1 else ''} queued or running; wait for one to finish "
             "(or press Stop) before starting another.")
-
-
-def too_many_events_from_address_message(limit: int) -> str:
-    return f"Your network address already has {limit} requests waiting; try again when they are done."
 
 
 OTHER_EVENTS_BUSY_MESSAGE = "The server is busy with other visitors' requests; try again in a moment."
@@ -150,7 +147,7 @@ class Visitors:
         (with the per-address job limit on), or everyone's other events fill their places; None when it may."""
         others = self.other_events_by_address()
         if self.job_admission.limit and others[address] >= MAX_OTHER_EVENTS_PER_ADDRESS:
-            return too_many_events_from_address_message(MAX_OTHER_EVENTS_PER_ADDRESS)
+            return too_many_quick_requests_message(MAX_OTHER_EVENTS_PER_ADDRESS)
         if others.total() >= OTHER_EVENT_PLACES:
             return OTHER_EVENTS_BUSY_MESSAGE
         return None

@@ -34,6 +34,7 @@ class InpaintTab:
     negative: gr.Textbox
     sampling: SamplingControls
     panel: ResultPanel
+    styles: gr.Dropdown | None = None  # the Styles picker; None where the host has no styles
 
 
 def _open(item: Any) -> Image.Image | None:
@@ -101,7 +102,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Inpa
              "only_masked_padding", *SAMPLING_NAMES)
     wire_run(service, flags, frame.panel, inputs, make_request, "inpaint", names, finish_extra=mask_used,
              styles=frame.styles)
-    return InpaintTab(editor, incoming, frame.prompt, frame.negative, controls, frame.panel)
+    return InpaintTab(editor, incoming, frame.prompt, frame.negative, controls, frame.panel, frame.styles)
 
 
 def make_request(value: Any, mask: Any, key: str, text: str, negative_text: str, amount: float, blur_px: float,

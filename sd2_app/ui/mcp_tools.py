@@ -64,7 +64,8 @@ ToolFn = Callable[..., str | Image.Image]  # the result's first PNG file (`shown
 
 def _tools(service: Service) -> dict[str, ToolFn]:
     """The tool functions; their signatures and docstrings are the MCP schema (defaults: the task table). Where
-    the host has prompt styles, the tools with a negative prompt take them too (`_with_styles`)."""
+    the host has prompt styles, the tools with a negative prompt (all five, as the web UI's tabs) take them too
+    (`_with_styles`)."""
     tools = {"txt2img": _txt2img_tool(service), "img2img": _img2img_tool(service), "inpaint": _inpaint_tool(service),
              "upscale": _upscale_tool(service), "depth": _depth_tool(service)}
     if not service.styles.styles:
@@ -178,18 +179,20 @@ def _inpaint_tool(service: Service) -> ToolFn:
 def _upscale_tool(service: Service) -> ToolFn:
     up = TASKS["upscale"]
 
-    def upscale(image: Image.Image, prompt: str = "", noise_level: int = 20, steps: int = up.steps,
-                seed: int = -1) -> str | Image.Image:
+    def upscale(image: Image.Image, prompt: str = "", negative_prompt: str = "", noise_level: int = 20,
+                steps: int = up.steps, seed: int = -1) -> str | Image.Image:
         """Enlarge an image 4x with the Stable Diffusion x4 upscaler (input up to 512x512 pixels).
 
         Args:
             image: the image to enlarge (PNG, JPEG or WebP; a data URL or an uploaded file), at most 512x512 pixels
             prompt: what the image shows; guides the added detail; may be empty
+            negative_prompt: what to avoid in the added detail; may be empty
             noise_level: 0 to 350: noise added to the input first; higher lets the model invent more detail
             steps: denoising steps, 1 to 150; 50 is usual
             seed: random seed, 0 to 4294967295; -1 picks one
         """
-        request = rq.UpscaleRequest(prompt=prompt, image=image, noise_level=noise_level, checkpoint=up.checkpoint,
+        request = rq.UpscaleRequest(prompt=prompt, image=image, negative_prompt=negative_prompt,
+                                    noise_level=noise_level, checkpoint=up.checkpoint,
                                     sampling=_sampling(steps, up.cfg_scale, seed, task="upscale"))
         return _run(service, request)
 

@@ -51,7 +51,7 @@ def build(service: Service, flags: StopFlags) -> ImageTab:
              "keep_original", *SAMPLING_NAMES)
     wire_run(service, flags, frame.panel, inputs, make_request, "outpaint", names, finish_extra=mask_used,
              styles=frame.styles)
-    return ImageTab(image, frame.prompt, frame.negative, controls, frame.panel)
+    return ImageTab(image, frame.prompt, frame.negative, controls, frame.panel, frame.styles)
 
 
 def make_request(picture: Any, key: str, text: str, negative_text: str, left: float, right: float, up: float,

@@ -13,6 +13,7 @@ from typing import Any, TYPE_CHECKING, TypeVar
 
 import gradio as gr
 
+from sd2_app.api.quick_reads import PNG_INFO_CONCURRENCY
 from sd2_app.pipelines.metadata import MAX_PARAMETERS_CHARS
 from sd2_app.ui.uploads import guard_image
 
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-PNG_INFO_CONCURRENCY = 2
 MAX_PASTED_CHARS = MAX_PARAMETERS_CHARS  # the longest parameters text the box takes, as read from a PNG
 PASTE_INFO = "read from the image, or paste a generation's parameters here (as A1111 or Civitai copy them)"
 TOO_LONG = f"Pasted parameters must be at most {MAX_PASTED_CHARS} characters."

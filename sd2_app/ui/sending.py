@@ -15,9 +15,11 @@ import gradio as gr
 from gradio.events import Dependency
 from PIL import Image
 
+from sd2_app import infotext_keys as keys
 from sd2_app.api.a1111_samplers import read_sampler, sampler_named, schedule_label
 from sd2_app.api.requests import HIRES_UPSCALERS, HiresFix
 from sd2_app.errors import shown
+from sd2_app.prompt_styles import with_styles_read
 from sd2_app.ui.result_panel import ResultPanel, selected_image
 from sd2_app.ui.sampling_controls import SamplingControls
 
@@ -39,24 +41,26 @@ class SendTarget:
     negative: gr.Textbox
     sampling: SamplingControls | None = None
     editor: gr.ImageMask | None = None  # set when `image` is only the courier of an image editor
+    styles: gr.Dropdown | None = None  # the Styles picker, where the host has prompt styles
 
 
 def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[str, SendTarget],
               prefix: str) -> None:
-    """Each "Send to X" button copies the picked result, the prompts (and seed, sampler, steps and CFG where X
-    samples the same way) into tab X and switches to it. Queued, so "Generate an image first." reaches the user."""
+    """Each "Send to X" button copies the picked result, the prompts and the picked prompt styles (and seed,
+    sampler, steps and CFG where X samples the same way) into tab X and switches to it. Queued, so "Generate an
+    image first." reaches the user."""
     for target, button in panel.send_buttons.items():
         into = targets[target]
         carry = into.sampling is not None
+        styled = tab.styles is not None and into.styles is not None
 
-        def send(gallery: Any, index: Any, text: str, negative: str, seed: Any, *sampling: Any,
-                 target: str = target, carry: bool = carry) -> tuple:
-            image = selected_image(gallery, index)
-            if not carry:
-                return image, text, negative, gr.Tabs(selected=target)
-            sampler, karras, steps, cfg = sampling
-            return (image, text, negative, gr.Tabs(selected=target), sampler, karras, steps, cfg,
-                    gr.skip() if seed is None else seed)
+        def send(gallery: Any, index: Any, text: str, negative: str, seed: Any, *rest: Any,
+                 target: str = target, carry: bool = carry, styled: bool = styled) -> tuple:
+            values = (selected_image(gallery, index), text, negative, gr.Tabs(selected=target))
+            if carry:
+                sampler, karras, steps, cfg = rest[:4]
+                values += (sampler, karras, steps, cfg, gr.skip() if seed is None else seed)
+            return values + ((rest[-1] or [],) if styled else ())
 
         inputs = [panel.gallery, panel.selected, tab.prompt, tab.negative, panel.last_seed]
         outputs = [into.image, into.prompt, into.negative, tabs]
@@ -64,6 +68,9 @@ def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[
             source, dest = tab.sampling, into.sampling
             inputs += [source.sampler, source.karras, source.steps, source.cfg]
             outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed]
+        if styled:
+            inputs.append(tab.styles)
+            outputs.append(into.styles)
         sent = button.click(send, inputs, outputs, api_name=f"{prefix}_send_to_{target}", api_visibility="private")
         _into_editor(sent, into, f"{prefix}_sent_to_{target}")
 
@@ -90,25 +97,32 @@ def sampling_values(parsed: dict[str, Any], dest: SamplingControls) -> tuple:
     """Sampler, Karras, steps, CFG and seed from parsed parameters, for `dest`'s widgets (gr.skip() where absent)."""
     names = [value for _, value in dest.sampler.choices]
     sampler, karras = sampler_fields(parsed, names)
-    seed = parsed.get("Seed")
-    return (gr.skip() if sampler is None else sampler, karras, clamp_to(parsed.get("Steps"), dest.steps),
-            clamp_to(parsed.get("CFG scale"), dest.cfg), seed if isinstance(seed, int) else gr.skip())
+    seed = parsed.get(keys.SEED)
+    return (gr.skip() if sampler is None else sampler, karras, clamp_to(parsed.get(keys.STEPS), dest.steps),
+            clamp_to(parsed.get(keys.CFG_SCALE), dest.cfg), seed if isinstance(seed, int) else gr.skip())
 
 
 def wire_history_send(service: Service, view: HistoryView, tabs: gr.Tabs, targets: dict[str, SendTarget]) -> None:
-    """History's "Send to X": the picked image with the prompts and settings it was made with."""
+    """History's "Send to X": the picked image with the prompts and settings it was made with. Where X has the
+    Styles picker, the host's styles found in the prompts are picked and the prompts keep the rest, as PNG info's
+    send does (`sd2_app.prompt_styles.with_styles_read`); where none is found, none stays picked."""
     for target, button in view.send_buttons.items():
         into = targets[target]
 
         def send(gallery: Any, index: Any, target: str = target, into: SendTarget = into) -> tuple:
             image, parsed = picked_history_image(service, gallery, index)
-            values = (image, parsed.get("Prompt", ""), parsed.get("Negative prompt", ""), gr.Tabs(selected=target))
-            return values + (sampling_values(parsed, into.sampling) if into.sampling is not None else ())
+            if into.styles is not None:
+                parsed = with_styles_read(parsed, service.styles)
+            values = (image, parsed.get(keys.PROMPT, ""), parsed.get(keys.NEGATIVE_PROMPT, ""), gr.Tabs(selected=target))
+            values += sampling_values(parsed, into.sampling) if into.sampling is not None else ()
+            return values + (() if into.styles is None else (parsed.get(keys.STYLES_ARRAY, []),))
 
         outputs = [into.image, into.prompt, into.negative, tabs]
         if into.sampling is not None:
             dest = into.sampling
             outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed]
+        if into.styles is not None:
+            outputs.append(into.styles)
         sent = button.click(send, [view.gallery, view.selected], outputs, api_name=f"history_send_to_{target}",
                             api_visibility="private")
         _into_editor(sent, into, f"history_sent_to_{target}")
@@ -118,13 +132,13 @@ def sampler_fields(parsed: dict[str, Any], names: list[str]) -> tuple[str | None
     """(sampler, Karras) from parsed parameters' "Sampler" and "Schedule type" (`read_sampler`, the A1111 API's
     reading too); sampler None when the dropdown (`names`) has no sampler of that name: it would only fail later,
     at Generate, with Gradio's "not in the list of choices"."""
-    return read_sampler(parsed.get("Sampler"), parsed.get("Schedule type"), names)
+    return read_sampler(parsed.get(keys.SAMPLER), parsed.get(keys.SCHEDULE_TYPE), names)
 
 
 # Settings of A1111's that text to image here has no control for: what is used instead.
-_NOT_HERE = {"Hires prompt": "the prompt", "Hires negative prompt": "the negative prompt",
-             "Hires checkpoint": "the first pass's checkpoint", "Emphasis": 'A1111\'s default ("Original")',
-             "Refiner": "no refiner", "Eta DDIM": "DDIM without eta (0)"}
+_NOT_HERE = {keys.HIRES_PROMPT: "the prompt", keys.HIRES_NEGATIVE_PROMPT: "the negative prompt",
+             keys.HIRES_CHECKPOINT: "the first pass's checkpoint", keys.EMPHASIS: 'A1111\'s default ("Original")',
+             keys.REFINER: "no refiner", keys.ETA_DDIM: "DDIM without eta (0)"}
 
 
 def unreproduced(parsed: dict[str, Any], sampler: str | None, names: Sequence[str]) -> list[str]:
@@ -132,15 +146,15 @@ def unreproduced(parsed: dict[str, Any], sampler: str | None, names: Sequence[st
     as warnings): an unknown sampler (`sampler`: `sampler_fields`' reading, None for none of ours), schedule type,
     hires upscaler or hires sampler (`names`: the samplers offered), and A1111 settings we do not have."""
     notes = []
-    if parsed.get("Sampler") and sampler is None:
-        notes.append(f"Sampler {shown(parsed['Sampler'])} is not available here; the current sampler is kept.")
-    schedule = parsed.get("Schedule type")
+    if parsed.get(keys.SAMPLER) and sampler is None:
+        notes.append(f"Sampler {shown(parsed[keys.SAMPLER])} is not available here; the current sampler is kept.")
+    schedule = parsed.get(keys.SCHEDULE_TYPE)
     if schedule is not None and schedule_label(schedule) is None:
         notes.append(f"Schedule type {shown(schedule)} is not available here; the sampler's own schedule is used.")
-    upscaler = parsed.get("Hires upscaler")
+    upscaler = parsed.get(keys.HIRES_UPSCALER)
     if hires_in(parsed) and upscaler is not None and upscaler not in HIRES_UPSCALERS:
         notes.append(f"Hires upscaler {shown(upscaler)} is not available here; {HiresFix().upscaler} is used.")
-    hires_sampler = parsed.get("Hires sampler")
+    hires_sampler = parsed.get(keys.HIRES_SAMPLER)
     if hires_in(parsed) and hires_sampler and sampler_named(str(hires_sampler), names) is None:
         notes.append(f"Hires sampler {shown(hires_sampler)} is not available here; the first pass's sampler is used.")
     for key, instead in _NOT_HERE.items():
@@ -152,8 +166,8 @@ def unreproduced(parsed: dict[str, Any], sampler: str | None, names: Sequence[st
 def hires_in(parsed: dict[str, Any]) -> bool:
     """Whether parameters describe a hires fix: A1111's rule (modules/ui.py, the paste field of "Hires fix"),
     a denoising strength with any hires key (older A1111 versions wrote no "Hires upscaler")."""
-    keys = ("Hires upscale", "Hires upscaler", "Hires resize")
-    return "Denoising strength" in parsed and any(key in parsed for key in keys)
+    hires_keys = (keys.HIRES_UPSCALE, keys.HIRES_UPSCALER, keys.HIRES_RESIZE)
+    return keys.DENOISING_STRENGTH in parsed and any(key in parsed for key in hires_keys)
 
 
 def clamp_to(value: Any, slider: gr.Slider) -> Any:

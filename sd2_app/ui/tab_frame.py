@@ -40,6 +40,7 @@ class ImageTab:
     negative: gr.Textbox
     sampling: SamplingControls
     panel: ResultPanel
+    styles: gr.Dropdown | None = None  # the Styles picker; None where the host has no styles
 
 
 class TabFrame:

@@ -14,6 +14,7 @@ from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
+from sd2_app import infotext_keys as keys
 from sd2_app.api.a1111_samplers import sampler_named
 from sd2_app.api.requests import HIRES_UPSCALERS, HiresFix, SeedExtras
 from sd2_app.ui.sending import hires_in
@@ -168,21 +169,21 @@ def _size(text: Any) -> tuple[int, int] | None:
 def from_parameters(parsed: dict[str, Any], samplers: list[str]) -> tuple:
     """Widget values (in `NAMES` order) that reproduce a PNG's hires fix, seed extras and tiling."""
     hires_on = hires_in(parsed)
-    resize = _size(parsed.get("Hires resize")) or (0, 0)
-    seed_resize = _size(parsed.get("Seed resize from")) or (0, 0)
-    upscaler = parsed.get("Hires upscaler", DEFAULTS.upscaler)
+    resize = _size(parsed.get(keys.HIRES_RESIZE)) or (0, 0)
+    seed_resize = _size(parsed.get(keys.SEED_RESIZE_FROM)) or (0, 0)
+    upscaler = parsed.get(keys.HIRES_UPSCALER, DEFAULTS.upscaler)
     return (
         hires_on,
         upscaler if upscaler in HIRES_UPSCALERS else DEFAULTS.upscaler,
-        parsed.get("Hires upscale", DEFAULTS.scale),
+        parsed.get(keys.HIRES_UPSCALE, DEFAULTS.scale),
         resize[0],
         resize[1],
-        parsed.get("Hires steps", 0) if hires_on else 0,
-        parsed.get("Denoising strength", DEFAULTS.denoising_strength) if hires_on else DEFAULTS.denoising_strength,
-        sampler_named(str(parsed.get("Hires sampler") or ""), samplers) or SAME_SAMPLER,  # as the API reads it
-        parsed.get("Variation seed", -1),
-        parsed.get("Variation seed strength", 0.0),
+        parsed.get(keys.HIRES_STEPS, 0) if hires_on else 0,
+        parsed.get(keys.DENOISING_STRENGTH, DEFAULTS.denoising_strength) if hires_on else DEFAULTS.denoising_strength,
+        sampler_named(str(parsed.get(keys.HIRES_SAMPLER) or ""), samplers) or SAME_SAMPLER,  # as the API reads it
+        parsed.get(keys.VARIATION_SEED, -1),
+        parsed.get(keys.VARIATION_SEED_STRENGTH, 0.0),
         seed_resize[0],
         seed_resize[1],
-        bool(parsed.get("Tiling", False)),
+        bool(parsed.get(keys.TILING, False)),
     )

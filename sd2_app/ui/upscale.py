@@ -44,7 +44,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Imag
     names = ("image", "checkpoint", "prompt", "negative_prompt", "noise_level", *SAMPLING_NAMES)
     wire_run(service, flags, frame.panel, inputs, make_request, "upscale", names, finish_extra=before_image,
              styles=frame.styles)
-    return ImageTab(image, frame.prompt, frame.negative, controls, frame.panel)
+    return ImageTab(image, frame.prompt, frame.negative, controls, frame.panel, frame.styles)
 
 
 def make_request(picture: Any, key: str, text: str, negative_text: str, level: float, *sampling: Any) -> UpscaleRequest:

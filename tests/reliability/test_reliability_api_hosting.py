@@ -10,6 +10,8 @@ test looks; /interrupt and the queue's stop flags end them.
 
 from __future__ import annotations
 
+import base64
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,10 +21,12 @@ import httpx
 import pytest
 
 from sd2_app.api.job_admission import too_many_jobs_from_address_message
-from tests.hosting_support import (API_FAST, FAST, api_job_count, interrupt_api_jobs, queue_join, served_behind_proxy,
-                                   stop_queued_jobs, wait_for_api_jobs)
+from sd2_app.api.quick_reads import (MAX_QUICK_REQUESTS_PER_ADDRESS, PNG_INFO_CONCURRENCY, QUICK_READ_PLACES,
+                                     reads_busy_message, too_many_quick_requests_message)
+from tests.hosting_support import (API_FAST, FAST, CallsAtOnce, api_job_count, interrupt_api_jobs, queue_join,
+                                   served_behind_proxy, stop_queued_jobs, wait_for_api_jobs)
 from tests.reliability_report import reliability, track_module  # noqa: F401
-from tests.reliability_support import one_thread  # noqa: F401
+from tests.reliability_support import noise_image, one_thread, png_bytes  # noqa: F401
 
 pytestmark = pytest.mark.slow  # a served app and jobs held for seconds
 
@@ -138,3 +142,50 @@ def test_web_ui_and_api_jobs_of_one_address_share_one_limit(api_app, reliability
                       f"address, --max-jobs-per-address {ADDRESS_LIMIT}",
                 f"one count for both: 1 API call accepted, 2 refused, HTTP 429: {REFUSED} A further web UI job is "
                 "refused at join, HTTP 400, the same message")
+
+
+def _png_info(url: str, forwarded_for: str, image: str) -> httpx.Response:
+    return httpx.post(f"{url}sdapi/v1/png-info", json={"image": image}, auth=AUTH,
+                      headers={"X-Forwarded-For": forwarded_for}, timeout=60)
+
+
+def _held_reads(demo: object) -> int:
+    """PNG info reads of the A1111 API waiting or running (`sd2_app.api.quick_reads.QuickReads`)."""
+    api = next(front for front in demo._outside if hasattr(front, "reads"))  # type: ignore[attr-defined]
+    return api.reads.waiting_or_running()
+
+
+def test_api_png_info_reads_are_bounded_as_the_web_ui_s(api_app, reliability, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/png-info decodes up to 25 MiB per call on the API's worker threads, with no bound of its own: 8 calls at
+    once ran 8 reads at once, and more only waited for threads. Now at most 2 run at once, 8 wait or run in all
+    (503 past that) and one address has at most 4 of them (429)."""
+    from sd2_app.api.service import Service
+
+    url, demo = api_app
+    release = threading.Event()
+    probe = CallsAtOnce(Service.read_parameters, lambda: release.wait(30))
+    monkeypatch.setattr(Service, "read_parameters", staticmethod(probe))
+    image = base64.b64encode(png_bytes(noise_image(16, 16))).decode()
+    callers = ["198.51.100.1"] * MAX_QUICK_REQUESTS_PER_ADDRESS + ["198.51.100.2"] * MAX_QUICK_REQUESTS_PER_ADDRESS
+    with ThreadPoolExecutor(len(callers)) as pool:
+        futures = [pool.submit(_png_info, url, caller, image) for caller in callers]
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and (probe.running, _held_reads(demo)) != (PNG_INFO_CONCURRENCY, len(callers)):
+                time.sleep(0.05)
+            over = [_png_info(url, caller, image) for caller in ("198.51.100.1", "198.51.100.3")]
+            at_once = probe.most
+        finally:
+            release.set()
+        answers = [future.result() for future in futures]
+    assert [(r.status_code, r.json()["detail"]) for r in over] == [
+        (429, too_many_quick_requests_message(MAX_QUICK_REQUESTS_PER_ADDRESS)),
+        (503, reads_busy_message(QUICK_READ_PLACES))]
+    assert at_once == PNG_INFO_CONCURRENCY and [r.status_code for r in answers] == [200] * len(callers)
+    assert {r.json()["info"] for r in answers} == {""} and _held_reads(demo) == 0
+    assert _png_info(url, "198.51.100.3", image).status_code == 200  # the places are free again
+    reliability(AREA, f"{len(callers)} POST /sdapi/v1/png-info calls held at once from two addresses, then one more "
+                      "from the first and one from a third (raw HTTP, trusted proxy)",
+                f"at most {at_once} read at once and all {len(callers)} answer 200; the extra ones are refused at "
+                f"once: HTTP 429: {over[0].json()['detail']} / HTTP 503: {over[1].json()['detail']} (each call "
+                "decoded up to 25 MiB on its own worker thread, as many at once as were sent)")

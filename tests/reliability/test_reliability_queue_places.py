@@ -24,8 +24,8 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
 
 from sd2_app.api.job_admission import server_busy_message  # noqa: E402
-from sd2_app.ui.hosting import (MAX_OTHER_EVENTS_PER_ADDRESS, OTHER_EVENT_PLACES,  # noqa: E402
-                                OTHER_EVENTS_BUSY_MESSAGE, too_many_events_from_address_message)
+from sd2_app.api.quick_reads import too_many_quick_requests_message  # noqa: E402
+from sd2_app.ui.hosting import MAX_OTHER_EVENTS_PER_ADDRESS, OTHER_EVENT_PLACES, OTHER_EVENTS_BUSY_MESSAGE  # noqa: E402
 from tests.hosting_support import (API_FAST, FAST, api_job_count, interrupt_api_jobs, queue_join,  # noqa: E402
                                    served_behind_proxy, stop_queued_jobs, wait_for_api_jobs)
 from tests.reliability_report import reliability, track_module  # noqa: E402,F401
@@ -85,7 +85,7 @@ def test_cheap_events_of_one_address_cannot_fill_the_queue(small_queue_app, reli
     statuses = [response.status_code for response in flood]
     assert job.status_code == 200 and "event_id" in job.json(), job.text
     assert statuses == [200] * MAX_OTHER_EVENTS_PER_ADDRESS + [400] * (QUEUE_SIZE + 4 - MAX_OTHER_EVENTS_PER_ADDRESS)
-    assert flood[-1].json()["detail"] == too_many_events_from_address_message(MAX_OTHER_EVENTS_PER_ADDRESS)
+    assert flood[-1].json()["detail"] == too_many_quick_requests_message(MAX_OTHER_EVENTS_PER_ADDRESS)
     assert other.status_code == 200, other.text  # another address still gets its PNG info
     stream = httpx.get(f"{url}gradio_api/call/txt2img/{job.json()['event_id']}", timeout=120).text
     assert "event: complete" in stream, stream[-500:]

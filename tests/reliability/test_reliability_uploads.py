@@ -24,7 +24,8 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from sd2_app.api.requests import Txt2ImgRequest  # noqa: E402
 from sd2_app.errors import InvalidRequest  # noqa: E402
 from sd2_app.ui.hosting import MAX_OTHER_EVENTS_PER_ADDRESS  # noqa: E402
-from tests.hosting_support import FAST, PRIVATE_FOLDER, PRIVATE_REPO, public_app, txt2img_data  # noqa: E402,F401
+from tests.hosting_support import (FAST, PRIVATE_FOLDER, PRIVATE_REPO, CallsAtOnce, public_app,  # noqa: E402,F401
+                                   txt2img_data)
 from tests.reliability_report import reliability, track_module  # noqa: E402,F401
 from tests.reliability_support import noise_image, one_thread, png_bytes, serve  # noqa: E402,F401
 
@@ -117,27 +118,15 @@ def test_png_info_reads_text_chunks_without_decoding_and_has_its_own_limit(publi
     reliability(AREA, "PNG info of a PNG whose pixel data is corrupt",
                 "parameters read from the text chunk (no pixel is decoded)")
 
-    running, most = [0], [0]
-    lock = threading.Lock()
-    read = Service.read_parameters
-
-    def slow_read(image: object) -> object:
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        time.sleep(0.5)
-        with lock:
-            running[0] -= 1
-        return read(image)
-
-    monkeypatch.setattr(Service, "read_parameters", staticmethod(slow_read))
+    probe = CallsAtOnce(Service.read_parameters, lambda: time.sleep(0.5))
+    monkeypatch.setattr(Service, "read_parameters", staticmethod(probe))
     calls = MAX_OTHER_EVENTS_PER_ADDRESS  # all from one address (loopback), which may have that many queued
     start = threading.Barrier(calls)
     with ThreadPoolExecutor(calls) as pool:
         outcomes = list(pool.map(lambda _: _png_info_outcome(url, path, start), range(calls)))
-    assert most[0] == 2 and outcomes == ["read"] * calls, (most, outcomes)
+    assert probe.most == 2 and outcomes == ["read"] * calls, (probe.most, outcomes)
     reliability(AREA, f"{calls} PNG info calls at once (each read made to take 0.5 s)",
-                f"at most {most[0]} ran at once (their own queue, beside the GPU's); all {outcomes.count('read')} read")
+                f"at most {probe.most} ran at once (their own queue, beside the GPU's); all {outcomes.count('read')} read")
 
 
 def _png_info_outcome(url: str, path: Path, start: threading.Barrier) -> str:

@@ -6,7 +6,9 @@
 //   stopped, or why it was refused; it is empty while the info line shows a finished result ("Seed …").
 // - A file put into an image editor of class "checked-editor" (Inpaint) that the browser cannot decode, which the
 //   editor would silently ignore, goes to the editor's hidden checker (`<editor>-check`, ui/uploads.py
-//   `editor_file_check`), whose upload check says why, as every other image box does.
+//   `editor_file_check`), whose upload check says why, as every other image box does. So does a paste with the
+//   editor's Paste button that finds no image in the clipboard (the editor reads it with navigator.clipboard.read
+//   and ignores anything else without a word): what the clipboard held, or an empty file, goes to the checker.
 // - sd2SendToEditor(courierId, editorId): "Send to inpaint" puts the image in a hidden image component (the
 //   courier); this uploads it into the image editor the way a user's upload arrives, because Gradio's ImageEditor
 //   freezes (blank canvas, endless spinner) when a server event sets its value after a user upload.
@@ -71,6 +73,27 @@
     const editor = event.target.closest && event.target.closest(".checked-editor");
     if (editor && event.dataTransfer) checkEditorFile(editor, event.dataTransfer.files[0]);
   }, true);
+
+  // The clipboard read that a click in a checked editor starts (its Paste button) is the editor's: wrap the read
+  // (whatever the button's label in the visitor's language) and check what it found.
+  let clicked = { editor: null, at: 0 };
+  document.addEventListener("click", (event) => {
+    clicked = { editor: event.target.closest && event.target.closest(".checked-editor"), at: Date.now() };
+  }, true);
+  if (navigator.clipboard && navigator.clipboard.read) {
+    const read = navigator.clipboard.read.bind(navigator.clipboard);
+    navigator.clipboard.read = async (...args) => {
+      const items = await read(...args);
+      const editor = Date.now() - clicked.at < 2000 ? clicked.editor : null;
+      if (editor && !items.some((item) => item.types.some((type) => type.startsWith("image/")))) {
+        const type = items.length ? items[0].types[0] : null;
+        const blob = type ? await items[0].getType(type) : new Blob([]);
+        // named as an image, or the box's own file-type filter stops it: the server reads the bytes
+        checkEditorFile(editor, new File([blob], "clipboard.png", { type: "image/png" }));
+      }
+      return items;
+    };
+  }
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   window.sd2SendToEditor = async (courierId, editorId) => {
