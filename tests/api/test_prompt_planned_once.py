@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from sd2_app.loading.embeddings import EmbeddingLibrary, TextualInversion
-from sd2_app.pipelines import prompt_plan
 from sd2_app.api.requests import Txt2ImgRequest
+from tests.pipeline_fixtures import count_plans
 from tests.reliability_support import fast, make_service, one_thread  # noqa: F401  # one_thread: fixture
 
 PROMPT = "a style hat on a [cat:dog:0.5]"
@@ -22,15 +22,8 @@ PROMPT = "a style hat on a [cat:dog:0.5]"
 
 @pytest.fixture
 def planned(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    calls: list[list[str]] = []
-    tokenize = prompt_plan.tokenize_prompts
-
-    def counted(tokenizer, texts, embeddings=None):
-        calls.append(list(texts))
-        return tokenize(tokenizer, texts, embeddings)
-
-    monkeypatch.setattr(prompt_plan, "tokenize_prompts", counted)
-    return calls
+    """The texts of every plan computed from now on."""
+    return count_plans(monkeypatch)
 
 
 def _library(seed: int) -> EmbeddingLibrary:

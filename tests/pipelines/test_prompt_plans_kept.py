@@ -10,8 +10,8 @@ import pytest
 
 from sd2_app.errors import InvalidRequest
 from sd2_app.loading.embeddings import TextualInversion
-from sd2_app.pipelines import prompt_plan
 from sd2_app.pipelines.prompt_plan import PromptPlans, PromptSteps, plan_prompts
+from tests.pipeline_fixtures import count_plans
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +28,7 @@ def tokenizers():  # two checkpoints' tokenizers: the same tiny files, two folde
 @pytest.fixture
 def planned(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """The texts of every plan computed from now on."""
-    calls: list[list[str]] = []
-    tokenize = prompt_plan.tokenize_prompts
-
-    def counted(tokenizer, texts, embeddings=None):
-        calls.append(list(texts))
-        return tokenize(tokenizer, texts, embeddings)
-
-    monkeypatch.setattr(prompt_plan, "tokenize_prompts", counted)
-    return calls
+    return count_plans(monkeypatch)
 
 
 def _embedding(name: str) -> TextualInversion:

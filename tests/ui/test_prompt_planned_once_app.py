@@ -17,7 +17,7 @@ from PIL import Image
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
 
-from sd2_app.pipelines import prompt_plan  # noqa: E402
+from tests.pipeline_fixtures import count_plans  # noqa: E402
 
 FAST = {"steps": 3, "seed": 5, "cfg_scale": 7.5, "width": 64, "height": 64, "sampler": "Euler"}
 EDITED = "a [red:blue:0.5] hat on a [cat|dog]"
@@ -34,7 +34,6 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, list
     from tests.reliability_support import launched
 
     durations: list[int] = []
-    planned: list[list[str]] = []
 
     def zerogpu_like(duration):  # spaces.GPU(duration=fn): fn(*call's arguments) first, then the handler
         def wrap(handler):
@@ -47,15 +46,9 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, list
 
         return wrap
 
-    tokenize = prompt_plan.tokenize_prompts
-
-    def counted(tokenizer, texts, embeddings=None):
-        planned.append(list(texts))
-        return tokenize(tokenizer, texts, embeddings)
-
     patch = pytest.MonkeyPatch()
     patch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=zerogpu_like))
-    patch.setattr(prompt_plan, "tokenize_prompts", counted)
+    planned = count_plans(patch)
     registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
     service = Service(ModelManager("cpu", registry=registry, cache_dir=tmp_path_factory.mktemp("cache")),
                       outputs_dir=None, allowed_repos=())
