@@ -169,7 +169,7 @@ class Service:
     def check_plot(self, request: XYZPlotRequest) -> CheckedPlot:
         """`validate` for a plot, with the validated cells kept for whoever runs or prices them, every cell's
         prompts within the pipeline's limits (`PromptTools.check_cells`)."""
-        plot = check_plot(request, self.catalog, self.limits)
+        plot = check_plot(request, self.catalog, self.limits, self.styles)
         self._prompt_tools.check_cells(plot.cells)
         return plot
 

@@ -1,8 +1,8 @@
 """Rough edges of the page in a real Chromium (Playwright), on `python app.py --tiny --styles STYLES.CSV` served
 in-process: every "Send to" picks the prompt styles again where the tab has the Styles box (History's sends read
-them from the PNG's prompts, as PNG info's send does; a result's sends carry the tab's pick), and a paste of
-something that is not an image into the inpaint editor is said, as an upload of one is. Screenshots go to
-tests/artifacts/.
+them from the PNG's prompts, as PNG info's send does; a result's sends carry the tab's pick), a paste of
+something that is not an image into the inpaint editor is said, as an upload of one is, and on a phone the results
+a run scrolled into view stay there when it ends. Screenshots go to tests/artifacts/.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from tests.api.test_prompt_styles_app import served_with_styles
 from tests.reliability_support import one_thread  # noqa: F401 (a fixture)
-from tests.ui.test_browser import ARGS, ARTIFACTS, CHROMIUM, DESKTOP, _go, _set_number, expect, sync_api
+from tests.ui.test_browser import ARGS, ARTIFACTS, CHROMIUM, DESKTOP, PHONE, _go, _set_number, expect, sync_api
 from tests.ui.test_prompt_styles_browser import STYLES_CSV, _pick
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -133,4 +133,28 @@ def test_a_paste_that_is_not_an_image_is_said_in_the_inpaint_editor(browser, url
     page.wait_for_timeout(2000)
     expect(page.locator(".toast-body")).to_have_count(0)
     page.screenshot(path=str(ARTIFACTS / "polish-inpaint-paste-image.png"))
+    page.context.close()
+
+
+RESULTS_TOP = "Math.round(document.getElementById('txt2img-results').getBoundingClientRect().top)"
+
+
+def test_on_a_phone_the_results_stay_in_view_when_the_run_ends(browser, url: str) -> None:
+    """Generate scrolls the results to 8 px (0.5rem) under the top of a phone's screen (they went to 0: their label
+    touched the edge), and the run's buttons ride at its bottom; when the run ended they went back into the page
+    above the results, which jumped down by their height (242 px here, with the Styles box; 96 px without)."""
+    page = _open(browser, url, PHONE)
+    _go(page, "Text to image")
+    for name, value in (("width", 64), ("height", 64), ("steps", 4)):
+        _set_number(page, f"txt2img-{name}", value)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.locator("#txt2img-run").click()
+    page.wait_for_function(f"{RESULTS_TOP} === 8", timeout=10_000)  # scrolled to the results, smoothly
+    assert page.locator("#txt2img-stop").is_enabled()  # still running: the buttons are in the bar
+    page.screenshot(path=str(ARTIFACTS / "polish-phone-running.png"))
+    expect(page.locator("#txt2img-info")).to_contain_text("Seed ", timeout=120_000)
+    expect(page.locator("#txt2img-stop")).to_be_disabled()
+    page.wait_for_timeout(500)
+    assert page.evaluate(RESULTS_TOP) == 8
+    page.screenshot(path=str(ARTIFACTS / "polish-phone-done.png"))
     page.context.close()
