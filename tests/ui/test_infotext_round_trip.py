@@ -5,8 +5,10 @@ app's own `png_info_send` event, joined over raw HTTP as the page joins it), and
 the send puts into text to image's widgets. Text to image's images are then made again from the sent widgets alone
 (/txt2img): the same parameters text and the same pixels.
 
-A key no test case maps to a widget fails `test_...`: a writer's new key, or a typo between writer and reader
-(sd2_app/infotext_keys.py names each once).
+A written key that no widget reads (`READ_BACK`) and that is neither another task's own (`TASK_ONLY`) nor made
+again with the other keys (`IMPLIED`) fails the case that wrote it: a writer's new key, or a typo between writer
+and reader (sd2_app/infotext_keys.py names each once). DDIM's eta is the one key the tabs cannot set (no Eta
+control): the send says so.
 """
 
 from __future__ import annotations
