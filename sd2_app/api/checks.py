@@ -101,7 +101,10 @@ def resolve_seed(seed: Any) -> int:
     """None or -1 draws a fresh seed (reported back, so the image can be reproduced)."""
     if seed is None or (not isinstance(seed, bool) and isinstance(seed, (int, float)) and seed == -1):
         return random.SystemRandom().randint(0, MAX_SEED)
-    return integer(seed, "Seed", 0, MAX_SEED)
+    whole = integer(seed, "Seed", -math.inf, math.inf)  # the type check; the range's message names -1 too
+    if not 0 <= whole <= MAX_SEED:
+        raise InvalidRequest(f"Seed must be -1 (random) or between 0 and {MAX_SEED}, got {whole}.")
+    return whole
 
 
 def check_sampler_names(names: tuple[Any, ...], catalog: Catalog) -> None:

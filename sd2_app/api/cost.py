@@ -113,7 +113,8 @@ def job_cost(request: Request, catalog: Catalog) -> int:
 
 def _what_to_lower(request: Request) -> str:
     if isinstance(request, XYZPlotRequest):
-        return "the number of cells, the steps or the size"
+        hires = isinstance(request.base, Txt2ImgRequest) and request.base.hires is not None
+        return f"the number of cells, the steps{', the size or the hires fix' if hires else ' or the size'}"
     if isinstance(request, UpscaleRequest):
         return "the steps, the images per prompt or the input image's size"
     if isinstance(request, Txt2ImgRequest):

@@ -25,8 +25,9 @@ from sd2_app.api.plot_axes import (
     AXES,
     AXIS_NAMES,
     SEED_KINDS,
-    apply_prompt_sr,
+    apply_axis,
     check_choices,
+    check_styles,
     fit_to_sampler,
     hires_for_axes,
     parse_values,
@@ -51,6 +52,7 @@ from sd2_app.api.task_checks import validate_task
 from sd2_app.api.txt2img_options import X4_UPSCALER
 from sd2_app.errors import Cancelled, InvalidRequest, shown
 from sd2_app.pipelines.metadata import attach_parameters, format_parameters, parse_parameters
+from sd2_app.prompt_styles import StyleBook
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service  # the Service runs plots: it imports this module
@@ -69,15 +71,17 @@ class PlotCell:
     steps: int  # denoising steps it runs (`_steps_run`: img2img's strength cut, a hires fix's passes)
 
 
-def _axes(request: XYZPlotRequest) -> list[tuple[str, PlotAxis]]:
-    """The axes in use, X first; an axis of kind "" or "nothing" is left out."""
+def _axes(request: XYZPlotRequest, styles: StyleBook) -> list[tuple[str, PlotAxis]]:
+    """The axes in use, X first; an axis of kind "" or "nothing" is left out. Styles is one only where the host
+    has styles."""
+    offered = [key for key in AXES if key != "styles" or styles.styles]
     used = []
     for name, axis in zip(AXIS_NAMES, (request.x, request.y, request.z)):
         if axis is None or (isinstance(axis.kind, str) and axis.kind.lower() in ("", "nothing")):
             continue
-        if not isinstance(axis, PlotAxis) or axis.kind not in AXES:
+        if not isinstance(axis, PlotAxis) or axis.kind not in offered:
             kind = getattr(axis, "kind", axis)
-            raise InvalidRequest(f"Unknown {name} axis {shown(kind)}; choose one of: {', '.join(AXES)}.")
+            raise InvalidRequest(f"Unknown {name} axis {shown(kind)}; choose one of: {', '.join(offered)}.")
         used.append((name, axis))
     if not used or used[0][0] != "X":
         raise InvalidRequest("Choose what the X axis varies.")
@@ -98,20 +102,23 @@ class CheckedPlot:
     cells: list[PlotCell]  # in grid order (`plan_cells`)
 
 
-def validate_plot(request: XYZPlotRequest, catalog: Catalog, limits: Limits) -> tuple[XYZPlotRequest, list[str]]:
+def validate_plot(request: XYZPlotRequest, catalog: Catalog, limits: Limits,
+                  styles: StyleBook = StyleBook()) -> tuple[XYZPlotRequest, list[str]]:
     """The plot with typed axis values and a validated base (its seed drawn once); every cell is checked
     (`check_plot`, which also keeps the cells for whoever runs or prices them)."""
-    checked = check_plot(request, catalog, limits)
+    checked = check_plot(request, catalog, limits, styles)
     return checked.request, checked.warnings
 
 
-def check_plot(request: XYZPlotRequest, catalog: Catalog, limits: Limits) -> CheckedPlot:
+def check_plot(request: XYZPlotRequest, catalog: Catalog, limits: Limits,
+               styles: StyleBook = StyleBook()) -> CheckedPlot:
     """`validate_plot`'s checks, with the validated cells kept: running a plot (`run_plot`) or pricing it
-    (`sd2_app.api.gpu_time.seconds_for`) plans its cells once, here."""
+    (`sd2_app.api.gpu_time.seconds_for`) plans its cells once, here. `styles`: the host's, which a Styles axis
+    names."""
     base = request.base
     if not isinstance(base, (Txt2ImgRequest, Img2ImgRequest)):
         raise InvalidRequest("An X/Y/Z plot runs a text-to-image or image-to-image request.")
-    used = _axes(request)
+    used = _axes(request, styles)
     base, warnings = hires_for_axes(base, [axis.kind for _, axis in used])
     base = replace(base, sampling=replace(base.sampling, batch_size=1, use_karras=False))
     checked_base, base_warnings = validate_task(base, catalog, limits)
@@ -120,12 +127,12 @@ def check_plot(request: XYZPlotRequest, catalog: Catalog, limits: Limits) -> Che
                                                           use_karras=bool(request.base.sampling.use_karras)))
     if isinstance(checked_base, Img2ImgRequest):  # its image is fitted now; an unset size stays "the image's"
         checked_base = replace(checked_base, width=base.width, height=base.height)
-    axes = _checked_axes(used, checked_base, catalog, limits)
+    axes = _checked_axes(used, checked_base, catalog, limits, styles)
     extras = checked_base.seed_extras
     if any(axis.kind == "variation_strength" for axis in axes.values()) and extras.variation_seed is None:
         checked_base = replace(checked_base, seed_extras=replace(extras, variation_seed=resolve_seed(None)))
     checked = XYZPlotRequest(base=checked_base, x=axes["X"], y=axes.get("Y"), z=axes.get("Z"))
-    planned, cell_warnings = plan_cells(checked, catalog, limits)
+    planned, cell_warnings = plan_cells(checked, catalog, limits, styles)
     if "eta" in (axis.kind for axis in axes.values()) and not any(uses_eta(cell.request) for cell in planned):
         raise InvalidRequest(f"Eta changes only {', '.join(ETA_SAMPLERS)}, and no cell of this plot runs it; choose "
                              f"{ETA_SAMPLERS[0]} as the sampler or add it to a Sampler axis.")
@@ -134,7 +141,7 @@ def check_plot(request: XYZPlotRequest, catalog: Catalog, limits: Limits) -> Che
 
 
 def _checked_axes(used: list[tuple[str, PlotAxis]], base: Txt2ImgRequest | Img2ImgRequest, catalog: Catalog,
-                  limits: Limits) -> dict[str, PlotAxis]:
+                  limits: Limits, styles: StyleBook) -> dict[str, PlotAxis]:
     """The axes in use with typed, checked values ({"X": axis, ...}); their cells within the cell limit.
     `base` is the checked base: Prompt S/R and Prompt order look for their terms in its prompts."""
     checkpoints = [key for key, tasks in catalog.tasks.items() if base.task in tasks]
@@ -156,6 +163,8 @@ def _checked_axes(used: list[tuple[str, PlotAxis]], base: Txt2ImgRequest | Img2I
             raise InvalidRequest(f"Prompt S/R did not find {shown(values[0])} in the prompt or the negative prompt.")
         if axis.kind == "prompt_order":
             check_order_terms(base.prompt, values[0])
+        if axis.kind == "styles":
+            check_styles(values, what, styles)
         axes[name] = PlotAxis(axis.kind, tuple(values))
         cells *= len(values)
     if cells > limits.max_plot_cells:
@@ -164,7 +173,8 @@ def _checked_axes(used: list[tuple[str, PlotAxis]], base: Txt2ImgRequest | Img2I
     return axes
 
 
-def plan_cells(request: XYZPlotRequest, catalog: Catalog, limits: Limits) -> tuple[list[PlotCell], list[str]]:
+def plan_cells(request: XYZPlotRequest, catalog: Catalog, limits: Limits,
+               styles: StyleBook = StyleBook()) -> tuple[list[PlotCell], list[str]]:
     """Every cell of a checked plot, validated, in grid order; and the warnings (each once)."""
     slots = (request.x, request.y, request.z)  # an absent axis is one position with no label
     sizes = [len(axis.values) if axis is not None else 1 for axis in slots]
@@ -176,9 +186,8 @@ def plan_cells(request: XYZPlotRequest, catalog: Catalog, limits: Limits) -> tup
             if axis is None:
                 labels.append("")
                 continue
-            kind, value = AXES[axis.kind], axis.values[i]
-            cell = apply_prompt_sr(cell, axis.values[0], value) if axis.kind == "prompt_sr" else kind.apply(cell, value)
-            labels.append(kind.cell_label(value))
+            cell = apply_axis(axis.kind, cell, axis.values, i, styles)
+            labels.append(AXES[axis.kind].cell_label(axis.values[i]))
         cell, notes = fit_to_sampler(cell, catalog)
         warnings += [note for note in notes if note not in warnings]
         try:

@@ -2,7 +2,9 @@
 
 Names and value syntax follow A1111's X/Y/Z plot (scripts/xyz_grid.py; the syntax is `plot_values`). Prompt
 S/R searches the first value in the prompt and the negative prompt and replaces it by each value in turn;
-Prompt order puts the listed terms in every order (`plot_order`). Seeds of -1 are drawn at random, for the
+Prompt order puts the listed terms in every order (`plot_order`). Styles applies the host's prompt styles
+(`--styles`, sd2_app/prompt_styles.py) named by each value, several between commas, as A1111's apply_styles
+does (a name that is not the host's is refused, as A1111 would run it as an empty style). Seeds of -1 are drawn at random, for the
 variation seed too; a variation strength axis without a variation seed uses one drawn once for the whole plot
 (as A1111 fixes the subseed first). The hires axes turn the hires fix on with its defaults where the plot has
 it off (A1111 sets the field and, hires off, the axis changes nothing). Eta changes only DDIM
@@ -31,6 +33,7 @@ from sd2_app.api.requests import (
     Txt2ImgRequest,
 )
 from sd2_app.errors import InvalidRequest, shown
+from sd2_app.prompt_styles import StyleBook
 
 PlotBase = Txt2ImgRequest | Img2ImgRequest  # what a plot's cells are
 
@@ -40,7 +43,7 @@ class AxisKind:
     """One kind of axis: its label (UI, grid labels, metadata), value type and effect on a request."""
 
     label: str
-    value_type: str  # "int", "float", "bool", "text", "order", "sampler", "upscaler" or "checkpoint"
+    value_type: str  # "int", "float", "bool", "text", "order", "sampler", "upscaler", "checkpoint" or "style"
     apply: Callable[[PlotBase, Any], PlotBase]  # (request, value) -> request with the value applied
     metadata_keys: tuple[str, ...]  # parameters-text keys this axis changes (left out of the grid's text)
     img2img_only: bool = False
@@ -120,10 +123,19 @@ AXES: dict[str, AxisKind] = {
                               txt2img_only=True, a1111_label="Hires sampler"),
     "prompt_order": AxisKind("Prompt order", "order", _reorder_prompt, (), label_with_name=False,
                              a1111_label="Prompt order"),
+    "styles": AxisKind("Styles", "style", lambda request, value: request, (), a1111_label="Styles"),
 }
 HIRES_KINDS = ("hires_steps", "hires_upscaler", "hires_sampler")
 SEED_KINDS = ("seed", "variation_seed")  # -1 draws a seed for each value (A1111's fix_axis_seeds)
 AXIS_NAMES = ("X", "Y", "Z")
+# What an empty axis asks for, by value type: samplers, upscalers and checkpoints are picked from a list (the web
+# UI's multi-select), the others typed.
+NUMBERS_HINT = "type values such as 20, 30, 40 or a range such as 10-40 (+10)"
+EMPTY_AXIS_HINTS = {"sampler": "pick one or more samplers", "upscaler": "pick one or more upscalers",
+                    "checkpoint": "pick one or more checkpoints", "style": "pick one or more styles",
+                    "bool": "type on, off or both",
+                    "text": "type the words to find in the prompt, then what replaces them: cat, dog, tiger",
+                    "order": "type terms of the prompt to put in every order: cat, dog, tiger"}
 
 
 def parse_values(axis: PlotAxis, what: str, max_values: int) -> list[Any]:
@@ -138,7 +150,7 @@ def parse_values(axis: PlotAxis, what: str, max_values: int) -> list[Any]:
     else:
         raise InvalidRequest(f"{what} must be text or a list, got {type(raw).__name__}.")
     if not tokens:
-        raise InvalidRequest(f"{what} are empty: type values such as 20, 30, 40 or a range such as 10-40 (+10).")
+        raise InvalidRequest(f"{what} are empty: {EMPTY_AXIS_HINTS.get(kind.value_type, NUMBERS_HINT)}.")
     if kind.value_type == "order":
         return list(prompt_orders(tokens, what, max_values))
     values: list[Any] = []
@@ -182,6 +194,31 @@ def check_choices(kind: AxisKind, values: list[Any], what: str, catalog: Catalog
     if unknown:
         raise InvalidRequest(f"{what}: Unknown checkpoint(s) {', '.join(shown(str(v)) for v in unknown)}; "
                              f"choose from: {', '.join(checkpoints)}.")
+
+
+def style_names(value: str) -> list[str]:
+    """The host's styles one Styles value applies, in order: its names between commas (A1111's apply_styles
+    splits a value at ","), each stripped."""
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def check_styles(values: Sequence[str], what: str, styles: StyleBook) -> None:
+    """Every name of every Styles value must be one of the host's styles (`StyleBook.picked`'s refusals)."""
+    for value in values:
+        try:
+            styles.picked(style_names(value))
+        except InvalidRequest as error:
+            raise InvalidRequest(f"{what}: {error}") from error
+
+
+def apply_axis(kind: str, request: PlotBase, values: Sequence[Any], i: int, styles: StyleBook) -> PlotBase:
+    """`request` with value `i` of an axis of `kind` applied: Prompt S/R replaces its first value, Styles adds
+    the host's styles named, any other sets its field (`AxisKind.apply`)."""
+    if kind == "prompt_sr":
+        return apply_prompt_sr(request, values[0], values[i])
+    if kind == "styles":
+        return styles.applied_to(request, style_names(values[i]))
+    return AXES[kind].apply(request, values[i])
 
 
 def apply_prompt_sr(request: PlotBase, search: str, value: str) -> PlotBase:

@@ -124,10 +124,12 @@ def _png_to_txt2img(
     t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, registry: Mapping[str, CheckpointSpec], styles: StyleBook,
 ) -> tuple[Callable[[dict[str, Any] | None], tuple], list[gr.components.Component]]:
     """(function, outputs) putting parsed PNG parameters into text to image: prompt, negative prompt, sampler,
-    steps, CFG, guidance rescale (0 where the text has none: it is written only when on), seed, size and
-    checkpoint. PNG info's send and History's reuse use it. Where the host has prompt styles, those found in the
-    prompts are picked and the prompts keep the rest, as A1111's paste does; where none is found none stays
-    picked (A1111 keeps the visitor's pick), so the prompts alone remake the image."""
+    steps, CFG, guidance rescale (0 where the text has none: it is written only when on), seed, images per prompt
+    ("Batch size", 1 where the text has none: one seed draws the whole batch, so the image at "Batch pos" 1 is
+    remade only in a batch of that size), size and checkpoint. PNG info's send and History's reuse use it. Where
+    the host has prompt styles, those found in the prompts are picked and the prompts keep the rest, as A1111's
+    paste does; where none is found none stays picked (A1111 keeps the visitor's pick), so the prompts alone
+    remake the image."""
     controls = t2i.sampling
     names = [value for _, value in controls.sampler.choices]
     # "Model" is our key or label, or A1111's name of the original file; any other name keeps the checkpoint.
@@ -135,7 +137,7 @@ def _png_to_txt2img(
 
     def send(parsed: dict[str, Any] | None) -> tuple:
         if not parsed:
-            raise gr.Error("Upload a PNG with parameters first.", print_exception=False)
+            raise gr.Error(pnginfo.NOTHING_TO_SEND, print_exception=False)
         parsed = with_styles_read(parsed, styles)
         size = str(parsed.get(keys.SIZE, ""))
         width, _, height = size.partition("x")
@@ -153,6 +155,7 @@ def _png_to_txt2img(
             clamp_to(parsed.get(keys.CFG_SCALE), controls.cfg),
             clamp_to(parsed.get(keys.GUIDANCE_RESCALE, 0.0), controls.rescale),
             parsed.get(keys.SEED, keep),
+            clamp_to(parsed.get(keys.BATCH_SIZE, 1), controls.batch),
             clamp_to(int(width), t2i.width) if width.isdigit() else keep,
             clamp_to(int(height), t2i.height) if height.isdigit() else keep,
             keep if checkpoint is None else checkpoint,
@@ -162,7 +165,7 @@ def _png_to_txt2img(
         )
 
     outputs = [t2i.prompt, t2i.negative, controls.sampler, controls.karras, controls.steps, controls.cfg,
-               controls.rescale, controls.seed, t2i.width, t2i.height, t2i.checkpoint, tabs, *t2i.extras.inputs()]
+               controls.rescale, controls.seed, controls.batch, t2i.width, t2i.height, t2i.checkpoint, tabs, *t2i.extras.inputs()]
     if t2i.styles is not None:
         outputs.append(t2i.styles)
     return send, outputs

@@ -27,6 +27,9 @@ MAX_PASTED_CHARS = MAX_PARAMETERS_CHARS  # the longest parameters text the box t
 PASTE_INFO = "read from the image, or paste a generation's parameters here (as A1111 or Civitai copy them)"
 TOO_LONG = f"Pasted parameters must be at most {MAX_PASTED_CHARS} characters."
 NO_PARAMETERS = "This image carries no generation parameters."
+# "Send to text to image" with nothing read: no image, an image without parameters, or an emptied text box.
+NOTHING_TO_SEND = ("There are no generation parameters to send: upload a PNG that carries them, or paste them into "
+                   "Parameters.")
 
 
 def build(service: Service) -> tuple[gr.Image, gr.JSON, gr.Button]:

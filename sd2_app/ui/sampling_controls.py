@@ -88,5 +88,14 @@ def sampling_controls(
 
 def wire_seed_buttons(randomize: gr.Button, reuse: gr.Button, seed: gr.Number, last_seed: gr.State, prefix: str) -> None:
     randomize.click(lambda: -1, None, seed, api_name=f"{prefix}_random_seed", api_visibility="private", queue=False)
-    reuse.click(lambda last: -1 if last is None else last, last_seed, seed, api_name=f"{prefix}_reuse_seed",
-                api_visibility="private", queue=False)
+    reuse.click(last_result_seed, last_seed, seed, api_name=f"{prefix}_reuse_seed", api_visibility="private")
+
+
+def last_result_seed(last: int | None) -> Any:
+    """"Reuse last seed": the seed of the tab's last result. Before any result the seed box keeps what the visitor
+    typed and a warning says why nothing changed (queued, so the message reaches the page, as "Send to" does; a
+    warning rather than an error, which would cover the seed box with Gradio's "Error" badge)."""
+    if last is None:
+        gr.Warning("Generate an image first.")
+        return gr.skip()
+    return last

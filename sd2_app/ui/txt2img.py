@@ -43,7 +43,7 @@ def build(service: Service, flags: StopFlags) -> Txt2ImgTab:
         controls = frame.sampling()
         gr.Examples([[p] for p in EXAMPLE_PROMPTS], [frame.prompt], label="Example prompts")
         extras = build_extras(service, service.limits.max_side, width.value)  # tiling, hires fix, extra seed options
-    wire_hires_size(width, height, extras, service.limits.max_side)
+    wire_hires_size(width, height, extras.fix, service.limits.max_side)
     inputs = [checkpoint, frame.prompt, frame.negative, width, height, *controls.inputs(), *extras.inputs()]
     wire_run(service, flags, frame.panel, inputs, make_request, "txt2img",
              ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES, *EXTRA_NAMES),

@@ -23,14 +23,18 @@ if TYPE_CHECKING:
     from sd2_app.api.service import Service
 
 SAME_SAMPLER = "Same as first pass"
-NAMES = ("hires_fix", "hires_upscaler", "hires_scale", "hires_width", "hires_height", "hires_steps",
-         "denoising_strength", "hires_sampler", "variation_seed", "variation_strength", "seed_resize_from_width",
-         "seed_resize_from_height", "tiling")
+HIRES_NAMES = ("hires_fix", "hires_upscaler", "hires_scale", "hires_width", "hires_height", "hires_steps",
+               "denoising_strength", "hires_sampler")  # the API's names of the hires fix's widgets
+NAMES = (*HIRES_NAMES, "variation_seed", "variation_strength", "seed_resize_from_width", "seed_resize_from_height",
+         "tiling")
 DEFAULTS = HiresFix()
 
 
 @dataclass
-class Txt2ImgExtras:
+class HiresControls:
+    """The "Hires fix" group (`build_hires`): its accordion, its size line and the widgets `inputs` lists."""
+
+    accordion: gr.Accordion
     hires: gr.Checkbox
     hires_size: gr.Markdown  # the sizes the hires fix goes from and to (`wire_hires_size`)
     upscaler: gr.Dropdown
@@ -40,6 +44,16 @@ class Txt2ImgExtras:
     steps: gr.Slider
     strength: gr.Slider
     sampler: gr.Dropdown
+
+    def inputs(self) -> list[gr.components.Component]:
+        """The widgets in the order of `HIRES_NAMES`."""
+        return [self.hires, self.upscaler, self.scale, self.width, self.height, self.steps, self.strength,
+                self.sampler]
+
+
+@dataclass
+class Txt2ImgExtras:
+    fix: HiresControls
     variation_seed: gr.Number
     variation_strength: gr.Slider
     resize_width: gr.Slider
@@ -47,43 +61,49 @@ class Txt2ImgExtras:
     tiling: gr.Checkbox
 
     def inputs(self) -> list[gr.components.Component]:
-        return [self.hires, self.upscaler, self.scale, self.width, self.height, self.steps, self.strength,
-                self.sampler, self.variation_seed, self.variation_strength, self.resize_width, self.resize_height,
-                self.tiling]
+        """The widgets in the order of `NAMES`."""
+        return [*self.fix.inputs(), self.variation_seed, self.variation_strength, self.resize_width,
+                self.resize_height, self.tiling]
+
+
+def build_hires(service: Service, max_side: int, side: int, prefix: str = "txt2img") -> HiresControls:
+    """The "Hires fix" accordion (closed, the fix off), its elem_ids starting with `prefix` (Text to image's and
+    the X/Y/Z plot's own), its size line for a first pass of `side` x `side`."""
+    with gr.Accordion("Hires fix", open=False, elem_id=f"{prefix}-hires-accordion") as accordion:
+        hires = gr.Checkbox(False, label="Use hires fix", info="generate at this size, upscale, then redraw details",
+                            elem_id=f"{prefix}-hires")
+        hires_size = gr.Markdown(hires_size_note(side, side, DEFAULTS.scale, 0, 0, max_side),
+                                 elem_id=f"{prefix}-hires-size", elem_classes=["field-note"])
+        with gr.Row():
+            upscaler = gr.Dropdown(list(HIRES_UPSCALERS), value=DEFAULTS.upscaler, label="Upscaler",
+                                   elem_id=f"{prefix}-hires-upscaler")
+            scale = gr.Slider(1, 4, DEFAULTS.scale, step=0.05, label="Upscale by", elem_id=f"{prefix}-hires-scale")
+        with gr.Row():
+            width = gr.Slider(0, max_side, 0, step=8, label="Resize width to", info="0 = by the factor",
+                              elem_id=f"{prefix}-hires-width")
+            height = gr.Slider(0, max_side, 0, step=8, label="Resize height to", info="0 = by the factor",
+                               elem_id=f"{prefix}-hires-height")
+        with gr.Row():
+            steps = gr.Slider(0, 150, 0, step=1, label="Hires steps", info="0 = same as Steps",
+                              elem_id=f"{prefix}-hires-steps")
+            strength = gr.Slider(0, 1, DEFAULTS.denoising_strength, step=0.01, label="Denoising strength",
+                                 elem_id=f"{prefix}-hires-strength")
+        sampler = gr.Dropdown([SAME_SAMPLER, *service.samplers()], value=SAME_SAMPLER, label="Hires sampler")
+    return HiresControls(accordion, hires, hires_size, upscaler, scale, width, height, steps, strength, sampler)
 
 
 def build_extras(service: Service, max_side: int, side: int) -> Txt2ImgExtras:
     """The widgets, in the order of `NAMES` (the hires size line for a first pass of `side` x `side`)."""
     tiling = gr.Checkbox(False, label="Tiling", info="seamless: the image's edges continue each other",
                          elem_id="txt2img-tiling")
-    with gr.Accordion("Hires fix", open=False, elem_id="txt2img-hires-accordion"):
-        hires = gr.Checkbox(False, label="Use hires fix", info="generate at this size, upscale, then redraw details",
-                            elem_id="txt2img-hires")
-        hires_size = gr.Markdown(hires_size_note(side, side, DEFAULTS.scale, 0, 0, max_side),
-                                 elem_id="txt2img-hires-size", elem_classes=["field-note"])
-        with gr.Row():
-            upscaler = gr.Dropdown(list(HIRES_UPSCALERS), value=DEFAULTS.upscaler, label="Upscaler",
-                                   elem_id="txt2img-hires-upscaler")
-            scale = gr.Slider(1, 4, DEFAULTS.scale, step=0.05, label="Upscale by", elem_id="txt2img-hires-scale")
-        with gr.Row():
-            width = gr.Slider(0, max_side, 0, step=8, label="Resize width to", info="0 = by the factor",
-                              elem_id="txt2img-hires-width")
-            height = gr.Slider(0, max_side, 0, step=8, label="Resize height to", info="0 = by the factor",
-                               elem_id="txt2img-hires-height")
-        with gr.Row():
-            steps = gr.Slider(0, 150, 0, step=1, label="Hires steps", info="0 = same as Steps",
-                              elem_id="txt2img-hires-steps")
-            strength = gr.Slider(0, 1, DEFAULTS.denoising_strength, step=0.01, label="Denoising strength",
-                                 elem_id="txt2img-hires-strength")
-        sampler = gr.Dropdown([SAME_SAMPLER, *service.samplers()], value=SAME_SAMPLER, label="Hires sampler")
+    fix = build_hires(service, max_side, side)
     with gr.Accordion("Extra seed options", open=False, elem_id="txt2img-seed-extras"):
         with gr.Row():
             variation_seed, variation_strength = _variation_row("txt2img")
         with gr.Row():
             resize_width = gr.Slider(0, max_side, 0, step=8, label="Resize seed from width", info="0 = off")
             resize_height = gr.Slider(0, max_side, 0, step=8, label="Resize seed from height", info="0 = off")
-    return Txt2ImgExtras(hires, hires_size, upscaler, scale, width, height, steps, strength, sampler,
-                         variation_seed, variation_strength, resize_width, resize_height, tiling)
+    return Txt2ImgExtras(fix, variation_seed, variation_strength, resize_width, resize_height, tiling)
 
 
 def hires_size_note(width: Any, height: Any, scale: Any, resize_width: Any, resize_height: Any, max_side: int) -> str:
@@ -103,11 +123,12 @@ def hires_size_note(width: Any, height: Any, scale: Any, resize_width: Any, resi
     return note
 
 
-def wire_hires_size(width: gr.Slider, height: gr.Slider, extras: Txt2ImgExtras, max_side: int) -> None:
+def wire_hires_size(width: gr.Slider, height: gr.Slider, fix: HiresControls, max_side: int,
+                    prefix: str = "txt2img") -> None:
     """Keep the hires fix's size line up to date with the first pass's size and the upscale settings."""
-    inputs = [width, height, extras.scale, extras.width, extras.height]
+    inputs = [width, height, fix.scale, fix.width, fix.height]
     gr.on([box.change for box in inputs], lambda *values: hires_size_note(*values, max_side), inputs,
-          extras.hires_size, queue=False, show_progress="hidden", api_name="txt2img_hires_size",
+          fix.hires_size, queue=False, show_progress="hidden", api_name=f"{prefix}_hires_size",
           api_visibility="private")
 
 

@@ -1,9 +1,11 @@
 """X/Y/Z plot: one prompt run over up to three axes of settings; labelled grids, each cell timed, a CSV/JSON.
 
 Each axis is a kind (sampler, steps, CFG, seed, checkpoint, Karras, guidance rescale, denoising strength,
-prompt S/R and order, variation seed and strength, eta, hires steps, upscaler and sampler) and values, typed
-(`20, 30, 40`, `10-40 (+10)`) or, for samplers, hires upscalers and checkpoints, picked in a multi-select whose
-order is the order of the cells. An init image makes it an image-to-image plot. Finished
+prompt S/R and order, variation seed and strength, eta, hires steps, upscaler and sampler, and the host's prompt
+styles where it has any) and values, typed (`20, 30, 40`, `10-40 (+10)`) or, for samplers, hires upscalers,
+checkpoints and styles, picked in a multi-select whose order is the order of the cells. The Text to image tab's
+Hires fix group (`txt2img_extras.build_hires`) sets the hires fix of every cell; an init image makes it an
+image-to-image plot, which has none (the group hides). Finished
 cells appear in the gallery as they come, so Stop leaves them on screen.
 """
 
@@ -31,6 +33,7 @@ from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import EXAMPLE_PROMPTS, SAMPLING_NAMES, to_sampling
 from sd2_app.ui.runner import WAIT_POLL_S, RunFlag, StopFlags, fast_png_file, timed_call
 from sd2_app.ui.tab_frame import TabFrame
+from sd2_app.ui.txt2img_extras import HIRES_NAMES, HiresControls, build_hires, request_fields, wire_hires_size
 from sd2_app.ui.uploads import upload_image
 
 if TYPE_CHECKING:
@@ -38,12 +41,14 @@ if TYPE_CHECKING:
     from sd2_app.api.service import Result, Service
 
 
-PICKED = ("sampler", "checkpoint", "hires_sampler", "hires_upscaler")  # kinds whose values are picked from a list
+PICKED = ("sampler", "checkpoint", "hires_sampler", "hires_upscaler", "styles")  # values picked from a list
 HINTS = {"prompt_sr": "the first value is searched in the prompt: cat, dog, tiger",
          "prompt_order": "terms of the prompt, put in every order: cat, dog, tiger (at most 4)",
          "use_karras": "on, off", "seed": "1, 2, 3 or 1-4", "variation_seed": "1, 2, 3 or -1 (random)",
          "variation_strength": "0, 0.25, 0.5 or 0-1 [5]", "eta": "0, 0.5, 1 (DDIM only)",
          "hires_steps": "10, 20 or 0 (= Steps); turns the hires fix on"}
+HIRES_NEEDS_TEXT = ("The hires fix runs only in a text-to-image plot; remove the init image or turn the hires fix "
+                    "off.")
 TABLES_DIR = Path(tempfile.gettempdir()) / "sd2-app-plots"
 
 
@@ -59,7 +64,7 @@ class AxisControls:
 def _axis_row(name: str, kind: str, picks: dict[str, list[tuple[str, str]]]) -> AxisControls:
     prefix = f"xyz-{name.lower()}"
     choices = [("Nothing", "nothing")] if name != "X" else []
-    choices += [(spec.label, key) for key, spec in AXES.items()]
+    choices += [(spec.label, key) for key, spec in AXES.items() if key in picks]
     with gr.Row(equal_height=True, elem_classes=["phone-stack"]):  # on a phone the values go under the type (app.css)
         kind_box = gr.Dropdown(choices, value=kind, label=f"{name} type", scale=2, elem_id=f"{prefix}-type")
         text = gr.Textbox(label=f"{name} values", placeholder="20, 30, 40 or 10-40 (+10)", scale=5,
@@ -103,14 +108,17 @@ def make_axis(kind: Any, text: Any, picked: Any) -> PlotAxis | None:
 def make_request(key: str, text: str, negative_text: str, *values: Any) -> XYZPlotRequest:
     """Widget values (in the order of the API's parameter names) -> the plot request."""
     axes = [make_axis(*values[3 * i : 3 * i + 3]) for i in range(3)]
-    sampling_values = values[9 : 9 + len(SAMPLING_NAMES) - 1]
-    width, height, image, strength = values[9 + len(SAMPLING_NAMES) - 1 :]
-    sampling = to_sampling(*sampling_values, 1)
+    end = 9 + len(SAMPLING_NAMES) - 1
+    sampling = to_sampling(*values[9:end], 1)
+    width, height, image, strength = values[end : end + 4]
+    hires = request_fields(*values[end + 4 : end + 4 + len(HIRES_NAMES)])["hires"]
     common = {"prompt": text, "negative_prompt": negative_text, "checkpoint": key, "sampling": sampling}
     if image is not None:
+        if hires is not None:
+            raise InvalidRequest(HIRES_NEEDS_TEXT)
         base: Txt2ImgRequest | Img2ImgRequest = Img2ImgRequest(image=image, strength=strength, width=width, height=height, **common)
     else:
-        base = Txt2ImgRequest(width=width, height=height, **common)
+        base = Txt2ImgRequest(width=width, height=height, hires=hires, **common)
     if axes[0] is None:
         raise InvalidRequest("Choose what the X axis varies.")
     return XYZPlotRequest(base=base, x=axes[0], y=axes[1], z=axes[2])
@@ -148,10 +156,33 @@ class PlotView:
         return f"{len(self.cells)} cell(s) done · step {done}/{total}"
 
 
-def build(service: Service, flags: StopFlags) -> ResultPanel:
+def _wire_hires(fix: HiresControls, image: gr.Image, width: gr.Slider, height: gr.Slider, max_side: int) -> None:
+    """The hires fix's size line; its group shows while the plot is text to image (no init image), and an init
+    image turns the fix off (the request would be refused: `HIRES_NEEDS_TEXT`)."""
+    wire_hires_size(width, height, fix, max_side, prefix="xyz")
+
+    def follow_image(picture: Any) -> tuple:
+        text_to_image = picture is None
+        return gr.update(visible=text_to_image), gr.update() if text_to_image else False
+
+    image.change(follow_image, image, [fix.accordion, fix.hires], api_name="xyz_image_hires",
+                 api_visibility="private", queue=False, show_progress="hidden")
+
+
+def _picks(service: Service) -> dict[str, list[tuple[str, str]]]:
+    """Each axis kind the tab offers -> the (label, value) choices of its picked values (empty: typed values).
+    Styles only where the host has styles (`--styles`)."""
     samplers = [(name, name) for name in service.samplers()]
-    picks = {"sampler": samplers, "checkpoint": service.checkpoints("txt2img"), "hires_sampler": samplers,
-             "hires_upscaler": [(name, name) for name in HIRES_UPSCALERS]}
+    picks: dict[str, list[tuple[str, str]]] = {key: [] for key in AXES if key != "styles"}
+    picks.update(sampler=samplers, checkpoint=service.checkpoints("txt2img"), hires_sampler=samplers,
+                 hires_upscaler=[(name, name) for name in HIRES_UPSCALERS])
+    if service.styles.names:
+        picks["styles"] = [(name, name) for name in service.styles.names]
+    return picks
+
+
+def build(service: Service, flags: StopFlags) -> ResultPanel:
+    picks = _picks(service)
     frame = TabFrame(service, "xyz", EXAMPLE_PROMPTS[1], styled=False)
     # The tables ride in the panel's extra output (an image on other tabs): cleared at Generate, filled at the
     # end by `finish_extra`.
@@ -166,16 +197,18 @@ def build(service: Service, flags: StopFlags) -> ResultPanel:
             image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
                                  height=240, elem_id="xyz-image")
             strength = gr.Slider(0, 1, TASKS["img2img"].strength, step=0.01, label="Denoising strength")
+        fix = build_hires(service, service.limits.max_side, width.value, prefix="xyz")  # text to image only
+    _wire_hires(fix, image, width, height, service.limits.max_side)
     panel = frame.panel
     panel.gallery.columns = 3
     for name, axis in zip(AXIS_NAMES, axes):
         _wire_axis(axis, picks, f"xyz_{name.lower()}")
     axis_inputs = [widget for axis in axes for widget in (axis.kind, axis.text, axis.picked)]
     inputs = [checkpoint, frame.prompt, frame.negative, *axis_inputs, *controls.inputs()[:-1], width, height, image,
-              strength]
+              strength, *fix.inputs()]
     names = ["checkpoint", "prompt", "negative_prompt"]
     names += [f"{n.lower()}_{part}" for n in AXIS_NAMES for part in ("type", "values", "picked")]
-    names += [*SAMPLING_NAMES[:-1], "width", "height", "init_image", "strength"]
+    names += [*SAMPLING_NAMES[:-1], "width", "height", "init_image", "strength", *HIRES_NAMES]
     wire_run(service, flags, panel, inputs, make_request, "xyz_plot", names,
              finish_extra=lambda result: (_tables(result),), view=PlotView)
     return panel

@@ -51,8 +51,8 @@ def _image(w: int = 64, h: int = 64, mode: str = "RGB") -> Image.Image:
         (_txt(cfg_scale=31), "Guidance scale must be between 0 and 30, got 31."),
         (_txt(cfg_scale="7"), "Guidance scale must be a number, got '7'."),
         (_txt(guidance_rescale=1.5), "Guidance rescale must be between 0 and 1, got 1.5."),
-        (_txt(seed=-2), "Seed must be between 0 and 4294967295, got -2."),
-        (_txt(seed=2**32), "Seed must be between 0 and 4294967295, got 4294967296."),
+        (_txt(seed=-2), "Seed must be -1 (random) or between 0 and 4294967295, got -2."),
+        (_txt(seed=2**32), "Seed must be -1 (random) or between 0 and 4294967295, got 4294967296."),
         (_txt(batch_size=9), "Images per prompt must be between 1 and 8, got 9."),
         (_txt(sampler="Nope"), "Unknown sampler 'Nope'; choose one of: DPM++ 2M, Euler a, Euler, DDIM, UniPC, "
                                "DPM++ 2M SDE, Heun."),

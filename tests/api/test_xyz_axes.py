@@ -1,4 +1,4 @@
-"""The X/Y/Z plot's A1111 axes beyond the first ones: Eta, Hires steps / upscaler / sampler and Prompt order.
+"""The X/Y/Z plot's A1111 axes beyond the first ones: Eta, Hires steps / upscaler / sampler, Prompt order, Styles.
 Their values as A1111 reads them, the exact refusals, the cells they make (labels, requests, warnings), their
 names in the grid's parameters and their cost against the cap. (The running app: tests/ui/test_ui_api.py.)"""
 
@@ -11,12 +11,13 @@ from PIL import Image
 
 from sd2_app.api.checks import Limits
 from sd2_app.api.cost import job_cost
-from sd2_app.api.plot import grid_parameters, plan_cells
+from sd2_app.api.plot import grid_parameters, plan_cells, validate_plot
 from sd2_app.api.plot_axes import parse_values
 from sd2_app.api.requests import HiresFix, Img2ImgRequest, PlotAxis, Sampling, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.api.validation import validate
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.metadata import format_parameters, parse_parameters
+from sd2_app.prompt_styles import PromptStyle, StyleBook
 from tests.ui_doubles import fake_catalog, fake_service
 
 CATALOG = fake_catalog()
@@ -188,3 +189,26 @@ def test_sampler_axes_read_names_as_a1111_s_plot_does() -> None:
     with pytest.raises(InvalidRequest) as error:
         validate(_plot(PlotAxis("sampler", "euler, lcm")), CATALOG)
     assert str(error.value).startswith("X values (Sampler): Unknown sampler(s) 'lcm'; choose from: ")
+
+
+BOOK = StyleBook((PromptStyle("oil", "oil painting", "photo"), PromptStyle("frame", "a picture of {prompt}", "")))
+
+
+def test_styles_axis_applies_the_hosts_styles_named_by_each_value() -> None:
+    """A1111's Styles axis: a value applies each style it names between commas, in order; the host's styles only
+    (`StyleBook.picked`'s refusal, prefixed by the axis); no Styles axis where the host has no styles."""
+    checked, _ = validate_plot(_plot(PlotAxis("styles", 'oil, "frame, oil"')), CATALOG, Limits(), BOOK)
+    cells, _ = plan_cells(checked, CATALOG, Limits(), BOOK)
+    assert [(c.request.prompt, c.request.negative_prompt, c.labels[0]) for c in cells] == [
+        (f"{PROMPT}, oil painting", "a blurry cat, photo", "Styles: oil"),
+        (f"a picture of {PROMPT}, oil painting", "a blurry cat, photo", "Styles: frame, oil")]
+    with pytest.raises(InvalidRequest) as refused:
+        validate_plot(_plot(PlotAxis("styles", ("oil", "watercolor"))), CATALOG, Limits(), BOOK)
+    assert str(refused.value) == "X values (Styles): Unknown style 'watercolor'; this server's styles: 'oil', 'frame'."
+    with pytest.raises(InvalidRequest) as refused:
+        validate_plot(_plot(PlotAxis("styles", ())), CATALOG, Limits(), BOOK)
+    assert str(refused.value) == "X values (Styles) are empty: pick one or more styles."
+    with pytest.raises(InvalidRequest) as refused:
+        validate_plot(_plot(PlotAxis("styles", "oil")), CATALOG, Limits())
+    assert str(refused.value).startswith("Unknown X axis 'styles'; choose one of: sampler, steps,")
+    assert str(refused.value).endswith(", hires_sampler, prompt_order.")

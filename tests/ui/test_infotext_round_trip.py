@@ -5,8 +5,10 @@ app's own `png_info_send` event, joined over raw HTTP as the page joins it), and
 the send puts into text to image's widgets. Text to image's images are then made again from the sent widgets alone
 (/txt2img): the same parameters text and the same pixels.
 
-A key no test case maps to a widget fails `test_...`: a writer's new key, or a typo between writer and reader
-(sd2_app/infotext_keys.py names each once).
+A written key that no widget reads (`READ_BACK`) and that is neither another task's own (`TASK_ONLY`) nor made
+again with the other keys (`IMPLIED`) fails the case that wrote it: a writer's new key, or a typo between writer
+and reader (sd2_app/infotext_keys.py names each once). DDIM's eta is the one key the tabs cannot set (no Eta
+control): the send says so.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ READ_BACK: dict[str, Callable[[Sent], Any]] = {
     keys.SIZE: lambda sent: _size(sent["width"], sent["height"]),
     keys.MODEL: lambda sent: sent.get("checkpoint"),
     keys.GUIDANCE_RESCALE: lambda sent: sent.get("guidance_rescale"),
+    keys.BATCH_SIZE: lambda sent: sent.get("batch_size"),
     keys.HIRES_UPSCALE: lambda sent: sent["hires_fix"] and sent["hires_scale"],
     keys.HIRES_RESIZE: lambda sent: sent["hires_fix"] and _size(sent["hires_width"], sent["hires_height"]),
     keys.HIRES_STEPS: lambda sent: sent["hires_fix"] and sent["hires_steps"],
@@ -64,7 +67,9 @@ READ_BACK: dict[str, Callable[[Sent], Any]] = {
     keys.SEED_RESIZE_FROM: lambda sent: _size(sent["seed_resize_from_width"], sent["seed_resize_from_height"]),
     keys.TILING: lambda sent: sent["tiling"],
 }
-IMPLIED = {keys.TI_HASHES}  # the embeddings the prompt names: made again with the prompt (checked by the remake)
+# Made again with the other keys (checked by the remake): the embeddings the prompt names, the image's place in
+# the batch.
+IMPLIED = {keys.TI_HASHES, keys.BATCH_POS}
 # Settings of the other tasks, which text to image has no control for (the send is text to image's).
 TASK_ONLY = {
     "img2img": {keys.DENOISING_STRENGTH},
@@ -95,9 +100,9 @@ def app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield url.rstrip("/"), Client(url, verbose=False), {"outputs": outputs}
 
 
-def _generated(client: Client, api_name: str, **kwargs: Any) -> str:
-    """The path of the first image an endpoint made."""
-    return client.predict(api_name=api_name, **kwargs)[1][0]["image"]
+def _generated(client: Client, api_name: str, index: int = 0, **kwargs: Any) -> str:
+    """The path of the image at `index` of those an endpoint made."""
+    return client.predict(api_name=api_name, **kwargs)[1][index]["image"]
 
 
 def _send(app: tuple[str, Client, dict], fields: dict[str, Any]) -> tuple[Sent, list[str]]:
@@ -156,10 +161,11 @@ def _round_trip(app: tuple[str, Client, dict], path: str, task: str = "txt2img")
     return fields, sent, warnings
 
 
-def _remade(app: tuple[str, Client, dict], path: str, sent: Sent) -> tuple[dict[str, Any], bool]:
-    """Text to image again from the sent widgets alone: (its fields, whether its pixels equal `path`'s)."""
+def _remade(app: tuple[str, Client, dict], path: str, sent: Sent, index: int = 0) -> tuple[dict[str, Any], bool]:
+    """Text to image again from the sent widgets alone: (the fields of its image at `index`, whether its pixels
+    equal `path`'s)."""
     _, client, _ = app
-    again = _generated(client, "/txt2img", **sent)
+    again = _generated(client, "/txt2img", index, **sent)
     return _png_info(client, again)[1], np.array_equal(_pixels(again), _pixels(path))
 
 
@@ -174,6 +180,7 @@ TXT2IMG_CASES = {
                                             "tiling": True},
     "styles": {"prompt": "a cat", "negative_prompt": "ugly", "styles": ["oil"]},
     "embedding": {"prompt": "a tiny-style cat"},
+    "second image of a batch": {"batch_size": 2},
 }
 
 
@@ -181,13 +188,15 @@ TXT2IMG_CASES = {
 def test_text_to_image_parameters_come_back_through_png_info(app, case: str) -> None:
     _, client, _ = app
     options = {"prompt": "a castle", "sampler": "Euler", **TXT2IMG_CASES[case]}
-    path = _generated(client, "/txt2img", **FAST, **options)
+    index = options.get("batch_size", 1) - 1
+    path = _generated(client, "/txt2img", index, **FAST, **options)
     fields, sent, warnings = _round_trip(app, path)
     assert warnings == []
     assert {key: fields[key] for key in fields if key.startswith("Hires")} == {
         key: value for key, value in EXPECTED_HIRES.get(case, {}).items()}
-    remade, same_pixels = _remade(app, path, sent)
+    remade, same_pixels = _remade(app, path, sent, index)
     assert remade == fields and same_pixels
+    assert fields.get(keys.BATCH_POS) == (1 if index else None)
 
 
 EXPECTED_HIRES = {

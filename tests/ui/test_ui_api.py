@@ -294,7 +294,8 @@ def test_outpaint_extends_one_side_and_keeps_the_image(app, tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("endpoint", "kwargs", "message"),
     [
-        ("/txt2img", {"prompt": "x", "seed": -5, "width": 64, "height": 64}, "Seed must be between 0 and 4294967295, got -5."),
+        ("/txt2img", {"prompt": "x", "seed": -5, "width": 64, "height": 64},
+         "Seed must be -1 (random) or between 0 and 4294967295, got -5."),
         ("/txt2img", {"prompt": "x", "checkpoint": "sd2-depth", "width": 64, "height": 64},
          "Value: sd2-depth is not in the list of choices: ['sd2-base', 'sd2', 'sd21-base', 'sd21']"),  # Gradio's check
         ("/txt2img", {"prompt": "x", "sampler": "DDIM", "use_karras": True, "width": 64, "height": 64},
@@ -303,7 +304,7 @@ def test_outpaint_extends_one_side_and_keeps_the_image(app, tmp_path: Path) -> N
         ("/depth", {"prompt": "x"}, "Upload an image first."),
         ("/upscale", {"prompt": "x"}, "Upload an image to upscale first."),
         ("/xyz_plot", {"prompt": "x", "x_type": "sampler", "x_picked": []},
-         "X values (Sampler) are empty: type values such as 20, 30, 40 or a range such as 10-40 (+10)."),
+         "X values (Sampler) are empty: pick one or more samplers."),
         ("/xyz_plot", {"prompt": "x", "x_type": "steps", "x_values": "1-500"},
          "X values (Steps): '1-500' gives 500 values; an axis may have at most 64."),
         ("/outpaint", {"prompt": "x"}, "Upload an image to outpaint first."),

@@ -218,7 +218,7 @@ def test_png_info_sends_the_checkpoint_too() -> None:
     values = send.fn(parsed)
     checkpoint_index = [getattr(block, "label", None) for block in send.outputs].index("Checkpoint")
     assert values[checkpoint_index] == "sd2"
-    assert send.queue is not False  # queued: "Upload a PNG with parameters first." reaches the visitor
+    assert send.queue is not False  # queued: "There are no generation parameters to send: ..." reaches the visitor
 
 
 def test_an_oversized_upload_is_refused_when_uploaded_in_a_size_a_person_reads() -> None:

@@ -1,6 +1,6 @@
 // sd2-app page script, run once when the page loads (build_ui passes the style sheet as `css`).
 // - Ctrl+Enter or Cmd+Enter in a prompt box presses that tab's Generate, as in A1111; Enter alone makes a new line.
-// - On a phone (one column), Generate scrolls the tab's results into view.
+// - On a phone (one column), Generate scrolls the tab's results into view, and they stay there when the run ends.
 // - The line under each tab's Generate/Stop (`<tab>-run-status`) repeats the tab's info line (`<tab>-info`, under
 //   the results and below the fold of a laptop screen) while it tells the run's state: queued, running,
 //   stopped, or why it was refused; it is empty while the info line shows a finished result ("Seed …").
@@ -30,12 +30,34 @@
     if (button && !button.disabled) button.click();
   });
 
-  // One column (a phone): the results are below the settings, so a run scrolls them into view.
+  // One column (a phone): the results are below the settings, so a run scrolls them into view. While the run is on,
+  // its buttons ride in a bar at the bottom of the screen, out of the page (app.css), so the scroll waits for the
+  // bar (Stop enabled: the server answered), or the results would end up under the screen's top by the buttons'
+  // height. When the run ends the buttons are back in the page above the results, which would jump down by their
+  // height: the page scrolls by as much, before that frame is drawn, so the results stay where the visitor had them.
+  const followRun = (results, stop) => {
+    let top = null, running = false;
+    const started = Date.now();
+    const frame = () => {
+      const now = results.getBoundingClientRect().top;
+      if (!stop.disabled) {
+        if (!running) results.scrollIntoView({ behavior: "smooth", block: "start" });
+        running = true;
+      } else if (running || Date.now() - started > 10000) { // the run ended (or never started)
+        if (running && top !== null && now !== top) window.scrollBy(0, now - top);
+        return;
+      }
+      top = now;
+      requestAnimationFrame(frame);
+    };
+    requestAnimationFrame(frame);
+  };
   document.addEventListener("click", (event) => {
     const run = event.target.closest && event.target.closest(".run-button");
     if (!run || !run.id || window.innerWidth >= 1000) return;
     const results = document.getElementById(run.id.replace(/-run$/, "-results"));
-    if (results) setTimeout(() => results.scrollIntoView({ behavior: "smooth", block: "start" }), 100);
+    const stop = document.getElementById(run.id.replace(/-run$/, "-stop"));
+    if (results && stop) followRun(results, stop);
   });
 
   setInterval(() => {

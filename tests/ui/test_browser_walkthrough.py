@@ -1,0 +1,66 @@
+"""Rough edges a first-time visitor met walking through every tab in a real Chromium (Playwright), each as the
+visitor meets it: "Reuse last seed" before any result; PNG info's send of an image without parameters; a seed out of range.
+
+Uses test_browser.py's app and browser fixtures (tiny checkpoints); each test opens its own page, so the order
+does not matter. Screenshots go to tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.ui.test_browser import (ARTIFACTS, ASSETS, DESKTOP, _go, _open, _set_number, browser,  # noqa: F401
+                                   expect, url)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def test_reuse_last_seed_before_a_result_keeps_the_typed_seed_and_says_why(browser, url: str) -> None:
+    page = _open(browser, url, DESKTOP)
+    seed = page.locator("#txt2img-seed input")
+    seed.fill("1234")
+    seed.press("Tab")
+    page.locator("#txt2img-reuse-seed").click()
+    expect(page.locator(".toast-body", has_text="Generate an image first.")).to_be_visible(timeout=15_000)
+    expect(seed).to_have_value("1234")  # was silently replaced by -1 (random)
+    expect(page.locator("#txt2img-seed .error")).to_have_count(0)  # no "Error" badge over the seed box
+    page.screenshot(path=str(ARTIFACTS / "walkthrough-reuse-seed-before-a-result.png"))
+    # After a result the button does its job: the seed of that result.
+    _set_number(page, "txt2img-width", 64)
+    _set_number(page, "txt2img-height", 64)
+    _set_number(page, "txt2img-steps", 1)
+    seed.fill("-1")
+    page.locator("#txt2img-run").click()
+    info = page.locator("#txt2img-info")
+    expect(info).to_contain_text("Seed ", timeout=120_000)
+    drawn = info.inner_text().split("Seed ", 1)[1].split(" ", 1)[0]
+    page.locator("#txt2img-reuse-seed").click()
+    expect(seed).to_have_value(drawn, timeout=15_000)
+    page.context.close()
+
+
+def test_png_info_send_of_an_image_without_parameters_says_what_to_do(browser, url: str) -> None:
+    page = _open(browser, url, DESKTOP)
+    _go(page, "PNG info")
+    page.locator("#pnginfo-image input[type=file]").set_input_files(str(ASSETS / "landscape.png"))
+    expect(page.locator("#pnginfo-text textarea")).to_have_value("This image carries no generation parameters.",
+                                                                  timeout=30_000)
+    page.locator("#pnginfo-send").click()
+    # It said "Upload a PNG with parameters first." to a visitor who had just uploaded a PNG.
+    said = ("There are no generation parameters to send: upload a PNG that carries them, or paste them into "
+            "Parameters.")
+    expect(page.locator(".toast-body", has_text=said)).to_be_visible(timeout=15_000)
+    expect(page.get_by_role("tab", name="PNG info")).to_have_attribute("aria-selected", "true")
+    page.screenshot(path=str(ARTIFACTS / "walkthrough-png-info-send-without-parameters.png"))
+    page.context.close()
+
+
+def test_a_seed_out_of_range_is_refused_naming_minus_one_as_the_box_does(browser, url: str) -> None:
+    page = _open(browser, url, DESKTOP)
+    expect(page.locator("#txt2img-seed label")).to_contain_text("Seed (-1 = random)")
+    page.locator("#txt2img-seed input").fill("99999999999999")
+    page.locator("#txt2img-run").click()
+    # It said "between 0 and 4294967295", while the box itself offers -1.
+    said = "Seed must be -1 (random) or between 0 and 4294967295, got 99999999999999."
+    expect(page.locator("#txt2img-info")).to_have_text(said, timeout=30_000)
+    page.context.close()

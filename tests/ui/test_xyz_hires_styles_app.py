@@ -1,0 +1,161 @@
+"""The X/Y/Z plot's hires fix and Styles axis through the running app (`python app.py --tiny --styles STYLES.CSV
+--max-job-cost 2000`, served in-process; gradio_client calls of /xyz_plot and /txt2img).
+
+A hires plot's cells are the /txt2img runs with the same hires fix, pixel for pixel and parameter for parameter,
+and its cost counts the second passes; a Styles plot's cells are the /txt2img runs with those styles picked; both
+are refused in words where they cannot run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from sd2_app.api.plot_axes import AXES
+from tests.api.test_prompt_styles_app import served_with_styles
+from tests.reliability_support import one_thread, served_app  # noqa: F401 (fixtures)
+
+MAX_JOB_COST = 2000  # a 2-cell 64x64 plot of 2 steps costs 512; with a 2x hires fix, 2,560 (sd2_app/api/cost.py)
+SOLO = {"prompt": "a cat", "negative_prompt": "ugly", "sampler": "Euler", "steps": 2, "seed": 4, "cfg_scale": 7.5,
+        "width": 64, "height": 64}
+HIRES = {"hires_fix": True, "hires_upscaler": "Lanczos", "hires_scale": 1.5, "denoising_strength": 0.5}
+
+
+@pytest.fixture(scope="module")
+def client(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
+    with served_with_styles(tmp_path_factory, "--max-job-cost", str(MAX_JOB_COST)) as url:
+        yield Client(url, verbose=False)
+
+
+def _pngs(gallery: list[dict]) -> list[Image.Image]:
+    images = [Image.open(item["image"]) for item in gallery]
+    for image in images:
+        image.load()
+    return images
+
+
+def _captions(gallery: list[dict]) -> list[str]:
+    return [item["caption"].split(" · ")[0] for item in gallery]
+
+
+def _equal_to_solo_runs(client: Client, cells: list[Image.Image], solos: list[dict]) -> None:
+    for cell, solo in zip(cells, solos, strict=True):
+        alone = _pngs(client.predict(api_name="/txt2img", **{**SOLO, **solo})[1])[0]
+        assert cell.size == alone.size
+        assert np.array_equal(np.asarray(cell), np.asarray(alone)), solo
+        assert cell.info["parameters"] == alone.info["parameters"]
+
+
+def test_a_hires_plot_runs_each_cell_with_the_tabs_hires_fix(client: Client) -> None:
+    """The tab's hires fix (upscaler Lanczos, 1.5x, strength 0.5) is the base of every cell: each cell is 96x96
+    and the /txt2img run with that fix; the grid's labels are the axis values and its text keeps the fix."""
+    _, gallery, info, _ = client.predict(api_name="/xyz_plot", **SOLO, **HIRES, x_type="sampler",
+                                         x_picked=["Euler", "DDIM"])
+    assert _captions(gallery) == ["Grid", "Euler", "DDIM"]
+    grid, *cells = _pngs(gallery)
+    assert [cell.size for cell in cells] == [(96, 96), (96, 96)]
+    for cell in cells:
+        assert cell.info["parameters"].endswith(
+            "Denoising strength: 0.5, Hires upscale: 1.5, Hires steps: 2, Hires upscaler: Lanczos")
+    _equal_to_solo_runs(client, cells, [{**HIRES, "sampler": "Euler"}, {**HIRES, "sampler": "DDIM"}])
+    parsed = client.predict(path=handle_file(gallery[0]["image"]), api_name="/png_info")[1]
+    assert (parsed["X Type"], parsed["X Values"], parsed["Hires upscale"], parsed["Hires upscaler"]) == (
+        "Sampler", "Euler, DDIM", 1.5, "Lanczos")
+    assert "Sampler" not in parsed and "hires fix was off" not in info
+    assert grid.width > 2 * 96 and grid.height > 96  # two 96-pixel cells and the label margin
+
+
+def test_a_hires_axis_varies_the_tabs_hires_fix_instead_of_the_defaults(client: Client) -> None:
+    """With the fix on in the tab, a Hires steps axis changes only the steps: the cells keep Lanczos at 1.5x (with
+    the fix off, the axis would turn it on with its defaults, Latent at 2x, and say so)."""
+    _, gallery, info, _ = client.predict(api_name="/xyz_plot", **SOLO, **HIRES, x_type="hires_steps",
+                                         x_values="1, 3")
+    assert _captions(gallery) == ["Grid", "Hires steps: 1", "Hires steps: 3"]
+    cells = _pngs(gallery)[1:]
+    assert "Hires steps: 3, Hires upscaler: Lanczos" in cells[1].info["parameters"]
+    _equal_to_solo_runs(client, cells, [{**HIRES, "hires_steps": 1}, {**HIRES, "hires_steps": 3}])
+    assert "hires fix was off" not in info
+
+
+def test_a_hires_plot_is_bounded_by_the_job_cost_cap(client: Client) -> None:
+    """Two 64x64 cells of 2 steps cost 512 and run; with a 2x hires fix they cost 2,560 (each second pass 1,024)
+    and are refused before anything runs, the message naming the hires fix."""
+    plot = {**SOLO, "x_type": "sampler", "x_picked": ["Euler", "DDIM"]}
+    assert len(client.predict(api_name="/xyz_plot", **plot)[1]) == 3
+    with pytest.raises(AppError) as refused:
+        client.predict(api_name="/xyz_plot", **plot, hires_fix=True, hires_scale=2)
+    assert str(refused.value) == (
+        "This job is too large for this server: it costs 2,560 UNet evaluations x latent pixels and the limit is "
+        "2,000. Lower the number of cells, the steps, the size or the hires fix (at most 1 steps fit with the other "
+        "settings unchanged).")
+
+
+def test_the_hires_fix_is_refused_with_an_init_image(client: Client, tmp_path) -> None:
+    image = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), (90, 120, 30)).save(image)
+    with pytest.raises(AppError) as refused:
+        client.predict(api_name="/xyz_plot", **SOLO, hires_fix=True, init_image=handle_file(str(image)),
+                       x_type="strength", x_values="0.5, 1")
+    assert str(refused.value) == ("The hires fix runs only in a text-to-image plot; remove the init image or turn "
+                                  "the hires fix off.")
+
+
+def test_a_styles_axis_runs_each_cell_with_its_styles(client: Client) -> None:
+    """A1111's Styles axis: each value applies the host's styles it names (several between commas, in order);
+    each cell is the /txt2img run with those styles picked."""
+    _, gallery, _, _ = client.predict(api_name="/xyz_plot", **SOLO, x_type="styles", x_values='oil, "frame,oil"',
+                                      x_picked=[])
+    assert _captions(gallery) == ["Grid", "Styles: oil", "Styles: frame,oil"]
+    cells = _pngs(gallery)[1:]
+    assert cells[1].info["parameters"].startswith("a picture of a cat, framed, oil painting, thick brush\n"
+                                                  "Negative prompt: blurry, ugly, photo\n")
+    _equal_to_solo_runs(client, cells, [{"styles": ["oil"]}, {"styles": ["frame", "oil"]}])
+    parsed = client.predict(path=handle_file(gallery[0]["image"]), api_name="/png_info")[1]
+    assert (parsed["X Type"], parsed["X Values"], parsed["Prompt"]) == ("Styles", 'oil, "frame,oil"', "a cat")
+
+
+def test_a_styles_axis_names_only_the_hosts_styles(client: Client) -> None:
+    with pytest.raises(AppError) as refused:
+        client.predict(api_name="/xyz_plot", **SOLO, x_type="styles", x_picked=["oil", "w" * 70])
+    assert str(refused.value) == (f"X values (Styles): Unknown style '{'w' * 60}'...; this server's styles: 'oil', "
+                                  "'frame'.")
+
+
+def test_the_tab_offers_styles_only_where_the_host_has_them(client: Client, served_app) -> None:  # noqa: F811
+    """The X/Y/Z type dropdowns (the page's config, as the browser gets it) list Styles, with the host's styles
+    to pick, only with --styles; without, a Styles axis sent anyway is refused."""
+    def offered(config: dict) -> bool:
+        props = {c["props"].get("elem_id"): c["props"] for c in config["components"]}
+        return ["Styles", "styles"] in [list(choice) for choice in props["xyz-y-type"]["choices"]]
+
+    assert offered(client.config)
+    bare = Client(served_app[0], verbose=False)
+    assert not offered(bare.config)
+    with pytest.raises(AppError) as refused:
+        bare.predict(api_name="/xyz_plot", **SOLO, x_type="styles", x_values="oil", x_picked=[])
+    kinds = [key for key in AXES if key != "styles"]  # Gradio's own check of a dropdown's value
+    assert str(refused.value) == f"Value: styles is not in the list of choices: {kinds}"
+
+
+@pytest.mark.parametrize("script", ["X/Y/Z plot", "x/y/z plot", "X/Y plot"])
+def test_a1111_clients_x_y_z_plot_script_is_refused_pointing_at_xyz_plot(client: Client, script: str) -> None:
+    """A1111 clients send `script_name: "X/Y/Z plot"` with positional script_args (the axis types as positions in
+    A1111's own list, which differs between versions); the 422 says so and where the plot runs here."""
+    body = {**SOLO, "script_name": script, "script_args": [4, "10, 20", [], 0, "", [], 0, "", [], True, False]}
+    answer = httpx.post(f"{client.src.rstrip('/')}/sdapi/v1/txt2img", json=body, timeout=60)
+    assert (answer.status_code, answer.json()) == (422, {"detail": (
+        "The X/Y/Z plot script (script_name) is not run through this API: A1111's script_args give each axis as a "
+        "position in A1111's own list of axis types, which differs between A1111 versions, txt2img and img2img and "
+        "installed extensions, so they cannot be read reliably here. Run the plot with this app's /xyz_plot "
+        "endpoint (gradio_client: x_type='steps', x_values='10, 20', y_type=..., the README's API section) or its "
+        "X/Y/Z plot tab; send script_name at its default or leave it out.")})
+    other = httpx.post(f"{client.src.rstrip('/')}/sdapi/v1/txt2img", json={**SOLO, "script_name": "Loopback"},
+                       timeout=60)
+    assert (other.status_code, other.json()) == (422, {"detail": "scripts (script_name) are not supported; send "
+                                                                 "script_name at its default or leave it out."})
