@@ -63,7 +63,7 @@ def _timed(call: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
 def phases(components: Any, request: Any, device: torch.device, reps: int) -> dict[str, float]:
     """Median ms of each txt2img phase, synchronised around each, as pipelines/txt2img.py runs them."""
     from sd2_app.pipelines.images import postprocess
-    from sd2_app.pipelines.prompt import encode_prompt_pair
+    from sd2_app.testing.prompt_pair import encode_prompt_pair
     from sd2_app.pipelines.sampling import start_job
     from sd2_app.pipelines.vae_io import decode
 

@@ -147,3 +147,19 @@ class ComponentCache:
         if kind not in self._components:
             self._components[kind] = load_components(kind)
         return self._components[kind]
+
+
+def count_plans(patch: Any) -> list[list[str]]:
+    """From now on (until `patch`, a pytest MonkeyPatch, is undone), the texts of every prompt plan computed: one
+    `prompt_plan.tokenize_prompts` call per `plan_prompts`, whoever plans (validation, the pipeline)."""
+    from sd2_app.pipelines import prompt_plan
+
+    planned: list[list[str]] = []
+    tokenize = prompt_plan.tokenize_prompts
+
+    def counted(tokenizer: Any, texts: Any, embeddings: Any = None) -> Any:
+        planned.append(list(texts))
+        return tokenize(tokenizer, texts, embeddings)
+
+    patch.setattr(prompt_plan, "tokenize_prompts", counted)
+    return planned

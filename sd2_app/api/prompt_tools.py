@@ -12,7 +12,9 @@ A1111's, it leaves extra-network tags (`<lora:name:0.8>`) out of either box's co
 
 `check` is the pipeline's own prompt check (`sd2_app.pipelines.prompt_plan.plan_prompts`: the chunk limit, the
 phases x chunks limit) made when the Service validates a request, for every pass that encodes its prompts, so
-a refused prompt gets its message before the job waits for the GPU, from every front end alike.
+a refused prompt gets its message before the job waits for the GPU, from every front end alike. The plans it
+makes are kept in the Service's `PromptPlans` (`plans`), which `lend` hands to each job with the embeddings:
+the pipeline takes the plan its validation made instead of planning the prompts again.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from sd2_app.api.requests import Request, Txt2ImgRequest, guidance_on
 from sd2_app.api.txt2img_options import X4_UPSCALER, x4_checkpoint
 from sd2_app.errors import InvalidRequest, LoadError, shown
 from sd2_app.pipelines.prompt_chunks import MAX_CHUNKS, tokenize_prompts
-from sd2_app.pipelines.prompt_plan import PromptSteps, hires_prompt_steps, plan_prompts, prompt_steps
+from sd2_app.pipelines.prompt_plan import PromptPlans, PromptSteps, hires_prompt_steps, prompt_steps
 from sd2_app.prompt_editing import prompt_variants
 from sd2_app.prompt_syntax import without_extra_networks
 from sd2_app.samplers.registry import SAMPLERS
@@ -69,10 +71,12 @@ def prompt_passes(request: Request, catalog: Catalog) -> list[PromptPass]:
 
 
 class PromptTools:
-    """Token counting and embedding lending for one `Service` (reads its manager, registry and library)."""
+    """Token counting, prompt checks and what a job borrows (embeddings, prompt plans) for one `Service` (reads
+    its manager, registry and library)."""
 
     def __init__(self, service: Service, slots: int = COUNTER_SLOTS) -> None:
         self._service = service
+        self.plans = PromptPlans()  # the plans `check` made, for the jobs of the same requests
         self._slots = threading.BoundedSemaphore(slots)
         self._tokenizers: dict[str, Any] = {}
         self._tokenizer_lock = threading.Lock()  # one tokenizer read at a time (the first may download)
@@ -84,12 +88,14 @@ class PromptTools:
     def embedding_names(self) -> list[str]:
         return sorted(self._library())
 
-    def lend_embeddings(self, components: Any) -> Any:
-        """A copy of `components` that carries the embeddings (the shared models are untouched)."""
-        library = self._library()
-        if not library or not dataclasses.is_dataclass(components):
+    def lend(self, components: Any) -> Any:
+        """A copy of `components` that carries the embeddings (when the library has any) and the prompt plans
+        (the shared models are untouched)."""
+        if not dataclasses.is_dataclass(components):
             return components
-        return dataclasses.replace(components, embeddings=library)
+        library = self._library()
+        lent = {"embeddings": library} if library else {}
+        return dataclasses.replace(components, prompt_plans=self.plans, **lent)
 
     def _tokenizer(self, checkpoint: str) -> Any:
         with self._tokenizer_lock:
@@ -116,7 +122,7 @@ class PromptTools:
                 log.warning("prompt check: no tokenizer for %s: %s", checkpoint, error)
                 continue
             if tokenizer is not None:
-                plan_prompts(tokenizer, prompt, negative, use_cfg=guided, steps=steps, embeddings=self._library())
+                self.plans.plan(tokenizer, prompt, negative, use_cfg=guided, steps=steps, embeddings=self._library())
 
     def check_cells(self, cells: list[PlotCell]) -> None:
         """`check` of every cell of an X/Y/Z plot, a pass several cells share once; a refusal names its cell's

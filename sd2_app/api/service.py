@@ -210,9 +210,10 @@ class Service:
 
     @contextmanager
     def use_checkpoint(self, checkpoint: str) -> Iterator[Components]:
-        """Hold `checkpoint` for one job (the caller holds the gate): its Components, with the embeddings lent."""
+        """Hold `checkpoint` for one job (the caller holds the gate): its Components, with the embeddings and the
+        prompt plans of this Service's validation lent (`PromptTools.lend`)."""
         with self._host().use(checkpoint) as components:
-            yield self._prompt_tools.lend_embeddings(components)
+            yield self._prompt_tools.lend(components)
 
     def run_on_gpu(
         self, task: str, request: TaskRequest, on_step: LatentProgressFn, timings: dict[str, float]

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from sd2_app.nn.clip_text import TextEncoder
     from sd2_app.nn.unet import Denoiser
     from sd2_app.nn.vae import AutoencoderKL
+    from sd2_app.pipelines.prompt_plan import PromptPlans
     from sd2_app.samplers.schedules import SchedulerConfig
 
 
@@ -41,3 +42,6 @@ class Components:
     # the manager's modules derived from these (pipelines/seamless.py's tiled view), kept while the models
     # stay where they are; None: each job derives its own
     derived: DerivedModules | None = None
+    # the Service's prompt plans (lent to each run like the embeddings), so the job takes the plan its request's
+    # validation made (pipelines/prompt_plan.py); None: each job plans its own prompts
+    prompt_plans: PromptPlans | None = None

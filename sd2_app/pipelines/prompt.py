@@ -14,7 +14,6 @@ exactly as the encoder returned it, so a plain one-chunk prompt gives the plain 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,14 +22,7 @@ import torch
 from sd2_app import infotext_keys as keys
 from sd2_app.errors import InvalidRequest
 from sd2_app.nn.clip_text import TextEncoder, encode_with_inserts, text_model_of
-from sd2_app.pipelines.prompt_chunks import (
-    CHUNK_LENGTH,
-    Chunk,
-    TokenizedPrompt,
-    check_length,
-    empty_chunk,
-    tokenize_prompts,
-)
+from sd2_app.pipelines.prompt_chunks import CHUNK_LENGTH, Chunk, TokenizedPrompt, empty_chunk
 
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
@@ -101,32 +93,12 @@ def encode_weighted_chunks(text_encoder: TextEncoder, rows: list[Chunk], device:
     return hidden
 
 
-def encode_prompt_pair(
-    text_encoder: TextEncoder,
-    tokenizer: CLIPTokenizer,
-    prompt: str,
-    negative_prompt: str,
-    *,
-    batch_size: int,
-    use_cfg: bool,
-    device: torch.device,
-    embeddings: Mapping[str, TextualInversion] | None = None,
-) -> EncodedPrompts:
-    """Context (2B, 77·k, D) = [uncond x B; cond x B] with guidance, else (B, 77·k, D).
-
-    The negative prompt ("" when empty) is read exactly like the prompt. `embeddings` maps names to the
-    request's TextualInversions. Raises InvalidRequest for a prompt over MAX_CHUNKS chunks.
-    """
-    tokenized = tokenize_prompts(tokenizer, [prompt, negative_prompt] if use_cfg else [prompt], embeddings)
-    for tokens, label in zip(tokenized, ("prompt", "negative prompt")):
-        check_length(tokens, label)
-    return encode_tokenized_pair(text_encoder, tokenizer, tokenized, batch_size=batch_size, device=device)
-
-
 def encode_tokenized_pair(text_encoder: TextEncoder, tokenizer: CLIPTokenizer, tokenized: list[TokenizedPrompt], *,
                           batch_size: int, device: torch.device) -> EncodedPrompts:
-    """`encode_prompt_pair` of prompts already tokenized and checked: `tokenized` is [prompt, negative prompt]
-    with guidance, else [prompt]; all their chunks go through the encoder in one batch."""
+    """Context (2B, 77·k, D) = [uncond x B; cond x B] with guidance, else (B, 77·k, D), of prompts already
+    tokenized and checked (a one-phase `PromptPlan`'s texts, pipelines/prompt_schedule.py): `tokenized` is
+    [prompt, negative prompt] with guidance, else [prompt]; all their chunks go through the encoder in one
+    batch, the shorter prompt padded with encoded empty chunks."""
     prompts = tokenized[::-1]  # [uncond, cond] with guidance, else [cond]
     k = max(len(p.chunks) for p in prompts)
     pad = empty_chunk(tokenizer)

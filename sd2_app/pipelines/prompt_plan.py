@@ -13,13 +13,20 @@ pass over its hires steps, counted on from the first pass (`hires_prompt_steps`)
 
 A phase is one (prompt text, negative prompt text) pair. The limits: each text at most MAX_CHUNKS chunks of 75
 tokens (`prompt_chunks.check_length`), and phases x chunks per phase at most MAX_PHASE_CHUNKS.
+
+A request is planned once (issue 24 section 3, "nothing on the request's critical path that doesn't need to
+be"): the Service keeps the plans its validation makes in its `PromptPlans` and lends them to the job
+(`Components.prompt_plans`), so the pipeline, and a second validation of the same request (ZeroGPU's duration
+estimate validates before the run does), take the plan made for the same inputs instead of planning again.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.prompt_chunks import TokenizedPrompt, check_length, tokenize_prompts
@@ -34,6 +41,7 @@ if TYPE_CHECKING:
     from sd2_app.loading.embeddings import TextualInversion
 
 MAX_PHASE_CHUNKS = 64  # phases x chunks per phase: bounds the encoder's work and the contexts' memory
+KEPT_CHUNKS = 2048  # the chunks a Service's PromptPlans keeps (each ~5 KB of Python ids and weights)
 
 
 @dataclass(frozen=True)
@@ -136,3 +144,71 @@ def plan_prompts(tokenizer: CLIPTokenizer, prompt: str, negative_prompt: str, *,
     plan = PromptPlan(pairs, order, texts, use_cfg)
     check_phase_cost(len(pairs), plan.chunks)
     return plan
+
+
+def tokenizer_source(tokenizer: CLIPTokenizer) -> tuple[Any, ...]:
+    """What decides how `tokenizer` reads text: the folder it was read from (`loading.tokenizer.load_tokenizer`;
+    a Hub snapshot's folder names its commit, so another repo or revision is another folder) with its class and
+    vocabulary size; for a tokenizer not read from a folder, the object itself."""
+    folder = getattr(tokenizer, "name_or_path", "")
+    if not folder:
+        return ("object", id(tokenizer))
+    return (type(tokenizer).__name__, folder, tokenizer.vocab_size)
+
+
+def _same_embeddings(kept: Mapping[str, TextualInversion], given: Mapping[str, TextualInversion]) -> bool:
+    """The same names for the very same embedding objects (a library read again is new objects)."""
+    return kept.keys() == given.keys() and all(given[name] is embedding for name, embedding in kept.items())
+
+
+@dataclass(frozen=True)
+class _Kept:
+    plan: PromptPlan
+    tokenizer: CLIPTokenizer  # held, so a source that is the object's id stays that object's while kept
+    embeddings: dict[str, TextualInversion]  # the library the plan read (its objects held, compared by identity)
+    chunks: int
+
+
+class PromptPlans:
+    """The prompt plans one Service made, kept for the rest of their requests (the Service owns one; it lends it
+    to each job as `Components.prompt_plans`), so a request is planned once: its validation plans each pass,
+    and the pipeline, or a second validation of the same request, gets the same plan back.
+
+    A plan is given back only for the same prompt, negative prompt, guidance and schedule (`PromptSteps`: a hires
+    fix's second pass has its own), a tokenizer of the same source (`tokenizer_source`: a checkpoint loaded
+    from another repo in between is planned anew) and the very same embeddings; otherwise it is planned again.
+    Plans are shared by the runs that get them and never written. At most `max_chunks` chunks are kept, the
+    least recently used plans dropped first. The lock guards the table only: planning runs outside it."""
+
+    def __init__(self, max_chunks: int = KEPT_CHUNKS) -> None:
+        self._max_chunks = max_chunks
+        self._kept: OrderedDict[tuple[Any, ...], _Kept] = OrderedDict()
+        self._chunks = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def plan(self, tokenizer: CLIPTokenizer, prompt: str, negative_prompt: str, *, use_cfg: bool,
+             steps: PromptSteps, embeddings: Mapping[str, TextualInversion] | None = None) -> PromptPlan:
+        """`plan_prompts(...)`: the plan kept for these very inputs, else a new one, kept. Raises what
+        `plan_prompts` raises (a refused prompt is not kept)."""
+        library = dict(embeddings or {})
+        key = (tokenizer_source(tokenizer), prompt, negative_prompt, use_cfg, steps)
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is not None and _same_embeddings(kept.embeddings, library):
+                self._kept.move_to_end(key)
+                return kept.plan
+        plan = plan_prompts(tokenizer, prompt, negative_prompt, use_cfg=use_cfg, steps=steps, embeddings=embeddings)
+        self._keep(key, _Kept(plan, tokenizer, library, sum(len(t.chunks) for t in plan.texts.values())))
+        return plan
+
+    def _keep(self, key: tuple[Any, ...], kept: _Kept) -> None:
+        with self._lock:
+            replaced = self._kept.pop(key, None)
+            self._chunks += kept.chunks - (replaced.chunks if replaced is not None else 0)
+            self._kept[key] = kept
+            while self._chunks > self._max_chunks and len(self._kept) > 1:
+                _, dropped = self._kept.popitem(last=False)
+                self._chunks -= dropped.chunks

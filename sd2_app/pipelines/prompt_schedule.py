@@ -49,12 +49,15 @@ def encode_prompt_schedule(components: Components, prompt: str, negative_prompt:
     """The prompts' context for each phase of their schedules (the negative one's only with guidance), with the
     components' text encoder, tokenizer, device and embeddings.
 
-    One phase: exactly `encode_prompt_pair`'s context, `phases` (). Several: context (P, 2B|B, 77·k, D) and
-    the phase of every UNet call. Raises InvalidRequest for a prompt over the chunk limit or a schedule over
-    MAX_PHASE_CHUNKS (`plan_prompts`).
+    The plan is the one the request's validation made when the components carry the Service's
+    `prompt_plans` (made again for other inputs), else made here. One phase: the context of the plain pair
+    (`encode_tokenized_pair`), `phases` (). Several: context (P, 2B|B, 77·k, D) and the phase of every UNet
+    call. Raises InvalidRequest for a prompt over the chunk limit or a schedule over MAX_PHASE_CHUNKS
+    (`plan_prompts`).
     """
     c = components
-    plan = plan_prompts(c.tokenizer, prompt, negative_prompt, use_cfg=use_cfg, steps=steps, embeddings=c.embeddings)
+    planner = c.prompt_plans.plan if c.prompt_plans is not None else plan_prompts
+    plan = planner(c.tokenizer, prompt, negative_prompt, use_cfg=use_cfg, steps=steps, embeddings=c.embeddings)
     if len(plan.pairs) == 1:
         return encode_tokenized_pair(c.text_encoder, c.tokenizer, plan.read(plan.pairs[0]), batch_size=batch_size,
                                      device=c.device)

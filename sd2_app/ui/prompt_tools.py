@@ -4,7 +4,9 @@ The counter shows A1111's "23/75" ("93/150" once a second chunk starts), compute
 same tokenizer and parser generation uses. It is fetched outside the GPU queue (`queue=False`; the service
 bounds how many run at once) and only once typing pauses: each keystroke's event waits `DEBOUNCE_MS` in the
 browser and goes to the server only if no newer keystroke came meanwhile (a superseded one is dropped by
-rejecting its promise, which sends nothing).
+rejecting its promise, which sends nothing). One count per box is on its way at a time, and a change meanwhile
+is counted when it answers (Gradio's `trigger_mode="always_last"`): with several on their way, a count that came
+back late (a slow answer, the tokenizer's first read) replaced the newer one and the counter was stale.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def wire_counter(service: Service, box: gr.Textbox, counter: gr.Markdown, checkp
         return _count(service, text, key, styles, negative)
 
     gr.on(None, count, inputs, counter, queue=False,
-          trigger_mode="multiple", show_progress="hidden", js=_debounce_js(api_name), api_name=api_name,
+          trigger_mode="always_last", show_progress="hidden", js=_debounce_js(api_name), api_name=api_name,
           api_visibility="public" if api_name == "count_tokens" else "private")
 
 

@@ -71,7 +71,7 @@ def test_cuda_graphs_capture_one_graph_per_context_length() -> None:
 
 @pytest.mark.gpu
 def test_text_encoder_graphs_per_chunk_count_and_embeddings_bypass_them(components) -> None:
-    from sd2_app.pipelines.prompt import encode_prompt_pair
+    from sd2_app.testing.prompt_pair import encode_prompt_pair
     from sd2_app.loading.embeddings import TextualInversion
 
     cpu = components("sd2-base")

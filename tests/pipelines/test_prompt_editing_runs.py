@@ -29,7 +29,7 @@ from sd2_app.pipelines.img2img import img2img
 from sd2_app.pipelines.inpaint import inpaint
 from sd2_app.pipelines.outpaint import outpaint
 from sd2_app.pipelines.loop import Conditioning, Tiling, run_sampling
-from sd2_app.pipelines.prompt import encode_prompt_pair
+from sd2_app.testing.prompt_pair import encode_prompt_pair
 from sd2_app.pipelines.prompt_schedule import PromptSteps, encode_prompt_schedule
 from sd2_app.pipelines.txt2img import prepare_txt2img, txt2img
 from sd2_app.pipelines.upscale import upscale

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import torch
 from tests.pipeline_fixtures import ComponentCache
 
-from sd2_app.pipelines.prompt import encode_prompt_pair
+from sd2_app.testing.prompt_pair import encode_prompt_pair
 from sd2_app.pipelines.prompt_plan import PromptSteps
 from sd2_app.pipelines.prompt_schedule import encode_prompt_schedule
 

@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 
 from sd2_app.errors import InvalidRequest
 from sd2_app.loading.embeddings import EmbeddingError, EmbeddingLibrary, TextualInversion, load_embedding
-from sd2_app.pipelines.prompt import encode_prompt_pair, ti_hashes
+from sd2_app.pipelines.prompt import ti_hashes
+from sd2_app.testing.prompt_pair import encode_prompt_pair
 from sd2_app.nn.clip_text import text_model_of
 from sd2_app.pipelines.prompt_chunks import tokenize_prompt
 

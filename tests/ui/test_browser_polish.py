@@ -2,11 +2,13 @@
 in-process: every "Send to" picks the prompt styles again where the tab has the Styles box (History's sends read
 them from the PNG's prompts, as PNG info's send does; a result's sends carry the tab's pick), a paste of
 something that is not an image into the inpaint editor is said, as an upload of one is, and on a phone the results
-a run scrolled into view stay there when it ends. Screenshots go to tests/artifacts/.
+a run scrolled into view stay there when it ends; a token count that comes back late does not replace a newer one.
+Screenshots go to tests/artifacts/.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -58,7 +60,7 @@ def _generate(page, prompt: str, negative: str) -> None:
 
 
 def _expect_sent(page, prefix: str, prompt: str, negative: str, styles: list[str]) -> None:
-    expect(page.locator(f"#{prefix}-prompt textarea")).to_have_value(prompt)
+    expect(page.locator(f"#{prefix}-prompt textarea")).to_have_value(prompt, timeout=30_000)  # a queued event
     expect(page.locator(f"#{prefix}-negative textarea")).to_have_value(negative)
     expect(page.locator(f"#{prefix}-styles .token")).to_have_text(styles)
 
@@ -76,8 +78,8 @@ def test_every_send_picks_the_styles_again(browser, url: str) -> None:
         page.locator("#history-send-" + target).click()
         _expect_sent(page, target, "a cat", "ugly", ["oil", "frame"])
         # the counters count the styled prompts, as Generate will run them (the tiny tokenizer's counts)
-        expect(page.locator(f"#{target}-prompt-tokens")).to_have_text("38/75")
-        expect(page.locator(f"#{target}-negative-tokens")).to_have_text("10/75")
+        expect(page.locator(f"#{target}-prompt-tokens")).to_have_text("38/75", timeout=30_000)
+        expect(page.locator(f"#{target}-negative-tokens")).to_have_text("10/75", timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / f"polish-history-send-{target}.png"))
 
     # A result made without styles: History's send leaves none picked (the prompts alone remake it).
@@ -140,21 +142,62 @@ RESULTS_TOP = "Math.round(document.getElementById('txt2img-results').getBounding
 
 
 def test_on_a_phone_the_results_stay_in_view_when_the_run_ends(browser, url: str) -> None:
-    """Generate scrolls the results to 8 px (0.5rem) under the top of a phone's screen (they went to 0: their label
-    touched the edge), and the run's buttons ride at its bottom; when the run ended they went back into the page
-    above the results, which jumped down by their height (242 px here, with the Styles box; 96 px without)."""
+    """Generate scrolls the results to 8 px (0.5rem) under the top of a phone's screen, and the run's buttons ride
+    in a bar at its bottom. The scroll went 100 ms after the click: an answer that came later (a busy server, a
+    slow network) moved the buttons out of the page after it, and the results' top ended under the screen's edge
+    (-102 px here). When the run ended the buttons went back into the page above the results, which jumped down by
+    their height (242 px here, with the Styles box; 96 px without)."""
     page = _open(browser, url, PHONE)
     _go(page, "Text to image")
-    for name, value in (("width", 64), ("height", 64), ("steps", 4)):
+    for name, value in (("width", 64), ("height", 64), ("steps", 100)):  # seconds of run: Stop stays enabled
         _set_number(page, f"txt2img-{name}", value)
     page.evaluate("window.scrollTo(0, 0)")
+    page.route("**/gradio_api/queue/join*", lambda route: (time.sleep(1), route.continue_()))  # a slow answer
     page.locator("#txt2img-run").click()
-    page.wait_for_function(f"{RESULTS_TOP} === 8", timeout=10_000)  # scrolled to the results, smoothly
-    assert page.locator("#txt2img-stop").is_enabled()  # still running: the buttons are in the bar
+    expect(page.locator("#txt2img-stop")).to_be_enabled()
+    page.wait_for_function(f"{RESULTS_TOP} === 8", timeout=10_000)  # the smooth scroll's end (before: -102)
+    page.wait_for_timeout(500)
+    assert (page.evaluate(RESULTS_TOP), page.locator("#txt2img-stop").is_enabled()) == (8, True)
     page.screenshot(path=str(ARTIFACTS / "polish-phone-running.png"))
     expect(page.locator("#txt2img-info")).to_contain_text("Seed ", timeout=120_000)
     expect(page.locator("#txt2img-stop")).to_be_disabled()
     page.wait_for_timeout(500)
     assert page.evaluate(RESULTS_TOP) == 8
     page.screenshot(path=str(ARTIFACTS / "polish-phone-done.png"))
+    page.unroute("**/gradio_api/queue/join*")
+    page.context.close()
+
+
+@pytest.fixture
+def slow_counts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The texts counted, in order; counting "slow" takes 3 s (the app serves in this process)."""
+    from sd2_app.api.service import Service
+
+    counted: list[str] = []
+    original = Service.count_tokens
+
+    def count_tokens(self: Service, text: str, checkpoint: str) -> str:
+        counted.append(text)
+        if text == "slow":
+            time.sleep(3)
+        return original(self, text, checkpoint)
+
+    monkeypatch.setattr(Service, "count_tokens", count_tokens)
+    return counted
+
+
+def test_a_late_token_count_does_not_replace_a_newer_one(browser, url: str, slow_counts: list[str]) -> None:
+    """A text pasted while the count of the one before is still on its way: that count came back last and stayed,
+    the counter showing 4/75 beside a box of 18 tokens (the tiny tokenizer's counts)."""
+    page = _open(browser, url)
+    box, counter = page.locator("#txt2img-negative textarea"), page.locator("#txt2img-negative-tokens")
+    expect(counter).to_have_text("0/75", timeout=30_000)
+    box.fill("slow")
+    page.wait_for_timeout(800)  # past the typing pause: the count of "slow" is on its way (3 s)
+    box.fill("one two three four five")
+    page.wait_for_timeout(4500)  # the count of "slow" has come back by now
+    expect(counter).to_have_text("18/75", timeout=30_000)  # the late "4/75" stayed for good
+    assert [text for text in slow_counts if text in ("slow", "one two three four five")] == [
+        "slow", "one two three four five"]
+    page.screenshot(path=str(ARTIFACTS / "polish-late-count.png"))
     page.context.close()

@@ -31,16 +31,19 @@
   });
 
   // One column (a phone): the results are below the settings, so a run scrolls them into view. While the run is on,
-  // its buttons ride in a bar at the bottom of the screen, out of the page (app.css); when it ends they are back in
-  // the page above the results, which would jump down by their height: the page scrolls by as much, before that
-  // frame is drawn, so the results stay where the visitor had them.
-  const keepInPlace = (results, stop) => {
+  // its buttons ride in a bar at the bottom of the screen, out of the page (app.css), so the scroll waits for the
+  // bar (Stop enabled: the server answered), or the results would end up under the screen's top by the buttons'
+  // height. When the run ends the buttons are back in the page above the results, which would jump down by their
+  // height: the page scrolls by as much, before that frame is drawn, so the results stay where the visitor had them.
+  const followRun = (results, stop) => {
     let top = null, running = false;
     const started = Date.now();
     const frame = () => {
       const now = results.getBoundingClientRect().top;
-      if (!stop.disabled) running = true;
-      else if (running || Date.now() - started > 10000) { // the run ended (or never started)
+      if (!stop.disabled) {
+        if (!running) results.scrollIntoView({ behavior: "smooth", block: "start" });
+        running = true;
+      } else if (running || Date.now() - started > 10000) { // the run ended (or never started)
         if (running && top !== null && now !== top) window.scrollBy(0, now - top);
         return;
       }
@@ -54,9 +57,7 @@
     if (!run || !run.id || window.innerWidth >= 1000) return;
     const results = document.getElementById(run.id.replace(/-run$/, "-results"));
     const stop = document.getElementById(run.id.replace(/-run$/, "-stop"));
-    if (!results) return;
-    setTimeout(() => results.scrollIntoView({ behavior: "smooth", block: "start" }), 100);
-    if (stop) keepInPlace(results, stop);
+    if (results && stop) followRun(results, stop);
   });
 
   setInterval(() => {

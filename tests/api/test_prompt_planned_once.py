@@ -1,0 +1,85 @@
+"""The Service's kept prompt plans (sd2_app/pipelines/prompt_plan.py, `PromptPlans`) reach the pipeline only for the
+inputs they were made from: a request validated and then run is planned once, and a run whose embeddings
+library or checkpoint tokenizer changed after its validation is planned again, giving exactly the image a
+Service that always had the new one gives. On the tiny checkpoints (CPU); plans computed are counted at
+`prompt_plan.tokenize_prompts` (one call each)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from sd2_app.loading.embeddings import EmbeddingLibrary, TextualInversion
+from sd2_app.api.requests import Txt2ImgRequest
+from tests.pipeline_fixtures import count_plans
+from tests.reliability_support import fast, make_service, one_thread  # noqa: F401  # one_thread: fixture
+
+PROMPT = "a style hat on a [cat:dog:0.5]"
+
+
+@pytest.fixture
+def planned(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The texts of every plan computed from now on."""
+    return count_plans(monkeypatch)
+
+
+def _library(seed: int) -> EmbeddingLibrary:
+    vectors = np.random.default_rng(seed).normal(0.0, 1.0, (2, 32)).astype(np.float32)
+    return EmbeddingLibrary(None, {"style": TextualInversion("style", vectors, f"{seed:012d}")})
+
+
+def _request() -> Txt2ImgRequest:
+    return Txt2ImgRequest(PROMPT, checkpoint="sd21-base", width=64, height=64, sampling=fast(4, steps=4, cfg_scale=7.0))
+
+
+def _pixels(result) -> bytes:
+    return result.images[0].tobytes()
+
+
+def test_a_validated_request_runs_on_the_plan_its_validation_made(one_thread, planned) -> None:
+    service, _ = make_service(embeddings=_library(1))
+    checked, _ = service.validate(_request())
+    service.validate(_request())  # ZeroGPU's estimate validates the same request before the run does
+    result = service.execute(checked)
+    assert planned == [["a style hat on a cat", "", "a style hat on a dog"]]
+    assert "TI hashes: \"style: 000000000001\"" in result.images[0].info["parameters"]
+
+
+def test_embeddings_changed_after_validation_are_planned_again(one_thread, planned) -> None:
+    service, _ = make_service(embeddings=_library(1))
+    checked, _ = service.validate(_request())
+    before = service.execute(checked)
+    assert len(planned) == 1
+    service.embeddings = _library(2)  # the library replaced between the check and the run
+    swapped = service.execute(checked)
+    assert len(planned) == 2  # the run did not take the plan made with the old library
+    always, _ = make_service(embeddings=_library(2))
+    assert _pixels(swapped) == _pixels(always.run(_request()))
+    assert _pixels(swapped) != _pixels(before)
+    assert "TI hashes: \"style: 000000000002\"" in swapped.images[0].info["parameters"]
+
+
+def test_a_tokenizer_of_another_source_at_run_time_is_planned_again(one_thread, planned) -> None:
+    """The checkpoint loaded from another folder between the check and the run (here: its tokenizer read from
+    the tiny sd21 repo instead of sd2-base's; the same files, so the same image)."""
+    from sd2_app.loading.tokenizer import load_tokenizer
+
+    service, manager = make_service()
+    checked, _ = service.validate(_request())
+    use = manager.use
+    other = load_tokenizer(manager.registry["sd21"].repos[0])
+
+    @contextmanager
+    def swapped_use(key, on_progress=None):
+        with use(key, on_progress) as components:
+            yield replace(components, tokenizer=other)
+
+    manager.use = swapped_use  # type: ignore[method-assign]
+    swapped = service.execute(checked)
+    assert len(planned) == 2
+    manager.use = use  # type: ignore[method-assign]
+    assert _pixels(swapped) == _pixels(service.execute(checked))
+    assert len(planned) == 2  # that run took the plan of the validation (same tokenizer source)
