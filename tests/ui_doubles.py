@@ -157,6 +157,6 @@ def spy_on_plot_checks(monkeypatch: Any) -> list[Any]:
 
     checked: list[Any] = []
     validate_task = plot_module.validate_task
-    monkeypatch.setattr(plot_module, "validate_task",
-                        lambda request, *args: checked.append(request) or validate_task(request, *args))
+    monkeypatch.setattr(plot_module, "validate_task", lambda request, *args, **kwargs:
+                        checked.append(request) or validate_task(request, *args, **kwargs))
     return checked

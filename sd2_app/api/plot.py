@@ -123,7 +123,7 @@ def check_plot(request: XYZPlotRequest, catalog: Catalog, limits: Limits,
     used = _axes(request, styles)
     base, warnings = hires_for_axes(base, [axis.kind for _, axis in used])
     base = replace(base, sampling=replace(base.sampling, batch_size=1, use_karras=False))
-    checked_base, base_warnings = validate_task(base, catalog, limits)
+    checked_base, base_warnings = validate_task(base, catalog, limits, priced=False)
     warnings += base_warnings
     checked_base = replace(checked_base, sampling=replace(checked_base.sampling,
                                                           use_karras=bool(request.base.sampling.use_karras)))
@@ -193,7 +193,7 @@ def plan_cells(request: XYZPlotRequest, catalog: Catalog, limits: Limits,
         cell, notes = fit_to_sampler(cell, catalog)
         warnings += [note for note in notes if note not in warnings]
         try:
-            checked, cell_warnings = validate_task(cell, catalog, limits)
+            checked, cell_warnings = validate_task(cell, catalog, limits, priced=False)
         except InvalidRequest as error:
             raise InvalidRequest(f"{', '.join(filter(None, labels))}: {error}") from error
         warnings += [w for w in cell_warnings if w not in warnings]

@@ -39,10 +39,14 @@ MAX_NOISE_LEVEL = 350  # x4 upscaler's model_index.json
 OUTPAINT_SIDES = ("left", "right", "up", "down")
 
 
-def validate_task(request: TaskRequest, catalog: Catalog, limits: Limits) -> tuple[TaskRequest, list[str]]:
-    """A complete, in-range copy of `request` and the warnings to show; its cost within `limits.max_job_cost`."""
+def validate_task(request: TaskRequest, catalog: Catalog, limits: Limits, *,
+                  priced: bool = True) -> tuple[TaskRequest, list[str]]:
+    """A complete, in-range copy of `request` and the warnings to show; its cost within `limits.max_job_cost`
+    unless not `priced` (an X/Y/Z plot's base and cells: the plot prices their sum and says what to lower in
+    the plot's terms, `sd2_app.api.plot.check_plot`)."""
     checked, warnings = _validate_fields(request, catalog, limits)
-    check_job_cost(checked, job_cost(checked, catalog), limits.max_job_cost)
+    if priced:
+        check_job_cost(checked, job_cost(checked, catalog), limits.max_job_cost)
     return checked, warnings
 
 

@@ -98,6 +98,18 @@ def test_a_hires_plot_is_bounded_by_the_job_cost_cap(client: Client) -> None:
         "settings unchanged).")
 
 
+def test_a_plot_whose_one_cell_is_over_the_cap_is_refused_in_the_plots_terms(client: Client) -> None:
+    """One 64x64 cell of 2 steps with a 4x hires fix costs 256 + 4,096 (the 256x256 second pass), over the cap
+    alone: the refusal prices the plot (two cells, 8,704) and names what the plot tab has, not text to image's
+    "images per prompt" (the plot has none; its cells were priced as /txt2img runs)."""
+    with pytest.raises(AppError) as refused:
+        client.predict(api_name="/xyz_plot", **SOLO, x_type="sampler", x_picked=["Euler", "DDIM"], hires_fix=True,
+                       hires_scale=4)
+    assert str(refused.value) == (
+        "This job is too large for this server: it costs 8,704 UNet evaluations x latent pixels and the limit is "
+        "2,000. Lower the number of cells, the steps, the size or the hires fix.")
+
+
 def test_the_hires_fix_is_refused_with_an_init_image(client: Client, tmp_path) -> None:
     image = tmp_path / "init.png"
     Image.new("RGB", (64, 64), (90, 120, 30)).save(image)
