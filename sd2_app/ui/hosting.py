@@ -46,6 +46,7 @@ from sd2_app.ui.request_limits import RequestLimitsMiddleware
 from sd2_app.ui.runner import GPU_QUEUE, RunFlag
 from sd2_app.ui.session_messages import keep_live_sessions
 from sd2_app.byte_limits import MB
+from sd2_app.errors import shown
 from sd2_app.ui.upload_budget import UploadBudget, UploadBudgetMiddleware
 from sd2_app.ui.uploads import local_file_references
 from sd2_app.ui.visitors import VisitorCookies, VisitorMiddleware
@@ -80,6 +81,10 @@ class Hosting:
 def too_many_jobs_message(limit: int) -> str:
     return (f"You already have {limit} job{'s' if limit != 1 else ''} queued or running; wait for one to finish "
             "(or press Stop) before starting another.")
+
+
+def unknown_event_message(fn_index: object) -> str:
+    return f"This app has no event numbered {shown(fn_index)}; /gradio_api/info lists the app's endpoints."
 
 
 OTHER_EVENTS_BUSY_MESSAGE = "The server is busy with other visitors' requests; try again in a moment."
@@ -177,9 +182,9 @@ class Visitors:
 
     def watch(self, queue: Any) -> None:
         """Wrap `queue.push`: refuse an event under a session hash over `MAX_SESSION_HASH_CHARS` (Gradio keeps
-        the hash until the event's stream is read) or that names a file by another site's URL, a GPU job over the
-        app's bound or its visitor's or address's limit, and another event over its places; give every GPU job a
-        stop flag."""
+        the hash until the event's stream is read), of an event number the app does not have, or that names a file
+        by another site's URL, a GPU job over the app's bound or its visitor's or address's limit, and another event
+        over its places; give every GPU job a stop flag."""
         if getattr(queue.push, "sd2_watched", False):
             return
         self._queue = queue
@@ -201,6 +206,9 @@ class Visitors:
             if len(body.session_hash or "") > MAX_SESSION_HASH_CHARS:
                 log.info("refused an event: a session hash of %d characters", len(body.session_hash))
                 return False, SESSION_HASH_REFUSAL, "error"
+            if body.fn_index is not None and body.fn_index not in queue.blocks.fns:  # Gradio: KeyError, HTTP 500
+                log.info("refused an event: no event numbered %s", shown(body.fn_index))
+                return False, unknown_event_message(body.fn_index), "error"
             remote = local_file_references(body.data)  # before Gradio could download a URL (`uploads`)
             if remote is not None:
                 log.info("refused an event: a file given by URL")

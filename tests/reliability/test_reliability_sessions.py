@@ -1,5 +1,6 @@
-"""What Gradio's queue keeps per session hash, through the running app with raw HTTP: joins under new session
-hashes, read or never read, while another visitor's job runs (`sd2_app.ui.session_messages`).
+"""Queue joins through the running app with raw HTTP: what Gradio's queue keeps per session hash, for joins under
+new session hashes, read or never read, while another visitor's job runs (`sd2_app.ui.session_messages`); joins of
+an event number the app does not have.
 
 The app is `python app.py --tiny --max-sessions 20` served in-process on a free loopback port.
 """
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from sd2_app.api.service import Service
+from sd2_app.ui.hosting import unknown_event_message
 from tests.hosting_support import CallsAtOnce, txt2img_data
 from tests.reliability_report import reliability, track_module  # noqa: F401
 from tests.reliability_support import one_thread, serve  # noqa: F401
@@ -89,3 +91,14 @@ def test_sessions_of_finished_events_stay_bounded_and_a_running_one_is_kept(app,
                 f"Gradio's queue keeps {kept[0]} sessions' message queues and {kept[1]} sessions' event ids; the "
                 "visitor's stream ends with its result. (Gradio kept every session hash's event ids for good, and "
                 "2,000 new sessions pushed out a running job's messages: its stream ended with 404: Not Found)")
+
+
+def test_a_join_of_an_event_number_the_app_lacks_is_refused_in_words(app, reliability) -> None:
+    url, _ = app
+    answers = [httpx.post(f"{url}gradio_api/queue/join", json={"data": [], "fn_index": fn_index, "session_hash": "s"},
+                          timeout=30) for fn_index in (10**30, 99999, -1)]
+    assert [(answer.status_code, answer.json()["detail"]) for answer in answers] == [
+        (400, unknown_event_message(10**30)), (400, unknown_event_message(99999)), (400, unknown_event_message(-1))]
+    assert httpx.get(f"{url}config", timeout=30).status_code == 200
+    reliability(AREA, "queue joins of event numbers the app does not have (10**30, 99999, -1; raw HTTP)",
+                f"HTTP 400: {answers[1].json()['detail']} (was HTTP 500 with a KeyError traceback in the log)")
