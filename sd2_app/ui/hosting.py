@@ -45,6 +45,7 @@ from sd2_app.ui.mcp_addresses import McpCallerMiddleware
 from sd2_app.ui.request_limits import RequestLimitsMiddleware
 from sd2_app.ui.runner import GPU_QUEUE, RunFlag
 from sd2_app.ui.session_messages import keep_live_sessions
+from sd2_app.ui.stream_checks import UnknownStreamMiddleware
 from sd2_app.byte_limits import MB
 from sd2_app.errors import shown
 from sd2_app.ui.upload_budget import UploadBudget, UploadBudgetMiddleware
@@ -244,8 +245,8 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
     """Ready `demo` for a launch that serves visitors: close the direct REST routes, watch the queue and keep its
     finished sessions' streams bounded (`sd2_app.ui.session_messages`); returns the
     `app_kwargs` for Gradio's `launch`, with the request-limits (`sd2_app.ui.request_limits`), MCP caller
-    (`sd2_app.ui.mcp_addresses`), visitor-cookie and upload-budget middlewares and the sweep of the app's cached
-    files on `delete_cache`'s schedule added to the caller's."""
+    (`sd2_app.ui.mcp_addresses`), visitor-cookie, upload-budget and unknown-stream (`sd2_app.ui.stream_checks`)
+    middlewares and the sweep of the app's cached files on `delete_cache`'s schedule added to the caller's."""
     demo.api_open = False
     visitors.watch(demo._queue)  # every Blocks has its queue (gradio/blocks.py, Blocks.__init__)
     keep_live_sessions(demo._queue, hosting.max_sessions)
@@ -257,7 +258,8 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
                                 Middleware(RequestLimitsMiddleware, addresses=visitors.addresses),
                                 Middleware(McpCallerMiddleware, addresses=visitors.addresses),
                                 Middleware(VisitorMiddleware, cookies=visitors.cookies),
-                                Middleware(UploadBudgetMiddleware, budget=budget, addresses=visitors.addresses)]
+                                Middleware(UploadBudgetMiddleware, budget=budget, addresses=visitors.addresses),
+                                Middleware(UnknownStreamMiddleware, queue=demo._queue)]
     if cache:
         app_kwargs["lifespan"] = sweeping_lifespan(cache[0], cache[1], app_kwargs.get("lifespan"))
     return app_kwargs
