@@ -103,8 +103,23 @@ class Job:
     styles: tuple[str, ...] = ()  # the prompt styles applied, by name (A1111's `styles` in `info`)
 
 
+# A1111's titles of its plot scripts (scripts/xyz_grid.py's `Script.title`; "X/Y plot", the older
+# scripts/xy_grid.py's), in any case as `script_name` matches them (modules/api/api.py, `script_name_to_index`).
+PLOT_SCRIPTS = ("x/y/z plot", "x/y plot")
+PLOT_SCRIPT_REFUSED = (
+    "The X/Y/Z plot script (script_name) is not run through this API: A1111's script_args give each axis as a "
+    "position in A1111's own list of axis types, which differs between A1111 versions, txt2img and img2img and "
+    "installed extensions, so they cannot be read reliably here. Run the plot with this app's /xyz_plot endpoint "
+    "(gradio_client: x_type='steps', x_values='10, 20', y_type=..., the README's API section) or its X/Y/Z plot "
+    "tab; send script_name at its default or leave it out."
+)
+
+
 def check_fields(body: Mapping[str, Any], supported: frozenset[str] | set[str]) -> None:
     """Refuse what asks for a feature we lack; log (and ignore) fields nobody here knows."""
+    script = body.get("script_name")
+    if isinstance(script, str) and script.strip().lower() in PLOT_SCRIPTS:
+        raise InvalidRequest(PLOT_SCRIPT_REFUSED)  # before script_args, whose refusal would not say where to go
     unknown = []
     for name, value in body.items():
         if name in supported or name in IGNORED:

@@ -57,6 +57,8 @@ from sd2_app.prompt_styles import StyleBook
 if TYPE_CHECKING:
     from sd2_app.api.service import Service  # the Service runs plots: it imports this module
 
+# An image-to-image base has no hires fix: the front ends refuse one sent with an init image.
+HIRES_NEEDS_TEXT = "The hires fix runs only in a text-to-image plot; remove the init image or turn the hires fix off."
 CellFn = Callable[["PlotCell", Image.Image, float], None]  # (cell, image, seconds) as each cell finishes
 
 

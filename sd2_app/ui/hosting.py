@@ -35,7 +35,7 @@ from typing import Any, TYPE_CHECKING
 from starlette.middleware import Middleware
 
 from sd2_app.app_flags import (DEFAULT_CACHE_MINUTES, DEFAULT_MAX_JOBS_PER_ADDRESS, DEFAULT_MAX_JOBS_PER_VISITOR,
-                               DEFAULT_UPLOAD_MB_PER_ADDRESS)
+                               DEFAULT_MAX_SESSIONS, DEFAULT_UPLOAD_MB_PER_ADDRESS)
 from sd2_app.api.job_admission import DEFAULT_QUEUE_SIZE, JobAdmission, Refusal
 from sd2_app.api.addresses import ClientAddresses, starlette_request
 from sd2_app.api.quick_reads import MAX_QUICK_REQUESTS_PER_ADDRESS, too_many_quick_requests_message
@@ -44,6 +44,7 @@ from sd2_app.ui.join_refusals import MAX_SESSION_HASH_CHARS, SESSION_HASH_REFUSA
 from sd2_app.ui.mcp_addresses import McpCallerMiddleware
 from sd2_app.ui.request_limits import RequestLimitsMiddleware
 from sd2_app.ui.runner import GPU_QUEUE, RunFlag
+from sd2_app.ui.session_messages import keep_live_sessions
 from sd2_app.byte_limits import MB
 from sd2_app.ui.upload_budget import UploadBudget, UploadBudgetMiddleware
 from sd2_app.ui.uploads import local_file_references
@@ -73,6 +74,7 @@ class Hosting:
     max_upload_mb_per_address: int = DEFAULT_UPLOAD_MB_PER_ADDRESS  # per cache age; 0: no budget
     trusted_proxy_hops: int = 0  # trusted reverse proxies in front, appending to X-Forwarded-For (`addresses`)
     model_admin: bool = True  # visitors may load and unload checkpoints (off by default in public modes)
+    max_sessions: int = DEFAULT_MAX_SESSIONS  # sessions kept with nothing waiting or running (`session_messages`)
 
 
 def too_many_jobs_message(limit: int) -> str:
@@ -231,12 +233,14 @@ def _count_down(counter: Counter[str], key: str) -> None:
 
 def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
                  app_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Ready `demo` for a launch that serves visitors: close the direct REST routes, watch the queue; returns the
+    """Ready `demo` for a launch that serves visitors: close the direct REST routes, watch the queue and keep its
+    finished sessions' streams bounded (`sd2_app.ui.session_messages`); returns the
     `app_kwargs` for Gradio's `launch`, with the request-limits (`sd2_app.ui.request_limits`), MCP caller
     (`sd2_app.ui.mcp_addresses`), visitor-cookie and upload-budget middlewares and the sweep of the app's cached
     files on `delete_cache`'s schedule added to the caller's."""
     demo.api_open = False
     visitors.watch(demo._queue)  # every Blocks has its queue (gradio/blocks.py, Blocks.__init__)
+    keep_live_sessions(demo._queue, hosting.max_sessions)
     app_kwargs = dict(app_kwargs or {})
     cache = getattr(demo, "delete_cache", None)
     window_s = cache[1] if cache else DEFAULT_CACHE_MINUTES * 60

@@ -48,7 +48,8 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Imag
 
 
 SIZE_NOTE = ("A new image (or checkpoint) sets width and height: the image's shape at the checkpoint's "
-             "resolution (square until there is an image). Clear both to keep the image's own size.")
+             "resolution (square until there is an image). Clear both to keep the image's own size, one to keep "
+             "that side.")
 
 
 def _size_inputs(max_side: int) -> tuple[gr.Number, gr.Number, gr.Radio]:
@@ -101,8 +102,11 @@ def shaped(limits: Limits, picture: Any, w: Any, h: Any, mode: Any) -> Any:
 def make_request(limits: Limits, picture: Any, key: str, text: str, negative_text: str, amount: float, w: Any,
                  h: Any, mode: Any, *rest: Any) -> Img2ImgRequest:
     """Widget values (in the order of the API's parameter names) -> the request. Without a size (API callers
-    may leave it out) the output keeps the image's size."""
+    may leave it out) the output keeps the image's size; with one side, the other side is the image's (as the
+    service reads a request with one side), so the resize mode still applies."""
     n_sampling = len(SAMPLING_NAMES)
+    if isinstance(picture, Image.Image) and (w is None) != (h is None):  # one box cleared: that side the image's
+        w, h = (picture.width if w is None else w), (picture.height if h is None else h)
     sized = w is not None and h is not None
     image = shaped(limits, picture, w, h, mode or RESIZE_MODES[0]) if sized else picture
     return Img2ImgRequest(prompt=text, image=image, negative_prompt=negative_text, checkpoint=key, strength=amount,

@@ -88,8 +88,7 @@ def build_hires(service: Service, max_side: int, side: int, prefix: str = "txt2i
                               elem_id=f"{prefix}-hires-steps")
             strength = gr.Slider(0, 1, DEFAULTS.denoising_strength, step=0.01, label="Denoising strength",
                                  elem_id=f"{prefix}-hires-strength")
-        sampler = gr.Dropdown([SAME_SAMPLER, *service.samplers()], value=SAME_SAMPLER, label="Hires sampler",
-                              elem_id=f"{prefix}-hires-sampler")
+        sampler = gr.Dropdown([SAME_SAMPLER, *service.samplers()], value=SAME_SAMPLER, label="Hires sampler")
     return HiresControls(accordion, hires, hires_size, upscaler, scale, width, height, steps, strength, sampler)
 
 

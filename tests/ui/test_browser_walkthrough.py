@@ -1,5 +1,5 @@
 """Rough edges a first-time visitor met walking through every tab in a real Chromium (Playwright), each as the
-visitor meets it: "Reuse last seed" before any result; PNG info's send of an image without parameters; a seed out of range.
+visitor meets it: "Reuse last seed" before any result; PNG info's send of an image without parameters; a seed out of range; Image to image with one size box cleared.
 
 Uses test_browser.py's app and browser fixtures (tiny checkpoints); each test opens its own page, so the order
 does not matter. Screenshots go to tests/artifacts/.
@@ -7,7 +7,10 @@ does not matter. Screenshots go to tests/artifacts/.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from PIL import Image
 
 from tests.ui.test_browser import (ARTIFACTS, ASSETS, DESKTOP, _go, _open, _set_number, browser,  # noqa: F401
                                    expect, url)
@@ -63,4 +66,27 @@ def test_a_seed_out_of_range_is_refused_naming_minus_one_as_the_box_does(browser
     # It said "between 0 and 4294967295", while the box itself offers -1.
     said = "Seed must be -1 (random) or between 0 and 4294967295, got 99999999999999."
     expect(page.locator("#txt2img-info")).to_have_text(said, timeout=30_000)
+    page.context.close()
+
+
+def test_img2img_with_one_size_box_cleared_keeps_that_side_of_the_image(browser, url: str, tmp_path: Path) -> None:
+    page = _open(browser, url, DESKTOP)
+    _go(page, "Image to image")
+    picture = tmp_path / "wide.png"
+    Image.new("RGB", (192, 128), (200, 40, 40)).save(picture)
+    page.locator("#img2img-image input[type=file]").set_input_files(str(picture))
+    width, height = (page.locator(f"#img2img-{side} input[type=number]") for side in ("width", "height"))
+    expect(width).to_have_value("624", timeout=30_000)  # the image's shape at 512x512 pixels
+    width.fill("100")
+    height.fill("")
+    height.press("Tab")
+    _set_number(page, "img2img-steps", 2)
+    page.locator("#img2img-run").click()
+    image = page.locator("#img2img-gallery img").first
+    image.wait_for(timeout=120_000)
+    # The typed width (rounded to a multiple of 8, halves up, with a word) and the image's own height; the typed width
+    # was dropped without a word and the run kept 192x128.
+    assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [104, 128]
+    expect(page.locator("#img2img-info")).to_contain_text("Width 100 was rounded to 104 (a multiple of 8).")
+    page.screenshot(path=str(ARTIFACTS / "walkthrough-img2img-one-size-box.png"))
     page.context.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
@@ -140,3 +141,21 @@ def test_the_tab_offers_styles_only_where_the_host_has_them(client: Client, serv
         bare.predict(api_name="/xyz_plot", **SOLO, x_type="styles", x_values="oil", x_picked=[])
     kinds = [key for key in AXES if key != "styles"]  # Gradio's own check of a dropdown's value
     assert str(refused.value) == f"Value: styles is not in the list of choices: {kinds}"
+
+
+@pytest.mark.parametrize("script", ["X/Y/Z plot", "x/y/z plot", "X/Y plot"])
+def test_a1111_clients_x_y_z_plot_script_is_refused_pointing_at_xyz_plot(client: Client, script: str) -> None:
+    """A1111 clients send `script_name: "X/Y/Z plot"` with positional script_args (the axis types as positions in
+    A1111's own list, which differs between versions); the 422 says so and where the plot runs here."""
+    body = {**SOLO, "script_name": script, "script_args": [4, "10, 20", [], 0, "", [], 0, "", [], True, False]}
+    answer = httpx.post(f"{client.src.rstrip('/')}/sdapi/v1/txt2img", json=body, timeout=60)
+    assert (answer.status_code, answer.json()) == (422, {"detail": (
+        "The X/Y/Z plot script (script_name) is not run through this API: A1111's script_args give each axis as a "
+        "position in A1111's own list of axis types, which differs between A1111 versions, txt2img and img2img and "
+        "installed extensions, so they cannot be read reliably here. Run the plot with this app's /xyz_plot "
+        "endpoint (gradio_client: x_type='steps', x_values='10, 20', y_type=..., the README's API section) or its "
+        "X/Y/Z plot tab; send script_name at its default or leave it out.")})
+    other = httpx.post(f"{client.src.rstrip('/')}/sdapi/v1/txt2img", json={**SOLO, "script_name": "Loopback"},
+                       timeout=60)
+    assert (other.status_code, other.json()) == (422, {"detail": "scripts (script_name) are not supported; send "
+                                                                 "script_name at its default or leave it out."})
