@@ -160,7 +160,7 @@ def _checked_axes(used: list[tuple[str, PlotAxis]], base: Txt2ImgRequest | Img2I
         values = read_samplers(kind, parse_values(axis, what, limits.max_plot_cells), catalog)
         check_choices(kind, values, what, catalog, checkpoints)
         if axis.kind in SEED_KINDS:
-            values = [resolve_seed(v) for v in values]
+            values = [resolve_seed(v, what) for v in values]
         if axis.kind == "prompt_sr" and values[0] not in base.prompt + "\n" + base.negative_prompt:
             raise InvalidRequest(f"Prompt S/R did not find {shown(values[0])} in the prompt or the negative prompt.")
         if axis.kind == "prompt_order":
