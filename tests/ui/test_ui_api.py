@@ -296,6 +296,11 @@ def test_outpaint_extends_one_side_and_keeps_the_image(app, tmp_path: Path) -> N
     [
         ("/txt2img", {"prompt": "x", "seed": -5, "width": 64, "height": 64},
          "Seed must be -1 (random) or between 0 and 4294967295, got -5."),
+        # a seed refused elsewhere is named as its box or axis is (they said "Seed" for the Variation seed box)
+        ("/txt2img", {"prompt": "x", "variation_seed": -7, "variation_strength": 0.5, "width": 64, "height": 64},
+         "Variation seed must be -1 (random) or between 0 and 4294967295, got -7."),
+        ("/xyz_plot", {"prompt": "x", "x_type": "variation_seed", "x_values": "1, -5"},
+         "X values (Var. seed) must be -1 (random) or between 0 and 4294967295, got -5."),
         ("/txt2img", {"prompt": "x", "checkpoint": "sd2-depth", "width": 64, "height": 64},
          "Value: sd2-depth is not in the list of choices: ['sd2-base', 'sd2', 'sd21-base', 'sd21']"),  # Gradio's check
         ("/txt2img", {"prompt": "x", "sampler": "DDIM", "use_karras": True, "width": 64, "height": 64},
