@@ -40,6 +40,7 @@ from sd2_app.api.job_admission import DEFAULT_QUEUE_SIZE, JobAdmission, Refusal
 from sd2_app.api.addresses import ClientAddresses, starlette_request
 from sd2_app.api.quick_reads import MAX_QUICK_REQUESTS_PER_ADDRESS, too_many_quick_requests_message
 from sd2_app.ui.cache_files import sweeping_lifespan
+from sd2_app.ui.event_checks import UnknownEventMiddleware, unknown_event_message
 from sd2_app.ui.join_refusals import MAX_SESSION_HASH_CHARS, SESSION_HASH_REFUSAL, JoinRefusals
 from sd2_app.ui.mcp_addresses import McpCallerMiddleware
 from sd2_app.ui.request_limits import RequestLimitsMiddleware
@@ -82,10 +83,6 @@ class Hosting:
 def too_many_jobs_message(limit: int) -> str:
     return (f"You already have {limit} job{'s' if limit != 1 else ''} queued or running; wait for one to finish "
             "(or press Stop) before starting another.")
-
-
-def unknown_event_message(fn_index: object) -> str:
-    return f"This app has no event numbered {shown(fn_index)}; /gradio_api/info lists the app's endpoints."
 
 
 OTHER_EVENTS_BUSY_MESSAGE = "The server is busy with other visitors' requests; try again in a moment."
@@ -245,8 +242,8 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
     """Ready `demo` for a launch that serves visitors: close the direct REST routes, watch the queue and keep its
     finished sessions' streams bounded (`sd2_app.ui.session_messages`); returns the
     `app_kwargs` for Gradio's `launch`, with the request-limits (`sd2_app.ui.request_limits`), MCP caller
-    (`sd2_app.ui.mcp_addresses`), visitor-cookie, upload-budget and unknown-stream (`sd2_app.ui.stream_checks`)
-    middlewares and the sweep of the app's cached files on `delete_cache`'s schedule added to the caller's."""
+    (`sd2_app.ui.mcp_addresses`), visitor-cookie, upload-budget, unknown-stream (`sd2_app.ui.stream_checks`) and
+    unknown-event (`sd2_app.ui.event_checks`) middlewares and the sweep of the app's cached files on `delete_cache`'s schedule added to the caller's."""
     demo.api_open = False
     visitors.watch(demo._queue)  # every Blocks has its queue (gradio/blocks.py, Blocks.__init__)
     keep_live_sessions(demo._queue, hosting.max_sessions)
@@ -259,7 +256,8 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
                                 Middleware(McpCallerMiddleware, addresses=visitors.addresses),
                                 Middleware(VisitorMiddleware, cookies=visitors.cookies),
                                 Middleware(UploadBudgetMiddleware, budget=budget, addresses=visitors.addresses),
-                                Middleware(UnknownStreamMiddleware, queue=demo._queue)]
+                                Middleware(UnknownStreamMiddleware, queue=demo._queue),
+                                Middleware(UnknownEventMiddleware, fns=demo.fns)]
     if cache:
         app_kwargs["lifespan"] = sweeping_lifespan(cache[0], cache[1], app_kwargs.get("lifespan"))
     return app_kwargs

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from sd2_app.api.service import Service
-from sd2_app.ui.hosting import unknown_event_message
+from sd2_app.ui.event_checks import unknown_event_message
 from sd2_app.ui.stream_checks import UNKNOWN_STREAM_MESSAGE
 from tests.hosting_support import CallsAtOnce, txt2img_data
 from tests.reliability_report import reliability, track_module  # noqa: F401
@@ -104,9 +104,17 @@ def test_a_join_of_an_event_number_the_app_lacks_is_refused_in_words(app, reliab
                           timeout=30) for fn_index in (10**30, 99999, -1)]
     assert [(answer.status_code, answer.json()["detail"]) for answer in answers] == [
         (400, unknown_event_message(10**30)), (400, unknown_event_message(99999)), (400, unknown_event_message(-1))]
-    assert httpx.get(f"{url}config", timeout=30).status_code == 200
-    reliability(AREA, "queue joins of event numbers the app does not have (10**30, 99999, -1; raw HTTP)",
-                f"HTTP 400: {answers[1].json()['detail']} (was HTTP 500 with a KeyError traceback in the log)")
+    direct = [httpx.post(f"{url}gradio_api/run/{name}", json=body, timeout=30)
+              for name, body in (("predict", {"data": [], "fn_index": 99999}), ("no_such_api", {"data": []}))]
+    assert [(answer.status_code, answer.json()["detail"]) for answer in direct] == [
+        (404, unknown_event_message(99999)), (404, unknown_event_message("no_such_api"))]
+    counted = httpx.post(f"{url}gradio_api/run/count_tokens", json={"data": ["a cat", "sd2-base"]}, timeout=30)
+    assert counted.status_code == 200 and counted.json()["data"][0].startswith("2/75"), counted.text
+    reliability(AREA, "queue joins of event numbers the app does not have (10**30, 99999, -1), direct calls "
+                      "(/gradio_api/run/...) of event 99999 and of an API name it lacks (raw HTTP)",
+                f"joins: HTTP 400: {answers[1].json()['detail']} direct calls: HTTP 404, the same or "
+                f"{direct[1].json()['detail']} (were HTTP 500 with a KeyError or FnIndexInferError traceback in the "
+                "log); a known direct call still answers")
 
 
 def test_a_stream_of_an_unknown_session_or_event_answers_404_in_words(app, reliability) -> None:
