@@ -1,9 +1,9 @@
 """Rough edges of the page in a real Chromium (Playwright), on `python app.py --tiny --styles STYLES.CSV` served
 in-process: every "Send to" picks the prompt styles again where the tab has the Styles box (History's sends read
 them from the PNG's prompts, as PNG info's send does; a result's sends carry the tab's pick), a paste of
-something that is not an image into the inpaint editor is said, as an upload of one is, and on a phone the results
-a run scrolled into view stay there when it ends; a token count that comes back late does not replace a newer one.
-Screenshots go to tests/artifacts/.
+something that is not an image into the inpaint editor is said, as an upload of one is, on a phone the results a
+run scrolled into view stay there when it ends, and a token count that comes back late does not replace a newer
+one. Screenshots go to tests/artifacts/.
 """
 
 from __future__ import annotations
