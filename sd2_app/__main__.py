@@ -75,6 +75,14 @@ def _size(text: str) -> tuple[int, int]:
 
 def _workflow_arguments(parser: argparse.ArgumentParser) -> None:
     """Text to image's hires fix, seed extras and tiling (A1111's options of the same names)."""
+    _hires_arguments(parser)
+    seeds = _variation_and_tiling(parser)
+    seeds.add_argument("--seed-resize-from", type=_size, default=None, metavar="WxH",
+                       help="draw the noise at this size so a seed's composition survives a size change")
+
+
+def _hires_arguments(parser: argparse.ArgumentParser) -> None:
+    """The hires fix (text to image, and a text-to-image X/Y/Z plot's every cell)."""
     hires = parser.add_argument_group("hires fix")
     hires.add_argument("--hires", action="store_true", help="generate, upscale, then img2img at the target size")
     hires.add_argument("--hires-upscaler", choices=rq.HIRES_UPSCALERS, default="Latent")
@@ -84,9 +92,6 @@ def _workflow_arguments(parser: argparse.ArgumentParser) -> None:
     hires.add_argument("--hires-steps", type=int, default=None, help="second-pass steps (default: --steps)")
     hires.add_argument("--denoising-strength", type=float, default=0.5, help="second pass's strength")
     hires.add_argument("--hires-sampler", default=None, help="second-pass sampler (default: --sampler)")
-    seeds = _variation_and_tiling(parser)
-    seeds.add_argument("--seed-resize-from", type=_size, default=None, metavar="WxH",
-                       help="draw the noise at this size so a seed's composition survives a size change")
 
 
 def _variation_and_tiling(parser: argparse.ArgumentParser) -> Any:
@@ -116,6 +121,7 @@ def _plot_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--image", type=Path, default=None, help="an init image makes it an image-to-image plot")
     parser.add_argument("--strength", type=float, default=TASKS["img2img"].strength, help="with --image")
+    _hires_arguments(parser)  # without --image: every cell runs with the hires fix
     for axis in ("x", "y", "z"):
         parser.add_argument(f"--{axis}-type", choices=list(AXES), default=None, required=axis == "x")
         parser.add_argument(f"--{axis}-values", default="", metavar="VALUES",

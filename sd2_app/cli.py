@@ -22,6 +22,7 @@ from sd2_app.api.engine import build_service
 from sd2_app.api.engine_settings import EngineSettings
 from sd2_app.api.keeper import HISTORY_SIZE
 from sd2_app.api.plot import write_tables
+from sd2_app.api.plot import HIRES_NEEDS_TEXT
 from sd2_app.api.service import Service
 from sd2_app.errors import InvalidRequest, LoadError
 from sd2_app.pipelines.metadata import parse_parameters, read_png_parameters, save_png
@@ -31,12 +32,16 @@ log = logging.getLogger("sd2_app.cli")
 
 def _txt2img_extras(args: argparse.Namespace) -> dict[str, Any]:
     """The hires fix, seed extras and tiling fields of a Txt2ImgRequest."""
-    hires = None
-    if args.hires:
-        hires = rq.HiresFix(upscaler=args.hires_upscaler, scale=args.hires_scale, width=args.hires_width,
-                         height=args.hires_height, steps=args.hires_steps,
-                         denoising_strength=args.denoising_strength, sampler=args.hires_sampler)
-    return {"hires": hires, **_seed_and_tiling(args)}
+    return {"hires": _hires(args), **_seed_and_tiling(args)}
+
+
+def _hires(args: argparse.Namespace) -> rq.HiresFix | None:
+    """The hires fix of --hires and its options; None without --hires."""
+    if not args.hires:
+        return None
+    return rq.HiresFix(upscaler=args.hires_upscaler, scale=args.hires_scale, width=args.hires_width,
+                       height=args.hires_height, steps=args.hires_steps, denoising_strength=args.denoising_strength,
+                       sampler=args.hires_sampler)
 
 
 def _seed_and_tiling(args: argparse.Namespace) -> dict[str, Any]:
@@ -93,7 +98,9 @@ def build_request(args: argparse.Namespace) -> rq.Request:
 def _plot_request(args: argparse.Namespace, common: dict[str, Any]) -> rq.XYZPlotRequest:
     base: rq.Txt2ImgRequest | rq.Img2ImgRequest
     if args.image is None:
-        base = rq.Txt2ImgRequest(width=args.width, height=args.height, **common)
+        base = rq.Txt2ImgRequest(width=args.width, height=args.height, hires=_hires(args), **common)
+    elif args.hires:
+        raise InvalidRequest(HIRES_NEEDS_TEXT)
     else:
         base = rq.Img2ImgRequest(image=_open(args.image, "RGB"), strength=args.strength, width=args.width,
                                  height=args.height, **common)

@@ -184,3 +184,25 @@ def test_xyz_plot_writes_grid_cells_and_tables(model_dir: Path, tmp_path: Path,
     grid = parse_parameters(read_png_parameters(summary["paths"][0]))
     assert grid["X Type"] == "Prompt S/R" and grid["X Values"] == "red, blue" and grid["Y Values"] == "1, 2"
     assert main(["xyz-plot", "--tiny", "--prompt", "x", "--x-type", "steps", "--x-values", "0"]) == 2
+
+
+def test_xyz_plot_runs_every_cell_with_the_hires_fix(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """`xyz-plot --hires ...` (txt2img's hires options): 64x64 cells become 96x96 and say so; with --image the
+    hires fix is refused in words (exit 2)."""
+    hires = ["--hires", "--hires-upscaler", "Lanczos", "--hires-scale", "1.5", "--hires-steps", "1"]
+    code = main(["xyz-plot", "--tiny", "--model-dir", str(model_dir), "--prompt", "a cat", "--model", "sd2-base",
+                 "--x-type", "sampler", "--x-values", "Euler, DDIM", "--steps", "1", "--seed", "6", "--width", "64",
+                 "--height", "64", *hires, "--out", str(tmp_path), "--json"])
+    assert code == 0
+    cells = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["paths"][1:3]
+    for path in cells:
+        with Image.open(path) as cell:
+            assert cell.size == (96, 96)
+        assert read_png_parameters(path).endswith(
+            "Denoising strength: 0.5, Hires upscale: 1.5, Hires steps: 1, Hires upscaler: Lanczos")
+    Image.new("RGB", (64, 64)).save(tmp_path / "init.png")
+    assert main(["xyz-plot", "--tiny", "--prompt", "x", "--image", str(tmp_path / "init.png"), "--x-type",
+                 "strength", "--x-values", "0.5", *hires]) == 2
+    assert caplog.messages[-1] == ("The hires fix runs only in a text-to-image plot; remove the init image or turn "
+                                   "the hires fix off.")

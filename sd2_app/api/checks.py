@@ -97,13 +97,14 @@ def flag(value: Any, what: str) -> bool:
     return value
 
 
-def resolve_seed(seed: Any) -> int:
-    """None or -1 draws a fresh seed (reported back, so the image can be reproduced)."""
+def resolve_seed(seed: Any, what: str = "Seed") -> int:
+    """None or -1 draws a fresh seed (reported back, so the image can be reproduced). `what` names the box the
+    refusal is about ("Variation seed", an X/Y/Z axis), as its label does."""
     if seed is None or (not isinstance(seed, bool) and isinstance(seed, (int, float)) and seed == -1):
         return random.SystemRandom().randint(0, MAX_SEED)
-    whole = integer(seed, "Seed", -math.inf, math.inf)  # the type check; the range's message names -1 too
+    whole = integer(seed, what, -math.inf, math.inf)  # the type check; the range's message names -1 too
     if not 0 <= whole <= MAX_SEED:
-        raise InvalidRequest(f"Seed must be -1 (random) or between 0 and {MAX_SEED}, got {whole}.")
+        raise InvalidRequest(f"{what} must be -1 (random) or between 0 and {MAX_SEED}, got {whole}.")
     return whole
 
 

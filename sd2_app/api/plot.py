@@ -57,6 +57,8 @@ from sd2_app.prompt_styles import StyleBook
 if TYPE_CHECKING:
     from sd2_app.api.service import Service  # the Service runs plots: it imports this module
 
+# An image-to-image base has no hires fix: the front ends refuse one sent with an init image.
+HIRES_NEEDS_TEXT = "The hires fix runs only in a text-to-image plot; remove the init image or turn the hires fix off."
 CellFn = Callable[["PlotCell", Image.Image, float], None]  # (cell, image, seconds) as each cell finishes
 
 
@@ -158,7 +160,7 @@ def _checked_axes(used: list[tuple[str, PlotAxis]], base: Txt2ImgRequest | Img2I
         values = read_samplers(kind, parse_values(axis, what, limits.max_plot_cells), catalog)
         check_choices(kind, values, what, catalog, checkpoints)
         if axis.kind in SEED_KINDS:
-            values = [resolve_seed(v) for v in values]
+            values = [resolve_seed(v, what) for v in values]
         if axis.kind == "prompt_sr" and values[0] not in base.prompt + "\n" + base.negative_prompt:
             raise InvalidRequest(f"Prompt S/R did not find {shown(values[0])} in the prompt or the negative prompt.")
         if axis.kind == "prompt_order":

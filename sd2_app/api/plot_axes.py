@@ -4,9 +4,10 @@ Names and value syntax follow A1111's X/Y/Z plot (scripts/xyz_grid.py; the synta
 S/R searches the first value in the prompt and the negative prompt and replaces it by each value in turn;
 Prompt order puts the listed terms in every order (`plot_order`). Styles applies the host's prompt styles
 (`--styles`, sd2_app/prompt_styles.py) named by each value, several between commas, as A1111's apply_styles
-does (a name that is not the host's is refused, as A1111 would run it as an empty style). Seeds of -1 are drawn at random, for the
-variation seed too; a variation strength axis without a variation seed uses one drawn once for the whole plot
-(as A1111 fixes the subseed first). The hires axes turn the hires fix on with its defaults where the plot has
+does (a value that is one style's whole name is that style, a comma in it too; a name that is not the host's
+is refused, as A1111 would run it as an empty style). Seeds of -1 are drawn at random, for the variation seed
+too; a variation strength axis without a variation seed uses one drawn once for the whole plot (as A1111 fixes
+the subseed first). The hires axes turn the hires fix on with its defaults where the plot has
 it off (A1111 sets the field and, hires off, the axis changes nothing). Eta changes only DDIM
 (`requests.ETA_SAMPLERS`): other samplers' cells run without it, with a warning. Imports no torch: validation
 runs before anything is loaded.
@@ -196,9 +197,12 @@ def check_choices(kind: AxisKind, values: list[Any], what: str, catalog: Catalog
                              f"choose from: {', '.join(checkpoints)}.")
 
 
-def style_names(value: str) -> list[str]:
-    """The host's styles one Styles value applies, in order: its names between commas (A1111's apply_styles
-    splits a value at ","), each stripped."""
+def style_names(value: str, styles: StyleBook) -> list[str]:
+    """The host's styles one Styles value applies, in order: the style of that whole name (as the axis's list
+    offers it, a name with a comma too), else its names between commas (A1111's apply_styles splits a value at
+    ","), each stripped."""
+    if value.strip() in styles.names:
+        return [value.strip()]
     return [name.strip() for name in value.split(",") if name.strip()]
 
 
@@ -206,7 +210,7 @@ def check_styles(values: Sequence[str], what: str, styles: StyleBook) -> None:
     """Every name of every Styles value must be one of the host's styles (`StyleBook.picked`'s refusals)."""
     for value in values:
         try:
-            styles.picked(style_names(value))
+            styles.picked(style_names(value, styles))
         except InvalidRequest as error:
             raise InvalidRequest(f"{what}: {error}") from error
 
@@ -217,7 +221,7 @@ def apply_axis(kind: str, request: PlotBase, values: Sequence[Any], i: int, styl
     if kind == "prompt_sr":
         return apply_prompt_sr(request, values[0], values[i])
     if kind == "styles":
-        return styles.applied_to(request, style_names(values[i]))
+        return styles.applied_to(request, style_names(values[i], styles))
     return AXES[kind].apply(request, values[i])
 
 

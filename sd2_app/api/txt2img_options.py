@@ -77,7 +77,7 @@ def check_seed_extras(extras: SeedExtras, limits: Limits) -> SeedExtras:
     if not isinstance(extras, SeedExtras):
         raise InvalidRequest(f"Seed extras must be SeedExtras, got {type(extras).__name__}.")
     strength = number(extras.variation_strength, "Variation strength", 0.0, 1.0)
-    seed = resolve_seed(extras.variation_seed) if strength > 0 else None
+    seed = resolve_seed(extras.variation_seed, "Variation seed") if strength > 0 else None
     resize = extras.resize_from
     if resize is not None:
         if not isinstance(resize, (tuple, list)) or len(resize) != 2:

@@ -35,16 +35,20 @@ from typing import Any, TYPE_CHECKING
 from starlette.middleware import Middleware
 
 from sd2_app.app_flags import (DEFAULT_CACHE_MINUTES, DEFAULT_MAX_JOBS_PER_ADDRESS, DEFAULT_MAX_JOBS_PER_VISITOR,
-                               DEFAULT_UPLOAD_MB_PER_ADDRESS)
+                               DEFAULT_MAX_SESSIONS, DEFAULT_UPLOAD_MB_PER_ADDRESS)
 from sd2_app.api.job_admission import DEFAULT_QUEUE_SIZE, JobAdmission, Refusal
 from sd2_app.api.addresses import ClientAddresses, starlette_request
 from sd2_app.api.quick_reads import MAX_QUICK_REQUESTS_PER_ADDRESS, too_many_quick_requests_message
 from sd2_app.ui.cache_files import sweeping_lifespan
+from sd2_app.ui.event_checks import UnknownEventMiddleware, unknown_event_message
 from sd2_app.ui.join_refusals import MAX_SESSION_HASH_CHARS, SESSION_HASH_REFUSAL, JoinRefusals
 from sd2_app.ui.mcp_addresses import McpCallerMiddleware
 from sd2_app.ui.request_limits import RequestLimitsMiddleware
 from sd2_app.ui.runner import GPU_QUEUE, RunFlag
+from sd2_app.ui.session_messages import keep_live_sessions
+from sd2_app.ui.stream_checks import UnknownStreamMiddleware
 from sd2_app.byte_limits import MB
+from sd2_app.errors import shown
 from sd2_app.ui.upload_budget import UploadBudget, UploadBudgetMiddleware
 from sd2_app.ui.uploads import local_file_references
 from sd2_app.ui.visitors import VisitorCookies, VisitorMiddleware
@@ -73,6 +77,7 @@ class Hosting:
     max_upload_mb_per_address: int = DEFAULT_UPLOAD_MB_PER_ADDRESS  # per cache age; 0: no budget
     trusted_proxy_hops: int = 0  # trusted reverse proxies in front, appending to X-Forwarded-For (`addresses`)
     model_admin: bool = True  # visitors may load and unload checkpoints (off by default in public modes)
+    max_sessions: int = DEFAULT_MAX_SESSIONS  # sessions kept with nothing waiting or running (`session_messages`)
 
 
 def too_many_jobs_message(limit: int) -> str:
@@ -175,9 +180,9 @@ class Visitors:
 
     def watch(self, queue: Any) -> None:
         """Wrap `queue.push`: refuse an event under a session hash over `MAX_SESSION_HASH_CHARS` (Gradio keeps
-        the hash until the event's stream is read) or that names a file by another site's URL, a GPU job over the
-        app's bound or its visitor's or address's limit, and another event over its places; give every GPU job a
-        stop flag."""
+        the hash until the event's stream is read), of an event number the app does not have, or that names a file
+        by another site's URL, a GPU job over the app's bound or its visitor's or address's limit, and another event
+        over its places; give every GPU job a stop flag."""
         if getattr(queue.push, "sd2_watched", False):
             return
         self._queue = queue
@@ -199,6 +204,9 @@ class Visitors:
             if len(body.session_hash or "") > MAX_SESSION_HASH_CHARS:
                 log.info("refused an event: a session hash of %d characters", len(body.session_hash))
                 return False, SESSION_HASH_REFUSAL, "error"
+            if body.fn_index is not None and body.fn_index not in queue.blocks.fns:  # Gradio: KeyError, HTTP 500
+                log.info("refused an event: no event numbered %s", shown(body.fn_index))
+                return False, unknown_event_message(body.fn_index), "error"
             remote = local_file_references(body.data)  # before Gradio could download a URL (`uploads`)
             if remote is not None:
                 log.info("refused an event: a file given by URL")
@@ -231,12 +239,14 @@ def _count_down(counter: Counter[str], key: str) -> None:
 
 def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
                  app_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Ready `demo` for a launch that serves visitors: close the direct REST routes, watch the queue; returns the
+    """Ready `demo` for a launch that serves visitors: close the direct REST routes, watch the queue and keep its
+    finished sessions' streams bounded (`sd2_app.ui.session_messages`); returns the
     `app_kwargs` for Gradio's `launch`, with the request-limits (`sd2_app.ui.request_limits`), MCP caller
-    (`sd2_app.ui.mcp_addresses`), visitor-cookie and upload-budget middlewares and the sweep of the app's cached
-    files on `delete_cache`'s schedule added to the caller's."""
+    (`sd2_app.ui.mcp_addresses`), visitor-cookie, upload-budget, unknown-stream (`sd2_app.ui.stream_checks`) and
+    unknown-event (`sd2_app.ui.event_checks`) middlewares and the sweep of the app's cached files on `delete_cache`'s schedule added to the caller's."""
     demo.api_open = False
     visitors.watch(demo._queue)  # every Blocks has its queue (gradio/blocks.py, Blocks.__init__)
+    keep_live_sessions(demo._queue, hosting.max_sessions)
     app_kwargs = dict(app_kwargs or {})
     cache = getattr(demo, "delete_cache", None)
     window_s = cache[1] if cache else DEFAULT_CACHE_MINUTES * 60
@@ -245,7 +255,9 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
                                 Middleware(RequestLimitsMiddleware, addresses=visitors.addresses),
                                 Middleware(McpCallerMiddleware, addresses=visitors.addresses),
                                 Middleware(VisitorMiddleware, cookies=visitors.cookies),
-                                Middleware(UploadBudgetMiddleware, budget=budget, addresses=visitors.addresses)]
+                                Middleware(UploadBudgetMiddleware, budget=budget, addresses=visitors.addresses),
+                                Middleware(UnknownStreamMiddleware, queue=demo._queue),
+                                Middleware(UnknownEventMiddleware, fns=demo.fns)]
     if cache:
         app_kwargs["lifespan"] = sweeping_lifespan(cache[0], cache[1], app_kwargs.get("lifespan"))
     return app_kwargs

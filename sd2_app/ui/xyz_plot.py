@@ -23,7 +23,7 @@ from typing import Any, TYPE_CHECKING
 import gradio as gr
 from PIL import Image
 
-from sd2_app.api.plot import cell_caption, write_tables
+from sd2_app.api.plot import HIRES_NEEDS_TEXT, cell_caption, write_tables
 from sd2_app.api.plot_axes import AXES, AXIS_NAMES
 from sd2_app.api.requests import HIRES_UPSCALERS, Img2ImgRequest, PlotAxis, Request, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.api.tasks import PLOT_SAMPLERS, TASKS
@@ -47,8 +47,6 @@ HINTS = {"prompt_sr": "the first value is searched in the prompt: cat, dog, tige
          "use_karras": "on, off", "seed": "1, 2, 3 or 1-4", "variation_seed": "1, 2, 3 or -1 (random)",
          "variation_strength": "0, 0.25, 0.5 or 0-1 [5]", "eta": "0, 0.5, 1 (DDIM only)",
          "hires_steps": "10, 20 or 0 (= Steps); turns the hires fix on"}
-HIRES_NEEDS_TEXT = ("The hires fix runs only in a text-to-image plot; remove the init image or turn the hires fix "
-                    "off.")
 TABLES_DIR = Path(tempfile.gettempdir()) / "sd2-app-plots"
 
 

@@ -291,7 +291,7 @@ def test_fused_modules_pad_circularly_too() -> None:
 @pytest.mark.parametrize(("extras", "message"), [
     (SeedExtras(variation_seed=3, variation_strength=1.5), "Variation strength must be between 0 and 1, got 1.5."),
     (SeedExtras(variation_seed=-7, variation_strength=0.5),
-     "Seed must be -1 (random) or between 0 and 4294967295, got -7."),
+     "Variation seed must be -1 (random) or between 0 and 4294967295, got -7."),
     (SeedExtras(resize_from=(96, 0)), "Seed resize from needs both a width and a height (0 for both turns it off)."),
     (SeedExtras(resize_from=(4096, 64)), "Seed resize from width must be between 64 and 1024, got 4096."),
 ])

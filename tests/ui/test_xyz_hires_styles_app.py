@@ -18,18 +18,20 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from sd2_app.api.plot_axes import AXES
-from tests.api.test_prompt_styles_app import served_with_styles
+from tests.api.test_prompt_styles_app import STYLES_CSV, served_with_styles
 from tests.reliability_support import one_thread, served_app  # noqa: F401 (fixtures)
 
 MAX_JOB_COST = 2000  # a 2-cell 64x64 plot of 2 steps costs 512; with a 2x hires fix, 2,560 (sd2_app/api/cost.py)
 SOLO = {"prompt": "a cat", "negative_prompt": "ugly", "sampler": "Euler", "steps": 2, "seed": 4, "cfg_scale": 7.5,
         "width": 64, "height": 64}
+# The host's styles: oil and frame, and one whose name has a comma (a CSV file may quote one)
+CSV = STYLES_CSV + '"moody, dark","{prompt}, moody light",cartoon\n'
 HIRES = {"hires_fix": True, "hires_upscaler": "Lanczos", "hires_scale": 1.5, "denoising_strength": 0.5}
 
 
 @pytest.fixture(scope="module")
 def client(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    with served_with_styles(tmp_path_factory, "--max-job-cost", str(MAX_JOB_COST)) as url:
+    with served_with_styles(tmp_path_factory, "--max-job-cost", str(MAX_JOB_COST), csv=CSV) as url:
         yield Client(url, verbose=False)
 
 
@@ -124,7 +126,19 @@ def test_a_styles_axis_names_only_the_hosts_styles(client: Client) -> None:
     with pytest.raises(AppError) as refused:
         client.predict(api_name="/xyz_plot", **SOLO, x_type="styles", x_picked=["oil", "w" * 70])
     assert str(refused.value) == (f"X values (Styles): Unknown style '{'w' * 60}'...; this server's styles: 'oil', "
-                                  "'frame'.")
+                                  "'frame', 'moody, dark'.")
+
+
+def test_a_styles_axis_applies_a_style_whose_name_has_a_comma(client: Client) -> None:
+    """A style the axis's list offers is one value, its comma included (it was split at the comma and refused:
+    "Unknown style 'moody'"); the grid's text quotes it, so its X Values read back as the same two values."""
+    _, gallery, _, _ = client.predict(api_name="/xyz_plot", **SOLO, x_type="styles", x_picked=["moody, dark", "oil"])
+    assert _captions(gallery) == ["Grid", "Styles: moody, dark", "Styles: oil"]
+    cells = _pngs(gallery)[1:]
+    assert cells[0].info["parameters"].startswith("a cat, moody light\nNegative prompt: ugly, cartoon\n")
+    _equal_to_solo_runs(client, cells, [{"styles": ["moody, dark"]}, {"styles": ["oil"]}])
+    parsed = client.predict(path=handle_file(gallery[0]["image"]), api_name="/png_info")[1]
+    assert parsed["X Values"] == '"moody, dark", oil'
 
 
 def test_the_tab_offers_styles_only_where_the_host_has_them(client: Client, served_app) -> None:  # noqa: F811

@@ -1,0 +1,138 @@
+"""Queue joins through the running app with raw HTTP: what Gradio's queue keeps per session hash, for joins under
+new session hashes, read or never read, while another visitor's job runs (`sd2_app.ui.session_messages`); joins of
+an event number the app does not have; streams of sessions and events the queue does not know.
+
+The app is `python app.py --tiny --max-sessions 20` served in-process on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from sd2_app.api.service import Service
+from sd2_app.ui.event_checks import unknown_event_message
+from sd2_app.ui.stream_checks import UNKNOWN_STREAM_MESSAGE
+from tests.hosting_support import CallsAtOnce, txt2img_data
+from tests.reliability_report import reliability, track_module  # noqa: F401
+from tests.reliability_support import one_thread, serve  # noqa: F401
+
+pytestmark = pytest.mark.slow  # about a hundred new sessions, each a copy of every component's settings
+
+AREA = "Hosting"
+SESSIONS = 20
+
+
+@pytest.fixture(scope="module")
+def app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    argv = ["--tiny", "--device", "cpu", "--no-save", "--max-sessions", str(SESSIONS)]
+    with serve(argv, tmp_path_factory.mktemp("app-cache")) as served:
+        yield served
+
+
+def _stream(client: httpx.Client, session_hash: str) -> list[dict]:
+    """The messages of a session's event stream, read to its end."""
+    messages = []
+    with client.stream("GET", "gradio_api/queue/data", params={"session_hash": session_hash}) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                messages.append(json.loads(line[5:]))
+                if messages[-1]["msg"] in ("close_stream", "unexpected_error"):
+                    break
+    return messages
+
+
+def _fn_index(url: str, api_name: str) -> int:
+    return {d.get("api_name"): d["id"] for d in httpx.get(f"{url}config", timeout=30).json()["dependencies"]}[api_name]
+
+
+def _visitor(url: str, fn_index: int, seen: list[dict]) -> None:
+    """A browser's txt2img: the join, then its event stream read to the end into `seen`."""
+    with httpx.Client(base_url=url, timeout=300) as client:
+        join = {"data": txt2img_data(url, prompt="the visitor's"), "fn_index": fn_index, "session_hash": "visitor"}
+        assert client.post("gradio_api/queue/join", json=join).status_code == 200
+        seen.extend(_stream(client, "visitor"))
+
+
+def test_sessions_of_finished_events_stay_bounded_and_a_running_one_is_kept(app, reliability,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gradio kept an entry for every session hash that ever joined (its pending event ids), and after 2,000
+    joins under new hashes dropped the oldest session's messages even while its job ran: the visitor's stream
+    ended with '404: Not Found' (seen with the LRU's 2,000 lowered to 50)."""
+    url, demo = app
+    queue = demo._queue  # type: ignore[attr-defined]
+    fn_index = {d.get("api_name"): d["id"] for d in httpx.get(f"{url}config", timeout=30).json()["dependencies"]}
+    release = threading.Event()
+    held = CallsAtOnce(Service.run_on_gpu, lambda: release.wait(120))
+    monkeypatch.setattr(Service, "run_on_gpu", lambda service, *args, **kwargs: held(service, *args, **kwargs))
+    seen: list[dict] = []
+    visitor = threading.Thread(target=_visitor, args=(url, fn_index["txt2img"], seen))
+    visitor.start()
+    flood = 4 * SESSIONS
+    try:
+        deadline = time.monotonic() + 60
+        while held.running < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for n in range(flood):  # PNG info without an image: a quick queued event; every other stream read
+                join = {"data": [None], "fn_index": fn_index["png_info"], "session_hash": f"new-{n}"}
+                assert client.post("gradio_api/queue/join", json=join).status_code == 200
+                if n % 2:
+                    assert _stream(client, f"new-{n}")[-1]["msg"] == "close_stream"
+        kept = (len(queue.pending_messages_per_session), len(queue.pending_event_ids_session))
+    finally:
+        release.set()
+        visitor.join(120)
+    assert [message["msg"] for message in seen][-2:] == ["process_completed", "close_stream"], seen[-2:]
+    assert seen[-2]["success"] is True
+    assert kept[0] <= SESSIONS + 1 and kept[1] <= 2 * SESSIONS + 1, kept
+    reliability(AREA, f"{flood} queue joins under new session hashes (half their streams read, half never), "
+                      f"--max-sessions {SESSIONS}, while another visitor's job runs (raw HTTP)",
+                f"Gradio's queue keeps {kept[0]} sessions' message queues and {kept[1]} sessions' event ids; the "
+                "visitor's stream ends with its result. (Gradio kept every session hash's event ids for good, and "
+                "2,000 new sessions pushed out a running job's messages: its stream ended with 404: Not Found)")
+
+
+def test_a_join_of_an_event_number_the_app_lacks_is_refused_in_words(app, reliability) -> None:
+    url, _ = app
+    answers = [httpx.post(f"{url}gradio_api/queue/join", json={"data": [], "fn_index": fn_index, "session_hash": "s"},
+                          timeout=30) for fn_index in (10**30, 99999, -1)]
+    assert [(answer.status_code, answer.json()["detail"]) for answer in answers] == [
+        (400, unknown_event_message(10**30)), (400, unknown_event_message(99999)), (400, unknown_event_message(-1))]
+    direct = [httpx.post(f"{url}gradio_api/run/{name}", json=body, timeout=30)
+              for name, body in (("predict", {"data": [], "fn_index": 99999}), ("no_such_api", {"data": []}))]
+    assert [(answer.status_code, answer.json()["detail"]) for answer in direct] == [
+        (404, unknown_event_message(99999)), (404, unknown_event_message("no_such_api"))]
+    counted = httpx.post(f"{url}gradio_api/run/count_tokens", json={"data": ["a cat", "sd2-base"]}, timeout=30)
+    assert counted.status_code == 200 and counted.json()["data"][0].startswith("2/75"), counted.text
+    reliability(AREA, "queue joins of event numbers the app does not have (10**30, 99999, -1), direct calls "
+                      "(/gradio_api/run/...) of event 99999 and of an API name it lacks (raw HTTP)",
+                f"joins: HTTP 400: {answers[1].json()['detail']} direct calls: HTTP 404, the same or "
+                f"{direct[1].json()['detail']} (were HTTP 500 with a KeyError or FnIndexInferError traceback in the "
+                "log); a known direct call still answers")
+
+
+def test_a_stream_of_an_unknown_session_or_event_answers_404_in_words(app, reliability) -> None:
+    url, _ = app
+    with httpx.Client(base_url=url, timeout=30) as client:
+        answers = [client.get("gradio_api/queue/data", params={"session_hash": "nobody-joined"}),
+                   client.get("gradio_api/call/png_info/0123456789abcdef"),
+                   client.get("gradio_api/call/v2/png_info/0123456789abcdef")]
+        join = {"data": [None], "fn_index": _fn_index(url, "png_info"), "session_hash": "joined"}
+        assert client.post("gradio_api/queue/join", json=join).status_code == 200
+        read = _stream(client, "joined")
+        called = client.post("gradio_api/call/png_info", json={"data": [None]}).json()["event_id"]
+        result = client.get(f"gradio_api/call/png_info/{called}").text
+    assert [(answer.status_code, answer.json()) for answer in answers] == [
+        (404, {"detail": UNKNOWN_STREAM_MESSAGE})] * 3
+    assert read[-1]["msg"] == "close_stream"  # a joined session's stream is read as before, and a call's result
+    assert result.startswith("event: complete\ndata: ") and result.count("event: ") == 1, result
+    reliability(AREA, "GET /gradio_api/queue/data for a session that never joined, and /gradio_api/call/<api>/<id> "
+                      "for an unknown event id (raw HTTP)",
+                f"HTTP 404: {UNKNOWN_STREAM_MESSAGE} (Gradio started the stream and raised its 404 inside it: the "
+                "client's connection closed mid-answer, the log got a traceback for each request)")
