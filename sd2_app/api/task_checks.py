@@ -89,6 +89,19 @@ def _side(value: Any, what: str, limits: Limits, warnings: list[str]) -> int:
     return rounded
 
 
+def _given_or_image_side(value: Any, image_side: int, what: str, limits: Limits) -> Any:
+    """An image-to-image side: `value` as given, or the image's own `image_side` where it was left out (the other
+    side given); an image's side out of range is refused saying it is the image's, not a typed one."""
+    if value is not None:
+        return value
+    if not MIN_SIDE <= image_side <= limits.max_side:
+        other = "Height" if what == "Width" else "Width"
+        raise InvalidRequest(f"{what} is empty, so it would be the image's {what.lower()}, {image_side}, which is not "
+                             f"between {MIN_SIDE} and {limits.max_side}: type a {what.lower()}, or clear {other} too "
+                             "to fit the image.")
+    return image_side
+
+
 def weight_warnings(prompt: str, label: str, shown: int = 3) -> list[str]:
     """The warning for attention weights in `prompt` beyond ±MAX_WEIGHT (prompt_syntax clamps them), naming
     the first `shown` stretches of text, what they asked for and what was used; [] when none was clamped."""
@@ -187,8 +200,9 @@ def _img2img_fields(
     steps = common["sampling"].steps
     image = checked_image(request.image, "an init image", limits.max_input_pixels)
     if request.width is not None or request.height is not None:
-        width = _side(request.width if request.width is not None else image.width, "Width", limits, warnings)
-        height = _side(request.height if request.height is not None else image.height, "Height", limits, warnings)
+        width = _side(_given_or_image_side(request.width, image.width, "Width", limits), "Width", limits, warnings)
+        height = _side(_given_or_image_side(request.height, image.height, "Height", limits), "Height", limits,
+                       warnings)
         image = image.resize((width, height), Image.Resampling.LANCZOS) if image.size != (width, height) else image
     else:
         image = fit_inside(image, limits.max_side, warnings)

@@ -40,12 +40,15 @@ from sd2_app.api.job_admission import DEFAULT_QUEUE_SIZE, JobAdmission, Refusal
 from sd2_app.api.addresses import ClientAddresses, starlette_request
 from sd2_app.api.quick_reads import MAX_QUICK_REQUESTS_PER_ADDRESS, too_many_quick_requests_message
 from sd2_app.ui.cache_files import sweeping_lifespan
+from sd2_app.ui.event_checks import UnknownEventMiddleware, unknown_event_message
 from sd2_app.ui.join_refusals import MAX_SESSION_HASH_CHARS, SESSION_HASH_REFUSAL, JoinRefusals
 from sd2_app.ui.mcp_addresses import McpCallerMiddleware
 from sd2_app.ui.request_limits import RequestLimitsMiddleware
 from sd2_app.ui.runner import GPU_QUEUE, RunFlag
 from sd2_app.ui.session_messages import keep_live_sessions
+from sd2_app.ui.stream_checks import UnknownStreamMiddleware
 from sd2_app.byte_limits import MB
+from sd2_app.errors import shown
 from sd2_app.ui.upload_budget import UploadBudget, UploadBudgetMiddleware
 from sd2_app.ui.uploads import local_file_references
 from sd2_app.ui.visitors import VisitorCookies, VisitorMiddleware
@@ -177,9 +180,9 @@ class Visitors:
 
     def watch(self, queue: Any) -> None:
         """Wrap `queue.push`: refuse an event under a session hash over `MAX_SESSION_HASH_CHARS` (Gradio keeps
-        the hash until the event's stream is read) or that names a file by another site's URL, a GPU job over the
-        app's bound or its visitor's or address's limit, and another event over its places; give every GPU job a
-        stop flag."""
+        the hash until the event's stream is read), of an event number the app does not have, or that names a file
+        by another site's URL, a GPU job over the app's bound or its visitor's or address's limit, and another event
+        over its places; give every GPU job a stop flag."""
         if getattr(queue.push, "sd2_watched", False):
             return
         self._queue = queue
@@ -201,6 +204,9 @@ class Visitors:
             if len(body.session_hash or "") > MAX_SESSION_HASH_CHARS:
                 log.info("refused an event: a session hash of %d characters", len(body.session_hash))
                 return False, SESSION_HASH_REFUSAL, "error"
+            if body.fn_index is not None and body.fn_index not in queue.blocks.fns:  # Gradio: KeyError, HTTP 500
+                log.info("refused an event: no event numbered %s", shown(body.fn_index))
+                return False, unknown_event_message(body.fn_index), "error"
             remote = local_file_references(body.data)  # before Gradio could download a URL (`uploads`)
             if remote is not None:
                 log.info("refused an event: a file given by URL")
@@ -236,8 +242,8 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
     """Ready `demo` for a launch that serves visitors: close the direct REST routes, watch the queue and keep its
     finished sessions' streams bounded (`sd2_app.ui.session_messages`); returns the
     `app_kwargs` for Gradio's `launch`, with the request-limits (`sd2_app.ui.request_limits`), MCP caller
-    (`sd2_app.ui.mcp_addresses`), visitor-cookie and upload-budget middlewares and the sweep of the app's cached
-    files on `delete_cache`'s schedule added to the caller's."""
+    (`sd2_app.ui.mcp_addresses`), visitor-cookie, upload-budget, unknown-stream (`sd2_app.ui.stream_checks`) and
+    unknown-event (`sd2_app.ui.event_checks`) middlewares and the sweep of the app's cached files on `delete_cache`'s schedule added to the caller's."""
     demo.api_open = False
     visitors.watch(demo._queue)  # every Blocks has its queue (gradio/blocks.py, Blocks.__init__)
     keep_live_sessions(demo._queue, hosting.max_sessions)
@@ -249,7 +255,9 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
                                 Middleware(RequestLimitsMiddleware, addresses=visitors.addresses),
                                 Middleware(McpCallerMiddleware, addresses=visitors.addresses),
                                 Middleware(VisitorMiddleware, cookies=visitors.cookies),
-                                Middleware(UploadBudgetMiddleware, budget=budget, addresses=visitors.addresses)]
+                                Middleware(UploadBudgetMiddleware, budget=budget, addresses=visitors.addresses),
+                                Middleware(UnknownStreamMiddleware, queue=demo._queue),
+                                Middleware(UnknownEventMiddleware, fns=demo.fns)]
     if cache:
         app_kwargs["lifespan"] = sweeping_lifespan(cache[0], cache[1], app_kwargs.get("lifespan"))
     return app_kwargs

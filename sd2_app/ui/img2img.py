@@ -99,6 +99,12 @@ def shaped(limits: Limits, picture: Any, w: Any, h: Any, mode: Any) -> Any:
     return resize_to(picture, int(w) // 8 * 8, int(h) // 8 * 8, mode)
 
 
+def _image_side(limits: Limits, typed: Any, side: int) -> Any:
+    """A size box's value, or the image's `side` where the box is empty; left empty where that side is out of
+    range, for the service to refuse in words that name the image's side (`task_checks._given_or_image_side`)."""
+    return typed if typed is not None or not MIN_SIDE <= side <= limits.max_side else side
+
+
 def make_request(limits: Limits, picture: Any, key: str, text: str, negative_text: str, amount: float, w: Any,
                  h: Any, mode: Any, *rest: Any) -> Img2ImgRequest:
     """Widget values (in the order of the API's parameter names) -> the request. Without a size (API callers
@@ -106,9 +112,9 @@ def make_request(limits: Limits, picture: Any, key: str, text: str, negative_tex
     service reads a request with one side), so the resize mode still applies."""
     n_sampling = len(SAMPLING_NAMES)
     if isinstance(picture, Image.Image) and (w is None) != (h is None):  # one box cleared: that side the image's
-        w, h = (picture.width if w is None else w), (picture.height if h is None else h)
+        w, h = _image_side(limits, w, picture.width), _image_side(limits, h, picture.height)
     sized = w is not None and h is not None
     image = shaped(limits, picture, w, h, mode or RESIZE_MODES[0]) if sized else picture
     return Img2ImgRequest(prompt=text, image=image, negative_prompt=negative_text, checkpoint=key, strength=amount,
-                          width=w if sized else None, height=h if sized else None,  # type: ignore[arg-type]
+                          width=w, height=h,  # type: ignore[arg-type]
                           sampling=to_sampling(*rest[:n_sampling]), **img2img_fields(*rest[n_sampling:]))

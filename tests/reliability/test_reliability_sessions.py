@@ -1,5 +1,6 @@
-"""What Gradio's queue keeps per session hash, through the running app with raw HTTP: joins under new session
-hashes, read or never read, while another visitor's job runs (`sd2_app.ui.session_messages`).
+"""Queue joins through the running app with raw HTTP: what Gradio's queue keeps per session hash, for joins under
+new session hashes, read or never read, while another visitor's job runs (`sd2_app.ui.session_messages`); joins of
+an event number the app does not have; streams of sessions and events the queue does not know.
 
 The app is `python app.py --tiny --max-sessions 20` served in-process on a free loopback port.
 """
@@ -15,6 +16,8 @@ import httpx
 import pytest
 
 from sd2_app.api.service import Service
+from sd2_app.ui.event_checks import unknown_event_message
+from sd2_app.ui.stream_checks import UNKNOWN_STREAM_MESSAGE
 from tests.hosting_support import CallsAtOnce, txt2img_data
 from tests.reliability_report import reliability, track_module  # noqa: F401
 from tests.reliability_support import one_thread, serve  # noqa: F401
@@ -42,6 +45,10 @@ def _stream(client: httpx.Client, session_hash: str) -> list[dict]:
                 if messages[-1]["msg"] in ("close_stream", "unexpected_error"):
                     break
     return messages
+
+
+def _fn_index(url: str, api_name: str) -> int:
+    return {d.get("api_name"): d["id"] for d in httpx.get(f"{url}config", timeout=30).json()["dependencies"]}[api_name]
 
 
 def _visitor(url: str, fn_index: int, seen: list[dict]) -> None:
@@ -89,3 +96,43 @@ def test_sessions_of_finished_events_stay_bounded_and_a_running_one_is_kept(app,
                 f"Gradio's queue keeps {kept[0]} sessions' message queues and {kept[1]} sessions' event ids; the "
                 "visitor's stream ends with its result. (Gradio kept every session hash's event ids for good, and "
                 "2,000 new sessions pushed out a running job's messages: its stream ended with 404: Not Found)")
+
+
+def test_a_join_of_an_event_number_the_app_lacks_is_refused_in_words(app, reliability) -> None:
+    url, _ = app
+    answers = [httpx.post(f"{url}gradio_api/queue/join", json={"data": [], "fn_index": fn_index, "session_hash": "s"},
+                          timeout=30) for fn_index in (10**30, 99999, -1)]
+    assert [(answer.status_code, answer.json()["detail"]) for answer in answers] == [
+        (400, unknown_event_message(10**30)), (400, unknown_event_message(99999)), (400, unknown_event_message(-1))]
+    direct = [httpx.post(f"{url}gradio_api/run/{name}", json=body, timeout=30)
+              for name, body in (("predict", {"data": [], "fn_index": 99999}), ("no_such_api", {"data": []}))]
+    assert [(answer.status_code, answer.json()["detail"]) for answer in direct] == [
+        (404, unknown_event_message(99999)), (404, unknown_event_message("no_such_api"))]
+    counted = httpx.post(f"{url}gradio_api/run/count_tokens", json={"data": ["a cat", "sd2-base"]}, timeout=30)
+    assert counted.status_code == 200 and counted.json()["data"][0].startswith("2/75"), counted.text
+    reliability(AREA, "queue joins of event numbers the app does not have (10**30, 99999, -1), direct calls "
+                      "(/gradio_api/run/...) of event 99999 and of an API name it lacks (raw HTTP)",
+                f"joins: HTTP 400: {answers[1].json()['detail']} direct calls: HTTP 404, the same or "
+                f"{direct[1].json()['detail']} (were HTTP 500 with a KeyError or FnIndexInferError traceback in the "
+                "log); a known direct call still answers")
+
+
+def test_a_stream_of_an_unknown_session_or_event_answers_404_in_words(app, reliability) -> None:
+    url, _ = app
+    with httpx.Client(base_url=url, timeout=30) as client:
+        answers = [client.get("gradio_api/queue/data", params={"session_hash": "nobody-joined"}),
+                   client.get("gradio_api/call/png_info/0123456789abcdef"),
+                   client.get("gradio_api/call/v2/png_info/0123456789abcdef")]
+        join = {"data": [None], "fn_index": _fn_index(url, "png_info"), "session_hash": "joined"}
+        assert client.post("gradio_api/queue/join", json=join).status_code == 200
+        read = _stream(client, "joined")
+        called = client.post("gradio_api/call/png_info", json={"data": [None]}).json()["event_id"]
+        result = client.get(f"gradio_api/call/png_info/{called}").text
+    assert [(answer.status_code, answer.json()) for answer in answers] == [
+        (404, {"detail": UNKNOWN_STREAM_MESSAGE})] * 3
+    assert read[-1]["msg"] == "close_stream"  # a joined session's stream is read as before, and a call's result
+    assert result.startswith("event: complete\ndata: ") and result.count("event: ") == 1, result
+    reliability(AREA, "GET /gradio_api/queue/data for a session that never joined, and /gradio_api/call/<api>/<id> "
+                      "for an unknown event id (raw HTTP)",
+                f"HTTP 404: {UNKNOWN_STREAM_MESSAGE} (Gradio started the stream and raised its 404 inside it: the "
+                "client's connection closed mid-answer, the log got a traceback for each request)")

@@ -1,9 +1,9 @@
 """Rough edges of the page in a real Chromium (Playwright), on `python app.py --tiny --styles STYLES.CSV` served
 in-process: every "Send to" picks the prompt styles again where the tab has the Styles box (History's sends read
 them from the PNG's prompts, as PNG info's send does; a result's sends carry the tab's pick), a paste of
-something that is not an image into the inpaint editor is said, as an upload of one is, and on a phone the results
-a run scrolled into view stay there when it ends; a token count that comes back late does not replace a newer one.
-Screenshots go to tests/artifacts/.
+something that is not an image into the inpaint editor is said, as an upload of one is, on a phone the results a
+run scrolled into view stay there when it ends, and a token count that comes back late does not replace a newer
+one. Screenshots go to tests/artifacts/.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 
 from tests.api.test_prompt_styles_app import served_with_styles
 from tests.reliability_support import one_thread  # noqa: F401 (a fixture)
+from tests.ui.browser_calls import ServerCalls
 from tests.ui.test_browser import ARGS, ARTIFACTS, CHROMIUM, DESKTOP, PHONE, _go, _set_number, expect, sync_api
 from tests.ui.test_prompt_styles_browser import STYLES_CSV, _pick
 
@@ -161,8 +162,7 @@ def test_on_a_phone_the_results_stay_in_view_when_the_run_ends(browser, url: str
     page.screenshot(path=str(ARTIFACTS / "polish-phone-running.png"))
     expect(page.locator("#txt2img-info")).to_contain_text("Seed ", timeout=120_000)
     expect(page.locator("#txt2img-stop")).to_be_disabled()
-    page.wait_for_timeout(500)
-    assert page.evaluate(RESULTS_TOP) == 8
+    page.wait_for_function(f"{RESULTS_TOP} === 8", timeout=10_000)  # before: 250, for good (the buttons' 242 more)
     page.screenshot(path=str(ARTIFACTS / "polish-phone-done.png"))
     page.unroute("**/gradio_api/queue/join*")
     page.context.close()
@@ -192,11 +192,15 @@ def test_a_late_token_count_does_not_replace_a_newer_one(browser, url: str, slow
     page = _open(browser, url)
     box, counter = page.locator("#txt2img-negative textarea"), page.locator("#txt2img-negative-tokens")
     expect(counter).to_have_text("0/75", timeout=30_000)
+    calls = ServerCalls(page)
     box.fill("slow")
-    page.wait_for_timeout(800)  # past the typing pause: the count of "slow" is on its way (3 s)
+    deadline = time.monotonic() + 30
+    while "slow" not in slow_counts:  # past the typing pause: the count of "slow" is on its way (3 s)
+        assert time.monotonic() < deadline, slow_counts
+        page.wait_for_timeout(50)
     box.fill("one two three four five")
-    page.wait_for_timeout(4500)  # the count of "slow" has come back by now
-    expect(counter).to_have_text("18/75", timeout=30_000)  # the late "4/75" stayed for good
+    calls.settle()  # every count sent has been answered and has landed, the late one of "slow" too
+    expect(counter).to_have_text("18/75")  # the late "4/75" stayed for good
     assert [text for text in slow_counts if text in ("slow", "one two three four five")] == [
         "slow", "one two three four five"]
     page.screenshot(path=str(ARTIFACTS / "polish-late-count.png"))

@@ -2,7 +2,9 @@
 and Civitai copy them) or read from a PNG reach Text to image whole, their size included when they switch the
 checkpoint; a checkpoint the visitor picks still sets its own size.
 
-Uses test_browser.py's app and browser fixtures (tiny checkpoints). Screenshots go to tests/artifacts/.
+Uses test_browser.py's app and browser fixtures (tiny checkpoints). Screenshots go to tests/artifacts/. The sends
+are queued events, so their answers get a busy machine's time (30 s); that no event of the page resets the size
+after them is waited for as the page's calls to the app settling (`ServerCalls`), not for a fixed second.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from tests.ui.browser_calls import ServerCalls
 from tests.ui.test_browser import ARTIFACTS, DESKTOP, _go, _open, _pick, browser, expect, url  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -39,13 +42,14 @@ def test_pasted_a1111_parameters_go_to_text_to_image(browser, url: str) -> None:
     _go(page, "PNG info")
     page.locator("#pnginfo-text textarea").fill(PASTED)
     expect(page.locator("#pnginfo-text")).to_contain_text("paste a generation's parameters here")
-    expect(page.get_by_text('"Model hash"')).to_be_visible(timeout=10_000)  # the fields, parsed on the server
+    expect(page.get_by_text('"Model hash"')).to_be_visible(timeout=30_000)  # the fields, parsed on the server
     page.screenshot(path=str(ARTIFACTS / "reuse-pnginfo-pasted.png"))
+    calls = ServerCalls(page)
     page.locator("#pnginfo-send").click()
-    expect(page.get_by_role("tab", name="Text to image")).to_have_attribute("aria-selected", "true")
+    expect(page.get_by_role("tab", name="Text to image")).to_have_attribute("aria-selected", "true", timeout=30_000)
     expect(page.locator("#txt2img-prompt textarea")).to_have_value("a lighthouse on a cliff, dramatic sky")
     expect(page.locator("#txt2img-width input[type=number]")).to_have_value("640")
-    page.wait_for_timeout(1000)  # a size reset by the checkpoint's change would have arrived by now
+    calls.settle()  # a size reset by the checkpoint's change would have landed by now
     assert _txt2img_values(page) == {
         "steps": "30", "width": "640", "height": "448", "seed": "1234",
         "prompt": "a lighthouse on a cliff, dramatic sky", "negative": "blurry, lowres", "sampler": "Euler a",
@@ -54,7 +58,7 @@ def test_pasted_a1111_parameters_go_to_text_to_image(browser, url: str) -> None:
     page.screenshot(path=str(ARTIFACTS / "reuse-txt2img-from-paste.png"))
     # A checkpoint the visitor picks sets its own square, as before.
     _pick(page, "txt2img-checkpoint", "SD 2.0 (768-v)")
-    expect(page.locator("#txt2img-width input[type=number]")).to_have_value("768")
+    expect(page.locator("#txt2img-width input[type=number]")).to_have_value("768", timeout=30_000)
     expect(page.locator("#txt2img-height input[type=number]")).to_have_value("768")
     # A paste longer than the box takes is cut at its limit (the server refuses a longer text sent otherwise).
     _go(page, "PNG info")
@@ -74,9 +78,10 @@ def test_a_png_made_with_another_checkpoint_sends_its_own_size(browser, url: str
     page.locator("#pnginfo-image input[type=file]").set_input_files(str(picture))
     expect(page.locator("#pnginfo-text textarea")).to_have_value(
         "a red barn\nSteps: 12, Sampler: Euler, CFG scale: 5, Seed: 77, Size: 448x640, Model: sd2", timeout=30_000)
+    calls = ServerCalls(page)
     page.locator("#pnginfo-send").click()
-    expect(page.locator("#txt2img-checkpoint input")).to_have_value("SD 2.0 (768-v)")
-    page.wait_for_timeout(1000)
+    expect(page.locator("#txt2img-checkpoint input")).to_have_value("SD 2.0 (768-v)", timeout=30_000)
+    calls.settle()  # a size reset by the checkpoint's change would have landed by now
     values = _txt2img_values(page)
     assert (values["width"], values["height"], values["steps"], values["seed"]) == ("448", "640", "12", "77"), values
     page.context.close()

@@ -1,5 +1,6 @@
 """Rough edges a first-time visitor met walking through every tab in a real Chromium (Playwright), each as the
-visitor meets it: "Reuse last seed" before any result; PNG info's send of an image without parameters; a seed out of range; Image to image with one size box cleared.
+visitor meets it: "Reuse last seed" before any result; PNG info's send of an image without parameters; a seed out of range; Image to image with one size box cleared. (The settings
+staying put when a run starts needs the Styles box: test_prompt_styles_browser.py.)
 
 Uses test_browser.py's app and browser fixtures (tiny checkpoints); each test opens its own page, so the order
 does not matter. Screenshots go to tests/artifacts/.
@@ -90,3 +91,4 @@ def test_img2img_with_one_size_box_cleared_keeps_that_side_of_the_image(browser,
     expect(page.locator("#img2img-info")).to_contain_text("Width 100 was rounded to 104 (a multiple of 8).")
     page.screenshot(path=str(ARTIFACTS / "walkthrough-img2img-one-size-box.png"))
     page.context.close()
+

@@ -1,6 +1,7 @@
 """Prompt styles in a real Chromium (Playwright), on `python app.py --tiny --styles STYLES.CSV` served in-process:
 the Styles picker sits under Generate on the prompt tabs; picking a style changes the prompt the run uses; PNG
-info's "Send to text to image" picks the styles found in a pasted prompt. Screenshots go to tests/artifacts/.
+info's "Send to text to image" picks the styles found in a pasted prompt; with the picker under Stop, the settings
+stay put on a laptop when the run line under Stop fills in. Screenshots go to tests/artifacts/.
 """
 
 from __future__ import annotations
@@ -95,3 +96,23 @@ def test_png_info_send_picks_the_styles_found_in_the_prompt(page, tmp_path: Path
     expect(page.locator("#txt2img-negative textarea")).to_have_value("")
     expect(page.locator("#txt2img-styles .token")).to_have_text(["frame"])
     page.screenshot(path=str(ARTIFACTS / "styles-pasted.png"))
+
+
+def test_on_a_laptop_the_settings_stay_put_when_the_run_line_fills_in(page) -> None:
+    """The Styles picker makes the run column taller than the prompts: the state line under Stop, filled in while
+    a run is on ("Step 3/25"), after Stop or a refusal, pushed the picker and the whole settings column 23 px down
+    under the visitor's pointer, and back up when it emptied. The line is the page script's copy of the info
+    line's first line (static/app.js); here the info line says what a run's step says."""
+    _go(page, "Text to image")
+    settings, picker = page.locator("#txt2img-settings"), page.locator("#txt2img-styles")
+    page.wait_for_timeout(1500)  # the page as it settles (the token counters fill in after the load)
+    line, info = page.locator("#txt2img-run-status .run-status-text"), page.locator("#txt2img-info")
+    expect(line).to_have_text("")
+    before = [settings.bounding_box()["y"], picker.bounding_box()["y"]]
+    info.evaluate("(element) => { element.innerText = 'Step 3/25'; }")
+    expect(line).to_have_text("Step 3/25")
+    during = [settings.bounding_box()["y"], picker.bounding_box()["y"]]
+    page.screenshot(path=str(ARTIFACTS / "styles-run-line-filled.png"))
+    info.evaluate("(element) => { element.innerText = ''; }")
+    expect(line).to_have_text("")
+    assert during == before

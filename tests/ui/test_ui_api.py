@@ -322,6 +322,23 @@ def test_invalid_input_comes_back_as_a_readable_error(app, endpoint: str, kwargs
     assert str(caught.value) == message
 
 
+def test_img2img_with_one_size_box_empty_takes_the_image_s_side_or_says_it_is_out_of_range(app, tmp_path) -> None:
+    """One side typed: the other is the image's (192x128, width 100: 104x128). An image side the server cannot
+    run is refused naming it as the image's: it said "Width must be between 64 and 1024, got 1200." of a box the
+    visitor had emptied."""
+    client, _, _ = app
+    for size in ((192, 128), (1200, 96)):
+        Image.new("RGB", size, (200, 40, 40)).save(tmp_path / f"{size[0]}.png")
+    _, gallery, _ = client.predict(image=handle_file(str(tmp_path / "192.png")), prompt="x", width=100, height=None,
+                                   api_name="/img2img", **FAST)
+    assert _pngs(gallery)[0].size == (104, 128)
+    with pytest.raises(AppError) as caught:
+        client.predict(image=handle_file(str(tmp_path / "1200.png")), prompt="x", width=None, height=64,
+                       api_name="/img2img", **FAST)
+    assert str(caught.value) == ("Width is empty, so it would be the image's width, 1200, which is not between 64 "
+                                 "and 1024: type a width, or clear Height too to fit the image.")
+
+
 def test_empty_mask_is_refused(app, tmp_path: Path) -> None:
     client, _, _ = app
     editor = {"background": handle_file(_small("landscape.png", 64, tmp_path)), "layers": [], "composite": None}

@@ -1,0 +1,92 @@
+"""Direct calls of an event the app does not have answer 404 with a message.
+
+Gradio's direct route POST /gradio_api/run/<api_name> (also /run/<api_name>/ and the older /api/<api_name>) looks
+the event up by the body's `fn_index`, else by the name (gradio/route_utils.py, `get_fn`): an unknown number
+raised KeyError and an unknown name FnIndexInferError, both HTTP 500 with a traceback in the log.
+`UnknownEventMiddleware` reads such a request's body (at most `sd2_app.ui.request_limits.MAX_BODY_BYTES`, which
+that middleware enforces first), refuses an event the app lacks, and hands the same bytes on otherwise. Queue
+joins are checked where they are pushed (`sd2_app.ui.hosting`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gradio.route_utils import API_PREFIX
+from starlette.responses import JSONResponse
+
+from sd2_app.errors import shown
+from sd2_app.ui.visitors import ASGIApp, Message, Scope
+
+RUN_PREFIXES = (f"{API_PREFIX}/run/", f"{API_PREFIX}/api/")
+
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def unknown_event_message(event: object) -> str:
+    return f"This app has no event {shown(event)}; /gradio_api/info lists the app's endpoints."
+
+
+def run_api_name(scope: Scope) -> str | None:
+    """The <api_name> of a POST to the direct route; None for any other request."""
+    path = scope.get("path", "")
+    if scope.get("method") != "POST":
+        return None
+    for prefix in RUN_PREFIXES:
+        if prefix in path:
+            return path.split(prefix, 1)[1].strip("/")
+    return None
+
+
+def missing_event(fns: dict[int, Any], api_name: str, body: Any) -> object | None:
+    """The event number or name a direct call's `body` (parsed JSON) names that the app does not have (`fns`: its
+    events by number), None when it has it or the body is not Gradio's to judge (Gradio answers 422 for those)."""
+    fn_index = body.get("fn_index") if isinstance(body, dict) else None
+    if isinstance(fn_index, int) and not isinstance(fn_index, bool):
+        return None if fn_index in fns else fn_index
+    if fn_index is None and isinstance(body, dict):
+        return None if any(fn.api_name == api_name for fn in fns.values()) else api_name
+    return None
+
+
+class UnknownEventMiddleware:
+    """ASGI middleware: a direct call of an event the app lacks answers 404 (module docstring); `fns`: the app's
+    events by number (gradio.Blocks.fns)."""
+
+    def __init__(self, app: ASGIApp, fns: dict[int, Any]) -> None:
+        self.app = app
+        self.fns = fns
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        api_name = run_api_name(scope) if scope["type"] == "http" else None
+        if api_name is None:
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        data = b"".join(chunks)
+        try:
+            missing = missing_event(self.fns, api_name, json.loads(data))
+        except ValueError:
+            missing = None  # not JSON: Gradio's answer
+        if missing is not None:
+            await JSONResponse({"detail": unknown_event_message(missing)}, status_code=404)(scope, receive, send)
+            return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": data, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
