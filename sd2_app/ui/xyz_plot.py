@@ -81,8 +81,10 @@ def _axis_row(name: str, kind: str, picks: dict[str, list[tuple[str, str]]]) -> 
 def _wire_axis(axis: AxisControls, picks: dict[str, list[tuple[str, str]]], prefix: str) -> None:
     def follow_kind(kind: str) -> tuple:
         listed = kind in PICKED
-        return (gr.update(visible=not listed and kind != "nothing", placeholder=HINTS.get(kind, "20, 30, 40 or "
-                                                                                              "10-40 (+10)")),
+        hint = HINTS.get(kind, "20, 30, 40 or 10-40 (+10)")
+        # A listed kind's values are picked: its hidden text box is emptied, as typed values would win (make_axis)
+        text = gr.update(visible=False, value="") if listed else gr.update(visible=kind != "nothing", placeholder=hint)
+        return (text,
                 gr.update(visible=listed, choices=picks.get(kind, []), value=[]),
                 gr.update(visible=listed), gr.update(visible=listed))
 
@@ -95,10 +97,14 @@ def _wire_axis(axis: AxisControls, picks: dict[str, list[tuple[str, str]]], pref
 
 
 def make_axis(kind: Any, text: Any, picked: Any) -> PlotAxis | None:
-    """Widget values -> an axis (None for "nothing"); picked values win for samplers and checkpoints."""
+    """Widget values -> an axis (None for "nothing"). For the kinds picked from a list, typed values win where
+    there are any (an API caller's `x_values`: gradio_client fills `x_picked` with the list's default, the
+    samplers, which would otherwise run instead without a word; the tab hides and empties the text box for these
+    kinds), else the picked ones."""
     if not kind or kind == "nothing":
         return None
-    if kind in PICKED and picked:
+    typed = isinstance(text, str) and text.strip()
+    if kind in PICKED and picked and not typed:
         return PlotAxis(str(kind), tuple(picked))
     return PlotAxis(str(kind), text if isinstance(text, str) else "")
 

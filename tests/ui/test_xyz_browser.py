@@ -50,3 +50,21 @@ def test_a_styles_plot_with_the_hires_fix_from_the_tab(page, tmp_path: Path) -> 
     page.locator("#xyz-image button[aria-label='Remove Image']").first.click()  # text to image again:
     expect(page.locator("#xyz-hires-accordion")).to_be_visible()  # the fix is shown again, and off
     expect(page.locator("#xyz-hires input[type=checkbox]")).not_to_be_checked()
+
+
+def test_values_typed_for_another_kind_do_not_replace_the_picked_samplers(page) -> None:  # noqa: F811
+    """Typed values win over picked ones (an API caller's x_values), so the tab empties the hidden text box when a
+    picked kind is chosen: Steps typed as "1, 2", then Sampler with Euler picked, runs one Euler cell (the stale
+    "1, 2" would be read as samplers and refused)."""
+    _go(page, "X/Y/Z plot")
+    _pick(page, "xyz-x-type", "Steps")
+    page.locator("#xyz-x-values textarea").fill("1, 2")
+    _pick(page, "xyz-x-type", "Sampler")
+    _pick(page, "xyz-x-picked", "Euler")
+    page.keyboard.press("Escape")
+    for elem_id, value in (("xyz-steps", 1), ("xyz-width", 64), ("xyz-height", 64)):
+        _set_number(page, elem_id, value)
+    page.locator("#xyz-run").click()
+    expect(page.locator("#xyz-files a").first).to_be_visible(timeout=180_000)
+    captions = page.locator("#xyz-gallery .caption-label").all_inner_texts()
+    assert [caption.split(" · ")[0] for caption in captions] == ["Grid", "Euler"]

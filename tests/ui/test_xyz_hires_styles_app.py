@@ -73,6 +73,15 @@ def test_a_hires_plot_runs_each_cell_with_the_tabs_hires_fix(client: Client) -> 
     assert grid.width > 2 * 96 and grid.height > 96  # two 96-pixel cells and the label margin
 
 
+def test_typed_values_of_a_picked_axis_win_over_the_picked_default(client: Client) -> None:
+    """gradio_client fills x_picked with the tab's six default samplers; a caller who types x_values for a
+    Sampler axis gets the two typed (they ran the six, without a word), and picked values still run without."""
+    _, gallery, _, _ = client.predict(api_name="/xyz_plot", **SOLO, x_type="sampler", x_values="Euler, DDIM")
+    assert _captions(gallery)[1:] == ["Euler", "DDIM"]
+    _, gallery, _, _ = client.predict(api_name="/xyz_plot", **SOLO, x_type="sampler", x_picked=["DDIM"])
+    assert _captions(gallery)[1:] == ["DDIM"]
+
+
 def test_a_hires_axis_varies_the_tabs_hires_fix_instead_of_the_defaults(client: Client) -> None:
     """With the fix on in the tab, a Hires steps axis changes only the steps: the cells keep Lanczos at 1.5x (with
     the fix off, the axis would turn it on with its defaults, Latent at 2x, and say so)."""
