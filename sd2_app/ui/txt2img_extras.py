@@ -16,6 +16,7 @@ import gradio as gr
 
 from sd2_app import infotext_keys as keys
 from sd2_app.api.a1111_samplers import sampler_named
+from sd2_app.api.checks import flag
 from sd2_app.api.requests import HIRES_UPSCALERS, HiresFix, SeedExtras
 from sd2_app.ui.sending import hires_in
 
@@ -167,9 +168,11 @@ def request_fields(hires_on: Any = None, upscaler: Any = None, scale: Any = None
                    height: Any = None, steps: Any = None, strength: Any = None, sampler: Any = None,
                    variation_seed: Any = None, variation_strength: Any = None, resize_width: Any = None,
                    resize_height: Any = None, tiling: Any = None) -> dict[str, Any]:
-    """Widget (or API) values -> the Txt2ImgRequest's hires, seed_extras and tiling; the service validates."""
+    """Widget (or API) values -> the Txt2ImgRequest's hires, seed_extras and tiling; the service validates. The
+    two checkboxes' values must be true or false (`checks.flag`; None: off): the text "false" from an API caller
+    turned the hires fix on, as anything non-empty is true."""
     hires = None
-    if hires_on:
+    if hires_on is not None and flag(hires_on, "Hires fix"):
         hires = HiresFix(
             upscaler=_or(upscaler, DEFAULTS.upscaler), scale=_or(scale, DEFAULTS.scale), width=width or None,
             height=height or None, steps=steps or None,
@@ -179,7 +182,7 @@ def request_fields(hires_on: Any = None, upscaler: Any = None, scale: Any = None
     resize = None if not resize_width and not resize_height else (resize_width or 0, resize_height or 0)
     extras = SeedExtras(variation_seed=_or(variation_seed, None), variation_strength=_or(variation_strength, 0.0),
                         resize_from=resize)
-    return {"hires": hires, "seed_extras": extras, "tiling": bool(tiling)}
+    return {"hires": hires, "seed_extras": extras, "tiling": False if tiling is None else tiling}  # checked there
 
 
 def _size(text: Any) -> tuple[int, int] | None:

@@ -313,6 +313,13 @@ def test_outpaint_extends_one_side_and_keeps_the_image(app, tmp_path: Path) -> N
         ("/xyz_plot", {"prompt": "x", "x_type": "steps", "x_values": "1-500"},
          "X values (Steps): '1-500' gives 500 values; an axis may have at most 64."),
         ("/outpaint", {"prompt": "x"}, "Upload an image to outpaint first."),
+        # a checkbox's value from an API caller is true or false: the text "false" turned the hires fix on
+        ("/txt2img", {"prompt": "x", "hires_fix": "false", "width": 64, "height": 64},
+         "Hires fix must be true or false, got 'false'."),
+        ("/xyz_plot", {"prompt": "x", "x_type": "steps", "x_values": "1", "hires_fix": {"on": 1}},
+         "Hires fix must be true or false, got {'on': 1}."),
+        ("/txt2img", {"prompt": "x", "tiling": "no", "width": 64, "height": 64},
+         "Tiling must be true or false, got 'no'."),
     ],
 )
 def test_invalid_input_comes_back_as_a_readable_error(app, endpoint: str, kwargs: dict, message: str) -> None:
