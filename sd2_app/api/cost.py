@@ -129,6 +129,9 @@ def check_job_cost(request: Request, cost: int, max_cost: int | None) -> None:
     steps = (request.base if isinstance(request, XYZPlotRequest) else request).sampling.steps  # type: ignore[union-attr]
     fitting = steps * max_cost // cost
     hint = f" (at most {fitting} steps fit with the other settings unchanged)" if fitting >= 1 else ""
+    if isinstance(request, XYZPlotRequest) and any(axis is not None and axis.kind == "steps"
+                                                   for axis in (request.x, request.y, request.z)):
+        hint = ""  # its cells run the axis's steps, not the base's: a count of the base's would mislead
     raise InvalidRequest(
         f"This job is too large for this server: it costs {cost:,} UNet evaluations x latent pixels and the "
         f"limit is {max_cost:,}. Lower {_what_to_lower(request)}{hint}."

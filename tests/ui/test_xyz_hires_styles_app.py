@@ -119,6 +119,16 @@ def test_a_plot_whose_one_cell_is_over_the_cap_is_refused_in_the_plots_terms(cli
         "2,000. Lower the number of cells, the steps, the size or the hires fix.")
 
 
+def test_a_steps_plot_over_the_cap_counts_no_steps_that_fit(client: Client) -> None:
+    """A Steps axis of 10 and 20 over the cap: its cells run the axis's steps, so the refusal gives no "at most N
+    steps fit", which it counted from the base's 25 steps that no cell runs (cells: 30 steps x 2 calls x 64)."""
+    with pytest.raises(AppError) as refused:
+        client.predict(api_name="/xyz_plot", **{**SOLO, "steps": 25}, x_type="steps", x_values="10, 20")
+    assert str(refused.value) == (
+        "This job is too large for this server: it costs 3,840 UNet evaluations x latent pixels and the limit is "
+        "2,000. Lower the number of cells, the steps or the size.")
+
+
 def test_the_hires_fix_is_refused_with_an_init_image(client: Client, tmp_path) -> None:
     image = tmp_path / "init.png"
     Image.new("RGB", (64, 64), (90, 120, 30)).save(image)
