@@ -75,8 +75,8 @@ class UnknownEventMiddleware:
         data = b"".join(chunks)
         try:
             missing = missing_event(self.fns, api_name, json.loads(data))
-        except ValueError:
-            missing = None  # not JSON: Gradio's answer
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth: Gradio's answer (400)
+            missing = None
         if missing is not None:
             await JSONResponse({"detail": unknown_event_message(missing)}, status_code=404)(scope, receive, send)
             return

@@ -117,6 +117,24 @@ def test_a_join_of_an_event_number_the_app_lacks_is_refused_in_words(app, reliab
                 "log); a known direct call still answers")
 
 
+def test_a_direct_call_nested_past_the_parsers_depth_is_refused_as_other_routes_do(app, reliability) -> None:
+    """A body of 100,000 nested arrays to the direct route: HTTP 400 as the queue join and the A1111 API answer it
+    (the event check's own parse raised RecursionError: HTTP 500 with a traceback in the log per request)."""
+    url, _ = app
+    nested = "[" * 100_000
+    answers = [httpx.post(f"{url}{path}", content=body, headers={"content-type": "application/json"}, timeout=30)
+               for path in ("gradio_api/run/predict", "gradio_api/run/txt2img", "gradio_api/queue/join")
+               for body in (nested, '{"data": ' + nested + "]" * 100_000 + "}")]
+    assert [(answer.status_code, answer.json()) for answer in answers] == [
+        (400, {"detail": "There was an error parsing the body"})] * 6
+    counted = httpx.post(f"{url}gradio_api/run/count_tokens", json={"data": ["a cat", "sd2-base"]}, timeout=30)
+    assert counted.status_code == 200 and counted.json()["data"][0].startswith("2/75"), counted.text
+    reliability(AREA, "direct calls (/gradio_api/run/predict, /txt2img) and a queue join whose body is 100,000 "
+                      "nested arrays, bare or as data (raw HTTP)",
+                f"HTTP 400: {answers[0].json()['detail']} (the direct calls were HTTP 500 with a RecursionError "
+                "traceback in the log); a known direct call still answers")
+
+
 def test_a_stream_of_an_unknown_session_or_event_answers_404_in_words(app, reliability) -> None:
     url, _ = app
     with httpx.Client(base_url=url, timeout=30) as client:
