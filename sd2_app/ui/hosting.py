@@ -32,6 +32,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, TYPE_CHECKING
 
+from fastapi.exceptions import RequestValidationError
 from starlette.middleware import Middleware
 
 from sd2_app.app_flags import (DEFAULT_CACHE_MINUTES, DEFAULT_MAX_JOBS_PER_ADDRESS, DEFAULT_MAX_JOBS_PER_VISITOR,
@@ -50,6 +51,7 @@ from sd2_app.ui.stream_checks import UnknownStreamMiddleware
 from sd2_app.byte_limits import MB
 from sd2_app.errors import shown
 from sd2_app.ui.upload_budget import UploadBudget, UploadBudgetMiddleware
+from sd2_app.ui.validation_errors import validation_error_answer
 from sd2_app.ui.uploads import local_file_references
 from sd2_app.ui.visitors import VisitorCookies, VisitorMiddleware
 
@@ -258,6 +260,9 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
                                 Middleware(UploadBudgetMiddleware, budget=budget, addresses=visitors.addresses),
                                 Middleware(UnknownStreamMiddleware, queue=demo._queue),
                                 Middleware(UnknownEventMiddleware, fns=demo.fns)]
+    # a 422's echo of a body's 1e400 or NaN (`sd2_app.ui.validation_errors`)
+    app_kwargs["exception_handlers"] = {**app_kwargs.get("exception_handlers", {}),
+                                        RequestValidationError: validation_error_answer}
     if cache:
         app_kwargs["lifespan"] = sweeping_lifespan(cache[0], cache[1], app_kwargs.get("lifespan"))
     return app_kwargs

@@ -135,6 +135,20 @@ def test_a_direct_call_nested_past_the_parsers_depth_is_refused_as_other_routes_
                 "traceback in the log); a known direct call still answers")
 
 
+def test_a_body_of_the_wrong_shape_holding_1e400_or_nan_gets_a_422(app, reliability) -> None:
+    """fn_index 1e400 or NaN (JSON as Python reads it) to the direct route and the queue join: FastAPI's 422, the
+    number written as text (its answer could not be written: HTTP 500 with a traceback in the log)."""
+    url, _ = app
+    answers = [httpx.post(f"{url}{path}", content='{"data": [], "fn_index": %s, "session_hash": "s"}' % number,
+                          headers={"content-type": "application/json"}, timeout=30)
+               for path in ("gradio_api/run/txt2img", "gradio_api/queue/join") for number in ("1e400", "NaN")]
+    assert [answer.status_code for answer in answers] == [422] * 4
+    assert [answer.json()["detail"][0]["input"] for answer in answers] == ["inf", "nan"] * 2
+    reliability(AREA, "a direct call and a queue join whose fn_index is 1e400 or NaN (raw HTTP)",
+                f"HTTP 422: {answers[0].json()['detail'][0]['msg']}, the input written as 'inf' / 'nan' (were HTTP "
+                "500: FastAPI's answer echoed a number strict JSON cannot hold; a traceback in the log per request)")
+
+
 def test_a_stream_of_an_unknown_session_or_event_answers_404_in_words(app, reliability) -> None:
     url, _ = app
     with httpx.Client(base_url=url, timeout=30) as client:
