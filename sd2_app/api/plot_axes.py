@@ -134,7 +134,7 @@ AXIS_NAMES = ("X", "Y", "Z")
 NUMBERS_HINT = "type values such as 20, 30, 40 or a range such as 10-40 (+10)"
 EMPTY_AXIS_HINTS = {"sampler": "pick one or more samplers", "upscaler": "pick one or more upscalers",
                     "checkpoint": "pick one or more checkpoints", "style": "pick one or more styles",
-                    "bool": "type on, off or both",
+                    "bool": "type on, off (or on, off for both)",
                     "text": "type the words to find in the prompt, then what replaces them: cat, dog, tiger",
                     "order": "type terms of the prompt to put in every order: cat, dog, tiger"}
 

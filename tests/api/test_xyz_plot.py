@@ -81,7 +81,7 @@ def test_picked_values_keep_their_order_and_types() -> None:
     # The empty-axis hint follows the kind: picked from a list, or typed as words or on/off, not numbers.
     (_plot(PlotAxis("sampler", ())), "X values (Sampler) are empty: pick one or more samplers."),
     (_plot(PlotAxis("hires_upscaler", ())), "X values (Hires upscaler) are empty: pick one or more upscalers."),
-    (_plot(PlotAxis("use_karras", " ")), "X values (Karras) are empty: type on, off or both."),
+    (_plot(PlotAxis("use_karras", " ")), "X values (Karras) are empty: type on, off (or on, off for both)."),
     (_plot(PlotAxis("prompt_sr", "")), "X values (Prompt S/R) are empty: type the words to find in the prompt, then "
                                        "what replaces them: cat, dog, tiger."),
     (_plot(PlotAxis("steps", "ten")), "X values (Steps): 'ten' is not a whole number or a range such as 10-40 (+10)."),
