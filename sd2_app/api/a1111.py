@@ -30,7 +30,7 @@ from sd2_app import infotext_keys as keys
 from sd2_app.api import requests as rq
 from sd2_app.api.a1111_samplers import SCHEDULERS, read_sampler, sampler_named, schedule_label
 from sd2_app.api.tasks import TASKS
-from sd2_app.api.checks import resolve_seed
+from sd2_app.api.checks import flag, resolve_seed
 from sd2_app.api.image_inputs import to_mask
 from sd2_app.api.results import Result
 from sd2_app.byte_limits import MAX_BASE64_CHARS, MAX_IMAGE_FILE_BYTES, MB
@@ -221,8 +221,11 @@ def _seeded(sampling: rq.Sampling, index: int) -> rq.Sampling:
 
 def _hires(body: Mapping[str, Any], names: list[str]) -> rq.HiresFix | None:
     """enable_hr and its hr_* fields (A1111's names; 0 or empty means "as the first pass"); hr_sampler_name is
-    read as sampler_name is (`sampler_named`), a name we lack is left for the Service to refuse."""
-    if not body.get("enable_hr"):
+    read as sampler_name is (`sampler_named`), a name we lack is left for the Service to refuse. enable_hr is
+    true or false (`checks.flag`; absent or null: off): the text "false" turned the fix on, as anything non-empty
+    is true."""
+    enable = body.get("enable_hr")
+    if enable is None or not flag(enable, "enable_hr"):
         return None
     hires_sampler = body.get("hr_sampler_name") or None
     if isinstance(hires_sampler, str):
