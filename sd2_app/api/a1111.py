@@ -266,7 +266,13 @@ def txt2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
                              height=body.get("height", 512), sampling=sampling, hires=_hires(body, names), seed_extras=_seed_extras(body),
                              tiling=body.get("tiling", False))
     requests = tuple(replace(base, sampling=_seeded(sampling, i)) for i in range(n_iter))
-    return Job("txt2img", requests, checkpoint, bool(body.get("send_images", True)), tuple(body.get("styles") or ()))
+    return Job("txt2img", requests, checkpoint, _send_images(body), tuple(body.get("styles") or ()))
+
+
+def _send_images(body: Mapping[str, Any]) -> bool:
+    """send_images, true or false (absent or null: true)."""
+    send = body.get("send_images")
+    return True if send is None else flag(send, "send_images")
 
 
 def _inpaint_fields(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -278,7 +284,7 @@ def _inpaint_fields(body: Mapping[str, Any]) -> dict[str, Any]:
         )
     return {
         "mask_blur": body.get("mask_blur", 4),
-        "only_masked": bool(body.get("inpaint_full_res", False)),
+        "only_masked": flag(body.get("inpaint_full_res", False), "inpaint_full_res"),  # "false" is not off
         "only_masked_padding": body.get("inpaint_full_res_padding", 32),
     }
 
@@ -312,7 +318,7 @@ def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
     else:
         base = rq.Img2ImgRequest(width=body.get("width"), height=body.get("height"), sampling=sampling, **common)
     requests = tuple(replace(base, sampling=_seeded(sampling, i)) for i in range(n_iter))
-    return Job(task, requests, checkpoint, bool(body.get("send_images", True)), tuple(body.get("styles") or ()))
+    return Job(task, requests, checkpoint, _send_images(body), tuple(body.get("styles") or ()))
 
 
 def upscale_job(body: Mapping[str, Any], checkpoint: str) -> Job:
