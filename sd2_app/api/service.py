@@ -161,7 +161,11 @@ class Service:
 
     def validate(self, request: Request) -> tuple[Request, list[str]]:
         """The checked request and its warnings (raises `InvalidRequest`), its prompts within the pipeline's
-        limits (`PromptTools.check`: tokenized here, no model)."""
+        limits (`PromptTools.check`: tokenized here, no model). A plot goes through `check_plot` (the host's
+        styles, every cell's prompts)."""
+        if isinstance(request, XYZPlotRequest):
+            plot = self.check_plot(request)
+            return plot.request, plot.warnings
         checked, warnings = validate(request, self.catalog, self.limits)
         self._prompt_tools.check(checked)
         return checked, warnings

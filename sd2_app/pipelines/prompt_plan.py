@@ -14,8 +14,7 @@ pass over its hires steps, counted on from the first pass (`hires_prompt_steps`)
 A phase is one (prompt text, negative prompt text) pair. The limits: each text at most MAX_CHUNKS chunks of 75
 tokens (`prompt_chunks.check_length`), and phases x chunks per phase at most MAX_PHASE_CHUNKS.
 
-A request is planned once (issue 24 section 3, "nothing on the request's critical path that doesn't need to
-be"): the Service keeps the plans its validation makes in its `PromptPlans` and lends them to the job
+A request is planned once: the Service keeps the plans its validation makes in its `PromptPlans` and lends them to the job
 (`Components.prompt_plans`), so the pipeline, and a second validation of the same request (ZeroGPU's duration
 estimate validates before the run does), take the plan made for the same inputs instead of planning again.
 """

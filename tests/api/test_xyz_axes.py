@@ -212,3 +212,10 @@ def test_styles_axis_applies_the_hosts_styles_named_by_each_value() -> None:
         validate_plot(_plot(PlotAxis("styles", "oil")), CATALOG, Limits())
     assert str(refused.value).startswith("Unknown X axis 'styles'; choose one of: sampler, steps,")
     assert str(refused.value).endswith(", hires_sampler, prompt_order.")
+
+
+def test_the_services_validate_reads_a_styles_plot_with_the_hosts_styles() -> None:
+    """`Service.validate` of a plot checks it as running it does (`Service.check_plot`, the host's styles): it
+    refused a Styles axis as unknown, checking the plot without them."""
+    checked, _ = fake_service(styles=BOOK).validate(_plot(PlotAxis("styles", ("oil", "frame"))))
+    assert checked.x == PlotAxis("styles", ("oil", "frame"))
