@@ -279,7 +279,7 @@ def test_xyz_plot_stop_keeps_the_finished_cells(app) -> None:
 def test_outpaint_extends_one_side_and_keeps_the_image(app, tmp_path: Path) -> None:
     client, _, _ = app
     landscape = _small("landscape.png", 64, tmp_path)
-    _, gallery, info, mask = client.predict(image=handle_file(landscape), prompt="more sky", up=16,
+    _, gallery, info, mask = client.predict(image=handle_file(landscape), prompt="more sky", left=0, right=0, up=16, down=0,
                                                   api_name="/outpaint", **FAST)
     result = _pngs(gallery)[0]
     assert result.size == (64, 80)
@@ -289,6 +289,15 @@ def test_outpaint_extends_one_side_and_keeps_the_image(app, tmp_path: Path) -> N
     assert np.array_equal(np.asarray(Image.open(mask).convert("L")), expected)
     text, fields = client.predict(path=handle_file(gallery[0]["image"]), api_name="/png_info")
     assert fields["Outpaint up"] == 16 and fields["Outpaint fill"] == "edge" and fields["Size"] == "64x80"
+
+
+def test_outpaint_sides_left_out_extend_by_128_pixels(app, tmp_path: Path) -> None:
+    client, _, _ = app
+    _, gallery, _, mask = client.predict(image=handle_file(_small("landscape.png", 64, tmp_path)), prompt="wider",
+                                         api_name="/outpaint", **FAST)
+    assert _pngs(gallery)[0].size == (64 + 2 * 128, 64 + 2 * 128)
+    text, fields = client.predict(path=handle_file(gallery[0]["image"]), api_name="/png_info")
+    assert [fields[f"Outpaint {side}"] for side in ("left", "right", "up", "down")] == [128, 128, 128, 128]
 
 
 @pytest.mark.parametrize(
