@@ -355,6 +355,23 @@ def test_img2img_with_one_size_box_empty_takes_the_image_s_side_or_says_it_is_ou
                                  "and 1024: type a width, or clear Height too to fit the image.")
 
 
+@pytest.mark.parametrize("mode", ["Crop and resize", "Resize and fill"])
+def test_img2img_crops_or_fills_at_the_size_the_server_rounds_to(app, tmp_path: Path, mode: str) -> None:
+    """Width 100 runs at 104 (halves up): the tab cut (or filled) the image at 96 wide, rounding down, and the
+    server stretched that to 104; a typed 100 now gives what a typed 104 gives, pixel for pixel."""
+    client, _, _ = app
+    halves = np.zeros((128, 208, 3), np.uint8)
+    halves[:, 104:] = (255, 255, 255)  # black left half, white right half
+    Image.fromarray(halves).save(tmp_path / "halves.png")
+    runs = [client.predict(image=handle_file(str(tmp_path / "halves.png")), prompt="x", width=width, height=height,
+                           resize_mode=mode, strength=0.5, api_name="/img2img", **FAST)
+            for width, height in ((100, 128), (104, 128), (None, 130))]
+    (first,), (second,), (third,) = (_pngs(gallery) for _, gallery, _ in runs)
+    assert first.size == second.size == (104, 128) and third.size == (208, 128)
+    assert np.array_equal(np.asarray(first), np.asarray(second))
+    assert "Width 100 was rounded to 104 (a multiple of 8)." in runs[0][2]
+
+
 def test_empty_mask_is_refused(app, tmp_path: Path) -> None:
     client, _, _ = app
     editor = {"background": handle_file(_small("landscape.png", 64, tmp_path)), "layers": [], "composite": None}
