@@ -187,11 +187,13 @@ class ModelManager:
             if entry is not None and entry.tier == "device":
                 self._offload_entry(entry, keep=set())
 
-    def unload(self, key: str) -> None:
-        """Forget `key`; its parts are freed unless another loaded checkpoint uses them."""
+    def unload(self, key: str) -> bool:
+        """Forget `key`; its parts are freed unless another loaded checkpoint uses them. False: it was not loaded."""
         with self._job_lock:
-            if key in self._entries:
-                self._drop_entry(self._entries[key])
+            if key not in self._entries:
+                return False
+            self._drop_entry(self._entries[key])
+            return True
 
     def free_memory(self) -> None:
         """Inside `use(key)`: move every other checkpoint off the device and return cached blocks to the driver.
