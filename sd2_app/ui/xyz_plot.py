@@ -28,10 +28,11 @@ from sd2_app.api.plot_axes import AXES, AXIS_NAMES
 from sd2_app.api.requests import HIRES_UPSCALERS, Img2ImgRequest, PlotAxis, Request, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.api.tasks import PLOT_SAMPLERS, TASKS
 from sd2_app.errors import InvalidRequest
+from sd2_app.pipelines.metadata import encode_png
 from sd2_app.ui.result_panel import ResultPanel
 from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import EXAMPLE_PROMPTS, SAMPLING_NAMES, to_sampling
-from sd2_app.ui.runner import WAIT_POLL_S, RunFlag, StopFlags, fast_png_file, timed_call
+from sd2_app.ui.runner import WAIT_POLL_S, RunFlag, StopFlags, cached_file, timed_call
 from sd2_app.ui.tab_frame import TabFrame
 from sd2_app.ui.txt2img_extras import HIRES_NAMES, HiresControls, build_hires, request_fields, wire_hires_size
 from sd2_app.ui.uploads import upload_image
@@ -48,6 +49,8 @@ HINTS = {"prompt_sr": "the first value is searched in the prompt: cat, dog, tige
          "variation_strength": "0, 0.25, 0.5 or 0-1 [5]", "eta": "0, 0.5, 1 (DDIM only)",
          "hires_steps": "10, 20 or 0 (= Steps); turns the hires fix on"}
 TABLES_DIR = Path(tempfile.gettempdir()) / "sd2-app-plots"
+# "Send to" a grid or cell: its image with the settings of its own PNG text (blocks.py wires them)
+SEND_TO = (("txt2img", "text to image"), ("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
 
 
 @dataclass
@@ -152,7 +155,8 @@ class PlotView:
         while not self.finished.empty():
             cell, image, seconds = self.finished.get()
             caption = f"{cell_caption(cell)} · {seconds:.2f} s"
-            new.append((fast_png_file(image, f"cell-{cell.index + 1}.png"), caption))
+            # with its parameters text, as the final gallery's: a cell sent on before the plot ends carries it too
+            new.append((cached_file(encode_png(image), f"cell-{cell.index + 1}.png"), caption))
         self.cells += new
         return list(self.cells) if new else None
 
@@ -192,7 +196,7 @@ def build(service: Service, flags: StopFlags) -> ResultPanel:
     # end by `finish_extra`.
     tables = partial(gr.File, label="Cell settings and times (CSV, JSON)", file_count="multiple", interactive=False,
                      elem_id="xyz-files")
-    with frame.columns(extra=tables):
+    with frame.columns(extra=tables, send_to=SEND_TO):
         axes = [_axis_row(name, kind, picks) for name, kind in zip(AXIS_NAMES, ("sampler", "nothing", "nothing"))]
         checkpoint = frame.checkpoint("txt2img", elem_id="xyz-checkpoint")
         width, height = frame.size_sliders(checkpoint)
