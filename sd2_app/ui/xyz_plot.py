@@ -119,6 +119,8 @@ def make_request(key: str, text: str, negative_text: str, *values: Any) -> XYZPl
     sampling = to_sampling(*values[9:end], 1)
     width, height, image, strength = values[end : end + 4]
     hires = request_fields(*values[end + 4 : end + 4 + len(HIRES_NAMES)])["hires"]
+    legend, keep = values[end + 4 + len(HIRES_NAMES):] or (None, None)
+    options = {"draw_legend": True if legend is None else legend, "no_fixed_seeds": False if keep is None else keep}
     common = {"prompt": text, "negative_prompt": negative_text, "checkpoint": key, "sampling": sampling}
     if image is not None:
         if hires is not None:
@@ -128,7 +130,7 @@ def make_request(key: str, text: str, negative_text: str, *values: Any) -> XYZPl
         base = Txt2ImgRequest(width=width, height=height, hires=hires, **common)
     if axes[0] is None:
         raise InvalidRequest("Choose what the X axis varies.")
-    return XYZPlotRequest(base=base, x=axes[0], y=axes[1], z=axes[2])
+    return XYZPlotRequest(base=base, x=axes[0], y=axes[1], z=axes[2], **options)  # the options: checked there
 
 
 def _tables(result: Result) -> list[str]:
@@ -198,6 +200,10 @@ def build(service: Service, flags: StopFlags) -> ResultPanel:
                      elem_id="xyz-files")
     with frame.columns(extra=tables, send_to=SEND_TO):
         axes = [_axis_row(name, kind, picks) for name, kind in zip(AXIS_NAMES, ("sampler", "nothing", "nothing"))]
+        with gr.Row():  # A1111's options of the script, named as there
+            legend = gr.Checkbox(True, label="Draw legend", elem_id="xyz-draw-legend")
+            keep = gr.Checkbox(False, label="Keep -1 for seeds", elem_id="xyz-no-fixed-seeds",
+                               info="Each cell draws its own random seed; off: a seed of -1 is drawn once")
         checkpoint = frame.checkpoint("txt2img", elem_id="xyz-checkpoint")
         width, height = frame.size_sliders(checkpoint)
         controls = frame.sampling(batch=False, task="txt2img")
@@ -213,10 +219,11 @@ def build(service: Service, flags: StopFlags) -> ResultPanel:
         _wire_axis(axis, picks, f"xyz_{name.lower()}")
     axis_inputs = [widget for axis in axes for widget in (axis.kind, axis.text, axis.picked)]
     inputs = [checkpoint, frame.prompt, frame.negative, *axis_inputs, *controls.inputs()[:-1], width, height, image,
-              strength, *fix.inputs()]
+              strength, *fix.inputs(), legend, keep]
     names = ["checkpoint", "prompt", "negative_prompt"]
     names += [f"{n.lower()}_{part}" for n in AXIS_NAMES for part in ("type", "values", "picked")]
-    names += [*SAMPLING_NAMES[:-1], "width", "height", "init_image", "strength", *HIRES_NAMES]
+    names += [*SAMPLING_NAMES[:-1], "width", "height", "init_image", "strength", *HIRES_NAMES, "draw_legend",
+              "no_fixed_seeds"]
     wire_run(service, flags, panel, inputs, make_request, "xyz_plot", names,
              finish_extra=lambda result: (_tables(result),), view=PlotView)
     return panel
