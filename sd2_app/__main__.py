@@ -10,7 +10,7 @@ validation, seeds and metadata are identical. Examples:
     python -m sd2_app txt2img --prompt "a castle" --hires --hires-upscaler Lanczos --denoising-strength 0.5
     python -m sd2_app txt2img --prompt "moss" --tiling --variation-seed 7 --variation-strength 0.3
     python -m sd2_app depth --image in.png --prompt "a marble statue" [--depth-map depth16.png]
-    python -m sd2_app outpaint --image in.png --left 128 --right 128 --prompt "a wide beach"
+    python -m sd2_app outpaint --image in.png --up 0 --down 0 --prompt "a wide beach"  # 128 px a side left out
     python -m sd2_app xyz-plot --prompt "a cat" --x-type sampler --x-values "Euler, DDIM" \
         --y-type steps --y-values "10-40 (+10)"   # grids, cells, xyz_plot-<seed>-cells.csv/.json
     python -m sd2_app info outputs/cli/txt2img-1-0.png
@@ -105,7 +105,8 @@ def _variation_and_tiling(parser: argparse.ArgumentParser) -> Any:
 
 def _outpaint_arguments(parser: argparse.ArgumentParser) -> None:
     for side in ("left", "right", "up", "down"):
-        parser.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add on the {side} (multiple of 8)")
+        parser.add_argument(f"--{side}", type=int, default=_request_default("outpaint", side),
+                            help=f"pixels to add on the {side} (multiple of 8; 0 keeps that side)")
     parser.add_argument("--fill", choices=list(rq.OUTPAINT_FILLS), default=_request_default("outpaint", "fill"),
                         help="how the new area starts: " + ", ".join(f"{k} ({v})" for k, v in rq.OUTPAINT_FILLS.items()))
     parser.add_argument("--mask-blur", type=int, default=_request_default("outpaint", "mask_blur"),

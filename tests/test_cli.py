@@ -155,7 +155,7 @@ def test_bad_seed_resize_size_is_an_argument_error(capsys: pytest.CaptureFixture
 def test_outpaint_from_a_file(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     sample_image(48, 40).save(tmp_path / "in.png")
     code = main(["outpaint", "--tiny", "--model-dir", str(model_dir), "--prompt", "wider", "--image",
-                 str(tmp_path / "in.png"), "--right", "16", "--fill", "blur", "--steps", "2", "--seed", "4",
+                 str(tmp_path / "in.png"), "--left", "0", "--right", "16", "--up", "0", "--down", "0", "--fill", "blur", "--steps", "2", "--seed", "4",
                  "--out", str(tmp_path), "--json"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -81,6 +81,12 @@ def number(value: Any, what: str, low: float, high: float) -> float:
     return float(value)
 
 
+def to_multiple_of_8(side: float) -> int:
+    """`side` rounded to the nearest multiple of 8, halves up (100 -> 104, 99 -> 96): the one rounding of an image
+    side, for the service's checks and the UI's sizes alike."""
+    return int(side / 8 + 0.5) * 8
+
+
 def integer(value: Any, what: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
         isinstance(value, float) and not (math.isfinite(value) and value.is_integer())

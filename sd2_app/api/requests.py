@@ -215,6 +215,10 @@ OUTPAINT_FILLS = {  # how outpainting pre-fills the added strips: key -> what th
     "blur": "blurred",  # the edge extension heavily blurred: a smooth field of the border's colours
     "solid": "solid colour",  # the image's mean colour
 }
+OUTPAINT_MARGIN = 128
+"""Pixels a side is extended by when the caller leaves it out (the Outpaint tab's sliders start there): the
+default of A1111's outpainting scripts (scripts/outpainting_mk_2.py and poor_mans_outpainting.py, "Pixels to
+expand" 128 on every side). A side to keep as it is takes 0."""
 
 
 @dataclass(frozen=True)
@@ -227,10 +231,10 @@ class OutpaintRequest:
     image: Image.Image
     negative_prompt: str = ""
     checkpoint: str = TASKS["outpaint"].checkpoint
-    left: int = 0  # pixels added on each side (multiples of 8)
-    right: int = 0
-    up: int = 0
-    down: int = 0
+    left: int = OUTPAINT_MARGIN  # pixels added on each side (multiples of 8; 0 keeps that side)
+    right: int = OUTPAINT_MARGIN
+    up: int = OUTPAINT_MARGIN
+    down: int = OUTPAINT_MARGIN
     fill: str = "edge"  # how the new area starts: a key of OUTPAINT_FILLS
     mask_blur: int = 8  # pixels of feathering from the seam into the new area
     strength: float = _strength("outpaint")  # below 1 the fill is the starting image of the new area
