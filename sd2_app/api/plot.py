@@ -319,10 +319,11 @@ def grid_parameters(request: XYZPlotRequest, first_text: str) -> str:
     return format_parameters(request.base.prompt, request.base.negative_prompt, parsed)
 
 
-def run_plot(service: Service, request: XYZPlotRequest, on_progress: ProgressFn | None,
+def run_plot(service: Service, request: XYZPlotRequest | CheckedPlot, on_progress: ProgressFn | None,
              should_stop: Callable[[], bool] | None, on_cell: CellFn | None = None) -> Result:
-    """Validate, run every cell, draw one labelled grid per Z value; the Service's `Result` of it all."""
-    plot = service.check_plot(request)
+    """Validate (unless it comes checked), run every cell, draw one labelled grid per Z value; the Service's
+    `Result` of it all."""
+    plot = request if isinstance(request, CheckedPlot) else service.check_plot(request)
     checked, warnings, cells = plot.request, plot.warnings, plot.cells
     started = time.perf_counter()
     finished, timings, run_warnings, stopped = run_cells(service, cells, on_progress, should_stop, on_cell)

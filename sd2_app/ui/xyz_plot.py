@@ -25,7 +25,8 @@ from PIL import Image
 
 from sd2_app.api.plot import HIRES_NEEDS_TEXT, cell_caption, write_tables
 from sd2_app.api.plot_axes import AXES, AXIS_NAMES
-from sd2_app.api.requests import HIRES_UPSCALERS, Img2ImgRequest, PlotAxis, Request, Txt2ImgRequest, XYZPlotRequest
+from sd2_app.api.checked import Checked
+from sd2_app.api.requests import HIRES_UPSCALERS, Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.api.tasks import PLOT_SAMPLERS, TASKS
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.metadata import encode_png
@@ -148,7 +149,7 @@ class PlotView:
         self.finished: queue.Queue[tuple[PlotCell, Image.Image, float]] = queue.Queue()
         self.cells: list[tuple[str, str]] = []  # each finished cell encoded once, fast (the gallery is sent whole)
 
-    def call(self, service: Service, request: Request, session: str, flag: RunFlag) -> Callable[..., Result]:
+    def call(self, service: Service, request: Checked, session: str, flag: RunFlag) -> Callable[..., Result]:
         return timed_call(service.plot, request, session, flag,
                           on_cell=lambda cell, image, seconds: self.finished.put((cell, image, seconds)))
 
