@@ -127,6 +127,12 @@ def _plot_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{axis}-type", choices=list(AXES), default=None, required=axis == "x")
         parser.add_argument(f"--{axis}-values", default="", metavar="VALUES",
                             help="e.g. '20, 30, 40', '10-40 (+10)', '1-2 [5]', 'Euler, DDIM'" if axis == "x" else None)
+    parser.add_argument("--no-legend", action="store_true", help="grids without axis labels (A1111's \"Draw legend\" "
+                        "off)")
+    parser.add_argument("--no-fixed-seeds", action="store_true", help="a seed of -1 draws a seed for each cell "
+                        "(A1111's \"Keep -1 for seeds\"); without it one is drawn for the whole plot")
+    parser.add_argument("--styles", metavar="PATH", type=Path, default=None,
+                        help="prompt styles for a Styles axis (A1111's styles.csv, read as the web app's --styles)")
 
 
 def build_parser() -> argparse.ArgumentParser:

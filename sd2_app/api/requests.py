@@ -260,6 +260,10 @@ class XYZPlotRequest:
 
     The base is a text-to-image request, or an image-to-image one when an init image is given. Every cell
     uses the base's seed unless seed is an axis; X varies along a row, Y down a column, one grid per Z value.
+    A1111's two options of the script (scripts/xyz_grid.py, `no_fixed_seeds` and `draw_legend`):
+    `no_fixed_seeds` ("Keep -1 for seeds") keeps a random seed (-1) random in each cell, where otherwise it is
+    drawn once for the whole plot (a -1 on a seed axis once per value); `draw_legend` off draws the grids without
+    their axis labels and titles.
     """
 
     task: ClassVar[str] = "xyz_plot"
@@ -268,6 +272,8 @@ class XYZPlotRequest:
     x: PlotAxis
     y: PlotAxis | None = None
     z: PlotAxis | None = None
+    no_fixed_seeds: bool = False
+    draw_legend: bool = True
 
     @property
     def checkpoint(self) -> str:
