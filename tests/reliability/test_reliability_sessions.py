@@ -271,3 +271,43 @@ def test_a_visitor_who_leaves_stops_their_run_at_once_and_nobody_elses(app, reli
                 f"the run stops after {ran['leaving']} steps and the queued jobs start: the other tab's and the other "
                 "visitor's run their 3 steps to the end, the job that left while it waited never runs (Gradio "
                 "closed a run only when it next yielded: after 11 steps, at its next live preview)")
+
+
+def test_a_plot_whose_visitor_leaves_stops_and_keeps_its_finished_cells(app, reliability,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 3-cell X/Y/Z plot (Prompt S/R: cat, dog, fox; 20 steps a cell) whose page closes at the 6th step of its
+    2nd cell stops at the next step (it ran to the cell's next live preview, step 10); the visitor's History keeps the
+    finished cell and its grid, as after Stop."""
+    url, demo = app
+    steps = _slow_steps(monkeypatch)
+    visitor = _visitor_client(url)
+    seen: list[dict] = []
+    left: list[int] = []
+    _join(visitor, "plotting", "xyz_plot", prompt="a cat", steps=20, x_type="prompt_sr", x_values="cat, dog, fox")
+    _read(visitor, "plotting", seen, lambda: len(steps["a dog"]) >= 6 and len(steps["a dog"]), left).join(120)
+    _wait(lambda: not demo._queue.event_ids_to_events and not demo.flags._flags)  # type: ignore[attr-defined]
+    ran = {prompt: len(done) for prompt, done in steps.items()}
+    history = visitor.post("gradio_api/run/history", json={"data": []}).json()["data"][1]["data"]
+    assert left == [6] and ran == {"a cat": 20, "a dog": 7}, (left, ran)
+    assert [(row[1], row[3]) for row in history[:1]] == [("xyz_plot", 2)], history  # the grid and the cat
+    reliability(AREA, "an X/Y/Z plot's page closes (raw HTTP) at step 6 of its 2nd cell (3 cells of 20 steps)",
+                f"the plot stops after {ran['a dog']} steps of that cell, and the visitor's History keeps the grid "
+                "and the finished cell (the plot ran on to the cell's next live preview, 10 steps)")
+
+
+def test_an_api_caller_who_disconnects_stops_its_run(app, reliability, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller of the /call route (curl, a script) whose connection closes while it reads the run's stream (GET
+    /gradio_api/call/txt2img/<event_id>) after step 7 of 40: the run stops at its next step (it ran to step 11)."""
+    url, demo = app
+    steps = _slow_steps(monkeypatch)
+    left: list[int] = []
+    with httpx.Client(base_url=url, timeout=120) as client:
+        joined = client.post("gradio_api/call/txt2img", json={"data": txt2img_data(url, prompt="called", steps=40)})
+        with client.stream("GET", f"gradio_api/call/txt2img/{joined.json()['event_id']}"):
+            _wait(lambda: len(steps["called"]) >= 7)  # the stream sends only previews and the result: not read
+            left.append(len(steps["called"]))
+    _wait(lambda: not demo._queue.event_ids_to_events and not demo.flags._flags)  # type: ignore[attr-defined]
+    assert (left, len(steps["called"])) == ([7], 8)
+    reliability(AREA, "an API caller's connection closes (GET /gradio_api/call/txt2img/<event_id>, raw HTTP) after "
+                      "step 7 of a 40-step run",
+                "the run stops after 8 steps (it ran on to the next live preview and a step more: 11)")
