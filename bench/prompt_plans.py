@@ -1,7 +1,8 @@
 """How many times a web txt2img run plans its prompts, and the time that takes (issue 24 section 3), on CPU.
 
-A web run on ZeroGPU does, in order: the duration estimate (`sd2_app.api.gpu_time.seconds_for`, which validates
-the request), the Service's run (`Service.run`: validation, then the pipeline's `start_job`). This script runs
+A web run on ZeroGPU does, in order: the check (`sd2_app.api.checked.check`: validation), the duration estimate
+of the checked request (`sd2_app.api.gpu_time.checked_seconds`), the Service's run of it (`Service.run`: the
+pipeline's `start_job`). This script runs
 exactly that on the tiny checkpoints (the tiny tokenizer: a small vocabulary, so the same text has more tokens
 than with CLIP's) and counts the plans computed (`prompt_plan.tokenize_prompts`, called once per plan) and the
 time spent where the run plans or looks a plan up (every `plan_prompts` binding, and on trees that have it the
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from sd2_app.api import gpu_time, service as service_module  # noqa: F401  # loads every call site
+    from sd2_app.api.checked import check
     from sd2_app.api.requests import Sampling, Txt2ImgRequest
     from sd2_app.api.service import Service
     from sd2_app.checkpoints.catalog import tiny_registry
@@ -96,8 +98,9 @@ def main(argv: list[str] | None = None) -> None:
             request = Txt2ImgRequest(f"{prompt} {run}", "blurry", checkpoint="sd21-base", width=64, height=64,
                                      sampling=Sampling(sampler="Euler", steps=20, cfg_scale=7.0, seed=run))
             meter.seconds, plans[:] = 0.0, []
-            gpu_time.seconds_for(service, request)  # ZeroGPU's duration estimate
-            service.run(request)
+            checked = check(service, request)
+            gpu_time.checked_seconds(service, checked)  # ZeroGPU's duration estimate
+            service.run(checked)
             if run:
                 seconds.append(meter.seconds * 1e3)
                 counts.append(len(plans))

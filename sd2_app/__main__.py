@@ -10,7 +10,7 @@ validation, seeds and metadata are identical. Examples:
     python -m sd2_app txt2img --prompt "a castle" --hires --hires-upscaler Lanczos --denoising-strength 0.5
     python -m sd2_app txt2img --prompt "moss" --tiling --variation-seed 7 --variation-strength 0.3
     python -m sd2_app depth --image in.png --prompt "a marble statue" [--depth-map depth16.png]
-    python -m sd2_app outpaint --image in.png --left 128 --right 128 --prompt "a wide beach"
+    python -m sd2_app outpaint --image in.png --up 0 --down 0 --prompt "a wide beach"  # 128 px a side left out
     python -m sd2_app xyz-plot --prompt "a cat" --x-type sampler --x-values "Euler, DDIM" \
         --y-type steps --y-values "10-40 (+10)"   # grids, cells, xyz_plot-<seed>-cells.csv/.json
     python -m sd2_app info outputs/cli/txt2img-1-0.png
@@ -105,7 +105,8 @@ def _variation_and_tiling(parser: argparse.ArgumentParser) -> Any:
 
 def _outpaint_arguments(parser: argparse.ArgumentParser) -> None:
     for side in ("left", "right", "up", "down"):
-        parser.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add on the {side} (multiple of 8)")
+        parser.add_argument(f"--{side}", type=int, default=_request_default("outpaint", side),
+                            help=f"pixels to add on the {side} (multiple of 8; 0 keeps that side)")
     parser.add_argument("--fill", choices=list(rq.OUTPAINT_FILLS), default=_request_default("outpaint", "fill"),
                         help="how the new area starts: " + ", ".join(f"{k} ({v})" for k, v in rq.OUTPAINT_FILLS.items()))
     parser.add_argument("--mask-blur", type=int, default=_request_default("outpaint", "mask_blur"),
@@ -126,6 +127,12 @@ def _plot_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{axis}-type", choices=list(AXES), default=None, required=axis == "x")
         parser.add_argument(f"--{axis}-values", default="", metavar="VALUES",
                             help="e.g. '20, 30, 40', '10-40 (+10)', '1-2 [5]', 'Euler, DDIM'" if axis == "x" else None)
+    parser.add_argument("--no-legend", action="store_true", help="grids without axis labels (A1111's \"Draw legend\" "
+                        "off)")
+    parser.add_argument("--no-fixed-seeds", action="store_true", help="a seed of -1 draws a seed for each cell "
+                        "(A1111's \"Keep -1 for seeds\"); without it one is drawn for the whole plot")
+    parser.add_argument("--styles", metavar="PATH", type=Path, default=None,
+                        help="prompt styles for a Styles axis (A1111's styles.csv, read as the web app's --styles)")
 
 
 def build_parser() -> argparse.ArgumentParser:

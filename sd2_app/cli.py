@@ -107,7 +107,8 @@ def _plot_request(args: argparse.Namespace, common: dict[str, Any]) -> rq.XYZPlo
     axes = [rq.PlotAxis(kind, values) if kind else None
             for kind, values in ((args.x_type, args.x_values), (args.y_type, args.y_values),
                                  (args.z_type, args.z_values))]
-    return rq.XYZPlotRequest(base=base, x=axes[0], y=axes[1], z=axes[2])  # type: ignore[arg-type]
+    return rq.XYZPlotRequest(base=base, x=axes[0], y=axes[1], z=axes[2],  # type: ignore[arg-type]
+                             no_fixed_seeds=args.no_fixed_seeds, draw_legend=not args.no_legend)
 
 
 def _repo_assignments(args: argparse.Namespace) -> list[str]:
@@ -124,7 +125,8 @@ def engine_settings(args: argparse.Namespace) -> EngineSettings:
         allowed_repos=None,  # $SD2APP_ALLOWED_REPOS
         limits=Limits(),  # the web app's default limits: the same validation as the web UI
         outputs_dir=None, keep_outputs_days=None, watermark=True, save_in_background=False, history_size=HISTORY_SIZE,
-        embeddings_dir=args.embeddings_dir, styles_file=None, batch_users=False, import_pipelines=False,
+        embeddings_dir=args.embeddings_dir, styles_file=getattr(args, "styles", None),  # xyz-plot's --styles
+        batch_users=False, import_pipelines=False,
     )
 
 

@@ -155,7 +155,7 @@ def test_bad_seed_resize_size_is_an_argument_error(capsys: pytest.CaptureFixture
 def test_outpaint_from_a_file(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     sample_image(48, 40).save(tmp_path / "in.png")
     code = main(["outpaint", "--tiny", "--model-dir", str(model_dir), "--prompt", "wider", "--image",
-                 str(tmp_path / "in.png"), "--right", "16", "--fill", "blur", "--steps", "2", "--seed", "4",
+                 str(tmp_path / "in.png"), "--left", "0", "--right", "16", "--up", "0", "--down", "0", "--fill", "blur", "--steps", "2", "--seed", "4",
                  "--out", str(tmp_path), "--json"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -206,3 +206,26 @@ def test_xyz_plot_runs_every_cell_with_the_hires_fix(model_dir: Path, tmp_path: 
                  "strength", "--x-values", "0.5", *hires]) == 2
     assert caplog.messages[-1] == ("The hires fix runs only in a text-to-image plot; remove the init image or turn "
                                    "the hires fix off.")
+
+
+def test_xyz_plot_with_a_styles_axis_from_a_styles_file(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """`--styles FILE` (read as the web app's --styles) offers the Styles axis: each cell's prompts are styled;
+    `--no-legend` draws the grid of two 64x64 cells as 136x68 (no label margin) and `--no-fixed-seeds` gives
+    each cell of a -1 seed its own. Without --styles the axis is refused in words (exit 2)."""
+    styles = tmp_path / "styles.csv"
+    styles.write_text('name,prompt,negative_prompt\noil,"oil painting",photo\nframe,"a picture of {prompt}",\n')
+    plot = ["xyz-plot", "--tiny", "--model-dir", str(model_dir), "--prompt", "a cat", "--model", "sd2-base",
+            "--x-type", "styles", "--x-values", "oil, frame", "--steps", "1", "--width", "64", "--height", "64"]
+    code = main([*plot, "--styles", str(styles), "--no-legend", "--no-fixed-seeds", "--out", str(tmp_path / "out"),
+                 "--json"])
+    assert code == 0
+    grid_path, *cell_paths = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["paths"][:3]
+    cells = [parse_parameters(read_png_parameters(path)) for path in cell_paths]
+    assert [(c["Prompt"], c.get("Negative prompt")) for c in cells] == [("a cat, oil painting", "photo"),
+                                                                       ("a picture of a cat", "")]
+    assert cells[0]["Seed"] != cells[1]["Seed"]
+    with Image.open(grid_path) as grid:
+        assert grid.size == (136, 68)
+    assert main([*plot, "--out", str(tmp_path / "none")]) == 2
+    assert caplog.messages[-1].startswith("Unknown X axis 'styles'; choose one of: sampler, steps,")

@@ -40,7 +40,8 @@ from sd2_app.api.a1111_catalog import catalog_routes, png_info_routes
 from sd2_app.api.a1111_errors import errors_as_http
 from sd2_app.api.job_admission import JobAdmission
 from sd2_app.api.quick_reads import MAX_QUICK_REQUESTS_PER_ADDRESS, QuickReads
-from sd2_app.api.gpu_time import gpu, seconds_for
+from sd2_app.api.checked import check
+from sd2_app.api.gpu_time import checked_seconds, gpu
 from sd2_app.api.keeper import unlisted
 from sd2_app.api.outputs import fast_png
 from sd2_app.api.progress import enlarged
@@ -112,8 +113,9 @@ class A1111Api:
                                 MAX_QUICK_REQUESTS_PER_ADDRESS if self.job_admission.limit else 0)
         self.current = self._first_for("txt2img")  # A1111's "sd_model_checkpoint" option
         # ZeroGPU: the GPU exists only inside spaces.GPU calls, each asking for its own job's time
+        # (the request checked once, before the call: sd2_app/api/checked.py)
         self._run_in_gpu_call = gpu(
-            duration=lambda request, *args, **kwargs: seconds_for(service, request))(service.run)
+            duration=lambda checked, *args, **kwargs: checked_seconds(service, checked))(service.run)
         self._jobs: list[_Tracked] = []  # oldest first
         self._loads = 0  # checkpoint loads through /options still running
         self._lock = threading.Lock()
@@ -222,8 +224,8 @@ class A1111Api:
             for index, request in enumerate(job.requests):
                 tracked.iteration = index
                 try:
-                    results.append(self._run_in_gpu_call(request, tracked.on_progress, tracked.stop.is_set,
-                                                    owner=HISTORY_OWNER))
+                    results.append(self._run_in_gpu_call(check(self.service, request), tracked.on_progress,
+                                                         tracked.stop.is_set, owner=HISTORY_OWNER))
                 except Cancelled:
                     break
         finally:

@@ -81,6 +81,12 @@ def number(value: Any, what: str, low: float, high: float) -> float:
     return float(value)
 
 
+def to_multiple_of_8(side: float) -> int:
+    """`side` rounded to the nearest multiple of 8, halves up (100 -> 104, 99 -> 96): the one rounding of an image
+    side, for the service's checks and the UI's sizes alike."""
+    return int(side / 8 + 0.5) * 8
+
+
 def integer(value: Any, what: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
         isinstance(value, float) and not (math.isfinite(value) and value.is_integer())
@@ -97,10 +103,15 @@ def flag(value: Any, what: str) -> bool:
     return value
 
 
+def random_seed(seed: Any) -> bool:
+    """Whether a seed asks for a random one: None or -1."""
+    return seed is None or (not isinstance(seed, bool) and isinstance(seed, (int, float)) and seed == -1)
+
+
 def resolve_seed(seed: Any, what: str = "Seed") -> int:
     """None or -1 draws a fresh seed (reported back, so the image can be reproduced). `what` names the box the
     refusal is about ("Variation seed", an X/Y/Z axis), as its label does."""
-    if seed is None or (not isinstance(seed, bool) and isinstance(seed, (int, float)) and seed == -1):
+    if random_seed(seed):
         return random.SystemRandom().randint(0, MAX_SEED)
     whole = integer(seed, what, -math.inf, math.inf)  # the type check; the range's message names -1 too
     if not 0 <= whole <= MAX_SEED:

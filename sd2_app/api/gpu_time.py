@@ -16,9 +16,10 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sd2_app.api.checked import Checked, check
 from sd2_app.api.cost import job_cost
 from sd2_app.api.plot import plot_cost
-from sd2_app.api.requests import Request, XYZPlotRequest
+from sd2_app.api.requests import Request
 from sd2_app.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -41,24 +42,20 @@ def gpu_seconds(work: int) -> int:
     return int(min(MAX_SECONDS, max(MIN_SECONDS, FIXED_SECONDS + work * SECONDS_PER_UNIT) + 0.999999))
 
 
+def checked_seconds(service: Service, checked: Checked) -> int:
+    """The duration for a request the Service checked (`sd2_app.api.checked.check`): a plot's cells one after the
+    other, else the request's job."""
+    if checked.plot is not None:
+        return gpu_seconds(plot_cost(checked.plot.cells, service.catalog))
+    return gpu_seconds(job_cost(checked.request, service.catalog))
+
+
 def seconds_for(service: Service, request: Request) -> int:
     """The duration for `request` as the Service would run it; a request it refuses gets the minimum (the
     refusal comes before any GPU work)."""
     try:
-        if isinstance(request, XYZPlotRequest):  # its cells one after the other, validated once
-            plot = service.check_plot(request)
-            return gpu_seconds(plot_cost(plot.cells, service.catalog))
-        checked, _ = service.validate(request)
+        return checked_seconds(service, check(service, request))
     except InvalidRequest:
-        return MIN_SECONDS
-    return gpu_seconds(job_cost(checked, service.catalog))
-
-
-def values_seconds(service: Service, make_request: Callable[..., Request], values: tuple[Any, ...]) -> int:
-    """The duration for a UI handler's widget values (`make_request(*values)` is the tab's request)."""
-    try:
-        return seconds_for(service, make_request(*values))
-    except (InvalidRequest, TypeError, ValueError):
         return MIN_SECONDS
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from sd2_app import infotext_keys as keys
-from sd2_app.api.checks import Catalog, Limits, resolve_seed
+from sd2_app.api.checks import Catalog, Limits, flag, random_seed, resolve_seed
 from sd2_app.api.plot_axes import (
     AXES,
     AXIS_NAMES,
@@ -120,20 +120,25 @@ def check_plot(request: XYZPlotRequest, catalog: Catalog, limits: Limits,
     base = request.base
     if not isinstance(base, (Txt2ImgRequest, Img2ImgRequest)):
         raise InvalidRequest("An X/Y/Z plot runs a text-to-image or image-to-image request.")
+    keep = flag(request.no_fixed_seeds, "Keep -1 for seeds")
+    legend = flag(request.draw_legend, "Draw legend")
     used = _axes(request, styles)
     base, warnings = hires_for_axes(base, [axis.kind for _, axis in used])
     base = replace(base, sampling=replace(base.sampling, batch_size=1, use_karras=False))
     checked_base, base_warnings = validate_task(base, catalog, limits, priced=False)
     warnings += base_warnings
+    if keep:
+        checked_base = _random_seeds_kept(checked_base, request.base)
     checked_base = replace(checked_base, sampling=replace(checked_base.sampling,
                                                           use_karras=bool(request.base.sampling.use_karras)))
     if isinstance(checked_base, Img2ImgRequest):  # its image is fitted now; an unset size stays "the image's"
         checked_base = replace(checked_base, width=base.width, height=base.height)
-    axes = _checked_axes(used, checked_base, catalog, limits, styles)
+    axes = _checked_axes(used, checked_base, catalog, limits, styles, keep)
     extras = checked_base.seed_extras
-    if any(axis.kind == "variation_strength" for axis in axes.values()) and extras.variation_seed is None:
+    if any(axis.kind == "variation_strength" for axis in axes.values()) and extras.variation_seed is None and not keep:
         checked_base = replace(checked_base, seed_extras=replace(extras, variation_seed=resolve_seed(None)))
-    checked = XYZPlotRequest(base=checked_base, x=axes["X"], y=axes.get("Y"), z=axes.get("Z"))
+    checked = XYZPlotRequest(base=checked_base, x=axes["X"], y=axes.get("Y"), z=axes.get("Z"),
+                             no_fixed_seeds=keep, draw_legend=legend)
     planned, cell_warnings = plan_cells(checked, catalog, limits, styles)
     if "eta" in (axis.kind for axis in axes.values()) and not any(uses_eta(cell.request) for cell in planned):
         raise InvalidRequest(f"Eta changes only {', '.join(ETA_SAMPLERS)}, and no cell of this plot runs it; choose "
@@ -142,10 +147,22 @@ def check_plot(request: XYZPlotRequest, catalog: Catalog, limits: Limits,
     return CheckedPlot(checked, warnings + [w for w in cell_warnings if w not in warnings], planned)
 
 
+def _random_seeds_kept(checked: Txt2ImgRequest | Img2ImgRequest,
+                       asked: Txt2ImgRequest | Img2ImgRequest) -> Txt2ImgRequest | Img2ImgRequest:
+    """The checked base with the random seed and variation seed it was asked for (-1, None) random again
+    (A1111's "Keep -1 for seeds"): each cell's validation (`plan_cells`) then draws its own."""
+    if random_seed(asked.sampling.seed):
+        checked = replace(checked, sampling=replace(checked.sampling, seed=-1))
+    if random_seed(asked.seed_extras.variation_seed):
+        checked = replace(checked, seed_extras=replace(checked.seed_extras, variation_seed=None))
+    return checked
+
+
 def _checked_axes(used: list[tuple[str, PlotAxis]], base: Txt2ImgRequest | Img2ImgRequest, catalog: Catalog,
-                  limits: Limits, styles: StyleBook) -> dict[str, PlotAxis]:
+                  limits: Limits, styles: StyleBook, keep: bool = False) -> dict[str, PlotAxis]:
     """The axes in use with typed, checked values ({"X": axis, ...}); their cells within the cell limit.
-    `base` is the checked base: Prompt S/R and Prompt order look for their terms in its prompts."""
+    `base` is the checked base: Prompt S/R and Prompt order look for their terms in its prompts. A seed axis's -1
+    is drawn once per value, or stays -1 with `keep` (each cell draws its own: A1111's fix_axis_seeds)."""
     checkpoints = [key for key, tasks in catalog.tasks.items() if base.task in tasks]
     axes: dict[str, PlotAxis] = {}
     cells = 1
@@ -160,7 +177,7 @@ def _checked_axes(used: list[tuple[str, PlotAxis]], base: Txt2ImgRequest | Img2I
         values = read_samplers(kind, parse_values(axis, what, limits.max_plot_cells), catalog)
         check_choices(kind, values, what, catalog, checkpoints)
         if axis.kind in SEED_KINDS:
-            values = [resolve_seed(v, what) for v in values]
+            values = [-1 if keep and random_seed(v) else resolve_seed(v, what) for v in values]
         if axis.kind == "prompt_sr" and values[0] not in base.prompt + "\n" + base.negative_prompt:
             raise InvalidRequest(f"Prompt S/R did not find {shown(values[0])} in the prompt or the negative prompt.")
         if axis.kind == "prompt_order":
@@ -302,10 +319,11 @@ def grid_parameters(request: XYZPlotRequest, first_text: str) -> str:
     return format_parameters(request.base.prompt, request.base.negative_prompt, parsed)
 
 
-def run_plot(service: Service, request: XYZPlotRequest, on_progress: ProgressFn | None,
+def run_plot(service: Service, request: XYZPlotRequest | CheckedPlot, on_progress: ProgressFn | None,
              should_stop: Callable[[], bool] | None, on_cell: CellFn | None = None) -> Result:
-    """Validate, run every cell, draw one labelled grid per Z value; the Service's `Result` of it all."""
-    plot = service.check_plot(request)
+    """Validate (unless it comes checked), run every cell, draw one labelled grid per Z value; the Service's
+    `Result` of it all."""
+    plot = request if isinstance(request, CheckedPlot) else service.check_plot(request)
     checked, warnings, cells = plot.request, plot.warnings, plot.cells
     started = time.perf_counter()
     finished, timings, run_warnings, stopped = run_cells(service, cells, on_progress, should_stop, on_cell)
@@ -325,14 +343,19 @@ def run_plot(service: Service, request: XYZPlotRequest, on_progress: ProgressFn 
         x_labels = [c.labels[0] for c in group[:nx]]
         y_labels = [c.labels[1] for c in group[::nx]] if checked.y is not None else []
         title = group[0].labels[2] if checked.z is not None else None
-        grid = draw_grid(images, nx, ny, x_labels, y_labels, title)
+        if checked.draw_legend:
+            grid = draw_grid(images, nx, ny, x_labels, y_labels, title)
+        else:  # A1111's "Draw legend" off: the cells alone
+            grid = draw_grid(images, nx, ny, [])
         grids.append(attach_parameters(grid, grid_parameters(checked, first_text)))
         captions.append(f"Grid: {title}" if title else "Grid")
     order = sorted(finished)
     cell_images = [finished[i][0] for i in order]
     captions += [f"{cell_caption(cells[i])} · {finished[i][1]:.2f} s" for i in order]
     timings["total"] = time.perf_counter() - started
-    return Result(task="xyz_plot", request=checked, images=grids + cell_images, seed=checked.base.sampling.seed,
+    # a random seed kept random (`no_fixed_seeds`) reports the first finished cell's, as A1111's grid does
+    seed = checked.base.sampling.seed if checked.base.sampling.seed >= 0 else cells[order[0]].request.sampling.seed
+    return Result(task="xyz_plot", request=checked, images=grids + cell_images, seed=seed,
                   warnings=warnings, timings=timings, captions=captions,
                   cells=cell_rows(checked, cells, finished), stopped=stopped)
 

@@ -215,6 +215,10 @@ OUTPAINT_FILLS = {  # how outpainting pre-fills the added strips: key -> what th
     "blur": "blurred",  # the edge extension heavily blurred: a smooth field of the border's colours
     "solid": "solid colour",  # the image's mean colour
 }
+OUTPAINT_MARGIN = 128
+"""Pixels a side is extended by when the caller leaves it out (the Outpaint tab's sliders start there): the
+default of A1111's outpainting scripts (scripts/outpainting_mk_2.py and poor_mans_outpainting.py, "Pixels to
+expand" 128 on every side). A side to keep as it is takes 0."""
 
 
 @dataclass(frozen=True)
@@ -227,10 +231,10 @@ class OutpaintRequest:
     image: Image.Image
     negative_prompt: str = ""
     checkpoint: str = TASKS["outpaint"].checkpoint
-    left: int = 0  # pixels added on each side (multiples of 8)
-    right: int = 0
-    up: int = 0
-    down: int = 0
+    left: int = OUTPAINT_MARGIN  # pixels added on each side (multiples of 8; 0 keeps that side)
+    right: int = OUTPAINT_MARGIN
+    up: int = OUTPAINT_MARGIN
+    down: int = OUTPAINT_MARGIN
     fill: str = "edge"  # how the new area starts: a key of OUTPAINT_FILLS
     mask_blur: int = 8  # pixels of feathering from the seam into the new area
     strength: float = _strength("outpaint")  # below 1 the fill is the starting image of the new area
@@ -256,6 +260,10 @@ class XYZPlotRequest:
 
     The base is a text-to-image request, or an image-to-image one when an init image is given. Every cell
     uses the base's seed unless seed is an axis; X varies along a row, Y down a column, one grid per Z value.
+    A1111's two options of the script (scripts/xyz_grid.py, `no_fixed_seeds` and `draw_legend`):
+    `no_fixed_seeds` ("Keep -1 for seeds") keeps a random seed (-1) random in each cell, where otherwise it is
+    drawn once for the whole plot (a -1 on a seed axis once per value); `draw_legend` off draws the grids without
+    their axis labels and titles.
     """
 
     task: ClassVar[str] = "xyz_plot"
@@ -264,6 +272,8 @@ class XYZPlotRequest:
     x: PlotAxis
     y: PlotAxis | None = None
     z: PlotAxis | None = None
+    no_fixed_seeds: bool = False
+    draw_legend: bool = True
 
     @property
     def checkpoint(self) -> str:

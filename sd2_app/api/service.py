@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from PIL import Image
 
+from sd2_app.api.checked import Checked, check
 from sd2_app.api.checks import Catalog, Limits, catalog_of
 from sd2_app.api.gate import GpuGate
 from sd2_app.api.hires_x4 import run_hires_x4
@@ -29,7 +30,7 @@ from sd2_app.api.progress import PreviewFn, latent_preview, placed, step_callbac
 from sd2_app.api.prompt_tools import PromptTools
 from sd2_app.api.requests import X4_UPSCALER, Request, TaskRequest, XYZPlotRequest
 from sd2_app.api.results import Backend, HistoryEntry, ProgressFn, Result  # noqa: F401  # Backend: re-exported
-from sd2_app.api.timing import log_split, timed
+from sd2_app.api.timing import log_split
 from sd2_app.api.tasks import pipeline_of
 from sd2_app.api.validation import validate
 from sd2_app.checkpoints.allowlist import allowed_repos as env_allowed_repos, custom_specs
@@ -241,27 +242,28 @@ class Service:
 
     def run(
         self,
-        request: Request,
+        request: Request | Checked,
         on_progress: ProgressFn | None = None,
         should_stop: Callable[[], bool] | None = None,
         *,
         owner: str | None = None,
         timings: dict[str, float] | None = None,
     ) -> Result:
-        """Validate, run and keep one request. Raises `InvalidRequest` or `Cancelled`.
+        """Validate, run and keep one request (a `Checked` one is not validated again). Raises `InvalidRequest`
+        or `Cancelled`.
 
         `owner` (the UI's session id) tags the history entry, so a public app shows each visitor their own.
         `timings`: a caller's dict of its own phases ("queue"), then it logs the split; None: logged here.
         """
-        if isinstance(request, XYZPlotRequest):
+        if isinstance(request, XYZPlotRequest) or (isinstance(request, Checked) and request.plot is not None):
             return self.plot(request, on_progress, should_stop, owner=owner, timings=timings)
         phases: dict[str, float] = {} if timings is None else timings
-        with timed(phases, "validate"):
-            checked, warnings = self.validate(request)
+        checked = request if isinstance(request, Checked) else check(self, request)
+        phases["validate"] = checked.seconds
         if should_stop is not None and should_stop():
             raise Cancelled
-        result = self.execute(checked, on_progress, should_stop)
-        result.warnings[:0] = [w for w in warnings if w not in result.warnings]
+        result = self.execute(checked.request, on_progress, should_stop)
+        result.warnings[:0] = [w for w in checked.warnings if w not in result.warnings]
         return self._keep(result, phases, owner, log_here=timings is None)
 
     def _keep(self, result: Result, phases: dict[str, float], owner: str | None, *, log_here: bool) -> Result:
@@ -321,7 +323,7 @@ class Service:
 
     def plot(
         self,
-        request: XYZPlotRequest,
+        request: XYZPlotRequest | Checked,
         on_progress: ProgressFn | None = None,
         should_stop: Callable[[], bool] | None = None,
         *,
@@ -332,7 +334,9 @@ class Service:
         """An X/Y/Z plot (sd2_app.api.plot): grids first, then each finished cell; `on_cell(cell, image,
         seconds)` as each cell finishes. Stop returns the finished cells (`stopped`); none finished: Cancelled.
         `timings` as in `run`."""
-        result = run_plot(self, request, on_progress, should_stop, on_cell)
+        plot = request.plot if isinstance(request, Checked) else request  # a Checked plot is not checked again
+        assert plot is not None, "a Checked plot carries its cells"
+        result = run_plot(self, plot, on_progress, should_stop, on_cell)
         return self._keep(result, {} if timings is None else timings, owner, log_here=timings is None)
 
     # ---- keeping results (sd2_app.api.keeper) ------------------------------------------------------

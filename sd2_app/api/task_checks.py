@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sd2_app.api.checks import MIN_SIDE, Catalog, Limits, check_sampler_names, clean_text, flag, integer, number, resolve_seed
+from sd2_app.api.checks import (MIN_SIDE, Catalog, Limits, check_sampler_names, clean_text, flag, integer, number,
+                                resolve_seed, to_multiple_of_8)
 from sd2_app.api.cost import check_job_cost, job_cost
 from sd2_app.api.image_inputs import check_size, checked_image, decoded, fit_inside, to_depth, to_mask
 from sd2_app.api.requests import (
@@ -83,10 +84,19 @@ def _checkpoint(key: Any, task: str, catalog: Catalog) -> str:
 
 def _side(value: Any, what: str, limits: Limits, warnings: list[str]) -> int:
     side = integer(value, what, MIN_SIDE, limits.max_side)
-    rounded = max(MIN_SIDE, min(limits.max_side - limits.max_side % 8, int(side / 8 + 0.5) * 8))  # halves round up
+    rounded = max(MIN_SIDE, min(limits.max_side - limits.max_side % 8, to_multiple_of_8(side)))
     if rounded != side:
         warnings.append(f"{what} {side} was rounded to {rounded} (a multiple of 8).")
     return rounded
+
+
+def img2img_size(width: Any, height: Any, image_size: tuple[int, int], limits: Limits,
+                 warnings: list[str]) -> tuple[int, int]:
+    """The size an image-to-image run makes of an image of `image_size` asked for `width` x `height` (one of them
+    may be None: that side is the image's): each side rounded to a multiple of 8, with a warning where that
+    changed a given side. The Image to image tab resizes in its resize mode to this size, so it is one rule."""
+    return (_side(_given_or_image_side(width, image_size[0], "Width", limits), "Width", limits, warnings),
+            _side(_given_or_image_side(height, image_size[1], "Height", limits), "Height", limits, warnings))
 
 
 def _given_or_image_side(value: Any, image_side: int, what: str, limits: Limits) -> Any:
@@ -200,9 +210,7 @@ def _img2img_fields(
     steps = common["sampling"].steps
     image = checked_image(request.image, "an init image", limits.max_input_pixels)
     if request.width is not None or request.height is not None:
-        width = _side(_given_or_image_side(request.width, image.width, "Width", limits), "Width", limits, warnings)
-        height = _side(_given_or_image_side(request.height, image.height, "Height", limits), "Height", limits,
-                       warnings)
+        width, height = img2img_size(request.width, request.height, image.size, limits, warnings)
         image = image.resize((width, height), Image.Resampling.LANCZOS) if image.size != (width, height) else image
     else:
         image = fit_inside(image, limits.max_side, warnings)

@@ -16,9 +16,11 @@ from sd2_app.prompt_styles import StyleBook, with_styles_read
 from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
 from sd2_app.ui.hosting import Hosting, Visitors
 from sd2_app.ui.lifecycle import AppBlocks
+from sd2_app.ui.result_panel import ResultPanel
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.sending import (  # noqa: F401  # clamp_to, sampler_fields: also imported from here
-    SendTarget, clamp_to, picked_history_image, sampler_fields, unreproduced, wire_history_send, wire_send)
+    SendTarget, clamp_to, picked_image_parameters, sampler_fields, unreproduced, wire_history_send,
+    wire_parameters_send, wire_send)
 from sd2_app.ui.txt2img_extras import from_parameters
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 STATIC = Path(__file__).resolve().parent / "static"
 TITLE = "Stable Diffusion 2"
+NO_PLOT_YET = "Make a plot first."  # an X/Y/Z "Send to" with no grid or cell to send
 
 
 def _examples(assets: Path) -> dict[str, list[list[str]]]:
@@ -73,7 +76,7 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
             with gr.Tab("Depth to image", id="depth"):
                 dep = depth.build(service, flags, examples["depth"])
             with gr.Tab("X/Y/Z plot", id="xyz"):
-                xyz_plot.build(service, flags)
+                plot = xyz_plot.build(service, flags)
             with gr.Tab("Models", id="models") as models_tab:
                 refresh_models, models_outputs = models.build(service, admin=hosting.model_admin)
             with gr.Tab("History", id="history") as history_tab:
@@ -94,7 +97,9 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
                           api_visibility="private", queue=False)
         _wire_history_tab(history_tab, past)
         wire_history_send(service, past, tabs, targets)
-        _wire_reuse(service, t2i, tabs, png_send, png_fields, past)
+        plot_sends = {target: button for target, button in plot.send_buttons.items() if target in targets}
+        wire_parameters_send(service, plot_sends, plot.gallery, plot.selected, tabs, targets, "xyz", NO_PLOT_YET)
+        _wire_reuse(service, t2i, tabs, png_send, png_fields, past, plot)
         # Gradio 6 takes style sheets and scripts only at launch(); the page script adds ours on load instead, so
         # every launcher (app.py, Spaces, the tests) gets them.
         css = json.dumps((STATIC / "app.css").read_text(encoding="utf-8") + models.table_css() + history.phone_css())
@@ -111,13 +116,17 @@ def _wire_history_tab(history_tab: gr.Tab, past: history.HistoryView) -> None:
 
 
 def _wire_reuse(service: Service, t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, png_send: gr.Button,
-                png_fields: gr.JSON, past: history.HistoryView) -> None:
-    """PNG info's "Send to text to image" and History's "Reuse its settings" fill text to image."""
+                png_fields: gr.JSON, past: history.HistoryView, plot: ResultPanel) -> None:
+    """PNG info's "Send to text to image", History's "Reuse its settings" and the X/Y/Z plot's "Send to text to
+    image" (the picked grid's or cell's own settings) fill text to image."""
     to_txt2img, txt2img_fields = _png_to_txt2img(t2i, tabs, service.registry, service.styles)
     png_send.click(to_txt2img, png_fields, txt2img_fields, api_name="png_info_send", api_visibility="private")
-    past.reuse.click(lambda gallery, index: to_txt2img(picked_history_image(service, gallery, index)[1]),
+    past.reuse.click(lambda gallery, index: to_txt2img(picked_image_parameters(service, gallery, index)[1]),
                      [past.gallery, past.selected], txt2img_fields, api_name="history_reuse",
                      api_visibility="private")
+    plot.send_buttons["txt2img"].click(
+        lambda gallery, index: to_txt2img(picked_image_parameters(service, gallery, index, NO_PLOT_YET)[1]),
+        [plot.gallery, plot.selected], txt2img_fields, api_name="xyz_send_to_txt2img", api_visibility="private")
 
 
 def _png_to_txt2img(

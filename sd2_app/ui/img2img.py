@@ -9,8 +9,10 @@ import gradio as gr
 from PIL import Image
 
 from sd2_app.api.checks import MIN_SIDE
+from sd2_app.api.task_checks import img2img_size
 from sd2_app.api.requests import Img2ImgRequest
 from sd2_app.api.tasks import TASKS
+from sd2_app.errors import InvalidRequest
 from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import SAMPLING_NAMES, checkpoint_dropdown, to_sampling
 from sd2_app.ui.resize import RESIZE_MODES, fitted_size, resize_to
@@ -90,30 +92,26 @@ def _wire_default_size(service: Service, image: gr.Image, checkpoint: gr.Dropdow
 
 
 def shaped(limits: Limits, picture: Any, w: Any, h: Any, mode: Any) -> Any:
-    """The init image in the resize mode; left as it is (for the service to judge) when the image, size or
-    mode is out of bounds, so nothing huge is decoded or allocated here."""
+    """The init image in the resize mode at the size the service runs (`task_checks.img2img_size`: an empty box is
+    the image's side, sides rounded to multiples of 8, halves up); left as it is (for the service to refuse in its
+    words) when the image, a size or the mode is out of bounds, so nothing huge is decoded or allocated here."""
     if not (isinstance(picture, Image.Image) and picture.width * picture.height <= limits.max_input_pixels
-            and all(isinstance(v, (int, float)) and MIN_SIDE <= v <= limits.max_side for v in (w, h))
             and mode in RESIZE_MODES):
         return picture
-    return resize_to(picture, int(w) // 8 * 8, int(h) // 8 * 8, mode)
-
-
-def _image_side(limits: Limits, typed: Any, side: int) -> Any:
-    """A size box's value, or the image's `side` where the box is empty; left empty where that side is out of
-    range, for the service to refuse in words that name the image's side (`task_checks._given_or_image_side`)."""
-    return typed if typed is not None or not MIN_SIDE <= side <= limits.max_side else side
+    try:
+        size = img2img_size(w, h, picture.size, limits, [])
+    except InvalidRequest:
+        return picture
+    return resize_to(picture, *size, mode)
 
 
 def make_request(limits: Limits, picture: Any, key: str, text: str, negative_text: str, amount: float, w: Any,
                  h: Any, mode: Any, *rest: Any) -> Img2ImgRequest:
     """Widget values (in the order of the API's parameter names) -> the request. Without a size (API callers
-    may leave it out) the output keeps the image's size; with one side, the other side is the image's (as the
-    service reads a request with one side), so the resize mode still applies."""
+    may leave it out) the output keeps the image's size; with one or both, the image is resized in the resize
+    mode to the size the service runs (an empty box: that side of the image)."""
     n_sampling = len(SAMPLING_NAMES)
-    if isinstance(picture, Image.Image) and (w is None) != (h is None):  # one box cleared: that side the image's
-        w, h = _image_side(limits, w, picture.width), _image_side(limits, h, picture.height)
-    sized = w is not None and h is not None
+    sized = w is not None or h is not None
     image = shaped(limits, picture, w, h, mode or RESIZE_MODES[0]) if sized else picture
     return Img2ImgRequest(prompt=text, image=image, negative_prompt=negative_text, checkpoint=key, strength=amount,
                           width=w, height=h,  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import SAMPLING_NAMES, SamplingControls, to_sampling
 from sd2_app.ui.runner import StopFlags, shown_aux
 from sd2_app.ui.tab_frame import TabFrame
-from sd2_app.ui.uploads import check_on_upload, editor_file_check, guard_editor, upload_image
+from sd2_app.ui.uploads import check_on_upload, file_check, guard_editor, upload_image
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Result, Service
@@ -75,9 +75,9 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Inpa
             eraser=gr.Eraser(default_size="auto"),
             height=420,
             elem_id="inpaint-editor",
-            elem_classes=["checked-editor"],  # a file the page cannot open is said (`editor_file_check`)
+            elem_classes=["checked-editor"],  # a file the page cannot open is said (`file_check`)
         ), service.limits.max_input_pixels)
-        editor_file_check(editor)
+        file_check(editor)
         with gr.Accordion("Or upload a mask image (white = repaint)", open=False):
             mask_upload = upload_image(label="Mask", type="pil", image_mode=None, sources=["upload"], height=200,
                                        elem_id="inpaint-mask")

@@ -24,7 +24,8 @@ import gradio as gr
 from PIL import Image
 
 from sd2_app.api import requests as rq
-from sd2_app.api.gpu_time import gpu, seconds_for
+from sd2_app.api.checked import check
+from sd2_app.api.gpu_time import checked_seconds, gpu
 from sd2_app.api.keeper import unlisted
 from sd2_app.api.tasks import TASKS
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
@@ -42,10 +43,11 @@ NOT_A_TOOL = "ui"  # any `_mcp_type` other than "tool", "resource" or "prompt" h
 
 
 def _run(service: Service, request: TaskRequest) -> str | Image.Image:
-    # ZeroGPU: the GPU only inside spaces.GPU, for the time this job needs
-    run = gpu(duration=lambda request, *args, **kwargs: seconds_for(service, request))(service.run)
+    # ZeroGPU: the GPU only inside spaces.GPU, for the time this job needs; checked once, before the GPU call
+    # (sd2_app/api/checked.py)
+    run = gpu(duration=lambda checked, *args, **kwargs: checked_seconds(service, checked))(service.run)
     try:
-        result = run(request, owner=MCP_OWNER)
+        result = run(check(service, request), owner=MCP_OWNER)
     except (InvalidRequest, Cancelled) as error:
         raise gr.Error(str(error) or "Stopped.", print_exception=False) from error
     except LoadError as error:

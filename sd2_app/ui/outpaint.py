@@ -33,7 +33,7 @@ def build(service: Service, flags: StopFlags) -> ImageTab:
         margins = []
         for pair in (SIDES[:2], SIDES[2:]):
             with gr.Row():
-                margins += [gr.Slider(0, service.limits.max_side - 64, 0, step=8, label=f"Extend {side} (px)",
+                margins += [gr.Slider(0, service.limits.max_side - 64, getattr(OutpaintRequest, side), step=8, label=f"Extend {side} (px)",
                                       elem_id=f"outpaint-{side}") for side in pair]
         with gr.Row():
             fill = gr.Radio([(label, key) for key, label in OUTPAINT_FILLS.items()], value="edge",

@@ -11,7 +11,7 @@ import math
 
 from PIL import Image
 
-from sd2_app.api.checks import MIN_SIDE
+from sd2_app.api.checks import MIN_SIDE, to_multiple_of_8
 
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")
 
@@ -21,7 +21,7 @@ def fitted_size(width: int, height: int, native: int, max_side: int) -> tuple[in
     scale = math.sqrt(native * native / (width * height))
     w, h = width * scale, height * scale
     shrink = min(1.0, max_side / max(w, h))
-    return max(MIN_SIDE, round(w * shrink / 8) * 8), max(MIN_SIDE, round(h * shrink / 8) * 8)
+    return max(MIN_SIDE, to_multiple_of_8(w * shrink)), max(MIN_SIDE, to_multiple_of_8(h * shrink))
 
 
 def resize_to(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TYPE_CHECKING
 
@@ -12,19 +13,23 @@ import gradio as gr
 from gradio.events import Dependency
 from PIL import Image
 
+from sd2_app.api.checked import Checked, check
+from sd2_app.api.gpu_time import checked_seconds, gpu
 from sd2_app.api.requests import Request
-from sd2_app.api.gpu_time import gpu, values_seconds
+from sd2_app.errors import InvalidRequest
 from sd2_app.prompt_styles import StyleBook
 from sd2_app.ui.hosting import stop_flag_of
 from sd2_app.ui.layout import GENERATE, RUNNING
 from sd2_app.ui.raw_values import server_checked
 from sd2_app.ui.result_panel import ResultPanel, describe, gallery_columns
-from sd2_app.ui.run_stream import stream_result
+from sd2_app.ui.run_stream import refuse, stream_result
 from sd2_app.ui.run_views import RequestView, RunView
 from sd2_app.ui.runner import GPU_QUEUE, Finish, StopFlags, stopped_message
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Result, Service
+
+log = logging.getLogger(__name__)
 
 NOTHING_TO_STOP = "Nothing to stop."  # Stop from a visitor with no job, running or queued
 QUEUED = "Queued…"  # the info line from Generate until the run starts
@@ -94,17 +99,24 @@ def _generate_handler(
     view: Callable[[], RunView],
 ) -> Callable[..., Iterator[tuple]]:
     """The Generate event's function: widget values in (named after the request fields), `stream_result`'s yields
-    out."""
+    out. The request is built from the values and checked once, before the GPU call (`on_gpu`): ZeroGPU prices the
+    call from that checked request, and the run runs it as it is (sd2_app/api/checked.py)."""
 
-    # ZeroGPU: each call asks for the GPU time its own job needs (widget values -> request -> cost)
-    @gpu(duration=lambda request, *values: values_seconds(service, make_request, tuple(values[:-1])))
+    # ZeroGPU: each call asks for the GPU time its own job needs (sd2_app/api/gpu_time.py)
+    @gpu(duration=lambda request, checked, progress: checked_seconds(service, checked))
+    def on_gpu(request: gr.Request, checked: Checked, progress: gr.Progress) -> Iterator[tuple]:
+        yield from stream_result(service, flags, checked, flags.visitor(request), progress, finish, n_outputs,
+                                 queued_flag=stop_flag_of(request), view=view())
+
     def handler(request: gr.Request, *values: Any) -> Iterator[tuple]:
         # Gradio passes (request, *widget values, progress tracker) by position: see the signature below.
         *widget_values, progress = values
-        yield from stream_result(
-            service, flags, lambda: make_request(*widget_values), flags.visitor(request), progress, finish,
-            n_outputs, queued_flag=stop_flag_of(request), view=view(),
-        )
+        try:
+            checked = check(service, make_request(*widget_values))
+        except InvalidRequest as error:  # refused before any GPU time is asked for
+            log.info("refused a request: %s", error)
+            return (yield from refuse(str(error), n_outputs))
+        yield from on_gpu(request, checked, progress)
 
     # Name the API parameters after the request fields (gradio_client users call `prompt=...`, not `param_1=...`).
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD

@@ -1,19 +1,19 @@
-"""The body of every Generate handler (`stream_result`): the request from the widget values, the service's
-progress streamed (bar with the step count, live preview every few steps, the run's place while it waits at the
-GPU gate) and the result, or the message of a run that cannot go on (`refuse`).
+"""The body of every Generate handler (`stream_result`): the run of the request `run_events` built from the widget
+values and checked, the service's progress streamed (bar with the step count, live preview every few steps, the
+run's place while it waits at the GPU gate) and the result, or the message of a run that cannot go on (`refuse`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import gradio as gr
 from PIL import Image
 
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
-from sd2_app.api.requests import Request
+from sd2_app.api.checked import Checked
 from sd2_app.ui.result_panel import warning_text
 from sd2_app.ui.run_views import RequestView, RunView
 from sd2_app.ui.runner import (Finish, QueuePlace, RunFlag, StopFlags, deliver, shown_preview, stopped_message, stream,
@@ -45,7 +45,7 @@ def refuse(message: str, n_outputs: int) -> Iterator[tuple]:
 def stream_result(
     service: Service,
     flags: StopFlags,
-    request_fn: Callable[[], Request],
+    checked: Checked,
     session: str,
     progress: gr.Progress,
     finish: Finish,
@@ -53,7 +53,8 @@ def stream_result(
     queued_flag: RunFlag | None = None,
     view: RunView | None = None,
 ) -> Iterator[tuple]:
-    """The body of every Generate handler: yields (preview, status) updates, then the finished outputs.
+    """The body of every Generate handler, for its `checked` request: yields (preview, status) updates, then the
+    finished outputs.
 
     Outputs are always (preview, gallery, info, last_seed, selected, *extras); `finish(result, shown)` fills
     gallery onward. `queued_flag` is the stop flag the job got when it joined the queue: when Stop set it while the
@@ -61,14 +62,9 @@ def stream_result(
     shows (`run_views`; None: `RequestView`, one request).
     """
     view = view if view is not None else RequestView()
-    try:
-        request = request_fn()
-    except InvalidRequest as error:
-        log.info("refused a request: %s", error)
-        return (yield from refuse(str(error), n_outputs))
     flag = flags.arm(session, queued_flag)
     # The job starts now, not after this update; with no news for a while it may be waiting at the GPU gate.
-    run = stream(view.call(service, request, session, flag), flag, flags.threads, idle_s=view.idle_s)
+    run = stream(view.call(service, checked, session, flag), flag, flags.threads, idle_s=view.idle_s)
     progress(0, desc="Loading the model…")
     keep = (gr.skip(),) * (n_outputs - 3)
     place = QueuePlace(STARTING)
@@ -95,7 +91,7 @@ def stream_result(
         yield from refuse(user_message(error), n_outputs)
     except LoadError as error:
         log.warning("load failed: %s", error)  # the detail (folders, repo ids) stays in the server log
-        checkpoint = getattr(getattr(request, "base", request), "checkpoint", None)
+        checkpoint = getattr(getattr(checked.request, "base", checked.request), "checkpoint", None)
         yield from refuse(load_failed_message(service, checkpoint), n_outputs)
     finally:
         flags.release(session, flag)

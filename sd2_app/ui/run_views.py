@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sd2_app.api.requests import Request
+from sd2_app.api.checked import Checked
 from sd2_app.ui.runner import WAIT_POLL_S, RunFlag, timed_call
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ class RunView(Protocol):
     # Seconds without news after which the run looks up its place at the GPU gate; None: it never does.
     idle_s: float | None
 
-    def call(self, service: Service, request: Request, session: str, flag: RunFlag) -> Callable[..., Result]:
+    def call(self, service: Service, request: Checked, session: str, flag: RunFlag) -> Callable[..., Result]:
         """The job, as `runner.stream` calls it; made when the run starts (its timings begin with the queue)."""
         ...
 
@@ -41,7 +41,7 @@ class RequestView:
 
     idle_s = WAIT_POLL_S
 
-    def call(self, service: Service, request: Request, session: str, flag: RunFlag) -> Callable[..., Result]:
+    def call(self, service: Service, request: Checked, session: str, flag: RunFlag) -> Callable[..., Result]:
         return timed_call(service.run, request, session, flag)
 
     def new_gallery(self) -> None:

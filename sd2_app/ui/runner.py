@@ -28,7 +28,7 @@ from PIL import Image
 from sd2_app.api.keeper import png_sha256
 from sd2_app.api.outputs import fast_png
 from sd2_app.api.progress import enlarged
-from sd2_app.api.requests import Request
+from sd2_app.api.checked import Checked
 from sd2_app.api.results import HistoryEntry
 from sd2_app.api.service import ProgressFn, Result
 from sd2_app.api.timing import log_split, timed
@@ -290,7 +290,7 @@ def cached_file(data: bytes, name: str, sha256: str | None = None) -> str:
     return str(path)
 
 
-def timed_call(run: Callable[..., Result], request: Request, owner: str, flag: RunFlag,
+def timed_call(run: Callable[..., Result], request: Checked, owner: str, flag: RunFlag,
                **options: Any) -> Callable[..., Result]:
     """`run(request, ...)` (`Service.run`, or `Service.plot` with its `on_cell` in `options`) as `stream` calls it;
     its timings start with the job's wait in the queue."""

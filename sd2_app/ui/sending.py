@@ -85,10 +85,12 @@ def _into_editor(sent: Dependency, into: SendTarget, name: str) -> None:
         lambda: None, None, into.image, api_name=name, api_visibility="private", queue=False, show_progress="hidden")
 
 
-def picked_history_image(service: Service, gallery: Any, index: Any) -> tuple[Image.Image, dict[str, Any]]:
-    """The History image picked (or the newest) and the settings parsed from its PNG text."""
+def picked_image_parameters(service: Service, gallery: Any, index: Any,
+                            empty: str = "There is nothing in History yet.") -> tuple[Image.Image, dict[str, Any]]:
+    """The gallery image picked (or the first) and the settings parsed from its PNG text; `empty` is said when
+    the gallery has none."""
     if not gallery:
-        raise gr.Error("There is nothing in History yet.", print_exception=False)
+        raise gr.Error(empty, print_exception=False)
     image = selected_image(gallery, index)
     return image, service.read_parameters(image)[1]
 
@@ -103,14 +105,23 @@ def sampling_values(parsed: dict[str, Any], dest: SamplingControls) -> tuple:
 
 
 def wire_history_send(service: Service, view: HistoryView, tabs: gr.Tabs, targets: dict[str, SendTarget]) -> None:
-    """History's "Send to X": the picked image with the prompts and settings it was made with. Where X has the
+    """History's "Send to X": the picked image with the prompts and settings it was made with."""
+    wire_parameters_send(service, view.send_buttons, view.gallery, view.selected, tabs, targets, "history")
+
+
+def wire_parameters_send(service: Service, buttons: dict[str, gr.Button], gallery: gr.Gallery, selected: gr.State,
+                         tabs: gr.Tabs, targets: dict[str, SendTarget], prefix: str,
+                         empty: str = "There is nothing in History yet.") -> None:
+    """"Send to X" of a gallery whose images carry their own settings (History; the X/Y/Z plot's cells, each
+    with its own infotext): the picked image with the prompts and settings its PNG text names. Where X has the
     Styles picker, the host's styles found in the prompts are picked and the prompts keep the rest, as PNG info's
-    send does (`sd2_app.prompt_styles.with_styles_read`); where none is found, none stays picked."""
-    for target, button in view.send_buttons.items():
+    send does (`sd2_app.prompt_styles.with_styles_read`); where none is found, none stays picked. `empty`: what is
+    said when the gallery has no image."""
+    for target, button in buttons.items():
         into = targets[target]
 
-        def send(gallery: Any, index: Any, target: str = target, into: SendTarget = into) -> tuple:
-            image, parsed = picked_history_image(service, gallery, index)
+        def send(images: Any, index: Any, target: str = target, into: SendTarget = into) -> tuple:
+            image, parsed = picked_image_parameters(service, images, index, empty)
             if into.styles is not None:
                 parsed = with_styles_read(parsed, service.styles)
             values = (image, parsed.get(keys.PROMPT, ""), parsed.get(keys.NEGATIVE_PROMPT, ""), gr.Tabs(selected=target))
@@ -123,9 +134,9 @@ def wire_history_send(service: Service, view: HistoryView, tabs: gr.Tabs, target
             outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed]
         if into.styles is not None:
             outputs.append(into.styles)
-        sent = button.click(send, [view.gallery, view.selected], outputs, api_name=f"history_send_to_{target}",
+        sent = button.click(send, [gallery, selected], outputs, api_name=f"{prefix}_send_to_{target}",
                             api_visibility="private")
-        _into_editor(sent, into, f"history_sent_to_{target}")
+        _into_editor(sent, into, f"{prefix}_sent_to_{target}")
 
 
 def sampler_fields(parsed: dict[str, Any], names: list[str]) -> tuple[str | None, bool]:

@@ -147,8 +147,18 @@ def guard_image(image: gr.Image) -> gr.Image:
 
 
 def upload_image(**kwargs: Any) -> gr.Image:
-    """`gr.Image(**kwargs)` that accepts only PNG, JPEG and WebP, with readable errors."""
-    return guard_image(gr.Image(**kwargs))
+    """`gr.Image(**kwargs)` that accepts only PNG, JPEG and WebP, with readable errors.
+
+    A box with a clipboard source gets the class "checked-paste" and a checker (`file_check`): its Paste button
+    ignores a clipboard without an image, without a word, and Gradio takes the box's own file input away while
+    the clipboard is its source; the page script passes what the clipboard held to the checker, which says why."""
+    pasted = "clipboard" in (kwargs.get("sources") or ())
+    if pasted:
+        kwargs["elem_classes"] = [*(kwargs.get("elem_classes") or []), "checked-paste"]
+    image = guard_image(gr.Image(**kwargs))
+    if pasted:
+        file_check(image)
+    return image
 
 
 def _editor_parts(editor: gr.ImageEditor, payload: Any) -> tuple[list[Any], list[Any]]:
@@ -181,16 +191,18 @@ def guard_editor(editor: EditorT, max_pixels: int, max_layers: int = MAX_EDITOR_
     return guard_blobs(editor)
 
 
-def editor_file_check(editor: gr.ImageEditor) -> gr.Image:
-    """A hidden image box (`<editor id>-check`) that says why the page could not open a file put into `editor`.
+def file_check(box: gr.Image | gr.ImageEditor) -> gr.Image:
+    """A hidden image box (`<box id>-check`) that says why the page could not put a file into `box`.
 
     Gradio's image editor opens an upload in the page; a file the browser cannot decode leaves it blank, with
-    nothing sent and nothing said. The page script (static/app.js) passes such a file to this box, whose upload is
-    refused by `upload_image`'s check, in the words every other image box uses. The editor needs the class
-    "checked-editor"; the box is made where this is called."""
+    nothing sent and nothing said. A Paste button (the editor's or an image box's) ignores a clipboard without
+    an image, as silently. The page script (static/app.js) passes such a file to this box, whose upload is
+    refused by `upload_image`'s check, in the words every other image box uses. An editor needs the class
+    "checked-editor" (uploads, drops and pastes are checked), an image box "checked-paste" (pastes only: its own
+    upload check reads the rest); the box is made where this is called."""
     checker = upload_image(type="filepath", sources=["upload"], visible="hidden", show_label=False,
-                           elem_id=f"{editor.elem_id}-check")
-    name = f"{editor.elem_id}_check".replace("-", "_")
+                           elem_id=f"{box.elem_id}-check")
+    name = f"{box.elem_id}_check".replace("-", "_")
     # Reaching the function means the file was readable after all (the browser had failed to decode it only).
     checked = checker.upload(lambda path: None, checker, None, api_name=f"{name}_file", api_visibility="private",
                              show_progress="hidden")

@@ -25,13 +25,15 @@ from PIL import Image
 
 from sd2_app.api.plot import HIRES_NEEDS_TEXT, cell_caption, write_tables
 from sd2_app.api.plot_axes import AXES, AXIS_NAMES
-from sd2_app.api.requests import HIRES_UPSCALERS, Img2ImgRequest, PlotAxis, Request, Txt2ImgRequest, XYZPlotRequest
+from sd2_app.api.checked import Checked
+from sd2_app.api.requests import HIRES_UPSCALERS, Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.api.tasks import PLOT_SAMPLERS, TASKS
 from sd2_app.errors import InvalidRequest
+from sd2_app.pipelines.metadata import encode_png
 from sd2_app.ui.result_panel import ResultPanel
 from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import EXAMPLE_PROMPTS, SAMPLING_NAMES, to_sampling
-from sd2_app.ui.runner import WAIT_POLL_S, RunFlag, StopFlags, fast_png_file, timed_call
+from sd2_app.ui.runner import WAIT_POLL_S, RunFlag, StopFlags, cached_file, timed_call
 from sd2_app.ui.tab_frame import TabFrame
 from sd2_app.ui.txt2img_extras import HIRES_NAMES, HiresControls, build_hires, request_fields, wire_hires_size
 from sd2_app.ui.uploads import upload_image
@@ -48,6 +50,8 @@ HINTS = {"prompt_sr": "the first value is searched in the prompt: cat, dog, tige
          "variation_strength": "0, 0.25, 0.5 or 0-1 [5]", "eta": "0, 0.5, 1 (DDIM only)",
          "hires_steps": "10, 20 or 0 (= Steps); turns the hires fix on"}
 TABLES_DIR = Path(tempfile.gettempdir()) / "sd2-app-plots"
+# "Send to" a grid or cell: its image with the settings of its own PNG text (blocks.py wires them)
+SEND_TO = (("txt2img", "text to image"), ("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
 
 
 @dataclass
@@ -116,6 +120,8 @@ def make_request(key: str, text: str, negative_text: str, *values: Any) -> XYZPl
     sampling = to_sampling(*values[9:end], 1)
     width, height, image, strength = values[end : end + 4]
     hires = request_fields(*values[end + 4 : end + 4 + len(HIRES_NAMES)])["hires"]
+    legend, keep = values[end + 4 + len(HIRES_NAMES):] or (None, None)
+    options = {"draw_legend": True if legend is None else legend, "no_fixed_seeds": False if keep is None else keep}
     common = {"prompt": text, "negative_prompt": negative_text, "checkpoint": key, "sampling": sampling}
     if image is not None:
         if hires is not None:
@@ -125,7 +131,7 @@ def make_request(key: str, text: str, negative_text: str, *values: Any) -> XYZPl
         base = Txt2ImgRequest(width=width, height=height, hires=hires, **common)
     if axes[0] is None:
         raise InvalidRequest("Choose what the X axis varies.")
-    return XYZPlotRequest(base=base, x=axes[0], y=axes[1], z=axes[2])
+    return XYZPlotRequest(base=base, x=axes[0], y=axes[1], z=axes[2], **options)  # the options: checked there
 
 
 def _tables(result: Result) -> list[str]:
@@ -143,7 +149,7 @@ class PlotView:
         self.finished: queue.Queue[tuple[PlotCell, Image.Image, float]] = queue.Queue()
         self.cells: list[tuple[str, str]] = []  # each finished cell encoded once, fast (the gallery is sent whole)
 
-    def call(self, service: Service, request: Request, session: str, flag: RunFlag) -> Callable[..., Result]:
+    def call(self, service: Service, request: Checked, session: str, flag: RunFlag) -> Callable[..., Result]:
         return timed_call(service.plot, request, session, flag,
                           on_cell=lambda cell, image, seconds: self.finished.put((cell, image, seconds)))
 
@@ -152,7 +158,8 @@ class PlotView:
         while not self.finished.empty():
             cell, image, seconds = self.finished.get()
             caption = f"{cell_caption(cell)} · {seconds:.2f} s"
-            new.append((fast_png_file(image, f"cell-{cell.index + 1}.png"), caption))
+            # with its parameters text, as the final gallery's: a cell sent on before the plot ends carries it too
+            new.append((cached_file(encode_png(image), f"cell-{cell.index + 1}.png"), caption))
         self.cells += new
         return list(self.cells) if new else None
 
@@ -192,8 +199,12 @@ def build(service: Service, flags: StopFlags) -> ResultPanel:
     # end by `finish_extra`.
     tables = partial(gr.File, label="Cell settings and times (CSV, JSON)", file_count="multiple", interactive=False,
                      elem_id="xyz-files")
-    with frame.columns(extra=tables):
+    with frame.columns(extra=tables, send_to=SEND_TO):
         axes = [_axis_row(name, kind, picks) for name, kind in zip(AXIS_NAMES, ("sampler", "nothing", "nothing"))]
+        with gr.Row():  # A1111's options of the script, named as there
+            legend = gr.Checkbox(True, label="Draw legend", elem_id="xyz-draw-legend")
+            keep = gr.Checkbox(False, label="Keep -1 for seeds", elem_id="xyz-no-fixed-seeds",
+                               info="Each cell draws its own random seed; off: a seed of -1 is drawn once")
         checkpoint = frame.checkpoint("txt2img", elem_id="xyz-checkpoint")
         width, height = frame.size_sliders(checkpoint)
         controls = frame.sampling(batch=False, task="txt2img")
@@ -209,10 +220,11 @@ def build(service: Service, flags: StopFlags) -> ResultPanel:
         _wire_axis(axis, picks, f"xyz_{name.lower()}")
     axis_inputs = [widget for axis in axes for widget in (axis.kind, axis.text, axis.picked)]
     inputs = [checkpoint, frame.prompt, frame.negative, *axis_inputs, *controls.inputs()[:-1], width, height, image,
-              strength, *fix.inputs()]
+              strength, *fix.inputs(), legend, keep]
     names = ["checkpoint", "prompt", "negative_prompt"]
     names += [f"{n.lower()}_{part}" for n in AXIS_NAMES for part in ("type", "values", "picked")]
-    names += [*SAMPLING_NAMES[:-1], "width", "height", "init_image", "strength", *HIRES_NAMES]
+    names += [*SAMPLING_NAMES[:-1], "width", "height", "init_image", "strength", *HIRES_NAMES, "draw_legend",
+              "no_fixed_seeds"]
     wire_run(service, flags, panel, inputs, make_request, "xyz_plot", names,
              finish_extra=lambda result: (_tables(result),), view=PlotView)
     return panel

@@ -78,11 +78,11 @@ def _image(w: int = 64, h: int = 64, mode: str = "RGB") -> Image.Image:
          "An image to upscale is 600x600; images up to 512x512 pixels (or the same area in another shape) are accepted."),
         (DepthRequest("x", _image(), depth_map=_image(2, 2)), "The depth map is 2x2; each side needs at least 8 pixels."),
         (OutpaintRequest("x", None), "Upload an image to outpaint first."),  # type: ignore[arg-type]
-        (OutpaintRequest("x", _image()), "Choose how far to extend the image: left, right, up or down (multiples of 8)."),
-        (OutpaintRequest("x", _image(), left=12, down=3),
+        (OutpaintRequest("x", _image(), left=0, right=0, up=0, down=0), "Choose how far to extend the image: left, right, up or down (multiples of 8)."),
+        (OutpaintRequest("x", _image(), left=12, right=0, up=0, down=3),
          "Outpaint margins must be multiples of 8 pixels; got left 12, down 3."),
         (OutpaintRequest("x", _image(), up=-8), "Outpaint up must be between 0 and 1024, got -8."),
-        (OutpaintRequest("x", _image(1000, 64), right=32),
+        (OutpaintRequest("x", _image(1000, 64), left=0, right=32, up=0, down=0),
          "The extended image would be 1032x64; each side may be at most 1024 pixels. Extend less or start from a "
          "smaller image."),
         (OutpaintRequest("x", _image(), left=8, fill="mirror"),
@@ -208,7 +208,7 @@ def test_progress_total_is_the_steps_the_pipeline_runs() -> None:
 def test_outpaint_runs_on_the_inpainting_checkpoint_with_the_image_unchanged(tmp_path) -> None:
     service = fake_service(tmp_path)
     image = Image.new("RGB", (61, 45), (1, 2, 3))  # not a multiple of 8: outpainting never resizes its input
-    result = service.run(OutpaintRequest("x", image, left=8, up=16, sampling=Sampling(steps=2, seed=3)))
+    result = service.run(OutpaintRequest("x", image, left=8, right=0, up=16, down=0, sampling=Sampling(steps=2, seed=3)))
     assert result.task == "outpaint" and service.manager.used == ["sd2-inpainting"]
     checked = result.request
     assert checked.image.size == (61, 45) and (checked.left, checked.up, checked.fill) == (8, 16, "edge")

@@ -48,7 +48,7 @@ def test_edge_noise_follows_the_seed() -> None:
 def test_outpaint_is_inpainting_of_the_extended_canvas_with_the_original_pasted_back(components: ComponentCache) -> None:
     image = sample_image(40, 32)
     sampling = Sampling(steps=3, seed=5)
-    request = OutpaintRequest("a field", image, left=24, mask_blur=8, sampling=sampling)
+    request = OutpaintRequest("a field", image, left=24, right=0, up=0, down=0, mask_blur=8, sampling=sampling)
     seen: list[tuple[int, int]] = []
     out = outpaint(components("sd2-inpainting"), request, on_step=lambda i, n, x: seen.append((i, n)))
     result = np.asarray(out.images[0])
@@ -75,7 +75,7 @@ def test_outpaint_is_inpainting_of_the_extended_canvas_with_the_original_pasted_
 
 def test_outpaint_on_two_sides_keeps_the_middle(components: ComponentCache) -> None:
     image = sample_image(32, 24)
-    request = OutpaintRequest("p", image, right=16, up=8, fill="solid", mask_blur=0, sampling=Sampling(steps=2, seed=1))
+    request = OutpaintRequest("p", image, left=0, right=16, up=8, down=0, fill="solid", mask_blur=0, sampling=Sampling(steps=2, seed=1))
     out = outpaint(components("sd2-inpainting"), request)
     assert out.images[0].size == (48, 32)
     assert np.array_equal(np.asarray(out.images[0])[8:, :32], np.asarray(image))
@@ -87,7 +87,8 @@ def test_outpaint_stop(components: ComponentCache) -> None:
         raise Cancelled
 
     with pytest.raises(Cancelled):
-        outpaint(components("sd2-inpainting"), OutpaintRequest("p", sample_image(16, 16), down=8, sampling=Sampling(steps=2, seed=1)),
+        outpaint(components("sd2-inpainting"), OutpaintRequest("p", sample_image(16, 16), left=0, right=0, up=0, down=8,
+                                                              sampling=Sampling(steps=2, seed=1)),
                  on_step=stop)
 
 

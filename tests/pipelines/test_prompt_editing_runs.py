@@ -130,7 +130,7 @@ def _other_tasks() -> dict[str, tuple[str, object]]:
         "inpaint": ("sd2-inpainting", lambda c, p: inpaint(c, InpaintRequest(p, image, mask, strength=1.0,
                                                                             checkpoint="sd2-inpainting",
                                                                             sampling=sampling))),
-        "outpaint": ("sd2-inpainting", lambda c, p: outpaint(c, OutpaintRequest(p, image, left=16,
+        "outpaint": ("sd2-inpainting", lambda c, p: outpaint(c, OutpaintRequest(p, image, left=16, right=0, up=0, down=0,
                                                                                checkpoint="sd2-inpainting",
                                                                                sampling=sampling))),
         "depth": ("sd2-depth", lambda c, p: depth2img(c, DepthRequest(p, image, depth_map=mask, strength=1.0,

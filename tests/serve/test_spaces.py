@@ -117,14 +117,20 @@ def test_app_picks_the_per_call_switches_on_zerogpu(monkeypatch: pytest.MonkeyPa
 
 
 def test_each_ui_call_asks_zerogpu_for_its_own_jobs_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the `spaces` package present, the Generate handlers carry spaces.GPU with a duration function of
-    the call's own widget values."""
-    durations: dict[str, object] = {}
+    """With the `spaces` package present, a Generate handler checks the request from the widget values, then calls
+    a spaces.GPU function whose duration is a function of that checked request; a refused request asks for no GPU
+    time at all (its message comes first)."""
+    import gradio as gr
 
-    def fake_gpu(duration):
+    asked: list[int] = []
+
+    def fake_gpu(duration):  # records the duration asked; runs nothing on the "GPU"
         def wrap(fn):
-            fn.zerogpu_duration = duration
-            return fn
+            def on_gpu(*args):
+                asked.append(duration(*args))
+                return iter(())
+
+            return on_gpu
 
         return wrap
 
@@ -135,13 +141,17 @@ def test_each_ui_call_asks_zerogpu_for_its_own_jobs_time(monkeypatch: pytest.Mon
 
     service = Service(FakeManager(), outputs_dir=None, allowed_repos=())
     demo = build_ui(service)
-    for block_fn in demo.fns.values():
-        if block_fn.api_name in ("txt2img", "upscale"):
-            durations[block_fn.api_name] = block_fn.fn.zerogpu_duration
-    small = durations["txt2img"](None, "sd21-base", "x", "", 512, 512, "Euler", False, 25, 7.5, 0.0, 1, 1, None)
-    big = durations["txt2img"](None, "sd21-base", "x", "", 768, 768, "Euler", False, 50, 7.5, 0.0, 1, 4, None)
-    refused = durations["txt2img"](None, "sd21-base", "x", "", 512, 512, "Euler", False, 999, 7.5, 0.0, 1, 1, None)
-    assert (small, big, refused) == (gpu_time.MIN_SECONDS, 29, gpu_time.MIN_SECONDS)
+    handler = next(block_fn.fn for block_fn in demo.fns.values() if block_fn.api_name == "txt2img")
+
+    def run(side: int, steps: int, batch: int) -> None:
+        list(handler(None, "sd21-base", "x", "", side, side, "Euler", False, steps, 7.5, 0.0, 1, batch, None))
+
+    run(512, 25, 1)
+    run(768, 50, 4)
+    with pytest.raises(gr.Error) as refused:
+        run(512, 999, 1)
+    assert refused.value.message == "Steps must be between 1 and 150, got 999."
+    assert asked == [gpu_time.MIN_SECONDS, 29]
 
 
 def test_a_plot_asks_zerogpu_for_all_its_cells() -> None:

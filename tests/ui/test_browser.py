@@ -237,19 +237,25 @@ def _natural_size(page, selector: str) -> tuple[int, int]:
     return tuple(page.locator(selector).first.evaluate("img => [img.naturalWidth, img.naturalHeight]"))
 
 
-def test_outpaint_one_side(page, tmp_path: Path) -> None:
+def test_outpaint_works_out_of_the_box_then_on_one_side(page, tmp_path: Path) -> None:
     small = tmp_path / "landscape-48.png"
     Image.open(ASSETS / "landscape.png").convert("RGB").resize((48, 48)).save(small)
     page.get_by_role("tab", name="Outpaint").click()
     page.locator("#outpaint-image input[type=file]").set_input_files(str(small))
     page.locator("#outpaint-image img").first.wait_for()
-    _set_number(page, "outpaint-right", 16)
+    for side in ("left", "right", "up", "down"):  # A1111's outpainting default (requests.OUTPAINT_MARGIN)
+        expect(page.locator(f"#outpaint-{side} input[type=number]")).to_have_value("128")
     page.locator("#outpaint-prompt textarea").fill("more of the landscape")
     _set_number(page, "outpaint-steps", 2)
+    page.locator("#outpaint-run").click()  # the first Generate, no slider touched
+    expect(page.locator("#outpaint-info")).to_contain_text("Outpaint left: 128", timeout=120_000)
+    assert _natural_size(page, "#outpaint-gallery img") == (48 + 256, 48 + 256)
+    for side in ("left", "up", "down"):
+        _set_number(page, f"outpaint-{side}", 0)
+    _set_number(page, "outpaint-right", 16)
     page.locator("#outpaint-run").click()
-    page.locator("#outpaint-gallery img").first.wait_for(timeout=120_000)
+    expect(page.locator("#outpaint-info")).to_contain_text("Outpaint right: 16", timeout=120_000)
     page.locator("#outpaint-extra img").first.wait_for()
-    sync_api.expect(page.locator("#outpaint-info")).to_contain_text("Outpaint right: 16")
     _shot(page, "outpaint-result")
     assert _natural_size(page, "#outpaint-gallery img") == (64, 48)
     assert _natural_size(page, "#outpaint-extra img") == (64, 48)

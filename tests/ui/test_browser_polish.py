@@ -121,15 +121,7 @@ def test_a_paste_that_is_not_an_image_is_said_in_the_inpaint_editor(browser, url
     paste = page.locator("#inpaint-editor button[aria-label=Paste]")
     for name, fill in (("text", "navigator.clipboard.writeText('a cat on a rock')"),
                        ("nothing", "navigator.clipboard.write([])")):
-        page.evaluate(fill)
-        paste.click()
-        expect(page.locator(".toast-body").last).to_contain_text(NOT_AN_IMAGE, timeout=30_000)
-        page.wait_for_timeout(1500)  # a second refusal of the same paste would have arrived by now
-        assert " ".join(page.locator(".toast-body").all_inner_texts()).count(NOT_AN_IMAGE) == 1
-        page.screenshot(path=str(ARTIFACTS / f"polish-inpaint-paste-{name}.png"))
-        for close in page.locator(".toast-body button").all():
-            close.click()
-        expect(page.locator(".toast-body")).to_have_count(0)
+        _paste_is_refused_once(page, fill, paste, f"polish-inpaint-paste-{name}")
     page.evaluate(RED_PNG_TO_CLIPBOARD)
     paste.click()
     expect(page.locator("#inpaint-editor .empty.wrap")).to_have_count(0)  # the hint gave way to the image
@@ -139,7 +131,68 @@ def test_a_paste_that_is_not_an_image_is_said_in_the_inpaint_editor(browser, url
     page.context.close()
 
 
-RESULTS_TOP = "Math.round(document.getElementById('txt2img-results').getBoundingClientRect().top)"
+def _paste_is_refused_once(page, fill: str, paste, shot: str) -> None:
+    """Put something in the clipboard (`fill`, a script), press `paste`: NOT_AN_IMAGE is said, once."""
+    page.evaluate(fill)
+    paste.click()
+    expect(page.locator(".toast-body").last).to_contain_text(NOT_AN_IMAGE, timeout=30_000)
+    page.wait_for_timeout(1500)  # a second refusal of the same paste would have arrived by now
+    assert " ".join(page.locator(".toast-body").all_inner_texts()).count(NOT_AN_IMAGE) == 1
+    page.screenshot(path=str(ARTIFACTS / f"{shot}.png"))
+    for close in page.locator(".toast-body button").all():
+        close.click()
+    expect(page.locator(".toast-body")).to_have_count(0)
+
+
+@pytest.mark.parametrize("tab,box", [("Image to image", "img2img-image"), ("Depth to image", "depth-image"),
+                                     ("Outpaint", "outpaint-image"), ("Upscale ×4", "upscale-image")])
+def test_a_paste_that_is_not_an_image_is_said_in_an_image_box(browser, url: str, tab: str, box: str) -> None:
+    """An image box's "Paste from clipboard" ignored a clipboard without an image, without a word (and Gradio takes
+    the box's file input away while the clipboard is its source): it is said as in the inpaint editor, once; an
+    image pasted after fills the box with nothing said."""
+    page = _open(browser, url)
+    _go(page, tab)
+    paste = page.locator(f"#{box} button[aria-label='Paste from clipboard']")
+    _paste_is_refused_once(page, "navigator.clipboard.writeText('a cat on a rock')", paste, f"polish-paste-{box}")
+    page.evaluate(RED_PNG_TO_CLIPBOARD)
+    paste.click()
+    expect(page.locator(f"#{box} img")).to_have_count(1, timeout=30_000)
+    page.wait_for_timeout(1500)
+    expect(page.locator(".toast-body")).to_have_count(0)
+    page.context.close()
+
+
+def test_the_paste_check_wraps_the_clipboard_only_for_a_paste_button_s_click(browser, url: str) -> None:
+    """The check wrapped navigator.clipboard.read for the whole page: any read within 2 s of a click in the editor
+    (the page's own, another script's) was taken for the editor's paste and a clipboard of text refused there.
+    Now the wrap lives only while a checked box's button's click is handled, and is gone after."""
+    page = _open(browser, url)
+    _go(page, "Inpaint")
+    page.evaluate("navigator.clipboard.writeText('a cat on a rock')")
+    page.locator("#inpaint-editor").click(position={"x": 200, "y": 200})  # in the editor, not its Paste button
+    assert page.evaluate("navigator.clipboard.read().then((items) => items.length)") == 1
+    page.wait_for_timeout(2500)
+    expect(page.locator(".toast-body")).to_have_count(0)  # before: the editor's refusal of what was read
+    page.locator("#inpaint-editor button[aria-label=Paste]").click()
+    expect(page.locator(".toast-body").last).to_contain_text(NOT_AN_IMAGE, timeout=30_000)
+    assert page.evaluate("Object.getOwnPropertyNames(navigator.clipboard)") == []  # the browser's read is back
+    page.context.close()
+
+
+# The page's reads of the results' place are counted, and the frames drawn, from now on; the test reads it with the
+# browser's own method (its polling is not counted).
+COUNT_READS = """() => {
+  const read = Element.prototype.getBoundingClientRect, results = document.getElementById("txt2img-results");
+  window.counted = { reads: 0, frames: 0 };
+  window.resultsTop = () => Math.round(read.call(results).top);
+  Element.prototype.getBoundingClientRect = function () {
+    if (this === results) window.counted.reads += 1;
+    return read.call(this);
+  };
+  const frame = () => { window.counted.frames += 1; requestAnimationFrame(frame); };
+  requestAnimationFrame(frame);
+}"""
+RESULTS_TOP = "window.resultsTop()"
 
 
 def test_on_a_phone_the_results_stay_in_view_when_the_run_ends(browser, url: str) -> None:
@@ -147,12 +200,14 @@ def test_on_a_phone_the_results_stay_in_view_when_the_run_ends(browser, url: str
     in a bar at its bottom. The scroll went 100 ms after the click: an answer that came later (a busy server, a
     slow network) moved the buttons out of the page after it, and the results' top ended under the screen's edge
     (-102 px here). When the run ended the buttons went back into the page above the results, which jumped down by
-    their height (242 px here, with the Styles box; 96 px without)."""
+    their height (242 px here, with the Styles box; 96 px without). The page reads the results' place when Stop
+    or the page's size changes (a handful of times a run), not in every frame drawn while the run is on."""
     page = _open(browser, url, PHONE)
     _go(page, "Text to image")
     for name, value in (("width", 64), ("height", 64), ("steps", 100)):  # seconds of run: Stop stays enabled
         _set_number(page, f"txt2img-{name}", value)
     page.evaluate("window.scrollTo(0, 0)")
+    page.evaluate(COUNT_READS)
     page.route("**/gradio_api/queue/join*", lambda route: (time.sleep(1), route.continue_()))  # a slow answer
     page.locator("#txt2img-run").click()
     expect(page.locator("#txt2img-stop")).to_be_enabled()
@@ -163,6 +218,9 @@ def test_on_a_phone_the_results_stay_in_view_when_the_run_ends(browser, url: str
     expect(page.locator("#txt2img-info")).to_contain_text("Seed ", timeout=120_000)
     expect(page.locator("#txt2img-stop")).to_be_disabled()
     page.wait_for_function(f"{RESULTS_TOP} === 8", timeout=30_000)  # before: 250, for good (the buttons' 242 more)
+    page.wait_for_timeout(500)
+    counted = page.evaluate("window.counted")
+    assert counted["frames"] > 100 and counted["reads"] <= 8, counted  # before: a read a frame (reads ~ frames)
     page.screenshot(path=str(ARTIFACTS / "polish-phone-done.png"))
     page.unroute("**/gradio_api/queue/join*")
     page.context.close()

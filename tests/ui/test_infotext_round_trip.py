@@ -243,7 +243,7 @@ def _task_inputs(task: str, folder: Path) -> dict[str, Any]:
         return {"image_and_mask": {"background": picture, "layers": [], "composite": None}, "only_masked": True,
                 "mask": handle_file(str(folder / "mask.png")), "mask_blur": 2, "only_masked_padding": 8}
     if task == "outpaint":
-        return {"image": picture, "up": 16, "fill": "blur"}
+        return {"image": picture, "left": 0, "right": 0, "up": 16, "down": 0, "fill": "blur"}
     if task == "depth":
         return {"image": picture, "strength": 0.7}
     return {"image": handle_file(_small("cat_128.png", 16, folder)), "noise_level": 30}

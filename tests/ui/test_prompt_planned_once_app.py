@@ -7,6 +7,7 @@ the prompts: 3 plans per pass. Plans computed are counted at `prompt_plan.tokeni
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 import types
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, list
     from sd2_app.manager import ModelManager
     from sd2_app.testing.tiny import ensure_tiny_repos
     from sd2_app.ui import build_ui
+    from sd2_app.ui.mcp_tools import add_mcp_tools
     from tests.pipeline_fixtures import tiny_dir
     from tests.reliability_support import launched
 
@@ -40,9 +42,13 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, list
             @functools.wraps(handler)  # as spaces.GPU does: Gradio reads the handler's annotations
             def on_gpu(*args, **kwargs):
                 durations.append(duration(*args, **kwargs))
-                yield from handler(*args, **kwargs)
+                return handler(*args, **kwargs)
 
-            return on_gpu
+            @functools.wraps(handler)
+            def streamed_on_gpu(*args, **kwargs):  # a generator stays one (spaces.GPU: its generator wrapper)
+                yield from on_gpu(*args, **kwargs)
+
+            return streamed_on_gpu if inspect.isgeneratorfunction(handler) else on_gpu
 
         return wrap
 
@@ -53,7 +59,9 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, list
     service = Service(ModelManager("cpu", registry=registry, cache_dir=tmp_path_factory.mktemp("cache")),
                       outputs_dir=None, allowed_repos=())
     try:
-        with launched(build_ui(service)) as url:
+        demo = build_ui(service)
+        add_mcp_tools(demo, service)  # the MCP tools' endpoints, as `--mcp` adds them
+        with launched(demo) as url:
             yield Client(url, verbose=False), durations, planned
     finally:
         patch.undo()
@@ -100,3 +108,72 @@ def test_a_repeated_prompt_is_not_planned_again_and_gives_the_same_image(app) ->
     again = _image(client.predict(**request)[1])
     assert planned == [["a plain castle", ""]]
     assert again.tobytes() == first.tobytes()
+
+
+@pytest.fixture(scope="module")
+def counted(app) -> Iterator[dict[str, list]]:
+    """From now on (the module's app), each validation (`Service.validate`, `Service.check_plot`) and each build of
+    an inpaint request's image and mask from the editor's value (`ui.inpaint.split_editor`)."""
+    from sd2_app.api.service import Service
+    from sd2_app.ui import inpaint
+
+    calls: dict[str, list] = {"validate": [], "check_plot": [], "split_editor": []}
+    patch = pytest.MonkeyPatch()
+    for owner, name in ((Service, "validate"), (Service, "check_plot"), (inpaint, "split_editor")):
+        original = getattr(owner, name)
+
+        def spy(*args, _original=original, _seen=calls[name]):
+            _seen.append(args[-1] if _original is not inpaint.split_editor else args[0])
+            return _original(*args)
+
+        patch.setattr(owner, name, spy)
+    try:
+        yield calls
+    finally:
+        patch.undo()
+
+
+def test_a_web_run_builds_and_validates_its_request_once(app, counted, tmp_path) -> None:
+    """ZeroGPU asks the duration of the request the run then runs: built from the widget values once, validated
+    once (before, the duration function and the run each built and validated it: 2 of each)."""
+    from gradio_client import handle_file
+
+    client, durations, _ = app
+    for seen in (durations, *counted.values()):
+        seen.clear()
+    _, gallery, _ = client.predict(prompt="counted", api_name="/txt2img", **FAST)
+    assert _image(gallery).size == (64, 64)
+    assert (len(counted["validate"]), durations) == (1, [15])
+    picture, mask = Image.new("RGB", (64, 64), (200, 30, 30)), Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    mask.paste((255, 255, 255, 255), (16, 16, 48, 48))
+    picture.save(tmp_path / "picture.png")
+    mask.save(tmp_path / "stroke.png")
+    editor = {"background": handle_file(str(tmp_path / "picture.png")), "layers": [handle_file(str(tmp_path / "stroke.png"))],
+              "composite": None}
+    counted["validate"].clear()
+    durations.clear()
+    _, gallery, _, mask_used = client.predict(image_and_mask=editor, prompt="a cat", api_name="/inpaint",
+                                              **{k: v for k, v in FAST.items() if k not in ("width", "height")})
+    assert _image(gallery).size == (64, 64) and Image.open(mask_used).getbbox() == (16, 16, 48, 48)
+    assert (len(counted["split_editor"]), len(counted["validate"]), durations) == (1, 1, [15])
+
+
+def test_a_plot_is_checked_once_and_asks_for_all_its_cells(app, counted) -> None:
+    client, durations, _ = app
+    durations.clear()
+    counted["check_plot"].clear()
+    _, gallery, _, _ = client.predict(prompt="plotted", x_type="steps", x_values="2, 3", seed=3, width=64, height=64,
+                                      api_name="/xyz_plot")
+    assert len(gallery) == 1 + 2
+    assert (len(counted["check_plot"]), durations) == (1, [15])
+
+
+def test_an_mcp_tool_call_validates_its_request_once(app, counted) -> None:
+    """An MCP tool's endpoint (`ui.mcp_tools`): validated once, before the GPU call, which asks for that request's
+    time (before, the duration function and `Service.run` each validated it)."""
+    client, durations, _ = app
+    durations.clear()
+    counted["validate"].clear()
+    image = client.predict(prompt="a tool's cat", width=64, height=64, steps=3, seed=5, api_name="/mcp_txt2img")
+    assert Image.open(image).size == (64, 64)
+    assert (len(counted["validate"]), durations) == (1, [15])

@@ -279,7 +279,7 @@ def test_xyz_plot_stop_keeps_the_finished_cells(app) -> None:
 def test_outpaint_extends_one_side_and_keeps_the_image(app, tmp_path: Path) -> None:
     client, _, _ = app
     landscape = _small("landscape.png", 64, tmp_path)
-    _, gallery, info, mask = client.predict(image=handle_file(landscape), prompt="more sky", up=16,
+    _, gallery, info, mask = client.predict(image=handle_file(landscape), prompt="more sky", left=0, right=0, up=16, down=0,
                                                   api_name="/outpaint", **FAST)
     result = _pngs(gallery)[0]
     assert result.size == (64, 80)
@@ -289,6 +289,15 @@ def test_outpaint_extends_one_side_and_keeps_the_image(app, tmp_path: Path) -> N
     assert np.array_equal(np.asarray(Image.open(mask).convert("L")), expected)
     text, fields = client.predict(path=handle_file(gallery[0]["image"]), api_name="/png_info")
     assert fields["Outpaint up"] == 16 and fields["Outpaint fill"] == "edge" and fields["Size"] == "64x80"
+
+
+def test_outpaint_sides_left_out_extend_by_128_pixels(app, tmp_path: Path) -> None:
+    client, _, _ = app
+    _, gallery, _, mask = client.predict(image=handle_file(_small("landscape.png", 64, tmp_path)), prompt="wider",
+                                         api_name="/outpaint", **FAST)
+    assert _pngs(gallery)[0].size == (64 + 2 * 128, 64 + 2 * 128)
+    text, fields = client.predict(path=handle_file(gallery[0]["image"]), api_name="/png_info")
+    assert [fields[f"Outpaint {side}"] for side in ("left", "right", "up", "down")] == [128, 128, 128, 128]
 
 
 @pytest.mark.parametrize(
@@ -344,6 +353,23 @@ def test_img2img_with_one_size_box_empty_takes_the_image_s_side_or_says_it_is_ou
                        api_name="/img2img", **FAST)
     assert str(caught.value) == ("Width is empty, so it would be the image's width, 1200, which is not between 64 "
                                  "and 1024: type a width, or clear Height too to fit the image.")
+
+
+@pytest.mark.parametrize("mode", ["Crop and resize", "Resize and fill"])
+def test_img2img_crops_or_fills_at_the_size_the_server_rounds_to(app, tmp_path: Path, mode: str) -> None:
+    """Width 100 runs at 104 (halves up): the tab cut (or filled) the image at 96 wide, rounding down, and the
+    server stretched that to 104; a typed 100 now gives what a typed 104 gives, pixel for pixel."""
+    client, _, _ = app
+    halves = np.zeros((128, 208, 3), np.uint8)
+    halves[:, 104:] = (255, 255, 255)  # black left half, white right half
+    Image.fromarray(halves).save(tmp_path / "halves.png")
+    runs = [client.predict(image=handle_file(str(tmp_path / "halves.png")), prompt="x", width=width, height=height,
+                           resize_mode=mode, strength=0.5, api_name="/img2img", **FAST)
+            for width, height in ((100, 128), (104, 128), (None, 130))]
+    (first,), (second,), (third,) = (_pngs(gallery) for _, gallery, _ in runs)
+    assert first.size == second.size == (104, 128) and third.size == (208, 128)
+    assert np.array_equal(np.asarray(first), np.asarray(second))
+    assert "Width 100 was rounded to 104 (a multiple of 8)." in runs[0][2]
 
 
 def test_empty_mask_is_refused(app, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from sd2_app.api.checked import Checked
 from sd2_app.ui.blocks import sampler_fields
 from sd2_app.ui.result_panel import selected_image
 from sd2_app.ui.run_events import NOT_STARTED, QUEUED
@@ -133,7 +134,7 @@ def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
             _late_step_after_stop(on_progress, should_stop, 2, 3, preview)
 
     flags = StopFlags(Visitors())
-    updates = stream_result(Service(), flags, lambda: object(), "s1", gr.Progress(), lambda result, shown: (), 5)
+    updates = stream_result(Service(), flags, Checked(object(), []), "s1", gr.Progress(), lambda result, shown: (), 5)
     assert next(updates)[2] == STARTING
     assert next(updates)[2] == "Step 1/3"
     assert flags.stop("s1")
@@ -162,8 +163,8 @@ def test_a_plot_runs_through_the_one_run_path_with_its_cells_and_stop() -> None:
             _late_step_after_stop(on_progress, should_stop, 2, 2, preview)
 
     flags = StopFlags(Visitors())
-    request = object()
-    updates = stream_result(Service(), flags, lambda: request, "s1", gr.Progress(), lambda result, shown: (), 5,
+    request = Checked(object(), [])
+    updates = stream_result(Service(), flags, request, "s1", gr.Progress(), lambda result, shown: (), 5,
                             view=PlotView())
     assert next(updates)[2] == STARTING
     _, gallery, info, *_ = next(updates)

@@ -5,6 +5,8 @@ image hides the hires fix. Screenshots go to tests/artifacts/ for a person to lo
 
 from __future__ import annotations
 
+import io
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,64 @@ def test_values_typed_for_another_kind_do_not_replace_the_picked_samplers(page) 
     expect(page.locator("#xyz-files a").first).to_be_visible(timeout=180_000)
     captions = page.locator("#xyz-gallery .caption-label").all_inner_texts()
     assert [caption.split(" · ")[0] for caption in captions] == ["Grid", "Euler"]
+
+
+def _pixels(page, src: str) -> bytes:
+    """The pixels of an image the page shows (fetched from the app by its URL), as the means of 8x8 blocks."""
+    image = Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB")
+    return image.resize((image.width // 8, image.height // 8), Image.Resampling.BOX).tobytes()
+
+
+def _distances(page, selector: str, sources: list[str]) -> list[float]:
+    """The mean absolute difference of the 8x8 block means of the image at `selector` to each of `sources`.
+    The image boxes show a lossy WebP of what they hold (Gradio's Image `format`), so an exact comparison cannot
+    hold; the tiny model's cells of one seed differ by about 2 in these units, those of two seeds by about 35."""
+    shown = _pixels(page, page.locator(selector).get_attribute("src"))
+    return [sum(abs(a - b) for a, b in zip(shown, cell)) / len(shown) for cell in map(partial(_pixels, page), sources)]
+
+
+def _expect_sent(page, prefix: str, prompt: str, seed: int | None, steps: int | None) -> None:
+    expect(page.locator(f"#{prefix}-prompt textarea")).to_have_value(prompt, timeout=30_000)  # a queued event
+    for elem_id, value in ((f"{prefix}-seed", seed), (f"{prefix}-steps", steps)):
+        if value is not None:
+            expect(page.locator(f"#{elem_id} input[type=number]")).to_have_value(str(value))
+
+
+def test_a_picked_cell_is_sent_on_with_its_own_settings(page) -> None:  # noqa: F811
+    """Seed 11, 12 on X and Steps 1, 2 on Y: each "Send to" carries the picked cell (not the grid, not another
+    cell) with that cell's seed and steps, read from its own parameters text."""
+    _go(page, "X/Y/Z plot")
+    page.locator("#xyz-prompt textarea").fill("a red barn")
+    _pick(page, "xyz-x-type", "Seed")
+    page.locator("#xyz-x-values textarea").fill("11, 12")
+    _pick(page, "xyz-y-type", "Steps")
+    page.locator("#xyz-y-values textarea").fill("1, 2")
+    for elem_id, value in (("xyz-steps", 3), ("xyz-width", 64), ("xyz-height", 64)):
+        _set_number(page, elem_id, value)
+    page.locator("#xyz-run").click()
+    expect(page.locator("#xyz-files a").first).to_be_visible(timeout=180_000)
+    expect(page.locator("#xyz-gallery img")).to_have_count(5)
+    captions = page.locator("#xyz-gallery .caption-label").all_inner_texts()
+    assert [caption.split(" · ")[0] for caption in captions] == [
+        "Grid", "Seed: 11, Steps: 1", "Seed: 12, Steps: 1", "Seed: 11, Steps: 2", "Seed: 12, Steps: 2"]
+    sources = page.locator("#xyz-gallery img").evaluate_all("imgs => imgs.map(i => i.src)")
+    page.locator("#xyz-gallery img").nth(4).click()  # the cell of seed 12, 2 steps
+    page.locator("#xyz-send-img2img").click()
+    _expect_sent(page, "img2img", "a red barn", 12, 2)
+    expect(page.locator("#img2img-image img")).to_be_visible()
+    assert _distances(page, "#img2img-image img", sources[1:]) == pytest.approx([35, 2, 35, 2], abs=4)
+    _shot(page, "xyz-send-img2img")
+    _go(page, "X/Y/Z plot")
+    page.locator("#xyz-send-upscale").click()
+    _expect_sent(page, "upscale", "a red barn", None, None)
+    assert _distances(page, "#upscale-image img", sources[1:]) == pytest.approx([35, 2, 35, 2], abs=4)
+    _go(page, "X/Y/Z plot")
+    page.locator("#xyz-gallery .thumbnail-item").nth(2).click()  # another cell: seed 12, 1 step
+    page.locator("#xyz-send-inpaint").click()
+    _expect_sent(page, "inpaint", "a red barn", 12, 1)
+    _go(page, "X/Y/Z plot")
+    page.locator("#xyz-gallery .thumbnail-item").nth(3).click()  # seed 11, 2 steps
+    page.locator("#xyz-send-txt2img").click()
+    _expect_sent(page, "txt2img", "a red barn", 11, 2)
+    for elem_id in ("txt2img-width", "txt2img-height"):
+        expect(page.locator(f"#{elem_id} input[type=number]")).to_have_value("64")

@@ -18,6 +18,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from sd2_app.api.plot_axes import AXES
+from sd2_app.pipelines.metadata import parse_parameters
 from tests.api.test_prompt_styles_app import STYLES_CSV, served_with_styles
 from tests.reliability_support import one_thread, served_app  # noqa: F401 (fixtures)
 
@@ -204,3 +205,47 @@ def test_a1111_clients_x_y_z_plot_script_is_refused_pointing_at_xyz_plot(client:
                        timeout=60)
     assert (other.status_code, other.json()) == (422, {"detail": "scripts (script_name) are not supported; send "
                                                                  "script_name at its default or leave it out."})
+
+
+def _seeds(gallery: list[dict]) -> list[int]:
+    """Each cell's seed, read from its own parameters text (the gallery's first image is the grid)."""
+    return [parse_parameters(cell.info["parameters"])["Seed"] for cell in _pngs(gallery)[1:]]
+
+
+def test_a_random_seed_is_drawn_once_unless_kept_random_in_each_cell(client: Client) -> None:
+    """A1111's "Keep -1 for seeds" (scripts/xyz_grid.py, no_fixed_seeds): off, seed -1 is drawn once and all four
+    cells share it (the info line's seed); on, each cell draws its own and the info line names the first's. A -1
+    on a Seed axis is drawn once per value either way (three values, three seeds)."""
+    plot = {**SOLO, "seed": -1, "steps": 1, "x_type": "steps", "x_values": "1, 2", "y_type": "cfg_scale",
+            "y_values": "7, 8"}
+    _, gallery, info, _ = client.predict(api_name="/xyz_plot", **plot)
+    seeds = _seeds(gallery)
+    assert len(seeds) == 4 and len(set(seeds)) == 1 and info.startswith(f"**Seed** {seeds[0]} · ")
+    _, gallery, info, _ = client.predict(api_name="/xyz_plot", **plot, no_fixed_seeds=True)
+    seeds = _seeds(gallery)
+    assert len(set(seeds)) == 4 and info.startswith(f"**Seed** {seeds[0]} · ")
+    for keep in (False, True):
+        _, gallery, _, _ = client.predict(api_name="/xyz_plot", **{**SOLO, "steps": 1}, x_type="seed",
+                                          x_values="-1, -1, -1", no_fixed_seeds=keep)
+        assert len(set(_seeds(gallery))) == 3
+
+
+def test_a_grid_without_its_legend_is_the_cells_alone(client: Client) -> None:
+    """A1111's "Draw legend" off: the grid of two 64x64 cells is 136x68 (each cell and the 4 px gap between
+    cells), no label margin; with it, 328x104 (columns as wide as their labels, a row of labels on top)."""
+    plot = {**SOLO, "steps": 1, "x_type": "cfg_scale", "x_values": "7, 8"}
+    _, gallery, _, _ = client.predict(api_name="/xyz_plot", **plot)
+    assert _pngs(gallery)[0].size == (328, 104)
+    _, gallery, _, _ = client.predict(api_name="/xyz_plot", **plot, draw_legend=False)
+    grid, *cells = _pngs(gallery)
+    assert grid.size == (136, 68)
+    assert np.array_equal(np.asarray(grid.crop((2, 0, 66, 64))), np.asarray(cells[0].convert("RGB")))
+    assert np.array_equal(np.asarray(grid.crop((70, 0, 134, 64))), np.asarray(cells[1].convert("RGB")))
+
+
+@pytest.mark.parametrize(("name", "value", "label"), [("no_fixed_seeds", "false", "Keep -1 for seeds"),
+                                                      ("draw_legend", 0, "Draw legend")])
+def test_the_plots_options_must_be_true_or_false(client: Client, name: str, value: object, label: str) -> None:
+    with pytest.raises(AppError) as refused:
+        client.predict(api_name="/xyz_plot", **SOLO, x_type="steps", x_values="1", **{name: value})
+    assert str(refused.value) == f"{label} must be true or false, got {value!r}."

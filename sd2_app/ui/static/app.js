@@ -6,9 +6,10 @@
 //   stopped, or why it was refused; it is empty while the info line shows a finished result ("Seed …").
 // - A file put into an image editor of class "checked-editor" (Inpaint) that the browser cannot decode, which the
 //   editor would silently ignore, goes to the editor's hidden checker (`<editor>-check`, ui/uploads.py
-//   `editor_file_check`), whose upload check says why, as every other image box does. So does a paste with the
-//   editor's Paste button that finds no image in the clipboard (the editor reads it with navigator.clipboard.read
-//   and ignores anything else without a word): what the clipboard held, or an empty file, goes to the checker.
+//   `file_check`), whose upload check says why, as every other image box does. So does a paste with the Paste
+//   button of the editor or of an image box of class "checked-paste" (ui/uploads.py `upload_image`) that finds no
+//   image in the clipboard (the box reads it with navigator.clipboard.read and ignores anything else without a
+//   word): what the clipboard held, or an empty file, goes to the box's checker (`<box>-check`).
 // - sd2SendToEditor(courierId, editorId): "Send to inpaint" puts the image in a hidden image component (the
 //   courier); this uploads it into the image editor the way a user's upload arrives, because Gradio's ImageEditor
 //   freezes (blank canvas, endless spinner) when a server event sets its value after a user upload.
@@ -35,22 +36,29 @@
   // bar (Stop enabled: the server answered), or the results would end up under the screen's top by the buttons'
   // height. When the run ends the buttons are back in the page above the results, which would jump down by their
   // height: the page scrolls by as much, before that frame is drawn, so the results stay where the visitor had them.
+  // Observers do the work when something changes: Stop's `disabled` (a MutationObserver, whose callback runs before
+  // the next frame is drawn) and the page's size while the run is on (a ResizeObserver: what is above the results
+  // may grow or shrink); the results' place in the page is read then, not every frame.
   const followRun = (results, stop) => {
-    let top = null, running = false;
-    const started = Date.now();
-    const frame = () => {
-      const now = results.getBoundingClientRect().top;
-      if (!stop.disabled) {
-        if (!running) results.scrollIntoView({ behavior: "smooth", block: "start" });
-        running = true;
-      } else if (running || Date.now() - started > 10000) { // the run ended (or never started)
-        if (running && top !== null && now !== top) window.scrollBy(0, now - top);
-        return;
+    let place = null; // the results' top in the page (not the screen) while the run is on
+    const measure = () => { place = results.getBoundingClientRect().top + window.scrollY; };
+    const resized = new ResizeObserver(() => { if (place !== null) measure(); });
+    const changed = () => {
+      if (!stop.disabled && place === null) { // the run is on
+        measure();
+        results.scrollIntoView({ behavior: "smooth", block: "start" });
+        resized.observe(document.body);
+      } else if (stop.disabled && place !== null) { // the run ended
+        const moved = results.getBoundingClientRect().top + window.scrollY - place;
+        if (moved) window.scrollBy(0, moved);
+        done();
       }
-      top = now;
-      requestAnimationFrame(frame);
     };
-    requestAnimationFrame(frame);
+    const watched = new MutationObserver(changed);
+    const done = () => { watched.disconnect(); resized.disconnect(); clearTimeout(never); };
+    const never = setTimeout(() => { if (place === null) done(); }, 10000); // the run never started (refused)
+    watched.observe(stop, { attributes: true, attributeFilter: ["disabled"] });
+    changed();
   };
   document.addEventListener("click", (event) => {
     const run = event.target.closest && event.target.closest(".run-button");
@@ -77,45 +85,53 @@
     input.files = files.files;
     input.dispatchEvent(new Event("change", { bubbles: true }));
   };
-  const checkEditorFile = async (editor, file) => {
+  const checkFile = async (box, file) => {
     if (!file) return;
     try {
       (await createImageBitmap(file)).close();
-      return; // the editor opens it
+      return; // the box opens it
     } catch (error) {} // the browser cannot decode it: the server's check says why
-    const input = document.querySelector(`#${editor.id}-check input[type=file]`);
+    const input = document.querySelector(`#${box.id}-check input[type=file]`);
     if (input) upload(input, file);
   };
   // Capture phase: the file is taken before the editor's own handler runs (and may clear the input).
   document.addEventListener("change", (event) => {
     const editor = event.target.closest && event.target.closest(".checked-editor");
-    if (editor && event.target.type === "file") checkEditorFile(editor, event.target.files[0]);
+    if (editor && event.target.type === "file") checkFile(editor, event.target.files[0]);
   }, true);
   document.addEventListener("drop", (event) => {
     const editor = event.target.closest && event.target.closest(".checked-editor");
-    if (editor && event.dataTransfer) checkEditorFile(editor, event.dataTransfer.files[0]);
+    if (editor && event.dataTransfer) checkFile(editor, event.dataTransfer.files[0]);
   }, true);
 
-  // The clipboard read that a click in a checked editor starts (its Paste button) is the editor's: wrap the read
-  // (whatever the button's label in the visitor's language) and check what it found.
-  let clicked = { editor: null, at: 0 };
-  document.addEventListener("click", (event) => {
-    clicked = { editor: event.target.closest && event.target.closest(".checked-editor"), at: Date.now() };
-  }, true);
-  if (navigator.clipboard && navigator.clipboard.read) {
-    const read = navigator.clipboard.read.bind(navigator.clipboard);
-    navigator.clipboard.read = async (...args) => {
-      const items = await read(...args);
-      const editor = Date.now() - clicked.at < 2000 ? clicked.editor : null;
-      if (editor && !items.some((item) => item.types.some((type) => type.startsWith("image/")))) {
-        const type = items.length ? items[0].types[0] : null;
-        const blob = type ? await items[0].getType(type) : new Blob([]);
-        // named as an image, or the box's own file-type filter stops it: the server reads the bytes
-        checkEditorFile(editor, new File([blob], "clipboard.png", { type: "image/png" }));
-      }
+  // A Paste button of an image box of class "checked-paste" (or a checked editor) reads the clipboard in its own
+  // click handler (Gradio's Upload `paste_clipboard` and ImageEditor's paste call navigator.clipboard.read there).
+  // For that click only, the box's read is wrapped (whatever the button's label in the visitor's language): a
+  // clipboard without an image, which the box ignores without a word, goes to the box's checker, which says why.
+  const checkPasted = async (box, items) => {
+    if (items.some((item) => item.types.some((type) => type.startsWith("image/")))) return; // the box opens it
+    const type = items.length ? items[0].types[0] : null;
+    const blob = type ? await items[0].getType(type) : new Blob([]);
+    // named as an image, or the checker's own file-type filter stops it: the server reads the bytes
+    checkFile(box, new File([blob], "clipboard.png", { type: "image/png" }));
+  };
+  window.addEventListener("click", (event) => {
+    const button = event.target.closest && event.target.closest("button");
+    const box = button && button.closest(".checked-editor, .checked-paste");
+    const clipboard = navigator.clipboard;
+    if (!box || !clipboard || !clipboard.read) return;
+    // The browser's read is Clipboard.prototype's; the wrap is an own property of the page's clipboard, removed
+    // at its first call or when this click's handlers (and the promise callbacks they start) have run.
+    const restore = () => { if (clipboard.read === wrapped) delete clipboard.read; };
+    const wrapped = async (...args) => {
+      restore();
+      const items = await clipboard.read(...args);
+      checkPasted(box, items);
       return items;
     };
-  }
+    clipboard.read = wrapped;
+    setTimeout(restore, 0);
+  }, true);
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   window.sd2SendToEditor = async (courierId, editorId) => {

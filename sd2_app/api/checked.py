@@ -1,0 +1,39 @@
+"""A request the Service checked (`check`): what a ZeroGPU call is priced by and what it then runs.
+
+On ZeroGPU the duration asked for a call comes from the job's cost (sd2_app.api.gpu_time), so the request must be
+built and validated before the GPU call; handing the `Checked` request into the call lets `Service.run` run it
+without validating it again (docs/DESIGN.md, "ZeroGPU").
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sd2_app.api.plot import CheckedPlot
+from sd2_app.api.requests import Request, XYZPlotRequest
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
+
+
+@dataclass
+class Checked:
+    """A validated request, its warnings and the seconds validating took (the run's "validate" phase)."""
+
+    request: Request
+    warnings: list[str]
+    seconds: float = 0.0
+    plot: CheckedPlot | None = None  # an X/Y/Z plot's validated cells (`Service.check_plot`)
+
+
+def check(service: Service, request: Request) -> Checked:
+    """`request` validated by `service` (`Service.validate`, or `Service.check_plot` for a plot); raises
+    `InvalidRequest`."""
+    started = time.perf_counter()
+    if isinstance(request, XYZPlotRequest):
+        plot = service.check_plot(request)
+        return Checked(plot.request, plot.warnings, time.perf_counter() - started, plot)
+    checked, warnings = service.validate(request)
+    return Checked(checked, warnings, time.perf_counter() - started)
