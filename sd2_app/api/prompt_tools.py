@@ -30,6 +30,7 @@ from sd2_app.api.plot import cell_caption
 from sd2_app.api.requests import Request, Txt2ImgRequest, guidance_on
 from sd2_app.api.txt2img_options import X4_UPSCALER, x4_checkpoint
 from sd2_app.errors import InvalidRequest, LoadError, shown
+from sd2_app.fork_safety import renew_in_forked_child
 from sd2_app.pipelines.prompt_chunks import MAX_CHUNKS, tokenize_prompts
 from sd2_app.pipelines.prompt_plan import PromptPlans, PromptSteps, hires_prompt_steps, prompt_steps
 from sd2_app.prompt_editing import prompt_variants
@@ -80,6 +81,8 @@ class PromptTools:
         self._slots = threading.BoundedSemaphore(slots)
         self._tokenizers: dict[str, Any] = {}
         self._tokenizer_lock = threading.Lock()  # one tokenizer read at a time (the first may download)
+        # ZeroGPU's GPU calls run in forked workers: fresh ones there (sd2_app/fork_safety.py)
+        renew_in_forked_child(self, _slots=lambda: threading.BoundedSemaphore(slots), _tokenizer_lock=threading.Lock)
 
     def _library(self) -> dict[str, Any]:
         library = self._service.embeddings

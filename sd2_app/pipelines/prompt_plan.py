@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sd2_app.errors import InvalidRequest
+from sd2_app.fork_safety import renew_in_forked_child
 from sd2_app.pipelines.prompt_chunks import TokenizedPrompt, check_length, tokenize_prompts
 from sd2_app.prompt_editing import Schedule, prompt_schedule
 from sd2_app.prompt_syntax import without_extra_networks
@@ -184,6 +185,7 @@ class PromptPlans:
         self._kept: OrderedDict[tuple[Any, ...], _Kept] = OrderedDict()
         self._chunks = 0
         self._lock = threading.Lock()
+        renew_in_forked_child(self, _lock=threading.Lock)  # ZeroGPU's GPU calls run in forked workers
 
     def __len__(self) -> int:
         return len(self._kept)

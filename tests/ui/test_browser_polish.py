@@ -179,7 +179,20 @@ def test_the_paste_check_wraps_the_clipboard_only_for_a_paste_button_s_click(bro
     page.context.close()
 
 
-RESULTS_TOP = "Math.round(document.getElementById('txt2img-results').getBoundingClientRect().top)"
+# The page's reads of the results' place are counted, and the frames drawn, from now on; the test reads it with the
+# browser's own method (its polling is not counted).
+COUNT_READS = """() => {
+  const read = Element.prototype.getBoundingClientRect, results = document.getElementById("txt2img-results");
+  window.counted = { reads: 0, frames: 0 };
+  window.resultsTop = () => Math.round(read.call(results).top);
+  Element.prototype.getBoundingClientRect = function () {
+    if (this === results) window.counted.reads += 1;
+    return read.call(this);
+  };
+  const frame = () => { window.counted.frames += 1; requestAnimationFrame(frame); };
+  requestAnimationFrame(frame);
+}"""
+RESULTS_TOP = "window.resultsTop()"
 
 
 def test_on_a_phone_the_results_stay_in_view_when_the_run_ends(browser, url: str) -> None:
@@ -187,12 +200,14 @@ def test_on_a_phone_the_results_stay_in_view_when_the_run_ends(browser, url: str
     in a bar at its bottom. The scroll went 100 ms after the click: an answer that came later (a busy server, a
     slow network) moved the buttons out of the page after it, and the results' top ended under the screen's edge
     (-102 px here). When the run ended the buttons went back into the page above the results, which jumped down by
-    their height (242 px here, with the Styles box; 96 px without)."""
+    their height (242 px here, with the Styles box; 96 px without). The page reads the results' place when Stop
+    or the page's size changes (a handful of times a run), not in every frame drawn while the run is on."""
     page = _open(browser, url, PHONE)
     _go(page, "Text to image")
     for name, value in (("width", 64), ("height", 64), ("steps", 100)):  # seconds of run: Stop stays enabled
         _set_number(page, f"txt2img-{name}", value)
     page.evaluate("window.scrollTo(0, 0)")
+    page.evaluate(COUNT_READS)
     page.route("**/gradio_api/queue/join*", lambda route: (time.sleep(1), route.continue_()))  # a slow answer
     page.locator("#txt2img-run").click()
     expect(page.locator("#txt2img-stop")).to_be_enabled()
@@ -203,6 +218,9 @@ def test_on_a_phone_the_results_stay_in_view_when_the_run_ends(browser, url: str
     expect(page.locator("#txt2img-info")).to_contain_text("Seed ", timeout=120_000)
     expect(page.locator("#txt2img-stop")).to_be_disabled()
     page.wait_for_function(f"{RESULTS_TOP} === 8", timeout=30_000)  # before: 250, for good (the buttons' 242 more)
+    page.wait_for_timeout(500)
+    counted = page.evaluate("window.counted")
+    assert counted["frames"] > 100 and counted["reads"] <= 8, counted  # before: a read a frame (reads ~ frames)
     page.screenshot(path=str(ARTIFACTS / "polish-phone-done.png"))
     page.unroute("**/gradio_api/queue/join*")
     page.context.close()

@@ -36,22 +36,29 @@
   // bar (Stop enabled: the server answered), or the results would end up under the screen's top by the buttons'
   // height. When the run ends the buttons are back in the page above the results, which would jump down by their
   // height: the page scrolls by as much, before that frame is drawn, so the results stay where the visitor had them.
+  // Observers do the work when something changes: Stop's `disabled` (a MutationObserver, whose callback runs before
+  // the next frame is drawn) and the page's size while the run is on (a ResizeObserver: what is above the results
+  // may grow or shrink); the results' place in the page is read then, not every frame.
   const followRun = (results, stop) => {
-    let top = null, running = false;
-    const started = Date.now();
-    const frame = () => {
-      const now = results.getBoundingClientRect().top;
-      if (!stop.disabled) {
-        if (!running) results.scrollIntoView({ behavior: "smooth", block: "start" });
-        running = true;
-      } else if (running || Date.now() - started > 10000) { // the run ended (or never started)
-        if (running && top !== null && now !== top) window.scrollBy(0, now - top);
-        return;
+    let place = null; // the results' top in the page (not the screen) while the run is on
+    const measure = () => { place = results.getBoundingClientRect().top + window.scrollY; };
+    const resized = new ResizeObserver(() => { if (place !== null) measure(); });
+    const changed = () => {
+      if (!stop.disabled && place === null) { // the run is on
+        measure();
+        results.scrollIntoView({ behavior: "smooth", block: "start" });
+        resized.observe(document.body);
+      } else if (stop.disabled && place !== null) { // the run ended
+        const moved = results.getBoundingClientRect().top + window.scrollY - place;
+        if (moved) window.scrollBy(0, moved);
+        done();
       }
-      top = now;
-      requestAnimationFrame(frame);
     };
-    requestAnimationFrame(frame);
+    const watched = new MutationObserver(changed);
+    const done = () => { watched.disconnect(); resized.disconnect(); clearTimeout(never); };
+    const never = setTimeout(() => { if (place === null) done(); }, 10000); // the run never started (refused)
+    watched.observe(stop, { attributes: true, attributeFilter: ["disabled"] });
+    changed();
   };
   document.addEventListener("click", (event) => {
     const run = event.target.closest && event.target.closest(".run-button");
