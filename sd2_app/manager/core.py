@@ -187,11 +187,12 @@ class ModelManager:
             if entry is not None and entry.tier == "device":
                 self._offload_entry(entry, keep=set())
 
-    def unload(self, key: str) -> None:
-        """Forget `key`; its parts are freed unless another loaded checkpoint uses them."""
+    def unload(self, key: str) -> bool:
+        """Forget `key`; its parts are freed unless another loaded checkpoint uses them. False: it was not loaded."""
         with self._job_lock:
-            if key in self._entries:
+            if loaded := key in self._entries:
                 self._drop_entry(self._entries[key])
+        return loaded
 
     def free_memory(self) -> None:
         """Inside `use(key)`: move every other checkpoint off the device and return cached blocks to the driver.
@@ -202,7 +203,6 @@ class ModelManager:
             self._free_device(keep=self._active)
 
     # ---- what loading may do (loader.LoadTarget; the caller holds the job lock) ------------------------
-
     def find_part(self, identity: str) -> Part | None:
         """The loaded part with this content identity, to share instead of loading it again."""
         return self._parts.get(identity)

@@ -9,8 +9,8 @@ import gradio as gr
 from PIL import Image
 
 from sd2_app.api.checks import MIN_SIDE
-from sd2_app.api.task_checks import img2img_size
 from sd2_app.api.requests import Img2ImgRequest
+from sd2_app.api.task_checks import img2img_size
 from sd2_app.api.tasks import TASKS
 from sd2_app.errors import InvalidRequest
 from sd2_app.ui.run_events import wire_run

@@ -105,6 +105,26 @@ def test_unload_all_sits_apart_from_load_and_asks_first(page) -> None:
     page.screenshot(path=str(ARTIFACTS / "controls-models.png"))
 
 
+def test_unload_says_whether_the_checkpoint_was_loaded(browser, url: str) -> None:
+    """It said "… is unloaded." of a checkpoint that was never loaded."""
+    page = _open(browser, url, DESKTOP)
+    _go(page, "Models")
+    toasts = page.locator(".toast-body")
+    row = page.locator("#models-status [role=row]", has_text="sd2-base")  # the dropdown's first checkpoint
+    page.locator("#models-unload").click()  # whatever an earlier test left loaded
+    expect(row).to_contain_text("not loaded", timeout=60_000)
+    expect(toasts.last).to_contain_text("SD 2.0 base (512)", timeout=30_000)
+    page.locator("#models-unload").click()
+    expect(toasts.filter(has_text="SD 2.0 base (512) was not loaded; nothing to unload.")).to_have_count(1,
+                                                                                                   timeout=30_000)
+    page.locator("#models-load").click()
+    expect(row).to_contain_text("on the device", timeout=60_000)
+    page.locator("#models-unload").click()
+    expect(toasts.filter(has_text="SD 2.0 base (512) is unloaded.")).not_to_have_count(0, timeout=30_000)
+    expect(row).to_contain_text("not loaded", timeout=60_000)
+    page.context.close()
+
+
 def _number_into(page, elem_id: str, value: float) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
