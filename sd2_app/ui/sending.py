@@ -47,7 +47,7 @@ class SendTarget:
 def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[str, SendTarget],
               prefix: str) -> None:
     """Each "Send to X" button copies the picked result, the prompts and the picked prompt styles (and seed,
-    sampler, steps and CFG where X samples the same way) into tab X and switches to it. Queued, so "Generate an
+    sampler, steps, CFG and eta where X samples the same way) into tab X and switches to it. Queued, so "Generate an
     image first." reaches the user."""
     for target, button in panel.send_buttons.items():
         into = targets[target]
@@ -58,16 +58,16 @@ def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[
                  target: str = target, carry: bool = carry, styled: bool = styled) -> tuple:
             values = (selected_image(gallery, index), text, negative, gr.Tabs(selected=target))
             if carry:
-                sampler, karras, steps, cfg = rest[:4]
-                values += (sampler, karras, steps, cfg, gr.skip() if seed is None else seed)
+                sampler, karras, steps, cfg, eta = rest[:5]
+                values += (sampler, karras, steps, cfg, gr.skip() if seed is None else seed, eta)
             return values + ((rest[-1] or [],) if styled else ())
 
         inputs = [panel.gallery, panel.selected, tab.prompt, tab.negative, panel.last_seed]
         outputs = [into.image, into.prompt, into.negative, tabs]
         if carry:
             source, dest = tab.sampling, into.sampling
-            inputs += [source.sampler, source.karras, source.steps, source.cfg]
-            outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed]
+            inputs += [source.sampler, source.karras, source.steps, source.cfg, source.eta]
+            outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed, dest.eta]
         if styled:
             inputs.append(tab.styles)
             outputs.append(into.styles)
@@ -96,12 +96,14 @@ def picked_image_parameters(service: Service, gallery: Any, index: Any,
 
 
 def sampling_values(parsed: dict[str, Any], dest: SamplingControls) -> tuple:
-    """Sampler, Karras, steps, CFG and seed from parsed parameters, for `dest`'s widgets (gr.skip() where absent)."""
+    """Sampler, Karras, steps, CFG, seed and eta from parsed parameters, for `dest`'s widgets (gr.skip() where
+    absent; eta 0 where the text has none: it is written only when on)."""
     names = [value for _, value in dest.sampler.choices]
     sampler, karras = sampler_fields(parsed, names)
     seed = parsed.get(keys.SEED)
     return (gr.skip() if sampler is None else sampler, karras, clamp_to(parsed.get(keys.STEPS), dest.steps),
-            clamp_to(parsed.get(keys.CFG_SCALE), dest.cfg), seed if isinstance(seed, int) else gr.skip())
+            clamp_to(parsed.get(keys.CFG_SCALE), dest.cfg), seed if isinstance(seed, int) else gr.skip(),
+            clamp_to(parsed.get(keys.ETA_DDIM, 0.0), dest.eta))
 
 
 def wire_history_send(service: Service, view: HistoryView, tabs: gr.Tabs, targets: dict[str, SendTarget]) -> None:
@@ -131,7 +133,7 @@ def wire_parameters_send(service: Service, buttons: dict[str, gr.Button], galler
         outputs = [into.image, into.prompt, into.negative, tabs]
         if into.sampling is not None:
             dest = into.sampling
-            outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed]
+            outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed, dest.eta]
         if into.styles is not None:
             outputs.append(into.styles)
         sent = button.click(send, [gallery, selected], outputs, api_name=f"{prefix}_send_to_{target}",
@@ -149,7 +151,7 @@ def sampler_fields(parsed: dict[str, Any], names: list[str]) -> tuple[str | None
 # Settings of A1111's that text to image here has no control for: what is used instead.
 _NOT_HERE = {keys.HIRES_PROMPT: "the prompt", keys.HIRES_NEGATIVE_PROMPT: "the negative prompt",
              keys.HIRES_CHECKPOINT: "the first pass's checkpoint", keys.EMPHASIS: 'A1111\'s default ("Original")',
-             keys.REFINER: "no refiner", keys.ETA_DDIM: "DDIM without eta (0)"}
+             keys.REFINER: "no refiner"}
 
 
 def unreproduced(parsed: dict[str, Any], sampler: str | None, names: Sequence[str]) -> list[str]:
