@@ -59,14 +59,21 @@ def one_place_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) ->
 
 def txt2img_data(url: str, **values: object) -> list[object]:
     """The positional `data` of a raw /txt2img call: the API's defaults (from its description), then `values`."""
-    if url not in _PARAMETERS:
+    return event_data(url, "/txt2img", **values)
+
+
+def event_data(url: str, api_name: str, **values: object) -> list[object]:
+    """The positional `data` of a raw call of `api_name` (/txt2img, /xyz_plot, ...): the API's defaults (from its
+    description), then `FAST` settings, then `values`."""
+    key = f"{url} {api_name}"
+    if key not in _PARAMETERS:
         from gradio_client import Client
 
         info = Client(url, verbose=False).view_api(print_info=False, return_format="dict")
-        _PARAMETERS[url] = [(p["parameter_name"], p.get("parameter_default"))
-                            for p in info["named_endpoints"]["/txt2img"]["parameters"]]
+        _PARAMETERS[key] = [(p["parameter_name"], p.get("parameter_default"))
+                            for p in info["named_endpoints"][api_name]["parameters"]]
     merged = {"prompt": "x", "seed": 1, **FAST, **values}
-    return [merged.get(name, default) for name, default in _PARAMETERS[url]]
+    return [merged.get(name, default) for name, default in _PARAMETERS[key]]
 
 
 

@@ -87,8 +87,10 @@ class FakeManager:
     def load(self, key: str) -> None:
         self.loaded.append(key)
 
-    def unload(self, key: str | None) -> None:
+    def unload(self, key: str | None) -> bool:
+        was_loaded = bool(self.loaded) if key is None else key in self.loaded
         self.loaded = [] if key is None else [k for k in self.loaded if k != key]
+        return was_loaded
 
 
 def _size(request: Any) -> tuple[int, int]:

@@ -42,7 +42,9 @@ class ModelHost(Protocol):
 
     def load(self, key: str) -> object: ...
 
-    def unload(self, key: str) -> None: ...
+    def unload(self, key: str) -> bool:
+        """Forget `key`; False where it was not loaded."""
+        ...
 
     def report(self) -> tuple[Sequence[object], object]:
         """(one row per checkpoint: where it is loaded, from which repo; bytes per memory tier against the

@@ -30,6 +30,7 @@ from sd2_app.api.plot_axes import (
     check_styles,
     fit_to_sampler,
     hires_for_axes,
+    offered_axes,
     parse_values,
     read_samplers,
     uses_eta,
@@ -74,9 +75,9 @@ class PlotCell:
 
 
 def _axes(request: XYZPlotRequest, styles: StyleBook) -> list[tuple[str, PlotAxis]]:
-    """The axes in use, X first; an axis of kind "" or "nothing" is left out. Styles is one only where the host
-    has styles."""
-    offered = [key for key in AXES if key != "styles" or styles.styles]
+    """The axes in use, X first; an axis of kind "" or "nothing" is left out; each one the host offers
+    (`offered_axes`)."""
+    offered = offered_axes(styles)
     used = []
     for name, axis in zip(AXIS_NAMES, (request.x, request.y, request.z)):
         if axis is None or (isinstance(axis.kind, str) and axis.kind.lower() in ("", "nothing")):

@@ -134,12 +134,12 @@ class Service:
         with self.gate.enter():
             self._host().load(checkpoint)
 
-    def unload(self, checkpoint: str | None = None) -> None:
-        """Unload one checkpoint, or everything when `checkpoint` is None."""
+    def unload(self, checkpoint: str | None = None) -> list[str]:
+        """Unload one checkpoint, or everything when `checkpoint` is None; the keys that were loaded."""
         if checkpoint is not None and checkpoint not in self.registry:
             raise InvalidRequest(f"Unknown checkpoint {shown(checkpoint)}.")
-        for key in [checkpoint] if checkpoint is not None else list(self.registry):
-            self._host().unload(key)
+        host = self._host()
+        return [key for key in ([checkpoint] if checkpoint is not None else list(self.registry)) if host.unload(key)]
 
     # ---- prompts -----------------------------------------------------------------------------------
     def count_tokens(self, text: str, checkpoint: str) -> str:

@@ -25,6 +25,7 @@ from sd2_app.accel import AccelOptions, Accelerator, setup_backends
 from sd2_app.checkpoints.components import Components
 from sd2_app.loading.hub import LoadProgressFn
 from sd2_app.errors import InvalidRequest, LoadError
+from sd2_app.fork_safety import renew_in_forked_child
 from sd2_app.manager import memory
 from sd2_app.manager.derived import DerivedModules
 from sd2_app.manager.memory import OOM_ERRORS, gib
@@ -82,6 +83,7 @@ class ModelManager:
         self.hashes = HashCache(cache_dir / "hashes.json")  # content hashes of local files, kept between runs
         self._job_lock = threading.RLock()  # one GPU job (or load/offload) at a time
         self._state_lock = threading.Lock()  # short: guards the dicts so status() never waits for a job
+        renew_in_forked_child(self, _job_lock=threading.RLock, _state_lock=threading.Lock)  # ZeroGPU forks workers
         self._entries: dict[str, Entry] = {}
         self._parts: dict[str, Part] = {}
         self._errors: dict[str, str] = {}
@@ -104,7 +106,6 @@ class ModelManager:
                 self.registry.setdefault(key, spec)
 
     # ---- views -------------------------------------------------------------------------------------
-
     def _spec(self, key: str) -> CheckpointSpec:
         if key not in self.registry:
             raise InvalidRequest(f"unknown checkpoint {key!r}; known: {', '.join(self.registry)}")
@@ -160,7 +161,6 @@ class ModelManager:
         return entry.extras.tokenizer if entry is not None else load_tokenizer_only(self._spec(key))
 
     # ---- public operations ---------------------------------------------------------------------------
-
     @contextmanager
     def use(self, key: str, on_progress: LoadProgressFn | None = None) -> Iterator[Components]:
         """Hold the GPU for one job on checkpoint `key`, loading or bringing it back first."""
@@ -187,11 +187,12 @@ class ModelManager:
             if entry is not None and entry.tier == "device":
                 self._offload_entry(entry, keep=set())
 
-    def unload(self, key: str) -> None:
-        """Forget `key`; its parts are freed unless another loaded checkpoint uses them."""
+    def unload(self, key: str) -> bool:
+        """Forget `key`; its parts are freed unless another loaded checkpoint uses them. False: it was not loaded."""
         with self._job_lock:
-            if key in self._entries:
+            if loaded := key in self._entries:
                 self._drop_entry(self._entries[key])
+        return loaded
 
     def free_memory(self) -> None:
         """Inside `use(key)`: move every other checkpoint off the device and return cached blocks to the driver.
@@ -202,7 +203,6 @@ class ModelManager:
             self._free_device(keep=self._active)
 
     # ---- what loading may do (loader.LoadTarget; the caller holds the job lock) ------------------------
-
     def find_part(self, identity: str) -> Part | None:
         """The loaded part with this content identity, to share instead of loading it again."""
         return self._parts.get(identity)

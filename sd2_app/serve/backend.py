@@ -158,7 +158,7 @@ class ClusterModels:
             raise _failure_of(answer)
         return answer[1]
 
-    def unload(self, key: str) -> None:
+    def unload(self, key: str) -> bool:
         raise InvalidRequest("With Ray Serve the replicas unload checkpoints themselves (least recently used).")
 
 

@@ -84,7 +84,8 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
             with gr.Tab("PNG info", id="pnginfo"):
                 png_image, png_fields, png_send = pnginfo.build(service)
         targets = {
-            "img2img": SendTarget(i2i.image, i2i.prompt, i2i.negative, i2i.sampling, styles=i2i.styles),
+            "img2img": SendTarget(i2i.image, i2i.prompt, i2i.negative, i2i.sampling, styles=i2i.styles,
+                                 tiling=i2i.tiling),
             "inpaint": SendTarget(inp.incoming, inp.prompt, inp.negative, inp.sampling, editor=inp.editor,
                                   styles=inp.styles),
             "upscale": SendTarget(up.image, up.prompt, up.negative, styles=up.styles),
@@ -160,14 +161,14 @@ def _png_to_txt2img(
             parsed.get(keys.NEGATIVE_PROMPT, ""),
             keep if sampler is None else sampler,
             karras,
-            clamp_to(parsed.get(keys.STEPS), controls.steps),
-            clamp_to(parsed.get(keys.CFG_SCALE), controls.cfg),
-            clamp_to(parsed.get(keys.GUIDANCE_RESCALE, 0.0), controls.rescale),
-            clamp_to(parsed.get(keys.ETA_DDIM, 0.0), controls.eta),
+            clamp_to(parsed.get(keys.STEPS), controls.steps, keys.STEPS),
+            clamp_to(parsed.get(keys.CFG_SCALE), controls.cfg, keys.CFG_SCALE),
+            clamp_to(parsed.get(keys.GUIDANCE_RESCALE, 0.0), controls.rescale, keys.GUIDANCE_RESCALE),
+            clamp_to(parsed.get(keys.ETA_DDIM, 0.0), controls.eta, keys.ETA_DDIM),
             parsed.get(keys.SEED, keep),
-            clamp_to(parsed.get(keys.BATCH_SIZE, 1), controls.batch),
-            clamp_to(int(width), t2i.width) if width.isdigit() else keep,
-            clamp_to(int(height), t2i.height) if height.isdigit() else keep,
+            clamp_to(parsed.get(keys.BATCH_SIZE, 1), controls.batch, keys.BATCH_SIZE),
+            clamp_to(int(width), t2i.width, "Width") if width.isdigit() else keep,
+            clamp_to(int(height), t2i.height, "Height") if height.isdigit() else keep,
             keep if checkpoint is None else checkpoint,
             gr.Tabs(selected="txt2img"),
             *from_parameters(parsed, names),  # hires fix, seed extras, tiling

@@ -184,17 +184,19 @@ def _inpaint_tool(service: Service) -> ToolFn:
 def _upscale_tool(service: Service) -> ToolFn:
     up = TASKS["upscale"]
 
-    def upscale(image: Image.Image, prompt: str = "", negative_prompt: str = "", noise_level: int = 20,
-                steps: int = up.steps, seed: int = -1) -> str | Image.Image:
+    # `negative_prompt` came later than the rest: it is last, so a caller of the Gradio endpoint by position
+    # (gradio_client's predict(*args), the HTTP API's "data" list) keeps the order it had
+    def upscale(image: Image.Image, prompt: str = "", noise_level: int = 20, steps: int = up.steps, seed: int = -1,
+                negative_prompt: str = "") -> str | Image.Image:
         """Enlarge an image 4x with the Stable Diffusion x4 upscaler (input up to 512x512 pixels).
 
         Args:
             image: the image to enlarge (PNG, JPEG or WebP; a data URL or an uploaded file), at most 512x512 pixels
             prompt: what the image shows; guides the added detail; may be empty
-            negative_prompt: what to avoid in the added detail; may be empty
             noise_level: 0 to 350: noise added to the input first; higher lets the model invent more detail
             steps: denoising steps, 1 to 150; 50 is usual
             seed: random seed, 0 to 4294967295; -1 picks one
+            negative_prompt: what to avoid in the added detail; may be empty
         """
         request = rq.UpscaleRequest(prompt=prompt, image=image, negative_prompt=negative_prompt,
                                     noise_level=noise_level, checkpoint=up.checkpoint,

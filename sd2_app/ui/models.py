@@ -161,6 +161,13 @@ def _unload_all_buttons() -> UnloadAllButtons:
     return UnloadAllButtons(ask, confirm_row, confirm, cancel)
 
 
+def unload_message(checkpoint: str | None, label: str | None, unloaded: list[str]) -> str:
+    """What Unload (`checkpoint`, shown as `label`) or Unload all (None) says, from the keys it unloaded."""
+    if checkpoint is None:
+        return "All models are unloaded." if unloaded else "No model was loaded."
+    return f"{label} is unloaded." if unloaded else f"{label} was not loaded; nothing to unload."
+
+
 def _wire_admin(service: Service, checkpoint: gr.Dropdown, load: gr.Button, unload: gr.Button,
                 unload_all: UnloadAllButtons, outputs: list[gr.components.Component],
                 current: Callable[[], StatusView]) -> None:
@@ -180,11 +187,10 @@ def _wire_admin(service: Service, checkpoint: gr.Dropdown, load: gr.Button, unlo
 
     def do_unload(checkpoint: str | None) -> StatusView:
         try:
-            service.unload(checkpoint)
+            unloaded = service.unload(checkpoint)
         except InvalidRequest as error:
             raise gr.Error(str(error), print_exception=False) from error
-        gr.Info("All models are unloaded." if checkpoint is None
-                else f"{service.catalog.labels.get(checkpoint, checkpoint)} is unloaded.")
+        gr.Info(unload_message(checkpoint, service.catalog.labels.get(checkpoint or "", checkpoint), unloaded))
         return current()
 
     gpu_event = {"concurrency_id": GPU_QUEUE, "concurrency_limit": service.concurrency}

@@ -24,7 +24,7 @@ import gradio as gr
 from PIL import Image
 
 from sd2_app.api.plot import HIRES_NEEDS_TEXT, cell_caption, write_tables
-from sd2_app.api.plot_axes import AXES, AXIS_NAMES
+from sd2_app.api.plot_axes import AXES, AXIS_NAMES, offered_axes
 from sd2_app.api.checked import Checked
 from sd2_app.api.requests import HIRES_UPSCALERS, Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.api.tasks import PLOT_SAMPLERS, TASKS
@@ -181,15 +181,13 @@ def _wire_hires(fix: HiresControls, image: gr.Image, width: gr.Slider, height: g
 
 
 def _picks(service: Service) -> dict[str, list[tuple[str, str]]]:
-    """Each axis kind the tab offers -> the (label, value) choices of its picked values (empty: typed values).
-    Styles only where the host has styles (`--styles`)."""
+    """Each axis kind the tab offers (`offered_axes`, which a plot's validation allows) -> the (label, value)
+    choices of its picked values (empty: typed values)."""
     samplers = [(name, name) for name in service.samplers()]
-    picks: dict[str, list[tuple[str, str]]] = {key: [] for key in AXES if key != "styles"}
-    picks.update(sampler=samplers, checkpoint=service.checkpoints("txt2img"), hires_sampler=samplers,
-                 hires_upscaler=[(name, name) for name in HIRES_UPSCALERS])
-    if service.styles.names:
-        picks["styles"] = [(name, name) for name in service.styles.names]
-    return picks
+    choices = {"sampler": samplers, "checkpoint": service.checkpoints("txt2img"), "hires_sampler": samplers,
+               "hires_upscaler": [(name, name) for name in HIRES_UPSCALERS],
+               "styles": [(name, name) for name in service.styles.names]}
+    return {key: choices.get(key, []) for key in offered_axes(service.styles)}
 
 
 def build(service: Service, flags: StopFlags) -> ResultPanel:

@@ -167,3 +167,31 @@ def test_tool_images_are_png_jpeg_or_webp_and_never_fetched_from_other_sites(
         assert "The uploaded image could not be read: not a PNG, JPEG or WebP image." in result.content[0].text
     assert url_result.isError and downloads == [] and opened == []
     assert url_result.content[0].text == REMOTE_FILE_REFUSAL
+
+
+def test_the_upscale_endpoint_keeps_its_positional_order(url: str, tmp_path: Path) -> None:
+    """MCP's tools/call passes arguments by name, but the tool's Gradio endpoint (/mcp_upscale) is also called by
+    position (gradio_client's `predict(*args)`, the HTTP API's "data" list): its first five arguments keep the
+    order they had before `negative_prompt` came (image, prompt, noise_level, steps, seed), which is last."""
+    from gradio_client import Client, handle_file
+
+    noise_image(16, 16).save(tmp_path / "small.png")
+    client = Client(url.removesuffix("/gradio_api/mcp/"), verbose=False)
+    old_order = client.predict(handle_file(str(tmp_path / "small.png")), "a cat", 30, 2, 9, api_name="/mcp_upscale")
+    text = Image.open(old_order).info["parameters"]
+    assert "Steps: 2," in text and "Seed: 9," in text and "Noise level: 30" in text and "Negative prompt" not in text
+    with_negative = client.predict(handle_file(str(tmp_path / "small.png")), "a cat", 30, 2, 9, "blurry",
+                                   api_name="/mcp_upscale")
+    assert "\nNegative prompt: blurry\n" in Image.open(with_negative).info["parameters"]
+
+    async def by_name(session):
+        return await session.call_tool("upscale", {"image": _data_url(noise_image(16, 16)), "prompt": "a cat",
+                                                   "negative_prompt": "blurry", "noise_level": 30, "steps": 2,
+                                                   "seed": 9})
+
+    import httpx
+
+    called = _session(url, by_name)  # its base64 image is Gradio's re-encode, without text: the linked file has it
+    link = next(c.text for c in called.content if c.type == "text" and c.text.startswith("Image URL: "))
+    served = Image.open(io.BytesIO(httpx.get(link.removeprefix("Image URL: "), timeout=30).content))
+    assert served.size == (64, 64) and "\nNegative prompt: blurry\nSteps: 2," in served.info["parameters"]

@@ -247,7 +247,8 @@ def test_catalog_views_and_model_operations() -> None:
     assert service.resolution("sd2") == 768
     service.load("sd2")
     assert service.status()["models"]["loaded"] == ["sd2"]
-    service.unload(None)
+    assert service.unload("sd2-base") == []  # not loaded
+    assert service.unload(None) == ["sd2"]
     assert service.status()["models"]["loaded"] == []
     with pytest.raises(InvalidRequest, match="Unknown checkpoint 'x'."):
         service.load("x")

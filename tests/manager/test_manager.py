@@ -134,6 +134,7 @@ def test_lru_offloads_then_drops_under_small_budgets(
     manager.unload("z")
     assert _where(manager)["a"] == "offloaded" and _where(manager)["z"] == "none"
     assert manager.memory().device_used == size and manager.memory().offload_used == size
+    assert manager.unload("a") is True and manager.unload("a") is False  # False: it was not loaded
 
 
 def test_identical_files_are_loaded_once_and_refcounted(

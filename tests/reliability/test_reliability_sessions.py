@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -18,7 +19,8 @@ import pytest
 from sd2_app.api.service import Service
 from sd2_app.ui.event_checks import unknown_event_message
 from sd2_app.ui.stream_checks import UNKNOWN_STREAM_MESSAGE
-from tests.hosting_support import CallsAtOnce, txt2img_data
+from sd2_app.ui.visitors import COOKIE as VISITOR_COOKIE
+from tests.hosting_support import CallsAtOnce, event_data, txt2img_data
 from tests.reliability_report import reliability, track_module  # noqa: F401
 from tests.reliability_support import one_thread, serve  # noqa: F401
 
@@ -168,3 +170,144 @@ def test_a_stream_of_an_unknown_session_or_event_answers_404_in_words(app, relia
                       "for an unknown event id (raw HTTP)",
                 f"HTTP 404: {UNKNOWN_STREAM_MESSAGE} (Gradio started the stream and raised its 404 inside it: the "
                 "client's connection closed mid-answer, the log got a traceback for each request)")
+
+
+STEP_S = 0.1  # each sampler step of these tests sleeps this long first, so a run lasts long enough to leave
+
+
+def _slow_steps(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
+    """From now on each sampler step takes `STEP_S` longer; the steps each prompt ran (a plot's cells, each prompt
+    of its own), in order."""
+    steps: dict[str, list[int]] = defaultdict(list)
+    run_on_gpu = Service.run_on_gpu
+
+    def slow(service: Service, task: str, request: object, on_step: Callable, timings: dict) -> object:
+        def step(done: int, total: int, latents: object) -> None:
+            time.sleep(STEP_S)
+            steps[request.prompt].append(done)  # type: ignore[attr-defined]
+            on_step(done, total, latents)
+
+        return run_on_gpu(service, task, request, step, timings)
+
+    monkeypatch.setattr(Service, "run_on_gpu", slow)
+    return steps
+
+
+def _visitor_client(url: str) -> httpx.Client:
+    """A client holding a visitor cookie of its own (a browser, or gradio_client)."""
+    client = httpx.Client(base_url=url, timeout=120)
+    client.get("config")
+    assert client.cookies.get(VISITOR_COOKIE), client.cookies
+    return client
+
+
+def _join(client: httpx.Client, session_hash: str, api_name: str, **values: object) -> None:
+    fn_index = _fn_index(str(client.base_url), api_name)
+    join = {"data": event_data(str(client.base_url), f"/{api_name}", **values), "fn_index": fn_index,
+            "session_hash": session_hash}
+    assert client.post("gradio_api/queue/join", json=join).status_code == 200
+
+
+def _read(client: httpx.Client, session_hash: str, seen: list[dict], leave: Callable[[], bool] | None = None,
+          left: list[int] | None = None) -> threading.Thread:
+    """A thread reading the session's event stream into `seen`: to its end, or, with `leave`, until `leave()`
+    says the visitor goes (the connection is closed then; `left` gets `leave`'s count)."""
+
+    def read() -> None:
+        with client.stream("GET", "gradio_api/queue/data", params={"session_hash": session_hash}) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    seen.append(json.loads(line[5:]))
+                if leave is not None and (count := leave()):
+                    (left if left is not None else []).append(count)
+                    return
+                if seen and seen[-1]["msg"] in ("close_stream", "unexpected_error"):
+                    return
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    return thread
+
+
+def _wait(condition: Callable[[], object], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert condition()
+
+
+def _completed(seen: list[dict]) -> bool:
+    return [m["msg"] for m in seen][-2:] == ["process_completed", "close_stream"] and seen[-2]["success"] is True
+
+
+def test_a_visitor_who_leaves_stops_their_run_at_once_and_nobody_elses(app, reliability,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page of a 40-step run closes after its 7th step: the run stops at its next step (it ran to the next
+    live preview and a step more, 11 steps) and the jobs behind it start; the same visitor's other tab and another
+    visitor keep theirs; a job whose page closed while it waited never runs."""
+    url, demo = app
+    steps = _slow_steps(monkeypatch)
+    leaver, other = _visitor_client(url), _visitor_client(url)
+    streams: dict[str, list[dict]] = defaultdict(list)
+    left: list[int] = []
+    _join(leaver, "tab-1", "txt2img", prompt="leaving", steps=40)
+    reading = [_read(leaver, "tab-1", streams["tab-1"], lambda: len(steps["leaving"]) >= 7 and len(steps["leaving"]),
+                     left)]
+    _wait(lambda: steps["leaving"])
+    _join(leaver, "tab-2", "txt2img", prompt="other tab", steps=3)  # the same visitor's other tab
+    _join(other, "gone-early", "txt2img", prompt="left while queued", steps=3)
+    _read(other, "gone-early", streams["gone-early"], lambda: bool(streams["gone-early"])).join(60)
+    _join(other, "waiting", "txt2img", prompt="waiting", steps=3)
+    reading += [_read(leaver, "tab-2", streams["tab-2"]), _read(other, "waiting", streams["waiting"])]
+    for thread in reading:
+        thread.join(120)
+    ran = {prompt: len(done) for prompt, done in steps.items()}
+    assert left == [7] and ran == {"leaving": 8, "other tab": 3, "waiting": 3}, (left, ran)
+    assert _completed(streams["tab-2"]) and _completed(streams["waiting"]), (streams["tab-2"][-2:],
+                                                                            streams["waiting"][-2:])
+    _wait(lambda: not demo._queue.event_ids_to_events and not demo.flags._flags)  # type: ignore[attr-defined]
+    reliability(AREA, "a visitor's page closes (its event stream, raw HTTP) after step 7 of a 40-step run, while "
+                      "the visitor's other tab, another visitor and a job whose page closed while it waited are queued",
+                f"the run stops after {ran['leaving']} steps and the queued jobs start: the other tab's and the other "
+                "visitor's run their 3 steps to the end, the job that left while it waited never runs (Gradio "
+                "closed a run only when it next yielded: after 11 steps, at its next live preview)")
+
+
+def test_a_plot_whose_visitor_leaves_stops_and_keeps_its_finished_cells(app, reliability,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 3-cell X/Y/Z plot (Prompt S/R: cat, dog, fox; 20 steps a cell) whose page closes at the 6th step of its
+    2nd cell stops at the next step (it ran to the cell's next live preview, step 10); the visitor's History keeps the
+    finished cell and its grid, as after Stop."""
+    url, demo = app
+    steps = _slow_steps(monkeypatch)
+    visitor = _visitor_client(url)
+    seen: list[dict] = []
+    left: list[int] = []
+    _join(visitor, "plotting", "xyz_plot", prompt="a cat", steps=20, x_type="prompt_sr", x_values="cat, dog, fox")
+    _read(visitor, "plotting", seen, lambda: len(steps["a dog"]) >= 6 and len(steps["a dog"]), left).join(120)
+    _wait(lambda: not demo._queue.event_ids_to_events and not demo.flags._flags)  # type: ignore[attr-defined]
+    ran = {prompt: len(done) for prompt, done in steps.items()}
+    history = visitor.post("gradio_api/run/history", json={"data": []}).json()["data"][1]["data"]
+    assert left == [6] and ran == {"a cat": 20, "a dog": 7}, (left, ran)
+    assert [(row[1], row[3]) for row in history[:1]] == [("xyz_plot", 2)], history  # the grid and the cat
+    reliability(AREA, "an X/Y/Z plot's page closes (raw HTTP) at step 6 of its 2nd cell (3 cells of 20 steps)",
+                f"the plot stops after {ran['a dog']} steps of that cell, and the visitor's History keeps the grid "
+                "and the finished cell (the plot ran on to the cell's next live preview, 10 steps)")
+
+
+def test_an_api_caller_who_disconnects_stops_its_run(app, reliability, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller of the /call route (curl, a script) whose connection closes while it reads the run's stream (GET
+    /gradio_api/call/txt2img/<event_id>) after step 7 of 40: the run stops at its next step (it ran to step 11)."""
+    url, demo = app
+    steps = _slow_steps(monkeypatch)
+    left: list[int] = []
+    with httpx.Client(base_url=url, timeout=120) as client:
+        joined = client.post("gradio_api/call/txt2img", json={"data": txt2img_data(url, prompt="called", steps=40)})
+        with client.stream("GET", f"gradio_api/call/txt2img/{joined.json()['event_id']}"):
+            _wait(lambda: len(steps["called"]) >= 7)  # the stream sends only previews and the result: not read
+            left.append(len(steps["called"]))
+    _wait(lambda: not demo._queue.event_ids_to_events and not demo.flags._flags)  # type: ignore[attr-defined]
+    assert (left, len(steps["called"])) == ([7], 8)
+    reliability(AREA, "an API caller's connection closes (GET /gradio_api/call/txt2img/<event_id>, raw HTTP) after "
+                      "step 7 of a 40-step run",
+                "the run stops after 8 steps (it ran on to the next live preview and a step more: 11)")

@@ -1,0 +1,37 @@
+"""Fresh locks in a forked child process (`renew_in_forked_child`).
+
+ZeroGPU runs each GPU call in a worker process forked from the app's process (the `spaces` package,
+spaces/zero/wrappers.py: a `multiprocessing` "fork" context). A fork copies the memory of the forking thread's
+process but only that thread: a lock another thread held at that moment stays held in the child, with nobody
+left to release it, and the child's first job that needs it waits forever (Python docs, `os.fork`: forking a
+process with threads can deadlock the child). `os.register_at_fork(after_in_child=...)` runs a callback in the
+child right after the fork; the owner of a lock registers one when it is made, so a child gets new locks (as
+CPython's logging does for its handlers' locks: Lib/logging/__init__.py, `_after_at_fork_child_reinit_locks`).
+Callbacks cannot be unregistered (Python docs, `os.register_at_fork`), so the callback holds its owner weakly:
+the owner can still be freed, and a dead owner's callback does nothing.
+
+The forking thread itself must not hold these locks (its child would release a lock it never took): ZeroGPU
+forks from a Gradio handler, outside every job.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Callable
+
+
+def renew_in_forked_child(owner: object, **factories: Callable[[], object]) -> None:
+    """In every child process forked after this call, set `owner.<name> = factory()` for each of `factories`
+    (e.g. `_lock=threading.Lock`), as long as `owner` is alive. No-op where the platform has no fork."""
+    if not hasattr(os, "register_at_fork"):  # Windows
+        return
+    owner_ref = weakref.ref(owner)
+
+    def renew() -> None:
+        alive = owner_ref()
+        if alive is not None:
+            for name, factory in factories.items():
+                setattr(alive, name, factory())
+
+    os.register_at_fork(after_in_child=renew)
