@@ -46,7 +46,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Imag
     wire_run(service, flags, frame.panel, inputs, partial(make_request, service.limits), "img2img",
              ("image", "checkpoint", "prompt", "negative_prompt", "strength", "width", "height", "resize_mode",
               *SAMPLING_NAMES, *IMG2IMG_NAMES), styles=frame.styles)
-    return ImageTab(image, frame.prompt, frame.negative, controls, frame.panel, frame.styles)
+    return ImageTab(image, frame.prompt, frame.negative, controls, frame.panel, frame.styles, tiling=extras[2])
 
 
 SIZE_NOTE = ("A new image (or checkpoint) sets width and height: the image's shape at the checkpoint's "

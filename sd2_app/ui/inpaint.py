@@ -35,6 +35,7 @@ class InpaintTab:
     sampling: SamplingControls
     panel: ResultPanel
     styles: gr.Dropdown | None = None  # the Styles picker; None where the host has no styles
+    tiling: None = None  # inpainting has no Tiling (a "Send to" from here turns the destination's off)
 
 
 def _open(item: Any) -> Image.Image | None:

@@ -26,10 +26,11 @@ from sd2_app.ui.sampling_controls import SamplingControls
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
     from sd2_app.ui.history import HistoryView
+    from sd2_app.ui.inpaint import InpaintTab
     from sd2_app.ui.tab_frame import ImageTab
     from sd2_app.ui.txt2img import Txt2ImgTab
 
-    SendSource = ImageTab | Txt2ImgTab  # a tab with results, its prompts and sampling controls
+    SendSource = ImageTab | InpaintTab | Txt2ImgTab  # a tab with results, its prompts and sampling controls
 
 
 @dataclass
@@ -41,26 +42,33 @@ class SendTarget:
     negative: gr.Textbox
     sampling: SamplingControls | None = None
     editor: gr.ImageMask | None = None  # set when `image` is only the courier of an image editor
+    tiling: gr.Checkbox | None = None  # the Tiling checkbox, where the tab has one
     styles: gr.Dropdown | None = None  # the Styles picker, where the host has prompt styles
 
 
 def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[str, SendTarget],
               prefix: str) -> None:
     """Each "Send to X" button copies the picked result, the prompts and the picked prompt styles (and seed,
-    sampler, steps and CFG where X samples the same way) into tab X and switches to it. Queued, so "Generate an
-    image first." reaches the user."""
+    sampler, steps and CFG where X samples the same way, and Tiling where X has it: the source tab's, off from a
+    tab without one) into tab X and switches to it. Queued, so "Generate an image first." reaches the user."""
     for target, button in panel.send_buttons.items():
         into = targets[target]
-        carry = into.sampling is not None
+        carry, tiled = into.sampling is not None, into.tiling is not None
+        source_tiling = tab.tiling if tiled else None  # None: the source tab has no Tiling
         styled = tab.styles is not None and into.styles is not None
 
-        def send(gallery: Any, index: Any, text: str, negative: str, seed: Any, *rest: Any,
-                 target: str = target, carry: bool = carry, styled: bool = styled) -> tuple:
+        def send(gallery: Any, index: Any, text: str, negative: str, seed: Any, *rest: Any, target: str = target,
+                 carry: bool = carry, tiled: bool = tiled, tiling_given: bool = source_tiling is not None,
+                 styled: bool = styled) -> tuple:
+            rest_left = list(rest)
             values = (selected_image(gallery, index), text, negative, gr.Tabs(selected=target))
             if carry:
-                sampler, karras, steps, cfg = rest[:4]
+                sampler, karras, steps, cfg = rest_left[:4]
+                del rest_left[:4]
                 values += (sampler, karras, steps, cfg, gr.skip() if seed is None else seed)
-            return values + ((rest[-1] or [],) if styled else ())
+            if tiled:
+                values += (bool(rest_left.pop(0)) if tiling_given else False,)
+            return values + ((rest_left[0] or [],) if styled else ())
 
         inputs = [panel.gallery, panel.selected, tab.prompt, tab.negative, panel.last_seed]
         outputs = [into.image, into.prompt, into.negative, tabs]
@@ -68,6 +76,9 @@ def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[
             source, dest = tab.sampling, into.sampling
             inputs += [source.sampler, source.karras, source.steps, source.cfg]
             outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed]
+        if tiled:
+            inputs += [source_tiling] if source_tiling is not None else []
+            outputs.append(into.tiling)
         if styled:
             inputs.append(tab.styles)
             outputs.append(into.styles)
@@ -126,12 +137,14 @@ def wire_parameters_send(service: Service, buttons: dict[str, gr.Button], galler
                 parsed = with_styles_read(parsed, service.styles)
             values = (image, parsed.get(keys.PROMPT, ""), parsed.get(keys.NEGATIVE_PROMPT, ""), gr.Tabs(selected=target))
             values += sampling_values(parsed, into.sampling) if into.sampling is not None else ()
+            values += () if into.tiling is None else (tiling_in(parsed),)
             return values + (() if into.styles is None else (parsed.get(keys.STYLES_ARRAY, []),))
 
         outputs = [into.image, into.prompt, into.negative, tabs]
         if into.sampling is not None:
             dest = into.sampling
             outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed]
+        outputs += [] if into.tiling is None else [into.tiling]
         if into.styles is not None:
             outputs.append(into.styles)
         sent = button.click(send, [gallery, selected], outputs, api_name=f"{prefix}_send_to_{target}",
@@ -179,6 +192,11 @@ def hires_in(parsed: dict[str, Any]) -> bool:
     a denoising strength with any hires key (older A1111 versions wrote no "Hires upscaler")."""
     hires_keys = (keys.HIRES_UPSCALE, keys.HIRES_UPSCALER, keys.HIRES_RESIZE)
     return keys.DENOISING_STRENGTH in parsed and any(key in parsed for key in hires_keys)
+
+
+def tiling_in(parsed: dict[str, Any]) -> bool:
+    """Whether parsed parameters say the image was made as a seamless tile ("Tiling: True"; absent: not)."""
+    return bool(parsed.get(keys.TILING, False))
 
 
 def clamp_to(value: Any, slider: gr.Slider) -> Any:

@@ -41,6 +41,7 @@ class ImageTab:
     sampling: SamplingControls
     panel: ResultPanel
     styles: gr.Dropdown | None = None  # the Styles picker; None where the host has no styles
+    tiling: gr.Checkbox | None = None  # the Tiling checkbox, where the tab has one
 
 
 class TabFrame:

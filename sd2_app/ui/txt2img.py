@@ -34,6 +34,10 @@ class Txt2ImgTab:
     extras: Txt2ImgExtras
     styles: gr.Dropdown | None  # the Styles picker; None where the host has no styles
 
+    @property
+    def tiling(self) -> gr.Checkbox:
+        return self.extras.tiling
+
 
 def build(service: Service, flags: StopFlags) -> Txt2ImgTab:
     frame = TabFrame(service, "txt2img", EXAMPLE_PROMPTS[0])
