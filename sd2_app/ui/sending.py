@@ -7,6 +7,7 @@ after the visitor uploaded into it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Any, TYPE_CHECKING
@@ -111,8 +112,9 @@ def sampling_values(parsed: dict[str, Any], dest: SamplingControls) -> tuple:
     names = [value for _, value in dest.sampler.choices]
     sampler, karras = sampler_fields(parsed, names)
     seed = parsed.get(keys.SEED)
-    return (gr.skip() if sampler is None else sampler, karras, clamp_to(parsed.get(keys.STEPS), dest.steps),
-            clamp_to(parsed.get(keys.CFG_SCALE), dest.cfg), seed if isinstance(seed, int) else gr.skip())
+    return (gr.skip() if sampler is None else sampler, karras,
+            clamp_to(parsed.get(keys.STEPS), dest.steps, keys.STEPS),
+            clamp_to(parsed.get(keys.CFG_SCALE), dest.cfg, keys.CFG_SCALE), seed if isinstance(seed, int) else gr.skip())
 
 
 def wire_history_send(service: Service, view: HistoryView, tabs: gr.Tabs, targets: dict[str, SendTarget]) -> None:
@@ -199,13 +201,23 @@ def tiling_in(parsed: dict[str, Any]) -> bool:
     return bool(parsed.get(keys.TILING, False))
 
 
-def clamp_to(value: Any, slider: gr.Slider) -> Any:
-    """A number read from another tool's PNG, clamped into `slider`'s range (gr.skip() when not a number).
-
-    Out-of-range values would otherwise reach the slider as they are and fail later, at Generate.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def clamp_to(value: Any, slider: gr.Slider, key: str = "") -> Any:
+    """A number read from parameters text (pasted into PNG info, or a PNG's) made one `slider` takes: clamped into
+    its range and, on a slider of whole steps (steps, images per prompt, sizes), rounded to its step, halves up;
+    gr.skip() when it is not a number. A value that had to change is said in a warning naming it (`key`: its name
+    in the text; default: the slider's label): it would otherwise reach the slider as it is and be refused only
+    at Generate ("Batch size must be a whole number, got 2.5.")."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return gr.skip()
-    return min(max(value, slider.minimum), slider.maximum)
+    low, high, step = slider.minimum, slider.maximum, slider.step
+    fitted = min(max(value, low), high)
+    whole = float(step).is_integer()
+    if whole:  # the grid the slider moves on, from its minimum
+        fitted = min(low + math.floor((fitted - low) / step + 0.5) * step, high)
+    if fitted != value:
+        grid = (", whole numbers" if step == 1 else f", in steps of {step:g}") if whole else ""
+        gr.Warning(f"{key or slider.label} {value:g} cannot be set here ({low:g} to {high:g}{grid}); "
+                   f"{fitted:g} is used.")
+    return fitted
 
 

@@ -71,3 +71,20 @@ def test_an_image_s_parameters_are_parsed_once(page, tmp_path: Path, monkeypatch
     expect(fields).to_contain_text("4321")
     assert parsed == [text, pasted]
     page.screenshot(path=str(ARTIFACTS / "pnginfo-parsed-once.png"))
+
+
+def test_a_pasted_batch_size_that_is_not_whole_is_rounded_at_the_paste_and_said(page) -> None:
+    """"Batch size: 2.5" reached the slider as it was and Generate was refused ("Batch size must be a whole number,
+    got 2.5."); the send says what it sets instead, and Generate runs it."""
+    _go(page, "PNG info")
+    page.locator("#pnginfo-text textarea").fill("a tiled floor\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 11, "
+                                                "Size: 64x64, Batch size: 2.5")
+    expect(page.locator("[data-testid=json], .json-holder").first).to_contain_text("2.5")
+    page.locator("#pnginfo-send").click()
+    expect(page.locator(".toast-body", has_text="Batch size 2.5 cannot be set here (1 to 8, whole numbers); 3 is "
+                                                "used.")).to_be_visible(timeout=15_000)
+    expect(page.get_by_role("spinbutton", name="Images per prompt")).to_have_value("3")
+    page.screenshot(path=str(ARTIFACTS / "paste-batch-size-rounded.png"))
+    page.locator("#txt2img-run").click()
+    expect(page.locator("#txt2img-info")).to_contain_text("Batch size: 3", timeout=120_000)
+    expect(page.locator("#txt2img-gallery img")).to_have_count(3)
