@@ -325,3 +325,18 @@ def test_running_a_plot_checks_each_cell_once(monkeypatch: pytest.MonkeyPatch) -
     result = fake_service(None).run(_plot(PlotAxis("steps", "1, 2"), PlotAxis("seed", "3, 4")))
     assert len(checked) == 1 + 4
     assert [cell["steps"] for cell in result.cells] == [1, 2, 1, 2] and len(result.images) == 1 + 4
+
+
+def test_kept_random_seeds_are_drawn_in_each_cell() -> None:
+    """A1111's "Keep -1 for seeds" (no_fixed_seeds): the base's -1 seed and unset variation seed stay random,
+    so each cell draws its own; a -1 on a Seed axis stays -1 (each cell of that value draws its own)."""
+    plot = replace(_plot(PlotAxis("variation_strength", "0.25, 0.5"), PlotAxis("steps", "1, 2"), seed=-1),
+                   no_fixed_seeds=True)
+    checked, _ = validate(plot, CATALOG)
+    assert checked.base.sampling.seed == -1 and checked.base.seed_extras.variation_seed is None
+    cells, _ = plan_cells(checked, CATALOG, Limits())
+    assert len({c.request.sampling.seed for c in cells}) == 4
+    assert len({c.request.seed_extras.variation_seed for c in cells}) == 4
+    assert all(0 <= c.request.sampling.seed <= 2**32 - 1 for c in cells)
+    seeded, _ = validate(replace(_plot(PlotAxis("seed", "5, -1")), no_fixed_seeds=True), CATALOG)
+    assert seeded.x.values == (5, -1)

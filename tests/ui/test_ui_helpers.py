@@ -376,3 +376,22 @@ def test_the_first_step_replaces_starting_even_without_a_preview() -> None:
     update = _step_update(view, (1, 30, None), flag, place, lambda *args, **kwargs: None)
     assert update is not None and update[2] == "Step 1/30"
     assert _step_update(view, (2, 30, None), flag, place, lambda *args, **kwargs: None) is None
+
+
+def test_a_plots_streamed_cell_carries_its_own_parameters(monkeypatch, tmp_path: Path) -> None:
+    """A cell shown before the plot ends (the gallery of `PlotView`) is a PNG with the cell's parameters text, so
+    "Send to" from it carries the cell's settings as from the final gallery (`fast_png` would drop the text)."""
+    from sd2_app.api.plot import PlotCell
+    from sd2_app.api.requests import Txt2ImgRequest
+    from sd2_app.pipelines.metadata import attach_parameters
+    from sd2_app.ui.xyz_plot import PlotView
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    text = "a barn\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 12, Size: 64x64"
+    cell = PlotCell(1, (1, 0, 0), Txt2ImgRequest(prompt="a barn"), ("Seed: 12", "", ""), 2)
+    view = PlotView()
+    view.finished.put((cell, attach_parameters(Image.new("RGB", (64, 64), (9, 8, 7)), text), 0.25))
+    [(path, caption)] = view.new_gallery()
+    assert caption == "Seed: 12 · 0.25 s" and Path(path).name == "cell-2.png"
+    with Image.open(path) as shown:
+        assert shown.info["parameters"] == text and shown.getpixel((0, 0)) == (9, 8, 7)
