@@ -253,9 +253,28 @@ def test_a_grid_without_its_legend_is_the_cells_alone(client: Client) -> None:
     assert np.array_equal(np.asarray(grid.crop((70, 0, 134, 64))), np.asarray(cells[1].convert("RGB")))
 
 
-@pytest.mark.parametrize(("name", "value", "label"), [("no_fixed_seeds", "false", "Keep -1 for seeds"),
-                                                      ("draw_legend", 0, "Draw legend")])
-def test_the_plots_options_must_be_true_or_false(client: Client, name: str, value: object, label: str) -> None:
+def test_a_z_axis_joins_its_grids_and_margins_space_the_cells(client: Client) -> None:
+    """A1111's Z grid: one image of the Z values' grids side by side, 16 px apart; "Include sub grids" adds each
+    alone. "Grid margins (px)" 10 adds 10 px between cells: two 64x64 cells without legend are 156x78."""
+    plot = {**SOLO, "steps": 1, "x_type": "cfg_scale", "x_values": "7, 8", "z_type": "steps", "z_values": "1, 2"}
+    _, gallery, _, _ = client.predict(api_name="/xyz_plot", **plot)
+    assert _captions(gallery) == ["Grid", "CFG scale: 7, Steps: 1", "CFG scale: 8, Steps: 1",
+                                  "CFG scale: 7, Steps: 2", "CFG scale: 8, Steps: 2"]
+    _, gallery, _, _ = client.predict(api_name="/xyz_plot", **plot, include_sub_grids=True, draw_legend=False,
+                                      margin_size=10)
+    assert _captions(gallery)[:4] == ["Grid", "Grid: Steps: 1", "Grid: Steps: 2", "CFG scale: 7, Steps: 1"]
+    joined, first, second = _pngs(gallery)[:3]
+    assert first.size == second.size == (156, 78) and joined.size == (156 + 16 + 10 + 156, 78)
+
+
+@pytest.mark.parametrize(("name", "value", "refusal"), [
+    ("no_fixed_seeds", "false", "Keep -1 for seeds must be true or false, got 'false'."),
+    ("draw_legend", 0, "Draw legend must be true or false, got 0."),
+    ("include_sub_grids", "yes", "Include sub grids must be true or false, got 'yes'."),
+    ("margin_size", 130, "Grid margins (px) must be between 0 and 128, got 130."),
+    ("margin_size", 2.5, "Grid margins (px) must be a whole number, got 2.5."),
+])
+def test_the_plots_options_are_checked(client: Client, name: str, value: object, refusal: str) -> None:
     with pytest.raises(AppError) as refused:
         client.predict(api_name="/xyz_plot", **SOLO, x_type="steps", x_values="1", **{name: value})
-    assert str(refused.value) == f"{label} must be true or false, got {value!r}."
+    assert str(refused.value) == refusal
