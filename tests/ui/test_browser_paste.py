@@ -96,7 +96,8 @@ def test_a_pasted_batch_size_that_is_not_whole_is_rounded_at_the_paste_and_said(
 
 def test_a_ddim_eta_png_sets_the_eta_slider_which_shows_for_ddim_only(page, tmp_path: Path) -> None:
     """"Eta DDIM" of a PNG's parameters goes into text to image's Eta slider (it said "not supported here" when
-    the tabs had no Eta control); the slider shows while the sampler is DDIM, the one that takes eta."""
+    the tabs had no Eta control); Generate runs with it and the result's "Send to image to image" carries it;
+    the slider shows while the sampler is DDIM, the one that takes eta."""
     text = "a lighthouse\nSteps: 3, Sampler: DDIM, CFG scale: 6.5, Seed: 99, Size: 64x64, Eta DDIM: 0.5\n"
     _send_png(page, tmp_path / "eta.png", text, (10, 90, 40))
     expect(page.locator("#txt2img-sampler input").first).to_have_value("DDIM", timeout=15_000)
@@ -107,6 +108,13 @@ def test_a_ddim_eta_png_sets_the_eta_slider_which_shows_for_ddim_only(page, tmp_
     page.wait_for_timeout(1000)
     expect(page.locator(".toast-body")).to_have_count(0)  # nothing said: every setting was set
     page.screenshot(path=str(ARTIFACTS / "paste-eta-ddim.png"))
+    page.locator("#txt2img-run").click()
+    expect(page.locator("#txt2img-info")).to_contain_text(", Eta DDIM: 0.5", timeout=120_000)
+    page.locator("#txt2img-send-img2img").click()
+    expect(page.locator("#img2img-sampler input").first).to_have_value("DDIM", timeout=15_000)
+    page.locator("#img2img-more-sampling").get_by_text("More sampling options").first.click()
+    expect(page.locator("#img2img-eta input[type=number]")).to_have_value("0.5")
+    _go(page, "Text to image")
     page.locator("#txt2img-sampler input").first.fill("Euler")
     page.locator("#txt2img-sampler input").first.press("Enter")
     expect(page.locator("#txt2img-eta")).to_be_hidden()
