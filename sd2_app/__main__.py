@@ -131,6 +131,9 @@ def _plot_arguments(parser: argparse.ArgumentParser) -> None:
                         "off)")
     parser.add_argument("--no-fixed-seeds", action="store_true", help="a seed of -1 draws a seed for each cell "
                         "(A1111's \"Keep -1 for seeds\"); without it one is drawn for the whole plot")
+    parser.add_argument("--include-sub-grids", action="store_true", help="with a Z axis, each Z value's grid too, "
+                        "after the grid of them all")
+    parser.add_argument("--margin-size", type=int, default=0, metavar="PX", help="grid margins between cells (px)")
     parser.add_argument("--styles", metavar="PATH", type=Path, default=None,
                         help="prompt styles for a Styles axis (A1111's styles.csv, read as the web app's --styles)")
 

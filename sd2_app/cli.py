@@ -108,7 +108,8 @@ def _plot_request(args: argparse.Namespace, common: dict[str, Any]) -> rq.XYZPlo
             for kind, values in ((args.x_type, args.x_values), (args.y_type, args.y_values),
                                  (args.z_type, args.z_values))]
     return rq.XYZPlotRequest(base=base, x=axes[0], y=axes[1], z=axes[2],  # type: ignore[arg-type]
-                             no_fixed_seeds=args.no_fixed_seeds, draw_legend=not args.no_legend)
+                             no_fixed_seeds=args.no_fixed_seeds, draw_legend=not args.no_legend,
+                             include_sub_grids=args.include_sub_grids, margin_size=args.margin_size)
 
 
 def _repo_assignments(args: argparse.Namespace) -> list[str]:

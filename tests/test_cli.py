@@ -211,8 +211,9 @@ def test_xyz_plot_runs_every_cell_with_the_hires_fix(model_dir: Path, tmp_path: 
 def test_xyz_plot_with_a_styles_axis_from_a_styles_file(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     """`--styles FILE` (read as the web app's --styles) offers the Styles axis: each cell's prompts are styled;
-    `--no-legend` draws the grid of two 64x64 cells as 136x68 (no label margin) and `--no-fixed-seeds` gives
-    each cell of a -1 seed its own. Without --styles the axis is refused in words (exit 2)."""
+    `--no-legend` draws the grid of two 64x64 cells as 136x68 (no label margin), 156x78 with `--margin-size 10`;
+    `--no-fixed-seeds` gives each cell of a -1 seed its own; with a Z axis, `--include-sub-grids` writes each Z
+    value's grid after the joined one. Without --styles the axis is refused in words (exit 2)."""
     styles = tmp_path / "styles.csv"
     styles.write_text('name,prompt,negative_prompt\noil,"oil painting",photo\nframe,"a picture of {prompt}",\n')
     plot = ["xyz-plot", "--tiny", "--model-dir", str(model_dir), "--prompt", "a cat", "--model", "sd2-base",
@@ -227,5 +228,13 @@ def test_xyz_plot_with_a_styles_axis_from_a_styles_file(model_dir: Path, tmp_pat
     assert cells[0]["Seed"] != cells[1]["Seed"]
     with Image.open(grid_path) as grid:
         assert grid.size == (136, 68)
+    code = main([*plot, "--styles", str(styles), "--no-legend", "--margin-size", "10", "--include-sub-grids",
+                 "--z-type", "cfg_scale", "--z-values", "7, 8", "--out", str(tmp_path / "z"), "--json"])
+    assert code == 0
+    paths = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["paths"]
+    assert [Path(p).name.split("-")[-1] for p in paths] == ["grid0.png", "grid1.png", "grid2.png", "cell1.png",
+                                                            "cell2.png", "cell3.png", "cell4.png", "cells.csv",
+                                                            "cells.json"]
+    assert [Image.open(path).size for path in paths[:3]] == [(156 + 16 + 10 + 156, 78), (156, 78), (156, 78)]
     assert main([*plot, "--out", str(tmp_path / "none")]) == 2
     assert caplog.messages[-1].startswith("Unknown X axis 'styles'; choose one of: sampler, steps,")

@@ -36,6 +36,10 @@ class Limits:
     max_steps: int = 150
     max_batch: int = 8
     max_plot_cells: int = 64  # cells of one X/Y/Z plot (all Z values together)
+    # characters one plot's prompt passes may have read, every distinct text of each cell's phases counted
+    # (`sd2_app.pipelines.prompt_plan.ReadBudget`): 64 cells of a 2,000-character prompt and negative prompt
+    # with a few edits each fit; 64 cells of 63 alternatives each do not
+    max_plot_prompt_chars: int = 1_000_000
     max_job_cost: int | None = DEFAULT_MAX_JOB_COST  # UNet evaluations x latent pixels (sd2_app.api.cost); None: no cap
 
 

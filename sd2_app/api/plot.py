@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from sd2_app import infotext_keys as keys
-from sd2_app.api.checks import Catalog, Limits, flag, random_seed, resolve_seed
+from sd2_app.api.checks import Catalog, Limits, flag, integer, random_seed, resolve_seed
 from sd2_app.api.plot_axes import (
     AXES,
     AXIS_NAMES,
@@ -30,6 +30,7 @@ from sd2_app.api.plot_axes import (
     check_styles,
     fit_to_sampler,
     hires_for_axes,
+    offered_axes,
     parse_values,
     read_samplers,
     uses_eta,
@@ -38,7 +39,7 @@ from sd2_app.api.plot_order import check_order_terms
 from sd2_app.api.plot_values import format_value
 from sd2_app.api.cost import check_job_cost, job_cost
 from sd2_app.api.hires_x4 import x4_request
-from sd2_app.api.plot_grid import draw_grid
+from sd2_app.api.plot_grid import plot_grids
 from sd2_app.api.requests import (
     ETA_SAMPLERS,
     Img2ImgRequest,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 
 # An image-to-image base has no hires fix: the front ends refuse one sent with an init image.
 HIRES_NEEDS_TEXT = "The hires fix runs only in a text-to-image plot; remove the init image or turn the hires fix off."
+MAX_GRID_MARGIN = 128  # px; "Grid margins (px)"
 CellFn = Callable[["PlotCell", Image.Image, float], None]  # (cell, image, seconds) as each cell finishes
 
 
@@ -74,9 +76,9 @@ class PlotCell:
 
 
 def _axes(request: XYZPlotRequest, styles: StyleBook) -> list[tuple[str, PlotAxis]]:
-    """The axes in use, X first; an axis of kind "" or "nothing" is left out. Styles is one only where the host
-    has styles."""
-    offered = [key for key in AXES if key != "styles" or styles.styles]
+    """The axes in use, X first; an axis of kind "" or "nothing" is left out; each one the host offers
+    (`offered_axes`)."""
+    offered = offered_axes(styles)
     used = []
     for name, axis in zip(AXIS_NAMES, (request.x, request.y, request.z)):
         if axis is None or (isinstance(axis.kind, str) and axis.kind.lower() in ("", "nothing")):
@@ -120,8 +122,8 @@ def check_plot(request: XYZPlotRequest, catalog: Catalog, limits: Limits,
     base = request.base
     if not isinstance(base, (Txt2ImgRequest, Img2ImgRequest)):
         raise InvalidRequest("An X/Y/Z plot runs a text-to-image or image-to-image request.")
-    keep = flag(request.no_fixed_seeds, "Keep -1 for seeds")
-    legend = flag(request.draw_legend, "Draw legend")
+    options = _checked_options(request)
+    keep = options["no_fixed_seeds"]
     used = _axes(request, styles)
     base, warnings = hires_for_axes(base, [axis.kind for _, axis in used])
     base = replace(base, sampling=replace(base.sampling, batch_size=1, use_karras=False))
@@ -137,14 +139,22 @@ def check_plot(request: XYZPlotRequest, catalog: Catalog, limits: Limits,
     extras = checked_base.seed_extras
     if any(axis.kind == "variation_strength" for axis in axes.values()) and extras.variation_seed is None and not keep:
         checked_base = replace(checked_base, seed_extras=replace(extras, variation_seed=resolve_seed(None)))
-    checked = XYZPlotRequest(base=checked_base, x=axes["X"], y=axes.get("Y"), z=axes.get("Z"),
-                             no_fixed_seeds=keep, draw_legend=legend)
+    checked = XYZPlotRequest(base=checked_base, x=axes["X"], y=axes.get("Y"), z=axes.get("Z"), **options)
     planned, cell_warnings = plan_cells(checked, catalog, limits, styles)
     if "eta" in (axis.kind for axis in axes.values()) and not any(uses_eta(cell.request) for cell in planned):
         raise InvalidRequest(f"Eta changes only {', '.join(ETA_SAMPLERS)}, and no cell of this plot runs it; choose "
                              f"{ETA_SAMPLERS[0]} as the sampler or add it to a Sampler axis.")
     check_job_cost(checked, plot_cost(planned, catalog), limits.max_job_cost)
     return CheckedPlot(checked, warnings + [w for w in cell_warnings if w not in warnings], planned)
+
+
+def _checked_options(request: XYZPlotRequest) -> dict[str, Any]:
+    """A1111's options of the script (scripts/xyz_grid.py), checked: three true or false, the margins in pixels
+    (at most MAX_GRID_MARGIN, where A1111 allows 500: a cheap plot of small cells must not make a huge image)."""
+    return {"no_fixed_seeds": flag(request.no_fixed_seeds, "Keep -1 for seeds"),
+            "draw_legend": flag(request.draw_legend, "Draw legend"),
+            "include_sub_grids": flag(request.include_sub_grids, "Include sub grids"),
+            "margin_size": integer(request.margin_size, "Grid margins (px)", 0, MAX_GRID_MARGIN)}
 
 
 def _random_seeds_kept(checked: Txt2ImgRequest | Img2ImgRequest,
@@ -321,8 +331,8 @@ def grid_parameters(request: XYZPlotRequest, first_text: str) -> str:
 
 def run_plot(service: Service, request: XYZPlotRequest | CheckedPlot, on_progress: ProgressFn | None,
              should_stop: Callable[[], bool] | None, on_cell: CellFn | None = None) -> Result:
-    """Validate (unless it comes checked), run every cell, draw one labelled grid per Z value; the Service's
-    `Result` of it all."""
+    """Validate (unless it comes checked), run every cell, draw the grids (`plot_grids`); the Service's `Result`
+    of it all."""
     plot = request if isinstance(request, CheckedPlot) else service.check_plot(request)
     checked, warnings, cells = plot.request, plot.warnings, plot.cells
     started = time.perf_counter()
@@ -332,24 +342,11 @@ def run_plot(service: Service, request: XYZPlotRequest | CheckedPlot, on_progres
     warnings += [w for w in run_warnings if w not in warnings]
     if stopped:
         warnings.append(f"Stopped after {len(finished)} of {len(cells)} cells; the grid leaves the rest blank.")
-    nx = len(checked.x.values)
-    ny = len(checked.y.values) if checked.y is not None else 1
-    first_text = next(image.info.get(keys.PARAMETERS_KEY, "") for image, _ in
-                      (finished[i] for i in sorted(finished)))
-    grids, captions = [], []
-    for z in range(len(checked.z.values) if checked.z is not None else 1):
-        group = [c for c in cells if c.position[2] == z]
-        images = [finished[c.index][0] if c.index in finished else None for c in group]
-        x_labels = [c.labels[0] for c in group[:nx]]
-        y_labels = [c.labels[1] for c in group[::nx]] if checked.y is not None else []
-        title = group[0].labels[2] if checked.z is not None else None
-        if checked.draw_legend:
-            grid = draw_grid(images, nx, ny, x_labels, y_labels, title)
-        else:  # A1111's "Draw legend" off: the cells alone
-            grid = draw_grid(images, nx, ny, [])
-        grids.append(attach_parameters(grid, grid_parameters(checked, first_text)))
-        captions.append(f"Grid: {title}" if title else "Grid")
     order = sorted(finished)
+    text = grid_parameters(checked, finished[order[0]][0].info.get(keys.PARAMETERS_KEY, ""))
+    drawn = plot_grids(checked, cells, {i: image for i, (image, _) in finished.items()})
+    grids = [attach_parameters(grid, text) for grid, _ in drawn]
+    captions = [caption for _, caption in drawn]
     cell_images = [finished[i][0] for i in order]
     captions += [f"{cell_caption(cells[i])} · {finished[i][1]:.2f} s" for i in order]
     timings["total"] = time.perf_counter() - started

@@ -128,6 +128,12 @@ AXES: dict[str, AxisKind] = {
 }
 HIRES_KINDS = ("hires_steps", "hires_upscaler", "hires_sampler")
 SEED_KINDS = ("seed", "variation_seed")  # -1 draws a seed for each value (A1111's fix_axis_seeds)
+
+
+def offered_axes(styles: StyleBook) -> list[str]:
+    """The axis kinds a host offers, in `AXES` order: the X/Y/Z tab lists these and a plot may use only these.
+    Styles only where the host has prompt styles (`--styles`)."""
+    return [key for key in AXES if key != "styles" or styles.styles]
 AXIS_NAMES = ("X", "Y", "Z")
 # What an empty axis asks for, by value type: samplers, upscalers and checkpoints are picked from a list (the web
 # UI's multi-select), the others typed.

@@ -1,4 +1,5 @@
-"""The X/Y/Z plot's grid image: cells in rows and columns, X labels above, Y labels to the left, a title.
+"""The X/Y/Z plot's grid images: cells in rows and columns, X labels above, Y labels to the left, a title;
+with a Z axis, the grid of each Z value side by side in one image (`plot_grids`).
 
 Text is drawn with a scalable font so small cells still get legible labels: DejaVu Sans when the system has
 it, else Pillow's bundled default at the wanted size (Pillow >= 10.1 with FreeType), else Pillow's bitmap
@@ -8,13 +9,19 @@ does the same).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
+
+if TYPE_CHECKING:
+    from sd2_app.api.plot import PlotCell  # plot.py draws its grids with this module
+    from sd2_app.api.requests import XYZPlotRequest
 
 BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
 MIN_FONT_PX = 16
+SUB_GRID_GAP = 16  # px of white between the Z values' grids in the joined one ("Grid margins" add to it)
 
 
 def load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -53,8 +60,10 @@ def draw_grid(
     x_labels: Sequence[str],
     y_labels: Sequence[str] = (),
     title: str | None = None,
+    margin: int = 0,
 ) -> Image.Image:
-    """`images` in row-major order (None: a blank cell, e.g. not run after Stop) with labelled margins."""
+    """`images` in row-major order (None: a blank cell, e.g. not run after Stop) with labelled margins; `margin`
+    px more white between the cells (A1111's "Grid margins (px)")."""
     present = [image for image in images if image is not None]
     cell_w = max((image.width for image in present), default=64)
     cell_h = max((image.height for image in present), default=64)
@@ -63,7 +72,7 @@ def draw_grid(
     line_h = round(font_px * 1.25)
     pad = max(4, font_px // 2)
     label_w = max(cell_w, 10 * font_px)  # column labels may be wider than a tiny cell
-    gap = max(2, font_px // 4)  # white between rows and columns, so neighbouring cells read as separate images
+    gap = max(2, font_px // 4) + margin  # white between rows and columns: neighbouring cells read as separate
     column_w = (max(cell_w, label_w) if x_labels else cell_w) + gap
     row_h = cell_h + gap
     x_lines = [wrap(label, font, column_w - pad) for label in x_labels]
@@ -99,3 +108,37 @@ def draw_grid(
         left = y_width + column * column_w + (column_w - cell_w) // 2
         grid.paste(image.convert("RGB"), (left, title_h + top + row * row_h))
     return grid
+
+
+def side_by_side(grids: Sequence[Image.Image], gap: int) -> Image.Image:
+    """`grids` in one row, top-aligned, `gap` px of white between them."""
+    width = sum(grid.width for grid in grids) + gap * (len(grids) - 1)
+    joined = Image.new("RGB", (width, max(grid.height for grid in grids)), BACKGROUND)
+    left = 0
+    for grid in grids:
+        joined.paste(grid, (left, 0))
+        left += grid.width + gap
+    return joined
+
+
+def plot_grids(plot: XYZPlotRequest, cells: Sequence[PlotCell],
+               images: Mapping[int, Image.Image]) -> list[tuple[Image.Image, str]]:
+    """The (grid, caption) pairs of a checked plot whose cells `images` holds by index (a missing one is blank):
+    one grid per Z value, titled with it; with a Z axis, as A1111 (scripts/xyz_grid.py, draw_xyz_grid), first
+    all of them side by side ("Grid"), then each alone only with `include_sub_grids`. Without `draw_legend` the
+    grids have no labels or titles; `margin_size` spaces their cells."""
+    nx, ny = len(plot.x.values), len(plot.y.values) if plot.y is not None else 1
+    legend = plot.draw_legend
+    grids = []
+    for z in range(len(plot.z.values) if plot.z is not None else 1):
+        group = [cell for cell in cells if cell.position[2] == z]
+        x_labels = [cell.labels[0] for cell in group[:nx]] if legend else []
+        y_labels = [cell.labels[1] for cell in group[::nx]] if legend and plot.y is not None else []
+        title = group[0].labels[2] if plot.z is not None else None
+        grid = draw_grid([images.get(cell.index) for cell in group], nx, ny, x_labels, y_labels,
+                         title if legend else None, plot.margin_size)
+        grids.append((grid, f"Grid: {title}" if title else "Grid"))
+    if plot.z is None:
+        return grids
+    joined = side_by_side([grid for grid, _ in grids], SUB_GRID_GAP + plot.margin_size)
+    return [(joined, "Grid"), *(grids if plot.include_sub_grids else [])]

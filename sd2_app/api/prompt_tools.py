@@ -32,7 +32,8 @@ from sd2_app.api.txt2img_options import X4_UPSCALER, x4_checkpoint
 from sd2_app.errors import InvalidRequest, LoadError, shown
 from sd2_app.fork_safety import renew_in_forked_child
 from sd2_app.pipelines.prompt_chunks import MAX_CHUNKS, tokenize_prompts
-from sd2_app.pipelines.prompt_plan import PromptPlans, PromptSteps, hires_prompt_steps, prompt_steps
+from sd2_app.pipelines.prompt_plan import (PlotTextRefused, PromptPlans, PromptSteps, ReadBudget, hires_prompt_steps,
+                                           prompt_steps)
 from sd2_app.prompt_editing import prompt_variants
 from sd2_app.prompt_syntax import without_extra_networks
 from sd2_app.samplers.registry import SAMPLERS
@@ -109,10 +110,10 @@ class PromptTools:
                 self._tokenizers[checkpoint] = manager.tokenizer(checkpoint)
             return self._tokenizers[checkpoint]
 
-    def check(self, request: Request, checked: set[PromptPass] | None = None) -> None:
+    def check(self, request: Request, checked: set[PromptPass] | None = None, budget: ReadBudget | None = None) -> None:
         """Raise the InvalidRequest the pipeline would raise for a validated request's prompts (too long, too
-        many phases x chunks); passes in `checked` are skipped, and each one checked is added. A checkpoint
-        whose tokenizer cannot be read here is left to the pipeline."""
+        many phases x chunks); passes in `checked` are skipped, and each one checked is added; `budget`: the
+        plot's (`check_cells`). A checkpoint whose tokenizer cannot be read here is left to the pipeline."""
         for one_pass in prompt_passes(request, self._service.catalog):
             if checked is not None:
                 if one_pass in checked:
@@ -125,15 +126,20 @@ class PromptTools:
                 log.warning("prompt check: no tokenizer for %s: %s", checkpoint, error)
                 continue
             if tokenizer is not None:
-                self.plans.plan(tokenizer, prompt, negative, use_cfg=guided, steps=steps, embeddings=self._library())
+                self.plans.plan(tokenizer, prompt, negative, use_cfg=guided, steps=steps, embeddings=self._library(),
+                                budget=budget)
 
     def check_cells(self, cells: list[PlotCell]) -> None:
-        """`check` of every cell of an X/Y/Z plot, a pass several cells share once; a refusal names its cell's
-        values first, as the plot's other cell refusals do (`sd2_app.api.plot.plan_cells`)."""
+        """`check` of every cell of an X/Y/Z plot, a pass several cells share once, all of them within the plot's
+        `ReadBudget` (`Limits.max_plot_prompt_chars`); a refusal of one cell's prompts names its cell's values
+        first, as the plot's other cell refusals do (`sd2_app.api.plot.plan_cells`)."""
         checked: set[PromptPass] = set()
+        budget = ReadBudget(self._service.limits.max_plot_prompt_chars)
         for cell in cells:
             try:
-                self.check(cell.request, checked)
+                self.check(cell.request, checked, budget)
+            except PlotTextRefused:
+                raise
             except InvalidRequest as error:
                 raise InvalidRequest(f"{cell_caption(cell)}: {error}") from error
 

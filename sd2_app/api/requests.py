@@ -263,7 +263,8 @@ class XYZPlotRequest:
     A1111's two options of the script (scripts/xyz_grid.py, `no_fixed_seeds` and `draw_legend`):
     `no_fixed_seeds` ("Keep -1 for seeds") keeps a random seed (-1) random in each cell, where otherwise it is
     drawn once for the whole plot (a -1 on a seed axis once per value); `draw_legend` off draws the grids without
-    their axis labels and titles.
+    their axis labels and titles; with a Z axis the grids of its values come side by side in one image, and
+    `include_sub_grids` adds each alone; `margin_size` is the "Grid margins (px)" between cells.
     """
 
     task: ClassVar[str] = "xyz_plot"
@@ -274,6 +275,8 @@ class XYZPlotRequest:
     z: PlotAxis | None = None
     no_fixed_seeds: bool = False
     draw_legend: bool = True
+    include_sub_grids: bool = False
+    margin_size: int = 0
 
     @property
     def checkpoint(self) -> str:

@@ -84,7 +84,10 @@ def hires_settings(request: Txt2ImgRequest, components: Components, width: int, 
         settings[keys.HIRES_RESIZE] = f"{hires.width or 0}x{hires.height or 0}"
     else:
         settings[keys.HIRES_UPSCALE] = hires.scale
-    settings[keys.HIRES_STEPS] = hires.steps or request.sampling.steps
+    # Unset, the second pass runs the first pass's steps and, as in A1111, no key is written (modules/processing.py,
+    # StableDiffusionProcessingTxt2Img.init): reading a text without it sets 0, the same steps.
+    if hires.steps:
+        settings[keys.HIRES_STEPS] = hires.steps
     settings[keys.HIRES_UPSCALER] = hires.upscaler
     if hires.sampler and hires.sampler != request.sampling.sampler:
         settings[keys.HIRES_SAMPLER] = hires.sampler

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -122,13 +122,16 @@ class PromptPlan:
 
 
 def plan_prompts(tokenizer: CLIPTokenizer, prompt: str, negative_prompt: str, *, use_cfg: bool,
-                 steps: PromptSteps, embeddings: Mapping[str, TextualInversion] | None = None) -> PromptPlan:
+                 steps: PromptSteps, embeddings: Mapping[str, TextualInversion] | None = None,
+                 budget: ReadBudget | None = None) -> PromptPlan:
     """The run's phases and its texts tokenized (one tokenizer call for all of them), within the limits. The
     prompt's extra-network tags are taken out first, the negative prompt's kept as text (A1111's rule,
     `prompt_syntax.without_extra_networks`).
 
     Raises InvalidRequest for too many phases (checked before tokenizing), a text over MAX_CHUNKS chunks (the
-    first in phase order, its prompt before its negative prompt), or phases x chunks over MAX_PHASE_CHUNKS.
+    first in phase order, its prompt before its negative prompt), or phases x chunks over MAX_PHASE_CHUNKS;
+    with a `budget`, the characters of the distinct texts are spent from it before they are read (it raises
+    once they run over).
     """
     positive = prompt_schedule(without_extra_networks(prompt), steps.calls, steps.first_pass_calls)
     negative = (prompt_schedule(negative_prompt, steps.calls, steps.first_pass_calls) if use_cfg
@@ -138,12 +141,38 @@ def plan_prompts(tokenizer: CLIPTokenizer, prompt: str, negative_prompt: str, *,
     read = [(text, label) for pair in pairs
             for text, label in zip(pair if use_cfg else pair[:1], ("prompt", "negative prompt"))]
     distinct = list(dict.fromkeys(text for text, _ in read))
+    if budget is not None:
+        budget.spend(distinct)
     texts = dict(zip(distinct, tokenize_prompts(tokenizer, distinct, embeddings)))
     for text, label in read:
         check_length(texts[text], label)
     plan = PromptPlan(pairs, order, texts, use_cfg)
     check_phase_cost(len(pairs), plan.chunks)
     return plan
+
+
+class ReadBudget:
+    """The characters that the prompt passes of one X/Y/Z plot may have the parser and the tokenizer read: the
+    distinct texts of every pass's phases (after prompt editing and alternation), kept plans counted as if read,
+    so the same plot gets the same answer whatever was planned before. `spend` raises InvalidRequest once they
+    come to more than `limit` (`Limits.max_plot_prompt_chars`)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.spent = 0
+
+    def spend(self, texts: Iterable[str]) -> None:
+        """Count `texts` (about to be read) against the limit."""
+        self.spent += sum(len(text) for text in texts)
+        if self.spent > self.limit:
+            raise PlotTextRefused(
+                f"This plot's prompts are too much text to read: after prompt editing and alternation its cells' "
+                f"prompts and negative prompts come to more than {self.limit:,} characters (counted once per "
+                "different text of each cell). Use fewer cells, shorter prompts or fewer alternatives.")
+
+
+class PlotTextRefused(InvalidRequest):
+    """A plot whose prompts run over its `ReadBudget`: the whole plot's, not one cell's."""
 
 
 def tokenizer_source(tokenizer: CLIPTokenizer) -> tuple[Any, ...]:
@@ -191,17 +220,24 @@ class PromptPlans:
         return len(self._kept)
 
     def plan(self, tokenizer: CLIPTokenizer, prompt: str, negative_prompt: str, *, use_cfg: bool,
-             steps: PromptSteps, embeddings: Mapping[str, TextualInversion] | None = None) -> PromptPlan:
-        """`plan_prompts(...)`: the plan kept for these very inputs, else a new one, kept. Raises what
-        `plan_prompts` raises (a refused prompt is not kept)."""
+             steps: PromptSteps, embeddings: Mapping[str, TextualInversion] | None = None,
+             budget: ReadBudget | None = None) -> PromptPlan:
+        """`plan_prompts(...)`: the plan kept for these very inputs (its texts spent from `budget` all the same),
+        else a new one, kept. Raises what `plan_prompts` raises (a refused prompt is not kept)."""
         library = dict(embeddings or {})
         key = (tokenizer_source(tokenizer), prompt, negative_prompt, use_cfg, steps)
         with self._lock:
             kept = self._kept.get(key)
-            if kept is not None and _same_embeddings(kept.embeddings, library):
+            if kept is not None and not _same_embeddings(kept.embeddings, library):
+                kept = None
+            if kept is not None:
                 self._kept.move_to_end(key)
-                return kept.plan
-        plan = plan_prompts(tokenizer, prompt, negative_prompt, use_cfg=use_cfg, steps=steps, embeddings=embeddings)
+        if kept is not None:
+            if budget is not None:
+                budget.spend(kept.plan.texts)
+            return kept.plan
+        plan = plan_prompts(tokenizer, prompt, negative_prompt, use_cfg=use_cfg, steps=steps, embeddings=embeddings,
+                            budget=budget)
         self._keep(key, _Kept(plan, tokenizer, library, sum(len(t.chunks) for t in plan.texts.values())))
         return plan
 

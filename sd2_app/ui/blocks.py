@@ -84,7 +84,8 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
             with gr.Tab("PNG info", id="pnginfo"):
                 png_image, png_fields, png_send = pnginfo.build(service)
         targets = {
-            "img2img": SendTarget(i2i.image, i2i.prompt, i2i.negative, i2i.sampling, styles=i2i.styles),
+            "img2img": SendTarget(i2i.image, i2i.prompt, i2i.negative, i2i.sampling, styles=i2i.styles,
+                                 tiling=i2i.tiling),
             "inpaint": SendTarget(inp.incoming, inp.prompt, inp.negative, inp.sampling, editor=inp.editor,
                                   styles=inp.styles),
             "upscale": SendTarget(up.image, up.prompt, up.negative, styles=up.styles),
@@ -133,9 +134,9 @@ def _png_to_txt2img(
     t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, registry: Mapping[str, CheckpointSpec], styles: StyleBook,
 ) -> tuple[Callable[[dict[str, Any] | None], tuple], list[gr.components.Component]]:
     """(function, outputs) putting parsed PNG parameters into text to image: prompt, negative prompt, sampler,
-    steps, CFG, guidance rescale (0 where the text has none: it is written only when on), seed, images per prompt
-    ("Batch size", 1 where the text has none: one seed draws the whole batch, so the image at "Batch pos" 1 is
-    remade only in a batch of that size), size and checkpoint. PNG info's send and History's reuse use it. Where
+    steps, CFG, guidance rescale and DDIM's eta (0 where the text has none: each is written only when on), seed,
+    images per prompt ("Batch size", 1 where the text has none: one seed draws the whole batch, so the image at
+    "Batch pos" 1 is remade only in a batch of that size), size and checkpoint. PNG info's send and History's reuse use it. Where
     the host has prompt styles, those found in the prompts are picked and the prompts keep the rest, as A1111's
     paste does; where none is found none stays picked (A1111 keeps the visitor's pick), so the prompts alone
     remake the image."""
@@ -160,13 +161,14 @@ def _png_to_txt2img(
             parsed.get(keys.NEGATIVE_PROMPT, ""),
             keep if sampler is None else sampler,
             karras,
-            clamp_to(parsed.get(keys.STEPS), controls.steps),
-            clamp_to(parsed.get(keys.CFG_SCALE), controls.cfg),
-            clamp_to(parsed.get(keys.GUIDANCE_RESCALE, 0.0), controls.rescale),
+            clamp_to(parsed.get(keys.STEPS), controls.steps, keys.STEPS),
+            clamp_to(parsed.get(keys.CFG_SCALE), controls.cfg, keys.CFG_SCALE),
+            clamp_to(parsed.get(keys.GUIDANCE_RESCALE, 0.0), controls.rescale, keys.GUIDANCE_RESCALE),
+            clamp_to(parsed.get(keys.ETA_DDIM, 0.0), controls.eta, keys.ETA_DDIM),
             parsed.get(keys.SEED, keep),
-            clamp_to(parsed.get(keys.BATCH_SIZE, 1), controls.batch),
-            clamp_to(int(width), t2i.width) if width.isdigit() else keep,
-            clamp_to(int(height), t2i.height) if height.isdigit() else keep,
+            clamp_to(parsed.get(keys.BATCH_SIZE, 1), controls.batch, keys.BATCH_SIZE),
+            clamp_to(int(width), t2i.width, "Width") if width.isdigit() else keep,
+            clamp_to(int(height), t2i.height, "Height") if height.isdigit() else keep,
             keep if checkpoint is None else checkpoint,
             gr.Tabs(selected="txt2img"),
             *from_parameters(parsed, names),  # hires fix, seed extras, tiling
@@ -174,7 +176,7 @@ def _png_to_txt2img(
         )
 
     outputs = [t2i.prompt, t2i.negative, controls.sampler, controls.karras, controls.steps, controls.cfg,
-               controls.rescale, controls.seed, controls.batch, t2i.width, t2i.height, t2i.checkpoint, tabs, *t2i.extras.inputs()]
+               controls.rescale, controls.eta, controls.seed, controls.batch, t2i.width, t2i.height, t2i.checkpoint, tabs, *t2i.extras.inputs()]
     if t2i.styles is not None:
         outputs.append(t2i.styles)
     return send, outputs

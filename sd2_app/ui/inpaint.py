@@ -35,6 +35,7 @@ class InpaintTab:
     sampling: SamplingControls
     panel: ResultPanel
     styles: gr.Dropdown | None = None  # the Styles picker; None where the host has no styles
+    tiling: None = None  # inpainting has no Tiling (a "Send to" from here turns the destination's off)
 
 
 def _open(item: Any) -> Image.Image | None:
@@ -101,7 +102,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Inpa
     names = ("image_and_mask", "mask", "checkpoint", "prompt", "negative_prompt", "strength", "mask_blur", "only_masked",
              "only_masked_padding", *SAMPLING_NAMES)
     wire_run(service, flags, frame.panel, inputs, make_request, "inpaint", names, finish_extra=mask_used,
-             styles=frame.styles)
+             styles=frame.styles, eta=controls.eta)
     return InpaintTab(editor, incoming, frame.prompt, frame.negative, controls, frame.panel, frame.styles)
 
 

@@ -7,6 +7,7 @@ after the visitor uploaded into it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Any, TYPE_CHECKING
@@ -26,10 +27,11 @@ from sd2_app.ui.sampling_controls import SamplingControls
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
     from sd2_app.ui.history import HistoryView
+    from sd2_app.ui.inpaint import InpaintTab
     from sd2_app.ui.tab_frame import ImageTab
     from sd2_app.ui.txt2img import Txt2ImgTab
 
-    SendSource = ImageTab | Txt2ImgTab  # a tab with results, its prompts and sampling controls
+    SendSource = ImageTab | InpaintTab | Txt2ImgTab  # a tab with results, its prompts and sampling controls
 
 
 @dataclass
@@ -41,33 +43,43 @@ class SendTarget:
     negative: gr.Textbox
     sampling: SamplingControls | None = None
     editor: gr.ImageMask | None = None  # set when `image` is only the courier of an image editor
+    tiling: gr.Checkbox | None = None  # the Tiling checkbox, where the tab has one
     styles: gr.Dropdown | None = None  # the Styles picker, where the host has prompt styles
 
 
 def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[str, SendTarget],
               prefix: str) -> None:
     """Each "Send to X" button copies the picked result, the prompts and the picked prompt styles (and seed,
-    sampler, steps and CFG where X samples the same way) into tab X and switches to it. Queued, so "Generate an
-    image first." reaches the user."""
+    sampler, steps, CFG and eta where X samples the same way, and Tiling where X has it: the source tab's, off
+    from a tab without one) into tab X and switches to it. Queued, so "Generate an image first." reaches the user."""
     for target, button in panel.send_buttons.items():
         into = targets[target]
-        carry = into.sampling is not None
+        carry, tiled = into.sampling is not None, into.tiling is not None
+        source_tiling = tab.tiling if tiled else None  # None: the source tab has no Tiling
         styled = tab.styles is not None and into.styles is not None
 
-        def send(gallery: Any, index: Any, text: str, negative: str, seed: Any, *rest: Any,
-                 target: str = target, carry: bool = carry, styled: bool = styled) -> tuple:
+        def send(gallery: Any, index: Any, text: str, negative: str, seed: Any, *rest: Any, target: str = target,
+                 carry: bool = carry, tiled: bool = tiled, tiling_given: bool = source_tiling is not None,
+                 styled: bool = styled) -> tuple:
+            rest_left = list(rest)
             values = (selected_image(gallery, index), text, negative, gr.Tabs(selected=target))
             if carry:
-                sampler, karras, steps, cfg = rest[:4]
-                values += (sampler, karras, steps, cfg, gr.skip() if seed is None else seed)
-            return values + ((rest[-1] or [],) if styled else ())
+                sampler, karras, steps, cfg, eta = rest_left[:5]
+                del rest_left[:5]
+                values += (sampler, karras, steps, cfg, gr.skip() if seed is None else seed, eta)
+            if tiled:
+                values += (bool(rest_left.pop(0)) if tiling_given else False,)
+            return values + ((rest_left[0] or [],) if styled else ())
 
         inputs = [panel.gallery, panel.selected, tab.prompt, tab.negative, panel.last_seed]
         outputs = [into.image, into.prompt, into.negative, tabs]
         if carry:
             source, dest = tab.sampling, into.sampling
-            inputs += [source.sampler, source.karras, source.steps, source.cfg]
-            outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed]
+            inputs += [source.sampler, source.karras, source.steps, source.cfg, source.eta]
+            outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed, dest.eta]
+        if tiled:
+            inputs += [source_tiling] if source_tiling is not None else []
+            outputs.append(into.tiling)
         if styled:
             inputs.append(tab.styles)
             outputs.append(into.styles)
@@ -96,12 +108,15 @@ def picked_image_parameters(service: Service, gallery: Any, index: Any,
 
 
 def sampling_values(parsed: dict[str, Any], dest: SamplingControls) -> tuple:
-    """Sampler, Karras, steps, CFG and seed from parsed parameters, for `dest`'s widgets (gr.skip() where absent)."""
+    """Sampler, Karras, steps, CFG, seed and eta from parsed parameters, for `dest`'s widgets (gr.skip() where
+    absent; eta 0 where the text has none: it is written only when on)."""
     names = [value for _, value in dest.sampler.choices]
     sampler, karras = sampler_fields(parsed, names)
     seed = parsed.get(keys.SEED)
-    return (gr.skip() if sampler is None else sampler, karras, clamp_to(parsed.get(keys.STEPS), dest.steps),
-            clamp_to(parsed.get(keys.CFG_SCALE), dest.cfg), seed if isinstance(seed, int) else gr.skip())
+    return (gr.skip() if sampler is None else sampler, karras,
+            clamp_to(parsed.get(keys.STEPS), dest.steps, keys.STEPS),
+            clamp_to(parsed.get(keys.CFG_SCALE), dest.cfg, keys.CFG_SCALE),
+            seed if isinstance(seed, int) else gr.skip(), clamp_to(parsed.get(keys.ETA_DDIM, 0.0), dest.eta, keys.ETA_DDIM))
 
 
 def wire_history_send(service: Service, view: HistoryView, tabs: gr.Tabs, targets: dict[str, SendTarget]) -> None:
@@ -126,12 +141,14 @@ def wire_parameters_send(service: Service, buttons: dict[str, gr.Button], galler
                 parsed = with_styles_read(parsed, service.styles)
             values = (image, parsed.get(keys.PROMPT, ""), parsed.get(keys.NEGATIVE_PROMPT, ""), gr.Tabs(selected=target))
             values += sampling_values(parsed, into.sampling) if into.sampling is not None else ()
+            values += () if into.tiling is None else (tiling_in(parsed),)
             return values + (() if into.styles is None else (parsed.get(keys.STYLES_ARRAY, []),))
 
         outputs = [into.image, into.prompt, into.negative, tabs]
         if into.sampling is not None:
             dest = into.sampling
-            outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed]
+            outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed, dest.eta]
+        outputs += [] if into.tiling is None else [into.tiling]
         if into.styles is not None:
             outputs.append(into.styles)
         sent = button.click(send, [gallery, selected], outputs, api_name=f"{prefix}_send_to_{target}",
@@ -149,7 +166,7 @@ def sampler_fields(parsed: dict[str, Any], names: list[str]) -> tuple[str | None
 # Settings of A1111's that text to image here has no control for: what is used instead.
 _NOT_HERE = {keys.HIRES_PROMPT: "the prompt", keys.HIRES_NEGATIVE_PROMPT: "the negative prompt",
              keys.HIRES_CHECKPOINT: "the first pass's checkpoint", keys.EMPHASIS: 'A1111\'s default ("Original")',
-             keys.REFINER: "no refiner", keys.ETA_DDIM: "DDIM without eta (0)"}
+             keys.REFINER: "no refiner"}
 
 
 def unreproduced(parsed: dict[str, Any], sampler: str | None, names: Sequence[str]) -> list[str]:
@@ -181,13 +198,28 @@ def hires_in(parsed: dict[str, Any]) -> bool:
     return keys.DENOISING_STRENGTH in parsed and any(key in parsed for key in hires_keys)
 
 
-def clamp_to(value: Any, slider: gr.Slider) -> Any:
-    """A number read from another tool's PNG, clamped into `slider`'s range (gr.skip() when not a number).
+def tiling_in(parsed: dict[str, Any]) -> bool:
+    """Whether parsed parameters say the image was made as a seamless tile ("Tiling: True"; absent: not)."""
+    return bool(parsed.get(keys.TILING, False))
 
-    Out-of-range values would otherwise reach the slider as they are and fail later, at Generate.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+
+def clamp_to(value: Any, slider: gr.Slider, key: str = "") -> Any:
+    """A number read from parameters text (pasted into PNG info, or a PNG's) made one `slider` takes: clamped into
+    its range and, on a slider of whole steps (steps, images per prompt, sizes), rounded to its step, halves up;
+    gr.skip() when it is not a number. A value that had to change is said in a warning naming it (`key`: its name
+    in the text; default: the slider's label): it would otherwise reach the slider as it is and be refused only
+    at Generate ("Batch size must be a whole number, got 2.5.")."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return gr.skip()
-    return min(max(value, slider.minimum), slider.maximum)
+    low, high, step = slider.minimum, slider.maximum, slider.step
+    fitted = min(max(value, low), high)
+    whole = float(step).is_integer()
+    if whole:  # the grid the slider moves on, from its minimum
+        fitted = min(low + math.floor((fitted - low) / step + 0.5) * step, high)
+    if fitted != value:
+        grid = (", whole numbers" if step == 1 else f", in steps of {step:g}") if whole else ""
+        gr.Warning(f"{key or slider.label} {value:g} cannot be set here ({low:g} to {high:g}{grid}); "
+                   f"{fitted:g} is used.")
+    return fitted
 
 

@@ -41,6 +41,7 @@ class ImageTab:
     sampling: SamplingControls
     panel: ResultPanel
     styles: gr.Dropdown | None = None  # the Styles picker; None where the host has no styles
+    tiling: gr.Checkbox | None = None  # the Tiling checkbox, where the tab has one
 
 
 class TabFrame:
@@ -104,10 +105,10 @@ class TabFrame:
         return width, height
 
     def sampling(self, examples: Sequence[list[str]] = (), image: gr.components.Component | None = None, *,
-                 batch: bool = True, task: str | None = None) -> SamplingControls:
+                 batch: bool = True, task: str | None = None, eta: bool = True) -> SamplingControls:
         """The sampling controls (`sampling_controls.sampling_controls`), then the tab's examples of (image,
         prompt)."""
-        self._sampling = sampling_controls(self.service, self.prefix, batch=batch, task=task)
+        self._sampling = sampling_controls(self.service, self.prefix, batch=batch, task=task, eta=eta)
         self.examples(examples, image)
         return self._sampling[0]
 

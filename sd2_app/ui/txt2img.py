@@ -34,6 +34,10 @@ class Txt2ImgTab:
     extras: Txt2ImgExtras
     styles: gr.Dropdown | None  # the Styles picker; None where the host has no styles
 
+    @property
+    def tiling(self) -> gr.Checkbox:
+        return self.extras.tiling
+
 
 def build(service: Service, flags: StopFlags) -> Txt2ImgTab:
     frame = TabFrame(service, "txt2img", EXAMPLE_PROMPTS[0])
@@ -47,7 +51,7 @@ def build(service: Service, flags: StopFlags) -> Txt2ImgTab:
     inputs = [checkpoint, frame.prompt, frame.negative, width, height, *controls.inputs(), *extras.inputs()]
     wire_run(service, flags, frame.panel, inputs, make_request, "txt2img",
              ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES, *EXTRA_NAMES),
-             styles=frame.styles)
+             styles=frame.styles, eta=controls.eta)
     return Txt2ImgTab(checkpoint, frame.prompt, frame.negative, width, height, controls, frame.panel, extras,
                       frame.styles)
 

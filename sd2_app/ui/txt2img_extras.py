@@ -18,7 +18,7 @@ from sd2_app import infotext_keys as keys
 from sd2_app.api.a1111_samplers import sampler_named
 from sd2_app.api.checks import flag
 from sd2_app.api.requests import HIRES_UPSCALERS, HiresFix, SeedExtras
-from sd2_app.ui.sending import hires_in
+from sd2_app.ui.sending import hires_in, tiling_in
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
@@ -209,5 +209,5 @@ def from_parameters(parsed: dict[str, Any], samplers: list[str]) -> tuple:
         parsed.get(keys.VARIATION_SEED_STRENGTH, 0.0),
         seed_resize[0],
         seed_resize[1],
-        bool(parsed.get(keys.TILING, False)),
+        tiling_in(parsed),
     )

@@ -23,8 +23,8 @@ from typing import Any, TYPE_CHECKING
 import gradio as gr
 from PIL import Image
 
-from sd2_app.api.plot import HIRES_NEEDS_TEXT, cell_caption, write_tables
-from sd2_app.api.plot_axes import AXES, AXIS_NAMES
+from sd2_app.api.plot import HIRES_NEEDS_TEXT, MAX_GRID_MARGIN, cell_caption, write_tables
+from sd2_app.api.plot_axes import AXES, AXIS_NAMES, offered_axes
 from sd2_app.api.checked import Checked
 from sd2_app.api.requests import HIRES_UPSCALERS, Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.api.tasks import PLOT_SAMPLERS, TASKS
@@ -52,6 +52,21 @@ HINTS = {"prompt_sr": "the first value is searched in the prompt: cat, dog, tige
 TABLES_DIR = Path(tempfile.gettempdir()) / "sd2-app-plots"
 # "Send to" a grid or cell: its image with the settings of its own PNG text (blocks.py wires them)
 SEND_TO = (("txt2img", "text to image"), ("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
+
+
+# A1111's options of the script (scripts/xyz_grid.py), API name -> default; checked by the plot's validation
+OPTIONS = {"draw_legend": True, "no_fixed_seeds": False, "include_sub_grids": False, "margin_size": 0}
+
+
+def _options() -> list[gr.components.Component]:
+    """The widgets of `OPTIONS`, in its order, labelled as A1111's (the README says what each does)."""
+    with gr.Row(equal_height=True, elem_classes=["phone-stack"]):
+        legend = gr.Checkbox(True, label="Draw legend", elem_id="xyz-draw-legend", min_width=120)
+        keep = gr.Checkbox(False, label="Keep -1 for seeds", elem_id="xyz-no-fixed-seeds", min_width=120)
+        sub = gr.Checkbox(False, label="Include sub grids", elem_id="xyz-include-sub-grids", min_width=120)
+        margin = gr.Slider(0, MAX_GRID_MARGIN, 0, step=2, label="Grid margins (px)", elem_id="xyz-margin-size",
+                           scale=2, min_width=200)
+    return [legend, keep, sub, margin]
 
 
 @dataclass
@@ -120,8 +135,8 @@ def make_request(key: str, text: str, negative_text: str, *values: Any) -> XYZPl
     sampling = to_sampling(*values[9:end], 1)
     width, height, image, strength = values[end : end + 4]
     hires = request_fields(*values[end + 4 : end + 4 + len(HIRES_NAMES)])["hires"]
-    legend, keep = values[end + 4 + len(HIRES_NAMES):] or (None, None)
-    options = {"draw_legend": True if legend is None else legend, "no_fixed_seeds": False if keep is None else keep}
+    options = {name: default if value is None else value  # absent (an API caller's None): A1111's default
+               for (name, default), value in zip(OPTIONS.items(), values[end + 4 + len(HIRES_NAMES):])}
     common = {"prompt": text, "negative_prompt": negative_text, "checkpoint": key, "sampling": sampling}
     if image is not None:
         if hires is not None:
@@ -181,15 +196,13 @@ def _wire_hires(fix: HiresControls, image: gr.Image, width: gr.Slider, height: g
 
 
 def _picks(service: Service) -> dict[str, list[tuple[str, str]]]:
-    """Each axis kind the tab offers -> the (label, value) choices of its picked values (empty: typed values).
-    Styles only where the host has styles (`--styles`)."""
+    """Each axis kind the tab offers (`offered_axes`, which a plot's validation allows) -> the (label, value)
+    choices of its picked values (empty: typed values)."""
     samplers = [(name, name) for name in service.samplers()]
-    picks: dict[str, list[tuple[str, str]]] = {key: [] for key in AXES if key != "styles"}
-    picks.update(sampler=samplers, checkpoint=service.checkpoints("txt2img"), hires_sampler=samplers,
-                 hires_upscaler=[(name, name) for name in HIRES_UPSCALERS])
-    if service.styles.names:
-        picks["styles"] = [(name, name) for name in service.styles.names]
-    return picks
+    choices = {"sampler": samplers, "checkpoint": service.checkpoints("txt2img"), "hires_sampler": samplers,
+               "hires_upscaler": [(name, name) for name in HIRES_UPSCALERS],
+               "styles": [(name, name) for name in service.styles.names]}
+    return {key: choices.get(key, []) for key in offered_axes(service.styles)}
 
 
 def build(service: Service, flags: StopFlags) -> ResultPanel:
@@ -201,13 +214,10 @@ def build(service: Service, flags: StopFlags) -> ResultPanel:
                      elem_id="xyz-files")
     with frame.columns(extra=tables, send_to=SEND_TO):
         axes = [_axis_row(name, kind, picks) for name, kind in zip(AXIS_NAMES, ("sampler", "nothing", "nothing"))]
-        with gr.Row():  # A1111's options of the script, named as there
-            legend = gr.Checkbox(True, label="Draw legend", elem_id="xyz-draw-legend")
-            keep = gr.Checkbox(False, label="Keep -1 for seeds", elem_id="xyz-no-fixed-seeds",
-                               info="Each cell draws its own random seed; off: a seed of -1 is drawn once")
+        options = _options()
         checkpoint = frame.checkpoint("txt2img", elem_id="xyz-checkpoint")
         width, height = frame.size_sliders(checkpoint)
-        controls = frame.sampling(batch=False, task="txt2img")
+        controls = frame.sampling(batch=False, task="txt2img", eta=False)  # eta is an axis here
         with gr.Accordion("Init image (optional: makes it an image-to-image plot)", open=False):
             image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
                                  height=240, elem_id="xyz-image")
@@ -220,11 +230,10 @@ def build(service: Service, flags: StopFlags) -> ResultPanel:
         _wire_axis(axis, picks, f"xyz_{name.lower()}")
     axis_inputs = [widget for axis in axes for widget in (axis.kind, axis.text, axis.picked)]
     inputs = [checkpoint, frame.prompt, frame.negative, *axis_inputs, *controls.inputs()[:-1], width, height, image,
-              strength, *fix.inputs(), legend, keep]
+              strength, *fix.inputs(), *options]
     names = ["checkpoint", "prompt", "negative_prompt"]
     names += [f"{n.lower()}_{part}" for n in AXIS_NAMES for part in ("type", "values", "picked")]
-    names += [*SAMPLING_NAMES[:-1], "width", "height", "init_image", "strength", *HIRES_NAMES, "draw_legend",
-              "no_fixed_seeds"]
+    names += [*SAMPLING_NAMES[:-1], "width", "height", "init_image", "strength", *HIRES_NAMES, *OPTIONS]
     wire_run(service, flags, panel, inputs, make_request, "xyz_plot", names,
              finish_extra=lambda result: (_tables(result),), view=PlotView)
     return panel

@@ -15,7 +15,7 @@ from PIL import Image
 from sd2_app.api.plot import plan_cells, write_tables
 from sd2_app.api.plot_axes import parse_values
 from sd2_app.api.plot_values import axis_values_text, split_values
-from sd2_app.api.plot_grid import draw_grid
+from sd2_app.api.plot_grid import SUB_GRID_GAP, draw_grid
 from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Sampling, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.api.checks import Limits
 from sd2_app.api.validation import validate
@@ -191,10 +191,20 @@ def test_plot_runs_every_cell_with_progress_grids_labels_and_times() -> None:
     assert [row["y_label"] for row in result.cells[:2]] == ["Steps: 1", "Steps: 1"]
 
 
-def test_one_grid_per_z_value_with_its_title() -> None:
+def test_the_z_values_grids_come_side_by_side_and_alone_with_include_sub_grids() -> None:
+    """A1111's Z: one image of every Z value's grid, side by side, SUB_GRID_GAP px apart (each titled with its
+    value); "Include sub grids" adds each Z value's grid alone after it."""
     service = fake_service(None)
-    result = service.plot(_plot(PlotAxis("steps", "1, 2"), None, PlotAxis("cfg_scale", "5, 6")))
-    assert result.captions[:2] == ["Grid: CFG scale: 5", "Grid: CFG scale: 6"] and len(result.images) == 2 + 4
+    service.watermark = False  # compared pixel for pixel: each image would carry its own watermark
+    plot = _plot(PlotAxis("steps", "1, 2"), None, PlotAxis("cfg_scale", "5, 6"))
+    result = service.plot(plot)
+    assert result.captions[:2] == ["Grid", "Steps: 1, CFG scale: 5 · 0.00 s"] and len(result.images) == 1 + 4
+    result = service.plot(replace(plot, include_sub_grids=True))
+    assert result.captions[:3] == ["Grid", "Grid: CFG scale: 5", "Grid: CFG scale: 6"] and len(result.images) == 3 + 4
+    joined, first, second = result.images[:3]
+    assert joined.size == (first.width + SUB_GRID_GAP + second.width, first.height)
+    for left, grid in ((0, first), (first.width + SUB_GRID_GAP, second)):  # each as drawn alone
+        assert np.array_equal(np.asarray(joined.crop((left, 0, left + grid.width, grid.height))), np.asarray(grid))
 
 
 def test_checkpoint_cells_run_together() -> None:
@@ -315,3 +325,18 @@ def test_running_a_plot_checks_each_cell_once(monkeypatch: pytest.MonkeyPatch) -
     result = fake_service(None).run(_plot(PlotAxis("steps", "1, 2"), PlotAxis("seed", "3, 4")))
     assert len(checked) == 1 + 4
     assert [cell["steps"] for cell in result.cells] == [1, 2, 1, 2] and len(result.images) == 1 + 4
+
+
+def test_kept_random_seeds_are_drawn_in_each_cell() -> None:
+    """A1111's "Keep -1 for seeds" (no_fixed_seeds): the base's -1 seed and unset variation seed stay random,
+    so each cell draws its own; a -1 on a Seed axis stays -1 (each cell of that value draws its own)."""
+    plot = replace(_plot(PlotAxis("variation_strength", "0.25, 0.5"), PlotAxis("steps", "1, 2"), seed=-1),
+                   no_fixed_seeds=True)
+    checked, _ = validate(plot, CATALOG)
+    assert checked.base.sampling.seed == -1 and checked.base.seed_extras.variation_seed is None
+    cells, _ = plan_cells(checked, CATALOG, Limits())
+    assert len({c.request.sampling.seed for c in cells}) == 4
+    assert len({c.request.seed_extras.variation_seed for c in cells}) == 4
+    assert all(0 <= c.request.sampling.seed <= 2**32 - 1 for c in cells)
+    seeded, _ = validate(replace(_plot(PlotAxis("seed", "5, -1")), no_fixed_seeds=True), CATALOG)
+    assert seeded.x.values == (5, -1)

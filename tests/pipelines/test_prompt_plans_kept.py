@@ -10,7 +10,7 @@ import pytest
 
 from sd2_app.errors import InvalidRequest
 from sd2_app.loading.embeddings import TextualInversion
-from sd2_app.pipelines.prompt_plan import PromptPlans, PromptSteps, plan_prompts
+from sd2_app.pipelines.prompt_plan import PlotTextRefused, PromptPlans, PromptSteps, ReadBudget, plan_prompts
 from tests.pipeline_fixtures import count_plans
 
 
@@ -105,3 +105,18 @@ def test_a_refused_prompt_is_not_kept(tokenizers, planned) -> None:
         with pytest.raises(InvalidRequest, match="^The prompt is too long: it makes 9 chunks"):
             plans.plan(tokenizer, too_long, "", use_cfg=True, steps=PromptSteps(2))
     assert len(planned) == 2 and len(plans) == 0
+
+
+def test_a_read_budget_counts_kept_plans_as_read_and_refuses_before_reading_past_it(tokenizers, planned) -> None:
+    """A plot's `ReadBudget` counts each plan's distinct texts ("a cat" 5, "a dog" 5, "blurry" 6: 16 characters),
+    a kept plan's as well, so a plot gets the same answer whatever was planned before; the plan that would pass
+    the limit is refused before its texts are tokenized."""
+    tokenizer, _ = tokenizers
+    plans = PromptPlans()
+    budget = ReadBudget(40)
+    plans.plan(tokenizer, "a [cat|dog]", "blurry", use_cfg=True, steps=PromptSteps(4), budget=budget)
+    plans.plan(tokenizer, "a [cat|dog]", "blurry", use_cfg=True, steps=PromptSteps(4), budget=budget)  # kept
+    assert (budget.spent, len(planned)) == (32, 1)
+    with pytest.raises(PlotTextRefused, match="more than 40 characters"):
+        plans.plan(tokenizer, "a [cow|pig]", "blurry", use_cfg=True, steps=PromptSteps(4), budget=budget)
+    assert (budget.spent, len(planned)) == (48, 1)  # counted, not tokenized

@@ -66,3 +66,34 @@ def test_a_prompt_order_of_many_terms_is_refused_at_once(served_app, reliability
     assert seconds < 15, seconds
     reliability(AREA, "X/Y/Z plot, a Prompt order axis of 100,000 terms (690 KB)",
                 f"refused in {seconds:.1f} s: {message} (was 68 s of the server's CPU before the refusal)")
+
+
+def test_a_plot_whose_prompts_are_too_much_text_is_refused_before_it_is_all_read(served_app, reliability,
+                                                                                 monkeypatch) -> None:
+    """64 Prompt S/R cells whose prompt and negative prompt each alternate between 63 words over 63 steps: each
+    cell makes 126 different texts to parse and tokenize, 1.7 million characters for the plot, all of it parsed
+    and tokenized by the run handler before. It is refused once its texts pass `max_plot_prompt_chars`, with no
+    more than that read."""
+    import sd2_app.pipelines.prompt_plan as prompt_plan
+
+    read: list[int] = []
+    tokenize = prompt_plan.tokenize_prompts
+    monkeypatch.setattr(prompt_plan, "tokenize_prompts", lambda tokenizer, texts, *args: read.append(
+        sum(map(len, texts))) or tokenize(tokenizer, texts, *args))
+    words = "[" + "|".join(f"c{index}" for index in range(63)) + "] " + "(" * 100 + "a" + ")" * 100
+    url, demo = served_app
+    limit = demo.service.limits.max_plot_prompt_chars  # type: ignore[attr-defined]
+    with pytest.raises(AppError) as refused:
+        Client(url, verbose=False).predict(prompt=f"KEY {words}", negative_prompt=f"KEY not {words}", steps=63,
+                                           cfg_scale=7, sampler="Euler", width=64, height=64, x_type="prompt_sr",
+                                           x_values=", ".join(["KEY", *(f"k{index}" for index in range(63))]),
+                                           api_name="/xyz_plot")
+    message = ("This plot's prompts are too much text to read: after prompt editing and alternation its cells' prompts "
+               "and negative prompts come to more than 1,000,000 characters (counted once per different text of "
+               "each cell). Use fewer cells, shorter prompts or fewer alternatives.")
+    assert (limit, str(refused.value)) == (1_000_000, message)
+    assert 0 < sum(read) <= limit, sum(read)
+    reliability(AREA, "an X/Y/Z plot of 64 Prompt S/R cells whose prompt and negative prompt alternate between 63 "
+                      "words over 63 steps (1.7 million characters to parse and tokenize)",
+                f"refused after {sum(read):,} characters were read: {message} (the run handler parsed and "
+                "tokenized every cell's texts before the plot could start)")

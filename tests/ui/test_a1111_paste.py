@@ -62,8 +62,7 @@ def test_each_setting_that_cannot_be_reproduced_is_named() -> None:
         "Hires sampler 'Restart' is not available here; the first pass's sampler is used.",
         "Hires prompt ('a castle, 8k') is not supported here; the prompt is used.",
         "Emphasis ('No norm') is not supported here; A1111's default (\"Original\") is used.",
-        "Eta DDIM (0.5) is not supported here; DDIM without eta (0) is used.",  # the tabs have no Eta control
-    ]  # Clip skip: A1111 ignores it on SD 2.x too
+    ]  # Clip skip: A1111 ignores it on SD 2.x too; Eta DDIM: the tabs' Eta slider takes it
     plms = parse_parameters(
         "p\nSteps: 20, Sampler: PLMS, Schedule type: Automatic, Denoising strength: 0.5, Hires upscaler: Latent, "
         "Hires sampler: ddim")  # any case, as the paste reads it
@@ -84,3 +83,29 @@ def test_png_info_send_fills_a1111_names_in() -> None:
     assert by_id["txt2img-checkpoint"] == "sd21-base"
     assert (by_id["txt2img-sampler"], by_id["txt2img-karras"]) == ("DPM++ 2M", True)
     assert by_id["txt2img-hires"] is True and by_id["txt2img-hires-scale"] == 1.5
+
+
+def test_png_info_send_makes_pasted_numbers_ones_the_sliders_take() -> None:
+    """"Batch size: 2.5" reached the slider as it was and was refused only at Generate ("Batch size must be a
+    whole number, got 2.5."): the send rounds and clamps it, and each change is said in a warning."""
+    import warnings
+
+    from sd2_app.ui import build_ui
+    from tests.ui_doubles import fake_service
+
+    demo = build_ui(fake_service())
+    send = next(f for f in demo.fns.values() if f.api_name == "png_info_send")
+    text = "p\nSteps: 200, Sampler: Euler, CFG scale: 31, Seed: 5, Size: 100x60, Batch size: 2.5"
+    with warnings.catch_warnings(record=True) as said:  # gr.Warning outside an event: a Python warning
+        warnings.simplefilter("always")
+        values = send.fn(parse_parameters(text))
+    by_id = {getattr(block, "elem_id", None): value for block, value in zip(send.outputs, values)}
+    batch = next(value for block, value in zip(send.outputs, values) if getattr(block, "label", "") == "Images per prompt")
+    assert (batch, by_id["txt2img-steps"], by_id["txt2img-width"], by_id["txt2img-height"]) == (3, 150, 104, 64)
+    assert [str(w.message) for w in said] == [
+        "Steps 200 cannot be set here (1 to 150, whole numbers); 150 is used.",
+        "CFG scale 31 cannot be set here (0 to 30); 30 is used.",
+        "Batch size 2.5 cannot be set here (1 to 8, whole numbers); 3 is used.",
+        "Width 100 cannot be set here (64 to 1024, in steps of 8); 104 is used.",
+        "Height 60 cannot be set here (64 to 1024, in steps of 8); 64 is used.",
+    ]

@@ -163,6 +163,48 @@ def test_unload_says_whether_the_checkpoint_was_loaded(browser, url: str) -> Non
     page.context.close()
 
 
+def test_send_to_image_to_image_carries_tiling(browser, url: str, tmp_path: Path) -> None:
+    """Text to image's Tiling goes along (Image to image's stayed as it was); a result of a tab without Tiling
+    (Outpaint) sends it off; History's send reads it from the PNG's "Tiling: True"."""
+    page = _open(browser, url, DESKTOP)
+    tiling = page.locator("#img2img-tiling input[type=checkbox]")
+    _go(page, "Image to image")
+    tiling.check()
+    picture = tmp_path / "small.png"
+    Image.new("RGB", (48, 48), (20, 120, 40)).save(picture)
+    _go(page, "Outpaint")
+    page.locator("#outpaint-image input[type=file]").set_input_files(str(picture))
+    page.locator("#outpaint-image img").first.wait_for()
+    for side, value in (("left", 0), ("right", 0), ("up", 0), ("down", 16), ("steps", 2)):
+        _number_into(page, f"outpaint-{side}", value)
+    page.locator("#outpaint-run").click()
+    expect(page.locator("#outpaint-info")).to_contain_text("Outpaint down: 16", timeout=120_000)
+    _sent_to_img2img(page, "#outpaint-send-img2img")
+    expect(tiling).not_to_be_checked()
+    _go(page, "Text to image")
+    page.locator("#txt2img-tiling input[type=checkbox]").check()
+    for name, value in (("width", 64), ("height", 64), ("steps", 2)):
+        _number_into(page, f"txt2img-{name}", value)
+    page.locator("#txt2img-prompt textarea").fill("a seamless tile")
+    page.locator("#txt2img-run").click()
+    expect(page.locator("#txt2img-info")).to_contain_text("Tiling: True", timeout=120_000)
+    _sent_to_img2img(page, "#txt2img-send-img2img")
+    expect(tiling).to_be_checked()
+    tiling.uncheck()
+    _go(page, "History")  # its first image: the tiled one just made
+    _sent_to_img2img(page, "#history-send-img2img")
+    expect(page.locator("#img2img-prompt textarea")).to_have_value("a seamless tile")
+    expect(tiling).to_be_checked()
+    page.screenshot(path=str(ARTIFACTS / "controls-tiling-sent.png"))
+    page.context.close()
+
+
+def _sent_to_img2img(page, button: str) -> None:
+    page.locator(button).click()
+    expect(page.get_by_role("tab", name="Image to image")).to_have_attribute("aria-selected", "true", timeout=30_000)
+    page.locator("#img2img-image img").first.wait_for()
+
+
 def _number_into(page, elem_id: str, value: float) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))

@@ -57,6 +57,7 @@ def test_a_new_result_resets_the_picked_gallery_index_so_send_to_carries_its_fir
     selected = next(f for f in demo.fns.values() if f.api_name == "txt2img_select").outputs[0]
     assert selected in run.outputs  # the run writes the picked index...
     values = ["sd2-base", "a cat", "", 64, 64, "Euler", False, 2, 7.5, 0, 5, 2]
+    values += [widget.value for widget in run.inputs[len(values):]]  # the rest as the page starts (eta 0 last)
     request = type("Request", (), {"session_hash": "s1"})()
     *_, last = list(run.fn(request, *values, gr.Progress()))
     index = run.outputs.index(selected)
@@ -263,15 +264,15 @@ def test_history_sends_a_picked_image_with_its_settings(tmp_path: Path) -> None:
 
     demo = build_ui(fake_service(None))
     settings = {"Steps": 12, "Sampler": "Euler", "Schedule type": "Karras", "CFG scale": 6.5, "Seed": 42,
-                "Size": "64x72", "Model": "sd2"}
+                "Size": "64x72", "Model": "sd2", "Eta DDIM": 0.25}
     paths = []
     for index, size in enumerate(((64, 64), (64, 72))):
         image = attach_parameters(Image.new("RGB", size), format_parameters(f"cat {index}", "blurry", settings))
         paths.append(str(save_png(image, tmp_path / f"{index}.png")))
     send = _fn(demo, "history_send_to_img2img")
-    image, prompt, negative, tab, sampler, karras, steps, cfg, seed = send.fn([(p, "") for p in paths], 1)
+    image, prompt, negative, tab, *sampling, tiling = send.fn([(p, "") for p in paths], 1)
     assert image.size == (64, 72) and (prompt, negative) == ("cat 1", "blurry")
-    assert (sampler, karras, steps, cfg, seed) == ("Euler", True, 12, 6.5, 42)
+    assert (*sampling, tiling) == ("Euler", True, 12, 6.5, 42, 0.25, False)  # eta; no "Tiling: True"
     with pytest.raises(gr.Error, match="There is nothing in History yet."):
         send.fn([], 0)
     reuse = _fn(demo, "history_reuse")
@@ -406,3 +407,22 @@ def test_upscale_steps_come_down_to_what_the_servers_job_limit_allows() -> None:
     service.validate(upscale(12))
     with pytest.raises(InvalidRequest, match=r"\(at most 12 steps fit with the other settings unchanged\)"):
         service.validate(upscale(13))
+
+
+def test_a_plots_streamed_cell_carries_its_own_parameters(monkeypatch, tmp_path: Path) -> None:
+    """A cell shown before the plot ends (the gallery of `PlotView`) is a PNG with the cell's parameters text, so
+    "Send to" from it carries the cell's settings as from the final gallery (`fast_png` would drop the text)."""
+    from sd2_app.api.plot import PlotCell
+    from sd2_app.api.requests import Txt2ImgRequest
+    from sd2_app.pipelines.metadata import attach_parameters
+    from sd2_app.ui.xyz_plot import PlotView
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    text = "a barn\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 12, Size: 64x64"
+    cell = PlotCell(1, (1, 0, 0), Txt2ImgRequest(prompt="a barn"), ("Seed: 12", "", ""), 2)
+    view = PlotView()
+    view.finished.put((cell, attach_parameters(Image.new("RGB", (64, 64), (9, 8, 7)), text), 0.25))
+    [(path, caption)] = view.new_gallery()
+    assert caption == "Seed: 12 · 0.25 s" and Path(path).name == "cell-2.png"
+    with Image.open(path) as shown:
+        assert shown.info["parameters"] == text and shown.getpixel((0, 0)) == (9, 8, 7)

@@ -104,6 +104,8 @@ def test_a_picked_cell_is_sent_on_with_its_own_settings(page) -> None:  # noqa: 
     page.locator("#xyz-y-values textarea").fill("1, 2")
     for elem_id, value in (("xyz-steps", 3), ("xyz-width", 64), ("xyz-height", 64)):
         _set_number(page, elem_id, value)
+    page.locator("#xyz-prompt textarea").scroll_into_view_if_needed()
+    _shot(page, "xyz-axes-and-options")
     page.locator("#xyz-run").click()
     expect(page.locator("#xyz-files a").first).to_be_visible(timeout=180_000)
     expect(page.locator("#xyz-gallery img")).to_have_count(5)

@@ -17,7 +17,12 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from sd2_app.api.plot_axes import AXES
+from sd2_app.api.checks import Catalog, Limits
+from sd2_app.api.plot import validate_plot
+from sd2_app.api.plot_axes import AXES, offered_axes
+from sd2_app.api.requests import PlotAxis, Txt2ImgRequest, XYZPlotRequest
+from sd2_app.errors import InvalidRequest
+from sd2_app.prompt_styles import StyleBook, read_styles
 from sd2_app.pipelines.metadata import parse_parameters
 from tests.api.test_prompt_styles_app import STYLES_CSV, served_with_styles
 from tests.reliability_support import one_thread, served_app  # noqa: F401 (fixtures)
@@ -65,7 +70,7 @@ def test_a_hires_plot_runs_each_cell_with_the_tabs_hires_fix(client: Client) -> 
     assert [cell.size for cell in cells] == [(96, 96), (96, 96)]
     for cell in cells:
         assert cell.info["parameters"].endswith(
-            "Denoising strength: 0.5, Hires upscale: 1.5, Hires steps: 2, Hires upscaler: Lanczos")
+            "Denoising strength: 0.5, Hires upscale: 1.5, Hires upscaler: Lanczos")  # no hires steps asked
     _equal_to_solo_runs(client, cells, [{**HIRES, "sampler": "Euler"}, {**HIRES, "sampler": "DDIM"}])
     parsed = client.predict(path=handle_file(gallery[0]["image"]), api_name="/png_info")[1]
     assert (parsed["X Type"], parsed["X Values"], parsed["Hires upscale"], parsed["Hires upscaler"]) == (
@@ -176,17 +181,22 @@ def test_a_styles_axis_applies_a_style_whose_name_has_a_comma(client: Client) ->
 def test_the_tab_offers_styles_only_where_the_host_has_them(client: Client, served_app) -> None:  # noqa: F811
     """The X/Y/Z type dropdowns (the page's config, as the browser gets it) list Styles, with the host's styles
     to pick, only with --styles; without, a Styles axis sent anyway is refused."""
-    def offered(config: dict) -> bool:
+    def offered(config: dict) -> list[str]:
         props = {c["props"].get("elem_id"): c["props"] for c in config["components"]}
-        return ["Styles", "styles"] in [list(choice) for choice in props["xyz-y-type"]["choices"]]
+        return [value for _, value in props["xyz-y-type"]["choices"]]
 
-    assert offered(client.config)
+    # one list, `offered_axes`, for the tab and the plot's validation
+    assert offered(client.config) == ["nothing", *offered_axes(read_styles(CSV))] == ["nothing", *AXES]
     bare = Client(served_app[0], verbose=False)
-    assert not offered(bare.config)
+    kinds = offered_axes(StyleBook())
+    assert offered(bare.config) == ["nothing", *kinds] and "styles" not in kinds
     with pytest.raises(AppError) as refused:
         bare.predict(api_name="/xyz_plot", **SOLO, x_type="styles", x_values="oil", x_picked=[])
-    kinds = [key for key in AXES if key != "styles"]  # Gradio's own check of a dropdown's value
-    assert str(refused.value) == f"Value: styles is not in the list of choices: {kinds}"
+    assert str(refused.value) == f"Value: styles is not in the list of choices: {kinds}"  # Gradio's own check
+    with pytest.raises(InvalidRequest) as unknown:  # the plot's validation, which the CLI reaches
+        validate_plot(XYZPlotRequest(base=Txt2ImgRequest(prompt="a cat"), x=PlotAxis("styles", "oil")),
+                      Catalog({}, {}, {}), Limits(), StyleBook())
+    assert str(unknown.value) == f"Unknown X axis 'styles'; choose one of: {', '.join(kinds)}."
 
 
 @pytest.mark.parametrize("script", ["X/Y/Z plot", "x/y/z plot", "X/Y plot"])
@@ -243,9 +253,28 @@ def test_a_grid_without_its_legend_is_the_cells_alone(client: Client) -> None:
     assert np.array_equal(np.asarray(grid.crop((70, 0, 134, 64))), np.asarray(cells[1].convert("RGB")))
 
 
-@pytest.mark.parametrize(("name", "value", "label"), [("no_fixed_seeds", "false", "Keep -1 for seeds"),
-                                                      ("draw_legend", 0, "Draw legend")])
-def test_the_plots_options_must_be_true_or_false(client: Client, name: str, value: object, label: str) -> None:
+def test_a_z_axis_joins_its_grids_and_margins_space_the_cells(client: Client) -> None:
+    """A1111's Z grid: one image of the Z values' grids side by side, 16 px apart; "Include sub grids" adds each
+    alone. "Grid margins (px)" 10 adds 10 px between cells: two 64x64 cells without legend are 156x78."""
+    plot = {**SOLO, "steps": 1, "x_type": "cfg_scale", "x_values": "7, 8", "z_type": "steps", "z_values": "1, 2"}
+    _, gallery, _, _ = client.predict(api_name="/xyz_plot", **plot)
+    assert _captions(gallery) == ["Grid", "CFG scale: 7, Steps: 1", "CFG scale: 8, Steps: 1",
+                                  "CFG scale: 7, Steps: 2", "CFG scale: 8, Steps: 2"]
+    _, gallery, _, _ = client.predict(api_name="/xyz_plot", **plot, include_sub_grids=True, draw_legend=False,
+                                      margin_size=10)
+    assert _captions(gallery)[:4] == ["Grid", "Grid: Steps: 1", "Grid: Steps: 2", "CFG scale: 7, Steps: 1"]
+    joined, first, second = _pngs(gallery)[:3]
+    assert first.size == second.size == (156, 78) and joined.size == (156 + 16 + 10 + 156, 78)
+
+
+@pytest.mark.parametrize(("name", "value", "refusal"), [
+    ("no_fixed_seeds", "false", "Keep -1 for seeds must be true or false, got 'false'."),
+    ("draw_legend", 0, "Draw legend must be true or false, got 0."),
+    ("include_sub_grids", "yes", "Include sub grids must be true or false, got 'yes'."),
+    ("margin_size", 130, "Grid margins (px) must be between 0 and 128, got 130."),
+    ("margin_size", 2.5, "Grid margins (px) must be a whole number, got 2.5."),
+])
+def test_the_plots_options_are_checked(client: Client, name: str, value: object, refusal: str) -> None:
     with pytest.raises(AppError) as refused:
         client.predict(api_name="/xyz_plot", **SOLO, x_type="steps", x_values="1", **{name: value})
-    assert str(refused.value) == f"{label} must be true or false, got {value!r}."
+    assert str(refused.value) == refusal
