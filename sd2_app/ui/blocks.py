@@ -134,9 +134,9 @@ def _png_to_txt2img(
     t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, registry: Mapping[str, CheckpointSpec], styles: StyleBook,
 ) -> tuple[Callable[[dict[str, Any] | None], tuple], list[gr.components.Component]]:
     """(function, outputs) putting parsed PNG parameters into text to image: prompt, negative prompt, sampler,
-    steps, CFG, guidance rescale (0 where the text has none: it is written only when on), seed, images per prompt
-    ("Batch size", 1 where the text has none: one seed draws the whole batch, so the image at "Batch pos" 1 is
-    remade only in a batch of that size), size and checkpoint. PNG info's send and History's reuse use it. Where
+    steps, CFG, guidance rescale and DDIM's eta (0 where the text has none: each is written only when on), seed,
+    images per prompt ("Batch size", 1 where the text has none: one seed draws the whole batch, so the image at
+    "Batch pos" 1 is remade only in a batch of that size), size and checkpoint. PNG info's send and History's reuse use it. Where
     the host has prompt styles, those found in the prompts are picked and the prompts keep the rest, as A1111's
     paste does; where none is found none stays picked (A1111 keeps the visitor's pick), so the prompts alone
     remake the image."""
@@ -164,6 +164,7 @@ def _png_to_txt2img(
             clamp_to(parsed.get(keys.STEPS), controls.steps, keys.STEPS),
             clamp_to(parsed.get(keys.CFG_SCALE), controls.cfg, keys.CFG_SCALE),
             clamp_to(parsed.get(keys.GUIDANCE_RESCALE, 0.0), controls.rescale, keys.GUIDANCE_RESCALE),
+            clamp_to(parsed.get(keys.ETA_DDIM, 0.0), controls.eta, keys.ETA_DDIM),
             parsed.get(keys.SEED, keep),
             clamp_to(parsed.get(keys.BATCH_SIZE, 1), controls.batch, keys.BATCH_SIZE),
             clamp_to(int(width), t2i.width, "Width") if width.isdigit() else keep,
@@ -175,7 +176,7 @@ def _png_to_txt2img(
         )
 
     outputs = [t2i.prompt, t2i.negative, controls.sampler, controls.karras, controls.steps, controls.cfg,
-               controls.rescale, controls.seed, controls.batch, t2i.width, t2i.height, t2i.checkpoint, tabs, *t2i.extras.inputs()]
+               controls.rescale, controls.eta, controls.seed, controls.batch, t2i.width, t2i.height, t2i.checkpoint, tabs, *t2i.extras.inputs()]
     if t2i.styles is not None:
         outputs.append(t2i.styles)
     return send, outputs

@@ -45,7 +45,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Imag
               *controls.inputs(), *extras]
     wire_run(service, flags, frame.panel, inputs, partial(make_request, service.limits), "img2img",
              ("image", "checkpoint", "prompt", "negative_prompt", "strength", "width", "height", "resize_mode",
-              *SAMPLING_NAMES, *IMG2IMG_NAMES), styles=frame.styles)
+              *SAMPLING_NAMES, *IMG2IMG_NAMES), styles=frame.styles, eta=controls.eta)
     return ImageTab(image, frame.prompt, frame.negative, controls, frame.panel, frame.styles, tiling=extras[2])
 
 

@@ -56,9 +56,10 @@ def _run(service: Service, request: TaskRequest) -> str | Image.Image:
     return shown_files(result)[0]  # the PNG file the Service encoded, not an image for Gradio to encode again
 
 
-def _sampling(steps: int, guidance_scale: float, seed: int, sampler: str | None = None, task: str = "txt2img") -> rq.Sampling:
+def _sampling(steps: int, guidance_scale: float, seed: int, sampler: str | None = None, task: str = "txt2img",
+              eta: float = 0.0) -> rq.Sampling:
     return rq.Sampling(sampler=sampler or TASKS[task].sampler, steps=steps, cfg_scale=guidance_scale,
-                       seed=None if seed == -1 else seed)
+                       seed=None if seed == -1 else seed, eta=eta)
 
 
 ToolFn = Callable[..., str | Image.Image]  # the result's first PNG file (`shown_files`)
@@ -108,7 +109,7 @@ def _txt2img_tool(service: Service) -> ToolFn:
 
     def txt2img(prompt: str, negative_prompt: str = "", width: int = 512, height: int = 512,
                 steps: int = t2i.steps, guidance_scale: float = t2i.cfg_scale, sampler: str = t2i.sampler,
-                seed: int = -1) -> str | Image.Image:
+                seed: int = -1, eta: float = 0.0) -> str | Image.Image:
         """Generate an image from a text prompt with Stable Diffusion 2.1 (512 px base model).
 
         Args:
@@ -120,9 +121,11 @@ def _txt2img_tool(service: Service) -> ToolFn:
             guidance_scale: how closely to follow the prompt, 0 to 30; 7.5 is usual, 1 or less turns guidance off
             sampler: sampler name, e.g. "DPM++ 2M", "Euler a", "Euler", "DDIM", "UniPC"
             seed: random seed, 0 to 4294967295; -1 picks one
+            eta: DDIM's eta, 0 to 1: noise added back at each step (other samplers ignore it); 0 is plain DDIM
         """
+        sampling = _sampling(steps, guidance_scale, seed, sampler, eta=eta)
         request = rq.Txt2ImgRequest(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
-                                    checkpoint=t2i.checkpoint, sampling=_sampling(steps, guidance_scale, seed, sampler))
+                                    checkpoint=t2i.checkpoint, sampling=sampling)
         return _run(service, request)
 
     return txt2img

@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any, TYPE_CHECKING
 
 import gradio as gr
@@ -25,6 +26,7 @@ from sd2_app.ui.result_panel import ResultPanel, describe, gallery_columns
 from sd2_app.ui.run_stream import refuse, stream_result
 from sd2_app.ui.run_views import RequestView, RunView
 from sd2_app.ui.runner import GPU_QUEUE, Finish, StopFlags, stopped_message
+from sd2_app.ui.sampling_controls import ETA_NAME
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Result, Service
@@ -48,12 +50,15 @@ def wire_run(
     finish_extra: Callable[[Result], tuple] = lambda result: (),
     view: Callable[[], RunView] = RequestView,
     styles: gr.Dropdown | None = None,
+    eta: gr.Slider | None = None,
 ) -> Dependency:
     """Connect Generate (streaming, on the GPU queue) and Stop; returns the run event.
 
     `styles`, the tab's Styles picker (None: the host has no styles), is the run's last input, `styles` in the
     API: the picked styles are applied to the request's prompts before the Service validates it, so the token
     limits, prompt editing and the parameters text all see the expanded prompts (sd2_app/prompt_styles.py).
+    `eta`, the tab's Eta slider, comes after it (`eta` in the API, the last parameter): the request's
+    `Sampling.eta`, which the Service checks.
 
     `view` makes each run's `RunView` (`stream_result`): a tab that streams more than previews has its own (the
     X/Y/Z plot shows each finished cell as it comes)."""
@@ -72,6 +77,9 @@ def wire_run(
     if styles is not None:
         inputs, names = [*inputs, styles], (*names, "styles")
         make_request = _styled(make_request, service.styles)
+    if eta is not None:
+        inputs, names = [*inputs, eta], (*names, ETA_NAME)
+        make_request = _with_eta(make_request)
     assert len(names) == len(inputs), (api_name, names)
     handler = _generate_handler(service, flags, make_request, names, finish, len(outputs), view)
     server_checked(inputs)
@@ -87,6 +95,17 @@ def _styled(make_request: Callable[..., Request], book: StyleBook) -> Callable[.
         return book.applied_to(make_request(*values[:-1]), values[-1])
 
     return styled
+
+
+def _with_eta(make_request: Callable[..., Request]) -> Callable[..., Request]:
+    """`make_request` of the widget values but the last, the eta, set as its sampling's eta."""
+
+    def with_eta(*values: Any) -> Request:
+        request = make_request(*values[:-1])
+        eta = 0.0 if values[-1] is None else values[-1]  # a caller that sent none: the default
+        return replace(request, sampling=replace(request.sampling, eta=eta))  # type: ignore[type-var]
+
+    return with_eta
 
 
 def _generate_handler(

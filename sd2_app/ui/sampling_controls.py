@@ -1,5 +1,5 @@
-"""The sampling settings every generation tab shares: sampler, Karras sigmas, steps, CFG, rescale, the seed row
-and the batch slider (`sampling_controls`), their values as a `Sampling` (`to_sampling`), and the checkpoint list
+"""The sampling settings every generation tab shares: sampler, Karras sigmas, steps, CFG, rescale, eta, the seed
+row and the batch slider (`sampling_controls`), their values as a `Sampling` (`to_sampling`), and the checkpoint list
 of a task (`checkpoint_dropdown`).
 """
 
@@ -10,13 +10,15 @@ from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
-from sd2_app.api.requests import Sampling
+from sd2_app.api.requests import ETA_SAMPLERS, Sampling
 from sd2_app.api.tasks import TASKS, default_checkpoint
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
 
 SAMPLING_NAMES = ("sampler", "use_karras", "steps", "cfg_scale", "guidance_rescale", "seed", "batch_size")
+# Eta came later: it is each tab's last API parameter (`run_events.wire_run`), so the positions above stay.
+ETA_NAME = "eta"
 EXAMPLE_PROMPTS = ("High quality photo of an astronaut riding a horse in space", "two tigers", "a white cat")
 
 
@@ -29,6 +31,7 @@ class SamplingControls:
     rescale: gr.Slider
     seed: gr.Number
     batch: gr.Slider
+    eta: gr.Slider  # not in `inputs`: the run takes it last (ETA_NAME)
 
     def inputs(self) -> list[gr.components.Component]:
         return [self.sampler, self.karras, self.steps, self.cfg, self.rescale, self.seed, self.batch]
@@ -55,10 +58,11 @@ def checkpoint_dropdown(service: Service, task: str, **kwargs: Any) -> gr.Dropdo
 
 
 def sampling_controls(
-    service: Service, prefix: str, *, batch: bool = True, task: str | None = None
+    service: Service, prefix: str, *, batch: bool = True, task: str | None = None, eta: bool = True
 ) -> tuple[SamplingControls, gr.Button, gr.Button]:
     """The sampler settings, seed row and batch slider, set to the defaults of `task` (default: `prefix`) in
-    the task table; returns them with the (randomize, reuse) seed buttons."""
+    the task table; returns them with the (randomize, reuse) seed buttons. The Eta slider shows while the sampler
+    is one that takes it (`ETA_SAMPLERS`); `eta=False` keeps it hidden (a tab whose run does not read it)."""
     spec = TASKS[task or prefix]
     sampler, steps, cfg = spec.sampler, spec.steps, spec.cfg_scale
     names = service.samplers()
@@ -70,19 +74,26 @@ def sampling_controls(
     with gr.Row():
         steps_slider = gr.Slider(1, 150, steps, step=1, label="Steps", elem_id=f"{prefix}-steps")
         cfg_slider = gr.Slider(0, 30, cfg, step=0.5, label="Guidance scale (CFG)")
-    with gr.Accordion("More sampling options", open=False):
+    with gr.Accordion("More sampling options", open=False, elem_id=f"{prefix}-more-sampling"):
         rescale = gr.Slider(0, 1, 0, step=0.05, label="Guidance rescale", info="0.7 helps the 768-v models; 0 = off")
+        # A1111's "Eta for DDIM" (its settings' Sampler parameters), written as "Eta DDIM" in the parameters text.
+        eta_slider = gr.Slider(0, 1, 0, step=0.01, label="Eta (DDIM)", info="noise added back each step; 0 = off",
+                               visible=eta and sampler in ETA_SAMPLERS, elem_id=f"{prefix}-eta")
     with gr.Row(elem_classes=["seed-row"]):  # static/app.css lines the buttons up with the seed box
         seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, scale=3, elem_id=f"{prefix}-seed")
         randomize = gr.Button("Random seed", scale=1, size="sm", elem_id=f"{prefix}-random-seed")
         reuse = gr.Button("Reuse last seed", scale=1, size="sm", elem_id=f"{prefix}-reuse-seed")
     batch_slider = gr.Slider(1, 8, 1, step=1, label="Images per prompt", visible=batch)
-    sampler_box.change(
-        lambda name: gr.update(interactive=service.supports_karras(name), value=False) if not service.supports_karras(name)
-        else gr.update(interactive=True),
-        sampler_box, karras, api_name=f"{prefix}_karras_allowed", api_visibility="private", queue=False,
-    )
-    controls = SamplingControls(sampler_box, karras, steps_slider, cfg_slider, rescale, seed, batch_slider)
+
+    def offered(name: str) -> tuple[Any, Any]:
+        """Karras where the sampler offers it (else off), Eta where the sampler takes it."""
+        karras_box = gr.update(interactive=True) if service.supports_karras(name) else gr.update(interactive=False,
+                                                                                                 value=False)
+        return karras_box, gr.update(visible=eta and name in ETA_SAMPLERS)
+
+    sampler_box.change(offered, sampler_box, [karras, eta_slider], api_name=f"{prefix}_karras_allowed",
+                       api_visibility="private", queue=False)
+    controls = SamplingControls(sampler_box, karras, steps_slider, cfg_slider, rescale, seed, batch_slider, eta_slider)
     return controls, randomize, reuse
 
 

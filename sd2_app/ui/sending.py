@@ -50,8 +50,8 @@ class SendTarget:
 def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[str, SendTarget],
               prefix: str) -> None:
     """Each "Send to X" button copies the picked result, the prompts and the picked prompt styles (and seed,
-    sampler, steps and CFG where X samples the same way, and Tiling where X has it: the source tab's, off from a
-    tab without one) into tab X and switches to it. Queued, so "Generate an image first." reaches the user."""
+    sampler, steps, CFG and eta where X samples the same way, and Tiling where X has it: the source tab's, off
+    from a tab without one) into tab X and switches to it. Queued, so "Generate an image first." reaches the user."""
     for target, button in panel.send_buttons.items():
         into = targets[target]
         carry, tiled = into.sampling is not None, into.tiling is not None
@@ -64,9 +64,9 @@ def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[
             rest_left = list(rest)
             values = (selected_image(gallery, index), text, negative, gr.Tabs(selected=target))
             if carry:
-                sampler, karras, steps, cfg = rest_left[:4]
-                del rest_left[:4]
-                values += (sampler, karras, steps, cfg, gr.skip() if seed is None else seed)
+                sampler, karras, steps, cfg, eta = rest_left[:5]
+                del rest_left[:5]
+                values += (sampler, karras, steps, cfg, gr.skip() if seed is None else seed, eta)
             if tiled:
                 values += (bool(rest_left.pop(0)) if tiling_given else False,)
             return values + ((rest_left[0] or [],) if styled else ())
@@ -75,8 +75,8 @@ def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[
         outputs = [into.image, into.prompt, into.negative, tabs]
         if carry:
             source, dest = tab.sampling, into.sampling
-            inputs += [source.sampler, source.karras, source.steps, source.cfg]
-            outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed]
+            inputs += [source.sampler, source.karras, source.steps, source.cfg, source.eta]
+            outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed, dest.eta]
         if tiled:
             inputs += [source_tiling] if source_tiling is not None else []
             outputs.append(into.tiling)
@@ -108,13 +108,15 @@ def picked_image_parameters(service: Service, gallery: Any, index: Any,
 
 
 def sampling_values(parsed: dict[str, Any], dest: SamplingControls) -> tuple:
-    """Sampler, Karras, steps, CFG and seed from parsed parameters, for `dest`'s widgets (gr.skip() where absent)."""
+    """Sampler, Karras, steps, CFG, seed and eta from parsed parameters, for `dest`'s widgets (gr.skip() where
+    absent; eta 0 where the text has none: it is written only when on)."""
     names = [value for _, value in dest.sampler.choices]
     sampler, karras = sampler_fields(parsed, names)
     seed = parsed.get(keys.SEED)
     return (gr.skip() if sampler is None else sampler, karras,
             clamp_to(parsed.get(keys.STEPS), dest.steps, keys.STEPS),
-            clamp_to(parsed.get(keys.CFG_SCALE), dest.cfg, keys.CFG_SCALE), seed if isinstance(seed, int) else gr.skip())
+            clamp_to(parsed.get(keys.CFG_SCALE), dest.cfg, keys.CFG_SCALE),
+            seed if isinstance(seed, int) else gr.skip(), clamp_to(parsed.get(keys.ETA_DDIM, 0.0), dest.eta, keys.ETA_DDIM))
 
 
 def wire_history_send(service: Service, view: HistoryView, tabs: gr.Tabs, targets: dict[str, SendTarget]) -> None:
@@ -145,7 +147,7 @@ def wire_parameters_send(service: Service, buttons: dict[str, gr.Button], galler
         outputs = [into.image, into.prompt, into.negative, tabs]
         if into.sampling is not None:
             dest = into.sampling
-            outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed]
+            outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed, dest.eta]
         outputs += [] if into.tiling is None else [into.tiling]
         if into.styles is not None:
             outputs.append(into.styles)
@@ -164,7 +166,7 @@ def sampler_fields(parsed: dict[str, Any], names: list[str]) -> tuple[str | None
 # Settings of A1111's that text to image here has no control for: what is used instead.
 _NOT_HERE = {keys.HIRES_PROMPT: "the prompt", keys.HIRES_NEGATIVE_PROMPT: "the negative prompt",
              keys.HIRES_CHECKPOINT: "the first pass's checkpoint", keys.EMPHASIS: 'A1111\'s default ("Original")',
-             keys.REFINER: "no refiner", keys.ETA_DDIM: "DDIM without eta (0)"}
+             keys.REFINER: "no refiner"}
 
 
 def unreproduced(parsed: dict[str, Any], sampler: str | None, names: Sequence[str]) -> list[str]:

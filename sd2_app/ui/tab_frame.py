@@ -105,10 +105,10 @@ class TabFrame:
         return width, height
 
     def sampling(self, examples: Sequence[list[str]] = (), image: gr.components.Component | None = None, *,
-                 batch: bool = True, task: str | None = None) -> SamplingControls:
+                 batch: bool = True, task: str | None = None, eta: bool = True) -> SamplingControls:
         """The sampling controls (`sampling_controls.sampling_controls`), then the tab's examples of (image,
         prompt)."""
-        self._sampling = sampling_controls(self.service, self.prefix, batch=batch, task=task)
+        self._sampling = sampling_controls(self.service, self.prefix, batch=batch, task=task, eta=eta)
         self.examples(examples, image)
         return self._sampling[0]
 

@@ -43,7 +43,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Imag
     inputs = [image, checkpoint, frame.prompt, frame.negative, noise, *controls.inputs()]
     names = ("image", "checkpoint", "prompt", "negative_prompt", "noise_level", *SAMPLING_NAMES)
     wire_run(service, flags, frame.panel, inputs, make_request, "upscale", names, finish_extra=before_image,
-             styles=frame.styles)
+             styles=frame.styles, eta=controls.eta)
     return ImageTab(image, frame.prompt, frame.negative, controls, frame.panel, frame.styles)
 
 

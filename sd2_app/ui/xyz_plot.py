@@ -217,7 +217,7 @@ def build(service: Service, flags: StopFlags) -> ResultPanel:
         options = _options()
         checkpoint = frame.checkpoint("txt2img", elem_id="xyz-checkpoint")
         width, height = frame.size_sliders(checkpoint)
-        controls = frame.sampling(batch=False, task="txt2img")
+        controls = frame.sampling(batch=False, task="txt2img", eta=False)  # eta is an axis here
         with gr.Accordion("Init image (optional: makes it an image-to-image plot)", open=False):
             image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
                                  height=240, elem_id="xyz-image")

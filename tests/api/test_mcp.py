@@ -69,6 +69,8 @@ def test_tool_list_is_the_five_tools_with_typed_documented_arguments(url: str) -
         "prompt": "string", "width": "integer", "steps": "integer", "guidance_scale": "number", "seed": "integer"}
     assert properties["steps"]["description"] == "denoising steps, 1 to 150; 20-30 is usual"
     assert properties["steps"]["default"] == 25 and properties["width"]["default"] == 512
+    assert properties["eta"] == {"type": "number", "description": "DDIM's eta, 0 to 1: noise added back at each step "
+                                                                  "(other samplers ignore it); 0 is plain DDIM"}
     assert tools["txt2img"].description.startswith("Generate an image from a text prompt")
     inpaint = tools["inpaint"].inputSchema
     assert inpaint["required"] == ["image", "mask", "prompt"]
@@ -115,6 +117,20 @@ def test_a_tool_returns_the_saved_file_encoded_once(url: str, outputs: Path, mon
     saved = next(path for path in outputs.rglob("*.png") if path.name.endswith("-41-txt2img.png"))
     assert httpx.get(link.removeprefix("Image URL: "), timeout=30).content == saved.read_bytes()
     assert encodes == [1, None]  # the Service's encode (fast level), then the MCP server's for its base64 copy
+
+
+def test_txt2img_takes_ddim_s_eta(url: str, outputs: Path) -> None:
+    """`eta` (as the web UI's Eta slider): a DDIM image with eta 0.5 says so in its parameters text."""
+    from sd2_app.pipelines.metadata import parse_parameters
+
+    async def work(session):
+        return await session.call_tool("txt2img", {"prompt": "a cube", "width": 64, "height": 64, "steps": 2,
+                                                   "sampler": "DDIM", "seed": 43, "eta": 0.5})
+
+    assert not _session(url, work).isError
+    saved = next(path for path in outputs.rglob("*.png") if path.name.endswith("-43-txt2img.png"))
+    parameters = parse_parameters(Image.open(saved).text["parameters"])
+    assert (parameters["Sampler"], parameters["Eta DDIM"]) == ("DDIM", 0.5)
 
 
 def test_tool_images_are_png_jpeg_or_webp_and_never_fetched_from_other_sites(

@@ -62,8 +62,7 @@ def test_each_setting_that_cannot_be_reproduced_is_named() -> None:
         "Hires sampler 'Restart' is not available here; the first pass's sampler is used.",
         "Hires prompt ('a castle, 8k') is not supported here; the prompt is used.",
         "Emphasis ('No norm') is not supported here; A1111's default (\"Original\") is used.",
-        "Eta DDIM (0.5) is not supported here; DDIM without eta (0) is used.",  # the tabs have no Eta control
-    ]  # Clip skip: A1111 ignores it on SD 2.x too
+    ]  # Clip skip: A1111 ignores it on SD 2.x too; Eta DDIM: the tabs' Eta slider takes it
     plms = parse_parameters(
         "p\nSteps: 20, Sampler: PLMS, Schedule type: Automatic, Denoising strength: 0.5, Hires upscaler: Latent, "
         "Hires sampler: ddim")  # any case, as the paste reads it

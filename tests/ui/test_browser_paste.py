@@ -21,13 +21,17 @@ A1111_TEXT = ("a lighthouse, (stormy sea:1.2)\nNegative prompt:blurry\nSteps: 24
               "Hires upscale: 1.5, Hires upscaler: R-ESRGAN 4x+, Version: v1.10.1\n")
 
 
-def test_an_a1111_png_fills_text_to_image_and_says_what_it_could_not(page, tmp_path: Path) -> None:
-    picture = tmp_path / "a1111.png"
-    save_png(attach_parameters(Image.new("RGB", (64, 64), (20, 60, 120)), A1111_TEXT), picture)
+def _send_png(page, picture: Path, text: str, color: tuple[int, int, int]) -> None:
+    """A 64x64 PNG of `color` carrying `text`, read by PNG info and sent to text to image."""
+    save_png(attach_parameters(Image.new("RGB", (64, 64), color), text), picture)
     _go(page, "PNG info")
     page.locator("#pnginfo-image input[type=file]").set_input_files(str(picture))
-    expect(page.locator("#pnginfo-text textarea")).to_have_value(A1111_TEXT)
+    expect(page.locator("#pnginfo-text textarea")).to_have_value(text)
     page.locator("#pnginfo-send").click()
+
+
+def test_an_a1111_png_fills_text_to_image_and_says_what_it_could_not(page, tmp_path: Path) -> None:
+    _send_png(page, tmp_path / "a1111.png", A1111_TEXT, (20, 60, 120))
     expect(page.locator(".toast-body", has_text="Hires upscaler 'R-ESRGAN 4x+' is not available here; Latent is "
                                                 "used.")).to_be_visible(timeout=15_000)
     expect(page.locator("#txt2img-prompt textarea")).to_have_value("a lighthouse, (stormy sea:1.2)")
@@ -88,3 +92,29 @@ def test_a_pasted_batch_size_that_is_not_whole_is_rounded_at_the_paste_and_said(
     page.locator("#txt2img-run").click()
     expect(page.locator("#txt2img-info")).to_contain_text("Batch size: 3", timeout=120_000)
     expect(page.locator("#txt2img-gallery img")).to_have_count(3)
+
+
+def test_a_ddim_eta_png_sets_the_eta_slider_which_shows_for_ddim_only(page, tmp_path: Path) -> None:
+    """"Eta DDIM" of a PNG's parameters goes into text to image's Eta slider (it said "not supported here" when
+    the tabs had no Eta control); Generate runs with it and the result's "Send to image to image" carries it;
+    the slider shows while the sampler is DDIM, the one that takes eta."""
+    text = "a lighthouse\nSteps: 3, Sampler: DDIM, CFG scale: 6.5, Seed: 99, Size: 64x64, Eta DDIM: 0.5\n"
+    _send_png(page, tmp_path / "eta.png", text, (10, 90, 40))
+    expect(page.locator("#txt2img-sampler input").first).to_have_value("DDIM", timeout=15_000)
+    page.locator("#txt2img-more-sampling").get_by_text("More sampling options").first.click()  # open the group
+    eta = page.locator("#txt2img-eta input[type=number]")
+    expect(eta).to_have_value("0.5")
+    expect(page.locator("#txt2img-eta")).to_be_visible()
+    page.wait_for_timeout(1000)
+    expect(page.locator(".toast-body")).to_have_count(0)  # nothing said: every setting was set
+    page.screenshot(path=str(ARTIFACTS / "paste-eta-ddim.png"))
+    page.locator("#txt2img-run").click()
+    expect(page.locator("#txt2img-info")).to_contain_text(", Eta DDIM: 0.5", timeout=120_000)
+    page.locator("#txt2img-send-img2img").click()
+    expect(page.locator("#img2img-sampler input").first).to_have_value("DDIM", timeout=15_000)
+    page.locator("#img2img-more-sampling").get_by_text("More sampling options").first.click()
+    expect(page.locator("#img2img-eta input[type=number]")).to_have_value("0.5")
+    _go(page, "Text to image")
+    page.locator("#txt2img-sampler input").first.fill("Euler")
+    page.locator("#txt2img-sampler input").first.press("Enter")
+    expect(page.locator("#txt2img-eta")).to_be_hidden()

@@ -144,14 +144,19 @@ def _paste_is_refused_once(page, fill: str, paste, shot: str) -> None:
     expect(page.locator(".toast-body")).to_have_count(0)
 
 
-@pytest.mark.parametrize("tab,box", [("Image to image", "img2img-image"), ("Depth to image", "depth-image"),
-                                     ("Outpaint", "outpaint-image"), ("Upscale ×4", "upscale-image")])
-def test_a_paste_that_is_not_an_image_is_said_in_an_image_box(browser, url: str, tab: str, box: str) -> None:
+@pytest.mark.parametrize("tab,box,group", [
+    ("Image to image", "img2img-image", None), ("Depth to image", "depth-image", None),
+    ("Outpaint", "outpaint-image", None), ("Upscale ×4", "upscale-image", None),
+    ("X/Y/Z plot", "xyz-image", "Init image (optional")])
+def test_a_paste_that_is_not_an_image_is_said_in_an_image_box(browser, url: str, tab: str, box: str,
+                                                              group: str | None) -> None:
     """An image box's "Paste from clipboard" ignored a clipboard without an image, without a word (and Gradio takes
     the box's file input away while the clipboard is its source): it is said as in the inpaint editor, once; an
     image pasted after fills the box with nothing said."""
     page = _open(browser, url)
     _go(page, tab)
+    if group is not None:  # the box is in a closed group: open it
+        page.get_by_text(group).first.click()
     paste = page.locator(f"#{box} button[aria-label='Paste from clipboard']")
     _paste_is_refused_once(page, "navigator.clipboard.writeText('a cat on a rock')", paste, f"polish-paste-{box}")
     page.evaluate(RED_PNG_TO_CLIPBOARD)

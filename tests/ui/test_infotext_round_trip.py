@@ -7,8 +7,7 @@ the send puts into text to image's widgets. Text to image's images are then made
 
 A written key that no widget reads (`READ_BACK`) and that is neither another task's own (`TASK_ONLY`) nor made
 again with the other keys (`IMPLIED`) fails the case that wrote it: a writer's new key, or a typo between writer
-and reader (sd2_app/infotext_keys.py names each once). DDIM's eta is the one key the tabs cannot set (no Eta
-control): the send says so.
+and reader (sd2_app/infotext_keys.py names each once).
 """
 
 from __future__ import annotations
@@ -55,6 +54,7 @@ READ_BACK: dict[str, Callable[[Sent], Any]] = {
     keys.SIZE: lambda sent: _size(sent["width"], sent["height"]),
     keys.MODEL: lambda sent: sent.get("checkpoint"),
     keys.GUIDANCE_RESCALE: lambda sent: sent.get("guidance_rescale"),
+    keys.ETA_DDIM: lambda sent: sent.get("eta"),
     keys.BATCH_SIZE: lambda sent: sent.get("batch_size"),
     keys.HIRES_UPSCALE: lambda sent: sent["hires_fix"] and sent["hires_scale"],
     keys.HIRES_RESIZE: lambda sent: sent["hires_fix"] and _size(sent["hires_width"], sent["hires_height"]),
@@ -207,22 +207,29 @@ EXPECTED_HIRES = {
 }
 
 
-def test_ddim_eta_from_the_a1111_api_is_named_as_not_set_and_the_rest_comes_back(app, tmp_path: Path) -> None:
-    """Eta is the A1111 API's (and the X/Y/Z plot's): the tabs have no Eta control, so the send says so and the
-    rest of the text remakes the image without eta."""
+def test_ddim_eta_set_in_text_to_image_changes_the_image_and_comes_back_through_png_info(app, tmp_path: Path) -> None:
+    """Text to image's Eta (DDIM), its API's last parameter `eta`: 0.5 makes another image than the default 0 with
+    the same seed, written as "Eta DDIM: 0.5" (A1111's key for DDIM's eta); PNG info's send puts 0.5 back into
+    the Eta slider, without a word, and the sent widgets remake the image. So for an image of the A1111 API's
+    `eta` (the send said "Eta DDIM (0.5) is not supported here" and remade it without eta)."""
     url, client, _ = app
-    body = {"prompt": "a castle", "sampler_name": "DDIM", "eta": 0.5, **FAST}
-    answer = httpx.post(f"{url}/sdapi/v1/txt2img", json=body, timeout=300)
+    options = {"prompt": "a castle", "sampler": "DDIM", **FAST}
+    plain, path = _generated(client, "/txt2img", **options), _generated(client, "/txt2img", **options, eta=0.5)
+    assert not np.array_equal(_pixels(plain), _pixels(path))
+    assert keys.ETA_DDIM not in _png_info(client, plain)[1]
+    text, _ = _png_info(client, path)
+    assert "Sampler: DDIM, Schedule type: Automatic, CFG scale: 6.5, Seed: 7, Size: 64x64, " in text
+    assert ", Eta DDIM: 0.5" in text
+    fields, sent, warnings = _round_trip(app, path)
+    assert (fields[keys.ETA_DDIM], sent["eta"], warnings) == (0.5, 0.5, [])
+    remade, same_pixels = _remade(app, path, sent)
+    assert remade == fields and same_pixels
+
+    answer = httpx.post(f"{url}/sdapi/v1/txt2img", json={**options, "sampler_name": "DDIM", "eta": 0.5}, timeout=300)
     assert answer.status_code == 200, answer.text
-    path = tmp_path / "eta.png"
-    path.write_bytes(base64.b64decode(answer.json()["images"][0]))
-    _, fields = _png_info(client, str(path))
-    assert fields[keys.ETA_DDIM] == 0.5 and fields[keys.SAMPLER] == "DDIM"
-    sent, warnings = _send(app, fields)
-    assert warnings == ["Eta DDIM (0.5) is not supported here; DDIM without eta (0) is used."]
-    assert _not_read_back(fields, sent, "txt2img") == {keys.ETA_DDIM: (0.5, "(no widget reads it)")}
-    remade, _ = _remade(app, str(path), sent)
-    assert remade == {key: value for key, value in fields.items() if key != keys.ETA_DDIM}
+    (tmp_path / "a1111.png").write_bytes(base64.b64decode(answer.json()["images"][0]))
+    fields, sent, warnings = _round_trip(app, str(tmp_path / "a1111.png"))
+    assert (fields[keys.ETA_DDIM], sent["eta"], warnings) == (0.5, 0.5, [])
 
 
 def _small(name: str, size: int, folder: Path) -> str:

@@ -57,6 +57,7 @@ def test_a_new_result_resets_the_picked_gallery_index_so_send_to_carries_its_fir
     selected = next(f for f in demo.fns.values() if f.api_name == "txt2img_select").outputs[0]
     assert selected in run.outputs  # the run writes the picked index...
     values = ["sd2-base", "a cat", "", 64, 64, "Euler", False, 2, 7.5, 0, 5, 2]
+    values += [widget.value for widget in run.inputs[len(values):]]  # the rest as the page starts (eta 0 last)
     request = type("Request", (), {"session_hash": "s1"})()
     *_, last = list(run.fn(request, *values, gr.Progress()))
     index = run.outputs.index(selected)
@@ -263,15 +264,15 @@ def test_history_sends_a_picked_image_with_its_settings(tmp_path: Path) -> None:
 
     demo = build_ui(fake_service(None))
     settings = {"Steps": 12, "Sampler": "Euler", "Schedule type": "Karras", "CFG scale": 6.5, "Seed": 42,
-                "Size": "64x72", "Model": "sd2"}
+                "Size": "64x72", "Model": "sd2", "Eta DDIM": 0.25}
     paths = []
     for index, size in enumerate(((64, 64), (64, 72))):
         image = attach_parameters(Image.new("RGB", size), format_parameters(f"cat {index}", "blurry", settings))
         paths.append(str(save_png(image, tmp_path / f"{index}.png")))
     send = _fn(demo, "history_send_to_img2img")
-    image, prompt, negative, tab, sampler, karras, steps, cfg, seed, tiling = send.fn([(p, "") for p in paths], 1)
+    image, prompt, negative, tab, *sampling, tiling = send.fn([(p, "") for p in paths], 1)
     assert image.size == (64, 72) and (prompt, negative) == ("cat 1", "blurry")
-    assert (sampler, karras, steps, cfg, seed, tiling) == ("Euler", True, 12, 6.5, 42, False)  # no "Tiling: True"
+    assert (*sampling, tiling) == ("Euler", True, 12, 6.5, 42, 0.25, False)  # eta; no "Tiling: True"
     with pytest.raises(gr.Error, match="There is nothing in History yet."):
         send.fn([], 0)
     reuse = _fn(demo, "history_reuse")
