@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+import tracemalloc
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+from gradio.state_holder import SessionState
 
 from sd2_app.api.service import Service
 from sd2_app.ui.event_checks import unknown_event_message
@@ -311,3 +314,34 @@ def test_an_api_caller_who_disconnects_stops_its_run(app, reliability, monkeypat
     reliability(AREA, "an API caller's connection closes (GET /gradio_api/call/txt2img/<event_id>, raw HTTP) after "
                       "step 7 of a 40-step run",
                 "the run stops after 8 steps (it ran on to the next live preview and a step more: 11)")
+
+
+def test_a_new_session_hash_costs_only_what_its_events_change(app, reliability) -> None:
+    """Joins of PNG info under 10 new session hashes (raw HTTP): each session holds the settings of the 3
+    components its event touched, where Gradio's session state computed all of the app's (a copy of every
+    component's settings per new hash, which any client can name with every request); the deep-link route still
+    gets every component's settings."""
+    url, demo = app
+    sessions = demo.server_app.state_holder.session_data  # type: ignore[attr-defined]
+    everything = [dict(config) for config in SessionState(demo).components]
+    fn_index = _fn_index(url, "png_info")
+    tracemalloc.start()
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for n in range(10):
+                join = {"data": [None], "fn_index": fn_index, "session_hash": f"light-{n}"}
+                assert client.post("gradio_api/queue/join", json=join).status_code == 200
+                assert _stream(client, f"light-{n}")[-1]["msg"] == "close_stream"
+        grown = tracemalloc.get_traced_memory()[0] / 10
+    finally:
+        tracemalloc.stop()
+    held = sorted({len(sessions[f"light-{n}"].config_values) for n in range(10)})
+    link = httpx.get(f"{url}gradio_api/deep_link", params={"session_hash": "light-0"}, timeout=30).json()
+    linked = json.loads((Path(demo.server_app.uploaded_file_dir) / "deep_links" / link / "state.json").read_text())
+    assert held == [3] and len(everything) > 400, (held, len(everything))
+    assert grown < 150_000, grown  # Gradio's copy alone: about 750 KB
+    assert sorted(config["id"] for config in linked) == sorted(config["id"] for config in everything)
+    reliability(AREA, "queue joins of PNG info under 10 new session hashes (raw HTTP)",
+                f"each new session holds the settings of {held[0]} components (Gradio's session state computed "
+                f"all {len(everything)}: about 750 KB per new hash); memory grew {grown / 1000:.0f} KB per join, "
+                "stream read")

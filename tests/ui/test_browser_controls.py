@@ -9,6 +9,7 @@ Uses test_browser.py's app and browser fixtures (tiny checkpoints); screenshots 
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from PIL import Image
 
 from tests.ui.test_browser import (ARTIFACTS, DESKTOP, PHONE, _box, _go, _open, _pick, browser,  # noqa: F401
                                    expect, page, url)
+from tests.ui.test_browser_polish import slow_counts  # noqa: F401 (a fixture: counting "slow" takes 3 s)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -203,6 +205,28 @@ def _sent_to_img2img(page, button: str) -> None:
     page.locator(button).click()
     expect(page.get_by_role("tab", name="Image to image")).to_have_attribute("aria-selected", "true", timeout=30_000)
     page.locator("#img2img-image img").first.wait_for()
+
+
+def test_a_token_count_on_its_way_leaves_the_last_count_shown(browser, url: str, slow_counts: list[str]) -> None:
+    """While a count was on its way the counter's text was Gradio's timer and the count ("1.5s" then "0/75"): the
+    tracker was only transparent, so its timer was read out and copied with the count."""
+    page = _open(browser, url, DESKTOP)
+    box, counter = page.locator("#txt2img-negative textarea"), page.locator("#txt2img-negative-tokens")
+    deadline = time.monotonic() + 60
+    while counter.inner_text() != "0/75":  # the first count, on the page's load
+        assert time.monotonic() < deadline, counter.inner_text()
+        page.wait_for_timeout(100)
+    box.fill("slow")
+    while "slow" not in slow_counts:  # past the typing pause: the count of "slow" is on its way (3 s)
+        assert time.monotonic() < deadline, slow_counts
+        page.wait_for_timeout(50)
+    shown = []
+    for _ in range(10):  # a second of the count on its way
+        shown.append(counter.inner_text())
+        page.wait_for_timeout(100)
+    assert shown == ["0/75"] * 10
+    expect(counter).to_have_text("4/75", timeout=30_000)  # the tiny tokenizer's count of the new text
+    page.context.close()
 
 
 def _number_into(page, elem_id: str, value: float) -> None:
