@@ -68,6 +68,7 @@ HIRES_NEGATIVE_PROMPT = "Hires negative prompt"
 HIRES_CHECKPOINT = "Hires checkpoint"
 EMPHASIS = "Emphasis"
 REFINER = "Refiner"
+ETA_ANCESTRAL = "Eta"  # ancestral samplers' eta, written when not 1 (A1111's sd_samplers_kdiffusion.py, `initialize`)
 
 # What reading adds: the host's styles found in the pasted prompts (A1111's "Styles array", prompt_styles.py).
 STYLES_ARRAY = "Styles array"

@@ -111,6 +111,15 @@ def job_cost(request: Request, catalog: Catalog) -> int:
     return cost
 
 
+def steps_that_fit(request: UpscaleRequest, catalog: Catalog, max_cost: int | None) -> int | None:
+    """The most steps `request` may run within `max_cost` with its other settings unchanged (0: not even one;
+    None: no cap). An upscale's cost grows in proportion to its steps, so this is the cap over one step's cost:
+    the Upscale tab sets its steps from it when an image arrives (sd2_app/ui/upscale.py)."""
+    if max_cost is None:
+        return None
+    return max_cost // job_cost(replace(request, sampling=replace(request.sampling, steps=1)), catalog)
+
+
 def _what_to_lower(request: Request) -> str:
     if isinstance(request, XYZPlotRequest):
         hires = isinstance(request.base, Txt2ImgRequest) and request.base.hires is not None

@@ -42,6 +42,7 @@ from sd2_app.api.addresses import ClientAddresses, starlette_request
 from sd2_app.api.quick_reads import MAX_QUICK_REQUESTS_PER_ADDRESS, too_many_quick_requests_message
 from sd2_app.ui.cache_files import sweeping_lifespan
 from sd2_app.ui.event_checks import UnknownEventMiddleware, unknown_event_message
+from sd2_app.ui.light_sessions import light_sessions_lifespan
 from sd2_app.ui.join_refusals import MAX_SESSION_HASH_CHARS, SESSION_HASH_REFUSAL, JoinRefusals
 from sd2_app.ui.mcp_addresses import McpCallerMiddleware
 from sd2_app.ui.request_limits import RequestLimitsMiddleware
@@ -245,7 +246,8 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
     finished sessions' streams bounded (`sd2_app.ui.session_messages`); returns the
     `app_kwargs` for Gradio's `launch`, with the request-limits (`sd2_app.ui.request_limits`), MCP caller
     (`sd2_app.ui.mcp_addresses`), visitor-cookie, upload-budget, unknown-stream (`sd2_app.ui.stream_checks`) and
-    unknown-event (`sd2_app.ui.event_checks`) middlewares and the sweep of the app's cached files on `delete_cache`'s schedule added to the caller's."""
+    unknown-event (`sd2_app.ui.event_checks`) middlewares, the sweep of the app's cached files on `delete_cache`'s schedule and
+    sessions that copy no component settings ahead (`sd2_app.ui.light_sessions`) added to the caller's."""
     demo.api_open = False
     visitors.watch(demo._queue)  # every Blocks has its queue (gradio/blocks.py, Blocks.__init__)
     keep_live_sessions(demo._queue, hosting.max_sessions)
@@ -263,6 +265,6 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
     # a 422's echo of a body's 1e400 or NaN (`sd2_app.ui.validation_errors`)
     app_kwargs["exception_handlers"] = {**app_kwargs.get("exception_handlers", {}),
                                         RequestValidationError: validation_error_answer}
-    if cache:
-        app_kwargs["lifespan"] = sweeping_lifespan(cache[0], cache[1], app_kwargs.get("lifespan"))
+    lifespan = light_sessions_lifespan(app_kwargs.get("lifespan"))  # a new session costs what it uses
+    app_kwargs["lifespan"] = sweeping_lifespan(cache[0], cache[1], lifespan) if cache else lifespan
     return app_kwargs

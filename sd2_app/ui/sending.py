@@ -115,8 +115,8 @@ def sampling_values(parsed: dict[str, Any], dest: SamplingControls) -> tuple:
     seed = parsed.get(keys.SEED)
     return (gr.skip() if sampler is None else sampler, karras,
             clamp_to(parsed.get(keys.STEPS), dest.steps, keys.STEPS),
-            clamp_to(parsed.get(keys.CFG_SCALE), dest.cfg, keys.CFG_SCALE),
-            seed if isinstance(seed, int) else gr.skip(), clamp_to(parsed.get(keys.ETA_DDIM, 0.0), dest.eta, keys.ETA_DDIM))
+            clamp_to(parsed.get(keys.CFG_SCALE), dest.cfg, keys.CFG_SCALE), seed if isinstance(seed, int) else gr.skip(),
+            clamp_to(parsed.get(keys.ETA_DDIM, 0.0), dest.eta, keys.ETA_DDIM))
 
 
 def wire_history_send(service: Service, view: HistoryView, tabs: gr.Tabs, targets: dict[str, SendTarget]) -> None:
@@ -166,7 +166,7 @@ def sampler_fields(parsed: dict[str, Any], names: list[str]) -> tuple[str | None
 # Settings of A1111's that text to image here has no control for: what is used instead.
 _NOT_HERE = {keys.HIRES_PROMPT: "the prompt", keys.HIRES_NEGATIVE_PROMPT: "the negative prompt",
              keys.HIRES_CHECKPOINT: "the first pass's checkpoint", keys.EMPHASIS: 'A1111\'s default ("Original")',
-             keys.REFINER: "no refiner"}
+             keys.REFINER: "no refiner", keys.ETA_ANCESTRAL: "the ancestral samplers' full noise (eta 1)"}
 
 
 def unreproduced(parsed: dict[str, Any], sampler: str | None, names: Sequence[str]) -> list[str]:

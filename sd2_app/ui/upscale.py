@@ -7,10 +7,11 @@ from typing import Any, TYPE_CHECKING
 import gradio as gr
 from PIL import Image
 
-from sd2_app.api.requests import UpscaleRequest
+from sd2_app.api.cost import steps_that_fit
+from sd2_app.api.requests import Sampling, UpscaleRequest
 from sd2_app.api.task_checks import MAX_NOISE_LEVEL
 from sd2_app.ui.run_events import wire_run
-from sd2_app.ui.sampling_controls import SAMPLING_NAMES, to_sampling
+from sd2_app.ui.sampling_controls import SAMPLING_NAMES, SamplingControls, to_sampling
 from sd2_app.ui.runner import StopFlags, fast_png_file
 from sd2_app.ui.tab_frame import ImageTab, TabFrame
 from sd2_app.ui.uploads import check_on_upload, upload_image
@@ -37,9 +38,11 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Imag
         noise = gr.Slider(0, MAX_NOISE_LEVEL, UpscaleRequest.noise_level, step=1, label="Noise level",
                           info="noise added to the input; higher lets the model invent more detail")
         controls = frame.sampling()
+        steps_note = gr.Markdown(visible=False, elem_id="upscale-steps-note")
         gr.Markdown("Large inputs are split into overlapping tiles automatically.")
         frame.examples(examples, image)
     check_on_upload(image, service.limits.max_upscale_input_pixels)
+    _wire_steps_that_fit(service, image, controls, steps_note)
     inputs = [image, checkpoint, frame.prompt, frame.negative, noise, *controls.inputs()]
     names = ("image", "checkpoint", "prompt", "negative_prompt", "noise_level", *SAMPLING_NAMES)
     wire_run(service, flags, frame.panel, inputs, make_request, "upscale", names, finish_extra=before_image,
@@ -51,3 +54,40 @@ def make_request(picture: Any, key: str, text: str, negative_text: str, level: f
     """Widget values (in the order of the API's parameter names) -> the request."""
     return UpscaleRequest(prompt=text, image=picture, negative_prompt=negative_text, checkpoint=key,
                           noise_level=level, sampling=to_sampling(*sampling))  # type: ignore[arg-type]
+
+
+def steps_fit(service: Service, picture: Any, sampler: Any, steps: Any, cfg: Any, batch: Any) -> tuple[Any, Any]:
+    """The Steps slider and its note for an image in the tab: where this server's job cost cap
+    (`Limits.max_job_cost`, sd2_app/api/cost.py) allows fewer steps than Steps says with the other settings,
+    Steps comes down to what fits (a 512x512 image at the defaults: 12) and the note says so; it is never raised."""
+    if not isinstance(picture, Image.Image):
+        return gr.update(), gr.update(value="", visible=False)
+    try:
+        sampling = Sampling(sampler=str(sampler), steps=1, cfg_scale=float(cfg), batch_size=int(batch))
+        fit = steps_that_fit(UpscaleRequest("", picture, sampling=sampling), service.catalog,
+                             service.limits.max_job_cost)
+    except (TypeError, ValueError):  # odd widget values: the run's own check says what is wrong
+        fit = None
+    if fit is None or fit >= service.limits.max_steps:
+        return gr.update(), gr.update(value="", visible=False)
+    size = f"{picture.width}x{picture.height}"
+    if fit < 1:
+        return gr.update(), gr.update(value=f"This {size} image is over this server's job limit even at 1 step; "
+                                            "use a smaller image or fewer images per prompt.", visible=True)
+    # The same note whether this call or an earlier one lowered the steps (an image sent with its settings
+    # starts several of these events).
+    note = (f"At most {fit} steps fit this server's job limit for this {size} image with these settings (Steps "
+            f"is lowered to {fit} when it is higher).")
+    lowered = isinstance(steps, (int, float)) and steps > fit
+    return (fit if lowered else gr.update()), gr.update(value=note, visible=True)
+
+
+def _wire_steps_that_fit(service: Service, image: gr.Image, controls: SamplingControls, note: gr.Markdown) -> None:
+    """`steps_fit` when an image arrives (an upload, a paste or "Send to upscale") and when the settings the
+    cost depends on change."""
+    inputs = [image, controls.sampler, controls.steps, controls.cfg, controls.batch]
+    events = {"image": image.change, "sampler": controls.sampler.change, "cfg": controls.cfg.release,
+              "batch": controls.batch.release}
+    for name, event in events.items():
+        event(lambda *values: steps_fit(service, *values), inputs, [controls.steps, note],
+              api_name=f"upscale_{name}_steps_fit", api_visibility="private", queue=False, show_progress="hidden")

@@ -3,6 +3,7 @@ and ZeroGPU gets the per-call speed switches (no CUDA graphs, Triton or compile 
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import types
@@ -141,10 +142,14 @@ def test_each_ui_call_asks_zerogpu_for_its_own_jobs_time(monkeypatch: pytest.Mon
 
     service = Service(FakeManager(), outputs_dir=None, allowed_repos=())
     demo = build_ui(service)
-    handler = next(block_fn.fn for block_fn in demo.fns.values() if block_fn.api_name == "txt2img")
+    block_fn = next(block_fn for block_fn in demo.fns.values() if block_fn.api_name == "txt2img")
+    names = list(inspect.signature(block_fn.fn).parameters)[1:-1]  # between the gr.Request and the progress
+    defaults = dict(zip(names, (component.value for component in block_fn.inputs)))  # the tab's own defaults
 
     def run(side: int, steps: int, batch: int) -> None:
-        list(handler(None, "sd21-base", "x", "", side, side, "Euler", False, steps, 7.5, 0.0, 1, batch, None))
+        values = {**defaults, "prompt": "x", "width": side, "height": side, "sampler": "Euler", "steps": steps,
+                  "cfg_scale": 7.5, "seed": 1, "batch_size": batch}
+        list(block_fn.fn(None, *(values[name] for name in names), None))
 
     run(512, 25, 1)
     run(768, 50, 4)

@@ -76,6 +76,44 @@ def test_img2img_size_boxes_are_set_from_the_image_as_their_note_says(page, tmp_
         "img => [img.naturalWidth, img.naturalHeight]")) == (192, 128)
 
 
+UPSCALE_NOTE = ("At most 12 steps fit this server's job limit for this 512x512 image with these settings (Steps is "
+                "lowered to 12 when it is higher).")
+
+
+def test_a_512_result_sent_to_upscale_gets_the_steps_the_job_limit_allows(page, tmp_path: Path) -> None:
+    """The default job cap (6,553,600) over one step of a 512x512 input with guidance (2 x 262,144): 12 steps.
+    A 512 result sent with its 20 steps comes to Upscale at 12, with the note; a small image leaves the steps
+    alone and hides the note; an uploaded 512 image brings the tab's 50 down to 12 again."""
+    _go(page, "Text to image")
+    for box, value in (("txt2img-width", 512), ("txt2img-height", 512), ("txt2img-steps", 20)):
+        page.locator(f"#{box} input[type=number]").fill(str(value))
+        page.locator(f"#{box} input[type=number]").press("Enter")
+    page.locator("#txt2img-prompt textarea").fill("a wide valley")
+    page.locator("#txt2img-run").click()
+    page.locator("#txt2img-gallery img").first.wait_for(timeout=180_000)
+    expect(page.locator("#txt2img-run")).to_be_enabled(timeout=30_000)
+    page.locator("#txt2img-send-upscale").click()
+    expect(page.get_by_role("tab", name="Upscale ×4")).to_have_attribute("aria-selected", "true", timeout=30_000)
+    steps, note = page.locator("#upscale-steps input[type=number]"), page.locator("#upscale-steps-note")
+    expect(steps).to_have_value("12", timeout=30_000)
+    expect(note).to_have_text(UPSCALE_NOTE, timeout=10_000)
+    note.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "controls-upscale-steps-fit.png"))
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    Image.new("RGB", (128, 128), (40, 90, 200)).save(small)
+    Image.new("RGB", (512, 512), (40, 90, 200)).save(large)
+    steps.fill("50")
+    steps.press("Enter")
+    page.locator("#upscale-image button[aria-label='Remove Image']").first.click()
+    page.locator("#upscale-image input[type=file]").set_input_files(str(small))
+    expect(note).to_be_hidden(timeout=30_000)
+    expect(steps).to_have_value("50")
+    page.locator("#upscale-image button[aria-label='Remove Image']").first.click()
+    page.locator("#upscale-image input[type=file]").set_input_files(str(large))
+    expect(steps).to_have_value("12", timeout=30_000)
+    expect(note).to_have_text(UPSCALE_NOTE, timeout=10_000)
+
+
 def test_unload_all_sits_apart_from_load_and_asks_first(page) -> None:
     _go(page, "Models")
     ask = page.locator("#models-unload-all")

@@ -378,6 +378,37 @@ def test_the_first_step_replaces_starting_even_without_a_preview() -> None:
     assert _step_update(view, (2, 30, None), flag, place, lambda *args, **kwargs: None) is None
 
 
+def test_upscale_steps_come_down_to_what_the_servers_job_limit_allows() -> None:
+    """The Upscale tab's steps for an image (`ui.upscale.steps_fit`) are what the Service's own check accepts: a
+    512x512 input at the tab's DDIM and CFG 9 under the default cap fits 12 steps (13 are refused); no guidance
+    doubles it, 8 images per prompt leave 1; a 128x128 input fits more than the slider's 150 (no note)."""
+    from sd2_app.api.requests import Sampling, UpscaleRequest
+    from sd2_app.api.service import Service
+    from sd2_app.errors import InvalidRequest
+    from sd2_app.ui.upscale import steps_fit
+    from tests.ui_doubles import FakeManager
+
+    service = Service(FakeManager(), outputs_dir=None, allowed_repos=())
+    large, small = Image.new("RGB", (512, 512)), Image.new("RGB", (128, 128))
+    steps, note = steps_fit(service, large, "DDIM", 50, 9.0, 1)
+    assert steps == 12 and note["visible"] and note["value"] == (
+        "At most 12 steps fit this server's job limit for this 512x512 image with these settings (Steps is lowered "
+        "to 12 when it is higher).")
+    assert steps_fit(service, large, "DDIM", 10, 9.0, 1)[0] == {"__type__": "update"}  # never raised
+    assert steps_fit(service, large, "DDIM", 50, 1.0, 1)[0] == 25
+    assert steps_fit(service, large, "DDIM", 50, 9.0, 8)[0] == 1
+    assert steps_fit(service, small, "DDIM", 50, 9.0, 1) == ({"__type__": "update"},
+                                                             {"__type__": "update", "value": "", "visible": False})
+    assert steps_fit(service, None, "DDIM", 50, 9.0, 1)[1]["visible"] is False
+
+    def upscale(steps: int) -> UpscaleRequest:
+        return UpscaleRequest("", large, sampling=Sampling(sampler="DDIM", steps=steps, cfg_scale=9.0, seed=1))
+
+    service.validate(upscale(12))
+    with pytest.raises(InvalidRequest, match=r"\(at most 12 steps fit with the other settings unchanged\)"):
+        service.validate(upscale(13))
+
+
 def test_a_plots_streamed_cell_carries_its_own_parameters(monkeypatch, tmp_path: Path) -> None:
     """A cell shown before the plot ends (the gallery of `PlotView`) is a PNG with the cell's parameters text, so
     "Send to" from it carries the cell's settings as from the final gallery (`fast_png` would drop the text)."""

@@ -1,0 +1,75 @@
+"""A new session costs what it uses: Gradio's per-session state without a copy of every component's settings.
+
+Gradio keeps a `SessionState` per session hash a client names (gradio/state_holder.py, `StateHolder`), and its
+constructor computes the settings of every component of the app (`config_values`: `config_for_block` of each
+block), several hundred here, most of which the session never changes. Any client can name a new session hash
+with every request, so each such request cost that whole copy in CPU and memory, up to `--max-sessions` of them.
+
+`LightSessionState` starts with none of them: Gradio fills in a component's settings when an event of the session
+changes it (`SessionState.__setitem__`, `_update_config`, `_update_value_in_config`, which computes a missing
+entry itself), and the only reader of them all, the deep-link route (gradio/routes.py, `deep_link`, through
+`SessionState.components`), gets the missing ones computed when it asks. `LightStateHolder` makes its sessions
+of that kind; `light_sessions_lifespan` puts one in place of the server's holder when the server starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from gradio.state_holder import SessionState, StateHolder
+
+Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
+
+
+class _NoBlocksToCopy:
+    """What `SessionState.__init__` reads of the Blocks: the default config to copy, and no blocks whose settings
+    it computes ahead."""
+
+    def __init__(self, blocks: Any) -> None:
+        self.default_config = blocks.default_config
+        self.blocks: dict[int, Any] = {}
+
+
+class LightSessionState(SessionState):
+    """Gradio's `SessionState` whose component settings are computed when first needed (module docstring)."""
+
+    def __init__(self, blocks: Any) -> None:
+        super().__init__(_NoBlocksToCopy(blocks))
+        self._app_blocks = blocks.blocks
+
+    @property
+    def components(self) -> Iterator[dict]:
+        """Every component's settings, as Gradio's: those not computed yet are computed now."""
+        for key, block in self.blocks_config.blocks.items():
+            if key in self._app_blocks and key not in self.config_values:
+                self.config_values[key] = self.blocks_config.config_for_block(key, [], block)
+        return super().components
+
+
+class LightStateHolder(StateHolder):
+    """Gradio's `StateHolder` whose new sessions are `LightSessionState`s."""
+
+    def __getitem__(self, session_id: str) -> SessionState:
+        if session_id not in self.session_data:
+            self.session_data[session_id] = LightSessionState(self.blocks)
+        return super().__getitem__(session_id)
+
+
+def light_sessions_lifespan(inner: Lifespan | None = None) -> Lifespan:
+    """A FastAPI lifespan (`launch(app_kwargs={"lifespan": ...})`) that gives Gradio's server app a
+    `LightStateHolder` for the same Blocks when it starts, before any session exists, around `inner` when given."""
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[Any]:
+        holder = LightStateHolder()
+        holder.set_blocks(app.state_holder.blocks)
+        app.state_holder = holder
+        if inner is None:
+            yield None
+        else:
+            async with inner(app) as state:
+                yield state
+
+    return lifespan
