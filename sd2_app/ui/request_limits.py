@@ -23,6 +23,11 @@ Screen recordings. Gradio's POST /gradio_api/process_recording (gradio/routes.py
 ffmpeg, where installed, on any video a client posts, with the zoom effects it asks for: CPU time and a media
 parser for anybody. It serves the recording button of Gradio's settings panel, a tool for an app's author, so
 it answers 404 here.
+
+Deep links. Gradio's GET /gradio_api/deep_link?session_hash=... (gradio/routes.py, `deep_link`) writes the named
+session's settings of every component (about 400 KB with this app's) to a new file under Gradio's upload folder
+for anybody who asks, a file for each different state, outside the upload budget. It serves `gr.DeepLinkButton`,
+which the app does not have, so it answers 404 here.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ COMPONENT_SERVER_PATH = f"{API_PREFIX}/component_server"  # where the browser se
 REMOTE_FILE_MESSAGE = "This server serves only its own files; it does not fetch files from other sites."
 RECORDING_PATH = f"{API_PREFIX}/process_recording"
 NO_RECORDINGS_MESSAGE = "This server does not process screen recordings."
+DEEP_LINK_PATH = f"{API_PREFIX}/deep_link"
+NO_DEEP_LINKS_MESSAGE = "This server does not make deep links."
 
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
@@ -82,8 +89,8 @@ def is_remote_file(path: str) -> bool:
 
 class RequestLimitsMiddleware:
     """ASGI middleware: bodies within `body_limit` and, per network address (`addresses` names it),
-    `MAX_BODY_BYTES_IN_FLIGHT`; no remote fetches through the file route, no screen recordings (module
-    docstring)."""
+    `MAX_BODY_BYTES_IN_FLIGHT`; no remote fetches through the file route, no screen recordings, no deep links
+    (module docstring)."""
 
     def __init__(self, app: ASGIApp, addresses: ClientAddresses) -> None:
         self.app = app
@@ -98,8 +105,10 @@ class RequestLimitsMiddleware:
         if is_remote_file(path):
             await PlainTextResponse(REMOTE_FILE_MESSAGE, status_code=403)(scope, receive, send)
             return
-        if path.rstrip("/").endswith(RECORDING_PATH):
-            await PlainTextResponse(NO_RECORDINGS_MESSAGE, status_code=404)(scope, receive, send)
+        closed = {RECORDING_PATH: NO_RECORDINGS_MESSAGE, DEEP_LINK_PATH: NO_DEEP_LINKS_MESSAGE}
+        refused = next((message for route, message in closed.items() if path.rstrip("/").endswith(route)), None)
+        if refused is not None:
+            await PlainTextResponse(refused, status_code=404)(scope, receive, send)
             return
         request = StarletteRequest(scope)
         limit, declared = body_limit(path), declared_size(request)

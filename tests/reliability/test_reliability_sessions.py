@@ -21,9 +21,10 @@ from gradio.state_holder import SessionState
 
 from sd2_app.api.service import Service
 from sd2_app.ui.event_checks import unknown_event_message
+from sd2_app.ui.request_limits import NO_DEEP_LINKS_MESSAGE
 from sd2_app.ui.stream_checks import UNKNOWN_STREAM_MESSAGE
 from sd2_app.ui.visitors import COOKIE as VISITOR_COOKIE
-from tests.hosting_support import CallsAtOnce, event_data, txt2img_data
+from tests.hosting_support import API_FAST, CallsAtOnce, event_data, txt2img_data
 from tests.reliability_report import reliability, track_module  # noqa: F401
 from tests.reliability_support import one_thread, serve  # noqa: F401
 
@@ -319,8 +320,9 @@ def test_an_api_caller_who_disconnects_stops_its_run(app, reliability, monkeypat
 def test_a_new_session_hash_costs_only_what_its_events_change(app, reliability) -> None:
     """Joins of PNG info under 10 new session hashes (raw HTTP): each session holds the settings of the 3
     components its event touched, where Gradio's session state computed all of the app's (a copy of every
-    component's settings per new hash, which any client can name with every request); the deep-link route still
-    gets every component's settings."""
+    component's settings per new hash, which any client can name with every request); every component's
+    settings are still there when asked for. Gradio's deep-link route, which wrote them all to a new file for
+    anybody, answers 404."""
     url, demo = app
     sessions = demo.server_app.state_holder.session_data  # type: ignore[attr-defined]
     everything = [dict(config) for config in SessionState(demo).components]
@@ -336,12 +338,40 @@ def test_a_new_session_hash_costs_only_what_its_events_change(app, reliability) 
     finally:
         tracemalloc.stop()
     held = sorted({len(sessions[f"light-{n}"].config_values) for n in range(10)})
-    link = httpx.get(f"{url}gradio_api/deep_link", params={"session_hash": "light-0"}, timeout=30).json()
-    linked = json.loads((Path(demo.server_app.uploaded_file_dir) / "deep_links" / link / "state.json").read_text())
+    links = Path(demo.server_app.uploaded_file_dir) / "deep_links"  # type: ignore[attr-defined]
+    before = sorted(links.glob("*/state.json"))
+    link = httpx.get(f"{url}gradio_api/deep_link", params={"session_hash": "light-0"}, timeout=30)
+    linked = list(sessions["light-0"].components)  # what the deep-link route would write
     assert held == [3] and len(everything) > 400, (held, len(everything))
     assert grown < 150_000, grown  # Gradio's copy alone: about 750 KB
     assert sorted(config["id"] for config in linked) == sorted(config["id"] for config in everything)
+    assert (link.status_code, link.text) == (404, NO_DEEP_LINKS_MESSAGE)
+    assert sorted(links.glob("*/state.json")) == before
     reliability(AREA, "queue joins of PNG info under 10 new session hashes (raw HTTP)",
                 f"each new session holds the settings of {held[0]} components (Gradio's session state computed "
                 f"all {len(everything)}: about 750 KB per new hash); memory grew {grown / 1000:.0f} KB per join, "
-                "stream read")
+                "stream read); GET /gradio_api/deep_link answers HTTP 404: "
+                f"{NO_DEEP_LINKS_MESSAGE} (it wrote the session's settings of every component, about 400 KB, to a new "
+                "file)")
+
+
+def test_a_job_waiting_at_the_gpu_gate_leaves_with_its_visitor(app, reliability, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A web UI job waits at the GPU gate behind an A1111 API job (its line says "Queued: 1 job ahead of
+    yours…", and it yields nothing more until its place changes); its page closes: it leaves the gate at once and
+    never runs a step (it waited for the API job, then ran a step before Gradio closed it)."""
+    url, demo = app
+    steps = _slow_steps(monkeypatch)
+    api = threading.Thread(target=httpx.post, args=(f"{url}sdapi/v1/txt2img",),
+                           kwargs={"json": {**API_FAST, "prompt": "api job", "steps": 30}, "timeout": 120})
+    api.start()
+    _wait(lambda: steps["api job"])
+    visitor, seen = _visitor_client(url), []
+    _join(visitor, "gated", "txt2img", prompt="gated", steps=3)
+    queued = "Queued: 1 job ahead of yours…"
+    _read(visitor, "gated", seen, lambda: any(queued in json.dumps(m, ensure_ascii=False) for m in seen)).join(60)
+    api.join(120)
+    _wait(lambda: not demo._queue.event_ids_to_events and not demo.flags._flags)  # type: ignore[attr-defined]
+    assert (len(steps["api job"]), len(steps["gated"])) == (30, 0)
+    reliability(AREA, "a web UI job waiting at the GPU gate behind an A1111 API job loses its page (raw HTTP)",
+                "it leaves the gate at once and runs no step; the API job runs its 30 (it waited for the API job, "
+                "then ran a step)")
