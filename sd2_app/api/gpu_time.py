@@ -59,12 +59,25 @@ def seconds_for(service: Service, request: Request) -> int:
         return MIN_SECONDS
 
 
+def _spaces_gpu() -> Callable[..., Callable[[F], F]] | None:
+    """`spaces.GPU` where the `spaces` package is installed (Spaces), else None."""
+    try:
+        import spaces  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return spaces.GPU
+
+
 def gpu(duration: int | Callable[..., int] = 120) -> Callable[[F], F]:
     """`spaces.GPU(duration=...)` where the `spaces` package is installed (Spaces), else a no-op.
 
     `duration` may be a function of the decorated function's arguments (the per-call duration)."""
-    try:
-        import spaces  # type: ignore[import-not-found]
-    except ImportError:
-        return lambda fn: fn
-    return spaces.GPU(duration=duration)
+    spaces_gpu = _spaces_gpu()
+    return (lambda fn: fn) if spaces_gpu is None else spaces_gpu(duration=duration)
+
+
+def gpu_calls_may_fork() -> bool:
+    """Whether a `gpu` function may run in another process: on ZeroGPU `spaces.GPU` runs it in a forked worker
+    and pickles its arguments and results (docs/DESIGN.md, "ZeroGPU"), so what it keeps stays there; the callers
+    then run it unkept and keep its result themselves. Without `spaces` the call runs here, as it is."""
+    return _spaces_gpu() is not None

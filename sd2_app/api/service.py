@@ -248,15 +248,18 @@ class Service:
         *,
         owner: str | None = None,
         timings: dict[str, float] | None = None,
+        keep: bool = True,
     ) -> Result:
         """Validate, run and keep one request (a `Checked` one is not validated again). Raises `InvalidRequest`
         or `Cancelled`.
 
         `owner` (the UI's session id) tags the history entry, so a public app shows each visitor their own.
         `timings`: a caller's dict of its own phases ("queue"), then it logs the split; None: logged here.
+        `keep=False`: the result comes back unkept and the caller keeps it (`keep`) in its own process (a ZeroGPU
+        call runs in a forked worker whose History and saver are not the app's: docs/DESIGN.md, "ZeroGPU").
         """
         if isinstance(request, XYZPlotRequest) or (isinstance(request, Checked) and request.plot is not None):
-            return self.plot(request, on_progress, should_stop, owner=owner, timings=timings)
+            return self.plot(request, on_progress, should_stop, owner=owner, timings=timings, keep=keep)
         phases: dict[str, float] = {} if timings is None else timings
         checked = request if isinstance(request, Checked) else check(self, request)
         phases["validate"] = checked.seconds
@@ -264,13 +267,18 @@ class Service:
             raise Cancelled
         result = self.execute(checked.request, on_progress, should_stop)
         result.warnings[:0] = [w for w in checked.warnings if w not in result.warnings]
-        return self._keep(result, phases, owner, log_here=timings is None)
+        return self._keep(result, phases, owner, log_here=timings is None, keep=keep)
 
-    def _keep(self, result: Result, phases: dict[str, float], owner: str | None, *, log_here: bool) -> Result:
-        """Keep `result` (sd2_app.api.keeper) with its phases after the caller's `phases`; the log line unless
-        the caller writes it (the UI, after its own phases)."""
+    def _keep(self, result: Result, phases: dict[str, float], owner: str | None, *, log_here: bool,
+              keep: bool = True) -> Result:
+        """`result` with its phases after the caller's `phases`, kept (`keep`) unless `keep` is False."""
         phases.update(result.timings)
         result.timings = phases
+        return self.keep(result, owner, log_here=log_here) if keep else result
+
+    def keep(self, result: Result, owner: str | None = None, *, log_here: bool = False) -> Result:
+        """Keep `result` (sd2_app.api.keeper: provenance, PNG encode, saving, History); the log line with
+        `log_here` (else the caller writes it, the UI after its own phases)."""
         self.keeper.keep(result, owner)
         if log_here:
             log_split(result.task, result.timings)
@@ -330,14 +338,15 @@ class Service:
         owner: str | None = None,
         on_cell: CellFn | None = None,
         timings: dict[str, float] | None = None,
+        keep: bool = True,
     ) -> Result:
         """An X/Y/Z plot (sd2_app.api.plot): grids first, then each finished cell; `on_cell(cell, image,
         seconds)` as each cell finishes. Stop returns the finished cells (`stopped`); none finished: Cancelled.
-        `timings` as in `run`."""
+        `timings` and `keep` as in `run`."""
         plot = request.plot if isinstance(request, Checked) else request  # a Checked plot is not checked again
         assert plot is not None, "a Checked plot carries its cells"
         result = run_plot(self, plot, on_progress, should_stop, on_cell)
-        return self._keep(result, {} if timings is None else timings, owner, log_here=timings is None)
+        return self._keep(result, {} if timings is None else timings, owner, log_here=timings is None, keep=keep)
 
     # ---- keeping results (sd2_app.api.keeper) ------------------------------------------------------
     @property

@@ -25,7 +25,7 @@ from PIL import Image
 
 from sd2_app.api import requests as rq
 from sd2_app.api.checked import check
-from sd2_app.api.gpu_time import checked_seconds, gpu
+from sd2_app.api.gpu_time import checked_seconds, gpu, gpu_calls_may_fork
 from sd2_app.api.keeper import unlisted
 from sd2_app.api.tasks import TASKS
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
@@ -44,10 +44,14 @@ NOT_A_TOOL = "ui"  # any `_mcp_type` other than "tool", "resource" or "prompt" h
 
 def _run(service: Service, request: TaskRequest) -> str | Image.Image:
     # ZeroGPU: the GPU only inside spaces.GPU, for the time this job needs; checked once, before the GPU call
-    # (sd2_app/api/checked.py)
+    # (sd2_app/api/checked.py). The call may run in a forked worker whose saver is not the app's: there the
+    # result comes back unkept and is kept here (docs/DESIGN.md, "ZeroGPU").
+    keep_in_call = not gpu_calls_may_fork()
     run = gpu(duration=lambda checked, *args, **kwargs: checked_seconds(service, checked))(service.run)
     try:
-        result = run(check(service, request), owner=MCP_OWNER)
+        result = run(check(service, request), owner=MCP_OWNER, keep=keep_in_call)
+        if not keep_in_call:
+            result = service.keep(result, MCP_OWNER, log_here=True)
     except (InvalidRequest, Cancelled) as error:
         raise gr.Error(str(error) or "Stopped.", print_exception=False) from error
     except LoadError as error:

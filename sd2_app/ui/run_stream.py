@@ -6,7 +6,8 @@ run's place while it waits at the GPU gate) and the result, or the message of a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from contextlib import closing
 from typing import TYPE_CHECKING
 
 import gradio as gr
@@ -20,7 +21,7 @@ from sd2_app.ui.runner import (Finish, QueuePlace, RunFlag, StopFlags, deliver, 
                                user_message)
 
 if TYPE_CHECKING:
-    from sd2_app.api.service import Service
+    from sd2_app.api.service import Result, Service
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +53,22 @@ def stream_result(
     n_outputs: int,
     queued_flag: RunFlag | None = None,
     view: RunView | None = None,
-) -> Iterator[tuple]:
+    keep_result: bool = True,
+) -> Iterator[tuple | Result]:
     """The body of every Generate handler, for its `checked` request: yields (preview, status) updates, then the
     finished outputs.
 
     Outputs are always (preview, gallery, info, last_seed, selected, *extras); `finish(result, shown)` fills
     gallery onward. `queued_flag` is the stop flag the job got when it joined the queue: when Stop set it while the
     job waited, the run ends before its first step with "Stopped.". `view` starts the job and says what each step
-    shows (`run_views`; None: `RequestView`, one request).
+    shows (`run_views`; None: `RequestView`, one request). `keep_result=False` (a ZeroGPU call, in its forked worker):
+    the result is not kept or delivered here but yielded as the `Result` itself, for the app's process to
+    `kept_here` (docs/DESIGN.md, "ZeroGPU").
     """
     view = view if view is not None else RequestView()
     flag = flags.arm(session, queued_flag)
     # The job starts now, not after this update; with no news for a while it may be waiting at the GPU gate.
-    run = stream(view.call(service, checked, session, flag), flag, flags.threads, idle_s=view.idle_s)
+    run = stream(view.call(service, checked, session, flag, keep_result), flag, flags.threads, idle_s=view.idle_s)
     progress(0, desc="Loading the model…")
     keep = (gr.skip(),) * (n_outputs - 3)
     place = QueuePlace(STARTING)
@@ -77,10 +81,10 @@ def stream_result(
             elif isinstance(item, tuple):
                 if (update := _step_update(view, item, flag, place, progress)) is not None:
                     yield (*update, *keep)
+            elif keep_result:
+                yield from delivered(item, finish)
             else:
-                for warning in item.warnings:
-                    gr.Warning(warning_text(warning))
-                yield from deliver(item, finish)
+                yield item
     except GeneratorExit:  # closed (cancelled, or the client left), maybe before `run` started: stop the job
         flag.set()
         raise
@@ -95,6 +99,26 @@ def stream_result(
         yield from refuse(load_failed_message(service, checkpoint), n_outputs)
     finally:
         flags.release(session, flag)
+
+
+def kept_here(service: Service, items: Generator[tuple | Result, None, None], session: str,
+              finish: Finish) -> Iterator[tuple]:
+    """`stream_result`'s yields passed on, but a `Result` (a ZeroGPU call's, brought back unkept: `keep_result=False`)
+    kept here, in the app's process (its History, its saver), then delivered. Closing this closes `items` (Stop
+    reaches the run)."""
+    with closing(items):
+        for item in items:
+            if isinstance(item, tuple):
+                yield item
+            else:
+                yield from delivered(service.keep(item, session), finish)
+
+
+def delivered(result: Result, finish: Finish) -> Iterator[tuple]:
+    """The result's warnings as toasts, then its outputs (`runner.deliver`)."""
+    for warning in result.warnings:
+        gr.Warning(warning_text(warning))
+    yield from deliver(result, finish)
 
 
 def _step_update(view: RunView, step: tuple[int, int, Image.Image | None], flag: RunFlag, place: QueuePlace,

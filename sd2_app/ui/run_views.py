@@ -23,8 +23,10 @@ class RunView(Protocol):
     # Seconds without news after which the run looks up its place at the GPU gate; None: it never does.
     idle_s: float | None
 
-    def call(self, service: Service, request: Checked, session: str, flag: RunFlag) -> Callable[..., Result]:
-        """The job, as `runner.stream` calls it; made when the run starts (its timings begin with the queue)."""
+    def call(self, service: Service, request: Checked, session: str, flag: RunFlag,
+             keep: bool = True) -> Callable[..., Result]:
+        """The job, as `runner.stream` calls it; made when the run starts (its timings begin with the queue).
+        `keep=False`: its result comes back unkept (`Service.run`)."""
         ...
 
     def new_gallery(self) -> Any | None:
@@ -41,8 +43,9 @@ class RequestView:
 
     idle_s = WAIT_POLL_S
 
-    def call(self, service: Service, request: Checked, session: str, flag: RunFlag) -> Callable[..., Result]:
-        return timed_call(service.run, request, session, flag)
+    def call(self, service: Service, request: Checked, session: str, flag: RunFlag,
+             keep: bool = True) -> Callable[..., Result]:
+        return timed_call(service.run, request, session, flag, keep=keep)
 
     def new_gallery(self) -> None:
         return None  # the results come at the end

@@ -164,8 +164,9 @@ class PlotView:
         self.finished: queue.Queue[tuple[PlotCell, Image.Image, float]] = queue.Queue()
         self.cells: list[tuple[str, str]] = []  # each finished cell encoded once, fast (the gallery is sent whole)
 
-    def call(self, service: Service, request: Checked, session: str, flag: RunFlag) -> Callable[..., Result]:
-        return timed_call(service.plot, request, session, flag,
+    def call(self, service: Service, request: Checked, session: str, flag: RunFlag,
+             keep: bool = True) -> Callable[..., Result]:
+        return timed_call(service.plot, request, session, flag, keep=keep,
                           on_cell=lambda cell, image, seconds: self.finished.put((cell, image, seconds)))
 
     def new_gallery(self) -> list[tuple[str, str]] | None:

@@ -1,16 +1,13 @@
 """A web run plans its prompts once per pass (issue 24 section 3), through the running app (gradio_client) on the
 tiny checkpoints, with a stand-in `spaces` package that does what ZeroGPU's `spaces.GPU` does with a duration
-function: it calls it with the call's arguments (sd2_app/api/gpu_time.py: the request validated, its prompts
-planned), then runs the handler on a pickled copy of them (ZeroGPU's worker is a forked process that gets them
-through a pipe: the web handler passed the gr.Request, whose state holds the job's stop flag, and failed there).
+function (tests/zerogpu_double.py): it calls it with the call's arguments (sd2_app/api/gpu_time.py: the request
+validated, its prompts planned), then runs the handler in a forked process, its arguments and yields pickled
+through pipes (the web handler passed the gr.Request, whose state holds the job's stop flag, and failed there).
 Before, the estimate, the Service's validation and the pipeline each planned the prompts: 3 plans per pass.
 Plans computed are counted at `prompt_plan.tokenize_prompts` (one call each)."""
 
 from __future__ import annotations
 
-import functools
-import inspect
-import pickle
 import sys
 import types
 from collections.abc import Iterator
@@ -28,7 +25,8 @@ EDITED = "a [red:blue:0.5] hat on a [cat|dog]"
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, list[int], list[list[str]]]]:
+def zerogpu_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
+    """(client, durations asked, prompts planned, the app's Service, its outputs folder)."""
     from sd2_app.api.service import Service
     from sd2_app.checkpoints.catalog import tiny_registry
     from sd2_app.manager import ModelManager
@@ -37,39 +35,28 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, list
     from sd2_app.ui.mcp_tools import add_mcp_tools
     from tests.pipeline_fixtures import tiny_dir
     from tests.reliability_support import launched
+    from tests.zerogpu_double import forking_spaces_gpu
 
     durations: list[int] = []
-
-    def zerogpu_like(duration):  # spaces.GPU(duration=fn): fn(*call's arguments) first, then the handler
-        def wrap(handler):
-            @functools.wraps(handler)  # as spaces.GPU does: Gradio reads the handler's annotations
-            def on_gpu(*args, **kwargs):
-                durations.append(duration(*args, **kwargs))
-                # as spaces.GPU does: the handler gets the arguments pickled (into its forked worker)
-                args, kwargs = pickle.loads(pickle.dumps((args, kwargs)))
-                return handler(*args, **kwargs)
-
-            @functools.wraps(handler)
-            def streamed_on_gpu(*args, **kwargs):  # a generator stays one (spaces.GPU: its generator wrapper)
-                yield from on_gpu(*args, **kwargs)
-
-            return streamed_on_gpu if inspect.isgeneratorfunction(handler) else on_gpu
-
-        return wrap
-
     patch = pytest.MonkeyPatch()
-    patch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=zerogpu_like))
+    patch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=forking_spaces_gpu(durations)))
     planned = count_plans(patch)
     registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
+    outputs = tmp_path_factory.mktemp("outputs")
     service = Service(ModelManager("cpu", registry=registry, cache_dir=tmp_path_factory.mktemp("cache")),
-                      outputs_dir=None, allowed_repos=())
+                      outputs_dir=outputs, allowed_repos=(), save_in_background=True)  # as the app saves
     try:
         demo = build_ui(service)
         add_mcp_tools(demo, service)  # the MCP tools' endpoints, as `--mcp` adds them
         with launched(demo) as url:
-            yield Client(url, verbose=False), durations, planned
+            yield Client(url, verbose=False), durations, planned, service, outputs
     finally:
         patch.undo()
+
+
+@pytest.fixture(scope="module")
+def app(zerogpu_app) -> tuple[Client, list[int], list[list[str]]]:
+    return zerogpu_app[:3]
 
 
 def _image(gallery: list[dict]) -> Image.Image:
@@ -182,3 +169,47 @@ def test_an_mcp_tool_call_validates_its_request_once(app, counted) -> None:
     image = client.predict(prompt="a tool's cat", width=64, height=64, steps=3, seed=5, api_name="/mcp_txt2img")
     assert Image.open(image).size == (64, 64)
     assert (len(counted["validate"]), durations) == (1, [15])
+
+
+def _saved(outputs) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in outputs.rglob("*.png")}
+
+
+def _next_number(saved: dict[str, bytes]) -> int:
+    return max((int(name[:5]) for name in saved), default=-1) + 1
+
+
+def test_a_zerogpu_web_run_is_kept_in_the_apps_history_and_outputs_folder(zerogpu_app) -> None:
+    """The GPU call runs in a forked worker, so the run's result comes back to the app's process unkept and is
+    kept there: the visitor's History shows it and the app's writer saves it, numbered in order (before, both
+    happened in the worker: the History stayed empty, each worker numbered from the same copy, and the worker
+    could end before its writer thread wrote the file)."""
+    client, durations, _, service, outputs = zerogpu_app
+    durations.clear()
+    before = _saved(outputs)
+    first = _next_number(before)
+    delivered = [client.predict(prompt=f"kept by the app {seed}", api_name="/txt2img", **{**FAST, "seed": seed})[1]
+                 for seed in (7, 8)]
+    assert durations == [15, 15]  # both ran through the forking spaces.GPU
+    gallery, table = client.predict(api_name="/history")
+    assert [row[4].split("\n")[0] for row in table["data"][:2]] == ["kept by the app 8", "kept by the app 7"]
+    assert [row[1] for row in table["data"][:2]] == ["txt2img", "txt2img"] and len(gallery) == len(table["data"])
+    assert service.flush_saves(timeout=30)
+    new = {name: data for name, data in _saved(outputs).items() if name not in before}
+    assert sorted(new) == [f"{first:05d}-7-txt2img.png", f"{first + 1:05d}-8-txt2img.png"]
+    # the files saved are the PNGs the visitor got
+    assert [new[name] for name in sorted(new)] == [open(shown[0]["image"], "rb").read() for shown in delivered]
+
+
+def test_a_zerogpu_mcp_tool_call_is_saved_by_the_app(zerogpu_app) -> None:
+    """An MCP tool's GPU call, also in the forked worker: the app's process saves its image (an MCP result is
+    unlisted: in nobody's History)."""
+    client, durations, _, service, outputs = zerogpu_app
+    durations.clear()
+    before = _saved(outputs)
+    image = client.predict(prompt="a tool's saved cat", width=64, height=64, steps=3, seed=9, api_name="/mcp_txt2img")
+    assert durations == [15]
+    assert service.flush_saves(timeout=30)
+    new = {name: data for name, data in _saved(outputs).items() if name not in before}
+    assert list(new) == [f"{_next_number(before):05d}-9-txt2img.png"]
+    assert new[f"{_next_number(before):05d}-9-txt2img.png"] == open(image, "rb").read()
