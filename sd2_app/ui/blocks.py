@@ -147,7 +147,7 @@ def _png_to_txt2img(
     offered = {key: spec for key, spec in registry.items() if key in {key for _, key in t2i.checkpoint.choices}}
 
     def send(parsed: dict[str, Any] | None) -> tuple:
-        if not parsed:
+        if not parsed or not isinstance(parsed, dict):  # the page sends the parsed fields back: anything may come
             raise gr.Error(pnginfo.NOTHING_TO_SEND, print_exception=False)
         parsed = with_styles_read(parsed, styles)
         size = str(parsed.get(keys.SIZE, ""))

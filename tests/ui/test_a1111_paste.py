@@ -150,3 +150,27 @@ def test_pasted_numbers_too_long_for_json_are_read_and_clamped_through_the_app()
                     "Height 1e+20 cannot be set here (64 to 1024, in steps of 8); 1024 is used."]
     steps, cfg = done["output"]["data"][4:6]  # prompt, negative, sampler, Karras, then these
     assert (steps, cfg) == ({"__type__": "update"}, 30)  # no finite number of steps: the slider keeps its own
+
+
+def test_png_info_send_of_fields_that_are_no_settings_says_there_is_nothing_to_send() -> None:
+    """The page sends PNG info's parsed fields back with "Send to text to image" (raw HTTP: any JSON): a list, a
+    number or a text failed with Gradio's bare "Error" (AttributeError: no `.get`); they have nothing to send."""
+    import json
+
+    import httpx
+
+    from sd2_app.ui import build_ui
+    from sd2_app.ui.pnginfo import NOTHING_TO_SEND
+    from tests.reliability_support import launched
+    from tests.ui_doubles import fake_service
+
+    errors = []
+    with launched(build_ui(fake_service())) as url, httpx.Client(base_url=url, timeout=60) as client:
+        fn_index = {d.get("api_name"): d["id"] for d in client.get("config").json()["dependencies"]}["png_info_send"]
+        for n, fields in enumerate(([1, 2], -1, "Steps: 20", True)):
+            join = {"data": [fields], "fn_index": fn_index, "session_hash": f"odd-{n}"}
+            assert client.post("gradio_api/queue/join", json=join).status_code == 200
+            with client.stream("GET", "gradio_api/queue/data", params={"session_hash": f"odd-{n}"}) as stream:
+                done = [json.loads(line[5:]) for line in stream.iter_lines() if '"process_completed"' in line]
+            errors.append(done[0]["output"]["error"])
+    assert errors == [NOTHING_TO_SEND] * 4
