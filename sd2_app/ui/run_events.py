@@ -25,7 +25,7 @@ from sd2_app.ui.raw_values import server_checked
 from sd2_app.ui.result_panel import ResultPanel, describe, gallery_columns
 from sd2_app.ui.run_stream import refuse, stream_result
 from sd2_app.ui.run_views import RequestView, RunView
-from sd2_app.ui.runner import GPU_QUEUE, Finish, StopFlags, stopped_message
+from sd2_app.ui.runner import GPU_QUEUE, Finish, RunFlag, StopFlags, stopped_message
 from sd2_app.ui.sampling_controls import ETA_NAME
 
 if TYPE_CHECKING:
@@ -121,11 +121,13 @@ def _generate_handler(
     out. The request is built from the values and checked once, before the GPU call (`on_gpu`): ZeroGPU prices the
     call from that checked request, and the run runs it as it is (sd2_app/api/checked.py)."""
 
-    # ZeroGPU: each call asks for the GPU time its own job needs (sd2_app/api/gpu_time.py)
-    @gpu(duration=lambda request, checked, progress: checked_seconds(service, checked))
-    def on_gpu(request: gr.Request, checked: Checked, progress: gr.Progress) -> Iterator[tuple]:
-        yield from stream_result(service, flags, checked, flags.visitor(request), progress, finish, n_outputs,
-                                 queued_flag=stop_flag_of(request), view=view())
+    # ZeroGPU: each call asks for the GPU time its own job needs (sd2_app/api/gpu_time.py). Its arguments are
+    # pickled into a forked worker (spaces/zero/wrappers.py), so they are plain values, not the gr.Request (its
+    # state holds the queued job's stop flag); there a stop comes as the closing of this generator.
+    @gpu(duration=lambda session, queued, checked, progress: checked_seconds(service, checked))
+    def on_gpu(session: str, queued: RunFlag | None, checked: Checked, progress: gr.Progress) -> Iterator[tuple]:
+        yield from stream_result(service, flags, checked, session, progress, finish, n_outputs, queued_flag=queued,
+                                 view=view())
 
     def handler(request: gr.Request, *values: Any) -> Iterator[tuple]:
         # Gradio passes (request, *widget values, progress tracker) by position: see the signature below.
@@ -135,7 +137,7 @@ def _generate_handler(
         except InvalidRequest as error:  # refused before any GPU time is asked for
             log.info("refused a request: %s", error)
             return (yield from refuse(str(error), n_outputs))
-        yield from on_gpu(request, checked, progress)
+        yield from on_gpu(flags.visitor(request), stop_flag_of(request), checked, progress)
 
     # Name the API parameters after the request fields (gradio_client users call `prompt=...`, not `param_1=...`).
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD

@@ -91,6 +91,19 @@ class RunFlag(threading.Event):
         """Seconds since the flag was made: a queued job's wait for its turn, when asked as it starts."""
         return time.perf_counter() - self.created
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (a ZeroGPU call's arguments go to its forked worker so: spaces/zero/wrappers.py), a flag is a
+        # copy of its state; its lock stays behind. Stop reaches that worker as the closing of its stream.
+        return (_flag_copy, (self.is_set(), self.done, self.total, self.created))
+
+
+def _flag_copy(is_set: bool, done: int, total: int, created: float) -> RunFlag:
+    flag = RunFlag()
+    flag.done, flag.total, flag.created = done, total, created
+    if is_set:
+        flag.set()
+    return flag
+
 
 class JobThreads:
     """The worker threads that one app's jobs run on (`stream`); `close` ends them with the app.

@@ -24,7 +24,7 @@ from sd2_app.ui.event_checks import unknown_event_message
 from sd2_app.ui.request_limits import NO_DEEP_LINKS_MESSAGE
 from sd2_app.ui.stream_checks import UNKNOWN_STREAM_MESSAGE
 from sd2_app.ui.visitors import COOKIE as VISITOR_COOKIE
-from tests.hosting_support import CallsAtOnce, event_data, txt2img_data
+from tests.hosting_support import API_FAST, CallsAtOnce, event_data, txt2img_data
 from tests.reliability_report import reliability, track_module  # noqa: F401
 from tests.reliability_support import one_thread, serve  # noqa: F401
 
@@ -353,3 +353,25 @@ def test_a_new_session_hash_costs_only_what_its_events_change(app, reliability) 
                 "stream read); GET /gradio_api/deep_link answers HTTP 404: "
                 f"{NO_DEEP_LINKS_MESSAGE} (it wrote the session's settings of every component, about 400 KB, to a new "
                 "file)")
+
+
+def test_a_job_waiting_at_the_gpu_gate_leaves_with_its_visitor(app, reliability, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A web UI job waits at the GPU gate behind an A1111 API job (its line says "Queued: 1 job ahead of
+    yours…", and it yields nothing more until its place changes); its page closes: it leaves the gate at once and
+    never runs a step (it waited for the API job, then ran a step before Gradio closed it)."""
+    url, demo = app
+    steps = _slow_steps(monkeypatch)
+    api = threading.Thread(target=httpx.post, args=(f"{url}sdapi/v1/txt2img",),
+                           kwargs={"json": {**API_FAST, "prompt": "api job", "steps": 30}, "timeout": 120})
+    api.start()
+    _wait(lambda: steps["api job"])
+    visitor, seen = _visitor_client(url), []
+    _join(visitor, "gated", "txt2img", prompt="gated", steps=3)
+    queued = "Queued: 1 job ahead of yours…"
+    _read(visitor, "gated", seen, lambda: any(queued in json.dumps(m, ensure_ascii=False) for m in seen)).join(60)
+    api.join(120)
+    _wait(lambda: not demo._queue.event_ids_to_events and not demo.flags._flags)  # type: ignore[attr-defined]
+    assert (len(steps["api job"]), len(steps["gated"])) == (30, 0)
+    reliability(AREA, "a web UI job waiting at the GPU gate behind an A1111 API job loses its page (raw HTTP)",
+                "it leaves the gate at once and runs no step; the API job runs its 30 (it waited for the API job, "
+                "then ran a step)")

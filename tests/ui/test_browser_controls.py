@@ -229,6 +229,32 @@ def test_a_token_count_on_its_way_leaves_the_last_count_shown(browser, url: str,
     page.context.close()
 
 
+TOO_WIDE = ("The extended image would be 1156x1156; each side may be at most 1024 pixels. Extend less or start from a "
+            "smaller image.")
+
+
+def test_a_long_refusal_under_stop_does_not_move_the_settings(browser, url: str, tmp_path: Path) -> None:
+    """At 1000 px, the narrowest laptop layout, Outpaint's refusal of a 900x900 image (128 px a side) wrapped to six
+    lines under Stop and pushed the settings 24.6 px down. The line keeps three lines' room and cuts the rest."""
+    big = tmp_path / "big.png"
+    Image.new("RGB", (900, 900), (10, 90, 30)).save(big)
+    page = _open(browser, url, {"width": 1000, "height": 900})
+    _go(page, "Outpaint")
+    page.locator("#outpaint-image input[type=file]").set_input_files(str(big))
+    page.locator("#outpaint-image img").first.wait_for()
+    expect(page.locator("#outpaint-negative-tokens")).to_contain_text("/75", timeout=60_000)  # the page settled
+    page.wait_for_timeout(1000)
+    line = page.locator("#outpaint-run-status .run-status-text")
+    before = (_box(page, "#outpaint-settings")["y"], _box(page, "#outpaint-run-status")["height"])
+    page.locator("#outpaint-run").click()
+    expect(page.locator("#outpaint-info")).to_have_text(TOO_WIDE, timeout=90_000)
+    expect(line).to_have_text(TOO_WIDE)  # the whole text (read out by the live region); three lines shown
+    page.screenshot(path=str(ARTIFACTS / "controls-long-refusal.png"))
+    assert (_box(page, "#outpaint-settings")["y"], _box(page, "#outpaint-run-status")["height"]) == before
+    assert line.evaluate("e => e.scrollHeight > e.clientHeight")  # more than the three lines shown: cut
+    page.context.close()
+
+
 def _number_into(page, elem_id: str, value: float) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))

@@ -1,13 +1,16 @@
 """A web run plans its prompts once per pass (issue 24 section 3), through the running app (gradio_client) on the
 tiny checkpoints, with a stand-in `spaces` package that does what ZeroGPU's `spaces.GPU` does with a duration
 function: it calls it with the call's arguments (sd2_app/api/gpu_time.py: the request validated, its prompts
-planned), then runs the handler. Before, the estimate, the Service's validation and the pipeline each planned
-the prompts: 3 plans per pass. Plans computed are counted at `prompt_plan.tokenize_prompts` (one call each)."""
+planned), then runs the handler on a pickled copy of them (ZeroGPU's worker is a forked process that gets them
+through a pipe: the web handler passed the gr.Request, whose state holds the job's stop flag, and failed there).
+Before, the estimate, the Service's validation and the pipeline each planned the prompts: 3 plans per pass.
+Plans computed are counted at `prompt_plan.tokenize_prompts` (one call each)."""
 
 from __future__ import annotations
 
 import functools
 import inspect
+import pickle
 import sys
 import types
 from collections.abc import Iterator
@@ -42,6 +45,8 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, list
             @functools.wraps(handler)  # as spaces.GPU does: Gradio reads the handler's annotations
             def on_gpu(*args, **kwargs):
                 durations.append(duration(*args, **kwargs))
+                # as spaces.GPU does: the handler gets the arguments pickled (into its forked worker)
+                args, kwargs = pickle.loads(pickle.dumps((args, kwargs)))
                 return handler(*args, **kwargs)
 
             @functools.wraps(handler)

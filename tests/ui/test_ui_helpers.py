@@ -426,3 +426,18 @@ def test_a_plots_streamed_cell_carries_its_own_parameters(monkeypatch, tmp_path:
     assert caption == "Seed: 12 · 0.25 s" and Path(path).name == "cell-2.png"
     with Image.open(path) as shown:
         assert shown.info["parameters"] == text and shown.getpixel((0, 0)) == (9, 8, 7)
+
+
+def test_a_stop_flag_pickles_as_a_copy_of_its_state() -> None:
+    """ZeroGPU pickles a GPU call's arguments into its worker process; a queued job's stop flag goes as a copy
+    (set or not, its steps and its start), without the lock that cannot be pickled."""
+    import pickle
+
+    from sd2_app.ui.runner import RunFlag
+
+    flag = RunFlag()
+    flag.done, flag.total = 3, 20
+    copy = pickle.loads(pickle.dumps(flag))
+    assert copy is not flag and (copy.is_set(), copy.done, copy.total, copy.created) == (False, 3, 20, flag.created)
+    flag.set()
+    assert pickle.loads(pickle.dumps(flag)).is_set() and not copy.is_set()
