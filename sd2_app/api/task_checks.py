@@ -51,7 +51,8 @@ def validate_task(request: TaskRequest, catalog: Catalog, limits: Limits, *,
     return checked, warnings
 
 
-def _sampling(s: Sampling, catalog: Catalog, limits: Limits, *, karras_optional: bool = False) -> Sampling:
+def checked_sampling(s: Sampling, catalog: Catalog, limits: Limits, *, karras_optional: bool = False) -> Sampling:
+    """`s` as every task's check takes it (raises InvalidRequest); the Upscale tab prices its steps with it."""
     check_sampler_names((s.sampler,), catalog)
     use_karras = flag(s.use_karras, "Karras sigmas")
     if use_karras and not catalog.samplers[s.sampler] and not karras_optional:
@@ -171,7 +172,7 @@ def _validate_fields(request: TaskRequest, catalog: Catalog, limits: Limits) -> 
         "prompt": clean_text(request.prompt, "Prompt"),
         "negative_prompt": clean_text(request.negative_prompt, "Negative prompt"),
         "checkpoint": _checkpoint(request.checkpoint, task, catalog),
-        "sampling": _sampling(request.sampling, catalog, limits),
+        "sampling": checked_sampling(request.sampling, catalog, limits),
     }
     warnings += weight_warnings(common["prompt"], "prompt") + syntax_warnings(common["prompt"], "prompt")
     if guidance_on(common["sampling"].cfg_scale):  # the negative prompt is read only with guidance

@@ -76,6 +76,17 @@ def format_parameters(prompt: str, negative_prompt: str, settings: Settings) -> 
     return "\n".join(lines)
 
 
+# Digits of the longest whole number read as an int: one with more is read as a float (1e+20; inf past 308 digits).
+# JSON carries whole numbers of 64 bits at most (orjson refuses more: the PNG info box's fields, the A1111 API's
+# answer), and Python's int() refuses over 4,300 digits (ValueError).
+MAX_WHOLE_DIGITS = 18
+
+
+def whole_number(raw: str) -> int | float:
+    """The whole number `raw` (digits, an optional sign): an int, or a float past `MAX_WHOLE_DIGITS` digits."""
+    return int(raw) if len(raw.lstrip("+-")) <= MAX_WHOLE_DIGITS else float(raw)
+
+
 def _parse_value(raw: str) -> SettingValue:
     raw = raw.strip()
     if raw.startswith('"') and raw.endswith('"') and len(raw) >= 2:
@@ -84,7 +95,7 @@ def _parse_value(raw: str) -> SettingValue:
         except ValueError:  # not JSON after all ('"\\x"'): the text as it is, as A1111's `unquote` keeps it
             return raw
     if re.fullmatch(r"[+-]?\d+", raw):
-        return int(raw)
+        return whole_number(raw)
     if re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+|\d+)(e[+-]?\d+)?", raw, re.IGNORECASE):
         return float(raw)
     if raw in ("True", "False"):

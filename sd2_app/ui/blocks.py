@@ -12,6 +12,7 @@ import gradio as gr
 from sd2_app.api.addresses import ClientAddresses
 from sd2_app.checkpoints.catalog import CheckpointSpec, checkpoint_named
 from sd2_app import infotext_keys as keys
+from sd2_app.pipelines.metadata import whole_number
 from sd2_app.prompt_styles import StyleBook, with_styles_read
 from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
 from sd2_app.ui.hosting import Hosting, Visitors
@@ -146,7 +147,7 @@ def _png_to_txt2img(
     offered = {key: spec for key, spec in registry.items() if key in {key for _, key in t2i.checkpoint.choices}}
 
     def send(parsed: dict[str, Any] | None) -> tuple:
-        if not parsed:
+        if not parsed or not isinstance(parsed, dict):  # the page sends the parsed fields back: anything may come
             raise gr.Error(pnginfo.NOTHING_TO_SEND, print_exception=False)
         parsed = with_styles_read(parsed, styles)
         size = str(parsed.get(keys.SIZE, ""))
@@ -167,8 +168,8 @@ def _png_to_txt2img(
             clamp_to(parsed.get(keys.ETA_DDIM, 0.0), controls.eta, keys.ETA_DDIM),
             parsed.get(keys.SEED, keep),
             clamp_to(parsed.get(keys.BATCH_SIZE, 1), controls.batch, keys.BATCH_SIZE),
-            clamp_to(int(width), t2i.width, "Width") if width.isdigit() else keep,
-            clamp_to(int(height), t2i.height, "Height") if height.isdigit() else keep,
+            clamp_to(whole_number(width), t2i.width, "Width") if width.isdigit() else keep,
+            clamp_to(whole_number(height), t2i.height, "Height") if height.isdigit() else keep,
             keep if checkpoint is None else checkpoint,
             gr.Tabs(selected="txt2img"),
             *from_parameters(parsed, names),  # hires fix, seed extras, tiling

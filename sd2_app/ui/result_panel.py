@@ -57,7 +57,7 @@ def result_panel(
     """PNG gallery (parameters embedded, downloadable; whole images, the grid sized to the batch), info text,
     "send to" buttons, the live preview and the tab's extra image."""
     gallery = gr.Gallery(label="Results", format="png", columns=1, height=GALLERY_HEIGHT, object_fit="contain",
-                         type="pil", interactive=False, buttons=["download", "fullscreen"],
+                         type="filepath", interactive=False, buttons=["download", "fullscreen"],
                          elem_id=f"{prefix}-gallery")
     info = gr.Markdown(elem_id=f"{prefix}-info", elem_classes=["result-info"])
     buttons: dict[str, gr.Button] = {}
@@ -96,13 +96,24 @@ def describe(result: Result) -> str:
     return "\n".join(lines)
 
 
+def too_large_to_send(limit: int) -> str:
+    """What a "send to" of a gallery image over PIL's pixel limit (twice `Image.MAX_IMAGE_PIXELS`) says."""
+    return (f"This image is too large to send on (over {limit:,} pixels, as a big X/Y/Z grid can be); pick one of "
+            "its cells instead.")
+
+
 def selected_image(gallery: Any, index: Any) -> Image.Image:
-    """The picked gallery item as a PIL image (Gallery(type="pil") values are (image, caption) pairs)."""
+    """The picked gallery item as a PIL image; gallery values are (image, caption) pairs, the image a file path
+    (the panels' galleries decode nothing ahead: a grid over PIL's pixel limit failed every event that took the
+    gallery) or a PIL image. A file PIL refuses to open is said in words."""
     if not gallery:
         raise gr.Error("Generate an image first.", print_exception=False)
     index = index if isinstance(index, int) and 0 <= index < len(gallery) else 0
     item = gallery[index]
     image = item[0] if isinstance(item, (tuple, list)) else item
     if isinstance(image, str):
-        image = Image.open(image)
+        try:
+            image = Image.open(image)
+        except Image.DecompressionBombError as error:
+            raise gr.Error(too_large_to_send(2 * (Image.MAX_IMAGE_PIXELS or 0)), print_exception=False) from error
     return image

@@ -9,7 +9,8 @@ from PIL import Image
 
 from sd2_app.api.cost import steps_that_fit
 from sd2_app.api.requests import Sampling, UpscaleRequest
-from sd2_app.api.task_checks import MAX_NOISE_LEVEL
+from sd2_app.api.task_checks import MAX_NOISE_LEVEL, checked_sampling
+from sd2_app.errors import InvalidRequest
 from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import SAMPLING_NAMES, SamplingControls, to_sampling
 from sd2_app.ui.runner import StopFlags, fast_png_file
@@ -62,11 +63,12 @@ def steps_fit(service: Service, picture: Any, sampler: Any, steps: Any, cfg: Any
     Steps comes down to what fits (a 512x512 image at the defaults: 12) and the note says so; it is never raised."""
     if not isinstance(picture, Image.Image):
         return gr.update(), gr.update(value="", visible=False)
-    try:
-        sampling = Sampling(sampler=str(sampler), steps=1, cfg_scale=float(cfg), batch_size=int(batch))
+    try:  # the settings as the run's check takes them (images per prompt 0 priced a step at nothing)
+        sampling = checked_sampling(Sampling(sampler=sampler, steps=1, cfg_scale=cfg, batch_size=batch),
+                                    service.catalog, service.limits)
         fit = steps_that_fit(UpscaleRequest("", picture, sampling=sampling), service.catalog,
                              service.limits.max_job_cost)
-    except (TypeError, ValueError):  # odd widget values: the run's own check says what is wrong
+    except (TypeError, ValueError, InvalidRequest):  # odd widget values: the run's own check says what is wrong
         fit = None
     if fit is None or fit >= service.limits.max_steps:
         return gr.update(), gr.update(value="", visible=False)

@@ -1,7 +1,7 @@
 """ZeroGPU runs each GPU call in a worker forked from the app's process (sd2_app/fork_safety.py): a lock another
 thread held at the fork must not stay held in the child. Each test holds a lock in a thread, forks for real
-(os.fork), and the child does what needs the lock under a 3 s alarm: exit code 0 when it got through, -14
-(SIGALRM) when it waited for a lock nobody in the child can release."""
+(os.fork), and the child does what needs the lock under a 3 s alarm: exit code 0 when it got through, 1 when it
+raised, -14 (SIGALRM) when it waited for a lock nobody in the child can release."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ import pytest
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
-GOT_THROUGH, WAITED_FOREVER = 0, -signal.SIGALRM
+GOT_THROUGH, FAILED, WAITED_FOREVER = 0, 1, -signal.SIGALRM
 
 
 def child_exit_code(hold: Callable[[], Any], release: Callable[[], Any], in_child: Callable[[], Any]) -> int:
     """Fork while a thread is between `hold()` and `release()`; the child runs `in_child()` and exits (0 once
-    it returns; killed by SIGALRM after 3 s)."""
+    it returns, 1 when it raised; killed by SIGALRM after 3 s)."""
     held, done = threading.Event(), threading.Event()
 
     def holder() -> None:
@@ -39,10 +39,12 @@ def child_exit_code(hold: Callable[[], Any], release: Callable[[], Any], in_chil
     if pid == 0:  # the child: nothing of pytest's runs here
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.alarm(3)
+        code = FAILED
         try:
             in_child()
+            code = GOT_THROUGH
         finally:
-            os._exit(0)
+            os._exit(code)
     done.set()
     thread.join()
     _, status = os.waitpid(pid, 0)
@@ -100,6 +102,7 @@ def test_the_child_of_a_fork_waits_on_a_lock_it_cannot_renew() -> None:
     """The check itself: a plain lock held by a thread at the fork is still held in the child."""
     lock = threading.Lock()
     assert child_exit_code(lock.acquire, lock.release, lock.acquire) == WAITED_FOREVER
+    assert child_exit_code(lock.acquire, lock.release, lambda: 1 / 0) == FAILED  # an error is not getting through
 
 
 def test_renewal_holds_its_owner_weakly_and_renews_only_the_named_locks() -> None:

@@ -110,3 +110,67 @@ def test_png_info_send_makes_pasted_numbers_ones_the_sliders_take() -> None:
         "Width 100 cannot be set here (64 to 1024, in steps of 8); 104 is used.",
         "Height 60 cannot be set here (64 to 1024, in steps of 8); 64 is used.",
     ]
+
+
+def test_pasted_numbers_too_long_for_json_are_read_and_clamped_through_the_app() -> None:
+    """Parameters pasted into PNG info (raw HTTP, as the page sends them) with numbers of 20, 400 and 5,000
+    digits: the parse answered HTTP 500 (orjson cannot carry a whole number past 64 bits; int() refuses 5,000
+    digits) and "Send to text to image" had nothing to send. Now such a number is read as a float: one past the
+    slider's range is clamped and said, one past a float's range (inf) leaves its slider as it is."""
+    import json
+
+    import httpx
+
+    from sd2_app.ui import build_ui
+    from tests.reliability_support import launched
+    from tests.ui_doubles import fake_service
+
+    text = (f"p\nSteps: {'9' * 5000}, Sampler: Euler, CFG scale: {'9' * 20}, Seed: 5, "
+            f"Size: {'9' * 400}x{'9' * 20}")
+    with launched(build_ui(fake_service())) as url, httpx.Client(base_url=url, timeout=60) as client:
+        fns = {d.get("api_name"): d["id"] for d in client.get("config").json()["dependencies"]}
+        read = client.post("gradio_api/run/predict",
+                           json={"data": [text], "fn_index": fns["png_info_text"], "session_hash": "big"})
+        assert read.status_code == 200, read.text
+        fields = read.json()["data"][0]
+        assert (fields["Steps"], fields["CFG scale"]) == (None, 1e20)  # inf is JSON's null
+        join = {"data": [fields], "fn_index": fns["png_info_send"], "session_hash": "big"}
+        assert client.post("gradio_api/queue/join", json=join).status_code == 200
+        messages = []
+        with client.stream("GET", "gradio_api/queue/data", params={"session_hash": "big"}) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    messages.append(json.loads(line[5:]))
+                    if messages[-1]["msg"] in ("process_completed", "close_stream"):
+                        break
+    done = messages[-1]
+    assert done["msg"] == "process_completed" and done["success"], done
+    said = [m["log"] for m in messages if m["msg"] == "log"]
+    assert said == ["CFG scale 1e+20 cannot be set here (0 to 30); 30 is used.",
+                    "Height 1e+20 cannot be set here (64 to 1024, in steps of 8); 1024 is used."]
+    steps, cfg = done["output"]["data"][4:6]  # prompt, negative, sampler, Karras, then these
+    assert (steps, cfg) == ({"__type__": "update"}, 30)  # no finite number of steps: the slider keeps its own
+
+
+def test_png_info_send_of_fields_that_are_no_settings_says_there_is_nothing_to_send() -> None:
+    """The page sends PNG info's parsed fields back with "Send to text to image" (raw HTTP: any JSON): a list, a
+    number or a text failed with Gradio's bare "Error" (AttributeError: no `.get`); they have nothing to send."""
+    import json
+
+    import httpx
+
+    from sd2_app.ui import build_ui
+    from sd2_app.ui.pnginfo import NOTHING_TO_SEND
+    from tests.reliability_support import launched
+    from tests.ui_doubles import fake_service
+
+    errors = []
+    with launched(build_ui(fake_service())) as url, httpx.Client(base_url=url, timeout=60) as client:
+        fn_index = {d.get("api_name"): d["id"] for d in client.get("config").json()["dependencies"]}["png_info_send"]
+        for n, fields in enumerate(([1, 2], -1, "Steps: 20", True)):
+            join = {"data": [fields], "fn_index": fn_index, "session_hash": f"odd-{n}"}
+            assert client.post("gradio_api/queue/join", json=join).status_code == 200
+            with client.stream("GET", "gradio_api/queue/data", params={"session_hash": f"odd-{n}"}) as stream:
+                done = [json.loads(line[5:]) for line in stream.iter_lines() if '"process_completed"' in line]
+            errors.append(done[0]["output"]["error"])
+    assert errors == [NOTHING_TO_SEND] * 4

@@ -262,8 +262,10 @@ def test_outpaint_works_out_of_the_box_then_on_one_side(page, tmp_path: Path) ->
 
 
 def _pick(page, elem_id: str, option: str) -> None:
+    """Pick `option` in the dropdown `elem_id`, in its own list: the list of a dropdown just picked in fades out for
+    200 ms (Gradio's Dropdown options, a Svelte fly transition) and another axis type's list offers the same names."""
     page.locator(f"#{elem_id} input").first.click()
-    page.get_by_role("option", name=option, exact=True).click()
+    page.locator(f"#{elem_id} [role=listbox]").get_by_role("option", name=option, exact=True).click()
 
 
 def test_xy_plot_2x2(page) -> None:

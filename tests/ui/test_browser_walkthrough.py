@@ -67,6 +67,8 @@ def test_a_seed_out_of_range_is_refused_naming_minus_one_as_the_box_does(browser
     # It said "between 0 and 4294967295", while the box itself offers -1.
     said = "Seed must be -1 (random) or between 0 and 4294967295, got 99999999999999."
     expect(page.locator("#txt2img-info")).to_have_text(said, timeout=30_000)
+    # and under Stop, as every refusal is (the page script took a line starting "Seed " for a result's, and left it empty)
+    expect(page.locator("#txt2img-run-status .run-status-text")).to_have_text(said)
     page.context.close()
 
 

@@ -42,7 +42,7 @@ def _pick(page, prefix: str, name: str) -> None:
     box = page.locator(f"#{prefix}-styles input").first
     box.click()
     box.fill(name)
-    page.get_by_role("option", name=name, exact=True).wait_for()
+    page.locator(f"#{prefix}-styles [role=listbox]").get_by_role("option", name=name, exact=True).wait_for()
     box.press("Enter")
     expect(page.locator(f"#{prefix}-styles .token", has_text=name)).to_be_visible()
 

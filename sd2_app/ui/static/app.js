@@ -74,7 +74,7 @@
       const line = status.querySelector(".run-status-text");
       if (!info || !line) continue;
       const text = info.innerText.trim();
-      const shown = text.startsWith("Seed ") ? "" : text.split("\n")[0];
+      const shown = /^Seed \d+ · /.test(text) ? "" : text.split("\n")[0]; // a result's line, not "Seed must be …"
       if (line.textContent !== shown) line.textContent = shown;
     }
   }, 250);
