@@ -22,6 +22,7 @@ import gradio as gr
 
 FORK = multiprocessing.get_context("fork")
 OK, FAILED, END = "ok", "failed", "end"
+ABORT_S = 120  # ZeroGPU aborts a call past its duration ("GPU task aborted"); here, a worker silent this long
 
 
 def forking_spaces_gpu(durations: list[int]) -> Callable[..., Callable[[Callable[..., Any]], Callable[..., Any]]]:
@@ -54,6 +55,9 @@ def _in_worker(task: Callable[..., Any], args: tuple, kwargs: dict, streams: boo
     worker.start()
     try:
         while True:
+            if not res_queue._reader.poll(ABORT_S):  # a stuck worker fails the call instead of the test run
+                worker.kill()
+                raise gr.Error("GPU task aborted", title="ZeroGPU worker error")
             kind, value = res_queue.get()
             if kind == FAILED:
                 raise value
