@@ -6,8 +6,7 @@ run's place while it waits at the GPU gate) and the result, or the message of a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Iterator
-from contextlib import closing
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import gradio as gr
@@ -101,17 +100,18 @@ def stream_result(
         flags.release(session, flag)
 
 
-def kept_here(service: Service, items: Generator[tuple | Result, None, None], session: str,
-              finish: Finish) -> Iterator[tuple]:
+def kept_here(service: Service, items: Iterator[tuple | Result], session: str, finish: Finish) -> Iterator[tuple]:
     """`stream_result`'s yields passed on, but a `Result` (a ZeroGPU call's, brought back unkept: `keep_result=False`)
     kept here, in the app's process (its History, its saver), then delivered. Closing this closes `items` (Stop
     reaches the run)."""
-    with closing(items):
+    try:
         for item in items:
             if isinstance(item, tuple):
                 yield item
             else:
                 yield from delivered(service.keep(item, session), finish)
+    finally:
+        getattr(items, "close", lambda: None)()  # a generator (spaces.GPU's stream) is closed; a plain iterator ends
 
 
 def delivered(result: Result, finish: Finish) -> Iterator[tuple]:
