@@ -268,3 +268,25 @@ def test_a_late_token_count_does_not_replace_a_newer_one(browser, url: str, slow
         "slow", "one two three four five"]
     page.screenshot(path=str(ARTIFACTS / "polish-late-count.png"))
     page.context.close()
+
+
+def test_the_line_under_stop_leaves_out_gradios_timer(browser, url: str) -> None:
+    """The line under Stop repeats the tab's info line; Gradio's status tracker sits in the same block (a child
+    of it) and shows an event's timer there ("0.3s", e.g. while Stop's own event runs), which the line showed
+    as if it were the info. A tracker child with a timer in it leaves the line as the info's own text says."""
+    page = _open(browser, url)
+    _go(page, "Text to image")
+    assert page.locator("#txt2img-info > [data-testid=status-tracker]").count() == 1  # where Gradio puts it
+    page.evaluate("""() => {
+        const tracker = document.createElement("div");
+        tracker.setAttribute("data-testid", "status-tracker");
+        tracker.textContent = "0.3s";
+        document.getElementById("txt2img-info").prepend(tracker);
+    }""")
+    line = page.locator("#txt2img-run-status .run-status-text")
+    seen = set()
+    for _ in range(6):  # the page script copies the info line every 250 ms
+        page.wait_for_timeout(250)
+        seen.add(line.text_content())
+    assert seen == {""}, seen
+    page.context.close()

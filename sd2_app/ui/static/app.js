@@ -68,12 +68,17 @@
     if (results && stop) followRun(results, stop);
   });
 
+  // The info line's own text: without Gradio's status tracker (`data-testid="status-tracker"`), whose timer
+  // ("0.3s") an event with the info line as an output, such as Stop's, shows in the same block.
+  const infoText = (info) => [...info.children]
+    .filter((child) => !child.matches('[data-testid="status-tracker"]'))
+    .map((child) => child.innerText).join("\n").trim();
   setInterval(() => {
     for (const status of document.querySelectorAll(".run-status")) {
       const info = document.getElementById(status.id.replace(/-run-status$/, "-info"));
       const line = status.querySelector(".run-status-text");
       if (!info || !line) continue;
-      const text = info.innerText.trim();
+      const text = infoText(info);
       const shown = /^Seed \d+ · /.test(text) ? "" : text.split("\n")[0]; // a result's line, not "Seed must be …"
       if (line.textContent !== shown) line.textContent = shown;
     }
