@@ -40,8 +40,8 @@ from sd2_app.api.a1111_catalog import catalog_routes, png_info_routes
 from sd2_app.api.a1111_errors import errors_as_http
 from sd2_app.api.job_admission import JobAdmission
 from sd2_app.api.quick_reads import MAX_QUICK_REQUESTS_PER_ADDRESS, QuickReads
-from sd2_app.api.checked import check
-from sd2_app.api.gpu_time import checked_seconds, gpu
+from sd2_app.api.checked import Checked, check
+from sd2_app.api.gpu_time import checked_seconds, gpu, gpu_calls_may_fork
 from sd2_app.api.keeper import unlisted
 from sd2_app.api.outputs import fast_png
 from sd2_app.api.progress import enlarged
@@ -116,6 +116,10 @@ class A1111Api:
         # (the request checked once, before the call: sd2_app/api/checked.py)
         self._run_in_gpu_call = gpu(
             duration=lambda checked, *args, **kwargs: checked_seconds(service, checked))(service.run)
+        # Where the call may run in a forked worker (docs/DESIGN.md, "ZeroGPU"), its arguments are pickled, and
+        # the job's progress and stop callbacks (bound to its lock-holding `_Tracked`) cannot go: there the call
+        # runs without them, its result comes back unkept and is kept here.
+        self._keep_in_call = not gpu_calls_may_fork()
         self._jobs: list[_Tracked] = []  # oldest first
         self._loads = 0  # checkpoint loads through /options still running
         self._lock = threading.Lock()
@@ -224,8 +228,7 @@ class A1111Api:
             for index, request in enumerate(job.requests):
                 tracked.iteration = index
                 try:
-                    results.append(self._run_in_gpu_call(check(self.service, request), tracked.on_progress,
-                                                         tracked.stop.is_set, owner=HISTORY_OWNER))
+                    results.append(self._run_batch(check(self.service, request), tracked))
                 except Cancelled:
                     break
         finally:
@@ -236,6 +239,17 @@ class A1111Api:
         info = a1111.info_json(job, results, tracked.started) if results else '{"interrupted": true}'
         return {"images": [base64.b64encode(data).decode("ascii") for data in encoded] if job.send_images else [],
                 "parameters": a1111.echo_parameters(body), "info": info}
+
+    def _run_batch(self, checked: Checked, tracked: _Tracked) -> Result:
+        """One batch of a job in the GPU call: with its progress and stop callbacks where the call runs here;
+        where it may run in a forked worker, without them (/progress shows no steps, /interrupt stops the job
+        before its next batch) and kept here (see `__init__`)."""
+        if self._keep_in_call:
+            return self._run_in_gpu_call(checked, tracked.on_progress, tracked.stop.is_set, owner=HISTORY_OWNER)
+        if tracked.stop.is_set():
+            raise Cancelled
+        result = self._run_in_gpu_call(checked, owner=HISTORY_OWNER, keep=False)
+        return self.service.keep(result, HISTORY_OWNER, log_here=True)
 
     def _jobs_of(self, address: str) -> list[_Tracked]:
         """The API jobs of the network address `address`, oldest first. Called with `_lock` held."""

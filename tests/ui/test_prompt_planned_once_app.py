@@ -8,10 +8,14 @@ Plans computed are counted at `prompt_plan.tokenize_prompts` (one call each)."""
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import sys
 import types
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -27,6 +31,7 @@ EDITED = "a [red:blue:0.5] hat on a [cat|dog]"
 @pytest.fixture(scope="module")
 def zerogpu_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     """(client, durations asked, prompts planned, the app's Service, its outputs folder)."""
+    from sd2_app.api.a1111_routes import A1111Api, build_router
     from sd2_app.api.service import Service
     from sd2_app.checkpoints.catalog import tiny_registry
     from sd2_app.manager import ModelManager
@@ -48,7 +53,8 @@ def zerogpu_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     try:
         demo = build_ui(service)
         add_mcp_tools(demo, service)  # the MCP tools' endpoints, as `--mcp` adds them
-        with launched(demo) as url:
+        a1111 = {"routes": build_router(A1111Api(service)).routes}  # the A1111 API, as `--api` adds it
+        with launched(demo, app_kwargs=a1111) as url:
             yield Client(url, verbose=False), durations, planned, service, outputs
     finally:
         patch.undo()
@@ -213,3 +219,25 @@ def test_a_zerogpu_mcp_tool_call_is_saved_by_the_app(zerogpu_app) -> None:
     new = {name: data for name, data in _saved(outputs).items() if name not in before}
     assert list(new) == [f"{_next_number(before):05d}-9-txt2img.png"]
     assert new[f"{_next_number(before):05d}-9-txt2img.png"] == open(image, "rb").read()
+
+
+def test_a_zerogpu_a1111_api_job_runs_in_the_worker_and_is_saved_by_the_app(zerogpu_app) -> None:
+    """An A1111 API job's GPU call, in the forked worker too: it passed the job's progress and stop callbacks,
+    bound to a lock-holding object that cannot be pickled, so every /sdapi/v1/txt2img failed there (HTTP 500).
+    It runs without them and the app's process saves each batch's image (unlisted, as the API's always are)."""
+    client, durations, _, service, outputs = zerogpu_app
+    durations.clear()
+    before = _saved(outputs)
+    body = {"prompt": "an API cat", "steps": 3, "seed": 12, "width": 64, "height": 64, "n_iter": 2,
+            "sampler_name": "Euler"}
+    reply = httpx.post(f"{client.src.rstrip('/')}/sdapi/v1/txt2img", json=body, timeout=120)
+    assert reply.status_code == 200, reply.text
+    images = [Image.open(io.BytesIO(base64.b64decode(data))) for data in reply.json()["images"]]
+    assert [image.size for image in images] == [(64, 64), (64, 64)]
+    assert durations == [15, 15]  # one GPU call per batch, through the forking spaces.GPU
+    assert json.loads(reply.json()["info"])["all_seeds"] == [12, 13]
+    assert service.flush_saves(timeout=30)
+    new = {name: data for name, data in _saved(outputs).items() if name not in before}
+    first = _next_number(before)
+    assert sorted(new) == [f"{first:05d}-12-txt2img.png", f"{first + 1:05d}-13-txt2img.png"]
+    assert [new[name] for name in sorted(new)] == [base64.b64decode(data) for data in reply.json()["images"]]
