@@ -130,7 +130,7 @@ def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
     preview = Image.new("RGB", (8, 8))
 
     class Service:  # one step, then waits for Stop, reports one more step (late) and ends cancelled
-        def run(self, request, on_progress, should_stop, owner, timings=None):
+        def run(self, request, on_progress, should_stop, owner, timings=None, keep=True):
             on_progress(1, 3, preview)
             _late_step_after_stop(on_progress, should_stop, 2, 3, preview)
 
@@ -157,8 +157,8 @@ def test_a_plot_runs_through_the_one_run_path_with_its_cells_and_stop() -> None:
     seen: dict = {}
 
     class Service:  # one cell and its step, then waits for Stop, reports one more step (late) and ends cancelled
-        def plot(self, request, on_progress, should_stop, *, owner, timings, on_cell):
-            seen.update(request=request, owner=owner, timings=dict(timings))
+        def plot(self, request, on_progress, should_stop, *, owner, timings, on_cell, keep):
+            seen.update(request=request, owner=owner, timings=dict(timings), keep=keep)
             on_cell(PlotCell(0, (0, 0, 0), None, ("Euler", "Steps: 2", ""), 2), Image.new("RGB", (8, 8)), 1.234)
             on_progress(1, 2, None)
             _late_step_after_stop(on_progress, should_stop, 2, 2, preview)
@@ -172,6 +172,7 @@ def test_a_plot_runs_through_the_one_run_path_with_its_cells_and_stop() -> None:
     assert info == "1 cell(s) done · step 1/2"
     assert [caption for _, caption in gallery] == ["Euler, Steps: 2 · 1.23 s"] and gallery[0][0].endswith("cell-1.png")
     assert seen["request"] is request and seen["owner"] == "s1" and list(seen["timings"]) == ["queue"]
+    assert seen["keep"] is True  # without `spaces` the job keeps its own result (docs/DESIGN.md, "ZeroGPU")
     assert flags.stop("s1")
     infos = [update[2] for update in updates]
     assert infos == [STOPPING, "Stopped after 2/2 steps."]

@@ -70,9 +70,10 @@
 
   // The info line's own text: without Gradio's status tracker (`data-testid="status-tracker"`), whose timer
   // ("0.3s") an event with the info line as an output, such as Stop's, shows in the same block.
-  const infoText = (info) => [...info.children]
-    .filter((child) => !child.matches('[data-testid="status-tracker"]'))
-    .map((child) => child.innerText).join("\n").trim();
+  const infoText = (info) => [...info.childNodes]
+    .filter((node) => !(node.nodeType === Node.ELEMENT_NODE && node.matches('[data-testid="status-tracker"]')))
+    .map((node) => (node.nodeType === Node.ELEMENT_NODE ? node.innerText : node.textContent).trim())
+    .filter(Boolean).join("\n");
   setInterval(() => {
     for (const status of document.querySelectorAll(".run-status")) {
       const info = document.getElementById(status.id.replace(/-run-status$/, "-info"));
