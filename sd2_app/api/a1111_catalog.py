@@ -1,6 +1,6 @@
 """The A1111 API's read-only routes: what the server offers (checkpoints, samplers, schedulers, upscalers,
-embeddings, the host's prompt styles, and no scripts or separate VAEs) and `/png-info`, which reads an image's
-parameters.
+embeddings, the host's prompt styles, and no scripts or separate VAEs), `/png-info`, which reads an image's
+parameters, and `/interrogate`, which this server does not offer (501 in A1111's error body, `INTERROGATE_MESSAGE`).
 
 None of them touches the GPU or takes a job's place. Shapes: A1111's modules/api/models.py (SDModelItem,
 SamplerItem, PromptStyleItem, SchedulerItem, UpscalerItem, EmbeddingsResponse, PNGInfoResponse) and modules/api/api.py
@@ -14,9 +14,10 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Body, Request
+from fastapi.responses import JSONResponse
 
 from sd2_app.api import a1111
-from sd2_app.api.a1111_errors import errors_as_http
+from sd2_app.api.a1111_errors import a1111_error, errors_as_http
 from sd2_app.api.a1111_samplers import SCHEDULERS
 from sd2_app.infotext_keys import PARAMETERS_KEY
 from sd2_app.pipelines.metadata import PNG_SIGNATURE
@@ -27,9 +28,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+INTERROGATE_MESSAGE = ("This server does not interrogate images (/sdapi/v1/interrogate, CLIP or DeepBooru): it has no "
+                       "interrogation model. Write the prompt yourself; /sdapi/v1/png-info reads the prompt of an "
+                       "image this server or A1111 made.")
+
 
 def catalog_routes(router: APIRouter, api: A1111Api) -> None:
-    """/sd-models, /samplers, /schedulers, /upscalers, /scripts, /prompt-styles, /sd-vae and /embeddings."""
+    """/sd-models, /samplers, /schedulers, /upscalers, /scripts, /prompt-styles, /sd-vae and /embeddings, and
+    /interrogate's refusal."""
     catalog = api.service.catalog
     names = api.service.samplers
 
@@ -69,6 +75,12 @@ def catalog_routes(router: APIRouter, api: A1111Api) -> None:
     @router.get("/embeddings")
     def embeddings() -> dict[str, dict[str, dict[str, Any]]]:
         return embeddings_response(api)
+
+    @router.post("/interrogate")
+    def interrogate() -> JSONResponse:
+        # 501 Not Implemented: the route exists in A1111's API, this server has nothing behind it (it was a 404,
+        # which A1111 clients report as a missing server or a wrong URL). The body is not read.
+        return a1111_error(501, INTERROGATE_MESSAGE)
 
 
 def embeddings_response(api: A1111Api) -> dict[str, dict[str, dict[str, Any]]]:

@@ -289,6 +289,21 @@ def test_catalog_endpoints(client) -> None:
     assert [u["model_name"] for u in client.get_upscalers()] == ["x4-upscaler"]
 
 
+def test_interrogate_answers_501_with_a1111s_error_body(app, client) -> None:
+    """/interrogate was a 404 (webuiapi's interrogate raised RuntimeError(404, '{"detail":"Not Found"}'), as for a
+    wrong URL); it answers 501 in the error body A1111's API gives, naming what the server does not offer."""
+    from sd2_app.api.a1111_catalog import INTERROGATE_MESSAGE
+
+    _, port, _ = app
+    body = {"error": "HTTPException", "detail": INTERROGATE_MESSAGE, "body": "", "errors": f"501: {INTERROGATE_MESSAGE}"}
+    image = base64.b64encode(png_bytes(noise_image(16, 16))).decode()
+    assert _post(port, "interrogate", {"image": image, "model": "clip"}) == (501, body)
+    with pytest.raises(RuntimeError) as refused:
+        client.interrogate(noise_image(16, 16), model="deepdanbooru")
+    assert refused.value.args[0] == 501 and json.loads(refused.value.args[1]) == body
+    assert _post(port, "interrogate", {"image": image}, auth=False)[0] == 401  # behind the API's auth, as every route
+
+
 def test_a_client_at_its_address_limit_is_refused_before_its_image_is_decoded(app, job_admission,
                                                                              monkeypatch) -> None:
     """The job's place is taken before its body is decoded: an img2img call over the address's limit is refused
