@@ -25,6 +25,8 @@ import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 import gradio as gr
+from gradio.exceptions import InvalidPathError
+from pydantic import ValidationError
 
 from sd2_app.ui.departures import stop_jobs_when_streams_close
 from sd2_app.ui.hosting import Hosting, for_visitors
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+UNREADABLE_FILE_VALUE = ("A file value the request sent could not be read: upload the file to this server first "
+                         "(/gradio_api/upload) and send the path it answers.")
 FLUSH_TIMEOUT_S = 60.0  # the longest the app waits at close for results still being written, or for stopped jobs
 # of another front end to return (one that is loading a model stops only when the load is done)
 
@@ -85,7 +89,21 @@ class AppBlocks(gr.Blocks):
         if refused is not None:
             log.info("refused an event: a file given by URL")
             raise gr.Error(refused, print_exception=False)
-        return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except (InvalidPathError, ValidationError) as error:  # a path not uploaded here; a file value of no shape
+            log.info("refused an event: a file value it cannot take (%s)", type(error).__name__)
+            raise gr.Error(UNREADABLE_FILE_VALUE, print_exception=False) from None
+
+    def validate_inputs(self, block_fn: Any, inputs: list[Any]) -> None:
+        """Gradio's check that an event got a value for each of its inputs. Gradio's own raised a ValueError that
+        the queue printed with a traceback and every value received (a request's whole body, megabytes a call,
+        into the host's log) and told the client nothing (`show_error=False`); this refuses in one line."""
+        needed, got = len(block_fn.inputs), len(inputs)
+        if got < needed:
+            log.info("refused an event: %d of its %d values sent", got, needed)
+            raise gr.Error(f"This endpoint takes {needed} values, in the order its API page lists them; the "
+                           f"request sent {got}.", print_exception=False)
 
     def close(self, verbose: bool = True) -> None:
         """Stop taking work, stop the running jobs, end their threads, then wait for the pending saves.

@@ -10,6 +10,8 @@ check that Gradio makes (the host must resolve to a public address) is told it d
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ import pytest
 from sd2_app.api.a1111_routes import NO_MODEL_ADMIN_MESSAGE
 from sd2_app.api.job_admission import too_many_jobs_from_address_message
 from sd2_app.ui.editor_blobs import MAX_PENDING_BYTES
+from sd2_app.ui.lifecycle import UNREADABLE_FILE_VALUE
 from sd2_app.ui.request_limits import (MAX_API_BODY_BYTES, MAX_BODY_BYTES, MAX_BODY_BYTES_IN_FLIGHT,
                                        NO_RECORDINGS_MESSAGE, REMOTE_FILE_MESSAGE, too_large_message,
                                        too_much_in_flight_message)
@@ -194,6 +197,44 @@ def test_a_file_named_by_url_in_an_unqueued_event_is_refused_before_any_download
     reliability(AREA, "an unqueued event (POST /gradio_api/run/predict, a run's end reading the gallery) whose "
                 "gallery item is {'path': 'https://<another site>/huge.png'}",
                 f"refused, HTTP {answer.status_code}: {REMOTE_FILE_REFUSAL} Downloads: 0")
+
+
+def _event_error(url: str, name: str, data: list[object]) -> str:
+    """A raw queue call of `name` with `data` (positional values): the error its event stream ends with."""
+    joined = httpx.post(f"{url}gradio_api/call/{name}", json={"data": data}, headers={"X-Forwarded-For": MALLORY},
+                        timeout=60)
+    assert joined.status_code == 200, joined.text
+    stream = httpx.get(f"{url}gradio_api/call/{name}/{joined.json()['event_id']}", timeout=120).text
+    assert stream.startswith("event: error\ndata: "), stream[:300]
+    return json.loads(stream.splitlines()[1].removeprefix("data: "))["error"]
+
+
+def test_calls_short_of_values_or_with_unreadable_files_are_refused_in_one_line(
+        app, reliability, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture) -> None:
+    """Gradio's own refusals of such calls said `{"error": null}` and printed a traceback; the short one also
+    printed every value it got, so 3 MB sent were 3 MB more in the host's log on every call."""
+    url, demo = app
+    needed = len(next(fn for fn in demo.fns.values() if fn.api_name == "txt2img").inputs)
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO):
+        short = _event_error(url, "txt2img", ["sd21-base", "y" * 3_000_000])
+        files = [_event_error(url, "png_info", [value]) for value in (
+            {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, {"path": 5}, "a string", [1, 2, 3])]
+    assert short == (f"This endpoint takes {needed} values, in the order its API page lists them; the request "
+                     "sent 2.")
+    assert files == [UNREADABLE_FILE_VALUE] * 4
+    printed = capfd.readouterr()
+    assert "Traceback" not in printed.err and len(printed.err) + len(printed.out) < 10_000, printed.err[-2000:]
+    logged = [record.getMessage() for record in caplog.records if record.getMessage().startswith("refused an event")]
+    assert logged == [f"refused an event: 2 of its {needed} values sent"] + [
+        f"refused an event: a file value it cannot take ({kind})"
+        for kind in ("InvalidPathError", "ValidationError", "ValidationError", "ValidationError")], logged
+    served = _api(url, "txt2img", ALICE, prompt="after", **API_FAST)
+    assert served.status_code == 200
+    reliability(AREA, "raw queue calls of /txt2img with 2 of its values (a 3 MB prompt) and of /png_info with "
+                "an image value of /etc/passwd, {'path': 5}, a string or a list (Gradio answered {\"error\": null} and "
+                "logged a traceback, the short call with every value it got)",
+                f"the event ends with \"{short}\" / \"{UNREADABLE_FILE_VALUE}\"; one log line each, nothing printed")
 
 
 def test_screen_recordings_are_not_processed(app, reliability, monkeypatch: pytest.MonkeyPatch) -> None:
