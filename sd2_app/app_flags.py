@@ -31,6 +31,11 @@ DEFAULT_CACHE_MINUTES = 60.0
 # each holds a copy of every component's config, and any client can start a new session with every request.
 # Gradio's own default is 10,000.
 DEFAULT_MAX_SESSIONS = 1000
+# Of those, the sessions one network address may hold in public modes (`is_public`): past it, that address's own
+# least recently used session goes, never another address's (`sd2_app.ui.session_addresses`). Each browser tab
+# and page load is a session, and offices and mobile networks put many visitors behind one address; 0 turns the
+# bound off. Locally (loopback) there is none unless one is given: every client there is the operator's.
+DEFAULT_MAX_SESSIONS_PER_ADDRESS = 100
 
 
 def _env_number(name: str, default: float | None, kind: type = int) -> float | None:
@@ -69,10 +74,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.max_jobs_per_address is None:  # neither the flag nor its variable: the mode decides
         args.max_jobs_per_address = DEFAULT_MAX_JOBS_PER_ADDRESS if is_public(args) else 0
+    if args.max_sessions_per_address is None:
+        args.max_sessions_per_address = DEFAULT_MAX_SESSIONS_PER_ADDRESS if is_public(args) else 0
     if args.auth is not None and ":" not in args.auth:
         p.error("--auth takes USER:PASSWORD")
-    if min(args.max_jobs_per_address, args.trusted_proxy_hops, args.max_upload_mb_per_address) < 0:
-        p.error("--max-jobs-per-address, --max-upload-mb-per-address and --trusted-proxy-hops take 0 or more")
+    if min(args.max_jobs_per_address, args.trusted_proxy_hops, args.max_upload_mb_per_address,
+           args.max_sessions_per_address) < 0:
+        p.error("--max-jobs-per-address, --max-upload-mb-per-address, --max-sessions-per-address and "
+                "--trusted-proxy-hops take 0 or more")
     if min(args.max_sessions, args.queue_size) < 1:
         p.error("--max-sessions and --queue-size take 1 or more")
     if args.serve:
@@ -130,6 +139,11 @@ def _visitor_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:
     p.add_argument("--max-sessions", type=int, default=_env_number("SD2APP_MAX_SESSIONS", DEFAULT_MAX_SESSIONS),
                    help="browser/API sessions whose state the server keeps, the least recently used dropped first "
                         "(default %(default)s, $SD2APP_MAX_SESSIONS)")
+    p.add_argument("--max-sessions-per-address", type=int,
+                   default=_env_number("SD2APP_MAX_SESSIONS_PER_ADDRESS", None),
+                   help="of those, the sessions one network address (an IPv6 /64) may hold, its own least recently "
+                        f"used dropped first; 0 = no limit (default {DEFAULT_MAX_SESSIONS_PER_ADDRESS} in public "
+                        "modes, else no limit; $SD2APP_MAX_SESSIONS_PER_ADDRESS)")
     p.add_argument("--trusted-proxy-hops", type=int, metavar="N",
                    default=_env_number("SD2APP_TRUSTED_PROXY_HOPS", 1 if os.environ.get("SPACE_ID") else 0),
                    help="trusted reverse proxies in front of the app, each appending to X-Forwarded-For: a client's "

@@ -55,7 +55,8 @@ def build(args: argparse.Namespace) -> AppBlocks:
                       max_jobs_per_visitor=args.max_jobs_per_session, max_jobs_per_address=args.max_jobs_per_address,
                       max_upload_mb_per_address=args.max_upload_mb_per_address,
                       trusted_proxy_hops=args.trusted_proxy_hops,
-                      model_admin=model_admin(args), max_sessions=args.max_sessions)
+                      model_admin=model_admin(args), max_sessions=args.max_sessions,
+                      max_sessions_per_address=args.max_sessions_per_address)
     if service.concurrency > args.queue_size:
         logging.getLogger("app").warning(
             "--queue-size %d is below the %d jobs the GPU queue can run at once: at most %d will run",

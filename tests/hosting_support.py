@@ -9,6 +9,7 @@ for what it shows a visitor.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -98,6 +99,23 @@ def queue_join(url: str, forwarded_for: str | None, **values: object) -> httpx.R
     headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
     return httpx.post(f"{url}gradio_api/call/txt2img", json={"data": txt2img_data(url, **values)}, headers=headers,
                       timeout=30)
+
+
+def fn_index_of(url: str, api_name: str) -> int:
+    """The event number of the app's event named `api_name` (its /config)."""
+    return {d.get("api_name"): d["id"] for d in httpx.get(f"{url}config", timeout=30).json()["dependencies"]}[api_name]
+
+
+def read_stream(client: httpx.Client, session_hash: str) -> list[dict]:
+    """The messages of a session's event stream (`client`: an httpx.Client on the app's URL), read to its end."""
+    messages = []
+    with client.stream("GET", "gradio_api/queue/data", params={"session_hash": session_hash}) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                messages.append(json.loads(line[5:]))
+                if messages[-1]["msg"] in ("close_stream", "unexpected_error"):
+                    break
+    return messages
 
 
 def stop_queued_jobs(demo: object) -> None:

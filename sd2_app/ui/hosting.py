@@ -30,13 +30,14 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TYPE_CHECKING
 
 from fastapi.exceptions import RequestValidationError
 from starlette.middleware import Middleware
 
 from sd2_app.app_flags import (DEFAULT_CACHE_MINUTES, DEFAULT_MAX_JOBS_PER_ADDRESS, DEFAULT_MAX_JOBS_PER_VISITOR,
-                               DEFAULT_MAX_SESSIONS, DEFAULT_UPLOAD_MB_PER_ADDRESS)
+                               DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSIONS_PER_ADDRESS, DEFAULT_UPLOAD_MB_PER_ADDRESS)
 from sd2_app.api.job_admission import DEFAULT_QUEUE_SIZE, JobAdmission, Refusal
 from sd2_app.api.addresses import ClientAddresses, starlette_request
 from sd2_app.api.quick_reads import MAX_QUICK_REQUESTS_PER_ADDRESS, too_many_quick_requests_message
@@ -47,6 +48,7 @@ from sd2_app.ui.join_refusals import MAX_SESSION_HASH_CHARS, SESSION_HASH_REFUSA
 from sd2_app.ui.mcp_addresses import McpCallerMiddleware
 from sd2_app.ui.request_limits import RequestLimitsMiddleware
 from sd2_app.ui.runner import GPU_QUEUE, RunFlag
+from sd2_app.ui.session_addresses import AddressBoundStateHolder, RequestAddressMiddleware
 from sd2_app.ui.session_messages import keep_live_sessions
 from sd2_app.ui.stream_checks import UnknownStreamMiddleware
 from sd2_app.byte_limits import MB
@@ -81,6 +83,7 @@ class Hosting:
     trusted_proxy_hops: int = 0  # trusted reverse proxies in front, appending to X-Forwarded-For (`addresses`)
     model_admin: bool = True  # visitors may load and unload checkpoints (off by default in public modes)
     max_sessions: int = DEFAULT_MAX_SESSIONS  # sessions kept with nothing waiting or running (`session_messages`)
+    max_sessions_per_address: int = DEFAULT_MAX_SESSIONS_PER_ADDRESS  # of them one address's; 0: no limit
 
 
 def too_many_jobs_message(limit: int) -> str:
@@ -245,9 +248,11 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
     """Ready `demo` for a launch that serves visitors: close the direct REST routes, watch the queue and keep its
     finished sessions' streams bounded (`sd2_app.ui.session_messages`); returns the
     `app_kwargs` for Gradio's `launch`, with the request-limits (`sd2_app.ui.request_limits`), MCP caller
-    (`sd2_app.ui.mcp_addresses`), visitor-cookie, upload-budget, unknown-stream (`sd2_app.ui.stream_checks`) and
-    unknown-event (`sd2_app.ui.event_checks`) middlewares, the sweep of the app's cached files on `delete_cache`'s schedule and
-    sessions that copy no component settings ahead (`sd2_app.ui.light_sessions`) added to the caller's."""
+    (`sd2_app.ui.mcp_addresses`), request-address, visitor-cookie, upload-budget, unknown-stream
+    (`sd2_app.ui.stream_checks`) and unknown-event (`sd2_app.ui.event_checks`) middlewares, the sweep of the app's
+    cached files on `delete_cache`'s schedule and sessions that copy no component settings ahead
+    (`sd2_app.ui.light_sessions`), at most `max_sessions_per_address` of one address
+    (`sd2_app.ui.session_addresses`), added to the caller's."""
     demo.api_open = False
     visitors.watch(demo._queue)  # every Blocks has its queue (gradio/blocks.py, Blocks.__init__)
     keep_live_sessions(demo._queue, hosting.max_sessions)
@@ -258,6 +263,7 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []),
                                 Middleware(RequestLimitsMiddleware, addresses=visitors.addresses),
                                 Middleware(McpCallerMiddleware, addresses=visitors.addresses),
+                                Middleware(RequestAddressMiddleware, addresses=visitors.addresses),
                                 Middleware(VisitorMiddleware, cookies=visitors.cookies),
                                 Middleware(UploadBudgetMiddleware, budget=budget, addresses=visitors.addresses),
                                 Middleware(UnknownStreamMiddleware, queue=demo._queue),
@@ -265,6 +271,8 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
     # a 422's echo of a body's 1e400 or NaN (`sd2_app.ui.validation_errors`)
     app_kwargs["exception_handlers"] = {**app_kwargs.get("exception_handlers", {}),
                                         RequestValidationError: validation_error_answer}
-    lifespan = light_sessions_lifespan(app_kwargs.get("lifespan"))  # a new session costs what it uses
+    # a new session costs what it uses, and one address's new sessions push out only its own
+    holder = partial(AddressBoundStateHolder, hosting.max_sessions_per_address)
+    lifespan = light_sessions_lifespan(app_kwargs.get("lifespan"), holder)
     app_kwargs["lifespan"] = sweeping_lifespan(cache[0], cache[1], lifespan) if cache else lifespan
     return app_kwargs

@@ -57,13 +57,15 @@ class LightStateHolder(StateHolder):
         return super().__getitem__(session_id)
 
 
-def light_sessions_lifespan(inner: Lifespan | None = None) -> Lifespan:
+def light_sessions_lifespan(inner: Lifespan | None = None,
+                            make_holder: Callable[[], LightStateHolder] = LightStateHolder) -> Lifespan:
     """A FastAPI lifespan (`launch(app_kwargs={"lifespan": ...})`) that gives Gradio's server app a
-    `LightStateHolder` for the same Blocks when it starts, before any session exists, around `inner` when given."""
+    `LightStateHolder` (`make_holder()`) for the same Blocks when it starts, before any session exists, around
+    `inner` when given."""
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[Any]:
-        holder = LightStateHolder()
+        holder = make_holder()
         holder.set_blocks(app.state_holder.blocks)
         app.state_holder = holder
         if inner is None:

@@ -1,12 +1,14 @@
 """Safe to host in public, what a visitor cannot make the server keep: queue places and uploads from one
-network address whatever its cookies, and the app's own files in Gradio's cache, through the running app.
+network address whatever its cookies, the sessions one address may hold, and the app's own files in Gradio's
+cache, through the running app.
 
 The app is `python app.py --host 0.0.0.0 --trusted-proxy-hops 1 --max-jobs-per-address 3
---max-upload-mb-per-address 1 --max-sessions 20` served in-process on a free loopback port (the tiny checkpoints), as behind a
-trusted reverse proxy: the test plays the proxy, appending the client's address to X-Forwarded-For. uvicorn is
-told to trust no proxy of its own (FORWARDED_ALLOW_IPS names an address that is not ours), so the address the
-app counts is the app's own reading of the header. The cache test has its own app with `--cache-minutes 0.05`.
-Gradio's cache folder is a private one, so the 3 s cache age touches no other app's files.
+--max-upload-mb-per-address 1 --max-sessions 20 --max-sessions-per-address 5` served in-process on a free loopback
+port (the tiny checkpoints), as behind a trusted reverse proxy: the test plays the proxy, appending the client's
+address to X-Forwarded-For. uvicorn is told to trust no proxy of its own (FORWARDED_ALLOW_IPS names an address that
+is not ours), so the address the app counts is the app's own reading of the header. The cache test has its own
+app with `--cache-minutes 0.05`. Gradio's cache folder is a private one, so the 3 s cache age touches no other
+app's files.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from gradio_client import Client  # noqa: E402
 from sd2_app.api.job_admission import too_many_jobs_from_address_message  # noqa: E402
 from sd2_app.ui.cache_files import results_folder  # noqa: E402
 from sd2_app.ui.runner import cached_file  # noqa: E402
-from tests.hosting_support import FAST, queue_join, served_behind_proxy, stop_queued_jobs  # noqa: E402
+from tests.hosting_support import (FAST, event_data, fn_index_of, queue_join, read_stream,  # noqa: E402
+                                   served_behind_proxy, stop_queued_jobs)
 from tests.reliability_report import reliability, track_module  # noqa: E402,F401
 from tests.reliability_support import one_thread  # noqa: E402,F401
 
@@ -34,12 +37,14 @@ AREA = "Hosting"
 SLOW = {**FAST, "steps": 150}  # about 10 s on the tiny checkpoints: long enough to queue others behind it
 ADDRESS_LIMIT = 3
 SESSIONS = 20
+SESSIONS_PER_ADDRESS = 5
 
 
 @pytest.fixture(scope="module")
 def proxied_app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
     with served_behind_proxy(["--max-jobs-per-address", str(ADDRESS_LIMIT), "--max-upload-mb-per-address", "1",
-                              "--max-sessions", str(SESSIONS)], tmp_path_factory) as served:
+                              "--max-sessions", str(SESSIONS), "--max-sessions-per-address", str(SESSIONS_PER_ADDRESS)],
+                             tmp_path_factory) as served:
         yield served
 
 
@@ -163,9 +168,11 @@ def test_new_sessions_cannot_grow_the_servers_memory_without_bound(proxied_app, 
     config = httpx.get(f"{url}config", timeout=30).json()
     status = next(i for i, d in enumerate(config["dependencies"]) if d.get("api_name") == "models_status")
     hashes = [f"script-session-{n}" for n in range(3 * SESSIONS)]
-    for session_hash in hashes:  # a script that starts a new session with every call (cheap CPU event)
-        joined = httpx.post(f"{url}gradio_api/queue/join", timeout=30, json={
-            "data": [], "fn_index": status, "session_hash": session_hash, "event_data": None, "trigger_id": None})
+    for n, session_hash in enumerate(hashes):  # scripts that start a new session with every call (cheap CPU
+        # event), each from an address of its own: the per-address bound never applies, the store's does
+        joined = httpx.post(f"{url}gradio_api/queue/join", timeout=30, headers={"X-Forwarded-For": f"192.0.2.{n}"},
+                            json={"data": [], "fn_index": status, "session_hash": session_hash, "event_data": None,
+                                  "trigger_id": None})
         assert joined.status_code == 200, joined.text
     deadline = time.monotonic() + 30
     holder = demo.state_holder  # type: ignore[attr-defined]
@@ -173,9 +180,57 @@ def test_new_sessions_cannot_grow_the_servers_memory_without_bound(proxied_app, 
         time.sleep(0.1)
     kept = list(holder.session_data)
     assert len(kept) <= SESSIONS and hashes[-1] in kept and hashes[0] not in kept, (len(kept), kept[:3])
-    reliability(AREA, f"{len(hashes)} calls, each with a new session id (--max-sessions {SESSIONS}; raw HTTP)",
+    reliability(AREA, f"{len(hashes)} calls, each with a new session id, from {len(hashes)} addresses "
+                      f"(--max-sessions {SESSIONS}; raw HTTP)",
                 f"the server keeps {len(kept)} sessions' state, the most recent ones (Gradio would keep 10,000, "
                 "each with a copy of every component's config)")
+
+
+def _page_event(url: str, forwarded_for: str, session_hash: str, api_name: str, data: list | None = None,
+                **values: object) -> list[dict]:
+    """A page's event: a queue join of `api_name` under `session_hash` by the client at `forwarded_for` (its
+    `data`, else the API's defaults and `values`), its stream read to the end."""
+    with httpx.Client(base_url=url, timeout=120, headers={"X-Forwarded-For": forwarded_for}) as client:
+        join = {"data": event_data(url, f"/{api_name}", **values) if data is None else data,
+                "fn_index": fn_index_of(url, api_name), "session_hash": session_hash}
+        assert client.post("gradio_api/queue/join", json=join).status_code == 200
+        return read_stream(client, session_hash)
+
+
+def _reused_seed(url: str, forwarded_for: str, session_hash: str) -> object:
+    """What the page's "Reuse last seed" puts in the seed box (its last result's seed, read from the session's
+    state), or the warning it shows instead."""
+    messages = _page_event(url, forwarded_for, session_hash, "txt2img_reuse_seed", data=[None])
+    done = next(message for message in messages if message["msg"] == "process_completed")
+    warnings = [message["log"] for message in messages if message["msg"] == "log"]
+    return warnings[0] if warnings else done["output"]["data"][0]
+
+
+def test_new_sessions_from_one_address_push_out_only_that_addresss_own(proxied_app, reliability) -> None:
+    """A visitor has a result (its page's session state holds the seed "Reuse last seed" reads); a script at
+    another address then opens --max-sessions + 1 sessions under new hashes. Gradio kept the least recently used
+    sessions of everyone together, so the visitor's state was pushed out: "Generate an image first." The script's
+    address keeps at most --max-sessions-per-address sessions, its own least recently used going first: a
+    neighbour behind the same address loses theirs, the visitor elsewhere keeps theirs."""
+    url, demo = proxied_app
+    visitor, script = "203.0.113.40", "198.51.100.66"
+    _page_event(url, visitor, "visitor-page", "txt2img", prompt="mine", seed=4242)
+    _page_event(url, script, "neighbour-page", "txt2img", prompt="the neighbour's", seed=77)
+    hashes = [f"flood-{n}" for n in range(SESSIONS + 1)]
+    for session_hash in hashes:
+        assert _page_event(url, script, session_hash, "models_status", data=[])[-1]["msg"] == "close_stream"
+    holder = demo.state_holder  # type: ignore[attr-defined]
+    kept = [session_hash for session_hash in holder.session_data if session_hash.startswith("flood-")]
+    pages = [page for page in ("visitor-page", "neighbour-page") if page in holder.session_data]
+    seeds = _reused_seed(url, visitor, "visitor-page"), _reused_seed(url, script, "neighbour-page")
+    assert seeds == (4242, "Generate an image first."), seeds
+    assert pages == ["visitor-page"] and kept == hashes[-SESSIONS_PER_ADDRESS:], (pages, kept)
+    reliability(AREA, f"a visitor has a result; a script at another address then opens {len(hashes)} sessions "
+                      f"under new hashes (--max-sessions {SESSIONS}, --max-sessions-per-address "
+                      f"{SESSIONS_PER_ADDRESS}; raw HTTP, trusted proxy)",
+                f"the script's address keeps its {len(kept)} newest sessions; the visitor's Reuse last seed still "
+                "gives 4242, a neighbour behind the script's address lost theirs (Gradio pushed out the "
+                "least recently used of everyone's: the visitor's state was gone)")
 
 
 def test_history_memory_is_bounded_in_bytes_not_only_in_entries(proxied_app, reliability) -> None:

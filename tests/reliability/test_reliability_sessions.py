@@ -24,7 +24,7 @@ from sd2_app.ui.event_checks import unknown_event_message
 from sd2_app.ui.request_limits import NO_DEEP_LINKS_MESSAGE
 from sd2_app.ui.stream_checks import UNKNOWN_STREAM_MESSAGE
 from sd2_app.ui.visitors import COOKIE as VISITOR_COOKIE
-from tests.hosting_support import API_FAST, CallsAtOnce, event_data, txt2img_data
+from tests.hosting_support import API_FAST, CallsAtOnce, event_data, fn_index_of, read_stream, txt2img_data
 from tests.reliability_report import reliability, track_module  # noqa: F401
 from tests.reliability_support import one_thread, serve  # noqa: F401
 
@@ -41,28 +41,12 @@ def app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield served
 
 
-def _stream(client: httpx.Client, session_hash: str) -> list[dict]:
-    """The messages of a session's event stream, read to its end."""
-    messages = []
-    with client.stream("GET", "gradio_api/queue/data", params={"session_hash": session_hash}) as stream:
-        for line in stream.iter_lines():
-            if line.startswith("data:"):
-                messages.append(json.loads(line[5:]))
-                if messages[-1]["msg"] in ("close_stream", "unexpected_error"):
-                    break
-    return messages
-
-
-def _fn_index(url: str, api_name: str) -> int:
-    return {d.get("api_name"): d["id"] for d in httpx.get(f"{url}config", timeout=30).json()["dependencies"]}[api_name]
-
-
 def _visitor(url: str, fn_index: int, seen: list[dict]) -> None:
     """A browser's txt2img: the join, then its event stream read to the end into `seen`."""
     with httpx.Client(base_url=url, timeout=300) as client:
         join = {"data": txt2img_data(url, prompt="the visitor's"), "fn_index": fn_index, "session_hash": "visitor"}
         assert client.post("gradio_api/queue/join", json=join).status_code == 200
-        seen.extend(_stream(client, "visitor"))
+        seen.extend(read_stream(client, "visitor"))
 
 
 def test_sessions_of_finished_events_stay_bounded_and_a_running_one_is_kept(app, reliability,
@@ -89,7 +73,7 @@ def test_sessions_of_finished_events_stay_bounded_and_a_running_one_is_kept(app,
                 join = {"data": [None], "fn_index": fn_index["png_info"], "session_hash": f"new-{n}"}
                 assert client.post("gradio_api/queue/join", json=join).status_code == 200
                 if n % 2:
-                    assert _stream(client, f"new-{n}")[-1]["msg"] == "close_stream"
+                    assert read_stream(client, f"new-{n}")[-1]["msg"] == "close_stream"
         kept = (len(queue.pending_messages_per_session), len(queue.pending_event_ids_session))
     finally:
         release.set()
@@ -161,9 +145,9 @@ def test_a_stream_of_an_unknown_session_or_event_answers_404_in_words(app, relia
         answers = [client.get("gradio_api/queue/data", params={"session_hash": "nobody-joined"}),
                    client.get("gradio_api/call/png_info/0123456789abcdef"),
                    client.get("gradio_api/call/v2/png_info/0123456789abcdef")]
-        join = {"data": [None], "fn_index": _fn_index(url, "png_info"), "session_hash": "joined"}
+        join = {"data": [None], "fn_index": fn_index_of(url, "png_info"), "session_hash": "joined"}
         assert client.post("gradio_api/queue/join", json=join).status_code == 200
-        read = _stream(client, "joined")
+        read = read_stream(client, "joined")
         called = client.post("gradio_api/call/png_info", json={"data": [None]}).json()["event_id"]
         result = client.get(f"gradio_api/call/png_info/{called}").text
     assert [(answer.status_code, answer.json()) for answer in answers] == [
@@ -206,7 +190,7 @@ def _visitor_client(url: str) -> httpx.Client:
 
 
 def _join(client: httpx.Client, session_hash: str, api_name: str, **values: object) -> None:
-    fn_index = _fn_index(str(client.base_url), api_name)
+    fn_index = fn_index_of(str(client.base_url), api_name)
     join = {"data": event_data(str(client.base_url), f"/{api_name}", **values), "fn_index": fn_index,
             "session_hash": session_hash}
     assert client.post("gradio_api/queue/join", json=join).status_code == 200
@@ -326,14 +310,14 @@ def test_a_new_session_hash_costs_only_what_its_events_change(app, reliability) 
     url, demo = app
     sessions = demo.server_app.state_holder.session_data  # type: ignore[attr-defined]
     everything = [dict(config) for config in SessionState(demo).components]
-    fn_index = _fn_index(url, "png_info")
+    fn_index = fn_index_of(url, "png_info")
     tracemalloc.start()
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
             for n in range(10):
                 join = {"data": [None], "fn_index": fn_index, "session_hash": f"light-{n}"}
                 assert client.post("gradio_api/queue/join", json=join).status_code == 200
-                assert _stream(client, f"light-{n}")[-1]["msg"] == "close_stream"
+                assert read_stream(client, f"light-{n}")[-1]["msg"] == "close_stream"
         grown = tracemalloc.get_traced_memory()[0] / 10
     finally:
         tracemalloc.stop()

@@ -18,7 +18,7 @@ import app
 from sd2_app import webapp
 from sd2_app.api.addresses import ClientAddresses, network_key
 from sd2_app.ui.cache_files import results_folder, sweep, sweeping_lifespan
-from sd2_app.app_flags import DEFAULT_MAX_SESSIONS
+from sd2_app.app_flags import DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSIONS_PER_ADDRESS
 from sd2_app.api.job_admission import Refusal, server_busy_message, too_many_jobs_from_address_message
 from sd2_app.ui.hosting import (DEFAULT_MAX_JOBS_PER_ADDRESS, GPU_QUEUE, OTHER_EVENT_PLACES, OTHER_EVENTS_BUSY_MESSAGE,
                                 Visitors, gradio_max_size, too_many_jobs_message)
@@ -246,6 +246,20 @@ def test_the_address_flags_and_their_defaults(monkeypatch: pytest.MonkeyPatch) -
     assert webapp.launch_settings(args)["state_session_capacity"] == args.max_sessions == DEFAULT_MAX_SESSIONS == 1000
 
 
+def test_the_sessions_per_address_flag_and_its_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SPACE_ID", "SD2APP_MAX_SESSIONS_PER_ADDRESS", "GRADIO_SERVER_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    assert app.parse_args([]).max_sessions_per_address == 0  # loopback: every client is the operator's
+    for public in (["--host", "0.0.0.0"], ["--share"]):
+        assert app.parse_args(public).max_sessions_per_address == DEFAULT_MAX_SESSIONS_PER_ADDRESS == 100, public
+    assert app.parse_args(["--max-sessions-per-address", "7"]).max_sessions_per_address == 7
+    assert app.parse_args(["--host", "::", "--max-sessions-per-address", "0"]).max_sessions_per_address == 0
+    monkeypatch.setenv("SD2APP_MAX_SESSIONS_PER_ADDRESS", "9")
+    assert app.parse_args([]).max_sessions_per_address == app.parse_args(["--share"]).max_sessions_per_address == 9
+    with pytest.raises(SystemExit):
+        app.parse_args(["--max-sessions-per-address", "-1"])
+
+
 def test_the_built_app_limits_jobs_per_address_in_public_modes_only(monkeypatch: pytest.MonkeyPatch,
                                                                      tmp_path: Path) -> None:
     """What `webapp.build` gives the queue's watch and the A1111 API (one `JobAdmission`) for each mode's default."""
@@ -263,6 +277,7 @@ def test_the_built_app_limits_jobs_per_address_in_public_modes_only(monkeypatch:
         demo = webapp.build(args)
         try:
             assert demo.hosting.max_jobs_per_address == demo.flags.visitors.job_admission.limit == limit, extra
+            assert demo.hosting.max_sessions_per_address == (100 if "0.0.0.0" in extra else 0), extra
             assert demo.flags.visitors.job_admission.queue_size == 5  # --queue-size: the GPU jobs' one bound
             assert demo._queue.max_size == gradio_max_size(5)  # Gradio's: GPU jobs' and other events' places
         finally:
