@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 
 PICKED = ("sampler", "checkpoint", "hires_sampler", "hires_upscaler", "styles")  # values picked from a list
+TYPED_HINT = "20, 30, 40 or 10-40 (+10)"  # the values box's placeholder for a kind with no hint of its own
 HINTS = {"prompt_sr": "the first value is searched in the prompt: cat, dog, tiger",
          "prompt_order": "terms of the prompt, put in every order: cat, dog, tiger (at most 4)",
          "use_karras": "on, off", "seed": "1, 2, 3 or 1-4", "variation_seed": "1, 2, 3 or -1 (random)",
@@ -84,7 +85,7 @@ def _axis_row(name: str, kind: str, picks: dict[str, list[tuple[str, str]]]) -> 
     choices += [(spec.label, key) for key, spec in AXES.items() if key in picks]
     with gr.Row(equal_height=True, elem_classes=["phone-stack"]):  # on a phone the values go under the type (app.css)
         kind_box = gr.Dropdown(choices, value=kind, label=f"{name} type", scale=2, elem_id=f"{prefix}-type")
-        text = gr.Textbox(label=f"{name} values", placeholder="20, 30, 40 or 10-40 (+10)", scale=5,
+        text = gr.Textbox(label=f"{name} values", placeholder=HINTS.get(kind, TYPED_HINT), scale=5,
                           visible=kind not in PICKED and kind != "nothing", elem_id=f"{prefix}-values")
         start = [n for n in PLOT_SAMPLERS if n in dict((v, v) for _, v in picks["sampler"])] if kind == "sampler" else []
         picked = gr.Dropdown(picks.get(kind, picks["sampler"]), value=start, multiselect=True, allow_custom_value=True,
@@ -97,22 +98,71 @@ def _axis_row(name: str, kind: str, picks: dict[str, list[tuple[str, str]]]) -> 
     return AxisControls(kind_box, text, picked, select_all, select_none)
 
 
-def _wire_axis(axis: AxisControls, picks: dict[str, list[tuple[str, str]]], prefix: str) -> None:
-    def follow_kind(kind: str) -> tuple:
-        listed = kind in PICKED
-        hint = HINTS.get(kind, "20, 30, 40 or 10-40 (+10)")
-        # A listed kind's values are picked: its hidden text box is emptied, as typed values would win (make_axis)
-        text = gr.update(visible=False, value="") if listed else gr.update(visible=kind != "nothing", placeholder=hint)
-        return (text,
-                gr.update(visible=listed, choices=picks.get(kind, []), value=[]),
-                gr.update(visible=listed), gr.update(visible=listed))
+def _row_updates(kind: str, picks: dict[str, list[tuple[str, str]]], text: Any = None, picked: Any = ()) -> tuple:
+    """The updates of an axis row's text box, picked values and All/None buttons for `kind`: a listed kind shows
+    its own choices with `picked` and hides the text box, emptied (typed values would win: `make_axis`); a typed
+    kind shows the text box with its hint and `text` (None: as it is); "nothing" hides both."""
+    listed = kind in PICKED
+    if listed:
+        box = gr.update(visible=False, value="")
+    else:
+        box = gr.update(visible=kind != "nothing", placeholder=HINTS.get(kind, TYPED_HINT))
+        if text is not None:
+            box["value"] = text
+    return (box, gr.update(visible=listed, choices=picks.get(kind, []), value=list(picked or []) if listed else []),
+            gr.update(visible=listed), gr.update(visible=listed))
 
-    axis.kind.change(follow_kind, axis.kind, [axis.text, axis.picked, axis.select_all, axis.select_none],
-                     api_name=f"{prefix}_kind", api_visibility="private", queue=False)
+
+def _wire_axis(axis: AxisControls, picks: dict[str, list[tuple[str, str]]], prefix: str) -> None:
+    # `input`, not `change`: a swap (`_wire_swaps`) sets the type with its values, which this would empty
+    axis.kind.input(lambda kind: _row_updates(kind, picks), axis.kind,
+                    [axis.text, axis.picked, axis.select_all, axis.select_none], api_name=f"{prefix}_kind",
+                    api_visibility="private", queue=False)
     axis.select_all.click(lambda kind: [value for _, value in picks.get(kind, [])], axis.kind, axis.picked,
                           api_name=f"{prefix}_all", api_visibility="private", queue=False)
     axis.select_none.click(lambda: [], None, axis.picked, api_name=f"{prefix}_none", api_visibility="private",
                            queue=False)
+
+
+def swap_refusal(first: str, second: str, kinds: tuple[Any, Any]) -> str | None:
+    """Why the axes `first` and `second` (AXIS_NAMES) cannot swap types `kinds`, or None: the X axis must vary
+    something ("Choose what the X axis varies." on a run)."""
+    for name, other, kind in ((first, second, kinds[1]), (second, first, kinds[0])):
+        if name == "X" and (not kind or kind == "nothing"):
+            return (f"Swap {first}/{second}: the {other} axis varies nothing, and the X axis must vary something; "
+                    f"choose a {other} type first.")
+    return None
+
+
+def _swapper(first: str, second: str, picks: dict[str, list[tuple[str, str]]]) -> Callable[..., tuple]:
+    """The handler of "Swap `first`/`second` axes": (type, text, picked) of both rows in, each row's updates
+    (type, then `_row_updates`) out with the other's type and values; nothing changes where `swap_refusal` says
+    no (a toast says why)."""
+    def swap(kind_a: Any, text_a: Any, picked_a: Any, kind_b: Any, text_b: Any, picked_b: Any) -> tuple:
+        refusal = swap_refusal(first, second, (kind_a, kind_b))
+        if refusal is not None:
+            gr.Warning(refusal)
+            return (gr.skip(),) * 10
+        return (gr.update(value=kind_b), *_row_updates(kind_b, picks, text_b, picked_b),
+                gr.update(value=kind_a), *_row_updates(kind_a, picks, text_a, picked_a))
+
+    return swap
+
+
+def _wire_swaps(axes: list[AxisControls], picks: dict[str, list[tuple[str, str]]]) -> None:
+    """A1111's "Swap X/Y axes", "Swap Y/Z axes" and "Swap X/Z axes" buttons, in a row under the options as there
+    (scripts/xyz_grid.py, `swap_axes`): two axis rows trade their type and values, typed or picked, and each
+    row's choices and hint follow its new type. Nothing runs."""
+    rows = dict(zip(AXIS_NAMES, axes))
+    with gr.Row(elem_id="xyz-swaps"):
+        for first, second in (("X", "Y"), ("Y", "Z"), ("X", "Z")):
+            button = gr.Button(f"Swap {first}/{second} axes", size="sm",
+                               elem_id=f"xyz-swap-{first.lower()}{second.lower()}")
+            pair = (rows[first], rows[second])
+            button.click(_swapper(first, second, picks), [w for a in pair for w in (a.kind, a.text, a.picked)],
+                         [w for a in pair for w in (a.kind, a.text, a.picked, a.select_all, a.select_none)],
+                         api_name=f"xyz_swap_{first.lower()}{second.lower()}", api_visibility="private",
+                         show_progress="hidden")  # queued: a refusal's toast reaches the page only so
 
 
 def make_axis(kind: Any, text: Any, picked: Any) -> PlotAxis | None:
@@ -216,6 +266,7 @@ def build(service: Service, flags: StopFlags) -> ResultPanel:
     with frame.columns(extra=tables, send_to=SEND_TO):
         axes = [_axis_row(name, kind, picks) for name, kind in zip(AXIS_NAMES, ("sampler", "nothing", "nothing"))]
         options = _options()
+        _wire_swaps(axes, picks)
         checkpoint = frame.checkpoint("txt2img", elem_id="xyz-checkpoint")
         width, height = frame.size_sliders(checkpoint)
         controls = frame.sampling(batch=False, task="txt2img", eta=False)  # eta is an axis here

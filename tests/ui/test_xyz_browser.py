@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from sd2_app.api.plot_grid import draw_grid
+from sd2_app.pipelines.metadata import parse_parameters
 from tests.reliability_support import one_thread  # noqa: F401 (a fixture)
 from tests.ui.test_browser import _go, _pick, _set_number, _shot, expect
 from tests.ui.test_prompt_styles_browser import page  # noqa: F401 (a fixture: the styles app, oil and frame)
@@ -133,3 +135,60 @@ def test_a_picked_cell_is_sent_on_with_its_own_settings(page) -> None:  # noqa: 
     _expect_sent(page, "txt2img", "a red barn", 11, 2)
     for elem_id in ("txt2img-width", "txt2img-height"):
         expect(page.locator(f"#{elem_id} input[type=number]")).to_have_value("64")
+
+
+def _axis_shown(page, name: str) -> tuple[str, str | None, list[str] | None]:
+    """An axis row as a visitor sees it: its type, its typed values (None: the box is hidden) and its picked values
+    (None: the list is hidden)."""
+    prefix = f"#xyz-{name.lower()}"
+    kind = page.locator(f"{prefix}-type input").input_value()
+    text = page.locator(f"{prefix}-values textarea")
+    picked = page.locator(f"{prefix}-picked")
+    return (kind, text.input_value() if text.is_visible() else None,
+            picked.locator(".token").all_inner_texts() if picked.is_visible() else None)
+
+
+def test_swapping_axes_trades_types_and_values_and_the_run_follows(page) -> None:  # noqa: F811
+    """A1111's swap buttons: Samplers Euler, DDIM picked on X and Steps 1, 2, 3 typed on Y; "Swap X/Y axes" puts
+    Steps and its values on X and the two samplers, in their list, on Y (nothing runs); "Swap X/Z axes" with Z
+    at Nothing is refused in words and changes nothing. The run then draws 3 columns of steps by 2 rows of
+    samplers: the grid of that size, its text naming the swapped axes, the cells in that order."""
+    _go(page, "X/Y/Z plot")
+    page.locator("#xyz-x-none").click()
+    for name in ("Euler", "DDIM"):
+        _pick(page, "xyz-x-picked", name)
+    page.keyboard.press("Escape")
+    _pick(page, "xyz-y-type", "Steps")
+    page.locator("#xyz-y-values textarea").fill("1, 2, 3")
+    page.locator("#xyz-swap-xy").click()
+    expect(page.locator("#xyz-x-type input")).to_have_value("Steps")
+    expect(page.locator("#xyz-y-picked .token")).to_have_count(2)
+    assert [_axis_shown(page, name) for name in ("X", "Y")] == [("Steps", "1, 2, 3", None),
+                                                               ("Sampler", None, ["Euler", "DDIM"])]
+    expect(page.locator("#xyz-x-all")).to_be_hidden()
+    expect(page.locator("#xyz-y-all")).to_be_visible()
+    page.locator("#xyz-y-picked input").first.click()  # Y's list is the samplers' now
+    listed = page.locator("#xyz-y-picked [role=listbox]")
+    expect(listed.get_by_role("option", name="Euler a", exact=True)).to_be_visible()
+    page.keyboard.press("Escape")
+    page.locator("#xyz-swap-xz").click()
+    expect(page.locator(".toast-body", has_text="Swap X/Z: the Z axis varies nothing, and the X axis must vary "
+                                                "something; choose a Z type first.")).to_be_visible()
+    assert _axis_shown(page, "X") == ("Steps", "1, 2, 3", None) and _axis_shown(page, "Z")[0] == "Nothing"
+    expect(page.locator("#xyz-gallery img")).to_have_count(0)  # a swap runs nothing
+    _shot(page, "xyz-swapped-axes")
+    for elem_id, value in (("xyz-width", 64), ("xyz-height", 64)):
+        _set_number(page, elem_id, value)
+    page.locator("#xyz-run").click()
+    expect(page.locator("#xyz-files a").first).to_be_visible(timeout=180_000)
+    captions = page.locator("#xyz-gallery .caption-label").all_inner_texts()
+    assert [caption.split(" · ")[0] for caption in captions] == [
+        "Grid", "Steps: 1, Euler", "Steps: 2, Euler", "Steps: 3, Euler", "Steps: 1, DDIM", "Steps: 2, DDIM",
+        "Steps: 3, DDIM"]
+    grid = Image.open(io.BytesIO(page.request.get(page.locator("#xyz-gallery img").first.get_attribute("src")).body()))
+    text = parse_parameters(grid.info["parameters"])
+    assert [text[key] for key in ("X Type", "X Values", "Y Type", "Y Values")] == ["Steps", "1, 2, 3", "Sampler",
+                                                                                  "Euler, DDIM"]
+    cell = Image.new("RGB", (64, 64))
+    drawn = draw_grid([cell] * 6, 3, 2, ["Steps: 1", "Steps: 2", "Steps: 3"], ["Euler", "DDIM"])
+    assert grid.size == drawn.size  # 3 columns by 2 rows, labelled so
