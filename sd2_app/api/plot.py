@@ -3,7 +3,8 @@
 A cell is the base request with one value of each axis applied; it runs through the Service's own pipeline
 call (same model manager, fallback ladder, progress and Stop as a single run). Cells that change the checkpoint are
 ordered so each checkpoint is used once in a row (as A1111 puts its costly axes outermost). Stop ends the
-plot after the current step: the finished cells, and grids with blanks for the rest, are still returned.
+plot after the current step: the finished cells, and whole grids with the rest marked "not run", are still
+returned (`plot_grid.not_run_cell`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from sd2_app.api.plot_order import check_order_terms
 from sd2_app.api.plot_values import format_value
 from sd2_app.api.cost import check_job_cost, job_cost
 from sd2_app.api.hires_x4 import x4_request
-from sd2_app.api.plot_grid import plot_grids
+from sd2_app.api.plot_grid import NOT_RUN, plot_grids
 from sd2_app.api.requests import (
     ETA_SAMPLERS,
     Img2ImgRequest,
@@ -329,6 +330,11 @@ def grid_parameters(request: XYZPlotRequest, first_text: str) -> str:
     return format_parameters(request.base.prompt, request.base.negative_prompt, parsed)
 
 
+def stopped_note(ran: int, total: int) -> str:
+    """What the result of a plot that Stop ended says under it: how many of its cells ran."""
+    return f"Stopped: {ran} of {total} cells ran; the grid marks the other {total - ran} \"{NOT_RUN}\"."
+
+
 def run_plot(service: Service, request: XYZPlotRequest | CheckedPlot, on_progress: ProgressFn | None,
              should_stop: Callable[[], bool] | None, on_cell: CellFn | None = None) -> Result:
     """Validate (unless it comes checked), run every cell, draw the grids (`plot_grids`); the Service's `Result`
@@ -341,7 +347,7 @@ def run_plot(service: Service, request: XYZPlotRequest | CheckedPlot, on_progres
         raise Cancelled
     warnings += [w for w in run_warnings if w not in warnings]
     if stopped:
-        warnings.append(f"Stopped after {len(finished)} of {len(cells)} cells; the grid leaves the rest blank.")
+        warnings.append(stopped_note(len(finished), len(cells)))
     order = sorted(finished)
     text = grid_parameters(checked, finished[order[0]][0].info.get(keys.PARAMETERS_KEY, ""))
     drawn = plot_grids(checked, cells, {i: image for i, (image, _) in finished.items()})

@@ -5,6 +5,11 @@ Text is drawn with a scalable font so small cells still get legible labels: Deja
 it, else Pillow's bundled default at the wanted size (Pillow >= 10.1 with FreeType), else Pillow's bitmap
 font. Labels wrap at word boundaries to their column's width (A1111 modules/images.py, draw_grid_annotations,
 does the same).
+
+A plot that Stop ended keeps its whole grid: each cell that did not run is a grey "not run" cell of the size of
+those that ran (`not_run_cell`; A1111's draw_xyz_grid fills one with an empty image of the first cell's size), so
+every X, Y and Z label stays over its own column, row and grid. Cropping to the cells that ran instead would
+leave holes wherever a checkpoint's cells ran first (`plot.run_order`) and Z grids of different sizes.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
 MIN_FONT_PX = 16
 SUB_GRID_GAP = 16  # px of white between the Z values' grids in the joined one ("Grid margins" add to it)
+NOT_RUN = "not run"  # the words on a cell that Stop left undone (`not_run_cell`)
+NOT_RUN_FILL = (204, 204, 204)  # its neutral grey, and the words' darker one
+NOT_RUN_TEXT = (96, 96, 96)
 
 
 def load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -53,6 +61,31 @@ def wrap(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: i
     return lines
 
 
+def not_run_cell(size: tuple[int, int], font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> Image.Image:
+    """The cell of a plot's grid that did not run (Stop ended the plot first): NOT_RUN_FILL with "not run" in
+    its middle, at the size of the cells that ran, so every label stays over its own column and row."""
+    cell = Image.new("RGB", size, NOT_RUN_FILL)
+    ImageDraw.Draw(cell).text((size[0] / 2, size[1] / 2), NOT_RUN, fill=NOT_RUN_TEXT, font=font, anchor="mm")
+    return cell
+
+
+def _paste_cells(grid: Image.Image, images: Sequence[Image.Image | None], columns: int, cell: tuple[int, int],
+                 origin: tuple[int, int], pitch: tuple[int, int], font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+                 ) -> None:
+    """Paste `images` in row-major order, each scaled to `cell` and centred in its column of `pitch`
+    (column width, row height) from `origin`; a None is `not_run_cell`."""
+    blank = None
+    for index, image in enumerate(images):
+        if image is None:
+            blank = blank or not_run_cell(cell, font)
+            image = blank
+        elif image.size != cell:
+            image = image.resize(cell, Image.Resampling.LANCZOS)
+        row, column = divmod(index, columns)
+        left = origin[0] + column * pitch[0] + (pitch[0] - cell[0]) // 2
+        grid.paste(image.convert("RGB"), (left, origin[1] + row * pitch[1]))
+
+
 def draw_grid(
     images: Sequence[Image.Image | None],
     columns: int,
@@ -61,12 +94,14 @@ def draw_grid(
     y_labels: Sequence[str] = (),
     title: str | None = None,
     margin: int = 0,
+    cell_size: tuple[int, int] | None = None,
 ) -> Image.Image:
-    """`images` in row-major order (None: a blank cell, e.g. not run after Stop) with labelled margins; `margin`
-    px more white between the cells (A1111's "Grid margins (px)")."""
+    """`images` in row-major order (None: a cell that did not run, `not_run_cell`) with labelled margins; `margin`
+    px more white between the cells (A1111's "Grid margins (px)"). Each cell is `cell_size` (None: the largest
+    image's, 64x64 without any)."""
     present = [image for image in images if image is not None]
-    cell_w = max((image.width for image in present), default=64)
-    cell_h = max((image.height for image in present), default=64)
+    cell_w, cell_h = cell_size or (max((image.width for image in present), default=64),
+                                   max((image.height for image in present), default=64))
     font_px = max(MIN_FONT_PX, round(min(cell_w, cell_h) / 16))
     font = load_font(font_px)
     line_h = round(font_px * 1.25)
@@ -86,8 +121,7 @@ def draw_grid(
     title_lines = wrap(title, font, columns * column_w + y_width) if title else []
     title_h = len(title_lines) * line_h + (2 * pad if title else 0)
     width = y_width + columns * column_w
-    height = title_h + top + rows * row_h
-    grid = Image.new("RGB", (width, height), BACKGROUND)
+    grid = Image.new("RGB", (width, title_h + top + rows * row_h), BACKGROUND)
     draw = ImageDraw.Draw(grid)
     for i, line in enumerate(title_lines):
         draw.text((width / 2, pad + i * line_h), line, fill=TEXT, font=font, anchor="ma")
@@ -99,14 +133,7 @@ def draw_grid(
         middle = title_h + top + row * row_h + cell_h / 2 - len(lines) * line_h / 2
         for i, line in enumerate(lines):
             draw.text((y_width - pad, middle + i * line_h), line, fill=TEXT, font=font, anchor="ra")
-    for index, image in enumerate(images):
-        if image is None:
-            continue
-        if image.size != (cell_w, cell_h):
-            image = image.resize((cell_w, cell_h), Image.Resampling.LANCZOS)
-        row, column = divmod(index, columns)
-        left = y_width + column * column_w + (column_w - cell_w) // 2
-        grid.paste(image.convert("RGB"), (left, title_h + top + row * row_h))
+    _paste_cells(grid, images, columns, (cell_w, cell_h), (y_width, title_h + top), (column_w, row_h), font)
     return grid
 
 
@@ -123,12 +150,16 @@ def side_by_side(grids: Sequence[Image.Image], gap: int) -> Image.Image:
 
 def plot_grids(plot: XYZPlotRequest, cells: Sequence[PlotCell],
                images: Mapping[int, Image.Image]) -> list[tuple[Image.Image, str]]:
-    """The (grid, caption) pairs of a checked plot whose cells `images` holds by index (a missing one is blank):
+    """The (grid, caption) pairs of a checked plot whose cells `images` holds by index (at least one; a missing one
+    did not run, `not_run_cell`):
     one grid per Z value, titled with it; with a Z axis, as A1111 (scripts/xyz_grid.py, draw_xyz_grid), first
     all of them side by side ("Grid"), then each alone only with `include_sub_grids`. Without `draw_legend` the
     grids have no labels or titles; `margin_size` spaces their cells."""
     nx, ny = len(plot.x.values), len(plot.y.values) if plot.y is not None else 1
     legend = plot.draw_legend
+    # One cell size for every Z value's grid, that of the cells that ran: a Z value Stop left undone is drawn
+    # the same size as the others, its labels over the same columns.
+    cell_size = (max(image.width for image in images.values()), max(image.height for image in images.values()))
     grids = []
     for z in range(len(plot.z.values) if plot.z is not None else 1):
         group = [cell for cell in cells if cell.position[2] == z]
@@ -136,7 +167,7 @@ def plot_grids(plot: XYZPlotRequest, cells: Sequence[PlotCell],
         y_labels = [cell.labels[1] for cell in group[::nx]] if legend and plot.y is not None else []
         title = group[0].labels[2] if plot.z is not None else None
         grid = draw_grid([images.get(cell.index) for cell in group], nx, ny, x_labels, y_labels,
-                         title if legend else None, plot.margin_size)
+                         title if legend else None, plot.margin_size, cell_size)
         grids.append((grid, f"Grid: {title}" if title else "Grid"))
     if plot.z is None:
         return grids

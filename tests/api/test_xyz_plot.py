@@ -15,7 +15,7 @@ from PIL import Image
 from sd2_app.api.plot import plan_cells, write_tables
 from sd2_app.api.plot_axes import parse_values
 from sd2_app.api.plot_values import axis_values_text, split_values
-from sd2_app.api.plot_grid import SUB_GRID_GAP, draw_grid
+from sd2_app.api.plot_grid import NOT_RUN_FILL, SUB_GRID_GAP, draw_grid, load_font, not_run_cell
 from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Sampling, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.api.checks import Limits
 from sd2_app.api.validation import validate
@@ -222,11 +222,35 @@ def test_stop_returns_the_finished_cells_and_a_partial_grid() -> None:
     result = service.plot(_plot(PlotAxis("steps", "2, 2, 2")), on_progress=lambda d, t, p: seen.append(d),
                           should_stop=lambda: len(seen) >= 3)
     assert result.stopped and len(result.images) == 1 + 1
-    assert result.warnings[-1] == "Stopped after 1 of 3 cells; the grid leaves the rest blank."
+    assert result.warnings[-1] == 'Stopped: 1 of 3 cells ran; the grid marks the other 2 "not run".'
     assert [row["status"] for row in result.cells] == ["done", "not run (stopped)", "not run (stopped)"]
     assert service.history()[0].task == "xyz_plot"
     with pytest.raises(Cancelled):
         service.plot(_plot(PlotAxis("steps", "2, 2")), should_stop=lambda: True)
+
+
+def test_a_stopped_z_plot_keeps_its_whole_grid_with_the_rest_not_run() -> None:
+    """Stop in the second of 2x2 cells of 96x96 (X Steps, Z CFG): the joined grid is the whole plot's, the second Z
+    value's grid as large as the first (its cells were 64 px blanks), the cell that ran in its place and the three
+    others grey "not run" cells of its size."""
+    service = fake_service(None)
+    service.watermark = False  # compared pixel for pixel
+    plot = XYZPlotRequest(replace(_base(), width=96, height=96), PlotAxis("steps", "2, 2"), None,
+                          PlotAxis("cfg_scale", "5, 6"))
+    whole = service.plot(plot).images[0]
+    seen: list[int] = []
+    stopped = service.plot(plot, on_progress=lambda d, t, p: seen.append(d), should_stop=lambda: len(seen) >= 3)
+    assert stopped.warnings[-1] == 'Stopped: 1 of 4 cells ran; the grid marks the other 3 "not run".'
+    grid = np.asarray(stopped.images[0])
+    assert stopped.images[0].size == whole.size
+    ran = np.all(np.asarray(whole) == np.asarray(stopped.images[1]).reshape(-1, 3)[0], axis=-1)  # every cell's colour
+    top = int(np.where(ran.any(axis=1))[0][0])
+    lefts = _starts(ran[top])
+    assert len(lefts) == 4 and ran.sum() == 4 * 96 * 96
+    cells = [grid[top:top + 96, left:left + 96] for left in lefts]
+    assert np.array_equal(cells[0], np.asarray(whole)[top:top + 96, lefts[0]:lefts[0] + 96])
+    blank = np.asarray(not_run_cell((96, 96), load_font(16)))
+    assert [np.array_equal(cell, blank) for cell in cells] == [False, True, True, True]
 
 
 def test_tables_hold_each_cell(tmp_path) -> None:
@@ -249,11 +273,21 @@ def test_grid_labels_are_drawn_in_the_margins() -> None:
     red = np.all(array == (200, 0, 0), axis=-1)
     rows, columns = np.where(red)
     top, left = rows.min(), columns.min()
-    assert red.sum() == 5 * 64 * 64  # five cells pasted, the stopped one blank
+    assert red.sum() == 5 * 64 * 64  # five cells pasted, the one that did not run a grey "not run" cell
     assert top > 40 and left > 60  # a title and X labels above, Y labels to the left
     dark = np.all(array < 80, axis=-1)
     assert dark[:top].sum() > 300 and dark[top:, :left].sum() > 300  # text in both margins
     assert not dark[top:, left:].any()
+    lefts, tops = _starts(red[top]), _starts(red[:, left])  # the three columns, the two rows
+    assert len(lefts) == 3 and len(tops) == 2
+    not_run = array[tops[1]:tops[1] + 64, lefts[1]:lefts[1] + 64]  # the second row's middle cell, in its place
+    assert np.array_equal(not_run, np.asarray(not_run_cell((64, 64), load_font(16))))
+    assert np.all(not_run[0, 0] == NOT_RUN_FILL) and (not_run < 128).any()  # grey, with its words
+
+
+def _starts(line: np.ndarray) -> list[int]:
+    """Where each run of True in `line` begins."""
+    return [i for i in range(len(line)) if line[i] and (i == 0 or not line[i - 1])]
 
 
 @pytest.mark.slow
