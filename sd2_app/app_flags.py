@@ -27,10 +27,11 @@ DEFAULT_MAX_JOBS_PER_ADDRESS = 6
 DEFAULT_UPLOAD_MB_PER_ADDRESS = 1024
 # Minutes a file stays in Gradio's cache (uploads and shown results); also the upload budget's window.
 DEFAULT_CACHE_MINUTES = 60.0
-# Sessions whose state Gradio keeps (`launch(state_session_capacity=...)`, the least recently used go first):
-# each holds a copy of every component's config, and any client can start a new session with every request.
-# Gradio's own default is 10,000.
-DEFAULT_MAX_SESSIONS = 1000
+# Sessions whose state Gradio keeps (`launch(state_session_capacity=...)`, the least recently used go first);
+# any client can start a new session with every request. A new session hash's state costs about 40 KB, a page
+# that made a result about 135 KB (docs/DESIGN.md, "Sessions"): at most about 0.2 GB and 0.7 GB. Gradio's own
+# default is 10,000 (each of its sessions copied every component's settings, about 750 KB).
+DEFAULT_MAX_SESSIONS = 5000
 # Of those, the sessions one network address may hold in public modes (`is_public`): past it, that address's own
 # least recently used session goes, never another address's (`sd2_app.ui.session_addresses`). Each browser tab
 # and page load is a session, and offices and mobile networks put many visitors behind one address; 0 turns the

@@ -145,8 +145,8 @@ def launch_settings(args: argparse.Namespace, demo: gr.Blocks | None = None) -> 
     routes = list(getattr(demo, "sd2_routes", []))
     # No extra allowed paths; errors show our messages (gr.Error), never tracebacks; no /monitoring endpoint;
     # no run history (it may reach the Hub with the host's token). Every new session id a client sends makes
-    # Gradio keep a copy of every component's config (gradio/state_holder.py, `SessionState`): --max-sessions
-    # bounds how many it keeps.
+    # Gradio keep a session's state (gradio/state_holder.py, `StateHolder`): --max-sessions bounds how many it
+    # keeps (one address's: `sd2_app.ui.session_addresses`).
     return dict(server_name=args.host, server_port=args.port, share=args.share, show_error=False, allowed_paths=[],
                 max_file_size=MAX_IMAGE_FILE_BYTES, enable_monitoring=False, run_history=args.run_history, auth=auth,
                 ssr_mode=False, mcp_server=bool(args.mcp and mcp_available()), app_kwargs={"routes": routes},

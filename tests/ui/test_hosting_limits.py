@@ -243,7 +243,7 @@ def test_the_address_flags_and_their_defaults(monkeypatch: pytest.MonkeyPatch) -
     for refused in (["--trusted-proxy-hops", "-1"], ["--queue-size", "0"]):
         with pytest.raises(SystemExit):
             app.parse_args(refused)
-    assert webapp.launch_settings(args)["state_session_capacity"] == args.max_sessions == DEFAULT_MAX_SESSIONS == 1000
+    assert webapp.launch_settings(args)["state_session_capacity"] == args.max_sessions == DEFAULT_MAX_SESSIONS == 5000
 
 
 def test_the_sessions_per_address_flag_and_its_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
