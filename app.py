@@ -8,7 +8,8 @@ unloading checkpoints by hand is off there unless --allow-model-admin or --auth 
 cost of one job (--max-job-cost), the jobs one visitor may have queued (--max-jobs-per-session), the jobs one
 network address may have queued (--max-jobs-per-address, by default in public modes only; the address comes
 from X-Forwarded-For only behind trusted proxies, --trusted-proxy-hops, 1 by default on a Space), what one
-address may upload within the cache age (--max-upload-mb-per-address) and how many sessions' state the server keeps (--max-sessions). It keeps
+address may upload within the cache age (--max-upload-mb-per-address) and how many sessions' state the server
+keeps (--max-sessions; of one address, --max-sessions-per-address, by default in public modes only). It keeps
 the queue's direct REST routes closed, deletes Gradio's cached uploads and the app's results after
 --cache-minutes and keeps Gradio's run history off unless --run-history is given. README's "Hosting" section
 lists them.
