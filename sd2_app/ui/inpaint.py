@@ -42,13 +42,21 @@ def _open(item: Any) -> Image.Image | None:
     return Image.open(item) if isinstance(item, str) else item
 
 
+def _uploaded(background: Image.Image | None) -> Image.Image | None:
+    """The editor's background, or None where nothing was uploaded: strokes on an empty editor come with a fully
+    transparent background of Gradio's default canvas size (800x800), which ran as an 800x800 white image."""
+    if background is not None and background.mode == "RGBA" and background.getchannel("A").getextrema() == (0, 0):
+        return None
+    return background
+
+
 def split_editor(value: Any, uploaded_mask: Image.Image | None) -> tuple[Image.Image | None, Image.Image | None]:
     """ImageMask value -> (image, mask "L"). Painted layers are merged; an uploaded mask wins over the strokes."""
     if not value:
         return None, uploaded_mask
     if not isinstance(value, dict):
         return _open(value), uploaded_mask
-    image = _open(value.get("background"))
+    image = _uploaded(_open(value.get("background")))
     if uploaded_mask is not None:
         return image, uploaded_mask
     mask: Image.Image | None = None

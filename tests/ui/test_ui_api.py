@@ -380,6 +380,20 @@ def test_empty_mask_is_refused(app, tmp_path: Path) -> None:
     assert str(caught.value) == "The mask is empty: paint over the area to repaint (white = repaint)."
 
 
+def test_strokes_on_an_editor_with_no_image_are_refused(app, tmp_path: Path) -> None:
+    """What the editor sends for strokes painted before any upload: a fully transparent 800x800 background."""
+    client, _, _ = app
+    Image.new("RGBA", (800, 800), (0, 0, 0, 0)).save(tmp_path / "blank.png")
+    stroke = Image.new("RGBA", (800, 800), (0, 0, 0, 0))
+    stroke.paste((255, 255, 255, 255), (100, 100, 400, 160))
+    stroke.save(tmp_path / "stroke.png")
+    editor = {"background": handle_file(str(tmp_path / "blank.png")), "layers": [handle_file(str(tmp_path / "stroke.png"))],
+              "composite": handle_file(str(tmp_path / "blank.png"))}
+    with pytest.raises(AppError) as caught:
+        client.predict(image_and_mask=editor, prompt="x", api_name="/inpaint", **FAST)
+    assert str(caught.value) == "Upload an image to inpaint first."
+
+
 @pytest.mark.slow
 def test_models_history_and_png_info(app) -> None:
     client, service, outputs = app
