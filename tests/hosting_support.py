@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -149,6 +150,32 @@ class CallsAtOnce:
             with self._lock:
                 self.running -= 1
         return self.call(*args, **kwargs)
+
+
+STEP_S = 0.1  # each sampler step of `slow_steps` sleeps this long first, so a run lasts long enough to leave
+
+
+def slow_steps(monkeypatch: pytest.MonkeyPatch,
+               hold: Callable[[str, int], object] | None = None) -> dict[str, list[int]]:
+    """From now on each sampler step takes `STEP_S` longer, and then waits for `hold(prompt, step)` when given;
+    the steps each prompt ran (a plot's cells, each prompt of its own), in order."""
+    from sd2_app.api.service import Service
+
+    steps: dict[str, list[int]] = defaultdict(list)
+    run_on_gpu = Service.run_on_gpu
+
+    def slow(service: Service, task: str, request: object, on_step: Callable, timings: dict) -> object:
+        def step(done: int, total: int, latents: object) -> None:
+            time.sleep(STEP_S)
+            steps[request.prompt].append(done)  # type: ignore[attr-defined]
+            if hold is not None:
+                hold(request.prompt, done)  # type: ignore[attr-defined]
+            on_step(done, total, latents)
+
+        return run_on_gpu(service, task, request, step, timings)
+
+    monkeypatch.setattr(Service, "run_on_gpu", slow)
+    return steps
 
 
 # A1111 API helpers (tests/reliability/test_reliability_api_hosting.py, tests/api/test_a1111_local_limits.py)

@@ -35,6 +35,16 @@ def events_of(queue: Any, session_hash: str | None, event_id: str | None) -> lis
             or (event_id is not None and event._id == event_id)]
 
 
+def stop_jobs_of(queue: Any, session_hash: str | None, event_id: str | None) -> int:
+    """Set the stop flag of each GPU job of `events_of(queue, session_hash, event_id)` that is not stopped yet;
+    how many were set."""
+    flags = [stop_flag_of(event.request) for event in events_of(queue, session_hash, event_id)]
+    stopped = [flag for flag in flags if flag is not None and not flag.is_set()]
+    for flag in stopped:
+        flag.set()
+    return len(stopped)
+
+
 def stop_jobs_when_streams_close(queue: Any) -> None:
     """Wrap the Gradio queue `queue`'s `clean_events` to set the stop flags of the closed stream's jobs first
     (module docstring); a second call changes nothing."""
@@ -43,12 +53,9 @@ def stop_jobs_when_streams_close(queue: Any) -> None:
         return
 
     async def stopping_clean_events(*, session_hash: str | None = None, event_id: str | None = None) -> None:
-        flags = [stop_flag_of(event.request) for event in events_of(queue, session_hash, event_id)]
-        stopped = [flag for flag in flags if flag is not None and not flag.is_set()]
-        for flag in stopped:
-            flag.set()
+        stopped = stop_jobs_of(queue, session_hash, event_id)
         if stopped:
-            log.info("the client left: stopping %d job(s) of its session", len(stopped))
+            log.info("the client left: stopping %d job(s) of its session", stopped)
         await clean_events(session_hash=session_hash, event_id=event_id)
 
     stopping_clean_events.sd2_stops_jobs = True  # type: ignore[attr-defined]

@@ -65,14 +65,9 @@ class UnknownEventMiddleware:
         if api_name is None:
             await self.app(scope, receive, send)
             return
-        chunks, more = [], True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client left
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        data = b"".join(chunks)
+        data = await read_body(receive)
+        if data is None:
+            return  # the client left
         try:
             missing = missing_event(self.fns, api_name, json.loads(data))
         except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth: Gradio's answer (400)
@@ -80,13 +75,32 @@ class UnknownEventMiddleware:
         if missing is not None:
             await JSONResponse({"detail": unknown_event_message(missing)}, status_code=404)(scope, receive, send)
             return
-        sent = False
+        await self.app(scope, replaying(data, receive), send)
 
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": data, "more_body": False}
-            return await receive()
 
-        await self.app(scope, replay, send)
+async def read_body(receive: Receive) -> bytes | None:
+    """A request's whole body, read from `receive` (bounded by `sd2_app.ui.request_limits`, an outer middleware);
+    None when the client left before sending it all."""
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def replaying(data: bytes, receive: Receive) -> Receive:
+    """`receive` for the app behind a middleware that has read the body `data`: the body first, then what
+    `receive` gets (the client's disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": data, "more_body": False}
+        return await receive()
+
+    return replay

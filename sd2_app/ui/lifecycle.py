@@ -4,7 +4,8 @@ closes in order, losing no saved result.
 `AppBlocks.launch` is Gradio's launch with what serving visitors needs (`sd2_app.ui.hosting.for_visitors`): the
 visitor-cookie and upload-budget middlewares, the per-visitor and per-address limits on Gradio's queue, the
 sweep of the app's cached files, and the queue's direct REST routes closed; and the jobs of a client that has
-gone stop at their next step (`sd2_app.ui.departures`); every launcher (app.py, a Space, the tests) gets them.
+gone, or that cancels its job, stop at their next step (`sd2_app.ui.departures`, `sd2_app.ui.cancels`); every
+launcher (app.py, a Space, the tests) gets them.
 
 `AppBlocks.close()` (which app.py calls when the server stops: Ctrl+C, SIGTERM) first stops taking work (Gradio's
 queue and server), then stops the running jobs at their next step and waits for their threads (a job that had
@@ -27,7 +28,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import gradio as gr
 from gradio.exceptions import InvalidPathError
 from pydantic import ValidationError
+from starlette.middleware import Middleware
 
+from sd2_app.ui.cancels import CancelMiddleware
 from sd2_app.ui.departures import stop_jobs_when_streams_close
 from sd2_app.ui.hosting import Hosting, for_visitors
 from sd2_app.ui.uploads import local_file_references
@@ -75,8 +78,9 @@ class AppBlocks(gr.Blocks):
     def launch(self, *args: Any, app_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
         """Gradio's `launch`, serving visitors: `app_kwargs` gets the app's middlewares and cache sweep added, and
         the queue is watched (`sd2_app.ui.hosting.for_visitors`); a closed event stream stops its session's jobs
-        (`sd2_app.ui.departures`)."""
+        (`sd2_app.ui.departures`), and so does a client's cancel of its job (`sd2_app.ui.cancels`)."""
         app_kwargs = for_visitors(self, self.flags.visitors, self.hosting, app_kwargs)
+        app_kwargs["middleware"] = [*app_kwargs["middleware"], Middleware(CancelMiddleware, queue=self._queue)]
         stop_jobs_when_streams_close(self._queue)
         return super().launch(*args, app_kwargs=app_kwargs, **kwargs)
 

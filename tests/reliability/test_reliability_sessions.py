@@ -24,7 +24,7 @@ from sd2_app.ui.event_checks import unknown_event_message
 from sd2_app.ui.request_limits import NO_DEEP_LINKS_MESSAGE
 from sd2_app.ui.stream_checks import UNKNOWN_STREAM_MESSAGE
 from sd2_app.ui.visitors import COOKIE as VISITOR_COOKIE
-from tests.hosting_support import API_FAST, CallsAtOnce, event_data, fn_index_of, read_stream, txt2img_data
+from tests.hosting_support import API_FAST, CallsAtOnce, event_data, fn_index_of, read_stream, slow_steps, txt2img_data
 from tests.reliability_report import reliability, track_module  # noqa: F401
 from tests.reliability_support import one_thread, serve  # noqa: F401
 
@@ -160,27 +160,6 @@ def test_a_stream_of_an_unknown_session_or_event_answers_404_in_words(app, relia
                 "client's connection closed mid-answer, the log got a traceback for each request)")
 
 
-STEP_S = 0.1  # each sampler step of these tests sleeps this long first, so a run lasts long enough to leave
-
-
-def _slow_steps(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
-    """From now on each sampler step takes `STEP_S` longer; the steps each prompt ran (a plot's cells, each prompt
-    of its own), in order."""
-    steps: dict[str, list[int]] = defaultdict(list)
-    run_on_gpu = Service.run_on_gpu
-
-    def slow(service: Service, task: str, request: object, on_step: Callable, timings: dict) -> object:
-        def step(done: int, total: int, latents: object) -> None:
-            time.sleep(STEP_S)
-            steps[request.prompt].append(done)  # type: ignore[attr-defined]
-            on_step(done, total, latents)
-
-        return run_on_gpu(service, task, request, step, timings)
-
-    monkeypatch.setattr(Service, "run_on_gpu", slow)
-    return steps
-
-
 def _visitor_client(url: str) -> httpx.Client:
     """A client holding a visitor cookie of its own (a browser, or gradio_client)."""
     client = httpx.Client(base_url=url, timeout=120)
@@ -234,7 +213,7 @@ def test_a_visitor_who_leaves_stops_their_run_at_once_and_nobody_elses(app, reli
     live preview and a step more, 11 steps) and the jobs behind it start; the same visitor's other tab and another
     visitor keep theirs; a job whose page closed while it waited never runs."""
     url, demo = app
-    steps = _slow_steps(monkeypatch)
+    steps = slow_steps(monkeypatch)
     leaver, other = _visitor_client(url), _visitor_client(url)
     streams: dict[str, list[dict]] = defaultdict(list)
     left: list[int] = []
@@ -267,7 +246,7 @@ def test_a_plot_whose_visitor_leaves_stops_and_keeps_its_finished_cells(app, rel
     2nd cell stops at the next step (it ran to the cell's next live preview, step 10); the visitor's History keeps the
     finished cell and its grid, as after Stop."""
     url, demo = app
-    steps = _slow_steps(monkeypatch)
+    steps = slow_steps(monkeypatch)
     visitor = _visitor_client(url)
     seen: list[dict] = []
     left: list[int] = []
@@ -287,7 +266,7 @@ def test_an_api_caller_who_disconnects_stops_its_run(app, reliability, monkeypat
     """A caller of the /call route (curl, a script) whose connection closes while it reads the run's stream (GET
     /gradio_api/call/txt2img/<event_id>) after step 7 of 40: the run stops at its next step (it ran to step 11)."""
     url, demo = app
-    steps = _slow_steps(monkeypatch)
+    steps = slow_steps(monkeypatch)
     left: list[int] = []
     with httpx.Client(base_url=url, timeout=120) as client:
         joined = client.post("gradio_api/call/txt2img", json={"data": txt2img_data(url, prompt="called", steps=40)})
@@ -344,7 +323,7 @@ def test_a_job_waiting_at_the_gpu_gate_leaves_with_its_visitor(app, reliability,
     yours…", and it yields nothing more until its place changes); its page closes: it leaves the gate at once and
     never runs a step (it waited for the API job, then ran a step before Gradio closed it)."""
     url, demo = app
-    steps = _slow_steps(monkeypatch)
+    steps = slow_steps(monkeypatch)
     api = threading.Thread(target=httpx.post, args=(f"{url}sdapi/v1/txt2img",),
                            kwargs={"json": {**API_FAST, "prompt": "api job", "steps": 30}, "timeout": 120})
     api.start()

@@ -1,0 +1,76 @@
+"""API clients that give up a running job stop it, through the running app (`python app.py --tiny --no-save`,
+served in-process, its A1111 API on as it is locally): gradio_client's `Job.cancel()` (`sd2_app.ui.cancels`).
+
+Each sampler step sleeps `STEP_S` first (`tests.hosting_support.slow_steps`), so a run lasts long enough to give
+up; the step at which the client gives up waits (at most `HOLD_S`) until the job's stop is set, so the step at
+which it stops is exact.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.batching_support import wait_until
+from tests.hosting_support import FAST, slow_steps
+from tests.reliability_support import one_thread, serve  # noqa: F401
+
+pytestmark = pytest.mark.slow  # a served app
+gradio_client = pytest.importorskip("gradio_client")
+
+CANCEL_AT = 7  # the step during which the client gives up: 2 steps after a live preview, 3 before the next
+HOLD_S = 10.0  # the longest a held step waits for the stop (the old code never set it)
+
+
+@pytest.fixture(scope="module")
+def app(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    argv = ["--tiny", "--device", "cpu", "--no-save"]
+    with serve(argv, tmp_path_factory.mktemp("app-cache")) as served:
+        yield served
+
+
+def _held_until(stopped: Callable[[], bool], prompt: str, at_step: int) -> Callable[[str, int], None]:
+    """A `slow_steps` hold: step `at_step` of `prompt`'s run waits until `stopped()` (at most `HOLD_S`)."""
+
+    def hold(step_prompt: str, step: int) -> None:
+        deadline = time.monotonic() + HOLD_S
+        while step_prompt == prompt and step == at_step and not stopped() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    return hold
+
+
+def _running_job_stopped(demo: object) -> bool:
+    """Whether a web UI or gradio_client job's stop flag is set (the app's running jobs' flags)."""
+    return any(flag.is_set() for flags in list(demo.flags._flags.values()) for flag in flags)  # type: ignore[attr-defined]
+
+
+def _idle(demo: object) -> bool:
+    return not demo._queue.event_ids_to_events and not demo.flags._flags  # type: ignore[attr-defined]
+
+
+def test_a_gradio_client_job_cancelled_mid_run_stops_at_its_next_step(app, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`job.cancel()` at step 7 of a 40-step run, once the client has had progress updates: the run stops at that
+    step's end and the next client's job, queued behind it, runs to its end. Gradio's cancel route waited for the
+    run's next live preview (it ran 11 steps), and the job behind waited with it."""
+    url, demo = app
+    hold = _held_until(lambda: _running_job_stopped(demo), "cancelled", CANCEL_AT)
+    steps = slow_steps(monkeypatch, hold)
+    client, other = gradio_client.Client(url, verbose=False), gradio_client.Client(url, verbose=False)
+    job = client.submit(prompt="cancelled", seed=1, api_name="/txt2img", **{**FAST, "steps": 40})
+    wait_until(lambda: len(steps["cancelled"]) == CANCEL_AT, timeout=120)
+    wait_until(lambda: bool(job.status().progress_data), timeout=HOLD_S)
+    behind = other.submit(prompt="next", seed=2, api_name="/txt2img", **FAST)
+    cancelled: list[bool] = []  # on a thread: Gradio's cancel route answers once the run has stopped
+    canceller = threading.Thread(target=lambda: cancelled.append(job.cancel()))
+    canceller.start()
+    _, gallery, info = behind.result(timeout=120)
+    canceller.join(30)
+    assert {prompt: len(done) for prompt, done in steps.items()} == {"cancelled": CANCEL_AT, "next": 2}
+    assert cancelled == [True] and len(gallery) == 1 and "**Seed** 2" in info
+    wait_until(lambda: _idle(demo), timeout=60)
+    assert demo.service.gate.waiting == 0  # type: ignore[attr-defined]
+
