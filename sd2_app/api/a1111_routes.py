@@ -10,7 +10,8 @@ address has the web UI's per-address number, 429. A job's place is
 taken before its body is decoded and checked, so a refused call costs no decode. When the app closes
 (`sd2_app.ui.lifecycle.AppBlocks.close`), the API takes no new job (503) and its jobs, waiting or running, stop
 at their next step; their clients get a 503 that says so (`n_iter` batches already finished are saved, when
-saving is on); a checkpoint load cannot stop midway, so the close waits for it. `/progress` and `/interrupt`
+saving is on); a checkpoint load cannot stop midway, so the close waits for it. A client that disconnects (a
+request timeout, Ctrl+C) stops its own job the same way (`sd2_app.api.a1111_disconnects`). `/progress` and `/interrupt`
 see only the API's own jobs, and of those only the caller's (its network address's): a visitor of the web UI or
 another API client is neither reported (their preview) nor stopped through them; /progress's `job_count` is all
 the API's jobs (the queue's length, as Gradio's queue status says it). Where loading checkpoints by hand is off
@@ -37,6 +38,7 @@ from PIL import Image
 from sd2_app.api import a1111
 from sd2_app.api.a1111_auth import basic_auth
 from sd2_app.api.a1111_catalog import catalog_routes, png_info_routes
+from sd2_app.api.a1111_disconnects import run_while_connected
 from sd2_app.api.a1111_errors import errors_as_http
 from sd2_app.api.job_admission import JobAdmission
 from sd2_app.api.quick_reads import MAX_QUICK_REQUESTS_PER_ADDRESS, QuickReads
@@ -200,11 +202,12 @@ class A1111Api:
             log.info("A1111 API: refused a job: %s", refused.message)
             raise HTTPException(503 if refused.busy else 429, refused.message)
 
-    def _track(self, task: str, address: str) -> _Tracked:
-        """The job's place (`_admit`), held until `_untrack`. `task`: the route's, until the job is built."""
+    def _track(self, task: str, address: str, stop: threading.Event | None) -> _Tracked:
+        """The job's place (`_admit`), held until `_untrack`. `task`: the route's, until the job is built; `stop`:
+        the job's stop event (a new one when None)."""
         with self._lock:
             self._admit(address)
-            tracked = _Tracked(task, 1, address)
+            tracked = _Tracked(task, 1, address, stop=stop if stop is not None else threading.Event())
             self._jobs.append(tracked)
         return tracked
 
@@ -215,12 +218,13 @@ class A1111Api:
         self.job_admission.release(address)
 
     def run(self, task: str, make_job: Callable[[], a1111.Job], body: Mapping[str, Any],
-            client: Request) -> dict[str, Any]:
+            client: Request, stop: threading.Event | None = None) -> dict[str, Any]:
         """Build the job (`make_job`: decode and check the body) once it has its place (`_track`), then run each
         batch through the Service; after /interrupt, the batches finished so far are returned; a job the app's
-        close stopped answers 503 (`STOPPED_AT_CLOSE_MESSAGE`). `client`: the HTTP request (its address)."""
+        close stopped answers 503 (`STOPPED_AT_CLOSE_MESSAGE`). `client`: the HTTP request (its address); `stop`:
+        set when the client has gone (`a1111_disconnects`), stops the job as /interrupt does."""
         address = self.job_admission.addresses.of(client)
-        tracked = self._track(task, address)
+        tracked = self._track(task, address, stop)
         results: list[Result] = []
         try:
             job = make_job()
@@ -325,27 +329,28 @@ def _generation_routes(router: APIRouter, api: A1111Api) -> None:
     max_images = api.service.limits.max_batch
     styles = api.service.styles  # the host's prompt styles, which a request's `styles` names
 
+    # Each job runs while its client is connected: one that disconnects stops its job (`a1111_disconnects`).
     @router.post("/txt2img")
-    def txt2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        return errors_as_http(
+    async def txt2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        return await run_while_connected(client, lambda stop: errors_as_http(
             lambda: api.run("txt2img", lambda: a1111.txt2img_job(body, api.checkpoint_for, names(), max_images, styles),
-                            body, client))
+                            body, client, stop)))
 
     @router.post("/img2img")
-    def img2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        return errors_as_http(
+    async def img2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        return await run_while_connected(client, lambda stop: errors_as_http(
             lambda: api.run("img2img", lambda: a1111.img2img_job(body, api.checkpoint_for, names(), max_images, styles),
-                            body, client))
+                            body, client, stop)))
 
     @router.post("/extra-single-image")
-    def extra_single_image(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        def call() -> dict[str, Any]:
+    async def extra_single_image(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        def call(stop: threading.Event) -> dict[str, Any]:
             upscaler = body.get("upscaler_1")
             key = api.upscaler(upscaler) if upscaler not in (None, "None") else api._first_for("upscale")
-            out = api.run("upscale", lambda: a1111.upscale_job(body, key), body, client)
+            out = api.run("upscale", lambda: a1111.upscale_job(body, key), body, client, stop)
             return {"html_info": "", "image": out["images"][0] if out["images"] else None}
 
-        return errors_as_http(call)
+        return await run_while_connected(client, lambda stop: errors_as_http(lambda: call(stop)))
 
 
 def _job_routes(router: APIRouter, api: A1111Api) -> None:

@@ -1,5 +1,6 @@
 """API clients that give up a running job stop it, through the running app (`python app.py --tiny --no-save`,
-served in-process, its A1111 API on as it is locally): gradio_client's `Job.cancel()` (`sd2_app.ui.cancels`).
+served in-process, its A1111 API on as it is locally): gradio_client's `Job.cancel()` (`sd2_app.ui.cancels`), and
+an A1111 API client that closes its connection (`sd2_app.api.a1111_disconnects`).
 
 Each sampler step sleeps `STEP_S` first (`tests.hosting_support.slow_steps`), so a run lasts long enough to give
 up; the step at which the client gives up waits (at most `HOLD_S`) until the job's stop is set, so the step at
@@ -8,14 +9,18 @@ which it stops is exact.
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from urllib.parse import urlparse
 
+import httpx
 import pytest
 
 from tests.batching_support import wait_until
-from tests.hosting_support import FAST, slow_steps
+from tests.hosting_support import API_FAST, FAST, slow_steps
 from tests.reliability_support import one_thread, serve  # noqa: F401
 
 pytestmark = pytest.mark.slow  # a served app
@@ -74,3 +79,38 @@ def test_a_gradio_client_job_cancelled_mid_run_stops_at_its_next_step(app, monke
     wait_until(lambda: _idle(demo), timeout=60)
     assert demo.service.gate.waiting == 0  # type: ignore[attr-defined]
 
+
+def _progress(url: str) -> dict:
+    return httpx.get(f"{url}sdapi/v1/progress", params={"skip_current_image": True}, timeout=30).json()
+
+
+def _txt2img_on_a_socket(url: str, body: dict) -> socket.socket:
+    """A raw HTTP POST /sdapi/v1/txt2img of `body`, sent on a new connection left open (its answer unread)."""
+    data = json.dumps(body).encode()
+    connection = socket.create_connection(("127.0.0.1", urlparse(url).port), timeout=30)
+    connection.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+    return connection
+
+
+def test_an_a1111_api_client_that_disconnects_stops_its_job(app, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A raw HTTP /sdapi/v1/txt2img of 40 steps whose client closes its connection at step 7 (once /progress has
+    shown it running), with another request waiting behind it: the job stops at that step's end, /progress goes
+    idle and the request behind runs. The job ran its 40 steps for nobody, and the one behind waited for them."""
+    url, _ = app
+    steps = slow_steps(monkeypatch, _held_until(lambda: _progress(url)["state"]["interrupted"], "left", CANCEL_AT))
+    connection = _txt2img_on_a_socket(url, {**API_FAST, "prompt": "left", "seed": 1, "steps": 40})
+    wait_until(lambda: len(steps["left"]) == CANCEL_AT and _progress(url)["state"]["sampling_step"] == CANCEL_AT - 1,
+               timeout=120)
+    answers: list[httpx.Response] = []
+    behind = threading.Thread(target=lambda: answers.append(
+        httpx.post(f"{url}sdapi/v1/txt2img", json={**API_FAST, "prompt": "behind", "seed": 2}, timeout=120)))
+    behind.start()
+    wait_until(lambda: _progress(url)["state"]["job_count"] == 2, timeout=HOLD_S)
+    connection.close()
+    behind.join(120)
+    assert {prompt: len(done) for prompt, done in steps.items()} == {"left": CANCEL_AT, "behind": 2}
+    assert answers[0].status_code == 200 and len(answers[0].json()["images"]) == 1
+    assert json.loads(answers[0].json()["info"])["all_seeds"] == [2]
+    wait_until(lambda: _progress(url)["state"]["job_count"] == 0, timeout=10)
+    assert _progress(url)["textinfo"] is None
