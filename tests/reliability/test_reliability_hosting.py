@@ -135,7 +135,8 @@ def test_launch_settings_of_a_public_deployment(public_app, reliability) -> None
     assert settings["run_history"] is False and settings["auth"] is None and settings["show_error"] is False
     assert args.max_jobs_per_session == 2 and args.max_job_cost == 6_553_600 and args.keep_outputs_days is None
     assert args.max_jobs_per_address == 6 and args.max_upload_mb_per_address == 1024 and args.trusted_proxy_hops == 0
-    assert settings["state_session_capacity"] == 1000
+    assert settings["state_session_capacity"] == 5000 and args.max_sessions_per_address == 100
+    assert demo.state_holder.by_address.limit == 100  # type: ignore[attr-defined]
     assert args.queue_size == 16  # the served app's own, --queue-size 8: the GPU jobs' bound and Gradio's
     assert demo.flags.visitors.job_admission.queue_size == 8  # type: ignore[attr-defined]
     assert demo._queue.max_size == gradio_max_size(8) == 8 + OTHER_EVENT_PLACES  # type: ignore[attr-defined]
@@ -144,7 +145,8 @@ def test_launch_settings_of_a_public_deployment(public_app, reliability) -> None
                 f"queue: api_open=False, 16 GPU jobs waiting or running (--queue-size; web UI, MCP and A1111 API together) "
                 f"and {OTHER_EVENT_PLACES} other events (Gradio's max_size {gradio_max_size(16)}), max 2 jobs per visitor (--max-jobs-per-session), 6 per network "
                 "address (--max-jobs-per-address; X-Forwarded-For ignored: --trusted-proxy-hops 0); uploads 1024 MB "
-                "per address per cache age (--max-upload-mb-per-address); 1000 sessions kept (--max-sessions); cost cap "
+                "per address per cache age (--max-upload-mb-per-address); 5000 sessions kept (--max-sessions), 100 of "
+                "one address (--max-sessions-per-address); cost cap "
                 "6,553,600 (--max-job-cost); launch: run_history=False (--run-history), delete_cache=(600, 3600) "
                 "(--cache-minutes 60), auth=None (--auth USER:PASSWORD), show_error=False; loading/unloading by "
                 "visitors off (--allow-model-admin); outputs kept until deleted (--keep-outputs-days; 1 on Spaces)")
