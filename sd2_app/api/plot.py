@@ -330,9 +330,11 @@ def grid_parameters(request: XYZPlotRequest, first_text: str) -> str:
     return format_parameters(request.base.prompt, request.base.negative_prompt, parsed)
 
 
-def stopped_note(ran: int, total: int) -> str:
-    """What the result of a plot that Stop ended says under it: how many of its cells ran."""
-    return f"Stopped: {ran} of {total} cells ran; the grid marks the other {total - ran} \"{NOT_RUN}\"."
+def cells_ran(ran: int, total: int, marked: bool = False) -> str:
+    """What Stop says of a plot: how many of its cells ran (the line under Stop, `ui.xyz_plot.PlotView`), and with
+    `marked` how its grid shows the others (the stopped result's warning)."""
+    said = f"Stopped: {ran} of {total} cells ran"
+    return f"{said}; the grid marks the other {total - ran} \"{NOT_RUN}\"." if marked else f"{said}."
 
 
 def run_plot(service: Service, request: XYZPlotRequest | CheckedPlot, on_progress: ProgressFn | None,
@@ -347,7 +349,7 @@ def run_plot(service: Service, request: XYZPlotRequest | CheckedPlot, on_progres
         raise Cancelled
     warnings += [w for w in run_warnings if w not in warnings]
     if stopped:
-        warnings.append(stopped_note(len(finished), len(cells)))
+        warnings.append(cells_ran(len(finished), len(cells), marked=True))
     order = sorted(finished)
     text = grid_parameters(checked, finished[order[0]][0].info.get(keys.PARAMETERS_KEY, ""))
     drawn = plot_grids(checked, cells, {i: image for i, (image, _) in finished.items()})

@@ -79,12 +79,14 @@ class QueuePlace:
 
 
 class RunFlag(threading.Event):
-    """A run's stop flag, with how far the run got (steps `done` of `total`) for the message after Stop."""
+    """A run's stop flag, with how far the run got (steps `done` of `total`, or the run view's own `note`) for the
+    message after Stop."""
 
     def __init__(self) -> None:
         super().__init__()
         self.done = 0
         self.total = 0
+        self.note: str | None = None  # what Stop says instead of the steps, where the view counts better (plot cells)
         self.created = time.perf_counter()  # when the job joined the queue (`hosting` makes its flag then)
 
     def waited(self) -> float:
@@ -233,6 +235,8 @@ def stopped_message(flag: RunFlag | None) -> str:
     """What Stop leaves in the info line: how far the run got."""
     if flag is None:
         return "Stopped before it started."
+    if flag.note:
+        return flag.note
     if flag.total:
         return f"Stopped after {flag.done}/{flag.total} steps."
     return "Stopped before sampling began."

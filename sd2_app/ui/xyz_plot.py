@@ -23,7 +23,7 @@ from typing import Any, TYPE_CHECKING
 import gradio as gr
 from PIL import Image
 
-from sd2_app.api.plot import HIRES_NEEDS_TEXT, MAX_GRID_MARGIN, cell_caption, write_tables
+from sd2_app.api.plot import HIRES_NEEDS_TEXT, MAX_GRID_MARGIN, cell_caption, cells_ran, write_tables
 from sd2_app.api.plot_axes import AXES, AXIS_NAMES, offered_axes
 from sd2_app.api.checked import Checked
 from sd2_app.api.requests import HIRES_UPSCALERS, Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPlotRequest
@@ -213,11 +213,19 @@ class PlotView:
     def __init__(self) -> None:
         self.finished: queue.Queue[tuple[PlotCell, Image.Image, float]] = queue.Queue()
         self.cells: list[tuple[str, str]] = []  # each finished cell encoded once, fast (the gallery is sent whole)
+        self.ran = 0  # cells finished, counted in the worker as each finishes
 
     def call(self, service: Service, request: Checked, session: str, flag: RunFlag,
              keep: bool = True) -> Callable[..., Result]:
-        return timed_call(service.plot, request, session, flag, keep=keep,
-                          on_cell=lambda cell, image, seconds: self.finished.put((cell, image, seconds)))
+        total = len(request.plot.cells) if request.plot is not None else None
+
+        def on_cell(cell: PlotCell, image: Image.Image, seconds: float) -> None:
+            self.finished.put((cell, image, seconds))
+            self.ran += 1
+            if total is not None:  # Stop from now on counts the cells, as the stopped result does
+                flag.note = cells_ran(self.ran, total)
+
+        return timed_call(service.plot, request, session, flag, keep=keep, on_cell=on_cell)
 
     def new_gallery(self) -> list[tuple[str, str]] | None:
         new = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -145,7 +146,8 @@ def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
 
 def test_a_plot_runs_through_the_one_run_path_with_its_cells_and_stop() -> None:
     """The X/Y/Z plot's view of `stream_result`: a finished cell joins the gallery with its caption and the info
-    line counts the cells; Stop works as for every tab; the job is `Service.plot` with the queue's timings."""
+    line counts the cells; Stop works as for every tab and, once a cell has finished, says how many of the plot's
+    cells ran; the job is `Service.plot` with the queue's timings."""
     import gradio as gr
 
     from sd2_app.api.plot import PlotCell
@@ -164,7 +166,7 @@ def test_a_plot_runs_through_the_one_run_path_with_its_cells_and_stop() -> None:
             _late_step_after_stop(on_progress, should_stop, 2, 2, preview)
 
     flags = StopFlags(Visitors())
-    request = Checked(object(), [])
+    request = Checked(object(), [], plot=SimpleNamespace(cells=[None] * 3))  # a plot of 3 cells
     updates = stream_result(Service(), flags, request, "s1", gr.Progress(), lambda result, shown: (), 5,
                             view=PlotView())
     assert next(updates)[2] == STARTING
@@ -175,7 +177,7 @@ def test_a_plot_runs_through_the_one_run_path_with_its_cells_and_stop() -> None:
     assert seen["keep"] is True  # without `spaces` the job keeps its own result (docs/DESIGN.md, "ZeroGPU")
     assert flags.stop("s1")
     infos = [update[2] for update in updates]
-    assert infos == [STOPPING, "Stopped after 2/2 steps."]
+    assert infos == [STOPPING, "Stopped: 1 of 3 cells ran."]
 
 
 def test_stop_says_how_far_the_run_got() -> None:

@@ -32,15 +32,16 @@ def client(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield Client(url, verbose=False)
 
 
-def _stopped_after_the_first_cell(client: Client) -> tuple[list[dict], str]:
-    """The final gallery and info line of PLOT, stopped once its first cell is on screen."""
+def _stopped_after_the_first_cell(client: Client) -> tuple[str, list[dict], str]:
+    """What Stop answers (the line under it) and the final gallery and info line of PLOT, stopped once its first
+    cell is on screen."""
     job = client.submit(api_name="/xyz_plot", **PLOT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any(isinstance(out[1], list) and out[1] for out in job.outputs()):
         time.sleep(0.1)  # gradio_client's job has no event to wait on: its outputs are polled
-    client.predict(api_name="/xyz_plot_stop")
+    said = client.predict(api_name="/xyz_plot_stop")
     _, gallery, info, _ = job.result(timeout=120)
-    return gallery, info
+    return said, gallery, info
 
 
 def _places() -> list[tuple[int, int]]:
@@ -61,8 +62,10 @@ def _places() -> list[tuple[int, int]]:
 def test_a_stopped_plot_shows_its_whole_grid_with_the_cells_that_did_not_run_marked(client: Client) -> None:
     """Stopped in its second of 4 cells: the grid is the whole plot's (both CFG values' grids at 96 px cells; the
     second was drawn with 64 px blanks), the first cell in its place, the other three grey "not run" cells, and
-    the line under the result says 1 of 4 cells ran."""
-    gallery, info = _stopped_after_the_first_cell(client)
+    the line under the result says 1 of 4 cells ran, as Stop itself did (it counted the steps: "Stopped after
+    2/302 steps.")."""
+    said, gallery, info = _stopped_after_the_first_cell(client)
+    assert said == "Stopped: 1 of 4 cells ran."
     assert [item["caption"].split(" · ")[0] for item in gallery] == ["Grid", "Steps: 1, CFG scale: 5"]
     grid, cell = (Image.open(item["image"]).convert("RGB") for item in gallery)
     whole = side_by_side([draw_grid([cell, cell], 2, 1, X_LABELS, title=title) for title in Z_LABELS], SUB_GRID_GAP)
