@@ -207,8 +207,8 @@ def clamp_to(value: Any, slider: gr.Slider, key: str = "") -> Any:
     """A number read from parameters text (pasted into PNG info, or a PNG's) made one `slider` takes: clamped into
     its range and, on a slider of whole steps (steps, images per prompt, sizes), rounded to its step, halves up;
     gr.skip() when it is not a number. A value that had to change is said in a warning naming it (`key`: its name
-    in the text; default: the slider's label): it would otherwise reach the slider as it is and be refused only
-    at Generate ("Batch size must be a whole number, got 2.5.")."""
+    in the text; default: the slider's label, else its elem_id): it would otherwise reach the slider as it is and
+    be refused only at Generate ("Batch size must be a whole number, got 2.5.")."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return gr.skip()
     low, high, step = slider.minimum, slider.maximum, slider.step
@@ -218,7 +218,8 @@ def clamp_to(value: Any, slider: gr.Slider, key: str = "") -> Any:
         fitted = min(low + math.floor((fitted - low) / step + 0.5) * step, high)
     if fitted != value:
         grid = (", whole numbers" if step == 1 else f", in steps of {step:g}") if whole else ""
-        gr.Warning(f"{key or slider.label} {value:g} cannot be set here ({low:g} to {high:g}{grid}); "
+        name = key or slider.label or slider.elem_id or "A value"
+        gr.Warning(f"{name} {value:g} cannot be set here ({low:g} to {high:g}{grid}); "
                    f"{fitted:g} is used.")
     return fitted
 

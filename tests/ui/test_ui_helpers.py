@@ -102,10 +102,29 @@ def test_png_info_numbers_are_clamped_into_the_slider_ranges() -> None:
 
     from sd2_app.ui.blocks import clamp_to
 
-    steps = gr.Slider(1, 150, 25, step=1)
-    assert clamp_to(500, steps) == 150 and clamp_to(0, steps) == 1 and clamp_to(30, steps) == 30
+    steps = gr.Slider(1, 150, 25, step=1, label="Steps")
+    with pytest.warns(UserWarning) as said:  # gr.Warning outside an event is a Python warning
+        assert clamp_to(500, steps) == 150 and clamp_to(0, steps) == 1
+    assert [str(warning.message) for warning in said] == [
+        "Steps 500 cannot be set here (1 to 150, whole numbers); 150 is used.",
+        "Steps 0 cannot be set here (1 to 150, whole numbers); 1 is used."]
+    assert clamp_to(30, steps) == 30
     assert clamp_to(7.5, gr.Slider(0, 30, 7.5)) == 7.5
     assert not isinstance(clamp_to("20", steps), (int, float))  # not a number: the widget keeps its value
+
+
+def test_a_clamped_value_of_a_slider_without_a_label_is_named_by_its_elem_id() -> None:
+    """The warning said "None 500 cannot be set here" for a slider without a label."""
+    import gradio as gr
+
+    from sd2_app.ui.blocks import clamp_to
+
+    with pytest.warns(UserWarning) as said:
+        assert clamp_to(500, gr.Slider(1, 150, 25, step=1, elem_id="txt2img-steps")) == 150
+        assert clamp_to(-3, gr.Slider(0, 30, 7.5, step=0.5)) == 0
+    assert [str(warning.message) for warning in said] == [
+        "txt2img-steps 500 cannot be set here (1 to 150, whole numbers); 150 is used.",
+        "A value -3 cannot be set here (0 to 30); 0 is used."]
 
 
 def _late_step_after_stop(on_progress, should_stop, step: int, total: int, preview: Image.Image) -> None:
