@@ -33,6 +33,7 @@ from starlette.middleware import Middleware
 from sd2_app.ui.cancels import CancelMiddleware
 from sd2_app.ui.departures import stop_jobs_when_streams_close
 from sd2_app.ui.hosting import Hosting, for_visitors
+from sd2_app.ui.raw_values import quick_event, refusal
 from sd2_app.ui.uploads import local_file_references
 
 if TYPE_CHECKING:
@@ -108,6 +109,19 @@ class AppBlocks(gr.Blocks):
             log.info("refused an event: %d of its %d values sent", got, needed)
             raise gr.Error(f"This endpoint takes {needed} values, in the order its API page lists them; the "
                            f"request sent {got}.", print_exception=False)
+
+    async def process_api(self, block_fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Gradio's `process_api` (every event, queued or not): a quick event (`raw_values.quick_event`) that fails
+        on the values sent answers in words (`raw_values.refusal`), not HTTP 500 with `{"error": null}`."""
+        try:
+            return await super().process_api(block_fn, *args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as error:  # noqa: BLE001  # a visitor's bad value must not become a traceback
+            fn = self.fns[block_fn] if isinstance(block_fn, int) else block_fn
+            if not quick_event(fn):
+                raise
+            raise refusal(fn, error) from None
 
     def close(self, verbose: bool = True) -> None:
         """Stop taking work, stop the running jobs, end their threads, then wait for the pending saves.
