@@ -83,7 +83,10 @@ def _checkpoint(key: Any, task: str, catalog: Catalog) -> str:
     return key
 
 
-def _side(value: Any, what: str, limits: Limits, warnings: list[str]) -> int:
+def image_side(value: Any, what: str, limits: Limits, warnings: list[str]) -> int:
+    """A run's width or height from `value`: a whole number in range (else InvalidRequest) rounded to a multiple of
+    8 within the limits, with a warning where that changed it. The tabs' size controls show a typed side as this
+    makes it (`ui.size_boxes`)."""
     side = integer(value, what, MIN_SIDE, limits.max_side)
     rounded = max(MIN_SIDE, min(limits.max_side - limits.max_side % 8, to_multiple_of_8(side)))
     if rounded != side:
@@ -96,21 +99,21 @@ def img2img_size(width: Any, height: Any, image_size: tuple[int, int], limits: L
     """The size an image-to-image run makes of an image of `image_size` asked for `width` x `height` (one of them
     may be None: that side is the image's): each side rounded to a multiple of 8, with a warning where that
     changed a given side. The Image to image tab resizes in its resize mode to this size, so it is one rule."""
-    return (_side(_given_or_image_side(width, image_size[0], "Width", limits), "Width", limits, warnings),
-            _side(_given_or_image_side(height, image_size[1], "Height", limits), "Height", limits, warnings))
+    return (image_side(_given_or_image_side(width, image_size[0], "Width", limits), "Width", limits, warnings),
+            image_side(_given_or_image_side(height, image_size[1], "Height", limits), "Height", limits, warnings))
 
 
-def _given_or_image_side(value: Any, image_side: int, what: str, limits: Limits) -> Any:
-    """An image-to-image side: `value` as given, or the image's own `image_side` where it was left out (the other
+def _given_or_image_side(value: Any, own_side: int, what: str, limits: Limits) -> Any:
+    """An image-to-image side: `value` as given, or the image's own `own_side` where it was left out (the other
     side given); an image's side out of range is refused saying it is the image's, not a typed one."""
     if value is not None:
         return value
-    if not MIN_SIDE <= image_side <= limits.max_side:
+    if not MIN_SIDE <= own_side <= limits.max_side:
         other = "Height" if what == "Width" else "Width"
-        raise InvalidRequest(f"{what} is empty, so it would be the image's {what.lower()}, {image_side}, which is not "
+        raise InvalidRequest(f"{what} is empty, so it would be the image's {what.lower()}, {own_side}, which is not "
                              f"between {MIN_SIDE} and {limits.max_side}: type a {what.lower()}, or clear {other} too "
                              "to fit the image.")
-    return image_side
+    return own_side
 
 
 def weight_warnings(prompt: str, label: str, shown: int = 3) -> list[str]:
@@ -196,8 +199,8 @@ def _txt2img_fields(
     native = catalog.resolutions[common["checkpoint"]]
     width = native if request.width is None else request.width
     height = native if request.height is None else request.height
-    common["width"] = _side(width, "Width", limits, warnings)
-    common["height"] = _side(height, "Height", limits, warnings)
+    common["width"] = image_side(width, "Width", limits, warnings)
+    common["height"] = image_side(height, "Height", limits, warnings)
     common["hires"] = check_hires(request.hires, (common["width"], common["height"]), common["sampling"],
                                   catalog, limits)
     common["seed_extras"] = check_seed_extras(request.seed_extras, limits)

@@ -15,6 +15,7 @@ from sd2_app.api.tasks import TASKS
 from sd2_app.errors import InvalidRequest
 from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import SAMPLING_NAMES, checkpoint_dropdown, to_sampling
+from sd2_app.ui.size_boxes import show_sides_used
 from sd2_app.ui.resize import RESIZE_MODES, fitted_size, resize_to
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.tab_frame import ImageTab, TabFrame
@@ -43,9 +44,10 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Imag
     _wire_default_size(service, image, checkpoint, width, height)
     inputs = [image, checkpoint, frame.prompt, frame.negative, strength, width, height, resize_mode,
               *controls.inputs(), *extras]
-    wire_run(service, flags, frame.panel, inputs, partial(make_request, service.limits), "img2img",
-             ("image", "checkpoint", "prompt", "negative_prompt", "strength", "width", "height", "resize_mode",
-              *SAMPLING_NAMES, *IMG2IMG_NAMES), styles=frame.styles, eta=controls.eta)
+    run = wire_run(service, flags, frame.panel, inputs, partial(make_request, service.limits), "img2img",
+                   ("image", "checkpoint", "prompt", "negative_prompt", "strength", "width", "height", "resize_mode",
+                    *SAMPLING_NAMES, *IMG2IMG_NAMES), styles=frame.styles, eta=controls.eta)
+    show_sides_used(service.limits, (width, height), run)
     return ImageTab(image, frame.prompt, frame.negative, controls, frame.panel, frame.styles, tiling=extras[2])
 
 

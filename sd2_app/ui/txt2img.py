@@ -12,6 +12,7 @@ from sd2_app.ui.result_panel import ResultPanel
 from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import EXAMPLE_PROMPTS, SAMPLING_NAMES, SamplingControls, to_sampling
 from sd2_app.ui.runner import StopFlags
+from sd2_app.ui.size_boxes import show_sides_used
 from sd2_app.ui.tab_frame import TabFrame
 from sd2_app.ui.txt2img_extras import (NAMES as EXTRA_NAMES, Txt2ImgExtras, build_extras, request_fields,
                                        wire_hires_size)
@@ -49,9 +50,10 @@ def build(service: Service, flags: StopFlags) -> Txt2ImgTab:
         extras = build_extras(service, service.limits.max_side, width.value)  # tiling, hires fix, extra seed options
     wire_hires_size(width, height, extras.fix, service.limits.max_side)
     inputs = [checkpoint, frame.prompt, frame.negative, width, height, *controls.inputs(), *extras.inputs()]
-    wire_run(service, flags, frame.panel, inputs, make_request, "txt2img",
-             ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES, *EXTRA_NAMES),
-             styles=frame.styles, eta=controls.eta)
+    run = wire_run(service, flags, frame.panel, inputs, make_request, "txt2img",
+                   ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES, *EXTRA_NAMES),
+                   styles=frame.styles, eta=controls.eta)
+    show_sides_used(service.limits, (width, height), run)
     return Txt2ImgTab(checkpoint, frame.prompt, frame.negative, width, height, controls, frame.panel, extras,
                       frame.styles)
 

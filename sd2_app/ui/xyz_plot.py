@@ -34,6 +34,7 @@ from sd2_app.ui.result_panel import ResultPanel
 from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import EXAMPLE_PROMPTS, SAMPLING_NAMES, to_sampling
 from sd2_app.ui.runner import WAIT_POLL_S, RunFlag, StopFlags, cached_file, timed_call
+from sd2_app.ui.size_boxes import show_sides_used
 from sd2_app.ui.tab_frame import TabFrame
 from sd2_app.ui.txt2img_extras import HIRES_NAMES, HiresControls, build_hires, request_fields, wire_hires_size
 from sd2_app.ui.uploads import upload_image
@@ -294,6 +295,7 @@ def build(service: Service, flags: StopFlags) -> ResultPanel:
     names = ["checkpoint", "prompt", "negative_prompt"]
     names += [f"{n.lower()}_{part}" for n in AXIS_NAMES for part in ("type", "values", "picked")]
     names += [*SAMPLING_NAMES[:-1], "width", "height", "init_image", "strength", *HIRES_NAMES, *OPTIONS]
-    wire_run(service, flags, panel, inputs, make_request, "xyz_plot", names,
-             finish_extra=lambda result: (_tables(result),), view=PlotView)
+    run = wire_run(service, flags, panel, inputs, make_request, "xyz_plot", names,
+                   finish_extra=lambda result: (_tables(result),), view=PlotView)
+    show_sides_used(service.limits, (width, height), run)
     return panel
