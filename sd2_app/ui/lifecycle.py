@@ -33,7 +33,7 @@ from starlette.middleware import Middleware
 from sd2_app.ui.cancels import CancelMiddleware
 from sd2_app.ui.departures import stop_jobs_when_streams_close
 from sd2_app.ui.hosting import Hosting, for_visitors
-from sd2_app.ui.raw_values import quick_event, refusal
+from sd2_app.ui.raw_values import guard_quick_events, quick_event, refusal
 from sd2_app.ui.uploads import local_file_references
 
 if TYPE_CHECKING:
@@ -79,7 +79,9 @@ class AppBlocks(gr.Blocks):
     def launch(self, *args: Any, app_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
         """Gradio's `launch`, serving visitors: `app_kwargs` gets the app's middlewares and cache sweep added, and
         the queue is watched (`sd2_app.ui.hosting.for_visitors`); a closed event stream stops its session's jobs
-        (`sd2_app.ui.departures`), and so does a client's cancel of its job (`sd2_app.ui.cancels`)."""
+        (`sd2_app.ui.departures`), and so does a client's cancel of its job (`sd2_app.ui.cancels`); a quick event
+        refuses junk in words (`raw_values.guard_quick_events`)."""
+        guard_quick_events(self)
         app_kwargs = for_visitors(self, self.flags.visitors, self.hosting, app_kwargs)
         app_kwargs["middleware"] = [*app_kwargs["middleware"], Middleware(CancelMiddleware, queue=self._queue)]
         stop_jobs_when_streams_close(self._queue)

@@ -1,6 +1,6 @@
 """Widget values as a visitor sent them: the service, not Gradio's widgets, judges what reaches a Generate
 endpoint (`run_events.wire_run` applies `server_checked` to every input of one); every other event answers a value
-it cannot use with a message, not HTTP 500 (`guard_quick_events`, applied by `build_ui` to the whole app)."""
+it cannot use with a message, not HTTP 500 (`guard_quick_events`, applied by `AppBlocks.launch` to the whole app)."""
 
 from __future__ import annotations
 
