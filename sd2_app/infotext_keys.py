@@ -50,6 +50,7 @@ MASK_BLUR = "Mask blur"
 INPAINT_AREA = "Inpaint area"
 MASKED_AREA_PADDING = "Masked area padding"
 KEEP_UNMASKED = "Keep unmasked"
+MASKED_CONTENT = "Masked content"  # A1111's: "fill", "latent noise" or "latent nothing" ("original" is not written)
 OUTPAINT_FILL = "Outpaint fill"
 OUTPAINT_LEFT = "Outpaint left"  # the margins added, in pixels
 OUTPAINT_RIGHT = "Outpaint right"

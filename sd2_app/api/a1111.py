@@ -85,7 +85,7 @@ IGNORED = frozenset({
     "force_task_id", "infotext", "mask_blur_x", "mask_blur_y", "mask_round", "latent_mask", "firstpass_image",
 })
 RESIZE_MODES = {0: "just resize"}  # A1111's resize_mode values we do
-INPAINTING_FILL_ORIGINAL = 1  # A1111's "original": the masked area starts from the image, as ours does
+INPAINTING_FILL_DEFAULT = 0  # A1111's "fill" (modules/processing.py, StableDiffusionProcessingImg2Img.inpainting_fill)
 
 
 # (the name a call gives, or None; its task) -> our checkpoint key (`A1111Api.checkpoint_for`)
@@ -275,14 +275,18 @@ def _send_images(body: Mapping[str, Any]) -> bool:
     return True if send is None else flag(send, "send_images")
 
 
+def _masked_content(body: Mapping[str, Any]) -> str:
+    """inpainting_fill: the index of A1111's "Masked content" choices (`MASKED_CONTENT`); A1111's default is 0."""
+    fill = body.get("inpainting_fill", INPAINTING_FILL_DEFAULT)
+    if isinstance(fill, bool) or not isinstance(fill, int) or not 0 <= fill < len(rq.MASKED_CONTENT):
+        choices = ", ".join(f"{i} ({name})" for i, name in enumerate(rq.MASKED_CONTENT))
+        raise InvalidRequest(f"inpainting_fill must be one of {choices}; got {shown(fill)}.")
+    return rq.MASKED_CONTENT[fill]
+
+
 def _inpaint_fields(body: Mapping[str, Any]) -> dict[str, Any]:
-    fill = body.get("inpainting_fill", INPAINTING_FILL_ORIGINAL)
-    if fill != INPAINTING_FILL_ORIGINAL and body.get("denoising_strength", TASKS["inpaint"].strength) != 1:
-        raise InvalidRequest(
-            f"inpainting_fill {shown(fill)} is not available; use 1 (original), or denoising_strength 1, where the "
-            "masked area's start makes no difference."
-        )
     return {
+        "masked_content": _masked_content(body),
         "mask_blur": body.get("mask_blur", 4),
         "only_masked": flag(body.get("inpaint_full_res", False), "inpaint_full_res"),  # "false" is not off
         "only_masked_padding": body.get("inpaint_full_res_padding", 32),

@@ -167,6 +167,13 @@ class Img2ImgRequest:
     tiling: bool = False  # convolutions pad circularly: the image tiles seamlessly
 
 
+# What the masked area starts from when strength < 1: A1111's "Masked content" choices, in its order (the A1111
+# API's `inpainting_fill` is the index). "fill": the area painted from the pixels around it (pipelines/mask_fill.py);
+# "original": the image as it is; "latent noise" / "latent nothing": the image encoded, then the area's start
+# latents replaced by unit noise / zeros (A1111 modules/processing.py, StableDiffusionProcessingImg2Img.init).
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
+
+
 @dataclass(frozen=True)
 class InpaintRequest:
     task: ClassVar[str] = "inpaint"
@@ -181,6 +188,7 @@ class InpaintRequest:
     only_masked: bool = False  # crop around the mask, work at the model's resolution, paste back
     only_masked_padding: int = 32  # pixels of context around the mask's box in only-masked mode
     keep_unmasked: bool = True  # paste the input's pixels back outside the mask (diffusers does not)
+    masked_content: str = "original"  # one of MASKED_CONTENT: what the masked area starts from (strength < 1)
     sampling: Sampling = _sampling("inpaint")
 
 
@@ -212,7 +220,7 @@ class DepthRequest:
 
 OUTPAINT_FILLS = {  # how outpainting pre-fills the added strips: key -> what the UI calls it
     "edge": "edge-extend + noise",  # the border pixels repeated outwards, plus a little seeded noise
-    "blur": "blurred",  # the edge extension heavily blurred: a smooth field of the border's colours
+    "blur": "blurred",  # the image's colours nearby, blurred into the strips (pipelines/mask_fill.py)
     "solid": "solid colour",  # the image's mean colour
 }
 OUTPAINT_MARGIN = 128

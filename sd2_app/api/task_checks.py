@@ -21,6 +21,7 @@ from sd2_app.api.image_inputs import check_size, checked_image, decoded, fit_ins
 from sd2_app.api.requests import (
     DepthRequest,
     Img2ImgRequest,
+    MASKED_CONTENT,
     OUTPAINT_FILLS,
     InpaintRequest,
     OutpaintRequest,
@@ -247,7 +248,14 @@ def _inpaint_fields(
         only_masked=flag(request.only_masked, "Only masked area"),
         only_masked_padding=integer(request.only_masked_padding, "Only-masked padding", 0, 256),
         keep_unmasked=flag(request.keep_unmasked, "Keep unmasked"),
+        masked_content=_masked_content(request.masked_content),
     )
+
+
+def _masked_content(value: Any) -> str:
+    if not isinstance(value, str) or value not in MASKED_CONTENT:
+        raise InvalidRequest(f"Unknown masked content {shown(value)}; choose one of: {', '.join(MASKED_CONTENT)}.")
+    return value
 
 
 def _upscale_fields(

@@ -5,6 +5,8 @@ After diffusers pipeline_stable_diffusion_img2img.py (get_timesteps, prepare_lat
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from sd2_app import infotext_keys as keys
@@ -30,15 +32,20 @@ def noised_init_latents(
     batch_size: int,
     generator: torch.Generator,
     extras: SeedExtras | None = None,
+    start: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """(1, 3, H, W) image -> (B, 4, h, w) sigma-space start latents.
 
     Draw order as in the reference: the posterior sample (shape (1, 4, h, w)), then the noise for the
     whole batch (slerped towards the variation seed's noise when `extras` has one: pipelines/seeds.py).
-    `add_noise` in sigma space is x0 + sigma * noise.
+    `start` changes the (B, 4, h, w) encoded latents before the noise is drawn and added (inpainting's masked
+    content: pipelines/inpaint.py); draws it makes come between the two. `add_noise` in sigma space is
+    x0 + sigma * noise.
     """
     init = encode(components.vae, image, generator)  # (1, 4, h, w)
     init = torch.cat([init] * batch_size)  # (B, 4, h, w)
+    if start is not None:
+        init = start(init)
     noise = draw_noise(tuple(init.shape), generator, components.device, components.dtype)
     if extras is not None:
         noise = vary(noise, generator, extras, components.dtype)

@@ -2,11 +2,13 @@
 (diffusers pipeline_stable_diffusion_inpaint.py).
 
 Beyond the reference: "only masked" (crop around the mask, work at the model's resolution, paste back) and
-`keep_unmasked`, an inward-feathered paste-back that leaves every pixel outside the mask as it was.
+`keep_unmasked`, an inward-feathered paste-back that leaves every pixel outside the mask as it was; and below
+strength 1, A1111's "Masked content" (`InpaintRequest.masked_content`): what the masked area starts from.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,18 +21,48 @@ from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.images import floor_size, postprocess, preprocess_image, preprocess_mask
 from sd2_app.pipelines.img2img import noised_init_latents
 from sd2_app.pipelines.loop import LatentProgressFn
+from sd2_app.pipelines.mask_fill import fill_from_surroundings
 from sd2_app.pipelines.masks import binarize, crop_box, paste_back
 from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.prompt import ti_hashes
-from sd2_app.pipelines.sampling import start_job
+from sd2_app.pipelines.sampling import draw_noise, start_job
 from sd2_app.pipelines.generate import native_size
 from sd2_app.pipelines.vae_io import encode, vae_factor
 from sd2_app.api.requests import InpaintRequest
 
 if TYPE_CHECKING:
     from sd2_app.loading.embeddings import TextualInversion
+
+
+def content_image(image: torch.Tensor, mask: torch.Tensor, content: str) -> torch.Tensor:
+    """The (1, 3, H, W) image the start latents are encoded from: for every masked content but "original" its
+    masked area (`mask` (1, 1, H, W), 1 = repaint) painted from the pixels around it, as A1111 does for all three
+    (modules/processing.py, StableDiffusionProcessingImg2Img.init, `masking.fill`)."""
+    if content == "original":
+        return image
+    pixels = image[0].permute(1, 2, 0).numpy()  # (H, W, 3)
+    filled = fill_from_surroundings(pixels, mask[0, 0].numpy() >= 0.5)
+    return torch.from_numpy(filled).permute(2, 0, 1)[None]
+
+
+def _masked_start(content: str, mask: torch.Tensor, generator: torch.Generator,
+                  components: Components) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What becomes of the encoded start latents inside the latent-sized `mask` (1, 1, h, w): unit noise drawn
+    from the request's generator for "latent noise", zeros for "latent nothing" (A1111, as above); None: as
+    encoded."""
+    if content not in ("latent noise", "latent nothing"):
+        return None
+
+    def start(init: torch.Tensor) -> torch.Tensor:
+        area = mask.to(init.device) >= 0.5
+        if content == "latent nothing":
+            return torch.where(area, torch.zeros_like(init), init)
+        noise = draw_noise(tuple(init.shape), generator, components.device, components.dtype)
+        return torch.where(area, noise.to(init.device), init)
+
+    return start
 
 
 def _generate(
@@ -54,16 +86,19 @@ def _generate(
 
     job = start_job(components, request, strength=request.strength, mode=mode)
 
-    # Draw order (docs/DESIGN.md, "Random draws"): start latents (posterior + noise when strength < 1), then the
-    # masked encode.
+    # Draw order (docs/DESIGN.md, "Random draws"): start latents (posterior, "latent noise" + noise when
+    # strength < 1), then the masked encode.
     batch = sampling.batch_size
     h, w = height // factor, width // factor
+    mask_latent = F.interpolate(mask_tensor, size=(h, w))  # nearest, (1, 1, h, w)
     if request.strength >= 1.0:
         x = job.start_noise((batch, components.vae.config.latent_channels, h, w))
     else:
-        x = noised_init_latents(components, init_image, job.plan, batch, job.generator)
+        start = _masked_start(request.masked_content, mask_latent, job.generator, components)
+        x = noised_init_latents(components, content_image(init_image, mask_tensor, request.masked_content),
+                                job.plan, batch, job.generator, start=start)
     masked_latents = encode(components.vae, masked_image, job.generator)  # (1, 4, h, w)
-    mask_latent = F.interpolate(mask_tensor, size=(h, w)).to(masked_latents.device)  # nearest, (1, 1, h, w)
+    mask_latent = mask_latent.to(masked_latents.device)
     concat = torch.cat([mask_latent, masked_latents], dim=1).repeat(job.rows, 1, 1, 1)  # (2B|B, 5, h, w)
     latents = job.denoise(x, concat=concat, on_step=on_step)
     return postprocess(job.decode(latents)), latents, job.embeddings
@@ -123,6 +158,8 @@ def inpaint(
         settings[keys.INPAINT_AREA] = "Only masked"
         settings[keys.MASKED_AREA_PADDING] = request.only_masked_padding
     settings[keys.KEEP_UNMASKED] = request.keep_unmasked
+    if request.masked_content != "original" and request.strength < 1.0:  # at strength 1 the start is noise
+        settings[keys.MASKED_CONTENT] = request.masked_content
     settings.update(extra_settings or {})
     label_images(images, request.prompt, request.negative_prompt, settings)
     mask_image = full_mask if out_size == original.size else binarize(request.mask, out_size)

@@ -17,13 +17,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from sd2_app import infotext_keys as keys
 from sd2_app.api.requests import InpaintRequest, OutpaintRequest
 from sd2_app.checkpoints.components import Components
 from sd2_app.pipelines.inpaint import inpaint
 from sd2_app.pipelines.loop import LatentProgressFn
+from sd2_app.pipelines.mask_fill import fill_from_surroundings
 from sd2_app.pipelines.output import PipelineOutput
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 
@@ -42,15 +43,11 @@ def extend_canvas(
     mask[up : up + height, left : left + width] = False
     if fill == "solid":
         canvas = np.broadcast_to(rgb.mean(axis=(0, 1)), mask.shape + (3,)).copy()
+    elif fill == "blur":  # the inpainting "fill" (pipelines/mask_fill.py): blurred colours of the image nearby
+        canvas = fill_from_surroundings(np.pad(rgb, pad), mask)
     else:
-        canvas = np.pad(rgb, pad, mode="edge")
-    if fill == "blur":
-        radius = max(4, max(left, right, up, down) // 2)
-        canvas = np.asarray(Image.fromarray(canvas.astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius)),
-                            dtype=np.float32)
-    elif fill == "edge":
-        noise = np.random.default_rng(seed).normal(0.0, EDGE_NOISE_STD, canvas.shape)
-        canvas = canvas + noise * mask[..., None]
+        noise = np.random.default_rng(seed).normal(0.0, EDGE_NOISE_STD, mask.shape + (3,))
+        canvas = np.pad(rgb, pad, mode="edge") + noise * mask[..., None]
     canvas[~mask] = rgb.reshape(-1, 3)  # the known region exactly as it was (row-major, like the mask)
     canvas_image = Image.fromarray(np.clip(np.round(canvas), 0, 255).astype(np.uint8), mode="RGB")
     return canvas_image, Image.fromarray(mask.astype(np.uint8) * 255, mode="L")

@@ -185,6 +185,43 @@ def test_img2img_and_inpaint_with_a_mask(client) -> None:
     assert not np.array_equal(out[:, :24], np.asarray(init)[:, :24])
 
 
+def test_webuiapis_default_inpaint_call_starts_the_masked_area_from_a1111s_fill(client) -> None:
+    """webuiapi's img2img with a mask sends inpainting_fill 0 (A1111's "fill", also its API's default) and
+    denoising_strength 0.75: it was refused (422, "inpainting_fill 0 is not available")."""
+    init = noise_image(64, 64, seed=3)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    result = client.img2img(images=[init], mask_image=mask, prompt="cat", seed=2, **FAST)
+    text = result.info["infotexts"][0]
+    assert "Denoising strength: 0.75," in text and "Masked content: fill" in text
+    assert np.array_equal(np.asarray(result.images[0].convert("RGB"))[:, 40:], np.asarray(init)[:, 40:])
+
+
+@pytest.mark.parametrize(("fill", "written"), [(None, "fill"), (0, "fill"), (1, None), (2, "latent noise"),
+                                               (3, "latent nothing")])
+def test_each_inpainting_fill_runs_as_its_masked_content(app, fill: int | None, written: str | None) -> None:
+    _, port, _ = app
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    body = {"prompt": "x", **FAST, "seed": 1, "denoising_strength": 0.5, "mask_blur": 0,
+            "init_images": [base64.b64encode(png_bytes(noise_image(64, 64))).decode()],
+            "mask": base64.b64encode(png_bytes(mask)).decode(), **({} if fill is None else {"inpainting_fill": fill})}
+    status, answer = _post(port, "img2img", body)
+    assert status == 200, answer
+    text = json.loads(answer["info"])["infotexts"][0]
+    assert (f"Masked content: {written}" in text) if written else ("Masked content" not in text)
+
+
+@pytest.mark.parametrize("fill", [4, -1, "fill", True, 1.5])
+def test_an_inpainting_fill_a1111_lacks_is_refused_with_the_choices(app, fill: object) -> None:
+    _, port, _ = app
+    body = {"prompt": "x", **FAST, "init_images": [base64.b64encode(png_bytes(noise_image(64, 64))).decode()],
+            "mask": base64.b64encode(png_bytes(Image.new("L", (64, 64), 255))).decode(), "inpainting_fill": fill}
+    assert _post(port, "img2img", body) == (422, {"detail": (
+        "inpainting_fill must be one of 0 (fill), 1 (original), 2 (latent noise), 3 (latent nothing); "
+        f"got {fill!r}.")})
+
+
 @pytest.mark.slow
 def test_progress_polling_and_interrupt_mid_run(app, client) -> None:
     assert client.get_progress()["state"]["job_count"] == 0  # idle (what util_wait_for_ready waits for)

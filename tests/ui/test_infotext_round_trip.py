@@ -74,7 +74,7 @@ IMPLIED = {keys.TI_HASHES, keys.BATCH_POS}
 TASK_ONLY = {
     "img2img": {keys.DENOISING_STRENGTH},
     "inpaint": {keys.DENOISING_STRENGTH, keys.MASK_BLUR, keys.KEEP_UNMASKED, keys.INPAINT_AREA,
-                keys.MASKED_AREA_PADDING, keys.MODEL},
+                keys.MASKED_AREA_PADDING, keys.MASKED_CONTENT, keys.MODEL},
     "outpaint": {keys.DENOISING_STRENGTH, keys.MASK_BLUR, keys.KEEP_UNMASKED, keys.OUTPAINT_FILL, keys.MODEL,
                  *keys.OUTPAINT_MARGINS.values()},
     "depth": {keys.DENOISING_STRENGTH, keys.DEPTH, keys.MODEL},
