@@ -15,7 +15,7 @@ import gradio as gr
 
 from sd2_app.api.quick_reads import PNG_INFO_CONCURRENCY
 from sd2_app.pipelines.metadata import MAX_PARAMETERS_CHARS
-from sd2_app.ui.uploads import guard_image
+from sd2_app.ui.uploads import unopened_path
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
@@ -35,8 +35,8 @@ NOTHING_TO_SEND = ("There are no generation parameters to send: upload a PNG tha
 def build(service: Service) -> tuple[gr.Image, gr.JSON, gr.Button]:
     with gr.Row():
         with gr.Column():
-            image = guard_image(gr.Image(label="PNG with parameters", type="filepath", image_mode=None,
-                                         sources=["upload"], height=320, elem_id="pnginfo-image"))
+            image = unopened_path(gr.Image(label="PNG with parameters", type="filepath", image_mode=None,
+                                           sources=["upload"], height=320, elem_id="pnginfo-image"))
         with gr.Column():
             # The browser cuts a longer paste at max_length; the server refuses a longer text sent otherwise.
             text = gr.Textbox(label="Parameters", info=PASTE_INFO, lines=6, max_length=MAX_PASTED_CHARS,

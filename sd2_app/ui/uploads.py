@@ -146,6 +146,18 @@ def guard_image(image: gr.Image) -> gr.Image:
     return image
 
 
+def unopened_path(image: gr.Image) -> gr.Image:
+    """An image box (type "filepath") whose handler gets the upload's path without the picture being opened: only
+    the format is checked, from the first bytes. For readers of the file's own chunks (PNG info): Gradio's
+    preprocess opens the picture, and PIL refuses one over twice `Image.MAX_IMAGE_PIXELS` (a 4096x3072 PNG)."""
+    def path_only(payload: Any) -> str | None:
+        check_upload(payload)
+        return None if payload is None else payload.path
+
+    image.preprocess = path_only  # type: ignore[method-assign]
+    return image
+
+
 def upload_image(**kwargs: Any) -> gr.Image:
     """`gr.Image(**kwargs)` that accepts only PNG, JPEG and WebP, with readable errors.
 

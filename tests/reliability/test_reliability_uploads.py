@@ -129,6 +129,27 @@ def test_png_info_reads_text_chunks_without_decoding_and_has_its_own_limit(publi
                 f"at most {probe.most} ran at once (their own queue, beside the GPU's); all {outcomes.count('read')} read")
 
 
+def test_png_info_reads_the_parameters_of_a_picture_too_large_to_open(public_app, reliability, tmp_path: Path) -> None:
+    """A 4096x3072 PNG (an A1111 image upscaled x4) is over twice the app's PIL pixel limit (the upload limit):
+    Gradio's image box opened it, so PIL refused it before its text was read."""
+    from PIL.PngImagePlugin import PngInfo
+
+    url, _, _ = public_app
+    text = "a castle\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 1024x768"
+    info = PngInfo()
+    info.add_text("parameters", text)
+    Image.new("RGB", (4096, 3072), (40, 90, 160)).save(tmp_path / "big.png", pnginfo=info, compress_level=1)
+    (tmp_path / "not.png").write_bytes(b"GIF89a" + bytes(100))
+    client = Client(url, verbose=False)
+    read, fields = client.predict(handle_file(str(tmp_path / "big.png")), api_name="/png_info")
+    assert (read, fields["Seed"], fields["Size"]) == (text, 5, "1024x768")
+    with pytest.raises(AppError) as caught:
+        client.predict(handle_file(str(tmp_path / "not.png")), api_name="/png_info")
+    assert str(caught.value) == "The uploaded image could not be read: not a PNG, JPEG or WebP image."
+    reliability(AREA, "PNG info of a 4096x3072 PNG with parameters (over twice the PIL pixel limit), and of a GIF",
+                f"parameters read ({fields['Size']}, seed {fields['Seed']}); the GIF: {caught.value}")
+
+
 def _png_info_outcome(url: str, path: Path, start: threading.Barrier) -> str:
     """One visitor's PNG info call through the queue (gradio_client: the direct route is closed)."""
     client = Client(url, verbose=False)
