@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sd2_app import infotext_keys as keys
-from sd2_app.api.a1111_samplers import sampler_named
+from sd2_app.api.a1111_samplers import read_sampler, sampler_named
 from sd2_app.api.checks import Catalog, check_sampler_names
 from sd2_app.api.plot_order import prompt_orders, reorder
 from sd2_app.api.plot_values import (axis_values_text, boolean, expand_range, format_value, split_values,
@@ -193,6 +193,7 @@ def check_choices(kind: AxisKind, values: list[Any], what: str, catalog: Catalog
         unknown = ", ".join(shown(str(v)) for v in values if v not in HIRES_UPSCALERS)
         raise InvalidRequest(f"{what}: Unknown hires upscaler(s) {unknown}; choose from: {', '.join(HIRES_UPSCALERS)}.")
     if kind.value_type == "sampler":
+        check_no_schedules(values, what, catalog)
         try:
             check_sampler_names(tuple(values), catalog)
         except InvalidRequest as error:
@@ -201,6 +202,23 @@ def check_choices(kind: AxisKind, values: list[Any], what: str, catalog: Catalog
     if unknown:
         raise InvalidRequest(f"{what}: Unknown checkpoint(s) {', '.join(shown(str(v)) for v in unknown)}; "
                              f"choose from: {', '.join(checkpoints)}.")
+
+
+def check_no_schedules(values: Sequence[Any], what: str, catalog: Catalog) -> None:
+    """Refuse a sampler value that is one of ours with a schedule at the end of its name ("DPM++ 2M Karras", as
+    A1111 named samplers before 1.9 and an X/Y/Z value list pasted from then has them), saying what to pick: a
+    value here sets the sampler alone, and A1111's X/Y/Z plot since 1.9 refuses those names too (its
+    `confirm_samplers` looks them up in `samplers_map`, which no longer has them)."""
+    names = list(catalog.samplers)
+    for value in values:
+        if not isinstance(value, str) or sampler_named(value, names) is not None:
+            continue
+        plain, _ = read_sampler(value, None, names)
+        if plain is not None:
+            schedule = value.rsplit(" ", 1)[1]  # the schedules' names are one word (`a1111_samplers.SCHEDULERS`)
+            raise InvalidRequest(f"{what}: {shown(value)} is {plain} with the {schedule} schedule in its name, as "
+                                 f"A1111 named it before 1.9; pick {plain} and set the schedule with Karras sigmas "
+                                 "(or vary it on a Karras axis).")
 
 
 def style_names(value: str, styles: StyleBook) -> list[str]:

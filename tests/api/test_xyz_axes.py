@@ -191,6 +191,21 @@ def test_sampler_axes_read_names_as_a1111_s_plot_does() -> None:
     assert str(error.value).startswith("X values (Sampler): Unknown sampler(s) 'lcm'; choose from: ")
 
 
+def test_a_sampler_with_its_schedule_in_its_name_is_refused_saying_what_to_pick() -> None:
+    """A list pasted from A1111 before 1.9, whose samplers carried their schedule ("DPM++ 2M Karras"): A1111's plot
+    since 1.9 refuses those names ("Unknown sampler"); here the refusal names the sampler and where the schedule is
+    set, for a hires sampler axis too. A name that is not ours with a schedule stays unknown."""
+    with pytest.raises(InvalidRequest) as error:
+        validate(_plot(PlotAxis("sampler", "Euler a, DPM++ 2M Karras")), CATALOG)
+    assert str(error.value) == (
+        "X values (Sampler): 'DPM++ 2M Karras' is DPM++ 2M with the Karras schedule in its name, as A1111 named it "
+        "before 1.9; pick DPM++ 2M and set the schedule with Karras sigmas (or vary it on a Karras axis).")
+    with pytest.raises(InvalidRequest, match=r"^Y values \(Hires sampler\): 'euler karras' is Euler with the karras "):
+        validate(_plot(PlotAxis("steps", "1"), PlotAxis("hires_sampler", "euler karras")), CATALOG)
+    with pytest.raises(InvalidRequest, match=r"^X values \(Sampler\): Unknown sampler\(s\) 'LCM Karras'; choose"):
+        validate(_plot(PlotAxis("sampler", "Euler, LCM Karras")), CATALOG)
+
+
 BOOK = StyleBook((PromptStyle("oil", "oil painting", "photo"), PromptStyle("frame", "a picture of {prompt}", "")))
 
 

@@ -244,6 +244,17 @@ def test_xyz_plot_eta_cells_equal_ddim_runs_with_that_eta(app) -> None:
                                  "or add it to a Sampler axis.")
 
 
+def test_xyz_plot_refuses_a_pasted_sampler_with_its_schedule_saying_what_to_pick(app) -> None:
+    """X values pasted from A1111 before 1.9 ("Euler a, DPM++ 2M Karras"): refused before anything runs, saying
+    which sampler to pick and where the schedule is set (it said "Unknown sampler(s) 'DPM++ 2M Karras'")."""
+    client, _, _ = app
+    with pytest.raises(AppError) as caught:
+        client.predict(api_name="/xyz_plot", x_type="sampler", x_values="Euler a, DPM++ 2M Karras", **SOLO)
+    assert str(caught.value) == ("X values (Sampler): 'DPM++ 2M Karras' is DPM++ 2M with the Karras schedule in its "
+                                 "name, as A1111 named it before 1.9; pick DPM++ 2M and set the schedule with Karras "
+                                 "sigmas (or vary it on a Karras axis).")
+
+
 def test_xyz_plot_progress_counts_each_hires_cells_second_pass(app) -> None:
     """A hires cell's progress runs through both passes (2 + 1, then 2 + 3 steps), so the plot's count ends at its
     total and never passes it."""
