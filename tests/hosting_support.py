@@ -103,8 +103,14 @@ def queue_join(url: str, forwarded_for: str | None, **values: object) -> httpx.R
 
 
 def fn_index_of(url: str, api_name: str) -> int:
-    """The event number of the app's event named `api_name` (its /config)."""
-    return {d.get("api_name"): d["id"] for d in httpx.get(f"{url}config", timeout=30).json()["dependencies"]}[api_name]
+    """The event number of the app's event named `api_name` (its /config, read once per app)."""
+    if url not in _FN_INDICES:
+        dependencies = httpx.get(f"{url}config", timeout=30).json()["dependencies"]
+        _FN_INDICES[url] = {d.get("api_name"): d["id"] for d in dependencies}
+    return _FN_INDICES[url][api_name]
+
+
+_FN_INDICES: dict[str, dict[str | None, int]] = {}  # each app URL's event numbers by name (`fn_index_of`)
 
 
 def read_stream(client: httpx.Client, session_hash: str) -> list[dict]:

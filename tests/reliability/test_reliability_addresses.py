@@ -206,6 +206,7 @@ def _reused_seed(url: str, forwarded_for: str, session_hash: str) -> object:
     return warnings[0] if warnings else done["output"]["data"][0]
 
 
+@pytest.mark.slow
 def test_new_sessions_from_one_address_push_out_only_that_addresss_own(proxied_app, reliability) -> None:
     """A visitor has a result (its page's session state holds the seed "Reuse last seed" reads); a script at
     another address then opens --max-sessions + 1 sessions under new hashes. Gradio kept the least recently used
