@@ -47,7 +47,7 @@ from sd2_app.ui.light_sessions import light_sessions_lifespan
 from sd2_app.ui.join_refusals import MAX_SESSION_HASH_CHARS, SESSION_HASH_REFUSAL, JoinRefusals
 from sd2_app.ui.mcp_addresses import McpCallerMiddleware
 from sd2_app.ui.request_limits import RequestLimitsMiddleware
-from sd2_app.ui.runner import GPU_QUEUE, RunFlag
+from sd2_app.ui.runner import GPU_QUEUE, Page, RunFlag
 from sd2_app.ui.session_addresses import AddressBoundStateHolder, RequestAddressMiddleware
 from sd2_app.ui.session_messages import keep_live_sessions
 from sd2_app.ui.stream_checks import UnknownStreamMiddleware
@@ -174,12 +174,13 @@ class Visitors:
         refused = self._visitor_refusal(visitor) or self.job_admission.take(address)
         return refused.message if isinstance(refused, Refusal) else refused
 
-    def stop_waiting(self, visitor: str) -> int:
-        """Set the stop flag of every GPU job of `visitor` in the queue; how many were not stopped yet."""
+    def stop_waiting(self, visitor: str, page: Page) -> int:
+        """Set the stop flag of every GPU job of `visitor` in the queue that runs `page` (`RunFlag.page`); how many
+        were not stopped yet."""
         stopped = 0
         for event in self._live_jobs(visitor):
             flag = stop_flag_of(event.request)
-            if flag is not None and not flag.is_set():
+            if flag is not None and flag.page == page and not flag.is_set():
                 flag.set()
                 stopped += 1
         return stopped
@@ -225,7 +226,7 @@ class Visitors:
             if refused is not None:
                 log.info("refused a job: %s", refused)
                 return await self._refusals.refuse(queue, body, request, username, refused)
-            setattr(request.state, STOP_FLAG, RunFlag())
+            setattr(request.state, STOP_FLAG, RunFlag(page=(body.session_hash, body.fn_index)))
             self._joining[visitor] += 1
             try:
                 return await push(body, request, username)

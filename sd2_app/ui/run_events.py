@@ -191,8 +191,9 @@ def _wire_generate(panel: ResultPanel, handler: Callable[..., Iterator[tuple]],
 def _wire_stop(panel: ResultPanel, flags: StopFlags, event: Dependency, api_name: str) -> None:
     def stop(request: gr.Request) -> tuple:
         # Cancelling the event ends its stream, so the message after Stop comes from here, not from the run.
-        # Stop reaches the visitor's queued jobs too (their flags were set when they joined the queue).
-        flag, queued = flags.stop_all(flags.visitor(request))
+        # Stop reaches this tab's jobs of this page, running or queued (each got its flag when it joined the
+        # queue: `hosting`), not the visitor's jobs of other tabs or other pages.
+        flag, queued = flags.stop_page(flags.visitor(request), (request.session_hash, event["id"]))
         return (stopped_message(flag) if flag is not None or queued else NOTHING_TO_STOP, *_idle())
 
     panel.stop.click(stop, None, [panel.info, panel.run, panel.stop], api_name=f"{api_name}_stop", cancels=[event],

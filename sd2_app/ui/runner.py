@@ -2,8 +2,8 @@
 
 `Service.run` is blocking and reports progress through callbacks; Gradio streams what a generator yields.
 The bridge is a queue: the worker puts (done, total, preview) events, the handler drains them, moves the
-progress bar and yields previews. Stop sets a per-session flag that the service checks at every step (and the
-Stop button also cancels a job that is still waiting in the queue). The finished images reach the browser as
+progress bar and yields previews. Stop sets the flag of that tab's run, which the service checks at every step
+(and the Stop button also cancels a job that is still waiting in the queue). The finished images reach the browser as
 the PNG files the Service encoded (`shown_files`), not as images for Gradio to encode a second time.
 
 The worker threads belong to one app: `build_ui` makes its `StopFlags` with their `JobThreads`, and the app's
@@ -78,15 +78,19 @@ class QueuePlace:
         return first
 
 
+Page = tuple[str | None, int | None]  # (Gradio session hash: one page load or one API client, event number)
+
+
 class RunFlag(threading.Event):
     """A run's stop flag, with how far the run got (steps `done` of `total`, or the run view's own `note`) for the
-    message after Stop."""
+    message after Stop, and the `page` whose event it runs (what a tab's Stop stops: `StopFlags.stop_page`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, page: Page | None = None) -> None:
         super().__init__()
         self.done = 0
         self.total = 0
         self.note: str | None = None  # what Stop says instead of the steps, where the view counts better (plot cells)
+        self.page = page
         self.created = time.perf_counter()  # when the job joined the queue (`hosting` makes its flag then)
 
     def waited(self) -> float:
@@ -127,10 +131,11 @@ class JobThreads:
 
 
 class StopFlags:
-    """Stop flags per visitor: Stop stops that visitor's jobs, running or still queued, and nobody else's.
+    """Stop flags per visitor: a tab's Stop stops that tab's jobs, running or still queued, and nobody else's.
 
-    A visitor may have several jobs (a running one and queued ones, up to the per-visitor limit); each has
-    its own flag. `visitors` names the visitor of a request and reaches the jobs still waiting in Gradio's
+    A visitor may have several jobs (a running one and queued ones, up to the per-visitor limit, from several
+    tabs of a page or several browser tabs); each has its own flag, which names the page and event it runs
+    (`RunFlag.page`). `visitors` names the visitor of a request and reaches the jobs still waiting in Gradio's
     queue; `threads` are the worker threads the app's jobs run on (a new set unless given).
     """
 
@@ -160,15 +165,17 @@ class StopFlags:
                 if not flags:
                     del self._flags[session]
 
-    def stop_all(self, session: str) -> tuple[RunFlag | None, int]:
-        """Set the flags of the session's running and queued jobs: (the running flag that got furthest, or
-        None; how many queued jobs were stopped)."""
+    def stop_page(self, session: str, page: Page) -> tuple[RunFlag | None, int]:
+        """Set the flags of the visitor `session`'s running and queued jobs of `page` (one tab's event in one page
+        load): (the running flag that got furthest, or None; how many queued jobs were stopped). The visitor's
+        jobs of other tabs and other page loads go on, as A1111's Interrupt and ComfyUI's Cancel stop only the
+        run they belong to."""
         with self._lock:
-            running = list(self._flags.get(session, ()))
+            running = [flag for flag in self._flags.get(session, ()) if flag.page == page]
         for flag in running:
             flag.set()
         furthest = max(running, key=lambda flag: (flag.total > 0, flag.done), default=None)
-        return furthest, self.visitors.stop_waiting(session)
+        return furthest, self.visitors.stop_waiting(session, page)
 
     def stop_everyone(self) -> int:
         """Set every running job's flag (the app is closing); how many there were."""
@@ -177,15 +184,6 @@ class StopFlags:
         for flag in running:
             flag.set()
         return len(running)
-
-    def stop_run(self, session: str) -> RunFlag | None:
-        """Stop the session's jobs; the running flag that got furthest (None when none is running)."""
-        return self.stop_all(session)[0]
-
-    def stop(self, session: str) -> bool:
-        """Stop the session's jobs; False when it has none, running or queued."""
-        running, queued = self.stop_all(session)
-        return running is not None or queued > 0
 
 
 def stream(

@@ -15,6 +15,8 @@ from sd2_app.ui.result_panel import selected_image
 from sd2_app.ui.run_events import NOT_STARTED, QUEUED
 from sd2_app.ui.hosting import Visitors
 
+PAGE = ("page-1", 3)  # (session hash, event number) of one tab's runs in one page load
+
 NAMES = ["Euler", "Euler a", "DPM++ 2M", "DDIM", "DPM2"]
 
 
@@ -72,17 +74,29 @@ def test_a_new_result_resets_the_picked_gallery_index_so_send_to_carries_its_fir
 
 
 def test_stop_flags_are_per_run_and_forgotten_when_it_ends() -> None:
-    from sd2_app.ui.runner import StopFlags
+    from sd2_app.ui.runner import RunFlag, StopFlags
 
     flags = StopFlags(Visitors())
-    first = flags.arm("s1")
-    assert flags.stop("s1") and first.is_set() and not flags.stop("s2")  # another session has nothing to stop
-    second = flags.arm("s1")
+    first = flags.arm("s1", RunFlag(page=PAGE))
+    assert flags.stop_page("s1", PAGE)[0] is first and first.is_set()
+    assert flags.stop_page("s2", PAGE) == (None, 0)  # another visitor has nothing to stop
+    second = flags.arm("s1", RunFlag(page=PAGE))
     assert not second.is_set()  # the next run starts clear
     flags.release("s1", first)  # a stale release keeps the newer run's flag
-    assert flags.stop("s1") and second.is_set()
+    assert flags.stop_page("s1", PAGE)[0] is second and second.is_set()
     flags.release("s1", second)
-    assert not flags.stop("s1") and flags._flags == {}
+    assert flags.stop_page("s1", PAGE) == (None, 0) and flags._flags == {}
+
+
+def test_a_tabs_stop_stops_only_that_tabs_run_of_that_page() -> None:
+    from sd2_app.ui.runner import RunFlag, StopFlags
+
+    flags = StopFlags(Visitors())
+    mine = flags.arm("s1", RunFlag(page=PAGE))
+    plot = flags.arm("s1", RunFlag(page=(PAGE[0], 9)))  # the X/Y/Z tab of the same page
+    other_page = flags.arm("s1", RunFlag(page=("other-page", PAGE[1])))  # the same tab in another browser tab
+    assert flags.stop_page("s1", PAGE) == (mine, 0)
+    assert mine.is_set() and not plot.is_set() and not other_page.is_set()
 
 
 def test_result_text_fences_prompts_that_contain_backticks() -> None:
@@ -145,7 +159,7 @@ def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
     import gradio as gr
 
     from sd2_app.ui.run_stream import STARTING, STOPPING, stream_result
-    from sd2_app.ui.runner import StopFlags
+    from sd2_app.ui.runner import RunFlag, StopFlags
 
     preview = Image.new("RGB", (8, 8))
 
@@ -155,10 +169,11 @@ def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
             _late_step_after_stop(on_progress, should_stop, 2, 3, preview)
 
     flags = StopFlags(Visitors())
-    updates = stream_result(Service(), flags, Checked(object(), []), "s1", gr.Progress(), lambda result, shown: (), 5)
+    updates = stream_result(Service(), flags, Checked(object(), []), "s1", gr.Progress(), lambda result, shown: (), 5,
+                            queued_flag=RunFlag(page=PAGE))
     assert next(updates)[2] == STARTING
     assert next(updates)[2] == "Step 1/3"
-    assert flags.stop("s1")
+    assert flags.stop_page("s1", PAGE)[0] is not None
     infos = [update[2] for update in updates]
     assert infos == [STOPPING, "Stopped after 2/3 steps."]
 
@@ -171,7 +186,7 @@ def test_a_plot_runs_through_the_one_run_path_with_its_cells_and_stop() -> None:
 
     from sd2_app.api.plot import PlotCell
     from sd2_app.ui.run_stream import STARTING, STOPPING, stream_result
-    from sd2_app.ui.runner import StopFlags
+    from sd2_app.ui.runner import RunFlag, StopFlags
     from sd2_app.ui.xyz_plot import PlotView
 
     preview = Image.new("RGB", (8, 8))
@@ -187,25 +202,25 @@ def test_a_plot_runs_through_the_one_run_path_with_its_cells_and_stop() -> None:
     flags = StopFlags(Visitors())
     request = Checked(object(), [], plot=SimpleNamespace(cells=[None] * 3))  # a plot of 3 cells
     updates = stream_result(Service(), flags, request, "s1", gr.Progress(), lambda result, shown: (), 5,
-                            view=PlotView())
+                            queued_flag=RunFlag(page=PAGE), view=PlotView())
     assert next(updates)[2] == STARTING
     _, gallery, info, *_ = next(updates)
     assert info == "1 cell(s) done · step 1/2"
     assert [caption for _, caption in gallery] == ["Euler, Steps: 2 · 1.23 s"] and gallery[0][0].endswith("cell-1.png")
     assert seen["request"] is request and seen["owner"] == "s1" and list(seen["timings"]) == ["queue"]
     assert seen["keep"] is True  # without `spaces` the job keeps its own result (docs/DESIGN.md, "ZeroGPU")
-    assert flags.stop("s1")
+    assert flags.stop_page("s1", PAGE)[0] is not None
     infos = [update[2] for update in updates]
     assert infos == [STOPPING, "Stopped: 1 of 3 cells ran."]
 
 
 def test_stop_says_how_far_the_run_got() -> None:
-    from sd2_app.ui.runner import StopFlags, stopped_message
+    from sd2_app.ui.runner import RunFlag, StopFlags, stopped_message
 
     flags = StopFlags(Visitors())
-    assert flags.stop_run("s1") is None and stopped_message(None) == "Stopped before it started."
-    flag = flags.arm("s1")
-    assert stopped_message(flags.stop_run("s1")) == "Stopped before sampling began."
+    assert flags.stop_page("s1", PAGE)[0] is None and stopped_message(None) == "Stopped before it started."
+    flag = flags.arm("s1", RunFlag(page=PAGE))
+    assert stopped_message(flags.stop_page("s1", PAGE)[0]) == "Stopped before sampling began."
     flag.done, flag.total = 7, 25
     assert stopped_message(flag) == "Stopped after 7/25 steps."
 

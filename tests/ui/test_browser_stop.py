@@ -1,0 +1,46 @@
+"""Stop in a real Chromium (Playwright), on the tiny checkpoints: a tab's Stop stops that tab's run, as A1111's
+Interrupt stops the current run, and the visitor's job queued from another tab of the page still runs.
+Screenshots go to tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.ui.test_browser import DESKTOP, _go, _open, _pick, _set_number, _shot, browser, expect, url  # noqa: F401
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium and a served app
+
+
+def test_a_tabs_stop_leaves_the_plot_queued_from_another_tab_to_run(browser, url) -> None:  # noqa: F811
+    """The review's F11, repro A: Text to image runs 150 steps, an X/Y/Z plot waits behind it, Stop on Text to
+    image: that run stops and the plot runs to its end (the old Stop stopped every job of the visitor, and the plot
+    said "Stopped before sampling began.")."""
+    page = _open(browser, url, DESKTOP)
+    try:
+        for name, value in (("width", 512), ("height", 512), ("steps", 150)):  # seconds of run: Stop lands mid-run
+            _set_number(page, f"txt2img-{name}", value)
+        page.locator("#txt2img-run").click()
+        expect(page.locator("#txt2img-info")).to_contain_text(re.compile(r"Step \d+/150"), timeout=60_000)
+        _go(page, "X/Y/Z plot")
+        page.locator("#xyz-x-none").click()
+        expect(page.locator("#xyz-x-picked .token")).to_have_count(0)
+        _pick(page, "xyz-x-picked", "Euler")
+        page.keyboard.press("Escape")
+        for name, value in (("steps", 2), ("width", 64), ("height", 64)):
+            _set_number(page, f"xyz-{name}", value)
+        page.locator("#xyz-run").click()
+        expect(page.locator("#xyz-stop")).to_be_enabled()
+        _go(page, "Text to image")
+        page.locator("#txt2img-stop").click()
+        expect(page.locator("#txt2img-info")).to_contain_text(re.compile(r"Stopped (after|at step) \d+/150"),
+                                                                timeout=30_000)
+        _go(page, "X/Y/Z plot")
+        expect(page.locator("#xyz-files a").first).to_be_visible(timeout=180_000)
+        expect(page.locator("#xyz-gallery img")).to_have_count(2)  # the grid and its one cell
+        expect(page.locator("#xyz-info")).not_to_contain_text("Stopped")
+        _shot(page, "stop-leaves-the-queued-plot")
+    finally:
+        page.context.close()
