@@ -325,15 +325,6 @@ def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
     return Job(task, requests, checkpoint, _send_images(body), tuple(body.get("styles") or ()))
 
 
-def upscale_job(body: Mapping[str, Any], checkpoint: str) -> Job:
-    """/extra-single-image: the x4 upscaler (4x only, no prompt: A1111's extras have none)."""
-    if body.get("resize_mode", 0) != 0 or body.get("upscaling_resize", 4) != 4:
-        raise InvalidRequest("Only 4x upscaling is available (upscaling_resize 4, resize_mode 0).")
-    image = decode_image(body.get("image"), "image")
-    request = rq.UpscaleRequest(prompt="", image=image, checkpoint=checkpoint)
-    return Job("upscale", (request,), checkpoint)
-
-
 def info_json(job: Job, results: list[Result], started: float) -> str:
     """A1111's `info`: the first request's settings, then per image its seed and parameters text."""
     first = results[0].request

@@ -1,9 +1,9 @@
-"""The A1111 API's read-only routes: what the server offers (checkpoints, samplers, schedulers, upscalers,
+"""The A1111 API's read-only routes: what the server offers (checkpoints, samplers, schedulers,
 embeddings, the host's prompt styles, and no scripts or separate VAEs), `/png-info`, which reads an image's
 parameters, and `/interrogate`, which this server does not offer (501 in A1111's error body, `INTERROGATE_MESSAGE`).
 
 None of them touches the GPU or takes a job's place. Shapes: A1111's modules/api/models.py (SDModelItem,
-SamplerItem, PromptStyleItem, SchedulerItem, UpscalerItem, EmbeddingsResponse, PNGInfoResponse) and modules/api/api.py
+SamplerItem, PromptStyleItem, SchedulerItem, EmbeddingsResponse, PNGInfoResponse) and modules/api/api.py
 (`pnginfoapi`: the text, the PNG's text items and the parsed fields).
 """
 
@@ -34,8 +34,8 @@ INTERROGATE_MESSAGE = ("This server does not interrogate images (/sdapi/v1/inter
 
 
 def catalog_routes(router: APIRouter, api: A1111Api) -> None:
-    """/sd-models, /samplers, /schedulers, /upscalers, /scripts, /prompt-styles, /sd-vae and /embeddings, and
-    /interrogate's refusal."""
+    """/sd-models, /samplers, /schedulers, /scripts, /prompt-styles, /sd-vae and /embeddings, and /interrogate's
+    refusal (/upscalers: `a1111_extras`)."""
     catalog = api.service.catalog
     names = api.service.samplers
 
@@ -52,11 +52,6 @@ def catalog_routes(router: APIRouter, api: A1111Api) -> None:
     def schedulers() -> list[dict[str, Any]]:
         return [{"name": name, "label": label, "aliases": None, "default_rho": 7.0 if name == "karras" else -1,
                  "need_inner_model": False} for name, label in SCHEDULERS.items()]
-
-    @router.get("/upscalers")
-    def upscalers() -> list[dict[str, Any]]:
-        return [{"name": catalog.labels.get(key, key), "model_name": key, "model_path": None, "model_url": None,
-                 "scale": 4} for key, tasks in catalog.tasks.items() if "upscale" in tasks]
 
     @router.get("/scripts")
     def scripts() -> dict[str, list[str]]:

@@ -40,6 +40,7 @@ from sd2_app.api.a1111_auth import basic_auth
 from sd2_app.api.a1111_catalog import catalog_routes, png_info_routes
 from sd2_app.api.a1111_disconnects import run_while_connected
 from sd2_app.api.a1111_errors import errors_as_http
+from sd2_app.api.a1111_extras import extras_routes
 from sd2_app.api.job_admission import JobAdmission
 from sd2_app.api.quick_reads import MAX_QUICK_REQUESTS_PER_ADDRESS, QuickReads
 from sd2_app.api.checked import Checked, check
@@ -150,19 +151,6 @@ class A1111Api:
         if key is not None and key in self.service.catalog.tasks:
             return key
         raise InvalidRequest(f"Unknown checkpoint {shown(str(name))}; choose one of: {', '.join(self.service.catalog.tasks)}.")
-
-    def upscaler(self, name: Any) -> str:
-        """The checkpoint key of the upscaler `name` (a key or a label, as /upscalers lists them)."""
-        keys = [key for key, tasks in self.service.catalog.tasks.items() if "upscale" in tasks]
-        try:
-            key = self.resolve(name)
-        except InvalidRequest:
-            key = None
-        if key not in keys:
-            offered = ", ".join(repr(self.service.catalog.labels.get(k, k)) for k in keys) or "none"
-            raise InvalidRequest(f"Unknown upscaler {shown(str(name))}; this server has {offered} "
-                                 "(see /sdapi/v1/upscalers).")
-        return key
 
     def set_options(self, options: Mapping[str, Any], client: Request) -> None:
         """A new `sd_model_checkpoint` is loaded through the GPU gate, like a job: while it loads it holds a place
@@ -317,6 +305,7 @@ def build_router(api: A1111Api) -> APIRouter:
     """The routes; app.py passes them to Gradio's FastAPI app (`launch(app_kwargs={"routes": ...})`)."""
     router = APIRouter(prefix=PREFIX, dependencies=[Depends(basic_auth(api.auth))])
     _generation_routes(router, api)
+    extras_routes(router, api)
     _job_routes(router, api)
     catalog_routes(router, api)
     png_info_routes(router, api)
@@ -324,7 +313,7 @@ def build_router(api: A1111Api) -> APIRouter:
 
 
 def _generation_routes(router: APIRouter, api: A1111Api) -> None:
-    """/txt2img, /img2img (and inpaint) and /extra-single-image: each a job through `A1111Api.run`."""
+    """/txt2img and /img2img (and inpaint): each a job through `A1111Api.run` (/extra-single-image: `a1111_extras`)."""
     names = api.service.samplers
     max_images = api.service.limits.max_batch
     styles = api.service.styles  # the host's prompt styles, which a request's `styles` names
@@ -341,16 +330,6 @@ def _generation_routes(router: APIRouter, api: A1111Api) -> None:
         return await run_while_connected(client, lambda stop: errors_as_http(
             lambda: api.run("img2img", lambda: a1111.img2img_job(body, api.checkpoint_for, names(), max_images, styles),
                             body, client, stop)))
-
-    @router.post("/extra-single-image")
-    async def extra_single_image(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        def call(stop: threading.Event) -> dict[str, Any]:
-            upscaler = body.get("upscaler_1")
-            key = api.upscaler(upscaler) if upscaler not in (None, "None") else api._first_for("upscale")
-            out = api.run("upscale", lambda: a1111.upscale_job(body, key), body, client, stop)
-            return {"html_info": "", "image": out["images"][0] if out["images"] else None}
-
-        return await run_while_connected(client, lambda stop: errors_as_http(lambda: call(stop)))
 
 
 def _job_routes(router: APIRouter, api: A1111Api) -> None:

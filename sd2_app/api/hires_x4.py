@@ -20,7 +20,7 @@ from PIL import Image
 
 from sd2_app.api.requests import HiresPassRequest, Txt2ImgRequest, UpscaleRequest
 from sd2_app.api.results import ProgressFn
-from sd2_app.api.txt2img_options import x4_checkpoint
+from sd2_app.api.upscaler_names import x4_checkpoint
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service  # the Service runs this route: it imports this module

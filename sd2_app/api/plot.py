@@ -33,7 +33,7 @@ from sd2_app.api.plot_axes import (
     hires_for_axes,
     offered_axes,
     parse_values,
-    read_samplers,
+    read_names,
     uses_eta,
 )
 from sd2_app.api.plot_order import check_order_terms
@@ -43,6 +43,7 @@ from sd2_app.api.hires_x4 import x4_request
 from sd2_app.api.plot_grid import NOT_RUN, plot_grids
 from sd2_app.api.requests import (
     ETA_SAMPLERS,
+    X4_UPSCALER,
     Img2ImgRequest,
     PlotAxis,
     TaskRequest,
@@ -51,7 +52,6 @@ from sd2_app.api.requests import (
 )
 from sd2_app.api.results import ProgressFn, Result
 from sd2_app.api.task_checks import validate_task
-from sd2_app.api.txt2img_options import X4_UPSCALER
 from sd2_app.errors import Cancelled, InvalidRequest, shown
 from sd2_app.pipelines.metadata import attach_parameters, format_parameters, parse_parameters
 from sd2_app.prompt_styles import StyleBook
@@ -185,7 +185,7 @@ def _checked_axes(used: list[tuple[str, PlotAxis]], base: Txt2ImgRequest | Img2I
         if kind.txt2img_only and not isinstance(base, Txt2ImgRequest):
             raise InvalidRequest(f"{kind.label} varies only a text-to-image plot with the hires fix; remove the "
                                  "init image.")
-        values = read_samplers(kind, parse_values(axis, what, limits.max_plot_cells), catalog)
+        values = read_names(kind, parse_values(axis, what, limits.max_plot_cells), catalog)
         check_choices(kind, values, what, catalog, checkpoints)
         if axis.kind in SEED_KINDS:
             values = [-1 if keep and random_seed(v) else resolve_seed(v, what) for v in values]

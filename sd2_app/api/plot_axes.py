@@ -33,6 +33,7 @@ from sd2_app.api.requests import (
     PlotAxis,
     Txt2ImgRequest,
 )
+from sd2_app.api.upscaler_names import hires_upscaler_named
 from sd2_app.errors import InvalidRequest, shown
 from sd2_app.prompt_styles import StyleBook
 
@@ -176,10 +177,13 @@ def parse_values(axis: PlotAxis, what: str, max_values: int) -> list[Any]:
     return values
 
 
-def read_samplers(kind: AxisKind, values: list[Any], catalog: Catalog) -> list[Any]:
-    """A sampler axis's values in our spelling where they name one of ours as A1111's X/Y/Z plot reads them (any
-    case, "PLMS" for PNDM: `a1111_samplers.sampler_named`, as its `samplers_map`); others as they are, for
+def read_names(kind: AxisKind, values: list[Any], catalog: Catalog) -> list[Any]:
+    """A sampler or hires upscaler axis's values in our spelling where they name one of ours: samplers as A1111's
+    X/Y/Z plot reads them (any case, "PLMS" for PNDM: `a1111_samplers.sampler_named`, as its `samplers_map`),
+    upscalers as every hires upscaler is read (`upscaler_names.hires_upscaler_named`); others as they are, for
     `check_choices` to refuse by the name typed."""
+    if kind.value_type == "upscaler":
+        return [hires_upscaler_named(value, catalog) or value for value in values]
     if kind.value_type != "sampler":
         return values
     return [sampler_named(value, list(catalog.samplers)) or value if isinstance(value, str) else value

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 from sd2_app.api.checks import MAX_PROMPT_CHARS, Catalog
 from sd2_app.api.hires_x4 import x4_request
 from sd2_app.api.plot import cell_caption
-from sd2_app.api.requests import Request, Txt2ImgRequest, guidance_on
-from sd2_app.api.txt2img_options import X4_UPSCALER, x4_checkpoint
+from sd2_app.api.requests import X4_UPSCALER, Request, Txt2ImgRequest, guidance_on
+from sd2_app.api.upscaler_names import x4_checkpoint
 from sd2_app.errors import InvalidRequest, LoadError, shown
 from sd2_app.fork_safety import renew_in_forked_child
 from sd2_app.pipelines.prompt_chunks import MAX_CHUNKS, tokenize_prompts

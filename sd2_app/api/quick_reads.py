@@ -3,7 +3,8 @@
 A PNG info read decodes up to 25 MiB of base64 and walks the PNG's chunks. The web UI's reads wait in a queue of
 their own in Gradio (`sd2_app.ui.pnginfo`): at most `PNG_INFO_CONCURRENCY` run at once and one network address
 may have at most `MAX_QUICK_REQUESTS_PER_ADDRESS` waiting or running (`sd2_app.ui.hosting`). The A1111 API's
-`/png-info` is a plain FastAPI route beside Gradio, so `QuickReads` gives it the same bounds: at most
+`/png-info` is a plain FastAPI route beside Gradio, so `QuickReads` gives it the same bounds (and `/extra-single-image`
+with no upscaler, which decodes and re-encodes its image: `a1111_extras.py`): at most
 `PNG_INFO_CONCURRENCY` reads run at once on worker threads, the others wait without holding a thread, at most
 `QUICK_READ_PLACES` wait or run in all (the next gets 503) and one address at most `MAX_QUICK_REQUESTS_PER_ADDRESS`
 (the next gets 429; off where the per-address job limit is off, `JobAdmission.limit` 0).
@@ -27,7 +28,7 @@ PNG_INFO_CONCURRENCY = 2  # PNG info reads running at once, in the web UI's queu
 # Quick requests (PNG info, image checks, "Send to") of one network address waiting or running; each lasts well
 # under a second, and a page sends one or two at a time.
 MAX_QUICK_REQUESTS_PER_ADDRESS = 4
-QUICK_READ_PLACES = 8  # the API's PNG info reads waiting or running, from every address; each holds its image
+QUICK_READ_PLACES = 8  # the API's quick reads waiting or running, from every address; each holds its image
 
 
 def too_many_quick_requests_message(limit: int) -> str:
@@ -35,8 +36,8 @@ def too_many_quick_requests_message(limit: int) -> str:
 
 
 def reads_busy_message(places: int) -> str:
-    return (f"The server is busy: {places} PNG info reads already waiting or running, as many as it takes at once; "
-            "try again in a moment.")
+    return (f"The server is busy: {places} quick reads (PNG info, images returned unscaled) already waiting or "
+            "running, as many as it takes at once; try again in a moment.")
 
 
 class QuickReads:

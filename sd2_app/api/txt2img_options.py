@@ -10,14 +10,10 @@ from typing import Any
 
 from sd2_app.api.requests import HIRES_UPSCALERS, X4_UPSCALER, HiresFix, Sampling, SeedExtras
 from sd2_app.api.checks import Catalog, Limits, integer, number, resolve_seed
+from sd2_app.api.upscaler_names import hires_upscaler_named, x4_checkpoint
 from sd2_app.errors import InvalidRequest, shown
 
 MAX_HIRES_SCALE = 4.0
-
-
-def x4_checkpoint(catalog: Catalog) -> str | None:
-    """The checkpoint the "SD2 x4" hires upscaler runs on: the first one that can upscale."""
-    return next((key for key, tasks in catalog.tasks.items() if "upscale" in tasks), None)
 
 
 def _optional_int(value: Any, what: str, low: int, high: int) -> int | None:
@@ -36,9 +32,10 @@ def check_hires(
         return None
     if not isinstance(hires, HiresFix):
         raise InvalidRequest(f"Hires fix must be a HiresFix, got {type(hires).__name__}.")
-    if hires.upscaler not in HIRES_UPSCALERS:
+    upscaler = hires_upscaler_named(hires.upscaler, catalog)  # any case; the x4 also by its checkpoint's names
+    if upscaler is None:
         raise InvalidRequest(f"Unknown hires upscaler {shown(hires.upscaler)}; choose one of: {', '.join(HIRES_UPSCALERS)}.")
-    if hires.upscaler == X4_UPSCALER:
+    if upscaler == X4_UPSCALER:
         if x4_checkpoint(catalog) is None:
             raise InvalidRequest("The SD2 x4 hires upscaler needs the x4 upscaler checkpoint, which this server lacks.")
         if sampling.batch_size != 1:
@@ -51,6 +48,7 @@ def check_hires(
                              "or choose another hires sampler.")
     checked = replace(
         hires,
+        upscaler=upscaler,
         sampler=sampler,
         scale=number(hires.scale, "Hires upscale", 1.0, MAX_HIRES_SCALE),
         width=_optional_int(hires.width, "Hires width", 64, limits.max_side),

@@ -323,7 +323,7 @@ def test_options_and_override_settings_read_a_checkpoint_name_alike(app, name: s
 def test_catalog_endpoints(client) -> None:
     assert "DPM++ 2M" in client.util_get_sampler_names()
     assert client.util_get_scheduler_names() == ["automatic", "karras"]
-    assert [u["model_name"] for u in client.get_upscalers()] == ["x4-upscaler"]
+    assert [(u["name"], u["model_name"]) for u in client.get_upscalers()] == [("None", None), ("SD2 x4", "x4-upscaler")]
 
 
 def test_interrogate_answers_501_with_a1111s_error_body(app, client) -> None:
@@ -501,6 +501,16 @@ def test_raw_http_with_the_field_set_of_a1111s_documentation(app) -> None:
     info = json.loads(response["info"])
     assert info["seed"] == 42 and info["all_seeds"] == [42] and info["steps"] == 5 and info["cfg_scale"] == 7
     assert info["sampler_name"] == "Euler a" and image.info["parameters"] == info["infotexts"][0]
+
+
+def test_webuiapis_default_extras_call_returns_the_image_unscaled(client) -> None:
+    """webuiapi's extra_single_image sends upscaler_1 "None" and upscaling_resize 2: it was a 422 ("Only 4x
+    upscaling"), and with upscaling_resize 4 "None" ran the x4 upscaler; A1111's "None" upscales nothing."""
+    small = noise_image(24, 16, seed=5)
+    result = client.extra_single_image(small)
+    assert result.image.size == (24, 16)
+    assert np.array_equal(np.asarray(result.image.convert("RGB")), np.asarray(small))
+    assert client.extra_single_image(small, upscaling_resize=4).image.size == (24, 16)
 
 
 @pytest.mark.slow

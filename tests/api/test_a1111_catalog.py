@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -120,9 +121,56 @@ def test_an_upscaler_this_server_lacks_is_named(url: str) -> None:
     for name in ("R-ESRGAN 4x+", "sd21-base"):
         answer = httpx.post(f"{url}/extra-single-image", json={"image": image, "upscaler_1": name}, timeout=60)
         assert answer.status_code == 422
-        assert answer.json()["detail"] == (f"Unknown upscaler {name!r}; this server has 'x4 upscaler' "
+        assert answer.json()["detail"] == (f"Unknown upscaler {name!r}; this server has 'None', 'SD2 x4' "
                                            "(see /sdapi/v1/upscalers).")
-    assert httpx.get(f"{url}/upscalers", timeout=60).json()[0]["name"] == "x4 upscaler"
-    done = httpx.post(f"{url}/extra-single-image", json={"image": image, "upscaler_1": "x4 upscaler"}, timeout=300)
+
+
+@pytest.mark.slow
+def test_the_x4_upscaler_has_one_name_and_is_read_in_every_spelling(url: str) -> None:
+    """/upscalers listed "x4 upscaler" while the hires fix, the web UI and README call it "SD2 x4", and
+    upscaler_1 "SD2 x4" was a 422 (review F5). One name now, listed beside A1111's "None"; the checkpoint's key and
+    label still read, in any case, for upscaler_1 and hr_upscaler alike."""
+    assert httpx.get(f"{url}/upscalers", timeout=60).json() == [
+        {"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 1},
+        {"name": "SD2 x4", "model_name": "x4-upscaler", "model_path": None, "model_url": None, "scale": 4}]
+    image = _b64(png_bytes(noise_image(16, 16)))
+    done = httpx.post(f"{url}/extra-single-image", json={"image": image, "upscaler_1": "SD2 x4"}, timeout=300)
     assert done.status_code == 200, done.text
     assert Image.open(io.BytesIO(base64.b64decode(done.json()["image"]))).size == (64, 64)
+    for name in ("sd2 X4", "x4 upscaler", "X4-Upscaler"):  # each named the x4: refused only for the 2x asked
+        answer = httpx.post(f"{url}/extra-single-image", json={"image": image, "upscaler_1": name,
+                                                               "upscaling_resize": 2}, timeout=60)
+        assert (answer.status_code, answer.json()["detail"]) == (
+            422, "Only 4x upscaling is available (upscaling_resize 4, resize_mode 0)."), name
+        hires = {"prompt": "x", **FAST, "enable_hr": True, "hr_upscaler": name, "batch_size": 2}
+        answer = httpx.post(f"{url}/txt2img", json=hires, timeout=60)
+        assert (answer.status_code, answer.json()["detail"]) == (
+            422, "The SD2 x4 hires upscaler runs one image at a time; set Images per prompt to 1."), name
+    lower = {"prompt": "x", **FAST, "seed": 1, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "latent"}
+    answer = httpx.post(f"{url}/txt2img", json=lower, timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert json.loads(answer.json()["info"])["infotexts"][0].endswith("Hires upscaler: Latent")
+
+
+@pytest.mark.parametrize("body", [{"upscaler_1": "None", "upscaling_resize": 2}, {"upscaler_1": "None"},
+                                  {"upscaling_resize": 4}, {"upscaler_1": None, "upscaling_resize": 3.5}],
+                         ids=["None-2", "None", "left-out", "null"])
+def test_no_upscaler_returns_the_image_as_it_was(url: str, body: dict) -> None:
+    """upscaler_1 "None" (A1111's default and webuiapi's) ran the x4 upscaler, or was a 422 at webuiapi's
+    upscaling_resize 2; A1111 returns the image unscaled (scripts/postprocessing_upscale.py), as an RGB PNG."""
+    picture = noise_image(24, 16).convert("RGBA")
+    answer = httpx.post(f"{url}/extra-single-image", json={"image": _b64(png_bytes(picture)), **body}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["html_info"] == ""
+    back = Image.open(io.BytesIO(base64.b64decode(answer.json()["image"])))
+    assert (back.format, back.mode, back.size) == ("PNG", "RGB", (24, 16))
+    assert np.array_equal(np.asarray(back), np.asarray(picture.convert("RGB")))
+
+
+def test_no_upscaler_still_checks_the_image(url: str) -> None:
+    answer = httpx.post(f"{url}/extra-single-image", json={"image": "bm90IGFuIGltYWdl", "upscaler_1": "None"},
+                        timeout=60)
+    assert (answer.status_code, answer.json()["detail"]) == (422, "image must be a PNG, JPEG or WebP image.")
+    tiny = _b64(png_bytes(noise_image(4, 4)))
+    answer = httpx.post(f"{url}/extra-single-image", json={"image": tiny}, timeout=60)
+    assert answer.status_code == 422 and answer.json()["detail"].startswith("The image is 4x4; each side needs")

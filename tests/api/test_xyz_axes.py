@@ -206,6 +206,16 @@ def test_a_sampler_with_its_schedule_in_its_name_is_refused_saying_what_to_pick(
         validate(_plot(PlotAxis("sampler", "Euler, LCM Karras")), CATALOG)
 
 
+def test_a_hires_upscaler_axis_reads_names_as_every_hires_upscaler_is_read() -> None:
+    """Any case, and the x4 upscaler by its checkpoint's key or label too (`upscaler_names.hires_upscaler_named`,
+    the one reading of the A1111 API's hr_upscaler and the web UI's hires_upscaler); others refused as typed."""
+    checked, _ = validate(_plot(PlotAxis("hires_upscaler", "lanczos, x4 upscaler, X4-UPSCALER, sd2 x4")), CATALOG)
+    assert checked.x.values == ("Lanczos", "SD2 x4", "SD2 x4", "SD2 x4")
+    with pytest.raises(InvalidRequest) as error:
+        validate(_plot(PlotAxis("hires_upscaler", "lanczos, ESRGAN_4x")), CATALOG)
+    assert str(error.value).startswith("X values (Hires upscaler): Unknown hires upscaler(s) 'ESRGAN_4x'; ")
+
+
 BOOK = StyleBook((PromptStyle("oil", "oil painting", "photo"), PromptStyle("frame", "a picture of {prompt}", "")))
 
 

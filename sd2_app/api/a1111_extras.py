@@ -1,0 +1,87 @@
+"""The A1111 API's extras: `/extra-single-image` (A1111's modules/api/api.py `extras_single_image_api`, its
+ExtrasSingleImageRequest / ExtrasSingleImageResponse) and `/upscalers` (UpscalerItem), by the upscaler names of
+`sd2_app.api.upscaler_names`.
+
+`upscaler_1` "None" (A1111's default, and webuiapi's) runs no upscaler: the image comes back as it was, whatever
+`upscaling_resize` says (A1111's scripts/postprocessing_upscale.py, `process`). That answer needs no GPU, so it
+waits with the PNG info reads (`A1111Api.reads`, bounded per address and in all) rather than for a job's place.
+"SD2 x4" runs the x4 upscaler as a job (`A1111Api.run`), at 4x only.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Body, Request
+
+from sd2_app.api import requests as rq
+from sd2_app.api.a1111 import Job, decode_image
+from sd2_app.api.a1111_disconnects import run_while_connected
+from sd2_app.api.a1111_errors import errors_as_http
+from sd2_app.api.image_inputs import checked_image
+from sd2_app.api.outputs import fast_png
+from sd2_app.api.upscaler_names import extras_upscaler_named, extras_upscalers, is_no_upscaler
+from sd2_app.errors import InvalidRequest, shown
+
+if TYPE_CHECKING:
+    from sd2_app.api.a1111_routes import A1111Api
+
+
+def upscaler_checkpoint(api: A1111Api, name: Any) -> str | None:
+    """The checkpoint the extras upscaler `name` runs on; None for "None" (or left out), which runs none. A name
+    /upscalers lists (any case), or an upscale checkpoint's key, label or A1111 title (`A1111Api.resolve`)."""
+    if is_no_upscaler(name):
+        return None
+    catalog = api.service.catalog
+    key = extras_upscaler_named(name, catalog) if isinstance(name, str) else None
+    if key is None:
+        try:
+            key = api.resolve(name)
+        except InvalidRequest:
+            key = None
+    if key is None or "upscale" not in catalog.tasks.get(key, ()):
+        offered = ", ".join(repr(listed) for listed in extras_upscalers(catalog))
+        raise InvalidRequest(f"Unknown upscaler {shown(str(name))}; this server has {offered} "
+                             "(see /sdapi/v1/upscalers).")
+    return key
+
+
+def upscale_job(body: Mapping[str, Any], checkpoint: str) -> Job:
+    """The x4 upscaler's job (4x only, no prompt: A1111's extras have none)."""
+    if body.get("resize_mode", 0) != 0 or body.get("upscaling_resize", 4) != 4:
+        raise InvalidRequest("Only 4x upscaling is available (upscaling_resize 4, resize_mode 0).")
+    image = decode_image(body.get("image"), "image")
+    request = rq.UpscaleRequest(prompt="", image=image, checkpoint=checkpoint)
+    return Job("upscale", (request,), checkpoint)
+
+
+def unchanged_image(body: Mapping[str, Any], max_pixels: int) -> dict[str, Any]:
+    """The answer with no upscaler: `image`, checked as an upscale's input is, back as an RGB PNG (A1111 converts
+    its extras' input to RGB too: modules/postprocessing.py)."""
+    image = checked_image(decode_image(body.get("image"), "image"), "the image", max_pixels)
+    return {"html_info": "", "image": base64.b64encode(fast_png(image)).decode("ascii")}
+
+
+def extras_routes(router: APIRouter, api: A1111Api) -> None:
+    """/extra-single-image and /upscalers."""
+
+    @router.post("/extra-single-image")
+    async def extra_single_image(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        key = errors_as_http(lambda: upscaler_checkpoint(api, body.get("upscaler_1")))
+        if key is None:
+            max_pixels = api.service.limits.max_input_pixels
+            return await api.reads.run(client, lambda: errors_as_http(lambda: unchanged_image(body, max_pixels)))
+
+        def call(stop: threading.Event) -> dict[str, Any]:
+            out = api.run("upscale", lambda: upscale_job(body, key), body, client, stop)
+            return {"html_info": "", "image": out["images"][0] if out["images"] else None}
+
+        return await run_while_connected(client, lambda stop: errors_as_http(lambda: call(stop)))
+
+    @router.get("/upscalers")
+    def upscalers() -> list[dict[str, Any]]:
+        return [{"name": name, "model_name": key, "model_path": None, "model_url": None, "scale": 1 if key is None else 4}
+                for name, key in extras_upscalers(api.service.catalog).items()]
