@@ -1,6 +1,7 @@
-"""One reading of the upscalers' names, wherever a name is given: the hires fix's upscaler (web UI, gradio API, CLI,
-X/Y/Z plot, the A1111 API's `hr_upscaler`) and the A1111 API's extras upscaler (`/extra-single-image`'s `upscaler_1`
-and the names `/sdapi/v1/upscalers` lists).
+"""One reading of the upscalers' names, wherever a name is given: the hires fix's upscaler (checked for every caller
+in `txt2img_options.check_hires`; the A1111 API's `hr_upscaler` and the X/Y/Z plot's typed values may spell it
+otherwise, the web UI's dropdown and the CLI take the listed names only) and the A1111 API's extras upscaler
+(`/extra-single-image`'s `upscaler_1` and the names `/sdapi/v1/upscalers` lists).
 
 The x4 upscaler is called "SD2 x4" (`X4_UPSCALER`) everywhere, and is also read by the key and the label of the
 checkpoint it runs on ("x4-upscaler", "x4 upscaler"). Names are read in any case, as sampler names are here (A1111
