@@ -44,7 +44,7 @@ from sd2_app.api.a1111_extras import extras_routes
 from sd2_app.api.job_admission import JobAdmission
 from sd2_app.api.quick_reads import MAX_QUICK_REQUESTS_PER_ADDRESS, QuickReads
 from sd2_app.api.checked import Checked, check
-from sd2_app.api.gpu_time import checked_seconds, gpu, gpu_calls_may_fork
+from sd2_app.api.gpu_call import GpuCall
 from sd2_app.api.keeper import unlisted
 from sd2_app.api.outputs import fast_png
 from sd2_app.api.progress import enlarged
@@ -115,14 +115,9 @@ class A1111Api:
         self.reads = QuickReads(self.job_admission.addresses,
                                 MAX_QUICK_REQUESTS_PER_ADDRESS if self.job_admission.limit else 0)
         self.current = self._first_for("txt2img")  # A1111's "sd_model_checkpoint" option
-        # ZeroGPU: the GPU exists only inside spaces.GPU calls, each asking for its own job's time
-        # (the request checked once, before the call: sd2_app/api/checked.py)
-        self._run_in_gpu_call = gpu(
-            duration=lambda checked, *args, **kwargs: checked_seconds(service, checked))(service.run)
-        # Where the call may run in a forked worker (docs/DESIGN.md, "ZeroGPU"), its arguments are pickled, and
-        # the job's progress and stop callbacks (bound to its lock-holding `_Tracked`) cannot go: there the call
-        # runs without them, its result comes back unkept and is kept here.
-        self._keep_in_call = not gpu_calls_may_fork()
+        # ZeroGPU: the GPU exists only inside spaces.GPU calls, each asking for its own job's time (the request
+        # checked once, before the call: sd2_app/api/checked.py), kept here where it may fork (api/gpu_call.py)
+        self._gpu_call = GpuCall(service, service.run)
         self._jobs: list[_Tracked] = []  # oldest first
         self._loads = 0  # checkpoint loads through /options still running
         self._lock = threading.Lock()
@@ -233,15 +228,15 @@ class A1111Api:
                 "parameters": a1111.echo_parameters(body), "info": info}
 
     def _run_batch(self, checked: Checked, tracked: _Tracked) -> Result:
-        """One batch of a job in the GPU call: with its progress and stop callbacks where the call runs here;
-        where it may run in a forked worker, without them (/progress shows no steps, /interrupt stops the job
-        before its next batch) and kept here (see `__init__`)."""
-        if self._keep_in_call:
-            return self._run_in_gpu_call(checked, tracked.on_progress, tracked.stop.is_set, owner=HISTORY_OWNER)
+        """One batch of a job in the GPU call: with its progress and stop callbacks where the call runs here.
+        Where it may run in a forked worker, its arguments are pickled, and the callbacks (bound to the
+        lock-holding `_Tracked`) cannot go: there it runs without them (/progress shows no steps, /interrupt
+        stops the job before its next batch)."""
+        if not self._gpu_call.forks:
+            return self._gpu_call.run(checked, tracked.on_progress, tracked.stop.is_set, owner=HISTORY_OWNER)
         if tracked.stop.is_set():
             raise Cancelled
-        result = self._run_in_gpu_call(checked, owner=HISTORY_OWNER, keep=False)
-        return self.service.keep(result, HISTORY_OWNER, log_here=True)
+        return self._gpu_call.run(checked, owner=HISTORY_OWNER)
 
     def _jobs_of(self, address: str) -> list[_Tracked]:
         """The API jobs of the network address `address`, oldest first. Called with `_lock` held."""

@@ -25,7 +25,7 @@ from PIL import Image
 
 from sd2_app.api import requests as rq
 from sd2_app.api.checked import check
-from sd2_app.api.gpu_time import checked_seconds, gpu, gpu_calls_may_fork
+from sd2_app.api.gpu_call import GpuCall
 from sd2_app.api.keeper import unlisted
 from sd2_app.api.tasks import TASKS
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
@@ -42,22 +42,27 @@ MCP_OWNER = unlisted("mcp")  # a tool call gets its image in the reply: nobody c
 NOT_A_TOOL = "ui"  # any `_mcp_type` other than "tool", "resource" or "prompt" hides a function from MCP
 
 
-def _run(service: Service, request: TaskRequest) -> str | Image.Image:
-    # ZeroGPU: the GPU only inside spaces.GPU, for the time this job needs; checked once, before the GPU call
-    # (sd2_app/api/checked.py). The call may run in a forked worker whose saver is not the app's: there the
-    # result comes back unkept and is kept here (docs/DESIGN.md, "ZeroGPU").
-    keep_in_call = not gpu_calls_may_fork()
-    run = gpu(duration=lambda checked, *args, **kwargs: checked_seconds(service, checked))(service.run)
-    try:
-        result = run(check(service, request), owner=MCP_OWNER, keep=keep_in_call)
-        if not keep_in_call:
-            result = service.keep(result, MCP_OWNER, log_here=True)
-    except (InvalidRequest, Cancelled) as error:
-        raise gr.Error(str(error) or "Stopped.", print_exception=False) from error
-    except LoadError as error:
-        log.warning("MCP: load failed: %s", error)
-        raise gr.Error("The model could not be loaded; the operator has the details.", print_exception=False) from error
-    return shown_files(result)[0]  # the PNG file the Service encoded, not an image for Gradio to encode again
+ToolFn = Callable[..., str | Image.Image]  # the result's first PNG file (`shown_files`)
+RunFn = Callable[["TaskRequest"], str | Image.Image]  # a tool's request run: its first PNG file
+
+
+def _runner(service: Service) -> RunFn:
+    """Run a tool's request: checked once, before the GPU call, which asks ZeroGPU for the time this job needs and
+    keeps its result in the app's process where it may fork (sd2_app/api/gpu_call.py)."""
+    call = GpuCall(service, service.run)
+
+    def run(request: TaskRequest) -> str | Image.Image:
+        try:
+            result = call.run(check(service, request), owner=MCP_OWNER)
+        except (InvalidRequest, Cancelled) as error:
+            raise gr.Error(str(error) or "Stopped.", print_exception=False) from error
+        except LoadError as error:
+            log.warning("MCP: load failed: %s", error)
+            raise gr.Error("The model could not be loaded; the operator has the details.",
+                           print_exception=False) from error
+        return shown_files(result)[0]  # the PNG file the Service encoded, not an image for Gradio to encode again
+
+    return run
 
 
 def _sampling(steps: int, guidance_scale: float, seed: int, sampler: str | None = None, task: str = "txt2img",
@@ -66,15 +71,13 @@ def _sampling(steps: int, guidance_scale: float, seed: int, sampler: str | None 
                        seed=None if seed == -1 else seed, eta=eta)
 
 
-ToolFn = Callable[..., str | Image.Image]  # the result's first PNG file (`shown_files`)
-
-
 def _tools(service: Service) -> dict[str, ToolFn]:
     """The tool functions; their signatures and docstrings are the MCP schema (defaults: the task table). Where
     the host has prompt styles, the tools with a negative prompt (all five, as the web UI's tabs) take them too
     (`_with_styles`)."""
-    tools = {"txt2img": _txt2img_tool(service), "img2img": _img2img_tool(service), "inpaint": _inpaint_tool(service),
-             "upscale": _upscale_tool(service), "depth": _depth_tool(service)}
+    run = _runner(service)  # one GPU function for the five
+    tools = {"txt2img": _txt2img_tool(run), "img2img": _img2img_tool(run), "inpaint": _inpaint_tool(run),
+             "upscale": _upscale_tool(run), "depth": _depth_tool(run)}
     if not service.styles.styles:
         return tools
     return {name: _with_styles(service, tool) if "negative_prompt" in inspect.signature(tool).parameters else tool
@@ -108,7 +111,7 @@ def _with_styles(service: Service, tool: ToolFn) -> ToolFn:
     return styled
 
 
-def _txt2img_tool(service: Service) -> ToolFn:
+def _txt2img_tool(run: RunFn) -> ToolFn:
     t2i = TASKS["txt2img"]
 
     def txt2img(prompt: str, negative_prompt: str = "", width: int = 512, height: int = 512,
@@ -130,12 +133,12 @@ def _txt2img_tool(service: Service) -> ToolFn:
         sampling = _sampling(steps, guidance_scale, seed, sampler, eta=eta)
         request = rq.Txt2ImgRequest(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
                                     checkpoint=t2i.checkpoint, sampling=sampling)
-        return _run(service, request)
+        return run(request)
 
     return txt2img
 
 
-def _img2img_tool(service: Service) -> ToolFn:
+def _img2img_tool(run: RunFn) -> ToolFn:
     i2i = TASKS["img2img"]
 
     def img2img(image: Image.Image, prompt: str, negative_prompt: str = "", strength: float = i2i.strength or 0.75,
@@ -154,12 +157,12 @@ def _img2img_tool(service: Service) -> ToolFn:
         """
         request = rq.Img2ImgRequest(prompt=prompt, image=image, negative_prompt=negative_prompt, strength=strength,
                                     checkpoint=i2i.checkpoint, sampling=_sampling(steps, guidance_scale, seed, task="img2img"))
-        return _run(service, request)
+        return run(request)
 
     return img2img
 
 
-def _inpaint_tool(service: Service) -> ToolFn:
+def _inpaint_tool(run: RunFn) -> ToolFn:
     inp = TASKS["inpaint"]
 
     def inpaint(image: Image.Image, mask: Image.Image, prompt: str, negative_prompt: str = "",
@@ -180,12 +183,12 @@ def _inpaint_tool(service: Service) -> ToolFn:
         request = rq.InpaintRequest(prompt=prompt, image=image, mask=mask, negative_prompt=negative_prompt,
                                     strength=strength, checkpoint=inp.checkpoint,
                                     sampling=_sampling(steps, guidance_scale, seed, task="inpaint"))
-        return _run(service, request)
+        return run(request)
 
     return inpaint
 
 
-def _upscale_tool(service: Service) -> ToolFn:
+def _upscale_tool(run: RunFn) -> ToolFn:
     up = TASKS["upscale"]
 
     # `negative_prompt` came later than the rest: it is last, so a caller of the Gradio endpoint by position
@@ -205,12 +208,12 @@ def _upscale_tool(service: Service) -> ToolFn:
         request = rq.UpscaleRequest(prompt=prompt, image=image, negative_prompt=negative_prompt,
                                     noise_level=noise_level, checkpoint=up.checkpoint,
                                     sampling=_sampling(steps, up.cfg_scale, seed, task="upscale"))
-        return _run(service, request)
+        return run(request)
 
     return upscale
 
 
-def _depth_tool(service: Service) -> ToolFn:
+def _depth_tool(run: RunFn) -> ToolFn:
     dep = TASKS["depth"]
 
     def depth(image: Image.Image, prompt: str, negative_prompt: str = "", strength: float = dep.strength or 0.7,
@@ -229,7 +232,7 @@ def _depth_tool(service: Service) -> ToolFn:
         """
         request = rq.DepthRequest(prompt=prompt, image=image, negative_prompt=negative_prompt, strength=strength,
                                   checkpoint=dep.checkpoint, sampling=_sampling(steps, guidance_scale, seed, task="depth"))
-        return _run(service, request)
+        return run(request)
 
     return depth
 

@@ -15,7 +15,7 @@ from gradio.events import Dependency
 from PIL import Image
 
 from sd2_app.api.checked import Checked, check
-from sd2_app.api.gpu_time import checked_seconds, gpu, gpu_calls_may_fork
+from sd2_app.api.gpu_call import GpuCall
 from sd2_app.api.requests import Request
 from sd2_app.errors import InvalidRequest
 from sd2_app.prompt_styles import StyleBook
@@ -23,7 +23,7 @@ from sd2_app.ui.hosting import stop_flag_of
 from sd2_app.ui.layout import GENERATE, RUNNING
 from sd2_app.ui.raw_values import server_checked
 from sd2_app.ui.result_panel import ResultPanel, describe, gallery_columns
-from sd2_app.ui.run_stream import kept_here, refuse, stream_result
+from sd2_app.ui.run_stream import delivering, refuse, stream_result
 from sd2_app.ui.run_views import RequestView, RunView
 from sd2_app.ui.runner import GPU_QUEUE, Finish, RunFlag, StopFlags, stopped_message
 from sd2_app.ui.sampling_controls import ETA_NAME
@@ -121,17 +121,16 @@ def _generate_handler(
     out. The request is built from the values and checked once, before the GPU call (`on_gpu`): ZeroGPU prices the
     call from that checked request, and the run runs it as it is (sd2_app/api/checked.py)."""
 
-    # ZeroGPU: each call asks for the GPU time its own job needs (sd2_app/api/gpu_time.py). Its arguments are
-    # pickled into a forked worker (spaces/zero/wrappers.py), so they are plain values, not the gr.Request (its
-    # state holds the queued job's stop flag); there a stop comes as the closing of this generator. The worker's
-    # History and saver are not the app's, so there the result comes back unkept and is kept here.
-    keep_in_call = not gpu_calls_may_fork()
+    # ZeroGPU: each call asks for the GPU time its own job needs, and where it may run in a forked worker its
+    # result is kept here (sd2_app/api/gpu_call.py). Its arguments are pickled into that worker
+    # (spaces/zero/wrappers.py), so they are plain values, not the gr.Request (its state holds the queued job's
+    # stop flag); there a stop comes as the closing of this generator.
+    def on_gpu(checked: Checked, queued: RunFlag | None, progress: gr.Progress, *, owner: str,
+               keep: bool) -> Iterator[tuple | Result]:
+        yield from stream_result(service, flags, checked, owner, progress, n_outputs, queued_flag=queued,
+                                 view=view(), keep_result=keep)
 
-    @gpu(duration=lambda session, queued, checked, progress: checked_seconds(service, checked))
-    def on_gpu(session: str, queued: RunFlag | None, checked: Checked,
-               progress: gr.Progress) -> Iterator[tuple | Result]:
-        yield from stream_result(service, flags, checked, session, progress, finish, n_outputs, queued_flag=queued,
-                                 view=view(), keep_result=keep_in_call)
+    call = GpuCall(service, on_gpu)
 
     def handler(request: gr.Request, *values: Any) -> Iterator[tuple]:
         # Gradio passes (request, *widget values, progress tracker) by position: see the signature below.
@@ -141,8 +140,8 @@ def _generate_handler(
         except InvalidRequest as error:  # refused before any GPU time is asked for
             log.info("refused a request: %s", error)
             return (yield from refuse(str(error), n_outputs))
-        session = flags.visitor(request)
-        yield from kept_here(service, on_gpu(session, stop_flag_of(request), checked, progress), session, finish)
+        run = call.stream(checked, stop_flag_of(request), progress, owner=flags.visitor(request))
+        yield from delivering(run, finish)
 
     # Name the API parameters after the request fields (gradio_client users call `prompt=...`, not `param_1=...`).
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD

@@ -48,21 +48,18 @@ def stream_result(
     checked: Checked,
     session: str,
     progress: gr.Progress,
-    finish: Finish,
     n_outputs: int,
     queued_flag: RunFlag | None = None,
     view: RunView | None = None,
     keep_result: bool = True,
 ) -> Iterator[tuple | Result]:
-    """The body of every Generate handler, for its `checked` request: yields (preview, status) updates, then the
-    finished outputs.
+    """The body of every Generate handler's GPU call, for its `checked` request: yields (preview, status) updates,
+    then the `Result`, which the handler delivers (`delivering`) in the app's process.
 
-    Outputs are always (preview, gallery, info, last_seed, selected, *extras); `finish(result, shown)` fills
-    gallery onward. `queued_flag` is the stop flag the job got when it joined the queue: when Stop set it while the
-    job waited, the run ends before its first step with "Stopped.". `view` starts the job and says what each step
-    shows (`run_views`; None: `RequestView`, one request). `keep_result=False` (a ZeroGPU call, in its forked worker):
-    the result is not kept or delivered here but yielded as the `Result` itself, for the app's process to
-    `kept_here` (docs/DESIGN.md, "ZeroGPU").
+    Outputs are always (preview, gallery, info, last_seed, selected, *extras). `queued_flag` is the stop flag the
+    job got when it joined the queue: when Stop set it while the job waited, the run ends before its first step
+    with "Stopped.". `view` starts the job and says what each step shows (`run_views`; None: `RequestView`, one
+    request). `keep_result`: whether the job keeps its result (`Service.run`; `sd2_app.api.gpu_call.GpuCall` decides).
     """
     view = view if view is not None else RequestView()
     flag = flags.arm(session, queued_flag)
@@ -80,8 +77,6 @@ def stream_result(
             elif isinstance(item, tuple):
                 if (update := _step_update(view, item, flag, place, progress)) is not None:
                     yield (*update, *keep)
-            elif keep_result:
-                yield from delivered(item, finish)
             else:
                 yield item
     except GeneratorExit:  # closed (cancelled, or the client left), maybe before `run` started: stop the job
@@ -100,18 +95,17 @@ def stream_result(
         flags.release(session, flag)
 
 
-def kept_here(service: Service, items: Iterator[tuple | Result], session: str, finish: Finish) -> Iterator[tuple]:
-    """`stream_result`'s yields passed on, but a `Result` (a ZeroGPU call's, brought back unkept: `keep_result=False`)
-    kept here, in the app's process (its History, its saver), then delivered. Closing this closes `items` (Stop
-    reaches the run)."""
+def delivering(items: Iterator[tuple | Result], finish: Finish) -> Iterator[tuple]:
+    """`stream_result`'s yields passed on, its `Result` (kept by then: `GpuCall.stream`) delivered, in the app's
+    process (`delivered`). Closing this closes `items` (Stop reaches the run)."""
     try:
         for item in items:
             if isinstance(item, tuple):
                 yield item
             else:
-                yield from delivered(service.keep(item, session), finish)
+                yield from delivered(item, finish)
     finally:
-        getattr(items, "close", lambda: None)()  # a generator (spaces.GPU's stream) is closed; a plain iterator ends
+        getattr(items, "close", lambda: None)()
 
 
 def delivered(result: Result, finish: Finish) -> Iterator[tuple]:

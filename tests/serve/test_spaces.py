@@ -127,8 +127,8 @@ def test_each_ui_call_asks_zerogpu_for_its_own_jobs_time(monkeypatch: pytest.Mon
 
     def fake_gpu(duration):  # records the duration asked; runs nothing on the "GPU"
         def wrap(fn):
-            def on_gpu(*args):
-                asked.append(duration(*args))
+            def on_gpu(*args, **kwargs):
+                asked.append(duration(*args, **kwargs))
                 return iter(())
 
             return on_gpu

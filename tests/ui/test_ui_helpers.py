@@ -169,7 +169,7 @@ def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
             _late_step_after_stop(on_progress, should_stop, 2, 3, preview)
 
     flags = StopFlags(Visitors())
-    updates = stream_result(Service(), flags, Checked(object(), []), "s1", gr.Progress(), lambda result, shown: (), 5,
+    updates = stream_result(Service(), flags, Checked(object(), []), "s1", gr.Progress(), 5,
                             queued_flag=RunFlag(page=PAGE))
     assert next(updates)[2] == STARTING
     assert next(updates)[2] == "Step 1/3"
@@ -201,8 +201,8 @@ def test_a_plot_runs_through_the_one_run_path_with_its_cells_and_stop() -> None:
 
     flags = StopFlags(Visitors())
     request = Checked(object(), [], plot=SimpleNamespace(cells=[None] * 3))  # a plot of 3 cells
-    updates = stream_result(Service(), flags, request, "s1", gr.Progress(), lambda result, shown: (), 5,
-                            queued_flag=RunFlag(page=PAGE), view=PlotView())
+    updates = stream_result(Service(), flags, request, "s1", gr.Progress(), 5, queued_flag=RunFlag(page=PAGE),
+                            view=PlotView())
     assert next(updates)[2] == STARTING
     _, gallery, info, *_ = next(updates)
     assert info == "1 cell(s) done · step 1/2"
