@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from sd2_app.errors import Cancelled
+from sd2_app.fork_safety import renew_in_forked_child
 
 
 class GpuGate:
@@ -27,6 +28,10 @@ class GpuGate:
         self._abandoned: set[int] = set()  # tickets whose holders stopped waiting
         self._waiters: dict[int, Callable[[], bool]] = {}  # ticket -> its `should_stop`, while it waits
         self._poll_s = poll_s
+        # A forked child (ZeroGPU's worker: sd2_app/fork_safety.py) starts with an open gate: the jobs inside or
+        # waiting at the fork were the parent's threads, none of which runs there.
+        renew_in_forked_child(self, _condition=threading.Condition, _next_ticket=int, _serving=int, _abandoned=set,
+                              _waiters=dict)
 
     @property
     def waiting(self) -> int:

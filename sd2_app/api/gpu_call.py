@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sd2_app.api.checked import Checked
 from sd2_app.api.gpu_time import checked_seconds, gpu, gpu_calls_may_fork
 from sd2_app.api.results import Result
+from sd2_app.api.tasks import import_job_modules
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
@@ -28,6 +29,8 @@ class GpuCall:
     def __init__(self, service: Service, job: Callable[..., Any]) -> None:
         self.service = service
         self.forks = gpu_calls_may_fork()  # the job's arguments and results are pickled: no callbacks then
+        if self.forks and service.backend is None:  # the jobs run in forked copies of this process
+            import_job_modules()  # before the first fork: a job there imports nothing
         self._call = gpu(duration=lambda checked, *args, **kwargs: checked_seconds(service, checked))(job)
 
     def run(self, checked: Checked, *args: Any, owner: str, **kwargs: Any) -> Result:

@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     from sd2_app.pipelines.output import PipelineOutput
 
 # The imports left inside functions below are of modules that load torch (the task pipelines and the fallback
-# ladder over them): the UI imports this module, and the UI imports no torch.
+# ladder over them): the UI imports this module, and the UI imports no torch. Where jobs run in forked workers
+# (ZeroGPU), they are imported before the first fork (`sd2_app.api.tasks.import_job_modules`).
 
 log = logging.getLogger(__name__)
 

@@ -101,3 +101,29 @@ def import_pipelines() -> None:
         pipeline_of(task)
     for sampler in SAMPLERS.values():  # the table names them; the loop imports one on first use (`SamplerSpec.fn`)
         sampler.fn
+
+
+# What a job imports inside functions besides the pipelines: the fallback ladder (`Service.run_on_gpu`), the live
+# preview (`api.progress.latent_preview`), the loaders (`sd2_app.loading`, read lazily by `manager.plan`), and the
+# libraries those import where they are used (transformers' classes, the Hub client, its progress bars, whose
+# first bar makes a `multiprocessing` lock: tqdm/std.py, `TqdmDefaultWriteLock`).
+JOB_MODULES = ("sd2_app.api.fallback", "sd2_app.pipelines.preview", "sd2_app.loading.parts",
+               "sd2_app.loading.tokenizer", "sd2_app.loading.hub", "huggingface_hub", "huggingface_hub.errors",
+               "tqdm.auto", "multiprocessing.synchronize", "transformers.modeling_outputs")
+TRANSFORMERS_CLASSES = ("CLIPTextConfig", "CLIPTextModel", "CLIPTokenizer", "DPTForDepthEstimation",
+                        "DPTImageProcessor")
+
+
+def import_job_modules() -> None:
+    """`import_pipelines`, and every other module a job imports on first use (`JOB_MODULES`), now.
+
+    For a Service whose jobs run in processes forked from this one (ZeroGPU's workers: docs/DESIGN.md,
+    "ZeroGPU"): a thread importing a module holds that module's import lock, and in a child forked meanwhile
+    nobody releases it, so a job there that imports the same module waits forever (Python docs, `os.fork`).
+    Imported here, before the first fork, a job's imports are only lookups in `sys.modules`."""
+    import_pipelines()
+    for name in JOB_MODULES:
+        importlib.import_module(name)
+    transformers = importlib.import_module("transformers")
+    for name in TRANSFORMERS_CLASSES:  # its lazy module imports each class's module on first access
+        getattr(transformers, name)

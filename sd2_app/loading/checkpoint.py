@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from sd2_app.errors import LoadError
+from sd2_app.fork_safety import renew_in_forked_child
 from sd2_app.loading.staged_read import read_header, read_to_device, stageable
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ LEGACY_VAE_RENAMES: tuple[Rename, ...] = (
 )
 
 _BUILD_LOCK = threading.Lock()  # the meta patch below is process-wide: one build at a time
+renew_in_forked_child(sys.modules[__name__], _BUILD_LOCK=threading.Lock)  # a ZeroGPU worker (forked) builds too
 
 
 @contextmanager

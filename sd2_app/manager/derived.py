@@ -16,6 +16,8 @@ from typing import TypeVar
 
 from torch import nn
 
+from sd2_app.fork_safety import renew_in_forked_child
+
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 MovedFn = Callable[[nn.Module], None]
 
@@ -28,6 +30,7 @@ class DerivedModules:
         self._then = then
         self._made: weakref.WeakKeyDictionary[nn.Module, dict[Callable, nn.Module]] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        renew_in_forked_child(self, _lock=threading.Lock)  # ZeroGPU's GPU calls run in forked workers
 
     def get(self, module: ModuleT, make: Callable[[ModuleT], ModuleT]) -> ModuleT:
         """`make(module)`, made on the first call for this module and recipe."""

@@ -19,6 +19,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from sd2_app.fork_safety import renew_in_forked_child
+
 logger = logging.getLogger(__name__)
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -39,6 +41,7 @@ class HashCache:
     def __init__(self, path: Path | None = None) -> None:
         self._path = path
         self._lock = threading.Lock()
+        renew_in_forked_child(self, _lock=threading.Lock)  # a ZeroGPU worker (forked) loads, and hashes, too
         self._entries: dict[str, str] = {}
         self.computed = 0  # files hashed here (not served from the cache): lets tests check the caching
         if path is not None and path.is_file():

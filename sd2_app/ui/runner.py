@@ -12,6 +12,7 @@ The worker threads belong to one app: `build_ui` makes its `StopFlags` with thei
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -33,6 +34,7 @@ from sd2_app.api.results import HistoryEntry
 from sd2_app.api.service import ProgressFn, Result
 from sd2_app.api.timing import log_split, timed
 from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.fork_safety import renew_in_forked_child
 from sd2_app.ui.cache_files import results_folder
 
 if TYPE_CHECKING:
@@ -119,7 +121,11 @@ class JobThreads:
     """
 
     def __init__(self, max_workers: int = 64) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="sd2-run")
+        new_pool = functools.partial(ThreadPoolExecutor, max_workers=max_workers, thread_name_prefix="sd2-run")
+        self._pool = new_pool()
+        # A forked child (ZeroGPU's worker: sd2_app/fork_safety.py) gets a pool of its own: the parent's threads do
+        # not run there, and its copy of the pool would count them as idle and start none.
+        renew_in_forked_child(self, _pool=new_pool)
 
     def submit(self, call: Callable[..., Result], *args: object) -> Future[Result]:
         """Start `call(*args)` on a worker thread (raises RuntimeError once the threads are closed)."""
@@ -144,6 +150,7 @@ class StopFlags:
         self.threads = threads if threads is not None else JobThreads()
         self._flags: dict[str, set[RunFlag]] = {}
         self._lock = threading.Lock()
+        renew_in_forked_child(self, _lock=threading.Lock)  # a ZeroGPU worker (forked) arms its runs' flags
 
     def visitor(self, request: gr.Request | None) -> str:
         """The server-issued id of the request's visitor (see `sd2_app.ui.visitors`)."""

@@ -21,9 +21,10 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 GOT_THROUGH, FAILED, WAITED_FOREVER = 0, 1, -signal.SIGALRM
 
 
-def child_exit_code(hold: Callable[[], Any], release: Callable[[], Any], in_child: Callable[[], Any]) -> int:
+def child_exit_code(hold: Callable[[], Any], release: Callable[[], Any], in_child: Callable[[], Any],
+                    alarm_s: int = 3) -> int:
     """Fork while a thread is between `hold()` and `release()`; the child runs `in_child()` and exits (0 once
-    it returns, 1 when it raised; killed by SIGALRM after 3 s)."""
+    it returns, 1 when it raised; killed by SIGALRM after `alarm_s` seconds)."""
     held, done = threading.Event(), threading.Event()
 
     def holder() -> None:
@@ -38,7 +39,7 @@ def child_exit_code(hold: Callable[[], Any], release: Callable[[], Any], in_chil
     pid = os.fork()
     if pid == 0:  # the child: nothing of pytest's runs here
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        signal.alarm(3)
+        signal.alarm(alarm_s)
         code = FAILED
         try:
             in_child()
@@ -122,3 +123,89 @@ def test_renewal_holds_its_owner_weakly_and_renews_only_the_named_locks() -> Non
     gc.collect()
     assert alive() is None  # the registered callback does not keep it
     assert child_exit_code(lambda: None, lambda: None, lambda: None) == GOT_THROUGH  # its dead owner: no effect
+
+
+def test_the_gpu_gate_is_open_in_a_child_forked_while_a_job_held_it() -> None:
+    """A job inside the gate at the fork (its thread is not in the child), or a thread holding the gate's own lock
+    for a moment (a place-in-queue read): the child's job goes in."""
+    from sd2_app.api.gate import GpuGate
+
+    gate = GpuGate()
+    inside = gate.enter()
+    assert child_exit_code(inside.__enter__, lambda: inside.__exit__(None, None, None),
+                           lambda: gate.enter().__enter__()) == GOT_THROUGH
+    condition = gate._condition
+    assert child_exit_code(condition.acquire, condition.release, lambda: gate.enter().__enter__()) == GOT_THROUGH
+
+
+def test_the_stop_flags_and_job_threads_are_fresh_in_a_forked_child() -> None:
+    """The web run's body arms its flag and starts its job on the app's threads (`ui.run_stream.stream_result`),
+    in the worker too. A pool that had an idle thread at the fork counted it as idle in the child and started
+    none, so the child's job never ran."""
+    from sd2_app.ui.hosting import Visitors
+    from sd2_app.ui.runner import StopFlags
+
+    flags = StopFlags(Visitors())
+    lock = flags._lock
+    assert child_exit_code(lock.acquire, lock.release, lambda: flags.arm("visitor")) == GOT_THROUGH
+    assert flags.threads.submit(lambda: None).result(10) is None  # the parent's pool now has an idle thread
+    assert child_exit_code(lambda: None, lambda: None,
+                           lambda: flags.threads.submit(lambda: None).result()) == GOT_THROUGH
+
+
+def test_the_loaders_locks_are_fresh_in_a_forked_child(tmp_path: Path) -> None:
+    """A worker loads the checkpoints itself: the model build's lock (`loading.checkpoint.params_on_meta`), the
+    file hashes' cache and the derived modules' table."""
+    from torch import nn
+
+    from sd2_app.loading import checkpoint
+    from sd2_app.manager.derived import DerivedModules
+    from sd2_app.manager.identity import HashCache
+
+    build = checkpoint._BUILD_LOCK
+    assert child_exit_code(build.acquire, build.release, lambda: checkpoint.params_on_meta().__enter__()) == GOT_THROUGH
+    (tmp_path / "weights").write_bytes(b"w")
+    hashes = HashCache(tmp_path / "hashes.json")
+    lock = hashes._lock
+    assert child_exit_code(lock.acquire, lock.release, lambda: hashes.sha256(tmp_path / "weights")) == GOT_THROUGH
+    derived = DerivedModules()
+    lock = derived._lock
+    assert child_exit_code(lock.acquire, lock.release, lambda: derived.get(nn.Identity(), lambda m: m)) == GOT_THROUGH
+
+
+@pytest.mark.slow
+def test_a_job_in_a_forked_worker_imports_no_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module a thread of the app's process is importing at the fork stays locked in the child, so a worker's
+    job that imports it waits forever (seen as a hang, about one test run in six, of the ZeroGPU app's tests).
+    Where the GPU calls may fork, the app imports what a job imports on first use before any call
+    (`api.gpu_call.GpuCall`, `api.tasks.import_job_modules`): a job in a child forked after that, on the tiny
+    checkpoints, imports nothing (before: the pipelines, the samplers, the loaders and the fallback ladder)."""
+    import json
+    import sys
+    import types
+
+    from sd2_app.api.checked import check
+    from sd2_app.api.gpu_call import GpuCall
+    from sd2_app.api.requests import Sampling, Txt2ImgRequest
+    from sd2_app.api.service import Service
+    from sd2_app.checkpoints.catalog import tiny_registry
+    from sd2_app.manager import ModelManager
+    from sd2_app.testing.tiny import ensure_tiny_repos
+    from tests.pipeline_fixtures import tiny_dir
+
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=lambda duration: lambda fn: fn))
+    manager = ModelManager("cpu", registry=tiny_registry(ensure_tiny_repos(tiny_dir())), cache_dir=tmp_path)
+    service = Service(manager, outputs_dir=None, allowed_repos=())
+    GpuCall(service, service.run)  # as the app does when it builds its GPU entries
+    request = Txt2ImgRequest("a [red:blue:0.5] hat", checkpoint="sd21-base", width=64, height=64,
+                             sampling=Sampling(sampler="Euler", steps=2, cfg_scale=7.5, seed=1))
+    checked = check(service, request)
+    report = tmp_path / "imported.json"
+    before = set(sys.modules)
+
+    def job() -> None:
+        assert len(service.run(checked, keep=False).images) == 1
+        report.write_text(json.dumps(sorted(set(sys.modules) - before)))
+
+    assert child_exit_code(lambda: None, lambda: None, job, alarm_s=120) == GOT_THROUGH
+    assert json.loads(report.read_text()) == []
