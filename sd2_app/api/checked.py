@@ -2,7 +2,8 @@
 
 On ZeroGPU the duration asked for a call comes from the job's cost (sd2_app.api.gpu_time), so the request must be
 built and validated before the GPU call; handing the `Checked` request into the call lets `Service.run` run it
-without validating it again (docs/DESIGN.md, "ZeroGPU").
+without validating it again (docs/DESIGN.md, "ZeroGPU"). It carries the prompt plans its check made: a worker
+forked before the request came does not plan its prompts again (`PromptPlans.adopt`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sd2_app.api.requests import Request, XYZPlotRequest
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
+    from sd2_app.pipelines.prompt_plan import CarriedPlan
 
 
 @dataclass
@@ -26,6 +28,7 @@ class Checked:
     warnings: list[str]
     seconds: float = 0.0
     plot: CheckedPlot | None = None  # an X/Y/Z plot's validated cells (`Service.check_plot`)
+    plans: tuple[CarriedPlan, ...] = ()  # the prompt plans its check made, for a run in another process
 
 
 def check(service: Service, request: Request) -> Checked:
@@ -34,6 +37,7 @@ def check(service: Service, request: Request) -> Checked:
     started = time.perf_counter()
     if isinstance(request, XYZPlotRequest):
         plot = service.check_plot(request)
-        return Checked(plot.request, plot.warnings, time.perf_counter() - started, plot)
+        seconds = time.perf_counter() - started
+        return Checked(plot.request, plot.warnings, seconds, plot, service.carried_plans(c.request for c in plot.cells))
     checked, warnings = service.validate(request)
-    return Checked(checked, warnings, time.perf_counter() - started)
+    return Checked(checked, warnings, time.perf_counter() - started, plans=service.carried_plans([checked]))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from sd2_app.api.checks import MAX_PROMPT_CHARS, Catalog
@@ -32,8 +33,8 @@ from sd2_app.api.upscaler_names import x4_checkpoint
 from sd2_app.errors import InvalidRequest, LoadError, shown
 from sd2_app.fork_safety import renew_in_forked_child
 from sd2_app.pipelines.prompt_chunks import MAX_CHUNKS, tokenize_prompts
-from sd2_app.pipelines.prompt_plan import (PlotTextRefused, PromptPlans, PromptSteps, ReadBudget, hires_prompt_steps,
-                                           prompt_steps)
+from sd2_app.pipelines.prompt_plan import (CarriedPlan, PlotTextRefused, PromptPlans, PromptSteps, ReadBudget,
+                                           hires_prompt_steps, plan_key, prompt_steps)
 from sd2_app.prompt_editing import prompt_variants
 from sd2_app.prompt_syntax import without_extra_networks
 from sd2_app.samplers.registry import SAMPLERS
@@ -128,6 +129,24 @@ class PromptTools:
             if tokenizer is not None:
                 self.plans.plan(tokenizer, prompt, negative, use_cfg=guided, steps=steps, embeddings=self._library(),
                                 budget=budget)
+
+    def carried(self, requests: Iterable[Request]) -> tuple[CarriedPlan, ...]:
+        """The plans `check` kept for the prompt passes of the validated `requests`, as plain data for the process
+        that runs them (`Checked.plans`)."""
+        keys = []
+        for request in requests:
+            for checkpoint, prompt, negative, guided, steps in prompt_passes(request, self._service.catalog):
+                try:
+                    tokenizer = self._tokenizer(checkpoint)
+                except LoadError:  # `check` left it to the pipeline
+                    continue
+                if tokenizer is not None:
+                    keys.append(plan_key(tokenizer, prompt, negative, guided, steps))
+        return self.plans.carried(keys)
+
+    def adopt(self, carried: Iterable[CarriedPlan]) -> None:
+        """Keep plans `carried` from the process that checked the request, made with this library."""
+        self.plans.adopt(carried, self._library())
 
     def check_cells(self, cells: list[PlotCell]) -> None:
         """`check` of every cell of an X/Y/Z plot, a pass several cells share once, all of them within the plot's

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from sd2_app.api.batching import Batcher
     from sd2_app.checkpoints.components import Components
     from sd2_app.loading.embeddings import EmbeddingLibrary
+    from sd2_app.pipelines.prompt_plan import CarriedPlan
     from sd2_app.pipelines.loop import LatentProgressFn
     from sd2_app.pipelines.output import PipelineOutput
 
@@ -179,6 +180,10 @@ class Service:
         self._prompt_tools.check_cells(plot.cells)
         return plot
 
+    def carried_plans(self, requests: Iterable[Request]) -> tuple[CarriedPlan, ...]:
+        """The prompt plans validating `requests` made, as plain data for the process that runs them (`Checked`)."""
+        return self._prompt_tools.carried(requests)
+
     def _task_fn(self, task: str) -> TaskFn:
         return self._tasks[task] if self._tasks is not None else pipeline_of(task)
 
@@ -263,6 +268,7 @@ class Service:
             return self.plot(request, on_progress, should_stop, owner=owner, timings=timings, keep=keep)
         phases: dict[str, float] = {} if timings is None else timings
         checked = request if isinstance(request, Checked) else check(self, request)
+        self._prompt_tools.adopt(checked.plans)  # checked in another process (ZeroGPU's), planned there
         phases["validate"] = checked.seconds
         if should_stop is not None and should_stop():
             raise Cancelled
@@ -346,6 +352,8 @@ class Service:
         `timings` and `keep` as in `run`."""
         plot = request.plot if isinstance(request, Checked) else request  # a Checked plot is not checked again
         assert plot is not None, "a Checked plot carries its cells"
+        if isinstance(request, Checked):
+            self._prompt_tools.adopt(request.plans)  # as in `run`
         result = run_plot(self, plot, on_progress, should_stop, on_cell)
         return self._keep(result, {} if timings is None else timings, owner, log_here=timings is None, keep=keep)
 

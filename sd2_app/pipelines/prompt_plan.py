@@ -16,7 +16,9 @@ tokens (`prompt_chunks.check_length`), and phases x chunks per phase at most MAX
 
 A request is planned once: the Service keeps the plans its validation makes in its `PromptPlans` and lends them to the job
 (`Components.prompt_plans`), so the pipeline, and a second validation of the same request (ZeroGPU's duration
-estimate validates before the run does), take the plan made for the same inputs instead of planning again.
+estimate validates before the run does), take the plan made for the same inputs instead of planning again. A
+process that did not make the plans (ZeroGPU's worker, forked before the request came) gets them with the
+request, as plain data (`CarriedPlan`), and keeps them (`PromptPlans.adopt`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from sd2_app.errors import InvalidRequest
 from sd2_app.fork_safety import renew_in_forked_child
@@ -185,15 +189,45 @@ def tokenizer_source(tokenizer: CLIPTokenizer) -> tuple[Any, ...]:
     return (type(tokenizer).__name__, folder, tokenizer.vocab_size)
 
 
+PlanKey = tuple[Any, ...]  # what a kept plan is kept for (`plan_key`)
+
+
+def plan_key(tokenizer: CLIPTokenizer, prompt: str, negative_prompt: str, use_cfg: bool,
+             steps: PromptSteps) -> PlanKey:
+    return (tokenizer_source(tokenizer), prompt, negative_prompt, use_cfg, steps)
+
+
 def _same_embeddings(kept: Mapping[str, TextualInversion], given: Mapping[str, TextualInversion]) -> bool:
     """The same names for the very same embedding objects (a library read again is new objects)."""
     return kept.keys() == given.keys() and all(given[name] is embedding for name, embedding in kept.items())
 
 
+def _same_content(carried: Mapping[str, TextualInversion], given: Mapping[str, TextualInversion]) -> bool:
+    """The same names for embeddings of the same file and vectors (a carried plan's are copies)."""
+    return carried.keys() == given.keys() and all(
+        given[name].shorthash == embedding.shorthash and np.array_equal(given[name].vectors, embedding.vectors)
+        for name, embedding in carried.items())
+
+
+def _chunks(plan: PromptPlan) -> int:
+    return sum(len(tokens.chunks) for tokens in plan.texts.values())
+
+
+@dataclass(frozen=True)
+class CarriedPlan:
+    """A kept plan as plain data for another process: ZeroGPU's worker, forked from the app's process before the
+    request was planned there, gets its plans with the request (`sd2_app.api.checked.Checked.plans`) and keeps
+    them (`PromptPlans.adopt`) instead of planning again."""
+
+    key: PlanKey
+    plan: PromptPlan
+    embeddings: dict[str, TextualInversion]  # the library the plan read
+
+
 @dataclass(frozen=True)
 class _Kept:
     plan: PromptPlan
-    tokenizer: CLIPTokenizer  # held, so a source that is the object's id stays that object's while kept
+    tokenizer: CLIPTokenizer | None  # held, so a source that is the object's id stays that object's while kept
     embeddings: dict[str, TextualInversion]  # the library the plan read (its objects held, compared by identity)
     chunks: int
 
@@ -225,7 +259,7 @@ class PromptPlans:
         """`plan_prompts(...)`: the plan kept for these very inputs (its texts spent from `budget` all the same),
         else a new one, kept. Raises what `plan_prompts` raises (a refused prompt is not kept)."""
         library = dict(embeddings or {})
-        key = (tokenizer_source(tokenizer), prompt, negative_prompt, use_cfg, steps)
+        key = plan_key(tokenizer, prompt, negative_prompt, use_cfg, steps)
         with self._lock:
             kept = self._kept.get(key)
             if kept is not None and not _same_embeddings(kept.embeddings, library):
@@ -238,8 +272,26 @@ class PromptPlans:
             return kept.plan
         plan = plan_prompts(tokenizer, prompt, negative_prompt, use_cfg=use_cfg, steps=steps, embeddings=embeddings,
                             budget=budget)
-        self._keep(key, _Kept(plan, tokenizer, library, sum(len(t.chunks) for t in plan.texts.values())))
+        self._keep(key, _Kept(plan, tokenizer, library, _chunks(plan)))
         return plan
+
+    def carried(self, keys: Iterable[PlanKey]) -> tuple[CarriedPlan, ...]:
+        """The plans kept for `keys`, as plain data (those of a tokenizer not read from a folder stay: their source
+        is an object of this process)."""
+        with self._lock:
+            found = [(key, self._kept.get(key)) for key in dict.fromkeys(keys)]
+        return tuple(CarriedPlan(key, kept.plan, kept.embeddings) for key, kept in found
+                     if kept is not None and key[0][0] != "object")
+
+    def adopt(self, carried: Iterable[CarriedPlan], library: Mapping[str, TextualInversion]) -> None:
+        """Keep plans `carried` from another process that read the same library as `library` (the same names,
+        files and vectors), as if made here with it; a plan already kept for the same key stays."""
+        library = dict(library)
+        for plan in carried:
+            with self._lock:
+                known = plan.key in self._kept
+            if not known and _same_content(plan.embeddings, library):
+                self._keep(plan.key, _Kept(plan.plan, None, library, _chunks(plan.plan)))
 
     def _keep(self, key: tuple[Any, ...], kept: _Kept) -> None:
         with self._lock:
