@@ -70,6 +70,7 @@ def test_values_typed_for_another_kind_do_not_replace_the_picked_samplers(page) 
         _set_number(page, elem_id, value)
     page.locator("#xyz-run").click()
     expect(page.locator("#xyz-files a").first).to_be_visible(timeout=180_000)
+    expect(page.locator("#xyz-gallery .caption-label")).to_have_count(2)  # the gallery may land after the files
     captions = page.locator("#xyz-gallery .caption-label").all_inner_texts()
     assert [caption.split(" · ")[0] for caption in captions] == ["Grid", "Euler"]
 
@@ -184,6 +185,7 @@ def test_swapping_axes_trades_types_and_values_and_the_run_follows(page) -> None
         _set_number(page, elem_id, value)
     page.locator("#xyz-run").click()
     expect(page.locator("#xyz-files a").first).to_be_visible(timeout=180_000)
+    expect(page.locator("#xyz-gallery .caption-label")).to_have_count(7)
     captions = page.locator("#xyz-gallery .caption-label").all_inner_texts()
     assert [caption.split(" · ")[0] for caption in captions] == [
         "Grid", "Steps: 1, Euler", "Steps: 2, Euler", "Steps: 3, Euler", "Steps: 1, DDIM", "Steps: 2, DDIM",
