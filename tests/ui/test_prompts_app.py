@@ -236,7 +236,7 @@ def test_token_counter_endpoint(app) -> None:
     assert client.predict("a tiny-style", "sd21-base", api_name="/count_tokens") == "3/75"  # 1 + 2 vectors
     assert client.predict(" BREAK ".join("a" * 9), "sd21-base", api_name="/count_tokens") == \
         "601/675 (over the 8-chunk limit)"
-    with pytest.raises(AppError, match="not in the list of choices"):  # Gradio's dropdown check comes first
+    with pytest.raises(AppError, match=r"^Checkpoint: 'no-such-model' is not one of the choices\.$"):  # the dropdown's
         client.predict("a", "no-such-model", api_name="/count_tokens")
     with pytest.raises(InvalidRequest, match=r"^Unknown checkpoint 'no-such-model'\.$"):
         service.count_tokens("a", "no-such-model")
