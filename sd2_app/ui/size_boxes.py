@@ -24,11 +24,13 @@ if TYPE_CHECKING:
 
 
 def side_used(limits: Limits, value: Any) -> Any:
-    """The side a run makes of `value`, or gr.skip() (the control keeps its value) where the run refuses it."""
+    """The side a run makes of `value`, or `value` itself where the run refuses it. (Not gr.skip(): an update makes
+    Gradio keep a new copy of the control for the session, gradio/state_holder.py `SessionState.__setitem__`,
+    without the preprocess `raw_values.server_checked` gave it, and Generate then met Gradio's own range check.)"""
     try:
         return image_side(value, "Width", limits, [])
     except InvalidRequest:
-        return gr.skip()
+        return value
 
 
 def show_sides_used(limits: Limits, boxes: Sequence[gr.Number | gr.Slider], run: Dependency) -> None:
