@@ -1,11 +1,15 @@
-"""Waiting in a browser test for the page's own calls to the app instead of for a fixed time.
+"""Waiting in a browser test for the page's own calls to the app and their effects instead of for a fixed time.
 
 `ServerCalls(page)` counts the page's calls to Gradio's API that answer in one response: the events that run
 at once (`/gradio_api/run/...`, such as a `change` handler with queue=False) and the queue's joins. `settle()`
-returns once none has been on its way for `quiet_ms`: an event that a value set on the page starts (a size reset
-by a checkpoint's change, say) has then started, been answered and landed, however slow the server is. (The
-queue's event stream, `/gradio_api/queue/data`, stays open and is not counted: wait for what a queued event
-shows with `expect`.)
+returns once none has been on its way, and nothing on the page has changed (no DOM mutation), for `quiet_ms`: an
+event that a value set on the page starts (a size reset by a checkpoint's change, say) has then started, been
+answered and landed, however slow the server is. A queued event shows itself while it runs (its status tracker's
+timer changes the page every 0.1 s) and when it lands, so the page is not quiet until it has. (The queue's event
+stream, `/gradio_api/queue/data`, stays open and is not counted.)
+
+`settled(page)` is the check that nothing more happens: a test that asserts something did NOT come (a second
+toast, a late update) waits for it, not for a guessed time, and fails past `timeout_s` if the page never settles.
 """
 
 from __future__ import annotations
@@ -13,6 +17,15 @@ from __future__ import annotations
 import time
 
 COUNTED = ("/gradio_api/run/", "/gradio_api/queue/join")
+# How many times the page has changed since this was first run (a MutationObserver on the whole document).
+MUTATIONS = """() => {
+  if (window.sd2Mutations === undefined) {
+    window.sd2Mutations = 0;
+    new MutationObserver((records) => { window.sd2Mutations += records.length; }).observe(
+      document.documentElement, { subtree: true, childList: true, attributes: true, characterData: true });
+  }
+  return window.sd2Mutations;
+}"""
 
 
 class ServerCalls:
@@ -25,6 +38,13 @@ class ServerCalls:
         page.on("request", self._started)
         page.on("requestfinished", self._ended)
         page.on("requestfailed", self._ended)
+        page.evaluate(MUTATIONS)
+
+    def close(self) -> None:
+        """Stop counting (the page's listeners go)."""
+        self.page.remove_listener("request", self._started)
+        self.page.remove_listener("requestfinished", self._ended)
+        self.page.remove_listener("requestfailed", self._ended)
 
     @property
     def pending(self) -> int:
@@ -39,15 +59,26 @@ class ServerCalls:
         self._on_their_way.discard(request)
 
     def settle(self, quiet_ms: int = 500, timeout_s: float = 60.0) -> None:
-        """Return once no counted call has been on its way for `quiet_ms` (the page's events are dispatched while
-        it waits); AssertionError after `timeout_s`."""
+        """Return once no counted call has been on its way, and the page has not changed, for `quiet_ms` (the
+        page's events are dispatched while it waits: each look is 50 ms apart); AssertionError after `timeout_s`."""
         deadline = time.monotonic() + timeout_s
-        quiet_since, started = time.monotonic(), self.started
+        quiet_since, seen = time.monotonic(), (self.started, self.page.evaluate(MUTATIONS))
         while time.monotonic() < deadline:
             self.page.wait_for_timeout(50)
-            if self.pending or self.started != started:
-                quiet_since, started = time.monotonic(), self.started
+            now = (self.started, self.page.evaluate(MUTATIONS))
+            if self.pending or now != seen:
+                quiet_since, seen = time.monotonic(), now
             elif time.monotonic() - quiet_since >= quiet_ms / 1000:
                 return
-        raise AssertionError(f"the page's calls to the app did not settle in {timeout_s} s ({self.pending} on "
-                             "their way)")
+        raise AssertionError(f"the page and its calls to the app did not settle in {timeout_s} s ({self.pending} "
+                             "calls on their way)")
+
+
+def settled(page, quiet_ms: int = 500, timeout_s: float = 60.0) -> None:
+    """Return once the page's calls to the app (those started from now) have been answered and the page has not
+    changed for `quiet_ms` (`ServerCalls.settle`): what was still to come has come."""
+    calls = ServerCalls(page)
+    try:
+        calls.settle(quiet_ms, timeout_s)
+    finally:
+        calls.close()

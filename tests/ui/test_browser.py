@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.ui.browser_calls import settled
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium and a served app: minutes on a small CPU
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -87,7 +89,10 @@ def _go(page, name: str) -> None:
     button = tab if tab.count() else page.locator(".tabs .overflow-dropdown button", has_text=name)
     expect(button.first).to_be_visible()
     button.first.click()
-    page.wait_for_timeout(300)
+    if tab.count():
+        expect(tab.first).to_have_attribute("aria-selected", "true")
+    else:  # picked from the overflow menu
+        settled(page)
 
 
 def _box(page, selector: str) -> dict[str, float]:
@@ -181,7 +186,7 @@ def test_send_to_inpaint_fills_the_editor_even_after_an_upload(page, tmp_path: P
     _go(page, "Inpaint")
     page.locator("#inpaint-editor input[type=file]").set_input_files(str(small))
     page.locator("#inpaint-editor canvas").first.wait_for()
-    page.wait_for_timeout(1000)
+    settled(page)  # the upload's checks have answered
     _generate_txt2img(page, 64, 72, prompt="a lighthouse on a cliff")  # this test's own prompt and settings
     page.locator("#txt2img-send-inpaint").click()
     # The send is queued (so its errors show): on a busy machine its answer can take a while.
@@ -190,7 +195,7 @@ def test_send_to_inpaint_fills_the_editor_even_after_an_upload(page, tmp_path: P
     expect(page.locator("#inpaint-steps input[type=number]")).to_have_value("2")  # the settings came along
     tracker = page.locator("#inpaint-editor [data-testid=status-tracker]").first
     expect(tracker).to_have_class(re.compile(r"\bhide\b"), timeout=5_000)  # no endless spinner over the canvas
-    page.wait_for_timeout(500)
+    settled(page)  # the editor has drawn what was sent
     _shot(page, "inpaint-1-sent")
     canvas = _box(page, "#inpaint-editor canvas")
     x0, y0 = canvas["x"] + canvas["width"] * 0.4, canvas["y"] + canvas["height"] * 0.4
@@ -361,7 +366,7 @@ def test_generate_and_stop_say_what_is_happening(page) -> None:
     expect(run).to_be_enabled()
     expect(run).to_have_text("Generate")
     expect(stop).to_be_disabled()
-    page.wait_for_timeout(1000)  # any update still in flight from the run lands now, and must not replace it
+    settled(page)  # any update still in flight from the run has landed, and must not have replaced it
     expect(info).to_have_text(re.compile(r"Stopped after \d+/150 steps\."))
     _shot(page, "txt2img-3-stopped-later")
     _set_number(page, "txt2img-steps", 2)

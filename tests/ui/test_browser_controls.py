@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.ui.browser_calls import settled
 from tests.ui.test_browser import (ARTIFACTS, DESKTOP, PHONE, _box, _go, _open, _pick, browser,  # noqa: F401
                                    expect, page, url)
 from tests.ui.test_browser_polish import slow_counts  # noqa: F401 (a fixture: counting "slow" takes 3 s)
@@ -134,7 +135,7 @@ def test_unload_all_sits_apart_from_load_and_asks_first(page) -> None:
     page.locator("#models-unload-all-cancel").click()
     expect(page.locator("#models-unload-all-confirm")).to_be_hidden()
     expect(ask).to_be_visible()
-    page.wait_for_timeout(500)
+    settled(page)  # an unload Cancel had started would have answered by now
     expect(first).to_contain_text("on the device")
     # Yes unloads everything and puts the plain button back.
     ask.click()
@@ -242,8 +243,8 @@ def test_a_long_refusal_under_stop_does_not_move_the_settings(browser, url: str,
     _go(page, "Outpaint")
     page.locator("#outpaint-image input[type=file]").set_input_files(str(big))
     page.locator("#outpaint-image img").first.wait_for()
-    expect(page.locator("#outpaint-negative-tokens")).to_contain_text("/75", timeout=60_000)  # the page settled
-    page.wait_for_timeout(1000)
+    expect(page.locator("#outpaint-negative-tokens")).to_contain_text("/75", timeout=60_000)
+    settled(page)  # the upload's checks and the token counts have landed: the layout is the idle one
     line = page.locator("#outpaint-run-status .run-status-text")
     before = (_box(page, "#outpaint-settings")["y"], _box(page, "#outpaint-run-status")["height"])
     page.locator("#outpaint-run").click()
@@ -295,7 +296,7 @@ def test_a_refused_img2img_upload_is_said_once_and_the_box_empties(browser, url:
         page.locator("#img2img-image input[type=file]").set_input_files(str(picture))
         toast = page.locator(".toast-body").last
         expect(toast).to_contain_text(message, timeout=30_000)
-        page.wait_for_timeout(1500)  # a second refusal of the same upload would have arrived by now
+        settled(page)  # a second refusal of the same upload would have arrived by now
         shown = " ".join(page.locator(".toast-body").all_inner_texts())
         assert shown.count(message) == 1, shown
         expect(page.locator("#img2img-image img")).to_have_count(0)  # the box is empty again
@@ -365,7 +366,7 @@ def test_a_file_the_inpaint_editor_cannot_open_is_said_as_image_to_image_says_it
     _go(page, "Inpaint")
     page.locator("#inpaint-editor input[type=file]").set_input_files(str(fake))
     expect(page.locator(".toast-body").last).to_contain_text(message, timeout=30_000)
-    page.wait_for_timeout(1500)  # a second refusal of the same upload would have arrived by now
+    settled(page)  # a second refusal of the same upload would have arrived by now
     shown = " ".join(page.locator(".toast-body").all_inner_texts())
     assert shown.count(message) == 1, shown
     page.screenshot(path=str(ARTIFACTS / "controls-inpaint-not-an-image.png"))
@@ -374,7 +375,7 @@ def test_a_file_the_inpaint_editor_cannot_open_is_said_as_image_to_image_says_it
     picture = tmp_path / "real.png"
     Image.new("RGB", (64, 48), (200, 40, 40)).save(picture)
     page.locator("#inpaint-editor input[type=file]").set_input_files(str(picture))
-    page.wait_for_timeout(2000)
+    settled(page)  # the editor's upload check has answered
     expect(page.locator(".toast-body")).to_have_count(0)  # an image the editor opens is not refused
     expect(page.locator("#inpaint-editor .empty.wrap")).to_have_count(0)  # the upload hint gave way to the image
     page.context.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.ui.browser_calls import settled
 from tests.ui.test_browser import (ARTIFACTS, DESKTOP, PHONE, TABS, _go, _open, browser,  # noqa: F401
                                    expect, url)
 
@@ -35,7 +36,7 @@ def test_opening_the_page_puts_nothing_in_the_queue(browser, url: str) -> None:
     page.wait_for_function("window.sd2AppReady === true")
     _go(page, "Image to image")
     expect(page.locator("#img2img-width input[type=number]")).to_have_value("512")
-    page.wait_for_timeout(1000)
+    settled(page)  # whatever the load started has been sent and answered
     assert joined == []
     context.close()
 

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from sd2_app.pipelines.metadata import attach_parameters, save_png
+from tests.ui.browser_calls import settled
 from tests.ui.test_browser import ARTIFACTS, _go, browser, expect, page, url  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -68,7 +69,7 @@ def test_an_image_s_parameters_are_parsed_once(page, tmp_path: Path, monkeypatch
     expect(box).to_have_value(text)
     fields = page.locator("[data-testid=json], .json-holder").first
     expect(fields).to_contain_text("5678")
-    page.wait_for_timeout(2000)  # any event still to come after the read (the box's change) has come and gone
+    settled(page)  # any event still to come after the read (the box's change) has come and gone
     assert parsed == [text]
     pasted = A1111_TEXT.replace("Seed: 1234", "Seed: 4321")
     box.fill(pasted)
@@ -105,7 +106,7 @@ def test_a_ddim_eta_png_sets_the_eta_slider_which_shows_for_ddim_only(page, tmp_
     eta = page.locator("#txt2img-eta input[type=number]")
     expect(eta).to_have_value("0.5")
     expect(page.locator("#txt2img-eta")).to_be_visible()
-    page.wait_for_timeout(1000)
+    settled(page)  # a warning about a setting would have come by now
     expect(page.locator(".toast-body")).to_have_count(0)  # nothing said: every setting was set
     page.screenshot(path=str(ARTIFACTS / "paste-eta-ddim.png"))
     page.locator("#txt2img-run").click()

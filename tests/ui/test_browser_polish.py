@@ -15,7 +15,7 @@ import pytest
 
 from tests.api.test_prompt_styles_app import served_with_styles
 from tests.reliability_support import one_thread  # noqa: F401 (a fixture)
-from tests.ui.browser_calls import ServerCalls
+from tests.ui.browser_calls import ServerCalls, settled
 from tests.ui.test_browser import ARGS, ARTIFACTS, CHROMIUM, DESKTOP, PHONE, _go, _set_number, expect, sync_api
 from tests.ui.test_prompt_styles_browser import STYLES_CSV, _pick
 
@@ -125,7 +125,7 @@ def test_a_paste_that_is_not_an_image_is_said_in_the_inpaint_editor(browser, url
     page.evaluate(RED_PNG_TO_CLIPBOARD)
     paste.click()
     expect(page.locator("#inpaint-editor .empty.wrap")).to_have_count(0)  # the hint gave way to the image
-    page.wait_for_timeout(2000)
+    settled(page)  # a refusal of the pasted image would have come by now
     expect(page.locator(".toast-body")).to_have_count(0)
     page.screenshot(path=str(ARTIFACTS / "polish-inpaint-paste-image.png"))
     page.context.close()
@@ -136,7 +136,7 @@ def _paste_is_refused_once(page, fill: str, paste, shot: str) -> None:
     page.evaluate(fill)
     paste.click()
     expect(page.locator(".toast-body").last).to_contain_text(NOT_AN_IMAGE, timeout=30_000)
-    page.wait_for_timeout(1500)  # a second refusal of the same paste would have arrived by now
+    settled(page)  # a second refusal of the same paste would have arrived by now
     assert " ".join(page.locator(".toast-body").all_inner_texts()).count(NOT_AN_IMAGE) == 1
     page.screenshot(path=str(ARTIFACTS / f"{shot}.png"))
     for close in page.locator(".toast-body button").all():
@@ -162,7 +162,7 @@ def test_a_paste_that_is_not_an_image_is_said_in_an_image_box(browser, url: str,
     page.evaluate(RED_PNG_TO_CLIPBOARD)
     paste.click()
     expect(page.locator(f"#{box} img")).to_have_count(1, timeout=30_000)
-    page.wait_for_timeout(1500)
+    settled(page)  # a refusal of the pasted image would have come by now
     expect(page.locator(".toast-body")).to_have_count(0)
     page.context.close()
 
@@ -176,7 +176,7 @@ def test_the_paste_check_wraps_the_clipboard_only_for_a_paste_button_s_click(bro
     page.evaluate("navigator.clipboard.writeText('a cat on a rock')")
     page.locator("#inpaint-editor").click(position={"x": 200, "y": 200})  # in the editor, not its Paste button
     assert page.evaluate("navigator.clipboard.read().then((items) => items.length)") == 1
-    page.wait_for_timeout(2500)
+    settled(page)  # a refusal of what was read would have come by now
     expect(page.locator(".toast-body")).to_have_count(0)  # before: the editor's refusal of what was read
     page.locator("#inpaint-editor button[aria-label=Paste]").click()
     expect(page.locator(".toast-body").last).to_contain_text(NOT_AN_IMAGE, timeout=30_000)
@@ -223,7 +223,7 @@ def test_on_a_phone_the_results_stay_in_view_when_the_run_ends(browser, url: str
     expect(page.locator("#txt2img-info")).to_contain_text("Seed ", timeout=120_000)
     expect(page.locator("#txt2img-stop")).to_be_disabled()
     page.wait_for_function(f"{RESULTS_TOP} === 8", timeout=30_000)  # before: 250, for good (the buttons' 242 more)
-    page.wait_for_timeout(500)
+    settled(page)  # the run's end has landed whole
     counted = page.evaluate("window.counted")
     assert counted["frames"] > 100 and counted["reads"] <= 8, counted  # before: a read a frame (reads ~ frames)
     page.screenshot(path=str(ARTIFACTS / "polish-phone-done.png"))

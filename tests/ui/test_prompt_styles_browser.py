@@ -15,6 +15,7 @@ from PIL import Image
 from sd2_app.pipelines.metadata import attach_parameters, save_png
 from tests.api.test_prompt_styles_app import served_with_styles
 from tests.reliability_support import one_thread  # noqa: F401 (a fixture)
+from tests.ui.browser_calls import settled
 from tests.ui.test_browser import ARGS, ARTIFACTS, CHROMIUM, DESKTOP, _go, _set_number, expect, sync_api
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -105,7 +106,7 @@ def test_on_a_laptop_the_settings_stay_put_when_the_run_line_fills_in(page) -> N
     line's first line (static/app.js); here the info line says what a run's step says."""
     _go(page, "Text to image")
     settings, picker = page.locator("#txt2img-settings"), page.locator("#txt2img-styles")
-    page.wait_for_timeout(1500)  # the page as it settles (the token counters fill in after the load)
+    settled(page)  # the page as it settles (the token counters fill in after the load)
     line, info = page.locator("#txt2img-run-status .run-status-text"), page.locator("#txt2img-info")
     expect(line).to_have_text("")
     before = [settings.bounding_box()["y"], picker.bounding_box()["y"]]
