@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,11 @@ import anyio
 from gradio.utils import get_upload_folder
 from starlette.applications import Starlette
 
+from sd2_app.ui.lifespans import Lifespan, inner_state
+
 log = logging.getLogger(__name__)
 
 RESULTS_FOLDER = "sd2-app"  # under Gradio's cache folder, which Gradio serves
-
-Lifespan = Callable[[Starlette], AbstractAsyncContextManager[Any]]  # Any: the state it yields
 
 
 def results_folder() -> Path:
@@ -87,11 +87,8 @@ def sweeping_lifespan(frequency: float, age: float, inner: Lifespan | None = Non
     async def lifespan(app: Starlette) -> AsyncIterator[Any]:
         task = asyncio.create_task(_sweep_on_schedule(frequency, age))
         try:
-            if inner is None:
-                yield None
-            else:
-                async with inner(app) as state:
-                    yield state
+            async with inner_state(inner, app) as state:
+                yield state
         finally:
             task.cancel()
             with suppress(asyncio.CancelledError):

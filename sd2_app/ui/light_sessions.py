@@ -15,12 +15,12 @@ of that kind; `light_sessions_lifespan` puts one in place of the server's holder
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
 from gradio.state_holder import SessionState, StateHolder
 
-Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
+from sd2_app.ui.lifespans import Lifespan, inner_state
 
 
 class _NoBlocksToCopy:
@@ -68,10 +68,7 @@ def light_sessions_lifespan(inner: Lifespan | None = None,
         holder = make_holder()
         holder.set_blocks(app.state_holder.blocks)
         app.state_holder = holder
-        if inner is None:
-            yield None
-        else:
-            async with inner(app) as state:
-                yield state
+        async with inner_state(inner, app) as state:
+            yield state
 
     return lifespan

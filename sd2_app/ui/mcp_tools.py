@@ -1,7 +1,8 @@
 """Five MCP tools (txt2img, img2img, inpaint, upscale, depth) served by Gradio's MCP server (`--mcp`).
 
 Gradio turns each public event into an MCP tool, its function's type hints into the argument types and its
-docstring's "Args:" lines into their descriptions (gradio/mcp.py). The tools here are events on hidden
+docstring's "Args:" lines into their descriptions (gradio/mcp.py); how an image is sent is said in each image
+argument's schema and in the tool's description (`sd2_app.ui.mcp_schema`). The tools here are events on hidden
 components, queued on the GPU queue like the UI's own events, and they run `Service.run`, so validation, the
 cost cap, the watermark and the metadata are the UI's. Each returns its first image, as the PNG file the
 Service encoded. (One output only: with two, gradio 6.31's MCP server returns a tool call made without a
@@ -147,7 +148,7 @@ def _img2img_tool(run: RunFn) -> ToolFn:
         """Redraw an image following a text prompt (Stable Diffusion 2.1 image-to-image).
 
         Args:
-            image: the starting image, shrunk to fit 1024 px (PNG, JPEG or WebP; a data URL or an uploaded file)
+            image: the starting image, shrunk to fit 1024 px (PNG, JPEG or WebP)
             prompt: what the result should show
             negative_prompt: what to avoid; may be empty
             strength: how much to change, 0 to 1: 0.3 keeps the composition, 1 ignores the image's content
@@ -171,8 +172,8 @@ def _inpaint_tool(run: RunFn) -> ToolFn:
         """Repaint the masked part of an image following a text prompt (Stable Diffusion 2 inpainting model).
 
         Args:
-            image: the image to change (PNG, JPEG or WebP; a data URL or an uploaded file)
-            mask: same size as the image; white = repaint, black = keep
+            image: the image to change (PNG, JPEG or WebP)
+            mask: same size as the image (PNG, JPEG or WebP); white = repaint, black = keep
             prompt: what the repainted area should show
             negative_prompt: what to avoid; may be empty
             strength: 0 to 1; 1 repaints the masked area from scratch
@@ -198,7 +199,7 @@ def _upscale_tool(run: RunFn) -> ToolFn:
         """Enlarge an image 4x with the Stable Diffusion x4 upscaler (input up to 512x512 pixels).
 
         Args:
-            image: the image to enlarge (PNG, JPEG or WebP; a data URL or an uploaded file), at most 512x512 pixels
+            image: the image to enlarge (PNG, JPEG or WebP), at most 512x512 pixels
             prompt: what the image shows; guides the added detail; may be empty
             noise_level: 0 to 350: noise added to the input first; higher lets the model invent more detail
             steps: denoising steps, 1 to 150; 50 is usual
@@ -222,7 +223,7 @@ def _depth_tool(run: RunFn) -> ToolFn:
         """Redraw an image keeping its 3D layout (Stable Diffusion 2 depth model; depth estimated with DPT).
 
         Args:
-            image: the image whose depth (shapes, distances) the result keeps (PNG, JPEG or WebP; a data URL or an upload)
+            image: the image whose depth (shapes, distances) the result keeps (PNG, JPEG or WebP)
             prompt: what the result should show
             negative_prompt: what to avoid; may be empty
             strength: how much to change, 0 to 1; 1 keeps only the depth

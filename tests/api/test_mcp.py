@@ -74,7 +74,7 @@ def test_tool_list_is_the_five_tools_with_typed_documented_arguments(url: str) -
     assert tools["txt2img"].description.startswith("Generate an image from a text prompt")
     inpaint = tools["inpaint"].inputSchema
     assert inpaint["required"] == ["image", "mask", "prompt"]
-    assert inpaint["properties"]["mask"]["description"].startswith("same size as the image; white = repaint")
+    assert inpaint["properties"]["mask"]["description"].startswith("same size as the image (PNG, JPEG or WebP); white = repaint")
     assert tools["upscale"].inputSchema["properties"]["noise_level"]["type"] == "integer"
 
 
@@ -195,3 +195,30 @@ def test_the_upscale_endpoint_keeps_its_positional_order(url: str, tmp_path: Pat
     link = next(c.text for c in called.content if c.type == "text" and c.text.startswith("Image URL: "))
     served = Image.open(io.BytesIO(httpx.get(link.removeprefix("Image URL: "), timeout=30).content))
     assert served.size == (64, 64) and "\nNegative prompt: blurry\nSteps: 2," in served.info["parameters"]
+
+
+def test_image_arguments_say_what_the_server_takes(url: str) -> None:
+    """Each image argument's schema says what the server takes (a data URL or a link to a file uploaded to it;
+    it downloads no other site's file), not Gradio's "http or https url", and no tool description sends the agent
+    to Gradio's upload_file_to_gradio tool, which this server does not serve (`sd2_app.ui.mcp_schema`)."""
+    tools = {tool.name: tool for tool in _session(url, lambda s: s.list_tools()).tools}
+    taken = "a data URL (data:image/png;base64,...) or the URL of a file uploaded to this server"
+    images = {(name, argument): schema for name, tool in tools.items()
+              for argument, schema in tool.inputSchema["properties"].items() if "format" in schema}
+    assert images == {
+        ("img2img", "image"): {"type": "string", "title": "ImageData", "format": taken, "description":
+                               "the starting image, shrunk to fit 1024 px (PNG, JPEG or WebP)"},
+        ("inpaint", "image"): {"type": "string", "title": "ImageData", "format": taken,
+                               "description": "the image to change (PNG, JPEG or WebP)"},
+        ("inpaint", "mask"): {"type": "string", "title": "ImageData", "format": taken, "description":
+                              "same size as the image (PNG, JPEG or WebP); white = repaint, black = keep"},
+        ("upscale", "image"): {"type": "string", "title": "ImageData", "format": taken, "description":
+                               "the image to enlarge (PNG, JPEG or WebP), at most 512x512 pixels"},
+        ("depth", "image"): {"type": "string", "title": "ImageData", "format": taken, "description":
+                             "the image whose depth (shapes, distances) the result keeps (PNG, JPEG or WebP)"}}
+    sentence = f" Each image is {taken}; the server does not download other sites' files."
+    assert tools["img2img"].description == ("Redraw an image following a text prompt (Stable Diffusion 2.1 "
+                                            "image-to-image)." + sentence)
+    assert all(tools[name].description.endswith(sentence) for name in ("img2img", "inpaint", "upscale", "depth"))
+    assert not any("upload_file_to_gradio" in tool.description for tool in tools.values())
+    assert sentence not in tools["txt2img"].description
