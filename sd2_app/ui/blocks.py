@@ -87,8 +87,7 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
         targets = {
             "img2img": SendTarget(i2i.image, i2i.prompt, i2i.negative, i2i.sampling, styles=i2i.styles,
                                  tiling=i2i.tiling),
-            "inpaint": SendTarget(inp.incoming, inp.prompt, inp.negative, inp.sampling, editor=inp.editor,
-                                  styles=inp.styles),
+            "inpaint": SendTarget(inp.editor, inp.prompt, inp.negative, inp.sampling, styles=inp.styles),
             "upscale": SendTarget(up.image, up.prompt, up.negative, styles=up.styles),
         }
         tabs_with_results = (("txt2img", t2i), ("img2img", i2i), ("inpaint", inp), ("outpaint", out), ("upscale", up),

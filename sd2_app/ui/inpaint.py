@@ -29,7 +29,6 @@ SEND_TO = (("img2img", "image to image"), ("upscale", "upscale"))
 @dataclass
 class InpaintTab:
     editor: gr.ImageMask
-    incoming: gr.Image
     prompt: gr.Textbox
     negative: gr.Textbox
     sampling: SamplingControls
@@ -90,10 +89,6 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Inpa
         with gr.Accordion("Or upload a mask image (white = repaint)", open=False):
             mask_upload = upload_image(label="Mask", type="pil", image_mode=None, sources=["upload"], height=200,
                                        elem_id="inpaint-mask")
-        # Where "Send to inpaint" puts the image; the page script uploads it into the editor from there
-        # (blocks.py, _wire_send), because Gradio's editor freezes when a server event sets its value.
-        incoming = gr.Image(type="pil", format="png", interactive=False, elem_id="inpaint-incoming",
-                            visible="hidden", show_label=False)
         checkpoint = frame.checkpoint()
         with gr.Row():
             strength = gr.Slider(0, 1, TASKS["inpaint"].strength, step=0.01, label="Strength")
@@ -111,7 +106,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Inpa
              "only_masked_padding", *SAMPLING_NAMES)
     wire_run(service, flags, frame.panel, inputs, make_request, "inpaint", names, finish_extra=mask_used,
              styles=frame.styles, eta=controls.eta)
-    return InpaintTab(editor, incoming, frame.prompt, frame.negative, controls, frame.panel, frame.styles)
+    return InpaintTab(editor, frame.prompt, frame.negative, controls, frame.panel, frame.styles)
 
 
 def make_request(value: Any, mask: Any, key: str, text: str, negative_text: str, amount: float, blur_px: float,

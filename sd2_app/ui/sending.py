@@ -1,8 +1,10 @@
 """The "Send to <tab>" buttons: under every result, and in History for a picked past image.
 
-An image for the inpainting editor goes through a hidden image (the courier) and the page script uploads it into
-the editor (static/app.js, sd2SendToEditor): Gradio's ImageEditor freezes when a server event sets its value
-after the visitor uploaded into it.
+An image sent to Inpaint becomes the editor's value on the server (gradio/components/image_editor.py,
+ImageEditor.postprocess: a single image is the background and the composite, no layers). Set so, the editor shows
+it however its tab was drawn: Gradio's editor empties its canvas whenever its value is empty once the canvas is
+ready (js/imageeditor/shared/ImageEditor.svelte, the effect that calls reset_canvas), so an image only uploaded
+into it on the page was wiped when the send itself first drew the Inpaint tab.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any, TYPE_CHECKING
 
 import gradio as gr
-from gradio.events import Dependency
 from PIL import Image
 
 from sd2_app import infotext_keys as keys
@@ -38,11 +39,10 @@ if TYPE_CHECKING:
 class SendTarget:
     """Where "Send to <tab>" puts things: the image box, the prompts and, where they apply, the sampling controls."""
 
-    image: gr.Image
+    image: gr.Image | gr.ImageMask  # Inpaint's editor takes the image as its value
     prompt: gr.Textbox
     negative: gr.Textbox
     sampling: SamplingControls | None = None
-    editor: gr.ImageMask | None = None  # set when `image` is only the courier of an image editor
     tiling: gr.Checkbox | None = None  # the Tiling checkbox, where the tab has one
     styles: gr.Dropdown | None = None  # the Styles picker, where the host has prompt styles
 
@@ -83,18 +83,7 @@ def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[
         if styled:
             inputs.append(tab.styles)
             outputs.append(into.styles)
-        sent = button.click(send, inputs, outputs, api_name=f"{prefix}_send_to_{target}", api_visibility="private")
-        _into_editor(sent, into, f"{prefix}_sent_to_{target}")
-
-
-def _into_editor(sent: Dependency, into: SendTarget, name: str) -> None:
-    """After a send into an editor's courier: the page script uploads the image into the editor, then the
-    courier empties (so the next send waits for its own image)."""
-    if into.editor is None:
-        return
-    editor_id, courier_id = into.editor.elem_id, into.image.elem_id
-    sent.success(None, js=f"() => window.sd2SendToEditor({courier_id!r}, {editor_id!r})").then(
-        lambda: None, None, into.image, api_name=name, api_visibility="private", queue=False, show_progress="hidden")
+        button.click(send, inputs, outputs, api_name=f"{prefix}_send_to_{target}", api_visibility="private")
 
 
 def picked_image_parameters(service: Service, gallery: Any, index: Any,
@@ -151,9 +140,8 @@ def wire_parameters_send(service: Service, buttons: dict[str, gr.Button], galler
         outputs += [] if into.tiling is None else [into.tiling]
         if into.styles is not None:
             outputs.append(into.styles)
-        sent = button.click(send, [gallery, selected], outputs, api_name=f"{prefix}_send_to_{target}",
-                            api_visibility="private")
-        _into_editor(sent, into, f"{prefix}_sent_to_{target}")
+        button.click(send, [gallery, selected], outputs, api_name=f"{prefix}_send_to_{target}",
+                     api_visibility="private")
 
 
 def sampler_fields(parsed: dict[str, Any], names: list[str]) -> tuple[str | None, bool]:

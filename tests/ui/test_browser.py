@@ -195,8 +195,23 @@ def test_send_to_inpaint_fills_the_editor_even_after_an_upload(page, tmp_path: P
     expect(page.locator("#inpaint-steps input[type=number]")).to_have_value("2")  # the settings came along
     tracker = page.locator("#inpaint-editor [data-testid=status-tracker]").first
     expect(tracker).to_have_class(re.compile(r"\bhide\b"), timeout=5_000)  # no endless spinner over the canvas
-    settled(page)  # the editor has drawn what was sent
     _shot(page, "inpaint-1-sent")
+    # The mask the run used has the sent image's size (64x72), not the uploaded one's (64x64).
+    assert _paint_and_inpaint(page) == [64, 72]
+    page.locator("#inpaint-send-img2img").click()
+    expect(page.get_by_role("tab", name="Image to image")).to_have_attribute("aria-selected", "true", timeout=30_000)
+    page.locator("#img2img-image img").first.wait_for()
+    _shot(page, "img2img-after-send")
+
+
+def _paint_and_inpaint(page) -> list[int]:
+    """Once the editor holds an image (its placeholder gone, and still gone a moment later): a stroke across
+    it, Generate, and the size of the mask the run used."""
+    page.locator("#inpaint-editor canvas").first.wait_for()  # the editor is drawn (a send may draw its tab)
+    empty = page.locator("#inpaint-editor .empty.wrap")
+    expect(empty).to_have_count(0, timeout=30_000)
+    settled(page)  # the editor could empty itself again once drawn (a fresh page's first send did)
+    expect(empty).to_have_count(0)
     canvas = _box(page, "#inpaint-editor canvas")
     x0, y0 = canvas["x"] + canvas["width"] * 0.4, canvas["y"] + canvas["height"] * 0.4
     page.mouse.move(x0, y0)
@@ -204,16 +219,28 @@ def test_send_to_inpaint_fills_the_editor_even_after_an_upload(page, tmp_path: P
     for k in range(1, 11):
         page.mouse.move(x0 + k * 6, y0 + k * 4)
     page.mouse.up()
+    _shot(page, "inpaint-1-painted")
     page.locator("#inpaint-run").click()
     used = page.locator("#inpaint-extra img").first
-    used.wait_for(timeout=120_000)
-    _shot(page, "inpaint-2-result")
-    # The mask the run used has the sent image's size (64x72), not the uploaded one's (64x64).
-    assert used.evaluate("(img) => [img.naturalWidth, img.naturalHeight]") == [64, 72]
-    page.locator("#inpaint-send-img2img").click()
-    expect(page.get_by_role("tab", name="Image to image")).to_have_attribute("aria-selected", "true", timeout=30_000)
-    page.locator("#img2img-image img").first.wait_for()
-    _shot(page, "img2img-after-send")
+    try:
+        used.wait_for(timeout=120_000)
+    finally:
+        _shot(page, "inpaint-2-result")
+    return used.evaluate("(img) => [img.naturalWidth, img.naturalHeight]")
+
+
+def test_send_to_inpaint_fills_the_editor_of_a_page_that_never_opened_inpaint(browser, url: str) -> None:
+    """A fresh visitor's first "Send to inpaint": the Inpaint tab (and its editor) is first drawn by that send."""
+    page = _open(browser, url, DESKTOP)
+    try:
+        _generate_txt2img(page, 64, 72, prompt="a boat at dawn")
+        page.locator("#txt2img-send-inpaint").click()
+        expect(page.get_by_role("tab", name="Inpaint")).to_have_attribute("aria-selected", "true", timeout=30_000)
+        expect(page.locator("#inpaint-prompt textarea")).to_have_value("a boat at dawn")
+        assert _paint_and_inpaint(page) == [64, 72]
+        expect(page.locator("#inpaint-info")).to_contain_text("Size: 64x72")
+    finally:
+        page.context.close()
 
 
 def test_send_before_any_result_says_so(page) -> None:

@@ -10,9 +10,6 @@
 //   button of the editor or of an image box of class "checked-paste" (ui/uploads.py `upload_image`) that finds no
 //   image in the clipboard (the box reads it with navigator.clipboard.read and ignores anything else without a
 //   word): what the clipboard held, or an empty file, goes to the box's checker (`<box>-check`).
-// - sd2SendToEditor(courierId, editorId): "Send to inpaint" puts the image in a hidden image component (the
-//   courier); this uploads it into the image editor the way a user's upload arrives, because Gradio's ImageEditor
-//   freezes (blank canvas, endless spinner) when a server event sets its value after a user upload.
 (css) => {
   if (window.sd2AppReady) return;
   window.sd2AppReady = true;
@@ -138,17 +135,4 @@
     clipboard.read = wrapped;
     setTimeout(restore, 0);
   }, true);
-
-  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-  window.sd2SendToEditor = async (courierId, editorId) => {
-    let image = null;
-    for (let i = 0; i < 100 && !(image && image.src); i++) {
-      image = document.querySelector(`#${courierId} img`);
-      if (!(image && image.src)) await sleep(50);
-    }
-    const input = document.querySelector(`#${editorId} input[type=file]`);
-    if (!(image && image.src) || !input) return;
-    const blob = await (await fetch(image.src)).blob();
-    upload(input, new File([blob], "sent.png", { type: blob.type || "image/png" }));
-  };
 }
