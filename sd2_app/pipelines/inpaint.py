@@ -36,15 +36,16 @@ if TYPE_CHECKING:
     from sd2_app.loading.embeddings import TextualInversion
 
 
-def content_image(image: torch.Tensor, mask: torch.Tensor, content: str) -> torch.Tensor:
+def content_image(image: torch.Tensor, mask: torch.Tensor, content: str, device: torch.device) -> torch.Tensor:
     """The (1, 3, H, W) image the start latents are encoded from: for every masked content but "original" its
     masked area (`mask` (1, 1, H, W), 1 = repaint) painted from the pixels around it, as A1111 does for all three
-    (modules/processing.py, StableDiffusionProcessingImg2Img.init, `masking.fill`)."""
+    (modules/processing.py, StableDiffusionProcessingImg2Img.init, `masking.fill`), computed on `device` (the
+    components', where the encode moves it anyway)."""
     if content == "original":
         return image
-    pixels = image[0].permute(1, 2, 0).numpy()  # (H, W, 3)
-    filled = fill_from_surroundings(pixels, mask[0, 0].numpy() >= 0.5)
-    return torch.from_numpy(filled).permute(2, 0, 1)[None]
+    pixels = image[0].to(device).permute(1, 2, 0)  # (H, W, 3)
+    filled = fill_from_surroundings(pixels, mask[0, 0].to(device) >= 0.5)
+    return filled.permute(2, 0, 1)[None]
 
 
 def _masked_start(content: str, mask: torch.Tensor, generator: torch.Generator,
@@ -95,8 +96,8 @@ def _generate(
         x = job.start_noise((batch, components.vae.config.latent_channels, h, w))
     else:
         start = _masked_start(request.masked_content, mask_latent, job.generator, components)
-        x = noised_init_latents(components, content_image(init_image, mask_tensor, request.masked_content),
-                                job.plan, batch, job.generator, start=start)
+        start_image = content_image(init_image, mask_tensor, request.masked_content, components.device)
+        x = noised_init_latents(components, start_image, job.plan, batch, job.generator, start=start)
     masked_latents = encode(components.vae, masked_image, job.generator)  # (1, 4, h, w)
     mask_latent = mask_latent.to(masked_latents.device)
     concat = torch.cat([mask_latent, masked_latents], dim=1).repeat(job.rows, 1, 1, 1)  # (2B|B, 5, h, w)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import torch
 from PIL import Image
 
 from sd2_app import infotext_keys as keys
@@ -32,10 +33,12 @@ EDGE_NOISE_STD = 12.0  # grey levels of the noise added to the edge fill
 
 
 def extend_canvas(
-    image: Image.Image, left: int, right: int, up: int, down: int, fill: str, seed: int
+    image: Image.Image, left: int, right: int, up: int, down: int, fill: str, seed: int,
+    device: torch.device | str = "cpu",
 ) -> tuple[Image.Image, Image.Image]:
     """(canvas, mask): the image placed at (left, up) on a canvas grown by the four margins; the mask is
-    white exactly on the added strips. `fill` (a key of OUTPAINT_FILLS) paints the strips; `seed` draws the noise."""
+    white exactly on the added strips. `fill` (a key of OUTPAINT_FILLS) paints the strips; `seed` draws the noise;
+    the "blur" fill is computed on `device` (the pipeline's)."""
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
     height, width = rgb.shape[:2]
     pad = ((up, down), (left, right), (0, 0))
@@ -44,7 +47,8 @@ def extend_canvas(
     if fill == "solid":
         canvas = np.broadcast_to(rgb.mean(axis=(0, 1)), mask.shape + (3,)).copy()
     elif fill == "blur":  # the inpainting "fill" (pipelines/mask_fill.py): blurred colours of the image nearby
-        canvas = fill_from_surroundings(np.pad(rgb, pad), mask)
+        pixels, hole = torch.from_numpy(np.pad(rgb, pad)).to(device), torch.from_numpy(mask).to(device)
+        canvas = fill_from_surroundings(pixels, hole).cpu().numpy()
     else:
         noise = np.random.default_rng(seed).normal(0.0, EDGE_NOISE_STD, mask.shape + (3,))
         canvas = np.pad(rgb, pad, mode="edge") + noise * mask[..., None]
@@ -58,7 +62,7 @@ def outpaint(
 ) -> PipelineOutput:
     """Extend, fill, inpaint the strips; the output's mask is the added strips (before feathering)."""
     canvas, mask = extend_canvas(request.image, request.left, request.right, request.up, request.down,
-                                 request.fill, int(request.sampling.seed or 0))
+                                 request.fill, int(request.sampling.seed or 0), components.device)
     inner = InpaintRequest(
         prompt=request.prompt, image=canvas, mask=mask, negative_prompt=request.negative_prompt,
         checkpoint=request.checkpoint, strength=request.strength, mask_blur=request.mask_blur,

@@ -13,8 +13,9 @@ from sd2_app.api.requests import InpaintRequest, Sampling
 from sd2_app.pipelines import img2img as img2img_module
 from sd2_app.pipelines.images import preprocess_image
 from sd2_app.pipelines.inpaint import inpaint
-from sd2_app.pipelines.mask_fill import fill_from_surroundings
+from sd2_app.pipelines.mask_fill import fill_from_surroundings as torch_fill
 from sd2_app.pipelines.metadata import parse_parameters
+from tests.mask_fill_reference import reference_fill
 from tests.pipeline_fixtures import ComponentCache, sample_image
 
 HOLE = (16, 24, 48, 40)  # the repainted box (left, top, right, bottom) of the 64x64 tests: latents 2:6 x 3:5
@@ -28,6 +29,38 @@ def _mask(size: int = 64) -> Image.Image:
 
 def _hole(size: int = 64) -> np.ndarray:
     return np.asarray(_mask(size)) > 0
+
+
+def fill_from_surroundings(pixels: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """The pipelines' fill (torch, on the CPU here) on numpy arrays."""
+    return torch_fill(torch.from_numpy(pixels), torch.from_numpy(hole)).numpy()
+
+
+def _holes(height: int, width: int) -> dict[str, np.ndarray]:
+    """Hole shapes the fill meets: an inpainting box and blob inside, and outpainting's strips along the borders."""
+    rows, cols = np.mgrid[:height, :width]
+    box = np.zeros((height, width), bool)
+    box[height // 4 : height // 2, width // 3 : width * 3 // 4] = True
+    blob = (rows - height * 0.6) ** 2 / (height * 0.3) ** 2 + (cols - width * 0.4) ** 2 / (width * 0.2) ** 2 < 1
+    strips = np.ones((height, width), bool)
+    strips[height // 8 : height - 3, width // 5 : width - width // 6] = False  # four strips, uneven widths
+    corner = (rows < height // 3) & (cols >= width // 2)  # touches the top and right edges
+    return {"box": box, "blob": blob, "strips": strips, "corner": corner}
+
+
+@pytest.mark.parametrize("size", [(64, 64), (77, 130), (512, 384), (200, 1000)])
+def test_the_torch_fill_equals_the_numpy_fill_it_replaced(size: tuple[int, int]) -> None:
+    """Commit 4a251eb's numpy fill (tests/mask_fill_reference.py) and the torch one agree to within float32
+    rounding (max abs difference < 1e-4 on 0..1 pixels), and the known pixels come back bit for bit."""
+    height, width = size
+    rng = np.random.default_rng(height * width)
+    smooth = np.cumsum(rng.uniform(0, 1, (height, width, 3)), axis=1, dtype=np.float32) / width  # gradients
+    pixels = np.where(rng.uniform(0, 1, (height, width, 1)) < 0.1, rng.uniform(0, 1, (height, width, 3)), smooth)
+    pixels = pixels.astype(np.float32)
+    for name, hole in _holes(height, width).items():
+        ours, theirs = fill_from_surroundings(pixels, hole), reference_fill(pixels, hole)
+        assert np.abs(ours - theirs).max() < 1e-4, name
+        assert np.array_equal(ours[~hole], pixels[~hole]), name
 
 
 def test_fill_paints_a_hole_from_its_surroundings_and_keeps_every_other_pixel() -> None:
@@ -47,6 +80,14 @@ def test_fill_paints_a_hole_from_its_surroundings_and_keeps_every_other_pixel() 
 
     everything = np.ones((64, 64), bool)
     assert np.array_equal(fill_from_surroundings(flat, everything), flat)  # nothing known: nothing to fill from
+
+
+def test_the_fill_runs_where_its_tensors_are_and_reads_nothing_back_to_the_host() -> None:
+    """On the "meta" device every value is unknown, so any host read (numpy, .item(), a Python branch on a
+    tensor) raises: the fill stays on the pipeline's device (the GPU, in a real run) from start to end."""
+    pixels = torch.empty(96, 130, 3, device="meta")
+    filled = torch_fill(pixels, torch.empty(96, 130, dtype=torch.bool, device="meta"))
+    assert (filled.device.type, filled.shape, filled.dtype) == ("meta", (96, 130, 3), torch.float32)
 
 
 class _Spy:
