@@ -48,7 +48,8 @@ def _holes(height: int, width: int) -> dict[str, np.ndarray]:
     return {"box": box, "blob": blob, "strips": strips, "corner": corner}
 
 
-@pytest.mark.parametrize("size", [(64, 64), (77, 130), (512, 384), (200, 1000)])
+@pytest.mark.parametrize("size", [(64, 64), (77, 130), (160, 256), pytest.param((512, 384), marks=pytest.mark.slow),
+                                  pytest.param((200, 1000), marks=pytest.mark.slow)])
 def test_the_torch_fill_equals_the_numpy_fill_it_replaced(size: tuple[int, int]) -> None:
     """Commit 4a251eb's numpy fill (tests/mask_fill_reference.py) and the torch one agree to within float32
     rounding (max abs difference < 1e-4 on 0..1 pixels), and the known pixels come back bit for bit."""
@@ -82,6 +83,7 @@ def test_fill_paints_a_hole_from_its_surroundings_and_keeps_every_other_pixel() 
     assert np.array_equal(fill_from_surroundings(flat, everything), flat)  # nothing known: nothing to fill from
 
 
+@pytest.mark.slow  # the first "meta" run loads torch's meta kernels: ~9 s on this CPU
 def test_the_fill_runs_where_its_tensors_are_and_reads_nothing_back_to_the_host() -> None:
     """On the "meta" device every value is unknown, so any host read (numpy, .item(), a Python branch on a
     tensor) raises: the fill stays on the pipeline's device (the GPU, in a real run) from start to end."""
