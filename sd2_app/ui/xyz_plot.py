@@ -298,4 +298,12 @@ def build(service: Service, flags: StopFlags) -> ResultPanel:
     run = wire_run(service, flags, panel, inputs, make_request, "xyz_plot", names,
                    finish_extra=lambda result: (_tables(result),), view=PlotView)
     show_sides_used(service.limits, (width, height), run)
+    # A1111 shows a plot's grid as its result: the gallery opens on it (the first image, `selected` is 0 after a
+    # run), large, the cells as thumbnails below it, instead of the grid as one thumbnail among its cells.
+    run.then(_open_on_grid, panel.gallery, panel.gallery, api_name="xyz_plot_shows_grid", api_visibility="private",
+             queue=False, show_progress="hidden")
     return panel
+
+
+def _open_on_grid(gallery: Any) -> Any:
+    return gr.update(selected_index=0) if gallery else gr.update()

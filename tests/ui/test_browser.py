@@ -314,12 +314,18 @@ def test_xy_plot_2x2(page) -> None:
     _set_number(page, "xyz-height", 64)
     page.locator("#xyz-run").click()
     sync_api.expect(page.locator("#xyz-files a").first).to_be_visible(timeout=180_000)
-    sync_api.expect(page.locator("#xyz-gallery img")).to_have_count(5)
+    # The gallery opens on the grid, large, as A1111 shows a plot's result; the grid and cells are thumbnails below.
+    picked = page.locator("#xyz-gallery .thumbnail-small.selected")
+    sync_api.expect(picked).to_have_attribute("aria-label", "Thumbnail 1 of 5")
+    sync_api.expect(page.locator("#xyz-gallery .thumbnail-small")).to_have_count(5)
+    shown = page.locator("#xyz-gallery .media-button img")
+    sync_api.expect(shown).to_be_visible()
+    assert _box(page, "#xyz-gallery .media-button img")["width"] > 300  # a thumbnail among 5 cells is ~130 px
     _shot(page, "xyz-plot-result")
-    captions = page.locator("#xyz-gallery .caption-label").all_inner_texts()
+    captions = page.locator("#xyz-gallery .caption-label").all_text_contents()
     assert [c.split(" · ")[0] for c in captions] == ["Grid", "DDIM, CFG scale: 1", "Euler, CFG scale: 1",
                                                     "DDIM, CFG scale: 7.5", "Euler, CFG scale: 7.5"]
-    width, height = _natural_size(page, "#xyz-gallery img")
+    width, height = _natural_size(page, "#xyz-gallery .media-button img")
     assert width > 2 * 64 and height > 2 * 64  # the grid with its label margins
     info = page.locator("#xyz-info").inner_text()
     assert 'X Values: "DDIM, Euler"' in info and "Sampler: DPM++ 2M" not in info
