@@ -110,18 +110,42 @@ def build_extras(service: Service, max_side: int, side: int) -> Txt2ImgExtras:
 def hires_size_note(width: Any, height: Any, scale: Any, resize_width: Any, resize_height: Any, max_side: int) -> str:
     """"Upscales from 512x512 to 1024x1024." (A1111 shows the same under its hires settings), with what to change
     when the target is over the server's limit; empty for values that are not sizes (the run's check says why)."""
-    values = (width, height, scale, resize_width or 0, resize_height or 0)
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+    sizes = _hires_sizes(width, height, scale, resize_width, resize_height, max_side)
+    if sizes is None:
         return ""
-    w, h = int(width), int(height)
-    if not (0 < w <= 100 * max_side and 0 < h <= 100 * max_side and 0 < scale <= 100):
-        return ""
-    hires = HiresFix(scale=float(scale), width=int(resize_width or 0) or None, height=int(resize_height or 0) or None)
-    target = hires.target(w, h)
+    (w, h), target = sizes
     note = f"Upscales from {w}x{h} to {target[0]}x{target[1]}."
     if max(target) > max_side:
         note += f" That is over this server's {max_side} pixels per side: lower the upscale or the size."
     return note
+
+
+def hires_label(on: Any, width: Any, height: Any, scale: Any, resize_width: Any, resize_height: Any,
+                max_side: int) -> str:
+    """The hires accordion's label: "Hires fix" while the fix is off, "Hires fix: on, 256x256 → 512x512" while
+    it is on, so a send that turns it on shows it with the accordion closed (A1111 has the fix's checkbox in the
+    accordion's header: modules/ui_components.py, InputAccordion)."""
+    if not on:
+        return "Hires fix"
+    sizes = _hires_sizes(width, height, scale, resize_width, resize_height, max_side)
+    if sizes is None:
+        return "Hires fix: on"
+    (w, h), (tw, th) = sizes
+    return f"Hires fix: on, {w}x{h} → {tw}x{th}"
+
+
+def _hires_sizes(width: Any, height: Any, scale: Any, resize_width: Any, resize_height: Any,
+                 max_side: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """(first pass size, hires target) from widget values; None for values that are not sizes."""
+    values = (width, height, scale, resize_width or 0, resize_height or 0)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        return None
+    w, h = int(width), int(height)
+    if not (0 < w <= 100 * max_side and 0 < h <= 100 * max_side and 0 < scale <= 100):
+        return None
+    hires = HiresFix(scale=float(scale), width=int(resize_width or 0) or None, height=int(resize_height or 0) or None)
+    target = hires.target(w, h)
+    return (w, h), (target[0], target[1])
 
 
 def wire_hires_size(width: gr.Slider, height: gr.Slider, fix: HiresControls, max_side: int,
@@ -131,6 +155,9 @@ def wire_hires_size(width: gr.Slider, height: gr.Slider, fix: HiresControls, max
     gr.on([box.change for box in inputs], lambda *values: hires_size_note(*values, max_side), inputs,
           fix.hires_size, queue=False, show_progress="hidden", api_name=f"{prefix}_hires_size",
           api_visibility="private")
+    gr.on([box.change for box in [fix.hires, *inputs]], lambda *values: gr.update(label=hires_label(*values, max_side)),
+          [fix.hires, *inputs], fix.accordion, queue=False, show_progress="hidden",
+          api_name=f"{prefix}_hires_label", api_visibility="private")
 
 
 IMG2IMG_NAMES = ("variation_seed", "variation_strength", "tiling")

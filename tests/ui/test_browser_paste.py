@@ -41,7 +41,10 @@ def test_an_a1111_png_fills_text_to_image_and_says_what_it_could_not(page, tmp_p
     expect(page.locator("#txt2img-checkpoint input").first).to_have_value("SD 2.1 base (512)")
     expect(page.locator("#txt2img-steps input[type=number]")).to_have_value("24")
     expect(page.locator("#txt2img-seed input[type=number]")).to_have_value("1234")
-    page.locator("#txt2img-hires-accordion").get_by_text("Hires fix").first.click()  # open the closed group
+    # The fix is on, and the closed group's header says so with its sizes (Size 512x512, Hires upscale 1.5).
+    header = page.locator("#txt2img-hires-accordion").get_by_text("Hires fix", exact=False).first
+    expect(header).to_have_text("Hires fix: on, 512x512 → 768x768")
+    header.click()  # open the closed group
     expect(page.locator("#txt2img-hires input[type=checkbox]")).to_be_checked()
     expect(page.locator("#txt2img-hires-upscaler input").first).to_have_value("Latent")
     page.screenshot(path=str(ARTIFACTS / "paste-a1111-png.png"))
