@@ -9,6 +9,7 @@ forked before the request came does not plan its prompts again (`PromptPlans.ado
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,11 @@ def check(service: Service, request: Request) -> Checked:
     if isinstance(request, XYZPlotRequest):
         plot = service.check_plot(request)
         seconds = time.perf_counter() - started
-        return Checked(plot.request, plot.warnings, seconds, plot, service.carried_plans(c.request for c in plot.cells))
+        return Checked(plot.request, plot.warnings, seconds, plot, plans(service, (c.request for c in plot.cells)))
     checked, warnings = service.validate(request)
-    return Checked(checked, warnings, time.perf_counter() - started, plans=service.carried_plans([checked]))
+    return Checked(checked, warnings, time.perf_counter() - started, plans=plans(service, [checked]))
+
+
+def plans(service: Service, requests: Iterable[Request]) -> tuple[CarriedPlan, ...]:
+    """The prompt plans `service` made validating `requests`, as plain data for the process that runs them."""
+    return service._prompt_tools.carried(requests)  # the Service's own tools: this module is its `check`

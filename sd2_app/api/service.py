@@ -43,13 +43,11 @@ if TYPE_CHECKING:
     from sd2_app.api.batching import Batcher
     from sd2_app.checkpoints.components import Components
     from sd2_app.loading.embeddings import EmbeddingLibrary
-    from sd2_app.pipelines.prompt_plan import CarriedPlan
     from sd2_app.pipelines.loop import LatentProgressFn
     from sd2_app.pipelines.output import PipelineOutput
 
 # The imports left inside functions below are of modules that load torch (the task pipelines and the fallback
-# ladder over them): the UI imports this module, and the UI imports no torch. Where jobs run in forked workers
-# (ZeroGPU), they are imported before the first fork (`sd2_app.api.tasks.import_job_modules`).
+# ladder over them): the UI imports this module, and the UI imports no torch.
 
 log = logging.getLogger(__name__)
 
@@ -179,10 +177,6 @@ class Service:
         plot = check_plot(request, self.catalog, self.limits, self.styles)
         self._prompt_tools.check_cells(plot.cells)
         return plot
-
-    def carried_plans(self, requests: Iterable[Request]) -> tuple[CarriedPlan, ...]:
-        """The prompt plans validating `requests` made, as plain data for the process that runs them (`Checked`)."""
-        return self._prompt_tools.carried(requests)
 
     def _task_fn(self, task: str) -> TaskFn:
         return self._tasks[task] if self._tasks is not None else pipeline_of(task)
@@ -352,8 +346,7 @@ class Service:
         `timings` and `keep` as in `run`."""
         plot = request.plot if isinstance(request, Checked) else request  # a Checked plot is not checked again
         assert plot is not None, "a Checked plot carries its cells"
-        if isinstance(request, Checked):
-            self._prompt_tools.adopt(request.plans)  # as in `run`
+        self._prompt_tools.adopt(getattr(request, "plans", ()))  # a Checked plot's, as in `run`
         result = run_plot(self, plot, on_progress, should_stop, on_cell)
         return self._keep(result, {} if timings is None else timings, owner, log_here=timings is None, keep=keep)
 
