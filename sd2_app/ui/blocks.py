@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from functools import partial
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TYPE_CHECKING
 
@@ -17,15 +18,17 @@ from sd2_app.prompt_styles import StyleBook, with_styles_read
 from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
 from sd2_app.ui.hosting import Hosting, Visitors
 from sd2_app.ui.lifecycle import AppBlocks
+from sd2_app.ui.read_parameters import wire_read_parameters
 from sd2_app.ui.result_panel import ResultPanel
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.sending import (  # noqa: F401  # clamp_to, sampler_fields: also imported from here
-    SendTarget, clamp_to, picked_image_parameters, sampler_fields, unreproduced, wire_history_send,
-    wire_parameters_send, wire_send)
+    SendTarget, clamp_to, parameter_outputs, parameter_values, picked_image_parameters, sampler_fields, unreproduced,
+    wire_history_send, wire_parameters_send, wire_send)
 from sd2_app.ui.txt2img_extras import from_parameters
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
+    from sd2_app.ui.sending import SendSource
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 STATIC = Path(__file__).resolve().parent / "static"
@@ -84,16 +87,16 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
                 past = history.build(service, visitors)
             with gr.Tab("PNG info", id="pnginfo"):
                 png_image, png_fields, png_send = pnginfo.build(service)
-        targets = {
+        targets = {  # the tabs of result_panel.IMAGE_TARGETS; Upscale takes no sampling settings (its own)
             "img2img": SendTarget(i2i.image, i2i.prompt, i2i.negative, i2i.sampling, styles=i2i.styles,
-                                 tiling=i2i.tiling),
+                                  tiling=i2i.tiling),
             "inpaint": SendTarget(inp.editor, inp.prompt, inp.negative, inp.sampling, styles=inp.styles),
-            "upscale": SendTarget(up.image, up.prompt, up.negative, styles=up.styles),
-        }
+            **{key: SendTarget(tab.image, tab.prompt, tab.negative, tab.sampling, styles=tab.styles)
+               for key, tab in (("outpaint", out), ("depth", dep))},
+            "upscale": SendTarget(up.image, up.prompt, up.negative, styles=up.styles)}
         tabs_with_results = (("txt2img", t2i), ("img2img", i2i), ("inpaint", inp), ("outpaint", out), ("upscale", up),
                              ("depth", dep))
-        for prefix, tab in tabs_with_results:
-            wire_send(tab.panel, tab, tabs, targets, prefix)
+        _wire_result_sends(service, tabs_with_results, tabs, targets)
         models_tab.select(refresh_models, None, models_outputs, api_name="models_tab",
                           api_visibility="private", queue=False)
         _wire_history_tab(history_tab, past)
@@ -108,6 +111,18 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
     return demo
 
 
+def _wire_result_sends(service: Service, tabs_with_results: Sequence[tuple[str, SendSource]], tabs: gr.Tabs,
+                       targets: dict[str, SendTarget]) -> None:
+    """Each tab's "Send to" buttons, and its ↙ where the tab is a send target: ↙ fills the widgets a send into the
+    tab fills (text to image's ↙ fills it as PNG info's send does: `_wire_reuse`)."""
+    for prefix, tab in tabs_with_results:
+        wire_send(tab.panel, tab, tabs, targets, prefix)
+        if prefix in targets:
+            into = targets[prefix]
+            wire_read_parameters(service, tab.panel, tab.prompt, partial(parameter_values, service, into=into),
+                                 parameter_outputs(into), prefix)
+
+
 def _wire_history_tab(history_tab: gr.Tab, past: history.HistoryView) -> None:
     """Selecting History refreshes it and forgets the image picked before."""
     history_tab.select(past.refresh, None, past.outputs, api_name="history_tab", api_visibility="private",
@@ -118,10 +133,12 @@ def _wire_history_tab(history_tab: gr.Tab, past: history.HistoryView) -> None:
 
 def _wire_reuse(service: Service, t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, png_send: gr.Button,
                 png_fields: gr.JSON, past: history.HistoryView, plot: ResultPanel) -> None:
-    """PNG info's "Send to text to image", History's "Reuse its settings" and the X/Y/Z plot's "Send to text to
-    image" (the picked grid's or cell's own settings) fill text to image."""
+    """PNG info's "Send to text to image", text to image's own ↙ (read_parameters.py), History's "Reuse its
+    settings" and the X/Y/Z plot's "Send to text to image" (the picked grid's or cell's own settings) fill text to
+    image."""
     to_txt2img, txt2img_fields = _png_to_txt2img(t2i, tabs, service.registry, service.styles)
     png_send.click(to_txt2img, png_fields, txt2img_fields, api_name="png_info_send", api_visibility="private")
+    wire_read_parameters(service, t2i.panel, t2i.prompt, to_txt2img, txt2img_fields, "txt2img")
     past.reuse.click(lambda gallery, index: to_txt2img(picked_image_parameters(service, gallery, index)[1]),
                      [past.gallery, past.selected], txt2img_fields, api_name="history_reuse",
                      api_visibility="private")

@@ -11,19 +11,19 @@ from sd2_app.api.tasks import TASKS
 from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import SAMPLING_NAMES, to_sampling
 from sd2_app.ui.runner import StopFlags, shown_aux
+from sd2_app.ui.result_panel import IMAGE_TARGETS
 from sd2_app.ui.tab_frame import ImageTab, TabFrame
 from sd2_app.ui.uploads import check_on_upload, upload_image
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Result, Service
 
-SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
 DEPTH_MAP_LABEL = "Depth map (optional, white = near; 16-bit PNG or float TIFF kept exact)"
 
 
 def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> ImageTab:
     frame = TabFrame(service, "depth")
-    with frame.columns(extra_label="Depth map used", send_to=SEND_TO):
+    with frame.columns(extra_label="Depth map used", send_to=IMAGE_TARGETS):
         with gr.Row():
             image = upload_image(label="Image", type="pil", image_mode=None, sources=["upload", "clipboard"],
                                  height=280, elem_id="depth-image")

@@ -16,6 +16,7 @@ import gradio as gr
 from PIL import Image
 
 from sd2_app.ui.narrow_tables import narrow_table_css
+from sd2_app.ui.result_panel import IMAGE_TARGETS, send_row
 from sd2_app.ui.runner import shown_files
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ HISTORY_HEADERS = ["Time", "Task", "Seed", "Images", "Parameters", "Files"]
 HISTORY_PHONE_COLUMNS = {"Task": 24, "Parameters": 76}  # on a phone (the parameters name the seed and size)
 # Shares of the table's width (Gradio: "10%" is of the table's box), so a 1024 px window shows the files too.
 HISTORY_COLUMN_WIDTHS = ["12%", "8%", "11%", "7%", "42%", "20%"]
-HISTORY_SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
 
 
 @dataclass
@@ -69,10 +69,8 @@ def build(service: Service, visitors: Visitors) -> HistoryView:
     gallery = gr.Gallery(label="Recent images (pick one to reuse or send it)", format="png", columns=6,
                          height=HISTORY_GALLERY_HEIGHT, object_fit="contain", interactive=False,
                          elem_id="history-gallery")
-    with gr.Row():
-        reuse = gr.Button("Reuse its settings in text to image", size="sm", elem_id="history-reuse")
-        buttons = {target: gr.Button(f"Send to {label}", size="sm", elem_id=f"history-send-{target}")
-                   for target, label in HISTORY_SEND_TO}
+    reuse = gr.Button("Reuse its settings in text to image", size="sm", elem_id="history-reuse")
+    buttons = send_row("history", IMAGE_TARGETS)
     # Widths that fit the page: without them the parameters ran off its right edge and hid the files.
     table = gr.Dataframe(headers=HISTORY_HEADERS, wrap=True,
                          column_widths=HISTORY_COLUMN_WIDTHS, interactive=False, elem_id="history-table")

@@ -18,6 +18,7 @@ from sd2_app.ui.sampling_controls import SAMPLING_NAMES, checkpoint_dropdown, to
 from sd2_app.ui.size_boxes import show_sides_used
 from sd2_app.ui.resize import RESIZE_MODES, fitted_size, resize_to
 from sd2_app.ui.runner import StopFlags
+from sd2_app.ui.result_panel import IMAGE_TARGETS
 from sd2_app.ui.tab_frame import ImageTab, TabFrame
 from sd2_app.ui.txt2img_extras import IMG2IMG_NAMES, build_img2img_extras, img2img_fields
 from sd2_app.ui.uploads import empty_on_failure, refuse_oversized, upload_image
@@ -26,12 +27,11 @@ if TYPE_CHECKING:
     from sd2_app.api.service import Service
     from sd2_app.api.checks import Limits
 
-SEND_TO = (("inpaint", "inpaint"), ("upscale", "upscale"))
 
 
 def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> ImageTab:
     frame = TabFrame(service, "img2img")
-    with frame.columns(send_to=SEND_TO):
+    with frame.columns(send_to=IMAGE_TARGETS):
         image = upload_image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
                              height=320, elem_id="img2img-image")
         checkpoint = checkpoint_dropdown(service, "img2img", elem_id="img2img-checkpoint")

@@ -13,7 +13,7 @@ from PIL import Image, ImageChops
 
 from sd2_app.api.requests import InpaintRequest
 from sd2_app.api.tasks import TASKS
-from sd2_app.ui.result_panel import ResultPanel
+from sd2_app.ui.result_panel import IMAGE_TARGETS, ResultPanel
 from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import SAMPLING_NAMES, SamplingControls, to_sampling
 from sd2_app.ui.runner import StopFlags, shown_aux
@@ -23,7 +23,6 @@ from sd2_app.ui.uploads import check_on_upload, file_check, guard_editor, upload
 if TYPE_CHECKING:
     from sd2_app.api.service import Result, Service
 
-SEND_TO = (("img2img", "image to image"), ("upscale", "upscale"))
 
 
 @dataclass
@@ -71,7 +70,7 @@ def split_editor(value: Any, uploaded_mask: Image.Image | None) -> tuple[Image.I
 
 def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> InpaintTab:
     frame = TabFrame(service, "inpaint")
-    with frame.columns(extra_label="Mask used", send_to=SEND_TO):
+    with frame.columns(extra_label="Mask used", send_to=IMAGE_TARGETS):
         editor = guard_editor(gr.ImageMask(
             label="Image and mask",  # short: on a phone the editor's toolbar shares the label's line
             placeholder="Upload an image, then paint over what to repaint",

@@ -25,6 +25,7 @@ from sd2_app.ui.prompt_tools import token_count_line
 
 GENERATE = "Generate"
 RUNNING = "Running…"
+READ_PARAMETERS = "↙"  # A1111's paste button (modules/ui.py, paste_symbol); static/app.js gives it its tooltip
 
 
 @dataclass
@@ -46,6 +47,7 @@ class PromptRow:
     boxes: PromptBoxes
     status: gr.HTML  # under the run buttons: the run's state where the visitor pressed Generate or Stop
     styles: gr.Dropdown | None = None  # the host's prompt styles to apply (A1111's "Styles"); None: the host has none
+    read: gr.Button | None = None  # ↙ beside Stop: read generation parameters (ui/read_parameters.py); None: none
 
 
 def prompt_boxes(prefix: str, value: str = "") -> PromptBoxes:
@@ -67,14 +69,19 @@ def run_buttons(prefix: str) -> tuple[gr.Button, gr.Button]:
     return run, stop
 
 
-def prompt_row(prefix: str, value: str = "", styles: Sequence[str] = ()) -> PromptRow:
-    """The row at the top of a generation tab: prompts (wide) and the run buttons (narrow, beside them), and under
-    them, where the host has prompt styles (`styles`, their names), the Styles picker, as in A1111."""
+def prompt_row(prefix: str, value: str = "", styles: Sequence[str] = (), *, read: bool = False) -> PromptRow:
+    """The row at the top of a generation tab: prompts (wide) and the run buttons (narrow, beside them), with
+    `read`, A1111's ↙ beside Stop (static/app.css), and under them, where the host has prompt styles (`styles`,
+    their names), the Styles picker, as in A1111."""
     with gr.Row(equal_height=False, elem_classes=["prompt-row"]):
         with gr.Column(scale=8, min_width=300):
             boxes = prompt_boxes(prefix, value)
         with gr.Column(scale=2, min_width=160, elem_classes=["run-column"]):
             run, stop = run_buttons(prefix)
+            reader = None
+            if read:
+                reader = gr.Button(READ_PARAMETERS, size="lg", elem_id=f"{prefix}-read-parameters",
+                                   elem_classes=["read-parameters"])
             # Filled by the page script (static/app.js) from the info line under the results, which is below
             # the fold of a laptop screen: while a run is queued or running, after Stop, or why it was refused.
             status = gr.HTML('<p class="run-status-text" aria-live="polite"></p>', elem_id=f"{prefix}-run-status",
@@ -83,7 +90,7 @@ def prompt_row(prefix: str, value: str = "", styles: Sequence[str] = ()) -> Prom
             if styles:
                 picker = gr.Dropdown(list(styles), value=[], multiselect=True, label="Styles",
                                      info="added to the prompts in this order", elem_id=f"{prefix}-styles")
-    return PromptRow(boxes.prompt, boxes.negative, run, stop, boxes, status, picker)
+    return PromptRow(boxes.prompt, boxes.negative, run, stop, boxes, status, picker, reader)
 
 
 @contextmanager

@@ -14,19 +14,19 @@ from sd2_app.api.tasks import TASKS
 from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import SAMPLING_NAMES, to_sampling
 from sd2_app.ui.runner import StopFlags, shown_aux
+from sd2_app.ui.result_panel import IMAGE_TARGETS
 from sd2_app.ui.tab_frame import ImageTab, TabFrame
 from sd2_app.ui.uploads import check_on_upload, upload_image
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Result, Service
 
-SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
 SIDES = ("left", "right", "up", "down")
 
 
 def build(service: Service, flags: StopFlags) -> ImageTab:
     frame = TabFrame(service, "outpaint")
-    with frame.columns(extra_label="Mask used (white = new area)", send_to=SEND_TO):
+    with frame.columns(extra_label="Mask used (white = new area)", send_to=IMAGE_TARGETS):
         image = upload_image(label="Image to extend", type="pil", image_mode=None, sources=["upload", "clipboard"],
                              height=320, elem_id="outpaint-image")
         checkpoint = frame.checkpoint()

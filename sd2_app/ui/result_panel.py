@@ -32,9 +32,15 @@ class ResultPanel:
     send_buttons: dict[str, gr.Button]
     run: gr.Button
     stop: gr.Button
+    read: gr.Button | None = None  # the tab's ↙ (ui/read_parameters.py): it reads the picked result's parameters
 
 
 GALLERY_HEIGHT = 440  # px: with the prompt row above, the whole result fits a 900 px high window
+# Every tab a "Send to" button can send to, with the button's words, in the order of the buttons. One row of them
+# after a "Send to" label keeps each button to a tab's name, as A1111's result buttons are short ones.
+SEND_TARGETS = {"txt2img": "Text to image", "img2img": "Image to image", "inpaint": "Inpaint",
+                "outpaint": "Outpaint", "upscale": "Upscale ×4", "depth": "Depth"}
+IMAGE_TARGETS = ("img2img", "inpaint", "outpaint", "upscale", "depth")  # the tabs that take the image sent
 
 
 def gallery_columns(count: int) -> int:
@@ -52,7 +58,8 @@ def result_panel(
     stop: gr.Button,
     *,
     extra_label: str | None = None,
-    send_to: Sequence[tuple[str, str]] = (),
+    send_to: Sequence[str] = (),
+    read: gr.Button | None = None,
 ) -> ResultPanel:
     """PNG gallery (parameters embedded, downloadable; whole images, the grid sized to the batch), info text,
     "send to" buttons, the live preview and the tab's extra image."""
@@ -60,11 +67,7 @@ def result_panel(
                          type="filepath", interactive=False, buttons=["download", "fullscreen"],
                          elem_id=f"{prefix}-gallery")
     info = gr.Markdown(elem_id=f"{prefix}-info", elem_classes=["result-info"])
-    buttons: dict[str, gr.Button] = {}
-    if send_to:
-        with gr.Row():
-            for target, label in send_to:
-                buttons[target] = gr.Button(f"Send to {label}", size="sm", elem_id=f"{prefix}-send-{target}")
+    buttons = send_row(prefix, send_to)
     with gr.Row(equal_height=False):
         preview = gr.Image(label="Live preview", type="pil", interactive=False, height=160, format="png",
                            elem_id=f"{prefix}-preview")
@@ -74,7 +77,18 @@ def result_panel(
                              elem_id=f"{prefix}-extra")
     selected = gr.State(0)
     gallery.select(_picked, None, selected, api_name=f"{prefix}_select", api_visibility="private", queue=False)
-    return ResultPanel(preview, gallery, info, extra, gr.State(None), selected, buttons, run, stop)
+    return ResultPanel(preview, gallery, info, extra, gr.State(None), selected, buttons, run, stop, read)
+
+
+def send_row(prefix: str, targets: Sequence[str]) -> dict[str, gr.Button]:
+    """"Send to" and a small button per target tab (keys of `SEND_TARGETS`), wrapping as whole buttons on a
+    phone (static/app.css, `.send-row`); none without targets. Ids: `<prefix>-send-<target>`."""
+    if not targets:
+        return {}
+    with gr.Row(elem_classes=["send-row"], elem_id=f"{prefix}-send-row"):
+        gr.HTML("Send to", elem_classes=["send-label"], scale=0, min_width=0)
+        return {target: gr.Button(SEND_TARGETS[target], size="sm", scale=0, min_width=0,
+                                  elem_id=f"{prefix}-send-{target}") for target in targets}
 
 
 def warning_text(warning: str) -> str:

@@ -8,6 +8,7 @@ import inspect
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any, TYPE_CHECKING
 
 import gradio as gr
@@ -22,6 +23,7 @@ from sd2_app.prompt_styles import StyleBook
 from sd2_app.ui.hosting import stop_flag_of
 from sd2_app.ui.layout import GENERATE, RUNNING
 from sd2_app.ui.raw_values import server_checked
+from sd2_app.ui.read_parameters import parameters_in_prompt
 from sd2_app.ui.result_panel import ResultPanel, describe, gallery_columns
 from sd2_app.ui.run_stream import delivering, refuse, stream_result
 from sd2_app.ui.run_views import RequestView, RunView
@@ -81,7 +83,9 @@ def wire_run(
         inputs, names = [*inputs, eta], (*names, ETA_NAME)
         make_request = _with_eta(make_request)
     assert len(names) == len(inputs), (api_name, names)
-    handler = _generate_handler(service, flags, make_request, names, finish, len(outputs), view)
+    # On a tab with ↙, a prompt that holds a generation's parameters is run as it is, and the result says so.
+    notes = partial(parameters_in_prompt, service) if panel.read is not None else None
+    handler = _generate_handler(service, flags, make_request, names, finish, len(outputs), view, notes)
     server_checked(inputs)
     event = _wire_generate(panel, handler, inputs, outputs, api_name, service.concurrency)
     _wire_stop(panel, flags, event, api_name, outputs, finish)
@@ -116,10 +120,12 @@ def _generate_handler(
     finish: Finish,
     n_outputs: int,
     view: Callable[[], RunView],
+    notes: Callable[[Request], list[str]] | None = None,
 ) -> Callable[..., Iterator[tuple]]:
     """The Generate event's function: widget values in (named after the request fields), `stream_result`'s yields
     out. The request is built from the values and checked once, before the GPU call (`on_gpu`): ZeroGPU prices the
-    call from that checked request, and the run runs it as it is (sd2_app/api/checked.py)."""
+    call from that checked request, and the run runs it as it is (sd2_app/api/checked.py). `notes`: warnings of
+    the tab's own about the checked request, said with the result's."""
 
     # ZeroGPU: each call asks for the GPU time its own job needs, and where it may run in a forked worker its
     # result is kept here (sd2_app/api/gpu_call.py). Its arguments are pickled into that worker
@@ -137,6 +143,7 @@ def _generate_handler(
         *widget_values, progress = values
         try:
             checked = check(service, make_request(*widget_values))
+            checked.warnings.extend(notes(checked.request) if notes is not None else ())
         except InvalidRequest as error:  # refused before any GPU time is asked for
             log.info("refused a request: %s", error)
             return (yield from refuse(str(error), n_outputs))

@@ -117,31 +117,40 @@ def wire_parameters_send(service: Service, buttons: dict[str, gr.Button], galler
                          tabs: gr.Tabs, targets: dict[str, SendTarget], prefix: str,
                          empty: str = "There is nothing in History yet.") -> None:
     """"Send to X" of a gallery whose images carry their own settings (History; the X/Y/Z plot's cells, each
-    with its own infotext): the picked image with the prompts and settings its PNG text names. Where X has the
-    Styles picker, the host's styles found in the prompts are picked and the prompts keep the rest, as PNG info's
-    send does (`sd2_app.prompt_styles.with_styles_read`); where none is found, none stays picked. `empty`: what is
-    said when the gallery has no image."""
+    with its own infotext): the picked image with the prompts and settings its PNG text names
+    (`parameter_values`). `empty`: what is said when the gallery has no image."""
     for target, button in buttons.items():
         into = targets[target]
 
         def send(images: Any, index: Any, target: str = target, into: SendTarget = into) -> tuple:
             image, parsed = picked_image_parameters(service, images, index, empty)
-            if into.styles is not None:
-                parsed = with_styles_read(parsed, service.styles)
-            values = (image, parsed.get(keys.PROMPT, ""), parsed.get(keys.NEGATIVE_PROMPT, ""), gr.Tabs(selected=target))
-            values += sampling_values(parsed, into.sampling) if into.sampling is not None else ()
-            values += () if into.tiling is None else (tiling_in(parsed),)
-            return values + (() if into.styles is None else (parsed.get(keys.STYLES_ARRAY, []),))
+            return (image, gr.Tabs(selected=target), *parameter_values(service, parsed, into))
 
-        outputs = [into.image, into.prompt, into.negative, tabs]
-        if into.sampling is not None:
-            dest = into.sampling
-            outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed, dest.eta]
-        outputs += [] if into.tiling is None else [into.tiling]
-        if into.styles is not None:
-            outputs.append(into.styles)
-        button.click(send, [gallery, selected], outputs, api_name=f"{prefix}_send_to_{target}",
-                     api_visibility="private")
+        button.click(send, [gallery, selected], [into.image, tabs, *parameter_outputs(into)],
+                     api_name=f"{prefix}_send_to_{target}", api_visibility="private")
+
+
+def parameter_values(service: Service, parsed: dict[str, Any], into: SendTarget) -> tuple:
+    """Parsed parameters as values of `into`'s `parameter_outputs`: the prompts, the sampling settings where `into`
+    has them, Tiling where it has it, and, where it has the Styles picker, the host's styles found in the prompts
+    (the prompts keep the rest, as PNG info's send does: `sd2_app.prompt_styles.with_styles_read`; none found:
+    none stays picked)."""
+    if into.styles is not None:
+        parsed = with_styles_read(parsed, service.styles)
+    values: tuple = (parsed.get(keys.PROMPT, ""), parsed.get(keys.NEGATIVE_PROMPT, ""))
+    values += sampling_values(parsed, into.sampling) if into.sampling is not None else ()
+    values += () if into.tiling is None else (tiling_in(parsed),)
+    return values + (() if into.styles is None else (parsed.get(keys.STYLES_ARRAY, []),))
+
+
+def parameter_outputs(into: SendTarget) -> list[gr.components.Component]:
+    """The widgets of `into` that parsed parameters set (`parameter_values`), all but the image."""
+    outputs: list[gr.components.Component] = [into.prompt, into.negative]
+    if into.sampling is not None:
+        dest = into.sampling
+        outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed, dest.eta]
+    outputs += [] if into.tiling is None else [into.tiling]
+    return outputs + ([] if into.styles is None else [into.styles])
 
 
 def sampler_fields(parsed: dict[str, Any], names: list[str]) -> tuple[str | None, bool]:

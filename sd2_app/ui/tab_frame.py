@@ -47,11 +47,13 @@ class ImageTab:
 class TabFrame:
     """One generation tab under construction: its prompt row is made first, in the constructor."""
 
-    def __init__(self, service: Service, prefix: str, prompt: str = "", *, styled: bool = True) -> None:
-        """`styled`: the tab offers the host's prompt styles (its Generate applies them: `wire_run(styles=...)`)."""
+    def __init__(self, service: Service, prefix: str, prompt: str = "", *, styled: bool = True,
+                 read: bool = True) -> None:
+        """`styled`: the tab offers the host's prompt styles (its Generate applies them: `wire_run(styles=...)`);
+        `read`: it has A1111's ↙ beside Stop (blocks.py wires it: `read_parameters.wire_read_parameters`)."""
         self.service = service
         self.prefix = prefix
-        self.top = prompt_row(prefix, prompt, service.styles.names if styled else ())
+        self.top = prompt_row(prefix, prompt, service.styles.names if styled else (), read=read)
         self._sampling: tuple[SamplingControls, gr.Button, gr.Button] | None = None
         self._panel: ResultPanel | None = None
 
@@ -118,7 +120,7 @@ class TabFrame:
             gr.Examples(list(examples), [image, self.prompt], label="Examples")
 
     @contextmanager
-    def columns(self, *, extra_label: str | None = None, send_to: Sequence[tuple[str, str]] = (),
+    def columns(self, *, extra_label: str | None = None, send_to: Sequence[str] = (),
                 extra: Callable[[], gr.components.Component] | None = None) -> Iterator[None]:
         """The settings column around the with-block, then the results column with the result panel (`extra`,
         when given, makes the panel's extra output there instead of an image); then the seed buttons are wired."""
@@ -127,7 +129,7 @@ class TabFrame:
                 yield
             with results_column(self.prefix):
                 self._panel = result_panel(self.prefix, self.top.run, self.top.stop, extra_label=extra_label,
-                                           send_to=send_to)
+                                           send_to=send_to, read=self.top.read)
                 if extra is not None:
                     self._panel.extra = extra()
         if self._sampling is not None:

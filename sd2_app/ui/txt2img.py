@@ -8,7 +8,7 @@ from typing import Any, TYPE_CHECKING
 import gradio as gr
 
 from sd2_app.api.requests import Txt2ImgRequest
-from sd2_app.ui.result_panel import ResultPanel
+from sd2_app.ui.result_panel import IMAGE_TARGETS, ResultPanel
 from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import EXAMPLE_PROMPTS, SAMPLING_NAMES, SamplingControls, to_sampling
 from sd2_app.ui.runner import StopFlags
@@ -20,7 +20,6 @@ from sd2_app.ui.txt2img_extras import (NAMES as EXTRA_NAMES, Txt2ImgExtras, buil
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
 
-SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
 
 
 @dataclass
@@ -42,7 +41,7 @@ class Txt2ImgTab:
 
 def build(service: Service, flags: StopFlags) -> Txt2ImgTab:
     frame = TabFrame(service, "txt2img", EXAMPLE_PROMPTS[0])
-    with frame.columns(send_to=SEND_TO):
+    with frame.columns(send_to=IMAGE_TARGETS):
         checkpoint = frame.checkpoint(elem_id="txt2img-checkpoint")
         width, height = frame.size_sliders(checkpoint)
         controls = frame.sampling()

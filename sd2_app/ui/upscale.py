@@ -14,13 +14,14 @@ from sd2_app.errors import InvalidRequest
 from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import SAMPLING_NAMES, SamplingControls, to_sampling
 from sd2_app.ui.runner import StopFlags, fast_png_file
+from sd2_app.ui.result_panel import IMAGE_TARGETS
 from sd2_app.ui.tab_frame import ImageTab, TabFrame
 from sd2_app.ui.uploads import check_on_upload, upload_image
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Result, Service
 
-SEND_TO = (("img2img", "image to image"), ("inpaint", "inpaint"))
+SEND_TO = tuple(target for target in IMAGE_TARGETS if target != "upscale")  # an x4 of an x4 is over the input limit
 
 
 def before_image(result: Result) -> tuple:
@@ -31,7 +32,7 @@ def before_image(result: Result) -> tuple:
 
 
 def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> ImageTab:
-    frame = TabFrame(service, "upscale")
+    frame = TabFrame(service, "upscale", read=False)  # A1111's extras tab has no ↙ either
     with frame.columns(extra_label="Before (bicubic x4)", send_to=SEND_TO):
         image = upload_image(label="Low-resolution image", type="pil", image_mode=None,
                              sources=["upload", "clipboard"], height=320, elem_id="upscale-image")

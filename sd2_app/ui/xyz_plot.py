@@ -30,7 +30,7 @@ from sd2_app.api.requests import HIRES_UPSCALERS, Img2ImgRequest, PlotAxis, Txt2
 from sd2_app.api.tasks import PLOT_SAMPLERS, TASKS
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.metadata import encode_png
-from sd2_app.ui.result_panel import ResultPanel
+from sd2_app.ui.result_panel import IMAGE_TARGETS, ResultPanel
 from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import EXAMPLE_PROMPTS, SAMPLING_NAMES, to_sampling
 from sd2_app.ui.runner import WAIT_POLL_S, RunFlag, StopFlags, cached_file, timed_call
@@ -53,7 +53,7 @@ HINTS = {"prompt_sr": "the first value is searched in the prompt: cat, dog, tige
          "hires_steps": "10, 20 or 0 (= Steps); turns the hires fix on"}
 TABLES_DIR = Path(tempfile.gettempdir()) / "sd2-app-plots"
 # "Send to" a grid or cell: its image with the settings of its own PNG text (blocks.py wires them)
-SEND_TO = (("txt2img", "text to image"), ("img2img", "image to image"), ("inpaint", "inpaint"), ("upscale", "upscale"))
+SEND_TO = ("txt2img", *IMAGE_TARGETS)
 
 
 # A1111's options of the script (scripts/xyz_grid.py), API name -> default; checked by the plot's validation
@@ -267,7 +267,7 @@ def _picks(service: Service) -> dict[str, list[tuple[str, str]]]:
 
 def build(service: Service, flags: StopFlags) -> ResultPanel:
     picks = _picks(service)
-    frame = TabFrame(service, "xyz", EXAMPLE_PROMPTS[1], styled=False)
+    frame = TabFrame(service, "xyz", EXAMPLE_PROMPTS[1], styled=False, read=False)
     # The tables ride in the panel's extra output (an image on other tabs): cleared at Generate, filled at the
     # end by `finish_extra`.
     tables = partial(gr.File, label="Cell settings and times (CSV, JSON)", file_count="multiple", interactive=False,

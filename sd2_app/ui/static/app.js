@@ -10,6 +10,7 @@
 //   button of the editor or of an image box of class "checked-paste" (ui/uploads.py `upload_image`) that finds no
 //   image in the clipboard (the box reads it with navigator.clipboard.read and ignores anything else without a
 //   word): what the clipboard held, or an empty file, goes to the box's checker (`<box>-check`).
+// - ↙ beside Stop (class "read-parameters") gets its tooltip and accessible name when pointed at or focused.
 (css) => {
   if (window.sd2AppReady) return;
   window.sd2AppReady = true;
@@ -135,4 +136,13 @@
     clipboard.read = wrapped;
     setTimeout(restore, 0);
   }, true);
+
+  // ↙ (ui/read_parameters.py) says what it does when pointed at or focused: Gradio's Button takes no tooltip.
+  const readHint = "Read generation parameters from the prompt, or from the last result if the prompt is empty";
+  const hint = (event) => {
+    const button = event.target.closest && event.target.closest(".read-parameters");
+    if (button && !button.title) { button.title = readHint; button.setAttribute("aria-label", readHint); }
+  };
+  document.addEventListener("pointerover", hint);
+  document.addEventListener("focusin", hint);
 }

@@ -1,0 +1,71 @@
+"""↙ beside Stop: A1111's "Read generation parameters from prompt or last generation if prompt is empty"
+(modules/ui.py's paste button; the reading is modules/infotext_utils.py's parse_generation_parameters).
+
+A prompt box holding a generation's parameters, as A1111 or Civitai copy them, fills the tab as PNG info's "Send
+to" does; an empty prompt box reads the parameters of the tab's picked (or first) result instead, A1111's "last
+generation". One parser for both, PNG info's (`Service.parse_parameters`); a prompt with no parameters in it is
+left as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TYPE_CHECKING
+
+import gradio as gr
+
+from sd2_app import infotext_keys as keys
+from sd2_app.ui.pnginfo import MAX_PASTED_CHARS, NO_PARAMETERS, TOO_LONG
+from sd2_app.ui.sending import picked_image_parameters
+
+if TYPE_CHECKING:
+    from sd2_app.api.service import Service
+    from sd2_app.ui.result_panel import ResultPanel
+
+NOTHING_TO_READ = ("Paste a generation's parameters into the prompt, or generate an image first: with the prompt "
+                   "empty, ↙ reads the last result's.")
+IN_PROMPT = "The prompt holds generation parameters (\"Steps: …\"); use ↙ beside Stop to read them into the settings."
+NOT_PARAMETERS = ("The prompt holds no generation parameters (a last line such as \"Steps: 20, Sampler: Euler a, "
+                  "Seed: 1\", or a \"Negative prompt:\" line); nothing was changed.")
+
+
+def holds_parameters(parsed: dict[str, Any]) -> bool:
+    """Whether a parsed text names more than a prompt: a negative prompt or settings."""
+    return bool(parsed.get(keys.NEGATIVE_PROMPT)) or any(key not in (keys.PROMPT, keys.NEGATIVE_PROMPT)
+                                                         for key in parsed)
+
+
+def parameters_in_prompt(service: Service, request: Any) -> list[str]:
+    """`IN_PROMPT` when the request's prompt ends in a settings line naming Steps and Sampler, as A1111 writes
+    them (what ↙ would read: `Service.parse_parameters`, linear in the prompt's length), else nothing."""
+    prompt = getattr(request, "prompt", None)
+    if not isinstance(prompt, str) or "Steps" not in prompt:
+        return []
+    parsed = service.parse_parameters(prompt)
+    return [IN_PROMPT] if keys.STEPS in parsed and keys.SAMPLER in parsed else []
+
+
+def wire_read_parameters(service: Service, panel: ResultPanel, prompt: gr.Textbox,
+                         fill: Callable[[dict[str, Any]], tuple], outputs: Sequence[gr.components.Component],
+                         prefix: str) -> None:
+    """The tab's ↙ (`panel.read`): the parameters read from `prompt`, or from the panel's picked result when the
+    prompt is empty, go through `fill` into `outputs` (the tab's fill of PNG info's send)."""
+    if panel.read is None:
+        return
+
+    def read(text: Any, gallery: Any, index: Any) -> tuple:
+        if not isinstance(text, str) or not text.strip():
+            parsed = picked_image_parameters(service, gallery, index, NOTHING_TO_READ)[1]
+            if not parsed:
+                raise gr.Error(NO_PARAMETERS, print_exception=False)
+            return fill(parsed)
+        if len(text) > MAX_PASTED_CHARS:
+            raise gr.Error(TOO_LONG, print_exception=False)
+        parsed = service.parse_parameters(text)
+        if not holds_parameters(parsed):
+            gr.Info(NOT_PARAMETERS)
+            return tuple(gr.skip() for _ in outputs)
+        return fill(parsed)
+
+    panel.read.click(read, [prompt, panel.gallery, panel.selected], list(outputs),
+                     api_name=f"{prefix}_read_parameters", api_visibility="private")
