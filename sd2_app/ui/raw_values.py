@@ -48,7 +48,9 @@ def guard_quick_events(blocks: gr.Blocks) -> None:
         if not quick_event(fn):
             continue
         for component in fn.inputs:
-            if not getattr(component.preprocess, "sd2_checked", False):
+            # An image editor keeps its own guard (uploads.guard_editor, editor_blobs): wrapped again, the inpaint
+            # editor's refusal of an oversized upload left the page inert under the toast.
+            if not (getattr(component.preprocess, "sd2_checked", False) or isinstance(component, gr.ImageEditor)):
                 component.preprocess = _quiet(component)
                 component.preprocess.sd2_checked = True  # type: ignore[attr-defined]
 
