@@ -37,9 +37,12 @@ def test_generate_and_stop_sit_in_one_row_on_a_phone_and_stacked_on_a_laptop(bro
             assert stop["x"] + stop["width"] <= PHONE["width"], stop
             assert 2 < run["width"] / stop["width"] < 3.5, (run, stop)
         else:
-            # Beside the prompts: Generate (tall) above Stop, both the column's width.
-            assert run["y"] + run["height"] < stop["y"], (run, stop)
-            assert (run["x"], run["width"]) == (stop["x"], stop["width"]), (run, stop)
+            # Beside the prompts: Generate (tall) above Stop, which shares the column's width with ↙ (A1111's
+            # "read generation parameters") at its right.
+            read = _box(page, f"#{tab}-read-parameters")
+            assert run["y"] + run["height"] < stop["y"] and read["y"] == stop["y"], (run, stop, read)
+            assert run["x"] == stop["x"] and stop["x"] + stop["width"] < read["x"], (run, stop, read)
+            assert read["x"] + read["width"] == run["x"] + run["width"] and read["width"] < stop["width"] / 2
             assert run["height"] > 80, run
     page.screenshot(path=str(ARTIFACTS / f"controls-run-buttons-{'phone' if viewport is PHONE else 'desktop'}.png"))
     page.context.close()
