@@ -278,8 +278,6 @@ def run_cells(
             cell_timings = output.timings
         except Cancelled:
             return finished, timings, warnings, True
-        if output.stopped_at is not None:  # Stop mid-cell: the plot keeps its finished cells only
-            return finished, timings, warnings, True
         done += cell.steps
         for key in timings:
             timings[key] += cell_timings.get(key, 0.0)

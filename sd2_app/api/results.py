@@ -34,7 +34,6 @@ class Result:
     captions: list[str] = field(default_factory=list)  # one per image (plot: the cell's values and seconds)
     cells: list[dict[str, Any]] = field(default_factory=list)  # plot: each cell's settings and seconds
     stopped: bool = False  # plot: Stop ended it early; the finished cells are here
-    stopped_at: tuple[int, int] | None = None  # Stop mid-sampling: (step, steps) of the images kept so far
     saved: list[Path] = field(default_factory=list)  # files written to the outputs folder
     # each image's PNG file (its text chunks included), encoded once when the result is kept: the outputs
     # folder and the browser get these bytes as they are

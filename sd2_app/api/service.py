@@ -26,7 +26,7 @@ from sd2_app.api.hires_x4 import run_hires_x4
 from sd2_app.api.keeper import HISTORY_SIZE, ResultKeeper
 from sd2_app.api.model_host import ModelHost
 from sd2_app.api.plot import CellFn, CheckedPlot, check_plot, run_plot
-from sd2_app.api.progress import PreviewFn, StepCallback, latent_preview, placed
+from sd2_app.api.progress import PreviewFn, latent_preview, placed, step_callback
 from sd2_app.api.prompt_tools import PromptTools
 from sd2_app.api.requests import X4_UPSCALER, Request, TaskRequest, XYZPlotRequest
 from sd2_app.api.results import Backend, HistoryEntry, ProgressFn, Result  # noqa: F401  # Backend: re-exported
@@ -195,14 +195,14 @@ class Service:
         """One pipeline job of a validated request after its turn at the GPU gate (`should_stop` may end the
         wait), maybe batched; nothing is kept. `done_before` and `total` place its steps inside a longer job's
         progress (the SD2 x4 hires route's three jobs)."""
-        on_step = StepCallback(placed(on_progress, done_before, total), should_stop, timings, self._preview,
-                               self.preview_every)
+        on_step = step_callback(placed(on_progress, done_before, total), should_stop, timings, self._preview,
+                                self.preview_every)
         if self.batcher is not None and self.batcher.takes(task, request):
             return self.batcher.run(task, request, on_step, timings, should_stop)
         waited = time.perf_counter()
         with self.gate.enter(should_stop):
             timings["gate"] = timings.get("gate", 0.0) + time.perf_counter() - waited
-            return on_step.marked(self.run_on_gpu(task, request, on_step, timings))
+            return self.run_on_gpu(task, request, on_step, timings)
 
     def jobs_ahead(self, should_stop: Callable[[], bool]) -> int | None:
         """Jobs before the one whose caller passed `should_stop` to `run` (the same callable), while it waits for
@@ -326,7 +326,7 @@ class Service:
             warnings=list(getattr(output, "warnings", []) or []),
             timings=timings,
             mask_image=getattr(output, "mask_image", None),
-            depth_image=getattr(output, "depth_image", None), stopped_at=getattr(output, "stopped_at", None),
+            depth_image=getattr(output, "depth_image", None),
         )
         return result
 

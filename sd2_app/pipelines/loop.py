@@ -18,7 +18,6 @@ from typing import Any
 import torch
 
 from sd2_app.api.requests import guidance_on
-from sd2_app.errors import Cancelled
 from sd2_app.nn.unet import Denoiser
 from sd2_app.samplers.base import NoiseSource
 from sd2_app.pipelines.tiling import TileWeights, run_tiled
@@ -160,11 +159,7 @@ def run_sampling(
     `sampler` is a `SamplerSpec`; `sampler_options` are extra keyword arguments for its function (DDIM's eta).
     Guidance is on where `guidance_on(cfg_scale)`; then `cond` must hold both halves.
     `on_step(done, total, x0)` runs after every sampler step with the current clean-latent estimate, for
-    progress and previews; raising `sd2_app.errors.Cancelled` there (Stop) ends the loop after that step, which
-    returns that step's x0 estimate, the image so far, for the task to decode as it would the end (A1111 does the
-    same: modules/sd_samplers_kdiffusion.py, `launch_sampling` returns `last_latent`, the `denoised` x0 its step
-    callback kept). The x0 estimate, not the noisy latents: at step 10 of 60 those still hold most of the noise
-    and decode to grain, while x0 is what the live preview showed. Cancelled raised before any step propagates.
+    progress and previews; raising `sd2_app.errors.Cancelled` there stops the run (it propagates).
     `fp32_attention` computes every attention product in fp32 (the fallback ladder's rerun after NaN/inf).
     The UNet's calls are counted from 0 to pick each one's context phase (`cond.phases`, prompt editing).
     The result is converted from sigma space back to the VAE's latent space, ready for decoding.
@@ -186,26 +181,12 @@ def run_sampling(
             return guided(x_in, t, context_of(next(calls)), None, None)
 
     denoise = make_denoiser(model_fn, prediction_type)
-    with torch.inference_mode():
-        return _sample(sampler, denoise, x.float(), schedule, generator, on_step, sampler_options or {})
-
-
-def _sample(sampler: SamplerSpec, denoise: Any, x: torch.Tensor, schedule: Schedule, generator: NoiseSource | None,
-            on_step: LatentProgressFn | None, options: dict[str, Any]) -> torch.Tensor:
-    """The sampler's run of `run_sampling` in VAE latent space; after Stop (`Cancelled` from `on_step`), the x0
-    estimate of the step it came after."""
     total = len(schedule.sigmas) - 1
-    latest: list[torch.Tensor] = []  # the last finished step's x0 estimate: a reference, no copy, no device read
 
     def step_done(i: int, x_now: torch.Tensor, x0: torch.Tensor) -> None:
         if on_step is not None:
-            latest[:] = [x0]
             on_step(i + 1, total, x0)
 
-    try:
-        x = sampler.fn(denoise, x, schedule, generator=generator, on_step=step_done, **options)
-    except Cancelled:
-        if not latest:
-            raise
-        return latest[0]
+    with torch.inference_mode():
+        x = sampler.fn(denoise, x.float(), schedule, generator=generator, on_step=step_done, **(sampler_options or {}))
     return x / math.sqrt(1.0 + schedule.sigmas[-1] ** 2)

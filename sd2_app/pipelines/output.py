@@ -22,7 +22,6 @@ class PipelineOutput:
     warnings: list[str] = field(default_factory=list)
     mask_image: Image.Image | None = None  # inpainting: the binarised mask actually used
     depth_image: Image.Image | None = None  # depth-to-image: the depth map actually used (white = near)
-    stopped_at: tuple[int, int] | None = None  # Stop ended the loop after (step, steps): `mark_stopped`
 
 
 def sampling_settings(sampling: Sampling, *, width: int, height: int, model: str) -> Settings:
