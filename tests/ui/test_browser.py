@@ -24,6 +24,9 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--disable-sync", "--no-first-run", "--disable-quic"]
 DESKTOP = {"width": 1440, "height": 900}
 PHONE = {"width": 390, "height": 844}
+# An X/Y/Z plot's grid and cells, one image each: the gallery opens on the grid, so it also holds the large image
+# on show and (hidden) the grid view's thumbnails.
+XYZ_CELLS = "#xyz-gallery .thumbnail-small img"
 
 if not CHROMIUM.exists():
     pytest.skip("no /usr/bin/chromium", allow_module_level=True)
@@ -355,7 +358,7 @@ def test_xyz_plot_over_a1111s_hires_upscaler_and_prompt_order(page) -> None:
     last = page.locator("#xyz-gallery .caption-label").nth(4)  # the last cell (another plot may be on show first)
     sync_api.expect(last).to_contain_text("Hires upscaler: Latent (nearest-exact), cat, fox", timeout=180_000)
     sync_api.expect(page.locator("#xyz-files a").first).to_be_visible(timeout=60_000)
-    sync_api.expect(page.locator("#xyz-gallery img")).to_have_count(5)
+    sync_api.expect(page.locator(XYZ_CELLS)).to_have_count(5)
     _shot(page, "xyz-plot-new-axes")
     captions = page.locator("#xyz-gallery .caption-label").all_inner_texts()
     assert [c.split(" · ")[0] for c in captions] == [
@@ -364,7 +367,7 @@ def test_xyz_plot_over_a1111s_hires_upscaler_and_prompt_order(page) -> None:
     info = page.locator("#xyz-info").inner_text()
     assert "The hires fix was off; the Hires upscaler axis turns it on" in info
     assert 'Y Type: Prompt order, Y Values: "fox, cat"' in info
-    cell = page.locator("#xyz-gallery img").nth(1)  # a cell: the hires fix's 2x of 64x64
+    cell = page.locator(XYZ_CELLS).nth(1)  # a cell: the hires fix's 2x of 64x64
     assert cell.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [128, 128]
 
 

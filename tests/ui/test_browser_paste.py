@@ -103,6 +103,7 @@ def test_a_ddim_eta_png_sets_the_eta_slider_which_shows_for_ddim_only(page, tmp_
     the tabs had no Eta control); Generate runs with it and the result's "Send to image to image" carries it;
     the slider shows while the sampler is DDIM, the one that takes eta."""
     text = "a lighthouse\nSteps: 3, Sampler: DDIM, CFG scale: 6.5, Seed: 99, Size: 64x64, Eta DDIM: 0.5\n"
+    expect(page.locator(".toast-body")).to_have_count(0, timeout=30_000)  # a test before's toast (10 s) has gone
     _send_png(page, tmp_path / "eta.png", text, (10, 90, 40))
     expect(page.locator("#txt2img-sampler input").first).to_have_value("DDIM", timeout=15_000)
     page.locator("#txt2img-more-sampling").get_by_text("More sampling options").first.click()  # open the group

@@ -15,7 +15,7 @@ from PIL import Image
 from sd2_app.api.plot_grid import draw_grid
 from sd2_app.pipelines.metadata import parse_parameters
 from tests.reliability_support import one_thread  # noqa: F401 (a fixture)
-from tests.ui.test_browser import _go, _pick, _set_number, _shot, expect
+from tests.ui.test_browser import XYZ_CELLS, _go, _pick, _set_number, _shot, expect
 from tests.ui.test_prompt_styles_browser import page  # noqa: F401 (a fixture: the styles app, oil and frame)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -38,11 +38,11 @@ def test_a_styles_plot_with_the_hires_fix_from_the_tab(page, tmp_path: Path) -> 
     _shot(page, "xyz-hires-styles-settings")
     page.locator("#xyz-run").click()
     expect(page.locator("#xyz-files a").first).to_be_visible(timeout=180_000)
-    expect(page.locator("#xyz-gallery img")).to_have_count(3)
+    expect(page.locator(XYZ_CELLS)).to_have_count(3)
     _shot(page, "xyz-hires-styles-result")
     captions = page.locator("#xyz-gallery .caption-label").all_inner_texts()
     assert [caption.split(" · ")[0] for caption in captions] == ["Grid", "Styles: oil", "Styles: frame"]
-    sizes = page.locator("#xyz-gallery img").evaluate_all("imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")
+    sizes = page.locator(XYZ_CELLS).evaluate_all("imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")
     assert sizes[1:] == [[96, 96], [96, 96]]
     init = tmp_path / "init.png"
     Image.new("RGB", (64, 64), (90, 120, 30)).save(init)
@@ -111,12 +111,12 @@ def test_a_picked_cell_is_sent_on_with_its_own_settings(page) -> None:  # noqa: 
     _shot(page, "xyz-axes-and-options")
     page.locator("#xyz-run").click()
     expect(page.locator("#xyz-files a").first).to_be_visible(timeout=180_000)
-    expect(page.locator("#xyz-gallery img")).to_have_count(5)
+    expect(page.locator(XYZ_CELLS)).to_have_count(5)
     captions = page.locator("#xyz-gallery .caption-label").all_inner_texts()
     assert [caption.split(" · ")[0] for caption in captions] == [
         "Grid", "Seed: 11, Steps: 1", "Seed: 12, Steps: 1", "Seed: 11, Steps: 2", "Seed: 12, Steps: 2"]
-    sources = page.locator("#xyz-gallery img").evaluate_all("imgs => imgs.map(i => i.src)")
-    page.locator("#xyz-gallery img").nth(4).click()  # the cell of seed 12, 2 steps
+    sources = page.locator(XYZ_CELLS).evaluate_all("imgs => imgs.map(i => i.src)")
+    page.locator(XYZ_CELLS).nth(4).click()  # the cell of seed 12, 2 steps
     page.locator("#xyz-send-img2img").click()
     _expect_sent(page, "img2img", "a red barn", 12, 2)
     expect(page.locator("#img2img-image img")).to_be_visible()
@@ -127,11 +127,11 @@ def test_a_picked_cell_is_sent_on_with_its_own_settings(page) -> None:  # noqa: 
     _expect_sent(page, "upscale", "a red barn", None, None)
     assert _distances(page, "#upscale-image img", sources[1:]) == pytest.approx([35, 2, 35, 2], abs=4)
     _go(page, "X/Y/Z plot")
-    page.locator("#xyz-gallery .thumbnail-item").nth(2).click()  # another cell: seed 12, 1 step
+    page.locator(XYZ_CELLS).nth(2).click()  # another cell: seed 12, 1 step
     page.locator("#xyz-send-inpaint").click()
     _expect_sent(page, "inpaint", "a red barn", 12, 1)
     _go(page, "X/Y/Z plot")
-    page.locator("#xyz-gallery .thumbnail-item").nth(3).click()  # seed 11, 2 steps
+    page.locator(XYZ_CELLS).nth(3).click()  # seed 11, 2 steps
     page.locator("#xyz-send-txt2img").click()
     _expect_sent(page, "txt2img", "a red barn", 11, 2)
     for elem_id in ("txt2img-width", "txt2img-height"):
@@ -162,7 +162,7 @@ def test_swapping_axes_trades_types_and_values_and_the_run_follows(page) -> None
     page.keyboard.press("Escape")
     _pick(page, "xyz-y-type", "Steps")
     page.locator("#xyz-y-values textarea").fill("1, 2, 3")
-    shown, said = page.locator("#xyz-gallery img").count(), page.locator("#xyz-info").inner_text()
+    shown, said = page.locator(XYZ_CELLS).count(), page.locator("#xyz-info").inner_text()
     page.locator("#xyz-swap-xy").click()
     expect(page.locator("#xyz-x-type input")).to_have_value("Steps")
     expect(page.locator("#xyz-y-picked .token")).to_have_count(2)
@@ -178,7 +178,7 @@ def test_swapping_axes_trades_types_and_values_and_the_run_follows(page) -> None
     expect(page.locator(".toast-body", has_text="Swap X/Z: the Z axis varies nothing, and the X axis must vary "
                                                 "something; choose a Z type first.")).to_be_visible()
     assert _axis_shown(page, "X") == ("Steps", "1, 2, 3", None) and _axis_shown(page, "Z")[0] == "Nothing"
-    expect(page.locator("#xyz-gallery img")).to_have_count(shown)  # a swap runs nothing
+    expect(page.locator(XYZ_CELLS)).to_have_count(shown)  # a swap runs nothing
     assert page.locator("#xyz-info").inner_text() == said
     _shot(page, "xyz-swapped-axes")
     for elem_id, value in (("xyz-width", 64), ("xyz-height", 64)):
@@ -190,7 +190,7 @@ def test_swapping_axes_trades_types_and_values_and_the_run_follows(page) -> None
     assert [caption.split(" · ")[0] for caption in captions] == [
         "Grid", "Steps: 1, Euler", "Steps: 2, Euler", "Steps: 3, Euler", "Steps: 1, DDIM", "Steps: 2, DDIM",
         "Steps: 3, DDIM"]
-    grid = Image.open(io.BytesIO(page.request.get(page.locator("#xyz-gallery img").first.get_attribute("src")).body()))
+    grid = Image.open(io.BytesIO(page.request.get(page.locator(XYZ_CELLS).first.get_attribute("src")).body()))
     text = parse_parameters(grid.info["parameters"])
     assert [text[key] for key in ("X Type", "X Values", "Y Type", "Y Values")] == ["Steps", "1, 2, 3", "Sampler",
                                                                                   "Euler, DDIM"]
