@@ -90,6 +90,8 @@ def test_every_send_picks_the_styles_again(browser, url: str) -> None:
     _generate(page, "a dog", "")
     expect(page.locator("#txt2img-info")).to_contain_text("a dog\nSteps: 2")
     _go(page, "History")
+    # A send takes the image the gallery shows: the tab's refresh, which brings the (newest) dog, lands first.
+    expect(page.locator("#history-table")).to_contain_text("a dog", timeout=30_000)
     page.locator("#history-send-img2img").click()
     _expect_sent(page, "img2img", "a dog", "", [])
 
