@@ -70,8 +70,9 @@ class ServerCalls:
                 quiet_since, seen = time.monotonic(), now
             elif time.monotonic() - quiet_since >= quiet_ms / 1000:
                 return
+        waiting = ", ".join(sorted(f"{request.method} {request.url}" for request in self._on_their_way))
         raise AssertionError(f"the page and its calls to the app did not settle in {timeout_s} s ({self.pending} "
-                             "calls on their way)")
+                             f"calls on their way: {waiting or 'none'})")
 
 
 def settled(page, quiet_ms: int = 500, timeout_s: float = 60.0) -> None:
