@@ -163,7 +163,12 @@ def upload_image(**kwargs: Any) -> gr.Image:
 
     A box with a clipboard source gets the class "checked-paste" and a checker (`file_check`): its Paste button
     ignores a clipboard without an image, without a word, and Gradio takes the box's own file input away while
-    the clipboard is its source; the page script passes what the clipboard held to the checker, which says why."""
+    the clipboard is its source; the page script passes what the clipboard held to the checker, which says why.
+
+    An image the server puts in the box (a "Send to") is kept as a PNG unless `format` says otherwise: Gradio's
+    default, WebP (gradio/components/image.py, `Image.__init__`'s `format`), is saved lossy by PIL, so a result
+    sent on lost detail before the next run read it back."""
+    kwargs.setdefault("format", "png")
     pasted = "clipboard" in (kwargs.get("sources") or ())
     if pasted:
         kwargs["elem_classes"] = [*(kwargs.get("elem_classes") or []), "checked-paste"]

@@ -1,0 +1,77 @@
+"""A result sent to another tab, through the running app (fake pipelines), by raw HTTP as the page calls these
+events: the image boxes keep it whole."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from PIL import Image
+
+from sd2_app.pipelines.metadata import attach_parameters, format_parameters, save_png
+
+SESSION = "send-size"
+
+
+@pytest.fixture(scope="module")
+def app() -> Iterator[tuple[httpx.Client, object]]:
+    from sd2_app.ui import build_ui
+    from tests.reliability_support import launched
+    from tests.ui_doubles import fake_service
+
+    demo = build_ui(fake_service())
+    with launched(demo) as url, httpx.Client(base_url=url, timeout=60) as client:
+        yield client, demo
+
+
+def _fn(demo: object, name: str):  # -> the BlockFunction of that api_name
+    return next(f for f in demo.fns.values() if f.api_name == name)  # type: ignore[attr-defined]
+
+
+def _queued(client: httpx.Client, demo: object, name: str, data: list) -> list:
+    """The outputs of one queued call of the event `name` in this test's session."""
+    join = {"data": data, "fn_index": _fn(demo, name)._id, "session_hash": SESSION}
+    assert client.post("gradio_api/queue/join", json=join).status_code == 200
+    with client.stream("GET", "gradio_api/queue/data", params={"session_hash": SESSION}) as stream:
+        for line in stream.iter_lines():
+            message = json.loads(line[5:]) if line.startswith("data:") else {}
+            if message.get("msg") == "process_completed":
+                assert message["success"], message
+                return message["output"]["data"]
+    raise AssertionError(f"{name} did not complete")
+
+
+def _uploaded(client: httpx.Client, image: Image.Image) -> dict:
+    data = io.BytesIO()
+    image.save(data, "PNG")
+    path = client.post("gradio_api/upload", files={"files": ("r.png", data.getvalue(), "image/png")}).json()[0]
+    return {"path": path, "orig_name": "r.png", "meta": {"_type": "gradio.FileData"}}
+
+
+def _result(tmp_path, size: tuple[int, int]) -> Image.Image:
+    """A result as the tabs save it: noise pixels (a lossy copy would differ) and its parameters text."""
+    noise = Image.effect_noise(size, 60).convert("RGB")
+    text = format_parameters("a lighthouse", "", {"Steps": 2, "Seed": 7, "Size": f"{size[0]}x{size[1]}"})
+    return Image.open(save_png(attach_parameters(noise, text), tmp_path / "result.png"))
+
+
+def _sent(client: httpx.Client, demo: object, name: str, data: list) -> dict[str, object]:
+    """The outputs of the send `name` by the elem_id of the widget each sets."""
+    return dict(zip((c.elem_id for c in _fn(demo, name).outputs), _queued(client, demo, name, data)))
+
+
+def test_a_sent_image_reaches_each_image_box_whole(app, tmp_path) -> None:
+    """The image boxes kept a sent image as Gradio's default WebP, which PIL saves lossy: the next run read a
+    changed copy. Each now keeps it as a PNG, pixel for pixel."""
+    client, demo = app
+    result = _result(tmp_path, (64, 72))
+    gallery = [{"image": _uploaded(client, result), "caption": None}]
+    for target, box in (("img2img", "img2img-image"), ("outpaint", "outpaint-image"), ("upscale", "upscale-image"),
+                        ("depth", "depth-image")):
+        image = _sent(client, demo, f"history_send_to_{target}", [gallery, 0])[box]
+        assert image["path"].endswith(".png"), target
+        with Image.open(image["path"]) as kept:  # the app runs here: its cache is on this machine
+            assert kept.tobytes() == result.tobytes(), target
