@@ -15,6 +15,7 @@ from sd2_app.api.tasks import TASKS
 from sd2_app.errors import InvalidRequest
 from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import SAMPLING_NAMES, checkpoint_dropdown, to_sampling
+from sd2_app.ui.sent_size import SizeBoxes, pinned_size
 from sd2_app.ui.size_boxes import show_sides_used
 from sd2_app.ui.resize import RESIZE_MODES, fitted_size, resize_to
 from sd2_app.ui.runner import StopFlags
@@ -36,24 +37,26 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Imag
                              height=320, elem_id="img2img-image")
         checkpoint = checkpoint_dropdown(service, "img2img", elem_id="img2img-checkpoint")
         width, height, resize_mode = _size_inputs(service.limits.max_side)
+        size = SizeBoxes(width, height, gr.State(None), service.limits.max_side)
         frame.prompt_tools(checkpoint)
         strength = gr.Slider(0, 1, TASKS["img2img"].strength, step=0.01, label="Strength",
                              info="1 ignores the image's content, 0 keeps it")
         controls = frame.sampling(examples, image)
         extras = build_img2img_extras()  # tiling, variation seed
-    _wire_default_size(service, image, checkpoint, width, height)
+    _wire_default_size(service, image, checkpoint, size)
     inputs = [image, checkpoint, frame.prompt, frame.negative, strength, width, height, resize_mode,
               *controls.inputs(), *extras]
     run = wire_run(service, flags, frame.panel, inputs, partial(make_request, service.limits), "img2img",
                    ("image", "checkpoint", "prompt", "negative_prompt", "strength", "width", "height", "resize_mode",
                     *SAMPLING_NAMES, *IMG2IMG_NAMES), styles=frame.styles, eta=controls.eta)
     show_sides_used(service.limits, (width, height), run)
-    return ImageTab(image, frame.prompt, frame.negative, controls, frame.panel, frame.styles, tiling=extras[2])
+    return ImageTab(image, frame.prompt, frame.negative, controls, frame.panel, frame.styles, tiling=extras[2],
+                    size=size)
 
 
 SIZE_NOTE = ("A new image (or checkpoint) sets width and height: the image's shape at the checkpoint's "
-             "resolution (square until there is an image). Clear both to keep the image's own size, one to keep "
-             "that side.")
+             "resolution (square until there is an image); an image sent here keeps its own size. Clear both to "
+             "keep the image's own size, one to keep that side.")
 
 
 def _size_inputs(max_side: int) -> tuple[gr.Number, gr.Number, gr.Radio]:
@@ -70,26 +73,29 @@ def _size_inputs(max_side: int) -> tuple[gr.Number, gr.Number, gr.Radio]:
     return width, height, resize_mode
 
 
-def _wire_default_size(service: Service, image: gr.Image, checkpoint: gr.Dropdown, width: gr.Number,
-                       height: gr.Number) -> None:
-    def default_size(picture: Any, key: str) -> tuple[int, int]:
+def _wire_default_size(service: Service, image: gr.Image, checkpoint: gr.Dropdown, size: SizeBoxes) -> None:
+    def default_size(picture: Any, key: str, pin: Any) -> tuple[int, int]:
         """A new image: the output keeps its aspect at the checkpoint's resolution; no image: that resolution's
-        square (what an image of any square shape would get). An oversized image is refused here, the upload
-        check of this tab (`uploads.check_on_upload`)."""
+        square (what an image of any square shape would get); the image a send put here: the size the send set
+        (`sent_size`). An oversized image is refused here, the upload check of this tab
+        (`uploads.check_on_upload`)."""
         native = service.resolution(key)
         if not isinstance(picture, Image.Image):
             return native, native
         refuse_oversized(picture, service.limits.max_input_pixels)
-        return fitted_size(picture.width, picture.height, native, service.limits.max_side)
+        return pinned_size(picture, pin) or fitted_size(picture.width, picture.height, native,
+                                                        service.limits.max_side)
 
     # On the page's load (Gradio shows a None number as 0) the default checkpoint's square, set by the page
     # itself: no event reaches the server, so a busy queue or the per-address event limit cannot refuse it.
     square = service.resolution(checkpoint.value)
-    gr.on(None, None, None, [width, height], js=f"() => [{square}, {square}]", show_progress="hidden")
+    gr.on(None, None, None, [size.width, size.height], js=f"() => [{square}, {square}]", show_progress="hidden")
     # A new image or checkpoint: the image is read on the server, in the queue like every image check; an image
-    # it refuses (unreadable, oversized) leaves the box, and the emptied box sets the square again.
-    sized = gr.on([image.change, checkpoint.change], default_size, [image, checkpoint], [width, height],
-                  api_name="img2img_default_size", api_visibility="private")
+    # it refuses (unreadable, oversized) leaves the box, and the emptied box sets the square again. (A send that
+    # first draws the tab changes the image twice, as the value arrives and as the box is drawn with it: both
+    # runs find the send's pin, so the sizes stay the sent ones.)
+    sized = gr.on([image.change, checkpoint.change], default_size, [image, checkpoint, size.pin],
+                  [size.width, size.height], api_name="img2img_default_size", api_visibility="private")
     empty_on_failure(sized, image)
 
 

@@ -19,9 +19,14 @@ RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")
 def fitted_size(width: int, height: int, native: int, max_side: int) -> tuple[int, int]:
     """The input's aspect at the checkpoint's resolution: about native² pixels, sides multiples of 8."""
     scale = math.sqrt(native * native / (width * height))
-    w, h = width * scale, height * scale
-    shrink = min(1.0, max_side / max(w, h))
-    return max(MIN_SIDE, to_multiple_of_8(w * shrink)), max(MIN_SIDE, to_multiple_of_8(h * shrink))
+    return own_size(width * scale, height * scale, max_side)
+
+
+def own_size(width: float, height: float, max_side: int) -> tuple[int, int]:
+    """`width` x `height` as a run can make it: shrunk, keeping the aspect, until the long side fits `max_side`,
+    and each side rounded to a multiple of 8 (`to_multiple_of_8`, the service's one rounding), at least MIN_SIDE."""
+    shrink = min(1.0, max_side / max(width, height))
+    return max(MIN_SIDE, to_multiple_of_8(width * shrink)), max(MIN_SIDE, to_multiple_of_8(height * shrink))
 
 
 def resize_to(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from sd2_app.api.service import Service
     from sd2_app.ui.history import HistoryView
     from sd2_app.ui.inpaint import InpaintTab
+    from sd2_app.ui.sent_size import SizeBoxes
     from sd2_app.ui.tab_frame import ImageTab
     from sd2_app.ui.txt2img import Txt2ImgTab
 
@@ -45,13 +46,15 @@ class SendTarget:
     sampling: SamplingControls | None = None
     tiling: gr.Checkbox | None = None  # the Tiling checkbox, where the tab has one
     styles: gr.Dropdown | None = None  # the Styles picker, where the host has prompt styles
+    size: SizeBoxes | None = None  # width and height set to the image's own size (Image to image)
 
 
 def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[str, SendTarget],
               prefix: str) -> None:
     """Each "Send to X" button copies the picked result, the prompts and the picked prompt styles (and seed,
-    sampler, steps, CFG and eta where X samples the same way, and Tiling where X has it: the source tab's, off
-    from a tab without one) into tab X and switches to it. Queued, so "Generate an image first." reaches the user."""
+    sampler, steps, CFG and eta where X samples the same way, Tiling where X has it: the source tab's, off from a
+    tab without one, and the image's own size where X has width and height) into tab X and switches to it.
+    Queued, so "Generate an image first." reaches the user."""
     for target, button in panel.send_buttons.items():
         into = targets[target]
         carry, tiled = into.sampling is not None, into.tiling is not None
@@ -59,10 +62,11 @@ def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[
         styled = tab.styles is not None and into.styles is not None
 
         def send(gallery: Any, index: Any, text: str, negative: str, seed: Any, *rest: Any, target: str = target,
-                 carry: bool = carry, tiled: bool = tiled, tiling_given: bool = source_tiling is not None,
-                 styled: bool = styled) -> tuple:
+                 into: SendTarget = into, carry: bool = carry, tiled: bool = tiled,
+                 tiling_given: bool = source_tiling is not None, styled: bool = styled) -> tuple:
             rest_left = list(rest)
-            values = (selected_image(gallery, index), text, negative, gr.Tabs(selected=target))
+            image = selected_image(gallery, index)
+            values = (image, text, negative, gr.Tabs(selected=target), *sized_values(into, image))
             if carry:
                 sampler, karras, steps, cfg, eta = rest_left[:5]
                 del rest_left[:5]
@@ -72,7 +76,7 @@ def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[
             return values + ((rest_left[0] or [],) if styled else ())
 
         inputs = [panel.gallery, panel.selected, tab.prompt, tab.negative, panel.last_seed]
-        outputs = [into.image, into.prompt, into.negative, tabs]
+        outputs = [into.image, into.prompt, into.negative, tabs, *sized_outputs(into)]
         if carry:
             source, dest = tab.sampling, into.sampling
             inputs += [source.sampler, source.karras, source.steps, source.cfg, source.eta]
@@ -84,6 +88,16 @@ def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[
             inputs.append(tab.styles)
             outputs.append(into.styles)
         button.click(send, inputs, outputs, api_name=f"{prefix}_send_to_{target}", api_visibility="private")
+
+
+def sized_outputs(into: SendTarget) -> list[gr.components.Component]:
+    """The widgets a send sets to the image's own size, where `into` has them (`sent_size`)."""
+    return [] if into.size is None else into.size.outputs()
+
+
+def sized_values(into: SendTarget, image: Image.Image) -> tuple:
+    """The values of `sized_outputs(into)` for the sent `image`."""
+    return () if into.size is None else into.size.values(image)
 
 
 def picked_image_parameters(service: Service, gallery: Any, index: Any,
@@ -124,9 +138,11 @@ def wire_parameters_send(service: Service, buttons: dict[str, gr.Button], galler
 
         def send(images: Any, index: Any, target: str = target, into: SendTarget = into) -> tuple:
             image, parsed = picked_image_parameters(service, images, index, empty)
-            return (image, gr.Tabs(selected=target), *parameter_values(service, parsed, into))
+            return (image, gr.Tabs(selected=target), *sized_values(into, image),
+                    *parameter_values(service, parsed, into))
 
-        button.click(send, [gallery, selected], [into.image, tabs, *parameter_outputs(into)],
+        outputs = [into.image, tabs, *sized_outputs(into), *parameter_outputs(into)]
+        button.click(send, [gallery, selected], outputs,
                      api_name=f"{prefix}_send_to_{target}", api_visibility="private")
 
 

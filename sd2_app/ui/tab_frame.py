@@ -29,6 +29,7 @@ from sd2_app.ui.prompt_tools import wire_prompt_tools
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
+    from sd2_app.ui.sent_size import SizeBoxes
 
 
 @dataclass
@@ -42,6 +43,7 @@ class ImageTab:
     panel: ResultPanel
     styles: gr.Dropdown | None = None  # the Styles picker; None where the host has no styles
     tiling: gr.Checkbox | None = None  # the Tiling checkbox, where the tab has one
+    size: SizeBoxes | None = None  # width and height that a send sets (Image to image)
 
 
 class TabFrame:

@@ -58,7 +58,8 @@ def test_img2img_size_boxes_are_set_from_the_image_as_their_note_says(page, tmp_
     expect(page.locator("#img2img-height [data-testid=block-info]")).to_have_text("Height")
     expect(page.locator("#img2img-size-note")).to_have_text(
         "A new image (or checkpoint) sets width and height: the image's shape at the checkpoint's resolution "
-        "(square until there is an image). Clear both to keep the image's own size, one to keep that side.")
+        "(square until there is an image); an image sent here keeps its own size. Clear both to keep the image's "
+        "own size, one to keep that side.")
     picture = tmp_path / "wide.png"
     Image.new("RGB", (192, 128), (200, 40, 40)).save(picture)
     page.locator("#img2img-image input[type=file]").set_input_files(str(picture))

@@ -7,10 +7,13 @@ Uses test_browser.py's app and browser fixtures (tiny checkpoints); screenshots 
 
 from __future__ import annotations
 
+import json
 import re
 
+import httpx
 import pytest
 
+from tests.ui.browser_calls import settled
 from tests.ui.test_browser import (  # noqa: F401
     ARTIFACTS, PHONE, _box, _go, _open, _paint_and_inpaint, _set_number, browser, expect, page, url)
 
@@ -109,9 +112,24 @@ def _natural_size(page, selector: str) -> list[int]:
     return image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
 
 
-def test_send_to_loops_into_the_same_tab_and_on_to_outpaint_and_depth(page) -> None:
+def _calls_of(page, url: str, api_name: str) -> list[str]:
+    """The page's queued calls of the event `api_name`, from now on (a list that grows as they come)."""
+    fn_index = next(d["id"] for d in httpx.get(f"{url}config").json()["dependencies"] if d["api_name"] == api_name)
+    calls: list[str] = []
+
+    def seen(request) -> None:
+        joined = "/gradio_api/queue/join" in request.url
+        if joined and json.loads(request.post_data or "{}").get("fn_index") == fn_index:
+            calls.append(api_name)
+
+    page.on("request", seen)
+    return calls
+
+
+def test_send_to_loops_into_the_same_tab_and_on_to_outpaint_and_depth(page, url: str) -> None:
     """Image to image's result replaces its own input, Inpaint's goes back into its editor, and Text to image,
-    Image to image and History send to Outpaint and Depth, each with the image, prompt and seed."""
+    Image to image and History send to Outpaint and Depth, each with the image, prompt and seed. Into Image to
+    image the image keeps its own size (review F15), set once."""
     _go(page, "Text to image")
     for name, value in (("width", 64), ("height", 72)):
         _set_number(page, f"txt2img-{name}", value)
@@ -120,21 +138,27 @@ def test_send_to_loops_into_the_same_tab_and_on_to_outpaint_and_depth(page) -> N
     _sent(page, "#txt2img-send-outpaint", "Outpaint", "outpaint", "a lighthouse", seed)
     assert _natural_size(page, "#outpaint-image img") == [64, 72]
     _go(page, "Text to image")
+    sizing = _calls_of(page, url, "img2img_default_size")
     _sent(page, "#txt2img-send-img2img", "Image to image", "img2img", "a lighthouse", seed)
-    # The sizes follow the image: its shape at the checkpoint's 512, so the result is larger than the input.
-    expect(_value(page, "img2img-width")).to_have_value("480")
-    expect(_value(page, "img2img-height")).to_have_value("544")
+    # The sizes are the image's own, as A1111's send sets them (they were its shape at the checkpoint's 512,
+    # 480x544), and stay so once the tab's default-size event, which the image's change runs, has come and gone
+    # (here twice: this send first draws the tab, and the drawn box changes again).
+    expect(_value(page, "img2img-width")).to_have_value("64")
+    expect(_value(page, "img2img-height")).to_have_value("72")
+    settled(page)
+    assert sizing[:1] == ["img2img_default_size"]  # it ran after the send
+    assert (_value(page, "img2img-width").input_value(), _value(page, "img2img-height").input_value()) == ("64", "72")
     seed = _run(page, "img2img")
     _sent(page, "#img2img-send-img2img", "Image to image", "img2img", "a lighthouse", seed)
-    expect(page.locator("#img2img-image img").first).to_have_js_property("naturalWidth", 480)
-    assert _natural_size(page, "#img2img-image img") == [480, 544]
+    expect(page.locator("#img2img-image img").first).to_have_js_property("naturalWidth", 64)
+    assert _natural_size(page, "#img2img-image img") == [64, 72]
     _go(page, "Image to image")
     _sent(page, "#img2img-send-depth", "Depth to image", "depth", "a lighthouse", seed)
-    assert _natural_size(page, "#depth-image img") == [480, 544]
+    assert _natural_size(page, "#depth-image img") == [64, 72]
     _go(page, "Image to image")
     _sent(page, "#img2img-send-inpaint", "Inpaint", "inpaint", "a lighthouse", seed)
     _set_number(page, "inpaint-steps", 2)
-    assert _paint_and_inpaint(page) == [480, 544]
+    assert _paint_and_inpaint(page) == [64, 72]
     seed = _seed(page, "inpaint")
     _sent(page, "#inpaint-send-inpaint", "Inpaint", "inpaint", "a lighthouse", seed)
     tracker = page.locator("#inpaint-editor [data-testid=status-tracker]").first

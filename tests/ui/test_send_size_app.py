@@ -1,5 +1,8 @@
 """A result sent to another tab, through the running app (fake pipelines), by raw HTTP as the page calls these
-events: the image boxes keep it whole."""
+events: the image boxes keep it whole, and (review F15) "Send to image to image" sets the image's own size, where it
+set the image's shape at the checkpoint's 512² area (a 256x192 result became 592x440, 5.3 times the pixels); the
+tab's default-size event, which also follows the send (the image's change), keeps that size for that image, and a
+new upload gets the checkpoint's rule."""
 
 from __future__ import annotations
 
@@ -75,3 +78,22 @@ def test_a_sent_image_reaches_each_image_box_whole(app, tmp_path) -> None:
         assert image["path"].endswith(".png"), target
         with Image.open(image["path"]) as kept:  # the app runs here: its cache is on this machine
             assert kept.tobytes() == result.tobytes(), target
+
+
+def test_a_sent_image_keeps_its_own_size_in_image_to_image_and_a_new_upload_gets_the_checkpoints(
+        app, tmp_path) -> None:
+    client, demo = app
+    result = _result(tmp_path, (256, 192))
+    gallery = [{"image": _uploaded(client, result), "caption": None}]
+    default = _fn(demo, "img2img_default_size").inputs[1].value  # the checkpoint preselected: SD 2.1 base (512)
+    txt2img_rest = [c.value for c in _fn(demo, "txt2img_send_to_img2img").inputs[5:]]  # sampling, tiling as built
+    sends = {"txt2img_send_to_img2img": [gallery, 0, "a lighthouse", "", 7, *txt2img_rest],
+             "history_send_to_img2img": [gallery, 0], "xyz_send_to_img2img": [gallery, 0]}
+    for name, data in sends.items():
+        sent = _sent(client, demo, name, data)
+        assert (sent["img2img-width"], sent["img2img-height"]) == (256, 192), name  # was 592x440
+        # The box's change follows with the image the page now holds: the sent size stays, whatever runs last.
+        image = sent["img2img-image"]
+        assert _queued(client, demo, "img2img_default_size", [image, default, None]) == [256, 192], name
+    fresh = _uploaded(client, Image.new("RGB", (256, 192), (9, 90, 9)))  # another image of the same size
+    assert _queued(client, demo, "img2img_default_size", [fresh, default, None]) == [592, 440]

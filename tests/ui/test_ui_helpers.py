@@ -284,9 +284,9 @@ def test_an_oversized_upload_is_refused_when_uploaded_in_a_size_a_person_reads()
     # Image to image checks in the event that reads every new image for its size (one refusal, not two).
     sized = _fn(demo, "img2img_default_size")
     key = sized.inputs[1].value
-    assert sized.fn(Image.new("RGB", (side, side)), key) == (service.resolution(key),) * 2
+    assert sized.fn(Image.new("RGB", (side, side)), key, None) == (service.resolution(key),) * 2
     with pytest.raises(gr.Error, match=f"This image is {side + 8}x{side}; images up to {side}x{side} pixels "):
-        sized.fn(Image.new("RGB", (side + 8, side)), key)
+        sized.fn(Image.new("RGB", (side + 8, side)), key, None)
     refused = _fn(demo, "img2img_image_refused")
     assert refused.fn() is None and refused.outputs == sized.inputs[:1]
     assert not [f for f in demo.fns.values() if f.api_name == "img2img_image_check"]
@@ -307,8 +307,8 @@ def test_history_sends_a_picked_image_with_its_settings(tmp_path: Path) -> None:
         image = attach_parameters(Image.new("RGB", size), format_parameters(f"cat {index}", "blurry", settings))
         paths.append(str(save_png(image, tmp_path / f"{index}.png")))
     send = _fn(demo, "history_send_to_img2img")
-    image, tab, prompt, negative, *sampling, tiling = send.fn([(p, "") for p in paths], 1)
-    assert image.size == (64, 72) and (prompt, negative) == ("cat 1", "blurry")
+    image, tab, width, height, _, prompt, negative, *sampling, tiling = send.fn([(p, "") for p in paths], 1)
+    assert image.size == (width, height) == (64, 72) and (prompt, negative) == ("cat 1", "blurry")
     assert (*sampling, tiling) == ("Euler", True, 12, 6.5, 42, 0.25, False)  # eta; no "Tiling: True"
     with pytest.raises(gr.Error, match="There is nothing in History yet."):
         send.fn([], 0)

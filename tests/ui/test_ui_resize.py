@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from sd2_app.ui.resize import fitted_size, resize_to
+from sd2_app.ui.resize import fitted_size, own_size, resize_to
 
 
 def test_the_default_size_keeps_the_inputs_aspect_at_the_checkpoints_resolution() -> None:
@@ -37,3 +37,10 @@ def test_just_resize_stretches_and_an_unknown_mode_is_refused() -> None:
     assert resize_to(_halves(200, 100), 64, 64, "Just resize").size == (64, 64)
     with pytest.raises(ValueError, match="Resize mode must be one of Just resize, Crop and resize"):
         resize_to(_halves(20, 10), 8, 8, "Stretch")
+
+
+def test_a_sent_images_own_size_is_rounded_to_multiples_of_8_and_scaled_into_the_largest_side() -> None:
+    assert own_size(256, 192, 1024) == (256, 192)
+    assert own_size(100, 70, 1024) == (104, 72)  # the service's rounding, halves up
+    assert own_size(2048, 1536, 1024) == (1024, 768)  # an x4 upscale's result: both sides scaled down together
+    assert own_size(40, 30, 1024) == (64, 64)  # no side under 64
