@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image, ImageOps
@@ -30,7 +30,8 @@ from sd2_app import infotext_keys as keys
 from sd2_app.api import requests as rq
 from sd2_app.api.a1111_samplers import SCHEDULERS, read_sampler, sampler_named, schedule_label
 from sd2_app.api.tasks import TASKS
-from sd2_app.api.checks import flag, resolve_seed
+from sd2_app.api.batch_count import checked_batch_count
+from sd2_app.api.checks import Limits, flag, resolve_seed
 from sd2_app.api.image_inputs import to_mask
 from sd2_app.api.results import Result
 from sd2_app.byte_limits import MAX_BASE64_CHARS, MAX_IMAGE_FILE_BYTES, MB
@@ -94,10 +95,11 @@ CheckpointFor = Callable[[Any, str], str]
 
 @dataclass(frozen=True)
 class Job:
-    """One A1111 call as our requests: one request per batch (`n_iter`), seeds already drawn."""
+    """One A1111 call as our request, `n_iter` as its batch count (the seed already drawn): the routes check it
+    whole, then run each of its batches (`batch_count.batch_requests`) as a job of its own."""
 
     task: str  # "txt2img", "img2img", "inpaint" or "upscale"
-    requests: tuple[rq.TaskRequest, ...]
+    request: rq.TaskRequest
     checkpoint: str
     send_images: bool = True
     styles: tuple[str, ...] = ()  # the prompt styles applied, by name (A1111's `styles` in `info`)
@@ -188,35 +190,22 @@ def _checkpoint(body: Mapping[str, Any], task: str, checkpoint_for: CheckpointFo
     return checkpoint_for(override.get("sd_model_checkpoint") or None, task)
 
 
-def _sampling(body: Mapping[str, Any], names: list[str], seed: int, task: str) -> rq.Sampling:
+def _sampling(body: Mapping[str, Any], names: list[str], seed: int, n_iter: int, task: str) -> rq.Sampling:
     """Fields left out take the task's defaults (sd2_app/api/tasks.py), as in the web UI."""
     sampler, karras = _sampler(body, names, task)
     row = TASKS[task]
     return rq.Sampling(
         sampler=sampler, use_karras=karras, steps=body.get("steps", row.steps),
         cfg_scale=body.get("cfg_scale", row.cfg_scale), eta=body.get("eta") or 0.0, seed=seed,
-        batch_size=body.get("batch_size", 1),
+        batch_size=body.get("batch_size", 1), batch_count=n_iter,
     )
 
 
-def _batches(body: Mapping[str, Any], max_images: int) -> tuple[int, int]:
-    """(n_iter, first seed): -1 draws one seed; batch j uses seed + j * batch_size, as A1111 numbers them.
-
-    Each batch is a job of its own (validated and cost-capped by the Service), so n_iter x batch_size may not
-    exceed what one web UI job may make (`Limits.max_batch` images): n_iter cannot multiply the cap.
-    """
-    n_iter, batch = body.get("n_iter", 1), body.get("batch_size", 1)
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
-        raise InvalidRequest(f"n_iter must be a whole number of at least 1, got {shown(n_iter)}.")
-    if isinstance(batch, int) and not isinstance(batch, bool) and n_iter * batch > max_images:
-        raise InvalidRequest(f"n_iter x batch_size is {n_iter * batch}; this server makes at most {max_images} "
-                             "images per request.")
+def _batches(body: Mapping[str, Any], limits: Limits) -> tuple[int, int]:
+    """(n_iter, first seed): -1 draws one seed. n_iter is the request's batch count, whose rule (its limits in
+    this API's names, each batch's seed, the cost of them all) is the web UI's: sd2_app/api/batch_count.py."""
+    n_iter = checked_batch_count(body.get("n_iter", 1), body.get("batch_size", 1), limits, ("n_iter", "batch_size"))
     return n_iter, resolve_seed(body.get("seed", -1))
-
-
-def _seeded(sampling: rq.Sampling, index: int) -> rq.Sampling:
-    step = sampling.batch_size if isinstance(sampling.batch_size, int) else 1
-    return replace(sampling, seed=int(sampling.seed or 0) + index * step)
 
 
 def _hires(body: Mapping[str, Any], names: list[str]) -> rq.HiresFix | None:
@@ -255,18 +244,17 @@ def _prompts(body: Mapping[str, Any], styles: StyleBook) -> dict[str, Any]:
     return {"prompt": prompt, "negative_prompt": negative}
 
 
-def txt2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: list[str], max_images: int,
+def txt2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: list[str], limits: Limits,
                 styles: StyleBook = StyleBook()) -> Job:
     check_fields(body, TXT2IMG_FIELDS)
     prompts = _prompts(body, styles)
-    n_iter, seed = _batches(body, max_images)
+    n_iter, seed = _batches(body, limits)
     checkpoint = _checkpoint(body, "txt2img", checkpoint_for)
-    sampling = _sampling(body, names, seed, "txt2img")
-    base = rq.Txt2ImgRequest(**prompts, checkpoint=checkpoint, width=body.get("width", 512),
+    sampling = _sampling(body, names, seed, n_iter, "txt2img")
+    request = rq.Txt2ImgRequest(**prompts, checkpoint=checkpoint, width=body.get("width", 512),
                              height=body.get("height", 512), sampling=sampling, hires=_hires(body, names), seed_extras=_seed_extras(body),
                              tiling=body.get("tiling", False))
-    requests = tuple(replace(base, sampling=_seeded(sampling, i)) for i in range(n_iter))
-    return Job("txt2img", requests, checkpoint, _send_images(body), tuple(body.get("styles") or ()))
+    return Job("txt2img", request, checkpoint, _send_images(body), tuple(body.get("styles") or ()))
 
 
 def _send_images(body: Mapping[str, Any]) -> bool:
@@ -300,7 +288,7 @@ def _mask(body: Mapping[str, Any]) -> Image.Image:
     return mask
 
 
-def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: list[str], max_images: int,
+def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: list[str], limits: Limits,
                 styles: StyleBook = StyleBook()) -> Job:
     check_fields(body, IMG2IMG_FIELDS)
     prompts = _prompts(body, styles)
@@ -309,10 +297,10 @@ def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
         raise InvalidRequest("init_images must hold exactly one base64 image.")
     if body.get("resize_mode", 0) not in RESIZE_MODES:
         raise InvalidRequest(f"resize_mode {shown(body.get('resize_mode'))} is not available; use 0 (just resize).")
-    n_iter, seed = _batches(body, max_images)
+    n_iter, seed = _batches(body, limits)
     task = "inpaint" if body.get("mask") else "img2img"
     checkpoint = _checkpoint(body, task, checkpoint_for)
-    sampling = _sampling(body, names, seed, task)
+    sampling = _sampling(body, names, seed, n_iter, task)
     image = decode_image(images[0], "init_images[0]")
     common = {**prompts, "checkpoint": checkpoint, "image": image,
               "strength": body.get("denoising_strength", TASKS[task].strength)}
@@ -321,8 +309,7 @@ def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
         base: rq.InpaintRequest | rq.Img2ImgRequest = rq.InpaintRequest(mask=_mask(body), sampling=sampling, **common, **extra)
     else:
         base = rq.Img2ImgRequest(width=body.get("width"), height=body.get("height"), sampling=sampling, **common)
-    requests = tuple(replace(base, sampling=_seeded(sampling, i)) for i in range(n_iter))
-    return Job(task, requests, checkpoint, _send_images(body), tuple(body.get("styles") or ()))
+    return Job(task, base, checkpoint, _send_images(body), tuple(body.get("styles") or ()))
 
 
 def info_json(job: Job, results: list[Result], started: float) -> str:
@@ -330,7 +317,7 @@ def info_json(job: Job, results: list[Result], started: float) -> str:
     first = results[0].request
     sampling = first.sampling
     images = [image for result in results for image in result.images]
-    seeds = [result.seed for result in results for _ in result.images]
+    seeds = [result.image_seed(index) for result in results for index in range(len(result.images))]
     infotexts = [image.info.get(keys.PARAMETERS_KEY, "") for image in images]
     width, height = (images[0].size if images else (getattr(first, "width", 0), getattr(first, "height", 0)))
     return json.dumps({

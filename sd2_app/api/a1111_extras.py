@@ -55,7 +55,7 @@ def upscale_job(body: Mapping[str, Any], checkpoint: str) -> Job:
         raise InvalidRequest("Only 4x upscaling is available (upscaling_resize 4, resize_mode 0).")
     image = decode_image(body.get("image"), "image")
     request = rq.UpscaleRequest(prompt="", image=image, checkpoint=checkpoint)
-    return Job("upscale", (request,), checkpoint)
+    return Job("upscale", request, checkpoint)
 
 
 def unchanged_image(body: Mapping[str, Any], max_pixels: int) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from sd2_app.api.a1111_errors import errors_as_http
 from sd2_app.api.a1111_extras import extras_routes
 from sd2_app.api.job_admission import JobAdmission
 from sd2_app.api.quick_reads import MAX_QUICK_REQUESTS_PER_ADDRESS, QuickReads
+from sd2_app.api.batch_count import batch_requests
 from sd2_app.api.checked import Checked, check
 from sd2_app.api.gpu_call import GpuCall
 from sd2_app.api.keeper import unlisted
@@ -202,8 +203,9 @@ class A1111Api:
 
     def run(self, task: str, make_job: Callable[[], a1111.Job], body: Mapping[str, Any],
             client: Request, stop: threading.Event | None = None) -> dict[str, Any]:
-        """Build the job (`make_job`: decode and check the body) once it has its place (`_track`), then run each
-        batch through the Service; after /interrupt, the batches finished so far are returned; a job the app's
+        """Build the job (`make_job`: decode and check the body) once it has its place (`_track`), check it whole
+        (its batch count's limits and cost: `batch_count`), then run each batch through the Service; after
+        /interrupt, the batches finished so far are returned; a job the app's
         close stopped answers 503 (`STOPPED_AT_CLOSE_MESSAGE`). `client`: the HTTP request (its address); `stop`:
         set when the client has gone (`a1111_disconnects`), stops the job as /interrupt does."""
         address = self.job_admission.addresses.of(client)
@@ -211,8 +213,9 @@ class A1111Api:
         results: list[Result] = []
         try:
             job = make_job()
-            tracked.task, tracked.n_iter = job.task, len(job.requests)
-            for index, request in enumerate(job.requests):
+            batches = batch_requests(check(self.service, job.request).request)
+            tracked.task, tracked.n_iter = job.task, len(batches)
+            for index, request in enumerate(batches):
                 tracked.iteration = index
                 try:
                     results.append(self._run_batch(check(self.service, request), tracked))
@@ -220,7 +223,7 @@ class A1111Api:
                     break
         finally:
             self._untrack(tracked, address)
-        if len(results) < len(job.requests) and self._closing:
+        if len(results) < len(batches) and self._closing:
             raise HTTPException(503, STOPPED_AT_CLOSE_MESSAGE)
         encoded = [data for result in results for data in result.png]  # each image's PNG, as the Service encoded it
         info = a1111.info_json(job, results, tracked.started) if results else '{"interrupted": true}'
@@ -310,20 +313,20 @@ def build_router(api: A1111Api) -> APIRouter:
 def _generation_routes(router: APIRouter, api: A1111Api) -> None:
     """/txt2img and /img2img (and inpaint): each a job through `A1111Api.run` (/extra-single-image: `a1111_extras`)."""
     names = api.service.samplers
-    max_images = api.service.limits.max_batch
+    limits = api.service.limits
     styles = api.service.styles  # the host's prompt styles, which a request's `styles` names
 
     # Each job runs while its client is connected: one that disconnects stops its job (`a1111_disconnects`).
     @router.post("/txt2img")
     async def txt2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         return await run_while_connected(client, lambda stop: errors_as_http(
-            lambda: api.run("txt2img", lambda: a1111.txt2img_job(body, api.checkpoint_for, names(), max_images, styles),
+            lambda: api.run("txt2img", lambda: a1111.txt2img_job(body, api.checkpoint_for, names(), limits, styles),
                             body, client, stop)))
 
     @router.post("/img2img")
     async def img2img(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         return await run_while_connected(client, lambda stop: errors_as_http(
-            lambda: api.run("img2img", lambda: a1111.img2img_job(body, api.checkpoint_for, names(), max_images, styles),
+            lambda: api.run("img2img", lambda: a1111.img2img_job(body, api.checkpoint_for, names(), limits, styles),
                             body, client, stop)))
 
 

@@ -34,7 +34,10 @@ class Limits:
     max_input_pixels: int = 2048 * 2048  # an uploaded image (img2img, inpaint, depth)
     max_upscale_input_pixels: int = 512 * 512  # the x4 output is 16x this (tiled)
     max_steps: int = 150
-    max_batch: int = 8
+    max_batch: int = 8  # images per prompt: one UNet batch, so it bounds the GPU memory a job needs
+    # images one run makes, batch count x images per prompt (sd2_app/api/batch_count.py): the batches run one after
+    # another, so GPU time is the cost cap's to bound (they count in it); this bounds what one result holds
+    max_images: int = 32
     max_plot_cells: int = 64  # cells of one X/Y/Z plot (all Z values together)
     # characters one plot's prompt passes may have read, every distinct text of each cell's phases counted
     # (`sd2_app.pipelines.prompt_plan.ReadBudget`): 64 cells of a 2,000-character prompt and negative prompt

@@ -2,7 +2,8 @@
 
 The cost of a validated request is its UNet work: UNet evaluations times latent pixels. One sampling step is
 one UNet call per image, two with classifier-free guidance (the conditional and unconditional halves), and two
-again for the two-call samplers (Heun, DPM2: `SamplerSpec.order`); a hires fix adds its second pass. Latent
+again for the two-call samplers (Heun, DPM2: `SamplerSpec.order`); a hires fix adds its second pass, and a
+batch count runs it all that many times (sd2_app/api/batch_count.py). Latent
 pixels are the generated size over 8 per side (the SD VAE's factor); the x4 upscaler denoises at the input's
 own size, so its latent pixels are the input's pixels. Text encoding and the VAE are small beside this and
 are left out.
@@ -108,7 +109,12 @@ def job_cost(request: Request, catalog: Catalog) -> int:
     cost = _pass(request.sampling, _image_pixels(request, native), calls, strength)  # type: ignore[union-attr]
     if isinstance(request, Txt2ImgRequest):
         cost += _hires_cost(request, calls)
-    return cost
+    return cost * _batch_count(request)
+
+
+def _batch_count(request: Request) -> int:
+    """The batches a request runs one after another (sd2_app/api/batch_count.py): each costs what the first does."""
+    return max(1, int(getattr(request.sampling, "batch_count", 1)))  # type: ignore[union-attr]
 
 
 def steps_that_fit(request: UpscaleRequest, catalog: Catalog, max_cost: int | None) -> int | None:
@@ -121,6 +127,13 @@ def steps_that_fit(request: UpscaleRequest, catalog: Catalog, max_cost: int | No
 
 
 def _what_to_lower(request: Request) -> str:
+    said = _settings_to_lower(request)
+    if not isinstance(request, XYZPlotRequest) and _batch_count(request) > 1:
+        said = said.replace("the steps, ", "the steps, the batch count, ", 1)
+    return said
+
+
+def _settings_to_lower(request: Request) -> str:
     if isinstance(request, XYZPlotRequest):
         hires = isinstance(request.base, Txt2ImgRequest) and request.base.hires is not None
         return f"the number of cells, the steps{', the size or the hires fix' if hires else ' or the size'}"

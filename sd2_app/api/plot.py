@@ -127,7 +127,7 @@ def check_plot(request: XYZPlotRequest, catalog: Catalog, limits: Limits,
     keep = options["no_fixed_seeds"]
     used = _axes(request, styles)
     base, warnings = hires_for_axes(base, [axis.kind for _, axis in used])
-    base = replace(base, sampling=replace(base.sampling, batch_size=1, use_karras=False))
+    base = replace(base, sampling=replace(base.sampling, batch_size=1, batch_count=1, use_karras=False))
     checked_base, base_warnings = validate_task(base, catalog, limits, priced=False)
     warnings += base_warnings
     if keep:

@@ -27,7 +27,8 @@ class Sampling:
     guidance_rescale: float = 0.0  # phi of "Common Diffusion Noise Schedules are Flawed" (0 = off)
     eta: float = 0.0  # DDIM stochasticity (0 = deterministic DDIM); only ETA_SAMPLERS use it
     seed: int | None = None  # None: the service draws one and reports it
-    batch_size: int = 1  # images per prompt
+    batch_size: int = 1  # images per prompt (one UNet batch)
+    batch_count: int = 1  # batches run one after another (A1111's "Batch count", n_iter): sd2_app/api/batch_count.py
 
 
 def guidance_on(cfg_scale: float) -> bool:

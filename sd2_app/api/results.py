@@ -33,7 +33,9 @@ class Result:
     depth_image: Image.Image | None = None  # depth: the depth map actually used
     captions: list[str] = field(default_factory=list)  # one per image (plot: the cell's values and seconds)
     cells: list[dict[str, Any]] = field(default_factory=list)  # plot: each cell's settings and seconds
-    stopped: bool = False  # plot: Stop ended it early; the finished cells are here
+    stopped: bool = False  # plot: Stop ended it early; the finished cells are here (so too a batch count's batches)
+    # each image's seed where they differ (a batch count's batches: sd2_app/api/batch_count.py); empty: `seed`'s
+    seeds: list[int] = field(default_factory=list)
     saved: list[Path] = field(default_factory=list)  # files written to the outputs folder
     # each image's PNG file (its text chunks included), encoded once when the result is kept: the outputs
     # folder and the browser get these bytes as they are
@@ -43,6 +45,10 @@ class Result:
     # the mask ("mask") and the depth map ("depth") as PNG files, encoded with the images
     aux_png: dict[str, bytes] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
+
+    def image_seed(self, index: int) -> int:
+        """The seed image `index` was made with (what its saved file is named after)."""
+        return self.seeds[index] if index < len(self.seeds) else self.seed
 
     @property
     def parameters(self) -> str:

@@ -54,7 +54,8 @@ class ResultWriter:
         stem = f"{result.seed}-{result.task}"
         data = result.png if len(result.png) == len(result.images) else [_encode(im) for im in result.images]
         files: list[tuple[str, bytes | Image.Image]] = [
-            (f"{number + index:05d}-{stem}.png", encoded) for index, encoded in enumerate(data)]
+            (f"{number + index:05d}-{result.image_seed(index)}-{result.task}.png", encoded)
+            for index, encoded in enumerate(data)]
         files += [(f"{number:05d}-{stem}-{name}.png", result.aux_png.get(name, image)) for name, image in
                   (("mask", result.mask_image), ("depth", result.depth_image)) if image is not None]
         if self._thread is None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from PIL import Image
 
+from sd2_app.api.batch_count import count_of, run_batches
 from sd2_app.api.checked import Checked, check
 from sd2_app.api.checks import Catalog, Limits, catalog_of
 from sd2_app.api.gate import GpuGate
@@ -294,12 +295,17 @@ class Service:
         done_before: int = 0,
         total: int | None = None,
     ) -> Result:
-        """Run a validated request where jobs run (the backend, else this process); nothing is saved.
+        """Run a validated request where jobs run (the backend, else this process); nothing is saved. A batch
+        count runs its batches one after another, each a job of its own (`batch_count.run_batches`).
 
         `done_before` and `total` place its steps inside a longer job's progress (an X/Y/Z plot's cells).
         """
         backend = self.backend if self.backend is not None else self
-        return backend.produce(checked, placed(on_progress, done_before, total), should_stop)
+        progress = placed(on_progress, done_before, total)
+        if count_of(checked) > 1:
+            return run_batches(lambda batch, report: backend.produce(batch, report, should_stop), checked, progress,
+                               should_stop)
+        return backend.produce(checked, progress, should_stop)
 
     def produce(
         self,
@@ -318,17 +324,9 @@ class Service:
             output = run_hires_x4(self, checked, on_progress, should_stop, timings)
         else:
             output = self.run_task(task, checked, timings, on_progress, should_stop)
-        result = Result(
-            task=task,
-            request=checked,
-            images=list(output.images),
-            seed=checked.sampling.seed,
-            warnings=list(getattr(output, "warnings", []) or []),
-            timings=timings,
-            mask_image=getattr(output, "mask_image", None),
-            depth_image=getattr(output, "depth_image", None),
-        )
-        return result
+        return Result(task=task, request=checked, images=list(output.images), seed=checked.sampling.seed,
+                      warnings=list(getattr(output, "warnings", []) or []), timings=timings,
+                      mask_image=getattr(output, "mask_image", None), depth_image=getattr(output, "depth_image", None))
 
     def plot(
         self,

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from sd2_app.api.batch_count import checked_batch_count
 from sd2_app.api.checks import (MIN_SIDE, Catalog, Limits, check_sampler_names, clean_text, flag, integer, number,
                                 resolve_seed, to_multiple_of_8)
 from sd2_app.api.cost import check_job_cost, job_cost
@@ -58,7 +59,7 @@ def checked_sampling(s: Sampling, catalog: Catalog, limits: Limits, *, karras_op
     use_karras = flag(s.use_karras, "Karras sigmas")
     if use_karras and not catalog.samplers[s.sampler] and not karras_optional:
         raise InvalidRequest(f"Karras sigmas are not available for the {s.sampler} sampler; untick Karras.")
-    return replace(
+    checked = replace(
         s,
         steps=integer(s.steps, "Steps", 1, limits.max_steps),
         use_karras=use_karras,
@@ -68,6 +69,7 @@ def checked_sampling(s: Sampling, catalog: Catalog, limits: Limits, *, karras_op
         seed=resolve_seed(s.seed),
         batch_size=integer(s.batch_size, "Images per prompt", 1, limits.max_batch),
     )
+    return replace(checked, batch_count=checked_batch_count(s.batch_count, checked.batch_size, limits))
 
 
 def _checkpoint(key: Any, task: str, catalog: Catalog) -> str:

@@ -37,7 +37,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Imag
     inputs = [image, depth_map, checkpoint, frame.prompt, frame.negative, strength, *controls.inputs()]
     names = ("image", "depth_map", "checkpoint", "prompt", "negative_prompt", "strength", *SAMPLING_NAMES)
     wire_run(service, flags, frame.panel, inputs, make_request, "depth", names, finish_extra=depth_used,
-             styles=frame.styles, eta=controls.eta)
+             styles=frame.styles, eta=controls.eta, batch_count=controls.batch_count)
     return ImageTab(image, frame.prompt, frame.negative, controls, frame.panel, frame.styles)
 
 

@@ -48,7 +48,8 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Imag
               *controls.inputs(), *extras]
     run = wire_run(service, flags, frame.panel, inputs, partial(make_request, service.limits), "img2img",
                    ("image", "checkpoint", "prompt", "negative_prompt", "strength", "width", "height", "resize_mode",
-                    *SAMPLING_NAMES, *IMG2IMG_NAMES), styles=frame.styles, eta=controls.eta)
+                    *SAMPLING_NAMES, *IMG2IMG_NAMES), styles=frame.styles, eta=controls.eta,
+                    batch_count=controls.batch_count)
     show_sides_used(service.limits, (width, height), run)
     return ImageTab(image, frame.prompt, frame.negative, controls, frame.panel, frame.styles, tiling=extras[2],
                     size=size)

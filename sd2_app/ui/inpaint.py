@@ -104,7 +104,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Inpa
     names = ("image_and_mask", "mask", "checkpoint", "prompt", "negative_prompt", "strength", "mask_blur", "only_masked",
              "only_masked_padding", *SAMPLING_NAMES)
     wire_run(service, flags, frame.panel, inputs, make_request, "inpaint", names, finish_extra=mask_used,
-             styles=frame.styles, eta=controls.eta)
+             styles=frame.styles, eta=controls.eta, batch_count=controls.batch_count)
     return InpaintTab(editor, frame.prompt, frame.negative, controls, frame.panel, frame.styles)
 
 

@@ -50,7 +50,7 @@ def build(service: Service, flags: StopFlags) -> ImageTab:
     names = ("image", "checkpoint", "prompt", "negative_prompt", *SIDES, "fill", "mask_blur", "strength",
              "keep_original", *SAMPLING_NAMES)
     wire_run(service, flags, frame.panel, inputs, make_request, "outpaint", names, finish_extra=mask_used,
-             styles=frame.styles, eta=controls.eta)
+             styles=frame.styles, eta=controls.eta, batch_count=controls.batch_count)
     return ImageTab(image, frame.prompt, frame.negative, controls, frame.panel, frame.styles)
 
 

@@ -28,7 +28,7 @@ from sd2_app.ui.result_panel import ResultPanel, describe, gallery_columns
 from sd2_app.ui.run_stream import delivering, refuse, stream_result
 from sd2_app.ui.run_views import RequestView, RunView
 from sd2_app.ui.runner import GPU_QUEUE, Finish, RunFlag, StopFlags, stopped_message
-from sd2_app.ui.sampling_controls import ETA_NAME
+from sd2_app.ui.sampling_controls import BATCH_COUNT_NAME, ETA_NAME
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Result, Service
@@ -53,6 +53,7 @@ def wire_run(
     view: Callable[[], RunView] = RequestView,
     styles: gr.Dropdown | None = None,
     eta: gr.Slider | None = None,
+    batch_count: gr.Slider | None = None,
 ) -> Dependency:
     """Connect Generate (streaming, on the GPU queue) and Stop; returns the run event.
 
@@ -60,7 +61,8 @@ def wire_run(
     API: the picked styles are applied to the request's prompts before the Service validates it, so the token
     limits, prompt editing and the parameters text all see the expanded prompts (sd2_app/prompt_styles.py).
     `eta`, the tab's Eta slider, comes after it (`eta` in the API, the last parameter): the request's
-    `Sampling.eta`, which the Service checks.
+    `Sampling.eta`, which the Service checks. `batch_count`, the tab's Batch count slider, comes last
+    (`batch_count` in the API): the request's `Sampling.batch_count` (sd2_app/api/batch_count.py).
 
     `view` makes each run's `RunView` (`stream_result`): a tab that streams more than previews has its own (the
     X/Y/Z plot shows each finished cell as it comes)."""
@@ -81,7 +83,10 @@ def wire_run(
         make_request = _styled(make_request, service.styles)
     if eta is not None:
         inputs, names = [*inputs, eta], (*names, ETA_NAME)
-        make_request = _with_eta(make_request)
+        make_request = _with_sampling(make_request, "eta", 0.0)
+    if batch_count is not None:
+        inputs, names = [*inputs, batch_count], (*names, BATCH_COUNT_NAME)
+        make_request = _with_sampling(make_request, "batch_count", 1)
     assert len(names) == len(inputs), (api_name, names)
     # On a tab with ↙, a prompt that holds a generation's parameters is run as it is, and the result says so.
     notes = partial(parameters_in_prompt, service) if panel.read is not None else None
@@ -101,15 +106,16 @@ def _styled(make_request: Callable[..., Request], book: StyleBook) -> Callable[.
     return styled
 
 
-def _with_eta(make_request: Callable[..., Request]) -> Callable[..., Request]:
-    """`make_request` of the widget values but the last, the eta, set as its sampling's eta."""
+def _with_sampling(make_request: Callable[..., Request], field: str, default: Any) -> Callable[..., Request]:
+    """`make_request` of the widget values but the last, which is set as its sampling's `field` (eta, batch
+    count; `default` where a caller sent none)."""
 
-    def with_eta(*values: Any) -> Request:
+    def with_field(*values: Any) -> Request:
         request = make_request(*values[:-1])
-        eta = 0.0 if values[-1] is None else values[-1]  # a caller that sent none: the default
-        return replace(request, sampling=replace(request.sampling, eta=eta))  # type: ignore[type-var]
+        value = default if values[-1] is None else values[-1]
+        return replace(request, sampling=replace(request.sampling, **{field: value}))  # type: ignore[type-var]
 
-    return with_eta
+    return with_field
 
 
 def _generate_handler(

@@ -1,6 +1,6 @@
 """The sampling settings every generation tab shares: sampler, Karras sigmas, steps, CFG, rescale, eta, the seed
-row and the batch slider (`sampling_controls`), their values as a `Sampling` (`to_sampling`), and the checkpoint list
-of a task (`checkpoint_dropdown`).
+row and the batch sliders (`sampling_controls`: A1111's Batch count beside its Batch size, "Images per prompt"),
+their values as a `Sampling` (`to_sampling`), and the checkpoint list of a task (`checkpoint_dropdown`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 SAMPLING_NAMES = ("sampler", "use_karras", "steps", "cfg_scale", "guidance_rescale", "seed", "batch_size")
 # Eta came later: it is each tab's last API parameter (`run_events.wire_run`), so the positions above stay.
 ETA_NAME = "eta"
+BATCH_COUNT_NAME = "batch_count"  # later still: after eta (`run_events.wire_run`)
 EXAMPLE_PROMPTS = ("High quality photo of an astronaut riding a horse in space", "two tigers", "a white cat")
 
 
@@ -31,7 +32,8 @@ class SamplingControls:
     rescale: gr.Slider
     seed: gr.Number
     batch: gr.Slider
-    eta: gr.Slider  # not in `inputs`: the run takes it last (ETA_NAME)
+    eta: gr.Slider  # not in `inputs`: the run takes it after the rest (ETA_NAME)
+    batch_count: gr.Slider  # not in `inputs` either: the run's last (BATCH_COUNT_NAME)
 
     def inputs(self) -> list[gr.components.Component]:
         return [self.sampler, self.karras, self.steps, self.cfg, self.rescale, self.seed, self.batch]
@@ -83,7 +85,11 @@ def sampling_controls(
         seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, scale=3, elem_id=f"{prefix}-seed")
         randomize = gr.Button("Random seed", scale=1, size="sm", elem_id=f"{prefix}-random-seed")
         reuse = gr.Button("Reuse last seed", scale=1, size="sm", elem_id=f"{prefix}-reuse-seed")
-    batch_slider = gr.Slider(1, 8, 1, step=1, label="Images per prompt", visible=batch)
+    with gr.Row(visible=batch):  # A1111's order: Batch count, then Batch size
+        count_slider = gr.Slider(1, service.limits.max_images, 1, step=1, label="Batch count",
+                                 info="batches run one after another", visible=batch, elem_id=f"{prefix}-batch-count")
+        batch_slider = gr.Slider(1, service.limits.max_batch, 1, step=1, label="Images per prompt", visible=batch,
+                                 elem_id=f"{prefix}-batch-size")
 
     def offered(name: str) -> tuple[Any, Any]:
         """Karras where the sampler offers it (else off), Eta where the sampler takes it."""
@@ -93,7 +99,8 @@ def sampling_controls(
 
     sampler_box.change(offered, sampler_box, [karras, eta_slider], api_name=f"{prefix}_karras_allowed",
                        api_visibility="private", queue=False)
-    controls = SamplingControls(sampler_box, karras, steps_slider, cfg_slider, rescale, seed, batch_slider, eta_slider)
+    controls = SamplingControls(sampler_box, karras, steps_slider, cfg_slider, rescale, seed, batch_slider, eta_slider,
+                                count_slider)
     return controls, randomize, reuse
 
 

@@ -51,7 +51,7 @@ def build(service: Service, flags: StopFlags) -> Txt2ImgTab:
     inputs = [checkpoint, frame.prompt, frame.negative, width, height, *controls.inputs(), *extras.inputs()]
     run = wire_run(service, flags, frame.panel, inputs, make_request, "txt2img",
                    ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES, *EXTRA_NAMES),
-                   styles=frame.styles, eta=controls.eta)
+                   styles=frame.styles, eta=controls.eta, batch_count=controls.batch_count)
     show_sides_used(service.limits, (width, height), run)
     return Txt2ImgTab(checkpoint, frame.prompt, frame.negative, width, height, controls, frame.panel, extras,
                       frame.styles)

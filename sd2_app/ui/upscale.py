@@ -48,7 +48,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Imag
     inputs = [image, checkpoint, frame.prompt, frame.negative, noise, *controls.inputs()]
     names = ("image", "checkpoint", "prompt", "negative_prompt", "noise_level", *SAMPLING_NAMES)
     wire_run(service, flags, frame.panel, inputs, make_request, "upscale", names, finish_extra=before_image,
-             styles=frame.styles, eta=controls.eta)
+             styles=frame.styles, eta=controls.eta, batch_count=controls.batch_count)
     return ImageTab(image, frame.prompt, frame.negative, controls, frame.panel, frame.styles)
 
 
@@ -58,15 +58,16 @@ def make_request(picture: Any, key: str, text: str, negative_text: str, level: f
                           noise_level=level, sampling=to_sampling(*sampling))  # type: ignore[arg-type]
 
 
-def steps_fit(service: Service, picture: Any, sampler: Any, steps: Any, cfg: Any, batch: Any) -> tuple[Any, Any]:
+def steps_fit(service: Service, picture: Any, sampler: Any, steps: Any, cfg: Any, batch: Any,
+              count: Any = 1) -> tuple[Any, Any]:
     """The Steps slider and its note for an image in the tab: where this server's job cost cap
     (`Limits.max_job_cost`, sd2_app/api/cost.py) allows fewer steps than Steps says with the other settings,
     Steps comes down to what fits (a 512x512 image at the defaults: 12) and the note says so; it is never raised."""
     if not isinstance(picture, Image.Image):
         return gr.update(), gr.update(value="", visible=False)
     try:  # the settings as the run's check takes them (images per prompt 0 priced a step at nothing)
-        sampling = checked_sampling(Sampling(sampler=sampler, steps=1, cfg_scale=cfg, batch_size=batch),
-                                    service.catalog, service.limits)
+        sampling = checked_sampling(Sampling(sampler=sampler, steps=1, cfg_scale=cfg, batch_size=batch,
+                                             batch_count=count), service.catalog, service.limits)
         fit = steps_that_fit(UpscaleRequest("", picture, sampling=sampling), service.catalog,
                              service.limits.max_job_cost)
     except (TypeError, ValueError, InvalidRequest):  # odd widget values: the run's own check says what is wrong
@@ -75,8 +76,9 @@ def steps_fit(service: Service, picture: Any, sampler: Any, steps: Any, cfg: Any
         return gr.update(), gr.update(value="", visible=False)
     size = f"{picture.width}x{picture.height}"
     if fit < 1:
-        return gr.update(), gr.update(value=f"This {size} image is over this server's job limit even at 1 step; "
-                                            "use a smaller image or fewer images per prompt.", visible=True)
+        return gr.update(), gr.update(value=f"This {size} image is over this server's job limit even at 1 step; use "
+                                            "a smaller image, fewer images per prompt or a lower batch count.",
+                                      visible=True)
     # The same note whether this call or an earlier one lowered the steps (an image sent with its settings
     # starts several of these events).
     note = (f"At most {fit} steps fit this server's job limit for this {size} image with these settings (Steps "
@@ -88,9 +90,9 @@ def steps_fit(service: Service, picture: Any, sampler: Any, steps: Any, cfg: Any
 def _wire_steps_that_fit(service: Service, image: gr.Image, controls: SamplingControls, note: gr.Markdown) -> None:
     """`steps_fit` when an image arrives (an upload, a paste or "Send to upscale") and when the settings the
     cost depends on change."""
-    inputs = [image, controls.sampler, controls.steps, controls.cfg, controls.batch]
+    inputs = [image, controls.sampler, controls.steps, controls.cfg, controls.batch, controls.batch_count]
     events = {"image": image.change, "sampler": controls.sampler.change, "cfg": controls.cfg.release,
-              "batch": controls.batch.release}
+              "batch": controls.batch.release, "batch_count": controls.batch_count.release}
     for name, event in events.items():
         event(lambda *values: steps_fit(service, *values), inputs, [controls.steps, note],
               api_name=f"upscale_{name}_steps_fit", api_visibility="private", queue=False, show_progress="hidden")

@@ -385,8 +385,18 @@ def test_refusals_name_what_is_missing_and_unknown_fields_are_ignored(app, caplo
     assert status == 422 and "alwayson_scripts" in body["detail"]
     status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "sampler_name": "DPM fast"})
     assert status == 422 and body["detail"].startswith("Sampler 'DPM fast' is not available")
-    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "n_iter": 5, "batch_size": 2})
-    assert status == 422 and body["detail"] == "n_iter x batch_size is 10; this server makes at most 8 images per request."
+    # n_iter is the web UI's batch count in this API's words: one rule (sd2_app/api/batch_count.py)
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "n_iter": 17, "batch_size": 2})
+    assert status == 422 and body["detail"] == "n_iter x batch_size is 34; this server makes at most 32 images per request."
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "n_iter": 0})
+    assert status == 422 and body["detail"] == "n_iter must be between 1 and 32, got 0."
+    # each batch of 150 steps at 1024x1024 fits the cost cap (4,915,200), two do not: they are one job's cost
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "n_iter": 2, "steps": 150, "cfg_scale": 7,
+                                           "width": 1024, "height": 1024})
+    assert status == 422 and body["detail"] == (
+        "This job is too large for this server: it costs 9,830,400 UNet evaluations x latent pixels and the limit is "
+        "6,553,600. Lower the steps, the batch count, the images per prompt, the width and height or the hires fix "
+        "(at most 100 steps fit with the other settings unchanged).")
     status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "steps": 151})
     assert status == 422 and body["detail"] == "Steps must be between 1 and 150, got 151."  # the Service's check
     with caplog.at_level("INFO", logger="sd2_app.api.a1111"):

@@ -418,7 +418,8 @@ def test_the_first_step_replaces_starting_even_without_a_preview() -> None:
 def test_upscale_steps_come_down_to_what_the_servers_job_limit_allows() -> None:
     """The Upscale tab's steps for an image (`ui.upscale.steps_fit`) are what the Service's own check accepts: a
     512x512 input at the tab's DDIM and CFG 9 under the default cap fits 12 steps (13 are refused); no guidance
-    doubles it, 8 images per prompt leave 1; a 128x128 input fits more than the slider's 150 (no note)."""
+    doubles it, 8 images per prompt leave 1, as 3 batches leave 4; a 128x128 input fits more than the slider's 150
+    (no note)."""
     from sd2_app.api.requests import Sampling, UpscaleRequest
     from sd2_app.api.service import Service
     from sd2_app.errors import InvalidRequest
@@ -434,6 +435,8 @@ def test_upscale_steps_come_down_to_what_the_servers_job_limit_allows() -> None:
     assert steps_fit(service, large, "DDIM", 10, 9.0, 1)[0] == {"__type__": "update"}  # never raised
     assert steps_fit(service, large, "DDIM", 50, 1.0, 1)[0] == 25
     assert steps_fit(service, large, "DDIM", 50, 9.0, 8)[0] == 1
+    assert steps_fit(service, large, "DDIM", 50, 9.0, 1, 3)[0] == 4  # a batch count of 3: each batch counts
+    assert steps_fit(service, large, "DDIM", 50, 9.0, 1, 33)[0] == {"__type__": "update"}  # refused: left alone
     assert steps_fit(service, small, "DDIM", 50, 9.0, 1) == ({"__type__": "update"},
                                                              {"__type__": "update", "value": "", "visible": False})
     assert steps_fit(service, None, "DDIM", 50, 9.0, 1)[1]["visible"] is False

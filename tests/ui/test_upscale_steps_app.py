@@ -17,7 +17,7 @@ NOTE_12 = ("At most 12 steps fit this server's job limit for this 512x512 image 
            "to 12 when it is higher).")
 
 
-# (sampler, CFG, images per prompt): settings the run's own check refuses, then the tab's defaults
+# (sampler, CFG, images per prompt): settings the run's own check refuses, then the tab's defaults (batch count 1)
 SETTINGS = [("DDIM", 9, 0), ("DDIM", 9, -3), ("DDIM", 9, 2.5), ("DDIM", 31, 1), ("DDIM", 9, 1)]
 
 
@@ -35,7 +35,7 @@ def test_settings_the_run_would_refuse_leave_the_steps_alone() -> None:
         image = {"path": path, "orig_name": "in.png", "meta": {"_type": "gradio.FileData"}}
         for sampler, cfg, batch in SETTINGS:
             answer = client.post("gradio_api/run/predict", json={
-                "data": [image, sampler, 50, cfg, batch], "fn_index": fns["upscale_batch_steps_fit"],
+                "data": [image, sampler, 50, cfg, batch, 1], "fn_index": fns["upscale_batch_steps_fit"],
                 "session_hash": "s"})
             answers.append((answer.status_code, answer.json().get("data")))
     unchanged = [{"__type__": "update"}, {"__type__": "update", "value": "", "visible": False}]

@@ -1,0 +1,133 @@
+"""Batch count (A1111's "Batch count", its API's `n_iter`): a request's batches, run one after another.
+
+The one rule of every front end that offers it (the web tabs and their gradio API parameter `batch_count`, the
+A1111 API's `n_iter`):
+- Limits (`checked_batch_count`): 1 to `Limits.max_images` batches, and batch count x images per prompt at most
+  `Limits.max_images` images per request. A job's cost (`sd2_app.api.cost.job_cost`) is one batch's times the
+  batch count, so the operator's cost cap (and a ZeroGPU call's duration) covers all the batches together.
+- Seeds (`batch_requests`): batch k (from 0) runs at seed + k x images per prompt, so the batches' seeds follow
+  on, as A1111 numbers them (modules/processing.py, `process_images_inner`: `all_seeds` are seed + x for the
+  x-th image); with a variation seed (variation strength above 0) A1111 keeps the seed and advances the variation
+  seed instead (`all_subseeds`), and so does this.
+- Each batch is a request of its own (batch count 1): its images carry its own parameters text, whose seed is
+  the batch's; the text has no batch count, as A1111 writes none ("Batch size" and "Batch pos" only).
+- Stop ends the running batch at its next step and starts no other; the batches finished before it are the
+  result (`Result.stopped`), as A1111's Interrupt keeps the images made so far. Nothing finished: `Cancelled`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from sd2_app.api.checks import Limits, integer
+from sd2_app.api.results import ProgressFn, Result
+from sd2_app.errors import Cancelled, InvalidRequest
+
+R = TypeVar("R")
+
+
+def checked_batch_count(count: Any, batch_size: Any, limits: Limits,
+                        names: tuple[str, str] = ("Batch count", "Images per prompt")) -> int:
+    """`count` as a whole number within the limits (raises `InvalidRequest`); `names` are the two settings' names
+    in the caller's words (the A1111 API's: "n_iter", "batch_size"). The batch size is checked by its own check;
+    a size that is not a whole number is left to it."""
+    count = integer(count, names[0], 1, limits.max_images)
+    if isinstance(batch_size, int) and not isinstance(batch_size, bool) and count * batch_size > limits.max_images:
+        raise InvalidRequest(f"{names[0]} x {names[1]} is {count * batch_size}; this server makes at most "
+                             f"{limits.max_images} images per request.")
+    return count
+
+
+def count_of(request: Any) -> int:
+    """The batch count of a request (1 for one without sampling settings, such as a hires pass)."""
+    count = getattr(getattr(request, "sampling", None), "batch_count", 1)
+    return count if isinstance(count, int) and count > 1 else 1
+
+
+def batch_requests(request: R) -> list[R]:
+    """The batches of a validated `request` (seeds resolved): one request per batch, batch count 1, each at its
+    seed (the module's rule). A variation seed left to draw (None or -1) is drawn per batch by its validation."""
+    sampling = request.sampling  # type: ignore[attr-defined]
+    extras = getattr(request, "seed_extras", None)
+    vary = extras is not None and extras.variation_strength > 0
+    batches = []
+    for k in range(count_of(request)):
+        step = k * sampling.batch_size
+        one = replace(request, sampling=replace(sampling, batch_count=1,  # type: ignore[type-var]
+                                                seed=sampling.seed if vary else sampling.seed + step))
+        if vary and extras.variation_seed not in (None, -1):
+            one = replace(one, seed_extras=replace(extras, variation_seed=extras.variation_seed + step))
+        batches.append(one)
+    return batches
+
+
+def in_batch(on_progress: ProgressFn | None, index: int, count: int) -> ProgressFn | None:
+    """`on_progress` for batch `index` (from 0) of `count` equal batches: steps counted over all of them."""
+    if on_progress is None:
+        return None
+
+    def report(done: int, steps: int, preview: Any) -> None:
+        on_progress(index * steps + done, count * steps, preview)
+
+    return report
+
+
+def where(done: int, total: int, count: int) -> tuple[int, int, int]:
+    """(batch from 1, its step, its steps) of step `done` of `total` over `count` equal batches."""
+    steps = max(1, total // max(1, count))
+    batch = min(count, max(1, (done - 1) // steps + 1))
+    return batch, done - (batch - 1) * steps, steps
+
+
+def batch_status(done: int, total: int, count: int) -> str:
+    """The progress line of a run of `count` batches: "Batch 2/4, step 3/20" (one batch: "Step 3/20")."""
+    if count <= 1:
+        return f"Step {done}/{total}"
+    batch, step, steps = where(done, total, count)
+    return f"Batch {batch}/{count}, step {step}/{steps}"
+
+
+def stopped_in_batch(done: int, total: int, count: int) -> str:
+    """What Stop says of a run of `count` batches stopped after step `done` of `total`."""
+    batch, step, steps = where(done, total, count)
+    finished = batch if step >= steps else batch - 1
+    kept = f" {finished} finished batch{'' if finished == 1 else 'es'} kept (History)." if finished else ""
+    return f"Stopped in batch {batch}/{count} after {step}/{steps} steps.{kept}"
+
+
+def run_batches(run_one: Callable[[Any, ProgressFn | None], Result], request: Any, on_progress: ProgressFn | None,
+                should_stop: Callable[[], bool] | None) -> Result:
+    """Every batch of the validated `request`, one after another (`run_one(batch, on_progress)` runs one), as one
+    `Result`: their images in order, the first batch's seed; after Stop, the batches finished before it
+    (`stopped`, with a warning that says so), or `Cancelled` when none had finished."""
+    batches = batch_requests(request)
+    results: list[Result] = []
+    for index, batch in enumerate(batches):
+        try:
+            if should_stop is not None and should_stop():
+                raise Cancelled
+            results.append(run_one(batch, in_batch(on_progress, index, len(batches))))
+        except Cancelled:
+            if not results:
+                raise
+            break
+    return _joined(request, results, len(batches))
+
+
+def _joined(request: Any, results: list[Result], count: int) -> Result:
+    first = results[0]
+    warnings = [w for i, result in enumerate(results) for w in result.warnings
+                if w not in [v for earlier in results[:i] for v in earlier.warnings]]
+    stopped = len(results) < count
+    if stopped:
+        warnings.append(f"Stopped in batch {len(results) + 1}/{count}: these are the images of the {len(results)} "
+                        f"batch{'' if len(results) == 1 else 'es'} before it.")
+    timings: dict[str, float] = {}
+    for result in results:
+        for phase, seconds in result.timings.items():
+            timings[phase] = timings.get(phase, 0.0) + seconds
+    return replace(first, request=request, images=[image for result in results for image in result.images],
+                   warnings=warnings, timings=timings, stopped=stopped,
+                   seeds=[result.seed for result in results for _ in result.images])

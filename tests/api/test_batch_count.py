@@ -1,0 +1,114 @@
+"""Batch count (A1111's n_iter) in the Service: its limits and cost, each batch's seed, progress over all batches
+and Stop between and within them (sd2_app/api/batch_count.py). The pipelines are the doubles of tests/ui_doubles.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from PIL import Image
+
+from sd2_app.api.batch_count import batch_requests, batch_status, stopped_in_batch
+from sd2_app.api.requests import Sampling, SeedExtras, Txt2ImgRequest, UpscaleRequest
+from sd2_app.api.checks import Limits
+from sd2_app.api.validation import validate
+from sd2_app.errors import Cancelled, InvalidRequest
+from sd2_app.pipelines.metadata import read_png_parameters
+from tests.ui_doubles import fake_catalog, fake_service
+
+CATALOG = fake_catalog()
+
+
+def _txt(**sampling: object) -> Txt2ImgRequest:
+    settings: dict[str, object] = {"seed": 100, "steps": 3, **sampling}
+    return Txt2ImgRequest("a cat", width=64, height=64, sampling=Sampling(**settings))  # type: ignore[arg-type]
+
+
+def test_batches_follow_on_from_the_seed_and_a_variation_seed_advances_instead() -> None:
+    """Batch k runs at seed + k x images per prompt (A1111's numbering, the A1111 API's n_iter before); with a
+    variation strength A1111 keeps the seed and advances the variation seed (its all_subseeds)."""
+    batches = batch_requests(_txt(batch_size=2, batch_count=3))
+    assert [(b.sampling.seed, b.sampling.batch_size, b.sampling.batch_count) for b in batches] == [
+        (100, 2, 1), (102, 2, 1), (104, 2, 1)]
+    varied = replace(_txt(batch_count=3), seed_extras=SeedExtras(variation_seed=7, variation_strength=0.3))
+    assert [(b.sampling.seed, b.seed_extras.variation_seed) for b in batch_requests(varied)] == [
+        (100, 7), (100, 8), (100, 9)]
+    assert batch_requests(_txt()) == [_txt()]  # one batch: the request as it is
+
+
+@pytest.mark.parametrize(
+    ("sampling", "message"),
+    [
+        ({"batch_count": 0}, "Batch count must be between 1 and 32, got 0."),
+        ({"batch_count": 33}, "Batch count must be between 1 and 32, got 33."),
+        ({"batch_count": 2.5}, "Batch count must be a whole number, got 2.5."),
+        ({"batch_count": "4"}, "Batch count must be a whole number, got '4'."),
+        ({"batch_count": 5, "batch_size": 8},
+         "Batch count x Images per prompt is 40; this server makes at most 32 images per request."),
+    ],
+)
+def test_batch_count_out_of_bounds_is_refused_in_words(sampling: dict, message: str) -> None:
+    with pytest.raises(InvalidRequest) as error:
+        validate(_txt(**sampling), CATALOG, Limits())
+    assert str(error.value) == message
+
+
+def test_each_batch_counts_in_the_jobs_cost() -> None:
+    """One 64x64 image at 10 steps with guidance costs 10 x 2 x 8 x 8 = 1,280: four batches of it are 5,120, over
+    a cap of 5,000 that one batch of four images (the same work) is over too."""
+    limits = Limits(max_job_cost=5000)
+    validate(_txt(steps=10, batch_count=3), CATALOG, limits)  # 3,840
+    with pytest.raises(InvalidRequest) as error:
+        validate(_txt(steps=10, batch_count=4), CATALOG, limits)
+    assert str(error.value) == (
+        "This job is too large for this server: it costs 5,120 UNet evaluations x latent pixels and the limit is "
+        "5,000. Lower the steps, the batch count, the images per prompt, the width and height or the hires fix (at "
+        "most 9 steps fit with the other settings unchanged).")
+    with pytest.raises(InvalidRequest, match="it costs 5,120 UNet"):
+        validate(_txt(steps=10, batch_size=4), CATALOG, limits)
+    upscale = UpscaleRequest("x", image=Image.new("RGB", (64, 64)),
+                             sampling=Sampling(steps=2, batch_count=2))
+    with pytest.raises(InvalidRequest, match="Lower the steps, the batch count, the images per prompt or the input"):
+        validate(upscale, CATALOG, Limits(max_job_cost=10))
+
+
+def test_batches_run_one_after_another_with_their_own_seeds_and_progress_over_all(tmp_path) -> None:
+    service = fake_service(tmp_path)
+    events: list[tuple[int, int]] = []
+    result = service.run(_txt(batch_size=2, batch_count=3), lambda done, total, preview: events.append((done, total)),
+                         owner="visitor")
+    assert len(result.images) == 6 and result.seed == 100 and not result.stopped
+    seeds = [text.split("Seed: ")[1].split(",")[0] for text in (image.info["parameters"] for image in result.images)]
+    assert seeds == ["100", "101", "102", "103", "104", "105"]  # the double labels rows seed + row
+    assert events == [(done, 9) for done in range(1, 10)]  # 3 steps x 3 batches
+    assert result.request.sampling.batch_count == 3
+    assert [read_png_parameters(path) for path in result.saved] == [i.info["parameters"] for i in result.images]
+    assert [len(entry.images) for entry in service.history("visitor")] == [6]  # one History entry
+
+
+def test_stop_between_or_within_batches_keeps_the_batches_finished_before_it(tmp_path) -> None:
+    """Stop in batch 2's first step: batch 1 is the result (kept and saved), said in a warning; Stop in batch 1:
+    Cancelled, nothing kept."""
+    service = fake_service(tmp_path)
+    seen: list[int] = []
+    result = service.run(_txt(batch_count=3, seed=5), lambda done, total, preview: seen.append(done),
+                         should_stop=lambda: len(seen) >= 4)
+    assert result.stopped and len(result.images) == 1 and len(result.saved) == 1
+    assert result.warnings == ["Stopped in batch 2/3: these are the images of the 1 batch before it."]
+    assert seen == [1, 2, 3, 4]  # the run ended at batch 2's next step
+    stopped_between = service.run(_txt(batch_count=3, seed=5), lambda done, total, preview: seen.append(done),
+                                  should_stop=lambda: len(seen) >= 10)  # after batch 2's last step
+    assert len(stopped_between.images) == 2 and len(seen) == 10
+    with pytest.raises(Cancelled):
+        service.run(_txt(batch_count=3), should_stop=lambda: True)
+
+
+def test_the_progress_line_and_stop_say_the_batch() -> None:
+    assert batch_status(23, 80, 4) == "Batch 2/4, step 3/20"
+    assert batch_status(20, 80, 4) == "Batch 1/4, step 20/20"
+    assert batch_status(3, 20, 1) == "Step 3/20"
+    assert stopped_in_batch(3, 60, 3) == "Stopped in batch 1/3 after 3/20 steps."
+    assert stopped_in_batch(43, 60, 3) == "Stopped in batch 3/3 after 3/20 steps. 2 finished batches kept (History)."
+    assert stopped_in_batch(20, 60, 3) == "Stopped in batch 1/3 after 20/20 steps. 1 finished batch kept (History)."
+
