@@ -89,12 +89,15 @@ def batch_status(done: int, total: int, count: int) -> str:
     return f"Batch {batch}/{count}, step {step}/{steps}"
 
 
-def stopped_in_batch(done: int, total: int, count: int) -> str:
-    """What Stop says of a run of `count` batches stopped after step `done` of `total`."""
+def stopped_in_batch(done: int, total: int, count: int, kept: bool = True) -> str:
+    """What Stop says of a run of `count` batches stopped after step `done` of `total`; `kept`: whether the run
+    keeps the batches finished before it (not where its result would come back through the closed stream: a
+    ZeroGPU call's, `sd2_app.api.gpu_call`)."""
     batch, step, steps = where(done, total, count)
     finished = batch if step >= steps else batch - 1
-    kept = f" {finished} finished batch{'' if finished == 1 else 'es'} kept (History)." if finished else ""
-    return f"Stopped in batch {batch}/{count} after {step}/{steps} steps.{kept}"
+    plural = "" if finished == 1 else "es"
+    said = f" {finished} finished batch{plural} kept (History)." if finished and kept else ""
+    return f"Stopped in batch {batch}/{count} after {step}/{steps} steps.{said}"
 
 
 def run_batches(run_one: Callable[[Any, ProgressFn | None], Result], request: Any, on_progress: ProgressFn | None,

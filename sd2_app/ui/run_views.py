@@ -59,7 +59,7 @@ class RequestView:
 
         def noting(on_progress: ProgressFn, should_stop: Callable[[], bool]) -> Result:
             def progress(done: int, total: int, preview: Any) -> None:
-                flag.note = stopped_in_batch(done, total, count)  # what Stop says from now on
+                flag.note = stopped_in_batch(done, total, count, keep)  # what Stop says from now on
                 on_progress(done, total, preview)
 
             return run(progress, should_stop)

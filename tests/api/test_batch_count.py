@@ -111,4 +111,6 @@ def test_the_progress_line_and_stop_say_the_batch() -> None:
     assert stopped_in_batch(3, 60, 3) == "Stopped in batch 1/3 after 3/20 steps."
     assert stopped_in_batch(43, 60, 3) == "Stopped in batch 3/3 after 3/20 steps. 2 finished batches kept (History)."
     assert stopped_in_batch(20, 60, 3) == "Stopped in batch 1/3 after 20/20 steps. 1 finished batch kept (History)."
+    # a ZeroGPU call's result comes back through the stream Stop closes: nothing is kept, so nothing is said
+    assert stopped_in_batch(43, 60, 3, kept=False) == "Stopped in batch 3/3 after 3/20 steps."
 
