@@ -252,8 +252,8 @@ def txt2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
     checkpoint = _checkpoint(body, "txt2img", checkpoint_for)
     sampling = _sampling(body, names, seed, n_iter, "txt2img")
     request = rq.Txt2ImgRequest(**prompts, checkpoint=checkpoint, width=body.get("width", 512),
-                             height=body.get("height", 512), sampling=sampling, hires=_hires(body, names), seed_extras=_seed_extras(body),
-                             tiling=body.get("tiling", False))
+                                height=body.get("height", 512), sampling=sampling, hires=_hires(body, names),
+                                seed_extras=_seed_extras(body), tiling=body.get("tiling", False))
     return Job("txt2img", request, checkpoint, _send_images(body), tuple(body.get("styles") or ()))
 
 

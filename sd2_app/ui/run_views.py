@@ -3,8 +3,8 @@ path).
 
 A `RunView` is made per run: it starts the job and says what a finished step shows besides the preview (new
 gallery items, the info line); `stream_result` decides when a step is shown. `RequestView` serves every tab's
-request (`Service.run`): "Step n/N", or with a batch count "Batch b/B, step n/N". The X/Y/Z plot has its own (`xyz_plot.PlotView`): finished cells join the
-gallery as they come.
+request (`Service.run`): "Step n/N", or with a batch count "Batch b/B, step n/N". The X/Y/Z plot has its own
+(`xyz_plot.PlotView`): finished cells join the gallery as they come.
 """
 
 from __future__ import annotations

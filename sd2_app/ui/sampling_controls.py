@@ -17,9 +17,10 @@ if TYPE_CHECKING:
     from sd2_app.api.service import Service
 
 SAMPLING_NAMES = ("sampler", "use_karras", "steps", "cfg_scale", "guidance_rescale", "seed", "batch_size")
-# Eta came later: it is each tab's last API parameter (`run_events.wire_run`), so the positions above stay.
+# Eta and then the batch count came later: they are each tab's last API parameters, in this order
+# (`run_events.wire_run`), so the positions above stay.
 ETA_NAME = "eta"
-BATCH_COUNT_NAME = "batch_count"  # later still: after eta (`run_events.wire_run`)
+BATCH_COUNT_NAME = "batch_count"
 EXAMPLE_PROMPTS = ("High quality photo of an astronaut riding a horse in space", "two tigers", "a white cat")
 
 
@@ -86,8 +87,8 @@ def sampling_controls(
         randomize = gr.Button("Random seed", scale=1, size="sm", elem_id=f"{prefix}-random-seed")
         reuse = gr.Button("Reuse last seed", scale=1, size="sm", elem_id=f"{prefix}-reuse-seed")
     with gr.Row(visible=batch):  # A1111's order: Batch count, then Batch size
-        count_slider = gr.Slider(1, service.limits.max_images, 1, step=1, label="Batch count",
-                                 info="batches run one after another", visible=batch, elem_id=f"{prefix}-batch-count")
+        count_slider = gr.Slider(1, service.limits.max_images, 1, step=1, label="Batch count", visible=batch,
+                                 elem_id=f"{prefix}-batch-count")  # batches one after another
         batch_slider = gr.Slider(1, service.limits.max_batch, 1, step=1, label="Images per prompt", visible=batch,
                                  elem_id=f"{prefix}-batch-size")
 
