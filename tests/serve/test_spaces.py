@@ -159,6 +159,22 @@ def test_each_ui_call_asks_zerogpu_for_its_own_jobs_time(monkeypatch: pytest.Mon
     assert asked == [gpu_time.MIN_SECONDS, 29]
 
 
+def test_a_batch_count_asks_zerogpu_for_all_its_batches() -> None:
+    """A web run's batches run one after the other in its one GPU call (sd2_app/api/batch_count.py): a 768 image at
+    50 steps asks the minimum alone, three batches of it ask for their three costs."""
+    from sd2_app.api.service import Service
+    from tests.ui_doubles import FakeManager
+
+    service = Service(FakeManager(), outputs_dir=None, allowed_repos=())
+    sampling = Sampling(sampler="Euler", steps=50, cfg_scale=7.5, seed=1)
+    request = Txt2ImgRequest("x", checkpoint="sd21-base", width=768, height=768, sampling=sampling)
+    work = 50 * 2 * 96 * 96  # steps x 2 guided calls x latent pixels
+    assert gpu_time.seconds_for(service, request) == gpu_time.MIN_SECONDS == gpu_time.gpu_seconds(work)
+    tripled = Txt2ImgRequest("x", checkpoint="sd21-base", width=768, height=768,
+                             sampling=Sampling(**{**vars(sampling), "batch_count": 3}))
+    assert gpu_time.seconds_for(service, tripled) == gpu_time.gpu_seconds(3 * work) == 24
+
+
 def test_a_plot_asks_zerogpu_for_all_its_cells() -> None:
     """An X/Y/Z plot's duration is the sum of its cells' work (the plot runs them one after the other)."""
     from sd2_app.api.requests import PlotAxis, XYZPlotRequest
