@@ -90,7 +90,8 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
         targets = {  # the tabs of result_panel.IMAGE_TARGETS; Upscale takes no sampling settings (its own)
             "img2img": SendTarget(i2i.image, i2i.prompt, i2i.negative, i2i.sampling, styles=i2i.styles,
                                   tiling=i2i.tiling, size=i2i.size),
-            "inpaint": SendTarget(inp.editor, inp.prompt, inp.negative, inp.sampling, styles=inp.styles),
+            "inpaint": SendTarget(inp.editor, inp.prompt, inp.negative, inp.sampling, styles=inp.styles,
+                                  masked_content=inp.masked_content),
             **{key: SendTarget(tab.image, tab.prompt, tab.negative, tab.sampling, styles=tab.styles)
                for key, tab in (("outpaint", out), ("depth", dep))},
             "upscale": SendTarget(up.image, up.prompt, up.negative, styles=up.styles)}

@@ -19,7 +19,7 @@ from PIL import Image
 
 from sd2_app import infotext_keys as keys
 from sd2_app.api.a1111_samplers import read_sampler, sampler_named, schedule_label
-from sd2_app.api.requests import HIRES_UPSCALERS, HiresFix
+from sd2_app.api.requests import HIRES_UPSCALERS, MASKED_CONTENT, HiresFix
 from sd2_app.errors import shown
 from sd2_app.prompt_styles import with_styles_read
 from sd2_app.ui.result_panel import ResultPanel, selected_image
@@ -47,6 +47,7 @@ class SendTarget:
     tiling: gr.Checkbox | None = None  # the Tiling checkbox, where the tab has one
     styles: gr.Dropdown | None = None  # the Styles picker, where the host has prompt styles
     size: SizeBoxes | None = None  # width and height set to the image's own size (Image to image)
+    masked_content: gr.Radio | None = None  # Inpaint's "Masked content", set from a PNG's text
 
 
 def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[str, SendTarget],
@@ -148,14 +149,15 @@ def wire_parameters_send(service: Service, buttons: dict[str, gr.Button], galler
 
 def parameter_values(service: Service, parsed: dict[str, Any], into: SendTarget) -> tuple:
     """Parsed parameters as values of `into`'s `parameter_outputs`: the prompts, the sampling settings where `into`
-    has them, Tiling where it has it, and, where it has the Styles picker, the host's styles found in the prompts
-    (the prompts keep the rest, as PNG info's send does: `sd2_app.prompt_styles.with_styles_read`; none found:
-    none stays picked)."""
+    has them, Tiling and Masked content where it has them, and, where it has the Styles picker, the host's styles
+    found in the prompts (the prompts keep the rest, as PNG info's send does:
+    `sd2_app.prompt_styles.with_styles_read`; none found: none stays picked)."""
     if into.styles is not None:
         parsed = with_styles_read(parsed, service.styles)
     values: tuple = (parsed.get(keys.PROMPT, ""), parsed.get(keys.NEGATIVE_PROMPT, ""))
     values += sampling_values(parsed, into.sampling) if into.sampling is not None else ()
     values += () if into.tiling is None else (tiling_in(parsed),)
+    values += () if into.masked_content is None else (masked_content_in(parsed),)
     return values + (() if into.styles is None else (parsed.get(keys.STYLES_ARRAY, []),))
 
 
@@ -166,6 +168,7 @@ def parameter_outputs(into: SendTarget) -> list[gr.components.Component]:
         dest = into.sampling
         outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed, dest.eta]
     outputs += [] if into.tiling is None else [into.tiling]
+    outputs += [] if into.masked_content is None else [into.masked_content]
     return outputs + ([] if into.styles is None else [into.styles])
 
 
@@ -214,6 +217,18 @@ def hires_in(parsed: dict[str, Any]) -> bool:
 def tiling_in(parsed: dict[str, Any]) -> bool:
     """Whether parsed parameters say the image was made as a seamless tile ("Tiling: True"; absent: not)."""
     return bool(parsed.get(keys.TILING, False))
+
+
+def masked_content_in(parsed: dict[str, Any]) -> Any:
+    """Inpaint's Masked content from parsed parameters: "Masked content: ..." as A1111 writes it (modules/
+    processing.py, StableDiffusionProcessingImg2Img.init: "fill", "latent noise" or "latent nothing"), "original"
+    where the text has none (A1111 writes none for it); a value this app lacks is said in a warning and the
+    radio keeps its choice."""
+    content = parsed.get(keys.MASKED_CONTENT, "original")
+    if content in MASKED_CONTENT:
+        return content
+    gr.Warning(f"Masked content {shown(content)} is not available here; the current choice is kept.")
+    return gr.skip()
 
 
 def clamp_to(value: Any, slider: gr.Slider, key: str = "") -> Any:

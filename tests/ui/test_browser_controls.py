@@ -412,3 +412,21 @@ def test_on_a_phone_stop_stays_in_view_while_a_run_scrolls_to_the_results(browse
     assert prompt["y"] < run_box["y"] < prompt["y"] + 400, (prompt, run_box)  # back in the page, under the prompts
     page.screenshot(path=str(ARTIFACTS / "controls-phone-stopped.png"))
     page.context.close()
+
+
+def test_inpaint_has_a1111s_masked_content_radio_which_read_parameters_sets(page) -> None:
+    """Inpaint had no "Masked content" (the A1111 API's inpainting_fill only): A1111's radio, its label, choices
+    in its order and default "original", beside the mask settings; ↙ sets it from a pasted text's
+    "Masked content"."""
+    _go(page, "Inpaint")
+    radio = page.locator("#inpaint-masked-content")
+    expect(radio.locator("[data-testid=block-info]")).to_have_text("Masked content")
+    expect(radio.locator("label")).to_have_text(["fill", "original", "latent noise", "latent nothing"])
+    expect(radio.get_by_label("original", exact=True)).to_be_checked()
+    radio.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "controls-inpaint-masked-content.png"))
+    page.locator("#inpaint-prompt textarea").fill("a cat\nSteps: 2, Sampler: Euler, Seed: 7, Masked content: "
+                                                  "latent noise")
+    page.locator("#inpaint-read-parameters").click()
+    expect(radio.get_by_label("latent noise", exact=True)).to_be_checked(timeout=30_000)
+    expect(page.locator("#inpaint-prompt textarea")).to_have_value("a cat")
