@@ -98,13 +98,43 @@ def build_extras(service: Service, max_side: int, side: int) -> Txt2ImgExtras:
     tiling = gr.Checkbox(False, label="Tiling", info="seamless: the image's edges continue each other",
                          elem_id="txt2img-tiling")
     fix = build_hires(service, max_side, side)
-    with gr.Accordion("Extra seed options", open=False, elem_id="txt2img-seed-extras"):
+    with gr.Accordion(SEED_EXTRAS, open=False, elem_id="txt2img-seed-extras") as accordion:
         with gr.Row():
             variation_seed, variation_strength = _variation_row("txt2img")
         with gr.Row():
             resize_width = gr.Slider(0, max_side, 0, step=8, label="Resize seed from width", info="0 = off")
             resize_height = gr.Slider(0, max_side, 0, step=8, label="Resize seed from height", info="0 = off")
+    _wire_seed_extras_label(accordion, [variation_seed, variation_strength, resize_width, resize_height], "txt2img")
     return Txt2ImgExtras(fix, variation_seed, variation_strength, resize_width, resize_height, tiling)
+
+
+SEED_EXTRAS = "Extra seed options"
+
+
+def seed_extras_label(seed: Any, strength: Any, resize_width: Any = 0, resize_height: Any = 0) -> str:
+    """The "Extra seed options" accordion's label: the bare name while the options are off, else what is on
+    ("Extra seed options: variation seed 123 at 0.3, seed resize from 96x64"), so a send that sets them shows it
+    with the accordion closed, as the Hires fix header does (`hires_label`). Values that are not numbers (the run's
+    check says why) count as off."""
+    on = []
+    if _finite(strength) and strength > 0:
+        whose = f"variation seed {int(seed)}" if _finite(seed) and seed >= 0 else "random variation seed"
+        on.append(f"{whose} at {strength:g}")
+    if _finite(resize_width) and _finite(resize_height) and resize_width > 0 and resize_height > 0:
+        on.append(f"seed resize from {int(resize_width)}x{int(resize_height)}")
+    return f"{SEED_EXTRAS}: {', '.join(on)}" if on else SEED_EXTRAS
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _wire_seed_extras_label(accordion: gr.Accordion, inputs: list[gr.components.Component], prefix: str) -> None:
+    """The accordion's label follows its widgets (`seed_extras_label`; `inputs`: variation seed and strength, then
+    the seed resize's width and height where the tab has them)."""
+    gr.on([box.change for box in inputs], lambda *values: gr.update(label=seed_extras_label(*values)), inputs,
+          accordion, queue=False, show_progress="hidden", api_name=f"{prefix}_seed_extras_label",
+          api_visibility="private")
 
 
 def hires_size_note(width: Any, height: Any, scale: Any, resize_width: Any, resize_height: Any, max_side: int) -> str:
@@ -138,7 +168,7 @@ def _hires_sizes(width: Any, height: Any, scale: Any, resize_width: Any, resize_
                  max_side: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
     """(first pass size, hires target) from widget values; None for values that are not sizes."""
     values = (width, height, scale, resize_width or 0, resize_height or 0)
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+    if not all(_finite(v) for v in values):
         return None
     w, h = int(width), int(height)
     if not (0 < w <= 100 * max_side and 0 < h <= 100 * max_side and 0 < scale <= 100):
@@ -175,9 +205,10 @@ def build_img2img_extras() -> list[gr.components.Component]:
     """Image to image's Tiling checkbox and variation seed, in the order of `IMG2IMG_NAMES`."""
     tiling = gr.Checkbox(False, label="Tiling", info="seamless: the image's edges continue each other",
                          elem_id="img2img-tiling")
-    with gr.Accordion("Extra seed options", open=False, elem_id="img2img-seed-extras"):
+    with gr.Accordion(SEED_EXTRAS, open=False, elem_id="img2img-seed-extras") as accordion:
         with gr.Row():
             variation_seed, variation_strength = _variation_row("img2img")
+    _wire_seed_extras_label(accordion, [variation_seed, variation_strength], "img2img")
     return [variation_seed, variation_strength, tiling]
 
 

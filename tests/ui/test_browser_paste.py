@@ -123,3 +123,19 @@ def test_a_ddim_eta_png_sets_the_eta_slider_which_shows_for_ddim_only(page, tmp_
     page.locator("#txt2img-sampler input").first.fill("Euler")
     page.locator("#txt2img-sampler input").first.press("Enter")
     expect(page.locator("#txt2img-eta")).to_be_hidden()
+
+
+def test_a_sent_variation_seed_shows_in_the_closed_extra_seed_options_header(page, tmp_path: Path) -> None:
+    """A send that set a variation seed inside the closed "Extra seed options" showed nothing outside it, and the
+    next Generate made a variation; its header now says what is on, as the Hires fix header does (2b763cf)."""
+    text = ("a lighthouse\nSteps: 2, Sampler: Euler, Seed: 1234, Size: 64x64, Variation seed: 123, "
+            "Variation seed strength: 0.3, Seed resize from: 96x64")
+    _send_png(page, tmp_path / "variation.png", text, (40, 90, 20))
+    header = page.locator("#txt2img-seed-extras").get_by_text("Extra seed options", exact=False).first
+    expect(header).to_have_text("Extra seed options: variation seed 123 at 0.3, seed resize from 96x64",
+                                timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "paste-variation-seed.png"))
+    header.click()  # open: the widgets hold what the header says
+    expect(page.locator("#txt2img-variation-seed input[type=number]")).to_have_value("123")
+    _send_png(page, tmp_path / "plain.png", text.split(", Variation seed:")[0], (40, 90, 21))
+    expect(header).to_have_text("Extra seed options", timeout=30_000)  # all off again

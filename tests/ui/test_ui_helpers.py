@@ -481,3 +481,14 @@ def test_a_stop_flag_pickles_as_a_copy_of_its_state() -> None:
     assert copy is not flag and (copy.is_set(), copy.done, copy.total, copy.created) == (False, 3, 20, flag.created)
     flag.set()
     assert pickle.loads(pickle.dumps(flag)).is_set() and not copy.is_set()
+
+
+def test_the_extra_seed_options_header_says_what_is_on() -> None:
+    from sd2_app.ui.txt2img_extras import seed_extras_label
+
+    assert seed_extras_label(123, 0.3) == "Extra seed options: variation seed 123 at 0.3"
+    assert seed_extras_label(-1, 0.05) == "Extra seed options: random variation seed at 0.05"
+    assert seed_extras_label(123, 0) == "Extra seed options"  # strength 0: the variation seed does nothing
+    assert seed_extras_label(5, 1, 96, 64) == "Extra seed options: variation seed 5 at 1, seed resize from 96x64"
+    assert seed_extras_label(5, 0, 96, 0) == "Extra seed options"  # one side alone does not resize
+    assert seed_extras_label("x", None, float("nan"), True) == "Extra seed options"  # not numbers: off
