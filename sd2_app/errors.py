@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 MAX_SHOWN_CHARS = 60  # a message repeats at most this much of a value a visitor sent (`shown`)
 
 
@@ -25,7 +27,22 @@ class Busy(InvalidRequest):
 
 
 class Cancelled(Exception):
-    """Raised from a step callback when the user pressed Stop; the sampling loop lets it through."""
+    """Raised from a step callback when the user pressed Stop; the sampling loop lets it through.
+
+    On its way out it collects what the run made so far (docs/DESIGN.md, "Errors"), each None where nothing was
+    made (Stop before the first step, the hires fix's first pass, an upscale): `at`, the (step, steps) of the
+    run's progress when Stop ended it (the service's step callback, api/progress.py); `latents`, that step's x0
+    estimate (pipelines/loop.py); `output`, the task's output decoded from it by the task's own finishing path
+    (pipelines/sampling.py, `finished`); `result`, the Service's `Result` of that output (api/service.py,
+    `produce`), which only a user-facing run keeps (`Service.run`).
+    """
+
+    def __init__(self, *args: object, at: tuple[int, int] | None = None) -> None:
+        super().__init__(*args)
+        self.at = at
+        self.latents: Any = None
+        self.output: Any = None
+        self.result: Any = None
 
 
 def shown(value: object) -> str:

@@ -24,7 +24,7 @@ from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.prompt import ti_hashes
-from sd2_app.pipelines.sampling import start_job
+from sd2_app.pipelines.sampling import finished, start_job
 from sd2_app.pipelines.vae_io import vae_factor
 from sd2_app.api.requests import DepthRequest
 
@@ -92,11 +92,16 @@ def depth2img(
                         f"used {width}x{height}.")
     job = start_job(components, request, strength=request.strength, mode=mode)
     x = noised_init_latents(components, image, job.plan, sampling.batch_size, job.generator)
-    latents = job.denoise(x, concat=condition.repeat(job.rows, 1, 1, 1), on_step=on_step)  # (2B|B, 1, h, w)
-    images = postprocess(job.decode(latents))
-    settings = sampling_settings(sampling, width=width, height=height, model=components.key) | ti_hashes(job.embeddings)
-    settings[keys.DENOISING_STRENGTH] = request.strength
-    settings[keys.DEPTH] = "user map" if request.depth_map is not None else "DPT"
-    label_images(images, request.prompt, request.negative_prompt, settings)
-    return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings,
-                          depth_image=depth_image)
+
+    def finish(latents: torch.Tensor) -> PipelineOutput:
+        images = postprocess(job.decode(latents))
+        settings = sampling_settings(sampling, width=width, height=height, model=components.key)
+        settings |= ti_hashes(job.embeddings)
+        settings[keys.DENOISING_STRENGTH] = request.strength
+        settings[keys.DEPTH] = "user map" if request.depth_map is not None else "DPT"
+        label_images(images, request.prompt, request.negative_prompt, settings)
+        return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings,
+                              depth_image=depth_image)
+
+    concat = condition.repeat(job.rows, 1, 1, 1)  # (2B|B, 1, h, w)
+    return finished(lambda: job.denoise(x, concat=concat, on_step=on_step), finish)

@@ -11,7 +11,8 @@ The second pass draws from a fresh generator seeded with the request's seed (A11
 image-to-image by hand with that seed and that schedule (where its strength cut runs the hires steps): for
 pixel upscalers, the posterior sample of the upscaled image, then the noise; for latent upscalers, only the
 noise. The seed extras shape the first pass only. Progress counts both passes on one bar: the first pass's
-steps, then the second's after them.
+steps, then the second's after them. Stop in the second pass keeps its image so far, at the target size
+(pipelines/sampling.py, `finished`); Stop in the first pass keeps nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.output import PipelineOutput, label_images
 from sd2_app.pipelines.prompt_plan import hires_prompt_steps
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
-from sd2_app.pipelines.sampling import draw_noise, start_job
+from sd2_app.pipelines.sampling import changed, draw_noise, finished, start_job
 from sd2_app.pipelines.seamless import tiled_components
 from sd2_app.pipelines.generate import generate, txt2img_settings
 from sd2_app.pipelines.vae_io import decode_in, encode, vae_factor
@@ -119,12 +120,16 @@ def second_pass(
     target_w, target_h = hires.target(*first_size)
     init = crop_latents(init, (target_h // factor, target_w // factor))  # an upscale covering an explicit size
     noise = draw_noise(tuple(init.shape), job.generator, components.device, components.dtype)
-    latents = job.denoise(add_noise(init, noise, job.plan.schedule.sigmas[0]), on_step=on_step)
-    images = postprocess(job.decode(latents))
-    height, width = images[0].height, images[0].width
-    settings = hires_settings(request, components, *first_size, job.embeddings)
-    label_images(images, request.prompt, request.negative_prompt, settings)
-    return PipelineOutput(images=images, latents=latents, width=width, height=height)
+
+    def finish(latents: torch.Tensor) -> PipelineOutput:
+        images = postprocess(job.decode(latents))
+        height, width = images[0].height, images[0].width
+        settings = hires_settings(request, components, *first_size, job.embeddings)
+        label_images(images, request.prompt, request.negative_prompt, settings)
+        return PipelineOutput(images=images, latents=latents, width=width, height=height)
+
+    start_latents = add_noise(init, noise, job.plan.schedule.sigmas[0])
+    return finished(lambda: job.denoise(start_latents, on_step=on_step), finish)
 
 
 def _offset(on_step: LatentProgressFn | None, before: int, total: int) -> LatentProgressFn | None:
@@ -154,9 +159,10 @@ def hires_fix(components: Components, request: Txt2ImgRequest, on_step: LatentPr
     else:
         pixels = postprocess(decode_in(mode, components.vae, latents))
         start = [image.resize((cover_w, cover_h), LANCZOS) for image in pixels]
-    output = second_pass(components, request, start, (width, height), _offset(on_step, first_steps, total), mode)
-    output.warnings = warnings  # the first pass's (the second pass runs at the size it was given)
-    return output
+    # The warnings are the first pass's (the second pass runs at the size it was given).
+    return changed(lambda: second_pass(components, request, start, (width, height),
+                                       _offset(on_step, first_steps, total), mode),
+                   lambda output: replace(output, warnings=warnings))
 
 
 @torch.inference_mode()

@@ -9,7 +9,7 @@ strength 1, A1111's "Masked content" (`InpaintRequest.masked_content`): what the
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.prompt import ti_hashes
-from sd2_app.pipelines.sampling import draw_noise, start_job
+from sd2_app.pipelines.sampling import draw_noise, finished, start_job
 from sd2_app.pipelines.generate import native_size
 from sd2_app.pipelines.vae_io import encode, vae_factor
 from sd2_app.api.requests import InpaintRequest
@@ -66,6 +66,20 @@ def _masked_start(content: str, mask: torch.Tensor, generator: torch.Generator,
     return start
 
 
+Generated = Callable[[list[Image.Image], torch.Tensor, list["TextualInversion"]], PipelineOutput]
+
+
+class WorkArea(NamedTuple):
+    """What the reference algorithm runs on and how its images become the output (`_work_area`)."""
+
+    image: Image.Image
+    mask: Image.Image
+    size: tuple[int, int]  # (width, height) the algorithm works at
+    out_size: tuple[int, int]
+    place: Callable[[list[Image.Image]], list[Image.Image]]  # the generated images -> the output images
+    only_masked: bool  # cropped around the mask ("Only masked" with a mask that is not empty)
+
+
 def _generate(
     components: Components,
     request: InpaintRequest,
@@ -73,11 +87,11 @@ def _generate(
     mask: Image.Image,
     size: tuple[int, int],
     on_step: LatentProgressFn | None,
-    warnings: list[str],
     mode: RunMode,
-) -> tuple[list[Image.Image], torch.Tensor, list[TextualInversion]]:
-    """The reference algorithm on (image, mask) resized to `size`: returns decoded images, latents and the
-    embeddings the prompts used."""
+    finish: Generated,
+) -> PipelineOutput:
+    """The reference algorithm on (image, mask) resized to `size`: `finish(decoded images, latents, the embeddings
+    the prompts used)`, of the loop's end or, after Stop, of the image so far (`finished`)."""
     sampling = request.sampling
     factor = vae_factor(components.vae)
     width, height = size
@@ -101,8 +115,65 @@ def _generate(
     masked_latents = encode(components.vae, masked_image, job.generator)  # (1, 4, h, w)
     mask_latent = mask_latent.to(masked_latents.device)
     concat = torch.cat([mask_latent, masked_latents], dim=1).repeat(job.rows, 1, 1, 1)  # (2B|B, 5, h, w)
-    latents = job.denoise(x, concat=concat, on_step=on_step)
-    return postprocess(job.decode(latents)), latents, job.embeddings
+    return finished(lambda: job.denoise(x, concat=concat, on_step=on_step),
+                    lambda latents: finish(postprocess(job.decode(latents)), latents, job.embeddings))
+
+
+def _work_area(
+    components: Components, request: InpaintRequest, full_mask: Image.Image, warnings: list[str]
+) -> WorkArea:
+    """The reference algorithm's `WorkArea`: "only masked" crops around the mask, works at the model's resolution
+    and pastes back; else the whole image at a multiple of the VAE factor, pasted back over the original with
+    `keep_unmasked`."""
+    original = request.image.convert("RGB")
+    box = crop_box(full_mask, request.only_masked_padding, aspect=1.0) if request.only_masked else None
+    if request.only_masked and box is None:
+        warnings.append("The mask is empty; inpainted the whole image instead of only the masked area.")
+    if box is not None:
+        native = native_size(components)
+        canvas_size = (box[2] - box[0], box[3] - box[1])
+
+        def in_box(generated: list[Image.Image]) -> list[Image.Image]:
+            images = []
+            for image in generated:
+                canvas = original.copy()
+                canvas.paste(image.resize(canvas_size, Image.Resampling.LANCZOS), box[:2])
+                images.append(paste_back(original, canvas, full_mask, request.mask_blur)
+                              if request.keep_unmasked else canvas)
+            return images
+
+        return WorkArea(original.crop(box), full_mask.crop(box), (native, native), original.size, in_box, True)
+    factor = vae_factor(components.vae)
+    work_size = floor_size(original.width, original.height, factor)
+    if work_size != original.size:
+        warnings.append(f"Size {original.width}x{original.height} is not a multiple of {factor}; "
+                        f"worked at {work_size[0]}x{work_size[1]}.")
+    if not request.keep_unmasked:
+        return WorkArea(original, request.mask, work_size, work_size, list, False)
+
+    def pasted(generated: list[Image.Image]) -> list[Image.Image]:
+        return [paste_back(original, image.resize(original.size, Image.Resampling.LANCZOS), full_mask,
+                           request.mask_blur) for image in generated]
+
+    return WorkArea(original, request.mask, work_size, original.size, pasted, False)
+
+
+def _settings(components: Components, request: InpaintRequest, area: WorkArea, embeddings: list[TextualInversion],
+              extra_settings: Settings | None) -> Settings:
+    """The parameters text's settings, A1111's inpainting keys among them."""
+    width, height = area.out_size
+    settings = sampling_settings(request.sampling, width=width, height=height, model=components.key)
+    settings |= ti_hashes(embeddings)
+    settings[keys.DENOISING_STRENGTH] = request.strength
+    settings[keys.MASK_BLUR] = request.mask_blur
+    if area.only_masked:
+        settings[keys.INPAINT_AREA] = "Only masked"
+        settings[keys.MASKED_AREA_PADDING] = request.only_masked_padding
+    settings[keys.KEEP_UNMASKED] = request.keep_unmasked
+    if request.masked_content != "original" and request.strength < 1.0:  # at strength 1 the start is noise
+        settings[keys.MASKED_CONTENT] = request.masked_content
+    settings.update(extra_settings or {})
+    return settings
 
 
 @torch.inference_mode()
@@ -117,52 +188,18 @@ def inpaint(
     if components.unet.config.in_channels != 9:
         raise InvalidRequest(f"{components.key} is not an inpainting checkpoint (its UNet takes "
                              f"{components.unet.config.in_channels} channels, inpainting needs 9)")
-    factor = vae_factor(components.vae)
     warnings: list[str] = []
-    original = request.image.convert("RGB")
-    full_mask = binarize(request.mask, original.size)
-    box = crop_box(full_mask, request.only_masked_padding, aspect=1.0) if request.only_masked else None
-    if request.only_masked and box is None:
-        warnings.append("The mask is empty; inpainted the whole image instead of only the masked area.")
+    full_mask = binarize(request.mask, request.image.size)
+    area = _work_area(components, request, full_mask, warnings)
+    out_size = area.out_size
 
-    if box is not None:
-        native = native_size(components)
-        generated, latents, embeddings = _generate(components, request, original.crop(box), full_mask.crop(box),
-                                       (native, native), on_step, warnings, mode)
-        canvas_size = (box[2] - box[0], box[3] - box[1])
-        images = []
-        for image in generated:
-            canvas = original.copy()
-            canvas.paste(image.resize(canvas_size, Image.Resampling.LANCZOS), box[:2])
-            images.append(paste_back(original, canvas, full_mask, request.mask_blur)
-                          if request.keep_unmasked else canvas)
-        out_size = original.size
-    else:
-        work_size = floor_size(original.width, original.height, factor)
-        if work_size != original.size:
-            warnings.append(f"Size {original.width}x{original.height} is not a multiple of {factor}; "
-                            f"worked at {work_size[0]}x{work_size[1]}.")
-        generated, latents, embeddings = _generate(components, request, original, request.mask, work_size, on_step, warnings,
-                                       mode)
-        if request.keep_unmasked:
-            images = [paste_back(original, image.resize(original.size, Image.Resampling.LANCZOS), full_mask,
-                                 request.mask_blur) for image in generated]
-            out_size = original.size
-        else:
-            images, out_size = generated, work_size
+    def finish(generated: list[Image.Image], latents: torch.Tensor,
+               embeddings: list[TextualInversion]) -> PipelineOutput:
+        images = area.place(generated)
+        label_images(images, request.prompt, request.negative_prompt,
+                     _settings(components, request, area, embeddings, extra_settings))
+        mask_image = full_mask if out_size == request.image.size else binarize(request.mask, out_size)
+        return PipelineOutput(images=images, latents=latents, width=out_size[0], height=out_size[1],
+                              warnings=warnings, mask_image=mask_image)
 
-    settings = sampling_settings(request.sampling, width=out_size[0], height=out_size[1], model=components.key)
-    settings |= ti_hashes(embeddings)
-    settings[keys.DENOISING_STRENGTH] = request.strength
-    settings[keys.MASK_BLUR] = request.mask_blur
-    if box is not None:
-        settings[keys.INPAINT_AREA] = "Only masked"
-        settings[keys.MASKED_AREA_PADDING] = request.only_masked_padding
-    settings[keys.KEEP_UNMASKED] = request.keep_unmasked
-    if request.masked_content != "original" and request.strength < 1.0:  # at strength 1 the start is noise
-        settings[keys.MASKED_CONTENT] = request.masked_content
-    settings.update(extra_settings or {})
-    label_images(images, request.prompt, request.negative_prompt, settings)
-    mask_image = full_mask if out_size == original.size else binarize(request.mask, out_size)
-    return PipelineOutput(images=images, latents=latents, width=out_size[0], height=out_size[1],
-                          warnings=warnings, mask_image=mask_image)
+    return _generate(components, request, area.image, area.mask, area.size, on_step, mode, finish)

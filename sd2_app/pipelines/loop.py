@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from sd2_app.api.requests import guidance_on
+from sd2_app.errors import Cancelled
 from sd2_app.nn.unet import Denoiser
-from sd2_app.samplers.base import NoiseSource
+from sd2_app.samplers.base import NoiseSource, StepFn
 from sd2_app.pipelines.tiling import TileWeights, run_tiled
 from sd2_app.samplers.denoiser import make_denoiser
 from sd2_app.samplers.registry import SamplerSpec
@@ -138,6 +139,23 @@ def _tiled(model: GuidedModel, tiling: Tiling) -> Callable[[torch.Tensor, float,
     return tiled_model
 
 
+def _reporting(on_step: LatentProgressFn | None, total: int) -> StepFn:
+    """The sampler's `on_step(i, x, x0)` as the loop's `on_step(i + 1, total, x0)`; a `Cancelled` from that (Stop
+    after step i + 1) goes on with that step's x0 estimate as its `latents` (a reference, no copy)."""
+
+    def step_done(i: int, x_now: torch.Tensor, x0: torch.Tensor) -> None:
+        if on_step is None:
+            return
+        try:
+            on_step(i + 1, total, x0)
+        except Cancelled as stop:
+            if stop.latents is None:
+                stop.latents = x0
+            raise
+
+    return step_done
+
+
 def run_sampling(
     unet: Denoiser,
     cond: Conditioning,
@@ -159,7 +177,11 @@ def run_sampling(
     `sampler` is a `SamplerSpec`; `sampler_options` are extra keyword arguments for its function (DDIM's eta).
     Guidance is on where `guidance_on(cfg_scale)`; then `cond` must hold both halves.
     `on_step(done, total, x0)` runs after every sampler step with the current clean-latent estimate, for
-    progress and previews; raising `sd2_app.errors.Cancelled` there stops the run (it propagates).
+    progress and previews; raising `sd2_app.errors.Cancelled` there stops the run: it propagates, carrying that
+    step's x0 estimate as `latents` (a reference: no copy, no device read) for the task to finish as the image so
+    far (`pipelines.sampling.finished`). A1111's Interrupt keeps the same: modules/sd_samplers_kdiffusion.py,
+    `launch_sampling` returns `last_latent`, the `denoised` its step callback kept. The x0 estimate, not the noisy
+    latents: at step 10 of 60 those still hold most of the noise, while x0 is what the live preview showed.
     `fp32_attention` computes every attention product in fp32 (the fallback ladder's rerun after NaN/inf).
     The UNet's calls are counted from 0 to pick each one's context phase (`cond.phases`, prompt editing).
     The result is converted from sigma space back to the VAE's latent space, ready for decoding.
@@ -183,10 +205,7 @@ def run_sampling(
     denoise = make_denoiser(model_fn, prediction_type)
     total = len(schedule.sigmas) - 1
 
-    def step_done(i: int, x_now: torch.Tensor, x0: torch.Tensor) -> None:
-        if on_step is not None:
-            on_step(i + 1, total, x0)
-
     with torch.inference_mode():
-        x = sampler.fn(denoise, x.float(), schedule, generator=generator, on_step=step_done, **(sampler_options or {}))
+        x = sampler.fn(denoise, x.float(), schedule, generator=generator, on_step=_reporting(on_step, total),
+                       **(sampler_options or {}))
     return x / math.sqrt(1.0 + schedule.sigmas[-1] ** 2)

@@ -28,6 +28,7 @@ from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.mask_fill import fill_from_surroundings
 from sd2_app.pipelines.output import PipelineOutput
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
+from sd2_app.pipelines.sampling import changed
 
 EDGE_NOISE_STD = 12.0  # grey levels of the noise added to the edge fill
 
@@ -70,5 +71,5 @@ def outpaint(
     )
     settings = {key: getattr(request, side) for side, key in keys.OUTPAINT_MARGINS.items()}
     settings[keys.OUTPAINT_FILL] = request.fill
-    output = inpaint(components, inner, on_step, mode, extra_settings=settings)
-    return replace(output, mask_image=mask)
+    return changed(lambda: inpaint(components, inner, on_step, mode, extra_settings=settings),
+                   lambda output: replace(output, mask_image=mask))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
-from sd2_app.errors import InvalidRequest
+from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.pipelines.loop import Conditioning, LatentProgressFn, Tiling, run_sampling
 from sd2_app.pipelines.output import PipelineOutput
 from sd2_app.pipelines.prompt_plan import PromptSteps, prompt_steps
@@ -24,6 +25,10 @@ from sd2_app.samplers.schedules import Schedule, SchedulerConfig
 
 if TYPE_CHECKING:
     from sd2_app.loading.embeddings import TextualInversion
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -134,8 +139,37 @@ class PreparedRun:
     finish: Callable[[torch.Tensor], PipelineOutput]  # denoised latents (B, 4, h, w) -> the task's output
 
     def complete(self, on_step: LatentProgressFn | None = None) -> PipelineOutput:
-        """Denoise the start latents and finish: the task's whole run."""
-        return self.finish(self.job.denoise(self.start, on_step=on_step))
+        """Denoise the start latents and finish: the task's whole run (Stop: `finished`)."""
+        return finished(lambda: self.job.denoise(self.start, on_step=on_step), self.finish)
+
+
+def finished(denoise: Callable[[], torch.Tensor], finish: Callable[[torch.Tensor], T]) -> T:
+    """`finish(denoise())`: a task's loop, then its finishing path (decode, paste back, label). When Stop ends the
+    loop after a step, the `Cancelled` goes on with `output` = `finish` of that step's x0 estimate, the image so
+    far as the task makes its end (docs/DESIGN.md, "Errors"); a finish that fails then leaves it without one."""
+    try:
+        latents = denoise()
+    except Cancelled as stop:
+        if stop.latents is not None and stop.output is None:
+            try:
+                stop.output = finish(stop.latents)
+            except Exception:  # noqa: BLE001  # the Stop stands; only the image so far is lost
+                log.warning("could not finish the image so far of a stopped run", exc_info=True)
+            stop.latents = None  # used: the exception no longer holds the device tensor
+        raise
+    return finish(latents)
+
+
+def changed(run: Callable[[], PipelineOutput], change: Callable[[PipelineOutput], PipelineOutput]) -> PipelineOutput:
+    """`change(run())`, a task's last touch to an output another task made (outpainting's mask, the hires fix's
+    warnings); after Stop, to the image so far that the `Cancelled` carries (`finished`) too."""
+    try:
+        output = run()
+    except Cancelled as stop:
+        if stop.output is not None:
+            stop.output = change(stop.output)
+        raise
+    return change(output)
 
 
 def start_job(components: Components, request: TaskRequest, *, strength: float | None = None,
