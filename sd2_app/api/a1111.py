@@ -313,8 +313,9 @@ def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
 
 
 def info_json(job: Job, results: list[Result], started: float) -> str:
-    """A1111's `info`: the first request's settings, then per image its seed and parameters text."""
-    first = results[0].request
+    """A1111's `info`: the first request's settings, then per image its seed and parameters text (none when
+    /interrupt stopped the job before its first step: then the job request's settings, in that shape)."""
+    first = results[0].request if results else job.request
     sampling = first.sampling
     images = [image for result in results for image in result.images]
     seeds = [result.image_seed(index) for result in results for index in range(len(result.images))]
@@ -323,7 +324,7 @@ def info_json(job: Job, results: list[Result], started: float) -> str:
     return json.dumps({
         "prompt": first.prompt, "all_prompts": [first.prompt] * len(images),
         "negative_prompt": first.negative_prompt, "all_negative_prompts": [first.negative_prompt] * len(images),
-        "seed": results[0].seed, "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * len(images),
+        "seed": first.sampling.seed, "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * len(images),
         "subseed_strength": 0, "width": width, "height": height, "sampler_name": sampling.sampler,
         "scheduler": "Karras" if sampling.use_karras else "Automatic", "cfg_scale": sampling.cfg_scale,
         "steps": sampling.steps, "batch_size": sampling.batch_size, "restore_faces": False,

@@ -205,9 +205,10 @@ class A1111Api:
             client: Request, stop: threading.Event | None = None) -> dict[str, Any]:
         """Build the job (`make_job`: decode and check the body) once it has its place (`_track`), check it whole
         (its batch count's limits and cost: `batch_count`), then run each batch through the Service; after
-        /interrupt, the batches finished so far are returned; a job the app's
-        close stopped answers 503 (`STOPPED_AT_CLOSE_MESSAGE`). `client`: the HTTP request (its address); `stop`:
-        set when the client has gone (`a1111_disconnects`), stops the job as /interrupt does."""
+        /interrupt, the batches finished so far are returned with the stopped one's image so far (as A1111's
+        Interrupt); a job the app's close stopped answers 503 (`STOPPED_AT_CLOSE_MESSAGE`). `client`: the HTTP
+        request (its address); `stop`: set when the client has gone (`a1111_disconnects`), stops the job as
+        /interrupt does."""
         address = self.job_admission.addresses.of(client)
         tracked = self._track(task, address, stop)
         results: list[Result] = []
@@ -223,10 +224,11 @@ class A1111Api:
                     break
         finally:
             self._untrack(tracked, address)
-        if len(results) < len(batches) and self._closing:
+        stopped = len(results) < len(batches) or results[-1].stopped_at is not None
+        if stopped and self._closing:
             raise HTTPException(503, STOPPED_AT_CLOSE_MESSAGE)
         encoded = [data for result in results for data in result.png]  # each image's PNG, as the Service encoded it
-        info = a1111.info_json(job, results, tracked.started) if results else '{"interrupted": true}'
+        info = a1111.info_json(job, results, tracked.started)
         return {"images": [base64.b64encode(data).decode("ascii") for data in encoded] if job.send_images else [],
                 "parameters": a1111.echo_parameters(body), "info": info}
 
@@ -236,10 +238,16 @@ class A1111Api:
         lock-holding `_Tracked`) cannot go: there it runs without them (/progress shows no steps, /interrupt
         stops the job before its next batch)."""
         if not self._gpu_call.forks:
-            return self._gpu_call.run(checked, tracked.on_progress, tracked.stop.is_set, owner=HISTORY_OWNER)
+            return self._gpu_call.run(checked, tracked.on_progress, tracked.stop.is_set, owner=HISTORY_OWNER,
+                                      keep_stopped=self._keeps_stopped)
         if tracked.stop.is_set():
             raise Cancelled
         return self._gpu_call.run(checked, owner=HISTORY_OWNER)
+
+    def _keeps_stopped(self) -> bool:
+        """Whether a job's batch that Stop ended after a sampling step keeps the image so far (`Service.run`):
+        after /interrupt or the client's leaving, as A1111's Interrupt does; not after the app's close."""
+        return not self._closing
 
     def _jobs_of(self, address: str) -> list[_Tracked]:
         """The API jobs of the network address `address`, oldest first. Called with `_lock` held."""

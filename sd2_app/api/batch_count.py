@@ -12,7 +12,8 @@ A1111 API's `n_iter`):
 - Each batch is a request of its own (batch count 1): its images carry its own parameters text, whose seed is
   the batch's; the text has no batch count, as A1111 writes none ("Batch size" and "Batch pos" only).
 - Stop ends the running batch at its next step and starts no other; the batches finished before it are the
-  result (`Result.stopped`), as A1111's Interrupt keeps the images made so far. Nothing finished: `Cancelled`.
+  result (`Result.stopped`), with the stopped batch's image so far where the run keeps it (a visitor's Stop:
+  `Service.run`'s `keep_stopped`), as A1111's Interrupt keeps the images made so far. Nothing kept: `Cancelled`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from sd2_app.api.checks import Limits, integer
+from sd2_app.api.progress import kept_so_far
 from sd2_app.api.results import ProgressFn, Result
 from sd2_app.errors import Cancelled, InvalidRequest
 
@@ -101,17 +103,19 @@ def stopped_in_batch(done: int, total: int, count: int, kept: bool = True) -> st
 
 
 def run_batches(run_one: Callable[[Any, ProgressFn | None], Result], request: Any, on_progress: ProgressFn | None,
-                should_stop: Callable[[], bool] | None) -> Result:
+                should_stop: Callable[[], bool] | None, keep_stopped: Callable[[], bool] | None = None) -> Result:
     """Every batch of the validated `request`, one after another (`run_one(batch, on_progress)` runs one), as one
-    `Result`: their images in order, the first batch's seed; after Stop, the batches finished before it
-    (`stopped`, with a warning that says so), or `Cancelled` when none had finished."""
+    `Result`: their images in order, the first batch's seed; after Stop, the batches finished before it and,
+    where `keep_stopped()` says so, the stopped batch's image so far (`progress.kept_so_far`; `stopped`, with a
+    warning that says so), or `Cancelled` when nothing was kept."""
     batches = batch_requests(request)
     results: list[Result] = []
     for index, batch in enumerate(batches):
         try:
             if should_stop is not None and should_stop():
                 raise Cancelled
-            results.append(run_one(batch, in_batch(on_progress, index, len(batches))))
+            report = in_batch(on_progress, index, len(batches))
+            results.append(kept_so_far(lambda: run_one(batch, report), keep_stopped))  # noqa: B023  # called here
         except Cancelled:
             if not results:
                 raise
@@ -123,14 +127,16 @@ def _joined(request: Any, results: list[Result], count: int) -> Result:
     first = results[0]
     warnings = [w for i, result in enumerate(results) for w in result.warnings
                 if w not in [v for earlier in results[:i] for v in earlier.warnings]]
-    stopped = len(results) < count
+    so_far = results[-1].stopped_at is not None  # the last is the stopped batch's image so far
+    finished = len(results) - so_far
+    stopped = finished < count
     if stopped:
-        warnings.append(f"Stopped in batch {len(results) + 1}/{count}: these are the images of the {len(results)} "
-                        f"batch{'' if len(results) == 1 else 'es'} before it.")
+        warnings.append(f"Stopped in batch {finished + 1}/{count}: these are the images of the {finished} "
+                        f"batch{'' if finished == 1 else 'es'} before it{' and its image so far' if so_far else ''}.")
     timings: dict[str, float] = {}
     for result in results:
         for phase, seconds in result.timings.items():
             timings[phase] = timings.get(phase, 0.0) + seconds
     return replace(first, request=request, images=[image for result in results for image in result.images],
-                   warnings=warnings, timings=timings, stopped=stopped,
+                   warnings=warnings, timings=timings, stopped=stopped, stopped_at=results[-1].stopped_at,
                    seeds=[result.seed for result in results for _ in result.images])

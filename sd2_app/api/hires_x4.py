@@ -6,6 +6,7 @@ checkpoint again (the txt2img pipeline, given a `HiresPassRequest`, runs pipelin
 which resizes the x4 output to the upscale size and crops its latents to the target). Each job holds the
 manager's lock only while it runs, so no job ever holds two checkpoints' lock at once.
 
+Stop in the second pass keeps its image so far (pipelines/hires.py); Stop before it keeps nothing.
 The x4 stage uses the Upscale tab's defaults (DDIM, CFG 9, noise level 20) at the hires steps, with the
 request's prompts and seed.
 """
@@ -21,6 +22,7 @@ from PIL import Image
 from sd2_app.api.requests import HiresPassRequest, Txt2ImgRequest, UpscaleRequest
 from sd2_app.api.results import ProgressFn
 from sd2_app.api.upscaler_names import x4_checkpoint
+from sd2_app.errors import Cancelled
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service  # the Service runs this route: it imports this module
@@ -45,11 +47,14 @@ def run_hires_x4(service: Service, checked: Txt2ImgRequest, on_progress: Progres
     first_steps = checked.sampling.steps
     x4 = x4_request(checked, None, upscaler)
     total = first_steps + x4.sampling.steps + checked.hires.second_pass_steps(first_steps)
-    first = service.run_task("txt2img", replace(checked, hires=None), timings, on_progress, should_stop,
-                             done_before=0, total=total)
-    image = first.images[0]
-    upscaled = service.run_task("upscale", replace(x4, image=image), timings, on_progress, should_stop,
-                                done_before=first_steps, total=total)
+    try:
+        first = service.run_task("txt2img", replace(checked, hires=None), timings, on_progress, should_stop,
+                                 done_before=0, total=total)
+        upscaled = service.run_task("upscale", replace(x4, image=first.images[0]), timings, on_progress,
+                                    should_stop, done_before=first_steps, total=total)
+    except Cancelled as stop:  # before the second pass: nothing kept, as in the hires fix's first pass
+        stop.output = None
+        raise
     second = HiresPassRequest(base=checked, images=tuple(upscaled.images), first_size=(first.width, first.height))
     output = service.run_task("txt2img", second, timings, on_progress, should_stop,
                               done_before=first_steps + x4.sampling.steps, total=total)

@@ -4,6 +4,7 @@ The pipeline calls `on_step(step, steps, latents)` after every step (`sd2_app.pi
 builds that function from a caller's progress callback and Stop: it checks Stop first (raising `Cancelled`),
 then reports the step with, every `preview_every` steps, a cheap preview of the latents. `placed` puts a job's
 steps inside a longer job's progress (an X/Y/Z plot's cells, the SD2 x4 hires route's three jobs).
+`mark_stopped` marks the image so far that a run Stop ended mid-sampling keeps.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from sd2_app.api.results import ProgressFn
+from sd2_app import infotext_keys as keys
+from sd2_app.api.requests import Request
+from sd2_app.api.results import ProgressFn, Result, result_of
 from sd2_app.api.timing import timed
 from sd2_app.errors import Cancelled
+from sd2_app.pipelines.metadata import attach_parameters
 
 if TYPE_CHECKING:
     from sd2_app.pipelines.loop import LatentProgressFn
+    from sd2_app.pipelines.output import PipelineOutput
 
 PreviewFn = Callable[[Any], Image.Image | None]  # latents -> the live preview
 
@@ -55,22 +60,65 @@ def step_callback(
     timings: dict[str, float],
     preview: PreviewFn = latent_preview,
     preview_every: int = 1,
+    *,
+    done_before: int = 0,
+    total: int | None = None,
 ) -> LatentProgressFn:
     """The pipeline's `on_step(step, steps, latents)`: stop check first, then progress and a cheap preview.
 
     It reports the pipeline's own count of steps: the steps it really runs, e.g. int(N * strength) for
     img2img, which is fewer than the requested N. The previews' seconds add up in `timings["preview"]`.
+    Stop raises `Cancelled` at the step it came after, counted as `placed` counts the caller's progress
+    (`done_before`, `total`): its `at`, which `mark_stopped` writes on the image so far.
     """
+    reported = placed(on_progress, done_before, total)
 
     def on_step(step: int, steps: int, latents: Any) -> None:
         if should_stop is not None and should_stop():
-            raise Cancelled
-        if on_progress is None:
+            raise Cancelled(at=(done_before + step, steps if total is None else total))
+        if reported is None:
             return
         image = None
         if latents is not None and step < steps and step % preview_every == 0:
             with timed(timings, "preview"):
                 image = preview(latents)
-        on_progress(step, steps, image)
+        reported(step, steps, image)
 
     return on_step
+
+
+def kept_so_far_message(step: int, steps: int) -> str:
+    """The warning of a result that Stop ended mid-sampling (its info line says it)."""
+    return f"Stopped at step {step}/{steps}; kept the image so far."
+
+
+def mark_stopped(output: PipelineOutput, step: int, steps: int) -> PipelineOutput:
+    """A task's `output` made of the x0 estimate of `step` of `steps` (Stop ended its loop there), marked so: each
+    image's parameters text gets "Stopped at step: k" after its settings (pasted back, those run every step),
+    and a warning says it (`kept_so_far_message`)."""
+    for image in output.images:
+        text = image.info.get(keys.PARAMETERS_KEY)
+        if text:
+            attach_parameters(image, f"{text}, {keys.STOPPED_AT_STEP}: {step}")
+    output.warnings = [*output.warnings, kept_so_far_message(step, steps)]
+    return output
+
+
+def with_result(stop: Cancelled, task: str, checked: Request, timings: dict[str, float]) -> Cancelled:
+    """`stop` carrying `result`, the unkept Result of the image so far it carries (`output`, marked by
+    `mark_stopped`), where it carries one; no device tensor or second copy rides on (or is pickled with) it."""
+    if stop.output is not None and stop.at is not None:
+        stop.result = result_of(task, checked, mark_stopped(stop.output, *stop.at), timings, stop.at)
+    stop.output = stop.latents = None
+    return stop
+
+
+def kept_so_far(run: Callable[[], Result], keep_stopped: Callable[[], bool] | None) -> Result:
+    """`run()`; where Stop ended it after a sampling step and `keep_stopped()` says so (a visitor's Stop, A1111's
+    /interrupt; not the app's close), the image so far its `Cancelled` carries (`with_result`) instead."""
+    try:
+        return run()
+    except Cancelled as stop:
+        if stop.result is None or keep_stopped is None or not keep_stopped():
+            raise
+        return stop.result

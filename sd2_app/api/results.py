@@ -7,12 +7,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
 
 from sd2_app import infotext_keys as keys
 from sd2_app.api.requests import Request
+
+if TYPE_CHECKING:
+    from sd2_app.pipelines.output import PipelineOutput
 
 ProgressFn = Callable[[int, int, Image.Image | None], None]  # (steps done, total steps, preview or None)
 
@@ -34,6 +37,7 @@ class Result:
     captions: list[str] = field(default_factory=list)  # one per image (plot: the cell's values and seconds)
     cells: list[dict[str, Any]] = field(default_factory=list)  # plot: each cell's settings and seconds
     stopped: bool = False  # plot: Stop ended it early; the finished cells are here (so too a batch count's batches)
+    stopped_at: tuple[int, int] | None = None  # Stop mid-sampling: (step, steps) of the image kept so far
     # each image's seed where they differ (a batch count's batches: sd2_app/api/batch_count.py); empty: `seed`'s
     seeds: list[int] = field(default_factory=list)
     saved: list[Path] = field(default_factory=list)  # files written to the outputs folder
@@ -54,6 +58,15 @@ class Result:
     def parameters(self) -> str:
         """The first image's parameters text ("" when it has none)."""
         return self.images[0].info.get(keys.PARAMETERS_KEY, "") if self.images else ""
+
+
+def result_of(task: str, checked: Request, output: PipelineOutput, timings: dict[str, float],
+              stopped_at: tuple[int, int] | None = None) -> Result:
+    """The unkept `Result` of a task's `output` for the validated request `checked`."""
+    return Result(task=task, request=checked, images=list(output.images), seed=checked.sampling.seed,
+                  warnings=list(getattr(output, "warnings", []) or []), timings=timings,
+                  mask_image=getattr(output, "mask_image", None), depth_image=getattr(output, "depth_image", None),
+                  stopped_at=stopped_at)
 
 
 class Backend(Protocol):

@@ -27,10 +27,10 @@ from sd2_app.api.hires_x4 import run_hires_x4
 from sd2_app.api.keeper import HISTORY_SIZE, ResultKeeper
 from sd2_app.api.model_host import ModelHost
 from sd2_app.api.plot import CellFn, CheckedPlot, check_plot, run_plot
-from sd2_app.api.progress import PreviewFn, latent_preview, placed, step_callback
+from sd2_app.api.progress import PreviewFn, kept_so_far, latent_preview, placed, step_callback, with_result
 from sd2_app.api.prompt_tools import PromptTools
 from sd2_app.api.requests import X4_UPSCALER, Request, TaskRequest, XYZPlotRequest
-from sd2_app.api.results import Backend, HistoryEntry, ProgressFn, Result  # noqa: F401  # Backend: re-exported
+from sd2_app.api.results import Backend, HistoryEntry, ProgressFn, Result, result_of  # noqa: F401  # Backend re-exported
 from sd2_app.api.timing import log_split
 from sd2_app.api.tasks import pipeline_of
 from sd2_app.api.validation import validate
@@ -196,8 +196,8 @@ class Service:
         """One pipeline job of a validated request after its turn at the GPU gate (`should_stop` may end the
         wait), maybe batched; nothing is kept. `done_before` and `total` place its steps inside a longer job's
         progress (the SD2 x4 hires route's three jobs)."""
-        on_step = step_callback(placed(on_progress, done_before, total), should_stop, timings, self._preview,
-                                self.preview_every)
+        on_step = step_callback(on_progress, should_stop, timings, self._preview, self.preview_every,
+                                done_before=done_before, total=total)
         if self.batcher is not None and self.batcher.takes(task, request):
             return self.batcher.run(task, request, on_step, timings, should_stop)
         waited = time.perf_counter()
@@ -250,10 +250,11 @@ class Service:
         owner: str | None = None,
         timings: dict[str, float] | None = None,
         keep: bool = True,
+        keep_stopped: Callable[[], bool] | None = None,
     ) -> Result:
         """Validate, run and keep one request (a `Checked` one is not validated again). Raises `InvalidRequest`
-        or `Cancelled`.
-
+        or `Cancelled`; where Stop came after a sampling step and `keep_stopped()` says so (a visitor's Stop,
+        A1111's /interrupt; not the app's close), the image so far instead (`Result.stopped_at`), kept as any.
         `owner` (the UI's session id) tags the history entry, so a public app shows each visitor their own.
         `timings`: a caller's dict of its own phases ("queue"), then it logs the split; None: logged here.
         `keep=False`: the result comes back unkept and the caller keeps it (`keep`) in its own process (a ZeroGPU
@@ -267,7 +268,8 @@ class Service:
         phases["validate"] = checked.seconds
         if should_stop is not None and should_stop():
             raise Cancelled
-        result = self.execute(checked.request, on_progress, should_stop)
+        result = kept_so_far(lambda: self.execute(checked.request, on_progress, should_stop,
+                                                  keep_stopped=keep_stopped), keep_stopped)
         result.warnings[:0] = [w for w in checked.warnings if w not in result.warnings]
         return self._keep(result, phases, owner, log_here=timings is None, keep=keep)
 
@@ -294,17 +296,16 @@ class Service:
         *,
         done_before: int = 0,
         total: int | None = None,
+        keep_stopped: Callable[[], bool] | None = None,
     ) -> Result:
         """Run a validated request where jobs run (the backend, else this process); nothing is saved. A batch
-        count runs its batches one after another, each a job of its own (`batch_count.run_batches`).
-
-        `done_before` and `total` place its steps inside a longer job's progress (an X/Y/Z plot's cells).
-        """
+        count runs its batches one after another, each a job of its own (`batch_count.run_batches`; `keep_stopped`
+        as in `run`). `done_before` and `total` place its steps inside a longer job's progress (a plot's cells)."""
         backend = self.backend if self.backend is not None else self
         progress = placed(on_progress, done_before, total)
         if count_of(checked) > 1:
             return run_batches(lambda batch, report: backend.produce(batch, report, should_stop), checked, progress,
-                               should_stop)
+                               should_stop, keep_stopped)
         return backend.produce(checked, progress, should_stop)
 
     def produce(
@@ -313,20 +314,19 @@ class Service:
         on_progress: ProgressFn | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> Result:
-        """Run an already validated request on this process's manager; the Result is not saved or kept.
-
-        This is the `Backend` side of `run`: a remote worker (sd2_app.serve) calls it on its own Service.
-        """
+        """Run an already validated request on this process's manager; the Result is not saved or kept. The
+        `Backend` side of `run`: a remote worker (sd2_app.serve) calls it on its own Service."""
         task = checked.task
         timings: dict[str, float] = {}
         log.info("%s on %s: %d steps, seed %d", task, checked.checkpoint, checked.sampling.steps, checked.sampling.seed)
-        if getattr(getattr(checked, "hires", None), "upscaler", None) == X4_UPSCALER:  # three manager jobs
-            output = run_hires_x4(self, checked, on_progress, should_stop, timings)
-        else:
-            output = self.run_task(task, checked, timings, on_progress, should_stop)
-        return Result(task=task, request=checked, images=list(output.images), seed=checked.sampling.seed,
-                      warnings=list(getattr(output, "warnings", []) or []), timings=timings,
-                      mask_image=getattr(output, "mask_image", None), depth_image=getattr(output, "depth_image", None))
+        try:
+            if getattr(getattr(checked, "hires", None), "upscaler", None) == X4_UPSCALER:  # three manager jobs
+                output = run_hires_x4(self, checked, on_progress, should_stop, timings)
+            else:
+                output = self.run_task(task, checked, timings, on_progress, should_stop)
+        except Cancelled as stop:  # the image so far as a Result, which only `run` keeps (not a plot, a replica)
+            raise with_result(stop, task, checked, timings)
+        return result_of(task, checked, output, timings)
 
     def plot(
         self,

@@ -134,6 +134,7 @@ class AppBlocks(gr.Blocks):
         Safe to call more than once, and on an app that was never launched.
         """
         stopped = sum(jobs.stop_everyone() for jobs in self._outside)  # before the server: they answer now
+        self.flags.closing()  # before Gradio's close ends the runs' handlers: a run stopped so keeps nothing
         super().close(verbose)  # Gradio: the queue starts no more events, the server takes no more requests
         stopped += self.flags.stop_everyone()
         if stopped:

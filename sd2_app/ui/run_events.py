@@ -27,7 +27,7 @@ from sd2_app.ui.read_parameters import parameters_in_prompt
 from sd2_app.ui.result_panel import ResultPanel, describe, gallery_columns
 from sd2_app.ui.run_stream import delivering, refuse, stream_result
 from sd2_app.ui.run_views import RequestView, RunView
-from sd2_app.ui.runner import GPU_QUEUE, Finish, RunFlag, StopFlags, stopped_message
+from sd2_app.ui.runner import GPU_QUEUE, Finish, RunFlag, StopFlags, deliver, stopped_message
 from sd2_app.ui.sampling_controls import BATCH_COUNT_NAME, ETA_NAME
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def wire_run(
     handler = _generate_handler(service, flags, make_request, names, finish, len(outputs), view, notes)
     server_checked(inputs)
     event = _wire_generate(panel, handler, inputs, outputs, api_name, service.concurrency)
-    _wire_stop(panel, flags, event, api_name)
+    _wire_stop(panel, flags, event, api_name, outputs, finish)
     return event
 
 
@@ -200,7 +200,12 @@ def _wire_generate(panel: ResultPanel, handler: Callable[..., Iterator[tuple]],
     return event
 
 
-def _wire_stop(panel: ResultPanel, flags: StopFlags, event: Dependency, api_name: str) -> None:
+def _wire_stop(panel: ResultPanel, flags: StopFlags, event: Dependency, api_name: str,
+               outputs: list[gr.components.Component], finish: Finish) -> None:
+    """Stop: the tab's run ends at its next step (its event is cancelled), and the message says how far it got;
+    then a run that had begun sampling shows the images it kept so far (`StopFlags.kept_after_stop`), as A1111's
+    Interrupt does."""
+
     def stop(request: gr.Request) -> tuple:
         # Cancelling the event ends its stream, so the message after Stop comes from here, not from the run.
         # Stop reaches this tab's jobs of this page, running or queued (each got its flag when it joined the
@@ -208,5 +213,11 @@ def _wire_stop(panel: ResultPanel, flags: StopFlags, event: Dependency, api_name
         flag, queued = flags.stop_page(flags.visitor(request), (request.session_hash, event["id"]))
         return (stopped_message(flag) if flag is not None or queued else NOTHING_TO_STOP, *_idle())
 
-    panel.stop.click(stop, None, [panel.info, panel.run, panel.stop], api_name=f"{api_name}_stop", cancels=[event],
-                     queue=False)
+    def kept(request: gr.Request) -> tuple:
+        result = flags.kept_after_stop(flags.visitor(request), (request.session_hash, event["id"]))
+        return next(deliver(result, finish)) if result is not None else (gr.skip(),) * len(outputs)
+
+    stopped = panel.stop.click(stop, None, [panel.info, panel.run, panel.stop], api_name=f"{api_name}_stop",
+                               cancels=[event], queue=False)
+    stopped.then(kept, None, outputs, api_name=f"{api_name}_kept", api_visibility="private", queue=False,
+                 show_progress="hidden")

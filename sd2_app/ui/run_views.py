@@ -52,7 +52,8 @@ class RequestView:
 
     def call(self, service: Service, request: Checked, session: str, flag: RunFlag,
              keep: bool = True) -> Callable[..., Result]:
-        run = timed_call(service.run, request, session, flag, keep=keep)
+        # A visitor's Stop keeps the image so far, as A1111's Interrupt does; the app's close does not.
+        run = timed_call(service.run, request, session, flag, keep=keep, keep_stopped=flag.keeps_image)
         self.batches = count = count_of(request.request)
         if count == 1:
             return run

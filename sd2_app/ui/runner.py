@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 GPU_QUEUE = "gpu"  # the one concurrency id of every event that may touch the GPU
 PREVIEW_SIDE = 256  # px: the live preview's box is 160 px high
+STOP_WAIT_S = 30.0  # the longest Stop waits for the image so far: a step, a decode and the saving
+STOPPED_PAGES = 256  # pages whose last Stop's run `StopFlags` remembers for its image so far (the oldest go)
 WAIT_POLL_S = 0.5  # how often a run with no progress yet asks for its place at the GPU gate
 
 
@@ -93,7 +95,14 @@ class RunFlag(threading.Event):
         self.total = 0
         self.note: str | None = None  # what Stop says instead of the steps, where the view counts better (plot cells)
         self.page = page
+        self.outcome: Future[Result] | None = None  # the run's call on its worker thread (`stream`)
+        self.closing = False  # the app's close set it (`StopFlags.stop_everyone`): nothing is kept
         self.created = time.perf_counter()  # when the job joined the queue (`hosting` makes its flag then)
+
+    def keeps_image(self) -> bool:
+        """Whether a Stop after a sampling step keeps the image so far (`Service.run`'s `keep_stopped`): a
+        visitor's Stop does, the app's close does not."""
+        return not self.closing
 
     def waited(self) -> float:
         """Seconds since the flag was made: a queued job's wait for its turn, when asked as it starts."""
@@ -149,6 +158,8 @@ class StopFlags:
         self.visitors = visitors
         self.threads = threads if threads is not None else JobThreads()
         self._flags: dict[str, set[RunFlag]] = {}
+        self._stopped: dict[tuple[str, Page], RunFlag] = {}  # the run each page's last Stop ended mid-sampling
+        self._closing = False  # the app is closing (`closing`): its stopped runs keep nothing
         self._lock = threading.Lock()
         renew_in_forked_child(self, _lock=threading.Lock)  # a ZeroGPU worker (forked) arms its runs' flags
 
@@ -161,6 +172,7 @@ class StopFlags:
         flag = flag if flag is not None else RunFlag()
         with self._lock:
             self._flags.setdefault(session, set()).add(flag)
+            flag.closing = flag.closing or self._closing
         return flag
 
     def release(self, session: str, flag: threading.Event) -> None:
@@ -182,12 +194,41 @@ class StopFlags:
         for flag in running:
             flag.set()
         furthest = max(running, key=lambda flag: (flag.total > 0, flag.done), default=None)
+        if furthest is not None and furthest.total:
+            with self._lock:
+                self._stopped[(session, page)] = furthest
+                while len(self._stopped) > STOPPED_PAGES:  # an API client's Stop is never asked for it
+                    del self._stopped[next(iter(self._stopped))]
         return furthest, self.visitors.stop_waiting(session, page)
 
-    def stop_everyone(self) -> int:
-        """Set every running job's flag (the app is closing); how many there were."""
+    def kept_after_stop(self, session: str, page: Page, wait_s: float = STOP_WAIT_S) -> Result | None:
+        """The result of the run the page's last Stop (`stop_page`) ended mid-sampling: the images so far, kept
+        (saved, in History) by its worker thread, which ends after its current step and a decode; None when that
+        Stop ended no such run, or it brought no such result within `wait_s` seconds (its message stays)."""
         with self._lock:
+            flag = self._stopped.pop((session, page), None)
+        if flag is None or flag.outcome is None:
+            return None
+        try:
+            result = flag.outcome.result(timeout=wait_s)
+        except Exception:  # noqa: BLE001  # stopped before its first step, refused, still running: the message stays
+            return None
+        return result if getattr(result, "stopped_at", None) is not None else None
+
+    def closing(self) -> list[RunFlag]:
+        """The app is closing: every run, running or starting later, keeps nothing when it stops
+        (`RunFlag.keeps_image`), whether `stop_everyone` stops it or Gradio's close ends its handler first; the
+        running ones' flags."""
+        with self._lock:
+            self._closing = True
             running = [flag for flags in self._flags.values() for flag in flags]
+        for flag in running:
+            flag.closing = True
+        return running
+
+    def stop_everyone(self) -> int:
+        """Set every running job's flag (the app is closing: `closing`); how many there were."""
+        running = self.closing()
         for flag in running:
             flag.set()
         return len(running)
@@ -208,6 +249,8 @@ def stream(
     """
     events: queue.Queue[tuple[int, int, Image.Image | None] | None] = queue.Queue()
     future: Future[Result] = threads.submit(call, lambda d, t, p: events.put((d, t, p)), flag.is_set)
+    if isinstance(flag, RunFlag):
+        flag.outcome = future  # what a Stop that cancels the handler still shows (`StopFlags.kept_after_stop`)
     future.add_done_callback(lambda _: events.put(None))  # after the call's last progress event
     return _drain(events, future, flag, idle_s)
 

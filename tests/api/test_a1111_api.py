@@ -246,7 +246,14 @@ def test_progress_polling_and_interrupt_mid_run(app, client) -> None:
     client.interrupt()
     runner.join(timeout=30)
     assert not runner.is_alive()
-    assert outcome["result"].images == [] and outcome["result"].info == {"interrupted": True}
+    # As A1111's Interrupt: the image so far (the x0 estimate of the step it stopped after), its text marked.
+    images, info = outcome["result"].images, outcome["result"].info
+    assert len(images) == 1 and images[0].size == (64, 64)
+    stopped_at = int(images[0].info["parameters"].rsplit(", Stopped at step: ", 1)[1])
+    assert 12 <= stopped_at < 150 and "Steps: 150," in images[0].info["parameters"]
+    assert info["infotexts"] == [images[0].info["parameters"]]
+    assert info["seed"] == 1 and info["all_seeds"] == [1]  # webuiapi reads these (result.info["all_seeds"])
+    assert "Stopped at step" not in info["infotexts"][0].split("\n")[0]  # after the settings, not in the prompt
     assert client.get_progress()["state"]["job_count"] == 0
 
 
@@ -572,7 +579,9 @@ def test_an_api_job_waiting_for_the_gpu_can_be_interrupted(app, client) -> None:
     client.interrupt()
     waiter.join(timeout=20)
     assert not waiter.is_alive() and not job.done()  # back while the UI job still runs
-    assert outcome["result"].images == [] and outcome["result"].info == {"interrupted": True}
+    # Nothing was made, yet the info has A1111's shape (webuiapi's result.info["all_seeds"] must not KeyError)
+    info = outcome["result"].info
+    assert outcome["result"].images == [] and (info["seed"], info["all_seeds"], info["infotexts"]) == (1, [], [])
     assert len(job.result(timeout=120)[1]) == 1  # the UI job was not touched
 
 

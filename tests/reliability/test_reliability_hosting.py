@@ -86,12 +86,17 @@ def test_per_visitor_job_limit_and_stop_of_queued_jobs(public_app, reliability) 
         time.sleep(0.2)
     seconds = time.perf_counter() - started
     _, history = client.predict(api_name="/history")
-    ran = [str(row[4]).split("\n")[0] for row in history["data"]]
-    assert all(o.startswith("Stopped") or o == "cancelled" for o in outcomes), outcomes
-    assert "first" not in ran and "second" not in ran, ran
+    ran = {str(row[4]).split("\n")[0]: str(row[4]) for row in history["data"]}
+    # The running one keeps its image so far when it had begun sampling, as A1111's Interrupt does; the queued one
+    # never runs. Under load the two submits may reach the queue in either order, so either may be the running one.
+    kept = [prompt for prompt in ("first", "second") if prompt in ran]
+    assert len(kept) <= 1 and all(", Stopped at step: " in ran[prompt] for prompt in kept), (ran, outcomes)
+    assert all(o.startswith("Stopped") or o == "cancelled" or "; kept the image so far." in o for o in outcomes)
+    assert sum("; kept the image so far." in o for o in outcomes) <= len(kept), (ran, outcomes)
     reliability(AREA, "Stop (API /txt2img_stop) with one job running and one queued",
-                f"both end ({', '.join(outcomes)}) within {seconds:.1f} s and neither reaches History (the queued one "
-                "never runs); Stop sent with another visitor's session hash: 'Nothing to stop.'")
+                f"both end within {seconds:.1f} s: the running one "
+                f"{'with its image so far, in History' if kept else 'before sampling began'}, the queued one never "
+                "runs; Stop sent with another visitor's session hash: 'Nothing to stop.'")
 
 
 def _outcome(job: object) -> str:

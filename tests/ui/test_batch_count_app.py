@@ -89,7 +89,7 @@ def test_a_batch_count_over_the_bound_is_refused_in_words(app: tuple[Client, Pat
 @pytest.mark.slow
 def test_stop_in_the_second_batch_keeps_the_first(app: tuple[Client, Path]) -> None:
     """Stop in batch 2 of 2 ends it at its next step; Stop's line says where, and the first batch's image is kept
-    (saved, and in History), as A1111's Interrupt keeps the images made before it."""
+    (saved, and in History) with the second's image so far, as A1111's Interrupt keeps the images made so far."""
     client, outputs = app
     before = set(outputs.glob("*/*.png"))
     job = client.submit(prompt="stop me", seed=70, batch_count=2, api_name="/txt2img", **{**FAST, "steps": 150})
@@ -100,7 +100,9 @@ def test_stop_in_the_second_batch_keeps_the_first(app: tuple[Client, Path]) -> N
     assert re.fullmatch(r"Stopped in batch 2/2 after \d+/150 steps\. 1 finished batch kept \(History\)\.", said)
     job.result(timeout=120)
     new = sorted(set(outputs.glob("*/*.png")) - before)
-    assert [path.name.split("-", 1)[1] for path in new] == ["70-txt2img.png"]
+    assert [path.name.split("-", 1)[1] for path in new] == ["70-txt2img.png", "71-txt2img.png"]
+    with Image.open(new[1]) as image:  # batch 2 (seed 71) stopped mid-sampling: its image so far, marked so
+        assert re.search(r", Stopped at step: \d+$", image.info["parameters"]), image.info["parameters"]
 
 
 def test_every_sampling_tab_has_a_batch_count_that_no_send_carries_over() -> None:

@@ -389,10 +389,10 @@ def test_generate_and_stop_say_what_is_happening(page) -> None:
     status = page.locator("#txt2img-run-status .run-status-text")  # under the buttons, in view: the run's state
     expect(status).to_have_text(re.compile(r"^(Step \d+/150|Stopping at the next step…)$"))
     stop.click()  # at once: on an idle machine the whole run takes only seconds
-    expect(info).to_have_text(re.compile(r"Stopped after \d+/150 steps\."), timeout=30_000)
+    expect(info).to_contain_text(re.compile(r"Stopped at step \d+/150; kept the image so far\."), timeout=30_000)
     # The info line is under the results, below the fold of a laptop screen: the line under the buttons the
     # visitor just pressed says it too, in view.
-    expect(status).to_have_text(re.compile(r"^Stopped after \d+/150 steps\.$"))
+    expect(status).to_have_text(re.compile(r"^Stopped at step \d+/150; kept the image so far\.$"))
     expect(info).to_contain_text(status.inner_text())  # the same count (the info box may show Gradio's timer too)
     box = _box(page, "#txt2img-run-status .run-status-text")
     assert box["height"] > 10 and 0 <= box["y"] and box["y"] + box["height"] <= DESKTOP["height"], box
@@ -403,7 +403,7 @@ def test_generate_and_stop_say_what_is_happening(page) -> None:
     expect(run).to_have_text("Generate")
     expect(stop).to_be_disabled()
     settled(page)  # any update still in flight from the run has landed, and must not have replaced it
-    expect(info).to_have_text(re.compile(r"Stopped after \d+/150 steps\."))
+    expect(info).to_contain_text(re.compile(r"Stopped at step \d+/150; kept the image so far\."))
     _shot(page, "txt2img-3-stopped-later")
     _set_number(page, "txt2img-steps", 2)
     _set_number(page, "txt2img-width", 64)

@@ -44,3 +44,33 @@ def test_a_tabs_stop_leaves_the_plot_queued_from_another_tab_to_run(browser, url
         _shot(page, "stop-leaves-the-queued-plot")
     finally:
         page.context.close()
+
+
+def test_stop_mid_run_shows_and_keeps_the_image_so_far(browser, url) -> None:  # noqa: F811
+    """The review's F6: Stop after some of 150 steps shows the image decoded from the last step's x0 estimate, saying
+    where it stopped, with its parameters text marked, and History has it (the old Stop showed nothing and kept
+    nothing)."""
+    page = _open(browser, url, DESKTOP)
+    try:
+        for name, value in (("width", 512), ("height", 512), ("steps", 150)):  # seconds of run: Stop lands mid-run
+            _set_number(page, f"txt2img-{name}", value)
+        page.locator("#txt2img-prompt textarea").first.fill("a lighthouse stopped early")
+        page.locator("#txt2img-run").click()
+        expect(page.locator("#txt2img-info")).to_contain_text(re.compile(r"Step \d+/150"), timeout=60_000)
+        page.locator("#txt2img-stop").click()
+        expect(page.locator("#txt2img-gallery img")).to_have_count(1, timeout=60_000)
+        info = page.locator("#txt2img-info")
+        expect(info).to_contain_text(re.compile(r"Stopped at step (\d+)/150; kept the image so far\."))
+        step = re.search(r"Stopped at step (\d+)/150", info.inner_text()).group(1)
+        expect(info).to_contain_text("Steps: 150,")
+        expect(info).to_contain_text(f"Stopped at step: {step}")
+        size = page.locator("#txt2img-gallery img").first.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+        assert size == [512, 512]
+        _shot(page, "stop-keeps-the-image-so-far")
+        _go(page, "History")  # kept like any result: the visitor's History has it, its text marked
+        page.locator("#history-refresh").click()
+        expect(page.locator("#history-gallery img")).to_have_count(1, timeout=30_000)
+        expect(page.locator("#history-table")).to_contain_text("a lighthouse stopped early")
+        expect(page.locator("#history-table")).to_contain_text(f"Stopped at step: {step}")
+    finally:
+        page.context.close()

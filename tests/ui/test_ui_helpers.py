@@ -164,7 +164,7 @@ def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
     preview = Image.new("RGB", (8, 8))
 
     class Service:  # one step, then waits for Stop, reports one more step (late) and ends cancelled
-        def run(self, request, on_progress, should_stop, owner, timings=None, keep=True):
+        def run(self, request, on_progress, should_stop, owner, timings=None, keep=True, keep_stopped=None):
             on_progress(1, 3, preview)
             _late_step_after_stop(on_progress, should_stop, 2, 3, preview)
 
@@ -223,6 +223,31 @@ def test_stop_says_how_far_the_run_got() -> None:
     assert stopped_message(flags.stop_page("s1", PAGE)[0]) == "Stopped before sampling began."
     flag.done, flag.total = 7, 25
     assert stopped_message(flag) == "Stopped after 7/25 steps."
+
+
+def test_a_visitors_stop_keeps_the_image_so_far_and_the_apps_close_does_not() -> None:
+    """The web UI's run asks its flag (`Service.run`'s `keep_stopped`) when Stop ended it after a sampling step:
+    the visitor's Stop keeps the image so far (A1111's Interrupt), the app's close keeps nothing (it saves nothing
+    on SIGTERM); the Stop's chained event gets the kept result from the stopped run's worker."""
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from sd2_app.ui.runner import RunFlag, StopFlags
+
+    flags = StopFlags(Visitors())
+    visitor, closing = flags.arm("s1", RunFlag(page=PAGE)), flags.arm("s2", RunFlag(page=PAGE))
+    visitor.total = closing.total = 20
+    visitor.outcome = Future()
+    visitor.outcome.set_result(SimpleNamespace(stopped_at=(5, 20)))
+    flags.stop_page("s1", PAGE)
+    assert visitor.is_set() and visitor.keeps_image() and not closing.is_set()
+    flags.stop_everyone()
+    assert closing.is_set() and not closing.keeps_image()
+    # From the close's start (before Gradio's close ends the handlers), a run that starts or stops keeps nothing.
+    assert not flags.arm("s3", RunFlag(page=PAGE)).keeps_image()
+    assert flags.kept_after_stop("s1", PAGE) is visitor.outcome.result()
+    assert flags.kept_after_stop("s1", PAGE) is None  # asked once per Stop
+    assert flags.kept_after_stop("s2", PAGE) is None  # that page pressed no Stop
 
 
 def test_gallery_grid_follows_the_batch() -> None:
