@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.ui.browser_calls import settled
 from tests.ui.test_browser import (ARTIFACTS, DESKTOP, PHONE, TABS, _go, _open, browser,  # noqa: F401
-                                   expect, url)
+                                   expect, sync_api, url)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -130,13 +130,25 @@ SEED_ROWS = {"Text to image": "txt2img", "Image to image": "img2img", "Inpaint":
              "Upscale ×4": "upscale", "Depth to image": "depth", "X/Y/Z plot": "xyz"}
 
 
+# Whether the button (second selector) is right of the seed box (first) with their bottom edges level.
+BESIDE_AND_LEVEL = """([seedSelector, buttonSelector]) => {
+  const seed = document.querySelector(seedSelector).getBoundingClientRect();
+  const button = document.querySelector(buttonSelector).getBoundingClientRect();
+  return button.x > seed.x + seed.width && Math.abs(button.bottom - seed.bottom) <= 1;
+}"""
+
+
 def test_the_seed_buttons_line_up_with_the_seed_box(browser, url: str) -> None:
     page = _open(browser, url, DESKTOP)
     for name, prefix in SEED_ROWS.items():
         _go(page, name)
         page.locator(f"#{prefix}-seed").scroll_into_view_if_needed()
-        seed = page.locator(f"#{prefix}-seed").bounding_box()
         for button in ("random-seed", "reuse-seed"):
+            try:  # the page's layout as it settles (a tab drawn a moment ago may still be laying out)
+                page.wait_for_function(BESIDE_AND_LEVEL, arg=[f"#{prefix}-seed", f"#{prefix}-{button}"], timeout=15_000)
+            except sync_api.TimeoutError:
+                pass  # the assertions below say how it is placed
+            seed = page.locator(f"#{prefix}-seed").bounding_box()
             box = page.locator(f"#{prefix}-{button}").bounding_box()
             assert seed and box and box["x"] > seed["x"] + seed["width"], (name, button, seed, box)  # beside it
             # Level with the box's bottom edge.
