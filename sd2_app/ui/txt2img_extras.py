@@ -180,14 +180,17 @@ def _hires_sizes(width: Any, height: Any, scale: Any, resize_width: Any, resize_
 
 def wire_hires_size(width: gr.Slider, height: gr.Slider, fix: HiresControls, max_side: int,
                     prefix: str = "txt2img") -> None:
-    """Keep the hires fix's size line up to date with the first pass's size and the upscale settings."""
-    inputs = [width, height, fix.scale, fix.width, fix.height]
-    gr.on([box.change for box in inputs], lambda *values: hires_size_note(*values, max_side), inputs,
-          fix.hires_size, queue=False, show_progress="hidden", api_name=f"{prefix}_hires_size",
-          api_visibility="private")
-    gr.on([box.change for box in [fix.hires, *inputs]], lambda *values: gr.update(label=hires_label(*values, max_side)),
-          [fix.hires, *inputs], fix.accordion, queue=False, show_progress="hidden",
-          api_name=f"{prefix}_hires_label", api_visibility="private")
+    """Keep the hires fix's size line and its accordion's label up to date with the first pass's size and the
+    upscale settings. One event sets both: with two events of the default trigger mode ("always_last") on the same
+    widgets, Gradio's page called both again and again without end once two of those widgets changed at once (a
+    send setting width and height), for as long as the page stayed open."""
+    inputs = [fix.hires, width, height, fix.scale, fix.width, fix.height]
+
+    def follow(on: Any, *sizes: Any) -> tuple:
+        return hires_size_note(*sizes, max_side), gr.update(label=hires_label(on, *sizes, max_side))
+
+    gr.on([box.change for box in inputs], follow, inputs, [fix.hires_size, fix.accordion], queue=False,
+          show_progress="hidden", api_name=f"{prefix}_hires_size", api_visibility="private")
 
 
 IMG2IMG_NAMES = ("variation_seed", "variation_strength", "tiling")

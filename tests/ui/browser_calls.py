@@ -70,9 +70,10 @@ class ServerCalls:
                 quiet_since, seen = time.monotonic(), now
             elif time.monotonic() - quiet_since >= quiet_ms / 1000:
                 return
-        waiting = ", ".join(sorted(f"{request.method} {request.url}" for request in self._on_their_way))
-        raise AssertionError(f"the page and its calls to the app did not settle in {timeout_s} s ({self.pending} "
-                             f"calls on their way: {waiting or 'none'})")
+        waiting = ", ".join(sorted(f"{request.method} {request.url} {request.post_data or ''}"[:300]
+                                   for request in self._on_their_way))
+        raise AssertionError(f"the page and its calls to the app did not settle in {timeout_s} s ({self.started} "
+                             f"calls made; {self.pending} on their way: {waiting or 'none'})")
 
 
 def settled(page, quiet_ms: int = 500, timeout_s: float = 60.0) -> None:

@@ -215,13 +215,23 @@ def _paint_and_inpaint(page) -> list[int]:
     expect(empty).to_have_count(0, timeout=30_000)
     settled(page)  # the editor could empty itself again once drawn (a fresh page's first send did)
     expect(empty).to_have_count(0)
-    canvas = _box(page, "#inpaint-editor canvas")
-    x0, y0 = canvas["x"] + canvas["width"] * 0.4, canvas["y"] + canvas["height"] * 0.4
-    page.mouse.move(x0, y0)
-    page.mouse.down()
-    for k in range(1, 11):
-        page.mouse.move(x0 + k * 6, y0 + k * 4)
-    page.mouse.up()
+    # The editor's Undo turns on once a stroke is on the mask layer. A stroke made while the editor still sets up
+    # its sent image can be lost (the page then says "The mask is empty"): as a visitor would, paint once more.
+    undo = page.locator("#inpaint-editor").get_by_role("button", name="Undo")
+    for attempt in range(2):
+        canvas = _box(page, "#inpaint-editor canvas")
+        x0, y0 = canvas["x"] + canvas["width"] * 0.4, canvas["y"] + canvas["height"] * 0.4
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        for k in range(1, 11):
+            page.mouse.move(x0 + k * 6, y0 + k * 4)
+        page.mouse.up()
+        try:
+            expect(undo).to_be_enabled(timeout=5_000)
+            break
+        except AssertionError:
+            if attempt:
+                raise
     _shot(page, "inpaint-1-painted")
     page.locator("#inpaint-run").click()
     used = page.locator("#inpaint-extra img").first

@@ -517,3 +517,26 @@ def test_the_extra_seed_options_header_says_what_is_on() -> None:
     assert seed_extras_label(5, 1, 96, 64) == "Extra seed options: variation seed 5 at 1, seed resize from 96x64"
     assert seed_extras_label(5, 0, 96, 0) == "Extra seed options"  # one side alone does not resize
     assert seed_extras_label("x", None, float("nan"), True) == "Extra seed options"  # not numbers: off
+
+
+def test_no_two_quick_events_follow_the_same_two_widgets() -> None:
+    """Two events of Gradio's "always_last" mode, run at once (queue=False, no js of their own), triggered by the
+    same two or more widgets: once those widgets changed together (a send setting width and height), Gradio's page
+    called both events again and again without end (the hires fix's size line and label did, on every page after a
+    send). Such events are one event with both outputs."""
+    from collections import defaultdict
+
+    from sd2_app.ui import build_ui
+    from tests.ui_doubles import fake_service
+
+    demo = build_ui(fake_service(None))
+    quick = [f for f in demo.fns.values() if f.trigger_mode == "always_last" and not f.queue and not f.js]
+    followed = defaultdict(set)
+    for fn in quick:
+        for block_id, event in fn.targets:
+            if event == "change":
+                followed[fn.api_name].add(block_id)
+    shared = [(a, b, sorted(followed[a] & followed[b])) for i, a in enumerate(followed) for b in list(followed)[i + 1:]
+              if len(followed[a] & followed[b]) >= 2]
+    assert shared == []
+    assert {"txt2img_hires_size", "xyz_hires_size"} <= set(followed)  # the check saw the events it is about
