@@ -11,6 +11,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # tiny UNet call 20x slower. Subprocesses (CLI tests) inherit the variable.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one of `pytest -n N`'s processes: Gradio's file cache of its own
+    import tempfile
+
+    os.environ.setdefault("GRADIO_TEMP_DIR", os.path.join(
+        tempfile.gettempdir(), f"gradio-{os.getuid()}-{os.environ['PYTEST_XDIST_WORKER']}"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -26,9 +31,36 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped unless one is present)")
     config.addinivalue_line("markers", "browser: drives a real Chromium through Playwright")
     config.addinivalue_line("markers", "slow: over ~5 s on this CPU; the everyday run is `pytest -m \"not slow\"`")
+    if _shares_out_work(config) and not hasattr(config, "workerinput"):
+        # `pytest -n N`'s first process, before its workers start: the tiny checkpoints are written once, here,
+        # not by two workers into the same folder at once.
+        from sd2_app.testing.tiny import ensure_tiny_repos
+        from tests.pipeline_fixtures import tiny_dir
+
+        ensure_tiny_repos(tiny_dir())
 
 
+def _shares_out_work(config: pytest.Config) -> bool:
+    """Run as `pytest -n N --dist loadgroup` (pytest-xdist): the tests are shared out among N processes."""
+    return config.getoption("dist", "no") == "loadgroup" or bool(getattr(config.option, "loadgroup", False))
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """GPU tests skip without a GPU. Under `-n N --dist loadgroup`, each module's tests stay in one process (a module's app, launched once, serves
+    them all), and every browser test runs in one process, one after another: each drives a Chromium that
+    takes most of a core, and two at once on a 2-core machine starved the apps they wait on. The browser tests
+    come first, so their process (the longest) starts at once while the others share the rest."""
+    _skip_gpu_tests_without_a_gpu(items)
+    if not _shares_out_work(config):
+        return
+    for item in items:
+        group = "browser" if "browser" in item.keywords else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: "browser" not in item.keywords)  # stable: each module's own order is kept
+
+
+def _skip_gpu_tests_without_a_gpu(items: list[pytest.Item]) -> None:
     import torch
 
     if torch.cuda.is_available():
