@@ -142,7 +142,9 @@ def test_the_seed_buttons_line_up_with_the_seed_box(browser, url: str) -> None:
     page = _open(browser, url, DESKTOP)
     for name, prefix in SEED_ROWS.items():
         _go(page, name)
-        page.locator(f"#{prefix}-seed").scroll_into_view_if_needed()
+        # The row in the middle of the page, the buttons in view too (scrolled just into view at the page's bottom
+        # edge, the seed box measured 89 px high, 45 px short of the buttons' bottom, on a busy machine).
+        page.locator(f"#{prefix}-seed").evaluate("(box) => box.scrollIntoView({block: 'center'})")
         for button in ("random-seed", "reuse-seed"):
             try:  # the page's layout as it settles (a tab drawn a moment ago may still be laying out)
                 page.wait_for_function(BESIDE_AND_LEVEL, arg=[f"#{prefix}-seed", f"#{prefix}-{button}"], timeout=15_000)
