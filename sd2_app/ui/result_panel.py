@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -114,6 +115,22 @@ def too_large_to_send(limit: int) -> str:
     """What a "send to" of a gallery image over PIL's pixel limit (twice `Image.MAX_IMAGE_PIXELS`) says."""
     return (f"This image is too large to send on (over {limit:,} pixels, as a big X/Y/Z grid can be); pick one of "
             "its cells instead.")
+
+
+def box_value(image: Image.Image) -> Image.Image | str:
+    """What a send puts in an image box: the gallery's own file (a PNG in Gradio's cache) where the picked `image`
+    was opened from one, its cache age started anew (`cache_files.sweep` deletes files by age); else `image`.
+    Given a PIL image, Gradio encodes it again and writes it to a file named by its bytes, rewriting that file at
+    each send of the same image (gradio/processing_utils.py, `save_pil_to_cache`): a page still fetching it for an
+    earlier send got it cut short (uvicorn: "Response content shorter than Content-Length")."""
+    path = getattr(image, "filename", "")
+    if not path:
+        return image
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        raise gr.Error("That image is no longer on the server: generate it again.", print_exception=False) from None
+    return path
 
 
 def selected_image(gallery: Any, index: Any) -> Image.Image:

@@ -22,7 +22,7 @@ from sd2_app.api.a1111_samplers import read_sampler, sampler_named, schedule_lab
 from sd2_app.api.requests import HIRES_UPSCALERS, MASKED_CONTENT, HiresFix
 from sd2_app.errors import shown
 from sd2_app.prompt_styles import with_styles_read
-from sd2_app.ui.result_panel import ResultPanel, selected_image
+from sd2_app.ui.result_panel import ResultPanel, box_value, selected_image
 from sd2_app.ui.sampling_controls import SamplingControls
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[
                  tiling_given: bool = source_tiling is not None, styled: bool = styled) -> tuple:
             rest_left = list(rest)
             image = selected_image(gallery, index)
-            values = (image, text, negative, gr.Tabs(selected=target), *sized_values(into, image))
+            values = (box_value(image), text, negative, gr.Tabs(selected=target), *sized_values(into, image))
             if carry:
                 sampler, karras, steps, cfg, eta = rest_left[:5]
                 del rest_left[:5]
@@ -139,7 +139,7 @@ def wire_parameters_send(service: Service, buttons: dict[str, gr.Button], galler
 
         def send(images: Any, index: Any, target: str = target, into: SendTarget = into) -> tuple:
             image, parsed = picked_image_parameters(service, images, index, empty)
-            return (image, gr.Tabs(selected=target), *sized_values(into, image),
+            return (box_value(image), gr.Tabs(selected=target), *sized_values(into, image),
                     *parameter_values(service, parsed, into))
 
         outputs = [into.image, tabs, *sized_outputs(into), *parameter_outputs(into)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -97,3 +98,21 @@ def test_a_sent_image_keeps_its_own_size_in_image_to_image_and_a_new_upload_gets
         assert _queued(client, demo, "img2img_default_size", [image, default, None]) == [256, 192], name
     fresh = _uploaded(client, Image.new("RGB", (256, 192), (9, 90, 9)))  # another image of the same size
     assert _queued(client, demo, "img2img_default_size", [fresh, default, None]) == [592, 440]
+
+
+def test_a_send_puts_the_gallerys_own_file_in_the_box_and_writes_none(app, tmp_path) -> None:
+    """Given the picked image as PIL, Gradio encoded it again into a file named by its bytes, and rewrote that same
+    file at every send of the image: a page still fetching it for an earlier send got it cut short. A send now
+    hands the box the gallery's own file, untouched."""
+    client, demo = app
+    result = _result(tmp_path, (64, 72))
+    gallery = [{"image": _uploaded(client, result), "caption": None}]
+    picked = Path(gallery[0]["image"]["path"])
+    content = picked.read_bytes()
+    for target, box in (("img2img", "img2img-image"), ("outpaint", "outpaint-image"), ("upscale", "upscale-image"),
+                        ("depth", "depth-image"), ("inpaint", "inpaint-editor")):
+        for _ in range(2):  # the same image sent twice
+            value = _sent(client, demo, f"history_send_to_{target}", [gallery, 0])[box]
+            shown = value["background"]["path"] if target == "inpaint" else value["path"]
+            assert Path(shown).resolve() == picked.resolve(), target
+    assert picked.read_bytes() == content

@@ -333,7 +333,8 @@ def test_history_sends_a_picked_image_with_its_settings(tmp_path: Path) -> None:
         paths.append(str(save_png(image, tmp_path / f"{index}.png")))
     send = _fn(demo, "history_send_to_img2img")
     image, tab, width, height, _, prompt, negative, *sampling, tiling = send.fn([(p, "") for p in paths], 1)
-    assert image.size == (width, height) == (64, 72) and (prompt, negative) == ("cat 1", "blurry")
+    assert image == paths[1]  # the picked image's own file (`result_panel.box_value`)
+    assert Image.open(image).size == (width, height) == (64, 72) and (prompt, negative) == ("cat 1", "blurry")
     assert (*sampling, tiling) == ("Euler", True, 12, 6.5, 42, 0.25, False)  # eta; no "Tiling: True"
     with pytest.raises(gr.Error, match="There is nothing in History yet."):
         send.fn([], 0)
