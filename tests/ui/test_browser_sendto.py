@@ -83,16 +83,19 @@ def test_read_parameters_from_the_prompt_and_from_the_last_result(page) -> None:
 
 
 def _run(page, prefix: str) -> str:
-    """Generate on the tab at 2 steps; the result's seed."""
+    """Generate on the tab at 2 steps; the new result's seed."""
     _set_number(page, f"{prefix}-steps", 2)
+    before = page.locator(f"#{prefix}-info").inner_text()  # an earlier test's result may be on show
     page.locator(f"#{prefix}-run").click()
-    return _seed(page, prefix)
+    return _seed(page, prefix, before)
 
 
-def _seed(page, prefix: str) -> str:
-    """The seed of the tab's result, once it is there."""
+def _seed(page, prefix: str, before: str | None = None) -> str:
+    """The seed of the tab's result, once it is there (a result other than the one whose line was `before`)."""
     info = page.locator(f"#{prefix}-info")
-    expect(info).to_contain_text("Seed: ", timeout=120_000)
+    if before:  # this run's line, not the last run's: it says "Queued…" and the like on its way
+        expect(info).not_to_have_text(before, timeout=120_000)
+    expect(info).to_have_text(re.compile(r"^\s*Seed \d+ "), timeout=120_000)
     expect(page.locator(f"#{prefix}-run")).to_be_enabled(timeout=30_000)
     found = re.match(r"Seed (\d+) ", info.inner_text())
     assert found, info.inner_text()
