@@ -7,9 +7,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.ui.test_browser import DESKTOP, _box, _go, _open, _set_number, _shot, browser, expect, url  # noqa: F401
+from tests.ui.test_browser import DESKTOP, sync_api, _box, _go, _open, _set_number, _shot, browser, expect, url  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium and a served app
+
+
+# Whether the first element sits left of the second, their tops level (to 2 px).
+ONE_ROW = """([first, second]) => {
+  const a = document.querySelector(first).getBoundingClientRect();
+  const b = document.querySelector(second).getBoundingClientRect();
+  return a.x < b.x && Math.abs(a.y - b.y) < 2;
+}"""
 
 
 def test_batch_count_sits_beside_images_per_prompt_and_two_batches_fill_one_gallery(browser, url) -> None:  # noqa: F811
@@ -18,6 +26,13 @@ def test_batch_count_sits_beside_images_per_prompt_and_two_batches_fill_one_gall
         _go(page, "Text to image")
         expect(page.get_by_role("spinbutton", name="Batch count")).to_have_value("1")
         expect(page.get_by_role("spinbutton", name="Images per prompt")).to_have_value("1")
+        # The row in the middle of the page, its layout settled (on a busy run the two were measured 44 px apart
+        # just after the page opened), then measured.
+        page.locator("#txt2img-batch-count").evaluate("(box) => box.scrollIntoView({block: 'center'})")
+        try:
+            page.wait_for_function(ONE_ROW, arg=["#txt2img-batch-count", "#txt2img-batch-size"], timeout=15_000)
+        except sync_api.TimeoutError:
+            pass  # the assertion below says how they are placed
         counted, sized = _box(page, "#txt2img-batch-count"), _box(page, "#txt2img-batch-size")
         assert abs(counted["y"] - sized["y"]) < 2 and counted["x"] < sized["x"]  # one row, Batch count first
         for name, value in (("width", 64), ("height", 64), ("steps", 2), ("seed", 31), ("batch-count", 2)):
