@@ -84,3 +84,22 @@ def settled(page, quiet_ms: int = 500, timeout_s: float = 60.0) -> None:
         calls.settle(quiet_ms, timeout_s)
     finally:
         calls.close()
+
+
+# An image element's size as drawn from its file, once it has one: (0, 0) while the file is still coming.
+NATURAL_SIZE = "img => (img.complete && img.naturalWidth) ? [img.naturalWidth, img.naturalHeight] : null"
+
+
+def shown_size(page, selector: str, expected: tuple[int, int] | None = None, timeout_s: float = 15.0) -> tuple[int, int]:
+    """The pixel size of the first image `selector` finds, read once its file has loaded. With `expected`, waits
+    (up to `timeout_s`) for that size: a gallery that shows a new result swaps its image's file after the result's
+    text has landed, and an earlier image (or none) can be read in between. Returns what it last read."""
+    image = page.locator(selector).first
+    image.wait_for()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        size = image.evaluate(NATURAL_SIZE)
+        done = size is not None and (expected is None or tuple(size) == tuple(expected))
+        if done or time.monotonic() > deadline:
+            return tuple(size) if size is not None else (0, 0)
+        page.wait_for_timeout(100)

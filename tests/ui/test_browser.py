@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.ui.browser_calls import settled
+from tests.ui.browser_calls import settled, shown_size
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium and a served app: minutes on a small CPU
 CHROMIUM = Path("/usr/bin/chromium")
@@ -278,10 +278,6 @@ def test_a_failed_run_says_why_and_leaves_no_error_badge(page) -> None:
     expect(page.locator("#upscale-gallery .clear-status")).to_have_count(0)
 
 
-def _natural_size(page, selector: str) -> tuple[int, int]:
-    return tuple(page.locator(selector).first.evaluate("img => [img.naturalWidth, img.naturalHeight]"))
-
-
 def test_outpaint_works_out_of_the_box_then_on_one_side(page, tmp_path: Path) -> None:
     small = tmp_path / "landscape-48.png"
     Image.open(ASSETS / "landscape.png").convert("RGB").resize((48, 48)).save(small)
@@ -294,7 +290,7 @@ def test_outpaint_works_out_of_the_box_then_on_one_side(page, tmp_path: Path) ->
     _set_number(page, "outpaint-steps", 2)
     page.locator("#outpaint-run").click()  # the first Generate, no slider touched
     expect(page.locator("#outpaint-info")).to_contain_text("Outpaint left: 128", timeout=120_000)
-    assert _natural_size(page, "#outpaint-gallery img") == (48 + 256, 48 + 256)
+    assert shown_size(page, "#outpaint-gallery img", (48 + 256, 48 + 256)) == (48 + 256, 48 + 256)
     for side in ("left", "up", "down"):
         _set_number(page, f"outpaint-{side}", 0)
     _set_number(page, "outpaint-right", 16)
@@ -302,8 +298,8 @@ def test_outpaint_works_out_of_the_box_then_on_one_side(page, tmp_path: Path) ->
     expect(page.locator("#outpaint-info")).to_contain_text("Outpaint right: 16", timeout=120_000)
     page.locator("#outpaint-extra img").first.wait_for()
     _shot(page, "outpaint-result")
-    assert _natural_size(page, "#outpaint-gallery img") == (64, 48)
-    assert _natural_size(page, "#outpaint-extra img") == (64, 48)
+    assert shown_size(page, "#outpaint-gallery img", (64, 48)) == (64, 48)
+    assert shown_size(page, "#outpaint-extra img", (64, 48)) == (64, 48)
 
 
 def _pick(page, elem_id: str, option: str) -> None:
@@ -338,7 +334,7 @@ def test_xy_plot_2x2(page) -> None:
     captions = page.locator("#xyz-gallery .caption-label").all_text_contents()
     assert [c.split(" · ")[0] for c in captions] == ["Grid", "DDIM, CFG scale: 1", "Euler, CFG scale: 1",
                                                     "DDIM, CFG scale: 7.5", "Euler, CFG scale: 7.5"]
-    width, height = _natural_size(page, "#xyz-gallery .media-button img")
+    width, height = shown_size(page, "#xyz-gallery .media-button img")
     assert width > 2 * 64 and height > 2 * 64  # the grid with its label margins
     info = page.locator("#xyz-info").inner_text()
     assert 'X Values: "DDIM, Euler"' in info and "Sampler: DPM++ 2M" not in info

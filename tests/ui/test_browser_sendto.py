@@ -13,7 +13,7 @@ import re
 import httpx
 import pytest
 
-from tests.ui.browser_calls import settled
+from tests.ui.browser_calls import settled, shown_size
 from tests.ui.test_browser import (  # noqa: F401
     ARTIFACTS, PHONE, _box, _go, _open, _paint_and_inpaint, _set_number, browser, expect, page, url)
 
@@ -110,12 +110,6 @@ def _sent(page, button: str, tab: str, prefix: str, prompt: str, seed: str) -> N
     expect(_value(page, f"{prefix}-seed")).to_have_value(seed)
 
 
-def _natural_size(page, selector: str) -> list[int]:
-    image = page.locator(selector).first
-    image.wait_for()
-    return image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
-
-
 def _calls_of(page, url: str, api_name: str) -> list[str]:
     """The page's queued calls of the event `api_name`, from now on (a list that grows as they come)."""
     fn_index = next(d["id"] for d in httpx.get(f"{url}config").json()["dependencies"] if d["api_name"] == api_name)
@@ -140,7 +134,7 @@ def test_send_to_loops_into_the_same_tab_and_on_to_outpaint_and_depth(page, url:
     page.locator("#txt2img-prompt textarea").fill("a lighthouse")
     seed = _run(page, "txt2img")
     _sent(page, "#txt2img-send-outpaint", "Outpaint", "outpaint", "a lighthouse", seed)
-    assert _natural_size(page, "#outpaint-image img") == [64, 72]
+    assert shown_size(page, "#outpaint-image img", (64, 72)) == (64, 72)
     _go(page, "Text to image")
     sizing = _calls_of(page, url, "img2img_default_size")
     _sent(page, "#txt2img-send-img2img", "Image to image", "img2img", "a lighthouse", seed)
@@ -155,10 +149,10 @@ def test_send_to_loops_into_the_same_tab_and_on_to_outpaint_and_depth(page, url:
     seed = _run(page, "img2img")
     _sent(page, "#img2img-send-img2img", "Image to image", "img2img", "a lighthouse", seed)
     expect(page.locator("#img2img-image img").first).to_have_js_property("naturalWidth", 64)
-    assert _natural_size(page, "#img2img-image img") == [64, 72]
+    assert shown_size(page, "#img2img-image img", (64, 72)) == (64, 72)
     _go(page, "Image to image")
     _sent(page, "#img2img-send-depth", "Depth to image", "depth", "a lighthouse", seed)
-    assert _natural_size(page, "#depth-image img") == [64, 72]
+    assert shown_size(page, "#depth-image img", (64, 72)) == (64, 72)
     _go(page, "Image to image")
     _sent(page, "#img2img-send-inpaint", "Inpaint", "inpaint", "a lighthouse", seed)
     _set_number(page, "inpaint-steps", 2)
