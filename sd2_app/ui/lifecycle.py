@@ -82,7 +82,14 @@ class AppBlocks(gr.Blocks):
         the queue is watched (`sd2_app.ui.hosting.for_visitors`); a closed event stream stops its session's jobs
         (`sd2_app.ui.departures`), and so does a client's cancel of its job (`sd2_app.ui.cancels`); a quick event
         refuses junk in words (`raw_values.guard_quick_events`); the MCP tool list says what image arguments the
-        server takes (`sd2_app.ui.mcp_schema`)."""
+        server takes (`sd2_app.ui.mcp_schema`).
+
+        Gradio's launch then asks its own page once, with a 3 s timeout, and raises "When localhost is not
+        accessible, a shareable link must be created" when no answer came (gradio/blocks.py, `launch`, and
+        gradio/networking.py, `url_ok`): a check meant to send notebooks to a share link. On a loaded host the
+        answer can come later, and the app would not start for that alone; the launch skips that probe (its
+        `_frontend` flag, which Gradio 6.31 reads for nothing else). A launcher that wants it passes the flag."""
+        kwargs.setdefault("_frontend", False)
         guard_quick_events(self)
         app_kwargs = for_visitors(self, self.flags.visitors, self.hosting, app_kwargs)
         app_kwargs["middleware"] = [*app_kwargs["middleware"], Middleware(CancelMiddleware, queue=self._queue)]

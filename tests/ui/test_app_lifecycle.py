@@ -96,6 +96,29 @@ def test_the_app_serves_visitors_through_its_own_launch_with_nothing_patched_on_
         demo.close()
 
 
+
+def test_the_app_starts_when_its_own_page_answers_late(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gradio's launch asks its own page once with a 3 s timeout and refused to start when no answer came (on a
+    loaded CI machine it did: "When localhost is not accessible, a shareable link must be created"). Here every
+    such probe finds no answer; the app starts all the same and serves its page."""
+    import gradio.networking
+
+    probes: list[str] = []
+
+    def no_answer(url: str) -> bool:
+        probes.append(url)
+        return False
+
+    monkeypatch.setattr(gradio.networking, "url_ok", no_answer)
+    demo = build_ui(fake_service(None))
+    demo.queue(max_size=4)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    try:
+        assert httpx.get(url, timeout=30).status_code == 200
+        assert probes == []
+    finally:
+        demo.close()
+
 # `python app.py` with a slow disk: each file takes 6 s to write (longer than Gradio waits for its server to stop),
 # so the results are still queued for the writer when the client has them, when SIGTERM arrives and when the app's
 # close begins.

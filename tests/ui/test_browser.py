@@ -161,12 +161,19 @@ def _generate_txt2img(page, width: int, height: int, *, prompt: str = "a red fox
     # The token counter's first count and the first run both import the pipelines lazily; started together
     # they can meet in Python's import lock, so the count goes first here.
     expect(page.locator("#txt2img-prompt-tokens")).to_contain_text("/75", timeout=30_000)
+    info = page.locator("#txt2img-info")
+    before = info.inner_text()
     if shortcut:
         box.press("Control+Enter")
     else:
         page.locator("#txt2img-run").click()
+    # This run's result, not the one an earlier run left on show (its line says "Queued…" and the like on its way)
+    if before.strip():
+        expect(info).not_to_have_text(before, timeout=120_000)
+    expect(info).to_have_text(re.compile(r"^\s*Seed \d+ "), timeout=120_000)
     page.locator("#txt2img-gallery img").first.wait_for(timeout=120_000)
     expect(page.locator("#txt2img-run")).to_be_enabled(timeout=30_000)
+    settled(page)  # the result has landed and the page stopped moving: a click next hits what it aims at
 
 
 def test_ctrl_enter_generates_and_the_whole_result_is_shown_in_view(page) -> None:
