@@ -2,9 +2,8 @@
 
 The counter shows A1111's "23/75" ("93/150" once a second chunk starts), computed by the service from the
 same tokenizer and parser generation uses. It is fetched outside the GPU queue (`queue=False`; the service
-bounds how many run at once) and only once typing pauses: each keystroke's event waits `DEBOUNCE_MS` in the
-browser and goes to the server only if no newer keystroke came meanwhile (a superseded one is dropped by
-rejecting its promise, which sends nothing). One count per box is on its way at a time, and a change meanwhile
+bounds how many run at once) and only once typing pauses (`sd2_app.ui.debounce`: each keystroke's event waits
+in the browser and goes to the server only if no newer keystroke came meanwhile). One count per box is on its way at a time, and a change meanwhile
 is counted when it answers (Gradio's `trigger_mode="always_last"`): with several on their way, a count that came
 back late (a slow answer, the tokenizer's first read) replaced the newer one and the counter was stale.
 """
@@ -17,26 +16,13 @@ from typing import Any, TYPE_CHECKING
 import gradio as gr
 
 from sd2_app.errors import InvalidRequest
+from sd2_app.ui.debounce import debounce_js
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
     from sd2_app.ui.layout import PromptBoxes
 
 log = logging.getLogger(__name__)
-
-DEBOUNCE_MS = 300
-
-
-def _debounce_js(key: str) -> str:
-    """The event's `js`: pass its values (text, checkpoint[, styles]) on after the pause, or reject when a newer
-    keystroke came."""
-    return (
-        "(...values) => { const seen = window.sd2TokenCounts = window.sd2TokenCounts || {}; "
-        f"const mine = seen['{key}'] = (seen['{key}'] || 0) + 1; "
-        "return new Promise((send, drop) => setTimeout(() => "
-        f"mine === seen['{key}'] ? send(values) : drop('superseded'), {DEBOUNCE_MS})); }}"
-    )
-
 
 def _count(service: Service, text: Any, checkpoint: Any, styles: Any = None, negative: bool = False) -> Any:
     """The counter's line for `text` with the picked `styles` applied (its negative texts for the negative
@@ -68,7 +54,7 @@ def wire_counter(service: Service, box: gr.Textbox, counter: gr.Markdown, checkp
         return _count(service, text, key, styles, negative)
 
     gr.on(None, count, inputs, counter, queue=False,
-          trigger_mode="always_last", show_progress="hidden", js=_debounce_js(api_name), api_name=api_name,
+          trigger_mode="always_last", show_progress="hidden", js=debounce_js(api_name), api_name=api_name,
           api_visibility="public" if api_name == "count_tokens" else "private")
 
 

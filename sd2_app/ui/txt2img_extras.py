@@ -18,6 +18,7 @@ from sd2_app import infotext_keys as keys
 from sd2_app.api.a1111_samplers import sampler_named
 from sd2_app.api.checks import flag
 from sd2_app.api.requests import HIRES_UPSCALERS, HiresFix, SeedExtras
+from sd2_app.ui.debounce import debounce_js
 from sd2_app.ui.sending import hires_in, tiling_in
 
 if TYPE_CHECKING:
@@ -132,8 +133,9 @@ def _finite(value: Any) -> bool:
 def _wire_seed_extras_label(accordion: gr.Accordion, inputs: list[gr.components.Component], prefix: str) -> None:
     """The accordion's label follows its widgets (`seed_extras_label`; `inputs`: variation seed and strength, then
     the seed resize's width and height where the tab has them)."""
+    api_name = f"{prefix}_seed_extras_label"
     gr.on([box.change for box in inputs], lambda *values: gr.update(label=seed_extras_label(*values)), inputs,
-          accordion, queue=False, show_progress="hidden", api_name=f"{prefix}_seed_extras_label",
+          accordion, queue=False, show_progress="hidden", js=debounce_js(api_name), api_name=api_name,
           api_visibility="private")
 
 
@@ -183,14 +185,16 @@ def wire_hires_size(width: gr.Slider, height: gr.Slider, fix: HiresControls, max
     """Keep the hires fix's size line and its accordion's label up to date with the first pass's size and the
     upscale settings. One event sets both: with two events of the default trigger mode ("always_last") on the same
     widgets, Gradio's page called both again and again without end once two of those widgets changed at once (a
-    send setting width and height), for as long as the page stayed open."""
+    send setting width and height), for as long as the page stayed open. Debounced (`sd2_app.ui.debounce`): a
+    paste sets the six widgets one after another, and a call carrying the first ones could land last."""
     inputs = [fix.hires, width, height, fix.scale, fix.width, fix.height]
 
     def follow(on: Any, *sizes: Any) -> tuple:
         return hires_size_note(*sizes, max_side), gr.update(label=hires_label(on, *sizes, max_side))
 
+    api_name = f"{prefix}_hires_size"
     gr.on([box.change for box in inputs], follow, inputs, [fix.hires_size, fix.accordion], queue=False,
-          show_progress="hidden", api_name=f"{prefix}_hires_size", api_visibility="private")
+          show_progress="hidden", js=debounce_js(api_name), api_name=api_name, api_visibility="private")
 
 
 IMG2IMG_NAMES = ("variation_seed", "variation_strength", "tiling")

@@ -34,7 +34,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             shot.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(shot))
             errors = [str(error) for error in page.page_errors()][-5:]
-            console = [m.text for m in page.console_messages() if m.type == "error"][-10:]
+            console = [f"{m.text} ({m.location.get('url', '')})" for m in page.console_messages()
+                       if m.type == "error"][-10:]
             report.sections.append(("page at failure", f"toasts: {toasts!r}\nscript errors: {errors!r}\n"
                                                        f"console errors: {console!r}\nscreenshot: {shot}"))
         except Exception as error:  # the page itself is gone: the report keeps the test's own failure
