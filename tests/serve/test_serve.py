@@ -108,25 +108,21 @@ def test_two_jobs_run_at_once_on_two_replicas(front, cluster) -> None:
     def job(key: str):
         return replace(request(key, steps=60), width=128, height=128)
 
-    start = time.perf_counter()
-    front.run(job(a))
-    one = time.perf_counter() - start
     results: list[object] = []
     threads = [threading.Thread(target=lambda k=k: results.append(front.run(job(k)))) for k in (a, b)]
-    start = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    both = time.perf_counter() - start
     assert len(results) == 2
     jobs = sorted((j for s in replica_stats(handle).values() for j in s["jobs"]), key=lambda j: j["start"])[-2:]
     assert {j["key"] for j in jobs} == {a, b}
-    # The two jobs ran at the same time on two replicas: they overlap for most of the shorter one. (The wall
-    # time's ratio to one job, ~1.1 on two idle cores, depends on what else the CPU runs: bench/serve.py.)
+    # The two jobs ran at the same time on two replicas: they overlap for most of the shorter one, as the
+    # replicas' own records of start and end say. (What that saves in wall time depends on what else the CPU
+    # runs, and is measured by bench/serve.py, not asserted here: on a CI machine shared with another test
+    # process, two jobs at once took 3.1 times one job.)
     overlap = min(j["end"] for j in jobs) - max(j["start"] for j in jobs)
     assert overlap > 0.5 * min(j["end"] - j["start"] for j in jobs), jobs
-    assert both < 3 * one, (both, one)
 
 
 def test_stop_cancels_the_remote_job_and_frees_the_replica(front, cluster) -> None:
