@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.ui.browser_calls import shown_size
 from tests.ui.test_browser import (ARTIFACTS, ASSETS, DESKTOP, _go, _open, _set_number, browser,  # noqa: F401
                                    expect, url)
 
@@ -90,7 +91,7 @@ def test_img2img_with_one_size_box_cleared_keeps_that_side_of_the_image(browser,
     image.wait_for(timeout=120_000)
     # The width as the box shows it and the image's own height; the typed width was once dropped without a word and
     # the run kept 192x128.
-    assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [104, 128]
+    assert shown_size(page, "#img2img-gallery img", (104, 128)) == (104, 128)
     expect(width).to_have_value("104")
     page.screenshot(path=str(ARTIFACTS / "walkthrough-img2img-one-size-box.png"))
     page.context.close()
