@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.ui.browser_calls import settled
+from tests.ui.browser_calls import run_and_wait, settled, shown_size
 from tests.ui.test_browser import (ARTIFACTS, DESKTOP, PHONE, _box, _go, _open, _pick, browser,  # noqa: F401
                                    expect, page, url)
 from tests.ui.test_browser_polish import slow_counts  # noqa: F401 (a fixture: counting "slow" takes 3 s)
@@ -75,10 +75,8 @@ def test_img2img_size_boxes_are_set_from_the_image_as_their_note_says(page, tmp_
         page.locator(f"#img2img-{side} input[type=number]").fill("")
     page.locator("#img2img-steps input[type=number]").fill("2")
     page.locator("#img2img-prompt textarea").fill("a red square")
-    page.locator("#img2img-run").click()
-    page.locator("#img2img-gallery img").first.wait_for(timeout=120_000)
-    assert tuple(page.locator("#img2img-gallery img").first.evaluate(
-        "img => [img.naturalWidth, img.naturalHeight]")) == (192, 128)
+    run_and_wait(page, "img2img")
+    assert shown_size(page, "#img2img-gallery img", (192, 128)) == (192, 128)
 
 
 UPSCALE_NOTE = ("At most 12 steps fit this server's job limit for this 512x512 image with these settings (Steps is "

@@ -15,7 +15,7 @@ import pytest
 
 from tests.api.test_prompt_styles_app import served_with_styles
 from tests.reliability_support import one_thread  # noqa: F401 (a fixture)
-from tests.ui.browser_calls import ServerCalls, settled
+from tests.ui.browser_calls import ServerCalls, run_and_wait, settled
 from tests.ui.test_browser import ARGS, ARTIFACTS, CHROMIUM, DESKTOP, PHONE, _go, _set_number, expect, sync_api
 from tests.ui.test_prompt_styles_browser import STYLES_CSV, _pick
 
@@ -56,8 +56,7 @@ def _generate(page, prompt: str, negative: str) -> None:
     page.locator("#txt2img-negative textarea").fill(negative)
     for name, value in (("width", 64), ("height", 64), ("steps", 2)):
         _set_number(page, f"txt2img-{name}", value)
-    page.locator("#txt2img-run").click()
-    expect(page.locator("#txt2img-info")).to_contain_text("Seed ", timeout=120_000)
+    run_and_wait(page, "txt2img")
 
 
 def _expect_sent(page, prefix: str, prompt: str, negative: str, styles: list[str]) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.ui.browser_calls import run_and_wait, shown_size
 from tests.ui.test_browser import _go, browser, expect, page, url  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -28,11 +29,8 @@ def test_img2img_sizes_typed_off_the_multiples_of_8_show_the_size_the_run_used(p
     height.fill("70")
     page.locator("#img2img-steps input[type=number]").fill("2")
     page.locator("#img2img-prompt textarea").fill("a red square")
-    page.locator("#img2img-run").click()
-    page.locator("#img2img-gallery img").first.wait_for(timeout=120_000)
-    expect(page.locator("#img2img-run")).to_be_enabled(timeout=30_000)
-    assert tuple(page.locator("#img2img-gallery img").first.evaluate(
-        "img => [img.naturalWidth, img.naturalHeight]")) == (104, 72)
+    run_and_wait(page, "img2img")
+    assert shown_size(page, "#img2img-gallery img", (104, 72)) == (104, 72)
     expect(width).to_have_value("104")
     expect(height).to_have_value("72")
     width.fill("99")

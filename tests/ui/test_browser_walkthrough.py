@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.ui.browser_calls import shown_size
+from tests.ui.browser_calls import run_and_wait, shown_size
 from tests.ui.test_browser import (ARTIFACTS, ASSETS, DESKTOP, _go, _open, _set_number, browser,  # noqa: F401
                                    expect, url)
 
@@ -35,10 +35,7 @@ def test_reuse_last_seed_before_a_result_keeps_the_typed_seed_and_says_why(brows
     _set_number(page, "txt2img-height", 64)
     _set_number(page, "txt2img-steps", 1)
     seed.fill("-1")
-    page.locator("#txt2img-run").click()
-    info = page.locator("#txt2img-info")
-    expect(info).to_contain_text("Seed ", timeout=120_000)
-    drawn = info.inner_text().split("Seed ", 1)[1].split(" ", 1)[0]
+    drawn = run_and_wait(page, "txt2img").split("Seed ", 1)[1].split(" ", 1)[0]
     page.locator("#txt2img-reuse-seed").click()
     expect(seed).to_have_value(drawn, timeout=15_000)
     page.context.close()
