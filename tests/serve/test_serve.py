@@ -91,9 +91,22 @@ def test_requests_go_to_the_replica_that_has_their_checkpoint(front, cluster) ->
 
     run(a, b)  # the first test left b on one replica; a goes to the other, empty one
     assert loaded() == sorted([[a], [b]])
-    warm = total_loads(handle)
-    run(a, b, a, b)  # each finds its replica: no load at all
-    assert total_loads(handle) == warm
+    # Each finds its replica: no load at all. Ray's routing by model id is best effort: a replica that has not
+    # answered the router's queue-length probe, or says it is busy, is passed over, and the request goes to any
+    # replica with the fewest models (ray/serve/_private/request_router/request_router.py,
+    # `apply_multiplex_routing`). In full CI runs, with another test process on the two cores, one pair in a
+    # while swapped the two checkpoints (two loads) though nothing else ran; so four requests that load are
+    # retried once, and four must then run with no load (requests sent to a random replica would do that one
+    # time in 16).
+    tries = []
+    for _ in range(2):
+        warm = total_loads(handle)
+        run(a, b, a, b)
+        tries.append(total_loads(handle))
+        if tries[-1] == warm:
+            break
+    assert tries[-1] == warm, tries
+    assert loaded() == sorted([[a], [b]])
     run(c)  # a third checkpoint: one load, evicting (offloading) whichever checkpoint its replica had
     assert len(total_loads(handle)) == len(warm) + 1
     assert [c] in loaded() and len(loaded()) == 2
