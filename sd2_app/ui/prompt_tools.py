@@ -3,9 +3,9 @@
 The counter shows A1111's "23/75" ("93/150" once a second chunk starts), computed by the service from the
 same tokenizer and parser generation uses. It is fetched outside the GPU queue (`queue=False`; the service
 bounds how many run at once) and only once typing pauses (`sd2_app.ui.debounce`: each keystroke's event waits
-in the browser and goes to the server only if no newer keystroke came meanwhile). One count per box is on its way at a time, and a change meanwhile
-is counted when it answers (Gradio's `trigger_mode="always_last"`): with several on their way, a count that came
-back late (a slow answer, the tokenizer's first read) replaced the newer one and the counter was stale.
+in the browser and goes to the server only if no newer keystroke came meanwhile). A change while a count is on
+its way is counted when it answers (Gradio's `trigger_mode="always_last"`): with several on their way, a count
+that came back late (a slow answer, the tokenizer's first read) replaced the newer one and the counter was stale.
 """
 
 from __future__ import annotations

@@ -90,7 +90,8 @@ def settled(page, quiet_ms: int = 500, timeout_s: float = 60.0) -> None:
 NATURAL_SIZE = "img => (img.complete && img.naturalWidth) ? [img.naturalWidth, img.naturalHeight] : null"
 
 
-def shown_size(page, selector: str, expected: tuple[int, int] | None = None, timeout_s: float = 15.0) -> tuple[int, int]:
+def shown_size(page, selector: str, expected: tuple[int, int] | None = None,
+               timeout_s: float = 15.0) -> tuple[int, int]:
     """The pixel size of the first image `selector` finds, read once its file has loaded. With `expected`, waits
     (up to `timeout_s`) for that size: a gallery that shows a new result swaps its image's file after the result's
     text has landed, and an earlier image (or none) can be read in between. Returns what it last read."""
