@@ -18,7 +18,6 @@ def local_serve(tmp_path_factory: pytest.TempPathFactory, **settings: Any) -> It
     Ray instance of this process's own; Serve and Ray are shut down after."""
     import ray
     from ray import serve
-    from ray.serve.request_router import RequestRouter
 
     from sd2_app.serve.config import load_config
     from sd2_app.serve.deployment import build_app
@@ -30,19 +29,12 @@ def local_serve(tmp_path_factory: pytest.TempPathFactory, **settings: Any) -> It
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": env})
     config = load_config(None, tiny=True, device="cpu", **settings)
-    # The router (in this process) asks a replica for its queue length before sending it a request and passes
-    # over a replica that has not answered within 0.1 s (Ray's default). A multiplexed request then falls back
-    # to any replica with the fewest models. On a CPU shared with another test process the answer can take
-    # longer, and the routing tests would see a load the rule does not make: give replicas 5 s here.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(RequestRouter, "queue_len_response_deadline_s", 5.0)
-        patch.setattr(RequestRouter, "max_queue_len_response_deadline_s", 5.0)
-        try:
-            handle = serve.run(build_app(config), name=config.app_name, route_prefix=None)
-            yield handle, config
-        finally:
-            serve.shutdown()
-            ray.shutdown()
+    try:
+        handle = serve.run(build_app(config), name=config.app_name, route_prefix=None)
+        yield handle, config
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
 
 def front_service(served: tuple[Any, Any], **options: Any) -> Any:  # -> Service

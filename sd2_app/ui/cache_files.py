@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -35,6 +36,12 @@ RESULTS_FOLDER = "sd2-app"  # under Gradio's cache folder, which Gradio serves
 def results_folder() -> Path:
     """Where the app writes the PNGs it shows; inside Gradio's cache folder, so Gradio serves them."""
     return Path(get_upload_folder()) / RESULTS_FOLDER
+
+
+def shown_again(path: str | Path) -> None:
+    """A file in the cache is on show once more: its age starts anew (`sweep` goes by ctime, which this sets).
+    FileNotFoundError when a sweep has deleted it already."""
+    os.utime(path)
 
 
 def _older_than(path: Path, age: float, now: float) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import html
 import math
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import gradio as gr
 from PIL import Image
 
 from sd2_app.api.timing import summary
+from sd2_app.ui.cache_files import shown_again
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Result
@@ -119,7 +119,7 @@ def too_large_to_send(limit: int) -> str:
 
 def box_value(image: Image.Image) -> Image.Image | str:
     """What a send puts in an image box: the gallery's own file (a PNG in Gradio's cache) where the picked `image`
-    was opened from one, its cache age started anew (`cache_files.sweep` deletes files by age); else `image`.
+    was opened from one, its cache age started anew (`cache_files.shown_again`); else `image`.
     Given a PIL image, Gradio encodes it again and writes it to a file named by its bytes, rewriting that file at
     each send of the same image (gradio/processing_utils.py, `save_pil_to_cache`): a page still fetching it for an
     earlier send got it cut short (uvicorn: "Response content shorter than Content-Length")."""
@@ -127,7 +127,7 @@ def box_value(image: Image.Image) -> Image.Image | str:
     if not path:
         return image
     try:
-        os.utime(path)
+        shown_again(path)
     except FileNotFoundError:
         raise gr.Error("That image is no longer on the server: generate it again.", print_exception=False) from None
     return path

@@ -35,7 +35,7 @@ from sd2_app.api.service import ProgressFn, Result
 from sd2_app.api.timing import log_split, timed
 from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.fork_safety import renew_in_forked_child
-from sd2_app.ui.cache_files import results_folder
+from sd2_app.ui.cache_files import results_folder, shown_again
 
 if TYPE_CHECKING:
     from sd2_app.ui.hosting import Visitors
@@ -339,8 +339,8 @@ def cached_file(data: bytes, name: str, sha256: str | None = None) -> str:
     Gradio encoded. The file goes after the cache age whether or not Gradio ever sees it (`cache_files.sweep`)."""
     folder = results_folder() / hash_bytes((sha256 or png_sha256(data)).encode())
     path = folder / name
-    if path.exists():  # shown again: files are deleted by age, so this showing starts its age anew
-        os.utime(path)
+    if path.exists():
+        shown_again(path)
         return str(path)
     temporary = folder / f".{name}.{threading.get_ident()}.tmp"  # whole or absent, as Gradio's own copies
     for attempt in range(2):  # a sweep may delete the (old, empty) folder between mkdir and the write

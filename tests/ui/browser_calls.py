@@ -106,19 +106,28 @@ def shown_size(page, selector: str, expected: tuple[int, int] | None = None,
         page.wait_for_timeout(100)
 
 
-def run_and_wait(page, prefix: str, timeout_s: float = 120.0) -> str:
-    """Click the tab's Generate and return its result line once this run's result is there: a line other than the
-    one on show before the click (an earlier run's, possibly with the same words in its prompt), starting with
-    the result's seed, and Generate enabled again."""
+def run_and_wait(page, prefix: str, start=None, timeout_s: float = 120.0) -> str:
+    """Start the tab's run (`start()`, by default a click on its Generate) and return its result line once this
+    run's result is there: a line other than the one on show before (an earlier run's, possibly with the same
+    words in its prompt), starting with the result's seed, and Generate enabled again."""
     import re
 
     from playwright.sync_api import expect
 
     info = page.locator(f"#{prefix}-info")
     before = info.inner_text()
-    page.locator(f"#{prefix}-run").click()
+    (start or page.locator(f"#{prefix}-run").click)()
     if before.strip():  # the line says "Queued…" and the like on its way
         expect(info).not_to_have_text(before, timeout=timeout_s * 1000)
     expect(info).to_have_text(re.compile(r"^\s*Seed \d+ "), timeout=timeout_s * 1000)
     expect(page.locator(f"#{prefix}-run")).to_be_enabled(timeout=30_000)
     return info.inner_text()
+
+
+def seed_of(line: str) -> str:
+    """The seed a result line (`run_and_wait`) starts with."""
+    import re
+
+    found = re.match(r"\s*Seed (\d+) ", line)
+    assert found, line
+    return found.group(1)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.ui.browser_calls import settled, shown_size
+from tests.ui.browser_calls import run_and_wait, settled, shown_size
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium and a served app: minutes on a small CPU
 CHROMIUM = Path("/usr/bin/chromium")
@@ -161,18 +161,8 @@ def _generate_txt2img(page, width: int, height: int, *, prompt: str = "a red fox
     # The token counter's first count and the first run both import the pipelines lazily; started together
     # they can meet in Python's import lock, so the count goes first here.
     expect(page.locator("#txt2img-prompt-tokens")).to_contain_text("/75", timeout=30_000)
-    info = page.locator("#txt2img-info")
-    before = info.inner_text()
-    if shortcut:
-        box.press("Control+Enter")
-    else:
-        page.locator("#txt2img-run").click()
-    # This run's result, not the one an earlier run left on show (its line says "Queued…" and the like on its way)
-    if before.strip():
-        expect(info).not_to_have_text(before, timeout=120_000)
-    expect(info).to_have_text(re.compile(r"^\s*Seed \d+ "), timeout=120_000)
+    run_and_wait(page, "txt2img", start=(lambda: box.press("Control+Enter")) if shortcut else None)
     page.locator("#txt2img-gallery img").first.wait_for(timeout=120_000)
-    expect(page.locator("#txt2img-run")).to_be_enabled(timeout=30_000)
     settled(page)  # the result has landed and the page stopped moving: a click next hits what it aims at
 
 
@@ -240,13 +230,11 @@ def _paint_and_inpaint(page) -> list[int]:
             if attempt:
                 raise
     _shot(page, "inpaint-1-painted")
-    page.locator("#inpaint-run").click()
-    used = page.locator("#inpaint-extra img").first
     try:
-        used.wait_for(timeout=120_000)
+        run_and_wait(page, "inpaint")
     finally:
         _shot(page, "inpaint-2-result")
-    return used.evaluate("(img) => [img.naturalWidth, img.naturalHeight]")
+    return list(shown_size(page, "#inpaint-extra img"))
 
 
 def test_send_to_inpaint_fills_the_editor_of_a_page_that_never_opened_inpaint(browser, url: str) -> None:

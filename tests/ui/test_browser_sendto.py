@@ -13,7 +13,7 @@ import re
 import httpx
 import pytest
 
-from tests.ui.browser_calls import settled, shown_size
+from tests.ui.browser_calls import run_and_wait, seed_of, settled, shown_size
 from tests.ui.test_browser import (  # noqa: F401
     ARTIFACTS, PHONE, _box, _go, _open, _paint_and_inpaint, _set_number, browser, expect, page, url)
 
@@ -65,9 +65,7 @@ def test_read_parameters_from_the_prompt_and_from_the_last_result(page) -> None:
     page.screenshot(path=str(ARTIFACTS / "read-parameters-pasted.png"))
     for name, value in (("width", 64), ("height", 64), ("steps", 2)):
         _set_number(page, f"txt2img-{name}", value)
-    before = page.locator("#txt2img-info").inner_text()  # the first run's, whose prompt said "Seed: 1234" too
-    page.locator("#txt2img-run").click()
-    assert _seed(page, "txt2img", before) == "1234"
+    assert seed_of(run_and_wait(page, "txt2img")) == "1234"  # not the first run's line, whose prompt said it too
     assert IN_PROMPT not in page.locator("#txt2img-info").inner_text()
     _set_number(page, "txt2img-seed", 5)
     _set_number(page, "txt2img-steps", 9)
@@ -86,21 +84,7 @@ def test_read_parameters_from_the_prompt_and_from_the_last_result(page) -> None:
 def _run(page, prefix: str) -> str:
     """Generate on the tab at 2 steps; the new result's seed."""
     _set_number(page, f"{prefix}-steps", 2)
-    before = page.locator(f"#{prefix}-info").inner_text()  # an earlier test's result may be on show
-    page.locator(f"#{prefix}-run").click()
-    return _seed(page, prefix, before)
-
-
-def _seed(page, prefix: str, before: str | None = None) -> str:
-    """The seed of the tab's result, once it is there (a result other than the one whose line was `before`)."""
-    info = page.locator(f"#{prefix}-info")
-    if before:  # this run's line, not the last run's: it says "Queued…" and the like on its way
-        expect(info).not_to_have_text(before, timeout=120_000)
-    expect(info).to_have_text(re.compile(r"^\s*Seed \d+ "), timeout=120_000)
-    expect(page.locator(f"#{prefix}-run")).to_be_enabled(timeout=30_000)
-    found = re.match(r"Seed (\d+) ", info.inner_text())
-    assert found, info.inner_text()
-    return found.group(1)
+    return seed_of(run_and_wait(page, prefix))
 
 
 def _sent(page, button: str, tab: str, prefix: str, prompt: str, seed: str) -> None:
@@ -158,7 +142,7 @@ def test_send_to_loops_into_the_same_tab_and_on_to_outpaint_and_depth(page, url:
     _sent(page, "#img2img-send-inpaint", "Inpaint", "inpaint", "a lighthouse", seed)
     _set_number(page, "inpaint-steps", 2)
     assert _paint_and_inpaint(page) == [64, 72]
-    seed = _seed(page, "inpaint")
+    seed = seed_of(page.locator("#inpaint-info").inner_text())  # the run `_paint_and_inpaint` waited for
     _sent(page, "#inpaint-send-inpaint", "Inpaint", "inpaint", "a lighthouse", seed)
     tracker = page.locator("#inpaint-editor [data-testid=status-tracker]").first
     expect(tracker).to_have_class(re.compile(r"\bhide\b"), timeout=5_000)
