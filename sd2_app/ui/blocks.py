@@ -18,6 +18,7 @@ from sd2_app.prompt_styles import StyleBook, with_styles_read
 from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
 from sd2_app.ui.hosting import Hosting, Visitors
 from sd2_app.ui.lifecycle import AppBlocks
+from sd2_app.ui.progress_targets import keep_progress_on_leaves
 from sd2_app.ui.read_parameters import wire_read_parameters
 from sd2_app.ui.result_panel import ResultPanel
 from sd2_app.ui.runner import StopFlags
@@ -109,6 +110,7 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
         # every launcher (app.py, Spaces, the tests) gets them.
         css = json.dumps((STATIC / "app.css").read_text(encoding="utf-8") + models.table_css() + history.phone_css())
         demo.load(None, js=f"() => ({(STATIC / 'app.js').read_text(encoding='utf-8')})({css})")
+    keep_progress_on_leaves(demo)  # once every event is wired
     return demo
 
 

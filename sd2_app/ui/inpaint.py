@@ -83,9 +83,9 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Inpa
             eraser=gr.Eraser(default_size="auto"),
             height=420,
             elem_id="inpaint-editor",
-            elem_classes=["checked-editor"],  # a file the page cannot open is said (`file_check`)
+            elem_classes=["checked-editor"],  # each file put in goes to its checker too (`file_check`)
         ), service.limits.max_input_pixels)
-        file_check(editor)
+        file_check(editor, service.limits.max_input_pixels)
         with gr.Accordion("Or upload a mask image (white = repaint)", open=False):
             mask_upload = upload_image(label="Mask", type="pil", image_mode=None, sources=["upload"], height=200,
                                        elem_id="inpaint-mask")
@@ -102,8 +102,7 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Inpa
                                       info="work at full resolution on a crop around the mask")
             padding = gr.Slider(0, 256, InpaintRequest.only_masked_padding, step=8, label="Only-masked padding (px)")
         controls = frame.sampling(examples, editor)
-    for box in (editor, mask_upload):
-        check_on_upload(box, service.limits.max_input_pixels)
+    check_on_upload(mask_upload, service.limits.max_input_pixels)
     # Masked content comes last among the API's parameters, so calls that give them in order keep working.
     inputs = [editor, mask_upload, checkpoint, frame.prompt, frame.negative, strength, blur, only_masked, padding,
               *controls.inputs(), masked_content]

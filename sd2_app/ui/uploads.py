@@ -134,12 +134,13 @@ def _readable(preprocess: Any) -> Any:
     return readable_preprocess
 
 
-def guard_image(image: gr.Image) -> gr.Image:
-    """Wrap an image input's preprocess: accepted formats only, PIL's errors in words."""
+def guard_image(image: gr.Image, max_pixels: int | None = None) -> gr.Image:
+    """Wrap an image input's preprocess: accepted formats only (with `max_pixels`, a header that declares at most
+    that many pixels), PIL's errors in words."""
     decode = _readable(image.preprocess)
 
     def checked_preprocess(payload: Any) -> Any:
-        check_upload(payload)
+        check_upload(payload, max_pixels)
         return decode(payload)
 
     image.preprocess = checked_preprocess  # type: ignore[method-assign]
@@ -158,8 +159,9 @@ def unopened_path(image: gr.Image) -> gr.Image:
     return image
 
 
-def upload_image(**kwargs: Any) -> gr.Image:
-    """`gr.Image(**kwargs)` that accepts only PNG, JPEG and WebP, with readable errors.
+def upload_image(*, max_pixels: int | None = None, **kwargs: Any) -> gr.Image:
+    """`gr.Image(**kwargs)` that accepts only PNG, JPEG and WebP (with `max_pixels`, of at most that many pixels
+    by the header: `guard_image`), with readable errors.
 
     A box with a clipboard source gets the class "checked-paste" and a checker (`file_check`): its Paste button
     ignores a clipboard without an image, without a word, and Gradio takes the box's own file input away while
@@ -172,7 +174,7 @@ def upload_image(**kwargs: Any) -> gr.Image:
     pasted = "clipboard" in (kwargs.get("sources") or ())
     if pasted:
         kwargs["elem_classes"] = [*(kwargs.get("elem_classes") or []), "checked-paste"]
-    image = guard_image(gr.Image(**kwargs))
+    image = guard_image(gr.Image(**kwargs), max_pixels)
     if pasted:
         file_check(image)
     return image
@@ -208,19 +210,24 @@ def guard_editor(editor: EditorT, max_pixels: int, max_layers: int = MAX_EDITOR_
     return guard_blobs(editor)
 
 
-def file_check(box: gr.Image | gr.ImageEditor) -> gr.Image:
-    """A hidden image box (`<box id>-check`) that says why the page could not put a file into `box`.
+def file_check(box: gr.Image | gr.ImageEditor, max_pixels: int | None = None) -> gr.Image:
+    """A hidden image box (`<box id>-check`) that says why the page could not, or should not, put a file into `box`.
 
     Gradio's image editor opens an upload in the page; a file the browser cannot decode leaves it blank, with
     nothing sent and nothing said. A Paste button (the editor's or an image box's) ignores a clipboard without
     an image, as silently. The page script (static/app.js) passes such a file to this box, whose upload is
     refused by `upload_image`'s check, in the words every other image box uses. An editor needs the class
     "checked-editor" (uploads, drops and pastes are checked), an image box "checked-paste" (pastes only: its own
-    upload check reads the rest); the box is made where this is called."""
-    checker = upload_image(type="filepath", sources=["upload"], visible="hidden", show_label=False,
-                           elem_id=f"{box.elem_id}-check")
+    upload check reads the rest); the box is made where this is called.
+
+    An editor's checker (`max_pixels` given) gets every file put into the editor, which it refuses by its header
+    when over `max_pixels` pixels, in the words the editor's Generate uses (`guard_editor`); the editor keeps the
+    image. The editor itself has no upload event: Gradio's page starts such an event again at each redraw of the
+    editor, and each sends the editor's image again (js/imageeditor/Index.svelte, `onupload`)."""
+    checker = upload_image(max_pixels=max_pixels, type="filepath", sources=["upload"], visible="hidden",
+                           show_label=False, elem_id=f"{box.elem_id}-check")
     name = f"{box.elem_id}_check".replace("-", "_")
-    # Reaching the function means the file was readable after all (the browser had failed to decode it only).
+    # Reaching the function means the file was readable (and small enough) after all.
     checked = checker.upload(lambda path: None, checker, None, api_name=f"{name}_file", api_visibility="private",
                              show_progress="hidden")
     empty_on_failure(checked, checker)
@@ -243,15 +250,12 @@ def empty_on_failure(event: Dependency, box: gr.Image | gr.ImageMask) -> None:
     event.failure(lambda: None, None, box, api_name=f"{name}_refused", api_visibility="private", queue=False)
 
 
-def check_on_upload(box: gr.Image | gr.ImageMask, max_pixels: int) -> None:
+def check_on_upload(box: gr.Image, max_pixels: int) -> None:
     """Refuse an unreadable or oversized image when it is uploaded rather than at Generate: the visitor reads why
-    (unreadable files fail in `upload_image`'s preprocess) and an image box empties instead of showing a broken
-    image. An image editor keeps the image (Generate refuses it again, in the same words): Gradio's editor freezes,
-    an endless spinner over a blank canvas, when a server event sets its value after the visitor's upload.
+    (unreadable files fail in `upload_image`'s preprocess) and the box empties instead of showing a broken image.
     A tab whose own event already reads every new image (Image to image's size) checks there instead, so a bad
-    upload is said once, not once per event."""
+    upload is said once, not once per event; an image editor's uploads are checked by its `file_check`."""
     name = (box.elem_id or f"upload_{box._id}").replace("-", "_")
     checked = box.upload(lambda value: refuse_oversized(value, max_pixels), box, None, api_name=f"{name}_check",
                          api_visibility="private")
-    if not isinstance(box, gr.ImageEditor):
-        empty_on_failure(checked, box)
+    empty_on_failure(checked, box)

@@ -237,6 +237,41 @@ def _paint_and_inpaint(page) -> list[int]:
     return list(shown_size(page, "#inpaint-extra img"))
 
 
+def test_an_image_in_the_inpaint_editor_is_not_sent_again_by_events_elsewhere(browser, url: str,
+                                                                                 tmp_path: Path) -> None:
+    """An image in the inpaint editor goes to the server when a run needs it (and once to its upload check), not
+    at each event of the page: Gradio's page reads the editor again at every status message of any event once an
+    event has shown progress on the editor or on a block around it (the sends' tab switch), and each read uploaded
+    the editor's image anew (hundreds of uploads per page, spending the visitor's upload budget)."""
+    small = tmp_path / "landscape-64.png"
+    Image.open(ASSETS / "landscape.png").convert("RGB").resize((64, 64)).save(small)
+    page = _open(browser, url, DESKTOP)
+    uploads: list[str] = []
+    page.on("request", lambda request: uploads.append(request.url)
+            if request.method == "POST" and request.url.split("?")[0].endswith("/gradio_api/upload") else None)
+    try:
+        _go(page, "Inpaint")
+        page.locator("#inpaint-editor input[type=file]").set_input_files(str(small))
+        page.locator("#inpaint-editor canvas").first.wait_for()
+        settled(page)
+        assert len(uploads) == 1  # the file, to the editor's upload check (`uploads.file_check`)
+        _generate_txt2img(page, 64, 72, prompt="a harbour at night")  # a run with previews, numbers, a prompt
+        assert len(uploads) == 1  # nothing of the editor's was sent by them
+        page.locator("#txt2img-send-inpaint").click()
+        expect(page.get_by_role("tab", name="Inpaint")).to_have_attribute("aria-selected", "true", timeout=30_000)
+        expect(page.locator("#inpaint-prompt textarea")).to_have_value("a harbour at night")
+        settled(page)
+        sent = len(uploads)  # the tab switch reads every widget once: the editor's background and composite
+        assert sent <= 1 + 2, uploads
+        page.locator("#inpaint-prompt textarea").fill("a harbour at dawn")  # its token count is an event
+        _set_number(page, "inpaint-steps", 3)
+        expect(page.locator("#inpaint-prompt-tokens")).to_contain_text("/75")
+        settled(page)
+        assert len(uploads) == sent, uploads[sent:]
+    finally:
+        page.context.close()
+
+
 def test_send_to_inpaint_fills_the_editor_of_a_page_that_never_opened_inpaint(browser, url: str) -> None:
     """A fresh visitor's first "Send to inpaint": the Inpaint tab (and its editor) is first drawn by that send."""
     page = _open(browser, url, DESKTOP)

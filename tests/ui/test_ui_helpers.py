@@ -285,8 +285,9 @@ def test_png_info_sends_the_checkpoint_too() -> None:
     assert send.queue is not False  # queued: "There are no generation parameters to send: ..." reaches the visitor
 
 
-def test_an_oversized_upload_is_refused_when_uploaded_in_a_size_a_person_reads() -> None:
+def test_an_oversized_upload_is_refused_when_uploaded_in_a_size_a_person_reads(tmp_path: Path) -> None:
     import gradio as gr
+    from gradio.data_classes import FileData
 
     from sd2_app.ui import build_ui
     from tests.ui_doubles import fake_service
@@ -299,10 +300,22 @@ def test_an_oversized_upload_is_refused_when_uploaded_in_a_size_a_person_reads()
     check.fn(Image.new("RGB", (side, side)))  # at the limit: accepted
     with pytest.raises(gr.Error, match=f"This image is {side + 8}x{side}; images up to {side}x{side} pixels "):
         check.fn(Image.new("RGB", (side + 8, side)))
-    editor_check = _fn(demo, "inpaint_editor_check")
-    with pytest.raises(gr.Error, match="images up to"):
-        editor_check.fn({"background": Image.new("RGB", (side + 8, side)), "layers": [], "composite": None})
-    # The editor keeps the refused image (set from the server after an upload, Gradio's editor freezes).
+    # The editor's files go to its hidden checker (the page script), refused by the header in Generate's words.
+    editor_check = _fn(demo, "inpaint_editor_check_file")
+    checker = editor_check.inputs[0]
+    for width, accepted in ((side, True), (side + 8, False)):
+        path = tmp_path / f"{width}.png"
+        Image.new("RGB", (width, side)).save(path)
+        if accepted:
+            assert checker.preprocess(FileData(path=str(path))) is not None
+            continue
+        with pytest.raises(gr.Error, match=f"The uploaded image could not be read: it is {width}x{side} "
+                                           f"\\({width * side} pixels\\); the limit is {limit} pixels"):
+            checker.preprocess(FileData(path=str(path)))
+    # The editor itself has no upload event (Gradio's page starts one again at each redraw of the editor, each
+    # sending its image again) and keeps a refused image: nothing but a send or an example sets its value.
+    editor = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "inpaint-editor")
+    assert not [f for f in demo.fns.values() if (editor._id, "upload") in f.targets]
     assert not [f for f in demo.fns.values() if f.api_name == "inpaint_editor_refused"]
     refused = _fn(demo, "outpaint_image_refused")
     assert refused.fn() is None and refused.outputs == check.inputs  # the box empties
@@ -536,3 +549,26 @@ def test_quick_events_that_follow_several_widgets_are_debounced() -> None:
     assert {name for name, fn in followed.items() if fn.js != debounce_js(name)} == set()
     assert {"txt2img_hires_size", "xyz_hires_size", "txt2img_seed_extras_label"} <= set(followed)  # the events
     # it is about were seen
+
+
+def test_no_event_shows_progress_on_a_layout_block_or_the_inpaint_editor() -> None:
+    """Gradio's page reads again, at every status message of any later event, each widget an event showed progress
+    on and every widget inside it, and an image editor's read uploads its image (`sd2_app.ui.progress_targets`):
+    every event's progress list holds neither, and the events keep their outputs."""
+    import gradio as gr
+    from gradio.blocks import BlockContext
+
+    from sd2_app.ui import build_ui
+    from tests.ui_doubles import fake_service
+
+    demo = build_ui(fake_service(None))
+    shown_on = {fn.api_name: fn.show_progress_on if fn.show_progress_on is not None else fn.outputs
+                for fn in demo.fns.values()}
+    assert {name for name, blocks in shown_on.items()
+            if any(isinstance(b, (BlockContext, gr.ImageEditor)) for b in blocks)} == set()
+    send = _fn(demo, "txt2img_send_to_inpaint")
+    editor, tabs = send.outputs[0], send.outputs[3]
+    assert isinstance(editor, gr.ImageMask) and isinstance(tabs, gr.Tabs)  # still set by the send
+    assert send.show_progress_on == [b for b in send.outputs if b not in (editor, tabs)]
+    assert _fn(demo, "txt2img_seed_extras_label").show_progress_on == []  # its one output is an accordion
+    assert _fn(demo, "txt2img_random_seed").show_progress_on is None  # on its outputs, as Gradio shows it

@@ -5,12 +5,13 @@
 //   the results and below the fold of a laptop screen) while it tells the run's state: queued, running,
 //   stopped, or why it was refused; it is empty while the info line shows a finished result ("Seed …"), unless
 //   Stop ended that result's run ("Stopped at step k/N; kept the image so far.").
-// - A file put into an image editor of class "checked-editor" (Inpaint) that the browser cannot decode, which the
-//   editor would silently ignore, goes to the editor's hidden checker (`<editor>-check`, ui/uploads.py
-//   `file_check`), whose upload check says why, as every other image box does. So does a paste with the Paste
-//   button of the editor or of an image box of class "checked-paste" (ui/uploads.py `upload_image`) that finds no
-//   image in the clipboard (the box reads it with navigator.clipboard.read and ignores anything else without a
-//   word): what the clipboard held, or an empty file, goes to the box's checker (`<box>-check`).
+// - Each file put into an image editor of class "checked-editor" (Inpaint: uploaded, dropped or pasted) goes to the
+//   editor's hidden checker as well (`<editor>-check`, ui/uploads.py `file_check`), whose upload check says why
+//   a file is refused: one the browser cannot decode (the editor would silently ignore it) or one over the
+//   server's size limit. A paste with the Paste button of an image box of class "checked-paste" (ui/uploads.py
+//   `upload_image`) that finds no image in the clipboard (the box reads it with navigator.clipboard.read and
+//   ignores anything else without a word) sends what the clipboard held, or an empty file, to the box's checker
+//   (`<box>-check`).
 // - ↙ beside Stop (class "read-parameters") gets its tooltip and accessible name when pointed at or focused.
 (css) => {
   if (window.sd2AppReady) return;
@@ -95,10 +96,12 @@
   };
   const checkFile = async (box, file) => {
     if (!file) return;
-    try {
-      (await createImageBitmap(file)).close();
-      return; // the box opens it
-    } catch (error) {} // the browser cannot decode it: the server's check says why
+    if (!box.classList.contains("checked-editor")) { // an image box checks what it opens itself
+      try {
+        (await createImageBitmap(file)).close();
+        return; // the box opens it
+      } catch (error) {} // the browser cannot decode it: the server's check says why
+    }
     const input = document.querySelector(`#${box.id}-check input[type=file]`);
     if (input) upload(input, file);
   };
@@ -115,11 +118,14 @@
   // A Paste button of an image box of class "checked-paste" (or a checked editor) reads the clipboard in its own
   // click handler (Gradio's Upload `paste_clipboard` and ImageEditor's paste call navigator.clipboard.read there).
   // For that click only, the box's read is wrapped (whatever the button's label in the visitor's language): a
-  // clipboard without an image, which the box ignores without a word, goes to the box's checker, which says why.
+  // clipboard without an image, which the box ignores without a word, goes to the box's checker, which says why;
+  // for an editor, a clipboard image goes there too.
   const checkPasted = async (box, items) => {
-    if (items.some((item) => item.types.some((type) => type.startsWith("image/")))) return; // the box opens it
-    const type = items.length ? items[0].types[0] : null;
-    const blob = type ? await items[0].getType(type) : new Blob([]);
+    const image = items.find((item) => item.types.some((type) => type.startsWith("image/")));
+    if (image && !box.classList.contains("checked-editor")) return; // the box opens it and checks it
+    const item = image || items[0];
+    const type = item ? (image ? item.types.find((t) => t.startsWith("image/")) : item.types[0]) : null;
+    const blob = type ? await item.getType(type) : new Blob([]);
     // named as an image, or the checker's own file-type filter stops it: the server reads the bytes
     checkFile(box, new File([blob], "clipboard.png", { type: "image/png" }));
   };
