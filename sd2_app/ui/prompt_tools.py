@@ -36,9 +36,15 @@ def _count(service: Service, text: Any, checkpoint: Any, styles: Any = None, neg
     return gr.skip() if shown is None else shown
 
 
+COUNT_PLACEHOLDER = "&nbsp;"  # a blank line of the count's height, until the first count lands
+
+
 def token_count_line(elem_id: str) -> gr.Markdown:
-    """The empty counter line; create it right under its prompt box (layout.prompt_boxes does)."""
-    return gr.Markdown("", elem_id=elem_id, elem_classes=["token-counter"], padding=False)
+    """The counter line, blank until counted; create it right under its prompt box (layout.prompt_boxes does).
+    It holds its line from the start: an empty Markdown takes no room, and the first count (14 of them on a
+    page's load, two per tab) pushed what is below down by a line each, on a phone while Generate's scroll to
+    the results was on its way."""
+    return gr.Markdown(COUNT_PLACEHOLDER, elem_id=elem_id, elem_classes=["token-counter"], padding=False)
 
 
 def wire_counter(service: Service, box: gr.Textbox, counter: gr.Markdown, checkpoint: gr.Dropdown, *,
