@@ -110,8 +110,7 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
         # every launcher (app.py, Spaces, the tests) gets them.
         css = json.dumps((STATIC / "app.css").read_text(encoding="utf-8") + models.table_css() + history.phone_css())
         demo.load(None, js=f"() => ({(STATIC / 'app.js').read_text(encoding='utf-8')})({css})")
-    keep_progress_on_leaves(demo)  # once every event is wired
-    return demo
+    return keep_progress_on_leaves(demo)  # once every event is wired
 
 
 def _wire_result_sends(service: Service, tabs_with_results: Sequence[tuple[str, SendSource]], tabs: gr.Tabs,

@@ -15,8 +15,12 @@ the editor's image twice, spending the visitor's upload budget (`sd2_app.ui.uplo
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import gradio as gr
 from gradio.blocks import BlockContext
+
+BlocksT = TypeVar("BlocksT", bound=gr.Blocks)
 
 
 def reread_when_shown(block: object) -> bool:
@@ -25,9 +29,10 @@ def reread_when_shown(block: object) -> bool:
     return isinstance(block, (BlockContext, gr.ImageEditor))
 
 
-def keep_progress_on_leaves(blocks: gr.Blocks) -> None:
-    """Set `show_progress_on` of every event of `blocks` that outputs a block `reread_when_shown` says so of, and
-    has no list of its own, to its other outputs (possibly none)."""
+def keep_progress_on_leaves(blocks: BlocksT) -> BlocksT:
+    """`blocks`, with `show_progress_on` of every event that outputs a block `reread_when_shown` says so of, and
+    has no list of its own, set to its other outputs (possibly none)."""
     for fn in blocks.fns.values():
         if fn.show_progress_on is None and any(reread_when_shown(block) for block in fn.outputs):
             fn.show_progress_on = [block for block in fn.outputs if not reread_when_shown(block)]
+    return blocks

@@ -133,12 +133,17 @@ def box_value(image: Image.Image) -> Image.Image | str:
     return path
 
 
-def selected_image(gallery: Any, index: Any) -> Image.Image:
+NOTHING_TO_SEND = "Generate an image first."
+STILL_RUNNING = "This tab is still making its images; send one when the run has finished."
+
+
+def selected_image(gallery: Any, index: Any, running: bool = False) -> Image.Image:
     """The picked gallery item as a PIL image; gallery values are (image, caption) pairs, the image a file path
     (the panels' galleries decode nothing ahead: a grid over PIL's pixel limit failed every event that took the
-    gallery) or a PIL image. A file PIL refuses to open is said in words."""
+    gallery) or a PIL image. A file PIL refuses to open is said in words. An empty gallery is said as the tab's
+    state is: `running` (Generate emptied the gallery and the run is on) or nothing generated yet."""
     if not gallery:
-        raise gr.Error("Generate an image first.", print_exception=False)
+        raise gr.Error(STILL_RUNNING if running else NOTHING_TO_SEND, print_exception=False)
     index = index if isinstance(index, int) and 0 <= index < len(gallery) else 0
     item = gallery[index]
     image = item[0] if isinstance(item, (tuple, list)) else item

@@ -22,6 +22,7 @@ from sd2_app.api.a1111_samplers import read_sampler, sampler_named, schedule_lab
 from sd2_app.api.requests import HIRES_UPSCALERS, MASKED_CONTENT, HiresFix
 from sd2_app.errors import shown
 from sd2_app.prompt_styles import with_styles_read
+from sd2_app.ui.layout import RUNNING
 from sd2_app.ui.result_panel import ResultPanel, box_value, selected_image
 from sd2_app.ui.sampling_controls import SamplingControls
 
@@ -55,18 +56,19 @@ def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[
     """Each "Send to X" button copies the picked result, the prompts and the picked prompt styles (and seed,
     sampler, steps, CFG and eta where X samples the same way, Tiling where X has it: the source tab's, off from a
     tab without one, and the image's own size where X has width and height) into tab X and switches to it.
-    Queued, so "Generate an image first." reaches the user."""
+    Queued, so "Generate an image first." reaches the user (or, while Generate's label says a run is on and the
+    gallery it emptied is still empty, that the run must finish first)."""
     for target, button in panel.send_buttons.items():
         into = targets[target]
         carry, tiled = into.sampling is not None, into.tiling is not None
         source_tiling = tab.tiling if tiled else None  # None: the source tab has no Tiling
         styled = tab.styles is not None and into.styles is not None
 
-        def send(gallery: Any, index: Any, text: str, negative: str, seed: Any, *rest: Any, target: str = target,
-                 into: SendTarget = into, carry: bool = carry, tiled: bool = tiled,
+        def send(gallery: Any, index: Any, run_label: Any, text: str, negative: str, seed: Any, *rest: Any,
+                 target: str = target, into: SendTarget = into, carry: bool = carry, tiled: bool = tiled,
                  tiling_given: bool = source_tiling is not None, styled: bool = styled) -> tuple:
             rest_left = list(rest)
-            image = selected_image(gallery, index)
+            image = selected_image(gallery, index, running=run_label == RUNNING)
             values = (box_value(image), text, negative, gr.Tabs(selected=target), *sized_values(into, image))
             if carry:
                 sampler, karras, steps, cfg, eta = rest_left[:5]
@@ -76,7 +78,7 @@ def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[
                 values += (bool(rest_left.pop(0)) if tiling_given else False,)
             return values + ((rest_left[0] or [],) if styled else ())
 
-        inputs = [panel.gallery, panel.selected, tab.prompt, tab.negative, panel.last_seed]
+        inputs = [panel.gallery, panel.selected, panel.run, tab.prompt, tab.negative, panel.last_seed]
         outputs = [into.image, into.prompt, into.negative, tabs, *sized_outputs(into)]
         if carry:
             source, dest = tab.sampling, into.sampling

@@ -293,6 +293,23 @@ def test_send_before_any_result_says_so(page) -> None:
     expect(page.get_by_role("tab", name="Depth to image")).to_have_attribute("aria-selected", "true")
 
 
+def test_send_during_a_run_says_to_wait_for_it(page) -> None:
+    """Generate empties the tab's gallery (nothing old passes for new), so a send during the run found no image:
+    it said "Generate an image first." to a visitor who just had."""
+    from sd2_app.ui.result_panel import STILL_RUNNING
+
+    _go(page, "Text to image")
+    _set_number(page, "txt2img-steps", 300)  # a run of seconds: still on when the send answers
+    page.locator("#txt2img-run").click()
+    expect(page.locator("#txt2img-stop")).to_be_enabled()
+    page.locator("#txt2img-send-inpaint").click()
+    expect(page.locator(".toast-body", has_text=STILL_RUNNING)).to_be_visible(timeout=15_000)
+    expect(page.get_by_role("tab", name="Text to image")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#txt2img-run")).to_be_enabled(timeout=120_000)  # the run goes on to its end
+    for close in page.locator(".toast-body button").all():
+        close.click()
+
+
 def test_a_failed_run_says_why_and_leaves_no_error_badge(page) -> None:
     _go(page, "Upscale ×4")
     page.locator("#upscale-prompt textarea").fill("a cat")

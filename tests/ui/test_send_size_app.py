@@ -87,8 +87,8 @@ def test_a_sent_image_keeps_its_own_size_in_image_to_image_and_a_new_upload_gets
     result = _result(tmp_path, (256, 192))
     gallery = [{"image": _uploaded(client, result), "caption": None}]
     default = _fn(demo, "img2img_default_size").inputs[1].value  # the checkpoint preselected: SD 2.1 base (512)
-    txt2img_rest = [c.value for c in _fn(demo, "txt2img_send_to_img2img").inputs[5:]]  # sampling, tiling as built
-    sends = {"txt2img_send_to_img2img": [gallery, 0, "a lighthouse", "", 7, *txt2img_rest],
+    txt2img_rest = [c.value for c in _fn(demo, "txt2img_send_to_img2img").inputs[6:]]  # sampling, tiling as built
+    sends = {"txt2img_send_to_img2img": [gallery, 0, "Generate", "a lighthouse", "", 7, *txt2img_rest],
              "history_send_to_img2img": [gallery, 0], "xyz_send_to_img2img": [gallery, 0]}
     for name, data in sends.items():
         sent = _sent(client, demo, name, data)

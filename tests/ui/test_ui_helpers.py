@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -572,3 +573,21 @@ def test_no_event_shows_progress_on_a_layout_block_or_the_inpaint_editor() -> No
     assert send.show_progress_on == [b for b in send.outputs if b not in (editor, tabs)]
     assert _fn(demo, "txt2img_seed_extras_label").show_progress_on == []  # its one output is an accordion
     assert _fn(demo, "txt2img_random_seed").show_progress_on is None  # on its outputs, as Gradio shows it
+
+
+def test_a_send_from_an_empty_gallery_says_whether_a_run_is_on() -> None:
+    """Generate empties the gallery; a send then finds nothing and says why in the tab's state: the run must
+    finish (Generate's label says a run is on), or nothing was generated yet."""
+    import gradio as gr
+
+    from sd2_app.ui import build_ui
+    from sd2_app.ui.layout import GENERATE, RUNNING
+    from sd2_app.ui.result_panel import NOTHING_TO_SEND, STILL_RUNNING
+    from tests.ui_doubles import fake_service
+
+    demo = build_ui(fake_service(None))
+    send = _fn(demo, "txt2img_send_to_inpaint")
+    rest = [block.value for block in send.inputs[3:]]
+    for label, message in ((RUNNING, STILL_RUNNING), (GENERATE, NOTHING_TO_SEND)):
+        with pytest.raises(gr.Error, match=re.escape(message)):
+            send.fn([], 0, label, *rest)
