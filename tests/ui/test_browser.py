@@ -306,8 +306,6 @@ def test_send_during_a_run_says_to_wait_for_it(page) -> None:
     expect(page.locator(".toast-body", has_text=STILL_RUNNING)).to_be_visible(timeout=15_000)
     expect(page.get_by_role("tab", name="Text to image")).to_have_attribute("aria-selected", "true")
     expect(page.locator("#txt2img-run")).to_be_enabled(timeout=120_000)  # the run goes on to its end
-    for close in page.locator(".toast-body button").all():
-        close.click()
 
 
 def test_a_failed_run_says_why_and_leaves_no_error_badge(page) -> None:
