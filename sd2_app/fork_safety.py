@@ -11,12 +11,14 @@ Callbacks cannot be unregistered (Python docs, `os.register_at_fork`), so the ca
 the owner can still be freed, and a dead owner's callback does nothing.
 
 The forking thread itself must not hold these locks (its child would release a lock it never took): ZeroGPU
-forks from a Gradio handler, outside every job.
+forks from a Gradio handler, outside every job. Thread pools outside Python are copied the same way: torch's
+(`one_torch_thread_in_forked_child`).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import weakref
 from collections.abc import Callable
 
@@ -35,3 +37,23 @@ def renew_in_forked_child(owner: object, **factories: Callable[[], object]) -> N
                 setattr(alive, name, factory())
 
     os.register_at_fork(after_in_child=renew)
+
+
+def one_torch_thread_in_forked_child(owner: object) -> None:
+    """In every child process forked after this call, while `owner` is alive, torch runs on one CPU thread.
+
+    torch's CPU kernels run their parallel regions on GNU OpenMP on Linux, which is not fork-safe: once the parent
+    has run one region on its worker threads, a child's first region waits forever for those threads, which the
+    fork did not copy (GCC bug 60035; pytorch/pytorch#17199). With one thread every region runs inline on the
+    calling thread. A forked ZeroGPU worker computes on the GPU; what it does on the CPU is small. Nothing is done
+    in a child whose parent never imported torch (its OpenMP never started)."""
+    if not hasattr(os, "register_at_fork"):  # Windows
+        return
+    owner_ref = weakref.ref(owner)
+
+    def one_thread() -> None:
+        torch = sys.modules.get("torch")
+        if owner_ref() is not None and torch is not None:
+            torch.set_num_threads(1)
+
+    os.register_at_fork(after_in_child=one_thread)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from sd2_app.api.checked import Checked
+from sd2_app.fork_safety import one_torch_thread_in_forked_child
 from sd2_app.api.gpu_time import checked_seconds, gpu, gpu_calls_may_fork
 from sd2_app.api.results import Result
 from sd2_app.api.tasks import import_job_modules
@@ -31,6 +32,7 @@ class GpuCall:
         self.forks = gpu_calls_may_fork()  # the job's arguments and results are pickled: no callbacks then
         if self.forks and service.backend is None:  # the jobs run in forked copies of this process
             import_job_modules()  # before the first fork: a job there imports nothing
+            one_torch_thread_in_forked_child(self)  # this process's torch threads are not copied there
         self._call = gpu(duration=lambda checked, *args, **kwargs: checked_seconds(service, checked))(job)
 
     def run(self, checked: Checked, *args: Any, owner: str, **kwargs: Any) -> Result:

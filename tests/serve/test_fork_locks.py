@@ -1,7 +1,8 @@
 """ZeroGPU runs each GPU call in a worker forked from the app's process (sd2_app/fork_safety.py): a lock another
 thread held at the fork must not stay held in the child. Each test holds a lock in a thread, forks for real
 (os.fork), and the child does what needs the lock under a 3 s alarm: exit code 0 when it got through, 1 when it
-raised, -14 (SIGALRM) when it waited for a lock nobody in the child can release."""
+raised, -14 (SIGALRM) when it waited for a lock nobody in the child can release. The last two fork after the
+parent ran torch on two threads, whose OpenMP workers the child does not have."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -209,3 +211,48 @@ def test_a_job_in_a_forked_worker_imports_no_module(tmp_path: Path, monkeypatch:
 
     assert child_exit_code(lambda: None, lambda: None, job, alarm_s=120) == GOT_THROUGH
     assert json.loads(report.read_text()) == []
+
+
+def test_torch_computes_in_a_child_forked_after_the_parent_ran_it_on_two_threads() -> None:
+    """GNU OpenMP, under torch's CPU kernels, is not fork-safe: once the parent ran a parallel region on two
+    threads, the child's first region waited forever for a worker thread the fork did not copy (5 of 5 forks
+    here). `one_torch_thread_in_forked_child` (registered by `GpuCall` where calls fork) gives the child one."""
+    import torch
+
+    from sd2_app.fork_safety import one_torch_thread_in_forked_child
+
+    class Owner:
+        pass
+
+    def parallel_work() -> None:  # large enough for torch to split it over its threads
+        torch.softmax(torch.randn(4, 256, 256), -1) @ torch.randn(4, 256, 64)
+
+    owner, before = Owner(), torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        parallel_work()
+        one_torch_thread_in_forked_child(owner)
+        assert child_exit_code(lambda: None, lambda: None, parallel_work, alarm_s=20) == GOT_THROUGH
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_gpu_call_that_forks_gives_its_workers_one_torch_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from sd2_app.api import gpu_call
+
+    monkeypatch.setattr(gpu_call, "gpu_calls_may_fork", lambda: True)  # as on ZeroGPU
+    monkeypatch.setattr(gpu_call, "import_job_modules", lambda: None)
+    call = gpu_call.GpuCall(SimpleNamespace(backend=None), lambda *args, **kwargs: None)  # type: ignore[arg-type]
+
+    def one_thread() -> None:
+        assert torch.get_num_threads() == 1
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert call.forks and child_exit_code(lambda: None, lambda: None, one_thread) == GOT_THROUGH
+        assert torch.get_num_threads() == 2  # the app's process keeps its threads
+    finally:
+        torch.set_num_threads(before)
