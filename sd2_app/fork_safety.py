@@ -11,8 +11,8 @@ Callbacks cannot be unregistered (Python docs, `os.register_at_fork`), so the ca
 the owner can still be freed, and a dead owner's callback does nothing.
 
 The forking thread itself must not hold these locks (its child would release a lock it never took): ZeroGPU
-forks from a Gradio handler, outside every job. Thread pools outside Python are copied the same way: torch's
-(`one_torch_thread_in_forked_child`).
+forks from a Gradio handler, outside every job. The threads of a pool outside Python are not copied either, while
+its bookkeeping is: torch's OpenMP workers (`one_torch_thread_in_forked_child`).
 """
 
 from __future__ import annotations

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from sd2_app.api.checked import Checked
-from sd2_app.fork_safety import one_torch_thread_in_forked_child
 from sd2_app.api.gpu_time import checked_seconds, gpu, gpu_calls_may_fork
 from sd2_app.api.results import Result
 from sd2_app.api.tasks import import_job_modules
+from sd2_app.fork_safety import one_torch_thread_in_forked_child
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
