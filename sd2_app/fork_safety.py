@@ -23,20 +23,29 @@ import weakref
 from collections.abc import Callable
 
 
-def renew_in_forked_child(owner: object, **factories: Callable[[], object]) -> None:
-    """In every child process forked after this call, set `owner.<name> = factory()` for each of `factories`
-    (e.g. `_lock=threading.Lock`), as long as `owner` is alive. No-op where the platform has no fork."""
+def _in_forked_child(owner: object, act: Callable[[object], None]) -> None:
+    """In every child process forked after this call, `act(owner)` right after the fork, as long as `owner` is
+    alive (held weakly: callbacks cannot be unregistered). No-op where the platform has no fork."""
     if not hasattr(os, "register_at_fork"):  # Windows
         return
     owner_ref = weakref.ref(owner)
 
-    def renew() -> None:
+    def after_fork() -> None:
         alive = owner_ref()
         if alive is not None:
-            for name, factory in factories.items():
-                setattr(alive, name, factory())
+            act(alive)
 
-    os.register_at_fork(after_in_child=renew)
+    os.register_at_fork(after_in_child=after_fork)
+
+
+def renew_in_forked_child(owner: object, **factories: Callable[[], object]) -> None:
+    """In every child process forked after this call, set `owner.<name> = factory()` for each of `factories`
+    (e.g. `_lock=threading.Lock`), as long as `owner` is alive. No-op where the platform has no fork."""
+    def renew(alive: object) -> None:
+        for name, factory in factories.items():
+            setattr(alive, name, factory())
+
+    _in_forked_child(owner, renew)
 
 
 def one_torch_thread_in_forked_child(owner: object) -> None:
@@ -47,13 +56,9 @@ def one_torch_thread_in_forked_child(owner: object) -> None:
     fork did not copy (GCC bug 60035; pytorch/pytorch#17199). With one thread every region runs inline on the
     calling thread. A forked ZeroGPU worker computes on the GPU; what it does on the CPU is small. Nothing is done
     in a child whose parent never imported torch (its OpenMP never started)."""
-    if not hasattr(os, "register_at_fork"):  # Windows
-        return
-    owner_ref = weakref.ref(owner)
-
-    def one_thread() -> None:
+    def one_thread(_: object) -> None:
         torch = sys.modules.get("torch")
-        if owner_ref() is not None and torch is not None:
+        if torch is not None:
             torch.set_num_threads(1)
 
-    os.register_at_fork(after_in_child=one_thread)
+    _in_forked_child(owner, one_thread)
