@@ -108,7 +108,10 @@ class DiffusersRunner:
             common.update(image=input_image(case.input_size), noise_level=20)
 
         def run() -> object:
-            generator = torch.Generator(self.device).manual_seed(SEED)
+            # ours draws each image of a batch from its own seed (sd2_app/api/requests.py, `numbered_seeds`):
+            # diffusers does the same job given one generator per image
+            generators = [torch.Generator(self.device).manual_seed(SEED + index) for index in range(case.batch)]
+            generator = generators[0] if case.batch == 1 else generators
             return pipe(generator=generator, output_type="pil", **common).images
 
         return run

@@ -111,7 +111,14 @@ def max_pixel_diff(ours: list[Image.Image], reference: np.ndarray) -> float:
 
 
 def reference_run(pipe: Any, seed: int, **kwargs: Any) -> tuple[torch.Tensor, np.ndarray]:
-    """diffusers' final latents and its np images for one call, each run with a fresh seeded CPU generator."""
+    """diffusers' final latents and its np images for one call, each run with a fresh seeded CPU generator.
+
+    `num_images_per_prompt` n > 1: diffusers' n single-image calls at seed, seed + 1, ..., concatenated, since
+    each image of our batch is drawn from its own seed (sd2_app/api/requests.py, `numbered_seeds`)."""
+    count = kwargs.pop("num_images_per_prompt", 1)
+    if count > 1:
+        runs = [reference_run(pipe, seed + index, **kwargs) for index in range(count)]
+        return torch.cat([latents for latents, _ in runs]), np.concatenate([images for _, images in runs])
     latents = pipe(generator=torch.Generator().manual_seed(seed), output_type="latent", **kwargs).images
     images = pipe(generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs).images
     return latents, images

@@ -5,12 +5,13 @@ A1111 API's `n_iter`):
 - Limits (`checked_batch_count`): 1 to `Limits.max_images` batches, and batch count x images per prompt at most
   `Limits.max_images` images per request. A job's cost (`sd2_app.api.cost.job_cost`) is one batch's times the
   batch count, so the operator's cost cap (and a ZeroGPU call's duration) covers all the batches together.
-- Seeds (`batch_requests`): batch k (from 0) runs at seed + k x images per prompt, so the batches' seeds follow
-  on, as A1111 numbers them (modules/processing.py, `process_images_inner`: `all_seeds` are seed + x for the
-  x-th image); with a variation seed (variation strength above 0) A1111 keeps the seed and advances the variation
-  seed instead (`all_subseeds`), and so does this.
-- Each batch is a request of its own (batch count 1): its images carry its own parameters text, whose seed is
-  the batch's; the text has no batch count, as A1111 writes none ("Batch size" and "Batch pos" only).
+- Seeds (`batch_requests`): batch k (from 0) runs at seed + k x images per prompt, so every image's seed
+  follows on from the one before, within a batch and across batches (api/requests.py, `numbered_seeds`), as A1111
+  numbers them (modules/processing.py, `process_images_inner`: `all_seeds` are seed + x for the x-th image);
+  with a variation seed (variation strength above 0) A1111 keeps the seed and advances the variation seed
+  instead (`all_subseeds`), and so does this.
+- Each batch is a request of its own (batch count 1): its images carry its own parameters text, each with the
+  image's own seed; the text has no batch count, as A1111 writes none ("Batch size" and "Batch pos" only).
 - Stop ends the running batch at its next step and starts no other; the batches finished before it are the
   result (`Result.stopped`), with the stopped batch's image so far where the run keeps it (a visitor's Stop:
   `Service.run`'s `keep_stopped`), as A1111's Interrupt keeps the images made so far. Nothing kept: `Cancelled`.
@@ -105,9 +106,9 @@ def stopped_in_batch(done: int, total: int, count: int, kept: bool = True) -> st
 def run_batches(run_one: Callable[[Any, ProgressFn | None], Result], request: Any, on_progress: ProgressFn | None,
                 should_stop: Callable[[], bool] | None, keep_stopped: Callable[[], bool] | None = None) -> Result:
     """Every batch of the validated `request`, one after another (`run_one(batch, on_progress)` runs one), as one
-    `Result`: their images in order, the first batch's seed; after Stop, the batches finished before it and,
-    where `keep_stopped()` says so, the stopped batch's image so far (`progress.kept_so_far`; `stopped`, with a
-    warning that says so), or `Cancelled` when nothing was kept."""
+    `Result`: their images in order with each one's seed, the first batch's seed; after Stop, the batches
+    finished before it and, where `keep_stopped()` says so, the stopped batch's image so far
+    (`progress.kept_so_far`; `stopped`, with a warning that says so), or `Cancelled` when nothing was kept."""
     batches = batch_requests(request)
     results: list[Result] = []
     for index, batch in enumerate(batches):
@@ -139,4 +140,4 @@ def _joined(request: Any, results: list[Result], count: int) -> Result:
             timings[phase] = timings.get(phase, 0.0) + seconds
     return replace(first, request=request, images=[image for result in results for image in result.images],
                    warnings=warnings, timings=timings, stopped=stopped, stopped_at=results[-1].stopped_at,
-                   seeds=[result.seed for result in results for _ in result.images])
+                   seeds=[result.image_seed(index) for result in results for index in range(len(result.images))])

@@ -69,7 +69,7 @@ class HiresFix:
     """A1111's "Hires fix": generate at the request's size, upscale, then img2img at the target size.
 
     The second pass runs exactly its steps at the end of a longer schedule (`schedule_steps`) and draws its
-    noise from a fresh generator seeded with the request's seed (A1111 does both), so it equals image-to-image
+    noise from fresh generators seeded with the images' seeds (A1111 does both), so it equals image-to-image
     on the upscaled first image with that seed and that schedule (where the strength cut runs those steps).
     """
 
@@ -122,6 +122,26 @@ class SeedExtras:
     variation_seed: int | None = None  # None or -1 with strength > 0: the service draws one and reports it
     variation_strength: float = 0.0  # 0 = the seed's noise, 1 = the variation seed's noise
     resize_from: tuple[int, int] | None = None  # (width, height) the noise is drawn at; None: the image size
+
+
+def numbered_seeds(seed: int, variation_seed: int | None, count: int) -> list[tuple[int, int | None]]:
+    """(seed, variation seed) of each of `count` images from a first image's pair, as A1111 numbers them
+    (modules/processing.py, `process_images_inner`: `all_seeds` and `all_subseeds`): image x has seed + x; with a
+    variation seed in use (`variation_seed` not None) every image keeps the seed and image x has variation seed
+    + x. Each image is drawn from its own seeds (pipelines/sampling.py, `noise_source`), so any image of a batch
+    is remade alone, or first in a batch, from its pair."""
+    if variation_seed is None:
+        return [(seed + index, None) for index in range(count)]
+    return [(seed, variation_seed + index) for index in range(count)]
+
+
+def request_seeds(request: Any, count: int | None = None) -> list[tuple[int, int | None]]:
+    """`numbered_seeds` of a validated request's images (its seed resolved; the variation seed counts only when
+    its strength is above 0), `count` of them (default: its images per prompt)."""
+    sampling = request.sampling
+    extras = getattr(request, "seed_extras", None)
+    variation = extras.variation_seed if extras is not None and extras.variation_strength > 0 else None
+    return numbered_seeds(sampling.seed, variation, sampling.batch_size if count is None else count)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from PIL import Image
 
 from sd2_app import infotext_keys as keys
-from sd2_app.api.requests import Request
+from sd2_app.api.requests import Request, request_seeds
 
 if TYPE_CHECKING:
     from sd2_app.pipelines.output import PipelineOutput
@@ -38,7 +38,8 @@ class Result:
     cells: list[dict[str, Any]] = field(default_factory=list)  # plot: each cell's settings and seconds
     stopped: bool = False  # plot: Stop ended it early; the finished cells are here (so too a batch count's batches)
     stopped_at: tuple[int, int] | None = None  # Stop mid-sampling: (step, steps) of the image kept so far
-    # each image's seed where they differ (a batch count's batches: sd2_app/api/batch_count.py); empty: `seed`'s
+    # each image's seed (api/requests.py, `numbered_seeds`; a batch count's batches: api/batch_count.py); empty:
+    # `seed` is every image's (a plot's grids and cells)
     seeds: list[int] = field(default_factory=list)
     saved: list[Path] = field(default_factory=list)  # files written to the outputs folder
     # each image's PNG file (its text chunks included), encoded once when the result is kept: the outputs
@@ -55,6 +56,11 @@ class Result:
         return self.seeds[index] if index < len(self.seeds) else self.seed
 
     @property
+    def image_seeds(self) -> list[int]:
+        """Each image's seed, in order (A1111's `all_seeds`); `seed` alone for a result without images."""
+        return [self.image_seed(index) for index in range(len(self.images))] or [self.seed]
+
+    @property
     def parameters(self) -> str:
         """The first image's parameters text ("" when it has none)."""
         return self.images[0].info.get(keys.PARAMETERS_KEY, "") if self.images else ""
@@ -62,8 +68,10 @@ class Result:
 
 def result_of(task: str, checked: Request, output: PipelineOutput, timings: dict[str, float],
               stopped_at: tuple[int, int] | None = None) -> Result:
-    """The unkept `Result` of a task's `output` for the validated request `checked`."""
-    return Result(task=task, request=checked, images=list(output.images), seed=checked.sampling.seed,
+    """The unkept `Result` of a task's `output` for the validated request `checked`, each image with its seed."""
+    images = list(output.images)
+    return Result(task=task, request=checked, images=images, seed=checked.sampling.seed,
+                  seeds=[seed for seed, _ in request_seeds(checked, len(images))],
                   warnings=list(getattr(output, "warnings", []) or []), timings=timings,
                   mask_image=getattr(output, "mask_image", None), depth_image=getattr(output, "depth_image", None),
                   stopped_at=stopped_at)

@@ -153,7 +153,10 @@ class DiagonalGaussian:
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         """mean + std * noise, the noise drawn on the generator's device like diffusers' randn_tensor (same seeds)."""
         device = generator.device if generator is not None else self.mean.device
-        noise = torch.randn(self.mean.shape, generator=generator, device=device, dtype=self.mean.dtype)
+        return self.sample_with(torch.randn(self.mean.shape, generator=generator, device=device, dtype=self.mean.dtype))
+
+    def sample_with(self, noise: Tensor) -> Tensor:
+        """mean + std * noise for unit `noise` (B, latent, h, w); a posterior of one image broadcasts to B."""
         return self.mean + self.std * noise.to(self.mean.device)
 
     def mode(self) -> Tensor:

@@ -84,7 +84,7 @@ def _denoise_together(
 ) -> list[torch.Tensor]:
     """The runs' denoised latents, each (B_i, 4, h, w), from one loop over their concatenated start latents."""
     rows = [int(run.start.shape[0]) for run in runs]
-    generators = GeneratorParts(tuple((run.job.generator, count) for run, count in zip(runs, rows)))
+    generators = GeneratorParts.joined([(run.job.generator, count) for run, count in zip(runs, rows)])
     first = runs[0].job  # the plan and guidance every run shares; the batch's size, noise and text are all of them
     job = replace(first, sampling=replace(first.sampling, batch_size=sum(rows)), generator=generators,
                   context=_stacked_context(runs))

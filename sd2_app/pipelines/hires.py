@@ -7,7 +7,7 @@ Both passes are the one shared loop (`generate.generate`, then a cut schedule's 
 decoded image; "SD2 x4" runs the decoded image through the x4 upscaler, which the service brings in with
 the model manager (api/service.py) and hands back as `HiresPassRequest.images`.
 
-The second pass draws from a fresh generator seeded with the request's seed (A1111 does the same), so it is
+The second pass draws from fresh generators seeded with the images' seeds (A1111 does the same), so it is
 image-to-image by hand with that seed and that schedule (where its strength cut runs the hires steps): for
 pixel upscalers, the posterior sample of the upscaled image, then the noise; for latent upscalers, only the
 noise. The seed extras shape the first pass only. Progress counts both passes on one bar: the first pass's
@@ -110,7 +110,7 @@ def second_pass(
     assert hires is not None
     factor = vae_factor(components.vae)
     job = start_job(components, replace(request, sampling=hires_sampling(request.sampling, hires)),
-                    last_steps=hires.second_pass_steps(request.sampling.steps), mode=mode,  # a fresh generator, seeded
+                    last_steps=hires.second_pass_steps(request.sampling.steps), mode=mode,  # fresh generators, seeded
                     prompt_calls=hires_prompt_steps(request.sampling, hires))
     if isinstance(start, torch.Tensor):
         init = start.float()

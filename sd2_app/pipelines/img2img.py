@@ -23,6 +23,7 @@ from sd2_app.pipelines.generate import effective_size
 from sd2_app.pipelines.vae_io import encode, vae_factor
 from sd2_app.api.requests import Img2ImgRequest, SeedExtras
 from sd2_app.samplers import add_noise
+from sd2_app.samplers.base import NoiseSource
 
 
 def noised_init_latents(
@@ -30,20 +31,20 @@ def noised_init_latents(
     image: torch.Tensor,
     plan: SamplingPlan,
     batch_size: int,
-    generator: torch.Generator,
+    generator: NoiseSource,
     extras: SeedExtras | None = None,
     start: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """(1, 3, H, W) image -> (B, 4, h, w) sigma-space start latents.
 
-    Draw order as in the reference: the posterior sample (shape (1, 4, h, w)), then the noise for the
-    whole batch (slerped towards the variation seed's noise when `extras` has one: pipelines/seeds.py).
+    Draw order as in the reference, for each image from its own seed (`generator` one per image): the
+    posterior sample, then the noise (slerped towards the variation seed's noise when `extras` has one:
+    pipelines/seeds.py).
     `start` changes the (B, 4, h, w) encoded latents before the noise is drawn and added (inpainting's masked
     content: pipelines/inpaint.py); draws it makes come between the two. `add_noise` in sigma space is
     x0 + sigma * noise.
     """
-    init = encode(components.vae, image, generator)  # (1, 4, h, w)
-    init = torch.cat([init] * batch_size)  # (B, 4, h, w)
+    init = encode(components.vae, image, generator, rows=batch_size)  # (B, 4, h, w)
     if start is not None:
         init = start(init)
     noise = draw_noise(tuple(init.shape), generator, components.device, components.dtype)

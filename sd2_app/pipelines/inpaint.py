@@ -31,6 +31,7 @@ from sd2_app.pipelines.sampling import draw_noise, finished, start_job
 from sd2_app.pipelines.generate import native_size
 from sd2_app.pipelines.vae_io import encode, vae_factor
 from sd2_app.api.requests import InpaintRequest
+from sd2_app.samplers.base import NoiseSource
 
 if TYPE_CHECKING:
     from sd2_app.loading.embeddings import TextualInversion
@@ -48,7 +49,7 @@ def content_image(image: torch.Tensor, mask: torch.Tensor, content: str, device:
     return filled.permute(2, 0, 1)[None]
 
 
-def _masked_start(content: str, mask: torch.Tensor, generator: torch.Generator,
+def _masked_start(content: str, mask: torch.Tensor, generator: NoiseSource,
                   components: Components) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """What becomes of the encoded start latents inside the latent-sized `mask` (1, 1, h, w): unit noise drawn
     from the request's generator for "latent noise", zeros for "latent nothing" (A1111, as above); None: as
@@ -112,9 +113,9 @@ def _generate(
         start = _masked_start(request.masked_content, mask_latent, job.generator, components)
         start_image = content_image(init_image, mask_tensor, request.masked_content, components.device)
         x = noised_init_latents(components, start_image, job.plan, batch, job.generator, start=start)
-    masked_latents = encode(components.vae, masked_image, job.generator)  # (1, 4, h, w)
-    mask_latent = mask_latent.to(masked_latents.device)
-    concat = torch.cat([mask_latent, masked_latents], dim=1).repeat(job.rows, 1, 1, 1)  # (2B|B, 5, h, w)
+    masked_latents = encode(components.vae, masked_image, job.generator, rows=batch)  # (B, 4, h, w)
+    mask_latent = mask_latent.to(masked_latents.device).expand(batch, -1, -1, -1)
+    concat = torch.cat([mask_latent, masked_latents], dim=1).repeat(job.rows // batch, 1, 1, 1)  # (2B|B, 5, h, w)
     return finished(lambda: job.denoise(x, concat=concat, on_step=on_step),
                     lambda latents: finish(postprocess(job.decode(latents)), latents, job.embeddings))
 

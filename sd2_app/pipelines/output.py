@@ -8,7 +8,7 @@ from PIL import Image
 
 from sd2_app import infotext_keys as keys
 from sd2_app.pipelines.metadata import Settings, attach_parameters, format_parameters
-from sd2_app.api.requests import ETA_SAMPLERS, Sampling
+from sd2_app.api.requests import ETA_SAMPLERS, Sampling, numbered_seeds
 
 
 @dataclass
@@ -47,10 +47,19 @@ def sampling_settings(sampling: Sampling, *, width: int, height: int, model: str
 def label_images(
     images: list[Image.Image], prompt: str, negative_prompt: str, settings: Settings
 ) -> list[Image.Image]:
-    """Attach the parameters text to each image (with its position when the batch has several)."""
+    """Attach the parameters text to each image: with its position when the batch has several, and its own seed
+    (and variation seed) where `settings` give the first image's (api/requests.py, `numbered_seeds`)."""
+    seeds: list[tuple[int, int | None]] = []
+    if isinstance(settings.get(keys.SEED), int):
+        variation = settings.get(keys.VARIATION_SEED)
+        seeds = numbered_seeds(settings[keys.SEED], variation if isinstance(variation, int) else None, len(images))
     for index, image in enumerate(images):
         extra: Settings = {}
         if len(images) > 1:
             extra = {keys.BATCH_SIZE: len(images), keys.BATCH_POS: index}
-        attach_parameters(image, format_parameters(prompt, negative_prompt, {**settings, **extra}))
+        own: Settings = {}
+        if seeds:
+            seed, variation = seeds[index]
+            own = {keys.SEED: seed} if variation is None else {keys.SEED: seed, keys.VARIATION_SEED: variation}
+        attach_parameters(image, format_parameters(prompt, negative_prompt, {**settings, **own, **extra}))
     return images

@@ -1,9 +1,9 @@
-"""Per-request set-up shared by the tasks: the seeded generator, noise draws, the schedule slice, the `Job`."""
+"""Per-request set-up shared by the tasks: the seeded noise source, noise draws, the schedule slice, the `Job`."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -16,10 +16,10 @@ from sd2_app.pipelines.prompt_plan import PromptSteps, prompt_steps
 from sd2_app.pipelines.prompt_schedule import encode_prompt_schedule
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.vae_io import decode_in
-from sd2_app.api.requests import ETA_SAMPLERS, Sampling, TaskRequest, guidance_on
+from sd2_app.api.requests import ETA_SAMPLERS, Sampling, TaskRequest, guidance_on, request_seeds
 from sd2_app.checkpoints.components import Components
 from sd2_app.samplers import SAMPLERS, keep_last, make_schedule, start_at
-from sd2_app.samplers.base import NoiseSource, randn_from
+from sd2_app.samplers.base import GeneratorParts, NoiseSource, randn_from
 from sd2_app.samplers.registry import SamplerSpec
 from sd2_app.samplers.schedules import Schedule, SchedulerConfig
 
@@ -41,8 +41,25 @@ class SamplingPlan:
 
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:
-    """One generator per request, on the components' device, so a seed reproduces the reference's draws."""
+    """A generator seeded with `seed` on the components' device, so a seed reproduces the reference's draws."""
     return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def noise_source(device: torch.device, seeds: Sequence[int]) -> NoiseSource:
+    """Where a batch of `len(seeds)` images draws its noise: each image's rows from a generator of its own seed
+    (api/requests.py, `numbered_seeds`), a plain generator for a single image. Every draw of the batch's shape
+    (B, ...) is then the B draws each image makes alone (samplers.base.GeneratorParts), so an image is the same
+    whichever batch it is made in; diffusers draws so when given one generator per image (utils/torch_utils.py,
+    `randn_tensor` with a list)."""
+    generators = [make_generator(device, seed) for seed in seeds]
+    return generators[0] if len(generators) == 1 else GeneratorParts(tuple((generator, 1) for generator in generators))
+
+
+def restarted(source: NoiseSource) -> NoiseSource:
+    """`source` anew: the same seeds, nothing drawn yet."""
+    if isinstance(source, GeneratorParts):
+        return GeneratorParts(tuple((restarted(generator), rows) for generator, rows in source.parts))
+    return make_generator(source.device, source.initial_seed())
 
 
 def draw_noise(
@@ -84,7 +101,7 @@ class Job:
 
     components: Components
     sampling: Sampling
-    generator: NoiseSource  # the request's own; a batch of requests has each one's (samplers.base.GeneratorParts)
+    generator: NoiseSource  # the images' own (`noise_source`); a batch of requests has all of theirs
     context: torch.Tensor  # (2B|B, 77·k, D), uncond first when guided; k chunks of 77 tokens; (P, ...) with phases
     plan: SamplingPlan
     mode: RunMode = NORMAL  # this attempt's precision and memory switches (the fallback ladder's choice)
@@ -174,12 +191,13 @@ def changed(run: Callable[[], PipelineOutput], change: Callable[[PipelineOutput]
 
 def start_job(components: Components, request: TaskRequest, *, strength: float | None = None,
               last_steps: int | None = None, mode: RunMode = NORMAL, prompt_calls: PromptSteps | None = None) -> Job:
-    """Seeded generator, encoded prompts ([uncond; cond], a phase per prompt-schedule step) and the sampling plan
-    for `request`, run in `mode` (`strength` and `last_steps` cut the schedule, `plan_sampling`). `prompt_calls`:
-    the UNet calls the prompt schedule spans when not the request's own (`prompt_steps`), e.g. a hires pass's."""
+    """Seeded noise source (`noise_source`), encoded prompts ([uncond; cond], a phase per prompt-schedule step)
+    and the sampling plan for `request`, run in `mode` (`strength` and `last_steps` cut the schedule,
+    `plan_sampling`). `prompt_calls`: the UNet calls the prompt schedule spans when not the request's own
+    (`prompt_steps`), e.g. a hires pass's."""
     sampling = request.sampling
     assert sampling.seed is not None, "the service resolves the seed before calling a pipeline"
-    generator = make_generator(components.device, sampling.seed)
+    generator = noise_source(components.device, [seed for seed, _ in request_seeds(request)])
     encoded = encode_prompt_schedule(components, request.prompt, request.negative_prompt,
                                      batch_size=sampling.batch_size, use_cfg=guidance_on(sampling.cfg_scale),
                                      steps=prompt_calls or prompt_steps(sampling))

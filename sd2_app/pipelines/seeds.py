@@ -19,9 +19,10 @@ from __future__ import annotations
 import torch
 
 from sd2_app import infotext_keys as keys
-from sd2_app.api.requests import SeedExtras
+from sd2_app.api.requests import SeedExtras, numbered_seeds
 from sd2_app.pipelines.metadata import Settings
-from sd2_app.pipelines.sampling import draw_noise, make_generator
+from sd2_app.pipelines.sampling import draw_noise, noise_source, restarted
+from sd2_app.samplers.base import NoiseSource, device_of
 
 PARALLEL_DOT = 0.9995  # above this cosine the two draws are almost parallel: interpolate linearly
 
@@ -61,7 +62,7 @@ def uses_extras(extras: SeedExtras) -> bool:
 
 def seeded_noise(
     shape: tuple[int, ...],
-    generator: torch.Generator,
+    generator: NoiseSource,
     extras: SeedExtras,
     factor: int,
     device: torch.device,
@@ -69,7 +70,7 @@ def seeded_noise(
 ) -> torch.Tensor:
     """Unit start noise of `shape` (B, C, h, w), fp32, with the variation and resize of `extras` applied.
 
-    `generator` is the job's (seeded with the request's seed, nothing drawn yet); `factor` is the VAE's.
+    `generator` is the job's (seeded with its images' seeds, nothing drawn yet); `factor` is the VAE's.
     """
     noise_shape = shape
     if extras.resize_from is not None:
@@ -77,18 +78,19 @@ def seeded_noise(
         noise_shape = (*shape[:2], height // factor, width // factor)
     noise = vary(draw_noise(noise_shape, generator, device, dtype), generator, extras, dtype)
     if noise_shape != shape:
-        canvas = draw_noise(shape, make_generator(generator.device, generator.initial_seed()), device, dtype)
+        canvas = draw_noise(shape, restarted(generator), device, dtype)
         noise = place_centred(noise, canvas)
     return noise
 
 
-def vary(noise: torch.Tensor, generator: torch.Generator, extras: SeedExtras, dtype: torch.dtype) -> torch.Tensor:
-    """`noise` slerped towards the variation seed's draw of the same shape (unchanged at strength 0)."""
+def vary(noise: torch.Tensor, generator: NoiseSource, extras: SeedExtras, dtype: torch.dtype) -> torch.Tensor:
+    """`noise` (B, ...) slerped towards the variation seeds' draw of the same shape, image x's from the variation
+    seed + x (api/requests.py, `numbered_seeds`), on `generator`'s device; unchanged at strength 0."""
     if extras.variation_strength <= 0:
         return noise
     assert extras.variation_seed is not None, "the service resolves the variation seed"
-    other = draw_noise(tuple(noise.shape), make_generator(generator.device, extras.variation_seed), noise.device,
-                       dtype)
+    seeds = [variation for _, variation in numbered_seeds(0, extras.variation_seed, noise.shape[0])]
+    other = draw_noise(tuple(noise.shape), noise_source(device_of(generator), seeds), noise.device, dtype)
     return slerp(extras.variation_strength, noise, other)
 
 

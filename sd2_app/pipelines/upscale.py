@@ -60,9 +60,10 @@ def upscale(
     job = start_job(components, request, mode=mode)
 
     # Draw order (docs/DESIGN.md, "Random draws"): the augmentation noise, then the start latents.
-    noise = draw_noise(tuple(image.shape), job.generator, components.device, components.dtype)
-    low_res = augment_low_res(image, noise, request.noise_level, components.low_res_scheduler_config)
-    concat = low_res.repeat(job.rows, 1, 1, 1)  # (2B|B, 3, h, w)
+    batch = (sampling.batch_size, *image.shape[1:])
+    noise = draw_noise(batch, job.generator, components.device, components.dtype)  # each image's own
+    low_res = augment_low_res(image, noise, request.noise_level, components.low_res_scheduler_config)  # (B, 3, h, w)
+    concat = low_res.repeat(job.rows // sampling.batch_size, 1, 1, 1)  # (2B|B, 3, h, w)
     labels = torch.full((job.rows,), request.noise_level, dtype=torch.long, device=components.device)
     x = job.start_noise((sampling.batch_size, components.vae.config.latent_channels, h, w))
     tiling = _tiling(request.tile_size)

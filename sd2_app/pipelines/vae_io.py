@@ -9,6 +9,7 @@ import torch
 
 from sd2_app.pipelines.run_mode import NonFiniteError, RunMode
 from sd2_app.pipelines.tiling import run_tiled
+from sd2_app.samplers.base import NoiseSource, randn_from
 
 # x4 VAE configs that lack it (or say 0.18215) mean this (diffusers pipeline_stable_diffusion_upscale.py)
 X4_SCALING_FACTOR = 0.08333
@@ -57,11 +58,13 @@ def fp32_decoder(vae: torch.nn.Module) -> Iterator[torch.nn.Module]:
             part.to(dtype)
 
 
-def encode(vae: torch.nn.Module, image: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def encode(vae: torch.nn.Module, image: torch.Tensor, generator: NoiseSource, rows: int | None = None) -> torch.Tensor:
     """(B, 3, H, W) in [-1, 1] -> (B, 4, H/f, W/f) fp32 scaled latents, sampling the posterior like the
-    reference (one draw of the posterior's shape from `generator`)."""
+    reference (one draw of the posterior's shape from `generator`). `rows`: a batch of that many images sampled
+    from the posterior of one (1, 3, H, W) image, each with its own draw (`generator` one per image)."""
     posterior = vae.encode(image.to(device=next(vae.parameters()).device, dtype=_dtype(vae)))
-    return (posterior.sample(generator) * scaling_factor(vae)).float()
+    shape = (rows or posterior.mean.shape[0], *posterior.mean.shape[1:])
+    return (posterior.sample_with(randn_from(shape, generator, posterior.mean.dtype)) * scaling_factor(vae)).float()
 
 
 def _decode_once(

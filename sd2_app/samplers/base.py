@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Callable, Union
 
 import torch
@@ -44,8 +45,20 @@ class GeneratorParts:
                  for generator, rows in self.parts]
         return draws[0] if len(draws) == 1 else torch.cat(draws)  # one part: its draw as it is, no copy
 
+    @staticmethod
+    def joined(sources: Sequence[tuple[NoiseSource, int]]) -> GeneratorParts:
+        """The parts of several (source, rows) in batch order, a source that has parts giving each of them."""
+        return GeneratorParts(tuple(part for source, rows in sources
+                                    for part in (source.parts if isinstance(source, GeneratorParts)
+                                                 else ((source, rows),))))
+
 
 NoiseSource = Union[torch.Generator, GeneratorParts]  # one request's generator, or several requests' in a batch
+
+
+def device_of(generator: NoiseSource) -> torch.device:
+    """The device `generator` draws on (a batch's generators share the components' device)."""
+    return generator.parts[0][0].device if isinstance(generator, GeneratorParts) else generator.device
 
 
 def randn_from(shape: tuple[int, ...], generator: NoiseSource, dtype: torch.dtype) -> Tensor:

@@ -154,8 +154,8 @@ def _png_to_txt2img(
 ) -> tuple[Callable[[dict[str, Any] | None], tuple], list[gr.components.Component]]:
     """(function, outputs) putting parsed PNG parameters into text to image: prompt, negative prompt, sampler,
     steps, CFG, guidance rescale and DDIM's eta (0 where the text has none: each is written only when on), seed,
-    images per prompt ("Batch size", 1 where the text has none: one seed draws the whole batch, so the image at
-    "Batch pos" 1 is remade only in a batch of that size), size and checkpoint. PNG info's send and History's reuse use it. Where
+    images per prompt ("Batch size", 1 where the text has none; the image's own seed makes it the first of that
+    batch), size and checkpoint. PNG info's send and History's reuse use it. Where
     the host has prompt styles, those found in the prompts are picked and the prompts keep the rest, as A1111's
     paste does; where none is found none stays picked (A1111 keeps the visitor's pick), so the prompts alone
     remake the image."""

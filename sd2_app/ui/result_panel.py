@@ -28,7 +28,7 @@ class ResultPanel:
     gallery: gr.Gallery
     info: gr.Markdown
     extra: gr.components.Component | None  # an image; the X/Y/Z plot's tables (a File)
-    last_seed: gr.State
+    last_seeds: gr.State  # each image's seed of the tab's last result (`Result.image_seeds`); None before one
     selected: gr.State
     send_buttons: dict[str, gr.Button]
     run: gr.Button
@@ -101,7 +101,9 @@ def warning_text(warning: str) -> str:
 def describe(result: Result) -> str:
     """Markdown under the gallery: seed, timings, warnings and the parameters text."""
     seconds = summary(result.timings)
-    lines = [f"**Seed** {result.seed} · {seconds}"]
+    seeds = result.image_seeds
+    said = f"**Seed** {seeds[0]}" if len(set(seeds)) == 1 else f"**Seeds** {seeds[0]}–{seeds[-1]}"
+    lines = [f"{said} · {seconds}"]
     lines += [f"- ⚠️ {warning_text(w)}" for w in result.warnings]
     if result.parameters:
         # A fence longer than any backtick run in the text, so a prompt with ``` cannot close it early.
@@ -109,6 +111,14 @@ def describe(result: Result) -> str:
         fence = "`" * max(3, longest + 1)
         lines += ["", f"{fence}text", result.parameters, fence]
     return "\n".join(lines)
+
+
+def seed_of(seeds: Any, index: Any) -> int | None:
+    """The seed of the picked image of a result with `seeds` (the `last_seeds` state), the first where no image
+    is picked (A1111's reuse of a seed, modules/ui.py `connect_reuse_seed`, the same); None before a result."""
+    if not seeds:
+        return None
+    return seeds[index] if isinstance(index, int) and 0 <= index < len(seeds) else seeds[0]
 
 
 def too_large_to_send(limit: int) -> str:

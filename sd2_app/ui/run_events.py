@@ -68,7 +68,7 @@ def wire_run(
     X/Y/Z plot shows each finished cell as it comes)."""
     # `selected` goes back to 0 with every new result: an index picked in the previous gallery must not make
     # "Send to" carry another image of the new one.
-    outputs: list[gr.components.Component] = [panel.preview, panel.gallery, panel.info, panel.last_seed,
+    outputs: list[gr.components.Component] = [panel.preview, panel.gallery, panel.info, panel.last_seeds,
                                               panel.selected]
     if panel.extra is not None:
         outputs.append(panel.extra)
@@ -76,7 +76,7 @@ def wire_run(
     def finish(result: Result, shown: list[str] | list[Image.Image]) -> tuple:
         # `shown`: the files the Service encoded, served as they are (no second PNG encode by Gradio)
         gallery = list(zip(shown, result.captions or [None] * len(result.images)))
-        return (gallery, describe(result), result.seed, 0, *finish_extra(result))
+        return (gallery, describe(result), result.image_seeds, 0, *finish_extra(result))
 
     if styles is not None:
         inputs, names = [*inputs, styles], (*names, "styles")

@@ -56,7 +56,7 @@ def stream_result(
     """The body of every Generate handler's GPU call, for its `checked` request: yields (preview, status) updates,
     then the `Result`, which the handler delivers (`delivering`) in the app's process.
 
-    Outputs are always (preview, gallery, info, last_seed, selected, *extras). `queued_flag` is the stop flag the
+    Outputs are always (preview, gallery, info, last_seeds, selected, *extras). `queued_flag` is the stop flag the
     job got when it joined the queue: when Stop set it while the job waited, the run ends before its first step
     with "Stopped.". `view` starts the job and says what each step shows (`run_views`; None: `RequestView`, one
     request). `keep_result`: whether the job keeps its result (`Service.run`; `sd2_app.api.gpu_call.GpuCall` decides).

@@ -12,6 +12,7 @@ import gradio as gr
 
 from sd2_app.api.requests import ETA_SAMPLERS, Sampling
 from sd2_app.api.tasks import TASKS, default_checkpoint
+from sd2_app.ui.result_panel import seed_of
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
@@ -105,16 +106,20 @@ def sampling_controls(
     return controls, randomize, reuse
 
 
-def wire_seed_buttons(randomize: gr.Button, reuse: gr.Button, seed: gr.Number, last_seed: gr.State, prefix: str) -> None:
+def wire_seed_buttons(randomize: gr.Button, reuse: gr.Button, seed: gr.Number, last_seeds: gr.State,
+                      selected: gr.State, prefix: str) -> None:
     randomize.click(lambda: -1, None, seed, api_name=f"{prefix}_random_seed", api_visibility="private", queue=False)
-    reuse.click(last_result_seed, last_seed, seed, api_name=f"{prefix}_reuse_seed", api_visibility="private")
+    reuse.click(last_result_seed, [last_seeds, selected], seed, api_name=f"{prefix}_reuse_seed",
+                api_visibility="private")
 
 
-def last_result_seed(last: int | None) -> Any:
-    """"Reuse last seed": the seed of the tab's last result. Before any result the seed box keeps what the visitor
-    typed and a warning says why nothing changed (queued, so the message reaches the page, as "Send to" does; a
-    warning rather than an error, which would cover the seed box with Gradio's "Error" badge)."""
-    if last is None:
+def last_result_seed(last_seeds: Any, selected: Any) -> Any:
+    """"Reuse last seed": the seed of the image picked in the tab's last result (the first where none is picked).
+    Before any result the seed box keeps what the visitor typed and a warning says why nothing changed (queued,
+    so the message reaches the page, as "Send to" does; a warning rather than an error, which would cover the
+    seed box with Gradio's "Error" badge)."""
+    seed = seed_of(last_seeds, selected)
+    if seed is None:
         gr.Warning("Generate an image first.")
         return gr.skip()
-    return last
+    return seed

@@ -23,7 +23,7 @@ from sd2_app.api.requests import HIRES_UPSCALERS, MASKED_CONTENT, HiresFix
 from sd2_app.errors import shown
 from sd2_app.prompt_styles import with_styles_read
 from sd2_app.ui.layout import RUNNING
-from sd2_app.ui.result_panel import ResultPanel, box_value, selected_image
+from sd2_app.ui.result_panel import ResultPanel, box_value, seed_of, selected_image
 from sd2_app.ui.sampling_controls import SamplingControls
 
 if TYPE_CHECKING:
@@ -64,11 +64,12 @@ def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[
         source_tiling = tab.tiling if tiled else None  # None: the source tab has no Tiling
         styled = tab.styles is not None and into.styles is not None
 
-        def send(gallery: Any, index: Any, run_label: Any, text: str, negative: str, seed: Any, *rest: Any,
+        def send(gallery: Any, index: Any, run_label: Any, text: str, negative: str, seeds: Any, *rest: Any,
                  target: str = target, into: SendTarget = into, carry: bool = carry, tiled: bool = tiled,
                  tiling_given: bool = source_tiling is not None, styled: bool = styled) -> tuple:
             rest_left = list(rest)
             image = selected_image(gallery, index, running=run_label == RUNNING)
+            seed = seed_of(seeds, index)  # the picked image's own
             values = (box_value(image), text, negative, gr.Tabs(selected=target), *sized_values(into, image))
             if carry:
                 sampler, karras, steps, cfg, eta = rest_left[:5]
@@ -78,7 +79,7 @@ def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[
                 values += (bool(rest_left.pop(0)) if tiling_given else False,)
             return values + ((rest_left[0] or [],) if styled else ())
 
-        inputs = [panel.gallery, panel.selected, panel.run, tab.prompt, tab.negative, panel.last_seed]
+        inputs = [panel.gallery, panel.selected, panel.run, tab.prompt, tab.negative, panel.last_seeds]
         outputs = [into.image, into.prompt, into.negative, tabs, *sized_outputs(into)]
         if carry:
             source, dest = tab.sampling, into.sampling

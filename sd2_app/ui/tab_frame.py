@@ -136,4 +136,5 @@ class TabFrame:
                     self._panel.extra = extra()
         if self._sampling is not None:
             controls, randomize, reuse = self._sampling
-            wire_seed_buttons(randomize, reuse, controls.seed, self._panel.last_seed, self.prefix)
+            wire_seed_buttons(randomize, reuse, controls.seed, self._panel.last_seeds, self._panel.selected,
+                              self.prefix)

@@ -47,7 +47,7 @@ def test_each_image_is_encoded_once_and_saved_as_those_bytes(tmp_path: Path, png
     assert len(png_encodes) == 2 and len(result.png) == 2 and len(result.saved) == 2
     assert [path.read_bytes() for path in result.saved] == result.png
     assert read_png_parameters(result.saved[1]) == result.images[1].info["parameters"]
-    assert [path.name for path in result.saved] == ["00000-5-txt2img.png", "00001-5-txt2img.png"]
+    assert [path.name for path in result.saved] == ["00000-5-txt2img.png", "00001-6-txt2img.png"]  # each its seed
 
 
 def test_a_batch_is_encoded_on_threads_to_the_same_bytes_in_order() -> None:

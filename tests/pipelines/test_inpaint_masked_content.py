@@ -100,9 +100,9 @@ class _Spy:
         self.starts: list[torch.Tensor] = []
         encode, add_noise = img2img_module.encode, img2img_module.add_noise
 
-        def spy_encode(vae, image, generator):
+        def spy_encode(vae, image, generator, rows=None):
             self.encoded.append(image.clone())
-            return encode(vae, image, generator)
+            return encode(vae, image, generator, rows)
 
         def spy_add_noise(init, noise, sigma):
             self.starts.append(init.clone())
@@ -138,10 +138,13 @@ def test_each_masked_content_starts_the_masked_area_as_a1111_defines_it(componen
     assert start_fill.shape == (2, 4, 8, 8)
     assert torch.equal(start_nothing[~area], start_fill[~area]) and torch.equal(start_noise[~area], start_fill[~area])
     assert torch.count_nonzero(start_nothing[area]) == 0  # "latent nothing": zeros
-    # "latent noise": unit noise drawn from the request's generator right after the posterior sample
-    generator = torch.Generator().manual_seed(4)
-    torch.randn((1, 4, 8, 8), generator=generator)  # the posterior sample
-    expected = torch.randn((2, 4, 8, 8), generator=generator)
+    # "latent noise": unit noise drawn right after the posterior sample, each image's from its own seed (4, 5)
+    expected = []
+    for seed in (4, 5):
+        generator = torch.Generator().manual_seed(seed)
+        torch.randn((1, 4, 8, 8), generator=generator)  # the image's posterior sample
+        expected.append(torch.randn((1, 4, 8, 8), generator=generator))
+    expected = torch.cat(expected)
     assert torch.equal(start_noise[area], expected[area])
     assert not torch.equal(start_original[area], start_fill[area])  # the fill changed what was encoded
 

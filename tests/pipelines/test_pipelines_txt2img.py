@@ -58,7 +58,8 @@ def test_progress_and_metadata(components: ComponentCache) -> None:
     assert calls == [(i, 4, (2, 4, 6, 8)) for i in range(1, 5)]
     params = parse_parameters(out.images[1].info["parameters"])
     assert params["Prompt"] == "p" and params["Negative prompt"] == "n"
-    assert params["Steps"] == 4 and params["Sampler"] == "Euler a" and params["Seed"] == 7
+    assert params["Steps"] == 4 and params["Sampler"] == "Euler a" and params["Seed"] == 8  # the second image's
+    assert parse_parameters(out.images[0].info["parameters"])["Seed"] == 7
     assert params["Size"] == "64x48" and params["Model"] == "sd2-base" and params["Batch pos"] == 1
 
 

@@ -200,7 +200,7 @@ def _page_event(url: str, forwarded_for: str, session_hash: str, api_name: str, 
 def _reused_seed(url: str, forwarded_for: str, session_hash: str) -> object:
     """What the page's "Reuse last seed" puts in the seed box (its last result's seed, read from the session's
     state), or the warning it shows instead."""
-    messages = _page_event(url, forwarded_for, session_hash, "txt2img_reuse_seed", data=[None])
+    messages = _page_event(url, forwarded_for, session_hash, "txt2img_reuse_seed", data=[None, None])
     done = next(message for message in messages if message["msg"] == "process_completed")
     warnings = [message["log"] for message in messages if message["msg"] == "log"]
     return warnings[0] if warnings else done["output"]["data"][0]

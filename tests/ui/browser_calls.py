@@ -119,15 +119,15 @@ def run_and_wait(page, prefix: str, start=None, timeout_s: float = 120.0) -> str
     (start or page.locator(f"#{prefix}-run").click)()
     if before.strip():  # the line says "Queued…" and the like on its way
         expect(info).not_to_have_text(before, timeout=timeout_s * 1000)
-    expect(info).to_have_text(re.compile(r"^\s*Seed \d+ "), timeout=timeout_s * 1000)
+    expect(info).to_have_text(re.compile(r"^\s*Seeds? \d+"), timeout=timeout_s * 1000)
     expect(page.locator(f"#{prefix}-run")).to_be_enabled(timeout=30_000)
     return info.inner_text()
 
 
 def seed_of(line: str) -> str:
-    """The seed a result line (`run_and_wait`) starts with."""
+    """The seed a result line (`run_and_wait`) starts with (the first image's, for several)."""
     import re
 
-    found = re.match(r"\s*Seed (\d+) ", line)
+    found = re.match(r"\s*Seeds? (\d+)", line)
     assert found, line
     return found.group(1)

@@ -35,20 +35,21 @@ def _texts(gallery: list[dict]) -> list[str]:
     return [Image.open(item["image"]).info["parameters"] for item in gallery]
 
 
-def test_two_batches_of_two_make_four_images_each_with_its_batchs_seed(app: tuple[Client, Path]) -> None:
-    """Batch 2 follows on at seed + images per prompt, as the A1111 API's n_iter (A1111's numbering); each PNG's
-    text has its batch's seed and its place in the batch, and no batch count (A1111 writes none)."""
+def test_two_batches_of_two_make_four_images_each_with_its_own_seed(app: tuple[Client, Path]) -> None:
+    """Batch 2 follows on at seed + images per prompt, as the A1111 API's n_iter (A1111's numbering): the four
+    images are seeds 40 to 43; each PNG's text has its image's seed and its place in the batch, and no batch count
+    (A1111 writes none)."""
     client, outputs = app
     _, gallery, info = client.predict(prompt="two batches", seed=40, batch_size=2, batch_count=2, api_name="/txt2img",
                                       **FAST)
     texts = _texts(gallery)
     assert len(texts) == 4
     assert [(t.split("Seed: ")[1].split(",")[0], t.split("Batch pos: ")[1].split(",")[0]) for t in texts] == [
-        ("40", "0"), ("40", "1"), ("42", "0"), ("42", "1")]
+        ("40", "0"), ("41", "1"), ("42", "0"), ("43", "1")]
     assert all("Batch size: 2" in t and "Batch count" not in t and "n_iter" not in t for t in texts)
-    assert info.startswith("**Seed** 40 ·")
+    assert info.startswith("**Seeds** 40–43 ·")
     saved = sorted(outputs.glob("*/*-txt2img.png"))
-    assert sorted(path.name.split("-")[1] for path in saved[-4:]) == ["40", "40", "42", "42"]
+    assert sorted(path.name.split("-")[1] for path in saved[-4:]) == ["40", "41", "42", "43"]
     assert sorted(Image.open(path).info["parameters"] for path in saved[-4:]) == sorted(texts)
 
 

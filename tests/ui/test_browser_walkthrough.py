@@ -41,6 +41,29 @@ def test_reuse_last_seed_before_a_result_keeps_the_typed_seed_and_says_why(brows
     page.context.close()
 
 
+def test_reuse_and_send_take_the_seed_of_the_picked_image(browser, url: str) -> None:
+    """Two images per prompt from seed 40 are seeds 40 and 41 (A1111's numbering); with the second picked,
+    "Reuse last seed" and "Send to image to image" carry 41, as A1111's do, and the line says both seeds."""
+    page = _open(browser, url, DESKTOP)
+    for elem_id, value in (("txt2img-width", 64), ("txt2img-height", 64), ("txt2img-steps", 1),
+                           ("txt2img-batch-size", 2)):
+        _set_number(page, elem_id, value)
+    seed = page.locator("#txt2img-seed input")
+    seed.fill("40")
+    seed.press("Tab")
+    assert run_and_wait(page, "txt2img").startswith("Seeds 40–41 · ")
+    thumbnails = page.locator("#txt2img-gallery .thumbnail-item")
+    expect(thumbnails).to_have_count(2)
+    thumbnails.nth(1).click()
+    seed.fill("7")
+    page.locator("#txt2img-reuse-seed").click()
+    expect(seed).to_have_value("41", timeout=15_000)
+    page.locator("#txt2img-send-img2img").click()
+    expect(page.locator("#img2img-seed input")).to_have_value("41", timeout=15_000)
+    page.screenshot(path=str(ARTIFACTS / "walkthrough-send-picked-seed.png"))
+    page.context.close()
+
+
 def test_png_info_send_of_an_image_without_parameters_says_what_to_do(browser, url: str) -> None:
     page = _open(browser, url, DESKTOP)
     _go(page, "PNG info")

@@ -65,9 +65,11 @@ def test_txt2img_returns_pngs_of_the_requested_size_with_parameters(app) -> None
     text = images[0].info["parameters"]
     assert text.startswith("a white cat\n") and "Seed: 7," in text and "Size: 64x72" in text
     assert "Sampler: DPM++ 2M" in text and "Steps: 2" in text
-    assert "**Seed** 7" in info
-    saved = sorted(outputs.glob("*/*-7-txt2img.png"))
-    assert len(saved) == 2 and Image.open(saved[0]).info["parameters"] == text
+    assert "Seed: 8," in images[1].info["parameters"]  # each image its own seed (A1111's numbering)
+    assert info.startswith("**Seeds** 7–8 · ")
+    saved = [*sorted(outputs.glob("*/*-7-txt2img.png")), *sorted(outputs.glob("*/*-8-txt2img.png"))]
+    assert len(saved) == 2 and [Image.open(path).info["parameters"] for path in saved] == [
+        image.info["parameters"] for image in images]
 
 
 def test_img2img_inpaint_upscale_depth_endpoints(app, tmp_path: Path) -> None:

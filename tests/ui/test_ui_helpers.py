@@ -106,8 +106,9 @@ def test_result_text_fences_prompts_that_contain_backticks() -> None:
     from sd2_app.ui.result_panel import describe
 
     parameters = "a ```quoted``` prompt\nSteps: 2, Seed: 7"
-    text = describe(SimpleNamespace(seed=7, timings={"run": 1.0}, warnings=[], parameters=parameters))
+    text = describe(SimpleNamespace(image_seeds=[7], timings={"run": 1.0}, warnings=[], parameters=parameters))
     lines = text.splitlines()
+    assert lines[0].startswith("**Seed** 7 · ")
     opening = lines.index("````text")  # longer than the prompt's run of three
     assert lines[opening + 1:opening + 3] == parameters.splitlines() and lines[opening + 3] == "````"
 

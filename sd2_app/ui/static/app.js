@@ -80,10 +80,10 @@
       const line = status.querySelector(".run-status-text");
       if (!info || !line) continue;
       const text = infoText(info);
-      // A result's line ("Seed …", not "Seed must be …") shows nothing there, unless Stop ended its run: then the
+      // A result's line ("Seed …" or "Seeds …–…", not "Seed must be …") shows nothing there, unless Stop ended its run: then the
       // warning that says so (a run Stop ended mid-sampling keeps the image so far, `progress.kept_so_far_message`).
       const stopped = text.split("\n").map((l) => l.replace(/^\W+\s*/u, "")).find((l) => l.startsWith("Stopped at step "));
-      const shown = /^Seed \d+ · /.test(text) ? (stopped || "") : text.split("\n")[0];
+      const shown = /^Seeds? \d+(–\d+)? · /.test(text) ? (stopped || "") : text.split("\n")[0];
       if (line.textContent !== shown) line.textContent = shown;
     }
   }, 250);
