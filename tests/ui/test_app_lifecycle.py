@@ -186,7 +186,7 @@ def test_sigterm_ends_the_app_with_every_result_on_disk_whole(tmp_path: Path) ->
     assert "Traceback" not in log.read_text()
     assert written_before == []  # nothing was on disk yet when the app was told to stop
     files = sorted(path.name for path in outputs.rglob("*") if path.is_file())
-    assert files == ["00000-5-txt2img.png", "00001-5-txt2img.png"], log.read_text()  # no temporary file left
+    assert files == ["00000-5-txt2img.png", "00001-6-txt2img.png"], log.read_text()  # no temporary file left
     for path in outputs.rglob("*.png"):
         with Image.open(path) as image:
             image.load()  # the whole PNG: a truncated file raises here

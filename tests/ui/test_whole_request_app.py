@@ -56,7 +56,7 @@ def test_the_gallery_is_the_saved_file_encoded_once(saving_app, monkeypatch: pyt
     assert encodes == [64, 64]  # the two images, once each: nothing for Gradio to encode again
     served = [httpx.get(f"{url}gradio_api/file={item['image']['path']}", timeout=30) for item in gallery]
     saved = _saved(outputs, 2)
-    assert [path.name for path in saved] == ["00000-77-txt2img.png", "00001-77-txt2img.png"]
+    assert [path.name for path in saved] == ["00000-77-txt2img.png", "00001-78-txt2img.png"]  # each its seed
     assert [response.content for response in served] == [path.read_bytes() for path in saved]
     assert preview["path"] == gallery[0]["image"]["path"]  # the live preview ends on the same file
     assert [item["image"]["orig_name"] for item in gallery] == [path.name for path in saved]
@@ -92,7 +92,7 @@ def test_every_queued_save_is_on_disk_whole_when_the_app_closes(one_thread: None
         assert len(list(outputs.rglob("*.png"))) < 4  # not all written yet
     # serve() closed the app, and demo.close() waited for the writer: every file whole, no temporary file left
     files = sorted(path.name for path in outputs.rglob("*") if path.is_file())
-    assert files == ["00000-1-txt2img.png", "00001-1-txt2img.png", "00002-2-txt2img.png", "00003-2-txt2img.png"]
+    assert files == ["00000-1-txt2img.png", "00001-2-txt2img.png", "00002-2-txt2img.png", "00003-3-txt2img.png"]
     assert all(Image.open(path).info["parameters"].startswith("queued\n") for path in outputs.rglob("*.png"))
 
 
