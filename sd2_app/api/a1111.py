@@ -34,6 +34,7 @@ from sd2_app.api.batch_count import checked_batch_count
 from sd2_app.api.checks import Limits, flag, resolve_seed
 from sd2_app.api.image_inputs import to_mask
 from sd2_app.api.results import Result
+from sd2_app.pipelines.metadata import parse_parameters
 from sd2_app.byte_limits import MAX_BASE64_CHARS, MAX_IMAGE_FILE_BYTES, MB
 from sd2_app.errors import InvalidRequest, shown
 from sd2_app.prompt_styles import StyleBook
@@ -312,6 +313,12 @@ def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
     return Job(task, base, checkpoint, _send_images(body), tuple(body.get("styles") or ()))
 
 
+def variation_seed(infotext: str) -> int:
+    """The variation seed an image's parameters text names (A1111's subseed), -1 where it has none."""
+    found = parse_parameters(infotext).get(keys.VARIATION_SEED) if infotext else None
+    return found if isinstance(found, int) else -1
+
+
 def info_json(job: Job, results: list[Result], started: float) -> str:
     """A1111's `info`: the first request's settings, then per image its seed and parameters text (none when
     /interrupt stopped the job before its first step: then the job request's settings, in that shape)."""
@@ -320,16 +327,19 @@ def info_json(job: Job, results: list[Result], started: float) -> str:
     images = [image for result in results for image in result.images]
     seeds = [result.image_seed(index) for result in results for index in range(len(result.images))]
     infotexts = [image.info.get(keys.PARAMETERS_KEY, "") for image in images]
+    subseeds = [variation_seed(text) for text in infotexts]
+    extras = getattr(first, "seed_extras", None) or rq.SeedExtras()
+    resize_w, resize_h = extras.resize_from or (-1, -1)
     width, height = (images[0].size if images else (getattr(first, "width", 0), getattr(first, "height", 0)))
     return json.dumps({
         "prompt": first.prompt, "all_prompts": [first.prompt] * len(images),
         "negative_prompt": first.negative_prompt, "all_negative_prompts": [first.negative_prompt] * len(images),
-        "seed": first.sampling.seed, "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * len(images),
-        "subseed_strength": 0, "width": width, "height": height, "sampler_name": sampling.sampler,
+        "seed": first.sampling.seed, "all_seeds": seeds, "subseed": subseeds[0] if subseeds else -1,
+        "all_subseeds": subseeds, "subseed_strength": extras.variation_strength, "width": width, "height": height, "sampler_name": sampling.sampler,
         "scheduler": "Karras" if sampling.use_karras else "Automatic", "cfg_scale": sampling.cfg_scale,
         "steps": sampling.steps, "batch_size": sampling.batch_size, "restore_faces": False,
         "face_restoration_model": None, "sd_model_name": job.checkpoint, "sd_model_hash": None,
-        "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": resize_w, "seed_resize_from_h": resize_h,
         "denoising_strength": getattr(first, "strength", None), "extra_generation_params": {},
         "index_of_first_image": 0, "infotexts": infotexts, "styles": list(job.styles),
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)), "clip_skip": 1,

@@ -136,7 +136,8 @@ def test_txt2img_batches_seeds_and_metadata_match_the_service(app, client) -> No
     _, _, service = app
     result = client.txt2img(prompt="a lighthouse", negative_prompt="fog", seed=11, batch_size=2, n_iter=2, **FAST)
     assert len(result.images) == 4 and all(image.size == (64, 64) for image in result.images)
-    assert result.info["all_seeds"] == [11, 11, 13, 13]  # batch j starts at seed + j * batch_size
+    assert result.info["all_seeds"] == [11, 12, 13, 14]  # image x at seed + x (batch j starts at seed + 2j)
+    assert result.info["all_subseeds"] == [-1] * 4 and result.info["subseed_strength"] == 0
     assert result.info["sd_model_name"] == "sd21-base" and result.info["sampler_name"] == "Euler"
     text = result.images[2].info["parameters"]
     assert text.startswith("a lighthouse\nNegative prompt: fog\nSteps: 2, Sampler: Euler") and "Seed: 13" in text
@@ -262,7 +263,12 @@ def test_hires_fix_variation_seed_and_tiling(client) -> None:
                             denoising_strength=0.5, **FAST)
     assert result.images[0].size == (128, 128) and result.info["width"] == 128
     plain = client.txt2img(prompt="x", seed=4, **FAST).images[0]
-    varied = client.txt2img(prompt="x", seed=4, subseed=9, subseed_strength=0.5, **FAST).images[0]
+    variations = client.txt2img(prompt="x", seed=4, subseed=9, subseed_strength=0.5, batch_size=2, **FAST)
+    varied = variations.images[0]
+    # A1111's numbering with a variation seed: every image keeps the seed, the variation seeds count up
+    assert (variations.info["all_seeds"], variations.info["all_subseeds"]) == ([4, 4], [9, 10])
+    assert (variations.info["subseed"], variations.info["subseed_strength"]) == (9, 0.5)
+    assert "Variation seed: 10," in variations.images[1].info["parameters"]
     tiled = client.txt2img(prompt="x", seed=4, tiling=True, **FAST).images[0]
     assert not np.array_equal(np.asarray(plain), np.asarray(varied))
     assert not np.array_equal(np.asarray(plain), np.asarray(tiled))
