@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     for task, spec in TASKS.items():
         sub = commands.add_parser(task, help=f"{spec.label.lower()}; writes PNGs with their parameters")
         _sampling_arguments(sub, spec)
+        sub.add_argument("--batch-count", type=int, default=1,
+                         help="batches one after another (A1111's Batch count): batch k at seed + k x batch size")
         _common_arguments(sub)
         if task == "txt2img":
             sub.add_argument("--width", type=int, default=None)

@@ -68,6 +68,7 @@ def build_request(args: argparse.Namespace) -> rq.Request:
     sampling = rq.Sampling(
         sampler=args.sampler, steps=args.steps, use_karras=args.karras, cfg_scale=args.cfg_scale,
         guidance_rescale=args.guidance_rescale, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
+        batch_count=getattr(args, "batch_count", 1),  # the tasks have it, an X/Y/Z plot does not
     )
     common = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "checkpoint": args.model,
               "sampling": sampling}
@@ -161,8 +162,8 @@ def run_task(args: argparse.Namespace) -> dict[str, Any]:
             paths.append(save_png(extra, args.out / f"{result.task}-{result.seed}-{name}.png"))
     for warning in result.warnings:
         log.warning("%s", warning)
-    return {"task": result.task, "seed": result.seed, "paths": [str(p) for p in paths], "seconds": round(elapsed, 3),
-            "timings": result.timings, "warnings": result.warnings}
+    return {"task": result.task, "seed": result.seed, "seeds": result.image_seeds, "paths": [str(p) for p in paths],
+            "seconds": round(elapsed, 3), "timings": result.timings, "warnings": result.warnings}
 
 
 def show_info(paths: list[Path]) -> dict[str, Any]:

@@ -42,7 +42,8 @@ def test_txt2img_writes_pngs_with_parameters(model_dir: Path, tmp_path: Path, ca
                  "--batch-size", "2", "--sampler", "Euler a", "--out", str(tmp_path), "--json"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["seed"] == 17 and len(summary["paths"]) == 2
+    assert summary["seed"] == 17 and summary["seeds"] == [17, 18] and len(summary["paths"]) == 2
+    assert parse_parameters(read_png_parameters(summary["paths"][1]))["Seed"] == 18  # each image its own seed
     params = parse_parameters(read_png_parameters(summary["paths"][0]))
     assert params["Prompt"] == "a lighthouse" and params["Negative prompt"] == "fog"
     assert params["Steps"] == 3 and params["Sampler"] == "Euler a" and params["Seed"] == 17
@@ -71,11 +72,15 @@ def test_inpaint_and_upscale_from_files(model_dir: Path, tmp_path: Path, capsys:
     assert parse_parameters(read_png_parameters(paths[0]))["Denoising strength"] == 1.0
 
     assert main(["upscale", "--tiny", "--model-dir", str(model_dir), "--image", str(tmp_path / "in.png"),
-                 "--prompt", "sharp", "--steps", "2", "--seed", "4", "--noise-level", "40", "--out", str(out)]) == 0
-    path = capsys.readouterr().out.split()[0]
-    with Image.open(path) as image:
-        assert image.size == (256, 256)
-        assert parse_parameters(read_png_parameters(image))["Noise level"] == 40
+                 "--prompt", "sharp", "--steps", "2", "--seed", "4", "--noise-level", "40", "--batch-count", "2",
+                 "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["seeds"] == [4, 5] and len(summary["paths"]) == 2  # two batches: seed 4, then 4 + 1
+    for path, seed in zip(summary["paths"], (4, 5)):
+        with Image.open(path) as image:
+            assert image.size == (256, 256)
+            params = parse_parameters(read_png_parameters(image))
+            assert (params["Noise level"], params["Seed"]) == (40, seed)
 
 
 def test_bad_input_exits_with_a_message(model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
