@@ -75,6 +75,9 @@ def test_tool_list_is_the_five_tools_with_typed_documented_arguments(url: str) -
     inpaint = tools["inpaint"].inputSchema
     assert inpaint["required"] == ["image", "mask", "prompt"]
     assert inpaint["properties"]["mask"]["description"].startswith("same size as the image (PNG, JPEG or WebP); white = repaint")
+    assert list(inpaint["properties"])[-1] == "masked_content" and inpaint["properties"]["masked_content"] == {
+        "type": "string", "default": "original",
+        "description": "the masked area's start below strength 1: original, fill, latent noise or latent nothing"}
     assert tools["upscale"].inputSchema["properties"]["noise_level"]["type"] == "integer"
 
 
@@ -131,6 +134,30 @@ def test_txt2img_takes_ddim_s_eta(url: str, outputs: Path) -> None:
     saved = next(path for path in outputs.rglob("*.png") if path.name.endswith("-43-txt2img.png"))
     parameters = parse_parameters(Image.open(saved).text["parameters"])
     assert (parameters["Sampler"], parameters["Eta DDIM"]) == ("DDIM", 0.5)
+
+
+def test_inpaint_takes_the_masked_content(url: str, outputs: Path) -> None:
+    """`masked_content` (as the Inpaint tab's Masked content): "latent noise" below strength 1 says so in the
+    image's parameters text; a name it does not know is refused in words."""
+    from sd2_app.pipelines.metadata import parse_parameters
+
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    arguments = {"image": _data_url(noise_image(64, 64)), "mask": _data_url(mask.convert("RGB")), "prompt": "a door",
+                 "strength": 0.6, "steps": 2, "seed": 47}
+
+    async def work(session):
+        made = await session.call_tool("inpaint", {**arguments, "masked_content": "latent noise"})
+        refused = await session.call_tool("inpaint", {**arguments, "masked_content": "blur"})
+        return made, refused
+
+    made, refused = _session(url, work)
+    assert not made.isError
+    saved = next(path for path in outputs.rglob("*.png") if path.name.endswith("-47-inpaint.png"))
+    parameters = parse_parameters(Image.open(saved).text["parameters"])
+    assert (parameters["Masked content"], parameters["Denoising strength"]) == ("latent noise", 0.6)
+    assert refused.isError and ("Unknown masked content 'blur'; choose one of: fill, original, latent noise, "
+                                "latent nothing.") in refused.content[0].text
 
 
 def test_tool_images_are_png_jpeg_or_webp_and_never_fetched_from_other_sites(
