@@ -38,8 +38,6 @@ def check_hires(
     if upscaler == X4_UPSCALER:
         if x4_checkpoint(catalog) is None:
             raise InvalidRequest("The SD2 x4 hires upscaler needs the x4 upscaler checkpoint, which this server lacks.")
-        if sampling.batch_size != 1:
-            raise InvalidRequest("The SD2 x4 hires upscaler runs one image at a time; set Images per prompt to 1.")
     sampler = hires.sampler or None
     if sampler is not None and (not isinstance(sampler, str) or sampler not in catalog.samplers):
         raise InvalidRequest(f"Unknown hires sampler {shown(sampler)}; choose one of: {', '.join(catalog.samplers)}.")

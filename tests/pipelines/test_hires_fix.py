@@ -189,6 +189,18 @@ def test_sd2_x4_hires_through_the_service_equals_the_three_steps_by_hand(tmp_pat
     again = service.run(request).images[0]  # the manager is free again and the result unchanged
     assert np.array_equal(np.asarray(again), np.asarray(result.images[0]))
 
+    # Two images per prompt: each first image goes through the x4 alone at its own seed (11, 12), so the second
+    # is the image seed 12 makes alone; progress counts the x4 stage twice.
+    progress.clear()
+    pair = service.run(replace(request, sampling=replace(SAMPLING, batch_size=2)),
+                       on_progress=lambda d, t, p: progress.append((d, t)))
+    assert [d for d, _ in progress] == list(range(1, 17)) and {t for _, t in progress} == {16}  # 4 + 2 x 4 + 4
+    second = service.run(replace(request, sampling=replace(SAMPLING, seed=12))).images[0]
+    assert [image.size for image in pair.images] == [(128, 128)] * 2 and pair.image_seeds == [11, 12]
+    for got, want in zip(pair.images, (result.images[0], second)):  # a batch's fp32 CPU kernels: a rounding
+        assert np.abs(np.asarray(got, dtype=int) - np.asarray(want, dtype=int)).max() <= 1
+    assert not np.array_equal(np.asarray(pair.images[0]), np.asarray(pair.images[1]))
+
 
 @pytest.mark.parametrize(("hires", "batch", "message"), [
     (HiresFix(upscaler="ESRGAN"), 1, "Unknown hires upscaler 'ESRGAN'; choose one of: Latent, "
@@ -197,8 +209,6 @@ def test_sd2_x4_hires_through_the_service_equals_the_three_steps_by_hand(tmp_pat
                              "side; lower the upscale or the size."),
     (HiresFix(denoising_strength=0.0), 1, "Hires denoising strength 0 runs no hires step; raise it (or turn the "
                                           "hires fix off)."),
-    (HiresFix(upscaler="SD2 x4"), 2, "The SD2 x4 hires upscaler runs one image at a time; set Images per "
-                                     "prompt to 1."),
     (HiresFix(sampler="Nope"), 1, "Unknown hires sampler 'Nope'; choose one of:"),
     (HiresFix(steps=-3), 1, "Hires steps must be between 1 and 150, got -3."),
 ])
