@@ -113,7 +113,8 @@ class ResultKeeper:
                         f"The images could not be saved to the outputs folder ({error.strerror}).")
         with timed(timings, "history"):
             entry = HistoryEntry(result.created, result.task, result.seed, result.parameters, tuple(result.images),
-                                 tuple(result.saved), owner, tuple(result.png), tuple(result.png_sha256))
+                                 tuple(result.saved), owner, tuple(result.png), tuple(result.png_sha256),
+                                 tuple(result.image_seeds))
             self.remember(entry)
             with self._lock:
                 self.last_seed = result.seed

@@ -98,3 +98,9 @@ class HistoryEntry:
     owner: str | None = None  # the browser session that made it: History shows a visitor only their own
     png: tuple[bytes, ...] = ()  # the images' PNG files (`Result.png`), which History shows as they are
     png_sha256: tuple[str, ...] = ()  # their sha256 (`Result.png_sha256`): a History refresh hashes nothing
+    seeds: tuple[int, ...] = ()  # each image's seed (`Result.image_seeds`); empty: `seed` is every image's
+
+    @property
+    def image_seeds(self) -> list[int]:
+        """Each image's seed, in order."""
+        return list(self.seeds) if len(self.seeds) == len(self.images) else [self.seed] * len(self.images)

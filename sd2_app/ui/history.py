@@ -16,7 +16,7 @@ import gradio as gr
 from PIL import Image
 
 from sd2_app.ui.narrow_tables import narrow_table_css
-from sd2_app.ui.result_panel import IMAGE_TARGETS, send_row
+from sd2_app.ui.result_panel import IMAGE_TARGETS, seed_span, send_row
 from sd2_app.ui.runner import shown_files
 
 if TYPE_CHECKING:
@@ -48,9 +48,10 @@ def _rows(service: Service, visitors: Visitors, request: gr.Request | None) -> R
     rows: list[list[Any]] = []
     for entry in service.history(owner=visitors.identify(request)):  # the owner the Generate handlers use
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.created))
-        images += [(image, f"{entry.task} · seed {entry.seed}") for image in shown_files(entry)]
+        seeds = entry.image_seeds or [entry.seed]
+        images += [(image, f"{entry.task} · seed {seed}") for image, seed in zip(shown_files(entry), seeds)]
         saved = ", ".join(f"{p.parent.name}/{p.name}" for p in entry.saved) or "(not saved)"
-        rows.append([when, entry.task, entry.seed, len(entry.images), entry.parameters, saved])
+        rows.append([when, entry.task, seed_span(seeds), len(entry.images), entry.parameters, saved])
     return images, rows
 
 

@@ -102,8 +102,7 @@ def describe(result: Result) -> str:
     """Markdown under the gallery: seed, timings, warnings and the parameters text."""
     seconds = summary(result.timings)
     seeds = result.image_seeds
-    said = f"**Seed** {seeds[0]}" if len(set(seeds)) == 1 else f"**Seeds** {seeds[0]}–{seeds[-1]}"
-    lines = [f"{said} · {seconds}"]
+    lines = [f"**Seed{'s' if len(set(seeds)) > 1 else ''}** {seed_span(seeds)} · {seconds}"]
     lines += [f"- ⚠️ {warning_text(w)}" for w in result.warnings]
     if result.parameters:
         # A fence longer than any backtick run in the text, so a prompt with ``` cannot close it early.
@@ -111,6 +110,12 @@ def describe(result: Result) -> str:
         fence = "`" * max(3, longest + 1)
         lines += ["", f"{fence}text", result.parameters, fence]
     return "\n".join(lines)
+
+
+def seed_span(seeds: Sequence[int]) -> str:
+    """A result's seeds in words: "40" for one (or the same for all: a variation seed's batch), "40–43" for a
+    batch, whose seeds count up (api/requests.py, `numbered_seeds`)."""
+    return str(seeds[0]) if len(set(seeds)) == 1 else f"{seeds[0]}–{seeds[-1]}"
 
 
 def seed_of(seeds: Any, index: Any) -> int | None:

@@ -417,9 +417,10 @@ def test_models_history_and_png_info(app) -> None:
     table, _ = client.predict(api_name="/unload_all")
     assert {row[2] for row in table["data"]} == {"not loaded"}
 
-    client.predict(prompt="history check", width=64, height=64, api_name="/txt2img", **FAST)
+    client.predict(prompt="history check", width=64, height=64, api_name="/txt2img", **{**FAST, "batch_size": 2})
     gallery, history = client.predict(api_name="/history")
-    assert history["data"][0][1] == "txt2img" and history["data"][0][4].startswith("history check")
+    assert history["data"][0][1:4] == ["txt2img", "7–8", 2] and history["data"][0][4].startswith("history check")
+    assert [item["caption"] for item in gallery[:2]] == ["txt2img · seed 7", "txt2img · seed 8"]  # each its own
     assert len(gallery) == sum(row[3] for row in history["data"])
 
     stranger = Client(client.src, verbose=False)  # another visitor: a different session
@@ -431,7 +432,7 @@ def test_models_history_and_png_info(app) -> None:
     saved = sorted(outputs.glob("*/*.png"))[-1]
     text, fields = client.predict(path=handle_file(str(saved)), api_name="/png_info")
     assert text == Image.open(saved).info["parameters"]
-    assert fields["Steps"] == 2 and fields["Seed"] == 7 and fields["Size"] == "64x64"
+    assert fields["Steps"] == 2 and fields["Seed"] == 8 and fields["Size"] == "64x64"  # the batch's second
 
 
 def test_a_job_behind_another_front_ends_job_says_its_place(app) -> None:
