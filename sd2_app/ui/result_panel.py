@@ -1,5 +1,5 @@
 """The result panel of a generation tab: the gallery (whole images, the grid sized to the batch), the info line
-under it (`describe`: seed, timings, warnings, parameters), "send to" buttons, the live preview and the tab's
+under it (`describe`: seed, timings, warnings, parameters: the picked image's, `with_parameters`), "send to" buttons, the live preview and the tab's
 extra output; `selected_image` is the gallery item a "send to" carries.
 """
 
@@ -16,6 +16,7 @@ import gradio as gr
 from PIL import Image
 
 from sd2_app.api.timing import summary
+from sd2_app.pipelines.metadata import read_png_parameters
 from sd2_app.ui.cache_files import shown_again
 
 if TYPE_CHECKING:
@@ -49,8 +50,16 @@ def gallery_columns(count: int) -> int:
     return max(1, math.ceil(math.sqrt(count)))
 
 
-def _picked(event: gr.SelectData) -> int:
-    return int(event.index)
+def _picked(gallery: Any, info: Any, event: gr.SelectData) -> tuple[int, Any]:
+    """The picked image's index, and the info under the gallery showing that image's parameters text, as A1111
+    shows the picked image's (each image of a batch has its own seed); the info is kept where the file has none."""
+    index = int(event.index)
+    if not isinstance(gallery, list) or not 0 <= index < len(gallery) or not isinstance(info, str):
+        return index, gr.skip()
+    item = gallery[index]
+    path = item[0] if isinstance(item, (tuple, list)) else item
+    text = read_png_parameters(path) if isinstance(path, str) else None
+    return index, gr.skip() if not text else with_parameters(info, text)
 
 
 def result_panel(
@@ -77,7 +86,8 @@ def result_panel(
             extra = gr.Image(label=extra_label, type="pil", interactive=False, format="png", height=160,
                              elem_id=f"{prefix}-extra")
     selected = gr.State(0)
-    gallery.select(_picked, None, selected, api_name=f"{prefix}_select", api_visibility="private", queue=False)
+    gallery.select(_picked, [gallery, info], [selected, info], api_name=f"{prefix}_select", api_visibility="private",
+                   queue=False)
     return ResultPanel(preview, gallery, info, extra, gr.State(None), selected, buttons, run, stop, read)
 
 
@@ -104,12 +114,23 @@ def describe(result: Result) -> str:
     seeds = result.image_seeds
     lines = [f"**Seed{'s' if len(set(seeds)) > 1 else ''}** {seed_span(seeds)} · {seconds}"]
     lines += [f"- ⚠️ {warning_text(w)}" for w in result.warnings]
-    if result.parameters:
-        # A fence longer than any backtick run in the text, so a prompt with ``` cannot close it early.
-        longest = max((len(run) for run in re.findall(r"`+", result.parameters)), default=0)
-        fence = "`" * max(3, longest + 1)
-        lines += ["", f"{fence}text", result.parameters, fence]
-    return "\n".join(lines)
+    return "\n".join(lines) + parameters_block(result.parameters)
+
+
+def parameters_block(text: str) -> str:
+    """The info's parameters text as a fenced block after an empty line ("" for none); the fence is longer than
+    any backtick run in the text, so a prompt with ``` cannot close it early."""
+    if not text:
+        return ""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"\n\n{fence}text\n{text}\n{fence}"
+
+
+def with_parameters(info: str, text: str) -> str:
+    """`info` (`describe`'s) with its parameters block replaced by `text`'s: the seed line and warnings stay."""
+    head = re.split(r"\n\n`{3,}text\n", info, maxsplit=1)[0]
+    return head + parameters_block(text)
 
 
 def seed_span(seeds: Sequence[int]) -> str:

@@ -42,8 +42,9 @@ def test_reuse_last_seed_before_a_result_keeps_the_typed_seed_and_says_why(brows
 
 
 def test_reuse_and_send_take_the_seed_of_the_picked_image(browser, url: str) -> None:
-    """Two images per prompt from seed 40 are seeds 40 and 41 (A1111's numbering); with the second picked,
-    "Reuse last seed" and "Send to image to image" carry 41, as A1111's do, and the line says both seeds."""
+    """Two images per prompt from seed 40 are seeds 40 and 41 (A1111's numbering); with the second picked, the
+    text under the gallery is its own, and "Reuse last seed" and "Send to image to image" carry 41, as A1111's
+    do; the line says both seeds."""
     page = _open(browser, url, DESKTOP)
     for elem_id, value in (("txt2img-width", 64), ("txt2img-height", 64), ("txt2img-steps", 1),
                            ("txt2img-batch-size", 2)):
@@ -54,7 +55,12 @@ def test_reuse_and_send_take_the_seed_of_the_picked_image(browser, url: str) -> 
     assert run_and_wait(page, "txt2img").startswith("Seeds 40–41 · ")
     thumbnails = page.locator("#txt2img-gallery .thumbnail-item")
     expect(thumbnails).to_have_count(2)
+    info = page.locator("#txt2img-info")
+    expect(info).to_contain_text("Seed: 40,")  # the first image's text until another is picked
     thumbnails.nth(1).click()
+    expect(info).to_contain_text("Seed: 41,")  # the picked image's parameters text, as A1111 shows it
+    expect(info).to_contain_text("Batch pos: 1")
+    assert info.inner_text().startswith("Seeds 40–41 · ")  # the result's line stays
     seed.fill("7")
     page.locator("#txt2img-reuse-seed").click()
     expect(seed).to_have_value("41", timeout=15_000)

@@ -113,6 +113,21 @@ def test_result_text_fences_prompts_that_contain_backticks() -> None:
     assert lines[opening + 1:opening + 3] == parameters.splitlines() and lines[opening + 3] == "````"
 
 
+def test_a_picked_image_s_text_replaces_only_the_parameters_block() -> None:
+    from types import SimpleNamespace
+
+    from sd2_app.ui.result_panel import describe, with_parameters
+
+    first = "a ```fox```\nSteps: 2, Seed: 40, Batch size: 2, Batch pos: 0"
+    info = describe(SimpleNamespace(image_seeds=[40, 41], timings={"run": 1.0}, warnings=["Size 60 was rounded."],
+                                    parameters=first))
+    second = "a fox\nSteps: 2, Seed: 41, Batch size: 2, Batch pos: 1"
+    picked = with_parameters(info, second)
+    assert picked.split("\n")[:2] == info.split("\n")[:2]  # the seeds line and the warning
+    assert picked.endswith("\n\n```text\n" + second + "\n```") and first not in picked
+    assert with_parameters(picked, first) == info  # back to the first: as describe wrote it
+
+
 def test_png_info_numbers_are_clamped_into_the_slider_ranges() -> None:
     import gradio as gr
 
