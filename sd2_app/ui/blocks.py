@@ -13,7 +13,6 @@ import gradio as gr
 from sd2_app.api.addresses import ClientAddresses
 from sd2_app.checkpoints.catalog import CheckpointSpec, checkpoint_named
 from sd2_app import infotext_keys as keys
-from sd2_app.pipelines.metadata import whole_number
 from sd2_app.prompt_styles import StyleBook, with_styles_read
 from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
 from sd2_app.ui.hosting import Hosting, Visitors
@@ -23,13 +22,14 @@ from sd2_app.ui.read_parameters import wire_read_parameters
 from sd2_app.ui.result_panel import ResultPanel
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.sending import (  # noqa: F401  # clamp_to, sampler_fields: also imported from here
-    SendTarget, clamp_to, parameter_outputs, parameter_values, picked_image_parameters, sampler_fields, unreproduced,
-    wire_history_send, wire_parameters_send, wire_send)
+    SendTarget, clamp_to, parameter_outputs, parameter_values, picked_image_parameters, sampler_fields, size_values,
+    unreproduced, wire_history_send, wire_parameters_send, wire_send)
 from sd2_app.ui.txt2img_extras import from_parameters
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
     from sd2_app.ui.sending import SendSource
+    from sd2_app.ui.sent_size import SizeBoxes
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 STATIC = Path(__file__).resolve().parent / "static"
@@ -121,8 +121,15 @@ def _wire_result_sends(service: Service, tabs_with_results: Sequence[tuple[str, 
         wire_send(tab.panel, tab, tabs, targets, prefix)
         if prefix in targets:
             into = targets[prefix]
-            wire_read_parameters(service, tab.panel, tab.prompt, partial(parameter_values, service, into=into),
-                                 parameter_outputs(into), prefix)
+            fill, outputs = partial(parameter_values, service, into=into), parameter_outputs(into)
+            if into.size is not None:  # Image to image: its width and height from "Size" too
+                fill, outputs = _with_size(fill, into.size), [*outputs, into.size.width, into.size.height]
+            wire_read_parameters(service, tab.panel, tab.prompt, fill, outputs, prefix)
+
+
+def _with_size(fill: Callable[[dict[str, Any]], tuple], size: SizeBoxes) -> Callable[[dict[str, Any]], tuple]:
+    """`fill`'s values, then the width and height the parameters' "Size" names (`size_values`)."""
+    return lambda parsed: (*fill(parsed), *size_values(parsed, size.width, size.height))
 
 
 def _wire_history_tab(history_tab: gr.Tab, past: history.HistoryView) -> None:
@@ -168,8 +175,6 @@ def _png_to_txt2img(
         if not parsed or not isinstance(parsed, dict):  # the page sends the parsed fields back: anything may come
             raise gr.Error(pnginfo.NOTHING_TO_SEND, print_exception=False)
         parsed = with_styles_read(parsed, styles)
-        size = str(parsed.get(keys.SIZE, ""))
-        width, _, height = size.partition("x")
         keep = gr.skip()
         sampler, karras = sampler_fields(parsed, names)
         for note in unreproduced(parsed, sampler, names):
@@ -186,8 +191,7 @@ def _png_to_txt2img(
             clamp_to(parsed.get(keys.ETA_DDIM, 0.0), controls.eta, keys.ETA_DDIM),
             parsed.get(keys.SEED, keep),
             clamp_to(parsed.get(keys.BATCH_SIZE, 1), controls.batch, keys.BATCH_SIZE),
-            clamp_to(whole_number(width), t2i.width, "Width") if width.isdigit() else keep,
-            clamp_to(whole_number(height), t2i.height, "Height") if height.isdigit() else keep,
+            *size_values(parsed, t2i.width, t2i.height),
             keep if checkpoint is None else checkpoint,
             gr.Tabs(selected="txt2img"),
             *from_parameters(parsed, names),  # hires fix, seed extras, tiling

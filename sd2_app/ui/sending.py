@@ -21,6 +21,7 @@ from sd2_app import infotext_keys as keys
 from sd2_app.api.a1111_samplers import read_sampler, sampler_named, schedule_label
 from sd2_app.api.requests import HIRES_UPSCALERS, MASKED_CONTENT, HiresFix
 from sd2_app.errors import shown
+from sd2_app.pipelines.metadata import whole_number
 from sd2_app.prompt_styles import with_styles_read
 from sd2_app.ui.layout import RUNNING
 from sd2_app.ui.result_panel import ResultPanel, box_value, seed_of, selected_image
@@ -162,6 +163,14 @@ def parameter_values(service: Service, parsed: dict[str, Any], into: SendTarget)
     values += () if into.tiling is None else (tiling_in(parsed),)
     values += () if into.masked_content is None else (masked_content_in(parsed),)
     return values + (() if into.styles is None else (parsed.get(keys.STYLES_ARRAY, []),))
+
+
+def size_values(parsed: dict[str, Any], width_box: gr.Slider | gr.Number, height_box: gr.Slider | gr.Number) -> tuple:
+    """Width and height from parsed parameters' "Size" ("768x512"), each fitted to its box or slider (`clamp_to`:
+    a multiple of 8 within the server's sides), as A1111's paste sets them; gr.skip() for a side the text lacks."""
+    width, _, height = str(parsed.get(keys.SIZE, "")).partition("x")
+    return tuple(clamp_to(whole_number(side), box, name) if side.isdigit() else gr.skip()
+                 for side, box, name in ((width, width_box, "Width"), (height, height_box, "Height")))
 
 
 def parameter_outputs(into: SendTarget) -> list[gr.components.Component]:

@@ -35,7 +35,12 @@ def _refusal(fn, *values) -> str:
 
 def test_image_to_image_reads_a_pasted_text_into_its_prompts_and_sampling(demo) -> None:
     read = _fn(demo, "img2img_read_parameters")
-    assert read.fn(PASTED, None, 0) == ("a fox", "blurry", "Euler", True, 12, 6.5, 42, 0.25, True)
+    # ... and its width and height from "Size", as A1111's paste sets img2img's
+    assert read.fn(PASTED, None, 0) == ("a fox", "blurry", "Euler", True, 12, 6.5, 42, 0.25, True, 64, 72)
+    width, height = read.outputs[-2:]
+    assert (width.label, height.label) == ("Width", "Height")
+    sizes = {text: read.fn(PASTED.replace("Size: 64x72", text), None, 0)[-2:] for text in ("Size: 100x20", "")}
+    assert sizes == {"Size: 100x20": (104, 64), "": (gr.skip(), gr.skip())}  # fitted to the boxes (8s, 64 up)
 
 
 def test_with_the_prompt_empty_it_reads_the_picked_result(demo, tmp_path: Path) -> None:
