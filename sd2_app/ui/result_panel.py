@@ -1,6 +1,7 @@
 """The result panel of a generation tab: the gallery (whole images, the grid sized to the batch), the info line
-under it (`describe`: seed, timings, warnings, parameters: the picked image's, `with_parameters`), "send to" buttons, the live preview and the tab's
-extra output; `selected_image` is the gallery item a "send to" carries.
+under it (`describe`: seeds, timings, warnings, and the picked image's parameters text, `with_parameters`), "send
+to" buttons, the live preview and the tab's extra output; `selected_image` is the gallery item a "send to"
+carries, `seed_of` its seed.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 // - On a phone (one column), Generate scrolls the tab's results into view, and they stay there when the run ends.
 // - The line under each tab's Generate/Stop (`<tab>-run-status`) repeats the tab's info line (`<tab>-info`, under
 //   the results and below the fold of a laptop screen) while it tells the run's state: queued, running,
-//   stopped, or why it was refused; it is empty while the info line shows a finished result ("Seed …"), unless
+//   stopped, or why it was refused; it is empty while the info line shows a finished result ("Seed …", "Seeds …"), unless
 //   Stop ended that result's run ("Stopped at step k/N; kept the image so far.").
 // - Each file put into an image editor of class "checked-editor" (Inpaint: uploaded, dropped or pasted) goes to the
 //   editor's hidden checker as well (`<editor>-check`, ui/uploads.py `file_check`), whose upload check says why
@@ -80,8 +80,8 @@
       const line = status.querySelector(".run-status-text");
       if (!info || !line) continue;
       const text = infoText(info);
-      // A result's line ("Seed …" or "Seeds …–…", not "Seed must be …") shows nothing there, unless Stop ended its run: then the
-      // warning that says so (a run Stop ended mid-sampling keeps the image so far, `progress.kept_so_far_message`).
+      // A result's line ("Seed …" or "Seeds …–…", not "Seed must be …") shows nothing there, unless Stop ended
+      // its run: then the warning that says so (a run Stop ended mid-sampling keeps the image so far, `progress.kept_so_far_message`).
       const stopped = text.split("\n").map((l) => l.replace(/^\W+\s*/u, "")).find((l) => l.startsWith("Stopped at step "));
       const shown = /^Seeds? \d+(–\d+)? · /.test(text) ? (stopped || "") : text.split("\n")[0];
       if (line.textContent !== shown) line.textContent = shown;
