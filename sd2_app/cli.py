@@ -148,7 +148,7 @@ def run_task(args: argparse.Namespace) -> dict[str, Any]:
     result = service.run(request, on_progress=on_progress)
     elapsed = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
-    names = [f"{result.task}-{result.seed}-{index}" for index in range(len(result.images))]
+    names = [f"{result.task}-{seed}-{index}" for index, seed in enumerate(result.image_seeds[:len(result.images)])]
     if result.task == "xyz_plot":  # grids first, then the cells that ran
         grids = len(result.images) - sum(row["status"] == "done" for row in result.cells)
         cells = [row["cell"] for row in result.cells if row["status"] == "done"]

@@ -43,6 +43,7 @@ def test_txt2img_writes_pngs_with_parameters(model_dir: Path, tmp_path: Path, ca
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["seed"] == 17 and summary["seeds"] == [17, 18] and len(summary["paths"]) == 2
+    assert [Path(path).name for path in summary["paths"]] == ["txt2img-17-0.png", "txt2img-18-1.png"]  # its seed
     assert parse_parameters(read_png_parameters(summary["paths"][1]))["Seed"] == 18  # each image its own seed
     params = parse_parameters(read_png_parameters(summary["paths"][0]))
     assert params["Prompt"] == "a lighthouse" and params["Negative prompt"] == "fog"
@@ -76,6 +77,7 @@ def test_inpaint_and_upscale_from_files(model_dir: Path, tmp_path: Path, capsys:
                  "--out", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["seeds"] == [4, 5] and len(summary["paths"]) == 2  # two batches: seed 4, then 4 + 1
+    assert [Path(path).name for path in summary["paths"]] == ["upscale-4-0.png", "upscale-5-1.png"]
     for path, seed in zip(summary["paths"], (4, 5)):
         with Image.open(path) as image:
             assert image.size == (256, 256)
