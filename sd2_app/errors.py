@@ -30,7 +30,7 @@ class Cancelled(Exception):
     """Raised from a step callback when the user pressed Stop; the sampling loop lets it through.
 
     On its way out it collects what the run made so far (docs/DESIGN.md, "Errors"), each None where nothing was
-    made (Stop before the first step, the hires fix's first pass, an upscale): `at`, the (step, steps) of the
+    made (Stop before the first step, the hires fix's first pass): `at`, the (step, steps) of the
     run's progress when Stop ended it (the service's step callback, api/progress.py); `latents`, that step's x0
     estimate (pipelines/loop.py); `output`, the task's output decoded from it by the task's own finishing path
     (pipelines/sampling.py, `finished`); `result`, the Service's `Result` of that output (api/service.py,

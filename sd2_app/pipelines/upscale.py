@@ -18,7 +18,7 @@ from sd2_app.pipelines.loop import LatentProgressFn, Tiling
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.prompt import ti_hashes
-from sd2_app.pipelines.sampling import draw_noise, start_job
+from sd2_app.pipelines.sampling import draw_noise, finished, start_job
 from sd2_app.pipelines.vae_io import vae_factor
 from sd2_app.api.requests import UpscaleRequest
 from sd2_app.samplers.schedules import SchedulerConfig, alphas_cumprod
@@ -67,13 +67,19 @@ def upscale(
     labels = torch.full((job.rows,), request.noise_level, dtype=torch.long, device=components.device)
     x = job.start_noise((sampling.batch_size, components.vae.config.latent_channels, h, w))
     tiling = _tiling(request.tile_size)
-    latents = job.denoise(x, concat=concat, class_labels=labels, on_step=on_step, tiling=tiling)
-    pixels = job.decode(latents, force_fp32=True, tile=tiling.tile, overlap=tiling.overlap)
-    images = postprocess(pixels)
     out_w, out_h = w * factor, h * factor
-    settings = sampling_settings(sampling, width=out_w, height=out_h, model=components.key) | ti_hashes(job.embeddings)
-    settings[keys.NOISE_LEVEL] = request.noise_level
-    if max(h, w) > tiling.tile:
-        settings[keys.TILE_SIZE] = tiling.tile
-    label_images(images, request.prompt, request.negative_prompt, settings)
-    return PipelineOutput(images=images, latents=latents, width=out_w, height=out_h, warnings=warnings)
+
+    def finish(latents: torch.Tensor) -> PipelineOutput:
+        pixels = job.decode(latents, force_fp32=True, tile=tiling.tile, overlap=tiling.overlap)
+        images = postprocess(pixels)
+        settings = sampling_settings(sampling, width=out_w, height=out_h, model=components.key)
+        settings |= ti_hashes(job.embeddings)
+        settings[keys.NOISE_LEVEL] = request.noise_level
+        if max(h, w) > tiling.tile:
+            settings[keys.TILE_SIZE] = tiling.tile
+        label_images(images, request.prompt, request.negative_prompt, settings)
+        return PipelineOutput(images=images, latents=latents, width=out_w, height=out_h, warnings=warnings)
+
+    # Stop after a step: the image so far, the 4x decode of that step's x0 estimate (pipelines/sampling.py)
+    return finished(lambda: job.denoise(x, concat=concat, class_labels=labels, on_step=on_step, tiling=tiling),
+                    finish)

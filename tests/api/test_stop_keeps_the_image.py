@@ -118,6 +118,22 @@ def test_hires_fix_stopped_in_its_first_pass_keeps_nothing(service) -> None:
     assert service.history() == []
 
 
+def test_upscale_keeps_its_4x_image_so_far(service) -> None:
+    """Stop during Upscale x4 keeps the 4x decode of the last step's x0 estimate, as the other tasks do."""
+    from sd2_app.api.requests import UpscaleRequest
+
+    request = UpscaleRequest("sharp photo", image=Image.new("RGB", (24, 16), (30, 90, 200)), checkpoint="x4-upscaler",
+                             sampling=Sampling(sampler="DDIM", steps=6, seed=5))
+    on_progress, should_stop = _stopped_after(2)
+    result = service.run(request, on_progress=on_progress, should_stop=should_stop, keep_stopped=KEEP)
+    assert result.stopped_at == (3, 6) and result.warnings == ["Stopped at step 3/6; kept the image so far."]
+    assert [image.size for image in result.images] == [(96, 64)]
+    text = read_png_parameters(result.saved[0])
+    assert "Noise level: 20" in text and text.endswith(", Stopped at step: 3")
+    full = service.run(request)  # the same request run to its end differs: the image so far is not the end
+    assert not np.array_equal(np.asarray(full.images[0]), np.asarray(result.images[0]))
+
+
 def test_inpaint_keeps_the_image_so_far_pasted_back_as_its_end_would_be(service) -> None:
     image = Image.new("RGB", (64, 64), (200, 30, 30))
     mask = Image.new("L", (64, 64), 0)
