@@ -34,12 +34,14 @@ class Cancelled(Exception):
     run's progress when Stop ended it (the service's step callback, api/progress.py); `latents`, that step's x0
     estimate (pipelines/loop.py); `output`, the task's output decoded from it by the task's own finishing path
     (pipelines/sampling.py, `finished`); `result`, the Service's `Result` of that output (api/service.py,
-    `produce`), which only a user-facing run keeps (`Service.run`).
+    `produce`), which only a user-facing run keeps (`Service.run`); `so_far`, False where the run is a stage whose
+    image so far nobody keeps (the SD2 x4 hires route's first pass and x4 stage), so none is decoded.
     """
 
-    def __init__(self, *args: object, at: tuple[int, int] | None = None) -> None:
+    def __init__(self, *args: object, at: tuple[int, int] | None = None, so_far: bool = True) -> None:
         super().__init__(*args)
         self.at = at
+        self.so_far = so_far  # False: the caller keeps no image so far (a stage of a longer job), none is made
         self.latents: Any = None
         self.output: Any = None
         self.result: Any = None

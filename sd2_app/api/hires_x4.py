@@ -54,11 +54,12 @@ def run_hires_x4(service: Service, checked: Txt2ImgRequest, on_progress: Progres
     upscaled: list[PipelineOutput] = []
     try:
         first = service.run_task("txt2img", replace(checked, hires=None), timings, on_progress, should_stop,
-                                 done_before=0, total=total)
+                                 done_before=0, total=total, so_far=False)
         for index, ((seed, _), image) in enumerate(zip(request_seeds(checked), first.images)):
             upscaled.append(service.run_task("upscale", x4_request(checked, image, upscaler, seed), timings,
                                              on_progress, should_stop,
-                                             done_before=first_steps + index * x4.sampling.steps, total=total))
+                                             done_before=first_steps + index * x4.sampling.steps, total=total,
+                                             so_far=False))
     except Cancelled as stop:  # before the second pass: nothing kept, as in the hires fix's first pass
         stop.output = None
         raise

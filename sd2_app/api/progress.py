@@ -63,19 +63,21 @@ def step_callback(
     *,
     done_before: int = 0,
     total: int | None = None,
+    so_far: bool = True,
 ) -> LatentProgressFn:
     """The pipeline's `on_step(step, steps, latents)`: stop check first, then progress and a cheap preview.
 
     It reports the pipeline's own count of steps: the steps it really runs, e.g. int(N * strength) for
     img2img, which is fewer than the requested N. The previews' seconds add up in `timings["preview"]`.
     Stop raises `Cancelled` at the step it came after, counted as `placed` counts the caller's progress
-    (`done_before`, `total`): its `at`, which `mark_stopped` writes on the image so far.
+    (`done_before`, `total`): its `at`, which `mark_stopped` writes on the image so far; `so_far` False makes
+    none (`Cancelled.so_far`).
     """
     reported = placed(on_progress, done_before, total)
 
     def on_step(step: int, steps: int, latents: Any) -> None:
         if should_stop is not None and should_stop():
-            raise Cancelled(at=(done_before + step, steps if total is None else total))
+            raise Cancelled(at=(done_before + step, steps if total is None else total), so_far=so_far)
         if reported is None:
             return
         image = None

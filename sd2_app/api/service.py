@@ -192,12 +192,13 @@ class Service:
         *,
         done_before: int = 0,
         total: int | None = None,
+        so_far: bool = True,
     ) -> PipelineOutput:
         """One pipeline job of a validated request after its turn at the GPU gate (`should_stop` may end the
         wait), maybe batched; nothing is kept. `done_before` and `total` place its steps inside a longer job's
-        progress (the SD2 x4 hires route's three jobs)."""
+        progress (the SD2 x4 hires route's jobs); `so_far` False: a Stop makes no image so far (a stage)."""
         on_step = step_callback(on_progress, should_stop, timings, self._preview, self.preview_every,
-                                done_before=done_before, total=total)
+                                done_before=done_before, total=total, so_far=so_far)
         if self.batcher is not None and self.batcher.takes(task, request):
             return self.batcher.run(task, request, on_step, timings, should_stop)
         waited = time.perf_counter()

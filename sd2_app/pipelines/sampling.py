@@ -167,12 +167,12 @@ def finished(denoise: Callable[[], torch.Tensor], finish: Callable[[torch.Tensor
     try:
         latents = denoise()
     except Cancelled as stop:
-        if stop.latents is not None and stop.output is None:
+        if stop.so_far and stop.latents is not None and stop.output is None:
             try:
                 stop.output = finish(stop.latents)
             except Exception:  # noqa: BLE001  # the Stop stands; only the image so far is lost
                 log.warning("could not finish the image so far of a stopped run", exc_info=True)
-            stop.latents = None  # used: the exception no longer holds the device tensor
+        stop.latents = None  # used, or not wanted (`Cancelled.so_far`): the exception no longer holds the tensor
         raise
     return finish(latents)
 

@@ -152,7 +152,7 @@ def test_one_progress_bar_over_both_passes_and_stop_in_the_second(components: Co
         txt2img(components("sd2-base"), _request("Lanczos"), on_step=stop_in_second_pass)
 
 
-def test_sd2_x4_hires_through_the_service_equals_the_three_steps_by_hand(tmp_path) -> None:
+def test_sd2_x4_hires_through_the_service_equals_the_three_steps_by_hand(tmp_path, monkeypatch) -> None:
     from tests.pipeline_fixtures import tiny_dir
 
     from sd2_app.api.service import Service
@@ -181,11 +181,21 @@ def test_sd2_x4_hires_through_the_service_equals_the_three_steps_by_hand(tmp_pat
     assert np.array_equal(np.asarray(result.images[0]), np.asarray(by_hand))
     assert parse_parameters(result.parameters)["Hires upscaler"] == "SD2 x4"
 
-    for stop_after in (6, 9):  # Stop in the x4 stage, then in the second pass
+    from sd2_app.pipelines import upscale as upscale_module
+    from sd2_app.pipelines.images import postprocess
+
+    decodes: list[int] = []  # the x4 stage's decodes: a Stop there keeps nothing, so it makes no image so far
+    monkeypatch.setattr(upscale_module, "postprocess", lambda pixels: decodes.append(1) or postprocess(pixels))
+    decoded = {}
+    for stop_after in (2, 6, 9):  # Stop in the first pass, in the x4 stage, then in the second pass
         seen: list[int] = []
-        with pytest.raises(Cancelled):
+        before = len(decodes)
+        with pytest.raises(Cancelled) as stop:
             service.run(request, on_progress=lambda d, t, p: seen.append(d), should_stop=lambda: len(seen) >= stop_after)
-        assert seen[-1] == stop_after
+        assert seen[-1] == stop_after and stop.value.latents is None
+        assert (stop.value.result is None) == (stop_after < 9)  # only the second pass makes its image so far
+        decoded[stop_after] = len(decodes) - before
+    assert decoded == {2: 0, 6: 0, 9: 1}  # a Stop inside the x4 stage decodes nothing; at 9 it had finished
     again = service.run(request).images[0]  # the manager is free again and the result unchanged
     assert np.array_equal(np.asarray(again), np.asarray(result.images[0]))
 
