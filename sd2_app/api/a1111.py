@@ -34,7 +34,6 @@ from sd2_app.api.batch_count import checked_batch_count
 from sd2_app.api.checks import Limits, flag, resolve_seed
 from sd2_app.api.image_inputs import to_mask
 from sd2_app.api.results import Result
-from sd2_app.pipelines.metadata import parse_parameters
 from sd2_app.byte_limits import MAX_BASE64_CHARS, MAX_IMAGE_FILE_BYTES, MB
 from sd2_app.errors import InvalidRequest, shown
 from sd2_app.prompt_styles import StyleBook
@@ -313,12 +312,6 @@ def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
     return Job(task, base, checkpoint, _send_images(body), tuple(body.get("styles") or ()))
 
 
-def variation_seed(infotext: str) -> int:
-    """The variation seed an image's parameters text names (A1111's subseed), -1 where it has none."""
-    found = parse_parameters(infotext).get(keys.VARIATION_SEED) if infotext else None
-    return found if isinstance(found, int) else -1
-
-
 def info_json(job: Job, results: list[Result], started: float) -> str:
     """A1111's `info`: the first request's settings, then per image its seed and parameters text (none when
     /interrupt stopped the job before its first step: then the job request's settings, in that shape)."""
@@ -327,7 +320,9 @@ def info_json(job: Job, results: list[Result], started: float) -> str:
     images = [image for result in results for image in result.images]
     seeds = [result.image_seed(index) for result in results for index in range(len(result.images))]
     infotexts = [image.info.get(keys.PARAMETERS_KEY, "") for image in images]
-    subseeds = [variation_seed(text) for text in infotexts]
+    # each image's variation seed (A1111's subseed), -1 without one: the rule its noise was drawn by
+    subseeds = [-1 if variation is None else variation
+                for result in results for _, variation in rq.request_seeds(result.request, len(result.images))]
     extras = getattr(first, "seed_extras", None) or rq.SeedExtras()
     resize_w, resize_h = extras.resize_from or (-1, -1)
     width, height = (images[0].size if images else (getattr(first, "width", 0), getattr(first, "height", 0)))

@@ -23,7 +23,6 @@ from PIL import Image
 from sd2_app.api.requests import HiresPassRequest, Txt2ImgRequest, UpscaleRequest, request_seeds
 from sd2_app.api.results import ProgressFn
 from sd2_app.api.upscaler_names import x4_checkpoint
-from sd2_app.errors import Cancelled
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service  # the Service runs this route: it imports this module
@@ -51,18 +50,14 @@ def run_hires_x4(service: Service, checked: Txt2ImgRequest, on_progress: Progres
     x4 = x4_request(checked, None, upscaler)
     x4_steps = x4.sampling.steps * checked.sampling.batch_size
     total = first_steps + x4_steps + checked.hires.second_pass_steps(first_steps)
-    upscaled: list[PipelineOutput] = []
-    try:
-        first = service.run_task("txt2img", replace(checked, hires=None), timings, on_progress, should_stop,
-                                 done_before=0, total=total, so_far=False)
-        for index, ((seed, _), image) in enumerate(zip(request_seeds(checked), first.images)):
-            upscaled.append(service.run_task("upscale", x4_request(checked, image, upscaler, seed), timings,
-                                             on_progress, should_stop,
-                                             done_before=first_steps + index * x4.sampling.steps, total=total,
-                                             so_far=False))
-    except Cancelled as stop:  # before the second pass: nothing kept, as in the hires fix's first pass
-        stop.output = None
-        raise
+    # Stop before the second pass keeps nothing, as in the hires fix's first pass: those stages make no image so
+    # far (`so_far=False`)
+    first = service.run_task("txt2img", replace(checked, hires=None), timings, on_progress, should_stop,
+                             done_before=0, total=total, so_far=False)
+    upscaled = [service.run_task("upscale", x4_request(checked, image, upscaler, seed), timings, on_progress,
+                                 should_stop, done_before=first_steps + index * x4.sampling.steps, total=total,
+                                 so_far=False)
+                for index, ((seed, _), image) in enumerate(zip(request_seeds(checked), first.images))]
     second = HiresPassRequest(base=checked, images=tuple(output.images[0] for output in upscaled),
                               first_size=(first.width, first.height))
     output = service.run_task("txt2img", second, timings, on_progress, should_stop,

@@ -57,10 +57,16 @@ def _picked(gallery: Any, info: Any, event: gr.SelectData) -> tuple[int, Any]:
     index = int(event.index)
     if not isinstance(gallery, list) or not 0 <= index < len(gallery) or not isinstance(info, str):
         return index, gr.skip()
-    item = gallery[index]
-    path = item[0] if isinstance(item, (tuple, list)) else item
-    text = read_png_parameters(path) if isinstance(path, str) else None
+    image = _item_image(gallery, index)
+    text = read_png_parameters(image) if isinstance(image, (str, Image.Image)) else None
     return index, gr.skip() if not text else with_parameters(info, text)
+
+
+def _item_image(gallery: list[Any], index: int) -> Any:
+    """The image of gallery item `index`: items are (image, caption) pairs or bare images, each a file path (the
+    panels' galleries decode nothing ahead) or a PIL image."""
+    item = gallery[index]
+    return item[0] if isinstance(item, (tuple, list)) else item
 
 
 def result_panel(
@@ -181,9 +187,7 @@ def selected_image(gallery: Any, index: Any, running: bool = False) -> Image.Ima
     state is: `running` (Generate emptied the gallery and the run is on) or nothing generated yet."""
     if not gallery:
         raise gr.Error(STILL_RUNNING if running else NOTHING_TO_SEND, print_exception=False)
-    index = index if isinstance(index, int) and 0 <= index < len(gallery) else 0
-    item = gallery[index]
-    image = item[0] if isinstance(item, (tuple, list)) else item
+    image = _item_image(gallery, index if isinstance(index, int) and 0 <= index < len(gallery) else 0)
     if isinstance(image, str):
         try:
             image = Image.open(image)

@@ -263,12 +263,14 @@ def test_hires_fix_variation_seed_and_tiling(client) -> None:
                             denoising_strength=0.5, **FAST)
     assert result.images[0].size == (128, 128) and result.info["width"] == 128
     plain = client.txt2img(prompt="x", seed=4, **FAST).images[0]
-    variations = client.txt2img(prompt="x", seed=4, subseed=9, subseed_strength=0.5, batch_size=2, **FAST)
+    variations = client.txt2img(prompt="x", seed=4, subseed=9, subseed_strength=0.5, batch_size=2, n_iter=2, **FAST)
     varied = variations.images[0]
-    # A1111's numbering with a variation seed: every image keeps the seed, the variation seeds count up
-    assert (variations.info["all_seeds"], variations.info["all_subseeds"]) == ([4, 4], [9, 10])
+    # A1111's numbering with a variation seed: every image keeps the seed, the variation seeds count up, across
+    # the batches too; each image's own text says the same
+    assert (variations.info["all_seeds"], variations.info["all_subseeds"]) == ([4] * 4, [9, 10, 11, 12])
     assert (variations.info["subseed"], variations.info["subseed_strength"]) == (9, 0.5)
-    assert "Variation seed: 10," in variations.images[1].info["parameters"]
+    assert [f"Variation seed: {subseed}," in image.info["parameters"]
+            for image, subseed in zip(variations.images, [9, 10, 11, 12], strict=True)] == [True] * 4
     tiled = client.txt2img(prompt="x", seed=4, tiling=True, **FAST).images[0]
     assert not np.array_equal(np.asarray(plain), np.asarray(varied))
     assert not np.array_equal(np.asarray(plain), np.asarray(tiled))
