@@ -28,6 +28,9 @@ PASTE_INFO = "read from the image, or paste a generation's parameters here (as A
 TOO_LONG = f"Pasted parameters must be at most {MAX_PASTED_CHARS} characters."
 NO_PARAMETERS = "This image carries no generation parameters."
 # "Send to text to image" with nothing read: no image, an image without parameters, or an emptied text box.
+# PNG info's reads wait in a queue of their own: at most PNG_INFO_CONCURRENCY run at once, beside the GPU jobs,
+# never behind them.
+PNG_INFO_QUEUE = {"concurrency_id": "png_info", "concurrency_limit": PNG_INFO_CONCURRENCY}
 NOTHING_TO_SEND = ("There are no generation parameters to send: upload a PNG that carries them, or paste them into "
                    "Parameters.")
 
@@ -54,18 +57,23 @@ def build(service: Service) -> tuple[gr.Image, gr.JSON, gr.Button]:
         """The page's read: the text only; the box's change parses it (`_wire_paste`), once."""
         if not path:
             return ""
-        raw = _unless_unreadable(service.read_parameters_text, path)
+        raw = read_text_unless_unreadable(service, path)
         return NO_PARAMETERS if raw is None else raw
 
-    # Both queued (so a failure shows its message), in a queue of their own: at most PNG_INFO_CONCURRENCY run at
-    # once, beside the GPU jobs, never behind them. The page reads an upload's text; API clients call `png_info`
-    # for the text and its fields, through a trigger the page never fires (so an upload is not read twice).
-    queue = {"concurrency_id": "png_info", "concurrency_limit": PNG_INFO_CONCURRENCY}
+    # Both queued (so a failure shows its message) in PNG info's queue. The page reads an upload's text; API
+    # clients call `png_info` for the text and its fields, through a trigger the page never fires (so an upload is
+    # not read twice).
+    queue = PNG_INFO_QUEUE
     image.change(read_text, image, text, api_name="png_info_read", api_visibility="private", **queue)
     api_only = gr.Button(visible=False, elem_id="pnginfo-api")
     api_only.click(read, image, [text, fields], api_name="png_info", **queue)
     _wire_paste(service, text, fields)
     return image, fields, send
+
+
+def read_text_unless_unreadable(service: Service, path: str) -> str | None:
+    """The parameters text of the image at `path`; None when it has none or is not a PNG."""
+    return _unless_unreadable(service.read_parameters_text, path)
 
 
 def _unless_unreadable(reader: Callable[[str], T], path: str) -> T | None:

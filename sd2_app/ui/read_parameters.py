@@ -5,6 +5,9 @@ A prompt box holding a generation's parameters, as A1111 or Civitai copy them, f
 to" does; an empty prompt box reads the parameters of the tab's picked (or first) result instead, A1111's "last
 generation". One parser for both, PNG info's (`Service.parse_parameters`); a prompt with no parameters in it is
 left as it is.
+
+An image dropped onto the tab's prompt boxes puts its parameters text into the prompt box, as A1111's drop onto the
+prompt does (javascript/dragdrop.js, into modules/ui_toprow.py's `prompt_img`); ↙ then reads it into the settings.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from typing import Any, TYPE_CHECKING
 import gradio as gr
 
 from sd2_app import infotext_keys as keys
-from sd2_app.ui.pnginfo import MAX_PASTED_CHARS, NO_PARAMETERS, TOO_LONG
+from sd2_app.ui.pnginfo import MAX_PASTED_CHARS, NO_PARAMETERS, PNG_INFO_QUEUE, TOO_LONG, read_text_unless_unreadable
 from sd2_app.ui.sending import picked_image_parameters
+from sd2_app.ui.uploads import unopened_path
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
@@ -25,6 +29,7 @@ if TYPE_CHECKING:
 NOTHING_TO_READ = ("Paste a generation's parameters into the prompt, or generate an image first: with the prompt "
                    "empty, ↙ reads the last result's.")
 IN_PROMPT = "The prompt holds generation parameters (\"Steps: …\"); use ↙ beside Stop to read them into the settings."
+DROPPED = "The dropped image's parameters are in the prompt; ↙ beside Stop reads them into the settings."
 NOT_PARAMETERS = ("The prompt holds no generation parameters (a last line such as \"Steps: 20, Sampler: Euler a, "
                   "Seed: 1\", or a \"Negative prompt:\" line); nothing was changed.")
 
@@ -69,3 +74,23 @@ def wire_read_parameters(service: Service, panel: ResultPanel, prompt: gr.Textbo
 
     panel.read.click(read, [prompt, panel.gallery, panel.selected], list(outputs),
                      api_name=f"{prefix}_read_parameters", api_visibility="private")
+    wire_prompt_drop(service, prompt, prefix)
+
+
+def wire_prompt_drop(service: Service, prompt: gr.Textbox, prefix: str) -> None:
+    """A hidden image box (`<prefix>-prompt-image`) to which the page script (static/app.js) passes an image
+    dropped onto the tab's prompt boxes: its parameters text goes into `prompt` (an image without them leaves
+    the prompt as it is, and says so), and the box empties for the next drop. Read as PNG info reads, in its queue."""
+    dropped = unopened_path(gr.Image(type="filepath", image_mode=None, sources=["upload"], visible="hidden",
+                                     show_label=False, elem_id=f"{prefix}-prompt-image"))
+
+    def read(path: str | None) -> tuple[Any, None]:
+        text = read_text_unless_unreadable(service, path) if path else None
+        if text is None:
+            gr.Warning(NO_PARAMETERS)
+            return gr.skip(), None
+        gr.Info(DROPPED)
+        return text, None
+
+    dropped.upload(read, dropped, [prompt, dropped], api_name=f"{prefix}_prompt_image", api_visibility="private",
+                   show_progress="hidden", **PNG_INFO_QUEUE)

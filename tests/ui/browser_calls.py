@@ -131,3 +131,16 @@ def seed_of(line: str) -> str:
     found = re.match(r"\s*Seeds? (\d+)", line)
     assert found, line
     return found.group(1)
+
+
+def drop_file(page, selector: str, path: str) -> None:
+    """Drag the file at `path` from outside the page and drop it on the middle of `selector`'s first element, as the
+    visitor's mouse would: Chromium's own drag events (the DevTools protocol's Input.dispatchDragEvent), trusted
+    and carrying the file, not a script's synthetic DragEvent."""
+    box = page.locator(selector).first.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    session = page.context.new_cdp_session(page)
+    data = {"items": [], "files": [path], "dragOperationsMask": 1}  # 1: copy
+    for kind in ("dragEnter", "dragOver", "drop"):
+        session.send("Input.dispatchDragEvent", {"type": kind, "x": x, "y": y, "data": data})
+    session.detach()

@@ -1,5 +1,6 @@
 """An A1111 PNG through PNG info's "Send to text to image" in a real Chromium (Playwright): A1111's names for the
-sampler and the checkpoint land on ours, and each setting we cannot reproduce is said in a toast.
+sampler and the checkpoint land on ours, and each setting we cannot reproduce is said in a toast. An A1111 PNG
+dropped onto a prompt box, as A1111's drop onto the prompt reads it.
 
 Uses test_browser.py's app and browser fixtures (tiny checkpoints); screenshots go to tests/artifacts/.
 """
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from sd2_app.pipelines.metadata import attach_parameters, save_png
-from tests.ui.browser_calls import settled
+from tests.ui.browser_calls import drop_file, settled
 from tests.ui.test_browser import ARTIFACTS, _go, browser, expect, page, url  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -139,3 +140,46 @@ def test_a_sent_variation_seed_shows_in_the_closed_extra_seed_options_header(pag
     expect(page.locator("#txt2img-variation-seed input[type=number]")).to_have_value("123")
     _send_png(page, tmp_path / "plain.png", text.split(", Variation seed:")[0], (40, 90, 21))
     expect(header).to_have_text("Extra seed options", timeout=30_000)  # all off again
+
+
+# What the page did with the last file dragged over it (listened to after the page script's own listeners).
+DRAG_OUTCOME = """() => window.addEventListener("dragover", (event) => {
+  window.sd2LastDragover = { cancelled: event.defaultPrevented, effect: event.dataTransfer.dropEffect };
+})"""
+
+
+def test_an_image_dropped_onto_a_prompt_box_puts_its_parameters_there_as_a1111_does(page, tmp_path: Path) -> None:
+    """A1111's drop onto the prompt: the PNG's parameters text goes into the tab's prompt box, whichever of its
+    two boxes the image is dropped on, and ↙ then reads it into the settings. An image without parameters leaves
+    the prompt as it is and says so; a file dropped where nothing takes it is refused by the page (the browser
+    would otherwise open it, leaving the page)."""
+    picture = tmp_path / "a1111.png"
+    save_png(attach_parameters(Image.new("RGB", (64, 64), (20, 60, 120)), A1111_TEXT), picture)
+    prompt = page.locator("#txt2img-prompt textarea")
+    drop_file(page, "#txt2img-negative textarea", str(picture))
+    expect(prompt).to_have_value(A1111_TEXT)
+    expect(page.locator(".toast-body", has_text="The dropped image's parameters are in the prompt; ↙ beside Stop "
+                                                "reads them into the settings.")).to_be_visible()
+    page.locator("#txt2img-read-parameters").click()
+    expect(prompt).to_have_value("a lighthouse, (stormy sea:1.2)")
+    expect(page.locator("#txt2img-negative textarea")).to_have_value("blurry")
+    expect(page.locator("#txt2img-steps input[type=number]")).to_have_value("24")
+    expect(page.locator("#txt2img-seed input[type=number]")).to_have_value("1234")
+
+    _go(page, "Inpaint")
+    bare = tmp_path / "bare.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(bare)
+    inpaint_prompt = page.locator("#inpaint-prompt textarea")
+    inpaint_prompt.fill("a red door")
+    drop_file(page, "#inpaint-prompt textarea", str(bare))
+    expect(page.locator(".toast-body", has_text="This image carries no generation parameters.")).to_be_visible()
+    settled(page)
+    expect(inpaint_prompt).to_have_value("a red door")
+    drop_file(page, "#inpaint-prompt textarea", str(picture))  # the reader took the first drop and emptied
+    expect(inpaint_prompt).to_have_value(A1111_TEXT)
+
+    page.evaluate(DRAG_OUTCOME)
+    drop_file(page, "h1", str(picture))
+    assert page.evaluate("window.sd2LastDragover") == {"cancelled": True, "effect": "none"}
+    drop_file(page, "#inpaint-prompt textarea", str(picture))
+    assert page.evaluate("window.sd2LastDragover") == {"cancelled": True, "effect": "copy"}

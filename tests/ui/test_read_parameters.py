@@ -65,6 +65,26 @@ def test_a_plain_prompt_is_left_as_it_is_and_a_long_paste_refused(demo) -> None:
     assert not [f for f in demo.fns.values() if f.api_name in ("upscale_read_parameters", "xyz_read_parameters")]
 
 
+def test_an_image_dropped_onto_a_prompt_box_puts_its_parameters_text_into_the_prompt(demo, tmp_path: Path) -> None:
+    """Each tab with ↙ has a reader for images dropped onto its prompt boxes (static/app.js): the text goes into
+    the prompt and the reader empties; without parameters the prompt stays; a JPEG has no PNG text."""
+    from sd2_app.pipelines.metadata import attach_parameters, save_png
+
+    with_text = str(save_png(attach_parameters(Image.new("RGB", (8, 8)), PASTED), tmp_path / "with.png"))
+    bare = str(save_png(Image.new("RGB", (8, 8)), tmp_path / "bare.png"))
+    jpeg = tmp_path / "photo.jpg"
+    Image.new("RGB", (8, 8)).save(jpeg)
+    for tab in ("txt2img", "img2img", "inpaint", "outpaint", "depth"):
+        read = _fn(demo, f"{tab}_prompt_image")
+        prompt, reader = read.outputs
+        assert (prompt.elem_id, reader.elem_id) == (f"{tab}-prompt", f"{tab}-prompt-image")
+        assert read.fn(with_text) == (PASTED, None)
+        for unread in (bare, str(jpeg)):
+            with pytest.warns(UserWarning, match="^This image carries no generation parameters.$"):
+                assert read.fn(unread) == (gr.skip(), None)
+    assert not [f for f in demo.fns.values() if f.api_name in ("upscale_prompt_image", "xyz_prompt_image")]
+
+
 @pytest.mark.parametrize(("prompt", "noted"), [
     (PASTED, True),
     ("a fox\nSteps: 12, Sampler: Euler, Seed: 42", True),

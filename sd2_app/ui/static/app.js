@@ -13,6 +13,10 @@
 //   ignores anything else without a word) sends what the clipboard held, or an empty file, to the box's checker
 //   (`<box>-check`).
 // - ↙ beside Stop (class "read-parameters") gets its tooltip and accessible name when pointed at or focused.
+// - An image dropped onto a prompt box of a tab with ↙ goes to the tab's hidden reader (`<tab>-prompt-image`,
+//   ui/read_parameters.py `wire_prompt_drop`), which puts its parameters text into the prompt, as A1111's drop onto
+//   the prompt does. A file dropped where nothing takes it (not an image box) is not opened by the browser, which
+//   would leave the page and lose what the visitor had typed.
 (css) => {
   if (window.sd2AppReady) return;
   window.sd2AppReady = true;
@@ -155,4 +159,23 @@
   };
   document.addEventListener("pointerover", hint);
   document.addEventListener("focusin", hint);
+
+  const draggingFiles = (event) => event.dataTransfer && [...event.dataTransfer.types].includes("Files");
+  const promptReader = (target) => {
+    const box = target.closest && target.closest(".prompt-box");
+    if (!box || !box.id) return null;
+    return document.querySelector(`#${box.id.replace(/-(prompt|negative)$/, "-prompt-image")} input[type=file]`);
+  };
+  // Bubbling to the window: an image box that takes files has cancelled the event already.
+  window.addEventListener("dragover", (event) => {
+    if (!draggingFiles(event) || event.defaultPrevented) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = promptReader(event.target) ? "copy" : "none";
+  });
+  window.addEventListener("drop", (event) => {
+    if (!draggingFiles(event) || event.defaultPrevented) return;
+    event.preventDefault();
+    const reader = promptReader(event.target);
+    if (reader && event.dataTransfer.files.length) upload(reader, event.dataTransfer.files[0]);
+  });
 }
