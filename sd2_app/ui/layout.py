@@ -51,9 +51,11 @@ class PromptRow:
 
 
 def prompt_boxes(prefix: str, value: str = "") -> PromptBoxes:
-    """Prompt and negative prompt; Ctrl+Enter (Cmd+Enter) in either presses the tab's Generate (static/app.js).
+    """Prompt and negative prompt; Ctrl+Enter (Cmd+Enter) in either presses the tab's Generate, Esc its Stop
+    (static/app.js).
     The counters stay empty until the tab calls `prompt_tools.wire_prompt_tools`."""
-    prompt = gr.Textbox(value, label="Prompt", lines=2, max_lines=8, placeholder="What to draw (Ctrl+Enter generates)",
+    prompt = gr.Textbox(value, label="Prompt", lines=2, max_lines=8,
+                        placeholder="What to draw (Ctrl+Enter generates, Esc stops)",
                         elem_id=f"{prefix}-prompt", elem_classes=["prompt-box"])
     prompt_tokens = token_count_line(f"{prefix}-prompt-tokens")
     negative = gr.Textbox("", label="Negative prompt", lines=1, max_lines=6, placeholder="What to avoid",
@@ -65,7 +67,7 @@ def prompt_boxes(prefix: str, value: str = "") -> PromptBoxes:
 def run_buttons(prefix: str) -> tuple[gr.Button, gr.Button]:
     """Generate, and Stop (enabled only while a run of this tab is queued or running)."""
     run = gr.Button(GENERATE, variant="primary", size="lg", elem_id=f"{prefix}-run", elem_classes=["run-button"])
-    stop = gr.Button("Stop", variant="stop", interactive=False, elem_id=f"{prefix}-stop")
+    stop = gr.Button("Stop", variant="stop", interactive=False, elem_id=f"{prefix}-stop", elem_classes=["stop-button"])
     return run, stop
 
 

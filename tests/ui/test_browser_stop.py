@@ -74,3 +74,34 @@ def test_stop_mid_run_shows_and_keeps_the_image_so_far(browser, url) -> None:  #
         expect(page.locator("#history-table")).to_contain_text(f"Stopped at step: {step}")
     finally:
         page.context.close()
+
+
+def test_esc_stops_the_run_as_a1111s_esc_interrupts(browser, url) -> None:  # noqa: F811
+    """Esc in the tab's prompt box, or with nothing focused, presses the tab's Stop while its run is on (the
+    placeholder says so); Esc in a dropdown closes the dropdown and the run goes on."""
+    page = _open(browser, url, DESKTOP)
+    try:
+        prompt = page.locator("#txt2img-prompt textarea")
+        expect(prompt).to_have_attribute(
+            "placeholder", "What to draw (Ctrl+Enter generates, Esc stops)")
+        for name, value in (("width", 512), ("height", 512), ("steps", 150)):  # seconds of run: Esc lands mid-run
+            _set_number(page, f"txt2img-{name}", value)
+        info = page.locator("#txt2img-info")
+        for focus in ("prompt", "nothing"):
+            page.locator("#txt2img-run").click()
+            expect(info).to_contain_text(re.compile(r"Step \d+/150"), timeout=60_000)
+            if focus == "prompt":
+                prompt.click()
+            else:
+                sampler = page.locator("#txt2img-sampler input").first
+                sampler.click()
+                page.keyboard.press("Escape")  # the dropdown's: the run goes on
+                seen = int(re.search(r"Step (\d+)/150", info.inner_text()).group(1))
+                expect(info).to_contain_text(re.compile(rf"Step (?!{seen}/)\d+/150"), timeout=30_000)
+                expect(page.locator("#txt2img-stop")).to_be_enabled()
+                page.evaluate("document.activeElement.blur()")
+            page.keyboard.press("Escape")
+            expect(info).to_contain_text(re.compile(r"Stopped at step \d+/150"), timeout=30_000)
+            expect(page.locator("#txt2img-stop")).to_be_disabled()
+    finally:
+        page.context.close()

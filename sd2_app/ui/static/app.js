@@ -1,5 +1,8 @@
 // sd2-app page script, run once when the page loads (build_ui passes the style sheet as `css`).
 // - Ctrl+Enter or Cmd+Enter in a prompt box presses that tab's Generate, as in A1111; Enter alone makes a new line.
+// - Esc in a tab's prompt row (its prompt boxes and buttons), or with nothing focused, presses the shown tab's Stop
+//   while a run of that tab is on, as A1111's Esc interrupts; elsewhere (a dropdown, an open image) Esc is left
+//   to the widget.
 // - On a phone (one column), Generate scrolls the tab's results into view, and they stay there when the run ends.
 // - The line under each tab's Generate/Stop (`<tab>-run-status`) repeats the tab's info line (`<tab>-info`, under
 //   the results and below the fold of a laptop screen) while it tells the run's state: queued, running,
@@ -33,6 +36,18 @@
     event.preventDefault();
     const button = run.tagName === "BUTTON" ? run : run.querySelector("button");
     if (button && !button.disabled) button.click();
+  });
+
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape" || event.ctrlKey || event.metaKey || event.altKey || event.shiftKey) return;
+    const row = event.target.closest && event.target.closest(".prompt-row");
+    const stops = row ? [row.querySelector(".stop-button")]
+      : event.target === document.body ? [...document.querySelectorAll(".stop-button")] : [];
+    const stop = stops.filter(Boolean).map((s) => (s.tagName === "BUTTON" ? s : s.querySelector("button")))
+      .find((button) => button && button.offsetParent !== null && !button.disabled);
+    if (!stop) return;
+    event.preventDefault();
+    stop.click();
   });
 
   // One column (a phone): the results are below the settings, so a run scrolls them into view. While the run is on,
