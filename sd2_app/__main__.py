@@ -166,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--padding", type=int, default=_request_default(task, "only_masked_padding"), help="context pixels around the mask (only-masked)")
             sub.add_argument("--no-keep-unmasked", action="store_true",
                              help="do not paste the input back outside the mask (the reference's behaviour)")
+            sub.add_argument("--invert-mask", action="store_true",
+                             help=f'repaint what the mask leaves black (A1111\'s Mask mode "{rq.MASK_MODES[1]}")')
+            sub.add_argument("--masked-content", choices=rq.MASKED_CONTENT,
+                             default=_request_default(task, "masked_content"),
+                             help="what the masked area starts from below strength 1 (A1111's Masked content)")
         if task == "upscale":
             sub.add_argument("--noise-level", type=int, default=_request_default(task, "noise_level"))
             sub.add_argument("--tile-size", type=int, default=_request_default(task, "tile_size"))

@@ -88,7 +88,8 @@ def build_request(args: argparse.Namespace) -> rq.Request:
         return rq.InpaintRequest(
             image=image, mask=_open(args.mask, "L"), strength=args.strength, mask_blur=args.mask_blur,
             only_masked=args.only_masked, only_masked_padding=args.padding,
-            keep_unmasked=not args.no_keep_unmasked, **common,
+            keep_unmasked=not args.no_keep_unmasked, masked_content=args.masked_content,
+            mask_mode=rq.MASK_MODES[int(args.invert_mask)], **common,
         )
     if args.task == "upscale":
         return rq.UpscaleRequest(image=image, noise_level=args.noise_level, tile_size=args.tile_size, **common)

@@ -51,6 +51,7 @@ MASK_BLUR = "Mask blur"
 INPAINT_AREA = "Inpaint area"
 MASKED_AREA_PADDING = "Masked area padding"
 KEEP_UNMASKED = "Keep unmasked"
+MASK_MODE = "Mask mode"  # A1111's: "Inpaint not masked" ("Inpaint masked" is not written)
 MASKED_CONTENT = "Masked content"  # A1111's: "fill", "latent noise" or "latent nothing" ("original" is not written)
 OUTPAINT_FILL = "Outpaint fill"
 OUTPAINT_LEFT = "Outpaint left"  # the margins added, in pixels

@@ -71,6 +71,15 @@ def test_inpaint_and_upscale_from_files(model_dir: Path, tmp_path: Path, capsys:
     result = np.asarray(Image.open(paths[0]).convert("RGB"))
     assert np.array_equal(result[:20], np.asarray(sample_image(64, 64))[:20])  # kept outside the mask
     assert parse_parameters(read_png_parameters(paths[0]))["Denoising strength"] == 1.0
+    assert main(["inpaint", "--tiny", "--model-dir", str(model_dir), "--image", str(tmp_path / "in.png"),
+                 "--mask", str(tmp_path / "mask.png"), "--prompt", "a door", "--steps", "2", "--seed", "5",
+                 "--strength", "0.5", "--invert-mask", "--masked-content", "latent noise", "--out", str(out)]) == 0
+    inverted = capsys.readouterr().out.split()
+    params = parse_parameters(read_png_parameters(inverted[0]))
+    assert (params["Mask mode"], params["Masked content"]) == ("Inpaint not masked", "latent noise")
+    box = (slice(20, 44), slice(20, 44))  # the mask's white square: kept
+    assert np.array_equal(np.asarray(Image.open(inverted[0]).convert("RGB"))[box], np.asarray(sample_image(64, 64))[box])
+    assert np.array_equal(np.asarray(Image.open(inverted[1])), 255 - np.asarray(mask))  # the mask used
 
     assert main(["upscale", "--tiny", "--model-dir", str(model_dir), "--image", str(tmp_path / "in.png"),
                  "--prompt", "sharp", "--steps", "2", "--seed", "4", "--noise-level", "40", "--batch-count", "2",

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from sd2_app import infotext_keys as keys
 from sd2_app.api import requests as rq
@@ -32,7 +32,6 @@ from sd2_app.api.a1111_samplers import SCHEDULERS, read_sampler, sampler_named, 
 from sd2_app.api.tasks import TASKS
 from sd2_app.api.batch_count import checked_batch_count
 from sd2_app.api.checks import Limits, flag, resolve_seed
-from sd2_app.api.image_inputs import to_mask
 from sd2_app.api.results import Result
 from sd2_app.byte_limits import MAX_BASE64_CHARS, MAX_IMAGE_FILE_BYTES, MB
 from sd2_app.errors import InvalidRequest, shown
@@ -275,17 +274,20 @@ def _masked_content(body: Mapping[str, Any]) -> str:
 def _inpaint_fields(body: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "masked_content": _masked_content(body),
+        "mask_mode": _mask_mode(body),
         "mask_blur": body.get("mask_blur", 4),
         "only_masked": flag(body.get("inpaint_full_res", False), "inpaint_full_res"),  # "false" is not off
         "only_masked_padding": body.get("inpaint_full_res_padding", 32),
     }
 
 
-def _mask(body: Mapping[str, Any]) -> Image.Image:
-    mask = decode_image(body["mask"], "mask")
-    if body.get("inpainting_mask_invert"):
-        return ImageOps.invert(to_mask(mask))
-    return mask
+def _mask_mode(body: Mapping[str, Any]) -> str:
+    """inpainting_mask_invert: the index of A1111's "Mask mode" choices (`MASK_MODES`), or a boolean; default 0."""
+    invert = body.get("inpainting_mask_invert", 0)
+    if not isinstance(invert, (bool, int)) or invert not in (0, 1):
+        choices = ", ".join(f"{i} ({name})" for i, name in enumerate(rq.MASK_MODES))
+        raise InvalidRequest(f"inpainting_mask_invert must be one of {choices}; got {shown(invert)}.")
+    return rq.MASK_MODES[int(invert)]
 
 
 def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: list[str], limits: Limits,
@@ -306,7 +308,8 @@ def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
               "strength": body.get("denoising_strength", TASKS[task].strength)}
     if task == "inpaint":
         extra = _inpaint_fields(body)
-        base: rq.InpaintRequest | rq.Img2ImgRequest = rq.InpaintRequest(mask=_mask(body), sampling=sampling, **common, **extra)
+        mask = decode_image(body["mask"], "mask")
+        base: rq.InpaintRequest | rq.Img2ImgRequest = rq.InpaintRequest(mask=mask, sampling=sampling, **common, **extra)
     else:
         base = rq.Img2ImgRequest(width=body.get("width"), height=body.get("height"), sampling=sampling, **common)
     return Job(task, base, checkpoint, _send_images(body), tuple(body.get("styles") or ()))

@@ -193,6 +193,10 @@ class Img2ImgRequest:
 # "original": the image as it is; "latent noise" / "latent nothing": the image encoded, then the area's start
 # latents replaced by unit noise / zeros (A1111 modules/processing.py, StableDiffusionProcessingImg2Img.init).
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
+# Which part of the mask is repainted: A1111's "Mask mode" choices, in its order (the A1111 API's
+# `inpainting_mask_invert` is the index): the white part, or the rest (the mask inverted after it is binarised,
+# before the blur: modules/processing.py, StableDiffusionProcessingImg2Img.init).
+MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,7 @@ class InpaintRequest:
     keep_unmasked: bool = True  # paste the input's pixels back outside the mask (diffusers does not)
     masked_content: str = "original"  # one of MASKED_CONTENT: what the masked area starts from (strength < 1)
     sampling: Sampling = _sampling("inpaint")
+    mask_mode: str = MASK_MODES[0]  # one of MASK_MODES: repaint the mask's white part, or the rest
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from sd2_app.api.image_inputs import check_size, checked_image, decoded, fit_ins
 from sd2_app.api.requests import (
     DepthRequest,
     Img2ImgRequest,
+    MASK_MODES,
     MASKED_CONTENT,
     OUTPAINT_FILLS,
     InpaintRequest,
@@ -240,23 +241,30 @@ def _inpaint_fields(
     if mask.size != image.size:
         warnings.append(f"The mask ({mask.width}x{mask.height}) was resized to the image ({image.width}x{image.height}).")
         mask = mask.resize(image.size, Image.Resampling.NEAREST)
-    if mask.getextrema()[1] < 128:
+    mask_mode = _choice(request.mask_mode, MASK_MODES, "mask mode")
+    darkest, lightest = mask.getextrema()
+    if mask_mode == MASK_MODES[0] and lightest < 128:
         raise InvalidRequest("The mask is empty: paint over the area to repaint (white = repaint).")
+    if mask_mode == MASK_MODES[1] and darkest >= 128:
+        raise InvalidRequest(f"The mask covers the whole image, and Mask mode \"{MASK_MODES[1]}\" repaints what it "
+                             "does not cover: nothing.")
     common.update(
         image=image,
         mask=mask,
+        mask_mode=mask_mode,
         strength=_strength(request.strength, steps),
         mask_blur=integer(request.mask_blur, "Mask blur", 0, 64),
         only_masked=flag(request.only_masked, "Only masked area"),
         only_masked_padding=integer(request.only_masked_padding, "Only-masked padding", 0, 256),
         keep_unmasked=flag(request.keep_unmasked, "Keep unmasked"),
-        masked_content=_masked_content(request.masked_content),
+        masked_content=_choice(request.masked_content, MASKED_CONTENT, "masked content"),
     )
 
 
-def _masked_content(value: Any) -> str:
-    if not isinstance(value, str) or value not in MASKED_CONTENT:
-        raise InvalidRequest(f"Unknown masked content {shown(value)}; choose one of: {', '.join(MASKED_CONTENT)}.")
+def _choice(value: Any, choices: tuple[str, ...], name: str) -> str:
+    """`value` when it is one of `choices` (a setting of fixed names), else the refusal naming them."""
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidRequest(f"Unknown {name} {shown(value)}; choose one of: {', '.join(choices)}.")
     return value
 
 

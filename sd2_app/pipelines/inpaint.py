@@ -3,17 +3,19 @@
 
 Beyond the reference: "only masked" (crop around the mask, work at the model's resolution, paste back) and
 `keep_unmasked`, an inward-feathered paste-back that leaves every pixel outside the mask as it was; and below
-strength 1, A1111's "Masked content" (`InpaintRequest.masked_content`): what the masked area starts from.
+strength 1, A1111's "Masked content" (`InpaintRequest.masked_content`): what the masked area starts from. With
+A1111's Mask mode "Inpaint not masked" the binarised mask is inverted before anything else uses it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from sd2_app import infotext_keys as keys
 from sd2_app.checkpoints.components import Components
@@ -30,7 +32,7 @@ from sd2_app.pipelines.prompt import ti_hashes
 from sd2_app.pipelines.sampling import draw_noise, finished, start_job
 from sd2_app.pipelines.generate import native_size
 from sd2_app.pipelines.vae_io import encode, vae_factor
-from sd2_app.api.requests import InpaintRequest
+from sd2_app.api.requests import MASK_MODES, InpaintRequest
 from sd2_app.samplers.base import NoiseSource
 
 if TYPE_CHECKING:
@@ -173,6 +175,8 @@ def _settings(components: Components, request: InpaintRequest, area: WorkArea, e
     settings[keys.KEEP_UNMASKED] = request.keep_unmasked
     if request.masked_content != "original" and request.strength < 1.0:  # at strength 1 the start is noise
         settings[keys.MASKED_CONTENT] = request.masked_content
+    if request.mask_mode != MASK_MODES[0]:  # A1111 writes only the inverted mode
+        settings[keys.MASK_MODE] = request.mask_mode
     settings.update(extra_settings or {})
     return settings
 
@@ -191,6 +195,9 @@ def inpaint(
                              f"{components.unet.config.in_channels} channels, inpainting needs 9)")
     warnings: list[str] = []
     full_mask = binarize(request.mask, request.image.size)
+    if request.mask_mode == MASK_MODES[1]:  # "Inpaint not masked": the rest is repainted
+        full_mask = ImageOps.invert(full_mask)
+        request = replace(request, mask=full_mask)
     area = _work_area(components, request, full_mask, warnings)
     out_size = area.out_size
 

@@ -92,7 +92,7 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
             "img2img": SendTarget(i2i.image, i2i.prompt, i2i.negative, i2i.sampling, styles=i2i.styles,
                                   tiling=i2i.tiling, size=i2i.size),
             "inpaint": SendTarget(inp.editor, inp.prompt, inp.negative, inp.sampling, styles=inp.styles,
-                                  masked_content=inp.masked_content),
+                                  masked_content=inp.masked_content, mask_mode=inp.mask_mode),
             **{key: SendTarget(tab.image, tab.prompt, tab.negative, tab.sampling, styles=tab.styles)
                for key, tab in (("outpaint", out), ("depth", dep))},
             "upscale": SendTarget(up.image, up.prompt, up.negative, styles=up.styles)}

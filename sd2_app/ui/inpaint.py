@@ -11,7 +11,7 @@ from typing import Any, TYPE_CHECKING
 import gradio as gr
 from PIL import Image, ImageChops
 
-from sd2_app.api.requests import MASKED_CONTENT, InpaintRequest
+from sd2_app.api.requests import MASK_MODES, MASKED_CONTENT, InpaintRequest
 from sd2_app.api.tasks import TASKS
 from sd2_app.ui.result_panel import IMAGE_TARGETS, ResultPanel
 from sd2_app.ui.run_events import wire_run
@@ -33,6 +33,7 @@ class InpaintTab:
     sampling: SamplingControls
     panel: ResultPanel
     masked_content: gr.Radio
+    mask_mode: gr.Radio
     styles: gr.Dropdown | None = None  # the Styles picker; None where the host has no styles
     tiling: None = None  # inpainting has no Tiling (a "Send to" from here turns the destination's off)
 
@@ -93,7 +94,10 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Inpa
         with gr.Row():
             strength = gr.Slider(0, 1, TASKS["inpaint"].strength, step=0.01, label="Strength")
             blur = gr.Slider(0, 64, InpaintRequest.mask_blur, step=1, label="Mask blur (px)")
-        # A1111's "Masked content" radio (modules/ui.py, `inpainting_fill`: its label, choices and default).
+        # A1111's "Mask mode" and "Masked content" radios (modules/ui.py, `inpainting_mask_invert` and
+        # `inpainting_fill`: their labels, choices and defaults).
+        mask_mode = gr.Radio(list(MASK_MODES), value=InpaintRequest.mask_mode, label="Mask mode",
+                             info="repaint the painted area, or everything else", elem_id="inpaint-mask-mode")
         masked_content = gr.Radio(list(MASKED_CONTENT), value=InpaintRequest.masked_content, label="Masked content",
                                   info="what the masked area starts from, below strength 1",
                                   elem_id="inpaint-masked-content")
@@ -103,25 +107,27 @@ def build(service: Service, flags: StopFlags, examples: list[list[str]]) -> Inpa
             padding = gr.Slider(0, 256, InpaintRequest.only_masked_padding, step=8, label="Only-masked padding (px)")
         controls = frame.sampling(examples, editor)
     check_on_upload(mask_upload, service.limits.max_input_pixels)
-    # Masked content comes last among the API's parameters, so calls that give them in order keep working.
+    # Masked content and mask mode come last among the API's parameters, in the order they were added, so calls
+    # that give them in order keep working.
     inputs = [editor, mask_upload, checkpoint, frame.prompt, frame.negative, strength, blur, only_masked, padding,
-              *controls.inputs(), masked_content]
+              *controls.inputs(), masked_content, mask_mode]
     names = ("image_and_mask", "mask", "checkpoint", "prompt", "negative_prompt", "strength", "mask_blur", "only_masked",
-             "only_masked_padding", *SAMPLING_NAMES, "masked_content")
+             "only_masked_padding", *SAMPLING_NAMES, "masked_content", "mask_mode")
     wire_run(service, flags, frame.panel, inputs, make_request, "inpaint", names, finish_extra=mask_used,
              styles=frame.styles, eta=controls.eta, batch_count=controls.batch_count)
-    return InpaintTab(editor, frame.prompt, frame.negative, controls, frame.panel, masked_content, frame.styles)
+    return InpaintTab(editor, frame.prompt, frame.negative, controls, frame.panel, masked_content, mask_mode,
+                      frame.styles)
 
 
 def make_request(value: Any, mask: Any, key: str, text: str, negative_text: str, amount: float, blur_px: float,
                  crop: bool, pad: float, *rest: Any) -> InpaintRequest:
-    """Widget values (in the order of the API's parameter names: the sampling settings, then masked content) ->
-    the request."""
+    """Widget values (in the order of the API's parameter names: the sampling settings, then masked content and
+    mask mode) -> the request."""
     image, mask_image = split_editor(value, mask)
-    *sampling, content = rest
+    *sampling, content, mode = rest
     return InpaintRequest(prompt=text, image=image, mask=mask_image, negative_prompt=negative_text, checkpoint=key,
                           strength=amount, mask_blur=blur_px, only_masked=crop,  # type: ignore[arg-type]
-                          only_masked_padding=pad, masked_content=content,
+                          only_masked_padding=pad, masked_content=content, mask_mode=mode,
                           sampling=to_sampling(*sampling))  # type: ignore[arg-type]
 
 

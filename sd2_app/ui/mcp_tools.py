@@ -166,10 +166,12 @@ def _img2img_tool(run: RunFn) -> ToolFn:
 def _inpaint_tool(run: RunFn) -> ToolFn:
     inp = TASKS["inpaint"]
 
-    # `masked_content` came later than the rest: it is last, for the callers by position (see upscale's)
+    # `masked_content` and `mask_mode` came later than the rest: they are last, in that order, for the callers by
+    # position (see upscale's)
     def inpaint(image: Image.Image, mask: Image.Image, prompt: str, negative_prompt: str = "",
                 strength: float = inp.strength or 1.0, steps: int = inp.steps, guidance_scale: float = inp.cfg_scale,
-                seed: int = -1, masked_content: str = "original") -> str | Image.Image:
+                seed: int = -1, masked_content: str = "original",
+                mask_mode: str = "Inpaint masked") -> str | Image.Image:
         """Repaint the masked part of an image following a text prompt (Stable Diffusion 2 inpainting model).
 
         Args:
@@ -182,9 +184,11 @@ def _inpaint_tool(run: RunFn) -> ToolFn:
             guidance_scale: how closely to follow the prompt, 0 to 30; 7.5 is usual
             seed: random seed, 0 to 4294967295; -1 picks one
             masked_content: the masked area's start below strength 1: original, fill, latent noise or latent nothing
+            mask_mode: Inpaint masked repaints the white area; Inpaint not masked repaints the black area
         """
         request = rq.InpaintRequest(prompt=prompt, image=image, mask=mask, negative_prompt=negative_prompt,
-                                    strength=strength, masked_content=masked_content, checkpoint=inp.checkpoint,
+                                    strength=strength, masked_content=masked_content, mask_mode=mask_mode,
+                                    checkpoint=inp.checkpoint,
                                     sampling=_sampling(steps, guidance_scale, seed, task="inpaint"))
         return run(request)
 

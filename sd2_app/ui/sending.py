@@ -19,7 +19,7 @@ from PIL import Image
 
 from sd2_app import infotext_keys as keys
 from sd2_app.api.a1111_samplers import read_sampler, sampler_named, schedule_label
-from sd2_app.api.requests import HIRES_UPSCALERS, MASKED_CONTENT, HiresFix
+from sd2_app.api.requests import HIRES_UPSCALERS, MASK_MODES, MASKED_CONTENT, HiresFix
 from sd2_app.errors import shown
 from sd2_app.pipelines.metadata import whole_number
 from sd2_app.prompt_styles import with_styles_read
@@ -50,6 +50,7 @@ class SendTarget:
     styles: gr.Dropdown | None = None  # the Styles picker, where the host has prompt styles
     size: SizeBoxes | None = None  # width and height set to the image's own size (Image to image)
     masked_content: gr.Radio | None = None  # Inpaint's "Masked content", set from a PNG's text
+    mask_mode: gr.Radio | None = None  # Inpaint's "Mask mode", set from a PNG's text
 
 
 def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[str, SendTarget],
@@ -153,7 +154,7 @@ def wire_parameters_send(service: Service, buttons: dict[str, gr.Button], galler
 
 def parameter_values(service: Service, parsed: dict[str, Any], into: SendTarget) -> tuple:
     """Parsed parameters as values of `into`'s `parameter_outputs`: the prompts, the sampling settings where `into`
-    has them, Tiling and Masked content where it has them, and, where it has the Styles picker, the host's styles
+    has them, Tiling, Masked content and Mask mode where it has them, and, where it has the Styles picker, the host's styles
     found in the prompts (the prompts keep the rest, as PNG info's send does:
     `sd2_app.prompt_styles.with_styles_read`; none found: none stays picked)."""
     if into.styles is not None:
@@ -162,6 +163,7 @@ def parameter_values(service: Service, parsed: dict[str, Any], into: SendTarget)
     values += sampling_values(parsed, into.sampling) if into.sampling is not None else ()
     values += () if into.tiling is None else (tiling_in(parsed),)
     values += () if into.masked_content is None else (masked_content_in(parsed),)
+    values += () if into.mask_mode is None else (mask_mode_in(parsed),)
     return values + (() if into.styles is None else (parsed.get(keys.STYLES_ARRAY, []),))
 
 
@@ -181,6 +183,7 @@ def parameter_outputs(into: SendTarget) -> list[gr.components.Component]:
         outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed, dest.eta]
     outputs += [] if into.tiling is None else [into.tiling]
     outputs += [] if into.masked_content is None else [into.masked_content]
+    outputs += [] if into.mask_mode is None else [into.mask_mode]
     return outputs + ([] if into.styles is None else [into.styles])
 
 
@@ -240,6 +243,16 @@ def masked_content_in(parsed: dict[str, Any]) -> Any:
     if content in MASKED_CONTENT:
         return content
     gr.Warning(f"Masked content {shown(content)} is not available here; the current choice is kept.")
+    return gr.skip()
+
+
+def mask_mode_in(parsed: dict[str, Any]) -> Any:
+    """Inpaint's Mask mode from parsed parameters: "Mask mode: Inpaint not masked" as A1111 writes it (only that
+    one), "Inpaint masked" where the text has none; a value this app lacks is said and the radio keeps its choice."""
+    mode = parsed.get(keys.MASK_MODE, MASK_MODES[0])
+    if mode in MASK_MODES:
+        return mode
+    gr.Warning(f"Mask mode {shown(mode)} is not available here; the current choice is kept.")
     return gr.skip()
 
 

@@ -75,9 +75,13 @@ def test_tool_list_is_the_five_tools_with_typed_documented_arguments(url: str) -
     inpaint = tools["inpaint"].inputSchema
     assert inpaint["required"] == ["image", "mask", "prompt"]
     assert inpaint["properties"]["mask"]["description"].startswith("same size as the image (PNG, JPEG or WebP); white = repaint")
-    assert list(inpaint["properties"])[-1] == "masked_content" and inpaint["properties"]["masked_content"] == {
+    assert list(inpaint["properties"])[-2:] == ["masked_content", "mask_mode"]
+    assert inpaint["properties"]["masked_content"] == {
         "type": "string", "default": "original",
         "description": "the masked area's start below strength 1: original, fill, latent noise or latent nothing"}
+    assert inpaint["properties"]["mask_mode"] == {
+        "type": "string", "default": "Inpaint masked",
+        "description": "Inpaint masked repaints the white area; Inpaint not masked repaints the black area"}
     assert tools["upscale"].inputSchema["properties"]["noise_level"]["type"] == "integer"
 
 
@@ -136,9 +140,10 @@ def test_txt2img_takes_ddim_s_eta(url: str, outputs: Path) -> None:
     assert (parameters["Sampler"], parameters["Eta DDIM"]) == ("DDIM", 0.5)
 
 
-def test_inpaint_takes_the_masked_content(url: str, outputs: Path) -> None:
-    """`masked_content` (as the Inpaint tab's Masked content): "latent noise" below strength 1 says so in the
-    image's parameters text; a name it does not know is refused in words."""
+def test_inpaint_takes_the_masked_content_and_mask_mode(url: str, outputs: Path) -> None:
+    """`masked_content` and `mask_mode` (as the Inpaint tab's radios): "latent noise" below strength 1 and "Inpaint
+    not masked" say so in the image's parameters text, the pixels under the mask kept; a name it does not know is
+    refused in words."""
     from sd2_app.pipelines.metadata import parse_parameters
 
     mask = Image.new("L", (64, 64), 0)
@@ -147,17 +152,25 @@ def test_inpaint_takes_the_masked_content(url: str, outputs: Path) -> None:
                  "strength": 0.6, "steps": 2, "seed": 47}
 
     async def work(session):
-        made = await session.call_tool("inpaint", {**arguments, "masked_content": "latent noise"})
+        made = await session.call_tool("inpaint", {**arguments, "masked_content": "latent noise",
+                                                   "mask_mode": "Inpaint not masked"})
         refused = await session.call_tool("inpaint", {**arguments, "masked_content": "blur"})
-        return made, refused
+        unknown_mode = await session.call_tool("inpaint", {**arguments, "mask_mode": "inverted"})
+        return made, refused, unknown_mode
 
-    made, refused = _session(url, work)
+    made, refused, unknown_mode = _session(url, work)
     assert not made.isError
     saved = next(path for path in outputs.rglob("*.png") if path.name.endswith("-47-inpaint.png"))
-    parameters = parse_parameters(Image.open(saved).text["parameters"])
+    picture = Image.open(saved)
+    parameters = parse_parameters(picture.text["parameters"])
     assert (parameters["Masked content"], parameters["Denoising strength"]) == ("latent noise", 0.6)
+    assert parameters["Mask mode"] == "Inpaint not masked"
+    # The white square is kept, pixel for pixel (the paste-back's feathering reaches 4 px into the repainted rest).
+    assert picture.convert("RGB").crop((16, 16, 48, 48)).tobytes() == noise_image(64, 64).crop((16, 16, 48, 48)).tobytes()
     assert refused.isError and ("Unknown masked content 'blur'; choose one of: fill, original, latent noise, "
                                 "latent nothing.") in refused.content[0].text
+    assert unknown_mode.isError and ("Unknown mask mode 'inverted'; choose one of: Inpaint masked, Inpaint not "
+                                     "masked.") in unknown_mode.content[0].text
 
 
 def test_tool_images_are_png_jpeg_or_webp_and_never_fetched_from_other_sites(

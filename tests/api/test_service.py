@@ -73,6 +73,11 @@ def _image(w: int = 64, h: int = 64, mode: str = "RGB") -> Image.Image:
          "Strength 0.01 with 25 steps runs no denoising step; raise the strength or the steps."),
         (InpaintRequest("x", _image(), None), "Paint a mask over the area to repaint (or upload a mask image)."),  # type: ignore[arg-type]
         (InpaintRequest("x", _image(), _image(mode="L")), "The mask is empty: paint over the area to repaint (white = repaint)."),
+        (InpaintRequest("x", _image(), Image.new("L", (64, 64), 255), mask_mode="Inpaint not masked"),
+         'The mask covers the whole image, and Mask mode "Inpaint not masked" repaints what it does not cover: '
+         "nothing."),
+        (InpaintRequest("x", _image(), Image.new("L", (64, 64), 255), mask_mode="inverted"),
+         "Unknown mask mode 'inverted'; choose one of: Inpaint masked, Inpaint not masked."),
         (UpscaleRequest("x", _image(), noise_level=351), "Noise level must be between 0 and 350, got 351."),
         (UpscaleRequest("x", _image(600, 600)),
          "An image to upscale is 600x600; images up to 512x512 pixels (or the same area in another shape) are accepted."),

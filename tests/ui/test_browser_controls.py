@@ -413,19 +413,23 @@ def test_on_a_phone_stop_stays_in_view_while_a_run_scrolls_to_the_results(browse
     page.context.close()
 
 
-def test_inpaint_has_a1111s_masked_content_radio_which_read_parameters_sets(page) -> None:
-    """Inpaint had no "Masked content" (the A1111 API's inpainting_fill only): A1111's radio, its label, choices
-    in its order and default "original", beside the mask settings; ↙ sets it from a pasted text's
-    "Masked content"."""
+def test_inpaint_has_a1111s_mask_mode_and_masked_content_radios_which_read_parameters_sets(page) -> None:
+    """Inpaint had no "Mask mode" or "Masked content" (the A1111 API's inpainting_mask_invert and inpainting_fill
+    only): A1111's radios, their labels, choices in its order and defaults ("Inpaint masked", "original"), beside
+    the mask settings; ↙ sets them from a pasted text's "Mask mode" and "Masked content"."""
     _go(page, "Inpaint")
-    radio = page.locator("#inpaint-masked-content")
+    mode, radio = page.locator("#inpaint-mask-mode"), page.locator("#inpaint-masked-content")
+    expect(mode.locator("[data-testid=block-info]")).to_have_text("Mask mode")
+    expect(mode.locator("label")).to_have_text(["Inpaint masked", "Inpaint not masked"])
+    expect(mode.get_by_label("Inpaint masked", exact=True)).to_be_checked()
     expect(radio.locator("[data-testid=block-info]")).to_have_text("Masked content")
     expect(radio.locator("label")).to_have_text(["fill", "original", "latent noise", "latent nothing"])
     expect(radio.get_by_label("original", exact=True)).to_be_checked()
-    radio.scroll_into_view_if_needed()
+    mode.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "controls-inpaint-masked-content.png"))
-    page.locator("#inpaint-prompt textarea").fill("a cat\nSteps: 2, Sampler: Euler, Seed: 7, Masked content: "
-                                                  "latent noise")
+    page.locator("#inpaint-prompt textarea").fill("a cat\nSteps: 2, Sampler: Euler, Seed: 7, Mask mode: Inpaint "
+                                                  "not masked, Masked content: latent noise")
     page.locator("#inpaint-read-parameters").click()
     expect(radio.get_by_label("latent noise", exact=True)).to_be_checked(timeout=30_000)
+    expect(mode.get_by_label("Inpaint not masked", exact=True)).to_be_checked()
     expect(page.locator("#inpaint-prompt textarea")).to_have_value("a cat")

@@ -2,7 +2,9 @@
 original). The A1111 API took it as `inpainting_fill` but the tab had no control, so a visitor could only inpaint
 from the original. Through the running app: the tab's /inpaint with each choice makes the A1111 API's pixels for
 that `inpainting_fill` (the tiny checkpoints, `python app.py --tiny --api`), and a PNG's "Masked content" (A1111
-writes it for all but original) comes back into the radio with the tab's ↙ and History's send."""
+writes it for all but original) comes back into the radio with the tab's ↙ and History's send. A1111's "Mask
+mode" radio (Inpaint masked, Inpaint not masked) the same way: the tab's "Inpaint not masked" makes the A1111 API's
+pixels for `inpainting_mask_invert` 1, and a PNG's "Mask mode" comes back with ↙."""
 
 from __future__ import annotations
 
@@ -39,16 +41,16 @@ def _queued(url: str, demo: object, name: str, data: list) -> tuple[list, list[s
     return done["output"]["data"], [m["log"] for m in messages if m.get("msg") == "log"]
 
 
-def _radio(demo: object, name: str, outputs: list) -> object:
-    """The value the event `name` put into the Masked content radio."""
+def _radio(demo: object, name: str, outputs: list, radio: str = "inpaint-masked-content") -> object:
+    """The value the event `name` put into the radio `radio` (an elem_id; default: Masked content)."""
     fn = next(fn for fn in demo.fns.values() if fn.api_name == name)  # type: ignore[attr-defined]
-    return next(value for widget, value in zip(fn.outputs, outputs) if widget.elem_id == "inpaint-masked-content")
+    return next(value for widget, value in zip(fn.outputs, outputs) if widget.elem_id == radio)
 
 
 @pytest.mark.slow
-def test_a_pngs_masked_content_comes_back_with_read_parameters(tmp_path: Path) -> None:
+def test_a_pngs_masked_content_and_mask_mode_come_back_with_read_parameters(tmp_path: Path) -> None:
     """↙ beside Inpaint's Stop reads "Masked content" (absent: original, which A1111 does not write; unknown: said,
-    and the radio keeps its choice)."""
+    and the radio keeps its choice) and "Mask mode" (absent: Inpaint masked, likewise)."""
     from sd2_app.ui import build_ui
     from tests.reliability_support import launched
     from tests.ui_doubles import fake_service
@@ -61,10 +63,19 @@ def test_a_pngs_masked_content_comes_back_with_read_parameters(tmp_path: Path) -
             shown = "" if written is None else f", Masked content: {written}"
             outputs, warnings = _queued(url, demo, "inpaint_read_parameters", [text.format(shown), None, 0])
             read[written] = (_radio(demo, "inpaint_read_parameters", outputs), warnings)
+        modes = {}
+        for written in ("Inpaint not masked", "Inpaint masked", None, "Inpaint everything"):
+            shown = "" if written is None else f", Mask mode: {written}"
+            outputs, warnings = _queued(url, demo, "inpaint_read_parameters", [text.format(shown), None, 0])
+            modes[written] = (_radio(demo, "inpaint_read_parameters", outputs, "inpaint-mask-mode"), warnings)
     assert read == {"latent noise": ("latent noise", []), "fill": ("fill", []),
                     "latent nothing": ("latent nothing", []), None: ("original", []),
                     "latent magic": ({"__type__": "update"}, [
                         "Masked content 'latent magic' is not available here; the current choice is kept."])}
+    assert modes == {"Inpaint not masked": ("Inpaint not masked", []), "Inpaint masked": ("Inpaint masked", []),
+                     None: ("Inpaint masked", []),
+                     "Inpaint everything": ({"__type__": "update"}, [
+                         "Mask mode 'Inpaint everything' is not available here; the current choice is kept."])}
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +120,39 @@ def test_each_masked_content_of_the_tab_makes_the_a1111_apis_image_for_that_inpa
     newest = {"path": gallery[0]["image"], "meta": {"_type": "gradio.FileData"}}
     outputs, warnings = _queued(url, demo, "history_send_to_inpaint", [[{"image": newest, "caption": None}], 0])
     assert (_radio(demo, "history_send_to_inpaint", outputs), warnings) == ("latent nothing", [])
+
+
+@pytest.mark.slow
+def test_inpaint_not_masked_of_the_tab_makes_the_a1111_apis_image_for_inpainting_mask_invert(
+        app, tmp_path: Path) -> None:
+    url, demo, client = app
+    picture, mask = noise_image(64, 64, seed=3), Image.new("L", (64, 64), 0)
+    mask.paste(255, (8, 16, 40, 56))
+    picture.save(tmp_path / "picture.png")
+    mask.save(tmp_path / "mask.png")
+    editor = {"background": handle_file(str(tmp_path / "picture.png")), "layers": [], "composite": None}
+    made = {}
+    for invert, mode in enumerate(("Inpaint masked", "Inpaint not masked")):
+        _, gallery, _, used = client.predict(image_and_mask=editor, mask=handle_file(str(tmp_path / "mask.png")),
+                                             prompt="a cat", strength=0.8, mask_blur=2, sampler="Euler",
+                                             mask_mode=mode, api_name="/inpaint", **QUICK)
+        body = {"prompt": "a cat", "sampler_name": "Euler", **QUICK, "denoising_strength": 0.8, "mask_blur": 2,
+                "width": 64, "height": 64, "inpainting_mask_invert": invert, "inpainting_fill": 1,
+                "init_images": [base64.b64encode(png_bytes(picture)).decode()],
+                "mask": base64.b64encode(png_bytes(mask)).decode()}
+        answer = httpx.post(f"{url}sdapi/v1/img2img", json=body, timeout=300)
+        assert answer.status_code == 200, answer.text
+        api_image = Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0])))
+        tab_image = Image.open(gallery[0]["image"])
+        assert np.array_equal(_pixels(tab_image), _pixels(api_image)), mode
+        assert tab_image.text["parameters"] == json.loads(answer.json()["info"])["infotexts"][0], mode
+        made[mode] = (_pixels(tab_image), tab_image.text["parameters"], np.asarray(Image.open(used).convert("L")))
+    kept, repainted = made["Inpaint masked"], made["Inpaint not masked"]
+    assert "Mask mode" not in kept[1] and "Mask mode: Inpaint not masked" in repainted[1]
+    assert np.array_equal(repainted[2], 255 - kept[2])  # the mask used, beside the result, is the inverse
+    box = (slice(16, 56), slice(8, 40))  # the white box (rows, columns): kept under "Inpaint not masked"
+    assert np.array_equal(repainted[0][box], _pixels(picture)[box])
+    assert not np.array_equal(kept[0][box], _pixels(picture)[box])
+    answer = httpx.post(f"{url}sdapi/v1/img2img", json={**body, "inpainting_mask_invert": 2}, timeout=60)
+    assert answer.status_code == 422 and answer.json()["detail"] == (
+        "inpainting_mask_invert must be one of 0 (Inpaint masked), 1 (Inpaint not masked); got 2.")
