@@ -50,7 +50,7 @@ def test_with_the_prompt_empty_it_reads_the_picked_result(demo, tmp_path: Path) 
                           tmp_path / f"{seed}.png")) for seed in (7, 8)]
     read = _fn(demo, "inpaint_read_parameters")  # no Tiling there
     assert read.fn("  ", [(path, None) for path in paths], 1) == ("a fox", "blurry", "Euler", True, 12, 6.5, 8, 0.25,
-                                                                 "original")  # Masked content: none written
+                                                                 "original", "Inpaint masked")  # none written
     assert _refusal(read.fn, "", None, 0) == ("Paste a generation's parameters into the prompt, or generate an image "
                                               "first: with the prompt empty, ↙ reads the last result's.")
     bare = str(save_png(Image.new("RGB", (8, 8)), tmp_path / "bare.png"))
