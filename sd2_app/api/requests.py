@@ -132,7 +132,13 @@ def numbered_seeds(seed: int, variation_seed: int | None, count: int) -> list[tu
     is remade alone, or first in a batch, from its pair."""
     if variation_seed is None:
         return [(seed + index, None) for index in range(count)]
-    return [(seed, variation_seed + index) for index in range(count)]
+    return [(seed, variation) for variation in numbered_variation_seeds(variation_seed, count)]
+
+
+def numbered_variation_seeds(variation_seed: int, count: int) -> list[int]:
+    """The variation seeds of `count` images with a variation seed in use (`numbered_seeds`): image x's is
+    `variation_seed` + x."""
+    return [variation_seed + index for index in range(count)]
 
 
 def request_seeds(request: Any, count: int | None = None) -> list[tuple[int, int | None]]:

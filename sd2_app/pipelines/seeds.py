@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from sd2_app import infotext_keys as keys
-from sd2_app.api.requests import SeedExtras, numbered_seeds
+from sd2_app.api.requests import SeedExtras, numbered_variation_seeds
 from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.sampling import draw_noise, noise_source, restarted
 from sd2_app.samplers.base import NoiseSource, device_of
@@ -85,11 +85,11 @@ def seeded_noise(
 
 def vary(noise: torch.Tensor, generator: NoiseSource, extras: SeedExtras, dtype: torch.dtype) -> torch.Tensor:
     """`noise` (B, ...) slerped towards the variation seeds' draw of the same shape, image x's from the variation
-    seed + x (api/requests.py, `numbered_seeds`), on `generator`'s device; unchanged at strength 0."""
+    seed + x (api/requests.py, `numbered_variation_seeds`), on `generator`'s device; unchanged at strength 0."""
     if extras.variation_strength <= 0:
         return noise
     assert extras.variation_seed is not None, "the service resolves the variation seed"
-    seeds = [variation for _, variation in numbered_seeds(0, extras.variation_seed, noise.shape[0])]
+    seeds = numbered_variation_seeds(extras.variation_seed, noise.shape[0])
     other = draw_noise(tuple(noise.shape), noise_source(device_of(generator), seeds), noise.device, dtype)
     return slerp(extras.variation_strength, noise, other)
 

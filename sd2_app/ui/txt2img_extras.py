@@ -1,9 +1,10 @@
 """Text to image's workflow options: the "Hires fix" group, the "Extra seed options" and "Tiling".
 
 `build_extras` makes the widgets (accordions under the main settings, closed: the options are off by
-default; Image to image gets the tiling and variation ones from `build_img2img_extras`); `request_fields` turns their values into the request's `hires`, `seed_extras` and `tiling` fields
-(API callers may leave any of them out: None means the default); `from_parameters` fills them back from a
-PNG's parsed A1111 parameters (PNG info -> "Send to text to image").
+default; Image to image gets the tiling and variation ones from `build_img2img_extras`); `request_fields` turns
+their values into the request's `hires`, `seed_extras` and `tiling` fields (API callers may leave any of them out:
+None means the default); `from_parameters` fills them back from a PNG's parsed A1111 parameters (PNG info ->
+"Send to text to image").
 """
 
 from __future__ import annotations
