@@ -13,6 +13,7 @@ from sd2_app.api.requests import Img2ImgRequest
 from sd2_app.api.task_checks import img2img_size
 from sd2_app.api.tasks import TASKS
 from sd2_app.errors import InvalidRequest
+from sd2_app.ui.layout import swap_size_button
 from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import SAMPLING_NAMES, checkpoint_dropdown, to_sampling
 from sd2_app.ui.sent_size import SizeBoxes, pinned_size
@@ -68,6 +69,7 @@ def _size_inputs(max_side: int) -> tuple[gr.Number, gr.Number, gr.Radio]:
                           elem_id="img2img-width")
         height = gr.Number(None, label="Height", precision=0, minimum=MIN_SIDE, maximum=max_side, step=8,
                            elem_id="img2img-height")
+        swap_size_button("img2img", width, height)
     gr.Markdown(SIZE_NOTE, elem_id="img2img-size-note", elem_classes=["field-note"])
     resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode",
                            elem_id="img2img-resize-mode")

@@ -107,3 +107,16 @@ def results_column(prefix: str) -> Iterator[gr.Column]:
     """The right column: progress, results, parameters and "send to" (sticky on wide screens)."""
     with gr.Column(scale=6, min_width=320, elem_id=f"{prefix}-results", elem_classes=["results-column"]) as column:
         yield column
+
+
+SWAP_SIZE = "⇅"  # A1111's "Switch width/height" button (modules/ui.py, `res_switch_btn`)
+
+
+def swap_size_button(prefix: str, width: gr.components.Component, height: gr.components.Component) -> gr.Button:
+    """A1111's ⇅ beside width and height: swaps their values in the page (no server call); made in the caller's
+    row."""
+    swap = gr.Button(SWAP_SIZE, size="sm", scale=0, min_width=40, elem_id=f"{prefix}-swap-size",
+                     elem_classes=["swap-size"])
+    swap.click(None, [width, height], [width, height], js="(width, height) => [height, width]",
+               api_name=f"{prefix}_swap_size", api_visibility="private", queue=False)
+    return swap

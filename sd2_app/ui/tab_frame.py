@@ -24,7 +24,7 @@ from sd2_app.api.checks import MIN_SIDE
 
 from sd2_app.ui.result_panel import ResultPanel, result_panel
 from sd2_app.ui.sampling_controls import SamplingControls, checkpoint_dropdown, sampling_controls, wire_seed_buttons
-from sd2_app.ui.layout import prompt_row, results_column, settings_column
+from sd2_app.ui.layout import prompt_row, results_column, settings_column, swap_size_button
 from sd2_app.ui.prompt_tools import wire_prompt_tools
 
 if TYPE_CHECKING:
@@ -99,6 +99,7 @@ class TabFrame:
         with gr.Row():
             width = gr.Slider(MIN_SIDE, largest, side, step=8, label="Width", elem_id=f"{self.prefix}-width")
             height = gr.Slider(MIN_SIDE, largest, side, step=8, label="Height", elem_id=f"{self.prefix}-height")
+            swap_size_button(self.prefix, width, height)
 
         def native_size(key: str) -> tuple[int, int]:
             native = self.service.resolution(key)

@@ -216,6 +216,8 @@ def _paint_and_inpaint(page) -> list[int]:
     # its sent image can be lost (the page then says "The mask is empty"): as a visitor would, paint once more.
     undo = page.locator("#inpaint-editor").get_by_role("button", name="Undo")
     for attempt in range(2):
+        # in view: a stroke above the screen's top (the page scrolled down to the settings) paints nothing
+        page.locator("#inpaint-editor canvas").first.scroll_into_view_if_needed()
         canvas = _box(page, "#inpaint-editor canvas")
         x0, y0 = canvas["x"] + canvas["width"] * 0.4, canvas["y"] + canvas["height"] * 0.4
         page.mouse.move(x0, y0)

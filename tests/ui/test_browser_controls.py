@@ -433,3 +433,25 @@ def test_inpaint_has_a1111s_mask_mode_and_masked_content_radios_which_read_param
     expect(radio.get_by_label("latent noise", exact=True)).to_be_checked(timeout=30_000)
     expect(mode.get_by_label("Inpaint not masked", exact=True)).to_be_checked()
     expect(page.locator("#inpaint-prompt textarea")).to_have_value("a cat")
+
+
+def test_a1111s_swap_button_swaps_width_and_height(page) -> None:
+    """⇅ beside the width and height (Text to image and the X/Y/Z plot's sliders, Image to image's boxes) swaps
+    their values, as A1111's "Switch width/height" does, a side just typed included (pressing ⇅ leaves the focus in
+    its box: the answer to leaving the box would put the old value back after the swap). ↙ has its tooltip too."""
+    for tab, prefix in (("Text to image", "txt2img"), ("X/Y/Z plot", "xyz"), ("Image to image", "img2img")):
+        _go(page, tab)
+        _number_into(page, f"{prefix}-width", 320)
+        _number_into(page, f"{prefix}-height", 448)
+        swap = page.locator(f"#{prefix}-swap-size")
+        expect(swap).to_have_text("⇅")
+        swap.hover()  # its tooltip and accessible name, as ↙'s
+        expect(swap).to_have_attribute("title", "Swap width and height")
+        expect(swap).to_have_attribute("aria-label", "Swap width and height")
+        swap.click()
+        expect(page.locator(f"#{prefix}-width input[type=number]")).to_have_value("448")
+        expect(page.locator(f"#{prefix}-height input[type=number]")).to_have_value("320")
+    read = page.locator("#img2img-read-parameters")
+    read.hover()
+    expect(read).to_have_attribute("title", "Read generation parameters from the prompt, or from the last result if "
+                                            "the prompt is empty")

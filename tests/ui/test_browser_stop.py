@@ -76,11 +76,14 @@ def test_stop_mid_run_shows_and_keeps_the_image_so_far(browser, url) -> None:  #
         page.context.close()
 
 
-def test_esc_stops_the_run_as_a1111s_esc_interrupts(browser, url) -> None:  # noqa: F811
+def test_esc_stops_the_run_which_the_page_title_follows_as_in_a1111(browser, url) -> None:  # noqa: F811
     """Esc in the tab's prompt box, or with nothing focused, presses the tab's Stop while its run is on (the
-    placeholder says so); Esc in a dropdown closes the dropdown and the run goes on."""
+    placeholder says so); Esc in a dropdown closes the dropdown and the run goes on. While the run is on, the
+    page's title starts with its progress ("[12%] "), and is plain again when it ends."""
     page = _open(browser, url, DESKTOP)
     try:
+        plain = page.title()
+        assert not plain.startswith("[")
         prompt = page.locator("#txt2img-prompt textarea")
         expect(prompt).to_have_attribute(
             "placeholder", "What to draw (Ctrl+Enter generates, Esc stops)")
@@ -90,6 +93,7 @@ def test_esc_stops_the_run_as_a1111s_esc_interrupts(browser, url) -> None:  # no
         for focus in ("prompt", "nothing"):
             page.locator("#txt2img-run").click()
             expect(info).to_contain_text(re.compile(r"Step \d+/150"), timeout=60_000)
+            expect(page).to_have_title(re.compile(r"^\[\d{1,2}%\] " + re.escape(plain) + "$"))
             if focus == "prompt":
                 prompt.click()
             else:
@@ -103,5 +107,6 @@ def test_esc_stops_the_run_as_a1111s_esc_interrupts(browser, url) -> None:  # no
             page.keyboard.press("Escape")
             expect(info).to_contain_text(re.compile(r"Stopped at step \d+/150"), timeout=30_000)
             expect(page.locator("#txt2img-stop")).to_be_disabled()
+            expect(page).to_have_title(plain)
     finally:
         page.context.close()

@@ -15,7 +15,14 @@
 //   `upload_image`) that finds no image in the clipboard (the box reads it with navigator.clipboard.read and
 //   ignores anything else without a word) sends what the clipboard held, or an empty file, to the box's checker
 //   (`<box>-check`).
-// - ↙ beside Stop (class "read-parameters") gets its tooltip and accessible name when pointed at or focused.
+// - ⇅ (class "swap-size", ui/layout.py `swap_size_button`) does not take the focus from a width or height box when
+//   pressed: leaving the box sends its value to be shown as a run uses it (ui/size_boxes.py), and that answer,
+//   coming after the swap, would put the box's old value back.
+// - While a run is on, the page's title starts with how far it is ("[45%] "), as A1111's does, read from the
+//   run's progress line ("Step 9/20", "Batch 2/4, step 3/20", "3 cell(s) done · step 13/40"; the first tab
+//   with one): a visitor on another browser tab sees it there.
+// - ↙ beside Stop (class "read-parameters") and ⇅ (class "swap-size") get their tooltips and accessible names when
+//   pointed at or focused.
 // - An image dropped onto a prompt box of a tab with ↙ goes to the tab's hidden reader (`<tab>-prompt-image`,
 //   ui/read_parameters.py `wire_prompt_drop`), which puts its parameters text into the prompt, as A1111's drop onto
 //   the prompt does. A file dropped where nothing takes it (not an image box) is not opened by the browser, which
@@ -93,7 +100,20 @@
     .filter((node) => !(node.nodeType === Node.ELEMENT_NODE && node.matches('[data-testid="status-tracker"]')))
     .map((node) => (node.nodeType === Node.ELEMENT_NODE ? node.innerText : node.textContent).trim())
     .filter(Boolean).join("\n");
+  document.addEventListener("mousedown", (event) => {
+    if (event.target.closest && event.target.closest(".swap-size")) event.preventDefault();
+  });
+
+  const plainTitle = document.title;
+  const percentDone = (line) => {
+    const batch = /^Batch (\d+)\/(\d+), step (\d+)\/(\d+)/.exec(line);
+    const step = batch ? null : /^(?:Step |\d+ cell\(s\) done · step )(\d+)\/(\d+)/.exec(line);
+    const [done, total] = batch ? [(batch[1] - 1) * batch[4] + +batch[3], batch[2] * batch[4]]
+      : step ? [+step[1], +step[2]] : [0, 0];
+    return total > 0 ? Math.floor((100 * done) / total) : null;
+  };
   setInterval(() => {
+    let percent = null;
     for (const status of document.querySelectorAll(".run-status")) {
       const info = document.getElementById(status.id.replace(/-run-status$/, "-info"));
       const line = status.querySelector(".run-status-text");
@@ -104,7 +124,10 @@
       const stopped = text.split("\n").map((l) => l.replace(/^\W+\s*/u, "")).find((l) => l.startsWith("Stopped at step "));
       const shown = /^Seeds? \d+(–\d+)? · /.test(text) ? (stopped || "") : text.split("\n")[0];
       if (line.textContent !== shown) line.textContent = shown;
+      if (percent === null) percent = percentDone(shown);
     }
+    const title = percent === null ? plainTitle : `[${percent}%] ${plainTitle}`;
+    if (document.title !== title) document.title = title;
   }, 250);
 
   const upload = (input, file) => {
@@ -166,11 +189,18 @@
     setTimeout(restore, 0);
   }, true);
 
-  // ↙ (ui/read_parameters.py) says what it does when pointed at or focused: Gradio's Button takes no tooltip.
-  const readHint = "Read generation parameters from the prompt, or from the last result if the prompt is empty";
+  // ↙ (ui/read_parameters.py) and ⇅ (ui/layout.py) say what they do when pointed at or focused: Gradio's Button
+  // takes no tooltip.
+  const hints = {
+    "read-parameters": "Read generation parameters from the prompt, or from the last result if the prompt is empty",
+    "swap-size": "Swap width and height",
+  };
   const hint = (event) => {
-    const button = event.target.closest && event.target.closest(".read-parameters");
-    if (button && !button.title) { button.title = readHint; button.setAttribute("aria-label", readHint); }
+    const button = event.target.closest && event.target.closest(".read-parameters, .swap-size");
+    if (!button || button.title) return;
+    const text = hints[[...button.classList].find((name) => name in hints)];
+    button.title = text;
+    button.setAttribute("aria-label", text);
   };
   document.addEventListener("pointerover", hint);
   document.addEventListener("focusin", hint);
