@@ -98,14 +98,14 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
             "upscale": SendTarget(up.image, up.prompt, up.negative, styles=up.styles)}
         tabs_with_results = (("txt2img", t2i), ("img2img", i2i), ("inpaint", inp), ("outpaint", out), ("upscale", up),
                              ("depth", dep))
-        _wire_result_sends(service, tabs_with_results, tabs, targets)
+        _wire_result_sends(service, visitors, tabs_with_results, tabs, targets)
         models_tab.select(refresh_models, None, models_outputs, api_name="models_tab",
                           api_visibility="private", queue=False)
         _wire_history_tab(history_tab, past)
         wire_history_send(service, past, tabs, targets)
         plot_sends = {target: button for target, button in plot.send_buttons.items() if target in targets}
         wire_parameters_send(service, plot_sends, plot.gallery, plot.selected, tabs, targets, "xyz", NO_PLOT_YET)
-        _wire_reuse(service, t2i, tabs, png_send, png_fields, past, plot)
+        _wire_reuse(service, visitors, t2i, tabs, png_send, png_fields, past, plot)
         # Gradio 6 takes style sheets and scripts only at launch(); the page script adds ours on load instead, so
         # every launcher (app.py, Spaces, the tests) gets them.
         css = json.dumps((STATIC / "app.css").read_text(encoding="utf-8") + models.table_css() + history.phone_css())
@@ -113,8 +113,8 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
     return keep_progress_on_leaves(demo)  # once every event is wired
 
 
-def _wire_result_sends(service: Service, tabs_with_results: Sequence[tuple[str, SendSource]], tabs: gr.Tabs,
-                       targets: dict[str, SendTarget]) -> None:
+def _wire_result_sends(service: Service, visitors: Visitors, tabs_with_results: Sequence[tuple[str, SendSource]],
+                       tabs: gr.Tabs, targets: dict[str, SendTarget]) -> None:
     """Each tab's "Send to" buttons, and its ↙ where the tab is a send target: ↙ fills the widgets a send into the
     tab fills (text to image's ↙ fills it as PNG info's send does: `_wire_reuse`)."""
     for prefix, tab in tabs_with_results:
@@ -124,7 +124,7 @@ def _wire_result_sends(service: Service, tabs_with_results: Sequence[tuple[str, 
             fill, outputs = partial(parameter_values, service, into=into), parameter_outputs(into)
             if into.size is not None:  # Image to image: its width and height from "Size" too
                 fill, outputs = _with_size(fill, into.size), [*outputs, into.size.width, into.size.height]
-            wire_read_parameters(service, tab.panel, tab.prompt, fill, outputs, prefix)
+            wire_read_parameters(service, visitors, tab.panel, tab.prompt, fill, outputs, prefix)
 
 
 def _with_size(fill: Callable[[dict[str, Any]], tuple], size: SizeBoxes) -> Callable[[dict[str, Any]], tuple]:
@@ -140,14 +140,14 @@ def _wire_history_tab(history_tab: gr.Tab, past: history.HistoryView) -> None:
                        queue=False)
 
 
-def _wire_reuse(service: Service, t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, png_send: gr.Button,
+def _wire_reuse(service: Service, visitors: Visitors, t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, png_send: gr.Button,
                 png_fields: gr.JSON, past: history.HistoryView, plot: ResultPanel) -> None:
     """PNG info's "Send to text to image", text to image's own ↙ (read_parameters.py), History's "Reuse its
     settings" and the X/Y/Z plot's "Send to text to image" (the picked grid's or cell's own settings) fill text to
     image."""
     to_txt2img, txt2img_fields = _png_to_txt2img(t2i, tabs, service.registry, service.styles)
     png_send.click(to_txt2img, png_fields, txt2img_fields, api_name="png_info_send", api_visibility="private")
-    wire_read_parameters(service, t2i.panel, t2i.prompt, to_txt2img, txt2img_fields, "txt2img")
+    wire_read_parameters(service, visitors, t2i.panel, t2i.prompt, to_txt2img, txt2img_fields, "txt2img")
     past.reuse.click(lambda gallery, index: to_txt2img(picked_image_parameters(service, gallery, index)[1]),
                      [past.gallery, past.selected], txt2img_fields, api_name="history_reuse",
                      api_visibility="private")

@@ -3,8 +3,9 @@
 
 A prompt box holding a generation's parameters, as A1111 or Civitai copy them, fills the tab as PNG info's "Send
 to" does; an empty prompt box reads the parameters of the tab's picked (or first) result instead, A1111's "last
-generation". One parser for both, PNG info's (`Service.parse_parameters`); a prompt with no parameters in it is
-left as it is.
+generation", and with no result on show (a reloaded page) the visitor's newest one of the tab's task in History,
+as A1111 reads its last generation from params.txt after a restart. One parser for all, PNG info's
+(`Service.parse_parameters`); a prompt with no parameters in it is left as it is.
 
 An image dropped onto the tab's prompt boxes puts its parameters text into the prompt box, as A1111's drop onto the
 prompt does (javascript/dragdrop.js, into modules/ui_toprow.py's `prompt_img`); ↙ then reads it into the settings.
@@ -25,6 +26,7 @@ from sd2_app.ui.uploads import unopened_path
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
     from sd2_app.ui.result_panel import ResultPanel
+    from sd2_app.ui.visitors import Visitors
 
 NOTHING_TO_READ = ("Paste a generation's parameters into the prompt, or generate an image first: with the prompt "
                    "empty, ↙ reads the last result's.")
@@ -50,17 +52,27 @@ def parameters_in_prompt(service: Service, request: Any) -> list[str]:
     return [IN_PROMPT] if keys.STEPS in parsed and keys.SAMPLER in parsed else []
 
 
-def wire_read_parameters(service: Service, panel: ResultPanel, prompt: gr.Textbox,
+def wire_read_parameters(service: Service, visitors: Visitors, panel: ResultPanel, prompt: gr.Textbox,
                          fill: Callable[[dict[str, Any]], tuple], outputs: Sequence[gr.components.Component],
                          prefix: str) -> None:
-    """The tab's ↙ (`panel.read`): the parameters read from `prompt`, or from the panel's picked result when the
-    prompt is empty, go through `fill` into `outputs` (the tab's fill of PNG info's send)."""
+    """The tab's ↙ (`panel.read`): the parameters read from `prompt`, or when the prompt is empty from the panel's
+    picked result (none on show: the visitor's newest History result of the task `prefix`; `visitors` names the
+    visitor), go through `fill` into `outputs` (the tab's fill of PNG info's send)."""
     if panel.read is None:
         return
 
-    def read(text: Any, gallery: Any, index: Any) -> tuple:
+    def last_made(request: gr.Request | None) -> dict[str, Any]:
+        """The parsed parameters of the visitor's newest result of this tab's task in History."""
+        newest = next((entry for entry in service.history(owner=visitors.identify(request)) if entry.task == prefix),
+                      None)
+        if newest is None:
+            raise gr.Error(NOTHING_TO_READ, print_exception=False)
+        return service.parse_parameters(newest.parameters)
+
+    def read(text: Any, gallery: Any, index: Any, request: gr.Request = None) -> tuple:  # type: ignore[assignment]
         if not isinstance(text, str) or not text.strip():
-            parsed = picked_image_parameters(service, gallery, index, NOTHING_TO_READ)[1]
+            parsed = (picked_image_parameters(service, gallery, index, NOTHING_TO_READ)[1] if gallery
+                      else last_made(request))
             if not parsed:
                 raise gr.Error(NO_PARAMETERS, print_exception=False)
             return fill(parsed)

@@ -88,3 +88,43 @@ def test_a_png_made_with_another_checkpoint_sends_its_own_size(browser, url: str
     values = _txt2img_values(page)
     assert (values["width"], values["height"], values["steps"], values["seed"]) == ("448", "640", "12", "77"), values
     page.context.close()
+
+
+def test_read_parameters_after_a_reload_reads_the_visitors_last_result_of_the_tab(browser, url: str) -> None:
+    """↙ with the prompt empty reads the tab's picked result; after a reload (no result on show) the visitor's
+    newest result of that tab's task in History, as A1111 reads its last generation back from params.txt after
+    a restart. Another tab's task, or another visitor, has none to read."""
+    from tests.ui.browser_calls import run_and_wait
+
+    page = _open(browser, url, DESKTOP)
+    for name, value in (("width", 64), ("height", 64), ("steps", 2)):
+        box = page.locator(f"#txt2img-{name} input[type=number]")
+        box.fill(str(value))
+        box.press("Enter")
+    page.locator("#txt2img-seed input").fill("321")
+    page.locator("#txt2img-prompt textarea").fill("a lighthouse read back after a reload")
+    page.locator("#txt2img-negative textarea").fill("fog")
+    run_and_wait(page, "txt2img")
+    page.reload()
+    page.wait_for_function("window.sd2AppReady === true")
+    expect(page.locator("#txt2img-gallery img")).to_have_count(0)
+    prompt = page.locator("#txt2img-prompt textarea")
+    prompt.fill("")
+    page.locator("#txt2img-read-parameters").click()
+    expect(prompt).to_have_value("a lighthouse read back after a reload", timeout=30_000)
+    expect(page.locator("#txt2img-negative textarea")).to_have_value("fog")
+    assert _txt2img_values(page) | {"checkpoint": ""} == {
+        "steps": "2", "width": "64", "height": "64", "seed": "321", "prompt": "a lighthouse read back after a reload",
+        "negative": "fog", "sampler": "DPM++ 2M", "checkpoint": ""}
+    nothing = ("Paste a generation's parameters into the prompt, or generate an image first: with the prompt empty, "
+               "↙ reads the last result's.")
+    _go(page, "Image to image")  # no image to image result yet
+    page.locator("#img2img-read-parameters").click()
+    expect(page.locator(".toast-body", has_text=nothing)).to_be_visible()
+    page.context.close()
+    stranger = _open(browser, url, DESKTOP)  # another visitor (a new browser context: no cookie)
+    stranger.locator("#txt2img-prompt textarea").fill("")
+    stranger.locator("#txt2img-read-parameters").click()
+    expect(stranger.locator(".toast-body", has_text=nothing)).to_be_visible()
+    expect(stranger.locator("#txt2img-seed input")).to_have_value("-1")
+    stranger.context.close()
