@@ -455,3 +455,30 @@ def test_a1111s_swap_button_swaps_width_and_height(page) -> None:
     read.hover()
     expect(read).to_have_attribute("title", "Read generation parameters from the prompt, or from the last result if "
                                             "the prompt is empty")
+
+
+def test_ctrl_up_and_down_edit_the_attention_as_a1111s_edit_attention(page) -> None:
+    """Ctrl+Up / Ctrl+Down in a prompt box weight the selected text, the weighted group around the caret or the
+    word there by 0.1 each press ("fox" -> "(fox:1.1)"; back at 1 the parentheses go), and the run reads the
+    edited prompt (its parameters text has it)."""
+    _go(page, "Text to image")
+    prompt = page.locator("#txt2img-prompt textarea")
+    prompt.fill("a red fox in snow")
+    prompt.evaluate("box => box.setSelectionRange(6, 9)")  # "fox"
+    seen = []
+    for key in ("ArrowUp", "ArrowUp", "ArrowDown", "ArrowDown", "ArrowDown"):
+        prompt.press(f"Control+{key}")
+        seen.append(prompt.input_value())
+    assert seen == ["a red (fox:1.1) in snow", "a red (fox:1.2) in snow", "a red (fox:1.1) in snow",
+                    "a red fox in snow", "a red (fox:0.9) in snow"]
+    assert prompt.evaluate("box => box.value.slice(box.selectionStart, box.selectionEnd)") == "fox"
+    prompt.evaluate("box => box.setSelectionRange(3, 3)")  # the caret in "red", nothing selected
+    prompt.press("Control+ArrowUp")
+    expect(prompt).to_have_value("a (red:1.1) (fox:0.9) in snow")
+    prompt.evaluate("box => box.setSelectionRange(14, 14)")  # inside "(fox:0.9)": its weight
+    prompt.press("Control+ArrowUp")
+    expect(prompt).to_have_value("a (red:1.1) fox in snow")
+    for name, value in (("width", 64), ("height", 64), ("steps", 2)):
+        _number_into(page, f"txt2img-{name}", value)
+    run_and_wait(page, "txt2img")
+    expect(page.locator("#txt2img-info")).to_contain_text("a (red:1.1) fox in snow")

@@ -1,5 +1,8 @@
 // sd2-app page script, run once when the page loads (build_ui passes the style sheet as `css`).
 // - Ctrl+Enter or Cmd+Enter in a prompt box presses that tab's Generate, as in A1111; Enter alone makes a new line.
+// - Ctrl+Up or Ctrl+Down (Cmd on a Mac) in a prompt box raises or lowers the attention of the selected text, or with
+//   nothing selected of the "(text:weight)" around the caret or else the word there, by 0.1, as A1111's
+//   javascript/edit-attention.js does: "fox" becomes "(fox:1.1)", then "(fox:1.2)"; back at 1 the parentheses go.
 // - Esc in a tab's prompt row (its prompt boxes and buttons), or with nothing focused, presses the shown tab's Stop
 //   while a run of that tab is on, as A1111's Esc interrupts; elsewhere (a dropdown, an open image) Esc is left
 //   to the widget.
@@ -43,6 +46,48 @@
     event.preventDefault();
     const button = run.tagName === "BUTTON" ? run : run.querySelector("button");
     if (button && !button.disabled) button.click();
+  });
+
+  // The prompt syntax's weighted group is "(text:weight)" (sd2_app/prompt_syntax.py); a word ends at a space,
+  // punctuation or a bracket.
+  const wordEnd = /[\s,.;:!?()[\]{}<>|]/;
+  const weightAfter = /^:(-?\d+(?:\.\d+)?)\)/;
+  const editAttention = (box, up) => {
+    const text = box.value;
+    let start = box.selectionStart;
+    let end = box.selectionEnd;
+    if (start === end) {
+      const open = text.lastIndexOf("(", start - 1);
+      const close = text.indexOf(")", start);
+      const inside = open >= 0 && close >= 0 ? text.slice(open + 1, close) : "";
+      const colon = inside.lastIndexOf(":");
+      if (open >= 0 && close >= 0 && !/[()]/.test(inside) && colon >= 0 && weightAfter.test(inside.slice(colon) + ")")) {
+        [start, end] = [open + 1, open + 1 + colon];
+      } else {
+        while (start > 0 && !wordEnd.test(text[start - 1])) start -= 1;
+        while (end < text.length && !wordEnd.test(text[end])) end += 1;
+      }
+    }
+    while (start < end && /\s/.test(text[start])) start += 1;
+    while (end > start && /\s/.test(text[end - 1])) end -= 1;
+    if (start === end) return false;
+    const weighted = text[start - 1] === "(" ? weightAfter.exec(text.slice(end)) : null;
+    const step = up ? 0.1 : -0.1;
+    const weight = Math.round(((weighted ? parseFloat(weighted[1]) : 1) + step) * 100) / 100;
+    const inner = text.slice(start, end);
+    const [before, after] = weighted ? [text.slice(0, start - 1), text.slice(end + weighted[0].length)]
+      : [text.slice(0, start), text.slice(end)];
+    const edited = weight === 1 ? inner : `(${inner}:${weight})`;
+    box.value = before + edited + after;
+    const from = before.length + (weight === 1 ? 0 : 1);
+    box.setSelectionRange(from, from + inner.length);
+    box.dispatchEvent(new Event("input", { bubbles: true }));
+    return true;
+  };
+  document.addEventListener("keydown", (event) => {
+    if (!(event.ctrlKey || event.metaKey) || (event.key !== "ArrowUp" && event.key !== "ArrowDown")) return;
+    const box = event.target.closest && event.target.closest(".prompt-box") && event.target;
+    if (box && box.tagName === "TEXTAREA" && editAttention(box, event.key === "ArrowUp")) event.preventDefault();
   });
 
   document.addEventListener("keydown", (event) => {
