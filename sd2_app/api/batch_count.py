@@ -15,16 +15,20 @@ A1111 API's `n_iter`):
 - Stop ends the running batch at its next step and starts no other; the batches finished before it are the
   result (`Result.stopped`), with the stopped batch's image so far where the run keeps it (a visitor's Stop:
   `Service.run`'s `keep_stopped`), as A1111's Interrupt keeps the images made so far. Nothing kept: `Cancelled`.
+- Skip (A1111's Skip) ends the running batch at its next step, keeps its image so far as Stop would, and goes
+  on with the next batch: the result has every batch, the skipped ones' images so far among them, each said in a
+  warning. A batch skipped before its first step has no image.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
 from sd2_app.api.checks import Limits, integer
-from sd2_app.api.progress import kept_so_far
+from sd2_app.api.progress import kept_so_far, kept_so_far_message
 from sd2_app.api.results import ProgressFn, Result
 from sd2_app.errors import Cancelled, InvalidRequest
 
@@ -103,41 +107,101 @@ def stopped_in_batch(done: int, total: int, count: int, kept: bool = True) -> st
     return f"Stopped in batch {batch}/{count} after {step}/{steps} steps.{said}"
 
 
-def run_batches(run_one: Callable[[Any, ProgressFn | None], Result], request: Any, on_progress: ProgressFn | None,
-                should_stop: Callable[[], bool] | None, keep_stopped: Callable[[], bool] | None = None) -> Result:
-    """Every batch of the validated `request`, one after another (`run_one(batch, on_progress)` runs one), as one
-    `Result`: their images in order with each one's seed, the first batch's seed; after Stop, the batches
-    finished before it and, where `keep_stopped()` says so, the stopped batch's image so far
-    (`progress.kept_so_far`; `stopped`, with a warning that says so), or `Cancelled` when nothing was kept."""
+class StopOrSkip:
+    """A batch's stop check: the run's `should_stop()` (None: never) or its Skip. It compares and hashes equal to
+    `should_stop`, the callable a run's caller knows its job by while it waits at the GPU gate
+    (`Service.jobs_ahead`, `GpuGate.ahead_of`, the batcher's `ahead_of`)."""
+
+    def __init__(self, should_stop: Callable[[], bool] | None, skip: threading.Event) -> None:
+        self.should_stop = should_stop
+        self.skip = skip
+
+    def __call__(self) -> bool:
+        return (self.should_stop is not None and self.should_stop()) or self.skip.is_set()
+
+    def __eq__(self, other: object) -> bool:
+        return other is self or other == self.should_stop
+
+    def __hash__(self) -> int:
+        return hash(self.should_stop)
+
+
+def run_request(run_one: Callable[[Any, ProgressFn | None, Callable[[], bool] | None], Result], request: Any,
+                on_progress: ProgressFn | None, should_stop: Callable[[], bool] | None,
+                keep_stopped: Callable[[], bool] | None = None, skip: threading.Event | None = None) -> Result:
+    """The validated `request` with its batches (`run_batches`); one batch runs as it is, Skip ending it as Stop
+    would."""
+    if count_of(request) > 1:
+        return run_batches(run_one, request, on_progress, should_stop, keep_stopped, skip)
+    return run_one(request, on_progress, should_stop if skip is None else StopOrSkip(should_stop, skip))
+
+
+def run_batches(run_one: Callable[[Any, ProgressFn | None, Callable[[], bool]], Result], request: Any,
+                on_progress: ProgressFn | None, should_stop: Callable[[], bool] | None,
+                keep_stopped: Callable[[], bool] | None = None, skip: threading.Event | None = None) -> Result:
+    """Every batch of the validated `request`, one after another (`run_one(batch, on_progress, should_stop)` runs
+    one), as one `Result`: their images in order with each one's seed, the first batch's seed; after Stop, the
+    batches finished before it and, where `keep_stopped()` says so, the stopped batch's image so far
+    (`progress.kept_so_far`; `stopped`, with a warning that says so), or `Cancelled` when nothing was kept. `skip`
+    set ends the running batch the same way and the run goes on (the module's rule); it is cleared for the next."""
     batches = batch_requests(request)
     results: list[Result] = []
+    stopped = (lambda: False) if should_stop is None else should_stop
+    skipped = (lambda: False) if skip is None else skip.is_set
+    batch_stop = should_stop if skip is None else StopOrSkip(should_stop, skip)
+    stopped_in = None  # the batch (from 1) Stop ended the run in
     for index, batch in enumerate(batches):
         try:
-            if should_stop is not None and should_stop():
+            if stopped():
                 raise Cancelled
             report = in_batch(on_progress, index, len(batches))
-            results.append(kept_so_far(lambda: run_one(batch, report), keep_stopped))  # noqa: B023  # called here
+            done = kept_so_far(lambda: run_one(batch, report, batch_stop), keep_stopped)  # noqa: B023
         except Cancelled:
+            if skipped() and not stopped():  # skipped before its first step: no image
+                skip.clear()  # type: ignore[union-attr]
+                continue
             if not results:
                 raise
+            stopped_in = index + 1
             break
-    return _joined(request, results, len(batches))
+        if done.stopped_at is not None and stopped():  # Stop ended it: its image so far, the last one
+            results.append(done)
+            stopped_in = index + 1
+            break
+        results.append(_said_skipped(done, index, len(batches)) if skipped() else done)
+        if skip is not None:
+            skip.clear()
+    if not results:  # every batch skipped before its first step
+        raise Cancelled
+    return _joined(request, results, len(batches), stopped_in)
 
 
-def _joined(request: Any, results: list[Result], count: int) -> Result:
+def _said_skipped(result: Result, index: int, count: int) -> Result:
+    """A skipped batch's image so far, its warning saying Skip (not Stop) ended it."""
+    if result.stopped_at is None:  # it had finished when Skip came
+        return result
+    step, steps = result.stopped_at
+    warnings = [w for w in result.warnings if w != kept_so_far_message(step, steps)]
+    return replace(result, warnings=[*warnings, f"Skipped batch {index + 1}/{count} at step {step}/{steps}; kept "
+                                                "its image so far."])
+
+
+def _joined(request: Any, results: list[Result], count: int, stopped_in: int | None) -> Result:
+    """The batches' results as one; `stopped_in`: the batch (from 1) Stop ended the run in, None if it ran out."""
     first = results[0]
     warnings = [w for i, result in enumerate(results) for w in result.warnings
                 if w not in [v for earlier in results[:i] for v in earlier.warnings]]
-    so_far = results[-1].stopped_at is not None  # the last is the stopped batch's image so far
-    finished = len(results) - so_far
-    stopped = finished < count
+    stopped = stopped_in is not None
+    so_far = stopped and results[-1].stopped_at is not None  # the last is the stopped batch's image so far
     if stopped:
-        warnings.append(f"Stopped in batch {finished + 1}/{count}: these are the images of the {finished} "
-                        f"batch{'' if finished == 1 else 'es'} before it{' and its image so far' if so_far else ''}.")
+        before = stopped_in - 1
+        warnings.append(f"Stopped in batch {stopped_in}/{count}: these are the images of the {before} "
+                        f"batch{'' if before == 1 else 'es'} before it{' and its image so far' if so_far else ''}.")
     timings: dict[str, float] = {}
     for result in results:
         for phase, seconds in result.timings.items():
             timings[phase] = timings.get(phase, 0.0) + seconds
     return replace(first, request=request, images=[image for result in results for image in result.images],
-                   warnings=warnings, timings=timings, stopped=stopped, stopped_at=results[-1].stopped_at,
+                   warnings=warnings, timings=timings, stopped=stopped,
+                   stopped_at=results[-1].stopped_at if stopped else None,
                    seeds=[result.image_seed(index) for result in results for index in range(len(result.images))])

@@ -11,6 +11,7 @@ short in-memory history. Each phase's seconds go into the Result's `timings` (`s
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from PIL import Image
 
-from sd2_app.api.batch_count import count_of, run_batches
+from sd2_app.api.batch_count import run_request
 from sd2_app.api.checked import Checked, check
 from sd2_app.api.checks import Catalog, Limits, catalog_of
 from sd2_app.api.gate import GpuGate
@@ -252,15 +253,16 @@ class Service:
         timings: dict[str, float] | None = None,
         keep: bool = True,
         keep_stopped: Callable[[], bool] | None = None,
+        skip: threading.Event | None = None,
     ) -> Result:
         """Validate, run and keep one request (a `Checked` one is not validated again). Raises `InvalidRequest`
         or `Cancelled`; where Stop came after a sampling step and `keep_stopped()` says so (a visitor's Stop,
         A1111's /interrupt; not the app's close), the image so far instead (`Result.stopped_at`), kept as any.
+        `skip` set (A1111's Skip) ends the running batch as Stop would; the next one runs (`run_batches`).
         `owner` (the UI's session id) tags the history entry, so a public app shows each visitor their own.
         `timings`: a caller's dict of its own phases ("queue"), then it logs the split; None: logged here.
         `keep=False`: the result comes back unkept and the caller keeps it (`keep`) in its own process (a ZeroGPU
-        call runs in a forked worker whose History and saver are not the app's: docs/DESIGN.md, "ZeroGPU").
-        """
+        call runs in a forked worker whose History and saver are not the app's: docs/DESIGN.md, "ZeroGPU")."""
         if isinstance(request, XYZPlotRequest) or (isinstance(request, Checked) and request.plot is not None):
             return self.plot(request, on_progress, should_stop, owner=owner, timings=timings, keep=keep)
         phases: dict[str, float] = {} if timings is None else timings
@@ -270,7 +272,7 @@ class Service:
         if should_stop is not None and should_stop():
             raise Cancelled
         result = kept_so_far(lambda: self.execute(checked.request, on_progress, should_stop,
-                                                  keep_stopped=keep_stopped), keep_stopped)
+                                                  keep_stopped=keep_stopped, skip=skip), keep_stopped)
         result.warnings[:0] = [w for w in checked.warnings if w not in result.warnings]
         return self._keep(result, phases, owner, log_here=timings is None, keep=keep)
 
@@ -298,16 +300,14 @@ class Service:
         done_before: int = 0,
         total: int | None = None,
         keep_stopped: Callable[[], bool] | None = None,
+        skip: threading.Event | None = None,
     ) -> Result:
         """Run a validated request where jobs run (the backend, else this process); nothing is saved. A batch
         count runs its batches one after another, each a job of its own (`batch_count.run_batches`; `keep_stopped`
-        as in `run`). `done_before` and `total` place its steps inside a longer job's progress (a plot's cells)."""
+        and `skip` as in `run`). `done_before` and `total` place its steps inside a longer job's progress (a plot's cells)."""
         backend = self.backend if self.backend is not None else self
-        progress = placed(on_progress, done_before, total)
-        if count_of(checked) > 1:
-            return run_batches(lambda batch, report: backend.produce(batch, report, should_stop), checked, progress,
-                               should_stop, keep_stopped)
-        return backend.produce(checked, progress, should_stop)
+        return run_request(backend.produce, checked, placed(on_progress, done_before, total), should_stop,
+                           keep_stopped, skip)
 
     def produce(
         self,
@@ -397,3 +397,4 @@ class Service:
     def parse_parameters(text: str) -> dict[str, Any]:
         """The fields of an A1111 `parameters` text (`read_parameters`'s second half, for pasted text)."""
         return parse_parameters(text)
+

@@ -48,6 +48,7 @@ class PromptRow:
     status: gr.HTML  # under the run buttons: the run's state where the visitor pressed Generate or Stop
     styles: gr.Dropdown | None = None  # the host's prompt styles to apply (A1111's "Styles"); None: the host has none
     read: gr.Button | None = None  # ↙ beside Stop: read generation parameters (ui/read_parameters.py); None: none
+    skip: gr.Button | None = None  # A1111's Skip, shown while a run is on (static/app.css); None: the tab has none
 
 
 def prompt_boxes(prefix: str, value: str = "") -> PromptBoxes:
@@ -71,15 +72,19 @@ def run_buttons(prefix: str) -> tuple[gr.Button, gr.Button]:
     return run, stop
 
 
-def prompt_row(prefix: str, value: str = "", styles: Sequence[str] = (), *, read: bool = False) -> PromptRow:
+def prompt_row(prefix: str, value: str = "", styles: Sequence[str] = (), *, read: bool = False,
+               skip: bool = False) -> PromptRow:
     """The row at the top of a generation tab: prompts (wide) and the run buttons (narrow, beside them), with
-    `read`, A1111's ↙ beside Stop (static/app.css), and under them, where the host has prompt styles (`styles`,
-    their names), the Styles picker, as in A1111."""
+    `skip`, A1111's Skip beside Stop while a run is on, and `read`, A1111's ↙ after them (static/app.css), and
+    under them, where the host has prompt styles (`styles`, their names), the Styles picker, as in A1111."""
     with gr.Row(equal_height=False, elem_classes=["prompt-row"]):
         with gr.Column(scale=8, min_width=300):
             boxes = prompt_boxes(prefix, value)
         with gr.Column(scale=2, min_width=160, elem_classes=["run-column"]):
             run, stop = run_buttons(prefix)
+            skipper = None
+            if skip:
+                skipper = gr.Button("Skip", size="lg", elem_id=f"{prefix}-skip", elem_classes=["skip-button"])
             reader = None
             if read:
                 reader = gr.Button(READ_PARAMETERS, size="lg", elem_id=f"{prefix}-read-parameters",
@@ -92,7 +97,7 @@ def prompt_row(prefix: str, value: str = "", styles: Sequence[str] = (), *, read
             if styles:
                 picker = gr.Dropdown(list(styles), value=[], multiselect=True, label="Styles",
                                      info="added to the prompts in this order", elem_id=f"{prefix}-styles")
-    return PromptRow(boxes.prompt, boxes.negative, run, stop, boxes, status, picker, reader)
+    return PromptRow(boxes.prompt, boxes.negative, run, stop, boxes, status, picker, reader, skipper)
 
 
 @contextmanager

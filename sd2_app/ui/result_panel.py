@@ -36,6 +36,7 @@ class ResultPanel:
     run: gr.Button
     stop: gr.Button
     read: gr.Button | None = None  # the tab's ↙ (ui/read_parameters.py): it reads the picked result's parameters
+    skip: gr.Button | None = None  # the tab's Skip (A1111's): the running batch ends, the next one starts
 
 
 GALLERY_HEIGHT = 440  # px: with the prompt row above, the whole result fits a 900 px high window
@@ -77,6 +78,7 @@ def result_panel(
     extra_label: str | None = None,
     send_to: Sequence[str] = (),
     read: gr.Button | None = None,
+    skip: gr.Button | None = None,
 ) -> ResultPanel:
     """PNG gallery (parameters embedded, downloadable; whole images, the grid sized to the batch), info text,
     "send to" buttons, the live preview and the tab's extra image."""
@@ -95,7 +97,7 @@ def result_panel(
     selected = gr.State(0)
     gallery.select(_picked, [gallery, info], [selected, info], api_name=f"{prefix}_select", api_visibility="private",
                    queue=False)
-    return ResultPanel(preview, gallery, info, extra, gr.State(None), selected, buttons, run, stop, read)
+    return ResultPanel(preview, gallery, info, extra, gr.State(None), selected, buttons, run, stop, read, skip)
 
 
 def send_row(prefix: str, targets: Sequence[str]) -> dict[str, gr.Button]:

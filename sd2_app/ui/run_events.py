@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NOTHING_TO_STOP = "Nothing to stop."  # Stop from a visitor with no job, running or queued
+NOTHING_TO_SKIP = "Nothing to skip: no run of this tab is making images."
+SKIPPING = ("Skipping: the batch being made ends at its next step, its image so far kept, and the next batch "
+            "starts (with one batch, the run ends there).")
 QUEUED = "Queued…"  # the info line from Generate until the run starts
 NOT_STARTED = "Not started; the message at the top says why."  # a run that never began (its join refused)
 
@@ -94,6 +97,8 @@ def wire_run(
     server_checked(inputs)
     event = _wire_generate(panel, handler, inputs, outputs, api_name, service.concurrency)
     _wire_stop(panel, flags, event, api_name, outputs, finish)
+    if panel.skip is not None:
+        _wire_skip(panel.skip, flags, event, api_name)
     return event
 
 
@@ -221,3 +226,15 @@ def _wire_stop(panel: ResultPanel, flags: StopFlags, event: Dependency, api_name
                                cancels=[event], queue=False)
     stopped.then(kept, None, outputs, api_name=f"{api_name}_kept", api_visibility="private", queue=False,
                  show_progress="hidden")
+
+
+def _wire_skip(skip: gr.Button, flags: StopFlags, event: Dependency, api_name: str) -> None:
+    """Skip (A1111's): the tab's running batch ends at its next step with its image so far and the run goes on to
+    its next batch (`StopFlags.skip_page`); the run's own stream shows the rest. A toast says it."""
+
+    def skipped(request: gr.Request) -> None:
+        flag = flags.skip_page(flags.visitor(request), (request.session_hash, event["id"]))
+        gr.Info(SKIPPING if flag is not None else NOTHING_TO_SKIP)
+
+    # Queued (a quick event of its own, never behind the GPU jobs), so the toast reaches the page.
+    skip.click(skipped, None, None, api_name=f"{api_name}_skip", api_visibility="private", show_progress="hidden")

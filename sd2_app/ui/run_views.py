@@ -43,7 +43,7 @@ class RunView(Protocol):
 class RequestView:
     """One request of a tab: `Service.run`, with its place at the GPU gate while it waits there. With a batch
     count, its steps count over all the batches, and Stop says which batch it stopped in (the batches finished
-    before it are kept: `batch_count.run_batches`)."""
+    before it are kept: `batch_count.run_batches`); Skip ends the running batch (the flag's `skip`)."""
 
     idle_s = WAIT_POLL_S
 
@@ -53,7 +53,8 @@ class RequestView:
     def call(self, service: Service, request: Checked, session: str, flag: RunFlag,
              keep: bool = True) -> Callable[..., Result]:
         # A visitor's Stop keeps the image so far, as A1111's Interrupt does; the app's close does not.
-        run = timed_call(service.run, request, session, flag, keep=keep, keep_stopped=flag.keeps_image)
+        run = timed_call(service.run, request, session, flag, keep=keep, keep_stopped=flag.keeps_image,
+                         skip=flag.skip)
         self.batches = count = count_of(request.request)
         if count == 1:
             return run

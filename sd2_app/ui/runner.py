@@ -98,6 +98,9 @@ class RunFlag(threading.Event):
         self.outcome: Future[Result] | None = None  # the run's call on its worker thread (`stream`)
         self.closing = False  # the app's close set it (`StopFlags.stop_everyone`): nothing is kept
         self.created = time.perf_counter()  # when the job joined the queue (`hosting` makes its flag then)
+        # Skip (A1111's): the running batch ends at its next step and the run goes on (`batch_count.run_batches`).
+        # Not carried into a forked ZeroGPU worker: there Skip does nothing.
+        self.skip = threading.Event()
 
     def keeps_image(self) -> bool:
         """Whether a Stop after a sampling step keeps the image so far (`Service.run`'s `keep_stopped`): a
@@ -200,6 +203,16 @@ class StopFlags:
                 while len(self._stopped) > STOPPED_PAGES:  # an API client's Stop is never asked for it
                     del self._stopped[next(iter(self._stopped))]
         return furthest, self.visitors.stop_waiting(session, page)
+
+    def skip_page(self, session: str, page: Page) -> RunFlag | None:
+        """Skip in the visitor `session`'s running job of `page` (one tab's event in one page load): its running
+        batch ends at its next step and its next batch starts (`RunFlag.skip`). The running flag, or None when
+        none runs (a queued job is not skipped)."""
+        with self._lock:
+            running = [flag for flag in self._flags.get(session, ()) if flag.page == page and not flag.is_set()]
+        for flag in running:
+            flag.skip.set()
+        return running[0] if running else None
 
     def kept_after_stop(self, session: str, page: Page, wait_s: float = STOP_WAIT_S) -> Result | None:
         """The result of the run the page's last Stop (`stop_page`) ended mid-sampling: the images so far, kept

@@ -267,7 +267,7 @@ def _picks(service: Service) -> dict[str, list[tuple[str, str]]]:
 
 def build(service: Service, flags: StopFlags) -> ResultPanel:
     picks = _picks(service)
-    frame = TabFrame(service, "xyz", EXAMPLE_PROMPTS[1], styled=False, read=False)
+    frame = TabFrame(service, "xyz", EXAMPLE_PROMPTS[1], styled=False, read=False, skip=False)
     # The tables ride in the panel's extra output (an image on other tabs): cleared at Generate, filled at the
     # end by `finish_extra`.
     tables = partial(gr.File, label="Cell settings and times (CSV, JSON)", file_count="multiple", interactive=False,

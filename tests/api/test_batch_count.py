@@ -1,9 +1,11 @@
-"""Batch count (A1111's n_iter) in the Service: its limits and cost, each batch's seed, progress over all batches
-and Stop between and within them (sd2_app/api/batch_count.py). The pipelines are the doubles of tests/ui_doubles.py.
+"""Batch count (A1111's n_iter) in the Service: its limits and cost, each batch's seed, progress over all batches,
+Stop between and within them and Skip (sd2_app/api/batch_count.py). The pipelines are the doubles of
+tests/ui_doubles.py, which keep no image so far (the tiny real pipelines do: tests/ui/test_browser_stop.py).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
 import pytest
@@ -102,6 +104,41 @@ def test_stop_between_or_within_batches_keeps_the_batches_finished_before_it(tmp
     assert len(stopped_between.images) == 2 and len(seen) == 10
     with pytest.raises(Cancelled):
         service.run(_txt(batch_count=3), should_stop=lambda: True)
+
+
+def test_skip_ends_the_running_batch_and_the_run_goes_on_with_the_next(tmp_path) -> None:
+    """Skip in batch 2 (of 3 steps each) ends it at its next step and batch 3 runs whole; the result is not
+    stopped, the skip is cleared for the next batch. Skip with one batch ends the run: with nothing kept, Cancelled.
+    A Stop after a skip still stops."""
+    service = fake_service(tmp_path)
+    skip = threading.Event()
+    seen: list[int] = []
+
+    def progress(done: int, total: int, preview: object) -> None:
+        seen.append(done)
+        if done == 4:  # batch 2's first step
+            skip.set()
+
+    result = service.run(_txt(batch_count=3, seed=5), progress, skip=skip, owner="visitor")
+    assert not result.stopped and result.stopped_at is None and not skip.is_set()
+    assert result.image_seeds == [5, 7]  # batch 2 (seed 6) was skipped and the doubles keep no image so far
+    assert seen[:4] == [1, 2, 3, 4] and seen[-3:] == [7, 8, 9] and 5 not in seen and 6 not in seen
+    assert [len(entry.images) for entry in service.history("visitor")] == [2]
+    skip.set()
+    with pytest.raises(Cancelled):
+        service.run(_txt(seed=5), skip=skip)
+    skip.clear()
+    after_skip: list[int] = []
+
+    def skip_then_stop(done: int, total: int, preview: object) -> None:
+        after_skip.append(done)
+        if done == 2:
+            skip.set()
+
+    stopped = service.run(_txt(batch_count=3, seed=5), skip_then_stop, skip=skip,
+                          should_stop=lambda: len(after_skip) >= 5)
+    assert stopped.stopped and stopped.image_seeds == [6]  # batch 1 skipped, batch 2 finished, Stop in batch 3
+    assert stopped.warnings == ["Stopped in batch 3/3: these are the images of the 2 batches before it."]
 
 
 def test_the_progress_line_and_stop_say_the_batch() -> None:

@@ -301,13 +301,20 @@ def test_send_during_a_run_says_to_wait_for_it(page) -> None:
     from sd2_app.ui.result_panel import STILL_RUNNING
 
     _go(page, "Text to image")
-    _set_number(page, "txt2img-steps", 300)  # a run of seconds: still on when the send answers
+    # A run of seconds, still on when the send answers, whatever size an earlier test left (150 steps at 64x72
+    # took under a second, and the send found its finished image).
+    for name, value in (("width", 512), ("height", 512), ("steps", 150)):
+        _set_number(page, f"txt2img-{name}", value)
     page.locator("#txt2img-run").click()
     expect(page.locator("#txt2img-stop")).to_be_enabled()
     page.locator("#txt2img-send-inpaint").click()
     expect(page.locator(".toast-body", has_text=STILL_RUNNING)).to_be_visible(timeout=15_000)
     expect(page.get_by_role("tab", name="Text to image")).to_have_attribute("aria-selected", "true")
-    expect(page.locator("#txt2img-run")).to_be_enabled(timeout=120_000)  # the run goes on to its end
+    # the run goes on (its steps count on), then Stop ends it
+    expect(page.locator("#txt2img-info")).to_contain_text(re.compile(r"Step \d+/150"), timeout=60_000)
+    expect(page.locator("#txt2img-stop")).to_be_enabled()
+    page.locator("#txt2img-stop").click()
+    expect(page.locator("#txt2img-run")).to_be_enabled(timeout=60_000)
 
 
 def test_a_failed_run_says_why_and_leaves_no_error_badge(page) -> None:

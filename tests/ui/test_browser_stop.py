@@ -110,3 +110,32 @@ def test_esc_stops_the_run_which_the_page_title_follows_as_in_a1111(browser, url
             expect(page).to_have_title(plain)
     finally:
         page.context.close()
+
+
+def test_skip_ends_the_running_batch_and_the_run_goes_on_as_a1111s_skip(browser, url) -> None:  # noqa: F811
+    """Skip shows beside Stop only while a run is on; pressed (or Alt+Enter in the prompt) it ends the running
+    batch at its next step with its image so far, and the next batch runs: both skipped batches' images are the
+    result, each said, and the run ends as any run does (not stopped)."""
+    page = _open(browser, url, DESKTOP)
+    try:
+        skip, stop = page.locator("#txt2img-skip"), page.locator("#txt2img-stop")
+        expect(skip).to_be_hidden()
+        for name, value in (("width", 512), ("height", 512), ("steps", 150), ("batch-count", 2)):
+            _set_number(page, f"txt2img-{name}", value)
+        info = page.locator("#txt2img-info")
+        page.locator("#txt2img-run").click()
+        expect(info).to_contain_text(re.compile(r"Batch 1/2, step \d+/150"), timeout=60_000)
+        expect(skip).to_be_visible()
+        _shot(page, "skip-beside-stop")
+        skip.click()
+        expect(page.locator(".toast-body", has_text="Skipping: the batch being made ends at its next step")).to_be_visible()
+        expect(info).to_contain_text(re.compile(r"Batch 2/2, step \d+/150"), timeout=60_000)
+        page.locator("#txt2img-prompt textarea").press("Alt+Enter")
+        expect(page.locator("#txt2img-gallery img")).to_have_count(2, timeout=60_000)
+        expect(stop).to_be_disabled()
+        expect(skip).to_be_hidden()
+        for batch in (1, 2):
+            expect(info).to_contain_text(re.compile(rf"Skipped batch {batch}/2 at step \d+/150; kept its image so far\."))
+        expect(info).not_to_contain_text("Stopped in batch")
+    finally:
+        page.context.close()

@@ -441,9 +441,12 @@ def test_a_job_behind_another_front_ends_job_says_its_place(app) -> None:
     from tests.batching_support import Blocker, wait_until
 
     client, service, _ = app
-    blocker = Blocker(service)  # stands in for an API job on the GPU
-    job = client.submit(prompt="behind an API job", api_name="/txt2img", width=64, height=64, **FAST)
-    wait_until(lambda: any(out[2] == "Queued: 1 job ahead of yours…" for out in job.outputs()), timeout=60)
-    blocker.release.set()
-    _, gallery, info = job.result(timeout=120)
-    assert len(gallery) == 1 and info.startswith("**Seed** 7")
+    for batches in (1, 2):  # a batch count's batch waits there too (its stop check also reads Skip)
+        blocker = Blocker(service)  # stands in for an API job on the GPU
+        job = client.submit(prompt="behind an API job", api_name="/txt2img", width=64, height=64, **FAST,
+                            batch_count=batches)
+        wait_until(lambda: any(out[2] == "Queued: 1 job ahead of yours…" for out in job.outputs()),  # noqa: B023
+                   timeout=60)
+        blocker.release.set()
+        _, gallery, info = job.result(timeout=120)
+        assert len(gallery) == batches and info.startswith("**Seed" + ("s** 7–8" if batches == 2 else "** 7"))

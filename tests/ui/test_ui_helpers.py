@@ -181,7 +181,7 @@ def test_a_preview_that_arrives_after_stop_keeps_the_stop_message() -> None:
     preview = Image.new("RGB", (8, 8))
 
     class Service:  # one step, then waits for Stop, reports one more step (late) and ends cancelled
-        def run(self, request, on_progress, should_stop, owner, timings=None, keep=True, keep_stopped=None):
+        def run(self, request, on_progress, should_stop, owner, timings=None, keep=True, keep_stopped=None, skip=None):
             on_progress(1, 3, preview)
             _late_step_after_stop(on_progress, should_stop, 2, 3, preview)
 

@@ -1,5 +1,6 @@
 // sd2-app page script, run once when the page loads (build_ui passes the style sheet as `css`).
 // - Ctrl+Enter or Cmd+Enter in a prompt box presses that tab's Generate, as in A1111; Enter alone makes a new line.
+//   Alt+Enter there presses the tab's Skip while a run is on, as A1111's does.
 // - Ctrl+Up or Ctrl+Down (Cmd on a Mac) in a prompt box raises or lowers the attention of the selected text, or with
 //   nothing selected of the "(text:weight)" around the caret or else the word there, by 0.1, as A1111's
 //   javascript/edit-attention.js does: "fox" becomes "(fox:1.1)", then "(fox:1.2)"; back at 1 the parentheses go.
@@ -38,14 +39,15 @@
   document.head.appendChild(style);
 
   document.addEventListener("keydown", (event) => {
-    if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
+    if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey || event.altKey)) return;
     const box = event.target.closest && event.target.closest(".prompt-box");
     if (!box || !box.id) return;
-    const run = document.getElementById(box.id.replace(/-(prompt|negative)$/, "-run"));
-    if (!run) return;
+    const target = document.getElementById(box.id.replace(/-(prompt|negative)$/, event.altKey ? "-skip" : "-run"));
+    if (!target) return;
     event.preventDefault();
-    const button = run.tagName === "BUTTON" ? run : run.querySelector("button");
-    if (button && !button.disabled) button.click();
+    const button = target.tagName === "BUTTON" ? target : target.querySelector("button");
+    // Skip shows (static/app.css) only while a run is on
+    if (button && !button.disabled && button.offsetParent !== null) button.click();
   });
 
   // The prompt syntax's weighted group is "(text:weight)" (sd2_app/prompt_syntax.py); a word ends at a space,
