@@ -75,6 +75,7 @@ class _Tracked:
     address: str  # the client's network address (`ClientAddresses.of`): only it sees and stops the job
     started: float = field(default_factory=time.time)
     stop: threading.Event = field(default_factory=threading.Event)
+    skip: threading.Event = field(default_factory=threading.Event)  # /skip: the running batch ends, the next starts
     iteration: int = 0
     step: int = 0
     steps: int = 0
@@ -221,7 +222,10 @@ class A1111Api:
                 try:
                     results.append(self._run_batch(check(self.service, request), tracked))
                 except Cancelled:
-                    break
+                    if tracked.stop.is_set() or not tracked.skip.is_set():
+                        break
+                    # skipped before its first step: the batch has no image, and the next one runs
+                tracked.skip.clear()
         finally:
             self._untrack(tracked, address)
         stopped = len(results) < len(batches) or results[-1].stopped_at is not None
@@ -239,7 +243,7 @@ class A1111Api:
         stops the job before its next batch)."""
         if not self._gpu_call.forks:
             return self._gpu_call.run(checked, tracked.on_progress, tracked.stop.is_set, owner=HISTORY_OWNER,
-                                      keep_stopped=self._keeps_stopped)
+                                      keep_stopped=self._keeps_stopped, skip=tracked.skip)
         if tracked.stop.is_set():
             raise Cancelled
         return self._gpu_call.run(checked, owner=HISTORY_OWNER)
@@ -260,6 +264,15 @@ class A1111Api:
             jobs = self._jobs_of(address)
         if jobs:
             jobs[0].stop.set()
+        return bool(jobs)
+
+    def skip(self, address: str) -> bool:
+        """A1111's /skip: the running batch of the oldest API job of `address` ends at its next step with its image
+        so far, and the job goes on with its next batch; False when it has none."""
+        with self._lock:
+            jobs = self._jobs_of(address)
+        if jobs:
+            jobs[0].skip.set()
         return bool(jobs)
 
     def stop_everyone(self) -> int:
@@ -299,7 +312,8 @@ class A1111Api:
 def _state(job: _Tracked | None, count: int) -> dict[str, Any]:
     """A1111's progress `state` (modules/shared_state.py `State.dict`)."""
     return {
-        "skipped": False, "interrupted": bool(job and job.stop.is_set()), "stopping_generation": False,
+        "skipped": bool(job and job.skip.is_set()), "interrupted": bool(job and job.stop.is_set()),
+        "stopping_generation": False,
         "job": job.task if job else "", "job_count": count,
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.started)) if job else "0",
         "job_no": job.iteration if job else 0, "sampling_step": job.step if job else 0,
@@ -339,7 +353,7 @@ def _generation_routes(router: APIRouter, api: A1111Api) -> None:
 
 
 def _job_routes(router: APIRouter, api: A1111Api) -> None:
-    """/progress and /interrupt of the caller's own API jobs, and /options (the current checkpoint)."""
+    """/progress, /interrupt and /skip of the caller's own API jobs, and /options (the current checkpoint)."""
 
     @router.get("/progress")
     def progress(client: Request, skip_current_image: bool = False) -> dict[str, Any]:
@@ -348,6 +362,11 @@ def _job_routes(router: APIRouter, api: A1111Api) -> None:
     @router.post("/interrupt")
     def interrupt(client: Request) -> dict[str, Any]:
         api.interrupt(api.job_admission.addresses.of(client))
+        return {}
+
+    @router.post("/skip")
+    def skip(client: Request) -> dict[str, Any]:
+        api.skip(api.job_admission.addresses.of(client))
         return {}
 
     @router.get("/options")

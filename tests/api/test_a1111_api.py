@@ -258,6 +258,28 @@ def test_progress_polling_and_interrupt_mid_run(app, client) -> None:
     assert client.get_progress()["state"]["job_count"] == 0
 
 
+def test_skip_ends_the_running_batch_and_the_job_goes_on(app, client) -> None:
+    """A1111's /skip (webuiapi's `skip()`): the running batch of the caller's job ends at its next step with its
+    image so far, and the next batch runs whole."""
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(
+        result=client.txt2img(prompt="skipped", seed=3, n_iter=2, **{**FAST, "steps": 150})))
+    runner.start()
+    deadline = time.time() + 60
+    while client.get_progress()["state"]["sampling_step"] < 12 and time.time() < deadline:
+        time.sleep(0.05)
+    client.skip()
+    runner.join(timeout=120)
+    assert not runner.is_alive()
+    images, info = outcome["result"].images, outcome["result"].info
+    assert len(images) == 2 and info["all_seeds"] == [3, 4]
+    skipped_at = int(images[0].info["parameters"].rsplit(", Stopped at step: ", 1)[1])
+    assert 12 <= skipped_at < 150  # the first batch: its image so far
+    assert "Stopped at step" not in images[1].info["parameters"]  # the second ran all its steps
+    state = client.get_progress()["state"]
+    assert (state["job_count"], state["skipped"]) == (0, False)
+
+
 def test_hires_fix_variation_seed_and_tiling(client) -> None:
     result = client.txt2img(prompt="x", seed=4, enable_hr=True, hr_scale=2, hr_upscaler="Latent",
                             denoising_strength=0.5, **FAST)

@@ -315,7 +315,7 @@ def test_the_shared_checkpoint_stays_unless_visitors_may_load_models(app, reliab
 
 
 @pytest.mark.slow
-def test_progress_and_interrupt_reach_only_the_callers_own_api_jobs(app, reliability) -> None:
+def test_progress_interrupt_and_skip_reach_only_the_callers_own_api_jobs(app, reliability) -> None:
     url, _ = app
     with ThreadPoolExecutor(1) as pool:
         alice = pool.submit(_api, url, "txt2img", ALICE, prompt="alice", **{**API_FAST, "steps": 150})
@@ -327,21 +327,23 @@ def test_progress_and_interrupt_reach_only_the_callers_own_api_jobs(app, reliabi
                 time.sleep(0.05)
             seen = _api(url, "progress", MALLORY, method="GET").json()
             assert _api(url, "interrupt", MALLORY).status_code == 200
+            assert _api(url, "skip", MALLORY).status_code == 200
             time.sleep(1.0)
             own = _api(url, "progress", ALICE, method="GET").json()
             assert seen["state"]["job_count"] == 1 and seen["current_image"] is None
             assert (seen["progress"], seen["textinfo"], seen["state"]["sampling_step"]) == (0.0, None, 0)
             assert own["state"]["interrupted"] is False and own["state"]["sampling_step"] > 2
+            assert own["state"]["skipped"] is False
         finally:
             assert _api(url, "interrupt", ALICE).status_code == 200
         result = alice.result(timeout=120)
     kept = json.loads(result.json()["info"])["infotexts"]  # the image so far, as A1111's interrupt returns it
     assert result.status_code == 200 and len(result.json()["images"]) == 1 and ", Stopped at step: " in kept[0]
     assert api_job_count(url) == 0
-    reliability("Hosting", "another client's /sdapi/v1/progress and /sdapi/v1/interrupt while an API job of 150 "
-                "steps runs (raw HTTP, two addresses)",
+    reliability("Hosting", "another client's /sdapi/v1/progress, /sdapi/v1/interrupt and /sdapi/v1/skip while an "
+                "API job of 150 steps runs (raw HTTP, two addresses)",
                 f"it sees job_count {seen['state']['job_count']} and no step, progress or preview; its interrupt "
-                f"stops nothing (the job was at step {own['state']['sampling_step']} a second later); the owner's "
+                f"and skip stop nothing (the job was at step {own['state']['sampling_step']} a second later); the owner's "
                 "interrupt stops it, and its answer holds the image so far")
 
 
