@@ -17,6 +17,7 @@ from PIL import Image
 
 from sd2_app.api.checked import Checked, check
 from sd2_app.api.gpu_call import GpuCall
+from sd2_app.api.gpu_time import gpu_calls_may_fork
 from sd2_app.api.requests import Request
 from sd2_app.errors import InvalidRequest
 from sd2_app.prompt_styles import StyleBook
@@ -39,6 +40,7 @@ NOTHING_TO_STOP = "Nothing to stop."  # Stop from a visitor with no job, running
 NOTHING_TO_SKIP = "Nothing to skip: no run of this tab is making images."
 SKIPPING = ("Skipping: the batch being made ends at its next step, its image so far kept, and the next batch "
             "starts (with one batch, the run ends there).")
+SKIP_UNREACHABLE = "Skip cannot reach a run on ZeroGPU (it runs in a worker process of its own); Stop ends it."
 QUEUED = "Queued…"  # the info line from Generate until the run starts
 NOT_STARTED = "Not started; the message at the top says why."  # a run that never began (its join refused)
 
@@ -233,6 +235,9 @@ def _wire_skip(skip: gr.Button, flags: StopFlags, event: Dependency, api_name: s
     its next batch (`StopFlags.skip_page`); the run's own stream shows the rest. A toast says it."""
 
     def skipped(request: gr.Request) -> None:
+        if gpu_calls_may_fork():  # the run's flag there is a copy (`RunFlag.__reduce__`): nothing would skip
+            gr.Warning(SKIP_UNREACHABLE)
+            return
         flag = flags.skip_page(flags.visitor(request), (request.session_hash, event["id"]))
         gr.Info(SKIPPING if flag is not None else NOTHING_TO_SKIP)
 

@@ -607,3 +607,21 @@ def test_a_send_from_an_empty_gallery_says_whether_a_run_is_on() -> None:
     for label, message in ((RUNNING, STILL_RUNNING), (GENERATE, NOTHING_TO_SEND)):
         with pytest.raises(gr.Error, match=re.escape(message)):
             send.fn([], 0, label, *rest)
+
+
+def test_skip_on_zerogpu_says_it_cannot_reach_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On ZeroGPU the run goes on in a forked worker with a copy of its flag, which Skip cannot set: Skip says so
+    (and points at Stop) rather than saying it skips (elsewhere it skips: tests/ui/test_browser_stop.py)."""
+    from types import SimpleNamespace
+
+    import sd2_app.ui.run_events as run_events
+    from sd2_app.ui import build_ui
+    from tests.ui_doubles import fake_service
+
+    demo = build_ui(fake_service(None))
+    skip = next(f for f in demo.fns.values() if f.api_name == "txt2img_skip")
+    request = SimpleNamespace(session_hash="s1", request=None)
+    monkeypatch.setattr(run_events, "gpu_calls_may_fork", lambda: True)
+    with pytest.warns(UserWarning, match=r"^Skip cannot reach a run on ZeroGPU \(it runs in a worker process of its "
+                                         r"own\); Stop ends it\.$"):
+        skip.fn(request)
