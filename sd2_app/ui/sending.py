@@ -19,7 +19,7 @@ from PIL import Image
 
 from sd2_app import infotext_keys as keys
 from sd2_app.api.a1111_samplers import read_sampler, sampler_named, schedule_label
-from sd2_app.api.requests import HIRES_UPSCALERS, MASK_MODES, MASKED_CONTENT, HiresFix
+from sd2_app.api.requests import HIRES_UPSCALERS, MASK_MODES, MASKED_CONTENT, HiresFix, InpaintRequest
 from sd2_app.errors import shown
 from sd2_app.pipelines.metadata import whole_number
 from sd2_app.prompt_styles import with_styles_read
@@ -162,8 +162,10 @@ def parameter_values(service: Service, parsed: dict[str, Any], into: SendTarget)
     values: tuple = (parsed.get(keys.PROMPT, ""), parsed.get(keys.NEGATIVE_PROMPT, ""))
     values += sampling_values(parsed, into.sampling) if into.sampling is not None else ()
     values += () if into.tiling is None else (tiling_in(parsed),)
-    values += () if into.masked_content is None else (masked_content_in(parsed),)
-    values += () if into.mask_mode is None else (mask_mode_in(parsed),)
+    values += () if into.masked_content is None else (
+        inpaint_choice_in(parsed, keys.MASKED_CONTENT, MASKED_CONTENT, InpaintRequest.masked_content),)
+    values += () if into.mask_mode is None else (
+        inpaint_choice_in(parsed, keys.MASK_MODE, MASK_MODES, InpaintRequest.mask_mode),)
     return values + (() if into.styles is None else (parsed.get(keys.STYLES_ARRAY, []),))
 
 
@@ -234,25 +236,15 @@ def tiling_in(parsed: dict[str, Any]) -> bool:
     return bool(parsed.get(keys.TILING, False))
 
 
-def masked_content_in(parsed: dict[str, Any]) -> Any:
-    """Inpaint's Masked content from parsed parameters: "Masked content: ..." as A1111 writes it (modules/
-    processing.py, StableDiffusionProcessingImg2Img.init: "fill", "latent noise" or "latent nothing"), "original"
-    where the text has none (A1111 writes none for it); a value this app lacks is said in a warning and the
-    radio keeps its choice."""
-    content = parsed.get(keys.MASKED_CONTENT, "original")
-    if content in MASKED_CONTENT:
-        return content
-    gr.Warning(f"Masked content {shown(content)} is not available here; the current choice is kept.")
-    return gr.skip()
-
-
-def mask_mode_in(parsed: dict[str, Any]) -> Any:
-    """Inpaint's Mask mode from parsed parameters: "Mask mode: Inpaint not masked" as A1111 writes it (only that
-    one), "Inpaint masked" where the text has none; a value this app lacks is said and the radio keeps its choice."""
-    mode = parsed.get(keys.MASK_MODE, MASK_MODES[0])
-    if mode in MASK_MODES:
-        return mode
-    gr.Warning(f"Mask mode {shown(mode)} is not available here; the current choice is kept.")
+def inpaint_choice_in(parsed: dict[str, Any], key: str, choices: tuple[str, ...], unwritten: str) -> Any:
+    """One of Inpaint's radios from parsed parameters, as A1111 writes its setting `key` (modules/processing.py,
+    StableDiffusionProcessingImg2Img.init: "Masked content" but for "original", "Mask mode" only for "Inpaint not
+    masked"): `unwritten`, the choice A1111 writes nothing for, where the text has none; a value this app lacks is
+    said in a warning and the radio keeps its choice."""
+    value = parsed.get(key, unwritten)
+    if value in choices:
+        return value
+    gr.Warning(f"{key} {shown(value)} is not available here; the current choice is kept.")
     return gr.skip()
 
 

@@ -89,30 +89,41 @@ def _pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def _tab_and_api(app, folder: Path, picture: Image.Image, mask: Image.Image, tab: dict, api: dict, *,
+                 strength: float, mask_blur: int) -> tuple[Image.Image, str, list]:
+    """The Inpaint tab's /inpaint with the settings `tab` and the A1111 API's img2img with `api` (the same image,
+    mask, prompt, strength and blur): their images are asserted equal, pixels and text. (The tab's image, the
+    mask it used, its gallery.)"""
+    url, _, client = app
+    picture.save(folder / "picture.png")
+    mask.save(folder / "mask.png")
+    editor = {"background": handle_file(str(folder / "picture.png")), "layers": [], "composite": None}
+    _, gallery, _, used = client.predict(image_and_mask=editor, mask=handle_file(str(folder / "mask.png")),
+                                         prompt="a cat", strength=strength, mask_blur=mask_blur, sampler="Euler",
+                                         api_name="/inpaint", **tab, **QUICK)
+    body = {"prompt": "a cat", "sampler_name": "Euler", **QUICK, "denoising_strength": strength,
+            "mask_blur": mask_blur, "width": 64, "height": 64, **api,
+            "init_images": [base64.b64encode(png_bytes(picture)).decode()],
+            "mask": base64.b64encode(png_bytes(mask)).decode()}
+    answer = httpx.post(f"{url}sdapi/v1/img2img", json=body, timeout=300)
+    assert answer.status_code == 200, answer.text
+    api_image = Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0])))
+    tab_image = Image.open(gallery[0]["image"])
+    assert np.array_equal(_pixels(tab_image), _pixels(api_image)), tab
+    assert tab_image.text["parameters"] == json.loads(answer.json()["info"])["infotexts"][0], tab
+    return tab_image, used, gallery
+
+
 @pytest.mark.slow
 def test_each_masked_content_of_the_tab_makes_the_a1111_apis_image_for_that_inpainting_fill(
         app, tmp_path: Path) -> None:
-    url, demo, client = app
+    url, demo, _ = app
     picture, mask = noise_image(64, 64), Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))
-    picture.save(tmp_path / "picture.png")
-    mask.save(tmp_path / "mask.png")
-    editor = {"background": handle_file(str(tmp_path / "picture.png")), "layers": [], "composite": None}
     made = {}
     for fill, content in enumerate(MASKED_CONTENT):
-        _, gallery, _, _ = client.predict(image_and_mask=editor, mask=handle_file(str(tmp_path / "mask.png")),
-                                          prompt="a cat", strength=0.5, mask_blur=0, sampler="Euler",
-                                          masked_content=content, api_name="/inpaint", **QUICK)
-        body = {"prompt": "a cat", "sampler_name": "Euler", **QUICK, "denoising_strength": 0.5, "mask_blur": 0,
-                "width": 64, "height": 64, "inpainting_fill": fill,
-                "init_images": [base64.b64encode(png_bytes(picture)).decode()],
-                "mask": base64.b64encode(png_bytes(mask)).decode()}
-        answer = httpx.post(f"{url}sdapi/v1/img2img", json=body, timeout=300)
-        assert answer.status_code == 200, answer.text
-        api_image = Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0])))
-        tab_image = Image.open(gallery[0]["image"])
-        assert np.array_equal(_pixels(tab_image), _pixels(api_image)), content
-        assert tab_image.text["parameters"] == json.loads(answer.json()["info"])["infotexts"][0], content
+        tab_image, _, gallery = _tab_and_api(app, tmp_path, picture, mask, {"masked_content": content},
+                                             {"inpainting_fill": fill}, strength=0.5, mask_blur=0)
         made[content] = (_pixels(tab_image), tab_image.text["parameters"])
     assert all(("Masked content" in text) == (content != "original") for content, (_, text) in made.items())
     assert len({pixels.tobytes() for pixels, _ in made.values()}) == 4  # each choice makes another image
@@ -125,27 +136,14 @@ def test_each_masked_content_of_the_tab_makes_the_a1111_apis_image_for_that_inpa
 @pytest.mark.slow
 def test_inpaint_not_masked_of_the_tab_makes_the_a1111_apis_image_for_inpainting_mask_invert(
         app, tmp_path: Path) -> None:
-    url, demo, client = app
+    url = app[0]
     picture, mask = noise_image(64, 64, seed=3), Image.new("L", (64, 64), 0)
     mask.paste(255, (8, 16, 40, 56))
-    picture.save(tmp_path / "picture.png")
-    mask.save(tmp_path / "mask.png")
-    editor = {"background": handle_file(str(tmp_path / "picture.png")), "layers": [], "composite": None}
     made = {}
     for invert, mode in enumerate(("Inpaint masked", "Inpaint not masked")):
-        _, gallery, _, used = client.predict(image_and_mask=editor, mask=handle_file(str(tmp_path / "mask.png")),
-                                             prompt="a cat", strength=0.8, mask_blur=2, sampler="Euler",
-                                             mask_mode=mode, api_name="/inpaint", **QUICK)
-        body = {"prompt": "a cat", "sampler_name": "Euler", **QUICK, "denoising_strength": 0.8, "mask_blur": 2,
-                "width": 64, "height": 64, "inpainting_mask_invert": invert, "inpainting_fill": 1,
-                "init_images": [base64.b64encode(png_bytes(picture)).decode()],
-                "mask": base64.b64encode(png_bytes(mask)).decode()}
-        answer = httpx.post(f"{url}sdapi/v1/img2img", json=body, timeout=300)
-        assert answer.status_code == 200, answer.text
-        api_image = Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0])))
-        tab_image = Image.open(gallery[0]["image"])
-        assert np.array_equal(_pixels(tab_image), _pixels(api_image)), mode
-        assert tab_image.text["parameters"] == json.loads(answer.json()["info"])["infotexts"][0], mode
+        tab_image, used, _ = _tab_and_api(app, tmp_path, picture, mask, {"mask_mode": mode},
+                                          {"inpainting_mask_invert": invert, "inpainting_fill": 1}, strength=0.8,
+                                          mask_blur=2)
         made[mode] = (_pixels(tab_image), tab_image.text["parameters"], np.asarray(Image.open(used).convert("L")))
     kept, repainted = made["Inpaint masked"], made["Inpaint not masked"]
     assert "Mask mode" not in kept[1] and "Mask mode: Inpaint not masked" in repainted[1]
@@ -153,6 +151,8 @@ def test_inpaint_not_masked_of_the_tab_makes_the_a1111_apis_image_for_inpainting
     box = (slice(16, 56), slice(8, 40))  # the white box (rows, columns): kept under "Inpaint not masked"
     assert np.array_equal(repainted[0][box], _pixels(picture)[box])
     assert not np.array_equal(kept[0][box], _pixels(picture)[box])
-    answer = httpx.post(f"{url}sdapi/v1/img2img", json={**body, "inpainting_mask_invert": 2}, timeout=60)
+    refused = {"prompt": "a cat", "inpainting_mask_invert": 2, "init_images": [base64.b64encode(png_bytes(picture)).decode()],
+               "mask": base64.b64encode(png_bytes(mask)).decode()}
+    answer = httpx.post(f"{url}sdapi/v1/img2img", json=refused, timeout=60)
     assert answer.status_code == 422 and answer.json()["detail"] == (
         "inpainting_mask_invert must be one of 0 (Inpaint masked), 1 (Inpaint not masked); got 2.")

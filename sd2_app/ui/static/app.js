@@ -38,6 +38,13 @@
   style.textContent = css;
   document.head.appendChild(style);
 
+  // A button (or the block around it) when it can be pressed: enabled and shown (not in a hidden tab; Skip shows
+  // only while a run is on, static/app.css).
+  const pressable = (element) => {
+    const button = element && (element.tagName === "BUTTON" ? element : element.querySelector("button"));
+    return button && !button.disabled && button.offsetParent !== null ? button : null;
+  };
+
   document.addEventListener("keydown", (event) => {
     if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey || event.altKey)) return;
     const box = event.target.closest && event.target.closest(".prompt-box");
@@ -45,9 +52,8 @@
     const target = document.getElementById(box.id.replace(/-(prompt|negative)$/, event.altKey ? "-skip" : "-run"));
     if (!target) return;
     event.preventDefault();
-    const button = target.tagName === "BUTTON" ? target : target.querySelector("button");
-    // Skip shows (static/app.css) only while a run is on
-    if (button && !button.disabled && button.offsetParent !== null) button.click();
+    const button = pressable(target);
+    if (button) button.click();
   });
 
   // The prompt syntax's weighted group is "(text:weight)" (sd2_app/prompt_syntax.py); a word ends at a space,
@@ -97,8 +103,7 @@
     const row = event.target.closest && event.target.closest(".prompt-row");
     const stops = row ? [row.querySelector(".stop-button")]
       : event.target === document.body ? [...document.querySelectorAll(".stop-button")] : [];
-    const stop = stops.filter(Boolean).map((s) => (s.tagName === "BUTTON" ? s : s.querySelector("button")))
-      .find((button) => button && button.offsetParent !== null && !button.disabled);
+    const stop = stops.map(pressable).find(Boolean);
     if (!stop) return;
     event.preventDefault();
     stop.click();
