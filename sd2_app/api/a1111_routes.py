@@ -39,7 +39,7 @@ from sd2_app.api import a1111
 from sd2_app.api.a1111_auth import basic_auth
 from sd2_app.api.a1111_catalog import catalog_routes, png_info_routes
 from sd2_app.api.a1111_disconnects import run_while_connected
-from sd2_app.api.a1111_errors import errors_as_http
+from sd2_app.api.a1111_errors import A1111Route, errors_as_http
 from sd2_app.api.a1111_extras import extras_routes
 from sd2_app.api.job_admission import JobAdmission
 from sd2_app.api.quick_reads import MAX_QUICK_REQUESTS_PER_ADDRESS, QuickReads
@@ -323,7 +323,7 @@ def _state(job: _Tracked | None, count: int) -> dict[str, Any]:
 
 def build_router(api: A1111Api) -> APIRouter:
     """The routes; app.py passes them to Gradio's FastAPI app (`launch(app_kwargs={"routes": ...})`)."""
-    router = APIRouter(prefix=PREFIX, dependencies=[Depends(basic_auth(api.auth))])
+    router = APIRouter(prefix=PREFIX, dependencies=[Depends(basic_auth(api.auth))], route_class=A1111Route)
     _generation_routes(router, api)
     extras_routes(router, api)
     _job_routes(router, api)

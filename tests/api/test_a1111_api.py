@@ -28,6 +28,7 @@ from PIL import Image
 webuiapi = pytest.importorskip("webuiapi")
 from gradio_client import Client  # noqa: E402
 
+from tests.a1111_support import a1111_error_body  # noqa: E402
 from tests.hosting_support import API_FAST  # noqa: E402
 from tests.reliability_support import noise_image, png_bytes  # noqa: E402
 from tests.reliability_support import free_port  # noqa: E402
@@ -218,9 +219,9 @@ def test_an_inpainting_fill_a1111_lacks_is_refused_with_the_choices(app, fill: o
     _, port, _ = app
     body = {"prompt": "x", **FAST, "init_images": [base64.b64encode(png_bytes(noise_image(64, 64))).decode()],
             "mask": base64.b64encode(png_bytes(Image.new("L", (64, 64), 255))).decode(), "inpainting_fill": fill}
-    assert _post(port, "img2img", body) == (422, {"detail": (
+    assert _post(port, "img2img", body) == (422, a1111_error_body(422, (
         "inpainting_fill must be one of 0 (fill), 1 (original), 2 (latent noise), 3 (latent nothing); "
-        f"got {fill!r}.")})
+        f"got {fill!r}.")))
 
 
 @pytest.mark.slow
@@ -351,7 +352,8 @@ def test_options_and_override_settings_read_a_checkpoint_name_alike(app, name: s
     finally:
         _post(port, "options", {"sd_model_checkpoint": "sd21-base"})
     if key is None:
-        assert (set_status, set_body, run_status, run_body) == (422, {"detail": unknown}, 422, {"detail": unknown})
+        refusal = a1111_error_body(422, unknown)
+        assert (set_status, set_body, run_status, run_body) == (422, refusal, 422, refusal)
     else:
         assert (set_status, current, run_status) == (200, key, 200), (set_body, run_body)
         assert json.loads(run_body["info"])["sd_model_name"] == key
@@ -404,7 +406,7 @@ def test_a_client_at_its_address_limit_is_refused_before_its_image_is_decoded(ap
     finally:
         for _ in range(ADDRESS_LIMIT):
             job_admission.release("127.0.0.1")
-    assert (status, answer) == (429, {"detail": too_many_jobs_from_address_message(ADDRESS_LIMIT)})
+    assert (status, answer["detail"]) == (429, too_many_jobs_from_address_message(ADDRESS_LIMIT))
     assert decoded == []
     status, answer = _post(port, "img2img", body)
     assert status == 200 and len(answer["images"]) == 1 and decoded == ["init_images[0]"]
@@ -441,6 +443,34 @@ def test_refusals_name_what_is_missing_and_unknown_fields_are_ignored(app, caplo
     assert status == 200 and len(body["images"]) == 1
     assert "ignoring unknown field(s) my_extension_field" in caplog.text
     assert _post(port, "txt2img", {"prompt": "x", **FAST}, auth=False)[0] == 401
+
+
+def test_every_error_comes_in_a1111s_error_body(app, monkeypatch, caplog) -> None:
+    """Refusals by the route (422), by its auth dependency (401, with its WWW-Authenticate header) and unexpected
+    failures (500, a generic message; the traceback in the log only) all come in A1111's four fields, which clients
+    such as modelfusion parse; a body that is not JSON stays FastAPI's 422 list, as in A1111."""
+    from sd2_app.api import a1111
+    from sd2_app.api.a1111_errors import FAILED_MESSAGE
+
+    _, port, _ = app
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "sampler_name": "DPM fast"})
+    assert status == 422 and body == a1111_error_body(422, body["detail"]) and body["detail"].startswith("Sampler 'DPM")
+    refused = httpx.post(f"http://127.0.0.1:{port}/sdapi/v1/txt2img", json={"prompt": "x"}, timeout=30)
+    assert (refused.status_code, refused.json()) == (401, a1111_error_body(401, "Incorrect username or password"))
+    assert refused.headers["www-authenticate"] == "Basic"
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("a bug's text naming /srv/private/path")
+
+    monkeypatch.setattr(a1111, "txt2img_job", failing)
+    with caplog.at_level("ERROR", logger="sd2_app.api.a1111_errors"):
+        assert _post(port, "txt2img", {"prompt": "x", **FAST}) == (500, a1111_error_body(500, FAILED_MESSAGE))
+    assert "/srv/private/path" in caplog.text and "POST /sdapi/v1/txt2img failed" in caplog.text
+    not_json = httpx.post(f"http://127.0.0.1:{port}/sdapi/v1/txt2img", content=b"{oops", auth=(USER, PASSWORD),
+                          headers={"Content-Type": "application/json"}, timeout=30)
+    assert not_json.status_code == 422 and isinstance(not_json.json()["detail"], list)
+    monkeypatch.undo()
+    assert _post(port, "txt2img", {"prompt": "x", **FAST})[0] == 200  # the server kept serving
 
 
 SAMPLER_NAMES = [  # (A1111's sampler name, its schedule or None) -> (our sampler, Karras); None: not ours

@@ -19,6 +19,7 @@ pytest.importorskip("mcp")
 from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
+from tests.a1111_support import a1111_error_body  # noqa: E402
 from tests.api.test_mcp import _session  # noqa: E402
 from tests.reliability_support import launched  # noqa: E402
 
@@ -99,14 +100,16 @@ def test_web_ui_refuses_before_the_gpu(app, calls: PipelineCalls) -> None:
 def test_a1111_api_refuses_with_422_before_the_gpu(app, calls: PipelineCalls) -> None:
     url = app[0]
     body = {"steps": 2, "cfg_scale": 7.0, "sampler_name": "Euler", "width": 64, "height": 64, "seed": 3}
-    assert _post(url, "txt2img", {**body, "prompt": TOO_LONG}) == (422, {"detail": TOO_LONG_MESSAGE.format("prompt")})
+    assert _post(url, "txt2img", {**body, "prompt": TOO_LONG}) == \
+        (422, a1111_error_body(422, TOO_LONG_MESSAGE.format("prompt")))
     assert _post(url, "txt2img", {**body, "prompt": "a", "negative_prompt": TOO_LONG}) == \
-        (422, {"detail": TOO_LONG_MESSAGE.format("negative prompt")})
-    assert _post(url, "txt2img", {**body, "prompt": PHASES, "steps": 70}) == (422, {"detail": PHASES_MESSAGE})
+        (422, a1111_error_body(422, TOO_LONG_MESSAGE.format("negative prompt")))
+    assert _post(url, "txt2img", {**body, "prompt": PHASES, "steps": 70}) == \
+        (422, a1111_error_body(422, PHASES_MESSAGE))
     # the hires fix's second pass (70 steps) makes the 65 pairs; the 2-step first pass would run before it
     hires = {**body, "prompt": PHASES, "enable_hr": True, "hr_scale": 2.0, "hr_upscaler": "Latent",
              "hr_second_pass_steps": 70, "denoising_strength": 0.5}
-    assert _post(url, "txt2img", hires) == (422, {"detail": PHASES_MESSAGE})
+    assert _post(url, "txt2img", hires) == (422, a1111_error_body(422, PHASES_MESSAGE))
 
 
 def test_mcp_refuses_before_the_gpu(app, calls: PipelineCalls) -> None:

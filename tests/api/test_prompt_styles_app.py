@@ -19,6 +19,7 @@ import pytest
 from gradio_client import Client
 from PIL import Image
 
+from tests.a1111_support import a1111_error_body
 from tests.hosting_support import API_FAST
 from tests.reliability_support import noise_image, one_thread, png_bytes, serve  # noqa: F401 (a fixture)
 
@@ -83,7 +84,8 @@ def test_api_styles_give_the_image_of_the_expanded_prompts(app: str, route: str)
 
 def test_an_unknown_style_is_refused_naming_it(app: str) -> None:
     status, body = _post(app, "txt2img", {"prompt": "a cat", "styles": ["oil", "watercolor"], **FAST})
-    assert (status, body) == (422, {"detail": "Unknown style 'watercolor'; this server's styles: 'oil', 'frame'."})
+    message = "Unknown style 'watercolor'; this server's styles: 'oil', 'frame'."
+    assert (status, body) == (422, a1111_error_body(422, message))
 
 
 def test_png_info_reads_the_styles_back(app: str) -> None:

@@ -29,6 +29,7 @@ from sd2_app.ui.request_limits import (MAX_API_BODY_BYTES, MAX_BODY_BYTES, MAX_B
                                        NO_RECORDINGS_MESSAGE, REMOTE_FILE_MESSAGE, too_large_message,
                                        too_much_in_flight_message)
 from sd2_app.ui.uploads import REMOTE_FILE_REFUSAL
+from tests.a1111_support import a1111_error_body
 from tests.hosting_support import (API_FAST, api_job_count, downloads, other_site,  # noqa: F401
                                   served_behind_proxy, wait_for_api_jobs)
 from tests.reliability_report import reliability, track_module  # noqa: F401
@@ -303,7 +304,7 @@ def test_the_shared_checkpoint_stays_unless_visitors_may_load_models(app, reliab
     switched = _api(url, "options", MALLORY, sd_model_checkpoint="sd21")
     same = _api(url, "options", MALLORY, sd_model_checkpoint=before)
     after = _api(url, "options", ALICE, method="GET").json()["sd_model_checkpoint"]
-    assert (switched.status_code, switched.json()) == (403, {"detail": NO_MODEL_ADMIN_MESSAGE})
+    assert (switched.status_code, switched.json()) == (403, a1111_error_body(403, NO_MODEL_ADMIN_MESSAGE))
     assert same.status_code == 200 and before == after == "sd21-base"
     own = _api(url, "txt2img", MALLORY, prompt="own", override_settings={"sd_model_checkpoint": "sd2-base"},
                **API_FAST)

@@ -24,6 +24,7 @@ from sd2_app.api.requests import PlotAxis, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.errors import InvalidRequest
 from sd2_app.prompt_styles import StyleBook, read_styles
 from sd2_app.pipelines.metadata import parse_parameters
+from tests.a1111_support import a1111_error_body
 from tests.api.test_prompt_styles_app import STYLES_CSV, served_with_styles
 from tests.reliability_support import one_thread, served_app  # noqa: F401 (fixtures)
 
@@ -205,16 +206,16 @@ def test_a1111_clients_x_y_z_plot_script_is_refused_pointing_at_xyz_plot(client:
     A1111's own list, which differs between versions); the 422 says so and where the plot runs here."""
     body = {**SOLO, "script_name": script, "script_args": [4, "10, 20", [], 0, "", [], 0, "", [], True, False]}
     answer = httpx.post(f"{client.src.rstrip('/')}/sdapi/v1/txt2img", json=body, timeout=60)
-    assert (answer.status_code, answer.json()) == (422, {"detail": (
+    assert (answer.status_code, answer.json()) == (422, a1111_error_body(422, (
         "The X/Y/Z plot script (script_name) is not run through this API: A1111's script_args give each axis as a "
         "position in A1111's own list of axis types, which differs between A1111 versions, txt2img and img2img and "
         "installed extensions, so they cannot be read reliably here. Run the plot with this app's /xyz_plot "
         "endpoint (gradio_client: x_type='steps', x_values='10, 20', y_type=..., the README's API section) or its "
-        "X/Y/Z plot tab; send script_name at its default or leave it out.")})
+        "X/Y/Z plot tab; send script_name at its default or leave it out.")))
     other = httpx.post(f"{client.src.rstrip('/')}/sdapi/v1/txt2img", json={**SOLO, "script_name": "Loopback"},
                        timeout=60)
-    assert (other.status_code, other.json()) == (422, {"detail": "scripts (script_name) are not supported; send "
-                                                                 "script_name at its default or leave it out."})
+    assert (other.status_code, other.json()) == (422, a1111_error_body(
+        422, "scripts (script_name) are not supported; send script_name at its default or leave it out."))
 
 
 def _seeds(gallery: list[dict]) -> list[int]:
