@@ -17,6 +17,7 @@ from sd2_app.prompt_styles import StyleBook, with_styles_read
 from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
 from sd2_app.ui.hosting import Hosting, Visitors
 from sd2_app.ui.lifecycle import AppBlocks
+from sd2_app.ui.notify import notify_switch
 from sd2_app.ui.progress_targets import keep_progress_on_leaves
 from sd2_app.ui.read_parameters import wire_read_parameters
 from sd2_app.ui.result_panel import ResultPanel
@@ -65,8 +66,7 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
     flags = StopFlags(visitors)
     examples = _examples(assets)
     with AppBlocks(service, flags, hosting, title=TITLE, analytics_enabled=False) as demo:
-        gr.Markdown(f"# {TITLE}\nText to image, image to image, inpainting, outpainting, ×4 upscaling, depth to "
-                    "image and X/Y/Z plots.", elem_id="app-title")
+        _header()
         with gr.Tabs(overflow_behavior="wrap") as tabs:  # on a phone: rows of tabs, each where it was
             with gr.Tab("Text to image", id="txt2img"):
                 t2i = txt2img.build(service, flags)
@@ -111,6 +111,14 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
         css = json.dumps((STATIC / "app.css").read_text(encoding="utf-8") + models.table_css() + history.phone_css())
         demo.load(None, js=f"() => ({(STATIC / 'app.js').read_text(encoding='utf-8')})({css})")
     return keep_progress_on_leaves(demo)  # once every event is wired
+
+
+def _header() -> None:
+    """The page's title and what it offers, with "Notify me when a run ends" (`notify_switch`) on the right."""
+    with gr.Row(equal_height=False, elem_id="app-header"):
+        gr.Markdown(f"# {TITLE}\nText to image, image to image, inpainting, outpainting, ×4 upscaling, depth to "
+                    "image and X/Y/Z plots.", elem_id="app-title")
+        notify_switch()
 
 
 def _wire_result_sends(service: Service, visitors: Visitors, tabs_with_results: Sequence[tuple[str, SendSource]],

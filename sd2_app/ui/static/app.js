@@ -31,6 +31,11 @@
 //   ui/read_parameters.py `wire_prompt_drop`), which puts its parameters text into the prompt, as A1111's drop onto
 //   the prompt does. A file dropped where nothing takes it (not an image box) is not opened by the browser, which
 //   would leave the page and lose what the visitor had typed.
+// - "Notify me when a run ends" (ui/notify.py) asks the browser for permission to show notifications when turned
+//   on (saying why it stays off where the browser has none or they are blocked) and is remembered in the browser.
+//   While it is on, a run of any tab that ends (its Stop disabled again) while the page is not in front shows a
+//   notification: the tab's name, its info line's first line ("Seed 42 · ..."), the first result as its picture;
+//   clicking it brings the page to the front. As A1111's javascript/notification.js does.
 (css) => {
   if (window.sd2AppReady) return;
   window.sd2AppReady = true;
@@ -256,6 +261,49 @@
   };
   document.addEventListener("pointerover", hint);
   document.addEventListener("focusin", hint);
+
+  const NOTIFY_KEY = "sd2-app-notify";
+  const notifySwitch = document.getElementById("notify-when-done");
+  const notifyNote = document.getElementById("notify-when-done-note");
+  const notifying = () => notifySwitch && notifySwitch.checked && "Notification" in window
+    && Notification.permission === "granted";
+  if (notifySwitch) {
+    notifySwitch.checked = localStorage.getItem(NOTIFY_KEY) === "on" && "Notification" in window
+      && Notification.permission === "granted";
+    notifySwitch.addEventListener("change", async () => {
+      notifyNote.textContent = "";
+      if (!notifySwitch.checked) { localStorage.removeItem(NOTIFY_KEY); return; }
+      const permission = !("Notification" in window) ? "none"
+        : Notification.permission === "default" ? await Notification.requestPermission() : Notification.permission;
+      if (permission === "granted") { localStorage.setItem(NOTIFY_KEY, "on"); return; }
+      notifySwitch.checked = false;
+      notifyNote.textContent = permission === "none" ? "This browser shows no notifications."
+        : "Notifications are blocked for this page; allow them in the browser's settings for this site.";
+    });
+  }
+  const notifyRunEnded = (prefix) => {
+    const info = document.getElementById(`${prefix}-info`);
+    const tab = document.querySelector(`[role=tab][data-tab-id="${prefix}"]`);
+    const picture = document.querySelector(`#${prefix}-gallery img`);
+    const line = info ? infoText(info).split("\n")[0] : "";
+    let notice;
+    try {
+      notice = new Notification(`${plainTitle}: ${tab ? tab.textContent.trim() : prefix}`,
+        { body: line, icon: picture ? picture.src : undefined, tag: `sd2-app-${prefix}` });
+    } catch (error) { return; } // a browser that shows them only through a service worker (Chrome on Android)
+    notice.onclick = () => { window.focus(); notice.close(); };
+  };
+  // A run has ended when its tab's Stop, enabled while it was on, is disabled again (the old value of the
+  // attribute: absent). The last answer of the run brings the result and the info line with it; they are read a
+  // moment later, once drawn.
+  new MutationObserver((changes) => {
+    for (const change of changes) {
+      const stop = change.target;
+      if (change.oldValue !== null || !stop.disabled || !stop.classList.contains("stop-button")) continue;
+      if (!notifying() || (!document.hidden && document.hasFocus())) continue;
+      setTimeout(() => notifyRunEnded(stop.id.replace(/-stop$/, "")), 300);
+    }
+  }).observe(document.body, { attributes: true, attributeFilter: ["disabled"], attributeOldValue: true, subtree: true });
 
   const draggingFiles = (event) => event.dataTransfer && [...event.dataTransfer.types].includes("Files");
   const promptReader = (target) => {
