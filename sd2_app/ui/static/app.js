@@ -36,6 +36,10 @@
 //   While it is on, a run of any tab that ends (its Stop disabled again) while the page is not in front shows a
 //   notification: the tab's name, its info line's first line ("Seed 42 · ..."), the first result as its picture;
 //   clicking it brings the page to the front. As A1111's javascript/notification.js does.
+// - Right-click on a tab's Generate opens A1111's menu there (javascript/contextMenus.js): "Generate forever" runs
+//   the tab again each time its run ends with a result, until "Cancel generate forever" in the same menu, the
+//   tab's Stop (or Esc), or a run that ends without one (refused, failed), which would only repeat. Generate shows
+//   it is on (its `data-forever` attribute, its tooltip).
 (css) => {
   if (window.sd2AppReady) return;
   window.sd2AppReady = true;
@@ -293,15 +297,74 @@
     } catch (error) { return; } // a browser that shows them only through a service worker (Chrome on Android)
     notice.onclick = () => { window.focus(); notice.close(); };
   };
+  const forever = new Set(); // the tabs (their prefixes) generating forever
+  const FOREVER_HINT = "Generating forever: right-click to cancel; Stop cancels it too";
+  const setForever = (prefix, on) => {
+    if (on) forever.add(prefix); else forever.delete(prefix);
+    const run = document.getElementById(`${prefix}-run`);
+    if (!run) return;
+    if (on) run.dataset.forever = "on"; else delete run.dataset.forever; // Svelte rewrites the class attribute
+    if (on) run.title = FOREVER_HINT; else if (run.title === FOREVER_HINT) run.removeAttribute("title");
+  };
+  // After a run of a tab generating forever: again while its runs end with a result ("Seed …"); Generate is
+  // enabled again by the same answer that disabled Stop, or soon after.
+  const runAgain = (prefix, tries = 20) => {
+    if (!forever.has(prefix)) return;
+    const info = document.getElementById(`${prefix}-info`);
+    if (!info || !/^Seeds? \d+/.test(infoText(info))) { setForever(prefix, false); return; }
+    const run = document.getElementById(`${prefix}-run`);
+    if (run && !run.disabled) run.click();
+    else if (tries > 0) setTimeout(() => runAgain(prefix, tries - 1), 200);
+  };
+  let menu = null;
+  const closeMenu = () => { if (menu) { menu.remove(); menu = null; } };
+  document.addEventListener("contextmenu", (event) => {
+    const run = event.target.closest && event.target.closest(".run-button");
+    closeMenu();
+    if (!run || !run.id) return;
+    event.preventDefault();
+    const prefix = run.id.replace(/-run$/, "");
+    menu = document.createElement("div");
+    menu.className = "run-menu";
+    menu.setAttribute("role", "menu");
+    const item = document.createElement("button");
+    item.setAttribute("role", "menuitem");
+    item.textContent = forever.has(prefix) ? "Cancel generate forever" : "Generate forever";
+    item.addEventListener("click", () => {
+      const on = !forever.has(prefix);
+      setForever(prefix, on);
+      closeMenu();
+      const stop = document.getElementById(`${prefix}-stop`);
+      if (on && !run.disabled && (!stop || stop.disabled)) run.click(); // idle: the first run starts now
+    });
+    menu.appendChild(item);
+    menu.style.left = `${event.pageX}px`;
+    menu.style.top = `${event.pageY}px`;
+    document.body.appendChild(menu);
+    const box = menu.getBoundingClientRect(); // kept on the screen: opened to the left of a click near its edge
+    if (box.right > window.innerWidth) menu.style.left = `${Math.max(0, event.pageX - box.width)}px`;
+    item.focus();
+  });
+  document.addEventListener("click", (event) => {
+    if (menu && !menu.contains(event.target)) closeMenu();
+    const stop = event.target.closest && event.target.closest(".stop-button");
+    if (stop && stop.id) setForever(stop.id.replace(/-stop$/, ""), false);
+  }, true);
+  document.addEventListener("keydown", (event) => { // Esc closes the menu first, and only the menu
+    if (event.key === "Escape" && menu) { closeMenu(); event.stopImmediatePropagation(); }
+  }, true);
+
   // A run has ended when its tab's Stop, enabled while it was on, is disabled again (the old value of the
-  // attribute: absent). The last answer of the run brings the result and the info line with it; they are read a
-  // moment later, once drawn.
+  // attribute: absent): then a tab generating forever runs again, and the notification is shown. The last answer
+  // of the run brings the result and the info line with it; they are read a moment later, once drawn.
   new MutationObserver((changes) => {
     for (const change of changes) {
       const stop = change.target;
       if (change.oldValue !== null || !stop.disabled || !stop.classList.contains("stop-button")) continue;
+      const prefix = stop.id.replace(/-stop$/, "");
+      if (forever.has(prefix)) setTimeout(() => runAgain(prefix), 300);
       if (!notifying() || (!document.hidden && document.hasFocus())) continue;
-      setTimeout(() => notifyRunEnded(stop.id.replace(/-stop$/, "")), 300);
+      setTimeout(() => notifyRunEnded(prefix), 300);
     }
   }).observe(document.body, { attributes: true, attributeFilter: ["disabled"], attributeOldValue: true, subtree: true });
 
