@@ -1,10 +1,10 @@
 """X/Y/Z plot: validation of the axes, the cells (one validated request each) and running them in the Service.
 
 A cell is the base request with one value of each axis applied; it runs through the Service's own pipeline
-call (same model manager, fallback ladder, progress and Stop as a single run). Cells that change the checkpoint are
-ordered so each checkpoint is used once in a row (as A1111 puts its costly axes outermost). Stop ends the
-plot after the current step: the finished cells, and whole grids with the rest marked "not run", are still
-returned (`plot_grid.not_run_cell`).
+call (same model manager, fallback ladder, progress and Stop as a single run: `plot_cells`). Cells that change the
+checkpoint are ordered so each checkpoint is used once in a row (as A1111 puts its costly axes outermost). Stop ends
+the plot after the current step: the finished cells, and whole grids with the rest marked "not run", are still
+returned (`plot_grid.not_run_cell`); Skip ends the running cell with its image so far and the plot goes on.
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from PIL import Image
 
 from sd2_app import infotext_keys as keys
 from sd2_app.api.checks import Catalog, Limits, flag, integer, random_seed, resolve_seed
@@ -36,6 +35,7 @@ from sd2_app.api.plot_axes import (
     read_names,
     uses_eta,
 )
+from sd2_app.api.plot_cells import CellFn, CellRuns, PlotCell, cell_caption, run_cells
 from sd2_app.api.plot_order import check_order_terms
 from sd2_app.api.plot_values import format_value
 from sd2_app.api.cost import check_job_cost, job_cost
@@ -62,18 +62,6 @@ if TYPE_CHECKING:
 # An image-to-image base has no hires fix: the front ends refuse one sent with an init image.
 HIRES_NEEDS_TEXT = "The hires fix runs only in a text-to-image plot; remove the init image or turn the hires fix off."
 MAX_GRID_MARGIN = 128  # px; "Grid margins (px)"
-CellFn = Callable[["PlotCell", Image.Image, float], None]  # (cell, image, seconds) as each cell finishes
-
-
-@dataclass(frozen=True)
-class PlotCell:
-    """One run of the plot: its place in the grids and its validated request."""
-
-    index: int  # position in grid order: x + y * nx + z * nx * ny
-    position: tuple[int, int, int]  # (x, y, z) indices
-    request: Txt2ImgRequest | Img2ImgRequest
-    labels: tuple[str, str, str]  # X, Y and Z labels ("" for an axis not in use)
-    steps: int  # denoising steps it runs (`_steps_run`: img2img's strength cut, a hires fix's passes)
 
 
 def _axes(request: XYZPlotRequest, styles: StyleBook) -> list[tuple[str, PlotAxis]]:
@@ -248,49 +236,9 @@ def plot_cost(cells: list[PlotCell], catalog: Catalog) -> int:
     return sum(job_cost(cell.request, catalog) for cell in cells)
 
 
-def cell_caption(cell: PlotCell) -> str:
-    """The cell's values, X first ("Euler, Steps: 20")."""
-    return ", ".join(label for label in cell.labels if label)
-
-
-def run_order(cells: list[PlotCell]) -> list[PlotCell]:
-    """Grid order, except that all cells of one checkpoint run together (first-seen checkpoint first)."""
-    rank = {key: i for i, key in enumerate(dict.fromkeys(cell.request.checkpoint for cell in cells))}
-    return sorted(cells, key=lambda cell: (rank[cell.request.checkpoint], cell.index))
-
-
-def run_cells(
-    service: Service,
-    cells: list[PlotCell],
-    on_progress: ProgressFn | None,
-    should_stop: Callable[[], bool] | None,
-    on_cell: CellFn | None = None,
-) -> tuple[dict[int, tuple[Image.Image, float]], dict[str, float], list[str], bool]:
-    """Run the cells in `run_order`: ({cell index: (image, seconds)}, timings, warnings, stopped)."""
-    total = sum(cell.steps for cell in cells)
-    done, finished, warnings = 0, {}, []
-    timings = {"load": 0.0, "run": 0.0}
-    for cell in run_order(cells):
-        if should_stop is not None and should_stop():
-            return finished, timings, warnings, True
-        try:
-            output = service.execute(cell.request, on_progress, should_stop, done_before=done, total=total)
-            cell_timings = output.timings
-        except Cancelled:
-            return finished, timings, warnings, True
-        done += cell.steps
-        for key in timings:
-            timings[key] += cell_timings.get(key, 0.0)
-        warnings += [w for w in getattr(output, "warnings", []) or [] if w not in warnings]
-        finished[cell.index] = (output.images[0], cell_timings["run"])
-        if on_cell is not None:
-            on_cell(cell, output.images[0], cell_timings["run"])
-    return finished, timings, warnings, False
-
-
-def cell_rows(request: XYZPlotRequest, cells: list[PlotCell],
-              finished: dict[int, tuple[Image.Image, float]]) -> list[dict[str, Any]]:
-    """One row per cell for the CSV/JSON download: its axis values, full settings and seconds."""
+def cell_rows(request: XYZPlotRequest, cells: list[PlotCell], runs: CellRuns) -> list[dict[str, Any]]:
+    """One row per cell for the CSV/JSON download: its axis values, full settings, seconds and status ("done",
+    "skipped at step 3/20", "not run (skipped)", "not run (stopped)")."""
     slots = (request.x, request.y, request.z)
     rows = []
     for cell in cells:
@@ -307,9 +255,10 @@ def cell_rows(request: XYZPlotRequest, cells: list[PlotCell],
                    seed=r.sampling.seed, width=r.width, height=r.height)
         if isinstance(r, Img2ImgRequest):
             row["strength"] = r.strength
-        done = finished.get(cell.index)
+        done, skipped = runs.finished.get(cell.index), runs.skipped.get(cell.index, ())
         row["seconds"] = round(done[1], 3) if done else None
-        row["status"] = "done" if done else "not run (stopped)"
+        row["status"] = ("done" if skipped == () else f"skipped at step {skipped[0]}/{skipped[1]}") if done else (
+            "not run (stopped)" if skipped == () else "not run (skipped)")
         rows.append(row)
     return rows
 
@@ -319,6 +268,7 @@ def grid_parameters(request: XYZPlotRequest, first_text: str) -> str:
     "X Type"/"X Values" keys (so the info line and History name every value, not one cell's)."""
     parsed = parse_parameters(first_text)
     parsed.pop(keys.PROMPT, None), parsed.pop(keys.NEGATIVE_PROMPT, None)
+    parsed.pop(keys.STOPPED_AT_STEP, None)  # that cell's own (Skip ended it), not the grid's
     axes = [(name, axis) for name, axis in zip(AXIS_NAMES, (request.x, request.y, request.z)) if axis is not None]
     for _, axis in axes:
         for key in AXES[axis.kind].metadata_keys:
@@ -338,16 +288,18 @@ def cells_ran(ran: int, total: int, marked: bool = False) -> str:
 
 
 def run_plot(service: Service, request: XYZPlotRequest | CheckedPlot, on_progress: ProgressFn | None,
-             should_stop: Callable[[], bool] | None, on_cell: CellFn | None = None) -> Result:
-    """Validate (unless it comes checked), run every cell, draw the grids (`plot_grids`); the Service's `Result`
-    of it all."""
+             should_stop: Callable[[], bool] | None, on_cell: CellFn | None = None,
+             skip: threading.Event | None = None) -> Result:
+    """Validate (unless it comes checked), run every cell (`plot_cells.run_cells`; `skip` is A1111's Skip), draw the
+    grids (`plot_grids`); the Service's `Result` of it all."""
     plot = request if isinstance(request, CheckedPlot) else service.check_plot(request)
     checked, warnings, cells = plot.request, plot.warnings, plot.cells
     started = time.perf_counter()
-    finished, timings, run_warnings, stopped = run_cells(service, cells, on_progress, should_stop, on_cell)
+    runs = run_cells(service, cells, on_progress, should_stop, on_cell, skip)
+    finished, timings, stopped = runs.finished, runs.timings, runs.stopped
     if not finished:
         raise Cancelled
-    warnings += [w for w in run_warnings if w not in warnings]
+    warnings += [w for w in runs.warnings if w not in warnings]
     if stopped:
         warnings.append(cells_ran(len(finished), len(cells), marked=True))
     order = sorted(finished)
@@ -362,7 +314,7 @@ def run_plot(service: Service, request: XYZPlotRequest | CheckedPlot, on_progres
     seed = checked.base.sampling.seed if checked.base.sampling.seed >= 0 else cells[order[0]].request.sampling.seed
     return Result(task="xyz_plot", request=checked, images=grids + cell_images, seed=seed,
                   warnings=warnings, timings=timings, captions=captions,
-                  cells=cell_rows(checked, cells, finished), stopped=stopped)
+                  cells=cell_rows(checked, cells, runs), stopped=stopped)
 
 
 def write_tables(rows: list[dict[str, Any]], folder: Path, stem: str = "xyz-plot-cells") -> tuple[Path, Path]:

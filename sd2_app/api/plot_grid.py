@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageDraw, ImageFont
 
 if TYPE_CHECKING:
-    from sd2_app.api.plot import PlotCell  # plot.py draws its grids with this module
+    from sd2_app.api.plot_cells import PlotCell  # plot_cells.py marks not-run cells with this module's words
     from sd2_app.api.requests import XYZPlotRequest
 
 BACKGROUND = (255, 255, 255)

@@ -40,7 +40,7 @@ from sd2_app.prompt_syntax import without_extra_networks
 from sd2_app.samplers.registry import SAMPLERS
 
 if TYPE_CHECKING:
-    from sd2_app.api.plot import PlotCell
+    from sd2_app.api.plot_cells import PlotCell
     from sd2_app.api.service import Service  # the Service owns its PromptTools: it imports this module
 
 log = logging.getLogger(__name__)

@@ -192,8 +192,7 @@ class Service:
         should_stop: Callable[[], bool] | None = None,
         *,
         done_before: int = 0,
-        total: int | None = None,
-        so_far: bool = True,
+        total: int | None = None, so_far: bool = True,
     ) -> PipelineOutput:
         """One pipeline job of a validated request after its turn at the GPU gate (`should_stop` may end the
         wait), maybe batched; nothing is kept. `done_before` and `total` place its steps inside a longer job's
@@ -258,13 +257,13 @@ class Service:
         """Validate, run and keep one request (a `Checked` one is not validated again). Raises `InvalidRequest`
         or `Cancelled`; where Stop came after a sampling step and `keep_stopped()` says so (a visitor's Stop,
         A1111's /interrupt; not the app's close), the image so far instead (`Result.stopped_at`), kept as any.
-        `skip` set (A1111's Skip) ends the running batch as Stop would; the next one runs (`run_batches`).
+        `skip` set (A1111's Skip) ends the running batch (a plot's cell) as Stop would; the next one runs.
         `owner` (the UI's session id) tags the history entry, so a public app shows each visitor their own.
         `timings`: a caller's dict of its own phases ("queue"), then it logs the split; None: logged here.
         `keep=False`: the result comes back unkept and the caller keeps it (`keep`) in its own process (a ZeroGPU
         call runs in a forked worker whose History and saver are not the app's: docs/DESIGN.md, "ZeroGPU")."""
         if isinstance(request, XYZPlotRequest) or (isinstance(request, Checked) and request.plot is not None):
-            return self.plot(request, on_progress, should_stop, owner=owner, timings=timings, keep=keep)
+            return self.plot(request, on_progress, should_stop, owner=owner, timings=timings, keep=keep, skip=skip)
         phases: dict[str, float] = {} if timings is None else timings
         checked = request if isinstance(request, Checked) else check(self, request)
         self._prompt_tools.adopt(checked.plans)  # checked in another process (ZeroGPU's), planned there
@@ -339,14 +338,15 @@ class Service:
         on_cell: CellFn | None = None,
         timings: dict[str, float] | None = None,
         keep: bool = True,
+        skip: threading.Event | None = None,
     ) -> Result:
-        """An X/Y/Z plot (sd2_app.api.plot): grids first, then each finished cell; `on_cell(cell, image,
-        seconds)` as each cell finishes. Stop returns the finished cells (`stopped`); none finished: Cancelled.
-        `timings` and `keep` as in `run`."""
+        """An X/Y/Z plot (sd2_app.api.plot): grids first, then each finished cell; `on_cell(cell, image, seconds)` as
+        each finishes. Stop returns the finished cells (`stopped`; none: Cancelled); `skip` ends the running cell
+        with its image so far and the plot goes on (`plot_cells`). `timings` and `keep` as in `run`."""
         plot = request.plot if isinstance(request, Checked) else request  # a Checked plot is not checked again
         assert plot is not None, "a Checked plot carries its cells"
         self._prompt_tools.adopt(getattr(request, "plans", ()))  # a Checked plot's, as in `run`
-        result = run_plot(self, plot, on_progress, should_stop, on_cell)
+        result = run_plot(self, plot, on_progress, should_stop, on_cell, skip)
         return self._keep(result, {} if timings is None else timings, owner, log_here=timings is None, keep=keep)
 
     # ---- keeping results (sd2_app.api.keeper) ------------------------------------------------------

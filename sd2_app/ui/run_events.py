@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 
 NOTHING_TO_STOP = "Nothing to stop."  # Stop from a visitor with no job, running or queued
 NOTHING_TO_SKIP = "Nothing to skip: no run of this tab is making images."
-SKIPPING = ("Skipping: the batch being made ends at its next step, its image so far kept, and the next batch "
-            "starts (with one batch, the run ends there).")
+SKIPPING = ("Skipping: the batch (or plot cell) being made ends at its next step, its image so far kept, and the "
+            "next one starts (with one batch, the run ends there).")
 SKIP_UNREACHABLE = "Skip cannot reach a run on ZeroGPU (it runs in a worker process of its own); Stop ends it."
 QUEUED = "Queued…"  # the info line from Generate until the run starts
 NOT_STARTED = "Not started; the message at the top says why."  # a run that never began (its join refused)

@@ -50,13 +50,13 @@ class TabFrame:
     """One generation tab under construction: its prompt row is made first, in the constructor."""
 
     def __init__(self, service: Service, prefix: str, prompt: str = "", *, styled: bool = True,
-                 read: bool = True, skip: bool = True) -> None:
+                 read: bool = True) -> None:
         """`styled`: the tab offers the host's prompt styles (its Generate applies them: `wire_run(styles=...)`);
-        `read`: it has A1111's ↙ beside Stop (blocks.py wires it: `read_parameters.wire_read_parameters`);
-        `skip`: it has A1111's Skip for its batch count (`run_events.wire_run` wires it)."""
+        `read`: it has A1111's ↙ beside Stop (blocks.py wires it: `read_parameters.wire_read_parameters`). Every
+        tab has A1111's Skip for its batch count or its plot's cells (`run_events.wire_run` wires it)."""
         self.service = service
         self.prefix = prefix
-        self.top = prompt_row(prefix, prompt, service.styles.names if styled else (), read=read, skip=skip)
+        self.top = prompt_row(prefix, prompt, service.styles.names if styled else (), read=read, skip=True)
         self._sampling: tuple[SamplingControls, gr.Button, gr.Button] | None = None
         self._panel: ResultPanel | None = None
 

@@ -23,7 +23,8 @@ from typing import Any, TYPE_CHECKING
 import gradio as gr
 from PIL import Image
 
-from sd2_app.api.plot import HIRES_NEEDS_TEXT, MAX_GRID_MARGIN, cell_caption, cells_ran, write_tables
+from sd2_app.api.plot import HIRES_NEEDS_TEXT, MAX_GRID_MARGIN, cells_ran, write_tables
+from sd2_app.api.plot_cells import cell_caption
 from sd2_app.api.plot_axes import AXES, AXIS_NAMES, offered_axes
 from sd2_app.api.checked import Checked
 from sd2_app.api.requests import HIRES_UPSCALERS, Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPlotRequest
@@ -40,7 +41,7 @@ from sd2_app.ui.txt2img_extras import HIRES_NAMES, HiresControls, build_hires, r
 from sd2_app.ui.uploads import upload_image
 
 if TYPE_CHECKING:
-    from sd2_app.api.plot import PlotCell
+    from sd2_app.api.plot_cells import PlotCell
     from sd2_app.api.service import Result, Service
 
 
@@ -226,7 +227,7 @@ class PlotView:
             if total is not None:  # Stop from now on counts the cells, as the stopped result does
                 flag.note = cells_ran(self.ran, total)
 
-        return timed_call(service.plot, request, session, flag, keep=keep, on_cell=on_cell)
+        return timed_call(service.plot, request, session, flag, keep=keep, on_cell=on_cell, skip=flag.skip)
 
     def new_gallery(self) -> list[tuple[str, str]] | None:
         new = []
@@ -267,7 +268,7 @@ def _picks(service: Service) -> dict[str, list[tuple[str, str]]]:
 
 def build(service: Service, flags: StopFlags) -> ResultPanel:
     picks = _picks(service)
-    frame = TabFrame(service, "xyz", EXAMPLE_PROMPTS[1], styled=False, read=False, skip=False)
+    frame = TabFrame(service, "xyz", EXAMPLE_PROMPTS[1], styled=False, read=False)
     # The tables ride in the panel's extra output (an image on other tabs): cleared at Generate, filled at the
     # end by `finish_extra`.
     tables = partial(gr.File, label="Cell settings and times (CSV, JSON)", file_count="multiple", interactive=False,

@@ -128,7 +128,7 @@ def test_skip_ends_the_running_batch_and_the_run_goes_on_as_a1111s_skip(browser,
         expect(skip).to_be_visible()
         _shot(page, "skip-beside-stop")
         skip.click()
-        expect(page.locator(".toast-body", has_text="Skipping: the batch being made ends at its next step")).to_be_visible()
+        expect(page.locator(".toast-body", has_text="Skipping: the batch (or plot cell) being made ends at its next step")).to_be_visible()
         expect(info).to_contain_text(re.compile(r"Batch 2/2, step \d+/150"), timeout=60_000)
         page.locator("#txt2img-prompt textarea").press("Alt+Enter")
         expect(page.locator("#txt2img-gallery img")).to_have_count(2, timeout=60_000)
@@ -137,5 +137,30 @@ def test_skip_ends_the_running_batch_and_the_run_goes_on_as_a1111s_skip(browser,
         for batch in (1, 2):
             expect(info).to_contain_text(re.compile(rf"Skipped batch {batch}/2 at step \d+/150; kept its image so far\."))
         expect(info).not_to_contain_text("Stopped in batch")
+    finally:
+        page.context.close()
+
+
+def test_skip_in_an_x_y_z_plot_ends_the_running_cell_and_the_plot_goes_on(browser, url) -> None:  # noqa: F811
+    """As A1111's Skip in its X/Y/Z plot: the running cell ends at its next step with its image so far (in the
+    grid and among the cells, said in the result) and the next cell runs; the plot is not stopped."""
+    page = _open(browser, url, DESKTOP)
+    try:
+        _go(page, "X/Y/Z plot")
+        _pick(page, "xyz-x-type", "Steps")
+        page.locator("#xyz-x-values textarea, #xyz-x-values input").first.fill("150, 2")
+        for name, value in (("width", 512), ("height", 512)):  # seconds of run: Skip lands in the first cell
+            _set_number(page, f"xyz-{name}", value)
+        info = page.locator("#xyz-info")
+        page.locator("#xyz-run").click()
+        expect(info).to_contain_text(re.compile(r"step \d+/152"), timeout=60_000)
+        page.locator("#xyz-skip").click()
+        expect(page.locator("#xyz-files a").first).to_be_visible(timeout=180_000)
+        expect(page.locator("#xyz-gallery .thumbnail-small")).to_have_count(3)  # the grid and both cells
+        expect(info).to_contain_text(
+            re.compile(r'Skipped the cell "Steps: 150" at step \d+/150; kept its image so far\.'))
+        expect(info).not_to_contain_text("Stopped:")
+        expect(page.locator("#xyz-skip")).to_be_hidden()
+        _shot(page, "xyz-skip")
     finally:
         page.context.close()

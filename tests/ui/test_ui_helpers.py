@@ -201,7 +201,7 @@ def test_a_plot_runs_through_the_one_run_path_with_its_cells_and_stop() -> None:
     cells ran; the job is `Service.plot` with the queue's timings."""
     import gradio as gr
 
-    from sd2_app.api.plot import PlotCell
+    from sd2_app.api.plot_cells import PlotCell
     from sd2_app.ui.run_stream import STARTING, STOPPING, stream_result
     from sd2_app.ui.runner import RunFlag, StopFlags
     from sd2_app.ui.xyz_plot import PlotView
@@ -210,22 +210,23 @@ def test_a_plot_runs_through_the_one_run_path_with_its_cells_and_stop() -> None:
     seen: dict = {}
 
     class Service:  # one cell and its step, then waits for Stop, reports one more step (late) and ends cancelled
-        def plot(self, request, on_progress, should_stop, *, owner, timings, on_cell, keep):
-            seen.update(request=request, owner=owner, timings=dict(timings), keep=keep)
+        def plot(self, request, on_progress, should_stop, *, owner, timings, on_cell, keep, skip):
+            seen.update(request=request, owner=owner, timings=dict(timings), keep=keep, skip=skip)
             on_cell(PlotCell(0, (0, 0, 0), None, ("Euler", "Steps: 2", ""), 2), Image.new("RGB", (8, 8)), 1.234)
             on_progress(1, 2, None)
             _late_step_after_stop(on_progress, should_stop, 2, 2, preview)
 
     flags = StopFlags(Visitors())
     request = Checked(object(), [], plot=SimpleNamespace(cells=[None] * 3))  # a plot of 3 cells
-    updates = stream_result(Service(), flags, request, "s1", gr.Progress(), 5, queued_flag=RunFlag(page=PAGE),
-                            view=PlotView())
+    queued = RunFlag(page=PAGE)
+    updates = stream_result(Service(), flags, request, "s1", gr.Progress(), 5, queued_flag=queued, view=PlotView())
     assert next(updates)[2] == STARTING
     _, gallery, info, *_ = next(updates)
     assert info == "1 cell(s) done · step 1/2"
     assert [caption for _, caption in gallery] == ["Euler, Steps: 2 · 1.23 s"] and gallery[0][0].endswith("cell-1.png")
     assert seen["request"] is request and seen["owner"] == "s1" and list(seen["timings"]) == ["queue"]
     assert seen["keep"] is True  # without `spaces` the job keeps its own result (docs/DESIGN.md, "ZeroGPU")
+    assert seen["skip"] is queued.skip  # the tab's Skip reaches the plot's running cell
     assert flags.stop_page("s1", PAGE)[0] is not None
     infos = [update[2] for update in updates]
     assert infos == [STOPPING, "Stopped: 1 of 3 cells ran."]
@@ -508,7 +509,7 @@ def test_upscale_steps_come_down_to_what_the_servers_job_limit_allows() -> None:
 def test_a_plots_streamed_cell_carries_its_own_parameters(monkeypatch, tmp_path: Path) -> None:
     """A cell shown before the plot ends (the gallery of `PlotView`) is a PNG with the cell's parameters text, so
     "Send to" from it carries the cell's settings as from the final gallery (`fast_png` would drop the text)."""
-    from sd2_app.api.plot import PlotCell
+    from sd2_app.api.plot_cells import PlotCell
     from sd2_app.api.requests import Txt2ImgRequest
     from sd2_app.pipelines.metadata import attach_parameters
     from sd2_app.ui.xyz_plot import PlotView
