@@ -310,11 +310,14 @@ def run_plot(service: Service, request: XYZPlotRequest | CheckedPlot, on_progres
     cell_images = [finished[i][0] for i in order]
     captions += [f"{cell_caption(cells[i])} · {finished[i][1]:.2f} s" for i in order]
     timings["total"] = time.perf_counter() - started
-    # a random seed kept random (`no_fixed_seeds`) reports the first finished cell's, as A1111's grid does
-    seed = checked.base.sampling.seed if checked.base.sampling.seed >= 0 else cells[order[0]].request.sampling.seed
+    # each cell's own seed (a seed axis, kept random seeds: its file's name, "Reuse last seed" on a picked cell);
+    # the grids report the first finished cell's, as A1111's grid does (the base seed where no cell varies it)
+    cell_seeds = [cells[i].request.sampling.seed for i in order]
+    seed = cell_seeds[0]
+    seeds = [seed] * len(grids) + cell_seeds
     return Result(task="xyz_plot", request=checked, images=grids + cell_images, seed=seed,
                   warnings=warnings, timings=timings, captions=captions,
-                  cells=cell_rows(checked, cells, runs), stopped=stopped)
+                  cells=cell_rows(checked, cells, runs), stopped=stopped, seeds=seeds)
 
 
 def write_tables(rows: list[dict[str, Any]], folder: Path, stem: str = "xyz-plot-cells") -> tuple[Path, Path]:

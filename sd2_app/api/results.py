@@ -38,8 +38,8 @@ class Result:
     cells: list[dict[str, Any]] = field(default_factory=list)  # plot: each cell's settings and seconds
     stopped: bool = False  # plot: Stop ended it early; the finished cells are here (so too a batch count's batches)
     stopped_at: tuple[int, int] | None = None  # Stop mid-sampling: (step, steps) of the image kept so far
-    # each image's seed (api/requests.py, `numbered_seeds`; a batch count's batches: api/batch_count.py); empty:
-    # `seed` is every image's (a plot's grids and cells)
+    # each image's seed (api/requests.py, `numbered_seeds`; a batch count's batches: api/batch_count.py; a plot's
+    # grids and cells: api/plot.py); empty: `seed` is every image's
     seeds: list[int] = field(default_factory=list)
     saved: list[Path] = field(default_factory=list)  # files written to the outputs folder
     # each image's PNG file (its text chunks included), encoded once when the result is kept: the outputs

@@ -363,6 +363,16 @@ def test_running_a_plot_checks_each_cell_once(monkeypatch: pytest.MonkeyPatch) -
     assert [cell["steps"] for cell in result.cells] == [1, 2, 1, 2] and len(result.images) == 1 + 4
 
 
+def test_each_cell_keeps_its_own_seed_and_the_grid_the_first_cells(tmp_path) -> None:
+    """A seed axis (or kept random seeds) gives each cell its own seed: the result's per-image seeds (what the saved
+    files are named after and "Reuse last seed" reads), the grid the first cell's, as A1111's grid reports."""
+    service = fake_service(tmp_path)
+    result = service.plot(_plot(PlotAxis("seed", "5, 6, 7")))
+    assert result.seed == 5 and result.image_seeds == [5, 5, 6, 7]
+    assert [path.name.split("-")[1] for path in result.saved] == ["5", "5", "6", "7"]
+    assert service.plot(_plot(PlotAxis("steps", "1, 2"))).image_seeds == [11, 11, 11]  # the base seed
+
+
 def test_kept_random_seeds_are_drawn_in_each_cell() -> None:
     """A1111's "Keep -1 for seeds" (no_fixed_seeds): the base's -1 seed and unset variation seed stay random,
     so each cell draws its own; a -1 on a Seed axis stays -1 (each cell of that value draws its own)."""

@@ -95,13 +95,13 @@ def test_requests_go_to_the_replica_that_has_their_checkpoint(front, cluster) ->
     # answered the router's queue-length probe, or says it is busy, is passed over, and the request goes to any
     # replica with the fewest models (ray/serve/_private/request_router/request_router.py,
     # `apply_multiplex_routing`). In full CI runs, with another test process on the two cores, one pair in a
-    # while swapped the two checkpoints (two loads) though nothing else ran; so four requests that load are
-    # retried once, and four must then run with no load (requests sent to a random replica would do that one
-    # time in 16).
+    # while swapped the two checkpoints (two loads) though nothing else ran, twice in a row once; so six requests
+    # that load are tried again, up to three times, and six must then run with no load (requests sent to a random
+    # replica would do that one time in 64, so three tries pass such a router about one time in 22).
     tries = []
-    for _ in range(2):
+    for _ in range(3):
         warm = total_loads(handle)
-        run(a, b, a, b)
+        run(a, b, a, b, a, b)
         tries.append(total_loads(handle))
         if tries[-1] == warm:
             break

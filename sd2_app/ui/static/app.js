@@ -38,7 +38,8 @@
 //   clicking it brings the page to the front. As A1111's javascript/notification.js does.
 // - Right-click on a tab's Generate opens A1111's menu there (javascript/contextMenus.js): "Generate forever" runs
 //   the tab again each time its run ends with a result, until "Cancel generate forever" in the same menu, the
-//   tab's Stop (or Esc), or a run that ends without one (refused, failed), which would only repeat. Generate shows
+//   tab's Stop (or Esc), a run that ends without one (refused, failed), which would only repeat, or one that never
+//   starts (the server out of reach). Generate shows
 //   it is on (its `data-forever` attribute, its tooltip).
 (css) => {
   if (window.sd2AppReady) return;
@@ -306,6 +307,20 @@
     if (on) run.dataset.forever = "on"; else delete run.dataset.forever; // Svelte rewrites the class attribute
     if (on) run.title = FOREVER_HINT; else if (run.title === FOREVER_HINT) run.removeAttribute("title");
   };
+  const runsEnded = new Map(); // tab prefix: how many of its runs have ended on this page
+  // Generate pressed for a tab generating forever. Its Stop is enabled at once (a quick event, not queued); if
+  // that never happens and no run of the tab ends (the page cannot reach the server), generating forever ends
+  // rather than wait for a run that was never made.
+  const pressForever = (prefix, run) => {
+    const ended = runsEnded.get(prefix) || 0;
+    run.click();
+    setTimeout(() => {
+      const stop = document.getElementById(`${prefix}-stop`);
+      if (forever.has(prefix) && stop && stop.disabled && (runsEnded.get(prefix) || 0) === ended) {
+        setForever(prefix, false);
+      }
+    }, 10000);
+  };
   // After a run of a tab generating forever: again while its runs end with a result ("Seed …"); Generate is
   // enabled again by the same answer that disabled Stop, or soon after.
   const runAgain = (prefix, tries = 20) => {
@@ -313,7 +328,7 @@
     const info = document.getElementById(`${prefix}-info`);
     if (!info || !/^Seeds? \d+/.test(infoText(info))) { setForever(prefix, false); return; }
     const run = document.getElementById(`${prefix}-run`);
-    if (run && !run.disabled) run.click();
+    if (run && !run.disabled) pressForever(prefix, run);
     else if (tries > 0) setTimeout(() => runAgain(prefix, tries - 1), 200);
   };
   let menu = null;
@@ -335,7 +350,7 @@
       setForever(prefix, on);
       closeMenu();
       const stop = document.getElementById(`${prefix}-stop`);
-      if (on && !run.disabled && (!stop || stop.disabled)) run.click(); // idle: the first run starts now
+      if (on && !run.disabled && (!stop || stop.disabled)) pressForever(prefix, run); // idle: the first starts now
     });
     menu.appendChild(item);
     menu.style.left = `${event.pageX}px`;
@@ -362,6 +377,7 @@
       const stop = change.target;
       if (change.oldValue !== null || !stop.disabled || !stop.classList.contains("stop-button")) continue;
       const prefix = stop.id.replace(/-stop$/, "");
+      runsEnded.set(prefix, (runsEnded.get(prefix) || 0) + 1);
       if (forever.has(prefix)) setTimeout(() => runAgain(prefix), 300);
       if (!notifying() || (!document.hidden && document.hasFocus())) continue;
       setTimeout(() => notifyRunEnded(prefix), 300);
