@@ -36,6 +36,9 @@
 //   While it is on, a run of any tab that ends (its Stop disabled again) while the page is not in front shows a
 //   notification: the tab's name, its info line's first line ("Seed 42 · ..."), the first result as its picture;
 //   clicking it brings the page to the front. As A1111's javascript/notification.js does.
+// - An image pasted (Ctrl+V) anywhere on a tab with image boxes goes into its first empty one, or its first when all
+//   hold one, as A1111's javascript/dragdrop.js does; in a text box it does so only when the clipboard holds no
+//   text. It is uploaded as a file chosen with the box's own button would be (the box's and the server's checks).
 // - Right-click on a tab's Generate opens A1111's menu there (javascript/contextMenus.js): "Generate forever" runs
 //   the tab again each time its run ends with a result, until "Cancel generate forever" in the same menu, the
 //   tab's Stop (or Esc), a run that ends without one (refused, failed), which would only repeat, or one that never
@@ -383,6 +386,22 @@
       setTimeout(() => notifyRunEnded(prefix), 300);
     }
   }).observe(document.body, { attributes: true, attributeFilter: ["disabled"], attributeOldValue: true, subtree: true });
+
+  // The image boxes of the shown tab that take uploads (an image box, the inpaint editor; not the hidden checkers).
+  const shownImageInputs = () => [...document.querySelectorAll('.block input[type=file][accept^="image"]')]
+    .filter((input) => { const box = input.closest(".block"); return box.offsetParent !== null && !/-check$/.test(box.id); });
+  window.addEventListener("paste", (event) => {
+    const data = event.clipboardData;
+    const image = data && [...data.files].find((file) => file.type.startsWith("image/"));
+    if (!image || event.defaultPrevented) return;
+    const typing = event.target.closest && event.target.closest("textarea, input, [contenteditable=true]");
+    if (typing && data.types.includes("text/plain")) return;
+    const inputs = shownImageInputs();
+    if (!inputs.length) return;
+    event.preventDefault();
+    const empty = inputs.find((input) => !input.closest(".block").querySelector("img, canvas"));
+    upload(empty || inputs[0], image);
+  });
 
   const draggingFiles = (event) => event.dataTransfer && [...event.dataTransfer.types].includes("Files");
   const promptReader = (target) => {
