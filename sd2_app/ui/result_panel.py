@@ -19,6 +19,7 @@ from PIL import Image
 from sd2_app.api.timing import summary
 from sd2_app.pipelines.metadata import read_png_parameters
 from sd2_app.ui.cache_files import shown_again
+from sd2_app.ui.zip_results import wire_zip
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Result
@@ -39,6 +40,7 @@ class ResultPanel:
     skip: gr.Button | None = None  # the tab's Skip (A1111's): the running batch ends, the next one starts
 
 
+ZIP = "zip"  # the send row's Zip button (ui/zip_results.py), not a tab to send to
 GALLERY_HEIGHT = 440  # px: with the prompt row above, the whole result fits a 900 px high window
 # Every tab a "Send to" button can send to, with the button's words, in the order of the buttons. One row of them
 # after a "Send to" label keeps each button to a tab's name, as A1111's result buttons are short ones.
@@ -86,7 +88,8 @@ def result_panel(
                          type="filepath", interactive=False, buttons=["download", "fullscreen"],
                          elem_id=f"{prefix}-gallery")
     info = gr.Markdown(elem_id=f"{prefix}-info", elem_classes=["result-info"])
-    buttons = send_row(prefix, send_to)
+    buttons = send_row(prefix, send_to, zip_button=True)
+    wire_zip(buttons.pop(ZIP), gallery, prefix)
     with gr.Row(equal_height=False):
         preview = gr.Image(label="Live preview", type="pil", interactive=False, height=160, format="png",
                            elem_id=f"{prefix}-preview")
@@ -100,15 +103,20 @@ def result_panel(
     return ResultPanel(preview, gallery, info, extra, gr.State(None), selected, buttons, run, stop, read, skip)
 
 
-def send_row(prefix: str, targets: Sequence[str]) -> dict[str, gr.Button]:
-    """"Send to" and a small button per target tab (keys of `SEND_TARGETS`), wrapping as whole buttons on a
-    phone (static/app.css, `.send-row`); none without targets. Ids: `<prefix>-send-<target>`."""
+def send_row(prefix: str, targets: Sequence[str], *, zip_button: bool = False) -> dict[str, gr.Button]:
+    """"Send to" and a small button per target tab (keys of `SEND_TARGETS`), then with `zip_button` "Zip" (key
+    `ZIP`), wrapping as whole buttons on a phone (static/app.css, `.send-row`); none without targets. Ids:
+    `<prefix>-send-<target>`, `<prefix>-zip`."""
     if not targets:
         return {}
     with gr.Row(elem_classes=["send-row"], elem_id=f"{prefix}-send-row"):
         gr.HTML("Send to", elem_classes=["send-label"], scale=0, min_width=0)
-        return {target: gr.Button(SEND_TARGETS[target], size="sm", scale=0, min_width=0,
-                                  elem_id=f"{prefix}-send-{target}") for target in targets}
+        buttons = {target: gr.Button(SEND_TARGETS[target], size="sm", scale=0, min_width=0,
+                                     elem_id=f"{prefix}-send-{target}") for target in targets}
+        if zip_button:  # A1111's Zip, last in the row: all the gallery's images in one file (ui/zip_results.py)
+            buttons[ZIP] = gr.Button("Zip", size="sm", scale=0, min_width=0, elem_id=f"{prefix}-zip",
+                                     elem_classes=["zip-button"])
+        return buttons
 
 
 def warning_text(warning: str) -> str:

@@ -25,8 +25,8 @@
 // - While a run is on, the page's title starts with how far it is ("[45%] "), as A1111's does, read from the
 //   run's progress line ("Step 9/20", "Batch 2/4, step 3/20", "3 cell(s) done · step 13/40"; the first tab
 //   with one): a visitor on another browser tab sees it there.
-// - ↙ beside Stop (class "read-parameters") and ⇅ (class "swap-size") get their tooltips and accessible names when
-//   pointed at or focused.
+// - ↙ beside Stop (class "read-parameters"), ⇅ (class "swap-size") and Zip (class "zip-button") get their tooltips
+//   and accessible names when pointed at or focused.
 // - An image dropped onto a prompt box of a tab with ↙ goes to the tab's hidden reader (`<tab>-prompt-image`,
 //   ui/read_parameters.py `wire_prompt_drop`), which puts its parameters text into the prompt, as A1111's drop onto
 //   the prompt does. A file dropped where nothing takes it (not an image box) is not opened by the browser, which
@@ -254,14 +254,15 @@
     setTimeout(restore, 0);
   }, true);
 
-  // ↙ (ui/read_parameters.py) and ⇅ (ui/layout.py) say what they do when pointed at or focused: Gradio's Button
-  // takes no tooltip.
+  // ↙ (ui/read_parameters.py), ⇅ (ui/layout.py) and Zip (ui/zip_results.py) say what they do when pointed at or
+  // focused: Gradio's Button takes no tooltip.
   const hints = {
     "read-parameters": "Read generation parameters from the prompt, or from the last result if the prompt is empty",
     "swap-size": "Swap width and height",
+    "zip-button": "Download every image of this result in one zip file",
   };
   const hint = (event) => {
-    const button = event.target.closest && event.target.closest(".read-parameters, .swap-size");
+    const button = event.target.closest && event.target.closest(".read-parameters, .swap-size, .zip-button");
     if (!button || button.title) return;
     const text = hints[[...button.classList].find((name) => name in hints)];
     button.title = text;
