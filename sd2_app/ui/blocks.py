@@ -26,6 +26,7 @@ from sd2_app.ui.sending import (  # noqa: F401  # clamp_to, sampler_fields: also
     SendTarget, clamp_to, parameter_outputs, parameter_values, picked_image_parameters, sampler_fields, size_values,
     unreproduced, wire_history_send, wire_parameters_send, wire_send)
 from sd2_app.ui.txt2img_extras import from_parameters
+from sd2_app.ui.zip_results import wire_zip
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
@@ -105,6 +106,7 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
         wire_history_send(service, past, tabs, targets)
         plot_sends = {target: button for target, button in plot.send_buttons.items() if target in targets}
         wire_parameters_send(service, plot_sends, plot.gallery, plot.selected, tabs, targets, "xyz", NO_PLOT_YET)
+        wire_zip(service, visitors, plot.zip_button, plot.gallery, "xyz")
         _wire_reuse(service, visitors, t2i, tabs, png_send, png_fields, past, plot)
         # Gradio 6 takes style sheets and scripts only at launch(); the page script adds ours on load instead, so
         # every launcher (app.py, Spaces, the tests) gets them.
@@ -127,6 +129,7 @@ def _wire_result_sends(service: Service, visitors: Visitors, tabs_with_results: 
     tab fills (text to image's ↙ fills it as PNG info's send does: `_wire_reuse`)."""
     for prefix, tab in tabs_with_results:
         wire_send(tab.panel, tab, tabs, targets, prefix)
+        wire_zip(service, visitors, tab.panel.zip_button, tab.panel.gallery, prefix)
         if prefix in targets:
             into = targets[prefix]
             fill, outputs = partial(parameter_values, service, into=into), parameter_outputs(into)

@@ -3,7 +3,7 @@
 Gradio's `delete_cache` deletes only the files Gradio itself recorded (gradio/route_utils.py,
 `delete_files_created_by_app`, which walks `Blocks.temp_file_sets`); a file gets recorded when an output
 that names it is processed (gradio/blocks.py, `Block.move_resource_to_block_cache`). The app writes its
-result and preview PNGs itself (`sd2_app.ui.runner.cached_file`), so one whose output was never processed (the
+result and preview PNGs itself (`sd2_app.ui.shown_files.cached_file`), so one whose output was never processed (the
 job was stopped or the client left between the write and the output, a preview superseded before it was sent)
 would stay on disk for good. So the app keeps its files in a folder of their own, `results_folder()`, and
 sweeps that whole folder on `delete_cache`'s schedule and by the same rule (a file's ctime older than the age

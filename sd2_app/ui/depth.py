@@ -10,7 +10,8 @@ from sd2_app.api.requests import DepthRequest
 from sd2_app.api.tasks import TASKS
 from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import SAMPLING_NAMES, to_sampling
-from sd2_app.ui.runner import StopFlags, shown_aux
+from sd2_app.ui.runner import StopFlags
+from sd2_app.ui.shown_files import shown_aux
 from sd2_app.ui.result_panel import IMAGE_TARGETS
 from sd2_app.ui.tab_frame import ImageTab, TabFrame
 from sd2_app.ui.uploads import check_on_upload, upload_image

@@ -17,7 +17,7 @@ from PIL import Image
 
 from sd2_app.ui.narrow_tables import narrow_table_css
 from sd2_app.ui.result_panel import IMAGE_TARGETS, seed_span, send_row
-from sd2_app.ui.runner import shown_files
+from sd2_app.ui.shown_files import shown_files
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service

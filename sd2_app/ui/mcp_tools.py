@@ -30,7 +30,8 @@ from sd2_app.api.gpu_call import GpuCall
 from sd2_app.api.keeper import unlisted
 from sd2_app.api.tasks import TASKS
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
-from sd2_app.ui.runner import GPU_QUEUE, shown_files
+from sd2_app.ui.runner import GPU_QUEUE
+from sd2_app.ui.shown_files import shown_files
 from sd2_app.ui.uploads import upload_image
 
 if TYPE_CHECKING:

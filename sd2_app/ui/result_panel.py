@@ -19,7 +19,6 @@ from PIL import Image
 from sd2_app.api.timing import summary
 from sd2_app.pipelines.metadata import read_png_parameters
 from sd2_app.ui.cache_files import shown_again
-from sd2_app.ui.zip_results import wire_zip
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Result
@@ -38,6 +37,7 @@ class ResultPanel:
     stop: gr.Button
     read: gr.Button | None = None  # the tab's ↙ (ui/read_parameters.py): it reads the picked result's parameters
     skip: gr.Button | None = None  # the tab's Skip (A1111's): the running batch ends, the next one starts
+    zip_button: gr.Button | None = None  # Zip (A1111's): blocks.py wires it (ui/zip_results.py)
 
 
 ZIP = "zip"  # the send row's Zip button (ui/zip_results.py), not a tab to send to
@@ -89,7 +89,7 @@ def result_panel(
                          elem_id=f"{prefix}-gallery")
     info = gr.Markdown(elem_id=f"{prefix}-info", elem_classes=["result-info"])
     buttons = send_row(prefix, send_to, zip_button=True)
-    wire_zip(buttons.pop(ZIP), gallery, prefix)
+    zip_button = buttons.pop(ZIP)
     with gr.Row(equal_height=False):
         preview = gr.Image(label="Live preview", type="pil", interactive=False, height=160, format="png",
                            elem_id=f"{prefix}-preview")
@@ -100,7 +100,8 @@ def result_panel(
     selected = gr.State(0)
     gallery.select(_picked, [gallery, info], [selected, info], api_name=f"{prefix}_select", api_visibility="private",
                    queue=False)
-    return ResultPanel(preview, gallery, info, extra, gr.State(None), selected, buttons, run, stop, read, skip)
+    return ResultPanel(preview, gallery, info, extra, gr.State(None), selected, buttons, run, stop, read, skip,
+                       zip_button)
 
 
 def send_row(prefix: str, targets: Sequence[str], *, zip_button: bool = False) -> dict[str, gr.Button]:

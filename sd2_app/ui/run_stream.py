@@ -16,8 +16,8 @@ from sd2_app.errors import Cancelled, InvalidRequest, LoadError
 from sd2_app.api.checked import Checked
 from sd2_app.ui.result_panel import warning_text
 from sd2_app.ui.run_views import RequestView, RunView
-from sd2_app.ui.runner import (Finish, QueuePlace, RunFlag, StopFlags, deliver, shown_preview, stopped_message, stream,
-                               user_message)
+from sd2_app.ui.runner import Finish, QueuePlace, RunFlag, StopFlags, deliver, stopped_message, stream, user_message
+from sd2_app.ui.shown_files import shown_preview
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Result, Service

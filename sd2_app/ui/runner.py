@@ -4,7 +4,7 @@
 The bridge is a queue: the worker puts (done, total, preview) events, the handler drains them, moves the
 progress bar and yields previews. Stop sets the flag of that tab's run, which the service checks at every step
 (and the Stop button also cancels a job that is still waiting in the queue). The finished images reach the browser as
-the PNG files the Service encoded (`shown_files`), not as images for Gradio to encode a second time.
+the PNG files the Service encoded (`shown_files.shown_files`), not as images for Gradio to encode a second time.
 
 The worker threads belong to one app: `build_ui` makes its `StopFlags` with their `JobThreads`, and the app's
 `close` (`sd2_app.ui.lifecycle.AppBlocks`) stops every job and ends the threads.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import queue
 import threading
 import time
@@ -23,19 +22,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
-from gradio.processing_utils import hash_bytes
 from PIL import Image
 
-from sd2_app.api.keeper import png_sha256
-from sd2_app.api.outputs import fast_png
-from sd2_app.api.progress import enlarged
 from sd2_app.api.checked import Checked
-from sd2_app.api.results import HistoryEntry
 from sd2_app.api.service import ProgressFn, Result
 from sd2_app.api.timing import log_split, timed
 from sd2_app.errors import Cancelled, InvalidRequest
 from sd2_app.fork_safety import renew_in_forked_child
-from sd2_app.ui.cache_files import results_folder, shown_again
+from sd2_app.ui.shown_files import shown_files
 
 if TYPE_CHECKING:
     from sd2_app.ui.hosting import Visitors
@@ -43,7 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GPU_QUEUE = "gpu"  # the one concurrency id of every event that may touch the GPU
-PREVIEW_SIDE = 256  # px: the live preview's box is 160 px high
 STOP_WAIT_S = 30.0  # the longest Stop waits for the image so far: a step, a decode and the saving
 STOPPED_PAGES = 256  # pages whose last Stop's run `StopFlags` remembers for its image so far (the oldest go)
 WAIT_POLL_S = 0.5  # how often a run with no progress yet asks for its place at the GPU gate
@@ -301,71 +294,6 @@ def stopped_message(flag: RunFlag | None) -> str:
     if flag.total:
         return f"Stopped after {flag.done}/{flag.total} steps."
     return "Stopped before sampling began."
-
-
-def shown_files(result: Result | HistoryEntry) -> list[str] | list[Image.Image]:
-    """The images of a result (or a History entry) for a Gallery or Image output: the PNG files the Service
-    encoded (`Result.png`) as files in Gradio's cache (`cached_file`), named like the saved files (what a
-    download is called); the images themselves when there are none (Gradio encodes those). Calling it again
-    writes nothing, and hashes nothing: the files are named by the digests the Service computed with the encode
-    (`Result.png_sha256`)."""
-    if len(result.png) != len(result.images):
-        return list(result.images)
-    names = [path.name for path in result.saved[:len(result.png)]]
-    names += [f"{result.seed}-{result.task}-{index}.png" for index in range(len(names), len(result.png))]
-    digests: list[str | None] = list(result.png_sha256)
-    if len(digests) != len(result.png):
-        digests = [None] * len(result.png)
-    return [cached_file(data, name, digest) for data, name, digest in zip(result.png, names, digests)]
-
-
-def shown_aux(result: Result, name: str, image: Image.Image | None) -> str | None:
-    """The result's mask or depth map (`name`: "mask" or "depth") for an Image output: the PNG the Service
-    encoded (`Result.aux_png`) as a file in Gradio's cache; else `image` (what the request brought) encoded once,
-    fast (`fast_png_file`); None without either."""
-    data = result.aux_png.get(name)
-    file_name = next((path.name for path in result.saved if path.name.endswith(f"-{name}.png")),
-                     f"{result.seed}-{result.task}-{name}.png")
-    if data is not None:
-        return cached_file(data, file_name)
-    return fast_png_file(image, file_name) if image is not None else None
-
-
-def shown_preview(preview: Image.Image) -> str:
-    """A live preview (latent size, from the Service) enlarged without smoothing to about `PREVIEW_SIDE` and
-    encoded fast, as a file in Gradio's cache."""
-    return fast_png_file(enlarged(preview, PREVIEW_SIDE // max(preview.size)), "preview.png")
-
-
-def fast_png_file(image: Image.Image, name: str) -> str:
-    """An image the Service did not encode, PNG-encoded once at the fast level (`FAST_PNG_LEVEL`, where Gradio
-    would use PIL's default), as `name` in Gradio's cache."""
-    return cached_file(fast_png(image), name)
-
-
-def cached_file(data: bytes, name: str, sha256: str | None = None) -> str:
-    """`data` as `name` in the app's folder in Gradio's cache (`cache_files.results_folder`), which Gradio serves
-    as it is: no second encode, no copy (gradio/blocks.py, `Block.move_resource_to_block_cache`). The sub-folder
-    is named by Gradio's salted hash (gradio/processing_utils.py, `hash_bytes`, as Gradio names its own copies
-    in `save_pil_to_cache`) of the data's sha256: `sha256` when the caller has it (computed once, when the PNG
-    was encoded: `keeper.png_sha256`), else computed here. The URL is as hard to guess as that of an image
-    Gradio encoded. The file goes after the cache age whether or not Gradio ever sees it (`cache_files.sweep`)."""
-    folder = results_folder() / hash_bytes((sha256 or png_sha256(data)).encode())
-    path = folder / name
-    if path.exists():
-        shown_again(path)
-        return str(path)
-    temporary = folder / f".{name}.{threading.get_ident()}.tmp"  # whole or absent, as Gradio's own copies
-    for attempt in range(2):  # a sweep may delete the (old, empty) folder between mkdir and the write
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            temporary.write_bytes(data)
-            break
-        except FileNotFoundError:
-            if attempt:
-                raise
-    os.replace(temporary, path)
-    return str(path)
 
 
 def timed_call(run: Callable[..., Result], request: Checked, owner: str, flag: RunFlag,

@@ -13,7 +13,8 @@ from sd2_app.api.task_checks import MAX_NOISE_LEVEL, checked_sampling
 from sd2_app.errors import InvalidRequest
 from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import SAMPLING_NAMES, SamplingControls, to_sampling
-from sd2_app.ui.runner import StopFlags, fast_png_file
+from sd2_app.ui.runner import StopFlags
+from sd2_app.ui.shown_files import fast_png_file
 from sd2_app.ui.result_panel import IMAGE_TARGETS
 from sd2_app.ui.tab_frame import ImageTab, TabFrame
 from sd2_app.ui.uploads import check_on_upload, upload_image

@@ -34,7 +34,8 @@ from sd2_app.pipelines.metadata import encode_png
 from sd2_app.ui.result_panel import IMAGE_TARGETS, ResultPanel
 from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import EXAMPLE_PROMPTS, SAMPLING_NAMES, to_sampling
-from sd2_app.ui.runner import WAIT_POLL_S, RunFlag, StopFlags, cached_file, timed_call
+from sd2_app.ui.runner import WAIT_POLL_S, RunFlag, StopFlags, timed_call
+from sd2_app.ui.shown_files import cached_file
 from sd2_app.ui.size_boxes import show_sides_used
 from sd2_app.ui.tab_frame import TabFrame
 from sd2_app.ui.txt2img_extras import HIRES_NAMES, HiresControls, build_hires, request_fields, wire_hires_size

@@ -144,7 +144,7 @@ def test_previews_are_latent_size() -> None:
 
 def test_the_ui_shows_the_encoded_files_and_enlarged_fast_previews(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from sd2_app.ui.runner import shown_files, shown_preview
+    from sd2_app.ui.shown_files import shown_files, shown_preview
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     result = fake_service(tmp_path / "outputs").run(_txt(seed=9, batch=2))

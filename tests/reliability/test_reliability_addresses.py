@@ -27,7 +27,7 @@ from gradio_client import Client  # noqa: E402
 
 from sd2_app.api.job_admission import too_many_jobs_from_address_message  # noqa: E402
 from sd2_app.ui.cache_files import results_folder  # noqa: E402
-from sd2_app.ui.runner import cached_file  # noqa: E402
+from sd2_app.ui.shown_files import cached_file  # noqa: E402
 from tests.hosting_support import (FAST, event_data, fn_index_of, queue_join, read_stream,  # noqa: E402
                                    served_behind_proxy, stop_queued_jobs)
 from tests.reliability_report import reliability, track_module  # noqa: E402,F401

@@ -22,7 +22,7 @@ from sd2_app.app_flags import DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSIONS_PER_ADD
 from sd2_app.api.job_admission import Refusal, server_busy_message, too_many_jobs_from_address_message
 from sd2_app.ui.hosting import (DEFAULT_MAX_JOBS_PER_ADDRESS, GPU_QUEUE, OTHER_EVENT_PLACES, OTHER_EVENTS_BUSY_MESSAGE,
                                 Visitors, gradio_max_size, too_many_jobs_message)
-from sd2_app.ui.runner import cached_file
+from sd2_app.ui.shown_files import cached_file
 from sd2_app.ui.visitors import COOKIE
 
 

@@ -378,7 +378,7 @@ def test_a_cached_file_shown_again_starts_its_cache_age_anew(tmp_path, monkeypat
     """Gradio's `delete_cache` removes files by age: the same bytes shown again must not count as old."""
     import os
 
-    from sd2_app.ui.runner import cached_file
+    from sd2_app.ui.shown_files import cached_file
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     path = cached_file(b"same image bytes", "image.png")

@@ -1,39 +1,54 @@
-"""The Zip button's files (ui/zip_results.py): only the app's own result files go in, in the gallery's order, as
-they are; anything else a gallery value names is refused."""
+"""The Zip button's files (ui/zip_results.py): a gallery is zipped only when it shows, in order, the files of one of
+the visitor's results in History, and the zip holds those files as they are; a subset, another order, another
+result's files or anything else is not one of them."""
 
 from __future__ import annotations
 
 import zipfile
 from pathlib import Path
 
-import pytest
-
-from sd2_app.errors import InvalidRequest
-from sd2_app.ui.runner import cached_file
-from sd2_app.ui.zip_results import NOT_OURS, gallery_files, zip_images
+from sd2_app.api.keeper import png_sha256
+from sd2_app.api.results import HistoryEntry
+from sd2_app.ui.shown_files import shown_files, shown_paths
+from sd2_app.ui.zip_results import entry_shown_as, gallery_paths, zip_entry
 from tests.reliability_support import noise_image, png_bytes
 
 
-def test_the_zip_holds_the_gallerys_files_as_they_are_in_its_order() -> None:
-    first, second = png_bytes(noise_image(16, 8)), png_bytes(noise_image(8, 16))
-    gallery = [(cached_file(first, "00001-7-txt2img.png"), "a"), (cached_file(second, "00002-8-txt2img.png"), None)]
-    path = zip_images(gallery_files(gallery), "txt2img")
+def _entry(seed: int, *sizes: tuple[int, int]) -> HistoryEntry:
+    images = [noise_image(*size) for size in sizes]
+    pngs = tuple(png_bytes(image) for image in images)
+    return HistoryEntry(1.0, "txt2img", seed, "a cat", tuple(images), (), "visitor", pngs,
+                        tuple(png_sha256(data) for data in pngs))
+
+
+def test_the_zip_holds_the_results_files_as_the_gallery_shows_them() -> None:
+    entry = _entry(7, (16, 8), (8, 16))
+    gallery = [(path, "caption") for path in shown_files(entry)]
+    assert gallery_paths(gallery) == shown_paths(entry)
+    assert entry_shown_as([_entry(9, (8, 8)), entry], gallery_paths(gallery)) is entry
+    path = zip_entry(entry, "txt2img")
     assert Path(path).name == "txt2img-images.zip"
     with zipfile.ZipFile(path) as archive:
-        assert archive.namelist() == ["01-00001-7-txt2img.png", "02-00002-8-txt2img.png"]
-        assert [archive.read(name) for name in archive.namelist()] == [first, second]
+        assert archive.namelist() == ["01-7-txt2img-0.png", "02-7-txt2img-1.png"]
+        assert tuple(archive.read(name) for name in archive.namelist()) == entry.png
         assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_STORED}
-    assert zip_images(gallery_files(gallery), "txt2img") == path  # the same gallery: the same file
-    assert gallery_files(None) == [] and gallery_files([]) == []
+    assert zip_entry(entry, "txt2img") == path  # the same result: the same file
+    for path in shown_files(entry):  # the cache's sweep took them: zipped again from the result
+        Path(path).unlink()
+    Path(zip_entry(entry, "txt2img")).unlink()
+    with zipfile.ZipFile(zip_entry(entry, "txt2img")) as archive:
+        assert tuple(archive.read(name) for name in archive.namelist()) == entry.png
 
 
-@pytest.mark.parametrize("where", ["outside", "missing"])
-def test_a_file_the_app_did_not_make_is_refused(tmp_path: Path, where: str) -> None:
-    ours = cached_file(png_bytes(noise_image(8, 8)), "00001-1-txt2img.png")
-    other = tmp_path / "secret.png" if where == "outside" else Path(ours).with_name("gone.png")
-    if where == "outside":
-        other.write_bytes(b"not the app's")
-    with pytest.raises(InvalidRequest, match=NOT_OURS):
-        gallery_files([(ours, None), (str(other), None)])
-    with pytest.raises(InvalidRequest, match=NOT_OURS):
-        gallery_files([str(Path(ours).parent / ".." / ".." / ".." / "etc" / "passwd")])
+def test_a_gallery_that_is_not_exactly_one_of_the_visitors_results_is_none_of_them(tmp_path: Path) -> None:
+    first, second = _entry(7, (16, 8), (8, 16)), _entry(9, (8, 8))
+    both = [first, second]
+    shown = shown_paths(first)
+    assert entry_shown_as(both, []) is None
+    assert entry_shown_as(both, shown[:1]) is None  # a subset
+    assert entry_shown_as(both, shown[::-1]) is None  # another order
+    assert entry_shown_as(both, shown + shown_paths(second)) is None  # two results
+    outside = tmp_path / Path(shown[0]).name
+    outside.write_bytes(first.png[0])
+    assert entry_shown_as(both, [str(outside), shown[1]]) is None  # the same bytes elsewhere
+    assert entry_shown_as([second], shown) is None  # not this visitor's
