@@ -81,11 +81,11 @@ def png_costs(sizes: tuple[int, ...] = PNG_SIZES, reps: int = 3) -> list[dict[st
 def gallery_costs(count: int = 10, size: int = 512, reps: int = 3) -> dict[str, Any]:
     """Median seconds to hand `count` kept images to a Gallery output (History's refresh): as PIL images, which
     Gradio encodes at PIL's default level (how History, masks, depth maps and MCP results went before), and as
-    the PNG files the Service encoded (`sd2_app.ui.runner.cached_file`: one hash each, no encode)."""
+    the PNG files the Service encoded (`sd2_app.ui.shown_files.cached_file`: one hash each, no encode)."""
     import gradio as gr
 
     from sd2_app.pipelines.metadata import encode_png
-    from sd2_app.ui.runner import cached_file
+    from sd2_app.ui.shown_files import cached_file
 
     images = [photo_like(size, seed) for seed in range(count)]
     encoded = [encode_png(image) for image in images]

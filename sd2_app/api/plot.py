@@ -255,10 +255,13 @@ def cell_rows(request: XYZPlotRequest, cells: list[PlotCell], runs: CellRuns) ->
                    seed=r.sampling.seed, width=r.width, height=r.height)
         if isinstance(r, Img2ImgRequest):
             row["strength"] = r.strength
-        done, skipped = runs.finished.get(cell.index), runs.skipped.get(cell.index, ())
+        done = runs.finished.get(cell.index)
         row["seconds"] = round(done[1], 3) if done else None
-        row["status"] = ("done" if skipped == () else f"skipped at step {skipped[0]}/{skipped[1]}") if done else (
-            "not run (stopped)" if skipped == () else "not run (skipped)")
+        if cell.index not in runs.skipped:
+            row["status"] = "done" if done else "not run (stopped)"
+        else:
+            at = runs.skipped[cell.index]
+            row["status"] = f"skipped at step {at[0]}/{at[1]}" if done and at else "not run (skipped)"
         rows.append(row)
     return rows
 

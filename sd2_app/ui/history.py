@@ -51,7 +51,7 @@ def _rows(service: Service, visitors: Visitors, request: gr.Request | None) -> R
         seeds = entry.image_seeds or [entry.seed]
         images += [(image, f"{entry.task} · seed {seed}") for image, seed in zip(shown_files(entry), seeds)]
         saved = ", ".join(f"{p.parent.name}/{p.name}" for p in entry.saved) or "(not saved)"
-        seed = seeds[0] if len(set(seeds)) == 1 else seed_span(seeds)  # a number, or a batch's "40–43"
+        seed = seeds[0] if len(set(seeds)) == 1 else seed_span(seeds)  # a number, or the seeds in words
         rows.append([when, entry.task, seed, len(entry.images), entry.parameters, saved])
     return images, rows
 

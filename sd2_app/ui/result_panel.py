@@ -40,6 +40,7 @@ class ResultPanel:
     zip_button: gr.Button | None = None  # Zip (A1111's): blocks.py wires it (ui/zip_results.py)
 
 
+SEEDS_NAMED = 4  # a result's seeds the info line names, where they do not count up (`seed_span`)
 ZIP = "zip"  # the send row's Zip button (ui/zip_results.py), not a tab to send to
 GALLERY_HEIGHT = 440  # px: with the prompt row above, the whole result fits a 900 px high window
 # Every tab a "Send to" button can send to, with the button's words, in the order of the buttons. One row of them
@@ -152,9 +153,17 @@ def with_parameters(info: str, text: str) -> str:
 
 
 def seed_span(seeds: Sequence[int]) -> str:
-    """A result's seeds in words: "40" for one (or the same for all: a variation seed's batch), "40–43" for a
-    batch, whose seeds count up (api/requests.py, `numbered_seeds`)."""
-    return str(seeds[0]) if len(set(seeds)) == 1 else f"{seeds[0]}–{seeds[-1]}"
+    """A result's seeds in words, each once: "40" for one (or the same for all: a variation seed's batch, a plot's
+    grid and its cells), "40–43" for seeds that count up (a batch: api/requests.py, `numbered_seeds`), else the
+    seeds themselves ("7, 912, 35", a plot's cells of a Seed axis or kept random seeds; past `SEEDS_NAMED`, how
+    many more)."""
+    distinct = list(dict.fromkeys(seeds))
+    if len(distinct) == 1:
+        return str(distinct[0])
+    if distinct == list(range(distinct[0], distinct[0] + len(distinct))):
+        return f"{distinct[0]}–{distinct[-1]}"
+    named = ", ".join(str(seed) for seed in distinct[:SEEDS_NAMED])
+    return named if len(distinct) <= SEEDS_NAMED else f"{named} and {len(distinct) - SEEDS_NAMED} more"
 
 
 def seed_of(seeds: Any, index: Any) -> int | None:

@@ -128,7 +128,7 @@ def test_a_waiting_plot_sees_its_place_in_the_queue_until_its_first_step(batchin
     wait_until(lambda: "Queued: 1 job ahead of yours…" in _infos(plot), timeout=60)
     blocker.release.set()
     _, gallery, info, _ = plot.result(timeout=180)
-    assert len(gallery) == 1 + 2 and "**Seed** 1" in info
+    assert len(gallery) == 1 + 2 and "**Seeds** 1–2 · " in info  # the cells' seeds (a Seed axis)
     infos = _infos(plot)
     after = infos[infos.index("Queued: 1 job ahead of yours…") + 1:]
     assert after and not any(i.startswith("Queued") for i in after), infos

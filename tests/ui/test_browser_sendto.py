@@ -159,15 +159,17 @@ def test_send_to_loops_into_the_same_tab_and_on_to_outpaint_and_depth(page, url:
 
 
 def test_on_a_phone_send_to_buttons_wrap_whole_and_read_sits_beside_stop(browser, url: str) -> None:
-    """At 390 px the five "Send to" buttons wrap as whole one-line buttons inside the results column, and ↙ is
-    on Generate and Stop's line."""
+    """At 390 px the five "Send to" buttons (and a result's Zip after them) wrap as whole one-line buttons inside
+    the results column, and ↙ is on Generate and Stop's line."""
     page = _open(browser, url, PHONE)
     for prefix, tab in (("txt2img", "Text to image"), ("img2img", "Image to image"), ("history", "History")):
         _go(page, tab)
         row = _box(page, f"#{prefix}-send-row")
         buttons = page.locator(f"#{prefix}-send-row button")
-        expect(buttons).to_have_count(5)
-        for index in range(5):
+        count = 5 if prefix == "history" else 6
+        expect(buttons).to_have_count(count)
+        expect(buttons.nth(count - 1)).to_have_text("Depth" if prefix == "history" else "Zip")
+        for index in range(count):
             box = buttons.nth(index).bounding_box()
             assert box is not None and box["height"] < 32, (prefix, index, box)  # one line of text
             assert row["x"] <= box["x"] and box["x"] + box["width"] <= row["x"] + row["width"] + 1, (prefix, box)

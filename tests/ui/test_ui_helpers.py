@@ -626,3 +626,17 @@ def test_skip_on_zerogpu_says_it_cannot_reach_the_run(monkeypatch: pytest.Monkey
     with pytest.warns(UserWarning, match=r"^Skip cannot reach a run on ZeroGPU \(it runs in a worker process of its "
                                          r"own\); Stop ends it\.$"):
         skip.fn(request)
+
+
+@pytest.mark.parametrize(("seeds", "said"), [
+    ([40], "40"),
+    ([40, 40, 40], "40"),  # a variation seed's batch; a plot's grid and cells at one seed
+    ([40, 41, 42, 43], "40–43"),  # a batch counts up
+    ([5, 5, 6, 7], "5–7"),  # a plot's grid (the first cell's seed), then its cells along a Seed axis
+    ([7, 912, 35], "7, 912, 35"),  # cells of kept random seeds
+    ([3, 9, 1, 4, 8, 2], "3, 9, 1, 4 and 2 more"),
+])
+def test_a_results_seeds_in_words(seeds: list[int], said: str) -> None:
+    from sd2_app.ui.result_panel import seed_span
+
+    assert seed_span(seeds) == said
