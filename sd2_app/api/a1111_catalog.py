@@ -1,6 +1,7 @@
-"""The A1111 API's read-only routes: what the server offers (checkpoints, samplers, schedulers,
-embeddings, the host's prompt styles, and no scripts or separate VAEs), `/png-info`, which reads an image's
-parameters, and `/interrogate`, which this server does not offer (501 in A1111's error body, `INTERROGATE_MESSAGE`).
+"""The A1111 API's read-only routes: what the server offers (checkpoints, samplers, schedulers, the hires fix's
+latent upscale modes, embeddings, the host's prompt styles, and no scripts, separate VAEs or LoRAs; a refresh of
+the checkpoints, which are fixed here, changes nothing), `/png-info`, which reads an image's parameters, and
+`/interrogate`, which this server does not offer (501 in A1111's error body, `INTERROGATE_MESSAGE`).
 
 None of them touches the GPU or takes a job's place. Shapes: A1111's modules/api/models.py (SDModelItem,
 SamplerItem, PromptStyleItem, SchedulerItem, EmbeddingsResponse, PNGInfoResponse) and modules/api/api.py
@@ -19,6 +20,7 @@ from fastapi.responses import JSONResponse
 from sd2_app.api import a1111
 from sd2_app.api.a1111_errors import a1111_error, errors_as_http
 from sd2_app.api.a1111_samplers import SCHEDULERS
+from sd2_app.api.requests import LATENT_UPSCALERS
 from sd2_app.infotext_keys import PARAMETERS_KEY
 from sd2_app.pipelines.metadata import PNG_SIGNATURE
 from sd2_app.prompt_styles import with_styles_read
@@ -34,8 +36,8 @@ INTERROGATE_MESSAGE = ("This server does not interrogate images (/sdapi/v1/inter
 
 
 def catalog_routes(router: APIRouter, api: A1111Api) -> None:
-    """/sd-models, /samplers, /schedulers, /scripts, /prompt-styles, /sd-vae and /embeddings, and /interrogate's
-    refusal (/upscalers: `a1111_extras`)."""
+    """/sd-models, /samplers, /schedulers, /scripts, /prompt-styles, /sd-vae, /latent-upscale-modes, /loras,
+    /embeddings and /refresh-checkpoints, and /interrogate's refusal (/upscalers: `a1111_extras`)."""
     catalog = api.service.catalog
     names = api.service.samplers
 
@@ -66,6 +68,20 @@ def catalog_routes(router: APIRouter, api: A1111Api) -> None:
     @router.get("/sd-vae")
     def sd_vae() -> list[dict[str, Any]]:
         return []  # each checkpoint uses its own VAE (A1111's "Automatic")
+
+    @router.get("/latent-upscale-modes")
+    def latent_upscale_modes() -> list[dict[str, str]]:
+        # A1111's LatentUpscalerModeItem: the hires fix's upscalers on the latents, which `hr_upscaler` takes
+        # (besides Lanczos and /upscalers' SD2 x4)
+        return [{"name": name} for name in LATENT_UPSCALERS]
+
+    @router.get("/loras")
+    def loras() -> list[dict[str, Any]]:
+        return []  # A1111's built-in Lora extension's list: none here (a prompt's <lora:...> tags are taken out)
+
+    @router.post("/refresh-checkpoints")
+    def refresh_checkpoints() -> None:
+        return None  # the checkpoints are the server's fixed catalog: nothing to look for again
 
     @router.get("/embeddings")
     def embeddings() -> dict[str, dict[str, dict[str, Any]]]:

@@ -61,7 +61,8 @@ def _strength(task: str) -> float:
 MAX_SCHEDULE_STEPS = 1000  # the SD 2 schedulers' num_train_timesteps
 LATENT_FACTOR = 8  # image pixels per latent pixel, per side (the SD 2 VAE's downsampling)
 X4_UPSCALER = "SD2 x4"  # the hires upscaler that runs the x4 upscaler model (api/hires_x4.py)
-HIRES_UPSCALERS = ("Latent", "Latent (nearest-exact)", "Lanczos", X4_UPSCALER)  # A1111's names for the first three
+LATENT_UPSCALERS = ("Latent", "Latent (nearest-exact)")  # the hires upscalers on the latents (A1111's names)
+HIRES_UPSCALERS = (*LATENT_UPSCALERS, "Lanczos", X4_UPSCALER)  # A1111's names for the first three
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,24 @@ def test_no_styles_and_no_separate_vaes(url: str) -> None:
     assert httpx.get(f"{url}/sd-vae", timeout=60).json() == []
 
 
+def test_the_latent_upscale_modes_are_the_hires_upscalers_that_work_on_latents(url: str) -> None:
+    """What SillyTavern-like clients list with /upscalers for `hr_upscaler`: each listed mode runs the hires fix,
+    and the parameters text names it; no LoRAs; a checkpoint refresh answers as A1111's (null) and changes nothing."""
+    modes = httpx.get(f"{url}/latent-upscale-modes", timeout=60).json()
+    assert modes == [{"name": "Latent"}, {"name": "Latent (nearest-exact)"}]
+    for mode in modes:
+        made = httpx.post(f"{url}/txt2img", json={"prompt": "a hat", "seed": SEED, **FAST, "enable_hr": True,
+                                                 "hr_upscaler": mode["name"], "hr_scale": 1.5,
+                                                 "denoising_strength": 0.5}, timeout=300)
+        assert made.status_code == 200, made.text
+        assert json.loads(made.json()["info"])["infotexts"][0].endswith(f"Hires upscaler: {mode['name']}")
+    assert httpx.get(f"{url}/loras", timeout=60).json() == []
+    models = httpx.get(f"{url}/sd-models", timeout=60).json()
+    refreshed = httpx.post(f"{url}/refresh-checkpoints", timeout=60)
+    assert (refreshed.status_code, refreshed.json()) == (200, None)
+    assert httpx.get(f"{url}/sd-models", timeout=60).json() == models
+
+
 def test_png_info_reads_our_result_back(url: str) -> None:
     made = httpx.post(f"{url}/txt2img", json={"prompt": "a red (hat:1.2)", "seed": SEED, **FAST}, timeout=300)
     assert made.status_code == 200, made.text
