@@ -457,6 +457,28 @@ def test_a1111s_swap_button_swaps_width_and_height(page) -> None:
                                             "the prompt is empty")
 
 
+def test_on_a_phone_the_swap_button_sits_in_the_size_blocks_corner(browser, url) -> None:  # noqa: F811
+    """At 390 px ⇅ is in the top right corner of the width and height block, on their labels' line (it was alone on
+    a line under the block), clear of the number boxes, and still swaps."""
+    page = _open(browser, url, PHONE)
+    try:
+        for tab, prefix in (("Text to image", "txt2img"), ("Image to image", "img2img")):
+            _go(page, tab)
+            swap = page.locator(f"#{prefix}-swap-size")
+            swap.scroll_into_view_if_needed()
+            button, width, height = (_box(page, f"#{prefix}-{name}") for name in ("swap-size", "width", "height"))
+            assert width["y"] <= button["y"] < width["y"] + 24, (button, width)  # on the labels' line
+            assert height["x"] + height["width"] - button["width"] - 16 <= button["x"], (button, height)  # its right
+            number = _box(page, f"#{prefix}-height input[type=number]")
+            assert button["y"] + button["height"] <= number["y"], (button, number)  # above the height's box
+            page.screenshot(path=str(ARTIFACTS / f"phone-swap-size-{prefix}.png"))
+            _number_into(page, f"{prefix}-width", 320)
+            swap.click()
+            expect(page.locator(f"#{prefix}-height input[type=number]")).to_have_value("320")
+    finally:
+        page.context.close()
+
+
 def test_ctrl_up_and_down_edit_the_attention_as_a1111s_edit_attention(page) -> None:
     """Ctrl+Up / Ctrl+Down in a prompt box weight the selected text, the weighted group around the caret or the
     word there by 0.1 each press ("fox" -> "(fox:1.1)"; back at 1 the parentheses go), and the run reads the
