@@ -70,6 +70,9 @@ def test_a_pasted_image_goes_into_the_first_empty_image_box_of_the_tab(browser, 
         page.wait_for_function("document.querySelector('#depth-map img').naturalWidth === 72")
 
         _go(page, "Inpaint")
+        # the editor set up first (its canvas drawn): a file it gets while it still starts is lost, under load
+        page.locator("#inpaint-editor canvas").first.wait_for()
+        settled(page)
         page.evaluate("document.activeElement.blur()")
         assert _paste(page, _png(128, 96))  # into the editor, as its own upload: the mask is painted on it
         assert _paint_and_inpaint(page) == [128, 96]  # the mask the run used has the pasted image's size
