@@ -28,7 +28,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from sd2_app.api.checks import Limits, integer
-from sd2_app.api.progress import kept_so_far, kept_so_far_message
+from sd2_app.api.progress import kept_so_far, said_skipped
 from sd2_app.api.results import ProgressFn, Result
 from sd2_app.errors import Cancelled, InvalidRequest
 
@@ -181,9 +181,8 @@ def _said_skipped(result: Result, index: int, count: int) -> Result:
     if result.stopped_at is None:  # it had finished when Skip came
         return result
     step, steps = result.stopped_at
-    warnings = [w for w in result.warnings if w != kept_so_far_message(step, steps)]
-    return replace(result, warnings=[*warnings, f"Skipped batch {index + 1}/{count} at step {step}/{steps}; kept "
-                                                "its image so far."])
+    said = f"Skipped batch {index + 1}/{count} at step {step}/{steps}; kept its image so far."
+    return replace(result, warnings=said_skipped(result.warnings, result.stopped_at, said))
 
 
 def _joined(request: Any, results: list[Result], count: int, stopped_in: int | None) -> Result:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from sd2_app.api.plot_grid import NOT_RUN
-from sd2_app.api.progress import kept_so_far_message
+from sd2_app.api.progress import said_skipped
 from sd2_app.api.requests import Img2ImgRequest, Txt2ImgRequest
 from sd2_app.api.results import ProgressFn
 from sd2_app.errors import Cancelled
@@ -89,11 +89,11 @@ def run_cells(service: Service, cells: list[PlotCell], on_progress: ProgressFn |
             output = stop.result  # the image so far (`progress.with_result`); None before the first step
             at = None if output is None else output.stopped_at
             runs.skipped[cell.index] = at
-            runs.warnings.append(skipped_cell_message(cell, at))
             if output is None or at is None:
+                runs.warnings.append(skipped_cell_message(cell, None))
                 done += cell.steps
                 continue
-            output.warnings = [w for w in output.warnings if w != kept_so_far_message(*at)]  # Skip's says it
+            output.warnings = said_skipped(output.warnings, at, skipped_cell_message(cell, at))
         done += cell.steps
         for key in runs.timings:
             runs.timings[key] += output.timings.get(key, 0.0)

@@ -94,6 +94,12 @@ def kept_so_far_message(step: int, steps: int) -> str:
     return f"Stopped at step {step}/{steps}; kept the image so far."
 
 
+def said_skipped(warnings: list[str], at: tuple[int, int], said: str) -> list[str]:
+    """The warnings of an image so far that Skip, not Stop, ended at `at` (step, steps): Stop's warning
+    (`kept_so_far_message`) replaced by Skip's, `said`."""
+    return [*(w for w in warnings if w != kept_so_far_message(*at)), said]
+
+
 def mark_stopped(output: PipelineOutput, step: int, steps: int) -> PipelineOutput:
     """A task's `output` made of the x0 estimate of `step` of `steps` (Stop ended its loop there), marked so: each
     image's parameters text gets "Stopped at step: k" after its settings (pasted back, those run every step),

@@ -192,7 +192,8 @@ class Service:
         should_stop: Callable[[], bool] | None = None,
         *,
         done_before: int = 0,
-        total: int | None = None, so_far: bool = True,
+        total: int | None = None,
+        so_far: bool = True,
     ) -> PipelineOutput:
         """One pipeline job of a validated request after its turn at the GPU gate (`should_stop` may end the
         wait), maybe batched; nothing is kept. `done_before` and `total` place its steps inside a longer job's
@@ -301,9 +302,9 @@ class Service:
         keep_stopped: Callable[[], bool] | None = None,
         skip: threading.Event | None = None,
     ) -> Result:
-        """Run a validated request where jobs run (the backend, else this process); nothing is saved. A batch
-        count runs its batches one after another, each a job of its own (`batch_count.run_batches`; `keep_stopped`
-        and `skip` as in `run`). `done_before` and `total` place its steps inside a longer job's progress (a plot's cells)."""
+        """Run a validated request where jobs run (the backend, else this process); nothing is saved. Its batches run
+        one after another, each a job (`batch_count.run_batches`; `keep_stopped`, `skip` as in `run`); `done_before`
+        and `total` place its steps inside a longer job's progress (a plot's cells)."""
         backend = self.backend if self.backend is not None else self
         return run_request(backend.produce, checked, placed(on_progress, done_before, total), should_stop,
                            keep_stopped, skip)
@@ -340,9 +341,8 @@ class Service:
         keep: bool = True,
         skip: threading.Event | None = None,
     ) -> Result:
-        """An X/Y/Z plot (sd2_app.api.plot): grids first, then each finished cell; `on_cell(cell, image, seconds)` as
-        each finishes. Stop returns the finished cells (`stopped`; none: Cancelled); `skip` ends the running cell
-        with its image so far and the plot goes on (`plot_cells`). `timings` and `keep` as in `run`."""
+        """An X/Y/Z plot (`plot_cells`): grids, then each finished cell (`on_cell(cell, image, seconds)` as each ends);
+        Stop returns the finished cells (`stopped`; none: Cancelled). `timings`, `keep` and `skip` as in `run`."""
         plot = request.plot if isinstance(request, Checked) else request  # a Checked plot is not checked again
         assert plot is not None, "a Checked plot carries its cells"
         self._prompt_tools.adopt(getattr(request, "plans", ()))  # a Checked plot's, as in `run`

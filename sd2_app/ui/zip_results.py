@@ -4,16 +4,15 @@ without compression (PNG is compressed already), numbered in the gallery's order
 
 The gallery's value comes from the page, so it is not trusted: its files must be, in order, the shown files
 (`shown_files.shown_paths`) of one of the visitor's own results in History; anything else (another visitor's
-files, a subset, files of two results) is refused. So a result has at most one zip, named by its files, and the
-zips cost at most the disk their results' files do; they are written to the app's folder in Gradio's cache and go
-after the cache age with the images (`cache_files.sweep`).
+files, a subset, files of two results) is refused. The zip is made from the result's own PNG bytes, with fixed
+entry dates, so zipping a result again gives the same bytes and the same file: a result has at most one zip, and
+the zips cost at most the disk their results' files do. It is written as any shown file is (`cached_file`), and
+goes after the cache age with the images (`cache_files.sweep`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import threading
+import io
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,10 @@ import gradio as gr
 
 from sd2_app.api.results import HistoryEntry
 from sd2_app.api.service import Service
-from sd2_app.ui.cache_files import results_folder, shown_again
 from sd2_app.ui.hosting import Visitors
-from sd2_app.ui.shown_files import shown_files, shown_paths
+from sd2_app.ui.shown_files import cached_file, shown_paths
 
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # every entry's date (the zip format's first): the same result, the same bytes
 NOTHING_TO_ZIP = "No images to zip yet: generate first."
 NOT_IN_HISTORY = "These images are not among your results in History any more, so they cannot be zipped."
 # The page script downloads the zip the click made (a hidden File's value), as the gallery's own download button does.
@@ -51,21 +50,13 @@ def entry_shown_as(entries: list[HistoryEntry], paths: list[str]) -> HistoryEntr
 
 
 def zip_entry(entry: HistoryEntry, prefix: str) -> str:
-    """The zip of `entry`'s shown files as `<prefix>-images.zip` in the app's folder, named by those files (the
-    same result zipped again is the same file, shown again)."""
-    paths = [Path(path) for path in shown_files(entry)]  # written again where the cache's sweep took them
-    digest = hashlib.sha256("\n".join(entry.png_sha256).encode()).hexdigest()[:32]
-    target = results_folder() / f"zip-{digest}" / f"{prefix}-images.zip"
-    if target.exists():
-        shown_again(target)
-        return str(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{threading.get_ident()}.tmp")  # whole or absent
-    with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED) as archive:
-        for number, path in enumerate(paths, start=1):
-            archive.write(path, f"{number:02d}-{path.name}")
-    os.replace(temporary, target)
-    return str(target)
+    """`<prefix>-images.zip` of `entry`'s PNG files, named as the gallery shows them, as a file in the app's folder
+    (`cached_file`; the same result zipped again is the same file, shown again)."""
+    archive_bytes = io.BytesIO()
+    with zipfile.ZipFile(archive_bytes, "w", compression=zipfile.ZIP_STORED) as archive:
+        for number, (path, data) in enumerate(zip(shown_paths(entry), entry.png), start=1):
+            archive.writestr(zipfile.ZipInfo(f"{number:02d}-{Path(path).name}", ZIP_DATE), data)
+    return cached_file(archive_bytes.getvalue(), f"{prefix}-images.zip")
 
 
 def wire_zip(service: Service, visitors: Visitors, button: gr.Button, gallery: gr.Gallery, prefix: str) -> None:
