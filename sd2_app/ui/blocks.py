@@ -88,7 +88,7 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
             with gr.Tab("History", id="history") as history_tab:
                 past = history.build(service, visitors)
             with gr.Tab("PNG info", id="pnginfo"):
-                png_image, png_fields, png_send = pnginfo.build(service)
+                png_image, png_text, png_send = pnginfo.build(service)
         targets = {  # the tabs of result_panel.IMAGE_TARGETS; Upscale takes no sampling settings (its own)
             "img2img": SendTarget(i2i.image, i2i.prompt, i2i.negative, i2i.sampling, styles=i2i.styles,
                                   tiling=i2i.tiling, size=i2i.size),
@@ -107,7 +107,7 @@ def build_ui(service: Service, *, assets: Path = ASSETS, hosting: Hosting = Host
         plot_sends = {target: button for target, button in plot.send_buttons.items() if target in targets}
         wire_parameters_send(service, plot_sends, plot.gallery, plot.selected, tabs, targets, "xyz", NO_PLOT_YET)
         wire_zip(service, visitors, plot.zip_button, plot.gallery, "xyz")
-        _wire_reuse(service, visitors, t2i, tabs, png_send, png_fields, past, plot)
+        _wire_reuse(service, visitors, t2i, tabs, png_send, png_text, past, plot)
         # Gradio 6 takes style sheets and scripts only at launch(); the page script adds ours on load instead, so
         # every launcher (app.py, Spaces, the tests) gets them.
         css = json.dumps((STATIC / "app.css").read_text(encoding="utf-8") + models.table_css() + history.phone_css())
@@ -152,12 +152,13 @@ def _wire_history_tab(history_tab: gr.Tab, past: history.HistoryView) -> None:
 
 
 def _wire_reuse(service: Service, visitors: Visitors, t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, png_send: gr.Button,
-                png_fields: gr.JSON, past: history.HistoryView, plot: ResultPanel) -> None:
+                png_text: gr.Textbox, past: history.HistoryView, plot: ResultPanel) -> None:
     """PNG info's "Send to text to image", text to image's own ↙ (read_parameters.py), History's "Reuse its
     settings" and the X/Y/Z plot's "Send to text to image" (the picked grid's or cell's own settings) fill text to
     image."""
     to_txt2img, txt2img_fields = _png_to_txt2img(t2i, tabs, service.registry, service.styles)
-    png_send.click(to_txt2img, png_fields, txt2img_fields, api_name="png_info_send", api_visibility="private")
+    png_send.click(lambda text: to_txt2img(pnginfo.parsed_text(service, text)), png_text, txt2img_fields,
+                   api_name="png_info_send", api_visibility="private")
     wire_read_parameters(service, visitors, t2i.panel, t2i.prompt, to_txt2img, txt2img_fields, "txt2img")
     past.reuse.click(lambda gallery, index: to_txt2img(picked_image_parameters(service, gallery, index)[1]),
                      [past.gallery, past.selected], txt2img_fields, api_name="history_reuse",
@@ -183,7 +184,7 @@ def _png_to_txt2img(
     offered = {key: spec for key, spec in registry.items() if key in {key for _, key in t2i.checkpoint.choices}}
 
     def send(parsed: dict[str, Any] | None) -> tuple:
-        if not parsed or not isinstance(parsed, dict):  # the page sends the parsed fields back: anything may come
+        if not parsed or not isinstance(parsed, dict):  # nothing read (no text, or none that parses to settings)
             raise gr.Error(pnginfo.NOTHING_TO_SEND, print_exception=False)
         parsed = with_styles_read(parsed, styles)
         keep = gr.skip()

@@ -35,7 +35,10 @@ NOTHING_TO_SEND = ("There are no generation parameters to send: upload a PNG tha
                    "Parameters.")
 
 
-def build(service: Service) -> tuple[gr.Image, gr.JSON, gr.Button]:
+def build(service: Service) -> tuple[gr.Image, gr.Textbox, gr.Button]:
+    """PNG info's widgets and reads; returns (image, parameters text, "Send to text to image"). The send takes the
+    text and parses it itself (`parsed_text`): the Fields shown come from a parse that may still be on its way
+    when a visitor clicks Send right after the text appears."""
     with gr.Row():
         with gr.Column():
             image = unopened_path(gr.Image(label="PNG with parameters", type="filepath", image_mode=None,
@@ -68,7 +71,7 @@ def build(service: Service) -> tuple[gr.Image, gr.JSON, gr.Button]:
     api_only = gr.Button(visible=False, elem_id="pnginfo-api")
     api_only.click(read, image, [text, fields], api_name="png_info", **queue)
     _wire_paste(service, text, fields)
-    return image, fields, send
+    return image, text, send
 
 
 def read_text_unless_unreadable(service: Service, path: str) -> str | None:
@@ -85,6 +88,16 @@ def _unless_unreadable(reader: Callable[[str], T], path: str) -> T | None:
         return None
 
 
+def parsed_text(service: Service, pasted: Any) -> dict[str, Any]:
+    """The fields of a parameters text from the page (anything may come over HTTP): {} for no text, a non-text or
+    NO_PARAMETERS; a text longer than the box takes is refused."""
+    if not isinstance(pasted, str) or not pasted.strip() or pasted == NO_PARAMETERS:
+        return {}
+    if len(pasted) > MAX_PASTED_CHARS:
+        raise gr.Error(TOO_LONG, print_exception=False)
+    return service.parse_parameters(pasted)
+
+
 def _wire_paste(service: Service, text: gr.Textbox, fields: gr.JSON) -> None:
     """Typing or pasting into the parameters box parses it into the fields "Send to text to image" uses. Outside
     the queue: the parse is a few regular expressions over a text of bounded length.
@@ -93,12 +106,5 @@ def _wire_paste(service: Service, text: gr.Textbox, fields: gr.JSON) -> None:
     mouse would never be read. A change also follows each image the page reads: the fields of its text come from
     here too."""
 
-    def parse(pasted: Any) -> dict[str, Any]:
-        if not isinstance(pasted, str) or not pasted.strip() or pasted == NO_PARAMETERS:
-            return {}
-        if len(pasted) > MAX_PASTED_CHARS:
-            raise gr.Error(TOO_LONG, print_exception=False)
-        return service.parse_parameters(pasted)
-
-    text.change(parse, text, fields, api_name="png_info_text", api_visibility="private", queue=False,
-                show_progress="hidden")
+    text.change(lambda pasted: parsed_text(service, pasted), text, fields, api_name="png_info_text",
+                api_visibility="private", queue=False, show_progress="hidden")

@@ -487,16 +487,16 @@ SAMPLER_NAMES = [  # (A1111's sampler name, its schedule or None) -> (our sample
 ]
 
 
-def _send_to_txt2img(url: str, parsed: dict) -> dict:
+def _send_to_txt2img(url: str, text: str) -> dict:
     """PNG info's "Send to text to image" as the page sends it: a queue join of the event (found in /config, as
-    the page finds it) with the parsed parameters; the values it puts into text to image, by elem_id (or label)."""
+    the page finds it) with the parameters text; the values it puts into text to image, by elem_id (or label)."""
     config = httpx.get(f"{url}config", timeout=30).json()
     event = next(d for d in config["dependencies"] if d.get("api_name") == "png_info_send")
     elem_ids = {c["id"]: c.get("props", {}).get("elem_id") or c.get("props", {}).get("label")
                 for c in config["components"]}
     session = f"send-{time.monotonic_ns()}"
     with httpx.Client(base_url=url, timeout=60) as http:
-        joined = http.post("gradio_api/queue/join", json={"data": [parsed], "fn_index": event["id"],
+        joined = http.post("gradio_api/queue/join", json={"data": [text], "fn_index": event["id"],
                                                           "session_hash": session})
         assert joined.status_code == 200, joined.text
         with http.stream("GET", f"gradio_api/queue/data?session_hash={session}") as stream:
@@ -517,7 +517,8 @@ def test_a1111_sampler_names_read_alike_by_the_api_and_the_paste(app, a1111: tup
     name, schedule = a1111
     body = {"prompt": "x", **FAST, "seed": 1, "sampler_name": name, **({"scheduler": schedule} if schedule else {})}
     status, answer = _post(port, "txt2img", body)
-    sent = _send_to_txt2img(url, {"Prompt": "x", "Sampler": name, **({"Schedule type": schedule} if schedule else {})})
+    schedule_text = f", Schedule type: {schedule}" if schedule else ""
+    sent = _send_to_txt2img(url, f"x\nSteps: 20, Seed: 1, Sampler: {name}{schedule_text}")
     if ours is None:
         assert (status, answer["detail"].split(";")[0]) == (422, f"Sampler {name!r} is not available")
         assert sent["txt2img-sampler"] == {"__type__": "update"}  # gr.skip(): the current sampler stays
@@ -538,9 +539,8 @@ def test_a1111_hires_sampler_names_read_as_the_first_pass_names(app, name: str, 
     status, answer = _post(port, "txt2img", body)
     assert status == 200, answer
     assert f"Hires sampler: {ours}" in json.loads(answer["info"])["infotexts"][0]
-    parsed = {"Prompt": "x", "Sampler": "Euler", "Denoising strength": 0.5, "Hires upscale": 1.5,
-              "Hires sampler": name}
-    assert _send_to_txt2img(url, parsed)["Hires sampler"] == ours
+    text = f"x\nSteps: 20, Sampler: Euler, Denoising strength: 0.5, Hires upscale: 1.5, Hires sampler: {name}"
+    assert _send_to_txt2img(url, text)["Hires sampler"] == ours
 
 
 @pytest.mark.parametrize("name", [["Euler"], {"name": "Euler"}], ids=["list", "object"])

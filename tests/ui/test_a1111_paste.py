@@ -79,7 +79,7 @@ def test_png_info_send_fills_a1111_names_in() -> None:
     send = next(f for f in demo.fns.values() if f.api_name == "png_info_send")
     text = ("p\nSteps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 5, Size: 512x512, "
             "Model: v2-1_512-ema-pruned, Model hash: 88ecb78256, Denoising strength: 0.6, Hires upscale: 1.5")
-    values = send.fn(parse_parameters(text))
+    values = send.fn(text)  # the send takes PNG info's text and parses it itself
     by_id = {getattr(block, "elem_id", None): value for block, value in zip(send.outputs, values)}
     assert by_id["txt2img-checkpoint"] == "sd21-base"
     assert (by_id["txt2img-sampler"], by_id["txt2img-karras"]) == ("DPM++ 2M", True)
@@ -99,7 +99,7 @@ def test_png_info_send_makes_pasted_numbers_ones_the_sliders_take() -> None:
     text = "p\nSteps: 200, Sampler: Euler, CFG scale: 31, Seed: 5, Size: 100x60, Batch size: 2.5"
     with warnings.catch_warnings(record=True) as said:  # gr.Warning outside an event: a Python warning
         warnings.simplefilter("always")
-        values = send.fn(parse_parameters(text))
+        values = send.fn(text)
     by_id = {getattr(block, "elem_id", None): value for block, value in zip(send.outputs, values)}
     batch = next(value for block, value in zip(send.outputs, values) if getattr(block, "label", "") == "Images per prompt")
     assert (batch, by_id["txt2img-steps"], by_id["txt2img-width"], by_id["txt2img-height"]) == (3, 150, 104, 64)
@@ -134,7 +134,7 @@ def test_pasted_numbers_too_long_for_json_are_read_and_clamped_through_the_app()
         assert read.status_code == 200, read.text
         fields = read.json()["data"][0]
         assert (fields["Steps"], fields["CFG scale"]) == (None, 1e20)  # inf is JSON's null
-        join = {"data": [fields], "fn_index": fns["png_info_send"], "session_hash": "big"}
+        join = {"data": [text], "fn_index": fns["png_info_send"], "session_hash": "big"}
         assert client.post("gradio_api/queue/join", json=join).status_code == 200
         messages = []
         with client.stream("GET", "gradio_api/queue/data", params={"session_hash": "big"}) as stream:
@@ -152,25 +152,31 @@ def test_pasted_numbers_too_long_for_json_are_read_and_clamped_through_the_app()
     assert (steps, cfg) == ({"__type__": "update"}, 30)  # no finite number of steps: the slider keeps its own
 
 
-def test_png_info_send_of_fields_that_are_no_settings_says_there_is_nothing_to_send() -> None:
-    """The page sends PNG info's parsed fields back with "Send to text to image" (raw HTTP: any JSON): a list, a
-    number or a text failed with Gradio's bare "Error" (AttributeError: no `.get`); they have nothing to send."""
+def test_png_info_send_of_no_parameters_text_says_there_is_nothing_to_send() -> None:
+    """"Send to text to image" takes PNG info's text, as the page sends it over raw HTTP: an empty box, blank
+    lines and the box's "no parameters" line have nothing to send. Any other JSON is made a text by the Textbox
+    (a list, a number, an object failed with Gradio's bare "Error" when the send took the parsed fields) and is
+    sent as the prompt it reads as, as a text with no settings line is."""
     import json
 
     import httpx
 
     from sd2_app.ui import build_ui
-    from sd2_app.ui.pnginfo import NOTHING_TO_SEND
+    from sd2_app.ui.pnginfo import NO_PARAMETERS, NOTHING_TO_SEND
     from tests.reliability_support import launched
     from tests.ui_doubles import fake_service
 
-    errors = []
+    def send(client: httpx.Client, fn_index: int, n: int, text: object) -> dict:
+        join = {"data": [text], "fn_index": fn_index, "session_hash": f"odd-{n}"}
+        assert client.post("gradio_api/queue/join", json=join).status_code == 200
+        with client.stream("GET", "gradio_api/queue/data", params={"session_hash": f"odd-{n}"}) as stream:
+            return [json.loads(line[5:]) for line in stream.iter_lines() if '"process_completed"' in line][0]
+
     with launched(build_ui(fake_service())) as url, httpx.Client(base_url=url, timeout=60) as client:
         fn_index = {d.get("api_name"): d["id"] for d in client.get("config").json()["dependencies"]}["png_info_send"]
-        for n, fields in enumerate(([1, 2], -1, "Steps: 20", True)):
-            join = {"data": [fields], "fn_index": fn_index, "session_hash": f"odd-{n}"}
-            assert client.post("gradio_api/queue/join", json=join).status_code == 200
-            with client.stream("GET", "gradio_api/queue/data", params={"session_hash": f"odd-{n}"}) as stream:
-                done = [json.loads(line[5:]) for line in stream.iter_lines() if '"process_completed"' in line]
-            errors.append(done[0]["output"]["error"])
-    assert errors == [NOTHING_TO_SEND] * 4
+        errors = [send(client, fn_index, n, text)["output"].get("error")
+                  for n, text in enumerate(("", " \n", NO_PARAMETERS))]
+        prompts = [send(client, fn_index, 10 + n, text)["output"]["data"][:2]
+                   for n, text in enumerate(("a lighthouse", [1, 2], -1, {"Steps": 20}))]
+    assert errors == [NOTHING_TO_SEND] * 3
+    assert prompts == [["a lighthouse", ""], ["[1, 2]", ""], ["-1", ""], ["{'Steps': 20}", ""]]

@@ -126,6 +126,26 @@ def test_a_ddim_eta_png_sets_the_eta_slider_which_shows_for_ddim_only(page, tmp_
     expect(page.locator("#txt2img-eta")).to_be_hidden()
 
 
+def test_send_clicked_before_the_fields_come_sends_the_text_shown(page, tmp_path: Path) -> None:
+    """The text of a PNG shows, then its parse into Fields answers: Send clicked in between (as soon as the text
+    is there, as a quick visitor or a loaded server makes it) sent the Fields still showing, those of the image
+    read before (seen in CI: text to image kept the sampler of the image before). The send parses the text
+    shown; here the parse's answer is held back until the send has landed."""
+    held = []
+    page.route("**/gradio_api/run/predict*",
+               lambda route: held.append(route) if "a held lighthouse" in (route.request.post_data or "")
+               else route.continue_())
+    text = "a held lighthouse\nSteps: 3, Sampler: Heun, CFG scale: 6.5, Seed: 99, Size: 64x64\n"
+    _send_png(page, tmp_path / "held.png", text, (10, 90, 41))
+    expect(page.locator("#txt2img-prompt textarea")).to_have_value("a held lighthouse", timeout=30_000)
+    expect(page.locator("#txt2img-sampler input").first).to_have_value("Heun")
+    fields = page.locator("[data-testid=json], .json-holder").first
+    assert len(held) == 1 and "a held lighthouse" not in fields.text_content()  # the parse: still unanswered
+    held[0].continue_()
+    page.unroute("**/gradio_api/run/predict*")
+    expect(fields).to_contain_text("a held lighthouse")
+
+
 def test_a_sent_variation_seed_shows_in_the_closed_extra_seed_options_header(page, tmp_path: Path) -> None:
     """A send that set a variation seed inside the closed "Extra seed options" showed nothing outside it, and the
     next Generate made a variation; its header now says what is on, as the Hires fix header does (2b763cf)."""

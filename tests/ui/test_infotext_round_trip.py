@@ -105,13 +105,13 @@ def _generated(client: Client, api_name: str, index: int = 0, **kwargs: Any) -> 
     return client.predict(api_name=api_name, **kwargs)[1][index]["image"]
 
 
-def _send(app: tuple[str, Client, dict], fields: dict[str, Any]) -> tuple[Sent, list[str]]:
-    """PNG info's "Send to text to image" with `fields`, through the app (queue join, then the event stream):
-    the values it put into text to image's widgets (those it left alone are missing) and its warnings."""
+def _send(app: tuple[str, Client, dict], text: str) -> tuple[Sent, list[str]]:
+    """PNG info's "Send to text to image" with the parameters `text`, through the app (queue join, then the event
+    stream): the values it put into text to image's widgets (those it left alone are missing) and its warnings."""
     url, _, sends = app
     config = httpx.get(f"{url}/config", timeout=30).json()
     fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "png_info_send")
-    body = {"data": [fields], "fn_index": fn_index, "session_hash": "roundtrip1", "event_data": None,
+    body = {"data": [text], "fn_index": fn_index, "session_hash": "roundtrip1", "event_data": None,
             "trigger_id": None}
     joined = httpx.post(f"{url}/gradio_api/queue/join", json=body, headers={"x-gradio-user": "app"}, timeout=30)
     assert joined.status_code == 200, joined.text
@@ -155,8 +155,8 @@ def _round_trip(app: tuple[str, Client, dict], path: str, task: str = "txt2img")
     """PNG info, then its send: (the fields read, what was sent, the send's warnings); every written key must
     come back (`_not_read_back`)."""
     _, client, _ = app
-    _, fields = _png_info(client, path)
-    sent, warnings = _send(app, fields)
+    text, fields = _png_info(client, path)
+    sent, warnings = _send(app, text)
     assert _not_read_back(fields, sent, task) == {}
     return fields, sent, warnings
 

@@ -295,9 +295,7 @@ def test_png_info_sends_the_checkpoint_too() -> None:
 
     demo = build_ui(fake_service(None))
     send = _fn(demo, "png_info_send")
-    parsed = {"Prompt": "a cat", "Steps": 20, "Sampler": "Euler", "CFG scale": 7, "Seed": 3, "Size": "512x512",
-              "Model": "sd2"}
-    values = send.fn(parsed)
+    values = send.fn("a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 512x512, Model: sd2")
     checkpoint_index = [getattr(block, "label", None) for block in send.outputs].index("Checkpoint")
     assert values[checkpoint_index] == "sd2"
     assert send.queue is not False  # queued: "There are no generation parameters to send: ..." reaches the visitor

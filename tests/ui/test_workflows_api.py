@@ -161,7 +161,6 @@ def test_16_bit_depth_upload_reaches_the_pipeline_at_full_precision(app, tmp_pat
 
 def test_png_info_send_fills_every_workflow_widget() -> None:
     """The PNG info tab's "Send to text to image" event returns one value per output, the options included."""
-    from sd2_app.pipelines.metadata import parse_parameters
     from sd2_app.ui import build_ui
     from tests.ui_doubles import fake_service
 
@@ -170,7 +169,7 @@ def test_png_info_send_fills_every_workflow_widget() -> None:
     text = ("p\nSteps: 2, Sampler: Euler, CFG scale: 7.5, Seed: 7, Size: 64x64, Denoising strength: 0.6, "
             "Hires upscale: 1.5, Hires steps: 3, Hires upscaler: Latent, Variation seed: 5, "
             "Variation seed strength: 0.3, Tiling: True")
-    values = send.fn(parse_parameters(text))
+    values = send.fn(text)
     assert len(values) == len(send.outputs)
     by_id = {getattr(block, "elem_id", None): value for block, value in zip(send.outputs, values)}
     assert by_id["txt2img-hires"] is True and by_id["txt2img-hires-scale"] == 1.5
