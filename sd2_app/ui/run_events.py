@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from functools import partial
-from typing import Any, TYPE_CHECKING
+from typing import Any, NamedTuple, TYPE_CHECKING
 
 import gradio as gr
 from gradio.events import Dependency
@@ -97,8 +97,9 @@ def wire_run(
     notes = partial(parameters_in_prompt, service) if panel.read is not None else None
     handler = _generate_handler(service, flags, make_request, names, finish, len(outputs), view, notes)
     server_checked(inputs)
-    event = _wire_generate(panel, handler, inputs, outputs, api_name, service.concurrency)
-    _wire_stop(panel, flags, event, api_name, outputs, finish)
+    said = StopSaid(gr.State(0), gr.State(None))
+    event = _wire_generate(panel, handler, inputs, outputs, api_name, service.concurrency, said)
+    _wire_stop(panel, flags, event, api_name, outputs, finish, said)
     if panel.skip is not None:
         _wire_skip(panel.skip, flags, event, api_name)
     return event
@@ -177,16 +178,25 @@ def _idle() -> tuple:  # new dicts per call: Gradio consumes an update's "value"
     return gr.update(value=GENERATE, interactive=True), gr.update(interactive=False)
 
 
+class StopSaid(NamedTuple):
+    """A tab's page state for the info line after Stop (`_wire_stop`): `runs`, the page's runs of the tab so far
+    (Generate counts them); `line`, (run number, what its info line ends with) once Stop stopped that run."""
+
+    runs: gr.State
+    line: gr.State
+
+
 def _wire_generate(panel: ResultPanel, handler: Callable[..., Iterator[tuple]],
                    inputs: list[gr.components.Component], outputs: list[gr.components.Component], api_name: str,
-                   concurrency: int) -> Dependency:
+                   concurrency: int, said: StopSaid) -> Dependency:
     """Generate: the buttons say a run is on and the last run's results go (so nothing old passes for new), then
-    the run itself (the API event, returned), then the buttons come back, whether it succeeded, failed or stopped."""
+    the run itself (the API event, returned), then the buttons come back, whether it succeeded, failed or stopped.
+    `said`: the page's runs counted, and what Stop said of one (`_wire_stop`), which its info line ends with."""
     clear = (None,) * (len(outputs) - 5)  # the extra images; the seed and pick stay
     started = panel.run.click(
-        lambda: (gr.update(value=RUNNING, interactive=False), gr.update(interactive=True), None, None, QUEUED,
-                 *clear),
-        None, [panel.run, panel.stop, panel.preview, panel.gallery, panel.info, *outputs[5:]],
+        lambda runs: (gr.update(value=RUNNING, interactive=False), gr.update(interactive=True), None, None, QUEUED,
+                      *clear, runs + 1 if isinstance(runs, int) else 1),
+        said.runs, [panel.run, panel.stop, panel.preview, panel.gallery, panel.info, *outputs[5:], said.runs],
         api_name=f"{api_name}_starts", api_visibility="private", queue=False, show_progress="hidden",
     )
     event = started.then(
@@ -194,40 +204,54 @@ def _wire_generate(panel: ResultPanel, handler: Callable[..., Iterator[tuple]],
         show_progress_on=[panel.gallery],  # the bar covers the results, not the live preview
     )
 
-    def ends(gallery: Any, info: Any) -> tuple:  # also sizes the grid to the batch (the API's gallery stays a list)
-        # A join the queue refused (`ui.hosting`: the app, visitor or address at its limit) never ran the handler.
-        return (*_idle(), gr.update(columns=gallery_columns(len(gallery or []))),
-                NOT_STARTED if info == QUEUED else gr.update())
+    def ends(gallery: Any, info: Any, runs: Any, stop_said: Any) -> tuple:  # also sizes the grid to the batch
+        # (the API's gallery stays a list). A join the queue refused (`ui.hosting`: the app, visitor or address at
+        # its limit) never ran the handler; a run stopped ends with what Stop said of it (`_wire_stop`).
+        stopped = isinstance(stop_said, tuple) and stop_said[0] == runs
+        line = NOT_STARTED if info == QUEUED else stop_said[1] if stopped else gr.update()
+        return (*_idle(), gr.update(columns=gallery_columns(len(gallery or []))), line)
 
     # Gradio 6 runs a .then() only after a success, despite its docs, so a failed run needs .failure() as well.
     # Its update of the gallery also clears the "Error" badge there: the toast has said what went wrong.
     for after, name in ((event.then, f"{api_name}_ends"), (event.failure, f"{api_name}_failed")):
-        after(ends, [panel.gallery, panel.info], [panel.run, panel.stop, panel.gallery, panel.info], api_name=name,
-              api_visibility="private", queue=False, show_progress="hidden")
+        after(ends, [panel.gallery, panel.info, *said], [panel.run, panel.stop, panel.gallery, panel.info],
+              api_name=name, api_visibility="private", queue=False, show_progress="hidden")
     return event
 
 
 def _wire_stop(panel: ResultPanel, flags: StopFlags, event: Dependency, api_name: str,
-               outputs: list[gr.components.Component], finish: Finish) -> None:
+               outputs: list[gr.components.Component], finish: Finish, said: StopSaid) -> None:
     """Stop: the tab's run ends at its next step (its event is cancelled), and the message says how far it got;
     then a run that had begun sampling shows the images it kept so far (`StopFlags.kept_after_stop`), as A1111's
-    Interrupt does."""
+    Interrupt does.
 
-    def stop(request: gr.Request) -> tuple:
+    The run's progress updates already on their way can land after Stop's answer: the page applies them until
+    the event's stream has ended (Gradio's cancel sends that end after them, gradio/routes.py, `cancel_event`),
+    and a late "Starting…" or "Step 3/20" stayed in the info line. Stop's message, or the kept images' own line,
+    is also kept in `said` with the number of the run it is about, and the run's end (`_wire_generate`'s `ends`,
+    run after the stream's end) puts it back; a line kept late, after the next Generate, is not that run's."""
+
+    def stop(runs: Any, request: gr.Request) -> tuple:
         # Cancelling the event ends its stream, so the message after Stop comes from here, not from the run.
         # Stop reaches this tab's jobs of this page, running or queued (each got its flag when it joined the
         # queue: `hosting`), not the visitor's jobs of other tabs or other pages.
         flag, queued = flags.stop_page(flags.visitor(request), (request.session_hash, event["id"]))
-        return (stopped_message(flag) if flag is not None or queued else NOTHING_TO_STOP, *_idle())
+        if flag is None and not queued:
+            return (NOTHING_TO_STOP, *_idle(), gr.skip())
+        message = stopped_message(flag)
+        return (message, *_idle(), (runs, message))
 
-    def kept(request: gr.Request) -> tuple:
+    def kept(stop_said: Any, request: gr.Request) -> tuple:
         result = flags.kept_after_stop(flags.visitor(request), (request.session_hash, event["id"]))
-        return next(deliver(result, finish)) if result is not None else (gr.skip(),) * len(outputs)
+        if result is None:
+            return (gr.skip(),) * (len(outputs) + 1)
+        shown = next(deliver(result, finish))  # (preview, gallery, info, ...)
+        return (*shown, (stop_said[0], shown[2]) if isinstance(stop_said, tuple) else gr.skip())
 
-    stopped = panel.stop.click(stop, None, [panel.info, panel.run, panel.stop], api_name=f"{api_name}_stop",
-                               cancels=[event], queue=False)
-    stopped.then(kept, None, outputs, api_name=f"{api_name}_kept", api_visibility="private", queue=False,
-                 show_progress="hidden")
+    stopped = panel.stop.click(stop, said.runs, [panel.info, panel.run, panel.stop, said.line],
+                               api_name=f"{api_name}_stop", cancels=[event], queue=False)
+    stopped.then(kept, said.line, [*outputs, said.line], api_name=f"{api_name}_kept", api_visibility="private",
+                 queue=False, show_progress="hidden")
 
 
 def _wire_skip(skip: gr.Button, flags: StopFlags, event: Dependency, api_name: str) -> None:

@@ -68,10 +68,15 @@ def test_a_new_result_resets_the_picked_gallery_index_so_send_to_carries_its_fir
     assert last[index] == 0 and len(last[1]) == 2  # ...back to 0 with the new two-image gallery
     assert last[0] == last[1][0][0]  # the live preview ends on the final image (the same file)
     ends = _fn(demo, "txt2img_ends")
-    ended = ends.fn(last[1], last[2])
+    ended = ends.fn(last[1], last[2], 1, None)  # the page's first run; no Stop
     assert ended[2]["columns"] == 2  # then the grid is sized to the batch: two side by side
     assert ended[3] == {"__type__": "update"}  # the run's info line stays
-    assert ends.fn(None, QUEUED)[3] == NOT_STARTED  # a run whose join was refused never said more than "Queued…"
+    assert ends.fn(None, QUEUED, 1, None)[3] == NOT_STARTED  # a run whose join was refused only said "Queued…"
+    # After Stop the line ends with what Stop said of that run (late updates may have come after its answer);
+    # what it said of an earlier run is not this run's.
+    said = (1, "Stopped before sampling began.")
+    assert ends.fn(None, "Starting…", 1, said)[3] == "Stopped before sampling began."
+    assert ends.fn(last[1], last[2], 2, said)[3] == {"__type__": "update"}
 
 
 def test_stop_flags_are_per_run_and_forgotten_when_it_ends() -> None:
