@@ -66,8 +66,6 @@ def test_generate_forever_repeats_until_cancelled_stopped_or_refused(browser, ur
         _set_number(page, "txt2img-height", 512)
         _menu(page, "Generate forever")
         expect(stop).to_be_enabled(timeout=60_000)
-        # sampling under way (a Stop during "Starting…" can leave that line showing: noted, not this test's subject)
-        expect(info).to_contain_text(re.compile(r"Step \d+/150"), timeout=60_000)
         page.evaluate("document.activeElement.blur()")
         page.keyboard.press("Escape")  # presses Stop, which ends generating forever
         expect(run).not_to_have_attribute("data-forever", "on")
