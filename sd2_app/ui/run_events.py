@@ -180,7 +180,8 @@ def _idle() -> tuple:  # new dicts per call: Gradio consumes an update's "value"
 
 class StopSaid(NamedTuple):
     """A tab's page state for the info line after Stop (`_wire_stop`): `runs`, the page's runs of the tab so far
-    (Generate counts them); `line`, (run number, what its info line ends with) once Stop stopped that run."""
+    (Generate counts them); `line`, once Stop stopped a run, its message, then (that run's number, what its info
+    line ends with)."""
 
     runs: gr.State
     line: gr.State
@@ -195,8 +196,8 @@ def _wire_generate(panel: ResultPanel, handler: Callable[..., Iterator[tuple]],
     clear = (None,) * (len(outputs) - 5)  # the extra images; the seed and pick stay
     started = panel.run.click(
         lambda runs: (gr.update(value=RUNNING, interactive=False), gr.update(interactive=True), None, None, QUEUED,
-                      *clear, runs + 1 if isinstance(runs, int) else 1),
-        said.runs, [panel.run, panel.stop, panel.preview, panel.gallery, panel.info, *outputs[5:], said.runs],
+                      *clear, runs + 1 if isinstance(runs, int) else 1, None),
+        said.runs, [panel.run, panel.stop, panel.preview, panel.gallery, panel.info, *outputs[5:], *said],
         api_name=f"{api_name}_starts", api_visibility="private", queue=False, show_progress="hidden",
     )
     event = started.then(
@@ -207,8 +208,9 @@ def _wire_generate(panel: ResultPanel, handler: Callable[..., Iterator[tuple]],
     def ends(gallery: Any, info: Any, runs: Any, stop_said: Any) -> tuple:  # also sizes the grid to the batch
         # (the API's gallery stays a list). A join the queue refused (`ui.hosting`: the app, visitor or address at
         # its limit) never ran the handler; a run stopped ends with what Stop said of it (`_wire_stop`).
-        stopped = isinstance(stop_said, tuple) and stop_said[0] == runs
-        line = NOT_STARTED if info == QUEUED else stop_said[1] if stopped else gr.update()
+        if isinstance(stop_said, tuple):  # (run, line): the line is about that run only
+            stop_said = stop_said[1] if stop_said[0] == runs else None
+        line = NOT_STARTED if info == QUEUED else stop_said if isinstance(stop_said, str) else gr.update()
         return (*_idle(), gr.update(columns=gallery_columns(len(gallery or []))), line)
 
     # Gradio 6 runs a .then() only after a success, despite its docs, so a failed run needs .failure() as well.
@@ -227,11 +229,12 @@ def _wire_stop(panel: ResultPanel, flags: StopFlags, event: Dependency, api_name
 
     The run's progress updates already on their way can land after Stop's answer: the page applies them until
     the event's stream has ended (Gradio's cancel sends that end after them, gradio/routes.py, `cancel_event`),
-    and a late "Starting…" or "Step 3/20" stayed in the info line. Stop's message, or the kept images' own line,
-    is also kept in `said` with the number of the run it is about, and the run's end (`_wire_generate`'s `ends`,
-    run after the stream's end) puts it back; a line kept late, after the next Generate, is not that run's."""
+    and a late "Starting…" or "Step 3/20" stayed in the info line. Stop's message is also kept in `said.line`, then
+    with the number of the run it is about (or as the kept images' own line), and the run's end
+    (`_wire_generate`'s `ends`, run after the stream's end) puts it back; a line kept late, after the next Generate,
+    is not that run's. Stop's API event takes no values: the run's number is added after it (`kept`)."""
 
-    def stop(runs: Any, request: gr.Request) -> tuple:
+    def stop(request: gr.Request) -> tuple:
         # Cancelling the event ends its stream, so the message after Stop comes from here, not from the run.
         # Stop reaches this tab's jobs of this page, running or queued (each got its flag when it joined the
         # queue: `hosting`), not the visitor's jobs of other tabs or other pages.
@@ -239,18 +242,20 @@ def _wire_stop(panel: ResultPanel, flags: StopFlags, event: Dependency, api_name
         if flag is None and not queued:
             return (NOTHING_TO_STOP, *_idle(), gr.skip())
         message = stopped_message(flag)
-        return (message, *_idle(), (runs, message))
+        return (message, *_idle(), message)
 
-    def kept(stop_said: Any, request: gr.Request) -> tuple:
+    def kept(runs: Any, stop_said: Any, request: gr.Request) -> tuple:
         result = flags.kept_after_stop(flags.visitor(request), (request.session_hash, event["id"]))
-        if result is None:
+        if not isinstance(stop_said, str):  # Stop stopped nothing
             return (gr.skip(),) * (len(outputs) + 1)
+        if result is None:
+            return (*(gr.skip(),) * len(outputs), (runs, stop_said))
         shown = next(deliver(result, finish))  # (preview, gallery, info, ...)
-        return (*shown, (stop_said[0], shown[2]) if isinstance(stop_said, tuple) else gr.skip())
+        return (*shown, (runs, shown[2]))
 
-    stopped = panel.stop.click(stop, said.runs, [panel.info, panel.run, panel.stop, said.line],
+    stopped = panel.stop.click(stop, None, [panel.info, panel.run, panel.stop, said.line],
                                api_name=f"{api_name}_stop", cancels=[event], queue=False)
-    stopped.then(kept, said.line, [*outputs, said.line], api_name=f"{api_name}_kept", api_visibility="private",
+    stopped.then(kept, list(said), [*outputs, said.line], api_name=f"{api_name}_kept", api_visibility="private",
                  queue=False, show_progress="hidden")
 
 

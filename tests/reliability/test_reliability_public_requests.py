@@ -192,7 +192,7 @@ def test_a_file_named_by_url_in_an_unqueued_event_is_refused_before_any_download
     image = {"image": {"path": "https://files.example/huge.png", "meta": {"_type": "gradio.FileData"}},
              "caption": None}
     answer = httpx.post(f"{url}gradio_api/run/predict", timeout=30,
-                        json={"fn_index": ends, "data": [[image], ""], "session_hash": "mallory"})
+                        json={"fn_index": ends, "data": [[image], "", None, None], "session_hash": "mallory"})
     assert answer.status_code >= 400 and REMOTE_FILE_REFUSAL in answer.text, answer.text
     assert downloads == []
     reliability(AREA, "an unqueued event (POST /gradio_api/run/predict, a run's end reading the gallery) whose "

@@ -31,7 +31,7 @@ def test_a_grid_over_the_pixel_limit_ends_its_run_and_is_refused_in_words_when_s
     with httpx.Client(base_url=url, timeout=120) as client:
         fns = {d.get("api_name"): d["id"] for d in client.get("config").json()["dependencies"]}
         gallery = _gallery(client, GRID)
-        ended = client.post("gradio_api/run/predict", json={"data": [gallery, "Seed 1"],
+        ended = client.post("gradio_api/run/predict", json={"data": [gallery, "Seed 1", None, None],  # states: null
                                                             "fn_index": fns["xyz_plot_ends"], "session_hash": "big"})
         join = {"data": [gallery, None], "fn_index": fns["xyz_send_to_img2img"], "session_hash": "big"}
         assert client.post("gradio_api/queue/join", json=join).status_code == 200
