@@ -5,7 +5,8 @@ ExtrasSingleImageRequest / ExtrasSingleImageResponse) and `/upscalers` (Upscaler
 `upscaler_1` "None" (A1111's default, and webuiapi's) runs no upscaler: the image comes back as it was, whatever
 `upscaling_resize` says (A1111's scripts/postprocessing_upscale.py, `process`). That answer needs no GPU, so it
 waits with the PNG info reads (`A1111Api.reads`, bounded per address and in all) rather than for a job's place.
-"SD2 x4" runs the x4 upscaler as a job (`A1111Api.run`), at 4x only.
+"Lanczos" and "Nearest" resize the image as A1111's do (`sd2_app.api.a1111_resize`), on the CPU, in the same
+queue as "None". "SD2 x4" runs the x4 upscaler as a job (`A1111Api.run`), at 4x only.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import base64
 import threading
 from collections.abc import Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Body, Request
@@ -21,6 +23,7 @@ from sd2_app.api import requests as rq
 from sd2_app.api.a1111 import Job, decode_image
 from sd2_app.api.a1111_disconnects import run_while_connected
 from sd2_app.api.a1111_errors import errors_as_http
+from sd2_app.api.a1111_resize import resampled, resampler_named, resize_plan
 from sd2_app.api.image_inputs import checked_image
 from sd2_app.api.outputs import fast_png
 from sd2_app.api.upscaler_names import extras_upscaler_named, extras_upscalers, is_no_upscaler
@@ -58,10 +61,14 @@ def upscale_job(body: Mapping[str, Any], checkpoint: str) -> Job:
     return Job("upscale", request, checkpoint)
 
 
-def unchanged_image(body: Mapping[str, Any], max_pixels: int) -> dict[str, Any]:
-    """The answer with no upscaler: `image`, checked as an upscale's input is, back as an RGB PNG (A1111 converts
-    its extras' input to RGB too: modules/postprocessing.py)."""
-    image = checked_image(decode_image(body.get("image"), "image"), "the image", max_pixels)
+def cpu_answer(body: Mapping[str, Any], resampler: str | None, max_input_pixels: int,
+               max_output_pixels: int) -> dict[str, Any]:
+    """The answer of an upscaler that needs no GPU: `image`, checked as an upscale's input is, back as an RGB PNG
+    (A1111 converts its extras' input to RGB too: modules/postprocessing.py), unchanged with no upscaler (None)
+    or resized by a resampling upscaler to at most `max_output_pixels`."""
+    image = checked_image(decode_image(body.get("image"), "image"), "the image", max_input_pixels)
+    if resampler is not None:
+        image = resampled(image, resampler, resize_plan(image.width, image.height, body, max_output_pixels))
     return {"html_info": "", "image": base64.b64encode(fast_png(image)).decode("ascii")}
 
 
@@ -70,10 +77,12 @@ def extras_routes(router: APIRouter, api: A1111Api) -> None:
 
     @router.post("/extra-single-image")
     async def extra_single_image(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        key = errors_as_http(lambda: upscaler_checkpoint(api, body.get("upscaler_1")))
+        resampler = resampler_named(body.get("upscaler_1"))
+        key = None if resampler else errors_as_http(lambda: upscaler_checkpoint(api, body.get("upscaler_1")))
         if key is None:
-            max_pixels = api.service.limits.max_input_pixels
-            return await api.reads.run(client, lambda: errors_as_http(lambda: unchanged_image(body, max_pixels)))
+            max_pixels = api.service.limits.max_input_pixels  # a resize makes at most what the server takes in
+            answer = partial(cpu_answer, body, resampler, max_pixels, max_pixels)
+            return await api.reads.run(client, lambda: errors_as_http(answer))
 
         def call(stop: threading.Event) -> dict[str, Any]:
             out = api.run("upscale", lambda: upscale_job(body, key), body, client, stop)
@@ -83,5 +92,7 @@ def extras_routes(router: APIRouter, api: A1111Api) -> None:
 
     @router.get("/upscalers")
     def upscalers() -> list[dict[str, Any]]:
-        return [{"name": name, "model_name": key, "model_path": None, "model_url": None, "scale": 1 if key is None else 4}
-                for name, key in extras_upscalers(api.service.catalog).items()]
+        # "scale": A1111's UpscalerData default (4) but for "None", which scales nothing
+        listed = extras_upscalers(api.service.catalog)
+        return [{"name": name, "model_name": key, "model_path": None, "model_url": None,
+                 "scale": 1 if is_no_upscaler(name) else 4} for name, key in listed.items()]

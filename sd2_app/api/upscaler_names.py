@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sd2_app.api.a1111_resize import RESAMPLING
 from sd2_app.api.checks import Catalog
 from sd2_app.api.requests import HIRES_UPSCALERS, X4_UPSCALER
 
@@ -41,8 +42,9 @@ def hires_upscaler_named(name: Any, catalog: Catalog) -> str | None:
 
 
 def extras_upscalers(catalog: Catalog) -> dict[str, str | None]:
-    """The A1111 API's extras upscalers: name -> the checkpoint it runs on (None: `NO_UPSCALER`, which runs none)."""
-    listed: dict[str, str | None] = {NO_UPSCALER: None}
+    """The A1111 API's extras upscalers, in A1111's order: name -> the checkpoint it runs on (None: `NO_UPSCALER`
+    and the resampling upscalers, `sd2_app.api.a1111_resize`, run none)."""
+    listed: dict[str, str | None] = {NO_UPSCALER: None, **dict.fromkeys(RESAMPLING)}
     for key, tasks in catalog.tasks.items():
         if "upscale" in tasks:
             listed[X4_UPSCALER if key == x4_checkpoint(catalog) else catalog.labels.get(key, key)] = key
@@ -56,7 +58,8 @@ def is_no_upscaler(name: Any) -> bool:
 
 def extras_upscaler_named(name: str, catalog: Catalog) -> str | None:
     """The checkpoint the extras upscaler `name` runs on: a name `extras_upscalers` lists, or the x4 checkpoint's
-    key or label; None when it names none of them (or is "None": `is_no_upscaler`)."""
+    key or label; None when it names none of them, or one that runs none ("None": `is_no_upscaler`; a resampling
+    upscaler: `sd2_app.api.a1111_resize.resampler_named`)."""
     if _is_x4(name, catalog):
         return x4_checkpoint(catalog)
     return next((key for listed, key in extras_upscalers(catalog).items() if listed.casefold() == name.casefold()),

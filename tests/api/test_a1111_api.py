@@ -362,7 +362,8 @@ def test_options_and_override_settings_read_a_checkpoint_name_alike(app, name: s
 def test_catalog_endpoints(client) -> None:
     assert "DPM++ 2M" in client.util_get_sampler_names()
     assert client.util_get_scheduler_names() == ["automatic", "karras"]
-    assert [(u["name"], u["model_name"]) for u in client.get_upscalers()] == [("None", None), ("SD2 x4", "x4-upscaler")]
+    assert [(u["name"], u["model_name"]) for u in client.get_upscalers()] == [
+        ("None", None), ("Lanczos", None), ("Nearest", None), ("SD2 x4", "x4-upscaler")]
 
 
 def test_interrogate_answers_501_with_a1111s_error_body(app, client) -> None:
@@ -588,6 +589,14 @@ def test_webuiapis_default_extras_call_returns_the_image_unscaled(client) -> Non
     assert result.image.size == (24, 16)
     assert np.array_equal(np.asarray(result.image.convert("RGB")), np.asarray(small))
     assert client.extra_single_image(small, upscaling_resize=4).image.size == (24, 16)
+
+
+def test_webuiapis_lanczos_extras_call_doubles_the_image(client) -> None:
+    """webuiapi's extra_single_image with A1111's "Lanczos" (it was "Unknown upscaler")."""
+    small = noise_image(24, 16, seed=5)
+    result = client.extra_single_image(small, upscaler_1="Lanczos", upscaling_resize=2)
+    assert np.array_equal(np.asarray(result.image.convert("RGB")),
+                          np.asarray(small.resize((48, 32), Image.Resampling.LANCZOS)))
 
 
 @pytest.mark.slow

@@ -140,17 +140,20 @@ def test_an_upscaler_this_server_lacks_is_named(url: str) -> None:
     for name in ("R-ESRGAN 4x+", "sd21-base"):
         answer = httpx.post(f"{url}/extra-single-image", json={"image": image, "upscaler_1": name}, timeout=60)
         assert answer.status_code == 422
-        assert answer.json()["detail"] == (f"Unknown upscaler {name!r}; this server has 'None', 'SD2 x4' "
-                                           "(see /sdapi/v1/upscalers).")
+        assert answer.json()["detail"] == (f"Unknown upscaler {name!r}; this server has 'None', 'Lanczos', "
+                                           "'Nearest', 'SD2 x4' (see /sdapi/v1/upscalers).")
 
 
 @pytest.mark.slow
 def test_the_x4_upscaler_has_one_name_and_is_read_in_every_spelling(url: str) -> None:
     """/upscalers listed "x4 upscaler" while the hires fix, the web UI and README call it "SD2 x4", and
     upscaler_1 "SD2 x4" was a 422 (review F5). One name now, listed beside A1111's "None"; the checkpoint's key and
-    label still read, in any case, for upscaler_1 and hr_upscaler alike."""
+    label still read, in any case, for upscaler_1 and hr_upscaler alike. A1111's resampling upscalers are listed
+    between them, as A1111 lists them."""
     assert httpx.get(f"{url}/upscalers", timeout=60).json() == [
         {"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 1},
+        {"name": "Lanczos", "model_name": None, "model_path": None, "model_url": None, "scale": 4},
+        {"name": "Nearest", "model_name": None, "model_path": None, "model_url": None, "scale": 4},
         {"name": "SD2 x4", "model_name": "x4-upscaler", "model_path": None, "model_url": None, "scale": 4}]
     image = _b64(png_bytes(noise_image(16, 16)))
     done = httpx.post(f"{url}/extra-single-image", json={"image": image, "upscaler_1": "SD2 x4"}, timeout=300)
@@ -193,3 +196,54 @@ def test_no_upscaler_still_checks_the_image(url: str) -> None:
     tiny = _b64(png_bytes(noise_image(4, 4)))
     answer = httpx.post(f"{url}/extra-single-image", json={"image": tiny}, timeout=60)
     assert answer.status_code == 422 and answer.json()["detail"].startswith("The image is 4x4; each side needs")
+
+
+def _extras(url: str, picture: Image.Image, **body: object) -> httpx.Response:
+    return httpx.post(f"{url}/extra-single-image", json={"image": _b64(png_bytes(picture)), **body}, timeout=60)
+
+
+def _image(answer: httpx.Response) -> np.ndarray:
+    assert answer.status_code == 200, answer.text
+    back = Image.open(io.BytesIO(base64.b64decode(answer.json()["image"])))
+    assert (back.format, back.mode) == ("PNG", "RGB")
+    return np.asarray(back)
+
+
+def test_nearest_and_lanczos_resize_as_a1111s_do(url: str) -> None:
+    """upscaler_1 "Lanczos" and "Nearest" (A1111's resampling upscalers, webuiapi's usual call with
+    upscaling_resize 2) were "Unknown upscaler". Nearest by 2 repeats each pixel; Lanczos is PIL's; a size that is
+    not a multiple of 8 is floored to one (2.5 x 24x16 = 60x40 -> 56x40), as A1111's Upscaler.upscale does."""
+    picture = noise_image(24, 16, seed=8)
+    pixels = np.asarray(picture)
+    assert np.array_equal(_image(_extras(url, picture, upscaler_1="Nearest", upscaling_resize=2)),
+                          pixels.repeat(2, axis=0).repeat(2, axis=1))
+    lanczos = _image(_extras(url, picture, upscaler_1="lanczos"))  # any case; A1111's default scale: 2
+    assert np.array_equal(lanczos, np.asarray(picture.resize((48, 32), Image.Resampling.LANCZOS)))
+    assert _image(_extras(url, picture, upscaler_1="Lanczos", upscaling_resize=2.5)).shape == (40, 56, 3)
+
+
+def test_scale_to_a_size_crops_to_fit_or_keeps_the_whole_image(url: str) -> None:
+    """resize_mode 1: scaled by the larger ratio (64/24, 64/16: 4), then centred on a 64x64 canvas and cut
+    (upscaling_crop, A1111's default) or kept whole at 96x64."""
+    picture = noise_image(24, 16, seed=9)
+    four = np.asarray(picture).repeat(4, axis=0).repeat(4, axis=1)  # 64 rows, 96 columns
+    size = {"upscaler_1": "Nearest", "resize_mode": 1, "upscaling_resize_w": 64, "upscaling_resize_h": 64}
+    assert np.array_equal(_image(_extras(url, picture, **size)), four[:, 16:80])
+    assert np.array_equal(_image(_extras(url, picture, **size, upscaling_crop=False)), four)
+
+
+@pytest.mark.parametrize(("body", "detail"), [
+    ({"upscaling_resize": 9}, "upscaling_resize must be between 1 and 8, got 9."),
+    ({"upscaling_resize": "2"}, "upscaling_resize must be a number, got '2'."),
+    ({"resize_mode": 2}, "resize_mode must be 0 (scale by upscaling_resize) or 1 (scale to upscaling_resize_w x "
+                         "upscaling_resize_h), got 2."),
+    ({"resize_mode": 1, "upscaling_resize_w": 0}, "upscaling_resize_w must be between 1 and 8192, got 0."),
+    ({"resize_mode": 1, "upscaling_resize_w": 8192, "upscaling_resize_h": 8192},
+     "Upscaling 24x16 to 8192x8192 makes 12288x8192; this server makes images up to 2048x2048 pixels (or the "
+     "same area in another shape)."),
+    ({"resize_mode": 1, "upscaling_resize_w": 4, "upscaling_resize_h": 4},
+     "Upscaling 24x16 to 4x4 makes 0x0; each side needs at least 8 pixels."),
+], ids=["scale-9", "scale-text", "mode-2", "width-0", "too-many-pixels", "too-small"])
+def test_a_resize_the_server_would_not_make_is_refused_in_words(url: str, body: dict, detail: str) -> None:
+    answer = _extras(url, noise_image(24, 16, seed=1), upscaler_1="Lanczos", **body)
+    assert (answer.status_code, answer.json()["detail"]) == (422, detail)
