@@ -74,8 +74,8 @@ def test_a_new_result_resets_the_picked_gallery_index_so_send_to_carries_its_fir
     assert ends.fn(None, QUEUED, 1, None)[3] == NOT_STARTED  # a run whose join was refused only said "Queued…"
     # After Stop the line ends with what Stop said of that run (late updates may have come after its answer);
     # what it said of an earlier run is not this run's.
-    said = (1, "Stopped before sampling began.")
-    assert ends.fn(None, "Starting…", 1, said)[3] == "Stopped before sampling began."
+    said = (1, "Stopped before sampling began.")  # as the step after Stop leaves it (Stop's own: the bare line)
+    assert ends.fn(None, "Starting…", 1, said)[3] == ends.fn(None, "Starting…", 1, said[1])[3] == said[1]
     assert ends.fn(last[1], last[2], 2, said)[3] == {"__type__": "update"}
 
 
