@@ -203,3 +203,21 @@ def test_an_image_dropped_onto_a_prompt_box_puts_its_parameters_there_as_a1111_d
     assert page.evaluate("window.sd2LastDragover") == {"cancelled": True, "effect": "none"}
     drop_file(page, "#inpaint-prompt textarea", str(picture))
     assert page.evaluate("window.sd2LastDragover") == {"cancelled": True, "effect": "copy"}
+
+
+def test_an_image_dropped_onto_png_infos_text_box_is_read(page, tmp_path: Path) -> None:
+    """PNG info's Parameters box, where a visitor looks for the text, refused a dropped image (only the image box
+    took it); it now goes to the image box, which reads its parameters into the box (one it held is replaced)."""
+    picture = tmp_path / "dropped.png"
+    text = A1111_TEXT.replace("Seed: 1234", "Seed: 2468")
+    save_png(attach_parameters(Image.new("RGB", (64, 64), (70, 20, 120)), text), picture)
+    expect(page.locator(".toast-body")).to_have_count(0, timeout=30_000)  # the tests before's toasts (over the box)
+    _go(page, "PNG info")
+    first = tmp_path / "first.png"
+    save_png(attach_parameters(Image.new("RGB", (64, 64), (7, 20, 120)), "a first image\nSteps: 2, Seed: 1"), first)
+    page.locator("#pnginfo-image input[type=file]").set_input_files(str(first))  # the box already holds one
+    expect(page.locator("#pnginfo-text textarea")).to_have_value("a first image\nSteps: 2, Seed: 1")
+    drop_file(page, "#pnginfo-text textarea", str(picture))
+    expect(page.locator("#pnginfo-text textarea")).to_have_value(text)
+    expect(page.locator("#pnginfo-image img")).to_be_visible()
+    expect(page.locator("[data-testid=json], .json-holder").first).to_contain_text("2468")

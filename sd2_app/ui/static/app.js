@@ -29,8 +29,9 @@
 //   and accessible names when pointed at or focused.
 // - An image dropped onto a prompt box of a tab with ↙ goes to the tab's hidden reader (`<tab>-prompt-image`,
 //   ui/read_parameters.py `wire_prompt_drop`), which puts its parameters text into the prompt, as A1111's drop onto
-//   the prompt does. A file dropped where nothing takes it (not an image box) is not opened by the browser, which
-//   would leave the page and lose what the visitor had typed.
+//   the prompt does; one dropped onto PNG info's Parameters box goes to PNG info's image box, which reads it. A file
+//   dropped where nothing takes it (not an image box) is not opened by the browser, which would leave the page and
+//   lose what the visitor had typed.
 // - "Notify me when a run ends" (ui/notify.py) asks the browser for permission to show notifications when turned
 //   on (saying why it stays off where the browser has none or they are blocked) and is remembered in the browser.
 //   While it is on, a run of any tab that ends (its Stop disabled again) while the page is not in front shows a
@@ -405,7 +406,10 @@
   });
 
   const draggingFiles = (event) => event.dataTransfer && [...event.dataTransfer.types].includes("Files");
-  const promptReader = (target) => {
+  // The file input an image dropped onto `target` goes to: a prompt box's reader, or PNG info's image box.
+  const droppedImageInput = (target) => {
+    const pnginfo = target.closest && target.closest("#pnginfo-text");
+    if (pnginfo) return document.querySelector("#pnginfo-image input[type=file]");
     const box = target.closest && target.closest(".prompt-box");
     if (!box || !box.id) return null;
     return document.querySelector(`#${box.id.replace(/-(prompt|negative)$/, "-prompt-image")} input[type=file]`);
@@ -414,12 +418,12 @@
   window.addEventListener("dragover", (event) => {
     if (!draggingFiles(event) || event.defaultPrevented) return;
     event.preventDefault();
-    event.dataTransfer.dropEffect = promptReader(event.target) ? "copy" : "none";
+    event.dataTransfer.dropEffect = droppedImageInput(event.target) ? "copy" : "none";
   });
   window.addEventListener("drop", (event) => {
     if (!draggingFiles(event) || event.defaultPrevented) return;
     event.preventDefault();
-    const reader = promptReader(event.target);
+    const reader = droppedImageInput(event.target);
     if (reader && event.dataTransfer.files.length) upload(reader, event.dataTransfer.files[0]);
   });
 }
