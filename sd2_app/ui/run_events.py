@@ -238,11 +238,13 @@ def _wire_stop(panel: ResultPanel, flags: StopFlags, event: Dependency, api_name
         # Cancelling the event ends its stream, so the message after Stop comes from here, not from the run.
         # Stop reaches this tab's jobs of this page, running or queued (each got its flag when it joined the
         # queue: `hosting`), not the visitor's jobs of other tabs or other pages.
+        # Generate stays as it is: the run's end gives it back (`ends`), once the page has cancelled the event; a
+        # Generate clicked before that was taken by the cancel (its display cleared, its buttons reset).
         flag, queued = flags.stop_page(flags.visitor(request), (request.session_hash, event["id"]))
         if flag is None and not queued:
-            return (NOTHING_TO_STOP, *_idle(), gr.skip())
+            return (NOTHING_TO_STOP, gr.update(), gr.update(interactive=False), gr.skip())
         message = stopped_message(flag)
-        return (message, *_idle(), message)
+        return (message, gr.update(), gr.update(interactive=False), message)
 
     def kept(runs: Any, stop_said: Any, request: gr.Request) -> tuple:
         result = flags.kept_after_stop(flags.visitor(request), (request.session_hash, event["id"]))

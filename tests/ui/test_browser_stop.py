@@ -164,3 +164,29 @@ def test_skip_in_an_x_y_z_plot_ends_the_running_cell_and_the_plot_goes_on(browse
         _shot(page, "xyz-skip")
     finally:
         page.context.close()
+
+
+def test_generate_right_after_stop_keeps_its_own_run_on_show(browser, url) -> None:  # noqa: F811
+    """Stop gave Generate back at once, before the page had cancelled the stopped run's event; a Generate clicked
+    then was taken by that cancel: about 2 s later its buttons were reset (Generate on, Stop off) and the stopped
+    run's kept image showed, while the new run went on unseen. Generate now comes back at the stopped run's end."""
+    page = _open(browser, url, DESKTOP)
+    run, stop, info = page.locator("#txt2img-run"), page.locator("#txt2img-stop"), page.locator("#txt2img-info")
+    try:
+        for name, value in (("width", 512), ("height", 512), ("steps", 150)):  # seconds of run: Stop lands mid-run
+            _set_number(page, f"txt2img-{name}", value)
+        run.click()
+        expect(info).to_contain_text(re.compile(r"Step \d+/150"), timeout=60_000)
+        stop.click()
+        expect(run).to_be_enabled(timeout=30_000)
+        run.click()  # as soon as it can be
+        expect(info).to_have_text(re.compile(r"^\s*Step (\d+)/150\s*$"), timeout=60_000)  # the new run's steps
+        page.wait_for_timeout(3_000)  # past when the old cancel reset the buttons
+        expect(stop).to_be_enabled()
+        expect(run).to_be_disabled()
+        expect(info).to_have_text(re.compile(r"^\s*Step (\d+)/150\s*$"))
+        _shot(page, "generate-right-after-stop")
+        stop.click()
+        expect(info).to_contain_text("Stopped", timeout=30_000)
+    finally:
+        page.context.close()
