@@ -205,19 +205,25 @@ def _wire_generate(panel: ResultPanel, handler: Callable[..., Iterator[tuple]],
         show_progress_on=[panel.gallery],  # the bar covers the results, not the live preview
     )
 
-    def ends(gallery: Any, info: Any, runs: Any, stop_said: Any) -> tuple:  # also sizes the grid to the batch
-        # (the API's gallery stays a list). A join the queue refused (`ui.hosting`: the app, visitor or address at
-        # its limit) never ran the handler; a run stopped ends with what Stop said of it (`_wire_stop`).
+    def ends(gallery: Any, info: Any, runs: Any, stop_said: Any, failed: bool = False) -> tuple:  # also sizes
+        # the grid to the batch (the API's gallery stays a list). A join the queue refused (`ui.hosting`: the app,
+        # visitor or address at its limit) never ran the handler; a run stopped ends with what Stop said of it
+        # (`_wire_stop`), and Generate comes back from the end the page's cancel of its event runs (`failed`),
+        # the last: a Generate clicked before it would be taken by that cancel.
         if isinstance(stop_said, tuple):  # (run, line): the line is about that run only
             stop_said = stop_said[1] if stop_said[0] == runs else None
-        line = NOT_STARTED if info == QUEUED else stop_said if isinstance(stop_said, str) else gr.update()
-        return (*_idle(), gr.update(columns=gallery_columns(len(gallery or []))), line)
+        stopped = isinstance(stop_said, str)
+        line = NOT_STARTED if info == QUEUED else stop_said if stopped else gr.update()
+        buttons = _idle() if failed or not stopped else (gr.update(), gr.update(interactive=False))
+        return (*buttons, gr.update(columns=gallery_columns(len(gallery or []))), line)
 
-    # Gradio 6 runs a .then() only after a success, despite its docs, so a failed run needs .failure() as well.
+    # Gradio 6 runs a .then() only after a success, despite its docs, so a failed run needs .failure() as well
+    # (the page's cancel of the event, by Stop, runs its .failure() events too: Gradio's Blocks `cancel`).
     # Its update of the gallery also clears the "Error" badge there: the toast has said what went wrong.
-    for after, name in ((event.then, f"{api_name}_ends"), (event.failure, f"{api_name}_failed")):
-        after(ends, [panel.gallery, panel.info, *said], [panel.run, panel.stop, panel.gallery, panel.info],
-              api_name=name, api_visibility="private", queue=False, show_progress="hidden")
+    for after, name, failed in ((event.then, f"{api_name}_ends", False), (event.failure, f"{api_name}_failed", True)):
+        after(partial(ends, failed=failed), [panel.gallery, panel.info, *said],
+              [panel.run, panel.stop, panel.gallery, panel.info], api_name=name, api_visibility="private",
+              queue=False, show_progress="hidden")
     return event
 
 

@@ -77,6 +77,13 @@ def test_a_new_result_resets_the_picked_gallery_index_so_send_to_carries_its_fir
     said = (1, "Stopped before sampling began.")  # as the step after Stop leaves it (Stop's own: the bare line)
     assert ends.fn(None, "Starting…", 1, said)[3] == ends.fn(None, "Starting…", 1, said[1])[3] == said[1]
     assert ends.fn(last[1], last[2], 2, said)[3] == {"__type__": "update"}
+    # Generate comes back from the stopped run's failure end, which the page's cancel runs last (a Generate clicked
+    # before the cancel had ended would be taken by it); the success end of a run not stopped gives it back too.
+    failed = _fn(demo, "txt2img_failed")
+    assert ends.fn(None, "Starting…", 1, said)[0] == {"__type__": "update"}
+    generate_back = {"__type__": "update", "value": "Generate", "interactive": True}
+    assert failed.fn(None, "Starting…", 1, said)[0] == generate_back
+    assert ended[0] == failed.fn(None, "x", 1, None)[0]
 
 
 def test_stop_flags_are_per_run_and_forgotten_when_it_ends() -> None:
