@@ -23,10 +23,10 @@ from sd2_app.api import requests as rq
 from sd2_app.api.a1111 import Job, decode_image
 from sd2_app.api.a1111_disconnects import run_while_connected
 from sd2_app.api.a1111_errors import errors_as_http
-from sd2_app.api.a1111_resize import resampled, resampler_named, resize_plan
+from sd2_app.api.a1111_resize import resampled, resize_plan
 from sd2_app.api.image_inputs import checked_image
 from sd2_app.api.outputs import fast_png
-from sd2_app.api.upscaler_names import extras_upscaler_named, extras_upscalers, is_no_upscaler
+from sd2_app.api.upscaler_names import extras_upscaler_named, extras_upscalers, is_no_upscaler, resampler_named
 from sd2_app.errors import InvalidRequest, shown
 
 if TYPE_CHECKING:

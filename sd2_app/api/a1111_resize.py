@@ -13,7 +13,6 @@ the server takes as an input image, so a resized image can go on to image to ima
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from PIL import Image
 
 from sd2_app.api.checks import flag, integer, number
+from sd2_app.api.image_inputs import too_large
 from sd2_app.errors import InvalidRequest, shown
 
 # A1111's resampling upscalers, by the names its /upscalers lists
@@ -31,13 +31,6 @@ DEFAULT_SCALE = 2.0
 DEFAULT_SIDE = 512
 MAX_SIDE = 8192  # upscaling_resize_w and _h: A1111's own sliders' range (its API takes any; the pixels are bounded)
 RESIZE_MODES = (0, 1)
-
-
-def resampler_named(name: Any) -> str | None:
-    """The resampling upscaler `name` is (any case, as the app reads upscaler names); None when it is none."""
-    if not isinstance(name, str):
-        return None
-    return next((listed for listed in RESAMPLING if listed.casefold() == name.casefold()), None)
 
 
 @dataclass(frozen=True)
@@ -67,12 +60,10 @@ def resize_plan(width: int, height: int, body: Mapping[str, Any], max_pixels: in
         canvas = target if flag(body.get("upscaling_crop", True), "upscaling_crop") else None
         how = f"to {target[0]}x{target[1]}"
     scaled = (int(width * scale), int(height * scale))
-    size = (int(width * scale // 8 * 8), int(height * scale // 8 * 8))
-    made = max(scaled[0] * scaled[1], (canvas[0] * canvas[1]) if canvas else 0)
-    if made > max_pixels:
-        side = math.isqrt(max_pixels)
-        raise InvalidRequest(f"Upscaling {width}x{height} {how} makes {scaled[0]}x{scaled[1]}; this server makes "
-                             f"images up to {side}x{side} pixels (or the same area in another shape).")
+    size = (scaled[0] // 8 * 8, scaled[1] // 8 * 8)
+    largest = max(scaled, canvas or (0, 0), key=lambda made: made[0] * made[1])  # every image made is counted
+    if largest[0] * largest[1] > max_pixels:
+        raise InvalidRequest(too_large(f"upscaling {width}x{height} {how} gives an image that", *largest, max_pixels))
     if min(size) < 8:
         raise InvalidRequest(f"Upscaling {width}x{height} {how} makes {size[0]}x{size[1]}; each side needs at "
                              "least 8 pixels.")

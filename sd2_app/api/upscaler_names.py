@@ -51,6 +51,14 @@ def extras_upscalers(catalog: Catalog) -> dict[str, str | None]:
     return listed
 
 
+def resampler_named(name: Any) -> str | None:
+    """The resampling upscaler (`sd2_app.api.a1111_resize.RESAMPLING`) `name` means, in any case; None when it
+    means none."""
+    if not isinstance(name, str):
+        return None
+    return next((listed for listed in RESAMPLING if listed.casefold() == name.casefold()), None)
+
+
 def is_no_upscaler(name: Any) -> bool:
     """`upscaler_1` left out (A1111's default is "None"), null or "None": no upscaler runs."""
     return name is None or (isinstance(name, str) and name.casefold() == NO_UPSCALER.casefold())
@@ -59,7 +67,7 @@ def is_no_upscaler(name: Any) -> bool:
 def extras_upscaler_named(name: str, catalog: Catalog) -> str | None:
     """The checkpoint the extras upscaler `name` runs on: a name `extras_upscalers` lists, or the x4 checkpoint's
     key or label; None when it names none of them, or one that runs none ("None": `is_no_upscaler`; a resampling
-    upscaler: `sd2_app.api.a1111_resize.resampler_named`)."""
+    upscaler: `resampler_named`)."""
     if _is_x4(name, catalog):
         return x4_checkpoint(catalog)
     return next((key for listed, key in extras_upscalers(catalog).items() if listed.casefold() == name.casefold()),

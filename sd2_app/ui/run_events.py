@@ -196,7 +196,7 @@ def _wire_generate(panel: ResultPanel, handler: Callable[..., Iterator[tuple]],
     clear = (None,) * (len(outputs) - 5)  # the extra images; the seed and pick stay
     started = panel.run.click(
         lambda runs: (gr.update(value=RUNNING, interactive=False), gr.update(interactive=True), None, None, QUEUED,
-                      *clear, runs + 1 if isinstance(runs, int) else 1, None),
+                      *clear, runs + 1, None),
         said.runs, [panel.run, panel.stop, panel.preview, panel.gallery, panel.info, *outputs[5:], *said],
         api_name=f"{api_name}_starts", api_visibility="private", queue=False, show_progress="hidden",
     )
@@ -252,10 +252,10 @@ def _wire_stop(panel: ResultPanel, flags: StopFlags, event: Dependency, api_name
         message = stopped_message(flag)
         return (message, gr.update(), gr.update(interactive=False), message)
 
-    def kept(runs: Any, stop_said: Any, request: gr.Request) -> tuple:
-        result = flags.kept_after_stop(flags.visitor(request), (request.session_hash, event["id"]))
+    def kept(runs: int, stop_said: Any, request: gr.Request) -> tuple:
         if not isinstance(stop_said, str):  # Stop stopped nothing
             return (gr.skip(),) * (len(outputs) + 1)
+        result = flags.kept_after_stop(flags.visitor(request), (request.session_hash, event["id"]))
         if result is None:
             return (*(gr.skip(),) * len(outputs), (runs, stop_said))
         shown = next(deliver(result, finish))  # (preview, gallery, info, ...)

@@ -239,8 +239,8 @@ def test_scale_to_a_size_crops_to_fit_or_keeps_the_whole_image(url: str) -> None
                          "upscaling_resize_h), got 2."),
     ({"resize_mode": 1, "upscaling_resize_w": 0}, "upscaling_resize_w must be between 1 and 8192, got 0."),
     ({"resize_mode": 1, "upscaling_resize_w": 8192, "upscaling_resize_h": 8192},
-     "Upscaling 24x16 to 8192x8192 makes 12288x8192; this server makes images up to 2048x2048 pixels (or the "
-     "same area in another shape)."),
+     "Upscaling 24x16 to 8192x8192 gives an image that is 12288x8192; images up to 2048x2048 pixels (or the "
+     "same area in another shape) are accepted."),
     ({"resize_mode": 1, "upscaling_resize_w": 4, "upscaling_resize_h": 4},
      "Upscaling 24x16 to 4x4 makes 0x0; each side needs at least 8 pixels."),
 ], ids=["scale-9", "scale-text", "mode-2", "width-0", "too-many-pixels", "too-small"])
