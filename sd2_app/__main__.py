@@ -62,6 +62,9 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embeddings-dir", type=Path, default=Path("embeddings"),
                         help="folder of SD2 textual-inversion embeddings (.safetensors); a prompt uses one by its "
                              "file name (default ./embeddings)")
+    parser.add_argument("--lora-dir", type=Path, default=Path("loras"),
+                        help="folder of SD2 LoRAs (.safetensors, A1111's layout); a prompt uses one with "
+                             "<lora:NAME:0.8> (default ./loras)")
     add_arguments(parser)  # --repo KEY=REPO[,REPO...] (a bare --repo REPO applies to --model), --revision
 
 

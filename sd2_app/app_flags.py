@@ -171,7 +171,7 @@ def _visitor_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:
 
 
 def _extension_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:
-    """Checkpoint sources, the extra front ends (A1111 API, MCP), the watermark, Ray Serve and embeddings."""
+    """Checkpoint sources, the extra front ends (A1111 API, MCP), the watermark, Ray Serve, embeddings and LoRAs."""
     p.add_argument("--repo", action="append", default=[], metavar="KEY=REPO[,REPO]",
                    help="override a checkpoint's repos (with --serve: repos in --serve-config instead)")
     p.add_argument("--revision", action="append", default=[], metavar="KEY=REV",
@@ -196,6 +196,9 @@ def _extension_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:
     p.add_argument("--embeddings-dir", default="embeddings",
                    help="folder of SD2 textual-inversion embeddings (.safetensors), read at start-up; a prompt uses "
                         "one by its file name (default ./embeddings)")
+    p.add_argument("--lora-dir", default="loras",
+                   help="folder of SD2 LoRAs (.safetensors, A1111's layout), read at start-up; a prompt uses one "
+                        "with <lora:NAME:0.8> (default ./loras)")
     p.add_argument("--styles", metavar="PATH", default=None,
                    help="prompt styles visitors may pick (A1111's styles.csv: name,prompt,negative_prompt), read at "
                         "start-up; none by default")

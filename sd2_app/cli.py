@@ -128,7 +128,8 @@ def engine_settings(args: argparse.Namespace) -> EngineSettings:
         allowed_repos=None,  # $SD2APP_ALLOWED_REPOS
         limits=Limits(),  # the web app's default limits: the same validation as the web UI
         outputs_dir=None, keep_outputs_days=None, watermark=True, save_in_background=False, history_size=HISTORY_SIZE,
-        embeddings_dir=args.embeddings_dir, styles_file=getattr(args, "styles", None),  # xyz-plot's --styles
+        embeddings_dir=args.embeddings_dir, lora_dir=args.lora_dir,
+        styles_file=getattr(args, "styles", None),  # xyz-plot's --styles
         batch_users=False, import_pipelines=False,
     )
 

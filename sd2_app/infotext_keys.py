@@ -28,6 +28,7 @@ ETA_DDIM = "Eta DDIM"  # DDIM's eta (A1111's sd_samplers_timesteps.py); its "Eta
 BATCH_SIZE = "Batch size"
 BATCH_POS = "Batch pos"
 TI_HASHES = "TI hashes"  # "name: shorthash, ..." of the embeddings the prompts used
+LORA_HASHES = "Lora hashes"  # "name: shorthash, ..." of the LoRAs merged for the job
 STOPPED_AT_STEP = "Stopped at step"  # ours: Stop ended the run after this step and kept the image so far
 
 # Image to image, inpainting, depth, and the hires fix's second pass.

@@ -40,12 +40,13 @@ _PIECE = re.compile(
 )
 _BREAK = re.compile(r"\bBREAK\b")  # the whitespace around it goes too (`_split_breaks`)
 EXTRA_NETWORK = re.compile(r"<\w+:[^>]+>")  # A1111 modules/extra_networks.py re_extra_net: <lora:name:0.8>
-EXTRA_NETWORKS = "LoRA/extra network"
+OTHER_EXTRA_NETWORK = re.compile(r"<(?!(?:lora|lyco):)\w+:[^>]+>")  # all but LoRAs (sd2_app/lora_tags.py)
+EXTRA_NETWORKS = "extra network"
 # A1111 syntax we do not support (see `unsupported_syntax`), each with what A1111 calls it (prompt editing and
 # alternation are supported: sd2_app/prompt_editing.py reads them before this parser sees each step's text):
 UNSUPPORTED = (
     ("composable prompts", re.compile(r"\bAND\b")),  # re_AND: sub-prompts encoded apart and added up
-    (EXTRA_NETWORKS, EXTRA_NETWORK),
+    (EXTRA_NETWORKS, OTHER_EXTRA_NETWORK),  # hypernetworks and the like; LoRAs are supported (lora_tags.py)
 )
 
 
@@ -158,13 +159,13 @@ def without_extra_networks(prompt: str) -> str:
     """`prompt` with its extra-network tags (`<lora:name:0.8>`) taken out, as A1111 takes them out of the prompt
     before reading it (modules/extra_networks.py `parse_prompt`, called on the prompts only, not the negative
     prompts, by modules/processing.py `parse_extra_network_prompts`; its token counter takes them out of both
-    boxes, modules/ui.py `update_token_counter`). We have no extra networks: the tags only go."""
+    boxes, modules/ui.py `update_token_counter`). The LoRAs among them are read by sd2_app/lora_tags.py."""
     return EXTRA_NETWORK.sub("", prompt)
 
 
 def unsupported_syntax(prompt: str) -> list[tuple[str, str]]:
     """(A1111's name of the feature, its first use in `prompt`) for each piece of A1111 prompt syntax that we do
-    not support (AND, LoRA and other extra networks), in `UNSUPPORTED`'s order, so the caller can say so.
+    not support (AND, extra networks other than LoRA), in `UNSUPPORTED`'s order, so the caller can say so.
     `parse_attention` reads AND as text with the bracket rules; extra networks are taken out of the prompt before
     it is read (`without_extra_networks`) and read as text in the negative prompt, as A1111 does."""
     found = []

@@ -121,7 +121,8 @@ def engine_settings(args: argparse.Namespace, serve: ServeConfig | None = None) 
         limits=Limits(max_side=args.max_side, max_job_cost=args.max_job_cost or None),
         outputs_dir=None if args.no_save else args.outputs, keep_outputs_days=args.keep_outputs_days,
         watermark=not args.no_watermark, save_in_background=True, history_size=HISTORY_SIZE,
-        embeddings_dir=args.embeddings_dir, styles_file=args.styles, batch_users=_batch_users(args, zerogpu),
+        embeddings_dir=args.embeddings_dir, lora_dir=args.lora_dir, styles_file=args.styles,
+        batch_users=_batch_users(args, zerogpu),
         # visitors' jobs start on several threads; with --serve they run on the replicas (and torch stays out)
         import_pipelines=not args.serve,
     )

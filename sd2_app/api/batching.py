@@ -34,6 +34,7 @@ from sd2_app.api.gate import GpuGate
 from sd2_app.api.requests import REQUEST_TYPES, TaskRequest
 from sd2_app.api.tasks import TASKS, prepare_of
 from sd2_app.errors import Cancelled
+from sd2_app.lora_tags import lora_tags
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
@@ -56,7 +57,7 @@ def batch_key(task: str, request: TaskRequest) -> Hashable | None:
     """What requests must share to run as one batch; None for a request that always runs alone.
 
     Prompts, negative prompts, seeds (seed extras included) and batch sizes may differ; the size, the sampler,
-    its schedule and the guidance may not. The hires fix and seamless tiling never batch. The prompts' chunk
+    its schedule, the guidance and the prompt's LoRAs (merged into the shared weights) may not. The hires fix and seamless tiling never batch. The prompts' chunk
     count and prompt-editing phases are checked after encoding (pipelines/batch.py runs different ones in
     separate batches).
     """
@@ -69,7 +70,7 @@ def batch_key(task: str, request: TaskRequest) -> Hashable | None:
     s = request.sampling
     size = (getattr(request, "width", None) or width, getattr(request, "height", None) or height)
     return (task, request.checkpoint, size, s.sampler, s.steps, s.use_karras, s.cfg_scale, s.guidance_rescale,
-            s.eta, getattr(request, "strength", None))
+            s.eta, getattr(request, "strength", None), lora_tags(request.prompt))
 
 
 @dataclass(eq=False)
@@ -116,7 +117,8 @@ class Batcher:
         self,
         gate: GpuGate,
         run_solo: SoloFn,
-        use: Callable[[str], AbstractContextManager[Components]],  # Service.use_checkpoint: one job on a checkpoint
+        # Service.use_checkpoint: one job on a checkpoint, with the LoRAs a prompt names
+        use: Callable[[str, str], AbstractContextManager[Components]],
         *,
         prepare: Callable[[str], PrepareFn] = prepare_of,  # the task table's `prepare` for a task
         max_wait_s: float = MAX_WAIT_S,
@@ -251,7 +253,7 @@ class Batcher:
         timings: dict[str, float] = {}
         try:
             started = time.perf_counter()
-            with self._use(members[0].request.checkpoint) as components:
+            with self._use(members[0].request.checkpoint, members[0].request.prompt) as components:
                 loaded = time.perf_counter()
                 outcomes = run_batch(components, [m.request for m in members],
                                      [m.on_step for m in members], self._prepare(group.task))

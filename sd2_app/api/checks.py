@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -55,16 +55,19 @@ class Catalog:
     tasks: Mapping[str, tuple[str, ...]]
     labels: Mapping[str, str] = field(default_factory=dict)
     calls_per_step: Mapping[str, int] = field(default_factory=dict)  # UNet calls per step per sampler (missing: 1)
+    loras: frozenset[str] = frozenset()  # the LoRA names a prompt's tags may use (the host's folder)
 
 
-def catalog_of(registry: Mapping[str, CheckpointSpec]) -> Catalog:
-    """The catalog of the app's samplers (`sd2_app.samplers.registry.SAMPLERS`) and `registry`'s checkpoints."""
+def catalog_of(registry: Mapping[str, CheckpointSpec], loras: Iterable[str] = ()) -> Catalog:
+    """The catalog of the app's samplers (`sd2_app.samplers.registry.SAMPLERS`), `registry`'s checkpoints and
+    the `loras` names."""
     return Catalog(
         samplers={name: bool(spec.supports_karras) for name, spec in SAMPLERS.items()},
         resolutions={key: spec.resolution for key, spec in registry.items()},
         tasks={key: tuple(spec.tasks) for key, spec in registry.items()},
         labels={key: spec.label for key, spec in registry.items()},
         calls_per_step={name: int(spec.order) for name, spec in SAMPLERS.items()},
+        loras=frozenset(loras),
     )
 
 

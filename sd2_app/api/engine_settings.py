@@ -17,6 +17,7 @@ from sd2_app.api import batching, tasks
 from sd2_app.api.checks import Limits
 from sd2_app.checkpoints.catalog import CheckpointSpec, apply_overrides, parse_assignments
 from sd2_app.loading.embeddings import EmbeddingLibrary
+from sd2_app.loading.loras import LoraLibrary
 from sd2_app.prompt_styles import load_styles
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class EngineSettings:
     save_in_background: bool  # results written on a writer thread after the request returns
     history_size: int  # history entries each owner keeps
     embeddings_dir: str | Path  # textual-inversion embeddings (.safetensors)
+    lora_dir: str | Path  # LoRAs (.safetensors, A1111's layout)
     styles_file: str | Path | None  # the host's prompt styles (A1111's styles.csv, sd2_app.prompt_styles); None: none
     batch_users: bool  # batching across users at the GPU gate (sd2_app.api.batching)
     # Import every pipeline now, in the building thread (sd2_app.api.tasks.import_pipelines): for a Service whose
@@ -65,7 +67,8 @@ def service_options(settings: EngineSettings) -> dict[str, Any]:
     return dict(allowed_repos=settings.allowed_repos, limits=settings.limits, outputs_dir=settings.outputs_dir,
                 keep_outputs_days=settings.keep_outputs_days, watermark=settings.watermark,
                 save_in_background=settings.save_in_background, history_size=settings.history_size,
-                embeddings=EmbeddingLibrary.scan(settings.embeddings_dir), styles=load_styles(settings.styles_file))
+                embeddings=EmbeddingLibrary.scan(settings.embeddings_dir), loras=LoraLibrary.scan(settings.lora_dir),
+                styles=load_styles(settings.styles_file))
 
 
 def ready(service: Service, settings: EngineSettings) -> Service:

@@ -26,6 +26,7 @@ from sd2_app.api.checks import Catalog, Limits, catalog_of
 from sd2_app.api.gate import GpuGate
 from sd2_app.api.hires_x4 import run_hires_x4
 from sd2_app.api.keeper import HISTORY_SIZE, ResultKeeper
+from sd2_app.api.lora_tools import LoraTools
 from sd2_app.api.model_host import ModelHost
 from sd2_app.api.plot import CellFn, CheckedPlot, check_plot, run_plot
 from sd2_app.api.progress import PreviewFn, kept_so_far, latent_preview, placed, step_callback, with_result
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from sd2_app.api.batching import Batcher
     from sd2_app.checkpoints.components import Components
     from sd2_app.loading.embeddings import EmbeddingLibrary
+    from sd2_app.loading.loras import LoraLibrary
     from sd2_app.pipelines.loop import LatentProgressFn
     from sd2_app.pipelines.output import PipelineOutput
 
@@ -77,6 +79,7 @@ class Service:
         backend: Backend | None = None,
         concurrency: int = 1,
         embeddings: EmbeddingLibrary | None = None,  # None: no textual-inversion embeddings
+        loras: LoraLibrary | None = None,  # None: no LoRAs
         save_in_background: bool = False,  # write results on a writer thread after the request returns
         styles: StyleBook = StyleBook(),  # the host's prompt styles (--styles)
     ) -> None:
@@ -85,6 +88,7 @@ class Service:
         self.embeddings = embeddings
         self.styles = styles
         self._prompt_tools = PromptTools(self)
+        self.loras = LoraTools(loras)
         # Where validated requests run: None is this process's manager; sd2_app.serve gives a remote one.
         self.backend = backend
         self.concurrency = concurrency  # jobs the GPU queue runs at once: 1 locally, the replicas' total remotely
@@ -96,7 +100,7 @@ class Service:
             self.registry.update(custom)
             if manager is not None:
                 manager.add_checkpoints(custom)
-        self.catalog = catalog or catalog_of(self.registry)
+        self.catalog = catalog or catalog_of(self.registry, loras=self.loras.names())
         self._tasks = dict(tasks) if tasks is not None else None
         self._preview = preview or latent_preview
         self.limits = limits
@@ -152,8 +156,7 @@ class Service:
         """Names of the textual-inversion embeddings a prompt may use."""
         return self._prompt_tools.embedding_names()
 
-    def refused_embeddings(self) -> dict[str, str]:
-        """Files in the embeddings folder that are not used, each with the reason."""
+    def refused_embeddings(self) -> dict[str, str]:  # files in the embeddings folder not used, each with why
         return dict(self.embeddings.refused) if self.embeddings is not None else {}
 
     # ---- running ---------------------------------------------------------------------------------
@@ -217,11 +220,12 @@ class Service:
         return self.gate.ahead_of(should_stop)
 
     @contextmanager
-    def use_checkpoint(self, checkpoint: str) -> Iterator[Components]:
-        """Hold `checkpoint` for one job (the caller holds the gate): its Components, with the embeddings and the
-        prompt plans of this Service's validation lent (`PromptTools.lend`)."""
-        with self._host().use(checkpoint) as components:
-            yield self._prompt_tools.lend(components)
+    def use_checkpoint(self, checkpoint: str, prompt: str = "") -> Iterator[Components]:
+        """Hold `checkpoint` for one job (the caller holds the gate): its Components with this Service's embeddings
+        and prompt plans lent (`PromptTools.lend`), the LoRAs `prompt` names merged in (`LoraTools.merged`)."""
+        with self._host().use(checkpoint) as components, self.loras.merged(
+                self._prompt_tools.lend(components), prompt) as lent:
+            yield lent
 
     def run_on_gpu(
         self, task: str, request: TaskRequest, on_step: LatentProgressFn, timings: dict[str, float]
@@ -231,7 +235,7 @@ class Service:
         from sd2_app.api.fallback import run_with_fallbacks  # torch: see the note at the imports
 
         started = time.perf_counter()
-        with self.use_checkpoint(request.checkpoint) as components:
+        with self.use_checkpoint(request.checkpoint, request.prompt) as components:
             loaded = time.perf_counter()
             timings["load"] = timings.get("load", 0.0) + loaded - started
             task_fn = self._task_fn(task)
@@ -365,8 +369,7 @@ class Service:
         self.keeper.watermark = on
 
     @property
-    def last_seed(self) -> int | None:
-        """The seed of the result kept last."""
+    def last_seed(self) -> int | None:  # the seed of the result kept last
         return self.keeper.last_seed
 
     def flush_saves(self, timeout: float | None = None) -> bool:
@@ -388,10 +391,7 @@ class Service:
         text = read_png_parameters(image)
         return text, (parse_parameters(text) if text else {})
 
-    @staticmethod
-    def read_parameters_text(image: Image.Image | str | Path | BinaryIO) -> str | None:
-        """The A1111 `parameters` text of a PNG, unparsed (None when it has none)."""
-        return read_png_parameters(image)
+    read_parameters_text = staticmethod(read_png_parameters)  # a PNG's A1111 `parameters` text, unparsed, or None
 
     @staticmethod
     def parse_parameters(text: str) -> dict[str, Any]:

@@ -36,7 +36,8 @@ from sd2_app.api.requests import (
 )
 from sd2_app.api.txt2img_options import check_hires, check_seed_extras
 from sd2_app.errors import InvalidRequest, shown
-from sd2_app.prompt_syntax import EXTRA_NETWORKS, MAX_WEIGHT, clamped_weights, unsupported_syntax
+from sd2_app.lora_tags import is_lora_tag, lora_tags
+from sd2_app.prompt_syntax import EXTRA_NETWORK, EXTRA_NETWORKS, MAX_WEIGHT, clamped_weights, unsupported_syntax
 
 MAX_NOISE_LEVEL = 350  # x4 upscaler's model_index.json
 
@@ -150,9 +151,26 @@ def syntax_warnings(prompt: str, label: str) -> list[str]:
         warnings.append(f"The {label} uses A1111 syntax that this app does not support: {uses}. It is read as plain "
                         "text (brackets still weight what they enclose); see the README's Prompts section.")
     if left_out:
-        warnings.append(f'The {label} names an extra network (LoRA) that this app does not have: '
+        warnings.append(f'The {label} names an extra network that this app does not have: '
                         f'"{_shortened(left_out[0])}". As in A1111, such tags are left out of the text the model '
                         "reads; see the README's Prompts section.")
+    return warnings
+
+
+def lora_warnings(prompt: str, negative_prompt: str, loras: frozenset[str]) -> list[str]:
+    """The warnings for the prompt's LoRA tags naming a LoRA the host lacks (left out, as A1111 leaves them out
+    with "Networks not found") and for LoRA tags in the negative prompt (read as text there, as A1111 reads
+    them); raises InvalidRequest for a tag that cannot be read (`lora_tags`)."""
+    missing = [tag.name for tag in lora_tags(prompt) if tag.name not in loras]
+    warnings = []
+    if missing:
+        have = f"the LoRAs here are {', '.join(sorted(loras))}" if loras else "this app has no LoRAs"
+        warnings.append(f"LoRA{'s' if len(missing) > 1 else ''} not found: {', '.join(map(shown, missing))} "
+                        f"({have}); {'their tags are' if len(missing) > 1 else 'its tag is'} left out of the prompt.")
+    negative = [match.group(0) for match in EXTRA_NETWORK.finditer(negative_prompt) if is_lora_tag(match.group(0))]
+    if negative:
+        warnings.append(f'The negative prompt has a LoRA tag, "{_shortened(negative[0])}": as in A1111, LoRAs are '
+                        "read from the prompt only, and there it is read as plain text.")
     return warnings
 
 
@@ -182,9 +200,9 @@ def _validate_fields(request: TaskRequest, catalog: Catalog, limits: Limits) -> 
         "sampling": checked_sampling(request.sampling, catalog, limits),
     }
     warnings += weight_warnings(common["prompt"], "prompt") + syntax_warnings(common["prompt"], "prompt")
-    if guidance_on(common["sampling"].cfg_scale):  # the negative prompt is read only with guidance
-        negative = common["negative_prompt"]
-        warnings += weight_warnings(negative, "negative prompt") + syntax_warnings(negative, "negative prompt")
+    negative = common["negative_prompt"] if guidance_on(common["sampling"].cfg_scale) else ""  # read with guidance
+    warnings += weight_warnings(negative, "negative prompt") + syntax_warnings(negative, "negative prompt")
+    warnings += lora_warnings(common["prompt"], negative, catalog.loras)
     fields = {  # each task's own fields, checked and completed into `common`
         Txt2ImgRequest: _txt2img_fields, Img2ImgRequest: _img2img_fields, InpaintRequest: _inpaint_fields,
         UpscaleRequest: _upscale_fields, DepthRequest: _depth_fields,

@@ -45,3 +45,6 @@ class Components:
     # the Service's prompt plans (lent to each run like the embeddings), so the job takes the plan its request's
     # validation made (pipelines/prompt_plan.py); None: each job plans its own prompts
     prompt_plans: PromptPlans | None = None
+    # the LoRAs merged into these models' weights for this job, (name, A1111 short hash) each (the service's
+    # LoraTools lend them with a copy of this object)
+    loras: tuple[tuple[str, str], ...] = ()

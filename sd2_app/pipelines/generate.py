@@ -16,7 +16,7 @@ from sd2_app.pipelines.images import round_size
 from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.output import sampling_settings
-from sd2_app.pipelines.prompt import ti_hashes
+from sd2_app.pipelines.prompt import prompt_hashes
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.sampling import Job, start_job
 from sd2_app.pipelines.seeds import seed_settings, seeded_noise, uses_extras
@@ -45,7 +45,7 @@ def txt2img_settings(request: Txt2ImgRequest, components: Components, width: int
     """The parameters text's settings, with A1111's keys for the seed extras, tiling when they are on and the
     `embeddings` the prompts used (the job's)."""
     settings = sampling_settings(request.sampling, width=width, height=height, model=components.key)
-    settings |= ti_hashes(embeddings)
+    settings |= prompt_hashes(embeddings, components)
     settings.update(seed_settings(request.seed_extras))
     if request.tiling:
         settings[keys.TILING] = True

@@ -15,7 +15,7 @@ from sd2_app.pipelines.images import postprocess, preprocess_image
 from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
-from sd2_app.pipelines.prompt import ti_hashes
+from sd2_app.pipelines.prompt import prompt_hashes
 from sd2_app.pipelines.sampling import PreparedRun, SamplingPlan, draw_noise, start_job
 from sd2_app.pipelines.seamless import tiled_components
 from sd2_app.pipelines.seeds import seed_settings, vary
@@ -76,7 +76,8 @@ def prepare_img2img(components: Components, request: Img2ImgRequest, mode: RunMo
 
     def finish(latents: torch.Tensor) -> PipelineOutput:
         images = postprocess(job.decode(latents))
-        settings = sampling_settings(sampling, width=width, height=height, model=components.key) | ti_hashes(job.embeddings)
+        settings = sampling_settings(sampling, width=width, height=height, model=components.key)
+        settings |= prompt_hashes(job.embeddings, components)
         settings[keys.DENOISING_STRENGTH] = request.strength
         settings.update(seed_settings(request.seed_extras))
         if request.tiling:

@@ -28,7 +28,7 @@ from sd2_app.pipelines.masks import binarize, crop_box, paste_back
 from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
-from sd2_app.pipelines.prompt import ti_hashes
+from sd2_app.pipelines.prompt import prompt_hashes
 from sd2_app.pipelines.sampling import draw_noise, finished, start_job
 from sd2_app.pipelines.generate import native_size
 from sd2_app.pipelines.vae_io import encode, vae_factor
@@ -166,7 +166,7 @@ def _settings(components: Components, request: InpaintRequest, area: WorkArea, e
     """The parameters text's settings, A1111's inpainting keys among them."""
     width, height = area.out_size
     settings = sampling_settings(request.sampling, width=width, height=height, model=components.key)
-    settings |= ti_hashes(embeddings)
+    settings |= prompt_hashes(embeddings, components)
     settings[keys.DENOISING_STRENGTH] = request.strength
     settings[keys.MASK_BLUR] = request.mask_blur
     if area.only_masked:

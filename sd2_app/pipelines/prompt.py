@@ -14,6 +14,7 @@ exactly as the encoder returned it, so a plain one-chunk prompt gives the plain 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,8 @@ from sd2_app.pipelines.prompt_chunks import CHUNK_LENGTH, Chunk, TokenizedPrompt
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
 
+    from sd2_app.checkpoints.components import Components
+
     from sd2_app.loading.embeddings import TextualInversion
 
 
@@ -38,12 +41,18 @@ class EncodedPrompts:
     phases: tuple[int, ...] = ()  # prompt editing: the context phase of each UNet call (pipelines/prompt_schedule.py)
 
 
-def ti_hashes(embeddings: list[TextualInversion]) -> dict[str, str]:
-    """{"TI hashes": "name: shorthash, ..."} as A1111 writes it (names without ":" and ","), or {} when none."""
-    if not embeddings:
-        return {}
-    names = (e.name.replace(":", "").replace(",", "") for e in embeddings)
-    return {keys.TI_HASHES: ", ".join(f"{name}: {e.shorthash}" for name, e in zip(names, embeddings))}
+def _hash_list(pairs: Iterable[tuple[str, str]]) -> str:
+    """"name: shorthash, ..." with ":" and "," taken out of the names, as A1111 writes its hash lists."""
+    return ", ".join(f"{name.replace(':', '').replace(',', '')}: {shorthash}" for name, shorthash in pairs)
+
+
+def prompt_hashes(embeddings: list[TextualInversion], components: Components) -> dict[str, str]:
+    """{"TI hashes": ..., "Lora hashes": ...} as A1111 writes them, for the embeddings the prompts used and the
+    LoRAs merged into `components` for the job; each key only when there are some."""
+    settings = {keys.TI_HASHES: _hash_list((e.name, e.shorthash) for e in embeddings)} if embeddings else {}
+    if components.loras:
+        settings[keys.LORA_HASHES] = _hash_list(components.loras)
+    return settings
 
 
 def restore_mean_weighting(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -59,6 +59,7 @@ class ServeConfig:
     revisions: tuple[str, ...] = ()  # KEY=REV pins, as app.py's --revision
     allowed_repos: tuple[str, ...] = ()  # owner/name Hub repos users may pick, as $SD2APP_ALLOWED_REPOS
     embeddings_dir: str = "embeddings"  # textual-inversion embeddings, as app.py's --embeddings-dir
+    lora_dir: str = "loras"  # LoRAs, as app.py's --lora-dir
     batch_users: bool = False  # batching across users on each replica (needs max_ongoing_requests >= MAX_IMAGES)
 
     def checkpoint_sources(self) -> dict[str, Any]:

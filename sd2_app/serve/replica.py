@@ -27,7 +27,8 @@ def engine_settings(config: ServeConfig) -> EngineSettings:
         **config.checkpoint_sources(),  # the front end's registry comes from the same (sd2_app.webapp)
         cache_dir=None, preload=config.preload,
         limits=Limits(), outputs_dir=None, keep_outputs_days=None, watermark=False, save_in_background=False,
-        history_size=1, embeddings_dir=config.embeddings_dir, styles_file=None,  # the front end applies styles
+        history_size=1, embeddings_dir=config.embeddings_dir, lora_dir=config.lora_dir,
+        styles_file=None,  # the front end applies styles
         batch_users=config.batch_users,
         # its jobs start on `max_ongoing_requests` threads (SD2Worker's executor)
         import_pipelines=True,

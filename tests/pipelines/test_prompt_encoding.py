@@ -7,6 +7,7 @@ hand, the restore-mean rule in float64), never by calling the code under test a 
 from __future__ import annotations
 
 import hashlib
+from types import SimpleNamespace
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +19,7 @@ from safetensors.torch import save_file
 
 from sd2_app.errors import InvalidRequest
 from sd2_app.loading.embeddings import EmbeddingError, EmbeddingLibrary, TextualInversion, load_embedding
-from sd2_app.pipelines.prompt import ti_hashes
+from sd2_app.pipelines.prompt import prompt_hashes
 from sd2_app.testing.prompt_pair import encode_prompt_pair
 from sd2_app.nn.clip_text import text_model_of
 from sd2_app.pipelines.prompt_chunks import tokenize_prompt
@@ -213,7 +214,9 @@ def test_embedding_vectors_take_their_positions(parts) -> None:
                                      device=CPU).context
     torch.testing.assert_close(with_embedding.context, written_out, rtol=1e-5, atol=1e-5)
     assert [e.name for e in with_embedding.embeddings] == ["pets"]
-    assert ti_hashes(with_embedding.embeddings) == {"TI hashes": "pets: 000000000000"}
+    no_loras, two_loras = SimpleNamespace(loras=()), SimpleNamespace(loras=(("a:b,c", "1" * 12), ("d", "2" * 12)))
+    assert prompt_hashes(with_embedding.embeddings, no_loras) == {"TI hashes": "pets: 000000000000"}
+    assert prompt_hashes([], two_loras) == {"Lora hashes": "abc: 111111111111, d: 222222222222"}
 
 
 def test_embedding_never_straddles_chunks(parts) -> None:

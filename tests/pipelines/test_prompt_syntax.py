@@ -159,8 +159,8 @@ def test_weight_warnings_exact_text() -> None:
 
 @pytest.mark.parametrize("prompt, expected", [
     ("a cat AND a dog:1.2", [("composable prompts", "AND")]),
-    ("<lora:add_detail:0.8> a cat, <hypernet:x:1>", [("LoRA/extra network", "<lora:add_detail:0.8>")]),
-    ("[a:b:1] [c|d] e AND f <lyco:g:1>", [("composable prompts", "AND"), ("LoRA/extra network", "<lyco:g:1>")]),
+    ("<lora:add_detail:0.8> a cat, <hypernet:x:1>", [("extra network", "<hypernet:x:1>")]),  # LoRAs: lora_tags
+    ("[a:b:1] [c|d] e AND f <lyco:g:1> <lora:h>", [("composable prompts", "AND")]),
     # what we do support (prompt editing and alternation too: sd2_app/prompt_editing.py), or text: nothing to say
     ("a (cat:1.2) [dog] \\[x:1\\] [a:b] sand and land, time 10:30, a<b>c", []),
     ("a [cat:dog:0.5] b [cat:3] [dog::0.25] [x: 7] [cat|dog|cow]", []),
@@ -170,9 +170,9 @@ def test_unsupported_a1111_syntax_is_found(prompt: str, expected: list) -> None:
 
 
 def test_syntax_warnings_exact_text() -> None:
-    assert syntax_warnings("a [cat:dog:0.5] AND <lora:a_very_long_lora_file_name_v2:0.8>", "negative prompt") == [
+    assert syntax_warnings("a [cat:dog:0.5] AND <hypernet:a_very_long_hypernetwork_name:0.8>", "negative prompt") == [
         'The negative prompt uses A1111 syntax that this app does not support: '
-        'composable prompts "AND", LoRA/extra network "<lora:a_very_long_lora_file_n…". It is read as plain text '
+        'composable prompts "AND", extra network "<hypernet:a_very_long_hyperne…". It is read as plain text '
         "(brackets still weight what they enclose); see the README's Prompts section."]
     assert syntax_warnings("a (cat:1.2), BREAK [dog]", "prompt") == []
 
@@ -185,7 +185,7 @@ def test_extra_networks_in_the_prompt_are_left_out_as_a1111_leaves_them_out() ->
     assert syntax_warnings("a cat AND a dog <lora:a_very_long_lora_file_name_v2:0.8> <hypernet:h:1>", "prompt") == [
         'The prompt uses A1111 syntax that this app does not support: composable prompts "AND". It is read as plain '
         "text (brackets still weight what they enclose); see the README's Prompts section.",
-        'The prompt names an extra network (LoRA) that this app does not have: "<lora:a_very_long_lora_file_n…". As '
+        'The prompt names an extra network that this app does not have: "<hypernet:h:1>". As '
         "in A1111, such tags are left out of the text the model reads; see the README's Prompts section."]
 
 

@@ -110,15 +110,16 @@ def test_a_weight_over_the_limit_is_used_at_the_limit_and_said_so(app) -> None:
 
 def test_a1111_syntax_we_do_not_support_is_named_in_the_info(app) -> None:
     client, _, _ = app
-    prompt = "a cat AND a dog on a hill <lora:add_detail:0.8>"
+    prompt = "a cat AND a dog on a hill <lora:add_detail:0.8> <hypernet:h:1>"
     _, gallery, info = client.predict(api_name="/txt2img", **{**FAST, "prompt": prompt, "negative_prompt": "[x|y]"})
     lines = info.splitlines()
     assert ('- ⚠️ The prompt uses A1111 syntax that this app does not support: composable prompts "AND". It is '
             "read as plain text (brackets still weight what they enclose); see the README's Prompts section.") in lines
-    assert ('- ⚠️ The prompt names an extra network (LoRA) that this app does not have: '
-            '"&lt;lora:add_detail:0.8&gt;". As in A1111, such tags are left out of the text the model reads; see '
+    assert ('- ⚠️ The prompt names an extra network that this app does not have: '
+            '"&lt;hypernet:h:1&gt;". As in A1111, such tags are left out of the text the model reads; see '
             "the README's Prompts section.") \
         in lines  # the tag as text, not read as an HTML tag or a Markdown link (ui/result_panel.py, warning_text)
+    assert "- ⚠️ LoRA not found: 'add_detail' (this app has no LoRAs); its tag is left out of the prompt." in lines
     assert "negative prompt uses A1111 syntax" not in info  # alternation is supported
     assert parse_parameters(Image.open(gallery[0]["image"]).info["parameters"])["Prompt"] == prompt
 

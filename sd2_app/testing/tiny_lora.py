@@ -1,0 +1,55 @@
+"""Random LoRA files in A1111's (kohya-ss) layout for a loaded model: the LoRA tests' and the benchmark's.
+
+The layers are the ones LoRA trainers target (sd-scripts networks/lora.py, `LoRANetwork`; with its conv
+option, "LoCon"): the UNet's transformer projections and feed-forward layers, the resnets' convolutions and
+time projections, and the text encoder's attention and MLP layers. Conv layers get a (rank, in, kh, kw) down and
+a (out, rank, 1, 1) up, as sd-scripts makes them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from sd2_app.checkpoints.components import Components
+from sd2_app.pipelines.lora import TE_PREFIX, UNET_PREFIX, lora_targets
+
+# module path fragments of the layers a LoRA (a LoCon with `conv`) trains
+LINEAR_LAYERS = ("attn1", "attn2", "ff.net", "proj_in", "proj_out", "self_attn", "mlp")
+CONV_LAYERS = ("resnets", "time_emb_proj")
+
+
+def _trained(layer: str, weight: nn.Parameter, *, unet: bool, text_encoder: bool, conv: bool) -> bool:
+    if layer.startswith(TE_PREFIX):
+        return text_encoder
+    fragments = LINEAR_LAYERS + (CONV_LAYERS if conv else ())
+    return unet and any(f.replace(".", "_") in layer for f in fragments)
+
+
+def random_lora(components: Components, *, rank: int = 4, alpha: float | None = 2.0, scale: float = 0.3,
+                seed: int = 0, unet: bool = True, text_encoder: bool = True, conv: bool = True,
+                dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """A random LoRA's tensors for `components`' models (no `.alpha` when `alpha` is None: alpha = rank)."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for layer, weight in lora_targets(components).items():
+        if not _trained(layer, weight, unet=unet, text_encoder=text_encoder, conv=conv):
+            continue
+        out_features, in_features, *kernel = weight.shape
+        down = torch.randn(rank, in_features, *kernel, generator=generator) * scale / (in_features ** 0.5)
+        up = torch.randn(out_features, rank, *([1] * len(kernel)), generator=generator) * scale
+        tensors[f"{layer}.lora_down.weight"] = down.to(dtype)
+        tensors[f"{layer}.lora_up.weight"] = up.to(dtype)
+        if alpha is not None:
+            tensors[f"{layer}.alpha"] = torch.tensor(alpha, dtype=dtype)
+    return tensors
+
+
+def write_lora(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    """Save `tensors` as a LoRA safetensors file at `path` (its folder made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+    return path
