@@ -82,6 +82,11 @@ def lora_tags(prompt: str) -> tuple[LoraTag, ...]:
     return tuple(found.values())
 
 
+def without_lora_tags(prompt: str) -> str:
+    """`prompt` with its LoRA tags taken out (other extra-network tags stay)."""
+    return EXTRA_NETWORK.sub(lambda match: "" if is_lora_tag(match.group(0)) else match.group(0), prompt)
+
+
 def is_lora_tag(tag_text: str) -> bool:
     """Whether one extra-network tag's text (`<kind:args>`) is a LoRA's."""
     return tag_text[1:].partition(":")[0] in LORA_KINDS

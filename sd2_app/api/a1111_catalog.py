@@ -36,8 +36,9 @@ INTERROGATE_MESSAGE = ("This server does not interrogate images (/sdapi/v1/inter
 
 
 def catalog_routes(router: APIRouter, api: A1111Api) -> None:
-    """/sd-models, /samplers, /schedulers, /scripts, /prompt-styles, /sd-vae, /latent-upscale-modes, /loras,
-    /embeddings and /refresh-checkpoints, and /interrogate's refusal (/upscalers: `a1111_extras`)."""
+    """/sd-models, /samplers, /schedulers, /scripts, /prompt-styles, /sd-vae, /latent-upscale-modes, /embeddings
+    and /refresh-checkpoints, /loras and /refresh-loras (`lora_routes`), and /interrogate's refusal (/upscalers:
+    `a1111_extras`)."""
     catalog = api.service.catalog
     names = api.service.samplers
 
@@ -75,9 +76,7 @@ def catalog_routes(router: APIRouter, api: A1111Api) -> None:
         # (besides Lanczos and /upscalers' SD2 x4)
         return [{"name": name} for name in LATENT_UPSCALERS]
 
-    @router.get("/loras")
-    def loras() -> list[dict[str, Any]]:
-        return []  # A1111's built-in Lora extension's list: none here (a prompt's <lora:...> tags are taken out)
+    lora_routes(router, api)
 
     @router.post("/refresh-checkpoints")
     def refresh_checkpoints() -> None:
@@ -92,6 +91,21 @@ def catalog_routes(router: APIRouter, api: A1111Api) -> None:
         # 501 Not Implemented: the route exists in A1111's API, this server has nothing behind it (it was a 404,
         # which A1111 clients report as a missing server or a wrong URL). The body is not read.
         return a1111_error(501, INTERROGATE_MESSAGE)
+
+
+def lora_routes(router: APIRouter, api: A1111Api) -> None:
+    """/loras: A1111's built-in Lora extension's list (extensions-builtin/Lora/scripts/lora_script.py,
+    `create_lora_json`) with the file's name only as its path (the server's folders are not the client's
+    business) and no training metadata (it can hold the whole dataset's captions); /refresh-loras."""
+
+    @router.get("/loras")
+    def loras() -> list[dict[str, Any]]:
+        return [{"name": file.name, "alias": file.name, "path": file.path.name, "metadata": {}}
+                for file in sorted(api.service.loras.library.files.values(), key=lambda file: file.name)]
+
+    @router.post("/refresh-loras")
+    def refresh_loras() -> None:
+        return None  # the LoRA folder is read at start-up (as /refresh-checkpoints: nothing to look for again)
 
 
 def embeddings_response(api: A1111Api) -> dict[str, dict[str, dict[str, Any]]]:

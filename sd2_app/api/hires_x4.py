@@ -23,6 +23,7 @@ from PIL import Image
 from sd2_app.api.requests import HiresPassRequest, Txt2ImgRequest, UpscaleRequest, request_seeds
 from sd2_app.api.results import ProgressFn
 from sd2_app.api.upscaler_names import x4_checkpoint
+from sd2_app.lora_tags import without_lora_tags
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service  # the Service runs this route: it imports this module
@@ -32,12 +33,14 @@ if TYPE_CHECKING:
 def x4_request(checked: Txt2ImgRequest, image: Image.Image | None, checkpoint: str,
                seed: int | None = None) -> UpscaleRequest:
     """What the x4 stage runs: a first-pass image, the request's prompts, the image's seed (default: the
-    request's), the hires steps."""
+    request's), the hires steps. The prompt's LoRA tags stay with the passes: the x4 stage is the hires fix's
+    upscaler, which LoRAs leave alone as they leave A1111's upscalers (and a LoRA for the passes' model does not
+    fit the x4 model)."""
     assert checked.hires is not None
     defaults = UpscaleRequest(prompt="", image=image).sampling
     steps = checked.hires.steps or checked.sampling.steps
     sampling = replace(defaults, steps=steps, seed=checked.sampling.seed if seed is None else seed)
-    return UpscaleRequest(prompt=checked.prompt, negative_prompt=checked.negative_prompt, image=image,
+    return UpscaleRequest(prompt=without_lora_tags(checked.prompt), negative_prompt=checked.negative_prompt, image=image,
                           checkpoint=checkpoint, sampling=sampling)
 
 

@@ -178,6 +178,10 @@ class HiresPassRequest:
     def checkpoint(self) -> str:
         return self.base.checkpoint
 
+    @property
+    def prompt(self) -> str:  # whose LoRA tags the pass runs with (Service.use_checkpoint)
+        return self.base.prompt
+
 
 @dataclass(frozen=True)
 class Img2ImgRequest:

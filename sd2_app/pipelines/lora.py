@@ -5,7 +5,7 @@ multiplier x alpha / rank x (up @ down), reshaped to W's shape (Hu et al. 2021, 
 down is (rank, in, kh, kw) and its up (out, rank, 1, 1), as sd-scripts networks/lora.py `LoRAModule` makes
 them). The change is added in place, in float32 and rounded once to W's dtype, so everything that reads W
 (the fused projections' stacked views, CUDA graphs, the compiled UNet, a tiled twin) sees it without a
-re-capture; a copy of each changed weight is kept and copied back when the job ends, bit for bit, so no
+re-capture, and a module that derives values from W is told (`weights_changed`); a copy of each changed weight is kept and copied back when the job ends, bit for bit, so no
 request sees another's LoRA. Merging costs one rank-r matmul per layer per job and runs at full speed;
 diffusers' PEFT layers instead add the low-rank path to each forward (`load_lora_weights` without
 `fuse_lora`): the same function up to float rounding.
@@ -155,8 +155,21 @@ def merged(components: Components, loras: Sequence[tuple[LoraWeights, float, flo
                 weight = targets[layer].data
                 kept.append((weight, weight.clone()))
                 weight.copy_(weight.float() + _change(terms, weight))
+        _tell_derived(components)
         yield
     finally:
         with torch.no_grad():
             for weight, original in kept:
                 weight.copy_(original)
+        if kept:
+            _tell_derived(components)
+
+
+def _tell_derived(components: Components) -> None:
+    """Have the modules that keep values derived from their weights (accel's sub-pixel upsampler keeps summed
+    kernels) derive them again, in place."""
+    unet = getattr(components.unet, "module", components.unet)
+    for model in (unet, text_model_of(components.text_encoder)):
+        for module in model.modules():
+            if callable(getattr(module, "weights_changed", None)):
+                module.weights_changed()

@@ -2,7 +2,7 @@
 
 The layers are the ones LoRA trainers target (sd-scripts networks/lora.py, `LoRANetwork`; with its conv
 option, "LoCon"): the UNet's transformer projections and feed-forward layers, the resnets' convolutions and
-time projections, and the text encoder's attention and MLP layers. Conv layers get a (rank, in, kh, kw) down and
+time projections, the down- and upsamplers' convolutions, and the text encoder's attention and MLP layers. Conv layers get a (rank, in, kh, kw) down and
 a (out, rank, 1, 1) up, as sd-scripts makes them.
 """
 
@@ -19,7 +19,7 @@ from sd2_app.pipelines.lora import TE_PREFIX, UNET_PREFIX, lora_targets
 
 # module path fragments of the layers a LoRA (a LoCon with `conv`) trains
 LINEAR_LAYERS = ("attn1", "attn2", "ff.net", "proj_in", "proj_out", "self_attn", "mlp")
-CONV_LAYERS = ("resnets", "time_emb_proj")
+CONV_LAYERS = ("resnets", "time_emb_proj", "downsamplers", "upsamplers")
 
 
 def _trained(layer: str, weight: nn.Parameter, *, unet: bool, text_encoder: bool, conv: bool) -> bool:

@@ -1,4 +1,4 @@
-"""Helpers any tab puts under its prompt boxes: a live token counter and the embeddings list.
+"""Helpers any tab puts under its prompt boxes: a live token counter, the embeddings list and the LoRAs list.
 
 The counter shows A1111's "23/75" ("93/150" once a second chunk starts), computed by the service from the
 same tokenizer and parser generation uses. It is fetched outside the GPU queue (`queue=False`; the service
@@ -11,6 +11,7 @@ that came back late (a slow answer, the tokenizer's first read) replaced the new
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, TYPE_CHECKING
 
 import gradio as gr
@@ -74,6 +75,7 @@ def wire_prompt_tools(service: Service, prefix: str, boxes: PromptBoxes, checkpo
     wire_counter(service, boxes.negative, boxes.negative_tokens, checkpoint, api_name=f"{prefix}_negative_count",
                  styles=styles, negative=True)
     embeddings_picker(service, boxes.prompt, boxes.negative, prefix)
+    loras_picker(service, boxes.prompt, prefix)
 
 
 def _insert(name: str, text: str) -> str:
@@ -111,3 +113,36 @@ def embeddings_picker(service: Service, prompt: gr.Textbox, negative: gr.Textbox
         if refused:
             lines = "\n".join(f"- {why}" for _, why in sorted(refused.items()))  # each reason names its file
             gr.Markdown(f"Not used:\n{lines}", elem_id=f"{prefix}-embeddings-refused")
+
+
+def toggled_lora(name: str, text: str) -> str:
+    """`text` with `<lora:name:1>` added after a space, or with its tags for `name` taken out when it has some
+    (A1111's extra-network cards do both: javascript/extraNetworks.js, `cardClicked`)."""
+    text = text or ""
+    tag = re.compile(rf"\s?<(?:lora|lyco):{re.escape(name)}(?::[^>]*)?>")
+    if tag.search(text):
+        return tag.sub("", text).strip()
+    return f"{text.rstrip()} <lora:{name}:1>" if text.strip() else f"<lora:{name}:1>"
+
+
+def loras_picker(service: Service, prompt: gr.Textbox, prefix: str) -> None:
+    """A closed accordion listing the LoRAs; clicking one adds its tag to the prompt, or takes it out again.
+    Files that were refused are listed with the reason, so a missing name is explained."""
+    names, refused = service.loras.names(), service.loras.refused()
+    if not names and not refused:
+        return
+    with gr.Accordion(f"LoRAs ({len(names)})", open=False, elem_id=f"{prefix}-loras"):
+        if names:
+            listing = gr.Dataset(components=[gr.Textbox(visible=False)], samples=[[n] for n in names],
+                                 label="Click a LoRA to add its tag to the prompt (again: take it out); the number "
+                                       "after its name is its strength", type="values", elem_id=f"{prefix}-loras-list")
+
+            def toggle(sample: Any, text: str) -> Any:
+                name = str(sample[0]) if isinstance(sample, (list, tuple)) and sample else str(sample)
+                return toggled_lora(name, text) if name in service.loras.names() else gr.skip()
+
+            listing.click(toggle, [listing, prompt], prompt, queue=False, api_name=f"{prefix}_toggle_lora",
+                          api_visibility="private")
+        if refused:
+            lines = "\n".join(f"- {why}" for _, why in sorted(refused.items()))  # each reason names its file
+            gr.Markdown(f"Not used:\n{lines}", elem_id=f"{prefix}-loras-refused")

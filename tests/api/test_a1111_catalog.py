@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from tests.a1111_support import a1111_error_body
+from tests.lora_support import write_test_loras
 from tests.hosting_support import API_FAST as FAST
 from tests.reliability_support import noise_image, one_thread, png_bytes, serve  # noqa: F401 (a fixture)
 
@@ -29,7 +30,9 @@ def url(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     g = torch.Generator().manual_seed(3)
     save_file({"emb_params": torch.randn(2, 32, generator=g)}, str(embeddings / "tiny-style.safetensors"))
     save_file({"emb_params": torch.randn(1, 768, generator=g)}, str(embeddings / "sd15-style.safetensors"))
-    argv = ["--tiny", "--device", "cpu", "--no-save", "--api", "--embeddings-dir", str(embeddings)]
+    loras = write_test_loras(tmp_path_factory.mktemp("loras"))
+    argv = ["--tiny", "--device", "cpu", "--no-save", "--api", "--embeddings-dir", str(embeddings), "--lora-dir",
+            str(loras)]
     with serve(argv, tmp_path_factory.mktemp("app-cache")) as (served, _):
         yield served.rstrip("/") + "/sdapi/v1"
 
@@ -53,7 +56,7 @@ def test_no_styles_and_no_separate_vaes(url: str) -> None:
 
 def test_the_latent_upscale_modes_are_the_hires_upscalers_that_work_on_latents(url: str) -> None:
     """What SillyTavern-like clients list with /upscalers for `hr_upscaler`: each listed mode runs the hires fix,
-    and the parameters text names it; no LoRAs; a checkpoint refresh answers as A1111's (null) and changes nothing."""
+    and the parameters text names it; a checkpoint refresh answers as A1111's (null) and changes nothing."""
     modes = httpx.get(f"{url}/latent-upscale-modes", timeout=60).json()
     assert modes == [{"name": "Latent"}, {"name": "Latent (nearest-exact)"}]
     for mode in modes:
@@ -62,11 +65,34 @@ def test_the_latent_upscale_modes_are_the_hires_upscalers_that_work_on_latents(u
                                                  "denoising_strength": 0.5}, timeout=300)
         assert made.status_code == 200, made.text
         assert json.loads(made.json()["info"])["infotexts"][0].endswith(f"Hires upscaler: {mode['name']}")
-    assert httpx.get(f"{url}/loras", timeout=60).json() == []
     models = httpx.get(f"{url}/sd-models", timeout=60).json()
     refreshed = httpx.post(f"{url}/refresh-checkpoints", timeout=60)
     assert (refreshed.status_code, refreshed.json()) == (200, None)
     assert httpx.get(f"{url}/sd-models", timeout=60).json() == models
+
+
+def test_loras_are_listed_and_a_tag_uses_one(url: str) -> None:
+    """A1111's /loras items (the file's name as its path: no server folders), /refresh-loras' null, and a txt2img
+    whose prompt names a LoRA: its infotext carries `Lora hashes`, and its image differs from the plain one; with
+    the hires fix through the SD2 x4 model too."""
+    assert httpx.get(f"{url}/loras", timeout=60).json() == [
+        {"name": name, "alias": name, "path": f"{name}.safetensors", "metadata": {}}
+        for name in ("tiny-detail", "upscaler-detail")]
+    refreshed = httpx.post(f"{url}/refresh-loras", timeout=60)
+    assert (refreshed.status_code, refreshed.json()) == (200, None)
+    made = [httpx.post(f"{url}/txt2img", json={"prompt": prompt, "seed": SEED, **FAST}, timeout=300)
+            for prompt in ("a hat", "a hat <lora:tiny-detail:0.9>")]
+    assert [answer.status_code for answer in made] == [200, 200], made[1].text
+    infotext = json.loads(made[1].json()["info"])["infotexts"][0]
+    assert infotext.startswith("a hat <lora:tiny-detail:0.9>\n") and 'Lora hashes: "tiny-detail: ' in infotext
+    plain, with_lora = (np.asarray(Image.open(io.BytesIO(base64.b64decode(a.json()["images"][0]))), dtype=float)
+                        for a in made)
+    assert np.abs(plain - with_lora).mean() > 2
+    # the hires fix through the SD2 x4 model: the passes run with the LoRA, the x4 stage without (it would not fit)
+    hires = httpx.post(f"{url}/txt2img", json={"prompt": "a hat <lora:tiny-detail:0.9>", **FAST, "seed": 2,
+                                              "enable_hr": True, "hr_upscaler": "SD2 x4"}, timeout=300)
+    assert hires.status_code == 200, hires.text
+    assert 'Lora hashes: "tiny-detail: ' in json.loads(hires.json()["info"])["infotexts"][0]
 
 
 def test_png_info_reads_our_result_back(url: str) -> None:

@@ -1,4 +1,4 @@
-"""The token counter and the embeddings list in a real Chromium (Playwright), on the tiny checkpoints.
+"""The token counter, the embeddings list and the LoRAs list in a real Chromium (Playwright), on the tiny checkpoints.
 
 Screenshots go to tests/artifacts/ (gitignored). Skipped when /usr/bin/chromium or playwright is missing.
 """
@@ -29,10 +29,12 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from sd2_app.api.service import Service
     from sd2_app.checkpoints.catalog import tiny_registry
     from sd2_app.loading.embeddings import EmbeddingLibrary
+    from sd2_app.loading.loras import LoraLibrary
     from sd2_app.manager import ModelManager
     from sd2_app.testing.tiny import ensure_tiny_repos
     from sd2_app.ui import build_ui
     from tests.pipeline_fixtures import tiny_dir
+    from tests.lora_support import write_test_loras
     from tests.reliability_support import launched
 
     folder = tmp_path_factory.mktemp("embeddings")
@@ -40,7 +42,8 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     (folder / "old-style.pt").write_bytes(b"pickle")
     registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
     manager = ModelManager("cpu", registry=registry, cache_dir=tmp_path_factory.mktemp("cache"))
-    demo = build_ui(Service(manager, outputs_dir=None, embeddings=EmbeddingLibrary.scan(folder)))
+    loras = LoraLibrary.scan(write_test_loras(tmp_path_factory.mktemp("loras")))
+    demo = build_ui(Service(manager, outputs_dir=None, embeddings=EmbeddingLibrary.scan(folder), loras=loras))
     ARTIFACTS.mkdir(exist_ok=True)
     with launched(demo) as address:
         with sync_api.sync_playwright() as playwright:
@@ -89,3 +92,21 @@ def test_counter_counts_the_longest_prompt_of_an_edited_one(page) -> None:
     prompt.fill("[a|a a a a a] a")  # the longer alternative: 6
     sync_api.expect(_counter(page, "txt2img-prompt-tokens")).to_have_text("6/75")
     page.screenshot(path=str(ARTIFACTS / "prompts-editing-counter.png"), full_page=False)
+
+
+def test_lora_click_adds_its_tag_and_a_second_click_takes_it_out(page) -> None:
+    prompt = page.locator("#img2img-prompt textarea")
+    page.get_by_role("tab", name="Image to image").click()
+    prompt.fill("a cat")
+    sync_api.expect(_counter(page, "img2img-prompt-tokens")).to_have_text("2/75")
+    page.locator("#img2img-loras").get_by_text("LoRAs (2)").click()
+    listing = page.locator("#img2img-loras-list")
+    sync_api.expect(listing.get_by_role("button")).to_have_text(["tiny-detail", "upscaler-detail"])
+    listing.get_by_text("tiny-detail").click()
+    sync_api.expect(prompt).to_have_value("a cat <lora:tiny-detail:1>")
+    refused = page.locator("#img2img-loras-refused")
+    sync_api.expect(refused).to_contain_text("old-detail.pt: a pickle file, which this app never opens")
+    sync_api.expect(refused).to_contain_text("sd15-detail.safetensors: a LoRA for SD 1.x")
+    page.screenshot(path=str(ARTIFACTS / "prompts-loras.png"), full_page=False)
+    listing.get_by_text("tiny-detail").click()
+    sync_api.expect(prompt).to_have_value("a cat")

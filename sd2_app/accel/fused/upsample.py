@@ -10,7 +10,7 @@ are ~8% of a call's FLOPs; the VAE decoder's about 29% of its convolution work (
 128x128 and 256x256, 256 channels at 512x512: 348 of ~1200 GMAC).
 
 The summed kernels are kept as a buffer (not in the state dict; the manager moves it with the module):
-16/9 of the conv's weight. Sums are taken in fp32 and rounded once to the weights' dtype, and taken again
+16/9 of the conv's weight; whoever changes the conv's weights in place says so (`weights_changed`). Sums are taken in fp32 and rounded once to the weights' dtype, and taken again
 when the weights' dtype changes: a half-precision module converted to fp32 for one decode (the x4 VAE, the
 fp32 retry) would otherwise convolve with fp32 copies of fp16-rounded sums, ~5e-4 off in every weight.
 """
@@ -50,6 +50,12 @@ class SubpixelUpsample2D(Upsample2D):
         self.conv = block.conv
         self.register_buffer("phase_weight", phase_kernels(block.conv.weight), persistent=False)
         self._summed_from = block.conv.weight.dtype  # a plain attribute: module.to(dtype) leaves it alone
+
+    def weights_changed(self) -> None:
+        """Sum the kernels again, into the same buffer (a captured CUDA graph reads the new sums), after the conv's
+        weights changed in place (a LoRA merged or put back: pipelines/lora.py)."""
+        with torch.no_grad():
+            self.phase_weight.copy_(phase_kernels(self.conv.weight))
 
     def _phase_weight(self) -> Tensor:
         """The summed kernels for the conv's current weights: summed again (once) after a dtype change."""
