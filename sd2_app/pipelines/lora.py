@@ -34,6 +34,7 @@ from sd2_app.nn.clip_text import text_model_of
 
 UNET_PREFIX, TE_PREFIX = "lora_unet_", "lora_te_text_model_"
 CACHE_BYTES = 2 * 2**30  # LoRA tensors kept in host memory between jobs, at most
+BACKUP_HEADROOM_BYTES = 4 * 2**30  # GPU memory left free for the job when the weights' copies stay on the GPU
 
 
 @dataclass(frozen=True)
@@ -145,15 +146,21 @@ def _change(terms: list[tuple[Tensor, Tensor, float]], weight: Tensor) -> Tensor
 def merged(components: Components, loras: Sequence[tuple[LoraWeights, float, float]]) -> Iterator[None]:
     """The `loras` merged into `components`' weights while the block runs; put back after it, also when it
     raises (`plan_changes` refuses a LoRA that does not fit before anything changes). One layer's change at a
-    time is in memory; each changed weight's copy is kept until the end."""
+    time is in memory; each changed weight's copy is kept until the end (`backup_device` says where)."""
     targets = lora_targets(components)
     plan = plan_changes(targets, loras)
+    if not plan:
+        yield
+        return
+    device = targets[next(iter(plan))].device
+    needed = sum(targets[layer].numel() * targets[layer].element_size() for layer in plan)
+    keep_on = backup_device(device, needed, _free_bytes(device))
     kept: list[tuple[Tensor, Tensor]] = []
     try:
         with torch.no_grad():
             for layer, terms in plan.items():
                 weight = targets[layer].data
-                kept.append((weight, weight.clone()))
+                kept.append((weight, weight.to(keep_on, copy=True)))
                 weight.copy_(weight.float() + _change(terms, weight))
         _tell_derived(components)
         yield
@@ -161,8 +168,26 @@ def merged(components: Components, loras: Sequence[tuple[LoraWeights, float, flo
         with torch.no_grad():
             for weight, original in kept:
                 weight.copy_(original)
-        if kept:
-            _tell_derived(components)
+        _tell_derived(components)
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    """What the job could still allocate on a CUDA `device`: the driver's free memory and the blocks PyTorch's
+    allocator holds unused; None elsewhere."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def backup_device(device: torch.device, needed: int, free: int | None) -> torch.device:
+    """Where the copies of the changed weights wait for the job's end: beside them while the GPU has `needed`
+    bytes free and BACKUP_HEADROOM_BYTES more for the job itself (a copy back is then a device copy), else in host
+    memory (a LoRA over most of the UNet on a small GPU: slower to put back, but no job runs out of memory for
+    it). `free` None: not a CUDA device, where there is no such limit."""
+    if free is None or free >= needed + BACKUP_HEADROOM_BYTES:
+        return device
+    return torch.device("cpu")
 
 
 def _tell_derived(components: Components) -> None:

@@ -16,7 +16,7 @@ from sd2_app.api.requests import Img2ImgRequest, Sampling, Txt2ImgRequest
 from sd2_app.errors import InvalidRequest
 from sd2_app.loading.loras import LoraLibrary
 from sd2_app.pipelines.img2img import img2img
-from sd2_app.pipelines.lora import lora_targets
+from sd2_app.pipelines.lora import backup_device, lora_targets
 from sd2_app.pipelines.metadata import parse_parameters
 from sd2_app.pipelines.txt2img import txt2img
 from sd2_app.testing.tiny_lora import random_lora, write_lora
@@ -130,3 +130,10 @@ def test_a_lora_for_another_model_is_refused_before_any_weight_changes(component
         with tools.merged(dataclasses.replace(upscaler), "<lora:base:1>"):
             pass
     _same_weights(upscaler, before)
+
+
+def test_the_weights_copies_stay_on_the_gpu_only_while_it_has_room() -> None:
+    gpu, gib = torch.device("cuda", 0), 2**30
+    assert backup_device(gpu, needed=1 * gib, free=6 * gib) == gpu  # 1 GiB of copies + 4 GiB for the job
+    assert backup_device(gpu, needed=1 * gib, free=5 * gib - 1) == torch.device("cpu")
+    assert backup_device(torch.device("cpu"), needed=100 * gib, free=None) == torch.device("cpu")

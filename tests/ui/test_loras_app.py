@@ -97,3 +97,25 @@ def test_malformed_and_misfitting_loras_are_refused_and_the_app_keeps_serving(cl
         _txt2img(client, "a hat <lora:upscaler-detail:1>")
     after, _ = _txt2img(client, "a red hat")
     assert np.array_equal(_pixels(after), _pixels(before))  # nothing of the refused LoRA stayed in the weights
+
+
+def test_the_cli_reads_the_lora_folder_as_the_app_does(tmp_path: Path, loras_dir: Path, client: Client,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from sd2_app.__main__ import main
+    from tests.pipeline_fixtures import tiny_dir
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "tiny").symlink_to(tiny_dir(), target_is_directory=True)
+    prompt = "a red hat <lora:tiny-detail:0.8>"
+    assert main(["txt2img", "--tiny", "--model-dir", str(models), "--lora-dir", str(loras_dir), "--prompt", prompt,
+                 "--steps", "2", "--seed", "5", "--width", "64", "--height", "64", "--json",
+                 "--out", str(tmp_path / "out")]) == 0
+    made = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert made["warnings"] == []
+    app_image, _ = _txt2img(client, prompt)
+    with Image.open(made["paths"][0]) as cli_image:
+        assert np.array_equal(_pixels(cli_image), _pixels(app_image))
+        assert parse_parameters(cli_image.info["parameters"])["Lora hashes"].startswith("tiny-detail: ")
