@@ -47,6 +47,9 @@ class TaskSpec:
     cfg_scale: float = DEFAULT_CFG_SCALE
     strength: float | None = None  # None: the task does not start from a noised image
     prepare: str | None = None  # "module:function" (components, request, mode) -> PreparedRun; None: never batched
+    # whether the tab lists the LoRAs: they are made for the SD 2 models, which the x4 upscaler is not (a prompt's
+    # tag is still read everywhere, and refused where the LoRA does not fit)
+    lists_loras: bool = True
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -59,7 +62,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("inpaint", "Inpaint", "sd2-inpainting", "sd2_app.pipelines.inpaint:inpaint", strength=1.0),
         TaskSpec("outpaint", "Outpaint", "sd2-inpainting", "sd2_app.pipelines.outpaint:outpaint", strength=1.0),
         TaskSpec("upscale", "Upscale x4", "x4-upscaler", "sd2_app.pipelines.upscale:upscale",
-                 sampler="DDIM", steps=50, cfg_scale=9.0),
+                 sampler="DDIM", steps=50, cfg_scale=9.0, lists_loras=False),
         TaskSpec("depth", "Depth to image", "sd2-depth", "sd2_app.pipelines.depth:depth2img", strength=0.7),
     )
 }

@@ -66,16 +66,17 @@ def wire_counter(service: Service, box: gr.Textbox, counter: gr.Markdown, checkp
 
 
 def wire_prompt_tools(service: Service, prefix: str, boxes: PromptBoxes, checkpoint: gr.Dropdown,
-                      styles: gr.Dropdown | None = None) -> None:
+                      styles: gr.Dropdown | None = None, *, loras: bool = True) -> None:
     """Everything issue 20 adds to a tab's prompts: both counters (counting the picked `styles` too, where the tab
-    has the picker) and, at the current place in the layout, the embeddings list. Call it right after the
-    checkpoint dropdown."""
+    has the picker) and, at the current place in the layout, the embeddings list and (`loras`) the LoRAs list. Call
+    it right after the checkpoint dropdown."""
     prompt_api = "count_tokens" if prefix == "txt2img" else f"{prefix}_prompt_count"
     wire_counter(service, boxes.prompt, boxes.prompt_tokens, checkpoint, api_name=prompt_api, styles=styles)
     wire_counter(service, boxes.negative, boxes.negative_tokens, checkpoint, api_name=f"{prefix}_negative_count",
                  styles=styles, negative=True)
     embeddings_picker(service, boxes.prompt, boxes.negative, prefix)
-    loras_picker(service, boxes.prompt, prefix)
+    if loras:
+        loras_picker(service, boxes.prompt, prefix)
 
 
 def _insert(name: str, text: str) -> str:

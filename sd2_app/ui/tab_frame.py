@@ -21,6 +21,7 @@ from typing import Any, TYPE_CHECKING
 import gradio as gr
 
 from sd2_app.api.checks import MIN_SIDE
+from sd2_app.api.tasks import TASKS
 
 from sd2_app.ui.result_panel import ResultPanel, result_panel
 from sd2_app.ui.sampling_controls import SamplingControls, checkpoint_dropdown, sampling_controls, wire_seed_buttons
@@ -88,8 +89,9 @@ class TabFrame:
         return checkpoint
 
     def prompt_tools(self, checkpoint: gr.Dropdown) -> None:
-        """The prompts' token counters, following `checkpoint`, and the embeddings picker, made here."""
-        wire_prompt_tools(self.service, self.prefix, self.top.boxes, checkpoint, self.top.styles)
+        """The prompts' token counters, following `checkpoint`, and the embeddings and LoRAs pickers, made here."""
+        wire_prompt_tools(self.service, self.prefix, self.top.boxes, checkpoint, self.top.styles,
+                          loras=TASKS[self.prefix].lists_loras if self.prefix in TASKS else True)
 
     def size_sliders(self, checkpoint: gr.Dropdown) -> tuple[gr.Slider, gr.Slider]:
         """Width and height sliders, set to the checkpoint's native resolution, and set again to the resolution of

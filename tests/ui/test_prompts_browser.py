@@ -110,3 +110,6 @@ def test_lora_click_adds_its_tag_and_a_second_click_takes_it_out(page) -> None:
     page.screenshot(path=str(ARTIFACTS / "prompts-loras.png"), full_page=False)
     listing.get_by_text("tiny-detail").click()
     sync_api.expect(prompt).to_have_value("a cat")
+    page.get_by_role("tab", name="Upscale ×4").click()
+    page.locator("#upscale-embeddings").wait_for()
+    assert page.locator("#upscale-loras").count() == 0  # LoRAs are made for the SD 2 models, not the x4 upscaler
