@@ -119,3 +119,17 @@ def test_the_cli_reads_the_lora_folder_as_the_app_does(tmp_path: Path, loras_dir
     with Image.open(made["paths"][0]) as cli_image:
         assert np.array_equal(_pixels(cli_image), _pixels(app_image))
         assert parse_parameters(cli_image.info["parameters"])["Lora hashes"].startswith("tiny-detail: ")
+
+
+def test_a_plot_compares_a_loras_strengths_as_in_a1111(client: Client) -> None:
+    """The X/Y/Z plot's Prompt S/R over a tag's multiplier, A1111 users' way to compare a LoRA's strengths: each
+    cell is the /txt2img run of its prompt."""
+    _, gallery, _, _ = client.predict(api_name="/xyz_plot", prompt="a red hat <lora:tiny-detail:0>",
+                                      negative_prompt="", sampler="Euler", steps=2, seed=5, cfg_scale=7.5, width=64,
+                                      height=64, x_type="prompt_sr", x_values=":0>, :0.4>, :0.8>")
+    cells = [Image.open(item["image"]) for item in gallery[1:]]
+    assert [item["caption"].split(" · ")[0] for item in gallery] == ["Grid", ":0>", ":0.4>", ":0.8>"]
+    for cell, strength in zip(cells, ("0", "0.4", "0.8"), strict=True):
+        alone, _ = _txt2img(client, f"a red hat <lora:tiny-detail:{strength}>", sampler="Euler")
+        assert np.array_equal(_pixels(cell), _pixels(alone)), strength
+    assert not np.array_equal(_pixels(cells[0]), _pixels(cells[2]))
