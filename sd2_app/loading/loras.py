@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,17 +76,26 @@ def read_header(path: Path) -> dict[str, Any]:
     return header
 
 
+def lora_layers(keys: Iterable[str]) -> tuple[str, ...]:
+    """The LoRA layers among a file's tensor names: each `<layer>` (with a LoRA prefix) that has both its
+    lora_down and its lora_up weight, sorted."""
+    names = set(keys)
+    return tuple(sorted(key[:-len(DOWN)] for key in names if key.endswith(DOWN) and key.startswith(PREFIXES)
+                        and key[:-len(DOWN)] + UP in names))
+
+
 def _layers(header: dict[str, Any], name: str) -> tuple[str, ...]:
     """The LoRA layers the header describes, or LoraFileError naming what the file is instead."""
     for fragment, what in _OTHER_LAYOUTS:
         if any(fragment in key for key in header):
             raise LoraFileError(f"{name}: {what} file; LoRA files in A1111's (kohya-ss) layout for SD 2.x are read")
-    layers = tuple(sorted(key[:-len(DOWN)] for key in header if key.endswith(DOWN) and key.startswith(PREFIXES)))
-    if not layers:
+    downs = sorted(key[:-len(DOWN)] for key in header if key.endswith(DOWN) and key.startswith(PREFIXES))
+    if not downs:
         raise LoraFileError(f"{name}: no LoRA layers (lora_unet_*/lora_te_* with lora_down and lora_up weights)")
-    missing = [layer for layer in layers if layer + UP not in header]
+    missing = [layer for layer in downs if layer + UP not in header]
     if missing:
         raise LoraFileError(f"{name}: the layer {missing[0]} has a lora_down weight without its lora_up weight")
+    layers = lora_layers(header)
     width = next((shape[1] for key, info in header.items() if key.endswith(CROSS_KEY)
                   and len(shape := info.get("shape") or []) >= 2), None)
     if width == SD1_WIDTH:  # any other width is checked against the model when a job merges it

@@ -5,10 +5,11 @@ multiplier x alpha / rank x (up @ down), reshaped to W's shape (Hu et al. 2021, 
 down is (rank, in, kh, kw) and its up (out, rank, 1, 1), as sd-scripts networks/lora.py `LoRAModule` makes
 them). The change is added in place, in float32 and rounded once to W's dtype, so everything that reads W
 (the fused projections' stacked views, CUDA graphs, the compiled UNet, a tiled twin) sees it without a
-re-capture, and a module that derives values from W is told (`weights_changed`); a copy of each changed weight is kept and copied back when the job ends, bit for bit, so no
-request sees another's LoRA. Merging costs one rank-r matmul per layer per job and runs at full speed;
-diffusers' PEFT layers instead add the low-rank path to each forward (`load_lora_weights` without
-`fuse_lora`): the same function up to float rounding.
+re-capture, and a module that derives values from W is told (`weights_changed`); a copy of each changed
+weight is kept and copied back when the job ends, bit for bit, so no request sees another's LoRA. Merging
+costs one rank-r matmul per layer per job, and the job then runs at full speed; diffusers' PEFT layers instead
+add the low-rank path to each forward (`load_lora_weights` without `fuse_lora`): the same function up to float
+rounding.
 
 A layer's name is `lora_unet_` or `lora_te_text_model_` followed by the module's path with "_" for "."
 (sd2_app/loading/loras.py); our modules' paths are the checkpoint's keys, so the names match directly.
@@ -17,6 +18,7 @@ A layer's name is `lora_unet_` or `lora_te_text_model_` followed by the module's
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -29,8 +31,10 @@ from torch import Tensor, nn
 
 from sd2_app.checkpoints.components import Components
 from sd2_app.errors import InvalidRequest
-from sd2_app.loading.loras import ALPHA, DOWN, UP, LoraFile
+from sd2_app.loading.loras import ALPHA, DOWN, MAX_FILE_BYTES, UP, LoraFile, lora_layers
 from sd2_app.nn.clip_text import text_model_of
+
+log = logging.getLogger(__name__)
 
 UNET_PREFIX, TE_PREFIX = "lora_unet_", "lora_te_text_model_"
 CACHE_BYTES = 2 * 2**30  # LoRA tensors kept in host memory between jobs, at most
@@ -44,20 +48,28 @@ class LoraWeights:
     name: str
     shorthash: str  # first 12 hex digits of the file's sha256, as A1111 writes in `Lora hashes:`
     layers: dict[str, tuple[Tensor, Tensor, float]] = field(repr=False)
-    nbytes: int = 0
+    nbytes: int = 0  # the tensors' bytes as kept (float32)
 
 
 def read_lora(file: LoraFile) -> LoraWeights:
-    """Read `file`'s tensors (checked when the library described it)."""
+    """Read `file`'s tensors. Its layers are read from the file as it is now: the library checked its header at
+    start-up, and a file replaced since is refused if it holds no LoRA layers any more."""
+    if file.path.stat().st_size > MAX_FILE_BYTES:
+        raise InvalidRequest(f"The LoRA file {file.path.name!r} has grown over {MAX_FILE_BYTES} bytes since start-up.")
     data = file.path.read_bytes()
-    tensors = load_safetensors(data)
+    try:
+        tensors = load_safetensors(data)
+    except Exception as error:  # noqa: BLE001  # safetensors raises several types for a damaged file
+        raise InvalidRequest(f"The LoRA file {file.path.name!r} cannot be read any more ({error}).") from error
     layers = {}
-    for layer in file.layers:
+    for layer in lora_layers(tensors):
         down, up = tensors[layer + DOWN].float(), tensors[layer + UP].float()
-        rank = down.shape[0]
-        alpha = float(tensors[layer + ALPHA]) if layer + ALPHA in tensors else float(rank)
-        layers[layer] = (down, up, alpha / rank)
-    return LoraWeights(file.name, hashlib.sha256(data).hexdigest()[:12], layers, len(data))
+        alpha = float(tensors[layer + ALPHA]) if layer + ALPHA in tensors else float(down.shape[0])
+        layers[layer] = (down, up, alpha / down.shape[0])
+    if not layers:
+        raise InvalidRequest(f"The LoRA file {file.path.name!r} holds no LoRA layers any more.")
+    nbytes = sum(down.nbytes + up.nbytes for down, up, _ in layers.values())
+    return LoraWeights(file.name, hashlib.sha256(data).hexdigest()[:12], layers, nbytes)
 
 
 class LoraCache:
@@ -113,7 +125,8 @@ LayerPlan = dict[str, list[tuple[Tensor, Tensor, float]]]  # layer -> (down, up,
 def plan_changes(targets: dict[str, nn.Parameter], loras: Sequence[tuple[LoraWeights, float, float]]) -> LayerPlan:
     """What each weight the `loras` ((weights, te, unet multiplier) each) touch gets added. Raises
     InvalidRequest for a LoRA made for another model: one whose layers this checkpoint lacks, or whose layer's
-    shape does not fit. (A few unknown layers are skipped, as A1111 skips them with a note in its log.)"""
+    shape does not fit. Layers the checkpoint lacks are skipped while others fit (A1111 skips them with a note in
+    its log; so does this, `log`)."""
     plan: LayerPlan = {}
     for weights, te, unet in loras:
         known = [layer for layer in weights.layers if layer in targets]
@@ -121,6 +134,9 @@ def plan_changes(targets: dict[str, nn.Parameter], loras: Sequence[tuple[LoraWei
             raise InvalidRequest(f"The LoRA {weights.name!r} does not fit this checkpoint: none of its "
                                  f"{len(weights.layers)} layers is one of the model's (a LoRA made for another "
                                  "model).")
+        if len(known) < len(weights.layers):
+            log.info("LoRA %s: %d of its %d layers are not in this checkpoint", weights.name,
+                     len(weights.layers) - len(known), len(weights.layers))
         for layer in known:
             down, up, scale = weights.layers[layer]
             if not _fits(down, up, targets[layer].shape):

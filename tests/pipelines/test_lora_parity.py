@@ -137,3 +137,23 @@ def test_the_weights_copies_stay_on_the_gpu_only_while_it_has_room() -> None:
     assert backup_device(gpu, needed=1 * gib, free=6 * gib) == gpu  # 1 GiB of copies + 4 GiB for the job
     assert backup_device(gpu, needed=1 * gib, free=5 * gib - 1) == torch.device("cpu")
     assert backup_device(torch.device("cpu"), needed=100 * gib, free=None) == torch.device("cpu")
+
+
+def test_a_file_replaced_after_start_up_is_read_as_it_is_now(tmp_path: Path) -> None:
+    from sd2_app.pipelines.lora import read_lora
+
+    layer = "lora_unet_conv_in"
+    write_lora(tmp_path / "x.safetensors", {f"{layer}.lora_down.weight": torch.ones(2, 4, 3, 3),
+                                            f"{layer}.lora_up.weight": torch.ones(8, 2, 1, 1)})
+    file = LoraLibrary.scan(tmp_path).files["x"]
+    write_lora(tmp_path / "x.safetensors", {"something_else": torch.zeros(1)})
+    with pytest.raises(InvalidRequest, match=r"^The LoRA file 'x.safetensors' holds no LoRA layers any more\.$"):
+        read_lora(file)
+    (tmp_path / "x.safetensors").write_bytes(b"broken")
+    with pytest.raises(InvalidRequest, match=r"^The LoRA file 'x.safetensors' cannot be read any more \("):
+        read_lora(file)
+    write_lora(tmp_path / "x.safetensors", {f"{layer}.lora_down.weight": torch.ones(2, 4, 3, 3),
+                                            f"{layer}.lora_up.weight": torch.ones(8, 2, 1, 1)})
+    weights = read_lora(file)
+    assert list(weights.layers) == [layer] and weights.layers[layer][2] == 1.0  # no alpha: alpha = rank
+    assert weights.nbytes == (2 * 4 * 9 + 8 * 2) * 4

@@ -77,8 +77,8 @@ def test_a_lora_changes_the_image_is_recorded_and_is_gone_for_the_next_run(clien
 def test_a_lora_the_server_lacks_is_named_and_left_out(client: Client) -> None:
     plain, _ = _txt2img(client, "a blue hat")
     image, info = _txt2img(client, "a blue hat <lora:no-such-lora:1>", negative_prompt="<lora:tiny-detail:1>")
-    assert ("- ⚠️ LoRA not found: 'no-such-lora' (the LoRAs here are tiny-detail, upscaler-detail); its tag is left "
-            "out of the prompt.") in info.splitlines()
+    assert ("- ⚠️ LoRA not found: 'no-such-lora' (the LoRAs here are tiny-detail, upscaler-detail); its tag is "
+            "left out of the prompt.") in info.splitlines()
     assert ('- ⚠️ The negative prompt has a LoRA tag, "&lt;lora:tiny-detail:1&gt;": as in A1111, LoRAs are read '
             "from the prompt only, and there it is read as plain text.") in info.splitlines()
     assert "Lora hashes" not in image.info["parameters"]
