@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load as load_safetensors
 from torch import Tensor, nn
 
@@ -113,10 +114,21 @@ def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def _fits(down: Tensor, up: Tensor, shape: torch.Size) -> bool:
     """Whether up @ down is a change of a weight of `shape` (out, in[, kh, kw]); a Linear's and a 1x1 conv's
-    LoRAs fit either (trainers write both forms)."""
-    product = (up.shape[0], *down.shape[1:])
-    return (up.shape[1] == down.shape[0] and up[0].numel() == up.shape[1]
-            and _squeezed(product) == _squeezed(tuple(shape)))
+    LoRAs fit either (trainers write both forms), and a conv's LoRA fits a conv with more input channels
+    (`_extra_inputs`)."""
+    if up.shape[1] != down.shape[0] or up[0].numel() != up.shape[1]:
+        return False
+    product, target = _squeezed((up.shape[0], *down.shape[1:])), _squeezed(tuple(shape))
+    return product == target or _extra_inputs(product, target)
+
+
+def _extra_inputs(product: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """A conv LoRA for a model whose conv takes more input channels, the first ones the LoRA's: the inpainting
+    UNet's conv_in (4 latent + 5 mask and masked-image channels), the depth UNet's (4 + depth). A1111 pads the
+    change with zeros for the inpainting model's extra channels (extensions-builtin/Lora/networks.py,
+    `network_apply_weights`); so does this, for any such conv."""
+    return len(product) == len(target) == 4 and product[0] == target[0] and product[2:] == target[2:] \
+        and product[1] < target[1]
 
 
 LayerPlan = dict[str, list[tuple[Tensor, Tensor, float]]]  # layer -> (down, up, multiplier x alpha / rank) each
@@ -154,6 +166,9 @@ def _change(terms: list[tuple[Tensor, Tensor, float]], weight: Tensor) -> Tensor
     total = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
     for down, up, factor in terms:
         product = up.to(weight.device).flatten(1) @ down.to(weight.device).flatten(1)
+        if product.numel() != weight.numel():  # a conv with extra input channels: no change to those
+            extra = weight.shape[1] - down.shape[1]
+            product = F.pad(product.reshape(up.shape[0], *down.shape[1:]), (0, 0, 0, 0, 0, extra))
         total += product.reshape(weight.shape) * factor
     return total
 

@@ -157,3 +157,30 @@ def test_a_file_replaced_after_start_up_is_read_as_it_is_now(tmp_path: Path) -> 
     weights = read_lora(file)
     assert list(weights.layers) == [layer] and weights.layers[layer][2] == 1.0  # no alpha: alpha = rank
     assert weights.nbytes == (2 * 4 * 9 + 8 * 2) * 4
+
+
+def test_a_base_models_lora_changes_the_inpainting_unets_first_input_channels_only(components: ComponentCache,
+                                                                                  tmp_path: Path) -> None:
+    """A1111's rule for the inpainting UNet's 9-channel conv_in (its mask and masked-image channels get no change),
+    for the depth UNet's 5 channels too."""
+    base = components("sd2-base")
+    tensors = random_lora(base, seed=5, dtype=torch.float32)
+    conv_in = lora_targets(base)["lora_unet_conv_in"]
+    out_channels, in_channels = conv_in.shape[:2]
+    g = torch.Generator().manual_seed(6)
+    tensors["lora_unet_conv_in.lora_down.weight"] = torch.randn(2, in_channels, 3, 3, generator=g)
+    tensors["lora_unet_conv_in.lora_up.weight"] = torch.randn(out_channels, 2, 1, 1, generator=g)
+    tensors["lora_unet_conv_in.alpha"] = torch.tensor(2.0)
+    write_lora(tmp_path / "base.safetensors", tensors)
+    tools = LoraTools(LoraLibrary.scan(tmp_path))
+    expected = (tensors["lora_unet_conv_in.lora_up.weight"].flatten(1)
+                @ tensors["lora_unet_conv_in.lora_down.weight"].flatten(1)).reshape(out_channels, in_channels, 3, 3)
+    for kind, channels in (("sd2-inpainting", 9), ("sd2-depth", 5)):
+        model = components(kind)
+        before = lora_targets(model)["lora_unet_conv_in"].detach().clone()
+        assert before.shape[1] == channels
+        with tools.merged(dataclasses.replace(model), "<lora:base:0.5>"):
+            change = lora_targets(model)["lora_unet_conv_in"] - before
+        torch.testing.assert_close(change[:, :in_channels], 0.5 * expected, rtol=1e-4, atol=1e-5)
+        assert torch.equal(change[:, in_channels:], torch.zeros_like(change[:, in_channels:]))
+        assert torch.equal(lora_targets(model)["lora_unet_conv_in"], before)
