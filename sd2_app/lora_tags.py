@@ -30,12 +30,6 @@ class LoraTag:
     te: float = 1.0
     unet: float = 1.0
 
-    def text(self) -> str:
-        """The tag as A1111 writes it (the one-number form when both multipliers are equal)."""
-        if self.te == self.unet:
-            return f"<lora:{self.name}:{self.te:g}>"
-        return f"<lora:{self.name}:{self.te:g}:{self.unet:g}>"
-
 
 def _multiplier(raw: str, tag: str) -> float:
     try:

@@ -57,9 +57,9 @@ def batch_key(task: str, request: TaskRequest) -> Hashable | None:
     """What requests must share to run as one batch; None for a request that always runs alone.
 
     Prompts, negative prompts, seeds (seed extras included) and batch sizes may differ; the size, the sampler,
-    its schedule, the guidance and the prompt's LoRAs (merged into the shared weights) may not. The hires fix and seamless tiling never batch. The prompts' chunk
-    count and prompt-editing phases are checked after encoding (pipelines/batch.py runs different ones in
-    separate batches).
+    its schedule, the guidance and the prompt's LoRAs (merged into the shared weights) may not. The hires fix and
+    seamless tiling never batch. The prompts' chunk count and prompt-editing phases are checked after encoding
+    (pipelines/batch.py runs different ones in separate batches).
     """
     if TASKS.get(task) is None or TASKS[task].prepare is None or type(request) is not REQUEST_TYPES.get(task):
         return None

@@ -40,8 +40,8 @@ def x4_request(checked: Txt2ImgRequest, image: Image.Image | None, checkpoint: s
     defaults = UpscaleRequest(prompt="", image=image).sampling
     steps = checked.hires.steps or checked.sampling.steps
     sampling = replace(defaults, steps=steps, seed=checked.sampling.seed if seed is None else seed)
-    return UpscaleRequest(prompt=without_lora_tags(checked.prompt), negative_prompt=checked.negative_prompt, image=image,
-                          checkpoint=checkpoint, sampling=sampling)
+    return UpscaleRequest(prompt=without_lora_tags(checked.prompt), negative_prompt=checked.negative_prompt,
+                          image=image, checkpoint=checkpoint, sampling=sampling)
 
 
 def run_hires_x4(service: Service, checked: Txt2ImgRequest, on_progress: ProgressFn | None,

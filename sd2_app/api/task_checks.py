@@ -170,7 +170,7 @@ def lora_warnings(prompt: str, negative_prompt: str, loras: frozenset[str]) -> l
     negative = [match.group(0) for match in EXTRA_NETWORK.finditer(negative_prompt) if is_lora_tag(match.group(0))]
     if negative:
         warnings.append(f'The negative prompt has a LoRA tag, "{_shortened(negative[0])}": as in A1111, LoRAs are '
-                        "read from the prompt only, and there it is read as plain text.")
+                        "read from the prompt only; in the negative prompt the tag is read as plain text.")
     return warnings
 
 

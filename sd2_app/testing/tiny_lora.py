@@ -2,8 +2,8 @@
 
 The layers are the ones LoRA trainers target (sd-scripts networks/lora.py, `LoRANetwork`; with its conv
 option, "LoCon"): the UNet's transformer projections and feed-forward layers, the resnets' convolutions and
-time projections, the down- and upsamplers' convolutions, and the text encoder's attention and MLP layers. Conv layers get a (rank, in, kh, kw) down and
-a (out, rank, 1, 1) up, as sd-scripts makes them.
+time projections, the down- and upsamplers' convolutions, and the text encoder's attention and MLP layers.
+Conv layers get a (rank, in, kh, kw) down and a (out, rank, 1, 1) up, as sd-scripts makes them.
 """
 
 from __future__ import annotations

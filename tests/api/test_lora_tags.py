@@ -53,8 +53,8 @@ def test_missing_names_and_negative_prompt_tags_are_warned_about() -> None:
         "LoRAs not found: 'gone', 'lost' (the LoRAs here are detail, style); their tags are left out of the prompt."]
     assert lora_warnings("a <lora:gone:1>", "ugly <lora:detail:1>", frozenset()) == [
         "LoRA not found: 'gone' (this app has no LoRAs); its tag is left out of the prompt.",
-        'The negative prompt has a LoRA tag, "<lora:detail:1>": as in A1111, LoRAs are read from the prompt only, '
-        "and there it is read as plain text."]
+        'The negative prompt has a LoRA tag, "<lora:detail:1>": as in A1111, LoRAs are read from the prompt only; '
+        "in the negative prompt the tag is read as plain text."]
 
 
 def test_requests_with_other_loras_never_share_a_batch() -> None:

@@ -80,7 +80,7 @@ def test_a_lora_the_server_lacks_is_named_and_left_out(client: Client) -> None:
     assert ("- ⚠️ LoRA not found: 'no-such-lora' (the LoRAs here are tiny-detail, upscaler-detail); its tag is "
             "left out of the prompt.") in info.splitlines()
     assert ('- ⚠️ The negative prompt has a LoRA tag, "&lt;lora:tiny-detail:1&gt;": as in A1111, LoRAs are read '
-            "from the prompt only, and there it is read as plain text.") in info.splitlines()
+            "from the prompt only; in the negative prompt the tag is read as plain text.") in info.splitlines()
     assert "Lora hashes" not in image.info["parameters"]
     without_negative, _ = _txt2img(client, "a blue hat <lora:no-such-lora:1>")
     assert np.array_equal(_pixels(without_negative), _pixels(plain))

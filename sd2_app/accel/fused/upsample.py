@@ -10,9 +10,10 @@ are ~8% of a call's FLOPs; the VAE decoder's about 29% of its convolution work (
 128x128 and 256x256, 256 channels at 512x512: 348 of ~1200 GMAC).
 
 The summed kernels are kept as a buffer (not in the state dict; the manager moves it with the module):
-16/9 of the conv's weight; whoever changes the conv's weights in place says so (`weights_changed`). Sums are taken in fp32 and rounded once to the weights' dtype, and taken again
-when the weights' dtype changes: a half-precision module converted to fp32 for one decode (the x4 VAE, the
-fp32 retry) would otherwise convolve with fp32 copies of fp16-rounded sums, ~5e-4 off in every weight.
+16/9 of the conv's weight; whoever changes the conv's weights in place says so (`weights_changed`). Sums are
+taken in fp32 and rounded once to the weights' dtype, and taken again when the weights' dtype changes: a
+half-precision module converted to fp32 for one decode (the x4 VAE, the fp32 retry) would otherwise convolve
+with fp32 copies of fp16-rounded sums, ~5e-4 off in every weight.
 """
 
 from __future__ import annotations
