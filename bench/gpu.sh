@@ -13,6 +13,7 @@
 #   bench     every case, BENCH_VARIANTS vs diffusers eager, and the swaps (its first case is the cold "model
 #             loaded -> first image", so it runs before the steps below fill Triton's kernel cache)
 #   tests     the GPU tests (before the long compiles of `peers`, so they always run)
+#   lora      a LoRA's merge into the full-size UNet for a job and its exact put-back (bench/lora.py: lora.md)
 #   users     issue 24 section 4: BENCH_USERS (default 8) concurrent users x USERS_REQUESTS (default 3) txt2img
 #             512 requests through one Service, batching across users off vs on: images/s, p50/p95 latency,
 #             requests per batch, and the batched images against the same requests run alone (bench/users.py;
@@ -52,8 +53,8 @@ stamp() { echo "[$(( $(date +%s) - START )) s] $*" | tee -a "$OUT/env.txt"; }
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 # seconds kept back for the steps after the current one
 after() { local s=0; for step in "$@"; do has "$step" && s=$((s + ${RESERVE[$step]})); done; echo $s; }
-declare -A RESERVE=([appstart]=90 [request]=100 [coldstart]=110 [bench]=130 [tests]=90 [users]=240 [peers]=150
-                    [micro]=60 [profile]=45 [compiled]=150)
+declare -A RESERVE=([appstart]=90 [request]=100 [coldstart]=110 [bench]=130 [tests]=90 [lora]=40 [users]=240
+                    [peers]=150 [micro]=60 [profile]=45 [compiled]=150)
 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
@@ -70,21 +71,21 @@ if [ -z "$TINY" ]; then
 fi
 
 if has appstart; then
-  keep=$(after request coldstart bench tests users peers micro profile compiled)
+  keep=$(after request coldstart bench tests lora users peers micro profile compiled)
   timeout $(( $(left) - keep )) python3 -m bench.appstart ${BENCH_TINY:+--tiny --size 64 --steps 2} \
     --ckpt "$CKPT" --out "$OUT" >> "$OUT/log.txt" 2>&1
   stamp "appstart done (rc $?)"
 fi
 
 if has request; then
-  keep=$(after coldstart bench tests users peers micro profile compiled)
+  keep=$(after coldstart bench tests lora users peers micro profile compiled)
   timeout $(( $(left) - keep )) python3 -m bench.request --n "${REQUEST_N:-10}" \
     ${BENCH_TINY:+--tiny --size 64 --steps 2 --n 3 --png-sizes 512} --ckpt "$CKPT" --out "$OUT" >> "$OUT/log.txt" 2>&1
   stamp "request done (rc $?)"
 fi
 
 if has coldstart; then
-  keep=$(after bench tests users peers micro profile compiled)
+  keep=$(after bench tests lora users peers micro profile compiled)
   warm=$(mktemp -d)
   for run in "default|$warm|--swap" "serial-checks||--check-threads 1" "no-cudnn-benchmark||--no-cudnn-benchmark" \
              "warm-triton-cache|$warm|"; do
@@ -96,7 +97,7 @@ if has coldstart; then
 fi
 
 if has bench; then
-  keep=$(after tests users peers micro profile compiled)
+  keep=$(after tests lora users peers micro profile compiled)
   timeout $(( $(left) - keep )) python3 -m bench.run $TINY --ckpt "$CKPT" --out "$OUT" \
     --variants "${BENCH_VARIANTS:-ours,diffusers}" ${BENCH_ONLY:+--only "$BENCH_ONLY" --no-swaps} \
     --deadline $((END - keep - 40)) >> "$OUT/log.txt" 2>&1
@@ -104,12 +105,18 @@ if has bench; then
 fi
 
 if has tests; then
-  keep=$(after users peers micro profile compiled)
+  keep=$(after lora users peers micro profile compiled)
   timeout $(( $(left) - keep )) python3 -m pytest -q -m gpu -p no:cacheprovider tests/accel/test_accel_*.py \
     tests/nn/test_attention_precision.py tests/accel/test_gpu_numerics.py tests/manager/test_manager.py tests/reliability/test_reliability_faults.py tests/accel/test_text_graph.py \
-    tests/accel/test_stacking.py tests/accel/test_vae_attention.py tests/accel/test_upsample.py \
+    tests/accel/test_stacking.py tests/accel/test_vae_attention.py tests/accel/test_upsample.py tests/accel/test_lora_fused.py \
     tests/pipelines/test_pipelines_helpers.py tests/loading/test_staged_read.py > "$OUT/tests.txt" 2>&1
   stamp "gpu tests done (rc $?)"
+fi
+
+if has lora; then
+  keep=$(after users peers micro profile compiled)
+  timeout $(( $(left) - keep )) python3 -m bench.lora > "$OUT/lora.md" 2>> "$OUT/log.txt"
+  stamp "lora done (rc $?)"
 fi
 
 if has users; then
@@ -158,7 +165,7 @@ if has compiled; then
   cp /tmp/compiled/results.md "$OUT/compiled.md" 2>/dev/null
 fi
 
-cat "$OUT/appstart.md" "$OUT/request.md" "$OUT/coldstart.md" "$OUT/users.md" "$OUT/micro.md" "$OUT/results.md" \
+cat "$OUT/appstart.md" "$OUT/request.md" "$OUT/coldstart.md" "$OUT/lora.md" "$OUT/users.md" "$OUT/micro.md" "$OUT/results.md" \
   "$OUT/peers.md" \
   "$OUT/compiled.md" 2>/dev/null
 sed -n '/phases/,/One unsynchronised/p' "$OUT/profile.md" 2>/dev/null
