@@ -21,19 +21,9 @@ from torch import nn
 from sd2_app.accel.fused import fuse_modules
 from sd2_app.nn.config import UNetConfig
 from sd2_app.nn.unet import UNet
-from sd2_app.pipelines.lora import LoraWeights, lora_targets, merged, plan_changes
+from sd2_app.pipelines.lora import LoraWeights, lora_targets, lora_weights, merged, plan_changes
 from sd2_app.testing.configs import unet_config
 from sd2_app.testing.tiny_lora import random_lora
-
-
-def _weights(tensors: dict[str, torch.Tensor]) -> LoraWeights:
-    layers = {}
-    for key in tensors:
-        if key.endswith(".lora_down.weight"):
-            layer = key.removesuffix(".lora_down.weight")
-            down, up = tensors[key].float(), tensors[f"{layer}.lora_up.weight"].float()
-            layers[layer] = (down, up, float(tensors[f"{layer}.alpha"]) / down.shape[0])
-    return LoraWeights("bench", "0" * 12, layers, sum(t.numel() * t.element_size() for t in tensors.values()))
 
 
 def _synchronise(device: torch.device) -> None:
@@ -78,7 +68,7 @@ def main() -> None:
     print(f"SD2 UNet, {name}, {dtype}, rank {args.rank}, median of {args.reps}")
     for label, conv in (("LoRA (transformer layers)", False), ("LoCon (and convolutions)", True)):
         tensors = random_lora(components, rank=args.rank, conv=conv, text_encoder=False)  # type: ignore[arg-type]
-        row = measure(components, _weights(tensors), args.reps)
+        row = measure(components, lora_weights("bench", tensors), args.reps)
         print(f"{label}: {row['layers']} layers, file {row['file_mb']:.0f} MB, copies {row['copies_mb']:.0f} MB, "
               f"merge {row['merge_ms']:.1f} ms, put back {row['put_back_ms']:.1f} ms")
 

@@ -308,17 +308,18 @@ def test_tiled_view_bench_times_views_that_share_every_tensor() -> None:
 def test_lora_bench_times_a_merge_and_an_exact_put_back_on_a_tiny_unet() -> None:
     from types import SimpleNamespace
 
-    from bench.lora import _weights, measure
+    from bench.lora import measure
 
     from sd2_app.nn.config import UNetConfig
     from sd2_app.nn.unet import UNet
+    from sd2_app.pipelines.lora import lora_weights
     from sd2_app.testing.configs import tiny_unet_config
     from sd2_app.testing.tiny_lora import random_lora
 
     components = SimpleNamespace(unet=UNet(UNetConfig.from_dict(tiny_unet_config("sd2"))).eval(),
                                  text_encoder=torch.nn.Module())
     tensors = random_lora(components, rank=2, text_encoder=False)  # type: ignore[arg-type]
-    row = measure(components, _weights(tensors), reps=2)
+    row = measure(components, lora_weights("bench", tensors), reps=2)
     assert row["layers"] == len(tensors) // 3 and row["copies_mb"] > 0 and row["merge_ms"] > 0
 
 

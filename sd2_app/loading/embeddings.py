@@ -12,8 +12,6 @@ never touched (the pipeline puts them into each request's own input embeddings).
 from __future__ import annotations
 
 import hashlib
-import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +19,12 @@ from typing import Any
 import numpy as np
 from safetensors import SafetensorError, deserialize
 
-log = logging.getLogger(__name__)
+from sd2_app.loading.folder_scan import PICKLE_SUFFIXES, scan_folder
 
 SD1_WIDTH = 768  # CLIP ViT-L/14, the SD 1.x text encoder
 SD2_WIDTH = 1024  # OpenCLIP ViT-H/14, the SD 2.x text encoder
 MAX_VECTORS = 75  # one chunk; more could never fit in a prompt
 MAX_FILE_BYTES = 8 * 2**20  # an embedding is kilobytes; anything this big is not one
-PICKLE_SUFFIXES = (".pt", ".bin", ".ckpt", ".pth")
 CONVERT_HINT = (
     "it is a pickle file, which this app never opens (unpickling can run code). Convert it once to "
     "'{stem}.safetensors' on a machine you trust: README.md, 'Embeddings', has a one-line command."
@@ -114,9 +111,6 @@ def load_embedding(path: Path, width: int | None = None) -> TextualInversion:
     return TextualInversion(name, vectors, hashlib.sha256(data).hexdigest()[:12])
 
 
-_NAME = re.compile(r"^[\w][\w.\-+ ]{0,63}$")
-
-
 @dataclass(frozen=True)
 class EmbeddingLibrary:
     """The embeddings of one folder, read once (`scan`); immutable, so requests can share it freely."""
@@ -134,26 +128,8 @@ class EmbeddingLibrary:
         """
         if folder is None or not Path(folder).is_dir():
             return cls(None if folder is None else Path(folder))
-        found: dict[str, TextualInversion] = {}
-        refused: dict[str, str] = {}
-        for path in sorted(Path(folder).iterdir()):
-            suffix = path.suffix.lower()
-            if not path.is_file() or suffix not in (".safetensors", *PICKLE_SUFFIXES):
-                continue
-            try:
-                if not _NAME.match(path.stem):
-                    raise EmbeddingError(f"{path.name}: the name must be letters, digits, '.', '-', '+', '_' "
-                                         "or spaces (at most 64), starting with a letter or digit")
-                if path.stem.lower() in {n.lower() for n in found}:
-                    raise EmbeddingError(f"{path.name}: another file already has the name {path.stem!r}")
-                found[path.stem] = load_embedding(path, width)
-            except EmbeddingError as error:
-                refused[path.name] = str(error)
-                log.warning("embedding not used: %s", error)
-            except OSError as error:  # its text names the full path: visitors read `refused` (the API's list)
-                refused[path.name] = f"{path.name}: could not be read ({error.strerror or type(error).__name__})"
-                log.warning("embedding not used: %s", error)
-        log.info("%d embedding(s) in %s", len(found), folder)
+        found, refused = scan_folder(Path(folder), lambda path: load_embedding(path, width), EmbeddingError,
+                                     "embedding")
         return cls(Path(folder), found, refused)
 
     def names(self) -> list[str]:

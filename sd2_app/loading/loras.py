@@ -16,17 +16,14 @@ models lists the LoRAs too.
 from __future__ import annotations
 
 import json
-import logging
-import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sd2_app.loading.embeddings import PICKLE_SUFFIXES, SD1_WIDTH, SD2_WIDTH
-
-log = logging.getLogger(__name__)
+from sd2_app.loading.embeddings import SD1_WIDTH, SD2_WIDTH
+from sd2_app.loading.folder_scan import PICKLE_SUFFIXES, scan_folder
 
 MAX_FILE_BYTES = 2**30  # 1 GiB: a LoRA (even a full-rank LoCon) for SD2 is well below it
 MAX_HEADER_BYTES = 16 * 2**20  # the JSON header; a LoRA's is tens of kilobytes
@@ -38,7 +35,6 @@ _OTHER_LAYOUTS = (
      "core"), (".oft_", "an OFT"), ("lora_te1_", "an SDXL"), ("lora_te2_", "an SDXL"),
     ("lora_unet_input_blocks", "an SDXL"), (".lora_A.", "a diffusers/PEFT"), (".lora.down.", "a diffusers"),
 )
-_NAME = re.compile(r"^[\w][\w.\-+ ]{0,63}$")
 CROSS_KEY = "attn2_to_k" + DOWN  # a cross-attention key projection: its input is the text encoder's width
 
 
@@ -105,13 +101,10 @@ def _layers(header: dict[str, Any], name: str) -> tuple[str, ...]:
 
 
 def describe(path: Path) -> LoraFile:
-    """Check one file's name, size and header; raises LoraFileError."""
+    """Check one file's size and header (`scan_folder` checked its name); raises LoraFileError."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise LoraFileError(f"{path.name}: a pickle file, which this app never opens (unpickling can run code); "
                             "use the .safetensors version of the LoRA")
-    if not _NAME.match(path.stem):
-        raise LoraFileError(f"{path.name}: the name must be letters, digits, '.', '-', '+', '_' or spaces (at most "
-                            "64), starting with a letter or digit")
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise LoraFileError(f"{path.name}: {size} bytes; a LoRA file may have {MAX_FILE_BYTES} at most")
@@ -132,22 +125,7 @@ class LoraLibrary:
         that cannot be used are logged and kept in `refused` with the reason."""
         if folder is None or not Path(folder).is_dir():
             return cls(None if folder is None else Path(folder))
-        found: dict[str, LoraFile] = {}
-        refused: dict[str, str] = {}
-        for path in sorted(Path(folder).iterdir()):
-            if not path.is_file() or path.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
-                continue
-            try:
-                if path.stem.lower() in {name.lower() for name in found}:
-                    raise LoraFileError(f"{path.name}: another file already has the name {path.stem!r}")
-                found[path.stem] = describe(path)
-            except LoraFileError as error:
-                refused[path.name] = str(error)
-                log.warning("LoRA not used: %s", error)
-            except OSError as error:  # its text names the full path: visitors read `refused`
-                refused[path.name] = f"{path.name}: could not be read ({error.strerror or type(error).__name__})"
-                log.warning("LoRA not used: %s", error)
-        log.info("%d LoRA(s) in %s", len(found), folder)
+        found, refused = scan_folder(Path(folder), describe, LoraFileError, "LoRA")
         return cls(Path(folder), found, refused)
 
     def names(self) -> list[str]:

@@ -21,12 +21,13 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from torch import Tensor, nn
 
@@ -52,6 +53,17 @@ class LoraWeights:
     nbytes: int = 0  # the tensors' bytes as kept (float32)
 
 
+def lora_weights(name: str, tensors: Mapping[str, Tensor], shorthash: str = "") -> LoraWeights:
+    """A LoRA's layers from its tensors as safetensors reads them (no `.alpha`: alpha = rank, as sd-scripts)."""
+    layers = {}
+    for layer in lora_layers(tensors):
+        down, up = tensors[layer + DOWN].float(), tensors[layer + UP].float()
+        alpha = float(tensors[layer + ALPHA]) if layer + ALPHA in tensors else float(down.shape[0])
+        layers[layer] = (down, up, alpha / down.shape[0])
+    nbytes = sum(down.nbytes + up.nbytes for down, up, _ in layers.values())
+    return LoraWeights(name, shorthash, layers, nbytes)
+
+
 def read_lora(file: LoraFile) -> LoraWeights:
     """Read `file`'s tensors. Its layers are read from the file as it is now: the library checked its header at
     start-up, and a file replaced since is refused if it holds no LoRA layers any more."""
@@ -60,17 +72,12 @@ def read_lora(file: LoraFile) -> LoraWeights:
     data = file.path.read_bytes()
     try:
         tensors = load_safetensors(data)
-    except Exception as error:  # noqa: BLE001  # safetensors raises several types for a damaged file
+    except SafetensorError as error:
         raise InvalidRequest(f"The LoRA file {file.path.name!r} cannot be read any more ({error}).") from error
-    layers = {}
-    for layer in lora_layers(tensors):
-        down, up = tensors[layer + DOWN].float(), tensors[layer + UP].float()
-        alpha = float(tensors[layer + ALPHA]) if layer + ALPHA in tensors else float(down.shape[0])
-        layers[layer] = (down, up, alpha / down.shape[0])
-    if not layers:
+    weights = lora_weights(file.name, tensors, hashlib.sha256(data).hexdigest()[:12])
+    if not weights.layers:
         raise InvalidRequest(f"The LoRA file {file.path.name!r} holds no LoRA layers any more.")
-    nbytes = sum(down.nbytes + up.nbytes for down, up, _ in layers.values())
-    return LoraWeights(file.name, hashlib.sha256(data).hexdigest()[:12], layers, nbytes)
+    return weights
 
 
 class LoraCache:

@@ -12,17 +12,16 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
 from sd2_app.checkpoints.components import Components
-from sd2_app.pipelines.lora import TE_PREFIX, UNET_PREFIX, lora_targets
+from sd2_app.pipelines.lora import TE_PREFIX, lora_targets
 
 # module path fragments of the layers a LoRA (a LoCon with `conv`) trains
 LINEAR_LAYERS = ("attn1", "attn2", "ff.net", "proj_in", "proj_out", "self_attn", "mlp")
 CONV_LAYERS = ("resnets", "time_emb_proj", "downsamplers", "upsamplers")
 
 
-def _trained(layer: str, weight: nn.Parameter, *, unet: bool, text_encoder: bool, conv: bool) -> bool:
+def _trained(layer: str, *, unet: bool, text_encoder: bool, conv: bool) -> bool:
     if layer.startswith(TE_PREFIX):
         return text_encoder
     fragments = LINEAR_LAYERS + (CONV_LAYERS if conv else ())
@@ -36,7 +35,7 @@ def random_lora(components: Components, *, rank: int = 4, alpha: float | None = 
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
     for layer, weight in lora_targets(components).items():
-        if not _trained(layer, weight, unet=unet, text_encoder=text_encoder, conv=conv):
+        if not _trained(layer, unet=unet, text_encoder=text_encoder, conv=conv):
             continue
         out_features, in_features, *kernel = weight.shape
         down = torch.randn(rank, in_features, *kernel, generator=generator) * scale / (in_features ** 0.5)

@@ -14,15 +14,8 @@ import torch
 
 from sd2_app.accel.fused import fuse_modules
 from sd2_app.accel.fused.upsample import SubpixelUpsample2D
-from sd2_app.pipelines.lora import LoraWeights, merged
+from sd2_app.pipelines.lora import lora_weights, merged
 from sd2_app.testing.tiny_lora import random_lora
-
-
-def _weights(tensors: dict[str, torch.Tensor]) -> LoraWeights:
-    layers = {key.removesuffix(".lora_down.weight"): None for key in tensors if key.endswith(".lora_down.weight")}
-    return LoraWeights("locon", "0" * 12, {
-        layer: (tensors[f"{layer}.lora_down.weight"].float(), tensors[f"{layer}.lora_up.weight"].float(),
-                float(tensors[f"{layer}.alpha"]) / tensors[f"{layer}.lora_down.weight"].shape[0]) for layer in layers})
 
 
 def test_fused_unet_with_a_lora_computes_the_plain_unet_with_it() -> None:
@@ -34,7 +27,7 @@ def test_fused_unet_with_a_lora_computes_the_plain_unet_with_it() -> None:
     assert sum(type(m) is SubpixelUpsample2D for m in fused.unet.modules()) > 0
     tensors = random_lora(plain, seed=4, scale=1.0, dtype=torch.float32)
     assert any("upsamplers_0_conv" in key for key in tensors)
-    lora = [(_weights(tensors), 1.0, 1.0)]
+    lora = [(lora_weights("locon", tensors), 1.0, 1.0)]
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(2, 4, 8, 8, generator=generator)
     t = torch.tensor([500, 500])

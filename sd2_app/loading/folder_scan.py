@@ -1,0 +1,47 @@
+"""A folder of small model files that prompts name by file stem (textual-inversion embeddings, LoRAs), read once
+at start-up: which files are used, and why each other one is not.
+
+Only `.safetensors` files and pickles (listed to be refused by the reader, never opened) are looked at; a
+stem must be a plain name (a prompt writes it) and unique regardless of case. No torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".pt", ".bin", ".ckpt", ".pth")
+NAME = re.compile(r"^[\w][\w.\-+ ]{0,63}$")
+T = TypeVar("T")
+
+
+def scan_folder(folder: Path, read: Callable[[Path], T], refusal: type[Exception],
+                kind: str) -> tuple[dict[str, T], dict[str, str]]:
+    """({stem: read(path)}, {file name: why it is not used}) for the files of `folder` (not recursive), sorted
+    by name; `read` raises `refusal` with the reason for a file it cannot use. Each refusal is logged as
+    "`kind` not used: ..."."""
+    found: dict[str, T] = {}
+    refused: dict[str, str] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
+            continue
+        try:
+            if not NAME.match(path.stem):
+                raise refusal(f"{path.name}: the name must be letters, digits, '.', '-', '+', '_' or spaces (at "
+                              "most 64), starting with a letter or digit")
+            if path.stem.lower() in {name.lower() for name in found}:
+                raise refusal(f"{path.name}: another file already has the name {path.stem!r}")
+            found[path.stem] = read(path)
+        except refusal as error:
+            refused[path.name] = str(error)
+            log.warning("%s not used: %s", kind, error)
+        except OSError as error:  # its text names the full path: visitors read `refused` (the API's list)
+            refused[path.name] = f"{path.name}: could not be read ({error.strerror or type(error).__name__})"
+            log.warning("%s not used: %s", kind, error)
+    log.info("%d %s(s) in %s", len(found), kind, folder)
+    return found, refused
