@@ -47,17 +47,28 @@ def _shares_out_work(config: pytest.Config) -> bool:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """GPU tests skip without a GPU. Under `-n N --dist loadgroup`, each module's tests stay in one process (a module's app, launched once, serves
-    them all), and every browser test runs in one process, one after another: each drives a Chromium that
-    takes most of a core, and two at once on a 2-core machine starved the apps they wait on. The browser tests
-    come first, so their process (the longest) starts at once while the others share the rest."""
+    """GPU tests skip without a GPU. Under `-n N --dist loadgroup`, the tests of a module that share one of its
+    module-scoped fixtures stay in one process (a module's app, launched once, serves them all), while tests
+    that share nothing go to whichever process is free; every browser test runs in one process, one after
+    another: each drives a Chromium that takes most of a core, and two at once on a 2-core machine starved the
+    apps they wait on. The browser tests come first, so their process (the longest) starts at once while the
+    others share the rest."""
     _skip_gpu_tests_without_a_gpu(items)
     if not _shares_out_work(config):
         return
     for item in items:
-        group = "browser" if "browser" in item.keywords else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+        if "browser" in item.keywords:
+            item.add_marker(pytest.mark.xdist_group("browser"))
+        elif _uses_a_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
     items.sort(key=lambda item: "browser" not in item.keywords)  # stable: each module's own order is kept
+
+
+def _uses_a_module_fixture(item: pytest.Item) -> bool:
+    """Whether the test uses a fixture made once per module (or per package), which its module's other tests share."""
+    info = getattr(item, "_fixtureinfo", None)
+    definitions = info.name2fixturedefs.values() if info is not None else []
+    return any(fixture.scope in ("module", "package") for chain in definitions for fixture in chain)
 
 
 def _skip_gpu_tests_without_a_gpu(items: list[pytest.Item]) -> None:

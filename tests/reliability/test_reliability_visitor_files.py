@@ -13,6 +13,7 @@ import io
 import json
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -32,6 +33,10 @@ from tests.reliability_report import reliability, track_module  # noqa: F401
 from tests.reliability_support import noise_image, one_thread, png_bytes  # noqa: F401
 
 AREA = "Security"
+# The floods below fill the store's id limit through HTTP. The app's limit is MAX_PENDING_IDS (asserted before
+# each flood); during the flood the store counts to FLOOD_IDS instead, the same trimming at a sixty-fourth of
+# the requests (each is a whole multipart request on a small CPU).
+FLOOD_IDS = 64
 MALLORY = "203.0.113.66"
 SETTINGS = ", Steps: 2, Sampler: Euler"
 
@@ -70,6 +75,17 @@ def _editor(url: str, demo: object) -> tuple[int, object]:
     return editor_id, demo.blocks[editor_id].blob_storage  # type: ignore[attr-defined]
 
 
+@contextmanager
+def _id_limit(store: object, limit: int) -> Iterator[None]:
+    """The app's store of editor parts, its id limit (the app's own, MAX_PENDING_IDS) set to `limit` meanwhile."""
+    assert store.max_ids == MAX_PENDING_IDS  # type: ignore[attr-defined]
+    store.max_ids = limit  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        store.max_ids = MAX_PENDING_IDS  # type: ignore[attr-defined]
+
+
 def _part(client: httpx.Client, editor: int, part_id: str, kind: str, blob: bytes, index: str = "null") -> int:
     """One part as the browser sends it ahead of a job (gradio's ImageEditor.accept_blobs); the HTTP status."""
     form = {"component_id": str(editor), "session_hash": "s", "fn_name": "accept_blobs", "data": "{}",
@@ -81,22 +97,24 @@ def _part(client: httpx.Client, editor: int, part_id: str, kind: str, blob: byte
 def test_a_flood_of_empty_parts_under_new_ids_keeps_the_newest_ids_only(app, reliability) -> None:
     url, demo = app
     editor, store = _editor(url, demo)
-    sent = MAX_PENDING_IDS + 200
+    sent = FLOOD_IDS + 50
     with httpx.Client(base_url=url, headers={"X-Forwarded-For": MALLORY}, timeout=60) as client:
         long_id = _part(client, editor, "x" * (MAX_PART_ID_CHARS + 1), "background", b"")
         try:
-            answers = [_part(client, editor, f"flood-{n}", "background", b"") for n in range(sent)]
+            with _id_limit(store, FLOOD_IDS):
+                answers = [_part(client, editor, f"flood-{n}", "background", b"") for n in range(sent)]
             kept = sorted(int(key.split("-")[1]) for key in store if key.startswith("flood-"))
             others = [key for key in store if not key.startswith("flood-")]
             held = store.held_bytes()
         finally:
             store.clear()
     assert answers == [200] * sent and not store and store.held_bytes() == 0
-    # the oldest 200 are the ones dropped; each id kept counts its entry
-    assert (kept, held) == (list(range(sent - MAX_PENDING_IDS, sent)), MAX_PENDING_IDS * ENTRY_OVERHEAD_BYTES)
+    # the oldest 50 are the ones dropped; each id kept counts its entry
+    assert (kept, held) == (list(range(sent - FLOOD_IDS, sent)), FLOOD_IDS * ENTRY_OVERHEAD_BYTES)
     assert long_id == 422 and others == []
-    reliability(AREA, f"{sent:,} empty editor parts under new ids (component_server accept_blobs, raw HTTP), and "
-                f"one under an id of {MAX_PART_ID_CHARS + 1} characters",
+    reliability(AREA, f"{sent:,} empty editor parts under new ids (component_server accept_blobs, raw HTTP; the "
+                f"store's id limit, {MAX_PENDING_IDS:,} in the app, set to {FLOOD_IDS} for the flood), and one "
+                f"under an id of {MAX_PART_ID_CHARS + 1} characters",
                 f"HTTP 422 for the long id; the newest {len(kept):,} ids kept, counted {held:,} bytes, the oldest "
                 f"{sent - len(kept)} dropped (Gradio kept every id for good, and empty parts counted "
                 "nothing towards the byte limit)")
@@ -155,11 +173,12 @@ def test_the_editor_still_takes_a_jobs_parts_after_a_flood(app, reliability) -> 
     layer = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
     layer.paste((255, 255, 255, 255), (16, 16, 48, 48))
     with httpx.Client(base_url=url, headers={"X-Forwarded-For": MALLORY}, timeout=60) as client:
-        flood = [_part(client, editor, f"before-{n}", "composite", b"") for n in range(MAX_PENDING_IDS)]
-        sent = [_part(client, editor, "legit", "background", png_bytes(background)),
-                _part(client, editor, "legit", "layer", png_bytes(layer), index="0"),
-                _part(client, editor, "legit", "composite", png_bytes(background))]
-    assert flood == [200] * MAX_PENDING_IDS and sent == [200] * 3 and "legit" in store
+        with _id_limit(store, FLOOD_IDS):
+            flood = [_part(client, editor, f"before-{n}", "composite", b"") for n in range(FLOOD_IDS)]
+            sent = [_part(client, editor, "legit", "background", png_bytes(background)),
+                    _part(client, editor, "legit", "layer", png_bytes(layer), index="0"),
+                    _part(client, editor, "legit", "composite", png_bytes(background))]
+    assert flood == [200] * FLOOD_IDS and sent == [200] * 3 and "legit" in store
     try:
         _, gallery, _, _ = Client(url, verbose=False).predict(
             image_and_mask={"background": None, "layers": [], "composite": None, "id": "legit"}, prompt="a cat",
@@ -170,7 +189,8 @@ def test_the_editor_still_takes_a_jobs_parts_after_a_flood(app, reliability) -> 
     sizes = [Image.open(item["image"]).size for item in gallery]
     assert sizes == [(64, 64)] and "legit" not in store
     reliability(AREA, f"the browser's inpaint flow (background, a painted layer, the composite under one id, then "
-                f"the job) right after {MAX_PENDING_IDS:,} empty parts under new ids",
+                f"the job) right after {FLOOD_IDS:,} empty parts under new ids filled the store's id limit (set to "
+                f"{FLOOD_IDS} for the test; {MAX_PENDING_IDS:,} in the app)",
                 f"the job returns a {sizes[0][0]}x{sizes[0][1]} image made from the parts; their id leaves the store")
 
 

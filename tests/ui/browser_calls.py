@@ -144,3 +144,24 @@ def drop_file(page, selector: str, path: str) -> None:
     for kind in ("dragEnter", "dragOver", "drop"):
         session.send("Input.dispatchDragEvent", {"type": kind, "x": x, "y": y, "data": data})
     session.detach()
+
+
+# Gradio's spinners, pulsing placeholders and progress bars animate at the screen's rate while an event runs, and
+# a headless Chromium painting in software on a small CPU spends a good part of each test on them (about 8% of
+# the machine's CPU over the send-to and layout tests). The tests read the page's state, not its motion: their
+# pages show no CSS animation or transition. (Gradio ends its toasts and Svelte its transitions on timers, not
+# on animation events, so nothing waits on an animation's end.)
+STILL_PAGE = """document.addEventListener("DOMContentLoaded", () => {
+  const style = document.createElement("style");
+  style.textContent = "*, *::before, *::after { animation: none !important; transition: none !important; }";
+  document.head.appendChild(style);
+});"""
+
+
+def still_context(browser, **options):
+    """A new browser context (`options` as Playwright's `new_context` takes them) whose pages show no CSS
+    animation or transition (STILL_PAGE)."""
+    context = browser.new_context(**options)
+    context.add_init_script(STILL_PAGE)
+    return context
+

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.ui.browser_calls import run_and_wait, settled, shown_size
+from tests.ui.browser_calls import run_and_wait, settled, shown_size, still_context
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium and a served app: minutes on a small CPU
 CHROMIUM = Path("/usr/bin/chromium")
@@ -61,7 +61,7 @@ def browser(url: str) -> Iterator[object]:
 
 
 def _open(browser, url: str, viewport: dict[str, int], theme: str = "light"):
-    page = browser.new_context(viewport=viewport).new_page()
+    page = still_context(browser, viewport=viewport).new_page()
     page.set_default_timeout(60_000)
     page.goto(f"{url}?__theme={theme}")
     page.get_by_role("tab", name="Text to image").wait_for()
@@ -222,8 +222,8 @@ def _paint_and_inpaint(page) -> list[int]:
         x0, y0 = canvas["x"] + canvas["width"] * 0.4, canvas["y"] + canvas["height"] * 0.4
         page.mouse.move(x0, y0)
         page.mouse.down()
-        for k in range(1, 11):
-            page.mouse.move(x0 + k * 6, y0 + k * 4)
+        for k in range(1, 5):  # each move redraws the editor's canvas (in software here): a few long segments
+            page.mouse.move(x0 + k * 15, y0 + k * 10)
         page.mouse.up()
         try:
             expect(undo).to_be_enabled(timeout=5_000)

@@ -347,7 +347,7 @@ def test_an_oversized_image_in_the_inpaint_editor_is_said_and_the_editor_keeps_w
     middle = (canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2)
     page.mouse.move(middle[0] - 60, middle[1])
     page.mouse.down()
-    page.mouse.move(middle[0] + 60, middle[1], steps=10)
+    page.mouse.move(middle[0] + 60, middle[1], steps=4)
     page.mouse.up()
     page.locator("#inpaint-run").click()
     expect(page.locator(".toast-body").last).to_contain_text(message, timeout=60_000)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.ui.browser_calls import settled
+from tests.ui.browser_calls import settled, still_context
 from tests.ui.test_browser import (ARTIFACTS, DESKTOP, PHONE, TABS, _go, _open, browser,  # noqa: F401
                                    expect, sync_api, url)
 
@@ -27,7 +27,7 @@ def _size_boxes(page) -> tuple[str, str]:
 def test_opening_the_page_puts_nothing_in_the_queue(browser, url: str) -> None:
     """The page fills its fields on load without a queued event (img2img's size boxes are set by the page), so a
     full queue or an address's limit on waiting events cannot refuse a visitor's first view."""
-    context = browser.new_context(viewport=DESKTOP)
+    context = still_context(browser, viewport=DESKTOP)
     page = context.new_page()
     joined: list[str] = []
     page.on("request", lambda request: joined.append(request.post_data or "") if "/queue/join" in request.url

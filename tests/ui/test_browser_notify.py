@@ -11,6 +11,7 @@ import re
 
 import pytest
 
+from tests.ui.browser_calls import still_context
 from tests.ui.test_browser import (DESKTOP, PHONE, _generate_txt2img, _shot, browser, expect, url)  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium and a served app
@@ -30,7 +31,7 @@ Document.prototype.hasFocus = function () { return !window.sd2Away; };
 
 
 def _page(browser, url: str, permissions: list[str]):  # noqa: F811
-    context = browser.new_context(viewport=DESKTOP, permissions=permissions)
+    context = still_context(browser, viewport=DESKTOP, permissions=permissions)
     context.add_init_script(RECORDED)
     page = context.new_page()
     page.set_default_timeout(60_000)

@@ -17,7 +17,7 @@ import pytest
 
 from tests.api.test_prompt_styles_app import served_with_styles
 from tests.reliability_support import one_thread  # noqa: F401 (a fixture)
-from tests.ui.browser_calls import ServerCalls, run_and_wait, settled
+from tests.ui.browser_calls import ServerCalls, run_and_wait, settled, still_context
 from tests.ui.test_browser import ARGS, ARTIFACTS, CHROMIUM, DESKTOP, PHONE, _go, _set_number, expect, sync_api
 from tests.ui.test_prompt_styles_browser import STYLES_CSV, _pick
 
@@ -42,7 +42,7 @@ def browser(url: str) -> Iterator[object]:
 
 
 def _open(browser, url: str, viewport: dict[str, int] = DESKTOP):
-    context = browser.new_context(viewport=viewport)
+    context = still_context(browser, viewport=viewport)
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=url)
     page = context.new_page()
     page.set_default_timeout(60_000)

@@ -15,7 +15,7 @@ from PIL import Image
 from sd2_app.pipelines.metadata import attach_parameters, save_png
 from tests.api.test_prompt_styles_app import served_with_styles
 from tests.reliability_support import one_thread  # noqa: F401 (a fixture)
-from tests.ui.browser_calls import settled
+from tests.ui.browser_calls import settled, still_context
 from tests.ui.test_browser import ARGS, ARTIFACTS, CHROMIUM, DESKTOP, _go, _set_number, expect, sync_api
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -30,7 +30,7 @@ def page(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     ARTIFACTS.mkdir(exist_ok=True)
     with served_with_styles(tmp_path_factory, csv=STYLES_CSV) as url, sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_context(viewport=DESKTOP).new_page()
+        page = still_context(browser, viewport=DESKTOP).new_page()
         page.set_default_timeout(60_000)
         page.goto(url, wait_until="load")
         page.wait_for_function("window.sd2AppReady === true")

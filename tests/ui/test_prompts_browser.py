@@ -13,6 +13,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from tests.ui.browser_calls import still_context
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -48,7 +50,7 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     with launched(demo) as address:
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = still_context(browser, viewport={"width": 1400, "height": 1000}).new_page()
             page.set_default_timeout(60_000)
             page.goto(address)
             page.get_by_role("tab", name="Text to image").wait_for()
