@@ -53,6 +53,7 @@ def _answer(url: str, fn: object, data: list[object], client: httpx.Client | Non
         answer = client.post(f"{url}gradio_api/run/{name}", json=body)
         body = answer.json()
         return ("ok", body["data"]) if answer.status_code == 200 else ("error", body["error"])
+    client.cookies.clear()  # each queued call a new visitor, as before: a visitor's jobs are counted until they end
     joined = client.post(f"{url}gradio_api/call/{name}", json={"data": data})
     assert joined.status_code == 200, (name, joined.text)
     stream = client.get(f"{url}gradio_api/call/{name}/{joined.json()['event_id']}").text
