@@ -164,4 +164,3 @@ def still_context(browser, **options):
     context = browser.new_context(**options)
     context.add_init_script(STILL_PAGE)
     return context
-

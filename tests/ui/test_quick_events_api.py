@@ -39,18 +39,14 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]
         yield url, demo
 
 
-def _answer(url: str, fn: object, data: list[object], client: httpx.Client | None = None,
+def _answer(client: httpx.Client, url: str, fn: object, data: list[object],
             session: str | None = None) -> tuple[str, object]:
     """("ok", the outputs) or ("error", the message) of one raw call of the event `fn` with `data`, in `session`
-    (a session hash, as the page sends) or in none. Through `client` when given: one client for many calls skips
-    making an HTTP client, with its TLS set-up, per call."""
-    if client is None:
-        with httpx.Client(timeout=60) as own:
-            return _answer(url, fn, data, own, session)
+    (a session hash, as the page sends) or in none."""
     name = fn.api_name  # type: ignore[attr-defined]
     if not fn.queue:  # type: ignore[attr-defined]
-        body = {"data": data} if session is None else {"data": data, "session_hash": session}
-        answer = client.post(f"{url}gradio_api/run/{name}", json=body)
+        sent = {"data": data} if session is None else {"data": data, "session_hash": session}
+        answer = client.post(f"{url}gradio_api/run/{name}", json=sent)
         body = answer.json()
         return ("ok", body["data"]) if answer.status_code == 200 else ("error", body["error"])
     client.cookies.clear()  # each queued call a new visitor, as before: a visitor's jobs are counted until they end
@@ -72,12 +68,13 @@ def _quick_events(demo: object) -> list[object]:
 def test_public_quick_events_name_what_was_wrong_with_junk(app) -> None:
     url, demo = app
     fns = {fn.api_name: fn for fn in _quick_events(demo)}
-    assert _answer(url, fns["count_tokens"], ["a cat", "x" * 100_000]) == (
-        "error", f"Checkpoint: {'x' * MAX_SHOWN_CHARS!r}... is not one of the choices.")
-    assert _answer(url, fns["load_model"], [{"a": [1]}]) == ("error", "Checkpoint: {'a': [1]} is not one of the "
-                                                                      "choices.")
-    assert _answer(url, fns["png_info"], [12345]) == ("error", UNREADABLE_FILE_VALUE)
-    assert _answer(url, fns["history_select"], []) == ("error", COULD_NOT_USE.format("history_select"))
+    with httpx.Client(timeout=60) as client:
+        assert _answer(client, url, fns["count_tokens"], ["a cat", "x" * 100_000]) == (
+            "error", f"Checkpoint: {'x' * MAX_SHOWN_CHARS!r}... is not one of the choices.")
+        assert _answer(client, url, fns["load_model"], [{"a": [1]}]) == (
+            "error", "Checkpoint: {'a': [1]} is not one of the choices.")
+        assert _answer(client, url, fns["png_info"], [12345]) == ("error", UNREADABLE_FILE_VALUE)
+        assert _answer(client, url, fns["history_select"], []) == ("error", COULD_NOT_USE.format("history_select"))
     counted = httpx.post(f"{url}gradio_api/run/count_tokens", json={"data": ["a cat", "sd2-base"]}, timeout=30)
     assert counted.status_code == 200 and counted.json()["data"][0].startswith("2/75"), counted.text
 
@@ -92,7 +89,7 @@ def test_every_quick_event_answers_junk_in_words_and_the_app_keeps_serving(app) 
     with httpx.Client(timeout=60) as client:
         for fn in _quick_events(demo):
             for what, junk in JUNK.items():
-                kind, said = _answer(url, fn, [junk] * len(fn.inputs), client, session="junk-sender")
+                kind, said = _answer(client, url, fn, [junk] * len(fn.inputs), session="junk-sender")
                 if kind == "error" and not (isinstance(said, str) and 10 < len(said) <= 300):
                     unread.append((fn.api_name, what, said if said is None else said[:100]))
     assert unread == []
