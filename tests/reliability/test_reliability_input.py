@@ -265,19 +265,24 @@ _requests = st.builds(
     ),
 )
 
-_fuzz_counts = {"accepted": 0, "refused": 0}
+@pytest.fixture(scope="module")
+def fuzz_counts() -> dict[str, int]:
+    """The fuzz test's tally, which the summary after it reads (one module-scoped fixture: under `-n N` both run in
+    the same process, tests/conftest.py)."""
+    return {"accepted": 0, "refused": 0}
 
 
 @settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(request=_requests)
-def test_fuzzed_requests_are_refused_in_words_or_normalised(checker, request: Txt2ImgRequest) -> None:
+def test_fuzzed_requests_are_refused_in_words_or_normalised(checker, fuzz_counts: dict[str, int],
+                                                            request: Txt2ImgRequest) -> None:
     try:
         checked, warnings = checker.validate(request)
     except InvalidRequest as error:
         assert str(error) and "Traceback" not in str(error)
-        _fuzz_counts["refused"] += 1
+        fuzz_counts["refused"] += 1
         return
-    _fuzz_counts["accepted"] += 1
+    fuzz_counts["accepted"] += 1
     s = checked.sampling
     assert type(checked.width) is int and 64 <= checked.width <= 512 and checked.width % 8 == 0
     assert type(checked.height) is int and 64 <= checked.height <= 512 and checked.height % 8 == 0
@@ -291,8 +296,8 @@ def test_fuzzed_requests_are_refused_in_words_or_normalised(checker, request: Tx
     assert all(isinstance(w, str) for w in warnings)
 
 
-def test_fuzz_summary(reliability) -> None:
-    assert _fuzz_counts["accepted"] > 10 and _fuzz_counts["refused"] > 10, _fuzz_counts
-    reliability(AREA, f"hypothesis fuzz: {sum(_fuzz_counts.values())} random text-to-image requests",
-                f"{_fuzz_counts['refused']} refused with InvalidRequest, {_fuzz_counts['accepted']} accepted and "
+def test_fuzz_summary(reliability, fuzz_counts: dict[str, int]) -> None:
+    assert fuzz_counts["accepted"] > 10 and fuzz_counts["refused"] > 10, fuzz_counts
+    reliability(AREA, f"hypothesis fuzz: {sum(fuzz_counts.values())} random text-to-image requests",
+                f"{fuzz_counts['refused']} refused with InvalidRequest, {fuzz_counts['accepted']} accepted and "
                 "normalised in range; no other exception")
