@@ -1,11 +1,13 @@
-"""Direct calls of an event the app does not have answer 404 with a message.
+"""Direct calls: of an event the app does not have, 404 with a message; naming no session, a session of their own.
 
 Gradio's direct route POST /gradio_api/run/<api_name> (also /run/<api_name>/ and the older /api/<api_name>) looks
 the event up by the body's `fn_index`, else by the name (gradio/route_utils.py, `get_fn`): an unknown number
 raised KeyError and an unknown name FnIndexInferError, both HTTP 500 with a traceback in the log.
-`UnknownEventMiddleware` reads such a request's body (at most `sd2_app.ui.request_limits.MAX_BODY_BYTES`, which
-that middleware enforces first), refuses an event the app lacks, and hands the same bytes on otherwise. Queue
-joins are checked where they are pushed (`sd2_app.ui.hosting`).
+`DirectCallMiddleware` reads such a request's body (at most `sd2_app.ui.request_limits.MAX_BODY_BYTES`, which
+that middleware enforces first) and refuses an event the app lacks. It hands the body on as it came, or, when
+it names no session hash, with one made for the call alone (`sd2_app.ui.light_sessions.one_call_session`:
+Gradio otherwise made a session state of every component's settings for each such call). Queue joins are
+checked where they are pushed (`sd2_app.ui.hosting`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from gradio.route_utils import API_PREFIX
 from starlette.responses import JSONResponse
 
 from sd2_app.errors import shown
+from sd2_app.ui.light_sessions import one_call_session
 from sd2_app.ui.visitors import ASGIApp, Message, Scope
 
 RUN_PREFIXES = (f"{API_PREFIX}/run/", f"{API_PREFIX}/api/")
@@ -52,9 +55,9 @@ def missing_event(fns: dict[int, Any], api_name: str, body: Any) -> object | Non
     return None
 
 
-class UnknownEventMiddleware:
-    """ASGI middleware: a direct call of an event the app lacks answers 404 (module docstring); `fns`: the app's
-    events by number (gradio.Blocks.fns)."""
+class DirectCallMiddleware:
+    """ASGI middleware: a direct call of an event the app lacks answers 404, one that names no session gets one of
+    its own (module docstring); `fns`: the app's events by number (gradio.Blocks.fns)."""
 
     def __init__(self, app: ASGIApp, fns: dict[int, Any]) -> None:
         self.app = app
@@ -69,13 +72,23 @@ class UnknownEventMiddleware:
         if data is None:
             return  # the client left
         try:
-            missing = missing_event(self.fns, api_name, json.loads(data))
+            body = json.loads(data)
         except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth: Gradio's answer (400)
-            missing = None
+            await self.app(scope, replaying(data, receive), send)
+            return
+        missing = missing_event(self.fns, api_name, body)
         if missing is not None:
             await JSONResponse({"detail": unknown_event_message(missing)}, status_code=404)(scope, receive, send)
             return
+        if isinstance(body, dict) and body.get("session_hash") is None:
+            data = json.dumps(one_call_session(body)).encode()  # the values read, and the session hash
+            scope = dict(scope, headers=[*without_length(scope), (b"content-length", str(len(data)).encode())])
         await self.app(scope, replaying(data, receive), send)
+
+
+def without_length(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The request's headers but its Content-Length (for a body the middleware replaced)."""
+    return [(name, value) for name, value in scope.get("headers") or [] if name.lower() != b"content-length"]
 
 
 async def read_body(receive: Receive) -> bytes | None:

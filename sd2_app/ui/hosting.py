@@ -42,7 +42,7 @@ from sd2_app.api.job_admission import DEFAULT_QUEUE_SIZE, JobAdmission, Refusal
 from sd2_app.api.addresses import ClientAddresses, starlette_request
 from sd2_app.api.quick_reads import MAX_QUICK_REQUESTS_PER_ADDRESS, too_many_quick_requests_message
 from sd2_app.ui.cache_files import sweeping_lifespan
-from sd2_app.ui.event_checks import UnknownEventMiddleware, unknown_event_message
+from sd2_app.ui.event_checks import DirectCallMiddleware, unknown_event_message
 from sd2_app.ui.light_sessions import light_sessions_lifespan
 from sd2_app.ui.join_refusals import MAX_SESSION_HASH_CHARS, SESSION_HASH_REFUSAL, JoinRefusals
 from sd2_app.ui.mcp_addresses import McpCallerMiddleware
@@ -250,7 +250,7 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
     finished sessions' streams bounded (`sd2_app.ui.session_messages`); returns the
     `app_kwargs` for Gradio's `launch`, with the request-limits (`sd2_app.ui.request_limits`), MCP caller
     (`sd2_app.ui.mcp_addresses`), request-address, visitor-cookie, upload-budget, unknown-stream
-    (`sd2_app.ui.stream_checks`) and unknown-event (`sd2_app.ui.event_checks`) middlewares, the sweep of the app's
+    (`sd2_app.ui.stream_checks`) and direct-call (`sd2_app.ui.event_checks`) middlewares, the sweep of the app's
     cached files on `delete_cache`'s schedule and sessions that copy no component settings ahead
     (`sd2_app.ui.light_sessions`), at most `max_sessions_per_address` of one address
     (`sd2_app.ui.session_addresses`), added to the caller's."""
@@ -268,7 +268,7 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
                                 Middleware(VisitorMiddleware, cookies=visitors.cookies),
                                 Middleware(UploadBudgetMiddleware, budget=budget, addresses=visitors.addresses),
                                 Middleware(UnknownStreamMiddleware, queue=demo._queue),
-                                Middleware(UnknownEventMiddleware, fns=demo.fns)]
+                                Middleware(DirectCallMiddleware, fns=demo.fns)]
     # a 422's echo of a body's 1e400 or NaN (`sd2_app.ui.validation_errors`)
     app_kwargs["exception_handlers"] = {**app_kwargs.get("exception_handlers", {}),
                                         RequestValidationError: validation_error_answer}

@@ -11,15 +11,19 @@ entry itself), and the only reader of them all, the deep-link route (gradio/rout
 `SessionState.components`), gets the missing ones computed when it asks. `LightStateHolder` makes its sessions
 of that kind; `light_sessions_lifespan` puts one in place of the server's holder when the server starts.
 
-Not covered: a call that names no session at all. Gradio then builds a `SessionState` of its own class for that
-call alone, outside the holder (gradio/route_utils.py, `restore_session_state`, for POST /gradio_api/run/<name>
-without a session hash; gradio/mcp.py, an MCP call of an event outside the queue), and pays the whole copy each
-time (60-80 ms of CPU for this app's 617 components on a 2-core development machine). The page and
-gradio_client always name a session.
+A call that names no session (POST /gradio_api/run/<name> without a session hash) got a `SessionState` of
+Gradio's own class for that call alone, outside the holder (gradio/route_utils.py, `restore_session_state`), and
+paid the whole copy each time (60-80 ms of CPU for this app's 617 components on a 2-core development machine).
+`one_call_session` gives such a call's body a session hash of its own, `ONE_CALL_PREFIX` and a random part (the
+direct-call middleware, `sd2_app.ui.event_checks`, applies it); the holder makes a `LightSessionState` for a hash
+of that kind and keeps none, so the call neither keeps a session nor pushes out anybody's. (Gradio's MCP server
+builds one of its own for a tool call outside the queue, gradio/mcp.py `call_tool`: this app's tools are queued,
+and nothing else is callable as a tool, `sd2_app.ui.mcp_server`.)
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,6 +31,16 @@ from typing import Any
 from gradio.state_holder import SessionState, StateHolder
 
 from sd2_app.ui.lifespans import Lifespan, inner_state
+
+ONE_CALL_PREFIX = "sd2-one-call-"  # a session hash the app gives a call that names none; such sessions are not kept
+
+
+def one_call_session(body: dict[str, Any]) -> dict[str, Any]:
+    """A direct call's parsed JSON `body` with a session hash of its own when it names none (module docstring);
+    `body` as it is otherwise."""
+    if body.get("session_hash") is not None:
+        return body
+    return {**body, "session_hash": ONE_CALL_PREFIX + uuid.uuid4().hex}
 
 
 class _NoBlocksToCopy:
@@ -55,9 +69,12 @@ class LightSessionState(SessionState):
 
 
 class LightStateHolder(StateHolder):
-    """Gradio's `StateHolder` whose new sessions are `LightSessionState`s."""
+    """Gradio's `StateHolder` whose new sessions are `LightSessionState`s; a one-call session (`one_call_session`)
+    is made for its call and not kept."""
 
     def __getitem__(self, session_id: str) -> SessionState:
+        if session_id.startswith(ONE_CALL_PREFIX):
+            return LightSessionState(self.blocks)
         if session_id not in self.session_data:
             self.session_data[session_id] = LightSessionState(self.blocks)
         return super().__getitem__(session_id)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from gradio.blocks import BlocksConfig
 from gradio.state_holder import SessionState
 
 from sd2_app.api.service import Service
@@ -316,6 +317,37 @@ def test_a_new_session_hash_costs_only_what_its_events_change(app, reliability) 
                 "stream read); GET /gradio_api/deep_link answers HTTP 404: "
                 f"{NO_DEEP_LINKS_MESSAGE} (it wrote the session's settings of every component, about 400 KB, to a new "
                 "file)")
+
+
+def test_a_direct_call_naming_no_session_keeps_none_and_copies_no_settings(app, reliability,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """10 direct calls of the token count that name no session hash (raw HTTP, as curl sends them): each answers,
+    computes the settings of at most a few components (Gradio made a session state of its own per such call,
+    outside the store: the settings of every component), and the store of sessions is as it was, none kept and
+    none pushed out (`sd2_app.ui.light_sessions.one_call_session`)."""
+    url, demo = app
+    sessions = demo.server_app.state_holder.session_data  # type: ignore[attr-defined]
+    every = len(list(SessionState(demo).components))
+    computed = []
+    config_for_block = BlocksConfig.config_for_block
+
+    def counted(*args: object, **kwargs: object) -> object:
+        computed.append(args[0])
+        return config_for_block(*args, **kwargs)
+
+    monkeypatch.setattr(BlocksConfig, "config_for_block", staticmethod(counted))
+    before = list(sessions)
+    with httpx.Client(base_url=url, timeout=30) as client:
+        answers = [client.post("gradio_api/run/count_tokens", json={"data": [f"a cat {n}", "sd2-base"]})
+                   for n in range(10)]
+    monkeypatch.undo()
+    assert [(answer.status_code, answer.json()["data"][0][:4]) for answer in answers] == [(200, "3/75")] * 10
+    assert len(computed) <= 10 * 3 and every > 400, (len(computed), every)
+    assert list(sessions) == before
+    reliability(AREA, "10 direct calls (/gradio_api/run/count_tokens) that name no session hash (raw HTTP)",
+                f"each answers; {len(computed) / 10:.0f} components' settings computed per call (Gradio made a "
+                f"session state of its own for each: all {every}); the store of sessions as it was, none kept, "
+                "none pushed out")
 
 
 def test_a_job_waiting_at_the_gpu_gate_leaves_with_its_visitor(app, reliability, monkeypatch: pytest.MonkeyPatch) -> None:
