@@ -33,7 +33,7 @@ from starlette.middleware import Middleware
 from sd2_app.ui.cancels import CancelMiddleware
 from sd2_app.ui.departures import stop_jobs_when_streams_close
 from sd2_app.ui.hosting import Hosting, for_visitors
-from sd2_app.ui.mcp_schema import told_truly
+from sd2_app.ui.mcp_server import ready_mcp_server
 from sd2_app.ui.raw_values import guard_quick_events, quick_event, refusal
 from sd2_app.ui.uploads import local_file_references
 
@@ -81,8 +81,8 @@ class AppBlocks(gr.Blocks):
         """Gradio's `launch`, serving visitors: `app_kwargs` gets the app's middlewares and cache sweep added, and
         the queue is watched (`sd2_app.ui.hosting.for_visitors`); a closed event stream stops its session's jobs
         (`sd2_app.ui.departures`), and so does a client's cancel of its job (`sd2_app.ui.cancels`); a quick event
-        refuses junk in words (`raw_values.guard_quick_events`); the MCP tool list says what image arguments the
-        server takes (`sd2_app.ui.mcp_schema`).
+        refuses junk in words (`raw_values.guard_quick_events`); the MCP server calls only its tools and says what
+        image arguments it takes (`sd2_app.ui.mcp_server`).
 
         Gradio's launch then asks its own page once, with a 3 s timeout, and raises "When localhost is not
         accessible, a shareable link must be created" when no answer came (gradio/blocks.py, `launch`, and
@@ -94,7 +94,7 @@ class AppBlocks(gr.Blocks):
         app_kwargs = for_visitors(self, self.flags.visitors, self.hosting, app_kwargs)
         app_kwargs["middleware"] = [*app_kwargs["middleware"], Middleware(CancelMiddleware, queue=self._queue)]
         stop_jobs_when_streams_close(self._queue)
-        app_kwargs["lifespan"] = told_truly(self, app_kwargs.get("lifespan"))  # MCP's image arguments
+        app_kwargs["lifespan"] = ready_mcp_server(self, app_kwargs.get("lifespan"))
         return super().launch(*args, app_kwargs=app_kwargs, **kwargs)
 
     async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> Any:

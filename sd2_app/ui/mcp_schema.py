@@ -5,18 +5,14 @@ Gradio 6.31's MCP server (gradio/mcp.py, `GradioMCPServer`) gives every file arg
 description of each tool that takes one with a sentence sending the agent to an `upload_file_to_gradio` tool
 (`_file_data_tool_description`, added in `get_fn_description`); Gradio has no setting for either. This app serves
 no such tool and downloads no other site's file (`sd2_app.ui.uploads.REMOTE_FILE_REFUSAL`), so an agent that
-followed them failed. `truthful_file_arguments` wraps those two methods of the app's server object; the lifespan
-`told_truly` does it when the server starts, before any request. This is the app's only dependence on how
-Gradio's MCP server describes tools.
+followed them failed. `truthful_file_arguments` wraps those two methods of the app's server object, when the
+server starts, before any request (`sd2_app.ui.mcp_server.ready_mcp_server`). This is the app's only dependence
+on how Gradio's MCP server describes tools.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
-
-from sd2_app.ui.lifespans import Lifespan, inner_state
 
 IMAGE_VALUE = "a data URL (data:image/png;base64,...) or the URL of a file uploaded to this server"
 IMAGES_SENTENCE = f" Each image is {IMAGE_VALUE}; the server does not download other sites' files."
@@ -44,17 +40,3 @@ def truthful_file_arguments(server: Any) -> None:
     server.simplify_filedata_schema = simplify_filedata_schema
     server.get_fn_description = get_fn_description
 
-
-def told_truly(blocks: Any, inner: Lifespan | None = None) -> Lifespan:
-    """A FastAPI lifespan (`launch(app_kwargs={"lifespan": ...})`; Gradio runs it inside its own, after making
-    its MCP server) that applies `truthful_file_arguments` to `blocks`' MCP server, where it has one, around
-    `inner` when given."""
-
-    @asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[Any]:
-        if blocks.mcp_server_obj is not None:
-            truthful_file_arguments(blocks.mcp_server_obj)
-        async with inner_state(inner, app) as state:
-            yield state
-
-    return lifespan

@@ -1,7 +1,7 @@
 """The MCP server (`--mcp`) through its streamable HTTP endpoint, with the `mcp` package's own client.
 
 The tool list holds exactly our five tools, with typed, documented arguments (the web UI's events are not
-tools), and a tool call on the tiny checkpoints returns an image that carries its parameters text.
+tools, listed or called), and a tool call on the tiny checkpoints returns an image that carries its parameters text.
 """
 
 from __future__ import annotations
@@ -83,6 +83,19 @@ def test_tool_list_is_the_five_tools_with_typed_documented_arguments(url: str) -
         "type": "string", "default": "Inpaint masked",
         "description": "Inpaint masked repaints the white area; Inpaint not masked repaints the black area"}
     assert tools["upscale"].inputSchema["properties"]["noise_level"]["type"] == "integer"
+
+
+def test_only_the_tools_are_callable(url: str) -> None:
+    """A tools/call named after one of the web UI's functions, hidden from the list (the token count "count",
+    History's "rows", the model table's "current", a tab's "stop"), is refused as any unknown name is; Gradio's
+    server ran them (`sd2_app.ui.mcp_server`)."""
+    hidden = ("count", "rows", "current", "stop", "no_such_tool")
+
+    async def work(session):
+        return [await session.call_tool(name, {}) for name in hidden]
+
+    answers = [(result.isError, [content.text for content in result.content]) for result in _session(url, work)]
+    assert answers == [(True, [f"Unknown tool for this Gradio app: {name}"]) for name in hidden]
 
 
 def test_tool_calls_return_an_image(url: str) -> None:
