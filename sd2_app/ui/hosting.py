@@ -42,6 +42,7 @@ from sd2_app.api.job_admission import DEFAULT_QUEUE_SIZE, JobAdmission, Refusal
 from sd2_app.api.addresses import ClientAddresses, starlette_request
 from sd2_app.api.quick_reads import MAX_QUICK_REQUESTS_PER_ADDRESS, too_many_quick_requests_message
 from sd2_app.ui.cache_files import sweeping_lifespan
+from sd2_app.ui.compression import CompressMiddleware
 from sd2_app.ui.event_checks import DirectCallMiddleware, unknown_event_message
 from sd2_app.ui.light_sessions import light_sessions_lifespan
 from sd2_app.ui.join_refusals import MAX_SESSION_HASH_CHARS, SESSION_HASH_REFUSAL, JoinRefusals
@@ -247,9 +248,9 @@ def _count_down(counter: Counter[str], key: str) -> None:
 def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
                  app_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Ready `demo` for a launch that serves visitors: close the direct REST routes, watch the queue and keep its
-    finished sessions' streams bounded (`sd2_app.ui.session_messages`); returns the
-    `app_kwargs` for Gradio's `launch`, with the request-limits (`sd2_app.ui.request_limits`), MCP caller
-    (`sd2_app.ui.mcp_addresses`), request-address, visitor-cookie, upload-budget, unknown-stream
+    finished sessions' streams bounded (`sd2_app.ui.session_messages`); returns the `app_kwargs` for Gradio's
+    `launch`, with the compression (`sd2_app.ui.compression`), request-limits (`sd2_app.ui.request_limits`), MCP
+    caller (`sd2_app.ui.mcp_addresses`), request-address, visitor-cookie, upload-budget, unknown-stream
     (`sd2_app.ui.stream_checks`) and direct-call (`sd2_app.ui.event_checks`) middlewares, the sweep of the app's
     cached files on `delete_cache`'s schedule and sessions that copy no component settings ahead
     (`sd2_app.ui.light_sessions`), at most `max_sessions_per_address` of one address
@@ -262,6 +263,7 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
     window_s = cache[1] if cache else DEFAULT_CACHE_MINUTES * 60
     budget = UploadBudget(hosting.max_upload_mb_per_address * MB, window_s=window_s)
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []),
+                                Middleware(CompressMiddleware),
                                 Middleware(RequestLimitsMiddleware, addresses=visitors.addresses),
                                 Middleware(McpCallerMiddleware, addresses=visitors.addresses),
                                 Middleware(RequestAddressMiddleware, addresses=visitors.addresses),

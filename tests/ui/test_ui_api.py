@@ -450,3 +450,32 @@ def test_a_job_behind_another_front_ends_job_says_its_place(app) -> None:
         blocker.release.set()
         _, gallery, info = job.result(timeout=120)
         assert len(gallery) == batches and info.startswith("**Seed" + ("s** 7–8" if batches == 2 else "** 7"))
+
+
+def test_the_page_and_its_settings_come_compressed_and_event_streams_do_not(app) -> None:
+    """Raw HTTP, as a browser asks (Accept-Encoding: gzip, deflate, br): the page and /config come gzipped, at
+    least 8 times smaller, /config's bytes the same as uncompressed; a queued event's stream is not compressed
+    (`sd2_app.ui.compression`)."""
+    import gzip
+
+    import httpx
+
+    client, _, _ = app
+    url = client.src.rstrip("/")
+    sizes = {}
+    with httpx.Client(timeout=60) as http:
+        for path in ("/", "/config"):
+            with http.stream("GET", url + path, headers={"accept-encoding": "gzip, deflate, br"}) as answer:
+                sent, headers = b"".join(answer.iter_raw()), answer.headers
+            plain = http.get(url + path, headers={"accept-encoding": "identity"})
+            assert (headers["content-encoding"], "content-encoding" in plain.headers) == ("gzip", False), path
+            if path == "/config":
+                assert gzip.decompress(sent) == plain.content
+            sizes[path] = (len(sent), len(plain.content))
+        joined = http.post(f"{url}/gradio_api/call/count_tokens", json={"data": ["a cat", "sd2-base"]})
+        with http.stream("GET", f"{url}/gradio_api/call/count_tokens/{joined.json()['event_id']}",
+                         headers={"accept-encoding": "gzip"}) as stream:
+            events = b"".join(stream.iter_raw())
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            assert "content-encoding" not in stream.headers and b"event: complete" in events, events
+    assert all(plain > 8 * sent for sent, plain in sizes.values()), sizes
