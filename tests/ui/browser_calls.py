@@ -15,6 +15,12 @@ toast, a late update) waits for it, not for a guessed time, and fails past `time
 from __future__ import annotations
 
 import time
+from pathlib import Path
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's (.ci/run installs it); the browser tests skip without it
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"  # screenshots (gitignored)
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]  # Chromium's flags for a test run, offline
 
 COUNTED = ("/gradio_api/run/", "/gradio_api/queue/join")
 # How many times the page has changed since this was first run (a MutationObserver on the whole document).

@@ -14,14 +14,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.ui.browser_calls import run_and_wait, settled, shown_size, still_context
+from tests.ui.browser_calls import ARGS, ARTIFACTS, CHROMIUM, run_and_wait, settled, shown_size, still_context
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium and a served app: minutes on a small CPU
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
 DESKTOP = {"width": 1440, "height": 900}
 PHONE = {"width": 390, "height": 844}
 # An X/Y/Z plot's grid and cells, one image each: the gallery opens on the grid, so it also holds the large image

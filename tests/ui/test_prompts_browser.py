@@ -7,19 +7,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.ui.browser_calls import still_context
+from tests.ui.browser_calls import ARGS, ARTIFACTS, CHROMIUM, still_context
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
 
 if not CHROMIUM.exists():
     pytest.skip("no /usr/bin/chromium", allow_module_level=True)
