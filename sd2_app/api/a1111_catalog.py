@@ -1,6 +1,7 @@
 """The A1111 API's read-only routes: what the server offers (checkpoints, samplers, schedulers, the hires fix's
-latent upscale modes, embeddings, the host's prompt styles, and no scripts, separate VAEs or LoRAs; a refresh of
-the checkpoints, which are fixed here, changes nothing), `/png-info`, which reads an image's parameters, and
+latent upscale modes, embeddings, the host's prompt styles, the LoRAs, whose folder /refresh-loras reads again
+when it changed, and no scripts or separate VAEs; a refresh of the checkpoints, which are fixed here, changes
+nothing), `/png-info`, which reads an image's parameters, and
 `/interrogate`, which this server does not offer (501 in A1111's error body, `INTERROGATE_MESSAGE`).
 
 None of them touches the GPU or takes a job's place. Shapes: A1111's modules/api/models.py (SDModelItem,
@@ -105,7 +106,7 @@ def lora_routes(router: APIRouter, api: A1111Api) -> None:
 
     @router.post("/refresh-loras")
     def refresh_loras() -> None:
-        return None  # the LoRA folder is read at start-up (as /refresh-checkpoints: nothing to look for again)
+        api.service.loras.refresh()  # the folder read again now if its files changed (`LoraTools.refresh`)
 
 
 def embeddings_response(api: A1111Api) -> dict[str, dict[str, dict[str, Any]]]:

@@ -5,11 +5,18 @@ A request's LoRAs are read from its prompt where its job starts, so every front 
 A1111's, MCP, a plot's cells, a batch of users) gets them the same way; validation has already warned about
 the names the folder lacks (they are left out, as A1111 leaves them out). Nothing here imports torch until a
 prompt uses a LoRA.
+
+The folder is read again when its files change (added, removed, renamed or rewritten: `LoraLibrary.changed`),
+as A1111's Refresh of its LoRA list does, so a LoRA put there is usable without a restart: `library` looks at
+the folder at most every `RECHECK_S` (a directory read and a stat per file), and `refresh` now (A1111's
+/refresh-loras). Each process that runs or validates jobs looks for itself (a Ray front and its replicas too).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -18,31 +25,73 @@ from sd2_app.loading.loras import LoraLibrary
 from sd2_app.lora_tags import LoraTag, lora_tags
 
 if TYPE_CHECKING:
+    from sd2_app.api.checks import Catalog
     from sd2_app.pipelines.lora import LoraCache
 
 
-class LoraTools:
-    """One Service's LoRA library and the cache of the files its jobs read."""
+RECHECK_S = 2.0  # how often, at most, `LoraTools.library` looks whether the folder changed
 
-    def __init__(self, library: LoraLibrary | None = None) -> None:
-        self.library = library or LoraLibrary()
+
+class LoraTools:
+    """One Service's LoRA library, read again when the folder changes (module docstring), and the cache of the
+    files its jobs read."""
+
+    def __init__(self, library: LoraLibrary | None = None, recheck_s: float = RECHECK_S) -> None:
+        self._library = library or LoraLibrary()
+        self.recheck_s = recheck_s
+        self._checked = time.monotonic()
+        self._scanning = threading.Lock()
         self._cache: LoraCache | None = None
+
+    @property
+    def library(self) -> LoraLibrary:
+        """The folder's LoRAs; scanned again first when `recheck_s` has passed since the last look and the files
+        changed (a caller that finds another thread scanning gets the library as it was)."""
+        if time.monotonic() - self._checked >= self.recheck_s and self._scanning.acquire(blocking=False):
+            try:
+                self._scan_if_changed()
+            finally:
+                self._scanning.release()
+        return self._library
+
+    def refresh(self) -> LoraLibrary:
+        """Look at the folder now and scan it again if its files changed; the library."""
+        with self._scanning:
+            self._scan_if_changed()
+        return self._library
+
+    def _scan_if_changed(self) -> None:
+        self._checked = time.monotonic()
+        if self._library.changed():
+            self._library = LoraLibrary.scan(self._library.folder)
 
     def names(self) -> list[str]:
         return self.library.names()
 
+    def current_in(self, catalog: Catalog) -> Catalog:
+        """`catalog` with the LoRA names the folder has now, where this library reads a folder (validation warns
+        of a tag whose name it lacks); as it is otherwise."""
+        library = self.library
+        names = frozenset(library.files)
+        if library.folder is None or names == catalog.loras:
+            return catalog
+        return dataclasses.replace(catalog, loras=names)
+
     def refused(self) -> dict[str, str]:
         return dict(self.library.refused)
 
-    def used(self, prompt: str) -> list[LoraTag]:
-        """The LoRAs of `prompt` that the library has (a validated prompt's tags are well formed)."""
-        return [tag for tag in lora_tags(prompt) if tag.name in self.library.files] if self.library.files else []
+    def used(self, prompt: str, library: LoraLibrary | None = None) -> list[LoraTag]:
+        """The LoRAs of `prompt` that `library` (None: the current one) has (a validated prompt's tags are well
+        formed)."""
+        files = (library or self.library).files
+        return [tag for tag in lora_tags(prompt) if tag.name in files] if files else []
 
     @contextmanager
     def merged(self, components: Any, prompt: str) -> Iterator[Any]:
         """`components` (a lent copy) with the LoRAs `prompt` uses merged into its models' weights for the
         block, and their names and hashes in its `loras` (the parameters' `Lora hashes`)."""
-        tags = self.used(prompt)
+        library = self.library  # one library for the whole job, whatever a rescan does meanwhile
+        tags = self.used(prompt, library)
         if not tags or not dataclasses.is_dataclass(components):
             yield components
             return
@@ -50,6 +99,6 @@ class LoraTools:
 
         if self._cache is None:
             self._cache = LoraCache()
-        weights = [(self._cache.get(self.library.files[tag.name]), tag.te, tag.unet) for tag in tags]
+        weights = [(self._cache.get(library.files[tag.name]), tag.te, tag.unet) for tag in tags]
         with merged(components, weights):
             yield dataclasses.replace(components, loras=tuple((w.name, w.shorthash) for w, _, _ in weights))

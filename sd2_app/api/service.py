@@ -172,14 +172,14 @@ class Service:
         if isinstance(request, XYZPlotRequest):
             plot = self.check_plot(request)
             return plot.request, plot.warnings
-        checked, warnings = validate(request, self.catalog, self.limits)
+        checked, warnings = validate(request, self.loras.current_in(self.catalog), self.limits)
         self._prompt_tools.check(checked)
         return checked, warnings
 
     def check_plot(self, request: XYZPlotRequest) -> CheckedPlot:
         """`validate` for a plot, with the validated cells kept for whoever runs or prices them, every cell's
         prompts within the pipeline's limits (`PromptTools.check_cells`)."""
-        plot = check_plot(request, self.catalog, self.limits, self.styles)
+        plot = check_plot(request, self.loras.current_in(self.catalog), self.limits, self.styles)
         self._prompt_tools.check_cells(plot.cells)
         return plot
 

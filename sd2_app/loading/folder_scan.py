@@ -1,5 +1,6 @@
-"""A folder of small model files that prompts name by file stem (textual-inversion embeddings, LoRAs), read once
-at start-up: which files are used, and why each other one is not.
+"""A folder of small model files that prompts name by file stem (textual-inversion embeddings, LoRAs): which files
+are used, and why each other one is not; and the folder's stamp, which changes when a file is added, removed,
+renamed or rewritten, so a reader can tell it is time to scan again.
 
 Only `.safetensors` files and pickles (listed to be refused by the reader, never opened) are looked at; a
 stem must be a plain name (a prompt writes it) and unique regardless of case. No torch.
@@ -8,6 +9,7 @@ stem must be a plain name (a prompt writes it) and unique regardless of case. No
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -45,3 +47,21 @@ def scan_folder(folder: Path, read: Callable[[Path], T], refusal: type[Exception
             log.warning("%s not used: %s", kind, error)
     log.info("%d %s(s) in %s", len(found), kind, folder)
     return found, refused
+
+
+def folder_stamp(folder: Path | None) -> tuple[tuple[str, int, int], ...]:
+    """(name, size, modification time in ns) of each file `scan_folder` looks at in `folder`, by name; () when
+    there is no such folder. One directory read and one stat per such file."""
+    try:
+        entries = list(os.scandir(folder)) if folder is not None else []
+    except OSError:
+        return ()
+    stamp = []
+    for entry in entries:
+        if Path(entry.name).suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
+            try:
+                info = entry.stat()
+            except OSError:
+                continue  # removed since the directory was read
+            stamp.append((entry.name, info.st_size, info.st_mtime_ns))
+    return tuple(sorted(stamp))

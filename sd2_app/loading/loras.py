@@ -6,11 +6,11 @@ by the diffusers / transformers module path with "_" for "." (sd-scripts network
 layer's weight change is multiplier x alpha / rank x up @ down (Hu et al. 2021, "LoRA", eq. 3;
 pipelines/lora.py merges it).
 
-Here only the header of each file is read (the tensors' names, dtypes and shapes), at start-up: the names
-say the layout and the shapes the model it was made for. A file is refused, with the reason, when it is a
-pickle, too large, unreadable, another layout (LyCORIS LoHa/LoKr, diffusers/PEFT, SDXL's) or for SD 1.x. The
-tensors are read when a prompt first uses the file (pipelines/lora.py). No torch: a front end that holds no
-models lists the LoRAs too.
+Here only the header of each file is read (the tensors' names, dtypes and shapes), at start-up and whenever
+the folder changes (`sd2_app.api.lora_tools`): the names say the layout and the shapes the model it was made
+for. A file is refused, with the reason, when it is a pickle, too large, unreadable, another layout (LyCORIS
+LoHa/LoKr, diffusers/PEFT, SDXL's) or for SD 1.x. The tensors are read when a prompt first uses the file
+(pipelines/lora.py). No torch: a front end that holds no models lists the LoRAs too.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sd2_app.loading.embeddings import SD1_WIDTH, SD2_WIDTH
-from sd2_app.loading.folder_scan import PICKLE_SUFFIXES, scan_folder
+from sd2_app.loading.folder_scan import PICKLE_SUFFIXES, folder_stamp, scan_folder
 
 MAX_FILE_BYTES = 2**30  # 1 GiB: a LoRA (even a full-rank LoCon) for SD2 is well below it
 MAX_HEADER_BYTES = 16 * 2**20  # the JSON header; a LoRA's is tens of kilobytes
@@ -118,6 +118,7 @@ class LoraLibrary:
     folder: Path | None = None
     files: dict[str, LoraFile] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)  # file name -> why it is not used
+    stamp: tuple[tuple[str, int, int], ...] = ()  # the folder as it was scanned (`folder_stamp`)
 
     @classmethod
     def scan(cls, folder: str | Path | None) -> LoraLibrary:
@@ -125,8 +126,14 @@ class LoraLibrary:
         that cannot be used are logged and kept in `refused` with the reason."""
         if folder is None or not Path(folder).is_dir():
             return cls(None if folder is None else Path(folder))
+        stamp = folder_stamp(Path(folder))  # before the scan: a file changed during it is scanned again next time
         found, refused = scan_folder(Path(folder), describe, LoraFileError, "LoRA")
-        return cls(Path(folder), found, refused)
+        return cls(Path(folder), found, refused, stamp)
+
+    def changed(self) -> bool:
+        """Whether the folder holds other files than when it was scanned (`folder_stamp`); a folder that did not
+        exist then and does now counts."""
+        return self.folder is not None and folder_stamp(self.folder) != self.stamp
 
     def names(self) -> list[str]:
         return sorted(self.files)

@@ -21,6 +21,7 @@ from sd2_app.ui.debounce import debounce_js
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
+    from sd2_app.loading.loras import LoraLibrary
     from sd2_app.ui.layout import PromptBoxes
 
 log = logging.getLogger(__name__)
@@ -127,23 +128,48 @@ def toggled_lora(name: str, text: str) -> str:
 
 
 def loras_picker(service: Service, prompt: gr.Textbox, prefix: str) -> None:
-    """A closed accordion listing the LoRAs; clicking one adds its tag to the prompt, or takes it out again.
-    Files that were refused are listed with the reason, so a missing name is explained."""
-    names, refused = service.loras.names(), service.loras.refused()
-    if not names and not refused:
+    """A closed accordion listing the LoRAs of the host's folder, where it has one; clicking one adds its tag to
+    the prompt, or takes it out again. Files that were refused are listed with the reason, so a missing name is
+    explained. Opening it lists the folder as it is now (its files changed: read again, `LoraTools.library`), as
+    A1111's Refresh of its list does."""
+    library = service.loras.library
+    if library.folder is None or not (library.files or library.refused or library.folder.is_dir()):
         return
-    with gr.Accordion(f"LoRAs ({len(names)})", open=False, elem_id=f"{prefix}-loras"):
-        if names:
-            listing = gr.Dataset(components=[gr.Textbox(visible=False)], samples=[[n] for n in names],
-                                 label="Click a LoRA to add its tag to the prompt (again: take it out); the number "
-                                       "after its name is its strength", type="values", elem_id=f"{prefix}-loras-list")
+    with gr.Accordion(_loras_title(library), open=False, elem_id=f"{prefix}-loras") as accordion:
+        listing = gr.Dataset(components=[gr.Textbox(visible=False)], samples=_lora_samples(library),
+                             label="Click a LoRA to add its tag to the prompt (again: take it out); the number "
+                                   "after its name is its strength", type="values", elem_id=f"{prefix}-loras-list",
+                             visible=bool(library.files))
+        said = _lora_notes(library)
+        notes = gr.Markdown(said, elem_id=f"{prefix}-loras-refused", visible=bool(said))
 
-            def toggle(sample: Any, text: str) -> Any:
-                name = str(sample[0]) if isinstance(sample, (list, tuple)) and sample else str(sample)
-                return toggled_lora(name, text) if name in service.loras.names() else gr.skip()
+    def toggle(sample: Any, text: str) -> Any:
+        name = str(sample[0]) if isinstance(sample, (list, tuple)) and sample else str(sample)
+        return toggled_lora(name, text) if name in service.loras.names() else gr.skip()
 
-            listing.click(toggle, [listing, prompt], prompt, queue=False, api_name=f"{prefix}_toggle_lora",
-                          api_visibility="private")
-        if refused:
-            lines = "\n".join(f"- {why}" for _, why in sorted(refused.items()))  # each reason names its file
-            gr.Markdown(f"Not used:\n{lines}", elem_id=f"{prefix}-loras-refused")
+    def shown() -> tuple[Any, Any, Any]:
+        now = service.loras.library
+        said = _lora_notes(now)
+        return (gr.Accordion(label=_loras_title(now)), gr.Dataset(samples=_lora_samples(now), visible=bool(now.files)),
+                gr.Markdown(said, visible=bool(said)))
+
+    listing.click(toggle, [listing, prompt], prompt, queue=False, api_name=f"{prefix}_toggle_lora",
+                  api_visibility="private")
+    accordion.expand(shown, None, [accordion, listing, notes], queue=False, api_name=f"{prefix}_list_loras",
+                     api_visibility="private")
+
+
+def _loras_title(library: LoraLibrary) -> str:
+    return f"LoRAs ({len(library.files)})"
+
+
+def _lora_samples(library: LoraLibrary) -> list[list[str]]:
+    return [[name] for name in library.names()]
+
+
+def _lora_notes(library: LoraLibrary) -> str:
+    """Each refused file with the reason (each reason names its file), or how to add LoRAs to an empty folder."""
+    if library.refused:
+        return "Not used:\n" + "\n".join(f"- {why}" for _, why in sorted(library.refused.items()))
+    return "" if library.files else ("No LoRA files in the folder yet: put SD 2.x LoRAs (.safetensors) there and "
+                                     "open this list again.")

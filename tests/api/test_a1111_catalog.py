@@ -7,7 +7,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -25,14 +27,18 @@ SEED = 21
 
 
 @pytest.fixture(scope="module")
-def url(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def lora_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_test_loras(tmp_path_factory.mktemp("loras"))
+
+
+@pytest.fixture(scope="module")
+def url(one_thread: None, lora_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     embeddings = tmp_path_factory.mktemp("embeddings")
     g = torch.Generator().manual_seed(3)
     save_file({"emb_params": torch.randn(2, 32, generator=g)}, str(embeddings / "tiny-style.safetensors"))
     save_file({"emb_params": torch.randn(1, 768, generator=g)}, str(embeddings / "sd15-style.safetensors"))
-    loras = write_test_loras(tmp_path_factory.mktemp("loras"))
     argv = ["--tiny", "--device", "cpu", "--no-save", "--api", "--embeddings-dir", str(embeddings), "--lora-dir",
-            str(loras)]
+            str(lora_folder)]
     with serve(argv, tmp_path_factory.mktemp("app-cache")) as (served, _):
         yield served.rstrip("/") + "/sdapi/v1"
 
@@ -69,6 +75,27 @@ def test_the_latent_upscale_modes_are_the_hires_upscalers_that_work_on_latents(u
     refreshed = httpx.post(f"{url}/refresh-checkpoints", timeout=60)
     assert (refreshed.status_code, refreshed.json()) == (200, None)
     assert httpx.get(f"{url}/sd-models", timeout=60).json() == models
+
+
+def test_a_lora_put_in_the_folder_is_listed_and_used_after_refresh_loras(url: str, lora_folder: Path) -> None:
+    """A file copied into the LoRA folder while the app runs: after /refresh-loras (null, as A1111's) /loras lists
+    it and a prompt's tag uses it, without "LoRA not found"; removed again, it is gone from the list."""
+    names = [item["name"] for item in httpx.get(f"{url}/loras", timeout=60).json()]
+    shutil.copy(lora_folder / "tiny-detail.safetensors", lora_folder / "tiny-new.safetensors")
+    try:
+        refreshed = httpx.post(f"{url}/refresh-loras", timeout=60)
+        listed = [item["name"] for item in httpx.get(f"{url}/loras", timeout=60).json()]
+        made = httpx.post(f"{url}/txt2img", json={"prompt": "a hat <lora:tiny-new:0.9>", "seed": SEED, **FAST},
+                          timeout=300)
+    finally:
+        (lora_folder / "tiny-new.safetensors").unlink()
+    assert (refreshed.status_code, refreshed.json()) == (200, None)
+    assert names == ["tiny-detail", "upscaler-detail"] and listed == ["tiny-detail", "tiny-new", "upscaler-detail"]
+    assert made.status_code == 200, made.text
+    info = json.loads(made.json()["info"])
+    assert 'Lora hashes: "tiny-new: ' in info["infotexts"][0] and "LoRA not found" not in made.text
+    httpx.post(f"{url}/refresh-loras", timeout=60)
+    assert [item["name"] for item in httpx.get(f"{url}/loras", timeout=60).json()] == names
 
 
 def test_loras_are_listed_and_a_tag_uses_one(url: str) -> None:

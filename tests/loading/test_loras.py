@@ -1,5 +1,5 @@
-"""The LoRA folder read at start-up (sd2_app/loading/loras.py): which files are used, and the exact reason for
-each one that is not; only headers are read."""
+"""The LoRA folder (sd2_app/loading/loras.py): which files are used, and the exact reason for each one that is not;
+only headers are read; the folder read again when its files change (sd2_app/api/lora_tools.py, `LoraTools`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from sd2_app.api.checks import catalog_of
+from sd2_app.api.lora_tools import LoraTools
 from sd2_app.loading.loras import LoraLibrary
 
 LAYER = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
@@ -87,3 +89,35 @@ def test_only_the_header_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_a_missing_folder_is_an_empty_library(tmp_path: Path) -> None:
     assert LoraLibrary.scan(tmp_path / "nope").names() == [] and LoraLibrary.scan(None).refused == {}
+
+
+def test_the_library_is_read_again_when_a_file_is_added_rewritten_or_removed(tmp_path: Path) -> None:
+    """Looked at on every use (`recheck_s` 0): a new file is listed, a rewritten one described again, a removed
+    one gone, a folder made after start-up read; an unchanged folder is not scanned again (the same library)."""
+    folder = tmp_path / "loras"
+    tools = LoraTools(LoraLibrary.scan(folder), recheck_s=0)
+    assert tools.names() == [] and not tools.library.changed()
+    folder.mkdir()
+    _save(folder, "detail.safetensors", _lora())
+    assert tools.names() == ["detail"]
+    before = tools.library
+    assert tools.library is before  # nothing changed: no scan
+    _save(folder, "detail.safetensors", _lora(768))  # rewritten for SD 1.x: refused now
+    _save(folder, "style.safetensors", _lora())
+    assert tools.names() == ["style"] and list(tools.refused()) == ["detail.safetensors"]
+    (folder / "detail.safetensors").unlink()
+    assert (tools.names(), tools.refused()) == (["style"], {})
+
+
+def test_the_folder_is_looked_at_no_more_often_than_recheck_s_unless_refreshed(tmp_path: Path) -> None:
+    """With the default pause between looks, a file added just now is listed after `refresh` (A1111's
+    /refresh-loras); validation's catalog follows the folder (`current_in`), a given catalog without a folder
+    does not."""
+    _save(tmp_path, "detail.safetensors", _lora())
+    tools = LoraTools(LoraLibrary.scan(tmp_path), recheck_s=3600)
+    catalog = catalog_of({}, loras=["detail"])
+    _save(tmp_path, "style.safetensors", _lora())
+    assert tools.names() == ["detail"] and tools.current_in(catalog) is catalog
+    assert tools.refresh().names() == ["detail", "style"] and tools.names() == ["detail", "style"]
+    assert tools.current_in(catalog).loras == {"detail", "style"}
+    assert LoraTools().current_in(catalog) is catalog  # no folder: the catalog's names stand

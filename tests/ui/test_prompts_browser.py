@@ -6,7 +6,9 @@ Screenshots go to tests/artifacts/ (gitignored). Skipped when /usr/bin/chromium 
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +24,14 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def lora_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.lora_support import write_test_loras
+
+    return write_test_loras(tmp_path_factory.mktemp("loras"))
+
+
+@pytest.fixture(scope="module")
+def page(lora_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from sd2_app.api.service import Service
     from sd2_app.checkpoints.catalog import tiny_registry
     from sd2_app.loading.embeddings import EmbeddingLibrary
@@ -31,7 +40,6 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from sd2_app.testing.tiny import ensure_tiny_repos
     from sd2_app.ui import build_ui
     from tests.pipeline_fixtures import tiny_dir
-    from tests.lora_support import write_test_loras
     from tests.reliability_support import launched
 
     folder = tmp_path_factory.mktemp("embeddings")
@@ -39,8 +47,10 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     (folder / "old-style.pt").write_bytes(b"pickle")
     registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
     manager = ModelManager("cpu", registry=registry, cache_dir=tmp_path_factory.mktemp("cache"))
-    loras = LoraLibrary.scan(write_test_loras(tmp_path_factory.mktemp("loras")))
-    demo = build_ui(Service(manager, outputs_dir=None, embeddings=EmbeddingLibrary.scan(folder), loras=loras))
+    service = Service(manager, outputs_dir=None, embeddings=EmbeddingLibrary.scan(folder),
+                      loras=LoraLibrary.scan(lora_folder))
+    service.loras.recheck_s = 0  # the folder looked at on every use: a test's new file is seen at once
+    demo = build_ui(service)
     ARTIFACTS.mkdir(exist_ok=True)
     with launched(demo) as address:
         with sync_api.sync_playwright() as playwright:
@@ -110,3 +120,26 @@ def test_lora_click_adds_its_tag_and_a_second_click_takes_it_out(page) -> None:
     page.get_by_role("tab", name="Upscale ×4").click()
     page.locator("#upscale-embeddings").wait_for()
     assert page.locator("#upscale-loras").count() == 0  # LoRAs are made for the SD 2 models, not the x4 upscaler
+
+
+def test_a_lora_put_in_the_folder_is_listed_when_the_list_is_opened_again(page, lora_folder: Path) -> None:
+    """A file copied into the LoRA folder while the page is open: closing and opening the list shows it, with
+    the count, and a click adds its tag, as after A1111's Refresh."""
+    prompt = page.locator("#txt2img-prompt textarea")
+    page.get_by_role("tab", name="Text to image").click()
+    prompt.fill("a cat")
+    loras, listing = page.locator("#txt2img-loras"), page.locator("#txt2img-loras-list")
+    loras.get_by_text("LoRAs (2)").click()
+    sync_api.expect(listing.get_by_role("button")).to_have_text(["tiny-detail", "upscaler-detail"])
+    shutil.copy(lora_folder / "tiny-detail.safetensors", lora_folder / "tiny-new.safetensors")
+    try:
+        loras.get_by_text("LoRAs (2)").click()  # closed
+        loras.get_by_text("LoRAs (2)").click()  # open again: the folder as it is now
+        sync_api.expect(loras.get_by_text("LoRAs (3)")).to_be_visible()
+        sync_api.expect(listing.get_by_role("button")).to_have_text(["tiny-detail", "tiny-new", "upscaler-detail"])
+        listing.get_by_text("tiny-new").click()
+        sync_api.expect(prompt).to_have_value("a cat <lora:tiny-new:1>")
+        page.screenshot(path=str(ARTIFACTS / "prompts-loras-refreshed.png"), full_page=False)
+    finally:
+        (lora_folder / "tiny-new.safetensors").unlink()
+        loras.get_by_text("LoRAs (3)").click()
