@@ -1,7 +1,7 @@
 """The A1111 API's read-only routes: what the server offers (checkpoints, samplers, schedulers, the hires fix's
-latent upscale modes, embeddings, the host's prompt styles, the LoRAs, whose folder /refresh-loras reads again
-when it changed, and no scripts or separate VAEs; a refresh of the checkpoints, which are fixed here, changes
-nothing), `/png-info`, which reads an image's parameters, and
+latent upscale modes, embeddings, the host's prompt styles, the LoRAs, and no scripts or separate VAEs; a refresh
+of the embeddings or LoRAs reads their folder again where its files changed, one of the checkpoints, which are
+fixed here, changes nothing), `/png-info`, which reads an image's parameters, and
 `/interrogate`, which this server does not offer (501 in A1111's error body, `INTERROGATE_MESSAGE`).
 
 None of them touches the GPU or takes a job's place. Shapes: A1111's modules/api/models.py (SDModelItem,
@@ -38,7 +38,7 @@ INTERROGATE_MESSAGE = ("This server does not interrogate images (/sdapi/v1/inter
 
 def catalog_routes(router: APIRouter, api: A1111Api) -> None:
     """/sd-models, /samplers, /schedulers, /scripts, /prompt-styles, /sd-vae, /latent-upscale-modes, /embeddings
-    and /refresh-checkpoints, /loras and /refresh-loras (`lora_routes`), and /interrogate's refusal (/upscalers:
+    and /refresh-embeddings, /refresh-checkpoints, /loras and /refresh-loras (`lora_routes`), and /interrogate's refusal (/upscalers:
     `a1111_extras`)."""
     catalog = api.service.catalog
     names = api.service.samplers
@@ -87,6 +87,10 @@ def catalog_routes(router: APIRouter, api: A1111Api) -> None:
     def embeddings() -> dict[str, dict[str, dict[str, Any]]]:
         return embeddings_response(api)
 
+    @router.post("/refresh-embeddings")
+    def refresh_embeddings() -> None:
+        api.service.embedding_library(refresh=True)  # the folder read again now if its files changed
+
     @router.post("/interrogate")
     def interrogate() -> JSONResponse:
         # 501 Not Implemented: the route exists in A1111's API, this server has nothing behind it (it was a 404,
@@ -112,13 +116,13 @@ def lora_routes(router: APIRouter, api: A1111Api) -> None:
 def embeddings_response(api: A1111Api) -> dict[str, dict[str, dict[str, Any]]]:
     """A1111's EmbeddingsResponse: the textual-inversion embeddings a prompt may use (`loaded`) and the files of
     the embeddings folder that are not used (`skipped`, with our reason, which A1111's items lack)."""
-    library = api.service.embeddings
+    library = api.service.embedding_library()
     unknown = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None}
     loaded = {} if library is None else {
         name: {**unknown, "shape": int(embedding.vectors.shape[1]), "vectors": embedding.count}
         for name, embedding in sorted(library.embeddings.items())}
-    skipped = {file: {**unknown, "shape": None, "vectors": None, "reason": reason}
-               for file, reason in sorted(api.service.refused_embeddings().items())}
+    skipped = {} if library is None else {file: {**unknown, "shape": None, "vectors": None, "reason": reason}
+                                          for file, reason in sorted(library.refused.items())}
     return {"loaded": loaded, "skipped": skipped}
 
 

@@ -6,21 +6,18 @@ A1111's, MCP, a plot's cells, a batch of users) gets them the same way; validati
 the names the folder lacks (they are left out, as A1111 leaves them out). Nothing here imports torch until a
 prompt uses a LoRA.
 
-The folder is read again when its files change (added, removed, renamed or rewritten: `LoraLibrary.changed`),
-as A1111's Refresh of its LoRA list does, so a LoRA put there is usable without a restart: `library` looks at
-the folder at most every `RECHECK_S` (a directory read and a stat per file), and `refresh` now (A1111's
-/refresh-loras). Each process that runs or validates jobs looks for itself (a Ray front and its replicas too).
+The folder is read again when its files change (`sd2_app.api.watched_folder`), as A1111's Refresh of its LoRA
+list does, so a LoRA put there is usable without a restart; validation's LoRA names follow (`current_in`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from sd2_app.api.watched_folder import WatchedFolder
 from sd2_app.loading.loras import LoraLibrary
 from sd2_app.lora_tags import LoraTag, lora_tags
 
@@ -29,41 +26,21 @@ if TYPE_CHECKING:
     from sd2_app.pipelines.lora import LoraCache
 
 
-RECHECK_S = 2.0  # how often, at most, `LoraTools.library` looks whether the folder changed
-
-
 class LoraTools:
-    """One Service's LoRA library, read again when the folder changes (module docstring), and the cache of the
-    files its jobs read."""
+    """One Service's LoRA library, read again when the folder changes (`watch`), and the cache of the files its
+    jobs read."""
 
-    def __init__(self, library: LoraLibrary | None = None, recheck_s: float = RECHECK_S) -> None:
-        self._library = library or LoraLibrary()
-        self.recheck_s = recheck_s
-        self._checked = time.monotonic()
-        self._scanning = threading.Lock()
+    def __init__(self, library: LoraLibrary | None = None) -> None:
+        self.watch = WatchedFolder(library or LoraLibrary())
         self._cache: LoraCache | None = None
 
     @property
     def library(self) -> LoraLibrary:
-        """The folder's LoRAs; scanned again first when `recheck_s` has passed since the last look and the files
-        changed (a caller that finds another thread scanning gets the library as it was)."""
-        if time.monotonic() - self._checked >= self.recheck_s and self._scanning.acquire(blocking=False):
-            try:
-                self._scan_if_changed()
-            finally:
-                self._scanning.release()
-        return self._library
+        return self.watch.library
 
     def refresh(self) -> LoraLibrary:
-        """Look at the folder now and scan it again if its files changed; the library."""
-        with self._scanning:
-            self._scan_if_changed()
-        return self._library
-
-    def _scan_if_changed(self) -> None:
-        self._checked = time.monotonic()
-        if self._library.changed():
-            self._library = LoraLibrary.scan(self._library.folder)
+        """Look at the folder now (A1111's /refresh-loras); the library."""
+        return self.watch.refresh()
 
     def names(self) -> list[str]:
         return self.library.names()

@@ -30,6 +30,7 @@ from sd2_app.api.hires_x4 import x4_request
 from sd2_app.api.plot import cell_caption
 from sd2_app.api.requests import X4_UPSCALER, Request, Txt2ImgRequest, guidance_on
 from sd2_app.api.upscaler_names import x4_checkpoint
+from sd2_app.api.watched_folder import WatchedFolder
 from sd2_app.errors import InvalidRequest, LoadError, shown
 from sd2_app.fork_safety import renew_in_forked_child
 from sd2_app.pipelines.prompt_chunks import MAX_CHUNKS, tokenize_prompts
@@ -42,6 +43,7 @@ from sd2_app.samplers.registry import SAMPLERS
 if TYPE_CHECKING:
     from sd2_app.api.plot_cells import PlotCell
     from sd2_app.api.service import Service  # the Service owns its PromptTools: it imports this module
+    from sd2_app.loading.embeddings import EmbeddingLibrary
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +79,10 @@ class PromptTools:
     """Token counting, prompt checks and what a job borrows (embeddings, prompt plans) for one `Service` (reads
     its manager, registry and library)."""
 
-    def __init__(self, service: Service, slots: int = COUNTER_SLOTS) -> None:
+    def __init__(self, service: Service, embeddings: EmbeddingLibrary | None = None,
+                 slots: int = COUNTER_SLOTS) -> None:
         self._service = service
+        self._embeddings = WatchedFolder(embeddings) if embeddings is not None else None  # read again when changed
         self.plans = PromptPlans()  # the plans `check` made, for the jobs of the same requests
         self._slots = threading.BoundedSemaphore(slots)
         self._tokenizers: dict[str, Any] = {}
@@ -86,8 +90,14 @@ class PromptTools:
         # ZeroGPU's GPU calls run in forked workers: fresh ones there (sd2_app/fork_safety.py)
         renew_in_forked_child(self, _slots=lambda: threading.BoundedSemaphore(slots), _tokenizer_lock=threading.Lock)
 
+    def embedding_library(self, refresh: bool = False) -> EmbeddingLibrary | None:
+        """The embeddings folder as last read (`refresh`: looked at now); None without one."""
+        if self._embeddings is None:
+            return None
+        return self._embeddings.refresh() if refresh else self._embeddings.library
+
     def _library(self) -> dict[str, Any]:
-        library = self._service.embeddings
+        library = self.embedding_library()
         return dict(library.embeddings) if library is not None else {}
 
     def embedding_names(self) -> list[str]:

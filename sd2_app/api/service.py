@@ -85,9 +85,8 @@ class Service:
     ) -> None:
         """`manager` None gives a service that validates but cannot run (tools and tests)."""
         self.manager = manager
-        self.embeddings = embeddings
         self.styles = styles
-        self._prompt_tools = PromptTools(self)
+        self._prompt_tools = PromptTools(self, embeddings)  # the embeddings folder, read again when it changes
         self.loras = LoraTools(loras)
         # Where validated requests run: None is this process's manager; sd2_app.serve gives a remote one.
         self.backend = backend
@@ -156,8 +155,9 @@ class Service:
         """Names of the textual-inversion embeddings a prompt may use."""
         return self._prompt_tools.embedding_names()
 
-    def refused_embeddings(self) -> dict[str, str]:  # files in the embeddings folder not used, each with why
-        return dict(self.embeddings.refused) if self.embeddings is not None else {}
+    def embedding_library(self, refresh: bool = False) -> EmbeddingLibrary | None:
+        """The embeddings folder as last read, its unused files in `refused` (`refresh`: looked at now); or None."""
+        return self._prompt_tools.embedding_library(refresh)
 
     # ---- running ---------------------------------------------------------------------------------
     def _host(self) -> ModelHost:

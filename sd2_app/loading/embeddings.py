@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from safetensors import SafetensorError, deserialize
 
-from sd2_app.loading.folder_scan import PICKLE_SUFFIXES, scan_folder
+from sd2_app.loading.folder_scan import PICKLE_SUFFIXES, folder_changed, folder_stamp, scan_folder
 
 SD1_WIDTH = 768  # CLIP ViT-L/14, the SD 1.x text encoder
 SD2_WIDTH = 1024  # OpenCLIP ViT-H/14, the SD 2.x text encoder
@@ -113,11 +113,14 @@ def load_embedding(path: Path, width: int | None = None) -> TextualInversion:
 
 @dataclass(frozen=True)
 class EmbeddingLibrary:
-    """The embeddings of one folder, read once (`scan`); immutable, so requests can share it freely."""
+    """The embeddings of one folder as `scan` read them; immutable, so requests can share it freely (a folder
+    whose files changed is read again into a new library: `sd2_app.api.watched_folder`)."""
 
     folder: Path | None = None
     embeddings: dict[str, TextualInversion] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)  # file name -> why it is not used
+    width: int | None = None  # the only width read (`scan`); None: any
+    stamp: tuple[tuple[str, int, int], ...] = ()  # the folder as it was scanned (`folder_stamp`)
 
     @classmethod
     def scan(cls, folder: str | Path | None, width: int | None = None) -> EmbeddingLibrary:
@@ -127,10 +130,18 @@ class EmbeddingLibrary:
         `refused` with the reason, so the UI can say why an expected name is missing.
         """
         if folder is None or not Path(folder).is_dir():
-            return cls(None if folder is None else Path(folder))
+            return cls(None if folder is None else Path(folder), width=width)
+        stamp = folder_stamp(Path(folder))  # before the scan: a file changed during it is scanned again next time
         found, refused = scan_folder(Path(folder), lambda path: load_embedding(path, width), EmbeddingError,
                                      "embedding")
-        return cls(Path(folder), found, refused)
+        return cls(Path(folder), found, refused, width, stamp)
+
+    def changed(self) -> bool:
+        """Whether the folder holds other files than when it was scanned (`folder_changed`)."""
+        return folder_changed(self.folder, self.stamp)
+
+    def rescanned(self) -> EmbeddingLibrary:
+        return EmbeddingLibrary.scan(self.folder, self.width)
 
     def names(self) -> list[str]:
         return sorted(self.embeddings)

@@ -65,3 +65,9 @@ def folder_stamp(folder: Path | None) -> tuple[tuple[str, int, int], ...]:
                 continue  # removed since the directory was read
             stamp.append((entry.name, info.st_size, info.st_mtime_ns))
     return tuple(sorted(stamp))
+
+
+def folder_changed(folder: Path | None, stamp: tuple[tuple[str, int, int], ...]) -> bool:
+    """Whether `folder` holds other files than it did when its stamp was `stamp`; a folder that did not exist
+    then (stamp ()) and does now counts. False without a folder."""
+    return folder is not None and folder_stamp(folder) != stamp

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sd2_app.loading.embeddings import SD1_WIDTH, SD2_WIDTH
-from sd2_app.loading.folder_scan import PICKLE_SUFFIXES, folder_stamp, scan_folder
+from sd2_app.loading.folder_scan import PICKLE_SUFFIXES, folder_changed, folder_stamp, scan_folder
 
 MAX_FILE_BYTES = 2**30  # 1 GiB: a LoRA (even a full-rank LoCon) for SD2 is well below it
 MAX_HEADER_BYTES = 16 * 2**20  # the JSON header; a LoRA's is tens of kilobytes
@@ -113,7 +113,8 @@ def describe(path: Path) -> LoraFile:
 
 @dataclass(frozen=True)
 class LoraLibrary:
-    """The LoRA files of one folder, described once (`scan`); immutable, so requests can share it freely."""
+    """The LoRA files of one folder as `scan` described them; immutable, so requests can share it freely (a folder
+    whose files changed is read again into a new library: `sd2_app.api.watched_folder`)."""
 
     folder: Path | None = None
     files: dict[str, LoraFile] = field(default_factory=dict)
@@ -131,9 +132,11 @@ class LoraLibrary:
         return cls(Path(folder), found, refused, stamp)
 
     def changed(self) -> bool:
-        """Whether the folder holds other files than when it was scanned (`folder_stamp`); a folder that did not
-        exist then and does now counts."""
-        return self.folder is not None and folder_stamp(self.folder) != self.stamp
+        """Whether the folder holds other files than when it was scanned (`folder_changed`)."""
+        return folder_changed(self.folder, self.stamp)
+
+    def rescanned(self) -> LoraLibrary:
+        return LoraLibrary.scan(self.folder)
 
     def names(self) -> list[str]:
         return sorted(self.files)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import Any, TYPE_CHECKING
 
 import gradio as gr
@@ -21,6 +22,7 @@ from sd2_app.ui.debounce import debounce_js
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
+    from sd2_app.loading.embeddings import EmbeddingLibrary
     from sd2_app.loading.loras import LoraLibrary
     from sd2_app.ui.layout import PromptBoxes
 
@@ -87,34 +89,61 @@ def _insert(name: str, text: str) -> str:
 
 
 def embeddings_picker(service: Service, prompt: gr.Textbox, negative: gr.Textbox, prefix: str) -> None:
-    """A closed accordion listing the embeddings; clicking one adds its name to the chosen prompt box.
-
-    Files that were refused are listed with the reason, so a missing name is explained.
-    """
-    names = service.embedding_names()
-    refused = service.refused_embeddings()
-    if not names and not refused:
+    """A closed accordion listing the embeddings of the host's folder, where it has one; clicking one adds its name
+    to the chosen prompt box. Files that were refused are listed with the reason, so a missing name is explained.
+    Opening it lists the folder as it is now (read again when its files changed, `Service.embedding_library`)."""
+    library = service.embedding_library()
+    if library is None or not (library.embeddings or library.refused or _is_folder(library.folder)):
         return
-    with gr.Accordion(f"Embeddings ({len(names)})", open=False, elem_id=f"{prefix}-embeddings"):
-        if names:
-            target = gr.Radio(["Prompt", "Negative prompt"], value="Prompt", label="Click a name to add it to",
-                              elem_id=f"{prefix}-embeddings-target")
-            listing = gr.Dataset(components=[gr.Textbox(visible=False)], samples=[[n] for n in names],
-                                 label="Available embeddings", type="values", elem_id=f"{prefix}-embeddings-list")
+    with gr.Accordion(_embeddings_title(library), open=False, elem_id=f"{prefix}-embeddings") as accordion:
+        target = gr.Radio(["Prompt", "Negative prompt"], value="Prompt", label="Click a name to add it to",
+                          elem_id=f"{prefix}-embeddings-target", visible=bool(library.embeddings))
+        listing = gr.Dataset(components=[gr.Textbox(visible=False)], samples=_samples(library.names()),
+                             label="Available embeddings", type="values", elem_id=f"{prefix}-embeddings-list",
+                             visible=bool(library.embeddings))
+        said = _notes(library.refused, bool(library.embeddings), "embedding")
+        notes = gr.Markdown(said, elem_id=f"{prefix}-embeddings-refused", visible=bool(said))
 
-            def add(sample: Any, where: str, text: str, negative_text: str) -> tuple[Any, Any]:
-                name = str(sample[0]) if isinstance(sample, (list, tuple)) and sample else str(sample)
-                if name not in service.embedding_names():
-                    return gr.skip(), gr.skip()
-                if where == "Negative prompt":
-                    return gr.skip(), _insert(name, negative_text)
-                return _insert(name, text), gr.skip()
+    def add(sample: Any, where: str, text: str, negative_text: str) -> tuple[Any, Any]:
+        name = str(sample[0]) if isinstance(sample, (list, tuple)) and sample else str(sample)
+        if name not in service.embedding_names():
+            return gr.skip(), gr.skip()
+        if where == "Negative prompt":
+            return gr.skip(), _insert(name, negative_text)
+        return _insert(name, text), gr.skip()
 
-            listing.click(add, [listing, target, prompt, negative], [prompt, negative], queue=False,
-                          api_name=f"{prefix}_add_embedding", api_visibility="private")
-        if refused:
-            lines = "\n".join(f"- {why}" for _, why in sorted(refused.items()))  # each reason names its file
-            gr.Markdown(f"Not used:\n{lines}", elem_id=f"{prefix}-embeddings-refused")
+    def shown() -> tuple[Any, ...]:
+        now = service.embedding_library() or library  # the Service's folder: a library, as when this was built
+        said = _notes(now.refused, bool(now.embeddings), "embedding")
+        return (gr.Accordion(label=_embeddings_title(now)), gr.Radio(visible=bool(now.embeddings)),
+                gr.Dataset(samples=_samples(now.names()), visible=bool(now.embeddings)),
+                gr.Markdown(said, visible=bool(said)))
+
+    listing.click(add, [listing, target, prompt, negative], [prompt, negative], queue=False,
+                  api_name=f"{prefix}_add_embedding", api_visibility="private")
+    accordion.expand(shown, None, [accordion, target, listing, notes], queue=False,
+                     api_name=f"{prefix}_list_embeddings", api_visibility="private")
+
+
+def _embeddings_title(library: EmbeddingLibrary) -> str:
+    return f"Embeddings ({len(library.embeddings)})"
+
+
+def _is_folder(folder: Path | None) -> bool:
+    return folder is not None and folder.is_dir()
+
+
+def _samples(names: list[str]) -> list[list[str]]:
+    return [[name] for name in names]
+
+
+def _notes(refused: dict[str, str], any_used: bool, kind: str) -> str:
+    """Each refused file of a folder with the reason (each reason names its file), or, for a folder with no file
+    at all, how to add some."""
+    if refused:
+        return "Not used:\n" + "\n".join(f"- {why}" for _, why in sorted(refused.items()))
+    return "" if any_used else (f"No {kind} files in the folder yet: put them there (.safetensors) and open this "
+                                "list again.")
 
 
 def toggled_lora(name: str, text: str) -> str:
@@ -133,14 +162,14 @@ def loras_picker(service: Service, prompt: gr.Textbox, prefix: str) -> None:
     explained. Opening it lists the folder as it is now (its files changed: read again, `LoraTools.library`), as
     A1111's Refresh of its list does."""
     library = service.loras.library
-    if library.folder is None or not (library.files or library.refused or library.folder.is_dir()):
+    if not (library.files or library.refused or _is_folder(library.folder)):
         return
     with gr.Accordion(_loras_title(library), open=False, elem_id=f"{prefix}-loras") as accordion:
-        listing = gr.Dataset(components=[gr.Textbox(visible=False)], samples=_lora_samples(library),
+        listing = gr.Dataset(components=[gr.Textbox(visible=False)], samples=_samples(library.names()),
                              label="Click a LoRA to add its tag to the prompt (again: take it out); the number "
                                    "after its name is its strength", type="values", elem_id=f"{prefix}-loras-list",
                              visible=bool(library.files))
-        said = _lora_notes(library)
+        said = _notes(library.refused, bool(library.files), "LoRA")
         notes = gr.Markdown(said, elem_id=f"{prefix}-loras-refused", visible=bool(said))
 
     def toggle(sample: Any, text: str) -> Any:
@@ -149,8 +178,9 @@ def loras_picker(service: Service, prompt: gr.Textbox, prefix: str) -> None:
 
     def shown() -> tuple[Any, Any, Any]:
         now = service.loras.library
-        said = _lora_notes(now)
-        return (gr.Accordion(label=_loras_title(now)), gr.Dataset(samples=_lora_samples(now), visible=bool(now.files)),
+        said = _notes(now.refused, bool(now.files), "LoRA")
+        return (gr.Accordion(label=_loras_title(now)), gr.Dataset(samples=_samples(now.names()),
+                                                                  visible=bool(now.files)),
                 gr.Markdown(said, visible=bool(said)))
 
     listing.click(toggle, [listing, prompt], prompt, queue=False, api_name=f"{prefix}_toggle_lora",
@@ -162,14 +192,3 @@ def loras_picker(service: Service, prompt: gr.Textbox, prefix: str) -> None:
 def _loras_title(library: LoraLibrary) -> str:
     return f"LoRAs ({len(library.files)})"
 
-
-def _lora_samples(library: LoraLibrary) -> list[list[str]]:
-    return [[name] for name in library.names()]
-
-
-def _lora_notes(library: LoraLibrary) -> str:
-    """Each refused file with the reason (each reason names its file), or how to add LoRAs to an empty folder."""
-    if library.refused:
-        return "Not used:\n" + "\n".join(f"- {why}" for _, why in sorted(library.refused.items()))
-    return "" if library.files else ("No LoRA files in the folder yet: put SD 2.x LoRAs (.safetensors) there and "
-                                     "open this list again.")

@@ -1,6 +1,7 @@
 """The A1111 API's read-only routes through the running app (`python app.py --tiny --api --embeddings-dir ...`,
-served in-process): the embeddings, the (empty) styles and VAE lists, `/png-info` on our own result and on
-images without parameters, and the message for an upscaler this server does not have."""
+served in-process): the embeddings and LoRAs (read again on /refresh-embeddings and /refresh-loras), the (empty)
+styles and VAE lists, `/png-info` on our own result and on images without parameters, and the message for an
+upscaler this server does not have."""
 
 from __future__ import annotations
 
@@ -32,11 +33,17 @@ def lora_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def url(one_thread: None, lora_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    embeddings = tmp_path_factory.mktemp("embeddings")
+def embeddings(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("embeddings")
     g = torch.Generator().manual_seed(3)
-    save_file({"emb_params": torch.randn(2, 32, generator=g)}, str(embeddings / "tiny-style.safetensors"))
-    save_file({"emb_params": torch.randn(1, 768, generator=g)}, str(embeddings / "sd15-style.safetensors"))
+    save_file({"emb_params": torch.randn(2, 32, generator=g)}, str(folder / "tiny-style.safetensors"))
+    save_file({"emb_params": torch.randn(1, 768, generator=g)}, str(folder / "sd15-style.safetensors"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def url(one_thread: None, embeddings: Path, lora_folder: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     argv = ["--tiny", "--device", "cpu", "--no-save", "--api", "--embeddings-dir", str(embeddings), "--lora-dir",
             str(lora_folder)]
     with serve(argv, tmp_path_factory.mktemp("app-cache")) as (served, _):
@@ -75,6 +82,26 @@ def test_the_latent_upscale_modes_are_the_hires_upscalers_that_work_on_latents(u
     refreshed = httpx.post(f"{url}/refresh-checkpoints", timeout=60)
     assert (refreshed.status_code, refreshed.json()) == (200, None)
     assert httpx.get(f"{url}/sd-models", timeout=60).json() == models
+
+
+def test_an_embedding_put_in_the_folder_is_listed_and_used_after_refresh_embeddings(url: str,
+                                                                                       embeddings: Path) -> None:
+    """A file written into the embeddings folder while the app runs: after /refresh-embeddings (null, as A1111's)
+    /embeddings lists it and a prompt that names it records it in `TI hashes`; removed again, it is gone."""
+    save_file({"emb_params": torch.randn(3, 32, generator=torch.Generator().manual_seed(4))},
+              str(embeddings / "tiny-new.safetensors"))
+    try:
+        refreshed = httpx.post(f"{url}/refresh-embeddings", timeout=60)
+        loaded = httpx.get(f"{url}/embeddings", timeout=60).json()["loaded"]
+        made = httpx.post(f"{url}/txt2img", json={"prompt": "a hat, tiny-new", "seed": SEED, **FAST}, timeout=300)
+    finally:
+        (embeddings / "tiny-new.safetensors").unlink()
+    assert (refreshed.status_code, refreshed.json()) == (200, None)
+    assert sorted(loaded) == ["tiny-new", "tiny-style"] and loaded["tiny-new"]["vectors"] == 3
+    assert made.status_code == 200, made.text
+    assert 'TI hashes: "tiny-new: ' in json.loads(made.json()["info"])["infotexts"][0]
+    httpx.post(f"{url}/refresh-embeddings", timeout=60)
+    assert list(httpx.get(f"{url}/embeddings", timeout=60).json()["loaded"]) == ["tiny-style"]
 
 
 def test_a_lora_put_in_the_folder_is_listed_and_used_after_refresh_loras(url: str, lora_folder: Path) -> None:

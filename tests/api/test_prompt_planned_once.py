@@ -13,9 +13,12 @@ import sys
 import types
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from sd2_app.api.checked import check
 from sd2_app.loading.embeddings import EmbeddingLibrary, TextualInversion
@@ -54,18 +57,29 @@ def test_a_validated_request_runs_on_the_plan_its_validation_made(one_thread, pl
     assert "TI hashes: \"style: 000000000001\"" in result.images[0].info["parameters"]
 
 
-def test_embeddings_changed_after_validation_are_planned_again(one_thread, planned) -> None:
-    service, _ = make_service(embeddings=_library(1))
+def test_embeddings_changed_after_validation_are_planned_again(one_thread, planned, tmp_path: Path) -> None:
+    """The embeddings folder's file rewritten between the check and the run, and the folder read again (as a
+    change is, `sd2_app.api.watched_folder`): the run plans again with the new vectors."""
+    _save(tmp_path, 1)
+    service, _ = make_service(embeddings=EmbeddingLibrary.scan(tmp_path))
     checked, _ = service.validate(_request())
     before = service.execute(checked)
     assert len(planned) == 1
-    service.embeddings = _library(2)  # the library replaced between the check and the run
+    _save(tmp_path, 2)
+    library = service.embedding_library(refresh=True)
     swapped = service.execute(checked)
     assert len(planned) == 2  # the run did not take the plan made with the old library
-    always, _ = make_service(embeddings=_library(2))
+    always, _ = make_service(embeddings=EmbeddingLibrary.scan(tmp_path))
     assert _pixels(swapped) == _pixels(always.run(_request()))
     assert _pixels(swapped) != _pixels(before)
-    assert "TI hashes: \"style: 000000000002\"" in swapped.images[0].info["parameters"]
+    shorthash = library.embeddings["style"].shorthash
+    assert f"TI hashes: \"style: {shorthash}\"" in swapped.images[0].info["parameters"]
+
+
+def _save(folder: Path, seed: int) -> None:
+    """The embedding "style" of `_library(seed)` written as A1111's file into `folder`."""
+    save_file({"emb_params": torch.from_numpy(_library(seed).embeddings["style"].vectors)},
+              str(folder / "style.safetensors"))
 
 
 def test_a_tokenizer_of_another_source_at_run_time_is_planned_again(one_thread, planned) -> None:

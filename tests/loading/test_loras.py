@@ -1,5 +1,6 @@
 """The LoRA folder (sd2_app/loading/loras.py): which files are used, and the exact reason for each one that is not;
-only headers are read; the folder read again when its files change (sd2_app/api/lora_tools.py, `LoraTools`)."""
+only headers are read; the folder read again when its files change (sd2_app/api/watched_folder.py, through
+`LoraTools`)."""
 
 from __future__ import annotations
 
@@ -95,7 +96,8 @@ def test_the_library_is_read_again_when_a_file_is_added_rewritten_or_removed(tmp
     """Looked at on every use (`recheck_s` 0): a new file is listed, a rewritten one described again, a removed
     one gone, a folder made after start-up read; an unchanged folder is not scanned again (the same library)."""
     folder = tmp_path / "loras"
-    tools = LoraTools(LoraLibrary.scan(folder), recheck_s=0)
+    tools = LoraTools(LoraLibrary.scan(folder))
+    tools.watch.recheck_s = 0
     assert tools.names() == [] and not tools.library.changed()
     folder.mkdir()
     _save(folder, "detail.safetensors", _lora())
@@ -114,7 +116,8 @@ def test_the_folder_is_looked_at_no_more_often_than_recheck_s_unless_refreshed(t
     /refresh-loras); validation's catalog follows the folder (`current_in`), a given catalog without a folder
     does not."""
     _save(tmp_path, "detail.safetensors", _lora())
-    tools = LoraTools(LoraLibrary.scan(tmp_path), recheck_s=3600)
+    tools = LoraTools(LoraLibrary.scan(tmp_path))
+    tools.watch.recheck_s = 3600
     catalog = catalog_of({}, loras=["detail"])
     _save(tmp_path, "style.safetensors", _lora())
     assert tools.names() == ["detail"] and tools.current_in(catalog) is catalog

@@ -323,6 +323,24 @@ def test_missing_folder_is_an_empty_library(tmp_path: Path) -> None:
     assert EmbeddingLibrary.scan(None).names() == []
 
 
+def test_an_embeddings_folder_is_read_again_with_its_width_when_its_files_change(tmp_path: Path) -> None:
+    """`WatchedFolder` over an embeddings library read for one width: a file added is used, one of another width
+    refused as at start-up, a removed one gone; unchanged, the same library (no read)."""
+    from sd2_app.api.watched_folder import WatchedFolder
+
+    save_file({"emb_params": torch.randn(2, 32)}, str(tmp_path / "style.safetensors"))
+    watch = WatchedFolder(EmbeddingLibrary.scan(tmp_path, width=32))
+    watch.recheck_s = 0
+    first = watch.library
+    assert first.names() == ["style"] and watch.library is first
+    save_file({"emb_params": torch.randn(3, 32)}, str(tmp_path / "new.safetensors"))
+    save_file({"emb_params": torch.randn(1, 64)}, str(tmp_path / "wide.safetensors"))
+    assert watch.library.names() == ["new", "style"] and watch.library.embeddings["new"].count == 3
+    assert "64-wide vectors" in watch.library.refused["wide.safetensors"] and watch.library.width == 32
+    (tmp_path / "style.safetensors").unlink()
+    assert watch.library.names() == ["new"]
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_embedding_files_read_without_torch_give_torchs_float32_values(tmp_path: Path, dtype: torch.dtype) -> None:
     """The library reads safetensors with numpy (bfloat16 widened by hand): the same float32 numbers torch's

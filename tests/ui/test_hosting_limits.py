@@ -323,7 +323,10 @@ def test_sweep_deletes_old_files_and_then_their_empty_folders(tmp_path: Path, mo
     assert not old.exists() and not stray.exists() and not old.parent.exists()  # and the folder left empty
     assert gradios_own.is_file() and results_folder().is_dir()
     newer = Path(cached_file(b"newer image", "2-txt2img-0.png"))
-    assert sweep(results_folder(), age=0) == 1  # at the real time: the folder was emptied just now, so it is new
+    # At the real time, the file 0.3 s old: it goes, and its folder, emptied just now, is new. (An age of 0 made
+    # that a race: the kernel stamps a folder's change with a clock a tick coarser than time.time().)
+    time.sleep(0.3)
+    assert sweep(results_folder(), age=0.2) == 1
     assert not newer.exists() and newer.parent.is_dir()
     time.sleep(0.01)
     assert sweep(results_folder(), age=0) == 0 and not newer.parent.exists()  # it goes at the next sweep

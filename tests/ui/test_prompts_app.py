@@ -216,7 +216,7 @@ def test_embedding_is_used_and_recorded_with_its_hash(app, embeddings_dir: Path)
 def test_embeddings_are_listed_and_the_sd1_file_is_explained(app) -> None:
     _, service, demo = app
     assert service.embedding_names() == ["tiny-style"]
-    assert "an embedding for SD 1.x" in service.refused_embeddings()["sd15-style.safetensors"]
+    assert "an embedding for SD 1.x" in service.embedding_library().refused["sd15-style.safetensors"]
     add = next(f for f in demo.fns.values() if f.api_name == "txt2img_add_embedding")
     assert add.fn(["tiny-style"], "Prompt", "a cat ", "")[0] == "a cat, tiny-style"
     assert add.fn(["tiny-style"], "Prompt", "", "")[0] == "tiny-style"

@@ -31,8 +31,17 @@ def lora_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def page(lora_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def embedding_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("embeddings")
+    save_file({"emb_params": torch.zeros(2, 32)}, str(folder / "tiny-style.safetensors"))
+    (folder / "old-style.pt").write_bytes(b"pickle")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def page(embedding_folder: Path, lora_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from sd2_app.api.service import Service
+    from sd2_app.api.watched_folder import WatchedFolder
     from sd2_app.checkpoints.catalog import tiny_registry
     from sd2_app.loading.embeddings import EmbeddingLibrary
     from sd2_app.loading.loras import LoraLibrary
@@ -42,17 +51,14 @@ def page(lora_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     from tests.pipeline_fixtures import tiny_dir
     from tests.reliability_support import launched
 
-    folder = tmp_path_factory.mktemp("embeddings")
-    save_file({"emb_params": torch.zeros(2, 32)}, str(folder / "tiny-style.safetensors"))
-    (folder / "old-style.pt").write_bytes(b"pickle")
     registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
     manager = ModelManager("cpu", registry=registry, cache_dir=tmp_path_factory.mktemp("cache"))
-    service = Service(manager, outputs_dir=None, embeddings=EmbeddingLibrary.scan(folder),
+    service = Service(manager, outputs_dir=None, embeddings=EmbeddingLibrary.scan(embedding_folder),
                       loras=LoraLibrary.scan(lora_folder))
-    service.loras.recheck_s = 0  # the folder looked at on every use: a test's new file is seen at once
     demo = build_ui(service)
     ARTIFACTS.mkdir(exist_ok=True)
-    with launched(demo) as address:
+    with launched(demo) as address, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(WatchedFolder, "recheck_s", 0)  # the folders looked at on every use: a new file is seen at once
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
             page = still_context(browser, viewport={"width": 1400, "height": 1000}).new_page()
@@ -143,3 +149,25 @@ def test_a_lora_put_in_the_folder_is_listed_when_the_list_is_opened_again(page, 
     finally:
         (lora_folder / "tiny-new.safetensors").unlink()
         loras.get_by_text("LoRAs (3)").click()
+
+
+def test_an_embedding_put_in_the_folder_is_listed_when_the_list_is_opened_again(page, embedding_folder: Path) -> None:
+    """As for LoRAs: a file written into the embeddings folder while the page is open is listed, with the count,
+    when the list is opened again, and a click adds its name to the prompt."""
+    prompt = page.locator("#img2img-prompt textarea")
+    page.get_by_role("tab", name="Image to image").click()
+    prompt.fill("a cat")
+    embeddings, listing = page.locator("#img2img-embeddings"), page.locator("#img2img-embeddings-list")
+    embeddings.get_by_text("Embeddings (1)").click()
+    sync_api.expect(listing.get_by_role("button")).to_have_text(["tiny-style"])
+    save_file({"emb_params": torch.zeros(3, 32)}, str(embedding_folder / "tiny-new.safetensors"))
+    try:
+        embeddings.get_by_text("Embeddings (1)").click()  # closed
+        embeddings.get_by_text("Embeddings (1)").click()  # open again: the folder as it is now
+        sync_api.expect(embeddings.get_by_text("Embeddings (2)")).to_be_visible()
+        sync_api.expect(listing.get_by_role("button")).to_have_text(["tiny-new", "tiny-style"])
+        listing.get_by_text("tiny-new").click()
+        sync_api.expect(prompt).to_have_value("a cat, tiny-new")
+    finally:
+        (embedding_folder / "tiny-new.safetensors").unlink()
+        embeddings.get_by_text("Embeddings (2)").click()
