@@ -7,15 +7,19 @@ some twelve times their gzip size, to every visitor at each page load. `Compress
 path whose last part has no extension (a file's path is Gradio's to compress, or an image's, which compression
 does not shrink) when the request's Accept-Encoding takes gzip and the answer is text of a `COMPRESSED_TYPES`
 type, not encoded already, sent in one piece of `MIN_BYTES` to `MAX_BYTES`. Streams (the queue's event
-streams) go out as they come; the upper bound keeps each compression short (it runs on the server's event loop:
-milliseconds for the page). A compressed answer says `Vary: Accept-Encoding`, so a cache keeps both forms apart.
+streams) go out as they come. An answer over `THREAD_BYTES` is compressed on a worker thread (zlib lets go of
+the GIL while it works), so the server's event loop, which every other visitor's requests and streams share,
+does not wait for it; the upper bound keeps each compression short. A compressed answer says
+`Vary: Accept-Encoding`, so a cache keeps both forms apart.
 """
 
 from __future__ import annotations
 
 import gzip
 from collections.abc import Awaitable, Callable
+from functools import partial
 
+import anyio
 from starlette.datastructures import Headers, MutableHeaders
 
 from sd2_app.ui.visitors import ASGIApp, Message, Scope
@@ -25,6 +29,7 @@ COMPRESSED_TYPES = ("text/html", "text/css", "text/plain", "text/javascript", "a
 MIN_BYTES = 1024  # below this the header and the framing cost more than compression saves
 MAX_BYTES = 4 * 2**20  # the longest answer compressed (the page: about 0.9 MB; an A1111 API image list can be more)
 LEVEL = 6  # zlib's default: within 2% of level 9's size on the page, at 60% of its time
+THREAD_BYTES = 64 * 1024  # longer answers are compressed off the event loop (a few ms and more)
 
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
@@ -88,7 +93,7 @@ class CompressMiddleware:
                 body = message.get("body", b"")
                 whole = message["type"] == "http.response.body" and not message.get("more_body", False)
                 if whole and MIN_BYTES <= len(body) <= MAX_BYTES:
-                    body = gzip.compress(body, compresslevel=LEVEL, mtime=0)
+                    body = await _gzipped(body)
                     headers = MutableHeaders(raw=list(start.get("headers") or []))
                     headers["content-encoding"] = "gzip"
                     headers["content-length"] = str(len(body))
@@ -101,3 +106,9 @@ class CompressMiddleware:
                 await send(message)
 
         await self.app(scope, receive, compressing_send)
+
+
+async def _gzipped(body: bytes) -> bytes:
+    """`body` gzip-compressed at `LEVEL`, on a worker thread when it is over `THREAD_BYTES`."""
+    compress = partial(gzip.compress, body, compresslevel=LEVEL, mtime=0)
+    return await anyio.to_thread.run_sync(compress) if len(body) > THREAD_BYTES else compress()

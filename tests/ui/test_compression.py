@@ -14,14 +14,18 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from sd2_app.ui.compression import MAX_BYTES, MIN_BYTES, CompressMiddleware
+from sd2_app.ui.compression import MAX_BYTES, MIN_BYTES, THREAD_BYTES, CompressMiddleware
 
 LIST = {"names": [f"checkpoint {n}" for n in range(2_000)]}  # 35 KB of JSON, 5 KB gzipped
+LONG = "<p>" + " ".join(f"component {n}" for n in range(THREAD_BYTES // 8)) + "</p>"  # over THREAD_BYTES
 
 
 def _app() -> Starlette:
     async def listing(request):
         return JSONResponse(LIST)
+
+    async def long(request):
+        return Response(LONG, media_type="text/html")
 
     async def short(request):
         return JSONResponse({"ok": True})
@@ -41,8 +45,8 @@ def _app() -> Starlette:
     async def huge(request):
         return Response(b"z" * (MAX_BYTES + 1), media_type="text/plain")
 
-    routes = [Route("/list", listing), Route("/short", short), Route("/stream", stream), Route("/image", image),
-              Route("/encoded", encoded), Route("/huge", huge), Route("/list.json", listing)]
+    routes = [Route("/list", listing), Route("/long", long), Route("/short", short), Route("/stream", stream),
+              Route("/image", image), Route("/encoded", encoded), Route("/huge", huge), Route("/list.json", listing)]
     return Starlette(routes=routes, middleware=[Middleware(CompressMiddleware)])
 
 
@@ -58,9 +62,11 @@ def _raw(client: TestClient, path: str, accept: str | None) -> tuple[dict[str, s
         return dict(answer.headers), b"".join(answer.iter_raw())
 
 
-def test_a_text_answer_is_gzipped_for_a_client_that_takes_gzip(client: TestClient) -> None:
-    plain = json.dumps(LIST, separators=(",", ":")).encode()
-    headers, body = _raw(client, "/list", "gzip, deflate, br")
+@pytest.mark.parametrize(("path", "plain"), [("/list", json.dumps(LIST, separators=(",", ":")).encode()),
+                                             ("/long", LONG.encode())])
+def test_a_text_answer_is_gzipped_for_a_client_that_takes_gzip(client: TestClient, path: str, plain: bytes) -> None:
+    """A list on the event loop, a page over `THREAD_BYTES` on a worker thread: the same bytes, compressed."""
+    headers, body = _raw(client, path, "gzip, deflate, br")
     assert (headers["content-encoding"], headers["vary"], int(headers["content-length"])) == ("gzip",
                                                                                                "Accept-Encoding",
                                                                                                len(body))
