@@ -2,8 +2,8 @@
 
 Gradio compresses only answers to paths that end in a text file's name (its scripts and styles: gradio's
 `BrotliMiddleware`, which decides by the path's extension). So the page (its HTML holds every component's
-settings, about 0.9 MB for this app), GET /config (about 0.75 MB) and /gradio_api/info travelled as they are,
-some twelve times their gzip size, to every visitor at each page load. `CompressMiddleware` gzips an answer to a
+settings), GET /config and /gradio_api/info travelled uncompressed to every visitor at each page load (their
+sizes, both ways: docs/PERFORMANCE.md, "What a page load sends"). `CompressMiddleware` gzips an answer to a
 path whose last part has no extension (a file's path is Gradio's to compress, or an image's, which compression
 does not shrink) when the request's Accept-Encoding takes gzip and the answer is text of a `COMPRESSED_TYPES`
 type, not encoded already, sent in one piece of `MIN_BYTES` to `MAX_BYTES`. Streams (the queue's event
@@ -27,9 +27,9 @@ from sd2_app.ui.visitors import ASGIApp, Message, Scope
 COMPRESSED_TYPES = ("text/html", "text/css", "text/plain", "text/javascript", "application/javascript",
                     "application/json")
 MIN_BYTES = 1024  # below this the header and the framing cost more than compression saves
-MAX_BYTES = 4 * 2**20  # the longest answer compressed (the page: about 0.9 MB; an A1111 API image list can be more)
-LEVEL = 6  # zlib's default: within 2% of level 9's size on the page, at 60% of its time
-THREAD_BYTES = 64 * 1024  # longer answers are compressed off the event loop (a few ms and more)
+MAX_BYTES = 4 * 2**20  # the longest answer compressed: the page is well below; an A1111 API image list may not be
+LEVEL = 6  # zlib's default; level 9 takes much longer for little less (docs/PERFORMANCE.md)
+THREAD_BYTES = 64 * 1024  # longer answers are compressed off the event loop
 
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]

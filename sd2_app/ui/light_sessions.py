@@ -13,7 +13,7 @@ of that kind; `light_sessions_lifespan` puts one in place of the server's holder
 
 A call that names no session (POST /gradio_api/run/<name> without a session hash) got a `SessionState` of
 Gradio's own class for that call alone, outside the holder (gradio/route_utils.py, `restore_session_state`), and
-paid the whole copy each time (60-80 ms of CPU for this app's 617 components on a 2-core development machine).
+paid the whole copy each time (what that cost, and what a one-call session costs: docs/PERFORMANCE.md).
 `one_call_session` gives such a call's body a session hash of its own, `ONE_CALL_PREFIX` and a random part (the
 direct-call middleware, `sd2_app.ui.event_checks`, applies it); the holder makes a `LightSessionState` for a hash
 of that kind and keeps none, so the call neither keeps a session nor pushes out anybody's. (Gradio's MCP server
