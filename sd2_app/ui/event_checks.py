@@ -81,7 +81,7 @@ class DirectCallMiddleware:
             await JSONResponse({"detail": unknown_event_message(missing)}, status_code=404)(scope, receive, send)
             return
         if isinstance(body, dict) and body.get("session_hash") is None:
-            data = json.dumps(one_call_session(body)).encode()  # the values read, and the session hash
+            data = one_call_session(data, body)
             scope = dict(scope, headers=[*without_length(scope), (b"content-length", str(len(data)).encode())])
         await self.app(scope, replaying(data, receive), send)
 

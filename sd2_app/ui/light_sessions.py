@@ -35,12 +35,16 @@ from sd2_app.ui.lifespans import Lifespan, inner_state
 ONE_CALL_PREFIX = "sd2-one-call-"  # a session hash the app gives a call that names none; such sessions are not kept
 
 
-def one_call_session(body: dict[str, Any]) -> dict[str, Any]:
-    """A direct call's parsed JSON `body` with a session hash of its own when it names none (module docstring);
-    `body` as it is otherwise."""
-    if body.get("session_hash") is not None:
-        return body
-    return {**body, "session_hash": ONE_CALL_PREFIX + uuid.uuid4().hex}
+def one_call_session(data: bytes, body: dict[str, Any]) -> bytes:
+    """A direct call's JSON body `data` (`body` parsed) with a session hash of its own when it names none (module
+    docstring), else `data`. The member is written last, so it is the one a JSON parser keeps where `data` has a
+    null one; the rest of the bytes stay as they came. A body in another encoding than UTF-8 (JSON allows UTF-16
+    and UTF-32) is left as it is."""
+    text = data.strip()
+    if body.get("session_hash") is not None or not (text.startswith(b"{") and text.endswith(b"}")):
+        return data
+    member = f'"session_hash": "{ONE_CALL_PREFIX}{uuid.uuid4().hex}"'.encode()
+    return text[:-1].rstrip() + (b", " if body else b"") + member + b"}"
 
 
 class _NoBlocksToCopy:
