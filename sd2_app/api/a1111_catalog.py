@@ -1,7 +1,7 @@
 """The A1111 API's read-only routes: what the server offers (checkpoints, samplers, schedulers, the hires fix's
-latent upscale modes, embeddings, the host's prompt styles, the LoRAs, and no scripts or separate VAEs; a refresh
-of the embeddings or LoRAs reads their folder again where its files changed, one of the checkpoints, which are
-fixed here, changes nothing), `/png-info`, which reads an image's parameters, and
+latent upscale modes, embeddings, the host's prompt styles, the LoRAs, and empty lists of scripts, separate VAEs,
+hypernetworks, face restorers, Real-ESRGAN models and extensions; a refresh of the embeddings or LoRAs reads their
+folder again where its files changed, one of the checkpoints or VAEs, fixed here, changes nothing), `/png-info`, which reads an image's parameters, and
 `/interrogate`, which this server does not offer (501 in A1111's error body, `INTERROGATE_MESSAGE`).
 
 None of them touches the GPU or takes a job's place. Shapes: A1111's modules/api/models.py (SDModelItem,
@@ -38,7 +38,8 @@ INTERROGATE_MESSAGE = ("This server does not interrogate images (/sdapi/v1/inter
 
 def catalog_routes(router: APIRouter, api: A1111Api) -> None:
     """/sd-models, /samplers, /schedulers, /scripts, /prompt-styles, /sd-vae, /latent-upscale-modes, /embeddings
-    and /refresh-embeddings, /refresh-checkpoints, /loras and /refresh-loras (`lora_routes`), and /interrogate's refusal (/upscalers:
+    and /refresh-embeddings, /refresh-checkpoints, /loras and /refresh-loras (`lora_routes`), the empty lists of
+    what this server has none of (`none_here_routes`), and /interrogate's refusal (/upscalers:
     `a1111_extras`)."""
     catalog = api.service.catalog
     names = api.service.samplers
@@ -78,6 +79,7 @@ def catalog_routes(router: APIRouter, api: A1111Api) -> None:
         return [{"name": name} for name in LATENT_UPSCALERS]
 
     lora_routes(router, api)
+    none_here_routes(router)
 
     @router.post("/refresh-checkpoints")
     def refresh_checkpoints() -> None:
@@ -96,6 +98,24 @@ def catalog_routes(router: APIRouter, api: A1111Api) -> None:
         # 501 Not Implemented: the route exists in A1111's API, this server has nothing behind it (it was a 404,
         # which A1111 clients report as a missing server or a wrong URL). The body is not read.
         return a1111_error(501, INTERROGATE_MESSAGE)
+
+
+def none_here_routes(router: APIRouter) -> None:
+    """A1111's lists of what this server does not have, empty (a client that lists them when it connects gets
+    "none", not 404): /hypernetworks, /face-restorers, /realesrgan-models (the x4 upscaler is in /upscalers),
+    /script-info, /extensions; and /refresh-vae (null: each checkpoint has its own VAE, nothing to look for).
+    Shapes: A1111's modules/api/api.py and models.py (HypernetworkItem, FaceRestorerItem, RealesrganItem,
+    ScriptInfo, ExtensionItem)."""
+    for path in ("/hypernetworks", "/face-restorers", "/realesrgan-models", "/script-info", "/extensions"):
+        router.add_api_route(path, _none_here, methods=["GET"])
+
+    @router.post("/refresh-vae")
+    def refresh_vae() -> None:
+        return None
+
+
+def _none_here() -> list[dict[str, Any]]:
+    return []
 
 
 def lora_routes(router: APIRouter, api: A1111Api) -> None:

@@ -84,6 +84,16 @@ def test_the_latent_upscale_modes_are_the_hires_upscalers_that_work_on_latents(u
     assert httpx.get(f"{url}/sd-models", timeout=60).json() == models
 
 
+def test_the_lists_of_what_this_server_has_none_of_are_empty(url: str) -> None:
+    """A1111's hypernetwork, face restorer, Real-ESRGAN, script and extension lists: 200 with [] (they were 404,
+    which clients that list them on connect take for a server that is not A1111's); /refresh-vae: null."""
+    paths = ("hypernetworks", "face-restorers", "realesrgan-models", "script-info", "extensions")
+    answers = [httpx.get(f"{url}/{path}", timeout=60) for path in paths]
+    assert [(answer.status_code, answer.json()) for answer in answers] == [(200, [])] * len(paths)
+    refreshed = httpx.post(f"{url}/refresh-vae", timeout=60)
+    assert (refreshed.status_code, refreshed.json()) == (200, None)
+
+
 def test_an_embedding_put_in_the_folder_is_listed_and_used_after_refresh_embeddings(url: str,
                                                                                        embeddings: Path) -> None:
     """A file written into the embeddings folder while the app runs: after /refresh-embeddings (null, as A1111's)
