@@ -38,9 +38,8 @@ INTERROGATE_MESSAGE = ("This server does not interrogate images (/sdapi/v1/inter
 
 def catalog_routes(router: APIRouter, api: A1111Api) -> None:
     """/sd-models, /samplers, /schedulers, /scripts, /prompt-styles, /sd-vae, /latent-upscale-modes, /embeddings
-    and /refresh-embeddings, /refresh-checkpoints, /loras and /refresh-loras (`lora_routes`), the empty lists of
-    what this server has none of (`none_here_routes`), and /interrogate's refusal (/upscalers:
-    `a1111_extras`)."""
+    and /refresh-embeddings, /refresh-checkpoints, /loras and /refresh-loras (`lora_routes`), and /interrogate's
+    refusal (/upscalers: `a1111_extras`; the empty lists: `none_here_routes`)."""
     catalog = api.service.catalog
     names = api.service.samplers
 
@@ -79,7 +78,6 @@ def catalog_routes(router: APIRouter, api: A1111Api) -> None:
         return [{"name": name} for name in LATENT_UPSCALERS]
 
     lora_routes(router, api)
-    none_here_routes(router)
 
     @router.post("/refresh-checkpoints")
     def refresh_checkpoints() -> None:

@@ -37,7 +37,7 @@ from PIL import Image
 
 from sd2_app.api import a1111
 from sd2_app.api.a1111_auth import basic_auth
-from sd2_app.api.a1111_catalog import catalog_routes, png_info_routes
+from sd2_app.api.a1111_catalog import catalog_routes, none_here_routes, png_info_routes
 from sd2_app.api.a1111_disconnects import run_while_connected
 from sd2_app.api.a1111_errors import A1111Route, errors_as_http
 from sd2_app.api.a1111_extras import extras_routes
@@ -328,6 +328,7 @@ def build_router(api: A1111Api) -> APIRouter:
     extras_routes(router, api)
     _job_routes(router, api)
     catalog_routes(router, api)
+    none_here_routes(router)
     png_info_routes(router, api)
     return router
 
