@@ -18,6 +18,7 @@ from typing import TypeVar
 log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".pt", ".bin", ".ckpt", ".pth")
+LOOKED_AT = (".safetensors", *PICKLE_SUFFIXES)  # the files a scan (and a stamp) looks at
 NAME = re.compile(r"^[\w][\w.\-+ ]{0,63}$")
 T = TypeVar("T")
 
@@ -30,7 +31,7 @@ def scan_folder(folder: Path, read: Callable[[Path], T], refusal: type[Exception
     found: dict[str, T] = {}
     refused: dict[str, str] = {}
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
+        if not path.is_file() or path.suffix.lower() not in LOOKED_AT:
             continue
         try:
             if not NAME.match(path.stem):
@@ -58,7 +59,7 @@ def folder_stamp(folder: Path | None) -> tuple[tuple[str, int, int], ...]:
         return ()
     stamp = []
     for entry in entries:
-        if Path(entry.name).suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
+        if Path(entry.name).suffix.lower() in LOOKED_AT:
             try:
                 info = entry.stat()
             except OSError:

@@ -65,10 +65,11 @@ def lora_weights(name: str, tensors: Mapping[str, Tensor], shorthash: str = "") 
 
 
 def read_lora(file: LoraFile) -> LoraWeights:
-    """Read `file`'s tensors. Its layers are read from the file as it is now: the library checked its header at
-    start-up, and a file replaced since is refused if it holds no LoRA layers any more."""
+    """Read `file`'s tensors. Its layers are read from the file as it is now: the library checked its header when it
+    last read the folder, and a file replaced since is refused if it holds no LoRA layers any more."""
     if file.path.stat().st_size > MAX_FILE_BYTES:
-        raise InvalidRequest(f"The LoRA file {file.path.name!r} has grown over {MAX_FILE_BYTES} bytes since start-up.")
+        raise InvalidRequest(f"The LoRA file {file.path.name!r} has grown over {MAX_FILE_BYTES} bytes since it was "
+                             "listed.")
     data = file.path.read_bytes()
     try:
         tensors = load_safetensors(data)

@@ -1,5 +1,5 @@
-"""`sd2_app.ui.compression.CompressMiddleware` on a small Starlette app: which answers are gzipped and which go
-out as they came. The running app's page, settings and event streams: tests/ui/test_ui_api.py,
+"""`sd2_app.ui.compression.CompressMiddleware` (Starlette's gzip for paths without a file name) on a small Starlette
+app: which answers are gzipped and which go out as they came. The running app's page, settings and event streams: tests/ui/test_ui_api.py,
 `test_the_page_and_its_settings_come_compressed_and_event_streams_do_not`."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from sd2_app.ui.compression import MAX_BYTES, MIN_BYTES, THREAD_BYTES, CompressMiddleware
+from sd2_app.ui.compression import MIN_BYTES, CompressMiddleware
 
 LIST = {"names": [f"checkpoint {n}" for n in range(2_000)]}  # 35 KB of JSON, 5 KB gzipped
-LONG = "<p>" + " ".join(f"component {n}" for n in range(THREAD_BYTES // 8)) + "</p>"  # over THREAD_BYTES
+LONG = "<p>" + " ".join(f"component {n}" for n in range(20_000)) + "</p>"  # 280 KB: Starlette's thread
 
 
 def _app() -> Starlette:
@@ -42,11 +42,8 @@ def _app() -> Starlette:
     async def encoded(request):
         return Response(b"y" * 50_000, media_type="text/plain", headers={"content-encoding": "br"})
 
-    async def huge(request):
-        return Response(b"z" * (MAX_BYTES + 1), media_type="text/plain")
-
     routes = [Route("/list", listing), Route("/long", long), Route("/short", short), Route("/stream", stream),
-              Route("/image", image), Route("/encoded", encoded), Route("/huge", huge), Route("/list.json", listing)]
+              Route("/image", image), Route("/encoded", encoded), Route("/list.json", listing)]
     return Starlette(routes=routes, middleware=[Middleware(CompressMiddleware)])
 
 
@@ -65,7 +62,7 @@ def _raw(client: TestClient, path: str, accept: str | None) -> tuple[dict[str, s
 @pytest.mark.parametrize(("path", "plain"), [("/list", json.dumps(LIST, separators=(",", ":")).encode()),
                                              ("/long", LONG.encode())])
 def test_a_text_answer_is_gzipped_for_a_client_that_takes_gzip(client: TestClient, path: str, plain: bytes) -> None:
-    """A list on the event loop, a page over `THREAD_BYTES` on a worker thread: the same bytes, compressed."""
+    """A list compressed on the event loop, a long page on a worker thread: the same bytes, compressed."""
     headers, body = _raw(client, path, "gzip, deflate, br")
     assert (headers["content-encoding"], headers["vary"], int(headers["content-length"])) == ("gzip",
                                                                                                "Accept-Encoding",
@@ -73,19 +70,17 @@ def test_a_text_answer_is_gzipped_for_a_client_that_takes_gzip(client: TestClien
     assert gzip.decompress(body) == plain and len(body) * 5 < len(plain), (len(body), len(plain))
 
 
-@pytest.mark.parametrize(("accept", "gzipped"), [
-    (None, False), ("identity", False), ("gzip;q=0", False), ("gzip; q=0.000", False), ("*", True),
-    ("br, gzip;q=0.5", True), ("*;q=0", False), ("gzip;q=0, *", False), ("GZIP", True), ("gzip;q=x", False),
-])
+@pytest.mark.parametrize(("accept", "gzipped"), [(None, False), ("identity", False), ("gzip", True),
+                                               ("br, gzip;q=0.5", True)])
 def test_gzip_only_where_accept_encoding_takes_it(client: TestClient, accept: str | None, gzipped: bool) -> None:
     headers, _ = _raw(client, "/list", accept)
     assert (headers.get("content-encoding") == "gzip") is gzipped
 
 
-@pytest.mark.parametrize("path", ["/short", "/stream", "/image", "/huge", "/list.json"])
-def test_short_streamed_image_oversized_and_file_answers_go_out_as_they_came(client: TestClient, path: str) -> None:
-    """Under `MIN_BYTES`, a stream, an image, over `MAX_BYTES`, a path ending in a file name (Gradio's to
-    compress): the bytes the route sent, no Content-Encoding."""
+@pytest.mark.parametrize("path", ["/short", "/stream", "/image", "/list.json"])
+def test_short_event_stream_image_and_file_answers_go_out_as_they_came(client: TestClient, path: str) -> None:
+    """Under `MIN_BYTES`, an event stream, an image, a path ending in a file name (Gradio's to compress): the bytes
+    the route sent, no Content-Encoding."""
     headers, body = _raw(client, path, "gzip")
     direct = client.get(path, headers={"accept-encoding": ""}).content
     assert "content-encoding" not in headers and "vary" not in headers and body == direct
