@@ -17,9 +17,10 @@ Gradio's own bound (`queue(max_size=...)`, which counts waiting events of every 
 
 `for_visitors(demo, visitors, hosting, app_kwargs)` is what each launch of the app needs (the app's own
 `launch`, `sd2_app.ui.lifecycle.AppBlocks.launch`, calls it): the queue's `push` is wrapped (Gradio has no
-per-session limit of its own; `gradio/queueing.py`, `Queue.push`), the request-limits, MCP caller, visitor-cookie
-and upload-budget middlewares are added to the FastAPI app Gradio creates (through `launch(app_kwargs=...)`; body
-sizes: `sd2_app.ui.request_limits`; uploads per address: `sd2_app.ui.upload_budget`), the app's own files in
+per-session limit of its own; `gradio/queueing.py`, `Queue.push`), the request-limits, stream-limit, MCP caller,
+visitor-cookie and upload-budget middlewares are added to the FastAPI app Gradio creates (through
+`launch(app_kwargs=...)`; body sizes: `sd2_app.ui.request_limits`; open streams per address:
+`sd2_app.ui.stream_limits`; uploads per address: `sd2_app.ui.upload_budget`), the app's own files in
 Gradio's cache are swept on `delete_cache`'s schedule (`sd2_app.ui.cache_files`), and the direct REST routes that
 would skip the queue stay closed (`api_open=False`; gradio_client and the browser always join the queue). An
 event that names a file by another site's URL is refused at join (`sd2_app.ui.uploads.local_file_references`).
@@ -52,6 +53,7 @@ from sd2_app.ui.runner import GPU_QUEUE, Page, RunFlag
 from sd2_app.ui.session_addresses import AddressBoundStateHolder, RequestAddressMiddleware
 from sd2_app.ui.session_messages import keep_live_sessions
 from sd2_app.ui.stream_checks import UnknownStreamMiddleware
+from sd2_app.ui.stream_limits import StreamLimitMiddleware, stream_limit
 from sd2_app.byte_limits import MB
 from sd2_app.errors import shown
 from sd2_app.ui.upload_budget import UploadBudget, UploadBudgetMiddleware
@@ -249,12 +251,12 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
                  app_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Ready `demo` for a launch that serves visitors: close the direct REST routes, watch the queue and keep its
     finished sessions' streams bounded (`sd2_app.ui.session_messages`); returns the `app_kwargs` for Gradio's
-    `launch`, with the compression (`sd2_app.ui.compression`), request-limits (`sd2_app.ui.request_limits`), MCP
-    caller (`sd2_app.ui.mcp_addresses`), request-address, visitor-cookie, upload-budget, unknown-stream
-    (`sd2_app.ui.stream_checks`) and direct-call (`sd2_app.ui.event_checks`) middlewares, the sweep of the app's
-    cached files on `delete_cache`'s schedule and sessions that copy no component settings ahead
-    (`sd2_app.ui.light_sessions`), at most `max_sessions_per_address` of one address
-    (`sd2_app.ui.session_addresses`), added to the caller's."""
+    `launch`, with the compression (`sd2_app.ui.compression`), request-limits (`sd2_app.ui.request_limits`),
+    stream-limit (`sd2_app.ui.stream_limits`), MCP caller (`sd2_app.ui.mcp_addresses`), request-address,
+    visitor-cookie, upload-budget, unknown-stream (`sd2_app.ui.stream_checks`) and direct-call
+    (`sd2_app.ui.event_checks`) middlewares, the sweep of the app's cached files on `delete_cache`'s schedule and
+    sessions that copy no component settings ahead (`sd2_app.ui.light_sessions`), at most `max_sessions_per_address`
+    of one address (`sd2_app.ui.session_addresses`), added to the caller's."""
     demo.api_open = False
     visitors.watch(demo._queue)  # every Blocks has its queue (gradio/blocks.py, Blocks.__init__)
     keep_live_sessions(demo._queue, hosting.max_sessions)
@@ -265,6 +267,8 @@ def for_visitors(demo: gr.Blocks, visitors: Visitors, hosting: Hosting,
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []),
                                 Middleware(CompressMiddleware),
                                 Middleware(RequestLimitsMiddleware, addresses=visitors.addresses),
+                                Middleware(StreamLimitMiddleware, addresses=visitors.addresses,
+                                           limit=stream_limit(hosting.max_sessions_per_address)),
                                 Middleware(McpCallerMiddleware, addresses=visitors.addresses),
                                 Middleware(RequestAddressMiddleware, addresses=visitors.addresses),
                                 Middleware(VisitorMiddleware, cookies=visitors.cookies),

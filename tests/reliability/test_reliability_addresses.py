@@ -234,6 +234,49 @@ def test_new_sessions_from_one_address_push_out_only_that_addresss_own(proxied_a
                 "least recently used of everyone's: the visitor's state was gone)")
 
 
+def test_open_streams_per_address_are_bounded(proxied_app, reliability) -> None:
+    """A script opens heartbeat streams (a page holds one while it is open) for made-up sessions from one address:
+    Gradio answered every one and held it open. The address may hold two per session it may keep."""
+    import asyncio
+
+    from sd2_app.ui.stream_limits import stream_limit, too_many_streams_message
+
+    url, _ = proxied_app
+    limit = stream_limit(SESSIONS_PER_ADDRESS)
+
+    async def scenario() -> tuple[list[int], tuple[int, str], httpx.Response, int, int]:
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=None)) as client:
+            def heartbeat(address: str, n: int):
+                return client.stream("GET", f"gradio_api/heartbeat/made-up-{n}", headers={"X-Forwarded-For": address})
+            opened = [heartbeat("203.0.113.60", n) for n in range(limit)]
+            held = [await stream.__aenter__() for stream in opened]
+            async with heartbeat("203.0.113.60", limit) as over:  # read only when refused: a stream never ends
+                over_text = (await over.aread()).decode() if over.status_code != 200 else ""
+            config = await client.get("config", headers={"X-Forwarded-For": "203.0.113.60"})
+            async with heartbeat("203.0.113.61", 0) as other:
+                elsewhere = other.status_code
+            await opened[0].__aexit__(None, None, None)  # one page closes: its place is free
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                async with heartbeat("203.0.113.60", limit) as again:
+                    if again.status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+            for stream in opened[1:]:
+                await stream.__aexit__(None, None, None)
+        return [answer.status_code for answer in held], (over.status_code, over_text), config, elsewhere, again.status_code
+
+    held, over, config, elsewhere, again = asyncio.run(scenario())
+    assert held == [200] * limit
+    assert over == (429, too_many_streams_message(limit)), over
+    assert config.status_code == 200 and elsewhere == 200 and again == 200
+    reliability(AREA, f"{limit + 1} heartbeat streams for made-up sessions held open from one address "
+                      f"(--max-sessions-per-address {SESSIONS_PER_ADDRESS}; raw HTTP, trusted proxy)",
+                f"{limit} open (two per session the address may keep); the next refused, HTTP {over[0]}: "
+                f"{over[1]} The page's other requests and another address's streams go through; when one "
+                "stream closes, the next is accepted (Gradio held every one open)")
+
+
 def test_history_memory_is_bounded_in_bytes_not_only_in_entries(proxied_app, reliability) -> None:
     from sd2_app.api.keeper import entry_bytes
 
