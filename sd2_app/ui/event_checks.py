@@ -8,6 +8,11 @@ that middleware enforces first) and refuses an event the app lacks. It hands the
 it names no session hash, with one made for the call alone (`sd2_app.ui.light_sessions.one_call_session`:
 Gradio otherwise made a session state of every component's settings for each such call). Queue joins are
 checked where they are pushed (`sd2_app.ui.hosting`).
+
+The route answers every exception HTTP 500 (gradio/routes.py, `predict`): the app's refusals of what a call sent
+(a `gr.Error` with its message for the caller) as well as faults. With `show_error=False` (the app's launch
+setting) only a `gr.Error` carries a message in that answer (gradio/utils.py, `error_payload`; a fault's is
+null), so `answered_as_refusal` makes such an answer HTTP 400, the same body, and leaves a fault's at 500.
 """
 
 from __future__ import annotations
@@ -83,7 +88,37 @@ class DirectCallMiddleware:
         if isinstance(body, dict) and body.get("session_hash") is None:
             data = one_call_session(data, body)
             scope = dict(scope, headers=[*without_length(scope), (b"content-length", str(len(data)).encode())])
-        await self.app(scope, replaying(data, receive), send)
+        await self.app(scope, replaying(data, receive), answered_as_refusal(send))
+
+
+def answered_as_refusal(send: Send) -> Send:
+    """`send` for the direct route: a 500 whose JSON body names an error message (a `gr.Error`: what the call sent
+    was refused) goes out as 400 with that body; any other answer as it is (module docstring)."""
+    held: Message | None = None
+
+    async def send_refusals_as_400(message: Message) -> None:
+        nonlocal held
+        if message["type"] == "http.response.start" and message.get("status") == 500:
+            held = message  # sent with the body, once it says what the error was
+            return
+        if held is not None and message["type"] == "http.response.body":
+            start, held = held, None
+            if refusal_message(message.get("body", b"")) is not None and not message.get("more_body", False):
+                start = dict(start, status=400)
+            await send(start)
+        await send(message)
+
+    return send_refusals_as_400
+
+
+def refusal_message(body: bytes) -> str | None:
+    """The message of Gradio's error answer `body` (`{"error": ...}`), None for a fault's (null) or anything else."""
+    try:
+        answer = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    message = answer.get("error") if isinstance(answer, dict) else None
+    return message if isinstance(message, str) and message else None
 
 
 def without_length(scope: Scope) -> list[tuple[bytes, bytes]]:

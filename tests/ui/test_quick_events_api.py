@@ -2,7 +2,7 @@
 checks of an upload, a run's end ...) sent junk through raw HTTP, as any client can: by name on
 /gradio_api/run/<name> (not queued) or /gradio_api/call/<name> (queued), private events included. Each answers a
 message that says what was wrong (Gradio answered `{"error": null}`, or a Dropdown's whole message with the value
-repeated in full), and the app keeps serving. In-process app on the tiny checkpoints.
+repeated in full), a direct call's with HTTP 400 (Gradio: 500, as for a fault), and the app keeps serving. In-process app on the tiny checkpoints.
 """
 
 from __future__ import annotations
@@ -48,7 +48,11 @@ def _answer(client: httpx.Client, url: str, fn: object, data: list[object],
         sent = {"data": data} if session is None else {"data": data, "session_hash": session}
         answer = client.post(f"{url}gradio_api/run/{name}", json=sent)
         body = answer.json()
-        return ("ok", body["data"]) if answer.status_code == 200 else ("error", body["error"])
+        if answer.status_code == 200:
+            return "ok", body["data"]
+        # a refusal (a message for the caller) is the caller's error, 400; only a fault (no message) is 500
+        assert answer.status_code == (400 if isinstance(body["error"], str) else 500), (name, answer.status_code)
+        return "error", body["error"]
     client.cookies.clear()  # each queued call a new visitor, as before: a visitor's jobs are counted until they end
     joined = client.post(f"{url}gradio_api/call/{name}", json={"data": data})
     assert joined.status_code == 200, (name, joined.text)
