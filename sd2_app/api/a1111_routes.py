@@ -41,6 +41,7 @@ from sd2_app.api.a1111_catalog import catalog_routes, none_here_routes, png_info
 from sd2_app.api.a1111_disconnects import run_while_connected
 from sd2_app.api.a1111_errors import A1111Route, errors_as_http
 from sd2_app.api.a1111_extras import extras_routes
+from sd2_app.api.a1111_system import system_routes
 from sd2_app.api.job_admission import JobAdmission
 from sd2_app.api.quick_reads import MAX_QUICK_REQUESTS_PER_ADDRESS, QuickReads
 from sd2_app.api.batch_count import batch_requests
@@ -62,6 +63,8 @@ PREFIX = "/sdapi/v1"
 HISTORY_OWNER = unlisted("a1111-api")  # API jobs get their images in the reply: not kept in History
 NO_MODEL_ADMIN_MESSAGE = ("Changing the server's current checkpoint is off on this server; name one per call with "
                           "override_settings.sd_model_checkpoint.")
+NO_LOADING_BY_HAND_MESSAGE = ("Loading and unloading checkpoints by hand is turned off on this server; each job loads "
+                              "the checkpoint it needs.")
 CLOSING_MESSAGE = "The server is shutting down; try again when it is back."
 STOPPED_AT_CLOSE_MESSAGE = "The server is shutting down and stopped this job; try again when it is back."
 
@@ -150,9 +153,8 @@ class A1111Api:
         raise InvalidRequest(f"Unknown checkpoint {shown(str(name))}; choose one of: {', '.join(self.service.catalog.tasks)}.")
 
     def set_options(self, options: Mapping[str, Any], client: Request) -> None:
-        """A new `sd_model_checkpoint` is loaded through the GPU gate, like a job: while it loads it holds a place
-        of the client's network address (`_admit`), and the app's close waits for it (`wait_for_jobs`); refused
-        with 403 where visitors may not load checkpoints (`model_admin`). `client`: the HTTP request."""
+        """A new `sd_model_checkpoint` is loaded (`_load_by_hand`) and becomes the current checkpoint; refused with
+        403 where visitors may not load checkpoints (`model_admin`). `client`: the HTTP request."""
         for name in options:
             if name != "sd_model_checkpoint":
                 log.info("A1111 API: ignoring option %s", name)
@@ -162,18 +164,36 @@ class A1111Api:
                 if key != self.current:
                     raise HTTPException(403, NO_MODEL_ADMIN_MESSAGE)
                 return  # naming the current checkpoint changes nothing, and loads nothing by hand
-            address = self.job_admission.addresses.of(client)
+            self._load_by_hand(key, client)
+            self.current = key
+
+    def unload_all(self) -> None:
+        """/unload-checkpoint: every checkpoint is unloaded once no job uses it (the Models tab's "Unload all
+        models"); the next job, or /reload-checkpoint, loads again. 403 without `model_admin`."""
+        if not self.model_admin:
+            raise HTTPException(403, NO_LOADING_BY_HAND_MESSAGE)
+        log.info("A1111 API: unloaded %s", ", ".join(self.service.unload()) or "nothing (none was loaded)")
+
+    def reload(self, client: Request) -> None:
+        """/reload-checkpoint: the current checkpoint is loaded again (`_load_by_hand`). 403 without `model_admin`."""
+        if not self.model_admin:
+            raise HTTPException(403, NO_LOADING_BY_HAND_MESSAGE)
+        self._load_by_hand(self.current, client)
+
+    def _load_by_hand(self, key: str, client: Request) -> None:
+        """Load `key` through the GPU gate, like a job: while it loads it holds a place of the client's network
+        address (`_admit`), and the app's close waits for it (`wait_for_jobs`)."""
+        address = self.job_admission.addresses.of(client)
+        with self._lock:
+            self._admit(address)
+            self._loads += 1
+        try:
+            self.service.load(key)
+        finally:
             with self._lock:
-                self._admit(address)
-                self._loads += 1
-            try:
-                self.service.load(key)
-                self.current = key
-            finally:
-                with self._lock:
-                    self._loads -= 1
-                    self._jobs_changed.notify_all()
-                self.job_admission.release(address)
+                self._loads -= 1
+                self._jobs_changed.notify_all()
+            self.job_admission.release(address)
 
     # ---- jobs ------------------------------------------------------------------------------------
     def _admit(self, address: str) -> None:
@@ -329,6 +349,7 @@ def build_router(api: A1111Api) -> APIRouter:
     _job_routes(router, api)
     catalog_routes(router, api)
     none_here_routes(router)
+    system_routes(router, api)
     png_info_routes(router, api)
     return router
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sd2_app.api.a1111_routes import NO_MODEL_ADMIN_MESSAGE
+from sd2_app.api.a1111_routes import NO_LOADING_BY_HAND_MESSAGE, NO_MODEL_ADMIN_MESSAGE
 from sd2_app.api.job_admission import too_many_jobs_from_address_message
 from sd2_app.ui.editor_blobs import MAX_PENDING_BYTES
 from sd2_app.ui.lifecycle import UNREADABLE_FILE_VALUE
@@ -299,7 +299,7 @@ def test_the_inpaint_editors_pending_parts_are_checked_and_bounded(app, reliabil
 
 
 def test_the_shared_checkpoint_stays_unless_visitors_may_load_models(app, reliability) -> None:
-    url, _ = app
+    url, demo = app
     before = _api(url, "options", MALLORY, method="GET").json()["sd_model_checkpoint"]
     switched = _api(url, "options", MALLORY, sd_model_checkpoint="sd21")
     same = _api(url, "options", MALLORY, sd_model_checkpoint=before)
@@ -309,10 +309,19 @@ def test_the_shared_checkpoint_stays_unless_visitors_may_load_models(app, reliab
     own = _api(url, "txt2img", MALLORY, prompt="own", override_settings={"sd_model_checkpoint": "sd2-base"},
                **API_FAST)
     assert own.status_code == 200 and '"sd_model_name": "sd2-base"' in own.json()["info"]
-    reliability(AREA, "POST /sdapi/v1/options {'sd_model_checkpoint': 'sd21'} in a public mode without "
-                "--allow-model-admin/--auth/--api-auth",
+    loaded = _loaded(demo)
+    by_hand = [_api(url, route, MALLORY) for route in ("unload-checkpoint", "reload-checkpoint")]
+    assert [(r.status_code, r.json()) for r in by_hand] == [(403, a1111_error_body(403, NO_LOADING_BY_HAND_MESSAGE))] * 2
+    assert "sd2-base" in loaded and _loaded(demo) == loaded  # nobody's checkpoint was unloaded
+    reliability(AREA, "POST /sdapi/v1/options {'sd_model_checkpoint': 'sd21'}, /unload-checkpoint and "
+                "/reload-checkpoint in a public mode without --allow-model-admin/--auth/--api-auth",
                 f"HTTP 403: {NO_MODEL_ADMIN_MESSAGE} Everyone's current checkpoint stays {after}; a call's own "
-                "override_settings still picks its checkpoint")
+                f"override_settings still picks its checkpoint. Unload and reload: HTTP 403: "
+                f"{NO_LOADING_BY_HAND_MESSAGE} (the loaded checkpoints stay)")
+
+
+def _loaded(demo: object) -> list[str]:
+    return [row.key for row in demo.service.status()["models"] if row.location != "none"]  # type: ignore[attr-defined]
 
 
 @pytest.mark.slow
