@@ -1,16 +1,22 @@
 """LoRA files for SD2: a folder of safetensors files in the layout A1111 and kohya-ss/sd-scripts write.
 
-Each LoRA layer is a pair `<layer>.lora_down.weight` (rank, in[, kh, kw]) and `<layer>.lora_up.weight`
-(out, rank[, 1, 1]) with an optional scalar `<layer>.alpha`; `<layer>` is `lora_unet_` or `lora_te_` followed
-by the diffusers / transformers module path with "_" for "." (sd-scripts networks/lora.py, `LoRANetwork`). The
-layer's weight change is multiplier x alpha / rank x up @ down (Hu et al. 2021, "LoRA", eq. 3;
-pipelines/lora.py merges it).
+Each layer's name is `lora_unet_` or `lora_te_` followed by the diffusers / transformers module path with "_"
+for "." (sd-scripts networks/lora.py, `LoRANetwork`), and its tensors say what kind of change it is:
+
+- LoRA (and LoCon): `<layer>.lora_down.weight` (rank, in[, kh, kw]) and `<layer>.lora_up.weight` (out, rank[, 1,
+  1]); the change is up @ down (Hu et al. 2021, "LoRA", eq. 3).
+- LyCORIS LoHa: `<layer>.hada_w1_a` (out, rank), `.hada_w1_b` (rank, in·kh·kw), `.hada_w2_a`, `.hada_w2_b`; the
+  change is (w1_a @ w1_b) ⊙ (w2_a @ w2_b) (Hyeon-Woo et al. 2022, "FedPara", eq. 2; Yeh et al. 2023, "LyCORIS").
+- LyCORIS LoKr: `<layer>.lokr_w1` or `.lokr_w1_a` @ `.lokr_w1_b`, and `.lokr_w2` or `.lokr_w2_a` @ `.lokr_w2_b`;
+  the change is w1 ⊗ w2, the Kronecker product (Yeh et al. 2023, "LyCORIS", LoKr).
+
+An optional scalar `<layer>.alpha` scales it (pipelines/lora.py reads the scale and merges the change).
 
 Here only the header of each file is read (the tensors' names, dtypes and shapes), at start-up and whenever
 the folder changes (`sd2_app.api.lora_tools`): the names say the layout and the shapes the model it was made
 for. A file is refused, with the reason, when it is a pickle, too large, unreadable, another layout (LyCORIS
-LoHa/LoKr, diffusers/PEFT, SDXL's) or for SD 1.x. The tensors are read when a prompt first uses the file
-(pipelines/lora.py). No torch: a front end that holds no models lists the LoRAs too.
+with a Tucker core, DoRA, diffusers/PEFT, SDXL's) or for SD 1.x. The tensors are read when a prompt first uses
+the file (pipelines/lora.py). No torch: a front end that holds no models lists the LoRAs too.
 """
 
 from __future__ import annotations
@@ -29,13 +35,23 @@ MAX_FILE_BYTES = 2**30  # 1 GiB: a LoRA (even a full-rank LoCon) for SD2 is well
 MAX_HEADER_BYTES = 16 * 2**20  # the JSON header; a LoRA's is tens of kilobytes
 PREFIXES = ("lora_unet_", "lora_te_")
 DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
-# key fragments of layouts that are not plain LoRA, each with what to call it
+HADA = (".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b")
+# Each kind of layer and the parts it needs; a part is there when all the tensors of one of its forms are (a
+# LoKr factor whole, or as the product of two halves).
+KINDS: dict[str, tuple[tuple[tuple[str, ...], ...], ...]] = {
+    "lora": (((DOWN,),), ((UP,),)),
+    "loha": tuple(((suffix,),) for suffix in HADA),
+    "lokr": (((".lokr_w1",), (".lokr_w1_a", ".lokr_w1_b")), ((".lokr_w2",), (".lokr_w2_a", ".lokr_w2_b"))),
+}
+# key fragments of layouts that are not read, each with what to call it
 _OTHER_LAYOUTS = (
-    ("hada_w1", "a LyCORIS LoHa"), ("lokr_w1", "a LyCORIS LoKr"), (".lora_mid.", "a LyCORIS LoCon with a Tucker "
-     "core"), (".oft_", "an OFT"), ("lora_te1_", "an SDXL"), ("lora_te2_", "an SDXL"),
-    ("lora_unet_input_blocks", "an SDXL"), (".lora_A.", "a diffusers/PEFT"), (".lora.down.", "a diffusers"),
+    (".hada_t1", "a LyCORIS LoHa with a Tucker core"), (".lokr_t2", "a LyCORIS LoKr with a Tucker core"),
+    (".lora_mid.", "a LyCORIS LoCon with a Tucker core"), (".dora_scale", "a DoRA"), (".oft_", "an OFT"),
+    ("lora_te1_", "an SDXL"), ("lora_te2_", "an SDXL"), ("lora_unet_input_blocks", "an SDXL"),
+    (".lora_A.", "a diffusers/PEFT"), (".lora.down.", "a diffusers"),
 )
-CROSS_KEY = "attn2_to_k" + DOWN  # a cross-attention key projection: its input is the text encoder's width
+# a cross-attention key projection's factor whose second side is the text encoder's width
+CROSS_KEYS = ("attn2_to_k" + DOWN, "attn2_to_k" + HADA[1])
 
 
 class LoraFileError(ValueError):
@@ -72,27 +88,56 @@ def read_header(path: Path) -> dict[str, Any]:
     return header
 
 
-def lora_layers(keys: Iterable[str]) -> tuple[str, ...]:
-    """The LoRA layers among a file's tensor names: each `<layer>` (with a LoRA prefix) that has both its
-    lora_down and its lora_up weight, sorted."""
+def _candidates(names: set[str]) -> dict[str, str]:
+    """Every layer a tensor name names by one of a kind's suffixes: layer -> kind."""
+    found = {}
+    for key in names:
+        if key.startswith(PREFIXES):
+            for kind, parts in KINDS.items():
+                suffix = next((s for part in parts for form in part for s in form if key.endswith(s)), None)
+                if suffix is not None:
+                    found[key[:-len(suffix)]] = kind
+    return found
+
+
+def _missing(layer: str, kind: str, names: set[str]) -> str | None:
+    """The first tensor `layer` lacks of a part of its kind (of the part's form it has most of); None when it
+    is whole."""
+    for part in KINDS[kind]:
+        if not any(all(layer + suffix in names for suffix in form) for form in part):
+            form = max(part, key=lambda form: sum(layer + suffix in names for suffix in form))
+            return next(layer + suffix for suffix in form if layer + suffix not in names)
+    return None
+
+
+def layer_kinds(keys: Iterable[str]) -> dict[str, str]:
+    """The layers among a file's tensor names that have every part of their kind (`KINDS`): layer -> kind,
+    sorted by layer."""
     names = set(keys)
-    return tuple(sorted(key[:-len(DOWN)] for key in names if key.endswith(DOWN) and key.startswith(PREFIXES)
-                        and key[:-len(DOWN)] + UP in names))
+    return dict(sorted((layer, kind) for layer, kind in _candidates(names).items()
+                       if _missing(layer, kind, names) is None))
+
+
+def lora_layers(keys: Iterable[str]) -> tuple[str, ...]:
+    """The layers among a file's tensor names, of any kind (`layer_kinds`), sorted."""
+    return tuple(layer_kinds(keys))
 
 
 def _layers(header: dict[str, Any], name: str) -> tuple[str, ...]:
-    """The LoRA layers the header describes, or LoraFileError naming what the file is instead."""
+    """The layers the header describes, or LoraFileError naming what the file is instead."""
     for fragment, what in _OTHER_LAYOUTS:
         if any(fragment in key for key in header):
-            raise LoraFileError(f"{name}: {what} file; LoRA files in A1111's (kohya-ss) layout for SD 2.x are read")
-    downs = sorted(key[:-len(DOWN)] for key in header if key.endswith(DOWN) and key.startswith(PREFIXES))
-    if not downs:
-        raise LoraFileError(f"{name}: no LoRA layers (lora_unet_*/lora_te_* with lora_down and lora_up weights)")
-    missing = [layer for layer in downs if layer + UP not in header]
-    if missing:
-        raise LoraFileError(f"{name}: the layer {missing[0]} has a lora_down weight without its lora_up weight")
+            raise LoraFileError(f"{name}: {what} file; LoRA, LoHa and LoKr files in A1111's (kohya-ss, LyCORIS) "
+                                "layout for SD 2.x are read")
+    names = set(header)
+    for layer, kind in sorted(_candidates(names).items()):
+        if (missing := _missing(layer, kind, names)) is not None:
+            raise LoraFileError(f"{name}: the layer {layer} lacks {missing[len(layer):]}")
     layers = lora_layers(header)
-    width = next((shape[1] for key, info in header.items() if key.endswith(CROSS_KEY)
+    if not layers:
+        raise LoraFileError(f"{name}: no LoRA layers (lora_unet_*/lora_te_* with lora_down and lora_up weights, "
+                            "or LyCORIS LoHa or LoKr weights)")
+    width = next((shape[1] for key, info in header.items() if key.endswith(CROSS_KEYS)
                   and len(shape := info.get("shape") or []) >= 2), None)
     if width == SD1_WIDTH:  # any other width is checked against the model when a job merges it
         raise LoraFileError(f"{name}: a LoRA for SD 1.x ({SD1_WIDTH}-wide text features); SD 2.x reads "

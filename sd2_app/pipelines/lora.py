@@ -1,15 +1,18 @@
 """LoRAs merged into a checkpoint's weights for one job, and the weights put back exactly after it.
 
-Each LoRA layer changes one Linear or Conv2d weight W of the UNet or the text encoder by
-multiplier x alpha / rank x (up @ down), reshaped to W's shape (Hu et al. 2021, "LoRA", eq. 3; a conv layer's
-down is (rank, in, kh, kw) and its up (out, rank, 1, 1), as sd-scripts networks/lora.py `LoRAModule` makes
-them). The change is added in place, in float32 and rounded once to W's dtype, so everything that reads W
-(the fused projections' stacked views, CUDA graphs, the compiled UNet, a tiled twin) sees it without a
-re-capture, and a module that derives values from W is told (`weights_changed`); a copy of each changed
-weight is kept and copied back when the job ends, bit for bit, so no request sees another's LoRA. Merging
-costs one rank-r matmul per layer per job, and the job then runs at full speed; diffusers' PEFT layers instead
-add the low-rank path to each forward (`load_lora_weights` without `fuse_lora`): the same function up to float
-rounding.
+Each layer of a LoRA file changes one Linear or Conv2d weight W of the UNet or the text encoder by
+multiplier x scale x change, reshaped to W's shape, where the change is a LoRA's up @ down (Hu et al. 2021,
+"LoRA", eq. 3; a conv layer's down is (rank, in, kh, kw) and its up (out, rank, 1, 1), as sd-scripts
+networks/lora.py `LoRAModule` makes them), a LyCORIS LoHa's (w1_a @ w1_b) ⊙ (w2_a @ w2_b) or a LoKr's w1 ⊗ w2
+(sd2_app/loading/loras.py; `LayerChange`). The scale is alpha / rank, and 1 without an alpha or, for a LoKr whose
+factors are both whole, a rank (A1111's extensions-builtin/Lora network_lora.py, network_hada.py,
+network_lokr.py, `calc_scale`). The change is added in place, in float32 and rounded once to W's dtype, so
+everything that reads W (the fused projections' stacked views, CUDA graphs, the compiled UNet, a tiled twin)
+sees it without a re-capture, and a module that derives values from W is told (`weights_changed`); a copy of
+each changed weight is kept and copied back when the job ends, bit for bit, so no request sees another's LoRA.
+Merging costs one product per layer per job, and the job then runs at full speed; diffusers' PEFT layers
+instead add the low-rank path to each forward (`load_lora_weights` without `fuse_lora`): the same function up
+to float rounding.
 
 A layer's name is `lora_unet_` or `lora_te_text_model_` followed by the module's path with "_" for "."
 (sd2_app/loading/loras.py); our modules' paths are the checkpoint's keys, so the names match directly.
@@ -33,7 +36,7 @@ from torch import Tensor, nn
 
 from sd2_app.checkpoints.components import Components
 from sd2_app.errors import InvalidRequest
-from sd2_app.loading.loras import ALPHA, DOWN, MAX_FILE_BYTES, UP, LoraFile, lora_layers
+from sd2_app.loading.loras import ALPHA, DOWN, HADA, MAX_FILE_BYTES, UP, LoraFile, layer_kinds
 from sd2_app.nn.clip_text import text_model_of
 
 log = logging.getLogger(__name__)
@@ -44,24 +47,95 @@ BACKUP_HEADROOM_BYTES = 4 * 2**30  # GPU memory left free for the job when the w
 
 
 @dataclass(frozen=True)
+class LayerChange:
+    """One layer's change before its scale (module docstring): `kind` ("lora", "loha", "lokr") and its tensors,
+    float32 on the CPU: (down, up), (w1_a, w1_b, w2_a, w2_b), or (w1, w2) with each LoKr factor whole."""
+
+    kind: str
+    factors: tuple[Tensor, ...] = field(repr=False)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The change's shape: a LoRA's (out, *down's input shape), else (out, in·kh·kw)."""
+        if self.kind == "lora":
+            down, up = self.factors
+            return (up.shape[0], *down.shape[1:])
+        if self.kind == "loha":
+            w1_a, w1_b, _, _ = self.factors
+            return (w1_a.shape[0], w1_b[0].numel())
+        w1, w2 = self.factors
+        return (w1.shape[0] * w2.shape[0], w1.shape[1] * w2[0].numel())
+
+    def well_formed(self) -> bool:
+        """Whether the factors are matrices (or convs' weights) whose inner sides agree (a LoRA's up is (out,
+        rank[, 1, 1]))."""
+        if any(factor.dim() < 2 for factor in self.factors):
+            return False
+        if self.kind == "lora":
+            down, up = self.factors
+            return up.shape[1] == down.shape[0] and up[0].numel() == up.shape[1]
+        if self.kind == "loha":
+            w1_a, w1_b, w2_a, w2_b = (factor.flatten(1) for factor in self.factors)
+            return w1_a.shape[1] == w1_b.shape[0] and w2_a.shape[1] == w2_b.shape[0] \
+                and w1_a.shape[0] == w2_a.shape[0] and w1_b.shape[1] == w2_b.shape[1]
+        return True
+
+    def matrix(self, device: torch.device) -> Tensor:
+        """The change as an (out, in·kh·kw) float32 matrix on `device`."""
+        flat = [factor.to(device).flatten(1) for factor in self.factors]
+        if self.kind == "lora":
+            return flat[1] @ flat[0]
+        if self.kind == "loha":
+            return (flat[0] @ flat[1]) * (flat[2] @ flat[3])
+        return torch.kron(flat[0], flat[1])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(factor.nbytes for factor in self.factors)
+
+
+@dataclass(frozen=True)
 class LoraWeights:
-    """One LoRA file's layers: name -> (down, up, alpha / rank), float32 on the CPU, and A1111's short hash."""
+    """One LoRA file's layers: name -> (change, scale), and A1111's short hash."""
 
     name: str
     shorthash: str  # first 12 hex digits of the file's sha256, as A1111 writes in `Lora hashes:`
-    layers: dict[str, tuple[Tensor, Tensor, float]] = field(repr=False)
+    layers: dict[str, tuple[LayerChange, float]] = field(repr=False)
     nbytes: int = 0  # the tensors' bytes as kept (float32)
 
 
+def _layer_change(name: str, layer: str, kind: str, tensors: Mapping[str, Tensor]) -> tuple[LayerChange, float]:
+    """A layer's change and scale from the file's tensors (module docstring: A1111's `calc_scale`); a LoKr factor
+    given as two halves is kept as their product (InvalidRequest when they do not multiply)."""
+    def get(suffix: str) -> Tensor:
+        return tensors[layer + suffix].float()
+
+    rank: int | None
+    if kind == "lora":
+        change, rank = LayerChange(kind, (get(DOWN), get(UP))), tensors[layer + DOWN].shape[0]
+    elif kind == "loha":
+        change, rank = LayerChange(kind, tuple(get(suffix) for suffix in HADA)), tensors[layer + HADA[1]].shape[0]
+    else:
+        factors, rank = [], None
+        for w in ("w1", "w2"):
+            if layer + f".lokr_{w}" in tensors:
+                factors.append(get(f".lokr_{w}"))
+            else:
+                half_a, half_b = get(f".lokr_{w}_a"), get(f".lokr_{w}_b")
+                if half_a.dim() != 2 or half_b.dim() < 2 or half_a.shape[1] != half_b.shape[0]:
+                    raise InvalidRequest(f"The LoRA {name!r} cannot be used: its layer {layer}'s {w} halves do not "
+                                         f"multiply ({tuple(half_a.shape)} and {tuple(half_b.shape)}).")
+                factors.append(half_a @ half_b.flatten(1))
+                rank = rank or half_b.shape[0]
+        change = LayerChange(kind, tuple(factors))
+    alpha = float(tensors[layer + ALPHA]) if layer + ALPHA in tensors else None
+    return change, (alpha / rank if alpha is not None and rank else 1.0)
+
+
 def lora_weights(name: str, tensors: Mapping[str, Tensor], shorthash: str = "") -> LoraWeights:
-    """A LoRA's layers from its tensors as safetensors reads them (no `.alpha`: alpha = rank, as sd-scripts)."""
-    layers = {}
-    for layer in lora_layers(tensors):
-        down, up = tensors[layer + DOWN].float(), tensors[layer + UP].float()
-        alpha = float(tensors[layer + ALPHA]) if layer + ALPHA in tensors else float(down.shape[0])
-        layers[layer] = (down, up, alpha / down.shape[0])
-    nbytes = sum(down.nbytes + up.nbytes for down, up, _ in layers.values())
-    return LoraWeights(name, shorthash, layers, nbytes)
+    """A LoRA's layers from its tensors as safetensors reads them."""
+    layers = {layer: _layer_change(name, layer, kind, tensors) for layer, kind in layer_kinds(tensors).items()}
+    return LoraWeights(name, shorthash, layers, sum(change.nbytes for change, _ in layers.values()))
 
 
 def read_lora(file: LoraFile) -> LoraWeights:
@@ -120,13 +194,16 @@ def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-def _fits(down: Tensor, up: Tensor, shape: torch.Size) -> bool:
-    """Whether up @ down is a change of a weight of `shape` (out, in[, kh, kw]); a Linear's and a 1x1 conv's
-    LoRAs fit either (trainers write both forms), and a conv's LoRA fits a conv with more input channels
-    (`_extra_inputs`)."""
-    if up.shape[1] != down.shape[0] or up[0].numel() != up.shape[1]:
-        return False
-    product, target = _squeezed((up.shape[0], *down.shape[1:])), _squeezed(tuple(shape))
+def _fits(change: LayerChange, shape: torch.Size) -> bool:
+    """Whether the well-formed `change` is a change of a weight of `shape` (out, in[, kh, kw]); a Linear's and a
+    1x1 conv's changes fit either (trainers write both forms), a LoHa's or LoKr's (out, in·kh·kw) fits a conv,
+    and a conv's change fits a conv with more input channels (`_extra_inputs`)."""
+    product, target = _squeezed(change.shape), _squeezed(tuple(shape))
+    if len(product) == 2 and len(target) == 4:  # the conv's kernel flattened into the input side
+        kernel = target[2] * target[3]
+        if product[1] % kernel:
+            return False
+        product = (product[0], product[1] // kernel, *target[2:])
     return product == target or _extra_inputs(product, target)
 
 
@@ -139,7 +216,7 @@ def _extra_inputs(product: tuple[int, ...], target: tuple[int, ...]) -> bool:
         and product[1] < target[1]
 
 
-LayerPlan = dict[str, list[tuple[Tensor, Tensor, float]]]  # layer -> (down, up, multiplier x alpha / rank) each
+LayerPlan = dict[str, list[tuple[LayerChange, float]]]  # layer -> (change, multiplier x scale) each
 
 
 def plan_changes(targets: dict[str, nn.Parameter], loras: Sequence[tuple[LoraWeights, float, float]]) -> LayerPlan:
@@ -158,25 +235,29 @@ def plan_changes(targets: dict[str, nn.Parameter], loras: Sequence[tuple[LoraWei
             log.info("LoRA %s: %d of its %d layers are not in this checkpoint", weights.name,
                      len(weights.layers) - len(known), len(weights.layers))
         for layer in known:
-            down, up, scale = weights.layers[layer]
-            if not _fits(down, up, targets[layer].shape):
+            change, scale = weights.layers[layer]
+            if not change.well_formed():
+                shapes = ", ".join(str(tuple(factor.shape)) for factor in change.factors)
+                raise InvalidRequest(f"The LoRA {weights.name!r} cannot be used: its layer {layer}'s tensors do not "
+                                     f"go together ({shapes}).")
+            if not _fits(change, targets[layer].shape):
                 raise InvalidRequest(f"The LoRA {weights.name!r} does not fit this checkpoint: its layer {layer} "
-                                     f"is {(up.shape[0], *down.shape[1:])}, the model's "
+                                     f"is {change.shape}, the model's "
                                      f"{tuple(targets[layer].shape)} (a LoRA made for another model).")
             factor = (te if layer.startswith(TE_PREFIX) else unet) * scale
             if factor:
-                plan.setdefault(layer, []).append((down, up, factor))
+                plan.setdefault(layer, []).append((change, factor))
     return plan
 
 
-def _change(terms: list[tuple[Tensor, Tensor, float]], weight: Tensor) -> Tensor:
-    """The float32 sum of factor x up @ down over `terms`, shaped and placed as `weight`."""
+def _change(terms: list[tuple[LayerChange, float]], weight: Tensor) -> Tensor:
+    """The float32 sum of factor x change over `terms`, shaped and placed as `weight`."""
     total = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-    for down, up, factor in terms:
-        product = up.to(weight.device).flatten(1) @ down.to(weight.device).flatten(1)
+    for change, factor in terms:
+        product = change.matrix(weight.device)
         if product.numel() != weight.numel():  # a conv with extra input channels: no change to those
-            extra = weight.shape[1] - down.shape[1]
-            product = F.pad(product.reshape(up.shape[0], *down.shape[1:]), (0, 0, 0, 0, 0, extra))
+            product = product.reshape(weight.shape[0], -1, *weight.shape[2:])
+            product = F.pad(product, (0, 0, 0, 0, 0, weight.shape[1] - product.shape[1]))
         total += product.reshape(weight.shape) * factor
     return total
 

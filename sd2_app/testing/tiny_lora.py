@@ -52,3 +52,34 @@ def write_lora(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str,
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
     return path
+
+
+def as_loha(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LyCORIS LoHa with the same changes as the LoRA `tensors`: (up @ down) ⊙ (ones @ ones), each layer's first
+    pair the LoRA's (its rank and alpha too), the second a rank-1 product of ones."""
+    loha = {}
+    for key, value in tensors.items():
+        if key.endswith(".lora_down.weight"):
+            layer, down = key[:-len(".lora_down.weight")], value.flatten(1)
+            up = tensors[layer + ".lora_up.weight"].flatten(1)
+            loha.update({f"{layer}.hada_w1_a": up, f"{layer}.hada_w1_b": down,
+                         f"{layer}.hada_w2_a": torch.ones(up.shape[0], 1, dtype=up.dtype),
+                         f"{layer}.hada_w2_b": torch.ones(1, down.shape[1], dtype=down.dtype)})
+        elif key.endswith(".alpha"):
+            loha[key] = value
+    return loha
+
+
+def as_lokr(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LyCORIS LoKr with the same changes as the LoRA `tensors`: [[1]] ⊗ (up @ down), the second factor as its
+    two halves (so the rank, and the scale alpha / rank, are the LoRA's)."""
+    lokr = {}
+    for key, value in tensors.items():
+        if key.endswith(".lora_down.weight"):
+            layer = key[:-len(".lora_down.weight")]
+            lokr.update({f"{layer}.lokr_w1": torch.ones(1, 1, dtype=value.dtype),
+                         f"{layer}.lokr_w2_a": tensors[layer + ".lora_up.weight"].flatten(1),
+                         f"{layer}.lokr_w2_b": value.flatten(1)})
+        elif key.endswith(".alpha"):
+            lokr[key] = value
+    return lokr

@@ -24,6 +24,18 @@ def _lora(width: int = 1024, out: int = 320, layer: str = LAYER, **extra: torch.
             f"{layer}.alpha": torch.tensor(4.0), **extra}
 
 
+def _loha(width: int = 1024, out: int = 320, layer: str = LAYER) -> dict[str, torch.Tensor]:
+    return {f"{layer}.hada_w1_a": torch.zeros(out, 4), f"{layer}.hada_w1_b": torch.zeros(4, width),
+            f"{layer}.hada_w2_a": torch.zeros(out, 4), f"{layer}.hada_w2_b": torch.zeros(4, width),
+            f"{layer}.alpha": torch.tensor(4.0)}
+
+
+def _lokr(layer: str = LAYER) -> dict[str, torch.Tensor]:
+    """A LoKr whose first factor is whole and whose second is two halves (320 x 1024 = (8 x 16) ⊗ (40 x 64))."""
+    return {f"{layer}.lokr_w1": torch.zeros(8, 16), f"{layer}.lokr_w2_a": torch.zeros(40, 4),
+            f"{layer}.lokr_w2_b": torch.zeros(4, 64), f"{layer}.alpha": torch.tensor(4.0)}
+
+
 def _save(folder: Path, name: str, tensors: dict[str, torch.Tensor]) -> None:
     save_file(tensors, str(folder / name))
 
@@ -34,6 +46,13 @@ def test_usable_files_are_listed_and_every_other_is_explained(tmp_path: Path) ->
           _lora(64, 64, "lora_te_text_model_encoder_layers_0_self_attn_q_proj"))  # any width but SD 1.x's
     _save(tmp_path, "sd15.safetensors", _lora(768))
     _save(tmp_path, "loha.safetensors", {f"{LAYER}.hada_w1_a": torch.zeros(4, 4)})
+    _save(tmp_path, "hada.safetensors", _loha())
+    _save(tmp_path, "kron.safetensors", _lokr())
+    _save(tmp_path, "hada15.safetensors", _loha(768))
+    _save(tmp_path, "halfkron.safetensors", {f"{LAYER}.lokr_w1": torch.zeros(8, 16),
+                                             f"{LAYER}.lokr_w2_a": torch.zeros(40, 4)})
+    _save(tmp_path, "tucker.safetensors", {**_loha(), f"{LAYER}.hada_t1": torch.zeros(4, 4, 3, 3)})
+    _save(tmp_path, "dora.safetensors", _lora(**{f"{LAYER}.dora_scale": torch.ones(1, 1024)}))
     _save(tmp_path, "xl.safetensors", _lora(layer="lora_te1_text_model_encoder_layers_0_self_attn_q_proj"))
     _save(tmp_path, "peft.safetensors", {"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.zeros(4, 4)})
     _save(tmp_path, "half.safetensors", {f"{LAYER}.lora_down.weight": torch.zeros(4, 1024)})
@@ -44,22 +63,27 @@ def test_usable_files_are_listed_and_every_other_is_explained(tmp_path: Path) ->
     (tmp_path / "junk.safetensors").write_bytes(struct.pack("<Q", 3) + b"{x}")
     (tmp_path / "notes.txt").write_text("not a LoRA")
     library = LoraLibrary.scan(tmp_path)
-    assert library.names() == ["detail", "te only"]
-    assert library.files["detail"].layers == (LAYER,)
+    assert library.names() == ["detail", "hada", "kron", "te only"]
+    assert library.files["detail"].layers == library.files["hada"].layers == library.files["kron"].layers == (LAYER,)
     pickle = "a pickle file, which this app never opens (unpickling can run code); use the .safetensors version"
-    layout = "file; LoRA files in A1111's (kohya-ss) layout for SD 2.x are read"
+    layout = "file; LoRA, LoHa and LoKr files in A1111's (kohya-ss, LyCORIS) layout for SD 2.x are read"
     assert library.refused == {
         "-dash.safetensors": "-dash.safetensors: the name must be letters, digits, '.', '-', '+', '_' or spaces (at "
                              "most 64), starting with a letter or digit",
         "cut.safetensors": "cut.safetensors: not a safetensors file (a 1000000000-byte header)",
+        "dora.safetensors": f"dora.safetensors: a DoRA {layout}",
         "empty.safetensors": "empty.safetensors: no LoRA layers (lora_unet_*/lora_te_* with lora_down and lora_up "
-                             "weights)",
-        "half.safetensors": f"half.safetensors: the layer {LAYER} has a lora_down weight without its lora_up weight",
+                             "weights, or LyCORIS LoHa or LoKr weights)",
+        "hada15.safetensors": "hada15.safetensors: a LoRA for SD 1.x (768-wide text features); SD 2.x reads 1024-wide "
+                              "ones",
+        "half.safetensors": f"half.safetensors: the layer {LAYER} lacks .lora_up.weight",
+        "halfkron.safetensors": f"halfkron.safetensors: the layer {LAYER} lacks .lokr_w2_b",
         "junk.safetensors": "junk.safetensors: not a safetensors file (its header is no JSON)",
-        "loha.safetensors": f"loha.safetensors: a LyCORIS LoHa {layout}",
+        "loha.safetensors": f"loha.safetensors: the layer {LAYER} lacks .hada_w1_b",
         "old.ckpt": f"old.ckpt: {pickle} of the LoRA",
         "peft.safetensors": f"peft.safetensors: a diffusers/PEFT {layout}",
         "sd15.safetensors": "sd15.safetensors: a LoRA for SD 1.x (768-wide text features); SD 2.x reads 1024-wide ones",
+        "tucker.safetensors": f"tucker.safetensors: a LyCORIS LoHa with a Tucker core {layout}",
         "xl.safetensors": f"xl.safetensors: an SDXL {layout}",
     }
 

@@ -155,7 +155,7 @@ def test_a_file_replaced_after_start_up_is_read_as_it_is_now(tmp_path: Path) -> 
     write_lora(tmp_path / "x.safetensors", {f"{layer}.lora_down.weight": torch.ones(2, 4, 3, 3),
                                             f"{layer}.lora_up.weight": torch.ones(8, 2, 1, 1)})
     weights = read_lora(file)
-    assert list(weights.layers) == [layer] and weights.layers[layer][2] == 1.0  # no alpha: alpha = rank
+    assert list(weights.layers) == [layer] and weights.layers[layer][1] == 1.0  # no alpha: alpha = rank
     assert weights.nbytes == (2 * 4 * 9 + 8 * 2) * 4
 
 
