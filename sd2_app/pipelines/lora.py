@@ -4,8 +4,8 @@ Each layer of a LoRA file changes one Linear or Conv2d weight W of the UNet or t
 multiplier x scale x change, reshaped to W's shape, where the change is a LoRA's up @ down (Hu et al. 2021,
 "LoRA", eq. 3; a conv layer's down is (rank, in, kh, kw) and its up (out, rank, 1, 1), as sd-scripts
 networks/lora.py `LoRAModule` makes them), a LyCORIS LoHa's (w1_a @ w1_b) ⊙ (w2_a @ w2_b) or a LoKr's w1 ⊗ w2
-(sd2_app/loading/loras.py; `LayerChange`). The scale is alpha / rank, and 1 without an alpha or, for a LoKr whose
-factors are both whole, a rank (A1111's extensions-builtin/Lora network_lora.py, network_hada.py,
+(sd2_app/loading/loras.py; `LayerChange`). The scale is alpha / rank, or 1 without an alpha, and 1 for a LoKr
+whose factors are both whole, which has no rank (A1111's extensions-builtin/Lora network_lora.py, network_hada.py,
 network_lokr.py, `calc_scale`). The change is added in place, in float32 and rounded once to W's dtype, so
 everything that reads W (the fused projections' stacked views, CUDA graphs, the compiled UNet, a tiled twin)
 sees it without a re-capture, and a module that derives values from W is told (`weights_changed`); a copy of
