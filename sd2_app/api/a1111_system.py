@@ -15,14 +15,13 @@ visitors may not load checkpoints (`model_admin`) both answer 403.
 
 from __future__ import annotations
 
-import os
+import sys
 from typing import TYPE_CHECKING, Any
 
-import torch
 from fastapi import APIRouter, Request
 
 from sd2_app.api.a1111_errors import errors_as_http
-from sd2_app.manager.memory import host_memory_bytes
+from sd2_app.host_memory import host_memory_bytes, resident_bytes
 
 if TYPE_CHECKING:
     from sd2_app.api.a1111_routes import A1111Api
@@ -34,19 +33,20 @@ ALLOCATOR_COUNTS = {"active": "active_bytes.all", "allocated": "allocated_bytes.
 
 
 def ram_report() -> dict[str, Any]:
-    """This process's resident bytes (`used`) and the machine's RAM (`total`); an error where /proc cannot tell."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as statm:
-            used = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError) as error:
-        return {"error": f"{type(error).__name__}: the process's memory cannot be read here"}
+    """This process's resident bytes (`used`) and the machine's RAM (`total`); an error where they cannot be
+    read."""
+    used = resident_bytes()
+    if used is None:
+        return {"error": "this process's memory cannot be read here"}
     total = host_memory_bytes()
     return {"free": max(total - used, 0), "used": used, "total": total}
 
 
 def cuda_report() -> dict[str, Any]:
-    """The GPU as this process sees it (module docstring), without starting CUDA."""
-    if not torch.cuda.is_initialized():
+    """The GPU as this process sees it (module docstring). Neither imports torch (a --serve front end runs
+    without it; on ZeroGPU `spaces` must come first) nor starts CUDA: a process that has not is `UNAVAILABLE`."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
         return dict(UNAVAILABLE)
     try:
         device = torch.cuda.current_device()

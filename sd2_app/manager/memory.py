@@ -7,17 +7,16 @@ shapes, no data), so the manager can make room first instead of finding out thro
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from sd2_app.host_memory import GIB, host_memory_bytes
 from sd2_app.loading.staged_read import DTYPES, read_header
 
 logger = logging.getLogger(__name__)
 
-GIB = 2**30
 OOM_ERRORS: tuple[type[BaseException], ...] = (torch.OutOfMemoryError,)  # torch.cuda.OutOfMemoryError is this
 
 
@@ -53,14 +52,6 @@ def safetensors_bytes(path: Path, dtype: torch.dtype) -> int:
         kind = DTYPES.get(entry.dtype)
         total += numel * (itemsize if kind is None or kind.is_floating_point else kind.itemsize)
     return total
-
-
-def host_memory_bytes() -> int:
-    """Physical RAM of this machine (POSIX), or 16 GiB when it cannot be read."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 16 * GIB
 
 
 def default_device_budget(device: torch.device, margin: float = 0.25, min_margin: int = 2 * GIB) -> int:
