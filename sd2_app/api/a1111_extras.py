@@ -1,21 +1,25 @@
-"""The A1111 API's extras: `/extra-single-image` (A1111's modules/api/api.py `extras_single_image_api`, its
-ExtrasSingleImageRequest / ExtrasSingleImageResponse) and `/upscalers` (UpscalerItem), by the upscaler names of
-`sd2_app.api.upscaler_names`.
+"""The A1111 API's extras: `/extra-single-image` and `/extra-batch-images` (A1111's modules/api/api.py
+`extras_single_image_api`, `extras_batch_images_api`; their ExtrasSingleImageRequest / ExtrasBatchImagesRequest
+and responses) and `/upscalers` (UpscalerItem), by the upscaler names of `sd2_app.api.upscaler_names`.
 
 `upscaler_1` "None" (A1111's default, and webuiapi's) runs no upscaler: the image comes back as it was, whatever
 `upscaling_resize` says (A1111's scripts/postprocessing_upscale.py, `process`). That answer needs no GPU, so it
 waits with the PNG info reads (`A1111Api.reads`, bounded per address and in all) rather than for a job's place.
 "Lanczos" and "Nearest" resize the image as A1111's do (`sd2_app.api.a1111_resize`), on the CPU, in the same
 queue as "None". "SD2 x4" runs the x4 upscaler as a job (`A1111Api.run`), at 4x only.
+
+A batch (`imageList`: `{data, name}` items, at most `Limits.max_images`) is each image as `/extra-single-image`
+would answer it with the same settings, in order: the resamplers' in one read, the x4 upscaler's one job after
+another (each holding a job place while it waits and runs; a client that leaves stops the one running).
 """
 
 from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import APIRouter, Body, Request
 
@@ -31,6 +35,8 @@ from sd2_app.errors import InvalidRequest, shown
 
 if TYPE_CHECKING:
     from sd2_app.api.a1111_routes import A1111Api
+
+T = TypeVar("T")
 
 
 def upscaler_checkpoint(api: A1111Api, name: Any) -> str | None:
@@ -72,8 +78,32 @@ def cpu_answer(body: Mapping[str, Any], resampler: str | None, max_input_pixels:
     return {"html_info": "", "image": base64.b64encode(fast_png(image)).decode("ascii")}
 
 
+def batch_items(body: Mapping[str, Any], max_images: int) -> list[dict[str, Any]]:
+    """`/extra-batch-images`' images as single-image requests with the batch's settings; InvalidRequest for an
+    `imageList` that is not a list of 1 to `max_images` `{data, name}` items."""
+    items = body.get("imageList")
+    if not isinstance(items, list) or not 1 <= len(items) <= max_images:
+        raise InvalidRequest(f"imageList must list 1 to {max_images} images, each {{\"data\": base64, \"name\": "
+                             "text}.")
+    settings = {name: value for name, value in body.items() if name != "imageList"}
+    singles = []
+    for number, item in enumerate(items, start=1):
+        if not isinstance(item, Mapping) or "data" not in item:
+            raise InvalidRequest(f"imageList item {number} must be {{\"data\": base64, \"name\": text}}.")
+        singles.append({**settings, "image": item["data"]})
+    return singles
+
+
+def item_of(number: int, answer: Callable[[], T]) -> T:
+    """`answer()` for the batch's image `number`, whose refusal says which image it was."""
+    try:
+        return answer()
+    except InvalidRequest as error:
+        raise InvalidRequest(f"imageList item {number}: {error}") from error
+
+
 def extras_routes(router: APIRouter, api: A1111Api) -> None:
-    """/extra-single-image and /upscalers."""
+    """/extra-single-image, /extra-batch-images and /upscalers."""
 
     @router.post("/extra-single-image")
     async def extra_single_image(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
@@ -89,6 +119,28 @@ def extras_routes(router: APIRouter, api: A1111Api) -> None:
             return {"html_info": "", "image": out["images"][0] if out["images"] else None}
 
         return await run_while_connected(client, lambda stop: errors_as_http(lambda: call(stop)))
+
+    @router.post("/extra-batch-images")
+    async def extra_batch_images(client: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        singles = errors_as_http(lambda: batch_items(body, api.service.limits.max_images))
+        resampler = resampler_named(body.get("upscaler_1"))
+        key = None if resampler else errors_as_http(lambda: upscaler_checkpoint(api, body.get("upscaler_1")))
+        if key is None:
+            max_pixels = api.service.limits.max_input_pixels
+
+            def answers() -> list[str]:
+                return [item_of(n, lambda: cpu_answer(one, resampler, max_pixels, max_pixels)["image"])
+                        for n, one in enumerate(singles, start=1)]
+
+            return {"html_info": "", "images": await api.reads.run(client, lambda: errors_as_http(answers))}
+
+        def call(stop: threading.Event) -> list[Any]:
+            made = [item_of(n, lambda: api.run("upscale", lambda: upscale_job(one, key), one, client, stop)["images"])
+                    for n, one in enumerate(singles, start=1)]
+            return [images[0] if images else None for images in made]
+
+        return {"html_info": "", "images": await run_while_connected(client, lambda stop: errors_as_http(
+            lambda: call(stop)))}
 
     @router.get("/upscalers")
     def upscalers() -> list[dict[str, Any]]:

@@ -608,6 +608,40 @@ def test_extra_single_image_runs_the_x4_upscaler(client) -> None:
         client.extra_single_image(small, upscaling_resize=2, upscaler_1="x4-upscaler")
 
 
+def test_webuiapis_extra_batch_images_resizes_each_image_in_order(app, client) -> None:
+    """webuiapi's extra_batch_images (A1111's /extra-batch-images): each image as /extra-single-image would answer
+    it, in order; "None" gives them back unchanged."""
+    images = [noise_image(24, 16, seed=5), noise_image(10, 30, seed=6)]
+    lanczos = client.extra_batch_images(images, upscaler_1="Lanczos", upscaling_resize=2)
+    singles = [client.extra_single_image(image, upscaler_1="Lanczos", upscaling_resize=2).image for image in images]
+    assert [image.size for image in lanczos.images] == [(48, 32), (16, 56)]  # sides floored to multiples of 8
+    assert all(np.array_equal(np.asarray(batch), np.asarray(single)) for batch, single in zip(lanczos.images, singles))
+    unchanged = client.extra_batch_images(images)
+    assert [np.asarray(image.convert("RGB")).tolist() for image in unchanged.images] == [
+        np.asarray(image).tolist() for image in images]
+
+
+def test_extra_batch_images_refuses_a_list_it_cannot_read_and_names_the_item(app) -> None:
+    _, port, _ = app
+    image = base64.b64encode(png_bytes(noise_image(8, 8, seed=1))).decode()
+    listing = "imageList must list 1 to 32 images, each {\"data\": base64, \"name\": text}."
+    assert _post(port, "extra-batch-images", {"imageList": []}) == (422, a1111_error_body(422, listing))
+    many = {"imageList": [{"data": image, "name": "a.png"}] * 33}
+    assert _post(port, "extra-batch-images", many) == (422, a1111_error_body(422, listing))
+    status, answer = _post(port, "extra-batch-images", {"imageList": [{"data": image, "name": "a.png"},
+                                                                      {"data": "not an image", "name": "b.png"}]})
+    assert status == 422 and answer["detail"].startswith("imageList item 2: "), answer
+    assert _post(port, "extra-batch-images", {"imageList": [image]}) == (
+        422, a1111_error_body(422, "imageList item 1 must be {\"data\": base64, \"name\": text}."))
+
+
+@pytest.mark.slow
+def test_extra_batch_images_runs_the_x4_upscaler_on_each(client) -> None:
+    images = [noise_image(16, 16, seed=5), noise_image(16, 8, seed=6)]
+    result = client.extra_batch_images(images, upscaling_resize=4, upscaler_1="SD2 x4")
+    assert [image.size for image in result.images] == [(64, 64), (64, 32)]  # each upscaled 4x, in order
+
+
 @pytest.mark.slow
 def test_api_and_web_ui_jobs_take_turns_on_the_gpu(app, gpu_spans: GpuSpans) -> None:
     """A web UI job (through Gradio's queue) and an API job sent while it runs never overlap."""
