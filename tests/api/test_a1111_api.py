@@ -676,7 +676,9 @@ def test_an_api_job_waiting_for_the_gpu_can_be_interrupted(app, client) -> None:
     outcome: dict = {}
     waiter = threading.Thread(target=lambda: outcome.update(result=client.txt2img(prompt="api", seed=1, **FAST)))
     waiter.start()
-    while client.get_progress()["textinfo"] != "Waiting for the GPU" and time.time() < deadline:
+    # /progress says "Waiting for the GPU" from the job's admission on, a moment before it is in the gate's line
+    while (client.get_progress()["textinfo"] != "Waiting for the GPU" or service.gate.waiting < 2) \
+            and time.time() < deadline:
         time.sleep(0.02)
     assert service.gate.waiting == 2  # the UI job inside, the API job in line
     client.interrupt()
