@@ -118,11 +118,6 @@ def layer_kinds(keys: Iterable[str]) -> dict[str, str]:
                        if _missing(layer, kind, names) is None))
 
 
-def lora_layers(keys: Iterable[str]) -> tuple[str, ...]:
-    """The layers among a file's tensor names, of any kind (`layer_kinds`), sorted."""
-    return tuple(layer_kinds(keys))
-
-
 def _layers(header: dict[str, Any], name: str) -> tuple[str, ...]:
     """The layers the header describes, or LoraFileError naming what the file is instead."""
     for fragment, what in _OTHER_LAYOUTS:
@@ -130,10 +125,10 @@ def _layers(header: dict[str, Any], name: str) -> tuple[str, ...]:
             raise LoraFileError(f"{name}: {what} file; LoRA, LoHa and LoKr files in A1111's (kohya-ss, LyCORIS) "
                                 "layout for SD 2.x are read")
     names = set(header)
-    for layer, kind in sorted(_candidates(names).items()):
+    layers = tuple(sorted(_candidates(names).items()))
+    for layer, kind in layers:
         if (missing := _missing(layer, kind, names)) is not None:
             raise LoraFileError(f"{name}: the layer {layer} lacks {missing[len(layer):]}")
-    layers = lora_layers(header)
     if not layers:
         raise LoraFileError(f"{name}: no LoRA layers (lora_unet_*/lora_te_* with lora_down and lora_up weights, "
                             "or LyCORIS LoHa or LoKr weights)")
@@ -142,7 +137,7 @@ def _layers(header: dict[str, Any], name: str) -> tuple[str, ...]:
     if width == SD1_WIDTH:  # any other width is checked against the model when a job merges it
         raise LoraFileError(f"{name}: a LoRA for SD 1.x ({SD1_WIDTH}-wide text features); SD 2.x reads "
                             f"{SD2_WIDTH}-wide ones")
-    return layers
+    return tuple(layer for layer, _ in layers)
 
 
 def describe(path: Path) -> LoraFile:

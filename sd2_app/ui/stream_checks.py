@@ -27,6 +27,13 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
+def call_stream_event(path: str) -> str | None:
+    """The event id of a `/call` result stream's path (<api_name>/<event_id>, or v2/<api_name>/<event_id>, after
+    CALL_PREFIX); None for any other path, a join's included."""
+    parts = path.rstrip("/").split(CALL_PREFIX, 1)[1].split("/") if CALL_PREFIX in path else []
+    return parts[-1] if len(parts) >= 2 else None
+
+
 def stream_session(queue: Any, scope: Scope) -> str | None:
     """The session hash a GET to one of the stream routes reads (`queue`: gradio.queueing.Queue); None for any
     other request."""
@@ -36,9 +43,8 @@ def stream_session(queue: Any, scope: Scope) -> str | None:
     if path.endswith(QUEUE_DATA_PATH):
         values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_hash", [""])
         return values[0]
-    parts = path.split(CALL_PREFIX, 1)[1].split("/") if CALL_PREFIX in path else []
-    if len(parts) >= 2:  # <api_name>/<event_id>, or v2/<api_name>/<event_id>
-        event_id = parts[-1]
+    event_id = call_stream_event(path)
+    if event_id is not None:
         event = queue.event_ids_to_events.get(event_id)
         if event is not None:
             return event.session_hash

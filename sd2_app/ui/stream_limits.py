@@ -24,6 +24,7 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import PlainTextResponse
 
 from sd2_app.api.addresses import ClientAddresses
+from sd2_app.ui.stream_checks import QUEUE_DATA_PATH, call_stream_event
 from sd2_app.ui.visitors import ASGIApp, Message, Scope
 
 Receive = Callable[[], Awaitable[Message]]
@@ -31,8 +32,6 @@ Send = Callable[[Message], Awaitable[None]]
 
 STREAMS_PER_SESSION = 2  # a page's heartbeat and its queue event stream
 HEARTBEAT = f"{API_PREFIX}/heartbeat/"
-QUEUE_DATA = f"{API_PREFIX}/queue/data"
-CALL = f"{API_PREFIX}/call/"
 MCP_SSE = f"{API_PREFIX}/mcp/sse"
 
 
@@ -51,10 +50,7 @@ def is_stream(scope: Scope) -> bool:
     if scope.get("type") != "http" or scope.get("method") != "GET":
         return False
     path = scope.get("path", "").rstrip("/")
-    if HEARTBEAT in path or path.endswith((QUEUE_DATA, MCP_SSE)):
-        return True
-    after_call = path.split(CALL, 1)[1] if CALL in path else ""
-    return after_call.count("/") >= 1  # <api_name>/<event_id> (or v2/<api_name>/<event_id>), not a join
+    return HEARTBEAT in path or path.endswith((QUEUE_DATA_PATH, MCP_SSE)) or call_stream_event(path) is not None
 
 
 class StreamLimitMiddleware:

@@ -74,30 +74,36 @@ async def _ask(app, path: str, peer: str) -> tuple[int, bytes]:
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
 
+async def _held(app, inner: _OpenStreams, paths: list[str], peer: str) -> list[asyncio.Task]:
+    """Requests for `paths` from `peer`, each answered and, for a stream, held open (waited for, 5 s at most)."""
+    answered = len(inner.answered) + len(paths)
+    tasks = [asyncio.create_task(_ask(app, path, peer)) for path in paths]
+    for _ in range(500):
+        if len(inner.answered) >= answered:
+            break
+        await asyncio.sleep(0.01)
+    assert inner.answered[-len(paths):] == paths
+    return tasks
+
+
 def test_an_address_holds_at_most_limit_streams_and_others_are_unaffected() -> None:
     async def scenario() -> None:
         inner = _OpenStreams()
         app = StreamLimitMiddleware(inner, ClientAddresses(), limit=3)
-        held = [asyncio.create_task(_ask(app, f"/gradio_api/heartbeat/s{n}", "203.0.113.7")) for n in range(3)]
-        await asyncio.sleep(0.05)
-        assert len(inner.answered) == 3
+        held = await _held(app, inner, [f"/gradio_api/heartbeat/s{n}" for n in range(3)], "203.0.113.7")
         over = await asyncio.wait_for(_ask(app, "/gradio_api/queue/data", "203.0.113.7"), 5)  # not held open
         assert over == (429, too_many_streams_message(3).encode())
         assert over[1] == (b"Your network address already has 3 of this server's connections open (each open page "
                            b"holds one or two); close some of this app's pages or tabs and try again.")
         assert await _ask(app, "/config", "203.0.113.7") == (200, b"")  # other requests go through
-        other = asyncio.create_task(_ask(app, "/gradio_api/heartbeat/other", "203.0.113.8"))  # another address
-        await asyncio.sleep(0.05)
-        assert inner.answered[-1] == "/gradio_api/heartbeat/other"
+        other = await _held(app, inner, ["/gradio_api/heartbeat/other"], "203.0.113.8")  # another address
         inner.end()  # the streams end (the tabs close): their places are free again
-        assert [await task for task in (*held, other)] == [(200, b"")] * 4
+        assert [await task for task in (*held, *other)] == [(200, b"")] * 4
         assert not app._open  # no count stays behind
         inner.ended.clear()
-        again = asyncio.create_task(_ask(app, "/gradio_api/heartbeat/s9", "203.0.113.7"))
-        await asyncio.sleep(0.05)
-        assert inner.answered[-1] == "/gradio_api/heartbeat/s9"
+        again = await _held(app, inner, ["/gradio_api/heartbeat/s9"], "203.0.113.7")
         inner.end()
-        assert await again == (200, b"")
+        assert await again[0] == (200, b"")
 
     asyncio.run(scenario())
 
@@ -106,9 +112,7 @@ def test_no_limit_lets_every_stream_through() -> None:
     async def scenario() -> None:
         inner = _OpenStreams()
         app = StreamLimitMiddleware(inner, ClientAddresses(), limit=0)
-        held = [asyncio.create_task(_ask(app, f"/gradio_api/heartbeat/s{n}", "127.0.0.1")) for n in range(50)]
-        await asyncio.sleep(0.05)
-        assert len(inner.answered) == 50
+        held = await _held(app, inner, [f"/gradio_api/heartbeat/s{n}" for n in range(50)], "127.0.0.1")
         inner.end()
         await asyncio.gather(*held)
 
