@@ -32,6 +32,7 @@ from sd2_app.api.a1111_samplers import SCHEDULERS, read_sampler, sampler_named, 
 from sd2_app.api.tasks import TASKS
 from sd2_app.api.batch_count import checked_batch_count
 from sd2_app.api.checks import Limits, flag, resolve_seed
+from sd2_app.api.resize_modes import RESIZE_MODES, resize_to, run_size, shaped
 from sd2_app.api.results import Result
 from sd2_app.byte_limits import MAX_BASE64_CHARS, MAX_IMAGE_FILE_BYTES, MB
 from sd2_app.errors import InvalidRequest, shown
@@ -84,7 +85,6 @@ IGNORED = frozenset({
     "s_tmax", "s_tmin", "include_init_images", "refiner_switch_at", "disable_extra_networks", "comments",
     "force_task_id", "infotext", "mask_blur_x", "mask_blur_y", "mask_round", "latent_mask", "firstpass_image",
 })
-RESIZE_MODES = {0: "just resize"}  # A1111's resize_mode values we do
 INPAINTING_FILL_DEFAULT = 0  # A1111's "fill" (modules/processing.py, StableDiffusionProcessingImg2Img.inpainting_fill)
 
 
@@ -290,6 +290,32 @@ def _mask_mode(body: Mapping[str, Any]) -> str:
     return rq.MASK_MODES[int(invert)]
 
 
+def _resize_mode(body: Mapping[str, Any]) -> str:
+    """resize_mode: the index of A1111's resize modes (`RESIZE_MODES`; its 3, "Just resize (latent upscale)",
+    is not offered); default 0."""
+    mode = body.get("resize_mode", 0)
+    if isinstance(mode, (int, float)) and mode in range(len(RESIZE_MODES)):  # a list or a dict is never equal
+        return RESIZE_MODES[int(mode)]
+    choices = ", ".join(f"{index} ({name})" for index, name in enumerate(RESIZE_MODES))
+    raise InvalidRequest(f"resize_mode must be one of {choices}; got {shown(mode)}.")
+
+
+def _inpaint_inputs(body: Mapping[str, Any], image: Image.Image, mask: Image.Image, mode: str, limits: Limits,
+                    only_masked: bool) -> tuple[Image.Image, Image.Image]:
+    """The image and mask an inpainting call runs on. A1111 inpaints the whole image at width x height, image and
+    mask resized in the resize mode (modules/processing.py, `StableDiffusionProcessingImg2Img.init`); so here,
+    where a size is given (an empty side is the image's). "Only masked" (inpaint_full_res) keeps the image's size:
+    its crop works at the checkpoint's resolution, as in the web UI. An image or mask over the pixel limit is left
+    as it is for validation to refuse, unread."""
+    width, height = body.get("width"), body.get("height")
+    if only_masked or (width is None and height is None):
+        return image, mask
+    if max(image.width * image.height, mask.width * mask.height) > limits.max_input_pixels:
+        return image, mask
+    size = run_size(limits, image, width, height)
+    return resize_to(image, *size, mode), resize_to(mask.convert("L"), *size, mode)
+
+
 def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: list[str], limits: Limits,
                 styles: StyleBook = StyleBook()) -> Job:
     check_fields(body, IMG2IMG_FIELDS)
@@ -297,8 +323,7 @@ def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
     images = body.get("init_images") or []
     if not isinstance(images, list) or len(images) != 1:
         raise InvalidRequest("init_images must hold exactly one base64 image.")
-    if body.get("resize_mode", 0) not in RESIZE_MODES:
-        raise InvalidRequest(f"resize_mode {shown(body.get('resize_mode'))} is not available; use 0 (just resize).")
+    mode = _resize_mode(body)
     n_iter, seed = _batches(body, limits)
     task = "inpaint" if body.get("mask") else "img2img"
     checkpoint = _checkpoint(body, task, checkpoint_for)
@@ -308,10 +333,14 @@ def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
               "strength": body.get("denoising_strength", TASKS[task].strength)}
     if task == "inpaint":
         extra = _inpaint_fields(body)
-        mask = decode_image(body["mask"], "mask")
+        common["image"], mask = _inpaint_inputs(body, image, decode_image(body["mask"], "mask"), mode, limits,
+                                                extra["only_masked"])
         base: rq.InpaintRequest | rq.Img2ImgRequest = rq.InpaintRequest(mask=mask, sampling=sampling, **common, **extra)
     else:
-        base = rq.Img2ImgRequest(width=body.get("width"), height=body.get("height"), sampling=sampling, **common)
+        width, height = body.get("width"), body.get("height")
+        if width is not None or height is not None:
+            common["image"] = shaped(limits, image, width, height, mode)
+        base = rq.Img2ImgRequest(width=width, height=height, sampling=sampling, **common)
     return Job(task, base, checkpoint, _send_images(body), tuple(body.get("styles") or ()))
 
 

@@ -10,15 +10,13 @@ from PIL import Image
 
 from sd2_app.api.checks import MIN_SIDE
 from sd2_app.api.requests import Img2ImgRequest
-from sd2_app.api.task_checks import img2img_size
+from sd2_app.api.resize_modes import RESIZE_MODES, fitted_size, shaped
 from sd2_app.api.tasks import TASKS
-from sd2_app.errors import InvalidRequest
 from sd2_app.ui.layout import swap_size_button
 from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import SAMPLING_NAMES, checkpoint_dropdown, to_sampling
 from sd2_app.ui.sent_size import SizeBoxes, pinned_size
 from sd2_app.ui.size_boxes import show_sides_used
-from sd2_app.ui.resize import RESIZE_MODES, fitted_size, resize_to
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.result_panel import IMAGE_TARGETS
 from sd2_app.ui.tab_frame import ImageTab, TabFrame
@@ -100,20 +98,6 @@ def _wire_default_size(service: Service, image: gr.Image, checkpoint: gr.Dropdow
     sized = gr.on([image.change, checkpoint.change], default_size, [image, checkpoint, size.pin],
                   [size.width, size.height], api_name="img2img_default_size", api_visibility="private")
     empty_on_failure(sized, image)
-
-
-def shaped(limits: Limits, picture: Any, w: Any, h: Any, mode: Any) -> Any:
-    """The init image in the resize mode at the size the service runs (`task_checks.img2img_size`: an empty box is
-    the image's side, sides rounded to multiples of 8, halves up); left as it is (for the service to refuse in its
-    words) when the image, a size or the mode is out of bounds, so nothing huge is decoded or allocated here."""
-    if not (isinstance(picture, Image.Image) and picture.width * picture.height <= limits.max_input_pixels
-            and mode in RESIZE_MODES):
-        return picture
-    try:
-        size = img2img_size(w, h, picture.size, limits, [])
-    except InvalidRequest:
-        return picture
-    return resize_to(picture, *size, mode)
 
 
 def make_request(limits: Limits, picture: Any, key: str, text: str, negative_text: str, amount: float, w: Any,

@@ -20,7 +20,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from sd2_app.ui.resize import own_size
+from sd2_app.api.resize_modes import own_size
 
 
 @dataclass

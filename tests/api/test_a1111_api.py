@@ -2,8 +2,8 @@
 
 The app is launched in-process on the tiny random-weight checkpoints with the A1111 routes and basic auth, as
 app.py launches it. Covered: txt2img (batches, seeds, metadata, and the same pixels as the Service gives),
-img2img, inpaint with a mask, progress polling and interrupt mid-run, switching the checkpoint, refusals of
-what we do not have, one raw-HTTP request with A1111's documented field set, a call over its address's job limit
+img2img, inpaint with a mask, the resize modes (as the Image to image tab's), progress polling and interrupt
+mid-run, switching the checkpoint, refusals of what we do not have, one raw-HTTP request with A1111's documented field set, a call over its address's job limit
 refused before its image is decoded, and that an API job and a web UI job never use the GPU at the same time
 (the one gate).
 """
@@ -222,6 +222,70 @@ def test_an_inpainting_fill_a1111_lacks_is_refused_with_the_choices(app, fill: o
     assert _post(port, "img2img", body) == (422, a1111_error_body(422, (
         "inpainting_fill must be one of 0 (fill), 1 (original), 2 (latent noise), 3 (latent nothing); "
         f"got {fill!r}.")))
+
+
+def _b64(image: Image.Image) -> str:
+    return base64.b64encode(png_bytes(image)).decode()
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_each_resize_mode_makes_what_the_image_to_image_tab_makes(app, mode: int, tmp_path) -> None:
+    """resize_mode 0, 1, 2 are A1111's Just resize, Crop and resize, Resize and fill: the tab's choices of those
+    names (only 0 was taken; a list there was a 500). A 120x64 image asked for 64x72, seed for seed."""
+    from gradio_client import handle_file
+
+    from sd2_app.api.resize_modes import RESIZE_MODES
+
+    url, port, _ = app
+    init = noise_image(120, 64, seed=4)
+    init.save(tmp_path / "init.png")
+    settings = {"width": 64, "height": 72, "steps": 2, "cfg_scale": 1.0, "seed": 2}
+    status, answer = _post(port, "img2img", {"prompt": "a painting", "sampler_name": "Euler", **settings,
+                                             "denoising_strength": 0.5, "resize_mode": mode,
+                                             "init_images": [_b64(init)]})
+    assert status == 200, answer
+    by_api = Image.open(io.BytesIO(base64.b64decode(answer["images"][0])))
+    _, gallery, _ = Client(url, verbose=False).predict(
+        image=handle_file(str(tmp_path / "init.png")), checkpoint="sd21-base", prompt="a painting", strength=0.5,
+        resize_mode=RESIZE_MODES[mode], sampler="Euler", **settings, api_name="/img2img")
+    by_tab = Image.open(gallery[0]["image"])
+    assert by_api.size == by_tab.size == (64, 72)
+    assert np.array_equal(np.asarray(by_api.convert("RGB")), np.asarray(by_tab.convert("RGB")))
+    if mode:
+        status, stretched = _post(port, "img2img", {"prompt": "a painting", "sampler_name": "Euler", **settings,
+                                                    "denoising_strength": 0.5, "init_images": [_b64(init)]})
+        assert stretched["images"][0] != answer["images"][0]
+
+
+def test_inpaint_runs_at_width_and_height_with_image_and_mask_in_the_resize_mode(app) -> None:
+    """As A1111 inpaints (the whole picture): image and mask resized to width x height in the resize mode, the
+    unmasked pixels those of the resized image (they were ignored: the image's own 120x64 came back)."""
+    from sd2_app.api.resize_modes import resize_to
+
+    _, port, _ = app
+    init = noise_image(120, 64, seed=4)
+    mask = Image.new("L", (120, 64), 0)
+    mask.paste(255, (0, 0, 40, 64))  # the left third: cols 0-45 of the 135-wide cover, 0-10 after its crop
+    body = {"prompt": "a red door", **FAST, "width": 64, "height": 72, "seed": 2, "denoising_strength": 1.0,
+            "mask_blur": 0, "inpainting_fill": 1, "resize_mode": 1, "init_images": [_b64(init)], "mask": _b64(mask)}
+    status, answer = _post(port, "img2img", body)
+    assert status == 200, answer
+    out = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).convert("RGB"))
+    cropped = np.asarray(resize_to(init, 64, 72, "Crop and resize"))
+    assert out.shape == (72, 64, 3) and "Size: 64x72," in json.loads(answer["info"])["infotexts"][0]
+    assert np.array_equal(out[:, 12:], cropped[:, 12:])
+    assert not np.array_equal(out[:, :4], cropped[:, :4])
+    full_res = _post(port, "img2img", {**body, "inpaint_full_res": True})[1]  # the crop works at 512x512 instead
+    assert Image.open(io.BytesIO(base64.b64decode(full_res["images"][0]))).size == (120, 64)
+
+
+@pytest.mark.parametrize("mode", [3, -1, 1.5, "1", [1], {"mode": 1}, None])
+def test_a_resize_mode_a1111_lacks_is_refused_with_the_choices(app, mode: object) -> None:
+    _, port, _ = app
+    body = {"prompt": "x", **FAST, "init_images": [_b64(noise_image(64, 64))], "resize_mode": mode}
+    assert _post(port, "img2img", body) == (422, a1111_error_body(422, (
+        "resize_mode must be one of 0 (Just resize), 1 (Crop and resize), 2 (Resize and fill); "
+        f"got {mode!r}.")))
 
 
 @pytest.mark.slow

@@ -63,7 +63,7 @@ def test_img2img_size_boxes_are_set_from_the_image_as_their_note_says(page, tmp_
     picture = tmp_path / "wide.png"
     Image.new("RGB", (192, 128), (200, 40, 40)).save(picture)
     page.locator("#img2img-image input[type=file]").set_input_files(str(picture))
-    # 3:2 at the tiny "SD 2.1 base" checkpoint's 512x512 pixels, sides multiples of 8 (ui/resize.py).
+    # 3:2 at the tiny "SD 2.1 base" checkpoint's 512x512 pixels, sides multiples of 8 (api/resize_modes.py).
     expect(page.locator("#img2img-width input[type=number]")).to_have_value("624")
     expect(page.locator("#img2img-height input[type=number]")).to_have_value("416")
     page.screenshot(path=str(ARTIFACTS / "controls-img2img-size.png"))

@@ -55,7 +55,7 @@ def test_img2img_size_boxes_show_the_checkpoint_size_before_an_upload_and_the_im
     page.locator("#img2img-run").click()
     expect(page.locator("#img2img-info")).to_have_text("Upload an init image first.", timeout=30_000)
     expect(page.locator("#img2img-run")).to_be_enabled(timeout=10_000)
-    # A 320x200 upload: its 8:5 shape at the checkpoint's 512x512 pixels, sides multiples of 8 (ui/resize.py).
+    # A 320x200 upload: its 8:5 shape at the checkpoint's 512x512 pixels, sides multiples of 8 (api/resize_modes.py).
     picture = tmp_path / "wide-320x200.png"
     Image.new("RGB", (320, 200), (30, 90, 200)).save(picture)
     page.locator("#img2img-image input[type=file]").set_input_files(str(picture))
