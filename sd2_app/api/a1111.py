@@ -102,6 +102,7 @@ class Job:
     checkpoint: str
     send_images: bool = True
     styles: tuple[str, ...] = ()  # the prompt styles applied, by name (A1111's `styles` in `info`)
+    warnings: tuple[str, ...] = ()  # said while the call was read (an inpainting size rounded), before the results'
 
 
 # A1111's titles of its plot scripts (scripts/xyz_grid.py's `Script.title`; "X/Y plot", the older
@@ -301,18 +302,18 @@ def _resize_mode(body: Mapping[str, Any]) -> str:
 
 
 def _inpaint_inputs(body: Mapping[str, Any], image: Image.Image, mask: Image.Image, mode: str, limits: Limits,
-                    only_masked: bool) -> tuple[Image.Image, Image.Image]:
+                    only_masked: bool, warnings: list[str]) -> tuple[Image.Image, Image.Image]:
     """The image and mask an inpainting call runs on. A1111 inpaints the whole image at width x height, image and
     mask resized in the resize mode (modules/processing.py, `StableDiffusionProcessingImg2Img.init`); so here,
     where a size is given (an empty side is the image's). "Only masked" (inpaint_full_res) keeps the image's size:
-    its crop works at the checkpoint's resolution, as in the web UI. An image or mask over the pixel limit is left
-    as it is for validation to refuse, unread."""
+    its crop works at the checkpoint's resolution, as in the web UI. A side rounded to a multiple of 8 is said in
+    `warnings`. An image or mask over the pixel limit is left as it is for validation to refuse, unread."""
     width, height = body.get("width"), body.get("height")
     if only_masked or (width is None and height is None):
         return image, mask
     if max(image.width * image.height, mask.width * mask.height) > limits.max_input_pixels:
         return image, mask
-    size = run_size(limits, image, width, height)
+    size = run_size(limits, image, width, height, warnings)
     return resize_to(image, *size, mode), resize_to(mask.convert("L"), *size, mode)
 
 
@@ -324,6 +325,7 @@ def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
     if not isinstance(images, list) or len(images) != 1:
         raise InvalidRequest("init_images must hold exactly one base64 image.")
     mode = _resize_mode(body)
+    warnings: list[str] = []
     n_iter, seed = _batches(body, limits)
     task = "inpaint" if body.get("mask") else "img2img"
     checkpoint = _checkpoint(body, task, checkpoint_for)
@@ -334,14 +336,14 @@ def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
     if task == "inpaint":
         extra = _inpaint_fields(body)
         common["image"], mask = _inpaint_inputs(body, image, decode_image(body["mask"], "mask"), mode, limits,
-                                                extra["only_masked"])
+                                                extra["only_masked"], warnings)
         base: rq.InpaintRequest | rq.Img2ImgRequest = rq.InpaintRequest(mask=mask, sampling=sampling, **common, **extra)
     else:
         width, height = body.get("width"), body.get("height")
         if width is not None or height is not None:
             common["image"] = shaped(limits, image, width, height, mode)
         base = rq.Img2ImgRequest(width=width, height=height, sampling=sampling, **common)
-    return Job(task, base, checkpoint, _send_images(body), tuple(body.get("styles") or ()))
+    return Job(task, base, checkpoint, _send_images(body), tuple(body.get("styles") or ()), tuple(warnings))
 
 
 def info_json(job: Job, results: list[Result], started: float) -> str:
@@ -371,7 +373,7 @@ def info_json(job: Job, results: list[Result], started: float) -> str:
         "index_of_first_image": 0, "infotexts": infotexts, "styles": list(job.styles),
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)), "clip_skip": 1,
         "is_using_inpainting_conditioning": job.task == "inpaint", "version": "sd2-app",
-        "warnings": [w for result in results for w in result.warnings],
+        "warnings": [*job.warnings, *(w for result in results for w in result.warnings)],
     })
 
 

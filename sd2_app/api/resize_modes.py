@@ -79,10 +79,12 @@ def _fill_bands(canvas: Image.Image, scaled: Image.Image, left: int, top: int) -
             canvas.paste(scaled.resize((right, height), LANCZOS, box=edge), (left + scaled.width, 0))
 
 
-def run_size(limits: Limits, picture: Image.Image, w: Any, h: Any) -> tuple[int, int]:
+def run_size(limits: Limits, picture: Image.Image, w: Any, h: Any,
+             warnings: list[str] | None = None) -> tuple[int, int]:
     """The size an image-to-image run makes of `picture` asked for `w` x `h` (`task_checks.img2img_size`: an
-    empty side is the image's, sides rounded to multiples of 8, halves up); InvalidRequest where it cannot."""
-    return img2img_size(w, h, picture.size, limits, [])
+    empty side is the image's, sides rounded to multiples of 8, halves up, said in `warnings`); InvalidRequest
+    where it cannot."""
+    return img2img_size(w, h, picture.size, limits, [] if warnings is None else warnings)
 
 
 def shaped(limits: Limits, picture: Any, w: Any, h: Any, mode: Any) -> Any:

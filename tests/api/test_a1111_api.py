@@ -275,6 +275,8 @@ def test_inpaint_runs_at_width_and_height_with_image_and_mask_in_the_resize_mode
     assert out.shape == (72, 64, 3) and "Size: 64x72," in json.loads(answer["info"])["infotexts"][0]
     assert np.array_equal(out[:, 12:], cropped[:, 12:])
     assert not np.array_equal(out[:, :4], cropped[:, :4])
+    rounded = json.loads(_post(port, "img2img", {**body, "width": 100})[1]["info"])
+    assert rounded["width"] == 104 and rounded["warnings"][0].startswith("Width 100 was rounded to 104")
     full_res = _post(port, "img2img", {**body, "inpaint_full_res": True})[1]  # the crop works at 512x512 instead
     assert Image.open(io.BytesIO(base64.b64decode(full_res["images"][0]))).size == (120, 64)
 
