@@ -30,6 +30,7 @@ from sd2_app.api.plot_axes import AXES
 from sd2_app.api.tasks import TASKS, TaskSpec
 from sd2_app.checkpoints.catalog import add_arguments
 from sd2_app.compute_flags import add_compute_arguments
+from sd2_app.samplers.registry import AUTOMATIC, SCHEDULES
 
 
 def _request_default(task: str, name: str) -> Any:
@@ -44,7 +45,10 @@ def _sampling_arguments(parser: argparse.ArgumentParser, spec: TaskSpec) -> None
                         help=f"registry key of the checkpoint (default {spec.checkpoint})")
     parser.add_argument("--sampler", default=spec.sampler)
     parser.add_argument("--steps", type=int, default=spec.steps)
-    parser.add_argument("--karras", action="store_true", help="Karras sigma spacing (where the sampler has it)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default=AUTOMATIC,
+                        help="schedule type, A1111's: the sigmas' spacing (where the sampler offers a choice)")
+    parser.add_argument("--karras", dest="schedule", action="store_const", const="Karras",
+                        help="the same as --schedule Karras")
     parser.add_argument("--cfg-scale", type=float, default=spec.cfg_scale)
     parser.add_argument("--guidance-rescale", type=float, default=0.0)
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity")

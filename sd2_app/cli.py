@@ -66,7 +66,7 @@ def _open(path: Path | None, mode: str | None = None) -> Image.Image | None:
 def build_request(args: argparse.Namespace) -> rq.Request:
     """The typed request for the parsed arguments (validation happens in the service)."""
     sampling = rq.Sampling(
-        sampler=args.sampler, steps=args.steps, use_karras=args.karras, cfg_scale=args.cfg_scale,
+        sampler=args.sampler, steps=args.steps, schedule=args.schedule, cfg_scale=args.cfg_scale,
         guidance_rescale=args.guidance_rescale, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
         batch_count=getattr(args, "batch_count", 1),  # the tasks have it, an X/Y/Z plot does not
     )

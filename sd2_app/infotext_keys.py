@@ -18,7 +18,7 @@ NEGATIVE_PROMPT = "Negative prompt"  # written as the line "Negative prompt: ...
 # Every task (pipelines/output.py, `sampling_settings`), in A1111's order.
 STEPS = "Steps"
 SAMPLER = "Sampler"
-SCHEDULE_TYPE = "Schedule type"  # "Karras" or "Automatic"
+SCHEDULE_TYPE = "Schedule type"  # one of sd2_app.samplers.registry.SCHEDULES
 CFG_SCALE = "CFG scale"
 SEED = "Seed"
 SIZE = "Size"  # "WxH"

@@ -20,6 +20,7 @@ from sd2_app.checkpoints.components import Components
 REFERENCE_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "DPM++ 2M": ("DPMSolverMultistepScheduler", {}),
     "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "Euler Exponential": ("EulerDiscreteScheduler", {"use_exponential_sigmas": True}),
     "Euler": ("EulerDiscreteScheduler", {}),
     "Euler a": ("EulerAncestralDiscreteScheduler", {}),
     "DDIM": ("DDIMScheduler", {}),

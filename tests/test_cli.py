@@ -39,7 +39,8 @@ def one_thread() -> None:
 def test_txt2img_writes_pngs_with_parameters(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = main(["txt2img", "--tiny", "--model-dir", str(model_dir), "--prompt", "a lighthouse",
                  "--negative-prompt", "fog", "--steps", "3", "--seed", "17", "--width", "96", "--height", "64",
-                 "--batch-size", "2", "--sampler", "Euler a", "--out", str(tmp_path), "--json"])
+                 "--batch-size", "2", "--sampler", "Euler a", "--schedule", "Exponential", "--out", str(tmp_path),
+                 "--json"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["seed"] == 17 and summary["seeds"] == [17, 18] and len(summary["paths"]) == 2
@@ -48,6 +49,7 @@ def test_txt2img_writes_pngs_with_parameters(model_dir: Path, tmp_path: Path, ca
     params = parse_parameters(read_png_parameters(summary["paths"][0]))
     assert params["Prompt"] == "a lighthouse" and params["Negative prompt"] == "fog"
     assert params["Steps"] == 3 and params["Sampler"] == "Euler a" and params["Seed"] == 17
+    assert params["Schedule type"] == "Exponential"
     assert params["Size"] == "96x64" and params["Model"] == "sd21-base"
     with Image.open(summary["paths"][1]) as image:
         assert image.size == (96, 64)
@@ -156,10 +158,11 @@ def test_img2img_variation_and_tiling_flags(model_dir: Path, tmp_path: Path, cap
     sample_image(64, 64).save(tmp_path / "in.png")
     code = main(["img2img", "--tiny", "--model-dir", str(model_dir), "--prompt", "moss", "--steps", "2", "--seed", "3",
                  "--image", str(tmp_path / "in.png"), "--variation-seed", "5", "--variation-strength", "0.5",
-                 "--tiling", "--out", str(tmp_path), "--json"])
+                 "--tiling", "--karras", "--out", str(tmp_path), "--json"])
     assert code == 0
     params = parse_parameters(read_png_parameters(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["paths"][0]))
     assert (params["Variation seed"], params["Variation seed strength"], params["Tiling"]) == (5, 0.5, True)
+    assert params["Schedule type"] == "Karras"  # --karras: the same as --schedule Karras
 
 
 def test_bad_seed_resize_size_is_an_argument_error(capsys: pytest.CaptureFixture) -> None:

@@ -165,18 +165,19 @@ def decode_image(value: Any, what: str) -> Image.Image:
         raise InvalidRequest(f"{what} could not be read ({error}).") from error
 
 
-def _sampler(body: Mapping[str, Any], names: list[str], task: str) -> tuple[str, bool]:
-    """(our sampler, Karras) from sampler_name (or the older sampler_index) and scheduler (`read_sampler`)."""
+def _sampler(body: Mapping[str, Any], names: list[str], task: str) -> tuple[str, str]:
+    """(our sampler, schedule type) from sampler_name (or the older sampler_index) and scheduler
+    (`read_sampler`)."""
     raw = body.get("sampler_name") or body.get("sampler_index") or TASKS[task].sampler
     if not isinstance(raw, str):
         raise InvalidRequest(f"sampler_name must be text, got {shown(raw)}.")
     scheduler = body.get("scheduler") or "automatic"
-    sampler, karras = read_sampler(raw, scheduler, names)
+    sampler, schedule = read_sampler(raw, scheduler, names)
     if sampler is None:
         raise InvalidRequest(f"Sampler {shown(raw)} is not available; choose one of: {', '.join(names)}.")
     if schedule_label(scheduler) is None:
         raise InvalidRequest(f"Scheduler {shown(scheduler)} is not available; choose one of: {', '.join(SCHEDULERS)}.")
-    return sampler, karras
+    return sampler, schedule
 
 
 def _checkpoint(body: Mapping[str, Any], task: str, checkpoint_for: CheckpointFor) -> str:
@@ -192,10 +193,10 @@ def _checkpoint(body: Mapping[str, Any], task: str, checkpoint_for: CheckpointFo
 
 def _sampling(body: Mapping[str, Any], names: list[str], seed: int, n_iter: int, task: str) -> rq.Sampling:
     """Fields left out take the task's defaults (sd2_app/api/tasks.py), as in the web UI."""
-    sampler, karras = _sampler(body, names, task)
+    sampler, schedule = _sampler(body, names, task)
     row = TASKS[task]
     return rq.Sampling(
-        sampler=sampler, use_karras=karras, steps=body.get("steps", row.steps),
+        sampler=sampler, schedule=schedule, steps=body.get("steps", row.steps),
         cfg_scale=body.get("cfg_scale", row.cfg_scale), eta=body.get("eta") or 0.0, seed=seed,
         batch_size=body.get("batch_size", 1), batch_count=n_iter,
     )
@@ -365,7 +366,7 @@ def info_json(job: Job, results: list[Result], started: float) -> str:
         "negative_prompt": first.negative_prompt, "all_negative_prompts": [first.negative_prompt] * len(images),
         "seed": first.sampling.seed, "all_seeds": seeds, "subseed": subseeds[0] if subseeds else -1,
         "all_subseeds": subseeds, "subseed_strength": extras.variation_strength, "width": width, "height": height, "sampler_name": sampling.sampler,
-        "scheduler": "Karras" if sampling.use_karras else "Automatic", "cfg_scale": sampling.cfg_scale,
+        "scheduler": sampling.schedule, "cfg_scale": sampling.cfg_scale,
         "steps": sampling.steps, "batch_size": sampling.batch_size, "restore_faces": False,
         "face_restoration_model": None, "sd_model_name": job.checkpoint, "sd_model_hash": None,
         "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": resize_w, "seed_resize_from_h": resize_h,

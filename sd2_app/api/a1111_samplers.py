@@ -16,11 +16,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sd2_app.samplers.registry import AUTOMATIC, SCHEDULES
+
 # A1111's names for our samplers where they differ (A1111 modules/sd_samplers_timesteps.py lists PNDM's PLMS as
 # "PLMS").
 A1111_SAMPLER_NAMES = {"PLMS": "PNDM"}
-# The schedules we have: A1111's scheduler names (modules/sd_schedulers.py) -> their labels.
-SCHEDULERS = {"automatic": "Automatic", "karras": "Karras"}
+# The schedules we have: A1111's scheduler names (modules/sd_schedulers.py: its labels in lower case) -> labels.
+SCHEDULERS = {label.lower(): label for label in SCHEDULES}
 
 
 def schedule_label(value: Any) -> str | None:
@@ -32,20 +34,21 @@ def schedule_label(value: Any) -> str | None:
     return by_lower.get(value.lower())
 
 
-def read_sampler(name: Any, schedule: Any, names: Sequence[str]) -> tuple[str | None, bool]:
-    """(our sampler, Karras) for A1111's sampler `name` and `schedule` (a scheduler name or label, or None), our
-    sampler None when `names` (ours, as spelled here) has none of that name; Karras from a schedule at the end of
-    the name, else from `schedule`."""
-    karras = schedule_label(schedule) == "Karras"
+def read_sampler(name: Any, schedule: Any, names: Sequence[str]) -> tuple[str | None, str]:
+    """(our sampler, schedule type) for A1111's sampler `name` and `schedule` (a scheduler name or label, or
+    None), our sampler None when `names` (ours, as spelled here) has none of that name; the schedule type from a
+    schedule at the end of the name ("DPM++ 2M SDE Exponential"), else from `schedule` (Automatic where that is
+    none we have)."""
+    given = schedule_label(schedule) or AUTOMATIC
     text = str(name or "")
     sampler = sampler_named(text, names)
     if sampler is not None:
-        return sampler, karras
+        return sampler, given
     for label in SCHEDULERS.values():
         if text.lower().endswith(" " + label.lower()):
             plain = sampler_named(text[: -len(label) - 1], names)
-            return (plain, label == "Karras") if plain is not None else (None, karras)
-    return None, karras
+            return (plain, label) if plain is not None else (None, given)
+    return None, given
 
 
 def sampler_named(text: str, names: Sequence[str]) -> str | None:

@@ -69,7 +69,7 @@ def batch_key(task: str, request: TaskRequest) -> Hashable | None:
     width, height = (image.width, image.height) if image is not None else (None, None)
     s = request.sampling
     size = (getattr(request, "width", None) or width, getattr(request, "height", None) or height)
-    return (task, request.checkpoint, size, s.sampler, s.steps, s.use_karras, s.cfg_scale, s.guidance_rescale,
+    return (task, request.checkpoint, size, s.sampler, s.steps, s.schedule, s.cfg_scale, s.guidance_rescale,
             s.eta, getattr(request, "strength", None), lora_tags(request.prompt))
 
 

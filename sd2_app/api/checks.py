@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sd2_app.api.cost import DEFAULT_MAX_JOB_COST
 from sd2_app.errors import InvalidRequest, shown
-from sd2_app.samplers.registry import SAMPLERS
+from sd2_app.samplers.registry import AUTOMATIC, SAMPLERS, SCHEDULES
 
 if TYPE_CHECKING:
     from sd2_app.checkpoints.catalog import CheckpointSpec
@@ -48,7 +48,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class Catalog:
-    """The names a request may use: samplers (-> supports Karras) and checkpoints (-> resolution, tasks)."""
+    """The names a request may use: samplers (-> offers the schedule types) and checkpoints (-> resolution,
+    tasks)."""
 
     samplers: Mapping[str, bool]
     resolutions: Mapping[str, int]
@@ -62,7 +63,7 @@ def catalog_of(registry: Mapping[str, CheckpointSpec], loras: Iterable[str] = ()
     """The catalog of the app's samplers (`sd2_app.samplers.registry.SAMPLERS`), `registry`'s checkpoints and
     the `loras` names."""
     return Catalog(
-        samplers={name: bool(spec.supports_karras) for name, spec in SAMPLERS.items()},
+        samplers={name: bool(spec.offers_schedules) for name, spec in SAMPLERS.items()},
         resolutions={key: spec.resolution for key, spec in registry.items()},
         tasks={key: tuple(spec.tasks) for key, spec in registry.items()},
         labels={key: spec.label for key, spec in registry.items()},
@@ -138,3 +139,18 @@ def check_sampler_names(names: tuple[Any, ...], catalog: Catalog) -> None:
     if len(names) == 1:
         raise InvalidRequest(f"Unknown sampler {shown(unknown[0])}; choose one of: {choices}.")
     raise InvalidRequest(f"Unknown sampler(s) {', '.join(map(repr, unknown))}; choose from: {choices}.")
+
+
+def schedule_name(schedule: Any) -> str:
+    """A schedule type (A1111's "Schedule type"), one of SCHEDULES."""
+    if not isinstance(schedule, str) or schedule not in SCHEDULES:
+        raise InvalidRequest(f"Schedule type must be one of {', '.join(SCHEDULES)}; got {shown(schedule)}.")
+    return schedule
+
+
+def check_schedule(schedule: Any, sampler: str, catalog: Catalog) -> None:
+    """A schedule type (`schedule_name`), Automatic for a sampler that offers no other (`sampler` already
+    checked)."""
+    if schedule_name(schedule) != AUTOMATIC and not catalog.samplers[sampler]:
+        raise InvalidRequest(f"Schedule type {schedule} is not available for the {sampler} sampler; pick "
+                             f"{AUTOMATIC}.")

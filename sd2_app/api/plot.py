@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sd2_app import infotext_keys as keys
-from sd2_app.api.checks import Catalog, Limits, flag, integer, random_seed, resolve_seed
+from sd2_app.api.checks import Catalog, Limits, flag, integer, random_seed, resolve_seed, schedule_name
 from sd2_app.api.plot_axes import (
     AXES,
     AXIS_NAMES,
@@ -54,6 +54,7 @@ from sd2_app.api.results import ProgressFn, Result
 from sd2_app.api.task_checks import validate_task
 from sd2_app.errors import Cancelled, InvalidRequest, shown
 from sd2_app.pipelines.metadata import attach_parameters, format_parameters, parse_parameters
+from sd2_app.samplers.registry import AUTOMATIC
 from sd2_app.prompt_styles import StyleBook
 
 if TYPE_CHECKING:
@@ -115,13 +116,13 @@ def check_plot(request: XYZPlotRequest, catalog: Catalog, limits: Limits,
     keep = options["no_fixed_seeds"]
     used = _axes(request, styles)
     base, warnings = hires_for_axes(base, [axis.kind for _, axis in used])
-    base = replace(base, sampling=replace(base.sampling, batch_size=1, batch_count=1, use_karras=False))
+    schedule = schedule_name(base.sampling.schedule)  # the base's sampler may not offer it; each cell's may
+    base = replace(base, sampling=replace(base.sampling, batch_size=1, batch_count=1, schedule=AUTOMATIC))
     checked_base, base_warnings = validate_task(base, catalog, limits, priced=False)
     warnings += base_warnings
     if keep:
         checked_base = _random_seeds_kept(checked_base, request.base)
-    checked_base = replace(checked_base, sampling=replace(checked_base.sampling,
-                                                          use_karras=bool(request.base.sampling.use_karras)))
+    checked_base = replace(checked_base, sampling=replace(checked_base.sampling, schedule=schedule))
     if isinstance(checked_base, Img2ImgRequest):  # its image is fitted now; an unset size stays "the image's"
         checked_base = replace(checked_base, width=base.width, height=base.height)
     axes = _checked_axes(used, checked_base, catalog, limits, styles, keep)
@@ -250,7 +251,7 @@ def cell_rows(request: XYZPlotRequest, cells: list[PlotCell], runs: CellRuns) ->
             row[f"{name.lower()}_{axis.kind}"] = format_value(axis.values[i])
             row[f"{name.lower()}_label"] = label
         row.update(prompt=r.prompt, negative_prompt=r.negative_prompt, checkpoint=r.checkpoint,
-                   sampler=r.sampling.sampler, use_karras=r.sampling.use_karras, steps=r.sampling.steps,
+                   sampler=r.sampling.sampler, schedule_type=r.sampling.schedule, steps=r.sampling.steps,
                    cfg_scale=r.sampling.cfg_scale, guidance_rescale=r.sampling.guidance_rescale,
                    seed=r.sampling.seed, width=r.width, height=r.height)
         if isinstance(r, Img2ImgRequest):

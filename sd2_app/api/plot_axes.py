@@ -20,11 +20,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sd2_app import infotext_keys as keys
-from sd2_app.api.a1111_samplers import read_sampler, sampler_named
+from sd2_app.api.a1111_samplers import read_sampler, sampler_named, schedule_label
 from sd2_app.api.checks import Catalog, check_sampler_names
 from sd2_app.api.plot_order import prompt_orders, reorder
-from sd2_app.api.plot_values import (axis_values_text, boolean, expand_range, format_value, split_values,
-                                     to_number)
+from sd2_app.api.plot_values import axis_values_text, expand_range, format_value, split_values, to_number
 from sd2_app.api.requests import (
     ETA_SAMPLERS,
     HIRES_UPSCALERS,
@@ -36,6 +35,7 @@ from sd2_app.api.requests import (
 from sd2_app.api.upscaler_names import hires_upscaler_named
 from sd2_app.errors import InvalidRequest, shown
 from sd2_app.prompt_styles import StyleBook
+from sd2_app.samplers.registry import AUTOMATIC, SCHEDULES
 
 PlotBase = Txt2ImgRequest | Img2ImgRequest  # what a plot's cells are
 
@@ -45,14 +45,13 @@ class AxisKind:
     """One kind of axis: its label (UI, grid labels, metadata), value type and effect on a request."""
 
     label: str
-    value_type: str  # "int", "float", "bool", "text", "order", "sampler", "upscaler", "checkpoint" or "style"
+    value_type: str  # "int", "float", "text", "order", "sampler", "schedule", "upscaler", "checkpoint" or "style"
     apply: Callable[[PlotBase, Any], PlotBase]  # (request, value) -> request with the value applied
     metadata_keys: tuple[str, ...]  # parameters-text keys this axis changes (left out of the grid's text)
     img2img_only: bool = False
     txt2img_only: bool = False
     label_with_name: bool = True  # "Steps: 20" rather than "20"
     a1111_label: str = ""  # A1111's name of the same axis (scripts/xyz_grid.py) where its values mean the same
-    a1111_names: tuple[str, str] = ()  # a bool axis's values as A1111 names them: (on, off)
 
     @property
     def type_label(self) -> str:
@@ -60,18 +59,14 @@ class AxisKind:
         return self.a1111_label or self.label
 
     def values_text(self, values: Sequence[Any]) -> str:
-        """The grid's "X Values": the values as A1111 writes them (a prompt order's terms, not every order; a
-        bool axis's A1111 names), in one line that `parse_values` reads back."""
+        """The grid's "X Values": the values as A1111 writes them (a prompt order's terms, not every order), in one
+        line that `parse_values` reads back."""
         if self.value_type == "order":
             return axis_values_text(values[0])
-        if self.value_type == "bool" and self.a1111_names:
-            return axis_values_text([self.a1111_names[0] if value else self.a1111_names[1] for value in values])
         return axis_values_text(values)
 
     def cell_label(self, value: Any) -> str:
         text = format_value(value)
-        if self.value_type == "bool":
-            text = "on" if value else "off"
         return f"{self.label}: {text}" if self.label_with_name else text
 
 
@@ -104,8 +99,8 @@ AXES: dict[str, AxisKind] = {
     "seed": AxisKind("Seed", "int", _set_sampling("seed"), (keys.SEED,), a1111_label="Seed"),
     "checkpoint": AxisKind("Checkpoint", "checkpoint", _set("checkpoint"), (keys.MODEL,), label_with_name=False,
                            a1111_label="Checkpoint name"),
-    "use_karras": AxisKind("Karras", "bool", _set_sampling("use_karras"), (keys.SCHEDULE_TYPE,),
-                           a1111_label="Schedule type", a1111_names=("Karras", "Automatic")),
+    "schedule_type": AxisKind("Schedule type", "schedule", _set_sampling("schedule"), (keys.SCHEDULE_TYPE,),
+                              a1111_label="Schedule type"),
     "guidance_rescale": AxisKind("Guidance rescale", "float", _set_sampling("guidance_rescale"),
                                  (keys.GUIDANCE_RESCALE,)),
     "strength": AxisKind("Denoising strength", "float", _set("strength"), (keys.DENOISING_STRENGTH,),
@@ -141,7 +136,7 @@ AXIS_NAMES = ("X", "Y", "Z")
 NUMBERS_HINT = "type values such as 20, 30, 40 or a range such as 10-40 (+10)"
 EMPTY_AXIS_HINTS = {"sampler": "pick one or more samplers", "upscaler": "pick one or more upscalers",
                     "checkpoint": "pick one or more checkpoints", "style": "pick one or more styles",
-                    "bool": "type on, off (or on, off for both)",
+                    "schedule": "pick one or more schedule types",
                     "text": "type the words to find in the prompt, then what replaces them: cat, dog, tiger",
                     "order": "type terms of the prompt to put in every order: cat, dog, tiger"}
 
@@ -168,8 +163,6 @@ def parse_values(axis: PlotAxis, what: str, max_values: int) -> list[Any]:
         elif kind.value_type in ("int", "float"):
             expanded = expand_range(str(token), kind.value_type, what, max_values)
             values.extend(expanded if expanded is not None else [to_number(str(token), kind.value_type, what)])
-        elif kind.value_type == "bool":
-            values.append(token if isinstance(token, bool) else boolean(str(token), what))
         else:
             values.append(str(token))
         if len(values) > max_values:
@@ -184,6 +177,8 @@ def read_names(kind: AxisKind, values: list[Any], catalog: Catalog) -> list[Any]
     `check_choices` to refuse by the name typed."""
     if kind.value_type == "upscaler":
         return [hires_upscaler_named(value, catalog) or value for value in values]
+    if kind.value_type == "schedule":
+        return [schedule_label(value) or value for value in values]
     if kind.value_type != "sampler":
         return values
     return [sampler_named(value, list(catalog.samplers)) or value if isinstance(value, str) else value
@@ -193,6 +188,9 @@ def read_names(kind: AxisKind, values: list[Any], catalog: Catalog) -> list[Any]
 def check_choices(kind: AxisKind, values: list[Any], what: str, catalog: Catalog, checkpoints: Sequence[str]) -> None:
     """Sampler names must be ones the server offers, hires upscalers ours, checkpoints ones that can run the base's
     task."""
+    if kind.value_type == "schedule" and any(v not in SCHEDULES for v in values):
+        unknown = ", ".join(shown(str(v)) for v in values if v not in SCHEDULES)
+        raise InvalidRequest(f"{what}: Unknown schedule type(s) {unknown}; choose from: {', '.join(SCHEDULES)}.")
     if kind.value_type == "upscaler" and any(v not in HIRES_UPSCALERS for v in values):
         unknown = ", ".join(shown(str(v)) for v in values if v not in HIRES_UPSCALERS)
         raise InvalidRequest(f"{what}: Unknown hires upscaler(s) {unknown}; choose from: {', '.join(HIRES_UPSCALERS)}.")
@@ -221,8 +219,8 @@ def check_no_schedules(values: Sequence[Any], what: str, catalog: Catalog) -> No
         if plain is not None:
             schedule = value.rsplit(" ", 1)[1]  # the schedules' names are one word (`a1111_samplers.SCHEDULERS`)
             raise InvalidRequest(f"{what}: {shown(value)} is {plain} with the {schedule} schedule in its name, as "
-                                 f"A1111 named it before 1.9; pick {plain} and set the schedule with Karras sigmas "
-                                 "(or vary it on a Karras axis).")
+                                 f"A1111 named it before 1.9; pick {plain} and set its Schedule type (or vary it "
+                                 "on a Schedule type axis).")
 
 
 def style_names(value: str, styles: StyleBook) -> list[str]:
@@ -283,13 +281,13 @@ def uses_eta(request: PlotBase) -> bool:
 
 
 def fit_to_sampler(cell: PlotBase, catalog: Catalog) -> tuple[PlotBase, list[str]]:
-    """A cell whose settings its sampler can honour, and what was dropped: Karras sigmas where the sampler has
-    none, eta where no pass runs DDIM (the image is the same; its parameters then do not claim an eta)."""
+    """A cell whose settings its sampler can honour, and what was dropped: a schedule type where the sampler
+    offers none, eta where no pass runs DDIM (the image is the same; its parameters then do not claim an eta)."""
     notes = []
     sampling, sampler = cell.sampling, cell.sampling.sampler
-    if sampling.use_karras and not catalog.samplers.get(sampler, False):
-        notes.append(f"Karras sigmas are not available for {sampler}; it uses its own schedule.")
-        sampling = replace(sampling, use_karras=False)
+    if sampling.schedule != AUTOMATIC and not catalog.samplers.get(sampler, False):
+        notes.append(f"Schedule type {sampling.schedule} is not available for {sampler}; it uses its own schedule.")
+        sampling = replace(sampling, schedule=AUTOMATIC)
     if isinstance(sampling.eta, (int, float)) and sampling.eta > 0 and not uses_eta(cell):
         notes.append(f"Eta changes only {', '.join(ETA_SAMPLERS)}; the {sampler} cells run without it.")
         sampling = replace(sampling, eta=0.0)

@@ -22,7 +22,6 @@ _COUNT_RANGE = re.compile(rf"\s*({_NUMBER})\s*-\s*({_NUMBER})\s*\[\s*(\d+)\s*\]\
 MAX_NUMBER_CHARS = 40  # a number as people write one (a seed has at most 20 digits): Python's int and float
 # conversions of longer ones fail or overflow, and a message repeats at most errors.MAX_SHOWN_CHARS of it
 MAX_RANGE_CHARS = 3 * MAX_NUMBER_CHARS + 16  # two ends, a step or count, the brackets and spaces
-_TRUE, _FALSE = ("on", "true", "yes", "1", "karras"), ("off", "false", "no", "0", "automatic")
 
 
 def format_value(value: Any) -> str:
@@ -91,13 +90,6 @@ def _spaced(start: float, end: float, count: int) -> list[float]:
         return [float(start)]
     step = (end - start) / (count - 1)
     return [float(start + i * step) for i in range(count - 1)] + [float(end)]
-
-
-def boolean(token: str, what: str) -> bool:
-    lowered = token.lower()
-    if lowered in _TRUE or lowered in _FALSE:
-        return lowered in _TRUE
-    raise InvalidRequest(f"{what}: {shown(token)} is not on or off.")
 
 
 def axis_values_text(values: Sequence[Any]) -> str:

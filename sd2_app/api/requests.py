@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from sd2_app.api.tasks import DEFAULT_CFG_SCALE, DEFAULT_SAMPLER, DEFAULT_STEPS, TASKS
+from sd2_app.samplers.registry import AUTOMATIC
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class Sampling:
 
     sampler: str = DEFAULT_SAMPLER  # a key of sd2_app.samplers.SAMPLERS
     steps: int = DEFAULT_STEPS
-    use_karras: bool = False  # Karras sigma spacing, where the sampler offers it
+    schedule: str = AUTOMATIC  # A1111's "Schedule type" (sd2_app.samplers.registry.SCHEDULES), where offered
     cfg_scale: float = DEFAULT_CFG_SCALE  # classifier-free guidance weight; guidance runs only if `guidance_on`
     guidance_rescale: float = 0.0  # phi of "Common Diffusion Noise Schedules are Flawed" (0 = off)
     eta: float = 0.0  # DDIM stochasticity (0 = deterministic DDIM); only ETA_SAMPLERS use it

@@ -114,7 +114,7 @@ class Service:
         """Sampler names in the order the UI lists them."""
         return list(self.catalog.samplers)
 
-    def supports_karras(self, sampler: str) -> bool:
+    def offers_schedules(self, sampler: str) -> bool:
         return bool(self.catalog.samplers.get(sampler, False))
 
     def checkpoints(self, task: str) -> list[tuple[str, str]]:

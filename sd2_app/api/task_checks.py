@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from sd2_app.api.batch_count import checked_batch_count
-from sd2_app.api.checks import (MIN_SIDE, Catalog, Limits, check_sampler_names, clean_text, flag, integer, number,
+from sd2_app.api.checks import (MIN_SIDE, Catalog, Limits, check_sampler_names, check_schedule, clean_text, flag, integer, number,
                                 resolve_seed, to_multiple_of_8)
 from sd2_app.api.cost import check_job_cost, job_cost
 from sd2_app.api.image_inputs import check_size, checked_image, decoded, fit_inside, to_depth, to_mask
@@ -55,16 +55,13 @@ def validate_task(request: TaskRequest, catalog: Catalog, limits: Limits, *,
     return checked, warnings
 
 
-def checked_sampling(s: Sampling, catalog: Catalog, limits: Limits, *, karras_optional: bool = False) -> Sampling:
+def checked_sampling(s: Sampling, catalog: Catalog, limits: Limits) -> Sampling:
     """`s` as every task's check takes it (raises InvalidRequest); the Upscale tab prices its steps with it."""
     check_sampler_names((s.sampler,), catalog)
-    use_karras = flag(s.use_karras, "Karras sigmas")
-    if use_karras and not catalog.samplers[s.sampler] and not karras_optional:
-        raise InvalidRequest(f"Karras sigmas are not available for the {s.sampler} sampler; untick Karras.")
+    check_schedule(s.schedule, s.sampler, catalog)
     checked = replace(
         s,
         steps=integer(s.steps, "Steps", 1, limits.max_steps),
-        use_karras=use_karras,
         cfg_scale=number(s.cfg_scale, "Guidance scale", 0.0, 30.0),
         guidance_rescale=number(s.guidance_rescale, "Guidance rescale", 0.0, 1.0),
         eta=number(s.eta, "Eta", 0.0, 1.0),

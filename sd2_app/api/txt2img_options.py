@@ -10,6 +10,7 @@ from typing import Any
 
 from sd2_app.api.requests import HIRES_UPSCALERS, X4_UPSCALER, HiresFix, Sampling, SeedExtras
 from sd2_app.api.checks import Catalog, Limits, integer, number, resolve_seed
+from sd2_app.samplers.registry import AUTOMATIC
 from sd2_app.api.upscaler_names import hires_upscaler_named, x4_checkpoint
 from sd2_app.errors import InvalidRequest, shown
 
@@ -41,9 +42,9 @@ def check_hires(
     sampler = hires.sampler or None
     if sampler is not None and (not isinstance(sampler, str) or sampler not in catalog.samplers):
         raise InvalidRequest(f"Unknown hires sampler {shown(sampler)}; choose one of: {', '.join(catalog.samplers)}.")
-    if sampler is not None and sampling.use_karras and not catalog.samplers[sampler]:
-        raise InvalidRequest(f"Karras sigmas are not available for the hires sampler {sampler}; untick Karras "
-                             "or choose another hires sampler.")
+    if sampler is not None and sampling.schedule != AUTOMATIC and not catalog.samplers[sampler]:
+        raise InvalidRequest(f"Schedule type {sampling.schedule} is not available for the hires sampler {sampler}; "
+                             f"pick {AUTOMATIC} or another hires sampler.")
     checked = replace(
         hires,
         upscaler=upscaler,

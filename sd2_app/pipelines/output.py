@@ -31,7 +31,7 @@ def sampling_settings(sampling: Sampling, *, width: int, height: int, model: str
     settings: Settings = {
         keys.STEPS: sampling.steps,
         keys.SAMPLER: sampling.sampler,
-        keys.SCHEDULE_TYPE: "Karras" if sampling.use_karras else "Automatic",
+        keys.SCHEDULE_TYPE: sampling.schedule,
         keys.CFG_SCALE: sampling.cfg_scale,
         keys.SEED: sampling.seed,
         keys.SIZE: f"{width}x{height}",

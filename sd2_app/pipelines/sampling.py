@@ -75,7 +75,7 @@ def plan_sampling(config: SchedulerConfig, sampling: Sampling, strength: float |
                   last_steps: int | None = None) -> SamplingPlan:
     """Schedule for the request's sampler; with `strength`, only its last `int(N * strength)` steps; with
     `last_steps`, only that many of its last steps (the hires fix's second pass)."""
-    schedule = make_schedule(config, sampling.sampler, sampling.steps, use_karras=sampling.use_karras)
+    schedule = make_schedule(config, sampling.sampler, sampling.steps, schedule=sampling.schedule)
     spec = SAMPLERS[sampling.sampler]  # the name is known: validation checked it, make_schedule too
     if last_steps is not None:
         schedule = keep_last(schedule, last_steps)

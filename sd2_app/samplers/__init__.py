@@ -1,6 +1,6 @@
 """Samplers in k-diffusion's sigma space: schedules, the eps/v denoiser wrapper and one module per family.
 
-Contract (docs/DESIGN.md "Samplers"): `schedule = make_schedule(config, name, steps, use_karras=...)`,
+Contract (docs/DESIGN.md "Samplers"): `schedule = make_schedule(config, name, steps, schedule=...)`,
 `denoise = make_denoiser(model_fn, config.prediction_type)`, then
 `SAMPLERS[name].fn(denoise, x, schedule, generator=g, on_step=cb)`; the final latent is
 `x / sqrt(1 + schedule.sigmas[-1] ** 2)`.

@@ -11,6 +11,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 
+# A1111's "Schedule type" choices we offer (modules/sd_schedulers.py names them so): "Automatic" is the sampler's own
+# spacing; "Karras" and "Exponential" place the sigmas between the family's ends (`ScheduleKind.sigma_range`),
+# evenly in sigma^(1/7) and in log sigma, as diffusers' use_karras_sigmas and use_exponential_sigmas do.
+AUTOMATIC = "Automatic"
+SCHEDULES = (AUTOMATIC, "Karras", "Exponential")
+
+
 @dataclass(frozen=True)
 class ScheduleKind:
     """How one sampler family places its N steps (the rules differ per diffusers scheduler class)."""
@@ -20,7 +27,7 @@ class ScheduleKind:
     n_plus_one: bool  # DPM-Solver/UniPC/DEIS space N+1 points and drop the last one
     integer_timesteps: bool  # VP schedulers index abar by int t; the k-samplers interpolate at float t
     final: str  # "zero" | "ddim" (abar_0 unless set_alpha_to_one) | "sigma_min" (DEIS: last sigma repeated)
-    karras_range: str = "spaced"  # Karras ends: "spaced" (k-samplers: the spaced sigmas) | "train" (DPM family)
+    sigma_range: str = "spaced"  # Karras/Exponential ends: "spaced" (k-samplers: the spaced sigmas) | "train" (DPM)
     round_karras_t: bool = False  # KDPM2 and the DPM family round sigma_to_t(karras sigma) to an integer
     fixed_spacing: bool = False  # DPM singlestep has no timestep_spacing option: always linspace
 
@@ -32,18 +39,18 @@ K_DPM2 = ScheduleKind("k-dpm2", "linspace", n_plus_one=False, integer_timesteps=
 DDIM = ScheduleKind("ddim", "leading", n_plus_one=False, integer_timesteps=True, final="ddim")
 DDPM = ScheduleKind("ddpm", "leading", n_plus_one=False, integer_timesteps=True, final="zero")
 DPM = ScheduleKind("dpm", "linspace", n_plus_one=True, integer_timesteps=True, final="zero",
-                   karras_range="train", round_karras_t=True)
+                   sigma_range="train", round_karras_t=True)
 DPM_SINGLESTEP = ScheduleKind("dpm-singlestep", "linspace", n_plus_one=True, integer_timesteps=True, final="zero",
-                              karras_range="train", round_karras_t=True, fixed_spacing=True)
+                              sigma_range="train", round_karras_t=True, fixed_spacing=True)
 DEIS = ScheduleKind("deis", "linspace", n_plus_one=True, integer_timesteps=True, final="sigma_min",
-                    karras_range="train", round_karras_t=True)
+                    sigma_range="train", round_karras_t=True)
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
     name: str  # what users pick, e.g. "DPM++ 2M"
     function: str  # "module:function" in sd2_app.samplers
-    supports_karras: bool
+    offers_schedules: bool  # Karras and Exponential (`SCHEDULES`) besides its own spacing
     order: int  # UNet calls per step (Heun/DPM2: 2); the progress total is still len(schedule)
     is_stochastic: bool  # draws noise from the generator during sampling
     schedule: ScheduleKind

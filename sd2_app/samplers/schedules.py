@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from sd2_app.samplers.registry import SAMPLERS, ScheduleKind
+from sd2_app.samplers.registry import AUTOMATIC, SAMPLERS, SCHEDULES, ScheduleKind
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,12 @@ def sigmas_karras(steps: int, sigma_min: float, sigma_max: float, rho: float = K
     return (max_inv + ramp * (min_inv - max_inv)) ** rho
 
 
+def sigmas_exponential(steps: int, sigma_min: float, sigma_max: float) -> np.ndarray:
+    """(N,) float64 sigmas evenly spaced in log sigma (k-diffusion's `get_sigmas_exponential`, diffusers'
+    `_convert_to_exponential`); no final zero."""
+    return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), steps))
+
+
 def _final_sigma(config: SchedulerConfig, kind: ScheduleKind) -> float:
     if kind.final == "zero":
         return 0.0
@@ -182,25 +188,33 @@ def _final_sigma(config: SchedulerConfig, kind: ScheduleKind) -> float:
     raise ValueError(f"unknown final sigma rule {kind.final!r}")
 
 
-def build_schedule(config: SchedulerConfig, kind: ScheduleKind, steps: int, *, use_karras: bool = False) -> Schedule:
-    """The N-step schedule of one sampler family, number for number what diffusers' `set_timesteps` builds."""
+def build_schedule(config: SchedulerConfig, kind: ScheduleKind, steps: int, *, schedule: str = AUTOMATIC) -> Schedule:
+    """The N-step schedule of one sampler family, number for number what diffusers' `set_timesteps` builds.
+
+    `schedule` (one of SCHEDULES): the family's own spacing, or its N sigmas placed between the family's ends as
+    Karras or Exponential spacing, each at the timestep sigma_to_t gives it (rounded for Karras where diffusers
+    rounds; the VP schedulers keep the whole part, as diffusers' int64 timesteps do)."""
     if not 1 <= steps <= config.num_train_timesteps:
         raise ValueError(f"steps must be in 1..{config.num_train_timesteps}, got {steps}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
     sigma_table = train_sigmas(config)
     to_t = sigma_to_t_fn(config)
     timesteps = spaced_timesteps(config, kind, steps)
     sigmas = np.interp(timesteps, np.arange(len(sigma_table)), sigma_table)  # float64; exact table values at int t
-    if use_karras:
-        if kind.karras_range == "spaced":
+    if schedule != AUTOMATIC:
+        if kind.sigma_range == "spaced":
             lo, hi = float(sigmas[-1]), float(sigmas[0])
         else:
             lo, hi = float(sigma_table[0]), float(sigma_table[-1])
-        sigmas = sigmas_karras(steps, lo, hi)
+        sigmas = sigmas_karras(steps, lo, hi) if schedule == "Karras" else sigmas_exponential(steps, lo, hi)
         timesteps = np.array([to_t(float(s)) for s in sigmas])
-        if kind.round_karras_t and config.beta_schedule != "squaredcos_cap_v2":
+        if schedule == "Karras" and kind.round_karras_t and config.beta_schedule != "squaredcos_cap_v2":
             timesteps = timesteps.round()
-    if kind.final == "sigma_min" and use_karras:
-        final = float(sigmas[-1])  # DEIS repeats the last Karras sigma: its last step is the identity
+        if kind.integer_timesteps:
+            timesteps = np.floor(timesteps)
+    if kind.final == "sigma_min" and schedule != AUTOMATIC:
+        final = float(sigmas[-1])  # DEIS repeats the last sigma of a Karras or Exponential schedule
     else:
         final = _final_sigma(config, kind)
     sigmas32 = np.concatenate([sigmas, [final]]).astype(np.float32)
@@ -214,15 +228,15 @@ def build_schedule(config: SchedulerConfig, kind: ScheduleKind, steps: int, *, u
     return Schedule(sigmas=sigma_list, timesteps=t_list, init_noise_sigma=init, sigma_to_t=to_t)
 
 
-def make_schedule(config: SchedulerConfig, sampler_name: str, steps: int, *, use_karras: bool = False) -> Schedule:
+def make_schedule(config: SchedulerConfig, sampler_name: str, steps: int, *, schedule: str = AUTOMATIC) -> Schedule:
     """The schedule `sampler_name` runs on for `steps` steps, configured from the checkpoint's scheduler config."""
     try:
         spec = SAMPLERS[sampler_name]
     except KeyError:
         raise ValueError(f"unknown sampler {sampler_name!r}; known: {', '.join(SAMPLERS)}") from None
-    if use_karras and not spec.supports_karras:
-        raise ValueError(f"sampler {sampler_name!r} has no Karras sigma schedule")
-    return build_schedule(config, spec.schedule, steps, use_karras=use_karras)
+    if schedule != AUTOMATIC and not spec.offers_schedules:
+        raise ValueError(f"sampler {sampler_name!r} has no {schedule} sigma schedule")
+    return build_schedule(config, spec.schedule, steps, schedule=schedule)
 
 
 # ---------------------------------------------------------------------------------------------- img2img

@@ -188,7 +188,7 @@ def _png_to_txt2img(
             raise gr.Error(pnginfo.NOTHING_TO_SEND, print_exception=False)
         parsed = with_styles_read(parsed, styles)
         keep = gr.skip()
-        sampler, karras = sampler_fields(parsed, names)
+        sampler, schedule = sampler_fields(parsed, names)
         for note in unreproduced(parsed, sampler, names):
             gr.Warning(note)
         checkpoint = checkpoint_named(str(parsed.get(keys.MODEL, "")), offered)
@@ -196,7 +196,7 @@ def _png_to_txt2img(
             parsed.get(keys.PROMPT, ""),
             parsed.get(keys.NEGATIVE_PROMPT, ""),
             keep if sampler is None else sampler,
-            karras,
+            schedule,
             clamp_to(parsed.get(keys.STEPS), controls.steps, keys.STEPS),
             clamp_to(parsed.get(keys.CFG_SCALE), controls.cfg, keys.CFG_SCALE),
             clamp_to(parsed.get(keys.GUIDANCE_RESCALE, 0.0), controls.rescale, keys.GUIDANCE_RESCALE),
@@ -210,7 +210,7 @@ def _png_to_txt2img(
             *(() if t2i.styles is None else (parsed.get(keys.STYLES_ARRAY, []),)),
         )
 
-    outputs = [t2i.prompt, t2i.negative, controls.sampler, controls.karras, controls.steps, controls.cfg,
+    outputs = [t2i.prompt, t2i.negative, controls.sampler, controls.schedule, controls.steps, controls.cfg,
                controls.rescale, controls.eta, controls.seed, controls.batch, t2i.width, t2i.height, t2i.checkpoint, tabs, *t2i.extras.inputs()]
     if t2i.styles is not None:
         outputs.append(t2i.styles)

@@ -1,4 +1,4 @@
-"""The sampling settings every generation tab shares: sampler, Karras sigmas, steps, CFG, rescale, eta, the seed
+"""The sampling settings every generation tab shares: sampler, schedule type, steps, CFG, rescale, eta, the seed
 row and the batch sliders (`sampling_controls`: A1111's Batch count beside its Batch size, "Images per prompt"),
 their values as a `Sampling` (`to_sampling`), and the checkpoint list of a task (`checkpoint_dropdown`).
 """
@@ -12,12 +12,13 @@ import gradio as gr
 
 from sd2_app.api.requests import ETA_SAMPLERS, Sampling
 from sd2_app.api.tasks import TASKS, default_checkpoint
+from sd2_app.samplers.registry import AUTOMATIC, SCHEDULES
 from sd2_app.ui.result_panel import seed_of
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
 
-SAMPLING_NAMES = ("sampler", "use_karras", "steps", "cfg_scale", "guidance_rescale", "seed", "batch_size")
+SAMPLING_NAMES = ("sampler", "schedule_type", "steps", "cfg_scale", "guidance_rescale", "seed", "batch_size")
 # Eta and then the batch count came later: they are each tab's last API parameters, in this order
 # (`run_events.wire_run`), so the positions above stay.
 ETA_NAME = "eta"
@@ -28,7 +29,7 @@ EXAMPLE_PROMPTS = ("High quality photo of an astronaut riding a horse in space",
 @dataclass
 class SamplingControls:
     sampler: gr.Dropdown
-    karras: gr.Checkbox
+    schedule: gr.Dropdown
     steps: gr.Slider
     cfg: gr.Slider
     rescale: gr.Slider
@@ -38,15 +39,16 @@ class SamplingControls:
     batch_count: gr.Slider  # not in `inputs` either: the run's last (BATCH_COUNT_NAME)
 
     def inputs(self) -> list[gr.components.Component]:
-        return [self.sampler, self.karras, self.steps, self.cfg, self.rescale, self.seed, self.batch]
+        return [self.sampler, self.schedule, self.steps, self.cfg, self.rescale, self.seed, self.batch]
 
 
-def to_sampling(sampler: str, karras: bool, steps: float, cfg: float, rescale: float, seed: Any, batch: float) -> Sampling:
+def to_sampling(sampler: str, schedule: str, steps: float, cfg: float, rescale: float, seed: Any,
+                batch: float) -> Sampling:
     """Widget values -> Sampling; the service validates every field (the API bypasses the sliders)."""
     return Sampling(
         sampler=sampler,
         steps=steps,  # type: ignore[arg-type]  # validated (and made int) by the service
-        use_karras=karras,
+        schedule=schedule,
         cfg_scale=cfg,
         guidance_rescale=rescale,
         seed=None if seed is None or seed == "" else seed,
@@ -70,11 +72,12 @@ def sampling_controls(
     spec = TASKS[task or prefix]
     sampler, steps, cfg = spec.sampler, spec.steps, spec.cfg_scale
     names = service.samplers()
-    with gr.Row(elem_classes=["phone-stack"]):  # on a phone the checkbox goes under the list (app.css)
+    with gr.Row(elem_classes=["phone-stack"]):  # on a phone the schedule goes under the sampler (app.css)
         sampler_box = gr.Dropdown(names, value=sampler if sampler in names else names[0], label="Sampler", scale=3,
                                   elem_id=f"{prefix}-sampler")
-        karras = gr.Checkbox(False, label="Karras sigmas", info="where the sampler offers them", scale=2,
-                             interactive=service.supports_karras(sampler), elem_id=f"{prefix}-karras")
+        # A1111's "Schedule type" beside its sampler: the sigmas' spacing, where the sampler offers a choice
+        schedule = gr.Dropdown(list(SCHEDULES), value=AUTOMATIC, label="Schedule type", scale=2,
+                               interactive=service.offers_schedules(sampler), elem_id=f"{prefix}-schedule")
     with gr.Row():
         steps_slider = gr.Slider(1, 150, steps, step=1, label="Steps", elem_id=f"{prefix}-steps")
         cfg_slider = gr.Slider(0, 30, cfg, step=0.5, label="Guidance scale (CFG)")
@@ -94,14 +97,14 @@ def sampling_controls(
                                  elem_id=f"{prefix}-batch-size")
 
     def offered(name: str) -> tuple[Any, Any]:
-        """Karras where the sampler offers it (else off), Eta where the sampler takes it."""
-        karras_box = gr.update(interactive=True) if service.supports_karras(name) else gr.update(interactive=False,
-                                                                                                 value=False)
-        return karras_box, gr.update(visible=eta and name in ETA_SAMPLERS)
+        """The schedule types where the sampler offers them (else Automatic), Eta where the sampler takes it."""
+        schedule_box = (gr.update(interactive=True) if service.offers_schedules(name)
+                        else gr.update(interactive=False, value=AUTOMATIC))
+        return schedule_box, gr.update(visible=eta and name in ETA_SAMPLERS)
 
-    sampler_box.change(offered, sampler_box, [karras, eta_slider], api_name=f"{prefix}_karras_allowed",
+    sampler_box.change(offered, sampler_box, [schedule, eta_slider], api_name=f"{prefix}_schedules_offered",
                        api_visibility="private", queue=False)
-    controls = SamplingControls(sampler_box, karras, steps_slider, cfg_slider, rescale, seed, batch_slider, eta_slider,
+    controls = SamplingControls(sampler_box, schedule, steps_slider, cfg_slider, rescale, seed, batch_slider, eta_slider,
                                 count_slider)
     return controls, randomize, reuse
 

@@ -74,9 +74,9 @@ def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[
             seed = seed_of(seeds, index)  # the picked image's own
             values = (box_value(image), text, negative, gr.Tabs(selected=target), *sized_values(into, image))
             if carry:
-                sampler, karras, steps, cfg, eta = rest_left[:5]
+                sampler, schedule, steps, cfg, eta = rest_left[:5]
                 del rest_left[:5]
-                values += (sampler, karras, steps, cfg, gr.skip() if seed is None else seed, eta)
+                values += (sampler, schedule, steps, cfg, gr.skip() if seed is None else seed, eta)
             if tiled:
                 values += (bool(rest_left.pop(0)) if tiling_given else False,)
             return values + ((rest_left[0] or [],) if styled else ())
@@ -85,8 +85,8 @@ def wire_send(panel: ResultPanel, tab: SendSource, tabs: gr.Tabs, targets: dict[
         outputs = [into.image, into.prompt, into.negative, tabs, *sized_outputs(into)]
         if carry:
             source, dest = tab.sampling, into.sampling
-            inputs += [source.sampler, source.karras, source.steps, source.cfg, source.eta]
-            outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed, dest.eta]
+            inputs += [source.sampler, source.schedule, source.steps, source.cfg, source.eta]
+            outputs += [dest.sampler, dest.schedule, dest.steps, dest.cfg, dest.seed, dest.eta]
         if tiled:
             inputs += [source_tiling] if source_tiling is not None else []
             outputs.append(into.tiling)
@@ -117,12 +117,12 @@ def picked_image_parameters(service: Service, gallery: Any, index: Any,
 
 
 def sampling_values(parsed: dict[str, Any], dest: SamplingControls) -> tuple:
-    """Sampler, Karras, steps, CFG, seed and eta from parsed parameters, for `dest`'s widgets (gr.skip() where
+    """Sampler, schedule type, steps, CFG, seed and eta from parsed parameters, for `dest`'s widgets (gr.skip() where
     absent; eta 0 where the text has none: it is written only when on)."""
     names = [value for _, value in dest.sampler.choices]
-    sampler, karras = sampler_fields(parsed, names)
+    sampler, schedule = sampler_fields(parsed, names)
     seed = parsed.get(keys.SEED)
-    return (gr.skip() if sampler is None else sampler, karras,
+    return (gr.skip() if sampler is None else sampler, schedule,
             clamp_to(parsed.get(keys.STEPS), dest.steps, keys.STEPS),
             clamp_to(parsed.get(keys.CFG_SCALE), dest.cfg, keys.CFG_SCALE), seed if isinstance(seed, int) else gr.skip(),
             clamp_to(parsed.get(keys.ETA_DDIM, 0.0), dest.eta, keys.ETA_DDIM))
@@ -182,15 +182,15 @@ def parameter_outputs(into: SendTarget) -> list[gr.components.Component]:
     outputs: list[gr.components.Component] = [into.prompt, into.negative]
     if into.sampling is not None:
         dest = into.sampling
-        outputs += [dest.sampler, dest.karras, dest.steps, dest.cfg, dest.seed, dest.eta]
+        outputs += [dest.sampler, dest.schedule, dest.steps, dest.cfg, dest.seed, dest.eta]
     outputs += [] if into.tiling is None else [into.tiling]
     outputs += [] if into.masked_content is None else [into.masked_content]
     outputs += [] if into.mask_mode is None else [into.mask_mode]
     return outputs + ([] if into.styles is None else [into.styles])
 
 
-def sampler_fields(parsed: dict[str, Any], names: list[str]) -> tuple[str | None, bool]:
-    """(sampler, Karras) from parsed parameters' "Sampler" and "Schedule type" (`read_sampler`, the A1111 API's
+def sampler_fields(parsed: dict[str, Any], names: list[str]) -> tuple[str | None, str]:
+    """(sampler, schedule type) from parsed parameters' "Sampler" and "Schedule type" (`read_sampler`, the A1111 API's
     reading too); sampler None when the dropdown (`names`) has no sampler of that name: it would only fail later,
     at Generate, with Gradio's "not in the list of choices"."""
     return read_sampler(parsed.get(keys.SAMPLER), parsed.get(keys.SCHEDULE_TYPE), names)

@@ -1,9 +1,9 @@
 """X/Y/Z plot: one prompt run over up to three axes of settings; labelled grids, each cell timed, a CSV/JSON.
 
-Each axis is a kind (sampler, steps, CFG, seed, checkpoint, Karras, guidance rescale, denoising strength,
+Each axis is a kind (sampler, steps, CFG, seed, checkpoint, schedule type, guidance rescale, denoising strength,
 prompt S/R and order, variation seed and strength, eta, hires steps, upscaler and sampler, and the host's prompt
-styles where it has any) and values, typed (`20, 30, 40`, `10-40 (+10)`) or, for samplers, hires upscalers,
-checkpoints and styles, picked in a multi-select whose order is the order of the cells. The Text to image tab's
+styles where it has any) and values, typed (`20, 30, 40`, `10-40 (+10)`) or, for samplers, schedule types, hires
+upscalers, checkpoints and styles, picked in a multi-select whose order is the order of the cells. The Text to image tab's
 Hires fix group (`txt2img_extras.build_hires`) sets the hires fix of every cell; an init image makes it an
 image-to-image plot, which has none (the group hides). Finished
 cells appear in the gallery as they come, so Stop leaves them on screen.
@@ -26,6 +26,7 @@ from PIL import Image
 from sd2_app.api.plot import HIRES_NEEDS_TEXT, MAX_GRID_MARGIN, cells_ran, write_tables
 from sd2_app.api.plot_cells import cell_caption
 from sd2_app.api.plot_axes import AXES, AXIS_NAMES, offered_axes
+from sd2_app.samplers.registry import SCHEDULES
 from sd2_app.api.checked import Checked
 from sd2_app.api.requests import HIRES_UPSCALERS, Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.api.tasks import PLOT_SAMPLERS, TASKS
@@ -46,11 +47,11 @@ if TYPE_CHECKING:
     from sd2_app.api.service import Result, Service
 
 
-PICKED = ("sampler", "checkpoint", "hires_sampler", "hires_upscaler", "styles")  # values picked from a list
+PICKED = ("sampler", "schedule_type", "checkpoint", "hires_sampler", "hires_upscaler", "styles")  # picked values
 TYPED_HINT = "20, 30, 40 or 10-40 (+10)"  # the values box's placeholder for a kind with no hint of its own
 HINTS = {"prompt_sr": "the first value is searched in the prompt: cat, dog, tiger",
          "prompt_order": "terms of the prompt, put in every order: cat, dog, tiger (at most 4)",
-         "use_karras": "on, off", "seed": "1, 2, 3 or 1-4", "variation_seed": "1, 2, 3 or -1 (random)",
+         "seed": "1, 2, 3 or 1-4", "variation_seed": "1, 2, 3 or -1 (random)",
          "variation_strength": "0, 0.25, 0.5 or 0-1 [5]", "eta": "0, 0.5, 1 (DDIM only)",
          "hires_steps": "10, 20 or 0 (= Steps); turns the hires fix on"}
 TABLES_DIR = Path(tempfile.gettempdir()) / "sd2-app-plots"
@@ -261,7 +262,7 @@ def _picks(service: Service) -> dict[str, list[tuple[str, str]]]:
     """Each axis kind the tab offers (`offered_axes`, which a plot's validation allows) -> the (label, value)
     choices of its picked values (empty: typed values)."""
     samplers = [(name, name) for name in service.samplers()]
-    choices = {"sampler": samplers, "checkpoint": service.checkpoints("txt2img"), "hires_sampler": samplers,
+    choices = {"sampler": samplers, "schedule_type": [(name, name) for name in SCHEDULES], "checkpoint": service.checkpoints("txt2img"), "hires_sampler": samplers,
                "hires_upscaler": [(name, name) for name in HIRES_UPSCALERS],
                "styles": [(name, name) for name in service.styles.names]}
     return {key: choices.get(key, []) for key in offered_axes(service.styles)}

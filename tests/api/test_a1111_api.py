@@ -427,7 +427,8 @@ def test_options_and_override_settings_read_a_checkpoint_name_alike(app, name: s
 
 def test_catalog_endpoints(client) -> None:
     assert "DPM++ 2M" in client.util_get_sampler_names()
-    assert client.util_get_scheduler_names() == ["automatic", "karras"]
+    assert [(s["name"], s["label"]) for s in client.get_schedulers()] == [
+        ("automatic", "Automatic"), ("karras", "Karras"), ("exponential", "Exponential")]
     assert [(u["name"], u["model_name"]) for u in client.get_upscalers()] == [
         ("None", None), ("Lanczos", None), ("Nearest", None), ("SD2 x4", "x4-upscaler")]
 
@@ -540,15 +541,17 @@ def test_every_error_comes_in_a1111s_error_body(app, monkeypatch, caplog) -> Non
     assert _post(port, "txt2img", {"prompt": "x", **FAST})[0] == 200  # the server kept serving
 
 
-SAMPLER_NAMES = [  # (A1111's sampler name, its schedule or None) -> (our sampler, Karras); None: not ours
-    (("DPM++ 2M", None), ("DPM++ 2M", False)),  # exact
-    (("dpm++ 2m", None), ("DPM++ 2M", False)),  # in lower case
-    (("DPM++ 2M Karras", None), ("DPM++ 2M", True)),  # the schedule in the name (A1111 before 1.9)
-    (("dpm++ 2m karras", None), ("DPM++ 2M", True)),
-    (("DPM++ 2M", "Karras"), ("DPM++ 2M", True)),  # "Schedule type: Karras" / scheduler "Karras"
-    (("DPM++ 2M", "karras"), ("DPM++ 2M", True)),  # the scheduler's name rather than its label
-    (("PLMS", None), ("PNDM", False)),  # A1111's name of PNDM
-    (("plms", None), ("PNDM", False)),
+SAMPLER_NAMES = [  # (A1111's sampler name, its schedule or None) -> (our sampler, schedule type); None: not ours
+    (("DPM++ 2M", None), ("DPM++ 2M", "Automatic")),  # exact
+    (("dpm++ 2m", None), ("DPM++ 2M", "Automatic")),  # in lower case
+    (("DPM++ 2M Karras", None), ("DPM++ 2M", "Karras")),  # the schedule in the name (A1111 before 1.9)
+    (("dpm++ 2m karras", None), ("DPM++ 2M", "Karras")),
+    (("DPM++ 2M SDE Exponential", None), ("DPM++ 2M SDE", "Exponential")),
+    (("DPM++ 2M", "Karras"), ("DPM++ 2M", "Karras")),  # "Schedule type: Karras" / scheduler "Karras"
+    (("DPM++ 2M", "karras"), ("DPM++ 2M", "Karras")),  # the scheduler's name rather than its label
+    (("Euler", "exponential"), ("Euler", "Exponential")),
+    (("PLMS", None), ("PNDM", "Automatic")),  # A1111's name of PNDM
+    (("plms", None), ("PNDM", "Automatic")),
     (("DPM fast", None), None),  # not ours
     (("DPM fast Karras", None), None),
 ]
@@ -591,10 +594,9 @@ def test_a1111_sampler_names_read_alike_by_the_api_and_the_paste(app, a1111: tup
         assert sent["txt2img-sampler"] == {"__type__": "update"}  # gr.skip(): the current sampler stays
         return
     info = json.loads(answer["info"])
-    schedule_type = "Karras" if ours[1] else "Automatic"
-    assert (status, info["sampler_name"], info["scheduler"]) == (200, ours[0], schedule_type)
-    assert f"Sampler: {ours[0]}, Schedule type: {schedule_type}," in info["infotexts"][0]
-    assert (sent["txt2img-sampler"], sent["txt2img-karras"]) == ours
+    assert (status, info["sampler_name"], info["scheduler"]) == (200, *ours)
+    assert f"Sampler: {ours[0]}, Schedule type: {ours[1]}," in info["infotexts"][0]
+    assert (sent["txt2img-sampler"], sent["txt2img-schedule"]) == ours
 
 
 @pytest.mark.parametrize(("name", "ours"), [("PLMS", "PNDM"), ("dpm++ 2m", "DPM++ 2M"), ("DDIM", "DDIM")])
@@ -715,7 +717,7 @@ def test_api_and_web_ui_jobs_take_turns_on_the_gpu(app, gpu_spans: GpuSpans) -> 
     gpu_spans.reset()
     ui = Client(url, verbose=False)
     job = ui.submit(prompt="ui job", negative_prompt="", checkpoint="sd21-base", width=64, height=64,
-                    sampler="Euler", use_karras=False, steps=60, cfg_scale=1.0, guidance_rescale=0.0, seed=1,
+                    sampler="Euler", schedule_type="Automatic", steps=60, cfg_scale=1.0, guidance_rescale=0.0, seed=1,
                     batch_size=1, api_name="/txt2img")
     deadline = time.time() + 60
     while gpu_spans.active == 0 and time.time() < deadline:
@@ -734,7 +736,7 @@ def test_an_api_job_waiting_for_the_gpu_can_be_interrupted(app, client) -> None:
     url, _, service = app
     ui = Client(url, verbose=False)
     job = ui.submit(prompt="ui job", negative_prompt="", checkpoint="sd21-base", width=64, height=64,
-                    sampler="Euler", use_karras=False, steps=150, cfg_scale=1.0, guidance_rescale=0.0, seed=1,
+                    sampler="Euler", schedule_type="Automatic", steps=150, cfg_scale=1.0, guidance_rescale=0.0, seed=1,
                     batch_size=1, api_name="/txt2img")
     deadline = time.time() + 60
     while service.gate.waiting == 0 and time.time() < deadline:

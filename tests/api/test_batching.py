@@ -174,7 +174,7 @@ def test_batch_key_separates_what_the_loop_shares() -> None:
     assert {batch_key("txt2img", r) for r in [base, *same]} == {batch_key("txt2img", base)}
     different = [replace(base, checkpoint="sd2-base"), replace(base, width=128), replace(base, height=128),
                  *(replace(base, sampling=replace(base.sampling, **change)) for change in (
-                     {"sampler": "Euler"}, {"steps": 5}, {"use_karras": True}, {"cfg_scale": 7.0},
+                     {"sampler": "Euler"}, {"steps": 5}, {"schedule": "Karras"}, {"schedule": "Exponential"}, {"cfg_scale": 7.0},
                      {"guidance_rescale": 0.5}, {"eta": 0.3}))]
     keys = [batch_key("txt2img", r) for r in [base, *different]]
     assert len(set(keys)) == len(keys)

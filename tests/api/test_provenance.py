@@ -112,7 +112,7 @@ def test_every_result_is_marked_through_the_api_the_ui_and_on_disk(app) -> None:
 
     gallery = Client(url, verbose=False).predict(
         prompt="a cat", negative_prompt="", checkpoint="sd21-base", width=256, height=256, sampler="Euler",
-        use_karras=False, steps=2, cfg_scale=1.0, guidance_rescale=0.0, seed=3, batch_size=1, api_name="/txt2img")[1]
+        schedule_type="Automatic", steps=2, cfg_scale=1.0, guidance_rescale=0.0, seed=3, batch_size=1, api_name="/txt2img")[1]
     with Image.open(gallery[0]["image"]) as downloaded:  # the PNG a visitor downloads from the gallery
         downloaded.load()
         assert reference_decode(downloaded) == b"SDV2"

@@ -56,7 +56,9 @@ def _image(w: int = 64, h: int = 64, mode: str = "RGB") -> Image.Image:
         (_txt(batch_size=9), "Images per prompt must be between 1 and 8, got 9."),
         (_txt(sampler="Nope"), "Unknown sampler 'Nope'; choose one of: DPM++ 2M, Euler a, Euler, DDIM, UniPC, "
                                "DPM++ 2M SDE, Heun."),
-        (_txt(sampler="DDIM", use_karras=True), "Karras sigmas are not available for the DDIM sampler; untick Karras."),
+        (_txt(sampler="DDIM", schedule="Karras"), "Schedule type Karras is not available for the DDIM sampler; pick "
+                                                  "Automatic."),
+        (_txt(schedule="Uniform"), "Schedule type must be one of Automatic, Karras, Exponential; got 'Uniform'."),
         (replace(_txt(), prompt=5), "Prompt must be text, got int."),
         (replace(_txt(), prompt="x" * 2001), "Prompt is 2001 characters long; the limit is 2000."),
         (replace(_txt(), width=32), "Width must be between 64 and 1024, got 32."),

@@ -106,16 +106,21 @@ def test_hires_axes_turn_the_hires_fix_on_with_its_defaults_and_say_so() -> None
     assert [c.split(" · ")[0] for c in result.captions[1:]] == ["Hires sampler: Euler", "Hires sampler: Heun"]
 
 
-def test_karras_axis_is_a1111s_schedule_type_with_its_names() -> None:
-    """A1111's "Schedule type" values Automatic and Karras read as our Karras axis, and its grid writes them back
-    under A1111's name (other A1111 schedules are not offered here: refused as for any other word)."""
-    assert parse_values(PlotAxis("use_karras", "Karras, Automatic"), "X values", 64) == [True, False]
-    result = fake_service(None).plot(_plot(PlotAxis("use_karras", "Karras, Automatic"), sampler="Euler"))
+def test_schedule_type_axis_is_a1111s_with_its_names() -> None:
+    """A1111's "Schedule type" axis: its names or labels in any case ("karras", "Exponential") read as ours, each
+    cell sampled and labelled with its own, the grid writing them back under A1111's name (A1111's other
+    schedules are not offered here: refused by name)."""
+    result = fake_service(None).plot(_plot(PlotAxis("schedule_type", "karras, Automatic, EXPONENTIAL"),
+                                           sampler="Euler"))
     grid = parse_parameters(result.parameters)
-    assert grid["X Type"] == "Schedule type" and grid["X Values"] == "Karras, Automatic"
-    assert [c.split(" · ")[0] for c in result.captions[1:]] == ["Karras: on", "Karras: off"]
-    with pytest.raises(InvalidRequest, match="^X values \\(Karras\\): 'Exponential' is not on or off.$"):
-        validate(_plot(PlotAxis("use_karras", "Karras, Exponential")), CATALOG)
+    assert grid["X Type"] == "Schedule type" and grid["X Values"] == "Karras, Automatic, Exponential"
+    assert [c.split(" · ")[0] for c in result.captions[1:]] == [
+        "Schedule type: Karras", "Schedule type: Automatic", "Schedule type: Exponential"]
+    checked, _ = validate(_plot(PlotAxis("schedule_type", "karras, Automatic, EXPONENTIAL"), sampler="Euler"), CATALOG)
+    cells, _ = plan_cells(checked, CATALOG, Limits())
+    assert [cell.request.sampling.schedule for cell in cells] == ["Karras", "Automatic", "Exponential"]
+    with pytest.raises(InvalidRequest, match=r"^X values \(Schedule type\): Unknown schedule type\(s\) 'SGM Uniform'"):
+        validate(_plot(PlotAxis("schedule_type", "Karras, SGM Uniform")), CATALOG)
 
 
 def test_hires_axes_count_their_second_pass_against_the_cost_cap() -> None:
@@ -199,7 +204,7 @@ def test_a_sampler_with_its_schedule_in_its_name_is_refused_saying_what_to_pick(
         validate(_plot(PlotAxis("sampler", "Euler a, DPM++ 2M Karras")), CATALOG)
     assert str(error.value) == (
         "X values (Sampler): 'DPM++ 2M Karras' is DPM++ 2M with the Karras schedule in its name, as A1111 named it "
-        "before 1.9; pick DPM++ 2M and set the schedule with Karras sigmas (or vary it on a Karras axis).")
+        "before 1.9; pick DPM++ 2M and set its Schedule type (or vary it on a Schedule type axis).")
     with pytest.raises(InvalidRequest, match=r"^Y values \(Hires sampler\): 'euler karras' is Euler with the karras "):
         validate(_plot(PlotAxis("steps", "1"), PlotAxis("hires_sampler", "euler karras")), CATALOG)
     with pytest.raises(InvalidRequest, match=r"^X values \(Sampler\): Unknown sampler\(s\) 'LCM Karras'; choose"):

@@ -54,7 +54,7 @@ def _plot(x: PlotAxis, y: PlotAxis | None = None, z: PlotAxis | None = None, **b
     ("cfg_scale", "0.05-1 [7]", [0.05, 0.20833333333333331, 0.36666666666666664, 0.525, 0.6833333333333333,
                                  0.8416666666666667, 1.0]),
     ("steps", "1-10 [3]", [1, 5, 10]),
-    ("use_karras", "on, off, true, False", [True, False, True, False]),
+    ("schedule_type", "Karras, automatic, EXPONENTIAL", ["Karras", "automatic", "EXPONENTIAL"]),  # named later
     ("prompt_sr", '"cat, tabby", dog ,  bird', ["cat, tabby", "dog", "bird"]),
     ("sampler", "Euler, DDIM", ["Euler", "DDIM"]),
 ])
@@ -82,7 +82,7 @@ def test_picked_values_keep_their_order_and_types() -> None:
     # The empty-axis hint follows the kind: picked from a list, or typed as words or on/off, not numbers.
     (_plot(PlotAxis("sampler", ())), "X values (Sampler) are empty: pick one or more samplers."),
     (_plot(PlotAxis("hires_upscaler", ())), "X values (Hires upscaler) are empty: pick one or more upscalers."),
-    (_plot(PlotAxis("use_karras", " ")), "X values (Karras) are empty: type on, off (or on, off for both)."),
+    (_plot(PlotAxis("schedule_type", " ")), "X values (Schedule type) are empty: pick one or more schedule types."),
     (_plot(PlotAxis("prompt_sr", "")), "X values (Prompt S/R) are empty: type the words to find in the prompt, then "
                                        "what replaces them: cat, dog, tiger."),
     (_plot(PlotAxis("steps", "ten")), "X values (Steps): 'ten' is not a whole number or a range such as 10-40 (+10)."),
@@ -93,7 +93,8 @@ def test_picked_values_keep_their_order_and_types() -> None:
                                           "most 64."),
     (_plot(PlotAxis("cfg_scale", "1-2 [500]")), "X values (CFG scale): '1-2 [500]' asks for 500 values; an axis may "
                                                 "have 1 to 64."),
-    (_plot(PlotAxis("use_karras", "maybe")), "X values (Karras): 'maybe' is not on or off."),
+    (_plot(PlotAxis("schedule_type", "Karras, Uniform")), "X values (Schedule type): Unknown schedule type(s) "
+                                                          "'Uniform'; choose from: Automatic, Karras, Exponential."),
     (_plot(PlotAxis("sampler", ("Euler", "Nope"))), "X values (Sampler): Unknown sampler(s) 'Nope'; choose from: "
                                                     "DPM++ 2M, Euler a, Euler, DDIM, UniPC, DPM++ 2M SDE, Heun."),
     (_plot(PlotAxis("checkpoint", "sd21, sd2-depth")), "X values (Checkpoint): Unknown checkpoint(s) 'sd2-depth'; "
@@ -102,7 +103,7 @@ def test_picked_values_keep_their_order_and_types() -> None:
     (_plot(PlotAxis("strength", "0.5, 1")), "Denoising strength varies only an image-to-image plot; add an init "
                                             "image."),
     (_plot(PlotAxis("warp", "1")), "Unknown X axis 'warp'; choose one of: sampler, steps, cfg_scale, seed, "
-                                   "checkpoint, use_karras, guidance_rescale, strength, prompt_sr, "
+                                   "checkpoint, schedule_type, guidance_rescale, strength, prompt_sr, "
                                    "variation_seed, variation_strength, eta, hires_steps, hires_upscaler, "
                                    "hires_sampler, prompt_order."),
     (_plot(PlotAxis("nothing")), "Choose what the X axis varies."),
@@ -157,12 +158,14 @@ def test_variation_axes_as_a1111s_var_seed_and_var_strength() -> None:
     assert len(seeds) == 1 and seeds != {None}  # one variation seed for every cell
 
 
-def test_karras_falls_back_where_a_sampler_has_none_with_one_warning() -> None:
-    checked, warnings = validate(_plot(PlotAxis("sampler", "Euler, DDIM, Euler a"), use_karras=True), CATALOG)
+def test_a_schedule_type_falls_back_where_a_sampler_has_none_with_one_warning() -> None:
+    checked, warnings = validate(_plot(PlotAxis("sampler", "Euler, DDIM, Euler a"), schedule="Exponential"), CATALOG)
     cells, _ = plan_cells(checked, CATALOG, Limits())
-    assert [c.request.sampling.use_karras for c in cells] == [True, False, False]
-    assert warnings == ["Karras sigmas are not available for DDIM; it uses its own schedule.",
-                        "Karras sigmas are not available for Euler a; it uses its own schedule."]
+    assert [c.request.sampling.schedule for c in cells] == ["Exponential", "Automatic", "Automatic"]
+    assert warnings == ["Schedule type Exponential is not available for DDIM; it uses its own schedule.",
+                        "Schedule type Exponential is not available for Euler a; it uses its own schedule."]
+    with pytest.raises(InvalidRequest, match="^Schedule type must be one of Automatic, Karras, Exponential; got "):
+        validate(_plot(PlotAxis("sampler", "Euler, DDIM"), schedule="karras"), CATALOG)
 
 
 def test_plot_runs_every_cell_with_progress_grids_labels_and_times() -> None:

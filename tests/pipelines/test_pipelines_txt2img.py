@@ -13,6 +13,7 @@ from sd2_app.pipelines import loop
 from sd2_app.pipelines.metadata import parse_parameters
 from sd2_app.pipelines.txt2img import txt2img
 from sd2_app.api.requests import Sampling, Txt2ImgRequest
+from sd2_app.samplers.registry import SCHEDULES
 
 pytest.importorskip("diffusers")
 
@@ -26,6 +27,7 @@ CASES = [
     ("sd2-base", "PNDM", 1, 56, 40, "", 0.0, 0.0, 5.0),
     ("sd2", "DPM++ 2M Karras", 1, 64, 48, "dark", 0.0, 0.7, 7.5),  # guidance rescale on v
     ("sd2-base", "Euler", 1, 64, 48, "", 0.0, 0.0, 1.0),  # guidance off
+    ("sd21", "Euler Exponential", 1, 48, 48, "", 0.0, 0.0, 7.5),  # the schedule type A1111 calls Exponential
 ]
 
 
@@ -34,8 +36,10 @@ def test_txt2img_matches_diffusers(
     components: ComponentCache, kind: str, sampler: str, batch: int, width: int, height: int,
     negative: str, eta: float, rescale: float, cfg: float,
 ) -> None:
-    karras = sampler.endswith(" Karras")
-    sampling = Sampling(sampler=sampler.removesuffix(" Karras"), steps=5, use_karras=karras, cfg_scale=cfg,
+    name, _, schedule = sampler.rpartition(" ")  # "DPM++ 2M Karras": a schedule type after the sampler's name
+    if schedule not in SCHEDULES:
+        name, schedule = sampler, "Automatic"
+    sampling = Sampling(sampler=name, steps=5, schedule=schedule, cfg_scale=cfg,
                         guidance_rescale=rescale, eta=eta, seed=1234, batch_size=batch)
     request = Txt2ImgRequest(prompt="a red fox in snow", negative_prompt=negative, width=width, height=height,
                              sampling=sampling)

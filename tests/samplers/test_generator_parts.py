@@ -46,7 +46,7 @@ def test_rows_must_match_the_batch() -> None:
 def test_stochastic_sampler_batch_equals_solo_runs(sampler: str) -> None:
     """A per-image denoiser (no mixing across the batch): the batched run equals the solo runs exactly."""
     config = SchedulerConfig()
-    schedule = make_schedule(config, sampler, 6, use_karras=False)
+    schedule = make_schedule(config, sampler, 6)
 
     def denoise(x: torch.Tensor, sigma: float, t: float) -> torch.Tensor:
         return torch.tanh(x) * 0.5

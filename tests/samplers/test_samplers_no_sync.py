@@ -13,6 +13,7 @@ import torch
 
 from sd2_app.pipelines.loop import Conditioning, Tiling, run_sampling
 from sd2_app.samplers import SAMPLERS, SchedulerConfig, make_denoiser, make_schedule, start_at
+from sd2_app.samplers.registry import SCHEDULES
 
 SD2 = SchedulerConfig.from_dict({
     "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "set_alpha_to_one": False,
@@ -31,11 +32,11 @@ def test_meta_tensors_refuse_host_reads() -> None:
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
-@pytest.mark.parametrize("karras", [False, True])
-def test_sampler_runs_on_meta_latents(name: str, karras: bool) -> None:
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_sampler_runs_on_meta_latents(name: str, schedule: str) -> None:
     spec = SAMPLERS[name]
-    if karras and not spec.supports_karras:
-        pytest.skip("no Karras schedule")
+    if schedule != "Automatic" and not spec.offers_schedules:
+        pytest.skip(f"no {schedule} schedule")
     calls: list[float] = []
 
     def model(x_in: torch.Tensor, t: float) -> torch.Tensor:
@@ -44,7 +45,7 @@ def test_sampler_runs_on_meta_latents(name: str, karras: bool) -> None:
         return 0.5 * x_in
 
     denoise = make_denoiser(model, "v_prediction")
-    schedule = make_schedule(SD2, name, 6, use_karras=karras)
+    schedule = make_schedule(SD2, name, 6, schedule=schedule)
     steps: list[int] = []
     for sched in (schedule, start_at(schedule, 0.5)):  # txt2img and an img2img slice
         x = torch.empty(2, 4, 8, 8, device=META)

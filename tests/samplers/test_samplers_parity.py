@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from sd2_app.samplers import SAMPLERS, SchedulerConfig, make_denoiser, make_schedule, start_at, add_noise
+from sd2_app.samplers.registry import SCHEDULES
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -70,17 +71,22 @@ def stand_in_model(prediction: str) -> callable:
     return model
 
 
-def reference_scheduler(name: str, config: dict, use_karras: bool, steps: int):
-    """diffusers' scheduler after set_timesteps; Euler a has no Karras option there, so it gets Euler's table."""
+SCHEDULE_OPTIONS = {"Karras": "use_karras_sigmas", "Exponential": "use_exponential_sigmas"}  # diffusers' switches
+
+
+def reference_scheduler(name: str, config: dict, schedule: str, steps: int):
+    """diffusers' scheduler after set_timesteps; Euler a has no Karras or Exponential option there, so it gets
+    Euler's table."""
     cls_name, extra = REFERENCE[name]
     cls = getattr(diffusers, cls_name)
     kwargs = dict(extra)
-    if use_karras and name != "Euler a":
-        kwargs["use_karras_sigmas"] = True
+    option = SCHEDULE_OPTIONS.get(schedule)
+    if option and name != "Euler a":
+        kwargs[option] = True
     sched = cls.from_config(config, **kwargs)
     sched.set_timesteps(steps)
-    if use_karras and name == "Euler a":
-        table = diffusers.EulerDiscreteScheduler.from_config(config, use_karras_sigmas=True)
+    if option and name == "Euler a":
+        table = diffusers.EulerDiscreteScheduler.from_config(config, **{option: True})
         table.set_timesteps(steps)
         sched.sigmas, sched.timesteps = table.sigmas.clone(), table.timesteps.clone()
     if name == "DPM2 a":
@@ -114,15 +120,15 @@ def _accurate_ancestral_tables(sched) -> None:
         sched.timesteps[2 * k + 1] = float(t_mid)
 
 
-def run_reference(name: str, config: dict, use_karras: bool, steps: int, noise: torch.Tensor, seed: int,
+def run_reference(name: str, config: dict, schedule: str, steps: int, noise: torch.Tensor, seed: int,
                   eta: float = 0.0) -> list[torch.Tensor]:
     """diffusers' txt2img loop; returns the sample after every model call."""
     model = stand_in_model(config.get("prediction_type", "epsilon"))
-    sched = reference_scheduler(name, config, use_karras, steps)
+    sched = reference_scheduler(name, config, schedule, steps)
     if name == "PNDM" and config.get("prediction_type") == "v_prediction":
         # Our PLMS combines eps (the SD2 original's way); diffusers combines raw v. Reference = diffusers' PLMS
         # on eps, with the v model converted to eps at the current VP sample.
-        sched = reference_scheduler(name, {**config, "prediction_type": "epsilon"}, use_karras, steps)
+        sched = reference_scheduler(name, {**config, "prediction_type": "epsilon"}, schedule, steps)
         v_model = model
 
         def model(x_in, t):  # noqa: F811
@@ -147,11 +153,11 @@ def run_reference(name: str, config: dict, use_karras: bool, steps: int, noise: 
     return states
 
 
-def run_ours(name: str, config: dict, use_karras: bool, steps: int, noise: torch.Tensor, seed: int,
+def run_ours(name: str, config: dict, schedule: str, steps: int, noise: torch.Tensor, seed: int,
              eta: float = 0.0, strength: float | None = None, x0_image: torch.Tensor | None = None):
     """Our sampler; returns per step (x in diffusers' space, model calls so far) and the timesteps fed."""
     cfg = SchedulerConfig.from_dict(config)
-    schedule = make_schedule(cfg, name, steps, use_karras=use_karras)
+    schedule = make_schedule(cfg, name, steps, schedule=schedule)
     model = stand_in_model(cfg.prediction_type)
     calls: list[float] = []
 
@@ -179,13 +185,13 @@ def run_ours(name: str, config: dict, use_karras: bool, steps: int, noise: torch
     return trajectory, calls, schedule
 
 
-def max_difference(name: str, prediction: str, use_karras: bool, steps: int, eta: float = 0.0,
+def max_difference(name: str, prediction: str, schedule: str, steps: int, eta: float = 0.0,
                    config: dict | None = None, dtype: torch.dtype = torch.float32) -> float:
     """Largest |ours - diffusers| over the trajectory, relative to max(1, |sample|)."""
     config = config or CONFIGS[prediction]
     noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(dtype)
-    ref = run_reference(name, config, use_karras, steps, noise, seed=1, eta=eta)
-    ours, calls, _ = run_ours(name, config, use_karras, steps, noise, seed=1, eta=eta)
+    ref = run_reference(name, config, schedule, steps, noise, seed=1, eta=eta)
+    ours, calls, _ = run_ours(name, config, schedule, steps, noise, seed=1, eta=eta)
     assert len(ours) == steps
     assert len(calls) == len(ref), f"{len(calls)} model calls, diffusers makes {len(ref)}"
     worst = 0.0
@@ -197,32 +203,32 @@ def max_difference(name: str, prediction: str, use_karras: bool, steps: int, eta
 
 
 CASES = [
-    pytest.param(name, prediction, karras, steps, id=f"{name}-{prediction}-{'karras' if karras else 'default'}-{steps}")
+    pytest.param(name, prediction, schedule, steps, id=f"{name}-{prediction}-{schedule.lower()}-{steps}")
     for name, spec in SAMPLERS.items()
     for prediction in CONFIGS
-    for karras in ((False, True) if spec.supports_karras else (False,))
+    for schedule in (SCHEDULES if spec.offers_schedules else ("Automatic",))
     for steps in STEPS
 ]
 
 
-@pytest.mark.parametrize(("name", "prediction", "karras", "steps"), CASES)
-def test_trajectory_matches_diffusers(name: str, prediction: str, karras: bool, steps: int) -> None:
+@pytest.mark.parametrize(("name", "prediction", "schedule", "steps"), CASES)
+def test_trajectory_matches_diffusers(name: str, prediction: str, schedule: str, steps: int) -> None:
     # DEIS: diffusers takes differences of fp32 log-terms for its coefficients (~1e-6 off per step); the
     # float64 test below shows the algorithms agree to 1e-9, so only fp32 rounding accumulates over 50 steps.
     tolerance = 2e-5 if name == "DEIS" else TOLERANCE
-    assert max_difference(name, prediction, karras, steps) < tolerance
+    assert max_difference(name, prediction, schedule, steps) < tolerance
 
 
 @pytest.mark.parametrize("name", ["DEIS", "UniPC", "DPM++ 2S"])  # the references that keep float64 throughout
-@pytest.mark.parametrize("karras", [False, True])
-def test_float64_trajectory_matches_diffusers(name: str, karras: bool) -> None:
-    assert max_difference(name, "v_prediction", karras, 50, dtype=torch.float64) < 1e-12
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_float64_trajectory_matches_diffusers(name: str, schedule: str) -> None:
+    assert max_difference(name, "v_prediction", schedule, 50, dtype=torch.float64) < 1e-12
 
 
 def run_reference_img2img(name: str, steps: int, strength: float, image: torch.Tensor, noise: torch.Tensor):
     """diffusers' img2img: cut the timesteps at t_start * order, set_begin_index, add_noise at the first one."""
     model = stand_in_model("epsilon")
-    sched = reference_scheduler(name, SD2_EPS, False, steps)
+    sched = reference_scheduler(name, SD2_EPS, "Automatic", steps)
     t_start = max(steps - min(int(steps * strength), steps), 0)
     timesteps = sched.timesteps[t_start * sched.order:]
     if hasattr(sched, "set_begin_index"):
@@ -244,7 +250,7 @@ def test_img2img_start_matches_diffusers(name: str, strength: float) -> None:
     image = 0.5 * torch.randn(SHAPE, generator=torch.Generator().manual_seed(7))
     noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
     ref = run_reference_img2img(name, 25, strength, image, noise)
-    ours, calls, schedule = run_ours(name, SD2_EPS, False, 25, noise, seed=1, strength=strength, x0_image=image)
+    ours, calls, schedule = run_ours(name, SD2_EPS, "Automatic", 25, noise, seed=1, strength=strength, x0_image=image)
     assert len(schedule) == int(25 * strength) and len(calls) == len(ref)
     for x, n_calls in ours:
         assert (x - ref[n_calls - 1]).abs().max().item() < TOLERANCE * max(1.0, ref[n_calls - 1].abs().max().item())
@@ -252,9 +258,9 @@ def test_img2img_start_matches_diffusers(name: str, strength: float) -> None:
 
 @pytest.mark.parametrize("steps", (2, 25))
 def test_ddim_with_eta_matches_diffusers(steps: int) -> None:
-    assert max_difference("DDIM", "epsilon", False, steps, eta=0.7) < TOLERANCE
+    assert max_difference("DDIM", "epsilon", "Automatic", steps, eta=0.7) < TOLERANCE
 
 
 @pytest.mark.parametrize("name", ["DDIM", "Euler", "DPM++ 2M", "UniPC", "Heun"])
 def test_x4_upscaler_config_matches_diffusers(name: str) -> None:
-    assert max_difference(name, "v_prediction", False, 20, config=X4_V) < TOLERANCE
+    assert max_difference(name, "v_prediction", "Automatic", 20, config=X4_V) < TOLERANCE

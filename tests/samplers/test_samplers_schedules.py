@@ -56,15 +56,32 @@ def test_vp_schedules_start_from_unit_noise_in_vp_space() -> None:
 
 
 def test_karras_schedules() -> None:
-    dpm = make_schedule(SD2, "DPM++ 2M", 50, use_karras=True)
+    dpm = make_schedule(SD2, "DPM++ 2M", 50, schedule="Karras")
     assert dpm.timesteps[:3] == [999, 985, 970] and dpm.timesteps[-3:] == [1, 1, 0]
-    euler = make_schedule(SD2, "Euler", 20, use_karras=True)
+    euler = make_schedule(SD2, "Euler", 20, schedule="Karras")
     assert approx(euler.sigmas[:4], [14.615, 11.725, 9.340, 7.384]) and approx(euler.sigmas[-3:], [0.048, 0.029, 0])
     # rho = 7 spacing: sigma^(1/7) is linear in the step index
     roots = [s ** (1 / 7) for s in sigmas_karras(20, 0.029168, 14.6146)]
     assert max(abs((b - a) - (roots[1] - roots[0])) for a, b in zip(roots, roots[1:])) < 1e-12
-    with pytest.raises(ValueError, match="Karras"):
-        make_schedule(SD2, "DDIM", 20, use_karras=True)
+    with pytest.raises(ValueError, match="'DDIM' has no Karras sigma schedule"):
+        make_schedule(SD2, "DDIM", 20, schedule="Karras")
+
+
+def test_exponential_schedules() -> None:
+    """Evenly spaced in log sigma between the family's ends: the k-samplers' spaced sigmas (Euler: t 999 to 0),
+    the DPM family's training range, its timesteps whole (diffusers casts them to int64), Karras's rounded."""
+    euler = make_schedule(SD2, "Euler", 20, schedule="Exponential")
+    ratios = [b / a for a, b in zip(euler.sigmas[:19], euler.sigmas[1:20])]
+    assert max(ratios) - min(ratios) < 1e-6 and euler.sigmas[-1] == 0.0
+    assert approx([euler.sigmas[0], euler.sigmas[19]], [14.615, 0.029])
+    assert euler.timesteps[0] == 999 and euler.timesteps[1] != round(euler.timesteps[1])  # fractional t
+    dpm = make_schedule(SD2, "DPM++ 2M", 50, schedule="Exponential")
+    # sigma_to_t(sigma_max) is 998.99997 in floating point: floored to 998, as diffusers' int64 cast does
+    assert all(t == int(t) for t in dpm.timesteps) and dpm.timesteps[:3] == [998, 977, 955]
+    exact = [dpm.sigma_to_t(s) for s in dpm.sigmas[:50]]
+    assert [int(t) for t in exact] == dpm.timesteps and any(t - int(t) > 0.5 for t in exact)  # floored, not rounded
+    with pytest.raises(ValueError, match="unknown schedule 'Uniform'"):
+        make_schedule(SD2, "Euler", 20, schedule="Uniform")
 
 
 def test_train_sigmas_and_midpoint_timesteps() -> None:

@@ -14,11 +14,13 @@ NAMES = ["Euler", "DDIM", "PNDM", "DPM++ 2M"]
 
 
 @pytest.mark.parametrize(("sampler", "schedule", "expected"), [
-    ("PLMS", None, ("PNDM", False)),  # A1111's name for PNDM
-    ("DPM++ 2M Karras", None, ("DPM++ 2M", True)),  # before A1111 1.9 the schedule was in the name
-    ("DPM++ 2M", "Karras", ("DPM++ 2M", True)),
-    ("DPM++ 2S a", "Automatic", (None, False)),  # ancestral 2S: not ours ("DPM++ 2S" is the singlestep solver)
-    ("Restart Karras", None, (None, False)),
+    ("PLMS", None, ("PNDM", "Automatic")),  # A1111's name for PNDM
+    ("DPM++ 2M Karras", None, ("DPM++ 2M", "Karras")),  # before A1111 1.9 the schedule was in the name
+    ("DPM++ 2M", "Karras", ("DPM++ 2M", "Karras")),
+    ("Euler", "Exponential", ("Euler", "Exponential")),
+    ("Euler", "SGM Uniform", ("Euler", "Automatic")),  # a schedule we do not have: the sampler's own
+    ("DPM++ 2S a", "Automatic", (None, "Automatic")),  # ancestral 2S: not ours ("DPM++ 2S" is the singlestep solver)
+    ("Restart Karras", None, (None, "Automatic")),
 ])
 def test_sampler_names_as_a1111_writes_them(sampler: str, schedule: str | None, expected: tuple) -> None:
     parsed = {"Sampler": sampler} | ({"Schedule type": schedule} if schedule else {})
@@ -51,13 +53,13 @@ def test_hires_fix_is_on_by_a1111s_rule() -> None:
 
 def test_each_setting_that_cannot_be_reproduced_is_named() -> None:
     parsed = parse_parameters(
-        "p\nSteps: 20, Sampler: DPM++ 2S a, Schedule type: Exponential, CFG scale: 7, Seed: 1, Size: 512x512, "
+        "p\nSteps: 20, Sampler: DPM++ 2S a, Schedule type: SGM Uniform, CFG scale: 7, Seed: 1, Size: 512x512, "
         "Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: R-ESRGAN 4x+, Hires sampler: Restart, "
         "Hires prompt: \"a castle, 8k\", "
         "Emphasis: No norm, Clip skip: 2, Eta DDIM: 0.5, Eta: 0.67")
     assert unreproduced(parsed, sampler_fields(parsed, NAMES)[0], NAMES) == [
         "Sampler 'DPM++ 2S a' is not available here; the current sampler is kept.",
-        "Schedule type 'Exponential' is not available here; the sampler's own schedule is used.",
+        "Schedule type 'SGM Uniform' is not available here; the sampler's own schedule is used.",
         "Hires upscaler 'R-ESRGAN 4x+' is not available here; Latent is used.",
         "Hires sampler 'Restart' is not available here; the first pass's sampler is used.",
         "Hires prompt ('a castle, 8k') is not supported here; the prompt is used.",
@@ -82,7 +84,7 @@ def test_png_info_send_fills_a1111_names_in() -> None:
     values = send.fn(text)  # the send takes PNG info's text and parses it itself
     by_id = {getattr(block, "elem_id", None): value for block, value in zip(send.outputs, values)}
     assert by_id["txt2img-checkpoint"] == "sd21-base"
-    assert (by_id["txt2img-sampler"], by_id["txt2img-karras"]) == ("DPM++ 2M", True)
+    assert (by_id["txt2img-sampler"], by_id["txt2img-schedule"]) == ("DPM++ 2M", "Karras")
     assert by_id["txt2img-hires"] is True and by_id["txt2img-hires-scale"] == 1.5
 
 

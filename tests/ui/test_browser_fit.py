@@ -115,8 +115,8 @@ def test_on_a_phone_no_tab_scrolls_sideways_and_the_tables_fit_their_box(browser
         if name == "X/Y/Z plot":
             # An axis's values list runs the whole width under its type.
             _assert_stacked(page, "xyz-x-type", "xyz-x-picked")
-        if name in SEED_ROWS:  # "Karras sigmas" under the sampler list (beside it, a word or two a line)
-            _assert_stacked(page, f"{SEED_ROWS[name]}-sampler", f"{SEED_ROWS[name]}-karras")
+        if name in SEED_ROWS:  # "Schedule type" under the sampler list (beside it, a word or two a line)
+            _assert_stacked(page, f"{SEED_ROWS[name]}-sampler", f"{SEED_ROWS[name]}-schedule")
     page.context.close()
     wide = _open(browser, url, DESKTOP)  # a laptop keeps every column
     for name, (elem_id, _) in PHONE_TABLES.items():

@@ -57,7 +57,7 @@ def test_pasted_a1111_parameters_go_to_text_to_image(browser, url: str) -> None:
         "steps": "30", "width": "640", "height": "448", "seed": "1234",
         "prompt": "a lighthouse on a cliff, dramatic sky", "negative": "blurry, lowres", "sampler": "Euler a",
         "checkpoint": "SD 2.0 base (512)"}
-    assert page.locator("#txt2img-karras input").is_checked()
+    assert page.locator("#txt2img-schedule input").input_value() == "Karras"
     page.screenshot(path=str(ARTIFACTS / "reuse-txt2img-from-paste.png"))
     # A checkpoint the visitor picks sets its own square, as before.
     _pick(page, "txt2img-checkpoint", "SD 2.0 (768-v)")

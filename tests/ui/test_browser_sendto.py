@@ -38,7 +38,7 @@ def _expect_read(page, steps: str, seed: str, width: str, height: str) -> None:
     expect(page.locator("#txt2img-prompt textarea")).to_have_value(PROMPT, timeout=30_000)
     expect(page.locator("#txt2img-negative textarea")).to_have_value(NEGATIVE)
     expect(_value(page, "txt2img-sampler", "input")).to_have_value("Euler a")
-    expect(_value(page, "txt2img-karras", "input[type=checkbox]")).to_be_checked()
+    expect(_value(page, "txt2img-schedule", "input")).to_have_value("Karras")
     expect(_value(page, "txt2img-steps")).to_have_value(steps)
     expect(page.get_by_role("spinbutton", name="Guidance scale (CFG)")).to_have_value("6")
     expect(_value(page, "txt2img-seed")).to_have_value(seed)

@@ -48,7 +48,7 @@ def _size(width: Any, height: Any) -> str:
 READ_BACK: dict[str, Callable[[Sent], Any]] = {
     keys.STEPS: lambda sent: sent["steps"],
     keys.SAMPLER: lambda sent: sent["sampler"],
-    keys.SCHEDULE_TYPE: lambda sent: "Karras" if sent["use_karras"] else "Automatic",
+    keys.SCHEDULE_TYPE: lambda sent: sent["schedule_type"],
     keys.CFG_SCALE: lambda sent: sent["cfg_scale"],
     keys.SEED: lambda sent: sent["seed"],
     keys.SIZE: lambda sent: _size(sent["width"], sent["height"]),
@@ -170,7 +170,8 @@ def _remade(app: tuple[str, Client, dict], path: str, sent: Sent, index: int = 0
 
 
 TXT2IMG_CASES = {
-    "karras and guidance rescale": {"sampler": "DPM++ 2M", "use_karras": True, "guidance_rescale": 0.5},
+    "karras and guidance rescale": {"sampler": "DPM++ 2M", "schedule_type": "Karras", "guidance_rescale": 0.5},
+    "exponential": {"sampler": "DPM++ 2M SDE", "schedule_type": "Exponential"},
     **{f"hires fix, {upscaler}": {"hires_fix": True, "hires_upscaler": upscaler, "hires_scale": 1.5,
                                   "hires_steps": 2, "denoising_strength": 0.6, "hires_sampler": "DDIM"}
        for upscaler in HIRES_UPSCALERS},
@@ -246,7 +247,7 @@ def _task_inputs(task: str, folder: Path) -> dict[str, Any]:
     picture = handle_file(_small("landscape.png", 64, folder))
     if task == "img2img":
         return {"image": picture, "strength": 0.5, "variation_seed": 3, "variation_strength": 0.2, "tiling": True,
-                "use_karras": True}
+                "schedule_type": "Karras"}
     if task == "inpaint":
         mask = Image.new("L", (64, 64), 0)
         mask.paste(255, (16, 16, 48, 48))

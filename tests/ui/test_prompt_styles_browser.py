@@ -114,8 +114,8 @@ def test_on_a_laptop_the_settings_stay_put_when_the_run_line_fills_in(page) -> N
     expect(line).to_have_text("Step 3/25")
     during = [settings.bounding_box()["y"], picker.bounding_box()["y"]]
     page.screenshot(path=str(ARTIFACTS / "styles-run-line-filled.png"))
-    long = ("Karras sigmas are not available for the DDIM sampler; untick Karras, or pick a sampler that offers "
-            "them.")  # a refusal that wraps to more lines than the run column's width holds
+    long = ("Schedule type Exponential is not available for the DDIM sampler; pick Automatic, or pick a sampler "
+            "that offers it.")  # a refusal that wraps to more lines than the run column's width holds
     info.evaluate(f"(element) => {{ element.innerText = {long!r}; }}")
     expect(line).to_have_text(long)
     refused = [settings.bounding_box()["y"], picker.bounding_box()["y"]]

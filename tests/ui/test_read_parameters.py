@@ -36,7 +36,7 @@ def _refusal(fn, *values) -> str:
 def test_image_to_image_reads_a_pasted_text_into_its_prompts_and_sampling(demo) -> None:
     read = _fn(demo, "img2img_read_parameters")
     # ... and its width and height from "Size", as A1111's paste sets img2img's
-    assert read.fn(PASTED, None, 0) == ("a fox", "blurry", "Euler", True, 12, 6.5, 42, 0.25, True, 64, 72)
+    assert read.fn(PASTED, None, 0) == ("a fox", "blurry", "Euler", "Karras", 12, 6.5, 42, 0.25, True, 64, 72)
     width, height = read.outputs[-2:]
     assert (width.label, height.label) == ("Width", "Height")
     sizes = {text: read.fn(PASTED.replace("Size: 64x72", text), None, 0)[-2:] for text in ("Size: 100x20", "")}
@@ -49,7 +49,7 @@ def test_with_the_prompt_empty_it_reads_the_picked_result(demo, tmp_path: Path) 
     paths = [str(save_png(attach_parameters(Image.new("RGB", (8, 8)), PASTED.replace("Seed: 42", f"Seed: {seed}")),
                           tmp_path / f"{seed}.png")) for seed in (7, 8)]
     read = _fn(demo, "inpaint_read_parameters")  # no Tiling there
-    assert read.fn("  ", [(path, None) for path in paths], 1) == ("a fox", "blurry", "Euler", True, 12, 6.5, 8, 0.25,
+    assert read.fn("  ", [(path, None) for path in paths], 1) == ("a fox", "blurry", "Euler", "Karras", 12, 6.5, 8, 0.25,
                                                                  "original", "Inpaint masked")  # none written
     assert _refusal(read.fn, "", None, 0) == ("Paste a generation's parameters into the prompt, or generate an image "
                                               "first: with the prompt empty, ↙ reads the last result's.")

@@ -253,8 +253,8 @@ def test_xyz_plot_refuses_a_pasted_sampler_with_its_schedule_saying_what_to_pick
     with pytest.raises(AppError) as caught:
         client.predict(api_name="/xyz_plot", x_type="sampler", x_values="Euler a, DPM++ 2M Karras", **SOLO)
     assert str(caught.value) == ("X values (Sampler): 'DPM++ 2M Karras' is DPM++ 2M with the Karras schedule in its "
-                                 "name, as A1111 named it before 1.9; pick DPM++ 2M and set the schedule with Karras "
-                                 "sigmas (or vary it on a Karras axis).")
+                                 "name, as A1111 named it before 1.9; pick DPM++ 2M and set its Schedule type (or "
+                                 "vary it on a Schedule type axis).")
 
 
 def test_xyz_plot_progress_counts_each_hires_cells_second_pass(app) -> None:
@@ -325,8 +325,8 @@ def test_outpaint_sides_left_out_extend_by_128_pixels(app, tmp_path: Path) -> No
          "X values (Var. seed) must be -1 (random) or between 0 and 4294967295, got -5."),
         ("/txt2img", {"prompt": "x", "checkpoint": "sd2-depth", "width": 64, "height": 64},
          "Checkpoint: 'sd2-depth' is not one of the choices."),  # the dropdown's check (ui/raw_values.py)
-        ("/txt2img", {"prompt": "x", "sampler": "DDIM", "use_karras": True, "width": 64, "height": 64},
-         "Karras sigmas are not available for the DDIM sampler; untick Karras."),
+        ("/txt2img", {"prompt": "x", "sampler": "DDIM", "schedule_type": "Karras", "width": 64, "height": 64},
+         "Schedule type Karras is not available for the DDIM sampler; pick Automatic."),
         ("/img2img", {"prompt": "x"}, "Upload an init image first."),
         ("/depth", {"prompt": "x"}, "Upload an image first."),
         ("/upscale", {"prompt": "x"}, "Upload an image to upscale first."),

@@ -24,13 +24,14 @@ NAMES = ["Euler", "Euler a", "DPM++ 2M", "DDIM", "DPM2"]
 @pytest.mark.parametrize(
     ("parsed", "expected"),
     [
-        ({"Sampler": "DPM++ 2M", "Schedule type": "Karras"}, ("DPM++ 2M", True)),
-        ({"Sampler": "DPM++ 2M", "Schedule type": "Automatic"}, ("DPM++ 2M", False)),
-        ({"Sampler": "DPM++ 2M Karras"}, ("DPM++ 2M", True)),  # A1111 before "Schedule type"
-        ({"Sampler": "DPM2 Karras"}, ("DPM2", True)),
-        ({"Sampler": "Euler a"}, ("Euler a", False)),
-        ({"Sampler": "PLMS"}, (None, False)),  # not ours: the dropdown keeps its value
-        ({}, (None, False)),
+        ({"Sampler": "DPM++ 2M", "Schedule type": "Karras"}, ("DPM++ 2M", "Karras")),
+        ({"Sampler": "DPM++ 2M", "Schedule type": "Automatic"}, ("DPM++ 2M", "Automatic")),
+        ({"Sampler": "DPM++ 2M Karras"}, ("DPM++ 2M", "Karras")),  # A1111 before "Schedule type"
+        ({"Sampler": "DPM2 Karras"}, ("DPM2", "Karras")),
+        ({"Sampler": "Euler", "Schedule type": "exponential"}, ("Euler", "Exponential")),
+        ({"Sampler": "Euler a"}, ("Euler a", "Automatic")),
+        ({"Sampler": "PLMS"}, (None, "Automatic")),  # not ours: the dropdown keeps its value
+        ({}, (None, "Automatic")),
     ],
 )
 def test_png_info_sampler_maps_to_a_dropdown_choice(parsed: dict, expected: tuple) -> None:
@@ -60,7 +61,7 @@ def test_a_new_result_resets_the_picked_gallery_index_so_send_to_carries_its_fir
     run = _fn(demo, "txt2img")
     selected = next(f for f in demo.fns.values() if f.api_name == "txt2img_select").outputs[0]
     assert selected in run.outputs  # the run writes the picked index...
-    values = ["sd2-base", "a cat", "", 64, 64, "Euler", False, 2, 7.5, 0, 5, 2]
+    values = ["sd2-base", "a cat", "", 64, 64, "Euler", "Automatic", 2, 7.5, 0, 5, 2]
     values += [widget.value for widget in run.inputs[len(values):]]  # the rest as the page starts (eta 0 last)
     request = type("Request", (), {"session_hash": "s1"})()
     *_, last = list(run.fn(request, *values, gr.Progress()))
@@ -376,7 +377,7 @@ def test_history_sends_a_picked_image_with_its_settings(tmp_path: Path) -> None:
     image, tab, width, height, _, prompt, negative, *sampling, tiling = send.fn([(p, "") for p in paths], 1)
     assert image == paths[1]  # the picked image's own file (`result_panel.box_value`)
     assert Image.open(image).size == (width, height) == (64, 72) and (prompt, negative) == ("cat 1", "blurry")
-    assert (*sampling, tiling) == ("Euler", True, 12, 6.5, 42, 0.25, False)  # eta; no "Tiling: True"
+    assert (*sampling, tiling) == ("Euler", "Karras", 12, 6.5, 42, 0.25, False)  # eta; no "Tiling: True"
     with pytest.raises(gr.Error, match="There is nothing in History yet."):
         send.fn([], 0)
     reuse = _fn(demo, "history_reuse")
@@ -650,3 +651,18 @@ def test_a_results_seeds_in_words(seeds: list[int], said: str) -> None:
     from sd2_app.ui.result_panel import seed_span
 
     assert seed_span(seeds) == said
+
+
+def test_the_schedule_type_is_offered_where_the_sampler_has_schedule_types() -> None:
+    """A1111's "Schedule type" beside the sampler: enabled for a sampler with schedule types; for one without
+    (DDIM) back to Automatic and disabled, so no run asks for a schedule its sampler cannot take."""
+    from sd2_app.samplers.registry import SCHEDULES
+    from sd2_app.ui import build_ui
+    from tests.ui_doubles import fake_service
+
+    demo = build_ui(fake_service(None))
+    offered = _fn(demo, "txt2img_schedules_offered")
+    schedule = offered.outputs[0]
+    assert schedule.elem_id == "txt2img-schedule" and [v for _, v in schedule.choices] == list(SCHEDULES)
+    assert offered.fn("Euler")[0] == {"__type__": "update", "interactive": True}
+    assert offered.fn("DDIM")[0] == {"__type__": "update", "interactive": False, "value": "Automatic"}
