@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 
 from sd2_app.api.batch_count import checked_batch_count
-from sd2_app.api.checks import (MIN_SIDE, Catalog, Limits, check_sampler_names, check_schedule, clean_text, flag, integer, number,
-                                resolve_seed, to_multiple_of_8)
+from sd2_app.api.checks import (MIN_SIDE, Catalog, Limits, check_sampler_names, check_schedule, clean_text, flag,
+                                integer, number, resolve_seed, to_multiple_of_8)
 from sd2_app.api.cost import check_job_cost, job_cost
 from sd2_app.api.image_inputs import check_size, checked_image, decoded, fit_inside, to_depth, to_mask
 from sd2_app.api.requests import (

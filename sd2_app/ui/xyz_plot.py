@@ -3,8 +3,8 @@
 Each axis is a kind (sampler, steps, CFG, seed, checkpoint, schedule type, guidance rescale, denoising strength,
 prompt S/R and order, variation seed and strength, eta, hires steps, upscaler and sampler, and the host's prompt
 styles where it has any) and values, typed (`20, 30, 40`, `10-40 (+10)`) or, for samplers, schedule types, hires
-upscalers, checkpoints and styles, picked in a multi-select whose order is the order of the cells. The Text to image tab's
-Hires fix group (`txt2img_extras.build_hires`) sets the hires fix of every cell; an init image makes it an
+upscalers, checkpoints and styles, picked in a multi-select whose order is the order of the cells. The Text to
+image tab's Hires fix group (`txt2img_extras.build_hires`) sets the hires fix of every cell; an init image makes it an
 image-to-image plot, which has none (the group hides). Finished
 cells appear in the gallery as they come, so Stop leaves them on screen.
 """
@@ -262,7 +262,8 @@ def _picks(service: Service) -> dict[str, list[tuple[str, str]]]:
     """Each axis kind the tab offers (`offered_axes`, which a plot's validation allows) -> the (label, value)
     choices of its picked values (empty: typed values)."""
     samplers = [(name, name) for name in service.samplers()]
-    choices = {"sampler": samplers, "schedule_type": [(name, name) for name in SCHEDULES], "checkpoint": service.checkpoints("txt2img"), "hires_sampler": samplers,
+    choices = {"sampler": samplers, "schedule_type": [(name, name) for name in SCHEDULES],
+               "checkpoint": service.checkpoints("txt2img"), "hires_sampler": samplers,
                "hires_upscaler": [(name, name) for name in HIRES_UPSCALERS],
                "styles": [(name, name) for name in service.styles.names]}
     return {key: choices.get(key, []) for key in offered_axes(service.styles)}
