@@ -30,6 +30,7 @@ from sd2_app.api.gpu_call import GpuCall
 from sd2_app.api.keeper import unlisted
 from sd2_app.api.tasks import TASKS
 from sd2_app.errors import Cancelled, InvalidRequest, LoadError
+from sd2_app.samplers.registry import AUTOMATIC
 from sd2_app.ui.runner import GPU_QUEUE
 from sd2_app.ui.shown_files import shown_files
 from sd2_app.ui.uploads import upload_image
@@ -68,9 +69,9 @@ def _runner(service: Service) -> RunFn:
 
 
 def _sampling(steps: int, guidance_scale: float, seed: int, sampler: str | None = None, task: str = "txt2img",
-              eta: float = 0.0) -> rq.Sampling:
+              eta: float = 0.0, schedule_type: str = AUTOMATIC) -> rq.Sampling:
     return rq.Sampling(sampler=sampler or TASKS[task].sampler, steps=steps, cfg_scale=guidance_scale,
-                       seed=None if seed == -1 else seed, eta=eta)
+                       seed=None if seed == -1 else seed, eta=eta, schedule=schedule_type)
 
 
 def _tools(service: Service) -> dict[str, ToolFn]:
@@ -118,7 +119,7 @@ def _txt2img_tool(run: RunFn) -> ToolFn:
 
     def txt2img(prompt: str, negative_prompt: str = "", width: int = 512, height: int = 512,
                 steps: int = t2i.steps, guidance_scale: float = t2i.cfg_scale, sampler: str = t2i.sampler,
-                seed: int = -1, eta: float = 0.0) -> str | Image.Image:
+                seed: int = -1, eta: float = 0.0, schedule_type: str = AUTOMATIC) -> str | Image.Image:
         """Generate an image from a text prompt with Stable Diffusion 2.1 (512 px base model).
 
         Args:
@@ -131,8 +132,9 @@ def _txt2img_tool(run: RunFn) -> ToolFn:
             sampler: sampler name, e.g. "DPM++ 2M", "Euler a", "Euler", "DDIM", "UniPC"
             seed: random seed, 0 to 4294967295; -1 picks one
             eta: DDIM's eta, 0 to 1: noise added back at each step (other samplers ignore it); 0 is plain DDIM
+            schedule_type: the sigmas' spacing: Automatic (the sampler's own), Karras or Exponential; not for DDIM
         """
-        sampling = _sampling(steps, guidance_scale, seed, sampler, eta=eta)
+        sampling = _sampling(steps, guidance_scale, seed, sampler, eta=eta, schedule_type=schedule_type)
         request = rq.Txt2ImgRequest(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
                                     checkpoint=t2i.checkpoint, sampling=sampling)
         return run(request)

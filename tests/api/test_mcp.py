@@ -139,18 +139,24 @@ def test_a_tool_returns_the_saved_file_encoded_once(url: str, outputs: Path, mon
     assert encodes == [1, None]  # the Service's encode (fast level), then the MCP server's for its base64 copy
 
 
-def test_txt2img_takes_ddim_s_eta(url: str, outputs: Path) -> None:
-    """`eta` (as the web UI's Eta slider): a DDIM image with eta 0.5 says so in its parameters text."""
+def test_txt2img_takes_ddim_s_eta_and_a_schedule_type(url: str, outputs: Path) -> None:
+    """`eta` (as the web UI's Eta slider): a DDIM image with eta 0.5 says so in its parameters text; so does an
+    Euler image with `schedule_type` Exponential (the tabs' Schedule type)."""
     from sd2_app.pipelines.metadata import parse_parameters
 
     async def work(session):
-        return await session.call_tool("txt2img", {"prompt": "a cube", "width": 64, "height": 64, "steps": 2,
+        ddim = await session.call_tool("txt2img", {"prompt": "a cube", "width": 64, "height": 64, "steps": 2,
                                                    "sampler": "DDIM", "seed": 43, "eta": 0.5})
+        euler = await session.call_tool("txt2img", {"prompt": "a cube", "width": 64, "height": 64, "steps": 2,
+                                                    "sampler": "Euler", "seed": 44, "schedule_type": "Exponential"})
+        return ddim, euler
 
-    assert not _session(url, work).isError
-    saved = next(path for path in outputs.rglob("*.png") if path.name.endswith("-43-txt2img.png"))
-    parameters = parse_parameters(Image.open(saved).text["parameters"])
-    assert (parameters["Sampler"], parameters["Eta DDIM"]) == ("DDIM", 0.5)
+    assert not any(answer.isError for answer in _session(url, work))
+    read = {seed: parse_parameters(Image.open(next(path for path in outputs.rglob("*.png")
+                                                   if path.name.endswith(f"-{seed}-txt2img.png"))).text["parameters"])
+            for seed in (43, 44)}
+    assert (read[43]["Sampler"], read[43]["Eta DDIM"], read[43]["Schedule type"]) == ("DDIM", 0.5, "Automatic")
+    assert (read[44]["Sampler"], read[44]["Schedule type"]) == ("Euler", "Exponential")
 
 
 def test_inpaint_takes_the_masked_content_and_mask_mode(url: str, outputs: Path) -> None:
