@@ -74,6 +74,8 @@ _SPECS = [
     SamplerSpec("PNDM", "ddim:sample_plms", False, 1, False, DDIM),
     SamplerSpec("DPM++ 2M", "dpmpp:sample_dpmpp_2m", True, 1, False, DPM),
     SamplerSpec("DPM++ 2M SDE", "dpmpp:sample_dpmpp_2m_sde", True, 1, True, DPM),
+    SamplerSpec("DPM++ 2M SDE Heun", "dpmpp:sample_dpmpp_2m_sde_heun", True, 1, True, DPM),
+    SamplerSpec("DPM++ 3M SDE", "dpmpp:sample_dpmpp_3m_sde", True, 1, True, DPM),
     SamplerSpec("DPM++ 2S", "dpmpp:sample_dpmpp_2s", True, 1, False, DPM_SINGLESTEP),
     SamplerSpec("UniPC", "unipc:sample_unipc", True, 1, False, DPM),
     SamplerSpec("DEIS", "deis:sample_deis", True, 1, False, DEIS),

@@ -42,7 +42,7 @@ def test_rows_must_match_the_batch() -> None:
         draw_noise((3, 4, 8, 8), _parts([(1, 1), (2, 1)]), CPU, torch.float32)
 
 
-@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M SDE", "DPM2 a", "DDPM"])
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M SDE", "DPM++ 3M SDE", "DPM2 a", "DDPM"])
 def test_stochastic_sampler_batch_equals_solo_runs(sampler: str) -> None:
     """A per-image denoiser (no mixing across the batch): the batched run equals the solo runs exactly."""
     config = SchedulerConfig()

@@ -40,6 +40,8 @@ REFERENCE = {  # our name -> (diffusers class, extra config)
     "PNDM": ("PNDMScheduler", {}),
     "DPM++ 2M": ("DPMSolverMultistepScheduler", {}),
     "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "DPM++ 2M SDE Heun": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_type": "heun"}),
+    "DPM++ 3M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
     "DPM++ 2S": ("DPMSolverSinglestepScheduler", {}),
     "UniPC": ("UniPCMultistepScheduler", {}),
     "DEIS": ("DEISMultistepScheduler", {}),
@@ -244,14 +246,26 @@ def run_reference_img2img(name: str, steps: int, strength: float, image: torch.T
 
 
 @pytest.mark.parametrize("name", ["Euler", "Euler a", "Heun", "DPM2", "DDIM", "DDPM", "DPM++ 2M", "DPM++ 2S",
-                                  "UniPC", "DEIS"])
+                                  "UniPC", "DEIS", "DPM++ 3M SDE"])
 @pytest.mark.parametrize("strength", [0.3, 0.75])
 def test_img2img_start_matches_diffusers(name: str, strength: float) -> None:
+    _assert_img2img_matches(name, 25, strength)
+
+
+@pytest.mark.parametrize(("steps", "strength"), [(10, 0.75), (20, 0.5)])
+def test_img2img_keeps_3m_sde_s_orders_of_the_whole_schedule(steps: int, strength: float) -> None:
+    """diffusers' 3M drops to second order on the last but one step where the whole schedule is under 15 steps:
+    an img2img slice of 7 of 10 steps does, one of 10 of 20 steps does not."""
+    _assert_img2img_matches("DPM++ 3M SDE", steps, strength)
+
+
+def _assert_img2img_matches(name: str, steps: int, strength: float) -> None:
     image = 0.5 * torch.randn(SHAPE, generator=torch.Generator().manual_seed(7))
     noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
-    ref = run_reference_img2img(name, 25, strength, image, noise)
-    ours, calls, schedule = run_ours(name, SD2_EPS, "Automatic", 25, noise, seed=1, strength=strength, x0_image=image)
-    assert len(schedule) == int(25 * strength) and len(calls) == len(ref)
+    ref = run_reference_img2img(name, steps, strength, image, noise)
+    ours, calls, schedule = run_ours(name, SD2_EPS, "Automatic", steps, noise, seed=1, strength=strength,
+                                     x0_image=image)
+    assert len(schedule) == int(steps * strength) and len(calls) == len(ref)
     for x, n_calls in ours:
         assert (x - ref[n_calls - 1]).abs().max().item() < TOLERANCE * max(1.0, ref[n_calls - 1].abs().max().item())
 
