@@ -21,6 +21,8 @@ REFERENCE_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "DPM++ 2M": ("DPMSolverMultistepScheduler", {}),
     "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
     "Euler Exponential": ("EulerDiscreteScheduler", {"use_exponential_sigmas": True}),
+    "DPM++ 3M SDE Exponential": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3,
+                                                                 "use_exponential_sigmas": True}),
     "Euler": ("EulerDiscreteScheduler", {}),
     "Euler a": ("EulerAncestralDiscreteScheduler", {}),
     "DDIM": ("DDIMScheduler", {}),
