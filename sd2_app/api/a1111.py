@@ -32,7 +32,8 @@ from sd2_app.api.a1111_samplers import SCHEDULERS, read_sampler, sampler_named, 
 from sd2_app.api.tasks import TASKS
 from sd2_app.api.batch_count import checked_batch_count
 from sd2_app.api.checks import Limits, flag, resolve_seed
-from sd2_app.api.resize_modes import RESIZE_MODES, resize_to, run_size, shaped
+from sd2_app.api.resize_modes import RESIZE_MODES, resize_to, shaped
+from sd2_app.api.task_checks import img2img_size
 from sd2_app.api.results import Result
 from sd2_app.byte_limits import MAX_BASE64_CHARS, MAX_IMAGE_FILE_BYTES, MB
 from sd2_app.errors import InvalidRequest, shown
@@ -314,7 +315,7 @@ def _inpaint_inputs(body: Mapping[str, Any], image: Image.Image, mask: Image.Ima
         return image, mask
     if max(image.width * image.height, mask.width * mask.height) > limits.max_input_pixels:
         return image, mask
-    size = run_size(limits, image, width, height, warnings)
+    size = img2img_size(width, height, image.size, limits, warnings)
     return resize_to(image, *size, mode), resize_to(mask.convert("L"), *size, mode)
 
 

@@ -79,23 +79,15 @@ def _fill_bands(canvas: Image.Image, scaled: Image.Image, left: int, top: int) -
             canvas.paste(scaled.resize((right, height), LANCZOS, box=edge), (left + scaled.width, 0))
 
 
-def run_size(limits: Limits, picture: Image.Image, w: Any, h: Any,
-             warnings: list[str] | None = None) -> tuple[int, int]:
-    """The size an image-to-image run makes of `picture` asked for `w` x `h` (`task_checks.img2img_size`: an
-    empty side is the image's, sides rounded to multiples of 8, halves up, said in `warnings`); InvalidRequest
-    where it cannot."""
-    return img2img_size(w, h, picture.size, limits, [] if warnings is None else warnings)
-
-
 def shaped(limits: Limits, picture: Any, w: Any, h: Any, mode: Any) -> Any:
-    """The init image in the resize mode at the size the service runs (`run_size`); left as it is (for the
-    service to refuse in its words) when the image, a size or the mode is out of bounds, so nothing huge is
-    decoded or allocated here."""
+    """The init image in the resize mode at the size the service runs (`task_checks.img2img_size`: an empty side
+    is the image's, sides rounded to multiples of 8, halves up); left as it is (for the service to refuse in its
+    words) when the image, a size or the mode is out of bounds, so nothing huge is decoded or allocated here."""
     if not (isinstance(picture, Image.Image) and picture.width * picture.height <= limits.max_input_pixels
             and mode in RESIZE_MODES):
         return picture
     try:
-        size = run_size(limits, picture, w, h)
+        size = img2img_size(w, h, picture.size, limits, [])
     except InvalidRequest:
         return picture
     return resize_to(picture, *size, mode)
