@@ -66,6 +66,10 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embeddings-dir", type=Path, default=Path("embeddings"),
                         help="folder of SD2 textual-inversion embeddings (.safetensors); a prompt uses one by its "
                              "file name (default ./embeddings)")
+    parser.add_argument("--checkpoints-dir", type=Path, default=Path("checkpoints"),
+                        help="folder of single-file SD2 checkpoints (.safetensors, as A1111's "
+                             "models/Stable-diffusion); --model takes a file's name without .safetensors "
+                             "(default ./checkpoints)")
     parser.add_argument("--lora-dir", type=Path, default=Path("loras"),
                         help="folder of SD2 LoRAs (.safetensors, A1111's layout); a prompt uses one with "
                              "<lora:NAME:0.8> (default ./loras)")

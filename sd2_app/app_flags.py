@@ -193,6 +193,10 @@ def _extension_arguments(p: argparse.ArgumentParser, spaces: bool) -> None:
                         "instead of this process's GPU; see README 'Scaling out'")
     p.add_argument("--serve-config", default=None, metavar="TOML",
                    help="the deployment's settings (deploy/serve.toml) when --serve is given")
+    p.add_argument("--checkpoints-dir", default="checkpoints",
+                   help="folder of single-file SD2 checkpoints (.safetensors, as A1111's models/Stable-diffusion), "
+                        "read at start-up: each file is one more checkpoint, named by its file name (default "
+                        "./checkpoints)")
     p.add_argument("--embeddings-dir", default="embeddings",
                    help="folder of SD2 textual-inversion embeddings (.safetensors), read at start-up; a prompt uses "
                         "one by its file name (default ./embeddings)")

@@ -126,6 +126,7 @@ def engine_settings(args: argparse.Namespace) -> EngineSettings:
         repos=tuple(_repo_assignments(args)), revisions=tuple(args.revision), tiny=args.tiny,
         cache_dir=args.model_dir, preload=(),  # the one job loads what it needs
         allowed_repos=None,  # $SD2APP_ALLOWED_REPOS
+        checkpoints_dir=args.checkpoints_dir,
         limits=Limits(),  # the web app's default limits: the same validation as the web UI
         outputs_dir=None, keep_outputs_days=None, watermark=True, save_in_background=False, history_size=HISTORY_SIZE,
         embeddings_dir=args.embeddings_dir, lora_dir=args.lora_dir,

@@ -114,7 +114,8 @@ def engine_settings(args: argparse.Namespace, serve: ServeConfig | None = None) 
     as each replica's are: app_flags refuses --repo and --revision with --serve."""
     zerogpu = gpu_time.on_zerogpu()
     sources = serve.checkpoint_sources() if serve is not None else dict(
-        repos=tuple(args.repo), revisions=tuple(args.revision), tiny=args.tiny, allowed_repos=None)  # None: env
+        repos=tuple(args.repo), revisions=tuple(args.revision), tiny=args.tiny, allowed_repos=None,  # None: env
+        checkpoints_dir=args.checkpoints_dir)
     return EngineSettings(
         device=args.device, dtype=args.dtype, speed=args.speed, zerogpu=zerogpu, **sources,
         cache_dir=None, preload=tuple(args.preload or ()),

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from sd2_app.api import batching, tasks
 from sd2_app.api.checks import Limits
-from sd2_app.checkpoints.catalog import CheckpointSpec, apply_overrides, parse_assignments
+from sd2_app.checkpoints.catalog import REGISTRY, CheckpointSpec, apply_overrides, parse_assignments
+from sd2_app.checkpoints.files import CheckpointFiles
 from sd2_app.loading.embeddings import EmbeddingLibrary
 from sd2_app.loading.loras import LoraLibrary
 from sd2_app.prompt_styles import load_styles
@@ -40,6 +41,7 @@ class EngineSettings:
     cache_dir: Path | None  # tiny repos and file hashes; None: $SD2APP_CACHE (sd2_app.manager.default_cache_dir)
     preload: tuple[str, ...]  # checkpoint keys loaded before the first job
     allowed_repos: tuple[str, ...] | None  # Hub repos users may pick; None: $SD2APP_ALLOWED_REPOS (allowlist.py)
+    checkpoints_dir: str | Path | None  # single-file checkpoints (sd2_app/checkpoints/files.py); None: none
     # The Service: what it accepts, how it keeps results, how its jobs meet the GPU.
     limits: Limits
     outputs_dir: str | Path | None  # None: results are not saved
@@ -64,7 +66,8 @@ def registry_of(settings: EngineSettings) -> dict[str, CheckpointSpec]:
 
 def service_options(settings: EngineSettings) -> dict[str, Any]:
     """The Service's keyword arguments for what it accepts and how it keeps results (not where jobs run)."""
-    return dict(allowed_repos=settings.allowed_repos, limits=settings.limits, outputs_dir=settings.outputs_dir,
+    return dict(allowed_repos=settings.allowed_repos,
+                checkpoint_files=CheckpointFiles.scan(settings.checkpoints_dir, REGISTRY), limits=settings.limits, outputs_dir=settings.outputs_dir,
                 keep_outputs_days=settings.keep_outputs_days, watermark=settings.watermark,
                 save_in_background=settings.save_in_background, history_size=settings.history_size,
                 embeddings=EmbeddingLibrary.scan(settings.embeddings_dir), loras=LoraLibrary.scan(settings.lora_dir),

@@ -36,8 +36,8 @@ from sd2_app.api.results import Backend, HistoryEntry, ProgressFn, Result, resul
 from sd2_app.api.timing import log_split
 from sd2_app.api.tasks import pipeline_of
 from sd2_app.api.validation import validate
-from sd2_app.checkpoints.allowlist import allowed_repos as env_allowed_repos, custom_specs
 from sd2_app.checkpoints.catalog import REGISTRY, CheckpointSpec
+from sd2_app.checkpoints.files import CheckpointFiles, operator_checkpoints
 from sd2_app.errors import Cancelled, InvalidRequest, shown
 from sd2_app.pipelines.metadata import parse_parameters, read_png_parameters
 from sd2_app.prompt_styles import StyleBook
@@ -71,6 +71,7 @@ class Service:
         preview: PreviewFn | None = None,  # None: latent_preview
         limits: Limits = Limits(),
         allowed_repos: Iterable[str] | None = None,  # Hub repos users may pick; None: $SD2APP_ALLOWED_REPOS
+        checkpoint_files: CheckpointFiles | None = None,  # the operator's single-file checkpoints; None: none
         outputs_dir: str | Path | None = "outputs",
         keep_outputs_days: float | None = None,  # delete saved results older than this (None: keep them)
         history_size: int = HISTORY_SIZE,
@@ -88,14 +89,13 @@ class Service:
         self.styles = styles
         self._prompt_tools = PromptTools(self, embeddings)  # the embeddings folder, read again when it changes
         self.loras = LoraTools(loras)
-        # Where validated requests run: None is this process's manager; sd2_app.serve gives a remote one.
-        self.backend = backend
+        self.backend = backend  # where validated requests run: None, this process's manager (serve: a remote one)
         self.concurrency = concurrency  # jobs the GPU queue runs at once: 1 locally, the replicas' total remotely
         if registry is None:
             registry = manager.registry if manager is not None else REGISTRY
         self.registry: dict[str, CheckpointSpec] = dict(registry)
-        custom = custom_specs(env_allowed_repos() if allowed_repos is None else allowed_repos, self.registry)
-        if custom:  # the operator's allow-list: the manager must know them too, the UI lists them
+        custom = operator_checkpoints(allowed_repos, checkpoint_files, self.registry)
+        if custom:  # the manager must know them too, the UI lists them
             self.registry.update(custom)
             if manager is not None:
                 manager.add_checkpoints(custom)

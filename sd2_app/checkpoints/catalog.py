@@ -166,6 +166,22 @@ def checkpoint_named(name: str, registry: Mapping[str, CheckpointSpec]) -> str |
     return None
 
 
+# The built-in checkpoint a single-file checkpoint (sd2_app/checkpoints/files.py) takes its configs, tokenizer
+# and scheduler from, by kind: the file holds weights only (sd2_app/loading/single_file.py).
+FILE_TEMPLATES = {"epsilon": "sd21-base", "v_prediction": "sd21", "inpaint": "sd2-inpainting"}
+
+
+def is_checkpoint_file(repo: str) -> bool:
+    """A repo entry that names a single-file checkpoint rather than a repo or folder."""
+    return repo.lower().endswith(".safetensors")
+
+
+def tokenizer_spec(spec: CheckpointSpec, registry: Mapping[str, CheckpointSpec]) -> CheckpointSpec:
+    """Where `spec`'s tokenizer is read before its models load: its own repos, or for a single file its
+    template's (every SD2 checkpoint has OpenCLIP's tokenizer)."""
+    return registry[FILE_TEMPLATES["epsilon"]] if spec.repos and is_checkpoint_file(spec.repos[0]) else spec
+
+
 def is_local(repo: str) -> bool:
     """A repo entry is a local folder when it exists on disk or looks like a path rather than `owner/name`."""
     if os.path.isdir(repo):

@@ -241,3 +241,29 @@ def resolve_repo(
     progress = {} if on_progress is None else {"tqdm_class": _byte_reporter(on_progress, repo, size)}
     snapshot = Path(str(_snapshot(repo, revision, cache_dir, allow_patterns=wanted, **progress)))
     return _resolve_folder(snapshot, components, repo)
+
+
+# What a single-file checkpoint takes from the repo of its kind (sd2_app/loading/single_file.py): every config,
+# the tokenizer and the scheduler, no weights.
+CONFIG_PATTERNS = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
+                   "tokenizer/*", "scheduler/*")
+_CONFIG_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def resolve_configs(repo_or_dir: str | Path, *, revision: str | None = None, cache_dir: Path | None = None) -> Path:
+    """A local folder holding `CONFIG_PATTERNS` of a repo id or folder (for a repo, only those files are
+    downloaded; offline, the cached ones are used); LoadError naming the first missing file."""
+    path = Path(repo_or_dir).expanduser()
+    if path.is_dir() or str(repo_or_dir).startswith((".", "/", "~")):
+        folder, label = path, str(path)
+    else:
+        label = str(repo_or_dir)
+        options = {"local_files_only": True} if _is_offline() else {}
+        folder = Path(str(_snapshot(label, revision, cache_dir, allow_patterns=list(CONFIG_PATTERNS), **options)))
+    if not folder.is_dir():
+        raise LoadError(label, None, "not found (not a folder)")
+    listing = _local_listing(folder)
+    for required in ["model_index.json", *(f"{c}/{name}" for c in _CONFIG_COMPONENTS for name in REQUIRED_FILES[c])]:
+        if required not in listing:
+            raise LoadError(label, required, "not found")
+    return folder

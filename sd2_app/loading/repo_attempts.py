@@ -4,11 +4,12 @@ that holds no models (its token counter reads the tokenizer only)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError
 
-from sd2_app.checkpoints.catalog import CheckpointSpec, is_local
+from sd2_app.checkpoints.catalog import CheckpointSpec, is_local, tokenizer_spec
 from sd2_app.errors import LoadError
 from sd2_app.loading.hub import resolve_repo
 from sd2_app.loading.tokenizer import load_tokenizer
@@ -47,9 +48,11 @@ def failure_reason(error: BaseException, repo: str) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def load_tokenizer_only(spec: CheckpointSpec) -> CLIPTokenizer:
+def load_tokenizer_only(spec: CheckpointSpec, registry: Mapping[str, CheckpointSpec]) -> CLIPTokenizer:
     """The checkpoint's tokenizer from the first repo that has its small tokenizer/ folder (downloaded alone
-    when needed): the token counter uses it before any model of the checkpoint is loaded."""
+    when needed): the token counter uses it before any model of the checkpoint is loaded. A single-file
+    checkpoint's is its template's (`catalog.tokenizer_spec`; `registry` holds the template)."""
+    spec = tokenizer_spec(spec, registry)
     attempts: list[tuple[str, str]] = []
     for repo in spec.repos:
         revision = None if is_local(repo) else spec.revision

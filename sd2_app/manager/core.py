@@ -71,7 +71,7 @@ class ModelManager:
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         if self.device.type == "cpu" and self.dtype != torch.float32:
             logger.warning("%s on CPU is slow and lossy; the default there is float32", self.dtype)
-        cache_dir = cache_dir or default_cache_dir()
+        self.cache_dir = cache_dir = cache_dir or default_cache_dir()
         self.registry: dict[str, CheckpointSpec] = dict(registry if registry is not None else REGISTRY)
         if tiny:
             from sd2_app.testing.tiny import tiny_checkpoints  # writes the tiny repos on first use only
@@ -158,7 +158,7 @@ class ModelManager:
         CheckpointUnavailable). Never waits for the GPU job lock."""
         with self._state_lock:
             entry = self._entries.get(key)
-        return entry.extras.tokenizer if entry is not None else load_tokenizer_only(self._spec(key))
+        return entry.extras.tokenizer if entry is not None else load_tokenizer_only(self._spec(key), self.registry)
 
     # ---- public operations ---------------------------------------------------------------------------
     @contextmanager

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from sd2_app.loading.hub import LoadProgressFn, resolve_repo
+from sd2_app.loading.hub import LoadProgressFn, resolve_configs, resolve_repo
 from sd2_app.loading.repo_attempts import LOAD_FAILURES, CheckpointUnavailable, failure_reason
 from sd2_app.errors import LoadError
 from sd2_app.manager.memory import OOM_ERRORS, gib, module_bytes
 from sd2_app.manager.identity import HashCache
 from sd2_app.manager.plan import Plan, load_extras, load_part, make_plan, subfolders
 from sd2_app.manager.state import Entry, Part
-from sd2_app.checkpoints.catalog import CheckpointSpec, is_local
+from sd2_app.checkpoints.catalog import CheckpointSpec, is_checkpoint_file, is_local
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ class LoadTarget(Protocol):
     device: torch.device
     dtype: torch.dtype
     hashes: HashCache
+    registry: Mapping[str, CheckpointSpec]  # the checkpoints a single file borrows configs from
+    cache_dir: Path  # where single files are converted
 
     def find_part(self, identity: str) -> Part | None: ...
 
@@ -108,6 +112,24 @@ def _load_with_oom_retry(
         ) from second
 
 
+def _file_folder(target: LoadTarget, path: Path, report: LoadProgressFn) -> Path:
+    """The Hub-layout folder of a single-file checkpoint, its configs from the first repo of the template
+    checkpoint that has them (sd2_app/loading/single_file.py)."""
+    from sd2_app.loading.single_file import prepare
+
+    def configs_of(key: str) -> Path:
+        template = target.registry[key]
+        failures = []
+        for repo in template.repos:
+            try:
+                return resolve_configs(repo, revision=None if is_local(repo) else template.revision)
+            except LoadError as e:
+                failures.append(f"{repo}: {failure_reason(e, repo)}")
+        raise LoadError(str(path), None, f"no configs from the {key} checkpoint ({'; '.join(failures)})")
+
+    return prepare(path, configs_of, target.cache_dir, report)
+
+
 def load_checkpoint(target: LoadTarget, spec: CheckpointSpec, on_progress: LoadProgressFn | None) -> None:
     """Load `spec` into `target` (the model manager) from the first of its repos that works; raise
     CheckpointUnavailable if none does."""
@@ -122,7 +144,10 @@ def load_checkpoint(target: LoadTarget, spec: CheckpointSpec, on_progress: LoadP
         revision = spec.revision if is_hub else None
         report(f"{spec.key}: trying {repo}" + (f"@{revision}" if revision else ""))
         try:
-            folder = resolve_repo(repo, subfolders(spec), revision=revision, on_progress=on_progress)
+            if is_checkpoint_file(repo):
+                folder, is_hub = _file_folder(target, Path(repo), report), False
+            else:
+                folder = resolve_repo(repo, subfolders(spec), revision=revision, on_progress=on_progress)
             plan = make_plan(spec, repo, folder, target.dtype, target.hashes, is_hub=is_hub)
             _load_with_oom_retry(target, spec, plan, revision, report)
         except OutOfMemoryDuringLoad:

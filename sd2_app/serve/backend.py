@@ -139,7 +139,7 @@ class ClusterModels:
         """`key`'s tokenizer read here (a few small files; the token counter needs no replica)."""
         if key not in self._registry:
             raise InvalidRequest(f"Unknown checkpoint {key!r}.")
-        return load_tokenizer_only(self._registry[key])
+        return load_tokenizer_only(self._registry[key], self._registry)
 
     def report(self) -> tuple[Sequence[object], object]:
         """One replica's checkpoints and memory (Serve picks the replica), in one round trip."""

@@ -58,6 +58,7 @@ class ServeConfig:
     repos: tuple[str, ...] = ()  # KEY=REPO[,REPO] overrides, as app.py's --repo
     revisions: tuple[str, ...] = ()  # KEY=REV pins, as app.py's --revision
     allowed_repos: tuple[str, ...] = ()  # owner/name Hub repos users may pick, as $SD2APP_ALLOWED_REPOS
+    checkpoints_dir: str = "checkpoints"  # single-file checkpoints, as app.py's --checkpoints-dir
     embeddings_dir: str = "embeddings"  # textual-inversion embeddings, as app.py's --embeddings-dir
     lora_dir: str = "loras"  # LoRAs, as app.py's --lora-dir
     batch_users: bool = False  # batching across users on each replica (needs max_ongoing_requests >= MAX_IMAGES)
@@ -66,7 +67,7 @@ class ServeConfig:
         """The `EngineSettings` fields (sd2_app/api/engine_settings.py) these settings decide for the front end
         and for each replica alike: which checkpoints exist and where their files come from."""
         return {"repos": self.repos, "revisions": self.revisions, "tiny": self.tiny,
-                "allowed_repos": self.allowed_repos}
+                "allowed_repos": self.allowed_repos, "checkpoints_dir": self.checkpoints_dir}
 
     @property
     def total_concurrency(self) -> int:

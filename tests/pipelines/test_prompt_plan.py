@@ -72,7 +72,8 @@ def tokenizer():
     from sd2_app.testing.tiny import ensure_tiny_repos
     from tests.pipeline_fixtures import tiny_dir
 
-    return load_tokenizer_only(tiny_registry(ensure_tiny_repos(tiny_dir()))["sd21-base"])
+    registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
+    return load_tokenizer_only(registry["sd21-base"], registry)
 
 
 def test_the_plan_refuses_phases_times_chunks_over_the_limit(tokenizer) -> None:

@@ -22,7 +22,7 @@ def tokenizers():  # two checkpoints' tokenizers: the same tiny files, two folde
     from tests.pipeline_fixtures import tiny_dir
 
     registry = tiny_registry(ensure_tiny_repos(tiny_dir()))
-    return load_tokenizer_only(registry["sd21-base"]), load_tokenizer_only(registry["sd21"])
+    return load_tokenizer_only(registry["sd21-base"], registry), load_tokenizer_only(registry["sd21"], registry)
 
 
 @pytest.fixture

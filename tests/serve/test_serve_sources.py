@@ -34,7 +34,7 @@ def test_the_settings_read_revisions_and_refuse_malformed_ones(tmp_path: Path) -
     assert config.revisions == ("sd21-base=0123abcd", "x4-upscaler=main")
     assert config.allowed_repos == ("me/custom-sd2",)
     assert config.checkpoint_sources() == {"repos": config.repos, "revisions": config.revisions, "tiny": False,
-                                           "allowed_repos": config.allowed_repos}
+                                           "allowed_repos": config.allowed_repos, "checkpoints_dir": "checkpoints"}
     assert load_config().revisions == () and load_config().allowed_repos == ()
     assert refusal(path, 'revisions = ["sd21-base"]') == "serve config: revisions: expected KEY=VALUE, got 'sd21-base'"
     assert refusal(path, 'revisions = ["sd21-base= "]') == (
