@@ -22,6 +22,7 @@ SCHEDULE_TYPE = "Schedule type"  # one of sd2_app.samplers.registry.SCHEDULES
 CFG_SCALE = "CFG scale"
 SEED = "Seed"
 SIZE = "Size"  # "WxH"
+MODEL_HASH = "Model hash"  # a single-file checkpoint's sha256, first 10 hex digits (A1111's short hash)
 MODEL = "Model"
 GUIDANCE_RESCALE = "Guidance rescale"
 ETA_DDIM = "Eta DDIM"  # DDIM's eta (A1111's sd_samplers_timesteps.py); its "Eta" is the ancestral samplers'

@@ -68,6 +68,7 @@ def load_components(kind: str, folder: Path | None = None) -> Components:
     return Components(
         key=kind,
         repo=str(folder),
+        model_hash="",
         unet=loading.load_unet(folder, device, dtype),
         vae=loading.load_vae(folder, device, dtype),
         text_encoder=loading.load_text_encoder(folder, device, dtype),

@@ -25,6 +25,7 @@ class Components:
 
     key: str  # registry key, e.g. "sd21-base"
     repo: str  # the repo id or folder actually loaded
+    model_hash: str  # a single-file checkpoint's A1111 short hash (sha256, 10 hex digits); "" for a repo
     unet: Denoiser  # the UNet, or accel's CUDA-graph wrapper of it (after Accelerator.prepare)
     vae: AutoencoderKL
     text_encoder: TextEncoder  # transformers' CLIPTextModel, or accel's CUDA-graph wrapper of it

@@ -240,8 +240,7 @@ class ModelManager:
         value = {name: self._parts[identity].value for name, identity in entry.parts.items()}
         depth_model, depth_processor = value.get("depth_estimator", (None, None))
         components = Components(
-            key=key,
-            repo=entry.repo,
+            key=key, repo=entry.repo, model_hash=entry.model_hash,
             unet=value["unet"],
             vae=value["vae"],
             text_encoder=value["text_encoder"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
@@ -83,7 +84,8 @@ def _load_plan(target: LoadTarget, spec: CheckpointSpec, plan: Plan, revision: s
             target.keep_part(part, key)
         extras = load_extras(spec, plan.folder)
         parts = {p.name: p.identity for p in plan.parts}
-        target.register(Entry(key, plan.repo, revision, plan.folder, parts, extras, "device", last_used=0))
+        target.register(Entry(key, plan.repo, revision, plan.folder, parts, extras, "device", last_used=0,
+                              model_hash=plan.model_hash))
         done = True
     finally:
         if not done:
@@ -149,6 +151,9 @@ def load_checkpoint(target: LoadTarget, spec: CheckpointSpec, on_progress: LoadP
             else:
                 folder = resolve_repo(repo, subfolders(spec), revision=revision, on_progress=on_progress)
             plan = make_plan(spec, repo, folder, target.dtype, target.hashes, is_hub=is_hub)
+            if is_checkpoint_file(repo):  # A1111 names a checkpoint file by its hash ("Model hash" in infotexts)
+                report(f"{spec.key}: hashing {Path(repo).name} (once)")
+                plan = replace(plan, model_hash=target.hashes.sha256(Path(repo))[:10])
             _load_with_oom_retry(target, spec, plan, revision, report)
         except OutOfMemoryDuringLoad:
             raise

@@ -56,6 +56,7 @@ class Plan:
     repo: str  # what the registry listed (repo id or folder)
     folder: Path  # local folder in Hub layout
     parts: tuple[PartPlan, ...] = field(default_factory=tuple)
+    model_hash: str = ""  # a single-file checkpoint's A1111 short hash (its sha256's first 10 hex digits); "" else
 
 
 def _listing(folder: Path) -> list[str]:

@@ -42,6 +42,7 @@ class Entry:
     extras: Extras
     tier: Tier
     last_used: int  # manager clock tick of the last use: the LRU order
+    model_hash: str = ""  # Plan.model_hash
 
 
 @dataclass(frozen=True)

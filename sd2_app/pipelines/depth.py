@@ -95,7 +95,8 @@ def depth2img(
 
     def finish(latents: torch.Tensor) -> PipelineOutput:
         images = postprocess(job.decode(latents))
-        settings = sampling_settings(sampling, width=width, height=height, model=components.key)
+        settings = sampling_settings(sampling, width=width, height=height, model=components.key,
+                                     model_hash=components.model_hash)
         settings |= prompt_hashes(job.embeddings, components)
         settings[keys.DENOISING_STRENGTH] = request.strength
         settings[keys.DEPTH] = "user map" if request.depth_map is not None else "DPT"

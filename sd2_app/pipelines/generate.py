@@ -44,7 +44,8 @@ def txt2img_settings(request: Txt2ImgRequest, components: Components, width: int
                      embeddings: list[TextualInversion]) -> Settings:
     """The parameters text's settings, with A1111's keys for the seed extras, tiling when they are on and the
     `embeddings` the prompts used (the job's)."""
-    settings = sampling_settings(request.sampling, width=width, height=height, model=components.key)
+    settings = sampling_settings(request.sampling, width=width, height=height, model=components.key,
+                                 model_hash=components.model_hash)
     settings |= prompt_hashes(embeddings, components)
     settings.update(seed_settings(request.seed_extras))
     if request.tiling:

@@ -76,7 +76,8 @@ def prepare_img2img(components: Components, request: Img2ImgRequest, mode: RunMo
 
     def finish(latents: torch.Tensor) -> PipelineOutput:
         images = postprocess(job.decode(latents))
-        settings = sampling_settings(sampling, width=width, height=height, model=components.key)
+        settings = sampling_settings(sampling, width=width, height=height, model=components.key,
+                                     model_hash=components.model_hash)
         settings |= prompt_hashes(job.embeddings, components)
         settings[keys.DENOISING_STRENGTH] = request.strength
         settings.update(seed_settings(request.seed_extras))

@@ -165,7 +165,8 @@ def _settings(components: Components, request: InpaintRequest, area: WorkArea, e
               extra_settings: Settings | None) -> Settings:
     """The parameters text's settings, A1111's inpainting keys among them."""
     width, height = area.out_size
-    settings = sampling_settings(request.sampling, width=width, height=height, model=components.key)
+    settings = sampling_settings(request.sampling, width=width, height=height, model=components.key,
+                                 model_hash=components.model_hash)
     settings |= prompt_hashes(embeddings, components)
     settings[keys.DENOISING_STRENGTH] = request.strength
     settings[keys.MASK_BLUR] = request.mask_blur

@@ -24,8 +24,9 @@ class PipelineOutput:
     depth_image: Image.Image | None = None  # depth-to-image: the depth map actually used (white = near)
 
 
-def sampling_settings(sampling: Sampling, *, width: int, height: int, model: str) -> Settings:
-    """The settings every task shares, in A1111's order. "Eta DDIM" only where the sampler uses it (`ETA_SAMPLERS`),
+def sampling_settings(sampling: Sampling, *, width: int, height: int, model: str, model_hash: str = "") -> Settings:
+    """The settings every task shares, in A1111's order ("Model hash" for a checkpoint file only: a repo has no one
+    file to hash). "Eta DDIM" only where the sampler uses it (`ETA_SAMPLERS`),
     so the text never claims a setting that did not change the image; A1111 names DDIM's eta so (modules/
     sd_samplers_timesteps.py, `initialize`), its "Eta" being the k-diffusion samplers' ancestral eta."""
     settings: Settings = {
@@ -35,6 +36,7 @@ def sampling_settings(sampling: Sampling, *, width: int, height: int, model: str
         keys.CFG_SCALE: sampling.cfg_scale,
         keys.SEED: sampling.seed,
         keys.SIZE: f"{width}x{height}",
+        **({keys.MODEL_HASH: model_hash} if model_hash else {}),
         keys.MODEL: model,
     }
     if sampling.guidance_rescale > 0:

@@ -72,7 +72,8 @@ def upscale(
     def finish(latents: torch.Tensor) -> PipelineOutput:
         pixels = job.decode(latents, force_fp32=True, tile=tiling.tile, overlap=tiling.overlap)
         images = postprocess(pixels)
-        settings = sampling_settings(sampling, width=out_w, height=out_h, model=components.key)
+        settings = sampling_settings(sampling, width=out_w, height=out_h, model=components.key,
+                                     model_hash=components.model_hash)
         settings |= prompt_hashes(job.embeddings, components)
         settings[keys.NOISE_LEVEL] = request.noise_level
         if max(h, w) > tiling.tile:

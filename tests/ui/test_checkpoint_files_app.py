@@ -5,8 +5,10 @@ the repo it was written from, seed for seed; a file the folder refuses is not of
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -26,7 +28,7 @@ FAST = {"steps": 2, "seed": 11, "cfg_scale": 7.5, "width": 64, "height": 64, "ne
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repos = ensure_tiny_repos(tiny_dir())
     folder = tmp_path_factory.mktemp("checkpoints")
     # the weights the app loads from sd21-base's and sd21's tiny repos: their fp16 variants
@@ -35,6 +37,11 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     write_ldm_file(repos["sd21"], folder / "my-v.safetensors", variant="fp16")
     (folder / "my-v.yaml").write_text('model:\n  params:\n    parameterization: "v"\n')
     (folder / "old.ckpt").write_bytes(b"\x80\x02")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Iterator[str]:
     argv = ["--tiny", "--device", "cpu", "--no-save", "--checkpoints-dir", str(folder)]
     with serve(argv, tmp_path_factory.mktemp("cache")) as (url, _):
         yield url.rstrip("/")
@@ -49,12 +56,14 @@ def _txt2img(client: Client, checkpoint: str) -> tuple[np.ndarray, str]:
     return _pixels(gallery[0]["image"]), info
 
 
-def test_a_file_gives_the_images_of_the_repo_it_holds(app: str) -> None:
+def test_a_file_gives_the_images_of_the_repo_it_holds(app: str, folder: Path) -> None:
     client = Client(app, verbose=False)
-    from_repo, _ = _txt2img(client, "sd21-base")
+    from_repo, repo_info = _txt2img(client, "sd21-base")
     from_file, info = _txt2img(client, "my-base")
     assert np.array_equal(from_file, from_repo)
-    assert "Model: my-base" in info
+    short_hash = hashlib.sha256((folder / "my-base.safetensors").read_bytes()).hexdigest()[:10]
+    assert f"Size: 64x64, Model hash: {short_hash}, Model: my-base\n" in info  # A1111's short hash of the file
+    assert "Size: 64x64, Model: sd21-base\n" in repo_info  # a repo has no one file to hash
     v_repo, _ = _txt2img(client, "sd21")
     v_file, _ = _txt2img(client, "my-v")  # its yaml says v: SD 2.1 768's configs and scheduler
     assert np.array_equal(v_file, v_repo) and not np.array_equal(v_file, from_file)
