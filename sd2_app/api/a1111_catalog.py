@@ -81,7 +81,7 @@ def catalog_routes(router: APIRouter, api: A1111Api) -> None:
 
     @router.post("/refresh-checkpoints")
     def refresh_checkpoints() -> None:
-        return None  # the checkpoints are the server's fixed catalog: nothing to look for again
+        return None  # the catalog, --checkpoints-dir files included, is read at start-up: nothing to look for again
 
     @router.get("/embeddings")
     def embeddings() -> dict[str, dict[str, dict[str, Any]]]:

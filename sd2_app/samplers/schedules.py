@@ -20,12 +20,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from sd2_app.samplers.beta_quantiles import beta_spacing
 from sd2_app.samplers.registry import AUTOMATIC, SAMPLERS, SCHEDULES, ScheduleKind
 
 log = logging.getLogger(__name__)
 
 SPACINGS = ("leading", "trailing", "linspace")
 KARRAS_RHO = 7.0  # Karras et al. (2022), eq. 5
+BETA_ALPHA = BETA_BETA = 0.6  # the Beta schedule's distribution: diffusers' `_convert_to_beta` and A1111's defaults
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,16 @@ def sigmas_exponential(steps: int, sigma_min: float, sigma_max: float) -> np.nda
     return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), steps))
 
 
+def sigmas_beta(steps: int, sigma_min: float, sigma_max: float, alpha: float = BETA_ALPHA,
+                beta: float = BETA_BETA) -> np.ndarray:
+    """(N,) float64 sigmas at the beta distribution's quantiles of 1 - linspace(0, 1, N), scaled from [0, 1] onto
+    [sigma_min, sigma_max] (Lee et al. 2024; diffusers' `_convert_to_beta`); no final zero."""
+    return np.array([sigma_min + q * (sigma_max - sigma_min) for q in beta_spacing(steps, alpha, beta)])
+
+
+SPACED_SIGMAS = {"Karras": sigmas_karras, "Exponential": sigmas_exponential, "Beta": sigmas_beta}  # SCHEDULES' own
+
+
 def _final_sigma(config: SchedulerConfig, kind: ScheduleKind) -> float:
     if kind.final == "zero":
         return 0.0
@@ -192,7 +204,7 @@ def build_schedule(config: SchedulerConfig, kind: ScheduleKind, steps: int, *, s
     """The N-step schedule of one sampler family, number for number what diffusers' `set_timesteps` builds.
 
     `schedule` (one of SCHEDULES): the family's own spacing, or its N sigmas placed between the family's ends as
-    Karras or Exponential spacing, each at the timestep sigma_to_t gives it (rounded for Karras where diffusers
+    Karras, Exponential or Beta spacing, each at the timestep sigma_to_t gives it (rounded for Karras where diffusers
     rounds; the VP schedulers keep the whole part, as diffusers' int64 timesteps do)."""
     if not 1 <= steps <= config.num_train_timesteps:
         raise ValueError(f"steps must be in 1..{config.num_train_timesteps}, got {steps}")
@@ -207,14 +219,14 @@ def build_schedule(config: SchedulerConfig, kind: ScheduleKind, steps: int, *, s
             lo, hi = float(sigmas[-1]), float(sigmas[0])
         else:
             lo, hi = float(sigma_table[0]), float(sigma_table[-1])
-        sigmas = sigmas_karras(steps, lo, hi) if schedule == "Karras" else sigmas_exponential(steps, lo, hi)
+        sigmas = SPACED_SIGMAS[schedule](steps, lo, hi)
         timesteps = np.array([to_t(float(s)) for s in sigmas])
         if schedule == "Karras" and kind.round_karras_t and config.beta_schedule != "squaredcos_cap_v2":
             timesteps = timesteps.round()
         if kind.integer_timesteps:
             timesteps = np.floor(timesteps)
     if kind.final == "sigma_min" and schedule != AUTOMATIC:
-        final = float(sigmas[-1])  # DEIS repeats the last sigma of a Karras or Exponential schedule
+        final = float(sigmas[-1])  # DEIS repeats the last sigma of a Karras, Exponential or Beta schedule
     else:
         final = _final_sigma(config, kind)
     sigmas32 = np.concatenate([sigmas, [final]]).astype(np.float32)

@@ -428,7 +428,7 @@ def test_options_and_override_settings_read_a_checkpoint_name_alike(app, name: s
 def test_catalog_endpoints(client) -> None:
     assert "DPM++ 2M" in client.util_get_sampler_names()
     assert [(s["name"], s["label"]) for s in client.get_schedulers()] == [
-        ("automatic", "Automatic"), ("karras", "Karras"), ("exponential", "Exponential")]
+        ("automatic", "Automatic"), ("karras", "Karras"), ("exponential", "Exponential"), ("beta", "Beta")]
     assert [(u["name"], u["model_name"]) for u in client.get_upscalers()] == [
         ("None", None), ("Lanczos", None), ("Nearest", None), ("SD2 x4", "x4-upscaler")]
 
@@ -550,6 +550,7 @@ SAMPLER_NAMES = [  # (A1111's sampler name, its schedule or None) -> (our sample
     (("DPM++ 2M", "Karras"), ("DPM++ 2M", "Karras")),  # "Schedule type: Karras" / scheduler "Karras"
     (("DPM++ 2M", "karras"), ("DPM++ 2M", "Karras")),  # the scheduler's name rather than its label
     (("Euler", "exponential"), ("Euler", "Exponential")),
+    (("UniPC", "beta"), ("UniPC", "Beta")),
     (("PLMS", None), ("PNDM", "Automatic")),  # A1111's name of PNDM
     (("plms", None), ("PNDM", "Automatic")),
     (("DPM fast", None), None),  # not ours

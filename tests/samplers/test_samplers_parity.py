@@ -73,7 +73,8 @@ def stand_in_model(prediction: str) -> callable:
     return model
 
 
-SCHEDULE_OPTIONS = {"Karras": "use_karras_sigmas", "Exponential": "use_exponential_sigmas"}  # diffusers' switches
+SCHEDULE_OPTIONS = {"Karras": "use_karras_sigmas", "Exponential": "use_exponential_sigmas",
+                    "Beta": "use_beta_sigmas"}  # diffusers' switches
 
 
 def reference_scheduler(name: str, config: dict, schedule: str, steps: int):
@@ -87,6 +88,10 @@ def reference_scheduler(name: str, config: dict, schedule: str, steps: int):
         kwargs[option] = True
     sched = cls.from_config(config, **kwargs)
     sched.set_timesteps(steps)
+    if hasattr(sched, "set_begin_index"):
+        # From the first index: without it diffusers' index_for_timestep takes the second of a repeated first
+        # timestep, skips a sigma and runs off the end (Beta's dense ends floor to 998 twice at 50 steps).
+        sched.set_begin_index(0)
     if option and name == "Euler a":
         table = diffusers.EulerDiscreteScheduler.from_config(config, **{option: True})
         table.set_timesteps(steps)
@@ -217,7 +222,9 @@ CASES = [
 def test_trajectory_matches_diffusers(name: str, prediction: str, schedule: str, steps: int) -> None:
     # DEIS: diffusers takes differences of fp32 log-terms for its coefficients (~1e-6 off per step); the
     # float64 test below shows the algorithms agree to 1e-9, so only fp32 rounding accumulates over 50 steps.
-    tolerance = 2e-5 if name == "DEIS" else TOLERANCE
+    # Beta packs its first sigmas closest (50 steps: 14.615, 14.573, 14.484, ...): there those differences keep
+    # the fewest digits.
+    tolerance = (1e-4 if schedule == "Beta" else 2e-5) if name == "DEIS" else TOLERANCE
     assert max_difference(name, prediction, schedule, steps) < tolerance
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sd2_app.samplers import SAMPLERS, SchedulerConfig, add_noise, make_denoiser, make_schedule, start_at
+from sd2_app.samplers.beta_quantiles import beta_ppf
 from sd2_app.samplers.schedules import sigmas_karras, train_sigmas
 
 SD2 = SchedulerConfig.from_dict({
@@ -82,6 +83,23 @@ def test_exponential_schedules() -> None:
     assert [int(t) for t in exact] == dpm.timesteps and any(t - int(t) > 0.5 for t in exact)  # floored, not rounded
     with pytest.raises(ValueError, match="unknown schedule 'Uniform'"):
         make_schedule(SD2, "Euler", 20, schedule="Uniform")
+
+
+def test_beta_schedules() -> None:
+    """At a Beta(0.6, 0.6) distribution's quantiles of 1 - linspace(0, 1, N) between the family's ends, denser at both
+    ends than in the middle; the quantiles are scipy's to 1e-15 (computed here without it)."""
+    stats = pytest.importorskip("scipy.stats")
+    euler = make_schedule(SD2, "Euler", 20, schedule="Beta")
+    lo, hi = euler.sigmas[19], euler.sigmas[0]
+    expected = [lo + stats.beta.ppf(1 - i / 19, 0.6, 0.6) * (hi - lo) for i in range(20)]
+    assert max(abs(a - b) for a, b in zip(euler.sigmas[:20], expected)) < 1e-5 and euler.sigmas[20] == 0.0
+    gaps = [a - b for a, b in zip(euler.sigmas[:19], euler.sigmas[1:20])]
+    assert gaps[0] < gaps[9] > gaps[18]  # dense at both ends
+    for a, b in ((0.6, 0.6), (0.5, 0.7), (2.0, 3.0)):
+        for p in [0.0, 1e-9, 1e-4, 0.01, 0.3, 0.5, 0.77, 0.999, 1 - 1e-9, 1.0]:
+            assert beta_ppf(p, a, b) == pytest.approx(stats.beta.ppf(p, a, b), rel=1e-11, abs=1e-15)
+    dpm = make_schedule(SD2, "DPM++ 2M", 50, schedule="Beta")
+    assert dpm.timesteps[:4] == [998, 998, 997, 996]  # floored, as diffusers' int64 cast: the first one twice
 
 
 def test_train_sigmas_and_midpoint_timesteps() -> None:
