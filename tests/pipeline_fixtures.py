@@ -23,6 +23,7 @@ REFERENCE_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "Euler Exponential": ("EulerDiscreteScheduler", {"use_exponential_sigmas": True}),
     "DPM++ 3M SDE Exponential": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3,
                                                                  "use_exponential_sigmas": True}),
+    "UniPC Beta": ("UniPCMultistepScheduler", {"use_beta_sigmas": True}),
     "Euler": ("EulerDiscreteScheduler", {}),
     "Euler a": ("EulerAncestralDiscreteScheduler", {}),
     "DDIM": ("DDIMScheduler", {}),

@@ -29,6 +29,7 @@ CASES = [
     ("sd2-base", "Euler", 1, 64, 48, "", 0.0, 0.0, 1.0),  # guidance off
     ("sd21", "Euler Exponential", 1, 48, 48, "", 0.0, 0.0, 7.5),  # the schedule type A1111 calls Exponential
     ("sd2-base", "DPM++ 3M SDE Exponential", 1, 48, 40, "", 0.0, 0.0, 7.5),  # SDE noise from the pipeline's seed
+    ("sd2", "UniPC Beta", 1, 40, 48, "", 0.0, 0.0, 7.5),  # Beta quantiles, on v-prediction
 ]
 
 
