@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -114,9 +114,10 @@ def _load_with_oom_retry(
         ) from second
 
 
-def _file_folder(target: LoadTarget, path: Path, report: LoadProgressFn) -> Path:
+def _file_folder(target: LoadTarget, path: Path, report: LoadProgressFn) -> tuple[Path, str]:
     """The Hub-layout folder of a single-file checkpoint, its configs from the first repo of the template
-    checkpoint that has them (sd2_app/loading/single_file.py)."""
+    checkpoint that has them (sd2_app/loading/single_file.py), and the file's A1111 short hash (its sha256's
+    first 10 hex digits, which A1111 writes as "Model hash"; the hash cache keeps it between runs)."""
     from sd2_app.loading.single_file import prepare
 
     def configs_of(key: str) -> Path:
@@ -129,7 +130,9 @@ def _file_folder(target: LoadTarget, path: Path, report: LoadProgressFn) -> Path
                 failures.append(f"{repo}: {failure_reason(e, repo)}")
         raise LoadError(str(path), None, f"no configs from the {key} checkpoint ({'; '.join(failures)})")
 
-    return prepare(path, configs_of, target.cache_dir, report)
+    folder = prepare(path, configs_of, target.cache_dir, report)
+    report(f"{path.name}: hashing")
+    return folder, target.hashes.sha256(path)[:10]
 
 
 def load_checkpoint(target: LoadTarget, spec: CheckpointSpec, on_progress: LoadProgressFn | None) -> None:
@@ -146,14 +149,13 @@ def load_checkpoint(target: LoadTarget, spec: CheckpointSpec, on_progress: LoadP
         revision = spec.revision if is_hub else None
         report(f"{spec.key}: trying {repo}" + (f"@{revision}" if revision else ""))
         try:
+            model_hash = ""
             if is_checkpoint_file(repo):
-                folder, is_hub = _file_folder(target, Path(repo), report), False
+                (folder, model_hash), is_hub = _file_folder(target, Path(repo), report), False
             else:
                 folder = resolve_repo(repo, subfolders(spec), revision=revision, on_progress=on_progress)
-            plan = make_plan(spec, repo, folder, target.dtype, target.hashes, is_hub=is_hub)
-            if is_checkpoint_file(repo):  # A1111 names a checkpoint file by its hash ("Model hash" in infotexts)
-                report(f"{spec.key}: hashing {Path(repo).name} (once)")
-                plan = replace(plan, model_hash=target.hashes.sha256(Path(repo))[:10])
+            plan = replace(make_plan(spec, repo, folder, target.dtype, target.hashes, is_hub=is_hub),
+                           model_hash=model_hash)
             _load_with_oom_retry(target, spec, plan, revision, report)
         except OutOfMemoryDuringLoad:
             raise
