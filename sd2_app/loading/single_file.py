@@ -14,6 +14,7 @@ converted again and the older folder of that stem is removed.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import logging
 import os
@@ -153,11 +154,11 @@ WEIGHT_FILES = {"unet": "unet/diffusion_pytorch_model.safetensors",
 
 
 def _write(folder: Path, configs: Path, networks: dict[str, dict[str, torch.Tensor]], source: Path) -> None:
-    for source in sorted(configs.rglob("*")):
-        name = source.relative_to(configs).as_posix()
-        if source.is_file() and matches_any(name, CONFIG_PATTERNS):
+    for config_file in sorted(configs.rglob("*")):
+        name = config_file.relative_to(configs).as_posix()
+        if config_file.is_file() and matches_any(name, CONFIG_PATTERNS):
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, folder / name)
+            shutil.copyfile(config_file, folder / name)
     for component, file in WEIGHT_FILES.items():
         (folder / file).parent.mkdir(parents=True, exist_ok=True)
         save_file(networks[component], str(folder / file), metadata={"source": source.name})
@@ -193,13 +194,8 @@ def prepare(path: Path, configs_of: ConfigFolder, cache_dir: Path,
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    for older in root.glob(f"{glob_escape(path.stem)}-*"):  # conversions of an earlier version of the file
+    for older in root.glob(f"{glob.escape(path.stem)}-*"):  # conversions of an earlier version of the file
         if older != folder and re.fullmatch(re.escape(path.stem) + r"-[0-9a-f]{16}", older.name):
             shutil.rmtree(older, ignore_errors=True)
     logger.info("%s: converted into %s (%s)", path.name, folder, prediction)
     return folder
-
-
-def glob_escape(text: str) -> str:
-    """`text` with glob's special characters taken literally."""
-    return re.sub(r"([*?\[])", r"[\1]", text)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sd2_app.checkpoints.catalog import tiny_registry
@@ -137,6 +138,9 @@ def test_the_yaml_beside_the_file_or_a1111s_test_picks_the_configs(repos, tmp_pa
     folder = prepare(inpaint, configs_of, cache)
     assert asked == [True] and json.loads((folder / "model_index.json").read_text())["_class_name"] == \
         "StableDiffusionInpaintPipeline"
+    assert (folder / ".converted").read_text() == f"{inpaint}\n"  # the file it holds
+    with safe_open(str(folder / "unet" / "diffusion_pytorch_model.safetensors"), framework="pt") as f:
+        assert f.metadata() == {"source": "fill.safetensors"}
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
         ".converted", "model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
         "text_encoder/model.safetensors", "tokenizer/merges.txt", "tokenizer/special_tokens_map.json",
