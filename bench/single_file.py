@@ -51,6 +51,8 @@ def _same_weights(source: Path, converted: Path) -> dict[str, int]:
     for component, stem in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"),
                             ("text_encoder", "model")):
         expected = rename_keys(load_file(str(source / component / f"{stem}.fp16.safetensors")), LEGACY_VAE_RENAMES)
+        if component == "text_encoder":  # transformers 5 saves the tower without the Hub files' "text_model."
+            expected = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in expected.items()}
         got = load_file(str(converted / component / f"{stem}.safetensors"))
         equal = sum(torch.equal(got[k], expected[k]) for k in expected if k in got)
         counts[component] = equal

@@ -42,7 +42,8 @@ def ldm_state(folder: Path, *, extra_text_layer: bool = True, variant: str | Non
     for key, value in text.items():
         if key.endswith("position_ids"):
             continue
-        name, third = ldm_names.text_name(key)
+        # the Hub's files name the tower "text_model."; transformers 5 saves it without (bench/write_checkpoints.py)
+        name, third = ldm_names.text_name(key if key.startswith("text_model.") else f"text_model.{key}")
         if third is None:
             out[name] = value
         else:
