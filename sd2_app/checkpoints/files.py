@@ -51,6 +51,8 @@ def _tasks(path: Path) -> tuple[str, ...]:
         raise CheckpointFileError(f"{path.name}: an SDXL checkpoint; this app runs SD 2.x")
     if any(key.startswith("cond_stage_model.transformer.") for key in keys):
         raise CheckpointFileError(f"{path.name}: an SD 1.x checkpoint (CLIP ViT-L text encoder); this app runs SD 2.x")
+    if any(key.startswith(UNET + "label_emb.") for key in keys):
+        raise CheckpointFileError(f"{path.name}: a UNet with a class embedding (SD 2.1 unCLIP?): not supported")
     for prefix, part in ((UNET, "UNet"), (VAE, "VAE"), (OPEN_CLIP, "OpenCLIP text encoder")):
         if not any(key.startswith(prefix) for key in keys):
             raise CheckpointFileError(f"{path.name}: no {part} ({prefix}*): not a whole SD 2.x checkpoint")

@@ -105,16 +105,17 @@ def convert_networks(path: Path, configs: Path) -> dict[str, dict[str, torch.Ten
     where = path.name
     try:
         with safe_open(str(path), framework="pt") as f:
-            present = set(f.keys())
+            present, used = set(f.keys()), set()
 
             def tensor(key: str) -> torch.Tensor:
                 if key not in present:
                     raise LoadError(where, key, "not found (is this an SD 2.x checkpoint?)")
+                used.add(key)
                 return f.get_tensor(key)
 
             prefixes = ldm_names.unet_block_prefixes(unet_config)
             levels = len(vae_config["block_out_channels"])
-            return {
+            networks = {
                 "unet": _converted(tensor, _meta_shapes(lambda: UNet(UNetConfig.from_dict(unet_config))),
                                    lambda k: ldm_names.unet_name(k, prefixes), where),
                 "vae": _converted(tensor, _meta_shapes(lambda: AutoencoderKL(VAEConfig.from_dict(vae_config))),
@@ -122,8 +123,20 @@ def convert_networks(path: Path, configs: Path) -> dict[str, dict[str, torch.Ten
                 "text_encoder": _converted(tensor, dict.fromkeys(ldm_names.text_keys(layers)), ldm_names.text_name,
                                            where),
             }
+            _check_nothing_left(present, used, where)
+            return networks
     except SafetensorError as e:
         raise LoadError(where, None, f"corrupt or truncated safetensors file ({e})") from e
+
+
+def _check_nothing_left(present: set[str], used: set[str], where: str) -> None:
+    """Every UNet and VAE tensor of the file has a place in ours: one more (an unCLIP UNet's class embedding, a
+    ControlNet merged in) would be silently dropped otherwise, and the images wrong. The text tower's extras (its
+    last layer, projection, logit scale) are what SD2 does not use; ldm's VAE loss weights are training only."""
+    left = sorted(key for key in present - used if key.startswith((ldm_names.UNET_PREFIX, ldm_names.VAE_PREFIX))
+                  and not key.startswith(ldm_names.VAE_PREFIX + "loss."))
+    if left:
+        raise LoadError(where, left[0], f"not part of an SD 2.x UNet or VAE ({len(left)} such tensors)")
 
 
 def _detect_prediction(unet_state: dict[str, torch.Tensor], configs: Path) -> str:

@@ -95,6 +95,15 @@ def test_a_missing_or_misshapen_tensor_is_named(repos, tmp_path: Path) -> None:
         convert_networks(tmp_path / "b.safetensors", repos["sd2-base"])
     assert str(error.value) == (f"b.safetensors: {key}: shape (32, 48), expected (32, 32) for an SD 2.x checkpoint "
                                 "of this kind")
+    state = ldm_state(repos["sd2-base"])
+    state.update({"model.diffusion_model.label_emb.0.0.weight": torch.zeros(4, 4),  # e.g. an unCLIP UNet's
+                  "model.diffusion_model.label_emb.0.2.weight": torch.zeros(4, 4),
+                  "first_stage_model.loss.logvar": torch.zeros(())})  # ldm's training-only VAE loss: skipped
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "c.safetensors"))
+    with pytest.raises(LoadError) as error:
+        convert_networks(tmp_path / "c.safetensors", repos["sd2-base"])
+    assert str(error.value) == ("c.safetensors: model.diffusion_model.label_emb.0.0.weight: not part of an SD 2.x UNet "
+                                "or VAE (2 such tensors)")
 
 
 class _Constant(torch.nn.Module):
@@ -185,6 +194,8 @@ def test_files_that_are_not_whole_sd2_checkpoints_are_refused_with_the_reason(re
     _write(folder / "odd.safetensors", {conv_in: torch.zeros(8, 6, 3, 3), **parts})
     _write(folder / "sd15.safetensors", {**unet, "cond_stage_model.transformer.text_model.x": torch.zeros(1)})
     _write(folder / "sdxl.safetensors", {**unet, "conditioner.embedders.0.x": torch.zeros(1)})
+    _write(folder / "unclip.safetensors", {**unet, **parts,
+                                           "model.diffusion_model.label_emb.0.0.weight": torch.zeros(1)})
     _write(folder / "unet-only.safetensors", unet)
     (folder / "old.ckpt").write_bytes(b"\x80\x02")
     (folder / "broken.safetensors").write_bytes(b"\x05")
@@ -205,6 +216,7 @@ def test_files_that_are_not_whole_sd2_checkpoints_are_refused_with_the_reason(re
         "old.ckpt": "old.ckpt: pickle checkpoints are not loaded; safetensors only",
         "sd15.safetensors": "sd15.safetensors: an SD 1.x checkpoint (CLIP ViT-L text encoder); this app runs SD 2.x",
         "sdxl.safetensors": "sdxl.safetensors: an SDXL checkpoint; this app runs SD 2.x",
+        "unclip.safetensors": "unclip.safetensors: a UNet with a class embedding (SD 2.1 unCLIP?): not supported",
         "unet-only.safetensors": "unet-only.safetensors: no VAE (first_stage_model.*): not a whole SD 2.x checkpoint",
         "x4.safetensors": "x4.safetensors: an x4 upscaler: use the x4-upscaler checkpoint",
     }
