@@ -4,7 +4,8 @@ per usable `.safetensors` file, named by its stem.
 Only headers are read here (the tensors' names and shapes), at start-up: they say whether a file is a whole SD
 2.x checkpoint and which kind (text-to-image or inpainting); sd2_app/loading/single_file.py converts it on first
 use. A file that cannot be used is logged and listed with the reason: a pickle, SD 1.x or SDXL, a depth or x4
-model (their files lack parts the app needs), no UNet, VAE or text encoder, or a name a built-in checkpoint has.
+model (their files lack parts the app needs), unCLIP, no UNet, VAE or text encoder, or a name a built-in checkpoint
+has.
 Only files the operator put there are ever read: visitors pick a checkpoint by its key. No torch.
 """
 
