@@ -67,7 +67,8 @@ def registry_of(settings: EngineSettings) -> dict[str, CheckpointSpec]:
 def service_options(settings: EngineSettings) -> dict[str, Any]:
     """The Service's keyword arguments for what it accepts and how it keeps results (not where jobs run)."""
     return dict(allowed_repos=settings.allowed_repos,
-                checkpoint_files=CheckpointFiles.scan(settings.checkpoints_dir, REGISTRY), limits=settings.limits, outputs_dir=settings.outputs_dir,
+                checkpoint_files=CheckpointFiles.scan(settings.checkpoints_dir, REGISTRY),
+                limits=settings.limits, outputs_dir=settings.outputs_dir,
                 keep_outputs_days=settings.keep_outputs_days, watermark=settings.watermark,
                 save_in_background=settings.save_in_background, history_size=settings.history_size,
                 embeddings=EmbeddingLibrary.scan(settings.embeddings_dir), loras=LoraLibrary.scan(settings.lora_dir),

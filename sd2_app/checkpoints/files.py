@@ -5,8 +5,7 @@ Only headers are read here (the tensors' names and shapes), at start-up: they sa
 2.x checkpoint and which kind (text-to-image or inpainting); sd2_app/loading/single_file.py converts it on first
 use. A file that cannot be used is logged and listed with the reason: a pickle, SD 1.x or SDXL, a depth or x4
 model (their files lack parts the app needs), unCLIP, no UNet, VAE or text encoder, or a name a built-in checkpoint
-has.
-Only files the operator put there are ever read: visitors pick a checkpoint by its key. No torch.
+has. Only files the operator put there are ever read: visitors pick a checkpoint by its key. No torch.
 """
 
 from __future__ import annotations
@@ -19,15 +18,12 @@ from pathlib import Path
 from sd2_app.checkpoints.allowlist import CUSTOM_RESOLUTION, allowed_repos, custom_specs
 from sd2_app.checkpoints.catalog import TEXT_TASKS, CheckpointSpec
 from sd2_app.loading.folder_scan import PICKLE_SUFFIXES, scan_folder
-from sd2_app.loading.ldm_names import sidecar_prediction
+from sd2_app.loading.ldm_names import (IN_CHANNELS_KEY, INPAINT_CHANNELS, TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX,
+                                       sidecar_prediction)
 from sd2_app.loading.loras import LoraFileError, read_header
 
 log = logging.getLogger(__name__)
 
-UNET = "model.diffusion_model."
-VAE = "first_stage_model."
-OPEN_CLIP = "cond_stage_model.model."
-IN_CHANNELS_KEY = UNET + "input_blocks.0.0.weight"
 V_RESOLUTION = 768  # a v-prediction SD2 model's native side (SD 2.0 / 2.1 768-v)
 INPAINT_TASKS = ("inpaint", "outpaint")
 # Input channels of the UNets this folder does not take, and why.
@@ -52,9 +48,9 @@ def _tasks(path: Path) -> tuple[str, ...]:
         raise CheckpointFileError(f"{path.name}: an SDXL checkpoint; this app runs SD 2.x")
     if any(key.startswith("cond_stage_model.transformer.") for key in keys):
         raise CheckpointFileError(f"{path.name}: an SD 1.x checkpoint (CLIP ViT-L text encoder); this app runs SD 2.x")
-    if any(key.startswith(UNET + "label_emb.") for key in keys):
+    if any(key.startswith(UNET_PREFIX + "label_emb.") for key in keys):
         raise CheckpointFileError(f"{path.name}: a UNet with a class embedding (SD 2.1 unCLIP?): not supported")
-    for prefix, part in ((UNET, "UNet"), (VAE, "VAE"), (OPEN_CLIP, "OpenCLIP text encoder")):
+    for prefix, part in ((UNET_PREFIX, "UNet"), (VAE_PREFIX, "VAE"), (TEXT_PREFIX, "OpenCLIP text encoder")):
         if not any(key.startswith(prefix) for key in keys):
             raise CheckpointFileError(f"{path.name}: no {part} ({prefix}*): not a whole SD 2.x checkpoint")
     shape = header.get(IN_CHANNELS_KEY, {}).get("shape") if isinstance(header.get(IN_CHANNELS_KEY), dict) else None
@@ -63,9 +59,9 @@ def _tasks(path: Path) -> tuple[str, ...]:
     channels = shape[1]
     if channels in OTHER_UNETS:
         raise CheckpointFileError(f"{path.name}: {OTHER_UNETS[channels]}")
-    if channels not in (4, 9):
+    if channels not in (4, INPAINT_CHANNELS):
         raise CheckpointFileError(f"{path.name}: a UNet with {channels} input channels; SD 2.x has 4 (or 9 to inpaint)")
-    return INPAINT_TASKS if channels == 9 else TEXT_TASKS
+    return INPAINT_TASKS if channels == INPAINT_CHANNELS else TEXT_TASKS
 
 
 def _resolution(path: Path) -> int:

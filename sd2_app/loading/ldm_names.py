@@ -22,6 +22,8 @@ from typing import Any
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.model."
+IN_CHANNELS_KEY = UNET_PREFIX + "input_blocks.0.0.weight"  # its shape[1]: 4 text-to-image, 9 inpainting
+INPAINT_CHANNELS = 9
 
 # A UNet ResnetBlock2D's parts in openaimodel.ResBlock (in_layers = norm, SiLU, conv; out_layers = norm, SiLU,
 # dropout, conv).

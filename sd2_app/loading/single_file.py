@@ -38,10 +38,8 @@ from sd2_app.loading.ldm_names import sidecar, sidecar_prediction
 
 logger = logging.getLogger(__name__)
 
-INPAINT_CHANNELS = 9
 FORMAT = 1  # bump when the converted folder's content changes, so older conversions are redone
 _DONE = ".converted"  # written last: a folder without it is never used
-_IN_CHANNELS_KEY = ldm_names.UNET_PREFIX + "input_blocks.0.0.weight"
 ConfigFolder = Callable[[str], Path]  # template key -> a folder with its configs (hub.resolve_configs)
 
 
@@ -50,9 +48,9 @@ def in_channels(path: Path) -> int:
     without a UNet."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            if _IN_CHANNELS_KEY not in f.keys():
-                raise LoadError(str(path), _IN_CHANNELS_KEY, "not found: no LDM UNet in this file")
-            return int(f.get_slice(_IN_CHANNELS_KEY).get_shape()[1])
+            if ldm_names.IN_CHANNELS_KEY not in f.keys():
+                raise LoadError(str(path), ldm_names.IN_CHANNELS_KEY, "not found: no LDM UNet in this file")
+            return int(f.get_slice(ldm_names.IN_CHANNELS_KEY).get_shape()[1])
     except SafetensorError as e:
         raise LoadError(str(path), None, f"corrupt or truncated safetensors file ({e})") from e
 
@@ -188,7 +186,7 @@ def prepare(path: Path, configs_of: ConfigFolder, cache_dir: Path,
     folder = root / f"{path.stem}-{_digest(path)}"
     if (folder / _DONE).is_file():
         return folder
-    inpaint = in_channels(path) == INPAINT_CHANNELS
+    inpaint = in_channels(path) == ldm_names.INPAINT_CHANNELS
     prediction = "epsilon" if inpaint else sidecar_prediction(path)
     first = configs_of(FILE_TEMPLATES["inpaint" if inpaint else prediction or "epsilon"])
     report(f"{path.name}: converting to the diffusers layout (once)")
