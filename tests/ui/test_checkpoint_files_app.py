@@ -37,6 +37,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_ldm_file(repos["sd21"], folder / "my-v.safetensors", variant="fp16")
     (folder / "my-v.yaml").write_text('model:\n  params:\n    parameterization: "v"\n')
     (folder / "old.ckpt").write_bytes(b"\x80\x02")
+    cut = write_ldm_file(repos["sd2-base"], folder / "cut.safetensors", variant="fp16")
+    cut.write_bytes(cut.read_bytes()[:cut.stat().st_size // 2])  # its header is whole: listed, found out on load
     return folder
 
 
@@ -74,7 +76,7 @@ def test_a_file_gives_the_images_of_the_repo_it_holds(app: str, folder: Path) ->
 def test_the_a1111_api_lists_and_picks_the_files(app: str) -> None:
     models = httpx.get(f"{app}/sdapi/v1/sd-models", timeout=30).json()
     files = {m["title"]: m["filename"] for m in models if m["filename"].endswith(".safetensors")}
-    assert files == {"my-base": "my-base.safetensors", "my-v": "my-v.safetensors"}
+    assert files == {"cut": "cut.safetensors", "my-base": "my-base.safetensors", "my-v": "my-v.safetensors"}
     images = []
     for checkpoint in ("my-v.safetensors [0123456789]", "sd21"):
         body = {"prompt": "a lighthouse", "steps": 2, "seed": 11, "width": 64, "height": 64,
@@ -83,3 +85,16 @@ def test_the_a1111_api_lists_and_picks_the_files(app: str) -> None:
         assert reply.status_code == 200, reply.text
         images.append(np.asarray(Image.open(io.BytesIO(base64.b64decode(reply.json()["images"][0])))))
     assert np.array_equal(images[0], images[1])
+
+
+def test_a_truncated_file_gets_its_message_without_the_servers_path_and_the_app_serves_on(app: str) -> None:
+    client = Client(app, verbose=False)
+    with pytest.raises(AppError) as error:
+        _txt2img(client, "cut")
+    assert str(error.value) == "The cut.safetensors model could not be loaded; the operator has the details."
+    body = {"prompt": "x", "steps": 2, "width": 64, "height": 64, "override_settings": {"sd_model_checkpoint": "cut"}}
+    reply = httpx.post(f"{app}/sdapi/v1/txt2img", json=body, timeout=120)
+    assert reply.status_code == 500
+    assert reply.json()["detail"] == "The model could not be loaded; the operator has the details."
+    image, _ = _txt2img(client, "my-base")  # the next visitor's run
+    assert image.shape == (64, 64, 3)
