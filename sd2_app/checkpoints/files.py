@@ -53,8 +53,9 @@ def _tasks(path: Path) -> tuple[str, ...]:
     for prefix, part in ((UNET_PREFIX, "UNet"), (VAE_PREFIX, "VAE"), (TEXT_PREFIX, "OpenCLIP text encoder")):
         if not any(key.startswith(prefix) for key in keys):
             raise CheckpointFileError(f"{path.name}: no {part} ({prefix}*): not a whole SD 2.x checkpoint")
-    shape = header.get(IN_CHANNELS_KEY, {}).get("shape") if isinstance(header.get(IN_CHANNELS_KEY), dict) else None
-    if not isinstance(shape, list) or len(shape) != 4:
+    entry = header.get(IN_CHANNELS_KEY)
+    shape = entry.get("shape") if isinstance(entry, dict) else None
+    if not isinstance(shape, list) or len(shape) != 4 or not all(type(side) is int for side in shape):
         raise CheckpointFileError(f"{path.name}: no {IN_CHANNELS_KEY} of four dimensions")
     channels = shape[1]
     if channels in OTHER_UNETS:

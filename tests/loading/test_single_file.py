@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sd2_app.checkpoints.catalog import tiny_registry
 from sd2_app.checkpoints.files import CheckpointFiles
 from sd2_app.errors import LoadError
-from sd2_app.loading import single_file
+from sd2_app.loading import ldm_names, single_file
 from sd2_app.loading.checkpoint import LEGACY_VAE_RENAMES, rename_keys
 from sd2_app.loading.single_file import convert_networks, predicts_v, prepare
 from sd2_app.testing.ldm_file import ldm_state, write_ldm_file
@@ -247,3 +248,34 @@ def test_the_full_size_names_are_stabilitys() -> None:
             "encoder.mid.attn_1.proj_out.weight", "decoder.norm_out.bias")]
     assert ldm_names.text_name("text_model.encoder.layers.22.self_attn.v_proj.bias") == (
         "cond_stage_model.model.transformer.resblocks.22.attn.in_proj_bias", 2)
+
+
+_KEYS = [ldm_names.IN_CHANNELS_KEY, "model.diffusion_model.label_emb.0.0.weight", "first_stage_model.quant_conv.bias",
+         "cond_stage_model.model.ln_final.bias", "cond_stage_model.transformer.x", "conditioner.embedders.0.x",
+         "__metadata__", "other"]
+_SCALAR = st.none() | st.booleans() | st.integers(-10, 10) | st.floats(allow_nan=False) | st.text(max_size=4)
+_JSON = st.recursive(_SCALAR, lambda inner: st.lists(inner, max_size=5)
+                     | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=12)
+_ENTRY = st.fixed_dictionaries({"shape": _JSON | st.lists(_JSON, min_size=4, max_size=4)}) | _JSON
+# A whole checkpoint's parts, its UNet's first convolution of any shape: the scan's deepest path.
+_WHOLE = st.builds(lambda entry, extra: {"first_stage_model.quant_conv.bias": {},
+                                          "cond_stage_model.model.ln_final.bias": {},
+                                          ldm_names.IN_CHANNELS_KEY: entry, **extra},
+                   _ENTRY, st.dictionaries(st.sampled_from(_KEYS), _ENTRY, max_size=3))
+
+
+@settings(max_examples=200, deadline=None)
+@given(headers=st.lists(_WHOLE | st.dictionaries(st.sampled_from(_KEYS), _ENTRY, max_size=8) | _JSON,
+                        min_size=1, max_size=4))
+def test_no_header_stops_the_scan(headers: list) -> None:
+    """Whatever a file's header holds, the start-up scan lists it or refuses it with a reason, and goes on."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        for i, header in enumerate(headers):
+            text = json.dumps(header).encode()
+            (Path(folder) / f"f{i}.safetensors").write_bytes(len(text).to_bytes(8, "little") + text)
+        files = CheckpointFiles.scan(folder, {})
+        assert sorted([*files.specs, *(name.removesuffix(".safetensors") for name in files.refused)]) == \
+            [f"f{i}" for i in range(len(headers))]
+        assert all(reason for reason in files.refused.values())
