@@ -54,8 +54,8 @@ from sd2_app.api.results import ProgressFn, Result
 from sd2_app.api.task_checks import validate_task
 from sd2_app.errors import Cancelled, InvalidRequest, shown
 from sd2_app.pipelines.metadata import attach_parameters, format_parameters, parse_parameters
-from sd2_app.samplers.registry import AUTOMATIC
 from sd2_app.prompt_styles import StyleBook
+from sd2_app.samplers.registry import AUTOMATIC
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service  # the Service runs plots: it imports this module

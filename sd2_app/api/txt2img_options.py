@@ -10,9 +10,9 @@ from typing import Any
 
 from sd2_app.api.requests import HIRES_UPSCALERS, X4_UPSCALER, HiresFix, Sampling, SeedExtras
 from sd2_app.api.checks import Catalog, Limits, integer, number, resolve_seed
-from sd2_app.samplers.registry import AUTOMATIC
 from sd2_app.api.upscaler_names import hires_upscaler_named, x4_checkpoint
 from sd2_app.errors import InvalidRequest, shown
+from sd2_app.samplers.registry import AUTOMATIC
 
 MAX_HIRES_SCALE = 4.0
 

@@ -17,10 +17,9 @@ from pathlib import Path
 
 from sd2_app.checkpoints.allowlist import CUSTOM_RESOLUTION, allowed_repos, custom_specs
 from sd2_app.checkpoints.catalog import TEXT_TASKS, CheckpointSpec
-from sd2_app.loading.folder_scan import PICKLE_SUFFIXES, scan_folder
+from sd2_app.loading.folder_scan import PICKLE_SUFFIXES, safetensors_header, scan_folder
 from sd2_app.loading.ldm_names import (IN_CHANNELS_KEY, INPAINT_CHANNELS, TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX,
                                        sidecar_prediction)
-from sd2_app.loading.loras import LoraFileError, read_header
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +38,7 @@ def _tasks(path: Path) -> tuple[str, ...]:
     """The tasks a file's checkpoint serves, from its header; CheckpointFileError when it is not one we run."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise CheckpointFileError(f"{path.name}: pickle checkpoints are not loaded; safetensors only")
-    try:
-        header = read_header(path)
-    except LoraFileError as error:
-        raise CheckpointFileError(str(error)) from None
+    header = safetensors_header(path, CheckpointFileError)
     keys = set(header)
     if any(key.startswith("conditioner.embedders.") for key in keys):
         raise CheckpointFileError(f"{path.name}: an SDXL checkpoint; this app runs SD 2.x")

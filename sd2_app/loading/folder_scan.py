@@ -1,6 +1,6 @@
-"""A folder of small model files that prompts name by file stem (textual-inversion embeddings, LoRAs): which files
-are used, and why each other one is not; and the folder's stamp, which changes when a file is added, removed,
-renamed or rewritten, so a reader can tell it is time to scan again.
+"""A folder of model files named by file stem (textual-inversion embeddings, LoRAs, single-file checkpoints): which
+files are used, and why each other one is not; a safetensors file's header, read alone; and the folder's stamp,
+which changes when a file is added, removed, renamed or rewritten, so a reader can tell it is time to scan again.
 
 Only `.safetensors` files and pickles (listed to be refused by the reader, never opened) are looked at; a
 stem must be a plain name (a prompt writes it) and unique regardless of case. No torch.
@@ -8,18 +8,21 @@ stem must be a plain name (a prompt writes it) and unique regardless of case. No
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".pt", ".bin", ".ckpt", ".pth")
 LOOKED_AT = (".safetensors", *PICKLE_SUFFIXES)  # the files a scan (and a stamp) looks at
 NAME = re.compile(r"^[\w][\w.\-+ ]{0,63}$")
+MAX_HEADER_BYTES = 16 * 2**20  # a safetensors JSON header: a LoRA's is tens of kilobytes, a whole SD2 file's ~0.2 MB
 T = TypeVar("T")
 
 
@@ -48,6 +51,26 @@ def scan_folder(folder: Path, read: Callable[[Path], T], refusal: type[Exception
             log.warning("%s not used: %s", kind, error)
     log.info("%d %s(s) in %s", len(found), kind, folder)
     return found, refused
+
+
+def safetensors_header(path: Path, refusal: type[Exception]) -> dict[str, Any]:
+    """The JSON header of a safetensors file (tensor name -> {"dtype", "shape", "data_offsets"}), its metadata
+    left out; raises `refusal` saying why when it is not one. Reads the header only."""
+    with path.open("rb") as file:
+        head = file.read(8)
+        if len(head) < 8:
+            raise refusal(f"{path.name}: not a safetensors file (too short)")
+        length = struct.unpack("<Q", head)[0]
+        if length > MAX_HEADER_BYTES:
+            raise refusal(f"{path.name}: not a safetensors file (a {length}-byte header)")
+        try:
+            header = json.loads(file.read(length))
+        except (UnicodeDecodeError, ValueError) as error:
+            raise refusal(f"{path.name}: not a safetensors file (its header is no JSON)") from error
+    if not isinstance(header, dict):
+        raise refusal(f"{path.name}: not a safetensors file (its header is no JSON object)")
+    header.pop("__metadata__", None)
+    return header
 
 
 def folder_stamp(folder: Path | None) -> tuple[tuple[str, int, int], ...]:

@@ -21,18 +21,16 @@ the file (pipelines/lora.py). No torch: a front end that holds no models lists t
 
 from __future__ import annotations
 
-import json
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sd2_app.loading.embeddings import SD1_WIDTH, SD2_WIDTH
-from sd2_app.loading.folder_scan import PICKLE_SUFFIXES, folder_changed, folder_stamp, scan_folder
+from sd2_app.loading.folder_scan import (PICKLE_SUFFIXES, folder_changed, folder_stamp, safetensors_header,
+                                         scan_folder)
 
 MAX_FILE_BYTES = 2**30  # 1 GiB: a LoRA (even a full-rank LoCon) for SD2 is well below it
-MAX_HEADER_BYTES = 16 * 2**20  # the JSON header; a LoRA's is tens of kilobytes
 PREFIXES = ("lora_unet_", "lora_te_")
 DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 HADA = (".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b")
@@ -66,26 +64,6 @@ class LoraFile:
     path: Path
     size: int
     layers: tuple[str, ...] = field(repr=False)
-
-
-def read_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file (tensor name -> {"dtype", "shape", "data_offsets"}); raises
-    LoraFileError when it is not one."""
-    with path.open("rb") as file:
-        head = file.read(8)
-        if len(head) < 8:
-            raise LoraFileError(f"{path.name}: not a safetensors file (too short)")
-        length = struct.unpack("<Q", head)[0]
-        if length > MAX_HEADER_BYTES:
-            raise LoraFileError(f"{path.name}: not a safetensors file (a {length}-byte header)")
-        try:
-            header = json.loads(file.read(length))
-        except (UnicodeDecodeError, ValueError) as error:
-            raise LoraFileError(f"{path.name}: not a safetensors file (its header is no JSON)") from error
-    if not isinstance(header, dict):
-        raise LoraFileError(f"{path.name}: not a safetensors file (its header is no JSON object)")
-    header.pop("__metadata__", None)
-    return header
 
 
 def _candidates(names: set[str]) -> dict[str, str]:
@@ -148,7 +126,7 @@ def describe(path: Path) -> LoraFile:
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise LoraFileError(f"{path.name}: {size} bytes; a LoRA file may have {MAX_FILE_BYTES} at most")
-    return LoraFile(path.stem, path, size, _layers(read_header(path), path.name))
+    return LoraFile(path.stem, path, size, _layers(safetensors_header(path, LoraFileError), path.name))
 
 
 @dataclass(frozen=True)
