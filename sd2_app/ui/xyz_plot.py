@@ -26,12 +26,12 @@ from PIL import Image
 from sd2_app.api.plot import HIRES_NEEDS_TEXT, MAX_GRID_MARGIN, cells_ran, write_tables
 from sd2_app.api.plot_cells import cell_caption
 from sd2_app.api.plot_axes import AXES, AXIS_NAMES, offered_axes
-from sd2_app.samplers.registry import SCHEDULES
 from sd2_app.api.checked import Checked
 from sd2_app.api.requests import HIRES_UPSCALERS, Img2ImgRequest, PlotAxis, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.api.tasks import PLOT_SAMPLERS, TASKS
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.metadata import encode_png
+from sd2_app.samplers.registry import SCHEDULES
 from sd2_app.ui.result_panel import IMAGE_TARGETS, ResultPanel
 from sd2_app.ui.run_events import wire_run
 from sd2_app.ui.sampling_controls import EXAMPLE_PROMPTS, SAMPLING_NAMES, to_sampling
