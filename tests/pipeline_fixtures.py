@@ -24,6 +24,9 @@ REFERENCE_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "DPM++ 3M SDE Exponential": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3,
                                                                  "use_exponential_sigmas": True}),
     "UniPC Beta": ("UniPCMultistepScheduler", {"use_beta_sigmas": True}),
+    # A1111's schedule types that diffusers has no switch for: its Euler given our sigmas (`sigmas=`)
+    "Euler SGM Uniform": ("EulerDiscreteScheduler", {}),
+    "Euler Align Your Steps": ("EulerDiscreteScheduler", {}),
     "Euler": ("EulerDiscreteScheduler", {}),
     "Euler a": ("EulerAncestralDiscreteScheduler", {}),
     "DDIM": ("DDIMScheduler", {}),

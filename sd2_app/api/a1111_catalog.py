@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 
 from sd2_app.api import a1111
 from sd2_app.api.a1111_errors import a1111_error, errors_as_http
-from sd2_app.api.a1111_samplers import SCHEDULERS
+from sd2_app.api.a1111_samplers import scheduler_items
 from sd2_app.api.requests import LATENT_UPSCALERS
 from sd2_app.infotext_keys import PARAMETERS_KEY
 from sd2_app.pipelines.metadata import PNG_SIGNATURE
@@ -54,8 +54,7 @@ def catalog_routes(router: APIRouter, api: A1111Api) -> None:
 
     @router.get("/schedulers")
     def schedulers() -> list[dict[str, Any]]:
-        return [{"name": name, "label": label, "aliases": None, "default_rho": 7.0 if name == "karras" else -1,
-                 "need_inner_model": False} for name, label in SCHEDULERS.items()]
+        return scheduler_items()
 
     @router.get("/scripts")
     def scripts() -> dict[str, list[str]]:

@@ -21,16 +21,33 @@ from sd2_app.samplers.registry import AUTOMATIC, SCHEDULES
 # A1111's names for our samplers where they differ (A1111 modules/sd_samplers_timesteps.py lists PNDM's PLMS as
 # "PLMS").
 A1111_SAMPLER_NAMES = {"PLMS": "PNDM"}
-# The schedules we have: A1111's scheduler names (modules/sd_schedulers.py: its labels in lower case) -> labels.
-SCHEDULERS = {label.lower(): label for label in SCHEDULES}
+# The schedules we have: A1111's scheduler names (modules/sd_schedulers.py, `schedulers`) -> our labels, which are
+# its labels (`registry.SCHEDULES`, in the same order), and the other names it reads them by (its `aliases`).
+SCHEDULERS = {"automatic": AUTOMATIC, "uniform": "Uniform", "karras": "Karras", "exponential": "Exponential",
+              "polyexponential": "Polyexponential", "sgm_uniform": "SGM Uniform", "kl_optimal": "KL Optimal",
+              "align_your_steps": "Align Your Steps", "simple": "Simple", "normal": "Normal", "beta": "Beta"}
+SCHEDULER_ALIASES = {"sgm_uniform": ("SGMUniform",)}
+# What A1111's /schedulers says of each besides its name and label: the rho of the spacings that have one, and
+# whether it reads the model's own sigmas (`default_rho`, `need_inner_model`).
+SCHEDULER_RHO = {"karras": 7.0, "polyexponential": 1.0}
+SCHEDULERS_OF_THE_MODEL = ("uniform", "sgm_uniform", "simple", "normal", "beta")
+
+
+def scheduler_items() -> list[dict[str, Any]]:
+    """A1111's /schedulers answer (its SchedulerItem) for the schedules we have."""
+    return [{"name": name, "label": label, "aliases": list(SCHEDULER_ALIASES.get(name, ())) or None,
+             "default_rho": SCHEDULER_RHO.get(name, -1), "need_inner_model": name in SCHEDULERS_OF_THE_MODEL}
+            for name, label in SCHEDULERS.items()]
 
 
 def schedule_label(value: Any) -> str | None:
-    """The label of a schedule we have from its A1111 name or label, in any case ("karras", "Karras" -> "Karras");
-    None for any other value."""
+    """The label of a schedule we have from its A1111 name, label or alias, in any case ("karras", "Karras" ->
+    "Karras", "SGMUniform" -> "SGM Uniform"); None for any other value."""
     if not isinstance(value, str):
         return None
-    by_lower = {**SCHEDULERS, **{label.lower(): label for label in SCHEDULERS.values()}}
+    by_lower = {**SCHEDULERS,
+                **{label.lower(): label for label in SCHEDULERS.values()},
+                **{alias.lower(): SCHEDULERS[name] for name, aliases in SCHEDULER_ALIASES.items() for alias in aliases}}
     return by_lower.get(value.lower())
 
 
@@ -44,7 +61,7 @@ def read_sampler(name: Any, schedule: Any, names: Sequence[str]) -> tuple[str | 
     sampler = sampler_named(text, names)
     if sampler is not None:
         return sampler, given
-    for label in SCHEDULERS.values():
+    for label in sorted(SCHEDULERS.values(), key=len, reverse=True):  # "SGM Uniform" before "Uniform"
         if text.lower().endswith(" " + label.lower()):
             plain = sampler_named(text[: -len(label) - 1], names)
             return (plain, label) if plain is not None else (None, given)

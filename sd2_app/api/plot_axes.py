@@ -215,9 +215,8 @@ def check_no_schedules(values: Sequence[Any], what: str, catalog: Catalog) -> No
     for value in values:
         if not isinstance(value, str) or sampler_named(value, names) is not None:
             continue
-        plain, _ = read_sampler(value, None, names)
+        plain, schedule = read_sampler(value, None, names)
         if plain is not None:
-            schedule = value.rsplit(" ", 1)[1]  # the schedules' names are one word (`a1111_samplers.SCHEDULERS`)
             raise InvalidRequest(f"{what}: {shown(value)} is {plain} with the {schedule} schedule in its name, as "
                                  f"A1111 named it before 1.9; pick {plain} and set its Schedule type (or vary it "
                                  "on a Schedule type axis).")

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 
-# A1111's "Schedule type" choices we offer (modules/sd_schedulers.py names them so): "Automatic" is the sampler's own
-# spacing; "Karras", "Exponential" and "Beta" place the sigmas between the family's ends (`ScheduleKind.sigma_range`),
-# evenly in sigma^(1/7), evenly in log sigma, and at the quantiles of a Beta(0.6, 0.6) distribution (Lee et al. 2024),
-# as diffusers' use_karras_sigmas, use_exponential_sigmas and use_beta_sigmas do.
+# A1111's "Schedule type" choices, in its order (modules/sd_schedulers.py names them so; its "DDIM" is left out,
+# `schedule_types` says why): "Automatic" is the sampler's own spacing; each other places the sampler's N sigmas
+# by the family's ends (`ScheduleKind.sigma_range`) and the training sigmas (`sd2_app.samplers.schedule_types`).
+# Karras, Exponential and Beta are also diffusers' use_karras_sigmas, use_exponential_sigmas and use_beta_sigmas.
 AUTOMATIC = "Automatic"
-SCHEDULES = (AUTOMATIC, "Karras", "Exponential", "Beta")
+SCHEDULES = (AUTOMATIC, "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal",
+             "Align Your Steps", "Simple", "Normal", "Beta")
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class ScheduleKind:
     n_plus_one: bool  # DPM-Solver/UniPC/DEIS space N+1 points and drop the last one
     integer_timesteps: bool  # VP schedulers index abar by int t; the k-samplers interpolate at float t
     final: str  # "zero" | "ddim" (abar_0 unless set_alpha_to_one) | "sigma_min" (DEIS: last sigma repeated)
-    sigma_range: str = "spaced"  # Karras/Exponential/Beta ends: "spaced" (k-samplers: the spaced sigmas) | "train" (DPM)
+    sigma_range: str = "spaced"  # the schedule types' ends: "spaced" (k-samplers: the spaced sigmas) | "train" (DPM)
     round_karras_t: bool = False  # KDPM2 and the DPM family round sigma_to_t(karras sigma) to an integer
     fixed_spacing: bool = False  # DPM singlestep has no timestep_spacing option: always linspace
 
@@ -51,7 +52,7 @@ DEIS = ScheduleKind("deis", "linspace", n_plus_one=True, integer_timesteps=True,
 class SamplerSpec:
     name: str  # what users pick, e.g. "DPM++ 2M"
     function: str  # "module:function" in sd2_app.samplers
-    offers_schedules: bool  # Karras, Exponential and Beta (`SCHEDULES`) besides its own spacing
+    offers_schedules: bool  # the schedule types (`SCHEDULES`) besides its own spacing
     order: int  # UNet calls per step (Heun/DPM2: 2); the progress total is still len(schedule)
     is_stochastic: bool  # draws noise from the generator during sampling
     schedule: ScheduleKind

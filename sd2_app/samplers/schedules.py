@@ -20,14 +20,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from sd2_app.samplers.beta_quantiles import beta_spacing
 from sd2_app.samplers.registry import AUTOMATIC, SAMPLERS, SCHEDULES, ScheduleKind
+from sd2_app.samplers.schedule_types import SPACED_SIGMAS, SPACED_TIMESTEPS, SigmaRange
 
 log = logging.getLogger(__name__)
 
 SPACINGS = ("leading", "trailing", "linspace")
-KARRAS_RHO = 7.0  # Karras et al. (2022), eq. 5
-BETA_ALPHA = BETA_BETA = 0.6  # the Beta schedule's distribution: diffusers' `_convert_to_beta` and A1111's defaults
 
 
 @dataclass(frozen=True)
@@ -167,29 +165,6 @@ def spaced_timesteps(config: SchedulerConfig, kind: ScheduleKind, steps: int) ->
     return t.astype(np.float32 if not kind.integer_timesteps else np.int64).copy()
 
 
-def sigmas_karras(steps: int, sigma_min: float, sigma_max: float, rho: float = KARRAS_RHO) -> np.ndarray:
-    """(N,) float64 sigmas evenly spaced in sigma^(1/rho) (Karras et al. 2022, eq. 5); no final zero."""
-    ramp = np.linspace(0, 1, steps)
-    max_inv, min_inv = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-    return (max_inv + ramp * (min_inv - max_inv)) ** rho
-
-
-def sigmas_exponential(steps: int, sigma_min: float, sigma_max: float) -> np.ndarray:
-    """(N,) float64 sigmas evenly spaced in log sigma (k-diffusion's `get_sigmas_exponential`, diffusers'
-    `_convert_to_exponential`); no final zero."""
-    return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), steps))
-
-
-def sigmas_beta(steps: int, sigma_min: float, sigma_max: float, alpha: float = BETA_ALPHA,
-                beta: float = BETA_BETA) -> np.ndarray:
-    """(N,) float64 sigmas at the beta distribution's quantiles of 1 - linspace(0, 1, N), scaled from [0, 1] onto
-    [sigma_min, sigma_max] (Lee et al. 2024; diffusers' `_convert_to_beta`); no final zero."""
-    return np.array([sigma_min + q * (sigma_max - sigma_min) for q in beta_spacing(steps, alpha, beta)])
-
-
-SPACED_SIGMAS = {"Karras": sigmas_karras, "Exponential": sigmas_exponential, "Beta": sigmas_beta}  # SCHEDULES' own
-
-
 def _final_sigma(config: SchedulerConfig, kind: ScheduleKind) -> float:
     if kind.final == "zero":
         return 0.0
@@ -203,9 +178,10 @@ def _final_sigma(config: SchedulerConfig, kind: ScheduleKind) -> float:
 def build_schedule(config: SchedulerConfig, kind: ScheduleKind, steps: int, *, schedule: str = AUTOMATIC) -> Schedule:
     """The N-step schedule of one sampler family, number for number what diffusers' `set_timesteps` builds.
 
-    `schedule` (one of SCHEDULES): the family's own spacing, or its N sigmas placed between the family's ends as
-    Karras, Exponential or Beta spacing, each at the timestep sigma_to_t gives it (rounded for Karras where diffusers
-    rounds; the VP schedulers keep the whole part, as diffusers' int64 timesteps do)."""
+    `schedule` (one of SCHEDULES): the family's own spacing, or that schedule type's N steps placed by the family's
+    ends and the training sigmas (`schedule_types`): its sigmas, each at the timestep sigma_to_t gives it (rounded
+    for Karras where diffusers rounds; the VP schedulers keep the whole part, as diffusers' int64 timesteps do), or
+    its timesteps (the VP schedulers' whole parts), each at its training sigma."""
     if not 1 <= steps <= config.num_train_timesteps:
         raise ValueError(f"steps must be in 1..{config.num_train_timesteps}, got {steps}")
     if schedule not in SCHEDULES:
@@ -219,14 +195,21 @@ def build_schedule(config: SchedulerConfig, kind: ScheduleKind, steps: int, *, s
             lo, hi = float(sigmas[-1]), float(sigmas[0])
         else:
             lo, hi = float(sigma_table[0]), float(sigma_table[-1])
-        sigmas = SPACED_SIGMAS[schedule](steps, lo, hi)
-        timesteps = np.array([to_t(float(s)) for s in sigmas])
+        sigma_range = SigmaRange(lo, hi, sigma_table)
+        if schedule in SPACED_TIMESTEPS:
+            timesteps = SPACED_TIMESTEPS[schedule](steps, sigma_range)
+            if kind.integer_timesteps:  # each step at the sigma of the whole timestep the UNet is given
+                timesteps = np.floor(timesteps)
+            sigmas = sigma_range.t_to_sigma(timesteps)
+        else:
+            sigmas = SPACED_SIGMAS[schedule](steps, sigma_range)
+            timesteps = np.array([to_t(float(s)) for s in sigmas])
         if schedule == "Karras" and kind.round_karras_t and config.beta_schedule != "squaredcos_cap_v2":
             timesteps = timesteps.round()
         if kind.integer_timesteps:
             timesteps = np.floor(timesteps)
     if kind.final == "sigma_min" and schedule != AUTOMATIC:
-        final = float(sigmas[-1])  # DEIS repeats the last sigma of a Karras, Exponential or Beta schedule
+        final = float(sigmas[-1])  # DEIS repeats the last sigma of a spaced schedule
     else:
         final = _final_sigma(config, kind)
     sigmas32 = np.concatenate([sigmas, [final]]).astype(np.float32)

@@ -132,7 +132,8 @@ def _txt2img_tool(run: RunFn) -> ToolFn:
             sampler: sampler name, e.g. "DPM++ 2M", "Euler a", "Euler", "DDIM", "UniPC"
             seed: random seed, 0 to 4294967295; -1 picks one
             eta: DDIM's eta, 0 to 1: noise added back at each step (other samplers ignore it); 0 is plain DDIM
-            schedule_type: the sigmas' spacing: Automatic (the sampler's own), Karras, Exponential or Beta; not for DDIM
+            schedule_type: the sigmas' spacing: Automatic (the sampler's own), Uniform, Karras, Exponential,
+                Polyexponential, SGM Uniform, KL Optimal, Align Your Steps, Simple, Normal or Beta; not for DDIM
         """
         sampling = _sampling(steps, guidance_scale, seed, sampler, eta=eta, schedule_type=schedule_type)
         request = rq.Txt2ImgRequest(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,

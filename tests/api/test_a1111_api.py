@@ -427,8 +427,15 @@ def test_options_and_override_settings_read_a_checkpoint_name_alike(app, name: s
 
 def test_catalog_endpoints(client) -> None:
     assert "DPM++ 2M" in client.util_get_sampler_names()
-    assert [(s["name"], s["label"]) for s in client.get_schedulers()] == [
-        ("automatic", "Automatic"), ("karras", "Karras"), ("exponential", "Exponential"), ("beta", "Beta")]
+    schedulers = client.get_schedulers()
+    assert [(s["name"], s["label"]) for s in schedulers] == [
+        ("automatic", "Automatic"), ("uniform", "Uniform"), ("karras", "Karras"), ("exponential", "Exponential"),
+        ("polyexponential", "Polyexponential"), ("sgm_uniform", "SGM Uniform"), ("kl_optimal", "KL Optimal"),
+        ("align_your_steps", "Align Your Steps"), ("simple", "Simple"), ("normal", "Normal"), ("beta", "Beta")]
+    assert schedulers[5]["aliases"] == ["SGMUniform"] and schedulers[0]["aliases"] is None
+    assert [s["default_rho"] for s in schedulers] == [-1, -1, 7.0, -1, 1.0, -1, -1, -1, -1, -1, -1]
+    assert [s["name"] for s in schedulers if s["need_inner_model"]] == ["uniform", "sgm_uniform", "simple", "normal",
+                                                                        "beta"]
     assert [(u["name"], u["model_name"]) for u in client.get_upscalers()] == [
         ("None", None), ("Lanczos", None), ("Nearest", None), ("SD2 x4", "x4-upscaler")]
 
@@ -551,6 +558,12 @@ SAMPLER_NAMES = [  # (A1111's sampler name, its schedule or None) -> (our sample
     (("DPM++ 2M", "karras"), ("DPM++ 2M", "Karras")),  # the scheduler's name rather than its label
     (("Euler", "exponential"), ("Euler", "Exponential")),
     (("UniPC", "beta"), ("UniPC", "Beta")),
+    (("Euler", "sgm_uniform"), ("Euler", "SGM Uniform")),  # A1111's name of a schedule type
+    (("Euler", "SGMUniform"), ("Euler", "SGM Uniform")),  # and its alias
+    (("DPM++ 2M SGM Uniform", None), ("DPM++ 2M", "SGM Uniform")),  # not read as "... SGM" with Uniform
+    (("DPM++ 2M", "KL Optimal"), ("DPM++ 2M", "KL Optimal")),
+    (("Euler a", "align_your_steps"), ("Euler a", "Align Your Steps")),
+    (("Heun", "simple"), ("Heun", "Simple")),
     (("PLMS", None), ("PNDM", "Automatic")),  # A1111's name of PNDM
     (("plms", None), ("PNDM", "Automatic")),
     (("DPM fast", None), None),  # not ours

@@ -58,7 +58,8 @@ def _image(w: int = 64, h: int = 64, mode: str = "RGB") -> Image.Image:
                                "DPM++ 2M SDE, Heun."),
         (_txt(sampler="DDIM", schedule="Karras"), "Schedule type Karras is not available for the DDIM sampler; pick "
                                                   "Automatic."),
-        (_txt(schedule="Uniform"), "Schedule type must be one of Automatic, Karras, Exponential, Beta; got 'Uniform'."),
+        (_txt(schedule="Turbo"), "Schedule type must be one of Automatic, Uniform, Karras, Exponential, Polyexponential, SG"
+                                 "M Uniform, KL Optimal, Align Your Steps, Simple, Normal, Beta; got 'Turbo'."),
         (replace(_txt(), prompt=5), "Prompt must be text, got int."),
         (replace(_txt(), prompt="x" * 2001), "Prompt is 2001 characters long; the limit is 2000."),
         (replace(_txt(), width=32), "Width must be between 64 and 1024, got 32."),

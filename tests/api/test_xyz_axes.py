@@ -107,20 +107,20 @@ def test_hires_axes_turn_the_hires_fix_on_with_its_defaults_and_say_so() -> None
 
 
 def test_schedule_type_axis_is_a1111s_with_its_names() -> None:
-    """A1111's "Schedule type" axis: its names or labels in any case ("karras", "Exponential") read as ours, each
-    cell sampled and labelled with its own, the grid writing them back under A1111's name (A1111's other
-    schedules are not offered here: refused by name)."""
-    result = fake_service(None).plot(_plot(PlotAxis("schedule_type", "karras, Automatic, EXPONENTIAL"),
-                                           sampler="Euler"))
+    """A1111's "Schedule type" axis: its names, labels or aliases in any case ("karras", "Exponential",
+    "sgm_uniform", "SGMUniform") read as ours, each cell sampled and labelled with its own, the grid writing them
+    back under A1111's label (its DDIM schedule type is not offered here: refused by name)."""
+    values = "karras, Automatic, EXPONENTIAL, sgm_uniform, SGMUniform, KL Optimal"
+    labels = ["Karras", "Automatic", "Exponential", "SGM Uniform", "SGM Uniform", "KL Optimal"]
+    result = fake_service(None).plot(_plot(PlotAxis("schedule_type", values), sampler="Euler"))
     grid = parse_parameters(result.parameters)
-    assert grid["X Type"] == "Schedule type" and grid["X Values"] == "Karras, Automatic, Exponential"
-    assert [c.split(" · ")[0] for c in result.captions[1:]] == [
-        "Schedule type: Karras", "Schedule type: Automatic", "Schedule type: Exponential"]
-    checked, _ = validate(_plot(PlotAxis("schedule_type", "karras, Automatic, EXPONENTIAL"), sampler="Euler"), CATALOG)
+    assert grid["X Type"] == "Schedule type" and grid["X Values"] == ", ".join(labels)
+    assert [c.split(" · ")[0] for c in result.captions[1:]] == [f"Schedule type: {label}" for label in labels]
+    checked, _ = validate(_plot(PlotAxis("schedule_type", values), sampler="Euler"), CATALOG)
     cells, _ = plan_cells(checked, CATALOG, Limits())
-    assert [cell.request.sampling.schedule for cell in cells] == ["Karras", "Automatic", "Exponential"]
-    with pytest.raises(InvalidRequest, match=r"^X values \(Schedule type\): Unknown schedule type\(s\) 'SGM Uniform'"):
-        validate(_plot(PlotAxis("schedule_type", "Karras, SGM Uniform")), CATALOG)
+    assert [cell.request.sampling.schedule for cell in cells] == labels
+    with pytest.raises(InvalidRequest, match=r"^X values \(Schedule type\): Unknown schedule type\(s\) 'DDIM'"):
+        validate(_plot(PlotAxis("schedule_type", "Karras, DDIM")), CATALOG)
 
 
 def test_hires_axes_count_their_second_pass_against_the_cost_cap() -> None:
@@ -205,8 +205,11 @@ def test_a_sampler_with_its_schedule_in_its_name_is_refused_saying_what_to_pick(
     assert str(error.value) == (
         "X values (Sampler): 'DPM++ 2M Karras' is DPM++ 2M with the Karras schedule in its name, as A1111 named it "
         "before 1.9; pick DPM++ 2M and set its Schedule type (or vary it on a Schedule type axis).")
-    with pytest.raises(InvalidRequest, match=r"^Y values \(Hires sampler\): 'euler karras' is Euler with the karras "):
+    with pytest.raises(InvalidRequest, match=r"^Y values \(Hires sampler\): 'euler karras' is Euler with the Karras "):
         validate(_plot(PlotAxis("steps", "1"), PlotAxis("hires_sampler", "euler karras")), CATALOG)
+    with pytest.raises(InvalidRequest, match=r"^X values \(Sampler\): 'Euler SGM Uniform' is Euler with the SGM "
+                                             r"Uniform schedule in its name"):
+        validate(_plot(PlotAxis("sampler", "Euler SGM Uniform")), CATALOG)
     with pytest.raises(InvalidRequest, match=r"^X values \(Sampler\): Unknown sampler\(s\) 'LCM Karras'; choose"):
         validate(_plot(PlotAxis("sampler", "Euler, LCM Karras")), CATALOG)
 

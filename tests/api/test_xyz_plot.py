@@ -93,8 +93,9 @@ def test_picked_values_keep_their_order_and_types() -> None:
                                           "most 64."),
     (_plot(PlotAxis("cfg_scale", "1-2 [500]")), "X values (CFG scale): '1-2 [500]' asks for 500 values; an axis may "
                                                 "have 1 to 64."),
-    (_plot(PlotAxis("schedule_type", "Karras, Uniform")), "X values (Schedule type): Unknown schedule type(s) "
-                                                          "'Uniform'; choose from: Automatic, Karras, Exponential, Beta."),
+    (_plot(PlotAxis("schedule_type", "Karras, DDIM")), "X values (Schedule type): Unknown schedule type(s) 'DDIM'; "
+                                                       "choose from: Automatic, Uniform, Karras, Exponential, Polyexponential, SG"
+                                                       "M Uniform, KL Optimal, Align Your Steps, Simple, Normal, Beta."),
     (_plot(PlotAxis("sampler", ("Euler", "Nope"))), "X values (Sampler): Unknown sampler(s) 'Nope'; choose from: "
                                                     "DPM++ 2M, Euler a, Euler, DDIM, UniPC, DPM++ 2M SDE, Heun."),
     (_plot(PlotAxis("checkpoint", "sd21, sd2-depth")), "X values (Checkpoint): Unknown checkpoint(s) 'sd2-depth'; "
@@ -164,7 +165,7 @@ def test_a_schedule_type_falls_back_where_a_sampler_has_none_with_one_warning() 
     assert [c.request.sampling.schedule for c in cells] == ["Exponential", "Automatic", "Automatic"]
     assert warnings == ["Schedule type Exponential is not available for DDIM; it uses its own schedule.",
                         "Schedule type Exponential is not available for Euler a; it uses its own schedule."]
-    with pytest.raises(InvalidRequest, match="^Schedule type must be one of Automatic, Karras, Exponential, Beta; got "):
+    with pytest.raises(InvalidRequest, match="^Schedule type must be one of Automatic, Uniform, Karras, .*, Beta; got "):
         validate(_plot(PlotAxis("sampler", "Euler, DDIM"), schedule="karras"), CATALOG)
 
 

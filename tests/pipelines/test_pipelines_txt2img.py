@@ -13,6 +13,7 @@ from sd2_app.pipelines import loop
 from sd2_app.pipelines.metadata import parse_parameters
 from sd2_app.pipelines.txt2img import txt2img
 from sd2_app.api.requests import Sampling, Txt2ImgRequest
+from sd2_app.samplers import SchedulerConfig, make_schedule
 from sd2_app.samplers.registry import SCHEDULES
 
 pytest.importorskip("diffusers")
@@ -30,7 +31,11 @@ CASES = [
     ("sd21", "Euler Exponential", 1, 48, 48, "", 0.0, 0.0, 7.5),  # the schedule type A1111 calls Exponential
     ("sd2-base", "DPM++ 3M SDE Exponential", 1, 48, 40, "", 0.0, 0.0, 7.5),  # SDE noise from the pipeline's seed
     ("sd2", "UniPC Beta", 1, 40, 48, "", 0.0, 0.0, 7.5),  # Beta quantiles, on v-prediction
+    ("sd21", "Euler SGM Uniform", 1, 48, 40, "", 0.0, 0.0, 7.5),  # A1111's own schedule types: diffusers is
+    ("sd2-base", "Euler Align Your Steps", 1, 40, 40, "dull", 0.0, 0.0, 7.5),  # given the sigmas
 ]
+# The schedule types diffusers' schedulers cannot place themselves: its Euler is given our sigmas.
+GIVEN_SIGMAS = ("SGM Uniform", "Align Your Steps")
 
 
 @pytest.mark.parametrize(("kind", "sampler", "batch", "width", "height", "negative", "eta", "rescale", "cfg"), CASES)
@@ -38,9 +43,9 @@ def test_txt2img_matches_diffusers(
     components: ComponentCache, kind: str, sampler: str, batch: int, width: int, height: int,
     negative: str, eta: float, rescale: float, cfg: float,
 ) -> None:
-    name, _, schedule = sampler.rpartition(" ")  # "DPM++ 2M Karras": a schedule type after the sampler's name
-    if schedule not in SCHEDULES:
-        name, schedule = sampler, "Automatic"
+    # "DPM++ 2M Karras": a schedule type after the sampler's name (the longest that fits: "SGM Uniform")
+    schedule = max((s for s in SCHEDULES if sampler.endswith(" " + s)), key=len, default="Automatic")
+    name = sampler.removesuffix(" " + schedule)
     sampling = Sampling(sampler=name, steps=5, schedule=schedule, cfg_scale=cfg,
                         guidance_rescale=rescale, eta=eta, seed=1234, batch_size=batch)
     request = Txt2ImgRequest(prompt="a red fox in snow", negative_prompt=negative, width=width, height=height,
@@ -49,6 +54,9 @@ def test_txt2img_matches_diffusers(
 
     pipe = reference_pipeline(kind, sampler)
     extra = {"eta": eta} if sampler == "DDIM" else {}
+    if schedule in GIVEN_SIGMAS:
+        config = SchedulerConfig.from_dict(dict(pipe.scheduler.config))
+        extra["sigmas"] = make_schedule(config, name, 5, schedule=schedule).sigmas
     assert len(ours.images) == batch and ours.images[0].size == (width, height)
     assert_matches_reference(ours, reference_run(
         pipe, 1234, prompt="a red fox in snow", negative_prompt=negative or None, width=width, height=height,

@@ -256,7 +256,7 @@ _requests = st.builds(
         Sampling,
         sampler=_maybe(st.sampled_from(["DPM++ 2M", "Euler a", "DDIM", "Heun", "UniPC"])),
         steps=_maybe(st.integers(min_value=-1, max_value=160)),
-        schedule=st.sampled_from(["Automatic", "Automatic", "Karras", "Exponential", "Uniform", 1]),
+        schedule=st.sampled_from(["Automatic", "Automatic", "Karras", "SGM Uniform", "Turbo", 1]),
         cfg_scale=_maybe(st.floats(min_value=-1, max_value=31)),
         guidance_rescale=_maybe(st.floats(min_value=0, max_value=1.1)),
         eta=_maybe(st.floats(min_value=0, max_value=1.1)),

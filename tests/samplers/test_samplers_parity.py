@@ -75,6 +75,12 @@ def stand_in_model(prediction: str) -> callable:
 
 SCHEDULE_OPTIONS = {"Karras": "use_karras_sigmas", "Exponential": "use_exponential_sigmas",
                     "Beta": "use_beta_sigmas"}  # diffusers' switches
+# A1111's other schedule types have no diffusers switch. Their numbers are checked against A1111's definitions in
+# test_samplers_schedules.py; here diffusers steps on them given our table, as its set_timesteps takes one:
+# Euler takes the sigmas (and finds each one's timestep itself), DPM++ 2M the timesteps (and reads each one's sigma
+# off its training table, as ours does for the schedule types that place timesteps).
+GIVEN_SIGMAS = [s for s in SCHEDULES if s not in ("Automatic", *SCHEDULE_OPTIONS)]
+GIVEN_TIMESTEPS = ["Uniform", "SGM Uniform", "Simple", "Normal"]
 
 
 def reference_scheduler(name: str, config: dict, schedule: str, steps: int):
@@ -87,7 +93,12 @@ def reference_scheduler(name: str, config: dict, schedule: str, steps: int):
     if option and name != "Euler a":
         kwargs[option] = True
     sched = cls.from_config(config, **kwargs)
-    sched.set_timesteps(steps)
+    if schedule in GIVEN_SIGMAS:
+        ours = make_schedule(SchedulerConfig.from_dict(config), name, steps, schedule=schedule)
+        given = {"sigmas": ours.sigmas} if name == "Euler" else {"timesteps": [int(t) for t in ours.timesteps]}
+        sched.set_timesteps(**given)
+    else:
+        sched.set_timesteps(steps)
     if hasattr(sched, "set_begin_index"):
         # From the first index: without it diffusers' index_for_timestep takes the second of a repeated first
         # timestep, skips a sigma and runs off the end (Beta's dense ends floor to 998 twice at 50 steps).
@@ -213,7 +224,13 @@ CASES = [
     pytest.param(name, prediction, schedule, steps, id=f"{name}-{prediction}-{schedule.lower()}-{steps}")
     for name, spec in SAMPLERS.items()
     for prediction in CONFIGS
-    for schedule in (SCHEDULES if spec.offers_schedules else ("Automatic",))
+    for schedule in (("Automatic", *SCHEDULE_OPTIONS) if spec.offers_schedules else ("Automatic",))
+    for steps in STEPS
+] + [
+    pytest.param(name, prediction, schedule, steps, id=f"{name}-{prediction}-{schedule.lower()}-{steps}")
+    for name, schedules in (("Euler", GIVEN_SIGMAS), ("DPM++ 2M", GIVEN_TIMESTEPS))
+    for prediction in CONFIGS
+    for schedule in schedules
     for steps in STEPS
 ]
 
@@ -229,7 +246,7 @@ def test_trajectory_matches_diffusers(name: str, prediction: str, schedule: str,
 
 
 @pytest.mark.parametrize("name", ["DEIS", "UniPC", "DPM++ 2S"])  # the references that keep float64 throughout
-@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("schedule", ["Automatic", *SCHEDULE_OPTIONS])
 def test_float64_trajectory_matches_diffusers(name: str, schedule: str) -> None:
     assert max_difference(name, "v_prediction", schedule, 50, dtype=torch.float64) < 1e-12
 

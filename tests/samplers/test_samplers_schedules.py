@@ -11,7 +11,8 @@ import torch
 
 from sd2_app.samplers import SAMPLERS, SchedulerConfig, add_noise, make_denoiser, make_schedule, start_at
 from sd2_app.samplers.beta_quantiles import beta_ppf
-from sd2_app.samplers.schedules import sigmas_karras, train_sigmas
+from sd2_app.samplers.schedule_types import sigmas_karras
+from sd2_app.samplers.schedules import train_sigmas
 
 SD2 = SchedulerConfig.from_dict({
     "_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
@@ -81,8 +82,8 @@ def test_exponential_schedules() -> None:
     assert all(t == int(t) for t in dpm.timesteps) and dpm.timesteps[:3] == [998, 977, 955]
     exact = [dpm.sigma_to_t(s) for s in dpm.sigmas[:50]]
     assert [int(t) for t in exact] == dpm.timesteps and any(t - int(t) > 0.5 for t in exact)  # floored, not rounded
-    with pytest.raises(ValueError, match="unknown schedule 'Uniform'"):
-        make_schedule(SD2, "Euler", 20, schedule="Uniform")
+    with pytest.raises(ValueError, match="unknown schedule 'Turbo'"):
+        make_schedule(SD2, "Euler", 20, schedule="Turbo")
 
 
 def test_beta_schedules() -> None:

@@ -18,7 +18,9 @@ NAMES = ["Euler", "DDIM", "PNDM", "DPM++ 2M"]
     ("DPM++ 2M Karras", None, ("DPM++ 2M", "Karras")),  # before A1111 1.9 the schedule was in the name
     ("DPM++ 2M", "Karras", ("DPM++ 2M", "Karras")),
     ("Euler", "Exponential", ("Euler", "Exponential")),
-    ("Euler", "SGM Uniform", ("Euler", "Automatic")),  # a schedule we do not have: the sampler's own
+    ("Euler", "SGM Uniform", ("Euler", "SGM Uniform")),
+    ("Euler", "SGMUniform", ("Euler", "SGM Uniform")),  # A1111's alias
+    ("Euler", "DDIM", ("Euler", "Automatic")),  # a schedule we do not have: the sampler's own
     ("DPM++ 2S a", "Automatic", (None, "Automatic")),  # ancestral 2S: not ours ("DPM++ 2S" is the singlestep solver)
     ("Restart Karras", None, (None, "Automatic")),
 ])
@@ -53,13 +55,13 @@ def test_hires_fix_is_on_by_a1111s_rule() -> None:
 
 def test_each_setting_that_cannot_be_reproduced_is_named() -> None:
     parsed = parse_parameters(
-        "p\nSteps: 20, Sampler: DPM++ 2S a, Schedule type: SGM Uniform, CFG scale: 7, Seed: 1, Size: 512x512, "
+        "p\nSteps: 20, Sampler: DPM++ 2S a, Schedule type: DDIM, CFG scale: 7, Seed: 1, Size: 512x512, "
         "Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: R-ESRGAN 4x+, Hires sampler: Restart, "
         "Hires prompt: \"a castle, 8k\", "
         "Emphasis: No norm, Clip skip: 2, Eta DDIM: 0.5, Eta: 0.67")
     assert unreproduced(parsed, sampler_fields(parsed, NAMES)[0], NAMES) == [
         "Sampler 'DPM++ 2S a' is not available here; the current sampler is kept.",
-        "Schedule type 'SGM Uniform' is not available here; the sampler's own schedule is used.",
+        "Schedule type 'DDIM' is not available here; the sampler's own schedule is used.",
         "Hires upscaler 'R-ESRGAN 4x+' is not available here; Latent is used.",
         "Hires sampler 'Restart' is not available here; the first pass's sampler is used.",
         "Hires prompt ('a castle, 8k') is not supported here; the prompt is used.",
