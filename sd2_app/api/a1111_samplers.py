@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sd2_app.samplers.registry import AUTOMATIC, SCHEDULES
+from sd2_app.samplers.registry import AUTOMATIC
 
 # A1111's names for our samplers where they differ (A1111 modules/sd_samplers_timesteps.py lists PNDM's PLMS as
 # "PLMS").

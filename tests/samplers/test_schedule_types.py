@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from sd2_app.api.a1111_samplers import SCHEDULERS
 from sd2_app.samplers import SAMPLERS, SchedulerConfig, make_schedule
 from sd2_app.samplers.registry import SCHEDULES
 from sd2_app.samplers.schedule_types import ALIGN_YOUR_STEPS, SPACED_SIGMAS, SPACED_TIMESTEPS
@@ -81,6 +82,7 @@ OURS_ONLY = [s for s in SCHEDULES if s not in ("Automatic", "Karras", "Exponenti
 def test_the_table_names_every_schedule_type_once() -> None:
     assert sorted({**SPACED_SIGMAS, **SPACED_TIMESTEPS}) == sorted(SCHEDULES[1:])
     assert not SPACED_SIGMAS.keys() & SPACED_TIMESTEPS.keys()
+    assert tuple(SCHEDULERS.values()) == SCHEDULES  # A1111's names of them, in its order
 
 
 @pytest.mark.parametrize("schedule", OURS_ONLY)
