@@ -43,11 +43,18 @@ EXTRA_NETWORK = re.compile(r"<\w+:[^>]+>")  # A1111 modules/extra_networks.py re
 OTHER_EXTRA_NETWORK = re.compile(r"<(?!(?:lora|lyco):)\w+:[^>]+>")  # all but LoRAs (sd2_app/lora_tags.py)
 EXTRA_NETWORKS = "extra network"
 # A1111 syntax we do not support (see `unsupported_syntax`), each with what A1111 calls it (prompt editing and
-# alternation are supported: sd2_app/prompt_editing.py reads them before this parser sees each step's text):
+# alternation are supported: sd2_app/prompt_editing.py reads them before this parser sees each step's text; so are
+# composable prompts, `subprompts`):
 UNSUPPORTED = (
-    ("composable prompts", re.compile(r"\bAND\b")),  # re_AND: sub-prompts encoded apart and added up
     (EXTRA_NETWORKS, OTHER_EXTRA_NETWORK),  # hypernetworks and the like; LoRAs are supported (lora_tags.py)
 )
+# Composable prompts (A1111 modules/prompt_parser.py, `re_AND` and `re_weight`): the prompt is cut at each AND, a
+# word of its own wherever it is (inside brackets too), and a number after a colon at the end of a part (spaces
+# around them aside) is its weight. A1111's `re_weight` finds it with a lazy match of the whole part, which takes
+# time quadratic in a run of spaces; searched for at the end of the part without its trailing spaces, as here, it
+# is the same number in one pass.
+_AND = re.compile(r"\bAND\b")
+_PART_WEIGHT = re.compile(r":\s*([-+]?(?:\d+\.?|\d*\.\d+))$")
 
 
 @dataclass(frozen=True)
@@ -174,3 +181,37 @@ def unsupported_syntax(prompt: str) -> list[tuple[str, str]]:
         if match:
             found.append((name, match.group(0)))
     return found
+
+
+def subprompts(prompt: str) -> list[tuple[str, float]]:
+    """A1111's composable prompts (modules/prompt_parser.py, `get_multicond_prompt_list`): the (text, weight) of each
+    part of `prompt` between ANDs, in order; a part's weight is the number after a colon at its end (its text is
+    what comes before), else 1. The UNet reads each part apart and guidance adds up their pulls, each times its
+    weight (sd2_app.pipelines.loop). As in A1111, every prompt is read so, AND or not: "a photo, 16:9" is
+    "a photo, 16" at weight 9. A prompt of one part without a weight is itself, as written; otherwise the texts
+    are stripped (the text encoder reads no spaces at either end) and a text given twice is one part, its weights
+    added."""
+    pieces = []
+    for piece in _AND.split(prompt):
+        piece = piece.rstrip()
+        weight = _PART_WEIGHT.search(piece)
+        pieces.append((piece[:weight.start()] if weight else piece, float(weight.group(1)) if weight else None))
+    if len(pieces) == 1 and pieces[0][1] is None:
+        return [(prompt, 1.0)]
+    parts: dict[str, float] = {}
+    for text, weight in pieces:
+        parts[text.strip()] = parts.get(text.strip(), 0.0) + (weight if weight is not None else 1.0)
+    return list(parts.items())
+
+
+def prompt_parts(prompt: str) -> list[tuple[str, float]]:
+    """The composable parts (`subprompts`) of a prompt as the model reads it: its extra-network tags taken out
+    first, as A1111 takes them out before it cuts at AND."""
+    return subprompts(without_extra_networks(prompt))
+
+
+def is_composable(prompt: str) -> bool:
+    """Whether `prompt` has parts joined by AND or a part weight other than 1: its guidance is A1111's composable
+    sum, with one more UNet row per image and part."""
+    parts = prompt_parts(prompt)
+    return len(parts) > 1 or parts[0][1] != 1.0

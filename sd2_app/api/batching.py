@@ -35,6 +35,7 @@ from sd2_app.api.requests import REQUEST_TYPES, TaskRequest
 from sd2_app.api.tasks import TASKS, prepare_of
 from sd2_app.errors import Cancelled
 from sd2_app.lora_tags import lora_tags
+from sd2_app.prompt_syntax import is_composable
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
@@ -57,13 +58,16 @@ def batch_key(task: str, request: TaskRequest) -> Hashable | None:
     """What requests must share to run as one batch; None for a request that always runs alone.
 
     Prompts, negative prompts, seeds (seed extras included) and batch sizes may differ; the size, the sampler,
-    its schedule, the guidance and the prompt's LoRAs (merged into the shared weights) may not. The hires fix and
-    seamless tiling never batch. The prompts' chunk count and prompt-editing phases are checked after encoding
+    its schedule, the guidance and the prompt's LoRAs (merged into the shared weights) may not. The hires fix,
+    seamless tiling and composable prompts (parts joined by AND, or a part weight: more UNet rows per image, and
+    their own guidance) never batch. The prompts' chunk count and prompt-editing phases are checked after encoding
     (pipelines/batch.py runs different ones in separate batches).
     """
     if TASKS.get(task) is None or TASKS[task].prepare is None or type(request) is not REQUEST_TYPES.get(task):
         return None
     if getattr(request, "hires", None) is not None or getattr(request, "tiling", False):
+        return None
+    if is_composable(request.prompt):
         return None
     image = getattr(request, "image", None)  # image to image: its size unless the request gives one
     width, height = (image.width, image.height) if image is not None else (None, None)

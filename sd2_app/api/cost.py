@@ -1,9 +1,10 @@
 """What one job costs the server, and the operator's cap on it.
 
 The cost of a validated request is its UNet work: UNet evaluations times latent pixels. One sampling step is
-one UNet call per image, two with classifier-free guidance (the conditional and unconditional halves), and two
-again for the two-call samplers (Heun, DPM2: `SamplerSpec.order`); a hires fix adds its second pass, and a
-batch count runs it all that many times (sd2_app/api/batch_count.py). Latent
+one UNet call per image, two with classifier-free guidance (the conditional and unconditional halves; one more
+for each further part of a composable prompt, A1111's AND), and two again for the two-call samplers (Heun, DPM2:
+`SamplerSpec.order`); a hires fix adds its second pass, and a batch count runs it all that many times
+(sd2_app/api/batch_count.py). Latent
 pixels are the generated size over 8 per side (the SD VAE's factor); the x4 upscaler denoises at the input's
 own size, so its latent pixels are the input's pixels. Text encoding and the VAE are small beside this and
 are left out.
@@ -35,6 +36,7 @@ from sd2_app.api.requests import (
     guidance_on,
 )
 from sd2_app.errors import InvalidRequest
+from sd2_app.prompt_syntax import prompt_parts
 
 if TYPE_CHECKING:
     from sd2_app.api.checks import Catalog  # checks imports this module (Limits' default cap)
@@ -45,8 +47,8 @@ if TYPE_CHECKING:
 DEFAULT_MAX_JOB_COST = 6_553_600
 
 
-def _unet_calls_per_step(sampling: Sampling, calls_per_step: Mapping[str, int]) -> int:
-    guidance = 2 if guidance_on(sampling.cfg_scale) else 1  # the pipelines skip the unconditional half without it
+def _unet_calls_per_step(sampling: Sampling, calls_per_step: Mapping[str, int], parts: int) -> int:
+    guidance = 1 + parts if guidance_on(sampling.cfg_scale) else 1  # without it, no unconditional half (nor parts)
     return guidance * int(calls_per_step.get(sampling.sampler, 1))
 
 
@@ -59,12 +61,13 @@ def _steps_run(steps: int, strength: float | None) -> int:
     return steps if strength is None else min(steps, max(1, math.ceil(steps * strength)))
 
 
-def _pass(sampling: Sampling, pixels: int, calls_per_step: Mapping[str, int], strength: float | None = None) -> int:
+def _pass(sampling: Sampling, pixels: int, calls_per_step: Mapping[str, int], strength: float | None = None,
+          parts: int = 1) -> int:
     steps = _steps_run(sampling.steps, strength)
-    return steps * _unet_calls_per_step(sampling, calls_per_step) * sampling.batch_size * pixels
+    return steps * _unet_calls_per_step(sampling, calls_per_step, parts) * sampling.batch_size * pixels
 
 
-def _hires_cost(request: Txt2ImgRequest, calls_per_step: Mapping[str, int]) -> int:
+def _hires_cost(request: Txt2ImgRequest, calls_per_step: Mapping[str, int], parts: int) -> int:
     """The hires fix's second pass (and the x4 stage when the "SD2 x4" upscaler makes the first image bigger)."""
     hires = request.hires
     if hires is None:
@@ -73,9 +76,9 @@ def _hires_cost(request: Txt2ImgRequest, calls_per_step: Mapping[str, int]) -> i
     steps = hires.steps or request.sampling.steps
     second = replace(request.sampling, steps=hires.second_pass_steps(request.sampling.steps),
                      sampler=hires.sampler or request.sampling.sampler)  # it runs exactly these steps
-    cost = _pass(second, _latent_pixels(*hires.target(width, height)), calls_per_step)
+    cost = _pass(second, _latent_pixels(*hires.target(width, height)), calls_per_step, parts=parts)
     if hires.upscaler == X4_UPSCALER:  # DDIM with guidance at the hires steps, at the first image's pixels
-        cost += steps * 2 * request.sampling.batch_size * width * height
+        cost += steps * (1 + parts) * request.sampling.batch_size * width * height
     return cost
 
 
@@ -106,9 +109,10 @@ def job_cost(request: Request, catalog: Catalog) -> int:
     calls = getattr(catalog, "calls_per_step", {}) or {}
     native = getattr(catalog, "resolutions", {}) or {}
     strength = getattr(request, "strength", None)
-    cost = _pass(request.sampling, _image_pixels(request, native), calls, strength)  # type: ignore[union-attr]
+    parts = len(prompt_parts(request.prompt))  # type: ignore[union-attr]
+    cost = _pass(request.sampling, _image_pixels(request, native), calls, strength, parts)  # type: ignore[union-attr]
     if isinstance(request, Txt2ImgRequest):
-        cost += _hires_cost(request, calls)
+        cost += _hires_cost(request, calls, parts)
     return cost * _batch_count(request)
 
 

@@ -37,7 +37,7 @@ from sd2_app.pipelines.prompt_chunks import MAX_CHUNKS, tokenize_prompts
 from sd2_app.pipelines.prompt_plan import (CarriedPlan, PlotTextRefused, PromptPlans, PromptSteps, ReadBudget,
                                            hires_prompt_steps, plan_key, prompt_steps)
 from sd2_app.prompt_editing import prompt_variants
-from sd2_app.prompt_syntax import without_extra_networks
+from sd2_app.prompt_syntax import prompt_parts, without_extra_networks
 from sd2_app.samplers.registry import SAMPLERS
 
 if TYPE_CHECKING:
@@ -172,8 +172,9 @@ class PromptTools:
             except InvalidRequest as error:
                 raise InvalidRequest(f"{cell_caption(cell)}: {error}") from error
 
-    def count(self, text: Any, checkpoint: Any) -> str | None:
-        """"23/75", "93/150" or "612/600 (over the 8-chunk limit)"; None when all slots stay busy.
+    def count(self, text: Any, checkpoint: Any, *, negative: bool = False) -> str | None:
+        """"23/75", "93/150" or "612/600 (over the 8-chunk limit)"; None when all slots stay busy. A prompt's
+        count is its longest composable part's (A1111's counter cuts the prompt at AND, not the `negative` one).
 
         Raises InvalidRequest for a text that is not a string or is over the prompt length limit, or an
         unknown checkpoint.
@@ -189,8 +190,9 @@ class PromptTools:
             if tokenizer is None:
                 return None
             horizon = self._service.limits.max_steps * max(spec.order for spec in SAMPLERS.values())
-            variants = tokenize_prompts(tokenizer, prompt_variants(without_extra_networks(text), horizon),
-                                        self._library())
+            parts = [text for text, _ in prompt_parts(text)] if not negative else [without_extra_networks(text)]
+            variants = tokenize_prompts(tokenizer, [variant for part in parts for variant in
+                                                    prompt_variants(part, horizon)], self._library())
             tokens = max(variants, key=lambda variant: variant.token_count)  # the first of the longest
         except LoadError as error:
             log.warning("token counter: no tokenizer for %s: %s", checkpoint, error)

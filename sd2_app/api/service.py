@@ -147,9 +147,9 @@ class Service:
         return [key for key in ([checkpoint] if checkpoint is not None else list(self.registry)) if host.unload(key)]
 
     # ---- prompts -----------------------------------------------------------------------------------
-    def count_tokens(self, text: str, checkpoint: str) -> str:
+    def count_tokens(self, text: str, checkpoint: str, *, negative: bool = False) -> str:
         """The prompt box's counter, "23/75" (A1111's count), without touching the GPU queue."""
-        return self._prompt_tools.count(text, checkpoint)
+        return self._prompt_tools.count(text, checkpoint, negative=negative)
 
     def embedding_names(self) -> list[str]:
         """Names of the textual-inversion embeddings a prompt may use."""

@@ -37,7 +37,8 @@ from sd2_app.api.requests import (
 from sd2_app.api.txt2img_options import check_hires, check_seed_extras
 from sd2_app.errors import InvalidRequest, shown
 from sd2_app.lora_tags import is_lora_tag, lora_tags
-from sd2_app.prompt_syntax import EXTRA_NETWORK, EXTRA_NETWORKS, MAX_WEIGHT, clamped_weights, unsupported_syntax
+from sd2_app.prompt_syntax import (EXTRA_NETWORK, EXTRA_NETWORKS, MAX_WEIGHT, clamped_weights, prompt_parts,
+                                   unsupported_syntax)
 
 MAX_NOISE_LEVEL = 350  # x4 upscaler's model_index.json
 
@@ -154,6 +155,18 @@ def syntax_warnings(prompt: str, label: str) -> list[str]:
     return warnings
 
 
+def part_weight_warnings(prompt: str) -> list[str]:
+    """The warning for a prompt of one part read with a weight other than 1 (a number after a colon at its end,
+    `prompt_syntax.subprompts`): A1111 reads it so, as this app does, and it is seldom meant ("16:9")."""
+    parts = prompt_parts(prompt)
+    if len(parts) > 1 or parts[0][1] == 1.0:
+        return []
+    text, weight = parts[0]
+    return [f'The prompt ends in ":{weight:g}", which A1111 reads as the weight of the prompt\'s guidance, as this '
+            f'app does: "{_shortened(text)}" is guided x{weight:g}. End the prompt with "," to keep the number as '
+            "text."]
+
+
 def lora_warnings(prompt: str, negative_prompt: str, loras: frozenset[str]) -> list[str]:
     """The warnings for the prompt's LoRA tags naming a LoRA the host lacks (left out, as A1111 leaves them out
     with "Networks not found") and for LoRA tags in the negative prompt (read as text there, as A1111 reads
@@ -197,6 +210,7 @@ def _validate_fields(request: TaskRequest, catalog: Catalog, limits: Limits) -> 
         "sampling": checked_sampling(request.sampling, catalog, limits),
     }
     warnings += weight_warnings(common["prompt"], "prompt") + syntax_warnings(common["prompt"], "prompt")
+    warnings += part_weight_warnings(common["prompt"])
     negative = common["negative_prompt"] if guidance_on(common["sampling"].cfg_scale) else ""  # read with guidance
     warnings += weight_warnings(negative, "negative prompt") + syntax_warnings(negative, "negative prompt")
     warnings += lora_warnings(common["prompt"], negative, catalog.loras)

@@ -1,7 +1,8 @@
 """The one denoising loop every task shares: classifier-free guidance around the UNet, a sampler, progress.
 
 A task only prepares the start latents, the `Conditioning` and the schedule slice; `run_sampling` does the
-rest. The UNet sees `cat([x_in, x_in])` (uncond half first) with the task's extra channels appended after
+rest. The UNet sees `cat([x_in, x_in])` (uncond half first; one more x_in for each further part of a composable
+prompt, A1111's AND) with the task's extra channels appended after
 the input scaling (diffusers pipeline_stable_diffusion_inpaint.py, __call__: scale_model_input, then the
 concat). Latents and sampler arithmetic stay fp32; only the UNet call runs in the UNet's dtype. Nothing here
 reads a tensor back to the host, so steps queue on the GPU unblocked.
@@ -34,13 +35,15 @@ LatentProgressFn = Callable[[int, int, torch.Tensor], None]  # (steps done, tota
 
 @dataclass
 class Conditioning:
-    """What the UNet gets besides the latents, already batched for guidance ([uncond; cond] halves)."""
+    """What the UNet gets besides the latents, already batched for guidance ([uncond; cond] halves; with a
+    composable prompt of K parts, [uncond; cond of part 1; ...; cond of part K])."""
 
-    context: torch.Tensor  # (2B|B, 77·k, D) text-encoder states (k prompt chunks), uncond first when guided;
-    # with `phases`: (P, 2B|B, 77·k, D), one context per phase of a prompt-editing/alternation schedule
-    concat: torch.Tensor | None = None  # (2B|B, k, h, w) extra input channels (mask+masked latents, depth, low-res)
-    class_labels: torch.Tensor | None = None  # (2B|B,) long, the x4 noise level
+    context: torch.Tensor  # ((1+K)B|B, 77·k, D) text-encoder states (k prompt chunks), uncond first when guided;
+    # with `phases`: (P, (1+K)B|B, 77·k, D), one context per phase of a prompt-editing/alternation schedule
+    concat: torch.Tensor | None = None  # ((1+K)B|B, c, h, w) extra input channels (mask+masked latents, depth, ...)
+    class_labels: torch.Tensor | None = None  # ((1+K)B|B,) long, the x4 noise level
     phases: tuple[int, ...] = ()  # the context phase of UNet call 0, 1, ... (past the end: the last); () = one
+    weights: tuple[float, ...] = (1.0,)  # the K prompt parts' weights (`prompt_syntax.subprompts`)
 
     @property
     def rows(self) -> int:
@@ -67,6 +70,24 @@ class Tiling:
 
     tile: int  # latent pixels per tile side
     overlap: int  # latent pixels shared by neighbouring tiles
+
+
+def guide(outputs: tuple[torch.Tensor, ...], weights: tuple[float, ...], cfg_scale: float,
+          guidance_rescale: float) -> torch.Tensor:
+    """Classifier-free guidance of the UNet's (uncond, cond of each part) outputs: uncond + sum over the parts of
+    (cond - uncond) x (weight x cfg_scale), A1111's composable guidance (modules/sd_samplers_cfg_denoiser.py,
+    `combine_denoised`; Liu et al. 2022, "Compositional Visual Generation with Composable Diffusion Models",
+    eq. 11), which for one part of weight 1 is diffusers' `uncond + cfg_scale * (cond - uncond)`, number for number.
+    A1111 combines the x0 estimates, a per-step affine map of these outputs, so the sum is the same. The rescale's
+    conditional prediction is the guidance at scale 1: the prompt's own for one part."""
+    uncond, conds = outputs[0], outputs[1:]
+    pred = uncond + (weights[0] * cfg_scale) * (conds[0] - uncond)
+    for weight, cond in zip(weights[1:], conds[1:]):
+        pred = pred + (weight * cfg_scale) * (cond - uncond)
+    if guidance_rescale > 0:
+        at_scale_one = conds[0] if len(conds) == 1 else uncond + sum(w * (c - uncond) for w, c in zip(weights, conds))
+        pred = rescale_guidance(pred, at_scale_one, guidance_rescale)
+    return pred
 
 
 def rescale_guidance(pred: torch.Tensor, pred_cond: torch.Tensor, phi: float) -> torch.Tensor:
@@ -103,23 +124,20 @@ def make_guided_model(
     switches = {"fp32_attention": True} if fp32_attention else {}
     concat = None if cond.concat is None else cond.concat.to(dtype)
     labels = cond.class_labels
+    copies = 1 + len(cond.weights)  # the uncond and each prompt part
 
     def model(x_in: torch.Tensor, t: float, context: torch.Tensor, rows: slice | None,
               cols: slice | None) -> torch.Tensor:
         x_in = x_in.to(dtype)  # cast before duplicating: no fp32 (2B, 4, h, w) copy per step
-        batch = torch.cat([x_in, x_in]) if use_cfg else x_in  # (2B|B, 4, h, w)
+        batch = torch.cat([x_in] * copies) if use_cfg else x_in  # ((1+K)B|B, 4, h, w)
         if concat is not None:
             extra = concat if rows is None or cols is None else concat[:, :, rows, cols]
-            batch = torch.cat([batch, extra], dim=1)  # (2B|B, 4 + k, h, w)
+            batch = torch.cat([batch, extra], dim=1)  # ((1+K)B|B, 4 + c, h, w)
         timestep = torch.full((batch.shape[0],), t, dtype=torch.float32, device=batch.device)
-        out = unet(batch, timestep, context, class_labels=labels, **switches).float()  # (2B|B, 4, h, w)
+        out = unet(batch, timestep, context, class_labels=labels, **switches).float()  # ((1+K)B|B, 4, h, w)
         if not use_cfg:
             return out
-        uncond, cond_out = out.chunk(2)
-        pred = uncond + cfg_scale * (cond_out - uncond)
-        if guidance_rescale > 0:
-            pred = rescale_guidance(pred, cond_out, guidance_rescale)
-        return pred
+        return guide(out.chunk(copies), cond.weights, cfg_scale, guidance_rescale)
 
     return model
 
@@ -187,7 +205,7 @@ def run_sampling(
     The result is converted from sigma space back to the VAE's latent space, ready for decoding.
     """
     use_cfg = guidance_on(cfg_scale)
-    assert cond.rows == x.shape[0] * (2 if use_cfg else 1), "context batch does not match guidance"
+    assert cond.rows == x.shape[0] * (1 + len(cond.weights) if use_cfg else 1), "context batch does not match guidance"
     guided = make_guided_model(unet, cond, cfg_scale=cfg_scale, guidance_rescale=guidance_rescale, use_cfg=use_cfg,
                                fp32_attention=fp32_attention)
     context_of = context_at(cond, next(unet.parameters()).dtype)

@@ -35,10 +35,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class EncodedPrompts:
-    context: torch.Tensor  # (2B|B, 77·k, D), uncond first when guided; with `phases`: (P, 2B|B, 77·k, D)
+    context: torch.Tensor  # ((1+K)B|B, 77·k, D), uncond first when guided, then each of the prompt's K parts;
+    # with `phases`: (P, (1+K)B|B, 77·k, D)
     # used by the prompt, then those only the negative prompt uses (when guidance reads it), in order of use
     embeddings: list[TextualInversion] = field(default_factory=list)
     phases: tuple[int, ...] = ()  # prompt editing: the context phase of each UNet call (pipelines/prompt_schedule.py)
+    weights: tuple[float, ...] = (1.0,)  # the K parts' weights (A1111's AND, `prompt_syntax.subprompts`)
 
 
 def _hash_list(pairs: Iterable[tuple[str, str]]) -> str:
@@ -104,11 +106,12 @@ def encode_weighted_chunks(text_encoder: TextEncoder, rows: list[Chunk], device:
 
 def encode_tokenized_pair(text_encoder: TextEncoder, tokenizer: CLIPTokenizer, tokenized: list[TokenizedPrompt], *,
                           batch_size: int, device: torch.device) -> EncodedPrompts:
-    """Context (2B, 77·k, D) = [uncond x B; cond x B] with guidance, else (B, 77·k, D), of prompts already
-    tokenized and checked (a one-phase `PromptPlan`'s texts, pipelines/prompt_schedule.py): `tokenized` is
-    [prompt, negative prompt] with guidance, else [prompt]; all their chunks go through the encoder in one
-    batch, the shorter prompt padded with encoded empty chunks."""
-    prompts = tokenized[::-1]  # [uncond, cond] with guidance, else [cond]
+    """Context ((1+K)B, 77·k, D) = [uncond x B; cond x B of each part] with guidance, else (B, 77·k, D), of
+    prompts already tokenized and checked (a one-phase `PromptPlan`'s texts, pipelines/prompt_schedule.py):
+    `tokenized` is [prompt part 1, ..., part K, negative prompt] with guidance (K = 1: [prompt, negative prompt]),
+    else [prompt]; all their chunks go through the encoder in one batch, the shorter prompts padded with encoded
+    empty chunks."""
+    prompts = tokenized[-1:] + tokenized[:-1]  # [uncond, cond of each part] with guidance, else [cond]
     k = max(len(p.chunks) for p in prompts)
     pad = empty_chunk(tokenizer)
     rows = [chunk for p in prompts for chunk in p.chunks + [pad] * (k - len(p.chunks))]

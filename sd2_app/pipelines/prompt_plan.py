@@ -11,8 +11,11 @@ modules/sd_samplers_common.py `SamplerData.total_steps`: Heun and DPM2 call it t
 counts from 0 at its first call over all its `steps`, whatever the strength cuts, and the hires fix's second
 pass over its hires steps, counted on from the first pass (`hires_prompt_steps`), as there.
 
-A phase is one (prompt text, negative prompt text) pair. The limits: each text at most MAX_CHUNKS chunks of 75
-tokens (`prompt_chunks.check_length`), and phases x chunks per phase at most MAX_PHASE_CHUNKS.
+The prompt is first cut into its composable parts (`prompt_syntax.subprompts`: A1111's AND and part weights), each
+with its own schedule. A phase is one text of each part and the negative prompt's, (part 1, ..., part K, negative
+prompt): a (prompt, negative prompt) pair for a prompt of one part. The limits: each text at most MAX_CHUNKS chunks
+of 75 tokens (`prompt_chunks.check_length`), at most MAX_PARTS parts, which need guidance, and phases x parts x
+chunks per text at most MAX_PHASE_CHUNKS.
 
 A request is planned once: the Service keeps the plans its validation makes in its `PromptPlans` and lends them to the job
 (`Components.prompt_plans`), so the pipeline, and a second validation of the same request (ZeroGPU's duration
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +38,7 @@ from sd2_app.errors import InvalidRequest
 from sd2_app.fork_safety import renew_in_forked_child
 from sd2_app.pipelines.prompt_chunks import TokenizedPrompt, check_length, tokenize_prompts
 from sd2_app.prompt_editing import Schedule, prompt_schedule
-from sd2_app.prompt_syntax import without_extra_networks
+from sd2_app.prompt_syntax import prompt_parts
 from sd2_app.samplers.registry import SAMPLERS
 
 if TYPE_CHECKING:
@@ -44,7 +47,8 @@ if TYPE_CHECKING:
     from sd2_app.api.requests import HiresFix, Sampling
     from sd2_app.loading.embeddings import TextualInversion
 
-MAX_PHASE_CHUNKS = 64  # phases x chunks per phase: bounds the encoder's work and the contexts' memory
+MAX_PHASE_CHUNKS = 64  # phases x parts x chunks per text: bounds the encoder's work and the contexts' memory
+MAX_PARTS = 8  # composable parts of a prompt (A1111's AND): each adds the images' rows to every UNet call
 KEPT_CHUNKS = 2048  # the chunks a Service's PromptPlans keeps (each ~5 KB of Python ids and weights)
 
 
@@ -74,49 +78,69 @@ def hires_prompt_steps(first_pass: Sampling, hires: HiresFix) -> PromptSteps:
     return PromptSteps((hires.steps or first_pass.steps) * sampler.order, unet_calls(first_pass))
 
 
-def call_phases(prompt: Schedule, negative: Schedule, calls: int) -> tuple[list[tuple[str, str]], tuple[int, ...]]:
-    """The distinct (prompt, negative prompt) texts in order of first use, and the phase of each call 0..calls-1.
+Phase = tuple[str, ...]  # a text of each schedule: (prompt part 1, ..., part K, negative prompt)
+
+
+def call_phases(schedules: Sequence[Schedule], calls: int) -> tuple[list[Phase], tuple[int, ...]]:
+    """The distinct phases (a text of each schedule, in the schedules' order) in order of first use, and the phase
+    of each call 0..calls-1.
 
     Call i reads each schedule's first entry whose last step is >= i (A1111's pick); past the end, the last
-    entry (it cannot happen with these call counts). Both schedules ascend, so one pass walks them."""
-    phase_of: dict[tuple[str, str], int] = {}
+    entry (it cannot happen with these call counts). The schedules ascend, so one pass walks them."""
+    phase_of: dict[Phase, int] = {}
     order: list[int] = []
-    at_prompt = at_negative = 0
+    at = [0] * len(schedules)
     for call in range(calls):
-        while at_prompt < len(prompt) - 1 and prompt[at_prompt][0] < call:
-            at_prompt += 1
-        while at_negative < len(negative) - 1 and negative[at_negative][0] < call:
-            at_negative += 1
-        pair = (prompt[at_prompt][1], negative[at_negative][1])
-        order.append(phase_of.setdefault(pair, len(phase_of)))
+        for index, schedule in enumerate(schedules):
+            while at[index] < len(schedule) - 1 and schedule[at[index]][0] < call:
+                at[index] += 1
+        phase = tuple(schedule[at[index]][1] for index, schedule in enumerate(schedules))
+        order.append(phase_of.setdefault(phase, len(phase_of)))
     return list(phase_of), tuple(order)
 
 
-def check_phase_cost(phases: int, chunks: int) -> None:
-    """Refuse `phases` prompt pairs of `chunks` chunks each over MAX_PHASE_CHUNKS."""
-    if phases * chunks > MAX_PHASE_CHUNKS:
+def check_phase_cost(phases: int, chunks: int, parts: int = 1) -> None:
+    """Refuse `phases` phases of `parts` prompt parts, with texts of `chunks` chunks each, over MAX_PHASE_CHUNKS."""
+    if phases * parts * chunks <= MAX_PHASE_CHUNKS:
+        return
+    if parts == 1:
         raise InvalidRequest(
             f"The prompt editing and alternation make {phases} different prompt pairs of {chunks} chunk(s) each; "
-            f"at most {MAX_PHASE_CHUNKS} pairs x chunks are allowed. Use fewer alternatives or shorter prompts."
-        )
+            f"at most {MAX_PHASE_CHUNKS} pairs x chunks are allowed. Use fewer alternatives or shorter prompts.")
+    raise InvalidRequest(
+        f"The prompt's {parts} parts joined by AND, with its prompt editing and alternation, make {phases} different "
+        f"steps of {chunks} chunk(s) per part; at most {MAX_PHASE_CHUNKS} steps x parts x chunks are allowed. Use "
+        "fewer parts, fewer alternatives or shorter prompts.")
+
+
+def check_parts(parts: Sequence[tuple[str, float]], use_cfg: bool) -> None:
+    """Refuse more than MAX_PARTS composable parts, and parts or a part weight other than 1 without guidance
+    (their pulls are measured from the negative prompt's prediction, which only guidance computes)."""
+    if len(parts) > MAX_PARTS:
+        raise InvalidRequest(f"The prompt has {len(parts)} different parts joined by AND; at most {MAX_PARTS} are "
+                             "allowed.")
+    if not use_cfg and (len(parts) > 1 or parts[0][1] != 1.0):
+        what = "parts joined by AND" if len(parts) > 1 else f"weight {parts[0][1]:g} (the number after its last colon)"
+        raise InvalidRequest(f"The prompt's {what} need classifier-free guidance: set the CFG scale above 1.")
 
 
 @dataclass(frozen=True)
 class PromptPlan:
     """What the text encoder reads for one run."""
 
-    pairs: list[tuple[str, str]]  # the phases' (prompt, negative prompt) texts, in order of first use
+    pairs: list[Phase]  # the phases' (prompt part 1, ..., part K, negative prompt) texts, in order of first use
     order: tuple[int, ...]  # the phase of each UNet call
     texts: dict[str, TokenizedPrompt]  # each distinct text read (negative ones only with guidance), once
     use_cfg: bool
+    weights: tuple[float, ...] = (1.0,)  # each prompt part's weight (`prompt_syntax.subprompts`)
 
     @property
     def chunks(self) -> int:
         """Chunks per phase: the longest text's."""
         return max(len(tokens.chunks) for tokens in self.texts.values())
 
-    def read(self, pair: tuple[str, str]) -> list[TokenizedPrompt]:
-        """The phase's tokenized texts: [prompt, negative prompt] with guidance, else [prompt]."""
+    def read(self, pair: Phase) -> list[TokenizedPrompt]:
+        """The phase's tokenized texts: [part 1, ..., part K, negative prompt] with guidance, else [prompt]."""
         return [self.texts[text] for text in (pair if self.use_cfg else pair[:1])]
 
     def embeddings(self) -> list[TextualInversion]:
@@ -130,28 +154,32 @@ def plan_prompts(tokenizer: CLIPTokenizer, prompt: str, negative_prompt: str, *,
                  budget: ReadBudget | None = None) -> PromptPlan:
     """The run's phases and its texts tokenized (one tokenizer call for all of them), within the limits. The
     prompt's extra-network tags are taken out first, the negative prompt's kept as text (A1111's rule,
-    `prompt_syntax.without_extra_networks`).
+    `prompt_syntax.without_extra_networks`); then the prompt is cut into its composable parts (A1111's order:
+    modules/processing.py parses extra networks before `get_multicond_learned_conditioning`), the negative prompt
+    read whole, AND and all, as A1111 reads it.
 
-    Raises InvalidRequest for too many phases (checked before tokenizing), a text over MAX_CHUNKS chunks (the
-    first in phase order, its prompt before its negative prompt), or phases x chunks over MAX_PHASE_CHUNKS;
-    with a `budget`, the characters of the distinct texts are spent from it before they are read (it raises
-    once they run over).
+    Raises InvalidRequest for too many parts or parts without guidance (`check_parts`), too many phases (checked
+    before tokenizing), a text over MAX_CHUNKS chunks (the first in phase order, its prompt before its negative
+    prompt), or phases x parts x chunks over MAX_PHASE_CHUNKS; with a `budget`, the characters of the distinct
+    texts are spent from it before they are read (it raises once they run over).
     """
-    positive = prompt_schedule(without_extra_networks(prompt), steps.calls, steps.first_pass_calls)
+    parts = prompt_parts(prompt)
+    check_parts(parts, use_cfg)
+    positives = [prompt_schedule(text, steps.calls, steps.first_pass_calls) for text, _ in parts]
     negative = (prompt_schedule(negative_prompt, steps.calls, steps.first_pass_calls) if use_cfg
                 else [(steps.calls, negative_prompt)])
-    pairs, order = call_phases(positive, negative, steps.calls)
-    check_phase_cost(len(pairs), 1)
-    read = [(text, label) for pair in pairs
-            for text, label in zip(pair if use_cfg else pair[:1], ("prompt", "negative prompt"))]
+    pairs, order = call_phases([*positives, negative], steps.calls)
+    check_phase_cost(len(pairs), 1, len(parts))
+    labels = ("prompt",) * len(parts) + ("negative prompt",)
+    read = [(text, label) for pair in pairs for text, label in zip(pair if use_cfg else pair[:1], labels)]
     distinct = list(dict.fromkeys(text for text, _ in read))
     if budget is not None:
         budget.spend(distinct)
     texts = dict(zip(distinct, tokenize_prompts(tokenizer, distinct, embeddings)))
     for text, label in read:
         check_length(texts[text], label)
-    plan = PromptPlan(pairs, order, texts, use_cfg)
-    check_phase_cost(len(pairs), plan.chunks)
+    plan = PromptPlan(pairs, order, texts, use_cfg, tuple(weight for _, weight in parts))
+    check_phase_cost(len(pairs), plan.chunks, len(parts))
     return plan
 
 

@@ -13,6 +13,8 @@ so every phase has one shape and the loop picks a phase per call by index.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from sd2_app.checkpoints.components import Components
@@ -22,7 +24,7 @@ from sd2_app.pipelines.prompt_plan import PromptPlan, PromptSteps, plan_prompts
 
 
 def _encode_phases(components: Components, plan: PromptPlan, batch_size: int) -> torch.Tensor:
-    """(P, 2B|B, 77·k, D): each distinct text of `plan` encoded once, in one encoder batch."""
+    """(P, (1+K)B|B, 77·k, D): each distinct text of `plan` encoded once, in one encoder batch."""
     c = components
     texts = list(plan.texts.values())
     k = plan.chunks
@@ -38,8 +40,8 @@ def _encode_phases(components: Components, plan: PromptPlan, batch_size: int) ->
         states[text] = padded.reshape(k * CHUNK_LENGTH, width)
         start += count
     contexts = []
-    for prompt, negative in plan.pairs:
-        halves = [states[negative], states[prompt]] if plan.use_cfg else [states[prompt]]
+    for phase in plan.pairs:  # (part 1, ..., part K, negative prompt) -> [uncond; cond of each part]
+        halves = [states[phase[-1]], *(states[text] for text in phase[:-1])] if plan.use_cfg else [states[phase[0]]]
         contexts.append(torch.cat([h[None].expand(batch_size, -1, -1) for h in halves]))
     return torch.stack(contexts)
 
@@ -51,14 +53,15 @@ def encode_prompt_schedule(components: Components, prompt: str, negative_prompt:
 
     The plan is the one the request's validation made when the components carry the Service's
     `prompt_plans` (made again for other inputs), else made here. One phase: the context of the plain pair
-    (`encode_tokenized_pair`), `phases` (). Several: context (P, 2B|B, 77·k, D) and the phase of every UNet
-    call. Raises InvalidRequest for a prompt over the chunk limit or a schedule over MAX_PHASE_CHUNKS
-    (`plan_prompts`).
+    (`encode_tokenized_pair`), `phases` (). Several: context (P, (1+K)B|B, 77·k, D) and the phase of every UNet
+    call. K is the prompt's composable parts, whose weights come along. Raises InvalidRequest for a prompt over
+    the chunk limit or a schedule over MAX_PHASE_CHUNKS (`plan_prompts`).
     """
     c = components
     planner = c.prompt_plans.plan if c.prompt_plans is not None else plan_prompts
     plan = planner(c.tokenizer, prompt, negative_prompt, use_cfg=use_cfg, steps=steps, embeddings=c.embeddings)
     if len(plan.pairs) == 1:
-        return encode_tokenized_pair(c.text_encoder, c.tokenizer, plan.read(plan.pairs[0]), batch_size=batch_size,
-                                     device=c.device)
-    return EncodedPrompts(_encode_phases(c, plan, batch_size), plan.embeddings(), plan.order)
+        encoded = encode_tokenized_pair(c.text_encoder, c.tokenizer, plan.read(plan.pairs[0]), batch_size=batch_size,
+                                        device=c.device)
+        return replace(encoded, weights=plan.weights)
+    return EncodedPrompts(_encode_phases(c, plan, batch_size), plan.embeddings(), plan.order, plan.weights)

@@ -102,16 +102,17 @@ class Job:
     components: Components
     sampling: Sampling
     generator: NoiseSource  # the images' own (`noise_source`); a batch of requests has all of theirs
-    context: torch.Tensor  # (2B|B, 77·k, D), uncond first when guided; k chunks of 77 tokens; (P, ...) with phases
+    context: torch.Tensor  # ((1+K)B|B, 77·k, D), uncond first when guided; k chunks of 77; (P, ...) with phases
     plan: SamplingPlan
     mode: RunMode = NORMAL  # this attempt's precision and memory switches (the fallback ladder's choice)
     embeddings: list[TextualInversion] = field(default_factory=list)  # what the prompts used (EncodedPrompts)
     phases: tuple[int, ...] = ()  # prompt editing/alternation: the context phase of each UNet call (Conditioning)
+    weights: tuple[float, ...] = (1.0,)  # the prompt's K composable parts' weights (Conditioning)
 
     @property
     def rows(self) -> int:
-        """Batch rows the UNet sees: the images, twice over when guidance is on."""
-        return self.sampling.batch_size * (2 if guidance_on(self.sampling.cfg_scale) else 1)
+        """Batch rows the UNet sees: the images, 1 + K times over when guidance is on (K prompt parts)."""
+        return self.sampling.batch_size * (1 + len(self.weights) if guidance_on(self.sampling.cfg_scale) else 1)
 
     def start_noise(self, shape: tuple[int, ...]) -> torch.Tensor:
         """Text-to-image start latents: unit noise scaled to the schedule's first sigma."""
@@ -130,7 +131,8 @@ class Job:
         """Run the one loop on `x` (B, 4, h, w) with the task's extra channels; returns VAE-space latents."""
         c = self.components
         return run_sampling(
-            c.unet, Conditioning(context=self.context, concat=concat, class_labels=class_labels, phases=self.phases), x,
+            c.unet, Conditioning(context=self.context, concat=concat, class_labels=class_labels, phases=self.phases,
+                                 weights=self.weights), x,
             self.plan.schedule, self.plan.spec, cfg_scale=self.sampling.cfg_scale,
             guidance_rescale=self.sampling.guidance_rescale, prediction_type=c.scheduler_config.prediction_type,
             generator=self.generator, on_step=on_step, tiling=tiling, sampler_options=self.plan.options,
@@ -202,4 +204,5 @@ def start_job(components: Components, request: TaskRequest, *, strength: float |
                                      batch_size=sampling.batch_size, use_cfg=guidance_on(sampling.cfg_scale),
                                      steps=prompt_calls or prompt_steps(sampling))
     plan = plan_sampling(components.scheduler_config, sampling, strength=strength, last_steps=last_steps)
-    return Job(components, sampling, generator, encoded.context, plan, mode, encoded.embeddings, encoded.phases)
+    return Job(components, sampling, generator, encoded.context, plan, mode, encoded.embeddings, encoded.phases,
+               encoded.weights)

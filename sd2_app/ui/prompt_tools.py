@@ -34,7 +34,7 @@ def _count(service: Service, text: Any, checkpoint: Any, styles: Any = None, neg
     try:
         if styles and isinstance(text, str):
             text = service.styles.apply(text, text, styles)[1 if negative else 0]
-        shown = service.count_tokens(text, checkpoint)
+        shown = service.count_tokens(text, checkpoint, negative=negative)
     except InvalidRequest as error:
         return str(error)
     return gr.skip() if shown is None else shown

@@ -214,6 +214,16 @@ def test_each_inpainting_fill_runs_as_its_masked_content(app, fill: int | None, 
     assert (f"Masked content: {written}" in text) if written else ("Masked content" not in text)
 
 
+def test_composable_prompts_through_the_a1111_api(app) -> None:
+    """A1111's AND runs as the web UI runs it (its info text keeps the prompt), and needs guidance: at CFG 1 the
+    call is a 422 with the message."""
+    _, port, _ = app
+    status, answer = _post(port, "txt2img", {"prompt": "a cat AND a dog:0.5", **FAST, "seed": 3, "cfg_scale": 6})
+    assert status == 200 and json.loads(answer["info"])["prompt"] == "a cat AND a dog:0.5"
+    assert _post(port, "txt2img", {"prompt": "a cat AND a dog", **FAST, "cfg_scale": 1}) == (422, a1111_error_body(
+        422, "The prompt's parts joined by AND need classifier-free guidance: set the CFG scale above 1."))
+
+
 @pytest.mark.parametrize("fill", [4, -1, "fill", True, 1.5])
 def test_an_inpainting_fill_a1111_lacks_is_refused_with_the_choices(app, fill: object) -> None:
     _, port, _ = app

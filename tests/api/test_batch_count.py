@@ -75,6 +75,16 @@ def test_each_batch_counts_in_the_jobs_cost() -> None:
         validate(upscale, CATALOG, Limits(max_job_cost=10))
 
 
+def test_each_part_of_a_composable_prompt_counts_in_the_jobs_cost() -> None:
+    """Each part joined by AND is one more UNet row per image and step: 10 steps x (1 + 3 parts) x 8 x 8 = 2,560;
+    a part's weight costs nothing more."""
+    limits = Limits(max_job_cost=2560)
+    validate(replace(_txt(steps=10), prompt="a AND b AND c"), CATALOG, limits)
+    validate(replace(_txt(steps=20), prompt="a:1.5"), CATALOG, limits)  # 20 x 2 x 64
+    with pytest.raises(InvalidRequest, match="it costs 3,200 UNet"):
+        validate(replace(_txt(steps=10), prompt="a AND b AND c AND d"), CATALOG, limits)
+
+
 def test_batches_run_one_after_another_with_their_own_seeds_and_progress_over_all(tmp_path) -> None:
     service = fake_service(tmp_path)
     events: list[tuple[int, int]] = []

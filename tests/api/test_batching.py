@@ -180,6 +180,10 @@ def test_batch_key_separates_what_the_loop_shares() -> None:
     assert len(set(keys)) == len(keys)
     assert batch_key("txt2img", replace(base, tiling=True)) is None
     assert batch_key("txt2img", replace(base, hires=HiresFix())) is None
+    for composable in ("a fox AND a hen", "a fox:1.5", "a fox <lora:x:1> AND a hen"):  # more rows, their own guidance
+        assert batch_key("txt2img", replace(base, prompt=composable)) is None
+    assert batch_key("txt2img", replace(base, prompt="a fox:1 AND")) is None
+    assert batch_key("txt2img", replace(base, prompt="a fox, (hen:1.5)")) == batch_key("txt2img", base)
     assert batch_key("inpaint", InpaintRequest("x", noise_image(), noise_image())) is None  # no `prepare` in its row
     image = Img2ImgRequest("x", noise_image(64, 64), checkpoint="sd21-base")
     assert batch_key("img2img", image) == batch_key("img2img", replace(image, width=64, height=64))

@@ -12,19 +12,19 @@ from sd2_app.pipelines.prompt_plan import (
     call_phases, hires_prompt_steps, plan_prompts, prompt_steps, PromptSteps, unet_calls,
 )
 from sd2_app.prompt_editing import Schedule, prompt_schedule
+from sd2_app.prompt_syntax import subprompts
 
 
-def _phases_by_search(prompt: Schedule, negative: Schedule,
-                      calls: int) -> tuple[list[tuple[str, str]], tuple[int, ...]]:
+def _phases_by_search(schedules: list[Schedule], calls: int) -> tuple[list[tuple[str, ...]], tuple[int, ...]]:
     """The former `call_phases`: for every call, the first entry of each schedule whose last step is >= the call
-    (else the last entry), and the pair's index found by a search of the pairs so far."""
+    (else the last entry), and the phase's index found by a search of the phases so far."""
     def entry_at(schedule: Schedule, call: int) -> int:
         return next((i for i, (last, _) in enumerate(schedule) if call <= last), len(schedule) - 1)
 
-    pairs: list[tuple[str, str]] = []
+    pairs: list[tuple[str, ...]] = []
     order = []
     for call in range(calls):
-        pair = (prompt[entry_at(prompt, call)][1], negative[entry_at(negative, call)][1])
+        pair = tuple(schedule[entry_at(schedule, call)][1] for schedule in schedules)
         if pair not in pairs:
             pairs.append(pair)
         order.append(pairs.index(pair))
@@ -38,6 +38,7 @@ PROMPTS = [
     ("[red:blue:0.25] [big:[small:tiny:0.8]:0.5]", "[low:high:7]"),
     ("[p:q:1.5] [r|s]", "[n::4]"),
     ("[" + "|".join("abcdefg") + "] [u|v|w]", "[m:n:0.9]"),
+    ("a [cat:dog:3] AND [x|y|z] hill:0.5 AND [p::0.4]", "[n:o:2]"),  # composable parts, each its own schedule
 ]
 SAMPLINGS = [  # Euler one call a step; Heun and DPM2 two; img2img counts all its steps whatever the strength
     Sampling(sampler="Euler", steps=1), Sampling(sampler="Euler", steps=20), Sampling(sampler="Heun", steps=9),
@@ -51,10 +52,10 @@ def test_call_phases_equal_the_search_of_every_call(prompt: str, negative: str, 
     steps = [prompt_steps(sampling), hires_prompt_steps(sampling, HiresFix(steps=7, sampler="Heun")),
              hires_prompt_steps(sampling, HiresFix())]
     for run in steps:
-        positive = prompt_schedule(prompt, run.calls, run.first_pass_calls)
-        negatives = prompt_schedule(negative, run.calls, run.first_pass_calls)
+        schedules = [prompt_schedule(text, run.calls, run.first_pass_calls)
+                     for text in [*(part for part, _ in subprompts(prompt)), negative]]
         for calls in (run.calls, run.calls + 3):  # and past the schedules' end: their last entries
-            assert call_phases(positive, negatives, calls) == _phases_by_search(positive, negatives, calls)
+            assert call_phases(schedules, calls) == _phases_by_search(schedules, calls)
 
 
 def test_two_calls_a_step_double_the_schedule() -> None:
@@ -62,7 +63,7 @@ def test_two_calls_a_step_double_the_schedule() -> None:
     assert unet_calls(heun) == 8 and prompt_steps(heun) == PromptSteps(8)
     schedule = prompt_schedule("[a:b:0.5]", 8)
     assert schedule == [(4, "a"), (8, "b")]
-    assert call_phases(schedule, [(8, "")], 8) == ([("a", ""), ("b", "")], (0, 0, 0, 0, 0, 1, 1, 1))
+    assert call_phases([schedule, [(8, "")]], 8) == ([("a", ""), ("b", "")], (0, 0, 0, 0, 0, 1, 1, 1))
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +96,37 @@ def test_the_negative_prompt_is_read_only_with_guidance(tokenizer) -> None:
     assert list(plan.texts) == ["a cat"]
     with pytest.raises(InvalidRequest, match="^The negative prompt is too long: it makes 9 chunks"):
         plan_prompts(tokenizer, "a cat", too_long, use_cfg=True, steps=PromptSteps(4))
+
+
+def test_a_composable_prompt_plans_each_part_with_its_own_schedule(tokenizer) -> None:
+    """A1111's AND: each part has its own schedule and weight; a phase is a text of each part and the negative
+    prompt's, in that order; extra networks are taken out before the cut."""
+    plan = plan_prompts(tokenizer, "a cat <lora:x:1> AND a [dog:fox:2] :0.7", "blurry", use_cfg=True,
+                        steps=PromptSteps(4))
+    assert plan.pairs == [("a cat", "a dog", "blurry"), ("a cat", "a fox", "blurry")]
+    assert plan.order == (0, 0, 0, 1) and plan.weights == (1.0, 0.7)
+    assert list(plan.texts) == ["a cat", "a dog", "blurry", "a fox"]
+    assert plan.read(plan.pairs[1]) == [plan.texts[text] for text in ("a cat", "a fox", "blurry")]
+    plain = plan_prompts(tokenizer, "a cat", "blurry", use_cfg=True, steps=PromptSteps(4))
+    assert plain.pairs == [("a cat", "blurry")] and plain.weights == (1.0,)
+
+
+@pytest.mark.parametrize(("prompt", "use_cfg", "message"), [
+    (" AND ".join(f"p{i}" for i in range(9)), True,
+     "The prompt has 9 different parts joined by AND; at most 8 are allowed."),
+    ("a cat AND a dog", False,
+     "The prompt's parts joined by AND need classifier-free guidance: set the CFG scale above 1."),
+    ("a photo, 16:9", False, "The prompt's weight 9 (the number after its last colon) need classifier-free "
+                             "guidance: set the CFG scale above 1."),
+    (" AND ".join(f"[a{i}|b{i}|c{i}]" for i in range(3)) + " [x|y|z|w|v|u|t|s]", True,
+     "The prompt's 3 parts joined by AND, with its prompt editing and alternation, make 24 different steps of 1 "
+     "chunk(s) per part; at most 64 steps x parts x chunks are allowed. Use fewer parts, fewer alternatives or "
+     "shorter prompts."),
+])
+def test_composable_prompts_are_refused_past_their_limits(tokenizer, prompt: str, use_cfg: bool,
+                                                           message: str) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        plan_prompts(tokenizer, prompt, "", use_cfg=use_cfg, steps=PromptSteps(30))
+    assert str(refused.value) == message
+    assert len(plan_prompts(tokenizer, " AND ".join(f"p{i}" for i in range(8)), "", use_cfg=True,
+                            steps=PromptSteps(30)).weights) == 8

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sd2_app.api.task_checks import syntax_warnings, weight_warnings
 from sd2_app.prompt_syntax import (
-    MAX_WEIGHT, clamped_weights, escape, parse_attention, unsupported_syntax, without_extra_networks,
+    MAX_WEIGHT, clamped_weights, escape, parse_attention, subprompts, unsupported_syntax, without_extra_networks,
 )
 
 B = "BREAK"  # a BREAK in the expected runs
@@ -158,9 +160,9 @@ def test_weight_warnings_exact_text() -> None:
 
 
 @pytest.mark.parametrize("prompt, expected", [
-    ("a cat AND a dog:1.2", [("composable prompts", "AND")]),
     ("<lora:add_detail:0.8> a cat, <hypernet:x:1>", [("extra network", "<hypernet:x:1>")]),  # LoRAs: lora_tags
-    ("[a:b:1] [c|d] e AND f <lyco:g:1> <lora:h>", [("composable prompts", "AND")]),
+    ("[a:b:1] [c|d] e AND f <lyco:g:1> <lora:h> <hypernet:y>", [("extra network", "<hypernet:y>")]),
+    ("a cat AND a dog:1.2", []),  # composable prompts: `subprompts`
     # what we do support (prompt editing and alternation too: sd2_app/prompt_editing.py), or text: nothing to say
     ("a (cat:1.2) [dog] \\[x:1\\] [a:b] sand and land, time 10:30, a<b>c", []),
     ("a [cat:dog:0.5] b [cat:3] [dog::0.25] [x: 7] [cat|dog|cow]", []),
@@ -172,7 +174,7 @@ def test_unsupported_a1111_syntax_is_found(prompt: str, expected: list) -> None:
 def test_syntax_warnings_exact_text() -> None:
     assert syntax_warnings("a [cat:dog:0.5] AND <hypernet:a_very_long_hypernetwork_name:0.8>", "negative prompt") == [
         'The negative prompt uses A1111 syntax that this app does not support: '
-        'composable prompts "AND", extra network "<hypernet:a_very_long_hyperne…". It is read as plain text '
+        'extra network "<hypernet:a_very_long_hyperne…". It is read as plain text '
         "(brackets still weight what they enclose); see the README's Prompts section."]
     assert syntax_warnings("a (cat:1.2), BREAK [dog]", "prompt") == []
 
@@ -183,8 +185,6 @@ def test_extra_networks_in_the_prompt_are_left_out_as_a1111_leaves_them_out() ->
     assert without_extra_networks("a cat, <lora:add_detail:0.8>, [red:<lyco:x:1>blue:3] <not a tag>") == \
         "a cat, , [red:blue:3] <not a tag>"
     assert syntax_warnings("a cat AND a dog <lora:a_very_long_lora_file_name_v2:0.8> <hypernet:h:1>", "prompt") == [
-        'The prompt uses A1111 syntax that this app does not support: composable prompts "AND". It is read as plain '
-        "text (brackets still weight what they enclose); see the README's Prompts section.",
         'The prompt names an extra network that this app does not have: "<hypernet:h:1>". As '
         "in A1111, such tags are left out of the text the model reads; see the README's Prompts section."]
 
@@ -202,3 +202,46 @@ N = 200_000  # far over any prompt limit: a pattern that backtracks over it woul
 def test_long_prompts_are_read_in_one_pass(prompt: str, expected: list) -> None:
     assert runs(prompt) == expected
     assert unsupported_syntax(prompt) == []
+
+
+def _a1111_parts(prompt: str) -> list[tuple[str, float]]:
+    """A1111's reading of composable prompts by its definition, searched by brute force: each part between ANDs is
+    the shortest text whose rest is spaces, optionally a colon and a number (the weight) with spaces around
+    (modules/prompt_parser.py, `re_weight`); parts of the same text add their weights."""
+    number = re.compile(r"\s*(?::\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*")
+    parts: dict[str, float] = {}
+    for piece in re.split(r"\bAND\b", prompt):
+        cut = next(i for i in range(len(piece) + 1) if number.fullmatch(piece, i))
+        weight = number.fullmatch(piece, cut).group(1)
+        parts[piece[:cut].strip()] = parts.get(piece[:cut].strip(), 0.0) + (float(weight) if weight else 1.0)
+    return list(parts.items())
+
+
+@given(st.lists(st.sampled_from(["a", " ", ":", "1", "2", ".", "-", "+", " AND ", "AND", "\n", "x", "(", "5."]),
+                max_size=16).map("".join))
+@settings(max_examples=3000, deadline=None)
+def test_composable_parts_are_a1111s(prompt: str) -> None:
+    """`subprompts` reads every prompt as A1111 does; one part without a weight is the prompt as written."""
+    parts = subprompts(prompt)
+    assert parts == ([(prompt, 1.0)] if parts == [(prompt, 1.0)] else _a1111_parts(prompt))
+    if parts == [(prompt, 1.0)]:
+        assert _a1111_parts(prompt) == [(prompt.strip(), 1.0)]
+
+
+@pytest.mark.parametrize(("prompt", "parts"), [
+    ("a cat", [("a cat", 1.0)]),
+    ("a cat AND a dog", [("a cat", 1.0), ("a dog", 1.0)]),
+    ("a cat :0.5 AND a dog: -1.25 ", [("a cat", 0.5), ("a dog", -1.25)]),
+    ("x AND x:2", [("x", 3.0)]),  # one text, its weights added
+    ("a photo, 16:9", [("a photo, 16", 9.0)]),  # A1111 reads every prompt so
+    ("a (dog:1.2)", [("a (dog:1.2)", 1.0)]),  # an attention weight, not a part's
+    ("[a AND b:c:3]", [("[a", 1.0), ("b:c:3]", 1.0)]),  # AND cuts inside brackets too, as in A1111
+    ("ANDROID AND", [("ANDROID", 1.0), ("", 1.0)]),  # a word of its own
+])
+def test_composable_parts(prompt: str, parts: list) -> None:
+    assert subprompts(prompt) == parts
+
+
+def test_composable_parts_are_read_in_one_pass() -> None:
+    assert subprompts(" " * N + "x") == [(" " * N + "x", 1.0)]
+    assert subprompts(": " * N + "1") == [((": " * (N - 1)).strip(), 1.0)]  # the last colon's number

@@ -244,11 +244,11 @@ def slow_counts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     counted: list[str] = []
     original = Service.count_tokens
 
-    def count_tokens(self: Service, text: str, checkpoint: str) -> str:
+    def count_tokens(self: Service, text: str, checkpoint: str, **options: bool) -> str:
         counted.append(text)
         if text == "slow":
             time.sleep(3)
-        return original(self, text, checkpoint)
+        return original(self, text, checkpoint, **options)
 
     monkeypatch.setattr(Service, "count_tokens", count_tokens)
     return counted
@@ -285,9 +285,9 @@ def test_a_counter_line_holds_its_place_before_its_first_count(browser, url: str
     gate = threading.Event()
     original = Service.count_tokens
 
-    def count_tokens(self: Service, text: str, checkpoint: str) -> str:
+    def count_tokens(self: Service, text: str, checkpoint: str, **options: bool) -> str:
         gate.wait(30)  # the counts of the page's load wait here
-        return original(self, text, checkpoint)
+        return original(self, text, checkpoint, **options)
 
     monkeypatch.setattr(Service, "count_tokens", count_tokens)
     page = _open(browser, url, PHONE)

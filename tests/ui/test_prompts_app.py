@@ -113,8 +113,7 @@ def test_a1111_syntax_we_do_not_support_is_named_in_the_info(app) -> None:
     prompt = "a cat AND a dog on a hill <lora:add_detail:0.8> <hypernet:h:1>"
     _, gallery, info = client.predict(api_name="/txt2img", **{**FAST, "prompt": prompt, "negative_prompt": "[x|y]"})
     lines = info.splitlines()
-    assert ('- ⚠️ The prompt uses A1111 syntax that this app does not support: composable prompts "AND". It is '
-            "read as plain text (brackets still weight what they enclose); see the README's Prompts section.") in lines
+    assert "does not support" not in info  # AND: composable prompts are supported
     assert ('- ⚠️ The prompt names an extra network that this app does not have: '
             '"&lt;hypernet:h:1&gt;". As in A1111, such tags are left out of the text the model reads; see '
             "the README's Prompts section.") \
@@ -167,6 +166,37 @@ def test_token_counter_counts_the_longest_step_prompt(app) -> None:
     assert counted == service.count_tokens(LONG_PROMPT, "sd21-base") != service.count_tokens("a cat", "sd21-base")
     assert client.predict("[a|a cat on a hill] x", "sd21-base", api_name="/count_tokens") == \
         service.count_tokens("a cat on a hill x", "sd21-base")
+
+
+def test_composable_prompts_run_as_a1111_reads_them(app) -> None:
+    """A1111's AND through the app: the parts are guided one by one (a part twice at half the CFG is the part once,
+    pixel for pixel; another part changes the image), the prompt is recorded as written and reproduces the image; a
+    prompt ending in ":9" is read as its weight, as A1111 reads it, and a warning says so; parts without guidance
+    are refused with the message; the counter counts the longest part."""
+    client, service, _ = app
+    once = _txt2img(client, prompt="a red fox", cfg_scale=8)
+    twice = _txt2img(client, prompt="a red fox AND a red fox", cfg_scale=4)
+    assert np.array_equal(np.asarray(once), np.asarray(twice))
+    _, gallery, info = client.predict(api_name="/txt2img", **{**FAST, "prompt": "a red fox AND snow :0.5"})
+    composed = Image.open(gallery[0]["image"])
+    composed.load()
+    plain = _txt2img(client, prompt="a red fox")
+    assert "⚠️" not in info and not np.array_equal(np.asarray(composed), np.asarray(plain))
+    assert parse_parameters(composed.info["parameters"])["Prompt"] == "a red fox AND snow :0.5"
+    assert np.array_equal(np.asarray(_rerun_from(client, composed)), np.asarray(composed))
+    _, gallery, info = client.predict(api_name="/txt2img", **{**FAST, "prompt": "a wide photo, 16:9", "cfg_scale": 2})
+    assert ('- ⚠️ The prompt ends in ":9", which A1111 reads as the weight of the prompt\'s guidance, as this app '
+            'does: "a wide photo, 16" is guided x9. End the prompt with "," to keep the number as text.') \
+        in info.splitlines()
+    assert np.array_equal(np.asarray(Image.open(gallery[0]["image"])),
+                          np.asarray(_txt2img(client, prompt="a wide photo, 16", cfg_scale=18)))
+    with pytest.raises(AppError, match=r"^The prompt's parts joined by AND need classifier-free guidance: set the CFG "
+                                       r"scale above 1\.$"):
+        client.predict(api_name="/txt2img", **{**FAST, "prompt": "a AND b", "cfg_scale": 1})
+    assert client.predict("a cat AND a cat on a hill x", "sd21-base", api_name="/count_tokens") == \
+        service.count_tokens("a cat on a hill x", "sd21-base") != service.count_tokens("a cat", "sd21-base")
+    assert service.count_tokens("a AND b", "sd21-base", negative=True) == service.count_tokens(
+        "a and b", "sd21-base") != service.count_tokens("a AND b", "sd21-base")  # the negative prompt read whole
 
 
 def test_png_info_reads_an_a1111_infotext_as_a1111_does(app, tmp_path: Path) -> None:
