@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 MAX_PHASE_CHUNKS = 64  # phases x parts x chunks per text: bounds the encoder's work and the contexts' memory
 MAX_PARTS = 8  # composable parts of a prompt (A1111's AND): each adds the images' rows to every UNet call
+MAX_PART_WEIGHT = 10.0  # a part's weight multiplies its guidance: past this the image is noise (A1111 has no limit)
 KEPT_CHUNKS = 2048  # the chunks a Service's PromptPlans keeps (each ~5 KB of Python ids and weights)
 
 
@@ -114,11 +115,18 @@ def check_phase_cost(phases: int, chunks: int, parts: int = 1) -> None:
 
 
 def check_parts(parts: Sequence[tuple[str, float]], use_cfg: bool) -> None:
-    """Refuse more than MAX_PARTS composable parts, and parts or a part weight other than 1 without guidance
-    (their pulls are measured from the negative prompt's prediction, which only guidance computes)."""
+    """Refuse more than MAX_PARTS composable parts, a weight beyond ±MAX_PART_WEIGHT, and parts or a part weight
+    other than 1 without guidance (their pulls are measured from the negative prompt's prediction, which only
+    guidance computes)."""
     if len(parts) > MAX_PARTS:
         raise InvalidRequest(f"The prompt has {len(parts)} different parts joined by AND; at most {MAX_PARTS} are "
                              "allowed.")
+    for text, weight in parts:
+        if abs(weight) > MAX_PART_WEIGHT:
+            shown = text if len(text) <= 30 else text[:29] + "…"
+            raise InvalidRequest(f'The prompt\'s part "{shown}" has weight {weight:g} (the number after its last '
+                                 f"colon, as A1111 reads it); a part's weight is limited to ±{MAX_PART_WEIGHT:g}. "
+                                 'End it with "," to keep the number as text.')
     if not use_cfg and (len(parts) > 1 or parts[0][1] != 1.0):
         what = "parts joined by AND" if len(parts) > 1 else f"weight {parts[0][1]:g} (the number after its last colon)"
         raise InvalidRequest(f"The prompt's {what} need classifier-free guidance: set the CFG scale above 1.")

@@ -118,6 +118,9 @@ def test_a_composable_prompt_plans_each_part_with_its_own_schedule(tokenizer) ->
      "The prompt's parts joined by AND need classifier-free guidance: set the CFG scale above 1."),
     ("a photo, 16:9", False, "The prompt's weight 9 (the number after its last colon) need classifier-free "
                              "guidance: set the CFG scale above 1."),
+    ("a clock at 10:30 AND a cat:-0.5", True, 'The prompt\'s part "a clock at 10" has weight 30 (the number after '
+                                             "its last colon, as A1111 reads it); a part's weight is limited to ±10. "
+                                             'End it with "," to keep the number as text.'),
     (" AND ".join(f"[a{i}|b{i}|c{i}]" for i in range(3)) + " [x|y|z|w|v|u|t|s]", True,
      "The prompt's 3 parts joined by AND, with its prompt editing and alternation, make 24 different steps of 1 "
      "chunk(s) per part; at most 64 steps x parts x chunks are allowed. Use fewer parts, fewer alternatives or "
@@ -130,3 +133,4 @@ def test_composable_prompts_are_refused_past_their_limits(tokenizer, prompt: str
     assert str(refused.value) == message
     assert len(plan_prompts(tokenizer, " AND ".join(f"p{i}" for i in range(8)), "", use_cfg=True,
                             steps=PromptSteps(30)).weights) == 8
+    assert plan_prompts(tokenizer, "a:10 AND b:-10", "", use_cfg=True, steps=PromptSteps(3)).weights == (10, -10)
