@@ -82,7 +82,7 @@ IGNORED = frozenset({
     "do_not_save_samples", "do_not_save_grid", "save_images", "override_settings_restore_afterwards", "subseed",
     "seed_resize_from_h", "seed_resize_from_w", "firstphase_width", "firstphase_height", "hr_scale",
     "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name",
-    "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "hr_additional_modules",
+    "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "hr_additional_modules",  # hr_prompt: `_hires`
     "s_tmax", "s_tmin", "include_init_images", "refiner_switch_at", "disable_extra_networks", "comments",
     "force_task_id", "infotext", "mask_blur_x", "mask_blur_y", "mask_round", "latent_mask", "firstpass_image",
 })
@@ -214,10 +214,15 @@ def _hires(body: Mapping[str, Any], names: list[str]) -> rq.HiresFix | None:
     """enable_hr and its hr_* fields (A1111's names; 0 or empty means "as the first pass"); hr_sampler_name is
     read as sampler_name is (`sampler_named`), a name we lack is left for the Service to refuse. enable_hr is
     true or false (`checks.flag`; absent or null: off): the text "false" turned the fix on, as anything non-empty
-    is true."""
+    is true. A hires prompt of its own (hr_prompt, hr_negative_prompt other than empty or the prompt) is refused:
+    the second pass reads the prompt."""
     enable = body.get("enable_hr")
     if enable is None or not flag(enable, "enable_hr"):
         return None
+    for field, own in (("hr_prompt", "prompt"), ("hr_negative_prompt", "negative_prompt")):
+        if body.get(field) and body.get(field) != body.get(own, ""):
+            raise InvalidRequest(f"{field} (a prompt of the hires pass's own) is not available: leave it empty, and "
+                                 f"the hires pass reads {own}.")
     hires_sampler = body.get("hr_sampler_name") or None
     if isinstance(hires_sampler, str):
         hires_sampler = sampler_named(hires_sampler, names) or hires_sampler

@@ -359,7 +359,7 @@ def test_skip_ends_the_running_batch_and_the_job_goes_on(app, client) -> None:
 
 def test_hires_fix_variation_seed_and_tiling(client) -> None:
     result = client.txt2img(prompt="x", seed=4, enable_hr=True, hr_scale=2, hr_upscaler="Latent",
-                            denoising_strength=0.5, **FAST)
+                            denoising_strength=0.5, hr_prompt="x", **FAST)  # the prompt again: the same pass
     assert result.images[0].size == (128, 128) and result.info["width"] == 128
     plain = client.txt2img(prompt="x", seed=4, **FAST).images[0]
     variations = client.txt2img(prompt="x", seed=4, subseed=9, subseed_strength=0.5, batch_size=2, n_iter=2, **FAST)
@@ -505,6 +505,11 @@ def test_refusals_name_what_is_missing_and_unknown_fields_are_ignored(app, caplo
     assert status == 422 and body["detail"].startswith("hires fix (enable_hr) is available in txt2img only")
     status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "enable_hr": True, "hr_upscaler": "Bicubic"})
     assert status == 422 and body["detail"].startswith("Unknown hires upscaler 'Bicubic'")  # the Service's check
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "enable_hr": True, "hr_prompt": "x, 8k"})
+    assert (status, body["detail"]) == (422, "hr_prompt (a prompt of the hires pass's own) is not available: leave it "
+                                             "empty, and the hires pass reads prompt.")
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "enable_hr": True, "hr_negative_prompt": "blur"})
+    assert status == 422 and body["detail"].startswith("hr_negative_prompt (a prompt of the hires pass's own)")
     status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "alwayson_scripts": {"ControlNet": {"args": []}}})
     assert status == 422 and "alwayson_scripts" in body["detail"]
     status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "sampler_name": "DPM fast"})
