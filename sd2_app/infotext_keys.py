@@ -71,6 +71,7 @@ DEPTH = "Depth"
 HIRES_PROMPT = "Hires prompt"
 HIRES_NEGATIVE_PROMPT = "Hires negative prompt"
 HIRES_CHECKPOINT = "Hires checkpoint"
+HIRES_SCHEDULE_TYPE = "Hires schedule type"  # A1111 writes it where the second pass's differs from "Schedule type"
 EMPHASIS = "Emphasis"
 REFINER = "Refiner"
 ETA_ANCESTRAL = "Eta"  # ancestral samplers' eta, written when not 1 (A1111's sd_samplers_kdiffusion.py, `initialize`)

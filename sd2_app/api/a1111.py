@@ -214,15 +214,13 @@ def _hires(body: Mapping[str, Any], names: list[str]) -> rq.HiresFix | None:
     """enable_hr and its hr_* fields (A1111's names; 0 or empty means "as the first pass"); hr_sampler_name is
     read as sampler_name is (`sampler_named`), a name we lack is left for the Service to refuse. enable_hr is
     true or false (`checks.flag`; absent or null: off): the text "false" turned the fix on, as anything non-empty
-    is true. A hires prompt of its own (hr_prompt, hr_negative_prompt other than empty or the prompt) is refused:
-    the second pass reads the prompt."""
+    is true. What the second pass would have of its own is refused: a prompt (hr_prompt, hr_negative_prompt
+    other than empty or the prompt; the second pass reads the prompt), a checkpoint (hr_checkpoint_name) and a
+    schedule type (hr_scheduler other than the first pass's), as `_own_hires_settings` says."""
     enable = body.get("enable_hr")
     if enable is None or not flag(enable, "enable_hr"):
         return None
-    for field, own in (("hr_prompt", "prompt"), ("hr_negative_prompt", "negative_prompt")):
-        if body.get(field) and body.get(field) != body.get(own, ""):
-            raise InvalidRequest(f"{field} (a prompt of the hires pass's own) is not available: leave it empty, and "
-                                 f"the hires pass reads {own}.")
+    _own_hires_settings(body)
     hires_sampler = body.get("hr_sampler_name") or None
     if isinstance(hires_sampler, str):
         hires_sampler = sampler_named(hires_sampler, names) or hires_sampler
@@ -232,6 +230,26 @@ def _hires(body: Mapping[str, Any], names: list[str]) -> rq.HiresFix | None:
         steps=body.get("hr_second_pass_steps") or None, denoising_strength=body.get("denoising_strength", 0.7),
         sampler=hires_sampler,
     )
+
+
+SAME_AS_FIRST_PASS = (None, "", "Use same checkpoint", "Use same scheduler")  # A1111's words for "as the first pass"
+
+
+def _own_hires_settings(body: Mapping[str, Any]) -> None:
+    """Refuse hr_prompt, hr_negative_prompt, hr_checkpoint_name and hr_scheduler that ask the second pass for
+    something other than the first pass's: this app's hires fix runs with the first pass's (A1111's defaults)."""
+    for field, own in (("hr_prompt", "prompt"), ("hr_negative_prompt", "negative_prompt")):
+        if body.get(field) and body.get(field) != body.get(own, ""):
+            raise InvalidRequest(f"{field} (a prompt of the hires pass's own) is not available: leave it empty, and "
+                                 f"the hires pass reads {own}.")
+    if body.get("hr_checkpoint_name") not in SAME_AS_FIRST_PASS:
+        raise InvalidRequest("hr_checkpoint_name (a checkpoint of the hires pass's own) is not available: leave it "
+                             "out, and the hires pass runs the first pass's checkpoint.")
+    scheduler = body.get("hr_scheduler")
+    first = schedule_label(body.get("scheduler") or "automatic")
+    if scheduler not in SAME_AS_FIRST_PASS and schedule_label(scheduler) != first:
+        raise InvalidRequest("hr_scheduler (a schedule type of the hires pass's own) is not available: leave it "
+                             "out, and the hires pass runs the first pass's schedule type.")
 
 
 def _seed_extras(body: Mapping[str, Any]) -> rq.SeedExtras:

@@ -359,7 +359,8 @@ def test_skip_ends_the_running_batch_and_the_job_goes_on(app, client) -> None:
 
 def test_hires_fix_variation_seed_and_tiling(client) -> None:
     result = client.txt2img(prompt="x", seed=4, enable_hr=True, hr_scale=2, hr_upscaler="Latent",
-                            denoising_strength=0.5, hr_prompt="x", **FAST)  # the prompt again: the same pass
+                            denoising_strength=0.5, hr_prompt="x", hr_scheduler="Use same scheduler",
+                            **FAST)  # the prompt again and A1111's "same": the same pass
     assert result.images[0].size == (128, 128) and result.info["width"] == 128
     plain = client.txt2img(prompt="x", seed=4, **FAST).images[0]
     variations = client.txt2img(prompt="x", seed=4, subseed=9, subseed_strength=0.5, batch_size=2, n_iter=2, **FAST)
@@ -510,6 +511,12 @@ def test_refusals_name_what_is_missing_and_unknown_fields_are_ignored(app, caplo
                                              "empty, and the hires pass reads prompt.")
     status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "enable_hr": True, "hr_negative_prompt": "blur"})
     assert status == 422 and body["detail"].startswith("hr_negative_prompt (a prompt of the hires pass's own)")
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "enable_hr": True, "hr_scheduler": "karras"})
+    assert (status, body["detail"]) == (422, "hr_scheduler (a schedule type of the hires pass's own) is not "
+                                             "available: leave it out, and the hires pass runs the first pass's "
+                                             "schedule type.")
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "enable_hr": True, "hr_checkpoint_name": "sd21"})
+    assert status == 422 and body["detail"].startswith("hr_checkpoint_name (a checkpoint of the hires pass's own)")
     status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "alwayson_scripts": {"ControlNet": {"args": []}}})
     assert status == 422 and "alwayson_scripts" in body["detail"]
     status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "sampler_name": "DPM fast"})
