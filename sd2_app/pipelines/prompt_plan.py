@@ -128,8 +128,9 @@ def check_parts(parts: Sequence[tuple[str, float]], use_cfg: bool) -> None:
                                  f"colon, as A1111 reads it); a part's weight is limited to ±{MAX_PART_WEIGHT:g}. "
                                  'End it with "," to keep the number as text.')
     if not use_cfg and (len(parts) > 1 or parts[0][1] != 1.0):
-        what = "parts joined by AND" if len(parts) > 1 else f"weight {parts[0][1]:g} (the number after its last colon)"
-        raise InvalidRequest(f"The prompt's {what} need classifier-free guidance: set the CFG scale above 1.")
+        what = ("parts joined by AND need" if len(parts) > 1
+                else f"weight {parts[0][1]:g} (the number after its last colon) needs")
+        raise InvalidRequest(f"The prompt's {what} classifier-free guidance: set the CFG scale above 1.")
 
 
 @dataclass(frozen=True)

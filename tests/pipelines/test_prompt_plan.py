@@ -116,7 +116,7 @@ def test_a_composable_prompt_plans_each_part_with_its_own_schedule(tokenizer) ->
      "The prompt has 9 different parts joined by AND; at most 8 are allowed."),
     ("a cat AND a dog", False,
      "The prompt's parts joined by AND need classifier-free guidance: set the CFG scale above 1."),
-    ("a photo, 16:9", False, "The prompt's weight 9 (the number after its last colon) need classifier-free "
+    ("a photo, 16:9", False, "The prompt's weight 9 (the number after its last colon) needs classifier-free "
                              "guidance: set the CFG scale above 1."),
     ("a clock at 10:30 AND a cat:-0.5", True, 'The prompt\'s part "a clock at 10" has weight 30 (the number after '
                                              "its last colon, as A1111 reads it); a part's weight is limited to ±10. "
