@@ -82,7 +82,8 @@ IGNORED = frozenset({
     "do_not_save_samples", "do_not_save_grid", "save_images", "override_settings_restore_afterwards", "subseed",
     "seed_resize_from_h", "seed_resize_from_w", "firstphase_width", "firstphase_height", "hr_scale",
     "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name",
-    "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "hr_additional_modules",  # hr_prompt: `_hires`
+    # the second pass's own prompt, checkpoint and schedule type are refused by `_own_hires_settings`
+    "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "hr_additional_modules",
     "s_tmax", "s_tmin", "include_init_images", "refiner_switch_at", "disable_extra_networks", "comments",
     "force_task_id", "infotext", "mask_blur_x", "mask_blur_y", "mask_round", "latent_mask", "firstpass_image",
 })
