@@ -41,7 +41,8 @@ def _hires(args: argparse.Namespace) -> rq.HiresFix | None:
         return None
     return rq.HiresFix(upscaler=args.hires_upscaler, scale=args.hires_scale, width=args.hires_width,
                        height=args.hires_height, steps=args.hires_steps, denoising_strength=args.denoising_strength,
-                       sampler=args.hires_sampler)
+                       sampler=args.hires_sampler, prompt=args.hires_prompt,
+                       negative_prompt=args.hires_negative_prompt)
 
 
 def _seed_and_tiling(args: argparse.Namespace) -> dict[str, Any]:

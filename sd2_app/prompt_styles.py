@@ -114,11 +114,24 @@ class StyleBook:
         return prompt, negative_prompt
 
     def applied_to(self, request: Styled, names: object) -> Styled:
-        """A request (a dataclass with `prompt` and `negative_prompt`) with the styles `names` applied."""
+        """A request (a dataclass with `prompt` and `negative_prompt`) with the styles `names` applied; a hires
+        fix's own prompts too, each that is given (A1111 styles its hr prompts; an empty one is the first pass's,
+        styled already)."""
         if not names:
             return request
         prompt, negative = self.apply(request.prompt, request.negative_prompt, names)  # type: ignore[attr-defined]
+        hires = getattr(request, "hires", None)
+        if hires is not None and (hires.prompt or hires.negative_prompt):
+            hires = self.hires_applied(hires, names)
+            return replace(request, prompt=prompt, negative_prompt=negative, hires=hires)  # type: ignore[type-var]
         return replace(request, prompt=prompt, negative_prompt=negative)  # type: ignore[type-var]
+
+    def hires_applied(self, hires: Any, names: object) -> Any:
+        """A hires fix (a dataclass with `prompt` and `negative_prompt`, "" for the first pass's) with the styles
+        `names` applied to each of its own prompts that is given."""
+        prompt = self.apply(hires.prompt, "", names)[0] if hires.prompt else hires.prompt
+        negative = self.apply("", hires.negative_prompt, names)[1] if hires.negative_prompt else hires.negative_prompt
+        return replace(hires, prompt=prompt, negative_prompt=negative)
 
     def extract(self, prompt: str, negative_prompt: str) -> tuple[list[str], str, str]:
         """The styles a pasted prompt pair was made with and the pair without them: (names in the order they

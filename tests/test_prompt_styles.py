@@ -132,3 +132,18 @@ def test_at_most_max_styles_are_read(tmp_path: Path) -> None:
     last = ps.MAX_STYLES - 1
     assert len(book.styles) == ps.MAX_STYLES and book.styles[-1] == PromptStyle(f"s{last}", f"p{last}")
     assert load_styles(None) == StyleBook()
+
+
+def test_styles_reach_a_hires_fixs_own_prompts() -> None:
+    """A1111 styles hr_prompt and hr_negative_prompt too; an empty one stays empty (the first pass's, styled)."""
+    from sd2_app.api.requests import HiresFix, Txt2ImgRequest
+
+    request = Txt2ImgRequest(prompt="a cat", negative_prompt="dark", hires=HiresFix(prompt="a cat, 8k"))
+    styled = BOOK.applied_to(request, ["frame", "oil"])
+    assert (styled.prompt, styled.negative_prompt) == ("a picture of a cat, framed, oil painting, thick brush",
+                                                       "blurry, dark, photo")
+    assert (styled.hires.prompt, styled.hires.negative_prompt) == (
+        "a picture of a cat, 8k, framed, oil painting, thick brush", "")
+    assert styled.hires.prompts(styled.prompt, styled.negative_prompt)[1] == styled.negative_prompt
+    plain = BOOK.applied_to(Txt2ImgRequest(prompt="a cat", hires=HiresFix()), ["oil"])
+    assert (plain.hires.prompt, plain.hires.negative_prompt) == ("", "")

@@ -49,7 +49,8 @@ COMMON_FIELDS = frozenset({
 })
 TXT2IMG_FIELDS = COMMON_FIELDS | {
     "enable_hr", "hr_upscaler", "hr_scale", "hr_resize_x", "hr_resize_y", "hr_second_pass_steps",
-    "hr_sampler_name", "denoising_strength", "subseed", "subseed_strength", "seed_resize_from_w",
+    "hr_sampler_name", "hr_prompt", "hr_negative_prompt", "denoising_strength", "subseed", "subseed_strength",
+    "seed_resize_from_w",
     "seed_resize_from_h", "tiling",
 }
 IMG2IMG_FIELDS = COMMON_FIELDS | {
@@ -82,8 +83,8 @@ IGNORED = frozenset({
     "do_not_save_samples", "do_not_save_grid", "save_images", "override_settings_restore_afterwards", "subseed",
     "seed_resize_from_h", "seed_resize_from_w", "firstphase_width", "firstphase_height", "hr_scale",
     "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name",
-    # the second pass's own prompt, checkpoint and schedule type are refused by `_own_hires_settings`
-    "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "hr_additional_modules",
+    # the second pass's own checkpoint and schedule type are refused by `_own_hires_settings`
+    "hr_sampler_name", "hr_scheduler", "hr_additional_modules",
     "s_tmax", "s_tmin", "include_init_images", "refiner_switch_at", "disable_extra_networks", "comments",
     "force_task_id", "infotext", "mask_blur_x", "mask_blur_y", "mask_round", "latent_mask", "firstpass_image",
 })
@@ -215,9 +216,9 @@ def _hires(body: Mapping[str, Any], names: list[str]) -> rq.HiresFix | None:
     """enable_hr and its hr_* fields (A1111's names; 0 or empty means "as the first pass"); hr_sampler_name is
     read as sampler_name is (`sampler_named`), a name we lack is left for the Service to refuse. enable_hr is
     true or false (`checks.flag`; absent or null: off): the text "false" turned the fix on, as anything non-empty
-    is true. What the second pass would have of its own is refused: a prompt (hr_prompt, hr_negative_prompt
-    other than empty or the prompt; the second pass reads the prompt), a checkpoint (hr_checkpoint_name) and a
-    schedule type (hr_scheduler other than the first pass's), as `_own_hires_settings` says."""
+    is true. hr_prompt and hr_negative_prompt are the second pass's own prompts (empty: the first pass's); a
+    checkpoint (hr_checkpoint_name) and a schedule type (hr_scheduler other than the first pass's) of its own are
+    refused, as `_own_hires_settings` says."""
     enable = body.get("enable_hr")
     if enable is None or not flag(enable, "enable_hr"):
         return None
@@ -229,7 +230,7 @@ def _hires(body: Mapping[str, Any], names: list[str]) -> rq.HiresFix | None:
         upscaler=body.get("hr_upscaler") or "Latent", scale=body.get("hr_scale", 2.0),
         width=body.get("hr_resize_x") or None, height=body.get("hr_resize_y") or None,
         steps=body.get("hr_second_pass_steps") or None, denoising_strength=body.get("denoising_strength", 0.7),
-        sampler=hires_sampler,
+        sampler=hires_sampler, prompt=body.get("hr_prompt") or "", negative_prompt=body.get("hr_negative_prompt") or "",
     )
 
 
@@ -237,12 +238,8 @@ SAME_AS_FIRST_PASS = (None, "", "Use same checkpoint", "Use same scheduler")  # 
 
 
 def _own_hires_settings(body: Mapping[str, Any]) -> None:
-    """Refuse hr_prompt, hr_negative_prompt, hr_checkpoint_name and hr_scheduler that ask the second pass for
-    something other than the first pass's: this app's hires fix runs with the first pass's (A1111's defaults)."""
-    for field, own in (("hr_prompt", "prompt"), ("hr_negative_prompt", "negative_prompt")):
-        if body.get(field) and body.get(field) != body.get(own, ""):
-            raise InvalidRequest(f"{field} (a prompt of the hires pass's own) is not available: leave it empty, and "
-                                 f"the hires pass reads {own}.")
+    """Refuse hr_checkpoint_name and hr_scheduler that ask the second pass for something other than the first
+    pass's: this app's hires fix runs with the first pass's (A1111's defaults)."""
     if body.get("hr_checkpoint_name") not in SAME_AS_FIRST_PASS:
         raise InvalidRequest("hr_checkpoint_name (a checkpoint of the hires pass's own) is not available: leave it "
                              "out, and the hires pass runs the first pass's checkpoint.")
@@ -277,8 +274,11 @@ def txt2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
     n_iter, seed = _batches(body, limits)
     checkpoint = _checkpoint(body, "txt2img", checkpoint_for)
     sampling = _sampling(body, names, seed, n_iter, "txt2img")
+    hires = _hires(body, names)
+    if hires is not None and all(isinstance(text, str) for text in (hires.prompt, hires.negative_prompt)):
+        hires = styles.hires_applied(hires, body.get("styles"))  # others: refused by validation
     request = rq.Txt2ImgRequest(**prompts, checkpoint=checkpoint, width=body.get("width", 512),
-                                height=body.get("height", 512), sampling=sampling, hires=_hires(body, names),
+                                height=body.get("height", 512), sampling=sampling, hires=hires,
                                 seed_extras=_seed_extras(body), tiling=body.get("tiling", False))
     return Job("txt2img", request, checkpoint, _send_images(body), tuple(body.get("styles") or ()))
 

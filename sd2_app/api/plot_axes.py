@@ -251,9 +251,15 @@ def apply_axis(kind: str, request: PlotBase, values: Sequence[Any], i: int, styl
 
 
 def apply_prompt_sr(request: PlotBase, search: str, value: str) -> PlotBase:
-    """Replace every `search` in the prompt and the negative prompt by `value`."""
-    return replace(request, prompt=request.prompt.replace(search, value),
-                   negative_prompt=request.negative_prompt.replace(search, value))
+    """Replace every `search` in the prompt and the negative prompt by `value`, and in a hires fix's own prompts
+    (A1111's xyz_grid.py, `apply_prompt`, replaces in hr_prompt and hr_negative_prompt too)."""
+    changed = replace(request, prompt=request.prompt.replace(search, value),
+                      negative_prompt=request.negative_prompt.replace(search, value))
+    hires = getattr(request, "hires", None)
+    if hires is None or not (hires.prompt or hires.negative_prompt):
+        return changed
+    return replace(changed, hires=replace(hires, prompt=hires.prompt.replace(search, value),
+                                          negative_prompt=hires.negative_prompt.replace(search, value)))
 
 
 def hires_for_axes(base: PlotBase, kinds: Sequence[str]) -> tuple[PlotBase, list[str]]:

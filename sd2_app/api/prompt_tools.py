@@ -56,8 +56,9 @@ PromptPass = tuple[str, str, str, bool, PromptSteps]  # checkpoint, prompt, nega
 
 def prompt_passes(request: Request, catalog: Catalog) -> list[PromptPass]:
     """The passes of a validated request that encode its prompts: its own run, and with the hires fix the
-    second pass (`hires_prompt_steps`) and, for the "SD2 x4" upscaler, the x4 stage (`x4_request`) between.
-    Empty for a request without prompts."""
+    second pass (`hires_prompt_steps`, with its own prompts where it has them: `HiresFix.prompts`) and, for the
+    "SD2 x4" upscaler, the x4 stage (`x4_request`, the first pass's prompts) between. Empty for a request without
+    prompts."""
     prompt = getattr(request, "prompt", None)
     sampling = getattr(request, "sampling", None)
     if not isinstance(prompt, str) or sampling is None:
@@ -70,7 +71,7 @@ def prompt_passes(request: Request, catalog: Catalog) -> list[PromptPass]:
         if upscaler is not None:
             x4 = x4_request(request, None, upscaler)  # type: ignore[arg-type]  # a Txt2ImgRequest
             passes.append((upscaler, prompt, negative, guidance_on(x4.sampling.cfg_scale), prompt_steps(x4.sampling)))
-        passes.append((request.checkpoint, prompt, negative, guidance_on(sampling.cfg_scale),
+        passes.append((request.checkpoint, *hires.prompts(prompt, negative), guidance_on(sampling.cfg_scale),
                        hires_prompt_steps(sampling, hires)))
     return passes
 

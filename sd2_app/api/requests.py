@@ -82,6 +82,13 @@ class HiresFix:
     steps: int | None = None  # steps the second pass runs; None or 0: the first pass's steps
     denoising_strength: float = 0.5
     sampler: str | None = None  # None or "": the first pass's sampler
+    prompt: str = ""  # A1111's "Hires prompt": the second pass's own prompt; "": the first pass's
+    negative_prompt: str = ""  # its "Hires negative prompt"; "": the first pass's
+
+    def prompts(self, prompt: str, negative_prompt: str) -> tuple[str, str]:
+        """The (prompt, negative prompt) the second pass reads: its own where given, else the first pass's (A1111's
+        modules/processing.py, StableDiffusionProcessingTxt2Img.init: an empty hr_prompt is the prompt)."""
+        return self.prompt or prompt, self.negative_prompt or negative_prompt
 
     def upscale_size(self, width: int, height: int) -> tuple[int, int]:
         """What a first pass of `width` x `height` is upscaled to before the second pass: A1111's rule

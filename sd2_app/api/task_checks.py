@@ -21,6 +21,7 @@ from sd2_app.api.cost import check_job_cost, job_cost
 from sd2_app.api.image_inputs import check_size, checked_image, decoded, fit_inside, to_depth, to_mask
 from sd2_app.api.requests import (
     DepthRequest,
+    HiresFix,
     Img2ImgRequest,
     MASK_MODES,
     MASKED_CONTENT,
@@ -167,6 +168,19 @@ def part_weight_warnings(prompt: str) -> list[str]:
             "text."]
 
 
+def hires_prompt_warnings(hires: HiresFix | None, prompt: str) -> list[str]:
+    """The warnings for a hires fix's own prompts: attention weights over the limit, and LoRA tags other than the
+    prompt's (the LoRAs are merged for the whole job: both passes run with the prompt's)."""
+    if hires is None:
+        return []
+    warnings = weight_warnings(hires.prompt, "hires prompt") + weight_warnings(hires.negative_prompt,
+                                                                                "hires negative prompt")
+    if hires.prompt and lora_tags(hires.prompt) != lora_tags(prompt):
+        warnings.append("The hires prompt's LoRA tags differ from the prompt's; both passes run with the prompt's "
+                        "LoRAs.")
+    return warnings
+
+
 def lora_warnings(prompt: str, negative_prompt: str, loras: frozenset[str]) -> list[str]:
     """The warnings for the prompt's LoRA tags naming a LoRA the host lacks (left out, as A1111 leaves them out
     with "Networks not found") and for LoRA tags in the negative prompt (read as text there, as A1111 reads
@@ -236,6 +250,7 @@ def _txt2img_fields(
     common["height"] = image_side(height, "Height", limits, warnings)
     common["hires"] = check_hires(request.hires, (common["width"], common["height"]), common["sampling"],
                                   catalog, limits)
+    warnings += hires_prompt_warnings(common["hires"], common["prompt"])
     common["seed_extras"] = check_seed_extras(request.seed_extras, limits)
     common["tiling"] = flag(request.tiling, "Tiling")
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from sd2_app.api.requests import HIRES_UPSCALERS, X4_UPSCALER, HiresFix, Sampling, SeedExtras
-from sd2_app.api.checks import Catalog, Limits, integer, number, resolve_seed
+from sd2_app.api.checks import Catalog, Limits, clean_text, integer, number, resolve_seed
 from sd2_app.api.upscaler_names import hires_upscaler_named, x4_checkpoint
 from sd2_app.errors import InvalidRequest, shown
 from sd2_app.samplers.registry import AUTOMATIC
@@ -54,6 +54,8 @@ def check_hires(
         height=_optional_int(hires.height, "Hires height", 64, limits.max_side),
         steps=_optional_int(hires.steps, "Hires steps", 1, limits.max_steps),
         denoising_strength=number(hires.denoising_strength, "Hires denoising strength", 0.0, 1.0),
+        prompt=clean_text(hires.prompt, "Hires prompt"),
+        negative_prompt=clean_text(hires.negative_prompt, "Hires negative prompt"),
     )
     target = checked.target(*size)
     if max(target) > limits.max_side:

@@ -92,6 +92,11 @@ def hires_settings(request: Txt2ImgRequest, components: Components, width: int, 
     settings[keys.HIRES_UPSCALER] = hires.upscaler
     if hires.sampler and hires.sampler != request.sampling.sampler:
         settings[keys.HIRES_SAMPLER] = hires.sampler
+    prompt, negative = hires.prompts(request.prompt, request.negative_prompt)  # written where they differ, as A1111
+    if prompt != request.prompt:
+        settings[keys.HIRES_PROMPT] = prompt
+    if negative != request.negative_prompt:
+        settings[keys.HIRES_NEGATIVE_PROMPT] = negative
     if request.sampling.eta > 0 and hires.sampler in ETA_SAMPLERS:  # eta changes the second pass only
         settings.setdefault(keys.ETA_DDIM, request.sampling.eta)
     return settings
@@ -109,7 +114,9 @@ def second_pass(
     hires = request.hires
     assert hires is not None
     factor = vae_factor(components.vae)
-    job = start_job(components, replace(request, sampling=hires_sampling(request.sampling, hires)),
+    prompt, negative = hires.prompts(request.prompt, request.negative_prompt)
+    job = start_job(components, replace(request, prompt=prompt, negative_prompt=negative,
+                                        sampling=hires_sampling(request.sampling, hires)),
                     last_steps=hires.second_pass_steps(request.sampling.steps), mode=mode,  # fresh generators, seeded
                     prompt_calls=hires_prompt_steps(request.sampling, hires))
     if isinstance(start, torch.Tensor):

@@ -197,8 +197,7 @@ def sampler_fields(parsed: dict[str, Any], names: list[str]) -> tuple[str | None
 
 
 # Settings of A1111's that text to image here has no control for: what is used instead.
-_NOT_HERE = {keys.HIRES_PROMPT: "the prompt", keys.HIRES_NEGATIVE_PROMPT: "the negative prompt",
-             keys.HIRES_CHECKPOINT: "the first pass's checkpoint",
+_NOT_HERE = {keys.HIRES_CHECKPOINT: "the first pass's checkpoint",
              keys.HIRES_SCHEDULE_TYPE: "the first pass's schedule type", keys.EMPHASIS: 'A1111\'s default ("Original")',
              keys.REFINER: "no refiner", keys.ETA_ANCESTRAL: "the ancestral samplers' full noise (eta 1)"}
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 SAME_SAMPLER = "Same as first pass"
 HIRES_NAMES = ("hires_fix", "hires_upscaler", "hires_scale", "hires_width", "hires_height", "hires_steps",
-               "denoising_strength", "hires_sampler")  # the API's names of the hires fix's widgets
+               "denoising_strength", "hires_sampler", "hires_prompt", "hires_negative_prompt")  # the API's names
 NAMES = (*HIRES_NAMES, "variation_seed", "variation_strength", "seed_resize_from_width", "seed_resize_from_height",
          "tiling")
 DEFAULTS = HiresFix()
@@ -47,11 +47,13 @@ class HiresControls:
     steps: gr.Slider
     strength: gr.Slider
     sampler: gr.Dropdown
+    prompt: gr.Textbox  # A1111's "Hires prompt": empty for the first pass's
+    negative: gr.Textbox
 
     def inputs(self) -> list[gr.components.Component]:
         """The widgets in the order of `HIRES_NAMES`."""
         return [self.hires, self.upscaler, self.scale, self.width, self.height, self.steps, self.strength,
-                self.sampler]
+                self.sampler, self.prompt, self.negative]
 
 
 @dataclass
@@ -92,7 +94,12 @@ def build_hires(service: Service, max_side: int, side: int, prefix: str = "txt2i
             strength = gr.Slider(0, 1, DEFAULTS.denoising_strength, step=0.01, label="Denoising strength",
                                  elem_id=f"{prefix}-hires-strength")
         sampler = gr.Dropdown([SAME_SAMPLER, *service.samplers()], value=SAME_SAMPLER, label="Hires sampler")
-    return HiresControls(accordion, hires, hires_size, upscaler, scale, width, height, steps, strength, sampler)
+        prompt = gr.Textbox(label="Hires prompt", placeholder="Empty: the prompt", lines=2, max_lines=6,
+                            elem_id=f"{prefix}-hires-prompt")
+        negative = gr.Textbox(label="Hires negative prompt", placeholder="Empty: the negative prompt", lines=1,
+                              max_lines=6, elem_id=f"{prefix}-hires-negative")
+    return HiresControls(accordion, hires, hires_size, upscaler, scale, width, height, steps, strength, sampler,
+                         prompt, negative)
 
 
 def build_extras(service: Service, max_side: int, side: int) -> Txt2ImgExtras:
@@ -232,8 +239,9 @@ def _or(value: Any, default: Any) -> Any:
 
 def request_fields(hires_on: Any = None, upscaler: Any = None, scale: Any = None, width: Any = None,
                    height: Any = None, steps: Any = None, strength: Any = None, sampler: Any = None,
-                   variation_seed: Any = None, variation_strength: Any = None, resize_width: Any = None,
-                   resize_height: Any = None, tiling: Any = None) -> dict[str, Any]:
+                   hires_prompt: Any = None, hires_negative: Any = None, variation_seed: Any = None,
+                   variation_strength: Any = None, resize_width: Any = None, resize_height: Any = None,
+                   tiling: Any = None) -> dict[str, Any]:
     """Widget (or API) values -> the Txt2ImgRequest's hires, seed_extras and tiling; the service validates. The
     two checkboxes' values must be true or false (`checks.flag`; None: off): the text "false" from an API caller
     turned the hires fix on, as anything non-empty is true."""
@@ -244,6 +252,7 @@ def request_fields(hires_on: Any = None, upscaler: Any = None, scale: Any = None
             height=height or None, steps=steps or None,
             denoising_strength=_or(strength, DEFAULTS.denoising_strength),
             sampler=None if sampler in (None, "", SAME_SAMPLER) else sampler,
+            prompt=_or(hires_prompt, ""), negative_prompt=_or(hires_negative, ""),
         )
     resize = None if not resize_width and not resize_height else (resize_width or 0, resize_height or 0)
     extras = SeedExtras(variation_seed=_or(variation_seed, None), variation_strength=_or(variation_strength, 0.0),
@@ -271,6 +280,8 @@ def from_parameters(parsed: dict[str, Any], samplers: list[str]) -> tuple:
         parsed.get(keys.HIRES_STEPS, 0) if hires_on else 0,
         parsed.get(keys.DENOISING_STRENGTH, DEFAULTS.denoising_strength) if hires_on else DEFAULTS.denoising_strength,
         sampler_named(str(parsed.get(keys.HIRES_SAMPLER) or ""), samplers) or SAME_SAMPLER,  # as the API reads it
+        str(parsed.get(keys.HIRES_PROMPT, "")) if hires_on else "",  # absent: the prompt (A1111 writes it if other)
+        str(parsed.get(keys.HIRES_NEGATIVE_PROMPT, "")) if hires_on else "",
         parsed.get(keys.VARIATION_SEED, -1),
         parsed.get(keys.VARIATION_SEED_STRENGTH, 0.0),
         seed_resize[0],

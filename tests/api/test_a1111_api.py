@@ -357,10 +357,24 @@ def test_skip_ends_the_running_batch_and_the_job_goes_on(app, client) -> None:
     assert (state["job_count"], state["skipped"]) == (0, False)
 
 
+def test_hires_prompts_of_their_own(client) -> None:
+    """hr_prompt / hr_negative_prompt: the second pass reads them, the info text says them (A1111's keys), and
+    the image differs from the one the prompt gives in both passes; the prompt again is the same run."""
+    own = client.txt2img(prompt="x", seed=4, enable_hr=True, hr_scale=1.5, denoising_strength=0.6,
+                         hr_prompt="x, a castle, 8k", hr_negative_prompt="blurry", **FAST)
+    text = own.images[0].info["parameters"]
+    assert 'Hires prompt: "x, a castle, 8k", Hires negative prompt: blurry' in text
+    plain = client.txt2img(prompt="x", seed=4, enable_hr=True, hr_scale=1.5, denoising_strength=0.6, **FAST)
+    same = client.txt2img(prompt="x", seed=4, enable_hr=True, hr_scale=1.5, denoising_strength=0.6, hr_prompt="x",
+                          **FAST)
+    assert "Hires prompt" not in plain.images[0].info["parameters"]
+    assert np.array_equal(np.asarray(plain.images[0]), np.asarray(same.images[0]))
+    assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(own.images[0]))
+
+
 def test_hires_fix_variation_seed_and_tiling(client) -> None:
     result = client.txt2img(prompt="x", seed=4, enable_hr=True, hr_scale=2, hr_upscaler="Latent",
-                            denoising_strength=0.5, hr_prompt="x", hr_scheduler="Use same scheduler",
-                            **FAST)  # the prompt again and A1111's "same": the same pass
+                            denoising_strength=0.5, hr_scheduler="Use same scheduler", **FAST)  # A1111's "same"
     assert result.images[0].size == (128, 128) and result.info["width"] == 128
     plain = client.txt2img(prompt="x", seed=4, **FAST).images[0]
     variations = client.txt2img(prompt="x", seed=4, subseed=9, subseed_strength=0.5, batch_size=2, n_iter=2, **FAST)
@@ -506,11 +520,8 @@ def test_refusals_name_what_is_missing_and_unknown_fields_are_ignored(app, caplo
     assert status == 422 and body["detail"].startswith("hires fix (enable_hr) is available in txt2img only")
     status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "enable_hr": True, "hr_upscaler": "Bicubic"})
     assert status == 422 and body["detail"].startswith("Unknown hires upscaler 'Bicubic'")  # the Service's check
-    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "enable_hr": True, "hr_prompt": "x, 8k"})
-    assert (status, body["detail"]) == (422, "hr_prompt (a prompt of the hires pass's own) is not available: leave it "
-                                             "empty, and the hires pass reads prompt.")
-    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "enable_hr": True, "hr_negative_prompt": "blur"})
-    assert status == 422 and body["detail"].startswith("hr_negative_prompt (a prompt of the hires pass's own)")
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "enable_hr": True, "hr_prompt": 5})
+    assert (status, body["detail"]) == (422, "Hires prompt must be text, got int.")
     status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "enable_hr": True, "hr_scheduler": "karras"})
     assert (status, body["detail"]) == (422, "hr_scheduler (a schedule type of the hires pass's own) is not "
                                              "available: leave it out, and the hires pass runs the first pass's "

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from sd2_app.api.batch_count import batch_requests, batch_status, stopped_in_batch
-from sd2_app.api.requests import Sampling, SeedExtras, Txt2ImgRequest, UpscaleRequest
+from sd2_app.api.requests import HiresFix, Sampling, SeedExtras, Txt2ImgRequest, UpscaleRequest
 from sd2_app.api.checks import Limits
 from sd2_app.api.validation import validate
 from sd2_app.errors import Cancelled, InvalidRequest
@@ -83,6 +83,21 @@ def test_each_part_of_a_composable_prompt_counts_in_the_jobs_cost() -> None:
     validate(replace(_txt(steps=20), prompt="a:1.5"), CATALOG, limits)  # 20 x 2 x 64
     with pytest.raises(InvalidRequest, match="it costs 3,200 UNet"):
         validate(replace(_txt(steps=10), prompt="a AND b AND c AND d"), CATALOG, limits)
+
+
+def test_a_hires_prompt_counts_its_own_parts_and_its_lora_tags_are_the_prompts() -> None:
+    """The second pass of 10 steps at strength 1 costs 10 x 2 x 8 x 8 = 1,280 like the first; its own prompt with
+    two parts makes it 1,920. A hires prompt naming other LoRAs is said to run with the prompt's."""
+    hires = HiresFix(scale=1.0, denoising_strength=1.0)
+    limits = Limits(max_job_cost=2560)
+    validate(replace(_txt(steps=10), hires=hires), CATALOG, limits)
+    with pytest.raises(InvalidRequest, match="it costs 3,200 UNet"):
+        validate(replace(_txt(steps=10), hires=replace(hires, prompt="a cat AND a hat")), CATALOG, limits)
+    _, warnings = validate(replace(_txt(), hires=replace(hires, prompt="a cat <lora:x:1>")), CATALOG, Limits())
+    assert warnings == ["The hires prompt's LoRA tags differ from the prompt's; both passes run with the prompt's "
+                        "LoRAs."]
+    with pytest.raises(InvalidRequest, match="^Hires negative prompt must be text, got int.$"):
+        validate(replace(_txt(), hires=replace(hires, negative_prompt=5)), CATALOG, Limits())
 
 
 def test_batches_run_one_after_another_with_their_own_seeds_and_progress_over_all(tmp_path) -> None:

@@ -17,7 +17,7 @@ from sd2_app.api.plot import plan_cells, write_tables
 from sd2_app.api.plot_axes import parse_values
 from sd2_app.api.plot_values import axis_values_text, split_values
 from sd2_app.api.plot_grid import NOT_RUN_FILL, SUB_GRID_GAP, draw_grid, load_font, not_run_cell
-from sd2_app.api.requests import Img2ImgRequest, PlotAxis, Sampling, Txt2ImgRequest, XYZPlotRequest
+from sd2_app.api.requests import HiresFix, Img2ImgRequest, PlotAxis, Sampling, Txt2ImgRequest, XYZPlotRequest
 from sd2_app.api.checks import Limits
 from sd2_app.api.validation import validate
 from sd2_app.errors import Cancelled, InvalidRequest
@@ -128,6 +128,11 @@ def test_prompt_sr_replaces_the_first_value_in_prompt_and_negative() -> None:
     assert [(c.request.prompt, c.request.negative_prompt) for c in cells] == [
         ("a cat on a mat", "blurry cat"), ("a dog on a mat", "blurry dog"), ("a tiger cub on a mat", "blurry tiger cub")]
     assert [c.labels for c in cells] == [("cat", "", ""), ("dog", "", ""), ("tiger cub", "", "")]
+    hires = HiresFix(prompt="a cat, 8k", negative_prompt="cat hair")  # A1111 replaces in the hr prompts too
+    plot = XYZPlotRequest(replace(_base(), hires=hires), PlotAxis("prompt_sr", "cat, dog"))
+    cells, _ = plan_cells(validate(plot, CATALOG)[0], CATALOG, Limits())
+    assert [(c.request.hires.prompt, c.request.hires.negative_prompt) for c in cells] == [
+        ("a cat, 8k", "cat hair"), ("a dog, 8k", "dog hair")]
 
 
 def test_cells_share_the_seed_unless_seed_is_an_axis() -> None:

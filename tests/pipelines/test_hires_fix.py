@@ -40,6 +40,26 @@ def test_lanczos_hires_equals_txt2img_lanczos_then_img2img_with_the_same_seed(co
     assert np.array_equal(np.asarray(ours.images[0]), np.asarray(by_hand.images[0]))
 
 
+def test_a_hires_prompt_of_its_own_is_read_by_the_second_pass_only(components: ComponentCache) -> None:
+    """A1111's "Hires prompt" and "Hires negative prompt": the first pass reads the prompt, the second its own;
+    by hand, the first image upscaled and image to image with the hires prompts. The text keeps the prompt and
+    adds the hires prompts (written only where they differ from the prompts, as A1111 writes them)."""
+    c = components("sd2-base")
+    request = _request("Lanczos", prompt="a castle, 8k", negative_prompt="blurry, fog")
+    ours = txt2img(c, request)
+    first = txt2img(c, replace(request, hires=None))
+    upscaled = first.images[0].resize((96, 96), Image.Resampling.LANCZOS)
+    by_hand = img2img(c, Img2ImgRequest(prompt="a castle, 8k", negative_prompt="blurry, fog", image=upscaled,
+                                        strength=0.5, sampling=replace(SAMPLING, steps=12)))
+    assert torch.equal(ours.latents, by_hand.latents)
+    assert not torch.equal(ours.latents, txt2img(c, _request("Lanczos")).latents)
+    params = parse_parameters(ours.images[0].info["parameters"])
+    assert (params["Prompt"], params["Negative prompt"]) == ("a castle", "fog")
+    assert (params["Hires prompt"], params["Hires negative prompt"]) == ("a castle, 8k", "blurry, fog")
+    same = parse_parameters(txt2img(c, _request("Lanczos", prompt="a castle")).images[0].info["parameters"])
+    assert "Hires prompt" not in same and "Hires negative prompt" not in same
+
+
 @pytest.mark.parametrize(("upscaler", "mode"), [("Latent", "bilinear"), ("Latent (nearest-exact)", "nearest-exact")])
 def test_latent_hires_equals_diffusers_img2img_on_the_resized_latents(
     components: ComponentCache, upscaler: str, mode: str

@@ -49,6 +49,13 @@ def test_hires_fix_is_on_by_a1111s_rule() -> None:
     assert hires_in(old)  # no "Hires upscaler" (A1111 before 1.0): still a hires fix
     hires = request_fields(*from_parameters(old, NAMES))["hires"]
     assert (hires.upscaler, hires.scale, hires.denoising_strength) == ("Latent", 2, 0.7)
+    assert (hires.prompt, hires.negative_prompt) == ("", "")  # no "Hires prompt": the first pass's
+    own = parse_parameters('p\nNegative prompt: n\nSteps: 20, Sampler: Euler, Seed: 1, Denoising strength: 0.5, '
+                           'Hires upscale: 2, Hires upscaler: Latent, Hires prompt: "a castle, 8k", '
+                           'Hires negative prompt: "blurry, dark"')
+    hires = request_fields(*from_parameters(own, NAMES))["hires"]
+    assert (hires.prompt, hires.negative_prompt) == ("a castle, 8k", "blurry, dark")
+    assert unreproduced(own, "Euler", NAMES) == []
     assert not hires_in(parse_parameters("p\nSteps: 20, Sampler: Euler, Seed: 1, Denoising strength: 0.7"))  # img2img
     assert not hires_in(parse_parameters("p\nSteps: 20, Sampler: Euler, Seed: 1, Hires upscale: 2"))
 
@@ -64,7 +71,6 @@ def test_each_setting_that_cannot_be_reproduced_is_named() -> None:
         "Schedule type 'DDIM' is not available here; the sampler's own schedule is used.",
         "Hires upscaler 'R-ESRGAN 4x+' is not available here; Latent is used.",
         "Hires sampler 'Restart' is not available here; the first pass's sampler is used.",
-        "Hires prompt ('a castle, 8k') is not supported here; the prompt is used.",
         "Hires schedule type ('Karras') is not supported here; the first pass's schedule type is used.",
         "Emphasis ('No norm') is not supported here; A1111's default (\"Original\") is used.",
         "Eta (0.67) is not supported here; the ancestral samplers' full noise (eta 1) is used.",

@@ -146,6 +146,21 @@ def test_the_hires_fix_is_refused_with_an_init_image(client: Client, tmp_path) -
                                   "the hires fix off.")
 
 
+def test_the_hires_prompts_run_the_second_pass_styled_and_prompt_s_r_reaches_them(client: Client) -> None:
+    """Text to image's Hires prompt boxes: the second pass reads them, with the picked styles applied as to the
+    prompt (A1111 styles hr_prompt too); the text writes them under A1111's keys; a Prompt S/R plot replaces in
+    them too, each cell the /txt2img run with the replaced texts."""
+    own = {**HIRES, "hires_prompt": "a cat, 8k", "hires_negative_prompt": "dark"}
+    styled = _pngs(client.predict(api_name="/txt2img", **SOLO, **own, styles=["oil"])[1])[0]
+    assert styled.info["parameters"].endswith('Hires prompt: "a cat, 8k, oil painting, thick brush", '
+                                              'Hires negative prompt: "dark, photo"')
+    plain = _pngs(client.predict(api_name="/txt2img", **SOLO, **HIRES, styles=["oil"])[1])[0]
+    assert not np.array_equal(np.asarray(styled), np.asarray(plain))
+    _, gallery, _, _ = client.predict(api_name="/xyz_plot", **SOLO, **own, x_type="prompt_sr", x_values="cat, dog")
+    _equal_to_solo_runs(client, _pngs(gallery)[1:], [
+        own, {**own, "prompt": "a dog", "hires_prompt": "a dog, 8k"}])
+
+
 def test_a_styles_axis_runs_each_cell_with_its_styles(client: Client) -> None:
     """A1111's Styles axis: each value applies the host's styles it names (several between commas, in order);
     each cell is the /txt2img run with those styles picked."""
