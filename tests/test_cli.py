@@ -128,13 +128,14 @@ def test_txt2img_hires_variation_tiling_and_a_16_bit_depth_map(
 ) -> None:
     code = main(["txt2img", "--tiny", "--model-dir", str(model_dir), "--prompt", "moss", "--steps", "2", "--seed", "3",
                  "--width", "64", "--height", "64", "--hires", "--hires-upscaler", "Lanczos", "--hires-scale", "1.5",
-                 "--hires-steps", "4", "--denoising-strength", "0.5", "--variation-seed", "9",
-                 "--variation-strength", "0.25", "--seed-resize-from", "96x64", "--tiling", "--out", str(tmp_path),
-                 "--json"])
+                 "--hires-steps", "4", "--denoising-strength", "0.5", "--hires-prompt", "moss, macro",
+                 "--variation-seed", "9", "--variation-strength", "0.25", "--seed-resize-from", "96x64", "--tiling",
+                 "--out", str(tmp_path), "--json"])
     assert code == 0
     path = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["paths"][0]
     params = parse_parameters(read_png_parameters(path))
     assert (params["Hires upscaler"], params["Hires upscale"], params["Hires steps"]) == ("Lanczos", 1.5, 4)
+    assert params["Hires prompt"] == "moss, macro" and "Hires negative prompt" not in params
     assert (params["Variation seed"], params["Variation seed strength"]) == (9, 0.25)
     assert params["Seed resize from"] == "96x64" and params["Tiling"] is True and params["Size"] == "64x64"
     with Image.open(path) as image:
