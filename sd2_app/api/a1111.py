@@ -28,7 +28,8 @@ from PIL import Image
 
 from sd2_app import infotext_keys as keys
 from sd2_app.api import requests as rq
-from sd2_app.api.a1111_samplers import SCHEDULERS, read_sampler, sampler_named, schedule_label
+from sd2_app.api.a1111_hires import hires_fix
+from sd2_app.api.a1111_samplers import SCHEDULERS, read_sampler, schedule_label
 from sd2_app.api.tasks import TASKS
 from sd2_app.api.batch_count import checked_batch_count
 from sd2_app.api.checks import Limits, flag, resolve_seed
@@ -212,44 +213,6 @@ def _batches(body: Mapping[str, Any], limits: Limits) -> tuple[int, int]:
     return n_iter, resolve_seed(body.get("seed", -1))
 
 
-def _hires(body: Mapping[str, Any], names: list[str]) -> rq.HiresFix | None:
-    """enable_hr and its hr_* fields (A1111's names; 0 or empty means "as the first pass"); hr_sampler_name is
-    read as sampler_name is (`sampler_named`), a name we lack is left for the Service to refuse. enable_hr is
-    true or false (`checks.flag`; absent or null: off): the text "false" turned the fix on, as anything non-empty
-    is true. hr_prompt and hr_negative_prompt are the second pass's own prompts (empty: the first pass's); a
-    checkpoint (hr_checkpoint_name) and a schedule type (hr_scheduler other than the first pass's) of its own are
-    refused, as `_own_hires_settings` says."""
-    enable = body.get("enable_hr")
-    if enable is None or not flag(enable, "enable_hr"):
-        return None
-    _own_hires_settings(body)
-    hires_sampler = body.get("hr_sampler_name") or None
-    if isinstance(hires_sampler, str):
-        hires_sampler = sampler_named(hires_sampler, names) or hires_sampler
-    return rq.HiresFix(
-        upscaler=body.get("hr_upscaler") or "Latent", scale=body.get("hr_scale", 2.0),
-        width=body.get("hr_resize_x") or None, height=body.get("hr_resize_y") or None,
-        steps=body.get("hr_second_pass_steps") or None, denoising_strength=body.get("denoising_strength", 0.7),
-        sampler=hires_sampler, prompt=body.get("hr_prompt") or "", negative_prompt=body.get("hr_negative_prompt") or "",
-    )
-
-
-SAME_AS_FIRST_PASS = (None, "", "Use same checkpoint", "Use same scheduler")  # A1111's words for "as the first pass"
-
-
-def _own_hires_settings(body: Mapping[str, Any]) -> None:
-    """Refuse hr_checkpoint_name and hr_scheduler that ask the second pass for something other than the first
-    pass's: this app's hires fix runs with the first pass's (A1111's defaults)."""
-    if body.get("hr_checkpoint_name") not in SAME_AS_FIRST_PASS:
-        raise InvalidRequest("hr_checkpoint_name (a checkpoint of the hires pass's own) is not available: leave it "
-                             "out, and the hires pass runs the first pass's checkpoint.")
-    scheduler = body.get("hr_scheduler")
-    first = schedule_label(body.get("scheduler") or "automatic")
-    if scheduler not in SAME_AS_FIRST_PASS and schedule_label(scheduler) != first:
-        raise InvalidRequest("hr_scheduler (a schedule type of the hires pass's own) is not available: leave it "
-                             "out, and the hires pass runs the first pass's schedule type.")
-
-
 def _seed_extras(body: Mapping[str, Any]) -> rq.SeedExtras:
     """subseed / subseed_strength (a variation seed) and seed_resize_from_w/h (-1 or 0: off)."""
     resize_w, resize_h = body.get("seed_resize_from_w", -1), body.get("seed_resize_from_h", -1)
@@ -274,9 +237,7 @@ def txt2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
     n_iter, seed = _batches(body, limits)
     checkpoint = _checkpoint(body, "txt2img", checkpoint_for)
     sampling = _sampling(body, names, seed, n_iter, "txt2img")
-    hires = _hires(body, names)
-    if hires is not None and all(isinstance(text, str) for text in (hires.prompt, hires.negative_prompt)):
-        hires = styles.hires_applied(hires, body.get("styles"))  # others: refused by validation
+    hires = hires_fix(body, names, styles)
     request = rq.Txt2ImgRequest(**prompts, checkpoint=checkpoint, width=body.get("width", 512),
                                 height=body.get("height", 512), sampling=sampling, hires=hires,
                                 seed_extras=_seed_extras(body), tiling=body.get("tiling", False))
