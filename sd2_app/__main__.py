@@ -103,6 +103,8 @@ def _hires_arguments(parser: argparse.ArgumentParser) -> None:
     hires.add_argument("--hires-steps", type=int, default=None, help="second-pass steps (default: --steps)")
     hires.add_argument("--denoising-strength", type=float, default=0.5, help="second pass's strength")
     hires.add_argument("--hires-sampler", default=None, help="second-pass sampler (default: --sampler)")
+    hires.add_argument("--hires-schedule", choices=SCHEDULES, default="",
+                       help="second-pass schedule type (default: --schedule)")
     hires.add_argument("--hires-prompt", default="", help="second-pass prompt (default: --prompt)")
     hires.add_argument("--hires-negative-prompt", default="", help="second-pass negative prompt (default: "
                        "--negative-prompt)")

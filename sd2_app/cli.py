@@ -41,7 +41,7 @@ def _hires(args: argparse.Namespace) -> rq.HiresFix | None:
         return None
     return rq.HiresFix(upscaler=args.hires_upscaler, scale=args.hires_scale, width=args.hires_width,
                        height=args.hires_height, steps=args.hires_steps, denoising_strength=args.denoising_strength,
-                       sampler=args.hires_sampler, prompt=args.hires_prompt,
+                       sampler=args.hires_sampler, schedule=args.hires_schedule, prompt=args.hires_prompt,
                        negative_prompt=args.hires_negative_prompt)
 
 

@@ -129,6 +129,7 @@ def test_txt2img_hires_variation_tiling_and_a_16_bit_depth_map(
     code = main(["txt2img", "--tiny", "--model-dir", str(model_dir), "--prompt", "moss", "--steps", "2", "--seed", "3",
                  "--width", "64", "--height", "64", "--hires", "--hires-upscaler", "Lanczos", "--hires-scale", "1.5",
                  "--hires-steps", "4", "--denoising-strength", "0.5", "--hires-prompt", "moss, macro",
+                 "--hires-schedule", "Karras",
                  "--variation-seed", "9", "--variation-strength", "0.25", "--seed-resize-from", "96x64", "--tiling",
                  "--out", str(tmp_path), "--json"])
     assert code == 0
@@ -136,6 +137,7 @@ def test_txt2img_hires_variation_tiling_and_a_16_bit_depth_map(
     params = parse_parameters(read_png_parameters(path))
     assert (params["Hires upscaler"], params["Hires upscale"], params["Hires steps"]) == ("Lanczos", 1.5, 4)
     assert params["Hires prompt"] == "moss, macro" and "Hires negative prompt" not in params
+    assert (params["Schedule type"], params["Hires schedule type"]) == ("Automatic", "Karras")
     assert (params["Variation seed"], params["Variation seed strength"]) == (9, 0.25)
     assert params["Seed resize from"] == "96x64" and params["Tiling"] is True and params["Size"] == "64x64"
     with Image.open(path) as image:

@@ -50,7 +50,8 @@ COMMON_FIELDS = frozenset({
 })
 TXT2IMG_FIELDS = COMMON_FIELDS | {
     "enable_hr", "hr_upscaler", "hr_scale", "hr_resize_x", "hr_resize_y", "hr_second_pass_steps",
-    "hr_sampler_name", "hr_prompt", "hr_negative_prompt", "denoising_strength", "subseed", "subseed_strength",
+    "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "denoising_strength", "subseed",
+    "subseed_strength",
     "seed_resize_from_w",
     "seed_resize_from_h", "tiling",
 }
@@ -83,8 +84,8 @@ NEUTRAL: dict[str, tuple[Callable[[Any], bool], str]] = {
 IGNORED = frozenset({
     "do_not_save_samples", "do_not_save_grid", "save_images", "override_settings_restore_afterwards", "subseed",
     "seed_resize_from_h", "seed_resize_from_w", "firstphase_width", "firstphase_height", "hr_scale",
-    "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name",
-    # the second pass's own checkpoint and schedule type are refused by `_own_hires_settings`
+    "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
+    "hr_checkpoint_name",  # the second pass's own checkpoint is refused by `a1111_hires.hires_fix`
     "hr_sampler_name", "hr_scheduler", "hr_additional_modules",
     "s_tmax", "s_tmin", "include_init_images", "refiner_switch_at", "disable_extra_networks", "comments",
     "force_task_id", "infotext", "mask_blur_x", "mask_blur_y", "mask_round", "latent_mask", "firstpass_image",

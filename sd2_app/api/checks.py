@@ -141,10 +141,10 @@ def check_sampler_names(names: tuple[Any, ...], catalog: Catalog) -> None:
     raise InvalidRequest(f"Unknown sampler(s) {', '.join(map(repr, unknown))}; choose from: {choices}.")
 
 
-def schedule_name(schedule: Any) -> str:
+def schedule_name(schedule: Any, what: str = "Schedule type") -> str:
     """A schedule type (A1111's "Schedule type"), one of SCHEDULES."""
     if not isinstance(schedule, str) or schedule not in SCHEDULES:
-        raise InvalidRequest(f"Schedule type must be one of {', '.join(SCHEDULES)}; got {shown(schedule)}.")
+        raise InvalidRequest(f"{what} must be one of {', '.join(SCHEDULES)}; got {shown(schedule)}.")
     return schedule
 
 

@@ -75,7 +75,7 @@ def _hires_cost(request: Txt2ImgRequest, calls_per_step: Mapping[str, int], part
     width, height = request.width or 0, request.height or 0
     steps = hires.steps or request.sampling.steps
     second = replace(request.sampling, steps=hires.second_pass_steps(request.sampling.steps),
-                     sampler=hires.sampler or request.sampling.sampler)  # it runs exactly these steps
+                     sampler=hires.sampler_and_schedule(request.sampling)[0])  # it runs exactly these steps
     second_parts = len(prompt_parts(hires.prompts(request.prompt, request.negative_prompt)[0]))
     cost = _pass(second, _latent_pixels(*hires.target(width, height)), calls_per_step, parts=second_parts)
     if hires.upscaler == X4_UPSCALER:  # DDIM with guidance at the hires steps, at the first image's pixels

@@ -286,10 +286,20 @@ def uses_eta(request: PlotBase) -> bool:
 
 
 def fit_to_sampler(cell: PlotBase, catalog: Catalog) -> tuple[PlotBase, list[str]]:
-    """A cell whose settings its sampler can honour, and what was dropped: a schedule type where the sampler
-    offers none, eta where no pass runs DDIM (the image is the same; its parameters then do not claim an eta)."""
+    """A cell whose settings its samplers can honour, and what was dropped: a schedule type where the sampler
+    (or the hires pass's) offers none, eta where no pass runs DDIM (the image is the same; its parameters then do
+    not claim an eta)."""
     notes = []
     sampling, sampler = cell.sampling, cell.sampling.sampler
+    hires = getattr(cell, "hires", None)
+    if hires is not None and (hires.sampler or hires.schedule):  # a hires pass of its own, fitted on its own
+        second_sampler, second_schedule = hires.sampler_and_schedule(sampling)
+        if second_schedule != AUTOMATIC and not catalog.samplers.get(second_sampler, False):
+            notes.append(f"Schedule type {second_schedule} is not available for the hires pass's {second_sampler}; "
+                         "it uses its own schedule.")
+            cell = replace(cell, hires=replace(hires, schedule=AUTOMATIC))
+        elif not hires.schedule and sampling.schedule != AUTOMATIC and not catalog.samplers.get(sampler, False):
+            cell = replace(cell, hires=replace(hires, schedule=sampling.schedule))  # the first pass's, kept
     if sampling.schedule != AUTOMATIC and not catalog.samplers.get(sampler, False):
         notes.append(f"Schedule type {sampling.schedule} is not available for {sampler}; it uses its own schedule.")
         sampling = replace(sampling, schedule=AUTOMATIC)

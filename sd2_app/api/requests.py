@@ -82,6 +82,7 @@ class HiresFix:
     steps: int | None = None  # steps the second pass runs; None or 0: the first pass's steps
     denoising_strength: float = 0.5
     sampler: str | None = None  # None or "": the first pass's sampler
+    schedule: str = ""  # A1111's "Hires schedule type" (one of SCHEDULES); "": the first pass's
     prompt: str = ""  # A1111's "Hires prompt": the second pass's own prompt; "": the first pass's
     negative_prompt: str = ""  # its "Hires negative prompt"; "": the first pass's
 
@@ -89,6 +90,11 @@ class HiresFix:
         """The (prompt, negative prompt) the second pass reads: its own where given, else the first pass's (A1111's
         modules/processing.py, StableDiffusionProcessingTxt2Img.init: an empty hr_prompt is the prompt)."""
         return self.prompt or prompt, self.negative_prompt or negative_prompt
+
+    def sampler_and_schedule(self, first_pass: Sampling) -> tuple[str, str]:
+        """The (sampler, schedule type) the second pass runs: its own where given, else the first pass's (A1111's
+        modules/processing.py, StableDiffusionProcessingTxt2Img.init: hr_scheduler None is the scheduler)."""
+        return self.sampler or first_pass.sampler, self.schedule or first_pass.schedule
 
     def upscale_size(self, width: int, height: int) -> tuple[int, int]:
         """What a first pass of `width` x `height` is upscaled to before the second pass: A1111's rule

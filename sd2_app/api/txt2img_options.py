@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from sd2_app.api.requests import HIRES_UPSCALERS, X4_UPSCALER, HiresFix, Sampling, SeedExtras
-from sd2_app.api.checks import Catalog, Limits, clean_text, integer, number, resolve_seed
+from sd2_app.api.checks import Catalog, Limits, clean_text, integer, number, resolve_seed, schedule_name
 from sd2_app.api.upscaler_names import hires_upscaler_named, x4_checkpoint
 from sd2_app.errors import InvalidRequest, shown
 from sd2_app.samplers.registry import AUTOMATIC
@@ -42,13 +42,12 @@ def check_hires(
     sampler = hires.sampler or None
     if sampler is not None and (not isinstance(sampler, str) or sampler not in catalog.samplers):
         raise InvalidRequest(f"Unknown hires sampler {shown(sampler)}; choose one of: {', '.join(catalog.samplers)}.")
-    if sampler is not None and sampling.schedule != AUTOMATIC and not catalog.samplers[sampler]:
-        raise InvalidRequest(f"Schedule type {sampling.schedule} is not available for the hires sampler {sampler}; "
-                             f"pick {AUTOMATIC} or another hires sampler.")
+    schedule = _hires_schedule(hires.schedule, sampler, sampling, catalog)
     checked = replace(
         hires,
         upscaler=upscaler,
         sampler=sampler,
+        schedule=schedule,
         scale=number(hires.scale, "Hires upscale", 1.0, MAX_HIRES_SCALE),
         width=_optional_int(hires.width, "Hires width", 64, limits.max_side),
         height=_optional_int(hires.height, "Hires height", 64, limits.max_side),
@@ -69,6 +68,20 @@ def check_hires(
     if checked.second_pass_steps(sampling.steps) < 1:
         raise InvalidRequest("Hires denoising strength 0 runs no hires step; raise it (or turn the hires fix off).")
     return checked
+
+
+def _hires_schedule(schedule: Any, sampler: str | None, sampling: Sampling, catalog: Catalog) -> str:
+    """The hires schedule type ("" or None: the first pass's, given back as ""), one the second pass's sampler
+    (`sampler`, checked; None: the first pass's) offers: Automatic for a sampler with no other."""
+    own = "" if schedule is None or schedule == "" else schedule_name(schedule, "Hires schedule type")
+    second_sampler = sampler or sampling.sampler
+    if (own or sampling.schedule) == AUTOMATIC or catalog.samplers[second_sampler]:
+        return own
+    if own:
+        raise InvalidRequest(f"Hires schedule type {own} is not available for the {second_sampler} sampler; pick "
+                             f"{AUTOMATIC}, or a hires sampler that offers it.")
+    raise InvalidRequest(f"Schedule type {sampling.schedule} is not available for the hires sampler {second_sampler}; "
+                         f"pick a hires schedule type of {AUTOMATIC}, or another hires sampler.")
 
 
 def check_seed_extras(extras: SeedExtras, limits: Limits) -> SeedExtras:

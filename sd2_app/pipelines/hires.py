@@ -47,9 +47,10 @@ LATENT_MODES = {"Latent": "bilinear", "Latent (nearest-exact)": "nearest-exact"}
 
 
 def hires_sampling(sampling: Sampling, hires: HiresFix) -> Sampling:
-    """The second pass's sampling: the hires sampler where given, a schedule of `HiresFix.schedule_steps`, the
-    rest (seed too) unchanged."""
-    return replace(sampling, sampler=hires.sampler or sampling.sampler, steps=hires.schedule_steps(sampling.steps))
+    """The second pass's sampling: the hires sampler and schedule type where given, a schedule of
+    `HiresFix.schedule_steps`, the rest (seed too) unchanged."""
+    sampler, schedule = hires.sampler_and_schedule(sampling)
+    return replace(sampling, sampler=sampler, schedule=schedule, steps=hires.schedule_steps(sampling.steps))
 
 
 def upscale_latents(latents: torch.Tensor, size: tuple[int, int], upscaler: str) -> torch.Tensor:
@@ -92,6 +93,8 @@ def hires_settings(request: Txt2ImgRequest, components: Components, width: int, 
     settings[keys.HIRES_UPSCALER] = hires.upscaler
     if hires.sampler and hires.sampler != request.sampling.sampler:
         settings[keys.HIRES_SAMPLER] = hires.sampler
+    if hires.schedule and hires.schedule != request.sampling.schedule:  # Automatic too, unlike A1111, so it reads back
+        settings[keys.HIRES_SCHEDULE_TYPE] = hires.schedule
     prompt, negative = hires.prompts(request.prompt, request.negative_prompt)  # written where they differ, as A1111
     if prompt != request.prompt:
         settings[keys.HIRES_PROMPT] = prompt

@@ -18,7 +18,8 @@ import gradio as gr
 from PIL import Image
 
 from sd2_app import infotext_keys as keys
-from sd2_app.api.a1111_samplers import read_sampler, sampler_named, schedule_label
+from sd2_app.api.a1111_hires import SAME_AS_FIRST_PASS as A1111_SAME
+from sd2_app.api.a1111_samplers import read_sampler, schedule_label
 from sd2_app.api.requests import HIRES_UPSCALERS, MASK_MODES, MASKED_CONTENT, HiresFix, InpaintRequest
 from sd2_app.errors import shown
 from sd2_app.pipelines.metadata import whole_number
@@ -196,9 +197,26 @@ def sampler_fields(parsed: dict[str, Any], names: list[str]) -> tuple[str | None
     return read_sampler(parsed.get(keys.SAMPLER), parsed.get(keys.SCHEDULE_TYPE), names)
 
 
+def hires_sampler_fields(parsed: dict[str, Any], names: list[str]) -> tuple[str | None, str | None]:
+    """(hires sampler, hires schedule type) from parsed parameters, None for "the first pass's": A1111's reading
+    (modules/sd_samplers.py, `get_hr_sampler_and_scheduler`): "Hires sampler" and "Hires schedule type", each
+    absent for the first pass's, read together as "Sampler" and "Schedule type" are (a schedule at the end of the
+    sampler's name winning), and what equals the first pass's reading is the first pass's. A hires sampler or
+    schedule type we lack is the first pass's too (`unreproduced` says so)."""
+    def own(key: str, first_key: str) -> Any:
+        value = parsed.get(key)
+        return parsed.get(first_key) if value in A1111_SAME else value
+
+    schedule = own(keys.HIRES_SCHEDULE_TYPE, keys.SCHEDULE_TYPE)
+    if schedule_label(schedule) is None:
+        schedule = parsed.get(keys.SCHEDULE_TYPE)
+    sampler, schedule = read_sampler(own(keys.HIRES_SAMPLER, keys.SAMPLER), schedule, names)
+    first_sampler, first_schedule = sampler_fields(parsed, names)
+    return (None if sampler == first_sampler else sampler), (None if schedule == first_schedule else schedule)
+
+
 # Settings of A1111's that text to image here has no control for: what is used instead.
-_NOT_HERE = {keys.HIRES_CHECKPOINT: "the first pass's checkpoint",
-             keys.HIRES_SCHEDULE_TYPE: "the first pass's schedule type", keys.EMPHASIS: 'A1111\'s default ("Original")',
+_NOT_HERE = {keys.HIRES_CHECKPOINT: "the first pass's checkpoint", keys.EMPHASIS: 'A1111\'s default ("Original")',
              keys.REFINER: "no refiner", keys.ETA_ANCESTRAL: "the ancestral samplers' full noise (eta 1)"}
 
 
@@ -216,8 +234,13 @@ def unreproduced(parsed: dict[str, Any], sampler: str | None, names: Sequence[st
     if hires_in(parsed) and upscaler is not None and upscaler not in HIRES_UPSCALERS:
         notes.append(f"Hires upscaler {shown(upscaler)} is not available here; {HiresFix().upscaler} is used.")
     hires_sampler = parsed.get(keys.HIRES_SAMPLER)
-    if hires_in(parsed) and hires_sampler and sampler_named(str(hires_sampler), names) is None:
+    if (hires_in(parsed) and hires_sampler not in A1111_SAME
+            and read_sampler(str(hires_sampler), None, names)[0] is None):
         notes.append(f"Hires sampler {shown(hires_sampler)} is not available here; the first pass's sampler is used.")
+    hires_schedule = parsed.get(keys.HIRES_SCHEDULE_TYPE)
+    if hires_in(parsed) and hires_schedule not in A1111_SAME and schedule_label(hires_schedule) is None:
+        notes.append(f"Hires schedule type {shown(hires_schedule)} is not available here; the first pass's schedule "
+                     "type is used.")
     for key, instead in _NOT_HERE.items():
         if key in parsed:
             notes.append(f"{key} ({shown(parsed[key])}) is not supported here; {instead} is used.")

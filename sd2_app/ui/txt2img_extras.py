@@ -16,18 +16,19 @@ from typing import Any, TYPE_CHECKING
 import gradio as gr
 
 from sd2_app import infotext_keys as keys
-from sd2_app.api.a1111_samplers import sampler_named
 from sd2_app.api.checks import flag
 from sd2_app.api.requests import HIRES_UPSCALERS, HiresFix, SeedExtras
+from sd2_app.samplers.registry import SCHEDULES
 from sd2_app.ui.debounce import debounce_js
-from sd2_app.ui.sending import hires_in, tiling_in
+from sd2_app.ui.sending import hires_in, hires_sampler_fields, tiling_in
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
 
-SAME_SAMPLER = "Same as first pass"
+SAME_AS_FIRST_PASS = "Same as first pass"  # the hires sampler's and schedule type's first choice (A1111's "Use same")
 HIRES_NAMES = ("hires_fix", "hires_upscaler", "hires_scale", "hires_width", "hires_height", "hires_steps",
-               "denoising_strength", "hires_sampler", "hires_prompt", "hires_negative_prompt")  # the API's names
+               "denoising_strength", "hires_sampler", "hires_schedule", "hires_prompt",
+               "hires_negative_prompt")  # the API's names
 NAMES = (*HIRES_NAMES, "variation_seed", "variation_strength", "seed_resize_from_width", "seed_resize_from_height",
          "tiling")
 DEFAULTS = HiresFix()
@@ -47,13 +48,14 @@ class HiresControls:
     steps: gr.Slider
     strength: gr.Slider
     sampler: gr.Dropdown
+    schedule: gr.Dropdown  # A1111's "Hires schedule type"
     prompt: gr.Textbox  # A1111's "Hires prompt": empty for the first pass's
     negative: gr.Textbox
 
     def inputs(self) -> list[gr.components.Component]:
         """The widgets in the order of `HIRES_NAMES`."""
         return [self.hires, self.upscaler, self.scale, self.width, self.height, self.steps, self.strength,
-                self.sampler, self.prompt, self.negative]
+                self.sampler, self.schedule, self.prompt, self.negative]
 
 
 @dataclass
@@ -93,13 +95,17 @@ def build_hires(service: Service, max_side: int, side: int, prefix: str = "txt2i
                               elem_id=f"{prefix}-hires-steps")
             strength = gr.Slider(0, 1, DEFAULTS.denoising_strength, step=0.01, label="Denoising strength",
                                  elem_id=f"{prefix}-hires-strength")
-        sampler = gr.Dropdown([SAME_SAMPLER, *service.samplers()], value=SAME_SAMPLER, label="Hires sampler")
+        with gr.Row():
+            sampler = gr.Dropdown([SAME_AS_FIRST_PASS, *service.samplers()], value=SAME_AS_FIRST_PASS,
+                                  label="Hires sampler", elem_id=f"{prefix}-hires-sampler")
+            schedule = gr.Dropdown([SAME_AS_FIRST_PASS, *SCHEDULES], value=SAME_AS_FIRST_PASS,
+                                   label="Hires schedule type", elem_id=f"{prefix}-hires-schedule")
         prompt = gr.Textbox(label="Hires prompt", placeholder="Empty: the prompt", lines=2, max_lines=6,
                             elem_id=f"{prefix}-hires-prompt")
         negative = gr.Textbox(label="Hires negative prompt", placeholder="Empty: the negative prompt", lines=1,
                               max_lines=6, elem_id=f"{prefix}-hires-negative")
     return HiresControls(accordion, hires, hires_size, upscaler, scale, width, height, steps, strength, sampler,
-                         prompt, negative)
+                         schedule, prompt, negative)
 
 
 def build_extras(service: Service, max_side: int, side: int) -> Txt2ImgExtras:
@@ -239,7 +245,7 @@ def _or(value: Any, default: Any) -> Any:
 
 def request_fields(hires_on: Any = None, upscaler: Any = None, scale: Any = None, width: Any = None,
                    height: Any = None, steps: Any = None, strength: Any = None, sampler: Any = None,
-                   hires_prompt: Any = None, hires_negative: Any = None, variation_seed: Any = None,
+                   schedule: Any = None, hires_prompt: Any = None, hires_negative: Any = None, variation_seed: Any = None,
                    variation_strength: Any = None, resize_width: Any = None, resize_height: Any = None,
                    tiling: Any = None) -> dict[str, Any]:
     """Widget (or API) values -> the Txt2ImgRequest's hires, seed_extras and tiling; the service validates. The
@@ -251,7 +257,8 @@ def request_fields(hires_on: Any = None, upscaler: Any = None, scale: Any = None
             upscaler=_or(upscaler, DEFAULTS.upscaler), scale=_or(scale, DEFAULTS.scale), width=width or None,
             height=height or None, steps=steps or None,
             denoising_strength=_or(strength, DEFAULTS.denoising_strength),
-            sampler=None if sampler in (None, "", SAME_SAMPLER) else sampler,
+            sampler=None if sampler in (None, "", SAME_AS_FIRST_PASS) else sampler,
+            schedule="" if schedule in (None, "", SAME_AS_FIRST_PASS) else schedule,
             prompt=_or(hires_prompt, ""), negative_prompt=_or(hires_negative, ""),
         )
     resize = None if not resize_width and not resize_height else (resize_width or 0, resize_height or 0)
@@ -271,6 +278,7 @@ def from_parameters(parsed: dict[str, Any], samplers: list[str]) -> tuple:
     resize = _size(parsed.get(keys.HIRES_RESIZE)) or (0, 0)
     seed_resize = _size(parsed.get(keys.SEED_RESIZE_FROM)) or (0, 0)
     upscaler = parsed.get(keys.HIRES_UPSCALER, DEFAULTS.upscaler)
+    hires_sampler, hires_schedule = hires_sampler_fields(parsed, samplers) if hires_on else (None, None)
     return (
         hires_on,
         upscaler if upscaler in HIRES_UPSCALERS else DEFAULTS.upscaler,
@@ -279,7 +287,8 @@ def from_parameters(parsed: dict[str, Any], samplers: list[str]) -> tuple:
         resize[1],
         parsed.get(keys.HIRES_STEPS, 0) if hires_on else 0,
         parsed.get(keys.DENOISING_STRENGTH, DEFAULTS.denoising_strength) if hires_on else DEFAULTS.denoising_strength,
-        sampler_named(str(parsed.get(keys.HIRES_SAMPLER) or ""), samplers) or SAME_SAMPLER,  # as the API reads it
+        hires_sampler or SAME_AS_FIRST_PASS,  # as the API reads them
+        hires_schedule or SAME_AS_FIRST_PASS,
         str(parsed.get(keys.HIRES_PROMPT, "")) if hires_on else "",  # absent: the prompt (A1111 writes it if other)
         str(parsed.get(keys.HIRES_NEGATIVE_PROMPT, "")) if hires_on else "",
         parsed.get(keys.VARIATION_SEED, -1),

@@ -522,10 +522,14 @@ def test_refusals_name_what_is_missing_and_unknown_fields_are_ignored(app, caplo
     assert status == 422 and body["detail"].startswith("Unknown hires upscaler 'Bicubic'")  # the Service's check
     status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "enable_hr": True, "hr_prompt": 5})
     assert (status, body["detail"]) == (422, "Hires prompt must be text, got int.")
-    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "enable_hr": True, "hr_scheduler": "karras"})
-    assert (status, body["detail"]) == (422, "hr_scheduler (a schedule type of the hires pass's own) is not "
-                                             "available: leave it out, and the hires pass runs the first pass's "
-                                             "schedule type.")
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "enable_hr": True, "hr_scheduler": "turbo"})
+    assert (status, body["detail"].split(";")[0]) == (422, "Hires schedule type must be one of Automatic, Uniform, "
+                                                           "Karras, Exponential, Polyexponential, SGM Uniform, KL "
+                                                           "Optimal, Align Your Steps, Simple, Normal, Beta")
+    status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "enable_hr": True, "hr_scheduler": "karras",
+                                           "hr_sampler_name": "DDIM"})
+    assert (status, body["detail"]) == (422, "Hires schedule type Karras is not available for the DDIM sampler; "
+                                             "pick Automatic, or a hires sampler that offers it.")
     status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "enable_hr": True, "hr_checkpoint_name": "sd21"})
     assert status == 422 and body["detail"].startswith("hr_checkpoint_name (a checkpoint of the hires pass's own)")
     status, body = _post(port, "txt2img", {"prompt": "x", **FAST, "alwayson_scripts": {"ControlNet": {"args": []}}})
@@ -656,7 +660,35 @@ def test_a1111_hires_sampler_names_read_as_the_first_pass_names(app, name: str, 
     assert status == 200, answer
     assert f"Hires sampler: {ours}" in json.loads(answer["info"])["infotexts"][0]
     text = f"x\nSteps: 20, Sampler: Euler, Denoising strength: 0.5, Hires upscale: 1.5, Hires sampler: {name}"
-    assert _send_to_txt2img(url, text)["Hires sampler"] == ours
+    assert _send_to_txt2img(url, text)["txt2img-hires-sampler"] == ours
+
+
+@pytest.mark.parametrize(("fields", "written", "sent"), [
+    ({"hr_scheduler": "karras"}, "Hires schedule type: Karras", ("Same as first pass", "Karras")),
+    ({"hr_scheduler": "SGMUniform", "hr_sampler_name": "euler a"}, "Hires sampler: Euler a, Hires schedule type: "
+     "SGM Uniform", ("Euler a", "SGM Uniform")),
+    ({"hr_sampler_name": "DPM++ 2M Karras", "hr_scheduler": "exponential"}, "Hires sampler: DPM++ 2M, Hires "
+     "schedule type: Karras", ("DPM++ 2M", "Karras")),  # the name's schedule wins, as in A1111
+    ({"hr_scheduler": "Use same scheduler", "hr_sampler_name": "Use same sampler"}, None,
+     ("Same as first pass", "Same as first pass")),
+], ids=["scheduler", "alias and sampler", "name with a schedule", "use same"])
+def test_a1111_hires_scheduler_runs_the_second_pass(app, fields: dict, written: str | None, sent: tuple) -> None:
+    """hr_scheduler (A1111's names, labels and aliases) is the second pass's schedule type, and hr_sampler_name
+    may carry one at its end; the image differs from the first pass's schedule type's, the text says it (after
+    the hires sampler, in A1111's order) and PNG info's send sets both hires dropdowns from that text."""
+    url, port, _ = app
+    body = {"prompt": "x", **FAST, "sampler_name": "Euler", "seed": 1, "enable_hr": True, "hr_scale": 1.5,
+            "denoising_strength": 0.5}
+    status, plain = _post(port, "txt2img", body)
+    status_own, own = _post(port, "txt2img", {**body, **fields})
+    assert (status, status_own) == (200, 200), own
+    text = json.loads(own["info"])["infotexts"][0]
+    if written is None:
+        assert own["images"] == plain["images"] and "Hires s" not in text
+    else:
+        assert own["images"] != plain["images"] and f"Hires upscaler: Latent, {written}" in text
+    values = _send_to_txt2img(url, text)
+    assert (values["txt2img-hires-sampler"], values["txt2img-hires-schedule"]) == sent
 
 
 @pytest.mark.parametrize("name", [["Euler"], {"name": "Euler"}], ids=["list", "object"])

@@ -174,6 +174,36 @@ def test_a_schedule_type_falls_back_where_a_sampler_has_none_with_one_warning() 
         validate(_plot(PlotAxis("sampler", "Euler, DDIM"), schedule="karras"), CATALOG)
 
 
+AUTO = "Automatic"
+
+
+@pytest.mark.parametrize(("axis", "hires", "passes", "warnings"), [
+    # a Hires sampler axis after a Karras first pass: DDIM's hires pass runs its own schedule
+    (PlotAxis("hires_sampler", "Euler, DDIM"), HiresFix(), [("Karras", "Euler", "Karras"), ("Karras", "DDIM", AUTO)],
+     ["Schedule type Karras is not available for the hires pass's DDIM; it uses its own schedule."]),
+    # a Sampler axis: the hires pass of its own sampler keeps the first pass's Karras where DDIM's first pass drops it
+    (PlotAxis("sampler", "Euler, DDIM"), HiresFix(sampler="Euler"), [("Karras", "Euler", "Karras"),
+                                                                     (AUTO, "Euler", "Karras")],
+     ["Schedule type Karras is not available for DDIM; it uses its own schedule."]),
+    # the hires pass as the first pass's sampler: one warning, for both passes
+    (PlotAxis("sampler", "Euler, DDIM"), HiresFix(), [("Karras", "Euler", "Karras"), (AUTO, "DDIM", AUTO)],
+     ["Schedule type Karras is not available for DDIM; it uses its own schedule."]),
+    (PlotAxis("sampler", "Euler, DDIM"), HiresFix(schedule="Exponential"),
+     [("Karras", "Euler", "Exponential"), (AUTO, "DDIM", AUTO)],
+     ["Schedule type Exponential is not available for the hires pass's DDIM; it uses its own schedule.",
+      "Schedule type Karras is not available for DDIM; it uses its own schedule."]),
+], ids=["hires sampler axis", "hires sampler of its own", "same sampler", "hires schedule of its own"])
+def test_a_hires_pass_schedule_type_falls_back_where_its_sampler_has_none(
+        axis: PlotAxis, hires: HiresFix, passes: list, warnings: list) -> None:
+    """(first pass's schedule type, hires pass's sampler, its schedule type) per cell, each fitted on its own."""
+    base = replace(_base(schedule="Karras"), hires=replace(hires, scale=1.5))
+    checked, _ = validate(XYZPlotRequest(base, axis), CATALOG)
+    cells, notes = plan_cells(checked, CATALOG, Limits())
+    assert [(c.request.sampling.schedule, *c.request.hires.sampler_and_schedule(c.request.sampling))
+            for c in cells] == passes
+    assert notes == warnings
+
+
 def test_plot_runs_every_cell_with_progress_grids_labels_and_times() -> None:
     service = fake_service(None)
     events: list[tuple[int, int]] = []

@@ -60,6 +60,30 @@ def test_a_hires_prompt_of_its_own_is_read_by_the_second_pass_only(components: C
     assert "Hires prompt" not in same and "Hires negative prompt" not in same
 
 
+@pytest.mark.parametrize(("first", "own", "written"), [
+    ("Automatic", "Karras", "Karras"), ("Karras", "Automatic", "Automatic"), ("Karras", "", None),
+    ("Karras", "Karras", None)])
+def test_a_hires_schedule_type_of_its_own_is_the_second_passs(components: ComponentCache, first: str, own: str,
+                                                             written: str | None) -> None:
+    """A1111's "Hires schedule type": the second pass runs it (empty: the first pass's); by hand, the first image
+    upscaled and image to image with that schedule type. The text says it where it differs from the first pass's,
+    Automatic too (A1111 leaves an Automatic out, so its text would read back as the first pass's)."""
+    c = components("sd2-base")
+    request = _request("Lanczos", schedule=own)
+    request = replace(request, sampling=replace(SAMPLING, schedule=first))
+    ours = txt2img(c, request)
+    upscaled = txt2img(c, replace(request, hires=None)).images[0].resize((96, 96), Image.Resampling.LANCZOS)
+    second = replace(SAMPLING, steps=12, schedule=own or first)
+    by_hand = img2img(c, Img2ImgRequest(prompt="a castle", negative_prompt="fog", image=upscaled, strength=0.5,
+                                        sampling=second))
+    assert torch.equal(ours.latents, by_hand.latents)
+    other = replace(SAMPLING, steps=12, schedule="Exponential")
+    assert not torch.equal(ours.latents, img2img(c, Img2ImgRequest(
+        prompt="a castle", negative_prompt="fog", image=upscaled, strength=0.5, sampling=other)).latents)
+    params = parse_parameters(ours.images[0].info["parameters"])
+    assert (params["Schedule type"], params.get("Hires schedule type")) == (first, written)
+
+
 @pytest.mark.parametrize(("upscaler", "mode"), [("Latent", "bilinear"), ("Latent (nearest-exact)", "nearest-exact")])
 def test_latent_hires_equals_diffusers_img2img_on_the_resized_latents(
     components: ComponentCache, upscaler: str, mode: str
@@ -241,6 +265,11 @@ def test_sd2_x4_hires_through_the_service_equals_the_three_steps_by_hand(tmp_pat
                                           "hires fix off)."),
     (HiresFix(sampler="Nope"), 1, "Unknown hires sampler 'Nope'; choose one of:"),
     (HiresFix(steps=-3), 1, "Hires steps must be between 1 and 150, got -3."),
+    (HiresFix(schedule="Turbo"), 1, "Hires schedule type must be one of Automatic, Uniform, Karras, Exponential, "
+                                    "Polyexponential, SGM Uniform, KL Optimal, Align Your Steps, Simple, Normal, "
+                                    "Beta; got 'Turbo'."),
+    (HiresFix(sampler="DDIM", schedule="Karras"), 1, "Hires schedule type Karras is not available for the DDIM "
+                                                     "sampler; pick Automatic, or a hires sampler that offers it."),
 ])
 def test_validation_messages(hires: HiresFix, batch: int, message: str) -> None:
     from sd2_app.api.checks import Limits
@@ -253,6 +282,29 @@ def test_validation_messages(hires: HiresFix, batch: int, message: str) -> None:
     with pytest.raises(InvalidRequest) as error:
         validate(request, catalog, Limits(max_side=512))
     assert str(error.value).startswith(message)
+
+
+def test_a_first_pass_schedule_type_the_hires_sampler_lacks_needs_one_of_its_own() -> None:
+    """A hires sampler without schedule types (DDIM) after a Karras first pass: refused, unless the hires fix has
+    a schedule type of its own it offers (Automatic); Euler takes the first pass's Karras."""
+    from sd2_app.api.checks import Limits
+    from sd2_app.api.validation import validate
+    from tests.ui_doubles import fake_catalog
+
+    def checked(**hires: object) -> HiresFix:
+        request = Txt2ImgRequest(prompt="p", checkpoint="sd2-base", width=256, height=256,
+                                 sampling=replace(SAMPLING, schedule="Karras"), hires=HiresFix(**hires))  # type: ignore[arg-type]
+        fix = validate(request, fake_catalog(), Limits(max_side=512))[0].hires
+        assert fix is not None
+        return fix
+
+    with pytest.raises(InvalidRequest) as error:
+        checked(sampler="DDIM")
+    assert str(error.value) == ("Schedule type Karras is not available for the hires sampler DDIM; pick a hires "
+                                "schedule type of Automatic, or another hires sampler.")
+    assert checked(sampler="DDIM", schedule="Automatic").sampler_and_schedule(SAMPLING) == ("DDIM", "Automatic")
+    assert checked(sampler="Euler").sampler_and_schedule(replace(SAMPLING, schedule="Karras")) == ("Euler", "Karras")
+    assert checked(schedule=None).schedule == ""  # None: the first pass's, as ""
 
 
 def test_the_size_upscaled_to_before_the_crop_is_within_the_limit_too() -> None:

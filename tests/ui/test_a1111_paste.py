@@ -64,14 +64,14 @@ def test_each_setting_that_cannot_be_reproduced_is_named() -> None:
     parsed = parse_parameters(
         "p\nSteps: 20, Sampler: DPM++ 2S a, Schedule type: DDIM, CFG scale: 7, Seed: 1, Size: 512x512, "
         "Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: R-ESRGAN 4x+, Hires sampler: Restart, "
-        "Hires prompt: \"a castle, 8k\", Hires schedule type: Karras, "
+        "Hires prompt: \"a castle, 8k\", Hires schedule type: Turbo, "
         "Emphasis: No norm, Clip skip: 2, Eta DDIM: 0.5, Eta: 0.67")
     assert unreproduced(parsed, sampler_fields(parsed, NAMES)[0], NAMES) == [
         "Sampler 'DPM++ 2S a' is not available here; the current sampler is kept.",
         "Schedule type 'DDIM' is not available here; the sampler's own schedule is used.",
         "Hires upscaler 'R-ESRGAN 4x+' is not available here; Latent is used.",
         "Hires sampler 'Restart' is not available here; the first pass's sampler is used.",
-        "Hires schedule type ('Karras') is not supported here; the first pass's schedule type is used.",
+        "Hires schedule type 'Turbo' is not available here; the first pass's schedule type is used.",
         "Emphasis ('No norm') is not supported here; A1111's default (\"Original\") is used.",
         "Eta (0.67) is not supported here; the ancestral samplers' full noise (eta 1) is used.",
     ]  # Clip skip: A1111 ignores it on SD 2.x too; Eta DDIM: the tabs' Eta slider takes it

@@ -61,6 +61,7 @@ READ_BACK: dict[str, Callable[[Sent], Any]] = {
     keys.HIRES_STEPS: lambda sent: sent["hires_fix"] and sent["hires_steps"],
     keys.HIRES_UPSCALER: lambda sent: sent["hires_fix"] and sent["hires_upscaler"],
     keys.HIRES_SAMPLER: lambda sent: sent["hires_fix"] and sent["hires_sampler"],
+    keys.HIRES_SCHEDULE_TYPE: lambda sent: sent["hires_fix"] and sent["hires_schedule"],
     keys.DENOISING_STRENGTH: lambda sent: sent["hires_fix"] and sent["denoising_strength"],
     keys.VARIATION_SEED: lambda sent: sent["variation_seed"],
     keys.VARIATION_SEED_STRENGTH: lambda sent: sent["variation_strength"],
@@ -176,6 +177,11 @@ TXT2IMG_CASES = {
                                   "hires_steps": 2, "denoising_strength": 0.6, "hires_sampler": "DDIM"}
        for upscaler in HIRES_UPSCALERS},
     "hires resize": {"hires_fix": True, "hires_width": 80, "hires_height": 72, "denoising_strength": 0.4},
+    "hires schedule type": {"hires_fix": True, "hires_scale": 1.5, "denoising_strength": 0.6,
+                            "hires_schedule": "Exponential"},
+    "hires sampler and automatic": {"hires_fix": True, "hires_scale": 1.5, "denoising_strength": 0.6,
+                                    "schedule_type": "Karras", "hires_sampler": "DPM++ 2M",
+                                    "hires_schedule": "Automatic"},
     "variation seed, seed resize, tiling": {"variation_seed": 5, "variation_strength": 0.3,
                                             "seed_resize_from_width": 96, "seed_resize_from_height": 64,
                                             "tiling": True},
@@ -208,6 +214,11 @@ EXPECTED_HIRES = {
                                   keys.HIRES_SAMPLER: "DDIM"} for upscaler in HIRES_UPSCALERS},
     # no hires steps asked (0: the first pass's): none written, as A1111 writes none; the text still remakes it
     "hires resize": {keys.HIRES_RESIZE: "80x72", keys.HIRES_UPSCALER: "Latent"},
+    "hires schedule type": {keys.HIRES_UPSCALE: 1.5, keys.HIRES_UPSCALER: "Latent",
+                            keys.HIRES_SCHEDULE_TYPE: "Exponential"},
+    # Automatic is written where the first pass's schedule type is another (A1111 leaves it out)
+    "hires sampler and automatic": {keys.HIRES_UPSCALE: 1.5, keys.HIRES_UPSCALER: "Latent",
+                                    keys.HIRES_SAMPLER: "DPM++ 2M", keys.HIRES_SCHEDULE_TYPE: "Automatic"},
 }
 
 
