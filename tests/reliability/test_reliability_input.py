@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from sd2_app.errors import InvalidRequest
-from sd2_app.api.requests import DepthRequest, Img2ImgRequest, InpaintRequest, Sampling, Txt2ImgRequest, UpscaleRequest
+from sd2_app.api.requests import (HIRES_UPSCALERS, DepthRequest, HiresFix, Img2ImgRequest, InpaintRequest, Sampling,
+                                  Txt2ImgRequest, UpscaleRequest)
 from sd2_app.api.checks import MAX_SEED, Limits
 from sd2_app.samplers.registry import SCHEDULES
 from tests.reliability_report import reliability, track_module  # noqa: F401
@@ -247,6 +248,11 @@ def _maybe(valid: st.SearchStrategy) -> st.SearchStrategy:
     return st.integers(0, 7).flatmap(lambda k: _anything if k == 0 else valid)
 
 
+def _rarely(valid: st.SearchStrategy) -> st.SearchStrategy:
+    # A hires fix has many fields: one draw in 24 each is junk, so some fixes pass whole.
+    return st.integers(0, 23).flatmap(lambda k: _anything if k == 0 else valid)
+
+
 _requests = st.builds(
     Txt2ImgRequest,
     prompt=_maybe(st.text(max_size=300)),
@@ -265,16 +271,29 @@ _requests = st.builds(
         seed=_maybe(st.integers(min_value=-3, max_value=2**32 + 5)),
         batch_size=_maybe(st.integers(min_value=0, max_value=9)),
     ),
+    hires=st.one_of(st.none(), st.builds(
+        HiresFix,
+        upscaler=_rarely(st.sampled_from([*HIRES_UPSCALERS, "latent", "ESRGAN"])),
+        scale=_rarely(st.sampled_from([1.0, 1.25, 1.5, 2.0, 0.5])),
+        width=_rarely(st.sampled_from([None, 0, 64, 136, 256, 600])),
+        height=_rarely(st.sampled_from([None, 0, 64, 136, 256, 600])),
+        steps=_rarely(st.integers(min_value=-1, max_value=160)),
+        denoising_strength=_rarely(st.floats(min_value=0, max_value=1.05)),
+        sampler=_rarely(st.sampled_from([None, "", "DDIM", "Euler", "UniPC"])),
+        schedule=_rarely(st.sampled_from(["", *SCHEDULES])),
+        prompt=_rarely(st.text(max_size=50)),
+        negative_prompt=_rarely(st.text(max_size=20)),
+    )),
 )
 
 @pytest.fixture(scope="module")
 def fuzz_counts() -> dict[str, int]:
     """The fuzz test's tally, which the summary after it reads (one module-scoped fixture: under `-n N` both run in
     the same process, tests/conftest.py)."""
-    return {"accepted": 0, "refused": 0}
+    return {"accepted": 0, "refused": 0, "hires": 0}
 
 
-@settings(max_examples=1000, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=2000, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(request=_requests)
 def test_fuzzed_requests_are_refused_in_words_or_normalised(checker, fuzz_counts: dict[str, int],
                                                             request: Txt2ImgRequest) -> None:
@@ -296,10 +315,20 @@ def test_fuzzed_requests_are_refused_in_words_or_normalised(checker, fuzz_counts
     assert s.sampler in checker.catalog.samplers and checked.checkpoint in checker.catalog.tasks
     assert isinstance(checked.prompt, str) and all(ch == "\n" or ch >= " " for ch in checked.prompt)
     assert all(isinstance(w, str) for w in warnings)
+    if checked.hires is not None:
+        fuzz_counts["hires"] += 1
+        fix = checked.hires
+        assert fix.upscaler in HIRES_UPSCALERS and fix.schedule in ("", *SCHEDULES)
+        assert fix.sampler is None or fix.sampler in checker.catalog.samplers
+        sampler, schedule = fix.sampler_and_schedule(s)
+        assert schedule == "Automatic" or checker.catalog.samplers[sampler]
+        assert max(fix.target(checked.width, checked.height)) <= 512 and 0 < fix.denoising_strength <= 1
+        assert isinstance(fix.prompt, str) and isinstance(fix.negative_prompt, str)
 
 
 def test_fuzz_summary(reliability, fuzz_counts: dict[str, int]) -> None:
-    assert fuzz_counts["accepted"] > 10 and fuzz_counts["refused"] > 10, fuzz_counts
-    reliability(AREA, f"hypothesis fuzz: {sum(fuzz_counts.values())} random text-to-image requests",
+    assert fuzz_counts["accepted"] > 10 and fuzz_counts["refused"] > 10 and fuzz_counts["hires"] > 3, fuzz_counts
+    reliability(AREA, f"hypothesis fuzz: {fuzz_counts['accepted'] + fuzz_counts['refused']} random text-to-image "
+                "requests, half with a hires fix",
                 f"{fuzz_counts['refused']} refused with InvalidRequest, {fuzz_counts['accepted']} accepted and "
-                "normalised in range; no other exception")
+                f"normalised in range ({fuzz_counts['hires']} with a hires fix); no other exception")
