@@ -38,6 +38,7 @@ from sd2_app.api.task_checks import img2img_size
 from sd2_app.api.results import Result
 from sd2_app.byte_limits import MAX_BASE64_CHARS, MAX_IMAGE_FILE_BYTES, MB
 from sd2_app.errors import InvalidRequest, shown
+from sd2_app.pipelines.metadata import parse_parameters
 from sd2_app.prompt_styles import StyleBook
 
 log = logging.getLogger(__name__)
@@ -334,6 +335,14 @@ def img2img_job(body: Mapping[str, Any], checkpoint_for: CheckpointFor, names: l
     return Job(task, base, checkpoint, _send_images(body), tuple(body.get("styles") or ()), tuple(warnings))
 
 
+# The parameters text's keys A1111's `info` gives fields of their own (modules/processing.py, `create_infotext`'s
+# fixed part); the rest of the first image's text is its `extra_generation_params` ("Schedule type", the hires
+# fix's, "Denoising strength", "Mask blur", ...), as `Processed.js` gives them.
+OWN_FIELDS = frozenset({keys.PROMPT, keys.NEGATIVE_PROMPT, keys.STEPS, keys.SAMPLER, keys.CFG_SCALE, keys.SEED,
+                        keys.SIZE, keys.MODEL_HASH, keys.MODEL, keys.VARIATION_SEED, keys.VARIATION_SEED_STRENGTH,
+                        keys.SEED_RESIZE_FROM, keys.TILING, keys.BATCH_SIZE, keys.BATCH_POS})
+
+
 def info_json(job: Job, results: list[Result], started: float) -> str:
     """A1111's `info`: the first request's settings, then per image its seed and parameters text (none when
     /interrupt stopped the job before its first step: then the job request's settings, in that shape)."""
@@ -348,6 +357,8 @@ def info_json(job: Job, results: list[Result], started: float) -> str:
     extras = getattr(first, "seed_extras", None) or rq.SeedExtras()
     resize_w, resize_h = extras.resize_from or (-1, -1)
     width, height = (images[0].size if images else (getattr(first, "width", 0), getattr(first, "height", 0)))
+    parsed = parse_parameters(infotexts[0]) if infotexts else {}  # the first image's settings, as A1111 gives them
+    hires = getattr(first, "hires", None)
     return json.dumps({
         "prompt": first.prompt, "all_prompts": [first.prompt] * len(images),
         "negative_prompt": first.negative_prompt, "all_negative_prompts": [first.negative_prompt] * len(images),
@@ -355,9 +366,11 @@ def info_json(job: Job, results: list[Result], started: float) -> str:
         "all_subseeds": subseeds, "subseed_strength": extras.variation_strength, "width": width, "height": height, "sampler_name": sampling.sampler,
         "scheduler": sampling.schedule, "cfg_scale": sampling.cfg_scale,
         "steps": sampling.steps, "batch_size": sampling.batch_size, "restore_faces": False,
-        "face_restoration_model": None, "sd_model_name": job.checkpoint, "sd_model_hash": None,
+        "face_restoration_model": None, "sd_model_name": job.checkpoint,
+        "sd_model_hash": parsed.get(keys.MODEL_HASH),
         "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": resize_w, "seed_resize_from_h": resize_h,
-        "denoising_strength": getattr(first, "strength", None), "extra_generation_params": {},
+        "denoising_strength": getattr(hires or first, "denoising_strength", getattr(first, "strength", None)),
+        "extra_generation_params": {key: value for key, value in parsed.items() if key not in OWN_FIELDS},
         "index_of_first_image": 0, "infotexts": infotexts, "styles": list(job.styles),
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)), "clip_skip": 1,
         "is_using_inpainting_conditioning": job.task == "inpaint", "version": "sd2-app",

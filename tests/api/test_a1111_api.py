@@ -691,6 +691,24 @@ def test_a1111_hires_scheduler_runs_the_second_pass(app, fields: dict, written: 
     assert (values["txt2img-hires-sampler"], values["txt2img-hires-schedule"]) == sent
 
 
+def test_info_gives_the_first_images_other_settings_as_extra_generation_params(app) -> None:
+    """`info` as A1111's `Processed.js`: the settings of the first image's text that have no field of their own
+    are `extra_generation_params` (with their text's values), `denoising_strength` is the hires fix's."""
+    _, port, _ = app
+    body = {"prompt": "x", **FAST, "sampler_name": "Euler", "scheduler": "karras", "seed": 3, "enable_hr": True,
+            "hr_scale": 1.5, "denoising_strength": 0.4, "hr_scheduler": "exponential", "hr_prompt": "x, 8k"}
+    status, answer = _post(port, "txt2img", body)
+    assert status == 200, answer
+    info = json.loads(answer["info"])
+    assert info["extra_generation_params"] == {
+        "Schedule type": "Karras", "Denoising strength": 0.4, "Hires upscale": 1.5, "Hires upscaler": "Latent",
+        "Hires schedule type": "Exponential", "Hires prompt": "x, 8k"}
+    assert (info["denoising_strength"], info["sd_model_hash"], info["scheduler"]) == (0.4, None, "Karras")
+    status, plain = _post(port, "txt2img", {"prompt": "x", **FAST, "seed": 3})
+    assert json.loads(plain["info"])["extra_generation_params"] == {"Schedule type": "Automatic"}
+    assert json.loads(plain["info"])["denoising_strength"] is None
+
+
 @pytest.mark.parametrize("name", [["Euler"], {"name": "Euler"}], ids=["list", "object"])
 def test_a_hires_sampler_name_that_is_not_text_is_refused_in_words(app, name: object) -> None:
     """A list or an object as hr_sampler_name was HTTP 500 (TypeError: unhashable type, a traceback in the log)."""
