@@ -15,7 +15,7 @@ from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.size_boxes import show_sides_used
 from sd2_app.ui.tab_frame import TabFrame
 from sd2_app.ui.txt2img_extras import (NAMES as EXTRA_NAMES, Txt2ImgExtras, build_extras, request_fields,
-                                       wire_hires_size)
+                                       wire_hires_schedule, wire_hires_size)
 
 if TYPE_CHECKING:
     from sd2_app.api.service import Service
@@ -48,6 +48,7 @@ def build(service: Service, flags: StopFlags) -> Txt2ImgTab:
         gr.Examples([[p] for p in EXAMPLE_PROMPTS], [frame.prompt], label="Example prompts")
         extras = build_extras(service, service.limits.max_side, width.value)  # tiling, hires fix, extra seed options
     wire_hires_size(width, height, extras.fix, service.limits.max_side)
+    wire_hires_schedule(controls.sampler, extras.fix, service)
     inputs = [checkpoint, frame.prompt, frame.negative, width, height, *controls.inputs(), *extras.inputs()]
     run = wire_run(service, flags, frame.panel, inputs, make_request, "txt2img",
                    ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES, *EXTRA_NAMES),

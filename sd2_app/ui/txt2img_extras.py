@@ -18,7 +18,7 @@ import gradio as gr
 from sd2_app import infotext_keys as keys
 from sd2_app.api.checks import flag
 from sd2_app.api.requests import HIRES_UPSCALERS, HiresFix, SeedExtras
-from sd2_app.samplers.registry import SCHEDULES
+from sd2_app.samplers.registry import AUTOMATIC, SCHEDULES
 from sd2_app.ui.debounce import debounce_js
 from sd2_app.ui.sending import hires_in, hires_sampler_fields, tiling_in
 
@@ -209,6 +209,21 @@ def wire_hires_size(width: gr.Slider, height: gr.Slider, fix: HiresControls, max
     api_name = f"{prefix}_hires_size"
     gr.on([box.change for box in inputs], follow, inputs, [fix.hires_size, fix.accordion], queue=False,
           show_progress="hidden", js=debounce_js(api_name), api_name=api_name, api_visibility="private")
+
+
+def wire_hires_schedule(sampler: gr.Dropdown, fix: HiresControls, service: Service, prefix: str = "txt2img") -> None:
+    """The Hires schedule type offered while the hires pass's sampler (the Hires sampler, or the first pass's
+    `sampler` for "Same as first pass") offers schedule types, as the first pass's Schedule type is; for one that
+    offers none it is fixed: Automatic beside a hires sampler of its own (the first pass's schedule type may be one
+    that sampler lacks), "Same as first pass" beside the first pass's sampler (whose Schedule type is Automatic)."""
+    def offered(first: Any, hires: Any) -> Any:
+        own = hires not in (None, "", SAME_AS_FIRST_PASS)
+        if service.offers_schedules(hires if own else first):
+            return gr.update(interactive=True)
+        return gr.update(interactive=False, value=AUTOMATIC if own else SAME_AS_FIRST_PASS)
+
+    gr.on([sampler.change, fix.sampler.change], offered, [sampler, fix.sampler], fix.schedule, queue=False,
+          show_progress="hidden", api_name=f"{prefix}_hires_schedules_offered", api_visibility="private")
 
 
 IMG2IMG_NAMES = ("variation_seed", "variation_strength", "tiling")

@@ -39,7 +39,8 @@ from sd2_app.ui.runner import WAIT_POLL_S, RunFlag, StopFlags, timed_call
 from sd2_app.ui.shown_files import cached_file
 from sd2_app.ui.size_boxes import show_sides_used
 from sd2_app.ui.tab_frame import TabFrame
-from sd2_app.ui.txt2img_extras import HIRES_NAMES, HiresControls, build_hires, request_fields, wire_hires_size
+from sd2_app.ui.txt2img_extras import (HIRES_NAMES, HiresControls, build_hires, request_fields, wire_hires_schedule,
+                                       wire_hires_size)
 from sd2_app.ui.uploads import upload_image
 
 if TYPE_CHECKING:
@@ -289,6 +290,7 @@ def build(service: Service, flags: StopFlags) -> ResultPanel:
             strength = gr.Slider(0, 1, TASKS["img2img"].strength, step=0.01, label="Denoising strength")
         fix = build_hires(service, service.limits.max_side, width.value, prefix="xyz")  # text to image only
     _wire_hires(fix, image, width, height, service.limits.max_side)
+    wire_hires_schedule(controls.sampler, fix, service, prefix="xyz")
     panel = frame.panel
     panel.gallery.columns = 3
     for name, axis in zip(AXIS_NAMES, axes):

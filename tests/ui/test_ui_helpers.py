@@ -666,3 +666,24 @@ def test_the_schedule_type_is_offered_where_the_sampler_has_schedule_types() -> 
     assert schedule.elem_id == "txt2img-schedule" and [v for _, v in schedule.choices] == list(SCHEDULES)
     assert offered.fn("Euler")[0] == {"__type__": "update", "interactive": True}
     assert offered.fn("DDIM")[0] == {"__type__": "update", "interactive": False, "value": "Automatic"}
+
+
+@pytest.mark.parametrize("prefix", ["txt2img", "xyz"])
+def test_the_hires_schedule_type_is_offered_where_the_hires_pass_sampler_has_schedule_types(prefix: str) -> None:
+    """The Hires schedule type follows the hires pass's sampler (the Hires sampler, else the first pass's): fixed
+    for one without schedule types, to Automatic beside a hires sampler of its own, to "Same as first pass" beside
+    the first pass's sampler (whose Schedule type is then Automatic)."""
+    from sd2_app.ui import build_ui
+    from tests.ui_doubles import fake_service
+
+    demo = build_ui(fake_service(None))
+    offered = _fn(demo, f"{prefix}_hires_schedules_offered")
+    assert [box.elem_id for box in offered.inputs] == [f"{prefix}-sampler", f"{prefix}-hires-sampler"]
+    assert [box.elem_id for box in offered.outputs] == [f"{prefix}-hires-schedule"]
+    assert offered.outputs[0].choices[0][1] == "Same as first pass"
+    on = {"__type__": "update", "interactive": True}
+    assert offered.fn("Euler", "Same as first pass") == on
+    assert offered.fn("DDIM", "Euler") == on
+    assert offered.fn("Euler", "DDIM") == {"__type__": "update", "interactive": False, "value": "Automatic"}
+    assert offered.fn("DDIM", "Same as first pass") == {"__type__": "update", "interactive": False,
+                                                       "value": "Same as first pass"}
