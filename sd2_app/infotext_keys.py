@@ -30,6 +30,10 @@ BATCH_SIZE = "Batch size"
 BATCH_POS = "Batch pos"
 TI_HASHES = "TI hashes"  # "name: shorthash, ..." of the embeddings the prompts used
 LORA_HASHES = "Lora hashes"  # "name: shorthash, ..." of the LoRAs merged for the job
+# True where a prompt's and the negative prompt's contexts (or the prompt schedule's texts) have other chunk
+# counts and the shorter were padded with the encoded empty chunk: A1111's "Pad prompt/negative prompt" setting
+# (modules/sd_samplers_cfg_denoiser.py, `pad_cond`), which its text names so, so A1111 pads the same way on paste
+PAD_CONDS = "Pad conds"
 STOPPED_AT_STEP = "Stopped at step"  # ours: Stop ended the run after this step and kept the image so far
 
 # Image to image, inpainting, depth, and the hires fix's second pass.

@@ -23,7 +23,7 @@ from sd2_app.pipelines.img2img import noised_init_latents
 from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
-from sd2_app.pipelines.prompt import prompt_hashes
+from sd2_app.pipelines.prompt import prompt_settings
 from sd2_app.pipelines.sampling import finished, start_job
 from sd2_app.pipelines.vae_io import vae_factor
 from sd2_app.api.requests import DepthRequest
@@ -97,7 +97,7 @@ def depth2img(
         images = postprocess(job.decode(latents))
         settings = sampling_settings(sampling, width=width, height=height, model=components.key,
                                      model_hash=components.model_hash)
-        settings |= prompt_hashes(job.embeddings, components)
+        settings |= prompt_settings(job.embeddings, components, padded=job.padded)
         settings[keys.DENOISING_STRENGTH] = request.strength
         settings[keys.DEPTH] = "user map" if request.depth_map is not None else "DPT"
         label_images(images, request.prompt, request.negative_prompt, settings)

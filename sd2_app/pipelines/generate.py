@@ -5,8 +5,6 @@ pipeline_stable_diffusion.py, __call__), with A1111's seed extras. The first pas
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from sd2_app import infotext_keys as keys
@@ -16,14 +14,11 @@ from sd2_app.pipelines.images import round_size
 from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.output import sampling_settings
-from sd2_app.pipelines.prompt import prompt_hashes
+from sd2_app.pipelines.prompt import prompt_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.sampling import Job, start_job
 from sd2_app.pipelines.seeds import seed_settings, seeded_noise, uses_extras
 from sd2_app.pipelines.vae_io import vae_factor
-
-if TYPE_CHECKING:
-    from sd2_app.loading.embeddings import TextualInversion
 
 
 def native_size(components: Components) -> int:
@@ -40,13 +35,12 @@ def effective_size(width: int, height: int, factor: int, warnings: list[str]) ->
     return new_width, new_height
 
 
-def txt2img_settings(request: Txt2ImgRequest, components: Components, width: int, height: int,
-                     embeddings: list[TextualInversion]) -> Settings:
+def txt2img_settings(request: Txt2ImgRequest, components: Components, width: int, height: int, job: Job) -> Settings:
     """The parameters text's settings, with A1111's keys for the seed extras, tiling when they are on and the
-    `embeddings` the prompts used (the job's)."""
+    `job`'s prompts (the embeddings they used, their padding)."""
     settings = sampling_settings(request.sampling, width=width, height=height, model=components.key,
                                  model_hash=components.model_hash)
-    settings |= prompt_hashes(embeddings, components)
+    settings |= prompt_settings(job.embeddings, components, padded=job.padded)
     settings.update(seed_settings(request.seed_extras))
     if request.tiling:
         settings[keys.TILING] = True

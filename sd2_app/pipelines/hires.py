@@ -18,7 +18,7 @@ steps, then the second's after them. Stop in the second pass keeps its image so 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,14 +34,11 @@ from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.output import PipelineOutput, label_images
 from sd2_app.pipelines.prompt_plan import hires_prompt_steps
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
-from sd2_app.pipelines.sampling import changed, draw_noise, finished, start_job
+from sd2_app.pipelines.sampling import Job, changed, draw_noise, finished, start_job
 from sd2_app.pipelines.seamless import tiled_components
 from sd2_app.pipelines.generate import generate, txt2img_settings
 from sd2_app.pipelines.vae_io import decode_in, encode, vae_factor
 from sd2_app.samplers import add_noise
-
-if TYPE_CHECKING:
-    from sd2_app.loading.embeddings import TextualInversion
 
 LATENT_MODES = {"Latent": "bilinear", "Latent (nearest-exact)": "nearest-exact"}  # F.interpolate modes
 
@@ -75,12 +72,11 @@ def upscaled_pixels(hires: HiresFix, first_size: tuple[int, int], factor: int) -
     return width // factor * factor, height // factor * factor
 
 
-def hires_settings(request: Txt2ImgRequest, components: Components, width: int, height: int,
-                   embeddings: list[TextualInversion]) -> Settings:
+def hires_settings(request: Txt2ImgRequest, components: Components, width: int, height: int, job: Job) -> Settings:
     """The first pass's settings plus A1111's hires keys ("Size" stays the first pass's size, as there)."""
     hires = request.hires
     assert hires is not None
-    settings = txt2img_settings(request, components, width, height, embeddings)
+    settings = txt2img_settings(request, components, width, height, job)
     settings[keys.DENOISING_STRENGTH] = hires.denoising_strength
     if hires.width or hires.height:  # what was asked, 0 for a side left to the proportion (A1111 writes the same)
         settings[keys.HIRES_RESIZE] = f"{hires.width or 0}x{hires.height or 0}"
@@ -134,7 +130,7 @@ def second_pass(
     def finish(latents: torch.Tensor) -> PipelineOutput:
         images = postprocess(job.decode(latents))
         height, width = images[0].height, images[0].width
-        settings = hires_settings(request, components, *first_size, job.embeddings)
+        settings = hires_settings(request, components, *first_size, job)
         label_images(images, request.prompt, request.negative_prompt, settings)
         return PipelineOutput(images=images, latents=latents, width=width, height=height)
 

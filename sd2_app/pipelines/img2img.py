@@ -15,7 +15,7 @@ from sd2_app.pipelines.images import postprocess, preprocess_image
 from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
-from sd2_app.pipelines.prompt import prompt_hashes
+from sd2_app.pipelines.prompt import prompt_settings
 from sd2_app.pipelines.sampling import PreparedRun, SamplingPlan, draw_noise, start_job
 from sd2_app.pipelines.seamless import tiled_components
 from sd2_app.pipelines.seeds import seed_settings, vary
@@ -78,7 +78,7 @@ def prepare_img2img(components: Components, request: Img2ImgRequest, mode: RunMo
         images = postprocess(job.decode(latents))
         settings = sampling_settings(sampling, width=width, height=height, model=components.key,
                                      model_hash=components.model_hash)
-        settings |= prompt_hashes(job.embeddings, components)
+        settings |= prompt_settings(job.embeddings, components, padded=job.padded)
         settings[keys.DENOISING_STRENGTH] = request.strength
         settings.update(seed_settings(request.seed_extras))
         if request.tiling:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,15 +28,12 @@ from sd2_app.pipelines.masks import binarize, crop_box, paste_back
 from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
-from sd2_app.pipelines.prompt import prompt_hashes
-from sd2_app.pipelines.sampling import draw_noise, finished, start_job
+from sd2_app.pipelines.prompt import prompt_settings
+from sd2_app.pipelines.sampling import Job, draw_noise, finished, start_job
 from sd2_app.pipelines.generate import native_size
 from sd2_app.pipelines.vae_io import encode, vae_factor
 from sd2_app.api.requests import MASK_MODES, InpaintRequest
 from sd2_app.samplers.base import NoiseSource
-
-if TYPE_CHECKING:
-    from sd2_app.loading.embeddings import TextualInversion
 
 
 def content_image(image: torch.Tensor, mask: torch.Tensor, content: str, device: torch.device) -> torch.Tensor:
@@ -69,7 +66,7 @@ def _masked_start(content: str, mask: torch.Tensor, generator: NoiseSource,
     return start
 
 
-Generated = Callable[[list[Image.Image], torch.Tensor, list["TextualInversion"]], PipelineOutput]
+Generated = Callable[[list[Image.Image], torch.Tensor, Job], PipelineOutput]
 
 
 class WorkArea(NamedTuple):
@@ -93,8 +90,8 @@ def _generate(
     mode: RunMode,
     finish: Generated,
 ) -> PipelineOutput:
-    """The reference algorithm on (image, mask) resized to `size`: `finish(decoded images, latents, the embeddings
-    the prompts used)`, of the loop's end or, after Stop, of the image so far (`finished`)."""
+    """The reference algorithm on (image, mask) resized to `size`: `finish(decoded images, latents, the job)`, of
+    the loop's end or, after Stop, of the image so far (`finished`)."""
     sampling = request.sampling
     factor = vae_factor(components.vae)
     width, height = size
@@ -119,7 +116,7 @@ def _generate(
     mask_latent = mask_latent.to(masked_latents.device).expand(batch, -1, -1, -1)
     concat = torch.cat([mask_latent, masked_latents], dim=1).repeat(job.rows // batch, 1, 1, 1)  # (2B|B, 5, h, w)
     return finished(lambda: job.denoise(x, concat=concat, on_step=on_step),
-                    lambda latents: finish(postprocess(job.decode(latents)), latents, job.embeddings))
+                    lambda latents: finish(postprocess(job.decode(latents)), latents, job))
 
 
 def _work_area(
@@ -161,13 +158,13 @@ def _work_area(
     return WorkArea(original, request.mask, work_size, original.size, pasted, False)
 
 
-def _settings(components: Components, request: InpaintRequest, area: WorkArea, embeddings: list[TextualInversion],
+def _settings(components: Components, request: InpaintRequest, area: WorkArea, job: Job,
               extra_settings: Settings | None) -> Settings:
     """The parameters text's settings, A1111's inpainting keys among them."""
     width, height = area.out_size
     settings = sampling_settings(request.sampling, width=width, height=height, model=components.key,
                                  model_hash=components.model_hash)
-    settings |= prompt_hashes(embeddings, components)
+    settings |= prompt_settings(job.embeddings, components, padded=job.padded)
     settings[keys.DENOISING_STRENGTH] = request.strength
     settings[keys.MASK_BLUR] = request.mask_blur
     if area.only_masked:
@@ -202,11 +199,10 @@ def inpaint(
     area = _work_area(components, request, full_mask, warnings)
     out_size = area.out_size
 
-    def finish(generated: list[Image.Image], latents: torch.Tensor,
-               embeddings: list[TextualInversion]) -> PipelineOutput:
+    def finish(generated: list[Image.Image], latents: torch.Tensor, job: Job) -> PipelineOutput:
         images = area.place(generated)
         label_images(images, request.prompt, request.negative_prompt,
-                     _settings(components, request, area, embeddings, extra_settings))
+                     _settings(components, request, area, job, extra_settings))
         mask_image = full_mask if out_size == request.image.size else binarize(request.mask, out_size)
         return PipelineOutput(images=images, latents=latents, width=out_size[0], height=out_size[1],
                               warnings=warnings, mask_image=mask_image)

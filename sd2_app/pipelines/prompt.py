@@ -41,6 +41,7 @@ class EncodedPrompts:
     embeddings: list[TextualInversion] = field(default_factory=list)
     phases: tuple[int, ...] = ()  # prompt editing: the context phase of each UNet call (pipelines/prompt_schedule.py)
     weights: tuple[float, ...] = (1.0,)  # the K parts' weights (A1111's AND, `prompt_syntax.subprompts`)
+    padded: bool = False  # a text was padded with the empty chunk to the longest's length (`PromptPlan.padded`)
 
 
 def _hash_list(pairs: Iterable[tuple[str, str]]) -> str:
@@ -48,12 +49,18 @@ def _hash_list(pairs: Iterable[tuple[str, str]]) -> str:
     return ", ".join(f"{name.replace(':', '').replace(',', '')}: {shorthash}" for name, shorthash in pairs)
 
 
-def prompt_hashes(embeddings: list[TextualInversion], components: Components) -> dict[str, str]:
-    """{"TI hashes": ..., "Lora hashes": ...} as A1111 writes them, for the embeddings the prompts used and the
-    LoRAs merged into `components` for the job; each key only when there are some."""
-    settings = {keys.TI_HASHES: _hash_list((e.name, e.shorthash) for e in embeddings)} if embeddings else {}
+def prompt_settings(embeddings: list[TextualInversion], components: Components, *,
+                    padded: bool = False) -> dict[str, str | bool]:
+    """{"TI hashes": ..., "Lora hashes": ..., "Pad conds": True} as A1111 writes them, for the embeddings the
+    prompts used, the LoRAs merged into `components` for the job and whether the context was `padded`
+    (`EncodedPrompts.padded`); each key only when there are some (padding: only when it happened, as A1111)."""
+    settings: dict[str, str | bool] = {}
+    if embeddings:
+        settings[keys.TI_HASHES] = _hash_list((e.name, e.shorthash) for e in embeddings)
     if components.loras:
         settings[keys.LORA_HASHES] = _hash_list(components.loras)
+    if padded:
+        settings[keys.PAD_CONDS] = True
     return settings
 
 
@@ -120,4 +127,4 @@ def encode_tokenized_pair(text_encoder: TextEncoder, tokenizer: CLIPTokenizer, t
     halves = [hidden[i * k:(i + 1) * k].reshape(k * CHUNK_LENGTH, width) for i in range(len(prompts))]
     context = torch.cat([h[None].expand(batch_size, -1, -1) for h in halves]).contiguous()
     used = {e.name: e for p in tokenized for e in p.embeddings}
-    return EncodedPrompts(context, list(used.values()))
+    return EncodedPrompts(context, list(used.values()), padded=any(len(p.chunks) < k for p in prompts))

@@ -148,6 +148,11 @@ class PromptPlan:
         """Chunks per phase: the longest text's."""
         return max(len(tokens.chunks) for tokens in self.texts.values())
 
+    @property
+    def padded(self) -> bool:
+        """Whether a text has fewer chunks than the longest, so the encoder pads it with the empty chunk."""
+        return any(len(tokens.chunks) < self.chunks for tokens in self.texts.values())
+
     def read(self, pair: Phase) -> list[TokenizedPrompt]:
         """The phase's tokenized texts: [part 1, ..., part K, negative prompt] with guidance, else [prompt]."""
         return [self.texts[text] for text in (pair if self.use_cfg else pair[:1])]

@@ -64,4 +64,5 @@ def encode_prompt_schedule(components: Components, prompt: str, negative_prompt:
         encoded = encode_tokenized_pair(c.text_encoder, c.tokenizer, plan.read(plan.pairs[0]), batch_size=batch_size,
                                         device=c.device)
         return replace(encoded, weights=plan.weights)
-    return EncodedPrompts(_encode_phases(c, plan, batch_size), plan.embeddings(), plan.order, plan.weights)
+    return EncodedPrompts(_encode_phases(c, plan, batch_size), plan.embeddings(), plan.order, plan.weights,
+                          plan.padded)

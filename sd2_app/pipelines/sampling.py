@@ -108,6 +108,7 @@ class Job:
     embeddings: list[TextualInversion] = field(default_factory=list)  # what the prompts used (EncodedPrompts)
     phases: tuple[int, ...] = ()  # prompt editing/alternation: the context phase of each UNet call (Conditioning)
     weights: tuple[float, ...] = (1.0,)  # the prompt's K composable parts' weights (Conditioning)
+    padded: bool = False  # the context's shorter texts were padded with the empty chunk (EncodedPrompts)
 
     @property
     def rows(self) -> int:
@@ -205,4 +206,4 @@ def start_job(components: Components, request: TaskRequest, *, strength: float |
                                      steps=prompt_calls or prompt_steps(sampling))
     plan = plan_sampling(components.scheduler_config, sampling, strength=strength, last_steps=last_steps)
     return Job(components, sampling, generator, encoded.context, plan, mode, encoded.embeddings, encoded.phases,
-               encoded.weights)
+               encoded.weights, encoded.padded)

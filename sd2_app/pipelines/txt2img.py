@@ -32,7 +32,7 @@ def prepare_txt2img(components: Components, request: Txt2ImgRequest, mode: RunMo
     def finish(latents: torch.Tensor) -> PipelineOutput:
         images = postprocess(decode_in(mode, job.components.vae, latents))
         label_images(images, request.prompt, request.negative_prompt,
-                     txt2img_settings(request, components, width, height, job.embeddings))
+                     txt2img_settings(request, components, width, height, job))
         return PipelineOutput(images=images, latents=latents, width=width, height=height, warnings=warnings)
 
     return PreparedRun(job, start, finish)

@@ -17,7 +17,7 @@ from sd2_app.pipelines.images import BICUBIC, postprocess, preprocess_image
 from sd2_app.pipelines.loop import LatentProgressFn, Tiling
 from sd2_app.pipelines.output import PipelineOutput, label_images, sampling_settings
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
-from sd2_app.pipelines.prompt import prompt_hashes
+from sd2_app.pipelines.prompt import prompt_settings
 from sd2_app.pipelines.sampling import draw_noise, finished, start_job
 from sd2_app.pipelines.vae_io import vae_factor
 from sd2_app.api.requests import UpscaleRequest
@@ -74,7 +74,7 @@ def upscale(
         images = postprocess(pixels)
         settings = sampling_settings(sampling, width=out_w, height=out_h, model=components.key,
                                      model_hash=components.model_hash)
-        settings |= prompt_hashes(job.embeddings, components)
+        settings |= prompt_settings(job.embeddings, components, padded=job.padded)
         settings[keys.NOISE_LEVEL] = request.noise_level
         if max(h, w) > tiling.tile:
             settings[keys.TILE_SIZE] = tiling.tile

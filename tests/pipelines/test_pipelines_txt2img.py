@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 
 import pytest
 import torch
@@ -116,6 +117,24 @@ def test_long_prompt_is_read_in_chunks_without_a_warning(components: ComponentCa
         handle.remove()
     assert out.warnings == []
     assert seen and set(seen) == {154}  # two chunks of 77 tokens in every UNet call
+
+
+@pytest.mark.parametrize(("negative", "cfg", "written"), [("", 7.5, True), (" ".join(["dark"] * 30), 7.5, None),
+                                                           ("", 1.0, None)],
+                         ids=["short negative", "long negative", "no guidance"])
+def test_pad_conds_is_written_where_the_negative_prompt_was_padded(components: ComponentCache, negative: str,
+                                                                  cfg: float, written: bool | None) -> None:
+    """A prompt of two chunks beside a negative prompt of one: the negative prompt's context is padded with the
+    encoded empty chunk, which A1111 does only with its "Pad prompt/negative prompt" setting, named "Pad conds" in
+    its text (a text without it runs the two unpadded there). Written only where the padding happened."""
+    long_prompt = " ".join(["red"] * 30)
+    request = Txt2ImgRequest(prompt=long_prompt, negative_prompt=negative, width=48, height=48,
+                             sampling=Sampling(steps=1, seed=1, cfg_scale=cfg))
+    params = parse_parameters(txt2img(components("sd2-base"), request).images[0].info["parameters"])
+    assert params.get("Pad conds") is written
+    shorter = replace(request, prompt="red")  # a short prompt: the long negative prompt pads it instead
+    params = parse_parameters(txt2img(components("sd2-base"), shorter).images[0].info["parameters"])
+    assert params.get("Pad conds") is (True if negative and cfg > 1 else None)
 
 
 def test_loop_has_no_host_sync() -> None:

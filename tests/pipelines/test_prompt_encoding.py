@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from sd2_app.errors import InvalidRequest
 from sd2_app.loading.embeddings import EmbeddingError, EmbeddingLibrary, TextualInversion, load_embedding
-from sd2_app.pipelines.prompt import prompt_hashes
+from sd2_app.pipelines.prompt import prompt_settings
 from sd2_app.testing.prompt_pair import encode_prompt_pair
 from sd2_app.nn.clip_text import text_model_of
 from sd2_app.pipelines.prompt_chunks import tokenize_prompt
@@ -162,6 +162,8 @@ def test_shorter_negative_prompt_is_padded_with_empty_chunks(parts, k: int) -> N
     context = encode_prompt_pair(text_encoder, tokenizer, prompt, "blurry", batch_size=2, use_cfg=True,
                                  device=CPU).context
     assert context.shape == (4, 77 * k, 32)
+    assert encode_prompt_pair(text_encoder, tokenizer, prompt, "blurry", batch_size=2, use_cfg=True,
+                              device=CPU).padded is (k > 1)  # A1111's "Pad conds"
     expected_uncond = encode_rows(text_encoder, [row(tokenizer, words(tokenizer, "blurry"))]
                                   + [row(tokenizer, [])] * (k - 1)).reshape(77 * k, 32)
     torch.testing.assert_close(context[0], expected_uncond, rtol=1e-6, atol=1e-6)
@@ -173,6 +175,10 @@ def test_longer_negative_prompt_pads_the_prompt(parts) -> None:
     context = encode_prompt_pair(text_encoder, tokenizer, "cat", "a BREAK b BREAK c", batch_size=1, use_cfg=True,
                                  device=CPU).context
     assert context.shape == (2, 231, 32)
+    assert encode_prompt_pair(text_encoder, tokenizer, "cat", "a BREAK b BREAK c", batch_size=1, use_cfg=True,
+                              device=CPU).padded
+    assert not encode_prompt_pair(text_encoder, tokenizer, "a BREAK b", "", batch_size=1, use_cfg=False,
+                                  device=CPU).padded  # no guidance: no negative prompt to pad to
     expected_cond = encode_rows(text_encoder, [row(tokenizer, words(tokenizer, "cat")), row(tokenizer, []),
                                                row(tokenizer, [])]).reshape(231, 32)
     torch.testing.assert_close(context[1], expected_cond, rtol=1e-6, atol=1e-6)
@@ -215,8 +221,9 @@ def test_embedding_vectors_take_their_positions(parts) -> None:
     torch.testing.assert_close(with_embedding.context, written_out, rtol=1e-5, atol=1e-5)
     assert [e.name for e in with_embedding.embeddings] == ["pets"]
     no_loras, two_loras = SimpleNamespace(loras=()), SimpleNamespace(loras=(("a:b,c", "1" * 12), ("d", "2" * 12)))
-    assert prompt_hashes(with_embedding.embeddings, no_loras) == {"TI hashes": "pets: 000000000000"}
-    assert prompt_hashes([], two_loras) == {"Lora hashes": "abc: 111111111111, d: 222222222222"}
+    assert prompt_settings(with_embedding.embeddings, no_loras) == {"TI hashes": "pets: 000000000000"}
+    assert prompt_settings([], two_loras) == {"Lora hashes": "abc: 111111111111, d: 222222222222"}
+    assert prompt_settings([], no_loras, padded=True) == {"Pad conds": True}
 
 
 def test_embedding_never_straddles_chunks(parts) -> None:

@@ -69,8 +69,8 @@ READ_BACK: dict[str, Callable[[Sent], Any]] = {
     keys.TILING: lambda sent: sent["tiling"],
 }
 # Made again with the other keys (checked by the remake): the embeddings the prompt names, the image's place in
-# the batch.
-IMPLIED = {keys.TI_HASHES, keys.BATCH_POS}
+# the batch, the padding of prompts of other lengths.
+IMPLIED = {keys.TI_HASHES, keys.BATCH_POS, keys.PAD_CONDS}
 # Settings of the other tasks, which text to image has no control for (the send is text to image's).
 TASK_ONLY = {
     "img2img": {keys.DENOISING_STRENGTH},
