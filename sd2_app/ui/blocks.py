@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 from functools import partial
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
 from sd2_app.api.addresses import ClientAddresses
-from sd2_app.checkpoints.catalog import CheckpointSpec, checkpoint_named
+from sd2_app.checkpoints.catalog import checkpoint_named
 from sd2_app import infotext_keys as keys
-from sd2_app.prompt_styles import StyleBook, with_styles_read
+from sd2_app.errors import InvalidRequest
+from sd2_app.prompt_styles import with_styles_read
 from sd2_app.ui import depth, history, img2img, inpaint, models, outpaint, pnginfo, txt2img, upscale, xyz_plot
 from sd2_app.ui.hosting import Hosting, Visitors
 from sd2_app.ui.lifecycle import AppBlocks
@@ -23,8 +24,8 @@ from sd2_app.ui.read_parameters import wire_read_parameters
 from sd2_app.ui.result_panel import ResultPanel
 from sd2_app.ui.runner import StopFlags
 from sd2_app.ui.sending import (  # noqa: F401  # clamp_to, sampler_fields: also imported from here
-    SendTarget, clamp_to, parameter_outputs, parameter_values, picked_image_parameters, sampler_fields, size_values,
-    unreproduced, wire_history_send, wire_parameters_send, wire_send)
+    SendTarget, clamp_to, padding_note, parameter_outputs, parameter_values, picked_image_parameters, sampler_fields,
+    size_values, unreproduced, wire_history_send, wire_parameters_send, wire_send)
 from sd2_app.ui.txt2img_extras import from_parameters
 from sd2_app.ui.zip_results import wire_zip
 
@@ -156,7 +157,7 @@ def _wire_reuse(service: Service, visitors: Visitors, t2i: txt2img.Txt2ImgTab, t
     """PNG info's "Send to text to image", text to image's own ↙ (read_parameters.py), History's "Reuse its
     settings" and the X/Y/Z plot's "Send to text to image" (the picked grid's or cell's own settings) fill text to
     image."""
-    to_txt2img, txt2img_fields = _png_to_txt2img(t2i, tabs, service.registry, service.styles)
+    to_txt2img, txt2img_fields = _png_to_txt2img(t2i, tabs, service)
     png_send.click(lambda text: to_txt2img(pnginfo.parsed_text(service, text)), png_text, txt2img_fields,
                    api_name="png_info_send", api_visibility="private")
     wire_read_parameters(service, visitors, t2i.panel, t2i.prompt, to_txt2img, txt2img_fields, "txt2img")
@@ -168,8 +169,17 @@ def _wire_reuse(service: Service, visitors: Visitors, t2i: txt2img.Txt2ImgTab, t
         [plot.gallery, plot.selected], txt2img_fields, api_name="xyz_send_to_txt2img", api_visibility="private")
 
 
+def _count(service: Service, checkpoint: str, text: str, negative: bool) -> str | None:
+    """The prompt box's counter of `text` with `checkpoint`'s tokenizer (every SD 2 checkpoint's is the same);
+    None for a text over the length limit (the prompt box says so) or an unknown checkpoint."""
+    try:
+        return service.count_tokens(text, checkpoint, negative=negative)
+    except InvalidRequest:
+        return None
+
+
 def _png_to_txt2img(
-    t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, registry: Mapping[str, CheckpointSpec], styles: StyleBook,
+    t2i: txt2img.Txt2ImgTab, tabs: gr.Tabs, service: Service,
 ) -> tuple[Callable[[dict[str, Any] | None], tuple], list[gr.components.Component]]:
     """(function, outputs) putting parsed PNG parameters into text to image: prompt, negative prompt, sampler,
     steps, CFG, guidance rescale and DDIM's eta (0 where the text has none: each is written only when on), seed,
@@ -181,17 +191,21 @@ def _png_to_txt2img(
     controls = t2i.sampling
     names = [value for _, value in controls.sampler.choices]
     # "Model" is our key or label, or A1111's name of the original file; any other name keeps the checkpoint.
-    offered = {key: spec for key, spec in registry.items() if key in {key for _, key in t2i.checkpoint.choices}}
+    offered = {key: spec for key, spec in service.registry.items()
+               if key in {key for _, key in t2i.checkpoint.choices}}
+    styles = service.styles
 
     def send(parsed: dict[str, Any] | None) -> tuple:
         if not parsed or not isinstance(parsed, dict):  # nothing read (no text, or none that parses to settings)
             raise gr.Error(pnginfo.NOTHING_TO_SEND, print_exception=False)
+        checkpoint = checkpoint_named(str(parsed.get(keys.MODEL, "")), offered)
+        padding = padding_note(parsed, partial(_count, service, checkpoint or t2i.checkpoint.value))  # as run
         parsed = with_styles_read(parsed, styles)
         keep = gr.skip()
         sampler, schedule = sampler_fields(parsed, names)
-        for note in unreproduced(parsed, sampler, names):
-            gr.Warning(note)
-        checkpoint = checkpoint_named(str(parsed.get(keys.MODEL, "")), offered)
+        for note in [*unreproduced(parsed, sampler, names), padding]:
+            if note:
+                gr.Warning(note)
         return (
             parsed.get(keys.PROMPT, ""),
             parsed.get(keys.NEGATIVE_PROMPT, ""),

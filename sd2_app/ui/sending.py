@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TYPE_CHECKING
 
 import gradio as gr
@@ -245,6 +245,33 @@ def unreproduced(parsed: dict[str, Any], sampler: str | None, names: Sequence[st
         if key in parsed:
             notes.append(f"{key} ({shown(parsed[key])}) is not supported here; {instead} is used.")
     return notes
+
+
+def padding_note(parsed: dict[str, Any], count: Callable[[str, bool], str | None]) -> str | None:
+    """What a text of A1111's without "Pad conds" cannot remake: where guidance read a prompt and a negative
+    prompt of other chunk counts, A1111 ran the two unpadded (its "Pad prompt/negative prompt" setting off), and
+    here the shorter is padded with the encoded empty chunk (pipelines/prompt.py), so the image differs a little.
+    `count(text, negative)` is the prompt box's counter ("93/150", `Service.count_tokens`; None: not counted)."""
+    cfg = parsed.get(keys.CFG_SCALE)
+    if parsed.get(keys.PAD_CONDS) or (isinstance(cfg, (int, float)) and cfg <= 1):
+        return None
+    chunks = [_chunks(count(str(parsed.get(key, "")), negative))
+              for key, negative in ((keys.PROMPT, False), (keys.NEGATIVE_PROMPT, True))]
+    if None in chunks or chunks[0] == chunks[1]:
+        return None
+    return (f"The prompt ({_plural(chunks[0])}) and the negative prompt ({_plural(chunks[1])}) have other lengths "
+            "and the text has no \"Pad conds\": A1111 ran them unpadded, here the shorter is padded with empty "
+            "chunks, so the image will differ a little.")
+
+
+def _chunks(counter: str | None) -> int | None:
+    """Chunks of 75 tokens from a counter text ("93/150" -> 2); None for none."""
+    limit = (counter or "").partition("/")[2].split(" ")[0]
+    return int(limit) // 75 if limit.isdigit() else None
+
+
+def _plural(chunks: int | None) -> str:
+    return f"{chunks} chunk{'' if chunks == 1 else 's'} of 75 tokens"
 
 
 def hires_in(parsed: dict[str, Any]) -> bool:

@@ -186,6 +186,7 @@ TXT2IMG_CASES = {
                                             "seed_resize_from_width": 96, "seed_resize_from_height": 64,
                                             "tiling": True},
     "styles": {"prompt": "a cat", "negative_prompt": "ugly", "styles": ["oil"]},
+    "long prompt, padded negative": {"prompt": " ".join(["red"] * 30)},  # "Pad conds: True", no warning
     "embedding": {"prompt": "a tiny-style cat"},
     "second image of a batch": {"batch_size": 2},
 }
@@ -292,6 +293,22 @@ def test_the_other_tasks_parameters_come_back_where_text_to_image_has_them(app, 
     assert warnings == []
     assert {key: fields.get(key) for key in TASK_KEYS[task]} == TASK_KEYS[task]
     assert (sent["prompt"], sent["negative_prompt"], sent["seed"], sent["steps"]) == ("a lighthouse", "fog", 7, 2)
+
+
+def test_a_text_of_a1111s_with_unpadded_prompts_of_other_lengths_is_said_to_differ(app) -> None:
+    """A1111 runs a prompt and a negative prompt of other chunk counts unpadded unless its text says "Pad conds";
+    here they are padded, so the send says the image will differ (and says nothing where they are padded there
+    too, have one length, or guidance is off)."""
+    long = " ".join(["red"] * 30)  # two chunks with the tiny tokenizer
+    said = ('The prompt (2 chunks of 75 tokens) and the negative prompt (1 chunk of 75 tokens) have other lengths '
+            'and the text has no "Pad conds": A1111 ran them unpadded, here the shorter is padded with empty chunks, '
+            'so the image will differ a little.')
+    settings = "Steps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64"
+    assert _send(app, f"{long}\nNegative prompt: blurry\n{settings}")[1] == [said]
+    for text in (f"{long}\nNegative prompt: blurry\n{settings}, Pad conds: True", f"a castle\n{settings}",
+                 f"{long}\n{settings.replace('CFG scale: 7', 'CFG scale: 1')}",
+                 f"{long}\nNegative prompt: {long}\n{settings}"):
+        assert _send(app, text)[1] == [], text
 
 
 def test_a_written_key_no_widget_reads_is_found() -> None:
