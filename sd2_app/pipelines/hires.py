@@ -25,14 +25,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sd2_app import infotext_keys as keys
-from sd2_app.api.requests import ETA_SAMPLERS, HiresFix, HiresPassRequest, Sampling, Txt2ImgRequest
+from sd2_app.api.requests import ETA_SAMPLERS, HiresFix, HiresPassRequest, Sampling, Txt2ImgRequest, guidance_on
 from sd2_app.checkpoints.components import Components
 from sd2_app.errors import InvalidRequest
 from sd2_app.pipelines.images import LANCZOS, postprocess, preprocess_image
 from sd2_app.pipelines.loop import LatentProgressFn
 from sd2_app.pipelines.metadata import Settings
 from sd2_app.pipelines.output import PipelineOutput, label_images
-from sd2_app.pipelines.prompt_plan import hires_prompt_steps
+from sd2_app.pipelines.prompt_plan import hires_prompt_steps, prompt_steps
+from sd2_app.pipelines.prompt_schedule import plan_of
 from sd2_app.pipelines.run_mode import NORMAL, RunMode
 from sd2_app.pipelines.sampling import Job, changed, draw_noise, finished, start_job
 from sd2_app.pipelines.seamless import tiled_components
@@ -127,10 +128,16 @@ def second_pass(
     init = crop_latents(init, (target_h // factor, target_w // factor))  # an upscale covering an explicit size
     noise = draw_noise(tuple(init.shape), job.generator, components.device, components.dtype)
 
+    # "Pad conds" where either pass padded (A1111 keeps its first pass's flag); the first pass's plan is the one
+    # its validation made
+    first_plan = plan_of(components, request.prompt, request.negative_prompt,
+                         use_cfg=guidance_on(request.sampling.cfg_scale), steps=prompt_steps(request.sampling))
+    labelled = replace(job, padded=job.padded or first_plan.padded)
+
     def finish(latents: torch.Tensor) -> PipelineOutput:
         images = postprocess(job.decode(latents))
         height, width = images[0].height, images[0].width
-        settings = hires_settings(request, components, *first_size, job)
+        settings = hires_settings(request, components, *first_size, labelled)
         label_images(images, request.prompt, request.negative_prompt, settings)
         return PipelineOutput(images=images, latents=latents, width=width, height=height)
 

@@ -46,6 +46,15 @@ def _encode_phases(components: Components, plan: PromptPlan, batch_size: int) ->
     return torch.stack(contexts)
 
 
+def plan_of(components: Components, prompt: str, negative_prompt: str, *, use_cfg: bool,
+            steps: PromptSteps) -> PromptPlan:
+    """The prompts' plan: the one the request's validation made when the components carry the Service's
+    `prompt_plans` (made again for other inputs), else made here."""
+    c = components
+    planner = c.prompt_plans.plan if c.prompt_plans is not None else plan_prompts
+    return planner(c.tokenizer, prompt, negative_prompt, use_cfg=use_cfg, steps=steps, embeddings=c.embeddings)
+
+
 def encode_prompt_schedule(components: Components, prompt: str, negative_prompt: str, *, batch_size: int,
                            use_cfg: bool, steps: PromptSteps) -> EncodedPrompts:
     """The prompts' context for each phase of their schedules (the negative one's only with guidance), with the
@@ -58,8 +67,7 @@ def encode_prompt_schedule(components: Components, prompt: str, negative_prompt:
     the chunk limit or a schedule over MAX_PHASE_CHUNKS (`plan_prompts`).
     """
     c = components
-    planner = c.prompt_plans.plan if c.prompt_plans is not None else plan_prompts
-    plan = planner(c.tokenizer, prompt, negative_prompt, use_cfg=use_cfg, steps=steps, embeddings=c.embeddings)
+    plan = plan_of(c, prompt, negative_prompt, use_cfg=use_cfg, steps=steps)
     if len(plan.pairs) == 1:
         encoded = encode_tokenized_pair(c.text_encoder, c.tokenizer, plan.read(plan.pairs[0]), batch_size=batch_size,
                                         device=c.device)

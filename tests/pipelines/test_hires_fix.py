@@ -84,6 +84,19 @@ def test_a_hires_schedule_type_of_its_own_is_the_second_passs(components: Compon
     assert (params["Schedule type"], params.get("Hires schedule type")) == (first, written)
 
 
+@pytest.mark.parametrize(("prompt", "hires_prompt", "written"), [
+    (" ".join(["red"] * 30), "a castle", True), ("a castle", " ".join(["red"] * 30), True), ("a castle", "", None)],
+    ids=["first pass padded", "second pass padded", "neither"])
+def test_pad_conds_is_written_where_either_pass_padded(components: ComponentCache, prompt: str, hires_prompt: str,
+                                                       written: bool | None) -> None:
+    """A prompt of two chunks beside the one-chunk negative prompt pads it; the text says "Pad conds" where the
+    first pass or the second (its own hires prompt) did, as A1111 keeps the flag its first pass set."""
+    request = replace(_request("Latent", prompt=hires_prompt), prompt=prompt)
+    request = replace(request, sampling=replace(SAMPLING, steps=1))
+    params = parse_parameters(txt2img(components("sd2-base"), request).images[0].info["parameters"])
+    assert params.get("Pad conds") is written
+
+
 @pytest.mark.parametrize(("upscaler", "mode"), [("Latent", "bilinear"), ("Latent (nearest-exact)", "nearest-exact")])
 def test_latent_hires_equals_diffusers_img2img_on_the_resized_latents(
     components: ComponentCache, upscaler: str, mode: str
