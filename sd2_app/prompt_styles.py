@@ -76,6 +76,15 @@ def unwrap_style(style_text: str, prompt: str) -> str | None:
     return None
 
 
+def _text(value: object, what: str) -> str:
+    """A prompt to style: "" for None; anything but text refused in `clean_text`'s words."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{what} must be text, got {type(value).__name__}.")
+    return value
+
+
 Styled = TypeVar("Styled")
 
 
@@ -104,10 +113,12 @@ class StyleBook:
             raise InvalidRequest(f"Unknown style {shown(unknown[0])}; this server's styles: {known}.")
         return [by_name[name] for name in names]
 
-    def apply(self, prompt: str | None, negative_prompt: str | None, names: object) -> tuple[str, str]:
+    def apply(self, prompt: str | None, negative_prompt: str | None, names: object,
+              what: tuple[str, str] = ("Prompt", "Negative prompt")) -> tuple[str, str]:
         """(prompt, negative prompt) with the styles `names` applied in order; a missing (None) prompt is the empty
-        one, as validation reads it (`sd2_app.api.checks.clean_text`)."""
-        prompt, negative_prompt = ("" if text is None else text for text in (prompt, negative_prompt))
+        one and anything but text is refused, as validation reads them (`sd2_app.api.checks.clean_text`; `what`:
+        their names in its message): an API caller may send a prompt of any type."""
+        prompt, negative_prompt = (_text(text, name) for text, name in zip((prompt, negative_prompt), what))
         for style in self.picked(names):
             prompt = merge_style(style.prompt, prompt)
             negative_prompt = merge_style(style.negative_prompt, negative_prompt)
@@ -129,8 +140,10 @@ class StyleBook:
     def hires_applied(self, hires: Any, names: object) -> Any:
         """A hires fix (a dataclass with `prompt` and `negative_prompt`, "" for the first pass's) with the styles
         `names` applied to each of its own prompts that is given."""
-        prompt = self.apply(hires.prompt, "", names)[0] if hires.prompt else hires.prompt
-        negative = self.apply("", hires.negative_prompt, names)[1] if hires.negative_prompt else hires.negative_prompt
+        what = ("Hires prompt", "Hires negative prompt")
+        prompt = self.apply(hires.prompt, "", names, what)[0] if hires.prompt else hires.prompt
+        negative = (self.apply("", hires.negative_prompt, names, what)[1] if hires.negative_prompt
+                    else hires.negative_prompt)
         return replace(hires, prompt=prompt, negative_prompt=negative)
 
     def extract(self, prompt: str, negative_prompt: str) -> tuple[list[str], str, str]:

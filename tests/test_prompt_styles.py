@@ -147,3 +147,21 @@ def test_styles_reach_a_hires_fixs_own_prompts() -> None:
     assert styled.hires.prompts(styled.prompt, styled.negative_prompt)[1] == styled.negative_prompt
     plain = BOOK.applied_to(Txt2ImgRequest(prompt="a cat", hires=HiresFix()), ["oil"])
     assert (plain.hires.prompt, plain.hires.negative_prompt) == ("", "")
+
+
+def test_a_prompt_that_is_not_text_is_refused_in_validations_words() -> None:
+    """An API caller's prompt of another type (the Generate endpoints take text boxes' values as sent) was a
+    TypeError in the styling (HTTP 500); it is refused as validation refuses it."""
+    from sd2_app.api.requests import HiresFix, Txt2ImgRequest
+
+    for request, message in [
+        (Txt2ImgRequest(prompt=123), "Prompt must be text, got int."),  # type: ignore[arg-type]
+        (Txt2ImgRequest("a", negative_prompt=["x"]),  # type: ignore[arg-type]
+         "Negative prompt must be text, got list."),
+        (Txt2ImgRequest("a", hires=HiresFix(negative_prompt=True)),  # type: ignore[arg-type]
+         "Hires negative prompt must be text, got bool."),
+    ]:
+        with pytest.raises(InvalidRequest) as error:
+            BOOK.applied_to(request, ["oil"])
+        assert str(error.value) == message
+    assert BOOK.apply(None, None, ["oil"]) == ("oil painting, thick brush", "photo")

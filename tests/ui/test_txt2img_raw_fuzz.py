@@ -1,0 +1,89 @@
+"""Text to image's Generate endpoint fuzzed (hypothesis): the values its Numbers, Sliders, Textboxes and Checkboxes
+take as sent (`raw_values.server_checked`: any JSON an API caller sends reaches the request as it is) are refused
+in words (`InvalidRequest`, the run's message) or make a request the Service accepts; never another exception.
+
+The values go through the endpoint's own request building (`txt2img.make_request` with the styles, eta and batch
+count wrappers `run_events.wire_run` adds, in its order), then `checked.check`, with a Service that validates only.
+Dropdowns are left valid: Gradio refuses a value not among their choices before the function runs."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sd2_app.api.checked import check
+from sd2_app.api.checks import Limits
+from sd2_app.errors import InvalidRequest
+from sd2_app.prompt_styles import read_styles
+from sd2_app.ui import txt2img
+from sd2_app.ui.run_events import _styled, _with_sampling
+from sd2_app.ui.sampling_controls import SAMPLING_NAMES
+from sd2_app.ui.txt2img_extras import NAMES as EXTRA_NAMES
+
+JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**64), 2**64), st.text(max_size=12),
+                         st.floats(allow_nan=False, allow_infinity=False))
+JUNK = st.one_of(JSON_SCALARS, st.lists(JSON_SCALARS, max_size=3),
+                 st.dictionaries(st.text(max_size=5), JSON_SCALARS, max_size=2),
+                 st.sampled_from(["", "nan", "1e400", -1, 0, 10**6, 1e300, True, False]))
+NAMES = ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES, *EXTRA_NAMES, "styles", "eta",
+         "batch_count")
+# A valid value of each parameter (the widgets' own kinds), and whether Gradio passes what is sent as it is.
+VALID = {
+    "checkpoint": (st.just("sd21-base"), False), "prompt": (st.text(max_size=30), True),
+    "negative_prompt": (st.text(max_size=10), True), "width": (st.sampled_from([64, 128, 256]), True),
+    "height": (st.sampled_from([64, 128, 256]), True), "sampler": (st.sampled_from(["Euler", "DDIM"]), False),
+    "schedule_type": (st.just("Automatic"), False), "steps": (st.integers(1, 150), True),
+    "cfg_scale": (st.floats(0, 30), True), "guidance_rescale": (st.floats(0, 1), True),
+    "seed": (st.integers(-1, 2**32 - 1), True), "batch_size": (st.integers(1, 4), True),
+    "hires_fix": (st.booleans(), True), "hires_upscaler": (st.just("Latent"), False),
+    "hires_scale": (st.floats(1, 2), True), "hires_width": (st.sampled_from([0, 128]), True),
+    "hires_height": (st.sampled_from([0, 128]), True), "hires_steps": (st.integers(0, 150), True),
+    "denoising_strength": (st.floats(0.05, 1), True), "hires_sampler": (st.just("Same as first pass"), False),
+    "hires_schedule": (st.sampled_from(["Same as first pass", "Karras"]), False),
+    "hires_prompt": (st.text(max_size=10), True), "hires_negative_prompt": (st.text(max_size=10), True),
+    "variation_seed": (st.integers(-1, 2**32 - 1), True), "variation_strength": (st.floats(0, 1), True),
+    "seed_resize_from_width": (st.sampled_from([0, 64]), True),
+    "seed_resize_from_height": (st.sampled_from([0, 64]), True),
+    "tiling": (st.booleans(), True), "styles": (st.lists(st.just("oil"), max_size=1), False),
+    "eta": (st.floats(0, 1), True), "batch_count": (st.integers(1, 4), True),
+}
+RAW = [name for name in NAMES if VALID[name][1]]
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    """(service, the endpoint's request building) as `wire_run` composes it for text to image."""
+    from sd2_app.api.service import Service
+
+    styles = read_styles('name,prompt,negative_prompt\noil,"oil painting of {prompt}",photo\n')
+    service = Service(None, outputs_dir=None, limits=Limits(max_side=512), allowed_repos=(), styles=styles)
+    make = _with_sampling(_with_sampling(_styled(txt2img.make_request, service.styles), "eta", 0.0), "batch_count", 1)
+    return service, make
+
+
+def test_the_names_are_the_endpoints() -> None:
+    assert set(VALID) == set(NAMES) and len(NAMES) == len(set(NAMES))
+
+
+@pytest.mark.parametrize("name", RAW)
+def test_junk_in_a_raw_value_is_refused_in_words_or_accepted(endpoint, name: str) -> None:
+    service, make = endpoint
+    tally = {"refused": 0, "accepted": 0}
+    values = st.fixed_dictionaries({key: VALID[key][0] for key in NAMES})
+
+    @settings(max_examples=40, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(values=values, junk=JUNK)
+    def run(values: dict, junk: object) -> None:
+        values[name] = junk
+        try:
+            check(service, make(*(values[key] for key in NAMES)))
+        except InvalidRequest as error:
+            assert str(error) and "Traceback" not in str(error)
+            tally["refused"] += 1
+            return
+        tally["accepted"] += 1
+
+    run()
+    assert tally["refused"] + tally["accepted"] == 40, tally
