@@ -1,10 +1,11 @@
-"""Text to image's Generate endpoint fuzzed (hypothesis): the values its Numbers, Sliders, Textboxes and Checkboxes
-take as sent (`raw_values.server_checked`: any JSON an API caller sends reaches the request as it is) are refused
-in words (`InvalidRequest`, the run's message) or make a request the Service accepts; never another exception.
+"""Text to image's and image to image's Generate endpoints fuzzed (hypothesis): the values their Numbers, Sliders,
+Textboxes and Checkboxes take as sent (`raw_values.server_checked`: any JSON an API caller sends reaches the request
+as it is) are refused in words (`InvalidRequest`, the run's message) or make a request the Service accepts; never
+another exception.
 
-The values go through the endpoint's own request building (`txt2img.make_request` with the styles, eta and batch
+The values go through the endpoint's own request building (the tab's `make_request` with the styles, eta and batch
 count wrappers `run_events.wire_run` adds, in its order), then `checked.check`, with a Service that validates only.
-Dropdowns are left valid: Gradio refuses a value not among their choices before the function runs."""
+Dropdowns, radios and images are left valid: Gradio refuses a value it cannot read before the function runs."""
 
 from __future__ import annotations
 
@@ -16,18 +17,25 @@ from sd2_app.api.checked import check
 from sd2_app.api.checks import Limits
 from sd2_app.errors import InvalidRequest
 from sd2_app.prompt_styles import read_styles
-from sd2_app.ui import txt2img
+from functools import partial
+
+from sd2_app.ui import img2img, txt2img
 from sd2_app.ui.run_events import _styled, _with_sampling
 from sd2_app.ui.sampling_controls import SAMPLING_NAMES
-from sd2_app.ui.txt2img_extras import NAMES as EXTRA_NAMES
+from sd2_app.ui.txt2img_extras import IMG2IMG_NAMES, NAMES as EXTRA_NAMES
+from tests.reliability_support import noise_image
 
 JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**64), 2**64), st.text(max_size=12),
                          st.floats(allow_nan=False, allow_infinity=False))
 JUNK = st.one_of(JSON_SCALARS, st.lists(JSON_SCALARS, max_size=3),
                  st.dictionaries(st.text(max_size=5), JSON_SCALARS, max_size=2),
                  st.sampled_from(["", "nan", "1e400", -1, 0, 10**6, 1e300, True, False]))
-NAMES = ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES, *EXTRA_NAMES, "styles", "eta",
-         "batch_count")
+WRAPPED = ("styles", "eta", "batch_count")  # the parameters `wire_run` adds, in its order
+NAMES = {
+    "txt2img": ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES, *EXTRA_NAMES, *WRAPPED),
+    "img2img": ("image", "checkpoint", "prompt", "negative_prompt", "strength", "width", "height", "resize_mode",
+                *SAMPLING_NAMES, *IMG2IMG_NAMES, *WRAPPED),
+}
 # A valid value of each parameter (the widgets' own kinds), and whether Gradio passes what is sent as it is.
 VALID = {
     "checkpoint": (st.just("sd21-base"), False), "prompt": (st.text(max_size=30), True),
@@ -47,30 +55,36 @@ VALID = {
     "seed_resize_from_height": (st.sampled_from([0, 64]), True),
     "tiling": (st.booleans(), True), "styles": (st.lists(st.just("oil"), max_size=1), False),
     "eta": (st.floats(0, 1), True), "batch_count": (st.integers(1, 4), True),
+    "image": (st.just(noise_image(64, 48)), False), "strength": (st.floats(0, 1), True),
+    "resize_mode": (st.sampled_from(["Just resize", "Crop and resize", "Resize and fill"]), False),
 }
-RAW = [name for name in NAMES if VALID[name][1]]
+CASES = [(task, name) for task, names in NAMES.items() for name in names if VALID[name][1]]
 
 
 @pytest.fixture(scope="module")
-def endpoint():
-    """(service, the endpoint's request building) as `wire_run` composes it for text to image."""
+def service():
+    """A Service that validates only, with one prompt style."""
     from sd2_app.api.service import Service
 
     styles = read_styles('name,prompt,negative_prompt\noil,"oil painting of {prompt}",photo\n')
-    service = Service(None, outputs_dir=None, limits=Limits(max_side=512), allowed_repos=(), styles=styles)
-    make = _with_sampling(_with_sampling(_styled(txt2img.make_request, service.styles), "eta", 0.0), "batch_count", 1)
-    return service, make
+    return Service(None, outputs_dir=None, limits=Limits(max_side=512), allowed_repos=(), styles=styles)
+
+
+def _endpoint(service, task: str):
+    """The endpoint's request building as `wire_run` composes it."""
+    make = txt2img.make_request if task == "txt2img" else partial(img2img.make_request, service.limits)
+    return _with_sampling(_with_sampling(_styled(make, service.styles), "eta", 0.0), "batch_count", 1)
 
 
 def test_the_names_are_the_endpoints() -> None:
-    assert set(VALID) == set(NAMES) and len(NAMES) == len(set(NAMES))
+    assert all(set(names) <= set(VALID) and len(names) == len(set(names)) for names in NAMES.values())
 
 
-@pytest.mark.parametrize("name", RAW)
-def test_junk_in_a_raw_value_is_refused_in_words_or_accepted(endpoint, name: str) -> None:
-    service, make = endpoint
+@pytest.mark.parametrize(("task", "name"), CASES, ids=[f"{task}-{name}" for task, name in CASES])
+def test_junk_in_a_raw_value_is_refused_in_words_or_accepted(service, task: str, name: str) -> None:
+    make, names = _endpoint(service, task), NAMES[task]
     tally = {"refused": 0, "accepted": 0}
-    values = st.fixed_dictionaries({key: VALID[key][0] for key in NAMES})
+    values = st.fixed_dictionaries({key: VALID[key][0] for key in names})
 
     @settings(max_examples=40, deadline=None, derandomize=True,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -78,7 +92,7 @@ def test_junk_in_a_raw_value_is_refused_in_words_or_accepted(endpoint, name: str
     def run(values: dict, junk: object) -> None:
         values[name] = junk
         try:
-            check(service, make(*(values[key] for key in NAMES)))
+            check(service, make(*(values[key] for key in names)))
         except InvalidRequest as error:
             assert str(error) and "Traceback" not in str(error)
             tally["refused"] += 1
