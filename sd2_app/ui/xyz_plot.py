@@ -178,6 +178,8 @@ def make_axis(kind: Any, text: Any, picked: Any) -> PlotAxis | None:
     if not kind or kind == "nothing":
         return None
     typed = isinstance(text, str) and text.strip()
+    if picked is not None and not isinstance(picked, (list, tuple)):  # the multi-select takes values of its own
+        raise InvalidRequest(f"An axis's picked values must be a list, got {type(picked).__name__}.")
     if kind in PICKED and picked and not typed:
         return PlotAxis(str(kind), tuple(picked))
     return PlotAxis(str(kind), text if isinstance(text, str) else "")

@@ -1,11 +1,11 @@
-"""Text to image's and image to image's Generate endpoints fuzzed (hypothesis): the values their Numbers, Sliders,
-Textboxes and Checkboxes take as sent (`raw_values.server_checked`: any JSON an API caller sends reaches the request
-as it is) are refused in words (`InvalidRequest`, the run's message) or make a request the Service accepts; never
-another exception.
+"""The Generate endpoints of text to image, image to image and the X/Y/Z plot fuzzed (hypothesis): the values their
+Numbers, Sliders, Textboxes and Checkboxes take as sent (`raw_values.server_checked`: any JSON an API caller sends
+reaches the request as it is), and the plot's multi-selects that take values of their own, are refused in words
+(`InvalidRequest`, the run's message) or make a request the Service accepts; never another exception.
 
 The values go through the endpoint's own request building (the tab's `make_request` with the styles, eta and batch
 count wrappers `run_events.wire_run` adds, in its order), then `checked.check`, with a Service that validates only.
-Dropdowns, radios and images are left valid: Gradio refuses a value it cannot read before the function runs."""
+Other dropdowns, radios and images are left valid: Gradio refuses a value it cannot read before the function runs."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from sd2_app.errors import InvalidRequest
 from sd2_app.prompt_styles import read_styles
 from functools import partial
 
-from sd2_app.ui import img2img, txt2img
+from sd2_app.ui import img2img, txt2img, xyz_plot
 from sd2_app.ui.run_events import _styled, _with_sampling
 from sd2_app.ui.sampling_controls import SAMPLING_NAMES
-from sd2_app.ui.txt2img_extras import IMG2IMG_NAMES, NAMES as EXTRA_NAMES
+from sd2_app.ui.txt2img_extras import HIRES_NAMES, IMG2IMG_NAMES, NAMES as EXTRA_NAMES
 from tests.reliability_support import noise_image
 
 JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**64), 2**64), st.text(max_size=12),
@@ -35,6 +35,10 @@ NAMES = {
     "txt2img": ("checkpoint", "prompt", "negative_prompt", "width", "height", *SAMPLING_NAMES, *EXTRA_NAMES, *WRAPPED),
     "img2img": ("image", "checkpoint", "prompt", "negative_prompt", "strength", "width", "height", "resize_mode",
                 *SAMPLING_NAMES, *IMG2IMG_NAMES, *WRAPPED),
+    "xyz_plot": ("checkpoint", "prompt", "negative_prompt", *(f"{axis}_{part}" for axis in "xyz"
+                                                             for part in ("type", "values", "picked")),
+                 *SAMPLING_NAMES[:-1], "width", "height", "init_image", "strength", *HIRES_NAMES,
+                 *xyz_plot.OPTIONS),  # no styles, eta or batch count: the plot's wire_run adds none
 }
 # A valid value of each parameter (the widgets' own kinds), and whether Gradio passes what is sent as it is.
 VALID = {
@@ -57,6 +61,14 @@ VALID = {
     "eta": (st.floats(0, 1), True), "batch_count": (st.integers(1, 4), True),
     "image": (st.just(noise_image(64, 48)), False), "strength": (st.floats(0, 1), True),
     "resize_mode": (st.sampled_from(["Just resize", "Crop and resize", "Resize and fill"]), False),
+    "x_type": (st.just("steps"), False), "y_type": (st.just("sampler"), False), "z_type": (st.just("nothing"), False),
+    "x_values": (st.sampled_from(["1, 2", "1-3", "2"]), True),
+    "y_values": (st.just(""), True), "z_values": (st.just(""), True),
+    # a multi-select that takes values of its own (allow_custom_value): Gradio passes them as sent
+    "x_picked": (st.just([]), True), "y_picked": (st.sampled_from([["Euler"], ["Euler", "DDIM"]]), True),
+    "z_picked": (st.just([]), True), "init_image": (st.sampled_from([None, noise_image(64, 48)]), False),
+    "draw_legend": (st.booleans(), True), "no_fixed_seeds": (st.booleans(), True),
+    "include_sub_grids": (st.booleans(), True), "margin_size": (st.integers(0, 64), True),
 }
 CASES = [(task, name) for task, names in NAMES.items() for name in names if VALID[name][1]]
 
@@ -72,6 +84,8 @@ def service():
 
 def _endpoint(service, task: str):
     """The endpoint's request building as `wire_run` composes it."""
+    if task == "xyz_plot":
+        return xyz_plot.make_request
     make = txt2img.make_request if task == "txt2img" else partial(img2img.make_request, service.limits)
     return _with_sampling(_with_sampling(_styled(make, service.styles), "eta", 0.0), "batch_count", 1)
 
