@@ -1,4 +1,4 @@
-"""The Generate endpoints of text to image, image to image and the X/Y/Z plot fuzzed (hypothesis): the values their
+"""Every Generate endpoint fuzzed (hypothesis): the values their
 Numbers, Sliders, Textboxes and Checkboxes take as sent (`raw_values.server_checked`: any JSON an API caller sends
 reaches the request as it is), and the plot's multi-selects that take values of their own, are refused in words
 (`InvalidRequest`, the run's message) or make a request the Service accepts; never another exception.
@@ -19,7 +19,9 @@ from sd2_app.errors import InvalidRequest
 from sd2_app.prompt_styles import read_styles
 from functools import partial
 
-from sd2_app.ui import img2img, txt2img, xyz_plot
+from PIL import Image
+
+from sd2_app.ui import depth, img2img, inpaint, outpaint, txt2img, upscale, xyz_plot
 from sd2_app.ui.run_events import _styled, _with_sampling
 from sd2_app.ui.sampling_controls import SAMPLING_NAMES
 from sd2_app.ui.txt2img_extras import HIRES_NAMES, IMG2IMG_NAMES, NAMES as EXTRA_NAMES
@@ -39,7 +41,17 @@ NAMES = {
                                                              for part in ("type", "values", "picked")),
                  *SAMPLING_NAMES[:-1], "width", "height", "init_image", "strength", *HIRES_NAMES,
                  *xyz_plot.OPTIONS),  # no styles, eta or batch count: the plot's wire_run adds none
+    "inpaint": ("image_and_mask", "mask", "checkpoint", "prompt", "negative_prompt", "strength", "mask_blur",
+                "only_masked", "only_masked_padding", *SAMPLING_NAMES, "masked_content", "mask_mode", *WRAPPED),
+    "outpaint": ("image", "checkpoint", "prompt", "negative_prompt", *outpaint.SIDES, "fill", "mask_blur", "strength",
+                 "keep_original", *SAMPLING_NAMES, *WRAPPED),
+    "upscale": ("image", "checkpoint", "prompt", "negative_prompt", "noise_level", *SAMPLING_NAMES, *WRAPPED),
+    "depth": ("image", "depth_map", "checkpoint", "prompt", "negative_prompt", "strength", *SAMPLING_NAMES, *WRAPPED),
 }
+MAKERS = {"txt2img": txt2img.make_request, "inpaint": inpaint.make_request, "outpaint": outpaint.make_request,
+          "upscale": upscale.make_request, "depth": depth.make_request}
+MASK = Image.new("L", (64, 48), 0)
+MASK.paste(255, (16, 16, 48, 40))
 # A valid value of each parameter (the widgets' own kinds), and whether Gradio passes what is sent as it is.
 VALID = {
     "checkpoint": (st.just("sd21-base"), False), "prompt": (st.text(max_size=30), True),
@@ -69,7 +81,17 @@ VALID = {
     "z_picked": (st.just([]), True), "init_image": (st.sampled_from([None, noise_image(64, 48)]), False),
     "draw_legend": (st.booleans(), True), "no_fixed_seeds": (st.booleans(), True),
     "include_sub_grids": (st.booleans(), True), "margin_size": (st.integers(0, 64), True),
+    "image_and_mask": (st.just({"background": noise_image(64, 48), "layers": [], "composite": None}), False),
+    "mask": (st.just(MASK), False), "mask_blur": (st.integers(0, 64), True), "only_masked": (st.booleans(), True),
+    "only_masked_padding": (st.integers(0, 256), True), "masked_content": (st.just("original"), False),
+    "mask_mode": (st.just("Inpaint masked"), False), **{side: (st.sampled_from([0, 8, 64]), True)
+                                                         for side in outpaint.SIDES},
+    "fill": (st.just("edge"), False), "keep_original": (st.booleans(), True),
+    "noise_level": (st.integers(0, 350), True), "depth_map": (st.just(None), False),
 }
+# Each task's checkpoint (the others cannot run it)
+CHECKPOINTS = {"inpaint": "sd2-inpainting", "outpaint": "sd2-inpainting", "upscale": "x4-upscaler",
+               "depth": "sd2-depth"}
 CASES = [(task, name) for task, names in NAMES.items() for name in names if VALID[name][1]]
 
 
@@ -86,7 +108,7 @@ def _endpoint(service, task: str):
     """The endpoint's request building as `wire_run` composes it."""
     if task == "xyz_plot":
         return xyz_plot.make_request
-    make = txt2img.make_request if task == "txt2img" else partial(img2img.make_request, service.limits)
+    make = MAKERS[task] if task in MAKERS else partial(img2img.make_request, service.limits)
     return _with_sampling(_with_sampling(_styled(make, service.styles), "eta", 0.0), "batch_count", 1)
 
 
@@ -98,7 +120,8 @@ def test_the_names_are_the_endpoints() -> None:
 def test_junk_in_a_raw_value_is_refused_in_words_or_accepted(service, task: str, name: str) -> None:
     make, names = _endpoint(service, task), NAMES[task]
     tally = {"refused": 0, "accepted": 0}
-    values = st.fixed_dictionaries({key: VALID[key][0] for key in names})
+    valid = {key: VALID[key][0] for key in names} | {"checkpoint": st.just(CHECKPOINTS.get(task, "sd21-base"))}
+    values = st.fixed_dictionaries(valid)
 
     @settings(max_examples=40, deadline=None, derandomize=True,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -115,3 +138,25 @@ def test_junk_in_a_raw_value_is_refused_in_words_or_accepted(service, task: str,
 
     run()
     assert tally["refused"] + tally["accepted"] == 40, tally
+
+
+@pytest.mark.parametrize("task", list(NAMES))
+def test_the_valid_bodies_are_accepted_often(service, task: str) -> None:
+    """The bodies the junk goes into pass on their own, so each field's junk meets the checks past the others."""
+    make, names = _endpoint(service, task), NAMES[task]
+    valid = {key: VALID[key][0] for key in names} | {"checkpoint": st.just(CHECKPOINTS.get(task, "sd21-base"))}
+    tally = {"refused": 0, "accepted": 0}
+
+    @settings(max_examples=40, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(values=st.fixed_dictionaries(valid))
+    def run(values: dict) -> None:
+        try:
+            check(service, make(*(values[key] for key in names)))
+        except InvalidRequest:
+            tally["refused"] += 1
+            return
+        tally["accepted"] += 1
+
+    run()
+    assert tally["accepted"] >= 10, tally
