@@ -108,3 +108,49 @@ def test_fuzzed_a1111_bodies_are_refused_in_words_or_accepted(api, task: str, fi
 
     read()
     assert tally["refused"] + tally["accepted"] == 40 and tally["refused"] > 0, tally
+
+
+EXTRAS = {
+    "image": st.just(IMAGE), "upscaler_1": st.sampled_from(["None", "Lanczos", "nearest", "SD2 x4", None]),
+    "upscaling_resize": st.sampled_from([1, 2, 4]), "resize_mode": st.sampled_from([0, 1]),
+    "upscaling_resize_w": st.sampled_from([64, 128]), "upscaling_resize_h": st.sampled_from([48, 96]),
+    "upscaling_crop": st.booleans(), "show_extras_results": st.booleans(), "gfpgan_visibility": st.just(0),
+}
+
+
+def _extras(api, body: dict) -> str:
+    """"refused" or "accepted": `/extra-single-image`'s reading of `body` (`a1111_extras.extras_routes`), its
+    CPU answer or its x4 job validated."""
+    from sd2_app.api import a1111_extras as extras
+    from sd2_app.api.upscaler_names import resampler_named
+
+    service = api.service
+    try:
+        resampler = resampler_named(body.get("upscaler_1"))
+        key = None if resampler else extras.upscaler_checkpoint(api, body.get("upscaler_1"))
+        if key is None:
+            pixels = service.limits.max_input_pixels
+            extras.cpu_answer(body, resampler, pixels, pixels)
+        else:
+            service.validate(extras.upscale_job(body, key).request)
+    except InvalidRequest as error:
+        assert str(error) and "Traceback" not in str(error)
+        return "refused"
+    return "accepted"
+
+
+@pytest.mark.parametrize("field", sorted(EXTRAS))
+def test_fuzzed_extras_bodies_are_refused_in_words_or_answered(api, field: str) -> None:
+    """Junk in `field` of an otherwise valid `/extra-single-image` body: refused in words or answered."""
+    tally = {"refused": 0, "accepted": 0}
+    optional = {name: value for name, value in EXTRAS.items() if name != "image"}
+
+    @settings(max_examples=40, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(body=st.tuples(st.fixed_dictionaries({"image": EXTRAS["image"]}, optional=optional), JUNK).map(
+        lambda pair: {**pair[0], field: pair[1]}))
+    def read(body: dict) -> None:
+        tally[_extras(api, body)] += 1
+
+    read()
+    assert tally["refused"] + tally["accepted"] == 40, tally
