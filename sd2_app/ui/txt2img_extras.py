@@ -222,8 +222,9 @@ def wire_hires_schedule(sampler: gr.Dropdown, fix: HiresControls, service: Servi
             return gr.update(interactive=True)
         return gr.update(interactive=False, value=AUTOMATIC if own else SAME_AS_FIRST_PASS)
 
+    api_name = f"{prefix}_hires_schedules_offered"  # debounced: a send sets both samplers, one after the other
     gr.on([sampler.change, fix.sampler.change], offered, [sampler, fix.sampler], fix.schedule, queue=False,
-          show_progress="hidden", api_name=f"{prefix}_hires_schedules_offered", api_visibility="private")
+          show_progress="hidden", js=debounce_js(api_name), api_name=api_name, api_visibility="private")
 
 
 IMG2IMG_NAMES = ("variation_seed", "variation_strength", "tiling")
