@@ -24,7 +24,7 @@ def hires_fix(body: Mapping[str, Any], names: list[str], styles: StyleBook) -> r
     enable = body.get("enable_hr")
     if enable is None or not flag(enable, "enable_hr"):
         return None
-    if body.get("hr_checkpoint_name") not in SAME_AS_FIRST_PASS:
+    if body.get("hr_checkpoint_name") not in A1111_SAME:
         raise InvalidRequest("hr_checkpoint_name (a checkpoint of the hires pass's own) is not available: leave it "
                              "out, and the hires pass runs the first pass's checkpoint.")
     sampler, schedule = hires_sampler(body.get("hr_sampler_name"), body.get("hr_scheduler"), names)
@@ -41,7 +41,7 @@ def hires_fix(body: Mapping[str, Any], names: list[str], styles: StyleBook) -> r
 
 
 # A1111's words for "as the first pass" (its hires fix dropdowns' first choices), and the empty values.
-SAME_AS_FIRST_PASS = (None, "", "Use same checkpoint", "Use same sampler", "Use same scheduler")
+A1111_SAME = (None, "", "Use same checkpoint", "Use same sampler", "Use same scheduler")
 
 
 def hires_sampler(name: Any, scheduler: Any, names: list[str]) -> tuple[Any, Any]:
@@ -49,8 +49,8 @@ def hires_sampler(name: Any, scheduler: Any, names: list[str]) -> tuple[Any, Any
     pass's; names read as `a1111_samplers.read_sampler` reads sampler_name and scheduler (any case, a schedule at
     the end of the sampler's name winning, "DPM++ 2M Karras"); anything else as it came, for validation to refuse
     with its message."""
-    schedule = "" if scheduler in SAME_AS_FIRST_PASS else schedule_label(scheduler) or scheduler
-    if name in SAME_AS_FIRST_PASS:
+    schedule = "" if scheduler in A1111_SAME else schedule_label(scheduler) or scheduler
+    if name in A1111_SAME:
         return None, schedule
     if not isinstance(name, str):
         return name, schedule

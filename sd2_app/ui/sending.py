@@ -18,7 +18,7 @@ import gradio as gr
 from PIL import Image
 
 from sd2_app import infotext_keys as keys
-from sd2_app.api.a1111_hires import SAME_AS_FIRST_PASS as A1111_SAME
+from sd2_app.api.a1111_hires import A1111_SAME
 from sd2_app.api.a1111_samplers import read_sampler, schedule_label
 from sd2_app.api.requests import HIRES_UPSCALERS, MASK_MODES, MASKED_CONTENT, HiresFix, InpaintRequest
 from sd2_app.errors import shown
